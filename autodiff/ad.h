@@ -1,0 +1,488 @@
+/* ad.h: a tape-based reverse-mode automatic differentiation engine.
+ *
+ * Overview
+ *   An ad_ctx owns a tape, an arena for intermediates, the op registry and
+ *   the last error. Leaves (parameters, inputs) are persistent tensors the
+ *   caller creates and frees. Every op (ad_add, ad_matmul, ...) allocates its
+ *   result in the arena and, when an input requires a gradient and grad mode
+ *   is on, appends itself to the tape. The tape is in execution order, so
+ *   ad_backward walks it in reverse. ad_tape_reset frees every intermediate
+ *   in O(1).
+ *
+ *   Backward formulas are written with the same ops, so a backward pass can
+ *   itself be recorded (ad_grad with create_graph) and differentiated again.
+ *
+ * Worked example: d/dw of sum(tanh(w * x))
+ *
+ *   ad_ctx *ctx = ad_ctx_new();
+ *   int64_t n[1] = {3};
+ *   ad_tensor *w = ad_full(ctx, AD_F64, 1, n, 0.5);
+ *   ad_tensor *x = ad_arange(ctx, AD_F64, 0, 3, 1);
+ *   ad_tensor_set_requires_grad(w, true);
+ *   ad_tensor *y = ad_sum(ctx, ad_tanh(ctx, ad_mul(ctx, w, x)));
+ *   if (!y || ad_backward(ctx, y, NULL) != AD_OK)
+ *     fprintf(stderr, "%s\n", ad_last_error(ctx));
+ *   ad_tensor_print(stdout, "dw", w->grad);
+ *   ad_tape_reset(ctx);
+ *   ad_tensor_free(w); ad_tensor_free(x); ad_ctx_free(ctx);
+ *
+ * Errors
+ *   Functions returning ad_status return AD_OK (0) or an error code; builders
+ *   return NULL. Either way ad_last_error(ctx) names the op and the shapes.
+ *   An op given a NULL input returns NULL and keeps the first error, so a
+ *   chain of calls needs one check at the end. The library never aborts or
+ *   exits on user input.
+ *
+ * Threading
+ *   A context and its tensors are used by one thread at a time. Separate
+ *   contexts are independent.
+ */
+#ifndef AD_H
+#define AD_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32) && defined(AD_BUILDING_DLL)
+#define AD_API __declspec(dllexport)
+#elif defined(__GNUC__)
+#define AD_API __attribute__((visibility("default")))
+#else
+#define AD_API
+#endif
+
+#define AD_VERSION  "0.1.0"
+#define AD_MAX_DIMS 8 /* most dimensions a tensor may have */
+#define AD_MAX_SRC  8 /* most inputs an op may take */
+
+/* ---------------------------------------------------------------- types */
+
+typedef enum ad_dtype {
+  AD_F32 = 0, /* float */
+  AD_F64 = 1, /* double */
+  AD_I32 = 2  /* int32_t: indices and class labels; never differentiated */
+} ad_dtype;
+
+typedef enum ad_status {
+  AD_OK = 0,
+  AD_ERR_NULL,     /* a required pointer was NULL */
+  AD_ERR_SHAPE,    /* shapes do not fit the op */
+  AD_ERR_DTYPE,    /* dtypes differ or the op does not take this dtype */
+  AD_ERR_ARG,      /* an argument is out of range */
+  AD_ERR_OOM,      /* the allocator returned NULL */
+  AD_ERR_STATE,    /* the call is not valid now (e.g. tape was reset) */
+  AD_ERR_NAN,      /* a NaN or Inf was found where it is not allowed */
+  AD_ERR_IO,       /* a file could not be read or written */
+  AD_ERR_FORMAT,   /* a file is malformed or truncated */
+  AD_ERR_NOTFOUND, /* a name was not found */
+  AD_STATUS_COUNT
+} ad_status;
+
+/* The public, read-mostly view of a tensor. Data is row-major contiguous.
+ * Fields are set by the library; callers may write through data (e.g. to
+ * fill an input batch or update a parameter) but must not change the shape.
+ * grad is NULL until a backward pass reaches the tensor. */
+typedef struct ad_tensor {
+  void *data;             /* size elements of dtype */
+  struct ad_tensor *grad; /* accumulated gradient (same shape), or NULL */
+  int64_t size;           /* number of elements */
+  int64_t shape[AD_MAX_DIMS];
+  int ndim; /* 0 for a scalar */
+  ad_dtype dtype;
+} ad_tensor;
+
+typedef struct ad_ctx ad_ctx;
+
+/* Lua-style allocator: ptr == NULL allocates nsize bytes; nsize == 0 frees
+ * ptr (osize is its size); otherwise reallocates. Returns NULL on failure
+ * (never for a free). Memory must be aligned to at least 64 bytes for sizes
+ * of 64 or more; the default allocator guarantees it. */
+typedef void *(*ad_alloc_fn)(void *ud, void *ptr, size_t osize, size_t nsize);
+
+/* xoshiro256** state; seed it with ad_rng_seed. Plain data: copy to fork. */
+typedef struct ad_rng {
+  uint64_t s[4];
+} ad_rng;
+
+/* Attributes of an op call: integers (axes, shapes, flags) and reals
+ * (scalars, slopes). Unused fields are zero. */
+typedef struct ad_attrs {
+  int64_t i[AD_MAX_DIMS + 2];
+  double f[2];
+} ad_attrs;
+
+/* ------------------------------------------------------- context, errors */
+
+/* Creates a context with the default allocator. Returns NULL only when the
+ * system is out of memory. Free with ad_ctx_free. */
+AD_API ad_ctx *ad_ctx_new(void);
+
+/* Creates a context whose every allocation goes through alloc(ud, ...).
+ * Returns NULL if alloc is NULL or fails. */
+AD_API ad_ctx *ad_ctx_new_with_alloc(ad_alloc_fn alloc, void *ud);
+
+/* Frees the context, its arena and its registry. Persistent tensors are not
+ * freed: free them first with ad_tensor_free. ad_ctx_free(NULL) is a no-op. */
+AD_API void ad_ctx_free(ad_ctx *ctx);
+
+/* The message of the first error since the last ad_clear_error, e.g.
+ * "matmul: inner dimensions differ: [32,784] x [64,10]", or "" if none.
+ * Owned by the context; valid until the next error or ad_clear_error. */
+AD_API const char *ad_last_error(const ad_ctx *ctx);
+
+/* The status of that error, AD_OK if none. */
+AD_API ad_status ad_last_status(const ad_ctx *ctx);
+
+/* Forgets the sticky error so that later errors are reported again. */
+AD_API void ad_clear_error(ad_ctx *ctx);
+
+/* Records an error (printf-style message) unless one is already recorded,
+ * and returns status. For custom ops and layers built on the API. */
+AD_API ad_status ad_set_error(ad_ctx *ctx, ad_status status, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+
+/* A static name for a status code: "ok", "shape mismatch", ... */
+AD_API const char *ad_status_str(ad_status status);
+
+/* Writes "[2,3,4]" for t into buf (at most n bytes, NUL-terminated) and
+ * returns buf. "(null)" for NULL. */
+AD_API char *ad_shape_str(const ad_tensor *t, char *buf, size_t n);
+
+/* Allocates and frees through the context's allocator. ad_malloc returns
+ * NULL (and records AD_ERR_OOM) on failure; ad_free(ctx, NULL, 0) is a no-op.
+ * size must be the size given to ad_malloc. */
+AD_API void *ad_malloc(ad_ctx *ctx, size_t size);
+AD_API void ad_free(ad_ctx *ctx, void *ptr, size_t size);
+
+/* ------------------------------------------------------------------ RNG */
+
+AD_API void ad_rng_seed(ad_rng *rng, uint64_t seed);
+AD_API uint64_t ad_rng_next(ad_rng *rng);
+/* Uniform in [0, 1). */
+AD_API double ad_rng_uniform(ad_rng *rng);
+/* Standard normal (Box-Muller). */
+AD_API double ad_rng_normal(ad_rng *rng);
+/* Uniform integer in [0, n); n > 0. */
+AD_API uint64_t ad_rng_below(ad_rng *rng, uint64_t n);
+
+/* -------------------------------------------- persistent tensors (leaves)
+ * These live until ad_tensor_free and survive ad_tape_reset. shape has ndim
+ * entries, each >= 0; ndim 0 is a scalar. They return NULL and record
+ * AD_ERR_ARG (bad shape/dtype) or AD_ERR_OOM. */
+
+AD_API ad_tensor *ad_zeros(ad_ctx *ctx, ad_dtype dtype, int ndim, const int64_t *shape);
+AD_API ad_tensor *ad_ones(ad_ctx *ctx, ad_dtype dtype, int ndim, const int64_t *shape);
+AD_API ad_tensor *ad_full(ad_ctx *ctx, ad_dtype dtype, int ndim, const int64_t *shape,
+                          double value);
+/* Copies size elements of dtype from src (which may be NULL for zeros). */
+AD_API ad_tensor *ad_from_data(ad_ctx *ctx, ad_dtype dtype, int ndim, const int64_t *shape,
+                               const void *src);
+/* 1-D tensor start, start+step, ... < stop (> stop for negative step). */
+AD_API ad_tensor *ad_arange(ad_ctx *ctx, ad_dtype dtype, double start, double stop, double step);
+/* Uniform in [lo, hi) / normal(mean, std), drawn from rng in row-major order. */
+AD_API ad_tensor *ad_rand(ad_ctx *ctx, ad_rng *rng, ad_dtype dtype, int ndim, const int64_t *shape,
+                          double lo, double hi);
+AD_API ad_tensor *ad_randn(ad_ctx *ctx, ad_rng *rng, ad_dtype dtype, int ndim, const int64_t *shape,
+                           double mean, double std);
+/* A persistent deep copy of t's data (not its grad or history). */
+AD_API ad_tensor *ad_tensor_clone(ad_ctx *ctx, const ad_tensor *t);
+
+/* Frees a persistent tensor and its grad. NULL is a no-op. Tensors made by
+ * ops belong to the tape: passing one is ignored. */
+AD_API void ad_tensor_free(ad_tensor *t);
+
+/* A scalar (0-d) constant in the arena; freed by ad_tape_reset. */
+AD_API ad_tensor *ad_scalar(ad_ctx *ctx, ad_dtype dtype, double value);
+
+/* Marks a leaf as needing a gradient; backward accumulates into t->grad.
+ * Returns AD_ERR_STATE for a tensor made by an op, AD_ERR_DTYPE for AD_I32. */
+AD_API ad_status ad_tensor_set_requires_grad(ad_tensor *t, bool on);
+AD_API bool ad_tensor_requires_grad(const ad_tensor *t);
+
+/* Asks backward to keep the gradient of an intermediate in t->grad (in the
+ * arena, valid until ad_tape_reset). */
+AD_API ad_status ad_tensor_retain_grad(ad_tensor *t);
+
+/* Sets t->grad to zeros (keeps the buffer). NULL or no grad: no-op. */
+AD_API void ad_tensor_zero_grad(ad_tensor *t);
+
+/* True for a tensor made by an op (freed by ad_tape_reset). */
+AD_API bool ad_tensor_is_temporary(const ad_tensor *t);
+
+/* Element i (row-major flat index) as a double; 0 if out of range. */
+AD_API double ad_tensor_get(const ad_tensor *t, int64_t i);
+/* Sets element i; returns AD_ERR_ARG when i is out of range. */
+AD_API ad_status ad_tensor_set(ad_tensor *t, int64_t i, double v);
+/* The single element of a size-1 tensor; NAN otherwise. */
+AD_API double ad_tensor_item(const ad_tensor *t);
+/* Copies src's values into dst (same size; dtypes may differ). */
+AD_API ad_status ad_tensor_copy_data(ad_tensor *dst, const ad_tensor *src);
+/* Fills every element with v. */
+AD_API void ad_tensor_fill(ad_tensor *t, double v);
+/* True when some element is NaN or infinite. */
+AD_API bool ad_tensor_has_nonfinite(const ad_tensor *t);
+/* Bytes per element of a dtype (4, 8, 4). */
+AD_API size_t ad_dtype_size(ad_dtype dtype);
+AD_API const char *ad_dtype_name(ad_dtype dtype);
+
+/* Prints "name: shape dtype" then the values, numpy-style, summarizing
+ * dimensions longer than 6 with "...". name may be NULL. */
+AD_API void ad_tensor_print(FILE *f, const char *name, const ad_tensor *t);
+
+/* ---------------------------------------------------------------- tape */
+
+/* Frees every intermediate and empties the tape in O(1). Tensors made by ops
+ * before the reset must not be used after it; ad_backward detects a root
+ * from an earlier tape and returns AD_ERR_STATE. */
+AD_API void ad_tape_reset(ad_ctx *ctx);
+
+/* Number of recorded ops; bytes the arena holds; bytes in use now. */
+AD_API size_t ad_tape_size(const ad_ctx *ctx);
+AD_API size_t ad_arena_capacity(const ad_ctx *ctx);
+AD_API size_t ad_arena_used(const ad_ctx *ctx);
+
+/* Turns recording on or off (no-grad mode: ops run, nothing is recorded).
+ * Returns the previous setting. */
+AD_API bool ad_set_grad_enabled(ad_ctx *ctx, bool on);
+AD_API bool ad_grad_enabled(const ad_ctx *ctx);
+
+/* Backward from root. seed is dL/droot with root's shape; NULL means 1 and
+ * needs a root of one element. Gradients are added (+=) into the grad of
+ * every leaf that requires one (allocated zeroed on first use) and into
+ * retained intermediates. Returns AD_ERR_STATE if root was not recorded (no
+ * input requires grad) or is from a reset tape, AD_ERR_SHAPE for a non-scalar
+ * root without seed or a seed of the wrong shape. */
+AD_API ad_status ad_backward(ad_ctx *ctx, ad_tensor *root, const ad_tensor *seed);
+
+/* Gradients of root with respect to n inputs (leaves or intermediates),
+ * returned in out[0..n-1] as arena tensors (zeros for an input root does not
+ * depend on). seed as in ad_backward. Leaves' grad fields are not touched.
+ * With create_graph the backward pass is recorded, so out[i] can be
+ * differentiated again (Hessian-vector products, gradient penalties). */
+AD_API ad_status ad_grad(ad_ctx *ctx, ad_tensor *root, const ad_tensor *seed, int n,
+                         ad_tensor *const *inputs, ad_tensor **out, bool create_graph);
+
+/* ------------------------------------------------------------------ ops
+ * Every op takes the context first, returns a new arena tensor, or NULL on
+ * error (see ad_last_error). Float ops take AD_F32 or AD_F64; inputs of a
+ * binary op must share a dtype. Binary ops broadcast like NumPy. The math
+ * of every op and its derivative is in docs/derivatives.md. */
+
+/* elementwise binary (broadcasting) */
+AD_API ad_tensor *ad_add(ad_ctx *ctx, ad_tensor *a, ad_tensor *b);
+AD_API ad_tensor *ad_sub(ad_ctx *ctx, ad_tensor *a, ad_tensor *b);
+AD_API ad_tensor *ad_mul(ad_ctx *ctx, ad_tensor *a, ad_tensor *b);
+AD_API ad_tensor *ad_div(ad_ctx *ctx, ad_tensor *a, ad_tensor *b);
+AD_API ad_tensor *ad_pow(ad_ctx *ctx, ad_tensor *a, ad_tensor *b);
+/* Ties send half the gradient to each side. */
+AD_API ad_tensor *ad_maximum(ad_ctx *ctx, ad_tensor *a, ad_tensor *b);
+AD_API ad_tensor *ad_minimum(ad_ctx *ctx, ad_tensor *a, ad_tensor *b);
+
+/* scalar forms */
+AD_API ad_tensor *ad_add_scalar(ad_ctx *ctx, ad_tensor *x, double s);
+AD_API ad_tensor *ad_mul_scalar(ad_ctx *ctx, ad_tensor *x, double s);
+AD_API ad_tensor *ad_pow_scalar(ad_ctx *ctx, ad_tensor *x, double p);
+AD_API ad_tensor *ad_sub_scalar(ad_ctx *ctx, ad_tensor *x, double s);  /* x - s */
+AD_API ad_tensor *ad_rsub_scalar(ad_ctx *ctx, ad_tensor *x, double s); /* s - x */
+AD_API ad_tensor *ad_div_scalar(ad_ctx *ctx, ad_tensor *x, double s);  /* x / s */
+
+/* elementwise unary */
+AD_API ad_tensor *ad_neg(ad_ctx *ctx, ad_tensor *x);
+AD_API ad_tensor *ad_exp(ad_ctx *ctx, ad_tensor *x);
+AD_API ad_tensor *ad_log(ad_ctx *ctx, ad_tensor *x);
+AD_API ad_tensor *ad_sqrt(ad_ctx *ctx, ad_tensor *x);
+AD_API ad_tensor *ad_abs(ad_ctx *ctx, ad_tensor *x); /* d|x|/dx at 0 is 0 */
+AD_API ad_tensor *ad_sin(ad_ctx *ctx, ad_tensor *x);
+AD_API ad_tensor *ad_cos(ad_ctx *ctx, ad_tensor *x);
+AD_API ad_tensor *ad_tanh(ad_ctx *ctx, ad_tensor *x);
+AD_API ad_tensor *ad_sigmoid(ad_ctx *ctx, ad_tensor *x);
+AD_API ad_tensor *ad_relu(ad_ctx *ctx, ad_tensor *x); /* relu'(0) = 0 */
+/* x > 0 ? x : alpha*x; the slope at 0 is alpha. */
+AD_API ad_tensor *ad_leaky_relu(ad_ctx *ctx, ad_tensor *x, double alpha);
+/* Exact GELU: x * Phi(x), Phi the standard normal CDF. */
+AD_API ad_tensor *ad_gelu(ad_ctx *ctx, ad_tensor *x);
+/* log(1 + exp(x)), computed stably. */
+AD_API ad_tensor *ad_softplus(ad_ctx *ctx, ad_tensor *x);
+AD_API ad_tensor *ad_erf(ad_ctx *ctx, ad_tensor *x);
+AD_API ad_tensor *ad_square(ad_ctx *ctx, ad_tensor *x);
+/* Converts to another float dtype; the gradient is converted back. */
+AD_API ad_tensor *ad_cast(ad_ctx *ctx, ad_tensor *x, ad_dtype dtype);
+
+/* comparisons: 1 where true, 0 elsewhere, in a's dtype; no gradient flows */
+AD_API ad_tensor *ad_eq(ad_ctx *ctx, ad_tensor *a, ad_tensor *b);
+AD_API ad_tensor *ad_gt(ad_ctx *ctx, ad_tensor *a, ad_tensor *b);
+AD_API ad_tensor *ad_ge(ad_ctx *ctx, ad_tensor *a, ad_tensor *b);
+AD_API ad_tensor *ad_lt(ad_ctx *ctx, ad_tensor *a, ad_tensor *b);
+AD_API ad_tensor *ad_le(ad_ctx *ctx, ad_tensor *a, ad_tensor *b);
+/* cond != 0 ? a : b, broadcasting all three; no gradient to cond. */
+AD_API ad_tensor *ad_where(ad_ctx *ctx, ad_tensor *cond, ad_tensor *a, ad_tensor *b);
+
+/* Matrix product. a is [..,m,k] (or [..,k,m] with trans_a), b is [..,k,n]
+ * (or [..,n,k] with trans_b); 2-D or batched with equal (or one absent)
+ * leading dimensions. Transposes cost no copy. */
+AD_API ad_tensor *ad_matmul(ad_ctx *ctx, ad_tensor *a, ad_tensor *b, bool trans_a, bool trans_b);
+
+/* shape ops */
+/* A view with a new shape of the same size; one entry may be -1. */
+AD_API ad_tensor *ad_reshape(ad_ctx *ctx, ad_tensor *x, int ndim, const int64_t *shape);
+/* Output dim i is input dim perm[i]. Copies. */
+AD_API ad_tensor *ad_permute(ad_ctx *ctx, ad_tensor *x, const int *perm);
+/* Swaps two dims (negative counts from the end). */
+AD_API ad_tensor *ad_transpose(ad_ctx *ctx, ad_tensor *x, int d0, int d1);
+/* Broadcasts x to shape (NumPy rules). */
+AD_API ad_tensor *ad_expand(ad_ctx *ctx, ad_tensor *x, int ndim, const int64_t *shape);
+/* Sums x down to shape, the inverse of a broadcast (the gradient of expand). */
+AD_API ad_tensor *ad_sum_to(ad_ctx *ctx, ad_tensor *x, int ndim, const int64_t *shape);
+/* Elements start..start+len-1 along axis. */
+AD_API ad_tensor *ad_narrow(ad_ctx *ctx, ad_tensor *x, int axis, int64_t start, int64_t len);
+/* Zero-pads before and after along axis (the gradient of narrow). */
+AD_API ad_tensor *ad_pad(ad_ctx *ctx, ad_tensor *x, int axis, int64_t before, int64_t after);
+/* Joins n (1..AD_MAX_SRC) tensors along axis. */
+AD_API ad_tensor *ad_concat(ad_ctx *ctx, int n, ad_tensor *const *xs, int axis);
+/* Rows of x (axis 0) picked by idx (AD_I32, any shape): out shape is
+ * idx.shape + x.shape[1:]. Embedding lookup, mini-batch selection. */
+AD_API ad_tensor *ad_index_select(ad_ctx *ctx, ad_tensor *x, ad_tensor *idx);
+/* Zeros of [rows] + src.shape[idx.ndim:] with src's rows added at idx (the
+ * gradient of index_select). */
+AD_API ad_tensor *ad_index_add(ad_ctx *ctx, ad_tensor *src, ad_tensor *idx, int64_t rows);
+
+/* reductions; axis may be negative; keepdim keeps it with length 1 */
+AD_API ad_tensor *ad_sum(ad_ctx *ctx, ad_tensor *x); /* over everything */
+AD_API ad_tensor *ad_sum_axis(ad_ctx *ctx, ad_tensor *x, int axis, bool keepdim);
+AD_API ad_tensor *ad_mean(ad_ctx *ctx, ad_tensor *x);
+AD_API ad_tensor *ad_mean_axis(ad_ctx *ctx, ad_tensor *x, int axis, bool keepdim);
+/* Ties share the gradient equally. */
+AD_API ad_tensor *ad_max(ad_ctx *ctx, ad_tensor *x);
+AD_API ad_tensor *ad_max_axis(ad_ctx *ctx, ad_tensor *x, int axis, bool keepdim);
+AD_API ad_tensor *ad_logsumexp(ad_ctx *ctx, ad_tensor *x, int axis, bool keepdim);
+AD_API ad_tensor *ad_softmax(ad_ctx *ctx, ad_tensor *x, int axis);
+AD_API ad_tensor *ad_log_softmax(ad_ctx *ctx, ad_tensor *x, int axis);
+
+/* Mean over the batch of -log softmax(logits)[label]: logits [N,C] float,
+ * labels [N] AD_I32 in [0,C). Stable for large logits. A scalar. */
+AD_API ad_tensor *ad_softmax_cross_entropy(ad_ctx *ctx, ad_tensor *logits, ad_tensor *labels);
+
+/* ------------------------------------------------------- op registry
+ * Every op, built-in or user-defined, is one ad_op_def. Built-ins are
+ * registered from autodiff/ops.def when a context is created. */
+
+/* Infers the output: checks the inputs, sets *dtype, *ndim and shape, or
+ * returns an error recorded with ad_set_error naming the op and shapes. */
+typedef ad_status (*ad_shape_fn)(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs *attrs,
+                                 ad_dtype *dtype, int *ndim, int64_t *shape);
+/* Computes out->data from the inputs. out is allocated and shaped. */
+typedef void (*ad_forward_fn)(int n, ad_tensor *const *in, const ad_attrs *attrs, ad_tensor *out);
+/* Given gout = dL/dout, sets gin[i] = dL/din[i] for each i with needs[i],
+ * built from ad_ ops (so it can be recorded). gin[i] may have a shape that
+ * broadcasts to in[i] (it is summed down), or be left NULL for zero. */
+typedef ad_status (*ad_backward_fn)(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs *attrs,
+                                    ad_tensor *out, ad_tensor *gout, const bool *needs,
+                                    ad_tensor **gin);
+/* Makes test case number variant for gradcheck: persistent inputs in in[]
+ * (owned by the caller; those to check have requires_grad) and attrs.
+ * Returns the number of inputs, 0 when there are no more variants, -1 on
+ * error. */
+typedef int (*ad_sample_fn)(ad_ctx *ctx, ad_rng *rng, ad_dtype dtype, int variant, ad_tensor **in,
+                            ad_attrs *attrs);
+
+typedef struct ad_op_def {
+  const char *name;        /* unique, e.g. "tanh" */
+  int arity;               /* inputs, or -1 for 1..AD_MAX_SRC */
+  ad_shape_fn shape;       /* required */
+  ad_forward_fn forward;   /* required */
+  ad_backward_fn backward; /* NULL: the output carries no gradient */
+  ad_sample_fn sample;     /* NULL: gradcheck uses one [3,4] input per arity */
+  const char *math;        /* forward formula, e.g. "y = tanh(x)" */
+  const char *dmath;       /* backward formula, e.g. "dx += dy * (1 - y^2)" */
+  int flags;               /* AD_OP_VIEW: out shares in[0]'s data */
+} ad_op_def;
+
+#define AD_OP_VIEW 1
+
+/* Registers a new op under def->name (copied, with def). Returns its id, or
+ * -1 with AD_ERR_ARG for a missing field or a name already taken. */
+AD_API int ad_op_register(ad_ctx *ctx, const ad_op_def *def);
+/* Looks up an op by name; -1 if none. */
+AD_API int ad_op_find(const ad_ctx *ctx, const char *name);
+/* Number of registered ops; ids run 0..count-1. */
+AD_API int ad_op_count(const ad_ctx *ctx);
+/* The definition of op id (owned by the context), NULL if out of range. */
+AD_API const ad_op_def *ad_op_get(const ad_ctx *ctx, int id);
+/* Runs op id on n inputs (attrs may be NULL), recording it when needed. */
+AD_API ad_tensor *ad_op_apply(ad_ctx *ctx, int id, int n, ad_tensor *const *in,
+                              const ad_attrs *attrs);
+/* The op id that made t (-1 for a leaf) and its inputs: returns the input
+ * count and stores up to max pointers in srcs. 0 for leaves or unrecorded. */
+AD_API int ad_tensor_op(const ad_tensor *t);
+AD_API int ad_tensor_inputs(const ad_tensor *t, ad_tensor **srcs, int max);
+AD_API const ad_attrs *ad_tensor_attrs(const ad_tensor *t);
+
+/* ------------------------------------------------------------ gradcheck */
+
+/* A function of tensors to check: returns an output of any shape. */
+typedef ad_tensor *(*ad_check_fn)(ad_ctx *ctx, int n, ad_tensor *const *in, void *ud);
+
+typedef struct ad_check_opts {
+  double eps;  /* central-difference step (default 1e-6) */
+  double atol; /* pass if |a-n| <= atol + rtol*|n| (defaults 1e-5, 1e-4) */
+  double rtol;
+  uint64_t seed; /* for the random output cotangent */
+} ad_check_opts;
+
+typedef struct ad_check_report {
+  bool passed;
+  int input;       /* input holding the worst element, -1 if none */
+  int64_t index;   /* its flat index */
+  double analytic; /* the two values there */
+  double numeric;
+  double abs_err;  /* worst |analytic - numeric| */
+  double rel_err;  /* its |analytic - numeric| / max(|numeric|, 1e-12) */
+  int64_t checked; /* elements compared */
+} ad_check_report;
+
+/* Compares the analytic gradient of <v, fn(in)> (v a random cotangent)
+ * with central differences computed in float64: inputs of another dtype are
+ * copied to float64 for the numeric side. Only inputs with requires_grad
+ * are checked. opts may be NULL. Resets the tape. Returns AD_OK when the
+ * check ran (see report->passed) or the error that stopped it. */
+AD_API ad_status ad_gradcheck(ad_ctx *ctx, ad_check_fn fn, void *ud, int n, ad_tensor *const *in,
+                              const ad_check_opts *opts, ad_check_report *report);
+
+/* The same for second derivatives: checks the gradient (recorded with
+ * create_graph) of h(in) = sum_i <r_i, d<v, fn(in)>/d in_i> against central
+ * differences of h. */
+AD_API ad_status ad_gradgradcheck(ad_ctx *ctx, ad_check_fn fn, void *ud, int n,
+                                  ad_tensor *const *in, const ad_check_opts *opts,
+                                  ad_check_report *report);
+
+/* Checks a registered op through its sample function for one dtype, all
+ * variants, first (and with second, second) order. Prints nothing. */
+AD_API ad_status ad_op_check(ad_ctx *ctx, int id, ad_dtype dtype, bool second, uint64_t seed,
+                             ad_check_report *report);
+
+/* ------------------------------------------------------------- GEMM */
+
+/* C = alpha * op(A) op(B) + beta * C, row-major; op transposes when trans_*.
+ * A is m x k after op, B k x n, C m x n. Uses BLAS when built with it. */
+AD_API void ad_gemm_f32(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                        const float *a, int64_t lda, const float *b, int64_t ldb, float beta,
+                        float *c, int64_t ldc);
+AD_API void ad_gemm_f64(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double alpha,
+                        const double *a, int64_t lda, const double *b, int64_t ldb, double beta,
+                        double *c, int64_t ldc);
+/* "openblas" or "builtin". */
+AD_API const char *ad_gemm_backend(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* AD_H */

@@ -1,0 +1,342 @@
+/* gradcheck.c: analytic gradients against central differences in float64,
+ * first and second order, for any function of tensors and for every op. */
+#include "ad_internal.h"
+
+#include <math.h>
+
+typedef struct check_state {
+  ad_ctx *ctx;
+  ad_check_fn fn;
+  void *ud;
+  int n;
+  ad_tensor *const *in;       /* the caller's inputs */
+  ad_tensor *x64[AD_MAX_SRC]; /* float64 copies for the numeric side */
+  ad_tensor *v;               /* cotangent, float64, output's shape */
+  ad_tensor *r[AD_MAX_SRC];   /* second order: directions for each input */
+  ad_check_opts o;
+  double *analytic[AD_MAX_SRC];
+} check_state;
+
+static void fill_defaults(ad_check_opts *o, const ad_check_opts *user, ad_dtype dt) {
+  o->eps = 1e-6;
+  o->atol = dt == AD_F32 ? 1e-3 : 1e-5;
+  o->rtol = dt == AD_F32 ? 1e-2 : 1e-4;
+  o->seed = 12345;
+  if (user) {
+    if (user->eps > 0) o->eps = user->eps;
+    if (user->atol > 0) o->atol = user->atol;
+    if (user->rtol > 0) o->rtol = user->rtol;
+    if (user->seed) o->seed = user->seed;
+  }
+}
+
+static void state_free(check_state *s) {
+  for (int i = 0; i < s->n; i++) {
+    ad_tensor_free(s->x64[i]);
+    ad_tensor_free(s->r[i]);
+    if (s->analytic[i]) ad_free(s->ctx, s->analytic[i], (size_t)s->in[i]->size * sizeof(double));
+  }
+  ad_tensor_free(s->v);
+}
+
+static bool checked(const ad_tensor *t) { return ad_tensor_requires_grad(t); }
+
+/* Copies inputs to float64, checks arguments. */
+static ad_status state_init(check_state *s, ad_ctx *ctx, ad_check_fn fn, void *ud, int n,
+                            ad_tensor *const *in, const ad_check_opts *opts) {
+  memset(s, 0, sizeof *s);
+  s->ctx = ctx;
+  s->fn = fn;
+  s->ud = ud;
+  s->in = in;
+  if (!fn || (n > 0 && !in)) return ad_set_error(ctx, AD_ERR_NULL, "gradcheck: fn or inputs NULL");
+  if (n < 1 || n > AD_MAX_SRC)
+    return ad_set_error(ctx, AD_ERR_ARG, "gradcheck: %d inputs (1..%d)", n, AD_MAX_SRC);
+  ad_dtype dt = AD_F64;
+  for (int i = 0; i < n; i++) {
+    if (!in[i]) return ad_set_error(ctx, AD_ERR_NULL, "gradcheck: input %d is NULL", i);
+    if (checked(in[i]) && in[i]->dtype == AD_F32) dt = AD_F32;
+  }
+  fill_defaults(&s->o, opts, dt);
+  s->n = n;
+  for (int i = 0; i < n; i++) {
+    ad_dtype d = ad_is_float(in[i]->dtype) ? AD_F64 : in[i]->dtype;
+    s->x64[i] = ad_zeros(ctx, d, in[i]->ndim, in[i]->shape);
+    if (!s->x64[i]) return ctx->status;
+    ad_tensor_copy_data(s->x64[i], in[i]);
+    if (checked(in[i])) {
+      ad_tensor_set_requires_grad(s->x64[i], true);
+      s->analytic[i] = ad_malloc(ctx, (size_t)in[i]->size * sizeof(double));
+      if (!s->analytic[i]) return ctx->status;
+    }
+  }
+  return AD_OK;
+}
+
+/* The output of fn on the given inputs, checked. */
+static ad_tensor *run(check_state *s, ad_tensor *const *in) {
+  ad_tensor *y = s->fn(s->ctx, s->n, in, s->ud);
+  if (!y && s->ctx->status == AD_OK)
+    ad_set_error(s->ctx, AD_ERR_STATE, "gradcheck: fn returned NULL without an error");
+  if (y && !ad_is_float(y->dtype)) {
+    ad_set_error(s->ctx, AD_ERR_DTYPE, "gradcheck: fn returned a %s tensor",
+                 ad_dtype_name(y->dtype));
+    return NULL;
+  }
+  return y;
+}
+
+/* <v, y> in float64. */
+static double dot_v(const check_state *s, const ad_tensor *y) {
+  double acc = 0;
+  for (int64_t i = 0; i < y->size; i++) acc += ad_tensor_get(s->v, i) * ad_tensor_get(y, i);
+  return acc;
+}
+
+/* The seed v in y's dtype (arena). */
+static ad_tensor *seed_for(check_state *s, const ad_tensor *y) {
+  ad_tensor *g = ad_tmp_new(s->ctx, y->dtype, y->ndim, y->shape);
+  if (g) ad_tensor_copy_data(g, s->v);
+  return g;
+}
+
+/* Gradients of <v, fn(in)> w.r.t. the checked inputs; create_graph when
+ * the caller differentiates them again. Leaves out[i] NULL for unchecked. */
+static ad_status first_grads(check_state *s, ad_tensor *const *in, bool create_graph,
+                             ad_tensor **out, ad_tensor **yout) {
+  ad_tensor *y = run(s, in);
+  if (!y) return s->ctx->status;
+  if (yout) *yout = y;
+  ad_tensor *req[AD_MAX_SRC], *g[AD_MAX_SRC];
+  int idx[AD_MAX_SRC], m = 0;
+  for (int i = 0; i < s->n; i++) {
+    out[i] = NULL;
+    if (checked(in[i])) {
+      idx[m] = i;
+      req[m++] = in[i];
+    }
+  }
+  if (!ad_tensor_requires_grad(y)) { /* y does not depend on any input */
+    for (int k = 0; k < m; k++)
+      out[idx[k]] = ad_tmp_full(s->ctx, in[idx[k]]->dtype, in[idx[k]]->ndim, in[idx[k]]->shape, 0);
+    return AD_OK;
+  }
+  ad_tensor *seed = seed_for(s, y);
+  if (!seed) return s->ctx->status;
+  ad_status st = ad_grad(s->ctx, y, seed, m, req, g, create_graph);
+  for (int k = 0; st == AD_OK && k < m; k++) out[idx[k]] = g[k];
+  return st;
+}
+
+/* h(in) = sum_i <r_i, g_i(in)>, recorded when create_graph. */
+static ad_tensor *second_h(check_state *s, ad_tensor *const *in, bool create_graph) {
+  ad_tensor *g[AD_MAX_SRC], *h = NULL;
+  if (first_grads(s, in, create_graph, g, NULL) != AD_OK) return NULL;
+  for (int i = 0; i < s->n; i++) {
+    if (!g[i]) continue;
+    ad_tensor *r = s->r[i];
+    ad_tensor *ri = r;
+    if (r->dtype != g[i]->dtype) ri = ad_cast(s->ctx, r, g[i]->dtype);
+    ad_tensor *t = ad_sum(s->ctx, ad_mul(s->ctx, ri, g[i]));
+    h = h ? ad_add(s->ctx, h, t) : t;
+    if (!h) return NULL;
+  }
+  return h;
+}
+
+static void compare(check_state *s, int i, int64_t j, double a, double num, ad_check_report *rep,
+                    double *score) {
+  double err = fabs(a - num), tol = s->o.atol + s->o.rtol * fabs(num);
+  double sc = err / tol;
+  if (!(sc <= 1.0)) rep->passed = false; /* NaN fails too */
+  if (!(sc <= *score)) {
+    *score = isnan(sc) ? INFINITY : sc;
+    rep->input = i;
+    rep->index = j;
+    rep->analytic = a;
+    rep->numeric = num;
+    rep->abs_err = err;
+    rep->rel_err = err / (fabs(num) > 1e-12 ? fabs(num) : 1e-12);
+  }
+  rep->checked++;
+}
+
+/* Central differences of value(x64) per checked element. */
+static ad_status numeric_pass(check_state *s, bool second, ad_check_report *rep) {
+  double score = -1;
+  bool grad_was = ad_set_grad_enabled(s->ctx, second);
+  ad_status st = AD_OK;
+  for (int i = 0; i < s->n && st == AD_OK; i++) {
+    if (!s->analytic[i]) continue;
+    ad_tensor *x = s->x64[i];
+    for (int64_t j = 0; j < x->size && st == AD_OK; j++) {
+      double orig = ad_tensor_get(x, j), f[2];
+      for (int k = 0; k < 2 && st == AD_OK; k++) {
+        ad_tensor_set(x, j, orig + (k ? -s->o.eps : s->o.eps));
+        ad_tape_reset(s->ctx);
+        if (second) {
+          ad_tensor *h = second_h(s, s->x64, false);
+          if (!h)
+            st = s->ctx->status;
+          else
+            f[k] = ad_tensor_item(h);
+        } else {
+          ad_tensor *y = run(s, s->x64);
+          if (!y)
+            st = s->ctx->status;
+          else
+            f[k] = dot_v(s, y);
+        }
+      }
+      ad_tensor_set(x, j, orig);
+      if (st == AD_OK)
+        compare(s, i, j, s->analytic[i][j], (f[0] - f[1]) / (2 * s->o.eps), rep, &score);
+    }
+  }
+  ad_tape_reset(s->ctx);
+  ad_set_grad_enabled(s->ctx, grad_was);
+  return st;
+}
+
+static ad_status make_v(check_state *s, bool second) {
+  ad_rng rng;
+  ad_rng_seed(&rng, s->o.seed);
+  bool was = ad_set_grad_enabled(s->ctx, false);
+  ad_tensor *y = run(s, s->in);
+  ad_set_grad_enabled(s->ctx, was);
+  if (!y) return s->ctx->status;
+  s->v = ad_rand(s->ctx, &rng, AD_F64, y->ndim, y->shape, -1, 1);
+  if (!s->v) return s->ctx->status;
+  for (int i = 0; second && i < s->n; i++)
+    if (s->analytic[i] &&
+        !(s->r[i] = ad_rand(s->ctx, &rng, AD_F64, s->in[i]->ndim, s->in[i]->shape, -1, 1)))
+      return s->ctx->status;
+  ad_tape_reset(s->ctx);
+  return AD_OK;
+}
+
+static void store_analytic(check_state *s, ad_tensor **g) {
+  for (int i = 0; i < s->n; i++)
+    if (s->analytic[i])
+      for (int64_t j = 0; j < s->in[i]->size; j++)
+        s->analytic[i][j] = g[i] ? ad_tensor_get(g[i], j) : 0;
+}
+
+static ad_status check(ad_ctx *ctx, ad_check_fn fn, void *ud, int n, ad_tensor *const *in,
+                       const ad_check_opts *opts, ad_check_report *rep, bool second) {
+  if (!ctx) return AD_ERR_NULL;
+  if (!rep) return ad_set_error(ctx, AD_ERR_NULL, "gradcheck: report is NULL");
+  memset(rep, 0, sizeof *rep);
+  rep->passed = true;
+  rep->input = -1;
+  check_state s;
+  ad_tape_reset(ctx);
+  ad_status st = state_init(&s, ctx, fn, ud, n, in, opts);
+  if (st == AD_OK) st = make_v(&s, second);
+  if (st == AD_OK) {
+    bool was = ad_set_grad_enabled(ctx, true);
+    ad_tensor *g[AD_MAX_SRC] = {0};
+    if (!second) {
+      st = first_grads(&s, in, false, g, NULL);
+    } else {
+      ad_tensor *h = second_h(&s, in, true);
+      ad_tensor *req[AD_MAX_SRC], *gg[AD_MAX_SRC];
+      int idx[AD_MAX_SRC], m = 0;
+      for (int i = 0; i < n; i++)
+        if (s.analytic[i]) idx[m] = i, req[m++] = in[i];
+      if (!h) {
+        st = ctx->status;
+      } else if (ad_tensor_requires_grad(h)) {
+        st = ad_grad(ctx, h, NULL, m, req, gg, false);
+        for (int k = 0; st == AD_OK && k < m; k++) g[idx[k]] = gg[k];
+      } /* else: the first derivative is constant, so the second is zero */
+    }
+    if (st == AD_OK) store_analytic(&s, g);
+    ad_set_grad_enabled(ctx, was);
+    ad_tape_reset(ctx);
+  }
+  if (st == AD_OK) st = numeric_pass(&s, second, rep);
+  state_free(&s);
+  if (st != AD_OK) rep->passed = false;
+  return st;
+}
+
+ad_status ad_gradcheck(ad_ctx *ctx, ad_check_fn fn, void *ud, int n, ad_tensor *const *in,
+                       const ad_check_opts *opts, ad_check_report *report) {
+  return check(ctx, fn, ud, n, in, opts, report, false);
+}
+
+ad_status ad_gradgradcheck(ad_ctx *ctx, ad_check_fn fn, void *ud, int n, ad_tensor *const *in,
+                           const ad_check_opts *opts, ad_check_report *report) {
+  return check(ctx, fn, ud, n, in, opts, report, true);
+}
+
+/* ------------------------------------------------------------ per op */
+
+typedef struct op_call {
+  int id;
+  ad_attrs attrs;
+} op_call;
+
+static ad_tensor *call_op(ad_ctx *ctx, int n, ad_tensor *const *in, void *ud) {
+  const op_call *c = ud;
+  return ad_op_apply(ctx, c->id, n, in, &c->attrs);
+}
+
+/* Generic inputs for an op without a sample function. */
+static int generic_sample(ad_ctx *ctx, ad_rng *rng, const ad_op_def *def, ad_dtype dt, int v,
+                          ad_tensor **in) {
+  if (v > 0) return 0;
+  int n = def->arity > 0 ? def->arity : 2;
+  int64_t s[2] = {3, 4};
+  for (int i = 0; i < n; i++)
+    if (!(in[i] = ad_sample_tensor(ctx, rng, dt, 2, s, -1, 1, true))) return -1;
+  return n;
+}
+
+ad_status ad_op_check(ad_ctx *ctx, int id, ad_dtype dtype, bool second, uint64_t seed,
+                      ad_check_report *report) {
+  if (!ctx) return AD_ERR_NULL;
+  const ad_op_def *def = ad_op_get(ctx, id);
+  if (!def) return ad_set_error(ctx, AD_ERR_ARG, "op_check: no op with id %d", id);
+  if (!report) return ad_set_error(ctx, AD_ERR_NULL, "op_check: report is NULL");
+  if (!def->backward)
+    return ad_set_error(ctx, AD_ERR_ARG, "op_check: %s has no gradient to check", def->name);
+  memset(report, 0, sizeof *report);
+  report->passed = true;
+  report->input = -1;
+  ad_rng rng;
+  ad_rng_seed(&rng, seed);
+  double worst = -1;
+  ad_status st = AD_OK;
+  for (int v = 0; st == AD_OK; v++) {
+    op_call c = {.id = id};
+    ad_tensor *in[AD_MAX_SRC] = {0};
+    int n = def->sample ? def->sample(ctx, &rng, dtype, v, in, &c.attrs)
+                        : generic_sample(ctx, &rng, def, dtype, v, in);
+    if (n == 0) break;
+    if (n < 0) {
+      st = ctx->status ? ctx->status : AD_ERR_ARG;
+    } else {
+      ad_check_report r;
+      st = second ? ad_gradgradcheck(ctx, call_op, &c, n, in, NULL, &r)
+                  : ad_gradcheck(ctx, call_op, &c, n, in, NULL, &r);
+      if (st == AD_OK) {
+        if (!r.passed) report->passed = false;
+        double tol_sc = r.abs_err / (fabs(r.numeric) + 1e-300);
+        if (r.input >= 0 && tol_sc > worst) {
+          worst = tol_sc;
+          int64_t checked = report->checked;
+          bool passed = report->passed;
+          *report = r;
+          report->checked = checked;
+          report->passed = passed;
+        }
+        report->checked += r.checked;
+      }
+    }
+    for (int i = 0; i < AD_MAX_SRC; i++) ad_tensor_free(in[i]);
+  }
+  if (st != AD_OK) report->passed = false;
+  return st;
+}

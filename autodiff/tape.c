@@ -1,0 +1,401 @@
+/* tape.c: the op registry, running and recording ops, and the backward pass. */
+#include "ad_internal.h"
+
+#include <uthash.h>
+
+/* ------------------------------------------------------------ registry */
+
+struct ad_op_entry {
+  char *name; /* owned copy */
+  int id;
+  UT_hash_handle hh;
+};
+
+/* The built-in ops, generated from the table. */
+#define AD_NO_BACKWARD NULL
+#define AD_NO_SAMPLE   NULL
+static const ad_op_def builtin_ops[] = {
+#define AD_OP(E, nm, ar, fl, sh, fw, bw, sa, m, dm)                                                \
+  {.name = nm,                                                                                     \
+   .arity = ar,                                                                                    \
+   .shape = sh,                                                                                    \
+   .forward = fw,                                                                                  \
+   .backward = bw,                                                                                 \
+   .sample = sa,                                                                                   \
+   .math = m,                                                                                      \
+   .dmath = dm,                                                                                    \
+   .flags = fl},
+#include "ops.def"
+#undef AD_OP
+};
+#undef AD_NO_BACKWARD
+#undef AD_NO_SAMPLE
+_Static_assert(sizeof builtin_ops / sizeof builtin_ops[0] == AD_OP_BUILTIN_COUNT,
+               "op table and enum disagree");
+
+/* uthash allocates with malloc; route it through the context allocator is not
+ * possible per call, so entries are allocated by us and only the table's
+ * bucket array uses malloc (once, at registration). */
+
+ad_status ad_registry_init(ad_ctx *ctx) {
+  for (int i = 0; i < AD_OP_BUILTIN_COUNT; i++)
+    if (ad_op_register(ctx, &builtin_ops[i]) != i) return ctx->status ? ctx->status : AD_ERR_OOM;
+  return AD_OK;
+}
+
+void ad_registry_free(ad_ctx *ctx) {
+  ad_op_entry *e, *tmp;
+  HASH_ITER(hh, ctx->by_name, e, tmp) {
+    HASH_DEL(ctx->by_name, e);
+    ad_free(ctx, e->name, strlen(e->name) + 1);
+    ad_free(ctx, e, sizeof *e);
+  }
+  ad_free(ctx, ctx->ops, (size_t)ctx->ops_cap * sizeof *ctx->ops);
+  ctx->ops = NULL;
+  ctx->nops = ctx->ops_cap = 0;
+}
+
+int ad_op_find(const ad_ctx *ctx, const char *name) {
+  if (!ctx || !name) return -1;
+  ad_op_entry *e;
+  HASH_FIND_STR(ctx->by_name, name, e);
+  return e ? e->id : -1;
+}
+
+int ad_op_register(ad_ctx *ctx, const ad_op_def *def) {
+  if (!ctx) return -1;
+  if (!def || !def->name || !def->name[0] || !def->shape || !def->forward) {
+    ad_set_error(ctx, AD_ERR_ARG, "op_register: a definition needs a name, shape and forward");
+    return -1;
+  }
+  if (def->arity == 0 || def->arity > AD_MAX_SRC || def->arity < -1) {
+    ad_set_error(ctx, AD_ERR_ARG, "op_register: %s: arity %d out of range", def->name, def->arity);
+    return -1;
+  }
+  if (ad_op_find(ctx, def->name) >= 0) {
+    ad_set_error(ctx, AD_ERR_ARG, "op_register: an op named '%s' exists", def->name);
+    return -1;
+  }
+  if (ctx->nops == ctx->ops_cap) {
+    int cap = ctx->ops_cap ? ctx->ops_cap * 2 : 64;
+    ad_op_def *ops = ad_malloc(ctx, (size_t)cap * sizeof *ops);
+    if (!ops) return -1;
+    if (ctx->nops) memcpy(ops, ctx->ops, (size_t)ctx->nops * sizeof *ops);
+    ad_free(ctx, ctx->ops, (size_t)ctx->ops_cap * sizeof *ops);
+    ctx->ops = ops;
+    ctx->ops_cap = cap;
+  }
+  size_t len = strlen(def->name) + 1;
+  ad_op_entry *e = ad_malloc(ctx, sizeof *e);
+  char *name = e ? ad_malloc(ctx, len) : NULL;
+  if (!name) {
+    ad_free(ctx, e, sizeof *e);
+    return -1;
+  }
+  memcpy(name, def->name, len);
+  e->name = name;
+  e->id = ctx->nops;
+  HASH_ADD_KEYPTR(hh, ctx->by_name, e->name, len - 1, e);
+  ctx->ops[ctx->nops] = *def;
+  ctx->ops[ctx->nops].name = name;
+  return ctx->nops++;
+}
+
+int ad_op_count(const ad_ctx *ctx) { return ctx ? ctx->nops : 0; }
+
+const ad_op_def *ad_op_get(const ad_ctx *ctx, int id) {
+  if (!ctx || id < 0 || id >= ctx->nops) return NULL;
+  return &ctx->ops[id];
+}
+
+int ad_tensor_op(const ad_tensor *t) {
+  if (!t) return -1;
+  const ad_node *n = ad_node_of(t);
+  return (n->flags & AD_NF_LEAF) ? -1 : n->op;
+}
+
+int ad_tensor_inputs(const ad_tensor *t, ad_tensor **srcs, int max) {
+  if (!t) return 0;
+  const ad_node *n = ad_node_of(t);
+  if (!(n->flags & AD_NF_RECORDED)) return 0;
+  for (int i = 0; i < n->nsrc && i < max; i++) srcs[i] = &n->src[i]->t;
+  return n->nsrc;
+}
+
+const ad_attrs *ad_tensor_attrs(const ad_tensor *t) { return t ? ad_node_of(t)->attrs : NULL; }
+
+/* ------------------------------------------------------------ applying */
+
+static ad_status tape_push(ad_ctx *ctx, ad_node *n) {
+  if (ctx->tape_len == ctx->tape_cap) {
+    size_t cap = ctx->tape_cap ? ctx->tape_cap * 2 : 1024;
+    ad_node **t = ctx->alloc(ctx->alloc_ud, ctx->tape, ctx->tape_cap * sizeof *t, cap * sizeof *t);
+    if (!t) return ad_set_error(ctx, AD_ERR_OOM, "out of memory growing the tape to %zu ops", cap);
+    ctx->tape = t;
+    ctx->tape_cap = cap;
+  }
+  n->tape_idx = (int32_t)ctx->tape_len;
+  ctx->tape[ctx->tape_len++] = n;
+  return AD_OK;
+}
+
+static const ad_attrs zero_attrs;
+
+ad_tensor *ad_op_apply(ad_ctx *ctx, int id, int n, ad_tensor *const *in, const ad_attrs *attrs) {
+  if (!ctx) return NULL;
+  if (id < 0 || id >= ctx->nops) {
+    ad_set_error(ctx, AD_ERR_ARG, "op_apply: no op with id %d", id);
+    return NULL;
+  }
+  const ad_op_def *def = &ctx->ops[id];
+  if ((def->arity >= 0 && n != def->arity) || n < 1 || n > AD_MAX_SRC || !in) {
+    ad_set_error(ctx, AD_ERR_ARG, "%s: takes %d inputs, got %d", def->name, def->arity, n);
+    return NULL;
+  }
+  bool record = false;
+  for (int i = 0; i < n; i++) {
+    if (!in[i]) {
+      ad_set_error(ctx, AD_ERR_NULL, "%s: input %d is NULL", def->name, i);
+      return NULL;
+    }
+    ad_node *s = ad_node_of(in[i]);
+    if (s->magic != AD_NODE_MAGIC) {
+      ad_set_error(ctx, AD_ERR_ARG, "%s: input %d is not a tensor (freed?)", def->name, i);
+      return NULL;
+    }
+    if (!(s->flags & AD_NF_PERSISTENT) && s->epoch != ctx->epoch) {
+      ad_set_error(ctx, AD_ERR_STATE, "%s: input %d is from a tape that was reset", def->name, i);
+      return NULL;
+    }
+    if (s->flags & AD_NF_REQUIRES_GRAD) record = true;
+  }
+  if (!attrs) attrs = &zero_attrs;
+  record = record && ctx->grad_enabled && def->backward;
+
+  ad_dtype dt;
+  int ndim = 0;
+  int64_t shape[AD_MAX_DIMS];
+  if (def->shape(ctx, n, in, attrs, &dt, &ndim, shape) != AD_OK) {
+    if (ctx->status == AD_OK) ad_set_error(ctx, AD_ERR_SHAPE, "%s: bad inputs", def->name);
+    return NULL;
+  }
+  ad_tensor *out = (def->flags & AD_OP_VIEW) ? ad_tmp_header(ctx, dt, ndim, shape)
+                                             : ad_tmp_new(ctx, dt, ndim, shape);
+  if (!out) return NULL;
+  def->forward(n, in, attrs, out);
+  ad_node *node = ad_node_of(out);
+  node->op = (uint16_t)id;
+  if (record) {
+    node->src = ad_arena_alloc(ctx, (size_t)n * sizeof *node->src);
+    if (!node->src) return NULL;
+    for (int i = 0; i < n; i++) node->src[i] = ad_node_of(in[i]);
+    node->nsrc = (uint8_t)n;
+    if (attrs != &zero_attrs && memcmp(attrs, &zero_attrs, sizeof *attrs) != 0) {
+      ad_attrs *a = ad_arena_alloc(ctx, sizeof *a);
+      if (!a) return NULL;
+      *a = *attrs;
+      node->attrs = a;
+    }
+    node->flags |= AD_NF_REQUIRES_GRAD | AD_NF_RECORDED;
+    if (tape_push(ctx, node) != AD_OK) return NULL;
+  }
+  return out;
+}
+
+ad_tensor *ad_apply1(ad_ctx *ctx, int op, ad_tensor *x, const ad_attrs *attrs) {
+  return ad_op_apply(ctx, op, 1, &x, attrs);
+}
+
+ad_tensor *ad_apply2(ad_ctx *ctx, int op, ad_tensor *a, ad_tensor *b, const ad_attrs *attrs) {
+  ad_tensor *in[2] = {a, b};
+  return ad_op_apply(ctx, op, 2, in, attrs);
+}
+
+/* ------------------------------------------------------------ backward */
+
+static ad_status touched_push(ad_ctx *ctx, ad_node *n) {
+  if (ctx->touched_len == ctx->touched_cap) {
+    size_t cap = ctx->touched_cap ? ctx->touched_cap * 2 : 64;
+    ad_node **t =
+        ctx->alloc(ctx->alloc_ud, ctx->touched, ctx->touched_cap * sizeof *t, cap * sizeof *t);
+    if (!t) return ad_set_error(ctx, AD_ERR_OOM, "backward: out of memory");
+    ctx->touched = t;
+    ctx->touched_cap = cap;
+  }
+  ctx->touched[ctx->touched_len++] = n;
+  return AD_OK;
+}
+
+/* Adds gradient g (already shaped like n) into n's accumulator. */
+static ad_status accumulate(ad_ctx *ctx, ad_node *n, ad_tensor *g) {
+  if (!n->gacc) {
+    n->gacc = g;
+    if (!(n->flags & AD_NF_RECORDED)) return touched_push(ctx, n);
+    return AD_OK;
+  }
+  ad_tensor *s = ad_add(ctx, n->gacc, g);
+  if (!s) return ctx->status ? ctx->status : AD_ERR_OOM;
+  n->gacc = s;
+  return AD_OK;
+}
+
+ad_tensor *ad_reduce_to(ad_ctx *ctx, ad_tensor *g, const ad_tensor *x) {
+  if (!g) return NULL;
+  if (ad_same_shape(g, x)) return g;
+  if (g->size == x->size) return ad_reshape(ctx, g, x->ndim, x->shape);
+  return ad_sum_to(ctx, g, x->ndim, x->shape);
+}
+
+/* Clears the accumulators left by a pass (also on error). */
+static void clear_pass(ad_ctx *ctx, size_t from) {
+  for (size_t i = 0; i < from && i < ctx->tape_len; i++) ctx->tape[i]->gacc = NULL;
+  for (size_t i = 0; i < ctx->touched_len; i++) ctx->touched[i]->gacc = NULL;
+  ctx->touched_len = 0;
+}
+
+/* The reverse sweep shared by ad_backward and ad_grad: seeds root, then runs
+ * each recorded op's backward from the root down, leaving every reached
+ * node's gradient in its gacc. */
+static ad_status sweep(ad_ctx *ctx, ad_node *root, const ad_tensor *seed, bool create_graph,
+                       const char *who) {
+  char a[64], b[64];
+  if (!(root->flags & AD_NF_REQUIRES_GRAD))
+    return ad_set_error(ctx, AD_ERR_STATE,
+                        "%s: the root does not require grad (no input requires grad, or it was "
+                        "computed in no-grad mode)",
+                        who);
+  if (!(root->flags & AD_NF_PERSISTENT) &&
+      (root->epoch != ctx->epoch || root->tape_idx < 0 || (size_t)root->tape_idx >= ctx->tape_len ||
+       ctx->tape[root->tape_idx] != root))
+    return ad_set_error(ctx, AD_ERR_STATE, "%s: the root is from a tape that was reset", who);
+  ad_tensor *g;
+  if (seed) {
+    if (ad_node_of(seed)->magic != AD_NODE_MAGIC)
+      return ad_set_error(ctx, AD_ERR_ARG, "%s: seed is not a tensor", who);
+    if (seed->size != root->t.size)
+      return ad_set_error(ctx, AD_ERR_SHAPE, "%s: seed shape %s does not match root %s", who,
+                          ad_shape_str(seed, a, sizeof a), ad_shape_str(&root->t, b, sizeof b));
+    if (seed->dtype != root->t.dtype)
+      return ad_set_error(ctx, AD_ERR_DTYPE, "%s: seed is %s, root is %s", who,
+                          ad_dtype_name(seed->dtype), ad_dtype_name(root->t.dtype));
+    g = (ad_tensor *)seed;
+    if (!ad_same_shape(seed, &root->t)) g = ad_reshape(ctx, g, root->t.ndim, root->t.shape);
+  } else {
+    if (root->t.size != 1)
+      return ad_set_error(ctx, AD_ERR_SHAPE,
+                          "%s: root has shape %s; a non-scalar root needs an output gradient", who,
+                          ad_shape_str(&root->t, a, sizeof a));
+    g = ad_tmp_full(ctx, root->t.dtype, root->t.ndim, root->t.shape, 1.0);
+  }
+  if (!g) return ctx->status ? ctx->status : AD_ERR_OOM;
+
+  bool old = ctx->grad_enabled;
+  ctx->grad_enabled = create_graph;
+  ctx->touched_len = 0;
+  ad_status st = accumulate(ctx, root, g);
+  size_t top = root->flags & AD_NF_RECORDED ? (size_t)root->tape_idx + 1 : 0;
+  for (size_t i = top; st == AD_OK && i-- > 0;) {
+    ad_node *n = ctx->tape[i];
+    if (!n->gacc) continue;
+    const ad_op_def *def = &ctx->ops[n->op];
+    ad_tensor *in[AD_MAX_SRC], *gin[AD_MAX_SRC] = {0};
+    bool needs[AD_MAX_SRC], any = false;
+    for (int k = 0; k < n->nsrc; k++) {
+      in[k] = &n->src[k]->t;
+      needs[k] = (n->src[k]->flags & AD_NF_REQUIRES_GRAD) != 0;
+      any |= needs[k];
+    }
+    if (!any) continue;
+    st = def->backward(ctx, n->nsrc, in, n->attrs ? n->attrs : &zero_attrs, &n->t, n->gacc, needs,
+                       gin);
+    if (st != AD_OK) {
+      ad_set_error(ctx, st, "%s: backward of %s failed", who, def->name);
+      break;
+    }
+    for (int k = 0; k < n->nsrc && st == AD_OK; k++) {
+      if (!needs[k] || !gin[k]) continue;
+      ad_tensor *gk = ad_reduce_to(ctx, gin[k], in[k]);
+      if (!gk) {
+        st = ctx->status ? ctx->status : AD_ERR_OOM;
+        break;
+      }
+      st = accumulate(ctx, n->src[k], gk);
+    }
+  }
+  ctx->grad_enabled = old;
+  return st;
+}
+
+/* dst += src for persistent leaf gradients (same size and dtype). */
+static void add_into(ad_tensor *dst, const ad_tensor *src) {
+  if (dst->dtype == AD_F32) {
+    float *d = dst->data;
+    const float *s = src->data;
+    for (int64_t i = 0; i < dst->size; i++) d[i] += s[i];
+  } else {
+    double *d = dst->data;
+    const double *s = src->data;
+    for (int64_t i = 0; i < dst->size; i++) d[i] += s[i];
+  }
+}
+
+static ad_status check_root(ad_ctx *ctx, ad_tensor *root, const char *who) {
+  if (!ctx) return AD_ERR_NULL;
+  if (!root) return ad_set_error(ctx, AD_ERR_NULL, "%s: root is NULL", who);
+  if (ad_node_of(root)->magic != AD_NODE_MAGIC)
+    return ad_set_error(ctx, AD_ERR_ARG, "%s: root is not a tensor (freed?)", who);
+  return AD_OK;
+}
+
+ad_status ad_backward(ad_ctx *ctx, ad_tensor *root, const ad_tensor *seed) {
+  ad_status st = check_root(ctx, root, "backward");
+  if (st != AD_OK) return st;
+  ad_node *r = ad_node_of(root);
+  st = sweep(ctx, r, seed, false, "backward");
+  size_t top = (r->flags & AD_NF_RECORDED) ? (size_t)r->tape_idx + 1 : 0;
+  if (st == AD_OK) {
+    /* leaves: add into their persistent grad */
+    for (size_t i = 0; i < ctx->touched_len && st == AD_OK; i++) {
+      ad_node *n = ctx->touched[i];
+      if (!(n->flags & AD_NF_PERSISTENT)) continue; /* unrecorded temporaries */
+      if (!n->t.grad) {
+        n->t.grad = ad_zeros(ctx, n->t.dtype, n->t.ndim, n->t.shape);
+        if (!n->t.grad) {
+          st = ctx->status;
+          break;
+        }
+      }
+      add_into(n->t.grad, n->gacc);
+    }
+    /* retained intermediates keep theirs (arena, until reset) */
+    for (size_t i = 0; i < top && st == AD_OK; i++) {
+      ad_node *n = ctx->tape[i];
+      if ((n->flags & AD_NF_RETAIN) && n->gacc) n->t.grad = n->gacc;
+    }
+  }
+  clear_pass(ctx, top);
+  return st;
+}
+
+ad_status ad_grad(ad_ctx *ctx, ad_tensor *root, const ad_tensor *seed, int n,
+                  ad_tensor *const *inputs, ad_tensor **out, bool create_graph) {
+  ad_status st = check_root(ctx, root, "grad");
+  if (st != AD_OK) return st;
+  if (n < 0 || (n > 0 && (!inputs || !out)))
+    return ad_set_error(ctx, AD_ERR_NULL, "grad: inputs or out is NULL");
+  for (int i = 0; i < n; i++) {
+    out[i] = NULL;
+    if (!inputs[i]) return ad_set_error(ctx, AD_ERR_NULL, "grad: input %d is NULL", i);
+  }
+  ad_node *r = ad_node_of(root);
+  st = sweep(ctx, r, seed, create_graph, "grad");
+  size_t top = (r->flags & AD_NF_RECORDED) ? (size_t)r->tape_idx + 1 : 0;
+  for (int i = 0; i < n && st == AD_OK; i++) {
+    ad_node *in = ad_node_of(inputs[i]);
+    out[i] = in->gacc ? in->gacc
+                      : ad_tmp_full(ctx, inputs[i]->dtype, inputs[i]->ndim, inputs[i]->shape, 0.0);
+    if (!out[i]) st = ctx->status ? ctx->status : AD_ERR_OOM;
+  }
+  clear_pass(ctx, top);
+  return st;
+}
