@@ -271,6 +271,17 @@ AD_API ad_status ad_backward(ad_ctx *ctx, ad_tensor *root, const ad_tensor *seed
 AD_API ad_status ad_grad(ad_ctx *ctx, ad_tensor *root, const ad_tensor *seed, int n,
                          ad_tensor *const *inputs, ad_tensor **out, bool create_graph);
 
+/* Observes a backward pass: called once per op that backward differentiates,
+ * in the order it runs (reverse tape order), after the op's gradients are
+ * computed. out is the op's output, gout = dL/dout, gin[i] the gradient sent
+ * to input i (shaped like it), NULL when input i needs none. Pointers are
+ * valid until ad_tape_reset. The hook must not run ops on ctx. */
+typedef void (*ad_backward_hook)(void *ud, const ad_tensor *out, const ad_tensor *gout, int n,
+                                 ad_tensor *const *gin);
+
+/* Installs (fn != NULL) or removes the hook. It never changes the result. */
+AD_API void ad_set_backward_hook(ad_ctx *ctx, ad_backward_hook fn, void *ud);
+
 /* ------------------------------------------------------------------ ops
  * Every op takes the context first, returns a new arena tensor, or NULL on
  * error (see ad_last_error). Float ops take AD_F32 or AD_F64; inputs of a

@@ -82,6 +82,8 @@ struct ad_ctx {
   /* backward scratch: leaves touched by the running pass */
   ad_node **touched;
   size_t touched_len, touched_cap;
+  ad_backward_hook hook;
+  void *hook_ud;
   /* registry */
   ad_op_def *ops;
   int nops, ops_cap;

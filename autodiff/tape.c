@@ -246,6 +246,12 @@ ad_tensor *ad_reduce_to(ad_ctx *ctx, ad_tensor *g, const ad_tensor *x) {
   return ad_sum_to(ctx, g, x->ndim, x->shape);
 }
 
+void ad_set_backward_hook(ad_ctx *ctx, ad_backward_hook fn, void *ud) {
+  if (!ctx) return;
+  ctx->hook = fn;
+  ctx->hook_ud = fn ? ud : NULL;
+}
+
 /* Clears the accumulators left by a pass (also on error). */
 static void clear_pass(ad_ctx *ctx, size_t from) {
   for (size_t i = 0; i < from && i < ctx->tape_len; i++) ctx->tape[i]->gacc = NULL;
@@ -313,14 +319,19 @@ static ad_status sweep(ad_ctx *ctx, ad_node *root, const ad_tensor *seed, bool c
       break;
     }
     for (int k = 0; k < n->nsrc && st == AD_OK; k++) {
-      if (!needs[k] || !gin[k]) continue;
+      if (!needs[k] || !gin[k]) {
+        gin[k] = NULL;
+        continue;
+      }
       ad_tensor *gk = ad_reduce_to(ctx, gin[k], in[k]);
       if (!gk) {
         st = ctx->status ? ctx->status : AD_ERR_OOM;
         break;
       }
+      gin[k] = gk;
       st = accumulate(ctx, n->src[k], gk);
     }
+    if (st == AD_OK && ctx->hook) ctx->hook(ctx->hook_ud, &n->t, n->gacc, n->nsrc, gin);
   }
   ctx->grad_enabled = old;
   return st;
