@@ -32,12 +32,15 @@ enum {
   AD_NF_LEAF = 2,          /* made by a constructor, not an op */
   AD_NF_PERSISTENT = 4,    /* malloc'd, survives tape reset */
   AD_NF_RETAIN = 8,        /* keep the gradient of an intermediate */
-  AD_NF_RECORDED = 16      /* on the tape */
+  AD_NF_RECORDED = 16,     /* on the tape */
+  AD_NF_KEEP = 32          /* ad_grad input: keep gacc after its backward ran */
 };
 
 #define AD_NODE_MAGIC 0xAD7E5017u
 
-/* Every tensor is a node; the public view comes first. */
+/* Every tensor is a node; the public view comes first. Kept small: a
+ * scalar chain allocates a few of these per op. */
+#define AD_INLINE_SRC 3
 typedef struct ad_node {
   ad_tensor t;
   uint32_t magic;
@@ -47,10 +50,10 @@ typedef struct ad_node {
   uint32_t epoch;   /* tape generation it was made in (temporaries) */
   int32_t tape_idx; /* position on the tape, -1 if not recorded */
   ad_ctx *ctx;
-  struct ad_node **src;  /* nsrc inputs (arena) */
+  struct ad_node **src;  /* nsrc inputs: src_inline or an arena array */
   const ad_attrs *attrs; /* NULL when all zero */
   ad_tensor *gacc;       /* gradient accumulated during backward */
-  size_t data_bytes;     /* persistent: bytes allocated for data */
+  struct ad_node *src_inline[AD_INLINE_SRC];
 } ad_node;
 
 static inline ad_node *ad_node_of(const ad_tensor *t) { return (ad_node *)t; }
@@ -72,6 +75,7 @@ struct ad_ctx {
   /* arena */
   ad_arena_chunk *chunks; /* first chunk */
   ad_arena_chunk *cur;    /* chunk being filled */
+  char *bump, *bump_end;  /* free space in cur */
   size_t arena_cap, arena_used_before_cur;
   size_t peak_used;
   /* tape */
@@ -90,8 +94,17 @@ struct ad_ctx {
   ad_op_entry *by_name;
 };
 
-/* arena */
-void *ad_arena_alloc(ad_ctx *ctx, size_t bytes);
+/* arena: bump allocation, 16-byte granularity; NULL + AD_ERR_OOM on failure */
+void *ad_arena_alloc_slow(ad_ctx *ctx, size_t bytes);
+static inline void *ad_arena_alloc(ad_ctx *ctx, size_t bytes) {
+  bytes = (bytes + 15) & ~(size_t)15;
+  if (bytes && (size_t)(ctx->bump_end - ctx->bump) >= bytes) {
+    void *p = ctx->bump;
+    ctx->bump += bytes;
+    return p;
+  }
+  return ad_arena_alloc_slow(ctx, bytes);
+}
 void ad_arena_free_all(ad_ctx *ctx);
 
 /* A temporary (arena) tensor, uninitialized data, not recorded. */

@@ -124,6 +124,8 @@ void ad_ctx_free(ad_ctx *ctx) {
 
 #define AD_ARENA_MIN_CHUNK ((size_t)1 << 20)
 #define AD_ALIGN           64
+#define AD_GRAIN           16  /* granularity of every arena block */
+#define AD_BIG_DATA        256 /* data this large starts on a 64-byte boundary */
 
 static size_t align_up(size_t n, size_t a) { return (n + a - 1) & ~(a - 1); }
 
@@ -142,23 +144,38 @@ static char *chunk_base(ad_arena_chunk *c) {
   return (char *)c + align_up(sizeof(ad_arena_chunk), AD_ALIGN);
 }
 
-void *ad_arena_alloc(ad_ctx *ctx, size_t bytes) {
-  bytes = align_up(bytes ? bytes : 1, AD_ALIGN);
+/* Makes c the chunk being filled, empty. */
+static void arena_enter(ad_ctx *ctx, ad_arena_chunk *c) {
+  ctx->cur = c;
+  c->used = 0;
+  ctx->bump = chunk_base(c);
+  ctx->bump_end = ctx->bump + c->cap;
+}
+
+/* Closes the chunk being filled: its use counts toward arena_used. */
+static void arena_leave(ad_ctx *ctx) {
   ad_arena_chunk *c = ctx->cur;
-  if (c && c->used + bytes <= c->cap) {
-    void *p = chunk_base(c) + c->used;
-    c->used += bytes;
+  c->used = (size_t)(ctx->bump - chunk_base(c));
+  ctx->arena_used_before_cur += c->used;
+}
+
+void *ad_arena_alloc_slow(ad_ctx *ctx, size_t bytes) {
+  bytes = align_up(bytes ? bytes : 1, AD_GRAIN);
+  if ((size_t)(ctx->bump_end - ctx->bump) >= bytes) { /* fits after all */
+    void *p = ctx->bump;
+    ctx->bump += bytes;
     return p;
   }
-  /* move to the next kept chunk if it fits, else append a new one */
+  /* move on to the next kept chunk if it fits, else append a new one */
+  ad_arena_chunk *c = ctx->cur;
   while (c && c->next) {
-    ctx->arena_used_before_cur += c->used;
+    arena_leave(ctx);
     c = c->next;
-    c->used = 0;
-    ctx->cur = c;
+    arena_enter(ctx, c);
     if (bytes <= c->cap) {
-      c->used = bytes;
-      return chunk_base(c);
+      void *p = ctx->bump;
+      ctx->bump += bytes;
+      return p;
     }
   }
   size_t cap = ctx->arena_cap > AD_ARENA_MIN_CHUNK ? ctx->arena_cap : AD_ARENA_MIN_CHUNK;
@@ -169,19 +186,19 @@ void *ad_arena_alloc(ad_ctx *ctx, size_t bytes) {
     return NULL;
   }
   if (c) {
-    ctx->arena_used_before_cur += c->used;
+    arena_leave(ctx);
     c->next = n;
   } else {
     ctx->chunks = n;
   }
-  ctx->cur = n;
-  n->used = bytes;
+  arena_enter(ctx, n);
+  ctx->bump += bytes;
   return chunk_base(n);
 }
 
 size_t ad_arena_used(const ad_ctx *ctx) {
   if (!ctx || !ctx->cur) return 0;
-  return ctx->arena_used_before_cur + ctx->cur->used;
+  return ctx->arena_used_before_cur + (size_t)(ctx->bump - chunk_base(ctx->cur));
 }
 
 size_t ad_arena_capacity(const ad_ctx *ctx) { return ctx ? ctx->arena_cap : 0; }
@@ -193,6 +210,7 @@ void ad_arena_free_all(ad_ctx *ctx) {
     ctx->alloc(ctx->alloc_ud, c, hdr + c->cap, 0);
   }
   ctx->chunks = ctx->cur = NULL;
+  ctx->bump = ctx->bump_end = NULL;
   ctx->arena_cap = ctx->arena_used_before_cur = 0;
 }
 
@@ -207,8 +225,7 @@ void ad_tape_reset(ad_ctx *ctx) {
     ad_arena_chunk *c = chunk_new(ctx, want);
     ctx->chunks = ctx->cur = c; /* NULL on OOM: allocation retries later */
   }
-  if (ctx->chunks) ctx->chunks->used = 0;
-  ctx->cur = ctx->chunks;
+  if (ctx->chunks) arena_enter(ctx, ctx->chunks);
   ctx->arena_used_before_cur = 0;
   ctx->tape_len = 0;
   ctx->epoch++;
@@ -311,8 +328,9 @@ static void node_init(ad_node *n, ad_ctx *ctx, ad_dtype dt, int ndim, const int6
   n->t.grad = NULL;
   n->t.dtype = dt;
   n->t.ndim = ndim;
-  for (int i = 0; i < ndim; i++) n->t.shape[i] = shape[i];
-  n->t.size = ad_shape_size(ndim, shape);
+  int64_t size = 1;
+  for (int i = 0; i < ndim; i++) size *= n->t.shape[i] = shape[i];
+  n->t.size = size;
   n->magic = AD_NODE_MAGIC;
   n->op = 0;
   n->flags = 0;
@@ -323,7 +341,6 @@ static void node_init(ad_node *n, ad_ctx *ctx, ad_dtype dt, int ndim, const int6
   n->src = NULL;
   n->attrs = NULL;
   n->gacc = NULL;
-  n->data_bytes = 0;
 }
 
 /* A persistent tensor with uninitialized data. */
@@ -334,8 +351,7 @@ static ad_tensor *persistent_new(ad_ctx *ctx, const char *fn, ad_dtype dt, int n
   if (!n) return NULL;
   node_init(n, ctx, dt, ndim, shape);
   n->flags = AD_NF_LEAF | AD_NF_PERSISTENT;
-  n->data_bytes = (size_t)n->t.size * ad_dtype_size(dt);
-  n->t.data = ad_malloc(ctx, n->data_bytes);
+  n->t.data = ad_malloc(ctx, (size_t)n->t.size * ad_dtype_size(dt));
   if (!n->t.data) {
     ad_free(ctx, n, sizeof *n);
     return NULL;
@@ -344,12 +360,16 @@ static ad_tensor *persistent_new(ad_ctx *ctx, const char *fn, ad_dtype dt, int n
 }
 
 ad_tensor *ad_tmp_new(ad_ctx *ctx, ad_dtype dt, int ndim, const int64_t *shape) {
-  size_t hdr = align_up(sizeof(ad_node), AD_ALIGN);
-  int64_t size = ad_shape_size(ndim, shape);
-  ad_node *n = ad_arena_alloc(ctx, hdr + (size_t)size * ad_dtype_size(dt));
-  if (!n) return NULL;
+  size_t bytes = (size_t)ad_shape_size(ndim, shape) * ad_dtype_size(dt);
+  size_t hdr = align_up(sizeof(ad_node), AD_GRAIN);
+  /* large data starts on a 64-byte boundary (the arena block may start on
+   * any 16-byte one, so reserve the slack) */
+  size_t pad = bytes >= AD_BIG_DATA ? AD_ALIGN - AD_GRAIN : 0;
+  char *p = ad_arena_alloc(ctx, hdr + pad + bytes);
+  if (!p) return NULL;
+  ad_node *n = (ad_node *)p;
   node_init(n, ctx, dt, ndim, shape);
-  n->t.data = (char *)n + hdr;
+  n->t.data = pad ? (void *)align_up((uintptr_t)(p + hdr), AD_ALIGN) : (void *)(p + hdr);
   return &n->t;
 }
 
@@ -460,7 +480,7 @@ void ad_tensor_free(ad_tensor *t) {
   ad_ctx *ctx = n->ctx;
   if (t->grad) ad_tensor_free(t->grad);
   n->magic = 0;
-  ad_free(ctx, t->data, n->data_bytes);
+  ad_free(ctx, t->data, (size_t)t->size * ad_dtype_size(t->dtype));
   ad_free(ctx, n, sizeof *n);
 }
 

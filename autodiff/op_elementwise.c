@@ -79,16 +79,20 @@ void ad_bc_row(const ad_bc_rows *it, const ad_tensor *out, int64_t r, int64_t *o
 
 ad_status shape_binary(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs *at, ad_dtype *dt,
                        int *ndim, int64_t *shape) {
-  (void)at;
-  const char *name = "binary op";
-  (void)n;
-  if (ad_check_float_same(ctx, name, 2, in) != AD_OK) return ctx->status;
-  if (!ad_broadcast_shape(in[0]->ndim, in[0]->shape, in[1]->ndim, in[1]->shape, ndim, shape)) {
-    char a[64], b[64];
-    return ad_set_error(ctx, AD_ERR_SHAPE, "binary op: shapes do not broadcast: %s and %s",
-                        ad_shape_str(in[0], a, sizeof a), ad_shape_str(in[1], b, sizeof b));
+  (void)at, (void)n;
+  const ad_tensor *a = in[0], *b = in[1];
+  if (a->dtype != b->dtype || !ad_is_float(a->dtype)) {
+    if (ad_check_float_same(ctx, "binary op", 2, in) != AD_OK) return ctx->status;
   }
-  *dt = in[0]->dtype;
+  if (ad_same_shape(a, b)) { /* the common case */
+    *ndim = a->ndim;
+    for (int k = 0; k < a->ndim; k++) shape[k] = a->shape[k];
+  } else if (!ad_broadcast_shape(a->ndim, a->shape, b->ndim, b->shape, ndim, shape)) {
+    char sa[64], sb[64];
+    return ad_set_error(ctx, AD_ERR_SHAPE, "binary op: shapes do not broadcast: %s and %s",
+                        ad_shape_str(a, sa, sizeof sa), ad_shape_str(b, sb, sizeof sb));
+  }
+  *dt = a->dtype;
   return AD_OK;
 }
 
@@ -178,6 +182,9 @@ DEFINE_BINARY(pow, pow_d(x0, x1))
 DEFINE_BINARY(maximum, x0 > x1 ? x0 : x1)
 DEFINE_BINARY(minimum, x0 < x1 ? x0 : x1)
 DEFINE_BINARY(cmp, cmp_d(x0, x1, at->i[0]))
+DEFINE_BINARY(tanh_backward, x0 *(1 - x1 * x1))
+DEFINE_BINARY(sigmoid_backward, x0 *x1 *(1 - x1))
+DEFINE_BINARY(relu_backward, x1 > 0 ? x0 : 0)
 
 /* y = a + b;  da += dy; db += dy */
 ad_status bwd_add(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs *at, ad_tensor *y,
@@ -446,28 +453,57 @@ ad_status bwd_cos(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs *at, 
   return (g[0] = ad_mul(ctx, dy, ad_neg(ctx, ad_sin(ctx, in[0])))) ? AD_OK : ctx->status;
 }
 
-/* y = tanh(x);  dx += dy * (1 - y^2) */
+/* y = tanh(x);  dx += tanh_backward(dy, y) = dy * (1 - y^2) */
 ad_status bwd_tanh(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs *at, ad_tensor *y,
                    ad_tensor *dy, const bool *needs, ad_tensor **g) {
   (void)n, (void)in, (void)at, (void)needs;
-  return (g[0] = ad_mul(ctx, dy, ad_rsub_scalar(ctx, ad_square(ctx, y), 1.0))) ? AD_OK
-                                                                               : ctx->status;
+  return (g[0] = ad_apply2(ctx, AD_OP_TANH_BACKWARD, dy, y, NULL)) ? AD_OK : ctx->status;
 }
 
-/* y = sigmoid(x);  dx += dy * y * (1 - y) */
+/* y = sigmoid(x);  dx += sigmoid_backward(dy, y) = dy * y * (1 - y) */
 ad_status bwd_sigmoid(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs *at, ad_tensor *y,
                       ad_tensor *dy, const bool *needs, ad_tensor **g) {
   (void)n, (void)in, (void)at, (void)needs;
-  return (g[0] = ad_mul(ctx, dy, ad_mul(ctx, y, ad_rsub_scalar(ctx, y, 1.0)))) ? AD_OK
-                                                                               : ctx->status;
+  return (g[0] = ad_apply2(ctx, AD_OP_SIGMOID_BACKWARD, dy, y, NULL)) ? AD_OK : ctx->status;
 }
 
-/* y = max(x, 0);  dx += dy * [x > 0] */
+/* y = max(x, 0);  dx += relu_backward(dy, x) = dy * [x > 0] */
 ad_status bwd_relu(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs *at, ad_tensor *y,
                    ad_tensor *dy, const bool *needs, ad_tensor **g) {
   (void)n, (void)at, (void)y, (void)needs;
-  ad_tensor *mask = ad_gt(ctx, in[0], ad_scalar(ctx, dy->dtype, 0.0));
-  return (g[0] = ad_mul(ctx, dy, mask)) ? AD_OK : ctx->status;
+  return (g[0] = ad_apply2(ctx, AD_OP_RELU_BACKWARD, dy, in[0], NULL)) ? AD_OK : ctx->status;
+}
+
+/* y = g (1 - t^2);  dg += dy (1 - t^2) = tanh_backward(dy, t); dt += -2 dy g t */
+ad_status bwd_tanh_backward(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs *at,
+                            ad_tensor *y, ad_tensor *dy, const bool *needs, ad_tensor **g) {
+  (void)n, (void)at, (void)y;
+  if (needs[0] && !(g[0] = ad_apply2(ctx, AD_OP_TANH_BACKWARD, dy, in[1], NULL)))
+    return ctx->status;
+  if (needs[1] && !(g[1] = ad_mul(ctx, ad_mul(ctx, dy, in[0]), ad_mul_scalar(ctx, in[1], -2.0))))
+    return ctx->status;
+  return AD_OK;
+}
+
+/* y = g s (1 - s);  dg += dy s (1 - s) = sigmoid_backward(dy, s); ds += dy g (1 - 2 s) */
+ad_status bwd_sigmoid_backward(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs *at,
+                               ad_tensor *y, ad_tensor *dy, const bool *needs, ad_tensor **g) {
+  (void)n, (void)at, (void)y;
+  if (needs[0] && !(g[0] = ad_apply2(ctx, AD_OP_SIGMOID_BACKWARD, dy, in[1], NULL)))
+    return ctx->status;
+  if (needs[1] && !(g[1] = ad_mul(ctx, ad_mul(ctx, dy, in[0]),
+                                  ad_add_scalar(ctx, ad_mul_scalar(ctx, in[1], -2.0), 1.0))))
+    return ctx->status;
+  return AD_OK;
+}
+
+/* y = g [x > 0];  dg += relu_backward(dy, x); x gets none (the mask is piecewise constant) */
+ad_status bwd_relu_backward(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs *at,
+                            ad_tensor *y, ad_tensor *dy, const bool *needs, ad_tensor **g) {
+  (void)n, (void)at, (void)y;
+  if (needs[0] && !(g[0] = ad_apply2(ctx, AD_OP_RELU_BACKWARD, dy, in[1], NULL)))
+    return ctx->status;
+  return AD_OK;
 }
 
 /* y = x > 0 ? x : alpha x;  dx += dy * (x > 0 ? 1 : alpha) */
@@ -690,6 +726,13 @@ int sample_apart(ad_ctx *ctx, ad_rng *rng, ad_dtype dt, int v, ad_tensor **in, a
   for (int64_t i = 0; k > 0 && i < in[0]->size; i++)
     if (ad_rng_uniform(rng) < 0.5) ad_tensor_set(in[0], i, -ad_tensor_get(in[0], i));
   return k;
+}
+
+/* x (the second input) kept away from the kink at 0 */
+int sample_relu_backward(ad_ctx *ctx, ad_rng *rng, ad_dtype dt, int v, ad_tensor **in,
+                         ad_attrs *at) {
+  (void)at;
+  return sample_binary_range(ctx, rng, dt, v, in, -2, 2, 0.2, 2, true);
 }
 
 int sample_where(ad_ctx *ctx, ad_rng *rng, ad_dtype dt, int v, ad_tensor **in, ad_attrs *at) {

@@ -186,7 +186,8 @@ ad_tensor *ad_op_apply(ad_ctx *ctx, int id, int n, ad_tensor *const *in, const a
   ad_node *node = ad_node_of(out);
   node->op = (uint16_t)id;
   if (record) {
-    node->src = ad_arena_alloc(ctx, (size_t)n * sizeof *node->src);
+    node->src =
+        n <= AD_INLINE_SRC ? node->src_inline : ad_arena_alloc(ctx, (size_t)n * sizeof *node->src);
     if (!node->src) return NULL;
     for (int i = 0; i < n; i++) node->src[i] = ad_node_of(in[i]);
     node->nsrc = (uint8_t)n;
@@ -226,8 +227,20 @@ static ad_status touched_push(ad_ctx *ctx, ad_node *n) {
   return AD_OK;
 }
 
-/* Adds gradient g (already shaped like n) into n's accumulator. */
-static ad_status accumulate(ad_ctx *ctx, ad_node *n, ad_tensor *g) {
+static void add_into(ad_tensor *dst, const ad_tensor *src);
+
+/* Adds gradient g (already shaped like n) into n's accumulator. In a plain
+ * ad_backward (direct), leaves take it straight into their persistent grad:
+ * no temporary per contribution. */
+static ad_status accumulate(ad_ctx *ctx, ad_node *n, ad_tensor *g, bool direct) {
+  if (direct && (n->flags & AD_NF_PERSISTENT)) {
+    if (!n->t.grad) {
+      n->t.grad = ad_zeros(ctx, n->t.dtype, n->t.ndim, n->t.shape);
+      if (!n->t.grad) return ctx->status;
+    }
+    add_into(n->t.grad, g);
+    return AD_OK;
+  }
   if (!n->gacc) {
     n->gacc = g;
     if (!(n->flags & AD_NF_RECORDED)) return touched_push(ctx, n);
@@ -252,9 +265,13 @@ void ad_set_backward_hook(ad_ctx *ctx, ad_backward_hook fn, void *ud) {
   ctx->hook_ud = fn ? ud : NULL;
 }
 
-/* Clears the accumulators left by a pass (also on error). */
-static void clear_pass(ad_ctx *ctx, size_t from) {
-  for (size_t i = 0; i < from && i < ctx->tape_len; i++) ctx->tape[i]->gacc = NULL;
+/* After an error at tape position i: drops the accumulators below it. */
+static void clear_below(ad_ctx *ctx, size_t i) {
+  while (i-- > 0) ctx->tape[i]->gacc = NULL;
+}
+
+/* Drops the accumulators of leaves touched by a pass. */
+static void clear_touched(ad_ctx *ctx) {
   for (size_t i = 0; i < ctx->touched_len; i++) ctx->touched[i]->gacc = NULL;
   ctx->touched_len = 0;
 }
@@ -263,7 +280,7 @@ static void clear_pass(ad_ctx *ctx, size_t from) {
  * each recorded op's backward from the root down, leaving every reached
  * node's gradient in its gacc. */
 static ad_status sweep(ad_ctx *ctx, ad_node *root, const ad_tensor *seed, bool create_graph,
-                       const char *who) {
+                       bool direct, const char *who) {
   char a[64], b[64];
   if (!(root->flags & AD_NF_REQUIRES_GRAD))
     return ad_set_error(ctx, AD_ERR_STATE,
@@ -298,11 +315,16 @@ static ad_status sweep(ad_ctx *ctx, ad_node *root, const ad_tensor *seed, bool c
   bool old = ctx->grad_enabled;
   ctx->grad_enabled = create_graph;
   ctx->touched_len = 0;
-  ad_status st = accumulate(ctx, root, g);
+  ad_status st = accumulate(ctx, root, g, direct);
   size_t top = root->flags & AD_NF_RECORDED ? (size_t)root->tape_idx + 1 : 0;
   for (size_t i = top; st == AD_OK && i-- > 0;) {
     ad_node *n = ctx->tape[i];
-    if (!n->gacc) continue;
+    ad_tensor *gout = n->gacc;
+    if (!gout) continue;
+    /* this node is done with after this iteration: drop its accumulator now
+     * rather than sweeping the tape again afterwards */
+    if (!(n->flags & AD_NF_KEEP)) n->gacc = NULL;
+    if (direct && (n->flags & AD_NF_RETAIN)) n->t.grad = gout;
     const ad_op_def *def = &ctx->ops[n->op];
     ad_tensor *in[AD_MAX_SRC], *gin[AD_MAX_SRC] = {0};
     bool needs[AD_MAX_SRC], any = false;
@@ -312,8 +334,8 @@ static ad_status sweep(ad_ctx *ctx, ad_node *root, const ad_tensor *seed, bool c
       any |= needs[k];
     }
     if (!any) continue;
-    st = def->backward(ctx, n->nsrc, in, n->attrs ? n->attrs : &zero_attrs, &n->t, n->gacc, needs,
-                       gin);
+    st =
+        def->backward(ctx, n->nsrc, in, n->attrs ? n->attrs : &zero_attrs, &n->t, gout, needs, gin);
     if (st != AD_OK) {
       ad_set_error(ctx, st, "%s: backward of %s failed", who, def->name);
       break;
@@ -329,9 +351,10 @@ static ad_status sweep(ad_ctx *ctx, ad_node *root, const ad_tensor *seed, bool c
         break;
       }
       gin[k] = gk;
-      st = accumulate(ctx, n->src[k], gk);
+      st = accumulate(ctx, n->src[k], gk, direct);
     }
-    if (st == AD_OK && ctx->hook) ctx->hook(ctx->hook_ud, &n->t, n->gacc, n->nsrc, gin);
+    if (st == AD_OK && ctx->hook) ctx->hook(ctx->hook_ud, &n->t, gout, n->nsrc, gin);
+    if (st != AD_OK) clear_below(ctx, i);
   }
   ctx->grad_enabled = old;
   return st;
@@ -362,29 +385,8 @@ ad_status ad_backward(ad_ctx *ctx, ad_tensor *root, const ad_tensor *seed) {
   ad_status st = check_root(ctx, root, "backward");
   if (st != AD_OK) return st;
   ad_node *r = ad_node_of(root);
-  st = sweep(ctx, r, seed, false, "backward");
-  size_t top = (r->flags & AD_NF_RECORDED) ? (size_t)r->tape_idx + 1 : 0;
-  if (st == AD_OK) {
-    /* leaves: add into their persistent grad */
-    for (size_t i = 0; i < ctx->touched_len && st == AD_OK; i++) {
-      ad_node *n = ctx->touched[i];
-      if (!(n->flags & AD_NF_PERSISTENT)) continue; /* unrecorded temporaries */
-      if (!n->t.grad) {
-        n->t.grad = ad_zeros(ctx, n->t.dtype, n->t.ndim, n->t.shape);
-        if (!n->t.grad) {
-          st = ctx->status;
-          break;
-        }
-      }
-      add_into(n->t.grad, n->gacc);
-    }
-    /* retained intermediates keep theirs (arena, until reset) */
-    for (size_t i = 0; i < top && st == AD_OK; i++) {
-      ad_node *n = ctx->tape[i];
-      if ((n->flags & AD_NF_RETAIN) && n->gacc) n->t.grad = n->gacc;
-    }
-  }
-  clear_pass(ctx, top);
+  st = sweep(ctx, r, seed, false, true, "backward");
+  clear_touched(ctx);
   return st;
 }
 
@@ -398,15 +400,18 @@ ad_status ad_grad(ad_ctx *ctx, ad_tensor *root, const ad_tensor *seed, int n,
     out[i] = NULL;
     if (!inputs[i]) return ad_set_error(ctx, AD_ERR_NULL, "grad: input %d is NULL", i);
   }
-  ad_node *r = ad_node_of(root);
-  st = sweep(ctx, r, seed, create_graph, "grad");
-  size_t top = (r->flags & AD_NF_RECORDED) ? (size_t)r->tape_idx + 1 : 0;
-  for (int i = 0; i < n && st == AD_OK; i++) {
+  for (int i = 0; i < n; i++) ad_node_of(inputs[i])->flags |= AD_NF_KEEP;
+  st = sweep(ctx, ad_node_of(root), seed, create_graph, false, "grad");
+  for (int i = 0; i < n; i++) {
     ad_node *in = ad_node_of(inputs[i]);
-    out[i] = in->gacc ? in->gacc
-                      : ad_tmp_full(ctx, inputs[i]->dtype, inputs[i]->ndim, inputs[i]->shape, 0.0);
-    if (!out[i]) st = ctx->status ? ctx->status : AD_ERR_OOM;
+    if (st == AD_OK)
+      out[i] = in->gacc
+                   ? in->gacc
+                   : ad_tmp_full(ctx, inputs[i]->dtype, inputs[i]->ndim, inputs[i]->shape, 0.0);
+    if (st == AD_OK && !out[i]) st = ctx->status ? ctx->status : AD_ERR_OOM;
+    in->flags &= (uint8_t)~AD_NF_KEEP;
+    in->gacc = NULL;
   }
-  clear_pass(ctx, top);
+  clear_touched(ctx);
   return st;
 }
