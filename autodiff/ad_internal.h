@@ -83,6 +83,7 @@ struct ad_ctx {
   size_t tape_len, tape_cap;
   uint32_t epoch;
   bool grad_enabled;
+  const char *applying; /* name of the op whose shape is being checked, for errors */
   /* backward scratch: leaves touched by the running pass */
   ad_node **touched;
   size_t touched_len, touched_cap;
@@ -109,7 +110,7 @@ void ad_arena_free_all(ad_ctx *ctx);
 
 /* A temporary (arena) tensor, uninitialized data, not recorded. */
 ad_tensor *ad_tmp_new(ad_ctx *ctx, ad_dtype dtype, int ndim, const int64_t *shape);
-/* A temporary filled with v. */
+/* A temporary filled with v: a constant leaf (ad_tensor_op gives -1). */
 ad_tensor *ad_tmp_full(ad_ctx *ctx, ad_dtype dtype, int ndim, const int64_t *shape, double v);
 
 /* registry */
@@ -169,5 +170,10 @@ ad_tensor *ad_sample_tensor(ad_ctx *ctx, ad_rng *rng, ad_dtype dt, int ndim, con
 /* GEMM dispatch used by matmul */
 void ad_gemm(ad_dtype dt, bool ta, bool tb, int64_t m, int64_t n, int64_t k, const void *a,
              int64_t lda, const void *b, int64_t ldb, double beta, void *c, int64_t ldc);
+/* The built-in GEMM whatever the backend (tests, bench): kernel 0 best for the CPU, 1 portable,
+ * 2 AVX2, 3 AVX-512, -1 reference loop. Returns the kernel's name; NULL (no-op) if unsupported. */
+const char *ad_gemm_builtin(int kernel, ad_dtype dt, bool ta, bool tb, int64_t m, int64_t n,
+                            int64_t k, double alpha, const void *a, int64_t lda, const void *b,
+                            int64_t ldb, double beta, void *c, int64_t ldc);
 
 #endif

@@ -393,7 +393,9 @@ void ad_tensor_fill(ad_tensor *t, double v) {
 
 ad_tensor *ad_tmp_full(ad_ctx *ctx, ad_dtype dt, int ndim, const int64_t *shape, double v) {
   ad_tensor *t = ad_tmp_new(ctx, dt, ndim, shape);
+  if (!t) return NULL;
   ad_tensor_fill(t, v);
+  ad_node_of(t)->flags |= AD_NF_LEAF; /* a constant, not made by an op */
   return t;
 }
 
@@ -491,6 +493,10 @@ ad_status ad_tensor_set_requires_grad(ad_tensor *t, bool on) {
     return ad_set_error(n->ctx, AD_ERR_STATE,
                         "set_requires_grad: only leaves can be marked; this tensor was made by %s",
                         n->ctx->ops[n->op].name);
+  if (on && !(n->flags & AD_NF_PERSISTENT))
+    return ad_set_error(n->ctx, AD_ERR_STATE,
+                        "set_requires_grad: a temporary constant (ad_scalar) cannot hold a "
+                        "gradient; make a persistent tensor with ad_full");
   if (on && !ad_is_float(t->dtype))
     return ad_set_error(n->ctx, AD_ERR_DTYPE, "set_requires_grad: %s tensors have no gradient",
                         ad_dtype_name(t->dtype));
@@ -586,8 +592,8 @@ static void print_rec(FILE *f, const ad_tensor *t, int dim, int64_t off, int ind
   fputc('[', f);
   for (int64_t i = 0; i < n; i++) {
     if (n > 2 * edge && i == edge) {
-      fprintf(f, "%s...", dim + 1 == t->ndim ? "" : "\n");
-      if (dim + 1 < t->ndim) fprintf(f, "%*s", indent + 1, "");
+      /* the separator before it is already out: "...", then the next one */
+      fputs("...", f);
       i = n - edge - 1;
       fputs(dim + 1 == t->ndim ? ", " : ",\n", f);
       if (dim + 1 < t->ndim) fprintf(f, "%*s", indent + 1, "");

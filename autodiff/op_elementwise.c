@@ -82,14 +82,14 @@ ad_status shape_binary(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs 
   (void)at, (void)n;
   const ad_tensor *a = in[0], *b = in[1];
   if (a->dtype != b->dtype || !ad_is_float(a->dtype)) {
-    if (ad_check_float_same(ctx, "binary op", 2, in) != AD_OK) return ctx->status;
+    if (ad_check_float_same(ctx, ctx->applying, 2, in) != AD_OK) return ctx->status;
   }
   if (ad_same_shape(a, b)) { /* the common case */
     *ndim = a->ndim;
     for (int k = 0; k < a->ndim; k++) shape[k] = a->shape[k];
   } else if (!ad_broadcast_shape(a->ndim, a->shape, b->ndim, b->shape, ndim, shape)) {
     char sa[64], sb[64];
-    return ad_set_error(ctx, AD_ERR_SHAPE, "binary op: shapes do not broadcast: %s and %s",
+    return ad_set_error(ctx, AD_ERR_SHAPE, "%s: shapes do not broadcast: %s and %s", ctx->applying,
                         ad_shape_str(a, sa, sizeof sa), ad_shape_str(b, sb, sizeof sb));
   }
   *dt = a->dtype;
@@ -319,7 +319,7 @@ ad_status bwd_where(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs *at
 ad_status shape_unary(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs *at, ad_dtype *dt,
                       int *ndim, int64_t *shape) {
   (void)n, (void)at;
-  if (ad_check_float_same(ctx, "unary op", 1, in) != AD_OK) return ctx->status;
+  if (ad_check_float_same(ctx, ctx->applying, 1, in) != AD_OK) return ctx->status;
   *dt = in[0]->dtype;
   *ndim = in[0]->ndim;
   memcpy(shape, in[0]->shape, sizeof(int64_t) * (size_t)in[0]->ndim);

@@ -29,16 +29,16 @@ ad_status shape_reduce(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs 
                        int *ndim, int64_t *shape) {
   (void)n;
   const ad_tensor *x = in[0];
-  if (ad_check_float_same(ctx, "reduction", 1, in) != AD_OK) return ctx->status;
+  if (ad_check_float_same(ctx, ctx->applying, 1, in) != AD_OK) return ctx->status;
   int axis = -1;
   if (at->i[0] != AD_ALL_AXES && (axis = ad_norm_axis((int)at->i[0], x->ndim)) < 0) {
     char a[64];
-    return ad_set_error(ctx, AD_ERR_ARG, "reduction: axis %lld out of range for %s",
+    return ad_set_error(ctx, AD_ERR_ARG, "%s: axis %lld out of range for %s", ctx->applying,
                         (long long)at->i[0], ad_shape_str(x, a, sizeof a));
   }
   if (x->size == 0 || (axis >= 0 && x->shape[axis] == 0)) {
     char a[64];
-    return ad_set_error(ctx, AD_ERR_SHAPE, "reduction: nothing to reduce in %s",
+    return ad_set_error(ctx, AD_ERR_SHAPE, "%s: nothing to reduce in %s", ctx->applying,
                         ad_shape_str(x, a, sizeof a));
   }
   *dt = x->dtype;
@@ -224,10 +224,10 @@ ad_status shape_softmax(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs
                         int *ndim, int64_t *shape) {
   (void)n;
   const ad_tensor *x = in[0];
-  if (ad_check_float_same(ctx, "softmax", 1, in) != AD_OK) return ctx->status;
+  if (ad_check_float_same(ctx, ctx->applying, 1, in) != AD_OK) return ctx->status;
   if (ad_norm_axis((int)at->i[0], x->ndim) < 0) {
     char a[64];
-    return ad_set_error(ctx, AD_ERR_ARG, "softmax: axis %lld out of range for %s",
+    return ad_set_error(ctx, AD_ERR_ARG, "%s: axis %lld out of range for %s", ctx->applying,
                         (long long)at->i[0], ad_shape_str(x, a, sizeof a));
   }
   *dt = x->dtype;

@@ -175,6 +175,7 @@ ad_tensor *ad_op_apply(ad_ctx *ctx, int id, int n, ad_tensor *const *in, const a
   ad_dtype dt;
   int ndim = 0;
   int64_t shape[AD_MAX_DIMS];
+  ctx->applying = def->name;
   if (def->shape(ctx, n, in, attrs, &dt, &ndim, shape) != AD_OK) {
     if (ctx->status == AD_OK) ad_set_error(ctx, AD_ERR_SHAPE, "%s: bad inputs", def->name);
     return NULL;
@@ -242,8 +243,12 @@ static ad_status accumulate(ad_ctx *ctx, ad_node *n, ad_tensor *g, bool direct) 
     return AD_OK;
   }
   if (!n->gacc) {
+    /* listed first: a leaf whose push failed must not keep a stale gacc */
+    if (!(n->flags & AD_NF_RECORDED)) {
+      ad_status st = touched_push(ctx, n);
+      if (st != AD_OK) return st;
+    }
     n->gacc = g;
-    if (!(n->flags & AD_NF_RECORDED)) return touched_push(ctx, n);
     return AD_OK;
   }
   ad_tensor *s = ad_add(ctx, n->gacc, g);

@@ -1,0 +1,668 @@
+/* test_backward.c: the backward pass: fan-out, deep chains, which ops are
+ * visited, retained and accumulated gradients, no-grad mode, seeds, ad_grad,
+ * higher order, closed forms from the teaching material, and the memory
+ * steady state of a training loop. */
+#include "ad.h"
+
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static ad_ctx *ctx;
+
+static void setup(void) {
+  ctx = ad_ctx_new();
+  cr_assert_not_null(ctx);
+}
+
+static void teardown(void) { ad_ctx_free(ctx); }
+
+TestSuite(backward, .init = setup, .fini = teardown);
+
+static ad_tensor *leaf(ad_dtype dt, int ndim, const int64_t *shape, const double *v) {
+  ad_tensor *t = ad_zeros(ctx, dt, ndim, shape);
+  cr_assert_not_null(t);
+  int64_t n = t->size;
+  for (int64_t i = 0; i < n; i++) ad_tensor_set(t, i, v[i]);
+  cr_assert_eq(ad_tensor_set_requires_grad(t, true), AD_OK);
+  return t;
+}
+
+static ad_tensor *vec(const double *v, int64_t n) { return leaf(AD_F64, 1, &n, v); }
+
+/* |got - want| <= tol * max(1, |want|) for every element. */
+static void assert_close(const ad_tensor *t, const double *want, int64_t n, double tol) {
+  cr_assert_not_null(t, "tensor is NULL (%s)", ad_last_error(ctx));
+  cr_assert_eq(t->size, n);
+  for (int64_t i = 0; i < n; i++) {
+    double g = ad_tensor_get(t, i), w = want[i];
+    cr_assert(fabs(g - w) <= tol * fmax(1.0, fabs(w)), "element %lld: got %.17g, want %.17g",
+              (long long)i, g, w);
+  }
+}
+
+#define OK(expr) cr_assert_eq((expr), AD_OK, "%s", ad_last_error(ctx))
+
+/* --------------------------------------------------------- graph shapes */
+
+Test(backward, fan_out_reuse) {
+  double v[4] = {1.5, -2.0, 0.5, 3.0};
+  ad_tensor *a = vec(v, 4);
+  ad_tensor *b = ad_add(ctx, a, a);
+  ad_tensor *c = ad_mul(ctx, b, b);
+  ad_tensor *L = ad_sum(ctx, c);
+  OK(ad_backward(ctx, L, NULL));
+  /* c = 4a^2, dc/da = 8a */
+  double want[4];
+  for (int i = 0; i < 4; i++) want[i] = 8 * v[i];
+  assert_close(a->grad, want, 4, 0);
+  cr_assert_eq(ad_tensor_item(L), 4 * (1.5 * 1.5 + 4 + 0.25 + 9));
+  ad_tensor_free(a);
+}
+
+Test(backward, deep_chain_of_100k_ops) {
+  const int n = 100000;
+  double v = 0.75;
+  ad_tensor *x = vec(&v, 1);
+  ad_tensor *y = x;
+  double ref = v;
+  for (int i = 0; i < n; i++) {
+    if (i % 2 == 0) {
+      y = ad_mul_scalar(ctx, y, 1.00002);
+      ref *= 1.00002;
+    } else {
+      y = ad_add_scalar(ctx, y, -1e-6);
+      ref += -1e-6;
+    }
+  }
+  cr_assert_not_null(y, "%s", ad_last_error(ctx));
+  cr_assert_eq(ad_tape_size(ctx), (size_t)n);
+  cr_assert_eq(ad_tensor_item(y), ref);
+  OK(ad_backward(ctx, y, NULL));
+  /* only the 50,000 multiplications scale the gradient */
+  double want = pow(1.00002, n / 2);
+  cr_assert(fabs(ad_tensor_item(x->grad) - want) < 1e-9 * want, "got %.17g want %.17g",
+            ad_tensor_item(x->grad), want);
+  ad_tensor_free(x);
+}
+
+typedef struct visit_log {
+  int calls;
+  const ad_tensor *outs[16];
+  int ops[16];
+  double gin0[16];
+} visit_log;
+
+static void count_hook(void *ud, const ad_tensor *out, const ad_tensor *gout, int n,
+                       ad_tensor *const *gin) {
+  visit_log *log = ud;
+  (void)gout;
+  if (log->calls < 16) {
+    log->outs[log->calls] = out;
+    log->ops[log->calls] = ad_tensor_op(out);
+    log->gin0[log->calls] = n > 0 && gin[0] ? ad_tensor_get(gin[0], 0) : NAN;
+  }
+  log->calls++;
+}
+
+Test(backward, only_ops_reaching_the_root_are_visited) {
+  double va[3] = {0.1, 0.7, -1.2}, vb[3] = {2, 3, 4};
+  ad_tensor *a = vec(va, 3), *b = vec(vb, 3);
+  ad_tensor *side = ad_exp(ctx, ad_mul(ctx, a, b)); /* not on the root's path */
+  ad_tensor *s = ad_sin(ctx, a);
+  ad_tensor *root = ad_sum(ctx, s);
+  ad_tensor *after = ad_cos(ctx, ad_add(ctx, root, root)); /* recorded after the root */
+  cr_assert(side && after);
+  cr_assert_eq(ad_tape_size(ctx), 6);
+  visit_log log = {0};
+  ad_set_backward_hook(ctx, count_hook, &log);
+  OK(ad_backward(ctx, root, NULL));
+  cr_assert_eq(log.calls, 2, "visited %d ops; only sum and sin reach the root", log.calls);
+  cr_assert_eq(log.outs[0], root);
+  cr_assert_eq(log.outs[1], s);
+  cr_assert_eq(log.ops[0], ad_op_find(ctx, "sum"));
+  cr_assert_eq(log.ops[1], ad_op_find(ctx, "sin"));
+  cr_assert_eq(log.gin0[0], 1.0);                   /* d sum / d s */
+  cr_assert_float_eq(log.gin0[1], cos(0.1), 1e-15); /* d sin / d a */
+  cr_assert_null(b->grad, "b only feeds ops off the root's path");
+  double want[3] = {cos(0.1), cos(0.7), cos(-1.2)};
+  assert_close(a->grad, want, 3, 1e-15);
+  /* removing the hook stops the calls and does not change the result */
+  ad_set_backward_hook(ctx, NULL, NULL);
+  ad_tensor_zero_grad(a);
+  OK(ad_backward(ctx, root, NULL));
+  cr_assert_eq(log.calls, 2);
+  assert_close(a->grad, want, 3, 1e-15);
+  ad_tensor_free(a);
+  ad_tensor_free(b);
+}
+
+Test(backward, ops_without_grad_inputs_are_not_recorded) {
+  double v[2] = {1, 2};
+  ad_tensor *a = vec(v, 2);
+  int64_t n = 2;
+  ad_tensor *c = ad_full(ctx, AD_F64, 1, &n, 3.0); /* constant */
+  ad_tensor *k = ad_exp(ctx, ad_mul(ctx, c, c));   /* constants only: not recorded */
+  cr_assert_eq(ad_tape_size(ctx), 0);
+  cr_assert_eq(ad_tensor_inputs(k, NULL, 0), 0);
+  ad_tensor *L = ad_sum(ctx, ad_mul(ctx, a, k));
+  cr_assert_eq(ad_tape_size(ctx), 2);
+  ad_tensor *srcs[2];
+  cr_assert_eq(ad_tensor_inputs(L, srcs, 2), 1);
+  cr_assert_eq(ad_tensor_op(srcs[0]), ad_op_find(ctx, "mul"));
+  cr_assert_eq(ad_tensor_inputs(srcs[0], srcs, 2), 2);
+  cr_assert_eq(srcs[0], a);
+  cr_assert_eq(srcs[1], k);
+  OK(ad_backward(ctx, L, NULL));
+  double want[2] = {exp(9.0), exp(9.0)};
+  assert_close(a->grad, want, 2, 1e-15);
+  cr_assert_null(c->grad);
+  ad_tensor_free(a);
+  ad_tensor_free(c);
+}
+
+Test(backward, retain_grad_on_intermediate) {
+  double va[3] = {1, -2, 3}, vb[3] = {0.5, 4, -1};
+  ad_tensor *a = vec(va, 3), *b = vec(vb, 3);
+  ad_tensor *h = ad_mul(ctx, a, b);
+  ad_tensor *u = ad_exp(ctx, h); /* not retained */
+  OK(ad_tensor_retain_grad(h));
+  ad_tensor *L = ad_sum(ctx, ad_add(ctx, ad_mul(ctx, h, h), u));
+  OK(ad_backward(ctx, L, NULL));
+  double wh[3], wa[3];
+  for (int i = 0; i < 3; i++) {
+    double hv = va[i] * vb[i];
+    wh[i] = 2 * hv + exp(hv);
+    wa[i] = wh[i] * vb[i];
+  }
+  assert_close(h->grad, wh, 3, 1e-14);
+  assert_close(a->grad, wa, 3, 1e-14);
+  cr_assert_null(u->grad, "an intermediate keeps no gradient unless retained");
+  ad_tensor_free(a);
+  ad_tensor_free(b);
+}
+
+Test(backward, grads_accumulate_and_zero_grad_resets) {
+  double v[3] = {1, 2, -3};
+  ad_tensor *a = vec(v, 3);
+  ad_tensor *L = ad_sum(ctx, ad_mul(ctx, a, a));
+  OK(ad_backward(ctx, L, NULL));
+  double w1[3] = {2, 4, -6}, w2[3] = {4, 8, -12}, w0[3] = {0};
+  assert_close(a->grad, w1, 3, 0);
+  ad_tensor *g = a->grad;
+  OK(ad_backward(ctx, L, NULL)); /* same graph again: += */
+  assert_close(a->grad, w2, 3, 0);
+  ad_tensor_zero_grad(a);
+  cr_assert_eq(a->grad, g, "zero_grad keeps the buffer");
+  assert_close(a->grad, w0, 3, 0);
+  /* a fresh graph after a reset accumulates into the same buffer */
+  ad_tape_reset(ctx);
+  L = ad_sum(ctx, ad_mul_scalar(ctx, a, 5.0));
+  OK(ad_backward(ctx, L, NULL));
+  double w5[3] = {5, 5, 5};
+  assert_close(a->grad, w5, 3, 0);
+  cr_assert_eq(a->grad, g);
+  ad_tensor_free(a);
+}
+
+Test(backward, no_grad_mode_records_nothing) {
+  double v[3] = {1, 2, 3};
+  ad_tensor *a = vec(v, 3);
+  cr_assert(ad_grad_enabled(ctx));
+  cr_assert_eq(ad_set_grad_enabled(ctx, false), true, "returns the previous setting");
+  cr_assert(!ad_grad_enabled(ctx));
+  ad_tensor *L = ad_sum(ctx, ad_exp(ctx, ad_mul(ctx, a, a)));
+  cr_assert_not_null(L, "ops still run");
+  cr_assert_float_eq(ad_tensor_item(L), exp(1) + exp(4) + exp(9), 1e-9);
+  cr_assert_eq(ad_tape_size(ctx), 0);
+  cr_assert_eq(ad_backward(ctx, L, NULL), AD_ERR_STATE);
+  cr_assert_eq(ad_last_status(ctx), AD_ERR_STATE);
+  cr_assert(strstr(ad_last_error(ctx), "backward"), "%s", ad_last_error(ctx));
+  cr_assert_null(a->grad);
+  ad_clear_error(ctx);
+  cr_assert_eq(ad_set_grad_enabled(ctx, true), false);
+  L = ad_sum(ctx, ad_exp(ctx, ad_mul(ctx, a, a)));
+  cr_assert_eq(ad_tape_size(ctx), 3);
+  OK(ad_backward(ctx, L, NULL));
+  cr_assert_float_eq(ad_tensor_get(a->grad, 1), 4 * exp(4), 1e-9);
+  ad_tensor_free(a);
+}
+
+Test(backward, vector_jacobian_product_with_seed) {
+  double v[6] = {0.5, -1, 2, 0.25, 3, -0.75};
+  int64_t s[2] = {2, 3};
+  ad_tensor *a = leaf(AD_F64, 2, s, v);
+  ad_tensor *y = ad_add(ctx, ad_mul(ctx, a, a), ad_sin(ctx, a)); /* non-scalar root */
+  double sv[6] = {1, 2, -1, 0.5, 0, 3};
+  ad_tensor *seed = ad_from_data(ctx, AD_F64, 2, s, sv);
+  OK(ad_backward(ctx, y, seed));
+  double want[6];
+  for (int i = 0; i < 6; i++) want[i] = sv[i] * (2 * v[i] + cos(v[i]));
+  assert_close(a->grad, want, 6, 1e-15);
+  /* an arena seed works as well */
+  ad_tensor_zero_grad(a);
+  ad_tensor *seed2 = ad_mul_scalar(ctx, seed, 2.0);
+  OK(ad_backward(ctx, y, seed2));
+  for (int i = 0; i < 6; i++) want[i] *= 2;
+  assert_close(a->grad, want, 6, 1e-15);
+  ad_tensor_free(a);
+  ad_tensor_free(seed);
+}
+
+Test(backward, grad_wrt_intermediate_and_unused_input) {
+  double va[3] = {0.3, -0.6, 1.1}, vc[3] = {2, -1, 0.5};
+  ad_tensor *a = vec(va, 3);
+  int64_t n = 3;
+  ad_tensor *c = ad_from_data(ctx, AD_F64, 1, &n, vc);
+  ad_tensor *u = vec(vc, 3); /* requires grad, not used */
+  ad_tensor *h = ad_tanh(ctx, a);
+  ad_tensor *L = ad_sum(ctx, ad_mul(ctx, h, c));
+  ad_tensor *in[3] = {h, a, u}, *out[3];
+  OK(ad_grad(ctx, L, NULL, 3, in, out, false));
+  assert_close(out[0], vc, 3, 0);
+  double wa[3], w0[3] = {0};
+  for (int i = 0; i < 3; i++) wa[i] = vc[i] * (1 - tanh(va[i]) * tanh(va[i]));
+  assert_close(out[1], wa, 3, 1e-15);
+  assert_close(out[2], w0, 3, 0);
+  cr_assert_eq(out[2]->ndim, 1);
+  cr_assert_null(a->grad, "ad_grad leaves the grad fields alone");
+  cr_assert_null(h->grad);
+  ad_tensor_free(a);
+  ad_tensor_free(c);
+  ad_tensor_free(u);
+}
+
+/* ---------------------------------------------------------- higher order */
+
+Test(backward, hessian_vector_product_diagonal) {
+  /* f(w) = sum tanh(w)^3; f' = 3t^2 (1 - t^2); f'' = (6t - 12t^3)(1 - t^2) */
+  double vw[5] = {-1.4, -0.3, 0.05, 0.8, 2.1}, vv[5] = {1, -2, 0.5, 3, -1};
+  ad_tensor *w = vec(vw, 5);
+  int64_t n = 5;
+  ad_tensor *v = ad_from_data(ctx, AD_F64, 1, &n, vv);
+  ad_tensor *f = ad_sum(ctx, ad_pow_scalar(ctx, ad_tanh(ctx, w), 3.0));
+  ad_tensor *g;
+  OK(ad_grad(ctx, f, NULL, 1, &w, &g, true));
+  double wg[5], hv[5];
+  for (int i = 0; i < 5; i++) {
+    double t = tanh(vw[i]);
+    wg[i] = 3 * t * t * (1 - t * t);
+    hv[i] = (6 * t - 12 * t * t * t) * (1 - t * t) * vv[i];
+  }
+  assert_close(g, wg, 5, 1e-14);
+  cr_assert_null(w->grad);
+  OK(ad_backward(ctx, ad_sum(ctx, ad_mul(ctx, g, v)), NULL));
+  assert_close(w->grad, hv, 5, 1e-13);
+  ad_tensor_free(w);
+  ad_tensor_free(v);
+}
+
+Test(backward, hessian_vector_product_dense) {
+  /* f(w) = (sum w^2)^2; grad = 4 |w|^2 w; H v = 8 w (w.v) + 4 |w|^2 v */
+  double vw[4] = {0.5, -1, 2, 0.25}, vv[4] = {1, 0.5, -1, 2};
+  ad_tensor *w = vec(vw, 4);
+  int64_t n = 4;
+  ad_tensor *v = ad_from_data(ctx, AD_F64, 1, &n, vv);
+  ad_tensor *f = ad_square(ctx, ad_sum(ctx, ad_square(ctx, w)));
+  ad_tensor *g;
+  OK(ad_grad(ctx, f, NULL, 1, &w, &g, true));
+  double q = 0, wv = 0, wg[4], hv[4];
+  for (int i = 0; i < 4; i++) q += vw[i] * vw[i], wv += vw[i] * vv[i];
+  for (int i = 0; i < 4; i++) {
+    wg[i] = 4 * q * vw[i];
+    hv[i] = 8 * vw[i] * wv + 4 * q * vv[i];
+  }
+  assert_close(g, wg, 4, 1e-14);
+  ad_tensor *hvp;
+  OK(ad_grad(ctx, ad_sum(ctx, ad_mul(ctx, g, v)), NULL, 1, &w, &hvp, false));
+  assert_close(hvp, hv, 4, 1e-14);
+  ad_tensor_free(w);
+  ad_tensor_free(v);
+}
+
+typedef ad_tensor *(*unary_fn)(ad_ctx *, ad_tensor *);
+
+static ad_tensor *pow3(ad_ctx *c, ad_tensor *x) { return ad_pow_scalar(c, x, 3.0); }
+static ad_tensor *pow2(ad_ctx *c, ad_tensor *x) { return ad_pow_scalar(c, x, 2.0); }
+static ad_tensor *pow25(ad_ctx *c, ad_tensor *x) { return ad_pow_scalar(c, x, 2.5); }
+static ad_tensor *powm15(ad_ctx *c, ad_tensor *x) { return ad_pow_scalar(c, x, -1.5); }
+
+static double sig(double x) { return 1 / (1 + exp(-x)); }
+static double npdf(double x) { return exp(-0.5 * x * x) / sqrt(2 * 3.14159265358979323846); }
+static double ncdf(double x) { return 0.5 * (1 + erf(x / sqrt(2.0))); }
+
+static double d1(int k, double x) {
+  double t = tanh(x), s = sig(x);
+  switch (k) {
+  case 0:
+    return exp(x);
+  case 1:
+    return 1 / x;
+  case 2:
+    return cos(x);
+  case 3:
+    return -sin(x);
+  case 4:
+    return 1 - t * t;
+  case 5:
+    return s * (1 - s);
+  case 6:
+    return 0.5 / sqrt(x);
+  case 7:
+    return s;
+  case 8:
+    return ncdf(x) + x * npdf(x);
+  case 9:
+    return 2 * x;
+  case 10:
+    return 3 * x * x;
+  case 11:
+    return 2 * x;
+  case 12:
+    return 2.5 * pow(x, 1.5);
+  default:
+    return -1.5 * pow(x, -2.5);
+  }
+}
+
+static double d2(int k, double x) {
+  double t = tanh(x), s = sig(x);
+  switch (k) {
+  case 0:
+    return exp(x);
+  case 1:
+    return -1 / (x * x);
+  case 2:
+    return -sin(x);
+  case 3:
+    return -cos(x);
+  case 4:
+    return -2 * t * (1 - t * t);
+  case 5:
+    return s * (1 - s) * (1 - 2 * s);
+  case 6:
+    return -0.25 * pow(x, -1.5);
+  case 7:
+    return s * (1 - s);
+  case 8:
+    return npdf(x) * (2 - x * x);
+  case 9:
+    return 2;
+  case 10:
+    return 6 * x;
+  case 11:
+    return 2;
+  case 12:
+    return 2.5 * 1.5 * pow(x, 0.5);
+  default:
+    return -1.5 * -2.5 * pow(x, -3.5);
+  }
+}
+
+Test(backward, second_derivatives_of_elementwise_ops) {
+  static const struct {
+    const char *name;
+    unary_fn f;
+    bool positive; /* domain x > 0 */
+  } ops[] = {
+      {"exp", ad_exp, false},          {"log", ad_log, true},
+      {"sin", ad_sin, false},          {"cos", ad_cos, false},
+      {"tanh", ad_tanh, false},        {"sigmoid", ad_sigmoid, false},
+      {"sqrt", ad_sqrt, true},         {"softplus", ad_softplus, false},
+      {"gelu", ad_gelu, false},        {"square", ad_square, false},
+      {"pow_scalar 3", pow3, false},   {"pow_scalar 2", pow2, false},
+      {"pow_scalar 2.5", pow25, true}, {"pow_scalar -1.5", powm15, true},
+  };
+  static const double any[6] = {-2.3, -1.1, -0.2, 0.35, 1.2, 2.6};
+  static const double pos[6] = {0.15, 0.5, 0.9, 1.3, 2.2, 4.1};
+  for (int k = 0; k < (int)(sizeof ops / sizeof ops[0]); k++) {
+    const double *pts = ops[k].positive ? pos : any;
+    ad_tensor *x = vec(pts, 6);
+    ad_tensor *y = ad_sum(ctx, ops[k].f(ctx, x));
+    ad_tensor *g, *h;
+    cr_assert_eq(ad_grad(ctx, y, NULL, 1, &x, &g, true), AD_OK, "%s: %s", ops[k].name,
+                 ad_last_error(ctx));
+    cr_assert_eq(ad_grad(ctx, ad_sum(ctx, g), NULL, 1, &x, &h, false), AD_OK, "%s: %s", ops[k].name,
+                 ad_last_error(ctx));
+    for (int i = 0; i < 6; i++) {
+      double w1 = d1(k, pts[i]), w2 = d2(k, pts[i]);
+      double g1 = ad_tensor_get(g, i), g2 = ad_tensor_get(h, i);
+      cr_assert(fabs(g1 - w1) <= 1e-12 * fmax(1, fabs(w1)), "%s'(%g) = %.17g, want %.17g",
+                ops[k].name, pts[i], g1, w1);
+      cr_assert(fabs(g2 - w2) <= 1e-12 * fmax(1, fabs(w2)), "%s''(%g) = %.17g, want %.17g",
+                ops[k].name, pts[i], g2, w2);
+    }
+    ad_tensor_free(x);
+    ad_tape_reset(ctx);
+  }
+}
+
+/* ------------------------------------------ closed forms, teaching material */
+
+Test(backward, sigmoid_derivative_is_s_times_one_minus_s) {
+  double v[7] = {-30, -4, -1, 0, 0.5, 3, 30};
+  for (int dt = 0; dt < 2; dt++) {
+    int64_t n = 7;
+    ad_tensor *x = leaf(dt ? AD_F64 : AD_F32, 1, &n, v);
+    ad_tensor *s = ad_sigmoid(ctx, x);
+    OK(ad_backward(ctx, ad_sum(ctx, s), NULL));
+    for (int i = 0; i < 7; i++) {
+      double sv = ad_tensor_get(s, i);
+      cr_assert_float_eq(sv, sig(v[i]), dt ? 1e-15 : 1e-7);
+      cr_assert_float_eq(ad_tensor_get(x->grad, i), sv * (1 - sv), dt ? 1e-15 : 1e-7, "x = %g",
+                         v[i]);
+    }
+    cr_assert_eq(ad_tensor_get(x->grad, 3), 0.25);
+    ad_tensor_free(x);
+  }
+}
+
+Test(backward, softmax_cross_entropy_gradient) {
+  double z[12] = {0.2, -1.0, 3.0, 0.5, 1.5, 1.5, -0.5, 0.0, -2.0, 4.0, 1.0, 100.0};
+  int32_t t[3] = {2, 0, 3};
+  int64_t s[2] = {3, 4}, n = 3;
+  ad_tensor *logits = leaf(AD_F64, 2, s, z);
+  ad_tensor *labels = ad_from_data(ctx, AD_I32, 1, &n, t);
+  ad_tensor *L = ad_softmax_cross_entropy(ctx, logits, labels);
+  cr_assert_not_null(L, "%s", ad_last_error(ctx));
+  cr_assert_eq(L->ndim, 0);
+  OK(ad_backward(ctx, L, NULL));
+  double loss = 0, want[12];
+  for (int r = 0; r < 3; r++) {
+    double m = -INFINITY, se = 0;
+    for (int c = 0; c < 4; c++) m = fmax(m, z[r * 4 + c]);
+    for (int c = 0; c < 4; c++) se += exp(z[r * 4 + c] - m);
+    loss += m + log(se) - z[r * 4 + t[r]];
+    for (int c = 0; c < 4; c++) want[r * 4 + c] = (exp(z[r * 4 + c] - m) / se - (c == t[r])) / 3.0;
+  }
+  cr_assert_float_eq(ad_tensor_item(L), loss / 3, 1e-13);
+  assert_close(logits->grad, want, 12, 1e-15);
+  /* the fused op agrees with its composite -mean(sum(onehot * log_softmax)) */
+  ad_tensor *in[1] = {logits}, *out[1];
+  double oh[12] = {0};
+  for (int r = 0; r < 3; r++) oh[r * 4 + t[r]] = 1;
+  ad_tensor *onehot = ad_from_data(ctx, AD_F64, 2, s, oh);
+  ad_tensor *comp =
+      ad_neg(ctx, ad_mean(ctx, ad_sum_axis(ctx, ad_mul(ctx, onehot, ad_log_softmax(ctx, logits, 1)),
+                                           1, false)));
+  cr_assert_float_eq(ad_tensor_item(comp), loss / 3, 1e-13);
+  OK(ad_grad(ctx, comp, NULL, 1, in, out, false));
+  assert_close(out[0], want, 12, 1e-15);
+  ad_tensor_free(logits);
+  ad_tensor_free(labels);
+  ad_tensor_free(onehot);
+}
+
+Test(backward, mse_derivative) {
+  double y[5] = {0.5, -1, 2, 3.5, 0}, t[5] = {1, -1, 0, 4, -2};
+  ad_tensor *yt = vec(y, 5);
+  int64_t n = 5;
+  ad_tensor *tt = ad_from_data(ctx, AD_F64, 1, &n, t);
+  ad_tensor *L = ad_mean(ctx, ad_square(ctx, ad_sub(ctx, yt, tt)));
+  OK(ad_backward(ctx, L, NULL));
+  double want[5], loss = 0;
+  for (int i = 0; i < 5; i++) {
+    want[i] = 2 * (y[i] - t[i]) / 5;
+    loss += (y[i] - t[i]) * (y[i] - t[i]) / 5;
+  }
+  cr_assert_float_eq(ad_tensor_item(L), loss, 1e-15);
+  assert_close(yt->grad, want, 5, 1e-15);
+  /* the same through pow_scalar in f32 */
+  ad_tensor *y32 = leaf(AD_F32, 1, &n, y);
+  ad_tensor *t32 = ad_zeros(ctx, AD_F32, 1, &n);
+  ad_tensor_copy_data(t32, tt);
+  OK(ad_backward(ctx, ad_mean(ctx, ad_pow_scalar(ctx, ad_sub(ctx, y32, t32), 2.0)), NULL));
+  assert_close(y32->grad, want, 5, 1e-7);
+  ad_tensor_free(yt);
+  ad_tensor_free(tt);
+  ad_tensor_free(y32);
+  ad_tensor_free(t32);
+}
+
+Test(backward, broadcast_gradients_are_summed_into_smaller_input) {
+  double va[12], vw[12], vb[4] = {1, 2, 3, 4}, vc[3] = {-1, 0, 1};
+  for (int i = 0; i < 12; i++) va[i] = 0.1 * i, vw[i] = (i % 5) - 2.0;
+  int64_t s[2] = {3, 4}, sc[2] = {3, 1}, sr[2] = {1, 4}, nb = 4;
+  ad_tensor *a = leaf(AD_F64, 2, s, va);
+  ad_tensor *b = vec(vb, nb);                 /* [4] against [3,4] */
+  ad_tensor *col = leaf(AD_F64, 2, sc, vc);   /* [3,1] */
+  ad_tensor *row = leaf(AD_F64, 2, sr, vb);   /* [1,4] */
+  ad_tensor *sca = leaf(AD_F64, 0, NULL, vc); /* 0-d */
+  ad_tensor *w = ad_from_data(ctx, AD_F64, 2, s, vw);
+  ad_tensor *y = ad_add(ctx, ad_add(ctx, ad_add(ctx, a, b), ad_add(ctx, col, row)), sca);
+  cr_assert_not_null(y, "%s", ad_last_error(ctx));
+  cr_assert_eq(y->ndim, 2);
+  OK(ad_backward(ctx, ad_sum(ctx, ad_mul(ctx, y, w)), NULL));
+  double wb[4] = {0}, wc[3] = {0}, ws = 0;
+  for (int i = 0; i < 3; i++)
+    for (int j = 0; j < 4; j++) {
+      wb[j] += vw[i * 4 + j];
+      wc[i] += vw[i * 4 + j];
+      ws += vw[i * 4 + j];
+    }
+  assert_close(a->grad, vw, 12, 0);
+  assert_close(b->grad, wb, 4, 0);
+  cr_assert_eq(b->grad->ndim, 1);
+  assert_close(col->grad, wc, 3, 0);
+  cr_assert_eq(col->grad->shape[0], 3);
+  cr_assert_eq(col->grad->shape[1], 1);
+  assert_close(row->grad, wb, 4, 0);
+  assert_close(sca->grad, &ws, 1, 0);
+  cr_assert_eq(sca->grad->ndim, 0);
+  ad_tensor_free(a);
+  ad_tensor_free(b);
+  ad_tensor_free(col);
+  ad_tensor_free(row);
+  ad_tensor_free(sca);
+  ad_tensor_free(w);
+}
+
+/* --------------------------------------------------------- tape lifetime */
+
+Test(backward, reset_tape_invalidates_old_root) {
+  double v[2] = {1, 2};
+  ad_tensor *a = vec(v, 2);
+  ad_tensor *L = ad_sum(ctx, ad_exp(ctx, a));
+  cr_assert_gt(ad_tape_size(ctx), 0);
+  ad_tape_reset(ctx);
+  cr_assert_eq(ad_tape_size(ctx), 0);
+  cr_assert_eq(ad_arena_used(ctx), 0);
+  cr_assert_eq(ad_backward(ctx, L, NULL), AD_ERR_STATE);
+  cr_assert(strstr(ad_last_error(ctx), "reset"), "%s", ad_last_error(ctx));
+  cr_assert_null(a->grad);
+  ad_tensor *out;
+  ad_clear_error(ctx);
+  cr_assert_eq(ad_grad(ctx, L, NULL, 1, &a, &out, false), AD_ERR_STATE);
+  ad_tensor_free(a);
+}
+
+/* --------------------------------------------- steady state of training */
+
+typedef struct counting_alloc {
+  long calls; /* every call: allocations, reallocations and frees */
+  long live;  /* blocks outstanding */
+} counting_alloc;
+
+static void *counting_fn(void *ud, void *ptr, size_t osize, size_t nsize) {
+  counting_alloc *c = ud;
+  c->calls++;
+  if (nsize == 0) {
+    if (ptr) c->live--;
+    free(ptr);
+    return NULL;
+  }
+  void *p = aligned_alloc(64, (nsize + 63) & ~(size_t)63);
+  if (!p) return NULL;
+  if (ptr) {
+    memcpy(p, ptr, osize < nsize ? osize : nsize);
+    free(ptr);
+  } else {
+    c->live++;
+  }
+  return p;
+}
+
+typedef struct mlp {
+  ad_tensor *x, *labels, *w1, *b1, *w2, *b2;
+} mlp;
+
+/* One training step: forward, backward, SGD, zero_grad, reset. */
+static double train_step(ad_ctx *c, mlp *m, double lr) {
+  ad_tensor *h = ad_tanh(c, ad_add(c, ad_matmul(c, m->x, m->w1, false, false), m->b1));
+  ad_tensor *logits = ad_add(c, ad_matmul(c, h, m->w2, false, false), m->b2);
+  ad_tensor *loss = ad_softmax_cross_entropy(c, logits, m->labels);
+  cr_assert_not_null(loss, "%s", ad_last_error(c));
+  double value = ad_tensor_item(loss);
+  cr_assert_eq(ad_backward(c, loss, NULL), AD_OK, "%s", ad_last_error(c));
+  ad_tensor *params[4] = {m->w1, m->b1, m->w2, m->b2};
+  for (int k = 0; k < 4; k++) {
+    float *p = params[k]->data;
+    const float *g = params[k]->grad->data;
+    for (int64_t i = 0; i < params[k]->size; i++) p[i] -= (float)lr * g[i];
+    ad_tensor_zero_grad(params[k]);
+  }
+  ad_tape_reset(c);
+  return value;
+}
+
+Test(backward, training_loop_reaches_allocation_free_steady_state) {
+  counting_alloc ca = {0};
+  ad_ctx *c = ad_ctx_new_with_alloc(counting_fn, &ca);
+  cr_assert_not_null(c);
+  ad_rng rng;
+  ad_rng_seed(&rng, 11);
+  /* big enough that one step outgrows the arena's first chunk */
+  int64_t sx[2] = {256, 64}, s1[2] = {64, 256}, n1 = 256, s2[2] = {256, 10}, n2 = 10;
+  mlp m;
+  m.x = ad_randn(c, &rng, AD_F32, 2, sx, 0, 1);
+  m.labels = ad_zeros(c, AD_I32, 1, &sx[0]);
+  for (int64_t i = 0; i < 256; i++) ((int32_t *)m.labels->data)[i] = (int32_t)(i % 10);
+  m.w1 = ad_randn(c, &rng, AD_F32, 2, s1, 0, 0.125);
+  m.b1 = ad_zeros(c, AD_F32, 1, &n1);
+  m.w2 = ad_randn(c, &rng, AD_F32, 2, s2, 0, 0.0625);
+  m.b2 = ad_zeros(c, AD_F32, 1, &n2);
+  ad_tensor *params[4] = {m.w1, m.b1, m.w2, m.b2};
+  for (int k = 0; k < 4; k++) cr_assert_eq(ad_tensor_set_requires_grad(params[k], true), AD_OK);
+
+  double first = train_step(c, &m, 0.5);
+  long after1 = ca.calls;
+  train_step(c, &m, 0.5);
+  train_step(c, &m, 0.5);
+  cr_assert_gt(ad_arena_capacity(c), (size_t)1 << 20, "the step spans more than 1 MiB");
+  long warm = ca.calls;
+  size_t cap = ad_arena_capacity(c);
+  double last = first;
+  for (int step = 0; step < 50; step++) {
+    last = train_step(c, &m, 0.5);
+    cr_assert_eq(ca.calls, warm, "step %d made %ld allocator calls", step + 4, ca.calls - warm);
+    cr_assert_eq(ad_arena_capacity(c), cap, "step %d changed the arena capacity", step + 4);
+  }
+  cr_assert_gt(after1, 0);
+  cr_assert_lt(last, 0.7 * first, "training makes progress: %g -> %g", first, last);
+  for (int k = 0; k < 4; k++) ad_tensor_free(params[k]);
+  ad_tensor_free(m.x);
+  ad_tensor_free(m.labels);
+  ad_ctx_free(c);
+  cr_assert_eq(ca.live, 0, "%ld blocks leaked", ca.live);
+}

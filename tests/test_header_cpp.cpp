@@ -1,0 +1,24 @@
+/* test_header_cpp.cpp: ad.h compiles as C++ (included first, on its own),
+ * and its functions link with C linkage: without extern "C" the calls below
+ * would reference mangled names and fail to link. */
+#include "ad.h"
+
+#include <criterion/criterion.h>
+#include <cstring>
+
+Test(header_cpp, compiles_and_links_as_cpp) {
+  ad_ctx *ctx = ad_ctx_new();
+  cr_assert_not_null(ctx);
+  ad_tensor *x = ad_arange(ctx, AD_F64, 0, 3, 1);
+  cr_assert_not_null(x);
+  cr_assert_eq(ad_tensor_set_requires_grad(x, true), AD_OK);
+  ad_tensor *y = ad_sum(ctx, ad_mul(ctx, x, x));
+  cr_assert_eq(ad_backward(ctx, y, nullptr), AD_OK, "%s", ad_last_error(ctx));
+  cr_assert_eq(ad_tensor_get(x->grad, 2), 4.0);
+  cr_assert_eq(std::strcmp(ad_status_str(AD_ERR_SHAPE), "shape mismatch"), 0);
+  ad_attrs at = {};
+  at.i[0] = 1;
+  cr_assert_eq(at.f[1], 0.0);
+  ad_tensor_free(x);
+  ad_ctx_free(ctx);
+}

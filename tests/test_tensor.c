@@ -1,0 +1,672 @@
+/* test_tensor.c: constructors, element access, views, printing, names and
+ * the RNG of the autodiff core. */
+#include "ad.h"
+
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static ad_ctx *ctx;
+
+static void setup(void) {
+  ctx = ad_ctx_new();
+  cr_assert_not_null(ctx);
+}
+
+static void teardown(void) { ad_ctx_free(ctx); }
+
+TestSuite(tensor, .init = setup, .fini = teardown);
+
+/* Asserts every element of t equals want[i] within tol. */
+static void assert_values(const ad_tensor *t, const double *want, int64_t n, double tol) {
+  cr_assert_not_null(t);
+  cr_assert_eq(t->size, n, "size %lld, expected %lld", (long long)t->size, (long long)n);
+  for (int64_t i = 0; i < n; i++)
+    cr_assert(fabs(ad_tensor_get(t, i) - want[i]) <= tol, "element %lld: got %.17g, want %.17g",
+              (long long)i, ad_tensor_get(t, i), want[i]);
+}
+
+/* ---------------------------------------------------------- constructors */
+
+Test(tensor, zeros_ones_full) {
+  int64_t s[3] = {2, 3, 4};
+  ad_tensor *z = ad_zeros(ctx, AD_F32, 3, s);
+  ad_tensor *o = ad_ones(ctx, AD_F64, 3, s);
+  ad_tensor *f = ad_full(ctx, AD_I32, 3, s, 7.9);
+  cr_assert(z && o && f);
+  cr_assert_eq(z->ndim, 3);
+  cr_assert_eq(z->size, 24);
+  cr_assert_eq(z->shape[0], 2);
+  cr_assert_eq(z->shape[1], 3);
+  cr_assert_eq(z->shape[2], 4);
+  cr_assert_eq(z->dtype, AD_F32);
+  cr_assert_eq(o->dtype, AD_F64);
+  cr_assert_eq(f->dtype, AD_I32);
+  cr_assert_null(z->grad);
+  cr_assert(!ad_tensor_requires_grad(z));
+  cr_assert(!ad_tensor_is_temporary(z));
+  for (int64_t i = 0; i < 24; i++) {
+    cr_assert_eq(((float *)z->data)[i], 0.0f);
+    cr_assert_eq(((double *)o->data)[i], 1.0);
+    cr_assert_eq(((int32_t *)f->data)[i], 7); /* truncated toward zero */
+  }
+  ad_tensor_free(z);
+  ad_tensor_free(o);
+  ad_tensor_free(f);
+}
+
+Test(tensor, data_is_aligned_for_vector_loads) {
+  int64_t s[1] = {33};
+  ad_tensor *t = ad_ones(ctx, AD_F32, 1, s);
+  cr_assert_not_null(t);
+  cr_assert_eq((uintptr_t)t->data % 64, 0);
+  ad_tensor_free(t);
+}
+
+Test(tensor, scalar_and_empty_shapes) {
+  ad_tensor *s = ad_full(ctx, AD_F64, 0, NULL, 3.25);
+  cr_assert_not_null(s);
+  cr_assert_eq(s->ndim, 0);
+  cr_assert_eq(s->size, 1);
+  cr_assert_eq(ad_tensor_item(s), 3.25);
+  int64_t e[2] = {3, 0};
+  ad_tensor *z = ad_zeros(ctx, AD_F32, 2, e);
+  cr_assert_not_null(z);
+  cr_assert_eq(z->size, 0);
+  cr_assert_eq(z->shape[0], 3);
+  cr_assert_eq(z->shape[1], 0);
+  cr_assert(isnan(ad_tensor_item(z)));
+  ad_tensor_free(s);
+  ad_tensor_free(z);
+}
+
+Test(tensor, from_data_copies) {
+  double src[6] = {1, -2, 3.5, 4, 5, -6.25};
+  int64_t s[2] = {2, 3};
+  ad_tensor *t = ad_from_data(ctx, AD_F64, 2, s, src);
+  cr_assert_not_null(t);
+  cr_assert_neq(t->data, (void *)src);
+  src[0] = 100; /* the tensor owns a copy */
+  double want[6] = {1, -2, 3.5, 4, 5, -6.25};
+  assert_values(t, want, 6, 0);
+  int32_t isrc[3] = {7, -8, 9};
+  int64_t n = 3;
+  ad_tensor *i = ad_from_data(ctx, AD_I32, 1, &n, isrc);
+  cr_assert_not_null(i);
+  cr_assert_eq(((int32_t *)i->data)[1], -8);
+  ad_tensor *z = ad_from_data(ctx, AD_F32, 2, s, NULL); /* NULL: zeros */
+  double zeros[6] = {0};
+  assert_values(z, zeros, 6, 0);
+  ad_tensor_free(t);
+  ad_tensor_free(i);
+  ad_tensor_free(z);
+}
+
+Test(tensor, arange_positive_step) {
+  ad_tensor *t = ad_arange(ctx, AD_F64, 0, 5, 1);
+  double want[5] = {0, 1, 2, 3, 4};
+  assert_values(t, want, 5, 0);
+  cr_assert_eq(t->ndim, 1);
+  ad_tensor *f = ad_arange(ctx, AD_F32, 1, 2, 0.25);
+  double wf[4] = {1, 1.25, 1.5, 1.75};
+  assert_values(f, wf, 4, 0);
+  ad_tensor *i = ad_arange(ctx, AD_I32, 2, 11, 3);
+  double wi[3] = {2, 5, 8};
+  assert_values(i, wi, 3, 0);
+  cr_assert_eq(i->dtype, AD_I32);
+  ad_tensor_free(t);
+  ad_tensor_free(f);
+  ad_tensor_free(i);
+}
+
+Test(tensor, arange_negative_step) {
+  ad_tensor *t = ad_arange(ctx, AD_F64, 5, 0, -1.5);
+  double want[4] = {5, 3.5, 2, 0.5};
+  assert_values(t, want, 4, 0);
+  ad_tensor *u = ad_arange(ctx, AD_F32, 3, -3, -2);
+  double wu[3] = {3, 1, -1};
+  assert_values(u, wu, 3, 0);
+  ad_tensor_free(t);
+  ad_tensor_free(u);
+}
+
+Test(tensor, arange_empty) {
+  ad_tensor *a = ad_arange(ctx, AD_F64, 0, 0, 1);
+  ad_tensor *b = ad_arange(ctx, AD_F64, 3, 1, 1);  /* wrong direction */
+  ad_tensor *c = ad_arange(ctx, AD_F64, 1, 3, -1); /* wrong direction */
+  cr_assert(a && b && c);
+  cr_assert_eq(a->size, 0);
+  cr_assert_eq(b->size, 0);
+  cr_assert_eq(c->size, 0);
+  cr_assert_eq(a->ndim, 1);
+  cr_assert_eq(a->shape[0], 0);
+  cr_assert_eq(ad_last_status(ctx), AD_OK);
+  ad_tensor_free(a);
+  ad_tensor_free(b);
+  ad_tensor_free(c);
+}
+
+static void moments(const ad_tensor *t, double *mean, double *sd, double *lo, double *hi) {
+  double s = 0, s2 = 0;
+  *lo = INFINITY;
+  *hi = -INFINITY;
+  for (int64_t i = 0; i < t->size; i++) {
+    double v = ad_tensor_get(t, i);
+    s += v;
+    s2 += v * v;
+    if (v < *lo) *lo = v;
+    if (v > *hi) *hi = v;
+  }
+  *mean = s / (double)t->size;
+  *sd = sqrt(s2 / (double)t->size - *mean * *mean);
+}
+
+Test(tensor, rand_uniform_statistics) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 42);
+  int64_t n = 10000;
+  ad_tensor *t = ad_rand(ctx, &rng, AD_F64, 1, &n, -1.0, 3.0);
+  cr_assert_not_null(t);
+  double mean, sd, lo, hi;
+  moments(t, &mean, &sd, &lo, &hi);
+  /* U(-1,3): mean 1, sd 4/sqrt(12) = 1.1547; tolerances ~ 4 standard errors */
+  cr_assert(fabs(mean - 1.0) < 0.05, "mean %g", mean);
+  cr_assert(fabs(sd - 4.0 / sqrt(12.0)) < 0.03, "sd %g", sd);
+  cr_assert(lo >= -1.0 && lo < -0.99, "min %g", lo);
+  cr_assert(hi < 3.0 && hi > 2.99, "max %g", hi);
+  ad_tensor_free(t);
+}
+
+Test(tensor, randn_statistics) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 7);
+  int64_t s[2] = {100, 100};
+  ad_tensor *t = ad_randn(ctx, &rng, AD_F32, 2, s, 2.0, 3.0);
+  cr_assert_not_null(t);
+  double mean, sd, lo, hi;
+  moments(t, &mean, &sd, &lo, &hi);
+  cr_assert(fabs(mean - 2.0) < 0.12, "mean %g", mean);
+  cr_assert(fabs(sd - 3.0) < 0.09, "sd %g", sd);
+  /* a normal sample of 10k reaches beyond 3 sd on both sides */
+  cr_assert(lo < 2.0 - 9.0 && hi > 2.0 + 9.0, "range %g..%g", lo, hi);
+  /* about 68.3% within one sd */
+  int64_t in1 = 0;
+  for (int64_t i = 0; i < t->size; i++) in1 += fabs(ad_tensor_get(t, i) - 2.0) < 3.0;
+  cr_assert(in1 > 6630 && in1 < 7030, "within 1 sd: %lld", (long long)in1);
+  ad_tensor_free(t);
+}
+
+Test(tensor, rand_reproducible_from_seed) {
+  int64_t n = 257;
+  ad_rng r1, r2, r3;
+  ad_rng_seed(&r1, 2024);
+  ad_rng_seed(&r2, 2024);
+  ad_rng_seed(&r3, 2025);
+  ad_tensor *a = ad_randn(ctx, &r1, AD_F64, 1, &n, 0, 1);
+  ad_tensor *b = ad_randn(ctx, &r2, AD_F64, 1, &n, 0, 1);
+  ad_tensor *c = ad_randn(ctx, &r3, AD_F64, 1, &n, 0, 1);
+  cr_assert(a && b && c);
+  cr_assert_eq(memcmp(a->data, b->data, (size_t)n * sizeof(double)), 0);
+  int64_t same = 0;
+  for (int64_t i = 0; i < n; i++) same += ad_tensor_get(a, i) == ad_tensor_get(c, i);
+  cr_assert_lt(same, 3, "another seed gives another stream");
+  /* the two generators advanced identically */
+  cr_assert_eq(ad_rng_next(&r1), ad_rng_next(&r2));
+  ad_tensor *u1 = ad_rand(ctx, &r1, AD_F32, 1, &n, 0, 1);
+  ad_tensor *u2 = ad_rand(ctx, &r2, AD_F32, 1, &n, 0, 1);
+  cr_assert_eq(memcmp(u1->data, u2->data, (size_t)n * sizeof(float)), 0);
+  ad_tensor_free(a);
+  ad_tensor_free(b);
+  ad_tensor_free(c);
+  ad_tensor_free(u1);
+  ad_tensor_free(u2);
+}
+
+/* ------------------------------------------------------------------ RNG */
+
+Test(tensor, rng_seeding_is_splitmix64) {
+  /* published splitmix64 outputs for seed 0 */
+  ad_rng r;
+  ad_rng_seed(&r, 0);
+  cr_assert_eq(r.s[0], UINT64_C(0xe220a8397b1dcdaf));
+  cr_assert_eq(r.s[1], UINT64_C(0x6e789e6aa1b965f4));
+  cr_assert_eq(r.s[2], UINT64_C(0x06c45d188009454f));
+  cr_assert_eq(r.s[3], UINT64_C(0xf88bb8a8724c81ec));
+}
+
+Test(tensor, rng_xoshiro256starstar_vector) {
+  /* reference output of xoshiro256** from the state {1, 2, 3, 4} */
+  ad_rng r = {{1, 2, 3, 4}};
+  cr_assert_eq(ad_rng_next(&r), UINT64_C(11520));
+  cr_assert_eq(ad_rng_next(&r), UINT64_C(0));
+  cr_assert_eq(ad_rng_next(&r), UINT64_C(1509978240));
+  cr_assert_eq(ad_rng_next(&r), UINT64_C(1215971899390074240));
+}
+
+Test(tensor, rng_determinism_and_fork) {
+  ad_rng a, b;
+  ad_rng_seed(&a, 99);
+  ad_rng_seed(&b, 99);
+  for (int i = 0; i < 1000; i++) cr_assert_eq(ad_rng_next(&a), ad_rng_next(&b));
+  ad_rng fork = a; /* plain data: a copy continues the same stream */
+  for (int i = 0; i < 100; i++) cr_assert_eq(ad_rng_uniform(&a), ad_rng_uniform(&fork));
+  for (int i = 0; i < 100; i++) cr_assert_eq(ad_rng_normal(&a), ad_rng_normal(&fork));
+}
+
+Test(tensor, rng_uniform_and_below_ranges) {
+  ad_rng r;
+  ad_rng_seed(&r, 5);
+  int counts[7] = {0};
+  for (int i = 0; i < 70000; i++) {
+    double u = ad_rng_uniform(&r);
+    cr_assert(u >= 0.0 && u < 1.0);
+    uint64_t k = ad_rng_below(&r, 7);
+    cr_assert_lt(k, 7);
+    counts[k]++;
+  }
+  for (int k = 0; k < 7; k++) cr_assert(counts[k] > 9600 && counts[k] < 10400, "bucket %d", k);
+  cr_assert_eq(ad_rng_below(&r, 1), 0);
+}
+
+/* ---------------------------------------------------- scalar, clone, access */
+
+Test(tensor, scalar_is_temporary) {
+  ad_tensor *s = ad_scalar(ctx, AD_F32, -1.5);
+  cr_assert_not_null(s);
+  cr_assert_eq(s->ndim, 0);
+  cr_assert_eq(s->size, 1);
+  cr_assert_eq(s->dtype, AD_F32);
+  cr_assert_eq(ad_tensor_item(s), -1.5);
+  cr_assert(ad_tensor_is_temporary(s));
+  cr_assert_eq(ad_tensor_op(s), -1, "a constant was not made by an op");
+  size_t used = ad_arena_used(ctx);
+  cr_assert_gt(used, 0);
+  ad_tensor_free(s); /* ignored: it belongs to the arena */
+  cr_assert_eq(ad_tensor_item(s), -1.5);
+  ad_tape_reset(ctx);
+  cr_assert_eq(ad_arena_used(ctx), 0);
+}
+
+Test(tensor, clone_is_deep) {
+  int64_t s[2] = {2, 2};
+  double v[4] = {1, 2, 3, 4};
+  ad_tensor *a = ad_from_data(ctx, AD_F64, 2, s, v);
+  ad_tensor_set_requires_grad(a, true);
+  ad_tensor *c = ad_tensor_clone(ctx, a);
+  cr_assert_not_null(c);
+  cr_assert_neq(c->data, a->data);
+  cr_assert_eq(c->ndim, 2);
+  cr_assert_eq(c->shape[1], 2);
+  cr_assert_eq(c->dtype, AD_F64);
+  cr_assert(!ad_tensor_requires_grad(c), "a clone copies data, not history");
+  cr_assert(!ad_tensor_is_temporary(c));
+  ad_tensor_set(a, 0, 100);
+  cr_assert_eq(ad_tensor_get(c, 0), 1.0);
+  /* cloning a temporary gives a persistent tensor that survives a reset */
+  ad_tensor *t = ad_exp(ctx, a);
+  ad_tensor *p = ad_tensor_clone(ctx, t);
+  ad_tape_reset(ctx);
+  cr_assert(!ad_tensor_is_temporary(p));
+  cr_assert_float_eq(ad_tensor_get(p, 1), exp(2.0), 1e-12);
+  ad_tensor_free(a);
+  ad_tensor_free(c);
+  ad_tensor_free(p);
+}
+
+Test(tensor, get_set_item) {
+  int64_t s[2] = {2, 3};
+  ad_tensor *f = ad_zeros(ctx, AD_F32, 2, s);
+  ad_tensor *d = ad_zeros(ctx, AD_F64, 2, s);
+  ad_tensor *i = ad_zeros(ctx, AD_I32, 2, s);
+  for (int64_t k = 0; k < 6; k++) {
+    cr_assert_eq(ad_tensor_set(f, k, 0.1 * (double)k), AD_OK);
+    cr_assert_eq(ad_tensor_set(d, k, 0.1 * (double)k), AD_OK);
+    cr_assert_eq(ad_tensor_set(i, k, -2.9 * (double)k), AD_OK);
+  }
+  cr_assert_eq(ad_tensor_get(f, 3), (double)0.3f, "f32 stores with float rounding");
+  cr_assert_eq(ad_tensor_get(d, 3), 0.1 * 3.0);
+  cr_assert_eq(ad_tensor_get(i, 1), -2.0);
+  cr_assert_eq(ad_tensor_get(i, 5), -14.0);
+  cr_assert_eq(((float *)f->data)[4], 0.4f);
+  /* out of range */
+  cr_assert_eq(ad_tensor_set(f, 6, 1.0), AD_ERR_ARG);
+  cr_assert_eq(ad_tensor_set(f, -1, 1.0), AD_ERR_ARG);
+  cr_assert_eq(ad_tensor_get(f, 6), 0.0);
+  cr_assert_eq(ad_tensor_get(f, -1), 0.0);
+  cr_assert_eq(ad_tensor_set(NULL, 0, 1.0), AD_ERR_NULL);
+  /* item needs exactly one element */
+  cr_assert(isnan(ad_tensor_item(f)));
+  int64_t one[3] = {1, 1, 1};
+  ad_tensor *u = ad_full(ctx, AD_F64, 3, one, 9.5);
+  cr_assert_eq(ad_tensor_item(u), 9.5);
+  cr_assert(isnan(ad_tensor_item(NULL)));
+  /* fill */
+  ad_tensor_fill(d, -0.5);
+  for (int64_t k = 0; k < 6; k++) cr_assert_eq(ad_tensor_get(d, k), -0.5);
+  ad_tensor_free(f);
+  ad_tensor_free(d);
+  ad_tensor_free(i);
+  ad_tensor_free(u);
+}
+
+Test(tensor, copy_data_across_dtypes) {
+  int64_t s[2] = {2, 2}, r[1] = {4};
+  double v[4] = {1.75, -2.5, 3.0, 1e-3};
+  ad_tensor *d = ad_from_data(ctx, AD_F64, 2, s, v);
+  ad_tensor *f = ad_zeros(ctx, AD_F32, 1, r); /* same size, other shape */
+  ad_tensor *i = ad_zeros(ctx, AD_I32, 2, s);
+  cr_assert_eq(ad_tensor_copy_data(f, d), AD_OK);
+  double wf[4] = {1.75, -2.5, 3.0, (double)1e-3f};
+  assert_values(f, wf, 4, 0);
+  cr_assert_eq(ad_tensor_copy_data(i, d), AD_OK);
+  double wi[4] = {1, -2, 3, 0};
+  assert_values(i, wi, 4, 0);
+  ad_tensor *back = ad_zeros(ctx, AD_F64, 2, s);
+  cr_assert_eq(ad_tensor_copy_data(back, i), AD_OK);
+  assert_values(back, wi, 4, 0);
+  cr_assert_eq(ad_tensor_copy_data(back, f), AD_OK);
+  assert_values(back, wf, 4, 0);
+  ad_tensor_free(d);
+  ad_tensor_free(f);
+  ad_tensor_free(i);
+  ad_tensor_free(back);
+}
+
+Test(tensor, has_nonfinite) {
+  int64_t n = 3;
+  ad_tensor *t = ad_zeros(ctx, AD_F32, 1, &n);
+  cr_assert(!ad_tensor_has_nonfinite(t));
+  ad_tensor_set(t, 2, INFINITY);
+  cr_assert(ad_tensor_has_nonfinite(t));
+  ad_tensor_set(t, 2, NAN);
+  cr_assert(ad_tensor_has_nonfinite(t));
+  ad_tensor_set(t, 2, 1e30);
+  cr_assert(!ad_tensor_has_nonfinite(t));
+  ad_tensor_free(t);
+}
+
+Test(tensor, dtype_names_and_sizes) {
+  cr_assert_eq(ad_dtype_size(AD_F32), 4);
+  cr_assert_eq(ad_dtype_size(AD_F64), 8);
+  cr_assert_eq(ad_dtype_size(AD_I32), 4);
+  cr_assert_str_eq(ad_dtype_name(AD_F32), "f32");
+  cr_assert_str_eq(ad_dtype_name(AD_F64), "f64");
+  cr_assert_str_eq(ad_dtype_name(AD_I32), "i32");
+}
+
+/* -------------------------------------------------------------- reshape */
+
+Test(tensor, reshape_is_a_view) {
+  ad_tensor *x = ad_arange(ctx, AD_F64, 0, 24, 1);
+  int64_t s[3] = {2, -1, 4};
+  ad_tensor *v = ad_reshape(ctx, x, 3, s);
+  cr_assert_not_null(v, "%s", ad_last_error(ctx));
+  cr_assert_eq(v->data, x->data, "reshape shares the data");
+  cr_assert_eq(v->ndim, 3);
+  cr_assert_eq(v->shape[0], 2);
+  cr_assert_eq(v->shape[1], 3, "-1 is inferred");
+  cr_assert_eq(v->shape[2], 4);
+  cr_assert_eq(v->size, 24);
+  cr_assert(ad_tensor_is_temporary(v));
+  ad_tensor_set(x, 5, -7.0);
+  cr_assert_eq(ad_tensor_get(v, 5), -7.0);
+  /* a view of a view */
+  int64_t flat[2] = {-1, 6};
+  ad_tensor *w = ad_reshape(ctx, v, 2, flat);
+  cr_assert_not_null(w);
+  cr_assert_eq(w->data, x->data);
+  cr_assert_eq(w->shape[0], 4);
+  /* to a scalar and back */
+  int64_t one = 1;
+  ad_tensor *o = ad_ones(ctx, AD_F32, 1, &one);
+  ad_tensor *sc = ad_reshape(ctx, o, 0, NULL);
+  cr_assert_not_null(sc);
+  cr_assert_eq(sc->ndim, 0);
+  cr_assert_eq(sc->data, o->data);
+  ad_tensor_free(x);
+  ad_tensor_free(o);
+}
+
+Test(tensor, reshape_carries_the_gradient) {
+  ad_tensor *x = ad_arange(ctx, AD_F64, 0, 6, 1);
+  ad_tensor_set_requires_grad(x, true);
+  int64_t s[2] = {3, -1};
+  ad_tensor *v = ad_reshape(ctx, x, 2, s);
+  cr_assert_not_null(v);
+  cr_assert_eq(v->data, x->data);
+  ad_tensor *w = ad_arange(ctx, AD_F64, 10, 16, 1);
+  int64_t ws[2] = {3, 2};
+  ad_tensor *L = ad_sum(ctx, ad_mul(ctx, v, ad_reshape(ctx, w, 2, ws)));
+  cr_assert_eq(ad_backward(ctx, L, NULL), AD_OK, "%s", ad_last_error(ctx));
+  double want[6] = {10, 11, 12, 13, 14, 15};
+  assert_values(x->grad, want, 6, 0);
+  cr_assert_eq(x->grad->ndim, 1);
+  ad_tensor_free(x);
+  ad_tensor_free(w);
+}
+
+/* ------------------------------------------------------------- printing */
+
+/* Prints t into a string (caller frees). */
+static char *print_to_string(const char *name, const ad_tensor *t) {
+  char *buf = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&buf, &len);
+  cr_assert_not_null(f);
+  ad_tensor_print(f, name, t);
+  fclose(f);
+  return buf;
+}
+
+Test(tensor, print_small_matrix_exactly) {
+  double v[6] = {1.5, -2, 3, 4, 5e-7, 1234.5};
+  int64_t s[2] = {2, 3};
+  ad_tensor *t = ad_from_data(ctx, AD_F64, 2, s, v);
+  char *out = print_to_string("x", t);
+  cr_assert_str_eq(out, "x: [2,3] f64\n"
+                        "[[1.5, -2, 3],\n"
+                        " [4, 5e-07, 1234.5]]\n");
+  free(out);
+  out = print_to_string(NULL, t);
+  cr_assert_str_eq(out, "[2,3] f64\n"
+                        "[[1.5, -2, 3],\n"
+                        " [4, 5e-07, 1234.5]]\n");
+  free(out);
+  ad_tensor_free(t);
+}
+
+Test(tensor, print_scalar_int_empty_null) {
+  ad_tensor *s = ad_scalar(ctx, AD_F64, 0.125);
+  char *out = print_to_string("s", s);
+  cr_assert_str_eq(out, "s: [] f64\n0.125\n");
+  free(out);
+  int32_t iv[3] = {-1, 0, 2147483647};
+  int64_t n = 3;
+  ad_tensor *i = ad_from_data(ctx, AD_I32, 1, &n, iv);
+  out = print_to_string("i", i);
+  cr_assert_str_eq(out, "i: [3] i32\n[-1, 0, 2147483647]\n");
+  free(out);
+  int64_t e[2] = {2, 0};
+  ad_tensor *z = ad_zeros(ctx, AD_F32, 2, e);
+  out = print_to_string("z", z);
+  cr_assert_str_eq(out, "z: [2,0] f32\n[]\n");
+  free(out);
+  out = print_to_string("n", NULL);
+  cr_assert_str_eq(out, "n: (null)\n");
+  free(out);
+  ad_tensor_free(i);
+  ad_tensor_free(z);
+}
+
+Test(tensor, print_summarizes_long_vector) {
+  ad_tensor *t = ad_arange(ctx, AD_F32, 0, 100, 1);
+  char *out = print_to_string("v", t);
+  cr_assert_str_eq(out, "v: [100] f32\n[0, 1, 2, ..., 97, 98, 99]\n");
+  free(out);
+  /* 6 elements are printed in full; 7 are summarized */
+  ad_tensor *six = ad_arange(ctx, AD_F64, 0, 6, 1);
+  out = print_to_string(NULL, six);
+  cr_assert_str_eq(out, "[6] f64\n[0, 1, 2, 3, 4, 5]\n");
+  free(out);
+  ad_tensor *seven = ad_arange(ctx, AD_F64, 0, 7, 1);
+  out = print_to_string(NULL, seven);
+  cr_assert_str_eq(out, "[7] f64\n[0, 1, 2, ..., 4, 5, 6]\n");
+  free(out);
+  ad_tensor_free(t);
+  ad_tensor_free(six);
+  ad_tensor_free(seven);
+}
+
+Test(tensor, print_summarizes_long_matrix) {
+  ad_tensor *a = ad_arange(ctx, AD_F64, 0, 20, 1);
+  int64_t s[2] = {10, 2};
+  ad_tensor *m = ad_reshape(ctx, a, 2, s);
+  char *out = print_to_string("m", m);
+  cr_assert_str_eq(out, "m: [10,2] f64\n"
+                        "[[0, 1],\n"
+                        " [2, 3],\n"
+                        " [4, 5],\n"
+                        " ...,\n"
+                        " [14, 15],\n"
+                        " [16, 17],\n"
+                        " [18, 19]]\n");
+  free(out);
+  ad_tensor *b = ad_arange(ctx, AD_F64, 0, 16, 1);
+  int64_t s3[3] = {2, 2, 4};
+  out = print_to_string(NULL, ad_reshape(ctx, b, 3, s3));
+  cr_assert_str_eq(out, "[2,2,4] f64\n"
+                        "[[[0, 1, 2, 3],\n"
+                        "  [4, 5, 6, 7]],\n"
+                        " [[8, 9, 10, 11],\n"
+                        "  [12, 13, 14, 15]]]\n");
+  free(out);
+  ad_tensor_free(a);
+  ad_tensor_free(b);
+}
+
+/* ------------------------------------------------------- names, strings */
+
+Test(tensor, shape_str) {
+  char buf[64];
+  int64_t s[3] = {2, 3, 4};
+  ad_tensor *t = ad_zeros(ctx, AD_F32, 3, s);
+  cr_assert_str_eq(ad_shape_str(t, buf, sizeof buf), "[2,3,4]");
+  ad_tensor *sc = ad_scalar(ctx, AD_F64, 1);
+  cr_assert_str_eq(ad_shape_str(sc, buf, sizeof buf), "[]");
+  cr_assert_str_eq(ad_shape_str(NULL, buf, sizeof buf), "(null)");
+  int64_t big[2] = {123456789, 0};
+  ad_tensor *b = ad_zeros(ctx, AD_F64, 2, big);
+  cr_assert_str_eq(ad_shape_str(b, buf, sizeof buf), "[123456789,0]");
+  /* truncation keeps a terminated prefix */
+  char small[4];
+  memset(small, 'x', sizeof small);
+  cr_assert_eq(ad_shape_str(t, small, sizeof small), small);
+  cr_assert_str_eq(small, "[2,");
+  ad_tensor_free(t);
+  ad_tensor_free(b);
+}
+
+Test(tensor, status_str_every_code) {
+  static const char *const want[AD_STATUS_COUNT] = {
+      [AD_OK] = "ok",
+      [AD_ERR_NULL] = "null pointer",
+      [AD_ERR_SHAPE] = "shape mismatch",
+      [AD_ERR_DTYPE] = "dtype mismatch",
+      [AD_ERR_ARG] = "bad argument",
+      [AD_ERR_OOM] = "out of memory",
+      [AD_ERR_STATE] = "invalid state",
+      [AD_ERR_NAN] = "NaN or Inf",
+      [AD_ERR_IO] = "I/O error",
+      [AD_ERR_FORMAT] = "malformed file",
+      [AD_ERR_NOTFOUND] = "not found",
+  };
+  for (int s = 0; s < AD_STATUS_COUNT; s++) {
+    cr_assert_not_null(want[s], "status %d has no expected name in this test", s);
+    cr_assert_str_eq(ad_status_str((ad_status)s), want[s]);
+    for (int o = 0; o < s; o++)
+      cr_assert_str_neq(ad_status_str((ad_status)s), ad_status_str((ad_status)o));
+  }
+  cr_assert_str_eq(ad_status_str(AD_STATUS_COUNT), "unknown status");
+  cr_assert_str_eq(ad_status_str((ad_status)-1), "unknown status");
+}
+
+/* --------------------------------------------------- many dimensions */
+
+/* Offset into x (broadcast against out) of out's flat index o. */
+static int64_t bc_offset(const ad_tensor *x, const ad_tensor *out, int64_t o) {
+  int64_t off = 0, stride = 1;
+  for (int d = out->ndim - 1; d >= 0; d--) {
+    int64_t idx = o % out->shape[d];
+    o /= out->shape[d];
+    int xd = d - (out->ndim - x->ndim);
+    if (xd < 0) continue;
+    if (x->shape[xd] != 1) off += idx * stride;
+    stride *= x->shape[xd];
+  }
+  return off;
+}
+
+Test(tensor, eight_dims_add_and_sum) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 8);
+  int64_t sa[8] = {2, 1, 3, 1, 2, 1, 2, 2};
+  int64_t sb[7] = {2, 1, 2, 1, 2, 1, 2};
+  ad_tensor *a = ad_rand(ctx, &rng, AD_F64, 8, sa, -1, 1);
+  ad_tensor *b = ad_rand(ctx, &rng, AD_F64, 7, sb, -1, 1);
+  cr_assert(a && b);
+  ad_tensor_set_requires_grad(a, true);
+  ad_tensor_set_requires_grad(b, true);
+  ad_tensor *y = ad_add(ctx, a, b);
+  cr_assert_not_null(y, "%s", ad_last_error(ctx));
+  int64_t want_shape[8] = {2, 2, 3, 2, 2, 2, 2, 2};
+  cr_assert_eq(y->ndim, 8);
+  for (int d = 0; d < 8; d++) cr_assert_eq(y->shape[d], want_shape[d], "dim %d", d);
+  cr_assert_eq(y->size, 384);
+  double total = 0;
+  for (int64_t o = 0; o < y->size; o++) {
+    double w = ad_tensor_get(a, bc_offset(a, y, o)) + ad_tensor_get(b, bc_offset(b, y, o));
+    cr_assert_float_eq(ad_tensor_get(y, o), w, 1e-15, "element %lld", (long long)o);
+    total += w;
+  }
+  ad_tensor *L = ad_sum(ctx, y);
+  cr_assert_float_eq(ad_tensor_item(L), total, 1e-11);
+  /* a reduction along an inner axis of the 8-d result */
+  ad_tensor *r = ad_sum_axis(ctx, y, 2, false);
+  cr_assert_not_null(r);
+  cr_assert_eq(r->ndim, 7);
+  cr_assert_eq(r->size, 128);
+  cr_assert_eq(ad_backward(ctx, L, NULL), AD_OK, "%s", ad_last_error(ctx));
+  /* each element of a is used 384/48 times, of b 384/16 times */
+  for (int64_t i = 0; i < a->size; i++) cr_assert_float_eq(ad_tensor_get(a->grad, i), 8.0, 0);
+  for (int64_t i = 0; i < b->size; i++) cr_assert_float_eq(ad_tensor_get(b->grad, i), 24.0, 0);
+  ad_tensor_free(a);
+  ad_tensor_free(b);
+}
+
+Test(tensor, six_dims_mul_and_axis_sum) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 6);
+  int64_t sa[6] = {2, 3, 1, 2, 2, 3};
+  int64_t sb[6] = {1, 3, 2, 1, 2, 3};
+  ad_tensor *a = ad_rand(ctx, &rng, AD_F32, 6, sa, -1, 1);
+  ad_tensor *b = ad_rand(ctx, &rng, AD_F32, 6, sb, -1, 1);
+  ad_tensor *y = ad_mul(ctx, a, b);
+  cr_assert_not_null(y, "%s", ad_last_error(ctx));
+  cr_assert_eq(y->size, 2 * 3 * 2 * 2 * 2 * 3);
+  ad_tensor *r = ad_sum_axis(ctx, y, -1, true);
+  cr_assert_not_null(r);
+  cr_assert_eq(r->ndim, 6);
+  cr_assert_eq(r->shape[5], 1);
+  for (int64_t o = 0; o < r->size; o++) {
+    double s = 0;
+    for (int64_t k = 0; k < 3; k++) {
+      int64_t yo = o * 3 + k;
+      s += (double)((float)ad_tensor_get(a, bc_offset(a, y, yo)) *
+                    (float)ad_tensor_get(b, bc_offset(b, y, yo)));
+    }
+    cr_assert_float_eq(ad_tensor_get(r, o), s, 1e-5, "lane %lld", (long long)o);
+  }
+  ad_tensor_free(a);
+  ad_tensor_free(b);
+}
