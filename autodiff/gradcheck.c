@@ -323,7 +323,12 @@ ad_status ad_op_check(ad_ctx *ctx, int id, ad_dtype dtype, bool second, uint64_t
                   : ad_gradcheck(ctx, call_op, &c, n, in, NULL, &r);
       if (st == AD_OK) {
         if (!r.passed) report->passed = false;
-        double tol_sc = r.abs_err / (fabs(r.numeric) + 1e-300);
+        /* rank variants by the check's own score, err / tolerance, so a
+         * failing element (score > 1) is never hidden by a passing one */
+        ad_check_opts o;
+        fill_defaults(&o, NULL, dtype);
+        double tol_sc = r.abs_err / (o.atol + o.rtol * fabs(r.numeric));
+        if (isnan(tol_sc)) tol_sc = INFINITY;
         if (r.input >= 0 && tol_sc > worst) {
           worst = tol_sc;
           int64_t checked = report->checked;

@@ -1,0 +1,93 @@
+#!/bin/sh
+# Command-line behaviour of tools/ad-gradcheck and tools/gen_derivatives,
+# reported as TAP. Run by meson (suite 'autodiff'):
+#   sh tests/test_tools.sh AD_GRADCHECK GEN_DERIVATIVES DOCS_DERIVATIVES_MD
+set -u
+
+GC=$1
+GEN=$2
+DOC=$3
+TMP=${TMPDIR:-/tmp}/test_tools.$$
+mkdir -p "$TMP" || exit 1
+trap 'rm -rf "$TMP"' EXIT
+
+n=0
+fails=0
+ok() { # ok CONDITION-STATUS DESCRIPTION
+  n=$((n + 1))
+  if [ "$1" -eq 0 ]; then
+    echo "ok $n - $2"
+  else
+    echo "not ok $n - $2"
+    fails=$((fails + 1))
+  fi
+}
+
+# run CMD...: stdout in $TMP/out, stderr in $TMP/err, status in $rc
+run() {
+  "$@" >"$TMP/out" 2>"$TMP/err"
+  rc=$?
+}
+
+echo "1..16"
+
+run "$GC" --help
+ok $rc "--help exits 0"
+grep -q '^usage: ad-gradcheck' "$TMP/out"
+ok $? "--help prints the usage"
+
+run "$GC" --op no_such_op
+[ $rc -eq 2 ]
+ok $? "an unknown op name exits 2"
+grep -q "unknown op 'no_such_op'" "$TMP/err"
+ok $? "an unknown op name is named on stderr"
+
+run "$GC" --bogus
+[ $rc -eq 2 ]
+ok $? "an unknown argument exits 2"
+
+run "$GC" --dtype f16
+[ $rc -eq 2 ]
+ok $? "a bad --dtype exits 2"
+
+run "$GC" --seed x12
+[ $rc -eq 2 ]
+ok $? "a bad --seed exits 2"
+
+run "$GC" --op tanh --seed 3
+[ $rc -eq 0 ] && [ "$(tail -n 1 "$TMP/out")" = "1 passed, 0 failed" ]
+ok $? "--op tanh passes and ends with '1 passed, 0 failed'"
+grep '^tanh ' "$TMP/out" | grep -q 'f64/1 PASS.*f64/2 PASS.*f32/1 PASS.*f32/2 PASS'
+ok $? "--op tanh reports both dtypes and both orders"
+
+run "$GC" --op=matmul --dtype f32 --first-only
+grep '^matmul ' "$TMP/out" | grep -q 'f32/1 PASS' &&
+  ! grep -q 'f64/\|f32/2' "$TMP/out"
+ok $? "--dtype f32 --first-only runs exactly one check"
+
+run "$GC" --op compare
+[ $rc -eq 0 ] && grep -q '^compare .*skipped' "$TMP/out" &&
+  [ "$(tail -n 1 "$TMP/out")" = "0 passed, 0 failed" ]
+ok $? "an op without a backward is skipped, not failed"
+
+run "$GC" --first-only
+last=$(tail -n 1 "$TMP/out")
+npass=$(grep -c ' f64/1 PASS' "$TMP/out")
+[ $rc -eq 0 ] && [ "$last" = "$npass passed, 0 failed" ] && [ "$npass" -gt 40 ]
+ok $? "every op passes first order and the summary counts ops ($last)"
+
+run "$GEN"
+[ $rc -eq 0 ] && cmp -s "$TMP/out" "$DOC"
+ok $? "gen_derivatives output equals docs/derivatives.md"
+grep -q '^| `softmax_cross_entropy` | 2 |' "$TMP/out" && grep -q 'y = \\|x\\|' "$TMP/out"
+ok $? "the table has every op, with '|' escaped"
+
+run "$GEN" --check "$DOC"
+ok $rc "gen_derivatives --check accepts the committed file"
+
+sed 's/relu/RELU/' "$DOC" >"$TMP/stale.md"
+run "$GEN" --check "$TMP/stale.md"
+[ $rc -eq 1 ] && grep -q 'out of date' "$TMP/err"
+ok $? "gen_derivatives --check rejects a stale file"
+
+[ $fails -eq 0 ]

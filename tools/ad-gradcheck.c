@@ -1,0 +1,180 @@
+/* ad-gradcheck: gradient-checks every registered op that has a backward,
+ * first and second order, in float64 and float32, through ad_op_check and
+ * the sample function of each op.
+ *
+ *   ad-gradcheck [--op NAME] [--seed N] [--dtype f32|f64] [--first-only]
+ *
+ * One line per op: its name, then for each dtype and order PASS or FAIL with
+ * the worst absolute and relative error and where it was (input k, flat
+ * index i). Ops without a backward are listed as skipped. The last line is
+ * "N passed, M failed", counting ops. Exit status: 0 when every check
+ * passes, 1 when one fails, 2 for a usage error. */
+#include "ad.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct options {
+  const char *op; /* NULL: every op */
+  uint64_t seed;
+  int ndtypes;
+  ad_dtype dtypes[2];
+  bool second;
+} options;
+
+static void usage(FILE *f) {
+  fprintf(f, "usage: ad-gradcheck [--op NAME] [--seed N] [--dtype f32|f64] [--first-only]\n"
+             "\n"
+             "Gradient-checks every registered op that has a backward, against central\n"
+             "differences in float64, first and second order, in f64 and f32.\n"
+             "\n"
+             "  --op NAME      check only this op (an unknown name is an error)\n"
+             "  --seed N       seed of the random sample inputs (default 1)\n"
+             "  --dtype T      check only dtype T: f32 or f64 (default both)\n"
+             "  --first-only   skip the second-order (gradgradcheck) pass\n"
+             "  --help         show this help\n"
+             "\n"
+             "Prints one line per op and ends with \"N passed, M failed\". Exit status 0\n"
+             "when everything passes, 1 when a check fails, 2 for a usage error.\n");
+}
+
+/* The value of option name: "--name=V" or "--name V" (consuming argv[*i+1]).
+ * NULL when argv[*i] is not this option; *missing when it lacks a value. */
+static const char *opt_value(int argc, char **argv, int *i, const char *name, bool *missing) {
+  size_t len = strlen(name);
+  const char *a = argv[*i];
+  if (strncmp(a, name, len) != 0) return NULL;
+  if (a[len] == '=') return a + len + 1;
+  if (a[len] != 0) return NULL;
+  if (*i + 1 >= argc) {
+    *missing = true;
+    return NULL;
+  }
+  return argv[++*i];
+}
+
+/* Parses the command line; returns 0 to run, 1 after --help, 2 on error. */
+static int parse_args(int argc, char **argv, options *o) {
+  *o = (options){.op = NULL, .seed = 1, .ndtypes = 2, .dtypes = {AD_F64, AD_F32}, .second = true};
+  for (int i = 1; i < argc; i++) {
+    const char *v;
+    bool missing = false;
+    if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+      usage(stdout);
+      return 1;
+    } else if (strcmp(argv[i], "--first-only") == 0) {
+      o->second = false;
+    } else if ((v = opt_value(argc, argv, &i, "--op", &missing))) {
+      o->op = v;
+    } else if ((v = opt_value(argc, argv, &i, "--seed", &missing))) {
+      char *end;
+      errno = 0;
+      unsigned long long s = strtoull(v, &end, 0);
+      if (!*v || *end || errno || v[0] == '-') {
+        fprintf(stderr, "ad-gradcheck: --seed: '%s' is not a non-negative integer\n", v);
+        return 2;
+      }
+      o->seed = (uint64_t)s;
+    } else if ((v = opt_value(argc, argv, &i, "--dtype", &missing))) {
+      o->ndtypes = 1;
+      if (strcmp(v, "f64") == 0) {
+        o->dtypes[0] = AD_F64;
+      } else if (strcmp(v, "f32") == 0) {
+        o->dtypes[0] = AD_F32;
+      } else {
+        fprintf(stderr, "ad-gradcheck: --dtype: '%s' is not f32 or f64\n", v);
+        return 2;
+      }
+    } else {
+      if (missing)
+        fprintf(stderr, "ad-gradcheck: %s needs a value\n", argv[i]);
+      else
+        fprintf(stderr, "ad-gradcheck: unknown argument '%s'\n", argv[i]);
+      usage(stderr);
+      return 2;
+    }
+  }
+  return 0;
+}
+
+/* Checks one op in every requested dtype and order and prints its line.
+ * Returns true when every check passed. */
+static bool check_op(ad_ctx *ctx, int id, const options *o) {
+  const ad_op_def *def = ad_op_get(ctx, id);
+  printf("%-22s", def->name);
+  bool ok = true;
+  for (int d = 0; d < o->ndtypes; d++) {
+    for (int order = 1; order <= (o->second ? 2 : 1); order++) {
+      ad_check_report r;
+      ad_status st = ad_op_check(ctx, id, o->dtypes[d], order == 2, o->seed, &r);
+      printf("  %s/%d ", ad_dtype_name(o->dtypes[d]), order);
+      if (st != AD_OK) {
+        printf("ERROR (%s: %s)", ad_status_str(st), ad_last_error(ctx));
+        ad_clear_error(ctx);
+        ad_tape_reset(ctx);
+        ok = false;
+        continue;
+      }
+      if (!r.passed) ok = false;
+      printf("%s abs %.1e rel %.1e", r.passed ? "PASS" : "FAIL", r.abs_err, r.rel_err);
+      if (r.input >= 0)
+        printf(" at in%d[%" PRId64 "]", r.input, r.index);
+      else
+        printf(" (nothing checked)");
+      if (!r.passed) printf(" analytic %.9g numeric %.9g", r.analytic, r.numeric);
+    }
+  }
+  printf("\n");
+  fflush(stdout);
+  return ok;
+}
+
+int main(int argc, char **argv) {
+  options o;
+  int rc = parse_args(argc, argv, &o);
+  if (rc) return rc == 1 ? 0 : 2;
+
+  ad_ctx *ctx = ad_ctx_new();
+  if (!ctx) {
+    fprintf(stderr, "ad-gradcheck: out of memory\n");
+    return 1;
+  }
+  int first = 0, last = ad_op_count(ctx);
+  if (o.op) {
+    int id = ad_op_find(ctx, o.op);
+    if (id < 0) {
+      fprintf(stderr, "ad-gradcheck: unknown op '%s'; registered ops:", o.op);
+      for (int i = 0; i < ad_op_count(ctx); i++) fprintf(stderr, " %s", ad_op_get(ctx, i)->name);
+      fprintf(stderr, "\n");
+      ad_ctx_free(ctx);
+      return 2;
+    }
+    first = id;
+    last = id + 1;
+  }
+
+  printf("ad-gradcheck: seed %" PRIu64 ", %s order%s, dtype%s", o.seed,
+         o.second ? "first and second" : "first", o.second ? "s" : "", o.ndtypes > 1 ? "s" : "");
+  for (int d = 0; d < o.ndtypes; d++) printf(" %s", ad_dtype_name(o.dtypes[d]));
+  printf("\n");
+
+  int passed = 0, failed = 0, skipped = 0;
+  for (int id = first; id < last; id++) {
+    const ad_op_def *def = ad_op_get(ctx, id);
+    if (!def->backward) {
+      printf("%-22s  skipped (no backward: %s)\n", def->name, def->dmath ? def->dmath : "none");
+      skipped++;
+      continue;
+    }
+    if (check_op(ctx, id, &o))
+      passed++;
+    else
+      failed++;
+  }
+  if (skipped) printf("%d skipped\n", skipped);
+  printf("%d passed, %d failed\n", passed, failed);
+  ad_ctx_free(ctx);
+  return failed ? 1 : 0;
+}
