@@ -77,7 +77,6 @@ struct ad_ctx {
   ad_arena_chunk *cur;    /* chunk being filled */
   char *bump, *bump_end;  /* free space in cur */
   size_t arena_cap, arena_used_before_cur;
-  size_t peak_used;
   /* tape */
   ad_node **tape;
   size_t tape_len, tape_cap;
@@ -119,13 +118,19 @@ void ad_registry_free(ad_ctx *ctx);
 
 /* helpers for op implementations */
 int64_t ad_shape_size(int ndim, const int64_t *shape);
-bool ad_is_float(ad_dtype dt);
+static inline bool ad_is_float(ad_dtype dt) { return dt == AD_F32 || dt == AD_F64; }
+static inline size_t ad_dsize(ad_dtype dt) { return dt == AD_F64 ? 8 : 4; }
 /* Checks that in[0..n-1] are float and share a dtype; records an error. */
 ad_status ad_check_float_same(ad_ctx *ctx, const char *op, int n, ad_tensor *const *in);
 /* NumPy broadcast of two shapes into out; AD_ERR_SHAPE when they clash. */
 bool ad_broadcast_shape(int na, const int64_t *sa, int nb, const int64_t *sb, int *nout,
                         int64_t *out);
-bool ad_same_shape(const ad_tensor *a, const ad_tensor *b);
+static inline bool ad_same_shape(const ad_tensor *a, const ad_tensor *b) {
+  if (a->ndim != b->ndim) return false;
+  for (int i = 0; i < a->ndim; i++)
+    if (a->shape[i] != b->shape[i]) return false;
+  return true;
+}
 int ad_norm_axis(int axis, int ndim); /* -1 when out of range */
 /* Makes gradient g fit input x: sum_to over broadcast dims, or NULL. */
 ad_tensor *ad_reduce_to(ad_ctx *ctx, ad_tensor *g, const ad_tensor *x);

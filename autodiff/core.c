@@ -117,10 +117,11 @@ void ad_ctx_free(ad_ctx *ctx) {
 }
 
 /* --------------------------------------------------------------- arena
- * A list of chunks filled in order. Reset rewinds to the first chunk; when a
- * step needed more than one chunk, the next reset replaces them by a single
- * chunk of the total size, so a training loop settles on one block and then
- * never allocates. */
+ * A list of chunks filled in order; each new chunk is at least as large as
+ * all before it together, so a step of B bytes needs O(log B) chunks. Reset
+ * rewinds to the first chunk and keeps them all: a training loop repeats the
+ * same allocation sequence, so after its first step it reuses the same
+ * (already faulted-in) memory and never calls the allocator again. */
 
 #define AD_ARENA_MIN_CHUNK ((size_t)1 << 20)
 #define AD_ALIGN           64
@@ -216,15 +217,6 @@ void ad_arena_free_all(ad_ctx *ctx) {
 
 void ad_tape_reset(ad_ctx *ctx) {
   if (!ctx) return;
-  size_t used = ad_arena_used(ctx);
-  if (used > ctx->peak_used) ctx->peak_used = used;
-  if (ctx->chunks && ctx->chunks->next) {
-    /* several chunks: coalesce into one that holds the peak */
-    size_t want = ctx->peak_used;
-    ad_arena_free_all(ctx);
-    ad_arena_chunk *c = chunk_new(ctx, want);
-    ctx->chunks = ctx->cur = c; /* NULL on OOM: allocation retries later */
-  }
   if (ctx->chunks) arena_enter(ctx, ctx->chunks);
   ctx->arena_used_before_cur = 0;
   ctx->tape_len = 0;
@@ -289,11 +281,10 @@ uint64_t ad_rng_below(ad_rng *rng, uint64_t n) {
 
 /* -------------------------------------------------------------- tensors */
 
-size_t ad_dtype_size(ad_dtype dt) { return dt == AD_F64 ? 8 : 4; }
+size_t ad_dtype_size(ad_dtype dt) { return ad_dsize(dt); }
 const char *ad_dtype_name(ad_dtype dt) {
   return dt == AD_F32 ? "f32" : dt == AD_F64 ? "f64" : dt == AD_I32 ? "i32" : "?";
 }
-bool ad_is_float(ad_dtype dt) { return dt == AD_F32 || dt == AD_F64; }
 
 int64_t ad_shape_size(int ndim, const int64_t *shape) {
   int64_t n = 1;
@@ -351,7 +342,7 @@ static ad_tensor *persistent_new(ad_ctx *ctx, const char *fn, ad_dtype dt, int n
   if (!n) return NULL;
   node_init(n, ctx, dt, ndim, shape);
   n->flags = AD_NF_LEAF | AD_NF_PERSISTENT;
-  n->t.data = ad_malloc(ctx, (size_t)n->t.size * ad_dtype_size(dt));
+  n->t.data = ad_malloc(ctx, (size_t)n->t.size * ad_dsize(dt));
   if (!n->t.data) {
     ad_free(ctx, n, sizeof *n);
     return NULL;
@@ -360,7 +351,7 @@ static ad_tensor *persistent_new(ad_ctx *ctx, const char *fn, ad_dtype dt, int n
 }
 
 ad_tensor *ad_tmp_new(ad_ctx *ctx, ad_dtype dt, int ndim, const int64_t *shape) {
-  size_t bytes = (size_t)ad_shape_size(ndim, shape) * ad_dtype_size(dt);
+  size_t bytes = (size_t)ad_shape_size(ndim, shape) * ad_dsize(dt);
   size_t hdr = align_up(sizeof(ad_node), AD_GRAIN);
   /* large data starts on a 64-byte boundary (the arena block may start on
    * any 16-byte one, so reserve the slack) */
@@ -422,9 +413,9 @@ ad_tensor *ad_from_data(ad_ctx *ctx, ad_dtype dt, int ndim, const int64_t *shape
   ad_tensor *t = persistent_new(ctx, "from_data", dt, ndim, shape);
   if (!t) return NULL;
   if (src)
-    memcpy(t->data, src, (size_t)t->size * ad_dtype_size(dt));
+    memcpy(t->data, src, (size_t)t->size * ad_dsize(dt));
   else
-    memset(t->data, 0, (size_t)t->size * ad_dtype_size(dt));
+    memset(t->data, 0, (size_t)t->size * ad_dsize(dt));
   return t;
 }
 
@@ -482,7 +473,7 @@ void ad_tensor_free(ad_tensor *t) {
   ad_ctx *ctx = n->ctx;
   if (t->grad) ad_tensor_free(t->grad);
   n->magic = 0;
-  ad_free(ctx, t->data, (size_t)t->size * ad_dtype_size(t->dtype));
+  ad_free(ctx, t->data, (size_t)t->size * ad_dsize(t->dtype));
   ad_free(ctx, n, sizeof *n);
 }
 
@@ -522,7 +513,7 @@ bool ad_tensor_is_temporary(const ad_tensor *t) {
 }
 
 void ad_tensor_zero_grad(ad_tensor *t) {
-  if (t && t->grad) memset(t->grad->data, 0, (size_t)t->grad->size * ad_dtype_size(t->dtype));
+  if (t && t->grad) memset(t->grad->data, 0, (size_t)t->grad->size * ad_dsize(t->dtype));
 }
 
 double ad_tensor_get(const ad_tensor *t, int64_t i) {
@@ -569,7 +560,7 @@ ad_status ad_tensor_copy_data(ad_tensor *dst, const ad_tensor *src) {
                         ad_shape_str(src, b, sizeof b), (long long)src->size);
   }
   if (dst->dtype == src->dtype)
-    memmove(dst->data, src->data, (size_t)src->size * ad_dtype_size(src->dtype));
+    memmove(dst->data, src->data, (size_t)src->size * ad_dsize(src->dtype));
   else
     for (int64_t i = 0; i < src->size; i++) ad_tensor_set(dst, i, ad_tensor_get(src, i));
   return AD_OK;

@@ -7,13 +7,6 @@
 
 /* ------------------------------------------------------------- helpers */
 
-bool ad_same_shape(const ad_tensor *a, const ad_tensor *b) {
-  if (a->ndim != b->ndim) return false;
-  for (int i = 0; i < a->ndim; i++)
-    if (a->shape[i] != b->shape[i]) return false;
-  return true;
-}
-
 bool ad_broadcast_shape(int na, const int64_t *sa, int nb, const int64_t *sb, int *nout,
                         int64_t *out) {
   int n = na > nb ? na : nb;

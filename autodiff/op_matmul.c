@@ -44,7 +44,7 @@ void fwd_matmul(int n, ad_tensor *const *in, const ad_attrs *at, ad_tensor *out)
   int64_t m = out->shape[out->ndim - 2], nn = out->shape[out->ndim - 1];
   int64_t k = a->shape[a->ndim - (ta ? 2 : 1)];
   int64_t batches = batch_of(out);
-  size_t es = ad_dtype_size(out->dtype);
+  size_t es = ad_dsize(out->dtype);
   int64_t sa = a->ndim > 2 ? m * k : 0, sb = b->ndim > 2 ? k * nn : 0;
   for (int64_t i = 0; i < batches; i++)
     ad_gemm(out->dtype, ta, tb, m, nn, k, (const char *)a->data + (size_t)(i * sa) * es, ta ? m : k,

@@ -118,7 +118,7 @@ void fwd_permute(int n, ad_tensor *const *in, const ad_attrs *at, ad_tensor *out
   int64_t xst[AD_MAX_DIMS], st[AD_MAX_DIMS], idx[AD_MAX_DIMS] = {0};
   for (int k = nd - 1, s = 1; k >= 0; s *= (int)x->shape[k], k--) xst[k] = s;
   for (int k = 0; k < nd; k++) st[k] = xst[at->i[1 + k]];
-  size_t es = ad_dtype_size(x->dtype);
+  size_t es = ad_dsize(x->dtype);
   int64_t off = 0;
   for (int64_t o = 0; o < out->size; o++) {
     memcpy((char *)out->data + (size_t)o * es, (const char *)x->data + (size_t)off * es, es);
@@ -200,7 +200,7 @@ void fwd_expand(int n, ad_tensor *const *in, const ad_attrs *at, ad_tensor *out)
   (void)n, (void)at;
   ad_bc_rows it;
   ad_bc_init(&it, 1, in, out);
-  size_t es = ad_dtype_size(out->dtype);
+  size_t es = ad_dsize(out->dtype);
   int64_t s = out->ndim ? it.st[0][out->ndim - 1] : 0;
   for (int64_t r = 0; r < it.rows; r++) {
     int64_t off;
@@ -259,7 +259,7 @@ ad_status shape_sum_to(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs 
 void fwd_sum_to(int n, ad_tensor *const *in, const ad_attrs *at, ad_tensor *out) {
   (void)n, (void)at;
   const ad_tensor *x = in[0];
-  memset(out->data, 0, (size_t)out->size * ad_dtype_size(out->dtype));
+  memset(out->data, 0, (size_t)out->size * ad_dsize(out->dtype));
   /* walk x row by row; out is seen through x's shape */
   ad_bc_rows it;
   ad_tensor *o = out;
@@ -320,7 +320,7 @@ static ad_status axis_arg(ad_ctx *ctx, const char *op, const ad_tensor *x, int64
  * src at soff to dst at doff (offsets along axis). */
 static void copy_axis(const ad_tensor *src, int64_t sn, int64_t soff, ad_tensor *dst, int64_t dn,
                       int64_t doff, int64_t len, int64_t outer, int64_t inner) {
-  size_t es = ad_dtype_size(src->dtype);
+  size_t es = ad_dsize(src->dtype);
   for (int64_t o = 0; o < outer; o++)
     memcpy((char *)dst->data + (size_t)((o * dn + doff) * inner) * es,
            (const char *)src->data + (size_t)((o * sn + soff) * inner) * es,
@@ -399,7 +399,7 @@ void fwd_pad(int n, ad_tensor *const *in, const ad_attrs *at, ad_tensor *out) {
   (void)n;
   const ad_tensor *x = in[0];
   int ax = ad_norm_axis((int)at->i[0], x->ndim);
-  memset(out->data, 0, (size_t)out->size * ad_dtype_size(out->dtype));
+  memset(out->data, 0, (size_t)out->size * ad_dsize(out->dtype));
   copy_axis(x, x->shape[ax], 0, out, out->shape[ax], at->i[1], x->shape[ax], span(x, 0, ax),
             span(x, ax + 1, x->ndim));
 }
@@ -525,7 +525,7 @@ ad_status shape_index_select(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_
 void fwd_index_select(int n, ad_tensor *const *in, const ad_attrs *at, ad_tensor *out) {
   (void)n, (void)at;
   const ad_tensor *x = in[0], *idx = in[1];
-  size_t row = (size_t)span(x, 1, x->ndim) * ad_dtype_size(x->dtype);
+  size_t row = (size_t)span(x, 1, x->ndim) * ad_dsize(x->dtype);
   const int32_t *p = idx->data;
   for (int64_t i = 0; i < idx->size; i++)
     memcpy((char *)out->data + (size_t)i * row, (const char *)x->data + (size_t)p[i] * row, row);
@@ -587,7 +587,7 @@ void fwd_index_add(int n, ad_tensor *const *in, const ad_attrs *at, ad_tensor *o
   const ad_tensor *src = in[0], *idx = in[1];
   int64_t row = span(out, 1, out->ndim);
   const int32_t *p = idx->data;
-  memset(out->data, 0, (size_t)out->size * ad_dtype_size(out->dtype));
+  memset(out->data, 0, (size_t)out->size * ad_dsize(out->dtype));
   for (int64_t i = 0; i < idx->size; i++) {
     if (out->dtype == AD_F32) {
       float *d = (float *)out->data + p[i] * row;
