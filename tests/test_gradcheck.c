@@ -1,0 +1,434 @@
+/* test_gradcheck.c: every registered op passes first- and second-order
+ * gradcheck in float32 and float64 (one parameterized test per op, dtype and
+ * order); gradcheck of a composed function (a tiny MLP); gradcheck and
+ * gradgradcheck catch custom ops with a wrong first or second derivative;
+ * the error paths of the checkers. */
+#include <criterion/criterion.h>
+#include <criterion/parameterized.h>
+
+#include <ad.h>
+
+#include <math.h>
+#include <string.h>
+
+#define SEED 20240917u
+
+static const char *order_name(bool second) { return second ? "second" : "first"; }
+
+/* ------------------------------------------------- every registered op */
+
+typedef struct op_param {
+  int id;
+  int dtype;
+  bool second;
+  char name[48];
+} op_param;
+
+static void free_params(struct criterion_test_params *crp) { cr_free(crp->params); }
+
+ParameterizedTestParameters(gradcheck, every_op) {
+  ad_ctx *ctx = ad_ctx_new();
+  int nops = ad_op_count(ctx);
+  op_param *p = cr_malloc(sizeof *p * (size_t)(nops > 0 ? nops : 1) * 4);
+  size_t n = 0;
+  for (int id = 0; p && id < nops; id++) {
+    const ad_op_def *d = ad_op_get(ctx, id);
+    if (!d || !d->backward) continue;
+    for (int k = 0; k < 4; k++) {
+      op_param *q = &p[n++];
+      memset(q, 0, sizeof *q);
+      q->id = id;
+      q->dtype = k & 1 ? AD_F64 : AD_F32;
+      q->second = k >= 2;
+      snprintf(q->name, sizeof q->name, "%s", d->name);
+    }
+  }
+  ad_ctx_free(ctx);
+  return cr_make_param_array(op_param, p, n, free_params);
+}
+
+ParameterizedTest(op_param *p, gradcheck, every_op) {
+  ad_ctx *ctx = ad_ctx_new();
+  cr_assert(ctx);
+  const ad_op_def *d = ad_op_get(ctx, p->id);
+  cr_assert(d && !strcmp(d->name, p->name), "op %d is not %s in a fresh context", p->id, p->name);
+  const char *dt = ad_dtype_name((ad_dtype)p->dtype);
+  ad_check_report r;
+  ad_status st = ad_op_check(ctx, p->id, (ad_dtype)p->dtype, p->second, SEED, &r);
+  cr_assert_eq(st, AD_OK, "%s %s %s-order check did not run: %s (%s)", p->name, dt,
+               order_name(p->second), ad_status_str(st), ad_last_error(ctx));
+  cr_assert(r.passed,
+            "%s %s %s-order gradcheck failed: worst at input %d element %lld: analytic %.10g, "
+            "numeric %.10g (abs err %.3g, rel err %.3g; %lld elements checked)",
+            p->name, dt, order_name(p->second), r.input, (long long)r.index, r.analytic, r.numeric,
+            r.abs_err, r.rel_err, (long long)r.checked);
+  cr_assert_gt(r.checked, 0, "%s %s %s-order: nothing was checked", p->name, dt,
+               order_name(p->second));
+  ad_ctx_free(ctx);
+}
+
+/* The parameterized table is not empty, and the one op without a gradient is
+ * refused by ad_op_check with a message naming it. */
+Test(gradcheck, registry_has_ops_and_refuses_nondifferentiable) {
+  ad_ctx *ctx = ad_ctx_new();
+  int diff = 0, nondiff = -1;
+  for (int id = 0; id < ad_op_count(ctx); id++) {
+    const ad_op_def *d = ad_op_get(ctx, id);
+    if (d->backward)
+      diff++;
+    else
+      nondiff = id;
+  }
+  cr_assert_gt(diff, 30, "only %d differentiable ops registered", diff);
+  cr_assert_geq(nondiff, 0, "expected a non-differentiable op (compare)");
+  ad_check_report r;
+  ad_status st = ad_op_check(ctx, nondiff, AD_F64, false, SEED, &r);
+  cr_assert_eq(st, AD_ERR_ARG, "ad_op_check on %s returned %s", ad_op_get(ctx, nondiff)->name,
+               ad_status_str(st));
+  cr_assert(strstr(ad_last_error(ctx), ad_op_get(ctx, nondiff)->name), "message: %s",
+            ad_last_error(ctx));
+  ad_ctx_free(ctx);
+}
+
+/* ------------------------------------------------ a composed function */
+
+/* in: x [4,3] (data), W1 [3,5], b1 [5], W2 [5,3], b2 [3], labels [4] (i32) */
+static ad_tensor *mlp(ad_ctx *ctx, int n, ad_tensor *const *in, void *ud) {
+  (void)n, (void)ud;
+  ad_tensor *h = ad_tanh(ctx, ad_add(ctx, ad_matmul(ctx, in[0], in[1], false, false), in[2]));
+  ad_tensor *z = ad_add(ctx, ad_matmul(ctx, h, in[3], false, false), in[4]);
+  return ad_softmax_cross_entropy(ctx, z, in[5]);
+}
+
+static void mlp_check(ad_dtype dt, bool second) {
+  ad_ctx *ctx = ad_ctx_new();
+  ad_rng rng;
+  ad_rng_seed(&rng, 7);
+  int64_t sx[2] = {4, 3}, s1[2] = {3, 5}, sb1[1] = {5}, s2[2] = {5, 3}, sb2[1] = {3}, sl[1] = {4};
+  ad_tensor *in[6] = {
+      ad_randn(ctx, &rng, dt, 2, sx, 0, 1),    ad_randn(ctx, &rng, dt, 2, s1, 0, 0.5),
+      ad_randn(ctx, &rng, dt, 1, sb1, 0, 0.1), ad_randn(ctx, &rng, dt, 2, s2, 0, 0.5),
+      ad_randn(ctx, &rng, dt, 1, sb2, 0, 0.1), ad_zeros(ctx, AD_I32, 1, sl),
+  };
+  int32_t labels[4] = {2, 0, 1, 2};
+  for (int i = 0; i < 6; i++) cr_assert(in[i], "%s", ad_last_error(ctx));
+  memcpy(in[5]->data, labels, sizeof labels);
+  for (int i = 1; i <= 4; i++) ad_tensor_set_requires_grad(in[i], true);
+  ad_check_report r;
+  ad_status st = second ? ad_gradgradcheck(ctx, mlp, NULL, 6, in, NULL, &r)
+                        : ad_gradcheck(ctx, mlp, NULL, 6, in, NULL, &r);
+  cr_assert_eq(st, AD_OK, "%s: %s", ad_dtype_name(dt), ad_last_error(ctx));
+  cr_assert(
+      r.passed, "MLP %s %s-order: worst at input %d element %lld: analytic %.10g numeric %.10g",
+      ad_dtype_name(dt), order_name(second), r.input, (long long)r.index, r.analytic, r.numeric);
+  /* W1 15 + b1 5 + W2 15 + b2 3: x and the labels are not checked */
+  cr_assert_eq(r.checked, 38, "checked %lld elements", (long long)r.checked);
+  for (int i = 0; i < 6; i++) ad_tensor_free(in[i]);
+  ad_ctx_free(ctx);
+}
+
+Test(gradcheck, mlp_first_order_f64) { mlp_check(AD_F64, false); }
+Test(gradcheck, mlp_first_order_f32) { mlp_check(AD_F32, false); }
+Test(gradcheck, mlp_second_order_f64) { mlp_check(AD_F64, true); }
+
+/* ------------------------------------------- custom ops with bad derivatives */
+
+static ad_status same_shape(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs *at,
+                            ad_dtype *dt, int *ndim, int64_t *shape) {
+  (void)at;
+  for (int i = 0; i < n; i++) {
+    if (in[i]->dtype != AD_F32 && in[i]->dtype != AD_F64)
+      return ad_set_error(ctx, AD_ERR_DTYPE, "custom op: float inputs only");
+    if (in[i]->dtype != in[0]->dtype || in[i]->size != in[0]->size)
+      return ad_set_error(ctx, AD_ERR_SHAPE, "custom op: inputs differ");
+  }
+  *dt = in[0]->dtype;
+  *ndim = in[0]->ndim;
+  memcpy(shape, in[0]->shape, sizeof(int64_t) * (size_t)in[0]->ndim);
+  return AD_OK;
+}
+
+/* y = a * b, elementwise, same shapes */
+static void fwd_mul2(int n, ad_tensor *const *in, const ad_attrs *at, ad_tensor *out) {
+  (void)n, (void)at;
+  for (int64_t i = 0; i < out->size; i++)
+    ad_tensor_set(out, i, ad_tensor_get(in[0], i) * ad_tensor_get(in[1], i));
+}
+
+/* correct: da += dy * b; db += dy * a */
+static ad_status bwd_mul2_good(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs *at,
+                               ad_tensor *y, ad_tensor *dy, const bool *needs, ad_tensor **g) {
+  (void)n, (void)at, (void)y, (void)needs;
+  g[0] = ad_mul(ctx, dy, in[1]);
+  g[1] = ad_mul(ctx, dy, in[0]);
+  return g[0] && g[1] ? AD_OK : ad_last_status(ctx);
+}
+
+/* WRONG on purpose: db is doubled wherever a > 1.5 */
+static ad_status bwd_mul2_bad(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs *at,
+                              ad_tensor *y, ad_tensor *dy, const bool *needs, ad_tensor **g) {
+  (void)n, (void)at, (void)y, (void)needs;
+  ad_tensor *twice = ad_add_scalar(ctx, ad_gt(ctx, in[0], ad_scalar(ctx, dy->dtype, 1.5)), 1.0);
+  g[0] = ad_mul(ctx, dy, in[1]);
+  g[1] = ad_mul(ctx, ad_mul(ctx, dy, in[0]), twice);
+  return g[0] && g[1] ? AD_OK : ad_last_status(ctx);
+}
+
+/* a with exactly one element above 1.5, at flat index 2 */
+static const double A_VALS[6] = {0.5, -1.0, 2.0, 0.75, -0.25, 1.25};
+static const double B_VALS[6] = {1.5, 0.5, -0.75, 1.0, 2.0, -1.25};
+
+static int sample_mul2(ad_ctx *ctx, ad_rng *rng, ad_dtype dt, int v, ad_tensor **in, ad_attrs *at) {
+  (void)rng, (void)at;
+  if (v > 0) return 0;
+  int64_t s[2] = {2, 3};
+  in[0] = ad_zeros(ctx, dt, 2, s);
+  in[1] = ad_zeros(ctx, dt, 2, s);
+  if (!in[0] || !in[1]) return -1;
+  for (int i = 0; i < 6; i++) {
+    ad_tensor_set(in[0], i, A_VALS[i]);
+    ad_tensor_set(in[1], i, B_VALS[i]);
+  }
+  ad_tensor_set_requires_grad(in[0], true);
+  ad_tensor_set_requires_grad(in[1], true);
+  return 2;
+}
+
+static int register_op(ad_ctx *ctx, const char *name, int arity, ad_forward_fn fwd,
+                       ad_backward_fn bwd, ad_sample_fn sample) {
+  ad_op_def def = {.name = name,
+                   .arity = arity,
+                   .shape = same_shape,
+                   .forward = fwd,
+                   .backward = bwd,
+                   .sample = sample,
+                   .math = "custom",
+                   .dmath = "custom"};
+  int id = ad_op_register(ctx, &def);
+  cr_assert_geq(id, 0, "ad_op_register(%s): %s", name, ad_last_error(ctx));
+  return id;
+}
+
+static ad_tensor *apply_op(ad_ctx *ctx, int n, ad_tensor *const *in, void *ud) {
+  return ad_op_apply(ctx, *(const int *)ud, n, in, NULL);
+}
+
+static void mul2_inputs(ad_ctx *ctx, ad_dtype dt, ad_tensor **in) {
+  ad_rng rng;
+  cr_assert_eq(sample_mul2(ctx, &rng, dt, 0, in, NULL), 2, "%s", ad_last_error(ctx));
+}
+
+Test(gradcheck, catches_wrong_first_derivative) {
+  ad_ctx *ctx = ad_ctx_new();
+  int good = register_op(ctx, "mul2_good", 2, fwd_mul2, bwd_mul2_good, sample_mul2);
+  int bad = register_op(ctx, "mul2_bad", 2, fwd_mul2, bwd_mul2_bad, sample_mul2);
+  for (int dt = AD_F32; dt <= AD_F64; dt++) {
+    const char *dn = ad_dtype_name((ad_dtype)dt);
+    ad_tensor *in[2];
+    mul2_inputs(ctx, (ad_dtype)dt, in);
+    ad_check_report r;
+    /* control: the same forward with the right backward passes */
+    cr_assert_eq(ad_gradcheck(ctx, apply_op, &good, 2, in, NULL, &r), AD_OK, "%s",
+                 ad_last_error(ctx));
+    cr_assert(r.passed, "%s: the correct op failed: input %d element %lld", dn, r.input,
+              (long long)r.index);
+    cr_assert_eq(ad_gradcheck(ctx, apply_op, &bad, 2, in, NULL, &r), AD_OK, "%s",
+                 ad_last_error(ctx));
+    cr_assert(!r.passed, "%s: gradcheck passed a backward that doubles db at a > 1.5", dn);
+    cr_assert_eq(r.input, 1, "%s: worst element is in input %d, expected b (1)", dn, r.input);
+    cr_assert_eq(r.index, 2, "%s: worst element is %lld, expected 2 (a = 2.0)", dn,
+                 (long long)r.index);
+    /* numeric d<v,a*b>/db_2 = v_2 * a_2; the bad op reports twice that */
+    cr_assert_gt(fabs(r.numeric), 1e-3, "%s: numeric %.9g too small to judge", dn, r.numeric);
+    cr_assert_lt(fabs(r.analytic - 2 * r.numeric), 1e-4 * fabs(r.numeric) + 1e-6,
+                 "%s: analytic %.10g is not twice numeric %.10g", dn, r.analytic, r.numeric);
+    cr_assert_gt(r.abs_err, 0.5 * fabs(r.numeric), "%s: abs_err %.3g", dn, r.abs_err);
+    /* the op-level check reaches the same verdict through the sample */
+    cr_assert_eq(ad_op_check(ctx, bad, (ad_dtype)dt, false, SEED, &r), AD_OK, "%s",
+                 ad_last_error(ctx));
+    cr_assert(!r.passed, "%s: ad_op_check passed mul2_bad", dn);
+    cr_assert_eq(r.input, 1);
+    cr_assert_eq(r.index, 2);
+    cr_assert_eq(ad_op_check(ctx, good, (ad_dtype)dt, false, SEED, &r), AD_OK);
+    cr_assert(r.passed, "%s: ad_op_check failed mul2_good", dn);
+    ad_tensor_free(in[0]);
+    ad_tensor_free(in[1]);
+  }
+  ad_ctx_free(ctx);
+}
+
+/* y = x^3 */
+static void fwd_cube(int n, ad_tensor *const *in, const ad_attrs *at, ad_tensor *out) {
+  (void)n, (void)at;
+  for (int64_t i = 0; i < out->size; i++) {
+    double x = ad_tensor_get(in[0], i);
+    ad_tensor_set(out, i, x * x * x);
+  }
+}
+
+/* dx += dy * 3 x^2, recorded: differentiable again */
+static ad_status bwd_cube_good(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs *at,
+                               ad_tensor *y, ad_tensor *dy, const bool *needs, ad_tensor **g) {
+  (void)n, (void)at, (void)y, (void)needs;
+  g[0] = ad_mul(ctx, dy, ad_mul_scalar(ctx, ad_square(ctx, in[0]), 3.0));
+  return g[0] ? AD_OK : ad_last_status(ctx);
+}
+
+/* WRONG on purpose for second order: 3 x^2 is computed with recording off,
+ * so it is a constant to the tape and d(dx)/dx misses 6 x dy. The first
+ * derivative is still right. */
+static ad_status bwd_cube_frozen(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs *at,
+                                 ad_tensor *y, ad_tensor *dy, const bool *needs, ad_tensor **g) {
+  (void)n, (void)at, (void)y, (void)needs;
+  bool was = ad_set_grad_enabled(ctx, false);
+  ad_tensor *d = ad_mul_scalar(ctx, ad_square(ctx, in[0]), 3.0);
+  ad_set_grad_enabled(ctx, was);
+  g[0] = ad_mul(ctx, dy, d);
+  return g[0] ? AD_OK : ad_last_status(ctx);
+}
+
+Test(gradcheck, gradgradcheck_catches_wrong_second_derivative) {
+  ad_ctx *ctx = ad_ctx_new();
+  int good = register_op(ctx, "cube_good", 1, fwd_cube, bwd_cube_good, NULL);
+  int bad = register_op(ctx, "cube_frozen", 1, fwd_cube, bwd_cube_frozen, NULL);
+  int64_t s[1] = {5};
+  double xs[5] = {-1.5, -0.5, 0.75, 1.25, 2.0};
+  ad_tensor *x = ad_from_data(ctx, AD_F64, 1, s, xs);
+  ad_tensor_set_requires_grad(x, true);
+  ad_check_report r;
+  /* first order: both are right */
+  cr_assert_eq(ad_gradcheck(ctx, apply_op, &bad, 1, &x, NULL, &r), AD_OK);
+  cr_assert(r.passed, "first derivative of cube_frozen should be right: element %lld",
+            (long long)r.index);
+  /* second order: only the recorded backward is right */
+  cr_assert_eq(ad_gradgradcheck(ctx, apply_op, &good, 1, &x, NULL, &r), AD_OK, "%s",
+               ad_last_error(ctx));
+  cr_assert(r.passed, "cube_good second order: element %lld analytic %.10g numeric %.10g",
+            (long long)r.index, r.analytic, r.numeric);
+  cr_assert_eq(r.checked, 5);
+  cr_assert_eq(ad_gradgradcheck(ctx, apply_op, &bad, 1, &x, NULL, &r), AD_OK, "%s",
+               ad_last_error(ctx));
+  cr_assert(!r.passed, "gradgradcheck passed a backward that is constant to the tape");
+  cr_assert_eq(r.input, 0);
+  cr_assert(r.index >= 0 && r.index < 5, "index %lld", (long long)r.index);
+  cr_assert_eq(r.analytic, 0.0, "the frozen backward has no second derivative, got %.10g",
+               r.analytic);
+  cr_assert_gt(fabs(r.numeric), 1e-3, "numeric second derivative %.10g", r.numeric);
+  /* the per-op check (generic [3,4] sample) agrees, in both dtypes */
+  for (int dt = AD_F32; dt <= AD_F64; dt++) {
+    cr_assert_eq(ad_op_check(ctx, bad, (ad_dtype)dt, true, SEED, &r), AD_OK);
+    cr_assert(!r.passed, "ad_op_check %s passed cube_frozen", ad_dtype_name((ad_dtype)dt));
+    cr_assert_eq(ad_op_check(ctx, good, (ad_dtype)dt, true, SEED, &r), AD_OK);
+    cr_assert(r.passed, "ad_op_check %s failed cube_good: analytic %.10g numeric %.10g",
+              ad_dtype_name((ad_dtype)dt), r.analytic, r.numeric);
+  }
+  ad_tensor_free(x);
+  ad_ctx_free(ctx);
+}
+
+/* ---------------------------------------------------------- error paths */
+
+typedef ad_status (*checker)(ad_ctx *, ad_check_fn, void *, int, ad_tensor *const *,
+                             const ad_check_opts *, ad_check_report *);
+
+static ad_tensor *fn_tanh(ad_ctx *ctx, int n, ad_tensor *const *in, void *ud) {
+  (void)n, (void)ud;
+  return ad_tanh(ctx, in[0]);
+}
+
+static ad_tensor *fn_null_silent(ad_ctx *ctx, int n, ad_tensor *const *in, void *ud) {
+  (void)ctx, (void)n, (void)in, (void)ud;
+  return NULL;
+}
+
+static ad_tensor *fn_bad_matmul(ad_ctx *ctx, int n, ad_tensor *const *in, void *ud) {
+  (void)n, (void)ud;
+  return ad_matmul(ctx, in[0], in[0], false, false); /* [2,3] x [2,3] */
+}
+
+static ad_tensor *fn_int_output(ad_ctx *ctx, int n, ad_tensor *const *in, void *ud) {
+  (void)ctx, (void)n, (void)in;
+  return ud; /* an i32 tensor */
+}
+
+/* Runs one failing call and checks its status, message and report. */
+static void expect_error(ad_ctx *ctx, const char *what, ad_status got, ad_status want,
+                         const char *needle, const ad_check_report *r) {
+  cr_assert_eq(got, want, "%s: status %s, expected %s (%s)", what, ad_status_str(got),
+               ad_status_str(want), ad_last_error(ctx));
+  cr_assert_eq(ad_last_status(ctx), want, "%s: last status %s", what,
+               ad_status_str(ad_last_status(ctx)));
+  cr_assert(strstr(ad_last_error(ctx), needle), "%s: message '%s' lacks '%s'", what,
+            ad_last_error(ctx), needle);
+  if (r) cr_assert(!r->passed, "%s: the report says passed", what);
+  ad_clear_error(ctx);
+}
+
+static void error_cases(checker check, const char *name) {
+  ad_ctx *ctx = ad_ctx_new();
+  int64_t s[2] = {2, 3};
+  ad_tensor *x = ad_ones(ctx, AD_F64, 2, s);
+  ad_tensor *lab = ad_zeros(ctx, AD_I32, 2, s);
+  ad_tensor_set_requires_grad(x, true);
+  ad_tensor *many[AD_MAX_SRC + 1], *nul[1] = {NULL};
+  for (int i = 0; i <= AD_MAX_SRC; i++) many[i] = x;
+  ad_check_report r;
+  char what[96];
+#define WHAT(s) (snprintf(what, sizeof what, "%s: %s", name, s), what)
+  r.passed = true;
+  expect_error(ctx, WHAT("NULL fn"), check(ctx, NULL, NULL, 1, &x, NULL, &r), AD_ERR_NULL,
+               "gradcheck", &r);
+  r.passed = true;
+  expect_error(ctx, WHAT("n = 0"), check(ctx, fn_tanh, NULL, 0, &x, NULL, &r), AD_ERR_ARG,
+               "0 inputs", &r);
+  r.passed = true;
+  expect_error(ctx, WHAT("n = -1"), check(ctx, fn_tanh, NULL, -1, &x, NULL, &r), AD_ERR_ARG,
+               "-1 inputs", &r);
+  r.passed = true;
+  expect_error(ctx, WHAT("n > AD_MAX_SRC"),
+               check(ctx, fn_tanh, NULL, AD_MAX_SRC + 1, many, NULL, &r), AD_ERR_ARG, "inputs", &r);
+  r.passed = true;
+  expect_error(ctx, WHAT("NULL input array"), check(ctx, fn_tanh, NULL, 1, NULL, NULL, &r),
+               AD_ERR_NULL, "gradcheck", &r);
+  r.passed = true;
+  expect_error(ctx, WHAT("NULL input"), check(ctx, fn_tanh, NULL, 1, nul, NULL, &r), AD_ERR_NULL,
+               "input 0 is NULL", &r);
+  expect_error(ctx, WHAT("NULL report"), check(ctx, fn_tanh, NULL, 1, &x, NULL, NULL), AD_ERR_NULL,
+               "report", NULL);
+  r.passed = true;
+  expect_error(ctx, WHAT("fn returns NULL silently"),
+               check(ctx, fn_null_silent, NULL, 1, &x, NULL, &r), AD_ERR_STATE, "returned NULL",
+               &r);
+  r.passed = true;
+  expect_error(ctx, WHAT("fn fails"), check(ctx, fn_bad_matmul, NULL, 1, &x, NULL, &r),
+               AD_ERR_SHAPE, "matmul", &r);
+  r.passed = true;
+  expect_error(ctx, WHAT("fn returns i32"), check(ctx, fn_int_output, lab, 1, &x, NULL, &r),
+               AD_ERR_DTYPE, "i32", &r);
+#undef WHAT
+  cr_assert_eq(check(NULL, fn_tanh, NULL, 1, &x, NULL, &r), AD_ERR_NULL, "%s: NULL ctx", name);
+  /* after the errors, the same context still checks correctly */
+  cr_assert_eq(check(ctx, fn_tanh, NULL, 1, &x, NULL, &r), AD_OK, "%s", ad_last_error(ctx));
+  cr_assert(r.passed, "%s: tanh failed after the error cases", name);
+  cr_assert_eq(r.checked, 6);
+  ad_tensor_free(x);
+  ad_tensor_free(lab);
+  ad_ctx_free(ctx);
+}
+
+Test(gradcheck, gradcheck_error_paths) { error_cases(ad_gradcheck, "ad_gradcheck"); }
+Test(gradcheck, gradgradcheck_error_paths) { error_cases(ad_gradgradcheck, "ad_gradgradcheck"); }
+
+Test(gradcheck, op_check_error_paths) {
+  ad_ctx *ctx = ad_ctx_new();
+  ad_check_report r;
+  expect_error(ctx, "bad id", ad_op_check(ctx, ad_op_count(ctx), AD_F64, false, SEED, &r),
+               AD_ERR_ARG, "no op with id", NULL);
+  expect_error(ctx, "negative id", ad_op_check(ctx, -1, AD_F64, false, SEED, &r), AD_ERR_ARG,
+               "no op with id", NULL);
+  expect_error(ctx, "NULL report",
+               ad_op_check(ctx, ad_op_find(ctx, "tanh"), AD_F64, false, SEED, NULL), AD_ERR_NULL,
+               "report", NULL);
+  cr_assert_eq(ad_op_check(NULL, 0, AD_F64, false, SEED, &r), AD_ERR_NULL);
+  ad_ctx_free(ctx);
+}

@@ -1,0 +1,744 @@
+/* test_ops_values.c: every op against PyTorch reference values.
+ *
+ * tests/fixtures/ops.txt (written by tools/gen_fixtures.py, format in its
+ * docstring) holds, per case and dtype, the inputs, a cotangent v, torch's
+ * output and torch's gradient of sum(v * out) for each float input. Each case
+ * runs through ad_op_find + ad_op_apply and, where one exists, through the
+ * named builder (ad_add, ad_sum_axis, ...); the output and the gradients from
+ * both ad_grad and ad_backward must match torch to 1e-5 (float32) or 1e-10
+ * (float64), relative to max(|reference|, 1e-3). The fixture must cover every
+ * differentiable op of the registry in both dtypes. Set AD_OPS_FIXTURE to
+ * read another file; the default path is relative to the source root, which
+ * meson uses as the working directory. */
+#include <criterion/criterion.h>
+#include <criterion/parameterized.h>
+
+#include <ad.h>
+
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define FIXTURE_DEFAULT "tests/fixtures/ops.txt"
+#define TOL_F32         1e-5
+#define TOL_F64         1e-10
+/* the tolerances are relative to max(|reference|, SCALE_FLOOR) */
+#define SCALE_FLOOR 1e-3
+
+/* ---------------------------------------------------------------- model */
+
+typedef struct fx_tensor {
+  ad_dtype dtype;
+  int ndim;
+  int64_t shape[AD_MAX_DIMS];
+  int64_t size;
+  double *v;
+} fx_tensor;
+
+typedef struct fx_case {
+  char label[64], op[32];
+  ad_dtype dtype;
+  int line; /* of the 'case' line */
+  ad_attrs attrs;
+  int nin;
+  fx_tensor in[AD_MAX_SRC];
+  bool needs[AD_MAX_SRC]; /* role 'in' (else 'const') */
+  bool has_seed;
+  fx_tensor seed, out;
+  bool has_out;
+  int ngrad;
+  fx_tensor grad[AD_MAX_SRC];
+  bool ended;
+} fx_case;
+
+typedef struct fx_file {
+  char torch[32];
+  int64_t all_axes;
+  int declared; /* the 'cases' header */
+  int ncases, cap;
+  fx_case *cases;
+} fx_file;
+
+static void fx_free(fx_file *fx) {
+  for (int k = 0; k < fx->ncases; k++) {
+    fx_case *c = &fx->cases[k];
+    for (int i = 0; i < c->nin; i++) free(c->in[i].v);
+    for (int i = 0; i < c->ngrad; i++) free(c->grad[i].v);
+    free(c->seed.v);
+    free(c->out.v);
+  }
+  free(fx->cases);
+  memset(fx, 0, sizeof *fx);
+}
+
+/* --------------------------------------------------------------- parser */
+
+typedef struct parser {
+  char *p; /* cursor in the current line */
+  int line;
+  char *err;
+  size_t errn;
+} parser;
+
+static bool perr(parser *ps, const char *what) {
+  snprintf(ps->err, ps->errn, "line %d: %s", ps->line, what);
+  return false;
+}
+
+/* Next whitespace-separated token, NUL-terminated in place; NULL at the end. */
+static char *tok(parser *ps) {
+  while (*ps->p == ' ' || *ps->p == '\t') ps->p++;
+  if (!*ps->p) return NULL;
+  char *t = ps->p;
+  while (*ps->p && *ps->p != ' ' && *ps->p != '\t') ps->p++;
+  if (*ps->p) *ps->p++ = '\0';
+  return t;
+}
+
+static bool tok_int(parser *ps, long long lo, long long hi, long long *out) {
+  char *t = tok(ps), *end;
+  if (!t) return perr(ps, "an integer is missing");
+  errno = 0;
+  long long v = strtoll(t, &end, 10);
+  if (*end || errno || v < lo || v > hi) return perr(ps, "bad or out-of-range integer");
+  *out = v;
+  return true;
+}
+
+static bool tok_real(parser *ps, double *out) {
+  char *t = tok(ps), *end;
+  if (!t) return perr(ps, "a value is missing");
+  *out = strtod(t, &end);
+  if (end == t || *end) return perr(ps, "bad number");
+  return true;
+}
+
+static bool parse_dtype(const char *s, ad_dtype *dt) {
+  if (!s) return false;
+  if (!strcmp(s, "f32"))
+    *dt = AD_F32;
+  else if (!strcmp(s, "f64"))
+    *dt = AD_F64;
+  else if (!strcmp(s, "i32"))
+    *dt = AD_I32;
+  else
+    return false;
+  return true;
+}
+
+static bool same_layout(const fx_tensor *a, const fx_tensor *b) {
+  if (a->dtype != b->dtype || a->ndim != b->ndim) return false;
+  for (int k = 0; k < a->ndim; k++)
+    if (a->shape[k] != b->shape[k]) return false;
+  return true;
+}
+
+/* tensor ROLE DTYPE NDIM d0 .. : v0 v1 ...  (after the 'tensor' token) */
+static bool parse_tensor(parser *ps, fx_case *c) {
+  char *role = tok(ps);
+  if (!role) return perr(ps, "tensor without a role");
+  fx_tensor t = {0};
+  long long nd;
+  if (!parse_dtype(tok(ps), &t.dtype)) return perr(ps, "bad tensor dtype");
+  if (!tok_int(ps, 0, AD_MAX_DIMS, &nd)) return false;
+  t.ndim = (int)nd;
+  t.size = 1;
+  for (int k = 0; k < t.ndim; k++) {
+    long long d;
+    if (!tok_int(ps, 0, 1 << 20, &d)) return false;
+    t.shape[k] = d;
+    t.size *= d;
+  }
+  char *colon = tok(ps);
+  if (!colon || strcmp(colon, ":")) return perr(ps, "':' expected after the shape");
+  t.v = malloc(sizeof(double) * (size_t)(t.size ? t.size : 1));
+  if (!t.v) return perr(ps, "out of memory");
+  for (int64_t i = 0; i < t.size; i++) {
+    bool ok = tok_real(ps, &t.v[i]);
+    if (ok && t.dtype == AD_I32 && t.v[i] != floor(t.v[i]))
+      ok = perr(ps, "i32 value is not an integer");
+    if (!ok) {
+      free(t.v);
+      return false;
+    }
+  }
+  if (tok(ps)) {
+    free(t.v);
+    return perr(ps, "more values than the shape holds");
+  }
+  /* roles in order: in/const..., seed?, out, grad... */
+  const char *bad = NULL;
+  if (!strcmp(role, "in") || !strcmp(role, "const")) {
+    if (c->has_seed || c->has_out)
+      bad = "input after seed/out";
+    else if (c->nin == AD_MAX_SRC)
+      bad = "too many inputs";
+    else if (t.dtype == AD_I32 && !strcmp(role, "in"))
+      bad = "an i32 input cannot have role 'in'";
+    else {
+      c->needs[c->nin] = !strcmp(role, "in");
+      c->in[c->nin++] = t;
+      return true;
+    }
+  } else if (!strcmp(role, "seed")) {
+    if (c->has_seed || c->has_out)
+      bad = "seed must come once, before out";
+    else {
+      c->seed = t;
+      c->has_seed = true;
+      return true;
+    }
+  } else if (!strcmp(role, "out")) {
+    if (c->has_out)
+      bad = "two outputs";
+    else if (c->has_seed && !same_layout(&c->seed, &t))
+      bad = "seed and out differ in layout";
+    else {
+      c->out = t;
+      c->has_out = true;
+      return true;
+    }
+  } else if (!strcmp(role, "grad")) {
+    int want = -1, seen = 0;
+    for (int i = 0; i < c->nin; i++)
+      if (c->needs[i] && seen++ == c->ngrad) want = i;
+    if (!c->has_out || !c->has_seed)
+      bad = "grad before out, or without seed";
+    else if (want < 0)
+      bad = "more grads than 'in' inputs";
+    else if (!same_layout(&c->in[want], &t))
+      bad = "grad differs in layout from its input";
+    else {
+      c->grad[c->ngrad++] = t;
+      return true;
+    }
+  } else {
+    bad = "unknown tensor role";
+  }
+  free(t.v);
+  return perr(ps, bad);
+}
+
+static bool finish_case(parser *ps, const fx_case *c) {
+  int nneeds = 0;
+  for (int i = 0; i < c->nin; i++) nneeds += c->needs[i];
+  if (c->nin == 0) return perr(ps, "case without inputs");
+  if (!c->has_out) return perr(ps, "case without out");
+  if (c->has_seed && c->ngrad != nneeds) return perr(ps, "fewer grads than 'in' inputs");
+  return true;
+}
+
+/* One line (without its newline) in the state of fx. */
+static bool parse_line(parser *ps, fx_file *fx, bool *in_case, bool *header) {
+  char *kw = tok(ps);
+  if (!kw || kw[0] == '#') return true;
+  if (!*header) {
+    char *name = tok(ps), *ver = tok(ps);
+    if (strcmp(kw, "fixture") || !name || strcmp(name, "ops") || !ver || strcmp(ver, "1") ||
+        tok(ps))
+      return perr(ps, "the file must start with 'fixture ops 1'");
+    *header = true;
+    return true;
+  }
+  fx_case *c = *in_case ? &fx->cases[fx->ncases - 1] : NULL;
+  long long v;
+  if (!strcmp(kw, "case")) {
+    if (*in_case) return perr(ps, "'case' before the previous case's 'end'");
+    if (fx->declared <= 0) return perr(ps, "'cases N' must precede the cases");
+    if (fx->ncases == fx->cap) {
+      int cap = fx->cap ? fx->cap * 2 : 64;
+      fx_case *nc = realloc(fx->cases, sizeof *nc * (size_t)cap);
+      if (!nc) return perr(ps, "out of memory");
+      fx->cases = nc;
+      fx->cap = cap;
+    }
+    c = &fx->cases[fx->ncases++];
+    memset(c, 0, sizeof *c);
+    *in_case = true;
+    c->line = ps->line;
+    char *label = tok(ps), *op = tok(ps);
+    if (!label || !op || strlen(label) >= sizeof c->label || strlen(op) >= sizeof c->op)
+      return perr(ps, "'case LABEL OP DTYPE' expected");
+    strcpy(c->label, label);
+    strcpy(c->op, op);
+    if (!parse_dtype(tok(ps), &c->dtype) || c->dtype == AD_I32 || tok(ps))
+      return perr(ps, "case dtype must be f32 or f64");
+    return true;
+  }
+  if (!strcmp(kw, "ints") || !strcmp(kw, "reals")) {
+    bool ints = kw[0] == 'i';
+    int max = ints ? AD_MAX_DIMS + 2 : 2;
+    if (!c || c->nin || c->has_out) return perr(ps, "attrs must open a case");
+    if (!tok_int(ps, 0, max, &v)) return false;
+    for (int k = 0; k < (int)v; k++) {
+      if (ints) {
+        long long x;
+        if (!tok_int(ps, -(1LL << 40), 1LL << 40, &x)) return false;
+        c->attrs.i[k] = x;
+      } else if (!tok_real(ps, &c->attrs.f[k])) {
+        return false;
+      }
+    }
+    return tok(ps) ? perr(ps, "extra attr values") : true;
+  }
+  if (!strcmp(kw, "tensor")) return c ? parse_tensor(ps, c) : perr(ps, "tensor outside a case");
+  if (!strcmp(kw, "end")) {
+    if (!c) return perr(ps, "'end' outside a case");
+    *in_case = false;
+    c->ended = true;
+    return finish_case(ps, c);
+  }
+  if (*in_case || fx->ncases) return perr(ps, "unknown keyword");
+  if (!strcmp(kw, "torch") || !strcmp(kw, "numpy")) {
+    char *ver = tok(ps);
+    if (!ver) return perr(ps, "version missing");
+    if (kw[0] == 't') snprintf(fx->torch, sizeof fx->torch, "%s", ver);
+    return true;
+  }
+  if (!strcmp(kw, "all_axes")) {
+    if (!tok_int(ps, 0, 1 << 30, &v)) return false;
+    fx->all_axes = v;
+    return true;
+  }
+  if (!strcmp(kw, "cases")) {
+    if (!tok_int(ps, 1, 1 << 20, &v)) return false;
+    fx->declared = (int)v;
+    return true;
+  }
+  return perr(ps, "unknown header keyword");
+}
+
+/* Parses a whole fixture; on failure fx is empty and err says where. */
+static bool fx_parse(FILE *f, fx_file *fx, char *err, size_t errn) {
+  memset(fx, 0, sizeof *fx);
+  err[0] = '\0';
+  parser ps = {.err = err, .errn = errn};
+  char *buf = NULL;
+  size_t cap = 0;
+  bool in_case = false, header = false, ok = true;
+  ssize_t len;
+  while (ok && (len = getline(&buf, &cap, f)) >= 0) {
+    ps.line++;
+    while (len > 0 && (buf[len - 1] == '\n' || buf[len - 1] == '\r')) buf[--len] = '\0';
+    ps.p = buf;
+    ok = parse_line(&ps, fx, &in_case, &header);
+  }
+  free(buf);
+  if (ok && !header)
+    ok = perr(&ps, "empty file: no 'fixture ops 1' header");
+  else if (ok && in_case)
+    ok = perr(&ps, "file ends inside a case (truncated?)");
+  else if (ok && fx->ncases != fx->declared) {
+    snprintf(err, errn, "header declares %d cases, the file has %d (truncated?)", fx->declared,
+             fx->ncases);
+    ok = false;
+  } else if (ok && !fx->all_axes) {
+    ok = perr(&ps, "no 'all_axes' header");
+  }
+  if (!ok) fx_free(fx);
+  return ok;
+}
+
+static const char *fixture_path(void) {
+  const char *p = getenv("AD_OPS_FIXTURE");
+  return p && *p ? p : FIXTURE_DEFAULT;
+}
+
+/* The fixture, parsed once per process; NULL with err set on failure. */
+static const fx_file *fixture(char *err, size_t errn) {
+  static fx_file fx;
+  static bool done, ok;
+  static char saved[512];
+  if (!done) {
+    done = true;
+    FILE *f = fopen(fixture_path(), "r");
+    if (!f) {
+      snprintf(saved, sizeof saved, "cannot open %s: %s", fixture_path(), strerror(errno));
+    } else {
+      char e[400];
+      ok = fx_parse(f, &fx, e, sizeof e);
+      if (!ok) snprintf(saved, sizeof saved, "%s: %s", fixture_path(), e);
+      fclose(f);
+    }
+  }
+  snprintf(err, errn, "%s", saved);
+  return ok ? &fx : NULL;
+}
+
+/* ---------------------------------------------------------- comparison */
+
+static const char *dt_name(ad_dtype dt) { return ad_dtype_name(dt); }
+
+static void shape_text(int ndim, const int64_t *shape, char *buf, size_t n) {
+  size_t off = (size_t)snprintf(buf, n, "[");
+  for (int k = 0; k < ndim && off < n; k++)
+    off += (size_t)snprintf(buf + off, n - off, k ? ",%lld" : "%lld", (long long)shape[k]);
+  if (off < n) snprintf(buf + off, n - off, "]");
+}
+
+/* Checks t against ref: dtype, shape, then every element to the dtype's
+ * tolerance relative to max(|ref|, SCALE_FLOOR). On failure writes the worst element. */
+static bool match(const ad_tensor *t, const fx_tensor *ref, char *msg, size_t n) {
+  char a[96], b[96];
+  if (!t) {
+    snprintf(msg, n, "no tensor");
+    return false;
+  }
+  shape_text(t->ndim, t->shape, a, sizeof a);
+  shape_text(ref->ndim, ref->shape, b, sizeof b);
+  if (t->dtype != ref->dtype || t->ndim != ref->ndim || strcmp(a, b)) {
+    snprintf(msg, n, "got %s %s, want %s %s", dt_name(t->dtype), a, dt_name(ref->dtype), b);
+    return false;
+  }
+  double tol = ref->dtype == AD_F32 ? TOL_F32 : TOL_F64, worst = -1;
+  int64_t wi = -1;
+  for (int64_t i = 0; i < ref->size; i++) {
+    double got = ad_tensor_get(t, i), want = ref->v[i], score;
+    if (isfinite(want))
+      score = fabs(got - want) / (tol * fmax(fabs(want), SCALE_FLOOR));
+    else
+      score = (got == want || (isnan(got) && isnan(want))) ? 0 : INFINITY;
+    if (isnan(score)) score = INFINITY;
+    if (score > worst) worst = score, wi = i;
+  }
+  if (worst <= 1.0) return true;
+  double got = ad_tensor_get(t, wi), want = ref->v[wi];
+  snprintf(msg, n, "worst element %lld of %s: got %.17g, want %.17g (abs err %.3g, tol %.3g)",
+           (long long)wi, b, got, want, fabs(got - want), tol * fmax(fabs(want), SCALE_FLOOR));
+  return false;
+}
+
+static bool all_zero(const fx_tensor *t) {
+  for (int64_t i = 0; i < t->size; i++)
+    if (t->v[i] != 0) return false;
+  return true;
+}
+
+/* ----------------------------------------------------------- execution */
+
+static ad_tensor *make_tensor(ad_ctx *ctx, const fx_tensor *ft) {
+  ad_tensor *t = ad_zeros(ctx, ft->dtype, ft->ndim, ft->shape);
+  for (int64_t i = 0; t && i < ft->size; i++) ad_tensor_set(t, i, ft->v[i]);
+  return t;
+}
+
+/* The op through the registry: ad_op_find + ad_op_apply. NULL id: unknown. */
+static ad_tensor *run_registry(ad_ctx *ctx, const fx_case *c, ad_tensor **in, bool *known) {
+  int id = ad_op_find(ctx, c->op);
+  *known = id >= 0;
+  return id >= 0 ? ad_op_apply(ctx, id, c->nin, in, &c->attrs) : NULL;
+}
+
+/* Builders that take just their inputs. */
+static const struct {
+  const char *name;
+  ad_tensor *(*fn)(ad_ctx *, ad_tensor *);
+} unary_builders[] = {
+    {"neg", ad_neg},         {"exp", ad_exp},       {"log", ad_log},   {"sqrt", ad_sqrt},
+    {"abs", ad_abs},         {"sin", ad_sin},       {"cos", ad_cos},   {"tanh", ad_tanh},
+    {"sigmoid", ad_sigmoid}, {"relu", ad_relu},     {"gelu", ad_gelu}, {"softplus", ad_softplus},
+    {"erf", ad_erf},         {"square", ad_square}, {"mean", ad_mean},
+};
+static const struct {
+  const char *name;
+  ad_tensor *(*fn)(ad_ctx *, ad_tensor *, ad_tensor *);
+} binary_builders[] = {
+    {"add", ad_add},
+    {"sub", ad_sub},
+    {"mul", ad_mul},
+    {"div", ad_div},
+    {"pow", ad_pow},
+    {"maximum", ad_maximum},
+    {"minimum", ad_minimum},
+    {"index_select", ad_index_select},
+    {"softmax_cross_entropy", ad_softmax_cross_entropy},
+};
+
+/* The op through its named builder, translating attrs; *known = false when
+ * no builder takes these attrs (e.g. a keepdim reduction over everything). */
+static ad_tensor *run_builder(ad_ctx *ctx, const fx_case *c, ad_tensor **in, bool *known,
+                              int64_t all_axes) {
+  const int64_t *i = c->attrs.i;
+  const double *f = c->attrs.f;
+  const char *op = c->op;
+  ad_tensor *x = in[0], *y = c->nin > 1 ? in[1] : NULL;
+  *known = true;
+  for (size_t k = 0; k < sizeof unary_builders / sizeof unary_builders[0]; k++)
+    if (!strcmp(op, unary_builders[k].name)) return unary_builders[k].fn(ctx, x);
+  for (size_t k = 0; k < sizeof binary_builders / sizeof binary_builders[0]; k++)
+    if (!strcmp(op, binary_builders[k].name)) return binary_builders[k].fn(ctx, x, y);
+  if (!strcmp(op, "add_scalar")) return ad_add_scalar(ctx, x, f[0]);
+  if (!strcmp(op, "mul_scalar")) return ad_mul_scalar(ctx, x, f[0]);
+  if (!strcmp(op, "pow_scalar")) return ad_pow_scalar(ctx, x, f[0]);
+  if (!strcmp(op, "sub_scalar")) return ad_sub_scalar(ctx, x, f[0]);
+  if (!strcmp(op, "rsub_scalar")) return ad_rsub_scalar(ctx, x, f[0]);
+  if (!strcmp(op, "div_scalar")) return ad_div_scalar(ctx, x, f[0]);
+  if (!strcmp(op, "leaky_relu")) return ad_leaky_relu(ctx, x, f[0]);
+  if (!strcmp(op, "cast")) return ad_cast(ctx, x, (ad_dtype)i[0]);
+  if (!strcmp(op, "where")) return ad_where(ctx, x, y, in[2]);
+  if (!strcmp(op, "matmul")) return ad_matmul(ctx, x, y, i[0] != 0, i[1] != 0);
+  if (!strcmp(op, "reshape")) return ad_reshape(ctx, x, (int)i[0], i + 1);
+  if (!strcmp(op, "expand")) return ad_expand(ctx, x, (int)i[0], i + 1);
+  if (!strcmp(op, "sum_to")) return ad_sum_to(ctx, x, (int)i[0], i + 1);
+  if (!strcmp(op, "narrow")) return ad_narrow(ctx, x, (int)i[0], i[1], i[2]);
+  if (!strcmp(op, "pad")) return ad_pad(ctx, x, (int)i[0], i[1], i[2]);
+  if (!strcmp(op, "concat")) return ad_concat(ctx, c->nin, in, (int)i[0]);
+  if (!strcmp(op, "index_add")) return ad_index_add(ctx, x, y, i[0]);
+  if (!strcmp(op, "softmax")) return ad_softmax(ctx, x, (int)i[0]);
+  if (!strcmp(op, "log_softmax")) return ad_log_softmax(ctx, x, (int)i[0]);
+  if (!strcmp(op, "transpose")) return ad_transpose(ctx, x, (int)i[0], (int)i[1]);
+  if (!strcmp(op, "mean_axis")) return ad_mean_axis(ctx, x, (int)i[0], i[1] != 0);
+  if (!strcmp(op, "permute")) {
+    int perm[AD_MAX_DIMS];
+    for (int k = 0; k < (int)i[0] && k < AD_MAX_DIMS; k++) perm[k] = (int)i[1 + k];
+    return ad_permute(ctx, x, perm);
+  }
+  if (!strcmp(op, "compare")) {
+    ad_tensor *(*cmp[5])(ad_ctx *, ad_tensor *, ad_tensor *) = {ad_eq, ad_gt, ad_ge, ad_lt, ad_le};
+    if (i[0] >= 0 && i[0] < 5) return cmp[i[0]](ctx, x, y);
+  }
+  bool all = i[0] == all_axes;
+  if (!strcmp(op, "sum") && all && !i[1]) return ad_sum(ctx, x);
+  if (!strcmp(op, "sum") && !all) return ad_sum_axis(ctx, x, (int)i[0], i[1] != 0);
+  if (!strcmp(op, "max") && all && !i[1]) return ad_max(ctx, x);
+  if (!strcmp(op, "max") && !all) return ad_max_axis(ctx, x, (int)i[0], i[1] != 0);
+  if (!strcmp(op, "logsumexp") && !all) return ad_logsumexp(ctx, x, (int)i[0], i[1] != 0);
+  *known = false;
+  return NULL;
+}
+
+#define CASE_FMT     "%s (%s %s, fixture line %d)"
+#define CASE_ARGS(c) (c)->label, (c)->op, dt_name((c)->dtype), (c)->line
+
+enum { PATH_NONE, PATH_OK, PATH_FAIL };
+
+/* Records the first failure of a path in msg (prefixed with the case). */
+static int fail(char *msg, size_t n, const fx_case *c, const char *path, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+static int fail(char *msg, size_t n, const fx_case *c, const char *path, const char *fmt, ...) {
+  int off = snprintf(msg, n, CASE_FMT " via %s: ", CASE_ARGS(c), path);
+  va_list ap;
+  va_start(ap, fmt);
+  if (off >= 0 && (size_t)off < n) vsnprintf(msg + off, n - (size_t)off, fmt, ap);
+  va_end(ap);
+  return PATH_FAIL;
+}
+
+/* Runs case c in ctx through one path (registry or builder) and checks the
+ * output and, when c has a seed, the gradients from ad_grad and from
+ * ad_backward. PATH_NONE when the path does not apply to c. */
+static int run_path(ad_ctx *ctx, const fx_case *c, bool registry, int64_t all_axes, ad_tensor **in,
+                    char *msg, size_t n) {
+  const char *path = registry ? "ad_op_apply" : "builder";
+  char why[400];
+  ad_tensor *req[AD_MAX_SRC], *g[AD_MAX_SRC];
+  int m = 0;
+  for (int k = 0; k < c->nin; k++) {
+    in[k] = make_tensor(ctx, &c->in[k]);
+    if (!in[k]) return fail(msg, n, c, path, "input %d: %s", k, ad_last_error(ctx));
+    if (c->needs[k]) {
+      if (ad_tensor_set_requires_grad(in[k], true) != AD_OK)
+        return fail(msg, n, c, path, "input %d: %s", k, ad_last_error(ctx));
+      req[m++] = in[k];
+    }
+  }
+  bool known;
+  ad_tensor *out =
+      registry ? run_registry(ctx, c, in, &known) : run_builder(ctx, c, in, &known, all_axes);
+  if (!known) return PATH_NONE;
+  if (!out) return fail(msg, n, c, path, "no output: %s", ad_last_error(ctx));
+  if (!match(out, &c->out, why, sizeof why)) return fail(msg, n, c, path, "output: %s", why);
+  if (!c->has_seed)
+    return ad_tensor_requires_grad(out) ? fail(msg, n, c, path,
+                                               "a case without seed must give "
+                                               "a constant output")
+                                        : PATH_OK;
+  ad_tensor *seed = make_tensor(ctx, &c->seed);
+  in[c->nin] = seed; /* freed by the caller */
+  if (!seed) return fail(msg, n, c, path, "seed: %s", ad_last_error(ctx));
+  if (ad_grad(ctx, out, seed, m, req, g, false) != AD_OK)
+    return fail(msg, n, c, path, "ad_grad: %s", ad_last_error(ctx));
+  for (int k = 0; k < m; k++)
+    if (!match(g[k], &c->grad[k], why, sizeof why))
+      return fail(msg, n, c, path, "ad_grad of input %d: %s", k, why);
+  if (ad_backward(ctx, out, seed) != AD_OK)
+    return fail(msg, n, c, path, "ad_backward: %s", ad_last_error(ctx));
+  for (int k = 0; k < m; k++) {
+    if (!req[k]->grad) { /* a leaf no gradient reaches keeps grad NULL (ad.h): zero */
+      if (!all_zero(&c->grad[k]))
+        return fail(msg, n, c, path, "ad_backward left input %d without a grad", k);
+    } else if (!match(req[k]->grad, &c->grad[k], why, sizeof why)) {
+      return fail(msg, n, c, path, "ad_backward grad of input %d: %s", k, why);
+    }
+  }
+  return PATH_OK;
+}
+
+/* Both paths of case c, each in a fresh context. PATH_NONE when the op is
+ * neither registered nor a known builder. */
+static int check_case(const fx_case *c, int64_t all_axes, char *msg, size_t n) {
+  int result = PATH_NONE;
+  for (int registry = 1; registry >= 0 && result != PATH_FAIL; registry--) {
+    ad_ctx *ctx = ad_ctx_new();
+    if (!ctx) return fail(msg, n, c, "ad_ctx_new", "out of memory");
+    ad_tensor *in[AD_MAX_SRC + 1] = {0};
+    int r = run_path(ctx, c, registry, all_axes, in, msg, n);
+    if (r != PATH_NONE) result = r;
+    ad_tape_reset(ctx);
+    for (int k = 0; k <= AD_MAX_SRC; k++) ad_tensor_free(in[k]);
+    ad_ctx_free(ctx);
+  }
+  if (result == PATH_NONE)
+    snprintf(msg, n, CASE_FMT ": '%s' is neither a registered op nor a known builder", CASE_ARGS(c),
+             c->op);
+  return result;
+}
+
+/* ---------------------------------------------------------------- tests */
+
+/* One test per op name (all its cases, both dtypes): failing cases are each
+ * reported with their label, path and worst element. */
+typedef struct op_param {
+  char op[32]; /* "" when the fixture could not be read */
+} op_param;
+
+static void free_params(struct criterion_test_params *crp) { cr_free(crp->params); }
+
+ParameterizedTestParameters(ops_values, op) {
+  char err[512];
+  const fx_file *fx = fixture(err, sizeof err);
+  size_t cap = fx ? (size_t)fx->ncases : 1, n = 0;
+  op_param *p = cr_malloc(sizeof *p * cap);
+  if (p && !fx) p[n++].op[0] = '\0';
+  for (int k = 0; p && fx && k < fx->ncases; k++) {
+    bool seen = false;
+    for (size_t j = 0; j < n && !seen; j++) seen = !strcmp(p[j].op, fx->cases[k].op);
+    if (!seen) snprintf(p[n++].op, sizeof p->op, "%s", fx->cases[k].op);
+  }
+  return cr_make_param_array(op_param, p, n, free_params);
+}
+
+ParameterizedTest(op_param *p, ops_values, op) {
+  char err[512], msg[1024];
+  const fx_file *fx = fixture(err, sizeof err);
+  cr_assert(fx, "fixture unusable: %s", err);
+  int cases = 0, failed = 0;
+  for (int k = 0; k < fx->ncases; k++) {
+    const fx_case *c = &fx->cases[k];
+    if (strcmp(c->op, p->op)) continue;
+    cases++;
+    if (check_case(c, fx->all_axes, msg, sizeof msg) != PATH_OK) {
+      failed++;
+      cr_expect(false, "%s", msg);
+    }
+  }
+  cr_assert_gt(cases, 0, "no case for op '%s'", p->op);
+  cr_assert_eq(failed, 0, "%s: %d of %d cases failed", p->op, failed, cases);
+}
+
+Test(ops_values, fixture_parses) {
+  char err[512];
+  const fx_file *fx = fixture(err, sizeof err);
+  cr_assert(fx, "fixture unusable: %s", err);
+  cr_assert_gt(fx->ncases, 100, "only %d cases", fx->ncases);
+  cr_assert(fx->torch[0], "the fixture does not name its torch version");
+}
+
+/* Every op with a backward has at least one case in each float dtype. */
+Test(ops_values, fixture_covers_every_differentiable_op) {
+  char err[512], missing[2048] = "";
+  const fx_file *fx = fixture(err, sizeof err);
+  cr_assert(fx, "fixture unusable: %s", err);
+  ad_ctx *ctx = ad_ctx_new();
+  int nops = ad_op_count(ctx), checked = 0;
+  cr_assert_gt(nops, 0);
+  for (int id = 0; id < nops; id++) {
+    const ad_op_def *d = ad_op_get(ctx, id);
+    cr_assert(d, "ad_op_get(%d) is NULL below ad_op_count", id);
+    if (!d->backward) continue;
+    checked++;
+    for (int dt = AD_F32; dt <= AD_F64; dt++) {
+      bool found = false;
+      for (int k = 0; k < fx->ncases && !found; k++)
+        found = !strcmp(fx->cases[k].op, d->name) && fx->cases[k].dtype == (ad_dtype)dt &&
+                fx->cases[k].has_seed;
+      if (!found) {
+        size_t off = strlen(missing);
+        snprintf(missing + off, sizeof missing - off, " %s/%s", d->name,
+                 ad_dtype_name((ad_dtype)dt));
+      }
+    }
+  }
+  ad_ctx_free(ctx);
+  cr_assert_gt(checked, 0, "no differentiable op registered");
+  cr_assert(!missing[0], "ops without a fixture case (run tools/gen_fixtures.py):%s", missing);
+}
+
+/* The reduction-over-everything marker in the fixture is the one ad_sum
+ * records, so the raw attrs of reduction cases mean what they say. */
+Test(ops_values, all_axes_marker_matches_engine) {
+  char err[512];
+  const fx_file *fx = fixture(err, sizeof err);
+  cr_assert(fx, "fixture unusable: %s", err);
+  ad_ctx *ctx = ad_ctx_new();
+  int64_t s[2] = {2, 2};
+  ad_tensor *x = ad_ones(ctx, AD_F64, 2, s);
+  ad_tensor_set_requires_grad(x, true);
+  ad_tensor *y = ad_sum(ctx, x);
+  cr_assert(y, "%s", ad_last_error(ctx));
+  const ad_attrs *at = ad_tensor_attrs(y);
+  cr_assert(at, "ad_sum recorded no attrs");
+  cr_assert_eq(at->i[0], fx->all_axes, "ad_sum records axis %lld, the fixture says %lld",
+               (long long)at->i[0], (long long)fx->all_axes);
+  ad_tape_reset(ctx);
+  ad_tensor_free(x);
+  ad_ctx_free(ctx);
+}
+
+/* The parser rejects damaged files (so a broken fixture fails the suite). */
+static bool parse_text(const char *text, char *err, size_t n) {
+  FILE *f = fmemopen((void *)text, strlen(text), "r");
+  cr_assert(f, "fmemopen failed");
+  fx_file fx;
+  bool ok = fx_parse(f, &fx, err, n);
+  fclose(f);
+  if (ok) fx_free(&fx);
+  return ok;
+}
+
+#define GOOD_HEAD "fixture ops 1\ntorch 0\nall_axes 127\ncases 1\n"
+#define GOOD_CASE                                                                                  \
+  "case c exp f64\ntensor in f64 1 2 : 0 1\ntensor seed f64 1 2 : 1 1\n"                           \
+  "tensor out f64 1 2 : 1 2.718281828459045\ntensor grad f64 1 2 : 1 2.718281828459045\nend\n"
+
+Test(ops_values, parser_rejects_damaged_files) {
+  char err[256];
+  cr_assert(parse_text(GOOD_HEAD GOOD_CASE, err, sizeof err), "control text: %s", err);
+  static const struct {
+    const char *text, *expect;
+  } bad[] = {
+      {"", "empty file"},
+      {"fixture ops 2\n", "must start"},
+      {GOOD_HEAD "case c exp f64\ntensor in f64 1 2 : 0\n", "value is missing"},
+      {GOOD_HEAD "case c exp f64\ntensor in f64 1 2 : 0 1 2\n", "more values"},
+      {GOOD_HEAD "case c exp f64\ntensor in f64 1 2 : 0 1x\n", "bad number"},
+      {GOOD_HEAD "case c exp f64\ntensor wat f64 1 2 : 0 1\n", "unknown tensor role"},
+      {GOOD_HEAD "case c exp f64\ntensor in f64 1 2 : 0 1\n", "ends inside a case"},
+      {GOOD_HEAD "case c exp f64\ntensor in f64 1 2 : 0 1\ntensor seed f64 1 2 : 1 1\n"
+                 "tensor out f64 1 2 : 1 2\nend\n",
+       "fewer grads"},
+      {GOOD_HEAD "case c exp f64\ntensor in f64 1 2 : 0 1\ntensor seed f64 1 2 : 1 1\n"
+                 "tensor out f64 1 3 : 1 2 3\nend\n",
+       "layout"},
+      {"fixture ops 1\ntorch 0\nall_axes 127\ncases 2\n" GOOD_CASE, "declares 2 cases"},
+      {GOOD_HEAD "case c exp f64\ntensor const i32 1 1 : 0.5\ntensor out f64 0 : 1\nend\n",
+       "not an integer"},
+  };
+  for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+    cr_expect(!parse_text(bad[k].text, err, sizeof err), "damaged text %zu was accepted", k);
+    cr_expect(strstr(err, bad[k].expect), "damaged text %zu: error '%s' lacks '%s'", k, err,
+              bad[k].expect);
+  }
+}

@@ -1,0 +1,537 @@
+#!/usr/bin/python3
+"""Write tests/fixtures/ops.txt: PyTorch reference values for every op.
+
+For every differentiable op of autodiff/ops.def (and a few composite
+builders such as ad_mean), in float32 and in float64, this script builds
+small deterministic inputs, computes the op's output in PyTorch and the
+gradient of sum(v * out) with respect to each float input for a fixed
+cotangent v. tests/test_ops_values.c replays every case through the C API
+and compares. The C tests never need torch: the fixture is committed.
+
+Regenerate from the repository root with Debian's python (it has torch):
+
+    /usr/bin/python3 tools/gen_fixtures.py            # tests/fixtures/ops.txt
+    /usr/bin/python3 tools/gen_fixtures.py -o FILE    # somewhere else
+
+The output is deterministic: the inputs of a case come from a NumPy
+generator seeded with the CRC-32 of the case label, and are rounded to
+float32 so both dtypes see the same numbers. Float32 cases are computed by
+torch in float32, float64 cases in float64.
+
+File format (line based, whitespace separated, '#' starts a comment line):
+
+    fixture ops 1                 format name and version
+    torch <version>               the torch that computed the values
+    numpy <version>
+    all_axes 127                  attrs.i[0] of a reduction over everything
+    cases <n>                     number of case blocks that follow
+    case <label> <op> <dtype>     op: a registered op name or a builder
+    ints <n> i0 ... i(n-1)        attrs.i (absent: all zero)
+    reals <n> f0 ...              attrs.f (absent: all zero)
+    tensor <role> <dtype> <ndim> d0 ... d(ndim-1) : v0 v1 ... (row-major)
+    end
+
+Roles, in this order: 'in' (a float input that requires grad) and 'const'
+(an input that does not: labels, indices, the condition of where) in the
+op's input order; 'seed' (the cotangent v, shaped like the output); 'out';
+then one 'grad' per 'in' input, in input order. A case without seed and
+grad lines (compare) checks the forward only. Values are printed with
+%.17g, so float32 values round-trip exactly.
+
+Semantics follow our engine where PyTorch offers a choice: GELU is the exact
+(erf) form; softplus is computed without torch's linear cut-off above 20;
+max/amax, maximum and minimum share the gradient equally between ties,
+which torch 1.13 also does (the tie cases below rely on it); relu'(0) = 0,
+|x|'(0) = 0 and leaky_relu'(0) = alpha, as in torch.
+"""
+
+import argparse
+import os
+import sys
+import zlib
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ALL_AXES = 127  # mirrors AD_ALL_AXES in autodiff/ad_internal.h
+AD_F32, AD_F64 = 0, 1  # ad_dtype values, for cast's attrs.i[0]
+CMP_EQ, CMP_GT, CMP_GE, CMP_LT, CMP_LE = range(5)  # compare's attrs.i[0]
+
+TORCH_DT = {"f32": torch.float32, "f64": torch.float64}
+CASES = []
+
+
+def add(label, op, make, fn, ints=(), reals=(), grad=True):
+    """Registers a case: make(rng) -> [(role, ndarray)], fn(tensors) -> out."""
+    CASES.append(dict(label=label, op=op, make=make, fn=fn, ints=list(ints),
+                      reals=list(reals), grad=grad))
+
+
+def f32r(a):
+    """Rounds to float32-representable values (kept as float64)."""
+    return np.asarray(a, dtype=np.float32).astype(np.float64)
+
+
+def U(rng, shape, lo=-2.0, hi=2.0):
+    return f32r(rng.uniform(lo, hi, size=shape))
+
+
+def signed(rng, shape, lo, hi):
+    """Magnitudes in [lo, hi], random signs: away from zero."""
+    return f32r(rng.uniform(lo, hi, size=shape) * rng.choice([-1.0, 1.0], size=shape))
+
+
+def distinct(rng, shape, step=0.25):
+    """Distinct values step apart, shuffled: no ties for max."""
+    n = int(np.prod(shape, dtype=np.int64))
+    v = np.arange(n, dtype=np.float64) * step - step * n / 2
+    rng.shuffle(v)
+    return f32r(v.reshape(shape))
+
+
+def idx(values, shape=None):
+    a = np.asarray(values, dtype=np.int32)
+    return a.reshape(shape) if shape is not None else a
+
+
+def const(v):
+    return lambda rng: v
+
+
+# ------------------------------------------------------ elementwise binary
+
+BIN_SHAPES = [
+    ("same", (3, 4), (3, 4)),
+    ("row", (3, 4), (4,)),
+    ("col", (3, 1), (3, 4)),
+    ("both", (2, 1, 3), (4, 1)),
+    ("scalar_l", (), (2, 3)),
+    ("scalar_r", (2, 3), ()),
+]
+
+BINARY = {
+    "add": (lambda a, b: a + b, (-2, 2), (-2, 2)),
+    "sub": (lambda a, b: a - b, (-2, 2), (-2, 2)),
+    "mul": (lambda a, b: a * b, (-2, 2), (-2, 2)),
+    "div": (lambda a, b: a / b, (-2, 2), "signed"),
+    "pow": (torch.pow, (0.5, 2), (-2, 2)),
+    "maximum": (torch.maximum, (-2, 2), (-2, 2)),
+    "minimum": (torch.minimum, (-2, 2), (-2, 2)),
+}
+
+for name, (fn, ra, rb) in BINARY.items():
+    for tag, sa, sb in BIN_SHAPES:
+        def make(rng, sa=sa, sb=sb, ra=ra, rb=rb):
+            a = U(rng, sa, *ra)
+            b = signed(rng, sb, 0.5, 2) if rb == "signed" else U(rng, sb, *rb)
+            return [("in", a), ("in", b)]
+        add(f"{name}_{tag}", name, make, lambda t, fn=fn: fn(t[0], t[1]))
+
+# ties: torch 1.13 (like our engine) gives each side half the gradient
+for name, fn in (("maximum", torch.maximum), ("minimum", torch.minimum)):
+    add(f"{name}_ties", name,
+        const([("in", f32r([[1.0, -0.5, 2.0], [0.25, 3.0, -1.0]])),
+               ("in", f32r([[1.0, 0.5, -2.0], [0.25, 1.0, -1.0]]))]),
+        lambda t, fn=fn: fn(t[0], t[1]))
+
+# pow with a = 0 and an integer exponent, and a negative base with an integer one
+add("pow_int_exp", "pow",
+    const([("in", f32r([[-1.5, 0.5, 2.0], [-0.75, 1.25, -2.0]])),
+           ("in", f32r([2.0, 3.0, -1.0]))]),
+    lambda t: torch.pow(t[0], t[1]))
+
+
+def cmp_fn(mode):
+    ops = {CMP_EQ: torch.eq, CMP_GT: torch.gt, CMP_GE: torch.ge, CMP_LT: torch.lt,
+           CMP_LE: torch.le}
+    return lambda t: ops[mode](t[0], t[1]).to(t[0].dtype)
+
+
+for mode, tag in ((CMP_EQ, "eq"), (CMP_GT, "gt"), (CMP_GE, "ge"), (CMP_LT, "lt"), (CMP_LE, "le")):
+    add(f"compare_{tag}", "compare",
+        const([("const", f32r([[1.0, -0.5, 2.0, 0.0], [0.25, 3.0, -1.0, 4.0]])),
+               ("const", f32r([0.25, -0.5, 1.0, 0.0]))]),
+        cmp_fn(mode), ints=[mode], grad=False)
+
+# where: any nonzero condition selects a; no gradient reaches the condition
+add("where_same", "where",
+    const([("const", f32r([[1, 0, 2, 0], [0, -0.5, 0, 1], [3, 0, 0, 1]])),
+           ("in", f32r(np.linspace(-2, 2, 12).reshape(3, 4))),
+           ("in", f32r(np.linspace(3, -1, 12).reshape(3, 4)))]),
+    lambda t: torch.where(t[0] != 0, t[1], t[2]))
+add("where_bcast_b", "where",
+    lambda rng: [("const", f32r((rng.uniform(size=(3, 4)) < 0.5).astype(np.float64))),
+                 ("in", U(rng, (3, 4))), ("in", U(rng, (4,)))],
+    lambda t: torch.where(t[0] != 0, t[1], t[2]))
+add("where_bcast_all", "where",
+    const([("const", f32r([[1.0], [0.0], [1.0]])),
+           ("in", f32r([[0.5, -1.0, 1.5, 2.0]])),
+           ("in", f32r(-0.75))]),
+    lambda t: torch.where(t[0] != 0, t[1], t[2]))
+
+# ------------------------------------------------------------ scalar forms
+
+for s in (0.75, -2.5):
+    add(f"add_scalar_{s:+g}", "add_scalar", lambda rng: [("in", U(rng, (3, 4)))],
+        lambda t, s=s: t[0] + s, reals=[s])
+    add(f"mul_scalar_{s:+g}", "mul_scalar", lambda rng: [("in", U(rng, (2, 3, 2)))],
+        lambda t, s=s: t[0] * s, reals=[s])
+add("add_scalar_0d", "add_scalar", const([("in", f32r(1.25))]), lambda t: t[0] + 0.5, reals=[0.5])
+add("mul_scalar_zero", "mul_scalar", lambda rng: [("in", U(rng, (4,)))], lambda t: t[0] * 0.0,
+    reals=[0.0])
+
+for p, lo, hi in ((2.0, -2, 2), (3.0, -2, 2), (-1.5, 0.5, 2), (0.5, 0.5, 2), (3.5, 0.5, 2)):
+    add(f"pow_scalar_{p:+g}", "pow_scalar", lambda rng, lo=lo, hi=hi: [("in", U(rng, (3, 4), lo, hi))],
+        lambda t, p=p: torch.pow(t[0], p), reals=[p])
+add("pow_scalar_2_at_zero", "pow_scalar", const([("in", f32r([0.0, -1.0, 1.5]))]),
+    lambda t: torch.pow(t[0], 2.0), reals=[2.0])
+
+# --------------------------------------------------------- elementwise unary
+
+UNARY = {
+    "neg": (torch.neg, "any"),
+    "exp": (torch.exp, "any"),
+    "log": (torch.log, "pos"),
+    "sqrt": (torch.sqrt, "pos"),
+    "abs": (torch.abs, "any"),
+    "sin": (torch.sin, "wide"),
+    "cos": (torch.cos, "wide"),
+    "tanh": (torch.tanh, "any"),
+    "sigmoid": (torch.sigmoid, "any"),
+    "relu": (torch.relu, "any"),
+    "gelu": (lambda x: F.gelu(x, approximate="none"), "any"),
+    "softplus": (lambda x: F.softplus(x, beta=1, threshold=1000), "any"),
+    "erf": (torch.erf, "any"),
+    "square": (torch.square, "any"),
+}
+RANGES = {"any": (-3, 3), "pos": (0.1, 4), "wide": (-6, 6)}
+
+for name, (fn, rk) in UNARY.items():
+    lo, hi = RANGES[rk]
+    add(f"{name}_2d", name, lambda rng, lo=lo, hi=hi: [("in", U(rng, (3, 4), lo, hi))],
+        lambda t, fn=fn: fn(t[0]))
+    add(f"{name}_3d", name, lambda rng, lo=lo, hi=hi: [("in", U(rng, (2, 3, 2), lo, hi))],
+        lambda t, fn=fn: fn(t[0]))
+    add(f"{name}_0d", name, lambda rng, lo=lo, hi=hi: [("in", U(rng, (), lo, hi))],
+        lambda t, fn=fn: fn(t[0]))
+
+# subgradients at 0 and large magnitudes
+EDGE = f32r([-30.0, -1.0, 0.0, 0.5, 30.0])
+for name in ("abs", "relu"):
+    add(f"{name}_at_zero", name, const([("in", f32r([-1.5, 0.0, 2.0, -0.0]))]),
+        lambda t, fn=UNARY[name][0]: fn(t[0]))
+for name in ("sigmoid", "softplus", "tanh", "gelu", "erf"):
+    add(f"{name}_edges", name, const([("in", EDGE)]), lambda t, fn=UNARY[name][0]: fn(t[0]))
+add("log_small", "log", const([("in", f32r([1e-3, 0.25, 1.0, 1e3]))]), lambda t: torch.log(t[0]))
+
+for alpha in (0.1, 0.01, -0.5):
+    add(f"leaky_relu_{alpha:+g}", "leaky_relu",
+        lambda rng: [("in", np.concatenate([signed(rng, (5,), 0.2, 2), f32r([0.0])]))],
+        lambda t, a=alpha: F.leaky_relu(t[0], a), reals=[alpha])
+add("leaky_relu_2d", "leaky_relu", lambda rng: [("in", U(rng, (3, 4)))],
+    lambda t: F.leaky_relu(t[0], 0.2), reals=[0.2])
+
+# fused activation gradients: y = g * f'(.) from the saved tanh / sigmoid
+# output or relu input; torch's aten ops of the same names (relu's is
+# threshold_backward at 0, which gives its second input no gradient either)
+FUSED = {
+    "tanh_backward": (torch.ops.aten.tanh_backward, (-0.95, 0.95)),
+    "sigmoid_backward": (torch.ops.aten.sigmoid_backward, (0.02, 0.98)),
+    "relu_backward": (lambda g, x: torch.ops.aten.threshold_backward(g, x, 0.0), (-2, 2)),
+}
+for name, (fn, (lo, hi)) in FUSED.items():
+    for tag, sg, st in (("same", (3, 4), (3, 4)), ("row", (3, 4), (4,)), ("col", (2, 3), (2, 1))):
+        add(f"{name}_{tag}", name,
+            lambda rng, sg=sg, st=st, lo=lo, hi=hi: [("in", U(rng, sg)), ("in", U(rng, st, lo, hi))],
+            lambda t, fn=fn: fn(t[0], t[1]))
+add("relu_backward_at_zero", "relu_backward",
+    const([("in", f32r([0.5, -1.5, 2.0, 1.0])), ("in", f32r([0.0, 1.0, -0.5, -0.0]))]),
+    lambda t: torch.ops.aten.threshold_backward(t[0], t[1], 0.0))
+
+# cast: each dtype to the other; the gradient comes back in the input dtype
+CASES.append(dict(label="cast_other", op="cast", make=lambda rng: [("in", U(rng, (3, 4)))],
+                  fn=None, ints=None, reals=[], grad=True))
+
+# ---------------------------------------------------------------- matmul
+
+
+def mm(ta, tb):
+    def f(t):
+        a = t[0].transpose(-1, -2) if ta else t[0]
+        b = t[1].transpose(-1, -2) if tb else t[1]
+        return a @ b
+    return f
+
+
+def mm_case(label, ta, tb, batch_a, batch_b, m=3, k=4, n=5):
+    sa = tuple(batch_a) + ((k, m) if ta else (m, k))
+    sb = tuple(batch_b) + ((n, k) if tb else (k, n))
+    add(label, "matmul", lambda rng: [("in", U(rng, sa, -1, 1)), ("in", U(rng, sb, -1, 1))],
+        mm(ta, tb), ints=[int(ta), int(tb)])
+
+
+for ta in (0, 1):
+    for tb in (0, 1):
+        tag = ("t" if ta else "n") + ("t" if tb else "n")
+        mm_case(f"matmul_{tag}", ta, tb, (), ())
+        mm_case(f"matmul_batched_{tag}", ta, tb, (2,), (2,))
+mm_case("matmul_batched_x_2d", 0, 0, (2,), ())
+mm_case("matmul_2d_x_batched", 0, 0, (), (2,))
+mm_case("matmul_batched_x_2d_tt", 1, 1, (3,), ())
+mm_case("matmul_4d", 0, 0, (2, 2), (2, 2))
+mm_case("matmul_outer", 0, 0, (), (), m=4, k=1, n=3)
+mm_case("matmul_vec", 0, 1, (), (), m=1, k=6, n=1)
+
+# ------------------------------------------------------------- shape ops
+
+
+def shape_attrs(shape):
+    return [len(shape)] + list(shape)
+
+
+for label, src, dst in (("reshape_infer", (3, 4), (2, -1, 3)), ("reshape_flat", (2, 3, 4), (24,)),
+                        ("reshape_to_0d", (1, 1), ()), ("reshape_from_0d", (), (1, 1, 1)),
+                        ("reshape_4d", (2, 3, 4), (2, 2, 3, 2))):
+    add(label, "reshape", lambda rng, src=src: [("in", U(rng, src))],
+        lambda t, dst=dst: t[0].reshape(dst), ints=shape_attrs(dst))
+
+for label, src, perm in (("permute_201", (2, 3, 4), (2, 0, 1)), ("permute_120", (2, 3, 4), (1, 2, 0)),
+                         ("permute_2d", (3, 5), (1, 0)), ("permute_4d", (2, 3, 2, 2), (3, 1, 0, 2)),
+                         ("permute_identity", (2, 3), (0, 1))):
+    add(label, "permute", lambda rng, src=src: [("in", U(rng, src))],
+        lambda t, perm=perm: t[0].permute(perm), ints=[len(perm)] + list(perm))
+
+for label, src, dst in (("expand_col", (3, 1), (2, 3, 4)), ("expand_0d", (), (2, 3)),
+                        ("expand_row", (4,), (3, 4)), ("expand_ones", (1, 1), (2, 3)),
+                        ("expand_same", (2, 3), (2, 3))):
+    add(label, "expand", lambda rng, src=src: [("in", U(rng, src))],
+        lambda t, dst=dst: t[0].expand(dst), ints=shape_attrs(dst))
+
+
+def sum_to(x, shape):
+    lead = x.dim() - len(shape)
+    if lead:
+        x = x.sum(dim=tuple(range(lead)))
+    dims = tuple(d for d, n in enumerate(shape) if n == 1 and x.shape[d] != 1)
+    return x.sum(dim=dims, keepdim=True) if dims else x
+
+
+for label, src, dst in (("sum_to_col", (2, 3, 4), (3, 1)), ("sum_to_row", (2, 3, 4), (4,)),
+                        ("sum_to_0d", (2, 3, 4), ()), ("sum_to_mid", (2, 3, 4), (1, 3, 1)),
+                        ("sum_to_same", (3, 4), (3, 4))):
+    add(label, "sum_to", lambda rng, src=src: [("in", U(rng, src))],
+        lambda t, dst=dst: sum_to(t[0], dst), ints=shape_attrs(dst))
+
+for label, src, ax, start, ln in (("narrow_axis0", (4, 5), 0, 1, 2), ("narrow_last", (4, 5), -1, 1, 3),
+                                  ("narrow_mid", (2, 5, 3), 1, 2, 3), ("narrow_full", (3, 2), 0, 0, 3),
+                                  ("narrow_1d", (6,), 0, 5, 1)):
+    add(label, "narrow", lambda rng, src=src: [("in", U(rng, src))],
+        lambda t, ax=ax, s=start, n=ln: t[0].narrow(ax, s, n), ints=[ax, start, ln])
+
+
+def pad(x, ax, before, after):
+    ax = ax % x.dim()
+    zs = list(x.shape)
+    parts = []
+    if before:
+        zs[ax] = before
+        parts.append(torch.zeros(zs, dtype=x.dtype))
+    parts.append(x)
+    if after:
+        zs[ax] = after
+        parts.append(torch.zeros(zs, dtype=x.dtype))
+    return torch.cat(parts, ax)
+
+
+for label, src, ax, before, after in (("pad_axis0", (3, 2), 0, 1, 2), ("pad_axis1", (3, 2), 1, 1, 2),
+                                      ("pad_last_3d", (2, 2, 3), -1, 0, 2),
+                                      ("pad_mid_3d", (2, 2, 3), 1, 3, 0), ("pad_none", (2, 3), 0, 0, 0)):
+    add(label, "pad", lambda rng, src=src: [("in", U(rng, src))],
+        lambda t, ax=ax, b=before, a=after: pad(t[0], ax, b, a), ints=[ax, before, after])
+
+for label, shapes, ax in (("concat_axis0", [(2, 3), (1, 3), (4, 3)], 0),
+                          ("concat_last", [(3, 2), (3, 1)], -1),
+                          ("concat_3d_mid", [(2, 1, 2), (2, 3, 2), (2, 2, 2)], 1),
+                          ("concat_single", [(2, 3)], 1),
+                          ("concat_1d_many", [(2,), (1,), (3,), (1,), (2,)], 0)):
+    add(label, "concat", lambda rng, shapes=shapes: [("in", U(rng, s)) for s in shapes],
+        lambda t, ax=ax: torch.cat(list(t), ax), ints=[ax])
+
+# index_select: rows of x picked by i32 indices; repeated rows add up
+for label, xs, ix in (("index_select_repeat", (5, 3), idx([0, 2, 2, 4, 0, 2])),
+                      ("index_select_2d_idx", (4, 2), idx([[3, 1, 3], [0, 3, 1]])),
+                      ("index_select_1d_x", (6,), idx([5, 5, 0, 2])),
+                      ("index_select_3d_x", (3, 2, 2), idx([2, 0, 2]))):
+    add(label, "index_select", lambda rng, xs=xs, ix=ix: [("in", U(rng, xs)), ("const", ix)],
+        lambda t: t[0][t[1]])
+
+
+def index_add(src, ix, rows):
+    out = torch.zeros((rows,) + tuple(src.shape[ix.dim():]), dtype=src.dtype)
+    return out.index_put((ix,), src, accumulate=True)
+
+
+for label, ss, ix, rows in (("index_add_repeat", (5, 3), idx([0, 2, 2, 1, 0]), 3),
+                            ("index_add_2d_idx", (2, 3, 2), idx([[3, 1, 3], [0, 3, 1]]), 5),
+                            ("index_add_1d", (4,), idx([1, 1, 1, 0]), 2)):
+    add(label, "index_add", lambda rng, ss=ss, ix=ix: [("in", U(rng, ss)), ("const", ix)],
+        lambda t, rows=rows: index_add(t[0], t[1], rows), ints=[rows])
+
+# ------------------------------------------------------------- reductions
+
+
+def reduce_fn(kind, axis, keep):
+    def f(t):
+        x = t[0]
+        dims = tuple(range(x.dim())) if axis == ALL_AXES else axis
+        if kind == "sum":
+            return x.sum(dim=dims, keepdim=bool(keep))
+        if kind == "max":
+            return torch.amax(x, dim=dims, keepdim=bool(keep))
+        return torch.logsumexp(x, dim=dims, keepdim=bool(keep))
+    return f
+
+
+RED = (("all", (2, 3, 4), ALL_AXES, 0), ("all_keep", (3, 4), ALL_AXES, 1), ("axis0", (3, 4), 0, 0),
+       ("axis1_keep", (3, 4), 1, 1), ("neg_axis", (2, 3, 4), -1, 0), ("mid_3d", (2, 3, 4), 1, 0),
+       ("mid_keep_3d", (2, 3, 4), 1, 1), ("vec", (5,), 0, 0))
+for kind in ("sum", "max", "logsumexp"):
+    for tag, shape, axis, keep in RED:
+        gen = (lambda rng, s=shape: [("in", distinct(rng, s))]) if kind == "max" else \
+              (lambda rng, s=shape: [("in", U(rng, s))])
+        add(f"{kind}_{tag}", kind, gen, reduce_fn(kind, axis, keep), ints=[axis, keep])
+
+# ties share the gradient equally (torch.amax does the same)
+add("max_ties_axis", "max", const([("in", f32r([[1.0, 3.0, 3.0], [2.0, 0.0, 2.0]]))]),
+    reduce_fn("max", 1, 0), ints=[1, 0])
+add("max_ties_all", "max", const([("in", f32r([[1.0, 3.0, 3.0], [2.0, 0.0, 3.0]]))]),
+    reduce_fn("max", ALL_AXES, 0), ints=[ALL_AXES, 0])
+# stability: no overflow for large entries
+add("logsumexp_huge", "logsumexp", const([("in", f32r([[1000.0, 999.0, -1000.0], [-5.0, 0.0, 5.0]]))]),
+    reduce_fn("logsumexp", 1, 0), ints=[1, 0])
+
+for name, fn in (("softmax", torch.softmax), ("log_softmax", torch.log_softmax)):
+    for tag, shape, axis in (("last", (2, 3, 4), -1), ("mid", (2, 3, 4), 1), ("first", (3, 4), 0),
+                             ("vec", (5,), 0)):
+        add(f"{name}_{tag}", name, lambda rng, s=shape: [("in", U(rng, s))],
+            lambda t, fn=fn, ax=axis: fn(t[0], ax), ints=[axis])
+    add(f"{name}_huge", name,
+        const([("in", f32r([[1000.0, 1001.0, 999.0], [-1000.0, 0.0, 1000.0]]))]),
+        lambda t, fn=fn: fn(t[0], 1), ints=[1])
+
+# ------------------------------------------------------------------ losses
+
+
+def ce(t):
+    return F.cross_entropy(t[0], t[1], reduction="mean")
+
+
+add("softmax_ce_small", "softmax_cross_entropy",
+    lambda rng: [("in", U(rng, (4, 5), -3, 3)), ("const", idx([0, 4, 2, 2]))], ce)
+add("softmax_ce_one_row", "softmax_cross_entropy",
+    lambda rng: [("in", U(rng, (1, 3))), ("const", idx([1]))], ce)
+add("softmax_ce_one_class", "softmax_cross_entropy",
+    lambda rng: [("in", U(rng, (3, 1))), ("const", idx([0, 0, 0]))], ce)
+add("softmax_ce_huge", "softmax_cross_entropy",
+    const([("in", f32r([[1000.0, 0.0, -1000.0], [1000.0, 1000.0, 0.0], [-1000.0, 1000.0, 999.0]])),
+           ("const", idx([0, 2, 2]))]), ce)
+
+# ----------------------------------------------- composites (named builders)
+
+add("mean_all", "mean", lambda rng: [("in", U(rng, (2, 3, 4)))], lambda t: t[0].mean())
+add("mean_axis", "mean_axis", lambda rng: [("in", U(rng, (3, 4)))],
+    lambda t: t[0].mean(dim=-1), ints=[-1, 0])
+add("mean_axis_keep", "mean_axis", lambda rng: [("in", U(rng, (2, 3, 4)))],
+    lambda t: t[0].mean(dim=1, keepdim=True), ints=[1, 1])
+add("transpose_3d", "transpose", lambda rng: [("in", U(rng, (2, 3, 4)))],
+    lambda t: t[0].transpose(0, -1), ints=[0, -1])
+add("sub_scalar", "sub_scalar", lambda rng: [("in", U(rng, (3, 4)))], lambda t: t[0] - 1.5,
+    reals=[1.5])
+add("rsub_scalar", "rsub_scalar", lambda rng: [("in", U(rng, (3, 4)))], lambda t: 1.5 - t[0],
+    reals=[1.5])
+add("div_scalar", "div_scalar", lambda rng: [("in", U(rng, (3, 4)))], lambda t: t[0] / -4.0,
+    reals=[-4.0])
+
+# --------------------------------------------------------------- writing
+
+NAMES = {torch.float32: "f32", torch.float64: "f64", torch.int32: "i32"}
+
+
+def fmt_tensor(role, t):
+    t = t.detach()
+    dt = NAMES[t.dtype]
+    vals = t.reshape(-1).tolist()
+    if dt == "i32":
+        body = " ".join(str(int(v)) for v in vals)
+    else:
+        body = " ".join("%.17g" % v for v in vals)
+    dims = " ".join(str(d) for d in t.shape)
+    head = f"tensor {role} {dt} {t.dim()}" + (f" {dims}" if dims else "")
+    return f"{head} : {body}" if body else f"{head} :"
+
+
+def run_case(c, dtname):
+    dt = TORCH_DT[dtname]
+    rng = np.random.RandomState(zlib.crc32(c["label"].encode()))
+    spec = c["make"](rng)
+    ints, fn = c["ints"], c["fn"]
+    if c["op"] == "cast":  # to the other float dtype
+        other = torch.float64 if dt == torch.float32 else torch.float32
+        ints = [AD_F64 if other == torch.float64 else AD_F32]
+        fn = lambda t: t[0].to(other)  # noqa: E731
+    ins, lines = [], []
+    for role, arr in spec:
+        arr = np.asarray(arr)
+        if arr.dtype.kind == "i":
+            ins.append(torch.tensor(arr, dtype=torch.int32))
+        else:
+            ins.append(torch.tensor(arr, dtype=dt, requires_grad=(role == "in")))
+        lines.append(fmt_tensor(role, ins[-1]))
+    targs = [x.long() if x.dtype == torch.int32 else x for x in ins]
+    out = fn(targs)
+    head = [f"case {c['label']} {c['op']} {dtname}"]
+    if ints:
+        head.append("ints %d %s" % (len(ints), " ".join(str(int(i)) for i in ints)))
+    if c["reals"]:
+        head.append("reals %d %s" % (len(c["reals"]), " ".join("%.17g" % r for r in c["reals"])))
+    if not c["grad"]:
+        return head + lines + [fmt_tensor("out", out), "end"]
+    srng = np.random.RandomState(zlib.crc32(("seed:" + c["label"]).encode()))
+    seed = torch.tensor(U(srng, tuple(out.shape), -1, 1), dtype=out.dtype)
+    out.backward(seed)
+    lines += [fmt_tensor("seed", seed), fmt_tensor("out", out)]
+    for (role, _), x in zip(spec, ins):
+        if role == "in":
+            lines.append(fmt_tensor("grad", x.grad if x.grad is not None else torch.zeros_like(x)))
+    return head + lines + ["end"]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    ap.add_argument("-o", "--output", default=os.path.join(root, "tests", "fixtures", "ops.txt"))
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    labels = [c["label"] for c in CASES]
+    dup = {x for x in labels if labels.count(x) > 1}
+    if dup:
+        sys.exit(f"duplicate case labels: {sorted(dup)}")
+    blocks = [run_case(c, d) for c in CASES for d in ("f32", "f64")]
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    with open(args.output, "w") as f:
+        f.write("# Reference values for tests/test_ops_values.c, computed by PyTorch.\n"
+                "# Generated by tools/gen_fixtures.py (see its docstring for the format);\n"
+                "# do not edit. Regenerate: /usr/bin/python3 tools/gen_fixtures.py\n")
+        f.write("fixture ops 1\n")
+        f.write(f"torch {torch.__version__}\n")
+        f.write(f"numpy {np.__version__}\n")
+        f.write(f"all_axes {ALL_AXES}\n")
+        f.write(f"cases {len(blocks)}\n")
+        for b in blocks:
+            f.write("\n".join(b) + "\n")
+    print(f"wrote {len(blocks)} cases to {args.output}")
+
+
+if __name__ == "__main__":
+    main()
