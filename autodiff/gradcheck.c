@@ -53,10 +53,15 @@ static ad_status state_init(check_state *s, ad_ctx *ctx, ad_check_fn fn, void *u
   if (n < 1 || n > AD_MAX_SRC)
     return ad_set_error(ctx, AD_ERR_ARG, "gradcheck: %d inputs (1..%d)", n, AD_MAX_SRC);
   ad_dtype dt = AD_F64;
+  int nchecked = 0;
   for (int i = 0; i < n; i++) {
     if (!in[i]) return ad_set_error(ctx, AD_ERR_NULL, "gradcheck: input %d is NULL", i);
     if (checked(in[i]) && in[i]->dtype == AD_F32) dt = AD_F32;
+    nchecked += checked(in[i]);
   }
+  if (nchecked == 0) /* a check of nothing must not pass silently */
+    return ad_set_error(ctx, AD_ERR_ARG,
+                        "gradcheck: no input requires grad, so there is nothing to check");
   fill_defaults(&s->o, opts, dt);
   s->n = n;
   for (int i = 0; i < n; i++) {
