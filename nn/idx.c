@@ -1,0 +1,247 @@
+/* idx.c: IDX files (the MNIST format), raw or gzip'd.
+ *
+ * Layout: a magic of four bytes 00 00 T D (T the element type code, D the
+ * number of dims), D big-endian uint32 dims, then the elements row-major.
+ * Only T = 0x08 (unsigned byte) is read. gzip is recognized by the magic
+ * bytes 1f 8b; both kinds are read through zlib (which passes raw files
+ * through unchanged), so the checks are the same for both. */
+#ifndef _POSIX_C_SOURCE
+#define _POSIX_C_SOURCE 200809L /* fseeko, fsync, O_CLOEXEC */
+#endif
+#include "nn_io.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <unistd.h>
+#include <zlib.h>
+
+/* deflate cannot compress better than about 1032:1 */
+#define GZIP_MAX_RATIO 1100u
+
+typedef struct idx_file {
+  ad_ctx *ctx;
+  const char *path;
+  gzFile gz;
+  bool gzip;
+  uint64_t fsize;
+  ad_status st; /* the error of the last failed idx_read */
+} idx_file;
+
+static const char *type_name(unsigned code) {
+  switch (code) {
+  case 0x08:
+    return "unsigned byte";
+  case 0x09:
+    return "signed byte";
+  case 0x0B:
+    return "int16";
+  case 0x0C:
+    return "int32";
+  case 0x0D:
+    return "float32";
+  case 0x0E:
+    return "float64";
+  default:
+    return "unknown";
+  }
+}
+
+/* Reads up to n bytes; returns the count read, or -1 after recording the
+ * zlib error (a corrupt or truncated gzip stream, or a read error). */
+static int64_t idx_read(idx_file *f, void *buf, size_t n) {
+  size_t got = 0;
+  while (got < n) {
+    size_t m = n - got > (1u << 20) ? (1u << 20) : n - got;
+    int r = gzread(f->gz, (unsigned char *)buf + got, (unsigned)m);
+    int errnum = Z_OK;
+    const char *msg = gzerror(f->gz, &errnum);
+    /* zlib prefixes the message with "<fd:N>: " for a gzdopen'ed file */
+    if (msg && strncmp(msg, "<fd:", 4) == 0 && strstr(msg, ": ")) msg = strstr(msg, ": ") + 2;
+    if (r < 0 || (errnum != Z_OK && errnum != Z_STREAM_END)) {
+      if (errnum == Z_ERRNO)
+        f->st = ad_set_error(f->ctx, AD_ERR_IO, "idx %s: read error: %s", f->path, strerror(errno));
+      else if (errnum == Z_BUF_ERROR)
+        f->st = ad_set_error(f->ctx, AD_ERR_FORMAT, "idx %s: truncated gzip stream (%s)", f->path,
+                             msg ? msg : "unexpected end of file");
+      else
+        f->st = ad_set_error(f->ctx, AD_ERR_FORMAT, "idx %s: corrupt %s: %s", f->path,
+                             f->gzip ? "gzip stream" : "file", msg ? msg : "unknown zlib error");
+      return -1;
+    }
+    if (r == 0) break;
+    got += (size_t)r;
+  }
+  return (int64_t)got;
+}
+
+static const char *fmt_dims(char *buf, size_t cap, int ndim, const int64_t *dims) {
+  size_t off = (size_t)snprintf(buf, cap, "[");
+  for (int i = 0; i < ndim && off < cap; i++)
+    off += (size_t)snprintf(buf + off, cap - off, "%s%" PRId64, i ? "," : "", dims[i]);
+  if (off < cap) snprintf(buf + off, cap - off, "]");
+  return buf;
+}
+
+/* Reads the magic and dims; fills ndim, shape and the element count. */
+static ad_status read_header(idx_file *f, int *ndim, int64_t *shape, uint64_t *count) {
+  unsigned char m[4], d[4 * AD_MAX_DIMS];
+  int64_t r = idx_read(f, m, 4);
+  if (r < 0) return f->st;
+  if (r < 4)
+    return ad_set_error(f->ctx, AD_ERR_FORMAT,
+                        "idx %s: truncated: the data ends after %d of the 4 magic bytes", f->path,
+                        (int)r);
+  if (m[0] != 0 || m[1] != 0)
+    return ad_set_error(f->ctx, AD_ERR_FORMAT,
+                        "idx %s: bad magic %02x %02x %02x %02x: an IDX file starts with 00 00, "
+                        "the type code and the number of dims",
+                        f->path, m[0], m[1], m[2], m[3]);
+  if (m[2] != 0x08)
+    return ad_set_error(f->ctx, AD_ERR_FORMAT,
+                        "idx %s: unsupported type code 0x%02x (%s); only 0x08 (unsigned byte) "
+                        "is supported",
+                        f->path, m[2], type_name(m[2]));
+  if (m[3] < 1 || m[3] > AD_MAX_DIMS)
+    return ad_set_error(f->ctx, AD_ERR_FORMAT, "idx %s: %u dims; 1 to %d are supported", f->path,
+                        m[3], AD_MAX_DIMS);
+  *ndim = m[3];
+  size_t nd = 4u * m[3];
+  if ((r = idx_read(f, d, nd)) < 0) return f->st;
+  if ((size_t)r < nd)
+    return ad_set_error(f->ctx, AD_ERR_FORMAT,
+                        "idx %s: truncated: the data ends inside the %d dims of the header",
+                        f->path, *ndim);
+  uint64_t n = 1;
+  bool over = false;
+  for (int i = 0; i < *ndim; i++) {
+    uint64_t v = (uint64_t)d[4 * i] << 24 | (uint64_t)d[4 * i + 1] << 16 |
+                 (uint64_t)d[4 * i + 2] << 8 | (uint64_t)d[4 * i + 3];
+    shape[i] = (int64_t)v;
+    if (v && n > (uint64_t)INT64_MAX / v) over = true;
+    n = over ? 0 : n * v;
+  }
+  char sh[200];
+  if (over || n > SIZE_MAX / sizeof(double))
+    return ad_set_error(f->ctx, AD_ERR_FORMAT, "idx %s: dims %s overflow (too many elements)",
+                        f->path, fmt_dims(sh, sizeof sh, *ndim, shape));
+  uint64_t head = 4 + nd;
+  if (!f->gzip && f->fsize != head + n)
+    return ad_set_error(f->ctx, AD_ERR_FORMAT,
+                        "idx %s: dims %s need %" PRIu64 " data bytes, but the file has %" PRIu64
+                        "%s",
+                        f->path, fmt_dims(sh, sizeof sh, *ndim, shape), n, f->fsize - head,
+                        f->fsize < head + n ? " (truncated)" : "");
+  if (f->gzip && n / GZIP_MAX_RATIO > f->fsize)
+    return ad_set_error(f->ctx, AD_ERR_FORMAT,
+                        "idx %s: dims %s need %" PRIu64 " data bytes, more than a %" PRIu64
+                        "-byte gzip file can hold",
+                        f->path, fmt_dims(sh, sizeof sh, *ndim, shape), n, f->fsize);
+  *count = n;
+  return AD_OK;
+}
+
+/* Reads count bytes and stores them converted into t. */
+static ad_status read_data(idx_file *f, ad_tensor *t, uint64_t count, double scale) {
+  unsigned char buf[16384];
+  uint64_t done = 0;
+  while (done < count) {
+    size_t m = count - done < sizeof buf ? (size_t)(count - done) : sizeof buf;
+    int64_t r = idx_read(f, buf, m);
+    if (r < 0) return f->st;
+    if ((size_t)r < m) {
+      char sh[200];
+      return ad_set_error(f->ctx, AD_ERR_FORMAT,
+                          "idx %s: truncated: dims %s need %" PRIu64 " data bytes, got %" PRIu64,
+                          f->path, fmt_dims(sh, sizeof sh, t->ndim, t->shape), count,
+                          done + (uint64_t)r);
+    }
+    switch (t->dtype) {
+    case AD_F32: {
+      float *o = (float *)t->data + done;
+      for (size_t i = 0; i < m; i++) o[i] = (float)((double)buf[i] * scale);
+      break;
+    }
+    case AD_F64: {
+      double *o = (double *)t->data + done;
+      for (size_t i = 0; i < m; i++) o[i] = (double)buf[i] * scale;
+      break;
+    }
+    default: {
+      int32_t *o = (int32_t *)t->data + done;
+      for (size_t i = 0; i < m; i++) o[i] = buf[i];
+      break;
+    }
+    }
+    done += m;
+  }
+  /* the file must end here (for gzip this also checks the CRC) */
+  unsigned char extra;
+  int64_t r = idx_read(f, &extra, 1);
+  if (r < 0) return f->st;
+  if (r > 0) {
+    char sh[200];
+    return ad_set_error(f->ctx, AD_ERR_FORMAT, "idx %s: more data than dims %s describe", f->path,
+                        fmt_dims(sh, sizeof sh, t->ndim, t->shape));
+  }
+  return AD_OK;
+}
+
+ad_tensor *nn_idx_load(ad_ctx *ctx, const char *path, ad_dtype dtype, double scale) {
+  if (!ctx) return NULL;
+  if (!path) {
+    ad_set_error(ctx, AD_ERR_NULL, "idx: path is NULL");
+    return NULL;
+  }
+  if (dtype != AD_F32 && dtype != AD_F64 && dtype != AD_I32) {
+    ad_set_error(ctx, AD_ERR_ARG, "idx %s: dtype %d is not AD_F32, AD_F64 or AD_I32", path,
+                 (int)dtype);
+    return NULL;
+  }
+  idx_file f = {ctx, path, NULL, false, 0, AD_OK};
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    ad_set_error(ctx, AD_ERR_IO, "idx %s: cannot open: %s", path, strerror(errno));
+    return NULL;
+  }
+  struct stat sb;
+  if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+    ad_set_error(ctx, AD_ERR_IO, "idx %s: not a readable regular file", path);
+    close(fd);
+    return NULL;
+  }
+  f.fsize = (uint64_t)sb.st_size;
+  unsigned char m[2];
+  ssize_t got = 0, r;
+  while (got < 2) {
+    r = read(fd, m + got, (size_t)(2 - got));
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) break;
+    got += r;
+  }
+  f.gzip = got == 2 && m[0] == 0x1f && m[1] == 0x8b;
+  if (lseek(fd, 0, SEEK_SET) != 0) {
+    ad_set_error(ctx, AD_ERR_IO, "idx %s: cannot read: %s", path, strerror(errno));
+    close(fd);
+    return NULL;
+  }
+  if (!(f.gz = gzdopen(fd, "rb"))) {
+    ad_set_error(ctx, AD_ERR_OOM, "idx %s: out of memory opening the file", path);
+    close(fd);
+    return NULL;
+  }
+  int ndim = 0;
+  int64_t shape[AD_MAX_DIMS];
+  uint64_t count = 0;
+  ad_tensor *t = NULL;
+  if (read_header(&f, &ndim, shape, &count) == AD_OK &&
+      (t = ad_zeros(ctx, dtype, ndim, shape)) != NULL && read_data(&f, t, count, scale) != AD_OK) {
+    ad_tensor_free(t);
+    t = NULL;
+  }
+  gzclose(f.gz);
+  return t;
+}

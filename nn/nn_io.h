@@ -1,0 +1,159 @@
+/* nn_io.h: file I/O for the nn layer: IDX data sets and safetensors
+ * checkpoints.
+ *
+ * Overview
+ *   nn_idx_load reads an IDX file (the format of MNIST), raw or gzip'd, into
+ *   a persistent tensor. nn_checkpoint_save / nn_checkpoint_load write and
+ *   read named tensors in the safetensors format, which PyTorch, NumPy and
+ *   JAX users can read and write with the `safetensors` package:
+ *
+ *     8 bytes   N, the header length, little-endian unsigned
+ *     N bytes   JSON: {"name": {"dtype": "F32", "shape": [2,3],
+ *                                "data_offsets": [begin, end]}, ...,
+ *                      "__metadata__": {"key": "value", ...}}  (optional)
+ *     the rest  the data buffer: each tensor's elements row-major,
+ *               little-endian, at [begin, end) relative to the buffer start
+ *
+ * Worked example: save two parameters, then load them back
+ *
+ *   const char *names[2] = {"0.weight", "0.bias"};
+ *   ad_tensor *params[2] = {w, b};
+ *   if (nn_checkpoint_save(ctx, "model.safetensors", 2, names, params) != AD_OK ||
+ *       nn_checkpoint_load(ctx, "model.safetensors", 2, names, params) != AD_OK)
+ *     fprintf(stderr, "%s\n", ad_last_error(ctx));
+ *
+ *   ad_tensor *x = nn_idx_load(ctx, "data/mnist10k-images-idx3-ubyte.gz",
+ *                              AD_F32, 1.0 / 255);  // [10000,28,28] in [0,1]
+ *
+ * Errors
+ *   Every function returns an ad_status (or NULL) and records a message with
+ *   ad_set_error that names the file and what is wrong, e.g.
+ *   "checkpoint model.st: tensor '0.weight' has shape [64,784], expected
+ *   [784,64]". Bad input never crashes, aborts or exits. Like every error of
+ *   the engine the message is sticky: call ad_clear_error between attempts.
+ *
+ * Portability
+ *   POSIX (open, fsync, rename). Files are little-endian on every host.
+ */
+#ifndef NN_IO_H
+#define NN_IO_H
+
+#include "ad.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#ifndef NN_API
+#if defined(_WIN32) && defined(NN_BUILDING_DLL)
+#define NN_API __declspec(dllexport)
+#elif defined(__GNUC__)
+#define NN_API __attribute__((visibility("default")))
+#else
+#define NN_API
+#endif
+#endif
+
+/* ------------------------------------------------------------------- IDX */
+
+/* Reads an IDX file into a new persistent tensor (free with ad_tensor_free).
+ * The file may be raw or gzip'd: gzip is recognized by its magic bytes
+ * 1f 8b, not by the name. Only unsigned-byte data (type code 0x08) is
+ * supported. dtype AD_F32 or AD_F64 gives byte * scale (e.g. 1/255.), AD_I32
+ * the byte values as integers (scale is ignored). The shape is the file's
+ * dims (1..AD_MAX_DIMS of them).
+ * Returns NULL and records AD_ERR_NULL (NULL path), AD_ERR_ARG (bad dtype),
+ * AD_ERR_IO (cannot open or read), AD_ERR_FORMAT (bad magic, unsupported
+ * type code, too many dims, dims that overflow or do not match the amount
+ * of data, truncated file, corrupt gzip stream) or AD_ERR_OOM. */
+NN_API ad_tensor *nn_idx_load(ad_ctx *ctx, const char *path, ad_dtype dtype, double scale);
+
+/* ----------------------------------------------------------- checkpoints */
+
+/* Saves n tensors under names (unique, non-empty, valid UTF-8, not
+ * "__metadata__") to path in the safetensors format: AD_F32, AD_F64 and
+ * AD_I32 are written as "F32", "F64" and "I32", in the given order, with
+ * the header padded with spaces to a multiple of 8 bytes.
+ * The save is atomic: everything is validated first, then written to a
+ * temporary file in path's directory, flushed, fsync'ed and renamed over
+ * path. On any failure the temporary file is removed and an existing file
+ * at path is left untouched. n may be 0 (an empty checkpoint).
+ * Returns AD_OK, or AD_ERR_NULL / AD_ERR_ARG (bad arguments: nothing is
+ * written), AD_ERR_IO (could not create, write or rename the file) or
+ * AD_ERR_OOM. */
+NN_API ad_status nn_checkpoint_save(ad_ctx *ctx, const char *path, int n, const char *const *names,
+                                    ad_tensor *const *tensors);
+
+/* nn_checkpoint_save plus n_meta string pairs stored in the header's
+ * "__metadata__" object (keys unique and non-empty; keys and values valid
+ * UTF-8). With n_meta == 0 no "__metadata__" is written. */
+NN_API ad_status nn_checkpoint_save_meta(ad_ctx *ctx, const char *path, int n,
+                                         const char *const *names, ad_tensor *const *tensors,
+                                         int n_meta, const char *const *meta_keys,
+                                         const char *const *meta_values);
+
+/* Loads the n named tensors of the file at path into the existing tensors
+ * tensors[i] (persistent, any shape). For each, in order, the entry must be
+ * present and have the tensor's dtype and shape; the first mismatch is
+ * reported. Entries of the file that are not asked for are ignored (they
+ * may have dtypes this engine lacks, such as "F16" or "I64").
+ * The whole file structure is checked: header length, strict JSON, known
+ * keys, data_offsets inside the data buffer and consistent with dtype and
+ * shape, no overlaps or gaps between tensors, no duplicate names.
+ * All-or-nothing: every check and every read happens before any tensor is
+ * written, so on error all tensors keep their old values.
+ * Returns AD_OK, or AD_ERR_NULL / AD_ERR_ARG (bad arguments), AD_ERR_IO
+ * (cannot open or read), AD_ERR_FORMAT (corrupt or truncated file),
+ * AD_ERR_NOTFOUND (a name is missing), AD_ERR_DTYPE, AD_ERR_SHAPE or
+ * AD_ERR_OOM. */
+NN_API ad_status nn_checkpoint_load(ad_ctx *ctx, const char *path, int n, const char *const *names,
+                                    ad_tensor *const *tensors);
+
+/* One tensor entry of a checkpoint header. */
+typedef struct nn_checkpoint_entry {
+  const char *name;
+  const char *dtype_name; /* as in the file: "F32", "I64", "BF16", ... */
+  bool has_dtype;         /* true when dtype_name is F32, F64 or I32 */
+  ad_dtype dtype;         /* valid when has_dtype */
+  int ndim;
+  int64_t shape[AD_MAX_DIMS];
+  uint64_t offset; /* data_offsets[0], relative to the data buffer */
+  uint64_t nbytes; /* data_offsets[1] - data_offsets[0] */
+} nn_checkpoint_entry;
+
+/* One "__metadata__" pair. */
+typedef struct nn_checkpoint_meta {
+  const char *key;
+  const char *value;
+} nn_checkpoint_meta;
+
+/* The parsed header of a checkpoint: entries and metadata in file order. */
+typedef struct nn_checkpoint_info {
+  int n;
+  const nn_checkpoint_entry *entries;
+  int n_meta;
+  const nn_checkpoint_meta *meta;
+  uint64_t header_bytes; /* N, the JSON header length */
+  uint64_t data_bytes;   /* length of the data buffer */
+} nn_checkpoint_info;
+
+/* Reads and validates the header of the checkpoint at path (the same checks
+ * as nn_checkpoint_load, without reading any tensor). Returns a new info,
+ * owned by the caller and freed with nn_checkpoint_info_free (the context
+ * must outlive it), or NULL with the error recorded. */
+NN_API nn_checkpoint_info *nn_checkpoint_info_read(ad_ctx *ctx, const char *path);
+
+/* Frees an info and every string in it. NULL is a no-op. */
+NN_API void nn_checkpoint_info_free(nn_checkpoint_info *info);
+
+/* The entry named name, or NULL. */
+NN_API const nn_checkpoint_entry *nn_checkpoint_info_find(const nn_checkpoint_info *info,
+                                                          const char *name);
+
+/* The metadata value for key, or NULL. */
+NN_API const char *nn_checkpoint_info_meta(const nn_checkpoint_info *info, const char *key);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* NN_IO_H */
