@@ -1,6 +1,13 @@
 /* tape.c: the op registry, running and recording ops, and the backward pass. */
 #include "ad_internal.h"
 
+/* uthash allocates its bucket tables through the context's allocator (every
+ * use site has `ctx` in scope) and reports failure through the entry instead
+ * of exiting the host. */
+#define uthash_malloc(sz)          ad_malloc(ctx, sz)
+#define uthash_free(ptr, sz)       ad_free(ctx, ptr, sz)
+#define HASH_NONFATAL_OOM          1
+#define uthash_nonfatal_oom(entry) ((entry)->oom = true)
 #include <uthash.h>
 
 /* ------------------------------------------------------------ registry */
@@ -8,6 +15,7 @@
 struct ad_op_entry {
   char *name; /* owned copy */
   int id;
+  bool oom; /* set by uthash when its table could not grow */
   UT_hash_handle hh;
 };
 
@@ -32,10 +40,6 @@ static const ad_op_def builtin_ops[] = {
 #undef AD_NO_SAMPLE
 _Static_assert(sizeof builtin_ops / sizeof builtin_ops[0] == AD_OP_BUILTIN_COUNT,
                "op table and enum disagree");
-
-/* uthash allocates with malloc; route it through the context allocator is not
- * possible per call, so entries are allocated by us and only the table's
- * bucket array uses malloc (once, at registration). */
 
 ad_status ad_registry_init(ad_ctx *ctx) {
   for (int i = 0; i < AD_OP_BUILTIN_COUNT; i++)
@@ -95,7 +99,14 @@ int ad_op_register(ad_ctx *ctx, const ad_op_def *def) {
   memcpy(name, def->name, len);
   e->name = name;
   e->id = ctx->nops;
+  e->oom = false;
   HASH_ADD_KEYPTR(hh, ctx->by_name, e->name, len - 1, e);
+  if (e->oom) { /* not added: the table could not grow */
+    ad_free(ctx, name, len);
+    ad_free(ctx, e, sizeof *e);
+    ad_set_error(ctx, AD_ERR_OOM, "op_register: out of memory adding '%s'", def->name);
+    return -1;
+  }
   ctx->ops[ctx->nops] = *def;
   ctx->ops[ctx->nops].name = name;
   return ctx->nops++;
