@@ -463,8 +463,9 @@ typedef struct ad_check_report {
 /* Compares the analytic gradient of <v, fn(in)> (v a random cotangent)
  * with central differences computed in float64: inputs of another dtype are
  * copied to float64 for the numeric side. Only inputs with requires_grad
- * are checked. opts may be NULL. Resets the tape. Returns AD_OK when the
- * check ran (see report->passed) or the error that stopped it. */
+ * are checked (AD_ERR_ARG when none has it). opts may be NULL. Resets the
+ * tape. Returns AD_OK when the check ran (see report->passed) or the error
+ * that stopped it. */
 AD_API ad_status ad_gradcheck(ad_ctx *ctx, ad_check_fn fn, void *ud, int n, ad_tensor *const *in,
                               const ad_check_opts *opts, ad_check_report *report);
 
@@ -492,6 +493,82 @@ AD_API void ad_gemm_f64(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_
                         double *c, int64_t ldc);
 /* "openblas" or "builtin". */
 AD_API const char *ad_gemm_backend(void);
+
+/* ------------------------------------------ graph dumps and traces
+ * For teaching and debugging: draw the recorded graph with Graphviz and
+ * write a backward pass out step by step, the chain rule with numbers.
+ * An ad_graph belongs to one context. It holds the names shown for tensors
+ * and, while tracing, what each backward step computed. Neither a dump nor
+ * a trace runs an op or writes a tensor: values and gradients are
+ * bit-identical with and without them.
+ *
+ *   ad_graph *g = ad_graph_new(ctx);
+ *   ad_graph_name(g, W, "W");  ad_graph_name(g, loss, "L");
+ *   ad_graph_trace_begin(g, stdout);    (or NULL: record for the dump only)
+ *   ad_backward(ctx, loss, NULL);
+ *   ad_graph_trace_end(g);
+ *   ad_graph_dot(g, file, loss, AD_DOT_BACKWARD);   then: dot -Tsvg
+ *   ad_graph_free(g);
+ */
+
+typedef struct ad_graph ad_graph;
+
+/* Creates an empty graph view of ctx through ctx's allocator. Returns NULL
+ * (AD_ERR_NULL, AD_ERR_OOM) on failure. Free it with ad_graph_free before
+ * the context. */
+AD_API ad_graph *ad_graph_new(ad_ctx *ctx);
+
+/* Ends a trace if one runs and frees g. ad_graph_free(NULL) is a no-op. */
+AD_API void ad_graph_free(ad_graph *g);
+
+/* Shows t as name (copied) in dumps and traces; NULL or "" removes it.
+ * Unnamed tensors are shown as "<op>_<tape index>" ("sigmoid_2") or, for
+ * leaves, "param1", "input1", "const1" in order of appearance. A name on
+ * an op's output lasts until ad_tape_reset; on a persistent tensor until
+ * g is freed, so remove it before freeing a tensor that g may outlive (a
+ * new tensor could get the same address). AD_ERR_OOM on failure. */
+AD_API ad_status ad_graph_name(ad_graph *g, const ad_tensor *t, const char *name);
+
+/* Starts observing backward passes on g's context (ad_backward and
+ * ad_grad) through the backward hook, chaining to a hook already installed.
+ * For each op differentiated, g keeps its incoming gradient and the
+ * gradients it sent (arena pointers, valid until ad_tape_reset) for
+ * ad_graph_dot, and when f is not NULL writes to f, in the order backward
+ * runs: the op and its output, the incoming gradient dL/dout, the op's
+ * derivative rule from the op table (ad_op_def.dmath) with its variables
+ * named, and for each input the gradient sent and, where it is exact to
+ * show (elementwise ops, one-element outputs), the local derivative.
+ * AD_ERR_STATE if g is already tracing. */
+AD_API ad_status ad_graph_trace_begin(ad_graph *g, FILE *f);
+
+/* Stops the trace and restores the previous hook. Returns AD_ERR_OOM if a
+ * step could not be recorded for ad_graph_dot (the text trace and the
+ * computation are unaffected), else AD_OK. Records stay for ad_graph_dot
+ * until ad_tape_reset. */
+AD_API ad_status ad_graph_trace_end(ad_graph *g);
+
+/* ad_graph_dot flags: draw the backward view. */
+#define AD_DOT_BACKWARD 1
+
+/* Writes the graph that computed root as Graphviz DOT to f: one node per
+ * op or leaf, in data-flow order (each leaf just before its first use),
+ * labelled with its name, op and inputs, shape, dtype and value (in full up
+ * to 16 elements, else the first values and min/max/mean) and, when known,
+ * its gradient (the grad field, or what a traced pass sent it).
+ * Parameters (leaves requiring a gradient) are blue boxes, inputs grey
+ * notes, constants (unrecorded temporaries) dashed boxes, ops rounded
+ * yellow boxes; the root has a double border. Edges run from input to
+ * consumer; in a multi-input op they name the input's variable in the op
+ * table's math ("a", "b"). With AD_DOT_BACKWARD the same layout is drawn
+ * with red arrows pointing against the data flow, each labelled with the
+ * consumer's derivative rule for that input and, if a trace recorded the
+ * pass, the local derivative (where exact) and the gradient sent. g may be
+ * NULL (no names, no trace). Returns AD_ERR_NULL, AD_ERR_ARG (not a tensor,
+ * or another context's graph), AD_ERR_STATE (root from a reset tape),
+ * AD_ERR_OOM or AD_ERR_IO; never changes a tensor. */
+AD_API ad_status ad_graph_dot(ad_graph *g, FILE *f, ad_tensor *root, int flags);
+
+/* ---------------------------------- end of graph dumps and traces */
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,545 @@
+/* test_graph.c: graph dumps (ad_graph_dot) and backward traces
+ * (ad_graph_trace_begin/end): they work for every op in the table, render
+ * with Graphviz, name the rule's variables right, survive tape resets, chain
+ * with other hooks, report OOM, and never change a gradient. */
+#include "ad.h"
+
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static ad_ctx *ctx;
+
+static void setup(void) {
+  ctx = ad_ctx_new();
+  cr_assert_not_null(ctx);
+}
+
+static void teardown(void) { ad_ctx_free(ctx); }
+
+TestSuite(graph, .init = setup, .fini = teardown);
+
+#define OK(expr) cr_assert_eq((expr), AD_OK, "%s", ad_last_error(ctx))
+
+/* A memory stream: text written to f ends up in buf after close. */
+typedef struct mem {
+  char *buf;
+  size_t len;
+  FILE *f;
+} mem;
+
+static void mem_open(mem *m) {
+  m->buf = NULL;
+  m->len = 0;
+  m->f = open_memstream(&m->buf, &m->len);
+  cr_assert_not_null(m->f);
+}
+
+static char *mem_close(mem *m) {
+  fclose(m->f);
+  return m->buf;
+}
+
+static bool have_dot(void) { return system("command -v dot >/dev/null 2>&1") == 0; }
+
+/* Renders text with dot -Tsvg; returns what dot wrote to stderr (empty when
+ * it had nothing to say), or NULL if it failed. Caller frees. */
+static char *render(const char *text) {
+  char src[] = "/tmp/test_graph_XXXXXX";
+  int fd = mkstemp(src);
+  cr_assert(fd >= 0);
+  FILE *f = fdopen(fd, "w");
+  fputs(text, f);
+  fclose(f);
+  char cmd[256], err[64];
+  snprintf(err, sizeof err, "%s.err", src);
+  snprintf(cmd, sizeof cmd, "dot -Tsvg -o /dev/null %s 2>%s", src, err);
+  int rc = system(cmd);
+  FILE *e = fopen(err, "r");
+  char *out = calloc(4096, 1);
+  if (e) {
+    size_t n = fread(out, 1, 4095, e);
+    out[n] = 0;
+    fclose(e);
+  }
+  remove(src);
+  remove(err);
+  if (rc != 0) {
+    free(out);
+    return NULL;
+  }
+  return out;
+}
+
+static ad_tensor *param(int ndim, const int64_t *shape, const double *v) {
+  ad_tensor *t = ad_from_data(ctx, AD_F64, ndim, shape, v);
+  cr_assert_not_null(t);
+  OK(ad_tensor_set_requires_grad(t, true));
+  return t;
+}
+
+/* ------------------------------------------------ every op in the table */
+
+/* Copies of the grads of in[0..n-1] (NULL where none). */
+static void save_grads(int n, ad_tensor **in, ad_tensor **out) {
+  for (int i = 0; i < n; i++) out[i] = in[i]->grad ? ad_tensor_clone(ctx, in[i]->grad) : NULL;
+}
+
+Test(graph, every_op_unchanged_and_renders) {
+  bool dot = have_dot();
+  if (!dot) cr_log_warn("dot not found: DOT output is checked for shape only");
+  int checked = 0;
+  for (int id = 0; id < ad_op_count(ctx); id++) {
+    const ad_op_def *def = ad_op_get(ctx, id);
+    if (!def->backward || !def->sample) continue;
+    for (int dti = 0; dti < 2; dti++) {
+      ad_dtype dt = dti ? AD_F32 : AD_F64;
+      for (int variant = 0; variant < 8; variant++) {
+        ad_rng rng;
+        ad_rng_seed(&rng, 7 + (uint64_t)variant);
+        ad_tensor *in[AD_MAX_SRC] = {0};
+        ad_attrs at;
+        memset(&at, 0, sizeof at);
+        int n = def->sample(ctx, &rng, dt, variant, in, &at);
+        cr_assert(n >= 0, "%s: sample failed: %s", def->name, ad_last_error(ctx));
+        if (n == 0) break;
+        /* plain run */
+        ad_tensor *L = ad_sum(ctx, ad_op_apply(ctx, id, n, in, &at));
+        cr_assert_not_null(L, "%s: %s", def->name, ad_last_error(ctx));
+        OK(ad_backward(ctx, L, NULL));
+        ad_tensor *want[AD_MAX_SRC];
+        save_grads(n, in, want);
+        ad_tape_reset(ctx);
+        for (int i = 0; i < n; i++) ad_tensor_zero_grad(in[i]);
+
+        /* traced run, dumped both ways */
+        ad_graph *g = ad_graph_new(ctx);
+        cr_assert_not_null(g);
+        mem tr, fw, bw;
+        mem_open(&tr);
+        mem_open(&fw);
+        mem_open(&bw);
+        ad_tensor *out = ad_op_apply(ctx, id, n, in, &at);
+        L = ad_sum(ctx, out);
+        cr_assert_not_null(L);
+        OK(ad_graph_name(g, out, "out"));
+        OK(ad_graph_dot(g, fw.f, L, 0));
+        OK(ad_graph_trace_begin(g, tr.f));
+        OK(ad_backward(ctx, L, NULL));
+        OK(ad_graph_trace_end(g));
+        OK(ad_graph_dot(g, bw.f, L, AD_DOT_BACKWARD));
+        char *trace = mem_close(&tr), *fdot = mem_close(&fw), *bdot = mem_close(&bw);
+
+        for (int i = 0; i < n; i++) {
+          if (!want[i]) {
+            cr_assert_null(in[i]->grad, "%s: input %d got a gradient", def->name, i);
+            continue;
+          }
+          cr_assert_not_null(in[i]->grad);
+          cr_assert(!memcmp(want[i]->data, in[i]->grad->data,
+                            (size_t)want[i]->size * ad_dtype_size(want[i]->dtype)),
+                    "%s %s variant %d: gradient %d changed by tracing", def->name,
+                    ad_dtype_name(dt), variant, i);
+          ad_tensor_free(want[i]);
+        }
+        char head[64];
+        snprintf(head, sizeof head, "out = %s(", def->name);
+        cr_assert(strstr(trace, "step 1: ") && strstr(trace, head), "%s: trace:\n%s", def->name,
+                  trace);
+        cr_assert(strstr(trace, def->dmath), "%s: trace lacks the rule:\n%s", def->name, trace);
+        /* the rule's variables are matched to the inputs (so each edge of
+         * the backward picture gets its own clause) */
+        if (n > 1)
+          cr_assert(strstr(trace, "\n             with "), "%s: rule not mapped to inputs:\n%s",
+                    def->name, trace);
+        cr_assert(strstr(fdot, "digraph") && strstr(bdot, "dir=back"), "%s", def->name);
+        if (dot && dti == 0 && variant == 0) {
+          char *e1 = render(fdot), *e2 = render(bdot);
+          cr_assert(e1 && e2, "%s: dot failed on:\n%s", def->name, e1 ? bdot : fdot);
+          cr_assert_str_empty(e1, "%s: dot says %s", def->name, e1);
+          cr_assert_str_empty(e2, "%s: dot says %s", def->name, e2);
+          free(e1);
+          free(e2);
+        }
+        free(trace);
+        free(fdot);
+        free(bdot);
+        ad_graph_free(g);
+        ad_tape_reset(ctx);
+        for (int i = 0; i < n; i++) ad_tensor_free(in[i]);
+        checked++;
+      }
+    }
+  }
+  cr_assert(checked > 40, "only %d cases", checked);
+}
+
+/* --------------------------------------------------------- rule mapping */
+
+/* where(c, a, b): inputs map to the table's c, a, b, whose clauses are not
+ * in input order; index_select(x, idx) and matmul(A, B) likewise. */
+Test(graph, rule_variables_follow_inputs) {
+  int64_t s3 = 3;
+  double va[3] = {1, 2, 3}, vb[3] = {4, 5, 6}, vc[3] = {1, 0, 1};
+  ad_tensor *A = param(1, &s3, va), *B = param(1, &s3, vb);
+  ad_tensor *C = ad_from_data(ctx, AD_F64, 1, &s3, vc);
+  ad_graph *g = ad_graph_new(ctx);
+  OK(ad_graph_name(g, A, "A"));
+  OK(ad_graph_name(g, B, "B"));
+  OK(ad_graph_name(g, C, "C"));
+  ad_tensor *w = ad_where(ctx, C, A, B);
+  OK(ad_graph_name(g, w, "w"));
+  ad_tensor *L = ad_sum(ctx, w);
+  mem tr, bw;
+  mem_open(&tr);
+  mem_open(&bw);
+  OK(ad_graph_trace_begin(g, tr.f));
+  OK(ad_backward(ctx, L, NULL));
+  OK(ad_graph_trace_end(g));
+  OK(ad_graph_dot(g, bw.f, L, AD_DOT_BACKWARD));
+  char *trace = mem_close(&tr), *dot = mem_close(&bw);
+  cr_assert(strstr(trace, "with y = w, c = C, a = A, b = B"), "%s", trace);
+  cr_assert(strstr(trace, "-> C       no gradient (none needed)"), "%s", trace);
+  /* elementwise op: the local derivative is the mask */
+  cr_assert(strstr(trace, "local dw/dA = [1, 0, 1]"), "%s", trace);
+  cr_assert(strstr(trace, "local dw/dB = [0, 1, 0]"), "%s", trace);
+  /* DOT: the edge into A carries da's clause, the one into C c's */
+  cr_assert(strstr(dot, "label=\"da += where(c, dy, 0)\\llocal dw/dA"), "%s", dot);
+  cr_assert(strstr(dot, "label=\"db += where(c, 0, dy)\\llocal dw/dB"), "%s", dot);
+  cr_assert(strstr(dot, "label=\"no gradient to c\\l(no gradient sent)"), "%s", dot);
+  free(trace);
+  free(dot);
+  ad_graph_free(g);
+  ad_tape_reset(ctx);
+  ad_tensor_free(A);
+  ad_tensor_free(B);
+  ad_tensor_free(C);
+}
+
+Test(graph, rule_variables_index_and_matmul) {
+  int64_t s22[2] = {2, 2}, s2 = 2;
+  double v[4] = {1, 2, 3, 4};
+  int32_t iv[2] = {1, 0};
+  ad_tensor *X = param(2, s22, v), *W = param(2, s22, v);
+  ad_tensor *idx = ad_from_data(ctx, AD_I32, 1, &s2, iv);
+  ad_graph *g = ad_graph_new(ctx);
+  OK(ad_graph_name(g, X, "X"));
+  OK(ad_graph_name(g, W, "W"));
+  OK(ad_graph_name(g, idx, "idx"));
+  ad_tensor *r = ad_index_select(ctx, X, idx);
+  ad_tensor *m = ad_matmul(ctx, r, W, false, true);
+  ad_tensor *L = ad_sum(ctx, m);
+  OK(ad_graph_name(g, r, "r"));
+  OK(ad_graph_name(g, m, "m"));
+  mem tr;
+  mem_open(&tr);
+  OK(ad_graph_trace_begin(g, tr.f));
+  OK(ad_backward(ctx, L, NULL));
+  OK(ad_graph_trace_end(g));
+  char *trace = mem_close(&tr);
+  cr_assert(strstr(trace, "with Y = m, A = r, B = W"), "%s", trace);
+  cr_assert(strstr(trace, "with y = r, x = X, idx = idx"), "%s", trace);
+  /* the numbers the rule produces: dL/dr = ones(2,2) W (trans_b: W^T^T) */
+  cr_assert(strstr(trace, "dL/dW += [[4, 6], [4, 6]]"), "%s", trace);
+  cr_assert(strstr(trace, "dL/dX += [[4, 6], [4, 6]]"), "%s", trace);
+  /* the first step is the root's */
+  cr_assert(strstr(trace, "backward pass 1: from sum_"), "%s", trace);
+  free(trace);
+  ad_graph_free(g);
+  ad_tape_reset(ctx);
+  ad_tensor_free(X);
+  ad_tensor_free(W);
+  ad_tensor_free(idx);
+}
+
+/* ------------------------------------------------------ the chain rule */
+
+/* The worked example's output layer as a trace: every step's numbers are
+ * the incoming gradient times the local derivative. */
+Test(graph, trace_is_the_chain_rule) {
+  int64_t s1 = 1;
+  double vz = 0.5;
+  ad_tensor *z = param(1, &s1, &vz);
+  ad_graph *g = ad_graph_new(ctx);
+  ad_tensor *s = ad_sigmoid(ctx, z);
+  ad_tensor *L = ad_square(ctx, ad_rsub_scalar(ctx, s, 1.0));
+  OK(ad_graph_name(g, z, "z"));
+  OK(ad_graph_name(g, s, "s"));
+  OK(ad_graph_name(g, L, "L"));
+  mem tr;
+  mem_open(&tr);
+  OK(ad_graph_trace_begin(g, tr.f));
+  OK(ad_backward(ctx, L, NULL));
+  OK(ad_graph_trace_end(g));
+  char *trace = mem_close(&tr);
+  double sv = 1 / (1 + exp(-0.5)), ds = -2 * (1 - sv), dz = ds * sv * (1 - sv);
+  char want[128];
+  snprintf(want, sizeof want, "local ds/dz = [%.6g]", sv * (1 - sv));
+  cr_assert(strstr(trace, want), "%s\nwanted %s", trace, want);
+  snprintf(want, sizeof want, "dL/dz += dL/ds * local = [%.6g]", dz);
+  cr_assert(strstr(trace, want), "%s\nwanted %s", trace, want);
+  snprintf(want, sizeof want, "incoming   dL/ds = [%.6g]", ds);
+  cr_assert(strstr(trace, want), "%s\nwanted %s", trace, want);
+  /* rsub_scalar is a composite: its primitives are steps 2 and 3 */
+  cr_assert(strstr(trace, "step 4: s = sigmoid(z)  [1] f64"), "%s", trace);
+  cr_assert(strstr(trace, "incoming   dL/dL = [1]"), "%s", trace);
+  cr_assert(fabs(ad_tensor_get(z->grad, 0) - dz) < 1e-15);
+  free(trace);
+  ad_graph_free(g);
+  ad_tape_reset(ctx);
+  ad_tensor_free(z);
+}
+
+/* Two passes (fan-in of two roots) are numbered; ad_grad is traced too. */
+Test(graph, passes_and_ad_grad) {
+  int64_t s2 = 2;
+  double v[2] = {1, 2};
+  ad_tensor *x = param(1, &s2, v);
+  ad_graph *g = ad_graph_new(ctx);
+  ad_tensor *L = ad_sum(ctx, ad_exp(ctx, x));
+  mem tr;
+  mem_open(&tr);
+  OK(ad_graph_trace_begin(g, tr.f));
+  OK(ad_backward(ctx, L, NULL));
+  ad_tensor *gx;
+  OK(ad_grad(ctx, L, NULL, 1, &x, &gx, true));
+  OK(ad_graph_trace_end(g));
+  char *trace = mem_close(&tr);
+  cr_assert(strstr(trace, "backward pass 1:"), "%s", trace);
+  cr_assert(strstr(trace, "\nbackward pass 2:"), "%s", trace);
+  cr_assert(ad_tensor_get(gx, 1) == exp(2.0));
+  free(trace);
+  ad_graph_free(g);
+  ad_tape_reset(ctx);
+  ad_tensor_free(x);
+}
+
+/* ------------------------------------------------------- names, resets */
+
+Test(graph, names_auto_removed_and_reset) {
+  int64_t s2 = 2;
+  double v[2] = {1, 2};
+  ad_tensor *x = param(1, &s2, v);
+  ad_tensor *c = ad_from_data(ctx, AD_F64, 1, &s2, v);
+  ad_graph *g = ad_graph_new(ctx);
+  ad_tensor *m = ad_mul(ctx, x, c);
+  ad_tensor *L = ad_sum(ctx, ad_mul(ctx, m, ad_scalar(ctx, AD_F64, 3)));
+  OK(ad_graph_name(g, m, "m"));
+  mem a;
+  mem_open(&a);
+  OK(ad_graph_dot(g, a.f, L, 0));
+  char *s = mem_close(&a);
+  cr_assert(strstr(s, "label=\"param1  (parameter)"), "%s", s);
+  cr_assert(strstr(s, "label=\"input1  (input)"), "%s", s);
+  cr_assert(strstr(s, "label=\"const1  (constant)"), "%s", s);
+  cr_assert(strstr(s, "label=\"m = mul(param1, input1)"), "%s", s);
+  cr_assert(strstr(s, "peripheries=2, label=\"sum_"), "%s", s);
+  free(s);
+
+  /* removing a name */
+  OK(ad_graph_name(g, m, NULL));
+  mem b;
+  mem_open(&b);
+  OK(ad_graph_dot(g, b.f, L, 0));
+  s = mem_close(&b);
+  cr_assert(!strstr(s, "\"m = "), "%s", s);
+  cr_assert(strstr(s, "mul_0 = mul(param1, input1)"), "%s", s);
+  free(s);
+
+  /* after a reset the arena is reused: the old name of m must not stick
+   * to whatever lands at its address; persistent names stay */
+  OK(ad_graph_name(g, m, "m"));
+  OK(ad_graph_name(g, x, "x"));
+  ad_tape_reset(ctx);
+  mem r;
+  mem_open(&r);
+  cr_assert_eq(ad_graph_dot(g, r.f, L, 0), AD_ERR_STATE);
+  ad_clear_error(ctx);
+  ad_tensor *m2 = ad_mul(ctx, x, c);
+  ad_tensor *L2 = ad_sum(ctx, ad_mul(ctx, m2, ad_scalar(ctx, AD_F64, 3)));
+  OK(ad_graph_dot(g, r.f, L2, 0));
+  s = mem_close(&r);
+  cr_assert(!strstr(s, "\"m = "), "%s", s);
+  cr_assert(strstr(s, "mul(x, input1)"), "%s", s);
+  free(s);
+  ad_graph_free(g);
+  ad_tape_reset(ctx);
+  ad_tensor_free(x);
+  ad_tensor_free(c);
+}
+
+Test(graph, no_graph_and_leaf_root) {
+  int64_t s20 = 20;
+  ad_rng rng;
+  ad_rng_seed(&rng, 1);
+  ad_tensor *x = ad_rand(ctx, &rng, AD_F64, 1, &s20, -1, 1);
+  OK(ad_tensor_set_requires_grad(x, true));
+  ad_tensor *L = ad_mean(ctx, ad_tanh(ctx, x));
+  mem a;
+  mem_open(&a);
+  OK(ad_graph_dot(NULL, a.f, L, AD_DOT_BACKWARD));
+  OK(ad_graph_dot(NULL, a.f, x, 0)); /* a leaf alone */
+  char *s = mem_close(&a);
+  cr_assert(strstr(s, "label=\"parameter\\l[20] f64"), "%s", s);
+  cr_assert(strstr(s, "(20 values: min "), "%s", s);
+  cr_assert(strstr(s, ad_op_get(ctx, ad_op_find(ctx, "tanh"))->dmath), "%s", s);
+  if (have_dot()) {
+    char *one = strstr(s, "}\n") + 2; /* the second graph */
+    one[-1] = 0;
+    char *e = render(s);
+    cr_assert(e && !*e, "dot: %s", e ? e : "failed");
+    free(e);
+  }
+  free(s);
+  ad_tape_reset(ctx);
+  ad_tensor_free(x);
+}
+
+Test(graph, argument_errors) {
+  ad_graph *g = ad_graph_new(ctx);
+  cr_assert_null(ad_graph_new(NULL));
+  cr_assert_eq(ad_graph_dot(g, stdout, NULL, 0), AD_ERR_NULL);
+  cr_assert(strstr(ad_last_error(ctx), "graph_dot: root is NULL"));
+  ad_clear_error(ctx);
+  int64_t s1 = 1;
+  ad_tensor *x = ad_zeros(ctx, AD_F64, 1, &s1);
+  cr_assert_eq(ad_graph_dot(g, NULL, x, 0), AD_ERR_NULL);
+  cr_assert(strstr(ad_last_error(ctx), "graph_dot: file is NULL"));
+  ad_clear_error(ctx);
+  cr_assert_eq(ad_graph_name(g, NULL, "a"), AD_ERR_NULL);
+  ad_clear_error(ctx);
+  OK(ad_graph_trace_begin(g, NULL));
+  cr_assert_eq(ad_graph_trace_begin(g, NULL), AD_ERR_STATE);
+  cr_assert(strstr(ad_last_error(ctx), "already tracing"));
+  ad_clear_error(ctx);
+  OK(ad_graph_trace_end(g));
+  OK(ad_graph_trace_end(g)); /* not tracing: no-op */
+  ad_ctx *other = ad_ctx_new();
+  ad_graph *g2 = ad_graph_new(other);
+  cr_assert_eq(ad_graph_dot(g2, stdout, x, 0), AD_ERR_ARG);
+  cr_assert(strstr(ad_last_error(ctx), "another context"));
+  ad_graph_free(g2);
+  ad_ctx_free(other);
+  ad_graph_free(g);
+  ad_graph_free(NULL);
+  ad_tensor_free(x);
+}
+
+/* ------------------------------------------------------------- hooks */
+
+static int user_calls;
+static void user_hook(void *ud, const ad_tensor *out, const ad_tensor *gout, int n,
+                      ad_tensor *const *gin) {
+  (void)out, (void)gout, (void)n, (void)gin;
+  *(int *)ud += 1;
+  user_calls++;
+}
+
+Test(graph, hooks_chain_and_restore) {
+  int64_t s2 = 2;
+  double v[2] = {1, 2};
+  ad_tensor *x = param(1, &s2, v);
+  int mine = 0;
+  ad_set_backward_hook(ctx, user_hook, &mine);
+  ad_graph *g1 = ad_graph_new(ctx), *g2 = ad_graph_new(ctx);
+  mem t1, t2;
+  mem_open(&t1);
+  mem_open(&t2);
+  OK(ad_graph_trace_begin(g1, t1.f));
+  OK(ad_graph_trace_begin(g2, t2.f));
+  ad_tensor *L = ad_sum(ctx, ad_sin(ctx, x)); /* two ops */
+  OK(ad_backward(ctx, L, NULL));
+  cr_assert_eq(mine, 2);
+  OK(ad_graph_trace_end(g1)); /* out of order: g2 still on top */
+  OK(ad_backward(ctx, L, NULL));
+  cr_assert_eq(mine, 4);
+  OK(ad_graph_trace_end(g2));
+  OK(ad_backward(ctx, L, NULL));
+  cr_assert_eq(mine, 6); /* the user's hook is back */
+  char *o1 = mem_close(&t1), *o2 = mem_close(&t2);
+  cr_assert(strstr(o1, "backward pass 1:") && !strstr(o1, "backward pass 2:"), "%s", o1);
+  cr_assert(strstr(o2, "backward pass 2:") && !strstr(o2, "backward pass 3:"), "%s", o2);
+  free(o1);
+  free(o2);
+  ad_set_backward_hook(ctx, NULL, NULL);
+  ad_graph_free(g1);
+  ad_graph_free(g2);
+  ad_tape_reset(ctx);
+  ad_tensor_free(x);
+}
+
+/* ---------------------------------------------------------------- OOM */
+
+typedef struct budget {
+  long left; /* allocations allowed; < 0: unlimited */
+} budget;
+
+static void *limited_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  budget *b = ud;
+  if (nsize == 0) {
+    free(ptr);
+    return NULL;
+  }
+  if (b->left == 0) return NULL;
+  if (b->left > 0) b->left--;
+  void *p = aligned_alloc(64, (nsize + 63) & ~(size_t)63);
+  if (p && ptr) {
+    memcpy(p, ptr, osize < nsize ? osize : nsize);
+    free(ptr);
+  }
+  return p;
+}
+
+Test(graph, oom_is_reported_not_fatal) {
+  bool dot_oom = false, trace_oom = false;
+  for (long k = 0; k < 400 && !(dot_oom && trace_oom); k++) {
+    budget b = {-1};
+    ad_ctx *c = ad_ctx_new_with_alloc(limited_alloc, &b);
+    cr_assert_not_null(c);
+    int64_t s3 = 3;
+    ad_tensor *x = ad_ones(c, AD_F64, 1, &s3);
+    ad_tensor_set_requires_grad(x, true);
+    ad_tensor *y = x;
+    for (int i = 0; i < 40; i++) y = ad_tanh(c, y);
+    ad_tensor *L = ad_sum(c, y);
+    cr_assert_not_null(L);
+    /* a first pass allocates x->grad, the arena and backward's scratch */
+    cr_assert_eq(ad_backward(c, L, NULL), AD_OK);
+    ad_tape_reset(c);
+    y = x;
+    for (int i = 0; i < 40; i++) y = ad_tanh(c, y);
+    L = ad_sum(c, y);
+    cr_assert_not_null(L);
+    ad_graph *g = ad_graph_new(c);
+    cr_assert_not_null(g);
+    ad_graph_name(g, x, "x");
+    b.left = k; /* from here on, k allocations succeed */
+    ad_graph_trace_begin(g, NULL);
+    ad_status st = ad_backward(c, L, NULL);
+    ad_status te = ad_graph_trace_end(g);
+    if (st == AD_OK && te == AD_ERR_OOM) {
+      trace_oom = true;
+      cr_assert(strstr(ad_last_error(c), "graph_trace_end: out of memory"), "%s", ad_last_error(c));
+      ad_clear_error(c);
+    }
+    if (st == AD_OK) {
+      mem m;
+      mem_open(&m);
+      ad_status ds = ad_graph_dot(g, m.f, L, AD_DOT_BACKWARD);
+      free(mem_close(&m));
+      if (ds == AD_ERR_OOM) {
+        dot_oom = true;
+        cr_assert(strstr(ad_last_error(c), "graph_dot: out of memory"), "%s", ad_last_error(c));
+      } else {
+        cr_assert_eq(ds, AD_OK, "%s", ad_last_error(c));
+      }
+    }
+    b.left = -1;
+    ad_graph_free(g);
+    ad_tape_reset(c);
+    ad_tensor_free(x);
+    ad_ctx_free(c);
+  }
+  cr_assert(dot_oom && trace_oom, "OOM paths not reached: dot %d trace %d", dot_oom, trace_oom);
+}
