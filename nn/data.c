@@ -1,0 +1,211 @@
+/* data.c: permutations, row selection, train/test split and mini-batches. */
+#include "nn_internal.h"
+
+void nn_permutation(ad_rng *rng, int64_t n, int64_t *idx) {
+  if (!idx) return;
+  for (int64_t i = 0; i < n; i++) idx[i] = i;
+  if (!rng) return;
+  for (int64_t i = n - 1; i > 0; i--) {
+    int64_t j = (int64_t)ad_rng_below(rng, (uint64_t)i + 1);
+    int64_t t = idx[i];
+    idx[i] = idx[j];
+    idx[j] = t;
+  }
+}
+
+/* Bytes of one row (axis 0) of x. */
+static size_t row_bytes(const ad_tensor *x) {
+  return x->shape[0] ? (size_t)(x->size / x->shape[0]) * ad_dtype_size(x->dtype) : 0;
+}
+
+static void copy_rows(ad_tensor *dst, const ad_tensor *src, int64_t n, const int64_t *rows) {
+  size_t rb = row_bytes(src);
+  for (int64_t i = 0; i < n; i++)
+    memcpy((char *)dst->data + (size_t)i * rb, (const char *)src->data + (size_t)rows[i] * rb, rb);
+}
+
+/* A persistent tensor shaped like x with n rows. */
+static ad_tensor *with_rows(ad_ctx *ctx, const ad_tensor *x, int64_t n) {
+  int64_t s[AD_MAX_DIMS];
+  memcpy(s, x->shape, sizeof s);
+  s[0] = n;
+  return ad_zeros(ctx, x->dtype, x->ndim, s);
+}
+
+ad_tensor *nn_take_rows(ad_ctx *ctx, const ad_tensor *x, int64_t n, const int64_t *rows) {
+  if (!ctx) return NULL;
+  if (!x || (n > 0 && !rows)) {
+    ad_set_error(ctx, AD_ERR_NULL, "take_rows: %s is NULL", x ? "rows" : "tensor");
+    return NULL;
+  }
+  char a[64];
+  if (x->ndim < 1 || n < 0) {
+    ad_set_error(ctx, AD_ERR_ARG, "take_rows: cannot take %lld rows of %s", (long long)n,
+                 ad_shape_str(x, a, sizeof a));
+    return NULL;
+  }
+  for (int64_t i = 0; i < n; i++)
+    if (rows[i] < 0 || rows[i] >= x->shape[0]) {
+      ad_set_error(ctx, AD_ERR_ARG, "take_rows: row %lld is outside 0..%lld of %s",
+                   (long long)rows[i], (long long)x->shape[0] - 1, ad_shape_str(x, a, sizeof a));
+      return NULL;
+    }
+  ad_tensor *t = with_rows(ctx, x, n);
+  if (t) copy_rows(t, x, n, rows);
+  return t;
+}
+
+/* Checks x (and y) for row-wise use; records an error naming fn. */
+static bool check_xy(ad_ctx *ctx, const char *fn, const ad_tensor *x, const ad_tensor *y) {
+  char a[64], b[64];
+  if (!x) {
+    if (ad_last_status(ctx) == AD_OK) ad_set_error(ctx, AD_ERR_NULL, "%s: x is NULL", fn);
+    return false;
+  }
+  if (x->ndim < 1 || (y && y->ndim < 1)) {
+    ad_set_error(ctx, AD_ERR_SHAPE, "%s: x %s and y %s need a row axis", fn,
+                 ad_shape_str(x, a, sizeof a), ad_shape_str(y, b, sizeof b));
+    return false;
+  }
+  if (y && y->shape[0] != x->shape[0]) {
+    ad_set_error(ctx, AD_ERR_SHAPE, "%s: x %s and y %s have different numbers of rows", fn,
+                 ad_shape_str(x, a, sizeof a), ad_shape_str(y, b, sizeof b));
+    return false;
+  }
+  return true;
+}
+
+ad_status nn_train_test_split(ad_ctx *ctx, ad_tensor *x, ad_tensor *y, int64_t n_test, bool shuffle,
+                              uint64_t seed, ad_tensor **x_train, ad_tensor **y_train,
+                              ad_tensor **x_test, ad_tensor **y_test) {
+  if (!ctx) return AD_ERR_NULL;
+  if (!x_train || !x_test || (y && (!y_train || !y_test)))
+    return ad_set_error(ctx, AD_ERR_NULL, "train_test_split: an output pointer is NULL");
+  *x_train = *x_test = NULL;
+  if (y_train) *y_train = NULL;
+  if (y_test) *y_test = NULL;
+  if (!check_xy(ctx, "train_test_split", x, y)) return ad_last_status(ctx);
+  int64_t rows = x->shape[0];
+  if (n_test < 0 || n_test > rows)
+    return ad_set_error(ctx, AD_ERR_ARG, "train_test_split: n_test %lld is outside 0..%lld",
+                        (long long)n_test, (long long)rows);
+  size_t bytes = (size_t)(rows ? rows : 1) * sizeof(int64_t);
+  int64_t *perm = ad_malloc(ctx, bytes);
+  if (!perm) return AD_ERR_OOM;
+  ad_rng rng;
+  ad_rng_seed(&rng, seed);
+  nn_permutation(shuffle ? &rng : NULL, rows, perm);
+  int64_t n_train = rows - n_test;
+  *x_train = nn_take_rows(ctx, x, n_train, perm);
+  *x_test = nn_take_rows(ctx, x, n_test, perm + n_train);
+  if (y) {
+    *y_train = nn_take_rows(ctx, y, n_train, perm);
+    *y_test = nn_take_rows(ctx, y, n_test, perm + n_train);
+  }
+  ad_free(ctx, perm, bytes);
+  if (!*x_train || !*x_test || (y && (!*y_train || !*y_test))) {
+    ad_tensor_free(*x_train), ad_tensor_free(*x_test);
+    *x_train = *x_test = NULL;
+    if (y) {
+      ad_tensor_free(*y_train), ad_tensor_free(*y_test);
+      *y_train = *y_test = NULL;
+    }
+    return ad_last_status(ctx);
+  }
+  return AD_OK;
+}
+
+/* ---------------------------------------------------------------- batcher */
+
+struct nn_batcher {
+  ad_ctx *ctx;
+  ad_tensor *x, *y;
+  int64_t begin, rows, batch;
+  bool shuffle;
+  ad_rng rng;
+  int64_t *order;     /* rows of this epoch, absolute */
+  int64_t pos;        /* next position in order; -1: start a new epoch */
+  ad_tensor *bx, *by; /* full batches */
+  ad_tensor *rx, *ry; /* the last, smaller batch (NULL if none) */
+};
+
+nn_batcher *nn_batcher_new_range(ad_ctx *ctx, ad_tensor *x, ad_tensor *y, int64_t begin,
+                                 int64_t end, int64_t batch_size, bool shuffle, uint64_t seed) {
+  if (!ctx) return NULL;
+  if (!check_xy(ctx, "batcher", x, y)) return NULL;
+  if (begin < 0 || end < begin || end > x->shape[0] || batch_size < 1) {
+    ad_set_error(ctx, AD_ERR_ARG, "batcher: rows [%lld, %lld) of %lld, batch size %lld",
+                 (long long)begin, (long long)end, (long long)x->shape[0], (long long)batch_size);
+    return NULL;
+  }
+  nn_batcher *b = ad_malloc(ctx, sizeof *b);
+  if (!b) return NULL;
+  memset(b, 0, sizeof *b);
+  b->ctx = ctx;
+  b->x = x;
+  b->y = y;
+  b->begin = begin;
+  b->rows = end - begin;
+  b->batch = batch_size < b->rows ? batch_size : (b->rows ? b->rows : 1);
+  b->shuffle = shuffle;
+  b->pos = -1;
+  ad_rng_seed(&b->rng, seed);
+  b->order = ad_malloc(ctx, (size_t)(b->rows ? b->rows : 1) * sizeof *b->order);
+  int64_t rest = b->rows % b->batch;
+  bool ok = b->order && (b->bx = with_rows(ctx, x, b->batch)) &&
+            (!y || (b->by = with_rows(ctx, y, b->batch)));
+  if (ok && rest)
+    ok = (b->rx = with_rows(ctx, x, rest)) && (!y || (b->ry = with_rows(ctx, y, rest)));
+  if (!ok) {
+    nn_batcher_free(b);
+    return NULL;
+  }
+  return b;
+}
+
+nn_batcher *nn_batcher_new(ad_ctx *ctx, ad_tensor *x, ad_tensor *y, int64_t batch_size,
+                           bool shuffle, uint64_t seed) {
+  if (ctx && !x) {
+    ad_set_error(ctx, AD_ERR_NULL, "batcher: x is NULL");
+    return NULL;
+  }
+  return nn_batcher_new_range(ctx, x, y, 0, x ? x->shape[0] : 0, batch_size, shuffle, seed);
+}
+
+bool nn_batcher_next(nn_batcher *b, ad_tensor **xb, ad_tensor **yb) {
+  if (!b) return false;
+  if (b->pos < 0) { /* a new epoch */
+    nn_permutation(b->shuffle ? &b->rng : NULL, b->rows, b->order);
+    for (int64_t i = 0; i < b->rows; i++) b->order[i] += b->begin;
+    b->pos = 0;
+  }
+  if (b->pos >= b->rows) {
+    b->pos = -1;
+    return false;
+  }
+  int64_t n = b->rows - b->pos < b->batch ? b->rows - b->pos : b->batch;
+  ad_tensor *tx = n == b->batch ? b->bx : b->rx, *ty = n == b->batch ? b->by : b->ry;
+  copy_rows(tx, b->x, n, b->order + b->pos);
+  if (b->y) copy_rows(ty, b->y, n, b->order + b->pos);
+  b->pos += n;
+  if (xb) *xb = tx;
+  if (yb) *yb = b->y ? ty : NULL;
+  return true;
+}
+
+int64_t nn_batcher_batches(const nn_batcher *b) {
+  return b ? (b->rows + b->batch - 1) / b->batch : 0;
+}
+
+int64_t nn_batcher_rows(const nn_batcher *b) { return b ? b->rows : 0; }
+
+void nn_batcher_free(nn_batcher *b) {
+  if (!b) return;
+  ad_ctx *ctx = b->ctx;
+  ad_tensor_free(b->bx);
+  ad_tensor_free(b->by);
+  ad_tensor_free(b->rx);
+  ad_tensor_free(b->ry);
+  ad_free(ctx, b->order, (size_t)(b->rows ? b->rows : 1) * sizeof *b->order);
+  ad_free(ctx, b, sizeof *b);
+}

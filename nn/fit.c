@@ -1,0 +1,417 @@
+/* fit.c: training steps, nn_fit with its history and progress display,
+ * nn_evaluate and nn_predict. */
+#include "nn_internal.h"
+
+#include <math.h>
+#include <unistd.h>
+
+/* --------------------------------------------------------------- history */
+
+enum { H_LOSS, H_ACC, H_VAL_LOSS, H_VAL_ACC, H_LR, H_SECONDS, H_KEYS };
+static const char *const hist_keys[H_KEYS] = {"loss",         "accuracy", "val_loss",
+                                              "val_accuracy", "lr",       "seconds"};
+
+struct nn_history {
+  ad_ctx *ctx;
+  int n, cap;
+  bool has[H_KEYS];
+  double *vals[H_KEYS];
+};
+
+static nn_history *history_new(ad_ctx *ctx, int cap) {
+  nn_history *h = ad_malloc(ctx, sizeof *h);
+  if (!h) return NULL;
+  memset(h, 0, sizeof *h);
+  h->ctx = ctx;
+  h->cap = cap;
+  for (int k = 0; k < H_KEYS; k++)
+    if (!(h->vals[k] = ad_malloc(ctx, (size_t)cap * sizeof(double)))) {
+      nn_history_free(h);
+      return NULL;
+    }
+  return h;
+}
+
+void nn_history_free(nn_history *h) {
+  if (!h) return;
+  for (int k = 0; k < H_KEYS; k++) ad_free(h->ctx, h->vals[k], (size_t)h->cap * sizeof(double));
+  ad_free(h->ctx, h, sizeof *h);
+}
+
+int nn_history_epochs(const nn_history *h) { return h ? h->n : 0; }
+
+static int hist_key(const char *key) {
+  for (int k = 0; key && k < H_KEYS; k++)
+    if (strcmp(key, hist_keys[k]) == 0) return k;
+  return -1;
+}
+
+const double *nn_history_values(const nn_history *h, const char *key) {
+  int k = hist_key(key);
+  return h && k >= 0 && h->has[k] ? h->vals[k] : NULL;
+}
+
+double nn_history_get(const nn_history *h, const char *key, int epoch) {
+  const double *v = nn_history_values(h, key);
+  return v && epoch >= 0 && epoch < h->n ? v[epoch] : NAN;
+}
+
+/* ------------------------------------------------------------------ steps */
+
+/* The loss as a checked scalar; records an error if the model or the loss
+ * returned NULL without one. */
+static ad_tensor *run_loss(ad_ctx *ctx, nn_loss_fn loss, ad_tensor *pred, ad_tensor *y,
+                           const char *fn) {
+  if (!pred) {
+    if (ad_last_status(ctx) == AD_OK)
+      ad_set_error(ctx, AD_ERR_ARG, "%s: the model's forward returned NULL", fn);
+    return NULL;
+  }
+  ad_tensor *l = loss(ctx, pred, y, NN_MEAN);
+  if (!l) {
+    if (ad_last_status(ctx) == AD_OK)
+      ad_set_error(ctx, AD_ERR_ARG, "%s: the loss function returned NULL", fn);
+    return NULL;
+  }
+  if (l->size != 1) {
+    char a[64];
+    ad_set_error(ctx, AD_ERR_SHAPE, "%s: the loss has shape %s; a scalar is needed", fn,
+                 ad_shape_str(l, a, sizeof a));
+    return NULL;
+  }
+  return l;
+}
+
+static ad_status fail(ad_ctx *ctx, ad_status fallback) {
+  ad_status st = ad_last_status(ctx);
+  return st != AD_OK ? st : fallback;
+}
+
+/* nn_train_step, also giving the prediction (valid until the next reset). */
+static ad_status train_step(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor *x,
+                            ad_tensor *y, double lambda_l2, double *loss_out,
+                            ad_tensor **pred_out) {
+  ad_ctx *ctx = nn_model_ctx(m);
+  ad_tape_reset(ctx);
+  nn_params_zero_grad(nn_model_params(m));
+  nn_optimizer_zero_grad(opt);
+  bool old = nn_model_set_training(m, true);
+  ad_tensor *pred = nn_model_forward(m, x);
+  nn_model_set_training(m, old);
+  ad_tensor *l = run_loss(ctx, loss, pred, y, "train_step");
+  if (!l) return fail(ctx, AD_ERR_ARG);
+  double lv = ad_tensor_item(l);
+  if (loss_out) *loss_out = lv;
+  if (pred_out) *pred_out = pred;
+  if (!isfinite(lv)) return ad_set_error(ctx, AD_ERR_NAN, "train_step: the loss is %g", lv);
+  ad_tensor *total = l;
+  if (lambda_l2 > 0) total = ad_add(ctx, l, nn_l2_penalty(ctx, nn_model_params(m), lambda_l2));
+  if (!total) return fail(ctx, AD_ERR_ARG);
+  ad_status st = ad_backward(ctx, total, NULL);
+  if (st != AD_OK) return st;
+  return nn_optimizer_step(opt);
+}
+
+ad_status nn_train_step(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor *x, ad_tensor *y,
+                        double lambda_l2, double *loss_out) {
+  ad_ctx *ctx = nn_model_ctx(m);
+  if (!ctx) return AD_ERR_NULL;
+  if (!opt || !loss || !x || !y)
+    return ad_set_error(ctx, AD_ERR_NULL, "train_step: %s is NULL",
+                        !opt    ? "optimizer"
+                        : !loss ? "loss"
+                        : !x    ? "x"
+                                : "y");
+  return train_step(m, opt, loss, x, y, lambda_l2, loss_out, NULL);
+}
+
+/* Mean loss and accuracy over one pass of b, in evaluation and no-grad mode.
+ * acc may be NULL. */
+static ad_status eval_batches(nn_model *m, nn_loss_fn loss, nn_batcher *b, double *loss_out,
+                              double *acc) {
+  ad_ctx *ctx = nn_model_ctx(m);
+  bool old_grad = ad_set_grad_enabled(ctx, false);
+  bool old_train = nn_model_set_training(m, false);
+  double thr = nn_loss_threshold(loss), sum = 0;
+  int64_t seen = 0, correct = 0;
+  ad_status st = AD_OK;
+  ad_tensor *xb, *yb;
+  while (nn_batcher_next(b, &xb, &yb)) {
+    if (st != AD_OK) continue; /* finish the pass so the batcher restarts cleanly */
+    ad_tape_reset(ctx);
+    ad_tensor *pred = nn_model_forward(m, xb);
+    ad_tensor *l = run_loss(ctx, loss, pred, yb, "evaluate");
+    if (!l) {
+      st = fail(ctx, AD_ERR_ARG);
+      continue;
+    }
+    int64_t n = xb->shape[0];
+    sum += ad_tensor_item(l) * (double)n;
+    seen += n;
+    if (acc) {
+      int64_t c = nn_count_correct(pred, yb, thr);
+      if (c < 0) {
+        char s1[64], s2[64];
+        st = ad_set_error(ctx, AD_ERR_SHAPE,
+                          "evaluate: cannot compare predictions %s with targets %s for accuracy",
+                          ad_shape_str(pred, s1, sizeof s1), ad_shape_str(yb, s2, sizeof s2));
+        continue;
+      }
+      correct += c;
+    }
+  }
+  ad_tape_reset(ctx);
+  nn_model_set_training(m, old_train);
+  ad_set_grad_enabled(ctx, old_grad);
+  if (st != AD_OK) return st;
+  if (loss_out) *loss_out = seen ? sum / (double)seen : NAN;
+  if (acc) *acc = seen ? (double)correct / (double)seen : NAN;
+  return AD_OK;
+}
+
+ad_status nn_evaluate(nn_model *m, nn_loss_fn loss, ad_tensor *x, ad_tensor *y, int64_t batch_size,
+                      double *loss_out, double *accuracy) {
+  ad_ctx *ctx = nn_model_ctx(m);
+  if (!ctx) return AD_ERR_NULL;
+  if (!loss || !x || !y)
+    return ad_set_error(ctx, AD_ERR_NULL, "evaluate: %s is NULL", !loss ? "loss" : !x ? "x" : "y");
+  nn_batcher *b = nn_batcher_new(ctx, x, y, batch_size > 0 ? batch_size : 32, false, 0);
+  if (!b) return fail(ctx, AD_ERR_OOM);
+  ad_status st = eval_batches(m, loss, b, loss_out, accuracy);
+  nn_batcher_free(b);
+  return st;
+}
+
+ad_tensor *nn_predict(nn_model *m, ad_tensor *x, int64_t batch_size) {
+  ad_ctx *ctx = nn_model_ctx(m);
+  if (!ctx) return NULL;
+  char a[64];
+  if (!x || x->ndim < 1 || x->shape[0] == 0) {
+    ad_set_error(ctx, x ? AD_ERR_ARG : AD_ERR_NULL, "predict: x %s has no rows",
+                 ad_shape_str(x, a, sizeof a));
+    return NULL;
+  }
+  nn_batcher *b = nn_batcher_new(ctx, x, NULL, batch_size > 0 ? batch_size : 32, false, 0);
+  if (!b) return NULL;
+  bool old_grad = ad_set_grad_enabled(ctx, false);
+  bool old_train = nn_model_set_training(m, false);
+  ad_tensor *out = NULL, *xb;
+  int64_t row = 0;
+  size_t rb = 0;
+  bool ok = true;
+  while (nn_batcher_next(b, &xb, NULL)) {
+    if (!ok) continue;
+    ad_tape_reset(ctx);
+    ad_tensor *pred = nn_model_forward(m, xb);
+    if (!pred) {
+      if (ad_last_status(ctx) == AD_OK)
+        ad_set_error(ctx, AD_ERR_ARG, "predict: the model's forward returned NULL");
+      ok = false;
+      continue;
+    }
+    int64_t n = xb->shape[0];
+    if (!out) {
+      if (pred->ndim < 1 || pred->shape[0] != n) {
+        ad_set_error(ctx, AD_ERR_SHAPE, "predict: the model maps %lld rows to %s", (long long)n,
+                     ad_shape_str(pred, a, sizeof a));
+        ok = false;
+        continue;
+      }
+      int64_t s[AD_MAX_DIMS];
+      memcpy(s, pred->shape, sizeof s);
+      s[0] = x->shape[0];
+      if (!(out = ad_zeros(ctx, pred->dtype, pred->ndim, s))) {
+        ok = false;
+        continue;
+      }
+      rb = (size_t)(pred->size / n) * ad_dtype_size(pred->dtype);
+    }
+    if (pred->dtype != out->dtype || pred->size != (int64_t)(rb / ad_dtype_size(out->dtype)) * n) {
+      ad_set_error(ctx, AD_ERR_SHAPE, "predict: batch output %s does not match the first batch's",
+                   ad_shape_str(pred, a, sizeof a));
+      ok = false;
+      continue;
+    }
+    memcpy((char *)out->data + (size_t)row * rb, pred->data, (size_t)n * rb);
+    row += n;
+  }
+  ad_tape_reset(ctx);
+  nn_model_set_training(m, old_train);
+  ad_set_grad_enabled(ctx, old_grad);
+  nn_batcher_free(b);
+  if (!ok) {
+    ad_tensor_free(out);
+    return NULL;
+  }
+  return out;
+}
+
+/* -------------------------------------------------------------- progress */
+
+static void fmt_seconds(char *buf, size_t n, double s) {
+  if (s < 60)
+    snprintf(buf, n, "%.1fs", s);
+  else
+    snprintf(buf, n, "%dm%02ds", (int)(s / 60), (int)fmod(s, 60));
+}
+
+/* One redraw of the live bar: "\r" then the line, then clear to its end. */
+static void draw_bar(FILE *f, int epoch, int epochs, int64_t done, int64_t total, double loss,
+                     double acc, double rate, double eta) {
+  char bar[32], eta_s[32];
+  int width = 24, fill = total ? (int)(width * done / total) : width;
+  for (int i = 0; i < width; i++) bar[i] = i < fill ? '=' : i == fill ? '>' : ' ';
+  bar[width] = 0;
+  fmt_seconds(eta_s, sizeof eta_s, eta);
+  fprintf(f, "\repoch %d/%d [%s] %lld/%lld - loss %.4f", epoch + 1, epochs, bar, (long long)done,
+          (long long)total, loss);
+  if (!isnan(acc)) fprintf(f, " - accuracy %.4f", acc);
+  fprintf(f, " - %.0f samples/s - ETA %s\033[K", rate, eta_s);
+  fflush(f);
+}
+
+/* ------------------------------------------------------------------- fit */
+
+static void history_print(FILE *f, const nn_history *h, int e) {
+  static const int keys[] = {H_LOSS, H_ACC, H_VAL_LOSS, H_VAL_ACC};
+  for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
+    if (h->has[keys[i]]) fprintf(f, " - %s %.4f", hist_keys[keys[i]], h->vals[keys[i]][e]);
+}
+
+ad_status nn_fit(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor *x, ad_tensor *y,
+                 const nn_fit_opts *opts, nn_history **history) {
+  if (history) *history = NULL;
+  ad_ctx *ctx = nn_model_ctx(m);
+  if (!ctx) return AD_ERR_NULL;
+  if (!opt || !loss || !x || !y)
+    return ad_set_error(ctx, AD_ERR_NULL, "fit: %s is NULL",
+                        !opt    ? "optimizer"
+                        : !loss ? "loss"
+                        : !x    ? "x"
+                                : "y");
+  nn_fit_opts o = {0};
+  if (opts) o = *opts;
+  if (o.epochs == 0) o.epochs = 1;
+  if (o.batch_size == 0) o.batch_size = 32;
+  if (!o.out) o.out = stdout;
+  if (o.epochs < 0 || o.batch_size < 0 || !(o.validation_split >= 0 && o.validation_split < 1))
+    return ad_set_error(ctx, AD_ERR_ARG, "fit: epochs %d, batch size %lld, validation split %g",
+                        o.epochs, (long long)o.batch_size, o.validation_split);
+  char a[64], b[64];
+  if (x->ndim < 1 || y->ndim < 1 || x->shape[0] != y->shape[0])
+    return ad_set_error(ctx, AD_ERR_SHAPE, "fit: x %s and y %s have different numbers of rows",
+                        ad_shape_str(x, a, sizeof a), ad_shape_str(y, b, sizeof b));
+  int64_t rows = x->shape[0], n_train = rows;
+  bool val = false;
+  if (o.val_x || o.val_y) {
+    if (!o.val_x || !o.val_y)
+      return ad_set_error(ctx, AD_ERR_NULL, "fit: validation data needs both val_x and val_y");
+    val = true;
+  } else if (o.validation_split > 0) {
+    n_train = rows - (int64_t)floor((double)rows * o.validation_split);
+    val = n_train < rows;
+  }
+  if (n_train == 0)
+    return ad_set_error(ctx, AD_ERR_ARG, "fit: no rows to train on (%lld rows, split %g)",
+                        (long long)rows, o.validation_split);
+
+  nn_batcher *tb = nn_batcher_new_range(ctx, x, y, 0, n_train, o.batch_size, !o.no_shuffle, o.seed);
+  nn_batcher *vb = NULL;
+  if (tb && val)
+    vb = o.val_x ? nn_batcher_new(ctx, o.val_x, o.val_y, o.batch_size, false, 0)
+                 : nn_batcher_new_range(ctx, x, y, n_train, rows, o.batch_size, false, 0);
+  nn_history *h = tb && (!val || vb) ? history_new(ctx, o.epochs) : NULL;
+  if (!h) {
+    nn_batcher_free(tb);
+    nn_batcher_free(vb);
+    return fail(ctx, AD_ERR_OOM);
+  }
+  h->has[H_LOSS] = h->has[H_LR] = h->has[H_SECONDS] = true;
+  h->has[H_ACC] = o.accuracy;
+  h->has[H_VAL_LOSS] = val;
+  h->has[H_VAL_ACC] = val && o.accuracy;
+
+  FILE *f = o.out;
+  bool tty = o.verbose == 0 && isatty(fileno(f));
+  bool lines = o.verbose >= 0;
+  double thr = nn_loss_threshold(loss);
+  int64_t nb = nn_batcher_batches(tb);
+  ad_status st = AD_OK;
+  for (int e = 0; e < o.epochs && st == AD_OK; e++) {
+    double t0 = nn_now(), last_draw = 0, sum = 0;
+    double lr = nn_optimizer_lr(opt);
+    int64_t seen = 0, correct = 0, done = 0;
+    ad_tensor *xb, *yb, *pred = NULL;
+    while (nn_batcher_next(tb, &xb, &yb)) {
+      if (st != AD_OK) continue; /* drain, so the next epoch starts fresh */
+      double lv;
+      st = train_step(m, opt, loss, xb, yb, o.lambda_l2, &lv, &pred);
+      if (st != AD_OK) {
+        if (st == AD_ERR_NAN) {
+          ad_clear_error(ctx);
+          ad_set_error(ctx, AD_ERR_NAN, "fit: the loss is %g at epoch %d, batch %lld", lv, e + 1,
+                       (long long)done + 1);
+        }
+        continue;
+      }
+      int64_t n = xb->shape[0];
+      sum += lv * (double)n;
+      seen += n;
+      done++;
+      if (o.accuracy) {
+        int64_t c = nn_count_correct(pred, yb, thr);
+        if (c < 0) {
+          st = ad_set_error(ctx, AD_ERR_SHAPE,
+                            "fit: cannot compare predictions %s with targets %s for accuracy",
+                            ad_shape_str(pred, a, sizeof a), ad_shape_str(yb, b, sizeof b));
+          continue;
+        }
+        correct += c;
+      }
+      double now = nn_now();
+      if (tty && (now - last_draw >= 0.1 || done == nb)) {
+        double el = now - t0, rate = el > 0 ? (double)seen / el : 0;
+        double eta = done ? el / (double)done * (double)(nb - done) : 0;
+        draw_bar(f, e, o.epochs, done, nb, sum / (double)seen,
+                 o.accuracy ? (double)correct / (double)seen : NAN, rate, eta);
+        last_draw = now;
+      }
+    }
+    ad_tape_reset(ctx);
+    if (st != AD_OK) break;
+    h->vals[H_LOSS][e] = seen ? sum / (double)seen : NAN;
+    h->vals[H_ACC][e] = seen ? (double)correct / (double)seen : NAN;
+    h->vals[H_LR][e] = lr;
+    h->vals[H_VAL_LOSS][e] = h->vals[H_VAL_ACC][e] = NAN;
+    if (val) {
+      st = eval_batches(m, loss, vb, &h->vals[H_VAL_LOSS][e],
+                        o.accuracy ? &h->vals[H_VAL_ACC][e] : NULL);
+      if (st != AD_OK) break;
+    }
+    h->vals[H_SECONDS][e] = nn_now() - t0;
+    h->n = e + 1;
+    if (lines) {
+      char secs[32];
+      fmt_seconds(secs, sizeof secs, h->vals[H_SECONDS][e]);
+      if (tty)
+        fprintf(f, "\repoch %d/%d - %lld/%lld - %s", e + 1, o.epochs, (long long)nb, (long long)nb,
+                secs);
+      else
+        fprintf(f, "epoch %d/%d - %lld/%lld - %s", e + 1, o.epochs, (long long)nb, (long long)nb,
+                secs);
+      history_print(f, h, e);
+      fprintf(f, tty ? "\033[K\n" : "\n");
+      fflush(f);
+    }
+    nn_optimizer_schedule_step(opt);
+    if (o.on_epoch_end && !o.on_epoch_end(e, h, o.ud)) break;
+  }
+  nn_model_set_training(m, false);
+  nn_batcher_free(tb);
+  nn_batcher_free(vb);
+  if (history)
+    *history = h;
+  else
+    nn_history_free(h);
+  return st;
+}

@@ -1,0 +1,300 @@
+/* layers.c: activations, Dense, dropout, flatten and lambda layers. Every
+ * forward pass is a chain of ad_ ops, so the tape derives its backward. */
+#include "nn_internal.h"
+
+typedef enum layer_type { L_DENSE, L_ACT, L_DROPOUT, L_FLATTEN, L_LAMBDA } layer_type;
+
+struct nn_layer {
+  ad_ctx *ctx;
+  layer_type type;
+  char *kind; /* owned */
+  char *name; /* owned; NULL until a model adopts the layer */
+  nn_params *params;
+  /* dense */
+  int64_t in, out;
+  ad_tensor *w, *b;
+  /* dense and activation */
+  nn_act act;
+  double alpha;
+  /* dropout */
+  double p;
+  ad_rng rng;
+  /* lambda */
+  nn_layer_fn fn;
+  void *ud;
+};
+
+/* ------------------------------------------------------------ activations */
+
+static const char *const act_names[] = {"none", "sigmoid",  "tanh",    "relu",       "leaky_relu",
+                                        "gelu", "softplus", "softmax", "log_softmax"};
+
+const char *nn_act_name(nn_act act) {
+  return (unsigned)act < sizeof act_names / sizeof act_names[0] ? act_names[act] : "?";
+}
+
+ad_tensor *nn_activate(ad_ctx *ctx, ad_tensor *x, nn_act act, double alpha) {
+  if (!ctx || !x) return NULL;
+  switch (act) {
+  case NN_ACT_NONE:
+    return x;
+  case NN_ACT_SIGMOID:
+    return ad_sigmoid(ctx, x);
+  case NN_ACT_TANH:
+    return ad_tanh(ctx, x);
+  case NN_ACT_RELU:
+    return ad_relu(ctx, x);
+  case NN_ACT_LEAKY_RELU:
+    return ad_leaky_relu(ctx, x, alpha);
+  case NN_ACT_GELU:
+    return ad_gelu(ctx, x);
+  case NN_ACT_SOFTPLUS:
+    return ad_softplus(ctx, x);
+  case NN_ACT_SOFTMAX:
+    return ad_softmax(ctx, x, -1);
+  case NN_ACT_LOG_SOFTMAX:
+    return ad_log_softmax(ctx, x, -1);
+  }
+  ad_set_error(ctx, AD_ERR_ARG, "activate: unknown activation %d", (int)act);
+  return NULL;
+}
+
+/* ----------------------------------------------------------------- common */
+
+static nn_layer *layer_new(ad_ctx *ctx, layer_type type, const char *kind) {
+  if (!ctx) return NULL;
+  nn_layer *l = ad_malloc(ctx, sizeof *l);
+  if (!l) return NULL;
+  memset(l, 0, sizeof *l);
+  l->ctx = ctx;
+  l->type = type;
+  l->kind = nn_strdup(ctx, kind);
+  l->params = l->kind ? nn_params_new(ctx) : NULL;
+  if (!l->params) {
+    nn_layer_free(l);
+    return NULL;
+  }
+  return l;
+}
+
+void nn_layer_free(nn_layer *l) {
+  if (!l) return;
+  ad_ctx *ctx = l->ctx;
+  nn_params_free(l->params);
+  nn_strfree(ctx, l->kind);
+  nn_strfree(ctx, l->name);
+  ad_free(ctx, l, sizeof *l);
+}
+
+const char *nn_layer_kind(const nn_layer *l) { return l ? l->kind : NULL; }
+const char *nn_layer_name(const nn_layer *l) { return l ? (l->name ? l->name : "") : NULL; }
+nn_params *nn_layer_params(const nn_layer *l) { return l ? l->params : NULL; }
+bool nn_layer_adopted(const nn_layer *l) { return l && l->name; }
+
+ad_status nn_layer_adopt(nn_layer *l, const char *name) {
+  l->name = nn_strdup(l->ctx, name);
+  return l->name ? AD_OK : AD_ERR_OOM;
+}
+
+/* "dense '2'" or "dense" for error messages. */
+static const char *who(const nn_layer *l, char *buf, size_t n) {
+  if (l->name)
+    snprintf(buf, n, "%s '%s'", l->kind, l->name);
+  else
+    snprintf(buf, n, "%s", l->kind);
+  return buf;
+}
+
+/* ------------------------------------------------------------------ dense */
+
+nn_layer *nn_dense_new(ad_ctx *ctx, int64_t in, int64_t out, ad_rng *rng,
+                       const nn_dense_opts *opts) {
+  if (!ctx) return NULL;
+  nn_dense_opts o = {0};
+  if (opts) o = *opts;
+  if (in < 1 || out < 1) {
+    ad_set_error(ctx, AD_ERR_ARG, "dense: in %lld and out %lld must be >= 1", (long long)in,
+                 (long long)out);
+    return NULL;
+  }
+  if (o.dtype != AD_F32 && o.dtype != AD_F64) {
+    ad_set_error(ctx, AD_ERR_DTYPE, "dense: parameters must be float, got %s",
+                 ad_dtype_name(o.dtype));
+    return NULL;
+  }
+  if ((unsigned)o.activation > NN_ACT_LOG_SOFTMAX) {
+    ad_set_error(ctx, AD_ERR_ARG, "dense: unknown activation %d", (int)o.activation);
+    return NULL;
+  }
+  if (o.weight_init.kind == NN_INIT_DEFAULT)
+    o.weight_init = nn_init_make(NN_INIT_XAVIER_UNIFORM, 0, 0);
+  if (o.bias_init.kind == NN_INIT_DEFAULT) o.bias_init = nn_init_make(NN_INIT_ZEROS, 0, 0);
+  nn_layer *l = layer_new(ctx, L_DENSE, "dense");
+  if (!l) return NULL;
+  l->in = in;
+  l->out = out;
+  l->act = o.activation;
+  l->alpha = o.alpha ? o.alpha : 0.01;
+  int64_t ws[2] = {out, in};
+  ad_tensor *w = ad_zeros(ctx, o.dtype, 2, ws);
+  if (nn_params_add(l->params, "weight", w, true) != AD_OK ||
+      nn_init_tensor(ctx, w, o.weight_init, rng) != AD_OK) {
+    nn_layer_free(l);
+    return NULL;
+  }
+  l->w = w;
+  if (!o.no_bias) {
+    ad_tensor *b = ad_zeros(ctx, o.dtype, 1, &out);
+    if (nn_params_add(l->params, "bias", b, true) != AD_OK) {
+      nn_layer_free(l);
+      return NULL;
+    }
+    /* a 1-d bias has fan_in = fan_out = out for Xavier and He */
+    if (nn_init_tensor(ctx, b, o.bias_init, rng) != AD_OK) {
+      nn_layer_free(l);
+      return NULL;
+    }
+    l->b = b;
+  }
+  return l;
+}
+
+/* y = act(x W^T + b) over the last axis of x. */
+static ad_tensor *dense_forward(nn_layer *l, ad_tensor *x) {
+  ad_ctx *ctx = l->ctx;
+  char a[64], b[64], c[96];
+  if (x->ndim < 1 || x->shape[x->ndim - 1] != l->in) {
+    ad_set_error(ctx, AD_ERR_SHAPE,
+                 "%s: input %s has %lld features, the layer expects %lld (weight %s)",
+                 who(l, c, sizeof c), ad_shape_str(x, a, sizeof a),
+                 x->ndim ? (long long)x->shape[x->ndim - 1] : 0LL, (long long)l->in,
+                 ad_shape_str(l->w, b, sizeof b));
+    return NULL;
+  }
+  if (x->dtype != l->w->dtype) {
+    ad_set_error(ctx, AD_ERR_DTYPE, "%s: input %s is %s, the weights are %s", who(l, c, sizeof c),
+                 ad_shape_str(x, a, sizeof a), ad_dtype_name(x->dtype), ad_dtype_name(l->w->dtype));
+    return NULL;
+  }
+  ad_tensor *x2 = x;
+  if (x->ndim != 2) {
+    int64_t s[2] = {-1, l->in};
+    x2 = ad_reshape(ctx, x, 2, s);
+  }
+  ad_tensor *y = ad_matmul(ctx, x2, l->w, false, true);
+  if (l->b) y = ad_add(ctx, y, l->b);
+  if (y && x->ndim != 2) {
+    int64_t s[AD_MAX_DIMS];
+    for (int k = 0; k + 1 < x->ndim; k++) s[k] = x->shape[k];
+    s[x->ndim - 1] = l->out;
+    y = ad_reshape(ctx, y, x->ndim, s);
+  }
+  return nn_activate(ctx, y, l->act, l->alpha);
+}
+
+/* ------------------------------------------------------------ activations */
+
+nn_layer *nn_activation_new(ad_ctx *ctx, nn_act act) {
+  if (!ctx) return NULL;
+  if ((unsigned)act > NN_ACT_LOG_SOFTMAX) {
+    ad_set_error(ctx, AD_ERR_ARG, "activation: unknown activation %d", (int)act);
+    return NULL;
+  }
+  nn_layer *l = layer_new(ctx, L_ACT, nn_act_name(act));
+  if (l) {
+    l->act = act;
+    l->alpha = 0.01;
+  }
+  return l;
+}
+
+nn_layer *nn_leaky_relu_new(ad_ctx *ctx, double alpha) {
+  nn_layer *l = nn_activation_new(ctx, NN_ACT_LEAKY_RELU);
+  if (l) l->alpha = alpha;
+  return l;
+}
+
+/* ---------------------------------------------------------------- dropout */
+
+nn_layer *nn_dropout_new(ad_ctx *ctx, double p, uint64_t seed) {
+  if (!ctx) return NULL;
+  if (!(p >= 0 && p < 1)) {
+    ad_set_error(ctx, AD_ERR_ARG, "dropout: p = %g is outside [0, 1)", p);
+    return NULL;
+  }
+  nn_layer *l = layer_new(ctx, L_DROPOUT, "dropout");
+  if (l) {
+    l->p = p;
+    ad_rng_seed(&l->rng, seed);
+  }
+  return l;
+}
+
+/* y = x * m, m = [u >= p] / (1 - p) with u ~ U[0,1) per element: a constant
+ * mask, so dx = dy * m comes from the tape's mul. */
+static ad_tensor *dropout_forward(nn_layer *l, ad_tensor *x, bool training) {
+  if (!training || l->p == 0) return x;
+  ad_ctx *ctx = l->ctx;
+  if (x->dtype != AD_F32 && x->dtype != AD_F64) {
+    char c[96];
+    ad_set_error(ctx, AD_ERR_DTYPE, "%s: input is %s; a float dtype is needed", who(l, c, sizeof c),
+                 ad_dtype_name(x->dtype));
+    return NULL;
+  }
+  ad_tensor *m = nn_tmp_tensor(ctx, x->dtype, x->ndim, x->shape);
+  if (!m) return NULL;
+  double keep = 1.0 / (1.0 - l->p);
+  if (m->dtype == AD_F32) {
+    float *d = m->data;
+    for (int64_t i = 0; i < m->size; i++) d[i] = ad_rng_uniform(&l->rng) >= l->p ? (float)keep : 0;
+  } else {
+    double *d = m->data;
+    for (int64_t i = 0; i < m->size; i++) d[i] = ad_rng_uniform(&l->rng) >= l->p ? keep : 0;
+  }
+  return ad_mul(ctx, x, m);
+}
+
+/* ------------------------------------------------------- flatten, lambda */
+
+nn_layer *nn_flatten_new(ad_ctx *ctx) { return layer_new(ctx, L_FLATTEN, "flatten"); }
+
+nn_layer *nn_lambda_new(ad_ctx *ctx, const char *kind, nn_layer_fn fn, void *ud) {
+  if (!ctx) return NULL;
+  if (!fn) {
+    ad_set_error(ctx, AD_ERR_NULL, "lambda: function is NULL");
+    return NULL;
+  }
+  nn_layer *l = layer_new(ctx, L_LAMBDA, kind && kind[0] ? kind : "lambda");
+  if (l) {
+    l->fn = fn;
+    l->ud = ud;
+  }
+  return l;
+}
+
+/* ---------------------------------------------------------------- forward */
+
+ad_tensor *nn_layer_forward(nn_layer *l, ad_tensor *x, bool training) {
+  if (!l || !x) return NULL;
+  switch (l->type) {
+  case L_DENSE:
+    return dense_forward(l, x);
+  case L_ACT:
+    return nn_activate(l->ctx, x, l->act, l->alpha);
+  case L_DROPOUT:
+    return dropout_forward(l, x, training);
+  case L_FLATTEN: {
+    if (x->ndim < 1) {
+      char c[96];
+      ad_set_error(l->ctx, AD_ERR_SHAPE, "%s: cannot flatten a scalar", who(l, c, sizeof c));
+      return NULL;
+    }
+    if (x->ndim == 2) return x;
+    int64_t s[2] = {x->shape[0], x->shape[0] ? x->size / x->shape[0] : 0};
+    return ad_reshape(l->ctx, x, 2, s);
+  }
+  case L_LAMBDA:
+    return l->fn(l->ctx, x, training, l->ud);
+  }
+  return NULL;
+}

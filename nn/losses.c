@@ -1,0 +1,195 @@
+/* losses.c: losses composed from ad_ ops (their gradients come from the
+ * tape), and the accuracy count. */
+#include "nn_internal.h"
+
+#include <float.h>
+#include <math.h>
+
+/* Checks that pred is float and target has its dtype and shape (or only its
+ * size, then it is viewed with pred's shape). Returns the target to use. */
+static ad_tensor *match_target(ad_ctx *ctx, const char *fn, ad_tensor *pred, ad_tensor *target) {
+  char a[64], b[64];
+  if (!ctx || !pred || !target) {
+    if (ctx && ad_last_status(ctx) == AD_OK)
+      ad_set_error(ctx, AD_ERR_NULL, "%s: %s is NULL", fn, pred ? "target" : "prediction");
+    return NULL;
+  }
+  if (pred->dtype != AD_F32 && pred->dtype != AD_F64) {
+    ad_set_error(ctx, AD_ERR_DTYPE, "%s: prediction %s is %s; a float dtype is needed", fn,
+                 ad_shape_str(pred, a, sizeof a), ad_dtype_name(pred->dtype));
+    return NULL;
+  }
+  if (target->dtype != pred->dtype) {
+    ad_set_error(ctx, AD_ERR_DTYPE, "%s: target %s is %s, the prediction %s is %s", fn,
+                 ad_shape_str(target, a, sizeof a), ad_dtype_name(target->dtype),
+                 ad_shape_str(pred, b, sizeof b), ad_dtype_name(pred->dtype));
+    return NULL;
+  }
+  if (target->size != pred->size) {
+    ad_set_error(ctx, AD_ERR_SHAPE, "%s: prediction %s and target %s differ in size", fn,
+                 ad_shape_str(pred, a, sizeof a), ad_shape_str(target, b, sizeof b));
+    return NULL;
+  }
+  bool same = target->ndim == pred->ndim;
+  for (int k = 0; same && k < pred->ndim; k++) same = target->shape[k] == pred->shape[k];
+  return same ? target : ad_reshape(ctx, target, pred->ndim, pred->shape);
+}
+
+static ad_tensor *reduce(ad_ctx *ctx, ad_tensor *l, nn_reduction red, const char *fn) {
+  if (!l) return NULL;
+  if (red == NN_MEAN) return ad_mean(ctx, l);
+  if (red == NN_SUM) return ad_sum(ctx, l);
+  ad_set_error(ctx, AD_ERR_ARG, "%s: unknown reduction %d", fn, (int)red);
+  return NULL;
+}
+
+/* l = (p - t)^2 */
+ad_tensor *nn_mse_loss(ad_ctx *ctx, ad_tensor *pred, ad_tensor *target, nn_reduction red) {
+  ad_tensor *t = match_target(ctx, "mse_loss", pred, target);
+  if (!t) return NULL;
+  return reduce(ctx, ad_square(ctx, ad_sub(ctx, pred, t)), red, "mse_loss");
+}
+
+/* log(x) clamped at -100 as PyTorch's BCE does, with a zero (not NaN)
+ * gradient where clamped: where(x > lo, log(max(x, lo)), -100). lo is e^-100,
+ * or in f32 the smallest normal float, so 1/lo stays finite. */
+static ad_tensor *clamped_log(ad_ctx *ctx, ad_tensor *x) {
+  if (!x) return NULL;
+  double lo = x->dtype == AD_F32 ? (double)FLT_MIN : exp(-100.0);
+  ad_tensor *los = ad_scalar(ctx, x->dtype, lo);
+  ad_tensor *safe = ad_log(ctx, ad_maximum(ctx, x, los));
+  ad_tensor *keep = ad_gt(ctx, x, los);
+  return ad_where(ctx, keep, safe, ad_scalar(ctx, x->dtype, -100.0));
+}
+
+/* l = -(t log p + (1 - t) log(1 - p)), each log clamped at -100. */
+ad_tensor *nn_bce_loss(ad_ctx *ctx, ad_tensor *pred, ad_tensor *target, nn_reduction red) {
+  ad_tensor *t = match_target(ctx, "bce_loss", pred, target);
+  if (!t) return NULL;
+  ad_tensor *lp = clamped_log(ctx, pred);
+  ad_tensor *lq = clamped_log(ctx, ad_rsub_scalar(ctx, pred, 1.0));
+  ad_tensor *l =
+      ad_neg(ctx, ad_add(ctx, ad_mul(ctx, t, lp), ad_mul(ctx, ad_rsub_scalar(ctx, t, 1.0), lq)));
+  return reduce(ctx, l, red, "bce_loss");
+}
+
+/* l = softplus(z) - t z  (= max(z,0) - t z + log(1 + e^-|z|), stable) */
+ad_tensor *nn_bce_with_logits_loss(ad_ctx *ctx, ad_tensor *logits, ad_tensor *target,
+                                   nn_reduction red) {
+  ad_tensor *t = match_target(ctx, "bce_with_logits_loss", logits, target);
+  if (!t) return NULL;
+  ad_tensor *l = ad_sub(ctx, ad_softplus(ctx, logits), ad_mul(ctx, t, logits));
+  return reduce(ctx, l, red, "bce_with_logits_loss");
+}
+
+/* Checks scores [N,C] (float) and labels [N] (i32, in 0..C-1). */
+static bool check_labels(ad_ctx *ctx, const char *fn, const ad_tensor *z, const ad_tensor *lab) {
+  char a[64], b[64];
+  if (!ctx || !z || !lab) {
+    if (ctx && ad_last_status(ctx) == AD_OK)
+      ad_set_error(ctx, AD_ERR_NULL, "%s: %s is NULL", fn, z ? "labels" : "scores");
+    return false;
+  }
+  if (z->dtype != AD_F32 && z->dtype != AD_F64) {
+    ad_set_error(ctx, AD_ERR_DTYPE, "%s: scores %s are %s; a float dtype is needed", fn,
+                 ad_shape_str(z, a, sizeof a), ad_dtype_name(z->dtype));
+    return false;
+  }
+  if (lab->dtype != AD_I32) {
+    ad_set_error(ctx, AD_ERR_DTYPE, "%s: labels %s are %s; class labels must be i32", fn,
+                 ad_shape_str(lab, a, sizeof a), ad_dtype_name(lab->dtype));
+    return false;
+  }
+  if (z->ndim != 2 || lab->ndim != 1 || lab->shape[0] != z->shape[0] || z->shape[0] == 0 ||
+      z->shape[1] == 0) {
+    ad_set_error(ctx, AD_ERR_SHAPE, "%s: scores %s and labels %s: need [N,C] and [N], N, C >= 1",
+                 fn, ad_shape_str(z, a, sizeof a), ad_shape_str(lab, b, sizeof b));
+    return false;
+  }
+  const int32_t *l = lab->data;
+  for (int64_t i = 0; i < lab->size; i++)
+    if (l[i] < 0 || l[i] >= z->shape[1]) {
+      ad_set_error(ctx, AD_ERR_ARG, "%s: label %d of sample %lld is outside 0..%lld", fn, l[i],
+                   (long long)i, (long long)z->shape[1] - 1);
+      return false;
+    }
+  return true;
+}
+
+/* l_n = -sum_c t_nc log_softmax(z_n)_c, or with labels the fused
+ * softmax_cross_entropy (mean over n; the sum is N times it). */
+ad_tensor *nn_cross_entropy_loss(ad_ctx *ctx, ad_tensor *logits, ad_tensor *target,
+                                 nn_reduction red) {
+  const char *fn = "cross_entropy_loss";
+  if (ctx && target && target->dtype == AD_I32) {
+    if (!check_labels(ctx, fn, logits, target)) return NULL;
+    ad_tensor *l = ad_softmax_cross_entropy(ctx, logits, target);
+    if (red == NN_MEAN) return l;
+    if (red == NN_SUM) return ad_mul_scalar(ctx, l, (double)logits->shape[0]);
+    return reduce(ctx, l, red, fn);
+  }
+  ad_tensor *t = match_target(ctx, fn, logits, target);
+  if (!t) return NULL;
+  char a[64];
+  if (logits->ndim != 2 || logits->shape[0] == 0 || logits->shape[1] == 0) {
+    ad_set_error(ctx, AD_ERR_SHAPE, "%s: logits %s must be [N,C] with N, C >= 1", fn,
+                 ad_shape_str(logits, a, sizeof a));
+    return NULL;
+  }
+  ad_tensor *l =
+      ad_neg(ctx, ad_sum_axis(ctx, ad_mul(ctx, t, ad_log_softmax(ctx, logits, -1)), -1, false));
+  return reduce(ctx, l, red, fn);
+}
+
+/* l_n = -logp[n, label_n] = -sum_c onehot_nc logp_nc */
+ad_tensor *nn_nll_loss(ad_ctx *ctx, ad_tensor *logp, ad_tensor *labels, nn_reduction red) {
+  if (!check_labels(ctx, "nll_loss", logp, labels)) return NULL;
+  ad_tensor *onehot = nn_tmp_tensor(ctx, logp->dtype, 2, logp->shape);
+  if (!onehot) return NULL;
+  int64_t n = logp->shape[0], c = logp->shape[1];
+  const int32_t *lab = labels->data;
+  memset(onehot->data, 0, (size_t)onehot->size * ad_dtype_size(onehot->dtype));
+  for (int64_t i = 0; i < n; i++) ad_tensor_set(onehot, i * c + lab[i], 1.0);
+  ad_tensor *l = ad_neg(ctx, ad_sum_axis(ctx, ad_mul(ctx, logp, onehot), 1, false));
+  return reduce(ctx, l, red, "nll_loss");
+}
+
+double nn_loss_threshold(nn_loss_fn loss) { return loss == nn_bce_with_logits_loss ? 0.0 : 0.5; }
+
+/* ---------------------------------------------------------------- metrics */
+
+static int64_t argmax_row(const ad_tensor *t, int64_t r, int64_t c) {
+  int64_t best = 0;
+  double bv = ad_tensor_get(t, r * c);
+  for (int64_t k = 1; k < c; k++) {
+    double v = ad_tensor_get(t, r * c + k);
+    if (v > bv) bv = v, best = k;
+  }
+  return best;
+}
+
+int64_t nn_count_correct(const ad_tensor *pred, const ad_tensor *target, double threshold) {
+  if (!pred || !target || pred->ndim < 1 || target->ndim < 1 || pred->ndim > 2) return -1;
+  int64_t n = pred->shape[0], c = pred->ndim == 2 ? pred->shape[1] : 1;
+  if (target->shape[0] != n || c < 1) return -1;
+  int64_t correct = 0;
+  if (c == 1) { /* binary */
+    if (target->size != n) return -1;
+    for (int64_t i = 0; i < n; i++) {
+      bool p = ad_tensor_get(pred, i) > threshold;
+      bool t =
+          target->dtype == AD_I32 ? ad_tensor_get(target, i) != 0 : ad_tensor_get(target, i) > 0.5;
+      correct += p == t;
+    }
+    return correct;
+  }
+  if (target->dtype == AD_I32) {
+    if (target->ndim != 1) return -1;
+    for (int64_t i = 0; i < n; i++)
+      correct += argmax_row(pred, i, c) == (int64_t)ad_tensor_get(target, i);
+    return correct;
+  }
+  if (target->ndim != 2 || target->shape[1] != c) return -1;
+  for (int64_t i = 0; i < n; i++) correct += argmax_row(pred, i, c) == argmax_row(target, i, c);
+  return correct;
+}

@@ -1,0 +1,195 @@
+/* model.c: Sequential and custom models, their parameter lists, summaries
+ * and checkpoints. */
+#include "nn_internal.h"
+
+struct nn_model {
+  ad_ctx *ctx;
+  nn_params *params; /* layers' parameters (borrowed) and the model's own */
+  nn_layer **layers; /* owned */
+  int nlayers, cap;
+  nn_forward_fn forward; /* NULL: Sequential */
+  void *ud;
+  bool training;
+};
+
+static nn_model *model_new(ad_ctx *ctx, nn_forward_fn forward, void *ud) {
+  if (!ctx) return NULL;
+  nn_model *m = ad_malloc(ctx, sizeof *m);
+  if (!m) return NULL;
+  memset(m, 0, sizeof *m);
+  m->ctx = ctx;
+  m->forward = forward;
+  m->ud = ud;
+  m->training = true;
+  if (!(m->params = nn_params_new(ctx))) {
+    ad_free(ctx, m, sizeof *m);
+    return NULL;
+  }
+  return m;
+}
+
+nn_model *nn_sequential_new(ad_ctx *ctx) { return model_new(ctx, NULL, NULL); }
+
+nn_model *nn_model_new(ad_ctx *ctx, nn_forward_fn forward, void *ud) {
+  if (ctx && !forward) {
+    ad_set_error(ctx, AD_ERR_NULL, "model_new: forward function is NULL");
+    return NULL;
+  }
+  return model_new(ctx, forward, ud);
+}
+
+void nn_model_free(nn_model *m) {
+  if (!m) return;
+  ad_ctx *ctx = m->ctx;
+  nn_params_free(m->params); /* first: it borrows the layers' tensors */
+  for (int i = 0; i < m->nlayers; i++) nn_layer_free(m->layers[i]);
+  ad_free(ctx, m->layers, (size_t)m->cap * sizeof *m->layers);
+  ad_free(ctx, m, sizeof *m);
+}
+
+ad_status nn_model_add_named(nn_model *m, const char *name, nn_layer *layer) {
+  if (!m) {
+    nn_layer_free(layer);
+    return AD_ERR_NULL;
+  }
+  ad_ctx *ctx = m->ctx;
+  if (!layer) {
+    ad_status st = ad_last_status(ctx);
+    return st != AD_OK ? st : ad_set_error(ctx, AD_ERR_NULL, "model_add: layer is NULL");
+  }
+  ad_status st = AD_OK;
+  if (nn_layer_adopted(layer)) /* not ours: do not free it */
+    return ad_set_error(ctx, AD_ERR_ARG, "model_add: %s '%s' already belongs to a model",
+                        nn_layer_kind(layer), nn_layer_name(layer));
+  if (!name || !name[0] || strchr(name, '.') || strlen(name) >= 200)
+    st = ad_set_error(ctx, AD_ERR_ARG,
+                      "model_add: layer name '%.40s' must be non-empty, without '.', under 200 "
+                      "bytes",
+                      name ? name : "(null)");
+  else if (nn_model_find_layer(m, name))
+    st = ad_set_error(ctx, AD_ERR_ARG, "model_add: a layer named '%s' exists", name);
+  if (st != AD_OK) {
+    nn_layer_free(layer);
+    return st;
+  }
+  /* check every parameter name first, so a failure leaves the model as is */
+  nn_params *lp = nn_layer_params(layer);
+  int np = nn_params_count(lp);
+  char full[256];
+  for (int i = 0; i < np && st == AD_OK; i++) {
+    snprintf(full, sizeof full, "%s.%s", name, nn_params_name(lp, i));
+    if (nn_params_find(m->params, full))
+      st = ad_set_error(ctx, AD_ERR_ARG, "model_add: a parameter named '%s' exists", full);
+  }
+  if (st == AD_OK && !nn_grow(ctx, (void **)&m->layers, &m->cap, m->nlayers + 1, sizeof *m->layers))
+    st = AD_ERR_OOM;
+  if (st == AD_OK) st = nn_layer_adopt(layer, name);
+  if (st != AD_OK) {
+    nn_layer_free(layer);
+    return st;
+  }
+  m->layers[m->nlayers++] = layer;
+  for (int i = 0; i < np; i++) {
+    snprintf(full, sizeof full, "%s.%s", name, nn_params_name(lp, i));
+    st = nn_params_add(m->params, full, nn_params_tensor(lp, i), false);
+    if (st != AD_OK) return st; /* OOM only: the layer stays, partly listed */
+  }
+  return AD_OK;
+}
+
+ad_status nn_model_add(nn_model *m, nn_layer *layer) {
+  char name[32];
+  snprintf(name, sizeof name, "%d", m ? m->nlayers : 0);
+  return nn_model_add_named(m, name, layer);
+}
+
+ad_tensor *nn_model_add_param(nn_model *m, const char *name, ad_dtype dtype, int ndim,
+                              const int64_t *shape, nn_init init, ad_rng *rng) {
+  if (!m) return NULL;
+  ad_ctx *ctx = m->ctx;
+  if (dtype != AD_F32 && dtype != AD_F64) {
+    ad_set_error(ctx, AD_ERR_DTYPE, "model_add_param: '%s' must be float, got %s",
+                 name ? name : "(null)", ad_dtype_name(dtype));
+    return NULL;
+  }
+  ad_tensor *t = ad_zeros(ctx, dtype, ndim, shape);
+  if (!t) return NULL;
+  if (init.kind != NN_INIT_DEFAULT && nn_init_tensor(ctx, t, init, rng) != AD_OK) {
+    ad_tensor_free(t);
+    return NULL;
+  }
+  return nn_params_add(m->params, name, t, true) == AD_OK ? t : NULL;
+}
+
+ad_tensor *nn_model_param(const nn_model *m, const char *name) {
+  return m ? nn_params_find(m->params, name) : NULL;
+}
+
+int nn_model_layer_count(const nn_model *m) { return m ? m->nlayers : 0; }
+
+nn_layer *nn_model_layer(const nn_model *m, int i) {
+  return m && i >= 0 && i < m->nlayers ? m->layers[i] : NULL;
+}
+
+nn_layer *nn_model_find_layer(const nn_model *m, const char *name) {
+  for (int i = 0; m && name && i < m->nlayers; i++)
+    if (strcmp(nn_layer_name(m->layers[i]), name) == 0) return m->layers[i];
+  return NULL;
+}
+
+nn_params *nn_model_params(const nn_model *m) { return m ? m->params : NULL; }
+ad_ctx *nn_model_ctx(const nn_model *m) { return m ? m->ctx : NULL; }
+
+bool nn_model_set_training(nn_model *m, bool training) {
+  if (!m) return false;
+  bool old = m->training;
+  m->training = training;
+  return old;
+}
+
+bool nn_model_training(const nn_model *m) { return m && m->training; }
+
+ad_tensor *nn_model_forward(nn_model *m, ad_tensor *x) {
+  if (!m || !x) return NULL;
+  if (m->forward) return m->forward(m, x, m->ud);
+  if (m->nlayers == 0) {
+    ad_set_error(m->ctx, AD_ERR_STATE, "model_forward: the Sequential model has no layers");
+    return NULL;
+  }
+  for (int i = 0; i < m->nlayers && x; i++) x = nn_layer_forward(m->layers[i], x, m->training);
+  return x;
+}
+
+void nn_model_summary(const nn_model *m, FILE *f) {
+  if (!m || !f) return;
+  char buf[64];
+  fprintf(f, "%-12s %-12s %-24s %10s\n", "layer", "kind", "parameters", "count");
+  for (int i = 0; i < m->nlayers; i++) {
+    nn_layer *l = m->layers[i];
+    nn_params *lp = nn_layer_params(l);
+    int np = nn_params_count(lp);
+    fprintf(f, "%-12s %-12s ", nn_layer_name(l), nn_layer_kind(l));
+    if (np == 0) fprintf(f, "%-24s %10d\n", "-", 0);
+    for (int k = 0; k < np; k++) {
+      char item[96];
+      snprintf(item, sizeof item, "%s %s", nn_params_name(lp, k),
+               ad_shape_str(nn_params_tensor(lp, k), buf, sizeof buf));
+      if (k) fprintf(f, "%-12s %-12s ", "", "");
+      fprintf(f, "%-24s %10lld\n", item, (long long)nn_params_tensor(lp, k)->size);
+    }
+  }
+  /* parameters the model owns directly (custom models) */
+  for (int i = 0; i < nn_params_count(m->params); i++) {
+    const char *name = nn_params_name(m->params, i);
+    bool in_layer = false;
+    for (int k = 0; k < m->nlayers && !in_layer; k++) {
+      size_t n = strlen(nn_layer_name(m->layers[k]));
+      in_layer = strncmp(name, nn_layer_name(m->layers[k]), n) == 0 && name[n] == '.';
+    }
+    if (in_layer) continue;
+    ad_tensor *t = nn_params_tensor(m->params, i);
+    fprintf(f, "%-12s %-12s %-24s %10lld\n", name, "param", ad_shape_str(t, buf, sizeof buf),
+            (long long)t->size);
+  }
+  fprintf(f, "total parameters: %lld\n", (long long)nn_params_numel(m->params));
+}

@@ -1,0 +1,53 @@
+/* model_io.c: a model's parameters and its optimizer's state in one
+ * safetensors checkpoint (through nn_checkpoint_save / _load). */
+#include "nn_internal.h"
+
+/* The model's names and tensors followed by the optimizer's, in arrays of
+ * *bytes bytes each from the context's allocator. Returns the count, or -1
+ * (AD_ERR_OOM recorded). */
+static int gather(const nn_model *m, const nn_optimizer *opt, const char ***names,
+                  ad_tensor ***tensors, size_t *bytes) {
+  nn_params *params = nn_model_params(m);
+  ad_ctx *ctx = nn_model_ctx(m);
+  int np = nn_params_count(params), ns = opt ? nn_optimizer_state_count(opt) : 0;
+  int n = np + ns;
+  *bytes = (size_t)(n ? n : 1) * sizeof(void *);
+  *names = ad_malloc(ctx, *bytes);
+  *tensors = *names ? ad_malloc(ctx, *bytes) : NULL;
+  if (!*tensors) {
+    ad_free(ctx, (void *)*names, *bytes);
+    return -1;
+  }
+  for (int i = 0; i < np; i++) {
+    (*names)[i] = nn_params_name(params, i);
+    (*tensors)[i] = nn_params_tensor(params, i);
+  }
+  for (int i = 0; i < ns; i++) {
+    (*names)[np + i] = nn_optimizer_state_names(opt)[i];
+    (*tensors)[np + i] = nn_optimizer_state_tensors(opt)[i];
+  }
+  return n;
+}
+
+static ad_status model_io(nn_model *m, const nn_optimizer *opt, const char *path, bool save) {
+  if (!m) return AD_ERR_NULL;
+  ad_ctx *ctx = nn_model_ctx(m);
+  const char **names;
+  ad_tensor **tensors;
+  size_t bytes;
+  int n = gather(m, opt, &names, &tensors, &bytes);
+  if (n < 0) return AD_ERR_OOM;
+  ad_status st = save ? nn_checkpoint_save(ctx, path, n, names, tensors)
+                      : nn_checkpoint_load(ctx, path, n, names, tensors);
+  ad_free(ctx, (void *)names, bytes);
+  ad_free(ctx, tensors, bytes);
+  return st;
+}
+
+ad_status nn_model_save(const nn_model *m, const nn_optimizer *opt, const char *path) {
+  return model_io((nn_model *)m, opt, path, true);
+}
+
+ad_status nn_model_load(nn_model *m, nn_optimizer *opt, const char *path) {
+  return model_io(m, opt, path, false);
+}

@@ -1,0 +1,669 @@
+/* nn.h: neural networks on the autodiff tape.
+ *
+ * Overview
+ *   Everything here is built on the public ad_ API (ad.h): a forward pass is
+ *   a chain of ad_ ops, and every gradient comes from the tape through
+ *   ad_backward. Nothing in nn/ differentiates by hand.
+ *
+ *   parameters   nn_params: an ordered list of named persistent tensors
+ *                ("0.weight", "0.bias", or names you choose) with a hash
+ *                map for lookup by name. Each requires a gradient.
+ *   initializers nn_init: zeros, constant, uniform, normal, Xavier/Glorot
+ *                and He/Kaiming (uniform and normal), from an explicit,
+ *                seeded ad_rng.
+ *   layers       nn_layer: Dense, activations (sigmoid, tanh, relu,
+ *                leaky_relu, gelu, softmax, ...), dropout, flatten and
+ *                lambda (a C function).
+ *   models       nn_model: a Sequential stack of layers, or a custom model
+ *                whose forward pass is a plain C function over the model's
+ *                parameters and layers.
+ *   losses       MSE, binary cross-entropy (from probabilities or logits),
+ *                categorical cross-entropy from logits (integer labels or
+ *                one-hot / probability targets), NLL on log-probabilities;
+ *                mean or sum. All share the nn_loss_fn signature.
+ *   optimizers   nn_optimizer: SGD (momentum, Nesterov, weight decay),
+ *                Adagrad, RMSProp, Adam, AdamW, with PyTorch's update rules;
+ *                gradient clipping by global norm or by value; learning-rate
+ *                schedules (step, exponential, cosine). Their state tensors
+ *                are named so that checkpoints can resume training.
+ *   data         nn_batcher (mini-batches with seeded shuffling) and
+ *                nn_train_test_split.
+ *   training     nn_fit in the spirit of Keras' model.fit (epochs, batches,
+ *                shuffling, validation split, loss and accuracy, a history,
+ *                a live progress bar on a terminal), nn_evaluate and
+ *                nn_predict (no-grad), nn_train_step for hand-written loops.
+ *   files        nn_io.h: IDX data sets and safetensors checkpoints;
+ *                nn_model_save / nn_model_load use them for a model and its
+ *                optimizer.
+ *
+ * Worked example: fit y = 2x + 1 with one Dense layer
+ *
+ *   ad_ctx *ctx = ad_ctx_new();
+ *   ad_rng rng;
+ *   ad_rng_seed(&rng, 42);
+ *   nn_model *m = nn_sequential_new(ctx);
+ *   nn_model_add(m, nn_dense_new(ctx, 1, 1, &rng, NULL));  // weight [1,1], bias [1]
+ *   int64_t shape[2] = {64, 1};
+ *   ad_tensor *x = ad_rand(ctx, &rng, AD_F32, 2, shape, -1, 1);
+ *   ad_tensor *y = ad_zeros(ctx, AD_F32, 2, shape);
+ *   for (int64_t i = 0; i < 64; i++) ad_tensor_set(y, i, 2 * ad_tensor_get(x, i) + 1);
+ *   nn_opt_config cfg = nn_opt_defaults(NN_OPT_SGD, 0.1);
+ *   nn_optimizer *opt = nn_optimizer_new(nn_model_params(m), &cfg);
+ *   nn_fit_opts fo = {.epochs = 50, .batch_size = 16, .seed = 1};
+ *   if (nn_fit(m, opt, nn_mse_loss, x, y, &fo, NULL) != AD_OK)
+ *     fprintf(stderr, "%s\n", ad_last_error(ctx));
+ *   ad_tensor_print(stdout, "w", nn_params_find(nn_model_params(m), "0.weight"));
+ *   nn_optimizer_free(opt); nn_model_free(m);
+ *   ad_tensor_free(x); ad_tensor_free(y); ad_ctx_free(ctx);
+ *
+ * Errors
+ *   As in ad.h: functions return an ad_status (AD_OK == 0) or NULL, and the
+ *   first error is kept on the context (ad_last_error) with a message that
+ *   names the function or layer and the shapes, e.g.
+ *   "dense '0': input [32,100] has 100 features, the layer expects 784".
+ *   A NULL input gives NULL, so chains of calls need one check at the end.
+ *   Nothing here aborts or exits on user input.
+ *
+ * Ownership
+ *   _new returns a handle the caller frees with the matching _free; _free of
+ *   NULL is a no-op. Tensors made by ops (forward results, losses) live in
+ *   the context's arena until ad_tape_reset. nn_fit, nn_evaluate,
+ *   nn_predict and nn_train_step reset the tape.
+ *
+ * Threading
+ *   Like ad_ctx: one thread at a time per context and everything made from
+ *   it.
+ */
+#ifndef NN_H
+#define NN_H
+
+#include "ad.h"
+#include "nn_io.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#ifndef NN_API
+#if defined(_WIN32) && defined(NN_BUILDING_DLL)
+#define NN_API __declspec(dllexport)
+#elif defined(__GNUC__)
+#define NN_API __attribute__((visibility("default")))
+#else
+#define NN_API
+#endif
+#endif
+
+/* ============================================================ parameters */
+
+typedef struct nn_params nn_params;
+
+/* A new, empty parameter list on ctx. NULL (with AD_ERR_OOM) on failure.
+ * Free with nn_params_free. */
+NN_API nn_params *nn_params_new(ad_ctx *ctx);
+
+/* Frees the list, and the tensors it owns (see nn_params_add). Borrowed
+ * tensors are left alone. NULL is a no-op. */
+NN_API void nn_params_free(nn_params *p);
+
+/* Appends persistent float tensor t under name (copied; non-empty, unique in
+ * the list) and marks t as requiring a gradient. With own, the list frees t
+ * in nn_params_free, also when this call fails; without, the caller keeps
+ * ownership. Returns AD_OK, AD_ERR_NULL, AD_ERR_ARG (empty or duplicate
+ * name, a temporary tensor), AD_ERR_DTYPE (not float) or AD_ERR_OOM. */
+NN_API ad_status nn_params_add(nn_params *p, const char *name, ad_tensor *t, bool own);
+
+/* The tensor named name, or NULL (no error recorded). O(1). */
+NN_API ad_tensor *nn_params_find(const nn_params *p, const char *name);
+
+/* Number of tensors; tensor i, its name (owned by the list), NULL if out of
+ * range. */
+NN_API int nn_params_count(const nn_params *p);
+NN_API ad_tensor *nn_params_tensor(const nn_params *p, int i);
+NN_API const char *nn_params_name(const nn_params *p, int i);
+
+/* The names and tensors as arrays of nn_params_count entries, in order (for
+ * nn_checkpoint_save / nn_checkpoint_load). Owned by the list; valid until
+ * it changes. */
+NN_API const char *const *nn_params_names(const nn_params *p);
+NN_API ad_tensor *const *nn_params_tensors(const nn_params *p);
+
+/* Total number of elements over all tensors. */
+NN_API int64_t nn_params_numel(const nn_params *p);
+
+/* Sets every existing gradient to zero (keeps the buffers). */
+NN_API void nn_params_zero_grad(nn_params *p);
+
+/* Scales every gradient so that their global L2 norm is at most max_norm
+ * (torch.nn.utils.clip_grad_norm_: factor max_norm / (norm + 1e-6) when it
+ * is below 1). Returns the norm before clipping; 0 with no gradients. */
+NN_API double nn_clip_grad_norm(nn_params *p, double max_norm);
+
+/* Clamps every gradient element to [-clip, clip]. */
+NN_API void nn_clip_grad_value(nn_params *p, double clip);
+
+/* lambda * sum over the list's tensors that require grad of sum(w^2), as a
+ * scalar on the tape (Keras' l2 regularizer; its gradient is 2 lambda w).
+ * Add it to a loss. NULL on error (empty list, mixed dtypes). */
+NN_API ad_tensor *nn_l2_penalty(ad_ctx *ctx, const nn_params *p, double lambda);
+
+/* ========================================================== initializers */
+
+typedef enum nn_init_kind {
+  NN_INIT_DEFAULT = 0,    /* the layer's default (see nn_dense_opts) */
+  NN_INIT_ZEROS,          /* 0 */
+  NN_INIT_CONSTANT,       /* a */
+  NN_INIT_UNIFORM,        /* U[a, b) */
+  NN_INIT_NORMAL,         /* N(mean a, std b) */
+  NN_INIT_XAVIER_UNIFORM, /* U[-l, l), l = gain sqrt(6 / (fan_in + fan_out)) */
+  NN_INIT_XAVIER_NORMAL,  /* N(0, gain sqrt(2 / (fan_in + fan_out))) */
+  NN_INIT_HE_UNIFORM,     /* U[-l, l), l = gain sqrt(3 / fan_in) */
+  NN_INIT_HE_NORMAL       /* N(0, gain / sqrt(fan_in)) */
+} nn_init_kind;
+
+/* An initializer: kind plus its numbers. For Xavier and He, a is the gain;
+ * 0 means the default gain: 1 for Xavier, sqrt(2) for He (relu), which
+ * gives Keras' glorot_* and he_uniform and PyTorch's xavier_* and
+ * kaiming_*(nonlinearity='relu'). He normal is a plain normal, as PyTorch's
+ * (Keras truncates it). */
+typedef struct nn_init {
+  nn_init_kind kind;
+  double a, b;
+} nn_init;
+
+/* Builds an nn_init (also from C++). */
+static inline nn_init nn_init_make(nn_init_kind kind, double a, double b) {
+  nn_init init;
+  init.kind = kind;
+  init.a = a;
+  init.b = b;
+  return init;
+}
+
+/* Fans of a weight shaped like PyTorch's: [out, in, k...] gives
+ * fan_in = in * prod(k), fan_out = out * prod(k); a 1-d [n] gives n and n;
+ * a scalar 1 and 1. Either pointer may be NULL. */
+NN_API void nn_fans(const ad_tensor *t, int64_t *fan_in, int64_t *fan_out);
+
+/* Fills persistent float tensor t by init, drawing from rng in row-major
+ * order (rng may be NULL for zeros and constant). Returns AD_OK,
+ * AD_ERR_NULL (t, or rng for a random kind), AD_ERR_ARG (NN_INIT_DEFAULT,
+ * unknown kind, std < 0, b < a, empty fan) or AD_ERR_DTYPE. */
+NN_API ad_status nn_init_tensor(ad_ctx *ctx, ad_tensor *t, nn_init init, ad_rng *rng);
+
+/* ================================================================ layers */
+
+typedef struct nn_layer nn_layer;
+
+/* Activation functions, applied elementwise, except softmax and log_softmax
+ * which work along the last axis. */
+typedef enum nn_act {
+  NN_ACT_NONE = 0, /* identity */
+  NN_ACT_SIGMOID,
+  NN_ACT_TANH,
+  NN_ACT_RELU,       /* relu'(0) = 0 */
+  NN_ACT_LEAKY_RELU, /* x > 0 ? x : alpha x */
+  NN_ACT_GELU,       /* exact: x Phi(x) */
+  NN_ACT_SOFTPLUS,
+  NN_ACT_SOFTMAX,
+  NN_ACT_LOG_SOFTMAX
+} nn_act;
+
+/* "relu", "softmax", ...; "?" for an unknown value. */
+NN_API const char *nn_act_name(nn_act act);
+
+/* Applies act to x (alpha is the leaky_relu slope, ignored otherwise).
+ * Returns a tape tensor, or NULL on error (NULL x, unknown act). */
+NN_API ad_tensor *nn_activate(ad_ctx *ctx, ad_tensor *x, nn_act act, double alpha);
+
+/* Options of a Dense layer. All-zero means the defaults. */
+typedef struct nn_dense_opts {
+  bool no_bias;        /* false: with bias */
+  nn_act activation;   /* applied after the affine map; default none */
+  double alpha;        /* leaky_relu slope; 0 means 0.01 */
+  nn_init weight_init; /* default Xavier/Glorot uniform (Keras' default) */
+  nn_init bias_init;   /* default zeros */
+  ad_dtype dtype;      /* default AD_F32 */
+} nn_dense_opts;
+
+/* A fully connected layer y = act(x W^T + b) with weight W [out, in] and
+ * bias b [out] (PyTorch's nn.Linear layout, so checkpoints move both ways;
+ * the transpose is a flag of ad_matmul and costs no copy). x is [..., in]:
+ * the map applies to the last axis. rng draws the initial values (it may
+ * be NULL only when both initializers are deterministic); opts may be
+ * NULL. Its parameters are named "weight" and "bias". Returns the layer
+ * (free with nn_layer_free, or give it to a model), or NULL with
+ * AD_ERR_ARG (in or out < 1, bad initializer) / AD_ERR_NULL / AD_ERR_OOM. */
+NN_API nn_layer *nn_dense_new(ad_ctx *ctx, int64_t in, int64_t out, ad_rng *rng,
+                              const nn_dense_opts *opts);
+
+/* An activation as a layer (leaky_relu with slope 0.01). NULL with
+ * AD_ERR_ARG for an unknown act. */
+NN_API nn_layer *nn_activation_new(ad_ctx *ctx, nn_act act);
+
+/* leaky_relu with slope alpha as a layer. */
+NN_API nn_layer *nn_leaky_relu_new(ad_ctx *ctx, double alpha);
+
+/* Inverted dropout: in training mode each element is zeroed with
+ * probability p and the rest are scaled by 1 / (1 - p); in evaluation mode
+ * it is the identity. The masks come from an ad_rng seeded with seed, in
+ * row-major order, one draw per element per call. p in [0, 1), else NULL
+ * with AD_ERR_ARG. */
+NN_API nn_layer *nn_dropout_new(ad_ctx *ctx, double p, uint64_t seed);
+
+/* Reshapes [N, d1, d2, ...] to [N, d1 * d2 * ...] (a view). */
+NN_API nn_layer *nn_flatten_new(ad_ctx *ctx);
+
+/* The function of a lambda layer: returns a tape tensor or NULL with the
+ * error recorded. training tells train from evaluation mode. */
+typedef ad_tensor *(*nn_layer_fn)(ad_ctx *ctx, ad_tensor *x, bool training, void *ud);
+
+/* A parameterless layer running fn(ctx, x, training, ud). kind (copied) is
+ * shown by nn_model_summary; NULL means "lambda". */
+NN_API nn_layer *nn_lambda_new(ad_ctx *ctx, const char *kind, nn_layer_fn fn, void *ud);
+
+/* Frees a layer and its parameters. Do not free a layer owned by a model.
+ * NULL is a no-op. */
+NN_API void nn_layer_free(nn_layer *l);
+
+/* Runs the layer on x (training selects dropout's mode). Returns a tape
+ * tensor, or NULL with an error naming the layer and the shapes. */
+NN_API ad_tensor *nn_layer_forward(nn_layer *l, ad_tensor *x, bool training);
+
+/* "dense", "relu", "dropout", ...; and the name the model gave it ("0",
+ * "encoder", or "" while it belongs to no model). */
+NN_API const char *nn_layer_kind(const nn_layer *l);
+NN_API const char *nn_layer_name(const nn_layer *l);
+
+/* The layer's own parameters ("weight", "bias"), never NULL for a valid
+ * layer (empty for parameterless ones). Owned by the layer. */
+NN_API nn_params *nn_layer_params(const nn_layer *l);
+
+/* ================================================================ models */
+
+typedef struct nn_model nn_model;
+
+/* The forward pass of a custom model: computes the output for input x from
+ * the model's parameters (nn_model_param) and layers (nn_model_layer),
+ * using ad_ ops and nn_layer_forward. Returns a tape tensor or NULL with
+ * the error recorded. nn_model_training(m) tells the mode. */
+typedef ad_tensor *(*nn_forward_fn)(nn_model *m, ad_tensor *x, void *ud);
+
+/* A Sequential model: its forward runs the layers in the order added.
+ * NULL with AD_ERR_OOM on failure. Free with nn_model_free. */
+NN_API nn_model *nn_sequential_new(ad_ctx *ctx);
+
+/* A custom model whose forward is forward(m, x, ud). NULL with AD_ERR_NULL
+ * (NULL forward) or AD_ERR_OOM. */
+NN_API nn_model *nn_model_new(ad_ctx *ctx, nn_forward_fn forward, void *ud);
+
+/* Frees the model, its layers and the parameters it owns. NULL is a no-op. */
+NN_API void nn_model_free(nn_model *m);
+
+/* Appends layer and takes ownership of it, also when the call fails (so
+ * nn_model_add(m, nn_dense_new(...)) never leaks). Its name is its index
+ * among the layers ("0", "1", ...; activations count, as in PyTorch's
+ * nn.Sequential), and its parameters join the model's list as
+ * "<index>.weight", "<index>.bias". Returns AD_OK, AD_ERR_NULL (NULL
+ * layer: the error that made it NULL is kept), AD_ERR_ARG (duplicate name;
+ * or a layer that already belongs to a model, which is then left alone) or
+ * AD_ERR_OOM. */
+NN_API ad_status nn_model_add(nn_model *m, nn_layer *layer);
+
+/* nn_model_add with a chosen name (non-empty, no '.', shorter than 200
+ * bytes); parameters become "<name>.weight". */
+NN_API ad_status nn_model_add_named(nn_model *m, const char *name, nn_layer *layer);
+
+/* A new parameter owned by the model: a persistent tensor of dtype and
+ * shape, filled by init from rng (NN_INIT_DEFAULT means zeros), requiring a
+ * gradient, listed as name. Returns it (owned by the model), or NULL with
+ * the error recorded (see nn_params_add, nn_init_tensor). */
+NN_API ad_tensor *nn_model_add_param(nn_model *m, const char *name, ad_dtype dtype, int ndim,
+                                     const int64_t *shape, nn_init init, ad_rng *rng);
+
+/* The parameter named name, or NULL (no error recorded). */
+NN_API ad_tensor *nn_model_param(const nn_model *m, const char *name);
+
+/* Number of layers; layer i (owned by the model) or NULL; layer by name. */
+NN_API int nn_model_layer_count(const nn_model *m);
+NN_API nn_layer *nn_model_layer(const nn_model *m, int i);
+NN_API nn_layer *nn_model_find_layer(const nn_model *m, const char *name);
+
+/* All parameters, in order of creation (owned by the model). */
+NN_API nn_params *nn_model_params(const nn_model *m);
+
+/* The context the model was made on. */
+NN_API ad_ctx *nn_model_ctx(const nn_model *m);
+
+/* Runs the model on x in its current mode. Returns a tape tensor, or NULL
+ * with the error recorded (AD_ERR_STATE for an empty Sequential). */
+NN_API ad_tensor *nn_model_forward(nn_model *m, ad_tensor *x);
+
+/* Training (true, the initial mode) or evaluation mode; the setter returns
+ * the previous mode. */
+NN_API bool nn_model_set_training(nn_model *m, bool training);
+NN_API bool nn_model_training(const nn_model *m);
+
+/* Prints a Keras-like table: each layer's name, kind and parameter shapes,
+ * then the parameter count. */
+NN_API void nn_model_summary(const nn_model *m, FILE *f);
+
+/* ================================================================ losses */
+
+typedef enum nn_reduction {
+  NN_MEAN = 0, /* mean over elements (MSE, BCE) or samples (cross-entropy, NLL) */
+  NN_SUM
+} nn_reduction;
+
+/* Every loss: a scalar on the tape from a prediction and a target, or NULL
+ * with an error naming the loss and the shapes. pred and target share a
+ * float dtype unless stated. */
+typedef ad_tensor *(*nn_loss_fn)(ad_ctx *ctx, ad_tensor *pred, ad_tensor *target, nn_reduction red);
+
+/* (pred - target)^2. target has pred's shape, or its size (e.g. [N] for
+ * [N,1]). */
+NN_API ad_tensor *nn_mse_loss(ad_ctx *ctx, ad_tensor *pred, ad_tensor *target, nn_reduction red);
+
+/* Binary cross-entropy from probabilities pred in [0,1]:
+ * -(t log p + (1-t) log(1-p)), each log clamped at -100 as in PyTorch.
+ * Targets as in nn_mse_loss. */
+NN_API ad_tensor *nn_bce_loss(ad_ctx *ctx, ad_tensor *pred, ad_tensor *target, nn_reduction red);
+
+/* Binary cross-entropy from logits z, stable for any z:
+ * softplus(z) - t z. */
+NN_API ad_tensor *nn_bce_with_logits_loss(ad_ctx *ctx, ad_tensor *logits, ad_tensor *target,
+                                          nn_reduction red);
+
+/* Categorical cross-entropy from logits [N,C]. target is either AD_I32
+ * labels [N] in 0..C-1 (through the fused, stable ad_softmax_cross_entropy)
+ * or float [N,C] one-hot or probability rows: -sum_c t log_softmax(z).
+ * Errors name bad labels: "cross_entropy_loss: label 12 of sample 3 is
+ * outside 0..9". */
+NN_API ad_tensor *nn_cross_entropy_loss(ad_ctx *ctx, ad_tensor *logits, ad_tensor *target,
+                                        nn_reduction red);
+
+/* Negative log-likelihood: -logp[n, label_n] for log-probabilities logp
+ * [N,C] (e.g. from NN_ACT_LOG_SOFTMAX) and AD_I32 labels [N]. */
+NN_API ad_tensor *nn_nll_loss(ad_ctx *ctx, ad_tensor *logp, ad_tensor *labels, nn_reduction red);
+
+/* Number of samples where pred agrees with target: with AD_I32 labels [N]
+ * and pred [N,C], argmax (first maximum) equals the label; with float
+ * targets [N,C], C > 1, the argmaxes agree; with one column (or 1-d), pred
+ * > threshold agrees with target > 0.5 (threshold 0.5 for probabilities, 0
+ * for logits). -1 when the shapes do not fit. */
+NN_API int64_t nn_count_correct(const ad_tensor *pred, const ad_tensor *target, double threshold);
+
+/* ============================================================ optimizers */
+
+typedef struct nn_optimizer nn_optimizer;
+
+typedef enum nn_opt_kind {
+  NN_OPT_SGD = 0,
+  NN_OPT_ADAGRAD,
+  NN_OPT_RMSPROP,
+  NN_OPT_ADAM,
+  NN_OPT_ADAMW
+} nn_opt_kind;
+
+/* Optimizer settings, with PyTorch's meaning; start from nn_opt_defaults.
+ * Per step t = 1, 2, ... (the optimizer's step counter), for each
+ * parameter p with gradient g:
+ *   SGD      g += wd p; b = momentum b + (1 - dampening) g (b = g at
+ *            t = 1); g = nesterov ? g + momentum b : b; p -= lr g
+ *   Adagrad  g += wd p; s += g^2; p -= lr / (1 + (t-1) lr_decay) g / (sqrt s + eps)
+ *   RMSProp  g += wd p; v = alpha v + (1-alpha) g^2; (centered: m = alpha m
+ *            + (1-alpha) g, v' = v - m^2); d = g / (sqrt v' + eps);
+ *            momentum: b = momentum b + d, p -= lr b; else p -= lr d
+ *   Adam     g += wd p; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
+ *            p -= lr / (1-b1^t) m / (sqrt v / sqrt(1-b2^t) + eps)
+ *   AdamW    p *= 1 - lr wd, then Adam without the L2 term.
+ * Before the update, gradients are clamped to [-clip_value, clip_value]
+ * (when > 0), then scaled to global norm at most clip_norm (when > 0). */
+typedef struct nn_opt_config {
+  nn_opt_kind kind;
+  double lr;
+  double momentum;     /* SGD, RMSProp */
+  double dampening;    /* SGD */
+  bool nesterov;       /* SGD: needs momentum > 0 and dampening 0 */
+  double weight_decay; /* L2 added to the gradient; decoupled in AdamW */
+  double beta1, beta2; /* Adam, AdamW */
+  double alpha;        /* RMSProp smoothing constant */
+  bool centered;       /* RMSProp */
+  double eps;
+  double lr_decay;            /* Adagrad */
+  double initial_accumulator; /* Adagrad */
+  double clip_norm;           /* > 0: clip the global gradient norm */
+  double clip_value;          /* > 0: clip each gradient element */
+} nn_opt_config;
+
+/* PyTorch's defaults for kind with learning rate lr: Adagrad eps 1e-10;
+ * RMSProp alpha 0.99, eps 1e-8; Adam/AdamW betas (0.9, 0.999), eps 1e-8;
+ * AdamW weight decay 0.01; everything else 0. */
+NN_API nn_opt_config nn_opt_defaults(nn_opt_kind kind, double lr);
+
+/* An optimizer over the tensors of params at the time of the call (the list
+ * must outlive it). Its state tensors (zeros, one per parameter and kind of
+ * state, plus a step counter) are allocated here. Returns NULL with
+ * AD_ERR_NULL or AD_ERR_ARG (a setting out of range, naming it) or
+ * AD_ERR_OOM. Free with nn_optimizer_free. */
+NN_API nn_optimizer *nn_optimizer_new(nn_params *params, const nn_opt_config *cfg);
+
+/* Shorthands for nn_optimizer_new with nn_opt_defaults and these settings. */
+NN_API nn_optimizer *nn_sgd_new(nn_params *params, double lr, double momentum, bool nesterov,
+                                double weight_decay);
+NN_API nn_optimizer *nn_adam_new(nn_params *params, double lr);
+NN_API nn_optimizer *nn_adamw_new(nn_params *params, double lr, double weight_decay);
+NN_API nn_optimizer *nn_rmsprop_new(nn_params *params, double lr);
+NN_API nn_optimizer *nn_adagrad_new(nn_params *params, double lr);
+
+/* Frees the optimizer and its state. NULL is a no-op. */
+NN_API void nn_optimizer_free(nn_optimizer *opt);
+
+/* One update of every parameter that requires grad and has a gradient
+ * (others are skipped, as PyTorch skips grad None). Plain loops over the
+ * parameter and gradient data; not recorded. Increments the step counter.
+ * Returns AD_OK, or AD_ERR_NULL. */
+NN_API ad_status nn_optimizer_step(nn_optimizer *opt);
+
+/* Zeroes the gradients of the optimizer's parameters. */
+NN_API void nn_optimizer_zero_grad(nn_optimizer *opt);
+
+/* The settings (lr is the current learning rate). */
+NN_API const nn_opt_config *nn_optimizer_config(const nn_optimizer *opt);
+
+/* Current learning rate; setting it also makes it the schedule's base. */
+NN_API double nn_optimizer_lr(const nn_optimizer *opt);
+NN_API void nn_optimizer_set_lr(nn_optimizer *opt, double lr);
+
+/* Steps taken (restored by loading the state). */
+NN_API int64_t nn_optimizer_steps(const nn_optimizer *opt);
+
+/* The state tensors and their names, e.g. "adam.step" (the step counter, a
+ * 0-d f64), "adam.m.0.weight", "adam.v.0.weight"; "sgd.momentum.<p>",
+ * "adagrad.sum.<p>", "rmsprop.square_avg.<p>", "rmsprop.grad_avg.<p>",
+ * "rmsprop.momentum.<p>", "adamw.m.<p>"... Arrays of
+ * nn_optimizer_state_count entries, owned by the optimizer. Writing into
+ * them (e.g. loading a checkpoint) resumes from that state. */
+NN_API int nn_optimizer_state_count(const nn_optimizer *opt);
+NN_API const char *const *nn_optimizer_state_names(const nn_optimizer *opt);
+NN_API ad_tensor *const *nn_optimizer_state_tensors(const nn_optimizer *opt);
+
+/* Learning-rate schedules, as functions of the epoch t = 0, 1, ...:
+ *   step         lr0 gamma^floor(t / step_size)            (StepLR)
+ *   exponential  lr0 gamma^t                               (ExponentialLR)
+ *   cosine       eta_min + (lr0 - eta_min)(1 + cos(pi t / t_max)) / 2
+ *                for t <= t_max, eta_min after             (CosineAnnealingLR) */
+typedef enum nn_sched_kind {
+  NN_SCHED_CONSTANT = 0,
+  NN_SCHED_STEP,
+  NN_SCHED_EXPONENTIAL,
+  NN_SCHED_COSINE
+} nn_sched_kind;
+
+typedef struct nn_schedule {
+  nn_sched_kind kind;
+  int64_t step_size; /* step */
+  double gamma;      /* step, exponential */
+  int64_t t_max;     /* cosine */
+  double eta_min;    /* cosine */
+} nn_schedule;
+
+/* The learning rate at epoch t for base rate lr0. NAN for bad settings
+ * (step_size or t_max < 1, unknown kind). */
+NN_API double nn_schedule_lr(const nn_schedule *s, double lr0, int64_t t);
+
+/* Attaches a copy of s (NULL detaches); the current lr becomes lr0 and the
+ * epoch 0. Returns AD_ERR_ARG for bad settings. */
+NN_API ad_status nn_optimizer_set_schedule(nn_optimizer *opt, const nn_schedule *s);
+
+/* Advances the schedule one epoch and sets lr from it (no-op without a
+ * schedule). nn_fit calls it after every epoch. */
+NN_API void nn_optimizer_schedule_step(nn_optimizer *opt);
+
+/* ================================================================== data */
+
+/* Replaces idx[0..n-1] by a random permutation of 0..n-1 (Fisher-Yates:
+ * for i = n-1 down to 1, swap i with ad_rng_below(rng, i+1)). */
+NN_API void nn_permutation(ad_rng *rng, int64_t n, int64_t *idx);
+
+/* A new persistent tensor holding rows rows[0..n-1] of x (axis 0), in that
+ * order. NULL with AD_ERR_ARG (row out of range) / AD_ERR_OOM. */
+NN_API ad_tensor *nn_take_rows(ad_ctx *ctx, const ad_tensor *x, int64_t n, const int64_t *rows);
+
+/* Splits the rows of x and y (y may be NULL) into n_test test rows and the
+ * rest for training: with shuffle, by a permutation drawn from an ad_rng
+ * seeded with seed (the first rows of the permutation train); without, the
+ * last n_test rows are the test set. The four outputs are new persistent
+ * tensors the caller frees (y_* stay NULL when y is NULL). Returns AD_OK,
+ * AD_ERR_NULL, AD_ERR_SHAPE (row counts differ) or AD_ERR_ARG (n_test
+ * outside 0..rows). */
+NN_API ad_status nn_train_test_split(ad_ctx *ctx, ad_tensor *x, ad_tensor *y, int64_t n_test,
+                                     bool shuffle, uint64_t seed, ad_tensor **x_train,
+                                     ad_tensor **y_train, ad_tensor **x_test, ad_tensor **y_test);
+
+typedef struct nn_batcher nn_batcher;
+
+/* Mini-batches over rows [begin, end) of x and y (y may be NULL; equal row
+ * counts). Each epoch visits every row once, in order or, with shuffle, in
+ * the order of nn_permutation drawn from an ad_rng seeded once with seed
+ * (so epoch e's order depends on seed and e). Batches have batch_size rows
+ * except the last of an epoch, which holds the rest. Rows are copied into
+ * persistent buffers allocated here, so iteration allocates nothing.
+ * NULL with AD_ERR_NULL / AD_ERR_SHAPE / AD_ERR_ARG / AD_ERR_OOM. */
+NN_API nn_batcher *nn_batcher_new_range(ad_ctx *ctx, ad_tensor *x, ad_tensor *y, int64_t begin,
+                                        int64_t end, int64_t batch_size, bool shuffle,
+                                        uint64_t seed);
+
+/* nn_batcher_new_range over all rows. */
+NN_API nn_batcher *nn_batcher_new(ad_ctx *ctx, ad_tensor *x, ad_tensor *y, int64_t batch_size,
+                                  bool shuffle, uint64_t seed);
+
+/* Fills *xb (and *yb when y was given; yb may be NULL) with the next batch
+ * and returns true; returns false once the epoch is done (the next call
+ * starts a new one, reshuffled). The tensors belong to the batcher and are
+ * overwritten by the next call. */
+NN_API bool nn_batcher_next(nn_batcher *b, ad_tensor **xb, ad_tensor **yb);
+
+/* Batches per epoch and rows per epoch. */
+NN_API int64_t nn_batcher_batches(const nn_batcher *b);
+NN_API int64_t nn_batcher_rows(const nn_batcher *b);
+
+/* Frees the batcher and its buffers. NULL is a no-op. */
+NN_API void nn_batcher_free(nn_batcher *b);
+
+/* ============================================================== training */
+
+/* One training step: ad_tape_reset, zero the gradients, forward x in
+ * training mode, loss(pred, y, NN_MEAN) (plus lambda_l2 * nn_l2_penalty
+ * when lambda_l2 > 0), ad_backward, nn_optimizer_step. loss_out (may be
+ * NULL) gets the loss without the penalty. Returns AD_OK or the error. */
+NN_API ad_status nn_train_step(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor *x,
+                               ad_tensor *y, double lambda_l2, double *loss_out);
+
+typedef struct nn_history nn_history;
+
+/* Called after each epoch (0-based); return false to stop training. */
+typedef bool (*nn_epoch_fn)(int epoch, const nn_history *h, void *ud);
+
+/* Options of nn_fit. All-zero means the defaults. */
+typedef struct nn_fit_opts {
+  int epochs;              /* default 1 */
+  int64_t batch_size;      /* default 32 */
+  uint64_t seed;           /* of the shuffling */
+  bool no_shuffle;         /* keep row order */
+  double validation_split; /* in [0,1): the last fraction of rows, not trained on */
+  ad_tensor *val_x;        /* validation data given explicitly (wins over the split) */
+  ad_tensor *val_y;
+  bool accuracy;    /* also compute accuracy (see nn_count_correct) */
+  double lambda_l2; /* > 0: add lambda_l2 * nn_l2_penalty to the loss */
+  int verbose;      /* 0: a progress bar on a terminal, one line per epoch
+                       otherwise; 1: one line per epoch; -1: silent */
+  FILE *out;        /* where progress goes; default stdout */
+  nn_epoch_fn on_epoch_end;
+  void *ud;
+} nn_fit_opts;
+
+/* Trains m on x, y (equal row counts) with opt and loss (NN_MEAN) for
+ * opts->epochs epochs of mini-batches: per batch, nn_train_step. The epoch's
+ * "loss" (and "accuracy") are sample-weighted means over its batches, taken
+ * in training mode as the batches go (like Keras); "val_loss" and
+ * "val_accuracy" are computed after the epoch by nn_evaluate. The
+ * validation split takes the last floor(rows * split) rows, before
+ * shuffling (like Keras). Accuracy thresholds at 0 for
+ * nn_bce_with_logits_loss, else 0.5. After each epoch the optimizer's
+ * schedule advances. On a terminal (isatty) the progress bar shows batches
+ * done, loss, samples/s and ETA, redrawn with '\r'. A non-finite loss stops
+ * training with AD_ERR_NAN. The model is left in evaluation mode.
+ * If history is not NULL, *history gets a new nn_history (also on error:
+ * the epochs completed), freed by the caller with nn_history_free.
+ * Returns AD_OK or the first error. */
+NN_API ad_status nn_fit(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor *x, ad_tensor *y,
+                        const nn_fit_opts *opts, nn_history **history);
+
+/* Epochs recorded. */
+NN_API int nn_history_epochs(const nn_history *h);
+
+/* The per-epoch values of key ("loss", "accuracy", "val_loss",
+ * "val_accuracy", "lr" (at the start of the epoch), "seconds"), an array
+ * of nn_history_epochs entries owned by h, or NULL when the key was not
+ * recorded. */
+NN_API const double *nn_history_values(const nn_history *h, const char *key);
+
+/* One value, NAN when absent. */
+NN_API double nn_history_get(const nn_history *h, const char *key, int epoch);
+
+/* NULL is a no-op. */
+NN_API void nn_history_free(nn_history *h);
+
+/* Mean loss (sample-weighted over batches of batch_size, 0 meaning 32) and,
+ * if accuracy is not NULL, the fraction correct, of m on x, y in evaluation
+ * and no-grad mode. Resets the tape; restores m's mode. Returns AD_OK or the
+ * error. */
+NN_API ad_status nn_evaluate(nn_model *m, nn_loss_fn loss, ad_tensor *x, ad_tensor *y,
+                             int64_t batch_size, double *loss_out, double *accuracy);
+
+/* The outputs of m for every row of x, in evaluation and no-grad mode, in
+ * batches (0 means 32), as a new persistent tensor [rows, ...] the caller
+ * frees. Resets the tape; restores m's mode. NULL on error. */
+NN_API ad_tensor *nn_predict(nn_model *m, ad_tensor *x, int64_t batch_size);
+
+/* ========================================================== checkpoints */
+
+/* Saves m's parameters under their names and, when opt is not NULL, its
+ * state (nn_optimizer_state_names) to a safetensors file (atomically; see
+ * nn_checkpoint_save). */
+NN_API ad_status nn_model_save(const nn_model *m, const nn_optimizer *opt, const char *path);
+
+/* Loads m's parameters (and opt's state when opt is not NULL) from path;
+ * every name must be present with the same dtype and shape, else nothing
+ * changes (see nn_checkpoint_load). */
+NN_API ad_status nn_model_load(nn_model *m, nn_optimizer *opt, const char *path);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* NN_H */

@@ -1,0 +1,35 @@
+/* nn_internal.h: private structures shared by the nn sources. Only the
+ * public ad_ API (ad.h) is used underneath. */
+#ifndef NN_INTERNAL_H
+#define NN_INTERNAL_H
+
+#include "nn.h"
+
+#include <string.h>
+
+/* Copies s into memory from the context's allocator (free with nn_strfree). */
+char *nn_strdup(ad_ctx *ctx, const char *s);
+void nn_strfree(ad_ctx *ctx, char *s);
+
+/* Grows *arr (elements of size es, capacity *cap) to hold need elements.
+ * Returns false (AD_ERR_OOM recorded) on failure. */
+bool nn_grow(ad_ctx *ctx, void **arr, int *cap, int need, size_t es);
+
+/* An arena (tape-lifetime) float tensor of shape with uninitialized data
+ * that the caller fills; not recorded. NULL on error. */
+ad_tensor *nn_tmp_tensor(ad_ctx *ctx, ad_dtype dtype, int ndim, const int64_t *shape);
+
+/* Seconds from a monotonic clock. */
+double nn_now(void);
+
+/* The context of a parameter list. */
+ad_ctx *nn_params_ctx(const nn_params *p);
+
+/* Sets the name of a layer when a model adopts it (copied). */
+ad_status nn_layer_adopt(nn_layer *l, const char *name);
+bool nn_layer_adopted(const nn_layer *l);
+
+/* Accuracy threshold nn_fit and nn_evaluate use for loss. */
+double nn_loss_threshold(nn_loss_fn loss);
+
+#endif

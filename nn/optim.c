@@ -1,0 +1,433 @@
+/* optim.c: optimizers (PyTorch's update rules), learning-rate schedules.
+ *
+ * An update is a plain loop over a parameter's data and its gradient (the
+ * gradient itself always comes from the tape). State lives in named
+ * persistent tensors so that a checkpoint can save and resume it. */
+#include "nn_internal.h"
+
+#include <math.h>
+
+#define MAX_SLOT_STATE 3
+
+typedef struct slot {
+  ad_tensor *p;
+  ad_tensor *s[MAX_SLOT_STATE]; /* per kind, see state_kinds */
+} slot;
+
+struct nn_optimizer {
+  ad_ctx *ctx;
+  nn_params *params;
+  nn_opt_config cfg;
+  int nslots;
+  slot *slots;
+  ad_tensor *step; /* 0-d f64: steps taken */
+  int nstate, names_cap, tensors_cap;
+  char **state_names;
+  ad_tensor **state_tensors;
+  bool has_sched;
+  nn_schedule sched;
+  double lr0;
+  int64_t epoch;
+};
+
+static const char *const kind_names[] = {"sgd", "adagrad", "rmsprop", "adam", "adamw"};
+
+nn_opt_config nn_opt_defaults(nn_opt_kind kind, double lr) {
+  nn_opt_config c;
+  memset(&c, 0, sizeof c);
+  c.kind = kind;
+  c.lr = lr;
+  switch (kind) {
+  case NN_OPT_ADAGRAD:
+    c.eps = 1e-10;
+    break;
+  case NN_OPT_RMSPROP:
+    c.alpha = 0.99;
+    c.eps = 1e-8;
+    break;
+  case NN_OPT_ADAMW:
+    c.weight_decay = 0.01;
+    /* fall through */
+  case NN_OPT_ADAM:
+    c.beta1 = 0.9;
+    c.beta2 = 0.999;
+    c.eps = 1e-8;
+    break;
+  default:
+    break;
+  }
+  return c;
+}
+
+/* The names of the state tensors of one parameter for the configuration;
+ * NULL marks an unused position. */
+static void state_kinds(const nn_opt_config *c, const char *names[MAX_SLOT_STATE]) {
+  for (int k = 0; k < MAX_SLOT_STATE; k++) names[k] = NULL;
+  switch (c->kind) {
+  case NN_OPT_SGD:
+    if (c->momentum > 0) names[0] = "momentum";
+    break;
+  case NN_OPT_ADAGRAD:
+    names[0] = "sum";
+    break;
+  case NN_OPT_RMSPROP:
+    names[0] = "square_avg";
+    if (c->centered) names[1] = "grad_avg";
+    if (c->momentum > 0) names[2] = "momentum";
+    break;
+  case NN_OPT_ADAM:
+  case NN_OPT_ADAMW:
+    names[0] = "m";
+    names[1] = "v";
+    break;
+  }
+}
+
+static ad_status check_config(ad_ctx *ctx, const nn_opt_config *c) {
+  if ((unsigned)c->kind > NN_OPT_ADAMW)
+    return ad_set_error(ctx, AD_ERR_ARG, "optimizer: unknown kind %d", (int)c->kind);
+  const char *k = kind_names[c->kind];
+#define REQUIRE(cond, what, v)                                                                     \
+  if (!(cond)) return ad_set_error(ctx, AD_ERR_ARG, "optimizer %s: %s, got %g", k, what, v)
+  REQUIRE(c->lr >= 0 && isfinite(c->lr), "lr must be >= 0", c->lr);
+  REQUIRE(c->momentum >= 0, "momentum must be >= 0", c->momentum);
+  REQUIRE(c->dampening >= 0 && c->dampening <= 1, "dampening must be in [0,1]", c->dampening);
+  REQUIRE(c->weight_decay >= 0, "weight_decay must be >= 0", c->weight_decay);
+  REQUIRE(c->eps >= 0, "eps must be >= 0", c->eps);
+  REQUIRE(c->clip_norm >= 0, "clip_norm must be >= 0", c->clip_norm);
+  REQUIRE(c->clip_value >= 0, "clip_value must be >= 0", c->clip_value);
+  if (c->kind == NN_OPT_ADAM || c->kind == NN_OPT_ADAMW) {
+    REQUIRE(c->beta1 >= 0 && c->beta1 < 1, "beta1 must be in [0,1)", c->beta1);
+    REQUIRE(c->beta2 >= 0 && c->beta2 < 1, "beta2 must be in [0,1)", c->beta2);
+  }
+  if (c->kind == NN_OPT_RMSPROP)
+    REQUIRE(c->alpha >= 0 && c->alpha <= 1, "alpha must be in [0,1]", c->alpha);
+  if (c->kind == NN_OPT_ADAGRAD) {
+    REQUIRE(c->lr_decay >= 0, "lr_decay must be >= 0", c->lr_decay);
+    REQUIRE(c->initial_accumulator >= 0, "initial_accumulator must be >= 0",
+            c->initial_accumulator);
+  }
+  if (c->kind == NN_OPT_SGD && c->nesterov)
+    REQUIRE(c->momentum > 0 && c->dampening == 0, "nesterov needs momentum > 0 and dampening 0",
+            c->momentum);
+#undef REQUIRE
+  return AD_OK;
+}
+
+static ad_status add_state(nn_optimizer *o, const char *name, ad_tensor *t) {
+  ad_ctx *ctx = o->ctx;
+  if (!t) return ad_last_status(ctx);
+  char *copy = nn_strdup(ctx, name);
+  if (!copy ||
+      !nn_grow(ctx, (void **)&o->state_names, &o->names_cap, o->nstate + 1, sizeof(char *)) ||
+      !nn_grow(ctx, (void **)&o->state_tensors, &o->tensors_cap, o->nstate + 1,
+               sizeof(ad_tensor *))) {
+    nn_strfree(ctx, copy);
+    ad_tensor_free(t);
+    return AD_ERR_OOM;
+  }
+  o->state_names[o->nstate] = copy;
+  o->state_tensors[o->nstate++] = t;
+  return AD_OK;
+}
+
+nn_optimizer *nn_optimizer_new(nn_params *params, const nn_opt_config *cfg) {
+  ad_ctx *ctx = nn_params_ctx(params);
+  if (!ctx) return NULL;
+  if (!cfg) {
+    ad_set_error(ctx, AD_ERR_NULL, "optimizer: configuration is NULL");
+    return NULL;
+  }
+  if (check_config(ctx, cfg) != AD_OK) return NULL;
+  int n = nn_params_count(params);
+  if (n == 0) {
+    ad_set_error(ctx, AD_ERR_ARG, "optimizer %s: the parameter list is empty (add layers first)",
+                 kind_names[cfg->kind]);
+    return NULL;
+  }
+  nn_optimizer *o = ad_malloc(ctx, sizeof *o);
+  if (!o) return NULL;
+  memset(o, 0, sizeof *o);
+  o->ctx = ctx;
+  o->params = params;
+  o->cfg = *cfg;
+  o->lr0 = cfg->lr;
+  o->slots = ad_malloc(ctx, (size_t)n * sizeof *o->slots);
+  if (!o->slots) {
+    nn_optimizer_free(o);
+    return NULL;
+  }
+  memset(o->slots, 0, (size_t)n * sizeof *o->slots);
+  o->nslots = n;
+  const char *kind = kind_names[cfg->kind];
+  char name[512];
+  snprintf(name, sizeof name, "%s.step", kind);
+  o->step = ad_zeros(ctx, AD_F64, 0, NULL);
+  if (add_state(o, name, o->step) != AD_OK) {
+    o->step = NULL;
+    nn_optimizer_free(o);
+    return NULL;
+  }
+  const char *kinds[MAX_SLOT_STATE];
+  state_kinds(cfg, kinds);
+  for (int i = 0; i < n; i++) {
+    ad_tensor *p = nn_params_tensor(params, i);
+    o->slots[i].p = p;
+    for (int k = 0; k < MAX_SLOT_STATE; k++) {
+      if (!kinds[k]) continue;
+      snprintf(name, sizeof name, "%s.%s.%s", kind, kinds[k], nn_params_name(params, i));
+      double init = cfg->kind == NN_OPT_ADAGRAD ? cfg->initial_accumulator : 0.0;
+      ad_tensor *s = ad_full(ctx, p->dtype, p->ndim, p->shape, init);
+      if (add_state(o, name, s) != AD_OK) {
+        nn_optimizer_free(o);
+        return NULL;
+      }
+      o->slots[i].s[k] = s;
+    }
+  }
+  return o;
+}
+
+nn_optimizer *nn_sgd_new(nn_params *params, double lr, double momentum, bool nesterov,
+                         double weight_decay) {
+  nn_opt_config c = nn_opt_defaults(NN_OPT_SGD, lr);
+  c.momentum = momentum;
+  c.nesterov = nesterov;
+  c.weight_decay = weight_decay;
+  return nn_optimizer_new(params, &c);
+}
+
+nn_optimizer *nn_adam_new(nn_params *params, double lr) {
+  nn_opt_config c = nn_opt_defaults(NN_OPT_ADAM, lr);
+  return nn_optimizer_new(params, &c);
+}
+
+nn_optimizer *nn_adamw_new(nn_params *params, double lr, double weight_decay) {
+  nn_opt_config c = nn_opt_defaults(NN_OPT_ADAMW, lr);
+  c.weight_decay = weight_decay;
+  return nn_optimizer_new(params, &c);
+}
+
+nn_optimizer *nn_rmsprop_new(nn_params *params, double lr) {
+  nn_opt_config c = nn_opt_defaults(NN_OPT_RMSPROP, lr);
+  return nn_optimizer_new(params, &c);
+}
+
+nn_optimizer *nn_adagrad_new(nn_params *params, double lr) {
+  nn_opt_config c = nn_opt_defaults(NN_OPT_ADAGRAD, lr);
+  return nn_optimizer_new(params, &c);
+}
+
+void nn_optimizer_free(nn_optimizer *o) {
+  if (!o) return;
+  ad_ctx *ctx = o->ctx;
+  for (int i = 0; i < o->nstate; i++) {
+    nn_strfree(ctx, o->state_names[i]);
+    ad_tensor_free(o->state_tensors[i]);
+  }
+  ad_free(ctx, o->state_names, (size_t)o->names_cap * sizeof(char *));
+  ad_free(ctx, o->state_tensors, (size_t)o->tensors_cap * sizeof(ad_tensor *));
+  ad_free(ctx, o->slots, (size_t)o->nslots * sizeof *o->slots);
+  ad_free(ctx, o, sizeof *o);
+}
+
+/* ---------------------------------------------------------------- updates
+ * One set of loops per dtype, generated from the same body; arithmetic in
+ * the parameter's dtype, coefficients computed in double. t is the 1-based
+ * step. g is the gradient plus the L2 term; the stored gradient is not
+ * changed. Options are tested outside the loops and the arrays are restrict,
+ * so the compiler can vectorize each loop. */
+
+#define DEFINE_UPDATE(T, SQRT)                                                                     \
+  static void sgd_##T(const nn_opt_config *c, int64_t n, T *restrict p, const T *restrict gr,      \
+                      T *restrict b, int64_t t) {                                                  \
+    T lr = (T)c->lr, l2 = (T)c->weight_decay, mom = (T)c->momentum;                                \
+    T damp = (T)(1.0 - c->dampening);                                                              \
+    if (!b) {                                                                                      \
+      for (int64_t i = 0; i < n; i++) p[i] -= lr * (gr[i] + l2 * p[i]);                            \
+    } else if (t == 1) { /* the buffer starts as the first gradient */                             \
+      for (int64_t i = 0; i < n; i++) {                                                            \
+        T g = gr[i] + l2 * p[i];                                                                   \
+        b[i] = g;                                                                                  \
+        p[i] -= lr * (c->nesterov ? g + mom * g : g);                                              \
+      }                                                                                            \
+    } else if (c->nesterov) {                                                                      \
+      for (int64_t i = 0; i < n; i++) {                                                            \
+        T g = gr[i] + l2 * p[i];                                                                   \
+        b[i] = mom * b[i] + damp * g;                                                              \
+        p[i] -= lr * (g + mom * b[i]);                                                             \
+      }                                                                                            \
+    } else {                                                                                       \
+      for (int64_t i = 0; i < n; i++) {                                                            \
+        b[i] = mom * b[i] + damp * (gr[i] + l2 * p[i]);                                            \
+        p[i] -= lr * b[i];                                                                         \
+      }                                                                                            \
+    }                                                                                              \
+  }                                                                                                \
+                                                                                                   \
+  static void adagrad_##T(const nn_opt_config *c, int64_t n, T *restrict p, const T *restrict gr,  \
+                          T *restrict s, int64_t t) {                                              \
+    T clr = (T)(c->lr / (1.0 + (double)(t - 1) * c->lr_decay));                                    \
+    T l2 = (T)c->weight_decay, eps = (T)c->eps;                                                    \
+    for (int64_t i = 0; i < n; i++) {                                                              \
+      T g = gr[i] + l2 * p[i];                                                                     \
+      s[i] += g * g;                                                                               \
+      p[i] -= clr * g / (SQRT(s[i]) + eps);                                                        \
+    }                                                                                              \
+  }                                                                                                \
+                                                                                                   \
+  static void rmsprop_##T(const nn_opt_config *c, int64_t n, T *restrict p, const T *restrict gr,  \
+                          T *restrict v, T *restrict m, T *restrict b) {                           \
+    T lr = (T)c->lr, l2 = (T)c->weight_decay, eps = (T)c->eps, mom = (T)c->momentum;               \
+    T a = (T)c->alpha, a1 = (T)(1.0 - c->alpha);                                                   \
+    for (int64_t i = 0; i < n; i++) {                                                              \
+      T g = gr[i] + l2 * p[i];                                                                     \
+      v[i] = a * v[i] + a1 * g * g;                                                                \
+      T var = v[i];                                                                                \
+      if (m) {                                                                                     \
+        m[i] = a * m[i] + a1 * g;                                                                  \
+        var -= m[i] * m[i];                                                                        \
+      }                                                                                            \
+      T d = g / (SQRT(var) + eps);                                                                 \
+      if (b) {                                                                                     \
+        b[i] = mom * b[i] + d;                                                                     \
+        d = b[i];                                                                                  \
+      }                                                                                            \
+      p[i] -= lr * d;                                                                              \
+    }                                                                                              \
+  }                                                                                                \
+                                                                                                   \
+  static void adam_##T(const nn_opt_config *c, int64_t n, T *restrict p, const T *restrict gr,     \
+                       T *restrict m, T *restrict v, int64_t t) {                                  \
+    T b1 = (T)c->beta1, b2 = (T)c->beta2, eps = (T)c->eps;                                         \
+    T step = (T)(c->lr / (1.0 - pow(c->beta1, (double)t)));                                        \
+    T inv_bc2 = (T)(1.0 / sqrt(1.0 - pow(c->beta2, (double)t)));                                   \
+    T l2 = (T)c->weight_decay;                                                                     \
+    if (c->kind == NN_OPT_ADAMW) { /* decoupled decay, then no L2 term */                          \
+      T decay = (T)(1.0 - c->lr * c->weight_decay);                                                \
+      for (int64_t i = 0; i < n; i++) p[i] *= decay;                                               \
+      l2 = 0;                                                                                      \
+    }                                                                                              \
+    for (int64_t i = 0; i < n; i++) {                                                              \
+      T g = gr[i] + l2 * p[i];                                                                     \
+      m[i] = b1 * m[i] + (1 - b1) * g;                                                             \
+      v[i] = b2 * v[i] + (1 - b2) * g * g;                                                         \
+      p[i] -= step * m[i] / (SQRT(v[i]) * inv_bc2 + eps);                                          \
+    }                                                                                              \
+  }                                                                                                \
+                                                                                                   \
+  static void update_##T(const nn_opt_config *c, slot *sl, int64_t t) {                            \
+    T *p = sl->p->data;                                                                            \
+    const T *g = sl->p->grad->data;                                                                \
+    T *s0 = sl->s[0] ? (T *)sl->s[0]->data : NULL;                                                 \
+    T *s1 = sl->s[1] ? (T *)sl->s[1]->data : NULL;                                                 \
+    T *s2 = sl->s[2] ? (T *)sl->s[2]->data : NULL;                                                 \
+    int64_t n = sl->p->size;                                                                       \
+    switch (c->kind) {                                                                             \
+    case NN_OPT_SGD:                                                                               \
+      sgd_##T(c, n, p, g, s0, t);                                                                  \
+      break;                                                                                       \
+    case NN_OPT_ADAGRAD:                                                                           \
+      adagrad_##T(c, n, p, g, s0, t);                                                              \
+      break;                                                                                       \
+    case NN_OPT_RMSPROP:                                                                           \
+      rmsprop_##T(c, n, p, g, s0, s1, s2);                                                         \
+      break;                                                                                       \
+    case NN_OPT_ADAM:                                                                              \
+    case NN_OPT_ADAMW:                                                                             \
+      adam_##T(c, n, p, g, s0, s1, t);                                                             \
+      break;                                                                                       \
+    }                                                                                              \
+  }
+
+DEFINE_UPDATE(float, sqrtf)
+DEFINE_UPDATE(double, sqrt)
+
+ad_status nn_optimizer_step(nn_optimizer *o) {
+  if (!o) return AD_ERR_NULL;
+  if (o->cfg.clip_value > 0) nn_clip_grad_value(o->params, o->cfg.clip_value);
+  if (o->cfg.clip_norm > 0) nn_clip_grad_norm(o->params, o->cfg.clip_norm);
+  double *steps = o->step->data;
+  int64_t t = (int64_t)steps[0] + 1;
+  for (int i = 0; i < o->nslots; i++) {
+    slot *sl = &o->slots[i];
+    if (!sl->p->grad || !ad_tensor_requires_grad(sl->p)) continue;
+    if (sl->p->dtype == AD_F32)
+      update_float(&o->cfg, sl, t);
+    else
+      update_double(&o->cfg, sl, t);
+  }
+  steps[0] = (double)t;
+  return AD_OK;
+}
+
+void nn_optimizer_zero_grad(nn_optimizer *o) {
+  for (int i = 0; o && i < o->nslots; i++) ad_tensor_zero_grad(o->slots[i].p);
+}
+
+const nn_opt_config *nn_optimizer_config(const nn_optimizer *o) { return o ? &o->cfg : NULL; }
+double nn_optimizer_lr(const nn_optimizer *o) { return o ? o->cfg.lr : NAN; }
+
+void nn_optimizer_set_lr(nn_optimizer *o, double lr) {
+  if (!o) return;
+  o->cfg.lr = lr;
+  o->lr0 = lr;
+  o->epoch = 0;
+}
+
+int64_t nn_optimizer_steps(const nn_optimizer *o) {
+  return o ? (int64_t)((const double *)o->step->data)[0] : 0;
+}
+
+int nn_optimizer_state_count(const nn_optimizer *o) { return o ? o->nstate : 0; }
+
+const char *const *nn_optimizer_state_names(const nn_optimizer *o) {
+  return o ? (const char *const *)o->state_names : NULL;
+}
+
+ad_tensor *const *nn_optimizer_state_tensors(const nn_optimizer *o) {
+  return o ? o->state_tensors : NULL;
+}
+
+/* -------------------------------------------------------------- schedules */
+
+double nn_schedule_lr(const nn_schedule *s, double lr0, int64_t t) {
+  if (!s || t < 0) return NAN;
+  switch (s->kind) {
+  case NN_SCHED_CONSTANT:
+    return lr0;
+  case NN_SCHED_STEP:
+    return s->step_size < 1 ? NAN : lr0 * pow(s->gamma, (double)(t / s->step_size));
+  case NN_SCHED_EXPONENTIAL:
+    return lr0 * pow(s->gamma, (double)t);
+  case NN_SCHED_COSINE:
+    if (s->t_max < 1) return NAN;
+    if (t >= s->t_max) return s->eta_min;
+    return s->eta_min +
+           (lr0 - s->eta_min) * (1 + cos(3.141592653589793 * (double)t / (double)s->t_max)) / 2;
+  }
+  return NAN;
+}
+
+ad_status nn_optimizer_set_schedule(nn_optimizer *o, const nn_schedule *s) {
+  if (!o) return AD_ERR_NULL;
+  if (!s) {
+    o->has_sched = false;
+    return AD_OK;
+  }
+  if (isnan(nn_schedule_lr(s, 1.0, 0)))
+    return ad_set_error(o->ctx, AD_ERR_ARG,
+                        "optimizer: bad schedule (kind %d, step_size %lld, t_max %lld)",
+                        (int)s->kind, (long long)s->step_size, (long long)s->t_max);
+  o->sched = *s;
+  o->has_sched = true;
+  o->lr0 = o->cfg.lr;
+  o->epoch = 0;
+  return AD_OK;
+}
+
+void nn_optimizer_schedule_step(nn_optimizer *o) {
+  if (!o || !o->has_sched) return;
+  o->epoch++;
+  o->cfg.lr = nn_schedule_lr(&o->sched, o->lr0, o->epoch);
+}

@@ -1,0 +1,366 @@
+/* params.c: named parameter lists, initializers, gradient clipping, L2, and
+ * small helpers shared by the nn sources. */
+#include "nn_internal.h"
+
+#include <math.h>
+#include <time.h>
+
+/* uthash reports an allocation failure through the entry instead of exiting;
+ * its bucket arrays come from malloc (entries and names from the context). */
+#define HASH_NONFATAL_OOM          1
+#define uthash_nonfatal_oom(entry) ((entry)->oom = true)
+#include <uthash.h>
+
+/* ---------------------------------------------------------------- helpers */
+
+char *nn_strdup(ad_ctx *ctx, const char *s) {
+  size_t n = strlen(s) + 1;
+  char *d = ad_malloc(ctx, n);
+  if (d) memcpy(d, s, n);
+  return d;
+}
+
+void nn_strfree(ad_ctx *ctx, char *s) {
+  if (s) ad_free(ctx, s, strlen(s) + 1);
+}
+
+bool nn_grow(ad_ctx *ctx, void **arr, int *cap, int need, size_t es) {
+  if (need <= *cap) return true;
+  int ncap = *cap ? *cap : 8;
+  while (ncap < need) ncap *= 2;
+  void *n = ad_malloc(ctx, (size_t)ncap * es);
+  if (!n) return false;
+  if (*arr) {
+    memcpy(n, *arr, (size_t)*cap * es);
+    ad_free(ctx, *arr, (size_t)*cap * es);
+  }
+  *arr = n;
+  *cap = ncap;
+  return true;
+}
+
+ad_tensor *nn_tmp_tensor(ad_ctx *ctx, ad_dtype dtype, int ndim, const int64_t *shape) {
+  /* expand copies, so the result is a fresh arena tensor we may write */
+  return ad_expand(ctx, ad_scalar(ctx, dtype, 0.0), ndim, shape);
+}
+
+double nn_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* ------------------------------------------------------------- param list */
+
+typedef struct param_entry {
+  char *name; /* owned; also the hash key */
+  int index;
+  bool oom;
+  UT_hash_handle hh;
+} param_entry;
+
+struct nn_params {
+  ad_ctx *ctx;
+  int n, cap;
+  char **names;        /* n names (the entries' strings) */
+  ad_tensor **tensors; /* n tensors */
+  bool *owned;
+  param_entry **entries;
+  param_entry *by_name;
+};
+
+nn_params *nn_params_new(ad_ctx *ctx) {
+  if (!ctx) return NULL;
+  nn_params *p = ad_malloc(ctx, sizeof *p);
+  if (!p) return NULL;
+  memset(p, 0, sizeof *p);
+  p->ctx = ctx;
+  return p;
+}
+
+void nn_params_free(nn_params *p) {
+  if (!p) return;
+  ad_ctx *ctx = p->ctx;
+  HASH_CLEAR(hh, p->by_name);
+  for (int i = 0; i < p->n; i++) {
+    if (p->owned[i]) ad_tensor_free(p->tensors[i]);
+    nn_strfree(ctx, p->names[i]);
+    ad_free(ctx, p->entries[i], sizeof *p->entries[i]);
+  }
+  ad_free(ctx, p->names, (size_t)p->cap * sizeof *p->names);
+  ad_free(ctx, p->tensors, (size_t)p->cap * sizeof *p->tensors);
+  ad_free(ctx, p->owned, (size_t)p->cap * sizeof *p->owned);
+  ad_free(ctx, p->entries, (size_t)p->cap * sizeof *p->entries);
+  ad_free(ctx, p, sizeof *p);
+}
+
+ad_ctx *nn_params_ctx(const nn_params *p) { return p ? p->ctx : NULL; }
+
+/* Grows the four parallel arrays together. */
+static bool params_reserve(nn_params *p, int need) {
+  if (need <= p->cap) return true;
+  int cap = p->cap ? p->cap * 2 : 8;
+  while (cap < need) cap *= 2;
+  ad_ctx *ctx = p->ctx;
+  char **names = ad_malloc(ctx, (size_t)cap * sizeof *names);
+  ad_tensor **tensors = names ? ad_malloc(ctx, (size_t)cap * sizeof *tensors) : NULL;
+  bool *owned = tensors ? ad_malloc(ctx, (size_t)cap * sizeof *owned) : NULL;
+  param_entry **entries = owned ? ad_malloc(ctx, (size_t)cap * sizeof *entries) : NULL;
+  if (!entries) {
+    ad_free(ctx, names, (size_t)cap * sizeof *names);
+    ad_free(ctx, tensors, (size_t)cap * sizeof *tensors);
+    ad_free(ctx, owned, (size_t)cap * sizeof *owned);
+    return false;
+  }
+  if (p->n) {
+    memcpy(names, p->names, (size_t)p->n * sizeof *names);
+    memcpy(tensors, p->tensors, (size_t)p->n * sizeof *tensors);
+    memcpy(owned, p->owned, (size_t)p->n * sizeof *owned);
+    memcpy(entries, p->entries, (size_t)p->n * sizeof *entries);
+  }
+  ad_free(ctx, p->names, (size_t)p->cap * sizeof *names);
+  ad_free(ctx, p->tensors, (size_t)p->cap * sizeof *tensors);
+  ad_free(ctx, p->owned, (size_t)p->cap * sizeof *owned);
+  ad_free(ctx, p->entries, (size_t)p->cap * sizeof *entries);
+  p->names = names;
+  p->tensors = tensors;
+  p->owned = owned;
+  p->entries = entries;
+  p->cap = cap;
+  return true;
+}
+
+ad_status nn_params_add(nn_params *p, const char *name, ad_tensor *t, bool own) {
+  if (!p) {
+    if (own) ad_tensor_free(t);
+    return AD_ERR_NULL;
+  }
+  ad_ctx *ctx = p->ctx;
+  ad_status st = AD_OK;
+  char buf[64];
+  if (!t)
+    st = ad_set_error(ctx, AD_ERR_NULL, "params_add: tensor '%s' is NULL", name ? name : "?");
+  else if (!name || !name[0])
+    st = ad_set_error(ctx, AD_ERR_ARG, "params_add: a parameter needs a non-empty name");
+  else if (ad_tensor_is_temporary(t))
+    st = ad_set_error(ctx, AD_ERR_ARG,
+                      "params_add: '%s' is a temporary made by an op; parameters must be "
+                      "persistent tensors",
+                      name);
+  else if (t->dtype != AD_F32 && t->dtype != AD_F64)
+    st = ad_set_error(ctx, AD_ERR_DTYPE, "params_add: '%s' %s is %s; parameters must be float",
+                      name, ad_shape_str(t, buf, sizeof buf), ad_dtype_name(t->dtype));
+  else if (nn_params_find(p, name))
+    st = ad_set_error(ctx, AD_ERR_ARG, "params_add: a parameter named '%s' exists", name);
+  if (st != AD_OK) {
+    if (own) ad_tensor_free(t);
+    return st;
+  }
+  param_entry *e = NULL;
+  char *copy = NULL;
+  if (!params_reserve(p, p->n + 1) || !(e = ad_malloc(ctx, sizeof *e)) ||
+      !(copy = nn_strdup(ctx, name))) {
+    ad_free(ctx, e, sizeof *e);
+    if (own) ad_tensor_free(t);
+    return AD_ERR_OOM;
+  }
+  memset(e, 0, sizeof *e);
+  e->name = copy;
+  e->index = p->n;
+  HASH_ADD_KEYPTR(hh, p->by_name, e->name, strlen(e->name), e);
+  if (e->oom) {
+    nn_strfree(ctx, copy);
+    ad_free(ctx, e, sizeof *e);
+    if (own) ad_tensor_free(t);
+    return ad_set_error(ctx, AD_ERR_OOM, "params_add: out of memory growing the name map");
+  }
+  ad_tensor_set_requires_grad(t, true);
+  p->names[p->n] = copy;
+  p->tensors[p->n] = t;
+  p->owned[p->n] = own;
+  p->entries[p->n] = e;
+  p->n++;
+  return AD_OK;
+}
+
+ad_tensor *nn_params_find(const nn_params *p, const char *name) {
+  if (!p || !name) return NULL;
+  param_entry *e;
+  HASH_FIND_STR(p->by_name, name, e);
+  return e ? p->tensors[e->index] : NULL;
+}
+
+int nn_params_count(const nn_params *p) { return p ? p->n : 0; }
+
+ad_tensor *nn_params_tensor(const nn_params *p, int i) {
+  return p && i >= 0 && i < p->n ? p->tensors[i] : NULL;
+}
+
+const char *nn_params_name(const nn_params *p, int i) {
+  return p && i >= 0 && i < p->n ? p->names[i] : NULL;
+}
+
+const char *const *nn_params_names(const nn_params *p) {
+  return p ? (const char *const *)p->names : NULL;
+}
+
+ad_tensor *const *nn_params_tensors(const nn_params *p) { return p ? p->tensors : NULL; }
+
+int64_t nn_params_numel(const nn_params *p) {
+  int64_t n = 0;
+  for (int i = 0; p && i < p->n; i++) n += p->tensors[i]->size;
+  return n;
+}
+
+void nn_params_zero_grad(nn_params *p) {
+  for (int i = 0; p && i < p->n; i++) ad_tensor_zero_grad(p->tensors[i]);
+}
+
+/* ------------------------------------------------------- clipping and L2 */
+
+double nn_clip_grad_norm(nn_params *p, double max_norm) {
+  double sq = 0;
+  for (int i = 0; p && i < p->n; i++) {
+    const ad_tensor *g = p->tensors[i]->grad;
+    if (!g) continue;
+    if (g->dtype == AD_F32)
+      for (int64_t k = 0; k < g->size; k++)
+        sq += (double)((float *)g->data)[k] * ((float *)g->data)[k];
+    else
+      for (int64_t k = 0; k < g->size; k++) sq += ((double *)g->data)[k] * ((double *)g->data)[k];
+  }
+  double norm = sqrt(sq);
+  double coef = max_norm / (norm + 1e-6);
+  if (coef >= 1.0) return norm;
+  for (int i = 0; p && i < p->n; i++) {
+    ad_tensor *g = p->tensors[i]->grad;
+    if (!g) continue;
+    if (g->dtype == AD_F32)
+      for (int64_t k = 0; k < g->size; k++) ((float *)g->data)[k] *= (float)coef;
+    else
+      for (int64_t k = 0; k < g->size; k++) ((double *)g->data)[k] *= coef;
+  }
+  return norm;
+}
+
+void nn_clip_grad_value(nn_params *p, double clip) {
+  for (int i = 0; p && i < p->n; i++) {
+    ad_tensor *g = p->tensors[i]->grad;
+    if (!g) continue;
+    if (g->dtype == AD_F32) {
+      float *d = g->data, c = (float)clip;
+      for (int64_t k = 0; k < g->size; k++) d[k] = d[k] > c ? c : d[k] < -c ? -c : d[k];
+    } else {
+      double *d = g->data;
+      for (int64_t k = 0; k < g->size; k++) d[k] = d[k] > clip ? clip : d[k] < -clip ? -clip : d[k];
+    }
+  }
+}
+
+ad_tensor *nn_l2_penalty(ad_ctx *ctx, const nn_params *p, double lambda) {
+  if (!ctx) return NULL;
+  if (!p) {
+    ad_set_error(ctx, AD_ERR_NULL, "l2_penalty: parameter list is NULL");
+    return NULL;
+  }
+  ad_tensor *total = NULL;
+  for (int i = 0; i < p->n; i++) {
+    ad_tensor *w = p->tensors[i];
+    if (!ad_tensor_requires_grad(w)) continue;
+    if (total && w->dtype != total->dtype) {
+      ad_set_error(ctx, AD_ERR_DTYPE, "l2_penalty: parameters mix %s and %s ('%s')",
+                   ad_dtype_name(total->dtype), ad_dtype_name(w->dtype), p->names[i]);
+      return NULL;
+    }
+    ad_tensor *s = ad_sum(ctx, ad_square(ctx, w));
+    total = total ? ad_add(ctx, total, s) : s;
+    if (!total) return NULL;
+  }
+  if (!total) {
+    ad_set_error(ctx, AD_ERR_ARG, "l2_penalty: no parameter requires grad");
+    return NULL;
+  }
+  return ad_mul_scalar(ctx, total, lambda);
+}
+
+/* ----------------------------------------------------------- initializers */
+
+void nn_fans(const ad_tensor *t, int64_t *fan_in, int64_t *fan_out) {
+  int64_t in = 1, out = 1;
+  if (t && t->ndim == 1) {
+    in = out = t->shape[0];
+  } else if (t && t->ndim >= 2) {
+    int64_t field = 1;
+    for (int k = 2; k < t->ndim; k++) field *= t->shape[k];
+    in = t->shape[1] * field;
+    out = t->shape[0] * field;
+  }
+  if (fan_in) *fan_in = in;
+  if (fan_out) *fan_out = out;
+}
+
+ad_status nn_init_tensor(ad_ctx *ctx, ad_tensor *t, nn_init init, ad_rng *rng) {
+  if (!ctx) return AD_ERR_NULL;
+  if (!t) return ad_set_error(ctx, AD_ERR_NULL, "init: tensor is NULL");
+  if (t->dtype != AD_F32 && t->dtype != AD_F64)
+    return ad_set_error(ctx, AD_ERR_DTYPE, "init: tensor is %s; a float dtype is needed",
+                        ad_dtype_name(t->dtype));
+  int64_t fan_in, fan_out;
+  nn_fans(t, &fan_in, &fan_out);
+  bool uniform = true;
+  double lo = 0, hi = 0, mean = 0, sd = 0;
+  switch (init.kind) {
+  case NN_INIT_ZEROS:
+    ad_tensor_fill(t, 0.0);
+    return AD_OK;
+  case NN_INIT_CONSTANT:
+    ad_tensor_fill(t, init.a);
+    return AD_OK;
+  case NN_INIT_UNIFORM:
+    if (!(init.b >= init.a))
+      return ad_set_error(ctx, AD_ERR_ARG, "init: uniform needs a <= b, got [%g, %g)", init.a,
+                          init.b);
+    lo = init.a, hi = init.b;
+    break;
+  case NN_INIT_NORMAL:
+    if (!(init.b >= 0))
+      return ad_set_error(ctx, AD_ERR_ARG, "init: normal needs std >= 0, got %g", init.b);
+    uniform = false, mean = init.a, sd = init.b;
+    break;
+  case NN_INIT_XAVIER_UNIFORM:
+  case NN_INIT_XAVIER_NORMAL: {
+    double gain = init.a ? init.a : 1.0;
+    if (fan_in + fan_out == 0)
+      return ad_set_error(ctx, AD_ERR_ARG, "init: xavier needs a non-empty fan");
+    double base = 2.0 / (double)(fan_in + fan_out);
+    uniform = init.kind == NN_INIT_XAVIER_UNIFORM;
+    hi = gain * sqrt(3.0 * base), lo = -hi; /* sqrt(6 / (fan_in + fan_out)) */
+    sd = gain * sqrt(base);
+    break;
+  }
+  case NN_INIT_HE_UNIFORM:
+  case NN_INIT_HE_NORMAL: {
+    double gain = init.a ? init.a : sqrt(2.0);
+    if (fan_in == 0) return ad_set_error(ctx, AD_ERR_ARG, "init: he needs fan_in > 0");
+    uniform = init.kind == NN_INIT_HE_UNIFORM;
+    sd = gain / sqrt((double)fan_in);
+    hi = sqrt(3.0) * sd, lo = -hi;
+    break;
+  }
+  default:
+    return ad_set_error(ctx, AD_ERR_ARG, "init: unknown or default initializer kind %d",
+                        (int)init.kind);
+  }
+  if (!rng) return ad_set_error(ctx, AD_ERR_NULL, "init: a random initializer needs an rng");
+  if (t->dtype == AD_F32) {
+    float *d = t->data;
+    for (int64_t i = 0; i < t->size; i++)
+      d[i] =
+          (float)(uniform ? lo + (hi - lo) * ad_rng_uniform(rng) : mean + sd * ad_rng_normal(rng));
+  } else {
+    double *d = t->data;
+    for (int64_t i = 0; i < t->size; i++)
+      d[i] = uniform ? lo + (hi - lo) * ad_rng_uniform(rng) : mean + sd * ad_rng_normal(rng);
+  }
+  return AD_OK;
+}

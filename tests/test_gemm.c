@@ -1,0 +1,328 @@
+/* test_gemm.c: the built-in GEMM (every kernel the CPU has: portable,
+ * AVX2, AVX-512, and the reference loop) and the public ad_gemm_f32/f64
+ * against a naive triple loop in double precision: random shapes in 0..70,
+ * the model shapes, shapes that cross the cache blocks, all four transpose
+ * combinations, padded leading dimensions, alpha and beta. Padding of C must
+ * be left alone; with beta == 0, C is not read (it starts as NaN); padding of
+ * A and B is NaN, so reading it shows up. */
+#include "ad.h"
+#include "ad_internal.h"
+
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#if !defined(__STDC_NO_THREADS__)
+#include <threads.h>
+#endif
+
+#define SENTINEL 12345.0
+#define K_PUBLIC 100 /* run ad_gemm_f32/f64 instead of a built-in kernel */
+
+typedef struct gcase {
+  bool ta, tb;
+  int64_t m, n, k, lda, ldb, ldc;
+  double alpha, beta;
+} gcase;
+
+/* -2 BLAS, -1 reference loop, 0 best, 1 portable, 2 AVX2, 3 AVX-512; + 16 always packs A, + 32
+ * never; and the public call */
+static const int kernels[] = {-2, -1, 1, 2, 3, 17, 18, 19, 33, 34, 35, 0, K_PUBLIC};
+
+static bool kernel_available(int kernel) {
+  if (kernel == K_PUBLIC) return true;
+  return ad_gemm_builtin(kernel, AD_F32, false, false, 0, 0, 0, 1, NULL, 1, NULL, 1, 0, NULL, 1) !=
+         NULL;
+}
+
+static double get(ad_dtype dt, const void *p, int64_t i) {
+  return dt == AD_F32 ? (double)((const float *)p)[i] : ((const double *)p)[i];
+}
+
+static void set(ad_dtype dt, void *p, int64_t i, double v) {
+  if (dt == AD_F32)
+    ((float *)p)[i] = (float)v;
+  else
+    ((double *)p)[i] = v;
+}
+
+static void *alloc_elems(ad_dtype dt, int64_t n) {
+  void *p = malloc((size_t)(n > 0 ? n : 1) * ad_dtype_size(dt));
+  cr_assert_not_null(p);
+  return p;
+}
+
+/* Runs g with kernel on fresh random data; returns the number of wrong
+ * elements (reported through cr_log on the first few). */
+static int run_case(const gcase *g, ad_dtype dt, int kernel, ad_rng *rng) {
+  int64_t ar = g->ta ? g->k : g->m, ac = g->ta ? g->m : g->k;
+  int64_t br = g->tb ? g->n : g->k, bc = g->tb ? g->k : g->n;
+  cr_assert(g->lda >= (ac > 1 ? ac : 1) && g->ldb >= (bc > 1 ? bc : 1) &&
+            g->ldc >= (g->n > 1 ? g->n : 1));
+  void *a = alloc_elems(dt, ar * g->lda), *b = alloc_elems(dt, br * g->ldb);
+  void *c = alloc_elems(dt, g->m * g->ldc);
+  double *c0 = malloc((size_t)(g->m * g->ldc + 1) * sizeof(double));
+  cr_assert_not_null(c0);
+  for (int64_t i = 0; i < ar; i++)
+    for (int64_t j = 0; j < g->lda; j++)
+      set(dt, a, i * g->lda + j, j < ac ? 2 * ad_rng_uniform(rng) - 1 : NAN);
+  for (int64_t i = 0; i < br; i++)
+    for (int64_t j = 0; j < g->ldb; j++)
+      set(dt, b, i * g->ldb + j, j < bc ? 2 * ad_rng_uniform(rng) - 1 : NAN);
+  for (int64_t i = 0; i < g->m; i++)
+    for (int64_t j = 0; j < g->ldc; j++) {
+      double v = j >= g->n ? SENTINEL : g->beta == 0 ? NAN : 2 * ad_rng_uniform(rng) - 1;
+      set(dt, c, i * g->ldc + j, v);
+      c0[i * g->ldc + j] = get(dt, c, i * g->ldc + j);
+    }
+
+  if (kernel == K_PUBLIC) {
+    if (dt == AD_F32)
+      ad_gemm_f32(g->ta, g->tb, g->m, g->n, g->k, (float)g->alpha, a, g->lda, b, g->ldb,
+                  (float)g->beta, c, g->ldc);
+    else
+      ad_gemm_f64(g->ta, g->tb, g->m, g->n, g->k, g->alpha, a, g->lda, b, g->ldb, g->beta, c,
+                  g->ldc);
+  } else {
+    const char *name = ad_gemm_builtin(kernel, dt, g->ta, g->tb, g->m, g->n, g->k, g->alpha, a,
+                                       g->lda, b, g->ldb, g->beta, c, g->ldc);
+    cr_assert_not_null(name);
+  }
+
+  double eps = dt == AD_F32 ? 0x1p-23 : 0x1p-52;
+  int bad = 0;
+  for (int64_t i = 0; i < g->m; i++)
+    for (int64_t j = 0; j < g->ldc; j++) {
+      double got = get(dt, c, i * g->ldc + j), want, bound;
+      if (j >= g->n) {
+        want = SENTINEL, bound = 0;
+      } else {
+        double s = 0, sabs = 0;
+        for (int64_t p = 0; p < g->k; p++) {
+          double x = get(dt, a, g->ta ? p * g->lda + i : i * g->lda + p);
+          double y = get(dt, b, g->tb ? j * g->ldb + p : p * g->ldb + j);
+          s += x * y;
+          sabs += fabs(x * y);
+        }
+        double cb = g->beta == 0 ? 0 : g->beta * c0[i * g->ldc + j];
+        want = g->alpha * s + cb;
+        bound = 4 * eps * (double)(g->k + 2) * (fabs(g->alpha) * sabs + fabs(cb)) + 1e-300;
+      }
+      if (!(fabs(got - want) <= bound)) {
+        if (bad < 3)
+          cr_log_error("%s kernel %d %s%s m=%lld n=%lld k=%lld lda=%lld ldb=%lld ldc=%lld "
+                       "alpha=%g beta=%g: C[%lld][%lld] = %.17g, want %.17g (bound %.3g)",
+                       ad_dtype_name(dt), kernel, g->ta ? "At" : "A", g->tb ? "Bt" : "B",
+                       (long long)g->m, (long long)g->n, (long long)g->k, (long long)g->lda,
+                       (long long)g->ldb, (long long)g->ldc, g->alpha, g->beta, (long long)i,
+                       (long long)j, got, want, bound);
+        bad++;
+      }
+    }
+  free(a), free(b), free(c), free(c0);
+  return bad;
+}
+
+/* Every available kernel on g; fails on the first wrong kernel. */
+static void check_all_kernels(const gcase *g, ad_dtype dt, ad_rng *rng) {
+  for (size_t q = 0; q < sizeof kernels / sizeof *kernels; q++) {
+    if (!kernel_available(kernels[q])) continue;
+    int bad = run_case(g, dt, kernels[q], rng);
+    cr_assert_eq(bad, 0, "%s kernel %d: %d wrong elements for %s%s m=%lld n=%lld k=%lld",
+                 ad_dtype_name(dt), kernels[q], bad, g->ta ? "At" : "A", g->tb ? "Bt" : "B",
+                 (long long)g->m, (long long)g->n, (long long)g->k);
+  }
+}
+
+static gcase make_case(bool ta, bool tb, int64_t m, int64_t n, int64_t k, int64_t pad_a,
+                       int64_t pad_b, int64_t pad_c, double alpha, double beta) {
+  int64_t ac = ta ? m : k, bc = tb ? k : n;
+  gcase g = {ta,
+             tb,
+             m,
+             n,
+             k,
+             (ac > 1 ? ac : 1) + pad_a,
+             (bc > 1 ? bc : 1) + pad_b,
+             (n > 1 ? n : 1) + pad_c,
+             alpha,
+             beta};
+  return g;
+}
+
+static void random_shapes(ad_dtype dt, uint64_t seed, int count) {
+  static const double alphas[] = {1, 0.5, -2, 0};
+  static const double betas[] = {0, 1, -0.5};
+  ad_rng rng;
+  ad_rng_seed(&rng, seed);
+  for (int t = 0; t < count; t++) {
+    bool ta = ad_rng_below(&rng, 2), tb = ad_rng_below(&rng, 2);
+    int64_t m = (int64_t)ad_rng_below(&rng, 71), n = (int64_t)ad_rng_below(&rng, 71);
+    int64_t k = (int64_t)ad_rng_below(&rng, 71);
+    bool pad = ad_rng_below(&rng, 2);
+    gcase g = make_case(
+        ta, tb, m, n, k, pad ? (int64_t)ad_rng_below(&rng, 6) : 0,
+        pad ? (int64_t)ad_rng_below(&rng, 6) : 0, pad ? (int64_t)ad_rng_below(&rng, 6) : 0,
+        t % 5 == 4 ? alphas[ad_rng_below(&rng, 4)] : 1, betas[ad_rng_below(&rng, 3)]);
+    check_all_kernels(&g, dt, &rng);
+  }
+}
+
+Test(gemm, random_shapes_f32, .timeout = 300) { random_shapes(AD_F32, 1, 400); }
+Test(gemm, random_shapes_f64, .timeout = 300) { random_shapes(AD_F64, 2, 400); }
+
+/* Every transpose combination and edge of the register tile around the tile
+ * sizes (6 rows; 8..64 columns depending on the kernel). */
+static void tile_edges(ad_dtype dt) {
+  static const int64_t ms[] = {1, 5, 6, 7, 12, 13};
+  static const int64_t ns[] = {1, 3, 4, 8, 9, 16, 17, 31, 32, 33, 64, 65};
+  ad_rng rng;
+  ad_rng_seed(&rng, 3);
+  for (int tt = 0; tt < 4; tt++)
+    for (size_t i = 0; i < sizeof ms / sizeof *ms; i++)
+      for (size_t j = 0; j < sizeof ns / sizeof *ns; j++) {
+        gcase g = make_case(tt & 1, tt & 2, ms[i], ns[j], 1 + (int64_t)(i + j) % 9, (int64_t)j % 2,
+                            (int64_t)i % 3, (int64_t)(i + j) % 2, 1, j % 2 ? 0 : 0.5);
+        check_all_kernels(&g, dt, &rng);
+      }
+}
+
+Test(gemm, tile_edges_f32) { tile_edges(AD_F32); }
+Test(gemm, tile_edges_f64) { tile_edges(AD_F64); }
+
+/* k == 0 and alpha == 0: C = beta C, A and B unread (they may be NULL). */
+Test(gemm, empty_k_and_zero_alpha) {
+  for (size_t q = 0; q < sizeof kernels / sizeof *kernels; q++) {
+    int kernel = kernels[q];
+    if (!kernel_available(kernel)) continue;
+    for (int d = 0; d < 2; d++) {
+      ad_dtype dt = d ? AD_F64 : AD_F32;
+      double cv[6] = {1, 2, 3, 4, 5, 6};
+      void *c = alloc_elems(dt, 6);
+      for (int beta_i = 0; beta_i < 2; beta_i++) {
+        double beta = beta_i ? 2 : 0;
+        for (int z = 0; z < 2; z++) {
+          for (int i = 0; i < 6; i++) set(dt, c, i, beta == 0 ? NAN : cv[i]);
+          int64_t k = z ? 0 : 4;
+          double alpha = z ? 1 : 0;
+          float af[8] = {0}, bf[12] = {0};
+          double ad[8] = {0}, bd[12] = {0};
+          const void *a = k ? (d ? (void *)ad : (void *)af) : NULL;
+          const void *b = k ? (d ? (void *)bd : (void *)bf) : NULL;
+          if (kernel == K_PUBLIC) {
+            if (d)
+              ad_gemm_f64(false, false, 2, 3, k, alpha, a, 4, b, 3, beta, c, 3);
+            else
+              ad_gemm_f32(false, false, 2, 3, k, (float)alpha, a, 4, b, 3, (float)beta, c, 3);
+          } else {
+            ad_gemm_builtin(kernel, dt, false, false, 2, 3, k, alpha, a, 4, b, 3, beta, c, 3);
+          }
+          for (int i = 0; i < 6; i++)
+            cr_assert_eq(get(dt, c, i), beta * cv[i], "kernel %d %s k=%lld beta=%g: C[%d] = %g",
+                         kernel, ad_dtype_name(dt), (long long)k, beta, i, get(dt, c, i));
+        }
+      }
+      free(c);
+    }
+  }
+}
+
+/* The products of the seed (784-64-64-10, batch 32) and wide
+ * (784-1024-1024-10, batch 256) models, forward and backward. */
+typedef struct mshape {
+  int64_t m, n, k;
+  bool ta, tb;
+} mshape;
+
+static const mshape seed_shapes[] = {
+    {32, 64, 784, false, false}, {32, 64, 64, false, false}, {32, 10, 64, false, false},
+    {784, 64, 32, true, false},  {64, 64, 32, true, false},  {64, 10, 32, true, false},
+    {32, 64, 64, false, true},   {32, 64, 10, false, true},  {32, 784, 64, false, true},
+};
+
+static const mshape wide_shapes[] = {
+    {256, 1024, 784, false, false}, {256, 10, 1024, false, false}, {784, 1024, 256, true, false},
+    {1024, 10, 256, true, false},   {256, 1024, 10, false, true},  {256, 784, 1024, false, true},
+};
+
+Test(gemm, seed_model_shapes, .timeout = 300) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 4);
+  for (int d = 0; d < 2; d++)
+    for (size_t i = 0; i < sizeof seed_shapes / sizeof *seed_shapes; i++) {
+      const mshape *s = &seed_shapes[i];
+      gcase g = make_case(s->ta, s->tb, s->m, s->n, s->k, 0, 0, 0, 1, i % 2 ? 1 : 0);
+      check_all_kernels(&g, d ? AD_F64 : AD_F32, &rng);
+    }
+}
+
+Test(gemm, wide_model_shapes, .timeout = 600) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 5);
+  for (size_t i = 0; i < sizeof wide_shapes / sizeof *wide_shapes; i++) {
+    const mshape *s = &wide_shapes[i];
+    gcase g = make_case(s->ta, s->tb, s->m, s->n, s->k, 0, 0, 0, 1, 0);
+    for (size_t q = 0; q < sizeof kernels / sizeof *kernels; q++) /* best and public */
+      if (kernels[q] == 0 || kernels[q] == K_PUBLIC)
+        cr_assert_eq(run_case(&g, AD_F32, kernels[q], &rng), 0);
+  }
+}
+
+/* Shapes beyond one cache block in each direction: several k blocks (beta
+ * applies to the first only), several row blocks, several column blocks. */
+Test(gemm, across_blocks, .timeout = 300) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 6);
+  static const mshape shapes[] = {
+      {13, 40, 1100, false, false}, {9, 35, 700, true, true},   {200, 37, 20, false, true},
+      {130, 19, 530, true, false},  {5, 4200, 3, false, false}, {3, 2100, 9, true, true},
+  };
+  for (int d = 0; d < 2; d++)
+    for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++) {
+      const mshape *s = &shapes[i];
+      gcase g = make_case(s->ta, s->tb, s->m, s->n, s->k, 1, 2, 3, i % 2 ? -1.5 : 1, 0.25);
+      check_all_kernels(&g, d ? AD_F64 : AD_F32, &rng);
+    }
+}
+
+/* Two threads at once, each with its own packing buffer. */
+#if !defined(__STDC_NO_THREADS__)
+typedef struct thread_job {
+  uint64_t seed;
+  int bad;
+} thread_job;
+
+static int thread_main(void *p) {
+  thread_job *job = p;
+  ad_rng rng;
+  ad_rng_seed(&rng, job->seed);
+  for (int t = 0; t < 40 && !job->bad; t++) {
+    int64_t m = 1 + (int64_t)ad_rng_below(&rng, 90), n = 1 + (int64_t)ad_rng_below(&rng, 90);
+    int64_t k = 1 + (int64_t)ad_rng_below(&rng, 600);
+    gcase g = make_case(t & 1, t & 2, m, n, k, 0, 1, 0, 1, 0);
+    job->bad += run_case(&g, t & 4 ? AD_F64 : AD_F32, 0, &rng);
+  }
+  return 0;
+}
+
+Test(gemm, two_threads) {
+  thrd_t th[2];
+  thread_job jobs[2] = {{7, 0}, {8, 0}};
+  for (int i = 0; i < 2; i++)
+    cr_assert_eq(thrd_create(&th[i], thread_main, &jobs[i]), thrd_success);
+  for (int i = 0; i < 2; i++) cr_assert_eq(thrd_join(th[i], NULL), thrd_success);
+  cr_assert_eq(jobs[0].bad + jobs[1].bad, 0);
+}
+#endif
+
+/* The kernel names, and NULL for a kernel that does not exist. */
+Test(gemm, kernel_names) {
+  const char *best =
+      ad_gemm_builtin(0, AD_F32, false, false, 0, 0, 0, 1, NULL, 1, NULL, 1, 0, NULL, 1);
+  cr_assert_not_null(best);
+  cr_assert(strncmp(best, "builtin-", 8) == 0, "%s", best);
+  cr_assert_null(
+      ad_gemm_builtin(42, AD_F32, false, false, 0, 0, 0, 1, NULL, 1, NULL, 1, 0, NULL, 1));
+  const char *be = ad_gemm_backend();
+  cr_assert(!strcmp(be, "openblas") || !strcmp(be, "builtin"), "%s", be);
+}

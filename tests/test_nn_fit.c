@@ -1,0 +1,538 @@
+/* test_nn_fit.c: permutations, splits and batches; nn_fit against a loop
+ * written by hand; validation, history, progress output, flat memory;
+ * evaluate and predict; checkpoints of a model and its optimizer; a short
+ * MNIST run. */
+#include "nn.h"
+
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static void expect_msg(ad_ctx *ctx, ad_status st, const char *needle) {
+  cr_assert_eq(ad_last_status(ctx), st, "status %s: %s", ad_status_str(ad_last_status(ctx)),
+               ad_last_error(ctx));
+  cr_assert(strstr(ad_last_error(ctx), needle), "message: %s", ad_last_error(ctx));
+  ad_clear_error(ctx);
+}
+
+/* ------------------------------------------------------------------- data */
+
+Test(data, permutation_is_seeded) {
+  int64_t a[100], b[100];
+  ad_rng r1, r2;
+  ad_rng_seed(&r1, 4);
+  ad_rng_seed(&r2, 4);
+  nn_permutation(&r1, 100, a);
+  nn_permutation(&r2, 100, b);
+  cr_assert_eq(memcmp(a, b, sizeof a), 0);
+  bool seen[100] = {0};
+  int moved = 0;
+  for (int i = 0; i < 100; i++) {
+    cr_assert(a[i] >= 0 && a[i] < 100 && !seen[a[i]]);
+    seen[a[i]] = true;
+    moved += a[i] != i;
+  }
+  cr_assert_gt(moved, 80);
+  nn_permutation(NULL, 100, a); /* no rng: the identity */
+  for (int i = 0; i < 100; i++) cr_assert_eq(a[i], i);
+}
+
+/* x[i] = (i, 10 i), y[i] = i: rows identify themselves. */
+static void make_rows(ad_ctx *ctx, int64_t n, ad_tensor **x, ad_tensor **y) {
+  int64_t s[2] = {n, 2};
+  *x = ad_zeros(ctx, AD_F32, 2, s);
+  *y = ad_zeros(ctx, AD_I32, 1, s);
+  for (int64_t i = 0; i < n; i++) {
+    ad_tensor_set(*x, 2 * i, (double)i);
+    ad_tensor_set(*x, 2 * i + 1, 10.0 * (double)i);
+    ad_tensor_set(*y, i, (double)i);
+  }
+}
+
+Test(data, train_test_split) {
+  ad_ctx *ctx = ad_ctx_new();
+  ad_tensor *x, *y, *xa, *ya, *xb, *yb;
+  make_rows(ctx, 50, &x, &y);
+  cr_assert_eq(nn_train_test_split(ctx, x, y, 12, true, 9, &xa, &ya, &xb, &yb), AD_OK);
+  cr_assert(xa->shape[0] == 38 && xb->shape[0] == 12 && ya->shape[0] == 38 && yb->shape[0] == 12);
+  bool seen[50] = {0};
+  for (int i = 0; i < 50; i++) {
+    ad_tensor *xs = i < 38 ? xa : xb, *ys = i < 38 ? ya : yb;
+    int k = i < 38 ? i : i - 38;
+    int row = (int)ad_tensor_get(ys, k);
+    cr_assert(!seen[row]);
+    seen[row] = true;
+    cr_assert_eq(ad_tensor_get(xs, 2 * k), row); /* x and y stay paired */
+    cr_assert_eq(ad_tensor_get(xs, 2 * k + 1), 10 * row);
+  }
+  ad_tensor *xc, *xd;
+  cr_assert_eq(nn_train_test_split(ctx, x, NULL, 12, false, 0, &xc, NULL, &xd, NULL), AD_OK);
+  cr_assert_eq(ad_tensor_get(xd, 0), 38); /* unshuffled: the last rows test */
+  ad_tensor *o1, *o2, *o3, *o4;
+  cr_assert_eq(nn_train_test_split(ctx, x, y, 51, true, 9, &o1, &o2, &o3, &o4), AD_ERR_ARG);
+  expect_msg(ctx, AD_ERR_ARG, "n_test 51 is outside 0..50");
+  cr_assert(!o1 && !o2 && !o3 && !o4);
+  int64_t s[1] = {49};
+  ad_tensor *short_y = ad_zeros(ctx, AD_I32, 1, s);
+  cr_assert_eq(nn_train_test_split(ctx, x, short_y, 1, true, 9, &o1, &o2, &o3, &o4), AD_ERR_SHAPE);
+  expect_msg(ctx, AD_ERR_SHAPE, "x [50,2] and y [49] have different numbers of rows");
+  int64_t rows[2] = {3, 60};
+  cr_assert_null(nn_take_rows(ctx, x, 2, rows));
+  expect_msg(ctx, AD_ERR_ARG, "row 60 is outside 0..49");
+  ad_tensor *all[] = {x, y, xa, ya, xb, yb, xc, xd, short_y};
+  for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) ad_tensor_free(all[i]);
+  ad_ctx_free(ctx);
+}
+
+Test(data, batcher_visits_every_row_once_per_epoch) {
+  ad_ctx *ctx = ad_ctx_new();
+  ad_tensor *x, *y;
+  make_rows(ctx, 23, &x, &y);
+  nn_batcher *b = nn_batcher_new(ctx, x, y, 5, true, 17);
+  cr_assert_eq(nn_batcher_batches(b), 5);
+  cr_assert_eq(nn_batcher_rows(b), 23);
+  int64_t order[3][23];
+  for (int e = 0; e < 3; e++) {
+    ad_tensor *xb, *yb;
+    int k = 0, batches = 0;
+    bool seen[23] = {0};
+    while (nn_batcher_next(b, &xb, &yb)) {
+      cr_assert_eq(xb->shape[0], batches < 4 ? 5 : 3);
+      cr_assert_eq(yb->shape[0], xb->shape[0]);
+      for (int64_t i = 0; i < xb->shape[0]; i++) {
+        int row = (int)ad_tensor_get(yb, i);
+        cr_assert_eq(ad_tensor_get(xb, 2 * i + 1), 10 * row);
+        cr_assert(!seen[row]);
+        seen[row] = true;
+        order[e][k++] = row;
+      }
+      batches++;
+    }
+    cr_assert_eq(k, 23);
+    cr_assert_eq(batches, 5);
+  }
+  cr_assert_neq(memcmp(order[0], order[1], sizeof order[0]), 0); /* reshuffled */
+  /* the same seed gives the same epochs */
+  nn_batcher *c = nn_batcher_new(ctx, x, y, 5, true, 17);
+  ad_tensor *yb;
+  int k = 0;
+  while (nn_batcher_next(c, NULL, &yb))
+    for (int64_t i = 0; i < yb->shape[0]; i++) cr_assert_eq(ad_tensor_get(yb, i), order[0][k++]);
+  cr_assert_eq(k, 23);
+  /* a range, in order */
+  nn_batcher *r = nn_batcher_new_range(ctx, x, NULL, 20, 23, 2, false, 0);
+  ad_tensor *xb;
+  cr_assert(nn_batcher_next(r, &xb, &yb));
+  cr_assert_null(yb);
+  cr_assert(ad_tensor_get(xb, 0) == 20 && ad_tensor_get(xb, 2) == 21);
+  cr_assert(nn_batcher_next(r, &xb, NULL) && xb->shape[0] == 1);
+  cr_assert(!nn_batcher_next(r, &xb, NULL));
+  cr_assert_null(nn_batcher_new_range(ctx, x, y, 5, 30, 2, false, 0));
+  expect_msg(ctx, AD_ERR_ARG, "batcher: rows [5, 30) of 23");
+  nn_batcher_free(b), nn_batcher_free(c), nn_batcher_free(r), nn_batcher_free(NULL);
+  ad_tensor_free(x), ad_tensor_free(y);
+  ad_ctx_free(ctx);
+}
+
+/* ------------------------------------------------------------------ fit */
+
+/* A small classification problem: 3 Gaussian blobs in 4-d, f64. */
+static void blobs(ad_ctx *ctx, int64_t n, uint64_t seed, ad_tensor **x, ad_tensor **y) {
+  ad_rng rng;
+  ad_rng_seed(&rng, seed);
+  int64_t s[2] = {n, 4};
+  *x = ad_zeros(ctx, AD_F64, 2, s);
+  *y = ad_zeros(ctx, AD_I32, 1, s);
+  for (int64_t i = 0; i < n; i++) {
+    int c = (int)ad_rng_below(&rng, 3);
+    ad_tensor_set(*y, i, c);
+    for (int k = 0; k < 4; k++)
+      ad_tensor_set(*x, 4 * i + k, (k == c ? 2.0 : 0.0) + 0.8 * ad_rng_normal(&rng));
+  }
+}
+
+static nn_model *mlp(ad_ctx *ctx, uint64_t seed, double dropout) {
+  ad_rng rng;
+  ad_rng_seed(&rng, seed);
+  nn_dense_opts o = {.dtype = AD_F64};
+  nn_model *m = nn_sequential_new(ctx);
+  nn_model_add(m, nn_dense_new(ctx, 4, 16, &rng, &o));
+  nn_model_add(m, nn_activation_new(ctx, NN_ACT_TANH));
+  if (dropout > 0) nn_model_add(m, nn_dropout_new(ctx, dropout, seed + 1));
+  nn_model_add(m, nn_dense_new(ctx, 16, 3, &rng, &o));
+  return m;
+}
+
+static bool params_equal(const nn_model *a, const nn_model *b) {
+  nn_params *pa = nn_model_params(a), *pb = nn_model_params(b);
+  for (int i = 0; i < nn_params_count(pa); i++) {
+    ad_tensor *ta = nn_params_tensor(pa, i), *tb = nn_params_tensor(pb, i);
+    if (memcmp(ta->data, tb->data, (size_t)ta->size * ad_dtype_size(ta->dtype))) return false;
+  }
+  return true;
+}
+
+/* nn_fit's history equals a loop written with the public pieces. */
+Test(fit, history_matches_a_hand_written_loop) {
+  ad_ctx *ctx = ad_ctx_new();
+  ad_tensor *x, *y;
+  blobs(ctx, 90, 1, &x, &y);
+  nn_model *a = mlp(ctx, 5, 0.2), *b = mlp(ctx, 5, 0.2);
+  nn_optimizer *oa = nn_adam_new(nn_model_params(a), 0.01);
+  nn_optimizer *ob = nn_adam_new(nn_model_params(b), 0.01);
+  nn_fit_opts fo = {.epochs = 3, .batch_size = 16, .seed = 7, .accuracy = true, .verbose = -1};
+  nn_history *h;
+  cr_assert_eq(nn_fit(a, oa, nn_cross_entropy_loss, x, y, &fo, &h), AD_OK, "%s",
+               ad_last_error(ctx));
+  cr_assert_eq(nn_history_epochs(h), 3);
+  cr_assert_not_null(nn_history_values(h, "accuracy"));
+  cr_assert_null(nn_history_values(h, "val_loss"));
+  cr_assert_null(nn_history_values(h, "nope"));
+  cr_assert(isnan(nn_history_get(h, "loss", 3)));
+  cr_assert(!nn_model_training(a)); /* left in evaluation mode */
+
+  nn_batcher *bt = nn_batcher_new(ctx, x, y, 16, true, 7);
+  for (int e = 0; e < 3; e++) {
+    double sum = 0;
+    int64_t seen = 0, correct = 0;
+    ad_tensor *xb, *yb;
+    while (nn_batcher_next(bt, &xb, &yb)) {
+      ad_tape_reset(ctx);
+      nn_params_zero_grad(nn_model_params(b));
+      nn_model_set_training(b, true);
+      ad_tensor *pred = nn_model_forward(b, xb);
+      ad_tensor *l = nn_cross_entropy_loss(ctx, pred, yb, NN_MEAN);
+      cr_assert_eq(ad_backward(ctx, l, NULL), AD_OK);
+      cr_assert_eq(nn_optimizer_step(ob), AD_OK);
+      sum += ad_tensor_item(l) * (double)xb->shape[0];
+      seen += xb->shape[0];
+      correct += nn_count_correct(pred, yb, 0.5);
+    }
+    cr_assert_eq(nn_history_get(h, "loss", e), sum / (double)seen, "epoch %d", e);
+    cr_assert_eq(nn_history_get(h, "accuracy", e), (double)correct / (double)seen);
+    cr_assert_eq(nn_history_get(h, "lr", e), 0.01);
+    cr_assert_geq(nn_history_get(h, "seconds", e), 0.0);
+  }
+  cr_assert(params_equal(a, b), "parameters differ after the same steps");
+  cr_assert_lt(nn_history_get(h, "loss", 2), nn_history_get(h, "loss", 0));
+  nn_batcher_free(bt);
+  nn_history_free(h);
+  nn_optimizer_free(oa), nn_optimizer_free(ob);
+  nn_model_free(a), nn_model_free(b);
+  ad_tensor_free(x), ad_tensor_free(y);
+  ad_ctx_free(ctx);
+}
+
+/* Counts bytes outstanding from the context's allocator. */
+typedef struct counting {
+  int64_t live, allocs;
+} counting;
+
+static void *count_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  counting *c = ud;
+  if (nsize == 0) {
+    if (ptr) c->live -= (int64_t)osize;
+    free(ptr);
+    return NULL;
+  }
+  void *p = aligned_alloc(64, (nsize + 63) & ~(size_t)63);
+  if (!p) return NULL;
+  if (ptr) {
+    memcpy(p, ptr, osize < nsize ? osize : nsize);
+    free(ptr);
+    c->live -= (int64_t)osize;
+  }
+  c->live += (int64_t)nsize;
+  c->allocs++;
+  return p;
+}
+
+typedef struct mem_log {
+  ad_ctx *ctx;
+  counting *c;
+  int64_t live[8], allocs[8];
+  size_t arena[8];
+} mem_log;
+
+static bool log_memory(int epoch, const nn_history *h, void *ud) {
+  (void)h;
+  mem_log *m = ud;
+  m->live[epoch] = m->c->live;
+  m->allocs[epoch] = m->c->allocs;
+  m->arena[epoch] = ad_arena_capacity(m->ctx);
+  return true;
+}
+
+Test(fit, memory_stays_flat_over_epochs) {
+  counting c = {0};
+  ad_ctx *ctx = ad_ctx_new_with_alloc(count_alloc, &c);
+  ad_tensor *x, *y;
+  blobs(ctx, 200, 2, &x, &y);
+  nn_model *m = mlp(ctx, 3, 0.1);
+  nn_optimizer *o = nn_adam_new(nn_model_params(m), 0.01);
+  mem_log log = {.ctx = ctx, .c = &c};
+  nn_fit_opts fo = {.epochs = 6,
+                    .batch_size = 32,
+                    .validation_split = 0.2,
+                    .accuracy = true,
+                    .verbose = -1,
+                    .on_epoch_end = log_memory,
+                    .ud = &log};
+  cr_assert_eq(nn_fit(m, o, nn_cross_entropy_loss, x, y, &fo, NULL), AD_OK, "%s",
+               ad_last_error(ctx));
+  for (int e = 2; e < 6; e++) {
+    cr_assert_eq(log.live[e], log.live[1], "epoch %d: %lld bytes live, %lld after epoch 2", e + 1,
+                 (long long)log.live[e], (long long)log.live[1]);
+    cr_assert_eq(log.arena[e], log.arena[1]);
+  }
+  /* after the first epochs nothing is allocated per step (only the
+   * validation pass's tape, when it first grows, and nothing after) */
+  cr_assert_eq(log.allocs[5], log.allocs[2], "allocations %lld -> %lld", (long long)log.allocs[2],
+               (long long)log.allocs[5]);
+  nn_optimizer_free(o);
+  nn_model_free(m);
+  ad_tensor_free(x), ad_tensor_free(y);
+  ad_ctx_free(ctx);
+  cr_assert_eq(c.live, 0, "%lld bytes leaked", (long long)c.live);
+}
+
+Test(fit, validation_split_and_evaluate_agree) {
+  ad_ctx *ctx = ad_ctx_new();
+  ad_tensor *x, *y;
+  blobs(ctx, 100, 3, &x, &y);
+  nn_model *m = mlp(ctx, 1, 0.3);
+  nn_optimizer *o = nn_adam_new(nn_model_params(m), 0.02);
+  nn_fit_opts fo = {
+      .epochs = 4, .batch_size = 8, .validation_split = 0.25, .accuracy = true, .verbose = -1};
+  nn_history *h;
+  cr_assert_eq(nn_fit(m, o, nn_cross_entropy_loss, x, y, &fo, &h), AD_OK);
+  /* the last 25 rows were held out: evaluate them directly */
+  int64_t rows[25];
+  for (int i = 0; i < 25; i++) rows[i] = 75 + i;
+  ad_tensor *xv = nn_take_rows(ctx, x, 25, rows), *yv = nn_take_rows(ctx, y, 25, rows);
+  double loss, acc;
+  cr_assert_eq(nn_evaluate(m, nn_cross_entropy_loss, xv, yv, 7, &loss, &acc), AD_OK);
+  cr_assert_float_eq(nn_history_get(h, "val_loss", 3), loss, 1e-12);
+  cr_assert_eq(nn_history_get(h, "val_accuracy", 3), acc);
+  cr_assert_gt(acc, 0.7);
+
+  /* evaluate equals the full-batch loss (batches of 7 weighted by size) */
+  ad_tape_reset(ctx);
+  bool old = ad_set_grad_enabled(ctx, false);
+  ad_tensor *pred = nn_model_forward(m, xv);
+  double full = ad_tensor_item(nn_cross_entropy_loss(ctx, pred, yv, NN_MEAN));
+  ad_set_grad_enabled(ctx, old);
+  cr_assert_float_eq(loss, full, 1e-12);
+  /* predict returns the same outputs, row by row */
+  ad_tensor *p = nn_predict(m, xv, 4);
+  cr_assert(p && p->shape[0] == 25 && p->shape[1] == 3);
+  for (int i = 0; i < 75; i++)
+    cr_assert_float_eq(ad_tensor_get(p, i), ad_tensor_get(pred, i), 1e-14);
+  ad_tensor_free(p);
+
+  /* explicit validation data */
+  nn_history *h2;
+  fo.epochs = 1, fo.val_x = xv, fo.val_y = yv;
+  cr_assert_eq(nn_fit(m, o, nn_cross_entropy_loss, x, y, &fo, &h2), AD_OK);
+  cr_assert(!isnan(nn_history_get(h2, "val_loss", 0)));
+  nn_history_free(h), nn_history_free(h2);
+  nn_optimizer_free(o);
+  nn_model_free(m);
+  ad_tensor_free(x), ad_tensor_free(y), ad_tensor_free(xv), ad_tensor_free(yv);
+  ad_ctx_free(ctx);
+}
+
+static bool stop_after_two(int epoch, const nn_history *h, void *ud) {
+  (void)h, (void)ud;
+  return epoch < 1;
+}
+
+Test(fit, progress_lines_schedule_and_early_stop) {
+  ad_ctx *ctx = ad_ctx_new();
+  ad_tensor *x, *y;
+  blobs(ctx, 40, 4, &x, &y);
+  nn_model *m = mlp(ctx, 1, 0);
+  nn_optimizer *o = nn_sgd_new(nn_model_params(m), 0.1, 0.9, true, 0);
+  nn_schedule s = {.kind = NN_SCHED_STEP, .step_size = 1, .gamma = 0.5};
+  nn_optimizer_set_schedule(o, &s);
+  char buf[4096] = {0};
+  FILE *f = fmemopen(buf, sizeof buf - 1, "w"); /* not a terminal: one line per epoch */
+  nn_fit_opts fo = {
+      .epochs = 5, .batch_size = 10, .accuracy = true, .out = f, .on_epoch_end = stop_after_two};
+  nn_history *h;
+  cr_assert_eq(nn_fit(m, o, nn_cross_entropy_loss, x, y, &fo, &h), AD_OK);
+  fclose(f);
+  cr_assert_eq(nn_history_epochs(h), 2);
+  cr_assert_eq(nn_history_get(h, "lr", 0), 0.1);
+  cr_assert_eq(nn_history_get(h, "lr", 1), 0.05);
+  cr_assert_eq(nn_optimizer_lr(o), 0.025);
+  cr_assert(strncmp(buf, "epoch 1/5 - 4/4 - ", 18) == 0, "%s", buf);
+  cr_assert(strstr(buf, " - loss ") && strstr(buf, " - accuracy "), "%s", buf);
+  cr_assert(strstr(buf, "\nepoch 2/5 - 4/4 - "), "%s", buf);
+  cr_assert_null(strchr(buf, '\r'), "no carriage returns off a terminal");
+  int lines = 0;
+  for (char *c = buf; *c; c++) lines += *c == '\n';
+  cr_assert_eq(lines, 2);
+  nn_history_free(h);
+  nn_optimizer_free(o);
+  nn_model_free(m);
+  ad_tensor_free(x), ad_tensor_free(y);
+  ad_ctx_free(ctx);
+}
+
+Test(fit, errors_and_nan) {
+  ad_ctx *ctx = ad_ctx_new();
+  ad_tensor *x, *y;
+  blobs(ctx, 30, 5, &x, &y);
+  nn_model *m = mlp(ctx, 1, 0);
+  nn_optimizer *o = nn_sgd_new(nn_model_params(m), 0.1, 0, false, 0);
+  nn_fit_opts fo = {.verbose = -1, .validation_split = 1.0};
+  cr_assert_eq(nn_fit(m, o, nn_cross_entropy_loss, x, y, &fo, NULL), AD_ERR_ARG);
+  expect_msg(ctx, AD_ERR_ARG, "validation split 1");
+  fo.validation_split = 0;
+  int64_t rows[3] = {0, 1, 2};
+  ad_tensor *y3 = nn_take_rows(ctx, y, 3, rows);
+  cr_assert_eq(nn_fit(m, o, nn_cross_entropy_loss, x, y3, &fo, NULL), AD_ERR_SHAPE);
+  expect_msg(ctx, AD_ERR_SHAPE, "fit: x [30,4] and y [3] have different numbers of rows");
+  cr_assert_eq(nn_fit(m, o, NULL, x, y, &fo, NULL), AD_ERR_NULL);
+  expect_msg(ctx, AD_ERR_NULL, "fit: loss is NULL");
+  /* bad labels stop training with the loss's message */
+  ad_tensor_set(y, 17, 5);
+  nn_history *h;
+  cr_assert_eq(nn_fit(m, o, nn_cross_entropy_loss, x, y, &fo, &h), AD_ERR_ARG);
+  expect_msg(ctx, AD_ERR_ARG, "cross_entropy_loss: label 5 of sample");
+  cr_assert_eq(nn_history_epochs(h), 0);
+  nn_history_free(h);
+  ad_tensor_set(y, 17, 1);
+  /* a NaN input makes a NaN loss */
+  ad_tensor_set(x, 0, NAN);
+  fo.no_shuffle = true;
+  cr_assert_eq(nn_fit(m, o, nn_cross_entropy_loss, x, y, &fo, NULL), AD_ERR_NAN);
+  expect_msg(ctx, AD_ERR_NAN, "fit: the loss is nan at epoch 1, batch 1");
+  /* the model works again afterwards */
+  ad_tensor_set(x, 0, 0.5);
+  cr_assert_eq(nn_fit(m, o, nn_cross_entropy_loss, x, y, &fo, NULL), AD_OK, "%s",
+               ad_last_error(ctx));
+  cr_assert_null(nn_predict(m, NULL, 4));
+  expect_msg(ctx, AD_ERR_NULL, "predict");
+  cr_assert_eq(nn_evaluate(m, nn_mse_loss, x, y, 8, NULL, NULL), AD_ERR_DTYPE);
+  expect_msg(ctx, AD_ERR_DTYPE, "mse_loss: target [8] is i32");
+  nn_optimizer_free(o);
+  nn_model_free(m);
+  ad_tensor_free(x), ad_tensor_free(y), ad_tensor_free(y3);
+  ad_ctx_free(ctx);
+}
+
+/* Binary classification with logits: accuracy thresholds at 0. */
+Test(fit, binary_logits_with_l2) {
+  ad_ctx *ctx = ad_ctx_new();
+  ad_rng rng;
+  ad_rng_seed(&rng, 8);
+  int64_t s[2] = {64, 2}, t[2] = {64, 1};
+  ad_tensor *x = ad_randn(ctx, &rng, AD_F32, 2, s, 0, 1), *y = ad_zeros(ctx, AD_F32, 2, t);
+  for (int i = 0; i < 64; i++) ad_tensor_set(y, i, ad_tensor_get(x, 2 * i) > 0 ? 1 : 0);
+  nn_model *m = nn_sequential_new(ctx);
+  nn_model_add(m, nn_dense_new(ctx, 2, 1, &rng, NULL));
+  nn_optimizer *o = nn_sgd_new(nn_model_params(m), 0.5, 0, false, 0);
+  nn_fit_opts fo = {
+      .epochs = 30, .batch_size = 16, .accuracy = true, .verbose = -1, .lambda_l2 = 1e-3};
+  nn_history *h;
+  cr_assert_eq(nn_fit(m, o, nn_bce_with_logits_loss, x, y, &fo, &h), AD_OK, "%s",
+               ad_last_error(ctx));
+  cr_assert_gt(nn_history_get(h, "accuracy", 29), 0.95);
+  double acc;
+  nn_evaluate(m, nn_bce_with_logits_loss, x, y, 0, NULL, &acc);
+  cr_assert_gt(acc, 0.95);
+  nn_history_free(h);
+  nn_optimizer_free(o);
+  nn_model_free(m);
+  ad_tensor_free(x), ad_tensor_free(y);
+  ad_ctx_free(ctx);
+}
+
+/* ------------------------------------------------------------ checkpoints */
+
+/* Training 2 epochs straight equals 1 epoch, a checkpoint of the model and
+ * Adam's state, a fresh model and optimizer loading it, and 1 more epoch. */
+Test(checkpoint, save_load_resumes_training_exactly) {
+  ad_ctx *ctx = ad_ctx_new();
+  ad_tensor *x, *y;
+  blobs(ctx, 60, 6, &x, &y);
+  char path[] = "/tmp/nn_fit_ckpt_XXXXXX";
+  int fd = mkstemp(path);
+  cr_assert_geq(fd, 0);
+  close(fd);
+
+  nn_model *a = mlp(ctx, 2, 0);
+  nn_optimizer *oa = nn_adam_new(nn_model_params(a), 0.01);
+  nn_fit_opts fo = {.epochs = 2, .batch_size = 8, .seed = 3, .verbose = -1};
+  cr_assert_eq(nn_fit(a, oa, nn_cross_entropy_loss, x, y, &fo, NULL), AD_OK);
+
+  nn_model *b = mlp(ctx, 2, 0);
+  nn_optimizer *ob = nn_adam_new(nn_model_params(b), 0.01);
+  fo.epochs = 1;
+  cr_assert_eq(nn_fit(b, ob, nn_cross_entropy_loss, x, y, &fo, NULL), AD_OK);
+  cr_assert_eq(nn_model_save(b, ob, path), AD_OK, "%s", ad_last_error(ctx));
+
+  nn_model *c = mlp(ctx, 99, 0); /* different initial weights */
+  nn_optimizer *oc = nn_adam_new(nn_model_params(c), 0.01);
+  cr_assert(!params_equal(b, c));
+  cr_assert_eq(nn_model_load(c, oc, path), AD_OK, "%s", ad_last_error(ctx));
+  cr_assert(params_equal(b, c));
+  cr_assert_eq(nn_optimizer_steps(oc), 8);
+  /* the second epoch uses the second permutation of seed 3: skip one */
+  nn_batcher *skip = nn_batcher_new(ctx, x, y, 8, true, 3);
+  while (nn_batcher_next(skip, NULL, NULL)) continue;
+  ad_tensor *xb, *yb;
+  while (nn_batcher_next(skip, &xb, &yb))
+    cr_assert_eq(nn_train_step(c, oc, nn_cross_entropy_loss, xb, yb, 0, NULL), AD_OK);
+  cr_assert(params_equal(a, c), "resumed training differs from the straight run");
+
+  /* weights only, into a model without the optimizer */
+  nn_model *d = mlp(ctx, 7, 0);
+  cr_assert_eq(nn_model_load(d, NULL, path), AD_OK);
+  cr_assert(params_equal(b, d));
+  /* a missing file is an error */
+  cr_assert_neq(nn_model_load(d, NULL, "/nonexistent/dir/x.safetensors"), AD_OK);
+  ad_clear_error(ctx);
+  unlink(path);
+  nn_batcher_free(skip);
+  nn_optimizer_free(oa), nn_optimizer_free(ob), nn_optimizer_free(oc);
+  nn_model_free(a), nn_model_free(b), nn_model_free(c), nn_model_free(d);
+  ad_tensor_free(x), ad_tensor_free(y);
+  ad_ctx_free(ctx);
+}
+
+/* ------------------------------------------------------------------ MNIST */
+
+/* One epoch on 2000 bundled digits (the test runs from the source root). */
+Test(mnist, one_epoch_on_2000_digits) {
+  ad_ctx *ctx = ad_ctx_new();
+  ad_tensor *img = nn_idx_load(ctx, "data/mnist10k-images-idx3-ubyte.gz", AD_F32, 1.0 / 255);
+  ad_tensor *lab = nn_idx_load(ctx, "data/mnist10k-labels-idx1-ubyte.gz", AD_I32, 1);
+  cr_assert(img && lab, "%s", ad_last_error(ctx));
+  int64_t rows[2500];
+  for (int i = 0; i < 2500; i++) rows[i] = i;
+  ad_tensor *x = nn_take_rows(ctx, img, 2500, rows), *y = nn_take_rows(ctx, lab, 2500, rows);
+  ad_rng rng;
+  ad_rng_seed(&rng, 1);
+  nn_model *m = nn_sequential_new(ctx);
+  nn_model_add(m, nn_flatten_new(ctx));
+  nn_model_add(m, nn_dense_new(ctx, 784, 64, &rng, NULL));
+  nn_model_add(m, nn_activation_new(ctx, NN_ACT_RELU));
+  nn_model_add(m, nn_dense_new(ctx, 64, 10, &rng, NULL));
+  nn_optimizer *o = nn_adam_new(nn_model_params(m), 0.001);
+  nn_fit_opts fo = {
+      .epochs = 1, .batch_size = 32, .validation_split = 0.2, .accuracy = true, .verbose = -1};
+  nn_history *h;
+  cr_assert_eq(nn_fit(m, o, nn_cross_entropy_loss, x, y, &fo, &h), AD_OK, "%s", ad_last_error(ctx));
+  cr_assert_gt(nn_history_get(h, "val_accuracy", 0), 0.8, "val accuracy %g",
+               nn_history_get(h, "val_accuracy", 0));
+  nn_history_free(h);
+  nn_optimizer_free(o);
+  nn_model_free(m);
+  ad_tensor_free(img), ad_tensor_free(lab), ad_tensor_free(x), ad_tensor_free(y);
+  ad_ctx_free(ctx);
+}

@@ -1,0 +1,546 @@
+/* test_nn_layers.c: parameter lists, initializers, layers, models.
+ * Dense and the activations against PyTorch (tests/nn_fixtures.h), the 2-3-1
+ * worked example against its closed form, dropout's statistics, naming and
+ * error messages. */
+#include "nn.h"
+#include "nn_fixtures.h"
+
+#include <criterion/criterion.h>
+#include <math.h>
+#include <string.h>
+
+static ad_tensor *make(ad_ctx *ctx, ad_dtype dt, int64_t r, int64_t c, const double *v) {
+  int64_t s[2] = {r, c};
+  ad_tensor *t = ad_zeros(ctx, dt, 2, s);
+  for (int64_t i = 0; v && i < r * c; i++) ad_tensor_set(t, i, v[i]);
+  return t;
+}
+
+static void fill(ad_tensor *t, const double *v) {
+  for (int64_t i = 0; i < t->size; i++) ad_tensor_set(t, i, v[i]);
+}
+
+static void expect_msg(ad_ctx *ctx, ad_status st, const char *needle) {
+  cr_assert_eq(ad_last_status(ctx), st, "status %s: %s", ad_status_str(ad_last_status(ctx)),
+               ad_last_error(ctx));
+  cr_assert(strstr(ad_last_error(ctx), needle), "message: %s", ad_last_error(ctx));
+  ad_clear_error(ctx);
+}
+
+/* ------------------------------------------------------------- parameters */
+
+Test(params, names_lookup_and_ownership) {
+  ad_ctx *ctx = ad_ctx_new();
+  nn_params *p = nn_params_new(ctx);
+  int64_t s[2] = {2, 3};
+  ad_tensor *a = ad_zeros(ctx, AD_F32, 2, s), *b = ad_zeros(ctx, AD_F32, 1, s);
+  cr_assert_eq(nn_params_add(p, "enc.weight", a, true), AD_OK);
+  cr_assert_eq(nn_params_add(p, "enc.bias", b, false), AD_OK);
+  cr_assert(ad_tensor_requires_grad(a));
+  cr_assert_eq(nn_params_count(p), 2);
+  cr_assert_eq(nn_params_find(p, "enc.bias"), b);
+  cr_assert_null(nn_params_find(p, "enc"));
+  cr_assert_str_eq(nn_params_name(p, 0), "enc.weight");
+  cr_assert_eq(nn_params_tensor(p, 1), b);
+  cr_assert_null(nn_params_tensor(p, 2));
+  cr_assert_str_eq(nn_params_names(p)[1], "enc.bias");
+  cr_assert_eq(nn_params_tensors(p)[0], a);
+  cr_assert_eq(nn_params_numel(p), 8);
+
+  /* errors; an owned tensor is freed even when the add fails */
+  cr_assert_eq(nn_params_add(p, "enc.weight", ad_zeros(ctx, AD_F32, 1, s), true), AD_ERR_ARG);
+  expect_msg(ctx, AD_ERR_ARG, "a parameter named 'enc.weight' exists");
+  cr_assert_eq(nn_params_add(p, "", ad_zeros(ctx, AD_F32, 1, s), true), AD_ERR_ARG);
+  expect_msg(ctx, AD_ERR_ARG, "non-empty name");
+  cr_assert_eq(nn_params_add(p, "ids", ad_zeros(ctx, AD_I32, 2, s), true), AD_ERR_DTYPE);
+  expect_msg(ctx, AD_ERR_DTYPE, "'ids' [2,3] is i32; parameters must be float");
+  cr_assert_eq(nn_params_add(p, "tmp", ad_add_scalar(ctx, a, 1), false), AD_ERR_ARG);
+  expect_msg(ctx, AD_ERR_ARG, "'tmp' is a temporary");
+  cr_assert_eq(nn_params_count(p), 2);
+
+  /* many names: the hash map grows */
+  char name[32];
+  for (int i = 0; i < 300; i++) {
+    snprintf(name, sizeof name, "layer%d.weight", i);
+    cr_assert_eq(nn_params_add(p, name, ad_zeros(ctx, AD_F64, 0, NULL), true), AD_OK);
+  }
+  cr_assert_eq(nn_params_find(p, "layer217.weight"), nn_params_tensor(p, 2 + 217));
+  nn_params_free(p);
+  ad_tensor_free(b); /* borrowed: still ours */
+  nn_params_free(NULL);
+  ad_ctx_free(ctx);
+}
+
+/* ----------------------------------------------------------- initializers */
+
+static void moments(const ad_tensor *t, double *mean, double *var, double *lo, double *hi) {
+  double s = 0, s2 = 0;
+  *lo = INFINITY, *hi = -INFINITY;
+  for (int64_t i = 0; i < t->size; i++) {
+    double v = ad_tensor_get(t, i);
+    s += v, s2 += v * v;
+    *lo = fmin(*lo, v), *hi = fmax(*hi, v);
+  }
+  *mean = s / (double)t->size;
+  *var = s2 / (double)t->size - *mean * *mean;
+}
+
+Test(init, distributions_have_the_documented_moments) {
+  ad_ctx *ctx = ad_ctx_new();
+  ad_rng rng;
+  ad_rng_seed(&rng, 3);
+  int64_t s[2] = {300, 500}; /* fan_in 500, fan_out 300 */
+  ad_tensor *t = ad_zeros(ctx, AD_F64, 2, s);
+  double mean, var, lo, hi;
+  struct {
+    nn_init init;
+    double var, bound; /* bound 0: unbounded */
+  } cases[] = {
+      {nn_init_make(NN_INIT_XAVIER_UNIFORM, 0, 0), 2.0 / 800, sqrt(6.0 / 800)},
+      {nn_init_make(NN_INIT_XAVIER_UNIFORM, 2, 0), 4 * 2.0 / 800, 2 * sqrt(6.0 / 800)},
+      {nn_init_make(NN_INIT_XAVIER_NORMAL, 0, 0), 2.0 / 800, 0},
+      {nn_init_make(NN_INIT_HE_UNIFORM, 0, 0), 2.0 / 500, sqrt(6.0 / 500)},
+      {nn_init_make(NN_INIT_HE_NORMAL, 0, 0), 2.0 / 500, 0},
+      {nn_init_make(NN_INIT_HE_NORMAL, 1, 0), 1.0 / 500, 0},
+      {nn_init_make(NN_INIT_UNIFORM, -0.5, 0.5), 1.0 / 12, 0.5},
+      {nn_init_make(NN_INIT_NORMAL, 0, 0.3), 0.09, 0},
+  };
+  for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+    cr_assert_eq(nn_init_tensor(ctx, t, cases[k].init, &rng), AD_OK);
+    moments(t, &mean, &var, &lo, &hi);
+    /* 150,000 draws: the sample variance is within 1.5% */
+    cr_assert(fabs(var / cases[k].var - 1) < 0.015, "case %zu: var %g, want %g", k, var,
+              cases[k].var);
+    cr_assert(fabs(mean) < 4 * sqrt(cases[k].var / 150000.0), "case %zu: mean %g", k, mean);
+    if (cases[k].bound > 0) {
+      cr_assert(lo >= -cases[k].bound && hi < cases[k].bound, "case %zu: [%g, %g]", k, lo, hi);
+      cr_assert(hi > 0.99 * cases[k].bound, "case %zu: the range is used", k);
+    }
+  }
+  cr_assert_eq(nn_init_tensor(ctx, t, nn_init_make(NN_INIT_NORMAL, 5, 0.1), &rng), AD_OK);
+  moments(t, &mean, &var, &lo, &hi);
+  cr_assert_float_eq(mean, 5, 0.002);
+  cr_assert_eq(nn_init_tensor(ctx, t, nn_init_make(NN_INIT_CONSTANT, 0.25, 0), NULL), AD_OK);
+  moments(t, &mean, &var, &lo, &hi);
+  cr_assert(lo == 0.25 && hi == 0.25);
+  cr_assert_eq(nn_init_tensor(ctx, t, nn_init_make(NN_INIT_ZEROS, 0, 0), NULL), AD_OK);
+  moments(t, &mean, &var, &lo, &hi);
+  cr_assert(lo == 0 && hi == 0);
+  ad_tensor_free(t);
+  ad_ctx_free(ctx);
+}
+
+Test(init, seeded_and_reproducible) {
+  ad_ctx *ctx = ad_ctx_new();
+  int64_t s[2] = {4, 5};
+  ad_tensor *a = ad_zeros(ctx, AD_F32, 2, s), *b = ad_zeros(ctx, AD_F32, 2, s);
+  ad_rng r1, r2;
+  ad_rng_seed(&r1, 99);
+  ad_rng_seed(&r2, 99);
+  nn_init_tensor(ctx, a, nn_init_make(NN_INIT_HE_NORMAL, 0, 0), &r1);
+  nn_init_tensor(ctx, b, nn_init_make(NN_INIT_HE_NORMAL, 0, 0), &r2);
+  cr_assert_eq(memcmp(a->data, b->data, 20 * sizeof(float)), 0);
+  nn_init_tensor(ctx, b, nn_init_make(NN_INIT_HE_NORMAL, 0, 0), &r2);
+  cr_assert_neq(memcmp(a->data, b->data, 20 * sizeof(float)), 0);
+  ad_tensor_free(a), ad_tensor_free(b);
+  ad_ctx_free(ctx);
+}
+
+Test(init, fans_and_errors) {
+  ad_ctx *ctx = ad_ctx_new();
+  int64_t s4[4] = {8, 3, 5, 5}, in, out;
+  ad_tensor *conv = ad_zeros(ctx, AD_F32, 4, s4), *vec = ad_zeros(ctx, AD_F32, 1, s4);
+  nn_fans(conv, &in, &out);
+  cr_assert(in == 75 && out == 200);
+  nn_fans(vec, &in, &out);
+  cr_assert(in == 8 && out == 8);
+  nn_fans(NULL, &in, NULL);
+  cr_assert_eq(in, 1);
+  cr_assert_eq(nn_init_tensor(ctx, conv, nn_init_make(NN_INIT_XAVIER_UNIFORM, 0, 0), NULL),
+               AD_ERR_NULL);
+  expect_msg(ctx, AD_ERR_NULL, "init: a random initializer needs an rng");
+  ad_rng rng;
+  ad_rng_seed(&rng, 1);
+  cr_assert_eq(nn_init_tensor(ctx, conv, nn_init_make(NN_INIT_DEFAULT, 0, 0), &rng), AD_ERR_ARG);
+  expect_msg(ctx, AD_ERR_ARG, "unknown or default initializer");
+  cr_assert_eq(nn_init_tensor(ctx, conv, nn_init_make(NN_INIT_NORMAL, 0, -1), &rng), AD_ERR_ARG);
+  expect_msg(ctx, AD_ERR_ARG, "normal needs std >= 0");
+  ad_tensor *ids = ad_zeros(ctx, AD_I32, 1, s4);
+  cr_assert_eq(nn_init_tensor(ctx, ids, nn_init_make(NN_INIT_ZEROS, 0, 0), &rng), AD_ERR_DTYPE);
+  ad_tensor_free(conv), ad_tensor_free(vec), ad_tensor_free(ids);
+  ad_ctx_free(ctx);
+}
+
+/* ------------------------------------------------------------------ dense */
+
+Test(dense, forward_and_backward_match_torch) {
+  ad_ctx *ctx = ad_ctx_new();
+  nn_dense_opts o = {.dtype = AD_F64};
+  nn_layer *d = nn_dense_new(ctx, 3, 2, NULL, &o); /* Xavier needs an rng */
+  cr_assert_null(d);
+  expect_msg(ctx, AD_ERR_NULL, "needs an rng");
+  ad_rng rng;
+  ad_rng_seed(&rng, 1);
+  d = nn_dense_new(ctx, 3, 2, &rng, &o);
+  cr_assert_not_null(d, "%s", ad_last_error(ctx));
+  cr_assert_str_eq(nn_layer_kind(d), "dense");
+  nn_params *p = nn_layer_params(d);
+  ad_tensor *w = nn_params_find(p, "weight"), *b = nn_params_find(p, "bias");
+  cr_assert(w && b);
+  cr_assert(w->shape[0] == 2 && w->shape[1] == 3 && b->shape[0] == 2);
+  fill(w, dense_w);
+  fill(b, dense_b);
+  ad_tensor *x = make(ctx, AD_F64, 4, 3, dense_x), *r = make(ctx, AD_F64, 4, 2, dense_r);
+  ad_tensor_set_requires_grad(x, true);
+  ad_tensor *y = nn_layer_forward(d, x, true);
+  cr_assert_not_null(y, "%s", ad_last_error(ctx));
+  for (int i = 0; i < 8; i++) cr_assert_float_eq(ad_tensor_get(y, i), dense_y[i], 1e-14);
+  cr_assert_eq(ad_backward(ctx, ad_sum(ctx, ad_mul(ctx, y, r)), NULL), AD_OK);
+  for (int i = 0; i < 12; i++) cr_assert_float_eq(ad_tensor_get(x->grad, i), dense_dx[i], 1e-14);
+  for (int i = 0; i < 6; i++) cr_assert_float_eq(ad_tensor_get(w->grad, i), dense_dw[i], 1e-14);
+  for (int i = 0; i < 2; i++) cr_assert_float_eq(ad_tensor_get(b->grad, i), dense_db[i], 1e-14);
+  ad_tensor_free(x), ad_tensor_free(r);
+  nn_layer_free(d);
+  ad_ctx_free(ctx);
+}
+
+Test(dense, options_activation_and_batched_input) {
+  ad_ctx *ctx = ad_ctx_new();
+  nn_dense_opts o = {.no_bias = true,
+                     .activation = NN_ACT_RELU,
+                     .weight_init = nn_init_make(NN_INIT_CONSTANT, 0.5, 0),
+                     .dtype = AD_F32};
+  nn_layer *d = nn_dense_new(ctx, 2, 3, NULL, &o); /* deterministic init: no rng needed */
+  cr_assert_not_null(d, "%s", ad_last_error(ctx));
+  cr_assert_eq(nn_params_count(nn_layer_params(d)), 1);
+  int64_t s[3] = {2, 2, 2};
+  ad_tensor *x = ad_zeros(ctx, AD_F32, 3, s);
+  const double xv[8] = {1, 1, -1, -3, 2, 0, 0.5, -0.1};
+  fill(x, xv);
+  ad_tensor *y = nn_layer_forward(d, x, false);
+  cr_assert_not_null(y, "%s", ad_last_error(ctx));
+  cr_assert(y->ndim == 3 && y->shape[0] == 2 && y->shape[1] == 2 && y->shape[2] == 3);
+  const double want[4] = {1, 0, 1, 0.2}; /* relu(0.5 * (x0 + x1)) per row */
+  for (int r = 0; r < 4; r++)
+    for (int k = 0; k < 3; k++) cr_assert_float_eq(ad_tensor_get(y, 3 * r + k), want[r], 1e-6);
+
+  nn_dense_opts lk = {.activation = NN_ACT_LEAKY_RELU,
+                      .weight_init = nn_init_make(NN_INIT_CONSTANT, 1, 0),
+                      .bias_init = nn_init_make(NN_INIT_CONSTANT, -10, 0)};
+  nn_layer *d2 = nn_dense_new(ctx, 2, 1, NULL, &lk);
+  int64_t s2[2] = {1, 2};
+  ad_tensor *x2 = ad_ones(ctx, AD_F32, 2, s2);
+  cr_assert_float_eq(ad_tensor_item(nn_layer_forward(d2, x2, true)), -0.08, 1e-6); /* 0.01*(2-10) */
+  ad_tensor_free(x), ad_tensor_free(x2);
+  nn_layer_free(d);
+  nn_layer_free(d2);
+  ad_ctx_free(ctx);
+}
+
+Test(dense, errors_name_the_layer_and_shapes) {
+  ad_ctx *ctx = ad_ctx_new();
+  ad_rng rng;
+  ad_rng_seed(&rng, 1);
+  nn_model *m = nn_sequential_new(ctx);
+  cr_assert_eq(nn_model_add(m, nn_dense_new(ctx, 784, 64, &rng, NULL)), AD_OK);
+  int64_t s[2] = {32, 100};
+  ad_tensor *x = ad_zeros(ctx, AD_F32, 2, s);
+  cr_assert_null(nn_model_forward(m, x));
+  expect_msg(ctx, AD_ERR_SHAPE,
+             "dense '0': input [32,100] has 100 features, the layer expects 784 (weight [64,784])");
+  ad_tensor *x64 = ad_zeros(ctx, AD_F64, 2, (int64_t[]){32, 784});
+  cr_assert_null(nn_model_forward(m, x64));
+  expect_msg(ctx, AD_ERR_DTYPE, "dense '0': input [32,784] is f64, the weights are f32");
+  cr_assert_null(nn_dense_new(ctx, 0, 3, &rng, NULL));
+  expect_msg(ctx, AD_ERR_ARG, "dense: in 0 and out 3 must be >= 1");
+  nn_dense_opts o = {.dtype = AD_I32};
+  cr_assert_null(nn_dense_new(ctx, 2, 3, &rng, &o));
+  expect_msg(ctx, AD_ERR_DTYPE, "dense: parameters must be float, got i32");
+  ad_tensor_free(x), ad_tensor_free(x64);
+  nn_model_free(m);
+  ad_ctx_free(ctx);
+}
+
+/* ------------------------------------------------------------ activations */
+
+Test(activations, match_torch) {
+  ad_ctx *ctx = ad_ctx_new();
+  ad_tensor *x = make(ctx, AD_F64, 2, 5, act_x);
+  struct {
+    nn_layer *layer;
+    const double *want;
+  } cases[] = {
+      {nn_activation_new(ctx, NN_ACT_SIGMOID), act_sigmoid},
+      {nn_activation_new(ctx, NN_ACT_TANH), act_tanh},
+      {nn_activation_new(ctx, NN_ACT_RELU), act_relu},
+      {nn_leaky_relu_new(ctx, 0.2), act_leaky},
+      {nn_activation_new(ctx, NN_ACT_GELU), act_gelu},
+      {nn_activation_new(ctx, NN_ACT_SOFTPLUS), act_softplus},
+      {nn_activation_new(ctx, NN_ACT_SOFTMAX), act_softmax},
+      {nn_activation_new(ctx, NN_ACT_LOG_SOFTMAX), act_log_softmax},
+  };
+  for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+    ad_tensor *y = nn_layer_forward(cases[k].layer, x, true);
+    cr_assert_not_null(y, "%s", ad_last_error(ctx));
+    for (int i = 0; i < 10; i++)
+      cr_assert_float_eq(ad_tensor_get(y, i), cases[k].want[i], 1e-12, "%s element %d",
+                         nn_layer_kind(cases[k].layer), i);
+    nn_layer_free(cases[k].layer);
+  }
+  cr_assert_eq(nn_activate(ctx, x, NN_ACT_NONE, 0), x);
+  cr_assert_str_eq(nn_act_name(NN_ACT_LEAKY_RELU), "leaky_relu");
+  cr_assert_str_eq(nn_act_name((nn_act)99), "?");
+  cr_assert_null(nn_activation_new(ctx, (nn_act)99));
+  expect_msg(ctx, AD_ERR_ARG, "unknown activation 99");
+  ad_tensor_free(x);
+  ad_ctx_free(ctx);
+}
+
+/* sigmoid' = s (1 - s) through the layer, checked against the closed form. */
+Test(activations, sigmoid_derivative_closed_form) {
+  ad_ctx *ctx = ad_ctx_new();
+  ad_tensor *x = make(ctx, AD_F64, 2, 5, act_x);
+  ad_tensor_set_requires_grad(x, true);
+  nn_layer *s = nn_activation_new(ctx, NN_ACT_SIGMOID);
+  cr_assert_eq(ad_backward(ctx, ad_sum(ctx, nn_layer_forward(s, x, true)), NULL), AD_OK);
+  for (int i = 0; i < 10; i++)
+    cr_assert_float_eq(ad_tensor_get(x->grad, i), act_sigmoid[i] * (1 - act_sigmoid[i]), 1e-15);
+  nn_layer_free(s);
+  ad_tensor_free(x);
+  ad_ctx_free(ctx);
+}
+
+/* ---------------------------------------------------------------- dropout */
+
+Test(dropout, statistics_and_gradient) {
+  ad_ctx *ctx = ad_ctx_new();
+  const double p = 0.3;
+  nn_layer *d = nn_dropout_new(ctx, p, 11);
+  int64_t s[2] = {400, 500};
+  ad_tensor *x = ad_full(ctx, AD_F64, 2, s, 2.0);
+  ad_tensor_set_requires_grad(x, true);
+  ad_tensor *y = nn_layer_forward(d, x, true);
+  cr_assert_not_null(y);
+  int64_t zeros = 0, n = y->size;
+  double sum = 0;
+  for (int64_t i = 0; i < n; i++) {
+    double v = ad_tensor_get(y, i);
+    if (v == 0)
+      zeros++;
+    else
+      cr_assert_float_eq(v, 2.0 / (1 - p), 1e-12); /* kept values are scaled */
+    sum += v;
+  }
+  /* 200,000 Bernoulli(0.3): the fraction dropped is 0.3 +- 0.001 (std) */
+  double frac = (double)zeros / (double)n;
+  cr_assert(fabs(frac - p) < 5 * sqrt(p * (1 - p) / (double)n), "dropped %g", frac);
+  cr_assert(fabs(sum / (double)n - 2.0) < 0.02, "mean %g", sum / (double)n); /* E[y] = x */
+  /* the gradient is the mask: 0 or 1/(1-p) where y is 0 or 2/(1-p) */
+  cr_assert_eq(ad_backward(ctx, ad_sum(ctx, y), NULL), AD_OK);
+  for (int64_t i = 0; i < n; i++)
+    cr_assert_float_eq(ad_tensor_get(x->grad, i), ad_tensor_get(y, i) / 2.0, 1e-12);
+  ad_tensor_free(x);
+  nn_layer_free(d);
+  ad_ctx_free(ctx);
+}
+
+Test(dropout, eval_mode_seeds_and_errors) {
+  ad_ctx *ctx = ad_ctx_new();
+  nn_layer *a = nn_dropout_new(ctx, 0.5, 5), *b = nn_dropout_new(ctx, 0.5, 5);
+  int64_t s[1] = {64};
+  ad_tensor *x = ad_ones(ctx, AD_F32, 1, s);
+  cr_assert_eq(nn_layer_forward(a, x, false), x); /* identity in evaluation */
+  ad_tensor *ya = nn_layer_forward(a, x, true), *yb = nn_layer_forward(b, x, true);
+  cr_assert_eq(memcmp(ya->data, yb->data, 64 * sizeof(float)), 0); /* same seed, same mask */
+  ad_tensor *ya2 = nn_layer_forward(a, x, true);
+  cr_assert_neq(memcmp(ya->data, ya2->data, 64 * sizeof(float)), 0); /* fresh mask per call */
+  nn_layer *none = nn_dropout_new(ctx, 0.0, 1);
+  cr_assert_eq(nn_layer_forward(none, x, true), x);
+  cr_assert_null(nn_dropout_new(ctx, 1.0, 1));
+  expect_msg(ctx, AD_ERR_ARG, "dropout: p = 1 is outside [0, 1)");
+  nn_layer_free(a), nn_layer_free(b), nn_layer_free(none);
+  ad_tensor_free(x);
+  ad_ctx_free(ctx);
+}
+
+/* ------------------------------------------------------- flatten, lambda */
+
+static ad_tensor *double_it(ad_ctx *ctx, ad_tensor *x, bool training, void *ud) {
+  *(int *)ud += training;
+  return ad_mul_scalar(ctx, x, 2.0);
+}
+
+Test(layers, flatten_and_lambda) {
+  ad_ctx *ctx = ad_ctx_new();
+  int64_t s[3] = {2, 3, 4};
+  ad_tensor *x = ad_ones(ctx, AD_F32, 3, s);
+  nn_layer *f = nn_flatten_new(ctx);
+  ad_tensor *y = nn_layer_forward(f, x, true);
+  cr_assert(y->ndim == 2 && y->shape[0] == 2 && y->shape[1] == 12);
+  int calls = 0;
+  nn_layer *l = nn_lambda_new(ctx, "double", double_it, &calls);
+  cr_assert_str_eq(nn_layer_kind(l), "double");
+  ad_tensor *y2 = nn_layer_forward(l, y, true);
+  cr_assert_float_eq(ad_tensor_get(y2, 5), 2.0, 0);
+  cr_assert_eq(calls, 1);
+  cr_assert_null(nn_lambda_new(ctx, NULL, NULL, NULL));
+  expect_msg(ctx, AD_ERR_NULL, "lambda: function is NULL");
+  nn_layer *anon = nn_lambda_new(ctx, NULL, double_it, &calls);
+  cr_assert_str_eq(nn_layer_kind(anon), "lambda");
+  nn_layer_free(f), nn_layer_free(l), nn_layer_free(anon), nn_layer_free(NULL);
+  ad_tensor_free(x);
+  ad_ctx_free(ctx);
+}
+
+/* ----------------------------------------------------------------- models */
+
+Test(models, sequential_names_like_pytorch) {
+  ad_ctx *ctx = ad_ctx_new();
+  ad_rng rng;
+  ad_rng_seed(&rng, 1);
+  nn_model *m = nn_sequential_new(ctx);
+  cr_assert_null(nn_model_forward(m, NULL));
+  int64_t s[2] = {1, 4};
+  ad_tensor *x = ad_ones(ctx, AD_F32, 2, s);
+  cr_assert_null(nn_model_forward(m, x));
+  expect_msg(ctx, AD_ERR_STATE, "no layers");
+  cr_assert_eq(nn_model_add(m, nn_dense_new(ctx, 4, 8, &rng, NULL)), AD_OK);
+  cr_assert_eq(nn_model_add(m, nn_activation_new(ctx, NN_ACT_RELU)), AD_OK);
+  cr_assert_eq(nn_model_add(m, nn_dropout_new(ctx, 0.5, 1)), AD_OK);
+  cr_assert_eq(nn_model_add_named(m, "head", nn_dense_new(ctx, 8, 2, &rng, NULL)), AD_OK);
+  nn_params *p = nn_model_params(m);
+  cr_assert_eq(nn_params_count(p), 4);
+  cr_assert_str_eq(nn_params_name(p, 0), "0.weight");
+  cr_assert_str_eq(nn_params_name(p, 1), "0.bias");
+  cr_assert_str_eq(nn_params_name(p, 2), "head.weight");
+  cr_assert_eq(nn_model_param(m, "head.bias")->shape[0], 2);
+  cr_assert_eq(nn_model_layer_count(m), 4);
+  cr_assert_str_eq(nn_layer_name(nn_model_layer(m, 1)), "1");
+  cr_assert_str_eq(nn_layer_kind(nn_model_find_layer(m, "2")), "dropout");
+  cr_assert_eq(nn_params_count(p), 4);
+  cr_assert_eq(nn_params_numel(p), 4 * 8 + 8 + 8 * 2 + 2);
+
+  /* dropout follows the model's mode */
+  cr_assert(nn_model_training(m));
+  ad_tensor *y1 = nn_model_forward(m, x);
+  nn_model_set_training(m, false);
+  ad_tensor *y2 = nn_model_forward(m, x), *y3 = nn_model_forward(m, x);
+  cr_assert(y1 && y2 && y3);
+  cr_assert_eq(memcmp(y2->data, y3->data, 2 * sizeof(float)), 0);
+
+  /* adding fails cleanly and frees the layer */
+  cr_assert_eq(nn_model_add_named(m, "head", nn_activation_new(ctx, NN_ACT_TANH)), AD_ERR_ARG);
+  expect_msg(ctx, AD_ERR_ARG, "a layer named 'head' exists");
+  cr_assert_eq(nn_model_add_named(m, "a.b", nn_activation_new(ctx, NN_ACT_TANH)), AD_ERR_ARG);
+  expect_msg(ctx, AD_ERR_ARG, "without '.'");
+  cr_assert_eq(nn_model_add(m, nn_dense_new(ctx, 0, 1, &rng, NULL)), AD_ERR_ARG);
+  expect_msg(ctx, AD_ERR_ARG, "dense: in 0");
+  cr_assert_eq(nn_model_add(m, nn_model_layer(m, 0)), AD_ERR_ARG);
+  expect_msg(ctx, AD_ERR_ARG, "dense '0' already belongs to a model");
+  cr_assert_eq(nn_model_layer_count(m), 4);
+
+  /* the summary lists layers, shapes and the total */
+  char buf[4096] = {0};
+  FILE *f = fmemopen(buf, sizeof buf - 1, "w");
+  nn_model_summary(m, f);
+  fclose(f);
+  cr_assert(strstr(buf, "weight [8,4]"), "%s", buf);
+  cr_assert(strstr(buf, "dropout"), "%s", buf);
+  cr_assert(strstr(buf, "total parameters: 58"), "%s", buf);
+  ad_tensor_free(x);
+  nn_model_free(m);
+  nn_model_free(NULL);
+  ad_ctx_free(ctx);
+}
+
+/* The 2-3-1 worked example as a custom model over named parameters, checked
+ * against the chain rule written out by hand. */
+static ad_tensor *net231(nn_model *m, ad_tensor *x, void *ud) {
+  (void)ud;
+  ad_ctx *ctx = nn_model_ctx(m);
+  ad_tensor *h =
+      ad_sigmoid(ctx, ad_add(ctx, ad_matmul(ctx, x, nn_model_param(m, "w1"), false, true),
+                             nn_model_param(m, "b1")));
+  return ad_sigmoid(ctx, ad_add(ctx, ad_matmul(ctx, h, nn_model_param(m, "w2"), false, true),
+                                nn_model_param(m, "b2")));
+}
+
+static double sig(double z) { return 1 / (1 + exp(-z)); }
+
+Test(models, custom_model_2_3_1_closed_form) {
+  ad_ctx *ctx = ad_ctx_new();
+  nn_model *m = nn_model_new(ctx, net231, NULL);
+  const double w1[6] = {0.1, 0.2, -0.3, 0.4, 0.5, -0.6}, b1[3] = {0.1, -0.1, 0.2};
+  const double w2[3] = {0.7, -0.8, 0.9}, b2[1] = {-0.05}, xv[2] = {1.0, 0.5}, t = 1.0;
+  int64_t s1[2] = {3, 2}, sb1[1] = {3}, s2[2] = {1, 3}, sb2[1] = {1};
+  nn_init zero = {NN_INIT_DEFAULT, 0, 0};
+  fill(nn_model_add_param(m, "w1", AD_F64, 2, s1, zero, NULL), w1);
+  fill(nn_model_add_param(m, "b1", AD_F64, 1, sb1, zero, NULL), b1);
+  fill(nn_model_add_param(m, "w2", AD_F64, 2, s2, zero, NULL), w2);
+  fill(nn_model_add_param(m, "b2", AD_F64, 1, sb2, zero, NULL), b2);
+  cr_assert_null(nn_model_add_param(m, "w1", AD_F64, 1, sb1, zero, NULL));
+  expect_msg(ctx, AD_ERR_ARG, "a parameter named 'w1' exists");
+  ad_tensor *x = make(ctx, AD_F64, 1, 2, xv), *tt = make(ctx, AD_F64, 1, 1, &t);
+  ad_tensor *y = nn_model_forward(m, x);
+  ad_tensor *l = nn_mse_loss(ctx, y, tt, NN_MEAN);
+  cr_assert_eq(ad_backward(ctx, l, NULL), AD_OK, "%s", ad_last_error(ctx));
+  /* by hand: h = s(W1 x + b1), o = s(w2.h + b2), L = (o - t)^2 */
+  double h[3], z2 = b2[0];
+  for (int j = 0; j < 3; j++) {
+    h[j] = sig(w1[2 * j] * xv[0] + w1[2 * j + 1] * xv[1] + b1[j]);
+    z2 += w2[j] * h[j];
+  }
+  double o = sig(z2), d2 = 2 * (o - t) * o * (1 - o);
+  cr_assert_float_eq(ad_tensor_item(y), o, 1e-15);
+  cr_assert_float_eq(ad_tensor_item(l), (o - t) * (o - t), 1e-15);
+  cr_assert_float_eq(ad_tensor_item(nn_model_param(m, "b2")->grad), d2, 1e-15);
+  for (int j = 0; j < 3; j++) {
+    double d1 = d2 * w2[j] * h[j] * (1 - h[j]);
+    cr_assert_float_eq(ad_tensor_get(nn_model_param(m, "w2")->grad, j), d2 * h[j], 1e-15);
+    cr_assert_float_eq(ad_tensor_get(nn_model_param(m, "b1")->grad, j), d1, 1e-15);
+    for (int i = 0; i < 2; i++)
+      cr_assert_float_eq(ad_tensor_get(nn_model_param(m, "w1")->grad, 2 * j + i), d1 * xv[i],
+                         1e-15);
+  }
+  /* the summary shows the model's own parameters */
+  char buf[2048] = {0};
+  FILE *f = fmemopen(buf, sizeof buf - 1, "w");
+  nn_model_summary(m, f);
+  fclose(f);
+  cr_assert(strstr(buf, "w1") && strstr(buf, "total parameters: 13"), "%s", buf);
+  cr_assert_null(nn_model_new(ctx, NULL, NULL));
+  expect_msg(ctx, AD_ERR_NULL, "forward function is NULL");
+  ad_tensor_free(x), ad_tensor_free(tt);
+  nn_model_free(m);
+  ad_ctx_free(ctx);
+}
+
+/* A custom model may mix its own parameters with layers it owns. */
+static ad_tensor *residual(nn_model *m, ad_tensor *x, void *ud) {
+  (void)ud;
+  ad_ctx *ctx = nn_model_ctx(m);
+  ad_tensor *h = nn_layer_forward(nn_model_find_layer(m, "fc"), x, nn_model_training(m));
+  return ad_mul(ctx, ad_add(ctx, x, h), nn_model_param(m, "scale"));
+}
+
+Test(models, custom_model_with_layers) {
+  ad_ctx *ctx = ad_ctx_new();
+  ad_rng rng;
+  ad_rng_seed(&rng, 2);
+  nn_model *m = nn_model_new(ctx, residual, NULL);
+  cr_assert_eq(nn_model_add_named(m, "fc", nn_dense_new(ctx, 3, 3, &rng, NULL)), AD_OK);
+  int64_t one[1] = {1};
+  cr_assert_not_null(
+      nn_model_add_param(m, "scale", AD_F32, 1, one, nn_init_make(NN_INIT_CONSTANT, 2, 0), NULL));
+  cr_assert_str_eq(nn_params_name(nn_model_params(m), 2), "scale");
+  int64_t s[2] = {4, 3};
+  ad_tensor *x = ad_rand(ctx, &rng, AD_F32, 2, s, -1, 1);
+  ad_tensor *y = nn_model_forward(m, x);
+  cr_assert_not_null(y, "%s", ad_last_error(ctx));
+  cr_assert_eq(ad_backward(ctx, ad_sum(ctx, y), NULL), AD_OK);
+  cr_assert_not_null(nn_model_param(m, "scale")->grad);
+  cr_assert_not_null(nn_model_param(m, "fc.weight")->grad);
+  ad_tensor_free(x);
+  nn_model_free(m);
+  ad_ctx_free(ctx);
+}

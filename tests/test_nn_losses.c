@@ -1,0 +1,269 @@
+/* test_nn_losses.c: every loss against PyTorch (value and gradient, mean and
+ * sum), gradcheck of every loss, stability at extreme inputs, error messages,
+ * and the accuracy count. */
+#include "nn.h"
+#include "nn_fixtures.h"
+
+#include <criterion/criterion.h>
+#include <math.h>
+#include <string.h>
+
+static ad_tensor *make(ad_ctx *ctx, ad_dtype dt, int64_t r, int64_t c, const double *v) {
+  int64_t s[2] = {r, c};
+  ad_tensor *t = ad_zeros(ctx, dt, 2, s);
+  for (int64_t i = 0; i < r * c; i++) ad_tensor_set(t, i, v[i]);
+  return t;
+}
+
+static ad_tensor *labels(ad_ctx *ctx) {
+  int64_t n = 3;
+  return ad_from_data(ctx, AD_I32, 1, &n, loss_labels);
+}
+
+/* Compares loss(x, target) and dloss/dx with want = {value, grad...}. */
+static void check_loss(nn_loss_fn fn, const double *xv, bool int_target, const double *tv,
+                       nn_reduction red, const double *want) {
+  ad_ctx *ctx = ad_ctx_new();
+  ad_tensor *x = make(ctx, AD_F64, 3, 4, xv);
+  ad_tensor_set_requires_grad(x, true);
+  ad_tensor *t = int_target ? labels(ctx) : make(ctx, AD_F64, 3, 4, tv);
+  ad_tensor *l = fn(ctx, x, t, red);
+  cr_assert_not_null(l, "%s", ad_last_error(ctx));
+  cr_assert_eq(l->ndim, 0);
+  cr_assert_float_eq(ad_tensor_item(l), want[0], 1e-12, "value %.17g, torch %.17g",
+                     ad_tensor_item(l), want[0]);
+  cr_assert_eq(ad_backward(ctx, l, NULL), AD_OK, "%s", ad_last_error(ctx));
+  for (int i = 0; i < 12; i++)
+    cr_assert_float_eq(ad_tensor_get(x->grad, i), want[1 + i], 1e-12, "grad %d: %.17g, torch %.17g",
+                       i, ad_tensor_get(x->grad, i), want[1 + i]);
+  ad_tensor_free(x);
+  ad_tensor_free(t);
+  ad_ctx_free(ctx);
+}
+
+Test(losses, mse_matches_torch) {
+  check_loss(nn_mse_loss, loss_pred, false, loss_target, NN_MEAN, loss_mse_mean);
+  check_loss(nn_mse_loss, loss_pred, false, loss_target, NN_SUM, loss_mse_sum);
+}
+
+Test(losses, bce_matches_torch) {
+  check_loss(nn_bce_loss, loss_pred, false, loss_target, NN_MEAN, loss_bce_mean);
+  check_loss(nn_bce_loss, loss_pred, false, loss_target, NN_SUM, loss_bce_sum);
+}
+
+Test(losses, bce_with_logits_matches_torch) {
+  check_loss(nn_bce_with_logits_loss, loss_logits, false, loss_target, NN_MEAN,
+             loss_bce_logits_mean);
+  check_loss(nn_bce_with_logits_loss, loss_logits, false, loss_target, NN_SUM, loss_bce_logits_sum);
+}
+
+Test(losses, cross_entropy_with_labels_matches_torch) {
+  check_loss(nn_cross_entropy_loss, loss_logits, true, NULL, NN_MEAN, loss_ce_labels_mean);
+  check_loss(nn_cross_entropy_loss, loss_logits, true, NULL, NN_SUM, loss_ce_labels_sum);
+}
+
+Test(losses, cross_entropy_with_probabilities_matches_torch) {
+  check_loss(nn_cross_entropy_loss, loss_logits, false, loss_probs, NN_MEAN, loss_ce_probs_mean);
+  check_loss(nn_cross_entropy_loss, loss_logits, false, loss_probs, NN_SUM, loss_ce_probs_sum);
+}
+
+Test(losses, nll_matches_torch) {
+  /* the input of torch's nll fixture was log_softmax(logits) */
+  double logp[12];
+  for (int r = 0; r < 3; r++) {
+    double m = -INFINITY, s = 0;
+    for (int c = 0; c < 4; c++) m = fmax(m, loss_logits[4 * r + c]);
+    for (int c = 0; c < 4; c++) s += exp(loss_logits[4 * r + c] - m);
+    for (int c = 0; c < 4; c++) logp[4 * r + c] = loss_logits[4 * r + c] - m - log(s);
+  }
+  check_loss(nn_nll_loss, logp, true, NULL, NN_MEAN, loss_nll_mean);
+  check_loss(nn_nll_loss, logp, true, NULL, NN_SUM, loss_nll_sum);
+}
+
+/* One-hot targets give the same loss and gradient as integer labels. */
+Test(losses, one_hot_equals_labels) {
+  ad_ctx *ctx = ad_ctx_new();
+  ad_tensor *z = make(ctx, AD_F64, 3, 4, loss_logits);
+  double oh[12] = {0};
+  for (int r = 0; r < 3; r++) oh[4 * r + loss_labels[r]] = 1;
+  ad_tensor *t = make(ctx, AD_F64, 3, 4, oh), *lab = labels(ctx);
+  double a = ad_tensor_item(nn_cross_entropy_loss(ctx, z, t, NN_MEAN));
+  double b = ad_tensor_item(nn_cross_entropy_loss(ctx, z, lab, NN_MEAN));
+  cr_assert_float_eq(a, b, 1e-14);
+  cr_assert_float_eq(a, loss_ce_labels_mean[0], 1e-12);
+  ad_tensor_free(z), ad_tensor_free(t), ad_tensor_free(lab);
+  ad_ctx_free(ctx);
+}
+
+/* ------------------------------------------------------------- gradcheck */
+
+typedef struct loss_case {
+  nn_loss_fn fn;
+  nn_reduction red;
+} loss_case;
+
+static ad_tensor *loss_fn(ad_ctx *ctx, int n, ad_tensor *const *in, void *ud) {
+  (void)n;
+  const loss_case *c = ud;
+  return c->fn(ctx, in[0], in[1], c->red);
+}
+
+/* gradcheck of fn with respect to the prediction (and float targets). */
+static void gradcheck(nn_loss_fn fn, double lo, double hi, int target_kind) {
+  ad_ctx *ctx = ad_ctx_new();
+  ad_rng rng;
+  ad_rng_seed(&rng, 7);
+  int64_t s[2] = {5, 4};
+  for (int red = NN_MEAN; red <= NN_SUM; red++) {
+    ad_tensor *x = ad_rand(ctx, &rng, AD_F64, 2, s, lo, hi);
+    ad_tensor *t;
+    if (target_kind == 0) { /* float target in (0,1), checked too */
+      t = ad_rand(ctx, &rng, AD_F64, 2, s, 0.05, 0.95);
+      ad_tensor_set_requires_grad(t, true);
+    } else {
+      t = ad_zeros(ctx, AD_I32, 1, s);
+      for (int i = 0; i < 5; i++) ad_tensor_set(t, i, (double)ad_rng_below(&rng, 4));
+    }
+    ad_tensor_set_requires_grad(x, true);
+    ad_tensor *in[2] = {x, t};
+    loss_case c = {fn, (nn_reduction)red};
+    ad_check_report rep;
+    cr_assert_eq(ad_gradcheck(ctx, loss_fn, &c, 2, in, NULL, &rep), AD_OK, "%s",
+                 ad_last_error(ctx));
+    cr_assert(rep.passed, "input %d index %lld: analytic %g numeric %g", rep.input,
+              (long long)rep.index, rep.analytic, rep.numeric);
+    cr_assert_gt(rep.checked, 0);
+    ad_tensor_free(x);
+    ad_tensor_free(t);
+  }
+  ad_ctx_free(ctx);
+}
+
+Test(losses, gradcheck_every_loss) {
+  gradcheck(nn_mse_loss, -2, 2, 0);
+  gradcheck(nn_bce_loss, 0.05, 0.95, 0);
+  gradcheck(nn_bce_with_logits_loss, -4, 4, 0);
+  gradcheck(nn_cross_entropy_loss, -3, 3, 0);
+  gradcheck(nn_cross_entropy_loss, -3, 3, 1);
+  gradcheck(nn_nll_loss, -3, -0.1, 1);
+}
+
+/* ------------------------------------------------------------- stability */
+
+Test(losses, stable_at_extreme_inputs) {
+  ad_ctx *ctx = ad_ctx_new();
+  const double z[4] = {-800, 800, -30, 30}, t[4] = {1, 0, 0, 1};
+  ad_tensor *zt = make(ctx, AD_F32, 1, 4, z), *tt = make(ctx, AD_F32, 1, 4, t);
+  ad_tensor_set_requires_grad(zt, true);
+  ad_tensor *l = nn_bce_with_logits_loss(ctx, zt, tt, NN_SUM);
+  cr_assert_float_eq(ad_tensor_item(l), 1600.0, 1e-2);
+  cr_assert_eq(ad_backward(ctx, l, NULL), AD_OK);
+  cr_assert(!ad_tensor_has_nonfinite(zt->grad));
+  cr_assert_float_eq(ad_tensor_get(zt->grad, 0), -1.0, 1e-6); /* sigmoid(z) - t */
+  cr_assert_float_eq(ad_tensor_get(zt->grad, 1), 1.0, 1e-6);
+
+  /* probabilities of exactly 0 and 1: each log is clamped at -100 */
+  const double p[4] = {0, 1, 0, 1};
+  ad_tensor *pt = make(ctx, AD_F32, 1, 4, p);
+  ad_tensor_set_requires_grad(pt, true);
+  ad_tape_reset(ctx);
+  l = nn_bce_loss(ctx, pt, tt, NN_SUM);
+  cr_assert_float_eq(ad_tensor_item(l), 200.0, 1e-3); /* two confident mistakes */
+  cr_assert_eq(ad_backward(ctx, l, NULL), AD_OK);
+  cr_assert(!ad_tensor_has_nonfinite(pt->grad));
+
+  /* huge logits through cross-entropy */
+  const double big[8] = {1000, -1000, 0, 500, -400, 900, 3, 2};
+  int64_t n = 2;
+  const int32_t lab[2] = {1, 1};
+  ad_tensor *bz = make(ctx, AD_F32, 2, 4, big), *bl = ad_from_data(ctx, AD_I32, 1, &n, lab);
+  ad_tape_reset(ctx);
+  l = nn_cross_entropy_loss(ctx, bz, bl, NN_MEAN);
+  cr_assert(isfinite(ad_tensor_item(l)));
+  cr_assert_float_eq(ad_tensor_item(l), 1000.0, 1e-2); /* (2000 + 0) / 2 */
+  ad_tensor_free(zt), ad_tensor_free(tt), ad_tensor_free(pt), ad_tensor_free(bz),
+      ad_tensor_free(bl);
+  ad_ctx_free(ctx);
+}
+
+Test(losses, target_of_same_size_is_reshaped) {
+  ad_ctx *ctx = ad_ctx_new();
+  int64_t s2[2] = {4, 1}, s1[1] = {4};
+  ad_tensor *p = ad_full(ctx, AD_F64, 2, s2, 0.5), *t = ad_zeros(ctx, AD_F64, 1, s1);
+  ad_tensor *l = nn_mse_loss(ctx, p, t, NN_MEAN);
+  cr_assert_not_null(l, "%s", ad_last_error(ctx));
+  cr_assert_float_eq(ad_tensor_item(l), 0.25, 1e-15);
+  ad_tensor_free(p), ad_tensor_free(t);
+  ad_ctx_free(ctx);
+}
+
+/* ----------------------------------------------------------------- errors */
+
+static void expect_error(ad_ctx *ctx, ad_tensor *l, ad_status st, const char *needle) {
+  cr_assert_null(l);
+  cr_assert_eq(ad_last_status(ctx), st, "status %s: %s", ad_status_str(ad_last_status(ctx)),
+               ad_last_error(ctx));
+  cr_assert(strstr(ad_last_error(ctx), needle), "message: %s", ad_last_error(ctx));
+  ad_clear_error(ctx);
+}
+
+Test(losses, errors_name_the_loss_and_shapes) {
+  ad_ctx *ctx = ad_ctx_new();
+  int64_t s34[2] = {3, 4}, s33[2] = {3, 3}, s3[1] = {3}, s2[1] = {2};
+  ad_tensor *p = ad_zeros(ctx, AD_F64, 2, s34), *q = ad_zeros(ctx, AD_F64, 2, s33);
+  ad_tensor *pf = ad_zeros(ctx, AD_F32, 2, s34);
+  expect_error(ctx, nn_mse_loss(ctx, p, q, NN_MEAN), AD_ERR_SHAPE,
+               "mse_loss: prediction [3,4] and target [3,3] differ in size");
+  expect_error(ctx, nn_bce_loss(ctx, p, pf, NN_MEAN), AD_ERR_DTYPE,
+               "bce_loss: target [3,4] is f32, the prediction [3,4] is f64");
+  expect_error(ctx, nn_mse_loss(ctx, p, NULL, NN_MEAN), AD_ERR_NULL, "mse_loss: target is NULL");
+  expect_error(ctx, nn_mse_loss(ctx, p, p, (nn_reduction)9), AD_ERR_ARG, "unknown reduction 9");
+
+  ad_tensor *lab = ad_zeros(ctx, AD_I32, 1, s3);
+  ad_tensor_set(lab, 1, 7);
+  expect_error(ctx, nn_cross_entropy_loss(ctx, p, lab, NN_MEAN), AD_ERR_ARG,
+               "cross_entropy_loss: label 7 of sample 1 is outside 0..3");
+  ad_tensor_set(lab, 1, -1);
+  expect_error(ctx, nn_nll_loss(ctx, p, lab, NN_MEAN), AD_ERR_ARG,
+               "nll_loss: label -1 of sample 1 is outside 0..3");
+  ad_tensor *lab2 = ad_zeros(ctx, AD_I32, 1, s2);
+  expect_error(ctx, nn_cross_entropy_loss(ctx, p, lab2, NN_MEAN), AD_ERR_SHAPE,
+               "cross_entropy_loss: scores [3,4] and labels [2]: need [N,C] and [N]");
+  ad_tensor *flab = ad_zeros(ctx, AD_F64, 1, s3);
+  expect_error(ctx, nn_nll_loss(ctx, p, flab, NN_MEAN), AD_ERR_DTYPE,
+               "nll_loss: labels [3] are f64; class labels must be i32");
+  expect_error(ctx, nn_cross_entropy_loss(ctx, flab, flab, NN_MEAN), AD_ERR_SHAPE,
+               "cross_entropy_loss: logits [3] must be [N,C]");
+  /* a NULL prediction from an earlier failure keeps the first error */
+  ad_set_error(ctx, AD_ERR_SHAPE, "matmul: first");
+  cr_assert_null(nn_mse_loss(ctx, NULL, p, NN_MEAN));
+  cr_assert_str_eq(ad_last_error(ctx), "matmul: first");
+  ad_tensor_free(p), ad_tensor_free(q), ad_tensor_free(pf), ad_tensor_free(lab),
+      ad_tensor_free(lab2), ad_tensor_free(flab);
+  ad_ctx_free(ctx);
+}
+
+/* --------------------------------------------------------------- accuracy */
+
+Test(losses, count_correct) {
+  ad_ctx *ctx = ad_ctx_new();
+  const double sc[6] = {0.1, 0.7, 0.2, 0.5, 0.5, 0.0}; /* argmax 1, then 0 (first of a tie) */
+  ad_tensor *p = make(ctx, AD_F64, 2, 3, sc);
+  int64_t n = 2;
+  const int32_t l1[2] = {1, 0}, l2[2] = {2, 0};
+  ad_tensor *a = ad_from_data(ctx, AD_I32, 1, &n, l1), *b = ad_from_data(ctx, AD_I32, 1, &n, l2);
+  cr_assert_eq(nn_count_correct(p, a, 0.5), 2);
+  cr_assert_eq(nn_count_correct(p, b, 0.5), 1);
+  const double oh[6] = {0, 1, 0, 0, 0, 1};
+  ad_tensor *t = make(ctx, AD_F64, 2, 3, oh);
+  cr_assert_eq(nn_count_correct(p, t, 0.5), 1);
+  /* binary: probabilities against 0.5, logits against 0 */
+  const double pr[4] = {0.2, 0.8, 0.6, -0.3}, tg[4] = {0, 1, 0, 0};
+  ad_tensor *bp = make(ctx, AD_F64, 4, 1, pr), *bt = make(ctx, AD_F64, 4, 1, tg);
+  cr_assert_eq(nn_count_correct(bp, bt, 0.5), 3);
+  cr_assert_eq(nn_count_correct(bp, bt, 0.0), 2);
+  cr_assert_eq(nn_count_correct(bp, a, 0.5), -1);
+  ad_tensor_free(p), ad_tensor_free(a), ad_tensor_free(b), ad_tensor_free(t), ad_tensor_free(bp),
+      ad_tensor_free(bt);
+  ad_ctx_free(ctx);
+}

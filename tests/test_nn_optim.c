@@ -1,0 +1,423 @@
+/* test_nn_optim.c: optimizers, clipping, L2 and schedules against PyTorch
+ * (tests/nn_fixtures.h, from tools/gen_nn_fixtures.py) and closed forms. */
+#include "nn.h"
+#include "nn_fixtures.h"
+
+#include <criterion/criterion.h>
+#include <math.h>
+#include <string.h>
+
+/* A weight [2,3] and a bias [3] from the fixture, in a list. */
+typedef struct fixture {
+  ad_ctx *ctx;
+  nn_params *params;
+  ad_tensor *w, *b;
+  ad_tensor *gw[3], *gb[3]; /* fixed gradients of steps 1..3 */
+} fixture;
+
+static void fixture_init(fixture *f, ad_dtype dt) {
+  f->ctx = ad_ctx_new();
+  f->params = nn_params_new(f->ctx);
+  int64_t ws[2] = {2, 3}, bs[1] = {3};
+  f->w = ad_zeros(f->ctx, dt, 2, ws);
+  f->b = ad_zeros(f->ctx, dt, 1, bs);
+  for (int i = 0; i < 6; i++) ad_tensor_set(f->w, i, opt_p0_w[i]);
+  for (int i = 0; i < 3; i++) ad_tensor_set(f->b, i, opt_p0_b[i]);
+  cr_assert_eq(nn_params_add(f->params, "0.weight", f->w, true), AD_OK);
+  cr_assert_eq(nn_params_add(f->params, "0.bias", f->b, true), AD_OK);
+  for (int t = 0; t < 3; t++) {
+    f->gw[t] = ad_zeros(f->ctx, dt, 2, ws);
+    f->gb[t] = ad_zeros(f->ctx, dt, 1, bs);
+    for (int i = 0; i < 6; i++) ad_tensor_set(f->gw[t], i, opt_g_w[6 * t + i]);
+    for (int i = 0; i < 3; i++) ad_tensor_set(f->gb[t], i, opt_g_b[3 * t + i]);
+  }
+}
+
+static void fixture_fini(fixture *f) {
+  for (int t = 0; t < 3; t++) ad_tensor_free(f->gw[t]), ad_tensor_free(f->gb[t]);
+  nn_params_free(f->params);
+  ad_ctx_free(f->ctx);
+}
+
+/* Gradients through the tape: L = sum(w * Gw) + sum(b * Gb) gives dL/dw = Gw. */
+static void set_grads(fixture *f, int t) {
+  ad_ctx *ctx = f->ctx;
+  ad_tape_reset(ctx);
+  nn_params_zero_grad(f->params);
+  ad_tensor *l = ad_add(ctx, ad_sum(ctx, ad_mul(ctx, f->w, f->gw[t])),
+                        ad_sum(ctx, ad_mul(ctx, f->b, f->gb[t])));
+  cr_assert_eq(ad_backward(ctx, l, NULL), AD_OK, "%s", ad_last_error(ctx));
+}
+
+/* Runs three steps of cfg and compares with the torch trajectory. */
+static void check_trajectory(nn_opt_config cfg, const double *want, ad_dtype dt, double tol) {
+  fixture f;
+  fixture_init(&f, dt);
+  nn_optimizer *opt = nn_optimizer_new(f.params, &cfg);
+  cr_assert_not_null(opt, "%s", ad_last_error(f.ctx));
+  for (int t = 0; t < 3; t++) {
+    set_grads(&f, t);
+    cr_assert_eq(nn_optimizer_step(opt), AD_OK);
+    for (int i = 0; i < 6; i++)
+      cr_assert(fabs(ad_tensor_get(f.w, i) - want[9 * t + i]) <= tol,
+                "step %d weight %d: %.17g, torch %.17g", t + 1, i, ad_tensor_get(f.w, i),
+                want[9 * t + i]);
+    for (int i = 0; i < 3; i++)
+      cr_assert(fabs(ad_tensor_get(f.b, i) - want[9 * t + 6 + i]) <= tol,
+                "step %d bias %d: %.17g, torch %.17g", t + 1, i, ad_tensor_get(f.b, i),
+                want[9 * t + 6 + i]);
+  }
+  cr_assert_eq(nn_optimizer_steps(opt), 3);
+  nn_optimizer_free(opt);
+  fixture_fini(&f);
+}
+
+Test(optim, sgd_matches_torch) {
+  check_trajectory(nn_opt_defaults(NN_OPT_SGD, 0.1), opt_sgd, AD_F64, 1e-12);
+}
+
+Test(optim, sgd_momentum_dampening_weight_decay_matches_torch) {
+  nn_opt_config c = nn_opt_defaults(NN_OPT_SGD, 0.1);
+  c.momentum = 0.9, c.dampening = 0.1, c.weight_decay = 0.01;
+  check_trajectory(c, opt_sgd_momentum, AD_F64, 1e-12);
+}
+
+Test(optim, sgd_nesterov_matches_torch) {
+  nn_opt_config c = nn_opt_defaults(NN_OPT_SGD, 0.1);
+  c.momentum = 0.9, c.nesterov = true, c.weight_decay = 0.01;
+  check_trajectory(c, opt_sgd_nesterov, AD_F64, 1e-12);
+}
+
+Test(optim, adagrad_matches_torch) {
+  nn_opt_config c = nn_opt_defaults(NN_OPT_ADAGRAD, 0.1);
+  c.lr_decay = 0.01, c.weight_decay = 0.01, c.initial_accumulator = 0.1;
+  check_trajectory(c, opt_adagrad, AD_F64, 1e-12);
+}
+
+Test(optim, rmsprop_matches_torch) {
+  nn_opt_config c = nn_opt_defaults(NN_OPT_RMSPROP, 0.01);
+  c.alpha = 0.9;
+  check_trajectory(c, opt_rmsprop, AD_F64, 1e-12);
+}
+
+Test(optim, rmsprop_centered_momentum_matches_torch) {
+  nn_opt_config c = nn_opt_defaults(NN_OPT_RMSPROP, 0.01);
+  c.alpha = 0.9, c.centered = true, c.momentum = 0.5, c.weight_decay = 0.01;
+  check_trajectory(c, opt_rmsprop_centered, AD_F64, 1e-12);
+}
+
+Test(optim, adam_matches_torch) {
+  nn_opt_config c = nn_opt_defaults(NN_OPT_ADAM, 0.01);
+  c.weight_decay = 0.01;
+  check_trajectory(c, opt_adam, AD_F64, 1e-12);
+}
+
+Test(optim, adamw_matches_torch) {
+  nn_opt_config c = nn_opt_defaults(NN_OPT_ADAMW, 0.01);
+  c.weight_decay = 0.1;
+  check_trajectory(c, opt_adamw, AD_F64, 1e-12);
+}
+
+Test(optim, f32_follows_the_same_rules) {
+  nn_opt_config c = nn_opt_defaults(NN_OPT_ADAM, 0.01);
+  c.weight_decay = 0.01;
+  check_trajectory(c, opt_adam, AD_F32, 1e-6);
+  nn_opt_config s = nn_opt_defaults(NN_OPT_SGD, 0.1);
+  s.momentum = 0.9, s.nesterov = true, s.weight_decay = 0.01;
+  check_trajectory(s, opt_sgd_nesterov, AD_F32, 1e-6);
+}
+
+Test(optim, shorthands_use_torch_defaults) {
+  fixture f;
+  fixture_init(&f, AD_F64);
+  nn_optimizer *o[5] = {nn_sgd_new(f.params, 0.1, 0.9, true, 0.0), nn_adam_new(f.params, 1e-3),
+                        nn_adamw_new(f.params, 1e-3, 0.05), nn_rmsprop_new(f.params, 0.01),
+                        nn_adagrad_new(f.params, 0.01)};
+  for (int i = 0; i < 5; i++) cr_assert_not_null(o[i]);
+  cr_assert(nn_optimizer_config(o[0])->nesterov);
+  cr_assert_eq(nn_optimizer_config(o[1])->beta2, 0.999);
+  cr_assert_eq(nn_optimizer_config(o[1])->eps, 1e-8);
+  cr_assert_eq(nn_optimizer_config(o[2])->weight_decay, 0.05);
+  cr_assert_eq(nn_optimizer_config(o[3])->alpha, 0.99);
+  cr_assert_eq(nn_optimizer_config(o[4])->eps, 1e-10);
+  for (int i = 0; i < 5; i++) nn_optimizer_free(o[i]);
+  nn_optimizer_free(NULL);
+  fixture_fini(&f);
+}
+
+/* ------------------------------------------------------------------ state */
+
+Test(optim, state_tensors_are_named) {
+  fixture f;
+  fixture_init(&f, AD_F64);
+  nn_optimizer *adam = nn_adam_new(f.params, 0.01);
+  cr_assert_eq(nn_optimizer_state_count(adam), 5);
+  const char *const *n = nn_optimizer_state_names(adam);
+  cr_assert_str_eq(n[0], "adam.step");
+  cr_assert_str_eq(n[1], "adam.m.0.weight");
+  cr_assert_str_eq(n[2], "adam.v.0.weight");
+  cr_assert_str_eq(n[3], "adam.m.0.bias");
+  cr_assert_str_eq(n[4], "adam.v.0.bias");
+  ad_tensor *const *t = nn_optimizer_state_tensors(adam);
+  cr_assert_eq(t[0]->ndim, 0);
+  cr_assert_eq(t[0]->dtype, AD_F64);
+  cr_assert_eq(t[1]->shape[0], 2);
+  cr_assert_eq(t[1]->shape[1], 3);
+  set_grads(&f, 0);
+  nn_optimizer_step(adam);
+  cr_assert_eq(ad_tensor_item(t[0]), 1.0);
+  cr_assert_float_eq(ad_tensor_get(t[1], 0), 0.1 * opt_g_w[0], 1e-15); /* m = (1-b1) g */
+
+  nn_opt_config c = nn_opt_defaults(NN_OPT_RMSPROP, 0.01);
+  c.centered = true, c.momentum = 0.9;
+  nn_optimizer *rms = nn_optimizer_new(f.params, &c);
+  cr_assert_eq(nn_optimizer_state_count(rms), 7);
+  cr_assert_str_eq(nn_optimizer_state_names(rms)[2], "rmsprop.grad_avg.0.weight");
+  cr_assert_str_eq(nn_optimizer_state_names(rms)[3], "rmsprop.momentum.0.weight");
+  nn_optimizer *sgd = nn_sgd_new(f.params, 0.1, 0.0, false, 0.0);
+  cr_assert_eq(nn_optimizer_state_count(sgd), 1); /* only the step counter */
+  nn_optimizer *ada = nn_adagrad_new(f.params, 0.1);
+  cr_assert_str_eq(nn_optimizer_state_names(ada)[1], "adagrad.sum.0.weight");
+  nn_optimizer_free(adam);
+  nn_optimizer_free(rms);
+  nn_optimizer_free(sgd);
+  nn_optimizer_free(ada);
+  fixture_fini(&f);
+}
+
+/* Copying parameters and state into a fresh optimizer resumes exactly. */
+Test(optim, copied_state_resumes_bit_exactly) {
+  fixture a, b;
+  fixture_init(&a, AD_F64);
+  fixture_init(&b, AD_F64);
+  nn_opt_config c = nn_opt_defaults(NN_OPT_SGD, 0.1);
+  c.momentum = 0.9, c.dampening = 0.1, c.weight_decay = 0.01;
+  nn_optimizer *oa = nn_optimizer_new(a.params, &c);
+  nn_optimizer *ob = nn_optimizer_new(b.params, &c);
+  set_grads(&a, 0);
+  nn_optimizer_step(oa);
+  /* b takes a's parameters and state after one step */
+  ad_tensor_copy_data(b.w, a.w);
+  ad_tensor_copy_data(b.b, a.b);
+  for (int i = 0; i < nn_optimizer_state_count(oa); i++)
+    ad_tensor_copy_data(nn_optimizer_state_tensors(ob)[i], nn_optimizer_state_tensors(oa)[i]);
+  cr_assert_eq(nn_optimizer_steps(ob), 1);
+  for (int t = 1; t < 3; t++) {
+    set_grads(&a, t);
+    set_grads(&b, t);
+    nn_optimizer_step(oa);
+    nn_optimizer_step(ob);
+  }
+  cr_assert_eq(memcmp(a.w->data, b.w->data, 6 * sizeof(double)), 0);
+  cr_assert_eq(memcmp(a.b->data, b.b->data, 3 * sizeof(double)), 0);
+  /* and both equal torch's uninterrupted run */
+  for (int i = 0; i < 6; i++)
+    cr_assert_float_eq(ad_tensor_get(b.w, i), opt_sgd_momentum[18 + i], 1e-12);
+  nn_optimizer_free(oa);
+  nn_optimizer_free(ob);
+  fixture_fini(&a);
+  fixture_fini(&b);
+}
+
+Test(optim, parameters_without_gradient_are_skipped) {
+  fixture f;
+  fixture_init(&f, AD_F64);
+  nn_optimizer *o = nn_adam_new(f.params, 0.1);
+  /* only w gets a gradient */
+  ad_tensor *l = ad_sum(f.ctx, ad_mul(f.ctx, f.w, f.gw[0]));
+  cr_assert_eq(ad_backward(f.ctx, l, NULL), AD_OK);
+  cr_assert_null(f.b->grad);
+  nn_optimizer_step(o);
+  for (int i = 0; i < 3; i++) cr_assert_eq(ad_tensor_get(f.b, i), opt_p0_b[i]);
+  cr_assert_neq(ad_tensor_get(f.w, 0), opt_p0_w[0]);
+  /* frozen: requires_grad off */
+  ad_tensor_set_requires_grad(f.w, false);
+  double before = ad_tensor_get(f.w, 0);
+  nn_optimizer_step(o);
+  cr_assert_eq(ad_tensor_get(f.w, 0), before);
+  nn_optimizer_free(o);
+  fixture_fini(&f);
+}
+
+Test(optim, zero_grad) {
+  fixture f;
+  fixture_init(&f, AD_F64);
+  nn_optimizer *o = nn_sgd_new(f.params, 0.1, 0, false, 0);
+  set_grads(&f, 0);
+  cr_assert_neq(ad_tensor_get(f.w->grad, 0), 0.0);
+  nn_optimizer_zero_grad(o);
+  for (int i = 0; i < 6; i++) cr_assert_eq(ad_tensor_get(f.w->grad, i), 0.0);
+  nn_optimizer_free(o);
+  fixture_fini(&f);
+}
+
+/* ----------------------------------------------------------- config errors */
+
+static void expect_config_error(nn_opt_config c, const char *needle) {
+  fixture f;
+  fixture_init(&f, AD_F64);
+  cr_assert_null(nn_optimizer_new(f.params, &c));
+  cr_assert_eq(ad_last_status(f.ctx), AD_ERR_ARG);
+  cr_assert(strstr(ad_last_error(f.ctx), needle), "message: %s", ad_last_error(f.ctx));
+  fixture_fini(&f);
+}
+
+Test(optim, bad_settings_are_named) {
+  nn_opt_config c = nn_opt_defaults(NN_OPT_SGD, 0.1);
+  c.nesterov = true;
+  expect_config_error(c, "nesterov needs momentum > 0");
+  c = nn_opt_defaults(NN_OPT_ADAM, -1);
+  expect_config_error(c, "optimizer adam: lr must be >= 0, got -1");
+  c = nn_opt_defaults(NN_OPT_ADAMW, 0.1);
+  c.beta2 = 1.0;
+  expect_config_error(c, "beta2 must be in [0,1)");
+  c = nn_opt_defaults(NN_OPT_RMSPROP, 0.1);
+  c.alpha = 1.5;
+  expect_config_error(c, "alpha");
+  c = nn_opt_defaults(NN_OPT_SGD, 0.1);
+  c.kind = (nn_opt_kind)42;
+  expect_config_error(c, "unknown kind 42");
+
+  ad_ctx *ctx = ad_ctx_new();
+  nn_params *empty = nn_params_new(ctx);
+  cr_assert_null(nn_adam_new(empty, 0.1));
+  cr_assert(strstr(ad_last_error(ctx), "parameter list is empty"), "%s", ad_last_error(ctx));
+  cr_assert_null(nn_optimizer_new(NULL, &c));
+  nn_params_free(empty);
+  ad_ctx_free(ctx);
+}
+
+/* --------------------------------------------------------------- clipping */
+
+static void set_clip_grads(fixture *f) {
+  /* gradients 10x the fixture's first step, as in the torch fixture */
+  ad_tape_reset(f->ctx);
+  nn_params_zero_grad(f->params);
+  ad_tensor *l = ad_mul_scalar(f->ctx,
+                               ad_add(f->ctx, ad_sum(f->ctx, ad_mul(f->ctx, f->w, f->gw[0])),
+                                      ad_sum(f->ctx, ad_mul(f->ctx, f->b, f->gb[0]))),
+                               10.0);
+  cr_assert_eq(ad_backward(f->ctx, l, NULL), AD_OK);
+}
+
+Test(optim, clip_grad_norm_matches_torch) {
+  fixture f;
+  fixture_init(&f, AD_F64);
+  set_clip_grads(&f);
+  double norm = nn_clip_grad_norm(f.params, 1.5);
+  cr_assert_float_eq(norm, clip_norm_total[0], 1e-12);
+  for (int i = 0; i < 6; i++)
+    cr_assert_float_eq(ad_tensor_get(f.w->grad, i), clip_norm_grads[i], 1e-12);
+  for (int i = 0; i < 3; i++)
+    cr_assert_float_eq(ad_tensor_get(f.b->grad, i), clip_norm_grads[6 + i], 1e-12);
+  /* below the limit: unchanged */
+  double before = ad_tensor_get(f.w->grad, 0);
+  nn_clip_grad_norm(f.params, 100.0);
+  cr_assert_eq(ad_tensor_get(f.w->grad, 0), before);
+  fixture_fini(&f);
+}
+
+Test(optim, clip_grad_value_and_config_clipping) {
+  fixture f;
+  fixture_init(&f, AD_F64);
+  set_clip_grads(&f);
+  nn_clip_grad_value(f.params, 1.0);
+  for (int i = 0; i < 6; i++) {
+    double g = 10 * opt_g_w[i];
+    cr_assert_float_eq(ad_tensor_get(f.w->grad, i), g > 1 ? 1 : g < -1 ? -1 : g, 1e-15);
+  }
+  /* an SGD step with clip_norm in the config equals clip then step */
+  fixture g;
+  fixture_init(&g, AD_F64);
+  nn_opt_config c = nn_opt_defaults(NN_OPT_SGD, 1.0);
+  c.clip_norm = 1.5;
+  nn_optimizer *o = nn_optimizer_new(g.params, &c);
+  set_clip_grads(&g);
+  nn_optimizer_step(o);
+  for (int i = 0; i < 6; i++)
+    cr_assert_float_eq(ad_tensor_get(g.w, i), opt_p0_w[i] - clip_norm_grads[i], 1e-12);
+  nn_optimizer_free(o);
+  fixture_fini(&g);
+  fixture_fini(&f);
+}
+
+/* --------------------------------------------------------------------- L2 */
+
+Test(optim, l2_penalty_value_and_gradient) {
+  fixture f;
+  fixture_init(&f, AD_F64);
+  ad_tensor *pen = nn_l2_penalty(f.ctx, f.params, 0.3);
+  double want = 0;
+  for (int i = 0; i < 6; i++) want += opt_p0_w[i] * opt_p0_w[i];
+  for (int i = 0; i < 3; i++) want += opt_p0_b[i] * opt_p0_b[i];
+  cr_assert_float_eq(ad_tensor_item(pen), 0.3 * want, 1e-14);
+  cr_assert_eq(ad_backward(f.ctx, pen, NULL), AD_OK);
+  for (int i = 0; i < 6; i++)
+    cr_assert_float_eq(ad_tensor_get(f.w->grad, i), 0.6 * opt_p0_w[i], 1e-14);
+  fixture_fini(&f);
+}
+
+/* SGD's weight_decay wd is the gradient of the penalty wd/2 |w|^2. */
+Test(optim, l2_penalty_equals_weight_decay) {
+  fixture a, b;
+  fixture_init(&a, AD_F64);
+  fixture_init(&b, AD_F64);
+  nn_optimizer *oa = nn_sgd_new(a.params, 0.1, 0.9, false, 0.2);
+  nn_optimizer *ob = nn_sgd_new(b.params, 0.1, 0.9, false, 0.0);
+  for (int t = 0; t < 3; t++) {
+    set_grads(&a, t);
+    nn_optimizer_step(oa);
+    ad_tape_reset(b.ctx);
+    nn_params_zero_grad(b.params);
+    ad_tensor *l = ad_add(b.ctx,
+                          ad_add(b.ctx, ad_sum(b.ctx, ad_mul(b.ctx, b.w, b.gw[t])),
+                                 ad_sum(b.ctx, ad_mul(b.ctx, b.b, b.gb[t]))),
+                          nn_l2_penalty(b.ctx, b.params, 0.1));
+    cr_assert_eq(ad_backward(b.ctx, l, NULL), AD_OK);
+    nn_optimizer_step(ob);
+  }
+  for (int i = 0; i < 6; i++)
+    cr_assert_float_eq(ad_tensor_get(a.w, i), ad_tensor_get(b.w, i), 1e-14);
+  nn_optimizer_free(oa);
+  nn_optimizer_free(ob);
+  fixture_fini(&a);
+  fixture_fini(&b);
+}
+
+/* -------------------------------------------------------------- schedules */
+
+Test(optim, schedules_match_torch) {
+  nn_schedule step = {.kind = NN_SCHED_STEP, .step_size = 3, .gamma = 0.5};
+  nn_schedule ex = {.kind = NN_SCHED_EXPONENTIAL, .gamma = 0.9};
+  nn_schedule cosine = {.kind = NN_SCHED_COSINE, .t_max = 7, .eta_min = 0.001};
+  for (int t = 0; t < 8; t++) {
+    cr_assert_float_eq(nn_schedule_lr(&step, 0.1, t), sched_step[t], 1e-15);
+    cr_assert_float_eq(nn_schedule_lr(&ex, 0.1, t), sched_exp[t], 1e-15);
+    cr_assert_float_eq(nn_schedule_lr(&cosine, 0.1, t), sched_cos[t], 1e-15);
+  }
+  nn_schedule constant = {0};
+  cr_assert_eq(nn_schedule_lr(&constant, 0.1, 5), 0.1);
+  nn_schedule bad = {.kind = NN_SCHED_STEP};
+  cr_assert(isnan(nn_schedule_lr(&bad, 0.1, 1)));
+}
+
+Test(optim, optimizer_follows_its_schedule) {
+  fixture f;
+  fixture_init(&f, AD_F64);
+  nn_optimizer *o = nn_sgd_new(f.params, 0.1, 0, false, 0);
+  nn_schedule cosine = {.kind = NN_SCHED_COSINE, .t_max = 7, .eta_min = 0.001};
+  cr_assert_eq(nn_optimizer_set_schedule(o, &cosine), AD_OK);
+  for (int t = 0; t < 8; t++) {
+    cr_assert_float_eq(nn_optimizer_lr(o), sched_cos[t], 1e-15);
+    nn_optimizer_schedule_step(o);
+  }
+  nn_schedule bad = {.kind = NN_SCHED_COSINE};
+  cr_assert_eq(nn_optimizer_set_schedule(o, &bad), AD_ERR_ARG);
+  cr_assert(strstr(ad_last_error(f.ctx), "bad schedule"), "%s", ad_last_error(f.ctx));
+  nn_optimizer_set_schedule(o, NULL);
+  nn_optimizer_set_lr(o, 0.5);
+  nn_optimizer_schedule_step(o);
+  cr_assert_eq(nn_optimizer_lr(o), 0.5);
+  nn_optimizer_free(o);
+  fixture_fini(&f);
+}

@@ -1,0 +1,198 @@
+#!/usr/bin/env python3
+"""Generates tests/nn_fixtures.h: PyTorch reference values for the nn tests.
+
+The nn tests compare our optimizers, losses, Dense layer, activations,
+gradient clipping and learning-rate schedules with PyTorch's, in float64.
+The values are committed, so the test suite never needs torch; rerun this
+script (it needs torch, tested with 1.13) after changing a fixture:
+
+    python3 tools/gen_nn_fixtures.py > tests/nn_fixtures.h
+
+Inputs are small hand-written arrays, so the fixtures do not depend on any
+random number generator.
+"""
+import torch
+
+torch.set_default_dtype(torch.float64)
+
+out = []
+
+
+def emit(name, values):
+    """A C array of doubles, 17 significant digits (round-trips exactly)."""
+    flat = [float(v) for v in torch.as_tensor(values).flatten().tolist()]
+    lines, line = [], "   "
+    for v in flat:
+        item = f" {v!r},"
+        if len(line) + len(item) > 100:
+            lines.append(line)
+            line = "   "
+        line += item
+    lines.append(line)
+    body = "\n".join(lines)
+    out.append(f"static const double {name}[{len(flat)}] = {{\n{body}\n}};")
+
+
+def emit_int(name, values):
+    flat = [int(v) for v in values]
+    out.append(f"static const int32_t {name}[{len(flat)}] = {{{', '.join(map(str, flat))}}};")
+
+
+# ---------------------------------------------------------------- optimizers
+# Two parameters (a [2,3] weight and a [3] bias), three steps with fixed
+# gradients. For each configuration: the parameters after each step,
+# weight then bias, step after step.
+P0_W = [[0.5, -0.3, 0.8], [-1.2, 0.1, 0.4]]
+P0_B = [0.2, -0.7, 0.05]
+G_W = [
+    [[0.1, -0.2, 0.3], [0.05, 0.4, -0.6]],
+    [[-0.3, 0.1, 0.2], [0.25, -0.15, 0.05]],
+    [[0.2, 0.2, -0.1], [-0.4, 0.3, 0.1]],
+]
+G_B = [[0.3, -0.1, 0.02], [0.1, 0.2, -0.3], [-0.05, 0.15, 0.4]]
+
+emit("opt_p0_w", P0_W)
+emit("opt_p0_b", P0_B)
+emit("opt_g_w", G_W)
+emit("opt_g_b", G_B)
+
+OPTIMIZERS = {
+    "sgd": lambda p: torch.optim.SGD(p, lr=0.1),
+    "sgd_momentum": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, dampening=0.1,
+                                              weight_decay=0.01),
+    "sgd_nesterov": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True,
+                                              weight_decay=0.01),
+    "adagrad": lambda p: torch.optim.Adagrad(p, lr=0.1, lr_decay=0.01, weight_decay=0.01,
+                                             initial_accumulator_value=0.1),
+    "rmsprop": lambda p: torch.optim.RMSprop(p, lr=0.01, alpha=0.9),
+    "rmsprop_centered": lambda p: torch.optim.RMSprop(p, lr=0.01, alpha=0.9, centered=True,
+                                                      momentum=0.5, weight_decay=0.01),
+    "adam": lambda p: torch.optim.Adam(p, lr=0.01, weight_decay=0.01),
+    "adamw": lambda p: torch.optim.AdamW(p, lr=0.01, weight_decay=0.1),
+}
+
+for name, make in OPTIMIZERS.items():
+    w = torch.tensor(P0_W, requires_grad=True)
+    b = torch.tensor(P0_B, requires_grad=True)
+    opt = make([w, b])
+    traj = []
+    for t in range(3):
+        w.grad = torch.tensor(G_W[t])
+        b.grad = torch.tensor(G_B[t])
+        opt.step()
+        traj += w.detach().flatten().tolist() + b.detach().flatten().tolist()
+    emit(f"opt_{name}", traj)
+
+# ------------------------------------------------------------- clipping
+gw = torch.tensor(G_W[0]) * 10
+gb = torch.tensor(G_B[0]) * 10
+w = torch.zeros(2, 3, requires_grad=True)
+b = torch.zeros(3, requires_grad=True)
+w.grad, b.grad = gw.clone(), gb.clone()
+norm = torch.nn.utils.clip_grad_norm_([w, b], max_norm=1.5)
+emit("clip_norm_total", [norm.item()])
+emit("clip_norm_grads", w.grad.flatten().tolist() + b.grad.flatten().tolist())
+
+# ---------------------------------------------------------------- losses
+# pred / target of shape [3,4]; for the class losses 4 classes, 3 samples.
+PRED = [[0.2, 0.7, 0.1, 0.9], [0.5, 0.3, 0.8, 0.6], [0.05, 0.95, 0.4, 0.35]]
+TARG = [[0.0, 1.0, 0.0, 1.0], [1.0, 0.0, 1.0, 0.0], [0.3, 0.6, 0.1, 0.0]]
+LOGITS = [[1.5, -0.3, 0.2, 2.1], [-1.0, 0.4, 3.0, 0.0], [0.3, 0.3, -2.0, 1.1]]
+LABELS = [3, 2, 0]
+PROBS = [[0.1, 0.2, 0.3, 0.4], [0.0, 0.0, 1.0, 0.0], [0.25, 0.25, 0.25, 0.25]]
+emit("loss_pred", PRED)
+emit("loss_target", TARG)
+emit("loss_logits", LOGITS)
+emit_int("loss_labels", LABELS)
+emit("loss_probs", PROBS)
+
+F = torch.nn.functional
+
+
+def loss_case(name, fn, x):
+    for red in ("mean", "sum"):
+        xt = torch.tensor(x, requires_grad=True)
+        v = fn(xt, red)
+        v.backward()
+        emit(f"loss_{name}_{red}", [v.item()] + xt.grad.flatten().tolist())
+
+
+tt = torch.tensor(TARG)
+lab = torch.tensor(LABELS)
+loss_case("mse", lambda x, r: F.mse_loss(x, tt, reduction=r), PRED)
+loss_case("bce", lambda x, r: F.binary_cross_entropy(x, tt, reduction=r), PRED)
+loss_case("bce_logits", lambda x, r: F.binary_cross_entropy_with_logits(x, tt, reduction=r),
+          LOGITS)
+loss_case("ce_labels", lambda x, r: F.cross_entropy(x, lab, reduction=r), LOGITS)
+loss_case("ce_probs", lambda x, r: F.cross_entropy(x, torch.tensor(PROBS), reduction=r), LOGITS)
+loss_case("nll", lambda x, r: F.nll_loss(x, lab, reduction=r),
+          F.log_softmax(torch.tensor(LOGITS), dim=1).tolist())
+
+# ----------------------------------------------------------------- Dense
+# y = x W^T + b on x [4,3], W [2,3], b [2]; L = sum(y * R).
+DX = [[0.1, -0.2, 0.3], [1.0, 0.5, -0.5], [-0.7, 0.2, 0.0], [0.3, 0.3, 0.3]]
+DW = [[0.4, -0.1, 0.25], [-0.3, 0.6, 0.1]]
+DB = [0.05, -0.2]
+DR = [[1.0, -1.0], [0.5, 2.0], [-0.3, 0.7], [0.0, 1.5]]
+emit("dense_x", DX)
+emit("dense_w", DW)
+emit("dense_b", DB)
+emit("dense_r", DR)
+x = torch.tensor(DX, requires_grad=True)
+lin = torch.nn.Linear(3, 2)
+with torch.no_grad():
+    lin.weight.copy_(torch.tensor(DW))
+    lin.bias.copy_(torch.tensor(DB))
+y = lin(x)
+(y * torch.tensor(DR)).sum().backward()
+emit("dense_y", y.detach())
+emit("dense_dx", x.grad)
+emit("dense_dw", lin.weight.grad)
+emit("dense_db", lin.bias.grad)
+
+# ------------------------------------------------------------ activations
+AX = [[-2.0, -0.5, 0.0, 0.7, 3.0], [1.0, -1.5, 2.5, -0.1, 0.2]]
+emit("act_x", AX)
+xa = torch.tensor(AX)
+emit("act_sigmoid", torch.sigmoid(xa))
+emit("act_tanh", torch.tanh(xa))
+emit("act_relu", torch.relu(xa))
+emit("act_leaky", F.leaky_relu(xa, 0.2))
+emit("act_gelu", F.gelu(xa))
+emit("act_softplus", F.softplus(xa))
+emit("act_softmax", F.softmax(xa, dim=-1))
+emit("act_log_softmax", F.log_softmax(xa, dim=-1))
+
+# -------------------------------------------------------------- schedules
+# lr at epochs 0..7 from lr0 = 0.1.
+
+
+def lrs(make):
+    p = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.SGD([p], lr=0.1)
+    sched = make(opt)
+    seq = []
+    for _ in range(8):
+        seq.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return seq
+
+
+emit("sched_step", lrs(lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=3, gamma=0.5)))
+emit("sched_exp", lrs(lambda o: torch.optim.lr_scheduler.ExponentialLR(o, gamma=0.9)))
+emit("sched_cos", lrs(lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=7,
+                                                                           eta_min=0.001)))
+
+print("/* nn_fixtures.h: PyTorch %s reference values for the nn tests." % torch.__version__)
+print(" * Generated by tools/gen_nn_fixtures.py; do not edit. */")
+print("#ifndef NN_FIXTURES_H")
+print("#define NN_FIXTURES_H")
+print("#include <stdint.h>")
+print("/* clang-format off */")
+print()
+for line in out:
+    print(line)
+print()
+print("/* clang-format on */")
+print("#endif")
