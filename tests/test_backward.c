@@ -3,22 +3,14 @@
  * higher order, closed forms from the teaching material, and the memory
  * steady state of a training loop. */
 #include "ad.h"
+#include "test_alloc.h"
 
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-static ad_ctx *ctx;
-
-static void setup(void) {
-  ctx = ad_ctx_new();
-  cr_assert_not_null(ctx);
-}
-
-static void teardown(void) { ad_ctx_free(ctx); }
-
-TestSuite(backward, .init = setup, .fini = teardown);
+TEST_CTX_SUITE(backward);
 
 static ad_tensor *leaf(ad_dtype dt, int ndim, const int64_t *shape, const double *v) {
   ad_tensor *t = ad_zeros(ctx, dt, ndim, shape);
@@ -579,30 +571,6 @@ Test(backward, reset_tape_invalidates_old_root) {
 
 /* --------------------------------------------- steady state of training */
 
-typedef struct counting_alloc {
-  long calls; /* every call: allocations, reallocations and frees */
-  long live;  /* blocks outstanding */
-} counting_alloc;
-
-static void *counting_fn(void *ud, void *ptr, size_t osize, size_t nsize) {
-  counting_alloc *c = ud;
-  c->calls++;
-  if (nsize == 0) {
-    if (ptr) c->live--;
-    free(ptr);
-    return NULL;
-  }
-  void *p = aligned_alloc(64, (nsize + 63) & ~(size_t)63);
-  if (!p) return NULL;
-  if (ptr) {
-    memcpy(p, ptr, osize < nsize ? osize : nsize);
-    free(ptr);
-  } else {
-    c->live++;
-  }
-  return p;
-}
-
 typedef struct mlp {
   ad_tensor *x, *labels, *w1, *b1, *w2, *b2;
 } mlp;
@@ -627,8 +595,8 @@ static double train_step(ad_ctx *c, mlp *m, double lr) {
 }
 
 Test(backward, training_loop_reaches_allocation_free_steady_state) {
-  counting_alloc ca = {0};
-  ad_ctx *c = ad_ctx_new_with_alloc(counting_fn, &ca);
+  test_alloc ca = {0};
+  ad_ctx *c = ad_ctx_new_with_alloc(test_alloc_fn, &ca);
   cr_assert_not_null(c);
   ad_rng rng;
   ad_rng_seed(&rng, 11);

@@ -5,6 +5,7 @@
  * failure gives an error with a message and leaves tensors and existing
  * files untouched. Run from the repository root (meson sets workdir). */
 #include "nn_io.h"
+#include "test_alloc.h"
 
 #include <criterion/criterion.h>
 #include <dirent.h>
@@ -20,48 +21,16 @@
 
 #define FIXTURE "tests/fixtures/torch_small.safetensors"
 
-/* cr_assert without its per-call cost (a message to the runner) when the
- * condition holds: for the loops that load thousands of corrupt files. */
-#define QUICK_ASSERT(cond, ...)                                                                    \
-  do {                                                                                             \
-    if (!(cond)) cr_assert(cond, __VA_ARGS__);                                                     \
-  } while (0)
-
 /* --------------------------------------------------------------- setup */
 
-/* An allocator that counts live blocks and can refuse from request k on. */
-typedef struct counting_alloc {
-  long allocs, fail_at, live;
-} counting_alloc;
-
-static void *counting_fn(void *ud, void *ptr, size_t osize, size_t nsize) {
-  counting_alloc *ca = ud;
-  if (nsize == 0) {
-    if (ptr) ca->live--;
-    free(ptr);
-    return NULL;
-  }
-  long k = ca->allocs++;
-  if (ca->fail_at >= 0 && k >= ca->fail_at) return NULL;
-  void *p = aligned_alloc(64, (nsize + 63) & ~(size_t)63);
-  if (!p) return NULL;
-  if (ptr) {
-    memcpy(p, ptr, osize < nsize ? osize : nsize);
-    free(ptr);
-  } else {
-    ca->live++;
-  }
-  return p;
-}
-
-static counting_alloc alloc_state;
+static test_alloc alloc_state;
 static ad_ctx *ctx;
 static char dir[64];
 static long live_base; /* blocks the context itself holds */
 
 static void setup(void) {
-  alloc_state = (counting_alloc){0, -1, 0};
-  ctx = ad_ctx_new_with_alloc(counting_fn, &alloc_state);
+  alloc_state = (test_alloc){0};
+  ctx = ad_ctx_new_with_alloc(test_alloc_fn, &alloc_state);
   cr_assert_not_null(ctx);
   live_base = alloc_state.live;
   strcpy(dir, "/tmp/nn-ckpt-XXXXXX");
@@ -689,9 +658,9 @@ Test(checkpoint, out_of_memory_everywhere) {
   long base = alloc_state.live;
   bool saved = false;
   for (long k = 0; k < 100 && !saved; k++) {
-    alloc_state.fail_at = alloc_state.allocs + k;
+    test_alloc_refuse_after(&alloc_state, k);
     ad_status st = nn_checkpoint_save_meta(ctx, path, 3, names, ts, 2, keys, vals);
-    alloc_state.fail_at = -1;
+    test_alloc_grant_all(&alloc_state);
     cr_assert_eq(alloc_state.live, base, "k=%ld: leak", k);
     if (st == AD_OK) {
       saved = true;
@@ -707,9 +676,9 @@ Test(checkpoint, out_of_memory_everywhere) {
   base = alloc_state.live;
   bool loaded = false;
   for (long k = 0; k < 100 && !loaded; k++) {
-    alloc_state.fail_at = alloc_state.allocs + k;
+    test_alloc_refuse_after(&alloc_state, k);
     ad_status st = nn_checkpoint_load(ctx, path, 3, names, back);
-    alloc_state.fail_at = -1;
+    test_alloc_grant_all(&alloc_state);
     cr_assert_eq(alloc_state.live, base, "k=%ld: leak", k);
     if (st == AD_OK) {
       loaded = true;
@@ -722,9 +691,9 @@ Test(checkpoint, out_of_memory_everywhere) {
   for (int i = 0; i < 3; i++) cr_assert(same_bits(ts[i], back[i]));
   bool got_info = false;
   for (long k = 0; k < 100 && !got_info; k++) {
-    alloc_state.fail_at = alloc_state.allocs + k;
+    test_alloc_refuse_after(&alloc_state, k);
     nn_checkpoint_info *info = nn_checkpoint_info_read(ctx, path);
-    alloc_state.fail_at = -1;
+    test_alloc_grant_all(&alloc_state);
     if (info) {
       got_info = true;
       cr_assert_eq(info->n, 3);

@@ -2,6 +2,7 @@
  * its message names the op and the shapes. Out-of-memory is injected through
  * the pluggable allocator at every allocation of a small training program. */
 #include "ad.h"
+#include "test_alloc.h"
 
 #include <criterion/criterion.h>
 #include <math.h>
@@ -9,16 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static ad_ctx *ctx;
-
-static void setup(void) {
-  ctx = ad_ctx_new();
-  cr_assert_not_null(ctx);
-}
-
-static void teardown(void) { ad_ctx_free(ctx); }
-
-TestSuite(errors, .init = setup, .fini = teardown);
+TEST_CTX_SUITE(errors);
 
 /* Asserts the sticky error has status st and its message contains each of
  * the NULL-terminated strings; then clears it. */
@@ -575,37 +567,6 @@ Test(errors, nan_is_not_an_error_by_default) {
 
 /* ---------------------------------------------------- out of memory */
 
-typedef struct failing_alloc {
-  long allocs;  /* allocation and reallocation requests so far */
-  long fail_at; /* index of the first request refused; -1: never */
-  bool once;    /* refuse only that request, grant the ones after it */
-  long refused;
-  long live; /* blocks outstanding */
-} failing_alloc;
-
-static void *failing_fn(void *ud, void *ptr, size_t osize, size_t nsize) {
-  failing_alloc *fa = ud;
-  if (nsize == 0) {
-    if (ptr) fa->live--;
-    free(ptr);
-    return NULL;
-  }
-  long k = fa->allocs++;
-  if (fa->fail_at >= 0 && (fa->once ? k == fa->fail_at : k >= fa->fail_at)) {
-    fa->refused++;
-    return NULL; /* a failed reallocation leaves ptr alone */
-  }
-  void *p = aligned_alloc(64, (nsize + 63) & ~(size_t)63);
-  if (!p) return NULL;
-  if (ptr) {
-    memcpy(p, ptr, osize < nsize ? osize : nsize);
-    free(ptr);
-  } else {
-    fa->live++;
-  }
-  return p;
-}
-
 enum { NPARAM = 4 };
 
 typedef struct program {
@@ -634,9 +595,9 @@ static ad_status step(program *pg) {
   return ad_backward(c, ad_sum(c, g), NULL);
 }
 
-static ad_status program_init(program *pg, failing_alloc *fa) {
+static ad_status program_init(program *pg, test_alloc *fa) {
   memset(pg, 0, sizeof *pg);
-  pg->c = ad_ctx_new_with_alloc(failing_fn, fa);
+  pg->c = ad_ctx_new_with_alloc(test_alloc_fn, fa);
   if (!pg->c) return AD_ERR_OOM;
   ad_rng rng;
   ad_rng_seed(&rng, 3);
@@ -664,7 +625,7 @@ static void program_free(program *pg) {
 }
 
 /* Runs init, step, reset, step, reset. Returns the first error. */
-static ad_status run_program(program *pg, failing_alloc *fa) {
+static ad_status run_program(program *pg, test_alloc *fa) {
   ad_status st = program_init(pg, fa);
   if (st != AD_OK) return st;
   for (int s = 0; s < 2 && st == AD_OK; s++) {
@@ -706,7 +667,7 @@ static void grads_free(grads *g) {
 /* The reference run: no failures. Returns the number of allocations and
  * the gradients of one step. */
 static long reference(grads *one) {
-  failing_alloc fa = {.fail_at = -1};
+  test_alloc fa = {0};
   program pg;
   cr_assert_eq(program_init(&pg, &fa), AD_OK);
   cr_assert_eq(step(&pg), AD_OK, "%s", ad_last_error(pg.c));
@@ -715,16 +676,16 @@ static long reference(grads *one) {
   cr_assert_eq(step(&pg), AD_OK, "%s", ad_last_error(pg.c));
   grads_check(one, &pg, 2.0, -1);
   ad_tape_reset(pg.c);
-  long total = fa.allocs;
+  long total = fa.requests;
   program_free(&pg);
   cr_assert_eq(fa.live, 0);
   cr_assert_eq(fa.refused, 0);
   /* the same program counted from the start gives the same count */
-  failing_alloc fb = {.fail_at = -1};
+  test_alloc fb = {0};
   program pb;
   cr_assert_eq(run_program(&pb, &fb), AD_OK);
   program_free(&pb);
-  cr_assert_eq(fb.allocs, total);
+  cr_assert_eq(fb.requests, total);
   return total;
 }
 
@@ -733,7 +694,7 @@ Test(errors, oom_every_allocation_fails_cleanly) {
   long total = reference(&one);
   cr_assert_gt(total, 50, "the program allocates (%ld)", total);
   for (long n = 0; n <= total; n++) {
-    failing_alloc fa = {.fail_at = n};
+    test_alloc fa = {.refuse = TEST_ALLOC_REFUSE_FROM, .fail_at = n};
     program pg;
     ad_status st = run_program(&pg, &fa);
     if (n < total) {
@@ -758,7 +719,7 @@ Test(errors, oom_once_then_recover) {
   grads one;
   long total = reference(&one);
   for (long n = 0; n < total; n++) {
-    failing_alloc fa = {.fail_at = n, .once = true};
+    test_alloc fa = {.refuse = TEST_ALLOC_REFUSE_ONLY, .fail_at = n};
     program pg;
     ad_status st = program_init(&pg, &fa);
     if (st == AD_OK) {

@@ -3,22 +3,14 @@
  * with Graphviz, name the rule's variables right, survive tape resets, chain
  * with other hooks, report OOM, and never change a gradient. */
 #include "ad.h"
+#include "test_alloc.h"
 
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-static ad_ctx *ctx;
-
-static void setup(void) {
-  ctx = ad_ctx_new();
-  cr_assert_not_null(ctx);
-}
-
-static void teardown(void) { ad_ctx_free(ctx); }
-
-TestSuite(graph, .init = setup, .fini = teardown);
+TEST_CTX_SUITE(graph);
 
 #define OK(expr) cr_assert_eq((expr), AD_OK, "%s", ad_last_error(ctx))
 
@@ -471,31 +463,11 @@ Test(graph, hooks_chain_and_restore) {
 
 /* ---------------------------------------------------------------- OOM */
 
-typedef struct budget {
-  long left; /* allocations allowed; < 0: unlimited */
-} budget;
-
-static void *limited_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
-  budget *b = ud;
-  if (nsize == 0) {
-    free(ptr);
-    return NULL;
-  }
-  if (b->left == 0) return NULL;
-  if (b->left > 0) b->left--;
-  void *p = aligned_alloc(64, (nsize + 63) & ~(size_t)63);
-  if (p && ptr) {
-    memcpy(p, ptr, osize < nsize ? osize : nsize);
-    free(ptr);
-  }
-  return p;
-}
-
 Test(graph, oom_is_reported_not_fatal) {
   bool dot_oom = false, trace_oom = false;
   for (long k = 0; k < 400 && !(dot_oom && trace_oom); k++) {
-    budget b = {-1};
-    ad_ctx *c = ad_ctx_new_with_alloc(limited_alloc, &b);
+    test_alloc b = {0};
+    ad_ctx *c = ad_ctx_new_with_alloc(test_alloc_fn, &b);
     cr_assert_not_null(c);
     int64_t s3 = 3;
     ad_tensor *x = ad_ones(c, AD_F64, 1, &s3);
@@ -514,7 +486,7 @@ Test(graph, oom_is_reported_not_fatal) {
     ad_graph *g = ad_graph_new(c);
     cr_assert_not_null(g);
     ad_graph_name(g, x, "x");
-    b.left = k; /* from here on, k allocations succeed */
+    test_alloc_refuse_after(&b, k); /* from here on, k allocations succeed */
     ad_graph_trace_begin(g, NULL);
     ad_status st = ad_backward(c, L, NULL);
     ad_status te = ad_graph_trace_end(g);
@@ -535,7 +507,7 @@ Test(graph, oom_is_reported_not_fatal) {
         cr_assert_eq(ds, AD_OK, "%s", ad_last_error(c));
       }
     }
-    b.left = -1;
+    test_alloc_grant_all(&b);
     ad_graph_free(g);
     ad_tape_reset(c);
     ad_tensor_free(x);

@@ -2,6 +2,7 @@
  * gzip'd files written here, and every malformed variant. Run from the
  * repository root (meson sets workdir). */
 #include "nn_io.h"
+#include "test_alloc.h"
 
 #include <criterion/criterion.h>
 #include <dirent.h>
@@ -16,45 +17,14 @@
 #define IMAGES "data/mnist10k-images-idx3-ubyte.gz"
 #define LABELS "data/mnist10k-labels-idx1-ubyte.gz"
 
-/* cr_assert without its per-call cost when the condition holds. */
-#define QUICK_ASSERT(cond, ...)                                                                    \
-  do {                                                                                             \
-    if (!(cond)) cr_assert(cond, __VA_ARGS__);                                                     \
-  } while (0)
-
-/* An allocator that counts live blocks and can refuse from request k on. */
-typedef struct counting_alloc {
-  long allocs, fail_at, live;
-} counting_alloc;
-
-static void *counting_fn(void *ud, void *ptr, size_t osize, size_t nsize) {
-  counting_alloc *ca = ud;
-  if (nsize == 0) {
-    if (ptr) ca->live--;
-    free(ptr);
-    return NULL;
-  }
-  long k = ca->allocs++;
-  if (ca->fail_at >= 0 && k >= ca->fail_at) return NULL;
-  void *p = aligned_alloc(64, (nsize + 63) & ~(size_t)63);
-  if (!p) return NULL;
-  if (ptr) {
-    memcpy(p, ptr, osize < nsize ? osize : nsize);
-    free(ptr);
-  } else {
-    ca->live++;
-  }
-  return p;
-}
-
-static counting_alloc alloc_state;
+static test_alloc alloc_state;
 static long live_base;
 static ad_ctx *ctx;
 static char dir[64];
 
 static void setup(void) {
-  alloc_state = (counting_alloc){0, -1, 0};
-  ctx = ad_ctx_new_with_alloc(counting_fn, &alloc_state);
+  alloc_state = (test_alloc){0};
+  ctx = ad_ctx_new_with_alloc(test_alloc_fn, &alloc_state);
   cr_assert_not_null(ctx);
   live_base = alloc_state.live;
   strcpy(dir, "/tmp/nn-idx-XXXXXX");
@@ -442,9 +412,9 @@ Test(idx, gzip_corrupt) {
 
 Test(idx, out_of_memory) {
   long base = alloc_state.live;
-  alloc_state.fail_at = alloc_state.allocs;
+  test_alloc_refuse_after(&alloc_state, 0);
   cr_assert_null(nn_idx_load(ctx, LABELS, AD_I32, 1));
-  alloc_state.fail_at = -1;
+  test_alloc_grant_all(&alloc_state);
   expect_error(AD_ERR_OOM, NULL);
   cr_assert_eq(alloc_state.live, base);
 }

@@ -3,6 +3,7 @@
  * evaluate and predict; checkpoints of a model and its optimizer; a short
  * MNIST run. */
 #include "nn.h"
+#include "test_alloc.h"
 
 #include <criterion/criterion.h>
 #include <math.h>
@@ -225,33 +226,9 @@ Test(fit, history_matches_a_hand_written_loop) {
   ad_ctx_free(ctx);
 }
 
-/* Counts bytes outstanding from the context's allocator. */
-typedef struct counting {
-  int64_t live, allocs;
-} counting;
-
-static void *count_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
-  counting *c = ud;
-  if (nsize == 0) {
-    if (ptr) c->live -= (int64_t)osize;
-    free(ptr);
-    return NULL;
-  }
-  void *p = aligned_alloc(64, (nsize + 63) & ~(size_t)63);
-  if (!p) return NULL;
-  if (ptr) {
-    memcpy(p, ptr, osize < nsize ? osize : nsize);
-    free(ptr);
-    c->live -= (int64_t)osize;
-  }
-  c->live += (int64_t)nsize;
-  c->allocs++;
-  return p;
-}
-
 typedef struct mem_log {
   ad_ctx *ctx;
-  counting *c;
+  test_alloc *c;
   int64_t live[8], allocs[8];
   size_t arena[8];
 } mem_log;
@@ -259,15 +236,15 @@ typedef struct mem_log {
 static bool log_memory(int epoch, const nn_history *h, void *ud) {
   (void)h;
   mem_log *m = ud;
-  m->live[epoch] = m->c->live;
-  m->allocs[epoch] = m->c->allocs;
+  m->live[epoch] = m->c->live_bytes;
+  m->allocs[epoch] = m->c->requests;
   m->arena[epoch] = ad_arena_capacity(m->ctx);
   return true;
 }
 
 Test(fit, memory_stays_flat_over_epochs) {
-  counting c = {0};
-  ad_ctx *ctx = ad_ctx_new_with_alloc(count_alloc, &c);
+  test_alloc c = {0};
+  ad_ctx *ctx = ad_ctx_new_with_alloc(test_alloc_fn, &c);
   ad_tensor *x, *y;
   blobs(ctx, 200, 2, &x, &y);
   nn_model *m = mlp(ctx, 3, 0.1);
@@ -295,7 +272,7 @@ Test(fit, memory_stays_flat_over_epochs) {
   nn_model_free(m);
   ad_tensor_free(x), ad_tensor_free(y);
   ad_ctx_free(ctx);
-  cr_assert_eq(c.live, 0, "%lld bytes leaked", (long long)c.live);
+  cr_assert_eq(c.live_bytes, 0, "%lld bytes leaked", c.live_bytes);
 }
 
 Test(fit, validation_split_and_evaluate_agree) {

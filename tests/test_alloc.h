@@ -1,0 +1,109 @@
+/* test_alloc.h: what the Criterion tests share. Header-only (static
+ * functions and macros); it includes ad.h and <criterion/criterion.h>.
+ *
+ * - test_alloc / test_alloc_fn: an allocator for ad_ctx_new_with_alloc that
+ *   counts what the context asks for and can refuse on demand.
+ * - QUICK_ASSERT: cr_assert that costs nothing while the condition holds.
+ * - TEST_CTX_SUITE: the plain fixture, a fresh ad_ctx_new context per test.
+ *
+ * The allocator's contract (ad_alloc_fn, autodiff/ad.h): Lua-style, one
+ * function for every operation, blocks 64-byte aligned.
+ *   nsize == 0             frees ptr (NULL is fine) and returns NULL;
+ *   ptr == NULL, nsize > 0 allocates nsize bytes;
+ *   ptr != NULL, nsize > 0 reallocates ptr from osize to nsize bytes,
+ *                          keeping min(osize, nsize) of its bytes.
+ * A request is a call with nsize > 0. A refused request returns NULL and
+ * leaves ptr alone (a refused reallocation keeps the old block, still live).
+ * State lives in the test_alloc passed as ud; zero-initialise it
+ * (test_alloc ta = {0}) to grant everything and start every count at 0. */
+#ifndef TEST_ALLOC_H
+#define TEST_ALLOC_H
+
+#include "ad.h"
+
+#include <criterion/criterion.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* cr_assert without its per-call cost (a message to the runner) when the
+ * condition holds: for loops that check thousands of values or files. */
+#define QUICK_ASSERT(cond, ...)                                                                    \
+  do {                                                                                             \
+    if (!(cond)) cr_assert(cond, __VA_ARGS__);                                                     \
+  } while (0)
+
+/* The plain fixture: every test of `suite` gets a fresh context from
+ * ad_ctx_new in the file-scope `ctx`, freed after the test. Use once per
+ * file, in place of TestSuite(suite, ...). */
+#define TEST_CTX_SUITE(suite)                                                                      \
+  static ad_ctx *ctx;                                                                              \
+  static void test_ctx_setup(void) {                                                               \
+    ctx = ad_ctx_new();                                                                            \
+    cr_assert_not_null(ctx);                                                                       \
+  }                                                                                                \
+  static void test_ctx_teardown(void) { ad_ctx_free(ctx); }                                        \
+  TestSuite(suite, .init = test_ctx_setup, .fini = test_ctx_teardown)
+
+/* Which requests test_alloc_fn refuses. */
+typedef enum test_alloc_refusal {
+  TEST_ALLOC_GRANT = 0,   /* none (the zero value) */
+  TEST_ALLOC_REFUSE_FROM, /* request fail_at and every later one */
+  TEST_ALLOC_REFUSE_ONLY, /* request fail_at only; the later ones are granted */
+} test_alloc_refusal;
+
+typedef struct test_alloc {
+  /* settings: set them directly or with the helpers below */
+  test_alloc_refusal refuse;
+  long fail_at; /* index of the refused request, counted like `requests` */
+  /* counts since the state was zeroed */
+  long calls;           /* every call: requests and frees, free(NULL) included */
+  long requests;        /* calls with nsize > 0, refused ones included */
+  long refused;         /* requests refused on purpose (not by the system) */
+  long live;            /* blocks outstanding */
+  long long live_bytes; /* bytes outstanding, as asked for (not rounded up) */
+} test_alloc;
+
+/* The ad_alloc_fn; ud is a test_alloc *. */
+static inline void *test_alloc_fn(void *ud, void *ptr, size_t osize, size_t nsize) {
+  test_alloc *ta = ud;
+  ta->calls++;
+  if (nsize == 0) {
+    if (ptr) {
+      ta->live--;
+      ta->live_bytes -= (long long)osize;
+    }
+    free(ptr);
+    return NULL;
+  }
+  long k = ta->requests++;
+  if ((ta->refuse == TEST_ALLOC_REFUSE_FROM && k >= ta->fail_at) ||
+      (ta->refuse == TEST_ALLOC_REFUSE_ONLY && k == ta->fail_at)) {
+    ta->refused++;
+    return NULL; /* a refused reallocation leaves ptr alone */
+  }
+  if (nsize > SIZE_MAX - 63) return NULL;
+  void *p = aligned_alloc(64, (nsize + 63) & ~(size_t)63);
+  if (!p) return NULL;
+  if (ptr) {
+    memcpy(p, ptr, osize < nsize ? osize : nsize);
+    free(ptr);
+    ta->live_bytes -= (long long)osize;
+  } else {
+    ta->live++;
+  }
+  ta->live_bytes += (long long)nsize;
+  return p;
+}
+
+/* Grants the next k requests and refuses every one after them (a budget of
+ * k allocations from here on); k = 0 refuses from the next request on. */
+static inline void test_alloc_refuse_after(test_alloc *ta, long k) {
+  ta->refuse = TEST_ALLOC_REFUSE_FROM;
+  ta->fail_at = ta->requests + k;
+}
+
+/* Stops refusing: every later request is granted. */
+static inline void test_alloc_grant_all(test_alloc *ta) { ta->refuse = TEST_ALLOC_GRANT; }
+
+#endif
