@@ -484,7 +484,10 @@ AD_API ad_status ad_op_check(ad_ctx *ctx, int id, ad_dtype dtype, bool second, u
 /* ------------------------------------------------------------- GEMM */
 
 /* C = alpha * op(A) op(B) + beta * C, row-major; op transposes when trans_*.
- * A is m x k after op, B k x n, C m x n. Uses BLAS when built with it. */
+ * A is m x k after op, B k x n, C m x n. Built with BLAS, products of up to
+ * 4M multiply-adds run on the built-in kernel when the CPU has AVX2 (it is
+ * faster there) and larger ones on BLAS; otherwise the built-in kernel
+ * (AVX-512 / AVX2 / portable, picked at run time) runs everything. */
 AD_API void ad_gemm_f32(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
                         const float *a, int64_t lda, const float *b, int64_t ldb, float beta,
                         float *c, int64_t ldc);

@@ -827,7 +827,7 @@ ad_status ad_graph_dot(ad_graph *g, FILE *f, ad_tensor *root, int flags) {
       stack[nstack++] = in[k];
     }
   }
-  qsort(ops, nops, sizeof *ops, cmp_tape);
+  if (nops > 1) qsort(ops, nops, sizeof *ops, cmp_tape); /* ops is NULL when empty */
 
   /* data-flow order: each leaf just before its first consumer */
   pmap_clear(&seen);

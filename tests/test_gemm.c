@@ -234,15 +234,21 @@ typedef struct mshape {
   bool ta, tb;
 } mshape;
 
+/* W as [out, in] (nn_dense: Y = X W^T, dW = dY^T X, dX = dY W) and as [in, out]. */
 static const mshape seed_shapes[] = {
-    {32, 64, 784, false, false}, {32, 64, 64, false, false}, {32, 10, 64, false, false},
-    {784, 64, 32, true, false},  {64, 64, 32, true, false},  {64, 10, 32, true, false},
-    {32, 64, 64, false, true},   {32, 64, 10, false, true},  {32, 784, 64, false, true},
+    {32, 64, 784, false, true},  {32, 64, 64, false, true},  {32, 10, 64, false, true},
+    {64, 784, 32, true, false},  {64, 64, 32, true, false},  {10, 64, 32, true, false},
+    {32, 784, 64, false, false}, {32, 64, 64, false, false}, {32, 64, 10, false, false},
+    {32, 64, 784, false, false}, {32, 10, 64, false, false}, {784, 64, 32, true, false},
+    {64, 10, 32, true, false},   {32, 64, 64, false, true},  {32, 64, 10, false, true},
+    {32, 784, 64, false, true},
 };
 
 static const mshape wide_shapes[] = {
-    {256, 1024, 784, false, false}, {256, 10, 1024, false, false}, {784, 1024, 256, true, false},
-    {1024, 10, 256, true, false},   {256, 1024, 10, false, true},  {256, 784, 1024, false, true},
+    {256, 1024, 784, false, true},  {256, 10, 1024, false, true},   {1024, 784, 256, true, false},
+    {10, 1024, 256, true, false},   {256, 784, 1024, false, false}, {256, 1024, 10, false, false},
+    {256, 1024, 784, false, false}, {784, 1024, 256, true, false},  {1024, 10, 256, true, false},
+    {256, 784, 1024, false, true},
 };
 
 Test(gemm, seed_model_shapes, .timeout = 300) {

@@ -1,0 +1,493 @@
+/* ops: per-op throughput at the shapes the models use.
+ *
+ *   matmul   GFLOPS of C = op(A) op(B) for the products of the seed model
+ *            (784-64-64-10, batch 32) and the wide one (784-1024-1024-10,
+ *            batch 256), forward and backward, through ad_gemm_f32/f64 (what
+ *            the library does), OpenBLAS directly (when built with it), the
+ *            built-in kernel (whatever the backend) and ad_matmul; "ratio" is
+ *            built-in / OpenBLAS.
+ *   elementwise   GB/s of add, mul, relu, tanh, exp on 1M elements.
+ *   reduce   GB/s of sum and max along an axis.
+ *   softmax_ce    ns per call of softmax cross-entropy, forward and
+ *            forward + backward, on [32,10] and [256,10].
+ *
+ * Each figure is the median of --reps samples; a sample repeats the call
+ * until it lasts about --sample-ms. The variants of one matmul shape are
+ * sampled in turn (interleaved), so their ratio is fair on a noisy machine.
+ * Set OPENBLAS_NUM_THREADS=1 for single-thread figures.
+ *
+ *   ops [--filter SUBSTR] [--reps N] [--sample-ms MS] [--dtype f32|f64|all]
+ *       [--clock wall|cpu]
+ *
+ * --clock cpu times with this thread's CPU clock, which ignores time spent
+ * descheduled on a busy machine (valid when the work runs in this thread,
+ * e.g. OPENBLAS_NUM_THREADS=1).
+ * --filter keeps the rows whose name (e.g. "matmul/f32/seed.fwd1",
+ * "elementwise/tanh", "softmax_ce/256x10") contains SUBSTR. */
+#include "ad.h"
+#include "ad_internal.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static clockid_t clock_id = CLOCK_MONOTONIC;
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(clock_id, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static int cmp_double(const void *p, const void *q) {
+  double a = *(const double *)p, b = *(const double *)q;
+  return (a > b) - (a < b);
+}
+
+static double median(double *v, int n) {
+  qsort(v, (size_t)n, sizeof *v, cmp_double);
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+static struct {
+  const char *filter;
+  int reps;
+  double sample_s;
+  bool f32, f64;
+} opt = {NULL, 15, 0.02, true, false};
+
+static int rows_selected;
+
+static bool selected(const char *name) {
+  bool on = !opt.filter || strstr(name, opt.filter);
+  rows_selected += on;
+  return on;
+}
+
+/* --------------------------------------------------------------- timing */
+
+typedef void (*bench_fn)(void *ud);
+
+#define MAX_VARIANTS 4
+#define MAX_REPS     101
+
+/* Seconds per call of each of nv functions: iterations per sample are set
+ * once from a warm-up, then samples of each function are taken in turn. */
+static void time_calls(int nv, bench_fn *fn, void **ud, double *sec) {
+  long iters[MAX_VARIANTS];
+  double samples[MAX_VARIANTS][MAX_REPS];
+  for (int v = 0; v < nv; v++) {
+    fn[v](ud[v]); /* warm-up: caches, buffers, arena */
+    long it = 1;
+    for (;;) {
+      double t0 = now_s();
+      for (long i = 0; i < it; i++) fn[v](ud[v]);
+      double dt = now_s() - t0;
+      if (dt >= opt.sample_s / 4 || it >= (1L << 30)) {
+        double per = dt / (double)it;
+        iters[v] = per > 0 ? (long)(opt.sample_s / per) + 1 : it;
+        break;
+      }
+      it *= 2;
+    }
+  }
+  for (int r = 0; r < opt.reps; r++)
+    for (int v = 0; v < nv; v++) {
+      double t0 = now_s();
+      for (long i = 0; i < iters[v]; i++) fn[v](ud[v]);
+      samples[v][r] = (now_s() - t0) / (double)iters[v];
+    }
+  for (int v = 0; v < nv; v++) sec[v] = median(samples[v], opt.reps);
+}
+
+static void *xmalloc(size_t n) {
+  void *p = aligned_alloc(64, (n + 63) & ~(size_t)63);
+  if (!p) {
+    fprintf(stderr, "ops: out of memory\n");
+    exit(1);
+  }
+  return p;
+}
+
+static void fill_uniform(ad_rng *rng, ad_dtype dt, void *p, int64_t n) {
+  for (int64_t i = 0; i < n; i++) {
+    double v = 2 * ad_rng_uniform(rng) - 1;
+    if (dt == AD_F32)
+      ((float *)p)[i] = (float)v;
+    else
+      ((double *)p)[i] = v;
+  }
+}
+
+static void check_ctx(ad_ctx *ctx, const void *t, const char *what) {
+  if (!t) {
+    fprintf(stderr, "ops: %s: %s\n", what, ad_last_error(ctx));
+    exit(1);
+  }
+}
+
+/* --------------------------------------------------------------- matmul */
+
+typedef struct mm_shape {
+  const char *name;
+  int64_t m, n, k;
+  bool ta, tb;
+} mm_shape;
+
+/* nn_dense keeps W as [out, in]: Y = X W^T (trans_b), dW = dY^T X (trans_a),
+ * dX = dY W. The ".io" rows are the same products with W as [in, out]:
+ * Y = X W, dW = X^T dY (trans_a), dX = dY W^T (trans_b). */
+static const mm_shape mm_shapes[] = {
+    {"seed.fwd1", 32, 64, 784, false, true},        {"seed.fwd2", 32, 64, 64, false, true},
+    {"seed.fwd3", 32, 10, 64, false, true},         {"seed.dW1", 64, 784, 32, true, false},
+    {"seed.dW2", 64, 64, 32, true, false},          {"seed.dW3", 10, 64, 32, true, false},
+    {"seed.dX2", 32, 64, 64, false, false},         {"seed.dX3", 32, 64, 10, false, false},
+    {"seed.io.fwd1", 32, 64, 784, false, false},    {"seed.io.fwd2", 32, 64, 64, false, false},
+    {"seed.io.fwd3", 32, 10, 64, false, false},     {"seed.io.dW1", 784, 64, 32, true, false},
+    {"seed.io.dW2", 64, 64, 32, true, false},       {"seed.io.dW3", 64, 10, 32, true, false},
+    {"seed.io.dX2", 32, 64, 64, false, true},       {"seed.io.dX3", 32, 64, 10, false, true},
+    {"wide.fwd1", 256, 1024, 784, false, true},     {"wide.fwd2", 256, 1024, 1024, false, true},
+    {"wide.fwd3", 256, 10, 1024, false, true},      {"wide.dW1", 1024, 784, 256, true, false},
+    {"wide.dW2", 1024, 1024, 256, true, false},     {"wide.dW3", 10, 1024, 256, true, false},
+    {"wide.dX2", 256, 1024, 1024, false, false},    {"wide.dX3", 256, 1024, 10, false, false},
+    {"wide.io.fwd1", 256, 1024, 784, false, false}, {"wide.io.fwd2", 256, 1024, 1024, false, false},
+    {"wide.io.fwd3", 256, 10, 1024, false, false},  {"wide.io.dW1", 784, 1024, 256, true, false},
+    {"wide.io.dW2", 1024, 1024, 256, true, false},  {"wide.io.dW3", 1024, 10, 256, true, false},
+    {"wide.io.dX2", 256, 1024, 1024, false, true},  {"wide.io.dX3", 256, 1024, 10, false, true},
+};
+
+typedef struct mm_case {
+  const mm_shape *s;
+  ad_dtype dt;
+  void *a, *b, *c;
+  int64_t lda, ldb, ldc;
+  ad_ctx *ctx;
+  ad_tensor *ta, *tb;
+} mm_case;
+
+static void run_public(void *ud) {
+  mm_case *q = ud;
+  const mm_shape *s = q->s;
+  if (q->dt == AD_F32)
+    ad_gemm_f32(s->ta, s->tb, s->m, s->n, s->k, 1.0f, q->a, q->lda, q->b, q->ldb, 0.0f, q->c,
+                q->ldc);
+  else
+    ad_gemm_f64(s->ta, s->tb, s->m, s->n, s->k, 1.0, q->a, q->lda, q->b, q->ldb, 0.0, q->c, q->ldc);
+}
+
+static void run_kernel(mm_case *q, int kernel) {
+  const mm_shape *s = q->s;
+  ad_gemm_builtin(kernel, q->dt, s->ta, s->tb, s->m, s->n, s->k, 1.0, q->a, q->lda, q->b, q->ldb,
+                  0.0, q->c, q->ldc);
+}
+
+static void run_blas(void *ud) { run_kernel(ud, -2); }
+static void run_builtin(void *ud) { run_kernel(ud, 0); }
+
+static void run_matmul(void *ud) {
+  mm_case *q = ud;
+  ad_tensor *y = ad_matmul(q->ctx, q->ta, q->tb, q->s->ta, q->s->tb);
+  check_ctx(q->ctx, y, "matmul");
+  ad_tape_reset(q->ctx);
+}
+
+static void bench_matmul(ad_ctx *ctx, ad_rng *rng) {
+  const char *name32 =
+      ad_gemm_builtin(0, AD_F32, false, false, 0, 0, 0, 1, NULL, 1, NULL, 1, 0, NULL, 1);
+  const char *name64 =
+      ad_gemm_builtin(0, AD_F64, false, false, 0, 0, 0, 1, NULL, 1, NULL, 1, 0, NULL, 1);
+  bool have_blas =
+      ad_gemm_builtin(-2, AD_F32, false, false, 0, 0, 0, 1, NULL, 1, NULL, 1, 0, NULL, 1) != NULL;
+  bool header = false;
+  for (int d = 0; d < 2; d++) {
+    ad_dtype dt = d == 0 ? AD_F32 : AD_F64;
+    if ((dt == AD_F32 && !opt.f32) || (dt == AD_F64 && !opt.f64)) continue;
+    for (size_t i = 0; i < sizeof mm_shapes / sizeof *mm_shapes; i++) {
+      const mm_shape *s = &mm_shapes[i];
+      char name[96];
+      snprintf(name, sizeof name, "matmul/%s/%s", ad_dtype_name(dt), s->name);
+      if (!selected(name)) continue;
+      if (!header) {
+        printf("# matmul GFLOPS. ad_gemm: the public call (backend %s%s); openblas: cblas "
+               "directly;\n# builtin: %s / %s (f32 / f64); ad_matmul: the op; ratio: builtin / "
+               "openblas\n",
+               ad_gemm_backend(), have_blas ? ", small products on the built-in kernel" : "",
+               name32, name64);
+        printf("%-26s %-16s %9s %9s %9s %9s %7s\n", "name", "m x n x k", "ad_gemm", "openblas",
+               "builtin", "ad_matmul", "ratio");
+        header = true;
+      }
+      mm_case q = {.s = s, .dt = dt, .ctx = ctx};
+      size_t es = ad_dtype_size(dt);
+      int64_t ar = s->ta ? s->k : s->m, ac = s->ta ? s->m : s->k;
+      int64_t br = s->tb ? s->n : s->k, bc = s->tb ? s->k : s->n;
+      q.lda = ac, q.ldb = bc, q.ldc = s->n;
+      int64_t sa[2] = {ar, ac}, sb[2] = {br, bc};
+      q.ta = ad_zeros(ctx, dt, 2, sa);
+      q.tb = ad_zeros(ctx, dt, 2, sb);
+      check_ctx(ctx, q.ta && q.tb ? q.ta : NULL, "zeros");
+      fill_uniform(rng, dt, q.ta->data, q.ta->size);
+      fill_uniform(rng, dt, q.tb->data, q.tb->size);
+      q.a = q.ta->data, q.b = q.tb->data;
+      q.c = xmalloc((size_t)(s->m * s->n) * es);
+      /* variants sampled in turn: public, builtin, matmul, openblas (if any) */
+      bench_fn fn[4] = {run_public, run_builtin, run_matmul, run_blas};
+      void *ud[4] = {&q, &q, &q, &q};
+      double sec[4];
+      time_calls(have_blas ? 4 : 3, fn, ud, sec);
+      double gf = 2.0 * (double)s->m * (double)s->n * (double)s->k * 1e-9;
+      char shape[48], blas[16] = "-", ratio[16] = "-";
+      snprintf(shape, sizeof shape, "%lldx%lldx%lld%s%s", (long long)s->m, (long long)s->n,
+               (long long)s->k, s->ta ? " At" : "", s->tb ? " Bt" : "");
+      if (have_blas) {
+        snprintf(blas, sizeof blas, "%.1f", gf / sec[3]);
+        snprintf(ratio, sizeof ratio, "%.2f", sec[3] / sec[1]);
+      }
+      printf("%-26s %-16s %9.1f %9s %9.1f %9.1f %7s\n", name, shape, gf / sec[0], blas, gf / sec[1],
+             gf / sec[2], ratio);
+      fflush(stdout);
+      free(q.c);
+      ad_tensor_free(q.ta);
+      ad_tensor_free(q.tb);
+    }
+  }
+}
+
+/* ---------------------------------------------------------- elementwise */
+
+typedef struct ew_case {
+  ad_ctx *ctx;
+  ad_tensor *x, *y, *lab;
+  int kind, axis;
+} ew_case;
+
+enum { EW_ADD, EW_MUL, EW_RELU, EW_TANH, EW_EXP, RD_SUM, RD_MAX, SCE_FWD, SCE_FWDBWD };
+
+static void run_ew(void *ud) {
+  ew_case *q = ud;
+  ad_ctx *ctx = q->ctx;
+  ad_tensor *r = NULL;
+  switch (q->kind) {
+  case EW_ADD:
+    r = ad_add(ctx, q->x, q->y);
+    break;
+  case EW_MUL:
+    r = ad_mul(ctx, q->x, q->y);
+    break;
+  case EW_RELU:
+    r = ad_relu(ctx, q->x);
+    break;
+  case EW_TANH:
+    r = ad_tanh(ctx, q->x);
+    break;
+  case EW_EXP:
+    r = ad_exp(ctx, q->x);
+    break;
+  case RD_SUM:
+    r = ad_sum_axis(ctx, q->x, q->axis, false);
+    break;
+  case RD_MAX:
+    r = ad_max_axis(ctx, q->x, q->axis, false);
+    break;
+  case SCE_FWD:
+    r = ad_softmax_cross_entropy(ctx, q->x, q->lab);
+    break;
+  case SCE_FWDBWD:
+    r = ad_softmax_cross_entropy(ctx, q->x, q->lab);
+    if (r && ad_backward(ctx, r, NULL) != AD_OK) r = NULL;
+    break;
+  default:
+    break;
+  }
+  check_ctx(ctx, r, "op");
+  ad_tape_reset(ctx);
+}
+
+static void bench_elementwise(ad_ctx *ctx, ad_rng *rng) {
+  static const struct {
+    const char *name;
+    int kind, inputs;
+  } ops[] = {{"add", EW_ADD, 2},
+             {"mul", EW_MUL, 2},
+             {"relu", EW_RELU, 1},
+             {"tanh", EW_TANH, 1},
+             {"exp", EW_EXP, 1}};
+  int64_t n[1] = {1 << 20};
+  bool header = false;
+  for (int d = 0; d < 2; d++) {
+    ad_dtype dt = d == 0 ? AD_F32 : AD_F64;
+    if ((dt == AD_F32 && !opt.f32) || (dt == AD_F64 && !opt.f64)) continue;
+    ad_tensor *x = NULL, *y = NULL;
+    for (size_t i = 0; i < sizeof ops / sizeof *ops; i++) {
+      char name[64];
+      snprintf(name, sizeof name, "elementwise/%s/%s", ad_dtype_name(dt), ops[i].name);
+      if (!selected(name)) continue;
+      if (!header) {
+        printf("\n# elementwise on %lld elements: GB/s (inputs + output), ns per element\n",
+               (long long)n[0]);
+        printf("%-26s %9s %9s\n", "name", "GB/s", "ns/elem");
+        header = true;
+      }
+      if (!x) {
+        x = ad_randn(ctx, rng, dt, 1, n, 0, 1);
+        y = ad_randn(ctx, rng, dt, 1, n, 0, 1);
+        check_ctx(ctx, x && y ? x : NULL, "randn");
+      }
+      ew_case q = {ctx, x, y, NULL, ops[i].kind, 0};
+      bench_fn fn[1] = {run_ew};
+      void *ud[1] = {&q};
+      double sec;
+      time_calls(1, fn, ud, &sec);
+      double bytes = (double)(ops[i].inputs + 1) * (double)n[0] * (double)ad_dtype_size(dt);
+      printf("%-26s %9.2f %9.3f\n", name, bytes / sec * 1e-9, sec / (double)n[0] * 1e9);
+      fflush(stdout);
+    }
+    ad_tensor_free(x);
+    ad_tensor_free(y);
+  }
+}
+
+/* ----------------------------------------------------------- reductions */
+
+static void bench_reduce(ad_ctx *ctx, ad_rng *rng) {
+  static const struct { int64_t rows, cols; } shapes[] = {{32, 64}, {256, 1024}, {1024, 1024}};
+  static const struct {
+    const char *name;
+    int kind;
+  } ops[] = {{"sum", RD_SUM}, {"max", RD_MAX}};
+  bool header = false;
+  for (int d = 0; d < 2; d++) {
+    ad_dtype dt = d == 0 ? AD_F32 : AD_F64;
+    if ((dt == AD_F32 && !opt.f32) || (dt == AD_F64 && !opt.f64)) continue;
+    for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++) {
+      ad_tensor *x = NULL;
+      for (size_t oi = 0; oi < sizeof ops / sizeof *ops; oi++)
+        for (int axis = 0; axis < 2; axis++) {
+          char name[80];
+          snprintf(name, sizeof name, "reduce/%s/%s/%lldx%lld/axis%d", ad_dtype_name(dt),
+                   ops[oi].name, (long long)shapes[si].rows, (long long)shapes[si].cols, axis);
+          if (!selected(name)) continue;
+          if (!header) {
+            printf("\n# reductions along an axis: GB/s (input), ns per call\n");
+            printf("%-34s %9s %11s\n", "name", "GB/s", "ns/call");
+            header = true;
+          }
+          if (!x) {
+            int64_t sh[2] = {shapes[si].rows, shapes[si].cols};
+            x = ad_randn(ctx, rng, dt, 2, sh, 0, 1);
+            check_ctx(ctx, x, "randn");
+          }
+          ew_case q = {ctx, x, NULL, NULL, ops[oi].kind, axis};
+          bench_fn fn[1] = {run_ew};
+          void *ud[1] = {&q};
+          double sec;
+          time_calls(1, fn, ud, &sec);
+          double bytes = (double)x->size * (double)ad_dtype_size(dt);
+          printf("%-34s %9.2f %11.0f\n", name, bytes / sec * 1e-9, sec * 1e9);
+          fflush(stdout);
+        }
+      ad_tensor_free(x);
+    }
+  }
+}
+
+/* ----------------------------------------------------- softmax CE */
+
+static void bench_softmax_ce(ad_ctx *ctx, ad_rng *rng) {
+  static const int64_t batches[] = {32, 256};
+  bool header = false;
+  for (int d = 0; d < 2; d++) {
+    ad_dtype dt = d == 0 ? AD_F32 : AD_F64;
+    if ((dt == AD_F32 && !opt.f32) || (dt == AD_F64 && !opt.f64)) continue;
+    for (size_t bi = 0; bi < sizeof batches / sizeof *batches; bi++) {
+      char name[64];
+      snprintf(name, sizeof name, "softmax_ce/%s/%lldx10", ad_dtype_name(dt),
+               (long long)batches[bi]);
+      if (!selected(name)) continue;
+      if (!header) {
+        printf("\n# softmax cross-entropy: ns per call\n");
+        printf("%-26s %11s %11s\n", "name", "forward", "fwd+bwd");
+        header = true;
+      }
+      int64_t sh[2] = {batches[bi], 10};
+      ad_tensor *x = ad_randn(ctx, rng, dt, 2, sh, 0, 3);
+      ad_tensor *lab = ad_zeros(ctx, AD_I32, 1, sh);
+      check_ctx(ctx, x && lab ? x : NULL, "tensors");
+      for (int64_t i = 0; i < batches[bi]; i++)
+        ad_tensor_set(lab, i, (double)ad_rng_below(rng, 10));
+      ad_tensor_set_requires_grad(x, true);
+      ew_case qf = {ctx, x, NULL, lab, SCE_FWD, 0}, qb = {ctx, x, NULL, lab, SCE_FWDBWD, 0};
+      bench_fn fn[2] = {run_ew, run_ew};
+      void *ud[2] = {&qf, &qb};
+      double sec[2];
+      /* no recording for the forward-only figure */
+      bool was = ad_set_grad_enabled(ctx, false);
+      time_calls(1, fn, ud, sec);
+      ad_set_grad_enabled(ctx, was);
+      time_calls(1, fn + 1, ud + 1, sec + 1);
+      printf("%-26s %11.0f %11.0f\n", name, sec[0] * 1e9, sec[1] * 1e9);
+      fflush(stdout);
+      ad_tensor_free(x);
+      ad_tensor_free(lab);
+    }
+  }
+}
+
+/* ----------------------------------------------------------------- main */
+
+static long parse_long(const char *s, const char *flag, long lo, long hi) {
+  char *end;
+  errno = 0;
+  long v = strtol(s ? s : "", &end, 10);
+  if (!s || errno || *end || v < lo || v > hi) {
+    fprintf(stderr, "ops: %s wants an integer in [%ld, %ld]\n", flag, lo, hi);
+    exit(2);
+  }
+  return v;
+}
+
+int main(int argc, char **argv) {
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+    if (!strcmp(a, "--filter") && v)
+      opt.filter = v, i++;
+    else if (!strcmp(a, "--reps"))
+      opt.reps = (int)parse_long(v, a, 1, MAX_REPS), i++;
+    else if (!strcmp(a, "--sample-ms"))
+      opt.sample_s = (double)parse_long(v, a, 1, 10000) * 1e-3, i++;
+    else if (!strcmp(a, "--clock") && v && (!strcmp(v, "wall") || !strcmp(v, "cpu")))
+      clock_id = !strcmp(v, "cpu") ? CLOCK_THREAD_CPUTIME_ID : CLOCK_MONOTONIC, i++;
+    else if (!strcmp(a, "--dtype") && v) {
+      opt.f32 = !strcmp(v, "f32") || !strcmp(v, "all");
+      opt.f64 = !strcmp(v, "f64") || !strcmp(v, "all");
+      if (!opt.f32 && !opt.f64) {
+        fprintf(stderr, "ops: --dtype wants f32, f64 or all\n");
+        return 2;
+      }
+      i++;
+    } else {
+      fprintf(stderr,
+              "usage: ops [--filter SUBSTR] [--reps N] [--sample-ms MS] [--dtype f32|f64|all] "
+              "[--clock wall|cpu]\n");
+      return strcmp(a, "--help") && strcmp(a, "-h") ? 2 : 0;
+    }
+  }
+  const char *th = getenv("OPENBLAS_NUM_THREADS");
+  printf("# ops: median of %d samples of ~%.0f ms (%s clock); OPENBLAS_NUM_THREADS=%s\n", opt.reps,
+         opt.sample_s * 1e3, clock_id == CLOCK_MONOTONIC ? "wall" : "thread CPU",
+         th ? th : "(unset)");
+  ad_ctx *ctx = ad_ctx_new();
+  if (!ctx) return 1;
+  ad_rng rng;
+  ad_rng_seed(&rng, 42);
+  bench_matmul(ctx, &rng);
+  bench_elementwise(ctx, &rng);
+  bench_reduce(ctx, &rng);
+  bench_softmax_ce(ctx, &rng);
+  if (!rows_selected)
+    fprintf(stderr, "ops: no row matches --filter %s (f64 rows need --dtype f64 or all)\n",
+            opt.filter);
+  ad_ctx_free(ctx);
+  return 0;
+}
