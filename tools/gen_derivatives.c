@@ -134,14 +134,15 @@ static void generate(buf *b) {
          "  `softmax_cross_entropy` none to their integer indices or labels.\n");
 }
 
-int main(int argc, char **argv) {
-  buf b = {0};
-  generate(&b);
+/* Runs the command line against the generated text; returns the exit code. */
+static int run(int argc, char **argv, const buf *b) {
   if (argc == 1) {
-    fputs(b.p, stdout);
+    fputs(b->p, stdout);
   } else if (argc == 3 && strcmp(argv[1], "-o") == 0) {
     FILE *f = fopen(argv[2], "wb");
-    if (!f || fputs(b.p, f) == EOF || fclose(f) != 0) {
+    bool ok = f && fputs(b->p, f) != EOF;
+    if (f && fclose(f) != 0) ok = false;
+    if (!ok) {
       fprintf(stderr, "gen_derivatives: cannot write %s\n", argv[2]);
       return 1;
     }
@@ -153,11 +154,11 @@ int main(int argc, char **argv) {
     }
     size_t i = 0, line = 1;
     int c;
-    while ((c = getc(f)) != EOF && i < b.len && c == (unsigned char)b.p[i]) {
+    while ((c = getc(f)) != EOF && i < b->len && c == (unsigned char)b->p[i]) {
       if (c == '\n') line++;
       i++;
     }
-    bool same = c == EOF && i == b.len;
+    bool same = c == EOF && i == b->len;
     fclose(f);
     if (!same) {
       fprintf(stderr,
@@ -172,6 +173,13 @@ int main(int argc, char **argv) {
     fprintf(stderr, "usage: gen_derivatives [-o FILE | --check FILE]\n");
     return 2;
   }
-  free(b.p);
   return 0;
+}
+
+int main(int argc, char **argv) {
+  buf b = {0};
+  generate(&b);
+  int rc = run(argc, argv, &b);
+  free(b.p);
+  return rc;
 }
