@@ -481,6 +481,39 @@ AD_API ad_status ad_gradgradcheck(ad_ctx *ctx, ad_check_fn fn, void *ud, int n,
 AD_API ad_status ad_op_check(ad_ctx *ctx, int id, ad_dtype dtype, bool second, uint64_t seed,
                              ad_check_report *report);
 
+/* ------------------------------------------------------------ threads */
+
+/* Sets how many threads the library uses, process-wide: n = 1 (the
+ * default) runs everything in the calling thread; with n > 1, large matrix
+ * products are split into n parts, large elementwise ops and reductions are
+ * cut into chunks, and callers of ad_parallel_for (the nn optimizers) do
+ * likewise, on n - 1 worker threads plus the caller. Workers are started
+ * here and kept; idle ones poll briefly, then sleep. When the library is
+ * linked with OpenBLAS, this also sets OpenBLAS to one thread (for any n),
+ * so BLAS runs no threads of its own beside these (its idle threads, made
+ * at load time unless OPENBLAS_NUM_THREADS=1, still spin for about 0.1 s
+ * before they sleep). Results are the same bits for any n, except that
+ * OpenBLAS may round the parts of a split product differently in the last
+ * bits (as under its own threading). n is capped at 64. Returns AD_ERR_ARG
+ * for n < 1, AD_ERR_STATE when called from inside an ad_parallel_for,
+ * AD_ERR_OOM when a thread cannot be started (the library then uses the
+ * threads it has). */
+AD_API ad_status ad_set_num_threads(int n);
+AD_API int ad_num_threads(void);
+
+/* A range of a parallel loop: iterations [begin, end). */
+typedef void (*ad_range_fn)(void *ud, int64_t begin, int64_t end);
+
+/* Calls fn over disjoint ranges that cover [0, n), each of at least grain
+ * iterations (except the last), on the library's threads and the calling
+ * thread, and returns when all have run. A range is claimed by whichever
+ * thread is free, so a worker that is slow to start does not delay the
+ * loop. Runs fn(ud, 0, n) in the caller when there is one thread, n <=
+ * grain, from inside another ad_parallel_for, or while another thread's
+ * loop occupies the workers. fn must be safe to run concurrently on
+ * disjoint ranges and must not use a context. */
+AD_API void ad_parallel_for(int64_t n, int64_t grain, ad_range_fn fn, void *ud);
+
 /* ------------------------------------------------------------- GEMM */
 
 /* C = alpha * op(A) op(B) + beta * C, row-major; op transposes when trans_*.

@@ -88,6 +88,10 @@ struct ad_ctx {
   size_t touched_len, touched_cap;
   ad_backward_hook hook;
   void *hook_ud;
+  /* true while ad_backward's sweep runs without a hook: a backward function
+   * may then add a persistent leaf's gradient straight into its grad (e.g.
+   * matmul's GEMM with beta = 1) and leave gin NULL; see ad_leaf_grad */
+  bool leaf_direct;
   /* registry */
   ad_op_def *ops;
   int nops, ops_cap;
@@ -132,6 +136,11 @@ static inline bool ad_same_shape(const ad_tensor *a, const ad_tensor *b) {
   return true;
 }
 int ad_norm_axis(int axis, int ndim); /* -1 when out of range */
+/* When ctx->leaf_direct and t is a persistent tensor requiring a gradient,
+ * sets *grad to its grad (allocated as zeros on first use), into which a
+ * backward function may add its contribution directly; else to NULL.
+ * Returns AD_ERR_OOM when the grad cannot be allocated. */
+ad_status ad_leaf_grad(ad_ctx *ctx, ad_tensor *t, ad_tensor **grad);
 /* Makes gradient g fit input x: sum_to over broadcast dims, or NULL. */
 ad_tensor *ad_reduce_to(ad_ctx *ctx, ad_tensor *g, const ad_tensor *x);
 /* Strides of x seen through out's (broadcast) shape: 0 along broadcast dims. */
@@ -148,8 +157,14 @@ void ad_bc_row(const ad_bc_rows *it, const ad_tensor *out, int64_t r, int64_t *o
 /* A temporary header whose data pointer is set by the caller (views). */
 ad_tensor *ad_tmp_header(ad_ctx *ctx, ad_dtype dtype, int ndim, const int64_t *shape);
 /* Applies op id with attrs; shorthand used by the public builders. */
-ad_tensor *ad_apply1(ad_ctx *ctx, int op, ad_tensor *x, const ad_attrs *attrs);
-ad_tensor *ad_apply2(ad_ctx *ctx, int op, ad_tensor *a, ad_tensor *b, const ad_attrs *attrs);
+static inline ad_tensor *ad_apply1(ad_ctx *ctx, int op, ad_tensor *x, const ad_attrs *attrs) {
+  return ad_op_apply(ctx, op, 1, &x, attrs);
+}
+static inline ad_tensor *ad_apply2(ad_ctx *ctx, int op, ad_tensor *a, ad_tensor *b,
+                                   const ad_attrs *attrs) {
+  ad_tensor *in[2] = {a, b};
+  return ad_op_apply(ctx, op, 2, in, attrs);
+}
 
 /* Sample helpers for gradcheck */
 ad_tensor *ad_sample_tensor(ad_ctx *ctx, ad_rng *rng, ad_dtype dt, int ndim, const int64_t *shape,

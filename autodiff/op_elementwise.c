@@ -7,6 +7,10 @@
 
 /* ------------------------------------------------------------- helpers */
 
+/* Elements per chunk when an elementwise op is split over the library's
+ * threads (ad_set_num_threads): tens of microseconds of work. */
+#define ELEM_GRAIN 32768
+
 bool ad_broadcast_shape(int na, const int64_t *sa, int nb, const int64_t *sb, int *nout,
                         int64_t *out) {
   int n = na > nb ? na : nb;
@@ -95,7 +99,10 @@ ad_status shape_binary(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs 
   do {                                                                                             \
     const T *A = (const T *)a + oa, *B = (const T *)b + ob;                                        \
     T *Y = (T *)y + oy;                                                                            \
-    if (sa == 1 && sb == 1)                                                                        \
+    if (len == 1) { /* scalars: skip the vector loop's set-up */                                   \
+      T x0 = A[0], x1 = B[0];                                                                      \
+      Y[0] = (T)(EXPR);                                                                            \
+    } else if (sa == 1 && sb == 1)                                                                 \
       for (int64_t i = 0; i < len; i++) {                                                          \
         T x0 = A[i], x1 = B[i];                                                                    \
         Y[i] = (T)(EXPR);                                                                          \
@@ -130,25 +137,55 @@ ad_status shape_binary(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs 
 typedef void (*rows_fn)(ad_dtype, const void *, int64_t, int64_t, const void *, int64_t, int64_t,
                         void *, int64_t, int64_t, const ad_attrs *);
 
+/* A binary op's work, cut into ranges of elements (same shapes, or b a
+ * scalar) or of rows (broadcasting) for ad_parallel_for. */
+typedef struct binary_job {
+  ad_tensor *const *in;
+  ad_tensor *out;
+  const ad_attrs *at;
+  rows_fn f;
+  int64_t sb;      /* b's stride in the flat case: 1 or 0 */
+  bool row_vector; /* a is out's shape, b one row of it (a bias): no offset arithmetic */
+  ad_bc_rows it;
+} binary_job;
+
+static void binary_flat(void *ud, int64_t b, int64_t e) {
+  const binary_job *j = ud;
+  j->f(j->out->dtype, j->in[0]->data, b, 1, j->in[1]->data, j->sb ? b : 0, j->sb, j->out->data, b,
+       e - b, j->at);
+}
+
+static void binary_rows(void *ud, int64_t b, int64_t e) {
+  const binary_job *j = ud;
+  int last = j->out->ndim - 1;
+  int64_t sa = last >= 0 ? j->it.st[0][last] : 0, sb = last >= 0 ? j->it.st[1][last] : 0;
+  for (int64_t r = b; r < e; r++) {
+    int64_t off[2] = {r * j->it.len, 0};
+    if (!j->row_vector) ad_bc_row(&j->it, j->out, r, off);
+    j->f(j->out->dtype, j->in[0]->data, off[0], sa, j->in[1]->data, off[1], sb, j->out->data,
+         r * j->it.len, j->it.len, j->at);
+  }
+}
+
 static void binary_run(ad_tensor *const *in, ad_tensor *out, const ad_attrs *at, rows_fn f) {
   const ad_tensor *a = in[0], *b = in[1];
-  if (ad_same_shape(a, b)) {
-    f(out->dtype, a->data, 0, 1, b->data, 0, 1, out->data, 0, out->size, at);
+  bool same = ad_same_shape(a, b);
+  if (same || (b->size == 1 && a->size == out->size)) {
+    if (out->size <= ELEM_GRAIN) { /* small: no job (the scalar chain's case) */
+      f(out->dtype, a->data, 0, 1, b->data, 0, same, out->data, 0, out->size, at);
+      return;
+    }
+    binary_job j = {.in = in, .out = out, .at = at, .f = f, .sb = same};
+    ad_parallel_for(out->size, ELEM_GRAIN, binary_flat, &j);
     return;
   }
-  if (b->size == 1 && a->size == out->size) {
-    f(out->dtype, a->data, 0, 1, b->data, 0, 0, out->data, 0, out->size, at);
-    return;
-  }
-  ad_bc_rows it;
-  ad_bc_init(&it, 2, in, out);
+  binary_job j = {.in = in, .out = out, .at = at, .f = f};
+  ad_bc_init(&j.it, 2, in, out);
   int last = out->ndim - 1;
-  for (int64_t r = 0; r < it.rows; r++) {
-    int64_t off[2];
-    ad_bc_row(&it, out, r, off);
-    int64_t sa = last >= 0 ? it.st[0][last] : 0, sb = last >= 0 ? it.st[1][last] : 0;
-    f(out->dtype, a->data, off[0], sa, b->data, off[1], sb, out->data, r * it.len, it.len, at);
-  }
+  j.row_vector = last >= 0 && a->size == out->size && b->size == j.it.len &&
+                 j.it.st[0][last] == 1 && j.it.st[1][last] == 1;
+  int64_t grain = j.it.len ? (ELEM_GRAIN + j.it.len - 1) / j.it.len : 1;
+  ad_parallel_for(j.it.rows, grain, binary_rows, &j);
 }
 
 static inline double pow_d(double a, double b) { return pow(a, b); }
@@ -319,26 +356,40 @@ ad_status shape_unary(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs *
   return AD_OK;
 }
 
+typedef struct unary_job {
+  const ad_tensor *x;
+  ad_tensor *y;
+  double s;
+} unary_job;
+
 #define DEFINE_UNARY(NAME, EXPR32, EXPR64)                                                         \
-  void fwd_##NAME(int n, ad_tensor *const *in, const ad_attrs *at, ad_tensor *out) {               \
-    (void)n;                                                                                       \
-    const double s = at->f[0];                                                                     \
+  static void NAME##_range(void *ud, int64_t b, int64_t e) {                                       \
+    const unary_job *j = ud;                                                                       \
+    const double s = j->s;                                                                         \
     (void)s;                                                                                       \
-    if (out->dtype == AD_F32) {                                                                    \
-      const float *X = in[0]->data;                                                                \
-      float *Y = out->data;                                                                        \
-      for (int64_t i = 0; i < out->size; i++) {                                                    \
+    if (j->y->dtype == AD_F32) {                                                                   \
+      const float *X = j->x->data;                                                                 \
+      float *Y = j->y->data;                                                                       \
+      for (int64_t i = b; i < e; i++) {                                                            \
         float x = X[i];                                                                            \
         Y[i] = (float)(EXPR32);                                                                    \
       }                                                                                            \
     } else {                                                                                       \
-      const double *X = in[0]->data;                                                               \
-      double *Y = out->data;                                                                       \
-      for (int64_t i = 0; i < out->size; i++) {                                                    \
+      const double *X = j->x->data;                                                                \
+      double *Y = j->y->data;                                                                      \
+      for (int64_t i = b; i < e; i++) {                                                            \
         double x = X[i];                                                                           \
         Y[i] = (EXPR64);                                                                           \
       }                                                                                            \
     }                                                                                              \
+  }                                                                                                \
+  void fwd_##NAME(int n, ad_tensor *const *in, const ad_attrs *at, ad_tensor *out) {               \
+    (void)n;                                                                                       \
+    unary_job j = {in[0], out, at->f[0]};                                                          \
+    if (out->size <= ELEM_GRAIN)                                                                   \
+      NAME##_range(&j, 0, out->size);                                                              \
+    else                                                                                           \
+      ad_parallel_for(out->size, ELEM_GRAIN, NAME##_range, &j);                                    \
   }
 
 static inline double sigmoid_d(double x) {

@@ -79,6 +79,11 @@ ad_status shape_reduce(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs 
       if (X[k * S] > m || X[k * S] != X[k * S]) m = X[k * S];                                      \
     *Y = m;                                                                                        \
   }
+/* exp(x) for a lane of T: in float arithmetic for float tensors (glibc's
+ * expf is several times faster than exp and within an ulp of float), in
+ * double for double ones. Sums and logs stay in double. */
+#define EXP_OF(T, x) (sizeof(T) == sizeof(float) ? (double)expf((float)(x)) : exp(x))
+
 #define LSE_BODY(T)                                                                                \
   {                                                                                                \
     double m = X[0], s = 0;                                                                        \
@@ -87,7 +92,7 @@ ad_status shape_reduce(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs 
     if (isinf(m)) {                                                                                \
       *Y = (T)m;                                                                                   \
     } else {                                                                                       \
-      for (int64_t k = 0; k < N; k++) s += exp((double)X[k * S] - m);                              \
+      for (int64_t k = 0; k < N; k++) s += EXP_OF(T, (double)X[k * S] - m);                        \
       *Y = (T)(m + log(s));                                                                        \
     }                                                                                              \
   }
@@ -236,7 +241,8 @@ ad_status shape_softmax(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs
   return AD_OK;
 }
 
-/* log_softmax when LOG, else softmax, along one lane */
+/* log_softmax when LOG (y = x - lse), else softmax: y = e / sum e with
+ * e = exp(x - max) kept in y between the two passes, one exp per element */
 #define SOFTMAX_BODY(T, LOG)                                                                       \
   {                                                                                                \
     T *Yw = (T *)out->data + o * r.n * r.inner + i;                                                \
@@ -244,10 +250,18 @@ ad_status shape_softmax(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs
     double m = X[0], s = 0;                                                                        \
     for (int64_t k = 1; k < N; k++)                                                                \
       if (X[k * S] > m) m = X[k * S];                                                              \
-    for (int64_t k = 0; k < N; k++) s += exp((double)X[k * S] - m);                                \
-    double lse = m + log(s);                                                                       \
-    for (int64_t k = 0; k < N; k++)                                                                \
-      Yw[k * S] = (T)(LOG ? (double)X[k * S] - lse : exp((double)X[k * S] - lse));                 \
+    if (LOG) {                                                                                     \
+      for (int64_t k = 0; k < N; k++) s += EXP_OF(T, (double)X[k * S] - m);                        \
+      double lse = m + log(s);                                                                     \
+      for (int64_t k = 0; k < N; k++) Yw[k * S] = (T)((double)X[k * S] - lse);                     \
+    } else {                                                                                       \
+      for (int64_t k = 0; k < N; k++) {                                                            \
+        double e = EXP_OF(T, (double)X[k * S] - m);                                                \
+        Yw[k * S] = (T)e;                                                                          \
+        s += e;                                                                                    \
+      }                                                                                            \
+      for (int64_t k = 0; k < N; k++) Yw[k * S] = (T)((double)Yw[k * S] / s);                      \
+    }                                                                                              \
   }
 
 static void softmax_run(ad_tensor *const *in, const ad_attrs *at, ad_tensor *out, bool log_) {

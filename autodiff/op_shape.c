@@ -256,6 +256,30 @@ ad_status shape_sum_to(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs 
   return AD_OK;
 }
 
+/* sum_to where every row of x adds into all of out ([R,C] -> [C], a bias
+ * gradient): columns [b, e) of every row, rows in order as in the serial
+ * loop, so a split over columns changes no result. */
+typedef struct cols_job {
+  const ad_tensor *x;
+  ad_tensor *out;
+  int64_t rows, len;
+} cols_job;
+
+static void sum_cols(void *ud, int64_t b, int64_t e) {
+  const cols_job *j = ud;
+  for (int64_t r = 0; r < j->rows; r++) {
+    if (j->x->dtype == AD_F32) {
+      const float *X = (const float *)j->x->data + r * j->len;
+      float *Y = j->out->data;
+      for (int64_t i = b; i < e; i++) Y[i] += X[i];
+    } else {
+      const double *X = (const double *)j->x->data + r * j->len;
+      double *Y = j->out->data;
+      for (int64_t i = b; i < e; i++) Y[i] += X[i];
+    }
+  }
+}
+
 void fwd_sum_to(int n, ad_tensor *const *in, const ad_attrs *at, ad_tensor *out) {
   (void)n, (void)at;
   const ad_tensor *x = in[0];
@@ -265,6 +289,15 @@ void fwd_sum_to(int n, ad_tensor *const *in, const ad_attrs *at, ad_tensor *out)
   ad_tensor *o = out;
   ad_bc_init(&it, 1, &o, x);
   int64_t s = x->ndim ? it.st[0][x->ndim - 1] : 0;
+  if (s == 1 && out->size == it.len) {
+    cols_job j = {x, out, it.rows, it.len};
+    int64_t grain = it.rows ? (32768 + it.rows - 1) / it.rows : it.len;
+    if (it.len < 64 || it.len <= grain)
+      sum_cols(&j, 0, it.len);
+    else
+      ad_parallel_for(it.len, grain, sum_cols, &j);
+    return;
+  }
   for (int64_t r = 0; r < it.rows; r++) {
     int64_t off;
     ad_bc_row(&it, x, r, &off);

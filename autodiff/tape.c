@@ -152,6 +152,16 @@ static ad_status tape_push(ad_ctx *ctx, ad_node *n) {
 
 static const ad_attrs zero_attrs;
 
+/* Records why input i of def cannot be used. */
+static void input_error(ad_ctx *ctx, const ad_op_def *def, int i, const ad_node *s) {
+  if (!s)
+    ad_set_error(ctx, AD_ERR_NULL, "%s: input %d is NULL", def->name, i);
+  else if (s->magic != AD_NODE_MAGIC)
+    ad_set_error(ctx, AD_ERR_ARG, "%s: input %d is not a tensor (freed?)", def->name, i);
+  else
+    ad_set_error(ctx, AD_ERR_STATE, "%s: input %d is from a tape that was reset", def->name, i);
+}
+
 ad_tensor *ad_op_apply(ad_ctx *ctx, int id, int n, ad_tensor *const *in, const ad_attrs *attrs) {
   if (!ctx) return NULL;
   if (id < 0 || id >= ctx->nops) {
@@ -163,23 +173,19 @@ ad_tensor *ad_op_apply(ad_ctx *ctx, int id, int n, ad_tensor *const *in, const a
     ad_set_error(ctx, AD_ERR_ARG, "%s: takes %d inputs, got %d", def->name, def->arity, n);
     return NULL;
   }
-  bool record = false;
+  /* one pass over the inputs; the reasons for a failure are found out only
+   * when there is one (input_error) */
+  unsigned any_flags = 0;
   for (int i = 0; i < n; i++) {
-    if (!in[i]) {
-      ad_set_error(ctx, AD_ERR_NULL, "%s: input %d is NULL", def->name, i);
+    const ad_node *s = (const ad_node *)in[i];
+    if (!s || s->magic != AD_NODE_MAGIC ||
+        (s->epoch != ctx->epoch && !(s->flags & AD_NF_PERSISTENT))) {
+      input_error(ctx, def, i, s);
       return NULL;
     }
-    ad_node *s = ad_node_of(in[i]);
-    if (s->magic != AD_NODE_MAGIC) {
-      ad_set_error(ctx, AD_ERR_ARG, "%s: input %d is not a tensor (freed?)", def->name, i);
-      return NULL;
-    }
-    if (!(s->flags & AD_NF_PERSISTENT) && s->epoch != ctx->epoch) {
-      ad_set_error(ctx, AD_ERR_STATE, "%s: input %d is from a tape that was reset", def->name, i);
-      return NULL;
-    }
-    if (s->flags & AD_NF_REQUIRES_GRAD) record = true;
+    any_flags |= s->flags;
   }
+  bool record = (any_flags & AD_NF_REQUIRES_GRAD) != 0;
   if (!attrs) attrs = &zero_attrs;
   record = record && ctx->grad_enabled && def->backward;
 
@@ -213,15 +219,6 @@ ad_tensor *ad_op_apply(ad_ctx *ctx, int id, int n, ad_tensor *const *in, const a
     if (tape_push(ctx, node) != AD_OK) return NULL;
   }
   return out;
-}
-
-ad_tensor *ad_apply1(ad_ctx *ctx, int op, ad_tensor *x, const ad_attrs *attrs) {
-  return ad_op_apply(ctx, op, 1, &x, attrs);
-}
-
-ad_tensor *ad_apply2(ad_ctx *ctx, int op, ad_tensor *a, ad_tensor *b, const ad_attrs *attrs) {
-  ad_tensor *in[2] = {a, b};
-  return ad_op_apply(ctx, op, 2, in, attrs);
 }
 
 /* ------------------------------------------------------------ backward */
@@ -265,6 +262,17 @@ static ad_status accumulate(ad_ctx *ctx, ad_node *n, ad_tensor *g, bool direct) 
   ad_tensor *s = ad_add(ctx, n->gacc, g);
   if (!s) return ctx->status ? ctx->status : AD_ERR_OOM;
   n->gacc = s;
+  return AD_OK;
+}
+
+ad_status ad_leaf_grad(ad_ctx *ctx, ad_tensor *t, ad_tensor **grad) {
+  ad_node *n = ad_node_of(t);
+  *grad = NULL;
+  if (!ctx->leaf_direct || !(n->flags & AD_NF_PERSISTENT) || !(n->flags & AD_NF_REQUIRES_GRAD))
+    return AD_OK;
+  if (!n->t.grad && !(n->t.grad = ad_zeros(ctx, n->t.dtype, n->t.ndim, n->t.shape)))
+    return AD_ERR_OOM;
+  *grad = n->t.grad;
   return AD_OK;
 }
 
@@ -330,6 +338,7 @@ static ad_status sweep(ad_ctx *ctx, ad_node *root, const ad_tensor *seed, bool c
 
   bool old = ctx->grad_enabled;
   ctx->grad_enabled = create_graph;
+  ctx->leaf_direct = direct && !create_graph && !ctx->hook;
   ctx->touched_len = 0;
   ad_status st = accumulate(ctx, root, g, direct);
   size_t top = root->flags & AD_NF_RECORDED ? (size_t)root->tape_idx + 1 : 0;
@@ -361,7 +370,7 @@ static ad_status sweep(ad_ctx *ctx, ad_node *root, const ad_tensor *seed, bool c
         gin[k] = NULL;
         continue;
       }
-      ad_tensor *gk = ad_reduce_to(ctx, gin[k], in[k]);
+      ad_tensor *gk = ad_same_shape(gin[k], in[k]) ? gin[k] : ad_reduce_to(ctx, gin[k], in[k]);
       if (!gk) {
         st = ctx->status ? ctx->status : AD_ERR_OOM;
         break;
@@ -373,6 +382,7 @@ static ad_status sweep(ad_ctx *ctx, ad_node *root, const ad_tensor *seed, bool c
     if (st != AD_OK) clear_below(ctx, i);
   }
   ctx->grad_enabled = old;
+  ctx->leaf_direct = false;
   return st;
 }
 

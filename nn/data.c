@@ -18,10 +18,45 @@ static size_t row_bytes(const ad_tensor *x) {
   return x->shape[0] ? (size_t)(x->size / x->shape[0]) * ad_dtype_size(x->dtype) : 0;
 }
 
+typedef struct rows_job {
+  ad_tensor *dst;
+  const ad_tensor *src;
+  const int64_t *rows;
+  size_t rb;
+} rows_job;
+
+static void copy_range(void *ud, int64_t b, int64_t e) {
+  const rows_job *j = ud;
+  for (int64_t i = b; i < e; i++)
+    memcpy((char *)j->dst->data + (size_t)i * j->rb,
+           (const char *)j->src->data + (size_t)j->rows[i] * j->rb, j->rb);
+}
+
+/* Gathers rows: latency-bound when the rows are out of cache, so with the
+ * library's threads (ad_set_num_threads) each takes a share of the rows
+ * and more misses are in flight at once. */
 static void copy_rows(ad_tensor *dst, const ad_tensor *src, int64_t n, const int64_t *rows) {
-  size_t rb = row_bytes(src);
-  for (int64_t i = 0; i < n; i++)
-    memcpy((char *)dst->data + (size_t)i * rb, (const char *)src->data + (size_t)rows[i] * rb, rb);
+  rows_job j = {dst, src, rows, row_bytes(src)};
+  if (!j.rb) return;
+  ad_parallel_for(n, (int64_t)(32768 / j.rb) + 1, copy_range, &j);
+}
+
+/* Asks the memory system for the rows[0..n-1] of x that copy_rows will
+ * read next: the next batch's rows (and labels) are scattered over the data
+ * set (often out of cache), so their first lines are requested while the
+ * current batch trains, and the hardware prefetcher streams the rest of
+ * each row once the copy starts. (Requesting every line costs more in stalled prefetches than
+ * it saves; measured with perf on the seed model.) */
+static void prefetch_rows(const ad_tensor *x, int64_t n, const int64_t *rows) {
+#if defined(__GNUC__)
+  size_t rb = row_bytes(x), lim = rb < 512 ? rb : 512;
+  for (int64_t i = 0; i < n; i++) {
+    const char *r = (const char *)x->data + (size_t)rows[i] * rb;
+    for (size_t o = 0; o < lim; o += 64) __builtin_prefetch(r + o, 0, 2);
+  }
+#else
+  (void)x, (void)n, (void)rows;
+#endif
 }
 
 /* A persistent tensor shaped like x with n rows. */
@@ -188,6 +223,9 @@ bool nn_batcher_next(nn_batcher *b, ad_tensor **xb, ad_tensor **yb) {
   copy_rows(tx, b->x, n, b->order + b->pos);
   if (b->y) copy_rows(ty, b->y, n, b->order + b->pos);
   b->pos += n;
+  int64_t ahead = b->rows - b->pos < b->batch ? b->rows - b->pos : b->batch;
+  prefetch_rows(b->x, ahead, b->order + b->pos);
+  if (b->y) prefetch_rows(b->y, ahead, b->order + b->pos);
   if (xb) *xb = tx;
   if (yb) *yb = b->y ? ty : NULL;
   return true;

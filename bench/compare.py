@@ -1,0 +1,282 @@
+#!/usr/bin/env python3
+"""compare.py: the engine's training benchmarks side by side with PyTorch.
+
+Runs bench/mlp and the same training loop in PyTorch (same layers, batch,
+epochs, samples, Adam lr 1e-3, float32, torch.set_num_threads(T) and
+OPENBLAS_NUM_THREADS=OMP_NUM_THREADS=T, since torch's products run in
+OpenBLAS, whose thread count set_num_threads does not change; only the
+training loop is timed, on synthetic data held in memory), alternating ours
+and theirs within each configuration, REPEATS times, and prints medians:
+
+  config           the issue's targets: the seed model (784-64-64-10, batch
+                   32, 5 epochs x 8000) and the wide one (784-1024-1024-10,
+                   batch 256, 2 epochs x 8000), with 1 and 2 threads
+  ours s, torch s  median wall seconds of the training loop ("train_s")
+  ratio            ours / torch (lower is better)
+  ours GFLOPS      the matrix products' flops per second of training (see
+                   bench/mlp.c for how they are counted)
+  RSS              peak resident set of our process and of the torch one
+
+then the thread scaling (1 -> 2 threads), bench/scalar_chain's ns per op,
+and the built-in GEMM against OpenBLAS on the seed model: end to end (a
+-Dblas=disabled build's bench/mlp, given with --builtin-mlp, against the
+default build's) and per product (bench/ops: the seed step's eight matrix
+products, time-weighted).
+
+Each process is fresh, so every run pays its own warm-up, as a user's
+script does. PyTorch is skipped with a message when it cannot be imported
+(by this interpreter or by /usr/bin/python3, or by --python).
+
+  bench/compare.py [--build DIR] [--builtin-mlp PATH] [--repeats N]
+                   [--python EXE] [--only seed|wide]
+"""
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+CONFIGS = [
+    # name, layers, batch, epochs, samples, threads, target ratio
+    ("seed 1 thread", "784,64,64,10", 32, 5, 8000, 1, 0.15),
+    ("seed 2 threads", "784,64,64,10", 32, 5, 8000, 2, None),
+    ("wide 1 thread", "784,1024,1024,10", 256, 2, 8000, 1, 0.95),
+    ("wide 2 threads", "784,1024,1024,10", 256, 2, 8000, 2, None),
+]
+
+# The PyTorch side: the loop nn_fit runs (shuffle each epoch, gather the
+# batch, zero_grad, forward, cross-entropy, backward, step, loss.item()).
+TORCH_SCRIPT = r"""
+import resource, sys, time
+import torch
+layers = [int(v) for v in sys.argv[1].split(",")]
+batch, epochs, samples, threads = (int(v) for v in sys.argv[2:6])
+torch.set_num_threads(threads)
+torch.manual_seed(1)
+x = torch.rand(samples, layers[0])
+teacher = torch.randn(layers[0], layers[-1])
+y = ((x - 0.5) @ teacher).argmax(1)
+mods = []
+for i in range(len(layers) - 1):
+    mods.append(torch.nn.Linear(layers[i], layers[i + 1]))
+    if i + 2 < len(layers):
+        mods.append(torch.nn.ReLU())
+model = torch.nn.Sequential(*mods)
+opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+lossf = torch.nn.CrossEntropyLoss()
+t0 = time.perf_counter()
+for e in range(epochs):
+    perm = torch.randperm(samples)
+    total = 0.0
+    for i in range(0, samples, batch):
+        idx = perm[i:i + batch]
+        xb, yb = x[idx], y[idx]
+        opt.zero_grad()
+        loss = lossf(model(xb), yb)
+        loss.backward()
+        opt.step()
+        total += loss.item() * len(idx)
+secs = time.perf_counter() - t0
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+print("peak_rss_mb: %.1f" % rss)
+print("train_s: %.4f" % secs)
+"""
+
+
+def last_value(out, key):
+    """The number after 'key:' on the last line that has it."""
+    for line in reversed(out.splitlines()):
+        if line.startswith(key + ":"):
+            return float(line.split(":", 1)[1].split()[0])
+    raise RuntimeError("no '%s:' in output:\n%s" % (key, out))
+
+
+def run(cmd, env=None):
+    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    if p.returncode != 0:
+        raise RuntimeError("%s failed (%d):\n%s%s" % (" ".join(cmd), p.returncode, p.stdout, p.stderr))
+    return p.stdout
+
+
+def find_torch_python(explicit):
+    """An interpreter that imports torch, or None."""
+    cands = [explicit] if explicit else [sys.executable, "/usr/bin/python3"]
+    for py in cands:
+        if not py or not os.path.exists(py):
+            continue
+        p = subprocess.run([py, "-c", "import torch; print(torch.__version__)"],
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        if p.returncode == 0:
+            return py, p.stdout.strip()
+    return None, None
+
+
+def ours_cmd(mlp, cfg):
+    _, layers, batch, epochs, samples, threads, _ = cfg
+    return [mlp, "--layers", layers, "--batch", str(batch), "--epochs", str(epochs),
+            "--samples", str(samples), "--threads", str(threads), "--optim", "adam",
+            "--dtype", "f32"]
+
+
+def torch_cmd(py, script, cfg):
+    _, layers, batch, epochs, samples, threads, _ = cfg
+    return [py, script, layers, str(batch), str(epochs), str(samples), str(threads)]
+
+
+def torch_env(threads):
+    """torch.set_num_threads sets PyTorch's own (OpenMP) threads, but OpenBLAS,
+    which runs its matrix products, keeps its default of one thread per core
+    unless told otherwise: without this, 'torch 1 thread' multiplies on 2."""
+    env = dict(os.environ)
+    for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[k] = str(threads)
+    return env
+
+
+def med(v):
+    return statistics.median(v) if v else float("nan")
+
+
+def gemm_products(ops_exe):
+    """bench/ops' seed products: (builtin s, openblas s) for one training step,
+    each product's time from its GFLOPS, summed; None without OpenBLAS."""
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+    out = run([ops_exe, "--filter", "matmul/f32/seed.", "--reps", "9"], env=env)
+    tb = to = 0.0
+    rows = 0
+    for line in out.splitlines():
+        f = line.split()
+        if not f or not f[0].startswith("matmul/f32/seed.") or ".io." in f[0]:
+            continue
+        m, n, k = (int(v) for v in f[1].split("x"))
+        nums = [v for v in f[2:] if v.replace(".", "", 1).isdigit()]
+        if len(nums) < 4:
+            return None
+        _, openblas, builtin = (float(v) for v in nums[:3])
+        flops = 2.0 * m * n * k
+        tb += flops / (builtin * 1e9)
+        to += flops / (openblas * 1e9)
+        rows += 1
+    return (tb, to, rows) if rows else None
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--build", default=os.path.join(ROOT, "build"),
+                    help="build directory with bench/mlp (default: build/)")
+    ap.add_argument("--builtin-mlp", help="bench/mlp of a -Dblas=disabled build")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--python", help="interpreter with torch (default: this one, /usr/bin/python3)")
+    ap.add_argument("--only", choices=["seed", "wide"], help="run only these configurations")
+    a = ap.parse_args()
+
+    mlp = os.path.join(a.build, "bench", "mlp")
+    chain = os.path.join(a.build, "bench", "scalar_chain")
+    ops = os.path.join(a.build, "bench", "ops")
+    if not os.path.exists(mlp):
+        sys.exit("compare.py: %s not found (build first, or pass --build)" % mlp)
+    py, tv = find_torch_python(a.python)
+    if not py:
+        print("PyTorch not found (import torch failed): the torch columns are skipped")
+    script = None
+    if py:
+        fd, script = tempfile.mkstemp(suffix=".py", prefix="compare_torch_")
+        with os.fdopen(fd, "w") as f:
+            f.write(TORCH_SCRIPT)
+
+    configs = [c for c in CONFIGS if not a.only or c[0].startswith(a.only)]
+    print("compare.py: %d repeats, ours and torch alternating; medians; torch %s (%s); "
+          "load average %.2f" % (a.repeats, tv or "absent", py or "-", os.getloadavg()[0]))
+    res = {}
+    try:
+        for cfg in configs:
+            ours, theirs, ours_rss, their_rss, gflops = [], [], [], [], []
+            for r in range(a.repeats):
+                order = ["ours", "torch"] if r % 2 == 0 else ["torch", "ours"]
+                for who in order:
+                    if who == "ours":
+                        out = run(ours_cmd(mlp, cfg))
+                        ours.append(last_value(out, "train_s"))
+                        ours_rss.append(last_value(out, "peak_rss_mb"))
+                        gflops.append(last_value(out, "gflops"))
+                    elif py:
+                        out = run(torch_cmd(py, script, cfg), env=torch_env(cfg[5]))
+                        theirs.append(last_value(out, "train_s"))
+                        their_rss.append(last_value(out, "peak_rss_mb"))
+            res[cfg[0]] = (med(ours), med(theirs), max(ours_rss), max(their_rss) if their_rss else None,
+                           med(gflops))
+            print("  %-15s ours %s  torch %s" % (cfg[0], " ".join("%.3f" % v for v in ours),
+                                                 " ".join("%.3f" % v for v in theirs)), flush=True)
+    finally:
+        if script:
+            os.unlink(script)
+
+    print("load average after the runs: %.2f (another busy process shares the 2 cores: the "
+          "2-thread rows are then meaningless)" % os.getloadavg()[0])
+    print()
+    print("| config | ours s | torch s | ratio | target | ours GFLOPS | ours RSS MB | torch RSS MB |")
+    print("|---|---:|---:|---:|---|---:|---:|---:|")
+    for cfg in configs:
+        o, t, orss, trss, gf = res[cfg[0]]
+        ratio = o / t if py else float("nan")
+        tgt = cfg[6]
+        verdict = "-"
+        if tgt is not None and py:
+            verdict = "<= %.2f %s" % (tgt, "met" if ratio <= tgt else "MISSED")
+        print("| %s | %.3f | %s | %s | %s | %.1f | %.1f | %s |" % (
+            cfg[0], o, "%.3f" % t if py else "-", "%.3f" % ratio if py else "-", verdict, gf, orss,
+            "%.1f" % trss if trss else "-"))
+
+    print()
+    for model in ("seed", "wide"):
+        one, two = res.get(model + " 1 thread"), res.get(model + " 2 threads")
+        if not one or not two:
+            continue
+        line = "%s: 1 -> 2 threads speedup ours %.2fx" % (model, one[0] / two[0])
+        if py:
+            line += ", torch %.2fx" % (one[1] / two[1])
+        if model == "wide":
+            line += " (target >= 1.70x: %s)" % ("met" if one[0] / two[0] >= 1.7 else "MISSED")
+        else:
+            line += " (target: not slower: %s)" % ("met" if two[0] <= one[0] * 1.02 else "MISSED")
+        print(line)
+    seed = res.get("seed 1 thread")
+    if seed:
+        print("seed peak RSS: ours %.1f MB (target <= 40: %s)%s" % (
+            seed[2], "met" if seed[2] <= 40 else "MISSED",
+            ", torch %.1f MB" % seed[3] if seed[3] else ""))
+
+    if os.path.exists(chain):
+        out = run([chain])
+        ns = last_value(out, "ns_per_op")
+        print("scalar_chain: %.1f ns per op forward + backward (target <= 100: %s)"
+              % (ns, "met" if ns <= 100 else "MISSED"))
+
+    if a.builtin_mlp and os.path.exists(a.builtin_mlp) and seed:
+        cfg = CONFIGS[0]
+        b, o = [], []
+        for r in range(a.repeats):
+            for who in (["builtin", "blas"] if r % 2 == 0 else ["blas", "builtin"]):
+                if who == "builtin":
+                    b.append(last_value(run(ours_cmd(a.builtin_mlp, cfg)), "train_s"))
+                else:
+                    o.append(last_value(run(ours_cmd(mlp, cfg)), "train_s"))
+        print("seed model, -Dblas=disabled build / default (OpenBLAS) build: %.3f / %.3f s = %.2fx"
+              % (med(b), med(o), med(b) / med(o)))
+    elif not a.builtin_mlp:
+        print("built-in GEMM build: not given (--builtin-mlp PATH to a -Dblas=disabled bench/mlp)")
+    if os.path.exists(ops):
+        g = gemm_products(ops)
+        if g:
+            tb, to, rows = g
+            print("seed step's %d matrix products (bench/ops, 1 thread): built-in %.1f us, "
+                  "OpenBLAS %.1f us, built-in / OpenBLAS %.2fx (target <= 2: %s)"
+                  % (rows, tb * 1e6, to * 1e6, tb / to, "met" if tb / to <= 2 else "MISSED"))
+
+
+if __name__ == "__main__":
+    main()

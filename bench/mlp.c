@@ -1,0 +1,280 @@
+/* mlp: trains a multilayer perceptron on synthetic data through the nn layer
+ * (nn_sequential + nn_fit: the training path users get) and times the
+ * training loop.
+ *
+ *   mlp [--layers 784,64,64,10] [--batch 32] [--epochs 5] [--samples 8000]
+ *       [--threads 1] [--optim adam|sgd] [--dtype f32|f64] [--seed 1]
+ *
+ * Model: Dense layers of the given widths with ReLU between them, softmax
+ * cross-entropy on the logits of the last; Adam lr 1e-3 (or SGD lr 0.01).
+ * Data: --samples rows of uniform [0,1) features and labels from a random
+ * linear teacher (argmax of x T), generated from a seeded ad_rng before the
+ * clock starts. Training: nn_fit with shuffled mini-batches, silent.
+ *
+ * --threads sets the engine's threads (ad_set_num_threads: large products
+ * are split over them, large elementwise ops and the optimizer sweep are
+ * chunked), which also sets OpenBLAS to one thread so that BLAS threads never
+ * run beside the engine's; the OpenBLAS count is read back through a weak
+ * reference (so builds without OpenBLAS link) and printed. OpenMP's count is
+ * set too when the program is linked with it (omp_set_num_threads, weak),
+ * and OMP_NUM_THREADS is exported for libraries that read it later.
+ *
+ * Prints the configuration, the loss of the first and last epoch, a hash of
+ * the trained parameters (equal when two runs computed the same bits), samples/s,
+ * achieved GFLOPS, the CPU seconds of the loop (all threads; less disturbed
+ * than wall time on a busy machine), peak RSS (ru_maxrss, which includes
+ * the data set), and last "train_s: S", the wall seconds of the training
+ * loop alone (nn_fit; no data generation or setup).
+ *
+ * GFLOPS counts the multiply-adds of the matrix products, 2 flops each:
+ * per sample, 2 W forward (W = weight elements), 2 W for the weight
+ * gradients and 2 (W - W_1) for the input gradients (the first layer's
+ * input needs none), times samples x epochs. Bias, activation, loss and
+ * optimizer work is not counted (it is O(units), not O(weights)). */
+#include "nn.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+
+/* Present when the program is linked with OpenBLAS / OpenMP, else NULL. */
+extern int openblas_get_num_threads(void) __attribute__((weak));
+extern void omp_set_num_threads(int n) __attribute__((weak));
+
+#define MAX_LAYERS 16
+
+/* User + system CPU seconds of the process so far (all threads). */
+static double cpu_s(void) {
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  return (double)ru.ru_utime.tv_sec + 1e-6 * (double)ru.ru_utime.tv_usec +
+         (double)ru.ru_stime.tv_sec + 1e-6 * (double)ru.ru_stime.tv_usec;
+}
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+typedef struct options {
+  int nl; /* number of widths */
+  int64_t widths[MAX_LAYERS + 1];
+  int64_t batch, samples;
+  int epochs, threads;
+  nn_opt_kind optim;
+  ad_dtype dtype;
+  unsigned long long seed;
+} options;
+
+static int usage(void) {
+  fprintf(stderr, "usage: mlp [--layers 784,64,64,10] [--batch 32] [--epochs 5] [--samples 8000]\n"
+                  "           [--threads 1] [--optim adam|sgd] [--dtype f32|f64] [--seed 1]\n");
+  return 2;
+}
+
+static bool parse_int(const char *v, long long lo, long long *out) {
+  char *end;
+  errno = 0;
+  long long n = v ? strtoll(v, &end, 10) : 0;
+  if (!v || !*v || *end || errno || n < lo) return false;
+  *out = n;
+  return true;
+}
+
+static bool parse_layers(const char *v, options *o) {
+  o->nl = 0;
+  while (v && *v) {
+    char *end;
+    errno = 0;
+    long long n = strtoll(v, &end, 10);
+    if (end == v || errno || n < 1 || o->nl > MAX_LAYERS) return false;
+    o->widths[o->nl++] = n;
+    if (*end == ',')
+      v = end + 1;
+    else if (*end == 0)
+      v = end;
+    else
+      return false;
+  }
+  return o->nl >= 2;
+}
+
+static bool parse(int argc, char **argv, options *o) {
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+    long long n;
+    if (!v) return false;
+    if (strcmp(a, "--layers") == 0) {
+      if (!parse_layers(v, o)) return false;
+    } else if (strcmp(a, "--batch") == 0 && parse_int(v, 1, &n)) {
+      o->batch = n;
+    } else if (strcmp(a, "--epochs") == 0 && parse_int(v, 1, &n)) {
+      o->epochs = (int)n;
+    } else if (strcmp(a, "--samples") == 0 && parse_int(v, 1, &n)) {
+      o->samples = n;
+    } else if (strcmp(a, "--threads") == 0 && parse_int(v, 1, &n)) {
+      o->threads = (int)n;
+    } else if (strcmp(a, "--seed") == 0 && parse_int(v, 0, &n)) {
+      o->seed = (unsigned long long)n;
+    } else if (strcmp(a, "--optim") == 0 && (!strcmp(v, "adam") || !strcmp(v, "sgd"))) {
+      o->optim = strcmp(v, "adam") == 0 ? NN_OPT_ADAM : NN_OPT_SGD;
+    } else if (strcmp(a, "--dtype") == 0 && (!strcmp(v, "f32") || !strcmp(v, "f64"))) {
+      o->dtype = strcmp(v, "f32") == 0 ? AD_F32 : AD_F64;
+    } else {
+      return false;
+    }
+    i++;
+  }
+  return true;
+}
+
+/* The engine's threads (which also sets OpenBLAS to one thread: the engine
+ * splits large products over its own threads), and OpenMP's when linked. */
+static bool set_threads(int n) {
+  char buf[16];
+  snprintf(buf, sizeof buf, "%d", n);
+  setenv("OMP_NUM_THREADS", buf, 1);
+  if (omp_set_num_threads) omp_set_num_threads(n);
+  return ad_set_num_threads(n) == AD_OK;
+}
+
+/* Features uniform in [0,1) and labels argmax_c (x T)_c for a random
+ * teacher T [in, classes] of normal entries (centred features, so classes
+ * are balanced). Written straight into the tensors: no second copy. */
+static bool make_data(ad_ctx *ctx, const options *o, ad_tensor **x, ad_tensor **y) {
+  int64_t in = o->widths[0], classes = o->widths[o->nl - 1];
+  int64_t xs[2] = {o->samples, in};
+  ad_rng rng;
+  ad_rng_seed(&rng, o->seed);
+  *x = ad_zeros(ctx, o->dtype, 2, xs);
+  *y = ad_zeros(ctx, AD_I32, 1, xs);
+  double *teacher = malloc((size_t)(in * classes) * sizeof *teacher);
+  double *score = malloc((size_t)classes * sizeof *score);
+  if (!*x || !*y || !teacher || !score) {
+    free(teacher);
+    free(score);
+    return false;
+  }
+  for (int64_t i = 0; i < in * classes; i++) teacher[i] = ad_rng_normal(&rng);
+  int32_t *lab = (*y)->data;
+  for (int64_t r = 0; r < o->samples; r++) {
+    for (int64_t c = 0; c < classes; c++) score[c] = 0;
+    for (int64_t k = 0; k < in; k++) {
+      double v = ad_rng_uniform(&rng);
+      if (o->dtype == AD_F32)
+        ((float *)(*x)->data)[r * in + k] = (float)v;
+      else
+        ((double *)(*x)->data)[r * in + k] = v;
+      for (int64_t c = 0; c < classes; c++) score[c] += (v - 0.5) * teacher[k * classes + c];
+    }
+    int64_t best = 0;
+    for (int64_t c = 1; c < classes; c++)
+      if (score[c] > score[best]) best = c;
+    lab[r] = (int32_t)best;
+  }
+  free(teacher);
+  free(score);
+  return true;
+}
+
+/* FNV-1a over the bytes of every parameter: equal across runs, thread
+ * counts and GEMM paths exactly when training computed the same bits. */
+static unsigned long long params_hash(const nn_params *p) {
+  unsigned long long h = 1469598103934665603ULL;
+  for (int i = 0; i < nn_params_count(p); i++) {
+    const ad_tensor *t = nn_params_tensor(p, i);
+    const unsigned char *b = t->data;
+    for (size_t k = 0; k < (size_t)t->size * ad_dtype_size(t->dtype); k++)
+      h = (h ^ b[k]) * 1099511628211ULL;
+  }
+  return h;
+}
+
+int main(int argc, char **argv) {
+  options o = {.nl = 4,
+               .widths = {784, 64, 64, 10},
+               .batch = 32,
+               .samples = 8000,
+               .epochs = 5,
+               .threads = 1,
+               .optim = NN_OPT_ADAM,
+               .dtype = AD_F32,
+               .seed = 1};
+  if (!parse(argc, argv, &o)) return usage();
+  if (!set_threads(o.threads)) {
+    fprintf(stderr, "mlp: cannot start %d threads\n", o.threads);
+    return 1;
+  }
+
+  ad_ctx *ctx = ad_ctx_new();
+  if (!ctx) return 1;
+  ad_tensor *x = NULL, *y = NULL;
+  if (!make_data(ctx, &o, &x, &y)) {
+    fprintf(stderr, "mlp: %s\n", ad_last_error(ctx)[0] ? ad_last_error(ctx) : "out of memory");
+    return 1;
+  }
+
+  ad_rng rng;
+  ad_rng_seed(&rng, o.seed + 1);
+  nn_model *m = nn_sequential_new(ctx);
+  nn_dense_opts dopts = {.dtype = o.dtype};
+  int64_t weights = 0, first = o.widths[0] * o.widths[1];
+  for (int l = 0; l + 1 < o.nl; l++) {
+    nn_model_add(m, nn_dense_new(ctx, o.widths[l], o.widths[l + 1], &rng, &dopts));
+    if (l + 2 < o.nl) nn_model_add(m, nn_activation_new(ctx, NN_ACT_RELU));
+    weights += o.widths[l] * o.widths[l + 1];
+  }
+  nn_opt_config cfg = nn_opt_defaults(o.optim, o.optim == NN_OPT_ADAM ? 1e-3 : 1e-2);
+  nn_optimizer *opt = nn_optimizer_new(nn_model_params(m), &cfg);
+  if (!opt) {
+    fprintf(stderr, "mlp: %s\n", ad_last_error(ctx));
+    return 1;
+  }
+
+  printf("mlp: layers");
+  for (int l = 0; l < o.nl; l++) printf("%c%lld", l ? ',' : ' ', (long long)o.widths[l]);
+  printf(", batch %lld, %d epochs x %lld samples, %s, %s, %d engine threads (OpenBLAS ",
+         (long long)o.batch, o.epochs, (long long)o.samples,
+         o.optim == NN_OPT_ADAM ? "adam" : "sgd", ad_dtype_name(o.dtype), ad_num_threads());
+  if (openblas_get_num_threads)
+    printf("%d thread)", openblas_get_num_threads());
+  else
+    printf("absent)");
+  printf(", gemm %s\n", ad_gemm_backend());
+  printf("parameters: %lld\n", (long long)nn_params_numel(nn_model_params(m)));
+
+  nn_fit_opts fo = {.epochs = o.epochs, .batch_size = o.batch, .seed = o.seed, .verbose = -1};
+  nn_history *h = NULL;
+  double c0 = cpu_s(), t0 = now_s();
+  ad_status st = nn_fit(m, opt, nn_cross_entropy_loss, x, y, &fo, &h);
+  double secs = now_s() - t0, cpu = cpu_s() - c0;
+  if (st != AD_OK) {
+    fprintf(stderr, "mlp: %s\n", ad_last_error(ctx));
+    return 1;
+  }
+
+  double total = (double)o.samples * o.epochs;
+  double flops = total * (6.0 * (double)weights - 2.0 * (double)first);
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  printf("loss: epoch 1 %.4f, epoch %d %.4f\n", nn_history_get(h, "loss", 0), o.epochs,
+         nn_history_get(h, "loss", o.epochs - 1));
+  printf("params_hash: %016llx\n", params_hash(nn_model_params(m)));
+  printf("samples_per_s: %.0f\n", total / secs);
+  printf("gflops: %.2f (matmul flops %.3g)\n", flops / secs * 1e-9, flops);
+  printf("cpu_s: %.4f (user + system, all threads)\n", cpu);
+  printf("peak_rss_mb: %.1f\n", (double)ru.ru_maxrss / 1024.0);
+  printf("train_s: %.4f\n", secs);
+
+  nn_history_free(h);
+  nn_optimizer_free(opt);
+  nn_model_free(m);
+  ad_tensor_free(x);
+  ad_tensor_free(y);
+  ad_ctx_free(ctx);
+  return 0;
+}

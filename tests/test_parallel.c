@@ -1,0 +1,245 @@
+/* test_parallel.c: the library's threads (ad_set_num_threads) and
+ * ad_parallel_for, and that ops split over threads give what one thread
+ * gives: elementwise ops and sum_to bit for bit, matrix products to within
+ * the last bits (OpenBLAS rounds differently on the parts of a split
+ * product, as it does under its own threading; the built-in GEMM does not),
+ * and parameter gradients that ad_backward adds straight into grad. */
+#include "ad.h"
+
+#include <criterion/criterion.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "test_alloc.h"
+
+TEST_CTX_SUITE(parallel);
+
+Test(parallel, thread_count) {
+  cr_assert_eq(ad_num_threads(), 1);
+  cr_assert_eq(ad_set_num_threads(0), AD_ERR_ARG);
+  cr_assert_eq(ad_set_num_threads(-3), AD_ERR_ARG);
+  cr_assert_eq(ad_num_threads(), 1);
+  cr_assert_eq(ad_set_num_threads(3), AD_OK);
+  cr_assert_eq(ad_num_threads(), 3);
+  cr_assert_eq(ad_set_num_threads(1), AD_OK);
+  cr_assert_eq(ad_num_threads(), 1);
+  cr_assert_eq(ad_set_num_threads(1000), AD_OK);
+  cr_assert_eq(ad_num_threads(), 64);
+  cr_assert_eq(ad_set_num_threads(1), AD_OK);
+}
+
+/* ---------------------------------------------------------- parallel_for */
+
+typedef struct visit {
+  _Atomic int *count; /* times each index was visited */
+  int64_t grain, n;
+  _Atomic int64_t short_ranges; /* ranges shorter than grain, but the last */
+} visit;
+
+static void mark(void *ud, int64_t b, int64_t e) {
+  visit *v = ud;
+  if (e - b < v->grain && e != v->n) atomic_fetch_add(&v->short_ranges, 1);
+  for (int64_t i = b; i < e; i++) atomic_fetch_add(&v->count[i], 1);
+}
+
+/* Every index exactly once, in ranges of at least grain. */
+static void check_cover(int64_t n, int64_t grain) {
+  visit v = {calloc((size_t)(n ? n : 1), sizeof(_Atomic int)), grain, n, 0};
+  cr_assert_not_null(v.count);
+  ad_parallel_for(n, grain, mark, &v);
+  for (int64_t i = 0; i < n; i++)
+    QUICK_ASSERT(atomic_load(&v.count[i]) == 1, "n %lld grain %lld: index %lld visited %d times",
+                 (long long)n, (long long)grain, (long long)i, atomic_load(&v.count[i]));
+  cr_assert_eq(atomic_load(&v.short_ranges), 0, "n %lld grain %lld", (long long)n,
+               (long long)grain);
+  free(v.count);
+}
+
+Test(parallel, covers_every_index_once) {
+  static const int threads[] = {1, 2, 4, 7};
+  static const int64_t ns[] = {0, 1, 2, 3, 17, 100, 1000, 4097, 100000};
+  static const int64_t grains[] = {1, 3, 64, 1000, 200000};
+  for (size_t t = 0; t < sizeof threads / sizeof threads[0]; t++) {
+    cr_assert_eq(ad_set_num_threads(threads[t]), AD_OK);
+    for (size_t i = 0; i < sizeof ns / sizeof ns[0]; i++)
+      for (size_t g = 0; g < sizeof grains / sizeof grains[0]; g++) check_cover(ns[i], grains[g]);
+  }
+  ad_set_num_threads(1);
+}
+
+/* Many loops in a row: the job generations must not mix. */
+Test(parallel, many_loops) {
+  cr_assert_eq(ad_set_num_threads(2), AD_OK);
+  for (int r = 0; r < 2000; r++) check_cover(64 + r % 7, 4);
+  ad_set_num_threads(1);
+}
+
+/* A loop inside a loop runs in the thread that calls it, in one range. */
+typedef struct nest {
+  _Atomic int inner_calls, inner_ranges_of_all;
+} nest;
+
+static void inner(void *ud, int64_t b, int64_t e) {
+  nest *s = ud;
+  atomic_fetch_add(&s->inner_calls, 1);
+  if (b == 0 && e == 50) atomic_fetch_add(&s->inner_ranges_of_all, 1);
+}
+
+static void outer(void *ud, int64_t b, int64_t e) {
+  for (int64_t i = b; i < e; i++) ad_parallel_for(50, 1, inner, ud);
+}
+
+Test(parallel, nested_loops_run_inline) {
+  cr_assert_eq(ad_set_num_threads(2), AD_OK);
+  nest s = {0, 0};
+  ad_parallel_for(40, 1, outer, &s);
+  cr_assert_eq(atomic_load(&s.inner_calls), 40);
+  cr_assert_eq(atomic_load(&s.inner_ranges_of_all), 40);
+  ad_set_num_threads(1);
+}
+
+/* Two application threads using the pool at once: one gets the workers,
+ * the other runs its loop itself; both loops are complete. */
+static void *two_callers(void *arg) {
+  (void)arg;
+  for (int r = 0; r < 300; r++) check_cover(1000, 10);
+  return NULL;
+}
+
+Test(parallel, concurrent_callers) {
+  cr_assert_eq(ad_set_num_threads(3), AD_OK);
+  pthread_t t;
+  cr_assert_eq(pthread_create(&t, NULL, two_callers, NULL), 0);
+  two_callers(NULL);
+  pthread_join(t, NULL);
+  ad_set_num_threads(1);
+}
+
+/* ------------------------------------------------------- ops on threads */
+
+/* The same op on 1 and on 3 threads; the worst difference relative to the
+ * largest magnitude in the result (0 when bitwise equal). */
+typedef ad_tensor *(*op_fn)(ad_ctx *, ad_tensor *, ad_tensor *);
+
+static double compare_threads(op_fn f, ad_tensor *a, ad_tensor *b) {
+  ad_set_num_threads(1);
+  ad_tensor *y1 = f(ctx, a, b);
+  cr_assert_eq(ad_set_num_threads(3), AD_OK);
+  ad_tensor *y3 = f(ctx, a, b);
+  ad_set_num_threads(1);
+  cr_assert(y1 && y3, "%s", ad_last_error(ctx));
+  cr_assert_eq(y1->size, y3->size);
+  double worst = 0, scale = 0;
+  for (int64_t i = 0; i < y1->size; i++)
+    if (fabs(ad_tensor_get(y1, i)) > scale) scale = fabs(ad_tensor_get(y1, i));
+  for (int64_t i = 0; i < y1->size; i++) {
+    double u = ad_tensor_get(y1, i), v = ad_tensor_get(y3, i);
+    double d = u == v ? 0 : isnan(u) || isnan(v) ? INFINITY : fabs(u - v) / scale;
+    if (d > worst) worst = d;
+  }
+  ad_tape_reset(ctx);
+  return worst;
+}
+
+static ad_tensor *op_relu(ad_ctx *c, ad_tensor *a, ad_tensor *b) {
+  (void)b;
+  return ad_relu(c, a);
+}
+static ad_tensor *op_tanh(ad_ctx *c, ad_tensor *a, ad_tensor *b) {
+  (void)b;
+  return ad_tanh(c, a);
+}
+static ad_tensor *op_sum_to(ad_ctx *c, ad_tensor *a, ad_tensor *b) {
+  return ad_sum_to(c, a, b->ndim, b->shape);
+}
+static ad_tensor *op_mm(ad_ctx *c, ad_tensor *a, ad_tensor *b) {
+  return ad_matmul(c, a, b, false, true);
+}
+static ad_tensor *op_mm_ta(ad_ctx *c, ad_tensor *a, ad_tensor *b) {
+  return ad_matmul(c, a, b, true, false);
+}
+
+static ad_tensor *rand_tensor(ad_rng *rng, ad_dtype dt, int64_t r, int64_t c) {
+  int64_t s[2] = {r, c};
+  ad_tensor *t = ad_rand(ctx, rng, dt, c ? 2 : 1, s, -1, 1);
+  cr_assert_not_null(t);
+  return t;
+}
+
+Test(parallel, elementwise_and_sum_to_are_bitwise_equal) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 7);
+  for (int d = 0; d < 2; d++) {
+    ad_dtype dt = d ? AD_F64 : AD_F32;
+    ad_tensor *x = rand_tensor(&rng, dt, 300, 1000), *y = rand_tensor(&rng, dt, 300, 1000);
+    ad_tensor *row = rand_tensor(&rng, dt, 1000, 0), *s_keep = ad_full(ctx, dt, 0, NULL, 0.5);
+    cr_assert_eq(compare_threads(ad_add, x, y), 0);      /* same shapes */
+    cr_assert_eq(compare_threads(ad_mul, x, row), 0);    /* row broadcast */
+    cr_assert_eq(compare_threads(ad_sub, x, s_keep), 0); /* scalar */
+    cr_assert_eq(compare_threads(op_relu, x, NULL), 0);  /* unary */
+    cr_assert_eq(compare_threads(op_tanh, x, NULL), 0);  /* unary, libm */
+    cr_assert_eq(compare_threads(op_sum_to, x, row), 0); /* bias gradient */
+    ad_tensor_free(x), ad_tensor_free(y), ad_tensor_free(row), ad_tensor_free(s_keep);
+  }
+}
+
+Test(parallel, matmul_split_matches) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 8);
+  for (int d = 0; d < 2; d++) {
+    ad_dtype dt = d ? AD_F64 : AD_F32;
+    double tol = d ? 1e-12 : 1e-5;
+    ad_tensor *x = rand_tensor(&rng, dt, 256, 784), *w = rand_tensor(&rng, dt, 1000, 784);
+    ad_tensor *dy = rand_tensor(&rng, dt, 256, 1000);
+    cr_assert_leq(compare_threads(op_mm, x, w), tol);     /* forward: split over columns */
+    cr_assert_leq(compare_threads(op_mm_ta, dy, x), tol); /* weight gradient: over rows */
+    ad_tensor *xs = rand_tensor(&rng, dt, 32, 784), *ws = rand_tensor(&rng, dt, 64, 784);
+    cr_assert_leq(compare_threads(op_mm, xs, ws), tol); /* the seed model's first product */
+    ad_tensor_free(x), ad_tensor_free(w), ad_tensor_free(dy), ad_tensor_free(xs),
+        ad_tensor_free(ws);
+  }
+}
+
+/* ---------------------------------------- gradients added straight to grad */
+
+/* L = sum(relu(x W^T + b) * c): W's gradient (added by the GEMM into grad)
+ * and b's (through the tape) accumulate over passes, agree with ad_grad
+ * (which builds them as temporaries), and are the same on 3 threads. */
+Test(parallel, direct_parameter_gradients) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 9);
+  ad_tensor *x = rand_tensor(&rng, AD_F64, 64, 200), *w = rand_tensor(&rng, AD_F64, 300, 200);
+  ad_tensor *b = rand_tensor(&rng, AD_F64, 300, 0), *c = rand_tensor(&rng, AD_F64, 64, 300);
+  ad_tensor_set_requires_grad(w, true);
+  ad_tensor_set_requires_grad(b, true);
+  ad_tensor *g[2] = {NULL, NULL}, *params[2] = {w, b};
+  ad_tensor *first[2] = {NULL, NULL};
+  for (int threads = 1; threads <= 3; threads += 2) {
+    cr_assert_eq(ad_set_num_threads(threads), AD_OK);
+    for (int pass = 0; pass < 2; pass++) {
+      ad_tensor *h = ad_relu(ctx, ad_add(ctx, ad_matmul(ctx, x, w, false, true), b));
+      ad_tensor *L = ad_sum(ctx, ad_mul(ctx, h, c));
+      cr_assert_eq(ad_backward(ctx, L, NULL), AD_OK, "%s", ad_last_error(ctx));
+      if (pass == 0 && threads == 1) { /* the reference: ad_grad's temporaries */
+        cr_assert_eq(ad_grad(ctx, L, NULL, 2, params, g, false), AD_OK);
+        for (int k = 0; k < 2; k++) first[k] = ad_tensor_clone(ctx, g[k]);
+      }
+      ad_tape_reset(ctx);
+    }
+    for (int k = 0; k < 2; k++)
+      for (int64_t i = 0; i < params[k]->size; i++) {
+        double want = 2 * ad_tensor_get(first[k], i), got = ad_tensor_get(params[k]->grad, i);
+        QUICK_ASSERT(fabs(got - want) <= 1e-12 * (1 + fabs(want)),
+                     "threads %d, param %d [%lld]: %.17g, want %.17g", threads, k, (long long)i,
+                     got, want);
+      }
+    ad_tensor_zero_grad(w);
+    ad_tensor_zero_grad(b);
+  }
+  ad_set_num_threads(1);
+  for (int k = 0; k < 2; k++) ad_tensor_free(first[k]);
+  ad_tensor_free(x), ad_tensor_free(w), ad_tensor_free(b), ad_tensor_free(c);
+}
