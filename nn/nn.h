@@ -88,15 +88,7 @@
 extern "C" {
 #endif
 
-#ifndef NN_API
-#if defined(_WIN32) && defined(NN_BUILDING_DLL)
-#define NN_API __declspec(dllexport)
-#elif defined(__GNUC__)
-#define NN_API __attribute__((visibility("default")))
-#else
-#define NN_API
-#endif
-#endif
+/* NN_API (the export macro) comes from nn_io.h. */
 
 /* ============================================================ parameters */
 
