@@ -17,11 +17,11 @@ and theirs within each configuration, REPEATS times, and prints medians:
                    bench/mlp.c for how they are counted)
   RSS              peak resident set of our process and of the torch one
 
-then the thread scaling (1 -> 2 threads), bench/scalar_chain's ns per op,
-and the built-in GEMM against OpenBLAS on the seed model: end to end (a
--Dblas=disabled build's bench/mlp, given with --builtin-mlp, against the
-default build's) and per product (bench/ops: the seed step's eight matrix
-products, time-weighted).
+then the thread scaling (1 -> 2 threads), bench/scalar_chain's ns per op
+(median of REPEATS processes), and the built-in GEMM against OpenBLAS on
+the seed model: end to end (a -Dblas=disabled build's bench/mlp, given
+with --builtin-mlp, against the default build's) and per product
+(bench/ops: the seed step's eight matrix products, time-weighted).
 
 Each process is fresh, so every run pays its own warm-up, as a user's
 script does. PyTorch is skipped with a message when it cannot be imported
@@ -190,7 +190,8 @@ def main():
 
     configs = [c for c in CONFIGS if not a.only or c[0].startswith(a.only)]
     print("compare.py: %d repeats, ours and torch alternating; medians; torch %s (%s); "
-          "load average %.2f" % (a.repeats, tv or "absent", py or "-", os.getloadavg()[0]))
+          "1-min load average before %.2f" % (a.repeats, tv or "absent", py or "-",
+                                               os.getloadavg()[0]))
     res = {}
     try:
         for cfg in configs:
@@ -215,8 +216,8 @@ def main():
         if script:
             os.unlink(script)
 
-    print("load average after the runs: %.2f (another busy process shares the 2 cores: the "
-          "2-thread rows are then meaningless)" % os.getloadavg()[0])
+    print("1-min load average after: %.2f (it counts these runs, up to 2; well above that, other "
+          "processes shared the cores and the 2-thread rows mean little)" % os.getloadavg()[0])
     print()
     print("| config | ours s | torch s | ratio | target | ours GFLOPS | ours RSS MB | torch RSS MB |")
     print("|---|---:|---:|---:|---|---:|---:|---:|")
@@ -251,10 +252,11 @@ def main():
             ", torch %.1f MB" % seed[3] if seed[3] else ""))
 
     if os.path.exists(chain):
-        out = run([chain])
-        ns = last_value(out, "ns_per_op")
-        print("scalar_chain: %.1f ns per op forward + backward (target <= 100: %s)"
-              % (ns, "met" if ns <= 100 else "MISSED"))
+        runs = [last_value(run([chain]), "ns_per_op") for _ in range(a.repeats)]
+        ns = med(runs)
+        print("scalar_chain: %.1f ns per op forward + backward, median of %d runs (%s) "
+              "(target <= 100: %s)" % (ns, len(runs), " ".join("%.1f" % v for v in runs),
+                                       "met" if ns <= 100 else "MISSED"))
 
     if a.builtin_mlp and os.path.exists(a.builtin_mlp) and seed:
         cfg = CONFIGS[0]
