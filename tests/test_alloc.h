@@ -22,6 +22,7 @@
 #include "ad.h"
 
 #include <criterion/criterion.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -105,5 +106,21 @@ static inline void test_alloc_refuse_after(test_alloc *ta, long k) {
 
 /* Stops refusing: every later request is granted. */
 static inline void test_alloc_grant_all(test_alloc *ta) { ta->refuse = TEST_ALLOC_GRANT; }
+
+/* Asserts that c's sticky error has status st and that its message contains
+ * each of the NULL-terminated strings s1, ...; then clears it. */
+static inline void test_expect_error(ad_ctx *c, ad_status st, const char *s1, ...) {
+  const char *msg = ad_last_error(c);
+  cr_assert_eq(ad_last_status(c), st, "status %s (\"%s\"), expected %s",
+               ad_status_str(ad_last_status(c)), msg, ad_status_str(st));
+  va_list ap;
+  va_start(ap, s1);
+  for (const char *s = s1; s; s = va_arg(ap, const char *))
+    cr_assert_not_null(strstr(msg, s), "message \"%s\" lacks \"%s\"", msg, s);
+  va_end(ap);
+  ad_clear_error(c);
+  cr_assert_eq(ad_last_status(c), AD_OK);
+  cr_assert_str_eq(ad_last_error(c), "");
+}
 
 #endif

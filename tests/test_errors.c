@@ -12,21 +12,8 @@
 
 TEST_CTX_SUITE(errors);
 
-/* Asserts the sticky error has status st and its message contains each of
- * the NULL-terminated strings; then clears it. */
-static void expect_error(ad_status st, const char *s1, ...) {
-  const char *msg = ad_last_error(ctx);
-  cr_assert_eq(ad_last_status(ctx), st, "status %s (%s), expected %s",
-               ad_status_str(ad_last_status(ctx)), msg, ad_status_str(st));
-  va_list ap;
-  va_start(ap, s1);
-  for (const char *s = s1; s; s = va_arg(ap, const char *))
-    cr_assert_not_null(strstr(msg, s), "message \"%s\" lacks \"%s\"", msg, s);
-  va_end(ap);
-  ad_clear_error(ctx);
-  cr_assert_eq(ad_last_status(ctx), AD_OK);
-  cr_assert_str_eq(ad_last_error(ctx), "");
-}
+/* expect_error(st, "text", ..., NULL): see test_expect_error */
+#define expect_error(...) test_expect_error(ctx, __VA_ARGS__)
 
 static ad_tensor *tensor(ad_dtype dt, int ndim, const int64_t *shape) {
   ad_tensor *t = ad_ones(ctx, dt, ndim, shape);

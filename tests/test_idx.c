@@ -101,17 +101,8 @@ static unsigned char *gzip_bytes(const unsigned char *in, size_t n, size_t *out_
   return out;
 }
 
-static void expect_error(ad_status st, const char *s1, ...) {
-  const char *msg = ad_last_error(ctx);
-  cr_assert_eq(ad_last_status(ctx), st, "status %s (\"%s\"), expected %s",
-               ad_status_str(ad_last_status(ctx)), msg, ad_status_str(st));
-  va_list ap;
-  va_start(ap, s1);
-  for (const char *s = s1; s; s = va_arg(ap, const char *))
-    cr_assert_not_null(strstr(msg, s), "message \"%s\" lacks \"%s\"", msg, s);
-  va_end(ap);
-  ad_clear_error(ctx);
-}
+/* expect_error(st, "text", ..., NULL): see test_expect_error */
+#define expect_error(...) test_expect_error(ctx, __VA_ARGS__)
 
 /* Loads path expecting failure with a message naming it; no leak. */
 static void expect_load_fails(const char *path, ad_status st, const char *msg) {
