@@ -163,15 +163,25 @@ AD_API char *ad_shape_str(const ad_tensor *t, char *buf, size_t n);
 AD_API void *ad_malloc(ad_ctx *ctx, size_t size);
 AD_API void ad_free(ad_ctx *ctx, void *ptr, size_t size);
 
-/* ------------------------------------------------------------------ RNG */
+/* ------------------------------------------------------------------ RNG
+ * A generator is caller-owned plain data (ad_rng) with no context, so no
+ * sticky error. A NULL rng never crashes: ad_rng_seed returns AD_ERR_NULL;
+ * a draw from a NULL rng returns NaN (real draws: never a real draw) or 0
+ * (integer draws: no value is free, and an index must stay in range).
+ * Check ad_rng_seed's status: the generator it seeded is not NULL. */
 
-AD_API void ad_rng_seed(ad_rng *rng, uint64_t seed);
+/* Sets the state from seed (splitmix64), so equal seeds give equal
+ * streams. Returns AD_OK, or AD_ERR_NULL (nothing done) if rng is NULL. */
+AD_API ad_status ad_rng_seed(ad_rng *rng, uint64_t seed);
+/* The next 64 random bits (xoshiro256**). A NULL rng returns 0, which is
+ * also a possible draw. */
 AD_API uint64_t ad_rng_next(ad_rng *rng);
-/* Uniform in [0, 1). */
+/* Uniform in [0, 1). A NULL rng returns NaN. */
 AD_API double ad_rng_uniform(ad_rng *rng);
-/* Standard normal (Box-Muller). */
+/* Standard normal (Box-Muller). A NULL rng returns NaN. */
 AD_API double ad_rng_normal(ad_rng *rng);
-/* Uniform integer in [0, n); n > 0. */
+/* Uniform integer in [0, n) (unbiased). Returns 0 if n == 0 or rng is NULL:
+ * the result is an index, so it never falls outside [0, n) for n > 0. */
 AD_API uint64_t ad_rng_below(ad_rng *rng, uint64_t n);
 
 /* -------------------------------------------- persistent tensors (leaves)

@@ -244,14 +244,16 @@ static uint64_t splitmix64(uint64_t *x) {
   return z ^ (z >> 31);
 }
 
-void ad_rng_seed(ad_rng *rng, uint64_t seed) {
-  if (!rng) return;
+ad_status ad_rng_seed(ad_rng *rng, uint64_t seed) {
+  if (!rng) return AD_ERR_NULL;
   for (int i = 0; i < 4; i++) rng->s[i] = splitmix64(&seed);
+  return AD_OK;
 }
 
 static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
 
-uint64_t ad_rng_next(ad_rng *rng) {
+/* One xoshiro256** step; the public functions check rng, then call this. */
+static uint64_t rng_step(ad_rng *rng) {
   uint64_t *s = rng->s;
   uint64_t r = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
   s[2] ^= s[0];
@@ -263,18 +265,23 @@ uint64_t ad_rng_next(ad_rng *rng) {
   return r;
 }
 
-double ad_rng_uniform(ad_rng *rng) { return (double)(ad_rng_next(rng) >> 11) * 0x1.0p-53; }
+static double rng_step_uniform(ad_rng *rng) { return (double)(rng_step(rng) >> 11) * 0x1.0p-53; }
+
+uint64_t ad_rng_next(ad_rng *rng) { return rng ? rng_step(rng) : 0; }
+
+double ad_rng_uniform(ad_rng *rng) { return rng ? rng_step_uniform(rng) : NAN; }
 
 double ad_rng_normal(ad_rng *rng) {
-  double u1 = ad_rng_uniform(rng), u2 = ad_rng_uniform(rng);
+  if (!rng) return NAN;
+  double u1 = rng_step_uniform(rng), u2 = rng_step_uniform(rng);
   if (u1 < 1e-300) u1 = 1e-300;
   return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
 }
 
 uint64_t ad_rng_below(ad_rng *rng, uint64_t n) {
-  if (n == 0) return 0;
+  if (!rng || n == 0) return 0; /* not n: callers index with the result */
   uint64_t lim = UINT64_MAX - UINT64_MAX % n, r;
-  do r = ad_rng_next(rng);
+  do r = rng_step(rng);
   while (r >= lim);
   return r % n;
 }

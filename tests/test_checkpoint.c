@@ -5,7 +5,7 @@
  * failure gives an error with a message and leaves tensors and existing
  * files untouched. Run from the repository root (meson sets workdir). */
 #include "nn_io.h"
-#include "test_alloc.h"
+#include "test_tmpdir.h"
 
 #include <criterion/criterion.h>
 #include <dirent.h>
@@ -23,67 +23,9 @@
 
 /* --------------------------------------------------------------- setup */
 
-static test_alloc alloc_state;
-static ad_ctx *ctx;
-static char dir[64];
-static long live_base; /* blocks the context itself holds */
-
-static void setup(void) {
-  alloc_state = (test_alloc){0};
-  ctx = ad_ctx_new_with_alloc(test_alloc_fn, &alloc_state);
-  cr_assert_not_null(ctx);
-  live_base = alloc_state.live;
-  strcpy(dir, "/tmp/nn-ckpt-XXXXXX");
-  cr_assert_not_null(mkdtemp(dir));
-}
-
-static void remove_tree(const char *path) {
-  struct stat sb;
-  if (lstat(path, &sb) != 0) return;
-  if (S_ISDIR(sb.st_mode)) {
-    chmod(path, 0700);
-    DIR *d = opendir(path);
-    if (d) {
-      struct dirent *e;
-      while ((e = readdir(d))) {
-        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-        char sub[512];
-        snprintf(sub, sizeof sub, "%s/%s", path, e->d_name);
-        remove_tree(sub);
-      }
-      closedir(d);
-    }
-    rmdir(path);
-  } else {
-    unlink(path);
-  }
-}
-
-static void teardown(void) {
-  ad_ctx_free(ctx);
-  remove_tree(dir);
-}
-
-TestSuite(checkpoint, .init = setup, .fini = teardown);
+TEST_TMPDIR_SUITE(checkpoint, "nn-ckpt");
 
 /* ------------------------------------------------------------- helpers */
-
-/* dir/name in one of four rotating buffers. */
-static const char *pth(const char *name) {
-  static char buf[4][512];
-  static int k;
-  k = (k + 1) % 4;
-  snprintf(buf[k], sizeof buf[k], "%s/%s", dir, name);
-  return buf[k];
-}
-
-static void write_file(const char *path, const void *data, size_t n) {
-  FILE *f = fopen(path, "wb");
-  QUICK_ASSERT(f, "cannot create %s", path);
-  bool ok = fwrite(data, 1, n, f) == n;
-  ok = fclose(f) == 0 && ok;
-  QUICK_ASSERT(ok, "cannot write %s", path);
-}
 
 /* The whole file (malloc'd; caller frees), its size in *n. */
 static unsigned char *read_file(const char *path, size_t *n) {
@@ -118,7 +60,7 @@ static void write_st(const char *path, const char *json, const void *data, size_
   for (int i = 0; i < 8; i++) b[i] = (unsigned char)((uint64_t)jl >> (8 * i));
   memcpy(b + 8, json, jl);
   if (dlen) memcpy(b + 8 + jl, data, dlen);
-  write_file(path, b, 8 + jl + dlen);
+  test_write_file(path, b, 8 + jl + dlen);
   free(b);
 }
 
@@ -176,7 +118,7 @@ Test(checkpoint, round_trip_is_bit_exact) {
   v[2] = -NAN;
   ((int32_t *)src[5]->data)[0] = INT32_MIN;
   ((int32_t *)src[5]->data)[1] = INT32_MAX;
-  const char *path = pth("model.safetensors");
+  const char *path = test_path("model.safetensors");
   cr_assert_eq(nn_checkpoint_save(ctx, path, 8, names, src), AD_OK, "%s", ad_last_error(ctx));
   ad_tensor *dst[8];
   for (int i = 0; i < 8; i++) dst[i] = zeros_like(src[i]);
@@ -190,7 +132,7 @@ Test(checkpoint, round_trip_is_bit_exact) {
   free_all(2, dsub);
   free_all(8, src);
   free_all(8, dst);
-  cr_assert_eq(count_entries(dir), 1, "no temporary file is left");
+  cr_assert_eq(count_entries(tmpdir), 1, "no temporary file is left");
   cr_assert_eq(alloc_state.live, live_base, "every block is freed");
 }
 
@@ -201,7 +143,7 @@ Test(checkpoint, file_layout_follows_the_format) {
   ad_tensor *c = ad_from_data(ctx, AD_F64, 1, s, (double[]){0.5, 3.0});
   const char *names[3] = {"a", "b", "c"};
   ad_tensor *ts[3] = {a, b, c};
-  const char *path = pth("layout.st");
+  const char *path = test_path("layout.st");
   cr_assert_eq(nn_checkpoint_save(ctx, path, 3, names, ts), AD_OK, "%s", ad_last_error(ctx));
   size_t n;
   unsigned char *f = read_file(path, &n);
@@ -226,7 +168,7 @@ Test(checkpoint, file_layout_follows_the_format) {
 }
 
 Test(checkpoint, empty_checkpoint) {
-  const char *path = pth("empty.st");
+  const char *path = test_path("empty.st");
   cr_assert_eq(nn_checkpoint_save(ctx, path, 0, NULL, NULL), AD_OK, "%s", ad_last_error(ctx));
   size_t n;
   unsigned char *f = read_file(path, &n);
@@ -251,7 +193,7 @@ Test(checkpoint, metadata_and_info) {
   const char *names[2] = {"layer.0.weight", "void"};
   const char *keys[3] = {"format", "epoch", "note"};
   const char *vals[3] = {"nn", "12", "line1\nline2 \"quoted\" \\ \xc3\xa9"};
-  const char *path = pth("meta.st");
+  const char *path = test_path("meta.st");
   cr_assert_eq(nn_checkpoint_save_meta(ctx, path, 2, names, ts, 3, keys, vals), AD_OK, "%s",
                ad_last_error(ctx));
   nn_checkpoint_info *info = nn_checkpoint_info_read(ctx, path);
@@ -299,7 +241,7 @@ Test(checkpoint, names_with_escapes_and_unicode) {
     ts[i] = filled(AD_F32, 1, s, (uint64_t)i);
     back[i] = zeros_like(ts[i]);
   }
-  const char *path = pth("names.st");
+  const char *path = test_path("names.st");
   cr_assert_eq(nn_checkpoint_save(ctx, path, 4, names, ts), AD_OK, "%s", ad_last_error(ctx));
   cr_assert_eq(nn_checkpoint_load(ctx, path, 4, names, back), AD_OK, "%s", ad_last_error(ctx));
   for (int i = 0; i < 4; i++) cr_assert(same_bits(ts[i], back[i]));
@@ -317,8 +259,8 @@ Test(checkpoint, json_escapes_are_decoded) {
                      " \"\\u0061\\u00e9\\u2603\" : { \"shape\" : [ ] , \"data_offsets\":"
                      "[0,4],\t\"dtype\":\"F32\"}\n}\r\n   ";
   float v = 2.5f;
-  write_st(pth("esc.st"), json, &v, 4);
-  nn_checkpoint_info *info = nn_checkpoint_info_read(ctx, pth("esc.st"));
+  write_st(test_path("esc.st"), json, &v, 4);
+  nn_checkpoint_info *info = nn_checkpoint_info_read(ctx, test_path("esc.st"));
   cr_assert_not_null(info, "%s", ad_last_error(ctx));
   cr_assert_str_eq(info->entries[0].name, "a\xc3\xa9\xe2\x98\x83");
   cr_assert_str_eq(info->meta[0].key, "k\xc3\xa9y");
@@ -326,7 +268,7 @@ Test(checkpoint, json_escapes_are_decoded) {
   nn_checkpoint_info_free(info);
   ad_tensor *t = ad_zeros(ctx, AD_F32, 0, NULL);
   const char *name = "a\xc3\xa9\xe2\x98\x83";
-  cr_assert_eq(nn_checkpoint_load(ctx, pth("esc.st"), 1, &name, &t), AD_OK, "%s",
+  cr_assert_eq(nn_checkpoint_load(ctx, test_path("esc.st"), 1, &name, &t), AD_OK, "%s",
                ad_last_error(ctx));
   cr_assert_eq(ad_tensor_item(t), 2.5);
   ad_tensor_free(t);
@@ -336,12 +278,12 @@ Test(checkpoint, overwrite_replaces_the_file) {
   int64_t s[1] = {3};
   ad_tensor *a = filled(AD_F32, 1, s, 1), *b = filled(AD_F32, 1, s, 2), *c = zeros_like(a);
   const char *name = "x";
-  const char *path = pth("over.st");
+  const char *path = test_path("over.st");
   cr_assert_eq(nn_checkpoint_save(ctx, path, 1, &name, &a), AD_OK);
   cr_assert_eq(nn_checkpoint_save(ctx, path, 1, &name, &b), AD_OK);
   cr_assert_eq(nn_checkpoint_load(ctx, path, 1, &name, &c), AD_OK);
   cr_assert(same_bits(b, c));
-  cr_assert_eq(count_entries(dir), 1);
+  cr_assert_eq(count_entries(tmpdir), 1);
   ad_tensor_free(a);
   ad_tensor_free(b);
   ad_tensor_free(c);
@@ -395,7 +337,7 @@ Test(checkpoint, pytorch_fixture_loads) {
   nn_checkpoint_info_free(info);
 
   /* the engine's own save of the same tensors loads back identically */
-  const char *path = pth("resaved.st");
+  const char *path = test_path("resaved.st");
   cr_assert_eq(nn_checkpoint_save(ctx, path, 6, names, ts), AD_OK, "%s", ad_last_error(ctx));
   ad_tensor *back[6];
   for (int i = 0; i < 6; i++) back[i] = zeros_like(ts[i]);
@@ -457,7 +399,7 @@ Test(checkpoint, load_reports_the_first_mismatch) {
 Test(checkpoint, bad_arguments) {
   int64_t s[1] = {2};
   ad_tensor *a = ad_ones(ctx, AD_F32, 1, s), *b = ad_ones(ctx, AD_F32, 1, s);
-  const char *path = pth("args.st");
+  const char *path = test_path("args.st");
   const char *good[2] = {"a", "b"};
   ad_tensor *ts[2] = {a, b};
   cr_assert_eq(nn_checkpoint_save(ctx, path, 2, good, ts), AD_OK);
@@ -521,7 +463,7 @@ Test(checkpoint, bad_arguments) {
   size_t n1;
   unsigned char *now = read_file(path, &n1);
   cr_assert(n1 == n0 && memcmp(orig, now, n0) == 0);
-  cr_assert_eq(count_entries(dir), 1);
+  cr_assert_eq(count_entries(tmpdir), 1);
   free(orig);
   free(now);
   ad_tensor_free(a);
@@ -550,7 +492,7 @@ static void expect_unchanged(const char *path, const unsigned char *old, size_t 
 
 Test(checkpoint, failed_validation_keeps_the_old_file) {
   size_t n;
-  const char *path = pth("old.st");
+  const char *path = test_path("old.st");
   unsigned char *old = make_old(path, &n);
   int64_t s[1] = {1000};
   ad_tensor *ts[3] = {ad_ones(ctx, AD_F32, 1, s), ad_ones(ctx, AD_F32, 1, s),
@@ -559,14 +501,14 @@ Test(checkpoint, failed_validation_keeps_the_old_file) {
   cr_assert_eq(nn_checkpoint_save(ctx, path, 3, names, ts), AD_ERR_ARG);
   expect_error(AD_ERR_ARG, path, "names[1] is empty", NULL);
   expect_unchanged(path, old, n);
-  cr_assert_eq(count_entries(dir), 1);
+  cr_assert_eq(count_entries(tmpdir), 1);
   free_all(3, ts);
   free(old);
 }
 
 Test(checkpoint, failed_write_keeps_the_old_file) {
   size_t n;
-  const char *path = pth("old.st");
+  const char *path = test_path("old.st");
   unsigned char *old = make_old(path, &n);
   int64_t s[1] = {1 << 16};
   ad_tensor *big = ad_ones(ctx, AD_F64, 1, s);
@@ -583,7 +525,7 @@ Test(checkpoint, failed_write_keeps_the_old_file) {
   cr_assert_eq(st, AD_ERR_IO);
   expect_error(AD_ERR_IO, path, "cannot write", NULL);
   expect_unchanged(path, old, n);
-  cr_assert_eq(count_entries(dir), 1, "the temporary file is removed");
+  cr_assert_eq(count_entries(tmpdir), 1, "the temporary file is removed");
   ad_tensor_free(big);
   free(old);
   cr_assert_eq(alloc_state.live, live_base);
@@ -591,15 +533,15 @@ Test(checkpoint, failed_write_keeps_the_old_file) {
 
 Test(checkpoint, failed_rename_removes_the_temporary) {
   /* the target is a non-empty directory: rename fails after the write */
-  const char *target = pth("target");
+  const char *target = test_path("target");
   cr_assert_eq(mkdir(target, 0700), 0);
-  write_file(pth("target/keep"), "x", 1);
+  test_write_file(test_path("target/keep"), "x", 1);
   int64_t s[1] = {3};
   ad_tensor *t = ad_ones(ctx, AD_F32, 1, s);
   const char *name = "t";
   cr_assert_eq(nn_checkpoint_save(ctx, target, 1, &name, &t), AD_ERR_IO);
   expect_error(AD_ERR_IO, target, "cannot replace", NULL);
-  cr_assert_eq(count_entries(dir), 1);
+  cr_assert_eq(count_entries(tmpdir), 1);
   cr_assert_eq(count_entries(target), 1);
   ad_tensor_free(t);
 }
@@ -608,16 +550,16 @@ Test(checkpoint, unwritable_directory) {
   int64_t s[1] = {3};
   ad_tensor *t = ad_ones(ctx, AD_F32, 1, s);
   const char *name = "t";
-  cr_assert_eq(nn_checkpoint_save(ctx, pth("no/such/dir/x.st"), 1, &name, &t), AD_ERR_IO);
+  cr_assert_eq(nn_checkpoint_save(ctx, test_path("no/such/dir/x.st"), 1, &name, &t), AD_ERR_IO);
   expect_error(AD_ERR_IO, "no/such/dir/x.st", "cannot create a temporary file", NULL);
   /* /proc refuses new files even to root */
   cr_assert_eq(nn_checkpoint_save(ctx, "/proc/nn-test.st", 1, &name, &t), AD_ERR_IO);
   expect_error(AD_ERR_IO, "/proc/nn-test.st", "cannot create a temporary file", NULL);
   /* a read-only directory (root ignores the mode, so only check as a user) */
   size_t n;
-  const char *sub = pth("ro");
+  const char *sub = test_path("ro");
   cr_assert_eq(mkdir(sub, 0700), 0);
-  const char *path = pth("ro/old.st");
+  const char *path = test_path("ro/old.st");
   unsigned char *old = make_old(path, &n);
   chmod(sub, 0500);
   ad_status st = nn_checkpoint_save(ctx, path, 1, &name, &t);
@@ -637,7 +579,7 @@ Test(checkpoint, out_of_memory_everywhere) {
    * every k up to success: errors are OOM, nothing leaks, the old file and
    * the tensors are unchanged, no temporary is left */
   size_t n;
-  const char *path = pth("old.st");
+  const char *path = test_path("old.st");
   unsigned char *old = make_old(path, &n);
   int64_t s[2] = {3, 3};
   ad_tensor *ts[3] = {ad_full(ctx, AD_F32, 2, s, 1), ad_full(ctx, AD_F64, 0, NULL, 2),
@@ -657,7 +599,7 @@ Test(checkpoint, out_of_memory_everywhere) {
     }
     expect_error(AD_ERR_OOM, NULL);
     expect_unchanged(path, old, n);
-    cr_assert_eq(count_entries(dir), 1);
+    cr_assert_eq(count_entries(tmpdir), 1);
   }
   cr_assert(saved);
   ad_tensor *back[3] = {ad_full(ctx, AD_F32, 2, s, -1), ad_full(ctx, AD_F64, 0, NULL, -1),
@@ -737,11 +679,11 @@ static ad_status load_fixture_like(const char *path) {
 Test(checkpoint, truncated_at_every_byte) {
   size_t n;
   unsigned char *fx = read_file(FIXTURE, &n);
-  const char *path = pth("trunc.st");
+  const char *path = test_path("trunc.st");
   cr_assert_eq(load_fixture_like(FIXTURE), AD_OK);
   /* shrink one file in place, from n - 1 bytes down to 0 (rewriting a
    * truncated file each time is slow on some file systems) */
-  write_file(path, fx, n);
+  test_write_file(path, fx, n);
   int fd = open(path, O_WRONLY);
   cr_assert_geq(fd, 0);
   for (size_t len = n; len-- > 0;) {
@@ -758,7 +700,7 @@ Test(checkpoint, truncated_at_every_byte) {
   unsigned char *longer = malloc(n + 1);
   memcpy(longer, fx, n);
   longer[n] = 0;
-  write_file(path, longer, n + 1);
+  test_write_file(path, longer, n + 1);
   cr_assert_neq(load_fixture_like(path), AD_OK);
   free(longer);
   free(fx);
@@ -769,10 +711,10 @@ Test(checkpoint, header_bytes_flipped) {
   unsigned char *fx = read_file(FIXTURE, &n);
   uint64_t hl = 0;
   for (int i = 7; i >= 0; i--) hl = hl << 8 | fx[i];
-  const char *path = pth("flip.st");
+  const char *path = test_path("flip.st");
   static const unsigned char masks[] = {0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80, 0xff};
   int failures = 0, runs = 0;
-  write_file(path, fx, n);
+  test_write_file(path, fx, n);
   int fd = open(path, O_WRONLY);
   cr_assert_geq(fd, 0);
   for (size_t at = 0; at < 8 + hl; at++)
@@ -871,7 +813,7 @@ Test(checkpoint, corrupt_headers) {
       {"{\"__metadata__\":{\"k\":\"1\",\"j\":\"2\",\"k\":\"3\"}}", 0,
        "duplicate __metadata__ key 'k'"},
   };
-  const char *path = pth("bad.st");
+  const char *path = test_path("bad.st");
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     write_st(path, cases[i].json, cases[i].dlen <= 12 ? (const void *)d3 : zeros, cases[i].dlen);
     nn_checkpoint_info *info = nn_checkpoint_info_read(ctx, path);
@@ -894,7 +836,7 @@ Test(checkpoint, corrupt_headers) {
 
 Test(checkpoint, dtype_strings) {
   float d[3] = {1, 2, 3};
-  const char *path = pth("dt.st");
+  const char *path = test_path("dt.st");
   const char *name = "a";
   ad_tensor *t = ad_zeros(ctx, AD_F32, 1, (int64_t[]){3});
   /* an unknown dtype on the tensor asked for is an error */
@@ -930,25 +872,25 @@ Test(checkpoint, dtype_strings) {
 }
 
 Test(checkpoint, bad_header_lengths) {
-  const char *path = pth("len.st");
+  const char *path = test_path("len.st");
   /* shorter than the length field */
-  write_file(path, "\x10\0\0", 3);
+  test_write_file(path, "\x10\0\0", 3);
   cr_assert_null(nn_checkpoint_info_read(ctx, path));
   expect_error(AD_ERR_FORMAT, path, "too short", NULL);
-  write_file(path, "", 0);
+  test_write_file(path, "", 0);
   cr_assert_null(nn_checkpoint_info_read(ctx, path));
   expect_error(AD_ERR_FORMAT, "0 bytes", NULL);
   /* huge */
   unsigned char b[16];
   memset(b, 0xff, 8);
   memcpy(b + 8, "{}      ", 8);
-  write_file(path, b, 16);
+  test_write_file(path, b, 16);
   cr_assert_null(nn_checkpoint_info_read(ctx, path));
   expect_error(AD_ERR_FORMAT, "header length 18446744073709551615 exceeds", NULL);
   /* larger than the file by one */
   memset(b, 0, 8);
   b[0] = 9;
-  write_file(path, b, 16);
+  test_write_file(path, b, 16);
   cr_assert_null(nn_checkpoint_info_read(ctx, path));
   expect_error(AD_ERR_FORMAT, "header length 9 exceeds the 8 bytes", NULL);
   /* a big header length in a big enough file is refused by the limit */
@@ -963,13 +905,13 @@ Test(checkpoint, bad_header_lengths) {
   cr_assert_null(nn_checkpoint_info_read(ctx, path));
   expect_error(AD_ERR_FORMAT, "header length 268435456 is not in [2, 100000000]", NULL);
   /* not a file */
-  cr_assert_null(nn_checkpoint_info_read(ctx, dir));
-  expect_error(AD_ERR_IO, dir, "not a regular file", NULL);
-  cr_assert_null(nn_checkpoint_info_read(ctx, pth("missing.st")));
+  cr_assert_null(nn_checkpoint_info_read(ctx, tmpdir));
+  expect_error(AD_ERR_IO, tmpdir, "not a regular file", NULL);
+  cr_assert_null(nn_checkpoint_info_read(ctx, test_path("missing.st")));
   expect_error(AD_ERR_IO, "missing.st", "cannot open", NULL);
   ad_tensor *t = ad_zeros(ctx, AD_F32, 0, NULL);
   const char *name = "x";
-  cr_assert_eq(nn_checkpoint_load(ctx, pth("missing.st"), 1, &name, &t), AD_ERR_IO);
+  cr_assert_eq(nn_checkpoint_load(ctx, test_path("missing.st"), 1, &name, &t), AD_ERR_IO);
   expect_error(AD_ERR_IO, "cannot open", NULL);
   ad_tensor_free(t);
   cr_assert_eq(alloc_state.live, live_base);

@@ -2,69 +2,22 @@
  * gzip'd files written here, and every malformed variant. Run from the
  * repository root (meson sets workdir). */
 #include "nn_io.h"
-#include "test_alloc.h"
+#include "test_tmpdir.h"
 
 #include <criterion/criterion.h>
-#include <dirent.h>
 #include <fcntl.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <unistd.h>
 #include <zlib.h>
 
 #define IMAGES "data/mnist10k-images-idx3-ubyte.gz"
 #define LABELS "data/mnist10k-labels-idx1-ubyte.gz"
 
-static test_alloc alloc_state;
-static long live_base;
-static ad_ctx *ctx;
-static char dir[64];
-
-static void setup(void) {
-  alloc_state = (test_alloc){0};
-  ctx = ad_ctx_new_with_alloc(test_alloc_fn, &alloc_state);
-  cr_assert_not_null(ctx);
-  live_base = alloc_state.live;
-  strcpy(dir, "/tmp/nn-idx-XXXXXX");
-  cr_assert_not_null(mkdtemp(dir));
-}
-
-static void teardown(void) {
-  ad_ctx_free(ctx);
-  DIR *d = opendir(dir);
-  if (d) {
-    struct dirent *e;
-    while ((e = readdir(d))) {
-      char p[512];
-      snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-      if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) unlink(p);
-    }
-    closedir(d);
-  }
-  rmdir(dir);
-}
-
-TestSuite(idx, .init = setup, .fini = teardown);
+TEST_TMPDIR_SUITE(idx, "nn-idx");
 
 /* ------------------------------------------------------------- helpers */
-
-static const char *pth(const char *name) {
-  static char buf[4][512];
-  static int k;
-  k = (k + 1) % 4;
-  snprintf(buf[k], sizeof buf[k], "%s/%s", dir, name);
-  return buf[k];
-}
-
-static void write_file(const char *path, const void *data, size_t n) {
-  FILE *f = fopen(path, "wb");
-  QUICK_ASSERT(f, "cannot create %s", path);
-  bool ok = n == 0 || fwrite(data, 1, n, f) == n;
-  ok = fclose(f) == 0 && ok;
-  QUICK_ASSERT(ok, "cannot write %s", path);
-}
 
 /* An IDX image: magic 00 00 type ndim, big-endian dims, then the bytes
  * 0, 1, 2, ... (mod 256) for the product of dims. malloc'd; size in *n. */
@@ -187,8 +140,8 @@ Test(idx, raw_file) {
   uint32_t dims[3] = {2, 3, 4};
   size_t n;
   unsigned char *b = make_idx(0x08, 3, dims, &n);
-  const char *path = pth("raw-named.gz"); /* the name does not matter */
-  write_file(path, b, n);
+  const char *path = test_path("raw-named.gz"); /* the name does not matter */
+  test_write_file(path, b, n);
   ad_tensor *t = nn_idx_load(ctx, path, AD_I32, 0);
   cr_assert_not_null(t, "%s", ad_last_error(ctx));
   cr_assert_eq(t->ndim, 3);
@@ -211,8 +164,8 @@ Test(idx, gzip_detected_by_magic) {
   size_t n, zn;
   unsigned char *b = make_idx(0x08, 2, dims, &n);
   unsigned char *z = gzip_bytes(b, n, &zn);
-  const char *path = pth("compressed.idx"); /* no .gz */
-  write_file(path, z, zn);
+  const char *path = test_path("compressed.idx"); /* no .gz */
+  test_write_file(path, z, zn);
   ad_tensor *t = nn_idx_load(ctx, path, AD_I32, 1);
   cr_assert_not_null(t, "%s", ad_last_error(ctx));
   cr_assert(t->ndim == 2 && t->shape[0] == 300 && t->shape[1] == 7);
@@ -226,8 +179,8 @@ Test(idx, large_raw_file_in_chunks) {
   uint32_t dims[1] = {100003}; /* more than one 16 KiB read */
   size_t n;
   unsigned char *b = make_idx(0x08, 1, dims, &n);
-  write_file(pth("big"), b, n);
-  ad_tensor *t = nn_idx_load(ctx, pth("big"), AD_F32, 1);
+  test_write_file(test_path("big"), b, n);
+  ad_tensor *t = nn_idx_load(ctx, test_path("big"), AD_F32, 1);
   cr_assert_not_null(t, "%s", ad_last_error(ctx));
   bool ok = true;
   for (int64_t i = 0; i < t->size; i++) ok &= ((float *)t->data)[i] == (float)(i % 256);
@@ -240,8 +193,8 @@ Test(idx, zero_sized_dims) {
   uint32_t dims[2] = {0, 5};
   size_t n;
   unsigned char *b = make_idx(0x08, 2, dims, &n);
-  write_file(pth("empty"), b, n);
-  ad_tensor *t = nn_idx_load(ctx, pth("empty"), AD_F32, 1);
+  test_write_file(test_path("empty"), b, n);
+  ad_tensor *t = nn_idx_load(ctx, test_path("empty"), AD_F32, 1);
   cr_assert_not_null(t, "%s", ad_last_error(ctx));
   cr_assert(t->ndim == 2 && t->shape[0] == 0 && t->shape[1] == 5 && t->size == 0);
   ad_tensor_free(t);
@@ -256,17 +209,17 @@ Test(idx, bad_arguments) {
   expect_error(AD_ERR_NULL, "path is NULL", NULL);
   cr_assert_null(nn_idx_load(ctx, LABELS, (ad_dtype)7, 1));
   expect_error(AD_ERR_ARG, LABELS, "dtype 7", NULL);
-  cr_assert_null(nn_idx_load(ctx, pth("missing"), AD_I32, 1));
+  cr_assert_null(nn_idx_load(ctx, test_path("missing"), AD_I32, 1));
   expect_error(AD_ERR_IO, "missing", "cannot open", NULL);
-  cr_assert_null(nn_idx_load(ctx, dir, AD_I32, 1));
-  expect_error(AD_ERR_IO, dir, "not a readable regular file", NULL);
+  cr_assert_null(nn_idx_load(ctx, tmpdir, AD_I32, 1));
+  expect_error(AD_ERR_IO, tmpdir, "not a readable regular file", NULL);
 }
 
 Test(idx, bad_magic_and_type) {
-  const char *path = pth("bad");
-  write_file(path, "hello world, not an idx file", 28);
+  const char *path = test_path("bad");
+  test_write_file(path, "hello world, not an idx file", 28);
   expect_load_fails(path, AD_ERR_FORMAT, "bad magic 68 65 6c 6c");
-  write_file(path, "\x01\x00\x08\x01\x00\x00\x00\x01x", 9);
+  test_write_file(path, "\x01\x00\x08\x01\x00\x00\x00\x01x", 9);
   expect_load_fails(path, AD_ERR_FORMAT, "bad magic 01 00 08 01");
   static const struct {
     unsigned code;
@@ -277,16 +230,16 @@ Test(idx, bad_magic_and_type) {
     uint32_t dims[1] = {4};
     size_t n;
     unsigned char *b = make_idx(types[i].code, 1, dims, &n);
-    write_file(path, b, n);
+    test_write_file(path, b, n);
     char want[96];
     snprintf(want, sizeof want, "unsupported type code 0x%02x (%s)", types[i].code, types[i].name);
     expect_load_fails(path, AD_ERR_FORMAT, want);
     free(b);
   }
-  write_file(path, "\x00\x00\x08\x00", 4);
+  test_write_file(path, "\x00\x00\x08\x00", 4);
   expect_load_fails(path, AD_ERR_FORMAT, "0 dims; 1 to 8 are supported");
   unsigned char nine[4 + 36] = {0, 0, 8, 9};
-  write_file(path, nine, sizeof nine);
+  test_write_file(path, nine, sizeof nine);
   expect_load_fails(path, AD_ERR_FORMAT, "9 dims");
 }
 
@@ -294,41 +247,41 @@ Test(idx, dims_and_size_mismatch) {
   uint32_t dims[2] = {3, 5};
   size_t n;
   unsigned char *b = make_idx(0x08, 2, dims, &n);
-  const char *path = pth("mm");
+  const char *path = test_path("mm");
   b = realloc(b, n + 1);
   b[n] = 7;
-  write_file(path, b, n + 1); /* one byte too many */
+  test_write_file(path, b, n + 1); /* one byte too many */
   expect_load_fails(path, AD_ERR_FORMAT, "dims [3,5] need 15 data bytes, but the file has 16");
-  write_file(path, b, n - 1);
+  test_write_file(path, b, n - 1);
   expect_load_fails(path, AD_ERR_FORMAT, "has 14 (truncated)");
   /* gzip'd: too much and too little data */
   size_t zn;
   unsigned char *z = gzip_bytes(b, n + 1, &zn);
-  write_file(path, z, zn);
+  test_write_file(path, z, zn);
   expect_load_fails(path, AD_ERR_FORMAT, "more data than dims [3,5] describe");
   free(z);
   z = gzip_bytes(b, n - 1, &zn);
-  write_file(path, z, zn);
+  test_write_file(path, z, zn);
   expect_load_fails(path, AD_ERR_FORMAT, "truncated: dims [3,5] need 15 data bytes, got 14");
   free(z);
   free(b);
 }
 
 Test(idx, dims_overflow) {
-  const char *path = pth("ov");
+  const char *path = test_path("ov");
   /* 2^32-1 cubed overflows int64 */
   unsigned char h[16] = {0,    0,    8,    3,    0xff, 0xff, 0xff, 0xff,
                          0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
-  write_file(path, h, sizeof h);
+  test_write_file(path, h, sizeof h);
   expect_load_fails(path, AD_ERR_FORMAT, "dims [4294967295,4294967295,4294967295] overflow");
   /* large but not overflowing: a raw file must match exactly */
   unsigned char h2[12] = {0, 0, 8, 2, 0, 1, 0, 0, 0, 1, 0, 0};
-  write_file(path, h2, sizeof h2);
+  test_write_file(path, h2, sizeof h2);
   expect_load_fails(path, AD_ERR_FORMAT, "dims [65536,65536] need 4294967296 data bytes");
   /* and a gzip file cannot claim more than deflate can expand to */
   size_t zn;
   unsigned char *z = gzip_bytes(h2, sizeof h2, &zn);
-  write_file(path, z, zn);
+  test_write_file(path, z, zn);
   expect_load_fails(path, AD_ERR_FORMAT, "gzip file can hold");
   free(z);
 }
@@ -338,19 +291,19 @@ Test(idx, truncated_everywhere) {
   size_t n, zn;
   unsigned char *b = make_idx(0x08, 3, dims, &n);
   unsigned char *z = gzip_bytes(b, n, &zn);
-  const char *path = pth("tr");
+  const char *path = test_path("tr");
   for (size_t len = 0; len < n; len++) {
-    write_file(path, b, len);
+    test_write_file(path, b, len);
     expect_load_fails(path, AD_ERR_FORMAT, len < 16 ? "truncated" : "(truncated)");
   }
   /* gzip cut anywhere: a short stream, a missing trailer, or too short to
    * be recognized at all */
   for (size_t len = 0; len < zn; len++) {
-    write_file(path, z, len);
+    test_write_file(path, z, len);
     expect_load_fails(path, AD_ERR_FORMAT, NULL);
   }
   /* the full files load */
-  write_file(path, z, zn);
+  test_write_file(path, z, zn);
   ad_tensor *t = nn_idx_load(ctx, path, AD_I32, 1);
   cr_assert_not_null(t, "%s", ad_last_error(ctx));
   ad_tensor_free(t);
@@ -363,15 +316,15 @@ Test(idx, gzip_corrupt) {
   size_t n, zn;
   unsigned char *b = make_idx(0x08, 2, dims, &n);
   unsigned char *z = gzip_bytes(b, n, &zn);
-  const char *path = pth("gz");
+  const char *path = test_path("gz");
   /* the CRC-32 of the trailer */
   z[zn - 8] ^= 0x55;
-  write_file(path, z, zn);
+  test_write_file(path, z, zn);
   expect_load_fails(path, AD_ERR_FORMAT, "corrupt gzip stream: incorrect data check");
   z[zn - 8] ^= 0x55;
   /* the length of the trailer */
   z[zn - 2] ^= 0x01;
-  write_file(path, z, zn);
+  test_write_file(path, z, zn);
   expect_load_fails(path, AD_ERR_FORMAT, "corrupt gzip stream");
   z[zn - 2] ^= 0x01;
   /* every byte of the deflate data and header: an error or, rarely, the
@@ -379,7 +332,7 @@ Test(idx, gzip_corrupt) {
   int rejected = 0, total = 0;
   for (size_t at = 2; at < zn - 8; at++) {
     z[at] ^= 0xa5;
-    write_file(path, z, zn);
+    test_write_file(path, z, zn);
     ad_tensor *t = nn_idx_load(ctx, path, AD_I32, 1);
     if (t) {
       bool same = t->size == 400;

@@ -269,6 +269,40 @@ Test(tensor, rng_uniform_and_below_ranges) {
   cr_assert_eq(ad_rng_below(&r, 1), 0);
 }
 
+/* A NULL generator is reported, never dereferenced (ad.h, RNG): one case a
+ * function, so that each stands alone. */
+Test(tensor, rng_seed_null_is_err_null) {
+  cr_assert_eq(ad_rng_seed(NULL, 1), AD_ERR_NULL);
+  ad_rng r = {{1, 2, 3, 4}};
+  cr_assert_eq(ad_rng_seed(&r, 0), AD_OK);
+  cr_assert_eq(r.s[0], UINT64_C(0xe220a8397b1dcdaf), "a good rng is still seeded");
+}
+
+Test(tensor, rng_next_null_is_zero) { cr_assert_eq(ad_rng_next(NULL), 0); }
+
+Test(tensor, rng_uniform_null_is_nan) {
+  double u = ad_rng_uniform(NULL);
+  cr_assert(isnan(u), "got %g", u);
+}
+
+Test(tensor, rng_normal_null_is_nan) {
+  double z = ad_rng_normal(NULL);
+  cr_assert(isnan(z), "got %g", z);
+}
+
+Test(tensor, rng_below_null_or_zero_is_zero) {
+  cr_assert_eq(ad_rng_below(NULL, 7), 0);
+  cr_assert_eq(ad_rng_below(NULL, 1), 0);
+  cr_assert_eq(ad_rng_below(NULL, UINT64_MAX), 0);
+  cr_assert_eq(ad_rng_below(NULL, 0), 0);
+  /* n == 0 draws nothing: the stream is where it was */
+  ad_rng r, before;
+  ad_rng_seed(&r, 11);
+  before = r;
+  cr_assert_eq(ad_rng_below(&r, 0), 0);
+  cr_assert_eq(memcmp(&r, &before, sizeof r), 0);
+}
+
 /* ---------------------------------------------------- scalar, clone, access */
 
 Test(tensor, scalar_is_temporary) {
