@@ -98,6 +98,7 @@
 /* Thread exit frees the packing buffer when C11 threads are in libc. */
 #if !defined(__STDC_NO_THREADS__) &&                                                               \
     (!defined(__GLIBC__) || __GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 34))
+#include <stdatomic.h>
 #include <threads.h>
 #define GEMM_TSS 1
 #endif
@@ -175,11 +176,16 @@ typedef struct gemm_buf {
 static _Thread_local gemm_buf tl_buf;
 
 #ifdef GEMM_TSS
+/* buf_key_ok is atomic although call_once already orders it: glibc's
+ * call_once is invisible to ThreadSanitizer, which would report a race. */
 static tss_t buf_key;
-static bool buf_key_ok;
+static atomic_bool buf_key_ok;
 static once_flag buf_once = ONCE_FLAG_INIT;
 static void buf_release(void *p) { free(p); }
-static void buf_key_init(void) { buf_key_ok = tss_create(&buf_key, buf_release) == thrd_success; }
+static void buf_key_init(void) {
+  atomic_store_explicit(&buf_key_ok, tss_create(&buf_key, buf_release) == thrd_success,
+                        memory_order_release);
+}
 #endif
 
 /* This thread's scratch of at least bytes, 64-byte aligned; NULL on OOM
@@ -194,7 +200,7 @@ static void *gemm_scratch(size_t bytes) {
   tl_buf.cap = cap;
 #ifdef GEMM_TSS
   call_once(&buf_once, buf_key_init);
-  if (buf_key_ok) tss_set(buf_key, p);
+  if (atomic_load_explicit(&buf_key_ok, memory_order_acquire)) tss_set(buf_key, p);
 #endif
   return p;
 }

@@ -137,6 +137,16 @@ def torch_env(threads):
     return env
 
 
+def ours_env():
+    """Our bench/mlp sets OpenBLAS to one thread itself (ad_set_num_threads),
+    but only after OpenBLAS has started its pool at load time, whose idle
+    threads spin for about 0.1 s: on a busy machine they compete with the
+    training loop. Set at launch, as for PyTorch, no pool is started."""
+    env = dict(os.environ)
+    env["OPENBLAS_NUM_THREADS"] = "1"
+    return env
+
+
 def med(v):
     return statistics.median(v) if v else float("nan")
 
@@ -200,7 +210,7 @@ def main():
                 order = ["ours", "torch"] if r % 2 == 0 else ["torch", "ours"]
                 for who in order:
                     if who == "ours":
-                        out = run(ours_cmd(mlp, cfg))
+                        out = run(ours_cmd(mlp, cfg), env=ours_env())
                         ours.append(last_value(out, "train_s"))
                         ours_rss.append(last_value(out, "peak_rss_mb"))
                         gflops.append(last_value(out, "gflops"))
@@ -264,9 +274,9 @@ def main():
         for r in range(a.repeats):
             for who in (["builtin", "blas"] if r % 2 == 0 else ["blas", "builtin"]):
                 if who == "builtin":
-                    b.append(last_value(run(ours_cmd(a.builtin_mlp, cfg)), "train_s"))
+                    b.append(last_value(run(ours_cmd(a.builtin_mlp, cfg), env=ours_env()), "train_s"))
                 else:
-                    o.append(last_value(run(ours_cmd(mlp, cfg)), "train_s"))
+                    o.append(last_value(run(ours_cmd(mlp, cfg), env=ours_env()), "train_s"))
         print("seed model, -Dblas=disabled build / default (OpenBLAS) build: %.3f / %.3f s = %.2fx"
               % (med(b), med(o), med(b) / med(o)))
     elif not a.builtin_mlp:
