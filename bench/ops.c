@@ -10,6 +10,11 @@
  *   reduce   GB/s of sum and max along an axis.
  *   softmax_ce    ns per call of softmax cross-entropy, forward and
  *            forward + backward, on [32,10] and [256,10].
+ *   optim    µs per nn_optimizer_step (Adam) over the parameters of the
+ *            seed and the wide model, and ns per parameter.
+ *   gather   µs per nn_batcher_next (shuffled) of a batch of 32 or 256
+ *            rows of 784 floats from 8000, and GB/s copied: the batch
+ *            gather of bench/mlp, without the training between batches.
  *
  * Each figure is the median of --reps samples; a sample repeats the call
  * until it lasts about --sample-ms. The variants of one matmul shape are
@@ -26,6 +31,7 @@
  * "elementwise/tanh", "softmax_ce/256x10") contains SUBSTR. */
 #include "ad.h"
 #include "ad_internal.h"
+#include "nn.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -434,6 +440,104 @@ static void bench_softmax_ce(ad_ctx *ctx, ad_rng *rng) {
   }
 }
 
+/* ---------------------------------------------- optimizer step, gather */
+
+static void run_optim(void *ud) { nn_optimizer_step(ud); }
+
+typedef struct gather_case {
+  nn_batcher *b;
+} gather_case;
+
+static void run_gather(void *ud) {
+  gather_case *q = ud;
+  ad_tensor *xb, *yb;
+  if (!nn_batcher_next(q->b, &xb, &yb)) nn_batcher_next(q->b, &xb, &yb); /* new epoch */
+}
+
+/* The two parts of a training step that are neither products nor ops:
+ * Adam's sweep over every parameter (gradients held fixed: the sweep does
+ * the same work whatever their values) and the gather of a shuffled batch. */
+static void bench_nn(ad_ctx *ctx, ad_rng *rng) {
+  static const struct {
+    const char *name;
+    int nlayers;
+    int64_t layers[4], batch;
+  } models[] = {{"seed", 4, {784, 64, 64, 10}, 32}, {"wide", 4, {784, 1024, 1024, 10}, 256}};
+  if (!opt.f32) return;
+  bool header = false;
+  for (size_t mi = 0; mi < sizeof models / sizeof *models; mi++) {
+    char name[64];
+    snprintf(name, sizeof name, "optim/adam/f32/%s", models[mi].name);
+    if (!selected(name)) continue;
+    if (!header) {
+      printf("\n# optimizer step: Adam (lr 1e-3) over a model's weights and biases\n");
+      printf("%-26s %11s %11s %11s\n", "name", "params", "us/step", "ns/param");
+      header = true;
+    }
+    nn_params *ps = nn_params_new(ctx);
+    check_ctx(ctx, ps, "params");
+    int64_t total = 0;
+    for (int l = 0; l + 1 < models[mi].nlayers; l++) {
+      int64_t ws[2] = {models[mi].layers[l + 1], models[mi].layers[l]}, bs[1] = {ws[0]};
+      ad_tensor *w = ad_randn(ctx, rng, AD_F32, 2, ws, 0, 0.05);
+      ad_tensor *b = ad_zeros(ctx, AD_F32, 1, bs);
+      check_ctx(ctx, w && b ? w : NULL, "weights");
+      ad_tensor *pair[2] = {w, b};
+      for (int k = 0; k < 2; k++) {
+        /* a backward pass gives the parameter its grad buffer */
+        ad_tensor_set_requires_grad(pair[k], true);
+        ad_backward(ctx, ad_sum(ctx, pair[k]), NULL);
+        ad_tape_reset(ctx);
+        check_ctx(ctx, pair[k]->grad, "grad");
+        fill_uniform(rng, AD_F32, pair[k]->grad->data, pair[k]->size);
+        total += pair[k]->size;
+        char pn[16];
+        snprintf(pn, sizeof pn, "%c%d", k ? 'b' : 'w', l + 1);
+        check_ctx(ctx, nn_params_add(ps, pn, pair[k], true) == AD_OK ? ps : NULL, "params_add");
+      }
+    }
+    nn_optimizer *o = nn_adam_new(ps, 1e-3);
+    check_ctx(ctx, o, "optimizer");
+    bench_fn fn[1] = {run_optim};
+    void *ud[1] = {o};
+    double sec;
+    time_calls(1, fn, ud, &sec);
+    printf("%-26s %11lld %11.1f %11.3f\n", name, (long long)total, sec * 1e6,
+           sec * 1e9 / (double)total);
+    fflush(stdout);
+    nn_optimizer_free(o);
+    nn_params_free(ps);
+  }
+  header = false;
+  for (size_t mi = 0; mi < sizeof models / sizeof *models; mi++) {
+    char name[64];
+    snprintf(name, sizeof name, "gather/f32/%s", models[mi].name);
+    if (!selected(name)) continue;
+    if (!header) {
+      printf("\n# batch gather: shuffled batches of 784-float rows out of 8000 (25 MB)\n");
+      printf("%-26s %11s %11s %11s\n", "name", "rows", "us/batch", "GB/s");
+      header = true;
+    }
+    int64_t xs[2] = {8000, 784}, ys[1] = {8000};
+    ad_tensor *x = ad_rand(ctx, rng, AD_F32, 2, xs, 0, 1);
+    ad_tensor *y = ad_zeros(ctx, AD_I32, 1, ys);
+    check_ctx(ctx, x && y ? x : NULL, "data set");
+    gather_case q = {nn_batcher_new(ctx, x, y, models[mi].batch, true, 7)};
+    check_ctx(ctx, q.b, "batcher");
+    bench_fn fn[1] = {run_gather};
+    void *ud[1] = {&q};
+    double sec;
+    time_calls(1, fn, ud, &sec);
+    double bytes = (double)models[mi].batch * 784 * sizeof(float);
+    printf("%-26s %11lld %11.1f %11.2f\n", name, (long long)models[mi].batch, sec * 1e6,
+           bytes / sec * 1e-9);
+    fflush(stdout);
+    nn_batcher_free(q.b);
+    ad_tensor_free(x);
+    ad_tensor_free(y);
+  }
+}
+
 /* ----------------------------------------------------------------- main */
 
 static long parse_long(const char *s, const char *flag, long lo, long hi) {
@@ -485,6 +589,7 @@ int main(int argc, char **argv) {
   bench_elementwise(ctx, &rng);
   bench_reduce(ctx, &rng);
   bench_softmax_ce(ctx, &rng);
+  bench_nn(ctx, &rng);
   if (!rows_selected)
     fprintf(stderr, "ops: no row matches --filter %s (f64 rows need --dtype f64 or all)\n",
             opt.filter);
