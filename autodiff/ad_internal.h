@@ -39,8 +39,11 @@ enum {
 #define AD_NODE_MAGIC 0xAD7E5017u
 
 /* Every tensor is a node; the public view comes first. Kept small: a
- * scalar chain allocates a few of these per op. */
-#define AD_INLINE_SRC 3
+ * scalar chain allocates a few of these per op, and is bound by the memory
+ * they take. 152 bytes: with a 0-d tensor's data in the 8 bytes after it, one
+ * 160-byte arena block (ad_tmp_new). Unary and binary ops (nearly all) keep
+ * their inputs in the node; an op with more has them in an arena array. */
+#define AD_INLINE_SRC 2
 typedef struct ad_node {
   ad_tensor t;
   uint32_t magic;
@@ -50,13 +53,20 @@ typedef struct ad_node {
   uint32_t epoch;   /* tape generation it was made in (temporaries) */
   int32_t tape_idx; /* position on the tape, -1 if not recorded */
   ad_ctx *ctx;
-  struct ad_node **src;  /* nsrc inputs: src_inline or an arena array */
-  const ad_attrs *attrs; /* NULL when all zero */
-  ad_tensor *gacc;       /* gradient accumulated during backward */
-  struct ad_node *src_inline[AD_INLINE_SRC];
+  const ad_attrs *attrs;               /* NULL when all zero */
+  ad_tensor *gacc;                     /* gradient accumulated during backward */
+  union {                              /* the nsrc inputs; read them through ad_node_src */
+    struct ad_node *in[AD_INLINE_SRC]; /* nsrc <= AD_INLINE_SRC */
+    struct ad_node **arena;            /* more: an arena array */
+  } src;
 } ad_node;
 
 static inline ad_node *ad_node_of(const ad_tensor *t) { return (ad_node *)t; }
+
+/* The inputs of a recorded node, n->nsrc of them. */
+static inline ad_node *const *ad_node_src(const ad_node *n) {
+  return n->nsrc <= AD_INLINE_SRC ? n->src.in : n->src.arena;
+}
 
 /* Registered op: the public definition plus a hash handle. */
 typedef struct ad_op_entry ad_op_entry;
@@ -111,8 +121,6 @@ static inline void *ad_arena_alloc(ad_ctx *ctx, size_t bytes) {
 }
 void ad_arena_free_all(ad_ctx *ctx);
 
-/* A temporary (arena) tensor, uninitialized data, not recorded. */
-ad_tensor *ad_tmp_new(ad_ctx *ctx, ad_dtype dtype, int ndim, const int64_t *shape);
 /* A temporary filled with v: a constant leaf (ad_tensor_op gives -1). */
 ad_tensor *ad_tmp_full(ad_ctx *ctx, ad_dtype dtype, int ndim, const int64_t *shape, double v);
 
@@ -124,6 +132,81 @@ void ad_registry_free(ad_ctx *ctx);
 int64_t ad_shape_size(int ndim, const int64_t *shape);
 static inline bool ad_is_float(ad_dtype dt) { return dt == AD_F32 || dt == AD_F64; }
 static inline size_t ad_dsize(ad_dtype dt) { return dt == AD_F64 ? 8 : 4; }
+
+/* ----------------------------------------------------------- temporaries
+ * A temporary's node header and its data come from one arena block. Data
+ * that fits in the header block's rounding slack (one f64 or two f32: every
+ * 0-d tensor) goes right after the node, 8-byte aligned, so a scalar costs
+ * one 160-byte block rather than a header block and a data granule: a chain
+ * of scalar ops is bound by the memory its nodes take. Other data starts at
+ * the next 16-byte boundary, or on a 64-byte one from AD_BIG_DATA bytes on
+ * for vector loads (the block may start on any 16-byte boundary, so that
+ * reserves the slack). */
+#define AD_ALIGN      64
+#define AD_GRAIN      16  /* granularity of every arena block */
+#define AD_BIG_DATA   256 /* data this large starts on a 64-byte boundary */
+#define AD_NODE_BLOCK ((sizeof(ad_node) + AD_GRAIN - 1) & ~(size_t)(AD_GRAIN - 1))
+#define AD_NODE_SLACK (AD_NODE_BLOCK - sizeof(ad_node)) /* 8 with today's node */
+_Static_assert(sizeof(ad_node) % sizeof(double) == 0, "data after a node must be aligned");
+
+/* Size of the arena block of a temporary with bytes of data. */
+static inline size_t ad_tmp_block(size_t bytes) {
+  if (bytes <= AD_NODE_SLACK) return AD_NODE_BLOCK;
+  size_t pad = bytes >= AD_BIG_DATA ? AD_ALIGN - AD_GRAIN : 0;
+  return (AD_NODE_BLOCK + pad + bytes + AD_GRAIN - 1) & ~(size_t)(AD_GRAIN - 1);
+}
+
+/* Where the data of that temporary starts in its block p. */
+static inline void *ad_tmp_data(char *p, size_t bytes) {
+  if (bytes <= AD_NODE_SLACK) return p + sizeof(ad_node);
+  if (bytes < AD_BIG_DATA) return p + AD_NODE_BLOCK;
+  return (void *)(((uintptr_t)(p + AD_NODE_BLOCK) + AD_ALIGN - 1) & ~(uintptr_t)(AD_ALIGN - 1));
+}
+
+/* Sets every field but data; size is the product of shape (the caller
+ * knows it, or computes it once). src is left alone: nothing reads it while
+ * nsrc is 0, and recording sets both. */
+static inline void ad_node_init(ad_node *n, ad_ctx *ctx, ad_dtype dt, int ndim,
+                                const int64_t *shape, int64_t size) {
+  n->t.grad = NULL;
+  n->t.size = size;
+  for (int i = 0; i < ndim; i++) n->t.shape[i] = shape[i];
+  n->t.ndim = ndim;
+  n->t.dtype = dt;
+  n->magic = AD_NODE_MAGIC;
+  n->op = 0;
+  n->flags = 0;
+  n->nsrc = 0;
+  n->epoch = ctx->epoch;
+  n->tape_idx = -1;
+  n->ctx = ctx;
+  n->attrs = NULL;
+  n->gacc = NULL;
+}
+
+/* A temporary (arena) tensor, uninitialized data, not recorded. */
+ad_tensor *ad_tmp_new(ad_ctx *ctx, ad_dtype dtype, int ndim, const int64_t *shape);
+
+/* ad_tmp_new with x's dtype and shape. Inline, as it makes the output of
+ * every elementwise op: no size product, the arena's fast case written out
+ * and anything else (a new chunk, OOM) left to ad_tmp_new. */
+static inline ad_tensor *ad_tmp_like(ad_ctx *ctx, const ad_tensor *x) {
+  size_t bytes = (size_t)x->size * ad_dsize(x->dtype), block = ad_tmp_block(bytes);
+  if ((size_t)(ctx->bump_end - ctx->bump) < block)
+    return ad_tmp_new(ctx, x->dtype, x->ndim, x->shape);
+  char *p = ctx->bump;
+  ctx->bump += block;
+  ad_node *n = (ad_node *)p;
+  ad_node_init(n, ctx, x->dtype, 0, NULL, x->size);
+  /* x->shape is a whole AD_MAX_DIMS array: copying all of it (entries past
+   * ndim are meaningless in both) is a few straight moves, cheaper than a
+   * loop over ndim */
+  memcpy(n->t.shape, x->shape, sizeof n->t.shape);
+  n->t.ndim = x->ndim;
+  n->t.data = ad_tmp_data(p, bytes);
+  return &n->t;
+}
+
 /* Checks that in[0..n-1] are float and share a dtype; records an error. */
 ad_status ad_check_float_same(ad_ctx *ctx, const char *op, int n, ad_tensor *const *in);
 /* NumPy broadcast of two shapes into out; AD_ERR_SHAPE when they clash. */
@@ -141,6 +224,16 @@ int ad_norm_axis(int axis, int ndim); /* -1 when out of range */
  * backward function may add its contribution directly; else to NULL.
  * Returns AD_ERR_OOM when the grad cannot be allocated. */
 ad_status ad_leaf_grad(ad_ctx *ctx, ad_tensor *t, ad_tensor **grad);
+/* As ad_leaf_grad, but only a grad that already exists: NULL when there is
+ * none yet, and nothing is allocated, so nothing can fail. For backward
+ * functions that add into a leaf's grad only when that is free of new error
+ * paths; the first pass takes the ordinary one, which allocates the grad. */
+static inline ad_tensor *ad_leaf_grad_existing(const ad_ctx *ctx, const ad_tensor *t) {
+  const ad_node *n = (const ad_node *)t;
+  return ctx->leaf_direct && (n->flags & AD_NF_PERSISTENT) && (n->flags & AD_NF_REQUIRES_GRAD)
+             ? t->grad
+             : NULL;
+}
 /* Makes gradient g fit input x: sum_to over broadcast dims, or NULL. */
 ad_tensor *ad_reduce_to(ad_ctx *ctx, ad_tensor *g, const ad_tensor *x);
 /* Strides of x seen through out's (broadcast) shape: 0 along broadcast dims. */

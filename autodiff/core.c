@@ -124,9 +124,6 @@ void ad_ctx_free(ad_ctx *ctx) {
  * (already faulted-in) memory and never calls the allocator again. */
 
 #define AD_ARENA_MIN_CHUNK ((size_t)1 << 20)
-#define AD_ALIGN           64
-#define AD_GRAIN           16  /* granularity of every arena block */
-#define AD_BIG_DATA        256 /* data this large starts on a 64-byte boundary */
 
 static size_t align_up(size_t n, size_t a) { return (n + a - 1) & ~(a - 1); }
 
@@ -322,32 +319,13 @@ static bool check_new(ad_ctx *ctx, const char *fn, ad_dtype dt, int ndim, const 
   return true;
 }
 
-static void node_init(ad_node *n, ad_ctx *ctx, ad_dtype dt, int ndim, const int64_t *shape) {
-  n->t.grad = NULL;
-  n->t.dtype = dt;
-  n->t.ndim = ndim;
-  int64_t size = 1;
-  for (int i = 0; i < ndim; i++) size *= n->t.shape[i] = shape[i];
-  n->t.size = size;
-  n->magic = AD_NODE_MAGIC;
-  n->op = 0;
-  n->flags = 0;
-  n->nsrc = 0;
-  n->epoch = ctx->epoch;
-  n->tape_idx = -1;
-  n->ctx = ctx;
-  n->src = NULL;
-  n->attrs = NULL;
-  n->gacc = NULL;
-}
-
 /* A persistent tensor with uninitialized data. */
 static ad_tensor *persistent_new(ad_ctx *ctx, const char *fn, ad_dtype dt, int ndim,
                                  const int64_t *shape) {
   if (!check_new(ctx, fn, dt, ndim, shape)) return NULL;
   ad_node *n = ad_malloc(ctx, sizeof *n);
   if (!n) return NULL;
-  node_init(n, ctx, dt, ndim, shape);
+  ad_node_init(n, ctx, dt, ndim, shape, ad_shape_size(ndim, shape));
   n->flags = AD_NF_LEAF | AD_NF_PERSISTENT;
   n->t.data = ad_malloc(ctx, (size_t)n->t.size * ad_dsize(dt));
   if (!n->t.data) {
@@ -358,23 +336,20 @@ static ad_tensor *persistent_new(ad_ctx *ctx, const char *fn, ad_dtype dt, int n
 }
 
 ad_tensor *ad_tmp_new(ad_ctx *ctx, ad_dtype dt, int ndim, const int64_t *shape) {
-  size_t bytes = (size_t)ad_shape_size(ndim, shape) * ad_dsize(dt);
-  size_t hdr = align_up(sizeof(ad_node), AD_GRAIN);
-  /* large data starts on a 64-byte boundary (the arena block may start on
-   * any 16-byte one, so reserve the slack) */
-  size_t pad = bytes >= AD_BIG_DATA ? AD_ALIGN - AD_GRAIN : 0;
-  char *p = ad_arena_alloc(ctx, hdr + pad + bytes);
+  int64_t size = ad_shape_size(ndim, shape);
+  size_t bytes = (size_t)size * ad_dsize(dt);
+  char *p = ad_arena_alloc(ctx, ad_tmp_block(bytes));
   if (!p) return NULL;
   ad_node *n = (ad_node *)p;
-  node_init(n, ctx, dt, ndim, shape);
-  n->t.data = pad ? (void *)align_up((uintptr_t)(p + hdr), AD_ALIGN) : (void *)(p + hdr);
+  ad_node_init(n, ctx, dt, ndim, shape, size);
+  n->t.data = ad_tmp_data(p, bytes);
   return &n->t;
 }
 
 ad_tensor *ad_tmp_header(ad_ctx *ctx, ad_dtype dt, int ndim, const int64_t *shape) {
   ad_node *n = ad_arena_alloc(ctx, sizeof(ad_node));
   if (!n) return NULL;
-  node_init(n, ctx, dt, ndim, shape);
+  ad_node_init(n, ctx, dt, ndim, shape, ad_shape_size(ndim, shape));
   n->t.data = NULL;
   return &n->t;
 }

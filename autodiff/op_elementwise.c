@@ -131,6 +131,16 @@ ad_status shape_binary(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs 
   }                                                                                                \
   void fwd_##NAME(int n, ad_tensor *const *in, const ad_attrs *at, ad_tensor *out) {               \
     (void)n;                                                                                       \
+    if (out->size == 1) { /* then a and b hold one element each: no row walk, no kernel call */    \
+      if (out->dtype == AD_F32) {                                                                  \
+        float x0 = *(const float *)in[0]->data, x1 = *(const float *)in[1]->data;                  \
+        *(float *)out->data = (float)(EXPR);                                                       \
+      } else {                                                                                     \
+        double x0 = *(const double *)in[0]->data, x1 = *(const double *)in[1]->data;               \
+        *(double *)out->data = (EXPR);                                                             \
+      }                                                                                            \
+      return;                                                                                      \
+    }                                                                                              \
     binary_run(in, out, at, NAME##_rows);                                                          \
   }
 
@@ -233,12 +243,72 @@ ad_status bwd_sub(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs *at, 
   return AD_OK;
 }
 
+/* gx += dy * w over a range of elements (mul_into_grad). */
+typedef struct mul_acc_job {
+  ad_tensor *gx;
+  const ad_tensor *dy, *w;
+} mul_acc_job;
+
+/* The product is rounded on its own, then added: the bits ad_mul and the
+ * sweep's accumulation give (C's default: no contraction into an FMA). */
+static void mul_acc_range(void *ud, int64_t b, int64_t e) {
+  const mul_acc_job *j = ud;
+  if (j->gx->dtype == AD_F32) {
+    float *G = j->gx->data;
+    const float *D = j->dy->data, *W = j->w->data;
+    for (int64_t i = b; i < e; i++) {
+      float p = D[i] * W[i];
+      G[i] += p;
+    }
+  } else {
+    double *G = j->gx->data;
+    const double *D = j->dy->data, *W = j->w->data;
+    for (int64_t i = b; i < e; i++) {
+      double p = D[i] * W[i];
+      G[i] += p;
+    }
+  }
+}
+
+static void mul_acc(ad_tensor *gx, const ad_tensor *dy, const ad_tensor *w) {
+  mul_acc_job j = {gx, dy, w};
+  if (dy->size <= ELEM_GRAIN)
+    mul_acc_range(&j, 0, dy->size);
+  else
+    ad_parallel_for(dy->size, ELEM_GRAIN, mul_acc_range, &j);
+}
+
+/* In ad_backward, a parameter x of dy's shape whose grad exists takes
+ * dx += dy * w straight into that grad, as matmul's GEMM does: no temporary,
+ * no op applied, no accumulation pass (a scale or a gain in a network, a in
+ * bench/scalar_chain). The grad sees its contributions in the order the
+ * ordinary path adds them (the sweep's node order, then input order): in x *
+ * x both inputs decide alike, before either is accumulated. Returns false,
+ * having done nothing, in every other case (ad_grad, create_graph, a
+ * backward hook, broadcasting, the first pass that allocates the grad). */
+static inline bool mul_into_grad(ad_ctx *ctx, ad_tensor *x, ad_tensor *dy, ad_tensor *w) {
+  ad_tensor *gx = ad_leaf_grad_existing(ctx, x);
+  if (!gx || !ad_same_shape(x, dy) || !ad_same_shape(w, dy)) return false;
+  if (dy->size != 1) {
+    mul_acc(gx, dy, w);
+  } else if (dy->dtype == AD_F32) { /* a scalar: no job, no loop set-up */
+    float p = *(const float *)dy->data * *(const float *)w->data;
+    *(float *)gx->data += p;
+  } else {
+    double p = *(const double *)dy->data * *(const double *)w->data;
+    *(double *)gx->data += p;
+  }
+  return true;
+}
+
 /* y = a * b;  da += dy * b; db += dy * a */
 ad_status bwd_mul(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs *at, ad_tensor *y,
                   ad_tensor *dy, const bool *needs, ad_tensor **g) {
   (void)n, (void)at, (void)y;
-  if (needs[0] && !(g[0] = ad_mul(ctx, dy, in[1]))) return ctx->status;
-  if (needs[1] && !(g[1] = ad_mul(ctx, dy, in[0]))) return ctx->status;
+  if (needs[0] && !mul_into_grad(ctx, in[0], dy, in[1]) && !(g[0] = ad_mul(ctx, dy, in[1])))
+    return ctx->status;
+  if (needs[1] && !mul_into_grad(ctx, in[1], dy, in[0]) && !(g[1] = ad_mul(ctx, dy, in[0])))
+    return ctx->status;
   return AD_OK;
 }
 
@@ -385,6 +455,18 @@ typedef struct unary_job {
   }                                                                                                \
   void fwd_##NAME(int n, ad_tensor *const *in, const ad_attrs *at, ad_tensor *out) {               \
     (void)n;                                                                                       \
+    if (out->size == 1) { /* a scalar: no job, no loop set-up */                                   \
+      const double s = at->f[0];                                                                   \
+      (void)s;                                                                                     \
+      if (out->dtype == AD_F32) {                                                                  \
+        float x = *(const float *)in[0]->data;                                                     \
+        *(float *)out->data = (float)(EXPR32);                                                     \
+      } else {                                                                                     \
+        double x = *(const double *)in[0]->data;                                                   \
+        *(double *)out->data = (EXPR64);                                                           \
+      }                                                                                            \
+      return;                                                                                      \
+    }                                                                                              \
     unary_job j = {in[0], out, at->f[0]};                                                          \
     if (out->size <= ELEM_GRAIN)                                                                   \
       NAME##_range(&j, 0, out->size);                                                              \

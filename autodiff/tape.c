@@ -129,7 +129,8 @@ int ad_tensor_inputs(const ad_tensor *t, ad_tensor **srcs, int max) {
   if (!t) return 0;
   const ad_node *n = ad_node_of(t);
   if (!(n->flags & AD_NF_RECORDED)) return 0;
-  for (int i = 0; i < n->nsrc && i < max; i++) srcs[i] = &n->src[i]->t;
+  ad_node *const *src = ad_node_src(n);
+  for (int i = 0; i < n->nsrc && i < max; i++) srcs[i] = &src[i]->t;
   return n->nsrc;
 }
 
@@ -162,6 +163,58 @@ static void input_error(ad_ctx *ctx, const ad_op_def *def, int i, const ad_node 
     ad_set_error(ctx, AD_ERR_STATE, "%s: input %d is from a tape that was reset", def->name, i);
 }
 
+/* Whether def applied to in[] is the common elementwise case: an op whose
+ * shape function is shape_unary, or shape_binary with both inputs of one
+ * float dtype and one shape. Those shape functions would then find exactly
+ * in[0]'s dtype and shape and report nothing, so ad_op_apply skips the
+ * call, the local copy of the shape and the product of its dims. Everything
+ * else (broadcasting, a dtype to reject, views, other ops) takes the
+ * general path, which reports errors as before. */
+static inline bool elementwise_same(const ad_op_def *def, ad_tensor *const *in) {
+  const ad_tensor *a = in[0];
+  if (!ad_is_float(a->dtype) || (def->flags & AD_OP_VIEW)) return false;
+  if (def->shape == shape_unary) return true;
+  return def->shape == shape_binary && in[1]->dtype == a->dtype && ad_same_shape(a, in[1]);
+}
+
+/* The output of any other op: its shape function decides (and reports). */
+static ad_tensor *apply_shape(ad_ctx *ctx, const ad_op_def *def, int n, ad_tensor *const *in,
+                              const ad_attrs *attrs) {
+  ad_dtype dt;
+  int ndim = 0;
+  int64_t shape[AD_MAX_DIMS];
+  ctx->applying = def->name;
+  if (def->shape(ctx, n, in, attrs, &dt, &ndim, shape) != AD_OK) {
+    if (ctx->status == AD_OK) ad_set_error(ctx, AD_ERR_SHAPE, "%s: bad inputs", def->name);
+    return NULL;
+  }
+  return (def->flags & AD_OP_VIEW) ? ad_tmp_header(ctx, dt, ndim, shape)
+                                   : ad_tmp_new(ctx, dt, ndim, shape);
+}
+
+/* Puts node (the output of op id on in[0..n-1]) on the tape. */
+static ad_status record(ad_ctx *ctx, ad_node *node, int n, ad_tensor *const *in,
+                        const ad_attrs *attrs) {
+  if (n <= AD_INLINE_SRC) { /* one or two pointers: no loop */
+    node->src.in[0] = ad_node_of(in[0]);
+    if (n > 1) node->src.in[1] = ad_node_of(in[1]);
+  } else {
+    ad_node **src = ad_arena_alloc(ctx, (size_t)n * sizeof *src);
+    if (!src) return AD_ERR_OOM;
+    for (int i = 0; i < n; i++) src[i] = ad_node_of(in[i]);
+    node->src.arena = src;
+  }
+  node->nsrc = (uint8_t)n;
+  if (attrs != &zero_attrs && memcmp(attrs, &zero_attrs, sizeof *attrs) != 0) {
+    ad_attrs *a = ad_arena_alloc(ctx, sizeof *a);
+    if (!a) return AD_ERR_OOM;
+    *a = *attrs;
+    node->attrs = a;
+  }
+  node->flags |= AD_NF_REQUIRES_GRAD | AD_NF_RECORDED;
+  return tape_push(ctx, node);
+}
+
 ad_tensor *ad_op_apply(ad_ctx *ctx, int id, int n, ad_tensor *const *in, const ad_attrs *attrs) {
   if (!ctx) return NULL;
   if (id < 0 || id >= ctx->nops) {
@@ -185,39 +238,17 @@ ad_tensor *ad_op_apply(ad_ctx *ctx, int id, int n, ad_tensor *const *in, const a
     }
     any_flags |= s->flags;
   }
-  bool record = (any_flags & AD_NF_REQUIRES_GRAD) != 0;
   if (!attrs) attrs = &zero_attrs;
-  record = record && ctx->grad_enabled && def->backward;
 
-  ad_dtype dt;
-  int ndim = 0;
-  int64_t shape[AD_MAX_DIMS];
-  ctx->applying = def->name;
-  if (def->shape(ctx, n, in, attrs, &dt, &ndim, shape) != AD_OK) {
-    if (ctx->status == AD_OK) ad_set_error(ctx, AD_ERR_SHAPE, "%s: bad inputs", def->name);
-    return NULL;
-  }
-  ad_tensor *out = (def->flags & AD_OP_VIEW) ? ad_tmp_header(ctx, dt, ndim, shape)
-                                             : ad_tmp_new(ctx, dt, ndim, shape);
+  ad_tensor *out =
+      elementwise_same(def, in) ? ad_tmp_like(ctx, in[0]) : apply_shape(ctx, def, n, in, attrs);
   if (!out) return NULL;
   def->forward(n, in, attrs, out);
   ad_node *node = ad_node_of(out);
   node->op = (uint16_t)id;
-  if (record) {
-    node->src =
-        n <= AD_INLINE_SRC ? node->src_inline : ad_arena_alloc(ctx, (size_t)n * sizeof *node->src);
-    if (!node->src) return NULL;
-    for (int i = 0; i < n; i++) node->src[i] = ad_node_of(in[i]);
-    node->nsrc = (uint8_t)n;
-    if (attrs != &zero_attrs && memcmp(attrs, &zero_attrs, sizeof *attrs) != 0) {
-      ad_attrs *a = ad_arena_alloc(ctx, sizeof *a);
-      if (!a) return NULL;
-      *a = *attrs;
-      node->attrs = a;
-    }
-    node->flags |= AD_NF_REQUIRES_GRAD | AD_NF_RECORDED;
-    if (tape_push(ctx, node) != AD_OK) return NULL;
-  }
+  if ((any_flags & AD_NF_REQUIRES_GRAD) && ctx->grad_enabled && def->backward &&
+      record(ctx, node, n, in, attrs) != AD_OK)
+    return NULL;
   return out;
 }
 
@@ -236,12 +267,30 @@ static ad_status touched_push(ad_ctx *ctx, ad_node *n) {
   return AD_OK;
 }
 
-static void add_into(ad_tensor *dst, const ad_tensor *src);
+/* dst += src for persistent leaf gradients (same size and dtype). A scalar
+ * parameter (a bias, a gain) takes one add, without the loop's set-up. */
+static inline void add_into(ad_tensor *dst, const ad_tensor *src) {
+  if (dst->dtype == AD_F32) {
+    float *d = dst->data;
+    const float *s = src->data;
+    if (dst->size == 1)
+      d[0] += s[0];
+    else
+      for (int64_t i = 0; i < dst->size; i++) d[i] += s[i];
+  } else {
+    double *d = dst->data;
+    const double *s = src->data;
+    if (dst->size == 1)
+      d[0] += s[0];
+    else
+      for (int64_t i = 0; i < dst->size; i++) d[i] += s[i];
+  }
+}
 
 /* Adds gradient g (already shaped like n) into n's accumulator. In a plain
  * ad_backward (direct), leaves take it straight into their persistent grad:
  * no temporary per contribution. */
-static ad_status accumulate(ad_ctx *ctx, ad_node *n, ad_tensor *g, bool direct) {
+static ad_status accumulate_slow(ad_ctx *ctx, ad_node *n, ad_tensor *g, bool direct) {
   if (direct && (n->flags & AD_NF_PERSISTENT)) {
     if (!n->t.grad) {
       n->t.grad = ad_zeros(ctx, n->t.dtype, n->t.ndim, n->t.shape);
@@ -263,6 +312,20 @@ static ad_status accumulate(ad_ctx *ctx, ad_node *n, ad_tensor *g, bool direct) 
   if (!s) return ctx->status ? ctx->status : AD_ERR_OOM;
   n->gacc = s;
   return AD_OK;
+}
+
+/* accumulate_slow's two common cases inline: a leaf whose grad exists, and
+ * the first contribution to a recorded node (the only one, in a chain). */
+static inline ad_status accumulate(ad_ctx *ctx, ad_node *n, ad_tensor *g, bool direct) {
+  if (direct && (n->flags & AD_NF_PERSISTENT) && n->t.grad) {
+    add_into(n->t.grad, g);
+    return AD_OK;
+  }
+  if ((n->flags & (AD_NF_RECORDED | AD_NF_PERSISTENT)) == AD_NF_RECORDED && !n->gacc) {
+    n->gacc = g;
+    return AD_OK;
+  }
+  return accumulate_slow(ctx, n, g, direct);
 }
 
 ad_status ad_leaf_grad(ad_ctx *ctx, ad_tensor *t, ad_tensor **grad) {
@@ -351,21 +414,24 @@ static ad_status sweep(ad_ctx *ctx, ad_node *root, const ad_tensor *seed, bool c
     if (!(n->flags & AD_NF_KEEP)) n->gacc = NULL;
     if (direct && (n->flags & AD_NF_RETAIN)) n->t.grad = gout;
     const ad_op_def *def = &ctx->ops[n->op];
-    ad_tensor *in[AD_MAX_SRC], *gin[AD_MAX_SRC] = {0};
+    int nsrc = n->nsrc;
+    ad_node *const *src = ad_node_src(n);
+    ad_tensor *in[AD_MAX_SRC], *gin[AD_MAX_SRC]; /* only the first nsrc are used */
     bool needs[AD_MAX_SRC], any = false;
-    for (int k = 0; k < n->nsrc; k++) {
-      in[k] = &n->src[k]->t;
-      needs[k] = (n->src[k]->flags & AD_NF_REQUIRES_GRAD) != 0;
+    for (int k = 0; k < nsrc; k++) {
+      in[k] = &src[k]->t;
+      gin[k] = NULL;
+      needs[k] = (src[k]->flags & AD_NF_REQUIRES_GRAD) != 0;
       any |= needs[k];
     }
     if (!any) continue;
-    st =
-        def->backward(ctx, n->nsrc, in, n->attrs ? n->attrs : &zero_attrs, &n->t, gout, needs, gin);
+    st = def->backward(ctx, nsrc, in, n->attrs ? n->attrs : &zero_attrs, &n->t, gout, needs, gin);
     if (st != AD_OK) {
       ad_set_error(ctx, st, "%s: backward of %s failed", who, def->name);
+      clear_below(ctx, i); /* nodes below may hold contributions of this pass */
       break;
     }
-    for (int k = 0; k < n->nsrc && st == AD_OK; k++) {
+    for (int k = 0; k < nsrc; k++) {
       if (!needs[k] || !gin[k]) {
         gin[k] = NULL;
         continue;
@@ -376,7 +442,7 @@ static ad_status sweep(ad_ctx *ctx, ad_node *root, const ad_tensor *seed, bool c
         break;
       }
       gin[k] = gk;
-      st = accumulate(ctx, n->src[k], gk, direct);
+      if ((st = accumulate(ctx, src[k], gk, direct)) != AD_OK) break;
     }
     if (st == AD_OK && ctx->hook) ctx->hook(ctx->hook_ud, &n->t, gout, n->nsrc, gin);
     if (st != AD_OK) clear_below(ctx, i);
@@ -384,19 +450,6 @@ static ad_status sweep(ad_ctx *ctx, ad_node *root, const ad_tensor *seed, bool c
   ctx->grad_enabled = old;
   ctx->leaf_direct = false;
   return st;
-}
-
-/* dst += src for persistent leaf gradients (same size and dtype). */
-static void add_into(ad_tensor *dst, const ad_tensor *src) {
-  if (dst->dtype == AD_F32) {
-    float *d = dst->data;
-    const float *s = src->data;
-    for (int64_t i = 0; i < dst->size; i++) d[i] += s[i];
-  } else {
-    double *d = dst->data;
-    const double *s = src->data;
-    for (int64_t i = 0; i < dst->size; i++) d[i] += s[i];
-  }
 }
 
 static ad_status check_root(ad_ctx *ctx, ad_tensor *root, const char *who) {

@@ -526,6 +526,61 @@ Test(errors, op_register_duplicate_and_missing_fields) {
   ad_tensor_free(a);
 }
 
+/* A triple op whose backward fails while fail_next is set. */
+static bool fail_next;
+
+static ad_status flaky_backward(ad_ctx *c, int n, ad_tensor *const *in, const ad_attrs *at,
+                                ad_tensor *out, ad_tensor *gout, const bool *needs,
+                                ad_tensor **gin) {
+  (void)n, (void)in, (void)at, (void)out;
+  if (fail_next) {
+    fail_next = false;
+    return ad_set_error(c, AD_ERR_STATE, "flaky: refused on purpose");
+  }
+  if (needs[0]) gin[0] = ad_mul_scalar(c, gout, 3.0);
+  return gin[0] || !needs[0] ? AD_OK : ad_last_status(c);
+}
+
+/* A backward that fails part way leaves no partial gradient on the tape:
+ * after zeroing the leaves' grads, a second ad_backward over the same tape
+ * gives the gradients of a clean pass. Here a = x*w feeds both the flaky
+ * op and tanh; tanh's backward (done before the failure) has already added
+ * into a's accumulator, which the retry must not see again. */
+Test(errors, failed_backward_leaves_no_stale_gradient) {
+  ad_op_def def = {.name = "flaky_triple",
+                   .arity = 1,
+                   .shape = probe_shape,
+                   .forward = probe_forward,
+                   .backward = flaky_backward};
+  int id = ad_op_register(ctx, &def);
+  cr_assert_geq(id, 0, "%s", ad_last_error(ctx));
+  int64_t s = 3;
+  ad_tensor *x = ad_from_data(ctx, AD_F64, 1, &s, (const double[]){0.5, -1, 2});
+  ad_tensor *w = ad_from_data(ctx, AD_F64, 1, &s, (const double[]){0.25, 0.75, -0.5});
+  cr_assert(x && w);
+  ad_tensor_set_requires_grad(w, true);
+  ad_tensor *a = ad_mul(ctx, x, w);
+  ad_tensor *b = ad_op_apply(ctx, id, 1, &a, NULL);
+  ad_tensor *t = ad_tanh(ctx, a);
+  ad_tensor *loss = ad_sum(ctx, ad_add(ctx, b, t)); /* t after b: its backward runs first */
+  cr_assert_not_null(loss, "%s", ad_last_error(ctx));
+  fail_next = true;
+  cr_assert_eq(ad_backward(ctx, loss, NULL), AD_ERR_STATE);
+  expect_error(AD_ERR_STATE, "refused on purpose", NULL);
+  ad_tensor_zero_grad(w);
+  cr_assert_eq(ad_backward(ctx, loss, NULL), AD_OK, "%s", ad_last_error(ctx));
+  /* dL/dw = x * (3 + 1 - tanh(x w)^2) */
+  for (int64_t i = 0; i < s; i++) {
+    double xi = ad_tensor_get(x, i), ai = xi * ad_tensor_get(w, i), th = tanh(ai);
+    double want = xi * (3 + 1 - th * th), got = ad_tensor_get(w->grad, i);
+    cr_assert(fabs(got - want) <= 1e-14, "element %lld: %.17g, want %.17g", (long long)i, got,
+              want);
+  }
+  ad_tape_reset(ctx);
+  ad_tensor_free(x);
+  ad_tensor_free(w);
+}
+
 /* ---------------------------------------------------------- NaN policy */
 
 Test(errors, nan_is_not_an_error_by_default) {
