@@ -3,7 +3,7 @@
  * training loop.
  *
  *   mlp [--layers 784,64,64,10] [--batch 32] [--epochs 5] [--samples 8000]
- *       [--threads 1] [--optim adam|sgd] [--dtype f32|f64] [--seed 1]
+ *       [--threads 1] [--optim adam|sgd] [--dtype f32|f64] [--seed 1] [--phases]
  *
  * Model: Dense layers of the given widths with ReLU between them, softmax
  * cross-entropy on the logits of the last; Adam lr 1e-3 (or SGD lr 0.01).
@@ -30,10 +30,19 @@
  * per sample, 2 W forward (W = weight elements), 2 W for the weight
  * gradients and 2 (W - W_1) for the input gradients (the first layer's
  * input needs none), times samples x epochs. Bias, activation, loss and
- * optimizer work is not counted (it is O(units), not O(weights)). */
+ * optimizer work is not counted (it is O(units), not O(weights)).
+ *
+ * --phases: after the timed nn_fit (train_s is unchanged), trains as many
+ * epochs again in a loop written with the public API, the steps nn_fit
+ * takes (batch, reset and zero the gradients, forward, loss, backward,
+ * optimizer step), and prints the wall microseconds per step of each phase
+ * ("phase_us: NAME US"): where a step's time goes inside training, with the
+ * caches in the state training leaves them, to set against bench/ops's
+ * figures for each part alone. */
 #include "nn.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,7 +58,7 @@ extern void omp_set_num_threads(int n) __attribute__((weak));
 /* User + system CPU seconds of the process so far (all threads). */
 static double cpu_s(void) {
   struct rusage ru;
-  getrusage(RUSAGE_SELF, &ru);
+  getrusage(RUSAGE_SELF, &ru); /* with --phases, the peak may be the second loop's */
   return (double)ru.ru_utime.tv_sec + 1e-6 * (double)ru.ru_utime.tv_usec +
          (double)ru.ru_stime.tv_sec + 1e-6 * (double)ru.ru_stime.tv_usec;
 }
@@ -68,11 +77,13 @@ typedef struct options {
   nn_opt_kind optim;
   ad_dtype dtype;
   unsigned long long seed;
+  bool phases;
 } options;
 
 static int usage(void) {
   fprintf(stderr, "usage: mlp [--layers 784,64,64,10] [--batch 32] [--epochs 5] [--samples 8000]\n"
-                  "           [--threads 1] [--optim adam|sgd] [--dtype f32|f64] [--seed 1]\n");
+                  "           [--threads 1] [--optim adam|sgd] [--dtype f32|f64] [--seed 1]\n"
+                  "           [--phases]\n");
   return 2;
 }
 
@@ -107,6 +118,10 @@ static bool parse(int argc, char **argv, options *o) {
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
     long long n;
+    if (strcmp(a, "--phases") == 0) {
+      o->phases = true;
+      continue;
+    }
     if (!v) return false;
     if (strcmp(a, "--layers") == 0) {
       if (!parse_layers(v, o)) return false;
@@ -194,6 +209,55 @@ static unsigned long long params_hash(const nn_params *p) {
   return h;
 }
 
+/* --phases: the steps of nn_fit's loop, each timed; see the top comment.
+ * Gradients are zeroed in a pass of their own here (nn_fit clears them in
+ * the optimizer's sweep instead). */
+static bool time_phases(ad_ctx *ctx, nn_model *m, nn_optimizer *opt, ad_tensor *x, ad_tensor *y,
+                        const options *o) {
+  static const char *const names[] = {"gather", "reset_zero_grad", "forward",
+                                      "loss",   "backward",        "optimizer"};
+  enum { NPH = sizeof names / sizeof *names };
+  nn_batcher *b = nn_batcher_new(ctx, x, y, o->batch, true, o->seed + 2);
+  if (!b) return false;
+  double sum[NPH] = {0};
+  long steps = 0;
+  bool ok = true;
+  for (int e = 0; e < o->epochs && ok; e++) {
+    for (;;) {
+      ad_tensor *xb, *yb;
+      double t[NPH + 1];
+      t[0] = now_s();
+      if (!nn_batcher_next(b, &xb, &yb)) break;
+      t[1] = now_s();
+      ad_tape_reset(ctx);
+      nn_params_zero_grad(nn_model_params(m));
+      t[2] = now_s();
+      ad_tensor *pred = nn_model_forward(m, xb);
+      t[3] = now_s();
+      ad_tensor *loss = nn_cross_entropy_loss(ctx, pred, yb, NN_MEAN);
+      ok = loss && isfinite(ad_tensor_item(loss));
+      t[4] = now_s();
+      ok = ok && ad_backward(ctx, loss, NULL) == AD_OK;
+      t[5] = now_s();
+      ok = ok && nn_optimizer_step(opt) == AD_OK;
+      t[6] = now_s();
+      if (!ok) break;
+      for (int i = 0; i < NPH; i++) sum[i] += t[i + 1] - t[i];
+      steps++;
+    }
+  }
+  nn_batcher_free(b);
+  ad_tape_reset(ctx);
+  if (!ok || !steps) return false;
+  double total = 0;
+  for (int i = 0; i < NPH; i++) total += sum[i];
+  for (int i = 0; i < NPH; i++)
+    printf("phase_us: %-15s %7.1f (%4.1f%%)\n", names[i], sum[i] / (double)steps * 1e6,
+           100 * sum[i] / total);
+  printf("phase_us: %-15s %7.1f\n", "step", total / (double)steps * 1e6);
+  return true;
+}
+
 int main(int argc, char **argv) {
   options o = {.nl = 4,
                .widths = {784, 64, 64, 10},
@@ -257,13 +321,19 @@ int main(int argc, char **argv) {
     return 1;
   }
 
+  unsigned long long hash = params_hash(nn_model_params(m)); /* before --phases trains on */
+  if (o.phases && !time_phases(ctx, m, opt, x, y, &o)) {
+    fprintf(stderr, "mlp: phases: %s\n", ad_last_error(ctx));
+    return 1;
+  }
+
   double total = (double)o.samples * o.epochs;
   double flops = total * (6.0 * (double)weights - 2.0 * (double)first);
   struct rusage ru;
-  getrusage(RUSAGE_SELF, &ru);
+  getrusage(RUSAGE_SELF, &ru); /* with --phases, the peak may be the second loop's */
   printf("loss: epoch 1 %.4f, epoch %d %.4f\n", nn_history_get(h, "loss", 0), o.epochs,
          nn_history_get(h, "loss", o.epochs - 1));
-  printf("params_hash: %016llx\n", params_hash(nn_model_params(m)));
+  printf("params_hash: %016llx\n", hash);
   printf("samples_per_s: %.0f\n", total / secs);
   printf("gflops: %.2f (matmul flops %.3g)\n", flops / secs * 1e-9, flops);
   printf("cpu_s: %.4f (user + system, all threads)\n", cpu);
