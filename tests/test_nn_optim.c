@@ -4,6 +4,7 @@
 #include "nn_fixtures.h"
 
 #include <criterion/criterion.h>
+#include <float.h>
 #include <math.h>
 #include <string.h>
 
@@ -420,4 +421,80 @@ Test(optim, optimizer_follows_its_schedule) {
   cr_assert_eq(nn_optimizer_lr(o), 0.5);
   nn_optimizer_free(o);
   fixture_fini(&f);
+}
+
+/* ------------------------------------------------- subnormal moments */
+
+/* A weight whose gradient is 0 after the first step: m = 0.9 m decays until
+ * it would stick at the smallest subnormal (0.9 times it rounds back up) and
+ * keep the sweep on the CPU's subnormal path. The optimizers store it as 0
+ * instead; every parameter bit stays what IEEE arithmetic without that gives
+ * (the plain loop below, in the order of optim.c's). */
+Test(optim, dead_weights_moments_flush_to_zero_without_changing_parameters) {
+  enum { N = 4, STEPS = 1000 };
+  const float p0[N] = {0.5f, -0.25f, 1e-3f, 2.0f}, g0[N] = {1e-3f, -2e-3f, 5e-4f, 1e-3f};
+  ad_ctx *ctx = ad_ctx_new();
+  int64_t s = N;
+  ad_tensor *w = ad_from_data(ctx, AD_F32, 1, &s, p0);
+  ad_tensor *u = ad_from_data(ctx, AD_F32, 1, &s, p0); /* same, under SGD with momentum */
+  ad_tensor *gt = ad_from_data(ctx, AD_F32, 1, &s, g0);
+  nn_params *pa = nn_params_new(ctx), *ps = nn_params_new(ctx);
+  cr_assert(w && u && gt && pa && ps);
+  cr_assert_eq(nn_params_add(pa, "w", w, false), AD_OK);
+  cr_assert_eq(nn_params_add(ps, "u", u, false), AD_OK);
+  nn_optimizer *adam = nn_adam_new(pa, 1e-3), *sgd = nn_sgd_new(ps, 1e-2, 0.9, false, 0);
+  cr_assert(adam && sgd, "%s", ad_last_error(ctx));
+  /* step 1's gradient through the tape (it allocates the grads), then zeros */
+  ad_tensor *l = ad_add(ctx, ad_sum(ctx, ad_mul(ctx, w, gt)), ad_sum(ctx, ad_mul(ctx, u, gt)));
+  cr_assert_eq(ad_backward(ctx, l, NULL), AD_OK, "%s", ad_last_error(ctx));
+  float rp[N], rm[N], rv[N], sp[N], sb[N];
+  for (int i = 0; i < N; i++) rp[i] = sp[i] = p0[i], rm[i] = rv[i] = sb[i] = 0;
+  for (int t = 1; t <= STEPS; t++) {
+    cr_assert_eq(nn_optimizer_step(adam), AD_OK);
+    cr_assert_eq(nn_optimizer_step(sgd), AD_OK);
+    /* the reference: Adam (defaults) and SGD with momentum, IEEE throughout */
+    float step = (float)(1e-3 / (1.0 - pow(0.9, t)));
+    float inv_bc2 = (float)(1.0 / sqrt(1.0 - pow(0.999, t)));
+    for (int i = 0; i < N; i++) {
+      float g = t == 1 ? g0[i] : 0.0f;
+      rm[i] = 0.9f * rm[i] + (1 - 0.9f) * g;
+      rv[i] = 0.999f * rv[i] + (1 - 0.999f) * g * g;
+      rp[i] -= step * rm[i] / (sqrtf(rv[i]) * inv_bc2 + 1e-8f);
+      sb[i] = t == 1 ? g : 0.9f * sb[i] + 1.0f * g;
+      sp[i] -= 1e-2f * sb[i];
+    }
+    if (t == 1) {
+      ad_tensor_zero_grad(w);
+      ad_tensor_zero_grad(u);
+    }
+  }
+  const float *m = NULL, *b = NULL;
+  for (int k = 0; k < nn_optimizer_state_count(adam); k++)
+    if (strstr(nn_optimizer_state_names(adam)[k], ".m."))
+      m = nn_optimizer_state_tensors(adam)[k]->data;
+  for (int k = 0; k < nn_optimizer_state_count(sgd); k++)
+    if (strstr(nn_optimizer_state_names(sgd)[k], "momentum"))
+      b = nn_optimizer_state_tensors(sgd)[k]->data;
+  cr_assert(m && b, "state tensors named .m. and momentum");
+  for (int i = 0; i < N; i++) {
+    /* plain IEEE sticks at subnormals; the optimizers hold 0 */
+    cr_assert(rm[i] != 0 && fabsf(rm[i]) < FLT_MIN, "reference m[%d] = %g", i, (double)rm[i]);
+    cr_assert(sb[i] != 0 && fabsf(sb[i]) < FLT_MIN, "reference buffer[%d] = %g", i, (double)sb[i]);
+    cr_assert_eq(m[i], 0.0f, "adam m[%d] = %g", i, (double)m[i]);
+    cr_assert_eq(b[i], 0.0f, "sgd buffer[%d] = %g", i, (double)b[i]);
+    /* and the parameters are the same bits */
+    float pw = ((const float *)w->data)[i], pu = ((const float *)u->data)[i];
+    cr_assert(memcmp(&pw, &rp[i], sizeof pw) == 0, "adam p[%d]: %.9g, IEEE %.9g", i, (double)pw,
+              (double)rp[i]);
+    cr_assert(memcmp(&pu, &sp[i], sizeof pu) == 0, "sgd p[%d]: %.9g, IEEE %.9g", i, (double)pu,
+              (double)sp[i]);
+  }
+  nn_optimizer_free(adam);
+  nn_optimizer_free(sgd);
+  nn_params_free(pa);
+  nn_params_free(ps);
+  ad_tensor_free(w);
+  ad_tensor_free(u);
+  ad_tensor_free(gt);
+  ad_ctx_free(ctx);
 }
