@@ -458,7 +458,12 @@ NN_API void nn_optimizer_free(nn_optimizer *opt);
 /* One update of every parameter that requires grad and has a gradient
  * (others are skipped, as PyTorch skips grad None). Plain loops over the
  * parameter and gradient data; not recorded. Increments the step counter.
- * Returns AD_OK, or AD_ERR_NULL. */
+ * PyTorch's update rules, with one difference: a first moment or momentum
+ * buffer whose magnitude falls below the smallest normal number of its
+ * dtype is stored as 0 (a subnormal one would stay for ever on a weight
+ * whose gradient is 0, and slow every step); with Adam's default lr and
+ * eps that changes a float parameter only if it is itself below about
+ * 1e-25. Returns AD_OK, or AD_ERR_NULL. */
 NN_API ad_status nn_optimizer_step(nn_optimizer *opt);
 
 /* Zeroes the gradients of the optimizer's parameters. */

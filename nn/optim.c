@@ -248,7 +248,7 @@ void nn_optimizer_free(nn_optimizer *o) {
  * reaches 0, and every later step computes with subnormals, on this CPU's
  * slow path. In the seed model of bench/mlp, 84% of the first layer's Adam
  * m are subnormal after 5 epochs, and from then on Adam's sweep takes
- * 30-33 us per step instead of 37-64 (bench/mlp --phases). A flushed m would
+ * 24-26 us per step instead of 37-66 (bench/mlp --phases). A flushed m would
  * have moved its parameter by less than step * TMIN / eps: 1e-32 in float
  * with Adam's default eps of 1e-8, below the last bit of any parameter
  * larger than about 1e-25. Second moments (denominators) are never
@@ -375,8 +375,8 @@ DEFINE_UPDATE(float, FLT_MIN, sqrtf, , )
 DEFINE_UPDATE(double, DBL_MIN, sqrt, , )
 
 /* The same loops compiled for AVX2, picked at run time: twice the lanes of
- * the baseline build's SSE2 for the square roots and divisions that bound
- * Adam, RMSProp and Adagrad. Without FMA contraction (ISO C mode) each
+ * the baseline build's SSE2, square roots and divisions included. Without
+ * FMA contraction (ISO C mode) each
  * element is computed by the same correctly rounded operations, so both
  * versions give bit-identical results. */
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
