@@ -528,7 +528,9 @@ static void bench_nn(ad_ctx *ctx, ad_rng *rng) {
     void *ud[1] = {&q};
     double sec;
     time_calls(1, fn, ud, &sec);
-    double bytes = (double)models[mi].batch * 784 * sizeof(float);
+    /* bytes per call on average: an epoch's last batch may be short */
+    double bytes =
+        (double)nn_batcher_rows(q.b) / (double)nn_batcher_batches(q.b) * 784 * sizeof(float);
     printf("%-26s %11lld %11.1f %11.2f\n", name, (long long)models[mi].batch, sec * 1e6,
            bytes / sec * 1e-9);
     fflush(stdout);
