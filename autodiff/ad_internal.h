@@ -15,16 +15,20 @@
   } while (0)
 _Noreturn void ad_internal_abort(const char *file, int line, const char *cond, const char *hint);
 
-/* Built-in op ids, generated from the table. */
+/* Built-in op ids and their definitions (each at the end of its op's
+ * block in a family file), generated from the table. */
 enum {
-#define AD_OP(E, name, ar, fl, sh, fw, bw, sa, m, dm) AD_OP_##E,
+#define AD_OP(E, def) AD_OP_##E,
 #include "ops.def"
 #undef AD_OP
   AD_OP_BUILTIN_COUNT
 };
-
-#define AD_ALL_AXES 127 /* attrs.i[0] of a reduction over every element */
-enum { AD_CMP_EQ, AD_CMP_GT, AD_CMP_GE, AD_CMP_LT, AD_CMP_LE };
+#define AD_OP(E, def) extern const ad_op_def def;
+#include "ops.def"
+#undef AD_OP
+/* The table of built-in defs, AD_OP_BUILTIN_COUNT of them in id order
+ * (ops.c). */
+extern const ad_op_def *const ad_builtin_ops[];
 
 /* node flags */
 enum {
@@ -92,16 +96,11 @@ struct ad_ctx {
   size_t tape_len, tape_cap;
   uint32_t epoch;
   bool grad_enabled;
-  const char *applying; /* name of the op whose shape is being checked, for errors */
   /* backward scratch: leaves touched by the running pass */
   ad_node **touched;
   size_t touched_len, touched_cap;
   ad_backward_hook hook;
   void *hook_ud;
-  /* true while ad_backward's sweep runs without a hook: a backward function
-   * may then add a persistent leaf's gradient straight into its grad (e.g.
-   * matmul's GEMM with beta = 1) and leave gin NULL; see ad_leaf_grad */
-  bool leaf_direct;
   /* registry */
   ad_op_def *ops;
   int nops, ops_cap;
@@ -130,6 +129,13 @@ void ad_registry_free(ad_ctx *ctx);
 
 /* helpers for op implementations */
 int64_t ad_shape_size(int ndim, const int64_t *shape);
+/* The most elements a tensor may have. */
+#define AD_MAX_ELEMS (INT64_C(1) << 40)
+/* *size = the product of shape when every length is >= 0 and the product
+ * of the non-zero ones is at most AD_MAX_ELEMS; else false. */
+bool ad_shape_size_checked(int ndim, const int64_t *shape, int64_t *size);
+/* A persistent tensor with uninitialized data (AD_ERR_ARG, AD_ERR_OOM). */
+ad_tensor *ad_tensor_new_uninit(ad_ctx *ctx, ad_dtype dtype, int ndim, const int64_t *shape);
 static inline bool ad_is_float(ad_dtype dt) { return dt == AD_F32 || dt == AD_F64; }
 static inline size_t ad_dsize(ad_dtype dt) { return dt == AD_F64 ? 8 : 4; }
 
@@ -209,6 +215,9 @@ static inline ad_tensor *ad_tmp_like(ad_ctx *ctx, const ad_tensor *x) {
 
 /* Checks that in[0..n-1] are float and share a dtype; records an error. */
 ad_status ad_check_float_same(ad_ctx *ctx, const char *op, int n, ad_tensor *const *in);
+/* The shape rule of AD_OP_ELEMENTWISE ops: float inputs of one dtype whose
+ * shapes broadcast; out gets that dtype and the broadcast shape. */
+ad_status ad_shape_elementwise(const ad_call *c);
 /* NumPy broadcast of two shapes into out; AD_ERR_SHAPE when they clash. */
 bool ad_broadcast_shape(int na, const int64_t *sa, int nb, const int64_t *sb, int *nout,
                         int64_t *out);
@@ -219,21 +228,6 @@ static inline bool ad_same_shape(const ad_tensor *a, const ad_tensor *b) {
   return true;
 }
 int ad_norm_axis(int axis, int ndim); /* -1 when out of range */
-/* When ctx->leaf_direct and t is a persistent tensor requiring a gradient,
- * sets *grad to its grad (allocated as zeros on first use), into which a
- * backward function may add its contribution directly; else to NULL.
- * Returns AD_ERR_OOM when the grad cannot be allocated. */
-ad_status ad_leaf_grad(ad_ctx *ctx, ad_tensor *t, ad_tensor **grad);
-/* As ad_leaf_grad, but only a grad that already exists: NULL when there is
- * none yet, and nothing is allocated, so nothing can fail. For backward
- * functions that add into a leaf's grad only when that is free of new error
- * paths; the first pass takes the ordinary one, which allocates the grad. */
-static inline ad_tensor *ad_leaf_grad_existing(const ad_ctx *ctx, const ad_tensor *t) {
-  const ad_node *n = (const ad_node *)t;
-  return ctx->leaf_direct && (n->flags & AD_NF_PERSISTENT) && (n->flags & AD_NF_REQUIRES_GRAD)
-             ? t->grad
-             : NULL;
-}
 /* Makes gradient g fit input x: sum_to over broadcast dims, or NULL. */
 ad_tensor *ad_reduce_to(ad_ctx *ctx, ad_tensor *g, const ad_tensor *x);
 /* Strides of x seen through out's (broadcast) shape: 0 along broadcast dims. */
@@ -259,26 +253,10 @@ static inline ad_tensor *ad_apply2(ad_ctx *ctx, int op, ad_tensor *a, ad_tensor 
   return ad_op_apply(ctx, op, 2, in, attrs);
 }
 
-/* Sample helpers for gradcheck */
-ad_tensor *ad_sample_tensor(ad_ctx *ctx, ad_rng *rng, ad_dtype dt, int ndim, const int64_t *shape,
-                            double lo, double hi, bool grad);
-
-/* Prototypes of every op's functions, one family file each. */
-#define AD_NO_BACKWARD ad_unused_backward
-#define AD_NO_SAMPLE   ad_unused_sample
-#define AD_OP(E, name, ar, fl, sh, fw, bw, sa, m, dm)                                              \
-  ad_status sh(ad_ctx *, int, ad_tensor *const *, const ad_attrs *, ad_dtype *, int *, int64_t *); \
-  void fw(int, ad_tensor *const *, const ad_attrs *, ad_tensor *);
-#include "ops.def"
-#undef AD_OP
-#define AD_OP(E, name, ar, fl, sh, fw, bw, sa, m, dm)                                              \
-  ad_status bw(ad_ctx *, int, ad_tensor *const *, const ad_attrs *, ad_tensor *, ad_tensor *,      \
-               const bool *, ad_tensor **);                                                        \
-  int sa(ad_ctx *, ad_rng *, ad_dtype, int, ad_tensor **, ad_attrs *);
-#include "ops.def"
-#undef AD_OP
-#undef AD_NO_BACKWARD
-#undef AD_NO_SAMPLE
+/* A persistent sample input for gradcheck: uniform in [lo, hi), with
+ * requires_grad when grad. */
+ad_tensor *ad_sample_tensor(const ad_sample_call *s, int ndim, const int64_t *shape, double lo,
+                            double hi, bool grad);
 
 /* GEMM dispatch used by matmul */
 void ad_gemm(ad_dtype dt, bool ta, bool tb, int64_t m, int64_t n, int64_t k, const void *a,

@@ -296,6 +296,22 @@ int64_t ad_shape_size(int ndim, const int64_t *shape) {
   return n;
 }
 
+bool ad_shape_size_checked(int ndim, const int64_t *shape, int64_t *size) {
+  int64_t n = 1;
+  bool empty = false;
+  for (int i = 0; i < ndim; i++) {
+    if (shape[i] < 0) return false;
+    if (shape[i] == 0)
+      empty = true;
+    else if (n > AD_MAX_ELEMS / shape[i])
+      return false; /* also for an empty result: [2^41, 0] */
+    else
+      n *= shape[i];
+  }
+  *size = empty ? 0 : n;
+  return true;
+}
+
 /* Validates a constructor's arguments; records AD_ERR_ARG. */
 static bool check_new(ad_ctx *ctx, const char *fn, ad_dtype dt, int ndim, const int64_t *shape) {
   if (!ctx) return false;
@@ -307,14 +323,16 @@ static bool check_new(ad_ctx *ctx, const char *fn, ad_dtype dt, int ndim, const 
     ad_set_error(ctx, AD_ERR_ARG, "%s: ndim %d out of range 0..%d", fn, ndim, AD_MAX_DIMS);
     return false;
   }
-  int64_t n = 1;
-  for (int i = 0; i < ndim; i++) {
-    if (shape[i] < 0 || (shape[i] > 0 && n > (INT64_C(1) << 40) / shape[i])) {
-      ad_set_error(ctx, AD_ERR_ARG, "%s: dimension %d has bad length %lld", fn, i,
-                   (long long)shape[i]);
-      return false;
+  int64_t n;
+  if (!ad_shape_size_checked(ndim, shape, &n)) {
+    int i = 0; /* name the first dimension that takes the product out of range */
+    for (int64_t p = 1; i < ndim; i++) {
+      if (shape[i] < 0 || (shape[i] > 0 && p > AD_MAX_ELEMS / shape[i])) break;
+      if (shape[i] > 0) p *= shape[i];
     }
-    n *= shape[i];
+    ad_set_error(ctx, AD_ERR_ARG, "%s: dimension %d has bad length %lld", fn, i,
+                 (long long)shape[i]);
+    return false;
   }
   return true;
 }
@@ -333,6 +351,10 @@ static ad_tensor *persistent_new(ad_ctx *ctx, const char *fn, ad_dtype dt, int n
     return NULL;
   }
   return &n->t;
+}
+
+ad_tensor *ad_tensor_new_uninit(ad_ctx *ctx, ad_dtype dt, int ndim, const int64_t *shape) {
+  return persistent_new(ctx, "grad", dt, ndim, shape);
 }
 
 ad_tensor *ad_tmp_new(ad_ctx *ctx, ad_dtype dt, int ndim, const int64_t *shape) {

@@ -288,14 +288,20 @@ static ad_tensor *call_op(ad_ctx *ctx, int n, ad_tensor *const *in, void *ud) {
   return ad_op_apply(ctx, c->id, n, in, &c->attrs);
 }
 
+ad_tensor *ad_sample_tensor(const ad_sample_call *s, int ndim, const int64_t *shape, double lo,
+                            double hi, bool grad) {
+  ad_tensor *t = ad_rand(s->ctx, s->rng, s->dtype, ndim, shape, lo, hi);
+  if (t && grad) ad_tensor_set_requires_grad(t, true);
+  return t;
+}
+
 /* Generic inputs for an op without a sample function. */
-static int generic_sample(ad_ctx *ctx, ad_rng *rng, const ad_op_def *def, ad_dtype dt, int v,
-                          ad_tensor **in) {
-  if (v > 0) return 0;
+static int generic_sample(const ad_op_def *def, const ad_sample_call *s) {
+  if (s->variant > 0) return 0;
   int n = def->arity > 0 ? def->arity : 2;
-  int64_t s[2] = {3, 4};
+  int64_t shape[2] = {3, 4};
   for (int i = 0; i < n; i++)
-    if (!(in[i] = ad_sample_tensor(ctx, rng, dt, 2, s, -1, 1, true))) return -1;
+    if (!(s->in[i] = ad_sample_tensor(s, 2, shape, -1, 1, true))) return -1;
   return n;
 }
 
@@ -315,10 +321,12 @@ ad_status ad_op_check(ad_ctx *ctx, int id, ad_dtype dtype, bool second, uint64_t
   double worst = -1;
   ad_status st = AD_OK;
   for (int v = 0; st == AD_OK; v++) {
-    op_call c = {.id = id};
+    op_call c;
+    memset(&c, 0, sizeof c); /* every byte of the attrs, whichever member the sample sets */
+    c.id = id;
     ad_tensor *in[AD_MAX_SRC] = {0};
-    int n = def->sample ? def->sample(ctx, &rng, dtype, v, in, &c.attrs)
-                        : generic_sample(ctx, &rng, def, dtype, v, in);
+    ad_sample_call sc = {ctx, &rng, dtype, v, in, &c.attrs};
+    int n = def->sample ? def->sample(&sc) : generic_sample(def, &sc);
     if (n == 0) break;
     if (n < 0) {
       st = ctx->status ? ctx->status : AD_ERR_ARG;

@@ -370,161 +370,69 @@ static void put_esc(FILE *f, const char *s) {
   }
 }
 
-static void put_esc_n(FILE *f, const char *s, size_t n) {
-  char buf[256];
-  while (n) {
-    size_t k = n < sizeof buf - 1 ? n : sizeof buf - 1;
-    memcpy(buf, s, k);
-    buf[k] = 0;
-    put_esc(f, buf);
-    s += k;
-    n -= k;
-  }
-}
+/* --------------------------------------------------------- rules
+ * An op's definition names its inputs (inputs[k]; a variadic op's
+ * inputs[0] names them all) and gives each input's contribution (grads[k]),
+ * so the rule for input k reads "dV += <grads[k]>" with V its name. */
 
-/* --------------------------------------------------------- rule mapping
- * An op's dmath is a list of clauses separated by ';', each "dV += ..." (or
- * "dV likewise") or "no gradient to V", where V names an input as in the
- * forward math. Input k's variable is found by the order in which the
- * variables first appear on the right of the forward math's '=' (so
- * "y = c != 0 ? a : b" maps inputs to c, a, b), else by the clause order;
- * a single variable applies to every input (concat's "dxk"). */
-
-#define MAX_CLAUSES 12
-#define VAR_LEN     12
+#define VAR_LEN 12
 
 typedef struct rule_map {
-  int ncl;
-  const char *cl[MAX_CLAUSES];
-  size_t cl_len[MAX_CLAUSES];
-  char cl_var[MAX_CLAUSES][VAR_LEN];
-  char outvar[VAR_LEN];
-  char var[AD_MAX_SRC][VAR_LEN]; /* input k's variable, "" if unknown */
-  bool mapped;                   /* every input has a variable */
+  char outvar[VAR_LEN];         /* the output's name in the math: its first word */
+  const char *var[AD_MAX_SRC];  /* input k's name, NULL if the op gives none */
+  const char *grad[AD_MAX_SRC]; /* input k's contribution, NULL for none */
+  bool mapped;                  /* every input has a name */
+  bool has_backward;
 } rule_map;
 
-static bool is_word(int c) { return isalnum((unsigned char)c) != 0; }
-
-/* Copies the identifier at s into out; returns its length. */
-static size_t ident(const char *s, char *out) {
-  size_t n = 0;
-  while (is_word(s[n]) && n + 1 < VAR_LEN) out[n] = s[n], n++;
-  out[n] = 0;
-  return is_word(s[n]) ? 0 : n;
-}
-
-/* Position of var as a whole word in [s, e), or -1. */
-static long word_pos(const char *s, const char *e, const char *var) {
-  size_t len = strlen(var);
-  for (const char *p = s; p + len <= e; p++)
-    if (!strncmp(p, var, len) && (p == s || !is_word(p[-1])) && (p + len == e || !is_word(p[len])))
-      return (long)(p - s);
-  return -1;
-}
-
-/* True when s (after the 'd') is "V += ...", "V = ..." or "V likewise". */
-static bool is_dclause(const char *s, char *var) {
-  size_t n = ident(s, var);
-  if (!n) return false;
-  s += n;
-  while (*s == ' ') s++;
-  return !strncmp(s, "+=", 2) || *s == '=' || !strncmp(s, "likewise", 8);
-}
-
-static void rule_parse(const ad_op_def *def, int n, rule_map *rm) {
+static void rule_map_of(const ad_op_def *def, int n, rule_map *rm) {
   memset(rm, 0, sizeof *rm);
-  const char *d = def ? def->dmath : NULL;
-  if (!d) return;
-  /* split at ';' outside brackets */
-  const char *start = d;
-  int depth = 0;
-  for (const char *p = d;; p++) {
-    if (*p == '(' || *p == '[') depth++;
-    if ((*p == ')' || *p == ']') && depth > 0) depth--;
-    if (*p == 0 || (*p == ';' && depth == 0)) {
-      while (start < p && isspace((unsigned char)*start)) start++;
-      const char *end = p;
-      while (end > start && isspace((unsigned char)end[-1])) end--;
-      if (end > start && rm->ncl < MAX_CLAUSES) {
-        int c = rm->ncl++;
-        rm->cl[c] = start;
-        rm->cl_len[c] = (size_t)(end - start);
-        static const char nog[] = "no gradient to ";
-        if (!strncmp(start, nog, sizeof nog - 1))
-          ident(start + sizeof nog - 1, rm->cl_var[c]);
-        else if (start[0] == 'd' && !is_dclause(start + 1, rm->cl_var[c]))
-          rm->cl_var[c][0] = 0;
-      }
-      if (*p == 0) break;
-      start = p + 1;
-    }
-  }
-  if (def->math) {
-    const char *m = def->math;
-    ident(m, rm->outvar);
-  }
-  /* distinct variables in clause order */
-  char vars[MAX_CLAUSES][VAR_LEN];
-  int nv = 0;
-  for (int c = 0; c < rm->ncl; c++) {
-    if (!rm->cl_var[c][0]) continue;
-    bool seen = false;
-    for (int j = 0; j < nv; j++) seen |= !strcmp(vars[j], rm->cl_var[c]);
-    if (!seen) memcpy(vars[nv++], rm->cl_var[c], VAR_LEN);
-  }
-  if (n < 1 || n > AD_MAX_SRC) return;
-  if (nv == 1) {
-    for (int k = 0; k < n; k++) memcpy(rm->var[k], vars[0], VAR_LEN);
-    rm->mapped = true;
-    return;
-  }
-  if (nv != n) return;
-  /* order by first appearance right of '=' in the forward math, up to ';' */
-  long pos[MAX_CLAUSES];
-  bool all = def->math != NULL;
-  if (all) {
-    const char *s = strchr(def->math, '=');
-    s = s ? s + 1 : def->math;
-    const char *e = strchr(s, ';');
-    if (!e) e = s + strlen(s);
-    for (int j = 0; j < nv && all; j++) {
-      pos[j] = word_pos(s, e, vars[j]);
-      all = pos[j] >= 0;
-    }
-  }
-  for (int k = 0; k < n; k++) {
-    int pick = k;
-    if (all) { /* the k-th smallest position */
-      for (int j = 0; j < nv; j++) {
-        int rank = 0;
-        for (int i = 0; i < nv; i++) rank += pos[i] < pos[j];
-        if (rank == k) pick = j;
-      }
-    }
-    memcpy(rm->var[k], vars[pick], VAR_LEN);
-  }
+  if (!def || n < 1 || n > AD_MAX_SRC) return;
+  rm->has_backward = def->backward != NULL;
+  size_t len = 0;
+  while (def->math && isalnum((unsigned char)def->math[len]) && len + 1 < VAR_LEN) len++;
+  if (def->math) memcpy(rm->outvar, def->math, len);
+  bool variadic = def->arity < 0;
   rm->mapped = true;
+  for (int k = 0; k < n; k++) {
+    rm->var[k] = def->inputs[variadic ? 0 : k];
+    rm->grad[k] = def->grads[variadic ? 0 : k];
+    rm->mapped &= rm->var[k] != NULL;
+  }
 }
 
-/* The clauses of input k (all of dmath for one input or when unmapped). */
-static void put_rule(FILE *f, const ad_op_def *def, const rule_map *rm, int n, int k, bool esc) {
-  const char *d = def && def->dmath ? def->dmath : "(the op gives no rule)";
-  if (n == 1 || !rm->mapped) {
-    if (esc)
-      put_esc(f, d);
-    else
-      fputs(d, f);
+/* Writes s, escaped for a DOT label when esc. */
+static void put_str(FILE *f, const char *s, bool esc) {
+  if (esc)
+    put_esc(f, s);
+  else
+    fputs(s, f);
+}
+
+/* The rule of input k: "dV += ...", or "no gradient to V". */
+static void put_rule_k(FILE *f, const rule_map *rm, int k, bool esc) {
+  if (!rm->var[k]) {
+    fputs("(the op gives no rule)", f);
     return;
   }
-  bool first = true;
-  for (int c = 0; c < rm->ncl; c++) {
-    if (strcmp(rm->cl_var[c], rm->var[k]) != 0) continue;
-    if (!first) fputs("; ", f);
-    first = false;
-    if (esc)
-      put_esc_n(f, rm->cl[c], rm->cl_len[c]);
-    else
-      fwrite(rm->cl[c], 1, rm->cl_len[c], f);
+  if (rm->grad[k]) {
+    fprintf(f, "d%s += ", rm->var[k]);
+    put_str(f, rm->grad[k], esc);
+  } else {
+    fprintf(f, "no gradient to %s", rm->var[k]);
+  }
+}
+
+/* The whole rule: every input's, "; " between them (a variadic op's once). */
+static void put_rule(FILE *f, const ad_op_def *def, const rule_map *rm, int n, bool esc) {
+  if (!rm->has_backward || !rm->mapped) {
+    fputs("(the op gives no rule)", f);
+    return;
+  }
+  int shown = def && def->arity < 0 ? 1 : n;
+  for (int k = 0; k < shown; k++) {
+    if (k) fputs("; ", f);
+    put_rule_k(f, rm, k, esc);
   }
 }
 
@@ -536,8 +444,7 @@ static int local_mode(const ad_op_def *def, const ad_tensor *in, const ad_tensor
                       const ad_tensor *gin) {
   if (!gin || !gout) return V_PLAIN;
   if (gout->size == 1) return ad_tensor_get(gout, 0) != 0 ? V_RATIO_SCALAR : V_PLAIN;
-  bool elementwise =
-      def && (def->shape == shape_unary || def->shape == shape_binary || def->shape == shape_where);
+  bool elementwise = def && (def->flags & AD_OP_ELEMENTWISE);
   if (!elementwise || !ad_same_shape(in, gout) || gin->size != gout->size) return V_PLAIN;
   for (int64_t i = 0; i < gout->size; i++)
     if (ad_tensor_get(gout, i) == 0) return V_PLAIN;
@@ -554,7 +461,7 @@ static void trace_step(ad_graph *g, const ad_tensor *out, const ad_tensor *gout,
   if (nin > n) nin = n;
   const ad_op_def *def = ad_op_get(g->ctx, ad_tensor_op(out));
   rule_map rm;
-  rule_parse(def, nin, &rm);
+  rule_map_of(def, nin, &rm);
   char ob[64], ib[64], sb[64];
   char oname[64];
   snprintf(oname, sizeof oname, "%s", tensor_name(g, out, ob, sizeof ob));
@@ -568,7 +475,9 @@ static void trace_step(ad_graph *g, const ad_tensor *out, const ad_tensor *gout,
   fprintf(f, ")  %s %s\n", ad_shape_str(out, sb, sizeof sb), ad_dtype_name(out->dtype));
   fprintf(f, "  incoming   dL/d%s = ", oname);
   put_tensor(f, gout, &txt);
-  fprintf(f, "\n  rule       %s\n", def && def->dmath ? def->dmath : "(the op gives no rule)");
+  fputs("\n  rule       ", f);
+  put_rule(f, def, &rm, nin, false);
+  fputc('\n', f);
   if (rm.outvar[0] && rm.mapped) { /* the rule's variables, named */
     fprintf(f, "             with %s = %s", rm.outvar, oname);
     for (int k = 0; k < nin; k++) {
@@ -743,7 +652,7 @@ static void dot_edge(FILE *f, ad_graph *g, const ad_tensor *out, int from, int t
   fprintf(f, "  n%d -> n%d", from, to);
   bool back = (flags & AD_DOT_BACKWARD) != 0;
   if (!back) {
-    if (n > 1 && rm->mapped && rm->var[k][0]) fprintf(f, " [label=\" %s \"]", rm->var[k]);
+    if (n > 1 && rm->var[k]) fprintf(f, " [label=\" %s \"]", rm->var[k]);
     fputs(";\n", f);
     return;
   }
@@ -756,7 +665,7 @@ static void dot_edge(FILE *f, ad_graph *g, const ad_tensor *out, int from, int t
   snprintf(oname, sizeof oname, "%s", tensor_name(g, out, ob, sizeof ob));
   const char *iname = tensor_name(g, in[k], ib, sizeof ib);
   fputs(" [dir=back, color=\"#b03020\", fontcolor=\"#b03020\", label=\"", f);
-  put_rule(f, def, rm, n, k, true);
+  put_rule_k(f, rm, k, true);
   if (s && !gin) {
     fputs("\\l(no gradient sent)", f);
   } else if (gin) {
@@ -884,7 +793,7 @@ ad_status ad_graph_dot(ad_graph *g, FILE *f, ad_tensor *root, int flags) {
     ad_tensor *in[AD_MAX_SRC];
     int n = ad_tensor_inputs(t, in, AD_MAX_SRC);
     rule_map rm;
-    rule_parse(ad_op_get(ctx, ad_tensor_op(t)), n, &rm);
+    rule_map_of(ad_op_get(ctx, ad_tensor_op(t)), n, &rm);
     for (int k = 0; k < n && k < AD_MAX_SRC; k++)
       dot_edge(f, g, t, pmap_get(&seen, in[k]), (int)i, k, n, &rm, flags);
   }

@@ -1,42 +1,7 @@
 /* op_matmul.c: (batched) matrix product with transpose flags. */
 #include "ad_internal.h"
 
-/* Leading (batch) dims of x: all but the last two. */
-static int64_t batch_of(const ad_tensor *x) { return ad_shape_size(x->ndim - 2, x->shape); }
-
-ad_status shape_matmul(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs *at, ad_dtype *dt,
-                       int *ndim, int64_t *shape) {
-  (void)n;
-  const ad_tensor *a = in[0], *b = in[1];
-  char sa[64], sb[64];
-  if (ad_check_float_same(ctx, "matmul", 2, in) != AD_OK) return ctx->status;
-  if (a->ndim < 2 || b->ndim < 2)
-    return ad_set_error(ctx, AD_ERR_SHAPE, "matmul: inputs need at least 2 dims: %s x %s",
-                        ad_shape_str(a, sa, sizeof sa), ad_shape_str(b, sb, sizeof sb));
-  bool ta = at->i[0] != 0, tb = at->i[1] != 0;
-  int64_t m = a->shape[a->ndim - (ta ? 1 : 2)], ka = a->shape[a->ndim - (ta ? 2 : 1)];
-  int64_t kb = b->shape[b->ndim - (tb ? 1 : 2)], nn = b->shape[b->ndim - (tb ? 2 : 1)];
-  if (ka != kb)
-    return ad_set_error(ctx, AD_ERR_SHAPE, "matmul: inner dimensions differ: %s%s x %s%s",
-                        ad_shape_str(a, sa, sizeof sa), ta ? "^T" : "",
-                        ad_shape_str(b, sb, sizeof sb), tb ? "^T" : "");
-  const ad_tensor *lead = a->ndim >= b->ndim ? a : b;
-  if (a->ndim > 2 && b->ndim > 2) {
-    bool same = a->ndim == b->ndim;
-    for (int i = 0; same && i < a->ndim - 2; i++) same = a->shape[i] == b->shape[i];
-    if (!same)
-      return ad_set_error(ctx, AD_ERR_SHAPE, "matmul: batch dimensions differ: %s x %s",
-                          ad_shape_str(a, sa, sizeof sa), ad_shape_str(b, sb, sizeof sb));
-  }
-  *ndim = lead->ndim;
-  for (int i = 0; i < lead->ndim - 2; i++) shape[i] = lead->shape[i];
-  shape[lead->ndim - 2] = m;
-  shape[lead->ndim - 1] = nn;
-  *dt = a->dtype;
-  return AD_OK;
-}
-
-/* ----------------------------------------------------- threaded GEMM */
+/* -------------------------------------------------------- threaded GEMM */
 
 /* Products of at least this many multiply-adds are split over the
  * library's threads (ad_set_num_threads): about 15 us of one core's work,
@@ -88,31 +53,70 @@ static void gemm_mt(ad_dtype dt, bool ta, bool tb, int64_t m, int64_t n, int64_t
   ad_parallel_for(parts, 1, gemm_parts, &s);
 }
 
+/* --------------------------------------------------------------- matmul */
+
+static ad_status matmul_shape(const ad_call *c) {
+  const ad_tensor *a = c->in[0], *b = c->in[1];
+  ad_tensor *o = c->out;
+  char sa[64], sb[64];
+  ad_status st = ad_check_float_same(c->ctx, c->name, 2, c->in);
+  if (st != AD_OK) return st;
+  if (a->ndim < 2 || b->ndim < 2)
+    return ad_set_error(c->ctx, AD_ERR_SHAPE, "%s: inputs need at least 2 dims: %s x %s", c->name,
+                        ad_shape_str(a, sa, sizeof sa), ad_shape_str(b, sb, sizeof sb));
+  bool ta = c->attrs->matmul.trans_a, tb = c->attrs->matmul.trans_b;
+  int64_t m = a->shape[a->ndim - (ta ? 1 : 2)], ka = a->shape[a->ndim - (ta ? 2 : 1)];
+  int64_t kb = b->shape[b->ndim - (tb ? 1 : 2)], nn = b->shape[b->ndim - (tb ? 2 : 1)];
+  if (ka != kb)
+    return ad_set_error(c->ctx, AD_ERR_SHAPE, "%s: inner dimensions differ: %s%s x %s%s", c->name,
+                        ad_shape_str(a, sa, sizeof sa), ta ? "^T" : "",
+                        ad_shape_str(b, sb, sizeof sb), tb ? "^T" : "");
+  const ad_tensor *lead = a->ndim >= b->ndim ? a : b;
+  if (a->ndim > 2 && b->ndim > 2) {
+    bool same = a->ndim == b->ndim;
+    for (int i = 0; same && i < a->ndim - 2; i++) same = a->shape[i] == b->shape[i];
+    if (!same)
+      return ad_set_error(c->ctx, AD_ERR_SHAPE, "%s: batch dimensions differ: %s x %s", c->name,
+                          ad_shape_str(a, sa, sizeof sa), ad_shape_str(b, sb, sizeof sb));
+  }
+  o->ndim = lead->ndim;
+  for (int i = 0; i < lead->ndim - 2; i++) o->shape[i] = lead->shape[i];
+  o->shape[lead->ndim - 2] = m;
+  o->shape[lead->ndim - 1] = nn;
+  o->dtype = a->dtype;
+  return AD_OK;
+}
+
+/* Leading (batch) dims of x: all but the last two. */
+static int64_t batch_of(const ad_tensor *x) { return ad_shape_size(x->ndim - 2, x->shape); }
+
 /* A dense layer's product X W^T with a small batch (m rows) and a wide,
- * deep W (n x k): the built-in GEMM packs op(B) = W^T, transposing n x k
- * values in registers per call, while A is read in place. Computing
- * Y^T = W X^T instead packs only X^T (m x k) and reads W in place; the
- * m x n result is then transposed (the same products, summed in the same
- * order). bench/mlp's first layer (32 x 64 x 784): 50.8 -> 43.8 us with the
- * transpose; no gain for k < 256 or n < 2m, and BLAS-sized products (above
- * gemm.c's 4M multiply-adds) go to OpenBLAS, which packs both sides anyway. */
+ * deep W (n x k), such as bench/mlp's first layer (32 x 64 x 784): the
+ * built-in GEMM packs op(B) = W^T, transposing n x k values in registers
+ * per call, while A is read in place. Computing Y^T = W X^T instead packs
+ * only X^T (m x k) and reads W in place; the m x n result is then
+ * transposed (the same products, summed in the same order). That pays
+ * only when the packing saved, of n x k values rather than m x k, clearly
+ * outweighs the extra pass over the m x n result: for n >= 2m and
+ * k >= 256. BLAS-sized products (above gemm.c's 4M multiply-adds) go to
+ * OpenBLAS, which packs both sides anyway. */
 static bool swap_pays(bool ta, bool tb, int64_t m, int64_t n, int64_t k) {
   return !ta && tb && m <= 64 && n >= 2 * m && k >= 256 &&
          (double)m * (double)n * (double)k <= 4194304.0;
 }
 
 /* Y = op(A) op(B), batch by batch; a 2-D side is shared by every batch. */
-void fwd_matmul(int n, ad_tensor *const *in, const ad_attrs *at, ad_tensor *out) {
-  (void)n;
-  const ad_tensor *a = in[0], *b = in[1];
-  bool ta = at->i[0] != 0, tb = at->i[1] != 0;
+static void matmul_fwd(const ad_call *c) {
+  const ad_tensor *a = c->in[0], *b = c->in[1];
+  ad_tensor *out = c->out;
+  bool ta = c->attrs->matmul.trans_a, tb = c->attrs->matmul.trans_b;
   int64_t m = out->shape[out->ndim - 2], nn = out->shape[out->ndim - 1];
   int64_t k = a->shape[a->ndim - (ta ? 2 : 1)];
   int64_t batches = batch_of(out);
   size_t es = ad_dsize(out->dtype);
   void *t;
   if (batches == 1 && swap_pays(ta, tb, m, nn, k) &&
-      (t = ad_arena_alloc(ad_node_of(out)->ctx, (size_t)(m * nn) * es))) {
+      (t = ad_arena_alloc(c->ctx, (size_t)(m * nn) * es))) {
     gemm_mt(out->dtype, false, true, nn, m, k, b->data, k, a->data, k, 0.0, t, m);
     if (out->dtype == AD_F32)
       for (int64_t i = 0; i < m; i++)
@@ -130,75 +134,89 @@ void fwd_matmul(int n, ad_tensor *const *in, const ad_attrs *at, ad_tensor *out)
             (char *)out->data + (size_t)(i * m * nn) * es, nn);
 }
 
-/* c += op(x) op(w) for 2-D x, w (GEMM with beta = 1). */
-static void gemm_into(ad_tensor *c, const ad_tensor *x, bool tx, const ad_tensor *w, bool tw) {
-  int64_t m = x->shape[tx ? 1 : 0], k = x->shape[tx ? 0 : 1], nn = w->shape[tw ? 0 : 1];
-  gemm_mt(c->dtype, tx, tw, m, nn, k, x->data, x->shape[1], w->data, w->shape[1], 1.0, c->data, nn);
-}
-
-/* Y = op(A) op(B):
- *   A B     : dA = dY B^T,    dB = A^T dY
- *   A B^T   : dA = dY B,      dB = dY^T A
- *   A^T B   : dA = B dY^T,    dB = A dY
- *   A^T B^T : dA = B^T dY^T,  dB = dY^T A^T
- * A batched dY against a 2-D input is summed over the batch by the caller.
- * In ad_backward (ad_leaf_grad), a 2-D parameter's gradient is added by the
- * GEMM itself (beta = 1) straight into its grad: no temporary, no separate
- * add pass. */
-ad_status bwd_matmul(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs *at, ad_tensor *y,
-                     ad_tensor *dy, const bool *needs, ad_tensor **g) {
-  (void)n, (void)y;
-  ad_tensor *a = in[0], *b = in[1];
-  bool ta = at->i[0] != 0, tb = at->i[1] != 0;
-  bool flat = a->ndim == 2 && b->ndim == 2;
-  ad_tensor *ga = NULL, *gb = NULL;
-  ad_status st = AD_OK;
-  if (flat && needs[0]) st = ad_leaf_grad(ctx, a, &ga);
-  if (flat && needs[1] && st == AD_OK) st = ad_leaf_grad(ctx, b, &gb);
-  if (st != AD_OK) return st;
-  if (ga) {
-    if (!ta)
-      gemm_into(ga, dy, false, b, !tb);
-    else
-      gemm_into(ga, b, tb, dy, true);
-  } else if (needs[0]) {
-    g[0] = !ta ? ad_matmul(ctx, dy, b, false, !tb) : ad_matmul(ctx, b, dy, tb, true);
-    if (!g[0]) return ctx->status;
+/* A batched dY against a 2-D input gives a batched contribution, which the
+ * engine sums over the batch. */
+static ad_status matmul_bwd(const ad_call *c) {
+  ad_ctx *ctx = c->ctx;
+  ad_tensor *a = c->in[0], *b = c->in[1], *dy = c->gout;
+  bool ta = c->attrs->matmul.trans_a, tb = c->attrs->matmul.trans_b;
+  if (c->needs[0]) {
+    ad_status st = ad_call_set_grad(
+        c, 0, !ta ? ad_matmul(ctx, dy, b, false, !tb) : ad_matmul(ctx, b, dy, tb, true));
+    if (st != AD_OK) return st;
   }
-  if (gb) {
-    if (!tb)
-      gemm_into(gb, a, !ta, dy, false);
-    else
-      gemm_into(gb, dy, true, a, ta);
-  } else if (needs[1]) {
-    g[1] = !tb ? ad_matmul(ctx, a, dy, !ta, false) : ad_matmul(ctx, dy, a, true, ta);
-    if (!g[1]) return ctx->status;
-  }
+  if (c->needs[1])
+    return ad_call_set_grad(
+        c, 1, !tb ? ad_matmul(ctx, a, dy, !ta, false) : ad_matmul(ctx, dy, a, true, ta));
   return AD_OK;
 }
 
+/* dst = op(x) op(w) + beta dst for 2-D x, w. */
+static void gemm_into(ad_tensor *dst, const ad_tensor *x, bool tx, const ad_tensor *w, bool tw,
+                      double beta) {
+  int64_t m = x->shape[tx ? 1 : 0], k = x->shape[tx ? 0 : 1], nn = w->shape[tw ? 0 : 1];
+  gemm_mt(dst->dtype, tx, tw, m, nn, k, x->data, x->shape[1], w->data, w->shape[1], beta, dst->data,
+          nn);
+}
+
+/* For 2-D A and B, the GEMM that makes input k's contribution adds it
+ * straight into grad (beta = 1), or stores it there (beta = 0): no
+ * temporary, no separate add pass. */
+static bool matmul_grad_into(const ad_call *c, int k, ad_tensor *grad, bool overwrite) {
+  const ad_tensor *a = c->in[0], *b = c->in[1], *dy = c->gout;
+  if (a->ndim != 2 || b->ndim != 2) return false;
+  bool ta = c->attrs->matmul.trans_a, tb = c->attrs->matmul.trans_b;
+  double beta = overwrite ? 0.0 : 1.0;
+  if (k == 0) {
+    if (!ta)
+      gemm_into(grad, dy, false, b, !tb, beta);
+    else
+      gemm_into(grad, b, tb, dy, true, beta);
+  } else {
+    if (!tb)
+      gemm_into(grad, a, !ta, dy, false, beta);
+    else
+      gemm_into(grad, dy, true, a, ta, beta);
+  }
+  return true;
+}
+
 ad_tensor *ad_matmul(ad_ctx *ctx, ad_tensor *a, ad_tensor *b, bool trans_a, bool trans_b) {
-  ad_attrs at = {.i = {trans_a, trans_b}};
+  ad_attrs at = {.matmul = {.trans_a = trans_a, .trans_b = trans_b}};
   return ad_apply2(ctx, AD_OP_MATMUL, a, b, &at);
 }
 
-int sample_matmul(ad_ctx *ctx, ad_rng *rng, ad_dtype dt, int v, ad_tensor **in, ad_attrs *at) {
-  /* variants 0-3: the four transpose combinations of [3,4] x [4,5];
-   * 4: batched x batched; 5: batched x shared 2-D */
+/* variants 0-3: the four transpose combinations of [3,4] x [4,5];
+ * 4: batched x batched; 5: batched x shared 2-D */
+static int matmul_sample(const ad_sample_call *s) {
+  int v = s->variant;
   if (v > 5) return 0;
   int64_t m = 3, k = 4, nn = 5;
   if (v < 4) {
     bool ta = v & 1, tb = v & 2;
-    at->i[0] = ta;
-    at->i[1] = tb;
+    s->attrs->matmul = (ad_matmul_attrs){.trans_a = ta, .trans_b = tb};
     int64_t sa[2] = {ta ? k : m, ta ? m : k}, sb[2] = {tb ? nn : k, tb ? k : nn};
-    in[0] = ad_sample_tensor(ctx, rng, dt, 2, sa, -1, 1, true);
-    in[1] = ad_sample_tensor(ctx, rng, dt, 2, sb, -1, 1, true);
+    s->in[0] = ad_sample_tensor(s, 2, sa, -1, 1, true);
+    s->in[1] = ad_sample_tensor(s, 2, sb, -1, 1, true);
   } else {
     int64_t sa[3] = {2, m, k}, sb[3] = {2, k, nn};
-    in[0] = ad_sample_tensor(ctx, rng, dt, 3, sa, -1, 1, true);
-    in[1] = v == 4 ? ad_sample_tensor(ctx, rng, dt, 3, sb, -1, 1, true)
-                   : ad_sample_tensor(ctx, rng, dt, 2, sb + 1, -1, 1, true);
+    s->in[0] = ad_sample_tensor(s, 3, sa, -1, 1, true);
+    s->in[1] = v == 4 ? ad_sample_tensor(s, 3, sb, -1, 1, true)
+                      : ad_sample_tensor(s, 2, sb + 1, -1, 1, true);
   }
-  return in[0] && in[1] ? 2 : -1;
+  return s->in[0] && s->in[1] ? 2 : -1;
 }
+
+const ad_op_def ad_def_matmul = {
+    .name = "matmul",
+    .arity = 2,
+    .attrs = AD_ATTRS_MATMUL,
+    .shape = matmul_shape,
+    .forward = matmul_fwd,
+    .backward = matmul_bwd,
+    .grad_into = matmul_grad_into,
+    .sample = matmul_sample,
+    .math = "Y = op(A) op(B), op = transpose if trans_a / trans_b",
+    .inputs = {"A", "B"},
+    .grads = {"dY op(B)^T (or op(B) dY^T when transposed)", "op(A)^T dY (or dY^T op(A))"},
+};

@@ -1,70 +1,196 @@
-/* op_reduce.c: sum, max, logsumexp along an axis or over everything;
- * softmax and log_softmax along an axis; the mean as a composite. */
+/* op_reduce.c: sum, max, logsumexp over a run of adjacent axes; softmax
+ * and log_softmax along an axis; the mean as a composite. */
 #include "ad_internal.h"
 
 #include <math.h>
 
-/* The loop nest of a reduction: outer x n x inner, reducing n. */
+/* ------------------------------------------------------------- helpers */
+
+/* The loop nest of a reduction over the dims [lo, hi) of x: outer x n x
+ * inner, reducing n. axes is read from its lowest dim up to its first gap:
+ * lo is its lowest bit, hi the first bit after lo that is clear (both ndim
+ * for an empty mask: n = 1, nothing is reduced). */
 typedef struct red_dims {
-  int axis; /* -1: everything */
+  int lo, hi;
   int64_t outer, n, inner;
 } red_dims;
 
-static red_dims red_of(const ad_tensor *x, int64_t axis_attr) {
-  red_dims r = {-1, 1, x->size, 1};
-  if (axis_attr == AD_ALL_AXES) return r;
-  r.axis = ad_norm_axis((int)axis_attr, x->ndim);
-  r.outer = ad_shape_size(r.axis, x->shape);
-  r.n = x->shape[r.axis];
-  r.inner = ad_shape_size(x->ndim - r.axis - 1, x->shape + r.axis + 1);
+static red_dims red_of(const ad_tensor *x, uint32_t axes) {
+  red_dims r = {0, 0, 1, 1, 1};
+  while (r.lo < x->ndim && !(axes >> r.lo & 1)) r.lo++;
+  r.hi = r.lo;
+  while (r.hi < x->ndim && (axes >> r.hi & 1)) r.hi++;
+  r.outer = ad_shape_size(r.lo, x->shape);
+  r.n = ad_shape_size(r.hi - r.lo, x->shape + r.lo);
+  r.inner = ad_shape_size(x->ndim - r.hi, x->shape + r.hi);
   return r;
 }
 
-/* x's shape with the reduced axes set to 1 (keepdim form). */
-static void keep_shape(const ad_tensor *x, int axis, int64_t *shape) {
-  for (int k = 0; k < x->ndim; k++) shape[k] = (axis < 0 || k == axis) ? 1 : x->shape[k];
-}
-
-ad_status shape_reduce(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs *at, ad_dtype *dt,
-                       int *ndim, int64_t *shape) {
-  (void)n;
-  const ad_tensor *x = in[0];
-  if (ad_check_float_same(ctx, ctx->applying, 1, in) != AD_OK) return ctx->status;
-  int axis = -1;
-  if (at->i[0] != AD_ALL_AXES && (axis = ad_norm_axis((int)at->i[0], x->ndim)) < 0) {
-    char a[64];
-    return ad_set_error(ctx, AD_ERR_ARG, "%s: axis %lld out of range for %s", ctx->applying,
-                        (long long)at->i[0], ad_shape_str(x, a, sizeof a));
-  }
-  if (x->size == 0 || (axis >= 0 && x->shape[axis] == 0)) {
-    char a[64];
-    return ad_set_error(ctx, AD_ERR_SHAPE, "%s: nothing to reduce in %s", ctx->applying,
-                        ad_shape_str(x, a, sizeof a));
-  }
-  *dt = x->dtype;
-  if (at->i[1]) {
-    *ndim = x->ndim;
-    keep_shape(x, axis, shape);
-  } else {
-    *ndim = 0;
-    for (int k = 0; axis >= 0 && k < x->ndim; k++)
-      if (k != axis) shape[(*ndim)++] = x->shape[k];
-  }
-  return AD_OK;
-}
-
 /* Runs BODY for each (o, i) lane of the reduction with X pointing at its
- * first element (stride inner) and Y at its output. */
-#define REDUCE_LANES(T, x, out, r, BODY)                                                           \
+ * first element (stride S, N elements) and Y at its output; output lanes
+ * start YS elements apart for each o. */
+#define REDUCE_LANES(T, x, out, r, YS, BODY)                                                       \
   do {                                                                                             \
     for (int64_t o = 0; o < (r).outer; o++)                                                        \
       for (int64_t i = 0; i < (r).inner; i++) {                                                    \
         const T *X = (const T *)(x)->data + o * (r).n * (r).inner + i;                             \
-        T *Y = (T *)(out)->data + o * (r).inner + i;                                               \
+        T *Y = (T *)(out)->data + o * (YS) + i;                                                    \
         const int64_t S = (r).inner, N = (r).n;                                                    \
         BODY                                                                                       \
       }                                                                                            \
   } while (0)
+
+/* exp(x) for a lane of T: in float arithmetic for float tensors (glibc's
+ * expf is several times faster than exp and within an ulp of float), in
+ * double for double ones. Sums and logs stay in double. */
+#define EXP_OF(T, x) (sizeof(T) == sizeof(float) ? (double)expf((float)(x)) : exp(x))
+
+/* x's shape with the reduced dims set to 1 (keepdim form). */
+static void keep_shape(const ad_tensor *x, uint32_t axes, int64_t *shape) {
+  for (int k = 0; k < x->ndim; k++) shape[k] = (axes >> k & 1) ? 1 : x->shape[k];
+}
+
+/* dy (and y) in keepdim form, so they broadcast against x. */
+static ad_tensor *keep(ad_ctx *ctx, ad_tensor *t, const ad_tensor *x, const ad_reduce_attrs *ra) {
+  if (ra->keepdim) return t;
+  int64_t s[AD_MAX_DIMS];
+  keep_shape(x, ra->axes, s);
+  return ad_reshape(ctx, t, x->ndim, s);
+}
+
+/* The shape rule of sum, max and logsumexp. */
+static ad_status shape_reduce(const ad_call *c) {
+  const ad_tensor *x = c->in[0];
+  uint32_t axes = c->attrs->reduce.axes;
+  char a[64];
+  if (ad_check_float_same(c->ctx, c->name, 1, c->in) != AD_OK) return ad_last_status(c->ctx);
+  red_dims r = red_of(x, axes);
+  if (axes != (1u << r.hi) - (1u << r.lo)) /* a bit >= ndim, or a gap */
+    return ad_set_error(c->ctx, AD_ERR_ARG, "%s: axes 0x%x out of range/not adjacent for %s",
+                        c->name, (unsigned)axes, ad_shape_str(x, a, sizeof a));
+  if (x->size == 0)
+    return ad_set_error(c->ctx, AD_ERR_SHAPE, "%s: nothing to reduce in %s", c->name,
+                        ad_shape_str(x, a, sizeof a));
+  ad_tensor *o = c->out;
+  o->dtype = x->dtype;
+  o->ndim = 0;
+  for (int k = 0; k < x->ndim; k++) {
+    if (!(axes >> k & 1))
+      o->shape[o->ndim++] = x->shape[k];
+    else if (c->attrs->reduce.keepdim)
+      o->shape[o->ndim++] = 1;
+  }
+  return AD_OK;
+}
+
+static ad_tensor *reduce(ad_ctx *ctx, int op, ad_tensor *x, uint32_t axes, bool keepdim) {
+  ad_attrs at = {.reduce = {axes, keepdim}};
+  return ad_apply1(ctx, op, x, &at);
+}
+
+/* Every dim of x (none for a 0-d x). A NULL x, or one that is not a live
+ * tensor, is left to ad_op_apply to report. */
+static uint32_t all_axes(const ad_tensor *x) {
+  return x && (unsigned)x->ndim <= AD_MAX_DIMS ? (1u << x->ndim) - 1 : 0;
+}
+
+/* The reduction along one axis, normalised here. An axis out of range is
+ * reported here, as the shape rule reported it when the axis was the
+ * attribute; a NULL ctx or x, and an x that is not float (whose dtype is
+ * reported first), go on to ad_op_apply, which reports them. */
+static ad_tensor *reduce_axis(ad_ctx *ctx, int op, ad_tensor *x, int axis, bool keepdim) {
+  int k = ctx && x ? ad_norm_axis(axis, x->ndim) : 0;
+  if (k < 0 && ad_is_float(x->dtype)) {
+    char s[64];
+    ad_set_error(ctx, AD_ERR_ARG, "%s: axis %d out of range for %s", ad_builtin_ops[op]->name, axis,
+                 ad_shape_str(x, s, sizeof s));
+    return NULL;
+  }
+  return reduce(ctx, op, x, k < 0 ? 0 : 1u << k, keepdim);
+}
+
+/* Gradcheck cases of a reduction: all dims, axis 0 and axis -1 (keepdim)
+ * of a [3,4] input, axis 1 of a [2,3,4] one. With apart, the values are
+ * distinct and 0.25 apart: no ties within the FD step. */
+static int sample_red(const ad_sample_call *s, bool apart) {
+  static const uint32_t axes[] = {3, 1, 2, 2};
+  static const bool keepdim[] = {false, false, true, false};
+  int v = s->variant;
+  if (v > 3) return 0;
+  int64_t shape[3] = {2, 3, 4};
+  s->attrs->reduce.axes = axes[v];
+  s->attrs->reduce.keepdim = keepdim[v];
+  ad_tensor *x = s->in[0] =
+      ad_sample_tensor(s, v == 3 ? 3 : 2, v == 3 ? shape : shape + 1, -2, 2, true);
+  if (x && apart) {
+    for (int64_t i = 0; i < x->size; i++) ad_tensor_set(x, i, 0.25 * (double)i - 1.0);
+    for (int64_t i = x->size - 1; i > 0; i--) {
+      int64_t j = (int64_t)ad_rng_below(s->rng, (uint64_t)i + 1);
+      double t = ad_tensor_get(x, i);
+      ad_tensor_set(x, i, ad_tensor_get(x, j));
+      ad_tensor_set(x, j, t);
+    }
+  }
+  return x ? 1 : -1;
+}
+
+static int sample_reduce(const ad_sample_call *s) { return sample_red(s, false); }
+
+/* The shape rule of softmax and log_softmax: y is shaped like x. */
+static ad_status shape_softmax(const ad_call *c) {
+  const ad_tensor *x = c->in[0];
+  if (ad_check_float_same(c->ctx, c->name, 1, c->in) != AD_OK) return ad_last_status(c->ctx);
+  if (ad_norm_axis(c->attrs->axis, x->ndim) < 0) {
+    char a[64];
+    return ad_set_error(c->ctx, AD_ERR_ARG, "%s: axis %d out of range for %s", c->name,
+                        c->attrs->axis, ad_shape_str(x, a, sizeof a));
+  }
+  c->out->dtype = x->dtype;
+  c->out->ndim = x->ndim;
+  memcpy(c->out->shape, x->shape, sizeof(int64_t) * (size_t)x->ndim);
+  return AD_OK;
+}
+
+/* log_softmax when LOG (y = x - lse), else softmax: y = e / sum e with
+ * e = exp(x - max) kept in y between the two passes, one exp per element */
+#define SOFTMAX_BODY(T, LOG)                                                                       \
+  {                                                                                                \
+    double m = X[0], s = 0;                                                                        \
+    for (int64_t k = 1; k < N; k++)                                                                \
+      if (X[k * S] > m) m = X[k * S];                                                              \
+    if (LOG) {                                                                                     \
+      for (int64_t k = 0; k < N; k++) s += EXP_OF(T, (double)X[k * S] - m);                        \
+      double lse = m + log(s);                                                                     \
+      for (int64_t k = 0; k < N; k++) Y[k * S] = (T)((double)X[k * S] - lse);                      \
+    } else {                                                                                       \
+      for (int64_t k = 0; k < N; k++) {                                                            \
+        double e = EXP_OF(T, (double)X[k * S] - m);                                                \
+        Y[k * S] = (T)e;                                                                           \
+        s += e;                                                                                    \
+      }                                                                                            \
+      for (int64_t k = 0; k < N; k++) Y[k * S] = (T)((double)Y[k * S] / s);                        \
+    }                                                                                              \
+  }
+
+/* y's lanes lie where x's do: n * inner elements apart for each o. */
+static void softmax_run(const ad_call *c, bool log_) {
+  const ad_tensor *x = c->in[0];
+  red_dims r = red_of(x, 1u << ad_norm_axis(c->attrs->axis, x->ndim));
+  int64_t ystride = r.n * r.inner;
+  if (c->out->dtype == AD_F32)
+    REDUCE_LANES(float, x, c->out, r, ystride, SOFTMAX_BODY(float, log_));
+  else
+    REDUCE_LANES(double, x, c->out, r, ystride, SOFTMAX_BODY(double, log_));
+}
+
+static int sample_softmax(const ad_sample_call *s) {
+  if (s->variant > 1) return 0;
+  int64_t shape[3] = {2, 3, 4};
+  s->attrs->axis = s->variant ? 1 : -1;
+  return (s->in[0] = ad_sample_tensor(s, 3, shape, -2, 2, true)) ? 1 : -1;
+}
+
+/* ----------------------------------------------------------------- sum */
 
 #define SUM_BODY(T)                                                                                \
   {                                                                                                \
@@ -72,6 +198,45 @@ ad_status shape_reduce(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs 
     for (int64_t k = 0; k < N; k++) s += X[k * S];                                                 \
     *Y = (T)s;                                                                                     \
   }
+
+static void sum_fwd(const ad_call *c) {
+  red_dims r = red_of(c->in[0], c->attrs->reduce.axes);
+  if (c->out->dtype == AD_F32)
+    REDUCE_LANES(float, c->in[0], c->out, r, r.inner, SUM_BODY(float));
+  else
+    REDUCE_LANES(double, c->in[0], c->out, r, r.inner, SUM_BODY(double));
+}
+
+static ad_status sum_bwd(const ad_call *c) {
+  const ad_tensor *x = c->in[0];
+  ad_tensor *dy = keep(c->ctx, c->gout, x, &c->attrs->reduce);
+  return ad_call_set_grad(c, 0, ad_expand(c->ctx, dy, x->ndim, x->shape));
+}
+
+ad_tensor *ad_sum(ad_ctx *ctx, ad_tensor *x) {
+  return reduce(ctx, AD_OP_SUM, x, all_axes(x), false);
+}
+
+ad_tensor *ad_sum_axis(ad_ctx *ctx, ad_tensor *x, int axis, bool keepdim) {
+  return reduce_axis(ctx, AD_OP_SUM, x, axis, keepdim);
+}
+
+const ad_op_def ad_def_sum = {
+    .name = "sum",
+    .arity = 1,
+    .attrs = AD_ATTRS_REDUCE,
+    .shape = shape_reduce,
+    .forward = sum_fwd,
+    .backward = sum_bwd,
+    .sample = sample_reduce,
+    .math = "y = sum_axis x",
+    .inputs = {"x"},
+    .grads = {"expand(dy, shape(x))"},
+};
+
+/* ----------------------------------------------------------------- max */
+
+/* A NaN is the maximum of any lane that holds one. */
 #define MAX_BODY(T)                                                                                \
   {                                                                                                \
     T m = X[0];                                                                                    \
@@ -79,10 +244,51 @@ ad_status shape_reduce(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs 
       if (X[k * S] > m || X[k * S] != X[k * S]) m = X[k * S];                                      \
     *Y = m;                                                                                        \
   }
-/* exp(x) for a lane of T: in float arithmetic for float tensors (glibc's
- * expf is several times faster than exp and within an ulp of float), in
- * double for double ones. Sums and logs stay in double. */
-#define EXP_OF(T, x) (sizeof(T) == sizeof(float) ? (double)expf((float)(x)) : exp(x))
+
+static void max_fwd(const ad_call *c) {
+  red_dims r = red_of(c->in[0], c->attrs->reduce.axes);
+  if (c->out->dtype == AD_F32)
+    REDUCE_LANES(float, c->in[0], c->out, r, r.inner, MAX_BODY(float));
+  else
+    REDUCE_LANES(double, c->in[0], c->out, r, r.inner, MAX_BODY(double));
+}
+
+/* Ties share the gradient: each of the count elements equal to the
+ * maximum of its lane gets dy / count. */
+static ad_status max_bwd(const ad_call *c) {
+  ad_ctx *ctx = c->ctx;
+  ad_tensor *x = c->in[0];
+  const ad_reduce_attrs *ra = &c->attrs->reduce;
+  ad_tensor *is_max = ad_eq(ctx, x, keep(ctx, c->out, x, ra));
+  ad_tensor *count = reduce(ctx, AD_OP_SUM, is_max, ra->axes, true);
+  return ad_call_set_grad(c, 0, ad_mul(ctx, ad_div(ctx, keep(ctx, c->gout, x, ra), count), is_max));
+}
+
+ad_tensor *ad_max(ad_ctx *ctx, ad_tensor *x) {
+  return reduce(ctx, AD_OP_MAX, x, all_axes(x), false);
+}
+
+ad_tensor *ad_max_axis(ad_ctx *ctx, ad_tensor *x, int axis, bool keepdim) {
+  return reduce_axis(ctx, AD_OP_MAX, x, axis, keepdim);
+}
+
+/* Values kept apart: central differences across a tie would see a kink. */
+static int max_sample(const ad_sample_call *s) { return sample_red(s, true); }
+
+const ad_op_def ad_def_max = {
+    .name = "max",
+    .arity = 1,
+    .attrs = AD_ATTRS_REDUCE,
+    .shape = shape_reduce,
+    .forward = max_fwd,
+    .backward = max_bwd,
+    .sample = max_sample,
+    .math = "y = max_axis x",
+    .inputs = {"x"},
+    .grads = {"expand(dy) * [x = y] / count(x = y)  (ties share)"},
+};
+
+/* ----------------------------------------------------------- logsumexp */
 
 #define LSE_BODY(T)                                                                                \
   {                                                                                                \
@@ -97,92 +303,98 @@ ad_status shape_reduce(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs 
     }                                                                                              \
   }
 
-void fwd_sum(int n, ad_tensor *const *in, const ad_attrs *at, ad_tensor *out) {
-  (void)n;
-  red_dims r = red_of(in[0], at->i[0]);
-  if (out->dtype == AD_F32)
-    REDUCE_LANES(float, in[0], out, r, SUM_BODY(float));
+static void logsumexp_fwd(const ad_call *c) {
+  red_dims r = red_of(c->in[0], c->attrs->reduce.axes);
+  if (c->out->dtype == AD_F32)
+    REDUCE_LANES(float, c->in[0], c->out, r, r.inner, LSE_BODY(float));
   else
-    REDUCE_LANES(double, in[0], out, r, SUM_BODY(double));
+    REDUCE_LANES(double, c->in[0], c->out, r, r.inner, LSE_BODY(double));
 }
 
-void fwd_max(int n, ad_tensor *const *in, const ad_attrs *at, ad_tensor *out) {
-  (void)n;
-  red_dims r = red_of(in[0], at->i[0]);
-  if (out->dtype == AD_F32)
-    REDUCE_LANES(float, in[0], out, r, MAX_BODY(float));
-  else
-    REDUCE_LANES(double, in[0], out, r, MAX_BODY(double));
+static ad_status logsumexp_bwd(const ad_call *c) {
+  ad_ctx *ctx = c->ctx;
+  ad_tensor *x = c->in[0];
+  const ad_reduce_attrs *ra = &c->attrs->reduce;
+  ad_tensor *p = ad_exp(ctx, ad_sub(ctx, x, keep(ctx, c->out, x, ra)));
+  return ad_call_set_grad(c, 0, ad_mul(ctx, keep(ctx, c->gout, x, ra), p));
 }
 
-void fwd_logsumexp(int n, ad_tensor *const *in, const ad_attrs *at, ad_tensor *out) {
-  (void)n;
-  red_dims r = red_of(in[0], at->i[0]);
-  if (out->dtype == AD_F32)
-    REDUCE_LANES(float, in[0], out, r, LSE_BODY(float));
-  else
-    REDUCE_LANES(double, in[0], out, r, LSE_BODY(double));
-}
-
-/* dy (and y) in keepdim form, so they broadcast against x. */
-static ad_tensor *keep(ad_ctx *ctx, ad_tensor *t, const ad_tensor *x, const ad_attrs *at) {
-  if (at->i[1]) return t;
-  int64_t s[AD_MAX_DIMS];
-  red_dims r = red_of(x, at->i[0]);
-  keep_shape(x, r.axis, s);
-  return ad_reshape(ctx, t, x->ndim, s);
-}
-
-/* y = sum x;  dx += expand(dy, shape(x)) */
-ad_status bwd_sum(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs *at, ad_tensor *y,
-                  ad_tensor *dy, const bool *needs, ad_tensor **g) {
-  (void)n, (void)y, (void)needs;
-  g[0] = ad_expand(ctx, keep(ctx, dy, in[0], at), in[0]->ndim, in[0]->shape);
-  return g[0] ? AD_OK : ctx->status;
-}
-
-/* y = max x;  dx += dy * [x = y] / count(x = y): ties share the gradient */
-ad_status bwd_max(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs *at, ad_tensor *y,
-                  ad_tensor *dy, const bool *needs, ad_tensor **g) {
-  (void)n, (void)needs;
-  ad_tensor *x = in[0];
-  ad_tensor *mask = ad_eq(ctx, x, keep(ctx, y, x, at));
-  ad_tensor *count = mask && at->i[0] == AD_ALL_AXES ? ad_sum(ctx, mask)
-                                                     : ad_sum_axis(ctx, mask, (int)at->i[0], true);
-  g[0] = ad_mul(ctx, ad_div(ctx, keep(ctx, dy, x, at), count), mask);
-  return g[0] ? AD_OK : ctx->status;
-}
-
-/* y = logsumexp x;  dx += dy * exp(x - y) */
-ad_status bwd_logsumexp(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs *at, ad_tensor *y,
-                        ad_tensor *dy, const bool *needs, ad_tensor **g) {
-  (void)n, (void)needs;
-  ad_tensor *x = in[0];
-  ad_tensor *p = ad_exp(ctx, ad_sub(ctx, x, keep(ctx, y, x, at)));
-  return (g[0] = ad_mul(ctx, keep(ctx, dy, x, at), p)) ? AD_OK : ctx->status;
-}
-
-static ad_tensor *reduce(ad_ctx *ctx, int op, ad_tensor *x, int axis, bool keepdim) {
-  ad_attrs at = {.i = {axis, keepdim}};
-  return ad_apply1(ctx, op, x, &at);
-}
-
-ad_tensor *ad_sum(ad_ctx *ctx, ad_tensor *x) { return reduce(ctx, AD_OP_SUM, x, AD_ALL_AXES, 0); }
-ad_tensor *ad_sum_axis(ad_ctx *ctx, ad_tensor *x, int axis, bool keepdim) {
-  if (axis == AD_ALL_AXES) axis = INT32_MAX; /* never confuse a user axis with the marker */
-  return reduce(ctx, AD_OP_SUM, x, axis, keepdim);
-}
-ad_tensor *ad_max(ad_ctx *ctx, ad_tensor *x) { return reduce(ctx, AD_OP_MAX, x, AD_ALL_AXES, 0); }
-ad_tensor *ad_max_axis(ad_ctx *ctx, ad_tensor *x, int axis, bool keepdim) {
-  if (axis == AD_ALL_AXES) axis = INT32_MAX;
-  return reduce(ctx, AD_OP_MAX, x, axis, keepdim);
-}
 ad_tensor *ad_logsumexp(ad_ctx *ctx, ad_tensor *x, int axis, bool keepdim) {
-  if (axis == AD_ALL_AXES) axis = INT32_MAX;
-  return reduce(ctx, AD_OP_LOGSUMEXP, x, axis, keepdim);
+  return reduce_axis(ctx, AD_OP_LOGSUMEXP, x, axis, keepdim);
 }
 
-/* mean = sum / n (a composite: no derivative code of its own) */
+const ad_op_def ad_def_logsumexp = {
+    .name = "logsumexp",
+    .arity = 1,
+    .attrs = AD_ATTRS_REDUCE,
+    .shape = shape_reduce,
+    .forward = logsumexp_fwd,
+    .backward = logsumexp_bwd,
+    .sample = sample_reduce,
+    .math = "y = m + log sum exp(x - m), m = max x",
+    .inputs = {"x"},
+    .grads = {"expand(dy) * exp(x - y)"},
+};
+
+/* ------------------------------------------------------------- softmax */
+
+static void softmax_fwd(const ad_call *c) { softmax_run(c, false); }
+
+static ad_status softmax_bwd(const ad_call *c) {
+  ad_ctx *ctx = c->ctx;
+  ad_tensor *s = ad_sum_axis(ctx, ad_mul(ctx, c->gout, c->out), c->attrs->axis, true);
+  return ad_call_set_grad(c, 0, ad_mul(ctx, c->out, ad_sub(ctx, c->gout, s)));
+}
+
+ad_tensor *ad_softmax(ad_ctx *ctx, ad_tensor *x, int axis) {
+  ad_attrs at = {.axis = axis};
+  return ad_apply1(ctx, AD_OP_SOFTMAX, x, &at);
+}
+
+const ad_op_def ad_def_softmax = {
+    .name = "softmax",
+    .arity = 1,
+    .attrs = AD_ATTRS_AXIS,
+    .shape = shape_softmax,
+    .forward = softmax_fwd,
+    .backward = softmax_bwd,
+    .sample = sample_softmax,
+    .math = "y = exp(x - lse(x)) along axis",
+    .inputs = {"x"},
+    .grads = {"y * (dy - sum_axis(dy * y))"},
+};
+
+/* --------------------------------------------------------- log_softmax */
+
+static void log_softmax_fwd(const ad_call *c) { softmax_run(c, true); }
+
+static ad_status log_softmax_bwd(const ad_call *c) {
+  ad_ctx *ctx = c->ctx;
+  ad_tensor *s = ad_sum_axis(ctx, c->gout, c->attrs->axis, true);
+  return ad_call_set_grad(c, 0, ad_sub(ctx, c->gout, ad_mul(ctx, ad_exp(ctx, c->out), s)));
+}
+
+ad_tensor *ad_log_softmax(ad_ctx *ctx, ad_tensor *x, int axis) {
+  ad_attrs at = {.axis = axis};
+  return ad_apply1(ctx, AD_OP_LOG_SOFTMAX, x, &at);
+}
+
+const ad_op_def ad_def_log_softmax = {
+    .name = "log_softmax",
+    .arity = 1,
+    .attrs = AD_ATTRS_AXIS,
+    .shape = shape_softmax,
+    .forward = log_softmax_fwd,
+    .backward = log_softmax_bwd,
+    .sample = sample_softmax,
+    .math = "y = x - lse(x) along axis",
+    .inputs = {"x"},
+    .grads = {"dy - exp(y) * sum_axis(dy)"},
+};
+
+/* ---------------------------------------------------- mean (composite) */
+
+/* sum / n: no derivative code of its own */
 ad_tensor *ad_mean(ad_ctx *ctx, ad_tensor *x) {
   ad_tensor *s = ad_sum(ctx, x);
   return s ? ad_mul_scalar(ctx, s, 1.0 / (double)x->size) : NULL;
@@ -191,126 +403,4 @@ ad_tensor *ad_mean(ad_ctx *ctx, ad_tensor *x) {
 ad_tensor *ad_mean_axis(ad_ctx *ctx, ad_tensor *x, int axis, bool keepdim) {
   ad_tensor *s = ad_sum_axis(ctx, x, axis, keepdim);
   return s ? ad_mul_scalar(ctx, s, 1.0 / (double)x->shape[ad_norm_axis(axis, x->ndim)]) : NULL;
-}
-
-static int sample_red(ad_ctx *ctx, ad_rng *rng, ad_dtype dt, int v, ad_tensor **in, ad_attrs *at,
-                      bool apart) {
-  static const int64_t axis[] = {AD_ALL_AXES, 0, -1, 1};
-  static const int64_t kd[] = {0, 0, 1, 0};
-  if (v > 3) return 0;
-  int64_t s[3] = {2, 3, 4};
-  at->i[0] = axis[v];
-  at->i[1] = kd[v];
-  in[0] = ad_sample_tensor(ctx, rng, dt, v == 3 ? 3 : 2, v == 3 ? s : s + 1, -2, 2, true);
-  if (in[0] && apart) { /* distinct values 0.25 apart: no ties within the FD step */
-    for (int64_t i = 0; i < in[0]->size; i++) ad_tensor_set(in[0], i, 0.25 * (double)i - 1.0);
-    for (int64_t i = in[0]->size - 1; i > 0; i--) {
-      int64_t j = (int64_t)ad_rng_below(rng, (uint64_t)i + 1);
-      double t = ad_tensor_get(in[0], i);
-      ad_tensor_set(in[0], i, ad_tensor_get(in[0], j));
-      ad_tensor_set(in[0], j, t);
-    }
-  }
-  return in[0] ? 1 : -1;
-}
-
-int sample_reduce(ad_ctx *ctx, ad_rng *rng, ad_dtype dt, int v, ad_tensor **in, ad_attrs *at) {
-  return sample_red(ctx, rng, dt, v, in, at, false);
-}
-
-int sample_reduce_apart(ad_ctx *ctx, ad_rng *rng, ad_dtype dt, int v, ad_tensor **in,
-                        ad_attrs *at) {
-  return sample_red(ctx, rng, dt, v, in, at, true);
-}
-
-/* ------------------------------------------------ softmax, log_softmax */
-
-ad_status shape_softmax(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs *at, ad_dtype *dt,
-                        int *ndim, int64_t *shape) {
-  (void)n;
-  const ad_tensor *x = in[0];
-  if (ad_check_float_same(ctx, ctx->applying, 1, in) != AD_OK) return ctx->status;
-  if (ad_norm_axis((int)at->i[0], x->ndim) < 0) {
-    char a[64];
-    return ad_set_error(ctx, AD_ERR_ARG, "%s: axis %lld out of range for %s", ctx->applying,
-                        (long long)at->i[0], ad_shape_str(x, a, sizeof a));
-  }
-  *dt = x->dtype;
-  *ndim = x->ndim;
-  memcpy(shape, x->shape, sizeof(int64_t) * (size_t)x->ndim);
-  return AD_OK;
-}
-
-/* log_softmax when LOG (y = x - lse), else softmax: y = e / sum e with
- * e = exp(x - max) kept in y between the two passes, one exp per element */
-#define SOFTMAX_BODY(T, LOG)                                                                       \
-  {                                                                                                \
-    T *Yw = (T *)out->data + o * r.n * r.inner + i;                                                \
-    (void)Y;                                                                                       \
-    double m = X[0], s = 0;                                                                        \
-    for (int64_t k = 1; k < N; k++)                                                                \
-      if (X[k * S] > m) m = X[k * S];                                                              \
-    if (LOG) {                                                                                     \
-      for (int64_t k = 0; k < N; k++) s += EXP_OF(T, (double)X[k * S] - m);                        \
-      double lse = m + log(s);                                                                     \
-      for (int64_t k = 0; k < N; k++) Yw[k * S] = (T)((double)X[k * S] - lse);                     \
-    } else {                                                                                       \
-      for (int64_t k = 0; k < N; k++) {                                                            \
-        double e = EXP_OF(T, (double)X[k * S] - m);                                                \
-        Yw[k * S] = (T)e;                                                                          \
-        s += e;                                                                                    \
-      }                                                                                            \
-      for (int64_t k = 0; k < N; k++) Yw[k * S] = (T)((double)Yw[k * S] / s);                      \
-    }                                                                                              \
-  }
-
-static void softmax_run(ad_tensor *const *in, const ad_attrs *at, ad_tensor *out, bool log_) {
-  red_dims r = red_of(in[0], at->i[0]);
-  if (out->dtype == AD_F32)
-    REDUCE_LANES(float, in[0], out, r, SOFTMAX_BODY(float, log_));
-  else
-    REDUCE_LANES(double, in[0], out, r, SOFTMAX_BODY(double, log_));
-}
-
-void fwd_softmax(int n, ad_tensor *const *in, const ad_attrs *at, ad_tensor *out) {
-  (void)n;
-  softmax_run(in, at, out, false);
-}
-
-void fwd_log_softmax(int n, ad_tensor *const *in, const ad_attrs *at, ad_tensor *out) {
-  (void)n;
-  softmax_run(in, at, out, true);
-}
-
-/* y = softmax(x);  dx += y * (dy - sum_axis(dy * y)) */
-ad_status bwd_softmax(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs *at, ad_tensor *y,
-                      ad_tensor *dy, const bool *needs, ad_tensor **g) {
-  (void)n, (void)in, (void)needs;
-  ad_tensor *s = ad_sum_axis(ctx, ad_mul(ctx, dy, y), (int)at->i[0], true);
-  return (g[0] = ad_mul(ctx, y, ad_sub(ctx, dy, s))) ? AD_OK : ctx->status;
-}
-
-/* y = log_softmax(x);  dx += dy - exp(y) * sum_axis(dy) */
-ad_status bwd_log_softmax(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs *at,
-                          ad_tensor *y, ad_tensor *dy, const bool *needs, ad_tensor **g) {
-  (void)n, (void)in, (void)needs;
-  ad_tensor *s = ad_sum_axis(ctx, dy, (int)at->i[0], true);
-  return (g[0] = ad_sub(ctx, dy, ad_mul(ctx, ad_exp(ctx, y), s))) ? AD_OK : ctx->status;
-}
-
-ad_tensor *ad_softmax(ad_ctx *ctx, ad_tensor *x, int axis) {
-  ad_attrs at = {.i = {axis}};
-  return ad_apply1(ctx, AD_OP_SOFTMAX, x, &at);
-}
-
-ad_tensor *ad_log_softmax(ad_ctx *ctx, ad_tensor *x, int axis) {
-  ad_attrs at = {.i = {axis}};
-  return ad_apply1(ctx, AD_OP_LOG_SOFTMAX, x, &at);
-}
-
-int sample_softmax(ad_ctx *ctx, ad_rng *rng, ad_dtype dt, int v, ad_tensor **in, ad_attrs *at) {
-  if (v > 1) return 0;
-  int64_t s[3] = {2, 3, 4};
-  at->i[0] = v ? 1 : -1;
-  return (in[0] = ad_sample_tensor(ctx, rng, dt, 3, s, -2, 2, true)) ? 1 : -1;
 }

@@ -2,19 +2,23 @@
  * concat, index_select / index_add. Each op's gradient is its partner. */
 #include "ad_internal.h"
 
-/* Shapes travel in attrs as i[0] = ndim, i[1..ndim] = lengths. */
-static void shape_to_attrs(ad_attrs *at, int ndim, const int64_t *shape) {
-  at->i[0] = ndim;
-  for (int k = 0; k < ndim; k++) at->i[1 + k] = shape[k];
+/* -------------------------------------------------------------- helpers */
+
+/* The attributes of reshape, expand and sum_to: a target shape. */
+static ad_attrs shape_to_attrs(int ndim, const int64_t *shape) {
+  ad_attrs at = {.shape = {.ndim = ndim}};
+  for (int k = 0; k < ndim; k++) at.shape.dims[k] = shape[k];
+  return at;
 }
 
-static ad_status target_shape(ad_ctx *ctx, const char *op, const ad_attrs *at, int *ndim,
-                              int64_t *shape) {
-  if (at->i[0] < 0 || at->i[0] > AD_MAX_DIMS)
-    return ad_set_error(ctx, AD_ERR_ARG, "%s: ndim %lld out of range 0..%d", op,
-                        (long long)at->i[0], AD_MAX_DIMS);
-  *ndim = (int)at->i[0];
-  for (int k = 0; k < *ndim; k++) shape[k] = at->i[1 + k];
+/* Sets c->out's ndim and shape to the target shape in attrs. */
+static ad_status target_shape(const ad_call *c) {
+  const ad_shape_attrs *t = &c->attrs->shape;
+  if (t->ndim < 0 || t->ndim > AD_MAX_DIMS)
+    return ad_set_error(c->ctx, AD_ERR_ARG, "%s: ndim %d out of range 0..%d", c->name, t->ndim,
+                        AD_MAX_DIMS);
+  c->out->ndim = t->ndim;
+  for (int k = 0; k < t->ndim; k++) c->out->shape[k] = t->dims[k];
   return AD_OK;
 }
 
@@ -25,99 +29,154 @@ static int64_t span(const ad_tensor *x, int from, int to) {
   return n;
 }
 
+/* Normalises axis against c->in[0] (narrow, pad, concat) into *ax. */
+static ad_status axis_arg(const ad_call *c, int axis, int *ax) {
+  const ad_tensor *x = c->in[0];
+  *ax = ad_norm_axis(axis, x->ndim);
+  if (*ax < 0) {
+    char a[64];
+    return ad_set_error(c->ctx, AD_ERR_ARG, "%s: axis %d out of range for %s", c->name, axis,
+                        ad_shape_str(x, a, sizeof a));
+  }
+  return AD_OK;
+}
+
+/* Copies a block along axis: for each outer index, len*inner elements from
+ * src at soff to dst at doff (offsets along axis). */
+static void copy_axis(const ad_tensor *src, int64_t sn, int64_t soff, ad_tensor *dst, int64_t dn,
+                      int64_t doff, int64_t len, int64_t outer, int64_t inner) {
+  size_t es = ad_dsize(src->dtype);
+  for (int64_t o = 0; o < outer; o++)
+    memcpy((char *)dst->data + (size_t)((o * dn + doff) * inner) * es,
+           (const char *)src->data + (size_t)((o * sn + soff) * inner) * es,
+           (size_t)(len * inner) * es);
+}
+
+/* Checks the indices of index_select / index_add: i32, each in 0..rows-1. */
+static ad_status check_idx(const ad_call *c, const ad_tensor *idx, int64_t rows) {
+  if (idx->dtype != AD_I32)
+    return ad_set_error(c->ctx, AD_ERR_DTYPE, "%s: indices must be i32, got %s", c->name,
+                        ad_dtype_name(idx->dtype));
+  const int32_t *p = idx->data;
+  for (int64_t i = 0; i < idx->size; i++)
+    if (p[i] < 0 || p[i] >= rows)
+      return ad_set_error(c->ctx, AD_ERR_ARG, "%s: index %d at position %lld is outside 0..%lld",
+                          c->name, p[i], (long long)i, (long long)rows - 1);
+  return AD_OK;
+}
+
+/* Random indices in 0..rows-1 for the index samples. */
+static ad_tensor *sample_idx(const ad_sample_call *s, int ndim, const int64_t *shape,
+                             int64_t rows) {
+  ad_tensor *t = ad_zeros(s->ctx, AD_I32, ndim, shape);
+  for (int64_t i = 0; t && i < t->size; i++)
+    ((int32_t *)t->data)[i] = (int32_t)ad_rng_below(s->rng, (uint64_t)rows);
+  return t;
+}
+
 /* -------------------------------------------------------------- reshape */
 
-ad_status shape_reshape(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs *at, ad_dtype *dt,
-                        int *ndim, int64_t *shape) {
-  (void)n;
-  if (target_shape(ctx, "reshape", at, ndim, shape) != AD_OK) return ctx->status;
+static ad_status reshape_shape(const ad_call *c) {
+  const ad_tensor *x = c->in[0];
+  ad_tensor *o = c->out;
+  ad_status st = target_shape(c);
+  if (st != AD_OK) return st;
   int infer = -1;
   int64_t known = 1;
-  for (int k = 0; k < *ndim; k++) {
-    if (shape[k] == -1 && infer < 0) {
+  for (int k = 0; k < o->ndim; k++) {
+    if (o->shape[k] == -1 && infer < 0) {
       infer = k;
-    } else if (shape[k] < 0) {
-      return ad_set_error(ctx, AD_ERR_ARG, "reshape: bad length %lld at dim %d",
-                          (long long)shape[k], k);
+    } else if (o->shape[k] < 0) {
+      return ad_set_error(c->ctx, AD_ERR_ARG, "%s: bad length %lld at dim %d", c->name,
+                          (long long)o->shape[k], k);
     } else {
-      known *= shape[k];
+      known *= o->shape[k];
     }
   }
   char a[64];
   if (infer >= 0) {
-    if (known == 0 || in[0]->size % known != 0)
-      return ad_set_error(ctx, AD_ERR_SHAPE, "reshape: cannot infer -1 for %s (%lld elements)",
-                          ad_shape_str(in[0], a, sizeof a), (long long)in[0]->size);
-    shape[infer] = in[0]->size / known;
-    known *= shape[infer];
+    if (known == 0 || x->size % known != 0)
+      return ad_set_error(c->ctx, AD_ERR_SHAPE, "%s: cannot infer -1 for %s (%lld elements)",
+                          c->name, ad_shape_str(x, a, sizeof a), (long long)x->size);
+    o->shape[infer] = x->size / known;
+    known *= o->shape[infer];
   }
-  if (known != in[0]->size)
-    return ad_set_error(ctx, AD_ERR_SHAPE, "reshape: %s has %lld elements, the new shape %lld",
-                        ad_shape_str(in[0], a, sizeof a), (long long)in[0]->size, (long long)known);
-  *dt = in[0]->dtype;
+  if (known != x->size)
+    return ad_set_error(c->ctx, AD_ERR_SHAPE, "%s: %s has %lld elements, the new shape %lld",
+                        c->name, ad_shape_str(x, a, sizeof a), (long long)x->size,
+                        (long long)known);
+  o->dtype = x->dtype;
   return AD_OK;
 }
 
 /* y shares x's data */
-void fwd_view(int n, ad_tensor *const *in, const ad_attrs *at, ad_tensor *out) {
-  (void)n, (void)at;
-  out->data = in[0]->data;
-}
+static void reshape_fwd(const ad_call *c) { c->out->data = c->in[0]->data; }
 
-/* y = reshape(x);  dx += reshape(dy, shape(x)) */
-ad_status bwd_reshape(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs *at, ad_tensor *y,
-                      ad_tensor *dy, const bool *needs, ad_tensor **g) {
-  (void)n, (void)at, (void)y, (void)needs;
-  return (g[0] = ad_reshape(ctx, dy, in[0]->ndim, in[0]->shape)) ? AD_OK : ctx->status;
+static ad_status reshape_bwd(const ad_call *c) {
+  const ad_tensor *x = c->in[0];
+  return ad_call_set_grad(c, 0, ad_reshape(c->ctx, c->gout, x->ndim, x->shape));
 }
 
 ad_tensor *ad_reshape(ad_ctx *ctx, ad_tensor *x, int ndim, const int64_t *shape) {
-  if (ctx && (ndim < 0 || ndim > AD_MAX_DIMS || (ndim && !shape))) {
+  if (!ctx) return NULL;
+  if (ndim < 0 || ndim > AD_MAX_DIMS || (ndim && !shape)) {
     ad_set_error(ctx, AD_ERR_ARG, "reshape: ndim %d out of range 0..%d", ndim, AD_MAX_DIMS);
     return NULL;
   }
-  ad_attrs at = {0};
-  shape_to_attrs(&at, ndim, shape);
+  ad_attrs at = shape_to_attrs(ndim, shape);
   return ad_apply1(ctx, AD_OP_RESHAPE, x, &at);
 }
 
-int sample_reshape(ad_ctx *ctx, ad_rng *rng, ad_dtype dt, int v, ad_tensor **in, ad_attrs *at) {
-  if (v > 0) return 0;
-  int64_t s[2] = {3, 4}, t[3] = {2, -1, 3};
-  shape_to_attrs(at, 3, t);
-  return (in[0] = ad_sample_tensor(ctx, rng, dt, 2, s, -1, 1, true)) ? 1 : -1;
+static int reshape_sample(const ad_sample_call *s) {
+  if (s->variant > 0) return 0;
+  int64_t sx[2] = {3, 4}, t[3] = {2, -1, 3};
+  *s->attrs = shape_to_attrs(3, t);
+  return (s->in[0] = ad_sample_tensor(s, 2, sx, -1, 1, true)) ? 1 : -1;
 }
+
+const ad_op_def ad_def_reshape = {
+    .name = "reshape",
+    .arity = 1,
+    .flags = AD_OP_VIEW,
+    .attrs = AD_ATTRS_SHAPE,
+    .shape = reshape_shape,
+    .forward = reshape_fwd,
+    .backward = reshape_bwd,
+    .sample = reshape_sample,
+    .math = "y = x viewed with shape dims",
+    .inputs = {"x"},
+    .grads = {"reshape(dy, shape(x))"},
+};
 
 /* -------------------------------------------------------------- permute */
 
-ad_status shape_permute(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs *at, ad_dtype *dt,
-                        int *ndim, int64_t *shape) {
-  (void)n;
-  const ad_tensor *x = in[0];
-  if (at->i[0] != x->ndim)
-    return ad_set_error(ctx, AD_ERR_ARG, "permute: %lld axes given for a %d-d tensor",
-                        (long long)at->i[0], x->ndim);
+static ad_status permute_shape(const ad_call *c) {
+  const ad_tensor *x = c->in[0];
+  const ad_permute_attrs *at = &c->attrs->permute;
+  if (at->ndim != x->ndim)
+    return ad_set_error(c->ctx, AD_ERR_ARG, "%s: %d axes given for a %d-d tensor", c->name,
+                        at->ndim, x->ndim);
   bool seen[AD_MAX_DIMS] = {0};
   for (int k = 0; k < x->ndim; k++) {
-    int64_t p = at->i[1 + k];
+    int p = at->perm[k];
     if (p < 0 || p >= x->ndim || seen[p])
-      return ad_set_error(ctx, AD_ERR_ARG, "permute: axis list is not a permutation of 0..%d",
-                          x->ndim - 1);
+      return ad_set_error(c->ctx, AD_ERR_ARG, "%s: axis list is not a permutation of 0..%d",
+                          c->name, x->ndim - 1);
     seen[p] = true;
-    shape[k] = x->shape[p];
+    c->out->shape[k] = x->shape[p];
   }
-  *ndim = x->ndim;
-  *dt = x->dtype;
+  c->out->ndim = x->ndim;
+  c->out->dtype = x->dtype;
   return AD_OK;
 }
 
-void fwd_permute(int n, ad_tensor *const *in, const ad_attrs *at, ad_tensor *out) {
-  (void)n;
-  const ad_tensor *x = in[0];
+static void permute_fwd(const ad_call *c) {
+  const ad_tensor *x = c->in[0];
+  ad_tensor *out = c->out;
   int nd = x->ndim;
   int64_t xst[AD_MAX_DIMS], st[AD_MAX_DIMS], idx[AD_MAX_DIMS] = {0};
   for (int k = nd - 1, s = 1; k >= 0; s *= (int)x->shape[k], k--) xst[k] = s;
-  for (int k = 0; k < nd; k++) st[k] = xst[at->i[1 + k]];
+  for (int k = 0; k < nd; k++) st[k] = xst[c->attrs->permute.perm[k]];
   size_t es = ad_dsize(x->dtype);
   int64_t off = 0;
   for (int64_t o = 0; o < out->size; o++) {
@@ -131,13 +190,11 @@ void fwd_permute(int n, ad_tensor *const *in, const ad_attrs *at, ad_tensor *out
   }
 }
 
-/* y = permute(x, p);  dx += permute(dy, p^-1) */
-ad_status bwd_permute(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs *at, ad_tensor *y,
-                      ad_tensor *dy, const bool *needs, ad_tensor **g) {
-  (void)n, (void)in, (void)y, (void)needs;
+static ad_status permute_bwd(const ad_call *c) {
+  const ad_permute_attrs *at = &c->attrs->permute;
   int inv[AD_MAX_DIMS];
-  for (int k = 0; k < (int)at->i[0]; k++) inv[at->i[1 + k]] = k;
-  return (g[0] = ad_permute(ctx, dy, inv)) ? AD_OK : ctx->status;
+  for (int k = 0; k < at->ndim; k++) inv[at->perm[k]] = k;
+  return ad_call_set_grad(c, 0, ad_permute(c->ctx, c->gout, inv));
 }
 
 ad_tensor *ad_permute(ad_ctx *ctx, ad_tensor *x, const int *perm) {
@@ -146,9 +203,8 @@ ad_tensor *ad_permute(ad_ctx *ctx, ad_tensor *x, const int *perm) {
     ad_set_error(ctx, AD_ERR_NULL, "permute: perm is NULL");
     return NULL;
   }
-  ad_attrs at = {0};
-  at.i[0] = x->ndim;
-  for (int k = 0; k < x->ndim; k++) at.i[1 + k] = perm[k];
+  ad_attrs at = {.permute = {.ndim = x->ndim}};
+  for (int k = 0; k < x->ndim; k++) at.permute.perm[k] = perm[k];
   return ad_apply1(ctx, AD_OP_PERMUTE, x, &at);
 }
 
@@ -167,46 +223,58 @@ ad_tensor *ad_transpose(ad_ctx *ctx, ad_tensor *x, int d0, int d1) {
   return ad_permute(ctx, x, perm);
 }
 
-int sample_permute(ad_ctx *ctx, ad_rng *rng, ad_dtype dt, int v, ad_tensor **in, ad_attrs *at) {
+static int permute_sample(const ad_sample_call *s) {
+  int v = s->variant;
   if (v > 1) return 0;
-  int64_t s[3] = {2, 3, 4};
-  at->i[0] = v ? 2 : 3;
-  at->i[1] = v ? 1 : 2;
-  at->i[2] = v ? 0 : 0;
-  at->i[3] = 1;
-  return (in[0] = ad_sample_tensor(ctx, rng, dt, v ? 2 : 3, v ? s + 1 : s, -1, 1, true)) ? 1 : -1;
+  int64_t sx[3] = {2, 3, 4};
+  s->attrs->permute = (ad_permute_attrs){.ndim = v ? 2 : 3, .perm = {v ? 1 : 2, 0, 1}};
+  return (s->in[0] = ad_sample_tensor(s, v ? 2 : 3, v ? sx + 1 : sx, -1, 1, true)) ? 1 : -1;
 }
 
-/* ------------------------------------------------------ expand / sum_to */
+const ad_op_def ad_def_permute = {
+    .name = "permute",
+    .arity = 1,
+    .attrs = AD_ATTRS_PERMUTE,
+    .shape = permute_shape,
+    .forward = permute_fwd,
+    .backward = permute_bwd,
+    .sample = permute_sample,
+    .math = "y[j] = x[perm(j)], out dim k = in dim perm[k]",
+    .inputs = {"x"},
+    .grads = {"permute(dy, inverse(perm))"},
+};
 
-ad_status shape_expand(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs *at, ad_dtype *dt,
-                       int *ndim, int64_t *shape) {
-  (void)n;
-  if (target_shape(ctx, "expand", at, ndim, shape) != AD_OK) return ctx->status;
+/* --------------------------------------------------------------- expand */
+
+static ad_status expand_shape(const ad_call *c) {
+  const ad_tensor *x = c->in[0];
+  ad_tensor *o = c->out;
+  ad_status st = target_shape(c);
+  if (st != AD_OK) return st;
   int64_t b[AD_MAX_DIMS];
   int nb;
-  bool ok = ad_broadcast_shape(in[0]->ndim, in[0]->shape, *ndim, shape, &nb, b) && nb == *ndim;
-  for (int k = 0; ok && k < nb; k++) ok = b[k] == shape[k];
+  bool ok = ad_broadcast_shape(x->ndim, x->shape, o->ndim, o->shape, &nb, b) && nb == o->ndim;
+  for (int k = 0; ok && k < nb; k++) ok = b[k] == o->shape[k];
   if (!ok) {
     char a[64];
-    return ad_set_error(ctx, AD_ERR_SHAPE, "expand: %s does not broadcast to a %d-d shape",
-                        ad_shape_str(in[0], a, sizeof a), *ndim);
+    return ad_set_error(c->ctx, AD_ERR_SHAPE, "%s: %s does not broadcast to a %d-d shape", c->name,
+                        ad_shape_str(x, a, sizeof a), o->ndim);
   }
-  *dt = in[0]->dtype;
+  o->dtype = x->dtype;
   return AD_OK;
 }
 
-void fwd_expand(int n, ad_tensor *const *in, const ad_attrs *at, ad_tensor *out) {
-  (void)n, (void)at;
+static void expand_fwd(const ad_call *c) {
+  ad_tensor *out = c->out;
   ad_bc_rows it;
-  ad_bc_init(&it, 1, in, out);
+  ad_bc_init(&it, 1, c->in, out);
   size_t es = ad_dsize(out->dtype);
   int64_t s = out->ndim ? it.st[0][out->ndim - 1] : 0;
   for (int64_t r = 0; r < it.rows; r++) {
     int64_t off;
     ad_bc_row(&it, out, r, &off);
     char *dst = (char *)out->data + (size_t)(r * it.len) * es;
-    const char *src = (const char *)in[0]->data + (size_t)off * es;
+    const char *src = (const char *)c->in[0]->data + (size_t)off * es;
     if (s == 1)
       memcpy(dst, src, (size_t)it.len * es);
     else
@@ -214,45 +282,58 @@ void fwd_expand(int n, ad_tensor *const *in, const ad_attrs *at, ad_tensor *out)
   }
 }
 
-/* y = expand(x, s);  dx += sum_to(dy, shape(x)) */
-ad_status bwd_expand(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs *at, ad_tensor *y,
-                     ad_tensor *dy, const bool *needs, ad_tensor **g) {
-  (void)n, (void)at, (void)y, (void)needs;
-  return (g[0] = ad_sum_to(ctx, dy, in[0]->ndim, in[0]->shape)) ? AD_OK : ctx->status;
+static ad_status expand_bwd(const ad_call *c) {
+  const ad_tensor *x = c->in[0];
+  return ad_call_set_grad(c, 0, ad_sum_to(c->ctx, c->gout, x->ndim, x->shape));
 }
 
 ad_tensor *ad_expand(ad_ctx *ctx, ad_tensor *x, int ndim, const int64_t *shape) {
-  if (ctx && (ndim < 0 || ndim > AD_MAX_DIMS || (ndim && !shape))) {
+  if (!ctx) return NULL;
+  if (ndim < 0 || ndim > AD_MAX_DIMS || (ndim && !shape)) {
     ad_set_error(ctx, AD_ERR_ARG, "expand: ndim %d out of range", ndim);
     return NULL;
   }
-  ad_attrs at = {0};
-  shape_to_attrs(&at, ndim, shape);
+  ad_attrs at = shape_to_attrs(ndim, shape);
   return ad_apply1(ctx, AD_OP_EXPAND, x, &at);
 }
 
-int sample_expand(ad_ctx *ctx, ad_rng *rng, ad_dtype dt, int v, ad_tensor **in, ad_attrs *at) {
-  if (v > 1) return 0;
-  int64_t s[2] = {3, 1}, t[3] = {2, 3, 4};
-  shape_to_attrs(at, 3, t);
-  return (in[0] = ad_sample_tensor(ctx, rng, dt, v ? 0 : 2, s, -1, 1, true)) ? 1 : -1;
+static int expand_sample(const ad_sample_call *s) {
+  if (s->variant > 1) return 0;
+  int64_t sx[2] = {3, 1}, t[3] = {2, 3, 4};
+  *s->attrs = shape_to_attrs(3, t);
+  return (s->in[0] = ad_sample_tensor(s, s->variant ? 0 : 2, sx, -1, 1, true)) ? 1 : -1;
 }
 
-ad_status shape_sum_to(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs *at, ad_dtype *dt,
-                       int *ndim, int64_t *shape) {
-  (void)n;
-  if (target_shape(ctx, "sum_to", at, ndim, shape) != AD_OK) return ctx->status;
+const ad_op_def ad_def_expand = {
+    .name = "expand",
+    .arity = 1,
+    .attrs = AD_ATTRS_SHAPE,
+    .shape = expand_shape,
+    .forward = expand_fwd,
+    .backward = expand_bwd,
+    .sample = expand_sample,
+    .math = "y = broadcast x to shape dims",
+    .inputs = {"x"},
+    .grads = {"sum_to(dy, shape(x))"},
+};
+
+/* --------------------------------------------------------------- sum_to */
+
+static ad_status sum_to_shape(const ad_call *c) {
+  const ad_tensor *x = c->in[0];
+  ad_tensor *o = c->out;
+  ad_status st = target_shape(c);
+  if (st != AD_OK) return st;
   int64_t b[AD_MAX_DIMS];
   int nb;
-  bool ok =
-      ad_broadcast_shape(in[0]->ndim, in[0]->shape, *ndim, shape, &nb, b) && nb == in[0]->ndim;
-  for (int k = 0; ok && k < nb; k++) ok = b[k] == in[0]->shape[k];
+  bool ok = ad_broadcast_shape(x->ndim, x->shape, o->ndim, o->shape, &nb, b) && nb == x->ndim;
+  for (int k = 0; ok && k < nb; k++) ok = b[k] == x->shape[k];
   if (!ok) {
     char a[64];
-    return ad_set_error(ctx, AD_ERR_SHAPE, "sum_to: a %d-d shape does not broadcast to %s", *ndim,
-                        ad_shape_str(in[0], a, sizeof a));
+    return ad_set_error(c->ctx, AD_ERR_SHAPE, "%s: a %d-d shape does not broadcast to %s", c->name,
+                        o->ndim, ad_shape_str(x, a, sizeof a));
   }
-  *dt = in[0]->dtype;
+  o->dtype = x->dtype;
   return AD_OK;
 }
 
@@ -280,14 +361,13 @@ static void sum_cols(void *ud, int64_t b, int64_t e) {
   }
 }
 
-void fwd_sum_to(int n, ad_tensor *const *in, const ad_attrs *at, ad_tensor *out) {
-  (void)n, (void)at;
-  const ad_tensor *x = in[0];
+static void sum_to_fwd(const ad_call *c) {
+  const ad_tensor *x = c->in[0];
+  ad_tensor *out = c->out;
   memset(out->data, 0, (size_t)out->size * ad_dsize(out->dtype));
   /* walk x row by row; out is seen through x's shape */
   ad_bc_rows it;
-  ad_tensor *o = out;
-  ad_bc_init(&it, 1, &o, x);
+  ad_bc_init(&it, 1, &c->out, x);
   int64_t s = x->ndim ? it.st[0][x->ndim - 1] : 0;
   if (s == 1 && out->size == it.len) {
     cols_job j = {x, out, it.rows, it.len};
@@ -313,311 +393,331 @@ void fwd_sum_to(int n, ad_tensor *const *in, const ad_attrs *at, ad_tensor *out)
   }
 }
 
-/* y = sum_to(x, s);  dx += expand(dy, shape(x)) */
-ad_status bwd_sum_to(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs *at, ad_tensor *y,
-                     ad_tensor *dy, const bool *needs, ad_tensor **g) {
-  (void)n, (void)at, (void)y, (void)needs;
-  return (g[0] = ad_expand(ctx, dy, in[0]->ndim, in[0]->shape)) ? AD_OK : ctx->status;
+static ad_status sum_to_bwd(const ad_call *c) {
+  const ad_tensor *x = c->in[0];
+  return ad_call_set_grad(c, 0, ad_expand(c->ctx, c->gout, x->ndim, x->shape));
 }
 
 ad_tensor *ad_sum_to(ad_ctx *ctx, ad_tensor *x, int ndim, const int64_t *shape) {
-  if (ctx && (ndim < 0 || ndim > AD_MAX_DIMS || (ndim && !shape))) {
+  if (!ctx) return NULL;
+  if (ndim < 0 || ndim > AD_MAX_DIMS || (ndim && !shape)) {
     ad_set_error(ctx, AD_ERR_ARG, "sum_to: ndim %d out of range", ndim);
     return NULL;
   }
-  ad_attrs at = {0};
-  shape_to_attrs(&at, ndim, shape);
+  ad_attrs at = shape_to_attrs(ndim, shape);
   return ad_apply1(ctx, AD_OP_SUM_TO, x, &at);
 }
 
-int sample_sum_to(ad_ctx *ctx, ad_rng *rng, ad_dtype dt, int v, ad_tensor **in, ad_attrs *at) {
+static int sum_to_sample(const ad_sample_call *s) {
+  int v = s->variant;
   if (v > 2) return 0;
-  int64_t s[3] = {2, 3, 4}, t[3][2] = {{3, 1}, {4, 0}, {0, 0}};
-  shape_to_attrs(at, 2 - v, t[v]);
-  return (in[0] = ad_sample_tensor(ctx, rng, dt, 3, s, -1, 1, true)) ? 1 : -1;
+  int64_t sx[3] = {2, 3, 4}, t[3][2] = {{3, 1}, {4, 0}, {0, 0}};
+  *s->attrs = shape_to_attrs(2 - v, t[v]);
+  return (s->in[0] = ad_sample_tensor(s, 3, sx, -1, 1, true)) ? 1 : -1;
 }
 
-/* -------------------------------------------------------- narrow / pad */
+const ad_op_def ad_def_sum_to = {
+    .name = "sum_to",
+    .arity = 1,
+    .attrs = AD_ATTRS_SHAPE,
+    .shape = sum_to_shape,
+    .forward = sum_to_fwd,
+    .backward = sum_to_bwd,
+    .sample = sum_to_sample,
+    .math = "y = x summed over broadcast dims down to shape dims",
+    .inputs = {"x"},
+    .grads = {"expand(dy, shape(x))"},
+};
 
-static ad_status axis_arg(ad_ctx *ctx, const char *op, const ad_tensor *x, int64_t axis, int *ax) {
-  *ax = ad_norm_axis((int)axis, x->ndim);
-  if (*ax < 0) {
-    char a[64];
-    return ad_set_error(ctx, AD_ERR_ARG, "%s: axis %lld out of range for %s", op, (long long)axis,
-                        ad_shape_str(x, a, sizeof a));
-  }
-  return AD_OK;
-}
+/* --------------------------------------------------------------- narrow */
 
-/* Copies a block along axis: for each outer index, len*inner elements from
- * src at soff to dst at doff (offsets along axis). */
-static void copy_axis(const ad_tensor *src, int64_t sn, int64_t soff, ad_tensor *dst, int64_t dn,
-                      int64_t doff, int64_t len, int64_t outer, int64_t inner) {
-  size_t es = ad_dsize(src->dtype);
-  for (int64_t o = 0; o < outer; o++)
-    memcpy((char *)dst->data + (size_t)((o * dn + doff) * inner) * es,
-           (const char *)src->data + (size_t)((o * sn + soff) * inner) * es,
-           (size_t)(len * inner) * es);
-}
-
-ad_status shape_narrow(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs *at, ad_dtype *dt,
-                       int *ndim, int64_t *shape) {
-  (void)n;
-  const ad_tensor *x = in[0];
+static ad_status narrow_shape(const ad_call *c) {
+  const ad_tensor *x = c->in[0];
+  const ad_narrow_attrs *at = &c->attrs->narrow;
   int ax;
-  if (axis_arg(ctx, "narrow", x, at->i[0], &ax) != AD_OK) return ctx->status;
-  int64_t start = at->i[1], len = at->i[2];
-  if (start < 0 || len < 0 || start + len > x->shape[ax]) {
+  ad_status st = axis_arg(c, at->axis, &ax);
+  if (st != AD_OK) return st;
+  if (at->start < 0 || at->len < 0 || at->start + at->len > x->shape[ax]) {
     char a[64];
-    return ad_set_error(ctx, AD_ERR_ARG,
-                        "narrow: range %lld..%lld outside 0..%lld of axis %d of %s",
-                        (long long)start, (long long)(start + len), (long long)x->shape[ax], ax,
-                        ad_shape_str(x, a, sizeof a));
+    return ad_set_error(c->ctx, AD_ERR_ARG, "%s: range %lld..%lld outside 0..%lld of axis %d of %s",
+                        c->name, (long long)at->start, (long long)(at->start + at->len),
+                        (long long)x->shape[ax], ax, ad_shape_str(x, a, sizeof a));
   }
-  *ndim = x->ndim;
-  memcpy(shape, x->shape, sizeof(int64_t) * (size_t)x->ndim);
-  shape[ax] = len;
-  *dt = x->dtype;
+  c->out->ndim = x->ndim;
+  memcpy(c->out->shape, x->shape, sizeof(int64_t) * (size_t)x->ndim);
+  c->out->shape[ax] = at->len;
+  c->out->dtype = x->dtype;
   return AD_OK;
 }
 
-void fwd_narrow(int n, ad_tensor *const *in, const ad_attrs *at, ad_tensor *out) {
-  (void)n;
-  const ad_tensor *x = in[0];
-  int ax = ad_norm_axis((int)at->i[0], x->ndim);
-  copy_axis(x, x->shape[ax], at->i[1], out, at->i[2], 0, at->i[2], span(x, 0, ax),
+static void narrow_fwd(const ad_call *c) {
+  const ad_tensor *x = c->in[0];
+  const ad_narrow_attrs *at = &c->attrs->narrow;
+  int ax = ad_norm_axis(at->axis, x->ndim);
+  copy_axis(x, x->shape[ax], at->start, c->out, at->len, 0, at->len, span(x, 0, ax),
             span(x, ax + 1, x->ndim));
 }
 
-/* y = x[start:start+len];  dx += pad(dy, before = start, after = n - start - len) */
-ad_status bwd_narrow(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs *at, ad_tensor *y,
-                     ad_tensor *dy, const bool *needs, ad_tensor **g) {
-  (void)n, (void)y, (void)needs;
-  int ax = ad_norm_axis((int)at->i[0], in[0]->ndim);
-  g[0] = ad_pad(ctx, dy, ax, at->i[1], in[0]->shape[ax] - at->i[1] - at->i[2]);
-  return g[0] ? AD_OK : ctx->status;
+static ad_status narrow_bwd(const ad_call *c) {
+  const ad_tensor *x = c->in[0];
+  const ad_narrow_attrs *at = &c->attrs->narrow;
+  int ax = ad_norm_axis(at->axis, x->ndim);
+  return ad_call_set_grad(
+      c, 0, ad_pad(c->ctx, c->gout, ax, at->start, x->shape[ax] - at->start - at->len));
 }
 
 ad_tensor *ad_narrow(ad_ctx *ctx, ad_tensor *x, int axis, int64_t start, int64_t len) {
-  ad_attrs at = {.i = {axis, start, len}};
+  ad_attrs at = {.narrow = {.axis = axis, .start = start, .len = len}};
   return ad_apply1(ctx, AD_OP_NARROW, x, &at);
 }
 
-int sample_narrow(ad_ctx *ctx, ad_rng *rng, ad_dtype dt, int v, ad_tensor **in, ad_attrs *at) {
+static int narrow_sample(const ad_sample_call *s) {
+  int v = s->variant;
   if (v > 1) return 0;
-  int64_t s[2] = {4, 5};
-  at->i[0] = v ? -1 : 0;
-  at->i[1] = 1;
-  at->i[2] = v ? 3 : 2;
-  return (in[0] = ad_sample_tensor(ctx, rng, dt, 2, s, -1, 1, true)) ? 1 : -1;
+  int64_t sx[2] = {4, 5};
+  s->attrs->narrow = (ad_narrow_attrs){.axis = v ? -1 : 0, .start = 1, .len = v ? 3 : 2};
+  return (s->in[0] = ad_sample_tensor(s, 2, sx, -1, 1, true)) ? 1 : -1;
 }
 
-ad_status shape_pad(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs *at, ad_dtype *dt,
-                    int *ndim, int64_t *shape) {
-  (void)n;
-  const ad_tensor *x = in[0];
+const ad_op_def ad_def_narrow = {
+    .name = "narrow",
+    .arity = 1,
+    .attrs = AD_ATTRS_NARROW,
+    .shape = narrow_shape,
+    .forward = narrow_fwd,
+    .backward = narrow_bwd,
+    .sample = narrow_sample,
+    .math = "y = x[.., start:start+len, ..] on axis",
+    .inputs = {"x"},
+    .grads = {"pad(dy, axis, start, n - start - len)"},
+};
+
+/* ------------------------------------------------------------------ pad */
+
+static ad_status pad_shape(const ad_call *c) {
+  const ad_tensor *x = c->in[0];
+  const ad_pad_attrs *at = &c->attrs->pad;
   int ax;
-  if (axis_arg(ctx, "pad", x, at->i[0], &ax) != AD_OK) return ctx->status;
-  if (at->i[1] < 0 || at->i[2] < 0)
-    return ad_set_error(ctx, AD_ERR_ARG, "pad: negative padding %lld, %lld", (long long)at->i[1],
-                        (long long)at->i[2]);
-  *ndim = x->ndim;
-  memcpy(shape, x->shape, sizeof(int64_t) * (size_t)x->ndim);
-  shape[ax] += at->i[1] + at->i[2];
-  *dt = x->dtype;
+  ad_status st = axis_arg(c, at->axis, &ax);
+  if (st != AD_OK) return st;
+  if (at->before < 0 || at->after < 0)
+    return ad_set_error(c->ctx, AD_ERR_ARG, "%s: negative padding %lld, %lld", c->name,
+                        (long long)at->before, (long long)at->after);
+  c->out->ndim = x->ndim;
+  memcpy(c->out->shape, x->shape, sizeof(int64_t) * (size_t)x->ndim);
+  c->out->shape[ax] += at->before + at->after;
+  c->out->dtype = x->dtype;
   return AD_OK;
 }
 
-void fwd_pad(int n, ad_tensor *const *in, const ad_attrs *at, ad_tensor *out) {
-  (void)n;
-  const ad_tensor *x = in[0];
-  int ax = ad_norm_axis((int)at->i[0], x->ndim);
+static void pad_fwd(const ad_call *c) {
+  const ad_tensor *x = c->in[0];
+  ad_tensor *out = c->out;
+  int ax = ad_norm_axis(c->attrs->pad.axis, x->ndim);
   memset(out->data, 0, (size_t)out->size * ad_dsize(out->dtype));
-  copy_axis(x, x->shape[ax], 0, out, out->shape[ax], at->i[1], x->shape[ax], span(x, 0, ax),
-            span(x, ax + 1, x->ndim));
+  copy_axis(x, x->shape[ax], 0, out, out->shape[ax], c->attrs->pad.before, x->shape[ax],
+            span(x, 0, ax), span(x, ax + 1, x->ndim));
 }
 
-/* y = pad(x, before, after);  dx += narrow(dy, before, len(x)) */
-ad_status bwd_pad(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs *at, ad_tensor *y,
-                  ad_tensor *dy, const bool *needs, ad_tensor **g) {
-  (void)n, (void)y, (void)needs;
-  int ax = ad_norm_axis((int)at->i[0], in[0]->ndim);
-  return (g[0] = ad_narrow(ctx, dy, ax, at->i[1], in[0]->shape[ax])) ? AD_OK : ctx->status;
+static ad_status pad_bwd(const ad_call *c) {
+  const ad_tensor *x = c->in[0];
+  int ax = ad_norm_axis(c->attrs->pad.axis, x->ndim);
+  return ad_call_set_grad(c, 0, ad_narrow(c->ctx, c->gout, ax, c->attrs->pad.before, x->shape[ax]));
 }
 
 ad_tensor *ad_pad(ad_ctx *ctx, ad_tensor *x, int axis, int64_t before, int64_t after) {
-  ad_attrs at = {.i = {axis, before, after}};
+  ad_attrs at = {.pad = {.axis = axis, .before = before, .after = after}};
   return ad_apply1(ctx, AD_OP_PAD, x, &at);
 }
 
-int sample_pad(ad_ctx *ctx, ad_rng *rng, ad_dtype dt, int v, ad_tensor **in, ad_attrs *at) {
-  if (v > 1) return 0;
-  int64_t s[2] = {3, 2};
-  at->i[0] = v;
-  at->i[1] = 1;
-  at->i[2] = 2;
-  return (in[0] = ad_sample_tensor(ctx, rng, dt, 2, s, -1, 1, true)) ? 1 : -1;
+static int pad_sample(const ad_sample_call *s) {
+  if (s->variant > 1) return 0;
+  int64_t sx[2] = {3, 2};
+  s->attrs->pad = (ad_pad_attrs){.axis = s->variant, .before = 1, .after = 2};
+  return (s->in[0] = ad_sample_tensor(s, 2, sx, -1, 1, true)) ? 1 : -1;
 }
+
+const ad_op_def ad_def_pad = {
+    .name = "pad",
+    .arity = 1,
+    .attrs = AD_ATTRS_PAD,
+    .shape = pad_shape,
+    .forward = pad_fwd,
+    .backward = pad_bwd,
+    .sample = pad_sample,
+    .math = "y = [0]*before ++ x ++ [0]*after on axis",
+    .inputs = {"x"},
+    .grads = {"narrow(dy, axis, before, len)"},
+};
 
 /* --------------------------------------------------------------- concat */
 
-ad_status shape_concat(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs *at, ad_dtype *dt,
-                       int *ndim, int64_t *shape) {
-  if (ad_check_float_same(ctx, "concat", n, in) != AD_OK) return ctx->status;
+static ad_status concat_shape(const ad_call *c) {
+  ad_tensor *const *in = c->in;
+  ad_tensor *o = c->out;
+  ad_status st = ad_check_float_same(c->ctx, c->name, c->n, in);
+  if (st != AD_OK) return st;
   int ax;
-  if (axis_arg(ctx, "concat", in[0], at->i[0], &ax) != AD_OK) return ctx->status;
-  *ndim = in[0]->ndim;
-  memcpy(shape, in[0]->shape, sizeof(int64_t) * (size_t)in[0]->ndim);
-  shape[ax] = 0;
-  for (int k = 0; k < n; k++) {
+  if ((st = axis_arg(c, c->attrs->axis, &ax)) != AD_OK) return st;
+  o->ndim = in[0]->ndim;
+  memcpy(o->shape, in[0]->shape, sizeof(int64_t) * (size_t)in[0]->ndim);
+  o->shape[ax] = 0;
+  for (int k = 0; k < c->n; k++) {
     bool ok = in[k]->ndim == in[0]->ndim;
     for (int d = 0; ok && d < in[0]->ndim; d++) ok = d == ax || in[k]->shape[d] == in[0]->shape[d];
     if (!ok) {
       char a[64], b[64];
-      return ad_set_error(ctx, AD_ERR_SHAPE, "concat: %s and %s differ off axis %d",
+      return ad_set_error(c->ctx, AD_ERR_SHAPE, "%s: %s and %s differ off axis %d", c->name,
                           ad_shape_str(in[0], a, sizeof a), ad_shape_str(in[k], b, sizeof b), ax);
     }
-    shape[ax] += in[k]->shape[ax];
+    o->shape[ax] += in[k]->shape[ax];
   }
-  *dt = in[0]->dtype;
+  o->dtype = in[0]->dtype;
   return AD_OK;
 }
 
-void fwd_concat(int n, ad_tensor *const *in, const ad_attrs *at, ad_tensor *out) {
-  int ax = ad_norm_axis((int)at->i[0], out->ndim);
+static void concat_fwd(const ad_call *c) {
+  ad_tensor *out = c->out;
+  int ax = ad_norm_axis(c->attrs->axis, out->ndim);
   int64_t outer = span(out, 0, ax), inner = span(out, ax + 1, out->ndim), off = 0;
-  for (int k = 0; k < n; k++) {
-    copy_axis(in[k], in[k]->shape[ax], 0, out, out->shape[ax], off, in[k]->shape[ax], outer, inner);
-    off += in[k]->shape[ax];
+  for (int k = 0; k < c->n; k++) {
+    const ad_tensor *x = c->in[k];
+    copy_axis(x, x->shape[ax], 0, out, out->shape[ax], off, x->shape[ax], outer, inner);
+    off += x->shape[ax];
   }
 }
 
-/* y = x1 ++ x2 ++ ...;  dxk += narrow(dy, offset_k, len_k) */
-ad_status bwd_concat(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs *at, ad_tensor *y,
-                     ad_tensor *dy, const bool *needs, ad_tensor **g) {
-  int ax = ad_norm_axis((int)at->i[0], y->ndim);
+static ad_status concat_bwd(const ad_call *c) {
+  int ax = ad_norm_axis(c->attrs->axis, c->out->ndim);
   int64_t off = 0;
-  for (int k = 0; k < n; k++) {
-    if (needs[k] && !(g[k] = ad_narrow(ctx, dy, ax, off, in[k]->shape[ax]))) return ctx->status;
-    off += in[k]->shape[ax];
+  for (int k = 0; k < c->n; k++) {
+    int64_t len = c->in[k]->shape[ax];
+    if (c->needs[k]) {
+      ad_status st = ad_call_set_grad(c, k, ad_narrow(c->ctx, c->gout, ax, off, len));
+      if (st != AD_OK) return st;
+    }
+    off += len;
   }
   return AD_OK;
 }
 
 ad_tensor *ad_concat(ad_ctx *ctx, int n, ad_tensor *const *xs, int axis) {
-  ad_attrs at = {.i = {axis}};
+  ad_attrs at = {.axis = axis};
   return ad_op_apply(ctx, AD_OP_CONCAT, n, xs, &at);
 }
 
-int sample_concat(ad_ctx *ctx, ad_rng *rng, ad_dtype dt, int v, ad_tensor **in, ad_attrs *at) {
-  if (v > 1) return 0;
-  int64_t s[3][2] = {{2, 3}, {1, 3}, {4, 3}};
-  at->i[0] = 0;
-  if (v) { /* along the last axis */
+static int concat_sample(const ad_sample_call *s) {
+  if (s->variant > 1) return 0;
+  int64_t sx[3][2] = {{2, 3}, {1, 3}, {4, 3}};
+  s->attrs->axis = 0;
+  if (s->variant) { /* along the last axis */
     int64_t t[3][2] = {{3, 2}, {3, 1}, {3, 4}};
-    memcpy(s, t, sizeof s);
-    at->i[0] = 1;
+    memcpy(sx, t, sizeof sx);
+    s->attrs->axis = 1;
   }
   for (int k = 0; k < 3; k++)
-    if (!(in[k] = ad_sample_tensor(ctx, rng, dt, 2, s[k], -1, 1, true))) return -1;
+    if (!(s->in[k] = ad_sample_tensor(s, 2, sx[k], -1, 1, true))) return -1;
   return 3;
 }
 
-/* ------------------------------------------------- index_select / add */
+const ad_op_def ad_def_concat = {
+    .name = "concat",
+    .arity = -1,
+    .attrs = AD_ATTRS_AXIS,
+    .shape = concat_shape,
+    .forward = concat_fwd,
+    .backward = concat_bwd,
+    .sample = concat_sample,
+    .math = "y = x1 ++ x2 ++ ... on axis",
+    .inputs = {"xk"},
+    .grads = {"narrow(dy, axis, offset_k, len_k)"},
+};
 
-static ad_status check_idx(ad_ctx *ctx, const char *op, const ad_tensor *idx, int64_t rows) {
-  if (idx->dtype != AD_I32)
-    return ad_set_error(ctx, AD_ERR_DTYPE, "%s: indices must be i32, got %s", op,
-                        ad_dtype_name(idx->dtype));
-  const int32_t *p = idx->data;
-  for (int64_t i = 0; i < idx->size; i++)
-    if (p[i] < 0 || p[i] >= rows)
-      return ad_set_error(ctx, AD_ERR_ARG, "%s: index %d at position %lld is outside 0..%lld", op,
-                          p[i], (long long)i, (long long)rows - 1);
-  return AD_OK;
-}
+/* --------------------------------------------------------- index_select */
 
-ad_status shape_index_select(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs *at,
-                             ad_dtype *dt, int *ndim, int64_t *shape) {
-  (void)n, (void)at;
-  const ad_tensor *x = in[0], *idx = in[1];
-  if (ad_check_float_same(ctx, "index_select", 1, in) != AD_OK) return ctx->status;
+static ad_status index_select_shape(const ad_call *c) {
+  const ad_tensor *x = c->in[0], *idx = c->in[1];
+  ad_tensor *o = c->out;
+  ad_status st = ad_check_float_same(c->ctx, c->name, 1, c->in);
+  if (st != AD_OK) return st;
   if (x->ndim < 1 || idx->ndim + x->ndim - 1 > AD_MAX_DIMS) {
     char a[64], b[64];
-    return ad_set_error(ctx, AD_ERR_SHAPE, "index_select: cannot index %s with %s",
+    return ad_set_error(c->ctx, AD_ERR_SHAPE, "%s: cannot index %s with %s", c->name,
                         ad_shape_str(x, a, sizeof a), ad_shape_str(idx, b, sizeof b));
   }
-  if (check_idx(ctx, "index_select", idx, x->shape[0]) != AD_OK) return ctx->status;
-  *ndim = idx->ndim + x->ndim - 1;
-  memcpy(shape, idx->shape, sizeof(int64_t) * (size_t)idx->ndim);
-  memcpy(shape + idx->ndim, x->shape + 1, sizeof(int64_t) * (size_t)(x->ndim - 1));
-  *dt = x->dtype;
+  if ((st = check_idx(c, idx, x->shape[0])) != AD_OK) return st;
+  o->ndim = idx->ndim + x->ndim - 1;
+  memcpy(o->shape, idx->shape, sizeof(int64_t) * (size_t)idx->ndim);
+  memcpy(o->shape + idx->ndim, x->shape + 1, sizeof(int64_t) * (size_t)(x->ndim - 1));
+  o->dtype = x->dtype;
   return AD_OK;
 }
 
-void fwd_index_select(int n, ad_tensor *const *in, const ad_attrs *at, ad_tensor *out) {
-  (void)n, (void)at;
-  const ad_tensor *x = in[0], *idx = in[1];
+static void index_select_fwd(const ad_call *c) {
+  const ad_tensor *x = c->in[0], *idx = c->in[1];
   size_t row = (size_t)span(x, 1, x->ndim) * ad_dsize(x->dtype);
   const int32_t *p = idx->data;
   for (int64_t i = 0; i < idx->size; i++)
-    memcpy((char *)out->data + (size_t)i * row, (const char *)x->data + (size_t)p[i] * row, row);
+    memcpy((char *)c->out->data + (size_t)i * row, (const char *)x->data + (size_t)p[i] * row, row);
 }
 
-/* y[j] = x[idx[j]];  dx += index_add(dy, idx, rows(x)) */
-ad_status bwd_index_select(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs *at,
-                           ad_tensor *y, ad_tensor *dy, const bool *needs, ad_tensor **g) {
-  (void)n, (void)at, (void)y;
-  if (needs[0] && !(g[0] = ad_index_add(ctx, dy, in[1], in[0]->shape[0]))) return ctx->status;
-  return AD_OK;
+static ad_status index_select_bwd(const ad_call *c) {
+  if (!c->needs[0]) return AD_OK;
+  return ad_call_set_grad(c, 0, ad_index_add(c->ctx, c->gout, c->in[1], c->in[0]->shape[0]));
 }
 
 ad_tensor *ad_index_select(ad_ctx *ctx, ad_tensor *x, ad_tensor *idx) {
   return ad_apply2(ctx, AD_OP_INDEX_SELECT, x, idx, NULL);
 }
 
-static ad_tensor *sample_idx(ad_ctx *ctx, ad_rng *rng, int ndim, const int64_t *shape,
-                             int64_t rows) {
-  ad_tensor *t = ad_zeros(ctx, AD_I32, ndim, shape);
-  for (int64_t i = 0; t && i < t->size; i++)
-    ((int32_t *)t->data)[i] = (int32_t)ad_rng_below(rng, (uint64_t)rows);
-  return t;
-}
-
-int sample_index_select(ad_ctx *ctx, ad_rng *rng, ad_dtype dt, int v, ad_tensor **in,
-                        ad_attrs *at) {
-  (void)at;
+static int index_select_sample(const ad_sample_call *s) {
+  int v = s->variant;
   if (v > 1) return 0;
-  int64_t s[2] = {5, 3}, is[2] = {2, 3};
-  in[0] = ad_sample_tensor(ctx, rng, dt, 2, s, -1, 1, true);
-  in[1] = sample_idx(ctx, rng, v ? 2 : 1, v ? is : is + 1, 5); /* repeats exercise += */
-  return in[0] && in[1] ? 2 : -1;
+  int64_t sx[2] = {5, 3}, si[2] = {2, 3};
+  s->in[0] = ad_sample_tensor(s, 2, sx, -1, 1, true);
+  s->in[1] = sample_idx(s, v ? 2 : 1, v ? si : si + 1, 5); /* repeats exercise += */
+  return s->in[0] && s->in[1] ? 2 : -1;
 }
 
-ad_status shape_index_add(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs *at,
-                          ad_dtype *dt, int *ndim, int64_t *shape) {
-  (void)n;
-  const ad_tensor *src = in[0], *idx = in[1];
-  if (ad_check_float_same(ctx, "index_add", 1, in) != AD_OK) return ctx->status;
+const ad_op_def ad_def_index_select = {
+    .name = "index_select",
+    .arity = 2,
+    .shape = index_select_shape,
+    .forward = index_select_fwd,
+    .backward = index_select_bwd,
+    .sample = index_select_sample,
+    .math = "y[j] = x[idx[j]] (rows)",
+    .inputs = {"x", "idx"},
+    .grads = {"index_add(dy, idx, rows(x))", NULL},
+};
+
+/* ------------------------------------------------------------ index_add */
+
+static ad_status index_add_shape(const ad_call *c) {
+  const ad_tensor *src = c->in[0], *idx = c->in[1];
+  ad_tensor *o = c->out;
+  int64_t rows = c->attrs->rows;
+  ad_status st = ad_check_float_same(c->ctx, c->name, 1, c->in);
+  if (st != AD_OK) return st;
   bool ok = src->ndim >= idx->ndim;
   for (int k = 0; ok && k < idx->ndim; k++) ok = src->shape[k] == idx->shape[k];
-  if (!ok || at->i[0] < 0) {
+  if (!ok || rows < 0) {
     char a[64], b[64];
-    return ad_set_error(ctx, AD_ERR_SHAPE,
-                        "index_add: source %s does not start with the index shape %s",
+    return ad_set_error(c->ctx, AD_ERR_SHAPE,
+                        "%s: source %s does not start with the index shape %s", c->name,
                         ad_shape_str(src, a, sizeof a), ad_shape_str(idx, b, sizeof b));
   }
-  if (check_idx(ctx, "index_add", idx, at->i[0]) != AD_OK) return ctx->status;
-  *ndim = src->ndim - idx->ndim + 1;
-  shape[0] = at->i[0];
-  memcpy(shape + 1, src->shape + idx->ndim, sizeof(int64_t) * (size_t)(src->ndim - idx->ndim));
-  *dt = src->dtype;
+  if ((st = check_idx(c, idx, rows)) != AD_OK) return st;
+  o->ndim = src->ndim - idx->ndim + 1;
+  o->shape[0] = rows;
+  memcpy(o->shape + 1, src->shape + idx->ndim, sizeof(int64_t) * (size_t)(src->ndim - idx->ndim));
+  o->dtype = src->dtype;
   return AD_OK;
 }
 
-void fwd_index_add(int n, ad_tensor *const *in, const ad_attrs *at, ad_tensor *out) {
-  (void)n, (void)at;
-  const ad_tensor *src = in[0], *idx = in[1];
+static void index_add_fwd(const ad_call *c) {
+  const ad_tensor *src = c->in[0], *idx = c->in[1];
+  ad_tensor *out = c->out;
   int64_t row = span(out, 1, out->ndim);
   const int32_t *p = idx->data;
   memset(out->data, 0, (size_t)out->size * ad_dsize(out->dtype));
@@ -634,24 +734,34 @@ void fwd_index_add(int n, ad_tensor *const *in, const ad_attrs *at, ad_tensor *o
   }
 }
 
-/* y = zeros; y[idx[j]] += x[j];  dx += index_select(dy, idx) */
-ad_status bwd_index_add(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs *at, ad_tensor *y,
-                        ad_tensor *dy, const bool *needs, ad_tensor **g) {
-  (void)n, (void)at, (void)y;
-  if (needs[0] && !(g[0] = ad_index_select(ctx, dy, in[1]))) return ctx->status;
-  return AD_OK;
+static ad_status index_add_bwd(const ad_call *c) {
+  if (!c->needs[0]) return AD_OK;
+  return ad_call_set_grad(c, 0, ad_index_select(c->ctx, c->gout, c->in[1]));
 }
 
 ad_tensor *ad_index_add(ad_ctx *ctx, ad_tensor *src, ad_tensor *idx, int64_t rows) {
-  ad_attrs at = {.i = {rows}};
+  ad_attrs at = {.rows = rows};
   return ad_apply2(ctx, AD_OP_INDEX_ADD, src, idx, &at);
 }
 
-int sample_index_add(ad_ctx *ctx, ad_rng *rng, ad_dtype dt, int v, ad_tensor **in, ad_attrs *at) {
-  if (v > 0) return 0;
-  int64_t s[2] = {4, 3}, is[1] = {4};
-  at->i[0] = 3;
-  in[0] = ad_sample_tensor(ctx, rng, dt, 2, s, -1, 1, true);
-  in[1] = sample_idx(ctx, rng, 1, is, 3);
-  return in[0] && in[1] ? 2 : -1;
+static int index_add_sample(const ad_sample_call *s) {
+  if (s->variant > 0) return 0;
+  int64_t sx[2] = {4, 3}, si[1] = {4};
+  s->attrs->rows = 3;
+  s->in[0] = ad_sample_tensor(s, 2, sx, -1, 1, true);
+  s->in[1] = sample_idx(s, 1, si, 3);
+  return s->in[0] && s->in[1] ? 2 : -1;
 }
+
+const ad_op_def ad_def_index_add = {
+    .name = "index_add",
+    .arity = 2,
+    .attrs = AD_ATTRS_ROWS,
+    .shape = index_add_shape,
+    .forward = index_add_fwd,
+    .backward = index_add_bwd,
+    .sample = index_add_sample,
+    .math = "y = zeros(rows); y[idx[j]] += x[j]",
+    .inputs = {"x", "idx"},
+    .grads = {"index_select(dy, idx)", NULL},
+};

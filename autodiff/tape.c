@@ -19,31 +19,9 @@ struct ad_op_entry {
   UT_hash_handle hh;
 };
 
-/* The built-in ops, generated from the table. */
-#define AD_NO_BACKWARD NULL
-#define AD_NO_SAMPLE   NULL
-static const ad_op_def builtin_ops[] = {
-#define AD_OP(E, nm, ar, fl, sh, fw, bw, sa, m, dm)                                                \
-  {.name = nm,                                                                                     \
-   .arity = ar,                                                                                    \
-   .shape = sh,                                                                                    \
-   .forward = fw,                                                                                  \
-   .backward = bw,                                                                                 \
-   .sample = sa,                                                                                   \
-   .math = m,                                                                                      \
-   .dmath = dm,                                                                                    \
-   .flags = fl},
-#include "ops.def"
-#undef AD_OP
-};
-#undef AD_NO_BACKWARD
-#undef AD_NO_SAMPLE
-_Static_assert(sizeof builtin_ops / sizeof builtin_ops[0] == AD_OP_BUILTIN_COUNT,
-               "op table and enum disagree");
-
 ad_status ad_registry_init(ad_ctx *ctx) {
   for (int i = 0; i < AD_OP_BUILTIN_COUNT; i++)
-    if (ad_op_register(ctx, &builtin_ops[i]) != i) return ctx->status ? ctx->status : AD_ERR_OOM;
+    if (ad_op_register(ctx, ad_builtin_ops[i]) != i) return ctx->status ? ctx->status : AD_ERR_OOM;
   return AD_OK;
 }
 
@@ -68,8 +46,16 @@ int ad_op_find(const ad_ctx *ctx, const char *name) {
 
 int ad_op_register(ad_ctx *ctx, const ad_op_def *def) {
   if (!ctx) return -1;
-  if (!def || !def->name || !def->name[0] || !def->shape || !def->forward) {
-    ad_set_error(ctx, AD_ERR_ARG, "op_register: a definition needs a name, shape and forward");
+  if (!def || !def->name || !def->name[0] || !def->forward ||
+      (!def->shape && !(def->flags & AD_OP_ELEMENTWISE))) {
+    ad_set_error(ctx, AD_ERR_ARG,
+                 "op_register: a definition needs a name, a forward and a shape rule (or the "
+                 "AD_OP_ELEMENTWISE flag)");
+    return -1;
+  }
+  if ((int)def->attrs < 0 || def->attrs >= AD_ATTRS_KIND_COUNT) {
+    ad_set_error(ctx, AD_ERR_ARG, "op_register: %s: attrs kind %d out of range", def->name,
+                 (int)def->attrs);
     return -1;
   }
   if (def->arity == 0 || def->arity > AD_MAX_SRC || def->arity < -1) {
@@ -110,6 +96,13 @@ int ad_op_register(ad_ctx *ctx, const ad_op_def *def) {
   ctx->ops[ctx->nops] = *def;
   ctx->ops[ctx->nops].name = name;
   return ctx->nops++;
+}
+
+const char *ad_attrs_kind_name(ad_attrs_kind kind) {
+  static const char *const names[AD_ATTRS_KIND_COUNT] = {
+      "none",   "scalar", "dtype", "cmp",     "axis", "rows", "matmul",    "reduce",
+      "narrow", "pad",    "shape", "permute", "conv", "pool", "attention", "user"};
+  return (int)kind >= 0 && kind < AD_ATTRS_KIND_COUNT ? names[kind] : "?";
 }
 
 int ad_op_count(const ad_ctx *ctx) { return ctx ? ctx->nops : 0; }
@@ -163,38 +156,50 @@ static void input_error(ad_ctx *ctx, const ad_op_def *def, int i, const ad_node 
     ad_set_error(ctx, AD_ERR_STATE, "%s: input %d is from a tape that was reset", def->name, i);
 }
 
-/* Whether def applied to in[] is the common elementwise case: an op whose
- * shape function is shape_unary, or shape_binary with both inputs of one
- * float dtype and one shape. Those shape functions would then find exactly
- * in[0]'s dtype and shape and report nothing, so ad_op_apply skips the
- * call, the local copy of the shape and the product of its dims. Everything
- * else (broadcasting, a dtype to reject, views, other ops) takes the
- * general path, which reports errors as before. */
-static inline bool elementwise_same(const ad_op_def *def, ad_tensor *const *in) {
+/* Whether def applied to in[] is the common elementwise case: an
+ * AD_OP_ELEMENTWISE op on inputs of one float dtype and one shape. Its
+ * shape rule would then find exactly in[0]'s dtype and shape and report
+ * nothing, so ad_op_apply skips the call, the local copy of the shape and
+ * the product of its dims. Everything else (broadcasting, a dtype to
+ * reject, other ops) takes the general path, which reports errors. */
+static inline bool elementwise_same(const ad_op_def *def, int n, ad_tensor *const *in) {
   const ad_tensor *a = in[0];
-  if (!ad_is_float(a->dtype) || (def->flags & AD_OP_VIEW)) return false;
-  if (def->shape == shape_unary) return true;
-  return def->shape == shape_binary && in[1]->dtype == a->dtype && ad_same_shape(a, in[1]);
+  if (!(def->flags & AD_OP_ELEMENTWISE) || !ad_is_float(a->dtype)) return false;
+  for (int k = 1; k < n; k++)
+    if (in[k]->dtype != a->dtype || !ad_same_shape(a, in[k])) return false;
+  return true;
 }
 
-/* The output of any other op: its shape function decides (and reports). */
-static ad_tensor *apply_shape(ad_ctx *ctx, const ad_op_def *def, int n, ad_tensor *const *in,
-                              const ad_attrs *attrs) {
-  ad_dtype dt;
-  int ndim = 0;
-  int64_t shape[AD_MAX_DIMS];
-  ctx->applying = def->name;
-  if (def->shape(ctx, n, in, attrs, &dt, &ndim, shape) != AD_OK) {
+/* The output of any other call: its shape rule describes it (and reports),
+ * the engine checks the description and sizes the output. */
+static ad_tensor *apply_shape(ad_ctx *ctx, const ad_op_def *def, ad_call *c) {
+  ad_tensor d = {.dtype = c->in[0]->dtype};
+  c->out = &d;
+  ad_status st = def->shape ? def->shape(c) : ad_shape_elementwise(c);
+  c->out = NULL;
+  if (st != AD_OK) {
     if (ctx->status == AD_OK) ad_set_error(ctx, AD_ERR_SHAPE, "%s: bad inputs", def->name);
     return NULL;
   }
-  return (def->flags & AD_OP_VIEW) ? ad_tmp_header(ctx, dt, ndim, shape)
-                                   : ad_tmp_new(ctx, dt, ndim, shape);
+  AD_ASSERT(d.ndim >= 0 && d.ndim <= AD_MAX_DIMS &&
+                (d.dtype == AD_F32 || d.dtype == AD_F64 || d.dtype == AD_I32),
+            "a shape rule described an impossible tensor");
+  int64_t size;
+  if (!ad_shape_size_checked(d.ndim, d.shape, &size)) {
+    char a[96];
+    ad_set_error(ctx, AD_ERR_SHAPE,
+                 "%s: the result %s has a negative length or more than 2^40 "
+                 "elements",
+                 def->name, ad_shape_str(&d, a, sizeof a));
+    return NULL;
+  }
+  return (def->flags & AD_OP_VIEW) ? ad_tmp_header(ctx, d.dtype, d.ndim, d.shape)
+                                   : ad_tmp_new(ctx, d.dtype, d.ndim, d.shape);
 }
 
-/* Puts node (the output of op id on in[0..n-1]) on the tape. */
-static ad_status record(ad_ctx *ctx, ad_node *node, int n, ad_tensor *const *in,
-                        const ad_attrs *attrs) {
+/* Puts node (the output of def on in[0..n-1]) on the tape. */
+static ad_status record(ad_ctx *ctx, const ad_op_def *def, ad_node *node, int n,
+                        ad_tensor *const *in, const ad_attrs *attrs) {
   if (n <= AD_INLINE_SRC) { /* one or two pointers: no loop */
     node->src.in[0] = ad_node_of(in[0]);
     if (n > 1) node->src.in[1] = ad_node_of(in[1]);
@@ -205,7 +210,7 @@ static ad_status record(ad_ctx *ctx, ad_node *node, int n, ad_tensor *const *in,
     node->src.arena = src;
   }
   node->nsrc = (uint8_t)n;
-  if (attrs != &zero_attrs && memcmp(attrs, &zero_attrs, sizeof *attrs) != 0) {
+  if (def->attrs != AD_ATTRS_NONE) { /* the backward reads them later */
     ad_attrs *a = ad_arena_alloc(ctx, sizeof *a);
     if (!a) return AD_ERR_OOM;
     *a = *attrs;
@@ -238,18 +243,17 @@ ad_tensor *ad_op_apply(ad_ctx *ctx, int id, int n, ad_tensor *const *in, const a
     }
     any_flags |= s->flags;
   }
-  if (!attrs) attrs = &zero_attrs;
-
-  ad_tensor *out =
-      elementwise_same(def, in) ? ad_tmp_like(ctx, in[0]) : apply_shape(ctx, def, n, in, attrs);
-  if (!out) return NULL;
-  def->forward(n, in, attrs, out);
-  ad_node *node = ad_node_of(out);
+  ad_call c = {
+      .ctx = ctx, .name = def->name, .n = n, .in = in, .attrs = attrs ? attrs : &zero_attrs};
+  c.out = elementwise_same(def, n, in) ? ad_tmp_like(ctx, in[0]) : apply_shape(ctx, def, &c);
+  if (!c.out) return NULL;
+  def->forward(&c);
+  ad_node *node = ad_node_of(c.out);
   node->op = (uint16_t)id;
   if ((any_flags & AD_NF_REQUIRES_GRAD) && ctx->grad_enabled && def->backward &&
-      record(ctx, node, n, in, attrs) != AD_OK)
+      record(ctx, def, node, n, in, c.attrs) != AD_OK)
     return NULL;
-  return out;
+  return c.out;
 }
 
 /* ------------------------------------------------------------ backward */
@@ -328,17 +332,6 @@ static inline ad_status accumulate(ad_ctx *ctx, ad_node *n, ad_tensor *g, bool d
   return accumulate_slow(ctx, n, g, direct);
 }
 
-ad_status ad_leaf_grad(ad_ctx *ctx, ad_tensor *t, ad_tensor **grad) {
-  ad_node *n = ad_node_of(t);
-  *grad = NULL;
-  if (!ctx->leaf_direct || !(n->flags & AD_NF_PERSISTENT) || !(n->flags & AD_NF_REQUIRES_GRAD))
-    return AD_OK;
-  if (!n->t.grad && !(n->t.grad = ad_zeros(ctx, n->t.dtype, n->t.ndim, n->t.shape)))
-    return AD_ERR_OOM;
-  *grad = n->t.grad;
-  return AD_OK;
-}
-
 ad_tensor *ad_reduce_to(ad_ctx *ctx, ad_tensor *g, const ad_tensor *x) {
   if (!g) return NULL;
   if (ad_same_shape(g, x)) return g;
@@ -361,6 +354,32 @@ static void clear_below(ad_ctx *ctx, size_t i) {
 static void clear_touched(ad_ctx *ctx) {
   for (size_t i = 0; i < ctx->touched_len; i++) ctx->touched[i]->gacc = NULL;
   ctx->touched_len = 0;
+}
+
+/* Runs def's grad_into fast path for every persistent input of call c that
+ * needs a gradient: its contribution goes straight into the input's grad
+ * (stored, when the grad is new), and needs[k] is cleared so the backward
+ * skips it. *any tells whether some input still needs its backward. */
+static ad_status grad_into(ad_ctx *ctx, const ad_op_def *def, const ad_call *c, ad_node *const *src,
+                           bool *needs, bool *any) {
+  *any = false;
+  for (int k = 0; k < c->n; k++) {
+    ad_node *s = src[k];
+    if (needs[k] && (s->flags & AD_NF_PERSISTENT)) {
+      ad_tensor *g = s->t.grad;
+      bool fresh = !g;
+      if (fresh && !(g = ad_tensor_new_uninit(ctx, s->t.dtype, s->t.ndim, s->t.shape)))
+        return ctx->status ? ctx->status : AD_ERR_OOM;
+      bool done = def->grad_into(c, k, g, fresh);
+      if (fresh) {
+        if (!done) ad_tensor_fill(g, 0.0); /* a zero grad; the backward adds into it */
+        s->t.grad = g;
+      }
+      if (done) needs[k] = false;
+    }
+    *any |= needs[k];
+  }
+  return AD_OK;
 }
 
 /* The reverse sweep shared by ad_backward and ad_grad: seeds root, then runs
@@ -401,7 +420,9 @@ static ad_status sweep(ad_ctx *ctx, ad_node *root, const ad_tensor *seed, bool c
 
   bool old = ctx->grad_enabled;
   ctx->grad_enabled = create_graph;
-  ctx->leaf_direct = direct && !create_graph && !ctx->hook;
+  /* ops' grad_into fast paths: only where the result goes to leaves' grad
+   * fields and nothing observes the contributions one by one */
+  bool into = direct && !create_graph && !ctx->hook;
   ctx->touched_len = 0;
   ad_status st = accumulate(ctx, root, g, direct);
   size_t top = root->flags & AD_NF_RECORDED ? (size_t)root->tape_idx + 1 : 0;
@@ -425,8 +446,20 @@ static ad_status sweep(ad_ctx *ctx, ad_node *root, const ad_tensor *seed, bool c
       any |= needs[k];
     }
     if (!any) continue;
-    st = def->backward(ctx, nsrc, in, n->attrs ? n->attrs : &zero_attrs, &n->t, gout, needs, gin);
-    if (st != AD_OK) {
+    ad_call c = {.ctx = ctx,
+                 .name = def->name,
+                 .n = nsrc,
+                 .in = in,
+                 .attrs = n->attrs ? n->attrs : &zero_attrs,
+                 .out = &n->t,
+                 .gout = gout,
+                 .needs = needs,
+                 .gin = gin};
+    if (into && def->grad_into && (st = grad_into(ctx, def, &c, src, needs, &any)) != AD_OK) {
+      clear_below(ctx, i);
+      break;
+    }
+    if (any && (st = def->backward(&c)) != AD_OK) {
       ad_set_error(ctx, st, "%s: backward of %s failed", who, def->name);
       clear_below(ctx, i); /* nodes below may hold contributions of this pass */
       break;
@@ -448,7 +481,6 @@ static ad_status sweep(ad_ctx *ctx, ad_node *root, const ad_tensor *seed, bool c
     if (st != AD_OK) clear_below(ctx, i);
   }
   ctx->grad_enabled = old;
-  ctx->leaf_direct = false;
   return st;
 }
 

@@ -13,22 +13,12 @@
 
 #include <math.h>
 #include <stdlib.h>
-#include <string.h>
 
-/* --------------------------------------------------------------- the op */
+/* ---------------------------------------------------------------- swish */
 
-/* Output shape and dtype: those of the single float input. */
-static ad_status swish_shape(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs *attrs,
-                             ad_dtype *dtype, int *ndim, int64_t *shape) {
-  (void)n, (void)attrs;
-  if (in[0]->dtype != AD_F32 && in[0]->dtype != AD_F64)
-    return ad_set_error(ctx, AD_ERR_DTYPE, "swish: input is %s; a float dtype is needed",
-                        ad_dtype_name(in[0]->dtype));
-  *dtype = in[0]->dtype;
-  *ndim = in[0]->ndim;
-  memcpy(shape, in[0]->shape, (size_t)in[0]->ndim * sizeof *shape);
-  return AD_OK;
-}
+/* The op is elementwise (AD_OP_ELEMENTWISE): the engine checks that the
+ * input has a float dtype and shapes the output like it, so there is no
+ * shape function. */
 
 /* sigmoid without overflow for large |x| */
 static double sigmoid_d(double x) {
@@ -38,58 +28,52 @@ static float sigmoid_f(float x) {
   return x >= 0 ? 1.0f / (1.0f + expf(-x)) : expf(x) / (1.0f + expf(x));
 }
 
-/* y = x * sigmoid(x) */
-static void swish_forward(int n, ad_tensor *const *in, const ad_attrs *attrs, ad_tensor *out) {
-  (void)n, (void)attrs;
+static void swish_forward(const ad_call *c) {
+  const ad_tensor *out = c->out;
   if (out->dtype == AD_F32) {
-    const float *x = in[0]->data;
+    const float *x = c->in[0]->data;
     float *y = out->data;
     for (int64_t i = 0; i < out->size; i++) y[i] = x[i] * sigmoid_f(x[i]);
   } else {
-    const double *x = in[0]->data;
+    const double *x = c->in[0]->data;
     double *y = out->data;
     for (int64_t i = 0; i < out->size; i++) y[i] = x[i] * sigmoid_d(x[i]);
   }
 }
 
-/* dx += dy * (s + x s (1 - s)),  s = sigmoid(x); built from ad_ ops */
-static ad_status swish_backward(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs *attrs,
-                                ad_tensor *out, ad_tensor *gout, const bool *needs,
-                                ad_tensor **gin) {
-  (void)n, (void)attrs, (void)out;
-  if (!needs[0]) return AD_OK;
-  ad_tensor *x = in[0];
+/* Built from ad_ ops; a NULL anywhere propagates to ad_call_set_grad,
+ * which then returns the error already recorded. */
+static ad_status swish_backward(const ad_call *c) {
+  if (!c->needs[0]) return AD_OK;
+  ad_ctx *ctx = c->ctx;
+  ad_tensor *x = c->in[0];
   ad_tensor *s = ad_sigmoid(ctx, x);
   ad_tensor *ds = ad_mul(ctx, s, ad_rsub_scalar(ctx, s, 1.0)); /* s (1 - s) */
   ad_tensor *d = ad_add(ctx, s, ad_mul(ctx, x, ds));
-  gin[0] = ad_mul(ctx, gout, d);
-  /* a NULL anywhere above propagates to here; the error is already recorded */
-  return gin[0] ? AD_OK : ad_last_status(ctx);
+  return ad_call_set_grad(c, 0, ad_mul(ctx, c->gout, d));
 }
 
 /* Gradcheck inputs: a matrix, a 3-d tensor and a scalar, in [-4, 4] so both
  * tails of the sigmoid are exercised. */
-static int swish_sample(ad_ctx *ctx, ad_rng *rng, ad_dtype dtype, int variant, ad_tensor **in,
-                        ad_attrs *attrs) {
-  (void)attrs;
+static int swish_sample(const ad_sample_call *s) {
   static const int64_t shapes[3][3] = {{3, 4}, {2, 3, 2}, {0}};
   static const int ndims[3] = {2, 3, 0};
-  if (variant >= 3) return 0;
-  in[0] = ad_rand(ctx, rng, dtype, ndims[variant], shapes[variant], -4.0, 4.0);
-  if (!in[0] || ad_tensor_set_requires_grad(in[0], true) != AD_OK) return -1;
+  if (s->variant >= 3) return 0;
+  s->in[0] = ad_rand(s->ctx, s->rng, s->dtype, ndims[s->variant], shapes[s->variant], -4.0, 4.0);
+  if (!s->in[0] || ad_tensor_set_requires_grad(s->in[0], true) != AD_OK) return -1;
   return 1;
 }
 
 static const ad_op_def swish_def = {
     .name = "swish",
     .arity = 1,
-    .shape = swish_shape,
+    .flags = AD_OP_ELEMENTWISE,
     .forward = swish_forward,
     .backward = swish_backward,
     .sample = swish_sample,
     .math = "y = x * sigmoid(x)",
-    .dmath = "dx += dy * (s + x s (1 - s)), s = sigmoid(x)",
-    .flags = 0,
+    .inputs = {"x"},
+    .grads = {"dy * (s + x s (1 - s)), s = sigmoid(x)"},
 };
 
 /* The op's builder, as a library would export it. */
@@ -134,8 +118,8 @@ int main(void) {
     ad_ctx_free(ctx);
     return 1;
   }
-  printf("registered '%s' as op %d of %d: %s;  %s\n", ad_op_get(ctx, swish_id)->name, swish_id,
-         ad_op_count(ctx), swish_def.math, swish_def.dmath);
+  printf("registered '%s' as op %d of %d: %s;  d%s += %s\n", ad_op_get(ctx, swish_id)->name,
+         swish_id, ad_op_count(ctx), swish_def.math, swish_def.inputs[0], swish_def.grads[0]);
   if (ad_op_register(ctx, &swish_def) >= 0) {
     printf("FAIL: registering the same name twice was accepted\n");
     ok = false;

@@ -357,7 +357,7 @@ Test(errors, bad_axis) {
   expect_error(AD_ERR_ARG, "max", "axis -3", "[2,3]", NULL);
   cr_assert_null(ad_mean_axis(ctx, a, 5, false));
   expect_error(AD_ERR_ARG, "axis 5", "[2,3]", NULL);
-  cr_assert_null(ad_logsumexp(ctx, a, 127, false)); /* not confused with "all axes" */
+  cr_assert_null(ad_logsumexp(ctx, a, 127, false));
   expect_error(AD_ERR_ARG, "logsumexp", "[2,3]", NULL);
   cr_assert_null(ad_softmax(ctx, a, 2));
   expect_error(AD_ERR_ARG, "softmax", "axis 2", "[2,3]", NULL);
@@ -379,6 +379,29 @@ Test(errors, bad_axis) {
   expect_error(AD_ERR_ARG, "permute", NULL);
   cr_assert_null(ad_div_scalar(ctx, a, 0.0));
   expect_error(AD_ERR_ARG, "div_scalar", NULL);
+  ad_tensor_free(a);
+}
+
+/* Through the registry a reduction takes a bit mask of axes, which must be
+ * one run of the input's dimensions. */
+Test(errors, reduce_axes_mask) {
+  int64_t s[3] = {2, 3, 4};
+  ad_tensor *a = tensor(AD_F64, 3, s);
+  static const char *const ops[3] = {"sum", "max", "logsumexp"};
+  for (int k = 0; k < 3; k++) {
+    int id = ad_op_find(ctx, ops[k]);
+    cr_assert_geq(id, 0, "%s is not registered", ops[k]);
+    ad_attrs gap = {.reduce = {.axes = 5u}}, beyond = {.reduce = {.axes = 8u}};
+    cr_assert_null(ad_op_apply(ctx, id, 1, &a, &gap), "%s: axes 0 and 2 accepted", ops[k]);
+    expect_error(AD_ERR_ARG, ops[k], "[2,3,4]", NULL);
+    cr_assert_null(ad_op_apply(ctx, id, 1, &a, &beyond), "%s: axis 3 of a 3-d x", ops[k]);
+    expect_error(AD_ERR_ARG, ops[k], "[2,3,4]", NULL);
+    ad_attrs run = {.reduce = {.axes = 6u, .keepdim = true}}; /* H, W of a CHW tensor */
+    ad_tensor *y = ad_op_apply(ctx, id, 1, &a, &run);
+    cr_assert_not_null(y, "%s over axes 1, 2: %s", ops[k], ad_last_error(ctx));
+    cr_assert(y->ndim == 3 && y->shape[0] == 2 && y->shape[1] == 1 && y->shape[2] == 1,
+              "%s over axes 1, 2 with keepdim: ndim %d", ops[k], y->ndim);
+  }
   ad_tensor_free(a);
 }
 
@@ -448,18 +471,17 @@ Test(errors, set_requires_grad_on_op_output) {
 
 /* --------------------------------------------------------- op registry */
 
-static ad_status probe_shape(ad_ctx *c, int n, ad_tensor *const *in, const ad_attrs *at,
-                             ad_dtype *dt, int *ndim, int64_t *shape) {
-  (void)c, (void)n, (void)at;
-  *dt = in[0]->dtype;
-  *ndim = in[0]->ndim;
-  for (int k = 0; k < in[0]->ndim; k++) shape[k] = in[0]->shape[k];
+static ad_status probe_shape(const ad_call *c) {
+  const ad_tensor *x = c->in[0];
+  c->out->dtype = x->dtype;
+  c->out->ndim = x->ndim;
+  for (int k = 0; k < x->ndim; k++) c->out->shape[k] = x->shape[k];
   return AD_OK;
 }
 
-static void probe_forward(int n, ad_tensor *const *in, const ad_attrs *at, ad_tensor *out) {
-  (void)n, (void)at;
-  for (int64_t i = 0; i < out->size; i++) ad_tensor_set(out, i, 3 * ad_tensor_get(in[0], i));
+static void probe_forward(const ad_call *c) {
+  for (int64_t i = 0; i < c->out->size; i++)
+    ad_tensor_set(c->out, i, 3 * ad_tensor_get(c->in[0], i));
 }
 
 Test(errors, op_register_duplicate_and_missing_fields) {
@@ -526,19 +548,34 @@ Test(errors, op_register_duplicate_and_missing_fields) {
   ad_tensor_free(a);
 }
 
+/* An AD_OP_ELEMENTWISE op may leave its shape function NULL: the engine
+ * applies the broadcasting rule, errors included. */
+Test(errors, elementwise_op_without_shape_function) {
+  ad_op_def def = {
+      .name = "triple_ew", .arity = 1, .flags = AD_OP_ELEMENTWISE, .forward = probe_forward};
+  int id = ad_op_register(ctx, &def);
+  cr_assert_geq(id, 0, "%s", ad_last_error(ctx));
+  int64_t s[1] = {2};
+  ad_tensor *a = tensor(AD_F64, 1, s), *i = tensor(AD_I32, 1, s);
+  ad_tensor *y = ad_op_apply(ctx, id, 1, &a, NULL);
+  cr_assert_not_null(y, "%s", ad_last_error(ctx));
+  cr_assert(y->dtype == AD_F64 && y->ndim == 1 && y->shape[0] == 2);
+  cr_assert_eq(ad_tensor_get(y, 1), 3.0);
+  cr_assert_null(ad_op_apply(ctx, id, 1, &i, NULL));
+  expect_error(AD_ERR_DTYPE, "triple_ew", "i32", NULL);
+  ad_tensor_free(a);
+  ad_tensor_free(i);
+}
+
 /* A triple op whose backward fails while fail_next is set. */
 static bool fail_next;
 
-static ad_status flaky_backward(ad_ctx *c, int n, ad_tensor *const *in, const ad_attrs *at,
-                                ad_tensor *out, ad_tensor *gout, const bool *needs,
-                                ad_tensor **gin) {
-  (void)n, (void)in, (void)at, (void)out;
+static ad_status flaky_backward(const ad_call *c) {
   if (fail_next) {
     fail_next = false;
-    return ad_set_error(c, AD_ERR_STATE, "flaky: refused on purpose");
+    return ad_set_error(c->ctx, AD_ERR_STATE, "flaky: refused on purpose");
   }
-  if (needs[0]) gin[0] = ad_mul_scalar(c, gout, 3.0);
-  return gin[0] || !needs[0] ? AD_OK : ad_last_status(c);
+  return c->needs[0] ? ad_call_set_grad(c, 0, ad_mul_scalar(c->ctx, c->gout, 3.0)) : AD_OK;
 }
 
 /* A backward that fails part way leaves no partial gradient on the tape:

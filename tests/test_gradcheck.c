@@ -133,57 +133,51 @@ Test(gradcheck, mlp_second_order_f64) { mlp_check(AD_F64, true); }
 
 /* ------------------------------------------- custom ops with bad derivatives */
 
-static ad_status same_shape(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs *at,
-                            ad_dtype *dt, int *ndim, int64_t *shape) {
-  (void)at;
-  for (int i = 0; i < n; i++) {
+static ad_status same_shape(const ad_call *c) {
+  ad_tensor *const *in = c->in;
+  for (int i = 0; i < c->n; i++) {
     if (in[i]->dtype != AD_F32 && in[i]->dtype != AD_F64)
-      return ad_set_error(ctx, AD_ERR_DTYPE, "custom op: float inputs only");
+      return ad_set_error(c->ctx, AD_ERR_DTYPE, "custom op: float inputs only");
     if (in[i]->dtype != in[0]->dtype || in[i]->size != in[0]->size)
-      return ad_set_error(ctx, AD_ERR_SHAPE, "custom op: inputs differ");
+      return ad_set_error(c->ctx, AD_ERR_SHAPE, "custom op: inputs differ");
   }
-  *dt = in[0]->dtype;
-  *ndim = in[0]->ndim;
-  memcpy(shape, in[0]->shape, sizeof(int64_t) * (size_t)in[0]->ndim);
+  c->out->dtype = in[0]->dtype;
+  c->out->ndim = in[0]->ndim;
+  memcpy(c->out->shape, in[0]->shape, sizeof(int64_t) * (size_t)in[0]->ndim);
   return AD_OK;
 }
 
 /* y = a * b, elementwise, same shapes */
-static void fwd_mul2(int n, ad_tensor *const *in, const ad_attrs *at, ad_tensor *out) {
-  (void)n, (void)at;
-  for (int64_t i = 0; i < out->size; i++)
-    ad_tensor_set(out, i, ad_tensor_get(in[0], i) * ad_tensor_get(in[1], i));
+static void fwd_mul2(const ad_call *c) {
+  for (int64_t i = 0; i < c->out->size; i++)
+    ad_tensor_set(c->out, i, ad_tensor_get(c->in[0], i) * ad_tensor_get(c->in[1], i));
 }
 
 /* correct: da += dy * b; db += dy * a */
-static ad_status bwd_mul2_good(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs *at,
-                               ad_tensor *y, ad_tensor *dy, const bool *needs, ad_tensor **g) {
-  (void)n, (void)at, (void)y, (void)needs;
-  g[0] = ad_mul(ctx, dy, in[1]);
-  g[1] = ad_mul(ctx, dy, in[0]);
-  return g[0] && g[1] ? AD_OK : ad_last_status(ctx);
+static ad_status bwd_mul2_good(const ad_call *c) {
+  ad_status st = ad_call_set_grad(c, 0, ad_mul(c->ctx, c->gout, c->in[1]));
+  return st != AD_OK ? st : ad_call_set_grad(c, 1, ad_mul(c->ctx, c->gout, c->in[0]));
 }
 
 /* WRONG on purpose: db is doubled wherever a > 1.5 */
-static ad_status bwd_mul2_bad(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs *at,
-                              ad_tensor *y, ad_tensor *dy, const bool *needs, ad_tensor **g) {
-  (void)n, (void)at, (void)y, (void)needs;
-  ad_tensor *twice = ad_add_scalar(ctx, ad_gt(ctx, in[0], ad_scalar(ctx, dy->dtype, 1.5)), 1.0);
-  g[0] = ad_mul(ctx, dy, in[1]);
-  g[1] = ad_mul(ctx, ad_mul(ctx, dy, in[0]), twice);
-  return g[0] && g[1] ? AD_OK : ad_last_status(ctx);
+static ad_status bwd_mul2_bad(const ad_call *c) {
+  ad_ctx *ctx = c->ctx;
+  ad_tensor *dy = c->gout;
+  ad_tensor *twice = ad_add_scalar(ctx, ad_gt(ctx, c->in[0], ad_scalar(ctx, dy->dtype, 1.5)), 1.0);
+  ad_status st = ad_call_set_grad(c, 0, ad_mul(ctx, dy, c->in[1]));
+  return st != AD_OK ? st : ad_call_set_grad(c, 1, ad_mul(ctx, ad_mul(ctx, dy, c->in[0]), twice));
 }
 
 /* a with exactly one element above 1.5, at flat index 2 */
 static const double A_VALS[6] = {0.5, -1.0, 2.0, 0.75, -0.25, 1.25};
 static const double B_VALS[6] = {1.5, 0.5, -0.75, 1.0, 2.0, -1.25};
 
-static int sample_mul2(ad_ctx *ctx, ad_rng *rng, ad_dtype dt, int v, ad_tensor **in, ad_attrs *at) {
-  (void)rng, (void)at;
-  if (v > 0) return 0;
-  int64_t s[2] = {2, 3};
-  in[0] = ad_zeros(ctx, dt, 2, s);
-  in[1] = ad_zeros(ctx, dt, 2, s);
+static int sample_mul2(const ad_sample_call *s) {
+  if (s->variant > 0) return 0;
+  int64_t shape[2] = {2, 3};
+  ad_tensor **in = s->in;
+  in[0] = ad_zeros(s->ctx, s->dtype, 2, shape);
+  in[1] = ad_zeros(s->ctx, s->dtype, 2, shape);
   if (!in[0] || !in[1]) return -1;
   for (int i = 0; i < 6; i++) {
     ad_tensor_set(in[0], i, A_VALS[i]);
@@ -203,7 +197,9 @@ static int register_op(ad_ctx *ctx, const char *name, int arity, ad_forward_fn f
                    .backward = bwd,
                    .sample = sample,
                    .math = "custom",
-                   .dmath = "custom"};
+                   .inputs = {"a", "b"},
+                   .grads = {"custom", "custom"}};
+  if (arity == 1) def.inputs[1] = def.grads[1] = NULL;
   int id = ad_op_register(ctx, &def);
   cr_assert_geq(id, 0, "ad_op_register(%s): %s", name, ad_last_error(ctx));
   return id;
@@ -215,7 +211,10 @@ static ad_tensor *apply_op(ad_ctx *ctx, int n, ad_tensor *const *in, void *ud) {
 
 static void mul2_inputs(ad_ctx *ctx, ad_dtype dt, ad_tensor **in) {
   ad_rng rng;
-  cr_assert_eq(sample_mul2(ctx, &rng, dt, 0, in, NULL), 2, "%s", ad_last_error(ctx));
+  ad_rng_seed(&rng, SEED);
+  ad_attrs at = {0};
+  ad_sample_call s = {.ctx = ctx, .rng = &rng, .dtype = dt, .variant = 0, .in = in, .attrs = &at};
+  cr_assert_eq(sample_mul2(&s), 2, "%s", ad_last_error(ctx));
 }
 
 Test(gradcheck, catches_wrong_first_derivative) {
@@ -258,33 +257,29 @@ Test(gradcheck, catches_wrong_first_derivative) {
 }
 
 /* y = x^3 */
-static void fwd_cube(int n, ad_tensor *const *in, const ad_attrs *at, ad_tensor *out) {
-  (void)n, (void)at;
-  for (int64_t i = 0; i < out->size; i++) {
-    double x = ad_tensor_get(in[0], i);
-    ad_tensor_set(out, i, x * x * x);
+static void fwd_cube(const ad_call *c) {
+  for (int64_t i = 0; i < c->out->size; i++) {
+    double x = ad_tensor_get(c->in[0], i);
+    ad_tensor_set(c->out, i, x * x * x);
   }
 }
 
 /* dx += dy * 3 x^2, recorded: differentiable again */
-static ad_status bwd_cube_good(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs *at,
-                               ad_tensor *y, ad_tensor *dy, const bool *needs, ad_tensor **g) {
-  (void)n, (void)at, (void)y, (void)needs;
-  g[0] = ad_mul(ctx, dy, ad_mul_scalar(ctx, ad_square(ctx, in[0]), 3.0));
-  return g[0] ? AD_OK : ad_last_status(ctx);
+static ad_status bwd_cube_good(const ad_call *c) {
+  ad_ctx *ctx = c->ctx;
+  return ad_call_set_grad(c, 0,
+                          ad_mul(ctx, c->gout, ad_mul_scalar(ctx, ad_square(ctx, c->in[0]), 3.0)));
 }
 
 /* WRONG on purpose for second order: 3 x^2 is computed with recording off,
  * so it is a constant to the tape and d(dx)/dx misses 6 x dy. The first
  * derivative is still right. */
-static ad_status bwd_cube_frozen(ad_ctx *ctx, int n, ad_tensor *const *in, const ad_attrs *at,
-                                 ad_tensor *y, ad_tensor *dy, const bool *needs, ad_tensor **g) {
-  (void)n, (void)at, (void)y, (void)needs;
+static ad_status bwd_cube_frozen(const ad_call *c) {
+  ad_ctx *ctx = c->ctx;
   bool was = ad_set_grad_enabled(ctx, false);
-  ad_tensor *d = ad_mul_scalar(ctx, ad_square(ctx, in[0]), 3.0);
+  ad_tensor *d = ad_mul_scalar(ctx, ad_square(ctx, c->in[0]), 3.0);
   ad_set_grad_enabled(ctx, was);
-  g[0] = ad_mul(ctx, dy, d);
-  return g[0] ? AD_OK : ad_last_status(ctx);
+  return ad_call_set_grad(c, 0, ad_mul(ctx, c->gout, d));
 }
 
 Test(gradcheck, gradgradcheck_catches_wrong_second_derivative) {

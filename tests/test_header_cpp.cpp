@@ -16,9 +16,12 @@ Test(header_cpp, compiles_and_links_as_cpp) {
   cr_assert_eq(ad_backward(ctx, y, nullptr), AD_OK, "%s", ad_last_error(ctx));
   cr_assert_eq(ad_tensor_get(x->grad, 2), 4.0);
   cr_assert_eq(std::strcmp(ad_status_str(AD_ERR_SHAPE), "shape mismatch"), 0);
+  /* typed attributes (a member of an anonymous union) through the registry */
   ad_attrs at = {};
-  at.i[0] = 1;
-  cr_assert_eq(at.f[1], 0.0);
+  at.scalar = 0.5;
+  ad_tensor *h = ad_op_apply(ctx, ad_op_find(ctx, "mul_scalar"), 1, &x, &at);
+  cr_assert_not_null(h, "%s", ad_last_error(ctx));
+  cr_assert_eq(ad_tensor_get(h, 2), 1.0);
   ad_tensor_free(x);
   ad_ctx_free(ctx);
 }

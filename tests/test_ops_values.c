@@ -37,11 +37,48 @@ typedef struct fx_tensor {
   double *v;
 } fx_tensor;
 
+/* The keys of 'attr KEY VALUES' lines: the member of ad_attrs each one
+ * fills (BUILDER_ONLY: none, its values go to a builder only) and how
+ * many integers follow the key (scalar, dtype and cmp take one word). */
+#define BUILDER_ONLY AD_ATTRS_KIND_COUNT
+typedef struct attr_key {
+  const char *key;
+  int kind; /* ad_attrs_kind or BUILDER_ONLY */
+  int min, max;
+} attr_key;
+
+static const attr_key attr_keys[] = {
+    {"scalar", AD_ATTRS_SCALAR, 0, 0}, /* a real */
+    {"dtype", AD_ATTRS_DTYPE, 0, 0},   /* f32 or f64 */
+    {"cmp", AD_ATTRS_CMP, 0, 0},       /* eq gt ge lt le */
+    {"axis", AD_ATTRS_AXIS, 1, 1},     /* softmax, log_softmax, concat */
+    {"rows", AD_ATTRS_ROWS, 1, 1},     /* index_add */
+    {"matmul", AD_ATTRS_MATMUL, 2, 2}, /* trans_a trans_b, 0 or 1 */
+    {"reduce", AD_ATTRS_REDUCE, 2, 2}, /* axis or 'all', keepdim 0 or 1 */
+    {"narrow", AD_ATTRS_NARROW, 3, 3}, /* axis start len */
+    {"pad", AD_ATTRS_PAD, 3, 3},       /* axis before after */
+    {"shape", AD_ATTRS_SHAPE, 0, AD_MAX_DIMS},
+    {"permute", AD_ATTRS_PERMUTE, 0, AD_MAX_DIMS},
+    {"transpose", BUILDER_ONLY, 2, 2}, /* d0 d1 of ad_transpose */
+};
+
+/* A case's attr line as written. */
+typedef struct fx_attr {
+  const attr_key *key; /* NULL: the case has none */
+  int n;               /* integers read */
+  bool all;            /* reduce: 'all' in place of the axis (v[0] is 0) */
+  int64_t v[AD_MAX_DIMS];
+  double scalar;
+  ad_dtype dtype;
+  ad_cmp cmp;
+} fx_attr;
+
 typedef struct fx_case {
   char label[64], op[32];
   ad_dtype dtype;
-  int line; /* of the 'case' line */
-  ad_attrs attrs;
+  int line;       /* of the 'case' line */
+  fx_attr attr;   /* for the builder path */
+  ad_attrs attrs; /* for the registry path, made from attr at the case's end */
   int nin;
   fx_tensor in[AD_MAX_SRC];
   bool needs[AD_MAX_SRC]; /* role 'in' (else 'const') */
@@ -55,7 +92,6 @@ typedef struct fx_case {
 
 typedef struct fx_file {
   char torch[32];
-  int64_t all_axes;
   int declared; /* the 'cases' header */
   int ncases, cap;
   fx_case *cases;
@@ -97,14 +133,19 @@ static char *tok(parser *ps) {
   return t;
 }
 
-static bool tok_int(parser *ps, long long lo, long long hi, long long *out) {
-  char *t = tok(ps), *end;
+/* The integer t (a token, NULL when it is missing) in lo..hi. */
+static bool int_of(parser *ps, const char *t, long long lo, long long hi, long long *out) {
+  char *end;
   if (!t) return perr(ps, "an integer is missing");
   errno = 0;
   long long v = strtoll(t, &end, 10);
   if (*end || errno || v < lo || v > hi) return perr(ps, "bad or out-of-range integer");
   *out = v;
   return true;
+}
+
+static bool tok_int(parser *ps, long long lo, long long hi, long long *out) {
+  return int_of(ps, tok(ps), lo, hi, out);
 }
 
 static bool tok_real(parser *ps, double *out) {
@@ -221,13 +262,116 @@ static bool parse_tensor(parser *ps, fx_case *c) {
   return perr(ps, bad);
 }
 
-static bool finish_case(parser *ps, const fx_case *c) {
+/* attr KEY VALUES  (after the 'attr' token) */
+static bool parse_attr(parser *ps, fx_case *c) {
+  fx_attr *a = &c->attr;
+  if (c->nin || c->has_out) return perr(ps, "attrs must open a case");
+  if (a->key) return perr(ps, "a case has one attr line");
+  char *key = tok(ps);
+  for (size_t k = 0; key && k < sizeof attr_keys / sizeof attr_keys[0]; k++)
+    if (!strcmp(key, attr_keys[k].key)) a->key = &attr_keys[k];
+  if (!a->key) return perr(ps, "unknown attr key");
+  static const char *const cmps[] = {"eq", "gt", "ge", "lt", "le"};
+  static const ad_cmp cmp_of[] = {AD_CMP_EQ, AD_CMP_GT, AD_CMP_GE, AD_CMP_LT, AD_CMP_LE};
+  switch (a->key->kind) {
+  case AD_ATTRS_SCALAR:
+    if (!tok_real(ps, &a->scalar)) return false;
+    break;
+  case AD_ATTRS_DTYPE:
+    if (!parse_dtype(tok(ps), &a->dtype)) return perr(ps, "bad attr dtype");
+    break;
+  case AD_ATTRS_CMP: {
+    char *t = tok(ps);
+    size_t k = 0;
+    while (t && k < 5 && strcmp(t, cmps[k])) k++;
+    if (!t || k == 5) return perr(ps, "bad attr cmp (eq gt ge lt le)");
+    a->cmp = cmp_of[k];
+    break;
+  }
+  default:
+    for (char *t; (t = tok(ps));) {
+      long long v;
+      if (a->n == a->key->max) return perr(ps, "extra attr values");
+      if (a->key->kind == AD_ATTRS_REDUCE && a->n == 0 && !strcmp(t, "all")) {
+        a->all = true;
+        v = 0;
+      } else if (!int_of(ps, t, -(1LL << 30), 1LL << 30, &v)) {
+        return false;
+      }
+      a->v[a->n++] = v;
+    }
+    if (a->n < a->key->min) return perr(ps, "an attr value is missing");
+    for (int k = 0; k < a->n; k++) { /* matmul's transposes, reduce's keepdim */
+      bool flag = a->key->kind == AD_ATTRS_MATMUL || (a->key->kind == AD_ATTRS_REDUCE && k == 1);
+      if (flag && a->v[k] != 0 && a->v[k] != 1) return perr(ps, "a flag attr must be 0 or 1");
+    }
+    return true;
+  }
+  return tok(ps) ? perr(ps, "extra attr values") : true;
+}
+
+/* The typed attributes of the registry path, as the builders make them:
+ * only the op's member is set; a reduction's axis becomes the bit of the
+ * normalised axis and 'all' every dimension of the input (none for 0-d). */
+static bool typed_attrs(parser *ps, fx_case *c) {
+  const fx_attr *a = &c->attr;
+  const int64_t *v = a->v;
+  ad_attrs *at = &c->attrs;
+  memset(at, 0, sizeof *at);
+  switch (a->key ? a->key->kind : AD_ATTRS_NONE) {
+  case AD_ATTRS_SCALAR:
+    at->scalar = a->scalar;
+    break;
+  case AD_ATTRS_DTYPE:
+    at->dtype = a->dtype;
+    break;
+  case AD_ATTRS_CMP:
+    at->cmp = a->cmp;
+    break;
+  case AD_ATTRS_AXIS:
+    at->axis = (int)v[0];
+    break;
+  case AD_ATTRS_ROWS:
+    at->rows = v[0];
+    break;
+  case AD_ATTRS_MATMUL:
+    at->matmul = (ad_matmul_attrs){v[0] != 0, v[1] != 0};
+    break;
+  case AD_ATTRS_REDUCE: {
+    int nd = c->in[0].ndim;
+    int64_t axis = v[0] < 0 ? v[0] + nd : v[0];
+    if (!a->all && (axis < 0 || axis >= nd)) return perr(ps, "reduce axis out of range");
+    at->reduce.axes = a->all ? (1u << nd) - 1 : 1u << axis;
+    at->reduce.keepdim = v[1] != 0;
+    break;
+  }
+  case AD_ATTRS_NARROW:
+    at->narrow = (ad_narrow_attrs){(int)v[0], v[1], v[2]};
+    break;
+  case AD_ATTRS_PAD:
+    at->pad = (ad_pad_attrs){(int)v[0], v[1], v[2]};
+    break;
+  case AD_ATTRS_SHAPE:
+    at->shape.ndim = a->n;
+    for (int k = 0; k < a->n; k++) at->shape.dims[k] = v[k];
+    break;
+  case AD_ATTRS_PERMUTE:
+    at->permute.ndim = a->n;
+    for (int k = 0; k < a->n; k++) at->permute.perm[k] = (int)v[k];
+    break;
+  default:
+    break; /* none, or builder-only */
+  }
+  return true;
+}
+
+static bool finish_case(parser *ps, fx_case *c) {
   int nneeds = 0;
   for (int i = 0; i < c->nin; i++) nneeds += c->needs[i];
   if (c->nin == 0) return perr(ps, "case without inputs");
   if (!c->has_out) return perr(ps, "case without out");
   if (c->has_seed && c->ngrad != nneeds) return perr(ps, "fewer grads than 'in' inputs");
-  return true;
+  return typed_attrs(ps, c);
 }
 
 /* One line (without its newline) in the state of fx. */
@@ -236,9 +380,9 @@ static bool parse_line(parser *ps, fx_file *fx, bool *in_case, bool *header) {
   if (!kw || kw[0] == '#') return true;
   if (!*header) {
     char *name = tok(ps), *ver = tok(ps);
-    if (strcmp(kw, "fixture") || !name || strcmp(name, "ops") || !ver || strcmp(ver, "1") ||
+    if (strcmp(kw, "fixture") || !name || strcmp(name, "ops") || !ver || strcmp(ver, "2") ||
         tok(ps))
-      return perr(ps, "the file must start with 'fixture ops 1'");
+      return perr(ps, "the file must start with 'fixture ops 2'");
     *header = true;
     return true;
   }
@@ -267,22 +411,7 @@ static bool parse_line(parser *ps, fx_file *fx, bool *in_case, bool *header) {
       return perr(ps, "case dtype must be f32 or f64");
     return true;
   }
-  if (!strcmp(kw, "ints") || !strcmp(kw, "reals")) {
-    bool ints = kw[0] == 'i';
-    int max = ints ? AD_MAX_DIMS + 2 : 2;
-    if (!c || c->nin || c->has_out) return perr(ps, "attrs must open a case");
-    if (!tok_int(ps, 0, max, &v)) return false;
-    for (int k = 0; k < (int)v; k++) {
-      if (ints) {
-        long long x;
-        if (!tok_int(ps, -(1LL << 40), 1LL << 40, &x)) return false;
-        c->attrs.i[k] = x;
-      } else if (!tok_real(ps, &c->attrs.f[k])) {
-        return false;
-      }
-    }
-    return tok(ps) ? perr(ps, "extra attr values") : true;
-  }
+  if (!strcmp(kw, "attr")) return c ? parse_attr(ps, c) : perr(ps, "attr outside a case");
   if (!strcmp(kw, "tensor")) return c ? parse_tensor(ps, c) : perr(ps, "tensor outside a case");
   if (!strcmp(kw, "end")) {
     if (!c) return perr(ps, "'end' outside a case");
@@ -295,11 +424,6 @@ static bool parse_line(parser *ps, fx_file *fx, bool *in_case, bool *header) {
     char *ver = tok(ps);
     if (!ver) return perr(ps, "version missing");
     if (kw[0] == 't') snprintf(fx->torch, sizeof fx->torch, "%s", ver);
-    return true;
-  }
-  if (!strcmp(kw, "all_axes")) {
-    if (!tok_int(ps, 0, 1 << 30, &v)) return false;
-    fx->all_axes = v;
     return true;
   }
   if (!strcmp(kw, "cases")) {
@@ -327,15 +451,13 @@ static bool fx_parse(FILE *f, fx_file *fx, char *err, size_t errn) {
   }
   free(buf);
   if (ok && !header)
-    ok = perr(&ps, "empty file: no 'fixture ops 1' header");
+    ok = perr(&ps, "empty file: no 'fixture ops 2' header");
   else if (ok && in_case)
     ok = perr(&ps, "file ends inside a case (truncated?)");
   else if (ok && fx->ncases != fx->declared) {
     snprintf(err, errn, "header declares %d cases, the file has %d (truncated?)", fx->declared,
              fx->ncases);
     ok = false;
-  } else if (ok && !fx->all_axes) {
-    ok = perr(&ps, "no 'all_axes' header");
   }
   if (!ok) fx_free(fx);
   return ok;
@@ -431,6 +553,57 @@ static ad_tensor *run_registry(ad_ctx *ctx, const fx_case *c, ad_tensor **in, bo
   return id >= 0 ? ad_op_apply(ctx, id, c->nin, in, &c->attrs) : NULL;
 }
 
+/* The member of ad_attrs a case's attr line fills (AD_ATTRS_NONE: none). */
+static int attr_kind(const fx_case *c) { return c->attr.key ? c->attr.key->kind : AD_ATTRS_NONE; }
+
+/* The attr key that fills member kind, "none" for AD_ATTRS_NONE. */
+static const char *kind_key(int kind) {
+  for (size_t k = 0; k < sizeof attr_keys / sizeof attr_keys[0]; k++)
+    if (attr_keys[k].kind == kind) return attr_keys[k].key;
+  return kind == AD_ATTRS_NONE ? "none" : "a member the fixture does not write";
+}
+
+/* True when a and b hold the same value in member kind; the bytes of the
+ * other members are not part of the value. */
+static bool same_member(int kind, const ad_attrs *a, const ad_attrs *b) {
+  switch (kind) {
+  case AD_ATTRS_NONE:
+    return true;
+  case AD_ATTRS_SCALAR:
+    return a->scalar == b->scalar;
+  case AD_ATTRS_DTYPE:
+    return a->dtype == b->dtype;
+  case AD_ATTRS_CMP:
+    return a->cmp == b->cmp;
+  case AD_ATTRS_AXIS:
+    return a->axis == b->axis;
+  case AD_ATTRS_ROWS:
+    return a->rows == b->rows;
+  case AD_ATTRS_MATMUL:
+    return a->matmul.trans_a == b->matmul.trans_a && a->matmul.trans_b == b->matmul.trans_b;
+  case AD_ATTRS_REDUCE:
+    return a->reduce.axes == b->reduce.axes && a->reduce.keepdim == b->reduce.keepdim;
+  case AD_ATTRS_NARROW:
+    return a->narrow.axis == b->narrow.axis && a->narrow.start == b->narrow.start &&
+           a->narrow.len == b->narrow.len;
+  case AD_ATTRS_PAD:
+    return a->pad.axis == b->pad.axis && a->pad.before == b->pad.before &&
+           a->pad.after == b->pad.after;
+  case AD_ATTRS_SHAPE:
+    if (a->shape.ndim != b->shape.ndim) return false;
+    for (int k = 0; k < a->shape.ndim; k++)
+      if (a->shape.dims[k] != b->shape.dims[k]) return false;
+    return true;
+  case AD_ATTRS_PERMUTE:
+    if (a->permute.ndim != b->permute.ndim) return false;
+    for (int k = 0; k < a->permute.ndim; k++)
+      if (a->permute.perm[k] != b->permute.perm[k]) return false;
+    return true;
+  default:
+    return memcmp(a, b, sizeof *a) == 0; /* members the fixture does not write */
+  }
+}
+
 /* Builders that take just their inputs. */
 static const struct {
   const char *name;
@@ -456,12 +629,18 @@ static const struct {
     {"softmax_cross_entropy", ad_softmax_cross_entropy},
 };
 
-/* The op through its named builder, translating attrs; *known = false when
- * no builder takes these attrs (e.g. a keepdim reduction over everything). */
-static ad_tensor *run_builder(ad_ctx *ctx, const fx_case *c, ad_tensor **in, bool *known,
-                              int64_t all_axes) {
-  const int64_t *i = c->attrs.i;
-  const double *f = c->attrs.f;
+/* compare's builders, by ad_cmp */
+static ad_tensor *(*const cmp_builders[])(ad_ctx *, ad_tensor *, ad_tensor *) = {
+    [AD_CMP_EQ] = ad_eq, [AD_CMP_GT] = ad_gt, [AD_CMP_GE] = ad_ge,
+    [AD_CMP_LT] = ad_lt, [AD_CMP_LE] = ad_le,
+};
+
+/* The op through its named builder, with the values of the case's attr
+ * line; *known = false when no builder takes these attrs (e.g. a keepdim
+ * reduction over everything). */
+static ad_tensor *run_builder(ad_ctx *ctx, const fx_case *c, ad_tensor **in, bool *known) {
+  const fx_attr *a = &c->attr;
+  const int64_t *v = a->v;
   const char *op = c->op;
   ad_tensor *x = in[0], *y = c->nin > 1 ? in[1] : NULL;
   *known = true;
@@ -469,42 +648,71 @@ static ad_tensor *run_builder(ad_ctx *ctx, const fx_case *c, ad_tensor **in, boo
     if (!strcmp(op, unary_builders[k].name)) return unary_builders[k].fn(ctx, x);
   for (size_t k = 0; k < sizeof binary_builders / sizeof binary_builders[0]; k++)
     if (!strcmp(op, binary_builders[k].name)) return binary_builders[k].fn(ctx, x, y);
-  if (!strcmp(op, "add_scalar")) return ad_add_scalar(ctx, x, f[0]);
-  if (!strcmp(op, "mul_scalar")) return ad_mul_scalar(ctx, x, f[0]);
-  if (!strcmp(op, "pow_scalar")) return ad_pow_scalar(ctx, x, f[0]);
-  if (!strcmp(op, "sub_scalar")) return ad_sub_scalar(ctx, x, f[0]);
-  if (!strcmp(op, "rsub_scalar")) return ad_rsub_scalar(ctx, x, f[0]);
-  if (!strcmp(op, "div_scalar")) return ad_div_scalar(ctx, x, f[0]);
-  if (!strcmp(op, "leaky_relu")) return ad_leaky_relu(ctx, x, f[0]);
-  if (!strcmp(op, "cast")) return ad_cast(ctx, x, (ad_dtype)i[0]);
   if (!strcmp(op, "where")) return ad_where(ctx, x, y, in[2]);
-  if (!strcmp(op, "matmul")) return ad_matmul(ctx, x, y, i[0] != 0, i[1] != 0);
-  if (!strcmp(op, "reshape")) return ad_reshape(ctx, x, (int)i[0], i + 1);
-  if (!strcmp(op, "expand")) return ad_expand(ctx, x, (int)i[0], i + 1);
-  if (!strcmp(op, "sum_to")) return ad_sum_to(ctx, x, (int)i[0], i + 1);
-  if (!strcmp(op, "narrow")) return ad_narrow(ctx, x, (int)i[0], i[1], i[2]);
-  if (!strcmp(op, "pad")) return ad_pad(ctx, x, (int)i[0], i[1], i[2]);
-  if (!strcmp(op, "concat")) return ad_concat(ctx, c->nin, in, (int)i[0]);
-  if (!strcmp(op, "index_add")) return ad_index_add(ctx, x, y, i[0]);
-  if (!strcmp(op, "softmax")) return ad_softmax(ctx, x, (int)i[0]);
-  if (!strcmp(op, "log_softmax")) return ad_log_softmax(ctx, x, (int)i[0]);
-  if (!strcmp(op, "transpose")) return ad_transpose(ctx, x, (int)i[0], (int)i[1]);
-  if (!strcmp(op, "mean_axis")) return ad_mean_axis(ctx, x, (int)i[0], i[1] != 0);
-  if (!strcmp(op, "permute")) {
-    int perm[AD_MAX_DIMS];
-    for (int k = 0; k < (int)i[0] && k < AD_MAX_DIMS; k++) perm[k] = (int)i[1 + k];
-    return ad_permute(ctx, x, perm);
+  switch (attr_kind(c)) {
+  case AD_ATTRS_SCALAR:
+    if (!strcmp(op, "add_scalar")) return ad_add_scalar(ctx, x, a->scalar);
+    if (!strcmp(op, "mul_scalar")) return ad_mul_scalar(ctx, x, a->scalar);
+    if (!strcmp(op, "pow_scalar")) return ad_pow_scalar(ctx, x, a->scalar);
+    if (!strcmp(op, "sub_scalar")) return ad_sub_scalar(ctx, x, a->scalar);
+    if (!strcmp(op, "rsub_scalar")) return ad_rsub_scalar(ctx, x, a->scalar);
+    if (!strcmp(op, "div_scalar")) return ad_div_scalar(ctx, x, a->scalar);
+    if (!strcmp(op, "leaky_relu")) return ad_leaky_relu(ctx, x, a->scalar);
+    break;
+  case AD_ATTRS_DTYPE:
+    if (!strcmp(op, "cast")) return ad_cast(ctx, x, a->dtype);
+    break;
+  case AD_ATTRS_CMP:
+    if (!strcmp(op, "compare")) {
+      return cmp_builders[a->cmp](ctx, x, y);
+    }
+    break;
+  case AD_ATTRS_AXIS:
+    if (!strcmp(op, "concat")) return ad_concat(ctx, c->nin, in, (int)v[0]);
+    if (!strcmp(op, "softmax")) return ad_softmax(ctx, x, (int)v[0]);
+    if (!strcmp(op, "log_softmax")) return ad_log_softmax(ctx, x, (int)v[0]);
+    break;
+  case AD_ATTRS_ROWS:
+    if (!strcmp(op, "index_add")) return ad_index_add(ctx, x, y, v[0]);
+    break;
+  case AD_ATTRS_MATMUL:
+    if (!strcmp(op, "matmul")) return ad_matmul(ctx, x, y, v[0] != 0, v[1] != 0);
+    break;
+  case AD_ATTRS_REDUCE: {
+    bool keep = v[1] != 0;
+    if (a->all && !keep && !strcmp(op, "sum")) return ad_sum(ctx, x);
+    if (a->all && !keep && !strcmp(op, "max")) return ad_max(ctx, x);
+    if (a->all) break;
+    if (!strcmp(op, "sum")) return ad_sum_axis(ctx, x, (int)v[0], keep);
+    if (!strcmp(op, "max")) return ad_max_axis(ctx, x, (int)v[0], keep);
+    if (!strcmp(op, "logsumexp")) return ad_logsumexp(ctx, x, (int)v[0], keep);
+    if (!strcmp(op, "mean_axis")) return ad_mean_axis(ctx, x, (int)v[0], keep);
+    break;
   }
-  if (!strcmp(op, "compare")) {
-    ad_tensor *(*cmp[5])(ad_ctx *, ad_tensor *, ad_tensor *) = {ad_eq, ad_gt, ad_ge, ad_lt, ad_le};
-    if (i[0] >= 0 && i[0] < 5) return cmp[i[0]](ctx, x, y);
+  case AD_ATTRS_NARROW:
+    if (!strcmp(op, "narrow")) return ad_narrow(ctx, x, (int)v[0], v[1], v[2]);
+    break;
+  case AD_ATTRS_PAD:
+    if (!strcmp(op, "pad")) return ad_pad(ctx, x, (int)v[0], v[1], v[2]);
+    break;
+  case AD_ATTRS_SHAPE:
+    if (!strcmp(op, "reshape")) return ad_reshape(ctx, x, a->n, v);
+    if (!strcmp(op, "expand")) return ad_expand(ctx, x, a->n, v);
+    if (!strcmp(op, "sum_to")) return ad_sum_to(ctx, x, a->n, v);
+    break;
+  case AD_ATTRS_PERMUTE:
+    if (!strcmp(op, "permute")) {
+      int perm[AD_MAX_DIMS];
+      for (int k = 0; k < a->n; k++) perm[k] = (int)v[k];
+      return ad_permute(ctx, x, perm);
+    }
+    break;
+  case BUILDER_ONLY:
+    if (!strcmp(op, "transpose")) return ad_transpose(ctx, x, (int)v[0], (int)v[1]);
+    break;
+  default:
+    break;
   }
-  bool all = i[0] == all_axes;
-  if (!strcmp(op, "sum") && all && !i[1]) return ad_sum(ctx, x);
-  if (!strcmp(op, "sum") && !all) return ad_sum_axis(ctx, x, (int)i[0], i[1] != 0);
-  if (!strcmp(op, "max") && all && !i[1]) return ad_max(ctx, x);
-  if (!strcmp(op, "max") && !all) return ad_max_axis(ctx, x, (int)i[0], i[1] != 0);
-  if (!strcmp(op, "logsumexp") && !all) return ad_logsumexp(ctx, x, (int)i[0], i[1] != 0);
   *known = false;
   return NULL;
 }
@@ -529,8 +737,8 @@ static int fail(char *msg, size_t n, const fx_case *c, const char *path, const c
 /* Runs case c in ctx through one path (registry or builder) and checks the
  * output and, when c has a seed, the gradients from ad_grad and from
  * ad_backward. PATH_NONE when the path does not apply to c. */
-static int run_path(ad_ctx *ctx, const fx_case *c, bool registry, int64_t all_axes, ad_tensor **in,
-                    char *msg, size_t n) {
+static int run_path(ad_ctx *ctx, const fx_case *c, bool registry, ad_tensor **in, char *msg,
+                    size_t n) {
   const char *path = registry ? "ad_op_apply" : "builder";
   char why[400];
   ad_tensor *req[AD_MAX_SRC], *g[AD_MAX_SRC];
@@ -544,11 +752,21 @@ static int run_path(ad_ctx *ctx, const fx_case *c, bool registry, int64_t all_ax
       req[m++] = in[k];
     }
   }
+  int id = ad_op_find(ctx, c->op);
+  const ad_op_def *def = ad_op_get(ctx, id);
+  if (registry && def && (int)def->attrs != attr_kind(c))
+    return fail(msg, n, c, path, "the op reads attr %s, the case gives %s", kind_key(def->attrs),
+                kind_key(attr_kind(c)));
   bool known;
-  ad_tensor *out =
-      registry ? run_registry(ctx, c, in, &known) : run_builder(ctx, c, in, &known, all_axes);
+  ad_tensor *out = registry ? run_registry(ctx, c, in, &known) : run_builder(ctx, c, in, &known);
   if (!known) return PATH_NONE;
   if (!out) return fail(msg, n, c, path, "no output: %s", ad_last_error(ctx));
+  /* the builder recorded what the registry path passes */
+  const ad_attrs *rec = ad_tensor_attrs(out);
+  if (!registry && def && rec && ad_tensor_op(out) == id &&
+      !same_member(def->attrs, rec, &c->attrs))
+    return fail(msg, n, c, path, "%s recorded attrs other than those the case gives ad_op_apply",
+                def->name);
   if (!match(out, &c->out, why, sizeof why)) return fail(msg, n, c, path, "output: %s", why);
   if (!c->has_seed)
     return ad_tensor_requires_grad(out) ? fail(msg, n, c, path,
@@ -578,13 +796,13 @@ static int run_path(ad_ctx *ctx, const fx_case *c, bool registry, int64_t all_ax
 
 /* Both paths of case c, each in a fresh context. PATH_NONE when the op is
  * neither registered nor a known builder. */
-static int check_case(const fx_case *c, int64_t all_axes, char *msg, size_t n) {
+static int check_case(const fx_case *c, char *msg, size_t n) {
   int result = PATH_NONE;
   for (int registry = 1; registry >= 0 && result != PATH_FAIL; registry--) {
     ad_ctx *ctx = ad_ctx_new();
     if (!ctx) return fail(msg, n, c, "ad_ctx_new", "out of memory");
     ad_tensor *in[AD_MAX_SRC + 1] = {0};
-    int r = run_path(ctx, c, registry, all_axes, in, msg, n);
+    int r = run_path(ctx, c, registry, in, msg, n);
     if (r != PATH_NONE) result = r;
     ad_tape_reset(ctx);
     for (int k = 0; k <= AD_MAX_SRC; k++) ad_tensor_free(in[k]);
@@ -629,7 +847,7 @@ ParameterizedTest(op_param *p, ops_values, op) {
     const fx_case *c = &fx->cases[k];
     if (strcmp(c->op, p->op)) continue;
     cases++;
-    if (check_case(c, fx->all_axes, msg, sizeof msg) != PATH_OK) {
+    if (check_case(c, msg, sizeof msg) != PATH_OK) {
       failed++;
       cr_expect(false, "%s", msg);
     }
@@ -676,25 +894,43 @@ Test(ops_values, fixture_covers_every_differentiable_op) {
   cr_assert(!missing[0], "ops without a fixture case (run tools/gen_fixtures.py):%s", missing);
 }
 
-/* The reduction-over-everything marker in the fixture is the one ad_sum
- * records, so the raw attrs of reduction cases mean what they say. */
-Test(ops_values, all_axes_marker_matches_engine) {
-  char err[512];
-  const fx_file *fx = fixture(err, sizeof err);
-  cr_assert(fx, "fixture unusable: %s", err);
+/* The reductions ad_sum and ad_sum_axis record are those the fixture's
+ * 'attr reduce' lines give ad_op_apply: every dimension for 'all', the one
+ * normalised axis otherwise, and keepdim. */
+Test(ops_values, reduce_attrs_match_engine) {
+  static const char text[] = "fixture ops 2\ntorch 0\ncases 2\n"
+                             "case all sum f64\nattr reduce all 0\ntensor in f64 2 2 2 : 1 1 1 1\n"
+                             "tensor out f64 0 : 4\nend\n"
+                             "case last sum f64\nattr reduce -1 1\ntensor in f64 2 2 2 : 1 1 1 1\n"
+                             "tensor out f64 2 2 1 : 2 2\nend\n";
+  FILE *f = fmemopen((void *)text, strlen(text), "r");
+  cr_assert(f, "fmemopen failed");
+  fx_file fx;
+  char err[256];
+  bool parsed = fx_parse(f, &fx, err, sizeof err);
+  fclose(f);
+  cr_assert(parsed, "%s", err);
   ad_ctx *ctx = ad_ctx_new();
   int64_t s[2] = {2, 2};
   ad_tensor *x = ad_ones(ctx, AD_F64, 2, s);
   ad_tensor_set_requires_grad(x, true);
-  ad_tensor *y = ad_sum(ctx, x);
-  cr_assert(y, "%s", ad_last_error(ctx));
-  const ad_attrs *at = ad_tensor_attrs(y);
-  cr_assert(at, "ad_sum recorded no attrs");
-  cr_assert_eq(at->i[0], fx->all_axes, "ad_sum records axis %lld, the fixture says %lld",
-               (long long)at->i[0], (long long)fx->all_axes);
+  ad_tensor *y[2] = {ad_sum(ctx, x), ad_sum_axis(ctx, x, -1, true)};
+  static const uint32_t axes[2] = {3u, 2u};
+  for (int k = 0; k < 2; k++) {
+    cr_assert(y[k], "%s", ad_last_error(ctx));
+    const ad_attrs *at = ad_tensor_attrs(y[k]), *want = &fx.cases[k].attrs;
+    cr_assert(at, "case %s: the reduction recorded no attrs", fx.cases[k].label);
+    cr_assert_eq(at->reduce.axes, axes[k], "case %s: axes %#x recorded", fx.cases[k].label,
+                 (unsigned)at->reduce.axes);
+    cr_assert_eq(at->reduce.axes, want->reduce.axes, "case %s: recorded axes %#x, fixture %#x",
+                 fx.cases[k].label, (unsigned)at->reduce.axes, (unsigned)want->reduce.axes);
+    cr_assert_eq(at->reduce.keepdim, want->reduce.keepdim, "case %s: keepdim", fx.cases[k].label);
+    cr_assert_eq(at->reduce.keepdim, k == 1);
+  }
   ad_tape_reset(ctx);
   ad_tensor_free(x);
   ad_ctx_free(ctx);
+  fx_free(&fx);
 }
 
 /* The parser rejects damaged files (so a broken fixture fails the suite). */
@@ -708,7 +944,7 @@ static bool parse_text(const char *text, char *err, size_t n) {
   return ok;
 }
 
-#define GOOD_HEAD "fixture ops 1\ntorch 0\nall_axes 127\ncases 1\n"
+#define GOOD_HEAD "fixture ops 2\ntorch 0\ncases 1\n"
 #define GOOD_CASE                                                                                  \
   "case c exp f64\ntensor in f64 1 2 : 0 1\ntensor seed f64 1 2 : 1 1\n"                           \
   "tensor out f64 1 2 : 1 2.718281828459045\ntensor grad f64 1 2 : 1 2.718281828459045\nend\n"
@@ -716,11 +952,15 @@ static bool parse_text(const char *text, char *err, size_t n) {
 Test(ops_values, parser_rejects_damaged_files) {
   char err[256];
   cr_assert(parse_text(GOOD_HEAD GOOD_CASE, err, sizeof err), "control text: %s", err);
+  cr_assert(parse_text("fixture ops 2\ntorch 0\ncases 1\ncase r reshape f64\nattr shape\n"
+                       "tensor in f64 2 1 1 : 3\ntensor out f64 0 : 3\nend\n",
+                       err, sizeof err),
+            "control text with an attr line: %s", err);
   static const struct {
     const char *text, *expect;
   } bad[] = {
       {"", "empty file"},
-      {"fixture ops 2\n", "must start"},
+      {"fixture ops 1\n", "must start"},
       {GOOD_HEAD "case c exp f64\ntensor in f64 1 2 : 0\n", "value is missing"},
       {GOOD_HEAD "case c exp f64\ntensor in f64 1 2 : 0 1 2\n", "more values"},
       {GOOD_HEAD "case c exp f64\ntensor in f64 1 2 : 0 1x\n", "bad number"},
@@ -732,7 +972,23 @@ Test(ops_values, parser_rejects_damaged_files) {
       {GOOD_HEAD "case c exp f64\ntensor in f64 1 2 : 0 1\ntensor seed f64 1 2 : 1 1\n"
                  "tensor out f64 1 3 : 1 2 3\nend\n",
        "layout"},
-      {"fixture ops 1\ntorch 0\nall_axes 127\ncases 2\n" GOOD_CASE, "declares 2 cases"},
+      {"fixture ops 2\ntorch 0\ncases 2\n" GOOD_CASE, "declares 2 cases"},
+      {"fixture ops 2\ntorch 0\nall_axes 127\n", "unknown header keyword"},
+      {GOOD_HEAD "attr axis 0\n", "outside a case"},
+      {GOOD_HEAD "case c exp f64\nattr wat 1\n", "unknown attr key"},
+      {GOOD_HEAD "case c exp f64\nattr scalar\n", "value is missing"},
+      {GOOD_HEAD "case c exp f64\nattr dtype f16\n", "bad attr dtype"},
+      {GOOD_HEAD "case c exp f64\nattr cmp ne\n", "bad attr cmp"},
+      {GOOD_HEAD "case c exp f64\nattr reduce x 0\n", "bad or out-of-range integer"},
+      {GOOD_HEAD "case c exp f64\nattr narrow 0 1\n", "attr value is missing"},
+      {GOOD_HEAD "case c exp f64\nattr axis 1 2\n", "extra attr values"},
+      {GOOD_HEAD "case c exp f64\nattr scalar 1 2\n", "extra attr values"},
+      {GOOD_HEAD "case c exp f64\nattr matmul 0 2\n", "0 or 1"},
+      {GOOD_HEAD "case c exp f64\nattr axis 0\nattr axis 1\n", "one attr line"},
+      {GOOD_HEAD "case c exp f64\ntensor in f64 1 2 : 0 1\nattr axis 0\n", "must open a case"},
+      {GOOD_HEAD "case c sum f64\nattr reduce 1 0\ntensor in f64 1 2 : 0 1\n"
+                 "tensor out f64 0 : 1\nend\n",
+       "reduce axis out of range"},
       {GOOD_HEAD "case c exp f64\ntensor const i32 1 1 : 0.5\ntensor out f64 0 : 1\nend\n",
        "not an integer"},
   };

@@ -164,7 +164,7 @@ int main(int argc, char **argv) {
   for (int id = first; id < last; id++) {
     const ad_op_def *def = ad_op_get(ctx, id);
     if (!def->backward) {
-      printf("%-22s  skipped (no backward: %s)\n", def->name, def->dmath ? def->dmath : "none");
+      printf("%-22s  skipped (no backward: the output carries no gradient)\n", def->name);
       skipped++;
       continue;
     }

@@ -20,16 +20,37 @@ torch in float32, float64 cases in float64.
 
 File format (line based, whitespace separated, '#' starts a comment line):
 
-    fixture ops 1                 format name and version
+    fixture ops 2                 format name and version
     torch <version>               the torch that computed the values
     numpy <version>
-    all_axes 127                  attrs.i[0] of a reduction over everything
     cases <n>                     number of case blocks that follow
     case <label> <op> <dtype>     op: a registered op name or a builder
-    ints <n> i0 ... i(n-1)        attrs.i (absent: all zero)
-    reals <n> f0 ...              attrs.f (absent: all zero)
+    attr <key> <values>           the op's attributes (absent: none)
     tensor <role> <dtype> <ndim> d0 ... d(ndim-1) : v0 v1 ... (row-major)
     end
+
+At most one attr line, right after the case line. Its key names the
+member of ad_attrs the op reads (autodiff/ad.h), or for a composite
+builder the arguments it takes:
+
+    attr scalar S                 add_scalar, mul_scalar, pow_scalar (p),
+                                  leaky_relu (alpha), sub_scalar,
+                                  rsub_scalar, div_scalar
+    attr dtype f32|f64            cast: the target dtype
+    attr cmp eq|gt|ge|lt|le       compare
+    attr axis A                   softmax, log_softmax, concat
+    attr rows R                   index_add
+    attr matmul TA TB             matmul: trans_a, trans_b (0 or 1)
+    attr reduce all|A K           sum, max, logsumexp, mean_axis: every
+                                  dimension or axis A, keepdim K (0 or 1)
+    attr narrow A START LEN       narrow
+    attr pad A BEFORE AFTER       pad
+    attr shape D0 D1 ...          reshape, expand, sum_to (none: 0-d)
+    attr permute P0 P1 ...        permute
+    attr transpose D0 D1          transpose
+
+Axes are written as the builders take them (negative counts from the
+end); the C test turns a reduction's into the bit mask of ad_attrs.
 
 Roles, in this order: 'in' (a float input that requires grad) and 'const'
 (an input that does not: labels, indices, the condition of where) in the
@@ -54,18 +75,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-ALL_AXES = 127  # mirrors AD_ALL_AXES in autodiff/ad_internal.h
-AD_F32, AD_F64 = 0, 1  # ad_dtype values, for cast's attrs.i[0]
-CMP_EQ, CMP_GT, CMP_GE, CMP_LT, CMP_LE = range(5)  # compare's attrs.i[0]
+ALL = "all"  # attr reduce: over every dimension
 
 TORCH_DT = {"f32": torch.float32, "f64": torch.float64}
 CASES = []
 
 
-def add(label, op, make, fn, ints=(), reals=(), grad=True):
-    """Registers a case: make(rng) -> [(role, ndarray)], fn(tensors) -> out."""
-    CASES.append(dict(label=label, op=op, make=make, fn=fn, ints=list(ints),
-                      reals=list(reals), grad=grad))
+def add(label, op, make, fn, attr=None, grad=True):
+    """Registers a case: make(rng) -> [(role, ndarray)], fn(tensors) -> out;
+    attr: None or (key, value, ...), written as an 'attr' line."""
+    CASES.append(dict(label=label, op=op, make=make, fn=fn, attr=attr, grad=grad))
 
 
 def f32r(a):
@@ -143,16 +162,15 @@ add("pow_int_exp", "pow",
 
 
 def cmp_fn(mode):
-    ops = {CMP_EQ: torch.eq, CMP_GT: torch.gt, CMP_GE: torch.ge, CMP_LT: torch.lt,
-           CMP_LE: torch.le}
+    ops = {"eq": torch.eq, "gt": torch.gt, "ge": torch.ge, "lt": torch.lt, "le": torch.le}
     return lambda t: ops[mode](t[0], t[1]).to(t[0].dtype)
 
 
-for mode, tag in ((CMP_EQ, "eq"), (CMP_GT, "gt"), (CMP_GE, "ge"), (CMP_LT, "lt"), (CMP_LE, "le")):
-    add(f"compare_{tag}", "compare",
+for mode in ("eq", "gt", "ge", "lt", "le"):
+    add(f"compare_{mode}", "compare",
         const([("const", f32r([[1.0, -0.5, 2.0, 0.0], [0.25, 3.0, -1.0, 4.0]])),
                ("const", f32r([0.25, -0.5, 1.0, 0.0]))]),
-        cmp_fn(mode), ints=[mode], grad=False)
+        cmp_fn(mode), attr=("cmp", mode), grad=False)
 
 # where: any nonzero condition selects a; no gradient reaches the condition
 add("where_same", "where",
@@ -174,18 +192,19 @@ add("where_bcast_all", "where",
 
 for s in (0.75, -2.5):
     add(f"add_scalar_{s:+g}", "add_scalar", lambda rng: [("in", U(rng, (3, 4)))],
-        lambda t, s=s: t[0] + s, reals=[s])
+        lambda t, s=s: t[0] + s, attr=("scalar", s))
     add(f"mul_scalar_{s:+g}", "mul_scalar", lambda rng: [("in", U(rng, (2, 3, 2)))],
-        lambda t, s=s: t[0] * s, reals=[s])
-add("add_scalar_0d", "add_scalar", const([("in", f32r(1.25))]), lambda t: t[0] + 0.5, reals=[0.5])
+        lambda t, s=s: t[0] * s, attr=("scalar", s))
+add("add_scalar_0d", "add_scalar", const([("in", f32r(1.25))]), lambda t: t[0] + 0.5,
+    attr=("scalar", 0.5))
 add("mul_scalar_zero", "mul_scalar", lambda rng: [("in", U(rng, (4,)))], lambda t: t[0] * 0.0,
-    reals=[0.0])
+    attr=("scalar", 0.0))
 
 for p, lo, hi in ((2.0, -2, 2), (3.0, -2, 2), (-1.5, 0.5, 2), (0.5, 0.5, 2), (3.5, 0.5, 2)):
     add(f"pow_scalar_{p:+g}", "pow_scalar", lambda rng, lo=lo, hi=hi: [("in", U(rng, (3, 4), lo, hi))],
-        lambda t, p=p: torch.pow(t[0], p), reals=[p])
+        lambda t, p=p: torch.pow(t[0], p), attr=("scalar", p))
 add("pow_scalar_2_at_zero", "pow_scalar", const([("in", f32r([0.0, -1.0, 1.5]))]),
-    lambda t: torch.pow(t[0], 2.0), reals=[2.0])
+    lambda t: torch.pow(t[0], 2.0), attr=("scalar", 2.0))
 
 # --------------------------------------------------------- elementwise unary
 
@@ -228,9 +247,9 @@ add("log_small", "log", const([("in", f32r([1e-3, 0.25, 1.0, 1e3]))]), lambda t:
 for alpha in (0.1, 0.01, -0.5):
     add(f"leaky_relu_{alpha:+g}", "leaky_relu",
         lambda rng: [("in", np.concatenate([signed(rng, (5,), 0.2, 2), f32r([0.0])]))],
-        lambda t, a=alpha: F.leaky_relu(t[0], a), reals=[alpha])
+        lambda t, a=alpha: F.leaky_relu(t[0], a), attr=("scalar", alpha))
 add("leaky_relu_2d", "leaky_relu", lambda rng: [("in", U(rng, (3, 4)))],
-    lambda t: F.leaky_relu(t[0], 0.2), reals=[0.2])
+    lambda t: F.leaky_relu(t[0], 0.2), attr=("scalar", 0.2))
 
 # fused activation gradients: y = g * f'(.) from the saved tanh / sigmoid
 # output or relu input; torch's aten ops of the same names (relu's is
@@ -250,8 +269,8 @@ add("relu_backward_at_zero", "relu_backward",
     lambda t: torch.ops.aten.threshold_backward(t[0], t[1], 0.0))
 
 # cast: each dtype to the other; the gradient comes back in the input dtype
-CASES.append(dict(label="cast_other", op="cast", make=lambda rng: [("in", U(rng, (3, 4)))],
-                  fn=None, ints=None, reals=[], grad=True))
+# (run_case sets the target and its attr line)
+add("cast_other", "cast", lambda rng: [("in", U(rng, (3, 4)))], None)
 
 # ---------------------------------------------------------------- matmul
 
@@ -268,7 +287,7 @@ def mm_case(label, ta, tb, batch_a, batch_b, m=3, k=4, n=5):
     sa = tuple(batch_a) + ((k, m) if ta else (m, k))
     sb = tuple(batch_b) + ((n, k) if tb else (k, n))
     add(label, "matmul", lambda rng: [("in", U(rng, sa, -1, 1)), ("in", U(rng, sb, -1, 1))],
-        mm(ta, tb), ints=[int(ta), int(tb)])
+        mm(ta, tb), attr=("matmul", int(ta), int(tb)))
 
 
 for ta in (0, 1):
@@ -286,27 +305,27 @@ mm_case("matmul_vec", 0, 1, (), (), m=1, k=6, n=1)
 # ------------------------------------------------------------- shape ops
 
 
-def shape_attrs(shape):
-    return [len(shape)] + list(shape)
+def shape_attr(shape):
+    return ("shape",) + tuple(shape)
 
 
 for label, src, dst in (("reshape_infer", (3, 4), (2, -1, 3)), ("reshape_flat", (2, 3, 4), (24,)),
                         ("reshape_to_0d", (1, 1), ()), ("reshape_from_0d", (), (1, 1, 1)),
                         ("reshape_4d", (2, 3, 4), (2, 2, 3, 2))):
     add(label, "reshape", lambda rng, src=src: [("in", U(rng, src))],
-        lambda t, dst=dst: t[0].reshape(dst), ints=shape_attrs(dst))
+        lambda t, dst=dst: t[0].reshape(dst), attr=shape_attr(dst))
 
 for label, src, perm in (("permute_201", (2, 3, 4), (2, 0, 1)), ("permute_120", (2, 3, 4), (1, 2, 0)),
                          ("permute_2d", (3, 5), (1, 0)), ("permute_4d", (2, 3, 2, 2), (3, 1, 0, 2)),
                          ("permute_identity", (2, 3), (0, 1))):
     add(label, "permute", lambda rng, src=src: [("in", U(rng, src))],
-        lambda t, perm=perm: t[0].permute(perm), ints=[len(perm)] + list(perm))
+        lambda t, perm=perm: t[0].permute(perm), attr=("permute",) + tuple(perm))
 
 for label, src, dst in (("expand_col", (3, 1), (2, 3, 4)), ("expand_0d", (), (2, 3)),
                         ("expand_row", (4,), (3, 4)), ("expand_ones", (1, 1), (2, 3)),
                         ("expand_same", (2, 3), (2, 3))):
     add(label, "expand", lambda rng, src=src: [("in", U(rng, src))],
-        lambda t, dst=dst: t[0].expand(dst), ints=shape_attrs(dst))
+        lambda t, dst=dst: t[0].expand(dst), attr=shape_attr(dst))
 
 
 def sum_to(x, shape):
@@ -321,13 +340,13 @@ for label, src, dst in (("sum_to_col", (2, 3, 4), (3, 1)), ("sum_to_row", (2, 3,
                         ("sum_to_0d", (2, 3, 4), ()), ("sum_to_mid", (2, 3, 4), (1, 3, 1)),
                         ("sum_to_same", (3, 4), (3, 4))):
     add(label, "sum_to", lambda rng, src=src: [("in", U(rng, src))],
-        lambda t, dst=dst: sum_to(t[0], dst), ints=shape_attrs(dst))
+        lambda t, dst=dst: sum_to(t[0], dst), attr=shape_attr(dst))
 
 for label, src, ax, start, ln in (("narrow_axis0", (4, 5), 0, 1, 2), ("narrow_last", (4, 5), -1, 1, 3),
                                   ("narrow_mid", (2, 5, 3), 1, 2, 3), ("narrow_full", (3, 2), 0, 0, 3),
                                   ("narrow_1d", (6,), 0, 5, 1)):
     add(label, "narrow", lambda rng, src=src: [("in", U(rng, src))],
-        lambda t, ax=ax, s=start, n=ln: t[0].narrow(ax, s, n), ints=[ax, start, ln])
+        lambda t, ax=ax, s=start, n=ln: t[0].narrow(ax, s, n), attr=("narrow", ax, start, ln))
 
 
 def pad(x, ax, before, after):
@@ -348,7 +367,7 @@ for label, src, ax, before, after in (("pad_axis0", (3, 2), 0, 1, 2), ("pad_axis
                                       ("pad_last_3d", (2, 2, 3), -1, 0, 2),
                                       ("pad_mid_3d", (2, 2, 3), 1, 3, 0), ("pad_none", (2, 3), 0, 0, 0)):
     add(label, "pad", lambda rng, src=src: [("in", U(rng, src))],
-        lambda t, ax=ax, b=before, a=after: pad(t[0], ax, b, a), ints=[ax, before, after])
+        lambda t, ax=ax, b=before, a=after: pad(t[0], ax, b, a), attr=("pad", ax, before, after))
 
 for label, shapes, ax in (("concat_axis0", [(2, 3), (1, 3), (4, 3)], 0),
                           ("concat_last", [(3, 2), (3, 1)], -1),
@@ -356,7 +375,7 @@ for label, shapes, ax in (("concat_axis0", [(2, 3), (1, 3), (4, 3)], 0),
                           ("concat_single", [(2, 3)], 1),
                           ("concat_1d_many", [(2,), (1,), (3,), (1,), (2,)], 0)):
     add(label, "concat", lambda rng, shapes=shapes: [("in", U(rng, s)) for s in shapes],
-        lambda t, ax=ax: torch.cat(list(t), ax), ints=[ax])
+        lambda t, ax=ax: torch.cat(list(t), ax), attr=("axis", ax))
 
 # index_select: rows of x picked by i32 indices; repeated rows add up
 for label, xs, ix in (("index_select_repeat", (5, 3), idx([0, 2, 2, 4, 0, 2])),
@@ -376,7 +395,7 @@ for label, ss, ix, rows in (("index_add_repeat", (5, 3), idx([0, 2, 2, 1, 0]), 3
                             ("index_add_2d_idx", (2, 3, 2), idx([[3, 1, 3], [0, 3, 1]]), 5),
                             ("index_add_1d", (4,), idx([1, 1, 1, 0]), 2)):
     add(label, "index_add", lambda rng, ss=ss, ix=ix: [("in", U(rng, ss)), ("const", ix)],
-        lambda t, rows=rows: index_add(t[0], t[1], rows), ints=[rows])
+        lambda t, rows=rows: index_add(t[0], t[1], rows), attr=("rows", rows))
 
 # ------------------------------------------------------------- reductions
 
@@ -384,7 +403,7 @@ for label, ss, ix, rows in (("index_add_repeat", (5, 3), idx([0, 2, 2, 1, 0]), 3
 def reduce_fn(kind, axis, keep):
     def f(t):
         x = t[0]
-        dims = tuple(range(x.dim())) if axis == ALL_AXES else axis
+        dims = tuple(range(x.dim())) if axis == ALL else axis
         if kind == "sum":
             return x.sum(dim=dims, keepdim=bool(keep))
         if kind == "max":
@@ -393,32 +412,32 @@ def reduce_fn(kind, axis, keep):
     return f
 
 
-RED = (("all", (2, 3, 4), ALL_AXES, 0), ("all_keep", (3, 4), ALL_AXES, 1), ("axis0", (3, 4), 0, 0),
+RED = (("all", (2, 3, 4), ALL, 0), ("all_keep", (3, 4), ALL, 1), ("axis0", (3, 4), 0, 0),
        ("axis1_keep", (3, 4), 1, 1), ("neg_axis", (2, 3, 4), -1, 0), ("mid_3d", (2, 3, 4), 1, 0),
        ("mid_keep_3d", (2, 3, 4), 1, 1), ("vec", (5,), 0, 0))
 for kind in ("sum", "max", "logsumexp"):
     for tag, shape, axis, keep in RED:
         gen = (lambda rng, s=shape: [("in", distinct(rng, s))]) if kind == "max" else \
               (lambda rng, s=shape: [("in", U(rng, s))])
-        add(f"{kind}_{tag}", kind, gen, reduce_fn(kind, axis, keep), ints=[axis, keep])
+        add(f"{kind}_{tag}", kind, gen, reduce_fn(kind, axis, keep), attr=("reduce", axis, keep))
 
 # ties share the gradient equally (torch.amax does the same)
 add("max_ties_axis", "max", const([("in", f32r([[1.0, 3.0, 3.0], [2.0, 0.0, 2.0]]))]),
-    reduce_fn("max", 1, 0), ints=[1, 0])
+    reduce_fn("max", 1, 0), attr=("reduce", 1, 0))
 add("max_ties_all", "max", const([("in", f32r([[1.0, 3.0, 3.0], [2.0, 0.0, 3.0]]))]),
-    reduce_fn("max", ALL_AXES, 0), ints=[ALL_AXES, 0])
+    reduce_fn("max", ALL, 0), attr=("reduce", ALL, 0))
 # stability: no overflow for large entries
 add("logsumexp_huge", "logsumexp", const([("in", f32r([[1000.0, 999.0, -1000.0], [-5.0, 0.0, 5.0]]))]),
-    reduce_fn("logsumexp", 1, 0), ints=[1, 0])
+    reduce_fn("logsumexp", 1, 0), attr=("reduce", 1, 0))
 
 for name, fn in (("softmax", torch.softmax), ("log_softmax", torch.log_softmax)):
     for tag, shape, axis in (("last", (2, 3, 4), -1), ("mid", (2, 3, 4), 1), ("first", (3, 4), 0),
                              ("vec", (5,), 0)):
         add(f"{name}_{tag}", name, lambda rng, s=shape: [("in", U(rng, s))],
-            lambda t, fn=fn, ax=axis: fn(t[0], ax), ints=[axis])
+            lambda t, fn=fn, ax=axis: fn(t[0], ax), attr=("axis", axis))
     add(f"{name}_huge", name,
         const([("in", f32r([[1000.0, 1001.0, 999.0], [-1000.0, 0.0, 1000.0]]))]),
-        lambda t, fn=fn: fn(t[0], 1), ints=[1])
+        lambda t, fn=fn: fn(t[0], 1), attr=("axis", 1))
 
 # ------------------------------------------------------------------ losses
 
@@ -441,17 +460,17 @@ add("softmax_ce_huge", "softmax_cross_entropy",
 
 add("mean_all", "mean", lambda rng: [("in", U(rng, (2, 3, 4)))], lambda t: t[0].mean())
 add("mean_axis", "mean_axis", lambda rng: [("in", U(rng, (3, 4)))],
-    lambda t: t[0].mean(dim=-1), ints=[-1, 0])
+    lambda t: t[0].mean(dim=-1), attr=("reduce", -1, 0))
 add("mean_axis_keep", "mean_axis", lambda rng: [("in", U(rng, (2, 3, 4)))],
-    lambda t: t[0].mean(dim=1, keepdim=True), ints=[1, 1])
+    lambda t: t[0].mean(dim=1, keepdim=True), attr=("reduce", 1, 1))
 add("transpose_3d", "transpose", lambda rng: [("in", U(rng, (2, 3, 4)))],
-    lambda t: t[0].transpose(0, -1), ints=[0, -1])
+    lambda t: t[0].transpose(0, -1), attr=("transpose", 0, -1))
 add("sub_scalar", "sub_scalar", lambda rng: [("in", U(rng, (3, 4)))], lambda t: t[0] - 1.5,
-    reals=[1.5])
+    attr=("scalar", 1.5))
 add("rsub_scalar", "rsub_scalar", lambda rng: [("in", U(rng, (3, 4)))], lambda t: 1.5 - t[0],
-    reals=[1.5])
+    attr=("scalar", 1.5))
 add("div_scalar", "div_scalar", lambda rng: [("in", U(rng, (3, 4)))], lambda t: t[0] / -4.0,
-    reals=[-4.0])
+    attr=("scalar", -4.0))
 
 # --------------------------------------------------------------- writing
 
@@ -471,14 +490,22 @@ def fmt_tensor(role, t):
     return f"{head} : {body}" if body else f"{head} :"
 
 
+def fmt_attr(attr):
+    """'attr KEY V ...': reals with %.17g (as tensor values), words as they are."""
+    key, *vals = attr
+    words = [key] + ["%.17g" % v if isinstance(v, float) else v if isinstance(v, str)
+                     else str(int(v)) for v in vals]
+    return "attr " + " ".join(words)
+
+
 def run_case(c, dtname):
     dt = TORCH_DT[dtname]
     rng = np.random.RandomState(zlib.crc32(c["label"].encode()))
     spec = c["make"](rng)
-    ints, fn = c["ints"], c["fn"]
+    attr, fn = c["attr"], c["fn"]
     if c["op"] == "cast":  # to the other float dtype
         other = torch.float64 if dt == torch.float32 else torch.float32
-        ints = [AD_F64 if other == torch.float64 else AD_F32]
+        attr = ("dtype", NAMES[other])
         fn = lambda t: t[0].to(other)  # noqa: E731
     ins, lines = [], []
     for role, arr in spec:
@@ -491,10 +518,8 @@ def run_case(c, dtname):
     targs = [x.long() if x.dtype == torch.int32 else x for x in ins]
     out = fn(targs)
     head = [f"case {c['label']} {c['op']} {dtname}"]
-    if ints:
-        head.append("ints %d %s" % (len(ints), " ".join(str(int(i)) for i in ints)))
-    if c["reals"]:
-        head.append("reals %d %s" % (len(c["reals"]), " ".join("%.17g" % r for r in c["reals"])))
+    if attr is not None:
+        head.append(fmt_attr(attr))
     if not c["grad"]:
         return head + lines + [fmt_tensor("out", out), "end"]
     srng = np.random.RandomState(zlib.crc32(("seed:" + c["label"]).encode()))
@@ -523,10 +548,9 @@ def main():
         f.write("# Reference values for tests/test_ops_values.c, computed by PyTorch.\n"
                 "# Generated by tools/gen_fixtures.py (see its docstring for the format);\n"
                 "# do not edit. Regenerate: /usr/bin/python3 tools/gen_fixtures.py\n")
-        f.write("fixture ops 1\n")
+        f.write("fixture ops 2\n")
         f.write(f"torch {torch.__version__}\n")
         f.write(f"numpy {np.__version__}\n")
-        f.write(f"all_axes {ALL_AXES}\n")
         f.write(f"cases {len(blocks)}\n")
         for b in blocks:
             f.write("\n".join(b) + "\n")

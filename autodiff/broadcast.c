@@ -1,0 +1,83 @@
+/* broadcast.c: checks and index walks shared by op families: float dtype
+ * checks, NumPy broadcasting of shapes, axis normalisation, the row walk
+ * over broadcast operands, and the shape rule of AD_OP_ELEMENTWISE ops. */
+#include "ad_internal.h"
+
+bool ad_broadcast_shape(int na, const int64_t *sa, int nb, const int64_t *sb, int *nout,
+                        int64_t *out) {
+  int n = na > nb ? na : nb;
+  for (int i = 0; i < n; i++) {
+    int64_t da = i < n - na ? 1 : sa[i - (n - na)];
+    int64_t db = i < n - nb ? 1 : sb[i - (n - nb)];
+    if (da != db && da != 1 && db != 1) return false;
+    out[i] = da == 1 ? db : da;
+  }
+  *nout = n;
+  return true;
+}
+
+ad_status ad_check_float_same(ad_ctx *ctx, const char *op, int n, ad_tensor *const *in) {
+  for (int i = 0; i < n; i++) {
+    if (!ad_is_float(in[i]->dtype))
+      return ad_set_error(ctx, AD_ERR_DTYPE, "%s: input %d is %s; a float dtype is needed", op, i,
+                          ad_dtype_name(in[i]->dtype));
+    if (in[i]->dtype != in[0]->dtype)
+      return ad_set_error(ctx, AD_ERR_DTYPE, "%s: dtypes differ: %s and %s", op,
+                          ad_dtype_name(in[0]->dtype), ad_dtype_name(in[i]->dtype));
+  }
+  return AD_OK;
+}
+
+ad_status ad_shape_elementwise(const ad_call *c) {
+  if (ad_check_float_same(c->ctx, c->name, c->n, c->in) != AD_OK) return ad_last_status(c->ctx);
+  ad_tensor *o = c->out;
+  o->dtype = c->in[0]->dtype;
+  o->ndim = c->in[0]->ndim;
+  memcpy(o->shape, c->in[0]->shape, sizeof(int64_t) * (size_t)o->ndim);
+  for (int k = 1; k < c->n; k++) {
+    const ad_tensor *x = c->in[k];
+    if (ad_same_shape(o, x)) continue;
+    int64_t s[AD_MAX_DIMS];
+    int nd;
+    if (!ad_broadcast_shape(o->ndim, o->shape, x->ndim, x->shape, &nd, s)) {
+      char sa[64], sb[64];
+      return ad_set_error(c->ctx, AD_ERR_SHAPE, "%s: shapes do not broadcast: %s and %s", c->name,
+                          ad_shape_str(c->in[0], sa, sizeof sa), ad_shape_str(x, sb, sizeof sb));
+    }
+    o->ndim = nd;
+    memcpy(o->shape, s, sizeof(int64_t) * (size_t)nd);
+  }
+  return AD_OK;
+}
+
+int ad_norm_axis(int axis, int ndim) {
+  if (axis < 0) axis += ndim;
+  return axis >= 0 && axis < ndim ? axis : -1;
+}
+
+/* Strides of x seen through out's shape (0 along broadcast dims). */
+void ad_bc_strides(const ad_tensor *x, const ad_tensor *out, int64_t *st) {
+  int off = out->ndim - x->ndim;
+  int64_t s = 1;
+  for (int d = out->ndim - 1; d >= 0; d--) {
+    int xd = d - off;
+    st[d] = xd < 0 || x->shape[xd] == 1 ? 0 : s;
+    if (xd >= 0) s *= x->shape[xd];
+  }
+}
+
+void ad_bc_init(ad_bc_rows *it, int nin, ad_tensor *const *in, const ad_tensor *out) {
+  it->nin = nin;
+  for (int i = 0; i < nin; i++) ad_bc_strides(in[i], out, it->st[i]);
+  it->len = out->ndim ? out->shape[out->ndim - 1] : 1;
+  it->rows = it->len ? out->size / it->len : 0;
+}
+
+void ad_bc_row(const ad_bc_rows *it, const ad_tensor *out, int64_t r, int64_t *off) {
+  for (int i = 0; i < it->nin; i++) off[i] = 0;
+  for (int d = out->ndim - 2; d >= 0; d--) {
+    int64_t idx = r % out->shape[d];
+    r /= out->shape[d];
+    for (int i = 0; i < it->nin; i++) off[i] += idx * it->st[i][d];
+  }
+}
