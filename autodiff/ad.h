@@ -323,7 +323,14 @@ AD_API bool ad_tensor_requires_grad(const ad_tensor *t);
  * arena, valid until ad_tape_reset). */
 AD_API ad_status ad_tensor_retain_grad(ad_tensor *t);
 
-/* Sets t->grad to zeros (keeps the buffer). NULL or no grad: no-op. */
+/* Zeroes t's gradient by releasing it, as PyTorch's zero_grad() does by
+ * default (set_to_none): t->grad becomes NULL, in O(1). The buffer is kept
+ * for t: the next backward that reaches t stores its gradient there (its
+ * first contribution is written, not added to zeros), so a training loop
+ * neither allocates nor clears gradients. Code that reads t->grad between
+ * a zero_grad and the next backward finds NULL, meaning zero; to keep a
+ * zeroed buffer instead, fill it: ad_tensor_fill(t->grad, 0). NULL t or no
+ * grad: no-op. */
 AD_API void ad_tensor_zero_grad(ad_tensor *t);
 
 /* True for a tensor made by an op (freed by ad_tape_reset). */
@@ -368,8 +375,9 @@ AD_API bool ad_grad_enabled(const ad_ctx *ctx);
 
 /* Backward from root. seed is dL/droot with root's shape; NULL means 1 and
  * needs a root of one element. Gradients are added (+=) into the grad of
- * every leaf that requires one (allocated zeroed on first use) and into
- * retained intermediates. Returns AD_ERR_STATE if root was not recorded (no
+ * every leaf that requires one (a NULL grad counts as zero: the pass's
+ * gradient is stored into a buffer kept by ad_tensor_zero_grad, or a new
+ * one) and into retained intermediates. Returns AD_ERR_STATE if root was not recorded (no
  * input requires grad) or is from a reset tape, AD_ERR_SHAPE for a non-scalar
  * root without seed or a seed of the wrong shape. */
 AD_API ad_status ad_backward(ad_ctx *ctx, ad_tensor *root, const ad_tensor *seed);
@@ -382,15 +390,30 @@ AD_API ad_status ad_backward(ad_ctx *ctx, ad_tensor *root, const ad_tensor *seed
 AD_API ad_status ad_grad(ad_ctx *ctx, ad_tensor *root, const ad_tensor *seed, int n,
                          ad_tensor *const *inputs, ad_tensor **out, bool create_graph);
 
-/* Observes a backward pass: called once per op that backward differentiates,
- * in the order it runs (reverse tape order), after the op's gradients are
- * computed. out is the op's output, gout = dL/dout, gin[i] the gradient sent
- * to input i (shaped like it), NULL when input i needs none. Pointers are
- * valid until ad_tape_reset. The hook must not run ops on ctx. */
-typedef void (*ad_backward_hook)(void *ud, const ad_tensor *out, const ad_tensor *gout, int n,
-                                 ad_tensor *const *gin);
+/* One step of a backward pass, as a hook sees it: the op that made out
+ * received gout = dL/dout and sent input k (of n) its contribution. That
+ * contribution is gin[k] (shaped like in[k]), or, when direct[k], it went
+ * straight into in[k]->grad (an op's grad_into fast path, e.g. a matrix
+ * product's GEMM writing a weight's new gradient): in[k]->grad then holds
+ * it, as the gradient's first contribution of the pass. gin[k] is NULL and
+ * direct[k] false when input k received nothing. Pointers are valid until
+ * ad_tape_reset. */
+typedef struct ad_backward_step {
+  const ad_tensor *out, *gout;
+  int n;
+  ad_tensor *const *in;
+  ad_tensor *const *gin;
+  const bool *direct;
+} ad_backward_step;
 
-/* Installs (fn != NULL) or removes the hook. It never changes the result. */
+/* Observes a backward pass: called once per op that backward differentiates,
+ * in the order it runs (reverse tape order), after the op's contributions
+ * are added into its inputs' gradients. The hook must not run ops on ctx. */
+typedef void (*ad_backward_hook)(void *ud, const ad_backward_step *step);
+
+/* Installs (fn != NULL) or removes the hook. A hook never changes what
+ * backward computes or how: results are the same bits and the same fast
+ * paths run with and without one. */
 AD_API void ad_set_backward_hook(ad_ctx *ctx, ad_backward_hook fn, void *ud);
 
 /* ------------------------------------------------------------------ ops
@@ -535,12 +558,17 @@ typedef void (*ad_forward_fn)(const ad_call *c);
  * engine adds contributions up; a backward never writes a gradient itself.
  * Returns AD_OK or the status of the op that failed. */
 typedef ad_status (*ad_backward_fn)(const ad_call *c);
-/* Optional fast path: adds input k's contribution straight into grad
- * (shaped and typed like in[k], not a temporary), or with overwrite stores
- * it there, as a GEMM with beta = 1 or 0 does, and returns true; returns
- * false, having done nothing, where it has no such path (e.g. broadcasting).
- * The engine calls it only in ad_backward (never under create_graph), for
- * a persistent input that requires a gradient. Must not allocate or fail. */
+/* Optional fast path: puts input k's contribution straight into grad
+ * (shaped and typed like in[k]; the input's own gradient, not a temporary)
+ * and returns true, or returns false, having done nothing, where it has no
+ * such path (e.g. broadcasting). With overwrite, grad holds nothing yet
+ * (a new gradient) and the contribution is stored, as a GEMM with beta = 0
+ * does; without, it is added, and the result must be the same bits as
+ * making the contribution a tensor and adding that (decline, e.g., a blocked
+ * GEMM with beta = 1, which rounds differently). The engine calls it only in
+ * ad_backward (never under create_graph), for a persistent input that
+ * requires a gradient, and without overwrite only when no backward hook
+ * would need the contribution. Must not allocate or fail. */
 typedef bool (*ad_grad_into_fn)(const ad_call *c, int k, ad_tensor *grad, bool overwrite);
 
 /* A gradcheck test case to make. */

@@ -62,6 +62,8 @@ typedef struct ad_node {
   union {                              /* the nsrc inputs; read them through ad_node_src */
     struct ad_node *in[AD_INLINE_SRC]; /* nsrc <= AD_INLINE_SRC */
     struct ad_node **arena;            /* more: an arena array */
+    ad_tensor *spare_grad;             /* a persistent leaf (never recorded): the buffer
+                                          of a grad released by ad_tensor_zero_grad */
   } src;
 } ad_node;
 
@@ -228,6 +230,10 @@ static inline bool ad_same_shape(const ad_tensor *a, const ad_tensor *b) {
   return true;
 }
 int ad_norm_axis(int axis, int ndim); /* -1 when out of range */
+/* The buffer for a persistent leaf's new gradient (n->t.grad is NULL): the
+ * one ad_tensor_zero_grad kept, or a new one. Uninitialized; the caller
+ * stores into it, then sets n->t.grad. NULL (and an error) on OOM. */
+ad_tensor *ad_leaf_grad_take(ad_ctx *ctx, ad_node *n);
 /* Makes gradient g fit input x: sum_to over broadcast dims, or NULL. */
 ad_tensor *ad_reduce_to(ad_ctx *ctx, ad_tensor *g, const ad_tensor *x);
 /* Strides of x seen through out's (broadcast) shape: 0 along broadcast dims. */

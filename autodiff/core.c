@@ -345,6 +345,7 @@ static ad_tensor *persistent_new(ad_ctx *ctx, const char *fn, ad_dtype dt, int n
   if (!n) return NULL;
   ad_node_init(n, ctx, dt, ndim, shape, ad_shape_size(ndim, shape));
   n->flags = AD_NF_LEAF | AD_NF_PERSISTENT;
+  n->src.spare_grad = NULL;
   n->t.data = ad_malloc(ctx, (size_t)n->t.size * ad_dsize(dt));
   if (!n->t.data) {
     ad_free(ctx, n, sizeof *n);
@@ -476,6 +477,7 @@ void ad_tensor_free(ad_tensor *t) {
   if (!(n->flags & AD_NF_PERSISTENT)) return;
   ad_ctx *ctx = n->ctx;
   if (t->grad) ad_tensor_free(t->grad);
+  if (n->src.spare_grad) ad_tensor_free(n->src.spare_grad);
   n->magic = 0;
   ad_free(ctx, t->data, (size_t)t->size * ad_dsize(t->dtype));
   ad_free(ctx, n, sizeof *n);
@@ -517,7 +519,22 @@ bool ad_tensor_is_temporary(const ad_tensor *t) {
 }
 
 void ad_tensor_zero_grad(ad_tensor *t) {
-  if (t && t->grad) memset(t->grad->data, 0, (size_t)t->grad->size * ad_dsize(t->dtype));
+  if (!is_node(t) || !t->grad) return;
+  ad_node *n = ad_node_of(t);
+  if (n->flags & AD_NF_PERSISTENT) { /* keep the buffer for the next pass */
+    if (n->src.spare_grad) ad_tensor_free(n->src.spare_grad); /* never both; for safety */
+    n->src.spare_grad = t->grad;
+  }
+  t->grad = NULL; /* a retained intermediate's grad is arena memory */
+}
+
+ad_tensor *ad_leaf_grad_take(ad_ctx *ctx, ad_node *n) {
+  ad_tensor *g = n->src.spare_grad;
+  if (g) {
+    n->src.spare_grad = NULL;
+    return g;
+  }
+  return ad_tensor_new_uninit(ctx, n->t.dtype, n->t.ndim, n->t.shape);
 }
 
 double ad_tensor_get(const ad_tensor *t, int64_t i) {

@@ -132,6 +132,8 @@ struct ad_graph {
   int nauto[3]; /* made-up names so far: parameters, inputs, constants */
   step_rec *recs;
   size_t nrecs, recs_cap;
+  ad_tensor **snaps; /* copies of contributions stored straight into a grad */
+  size_t nsnaps, snaps_cap;
   pmap rec_map;
   uint32_t rec_epoch; /* tape generation the records belong to */
   bool tracing, lost;
@@ -152,6 +154,11 @@ ad_graph *ad_graph_new(ad_ctx *ctx) {
   return g;
 }
 
+static void drop_snaps(ad_graph *g) {
+  for (size_t i = 0; i < g->nsnaps; i++) ad_tensor_free(g->snaps[i]);
+  g->nsnaps = 0;
+}
+
 void ad_graph_free(ad_graph *g) {
   if (!g) return;
   ad_ctx *ctx = g->ctx;
@@ -159,6 +166,8 @@ void ad_graph_free(ad_graph *g) {
   for (size_t i = 0; i < g->nnames; i++) gfree(ctx, g->names[i].name, g->names[i].name_cap);
   gfree(ctx, g->names, g->names_cap * sizeof *g->names);
   gfree(ctx, g->recs, g->recs_cap * sizeof *g->recs);
+  drop_snaps(g);
+  gfree(ctx, g->snaps, g->snaps_cap * sizeof *g->snaps);
   pmap_free(ctx, &g->name_map);
   pmap_free(ctx, &g->rec_map);
   ad_free(ctx, g, sizeof *g);
@@ -454,7 +463,7 @@ static int local_mode(const ad_op_def *def, const ad_tensor *in, const ad_tensor
 /* --------------------------------------------------------------- trace */
 
 static void trace_step(ad_graph *g, const ad_tensor *out, const ad_tensor *gout, int n,
-                       ad_tensor *const *gin) {
+                       const ad_tensor *const *gin) {
   FILE *f = g->trace;
   ad_tensor *in[AD_MAX_SRC];
   int nin = ad_tensor_inputs(out, in, AD_MAX_SRC);
@@ -509,13 +518,28 @@ static void trace_step(ad_graph *g, const ad_tensor *out, const ad_tensor *gout,
   }
 }
 
-static void graph_hook(void *ud, const ad_tensor *out, const ad_tensor *gout, int n,
-                       ad_tensor *const *gin) {
+/* A copy of the contribution an op stored straight into t's grad (it is
+ * the grad's value now; later contributions would change it), owned by g
+ * until the next step; the grad itself if the copy cannot be made. */
+static const ad_tensor *snapshot(ad_graph *g, const ad_tensor *grad) {
+  ad_tensor *c = NULL;
+  if (grow(g->ctx, (void **)&g->snaps, &g->snaps_cap, sizeof *g->snaps, g->nsnaps + 1) &&
+      (c = ad_tensor_clone(g->ctx, grad)))
+    g->snaps[g->nsnaps++] = c;
+  else
+    g->lost = true;
+  return c ? c : grad;
+}
+
+static void graph_hook(void *ud, const ad_backward_step *st) {
   ad_graph *g = ud;
   ad_ctx *ctx = g->ctx;
+  const ad_tensor *out = st->out, *gout = st->gout;
+  int n = st->n < AD_MAX_SRC ? st->n : AD_MAX_SRC;
   int32_t idx = ad_node_of(out)->tape_idx;
   if (g->rec_epoch != ctx->epoch) { /* a new step: earlier records are gone */
     g->nrecs = 0;
+    drop_snaps(g);
     pmap_clear(&g->rec_map);
     g->rec_epoch = ctx->epoch;
     g->last_idx = -1;
@@ -526,6 +550,9 @@ static void graph_hook(void *ud, const ad_tensor *out, const ad_tensor *gout, in
   }
   g->last_idx = idx;
 
+  const ad_tensor *gin[AD_MAX_SRC];
+  for (int k = 0; k < n; k++)
+    gin[k] = st->gin[k] ? st->gin[k] : st->direct[k] ? snapshot(g, st->in[k]->grad) : NULL;
   int32_t r = pmap_get(&g->rec_map, out);
   if (r < 0) {
     if (grow(ctx, (void **)&g->recs, &g->recs_cap, sizeof *g->recs, g->nrecs + 1) &&
@@ -538,14 +565,14 @@ static void graph_hook(void *ud, const ad_tensor *out, const ad_tensor *gout, in
     step_rec *s = &g->recs[r];
     s->out = out;
     s->gout = gout;
-    s->n = n < AD_MAX_SRC ? n : AD_MAX_SRC;
-    for (int k = 0; k < s->n; k++) s->gin[k] = gin[k];
+    s->n = n;
+    for (int k = 0; k < n; k++) s->gin[k] = gin[k];
   }
   if (g->trace) {
     trace_step(g, out, gout, n, gin);
     fflush(g->trace);
   }
-  if (g->prev_hook) g->prev_hook(g->prev_ud, out, gout, n, gin);
+  if (g->prev_hook) g->prev_hook(g->prev_ud, st);
 }
 
 ad_status ad_graph_trace_begin(ad_graph *g, FILE *f) {

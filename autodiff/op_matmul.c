@@ -151,32 +151,31 @@ static ad_status matmul_bwd(const ad_call *c) {
   return AD_OK;
 }
 
-/* dst = op(x) op(w) + beta dst for 2-D x, w. */
-static void gemm_into(ad_tensor *dst, const ad_tensor *x, bool tx, const ad_tensor *w, bool tw,
-                      double beta) {
+/* dst = op(x) op(w) for 2-D x, w (GEMM with beta = 0). */
+static void gemm_store(ad_tensor *dst, const ad_tensor *x, bool tx, const ad_tensor *w, bool tw) {
   int64_t m = x->shape[tx ? 1 : 0], k = x->shape[tx ? 0 : 1], nn = w->shape[tw ? 0 : 1];
-  gemm_mt(dst->dtype, tx, tw, m, nn, k, x->data, x->shape[1], w->data, w->shape[1], beta, dst->data,
+  gemm_mt(dst->dtype, tx, tw, m, nn, k, x->data, x->shape[1], w->data, w->shape[1], 0.0, dst->data,
           nn);
 }
 
-/* For 2-D A and B, the GEMM that makes input k's contribution adds it
- * straight into grad (beta = 1), or stores it there (beta = 0): no
- * temporary, no separate add pass. */
+/* For 2-D A and B, the GEMM that makes input k's contribution stores a new
+ * gradient straight into its buffer (beta = 0): no temporary, no clearing,
+ * no copy. Adding to an existing one is declined: a GEMM with beta = 1
+ * rounds differently from the product plus an add once k is blocked. */
 static bool matmul_grad_into(const ad_call *c, int k, ad_tensor *grad, bool overwrite) {
   const ad_tensor *a = c->in[0], *b = c->in[1], *dy = c->gout;
-  if (a->ndim != 2 || b->ndim != 2) return false;
+  if (!overwrite || a->ndim != 2 || b->ndim != 2) return false;
   bool ta = c->attrs->matmul.trans_a, tb = c->attrs->matmul.trans_b;
-  double beta = overwrite ? 0.0 : 1.0;
   if (k == 0) {
     if (!ta)
-      gemm_into(grad, dy, false, b, !tb, beta);
+      gemm_store(grad, dy, false, b, !tb);
     else
-      gemm_into(grad, b, tb, dy, true, beta);
+      gemm_store(grad, b, tb, dy, true);
   } else {
     if (!tb)
-      gemm_into(grad, a, !ta, dy, false, beta);
+      gemm_store(grad, a, !ta, dy, false);
     else
-      gemm_into(grad, dy, true, a, ta, beta);
+      gemm_store(grad, dy, true, a, ta);
   }
   return true;
 }

@@ -293,14 +293,19 @@ static inline void add_into(ad_tensor *dst, const ad_tensor *src) {
 
 /* Adds gradient g (already shaped like n) into n's accumulator. In a plain
  * ad_backward (direct), leaves take it straight into their persistent grad:
- * no temporary per contribution. */
+ * no temporary per contribution. A leaf without a grad (none yet, or
+ * released by ad_tensor_zero_grad) stores g: zero plus g, without the
+ * zeros. */
 static ad_status accumulate_slow(ad_ctx *ctx, ad_node *n, ad_tensor *g, bool direct) {
   if (direct && (n->flags & AD_NF_PERSISTENT)) {
-    if (!n->t.grad) {
-      n->t.grad = ad_zeros(ctx, n->t.dtype, n->t.ndim, n->t.shape);
-      if (!n->t.grad) return ctx->status;
+    if (n->t.grad) {
+      add_into(n->t.grad, g);
+      return AD_OK;
     }
-    add_into(n->t.grad, g);
+    ad_tensor *buf = ad_leaf_grad_take(ctx, n);
+    if (!buf) return ctx->status ? ctx->status : AD_ERR_OOM;
+    memcpy(buf->data, g->data, (size_t)g->size * ad_dsize(g->dtype));
+    n->t.grad = buf;
     return AD_OK;
   }
   if (!n->gacc) {
@@ -357,29 +362,33 @@ static void clear_touched(ad_ctx *ctx) {
 }
 
 /* Runs def's grad_into fast path for every persistent input of call c that
- * needs a gradient: its contribution goes straight into the input's grad
- * (stored, when the grad is new), and needs[k] is cleared so the backward
- * skips it. *any tells whether some input still needs its backward. */
-static ad_status grad_into(ad_ctx *ctx, const ad_op_def *def, const ad_call *c, ad_node *const *src,
-                           bool *needs, bool *any) {
-  *any = false;
+ * needs a gradient: a new gradient (none yet, or released) is stored into
+ * the input's buffer; with add, an existing one is added to. Each input so
+ * served has needs[k] cleared (the backward skips it) and direct[k] set.
+ * Returns whether some input still needs the backward. */
+static bool grad_into(ad_ctx *ctx, const ad_op_def *def, const ad_call *c, ad_node *const *src,
+                      bool *needs, bool *direct, bool add, ad_status *st) {
+  bool any = false;
   for (int k = 0; k < c->n; k++) {
     ad_node *s = src[k];
-    if (needs[k] && (s->flags & AD_NF_PERSISTENT)) {
+    if (needs[k] && (s->flags & AD_NF_PERSISTENT) && (add || !s->t.grad)) {
       ad_tensor *g = s->t.grad;
       bool fresh = !g;
-      if (fresh && !(g = ad_tensor_new_uninit(ctx, s->t.dtype, s->t.ndim, s->t.shape)))
-        return ctx->status ? ctx->status : AD_ERR_OOM;
-      bool done = def->grad_into(c, k, g, fresh);
-      if (fresh) {
-        if (!done) ad_tensor_fill(g, 0.0); /* a zero grad; the backward adds into it */
-        s->t.grad = g;
+      if (fresh && !(g = ad_leaf_grad_take(ctx, s))) {
+        *st = ctx->status ? ctx->status : AD_ERR_OOM;
+        return false;
       }
-      if (done) needs[k] = false;
+      if (def->grad_into(c, k, g, fresh)) {
+        if (fresh) s->t.grad = g;
+        needs[k] = false;
+        direct[k] = true;
+      } else if (fresh) {
+        s->src.spare_grad = g; /* unused: the ordinary path takes it again */
+      }
     }
-    *any |= needs[k];
+    any |= needs[k];
   }
-  return AD_OK;
+  return any;
 }
 
 /* The reverse sweep shared by ad_backward and ad_grad: seeds root, then runs
@@ -421,8 +430,9 @@ static ad_status sweep(ad_ctx *ctx, ad_node *root, const ad_tensor *seed, bool c
   bool old = ctx->grad_enabled;
   ctx->grad_enabled = create_graph;
   /* ops' grad_into fast paths: only where the result goes to leaves' grad
-   * fields and nothing observes the contributions one by one */
-  bool into = direct && !create_graph && !ctx->hook;
+   * fields; adding into an existing grad only while no hook would miss the
+   * contribution (storing a new one leaves it in the grad for the hook) */
+  bool into = direct && !create_graph, into_add = into && !ctx->hook;
   ctx->touched_len = 0;
   ad_status st = accumulate(ctx, root, g, direct);
   size_t top = root->flags & AD_NF_RECORDED ? (size_t)root->tape_idx + 1 : 0;
@@ -438,10 +448,11 @@ static ad_status sweep(ad_ctx *ctx, ad_node *root, const ad_tensor *seed, bool c
     int nsrc = n->nsrc;
     ad_node *const *src = ad_node_src(n);
     ad_tensor *in[AD_MAX_SRC], *gin[AD_MAX_SRC]; /* only the first nsrc are used */
-    bool needs[AD_MAX_SRC], any = false;
+    bool needs[AD_MAX_SRC], into_grad[AD_MAX_SRC], any = false;
     for (int k = 0; k < nsrc; k++) {
       in[k] = &src[k]->t;
       gin[k] = NULL;
+      into_grad[k] = false;
       needs[k] = (src[k]->flags & AD_NF_REQUIRES_GRAD) != 0;
       any |= needs[k];
     }
@@ -455,9 +466,12 @@ static ad_status sweep(ad_ctx *ctx, ad_node *root, const ad_tensor *seed, bool c
                  .gout = gout,
                  .needs = needs,
                  .gin = gin};
-    if (into && def->grad_into && (st = grad_into(ctx, def, &c, src, needs, &any)) != AD_OK) {
-      clear_below(ctx, i);
-      break;
+    if (into && def->grad_into) {
+      any = grad_into(ctx, def, &c, src, needs, into_grad, into_add, &st);
+      if (st != AD_OK) {
+        clear_below(ctx, i);
+        break;
+      }
     }
     if (any && (st = def->backward(&c)) != AD_OK) {
       ad_set_error(ctx, st, "%s: backward of %s failed", who, def->name);
@@ -477,7 +491,10 @@ static ad_status sweep(ad_ctx *ctx, ad_node *root, const ad_tensor *seed, bool c
       gin[k] = gk;
       if ((st = accumulate(ctx, src[k], gk, direct)) != AD_OK) break;
     }
-    if (st == AD_OK && ctx->hook) ctx->hook(ctx->hook_ud, &n->t, gout, n->nsrc, gin);
+    if (st == AD_OK && ctx->hook) {
+      ad_backward_step step = {&n->t, gout, nsrc, in, gin, into_grad};
+      ctx->hook(ctx->hook_ud, &step);
+    }
     if (st != AD_OK) clear_below(ctx, i);
   }
   ctx->grad_enabled = old;

@@ -87,26 +87,16 @@ static ad_status fail(ad_ctx *ctx, ad_status fallback) {
   return st != AD_OK ? st : fallback;
 }
 
-/* nn_train_step, also giving the prediction (valid until the next reset).
- * nn_fit's loop owns the gradients between its steps: there, zeroed says
- * the previous step left them zero (so this one need not clear them), and
- * *zero_after asks this step's optimizer sweep to clear them as it reads
- * them (nn_optimizer_step_zero), which it sets back to false if it could
- * not. */
+/* nn_train_step, also giving the prediction (valid until the next reset). */
 static ad_status train_step(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor *x,
-                            ad_tensor *y, double lambda_l2, double *loss_out, ad_tensor **pred_out,
-                            bool zeroed, bool *zero_after) {
+                            ad_tensor *y, double lambda_l2, double *loss_out,
+                            ad_tensor **pred_out) {
   ad_ctx *ctx = nn_model_ctx(m);
   ad_tape_reset(ctx);
-  /* the optimizer's parameters are usually the model's: zero them once */
-  nn_params *mp = nn_model_params(m);
-  bool same = nn_optimizer_params(opt) == mp;
-  if (!zeroed || !same) {
-    nn_params_zero_grad(mp);
-    if (!same) nn_optimizer_zero_grad(opt);
-  }
-  bool fuse = zero_after && *zero_after && same;
-  if (zero_after) *zero_after = false;
+  /* releasing the gradients is O(1) per parameter: the backward stores the
+   * new ones into the same buffers (ad_tensor_zero_grad) */
+  nn_params_zero_grad(nn_model_params(m));
+  if (nn_optimizer_params(opt) != nn_model_params(m)) nn_optimizer_zero_grad(opt);
   bool old = nn_model_set_training(m, true);
   ad_tensor *pred = nn_model_forward(m, x);
   nn_model_set_training(m, old);
@@ -121,10 +111,7 @@ static ad_status train_step(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_
   if (!total) return fail(ctx, AD_ERR_ARG);
   ad_status st = ad_backward(ctx, total, NULL);
   if (st != AD_OK) return st;
-  if (!fuse) return nn_optimizer_step(opt);
-  st = nn_optimizer_step_zero(opt);
-  if (st == AD_OK) *zero_after = true;
-  return st;
+  return nn_optimizer_step(opt);
 }
 
 ad_status nn_train_step(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor *x, ad_tensor *y,
@@ -137,7 +124,7 @@ ad_status nn_train_step(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tens
                         : !loss ? "loss"
                         : !x    ? "x"
                                 : "y");
-  return train_step(m, opt, loss, x, y, lambda_l2, loss_out, NULL, false, NULL);
+  return train_step(m, opt, loss, x, y, lambda_l2, loss_out, NULL);
 }
 
 /* Mean loss and accuracy over one pass of b, in evaluation and no-grad mode.
@@ -357,17 +344,10 @@ ad_status nn_fit(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor *x, 
     double lr = nn_optimizer_lr(opt);
     int64_t seen = 0, correct = 0, done = 0;
     ad_tensor *xb, *yb, *pred = NULL;
-    /* between the steps of an epoch the gradients are nn_fit's: each step
-     * but the epoch's last has its optimizer sweep leave them zero, so the
-     * next one skips clearing them; after an epoch (for on_epoch_end and
-     * after nn_fit) they are the last batch's, as with plain steps */
-    bool zeroed = false;
     while (nn_batcher_next(tb, &xb, &yb)) {
       if (st != AD_OK) continue; /* drain, so the next epoch starts fresh */
       double lv;
-      bool zero_after = done + 1 < nb;
-      st = train_step(m, opt, loss, xb, yb, o.lambda_l2, &lv, &pred, zeroed, &zero_after);
-      zeroed = zero_after;
+      st = train_step(m, opt, loss, xb, yb, o.lambda_l2, &lv, &pred);
       if (st != AD_OK) {
         if (st == AD_ERR_NAN) {
           ad_clear_error(ctx);

@@ -127,7 +127,9 @@ NN_API ad_tensor *const *nn_params_tensors(const nn_params *p);
 /* Total number of elements over all tensors. */
 NN_API int64_t nn_params_numel(const nn_params *p);
 
-/* Sets every existing gradient to zero (keeps the buffers). */
+/* Zeroes every parameter's gradient with ad_tensor_zero_grad: O(1) per
+ * parameter; the grads read NULL (zero) until the next backward, which
+ * stores into the kept buffers. */
 NN_API void nn_params_zero_grad(nn_params *p);
 
 /* Scales every gradient so that their global L2 norm is at most max_norm
@@ -466,7 +468,10 @@ NN_API void nn_optimizer_free(nn_optimizer *opt);
  * 1e-25. Returns AD_OK, or AD_ERR_NULL. */
 NN_API ad_status nn_optimizer_step(nn_optimizer *opt);
 
-/* Zeroes the gradients of the optimizer's parameters. */
+/* Zeroes the gradients of the optimizer's parameters (as
+ * nn_params_zero_grad). A step never changes a gradient; a parameter whose
+ * gradient is NULL (zeroed and not reached by backward since) is skipped,
+ * its state untouched, as in PyTorch. */
 NN_API void nn_optimizer_zero_grad(nn_optimizer *opt);
 
 /* The settings (lr is the current learning rate). */

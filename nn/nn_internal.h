@@ -32,11 +32,6 @@ bool nn_layer_adopted(const nn_layer *l);
 /* The parameter list an optimizer was made over. */
 nn_params *nn_optimizer_params(const nn_optimizer *opt);
 
-/* nn_optimizer_step, then the gradients of the optimizer's parameters are
- * zero: cleared by the update sweep as it reads them (nn_fit, which zeroes
- * them before every step anyway, then skips that pass). */
-ad_status nn_optimizer_step_zero(nn_optimizer *opt);
-
 /* Accuracy threshold nn_fit and nn_evaluate use for loss. */
 double nn_loss_threshold(nn_loss_fn loss);
 

@@ -235,20 +235,19 @@ void nn_optimizer_free(nn_optimizer *o) {
 /* ---------------------------------------------------------------- updates
  * One set of loops per dtype, generated from the same body; arithmetic in
  * the parameter's dtype, coefficients computed in double. t is the 1-based
- * step. g is the gradient plus the L2 term; the stored gradient is not
- * changed, except that with zero (nn_optimizer_step_zero) it is cleared
- * after use. Options are tested outside the loops and the arrays are
- * restrict, so the compiler can vectorize each loop.
+ * step. g is the gradient plus the L2 term; the stored gradient is never
+ * changed (zeroing it is the caller's one explicit call). Options are
+ * tested outside the loops and the arrays are restrict, so the compiler can
+ * vectorize each loop.
  *
  * First moments and momentum buffers (numerators of an update) are stored
  * as 0 once their magnitude falls below TMIN, the smallest normal number of
  * the type. A weight whose gradient is exactly 0 step after step (a ReLU
  * unit that never fires) would otherwise keep a subnormal moment for ever:
  * 0.9 times the smallest subnormal rounds back to it, so m = 0.9 m never
- * reaches 0, and every later step computes with subnormals, on this CPU's
- * slow path. In the seed model of bench/mlp, 84% of the first layer's Adam
- * m are subnormal after 5 epochs, and from then on Adam's sweep takes
- * 24-26 us per step instead of 37-66 (bench/mlp --phases). A flushed m would
+ * reaches 0, and every later step computes with subnormals, on the CPU's
+ * slow path (docs/performance.md measures how often and how much). A
+ * flushed m would
  * have moved its parameter by less than step * TMIN / eps: 1e-32 in float
  * with Adam's default eps of 1e-8, below the last bit of any parameter
  * larger than about 1e-25. Second moments (denominators) are never
@@ -315,10 +314,8 @@ void nn_optimizer_free(nn_optimizer *o) {
     }                                                                                              \
   }                                                                                                \
                                                                                                    \
-  /* g is read once per element; with zero, the stored gradient is cleared                         \
-   * as it is read (nn_fit: saves the next step's separate pass) */                                \
-  ATTR static void adam_##T##SFX(const nn_opt_config *c, int64_t n, T *restrict p, T *restrict gr, \
-                                 T *restrict m, T *restrict v, int64_t t, bool zero) {             \
+  ATTR static void adam_##T##SFX(const nn_opt_config *c, int64_t n, T *restrict p,                 \
+                                 const T *restrict gr, T *restrict m, T *restrict v, int64_t t) {  \
     T b1 = (T)c->beta1, b2 = (T)c->beta2, eps = (T)c->eps;                                         \
     T step = (T)(c->lr / (1.0 - pow(c->beta1, (double)t)));                                        \
     T inv_bc2 = (T)(1.0 / sqrt(1.0 - pow(c->beta2, (double)t)));                                   \
@@ -328,27 +325,18 @@ void nn_optimizer_free(nn_optimizer *o) {
       for (int64_t i = 0; i < n; i++) p[i] *= decay;                                               \
       l2 = 0;                                                                                      \
     }                                                                                              \
-    if (zero)                                                                                      \
-      for (int64_t i = 0; i < n; i++) {                                                            \
-        T g = gr[i] + l2 * p[i];                                                                   \
-        gr[i] = 0;                                                                                 \
-        m[i] = NN_FLUSH(b1 * m[i] + (1 - b1) * g, TMIN);                                           \
-        v[i] = b2 * v[i] + (1 - b2) * g * g;                                                       \
-        p[i] -= step * m[i] / (SQRT(v[i]) * inv_bc2 + eps);                                        \
-      }                                                                                            \
-    else                                                                                           \
-      for (int64_t i = 0; i < n; i++) {                                                            \
-        T g = gr[i] + l2 * p[i];                                                                   \
-        m[i] = NN_FLUSH(b1 * m[i] + (1 - b1) * g, TMIN);                                           \
-        v[i] = b2 * v[i] + (1 - b2) * g * g;                                                       \
-        p[i] -= step * m[i] / (SQRT(v[i]) * inv_bc2 + eps);                                        \
-      }                                                                                            \
+    for (int64_t i = 0; i < n; i++) {                                                              \
+      T g = gr[i] + l2 * p[i];                                                                     \
+      m[i] = NN_FLUSH(b1 * m[i] + (1 - b1) * g, TMIN);                                             \
+      v[i] = b2 * v[i] + (1 - b2) * g * g;                                                         \
+      p[i] -= step * m[i] / (SQRT(v[i]) * inv_bc2 + eps);                                          \
+    }                                                                                              \
   }                                                                                                \
                                                                                                    \
   ATTR static void update_##T##SFX(const nn_opt_config *c, const slot *sl, int64_t t, int64_t lo,  \
-                                   int64_t hi, bool zero) {                                        \
+                                   int64_t hi) {                                                   \
     T *p = (T *)sl->p->data + lo;                                                                  \
-    T *g = (T *)sl->p->grad->data + lo;                                                            \
+    const T *g = (const T *)sl->p->grad->data + lo;                                                \
     T *s0 = sl->s[0] ? (T *)sl->s[0]->data + lo : NULL;                                            \
     T *s1 = sl->s[1] ? (T *)sl->s[1]->data + lo : NULL;                                            \
     T *s2 = sl->s[2] ? (T *)sl->s[2]->data + lo : NULL;                                            \
@@ -365,10 +353,9 @@ void nn_optimizer_free(nn_optimizer *o) {
       break;                                                                                       \
     case NN_OPT_ADAM:                                                                              \
     case NN_OPT_ADAMW:                                                                             \
-      adam_##T##SFX(c, n, p, g, s0, s1, t, zero);                                                  \
-      return;                                                                                      \
+      adam_##T##SFX(c, n, p, g, s0, s1, t);                                                        \
+      break;                                                                                       \
     }                                                                                              \
-    if (zero) memset(g, 0, (size_t)n * sizeof(T));                                                 \
   }
 
 DEFINE_UPDATE(float, FLT_MIN, sqrtf, , )
@@ -393,7 +380,7 @@ static bool have_avx2(void) { return __builtin_cpu_supports("avx2"); }
 typedef struct step_job {
   const nn_optimizer *o;
   int64_t t;
-  bool avx2, zero;
+  bool avx2;
 } step_job;
 
 static bool takes_part(const slot *sl) {
@@ -414,47 +401,40 @@ static void step_range(void *ud, int64_t begin, int64_t end) {
 #ifdef NN_OPT_AVX2
     if (j->avx2) {
       if (sl->p->dtype == AD_F32)
-        update_float_avx2(&o->cfg, sl, j->t, lo, hi, j->zero);
+        update_float_avx2(&o->cfg, sl, j->t, lo, hi);
       else
-        update_double_avx2(&o->cfg, sl, j->t, lo, hi, j->zero);
+        update_double_avx2(&o->cfg, sl, j->t, lo, hi);
       continue;
     }
 #endif
     if (sl->p->dtype == AD_F32)
-      update_float(&o->cfg, sl, j->t, lo, hi, j->zero);
+      update_float(&o->cfg, sl, j->t, lo, hi);
     else
-      update_double(&o->cfg, sl, j->t, lo, hi, j->zero);
+      update_double(&o->cfg, sl, j->t, lo, hi);
   }
 }
 
 /* Elements per chunk of a parallel sweep: a few microseconds of Adam. */
 #define SWEEP_GRAIN 16384
 
-static ad_status step(nn_optimizer *o, bool zero) {
+ad_status nn_optimizer_step(nn_optimizer *o) {
   if (!o) return AD_ERR_NULL;
   if (o->cfg.clip_value > 0) nn_clip_grad_value(o->params, o->cfg.clip_value);
   if (o->cfg.clip_norm > 0) nn_clip_grad_norm(o->params, o->cfg.clip_norm);
   double *steps = o->step->data;
-  step_job j = {o, (int64_t)steps[0] + 1, false, zero};
+  step_job j = {o, (int64_t)steps[0] + 1, false};
 #ifdef NN_OPT_AVX2
   j.avx2 = have_avx2();
 #endif
   int64_t total = 0;
   for (int i = 0; i < o->nslots; i++) {
     const slot *sl = &o->slots[i];
-    if (takes_part(sl))
-      total += sl->p->size;
-    else if (zero)
-      ad_tensor_zero_grad(sl->p);
+    if (takes_part(sl)) total += sl->p->size;
   }
   ad_parallel_for(total, SWEEP_GRAIN, step_range, &j);
   steps[0] = (double)j.t;
   return AD_OK;
 }
-
-ad_status nn_optimizer_step(nn_optimizer *o) { return step(o, false); }
-
-ad_status nn_optimizer_step_zero(nn_optimizer *o) { return step(o, true); }
 
 void nn_optimizer_zero_grad(nn_optimizer *o) {
   for (int i = 0; o && i < o->nslots; i++) ad_tensor_zero_grad(o->slots[i].p);

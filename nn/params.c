@@ -212,29 +212,8 @@ int64_t nn_params_numel(const nn_params *p) {
   return n;
 }
 
-/* Zeroes the gradients as one parallel loop over their concatenated bytes
- * (a large model's gradients are megabytes: a memory-bound pass that two
- * cores finish sooner than one). */
-static void zero_range(void *ud, int64_t begin, int64_t end) {
-  const nn_params *p = ud;
-  int64_t off = 0;
-  for (int i = 0; i < p->n && off < end; i++) {
-    const ad_tensor *g = p->tensors[i]->grad;
-    if (!g) continue;
-    int64_t bytes = g->size * (int64_t)ad_dtype_size(g->dtype);
-    int64_t lo = begin > off ? begin - off : 0, hi = end - off < bytes ? end - off : bytes;
-    off += bytes;
-    if (lo < hi) memset((char *)g->data + lo, 0, (size_t)(hi - lo));
-  }
-}
-
 void nn_params_zero_grad(nn_params *p) {
-  if (!p) return;
-  int64_t bytes = 0;
-  for (int i = 0; i < p->n; i++)
-    if (p->tensors[i]->grad)
-      bytes += p->tensors[i]->grad->size * (int64_t)ad_dtype_size(p->tensors[i]->grad->dtype);
-  ad_parallel_for(bytes, 1 << 18, zero_range, p);
+  for (int i = 0; p && i < p->n; i++) ad_tensor_zero_grad(p->tensors[i]);
 }
 
 /* ------------------------------------------------------- clipping and L2 */

@@ -86,14 +86,12 @@ typedef struct visit_log {
   double gin0[16];
 } visit_log;
 
-static void count_hook(void *ud, const ad_tensor *out, const ad_tensor *gout, int n,
-                       ad_tensor *const *gin) {
+static void count_hook(void *ud, const ad_backward_step *st) {
   visit_log *log = ud;
-  (void)gout;
   if (log->calls < 16) {
-    log->outs[log->calls] = out;
-    log->ops[log->calls] = ad_tensor_op(out);
-    log->gin0[log->calls] = n > 0 && gin[0] ? ad_tensor_get(gin[0], 0) : NAN;
+    log->outs[log->calls] = st->out;
+    log->ops[log->calls] = ad_tensor_op(st->out);
+    log->gin0[log->calls] = st->n > 0 && st->gin[0] ? ad_tensor_get(st->gin[0], 0) : NAN;
   }
   log->calls++;
 }
@@ -180,21 +178,40 @@ Test(backward, grads_accumulate_and_zero_grad_resets) {
   ad_tensor *a = vec(v, 3);
   ad_tensor *L = ad_sum(ctx, ad_mul(ctx, a, a));
   OK(ad_backward(ctx, L, NULL));
-  double w1[3] = {2, 4, -6}, w2[3] = {4, 8, -12}, w0[3] = {0};
+  double w1[3] = {2, 4, -6}, w2[3] = {4, 8, -12};
   assert_close(a->grad, w1, 3, 0);
   ad_tensor *g = a->grad;
   OK(ad_backward(ctx, L, NULL)); /* same graph again: += */
   assert_close(a->grad, w2, 3, 0);
   ad_tensor_zero_grad(a);
-  cr_assert_eq(a->grad, g, "zero_grad keeps the buffer");
-  assert_close(a->grad, w0, 3, 0);
-  /* a fresh graph after a reset accumulates into the same buffer */
+  cr_assert_null(a->grad, "zero_grad releases the gradient (PyTorch's set_to_none)");
+  /* a fresh graph after a reset stores into the kept buffer */
   ad_tape_reset(ctx);
   L = ad_sum(ctx, ad_mul_scalar(ctx, a, 5.0));
   OK(ad_backward(ctx, L, NULL));
   double w5[3] = {5, 5, 5};
   assert_close(a->grad, w5, 3, 0);
+  cr_assert_eq(a->grad, g, "the released buffer is reused");
+  /* mul's fast path stores the first contribution and adds the second */
+  ad_tensor_zero_grad(a);
+  ad_tape_reset(ctx);
+  L = ad_sum(ctx, ad_mul(ctx, a, a));
+  OK(ad_backward(ctx, L, NULL));
+  assert_close(a->grad, w1, 3, 0);
   cr_assert_eq(a->grad, g);
+  /* matmul's GEMM stores a new gradient; the second use of the same weight
+   * is added by the engine (the GEMM declines beta = 1) */
+  int64_t s13[2] = {1, 3};
+  ad_tensor *m = ad_from_data(ctx, AD_F64, 2, s13, v);
+  OK(ad_tensor_set_requires_grad(m, true));
+  for (int pass = 0; pass < 2; pass++) {
+    ad_tensor_zero_grad(m);
+    ad_tape_reset(ctx);
+    L = ad_sum(ctx, ad_matmul(ctx, m, m, false, true)); /* m . m */
+    OK(ad_backward(ctx, L, NULL));
+    assert_close(m->grad, w1, 3, 0);
+  }
+  ad_tensor_free(m);
   ad_tensor_free(a);
 }
 

@@ -463,9 +463,9 @@ Test(optim, dead_weights_moments_flush_to_zero_without_changing_parameters) {
       sb[i] = t == 1 ? g : 0.9f * sb[i] + 1.0f * g;
       sp[i] -= 1e-2f * sb[i];
     }
-    if (t == 1) {
-      ad_tensor_zero_grad(w);
-      ad_tensor_zero_grad(u);
+    if (t == 1) { /* from now on exactly zero, as a dead ReLU unit's gradient is */
+      ad_tensor_fill(w->grad, 0.0);
+      ad_tensor_fill(u->grad, 0.0);
     }
   }
   const float *m = NULL, *b = NULL;
