@@ -459,6 +459,7 @@ AD_API ad_tensor *ad_gelu(ad_ctx *ctx, ad_tensor *x);
 AD_API ad_tensor *ad_softplus(ad_ctx *ctx, ad_tensor *x);
 AD_API ad_tensor *ad_erf(ad_ctx *ctx, ad_tensor *x);
 AD_API ad_tensor *ad_square(ad_ctx *ctx, ad_tensor *x);
+AD_API ad_tensor *ad_atan(ad_ctx *ctx, ad_tensor *x);
 /* Converts to another float dtype; the gradient is converted back. */
 AD_API ad_tensor *ad_cast(ad_ctx *ctx, ad_tensor *x, ad_dtype dtype);
 

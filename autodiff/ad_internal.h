@@ -18,12 +18,12 @@ _Noreturn void ad_internal_abort(const char *file, int line, const char *cond, c
 /* Built-in op ids and their definitions (each at the end of its op's
  * block in a family file), generated from the table. */
 enum {
-#define AD_OP(E, def) AD_OP_##E,
+#define AD_OP(E, name, builder) AD_OP_##E,
 #include "ops.def"
 #undef AD_OP
   AD_OP_BUILTIN_COUNT
 };
-#define AD_OP(E, def) extern const ad_op_def def;
+#define AD_OP(E, name, builder) extern const ad_op_def ad_def_##name;
 #include "ops.def"
 #undef AD_OP
 /* The table of built-in defs, AD_OP_BUILTIN_COUNT of them in id order

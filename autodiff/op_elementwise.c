@@ -1113,6 +1113,30 @@ const ad_op_def ad_def_square = {
     .grads = {"dy * 2 x"},
 };
 
+/* ----------------------------------------------------------------- atan */
+
+DEFINE_UNARY(atan, atanf(x), atan(x))
+
+static ad_status atan_bwd(const ad_call *c) {
+  ad_ctx *ctx = c->ctx;
+  ad_tensor *d = ad_add_scalar(ctx, ad_square(ctx, c->in[0]), 1.0);
+  return ad_call_set_grad(c, 0, ad_div(ctx, c->gout, d));
+}
+
+ad_tensor *ad_atan(ad_ctx *ctx, ad_tensor *x) { return ad_apply1(ctx, AD_OP_ATAN, x, NULL); }
+
+const ad_op_def ad_def_atan = {
+    .name = "atan",
+    .arity = 1,
+    .flags = AD_OP_ELEMENTWISE,
+    .forward = atan_fwd,
+    .backward = atan_bwd,
+    .sample = sample_unary,
+    .math = "y = atan(x)",
+    .inputs = {"x"},
+    .grads = {"dy / (1 + x^2)"},
+};
+
 /* -------------------------------------------------------- tanh_backward */
 
 DEFINE_BINARY(tanh_backward, x0 *(1 - x1 * x1))

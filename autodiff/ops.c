@@ -2,7 +2,7 @@
 #include "ad_internal.h"
 
 const ad_op_def *const ad_builtin_ops[] = {
-#define AD_OP(E, def) &def,
+#define AD_OP(E, name, builder) &ad_def_##name,
 #include "ops.def"
 #undef AD_OP
 };

@@ -604,30 +604,35 @@ static bool same_member(int kind, const ad_attrs *a, const ad_attrs *b) {
   }
 }
 
-/* Builders that take just their inputs. */
+/* Builders that take just their inputs: every op of autodiff/ops.def marked
+ * B1 or B2 (ad_<name>), and the composites that have fixture cases. */
+#define B0(name)
+#define BX(name)
+#define B1(name) {#name, ad_##name},
+#define B2(name)
+#define AD_OP(E, name, builder) builder(name)
 static const struct {
   const char *name;
   ad_tensor *(*fn)(ad_ctx *, ad_tensor *);
 } unary_builders[] = {
-    {"neg", ad_neg},         {"exp", ad_exp},       {"log", ad_log},   {"sqrt", ad_sqrt},
-    {"abs", ad_abs},         {"sin", ad_sin},       {"cos", ad_cos},   {"tanh", ad_tanh},
-    {"sigmoid", ad_sigmoid}, {"relu", ad_relu},     {"gelu", ad_gelu}, {"softplus", ad_softplus},
-    {"erf", ad_erf},         {"square", ad_square}, {"mean", ad_mean},
+#include "ops.def"
+    {"mean", ad_mean},
 };
+#undef B1
+#undef B2
+#define B1(name)
+#define B2(name) {#name, ad_##name},
 static const struct {
   const char *name;
   ad_tensor *(*fn)(ad_ctx *, ad_tensor *, ad_tensor *);
 } binary_builders[] = {
-    {"add", ad_add},
-    {"sub", ad_sub},
-    {"mul", ad_mul},
-    {"div", ad_div},
-    {"pow", ad_pow},
-    {"maximum", ad_maximum},
-    {"minimum", ad_minimum},
-    {"index_select", ad_index_select},
-    {"softmax_cross_entropy", ad_softmax_cross_entropy},
+#include "ops.def"
 };
+#undef AD_OP
+#undef B0
+#undef B1
+#undef B2
+#undef BX
 
 /* compare's builders, by ad_cmp */
 static ad_tensor *(*const cmp_builders[])(ad_ctx *, ad_tensor *, ad_tensor *) = {
@@ -892,6 +897,58 @@ Test(ops_values, fixture_covers_every_differentiable_op) {
   ad_ctx_free(ctx);
   cr_assert_gt(checked, 0, "no differentiable op registered");
   cr_assert(!missing[0], "ops without a fixture case (run tools/gen_fixtures.py):%s", missing);
+}
+
+/* Ops the public API reaches only through ad_op_apply (B0 in ops.def). */
+#define B0(name) #name,
+#define B1(name)
+#define B2(name)
+#define BX(name)
+#define AD_OP(E, name, builder) builder(name)
+static const char *const registry_only[] = {
+#include "ops.def"
+};
+#undef AD_OP
+#undef B0
+#undef B1
+#undef B2
+#undef BX
+
+/* Every op with a public builder is value-tested through it: a B1/B2 op
+ * through the table made from ops.def, a BX op through run_builder's
+ * hand-written cases, where a new op with attributes must be added. */
+Test(ops_values, every_builder_is_value_tested) {
+  char err[512], missing[2048] = "", msg[1024];
+  const fx_file *fx = fixture(err, sizeof err);
+  cr_assert(fx, "fixture unusable: %s", err);
+  ad_ctx *ctx = ad_ctx_new();
+  int nops = ad_op_count(ctx);
+  for (int id = 0; id < nops; id++) {
+    const char *name = ad_op_get(ctx, id)->name;
+    bool skip = false;
+    for (size_t k = 0; k < sizeof registry_only / sizeof *registry_only; k++)
+      skip |= !strcmp(registry_only[k], name);
+    if (skip) continue;
+    bool reached = false;
+    for (int k = 0; k < fx->ncases && !reached; k++) {
+      if (strcmp(fx->cases[k].op, name)) continue;
+      ad_ctx *c2 = ad_ctx_new();
+      ad_tensor *in[AD_MAX_SRC + 1] = {0};
+      reached = run_path(c2, &fx->cases[k], false, in, msg, sizeof msg) != PATH_NONE;
+      ad_tape_reset(c2);
+      for (int j = 0; j <= AD_MAX_SRC; j++) ad_tensor_free(in[j]);
+      ad_ctx_free(c2);
+    }
+    if (!reached) {
+      size_t off = strlen(missing);
+      snprintf(missing + off, sizeof missing - off, " %s", name);
+    }
+  }
+  ad_ctx_free(ctx);
+  cr_assert(!missing[0],
+            "ops no fixture case reaches through a builder (mark them B1/B2 in ops.def, or add "
+            "their builder to run_builder):%s",
+            missing);
 }
 
 /* The reductions ad_sum and ad_sum_axis record are those the fixture's

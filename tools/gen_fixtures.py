@@ -68,6 +68,7 @@ which torch 1.13 also does (the tie cases below rely on it); relu'(0) = 0,
 
 import argparse
 import os
+import re
 import sys
 import zlib
 
@@ -79,6 +80,15 @@ ALL = "all"  # attr reduce: over every dimension
 
 TORCH_DT = {"f32": torch.float32, "f64": torch.float64}
 CASES = []
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def table_ops(builder):
+    """Names of the ops of autodiff/ops.def whose builder column is builder
+    ("B1": ad_NAME(ctx, x), "B2": ad_NAME(ctx, a, b)), in table order."""
+    with open(os.path.join(ROOT, "autodiff", "ops.def")) as f:
+        rows = re.findall(r"^AD_OP\(\w+, (\w+), (\w+)\)", f.read(), re.M)
+    return [name for name, b in rows if b == builder]
 
 
 def add(label, op, make, fn, attr=None, grad=True):
@@ -138,6 +148,11 @@ BINARY = {
     "maximum": (torch.maximum, (-2, 2), (-2, 2)),
     "minimum": (torch.minimum, (-2, 2), (-2, 2)),
 }
+
+# a binary op of the table without an entry above: torch.NAME on the usual ranges
+for name in table_ops("B2"):
+    if name not in BINARY and name not in ("index_select", "softmax_cross_entropy"):
+        BINARY[name] = (lambda a, b, fn=getattr(torch, name): fn(a, b), (-2, 2), (-2, 2))
 
 for name, (fn, ra, rb) in BINARY.items():
     for tag, sa, sb in BIN_SHAPES:
@@ -225,6 +240,11 @@ UNARY = {
     "square": (torch.square, "any"),
 }
 RANGES = {"any": (-3, 3), "pos": (0.1, 4), "wide": (-6, 6)}
+# a unary op of the table without an entry above: torch.NAME on (-3, 3); an
+# op with a narrower domain needs an entry with its range
+for name in table_ops("B1"):
+    if name not in UNARY:
+        UNARY[name] = (getattr(torch, name), "any")
 
 for name, (fn, rk) in UNARY.items():
     lo, hi = RANGES[rk]
