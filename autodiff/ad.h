@@ -57,7 +57,7 @@ extern "C" {
 #define AD_API
 #endif
 
-#define AD_VERSION  "0.1.0"
+#define AD_VERSION  "0.2.0"
 #define AD_MAX_DIMS 8 /* most dimensions a tensor may have */
 #define AD_MAX_SRC  8 /* most inputs an op may take */
 
