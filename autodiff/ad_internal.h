@@ -2,7 +2,7 @@
 #ifndef AD_INTERNAL_H
 #define AD_INTERNAL_H
 
-#include "ad.h"
+#include "ad_ext.h"
 
 #include <stdarg.h>
 #include <string.h>

@@ -39,6 +39,7 @@
  * ("phase_us: NAME US"): where a step's time goes inside training, with the
  * caches in the state training leaves them, to set against bench/ops's
  * figures for each part alone. */
+#include "ad_ext.h"
 #include "nn.h"
 
 #include <errno.h>

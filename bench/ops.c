@@ -29,7 +29,7 @@
  * e.g. OPENBLAS_NUM_THREADS=1).
  * --filter keeps the rows whose name (e.g. "matmul/f32/seed.fwd1",
  * "elementwise/tanh", "softmax_ce/256x10") contains SUBSTR. */
-#include "ad.h"
+#include "ad_ext.h"
 #include "ad_internal.h"
 #include "nn.h"
 

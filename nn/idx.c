@@ -8,6 +8,7 @@
 #ifndef _POSIX_C_SOURCE
 #define _POSIX_C_SOURCE 200809L /* fseeko, fsync, O_CLOEXEC */
 #endif
+#include "ad_ext.h"
 #include "nn_io.h"
 
 #include <errno.h>

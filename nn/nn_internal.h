@@ -3,6 +3,7 @@
 #ifndef NN_INTERNAL_H
 #define NN_INTERNAL_H
 
+#include "ad_ext.h"
 #include "nn.h"
 
 #include <string.h>

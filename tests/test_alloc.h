@@ -19,7 +19,7 @@
 #ifndef TEST_ALLOC_H
 #define TEST_ALLOC_H
 
-#include "ad.h"
+#include "ad_ext.h"
 
 #include <criterion/criterion.h>
 #include <stdarg.h>

@@ -2,7 +2,7 @@
  * visited, retained and accumulated gradients, no-grad mode, seeds, ad_grad,
  * higher order, closed forms from the teaching material, and the memory
  * steady state of a training loop. */
-#include "ad.h"
+#include "ad_ext.h"
 #include "test_alloc.h"
 
 #include <criterion/criterion.h>

@@ -1,7 +1,7 @@
 /* test_errors.c: every user-facing error is returned, not aborted on, and
  * its message names the op and the shapes. Out-of-memory is injected through
  * the pluggable allocator at every allocation of a small training program. */
-#include "ad.h"
+#include "ad_ext.h"
 #include "test_alloc.h"
 
 #include <criterion/criterion.h>

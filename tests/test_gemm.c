@@ -5,7 +5,7 @@
  * combinations, padded leading dimensions, alpha and beta. Padding of C must
  * be left alone; with beta == 0, C is not read (it starts as NaN); padding of
  * A and B is NaN, so reading it shows up. */
-#include "ad.h"
+#include "ad_ext.h"
 #include "ad_internal.h"
 
 #include <criterion/criterion.h>

@@ -6,7 +6,7 @@
 #include <criterion/criterion.h>
 #include <criterion/parameterized.h>
 
-#include <ad.h>
+#include "ad_ext.h"
 
 #include <math.h>
 #include <string.h>

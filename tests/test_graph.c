@@ -2,7 +2,7 @@
  * (ad_graph_trace_begin/end): they work for every op in the table, render
  * with Graphviz, name the rule's variables right, survive tape resets, chain
  * with other hooks, report OOM, and never change a gradient. */
-#include "ad.h"
+#include "ad_ext.h"
 #include "test_alloc.h"
 
 #include <criterion/criterion.h>

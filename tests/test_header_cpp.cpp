@@ -1,7 +1,7 @@
-/* test_header_cpp.cpp: ad.h compiles as C++ (included first, on its own),
+/* test_header_cpp.cpp: ad_ext.h (and with it ad.h) compiles as C++ (included first, on its own),
  * and its functions link with C linkage: without extern "C" the calls below
  * would reference mangled names and fail to link. */
-#include "ad.h"
+#include "ad_ext.h"
 
 #include <criterion/criterion.h>
 #include <cstring>

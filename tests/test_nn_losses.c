@@ -1,6 +1,7 @@
 /* test_nn_losses.c: every loss against PyTorch (value and gradient, mean and
  * sum), gradcheck of every loss, stability at extreme inputs, error messages,
  * and the accuracy count. */
+#include "ad_ext.h"
 #include "nn.h"
 #include "nn_fixtures.h"
 

@@ -13,7 +13,7 @@
 #include <criterion/criterion.h>
 #include <criterion/parameterized.h>
 
-#include <ad.h>
+#include "ad_ext.h"
 
 #include <errno.h>
 #include <math.h>

@@ -4,7 +4,7 @@
  * the last bits (OpenBLAS rounds differently on the parts of a split
  * product, as it does under its own threading; the built-in GEMM does not),
  * and parameter gradients that ad_backward adds straight into grad. */
-#include "ad.h"
+#include "ad_ext.h"
 
 #include <criterion/criterion.h>
 #include <math.h>

@@ -1,6 +1,6 @@
 /* test_tensor.c: constructors, element access, views, printing, names and
  * the RNG of the autodiff core. */
-#include "ad.h"
+#include "ad_ext.h"
 
 #include <criterion/criterion.h>
 #include <math.h>

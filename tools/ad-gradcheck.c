@@ -9,7 +9,7 @@
  * index i). Ops without a backward are listed as skipped. The last line is
  * "N passed, M failed", counting ops. Exit status: 0 when every check
  * passes, 1 when one fails, 2 for a usage error. */
-#include "ad.h"
+#include "ad_ext.h"
 
 #include <errno.h>
 #include <inttypes.h>

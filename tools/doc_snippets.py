@@ -21,7 +21,7 @@ checked according to its kind:
                prelude as a translation unit and linked with an empty main()
                (so every library function it calls must exist).
 
-The prelude includes ad.h, nn.h when an include directory has it, and
+The prelude includes ad_ext.h (and with it ad.h), nn.h when an include directory has it, and
 <math.h>, <stdio.h>, <stdlib.h>, <string.h>. Programs include what they
 use. Everything compiles with -std=c11 -Wall -Wextra -Wpedantic -Werror
 (fragments and units may leave names unused). Writes TAP; exits 1 if any
@@ -69,7 +69,7 @@ def kind_of(word, code):
 
 
 def prelude(incdirs):
-    p = ['#include "ad.h"']
+    p = ['#include "ad_ext.h"']
     if any(os.path.exists(os.path.join(d, "nn.h")) for d in incdirs):
         p.append('#include "nn.h"')
     p += ["#include <math.h>", "#include <stdio.h>", "#include <stdlib.h>",

@@ -14,7 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "ad.h"
+#include "ad_ext.h"
 
 /* A growable text buffer, so --check can compare without a temporary file. */
 typedef struct buf {

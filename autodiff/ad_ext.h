@@ -1,0 +1,367 @@
+/* ad_ext.h: the extension API of the autodiff engine, for code that
+ * extends it rather than uses it: new ops (the op registry, typed
+ * attributes, the call records, gradcheck of a registered op), tools that
+ * read a recorded graph or observe a backward pass (introspection, the
+ * backward hook), libraries built on the engine (the allocator, errors,
+ * parallel loops, the GEMM). nn/ and bench/ use it; a program that builds
+ * and trains models needs only ad.h, which this header includes. Lua splits
+ * lua.h and lauxlib.h the same way.
+ *
+ * Registering an op (docs/new-ops.md walks through it):
+ *
+ *   static void softsign_fwd(const ad_call *c) { ... c->in[0] ... c->out ... }
+ *   static ad_status softsign_bwd(const ad_call *c) {
+ *     ad_tensor *d = ...;   (made with ad_ ops from c->in, c->out)
+ *     return ad_call_set_grad(c, 0, ad_mul(c->ctx, c->gout, d));
+ *   }
+ *   const ad_op_def def = {.name = "softsign", .arity = 1, .flags = AD_OP_ELEMENTWISE,
+ *                          .forward = softsign_fwd, .backward = softsign_bwd,
+ *                          .math = "y = x / (1 + |x|)", .inputs = {"x"},
+ *                          .grads = {"dy / (1 + |x|)^2"}};
+ *   int id = ad_op_register(ctx, &def);
+ *   ad_tensor *y = ad_op_apply(ctx, id, 1, &x, NULL);
+ */
+#ifndef AD_EXT_H
+#define AD_EXT_H
+
+#include "ad.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ------------------------------------------------------------ memory */
+
+/* Lua-style allocator: ptr == NULL allocates nsize bytes; nsize == 0 frees
+ * ptr (osize is its size); otherwise reallocates. Returns NULL on failure
+ * (never for a free). Memory must be aligned to at least 64 bytes for sizes
+ * of 64 or more; the default allocator guarantees it. */
+typedef void *(*ad_alloc_fn)(void *ud, void *ptr, size_t osize, size_t nsize);
+
+/* Creates a context whose every allocation goes through alloc(ud, ...).
+ * Returns NULL if alloc is NULL or fails. */
+AD_API ad_ctx *ad_ctx_new_with_alloc(ad_alloc_fn alloc, void *ud);
+
+/* Allocates and frees through the context's allocator. ad_malloc returns
+ * NULL (and records AD_ERR_OOM) on failure; ad_free(ctx, NULL, 0) is a no-op.
+ * size must be the size given to ad_malloc. */
+AD_API void *ad_malloc(ad_ctx *ctx, size_t size);
+AD_API void ad_free(ad_ctx *ctx, void *ptr, size_t size);
+
+/* ------------------------------------------------------------ errors */
+
+/* Records an error (printf-style message) unless one is already recorded,
+ * and returns status. For custom ops and layers built on the API. */
+AD_API ad_status ad_set_error(ad_ctx *ctx, ad_status status, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+
+/* Typed attributes of an op call. Each op reads one member, named by its
+ * definition's attrs field (ad_attrs_kind) and in docs/derivatives.md; the
+ * bytes of the other members are never read, so a caller sets only that
+ * one: ad_attrs at = {.scalar = 0.5}. */
+typedef enum ad_cmp { AD_CMP_EQ, AD_CMP_GT, AD_CMP_GE, AD_CMP_LT, AD_CMP_LE } ad_cmp;
+
+typedef struct ad_matmul_attrs {
+  bool trans_a, trans_b; /* use A^T / B^T (no copy is made) */
+} ad_matmul_attrs;
+
+/* Reductions: bit k of axes set = dimension k is reduced. The set is one
+ * run of adjacent dimensions: every one (ad_sum), one (ad_sum_axis), or a
+ * run such as the H, W of NCHW. A 0-d tensor has no dimension: axes 0. */
+typedef struct ad_reduce_attrs {
+  uint32_t axes;
+  bool keepdim; /* keep reduced dimensions with length 1 */
+} ad_reduce_attrs;
+
+typedef struct ad_narrow_attrs { /* elements start..start+len-1 along axis */
+  int axis;
+  int64_t start, len;
+} ad_narrow_attrs;
+
+typedef struct ad_pad_attrs { /* zeros before and after along axis */
+  int axis;
+  int64_t before, after;
+} ad_pad_attrs;
+
+typedef struct ad_shape_attrs { /* a target shape: reshape, expand, sum_to */
+  int ndim;
+  int64_t dims[AD_MAX_DIMS];
+} ad_shape_attrs;
+
+typedef struct ad_permute_attrs { /* output dim k is input dim perm[k] */
+  int ndim;
+  int perm[AD_MAX_DIMS];
+} ad_permute_attrs;
+
+/* 2-D convolution over NCHW: per-axis stride and dilation (h, w), padding
+ * top, bottom, left, right, groups; same: pad for an output as large as
+ * the input (stride 1), splitting odd totals as PyTorch does. */
+typedef struct ad_conv_attrs {
+  int64_t stride[2], padding[4], dilation[2], groups;
+  bool same;
+} ad_conv_attrs;
+
+/* 2-D pooling over NCHW windows (h, w). */
+typedef struct ad_pool_attrs {
+  int64_t kernel[2], stride[2], padding[2], dilation[2];
+  bool ceil_mode, count_include_pad;
+} ad_pool_attrs;
+
+typedef struct ad_attention_attrs { /* softmax(scale Q K^T [+ causal mask]) V */
+  double scale;
+  bool causal;
+} ad_attention_attrs;
+
+/* Free-form attributes for an op registered at run time. */
+typedef struct ad_user_attrs {
+  int64_t i[6];
+  double f[4];
+} ad_user_attrs;
+
+typedef struct ad_attrs {
+  union {
+    double scalar;  /* add_scalar, mul_scalar: s; pow_scalar: p; leaky_relu: alpha */
+    ad_dtype dtype; /* cast: the target dtype */
+    ad_cmp cmp;     /* compare */
+    int axis;       /* softmax, log_softmax, concat (negative counts from the end) */
+    int64_t rows;   /* index_add: rows of the result */
+    ad_matmul_attrs matmul;
+    ad_reduce_attrs reduce;
+    ad_narrow_attrs narrow;
+    ad_pad_attrs pad;
+    ad_shape_attrs shape;
+    ad_permute_attrs permute;
+    ad_conv_attrs conv;
+    ad_pool_attrs pool;
+    ad_attention_attrs attention;
+    ad_user_attrs user;
+  };
+} ad_attrs;
+
+/* Which member of ad_attrs an op reads (ad_op_def.attrs). */
+typedef enum ad_attrs_kind {
+  AD_ATTRS_NONE = 0,
+  AD_ATTRS_SCALAR,
+  AD_ATTRS_DTYPE,
+  AD_ATTRS_CMP,
+  AD_ATTRS_AXIS,
+  AD_ATTRS_ROWS,
+  AD_ATTRS_MATMUL,
+  AD_ATTRS_REDUCE,
+  AD_ATTRS_NARROW,
+  AD_ATTRS_PAD,
+  AD_ATTRS_SHAPE,
+  AD_ATTRS_PERMUTE,
+  AD_ATTRS_CONV,
+  AD_ATTRS_POOL,
+  AD_ATTRS_ATTENTION,
+  AD_ATTRS_USER,
+  AD_ATTRS_KIND_COUNT
+} ad_attrs_kind;
+
+/* The member's name ("scalar", "reduce", ...; "none"), or "?" when kind is
+ * out of range. */
+AD_API const char *ad_attrs_kind_name(ad_attrs_kind kind);
+
+/* ------------------------------------------------------- op registry
+ * Every op, built-in or user-defined, is one ad_op_def: a name, its
+ * properties as data (arity, flags, which attributes it reads, its math
+ * with one derivative rule per input) and up to five functions, each of
+ * which takes one record. Built-ins are listed in autodiff/ops.def and
+ * registered when a context is created; docs/new-ops.md walks through
+ * adding one. */
+
+/* One call of an op, as its functions see it. The record is const; the
+ * tensors it points to are not. */
+typedef struct ad_call {
+  ad_ctx *ctx;
+  const char *name;      /* the op's name, for error messages */
+  int n;                 /* number of inputs */
+  ad_tensor *const *in;  /* the inputs */
+  const ad_attrs *attrs; /* never NULL (zeros when the caller gave none) */
+  ad_tensor *out;        /* shape: a header to describe; forward: allocated and
+                            shaped, data to fill; backward: the output */
+  ad_tensor *gout;       /* backward: dL/dout, shaped like out */
+  const bool *needs;     /* backward: needs[k], input k wants a gradient */
+  ad_tensor **gin;       /* backward: slots, all NULL on entry */
+} ad_call;
+
+/* In a backward: stores g as input k's contribution and returns AD_OK, or,
+ * when g is NULL because the op that made it failed, that op's status.
+ *   return ad_call_set_grad(c, 0, ad_mul(c->ctx, c->gout, c->out));  */
+static inline ad_status ad_call_set_grad(const ad_call *c, int k, ad_tensor *g);
+
+/* Checks the inputs and describes the output: sets c->out's dtype, ndim
+ * and shape (the engine computes its size, checking it for overflow), or
+ * returns an error recorded with ad_set_error that names the op and the
+ * shapes. May be NULL for an AD_OP_ELEMENTWISE op (see the flag). */
+typedef ad_status (*ad_shape_fn)(const ad_call *c);
+/* Computes c->out->data from the inputs. Cannot fail. */
+typedef void (*ad_forward_fn)(const ad_call *c);
+/* For each k with needs[k], sets gin[k] to input k's contribution to
+ * dL/din[k], computed with ad_ ops from c->gout (so it can be recorded and
+ * differentiated again), or leaves it NULL for zero. A contribution may
+ * have a shape that broadcasts to in[k]: the engine sums it down. The
+ * engine adds contributions up; a backward never writes a gradient itself.
+ * Returns AD_OK or the status of the op that failed. */
+typedef ad_status (*ad_backward_fn)(const ad_call *c);
+/* Optional fast path: puts input k's contribution straight into grad
+ * (shaped and typed like in[k]; the input's own gradient, not a temporary)
+ * and returns true, or returns false, having done nothing, where it has no
+ * such path (e.g. broadcasting). With overwrite, grad holds nothing yet
+ * (a new gradient) and the contribution is stored, as a GEMM with beta = 0
+ * does; without, it is added, and the result must be the same bits as
+ * making the contribution a tensor and adding that (decline, e.g., a blocked
+ * GEMM with beta = 1, which rounds differently). The engine calls it only in
+ * ad_backward (never under create_graph), for a persistent input that
+ * requires a gradient, and without overwrite only when no backward hook
+ * would need the contribution. Must not allocate or fail. */
+typedef bool (*ad_grad_into_fn)(const ad_call *c, int k, ad_tensor *grad, bool overwrite);
+
+/* A gradcheck test case to make. */
+typedef struct ad_sample_call {
+  ad_ctx *ctx;
+  ad_rng *rng;
+  ad_dtype dtype;  /* the float dtype under test */
+  int variant;     /* 0, 1, ...: which case */
+  ad_tensor **in;  /* AD_MAX_SRC slots for persistent inputs (the caller frees them);
+                      those to check have requires_grad */
+  ad_attrs *attrs; /* zeroed; set the op's member */
+} ad_sample_call;
+/* Makes case s->variant. Returns the number of inputs, 0 when there are no
+ * more variants, -1 on error. */
+typedef int (*ad_sample_fn)(const ad_sample_call *s);
+
+/* ad_op_def.flags */
+#define AD_OP_VIEW 1 /* out shares in[0]'s data (forward sets out->data) */
+/* Element i of the output is computed from element i of each input under
+ * NumPy broadcasting, and the output has the inputs' common float dtype
+ * and their broadcast shape. With a NULL shape function the engine applies
+ * that rule itself (float inputs of one dtype, broadcastable shapes); with
+ * one, the function may check more. Either way, inputs of one float dtype
+ * and one shape take the engine's fast path: the output is made like
+ * in[0] without calling the shape function. Graph traces show the local
+ * derivative of such ops element by element. */
+#define AD_OP_ELEMENTWISE 2
+
+typedef struct ad_op_def {
+  const char *name;          /* unique, e.g. "tanh" */
+  int arity;                 /* inputs, or -1 for 1..AD_MAX_SRC */
+  int flags;                 /* AD_OP_VIEW, AD_OP_ELEMENTWISE */
+  ad_attrs_kind attrs;       /* the member of ad_attrs it reads */
+  ad_shape_fn shape;         /* required, unless AD_OP_ELEMENTWISE */
+  ad_forward_fn forward;     /* required */
+  ad_backward_fn backward;   /* NULL: the output carries no gradient */
+  ad_grad_into_fn grad_into; /* optional */
+  ad_sample_fn sample;       /* NULL: gradcheck uses one [3,4] input per arity */
+  /* The math, for docs, graph dumps and traces: the forward formula in
+   * the input names, e.g. "y = a * b"; the input names ("a", "b"; for a
+   * variadic op, inputs[0] names every input, e.g. "xk"); and per input
+   * the contribution it receives, e.g. "dy * b", written in those names,
+   * y and dy. NULL grads[k] with a backward: input k gets no gradient. */
+  const char *math;
+  const char *inputs[AD_MAX_SRC];
+  const char *grads[AD_MAX_SRC];
+} ad_op_def;
+
+static inline ad_status ad_call_set_grad(const ad_call *c, int k, ad_tensor *g) {
+  c->gin[k] = g;
+  if (g) return AD_OK;
+  ad_status st = ad_last_status(c->ctx);
+  return st != AD_OK ? st : AD_ERR_OOM;
+}
+
+/* Registers a new op under def->name. The definition and its name are
+ * copied; its other strings (math, inputs, grads) must outlive the
+ * context. Returns its id, or -1 with AD_ERR_ARG (a missing function, an
+ * arity or attrs kind out of range, a name already taken) or AD_ERR_OOM. */
+AD_API int ad_op_register(ad_ctx *ctx, const ad_op_def *def);
+/* Looks up an op by name; -1 if none. */
+AD_API int ad_op_find(const ad_ctx *ctx, const char *name);
+/* Number of registered ops; ids run 0..count-1. */
+AD_API int ad_op_count(const ad_ctx *ctx);
+/* The definition of op id (owned by the context), NULL if out of range. */
+AD_API const ad_op_def *ad_op_get(const ad_ctx *ctx, int id);
+/* Runs op id on n inputs (attrs may be NULL for none), recording it when
+ * an input requires a gradient and grad mode is on. */
+AD_API ad_tensor *ad_op_apply(ad_ctx *ctx, int id, int n, ad_tensor *const *in,
+                              const ad_attrs *attrs);
+/* The op id that made t (-1 for a leaf) and its inputs: returns the input
+ * count and stores up to max pointers in srcs. 0 for leaves or unrecorded. */
+AD_API int ad_tensor_op(const ad_tensor *t);
+AD_API int ad_tensor_inputs(const ad_tensor *t, ad_tensor **srcs, int max);
+/* The attributes t's op was called with (arena, valid until ad_tape_reset),
+ * NULL for a leaf, an unrecorded tensor or an op that takes none. */
+AD_API const ad_attrs *ad_tensor_attrs(const ad_tensor *t);
+
+/* Checks a registered op through its sample function for one dtype, all
+ * variants, first (and with second, second) order. Prints nothing. */
+AD_API ad_status ad_op_check(ad_ctx *ctx, int id, ad_dtype dtype, bool second, uint64_t seed,
+                             ad_check_report *report);
+
+/* ------------------------------------------------------- backward hook */
+
+/* One step of a backward pass, as a hook sees it: the op that made out
+ * received gout = dL/dout and sent input k (of n) its contribution. That
+ * contribution is gin[k] (shaped like in[k]), or, when direct[k], it went
+ * straight into in[k]->grad (an op's grad_into fast path, e.g. a matrix
+ * product's GEMM writing a weight's new gradient): in[k]->grad then holds
+ * it, as the gradient's first contribution of the pass. gin[k] is NULL and
+ * direct[k] false when input k received nothing. Pointers are valid until
+ * ad_tape_reset. */
+typedef struct ad_backward_step {
+  const ad_tensor *out, *gout;
+  int n;
+  ad_tensor *const *in;
+  ad_tensor *const *gin;
+  const bool *direct;
+} ad_backward_step;
+
+/* Observes a backward pass: called once per op that backward differentiates,
+ * in the order it runs (reverse tape order), after the op's contributions
+ * are added into its inputs' gradients. The hook must not run ops on ctx. */
+typedef void (*ad_backward_hook)(void *ud, const ad_backward_step *step);
+
+/* Installs (fn != NULL) or removes the hook. A hook never changes what
+ * backward computes or how: results are the same bits and the same fast
+ * paths run with and without one. */
+AD_API void ad_set_backward_hook(ad_ctx *ctx, ad_backward_hook fn, void *ud);
+
+/* ------------------------------------------------- threads */
+
+/* A range of a parallel loop: iterations [begin, end). */
+typedef void (*ad_range_fn)(void *ud, int64_t begin, int64_t end);
+
+/* Calls fn over disjoint ranges that cover [0, n), each of at least grain
+ * iterations (except the last), on the library's threads and the calling
+ * thread, and returns when all have run. A range is claimed by whichever
+ * thread is free, so a worker that is slow to start does not delay the
+ * loop. Runs fn(ud, 0, n) in the caller when there is one thread, n <=
+ * grain, from inside another ad_parallel_for, or while another thread's
+ * loop occupies the workers. fn must be safe to run concurrently on
+ * disjoint ranges and must not use a context. */
+AD_API void ad_parallel_for(int64_t n, int64_t grain, ad_range_fn fn, void *ud);
+
+/* ------------------------------------------------------------- GEMM */
+
+/* C = alpha * op(A) op(B) + beta * C, row-major; op transposes when trans_*.
+ * A is m x k after op, B k x n, C m x n. Built with BLAS, products of up to
+ * 4M multiply-adds run on the built-in kernel when the CPU has AVX2 (it is
+ * faster there) and larger ones on BLAS; otherwise the built-in kernel
+ * (AVX-512 / AVX2 / portable, picked at run time) runs everything. */
+AD_API void ad_gemm_f32(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                        const float *a, int64_t lda, const float *b, int64_t ldb, float beta,
+                        float *c, int64_t ldc);
+AD_API void ad_gemm_f64(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double alpha,
+                        const double *a, int64_t lda, const double *b, int64_t ldb, double beta,
+                        double *c, int64_t ldc);
+/* "openblas" or "builtin". */
+AD_API const char *ad_gemm_backend(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* AD_EXT_H */
