@@ -29,9 +29,13 @@
  * Errors
  *   Functions returning ad_status return AD_OK (0) or an error code; builders
  *   return NULL. Either way ad_last_error(ctx) names the op and the shapes.
- *   An op given a NULL input returns NULL and keeps the first error, so a
- *   chain of calls needs one check at the end. The library never aborts or
- *   exits on user input.
+ *   Which message is kept: an op that fails only because an input is NULL
+ *   (the result of an earlier failure) leaves the recorded message alone,
+ *   so the end of a chain of calls still names its root cause and a chain
+ *   needs one check at the end; any other failure replaces the message, so
+ *   an error the caller ignored never masks a new one. The library never
+ *   aborts or exits on user input; a broken internal invariant (a bug in
+ *   the library) aborts with file, line and a hint.
  *
  * Threading
  *   A context and its tensors are used by one thread at a time. Separate
@@ -114,15 +118,16 @@ AD_API ad_ctx *ad_ctx_new(void);
  * freed: free them first with ad_tensor_free. ad_ctx_free(NULL) is a no-op. */
 AD_API void ad_ctx_free(ad_ctx *ctx);
 
-/* The message of the first error since the last ad_clear_error, e.g.
- * "matmul: inner dimensions differ: [32,784] x [64,10]", or "" if none.
- * Owned by the context; valid until the next error or ad_clear_error. */
+/* The message of the last error (see "Errors" above for which one a NULL
+ * input keeps), e.g. "matmul: inner dimensions differ: [32,784] x
+ * [64,10]", or "" if none since ad_clear_error. Owned by the context; valid
+ * until the next error or ad_clear_error. */
 AD_API const char *ad_last_error(const ad_ctx *ctx);
 
 /* The status of that error, AD_OK if none. */
 AD_API ad_status ad_last_status(const ad_ctx *ctx);
 
-/* Forgets the sticky error so that later errors are reported again. */
+/* Forgets the recorded error: ad_last_status is AD_OK again. */
 AD_API void ad_clear_error(ad_ctx *ctx);
 
 /* A static name for a status code: "ok", "shape mismatch", ... */

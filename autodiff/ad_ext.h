@@ -50,11 +50,24 @@ AD_API void ad_free(ad_ctx *ctx, void *ptr, size_t size);
 
 /* ------------------------------------------------------------ errors */
 
-/* Records an error (printf-style message) unless one is already recorded,
- * and returns status. For custom ops and layers built on the API. */
+/* Records an error (printf-style message), replacing the one recorded
+ * before, and returns status; AD_OK records nothing. For custom ops and
+ * layers built on the API: name the function and the shapes or values
+ * that are wrong, as the library does. */
 AD_API ad_status ad_set_error(ad_ctx *ctx, ad_status status, const char *fmt, ...)
 #if defined(__GNUC__)
     __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+
+/* Records that a required input is NULL, unless an error is already
+ * recorded: a NULL input is most often the result of an earlier failure
+ * (a chain of calls), whose message names the cause and is kept. Returns
+ * AD_ERR_NULL. Use it for tensors and objects made by the library, and
+ * ad_set_error for arguments only the caller supplies (paths, functions). */
+AD_API ad_status ad_set_null_error(ad_ctx *ctx, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
 #endif
     ;
 

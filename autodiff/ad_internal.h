@@ -88,6 +88,7 @@ struct ad_ctx {
   void *alloc_ud;
   ad_status status;
   char err[512];
+  uint32_t nerrors; /* errors recorded so far: tells whether a call recorded one */
   /* arena */
   ad_arena_chunk *chunks; /* first chunk */
   ad_arena_chunk *cur;    /* chunk being filled */

@@ -53,15 +53,28 @@ const char *ad_status_str(ad_status s) {
   return status_names[s];
 }
 
+static void record_error(ad_ctx *ctx, ad_status status, const char *fmt, va_list ap) {
+  ctx->status = status;
+  ctx->nerrors++;
+  vsnprintf(ctx->err, sizeof ctx->err, fmt, ap);
+}
+
 ad_status ad_set_error(ad_ctx *ctx, ad_status status, const char *fmt, ...) {
   if (!ctx || status == AD_OK) return status;
-  if (ctx->status != AD_OK) return status; /* sticky: keep the first */
-  ctx->status = status;
   va_list ap;
   va_start(ap, fmt);
-  vsnprintf(ctx->err, sizeof ctx->err, fmt, ap);
+  record_error(ctx, status, fmt, ap);
   va_end(ap);
   return status;
+}
+
+ad_status ad_set_null_error(ad_ctx *ctx, const char *fmt, ...) {
+  if (!ctx || ctx->status != AD_OK) return AD_ERR_NULL; /* the NULL is that error's consequence */
+  va_list ap;
+  va_start(ap, fmt);
+  record_error(ctx, AD_ERR_NULL, fmt, ap);
+  va_end(ap);
+  return AD_ERR_NULL;
 }
 
 const char *ad_last_error(const ad_ctx *ctx) { return ctx ? ctx->err : "no context"; }

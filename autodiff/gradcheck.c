@@ -80,8 +80,9 @@ static ad_status state_init(check_state *s, ad_ctx *ctx, ad_check_fn fn, void *u
 
 /* The output of fn on the given inputs, checked. */
 static ad_tensor *run(check_state *s, ad_tensor *const *in) {
+  uint32_t nerrors = s->ctx->nerrors;
   ad_tensor *y = s->fn(s->ctx, s->n, in, s->ud);
-  if (!y && s->ctx->status == AD_OK)
+  if (!y && s->ctx->nerrors == nerrors)
     ad_set_error(s->ctx, AD_ERR_STATE, "gradcheck: fn returned NULL without an error");
   if (y && !ad_is_float(y->dtype)) {
     ad_set_error(s->ctx, AD_ERR_DTYPE, "gradcheck: fn returned a %s tensor",

@@ -149,7 +149,7 @@ static const ad_attrs zero_attrs;
 /* Records why input i of def cannot be used. */
 static void input_error(ad_ctx *ctx, const ad_op_def *def, int i, const ad_node *s) {
   if (!s)
-    ad_set_error(ctx, AD_ERR_NULL, "%s: input %d is NULL", def->name, i);
+    ad_set_null_error(ctx, "%s: input %d is NULL", def->name, i);
   else if (s->magic != AD_NODE_MAGIC)
     ad_set_error(ctx, AD_ERR_ARG, "%s: input %d is not a tensor (freed?)", def->name, i);
   else
@@ -175,10 +175,12 @@ static inline bool elementwise_same(const ad_op_def *def, int n, ad_tensor *cons
 static ad_tensor *apply_shape(ad_ctx *ctx, const ad_op_def *def, ad_call *c) {
   ad_tensor d = {.dtype = c->in[0]->dtype};
   c->out = &d;
+  uint32_t nerrors = ctx->nerrors;
   ad_status st = def->shape ? def->shape(c) : ad_shape_elementwise(c);
   c->out = NULL;
   if (st != AD_OK) {
-    if (ctx->status == AD_OK) ad_set_error(ctx, AD_ERR_SHAPE, "%s: bad inputs", def->name);
+    if (ctx->nerrors == nerrors) /* a user's shape rule that said nothing */
+      ad_set_error(ctx, st, "%s: the shape rule refused the inputs", def->name);
     return NULL;
   }
   AD_ASSERT(d.ndim >= 0 && d.ndim <= AD_MAX_DIMS &&
@@ -473,8 +475,10 @@ static ad_status sweep(ad_ctx *ctx, ad_node *root, const ad_tensor *seed, bool c
         break;
       }
     }
+    uint32_t nerrors = ctx->nerrors;
     if (any && (st = def->backward(&c)) != AD_OK) {
-      ad_set_error(ctx, st, "%s: backward of %s failed", who, def->name);
+      if (ctx->nerrors == nerrors) /* else the op that failed inside said why */
+        ad_set_error(ctx, st, "%s: backward of %s failed", who, def->name);
       clear_below(ctx, i); /* nodes below may hold contributions of this pass */
       break;
     }
@@ -503,7 +507,7 @@ static ad_status sweep(ad_ctx *ctx, ad_node *root, const ad_tensor *seed, bool c
 
 static ad_status check_root(ad_ctx *ctx, ad_tensor *root, const char *who) {
   if (!ctx) return AD_ERR_NULL;
-  if (!root) return ad_set_error(ctx, AD_ERR_NULL, "%s: root is NULL", who);
+  if (!root) return ad_set_null_error(ctx, "%s: root is NULL", who);
   if (ad_node_of(root)->magic != AD_NODE_MAGIC)
     return ad_set_error(ctx, AD_ERR_ARG, "%s: root is not a tensor (freed?)", who);
   return AD_OK;

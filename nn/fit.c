@@ -119,11 +119,11 @@ ad_status nn_train_step(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tens
   ad_ctx *ctx = nn_model_ctx(m);
   if (!ctx) return AD_ERR_NULL;
   if (!opt || !loss || !x || !y)
-    return ad_set_error(ctx, AD_ERR_NULL, "train_step: %s is NULL",
-                        !opt    ? "optimizer"
-                        : !loss ? "loss"
-                        : !x    ? "x"
-                                : "y");
+    return ad_set_null_error(ctx, "train_step: %s is NULL",
+                             !opt    ? "optimizer"
+                             : !loss ? "loss"
+                             : !x    ? "x"
+                                     : "y");
   return train_step(m, opt, loss, x, y, lambda_l2, loss_out, NULL);
 }
 
@@ -176,7 +176,7 @@ ad_status nn_evaluate(nn_model *m, nn_loss_fn loss, ad_tensor *x, ad_tensor *y, 
   ad_ctx *ctx = nn_model_ctx(m);
   if (!ctx) return AD_ERR_NULL;
   if (!loss || !x || !y)
-    return ad_set_error(ctx, AD_ERR_NULL, "evaluate: %s is NULL", !loss ? "loss" : !x ? "x" : "y");
+    return ad_set_null_error(ctx, "evaluate: %s is NULL", !loss ? "loss" : !x ? "x" : "y");
   nn_batcher *b = nn_batcher_new(ctx, x, y, batch_size > 0 ? batch_size : 32, false, 0);
   if (!b) return fail(ctx, AD_ERR_OOM);
   ad_status st = eval_batches(m, loss, b, loss_out, accuracy);
@@ -286,11 +286,11 @@ ad_status nn_fit(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor *x, 
   ad_ctx *ctx = nn_model_ctx(m);
   if (!ctx) return AD_ERR_NULL;
   if (!opt || !loss || !x || !y)
-    return ad_set_error(ctx, AD_ERR_NULL, "fit: %s is NULL",
-                        !opt    ? "optimizer"
-                        : !loss ? "loss"
-                        : !x    ? "x"
-                                : "y");
+    return ad_set_null_error(ctx, "fit: %s is NULL",
+                             !opt    ? "optimizer"
+                             : !loss ? "loss"
+                             : !x    ? "x"
+                                     : "y");
   nn_fit_opts o = {0};
   if (opts) o = *opts;
   if (o.epochs == 0) o.epochs = 1;

@@ -58,10 +58,12 @@
  *
  * Errors
  *   As in ad.h: functions return an ad_status (AD_OK == 0) or NULL, and the
- *   first error is kept on the context (ad_last_error) with a message that
- *   names the function or layer and the shapes, e.g.
+ *   error is kept on the context (ad_last_error) with a message that names
+ *   the function or layer and the shapes, e.g.
  *   "dense '0': input [32,100] has 100 features, the layer expects 784".
- *   A NULL input gives NULL, so chains of calls need one check at the end.
+ *   A NULL input gives NULL and keeps the message of the failure that made
+ *   it, so chains of calls need one check at the end; any other failure
+ *   replaces an earlier message.
  *   Nothing here aborts or exits on user input.
  *
  * Ownership
@@ -622,7 +624,7 @@ typedef struct nn_fit_opts {
  * training with AD_ERR_NAN. The model is left in evaluation mode.
  * If history is not NULL, *history gets a new nn_history (also on error:
  * the epochs completed), freed by the caller with nn_history_free.
- * Returns AD_OK or the first error. */
+ * Returns AD_OK or the error that stopped training. */
 NN_API ad_status nn_fit(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor *x, ad_tensor *y,
                         const nn_fit_opts *opts, nn_history **history);
 

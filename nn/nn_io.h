@@ -29,8 +29,8 @@
  *   Every function returns an ad_status (or NULL) and records a message with
  *   ad_set_error that names the file and what is wrong, e.g.
  *   "checkpoint model.st: tensor '0.weight' has shape [64,784], expected
- *   [784,64]". Bad input never crashes, aborts or exits. Like every error of
- *   the engine the message is sticky: call ad_clear_error between attempts.
+ *   [784,64]". Bad input never crashes, aborts or exits. As everywhere in
+ *   the engine, a new failure replaces the message of an earlier one.
  *
  * Portability
  *   POSIX (open, fsync, rename). Files are little-endian on every host.

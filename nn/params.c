@@ -139,7 +139,7 @@ ad_status nn_params_add(nn_params *p, const char *name, ad_tensor *t, bool own) 
   ad_status st = AD_OK;
   char buf[64];
   if (!t)
-    st = ad_set_error(ctx, AD_ERR_NULL, "params_add: tensor '%s' is NULL", name ? name : "?");
+    st = ad_set_null_error(ctx, "params_add: tensor '%s' is NULL", name ? name : "?");
   else if (!name || !name[0])
     st = ad_set_error(ctx, AD_ERR_ARG, "params_add: a parameter needs a non-empty name");
   else if (ad_tensor_is_temporary(t))

@@ -232,7 +232,7 @@ Test(errors, null_inputs_name_the_op) {
   ad_tensor_free(a);
 }
 
-Test(errors, chain_on_null_keeps_the_first_error) {
+Test(errors, null_keeps_the_root_cause_other_failures_replace) {
   int64_t s[2] = {4, 3}, r[2] = {3, 2};
   ad_tensor *w = tensor(AD_F32, 2, r), *x = tensor(AD_F32, 2, s);
   /* the first failure is in matmul; everything after sees NULL */
@@ -249,13 +249,30 @@ Test(errors, chain_on_null_keeps_the_first_error) {
   cr_assert(strstr(ad_last_error(ctx), "[4,3]") && strstr(ad_last_error(ctx), "[3,2]"), "%s",
             ad_last_error(ctx));
   ad_clear_error(ctx);
-  /* ad_set_error is sticky too, and AD_OK records nothing */
+  /* any other failure replaces an error the caller ignored: the shape
+   * error above is not cleared, yet a dtype error is reported as itself */
+  cr_assert_null(ad_add(ctx, x, w));
+  int64_t s2 = 2;
+  ad_tensor *ix = ad_zeros(ctx, AD_I32, 1, &s2);
+  cr_assert_null(ad_exp(ctx, ix));
+  expect_error(AD_ERR_DTYPE, "exp: input 0 is i32", NULL);
+  ad_tensor_free(ix);
+  /* a NULL with no error before it is reported as itself */
+  cr_assert_null(ad_exp(ctx, NULL));
+  expect_error(AD_ERR_NULL, "exp: input 0 is NULL", NULL);
+  /* ad_set_error replaces, ad_set_null_error keeps, AD_OK records nothing */
   cr_assert_eq(ad_set_error(ctx, AD_OK, "ignored"), AD_OK);
   cr_assert_eq(ad_last_status(ctx), AD_OK);
   cr_assert_eq(ad_set_error(ctx, AD_ERR_IO, "layer %d: %s", 3, "first"), AD_ERR_IO);
-  cr_assert_eq(ad_set_error(ctx, AD_ERR_ARG, "second"), AD_ERR_ARG);
+  cr_assert_eq(ad_set_null_error(ctx, "layer 4: input is NULL"), AD_ERR_NULL);
   cr_assert_str_eq(ad_last_error(ctx), "layer 3: first");
   cr_assert_eq(ad_last_status(ctx), AD_ERR_IO);
+  cr_assert_eq(ad_set_error(ctx, AD_ERR_ARG, "second"), AD_ERR_ARG);
+  cr_assert_str_eq(ad_last_error(ctx), "second");
+  cr_assert_eq(ad_last_status(ctx), AD_ERR_ARG);
+  ad_clear_error(ctx);
+  cr_assert_eq(ad_set_null_error(ctx, "layer %d: input is NULL", 5), AD_ERR_NULL);
+  cr_assert_str_eq(ad_last_error(ctx), "layer 5: input is NULL");
   ad_clear_error(ctx);
   ad_tensor_free(w);
   ad_tensor_free(x);
