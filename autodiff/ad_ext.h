@@ -343,6 +343,29 @@ typedef void (*ad_backward_hook)(void *ud, const ad_backward_step *step);
  * paths run with and without one. */
 AD_API void ad_set_backward_hook(ad_ctx *ctx, ad_backward_hook fn, void *ud);
 
+/* -------------------------------------------------------- introspection
+ * What tools that read a recorded graph (graph dumps, traces, debuggers)
+ * need beyond ad_tensor_op, ad_tensor_inputs and ad_tensor_attrs. All
+ * accept any pointer a caller holds, including a freed tensor's, and never
+ * write. */
+
+/* True when t is a live tensor (not NULL, not freed). */
+AD_API bool ad_tensor_is_valid(const ad_tensor *t);
+/* The context t was made in; NULL for NULL or a freed tensor. */
+AD_API ad_ctx *ad_tensor_ctx(const ad_tensor *t);
+/* t's position on the tape, in execution order, or -1 when t is not
+ * recorded (a leaf, a constant, an op run in no-grad mode). */
+AD_API int64_t ad_tensor_tape_index(const ad_tensor *t);
+/* The tape generation t was made in: ad_tape_reset starts a new one. A
+ * temporary of an earlier generation is gone; a persistent tensor's
+ * generation is that of its creation and does not matter. */
+AD_API uint64_t ad_tensor_generation(const ad_tensor *t);
+/* The context's current tape generation. */
+AD_API uint64_t ad_tape_generation(const ad_ctx *ctx);
+/* The hook installed now and its user data (NULL, NULL when none), so a
+ * tool can chain to it and restore it. */
+AD_API void ad_get_backward_hook(const ad_ctx *ctx, ad_backward_hook *fn, void **ud);
+
 /* ------------------------------------------------- threads */
 
 /* A range of a parallel loop: iterations [begin, end). */

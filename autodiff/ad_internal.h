@@ -15,20 +15,9 @@
   } while (0)
 _Noreturn void ad_internal_abort(const char *file, int line, const char *cond, const char *hint);
 
-/* Built-in op ids and their definitions (each at the end of its op's
- * block in a family file), generated from the table. */
-enum {
-#define AD_OP(E, name, builder) AD_OP_##E,
-#include "ops.def"
-#undef AD_OP
-  AD_OP_BUILTIN_COUNT
-};
-#define AD_OP(E, name, builder) extern const ad_op_def ad_def_##name;
-#include "ops.def"
-#undef AD_OP
-/* The table of built-in defs, AD_OP_BUILTIN_COUNT of them in id order
- * (ops.c). */
-extern const ad_op_def *const ad_builtin_ops[];
+/* The op layer's entry point (ops.c): registers the built-in ops into a
+ * new context and names the ones the tape applies itself (op_add, ...). */
+ad_status ad_builtin_register(ad_ctx *ctx);
 
 /* node flags */
 enum {
@@ -104,11 +93,18 @@ struct ad_ctx {
   size_t touched_len, touched_cap;
   ad_backward_hook hook;
   void *hook_ud;
+  /* ops the tape applies while differentiating (accumulating an
+   * intermediate's contributions, fitting a contribution to its input's
+   * shape), named by the op layer: the core declares and calls no op */
+  int op_add, op_reshape, op_sum_to;
   /* registry */
   ad_op_def *ops;
   int nops, ops_cap;
   ad_op_entry *by_name;
 };
+
+/* The default allocator: 64-byte aligned blocks (core.c). */
+void *ad_default_alloc(void *ud, void *ptr, size_t osize, size_t nsize);
 
 /* arena: bump allocation, 16-byte granularity; NULL + AD_ERR_OOM on failure */
 void *ad_arena_alloc_slow(ad_ctx *ctx, size_t bytes);
@@ -127,7 +123,6 @@ void ad_arena_free_all(ad_ctx *ctx);
 ad_tensor *ad_tmp_full(ad_ctx *ctx, ad_dtype dtype, int ndim, const int64_t *shape, double v);
 
 /* registry */
-ad_status ad_registry_init(ad_ctx *ctx);
 void ad_registry_free(ad_ctx *ctx);
 
 /* helpers for op implementations */
@@ -250,29 +245,13 @@ void ad_bc_init(ad_bc_rows *it, int nin, ad_tensor *const *in, const ad_tensor *
 void ad_bc_row(const ad_bc_rows *it, const ad_tensor *out, int64_t r, int64_t *off);
 /* A temporary header whose data pointer is set by the caller (views). */
 ad_tensor *ad_tmp_header(ad_ctx *ctx, ad_dtype dtype, int ndim, const int64_t *shape);
-/* Applies op id with attrs; shorthand used by the public builders. */
-static inline ad_tensor *ad_apply1(ad_ctx *ctx, int op, ad_tensor *x, const ad_attrs *attrs) {
-  return ad_op_apply(ctx, op, 1, &x, attrs);
-}
-static inline ad_tensor *ad_apply2(ad_ctx *ctx, int op, ad_tensor *a, ad_tensor *b,
-                                   const ad_attrs *attrs) {
-  ad_tensor *in[2] = {a, b};
-  return ad_op_apply(ctx, op, 2, in, attrs);
-}
-
 /* A persistent sample input for gradcheck: uniform in [lo, hi), with
  * requires_grad when grad. */
-ad_tensor *ad_sample_tensor(const ad_sample_call *s, int ndim, const int64_t *shape, double lo,
-                            double hi, bool grad);
-
-/* GEMM dispatch used by matmul */
-void ad_gemm(ad_dtype dt, bool ta, bool tb, int64_t m, int64_t n, int64_t k, const void *a,
-             int64_t lda, const void *b, int64_t ldb, double beta, void *c, int64_t ldc);
-/* One GEMM kernel, whatever ad_gemm_f32/f64 would pick (tests, bench): kernel 0 the best built-in
- * for the CPU, 1 portable, 2 AVX2, 3 AVX-512, -1 reference loop, -2 BLAS; + 16 always packs A,
- * + 32 never. Returns the kernel's name; NULL (nothing done) if the CPU or build lacks it. */
-const char *ad_gemm_builtin(int kernel, ad_dtype dt, bool ta, bool tb, int64_t m, int64_t n,
-                            int64_t k, double alpha, const void *a, int64_t lda, const void *b,
-                            int64_t ldb, double beta, void *c, int64_t ldc);
+static inline ad_tensor *ad_sample_tensor(const ad_sample_call *s, int ndim, const int64_t *shape,
+                                          double lo, double hi, bool grad) {
+  ad_tensor *t = ad_rand(s->ctx, s->rng, s->dtype, ndim, shape, lo, hi);
+  if (t && grad) ad_tensor_set_requires_grad(t, true);
+  return t;
+}
 
 #endif

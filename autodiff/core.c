@@ -1,4 +1,5 @@
-/* core.c: context, errors, allocator, arena, RNG and persistent tensors. */
+/* core.c: errors, allocator, arena, RNG and tensors: the bottom layer,
+ * which calls nothing else of the library. */
 #include "ad_internal.h"
 
 #include <math.h>
@@ -14,7 +15,7 @@ _Noreturn void ad_internal_abort(const char *file, int line, const char *cond, c
 /* ---------------------------------------------------------- allocator */
 
 /* Default allocator: 64-byte aligned blocks for AVX-512 loads. */
-static void *default_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+void *ad_default_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   (void)ud;
   if (nsize == 0) {
     free(ptr);
@@ -97,36 +98,6 @@ char *ad_shape_str(const ad_tensor *t, char *buf, size_t n) {
     off += (size_t)snprintf(buf + off, n - off, "%s%lld", i ? "," : "", (long long)t->shape[i]);
   if (off < n) snprintf(buf + off, n - off, "]");
   return buf;
-}
-
-/* ------------------------------------------------------------- context */
-
-ad_ctx *ad_ctx_new_with_alloc(ad_alloc_fn alloc, void *ud) {
-  if (!alloc) return NULL;
-  ad_ctx *ctx = alloc(ud, NULL, 0, sizeof *ctx);
-  if (!ctx) return NULL;
-  memset(ctx, 0, sizeof *ctx);
-  ctx->alloc = alloc;
-  ctx->alloc_ud = ud;
-  ctx->grad_enabled = true;
-  ctx->epoch = 1;
-  if (ad_registry_init(ctx) != AD_OK) {
-    ad_registry_free(ctx);
-    alloc(ud, ctx, sizeof *ctx, 0);
-    return NULL;
-  }
-  return ctx;
-}
-
-ad_ctx *ad_ctx_new(void) { return ad_ctx_new_with_alloc(default_alloc, NULL); }
-
-void ad_ctx_free(ad_ctx *ctx) {
-  if (!ctx) return;
-  ad_arena_free_all(ctx);
-  ad_free(ctx, ctx->tape, ctx->tape_cap * sizeof *ctx->tape);
-  ad_free(ctx, ctx->touched, ctx->touched_cap * sizeof *ctx->touched);
-  ad_registry_free(ctx);
-  ctx->alloc(ctx->alloc_ud, ctx, sizeof *ctx, 0);
 }
 
 /* --------------------------------------------------------------- arena

@@ -289,13 +289,6 @@ static ad_tensor *call_op(ad_ctx *ctx, int n, ad_tensor *const *in, void *ud) {
   return ad_op_apply(ctx, c->id, n, in, &c->attrs);
 }
 
-ad_tensor *ad_sample_tensor(const ad_sample_call *s, int ndim, const int64_t *shape, double lo,
-                            double hi, bool grad) {
-  ad_tensor *t = ad_rand(s->ctx, s->rng, s->dtype, ndim, shape, lo, hi);
-  if (t && grad) ad_tensor_set_requires_grad(t, true);
-  return t;
-}
-
 /* Generic inputs for an op without a sample function. */
 static int generic_sample(const ad_op_def *def, const ad_sample_call *s) {
   if (s->variant > 0) return 0;

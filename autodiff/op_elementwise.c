@@ -3,7 +3,7 @@
  * share comes first; then one block per op, in ops.def order: kernel,
  * backward, builders, sample, and last its definition, which holds the
  * math. Backward formulas use the engine's own ops so they can be recorded. */
-#include "ad_internal.h"
+#include "ops.h"
 
 #include <math.h>
 

@@ -1,5 +1,5 @@
 /* op_loss.c: fused softmax cross-entropy with integer class labels. */
-#include "ad_internal.h"
+#include "ops.h"
 
 #include <math.h>
 

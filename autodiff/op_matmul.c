@@ -1,57 +1,6 @@
 /* op_matmul.c: (batched) matrix product with transpose flags. */
-#include "ad_internal.h"
-
-/* -------------------------------------------------------- threaded GEMM */
-
-/* Products of at least this many multiply-adds are split over the
- * library's threads (ad_set_num_threads): about 15 us of one core's work,
- * well above the cost of handing out the parts. */
-#define SPLIT_MACS 1000000.0
-
-/* One product cut into parts along the larger of m and n; each part is an
- * independent GEMM on a block of C's rows or columns, at a multiple of 16
- * (the micro-kernels' width) from the start. */
-typedef struct gemm_split {
-  ad_dtype dt;
-  bool ta, tb, by_rows;
-  int64_t m, n, k, lda, ldb, ldc, parts;
-  const char *a, *b;
-  char *c;
-  double beta;
-} gemm_split;
-
-static void gemm_parts(void *ud, int64_t lo, int64_t hi) {
-  const gemm_split *s = ud;
-  size_t es = ad_dsize(s->dt);
-  int64_t dim = s->by_rows ? s->m : s->n;
-  for (int64_t p = lo; p < hi; p++) {
-    int64_t b = dim * p / s->parts / 16 * 16, e = dim * (p + 1) / s->parts / 16 * 16;
-    if (p + 1 == s->parts) e = dim;
-    if (e <= b) continue;
-    if (s->by_rows) /* rows b..e of op(A) and C */
-      ad_gemm(s->dt, s->ta, s->tb, e - b, s->n, s->k, s->a + (size_t)(s->ta ? b : b * s->lda) * es,
-              s->lda, s->b, s->ldb, s->beta, s->c + (size_t)(b * s->ldc) * es, s->ldc);
-    else /* columns b..e of op(B) and C */
-      ad_gemm(s->dt, s->ta, s->tb, s->m, e - b, s->k, s->a, s->lda,
-              s->b + (size_t)(s->tb ? b * s->ldb : b) * es, s->ldb, s->beta, s->c + (size_t)b * es,
-              s->ldc);
-  }
-}
-
-/* ad_gemm, split over the library's threads when the product is large. */
-static void gemm_mt(ad_dtype dt, bool ta, bool tb, int64_t m, int64_t n, int64_t k, const void *a,
-                    int64_t lda, const void *b, int64_t ldb, double beta, void *c, int64_t ldc) {
-  int threads = ad_num_threads();
-  bool by_rows = m > n;
-  int64_t dim = by_rows ? m : n;
-  if (threads <= 1 || (double)m * (double)n * (double)k < SPLIT_MACS || dim < 32) {
-    ad_gemm(dt, ta, tb, m, n, k, a, lda, b, ldb, beta, c, ldc);
-    return;
-  }
-  int64_t parts = dim / 16 < threads ? dim / 16 : threads;
-  gemm_split s = {dt, ta, tb, by_rows, m, n, k, lda, ldb, ldc, parts, a, b, c, beta};
-  ad_parallel_for(parts, 1, gemm_parts, &s);
-}
+#include "kernels/kernels.h"
+#include "ops.h"
 
 /* --------------------------------------------------------------- matmul */
 
@@ -90,21 +39,6 @@ static ad_status matmul_shape(const ad_call *c) {
 /* Leading (batch) dims of x: all but the last two. */
 static int64_t batch_of(const ad_tensor *x) { return ad_shape_size(x->ndim - 2, x->shape); }
 
-/* A dense layer's product X W^T with a small batch (m rows) and a wide,
- * deep W (n x k), such as bench/mlp's first layer (32 x 64 x 784): the
- * built-in GEMM packs op(B) = W^T, transposing n x k values in registers
- * per call, while A is read in place. Computing Y^T = W X^T instead packs
- * only X^T (m x k) and reads W in place; the m x n result is then
- * transposed (the same products, summed in the same order). That pays
- * only when the packing saved, of n x k values rather than m x k, clearly
- * outweighs the extra pass over the m x n result: for n >= 2m and
- * k >= 256. BLAS-sized products (above gemm.c's 4M multiply-adds) go to
- * OpenBLAS, which packs both sides anyway. */
-static bool swap_pays(bool ta, bool tb, int64_t m, int64_t n, int64_t k) {
-  return !ta && tb && m <= 64 && n >= 2 * m && k >= 256 &&
-         (double)m * (double)n * (double)k <= 4194304.0;
-}
-
 /* Y = op(A) op(B), batch by batch; a 2-D side is shared by every batch. */
 static void matmul_fwd(const ad_call *c) {
   const ad_tensor *a = c->in[0], *b = c->in[1];
@@ -115,23 +49,16 @@ static void matmul_fwd(const ad_call *c) {
   int64_t batches = batch_of(out);
   size_t es = ad_dsize(out->dtype);
   void *t;
-  if (batches == 1 && swap_pays(ta, tb, m, nn, k) &&
+  if (batches == 1 && ad_matmul_xwt_pays(ta, tb, m, nn, k) &&
       (t = ad_arena_alloc(c->ctx, (size_t)(m * nn) * es))) {
-    gemm_mt(out->dtype, false, true, nn, m, k, b->data, k, a->data, k, 0.0, t, m);
-    if (out->dtype == AD_F32)
-      for (int64_t i = 0; i < m; i++)
-        for (int64_t j = 0; j < nn; j++) ((float *)out->data)[i * nn + j] = ((float *)t)[j * m + i];
-    else
-      for (int64_t i = 0; i < m; i++)
-        for (int64_t j = 0; j < nn; j++)
-          ((double *)out->data)[i * nn + j] = ((double *)t)[j * m + i];
+    ad_matmul_xwt(out->dtype, m, nn, k, a->data, b->data, t, out->data);
     return;
   }
   int64_t sa = a->ndim > 2 ? m * k : 0, sb = b->ndim > 2 ? k * nn : 0;
   for (int64_t i = 0; i < batches; i++)
-    gemm_mt(out->dtype, ta, tb, m, nn, k, (const char *)a->data + (size_t)(i * sa) * es, ta ? m : k,
-            (const char *)b->data + (size_t)(i * sb) * es, tb ? k : nn, 0.0,
-            (char *)out->data + (size_t)(i * m * nn) * es, nn);
+    ad_gemm_split(out->dtype, ta, tb, m, nn, k, (const char *)a->data + (size_t)(i * sa) * es,
+                  ta ? m : k, (const char *)b->data + (size_t)(i * sb) * es, tb ? k : nn, 0.0,
+                  (char *)out->data + (size_t)(i * m * nn) * es, nn);
 }
 
 /* A batched dY against a 2-D input gives a batched contribution, which the
@@ -154,8 +81,8 @@ static ad_status matmul_bwd(const ad_call *c) {
 /* dst = op(x) op(w) for 2-D x, w (GEMM with beta = 0). */
 static void gemm_store(ad_tensor *dst, const ad_tensor *x, bool tx, const ad_tensor *w, bool tw) {
   int64_t m = x->shape[tx ? 1 : 0], k = x->shape[tx ? 0 : 1], nn = w->shape[tw ? 0 : 1];
-  gemm_mt(dst->dtype, tx, tw, m, nn, k, x->data, x->shape[1], w->data, w->shape[1], 0.0, dst->data,
-          nn);
+  ad_gemm_split(dst->dtype, tx, tw, m, nn, k, x->data, x->shape[1], w->data, w->shape[1], 0.0,
+                dst->data, nn);
 }
 
 /* For 2-D A and B, the GEMM that makes input k's contribution stores a new

@@ -1,6 +1,6 @@
 /* op_reduce.c: sum, max, logsumexp over a run of adjacent axes; softmax
  * and log_softmax along an axis; the mean as a composite. */
-#include "ad_internal.h"
+#include "ops.h"
 
 #include <math.h>
 
@@ -102,7 +102,7 @@ static ad_tensor *reduce_axis(ad_ctx *ctx, int op, ad_tensor *x, int axis, bool 
   int k = ctx && x ? ad_norm_axis(axis, x->ndim) : 0;
   if (k < 0 && ad_is_float(x->dtype)) {
     char s[64];
-    ad_set_error(ctx, AD_ERR_ARG, "%s: axis %d out of range for %s", ad_builtin_ops[op]->name, axis,
+    ad_set_error(ctx, AD_ERR_ARG, "%s: axis %d out of range for %s", ad_op_get(ctx, op)->name, axis,
                  ad_shape_str(x, s, sizeof s));
     return NULL;
   }

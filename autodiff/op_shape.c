@@ -1,6 +1,6 @@
 /* op_shape.c: reshape (a view), permute, expand / sum_to, narrow / pad,
  * concat, index_select / index_add. Each op's gradient is its partner. */
-#include "ad_internal.h"
+#include "ops.h"
 
 /* -------------------------------------------------------------- helpers */
 

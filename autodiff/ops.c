@@ -1,10 +1,23 @@
-/* ops.c: the table of built-in ops, generated from ops.def. */
-#include "ad_internal.h"
+/* ops.c: the op layer's entry point: the table of built-in ops, generated
+ * from ops.def, registered into every new context. */
+#include "ops.h"
 
-const ad_op_def *const ad_builtin_ops[] = {
+static const ad_op_def *const builtin_ops[] = {
 #define AD_OP(E, name, builder) &ad_def_##name,
 #include "ops.def"
 #undef AD_OP
 };
-_Static_assert(sizeof ad_builtin_ops / sizeof ad_builtin_ops[0] == AD_OP_BUILTIN_COUNT,
+_Static_assert(sizeof builtin_ops / sizeof builtin_ops[0] == AD_OP_BUILTIN_COUNT,
                "op table and enum disagree");
+
+ad_status ad_builtin_register(ad_ctx *ctx) {
+  for (int i = 0; i < AD_OP_BUILTIN_COUNT; i++)
+    if (ad_op_register(ctx, builtin_ops[i]) != i) {
+      ad_status st = ad_last_status(ctx);
+      return st != AD_OK ? st : AD_ERR_OOM;
+    }
+  ctx->op_add = AD_OP_ADD;
+  ctx->op_reshape = AD_OP_RESHAPE;
+  ctx->op_sum_to = AD_OP_SUM_TO;
+  return AD_OK;
+}

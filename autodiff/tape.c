@@ -19,12 +19,6 @@ struct ad_op_entry {
   UT_hash_handle hh;
 };
 
-ad_status ad_registry_init(ad_ctx *ctx) {
-  for (int i = 0; i < AD_OP_BUILTIN_COUNT; i++)
-    if (ad_op_register(ctx, ad_builtin_ops[i]) != i) return ctx->status ? ctx->status : AD_ERR_OOM;
-  return AD_OK;
-}
-
 void ad_registry_free(ad_ctx *ctx) {
   ad_op_entry *e, *tmp;
   HASH_ITER(hh, ctx->by_name, e, tmp) {
@@ -125,6 +119,29 @@ int ad_tensor_inputs(const ad_tensor *t, ad_tensor **srcs, int max) {
   ad_node *const *src = ad_node_src(n);
   for (int i = 0; i < n->nsrc && i < max; i++) srcs[i] = &src[i]->t;
   return n->nsrc;
+}
+
+bool ad_tensor_is_valid(const ad_tensor *t) { return t && ad_node_of(t)->magic == AD_NODE_MAGIC; }
+
+ad_ctx *ad_tensor_ctx(const ad_tensor *t) {
+  return ad_tensor_is_valid(t) ? ad_node_of(t)->ctx : NULL;
+}
+
+int64_t ad_tensor_tape_index(const ad_tensor *t) {
+  if (!ad_tensor_is_valid(t)) return -1;
+  const ad_node *n = ad_node_of(t);
+  return (n->flags & AD_NF_RECORDED) ? n->tape_idx : -1;
+}
+
+uint64_t ad_tensor_generation(const ad_tensor *t) {
+  return ad_tensor_is_valid(t) ? ad_node_of(t)->epoch : 0;
+}
+
+uint64_t ad_tape_generation(const ad_ctx *ctx) { return ctx ? ctx->epoch : 0; }
+
+void ad_get_backward_hook(const ad_ctx *ctx, ad_backward_hook *fn, void **ud) {
+  if (fn) *fn = ctx ? ctx->hook : NULL;
+  if (ud) *ud = ctx ? ctx->hook_ud : NULL;
 }
 
 const ad_attrs *ad_tensor_attrs(const ad_tensor *t) { return t ? ad_node_of(t)->attrs : NULL; }
@@ -319,7 +336,8 @@ static ad_status accumulate_slow(ad_ctx *ctx, ad_node *n, ad_tensor *g, bool dir
     n->gacc = g;
     return AD_OK;
   }
-  ad_tensor *s = ad_add(ctx, n->gacc, g);
+  ad_tensor *sum[2] = {n->gacc, g};
+  ad_tensor *s = ad_op_apply(ctx, ctx->op_add, 2, sum, NULL);
   if (!s) return ctx->status ? ctx->status : AD_ERR_OOM;
   n->gacc = s;
   return AD_OK;
@@ -339,11 +357,20 @@ static inline ad_status accumulate(ad_ctx *ctx, ad_node *n, ad_tensor *g, bool d
   return accumulate_slow(ctx, n, g, direct);
 }
 
+/* g reshaped to x's shape, through the op layer's reshape. */
+static ad_tensor *reshape_like(ad_ctx *ctx, ad_tensor *g, const ad_tensor *x) {
+  ad_attrs at = {.shape = {.ndim = x->ndim}};
+  memcpy(at.shape.dims, x->shape, sizeof(int64_t) * (size_t)x->ndim);
+  return ad_op_apply(ctx, ctx->op_reshape, 1, &g, &at);
+}
+
 ad_tensor *ad_reduce_to(ad_ctx *ctx, ad_tensor *g, const ad_tensor *x) {
   if (!g) return NULL;
   if (ad_same_shape(g, x)) return g;
-  if (g->size == x->size) return ad_reshape(ctx, g, x->ndim, x->shape);
-  return ad_sum_to(ctx, g, x->ndim, x->shape);
+  if (g->size == x->size) return reshape_like(ctx, g, x);
+  ad_attrs at = {.shape = {.ndim = x->ndim}};
+  memcpy(at.shape.dims, x->shape, sizeof(int64_t) * (size_t)x->ndim);
+  return ad_op_apply(ctx, ctx->op_sum_to, 1, &g, &at);
 }
 
 void ad_set_backward_hook(ad_ctx *ctx, ad_backward_hook fn, void *ud) {
@@ -419,7 +446,7 @@ static ad_status sweep(ad_ctx *ctx, ad_node *root, const ad_tensor *seed, bool c
       return ad_set_error(ctx, AD_ERR_DTYPE, "%s: seed is %s, root is %s", who,
                           ad_dtype_name(seed->dtype), ad_dtype_name(root->t.dtype));
     g = (ad_tensor *)seed;
-    if (!ad_same_shape(seed, &root->t)) g = ad_reshape(ctx, g, root->t.ndim, root->t.shape);
+    if (!ad_same_shape(seed, &root->t)) g = reshape_like(ctx, g, &root->t);
   } else {
     if (root->t.size != 1)
       return ad_set_error(ctx, AD_ERR_SHAPE,

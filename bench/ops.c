@@ -30,7 +30,7 @@
  * --filter keeps the rows whose name (e.g. "matmul/f32/seed.fwd1",
  * "elementwise/tanh", "softmax_ce/256x10") contains SUBSTR. */
 #include "ad_ext.h"
-#include "ad_internal.h"
+#include "kernels/kernels.h"
 #include "nn.h"
 
 #include <errno.h>

@@ -6,7 +6,7 @@
  * be left alone; with beta == 0, C is not read (it starts as NaN); padding of
  * A and B is NaN, so reading it shows up. */
 #include "ad_ext.h"
-#include "ad_internal.h"
+#include "kernels/kernels.h"
 
 #include <criterion/criterion.h>
 #include <math.h>

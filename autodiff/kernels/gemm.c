@@ -33,7 +33,7 @@
  * one thread, f32: at the seed model's shapes 1.1-2.2x the GFLOPS of
  * OpenBLAS 0.3.21, at the wide model's 0.95-1.3x (bench/ops). So with BLAS,
  * small products stay here too (see GEMM_SMALL_MACS). */
-#include "ad_internal.h"
+#include "kernels.h"
 
 #include <limits.h>
 #include <stdlib.h>

@@ -28,7 +28,7 @@
  * until the next job. With OpenBLAS, ad_set_num_threads sets it to one
  * thread: the library splits large products over its own threads instead,
  * so BLAS threads never spin beside these. */
-#include "ad_internal.h"
+#include "kernels.h"
 
 #include <pthread.h>
 #include <sched.h>

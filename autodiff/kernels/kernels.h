@@ -1,0 +1,36 @@
+/* kernels.h: the compute kernels behind the ops (private): the GEMM and
+ * its dispatch between the built-in micro-kernels and BLAS (gemm.c), the
+ * thread pool (parallel.c), and products split over the pool or computed
+ * transposed (matmul.c). Kernels work on plain arrays: they know nothing of
+ * contexts, tensors' nodes, the tape or ops. Why each choice is made, with
+ * figures, is in docs/performance.md. */
+#ifndef AD_KERNELS_H
+#define AD_KERNELS_H
+
+#include "ad_ext.h"
+
+/* C = op(A) op(B) + beta C for dtype dt (alpha = 1): the built-in kernel
+ * or BLAS, whichever ad_gemm_f32/f64 would pick. */
+void ad_gemm(ad_dtype dt, bool ta, bool tb, int64_t m, int64_t n, int64_t k, const void *a,
+             int64_t lda, const void *b, int64_t ldb, double beta, void *c, int64_t ldc);
+
+/* One GEMM kernel, whatever ad_gemm_f32/f64 would pick (tests, bench): kernel 0 the best built-in
+ * for the CPU, 1 portable, 2 AVX2, 3 AVX-512, -1 reference loop, -2 BLAS; + 16 always packs A,
+ * + 32 never. Returns the kernel's name; NULL (nothing done) if the CPU or build lacks it. */
+const char *ad_gemm_builtin(int kernel, ad_dtype dt, bool ta, bool tb, int64_t m, int64_t n,
+                            int64_t k, double alpha, const void *a, int64_t lda, const void *b,
+                            int64_t ldb, double beta, void *c, int64_t ldc);
+
+/* ad_gemm, split over the library's threads (ad_set_num_threads) when the
+ * product is large enough to pay for handing out the parts. */
+void ad_gemm_split(ad_dtype dt, bool ta, bool tb, int64_t m, int64_t n, int64_t k, const void *a,
+                   int64_t lda, const void *b, int64_t ldb, double beta, void *c, int64_t ldc);
+
+/* Whether Y = X W^T (m x n, X m x k, W n x k, row-major) is cheaper as
+ * (W X^T)^T: ad_matmul_xwt then computes it with scratch of m * n
+ * elements. */
+bool ad_matmul_xwt_pays(bool ta, bool tb, int64_t m, int64_t n, int64_t k);
+void ad_matmul_xwt(ad_dtype dt, int64_t m, int64_t n, int64_t k, const void *x, const void *w,
+                   void *scratch, void *y);
+
+#endif

@@ -1,0 +1,82 @@
+/* matmul.c: products for the matmul op: split over the library's threads,
+ * or computed transposed when that packs less. */
+#include "kernels.h"
+
+/* ------------------------------------------------------------ split */
+
+/* Products of at least this many multiply-adds are split over the
+ * library's threads (ad_set_num_threads): about 15 us of one core's work,
+ * well above the cost of handing out the parts. */
+#define SPLIT_MACS 1000000.0
+
+/* One product cut into parts along the larger of m and n; each part is an
+ * independent GEMM on a block of C's rows or columns, at a multiple of 16
+ * (the micro-kernels' width) from the start. */
+typedef struct gemm_split {
+  ad_dtype dt;
+  bool ta, tb, by_rows;
+  int64_t m, n, k, lda, ldb, ldc, parts;
+  const char *a, *b;
+  char *c;
+  double beta;
+} gemm_split;
+
+static void gemm_parts(void *ud, int64_t lo, int64_t hi) {
+  const gemm_split *s = ud;
+  size_t es = s->dt == AD_F64 ? sizeof(double) : sizeof(float);
+  int64_t dim = s->by_rows ? s->m : s->n;
+  for (int64_t p = lo; p < hi; p++) {
+    int64_t b = dim * p / s->parts / 16 * 16, e = dim * (p + 1) / s->parts / 16 * 16;
+    if (p + 1 == s->parts) e = dim;
+    if (e <= b) continue;
+    if (s->by_rows) /* rows b..e of op(A) and C */
+      ad_gemm(s->dt, s->ta, s->tb, e - b, s->n, s->k, s->a + (size_t)(s->ta ? b : b * s->lda) * es,
+              s->lda, s->b, s->ldb, s->beta, s->c + (size_t)(b * s->ldc) * es, s->ldc);
+    else /* columns b..e of op(B) and C */
+      ad_gemm(s->dt, s->ta, s->tb, s->m, e - b, s->k, s->a, s->lda,
+              s->b + (size_t)(s->tb ? b * s->ldb : b) * es, s->ldb, s->beta, s->c + (size_t)b * es,
+              s->ldc);
+  }
+}
+
+void ad_gemm_split(ad_dtype dt, bool ta, bool tb, int64_t m, int64_t n, int64_t k, const void *a,
+                   int64_t lda, const void *b, int64_t ldb, double beta, void *c, int64_t ldc) {
+  int threads = ad_num_threads();
+  bool by_rows = m > n;
+  int64_t dim = by_rows ? m : n;
+  if (threads <= 1 || (double)m * (double)n * (double)k < SPLIT_MACS || dim < 32) {
+    ad_gemm(dt, ta, tb, m, n, k, a, lda, b, ldb, beta, c, ldc);
+    return;
+  }
+  int64_t parts = dim / 16 < threads ? dim / 16 : threads;
+  gemm_split s = {dt, ta, tb, by_rows, m, n, k, lda, ldb, ldc, parts, a, b, c, beta};
+  ad_parallel_for(parts, 1, gemm_parts, &s);
+}
+
+/* -------------------------------------------------------- transposed */
+
+/* A dense layer's product X W^T with a small batch (m rows) and a wide,
+ * deep W (n x k), such as bench/mlp's first layer (32 x 64 x 784): the
+ * built-in GEMM packs op(B) = W^T, transposing n x k values in registers
+ * per call, while A is read in place. Computing Y^T = W X^T instead packs
+ * only X^T (m x k) and reads W in place; the m x n result is then
+ * transposed (the same products, summed in the same order). That pays
+ * only when the packing saved, of n x k values rather than m x k, clearly
+ * outweighs the extra pass over the m x n result: for n >= 2m and
+ * k >= 256. BLAS-sized products (above gemm.c's 4M multiply-adds) go to
+ * OpenBLAS, which packs both sides anyway. */
+bool ad_matmul_xwt_pays(bool ta, bool tb, int64_t m, int64_t n, int64_t k) {
+  return !ta && tb && m <= 64 && n >= 2 * m && k >= 256 &&
+         (double)m * (double)n * (double)k <= 4194304.0;
+}
+
+void ad_matmul_xwt(ad_dtype dt, int64_t m, int64_t n, int64_t k, const void *x, const void *w,
+                   void *t, void *y) {
+  ad_gemm_split(dt, false, true, n, m, k, w, k, x, k, 0.0, t, m); /* t = W X^T, n x m */
+  if (dt == AD_F32)
+    for (int64_t i = 0; i < m; i++)
+      for (int64_t j = 0; j < n; j++) ((float *)y)[i * n + j] = ((const float *)t)[j * m + i];
+  else
+    for (int64_t i = 0; i < m; i++)
+      for (int64_t j = 0; j < n; j++) ((double *)y)[i * n + j] = ((const double *)t)[j * m + i];
+}
