@@ -400,6 +400,7 @@ static bool grad_into(ad_ctx *ctx, const ad_op_def *def, const ad_call *c, ad_no
   bool any = false;
   for (int k = 0; k < c->n; k++) {
     ad_node *s = src[k];
+    direct[k] = false;
     if (needs[k] && (s->flags & AD_NF_PERSISTENT) && (add || !s->t.grad)) {
       ad_tensor *g = s->t.grad;
       bool fresh = !g;
@@ -462,6 +463,9 @@ static ad_status sweep(ad_ctx *ctx, ad_node *root, const ad_tensor *seed, bool c
    * fields; adding into an existing grad only while no hook would miss the
    * contribution (storing a new one leaves it in the grad for the hook) */
   bool into = direct && !create_graph, into_add = into && !ctx->hook;
+  /* a failing op breaks the loop at once, so the count of recorded errors
+   * is the same before every backward that runs */
+  uint32_t nerrors = ctx->nerrors;
   ctx->touched_len = 0;
   ad_status st = accumulate(ctx, root, g, direct);
   size_t top = root->flags & AD_NF_RECORDED ? (size_t)root->tape_idx + 1 : 0;
@@ -477,11 +481,10 @@ static ad_status sweep(ad_ctx *ctx, ad_node *root, const ad_tensor *seed, bool c
     int nsrc = n->nsrc;
     ad_node *const *src = ad_node_src(n);
     ad_tensor *in[AD_MAX_SRC], *gin[AD_MAX_SRC]; /* only the first nsrc are used */
-    bool needs[AD_MAX_SRC], into_grad[AD_MAX_SRC], any = false;
+    bool needs[AD_MAX_SRC], into_grad[AD_MAX_SRC], any = false, some_into = false;
     for (int k = 0; k < nsrc; k++) {
       in[k] = &src[k]->t;
       gin[k] = NULL;
-      into_grad[k] = false;
       needs[k] = (src[k]->flags & AD_NF_REQUIRES_GRAD) != 0;
       any |= needs[k];
     }
@@ -497,12 +500,12 @@ static ad_status sweep(ad_ctx *ctx, ad_node *root, const ad_tensor *seed, bool c
                  .gin = gin};
     if (into && def->grad_into) {
       any = grad_into(ctx, def, &c, src, needs, into_grad, into_add, &st);
+      some_into = true; /* into_grad[] is set for every input */
       if (st != AD_OK) {
         clear_below(ctx, i);
         break;
       }
     }
-    uint32_t nerrors = ctx->nerrors;
     if (any && (st = def->backward(&c)) != AD_OK) {
       if (ctx->nerrors == nerrors) /* else the op that failed inside said why */
         ad_set_error(ctx, st, "%s: backward of %s failed", who, def->name);
@@ -523,7 +526,8 @@ static ad_status sweep(ad_ctx *ctx, ad_node *root, const ad_tensor *seed, bool c
       if ((st = accumulate(ctx, src[k], gk, direct)) != AD_OK) break;
     }
     if (st == AD_OK && ctx->hook) {
-      ad_backward_step step = {&n->t, gout, nsrc, in, gin, into_grad};
+      static const bool none[AD_MAX_SRC];
+      ad_backward_step step = {&n->t, gout, nsrc, in, gin, some_into ? into_grad : none};
       ctx->hook(ctx->hook_ud, &step);
     }
     if (st != AD_OK) clear_below(ctx, i);
