@@ -5,8 +5,8 @@
 /* ------------------------------------------------------------ split */
 
 /* Products of at least this many multiply-adds are split over the
- * library's threads (ad_set_num_threads): about 15 us of one core's work,
- * well above the cost of handing out the parts. */
+ * library's threads (ad_set_num_threads): enough work per part to dwarf
+ * the cost of handing the parts out (docs/performance.md). */
 #define SPLIT_MACS 1000000.0
 
 /* One product cut into parts along the larger of m and n; each part is an
