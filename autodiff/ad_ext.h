@@ -46,6 +46,10 @@ AD_API ad_ctx *ad_ctx_new_with_alloc(ad_alloc_fn alloc, void *ud);
  * NULL (and records AD_ERR_OOM) on failure; ad_free(ctx, NULL, 0) is a no-op.
  * size must be the size given to ad_malloc. */
 AD_API void *ad_malloc(ad_ctx *ctx, size_t size);
+/* The context's allocator and its user data: for code that must allocate
+ * through it without recording an error on failure (a tool observing a
+ * computation reports its own). Both NULL for a NULL ctx. */
+AD_API void ad_get_allocator(const ad_ctx *ctx, ad_alloc_fn *fn, void **ud);
 AD_API void ad_free(ad_ctx *ctx, void *ptr, size_t size);
 
 /* ------------------------------------------------------------ errors */

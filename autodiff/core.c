@@ -37,6 +37,11 @@ void *ad_malloc(ad_ctx *ctx, size_t size) {
   return p;
 }
 
+void ad_get_allocator(const ad_ctx *ctx, ad_alloc_fn *fn, void **ud) {
+  if (fn) *fn = ctx ? ctx->alloc : NULL;
+  if (ud) *ud = ctx ? ctx->alloc_ud : NULL;
+}
+
 void ad_free(ad_ctx *ctx, void *ptr, size_t size) {
   if (ctx && ptr) ctx->alloc(ctx->alloc_ud, ptr, size ? size : 1, 0);
 }
