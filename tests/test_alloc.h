@@ -4,7 +4,8 @@
  * - test_alloc / test_alloc_fn: an allocator for ad_ctx_new_with_alloc that
  *   counts what the context asks for and can refuse on demand.
  * - QUICK_ASSERT: cr_assert that costs nothing while the condition holds.
- * - TEST_CTX_SUITE: the plain fixture, a fresh ad_ctx_new context per test.
+ * - TEST_CTX_SUITE: the plain fixture, a fresh ad_ctx_new context per test;
+ *   TEST_CTX_SUITE_ALSO gives it to a file's further suites.
  *
  * The allocator's contract (ad_alloc_fn, autodiff/ad.h): Lua-style, one
  * function for every operation, blocks 64-byte aligned.
@@ -36,7 +37,10 @@
 
 /* The plain fixture: every test of `suite` gets a fresh context from
  * ad_ctx_new in the file-scope `ctx`, freed after the test. Use once per
- * file, in place of TestSuite(suite, ...). */
+ * file, in place of TestSuite(suite, ...). Criterion runs .init and .fini
+ * around every test, so no test sees another's context. Helpers in such a
+ * file call their context parameter c (or cx where c is taken), not ctx,
+ * which -Wshadow would reject. */
 #define TEST_CTX_SUITE(suite)                                                                      \
   static ad_ctx *ctx;                                                                              \
   static void test_ctx_setup(void) {                                                               \
@@ -44,6 +48,11 @@
     cr_assert_not_null(ctx);                                                                       \
   }                                                                                                \
   static void test_ctx_teardown(void) { ad_ctx_free(ctx); }                                        \
+  TEST_CTX_SUITE_ALSO(suite)
+
+/* The same fixture for a further suite of a file that already has
+ * TEST_CTX_SUITE (one line per extra suite, after it). */
+#define TEST_CTX_SUITE_ALSO(suite)                                                                 \
   TestSuite(suite, .init = test_ctx_setup, .fini = test_ctx_teardown)
 
 /* Which requests test_alloc_fn refuses. */

@@ -6,12 +6,14 @@
 #include <criterion/criterion.h>
 #include <criterion/parameterized.h>
 
-#include "ad_ext.h"
+#include "test_alloc.h"
 
 #include <math.h>
 #include <string.h>
 
 #define SEED 20240917u
+
+TEST_CTX_SUITE(gradcheck);
 
 static const char *order_name(bool second) { return second ? "second" : "first"; }
 
@@ -27,12 +29,13 @@ typedef struct op_param {
 static void free_params(struct criterion_test_params *crp) { cr_free(crp->params); }
 
 ParameterizedTestParameters(gradcheck, every_op) {
-  ad_ctx *ctx = ad_ctx_new();
-  int nops = ad_op_count(ctx);
+  /* runs in the runner before any test: the fixture's ctx does not exist */
+  ad_ctx *c = ad_ctx_new();
+  int nops = ad_op_count(c);
   op_param *p = cr_malloc(sizeof *p * (size_t)(nops > 0 ? nops : 1) * 4);
   size_t n = 0;
   for (int id = 0; p && id < nops; id++) {
-    const ad_op_def *d = ad_op_get(ctx, id);
+    const ad_op_def *d = ad_op_get(c, id);
     if (!d || !d->backward) continue;
     for (int k = 0; k < 4; k++) {
       op_param *q = &p[n++];
@@ -43,13 +46,11 @@ ParameterizedTestParameters(gradcheck, every_op) {
       snprintf(q->name, sizeof q->name, "%s", d->name);
     }
   }
-  ad_ctx_free(ctx);
+  ad_ctx_free(c);
   return cr_make_param_array(op_param, p, n, free_params);
 }
 
 ParameterizedTest(op_param *p, gradcheck, every_op) {
-  ad_ctx *ctx = ad_ctx_new();
-  cr_assert(ctx);
   const ad_op_def *d = ad_op_get(ctx, p->id);
   cr_assert(d && !strcmp(d->name, p->name), "op %d is not %s in a fresh context", p->id, p->name);
   const char *dt = ad_dtype_name((ad_dtype)p->dtype);
@@ -64,13 +65,11 @@ ParameterizedTest(op_param *p, gradcheck, every_op) {
             r.abs_err, r.rel_err, (long long)r.checked);
   cr_assert_gt(r.checked, 0, "%s %s %s-order: nothing was checked", p->name, dt,
                order_name(p->second));
-  ad_ctx_free(ctx);
 }
 
 /* The parameterized table is not empty, and the one op without a gradient is
  * refused by ad_op_check with a message naming it. */
 Test(gradcheck, registry_has_ops_and_refuses_nondifferentiable) {
-  ad_ctx *ctx = ad_ctx_new();
   int diff = 0, nondiff = -1;
   for (int id = 0; id < ad_op_count(ctx); id++) {
     const ad_op_def *d = ad_op_get(ctx, id);
@@ -87,21 +86,19 @@ Test(gradcheck, registry_has_ops_and_refuses_nondifferentiable) {
                ad_status_str(st));
   cr_assert(strstr(ad_last_error(ctx), ad_op_get(ctx, nondiff)->name), "message: %s",
             ad_last_error(ctx));
-  ad_ctx_free(ctx);
 }
 
 /* ------------------------------------------------ a composed function */
 
 /* in: x [4,3] (data), W1 [3,5], b1 [5], W2 [5,3], b2 [3], labels [4] (i32) */
-static ad_tensor *mlp(ad_ctx *ctx, int n, ad_tensor *const *in, void *ud) {
+static ad_tensor *mlp(ad_ctx *c, int n, ad_tensor *const *in, void *ud) {
   (void)n, (void)ud;
-  ad_tensor *h = ad_tanh(ctx, ad_add(ctx, ad_matmul(ctx, in[0], in[1], false, false), in[2]));
-  ad_tensor *z = ad_add(ctx, ad_matmul(ctx, h, in[3], false, false), in[4]);
-  return ad_softmax_cross_entropy(ctx, z, in[5]);
+  ad_tensor *h = ad_tanh(c, ad_add(c, ad_matmul(c, in[0], in[1], false, false), in[2]));
+  ad_tensor *z = ad_add(c, ad_matmul(c, h, in[3], false, false), in[4]);
+  return ad_softmax_cross_entropy(c, z, in[5]);
 }
 
 static void mlp_check(ad_dtype dt, bool second) {
-  ad_ctx *ctx = ad_ctx_new();
   ad_rng rng;
   ad_rng_seed(&rng, 7);
   int64_t sx[2] = {4, 3}, s1[2] = {3, 5}, sb1[1] = {5}, s2[2] = {5, 3}, sb2[1] = {3}, sl[1] = {4};
@@ -124,7 +121,6 @@ static void mlp_check(ad_dtype dt, bool second) {
   /* W1 15 + b1 5 + W2 15 + b2 3: x and the labels are not checked */
   cr_assert_eq(r.checked, 38, "checked %lld elements", (long long)r.checked);
   for (int i = 0; i < 6; i++) ad_tensor_free(in[i]);
-  ad_ctx_free(ctx);
 }
 
 Test(gradcheck, mlp_first_order_f64) { mlp_check(AD_F64, false); }
@@ -161,11 +157,11 @@ static ad_status bwd_mul2_good(const ad_call *c) {
 
 /* WRONG on purpose: db is doubled wherever a > 1.5 */
 static ad_status bwd_mul2_bad(const ad_call *c) {
-  ad_ctx *ctx = c->ctx;
+  ad_ctx *cx = c->ctx;
   ad_tensor *dy = c->gout;
-  ad_tensor *twice = ad_add_scalar(ctx, ad_gt(ctx, c->in[0], ad_scalar(ctx, dy->dtype, 1.5)), 1.0);
-  ad_status st = ad_call_set_grad(c, 0, ad_mul(ctx, dy, c->in[1]));
-  return st != AD_OK ? st : ad_call_set_grad(c, 1, ad_mul(ctx, ad_mul(ctx, dy, c->in[0]), twice));
+  ad_tensor *twice = ad_add_scalar(cx, ad_gt(cx, c->in[0], ad_scalar(cx, dy->dtype, 1.5)), 1.0);
+  ad_status st = ad_call_set_grad(c, 0, ad_mul(cx, dy, c->in[1]));
+  return st != AD_OK ? st : ad_call_set_grad(c, 1, ad_mul(cx, ad_mul(cx, dy, c->in[0]), twice));
 }
 
 /* a with exactly one element above 1.5, at flat index 2 */
@@ -188,7 +184,7 @@ static int sample_mul2(const ad_sample_call *s) {
   return 2;
 }
 
-static int register_op(ad_ctx *ctx, const char *name, int arity, ad_forward_fn fwd,
+static int register_op(ad_ctx *c, const char *name, int arity, ad_forward_fn fwd,
                        ad_backward_fn bwd, ad_sample_fn sample) {
   ad_op_def def = {.name = name,
                    .arity = arity,
@@ -200,25 +196,24 @@ static int register_op(ad_ctx *ctx, const char *name, int arity, ad_forward_fn f
                    .inputs = {"a", "b"},
                    .grads = {"custom", "custom"}};
   if (arity == 1) def.inputs[1] = def.grads[1] = NULL;
-  int id = ad_op_register(ctx, &def);
-  cr_assert_geq(id, 0, "ad_op_register(%s): %s", name, ad_last_error(ctx));
+  int id = ad_op_register(c, &def);
+  cr_assert_geq(id, 0, "ad_op_register(%s): %s", name, ad_last_error(c));
   return id;
 }
 
-static ad_tensor *apply_op(ad_ctx *ctx, int n, ad_tensor *const *in, void *ud) {
-  return ad_op_apply(ctx, *(const int *)ud, n, in, NULL);
+static ad_tensor *apply_op(ad_ctx *c, int n, ad_tensor *const *in, void *ud) {
+  return ad_op_apply(c, *(const int *)ud, n, in, NULL);
 }
 
-static void mul2_inputs(ad_ctx *ctx, ad_dtype dt, ad_tensor **in) {
+static void mul2_inputs(ad_ctx *c, ad_dtype dt, ad_tensor **in) {
   ad_rng rng;
   ad_rng_seed(&rng, SEED);
   ad_attrs at = {0};
-  ad_sample_call s = {.ctx = ctx, .rng = &rng, .dtype = dt, .variant = 0, .in = in, .attrs = &at};
-  cr_assert_eq(sample_mul2(&s), 2, "%s", ad_last_error(ctx));
+  ad_sample_call s = {.ctx = c, .rng = &rng, .dtype = dt, .variant = 0, .in = in, .attrs = &at};
+  cr_assert_eq(sample_mul2(&s), 2, "%s", ad_last_error(c));
 }
 
 Test(gradcheck, catches_wrong_first_derivative) {
-  ad_ctx *ctx = ad_ctx_new();
   int good = register_op(ctx, "mul2_good", 2, fwd_mul2, bwd_mul2_good, sample_mul2);
   int bad = register_op(ctx, "mul2_bad", 2, fwd_mul2, bwd_mul2_bad, sample_mul2);
   for (int dt = AD_F32; dt <= AD_F64; dt++) {
@@ -253,7 +248,6 @@ Test(gradcheck, catches_wrong_first_derivative) {
     ad_tensor_free(in[0]);
     ad_tensor_free(in[1]);
   }
-  ad_ctx_free(ctx);
 }
 
 /* y = x^3 */
@@ -266,24 +260,23 @@ static void fwd_cube(const ad_call *c) {
 
 /* dx += dy * 3 x^2, recorded: differentiable again */
 static ad_status bwd_cube_good(const ad_call *c) {
-  ad_ctx *ctx = c->ctx;
+  ad_ctx *cx = c->ctx;
   return ad_call_set_grad(c, 0,
-                          ad_mul(ctx, c->gout, ad_mul_scalar(ctx, ad_square(ctx, c->in[0]), 3.0)));
+                          ad_mul(cx, c->gout, ad_mul_scalar(cx, ad_square(cx, c->in[0]), 3.0)));
 }
 
 /* WRONG on purpose for second order: 3 x^2 is computed with recording off,
  * so it is a constant to the tape and d(dx)/dx misses 6 x dy. The first
  * derivative is still right. */
 static ad_status bwd_cube_frozen(const ad_call *c) {
-  ad_ctx *ctx = c->ctx;
-  bool was = ad_set_grad_enabled(ctx, false);
-  ad_tensor *d = ad_mul_scalar(ctx, ad_square(ctx, c->in[0]), 3.0);
-  ad_set_grad_enabled(ctx, was);
-  return ad_call_set_grad(c, 0, ad_mul(ctx, c->gout, d));
+  ad_ctx *cx = c->ctx;
+  bool was = ad_set_grad_enabled(cx, false);
+  ad_tensor *d = ad_mul_scalar(cx, ad_square(cx, c->in[0]), 3.0);
+  ad_set_grad_enabled(cx, was);
+  return ad_call_set_grad(c, 0, ad_mul(cx, c->gout, d));
 }
 
 Test(gradcheck, gradgradcheck_catches_wrong_second_derivative) {
-  ad_ctx *ctx = ad_ctx_new();
   int good = register_op(ctx, "cube_good", 1, fwd_cube, bwd_cube_good, NULL);
   int bad = register_op(ctx, "cube_frozen", 1, fwd_cube, bwd_cube_frozen, NULL);
   int64_t s[1] = {5};
@@ -318,7 +311,6 @@ Test(gradcheck, gradgradcheck_catches_wrong_second_derivative) {
               ad_dtype_name((ad_dtype)dt), r.analytic, r.numeric);
   }
   ad_tensor_free(x);
-  ad_ctx_free(ctx);
 }
 
 /* ---------------------------------------------------------- error paths */
@@ -326,41 +318,40 @@ Test(gradcheck, gradgradcheck_catches_wrong_second_derivative) {
 typedef ad_status (*checker)(ad_ctx *, ad_check_fn, void *, int, ad_tensor *const *,
                              const ad_check_opts *, ad_check_report *);
 
-static ad_tensor *fn_tanh(ad_ctx *ctx, int n, ad_tensor *const *in, void *ud) {
+static ad_tensor *fn_tanh(ad_ctx *c, int n, ad_tensor *const *in, void *ud) {
   (void)n, (void)ud;
-  return ad_tanh(ctx, in[0]);
+  return ad_tanh(c, in[0]);
 }
 
-static ad_tensor *fn_null_silent(ad_ctx *ctx, int n, ad_tensor *const *in, void *ud) {
-  (void)ctx, (void)n, (void)in, (void)ud;
+static ad_tensor *fn_null_silent(ad_ctx *c, int n, ad_tensor *const *in, void *ud) {
+  (void)c, (void)n, (void)in, (void)ud;
   return NULL;
 }
 
-static ad_tensor *fn_bad_matmul(ad_ctx *ctx, int n, ad_tensor *const *in, void *ud) {
+static ad_tensor *fn_bad_matmul(ad_ctx *c, int n, ad_tensor *const *in, void *ud) {
   (void)n, (void)ud;
-  return ad_matmul(ctx, in[0], in[0], false, false); /* [2,3] x [2,3] */
+  return ad_matmul(c, in[0], in[0], false, false); /* [2,3] x [2,3] */
 }
 
-static ad_tensor *fn_int_output(ad_ctx *ctx, int n, ad_tensor *const *in, void *ud) {
-  (void)ctx, (void)n, (void)in;
+static ad_tensor *fn_int_output(ad_ctx *c, int n, ad_tensor *const *in, void *ud) {
+  (void)c, (void)n, (void)in;
   return ud; /* an i32 tensor */
 }
 
 /* Runs one failing call and checks its status, message and report. */
-static void expect_error(ad_ctx *ctx, const char *what, ad_status got, ad_status want,
+static void expect_error(ad_ctx *c, const char *what, ad_status got, ad_status want,
                          const char *needle, const ad_check_report *r) {
   cr_assert_eq(got, want, "%s: status %s, expected %s (%s)", what, ad_status_str(got),
-               ad_status_str(want), ad_last_error(ctx));
-  cr_assert_eq(ad_last_status(ctx), want, "%s: last status %s", what,
-               ad_status_str(ad_last_status(ctx)));
-  cr_assert(strstr(ad_last_error(ctx), needle), "%s: message '%s' lacks '%s'", what,
-            ad_last_error(ctx), needle);
+               ad_status_str(want), ad_last_error(c));
+  cr_assert_eq(ad_last_status(c), want, "%s: last status %s", what,
+               ad_status_str(ad_last_status(c)));
+  cr_assert(strstr(ad_last_error(c), needle), "%s: message '%s' lacks '%s'", what, ad_last_error(c),
+            needle);
   if (r) cr_assert(!r->passed, "%s: the report says passed", what);
-  ad_clear_error(ctx);
+  ad_clear_error(c);
 }
 
 static void error_cases(checker check, const char *name) {
-  ad_ctx *ctx = ad_ctx_new();
   int64_t s[2] = {2, 3};
   ad_tensor *x = ad_ones(ctx, AD_F64, 2, s);
   ad_tensor *lab = ad_zeros(ctx, AD_I32, 2, s);
@@ -408,14 +399,12 @@ static void error_cases(checker check, const char *name) {
   cr_assert_eq(r.checked, 6);
   ad_tensor_free(x);
   ad_tensor_free(lab);
-  ad_ctx_free(ctx);
 }
 
 Test(gradcheck, gradcheck_error_paths) { error_cases(ad_gradcheck, "ad_gradcheck"); }
 Test(gradcheck, gradgradcheck_error_paths) { error_cases(ad_gradgradcheck, "ad_gradgradcheck"); }
 
 Test(gradcheck, op_check_error_paths) {
-  ad_ctx *ctx = ad_ctx_new();
   ad_check_report r;
   expect_error(ctx, "bad id", ad_op_check(ctx, ad_op_count(ctx), AD_F64, false, SEED, &r),
                AD_ERR_ARG, "no op with id", NULL);
@@ -425,5 +414,4 @@ Test(gradcheck, op_check_error_paths) {
                ad_op_check(ctx, ad_op_find(ctx, "tanh"), AD_F64, false, SEED, NULL), AD_ERR_NULL,
                "report", NULL);
   cr_assert_eq(ad_op_check(NULL, 0, AD_F64, false, SEED, &r), AD_ERR_NULL);
-  ad_ctx_free(ctx);
 }

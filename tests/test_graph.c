@@ -33,6 +33,19 @@ static char *mem_close(mem *m) {
   return m->buf;
 }
 
+/* Runs backward from L while g traces into memory and returns the trace
+ * text (caller frees). With gx, ad_grad of L with respect to x (recorded,
+ * create_graph) follows as a second pass of the same trace, into *gx. */
+static char *trace_backward(ad_graph *g, ad_tensor *L, ad_tensor *x, ad_tensor **gx) {
+  mem tr;
+  mem_open(&tr);
+  OK(ad_graph_trace_begin(g, tr.f));
+  OK(ad_backward(ctx, L, NULL));
+  if (gx) OK(ad_grad(ctx, L, NULL, 1, &x, gx, true));
+  OK(ad_graph_trace_end(g));
+  return mem_close(&tr);
+}
+
 static bool have_dot(void) { return system("command -v dot >/dev/null 2>&1") == 0; }
 
 /* Renders text with dot -Tsvg; returns what dot wrote to stderr (empty when
@@ -110,8 +123,7 @@ Test(graph, every_op_unchanged_and_renders) {
         /* traced run, dumped both ways */
         ad_graph *g = ad_graph_new(ctx);
         cr_assert_not_null(g);
-        mem tr, fw, bw;
-        mem_open(&tr);
+        mem fw, bw;
         mem_open(&fw);
         mem_open(&bw);
         ad_tensor *out = ad_op_apply(ctx, id, n, in, &at);
@@ -119,11 +131,9 @@ Test(graph, every_op_unchanged_and_renders) {
         cr_assert_not_null(L);
         OK(ad_graph_name(g, out, "out"));
         OK(ad_graph_dot(g, fw.f, L, 0));
-        OK(ad_graph_trace_begin(g, tr.f));
-        OK(ad_backward(ctx, L, NULL));
-        OK(ad_graph_trace_end(g));
+        char *trace = trace_backward(g, L, NULL, NULL);
         OK(ad_graph_dot(g, bw.f, L, AD_DOT_BACKWARD));
-        char *trace = mem_close(&tr), *fdot = mem_close(&fw), *bdot = mem_close(&bw);
+        char *fdot = mem_close(&fw), *bdot = mem_close(&bw);
 
         for (int i = 0; i < n; i++) {
           if (!want[i]) {
@@ -188,14 +198,11 @@ Test(graph, rule_variables_follow_inputs) {
   ad_tensor *w = ad_where(ctx, C, A, B);
   OK(ad_graph_name(g, w, "w"));
   ad_tensor *L = ad_sum(ctx, w);
-  mem tr, bw;
-  mem_open(&tr);
+  char *trace = trace_backward(g, L, NULL, NULL);
+  mem bw;
   mem_open(&bw);
-  OK(ad_graph_trace_begin(g, tr.f));
-  OK(ad_backward(ctx, L, NULL));
-  OK(ad_graph_trace_end(g));
   OK(ad_graph_dot(g, bw.f, L, AD_DOT_BACKWARD));
-  char *trace = mem_close(&tr), *dot = mem_close(&bw);
+  char *dot = mem_close(&bw);
   cr_assert(strstr(trace, "with y = w, c = C, a = A, b = B"), "%s", trace);
   cr_assert(strstr(trace, "-> C       no gradient (none needed)"), "%s", trace);
   /* elementwise op: the local derivative is the mask */
@@ -229,12 +236,7 @@ Test(graph, rule_variables_index_and_matmul) {
   ad_tensor *L = ad_sum(ctx, m);
   OK(ad_graph_name(g, r, "r"));
   OK(ad_graph_name(g, m, "m"));
-  mem tr;
-  mem_open(&tr);
-  OK(ad_graph_trace_begin(g, tr.f));
-  OK(ad_backward(ctx, L, NULL));
-  OK(ad_graph_trace_end(g));
-  char *trace = mem_close(&tr);
+  char *trace = trace_backward(g, L, NULL, NULL);
   cr_assert(strstr(trace, "with Y = m, A = r, B = W"), "%s", trace);
   cr_assert(strstr(trace, "with y = r, x = X, idx = idx"), "%s", trace);
   /* the numbers the rule produces: dL/dr = ones(2,2) W (trans_b: W^T^T) */
@@ -264,12 +266,7 @@ Test(graph, trace_is_the_chain_rule) {
   OK(ad_graph_name(g, z, "z"));
   OK(ad_graph_name(g, s, "s"));
   OK(ad_graph_name(g, L, "L"));
-  mem tr;
-  mem_open(&tr);
-  OK(ad_graph_trace_begin(g, tr.f));
-  OK(ad_backward(ctx, L, NULL));
-  OK(ad_graph_trace_end(g));
-  char *trace = mem_close(&tr);
+  char *trace = trace_backward(g, L, NULL, NULL);
   double sv = 1 / (1 + exp(-0.5)), ds = -2 * (1 - sv), dz = ds * sv * (1 - sv);
   char want[128];
   snprintf(want, sizeof want, "local ds/dz = [%.6g]", sv * (1 - sv));
@@ -295,14 +292,8 @@ Test(graph, passes_and_ad_grad) {
   ad_tensor *x = param(1, &s2, v);
   ad_graph *g = ad_graph_new(ctx);
   ad_tensor *L = ad_sum(ctx, ad_exp(ctx, x));
-  mem tr;
-  mem_open(&tr);
-  OK(ad_graph_trace_begin(g, tr.f));
-  OK(ad_backward(ctx, L, NULL));
   ad_tensor *gx;
-  OK(ad_grad(ctx, L, NULL, 1, &x, &gx, true));
-  OK(ad_graph_trace_end(g));
-  char *trace = mem_close(&tr);
+  char *trace = trace_backward(g, L, x, &gx);
   cr_assert(strstr(trace, "backward pass 1:"), "%s", trace);
   cr_assert(strstr(trace, "\nbackward pass 2:"), "%s", trace);
   cr_assert(ad_tensor_get(gx, 1) == exp(2.0));
@@ -412,6 +403,7 @@ Test(graph, argument_errors) {
   ad_clear_error(ctx);
   OK(ad_graph_trace_end(g));
   OK(ad_graph_trace_end(g)); /* not tracing: no-op */
+  /* a second context: its graph must refuse x, a tensor of ctx */
   ad_ctx *other = ad_ctx_new();
   ad_graph *g2 = ad_graph_new(other);
   cr_assert_eq(ad_graph_dot(g2, stdout, x, 0), AD_ERR_ARG);
@@ -469,7 +461,7 @@ Test(graph, hooks_chain_and_restore) {
 Test(graph, oom_is_reported_not_fatal) {
   bool dot_oom = false, trace_oom = false;
   for (long k = 0; k < 400 && !(dot_oom && trace_oom); k++) {
-    test_alloc b = {0};
+    test_alloc b = {0}; /* a fresh counting context per budget k */
     ad_ctx *c = ad_ctx_new_with_alloc(test_alloc_fn, &b);
     cr_assert_not_null(c);
     int64_t s3 = 3;

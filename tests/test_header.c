@@ -22,6 +22,7 @@ Test(header, types_and_macros_are_usable) {
 }
 
 Test(header, functions_link) {
+  /* inline: test_alloc.h would bring ad_ext.h into a test of ad.h alone */
   ad_ctx *ctx = ad_ctx_new();
   cr_assert_not_null(ctx);
   int64_t n = 2;

@@ -7,6 +7,7 @@
 #include <cstring>
 
 Test(header_cpp, compiles_and_links_as_cpp) {
+  /* inline: a check of the header alone, in C++ (test_alloc.h is C) */
   ad_ctx *ctx = ad_ctx_new();
   cr_assert_not_null(ctx);
   ad_tensor *x = ad_arange(ctx, AD_F64, 0, 3, 1);

@@ -11,11 +11,16 @@
 #include <string.h>
 #include <unistd.h>
 
-static void expect_msg(ad_ctx *ctx, ad_status st, const char *needle) {
-  cr_assert_eq(ad_last_status(ctx), st, "status %s: %s", ad_status_str(ad_last_status(ctx)),
-               ad_last_error(ctx));
-  cr_assert(strstr(ad_last_error(ctx), needle), "message: %s", ad_last_error(ctx));
-  ad_clear_error(ctx);
+TEST_CTX_SUITE(data);
+TEST_CTX_SUITE_ALSO(fit);
+TEST_CTX_SUITE_ALSO(checkpoint);
+TEST_CTX_SUITE_ALSO(mnist);
+
+static void expect_msg(ad_ctx *c, ad_status st, const char *needle) {
+  cr_assert_eq(ad_last_status(c), st, "status %s: %s", ad_status_str(ad_last_status(c)),
+               ad_last_error(c));
+  cr_assert(strstr(ad_last_error(c), needle), "message: %s", ad_last_error(c));
+  ad_clear_error(c);
 }
 
 /* ------------------------------------------------------------------- data */
@@ -41,10 +46,10 @@ Test(data, permutation_is_seeded) {
 }
 
 /* x[i] = (i, 10 i), y[i] = i: rows identify themselves. */
-static void make_rows(ad_ctx *ctx, int64_t n, ad_tensor **x, ad_tensor **y) {
+static void make_rows(ad_ctx *c, int64_t n, ad_tensor **x, ad_tensor **y) {
   int64_t s[2] = {n, 2};
-  *x = ad_zeros(ctx, AD_F32, 2, s);
-  *y = ad_zeros(ctx, AD_I32, 1, s);
+  *x = ad_zeros(c, AD_F32, 2, s);
+  *y = ad_zeros(c, AD_I32, 1, s);
   for (int64_t i = 0; i < n; i++) {
     ad_tensor_set(*x, 2 * i, (double)i);
     ad_tensor_set(*x, 2 * i + 1, 10.0 * (double)i);
@@ -53,7 +58,6 @@ static void make_rows(ad_ctx *ctx, int64_t n, ad_tensor **x, ad_tensor **y) {
 }
 
 Test(data, train_test_split) {
-  ad_ctx *ctx = ad_ctx_new();
   ad_tensor *x, *y, *xa, *ya, *xb, *yb;
   make_rows(ctx, 50, &x, &y);
   cr_assert_eq(nn_train_test_split(ctx, x, y, 12, true, 9, &xa, &ya, &xb, &yb), AD_OK);
@@ -84,11 +88,9 @@ Test(data, train_test_split) {
   expect_msg(ctx, AD_ERR_ARG, "row 60 is outside 0..49");
   ad_tensor *all[] = {x, y, xa, ya, xb, yb, xc, xd, short_y};
   for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) ad_tensor_free(all[i]);
-  ad_ctx_free(ctx);
 }
 
 Test(data, batcher_visits_every_row_once_per_epoch) {
-  ad_ctx *ctx = ad_ctx_new();
   ad_tensor *x, *y;
   make_rows(ctx, 23, &x, &y);
   nn_batcher *b = nn_batcher_new(ctx, x, y, 5, true, 17);
@@ -134,35 +136,34 @@ Test(data, batcher_visits_every_row_once_per_epoch) {
   expect_msg(ctx, AD_ERR_ARG, "batcher: rows [5, 30) of 23");
   nn_batcher_free(b), nn_batcher_free(c), nn_batcher_free(r), nn_batcher_free(NULL);
   ad_tensor_free(x), ad_tensor_free(y);
-  ad_ctx_free(ctx);
 }
 
 /* ------------------------------------------------------------------ fit */
 
 /* A small classification problem: 3 Gaussian blobs in 4-d, f64. */
-static void blobs(ad_ctx *ctx, int64_t n, uint64_t seed, ad_tensor **x, ad_tensor **y) {
+static void blobs(ad_ctx *c, int64_t n, uint64_t seed, ad_tensor **x, ad_tensor **y) {
   ad_rng rng;
   ad_rng_seed(&rng, seed);
   int64_t s[2] = {n, 4};
-  *x = ad_zeros(ctx, AD_F64, 2, s);
-  *y = ad_zeros(ctx, AD_I32, 1, s);
+  *x = ad_zeros(c, AD_F64, 2, s);
+  *y = ad_zeros(c, AD_I32, 1, s);
   for (int64_t i = 0; i < n; i++) {
-    int c = (int)ad_rng_below(&rng, 3);
-    ad_tensor_set(*y, i, c);
+    int cls = (int)ad_rng_below(&rng, 3);
+    ad_tensor_set(*y, i, cls);
     for (int k = 0; k < 4; k++)
-      ad_tensor_set(*x, 4 * i + k, (k == c ? 2.0 : 0.0) + 0.8 * ad_rng_normal(&rng));
+      ad_tensor_set(*x, 4 * i + k, (k == cls ? 2.0 : 0.0) + 0.8 * ad_rng_normal(&rng));
   }
 }
 
-static nn_model *mlp(ad_ctx *ctx, uint64_t seed, double dropout) {
+static nn_model *mlp(ad_ctx *c, uint64_t seed, double dropout) {
   ad_rng rng;
   ad_rng_seed(&rng, seed);
   nn_dense_opts o = {.dtype = AD_F64};
-  nn_model *m = nn_sequential_new(ctx);
-  nn_model_add(m, nn_dense_new(ctx, 4, 16, &rng, &o));
-  nn_model_add(m, nn_activation_new(ctx, NN_ACT_TANH));
-  if (dropout > 0) nn_model_add(m, nn_dropout_new(ctx, dropout, seed + 1));
-  nn_model_add(m, nn_dense_new(ctx, 16, 3, &rng, &o));
+  nn_model *m = nn_sequential_new(c);
+  nn_model_add(m, nn_dense_new(c, 4, 16, &rng, &o));
+  nn_model_add(m, nn_activation_new(c, NN_ACT_TANH));
+  if (dropout > 0) nn_model_add(m, nn_dropout_new(c, dropout, seed + 1));
+  nn_model_add(m, nn_dense_new(c, 16, 3, &rng, &o));
   return m;
 }
 
@@ -177,7 +178,6 @@ static bool params_equal(const nn_model *a, const nn_model *b) {
 
 /* nn_fit's history equals a loop written with the public pieces. */
 Test(fit, history_matches_a_hand_written_loop) {
-  ad_ctx *ctx = ad_ctx_new();
   ad_tensor *x, *y;
   blobs(ctx, 90, 1, &x, &y);
   nn_model *a = mlp(ctx, 5, 0.2), *b = mlp(ctx, 5, 0.2);
@@ -223,7 +223,6 @@ Test(fit, history_matches_a_hand_written_loop) {
   nn_optimizer_free(oa), nn_optimizer_free(ob);
   nn_model_free(a), nn_model_free(b);
   ad_tensor_free(x), ad_tensor_free(y);
-  ad_ctx_free(ctx);
 }
 
 typedef struct mem_log {
@@ -243,13 +242,14 @@ static bool log_memory(int epoch, const nn_history *h, void *ud) {
 }
 
 Test(fit, memory_stays_flat_over_epochs) {
-  test_alloc c = {0};
-  ad_ctx *ctx = ad_ctx_new_with_alloc(test_alloc_fn, &c);
+  /* its own context: the allocator counts what training asks for */
+  test_alloc ta = {0};
+  ad_ctx *c = ad_ctx_new_with_alloc(test_alloc_fn, &ta);
   ad_tensor *x, *y;
-  blobs(ctx, 200, 2, &x, &y);
-  nn_model *m = mlp(ctx, 3, 0.1);
+  blobs(c, 200, 2, &x, &y);
+  nn_model *m = mlp(c, 3, 0.1);
   nn_optimizer *o = nn_adam_new(nn_model_params(m), 0.01);
-  mem_log log = {.ctx = ctx, .c = &c};
+  mem_log log = {.ctx = c, .c = &ta};
   nn_fit_opts fo = {.epochs = 6,
                     .batch_size = 32,
                     .validation_split = 0.2,
@@ -257,8 +257,7 @@ Test(fit, memory_stays_flat_over_epochs) {
                     .verbose = -1,
                     .on_epoch_end = log_memory,
                     .ud = &log};
-  cr_assert_eq(nn_fit(m, o, nn_cross_entropy_loss, x, y, &fo, NULL), AD_OK, "%s",
-               ad_last_error(ctx));
+  cr_assert_eq(nn_fit(m, o, nn_cross_entropy_loss, x, y, &fo, NULL), AD_OK, "%s", ad_last_error(c));
   for (int e = 2; e < 6; e++) {
     cr_assert_eq(log.live[e], log.live[1], "epoch %d: %lld bytes live, %lld after epoch 2", e + 1,
                  (long long)log.live[e], (long long)log.live[1]);
@@ -271,12 +270,11 @@ Test(fit, memory_stays_flat_over_epochs) {
   nn_optimizer_free(o);
   nn_model_free(m);
   ad_tensor_free(x), ad_tensor_free(y);
-  ad_ctx_free(ctx);
-  cr_assert_eq(c.live_bytes, 0, "%lld bytes leaked", c.live_bytes);
+  ad_ctx_free(c);
+  cr_assert_eq(ta.live_bytes, 0, "%lld bytes leaked", ta.live_bytes);
 }
 
 Test(fit, validation_split_and_evaluate_agree) {
-  ad_ctx *ctx = ad_ctx_new();
   ad_tensor *x, *y;
   blobs(ctx, 100, 3, &x, &y);
   nn_model *m = mlp(ctx, 1, 0.3);
@@ -318,7 +316,6 @@ Test(fit, validation_split_and_evaluate_agree) {
   nn_optimizer_free(o);
   nn_model_free(m);
   ad_tensor_free(x), ad_tensor_free(y), ad_tensor_free(xv), ad_tensor_free(yv);
-  ad_ctx_free(ctx);
 }
 
 static bool stop_after_two(int epoch, const nn_history *h, void *ud) {
@@ -327,7 +324,6 @@ static bool stop_after_two(int epoch, const nn_history *h, void *ud) {
 }
 
 Test(fit, progress_lines_schedule_and_early_stop) {
-  ad_ctx *ctx = ad_ctx_new();
   ad_tensor *x, *y;
   blobs(ctx, 40, 4, &x, &y);
   nn_model *m = mlp(ctx, 1, 0);
@@ -356,11 +352,9 @@ Test(fit, progress_lines_schedule_and_early_stop) {
   nn_optimizer_free(o);
   nn_model_free(m);
   ad_tensor_free(x), ad_tensor_free(y);
-  ad_ctx_free(ctx);
 }
 
 Test(fit, errors_and_nan) {
-  ad_ctx *ctx = ad_ctx_new();
   ad_tensor *x, *y;
   blobs(ctx, 30, 5, &x, &y);
   nn_model *m = mlp(ctx, 1, 0);
@@ -399,12 +393,10 @@ Test(fit, errors_and_nan) {
   nn_optimizer_free(o);
   nn_model_free(m);
   ad_tensor_free(x), ad_tensor_free(y), ad_tensor_free(y3);
-  ad_ctx_free(ctx);
 }
 
 /* Binary classification with logits: accuracy thresholds at 0. */
 Test(fit, binary_logits_with_l2) {
-  ad_ctx *ctx = ad_ctx_new();
   ad_rng rng;
   ad_rng_seed(&rng, 8);
   int64_t s[2] = {64, 2}, t[2] = {64, 1};
@@ -426,7 +418,6 @@ Test(fit, binary_logits_with_l2) {
   nn_optimizer_free(o);
   nn_model_free(m);
   ad_tensor_free(x), ad_tensor_free(y);
-  ad_ctx_free(ctx);
 }
 
 /* ------------------------------------------------------------ checkpoints */
@@ -434,7 +425,6 @@ Test(fit, binary_logits_with_l2) {
 /* Training 2 epochs straight equals 1 epoch, a checkpoint of the model and
  * Adam's state, a fresh model and optimizer loading it, and 1 more epoch. */
 Test(checkpoint, save_load_resumes_training_exactly) {
-  ad_ctx *ctx = ad_ctx_new();
   ad_tensor *x, *y;
   blobs(ctx, 60, 6, &x, &y);
   char path[] = "/tmp/nn_fit_ckpt_XXXXXX";
@@ -479,14 +469,12 @@ Test(checkpoint, save_load_resumes_training_exactly) {
   nn_optimizer_free(oa), nn_optimizer_free(ob), nn_optimizer_free(oc);
   nn_model_free(a), nn_model_free(b), nn_model_free(c), nn_model_free(d);
   ad_tensor_free(x), ad_tensor_free(y);
-  ad_ctx_free(ctx);
 }
 
 /* ------------------------------------------------------------------ MNIST */
 
 /* One epoch on 2000 bundled digits (the test runs from the source root). */
 Test(mnist, one_epoch_on_2000_digits) {
-  ad_ctx *ctx = ad_ctx_new();
   ad_tensor *img = nn_idx_load(ctx, "data/mnist10k-images-idx3-ubyte.gz", AD_F32, 1.0 / 255);
   ad_tensor *lab = nn_idx_load(ctx, "data/mnist10k-labels-idx1-ubyte.gz", AD_I32, 1);
   cr_assert(img && lab, "%s", ad_last_error(ctx));
@@ -511,5 +499,4 @@ Test(mnist, one_epoch_on_2000_digits) {
   nn_optimizer_free(o);
   nn_model_free(m);
   ad_tensor_free(img), ad_tensor_free(lab), ad_tensor_free(x), ad_tensor_free(y);
-  ad_ctx_free(ctx);
 }

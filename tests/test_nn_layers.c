@@ -4,15 +4,24 @@
  * error messages. */
 #include "nn.h"
 #include "nn_fixtures.h"
+#include "test_alloc.h"
 
 #include <criterion/criterion.h>
 #include <math.h>
 #include <string.h>
 
-static ad_tensor *make(ad_ctx *ctx, ad_dtype dt, int64_t r, int64_t c, const double *v) {
-  int64_t s[2] = {r, c};
-  ad_tensor *t = ad_zeros(ctx, dt, 2, s);
-  for (int64_t i = 0; v && i < r * c; i++) ad_tensor_set(t, i, v[i]);
+TEST_CTX_SUITE(params);
+TEST_CTX_SUITE_ALSO(init);
+TEST_CTX_SUITE_ALSO(dense);
+TEST_CTX_SUITE_ALSO(activations);
+TEST_CTX_SUITE_ALSO(dropout);
+TEST_CTX_SUITE_ALSO(layers);
+TEST_CTX_SUITE_ALSO(models);
+
+static ad_tensor *make(ad_ctx *c, ad_dtype dt, int64_t rows, int64_t cols, const double *v) {
+  int64_t s[2] = {rows, cols};
+  ad_tensor *t = ad_zeros(c, dt, 2, s);
+  for (int64_t i = 0; v && i < rows * cols; i++) ad_tensor_set(t, i, v[i]);
   return t;
 }
 
@@ -20,17 +29,16 @@ static void fill(ad_tensor *t, const double *v) {
   for (int64_t i = 0; i < t->size; i++) ad_tensor_set(t, i, v[i]);
 }
 
-static void expect_msg(ad_ctx *ctx, ad_status st, const char *needle) {
-  cr_assert_eq(ad_last_status(ctx), st, "status %s: %s", ad_status_str(ad_last_status(ctx)),
-               ad_last_error(ctx));
-  cr_assert(strstr(ad_last_error(ctx), needle), "message: %s", ad_last_error(ctx));
-  ad_clear_error(ctx);
+static void expect_msg(ad_ctx *c, ad_status st, const char *needle) {
+  cr_assert_eq(ad_last_status(c), st, "status %s: %s", ad_status_str(ad_last_status(c)),
+               ad_last_error(c));
+  cr_assert(strstr(ad_last_error(c), needle), "message: %s", ad_last_error(c));
+  ad_clear_error(c);
 }
 
 /* ------------------------------------------------------------- parameters */
 
 Test(params, names_lookup_and_ownership) {
-  ad_ctx *ctx = ad_ctx_new();
   nn_params *p = nn_params_new(ctx);
   int64_t s[2] = {2, 3};
   ad_tensor *a = ad_zeros(ctx, AD_F32, 2, s), *b = ad_zeros(ctx, AD_F32, 1, s);
@@ -68,7 +76,6 @@ Test(params, names_lookup_and_ownership) {
   nn_params_free(p);
   ad_tensor_free(b); /* borrowed: still ours */
   nn_params_free(NULL);
-  ad_ctx_free(ctx);
 }
 
 /* ----------------------------------------------------------- initializers */
@@ -86,7 +93,6 @@ static void moments(const ad_tensor *t, double *mean, double *var, double *lo, d
 }
 
 Test(init, distributions_have_the_documented_moments) {
-  ad_ctx *ctx = ad_ctx_new();
   ad_rng rng;
   ad_rng_seed(&rng, 3);
   int64_t s[2] = {300, 500}; /* fan_in 500, fan_out 300 */
@@ -127,11 +133,9 @@ Test(init, distributions_have_the_documented_moments) {
   moments(t, &mean, &var, &lo, &hi);
   cr_assert(lo == 0 && hi == 0);
   ad_tensor_free(t);
-  ad_ctx_free(ctx);
 }
 
 Test(init, seeded_and_reproducible) {
-  ad_ctx *ctx = ad_ctx_new();
   int64_t s[2] = {4, 5};
   ad_tensor *a = ad_zeros(ctx, AD_F32, 2, s), *b = ad_zeros(ctx, AD_F32, 2, s);
   ad_rng r1, r2;
@@ -143,11 +147,9 @@ Test(init, seeded_and_reproducible) {
   nn_init_tensor(ctx, b, nn_init_make(NN_INIT_HE_NORMAL, 0, 0), &r2);
   cr_assert_neq(memcmp(a->data, b->data, 20 * sizeof(float)), 0);
   ad_tensor_free(a), ad_tensor_free(b);
-  ad_ctx_free(ctx);
 }
 
 Test(init, fans_and_errors) {
-  ad_ctx *ctx = ad_ctx_new();
   int64_t s4[4] = {8, 3, 5, 5}, in, out;
   ad_tensor *conv = ad_zeros(ctx, AD_F32, 4, s4), *vec = ad_zeros(ctx, AD_F32, 1, s4);
   nn_fans(conv, &in, &out);
@@ -168,13 +170,11 @@ Test(init, fans_and_errors) {
   ad_tensor *ids = ad_zeros(ctx, AD_I32, 1, s4);
   cr_assert_eq(nn_init_tensor(ctx, ids, nn_init_make(NN_INIT_ZEROS, 0, 0), &rng), AD_ERR_DTYPE);
   ad_tensor_free(conv), ad_tensor_free(vec), ad_tensor_free(ids);
-  ad_ctx_free(ctx);
 }
 
 /* ------------------------------------------------------------------ dense */
 
 Test(dense, forward_and_backward_match_torch) {
-  ad_ctx *ctx = ad_ctx_new();
   nn_dense_opts o = {.dtype = AD_F64};
   nn_layer *d = nn_dense_new(ctx, 3, 2, NULL, &o); /* Xavier needs an rng */
   cr_assert_null(d);
@@ -201,11 +201,9 @@ Test(dense, forward_and_backward_match_torch) {
   for (int i = 0; i < 2; i++) cr_assert_float_eq(ad_tensor_get(b->grad, i), dense_db[i], 1e-14);
   ad_tensor_free(x), ad_tensor_free(r);
   nn_layer_free(d);
-  ad_ctx_free(ctx);
 }
 
 Test(dense, options_activation_and_batched_input) {
-  ad_ctx *ctx = ad_ctx_new();
   nn_dense_opts o = {.no_bias = true,
                      .activation = NN_ACT_RELU,
                      .weight_init = nn_init_make(NN_INIT_CONSTANT, 0.5, 0),
@@ -234,11 +232,9 @@ Test(dense, options_activation_and_batched_input) {
   ad_tensor_free(x), ad_tensor_free(x2);
   nn_layer_free(d);
   nn_layer_free(d2);
-  ad_ctx_free(ctx);
 }
 
 Test(dense, errors_name_the_layer_and_shapes) {
-  ad_ctx *ctx = ad_ctx_new();
   ad_rng rng;
   ad_rng_seed(&rng, 1);
   nn_model *m = nn_sequential_new(ctx);
@@ -258,13 +254,11 @@ Test(dense, errors_name_the_layer_and_shapes) {
   expect_msg(ctx, AD_ERR_DTYPE, "dense: parameters must be float, got i32");
   ad_tensor_free(x), ad_tensor_free(x64);
   nn_model_free(m);
-  ad_ctx_free(ctx);
 }
 
 /* ------------------------------------------------------------ activations */
 
 Test(activations, match_torch) {
-  ad_ctx *ctx = ad_ctx_new();
   ad_tensor *x = make(ctx, AD_F64, 2, 5, act_x);
   struct {
     nn_layer *layer;
@@ -293,12 +287,10 @@ Test(activations, match_torch) {
   cr_assert_null(nn_activation_new(ctx, (nn_act)99));
   expect_msg(ctx, AD_ERR_ARG, "unknown activation 99");
   ad_tensor_free(x);
-  ad_ctx_free(ctx);
 }
 
 /* sigmoid' = s (1 - s) through the layer, checked against the closed form. */
 Test(activations, sigmoid_derivative_closed_form) {
-  ad_ctx *ctx = ad_ctx_new();
   ad_tensor *x = make(ctx, AD_F64, 2, 5, act_x);
   ad_tensor_set_requires_grad(x, true);
   nn_layer *s = nn_activation_new(ctx, NN_ACT_SIGMOID);
@@ -307,13 +299,11 @@ Test(activations, sigmoid_derivative_closed_form) {
     cr_assert_float_eq(ad_tensor_get(x->grad, i), act_sigmoid[i] * (1 - act_sigmoid[i]), 1e-15);
   nn_layer_free(s);
   ad_tensor_free(x);
-  ad_ctx_free(ctx);
 }
 
 /* ---------------------------------------------------------------- dropout */
 
 Test(dropout, statistics_and_gradient) {
-  ad_ctx *ctx = ad_ctx_new();
   const double p = 0.3;
   nn_layer *d = nn_dropout_new(ctx, p, 11);
   int64_t s[2] = {400, 500};
@@ -341,11 +331,9 @@ Test(dropout, statistics_and_gradient) {
     cr_assert_float_eq(ad_tensor_get(x->grad, i), ad_tensor_get(y, i) / 2.0, 1e-12);
   ad_tensor_free(x);
   nn_layer_free(d);
-  ad_ctx_free(ctx);
 }
 
 Test(dropout, eval_mode_seeds_and_errors) {
-  ad_ctx *ctx = ad_ctx_new();
   nn_layer *a = nn_dropout_new(ctx, 0.5, 5), *b = nn_dropout_new(ctx, 0.5, 5);
   int64_t s[1] = {64};
   ad_tensor *x = ad_ones(ctx, AD_F32, 1, s);
@@ -360,18 +348,16 @@ Test(dropout, eval_mode_seeds_and_errors) {
   expect_msg(ctx, AD_ERR_ARG, "dropout: p = 1 is outside [0, 1)");
   nn_layer_free(a), nn_layer_free(b), nn_layer_free(none);
   ad_tensor_free(x);
-  ad_ctx_free(ctx);
 }
 
 /* ------------------------------------------------------- flatten, lambda */
 
-static ad_tensor *double_it(ad_ctx *ctx, ad_tensor *x, bool training, void *ud) {
+static ad_tensor *double_it(ad_ctx *c, ad_tensor *x, bool training, void *ud) {
   *(int *)ud += training;
-  return ad_mul_scalar(ctx, x, 2.0);
+  return ad_mul_scalar(c, x, 2.0);
 }
 
 Test(layers, flatten_and_lambda) {
-  ad_ctx *ctx = ad_ctx_new();
   int64_t s[3] = {2, 3, 4};
   ad_tensor *x = ad_ones(ctx, AD_F32, 3, s);
   nn_layer *f = nn_flatten_new(ctx);
@@ -389,13 +375,11 @@ Test(layers, flatten_and_lambda) {
   cr_assert_str_eq(nn_layer_kind(anon), "lambda");
   nn_layer_free(f), nn_layer_free(l), nn_layer_free(anon), nn_layer_free(NULL);
   ad_tensor_free(x);
-  ad_ctx_free(ctx);
 }
 
 /* ----------------------------------------------------------------- models */
 
 Test(models, sequential_names_like_pytorch) {
-  ad_ctx *ctx = ad_ctx_new();
   ad_rng rng;
   ad_rng_seed(&rng, 1);
   nn_model *m = nn_sequential_new(ctx);
@@ -450,25 +434,22 @@ Test(models, sequential_names_like_pytorch) {
   ad_tensor_free(x);
   nn_model_free(m);
   nn_model_free(NULL);
-  ad_ctx_free(ctx);
 }
 
 /* The 2-3-1 worked example as a custom model over named parameters, checked
  * against the chain rule written out by hand. */
 static ad_tensor *net231(nn_model *m, ad_tensor *x, void *ud) {
   (void)ud;
-  ad_ctx *ctx = nn_model_ctx(m);
-  ad_tensor *h =
-      ad_sigmoid(ctx, ad_add(ctx, ad_matmul(ctx, x, nn_model_param(m, "w1"), false, true),
-                             nn_model_param(m, "b1")));
-  return ad_sigmoid(ctx, ad_add(ctx, ad_matmul(ctx, h, nn_model_param(m, "w2"), false, true),
-                                nn_model_param(m, "b2")));
+  ad_ctx *c = nn_model_ctx(m);
+  ad_tensor *h = ad_sigmoid(
+      c, ad_add(c, ad_matmul(c, x, nn_model_param(m, "w1"), false, true), nn_model_param(m, "b1")));
+  return ad_sigmoid(
+      c, ad_add(c, ad_matmul(c, h, nn_model_param(m, "w2"), false, true), nn_model_param(m, "b2")));
 }
 
 static double sig(double z) { return 1 / (1 + exp(-z)); }
 
 Test(models, custom_model_2_3_1_closed_form) {
-  ad_ctx *ctx = ad_ctx_new();
   nn_model *m = nn_model_new(ctx, net231, NULL);
   const double w1[6] = {0.1, 0.2, -0.3, 0.4, 0.5, -0.6}, b1[3] = {0.1, -0.1, 0.2};
   const double w2[3] = {0.7, -0.8, 0.9}, b2[1] = {-0.05}, xv[2] = {1.0, 0.5}, t = 1.0;
@@ -512,19 +493,17 @@ Test(models, custom_model_2_3_1_closed_form) {
   expect_msg(ctx, AD_ERR_NULL, "forward function is NULL");
   ad_tensor_free(x), ad_tensor_free(tt);
   nn_model_free(m);
-  ad_ctx_free(ctx);
 }
 
 /* A custom model may mix its own parameters with layers it owns. */
 static ad_tensor *residual(nn_model *m, ad_tensor *x, void *ud) {
   (void)ud;
-  ad_ctx *ctx = nn_model_ctx(m);
+  ad_ctx *c = nn_model_ctx(m);
   ad_tensor *h = nn_layer_forward(nn_model_find_layer(m, "fc"), x, nn_model_training(m));
-  return ad_mul(ctx, ad_add(ctx, x, h), nn_model_param(m, "scale"));
+  return ad_mul(c, ad_add(c, x, h), nn_model_param(m, "scale"));
 }
 
 Test(models, custom_model_with_layers) {
-  ad_ctx *ctx = ad_ctx_new();
   ad_rng rng;
   ad_rng_seed(&rng, 2);
   nn_model *m = nn_model_new(ctx, residual, NULL);
@@ -542,5 +521,4 @@ Test(models, custom_model_with_layers) {
   cr_assert_not_null(nn_model_param(m, "fc.weight")->grad);
   ad_tensor_free(x);
   nn_model_free(m);
-  ad_ctx_free(ctx);
 }

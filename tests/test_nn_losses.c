@@ -1,30 +1,32 @@
 /* test_nn_losses.c: every loss against PyTorch (value and gradient, mean and
  * sum), gradcheck of every loss, stability at extreme inputs, error messages,
  * and the accuracy count. */
-#include "ad_ext.h"
 #include "nn.h"
 #include "nn_fixtures.h"
+#include "test_alloc.h"
 
 #include <criterion/criterion.h>
 #include <math.h>
 #include <string.h>
 
-static ad_tensor *make(ad_ctx *ctx, ad_dtype dt, int64_t r, int64_t c, const double *v) {
-  int64_t s[2] = {r, c};
-  ad_tensor *t = ad_zeros(ctx, dt, 2, s);
-  for (int64_t i = 0; i < r * c; i++) ad_tensor_set(t, i, v[i]);
+TEST_CTX_SUITE(losses);
+
+static ad_tensor *make(ad_ctx *c, ad_dtype dt, int64_t rows, int64_t cols, const double *v) {
+  int64_t s[2] = {rows, cols};
+  ad_tensor *t = ad_zeros(c, dt, 2, s);
+  for (int64_t i = 0; i < rows * cols; i++) ad_tensor_set(t, i, v[i]);
   return t;
 }
 
-static ad_tensor *labels(ad_ctx *ctx) {
+static ad_tensor *labels(ad_ctx *c) {
   int64_t n = 3;
-  return ad_from_data(ctx, AD_I32, 1, &n, loss_labels);
+  return ad_from_data(c, AD_I32, 1, &n, loss_labels);
 }
 
 /* Compares loss(x, target) and dloss/dx with want = {value, grad...}. */
 static void check_loss(nn_loss_fn fn, const double *xv, bool int_target, const double *tv,
                        nn_reduction red, const double *want) {
-  ad_ctx *ctx = ad_ctx_new();
+  ad_tape_reset(ctx); /* a test runs several checks in its context */
   ad_tensor *x = make(ctx, AD_F64, 3, 4, xv);
   ad_tensor_set_requires_grad(x, true);
   ad_tensor *t = int_target ? labels(ctx) : make(ctx, AD_F64, 3, 4, tv);
@@ -39,7 +41,6 @@ static void check_loss(nn_loss_fn fn, const double *xv, bool int_target, const d
                        i, ad_tensor_get(x->grad, i), want[1 + i]);
   ad_tensor_free(x);
   ad_tensor_free(t);
-  ad_ctx_free(ctx);
 }
 
 Test(losses, mse_matches_torch) {
@@ -83,7 +84,6 @@ Test(losses, nll_matches_torch) {
 
 /* One-hot targets give the same loss and gradient as integer labels. */
 Test(losses, one_hot_equals_labels) {
-  ad_ctx *ctx = ad_ctx_new();
   ad_tensor *z = make(ctx, AD_F64, 3, 4, loss_logits);
   double oh[12] = {0};
   for (int r = 0; r < 3; r++) oh[4 * r + loss_labels[r]] = 1;
@@ -93,7 +93,6 @@ Test(losses, one_hot_equals_labels) {
   cr_assert_float_eq(a, b, 1e-14);
   cr_assert_float_eq(a, loss_ce_labels_mean[0], 1e-12);
   ad_tensor_free(z), ad_tensor_free(t), ad_tensor_free(lab);
-  ad_ctx_free(ctx);
 }
 
 /* ------------------------------------------------------------- gradcheck */
@@ -103,15 +102,14 @@ typedef struct loss_case {
   nn_reduction red;
 } loss_case;
 
-static ad_tensor *loss_fn(ad_ctx *ctx, int n, ad_tensor *const *in, void *ud) {
+static ad_tensor *loss_fn(ad_ctx *c, int n, ad_tensor *const *in, void *ud) {
   (void)n;
-  const loss_case *c = ud;
-  return c->fn(ctx, in[0], in[1], c->red);
+  const loss_case *lc = ud;
+  return lc->fn(c, in[0], in[1], lc->red);
 }
 
 /* gradcheck of fn with respect to the prediction (and float targets). */
 static void gradcheck(nn_loss_fn fn, double lo, double hi, int target_kind) {
-  ad_ctx *ctx = ad_ctx_new();
   ad_rng rng;
   ad_rng_seed(&rng, 7);
   int64_t s[2] = {5, 4};
@@ -137,7 +135,6 @@ static void gradcheck(nn_loss_fn fn, double lo, double hi, int target_kind) {
     ad_tensor_free(x);
     ad_tensor_free(t);
   }
-  ad_ctx_free(ctx);
 }
 
 Test(losses, gradcheck_every_loss) {
@@ -152,7 +149,6 @@ Test(losses, gradcheck_every_loss) {
 /* ------------------------------------------------------------- stability */
 
 Test(losses, stable_at_extreme_inputs) {
-  ad_ctx *ctx = ad_ctx_new();
   const double z[4] = {-800, 800, -30, 30}, t[4] = {1, 0, 0, 1};
   ad_tensor *zt = make(ctx, AD_F32, 1, 4, z), *tt = make(ctx, AD_F32, 1, 4, t);
   ad_tensor_set_requires_grad(zt, true);
@@ -184,32 +180,28 @@ Test(losses, stable_at_extreme_inputs) {
   cr_assert_float_eq(ad_tensor_item(l), 1000.0, 1e-2); /* (2000 + 0) / 2 */
   ad_tensor_free(zt), ad_tensor_free(tt), ad_tensor_free(pt), ad_tensor_free(bz),
       ad_tensor_free(bl);
-  ad_ctx_free(ctx);
 }
 
 Test(losses, target_of_same_size_is_reshaped) {
-  ad_ctx *ctx = ad_ctx_new();
   int64_t s2[2] = {4, 1}, s1[1] = {4};
   ad_tensor *p = ad_full(ctx, AD_F64, 2, s2, 0.5), *t = ad_zeros(ctx, AD_F64, 1, s1);
   ad_tensor *l = nn_mse_loss(ctx, p, t, NN_MEAN);
   cr_assert_not_null(l, "%s", ad_last_error(ctx));
   cr_assert_float_eq(ad_tensor_item(l), 0.25, 1e-15);
   ad_tensor_free(p), ad_tensor_free(t);
-  ad_ctx_free(ctx);
 }
 
 /* ----------------------------------------------------------------- errors */
 
-static void expect_error(ad_ctx *ctx, ad_tensor *l, ad_status st, const char *needle) {
+static void expect_error(ad_ctx *c, ad_tensor *l, ad_status st, const char *needle) {
   cr_assert_null(l);
-  cr_assert_eq(ad_last_status(ctx), st, "status %s: %s", ad_status_str(ad_last_status(ctx)),
-               ad_last_error(ctx));
-  cr_assert(strstr(ad_last_error(ctx), needle), "message: %s", ad_last_error(ctx));
-  ad_clear_error(ctx);
+  cr_assert_eq(ad_last_status(c), st, "status %s: %s", ad_status_str(ad_last_status(c)),
+               ad_last_error(c));
+  cr_assert(strstr(ad_last_error(c), needle), "message: %s", ad_last_error(c));
+  ad_clear_error(c);
 }
 
 Test(losses, errors_name_the_loss_and_shapes) {
-  ad_ctx *ctx = ad_ctx_new();
   int64_t s34[2] = {3, 4}, s33[2] = {3, 3}, s3[1] = {3}, s2[1] = {2};
   ad_tensor *p = ad_zeros(ctx, AD_F64, 2, s34), *q = ad_zeros(ctx, AD_F64, 2, s33);
   ad_tensor *pf = ad_zeros(ctx, AD_F32, 2, s34);
@@ -241,13 +233,11 @@ Test(losses, errors_name_the_loss_and_shapes) {
   cr_assert_str_eq(ad_last_error(ctx), "matmul: first");
   ad_tensor_free(p), ad_tensor_free(q), ad_tensor_free(pf), ad_tensor_free(lab),
       ad_tensor_free(lab2), ad_tensor_free(flab);
-  ad_ctx_free(ctx);
 }
 
 /* --------------------------------------------------------------- accuracy */
 
 Test(losses, count_correct) {
-  ad_ctx *ctx = ad_ctx_new();
   const double sc[6] = {0.1, 0.7, 0.2, 0.5, 0.5, 0.0}; /* argmax 1, then 0 (first of a tie) */
   ad_tensor *p = make(ctx, AD_F64, 2, 3, sc);
   int64_t n = 2;
@@ -266,5 +256,4 @@ Test(losses, count_correct) {
   cr_assert_eq(nn_count_correct(bp, a, 0.5), -1);
   ad_tensor_free(p), ad_tensor_free(a), ad_tensor_free(b), ad_tensor_free(t), ad_tensor_free(bp),
       ad_tensor_free(bt);
-  ad_ctx_free(ctx);
 }

@@ -2,13 +2,17 @@
  * (tests/nn_fixtures.h, from tools/gen_nn_fixtures.py) and closed forms. */
 #include "nn.h"
 #include "nn_fixtures.h"
+#include "test_alloc.h"
 
 #include <criterion/criterion.h>
 #include <float.h>
 #include <math.h>
 #include <string.h>
 
-/* A weight [2,3] and a bias [3] from the fixture, in a list. */
+TEST_CTX_SUITE(optim);
+
+/* A weight [2,3] and a bias [3] from the fixture, in a list, in the test's
+ * context (several fixtures of one test share it). */
 typedef struct fixture {
   ad_ctx *ctx;
   nn_params *params;
@@ -17,7 +21,7 @@ typedef struct fixture {
 } fixture;
 
 static void fixture_init(fixture *f, ad_dtype dt) {
-  f->ctx = ad_ctx_new();
+  f->ctx = ctx;
   f->params = nn_params_new(f->ctx);
   int64_t ws[2] = {2, 3}, bs[1] = {3};
   f->w = ad_zeros(f->ctx, dt, 2, ws);
@@ -37,17 +41,16 @@ static void fixture_init(fixture *f, ad_dtype dt) {
 static void fixture_fini(fixture *f) {
   for (int t = 0; t < 3; t++) ad_tensor_free(f->gw[t]), ad_tensor_free(f->gb[t]);
   nn_params_free(f->params);
-  ad_ctx_free(f->ctx);
 }
 
 /* Gradients through the tape: L = sum(w * Gw) + sum(b * Gb) gives dL/dw = Gw. */
 static void set_grads(fixture *f, int t) {
-  ad_ctx *ctx = f->ctx;
-  ad_tape_reset(ctx);
+  ad_ctx *c = f->ctx;
+  ad_tape_reset(c);
   nn_params_zero_grad(f->params);
-  ad_tensor *l = ad_add(ctx, ad_sum(ctx, ad_mul(ctx, f->w, f->gw[t])),
-                        ad_sum(ctx, ad_mul(ctx, f->b, f->gb[t])));
-  cr_assert_eq(ad_backward(ctx, l, NULL), AD_OK, "%s", ad_last_error(ctx));
+  ad_tensor *l =
+      ad_add(c, ad_sum(c, ad_mul(c, f->w, f->gw[t])), ad_sum(c, ad_mul(c, f->b, f->gb[t])));
+  cr_assert_eq(ad_backward(c, l, NULL), AD_OK, "%s", ad_last_error(c));
 }
 
 /* Runs three steps of cfg and compares with the torch trajectory. */
@@ -260,6 +263,7 @@ static void expect_config_error(nn_opt_config c, const char *needle) {
   cr_assert_null(nn_optimizer_new(f.params, &c));
   cr_assert_eq(ad_last_status(f.ctx), AD_ERR_ARG);
   cr_assert(strstr(ad_last_error(f.ctx), needle), "message: %s", ad_last_error(f.ctx));
+  ad_clear_error(f.ctx); /* the next check starts clean */
   fixture_fini(&f);
 }
 
@@ -279,13 +283,11 @@ Test(optim, bad_settings_are_named) {
   c.kind = (nn_opt_kind)42;
   expect_config_error(c, "unknown kind 42");
 
-  ad_ctx *ctx = ad_ctx_new();
   nn_params *empty = nn_params_new(ctx);
   cr_assert_null(nn_adam_new(empty, 0.1));
   cr_assert(strstr(ad_last_error(ctx), "parameter list is empty"), "%s", ad_last_error(ctx));
   cr_assert_null(nn_optimizer_new(NULL, &c));
   nn_params_free(empty);
-  ad_ctx_free(ctx);
 }
 
 /* --------------------------------------------------------------- clipping */
@@ -433,7 +435,6 @@ Test(optim, optimizer_follows_its_schedule) {
 Test(optim, dead_weights_moments_flush_to_zero_without_changing_parameters) {
   enum { N = 4, STEPS = 1000 };
   const float p0[N] = {0.5f, -0.25f, 1e-3f, 2.0f}, g0[N] = {1e-3f, -2e-3f, 5e-4f, 1e-3f};
-  ad_ctx *ctx = ad_ctx_new();
   int64_t s = N;
   ad_tensor *w = ad_from_data(ctx, AD_F32, 1, &s, p0);
   ad_tensor *u = ad_from_data(ctx, AD_F32, 1, &s, p0); /* same, under SGD with momentum */
@@ -496,5 +497,4 @@ Test(optim, dead_weights_moments_flush_to_zero_without_changing_parameters) {
   ad_tensor_free(w);
   ad_tensor_free(u);
   ad_tensor_free(gt);
-  ad_ctx_free(ctx);
 }

@@ -13,7 +13,7 @@
 #include <criterion/criterion.h>
 #include <criterion/parameterized.h>
 
-#include "ad_ext.h"
+#include "test_alloc.h"
 
 #include <errno.h>
 #include <math.h>
@@ -31,6 +31,8 @@
  * float64 results for ops that run on BLAS (tools/gen_fixtures.py) */
 #define FLOOR_F32 1e-2
 #define FLOOR_F64 1e-3
+
+TEST_CTX_SUITE(ops_values);
 
 /* ---------------------------------------------------------------- model */
 
@@ -546,17 +548,17 @@ static bool all_zero(const fx_tensor *t) {
 
 /* ----------------------------------------------------------- execution */
 
-static ad_tensor *make_tensor(ad_ctx *ctx, const fx_tensor *ft) {
-  ad_tensor *t = ad_zeros(ctx, ft->dtype, ft->ndim, ft->shape);
+static ad_tensor *make_tensor(ad_ctx *cx, const fx_tensor *ft) {
+  ad_tensor *t = ad_zeros(cx, ft->dtype, ft->ndim, ft->shape);
   for (int64_t i = 0; t && i < ft->size; i++) ad_tensor_set(t, i, ft->v[i]);
   return t;
 }
 
 /* The op through the registry: ad_op_find + ad_op_apply. NULL id: unknown. */
-static ad_tensor *run_registry(ad_ctx *ctx, const fx_case *c, ad_tensor **in, bool *known) {
-  int id = ad_op_find(ctx, c->op);
+static ad_tensor *run_registry(ad_ctx *cx, const fx_case *c, ad_tensor **in, bool *known) {
+  int id = ad_op_find(cx, c->op);
   *known = id >= 0;
-  return id >= 0 ? ad_op_apply(ctx, id, c->nin, in, &c->attrs) : NULL;
+  return id >= 0 ? ad_op_apply(cx, id, c->nin, in, &c->attrs) : NULL;
 }
 
 /* The member of ad_attrs a case's attr line fills (AD_ATTRS_NONE: none). */
@@ -649,77 +651,77 @@ static ad_tensor *(*const cmp_builders[])(ad_ctx *, ad_tensor *, ad_tensor *) = 
 /* The op through its named builder, with the values of the case's attr
  * line; *known = false when no builder takes these attrs (e.g. a keepdim
  * reduction over everything). */
-static ad_tensor *run_builder(ad_ctx *ctx, const fx_case *c, ad_tensor **in, bool *known) {
+static ad_tensor *run_builder(ad_ctx *cx, const fx_case *c, ad_tensor **in, bool *known) {
   const fx_attr *a = &c->attr;
   const int64_t *v = a->v;
   const char *op = c->op;
   ad_tensor *x = in[0], *y = c->nin > 1 ? in[1] : NULL;
   *known = true;
   for (size_t k = 0; k < sizeof unary_builders / sizeof unary_builders[0]; k++)
-    if (!strcmp(op, unary_builders[k].name)) return unary_builders[k].fn(ctx, x);
+    if (!strcmp(op, unary_builders[k].name)) return unary_builders[k].fn(cx, x);
   for (size_t k = 0; k < sizeof binary_builders / sizeof binary_builders[0]; k++)
-    if (!strcmp(op, binary_builders[k].name)) return binary_builders[k].fn(ctx, x, y);
-  if (!strcmp(op, "where")) return ad_where(ctx, x, y, in[2]);
+    if (!strcmp(op, binary_builders[k].name)) return binary_builders[k].fn(cx, x, y);
+  if (!strcmp(op, "where")) return ad_where(cx, x, y, in[2]);
   switch (attr_kind(c)) {
   case AD_ATTRS_SCALAR:
-    if (!strcmp(op, "add_scalar")) return ad_add_scalar(ctx, x, a->scalar);
-    if (!strcmp(op, "mul_scalar")) return ad_mul_scalar(ctx, x, a->scalar);
-    if (!strcmp(op, "pow_scalar")) return ad_pow_scalar(ctx, x, a->scalar);
-    if (!strcmp(op, "sub_scalar")) return ad_sub_scalar(ctx, x, a->scalar);
-    if (!strcmp(op, "rsub_scalar")) return ad_rsub_scalar(ctx, x, a->scalar);
-    if (!strcmp(op, "div_scalar")) return ad_div_scalar(ctx, x, a->scalar);
-    if (!strcmp(op, "leaky_relu")) return ad_leaky_relu(ctx, x, a->scalar);
+    if (!strcmp(op, "add_scalar")) return ad_add_scalar(cx, x, a->scalar);
+    if (!strcmp(op, "mul_scalar")) return ad_mul_scalar(cx, x, a->scalar);
+    if (!strcmp(op, "pow_scalar")) return ad_pow_scalar(cx, x, a->scalar);
+    if (!strcmp(op, "sub_scalar")) return ad_sub_scalar(cx, x, a->scalar);
+    if (!strcmp(op, "rsub_scalar")) return ad_rsub_scalar(cx, x, a->scalar);
+    if (!strcmp(op, "div_scalar")) return ad_div_scalar(cx, x, a->scalar);
+    if (!strcmp(op, "leaky_relu")) return ad_leaky_relu(cx, x, a->scalar);
     break;
   case AD_ATTRS_DTYPE:
-    if (!strcmp(op, "cast")) return ad_cast(ctx, x, a->dtype);
+    if (!strcmp(op, "cast")) return ad_cast(cx, x, a->dtype);
     break;
   case AD_ATTRS_CMP:
     if (!strcmp(op, "compare")) {
-      return cmp_builders[a->cmp](ctx, x, y);
+      return cmp_builders[a->cmp](cx, x, y);
     }
     break;
   case AD_ATTRS_AXIS:
-    if (!strcmp(op, "concat")) return ad_concat(ctx, c->nin, in, (int)v[0]);
-    if (!strcmp(op, "softmax")) return ad_softmax(ctx, x, (int)v[0]);
-    if (!strcmp(op, "log_softmax")) return ad_log_softmax(ctx, x, (int)v[0]);
+    if (!strcmp(op, "concat")) return ad_concat(cx, c->nin, in, (int)v[0]);
+    if (!strcmp(op, "softmax")) return ad_softmax(cx, x, (int)v[0]);
+    if (!strcmp(op, "log_softmax")) return ad_log_softmax(cx, x, (int)v[0]);
     break;
   case AD_ATTRS_ROWS:
-    if (!strcmp(op, "index_add")) return ad_index_add(ctx, x, y, v[0]);
+    if (!strcmp(op, "index_add")) return ad_index_add(cx, x, y, v[0]);
     break;
   case AD_ATTRS_MATMUL:
-    if (!strcmp(op, "matmul")) return ad_matmul(ctx, x, y, v[0] != 0, v[1] != 0);
+    if (!strcmp(op, "matmul")) return ad_matmul(cx, x, y, v[0] != 0, v[1] != 0);
     break;
   case AD_ATTRS_REDUCE: {
     bool keep = v[1] != 0;
-    if (a->all && !keep && !strcmp(op, "sum")) return ad_sum(ctx, x);
-    if (a->all && !keep && !strcmp(op, "max")) return ad_max(ctx, x);
+    if (a->all && !keep && !strcmp(op, "sum")) return ad_sum(cx, x);
+    if (a->all && !keep && !strcmp(op, "max")) return ad_max(cx, x);
     if (a->all) break;
-    if (!strcmp(op, "sum")) return ad_sum_axis(ctx, x, (int)v[0], keep);
-    if (!strcmp(op, "max")) return ad_max_axis(ctx, x, (int)v[0], keep);
-    if (!strcmp(op, "logsumexp")) return ad_logsumexp(ctx, x, (int)v[0], keep);
-    if (!strcmp(op, "mean_axis")) return ad_mean_axis(ctx, x, (int)v[0], keep);
+    if (!strcmp(op, "sum")) return ad_sum_axis(cx, x, (int)v[0], keep);
+    if (!strcmp(op, "max")) return ad_max_axis(cx, x, (int)v[0], keep);
+    if (!strcmp(op, "logsumexp")) return ad_logsumexp(cx, x, (int)v[0], keep);
+    if (!strcmp(op, "mean_axis")) return ad_mean_axis(cx, x, (int)v[0], keep);
     break;
   }
   case AD_ATTRS_NARROW:
-    if (!strcmp(op, "narrow")) return ad_narrow(ctx, x, (int)v[0], v[1], v[2]);
+    if (!strcmp(op, "narrow")) return ad_narrow(cx, x, (int)v[0], v[1], v[2]);
     break;
   case AD_ATTRS_PAD:
-    if (!strcmp(op, "pad")) return ad_pad(ctx, x, (int)v[0], v[1], v[2]);
+    if (!strcmp(op, "pad")) return ad_pad(cx, x, (int)v[0], v[1], v[2]);
     break;
   case AD_ATTRS_SHAPE:
-    if (!strcmp(op, "reshape")) return ad_reshape(ctx, x, a->n, v);
-    if (!strcmp(op, "expand")) return ad_expand(ctx, x, a->n, v);
-    if (!strcmp(op, "sum_to")) return ad_sum_to(ctx, x, a->n, v);
+    if (!strcmp(op, "reshape")) return ad_reshape(cx, x, a->n, v);
+    if (!strcmp(op, "expand")) return ad_expand(cx, x, a->n, v);
+    if (!strcmp(op, "sum_to")) return ad_sum_to(cx, x, a->n, v);
     break;
   case AD_ATTRS_PERMUTE:
     if (!strcmp(op, "permute")) {
       int perm[AD_MAX_DIMS];
       for (int k = 0; k < a->n; k++) perm[k] = (int)v[k];
-      return ad_permute(ctx, x, perm);
+      return ad_permute(cx, x, perm);
     }
     break;
   case BUILDER_ONLY:
-    if (!strcmp(op, "transpose")) return ad_transpose(ctx, x, (int)v[0], (int)v[1]);
+    if (!strcmp(op, "transpose")) return ad_transpose(cx, x, (int)v[0], (int)v[1]);
     break;
   default:
     break;
@@ -745,33 +747,33 @@ static int fail(char *msg, size_t n, const fx_case *c, const char *path, const c
   return PATH_FAIL;
 }
 
-/* Runs case c in ctx through one path (registry or builder) and checks the
+/* Runs case c in cx through one path (registry or builder) and checks the
  * output and, when c has a seed, the gradients from ad_grad and from
  * ad_backward. PATH_NONE when the path does not apply to c. */
-static int run_path(ad_ctx *ctx, const fx_case *c, bool registry, ad_tensor **in, char *msg,
+static int run_path(ad_ctx *cx, const fx_case *c, bool registry, ad_tensor **in, char *msg,
                     size_t n) {
   const char *path = registry ? "ad_op_apply" : "builder";
   char why[400];
   ad_tensor *req[AD_MAX_SRC], *g[AD_MAX_SRC];
   int m = 0;
   for (int k = 0; k < c->nin; k++) {
-    in[k] = make_tensor(ctx, &c->in[k]);
-    if (!in[k]) return fail(msg, n, c, path, "input %d: %s", k, ad_last_error(ctx));
+    in[k] = make_tensor(cx, &c->in[k]);
+    if (!in[k]) return fail(msg, n, c, path, "input %d: %s", k, ad_last_error(cx));
     if (c->needs[k]) {
       if (ad_tensor_set_requires_grad(in[k], true) != AD_OK)
-        return fail(msg, n, c, path, "input %d: %s", k, ad_last_error(ctx));
+        return fail(msg, n, c, path, "input %d: %s", k, ad_last_error(cx));
       req[m++] = in[k];
     }
   }
-  int id = ad_op_find(ctx, c->op);
-  const ad_op_def *def = ad_op_get(ctx, id);
+  int id = ad_op_find(cx, c->op);
+  const ad_op_def *def = ad_op_get(cx, id);
   if (registry && def && (int)def->attrs != attr_kind(c))
     return fail(msg, n, c, path, "the op reads attr %s, the case gives %s", kind_key(def->attrs),
                 kind_key(attr_kind(c)));
   bool known;
-  ad_tensor *out = registry ? run_registry(ctx, c, in, &known) : run_builder(ctx, c, in, &known);
+  ad_tensor *out = registry ? run_registry(cx, c, in, &known) : run_builder(cx, c, in, &known);
   if (!known) return PATH_NONE;
-  if (!out) return fail(msg, n, c, path, "no output: %s", ad_last_error(ctx));
+  if (!out) return fail(msg, n, c, path, "no output: %s", ad_last_error(cx));
   /* the builder recorded what the registry path passes */
   const ad_attrs *rec = ad_tensor_attrs(out);
   if (!registry && def && rec && ad_tensor_op(out) == id &&
@@ -784,16 +786,16 @@ static int run_path(ad_ctx *ctx, const fx_case *c, bool registry, ad_tensor **in
                                                "a case without seed must give "
                                                "a constant output")
                                         : PATH_OK;
-  ad_tensor *seed = make_tensor(ctx, &c->seed);
+  ad_tensor *seed = make_tensor(cx, &c->seed);
   in[c->nin] = seed; /* freed by the caller */
-  if (!seed) return fail(msg, n, c, path, "seed: %s", ad_last_error(ctx));
-  if (ad_grad(ctx, out, seed, m, req, g, false) != AD_OK)
-    return fail(msg, n, c, path, "ad_grad: %s", ad_last_error(ctx));
+  if (!seed) return fail(msg, n, c, path, "seed: %s", ad_last_error(cx));
+  if (ad_grad(cx, out, seed, m, req, g, false) != AD_OK)
+    return fail(msg, n, c, path, "ad_grad: %s", ad_last_error(cx));
   for (int k = 0; k < m; k++)
     if (!match(g[k], &c->grad[k], why, sizeof why))
       return fail(msg, n, c, path, "ad_grad of input %d: %s", k, why);
-  if (ad_backward(ctx, out, seed) != AD_OK)
-    return fail(msg, n, c, path, "ad_backward: %s", ad_last_error(ctx));
+  if (ad_backward(cx, out, seed) != AD_OK)
+    return fail(msg, n, c, path, "ad_backward: %s", ad_last_error(cx));
   for (int k = 0; k < m; k++) {
     if (!req[k]->grad) { /* a leaf no gradient reaches keeps grad NULL (ad.h): zero */
       if (!all_zero(&c->grad[k]))
@@ -810,14 +812,14 @@ static int run_path(ad_ctx *ctx, const fx_case *c, bool registry, ad_tensor **in
 static int check_case(const fx_case *c, char *msg, size_t n) {
   int result = PATH_NONE;
   for (int registry = 1; registry >= 0 && result != PATH_FAIL; registry--) {
-    ad_ctx *ctx = ad_ctx_new();
-    if (!ctx) return fail(msg, n, c, "ad_ctx_new", "out of memory");
+    ad_ctx *cx = ad_ctx_new();
+    if (!cx) return fail(msg, n, c, "ad_ctx_new", "out of memory");
     ad_tensor *in[AD_MAX_SRC + 1] = {0};
-    int r = run_path(ctx, c, registry, in, msg, n);
+    int r = run_path(cx, c, registry, in, msg, n);
     if (r != PATH_NONE) result = r;
-    ad_tape_reset(ctx);
+    ad_tape_reset(cx);
     for (int k = 0; k <= AD_MAX_SRC; k++) ad_tensor_free(in[k]);
-    ad_ctx_free(ctx);
+    ad_ctx_free(cx);
   }
   if (result == PATH_NONE)
     snprintf(msg, n, CASE_FMT ": '%s' is neither a registered op nor a known builder", CASE_ARGS(c),
@@ -880,7 +882,6 @@ Test(ops_values, fixture_covers_every_differentiable_op) {
   char err[512], missing[2048] = "";
   const fx_file *fx = fixture(err, sizeof err);
   cr_assert(fx, "fixture unusable: %s", err);
-  ad_ctx *ctx = ad_ctx_new();
   int nops = ad_op_count(ctx), checked = 0;
   cr_assert_gt(nops, 0);
   for (int id = 0; id < nops; id++) {
@@ -900,7 +901,6 @@ Test(ops_values, fixture_covers_every_differentiable_op) {
       }
     }
   }
-  ad_ctx_free(ctx);
   cr_assert_gt(checked, 0, "no differentiable op registered");
   cr_assert(!missing[0], "ops without a fixture case (run tools/gen_fixtures.py):%s", missing);
 }
@@ -927,7 +927,6 @@ Test(ops_values, every_builder_is_value_tested) {
   char err[512], missing[2048] = "", msg[1024];
   const fx_file *fx = fixture(err, sizeof err);
   cr_assert(fx, "fixture unusable: %s", err);
-  ad_ctx *ctx = ad_ctx_new();
   int nops = ad_op_count(ctx);
   for (int id = 0; id < nops; id++) {
     const char *name = ad_op_get(ctx, id)->name;
@@ -938,7 +937,7 @@ Test(ops_values, every_builder_is_value_tested) {
     bool reached = false;
     for (int k = 0; k < fx->ncases && !reached; k++) {
       if (strcmp(fx->cases[k].op, name)) continue;
-      ad_ctx *c2 = ad_ctx_new();
+      ad_ctx *c2 = ad_ctx_new(); /* a fresh context per case, as check_case gives each */
       ad_tensor *in[AD_MAX_SRC + 1] = {0};
       reached = run_path(c2, &fx->cases[k], false, in, msg, sizeof msg) != PATH_NONE;
       ad_tape_reset(c2);
@@ -950,7 +949,6 @@ Test(ops_values, every_builder_is_value_tested) {
       snprintf(missing + off, sizeof missing - off, " %s", name);
     }
   }
-  ad_ctx_free(ctx);
   cr_assert(!missing[0],
             "ops no fixture case reaches through a builder (mark them B1/B2 in ops.def, or add "
             "their builder to run_builder):%s",
@@ -973,7 +971,6 @@ Test(ops_values, reduce_attrs_match_engine) {
   bool parsed = fx_parse(f, &fx, err, sizeof err);
   fclose(f);
   cr_assert(parsed, "%s", err);
-  ad_ctx *ctx = ad_ctx_new();
   int64_t s[2] = {2, 2};
   ad_tensor *x = ad_ones(ctx, AD_F64, 2, s);
   ad_tensor_set_requires_grad(x, true);
@@ -992,7 +989,6 @@ Test(ops_values, reduce_attrs_match_engine) {
   }
   ad_tape_reset(ctx);
   ad_tensor_free(x);
-  ad_ctx_free(ctx);
   fx_free(&fx);
 }
 

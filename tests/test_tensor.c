@@ -1,22 +1,13 @@
 /* test_tensor.c: constructors, element access, views, printing, names and
  * the RNG of the autodiff core. */
-#include "ad_ext.h"
+#include "test_alloc.h"
 
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-static ad_ctx *ctx;
-
-static void setup(void) {
-  ctx = ad_ctx_new();
-  cr_assert_not_null(ctx);
-}
-
-static void teardown(void) { ad_ctx_free(ctx); }
-
-TestSuite(tensor, .init = setup, .fini = teardown);
+TEST_CTX_SUITE(tensor);
 
 /* Asserts every element of t equals want[i] within tol. */
 static void assert_values(const ad_tensor *t, const double *want, int64_t n, double tol) {
