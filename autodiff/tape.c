@@ -357,10 +357,16 @@ static inline ad_status accumulate(ad_ctx *ctx, ad_node *n, ad_tensor *g, bool d
   return accumulate_slow(ctx, n, g, direct);
 }
 
-/* g reshaped to x's shape, through the op layer's reshape. */
-static ad_tensor *reshape_like(ad_ctx *ctx, ad_tensor *g, const ad_tensor *x) {
+/* The attributes of a reshape or sum_to to x's shape. */
+static ad_attrs shape_of(const ad_tensor *x) {
   ad_attrs at = {.shape = {.ndim = x->ndim}};
   memcpy(at.shape.dims, x->shape, sizeof(int64_t) * (size_t)x->ndim);
+  return at;
+}
+
+/* g reshaped to x's shape, through the op layer's reshape. */
+static ad_tensor *reshape_like(ad_ctx *ctx, ad_tensor *g, const ad_tensor *x) {
+  ad_attrs at = shape_of(x);
   return ad_op_apply(ctx, ctx->op_reshape, 1, &g, &at);
 }
 
@@ -368,8 +374,7 @@ ad_tensor *ad_reduce_to(ad_ctx *ctx, ad_tensor *g, const ad_tensor *x) {
   if (!g) return NULL;
   if (ad_same_shape(g, x)) return g;
   if (g->size == x->size) return reshape_like(ctx, g, x);
-  ad_attrs at = {.shape = {.ndim = x->ndim}};
-  memcpy(at.shape.dims, x->shape, sizeof(int64_t) * (size_t)x->ndim);
+  ad_attrs at = shape_of(x);
   return ad_op_apply(ctx, ctx->op_sum_to, 1, &g, &at);
 }
 
