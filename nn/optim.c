@@ -1,8 +1,10 @@
 /* optim.c: optimizers (PyTorch's update rules), learning-rate schedules.
  *
  * An update is a plain loop over a parameter's data and its gradient (the
- * gradient itself always comes from the tape). State lives in named
- * persistent tensors so that a checkpoint can save and resume it. */
+ * gradient itself always comes from the tape): nn/kernels/update.c. State
+ * lives in named persistent tensors so that a checkpoint can save and
+ * resume it. */
+#include "kernels/update.h"
 #include "nn_internal.h"
 
 #include <float.h>
@@ -232,155 +234,12 @@ void nn_optimizer_free(nn_optimizer *o) {
   ad_free(ctx, o, sizeof *o);
 }
 
-/* ---------------------------------------------------------------- updates
- * One set of loops per dtype, generated from the same body; arithmetic in
- * the parameter's dtype, coefficients computed in double. t is the 1-based
- * step. g is the gradient plus the L2 term; the stored gradient is never
- * changed (zeroing it is the caller's one explicit call). Options are
- * tested outside the loops and the arrays are restrict, so the compiler can
- * vectorize each loop.
- *
- * First moments and momentum buffers (numerators of an update) are stored
- * as 0 once their magnitude falls below TMIN, the smallest normal number of
- * the type. A weight whose gradient is exactly 0 step after step (a ReLU
- * unit that never fires) would otherwise keep a subnormal moment for ever:
- * 0.9 times the smallest subnormal rounds back to it, so m = 0.9 m never
- * reaches 0, and every later step computes with subnormals, on the CPU's
- * slow path (docs/performance.md measures how often and how much). A
- * flushed m would
- * have moved its parameter by less than step * TMIN / eps: 1e-32 in float
- * with Adam's default eps of 1e-8, below the last bit of any parameter
- * larger than about 1e-25. Second moments (denominators) are never
- * flushed: with eps = 0 a 0 there would divide by zero. */
-#define NN_FLUSH(x, TMIN) ((x) < (TMIN) && (x) > -(TMIN) ? 0 : (x))
-
-#define DEFINE_UPDATE(T, TMIN, SQRT, SFX, ATTR)                                                    \
-  ATTR static void sgd_##T##SFX(const nn_opt_config *c, int64_t n, T *restrict p,                  \
-                                const T *restrict gr, T *restrict b, int64_t t) {                  \
-    T lr = (T)c->lr, l2 = (T)c->weight_decay, mom = (T)c->momentum;                                \
-    T damp = (T)(1.0 - c->dampening);                                                              \
-    if (!b) {                                                                                      \
-      for (int64_t i = 0; i < n; i++) p[i] -= lr * (gr[i] + l2 * p[i]);                            \
-    } else if (t == 1) { /* the buffer starts as the first gradient */                             \
-      for (int64_t i = 0; i < n; i++) {                                                            \
-        T g = gr[i] + l2 * p[i];                                                                   \
-        b[i] = g;                                                                                  \
-        p[i] -= lr * (c->nesterov ? g + mom * g : g);                                              \
-      }                                                                                            \
-    } else if (c->nesterov) {                                                                      \
-      for (int64_t i = 0; i < n; i++) {                                                            \
-        T g = gr[i] + l2 * p[i];                                                                   \
-        b[i] = NN_FLUSH(mom * b[i] + damp * g, TMIN);                                              \
-        p[i] -= lr * (g + mom * b[i]);                                                             \
-      }                                                                                            \
-    } else {                                                                                       \
-      for (int64_t i = 0; i < n; i++) {                                                            \
-        b[i] = NN_FLUSH(mom * b[i] + damp * (gr[i] + l2 * p[i]), TMIN);                            \
-        p[i] -= lr * b[i];                                                                         \
-      }                                                                                            \
-    }                                                                                              \
-  }                                                                                                \
-                                                                                                   \
-  ATTR static void adagrad_##T##SFX(const nn_opt_config *c, int64_t n, T *restrict p,              \
-                                    const T *restrict gr, T *restrict s, int64_t t) {              \
-    T clr = (T)(c->lr / (1.0 + (double)(t - 1) * c->lr_decay));                                    \
-    T l2 = (T)c->weight_decay, eps = (T)c->eps;                                                    \
-    for (int64_t i = 0; i < n; i++) {                                                              \
-      T g = gr[i] + l2 * p[i];                                                                     \
-      s[i] += g * g;                                                                               \
-      p[i] -= clr * g / (SQRT(s[i]) + eps);                                                        \
-    }                                                                                              \
-  }                                                                                                \
-                                                                                                   \
-  ATTR static void rmsprop_##T##SFX(const nn_opt_config *c, int64_t n, T *restrict p,              \
-                                    const T *restrict gr, T *restrict v, T *restrict m,            \
-                                    T *restrict b) {                                               \
-    T lr = (T)c->lr, l2 = (T)c->weight_decay, eps = (T)c->eps, mom = (T)c->momentum;               \
-    T a = (T)c->alpha, a1 = (T)(1.0 - c->alpha);                                                   \
-    for (int64_t i = 0; i < n; i++) {                                                              \
-      T g = gr[i] + l2 * p[i];                                                                     \
-      v[i] = a * v[i] + a1 * g * g;                                                                \
-      T var = v[i];                                                                                \
-      if (m) {                                                                                     \
-        m[i] = NN_FLUSH(a * m[i] + a1 * g, TMIN);                                                  \
-        var -= m[i] * m[i];                                                                        \
-      }                                                                                            \
-      T d = g / (SQRT(var) + eps);                                                                 \
-      if (b) {                                                                                     \
-        b[i] = NN_FLUSH(mom * b[i] + d, TMIN);                                                     \
-        d = b[i];                                                                                  \
-      }                                                                                            \
-      p[i] -= lr * d;                                                                              \
-    }                                                                                              \
-  }                                                                                                \
-                                                                                                   \
-  ATTR static void adam_##T##SFX(const nn_opt_config *c, int64_t n, T *restrict p,                 \
-                                 const T *restrict gr, T *restrict m, T *restrict v, int64_t t) {  \
-    T b1 = (T)c->beta1, b2 = (T)c->beta2, eps = (T)c->eps;                                         \
-    T step = (T)(c->lr / (1.0 - pow(c->beta1, (double)t)));                                        \
-    T inv_bc2 = (T)(1.0 / sqrt(1.0 - pow(c->beta2, (double)t)));                                   \
-    T l2 = (T)c->weight_decay;                                                                     \
-    if (c->kind == NN_OPT_ADAMW) { /* decoupled decay, then no L2 term */                          \
-      T decay = (T)(1.0 - c->lr * c->weight_decay);                                                \
-      for (int64_t i = 0; i < n; i++) p[i] *= decay;                                               \
-      l2 = 0;                                                                                      \
-    }                                                                                              \
-    for (int64_t i = 0; i < n; i++) {                                                              \
-      T g = gr[i] + l2 * p[i];                                                                     \
-      m[i] = NN_FLUSH(b1 * m[i] + (1 - b1) * g, TMIN);                                             \
-      v[i] = b2 * v[i] + (1 - b2) * g * g;                                                         \
-      p[i] -= step * m[i] / (SQRT(v[i]) * inv_bc2 + eps);                                          \
-    }                                                                                              \
-  }                                                                                                \
-                                                                                                   \
-  ATTR static void update_##T##SFX(const nn_opt_config *c, const slot *sl, int64_t t, int64_t lo,  \
-                                   int64_t hi) {                                                   \
-    T *p = (T *)sl->p->data + lo;                                                                  \
-    const T *g = (const T *)sl->p->grad->data + lo;                                                \
-    T *s0 = sl->s[0] ? (T *)sl->s[0]->data + lo : NULL;                                            \
-    T *s1 = sl->s[1] ? (T *)sl->s[1]->data + lo : NULL;                                            \
-    T *s2 = sl->s[2] ? (T *)sl->s[2]->data + lo : NULL;                                            \
-    int64_t n = hi - lo;                                                                           \
-    switch (c->kind) {                                                                             \
-    case NN_OPT_SGD:                                                                               \
-      sgd_##T##SFX(c, n, p, g, s0, t);                                                             \
-      break;                                                                                       \
-    case NN_OPT_ADAGRAD:                                                                           \
-      adagrad_##T##SFX(c, n, p, g, s0, t);                                                         \
-      break;                                                                                       \
-    case NN_OPT_RMSPROP:                                                                           \
-      rmsprop_##T##SFX(c, n, p, g, s0, s1, s2);                                                    \
-      break;                                                                                       \
-    case NN_OPT_ADAM:                                                                              \
-    case NN_OPT_ADAMW:                                                                             \
-      adam_##T##SFX(c, n, p, g, s0, s1, t);                                                        \
-      break;                                                                                       \
-    }                                                                                              \
-  }
-
-DEFINE_UPDATE(float, FLT_MIN, sqrtf, , )
-DEFINE_UPDATE(double, DBL_MIN, sqrt, , )
-
-/* The same loops compiled for AVX2, picked at run time: twice the lanes of
- * the baseline build's SSE2, square roots and divisions included. Without
- * FMA contraction (ISO C mode) each
- * element is computed by the same correctly rounded operations, so both
- * versions give bit-identical results. */
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-#define NN_OPT_AVX2 1
-DEFINE_UPDATE(float, FLT_MIN, sqrtf, _avx2, __attribute__((target("avx2"))))
-DEFINE_UPDATE(double, DBL_MIN, sqrt, _avx2, __attribute__((target("avx2"))))
-
-static bool have_avx2(void) { return __builtin_cpu_supports("avx2"); }
-#endif
-
 /* One optimizer step as a parallel loop over the concatenated elements of
  * the parameters that take part (every update is elementwise, so any cut
  * gives the same result). */
 typedef struct step_job {
   const nn_optimizer *o;
   int64_t t;
-  bool avx2;
 } step_job;
 
 static bool takes_part(const slot *sl) {
@@ -398,19 +257,11 @@ static void step_range(void *ud, int64_t begin, int64_t end) {
     if (hi > sl->p->size) hi = sl->p->size;
     off += sl->p->size;
     if (lo >= hi) continue;
-#ifdef NN_OPT_AVX2
-    if (j->avx2) {
-      if (sl->p->dtype == AD_F32)
-        update_float_avx2(&o->cfg, sl, j->t, lo, hi);
-      else
-        update_double_avx2(&o->cfg, sl, j->t, lo, hi);
-      continue;
-    }
-#endif
-    if (sl->p->dtype == AD_F32)
-      update_float(&o->cfg, sl, j->t, lo, hi);
-    else
-      update_double(&o->cfg, sl, j->t, lo, hi);
+    size_t es = ad_dtype_size(sl->p->dtype), at = (size_t)lo * es;
+    void *st[MAX_SLOT_STATE];
+    for (int k = 0; k < MAX_SLOT_STATE; k++) st[k] = sl->s[k] ? (char *)sl->s[k]->data + at : NULL;
+    nn_update(&o->cfg, sl->p->dtype, j->t, hi - lo, (char *)sl->p->data + at,
+              (const char *)sl->p->grad->data + at, st[0], st[1], st[2]);
   }
 }
 
@@ -422,10 +273,7 @@ ad_status nn_optimizer_step(nn_optimizer *o) {
   if (o->cfg.clip_value > 0) nn_clip_grad_value(o->params, o->cfg.clip_value);
   if (o->cfg.clip_norm > 0) nn_clip_grad_norm(o->params, o->cfg.clip_norm);
   double *steps = o->step->data;
-  step_job j = {o, (int64_t)steps[0] + 1, false};
-#ifdef NN_OPT_AVX2
-  j.avx2 = have_avx2();
-#endif
+  step_job j = {o, (int64_t)steps[0] + 1};
   int64_t total = 0;
   for (int i = 0; i < o->nslots; i++) {
     const slot *sl = &o->slots[i];

@@ -1,0 +1,158 @@
+/* update.c: the optimizers' update loops (PyTorch's rules) over plain
+ * arrays, compiled twice: for the baseline and for AVX2, picked at run
+ * time. */
+#include "update.h"
+
+#include <float.h>
+#include <math.h>
+
+/* One set of loops per dtype, generated from the same body; arithmetic in
+ * the parameter's dtype, coefficients computed in double. t is the 1-based
+ * step. g is the gradient plus the L2 term; the stored gradient is never
+ * changed (zeroing it is the caller's one explicit call). Options are
+ * tested outside the loops and the arrays are restrict, so the compiler can
+ * vectorize each loop.
+ *
+ * First moments and momentum buffers (numerators of an update) are stored
+ * as 0 once their magnitude falls below TMIN, the smallest normal number of
+ * the type. A weight whose gradient is exactly 0 step after step (a ReLU
+ * unit that never fires) would otherwise keep a subnormal moment for ever:
+ * 0.9 times the smallest subnormal rounds back to it, so m = 0.9 m never
+ * reaches 0, and every later step computes with subnormals, on the CPU's
+ * slow path (docs/performance.md measures how often and how much). A
+ * flushed m would
+ * have moved its parameter by less than step * TMIN / eps: 1e-32 in float
+ * with Adam's default eps of 1e-8, below the last bit of any parameter
+ * larger than about 1e-25. Second moments (denominators) are never
+ * flushed: with eps = 0 a 0 there would divide by zero. */
+#define NN_FLUSH(x, TMIN) ((x) < (TMIN) && (x) > -(TMIN) ? 0 : (x))
+
+#define DEFINE_UPDATE(T, TMIN, SQRT, SFX, ATTR)                                                    \
+  ATTR static void sgd_##T##SFX(const nn_opt_config *c, int64_t n, T *restrict p,                  \
+                                const T *restrict gr, T *restrict b, int64_t t) {                  \
+    T lr = (T)c->lr, l2 = (T)c->weight_decay, mom = (T)c->momentum;                                \
+    T damp = (T)(1.0 - c->dampening);                                                              \
+    if (!b) {                                                                                      \
+      for (int64_t i = 0; i < n; i++) p[i] -= lr * (gr[i] + l2 * p[i]);                            \
+    } else if (t == 1) { /* the buffer starts as the first gradient */                             \
+      for (int64_t i = 0; i < n; i++) {                                                            \
+        T g = gr[i] + l2 * p[i];                                                                   \
+        b[i] = g;                                                                                  \
+        p[i] -= lr * (c->nesterov ? g + mom * g : g);                                              \
+      }                                                                                            \
+    } else if (c->nesterov) {                                                                      \
+      for (int64_t i = 0; i < n; i++) {                                                            \
+        T g = gr[i] + l2 * p[i];                                                                   \
+        b[i] = NN_FLUSH(mom * b[i] + damp * g, TMIN);                                              \
+        p[i] -= lr * (g + mom * b[i]);                                                             \
+      }                                                                                            \
+    } else {                                                                                       \
+      for (int64_t i = 0; i < n; i++) {                                                            \
+        b[i] = NN_FLUSH(mom * b[i] + damp * (gr[i] + l2 * p[i]), TMIN);                            \
+        p[i] -= lr * b[i];                                                                         \
+      }                                                                                            \
+    }                                                                                              \
+  }                                                                                                \
+                                                                                                   \
+  ATTR static void adagrad_##T##SFX(const nn_opt_config *c, int64_t n, T *restrict p,              \
+                                    const T *restrict gr, T *restrict s, int64_t t) {              \
+    T clr = (T)(c->lr / (1.0 + (double)(t - 1) * c->lr_decay));                                    \
+    T l2 = (T)c->weight_decay, eps = (T)c->eps;                                                    \
+    for (int64_t i = 0; i < n; i++) {                                                              \
+      T g = gr[i] + l2 * p[i];                                                                     \
+      s[i] += g * g;                                                                               \
+      p[i] -= clr * g / (SQRT(s[i]) + eps);                                                        \
+    }                                                                                              \
+  }                                                                                                \
+                                                                                                   \
+  ATTR static void rmsprop_##T##SFX(const nn_opt_config *c, int64_t n, T *restrict p,              \
+                                    const T *restrict gr, T *restrict v, T *restrict m,            \
+                                    T *restrict b) {                                               \
+    T lr = (T)c->lr, l2 = (T)c->weight_decay, eps = (T)c->eps, mom = (T)c->momentum;               \
+    T a = (T)c->alpha, a1 = (T)(1.0 - c->alpha);                                                   \
+    for (int64_t i = 0; i < n; i++) {                                                              \
+      T g = gr[i] + l2 * p[i];                                                                     \
+      v[i] = a * v[i] + a1 * g * g;                                                                \
+      T var = v[i];                                                                                \
+      if (m) {                                                                                     \
+        m[i] = NN_FLUSH(a * m[i] + a1 * g, TMIN);                                                  \
+        var -= m[i] * m[i];                                                                        \
+      }                                                                                            \
+      T d = g / (SQRT(var) + eps);                                                                 \
+      if (b) {                                                                                     \
+        b[i] = NN_FLUSH(mom * b[i] + d, TMIN);                                                     \
+        d = b[i];                                                                                  \
+      }                                                                                            \
+      p[i] -= lr * d;                                                                              \
+    }                                                                                              \
+  }                                                                                                \
+                                                                                                   \
+  ATTR static void adam_##T##SFX(const nn_opt_config *c, int64_t n, T *restrict p,                 \
+                                 const T *restrict gr, T *restrict m, T *restrict v, int64_t t) {  \
+    T b1 = (T)c->beta1, b2 = (T)c->beta2, eps = (T)c->eps;                                         \
+    T step = (T)(c->lr / (1.0 - pow(c->beta1, (double)t)));                                        \
+    T inv_bc2 = (T)(1.0 / sqrt(1.0 - pow(c->beta2, (double)t)));                                   \
+    T l2 = (T)c->weight_decay;                                                                     \
+    if (c->kind == NN_OPT_ADAMW) { /* decoupled decay, then no L2 term */                          \
+      T decay = (T)(1.0 - c->lr * c->weight_decay);                                                \
+      for (int64_t i = 0; i < n; i++) p[i] *= decay;                                               \
+      l2 = 0;                                                                                      \
+    }                                                                                              \
+    for (int64_t i = 0; i < n; i++) {                                                              \
+      T g = gr[i] + l2 * p[i];                                                                     \
+      m[i] = NN_FLUSH(b1 * m[i] + (1 - b1) * g, TMIN);                                             \
+      v[i] = b2 * v[i] + (1 - b2) * g * g;                                                         \
+      p[i] -= step * m[i] / (SQRT(v[i]) * inv_bc2 + eps);                                          \
+    }                                                                                              \
+  }                                                                                                \
+                                                                                                   \
+  ATTR static void update_##T##SFX(const nn_opt_config *c, int64_t t, int64_t n, T *p, const T *g, \
+                                   T *s0, T *s1, T *s2) {                                          \
+    switch (c->kind) {                                                                             \
+    case NN_OPT_SGD:                                                                               \
+      sgd_##T##SFX(c, n, p, g, s0, t);                                                             \
+      break;                                                                                       \
+    case NN_OPT_ADAGRAD:                                                                           \
+      adagrad_##T##SFX(c, n, p, g, s0, t);                                                         \
+      break;                                                                                       \
+    case NN_OPT_RMSPROP:                                                                           \
+      rmsprop_##T##SFX(c, n, p, g, s0, s1, s2);                                                    \
+      break;                                                                                       \
+    case NN_OPT_ADAM:                                                                              \
+    case NN_OPT_ADAMW:                                                                             \
+      adam_##T##SFX(c, n, p, g, s0, s1, t);                                                        \
+      break;                                                                                       \
+    }                                                                                              \
+  }
+
+DEFINE_UPDATE(float, FLT_MIN, sqrtf, , )
+DEFINE_UPDATE(double, DBL_MIN, sqrt, , )
+
+/* The same loops compiled for AVX2, picked at run time: twice the lanes of
+ * the baseline build's SSE2, square roots and divisions included. Without
+ * FMA contraction (ISO C mode) each
+ * element is computed by the same correctly rounded operations, so both
+ * versions give bit-identical results. */
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define NN_OPT_AVX2 1
+DEFINE_UPDATE(float, FLT_MIN, sqrtf, _avx2, __attribute__((target("avx2"))))
+DEFINE_UPDATE(double, DBL_MIN, sqrt, _avx2, __attribute__((target("avx2"))))
+
+#endif
+
+void nn_update(const nn_opt_config *c, ad_dtype dt, int64_t t, int64_t n, void *p, const void *g,
+               void *s0, void *s1, void *s2) {
+#ifdef NN_OPT_AVX2
+  if (__builtin_cpu_supports("avx2")) {
+    if (dt == AD_F32)
+      update_float_avx2(c, t, n, p, g, s0, s1, s2);
+    else
+      update_double_avx2(c, t, n, p, g, s0, s1, s2);
+    return;
+  }
+#endif
+  if (dt == AD_F32)
+    update_float(c, t, n, p, g, s0, s1, s2);
+  else
+    update_double(c, t, n, p, g, s0, s1, s2);
+}

@@ -1,0 +1,16 @@
+/* update.h: the optimizers' update sweeps (private to nn): one optimizer
+ * step over n elements of plain arrays. Knows nothing of tensors, slots or
+ * threads; nn/optim.c cuts the parameters into ranges and calls it. */
+#ifndef NN_UPDATE_H
+#define NN_UPDATE_H
+
+#include "nn.h"
+
+/* Updates p[0..n) in place from the gradient g (never written) and the
+ * optimizer's state arrays s0..s2 (those its kind keeps, else NULL; in
+ * the order of nn/optim.c's state_kinds), for step t (1-based), in dtype
+ * dt (AD_F32 or AD_F64). Bit-identical results on every code path. */
+void nn_update(const nn_opt_config *c, ad_dtype dt, int64_t t, int64_t n, void *p, const void *g,
+               void *s0, void *s1, void *s2);
+
+#endif
