@@ -221,7 +221,8 @@ typedef void (*ad_forward_fn)(const ad_call *c);
 /* For each k with needs[k], sets gin[k] to input k's contribution to
  * dL/din[k], computed with ad_ ops from c->gout (so it can be recorded and
  * differentiated again), or leaves it NULL for zero. A contribution may
- * have a shape that broadcasts to in[k]: the engine sums it down. The
+ * have the output's broadcast shape (one that in[k] broadcasts to): the
+ * engine sums it down to in[k]'s. The
  * engine adds contributions up; a backward never writes a gradient itself.
  * Returns AD_OK or the status of the op that failed. */
 typedef ad_status (*ad_backward_fn)(const ad_call *c);
@@ -235,7 +236,8 @@ typedef ad_status (*ad_backward_fn)(const ad_call *c);
  * GEMM with beta = 1, which rounds differently). The engine calls it only in
  * ad_backward (never under create_graph), for a persistent input that
  * requires a gradient, and without overwrite only when no backward hook
- * would need the contribution. Must not allocate or fail. */
+ * would need the contribution. Must not fail: a kernel's own scratch with a
+ * fallback is fine, an error to report is not. */
 typedef bool (*ad_grad_into_fn)(const ad_call *c, int k, ad_tensor *grad, bool overwrite);
 
 /* A gradcheck test case to make. */
@@ -326,9 +328,10 @@ AD_API ad_status ad_op_check(ad_ctx *ctx, int id, ad_dtype dtype, bool second, u
  * contribution is gin[k] (shaped like in[k]), or, when direct[k], it went
  * straight into in[k]->grad (an op's grad_into fast path, e.g. a matrix
  * product's GEMM writing a weight's new gradient): in[k]->grad then holds
- * it, as the gradient's first contribution of the pass. gin[k] is NULL and
- * direct[k] false when input k received nothing. Pointers are valid until
- * ad_tape_reset. */
+ * exactly it, the gradient's first contribution of the pass. gin[k] is
+ * NULL and direct[k] false when input k received nothing. The record and
+ * its arrays (in, gin, direct) are valid during the call; the tensors they
+ * point to until ad_tape_reset (grads: until changed). */
 typedef struct ad_backward_step {
   const ad_tensor *out, *gout;
   int n;
@@ -343,22 +346,28 @@ typedef struct ad_backward_step {
 typedef void (*ad_backward_hook)(void *ud, const ad_backward_step *step);
 
 /* Installs (fn != NULL) or removes the hook. A hook never changes what
- * backward computes or how: results are the same bits and the same fast
- * paths run with and without one. */
+ * backward computes: results are the same bits with and without one, and
+ * the fast paths that store a new gradient run either way; only an op's
+ * adding into an existing gradient (whose contribution the hook could not
+ * see) gives way to the ordinary path, which rounds alike. */
 AD_API void ad_set_backward_hook(ad_ctx *ctx, ad_backward_hook fn, void *ud);
 
 /* -------------------------------------------------------- introspection
  * What tools that read a recorded graph (graph dumps, traces, debuggers)
  * need beyond ad_tensor_op, ad_tensor_inputs and ad_tensor_attrs. All
- * accept any pointer a caller holds, including a freed tensor's, and never
- * write. */
+ * accept NULL, any live tensor, and an op's result from before an
+ * ad_tape_reset (its arena memory stays the context's; the generation
+ * tells it apart), and never write. A persistent tensor passed to
+ * ad_tensor_free is gone: do not pass it. */
 
-/* True when t is a live tensor (not NULL, not freed). */
+/* True when t is a tensor: live, or an op's result from an earlier tape
+ * generation (ad_tensor_generation tells which). */
 AD_API bool ad_tensor_is_valid(const ad_tensor *t);
 /* The context t was made in; NULL for NULL or a freed tensor. */
 AD_API ad_ctx *ad_tensor_ctx(const ad_tensor *t);
-/* t's position on the tape, in execution order, or -1 when t is not
- * recorded (a leaf, a constant, an op run in no-grad mode). */
+/* t's position on the tape, in execution order, or -1 when t is not on
+ * the current tape (a leaf, a constant, an op run in no-grad mode, a
+ * result from before ad_tape_reset). */
 AD_API int64_t ad_tensor_tape_index(const ad_tensor *t);
 /* The tape generation t was made in: ad_tape_reset starts a new one. A
  * temporary of an earlier generation is gone; a persistent tensor's

@@ -168,8 +168,9 @@ static inline void *ad_tmp_data(char *p, size_t bytes) {
 }
 
 /* Sets every field but data; size is the product of shape (the caller
- * knows it, or computes it once). src is left alone: nothing reads it while
- * nsrc is 0, and recording sets both. */
+ * knows it, or computes it once). src is left alone: a temporary's is read
+ * only once recording has set it and nsrc; a persistent tensor's
+ * (spare_grad) is set by its constructor. */
 static inline void ad_node_init(ad_node *n, ad_ctx *ctx, ad_dtype dt, int ndim,
                                 const int64_t *shape, int64_t size) {
   n->t.grad = NULL;

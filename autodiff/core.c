@@ -452,7 +452,7 @@ ad_tensor *ad_randn(ad_ctx *ctx, ad_rng *rng, ad_dtype dt, int ndim, const int64
 ad_tensor *ad_tensor_clone(ad_ctx *ctx, const ad_tensor *t) {
   if (!ctx) return NULL;
   if (!t) {
-    ad_set_error(ctx, AD_ERR_NULL, "clone: tensor is NULL");
+    ad_set_null_error(ctx, "clone: tensor is NULL");
     return NULL;
   }
   return ad_from_data(ctx, t->dtype, t->ndim, t->shape, t->data);

@@ -55,7 +55,7 @@ static ad_status state_init(check_state *s, ad_ctx *ctx, ad_check_fn fn, void *u
   ad_dtype dt = AD_F64;
   int nchecked = 0;
   for (int i = 0; i < n; i++) {
-    if (!in[i]) return ad_set_error(ctx, AD_ERR_NULL, "gradcheck: input %d is NULL", i);
+    if (!in[i]) return ad_set_null_error(ctx, "gradcheck: input %d is NULL", i);
     if (checked(in[i]) && in[i]->dtype == AD_F32) dt = AD_F32;
     nchecked += checked(in[i]);
   }

@@ -185,7 +185,7 @@ oom:
 
 ad_status ad_graph_name(ad_graph *g, const ad_tensor *t, const char *name) {
   if (!g) return AD_ERR_NULL;
-  if (!t) return ad_set_error(g->ctx, AD_ERR_NULL, "graph_name: tensor is NULL");
+  if (!t) return ad_set_null_error(g->ctx, "graph_name: tensor is NULL");
   if (!ad_tensor_is_valid(t))
     return ad_set_error(g->ctx, AD_ERR_ARG, "graph_name: not a tensor (freed?)");
   if (!name || !name[0]) {
@@ -674,7 +674,7 @@ static void place(FILE *f, ad_graph *g, vert *v, int *id, const ad_tensor *root)
 }
 
 ad_status ad_graph_dot(ad_graph *g, FILE *f, ad_tensor *root, int flags) {
-  if (!root) return g ? ad_set_error(g->ctx, AD_ERR_NULL, "graph_dot: root is NULL") : AD_ERR_NULL;
+  if (!root) return g ? ad_set_null_error(g->ctx, "graph_dot: root is NULL") : AD_ERR_NULL;
   if (!ad_tensor_is_valid(root)) {
     if (g) ad_set_error(g->ctx, AD_ERR_ARG, "graph_dot: root is not a tensor (freed?)");
     return AD_ERR_ARG;

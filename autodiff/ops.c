@@ -11,11 +11,14 @@ _Static_assert(sizeof builtin_ops / sizeof builtin_ops[0] == AD_OP_BUILTIN_COUNT
                "op table and enum disagree");
 
 ad_status ad_builtin_register(ad_ctx *ctx) {
-  for (int i = 0; i < AD_OP_BUILTIN_COUNT; i++)
-    if (ad_op_register(ctx, builtin_ops[i]) != i) {
+  for (int i = 0; i < AD_OP_BUILTIN_COUNT; i++) {
+    int id = ad_op_register(ctx, builtin_ops[i]);
+    if (id < 0) {
       ad_status st = ad_last_status(ctx);
       return st != AD_OK ? st : AD_ERR_OOM;
     }
+    AD_ASSERT(id == i, "built-in ops register in table order into a new context (a name twice?)");
+  }
   ctx->op_add = AD_OP_ADD;
   ctx->op_reshape = AD_OP_RESHAPE;
   ctx->op_sum_to = AD_OP_SUM_TO;

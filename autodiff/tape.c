@@ -130,7 +130,7 @@ ad_ctx *ad_tensor_ctx(const ad_tensor *t) {
 int64_t ad_tensor_tape_index(const ad_tensor *t) {
   if (!ad_tensor_is_valid(t)) return -1;
   const ad_node *n = ad_node_of(t);
-  return (n->flags & AD_NF_RECORDED) ? n->tape_idx : -1;
+  return (n->flags & AD_NF_RECORDED) && n->epoch == n->ctx->epoch ? n->tape_idx : -1;
 }
 
 uint64_t ad_tensor_generation(const ad_tensor *t) {
@@ -200,9 +200,12 @@ static ad_tensor *apply_shape(ad_ctx *ctx, const ad_op_def *def, ad_call *c) {
       ad_set_error(ctx, st, "%s: the shape rule refused the inputs", def->name);
     return NULL;
   }
-  AD_ASSERT(d.ndim >= 0 && d.ndim <= AD_MAX_DIMS &&
-                (d.dtype == AD_F32 || d.dtype == AD_F64 || d.dtype == AD_I32),
-            "a shape rule described an impossible tensor");
+  if (d.ndim < 0 || d.ndim > AD_MAX_DIMS ||
+      (d.dtype != AD_F32 && d.dtype != AD_F64 && d.dtype != AD_I32)) { /* a user's rule */
+    ad_set_error(ctx, AD_ERR_ARG, "%s: the shape rule described dtype %d with %d dims", def->name,
+                 (int)d.dtype, d.ndim);
+    return NULL;
+  }
   int64_t size;
   if (!ad_shape_size_checked(d.ndim, d.shape, &size)) {
     char a[96];
@@ -406,7 +409,12 @@ static bool grad_into(ad_ctx *ctx, const ad_op_def *def, const ad_call *c, ad_no
   for (int k = 0; k < c->n; k++) {
     ad_node *s = src[k];
     direct[k] = false;
-    if (needs[k] && (s->flags & AD_NF_PERSISTENT) && (add || !s->t.grad)) {
+    /* without add (a hook will look), a leaf that is also another input
+     * takes the ordinary path: its grad would hold both contributions by
+     * the time the hook reads one (x * x) */
+    bool twice = false;
+    for (int j = 0; !add && j < c->n; j++) twice |= j != k && src[j] == s;
+    if (needs[k] && (s->flags & AD_NF_PERSISTENT) && (add || (!s->t.grad && !twice))) {
       ad_tensor *g = s->t.grad;
       bool fresh = !g;
       if (fresh && !(g = ad_leaf_grad_take(ctx, s))) {
@@ -466,7 +474,8 @@ static ad_status sweep(ad_ctx *ctx, ad_node *root, const ad_tensor *seed, bool c
   ctx->grad_enabled = create_graph;
   /* ops' grad_into fast paths: only where the result goes to leaves' grad
    * fields; adding into an existing grad only while no hook would miss the
-   * contribution (storing a new one leaves it in the grad for the hook) */
+   * contribution (storing a new one leaves it in the grad for the hook);
+   * either way the bits are those of the ordinary path */
   bool into = direct && !create_graph, into_add = into && !ctx->hook;
   /* a failing op breaks the loop at once, so the count of recorded errors
    * is the same before every backward that runs */
@@ -566,7 +575,7 @@ ad_status ad_grad(ad_ctx *ctx, ad_tensor *root, const ad_tensor *seed, int n,
     return ad_set_error(ctx, AD_ERR_NULL, "grad: inputs or out is NULL");
   for (int i = 0; i < n; i++) {
     out[i] = NULL;
-    if (!inputs[i]) return ad_set_error(ctx, AD_ERR_NULL, "grad: input %d is NULL", i);
+    if (!inputs[i]) return ad_set_null_error(ctx, "grad: input %d is NULL", i);
   }
   for (int i = 0; i < n; i++) ad_node_of(inputs[i])->flags |= AD_NF_KEEP;
   st = sweep(ctx, ad_node_of(root), seed, create_graph, false, "grad");

@@ -728,8 +728,8 @@ static ad_status check_args(ad_ctx *ctx, const char *fn, const char *path, int n
       return ad_set_error(ctx, AD_ERR_ARG, "%s %s: names[%d] is empty", fn, path, i);
     const ad_tensor *t = tensors[i];
     if (!t)
-      return ad_set_error(ctx, AD_ERR_NULL, "%s %s: tensor '%s' (tensors[%d]) is NULL", fn, path,
-                          names[i], i);
+      return ad_set_null_error(ctx, "%s %s: tensor '%s' (tensors[%d]) is NULL", fn, path, names[i],
+                               i);
     if (!st_name_of(t->dtype) || t->ndim < 0 || t->ndim > AD_MAX_DIMS || t->size < 0 ||
         (t->size > 0 && !t->data))
       return ad_set_error(ctx, AD_ERR_ARG, "%s %s: tensor '%s' (tensors[%d]) is invalid", fn, path,

@@ -471,7 +471,9 @@ NN_API void nn_optimizer_free(nn_optimizer *opt);
 NN_API ad_status nn_optimizer_step(nn_optimizer *opt);
 
 /* Zeroes the gradients of the optimizer's parameters (as
- * nn_params_zero_grad). A step never changes a gradient; a parameter whose
+ * nn_params_zero_grad). A step never clears a gradient (the clipping its
+ * configuration asks for, clip_value and clip_norm, scales the gradients
+ * in place first, as PyTorch's clip_grad_*_ do); a parameter whose
  * gradient is NULL (zeroed and not reached by backward since) is skipped,
  * its state untouched, as in PyTorch. */
 NN_API void nn_optimizer_zero_grad(nn_optimizer *opt);

@@ -301,7 +301,7 @@ void nn_fans(const ad_tensor *t, int64_t *fan_in, int64_t *fan_out) {
 
 ad_status nn_init_tensor(ad_ctx *ctx, ad_tensor *t, nn_init init, ad_rng *rng) {
   if (!ctx) return AD_ERR_NULL;
-  if (!t) return ad_set_error(ctx, AD_ERR_NULL, "init: tensor is NULL");
+  if (!t) return ad_set_null_error(ctx, "init: tensor is NULL");
   if (t->dtype != AD_F32 && t->dtype != AD_F64)
     return ad_set_error(ctx, AD_ERR_DTYPE, "init: tensor is %s; a float dtype is needed",
                         ad_dtype_name(t->dtype));
