@@ -397,17 +397,22 @@ AD_API void ad_parallel_for(int64_t n, int64_t grain, ad_range_fn fn, void *ud);
 /* ------------------------------------------------------------- GEMM */
 
 /* C = alpha * op(A) op(B) + beta * C, row-major; op transposes when trans_*.
- * A is m x k after op, B k x n, C m x n. Built with BLAS, products of up to
- * 4M multiply-adds run on the built-in kernel when the CPU has AVX2 (it is
- * faster there) and larger ones on BLAS; otherwise the built-in kernel
- * (AVX-512 / AVX2 / portable, picked at run time) runs everything. */
+ * A is m x k after op, B k x n, C m x n. The kernel is the built-in one for
+ * the CPU (AVX-512 / AVX2 / portable) or BLAS, by the rule that
+ * ad_gemm_backend describes: on AVX-512 always the built-in kernel; on
+ * AVX2 the built-in kernel up to 4M multiply-adds and BLAS above when its
+ * core has AVX2 kernels; without AVX2, BLAS when linked. */
 AD_API void ad_gemm_f32(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
                         const float *a, int64_t lda, const float *b, int64_t ldb, float beta,
                         float *c, int64_t ldc);
 AD_API void ad_gemm_f64(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double alpha,
                         const double *a, int64_t lda, const double *b, int64_t ldb, double beta,
                         double *c, int64_t ldc);
-/* "openblas" or "builtin". */
+/* Which kernel runs which products on this machine, and why, e.g. "the
+ * built-in AVX-512 kernel for every product (OpenBLAS reports Prescott, a
+ * generic core here)". A fixed rule of the CPU's instructions, the core
+ * OpenBLAS reports and the product's size, decided once per process;
+ * never of timings. Static storage. */
 AD_API const char *ad_gemm_backend(void);
 
 #ifdef __cplusplus

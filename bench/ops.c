@@ -215,11 +215,10 @@ static void bench_matmul(ad_ctx *ctx, ad_rng *rng) {
       snprintf(name, sizeof name, "matmul/%s/%s", ad_dtype_name(dt), s->name);
       if (!selected(name)) continue;
       if (!header) {
-        printf("# matmul GFLOPS. ad_gemm: the public call (backend %s%s); openblas: cblas "
+        printf("# matmul GFLOPS. ad_gemm: the public call (%s); openblas: cblas "
                "directly;\n# builtin: %s / %s (f32 / f64); ad_matmul: the op; ratio: builtin / "
                "openblas\n",
-               ad_gemm_backend(), have_blas ? ", small products on the built-in kernel" : "",
-               name32, name64);
+               ad_gemm_backend(), name32, name64);
         printf("%-26s %-16s %9s %9s %9s %9s %7s\n", "name", "m x n x k", "ad_gemm", "openblas",
                "builtin", "ad_matmul", "ratio");
         header = true;

@@ -330,5 +330,49 @@ Test(gemm, kernel_names) {
   cr_assert_null(
       ad_gemm_builtin(42, AD_F32, false, false, 0, 0, 0, 1, NULL, 1, NULL, 1, 0, NULL, 1));
   const char *be = ad_gemm_backend();
-  cr_assert(!strcmp(be, "openblas") || !strcmp(be, "builtin"), "%s", be);
+  cr_assert(strstr(be, "every product") || strstr(be, "above"), "%s", be);
+}
+
+/* The dispatch rule for every kind of machine, tested here whatever this
+ * machine is: CPU class (0 neither, 1 AVX2 + FMA, 2 AVX-512), the core
+ * OpenBLAS names, whether BLAS is linked. */
+Test(gemm, dispatch_rule) {
+  static const struct {
+    int cpu;
+    const char *core;
+    bool blas, small, large;
+    const char *why;
+  } cases[] = {
+      {2, "Prescott", true, false, false, "Prescott, a generic core"},
+      {2, "Cooperlake", true, false, false, "AVX-512 kernel for every product"},
+      {2, "SkylakeX", true, false, false, "measured slower"},
+      {1, "Haswell", true, false, true, "OpenBLAS (Haswell) above"},
+      {1, "zen", true, false, true, "above"},
+      {1, "Prescott", true, false, false, "AVX2 kernel for every product"},
+      {1, "Sandybridge", true, false, false, "generic core"},
+      {1, NULL, true, false, false, "no core"},
+      {1, NULL, false, false, false, "AVX2 kernel for every product"},
+      {0, "Nehalem", true, true, true, "OpenBLAS for every product"},
+      {0, NULL, false, false, false, "portable built-in kernel"},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    ad_gemm_rule r = ad_gemm_decide(cases[i].cpu, cases[i].core, cases[i].blas);
+    cr_assert(r.blas_small == cases[i].small && r.blas_large == cases[i].large,
+              "case %zu (cpu %d, %s): BLAS for small %d, large %d", i, cases[i].cpu,
+              cases[i].core ? cases[i].core : "NULL", r.blas_small, r.blas_large);
+    cr_assert(strstr(r.why, cases[i].why), "case %zu: '%s' lacks '%s'", i, r.why, cases[i].why);
+  }
+}
+
+/* Run with OPENBLAS_CORETYPE=Prescott (the meson test 'gemm_generic_core'
+ * does): OpenBLAS then runs its generic kernels, as it does on a CPU it
+ * does not know, and every product must stay on the built-in kernel. */
+Test(gemm, generic_openblas_core_is_not_used) {
+  const char *forced = getenv("OPENBLAS_CORETYPE");
+  if (!forced || strcmp(forced, "Prescott"))
+    cr_skip_test("runs only with OPENBLAS_CORETYPE=Prescott (meson test gemm_generic_core)");
+  if (!kernel_available(-2)) cr_skip_test("this build has no BLAS");
+  if (!kernel_available(2)) cr_skip_test("this CPU has no AVX2: BLAS is the faster path");
+  const char *be = ad_gemm_backend();
+  cr_assert(strstr(be, "for every product") && strstr(be, "Prescott"), "%s", be);
 }

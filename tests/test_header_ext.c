@@ -55,7 +55,7 @@ Test(header_ext, functions_link) {
   cr_assert_gt(ad_op_count(ctx), 0);
   cr_assert_geq(ad_op_find(ctx, "matmul"), 0);
   const char *backend = ad_gemm_backend();
-  cr_assert(strcmp(backend, "openblas") == 0 || strcmp(backend, "builtin") == 0, "%s", backend);
+  cr_assert(strstr(backend, "kernel") || strstr(backend, "OpenBLAS"), "%s", backend);
   /* the probe definition registers and runs (a view: y shares x's data) */
   int id = ad_op_register(ctx, &header_probe_def);
   cr_assert_geq(id, 0, "%s", ad_last_error(ctx));

@@ -36,6 +36,9 @@
 #include "kernels.h"
 
 #include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
 #include <stdlib.h>
 
 #ifdef AD_HAVE_BLAS
@@ -102,14 +105,6 @@
 #include <threads.h>
 #define GEMM_TSS 1
 #endif
-
-const char *ad_gemm_backend(void) {
-#ifdef AD_HAVE_BLAS
-  return "openblas";
-#else
-  return "builtin";
-#endif
-}
 
 /* ------------------------------------------------------------ reference */
 
@@ -560,19 +555,100 @@ static bool kernel_available(int kernel) {
 GEMM_BUILTIN(float, f32)
 GEMM_BUILTIN(double, f64)
 
-/* With BLAS, products of at most this many multiply-adds still run on the
- * built-in kernel when the CPU has AVX2 or better: at the seed model's sizes
- * it is faster than OpenBLAS's (which spends much of a small call packing;
- * see bench/ops), and extra BLAS threads do not pay off there. Larger
- * products go to BLAS, which may use several threads. */
+/* ------------------------------------------------------------ dispatch
+ * Which kernel runs a product is a fixed rule of the CPU's instructions,
+ * the core OpenBLAS says it runs (its kernels for that core) and the
+ * product's size class; never of timings taken at run time, which would
+ * flip between runs on a busy machine and change result bits. The rule,
+ * from the measurements in docs/performance.md:
+ *   - AVX-512: the built-in AVX-512 kernel for every product; it is faster
+ *     than OpenBLAS's own AVX-512 kernels, and far faster than the generic
+ *     ones OpenBLAS 0.3.21 falls back to on CPUs it does not know.
+ *   - AVX2 and FMA: the built-in AVX2 kernel for products of at most
+ *     GEMM_SMALL_MACS multiply-adds (OpenBLAS spends much of a small call
+ *     packing); larger ones on OpenBLAS when its core has AVX2 kernels
+ *     (Haswell, Zen, SkylakeX, ...), else on the built-in kernel.
+ *   - neither: OpenBLAS for every product when linked (its SSE and AVX
+ *     kernels beat the portable built-in one), else the built-in kernel. */
 #define GEMM_SMALL_MACS 4194304.0
+
+/* The class of a CPU or of an OpenBLAS core: what its kernels use. */
+enum { ISA_OTHER = 0, ISA_AVX2 = 1, ISA_AVX512 = 2 };
+
+/* OpenBLAS's kernels for a core it names (openblas_get_corename). Cores
+ * not listed (Prescott, Nehalem, Sandybridge, ... or unknown) count as
+ * older than AVX2. */
+static int core_isa(const char *core) {
+  static const char *const avx512[] = {"skylakex", "cooperlake", "sapphirerapids"};
+  static const char *const avx2[] = {"haswell", "zen", "skylake", "alderlake"};
+  char low[32] = "";
+  for (size_t i = 0; core && core[i] && i + 1 < sizeof low; i++)
+    low[i] = (char)(core[i] >= 'A' && core[i] <= 'Z' ? core[i] - 'A' + 'a' : core[i]);
+  for (size_t i = 0; i < sizeof avx512 / sizeof *avx512; i++)
+    if (!strcmp(low, avx512[i])) return ISA_AVX512;
+  for (size_t i = 0; i < sizeof avx2 / sizeof *avx2; i++)
+    if (!strcmp(low, avx2[i])) return ISA_AVX2;
+  return ISA_OTHER;
+}
+
+ad_gemm_rule ad_gemm_decide(int cpu, const char *core, bool have_blas) {
+  ad_gemm_rule r = {.blas_small = false, .blas_large = false};
+  int isa = core_isa(core);
+  if (cpu >= ISA_AVX512) {
+    snprintf(r.why, sizeof r.why, "the built-in AVX-512 kernel for every product%s%s%s",
+             have_blas ? " (OpenBLAS reports " : "", have_blas ? (core ? core : "no core") : "",
+             have_blas ? (isa >= ISA_AVX512 ? "; measured slower)" : ", a generic core here)")
+                       : "");
+  } else if (cpu == ISA_AVX2) {
+    r.blas_large = have_blas && isa >= ISA_AVX2;
+    if (r.blas_large)
+      snprintf(r.why, sizeof r.why,
+               "the built-in AVX2 kernel up to %.0f multiply-adds, OpenBLAS (%s) above",
+               GEMM_SMALL_MACS, core);
+    else
+      snprintf(r.why, sizeof r.why, "the built-in AVX2 kernel for every product%s%s%s",
+               have_blas ? " (OpenBLAS reports " : "", have_blas ? (core ? core : "no core") : "",
+               have_blas ? ", a generic core here)" : "");
+  } else {
+    r.blas_small = r.blas_large = have_blas;
+    snprintf(r.why, sizeof r.why, "%s for every product (no AVX2 on this CPU)",
+             have_blas ? "OpenBLAS" : "the portable built-in kernel");
+  }
+  return r;
+}
+
+/* The rule for this process, made once. */
+static ad_gemm_rule the_rule;
+static pthread_once_t rule_once = PTHREAD_ONCE_INIT;
+
+static void rule_init(void) {
+  int k = kernel_best();
+  int cpu = k == K_AVX512 ? ISA_AVX512 : k == K_AVX2 ? ISA_AVX2 : ISA_OTHER;
+  const char *core = NULL;
+#ifdef AD_HAVE_OPENBLAS_CORENAME
+  core = openblas_get_corename();
+#endif
+#ifdef AD_HAVE_BLAS
+  the_rule = ad_gemm_decide(cpu, core, true);
+#else
+  the_rule = ad_gemm_decide(cpu, core, false);
+#endif
+}
+
+static const ad_gemm_rule *rule(void) {
+  pthread_once(&rule_once, rule_init);
+  return &the_rule;
+}
+
+const char *ad_gemm_backend(void) { return rule()->why; }
 
 #ifdef AD_HAVE_BLAS
 static bool use_blas(int64_t m, int64_t n, int64_t k, int64_t lda, int64_t ldb, int64_t ldc) {
   if (k <= 0 || m > INT_MAX || n > INT_MAX || k > INT_MAX || lda > INT_MAX || ldb > INT_MAX ||
       ldc > INT_MAX)
     return false; /* cblas takes int */
-  return (double)m * (double)n * (double)k > GEMM_SMALL_MACS || kernel_best() < K_AVX2;
+  const ad_gemm_rule *r = rule();
+  return (double)m * (double)n * (double)k > GEMM_SMALL_MACS ? r->blas_large : r->blas_small;
 }
 
 static void blas_f32(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float *a,

@@ -21,6 +21,17 @@ const char *ad_gemm_builtin(int kernel, ad_dtype dt, bool ta, bool tb, int64_t m
                             int64_t k, double alpha, const void *a, int64_t lda, const void *b,
                             int64_t ldb, double beta, void *c, int64_t ldc);
 
+/* The dispatch rule for a CPU class (0 neither, 1 AVX2 and FMA, 2
+ * AVX-512), the core OpenBLAS names (NULL when unknown) and whether BLAS
+ * is linked: which size classes go to BLAS, and why, in words (what
+ * ad_gemm_backend reports for this process). A pure function, so the
+ * rule can be tested for every machine on any machine. */
+typedef struct ad_gemm_rule {
+  bool blas_small, blas_large; /* products of at most / more than 4M multiply-adds */
+  char why[160];
+} ad_gemm_rule;
+ad_gemm_rule ad_gemm_decide(int cpu, const char *core, bool have_blas);
+
 /* ad_gemm, split over the library's threads (ad_set_num_threads) when the
  * product is large enough to pay for handing out the parts. */
 void ad_gemm_split(ad_dtype dt, bool ta, bool tb, int64_t m, int64_t n, int64_t k, const void *a,
