@@ -321,6 +321,27 @@ Test(gemm, two_threads) {
 }
 #endif
 
+/* One test per kernel, so the log says which ran here and why the others
+ * did not: each checks its kernel on the four transpose forms of a product
+ * with ragged edges, or skips naming what this CPU or build lacks. The
+ * loops above run every available kernel on many more shapes. */
+static void one_kernel(int kernel, const char *lacks) {
+  if (!kernel_available(kernel)) cr_skip_test("%s", lacks);
+  ad_rng rng;
+  ad_rng_seed(&rng, 7);
+  for (int form = 0; form < 4; form++)
+    for (ad_dtype dt = AD_F32; dt <= AD_F64; dt++) {
+      gcase g = make_case(form & 1, form & 2, 37, 29, 41, 1, 2, 3, 1, form == 3 ? 1 : 0);
+      cr_assert_eq(run_case(&g, dt, kernel, &rng), 0, "kernel %d, form %d, %s", kernel, form,
+                   ad_dtype_name(dt));
+    }
+}
+
+Test(gemm, kernel_avx512) { one_kernel(3, "this CPU lacks AVX-512 (avx512f)"); }
+Test(gemm, kernel_avx2) { one_kernel(2, "this CPU lacks AVX2 and FMA"); }
+Test(gemm, kernel_portable) { one_kernel(1, "this compiler builds no portable vector kernel"); }
+Test(gemm, kernel_blas) { one_kernel(-2, "this build has no BLAS (-Dblas=disabled)"); }
+
 /* The kernel names, and NULL for a kernel that does not exist. */
 Test(gemm, kernel_names) {
   const char *best =
