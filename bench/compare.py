@@ -24,7 +24,12 @@ with --builtin-mlp, against the default build's) and per product
 (bench/ops: the seed step's eight matrix products, time-weighted).
 
 Each process is fresh, so every run pays its own warm-up, as a user's
-script does. PyTorch is skipped with a message when it cannot be imported
+script does. PyTorch runs at its best: where OpenBLAS misdetects the CPU
+(generic kernels on an AVX-512 or AVX2 CPU it does not know), its
+OPENBLAS_CORETYPE is forced to SkylakeX or Haswell; our side runs with every
+inherited OPENBLAS_* variable cleared, as a user's program would. The first
+line prints the CPU, the core OpenBLAS detects, both settings and what our
+GEMM dispatch decided. PyTorch is skipped with a message when it cannot be imported
 (by this interpreter or by /usr/bin/python3, or by --python).
 
   bench/compare.py [--build DIR] [--builtin-mlp PATH] [--repeats N]
@@ -127,13 +132,56 @@ def torch_cmd(py, script, cfg):
     return [py, script, layers, str(batch), str(epochs), str(samples), str(threads)]
 
 
-def torch_env(threads):
+def cpu_isa():
+    """'avx512', 'avx2' (with FMA) or 'other', from /proc/cpuinfo."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set(next((l for l in f if l.startswith("flags")), "").split())
+    except OSError:
+        return "other"
+    if "avx512f" in flags:
+        return "avx512"
+    return "avx2" if {"avx2", "fma"} <= flags else "other"
+
+
+# OpenBLAS cores whose kernels use AVX-512 / AVX2 (the rest are older)
+CORES_AVX512 = {"skylakex", "cooperlake", "sapphirerapids"}
+CORES_AVX2 = {"haswell", "zen", "skylake", "alderlake"} | CORES_AVX512
+
+
+def openblas_core():
+    """The core OpenBLAS detects by itself (no OPENBLAS_* variables), or
+    None when libopenblas cannot be loaded."""
+    code = ("import ctypes; f = ctypes.CDLL('libopenblas.so.0').openblas_get_corename; "
+            "f.restype = ctypes.c_char_p; print(f().decode())")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENBLAS_")}
+    p = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                       stderr=subprocess.DEVNULL, text=True, env=env)
+    return p.stdout.strip() or None if p.returncode == 0 else None
+
+
+def torch_coretype(isa, core):
+    """The OPENBLAS_CORETYPE that gives PyTorch (whose products run in
+    OpenBLAS) its best kernels when OpenBLAS misdetects this CPU, or None."""
+    c = (core or "").lower()
+    if isa == "avx512" and c not in CORES_AVX512:
+        return "SkylakeX"
+    if isa == "avx2" and c not in CORES_AVX2:
+        return "Haswell"
+    return None
+
+
+def torch_env(threads, coretype):
     """torch.set_num_threads sets PyTorch's own (OpenMP) threads, but OpenBLAS,
     which runs its matrix products, keeps its default of one thread per core
-    unless told otherwise: without this, 'torch 1 thread' multiplies on 2."""
-    env = dict(os.environ)
+    unless told otherwise: without this, 'torch 1 thread' multiplies on 2.
+    PyTorch runs at its best: OpenBLAS's core forced where it misdetects the
+    CPU, and no inherited OPENBLAS_* setting."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENBLAS_")}
     for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         env[k] = str(threads)
+    if coretype:
+        env["OPENBLAS_CORETYPE"] = coretype
     return env
 
 
@@ -141,10 +189,19 @@ def ours_env():
     """Our bench/mlp sets OpenBLAS to one thread itself (ad_set_num_threads),
     but only after OpenBLAS has started its pool at load time, whose idle
     threads spin for about 0.1 s: on a busy machine they compete with the
-    training loop. Set at launch, as for PyTorch, no pool is started."""
-    env = dict(os.environ)
+    training loop. Set at launch, as for PyTorch, no pool is started. Every
+    inherited OPENBLAS_* variable is cleared: the engine picks its kernels
+    itself, as a user's program would run."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENBLAS_")}
     env["OPENBLAS_NUM_THREADS"] = "1"
     return env
+
+
+def backend_of(mlp):
+    """What bench/mlp says of its GEMM (ad_gemm_backend), from a 0-epoch run."""
+    out = run([mlp, "--epochs", "1", "--samples", "64", "--batch", "32"], env=ours_env())
+    line = next((l for l in out.splitlines() if ", gemm " in l), "")
+    return line.split(", gemm ", 1)[1] if line else "?"
 
 
 def med(v):
@@ -198,6 +255,14 @@ def main():
         with os.fdopen(fd, "w") as f:
             f.write(TORCH_SCRIPT)
 
+    isa, core = cpu_isa(), openblas_core()
+    coretype = torch_coretype(isa, core)
+    inherited = sorted(k for k in os.environ if k.startswith("OPENBLAS_"))
+    print("CPU: %s; OpenBLAS detects core %s; PyTorch runs with OPENBLAS_CORETYPE=%s; "
+          "ours with inherited OPENBLAS_* cleared (%s); our GEMM: %s" % (
+              isa, core or "-", coretype or "(unset: the detected core is right)",
+              ", ".join("%s=%s" % (k, os.environ[k]) for k in inherited) or "none set",
+              backend_of(mlp)))
     configs = [c for c in CONFIGS if not a.only or c[0].startswith(a.only)]
     print("compare.py: %d repeats, ours and torch alternating; medians; torch %s (%s); "
           "1-min load average before %.2f" % (a.repeats, tv or "absent", py or "-",
@@ -215,7 +280,7 @@ def main():
                         ours_rss.append(last_value(out, "peak_rss_mb"))
                         gflops.append(last_value(out, "gflops"))
                     elif py:
-                        out = run(torch_cmd(py, script, cfg), env=torch_env(cfg[5]))
+                        out = run(torch_cmd(py, script, cfg), env=torch_env(cfg[5], coretype))
                         theirs.append(last_value(out, "train_s"))
                         their_rss.append(last_value(out, "peak_rss_mb"))
             res[cfg[0]] = (med(ours), med(theirs), max(ours_rss), max(their_rss) if their_rss else None,
