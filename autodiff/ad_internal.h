@@ -129,9 +129,10 @@ void ad_registry_free(ad_ctx *ctx);
 int64_t ad_shape_size(int ndim, const int64_t *shape);
 /* The most elements a tensor may have. */
 #define AD_MAX_ELEMS (INT64_C(1) << 40)
-/* *size = the product of shape when every length is >= 0 and the product
- * of the non-zero ones is at most AD_MAX_ELEMS; else false. */
-bool ad_shape_size_checked(int ndim, const int64_t *shape, int64_t *size);
+/* *size = the product of shape and -1 when every length is >= 0 and the
+ * product of the non-zero ones is at most AD_MAX_ELEMS; else the index of
+ * the first dimension that breaks that (size untouched). */
+int ad_shape_size_checked(int ndim, const int64_t *shape, int64_t *size);
 /* A persistent tensor with uninitialized data (AD_ERR_ARG, AD_ERR_OOM). */
 ad_tensor *ad_tensor_new_uninit(ad_ctx *ctx, ad_dtype dtype, int ndim, const int64_t *shape);
 static inline bool ad_is_float(ad_dtype dt) { return dt == AD_F32 || dt == AD_F64; }

@@ -285,20 +285,20 @@ int64_t ad_shape_size(int ndim, const int64_t *shape) {
   return n;
 }
 
-bool ad_shape_size_checked(int ndim, const int64_t *shape, int64_t *size) {
+int ad_shape_size_checked(int ndim, const int64_t *shape, int64_t *size) {
   int64_t n = 1;
   bool empty = false;
   for (int i = 0; i < ndim; i++) {
-    if (shape[i] < 0) return false;
+    if (shape[i] < 0) return i;
     if (shape[i] == 0)
       empty = true;
     else if (n > AD_MAX_ELEMS / shape[i])
-      return false; /* also for an empty result: [2^41, 0] */
+      return i; /* also for an empty result: [2^41, 0] */
     else
       n *= shape[i];
   }
   *size = empty ? 0 : n;
-  return true;
+  return -1;
 }
 
 /* Validates a constructor's arguments; records AD_ERR_ARG. */
@@ -313,14 +313,10 @@ static bool check_new(ad_ctx *ctx, const char *fn, ad_dtype dt, int ndim, const 
     return false;
   }
   int64_t n;
-  if (!ad_shape_size_checked(ndim, shape, &n)) {
-    int i = 0; /* name the first dimension that takes the product out of range */
-    for (int64_t p = 1; i < ndim; i++) {
-      if (shape[i] < 0 || (shape[i] > 0 && p > AD_MAX_ELEMS / shape[i])) break;
-      if (shape[i] > 0) p *= shape[i];
-    }
-    ad_set_error(ctx, AD_ERR_ARG, "%s: dimension %d has bad length %lld", fn, i,
-                 (long long)shape[i]);
+  int bad = ad_shape_size_checked(ndim, shape, &n);
+  if (bad >= 0) {
+    ad_set_error(ctx, AD_ERR_ARG, "%s: dimension %d has bad length %lld", fn, bad,
+                 (long long)shape[bad]);
     return false;
   }
   return true;

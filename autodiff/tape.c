@@ -207,7 +207,7 @@ static ad_tensor *apply_shape(ad_ctx *ctx, const ad_op_def *def, ad_call *c) {
     return NULL;
   }
   int64_t size;
-  if (!ad_shape_size_checked(d.ndim, d.shape, &size)) {
+  if (ad_shape_size_checked(d.ndim, d.shape, &size) >= 0) {
     char a[96];
     ad_set_error(ctx, AD_ERR_SHAPE,
                  "%s: the result %s has a negative length or more than 2^40 "

@@ -528,8 +528,13 @@ BLAS_OPS = {"matmul"}
 
 def run_case(c, dtname):
     dt = TORCH_DT[dtname]
-    if c["op"] in BLAS_OPS and dt == torch.float32:
-        return run_case_rounded(c)
+    # the dtype torch computes in, and what the file shows: dt, or for a
+    # BLAS op in float32, float64 rounded to float32
+    calc = torch.float64 if c["op"] in BLAS_OPS and dt == torch.float32 else dt
+
+    def shown(t):
+        return t.to(dt) if calc != dt else t
+
     rng = np.random.RandomState(zlib.crc32(c["label"].encode()))
     spec = c["make"](rng)
     attr, fn = c["attr"], c["fn"]
@@ -543,42 +548,23 @@ def run_case(c, dtname):
         if arr.dtype.kind == "i":
             ins.append(torch.tensor(arr, dtype=torch.int32))
         else:
-            ins.append(torch.tensor(arr, dtype=dt, requires_grad=(role == "in")))
-        lines.append(fmt_tensor(role, ins[-1]))
+            ins.append(torch.tensor(arr, dtype=calc, requires_grad=(role == "in")))
+        lines.append(fmt_tensor(role, shown(ins[-1]) if arr.dtype.kind != "i" else ins[-1]))
     targs = [x.long() if x.dtype == torch.int32 else x for x in ins]
     out = fn(targs)
     head = [f"case {c['label']} {c['op']} {dtname}"]
     if attr is not None:
         head.append(fmt_attr(attr))
     if not c["grad"]:
-        return head + lines + [fmt_tensor("out", out), "end"]
+        return head + lines + [fmt_tensor("out", shown(out)), "end"]
     srng = np.random.RandomState(zlib.crc32(("seed:" + c["label"]).encode()))
     seed = torch.tensor(U(srng, tuple(out.shape), -1, 1), dtype=out.dtype)
     out.backward(seed)
-    lines += [fmt_tensor("seed", seed), fmt_tensor("out", out)]
+    lines += [fmt_tensor("seed", shown(seed)), fmt_tensor("out", shown(out))]
     for (role, _), x in zip(spec, ins):
         if role == "in":
-            lines.append(fmt_tensor("grad", x.grad if x.grad is not None else torch.zeros_like(x)))
-    return head + lines + ["end"]
-
-
-def run_case_rounded(c):
-    """The float32 lines of case c computed in float64 and rounded."""
-    rng = np.random.RandomState(zlib.crc32(c["label"].encode()))
-    spec = c["make"](rng)
-    ins, lines = [], []
-    for role, arr in spec:
-        ins.append(torch.tensor(np.asarray(arr), dtype=torch.float64, requires_grad=(role == "in")))
-        lines.append(fmt_tensor(role, ins[-1].to(torch.float32)))
-    out = c["fn"](ins)
-    head = [f"case {c['label']} {c['op']} f32"] + ([fmt_attr(c["attr"])] if c["attr"] else [])
-    srng = np.random.RandomState(zlib.crc32(("seed:" + c["label"]).encode()))
-    seed = torch.tensor(U(srng, tuple(out.shape), -1, 1), dtype=torch.float64)
-    out.backward(seed)
-    lines += [fmt_tensor("seed", seed.to(torch.float32)), fmt_tensor("out", out.to(torch.float32))]
-    for (role, _), x in zip(spec, ins):
-        if role == "in":
-            lines.append(fmt_tensor("grad", x.grad.to(torch.float32)))
+            g = x.grad if x.grad is not None else torch.zeros_like(x)
+            lines.append(fmt_tensor("grad", shown(g)))
     return head + lines + ["end"]
 
 
