@@ -160,8 +160,10 @@ AD_API uint64_t ad_rng_below(ad_rng *rng, uint64_t n);
 
 /* -------------------------------------------- persistent tensors (leaves)
  * These live until ad_tensor_free and survive ad_tape_reset. shape has ndim
- * entries, each >= 0; ndim 0 is a scalar. They return NULL and record
- * AD_ERR_ARG (bad shape/dtype) or AD_ERR_OOM. */
+ * entries, each >= 0, whose non-zero ones multiply to at most 2^40; ndim 0
+ * is a scalar. They return NULL and record AD_ERR_ARG (bad shape, or a
+ * value an AD_I32 tensor cannot hold: NaN or outside the int32 range),
+ * AD_ERR_DTYPE, AD_ERR_NULL (NULL shape with ndim > 0) or AD_ERR_OOM. */
 
 AD_API ad_tensor *ad_zeros(ad_ctx *ctx, ad_dtype dtype, int ndim, const int64_t *shape);
 AD_API ad_tensor *ad_ones(ad_ctx *ctx, ad_dtype dtype, int ndim, const int64_t *shape);
@@ -170,7 +172,9 @@ AD_API ad_tensor *ad_full(ad_ctx *ctx, ad_dtype dtype, int ndim, const int64_t *
 /* Copies size elements of dtype from src (which may be NULL for zeros). */
 AD_API ad_tensor *ad_from_data(ad_ctx *ctx, ad_dtype dtype, int ndim, const int64_t *shape,
                                const void *src);
-/* 1-D tensor start, start+step, ... < stop (> stop for negative step). */
+/* 1-D tensor start, start+step, ... < stop (> stop for negative step);
+ * AD_ERR_ARG for a zero or non-finite step or bound, or more than 2^40
+ * elements. */
 AD_API ad_tensor *ad_arange(ad_ctx *ctx, ad_dtype dtype, double start, double stop, double step);
 /* Uniform in [lo, hi) / normal(mean, std), drawn from rng in row-major order. */
 AD_API ad_tensor *ad_rand(ad_ctx *ctx, ad_rng *rng, ad_dtype dtype, int ndim, const int64_t *shape,
@@ -211,14 +215,19 @@ AD_API bool ad_tensor_is_temporary(const ad_tensor *t);
 
 /* Element i (row-major flat index) as a double; 0 if out of range. */
 AD_API double ad_tensor_get(const ad_tensor *t, int64_t i);
-/* Sets element i; returns AD_ERR_ARG when i is out of range. */
+/* Sets element i; returns AD_ERR_ARG when i is out of range, or when t is
+ * AD_I32 and v is NaN or outside the int32 range (recorded, t unchanged);
+ * other values are truncated toward zero, as a C cast does. */
 AD_API ad_status ad_tensor_set(ad_tensor *t, int64_t i, double v);
 /* The single element of a size-1 tensor; NAN otherwise. */
 AD_API double ad_tensor_item(const ad_tensor *t);
-/* Copies src's values into dst (same size; dtypes may differ). */
+/* Copies src's values into dst (same size; dtypes may differ). Into an
+ * AD_I32 dst, a NaN or out-of-range value is AD_ERR_ARG and dst is left
+ * unchanged. */
 AD_API ad_status ad_tensor_copy_data(ad_tensor *dst, const ad_tensor *src);
-/* Fills every element with v. */
-AD_API void ad_tensor_fill(ad_tensor *t, double v);
+/* Fills every element with v. AD_ERR_NULL for NULL t; AD_ERR_ARG (t
+ * unchanged) when t is AD_I32 and v is NaN or outside the int32 range. */
+AD_API ad_status ad_tensor_fill(ad_tensor *t, double v);
 /* True when some element is NaN or infinite. */
 AD_API bool ad_tensor_has_nonfinite(const ad_tensor *t);
 /* Bytes per element of a dtype (4, 8, 4). */
@@ -240,6 +249,15 @@ AD_API void ad_tape_reset(ad_ctx *ctx);
 AD_API size_t ad_tape_size(const ad_ctx *ctx);
 AD_API size_t ad_arena_capacity(const ad_ctx *ctx);
 AD_API size_t ad_arena_used(const ad_ctx *ctx);
+
+/* Caps the arena at bytes (0, the default: no cap). The arena grows in
+ * chunks and keeps them across ad_tape_reset, so a training loop that
+ * resets the tape each step stays at its first step's size; one that forgets
+ * to reset grows without end. With a cap, an op that would grow the arena
+ * past it fails with AD_ERR_OOM and a message saying so, instead. The cap
+ * applies to growth from now on; memory already held is kept. Returns
+ * AD_ERR_NULL for NULL ctx. */
+AD_API ad_status ad_set_arena_limit(ad_ctx *ctx, size_t bytes);
 
 /* Turns recording on or off (no-grad mode: ops run, nothing is recorded).
  * Returns the previous setting. */

@@ -83,6 +83,7 @@ struct ad_ctx {
   ad_arena_chunk *cur;    /* chunk being filled */
   char *bump, *bump_end;  /* free space in cur */
   size_t arena_cap, arena_used_before_cur;
+  size_t arena_limit; /* most bytes arena_cap may reach; 0: no limit */
   /* tape */
   ad_node **tape;
   size_t tape_len, tape_cap;
@@ -133,6 +134,10 @@ int64_t ad_shape_size(int ndim, const int64_t *shape);
  * product of the non-zero ones is at most AD_MAX_ELEMS; else the index of
  * the first dimension that breaks that (size untouched). */
 int ad_shape_size_checked(int ndim, const int64_t *shape, int64_t *size);
+/* Records why shape cannot be a tensor's (bad: ad_shape_size_checked's
+ * answer): a negative dimension, or the total size, naming who. Returns st. */
+ad_status ad_shape_size_error(ad_ctx *ctx, ad_status st, const char *who, int ndim,
+                              const int64_t *shape, int bad);
 /* A persistent tensor with uninitialized data (AD_ERR_ARG, AD_ERR_OOM). */
 ad_tensor *ad_tensor_new_uninit(ad_ctx *ctx, ad_dtype dtype, int ndim, const int64_t *shape);
 static inline bool ad_is_float(ad_dtype dt) { return dt == AD_F32 || dt == AD_F64; }

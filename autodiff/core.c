@@ -167,6 +167,18 @@ void *ad_arena_alloc_slow(ad_ctx *ctx, size_t bytes) {
   }
   size_t cap = ctx->arena_cap > AD_ARENA_MIN_CHUNK ? ctx->arena_cap : AD_ARENA_MIN_CHUNK;
   if (cap < bytes) cap = bytes;
+  if (ctx->arena_limit) { /* a smaller chunk up to the limit, or an error */
+    size_t room = ctx->arena_limit > ctx->arena_cap ? ctx->arena_limit - ctx->arena_cap : 0;
+    if (bytes > room) {
+      ad_set_error(ctx, AD_ERR_OOM,
+                   "arena: %zu more bytes would pass the limit of %zu set by "
+                   "ad_set_arena_limit (%zu in use since the last ad_tape_reset: is the tape "
+                   "reset after each step?)",
+                   bytes, ctx->arena_limit, ad_arena_used(ctx));
+      return NULL;
+    }
+    if (cap > room) cap = room;
+  }
   ad_arena_chunk *n = chunk_new(ctx, cap);
   if (!n) {
     ad_set_error(ctx, AD_ERR_OOM, "out of memory: arena needs %zu more bytes", bytes);
@@ -189,6 +201,12 @@ size_t ad_arena_used(const ad_ctx *ctx) {
 }
 
 size_t ad_arena_capacity(const ad_ctx *ctx) { return ctx ? ctx->arena_cap : 0; }
+
+ad_status ad_set_arena_limit(ad_ctx *ctx, size_t bytes) {
+  if (!ctx) return AD_ERR_NULL;
+  ctx->arena_limit = bytes;
+  return AD_OK;
+}
 
 void ad_arena_free_all(ad_ctx *ctx) {
   size_t hdr = align_up(sizeof(ad_arena_chunk), AD_ALIGN);
@@ -301,6 +319,22 @@ int ad_shape_size_checked(int ndim, const int64_t *shape, int64_t *size) {
   return -1;
 }
 
+ad_status ad_shape_size_error(ad_ctx *ctx, ad_status st, const char *who, int ndim,
+                              const int64_t *shape, int bad) {
+  ad_tensor d = {.ndim = ndim};
+  memcpy(d.shape, shape, sizeof(int64_t) * (size_t)ndim);
+  char a[200];
+  ad_shape_str(&d, a, sizeof a);
+  if (shape[bad] < 0)
+    return ad_set_error(ctx, st, "%s: dimension %d of %s is negative", who, bad, a);
+  long double n = 1;
+  for (int i = 0; i < ndim; i++) n *= shape[i] ? (long double)shape[i] : 1;
+  return ad_set_error(ctx, st,
+                      "%s: shape %s is too large: its non-zero dimensions multiply to %.4Lg, "
+                      "more than the limit of 2^40 elements",
+                      who, a, n);
+}
+
 /* Validates a constructor's arguments; records AD_ERR_ARG. */
 static bool check_new(ad_ctx *ctx, const char *fn, ad_dtype dt, int ndim, const int64_t *shape) {
   if (!ctx) return false;
@@ -308,15 +342,18 @@ static bool check_new(ad_ctx *ctx, const char *fn, ad_dtype dt, int ndim, const 
     ad_set_error(ctx, AD_ERR_DTYPE, "%s: unknown dtype %d", fn, (int)dt);
     return false;
   }
-  if (ndim < 0 || ndim > AD_MAX_DIMS || (ndim > 0 && !shape)) {
+  if (ndim < 0 || ndim > AD_MAX_DIMS) {
     ad_set_error(ctx, AD_ERR_ARG, "%s: ndim %d out of range 0..%d", fn, ndim, AD_MAX_DIMS);
+    return false;
+  }
+  if (ndim > 0 && !shape) {
+    ad_set_error(ctx, AD_ERR_NULL, "%s: shape is NULL for ndim %d", fn, ndim);
     return false;
   }
   int64_t n;
   int bad = ad_shape_size_checked(ndim, shape, &n);
   if (bad >= 0) {
-    ad_set_error(ctx, AD_ERR_ARG, "%s: dimension %d has bad length %lld", fn, bad,
-                 (long long)shape[bad]);
+    ad_shape_size_error(ctx, AD_ERR_ARG, fn, ndim, shape, bad);
     return false;
   }
   return true;
@@ -362,14 +399,28 @@ ad_tensor *ad_tmp_header(ad_ctx *ctx, ad_dtype dt, int ndim, const int64_t *shap
   return &n->t;
 }
 
-void ad_tensor_fill(ad_tensor *t, double v) {
-  if (!t) return;
+/* Whether v converts to int32_t (truncated toward zero, as C and PyTorch
+ * do) without undefined behaviour: not NaN, and inside (-2^31-1, 2^31). */
+static bool i32_fits(double v) { return v > -2147483649.0 && v < 2147483648.0; }
+
+/* The error of a value an i32 tensor cannot hold. */
+static ad_status i32_error(const ad_tensor *t, const char *fn, double v) {
+  return ad_set_error(ad_node_of(t)->ctx, AD_ERR_ARG,
+                      "%s: %g cannot be stored in an i32 tensor (NaN, or outside the int32 "
+                      "range)",
+                      fn, v);
+}
+
+ad_status ad_tensor_fill(ad_tensor *t, double v) {
+  if (!t) return AD_ERR_NULL;
+  if (t->dtype == AD_I32 && !i32_fits(v)) return i32_error(t, "tensor_fill", v);
   if (t->dtype == AD_F32)
     for (int64_t i = 0; i < t->size; i++) ((float *)t->data)[i] = (float)v;
   else if (t->dtype == AD_F64)
     for (int64_t i = 0; i < t->size; i++) ((double *)t->data)[i] = v;
   else
     for (int64_t i = 0; i < t->size; i++) ((int32_t *)t->data)[i] = (int32_t)v;
+  return AD_OK;
 }
 
 ad_tensor *ad_tmp_full(ad_ctx *ctx, ad_dtype dt, int ndim, const int64_t *shape, double v) {
@@ -385,18 +436,28 @@ ad_tensor *ad_scalar(ad_ctx *ctx, ad_dtype dt, double v) {
   return ad_tmp_full(ctx, dt, 0, NULL, v);
 }
 
-ad_tensor *ad_full(ad_ctx *ctx, ad_dtype dt, int ndim, const int64_t *shape, double v) {
-  ad_tensor *t = persistent_new(ctx, "full", dt, ndim, shape);
-  ad_tensor_fill(t, v);
+/* ad_full under the name fn. */
+static ad_tensor *full_named(ad_ctx *ctx, const char *fn, ad_dtype dt, int ndim,
+                             const int64_t *shape, double v) {
+  if (ctx && dt == AD_I32 && !i32_fits(v)) {
+    ad_set_error(ctx, AD_ERR_ARG, "%s: %g cannot be stored in an i32 tensor", fn, v);
+    return NULL;
+  }
+  ad_tensor *t = persistent_new(ctx, fn, dt, ndim, shape);
+  if (t) ad_tensor_fill(t, v);
   return t;
 }
 
+ad_tensor *ad_full(ad_ctx *ctx, ad_dtype dt, int ndim, const int64_t *shape, double v) {
+  return full_named(ctx, "full", dt, ndim, shape, v);
+}
+
 ad_tensor *ad_zeros(ad_ctx *ctx, ad_dtype dt, int ndim, const int64_t *shape) {
-  return ad_full(ctx, dt, ndim, shape, 0.0);
+  return full_named(ctx, "zeros", dt, ndim, shape, 0.0);
 }
 
 ad_tensor *ad_ones(ad_ctx *ctx, ad_dtype dt, int ndim, const int64_t *shape) {
-  return ad_full(ctx, dt, ndim, shape, 1.0);
+  return full_named(ctx, "ones", dt, ndim, shape, 1.0);
 }
 
 ad_tensor *ad_from_data(ad_ctx *ctx, ad_dtype dt, int ndim, const int64_t *shape, const void *src) {
@@ -409,6 +470,24 @@ ad_tensor *ad_from_data(ad_ctx *ctx, ad_dtype dt, int ndim, const int64_t *shape
   return t;
 }
 
+/* Fills new tensor t with a + b * x_i, x_i = i (kind 0), uniform in [0, 1)
+ * (1) or standard normal (2) from rng; frees it and returns NULL when a
+ * value does not fit an i32 tensor. NULL t stays NULL. */
+static ad_tensor *fill_values(ad_tensor *t, const char *fn, double a, double b, ad_rng *rng,
+                              int kind) {
+  for (int64_t i = 0; t && i < t->size; i++) {
+    double x = kind == 0 ? (double)i : kind == 1 ? ad_rng_uniform(rng) : ad_rng_normal(rng);
+    double v = a + b * x;
+    if (t->dtype == AD_I32 && !i32_fits(v)) {
+      i32_error(t, fn, v);
+      ad_tensor_free(t);
+      return NULL;
+    }
+    ad_tensor_set(t, i, v);
+  }
+  return t;
+}
+
 ad_tensor *ad_arange(ad_ctx *ctx, ad_dtype dt, double start, double stop, double step) {
   if (!ctx) return NULL;
   if (step == 0 || !isfinite(start) || !isfinite(stop) || !isfinite(step)) {
@@ -416,10 +495,14 @@ ad_tensor *ad_arange(ad_ctx *ctx, ad_dtype dt, double start, double stop, double
     return NULL;
   }
   double cnt = ceil((stop - start) / step);
+  if (!(cnt <= (double)AD_MAX_ELEMS)) { /* also an overflowing (stop - start) / step */
+    ad_set_error(ctx, AD_ERR_ARG, "arange: %g..%g step %g has %g elements, more than 2^40", start,
+                 stop, step, cnt);
+    return NULL;
+  }
   int64_t n = cnt > 0 ? (int64_t)cnt : 0;
   ad_tensor *t = persistent_new(ctx, "arange", dt, 1, &n);
-  for (int64_t i = 0; t && i < n; i++) ad_tensor_set(t, i, start + (double)i * step);
-  return t;
+  return fill_values(t, "arange", start, step, NULL, 0);
 }
 
 ad_tensor *ad_rand(ad_ctx *ctx, ad_rng *rng, ad_dtype dt, int ndim, const int64_t *shape, double lo,
@@ -428,10 +511,7 @@ ad_tensor *ad_rand(ad_ctx *ctx, ad_rng *rng, ad_dtype dt, int ndim, const int64_
     ad_set_error(ctx, AD_ERR_NULL, "rand: rng is NULL");
     return NULL;
   }
-  ad_tensor *t = persistent_new(ctx, "rand", dt, ndim, shape);
-  for (int64_t i = 0; t && i < t->size; i++)
-    ad_tensor_set(t, i, lo + (hi - lo) * ad_rng_uniform(rng));
-  return t;
+  return fill_values(persistent_new(ctx, "rand", dt, ndim, shape), "rand", lo, hi - lo, rng, 1);
 }
 
 ad_tensor *ad_randn(ad_ctx *ctx, ad_rng *rng, ad_dtype dt, int ndim, const int64_t *shape,
@@ -440,9 +520,7 @@ ad_tensor *ad_randn(ad_ctx *ctx, ad_rng *rng, ad_dtype dt, int ndim, const int64
     ad_set_error(ctx, AD_ERR_NULL, "randn: rng is NULL");
     return NULL;
   }
-  ad_tensor *t = persistent_new(ctx, "randn", dt, ndim, shape);
-  for (int64_t i = 0; t && i < t->size; i++) ad_tensor_set(t, i, mean + std * ad_rng_normal(rng));
-  return t;
+  return fill_values(persistent_new(ctx, "randn", dt, ndim, shape), "randn", mean, std, rng, 2);
 }
 
 ad_tensor *ad_tensor_clone(ad_ctx *ctx, const ad_tensor *t) {
@@ -545,6 +623,7 @@ ad_status ad_tensor_set(ad_tensor *t, int64_t i, double v) {
     ((double *)t->data)[i] = v;
     break;
   default:
+    if (!i32_fits(v)) return i32_error(t, "tensor_set", v);
     ((int32_t *)t->data)[i] = (int32_t)v;
     break;
   }
@@ -567,8 +646,15 @@ ad_status ad_tensor_copy_data(ad_tensor *dst, const ad_tensor *src) {
   }
   if (dst->dtype == src->dtype)
     memmove(dst->data, src->data, (size_t)src->size * ad_dsize(src->dtype));
-  else
+  else if (dst->dtype != AD_I32)
     for (int64_t i = 0; i < src->size; i++) ad_tensor_set(dst, i, ad_tensor_get(src, i));
+  else /* checked first: a refused copy leaves dst as it was */
+    for (int pass = 0; pass < 2; pass++)
+      for (int64_t i = 0; i < src->size; i++) {
+        double v = ad_tensor_get(src, i);
+        if (pass == 0 && !i32_fits(v)) return i32_error(dst, "copy_data", v);
+        if (pass == 1) ((int32_t *)dst->data)[i] = (int32_t)v;
+      }
   return AD_OK;
 }
 

@@ -82,17 +82,19 @@ static ad_status reshape_shape(const ad_call *c) {
   ad_status st = target_shape(c);
   if (st != AD_OK) return st;
   int infer = -1;
-  int64_t known = 1;
   for (int k = 0; k < o->ndim; k++) {
     if (o->shape[k] == -1 && infer < 0) {
       infer = k;
     } else if (o->shape[k] < 0) {
       return ad_set_error(c->ctx, AD_ERR_ARG, "%s: bad length %lld at dim %d", c->name,
                           (long long)o->shape[k], k);
-    } else {
-      known *= o->shape[k];
     }
   }
+  /* the product of the known lengths, checked: the -1 counts as 1 */
+  int64_t dims[AD_MAX_DIMS], known;
+  for (int k = 0; k < o->ndim; k++) dims[k] = k == infer ? 1 : o->shape[k];
+  int bad = ad_shape_size_checked(o->ndim, dims, &known);
+  if (bad >= 0) return ad_shape_size_error(c->ctx, AD_ERR_SHAPE, c->name, o->ndim, dims, bad);
   char a[64];
   if (infer >= 0) {
     if (known == 0 || x->size % known != 0)
@@ -175,7 +177,8 @@ static void permute_fwd(const ad_call *c) {
   ad_tensor *out = c->out;
   int nd = x->ndim;
   int64_t xst[AD_MAX_DIMS], st[AD_MAX_DIMS], idx[AD_MAX_DIMS] = {0};
-  for (int k = nd - 1, s = 1; k >= 0; s *= (int)x->shape[k], k--) xst[k] = s;
+  int64_t s = 1;
+  for (int k = nd - 1; k >= 0; s *= x->shape[k], k--) xst[k] = s;
   for (int k = 0; k < nd; k++) st[k] = xst[c->attrs->permute.perm[k]];
   size_t es = ad_dsize(x->dtype);
   int64_t off = 0;
@@ -437,11 +440,14 @@ static ad_status narrow_shape(const ad_call *c) {
   int ax;
   ad_status st = axis_arg(c, at->axis, &ax);
   if (st != AD_OK) return st;
-  if (at->start < 0 || at->len < 0 || at->start + at->len > x->shape[ax]) {
+  /* start + len is never formed: it may overflow */
+  if (at->start < 0 || at->len < 0 || at->start > x->shape[ax] ||
+      at->len > x->shape[ax] - at->start) {
     char a[64];
-    return ad_set_error(c->ctx, AD_ERR_ARG, "%s: range %lld..%lld outside 0..%lld of axis %d of %s",
-                        c->name, (long long)at->start, (long long)(at->start + at->len),
-                        (long long)x->shape[ax], ax, ad_shape_str(x, a, sizeof a));
+    return ad_set_error(c->ctx, AD_ERR_ARG,
+                        "%s: start %lld, length %lld is outside 0..%lld of axis %d of %s", c->name,
+                        (long long)at->start, (long long)at->len, (long long)x->shape[ax], ax,
+                        ad_shape_str(x, a, sizeof a));
   }
   c->out->ndim = x->ndim;
   memcpy(c->out->shape, x->shape, sizeof(int64_t) * (size_t)x->ndim);
@@ -502,6 +508,9 @@ static ad_status pad_shape(const ad_call *c) {
   if (st != AD_OK) return st;
   if (at->before < 0 || at->after < 0)
     return ad_set_error(c->ctx, AD_ERR_ARG, "%s: negative padding %lld, %lld", c->name,
+                        (long long)at->before, (long long)at->after);
+  if (at->before > AD_MAX_ELEMS || at->after > AD_MAX_ELEMS) /* the sum below cannot overflow */
+    return ad_set_error(c->ctx, AD_ERR_SHAPE, "%s: padding %lld, %lld is more than 2^40", c->name,
                         (long long)at->before, (long long)at->after);
   c->out->ndim = x->ndim;
   memcpy(c->out->shape, x->shape, sizeof(int64_t) * (size_t)x->ndim);

@@ -169,6 +169,8 @@ static void input_error(ad_ctx *ctx, const ad_op_def *def, int i, const ad_node 
     ad_set_null_error(ctx, "%s: input %d is NULL", def->name, i);
   else if (s->magic != AD_NODE_MAGIC)
     ad_set_error(ctx, AD_ERR_ARG, "%s: input %d is not a tensor (freed?)", def->name, i);
+  else if (s->ctx != ctx)
+    ad_set_error(ctx, AD_ERR_ARG, "%s: input %d belongs to another context", def->name, i);
   else
     ad_set_error(ctx, AD_ERR_STATE, "%s: input %d is from a tape that was reset", def->name, i);
 }
@@ -207,12 +209,14 @@ static ad_tensor *apply_shape(ad_ctx *ctx, const ad_op_def *def, ad_call *c) {
     return NULL;
   }
   int64_t size;
-  if (ad_shape_size_checked(d.ndim, d.shape, &size) >= 0) {
-    char a[96];
-    ad_set_error(ctx, AD_ERR_SHAPE,
-                 "%s: the result %s has a negative length or more than 2^40 "
-                 "elements",
-                 def->name, ad_shape_str(&d, a, sizeof a));
+  int bad = ad_shape_size_checked(d.ndim, d.shape, &size);
+  if (bad >= 0) { /* named by the op and its inputs' shapes */
+    char who[320], a[96];
+    int len = snprintf(who, sizeof who, "%s of", def->name);
+    for (int k = 0; k < c->n && len > 0 && (size_t)len < sizeof who; k++)
+      len += snprintf(who + len, sizeof who - (size_t)len, "%s %s", k ? "," : "",
+                      ad_shape_str(c->in[k], a, sizeof a));
+    ad_shape_size_error(ctx, AD_ERR_SHAPE, who, d.ndim, d.shape, bad);
     return NULL;
   }
   return (def->flags & AD_OP_VIEW) ? ad_tmp_header(ctx, d.dtype, d.ndim, d.shape)
@@ -249,8 +253,16 @@ ad_tensor *ad_op_apply(ad_ctx *ctx, int id, int n, ad_tensor *const *in, const a
     return NULL;
   }
   const ad_op_def *def = &ctx->ops[id];
-  if ((def->arity >= 0 && n != def->arity) || n < 1 || n > AD_MAX_SRC || !in) {
-    ad_set_error(ctx, AD_ERR_ARG, "%s: takes %d inputs, got %d", def->name, def->arity, n);
+  if ((def->arity >= 0 && n != def->arity) || n < 1 || n > AD_MAX_SRC) {
+    if (def->arity >= 0)
+      ad_set_error(ctx, AD_ERR_ARG, "%s: takes %d input%s, got %d", def->name, def->arity,
+                   def->arity == 1 ? "" : "s", n);
+    else
+      ad_set_error(ctx, AD_ERR_ARG, "%s: takes 1 to %d inputs, got %d", def->name, AD_MAX_SRC, n);
+    return NULL;
+  }
+  if (!in) {
+    ad_set_error(ctx, AD_ERR_NULL, "%s: the array of inputs is NULL", def->name);
     return NULL;
   }
   /* one pass over the inputs; the reasons for a failure are found out only
@@ -258,7 +270,7 @@ ad_tensor *ad_op_apply(ad_ctx *ctx, int id, int n, ad_tensor *const *in, const a
   unsigned any_flags = 0;
   for (int i = 0; i < n; i++) {
     const ad_node *s = (const ad_node *)in[i];
-    if (!s || s->magic != AD_NODE_MAGIC ||
+    if (!s || s->magic != AD_NODE_MAGIC || s->ctx != ctx ||
         (s->epoch != ctx->epoch && !(s->flags & AD_NF_PERSISTENT))) {
       input_error(ctx, def, i, s);
       return NULL;
@@ -434,6 +446,20 @@ static bool grad_into(ad_ctx *ctx, const ad_op_def *def, const ad_call *c, ad_no
   return any;
 }
 
+/* Adds a pass's gradient gout into retained intermediate n's grad: a later
+ * backward over the same tape adds to what an earlier one left. */
+static ad_status retain(ad_ctx *ctx, ad_node *n, ad_tensor *gout) {
+  if (!n->t.grad) {
+    n->t.grad = gout;
+    return AD_OK;
+  }
+  ad_tensor *sum[2] = {n->t.grad, gout};
+  ad_tensor *s = ad_op_apply(ctx, ctx->op_add, 2, sum, NULL); /* not recorded: no create_graph */
+  if (!s) return ctx->status ? ctx->status : AD_ERR_OOM;
+  n->t.grad = s;
+  return AD_OK;
+}
+
 /* The reverse sweep shared by ad_backward and ad_grad: seeds root, then runs
  * each recorded op's backward from the root down, leaving every reached
  * node's gradient in its gacc. */
@@ -453,14 +479,15 @@ static ad_status sweep(ad_ctx *ctx, ad_node *root, const ad_tensor *seed, bool c
   if (seed) {
     if (ad_node_of(seed)->magic != AD_NODE_MAGIC)
       return ad_set_error(ctx, AD_ERR_ARG, "%s: seed is not a tensor", who);
-    if (seed->size != root->t.size)
+    if (ad_node_of(seed)->ctx != ctx)
+      return ad_set_error(ctx, AD_ERR_ARG, "%s: seed belongs to another context", who);
+    if (!ad_same_shape(seed, &root->t))
       return ad_set_error(ctx, AD_ERR_SHAPE, "%s: seed shape %s does not match root %s", who,
                           ad_shape_str(seed, a, sizeof a), ad_shape_str(&root->t, b, sizeof b));
     if (seed->dtype != root->t.dtype)
       return ad_set_error(ctx, AD_ERR_DTYPE, "%s: seed is %s, root is %s", who,
                           ad_dtype_name(seed->dtype), ad_dtype_name(root->t.dtype));
     g = (ad_tensor *)seed;
-    if (!ad_same_shape(seed, &root->t)) g = reshape_like(ctx, g, &root->t);
   } else {
     if (root->t.size != 1)
       return ad_set_error(ctx, AD_ERR_SHAPE,
@@ -490,7 +517,10 @@ static ad_status sweep(ad_ctx *ctx, ad_node *root, const ad_tensor *seed, bool c
     /* this node is done with after this iteration: drop its accumulator now
      * rather than sweeping the tape again afterwards */
     if (!(n->flags & AD_NF_KEEP)) n->gacc = NULL;
-    if (direct && (n->flags & AD_NF_RETAIN)) n->t.grad = gout;
+    if (direct && (n->flags & AD_NF_RETAIN) && (st = retain(ctx, n, gout)) != AD_OK) {
+      clear_below(ctx, i);
+      break;
+    }
     const ad_op_def *def = &ctx->ops[n->op];
     int nsrc = n->nsrc;
     ad_node *const *src = ad_node_src(n);
@@ -555,6 +585,8 @@ static ad_status check_root(ad_ctx *ctx, ad_tensor *root, const char *who) {
   if (!root) return ad_set_null_error(ctx, "%s: root is NULL", who);
   if (ad_node_of(root)->magic != AD_NODE_MAGIC)
     return ad_set_error(ctx, AD_ERR_ARG, "%s: root is not a tensor (freed?)", who);
+  if (ad_node_of(root)->ctx != ctx)
+    return ad_set_error(ctx, AD_ERR_ARG, "%s: root belongs to another context", who);
   return AD_OK;
 }
 
@@ -576,6 +608,11 @@ ad_status ad_grad(ad_ctx *ctx, ad_tensor *root, const ad_tensor *seed, int n,
   for (int i = 0; i < n; i++) {
     out[i] = NULL;
     if (!inputs[i]) return ad_set_null_error(ctx, "grad: input %d is NULL", i);
+    const ad_node *in = ad_node_of(inputs[i]);
+    if (in->magic != AD_NODE_MAGIC)
+      return ad_set_error(ctx, AD_ERR_ARG, "grad: input %d is not a tensor (freed?)", i);
+    if (in->ctx != ctx)
+      return ad_set_error(ctx, AD_ERR_ARG, "grad: input %d belongs to another context", i);
   }
   for (int i = 0; i < n; i++) ad_node_of(inputs[i])->flags |= AD_NF_KEEP;
   st = sweep(ctx, ad_node_of(root), seed, create_graph, false, "grad");

@@ -1,0 +1,255 @@
+/* test_misuse_core.c: the core refuses misuse with an error naming what is
+ * wrong, and never reads or writes outside its memory: sizes that overflow,
+ * bounds that overflow, values an int32 cannot hold, tensors of another
+ * context, seeds of the wrong shape, a forgotten tape reset, retained
+ * gradients over two passes. Built and run under the sanitizers in CI. */
+#include "ad_ext.h"
+#include "test_alloc.h"
+
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdint.h>
+
+TEST_CTX_SUITE(misuse_core);
+
+#define expect_error(...) test_expect_error(ctx, __VA_ARGS__)
+
+static ad_tensor *leaf(ad_dtype dt, int ndim, const int64_t *shape, double v) {
+  ad_tensor *t = ad_full(ctx, dt, ndim, shape, v);
+  cr_assert_not_null(t, "%s", ad_last_error(ctx));
+  if (dt != AD_I32) cr_assert_eq(ad_tensor_set_requires_grad(t, true), AD_OK);
+  return t;
+}
+
+/* ------------------------------------------------ sizes that overflow */
+
+Test(misuse_core, empty_product_with_a_huge_result_is_refused) {
+  int64_t sa[2] = {INT64_C(1) << 32, 0}, sb[2] = {0, INT64_C(1) << 32};
+  ad_tensor *a = leaf(AD_F32, 2, sa, 0), *b = leaf(AD_F32, 2, sb, 0);
+  cr_assert_eq(a->size, 0);
+  cr_assert_null(ad_matmul(ctx, a, b, false, false));
+  expect_error(AD_ERR_SHAPE, "matmul of [4294967296,0], [0,4294967296]",
+               "[4294967296,4294967296] is too large", "2^40", NULL);
+  /* the same through expand */
+  int64_t e0[3] = {0, INT64_C(1) << 32, 1};
+  ad_tensor *e = leaf(AD_F32, 3, e0, 0);
+  int64_t big[3] = {0, INT64_C(1) << 32, INT64_C(1) << 32};
+  cr_assert_null(ad_expand(ctx, e, 3, big));
+  expect_error(AD_ERR_SHAPE, "expand", "too large", NULL);
+}
+
+Test(misuse_core, broadcast_of_two_large_shapes_is_refused) {
+  int64_t sa[3] = {0, INT64_C(1) << 30, 1}, sb[3] = {1, 1, INT64_C(1) << 11};
+  /* [0, 2^30, 1] + [1, 1, 2^11] is [0, 2^30, 2^11]: empty, yet its non-zero
+   * dimensions pass the limit, as for a constructor */
+  ad_tensor *a = leaf(AD_F32, 3, sa, 0), *b = leaf(AD_F32, 3, sb, 0);
+  ad_tensor *s = ad_add(ctx, a, b);
+  cr_assert_null(s);
+  expect_error(AD_ERR_SHAPE, "add of [0,1073741824,1], [1,1,2048]", "too large", NULL);
+}
+
+Test(misuse_core, reshape_product_does_not_wrap) {
+  int64_t s0[1] = {0};
+  ad_tensor *x = leaf(AD_F32, 1, s0, 0);
+  /* 2^62 * 2^62 * 0 wraps to 0 in int64: must not pass as "0 elements" */
+  int64_t t[3] = {INT64_C(1) << 62, INT64_C(1) << 62, 0};
+  cr_assert_null(ad_reshape(ctx, x, 3, t));
+  expect_error(AD_ERR_SHAPE, "reshape: shape [4611686018427387904,4611686018427387904,0]",
+               "too large", NULL);
+  int64_t t2[3] = {INT64_C(1) << 62, -1, 0};
+  cr_assert_null(ad_reshape(ctx, x, 3, t2));
+  expect_error(AD_ERR_SHAPE, "reshape", NULL);
+}
+
+Test(misuse_core, padding_that_would_overflow_is_refused) {
+  int64_t s[1] = {3};
+  ad_tensor *x = leaf(AD_F64, 1, s, 1);
+  cr_assert_null(ad_pad(ctx, x, 0, INT64_MAX, 1));
+  expect_error(AD_ERR_SHAPE, "pad: padding 9223372036854775807, 1 is more than 2^40", NULL);
+  cr_assert_null(ad_pad(ctx, x, 0, INT64_C(1) << 40, INT64_C(1) << 40));
+  expect_error(AD_ERR_SHAPE, "pad of [3]", "too large", NULL);
+}
+
+/* ------------------------------------------------ bounds that overflow */
+
+Test(misuse_core, narrow_start_near_int64_max_is_refused) {
+  int64_t s[1] = {4};
+  ad_tensor *x = leaf(AD_F64, 1, s, 1);
+  cr_assert_null(ad_narrow(ctx, x, 0, INT64_MAX - 1, 3)); /* start + len wraps negative */
+  expect_error(AD_ERR_ARG, "narrow: start 9223372036854775806, length 3 is outside 0..4", NULL);
+  cr_assert_null(ad_narrow(ctx, x, 0, 2, INT64_MAX));
+  expect_error(AD_ERR_ARG, "narrow", "outside", NULL);
+  ad_tensor *ok = ad_narrow(ctx, x, 0, 4, 0);
+  cr_assert_not_null(ok, "%s", ad_last_error(ctx));
+  cr_assert_eq(ok->size, 0);
+}
+
+/* ------------------------------------------- values an i32 cannot hold */
+
+Test(misuse_core, i32_stores_refuse_nan_and_out_of_range) {
+  int64_t s[1] = {3};
+  ad_tensor *t = ad_zeros(ctx, AD_I32, 1, s);
+  cr_assert_not_null(t);
+  cr_assert_eq(ad_tensor_set(t, 0, NAN), AD_ERR_ARG);
+  expect_error(AD_ERR_ARG, "tensor_set: nan cannot be stored in an i32 tensor", NULL);
+  cr_assert_eq(ad_tensor_set(t, 1, 3e9), AD_ERR_ARG);
+  expect_error(AD_ERR_ARG, "3e+09", NULL);
+  cr_assert_eq(ad_tensor_set(t, 1, -2147483648.5), AD_OK); /* truncates to INT32_MIN */
+  cr_assert_eq(((int32_t *)t->data)[1], INT32_MIN);
+  cr_assert_eq(ad_tensor_set(t, 2, 2147483647.9), AD_OK);
+  cr_assert_eq(((int32_t *)t->data)[2], INT32_MAX);
+  cr_assert_eq(ad_tensor_fill(t, INFINITY), AD_ERR_ARG);
+  expect_error(AD_ERR_ARG, "tensor_fill: inf", NULL);
+  cr_assert_eq(((int32_t *)t->data)[2], INT32_MAX, "a refused fill changes nothing");
+  cr_assert_eq(ad_tensor_fill(NULL, 1), AD_ERR_NULL);
+
+  cr_assert_null(ad_full(ctx, AD_I32, 1, s, NAN));
+  expect_error(AD_ERR_ARG, "full: nan cannot be stored", NULL);
+  ad_rng rng;
+  ad_rng_seed(&rng, 1);
+  cr_assert_null(ad_rand(ctx, &rng, AD_I32, 1, s, 0, 1e12));
+  expect_error(AD_ERR_ARG, "rand:", "i32", NULL);
+  cr_assert_null(ad_randn(ctx, &rng, AD_I32, 1, s, 0, NAN));
+  expect_error(AD_ERR_ARG, "randn:", NULL);
+  cr_assert_null(ad_arange(ctx, AD_I32, 3e9, 3e9 + 2, 1));
+  expect_error(AD_ERR_ARG, "arange:", NULL);
+
+  float src[3] = {1.5f, NAN, 2};
+  ad_tensor *f = ad_from_data(ctx, AD_F32, 1, s, src);
+  ad_tensor_fill(t, 7);
+  cr_assert_eq(ad_tensor_copy_data(t, f), AD_ERR_ARG);
+  expect_error(AD_ERR_ARG, "copy_data: nan", NULL);
+  cr_assert_eq(((int32_t *)t->data)[0], 7, "a refused copy changes nothing");
+  ((float *)f->data)[1] = -3.7f;
+  cr_assert_eq(ad_tensor_copy_data(t, f), AD_OK);
+  cr_assert_eq(((int32_t *)t->data)[1], -3);
+}
+
+Test(misuse_core, arange_with_too_many_elements_is_refused) {
+  cr_assert_null(ad_arange(ctx, AD_F32, 0, 1e30, 1));
+  expect_error(AD_ERR_ARG, "arange: 0..1e+30 step 1 has 1e+30 elements, more than 2^40", NULL);
+  cr_assert_null(ad_arange(ctx, AD_F64, -1e308, 1e308, 1e-300)); /* the count overflows to inf */
+  expect_error(AD_ERR_ARG, "arange", "2^40", NULL);
+  ad_tensor *e = ad_arange(ctx, AD_F64, 5, 0, 1);
+  cr_assert_not_null(e);
+  cr_assert_eq(e->size, 0);
+}
+
+/* --------------------------------------------- tensors of another context */
+
+Test(misuse_core, an_op_refuses_a_tensor_of_another_context) {
+  ad_ctx *other = ad_ctx_new();
+  int64_t s[1] = {2};
+  ad_tensor *a = leaf(AD_F64, 1, s, 1);
+  ad_tensor *b = ad_full(other, AD_F64, 1, s, 2);
+  cr_assert_eq(ad_tensor_set_requires_grad(b, true), AD_OK);
+  cr_assert_null(ad_mul(ctx, a, b));
+  expect_error(AD_ERR_ARG, "mul: input 1 belongs to another context", NULL);
+  /* a temporary of the other context, too */
+  ad_tensor *bt = ad_exp(other, b);
+  cr_assert_not_null(bt);
+  cr_assert_null(ad_add(ctx, bt, a));
+  expect_error(AD_ERR_ARG, "add: input 0 belongs to another context", NULL);
+  ad_tensor_free(b);
+  ad_ctx_free(other);
+}
+
+Test(misuse_core, backward_and_grad_refuse_another_context) {
+  ad_ctx *other = ad_ctx_new();
+  int64_t s[1] = {2};
+  ad_tensor *a = leaf(AD_F64, 1, s, 1);
+  ad_tensor *b = ad_full(other, AD_F64, 1, s, 2);
+  cr_assert_eq(ad_tensor_set_requires_grad(b, true), AD_OK);
+  ad_tensor *lb = ad_sum(other, ad_mul(other, b, b));
+  cr_assert_not_null(lb);
+  /* backward of the other context's root in this one */
+  cr_assert_eq(ad_backward(ctx, lb, NULL), AD_ERR_ARG);
+  expect_error(AD_ERR_ARG, "backward: root belongs to another context", NULL);
+  cr_assert_null(b->grad, "nothing was allocated for the other context's leaf");
+  ad_tensor *la = ad_mul(ctx, a, a);
+  ad_tensor *seed = ad_full(other, AD_F64, 1, s, 1);
+  cr_assert_eq(ad_backward(ctx, la, seed), AD_ERR_ARG);
+  expect_error(AD_ERR_ARG, "backward: seed belongs to another context", NULL);
+  ad_tensor *out[1];
+  cr_assert_eq(ad_grad(ctx, ad_sum(ctx, la), NULL, 1, &b, out, false), AD_ERR_ARG);
+  expect_error(AD_ERR_ARG, "grad: input 0 belongs to another context", NULL);
+  ad_tensor_free(b);
+  ad_tensor_free(seed);
+  ad_ctx_free(other);
+}
+
+/* ----------------------------------------------------- backward's seed */
+
+Test(misuse_core, seed_of_the_wrong_shape_is_refused) {
+  int64_t s[2] = {2, 3}, s6[1] = {6};
+  ad_tensor *x = leaf(AD_F64, 2, s, 1);
+  ad_tensor *y = ad_mul(ctx, x, x);
+  ad_tensor *seed = ad_ones(ctx, AD_F64, 1, s6);
+  cr_assert_eq(ad_backward(ctx, y, seed), AD_ERR_SHAPE);
+  expect_error(AD_ERR_SHAPE, "backward: seed shape [6] does not match root [2,3]", NULL);
+  cr_assert_null(x->grad);
+  ad_tensor_free(seed);
+}
+
+/* ------------------------------------------------- retained gradients */
+
+Test(misuse_core, retained_gradients_accumulate_over_passes) {
+  int64_t s[1] = {2};
+  ad_tensor *x = leaf(AD_F64, 1, s, 1);
+  ad_tensor *h = ad_mul_scalar(ctx, x, 3);
+  cr_assert_eq(ad_tensor_retain_grad(h), AD_OK);
+  cr_assert_eq(ad_backward(ctx, ad_sum(ctx, h), NULL), AD_OK);
+  cr_assert_float_eq(ad_tensor_get(h->grad, 0), 1.0, 0);
+  cr_assert_eq(ad_backward(ctx, ad_sum(ctx, ad_mul_scalar(ctx, h, 2)), NULL), AD_OK);
+  cr_assert_float_eq(ad_tensor_get(h->grad, 0), 3.0, 0, "PyTorch gives 1 + 2");
+  cr_assert_float_eq(ad_tensor_get(h->grad, 1), 3.0, 0);
+  cr_assert_float_eq(ad_tensor_get(x->grad, 0), 9.0, 0);
+  ad_tensor_zero_grad(h);
+  cr_assert_eq(ad_backward(ctx, ad_sum(ctx, h), NULL), AD_OK);
+  cr_assert_float_eq(ad_tensor_get(h->grad, 0), 1.0, 0, "after zero_grad, one pass's worth");
+}
+
+/* --------------------------------------------------------- arena limit */
+
+Test(misuse_core, a_forgotten_tape_reset_hits_the_arena_limit) {
+  int64_t s[1] = {1024};
+  ad_tensor *x = leaf(AD_F32, 1, s, 1);
+  cr_assert_eq(ad_set_arena_limit(ctx, (size_t)8 << 20), AD_OK);
+  int step = 0;
+  ad_tensor *y = x;
+  for (; step < 100000 && y; step++) y = ad_exp(ctx, x); /* never reset */
+  cr_assert_null(y);
+  cr_assert_gt(step, 1000, "the limit allows ~8 MiB of 4 KiB results");
+  expect_error(AD_ERR_OOM, "arena", "limit of 8388608", "ad_tape_reset", NULL);
+  cr_assert_leq(ad_arena_capacity(ctx), (size_t)8 << 20);
+  /* with a reset per step the same loop runs within the limit */
+  for (int i = 0; i < 5000; i++) {
+    ad_tape_reset(ctx);
+    cr_assert_not_null(ad_exp(ctx, x), "%s", ad_last_error(ctx));
+  }
+  cr_assert_eq(ad_set_arena_limit(NULL, 1), AD_ERR_NULL);
+}
+
+/* ------------------------------------------------ messages that mislead */
+
+Test(misuse_core, messages_name_the_real_problem) {
+  int64_t s[1] = {2};
+  ad_tensor *a = leaf(AD_F64, 1, s, 1), *xs[9];
+  for (int i = 0; i < 9; i++) xs[i] = a;
+  cr_assert_null(ad_concat(ctx, 9, xs, 0));
+  expect_error(AD_ERR_ARG, "concat: takes 1 to 8 inputs, got 9", NULL);
+  int add = ad_op_find(ctx, "add");
+  cr_assert_null(ad_op_apply(ctx, add, 2, NULL, NULL));
+  expect_error(AD_ERR_NULL, "add: the array of inputs is NULL", NULL);
+  cr_assert_null(ad_op_apply(ctx, add, 3, xs, NULL));
+  expect_error(AD_ERR_ARG, "add: takes 2 inputs, got 3", NULL);
+  cr_assert_null(ad_ones(ctx, AD_F32, 3, NULL));
+  expect_error(AD_ERR_NULL, "ones: shape is NULL for ndim 3", NULL);
+  int64_t neg[1] = {-4};
+  cr_assert_null(ad_zeros(ctx, AD_F32, 1, neg));
+  expect_error(AD_ERR_ARG, "zeros: dimension 0 of [-4] is negative", NULL);
+  int64_t big[3] = {INT64_C(1) << 20, INT64_C(1) << 20, 2};
+  cr_assert_null(ad_zeros(ctx, AD_F32, 3, big));
+  expect_error(AD_ERR_ARG, "zeros: shape [1048576,1048576,2] is too large", "multiply to 2.199e+12",
+               NULL);
+}
