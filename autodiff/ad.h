@@ -114,9 +114,17 @@ typedef struct ad_rng {
  * system is out of memory. Free with ad_ctx_free. */
 AD_API ad_ctx *ad_ctx_new(void);
 
-/* Frees the context, its arena and its registry. Persistent tensors are not
- * freed: free them first with ad_tensor_free. ad_ctx_free(NULL) is a no-op. */
+/* Frees the context, its arena, its registry and every persistent tensor
+ * still live (ad_ctx_live_tensors tells how many there are). Afterwards no
+ * tensor of the context may be used or freed, and nothing built on it (nn
+ * models, optimizers) may be used or freed: free those first.
+ * ad_ctx_free(NULL) is a no-op. */
 AD_API void ad_ctx_free(ad_ctx *ctx);
+
+/* Number of persistent tensors of ctx not yet freed, gradients included
+ * (0 for NULL). A program that frees what it makes sees this fall back to
+ * where it started. */
+AD_API size_t ad_ctx_live_tensors(const ad_ctx *ctx);
 
 /* The message of the last error (see "Errors" above for which one a NULL
  * input keeps), e.g. "matmul: inner dimensions differ: [32,784] x
@@ -185,7 +193,15 @@ AD_API ad_tensor *ad_randn(ad_ctx *ctx, ad_rng *rng, ad_dtype dtype, int ndim, c
 AD_API ad_tensor *ad_tensor_clone(ad_ctx *ctx, const ad_tensor *t);
 
 /* Frees a persistent tensor and its grad. NULL is a no-op. Tensors made by
- * ops belong to the tape: passing one is ignored. */
+ * ops belong to the tape: passing one is ignored. A gradient (t->grad) is
+ * owned by its tensor: freeing it alone is refused with AD_ERR_STATE on the
+ * context (release it with ad_tensor_zero_grad). Freeing twice, or passing
+ * a freed tensor to an op, ad_backward or the accessors below, is detected
+ * and reported (AD_ERR_STATE or AD_ERR_ARG) without touching freed memory,
+ * as long as the freed tensor's header has not been reused: the context
+ * keeps at least the 64 most recently freed headers unused, and never reuses
+ * one while ops recorded before its free are still on the tape. So freeing
+ * a leaf before a backward that needs it is reported by that backward. */
 AD_API void ad_tensor_free(ad_tensor *t);
 
 /* A scalar (0-d) constant in the arena; freed by ad_tape_reset. */
@@ -213,7 +229,8 @@ AD_API void ad_tensor_zero_grad(ad_tensor *t);
 /* True for a tensor made by an op (freed by ad_tape_reset). */
 AD_API bool ad_tensor_is_temporary(const ad_tensor *t);
 
-/* Element i (row-major flat index) as a double; 0 if out of range. */
+/* Element i (row-major flat index) as a double; 0 if out of range, NaN for
+ * a freed tensor. The setters below return AD_ERR_STATE for a freed one. */
 AD_API double ad_tensor_get(const ad_tensor *t, int64_t i);
 /* Sets element i; returns AD_ERR_ARG when i is out of range, or when t is
  * AD_I32 and v is NaN or outside the int32 range (recorded, t unchanged);

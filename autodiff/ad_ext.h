@@ -357,8 +357,8 @@ AD_API void ad_set_backward_hook(ad_ctx *ctx, ad_backward_hook fn, void *ud);
  * need beyond ad_tensor_op, ad_tensor_inputs and ad_tensor_attrs. All
  * accept NULL, any live tensor, and an op's result from before an
  * ad_tape_reset (its arena memory stays the context's; the generation
- * tells it apart), and never write. A persistent tensor passed to
- * ad_tensor_free is gone: do not pass it. */
+ * tells it apart), and never write. A freed persistent tensor is not valid
+ * (see ad_tensor_free for how long that is detected). */
 
 /* True when t is a tensor: live, or an op's result from an earlier tape
  * generation (ad_tensor_generation tells which). */
@@ -375,6 +375,10 @@ AD_API int64_t ad_tensor_tape_index(const ad_tensor *t);
 AD_API uint64_t ad_tensor_generation(const ad_tensor *t);
 /* The context's current tape generation. */
 AD_API uint64_t ad_tape_generation(const ad_ctx *ctx);
+/* Allocator blocks the context holds for persistent tensors' headers
+ * (slabs of 32, kept until ad_ctx_free so freed tensors stay detectable).
+ * For leak checks that count an allocator's live blocks mid-run. */
+AD_API size_t ad_ctx_header_blocks(const ad_ctx *ctx);
 /* The hook installed now and its user data (NULL, NULL when none), so a
  * tool can chain to it and restore it. */
 AD_API void ad_get_backward_hook(const ad_ctx *ctx, ad_backward_hook *fn, void **ud);

@@ -26,10 +26,12 @@ enum {
   AD_NF_PERSISTENT = 4,    /* malloc'd, survives tape reset */
   AD_NF_RETAIN = 8,        /* keep the gradient of an intermediate */
   AD_NF_RECORDED = 16,     /* on the tape */
-  AD_NF_KEEP = 32          /* ad_grad input: keep gacc after its backward ran */
+  AD_NF_KEEP = 32,         /* ad_grad input: keep gacc after its backward ran */
+  AD_NF_OWNED = 64         /* another tensor's grad: freed with it, not alone */
 };
 
 #define AD_NODE_MAGIC 0xAD7E5017u
+#define AD_NODE_DEAD  0xDEADAD00u /* a freed persistent node, kept in its slab */
 
 /* Every tensor is a node; the public view comes first. Kept small: a
  * scalar chain allocates a few of these per op, and is bound by the memory
@@ -84,6 +86,13 @@ struct ad_ctx {
   char *bump, *bump_end;  /* free space in cur */
   size_t arena_cap, arena_used_before_cur;
   size_t arena_limit; /* most bytes arena_cap may reach; 0: no limit */
+  /* persistent nodes: slabs the context owns, so a freed node's header
+   * stays readable (its magic says dead) until the node is reused, and the
+   * context can free what is still live (core.c, "persistent nodes") */
+  struct ad_node_slab *slabs;
+  int slab_used;                  /* nodes handed out of the first slab */
+  ad_node *dead_head, *dead_tail; /* freed nodes, oldest first */
+  size_t dead_len, live_nodes;
   /* tape */
   ad_node **tape;
   size_t tape_len, tape_cap;
@@ -119,6 +128,8 @@ static inline void *ad_arena_alloc(ad_ctx *ctx, size_t bytes) {
   return ad_arena_alloc_slow(ctx, bytes);
 }
 void ad_arena_free_all(ad_ctx *ctx);
+/* Frees every persistent tensor still live and the slabs (ad_ctx_free). */
+void ad_nodes_free_all(ad_ctx *ctx);
 
 /* A temporary filled with v: a constant leaf (ad_tensor_op gives -1). */
 ad_tensor *ad_tmp_full(ad_ctx *ctx, ad_dtype dtype, int ndim, const int64_t *shape, double v);

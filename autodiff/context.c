@@ -24,6 +24,7 @@ ad_ctx *ad_ctx_new(void) { return ad_ctx_new_with_alloc(ad_default_alloc, NULL);
 
 void ad_ctx_free(ad_ctx *ctx) {
   if (!ctx) return;
+  ad_nodes_free_all(ctx);
   ad_arena_free_all(ctx);
   ad_free(ctx, ctx->tape, ctx->tape_cap * sizeof *ctx->tape);
   ad_free(ctx, ctx->touched, ctx->touched_cap * sizeof *ctx->touched);

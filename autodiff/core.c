@@ -359,20 +359,108 @@ static bool check_new(ad_ctx *ctx, const char *fn, ad_dtype dt, int ndim, const 
   return true;
 }
 
+/* ---------------------------------------------------- persistent nodes
+ * The headers of persistent tensors come from slabs the context owns, never
+ * from the allocator one by one. ad_tensor_free frees the data, marks the
+ * header dead and queues it; so a freed tensor passed back in later is
+ * recognised by reading memory the context still owns (ASan stays quiet),
+ * and a backward that reaches a leaf freed after recording says so. A dead
+ * header is reused only once AD_QUARANTINE newer ones wait behind it and
+ * the tape has been reset since it died (no recorded op can name it), or
+ * when AD_QUARANTINE_MAX wait (a loop that frees and never resets stays
+ * bounded). While a header waits, its stale pointers are caught; once it
+ * is reused they name the new tensor, which C cannot tell apart. */
+
+#define AD_SLAB_NODES     32
+#define AD_QUARANTINE     64
+#define AD_QUARANTINE_MAX 65536
+
+typedef struct ad_node_slab {
+  struct ad_node_slab *next;
+  ad_node nodes[AD_SLAB_NODES];
+} ad_node_slab;
+
+/* A header for a new persistent tensor, or NULL (AD_ERR_OOM recorded). */
+static ad_node *node_alloc(ad_ctx *ctx) {
+  ad_node *n = ctx->dead_head;
+  if (n && ((ctx->dead_len > AD_QUARANTINE && n->epoch != ctx->epoch) ||
+            ctx->dead_len > AD_QUARANTINE_MAX)) {
+    ctx->dead_head = (ad_node *)n->gacc; /* a dead node's gacc links the queue */
+    if (!ctx->dead_head) ctx->dead_tail = NULL;
+    ctx->dead_len--;
+  } else {
+    if (!ctx->slabs || ctx->slab_used == AD_SLAB_NODES) {
+      ad_node_slab *sl = ad_malloc(ctx, sizeof *sl);
+      if (!sl) return NULL;
+      sl->next = ctx->slabs;
+      ctx->slabs = sl;
+      ctx->slab_used = 0;
+    }
+    n = &ctx->slabs->nodes[ctx->slab_used++];
+  }
+  ctx->live_nodes++;
+  return n;
+}
+
+/* Marks n dead and queues it for reuse; its data is already freed. ctx,
+ * shape and dtype stay for messages about it. */
+static void node_release(ad_ctx *ctx, ad_node *n) {
+  n->magic = AD_NODE_DEAD;
+  n->flags = 0;
+  n->t.data = NULL;
+  n->t.size = 0; /* accessors that miss the magic find nothing to read */
+  n->t.grad = NULL;
+  n->epoch = ctx->epoch;
+  n->gacc = NULL;
+  if (ctx->dead_tail)
+    ctx->dead_tail->gacc = &n->t;
+  else
+    ctx->dead_head = n;
+  ctx->dead_tail = n;
+  ctx->dead_len++;
+  ctx->live_nodes--;
+}
+
+void ad_nodes_free_all(ad_ctx *ctx) {
+  for (ad_node_slab *sl = ctx->slabs, *next; sl; sl = next) {
+    next = sl->next;
+    int used = sl == ctx->slabs ? ctx->slab_used : AD_SLAB_NODES;
+    for (int i = 0; i < used; i++) {
+      ad_node *n = &sl->nodes[i];
+      if (n->magic == AD_NODE_MAGIC)
+        ad_free(ctx, n->t.data, (size_t)n->t.size * ad_dsize(n->t.dtype));
+      n->magic = 0;
+    }
+    ad_free(ctx, sl, sizeof *sl);
+  }
+  ctx->slabs = NULL;
+  ctx->dead_head = ctx->dead_tail = NULL;
+  ctx->dead_len = ctx->live_nodes = 0;
+}
+
+size_t ad_ctx_live_tensors(const ad_ctx *ctx) { return ctx ? ctx->live_nodes : 0; }
+
+size_t ad_ctx_header_blocks(const ad_ctx *ctx) {
+  size_t n = 0;
+  for (const ad_node_slab *sl = ctx ? ctx->slabs : NULL; sl; sl = sl->next) n++;
+  return n;
+}
+
 /* A persistent tensor with uninitialized data. */
 static ad_tensor *persistent_new(ad_ctx *ctx, const char *fn, ad_dtype dt, int ndim,
                                  const int64_t *shape) {
   if (!check_new(ctx, fn, dt, ndim, shape)) return NULL;
-  ad_node *n = ad_malloc(ctx, sizeof *n);
-  if (!n) return NULL;
-  ad_node_init(n, ctx, dt, ndim, shape, ad_shape_size(ndim, shape));
-  n->flags = AD_NF_LEAF | AD_NF_PERSISTENT;
-  n->src.spare_grad = NULL;
-  n->t.data = ad_malloc(ctx, (size_t)n->t.size * ad_dsize(dt));
-  if (!n->t.data) {
-    ad_free(ctx, n, sizeof *n);
+  int64_t size = ad_shape_size(ndim, shape);
+  void *data = ad_malloc(ctx, (size_t)size * ad_dsize(dt));
+  ad_node *n = data ? node_alloc(ctx) : NULL;
+  if (!n) {
+    ad_free(ctx, data, (size_t)size * ad_dsize(dt));
     return NULL;
   }
+  ad_node_init(n, ctx, dt, ndim, shape, size);
+  n->flags = AD_NF_LEAF | AD_NF_PERSISTENT;
+  n->src.spare_grad = NULL;
+  n->t.data = data;
   return &n->t;
 }
 
@@ -399,6 +487,14 @@ ad_tensor *ad_tmp_header(ad_ctx *ctx, ad_dtype dt, int ndim, const int64_t *shap
   return &n->t;
 }
 
+/* Whether t is a freed tensor; if so, records that fn was given one. */
+static bool freed(const ad_tensor *t, const char *fn) {
+  const ad_node *n = ad_node_of(t);
+  if (n->magic != AD_NODE_DEAD) return false;
+  ad_set_error(n->ctx, AD_ERR_STATE, "%s: the tensor was freed", fn);
+  return true;
+}
+
 /* Whether v converts to int32_t (truncated toward zero, as C and PyTorch
  * do) without undefined behaviour: not NaN, and inside (-2^31-1, 2^31). */
 static bool i32_fits(double v) { return v > -2147483649.0 && v < 2147483648.0; }
@@ -413,6 +509,7 @@ static ad_status i32_error(const ad_tensor *t, const char *fn, double v) {
 
 ad_status ad_tensor_fill(ad_tensor *t, double v) {
   if (!t) return AD_ERR_NULL;
+  if (freed(t, "tensor_fill")) return AD_ERR_STATE;
   if (t->dtype == AD_I32 && !i32_fits(v)) return i32_error(t, "tensor_fill", v);
   if (t->dtype == AD_F32)
     for (int64_t i = 0; i < t->size; i++) ((float *)t->data)[i] = (float)v;
@@ -529,21 +626,36 @@ ad_tensor *ad_tensor_clone(ad_ctx *ctx, const ad_tensor *t) {
     ad_set_null_error(ctx, "clone: tensor is NULL");
     return NULL;
   }
+  if (freed(t, "clone")) return NULL;
   return ad_from_data(ctx, t->dtype, t->ndim, t->shape, t->data);
 }
 
 static bool is_node(const ad_tensor *t) { return t && ad_node_of(t)->magic == AD_NODE_MAGIC; }
 
-void ad_tensor_free(ad_tensor *t) {
-  if (!is_node(t)) return;
-  ad_node *n = ad_node_of(t);
-  if (!(n->flags & AD_NF_PERSISTENT)) return;
+/* Frees persistent node n, its grad and its kept grad buffer. */
+static void persistent_free(ad_node *n) {
   ad_ctx *ctx = n->ctx;
-  if (t->grad) ad_tensor_free(t->grad);
-  if (n->src.spare_grad) ad_tensor_free(n->src.spare_grad);
-  n->magic = 0;
-  ad_free(ctx, t->data, (size_t)t->size * ad_dsize(t->dtype));
-  ad_free(ctx, n, sizeof *n);
+  if (n->t.grad) persistent_free(ad_node_of(n->t.grad));
+  if (n->src.spare_grad) persistent_free(ad_node_of(n->src.spare_grad));
+  ad_free(ctx, n->t.data, (size_t)n->t.size * ad_dsize(n->t.dtype));
+  node_release(ctx, n);
+}
+
+void ad_tensor_free(ad_tensor *t) {
+  if (!t) return;
+  ad_node *n = ad_node_of(t);
+  if (n->magic == AD_NODE_DEAD) {
+    ad_set_error(n->ctx, AD_ERR_STATE, "tensor_free: the tensor was already freed");
+    return;
+  }
+  if (n->magic != AD_NODE_MAGIC || !(n->flags & AD_NF_PERSISTENT)) return;
+  if (n->flags & AD_NF_OWNED) {
+    ad_set_error(n->ctx, AD_ERR_STATE,
+                 "tensor_free: this tensor is another tensor's gradient and is freed with it "
+                 "(ad_tensor_zero_grad releases it)");
+    return;
+  }
+  persistent_free(n);
 }
 
 ad_status ad_tensor_set_requires_grad(ad_tensor *t, bool on) {
@@ -585,7 +697,7 @@ void ad_tensor_zero_grad(ad_tensor *t) {
   if (!is_node(t) || !t->grad) return;
   ad_node *n = ad_node_of(t);
   if (n->flags & AD_NF_PERSISTENT) { /* keep the buffer for the next pass */
-    if (n->src.spare_grad) ad_tensor_free(n->src.spare_grad); /* never both; for safety */
+    if (n->src.spare_grad) persistent_free(ad_node_of(n->src.spare_grad)); /* never both */
     n->src.spare_grad = t->grad;
   }
   t->grad = NULL; /* a retained intermediate's grad is arena memory */
@@ -597,10 +709,13 @@ ad_tensor *ad_leaf_grad_take(ad_ctx *ctx, ad_node *n) {
     n->src.spare_grad = NULL;
     return g;
   }
-  return ad_tensor_new_uninit(ctx, n->t.dtype, n->t.ndim, n->t.shape);
+  g = ad_tensor_new_uninit(ctx, n->t.dtype, n->t.ndim, n->t.shape);
+  if (g) ad_node_of(g)->flags |= AD_NF_OWNED;
+  return g;
 }
 
 double ad_tensor_get(const ad_tensor *t, int64_t i) {
+  if (t && ad_node_of(t)->magic == AD_NODE_DEAD) return NAN;
   if (!t || i < 0 || i >= t->size) return 0.0;
   switch (t->dtype) {
   case AD_F32:
@@ -614,6 +729,7 @@ double ad_tensor_get(const ad_tensor *t, int64_t i) {
 
 ad_status ad_tensor_set(ad_tensor *t, int64_t i, double v) {
   if (!t) return AD_ERR_NULL;
+  if (freed(t, "tensor_set")) return AD_ERR_STATE;
   if (i < 0 || i >= t->size) return AD_ERR_ARG;
   switch (t->dtype) {
   case AD_F32:
@@ -637,6 +753,7 @@ double ad_tensor_item(const ad_tensor *t) {
 
 ad_status ad_tensor_copy_data(ad_tensor *dst, const ad_tensor *src) {
   if (!dst || !src) return AD_ERR_NULL;
+  if (freed(dst, "copy_data") || freed(src, "copy_data")) return AD_ERR_STATE;
   if (dst->size != src->size) {
     char a[64], b[64];
     return ad_set_error(ad_node_of(dst)->ctx, AD_ERR_SHAPE,

@@ -167,8 +167,10 @@ static const ad_attrs zero_attrs;
 static void input_error(ad_ctx *ctx, const ad_op_def *def, int i, const ad_node *s) {
   if (!s)
     ad_set_null_error(ctx, "%s: input %d is NULL", def->name, i);
+  else if (s->magic == AD_NODE_DEAD)
+    ad_set_error(ctx, AD_ERR_STATE, "%s: input %d was freed", def->name, i);
   else if (s->magic != AD_NODE_MAGIC)
-    ad_set_error(ctx, AD_ERR_ARG, "%s: input %d is not a tensor (freed?)", def->name, i);
+    ad_set_error(ctx, AD_ERR_ARG, "%s: input %d is not a tensor", def->name, i);
   else if (s->ctx != ctx)
     ad_set_error(ctx, AD_ERR_ARG, "%s: input %d belongs to another context", def->name, i);
   else
@@ -478,7 +480,7 @@ static ad_status sweep(ad_ctx *ctx, ad_node *root, const ad_tensor *seed, bool c
   ad_tensor *g;
   if (seed) {
     if (ad_node_of(seed)->magic != AD_NODE_MAGIC)
-      return ad_set_error(ctx, AD_ERR_ARG, "%s: seed is not a tensor", who);
+      return ad_set_error(ctx, AD_ERR_ARG, "%s: seed is not a tensor (or was freed)", who);
     if (ad_node_of(seed)->ctx != ctx)
       return ad_set_error(ctx, AD_ERR_ARG, "%s: seed belongs to another context", who);
     if (!ad_same_shape(seed, &root->t))
@@ -531,6 +533,17 @@ static ad_status sweep(ad_ctx *ctx, ad_node *root, const ad_tensor *seed, bool c
       gin[k] = NULL;
       needs[k] = (src[k]->flags & AD_NF_REQUIRES_GRAD) != 0;
       any |= needs[k];
+      if (src[k]->magic != AD_NODE_MAGIC) { /* a leaf freed after recording */
+        st = ad_set_error(ctx, AD_ERR_STATE,
+                          "%s: input %d of %s was freed after the op was recorded; free "
+                          "tensors after the backward passes that use them",
+                          who, k, def->name);
+        break;
+      }
+    }
+    if (st != AD_OK) {
+      clear_below(ctx, i);
+      break;
     }
     if (!any) continue;
     ad_call c = {.ctx = ctx,
@@ -583,8 +596,10 @@ static ad_status sweep(ad_ctx *ctx, ad_node *root, const ad_tensor *seed, bool c
 static ad_status check_root(ad_ctx *ctx, ad_tensor *root, const char *who) {
   if (!ctx) return AD_ERR_NULL;
   if (!root) return ad_set_null_error(ctx, "%s: root is NULL", who);
+  if (ad_node_of(root)->magic == AD_NODE_DEAD)
+    return ad_set_error(ctx, AD_ERR_STATE, "%s: root was freed", who);
   if (ad_node_of(root)->magic != AD_NODE_MAGIC)
-    return ad_set_error(ctx, AD_ERR_ARG, "%s: root is not a tensor (freed?)", who);
+    return ad_set_error(ctx, AD_ERR_ARG, "%s: root is not a tensor", who);
   if (ad_node_of(root)->ctx != ctx)
     return ad_set_error(ctx, AD_ERR_ARG, "%s: root belongs to another context", who);
   return AD_OK;
@@ -609,8 +624,10 @@ ad_status ad_grad(ad_ctx *ctx, ad_tensor *root, const ad_tensor *seed, int n,
     out[i] = NULL;
     if (!inputs[i]) return ad_set_null_error(ctx, "grad: input %d is NULL", i);
     const ad_node *in = ad_node_of(inputs[i]);
+    if (in->magic == AD_NODE_DEAD)
+      return ad_set_error(ctx, AD_ERR_STATE, "grad: input %d was freed", i);
     if (in->magic != AD_NODE_MAGIC)
-      return ad_set_error(ctx, AD_ERR_ARG, "grad: input %d is not a tensor (freed?)", i);
+      return ad_set_error(ctx, AD_ERR_ARG, "grad: input %d is not a tensor", i);
     if (in->ctx != ctx)
       return ad_set_error(ctx, AD_ERR_ARG, "grad: input %d belongs to another context", i);
   }

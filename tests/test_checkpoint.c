@@ -133,7 +133,7 @@ Test(checkpoint, round_trip_is_bit_exact) {
   free_all(8, src);
   free_all(8, dst);
   cr_assert_eq(count_entries(tmpdir), 1, "no temporary file is left");
-  cr_assert_eq(alloc_state.live, live_base, "every block is freed");
+  cr_assert_eq(LIVE_BLOCKS(), live_base, "every block is freed");
 }
 
 Test(checkpoint, file_layout_follows_the_format) {
@@ -184,7 +184,7 @@ Test(checkpoint, empty_checkpoint) {
   cr_assert_eq(info->data_bytes, 0);
   cr_assert_null(nn_checkpoint_info_find(info, "x"));
   nn_checkpoint_info_free(info);
-  cr_assert_eq(alloc_state.live, live_base);
+  cr_assert_eq(LIVE_BLOCKS(), live_base);
 }
 
 Test(checkpoint, metadata_and_info) {
@@ -229,7 +229,7 @@ Test(checkpoint, metadata_and_info) {
   nn_checkpoint_info_free(info);
   nn_checkpoint_info_free(NULL);
   free_all(2, ts);
-  cr_assert_eq(alloc_state.live, live_base);
+  cr_assert_eq(LIVE_BLOCKS(), live_base);
 }
 
 Test(checkpoint, names_with_escapes_and_unicode) {
@@ -345,7 +345,7 @@ Test(checkpoint, pytorch_fixture_loads) {
   for (int i = 0; i < 6; i++) cr_assert(same_bits(ts[i], back[i]));
   free_all(6, ts);
   free_all(6, back);
-  cr_assert_eq(alloc_state.live, live_base);
+  cr_assert_eq(LIVE_BLOCKS(), live_base);
 }
 
 /* ------------------------------------------------------- load mismatches */
@@ -391,7 +391,7 @@ Test(checkpoint, load_reports_the_first_mismatch) {
     for (int64_t k = 0; k < all[i]->size; k++) cr_assert_eq(ad_tensor_get(all[i], k), 7);
   free_all(5, all);
   ad_tensor_free(s1);
-  cr_assert_eq(alloc_state.live, live_base);
+  cr_assert_eq(LIVE_BLOCKS(), live_base);
 }
 
 /* ------------------------------------------------------ argument errors */
@@ -468,7 +468,7 @@ Test(checkpoint, bad_arguments) {
   free(now);
   ad_tensor_free(a);
   ad_tensor_free(b);
-  cr_assert_eq(alloc_state.live, live_base);
+  cr_assert_eq(LIVE_BLOCKS(), live_base);
 }
 
 /* ------------------------------------------------------------- atomicity */
@@ -528,7 +528,7 @@ Test(checkpoint, failed_write_keeps_the_old_file) {
   cr_assert_eq(count_entries(tmpdir), 1, "the temporary file is removed");
   ad_tensor_free(big);
   free(old);
-  cr_assert_eq(alloc_state.live, live_base);
+  cr_assert_eq(LIVE_BLOCKS(), live_base);
 }
 
 Test(checkpoint, failed_rename_removes_the_temporary) {
@@ -586,13 +586,13 @@ Test(checkpoint, out_of_memory_everywhere) {
                       ad_full(ctx, AD_I32, 1, s, 3)};
   const char *names[3] = {"a", "b", "c"};
   const char *keys[2] = {"k1", "k2"}, *vals[2] = {"v1", "v2"};
-  long base = alloc_state.live;
+  long base = LIVE_BLOCKS();
   bool saved = false;
   for (long k = 0; k < 100 && !saved; k++) {
     test_alloc_refuse_after(&alloc_state, k);
     ad_status st = nn_checkpoint_save_meta(ctx, path, 3, names, ts, 2, keys, vals);
     test_alloc_grant_all(&alloc_state);
-    cr_assert_eq(alloc_state.live, base, "k=%ld: leak", k);
+    cr_assert_eq(LIVE_BLOCKS(), base, "k=%ld: leak", k);
     if (st == AD_OK) {
       saved = true;
       break;
@@ -604,13 +604,13 @@ Test(checkpoint, out_of_memory_everywhere) {
   cr_assert(saved);
   ad_tensor *back[3] = {ad_full(ctx, AD_F32, 2, s, -1), ad_full(ctx, AD_F64, 0, NULL, -1),
                         ad_full(ctx, AD_I32, 1, s, -1)};
-  base = alloc_state.live;
+  base = LIVE_BLOCKS();
   bool loaded = false;
   for (long k = 0; k < 100 && !loaded; k++) {
     test_alloc_refuse_after(&alloc_state, k);
     ad_status st = nn_checkpoint_load(ctx, path, 3, names, back);
     test_alloc_grant_all(&alloc_state);
-    cr_assert_eq(alloc_state.live, base, "k=%ld: leak", k);
+    cr_assert_eq(LIVE_BLOCKS(), base, "k=%ld: leak", k);
     if (st == AD_OK) {
       loaded = true;
       break;
@@ -633,7 +633,7 @@ Test(checkpoint, out_of_memory_everywhere) {
     } else {
       expect_error(AD_ERR_OOM, NULL);
     }
-    cr_assert_eq(alloc_state.live, base, "k=%ld: leak", k);
+    cr_assert_eq(LIVE_BLOCKS(), base, "k=%ld: leak", k);
   }
   cr_assert(got_info);
   free_all(3, ts);
@@ -651,9 +651,9 @@ static ad_status load_fixture_like(const char *path) {
   const char *names[3] = {"linear.weight", "counts", "scale"};
   ad_tensor *ts[3] = {ad_full(ctx, AD_F32, 2, sw, -7), ad_full(ctx, AD_I32, 4, sc, -7),
                       ad_full(ctx, AD_F64, 0, NULL, -7)};
-  long base = alloc_state.live;
+  long base = LIVE_BLOCKS();
   ad_status st = nn_checkpoint_load(ctx, path, 3, names, ts);
-  QUICK_ASSERT(alloc_state.live == base, "leak");
+  QUICK_ASSERT(LIVE_BLOCKS() == base, "leak");
   if (st != AD_OK) {
     const char *msg = ad_last_error(ctx);
     QUICK_ASSERT(strstr(msg, path), "message \"%s\" lacks the path", msg);
@@ -671,7 +671,7 @@ static ad_status load_fixture_like(const char *path) {
                      memcmp(ts[2]->data, fx_scale, sizeof fx_scale) == 0,
                  "a load that succeeds gives the fixture's values");
   }
-  QUICK_ASSERT(alloc_state.live == base, "leak");
+  QUICK_ASSERT(LIVE_BLOCKS() == base, "leak");
   free_all(3, ts);
   return st;
 }
@@ -831,7 +831,7 @@ Test(checkpoint, corrupt_headers) {
     for (int k = 0; k < 3; k++) cr_assert_eq(ad_tensor_get(t, k), 5);
     ad_tensor_free(t);
   }
-  cr_assert_eq(alloc_state.live, live_base);
+  cr_assert_eq(LIVE_BLOCKS(), live_base);
 }
 
 Test(checkpoint, dtype_strings) {
@@ -914,5 +914,5 @@ Test(checkpoint, bad_header_lengths) {
   cr_assert_eq(nn_checkpoint_load(ctx, test_path("missing.st"), 1, &name, &t), AD_ERR_IO);
   expect_error(AD_ERR_IO, "cannot open", NULL);
   ad_tensor_free(t);
-  cr_assert_eq(alloc_state.live, live_base);
+  cr_assert_eq(LIVE_BLOCKS(), live_base);
 }

@@ -66,7 +66,7 @@ static void expect_load_fails(const char *path, ad_status st, const char *msg) {
   QUICK_ASSERT(strstr(ad_last_error(ctx), path), "\"%s\" lacks the path", ad_last_error(ctx));
   if (msg)
     QUICK_ASSERT(strstr(ad_last_error(ctx), msg), "\"%s\" lacks \"%s\"", ad_last_error(ctx), msg);
-  QUICK_ASSERT(alloc_state.live == live_base, "leak");
+  QUICK_ASSERT(LIVE_BLOCKS() == live_base, "leak");
   ad_clear_error(ctx);
 }
 
@@ -114,7 +114,7 @@ Test(idx, mnist_images) {
   ad_tensor_free(x);
   ad_tensor_free(b);
   ad_tensor_free(d);
-  cr_assert_eq(alloc_state.live, live_base);
+  cr_assert_eq(LIVE_BLOCKS(), live_base);
 }
 
 Test(idx, mnist_labels) {
@@ -349,16 +349,16 @@ Test(idx, gzip_corrupt) {
   }
   cr_log_info("%d of %d corrupt gzip files rejected", rejected, total);
   cr_assert_gt(rejected, total / 2);
-  cr_assert_eq(alloc_state.live, live_base);
+  cr_assert_eq(LIVE_BLOCKS(), live_base);
   free(b);
   free(z);
 }
 
 Test(idx, out_of_memory) {
-  long base = alloc_state.live;
+  long base = LIVE_BLOCKS();
   test_alloc_refuse_after(&alloc_state, 0);
   cr_assert_null(nn_idx_load(ctx, LABELS, AD_I32, 1));
   test_alloc_grant_all(&alloc_state);
   expect_error(AD_ERR_OOM, NULL);
-  cr_assert_eq(alloc_state.live, base);
+  cr_assert_eq(LIVE_BLOCKS(), base);
 }

@@ -253,3 +253,87 @@ Test(misuse_core, messages_name_the_real_problem) {
   expect_error(AD_ERR_ARG, "zeros: shape [1048576,1048576,2] is too large", "multiply to 2.199e+12",
                NULL);
 }
+
+/* ------------------------------------------- freed tensors and ownership */
+
+Test(misuse_core, a_freed_tensor_is_refused_without_reading_freed_memory) {
+  int64_t s[1] = {3};
+  ad_tensor *a = leaf(AD_F64, 1, s, 1), *b = leaf(AD_F64, 1, s, 2);
+  ad_tensor_free(a);
+  cr_assert_null(ad_mul(ctx, a, b));
+  expect_error(AD_ERR_STATE, "mul: input 0 was freed", NULL);
+  ad_tensor_free(a); /* twice */
+  expect_error(AD_ERR_STATE, "tensor_free: the tensor was already freed", NULL);
+  cr_assert(isnan(ad_tensor_get(a, 0)));
+  cr_assert_eq(ad_tensor_set(a, 0, 1), AD_ERR_STATE);
+  expect_error(AD_ERR_STATE, "tensor_set: the tensor was freed", NULL);
+  cr_assert_eq(ad_tensor_fill(a, 1), AD_ERR_STATE);
+  expect_error(AD_ERR_STATE, "tensor_fill", NULL);
+  cr_assert_eq(ad_tensor_copy_data(b, a), AD_ERR_STATE);
+  expect_error(AD_ERR_STATE, "copy_data: the tensor was freed", NULL);
+  cr_assert_null(ad_tensor_clone(ctx, a));
+  expect_error(AD_ERR_STATE, "clone", NULL);
+  cr_assert_not(ad_tensor_is_valid(a));
+  cr_assert_eq(ad_backward(ctx, a, NULL), AD_ERR_STATE);
+  expect_error(AD_ERR_STATE, "backward: root was freed", NULL);
+}
+
+Test(misuse_core, a_leaf_freed_before_backward_is_reported_by_backward) {
+  int64_t s[1] = {3};
+  ad_tensor *w = leaf(AD_F64, 1, s, 1), *x = leaf(AD_F64, 1, s, 2);
+  ad_tensor *loss = ad_sum(ctx, ad_mul(ctx, w, x));
+  cr_assert_not_null(loss);
+  ad_tensor_free(x);
+  /* many more frees and allocations cannot reuse x's header: the tape still
+   * names it */
+  for (int i = 0; i < 500; i++) ad_tensor_free(leaf(AD_F64, 1, s, 0));
+  cr_assert_eq(ad_backward(ctx, loss, NULL), AD_ERR_STATE);
+  expect_error(AD_ERR_STATE, "backward: input 1 of mul was freed after the op was recorded", NULL);
+  cr_assert_null(w->grad, "a failed pass leaves no partial gradient");
+}
+
+Test(misuse_core, freed_headers_are_not_reused_at_once) {
+  int64_t s[1] = {1};
+  ad_tensor *old[20], *fresh[20];
+  for (int i = 0; i < 20; i++) old[i] = leaf(AD_F32, 1, s, i);
+  for (int i = 0; i < 20; i++) ad_tensor_free(old[i]);
+  ad_tape_reset(ctx);
+  for (int i = 0; i < 20; i++) {
+    fresh[i] = leaf(AD_F32, 1, s, i);
+    for (int j = 0; j < 20; j++)
+      cr_assert_neq(fresh[i], old[j], "a stale pointer names a new tensor");
+  }
+  for (int i = 0; i < 20; i++) cr_assert_not(ad_tensor_is_valid(old[i]));
+  for (int i = 0; i < 20; i++) ad_tensor_free(fresh[i]);
+}
+
+Test(misuse_core, a_gradient_is_freed_with_its_tensor_only) {
+  int64_t s[1] = {2};
+  ad_tensor *w = leaf(AD_F64, 1, s, 3);
+  cr_assert_eq(ad_backward(ctx, ad_sum(ctx, ad_mul(ctx, w, w)), NULL), AD_OK);
+  ad_tensor *g = w->grad;
+  cr_assert_not_null(g);
+  ad_tensor_free(g);
+  expect_error(AD_ERR_STATE, "tensor_free: this tensor is another tensor's gradient", NULL);
+  cr_assert_eq(w->grad, g);
+  cr_assert_float_eq(ad_tensor_get(w->grad, 0), 6.0, 0, "the gradient is intact");
+  ad_tensor_free(w);
+  cr_assert_not(ad_tensor_is_valid(g), "freed with w");
+}
+
+Test(misuse_core, freeing_the_context_frees_what_is_still_live) {
+  test_alloc ta = {0};
+  ad_ctx *c = ad_ctx_new_with_alloc(test_alloc_fn, &ta);
+  cr_assert_not_null(c);
+  int64_t s[2] = {4, 5};
+  size_t base = ad_ctx_live_tensors(c);
+  ad_tensor *w = ad_ones(c, AD_F32, 2, s);
+  ad_tensor_set_requires_grad(w, true);
+  cr_assert_not_null(ad_zeros(c, AD_F64, 2, s));
+  cr_assert_eq(ad_backward(c, ad_sum(c, ad_mul(c, w, w)), NULL), AD_OK);
+  cr_assert_eq(ad_ctx_live_tensors(c), base + 3, "w, its grad and the zeros");
+  ad_tensor_free(w);
+  cr_assert_eq(ad_ctx_live_tensors(c), base + 1);
+  ad_ctx_free(c); /* the zeros are still live */
+  cr_assert_eq(ta.live, 0, "%ld blocks left", ta.live);
+}
