@@ -226,6 +226,16 @@ AD_API ad_status ad_tensor_retain_grad(ad_tensor *t);
  * grad: no-op. */
 AD_API void ad_tensor_zero_grad(ad_tensor *t);
 
+/* Names t (the name is copied) for error messages, anomaly reports, graph
+ * dumps and traces: nn names its parameters as PyTorch does ("0.weight").
+ * NULL or "" removes the name. A name lasts as long as the tensor: until
+ * ad_tensor_free, or for an op's result until ad_tape_reset. Returns
+ * AD_ERR_NULL for NULL t, AD_ERR_STATE for a freed tensor, AD_ERR_OOM. */
+AD_API ad_status ad_tensor_set_name(ad_tensor *t, const char *name);
+/* t's name, or NULL when it has none. Owned by the context; valid until
+ * the name changes or the tensor goes. */
+AD_API const char *ad_tensor_name(const ad_tensor *t);
+
 /* True for a tensor made by an op (freed by ad_tape_reset). */
 AD_API bool ad_tensor_is_temporary(const ad_tensor *t);
 
@@ -280,6 +290,21 @@ AD_API ad_status ad_set_arena_limit(ad_ctx *ctx, size_t bytes);
  * Returns the previous setting. */
 AD_API bool ad_set_grad_enabled(ad_ctx *ctx, bool on);
 AD_API bool ad_grad_enabled(const ad_ctx *ctx);
+
+/* Anomaly mode (off by default; PyTorch's detect_anomaly, in forward too):
+ * every float op's result is checked when it is made and every gradient
+ * an op's backward sends when it is sent. The first NaN or infinity makes
+ * the op (or the backward) fail with AD_ERR_NAN and a message naming the
+ * op, the shapes and names of its tensors, and which input carried the
+ * value or, in backward, which forward op's rule produced it:
+ *   backward of sqrt (forward: sqrt of 'h1' [32,64]) sent a non-finite
+ *   gradient (nan at element 3) to input 0 ('h1' [32,64])
+ * While on, backward takes no fast path that writes into gradients
+ * directly, so every contribution is checked; it costs a pass over every
+ * result (docs/performance.md has the figure). Off, it costs nothing
+ * measurable. Returns the previous setting (false for NULL ctx). */
+AD_API bool ad_set_anomaly_mode(ad_ctx *ctx, bool on);
+AD_API bool ad_anomaly_mode(const ad_ctx *ctx);
 
 /* Backward from root. seed is dL/droot with root's shape; NULL means 1 and
  * needs a root of one element. Gradients are added (+=) into the grad of
@@ -485,8 +510,10 @@ AD_API ad_graph *ad_graph_new(ad_ctx *ctx);
 /* Ends a trace if one runs and frees g. ad_graph_free(NULL) is a no-op. */
 AD_API void ad_graph_free(ad_graph *g);
 
-/* Shows t as name (copied) in dumps and traces; NULL or "" removes it.
- * Unnamed tensors are shown as "<op>_<tape index>" ("sigmoid_2") or, for
+/* Shows t as name (copied) in g's dumps and traces; NULL or "" removes it.
+ * This label is g's own; a tensor's name (ad_tensor_set_name) is shown
+ * where g gives none, and also appears in error messages. Tensors with
+ * neither are shown as "<op>_<tape index>" ("sigmoid_2") or, for
  * leaves, "param1", "input1", "const1" in order of appearance. A name on
  * an op's output lasts until ad_tape_reset; on a persistent tensor until
  * g is freed, so remove it before freeing a tensor that g may outlive (a

@@ -27,7 +27,8 @@ enum {
   AD_NF_RETAIN = 8,        /* keep the gradient of an intermediate */
   AD_NF_RECORDED = 16,     /* on the tape */
   AD_NF_KEEP = 32,         /* ad_grad input: keep gacc after its backward ran */
-  AD_NF_OWNED = 64         /* another tensor's grad: freed with it, not alone */
+  AD_NF_OWNED = 64,        /* another tensor's grad: freed with it, not alone */
+  AD_NF_NAMED = 128        /* has an entry in ctx->names (ad_tensor_set_name) */
 };
 
 #define AD_NODE_MAGIC 0xAD7E5017u
@@ -93,6 +94,13 @@ struct ad_ctx {
   int slab_used;                  /* nodes handed out of the first slab */
   ad_node *dead_head, *dead_tail; /* freed nodes, oldest first */
   size_t dead_len, live_nodes;
+  /* tensor names (core.c): looked up only for nodes flagged AD_NF_NAMED,
+   * so unnamed tensors cost nothing; temporaries' entries go at reset */
+  struct ad_name_ent *names;
+  size_t temp_names;
+  bool anomaly;     /* anomaly mode: check every result and gradient (tape.c) */
+  bool anomaly_fwd; /* check ops' results: anomaly mode, outside a backward sweep
+                       (there the gradients sent are checked, and named) */
   /* tape */
   ad_node **tape;
   size_t tape_len, tape_cap;
@@ -130,6 +138,8 @@ static inline void *ad_arena_alloc(ad_ctx *ctx, size_t bytes) {
 void ad_arena_free_all(ad_ctx *ctx);
 /* Frees every persistent tensor still live and the slabs (ad_ctx_free). */
 void ad_nodes_free_all(ad_ctx *ctx);
+/* Writes "'name' [2,3]" (or "[2,3]" when unnamed) into buf; returns buf. */
+char *ad_tensor_describe(const ad_tensor *t, char *buf, size_t n);
 
 /* A temporary filled with v: a constant leaf (ad_tensor_op gives -1). */
 ad_tensor *ad_tmp_full(ad_ctx *ctx, ad_dtype dtype, int ndim, const int64_t *shape, double v);

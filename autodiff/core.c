@@ -5,6 +5,16 @@
 #include <math.h>
 #include <stdlib.h>
 
+/* uthash (the tensor names) allocates through the context's allocator and
+ * reports failure through the entry, as in tape.c */
+#define uthash_malloc(sz)          ad_malloc(ctx, sz)
+#define uthash_free(ptr, sz)       ad_free(ctx, ptr, sz)
+#define HASH_NONFATAL_OOM          1
+#define uthash_nonfatal_oom(entry) ((entry)->oom = true)
+#include <uthash.h>
+
+static void names_clear(ad_ctx *ctx, bool all);
+
 /* ------------------------------------------------------------- aborts */
 
 _Noreturn void ad_internal_abort(const char *file, int line, const char *cond, const char *hint) {
@@ -221,6 +231,7 @@ void ad_arena_free_all(ad_ctx *ctx) {
 
 void ad_tape_reset(ad_ctx *ctx) {
   if (!ctx) return;
+  if (ctx->temp_names) names_clear(ctx, false);
   if (ctx->chunks) arena_enter(ctx, ctx->chunks);
   ctx->arena_used_before_cur = 0;
   ctx->tape_len = 0;
@@ -359,6 +370,87 @@ static bool check_new(ad_ctx *ctx, const char *fn, ad_dtype dt, int ndim, const 
   return true;
 }
 
+/* --------------------------------------------------------------- names */
+
+typedef struct ad_name_ent {
+  const ad_node *node; /* key */
+  char *name;          /* owned copy */
+  bool temp, oom;
+  UT_hash_handle hh;
+} ad_name_ent;
+
+static void name_drop(ad_ctx *ctx, ad_name_ent *e) {
+  HASH_DEL(ctx->names, e);
+  if (e->temp) ctx->temp_names--;
+  ad_free(ctx, e->name, strlen(e->name) + 1);
+  ad_free(ctx, e, sizeof *e);
+}
+
+/* Removes n's name, if it has one. */
+static void name_remove(ad_ctx *ctx, ad_node *n) {
+  if (!(n->flags & AD_NF_NAMED)) return;
+  ad_name_ent *e;
+  HASH_FIND_PTR(ctx->names, &n, e);
+  if (e) name_drop(ctx, e);
+  n->flags &= (uint8_t)~AD_NF_NAMED;
+}
+
+/* Drops the names of temporaries (their nodes are gone) or of all. */
+static void names_clear(ad_ctx *ctx, bool all) {
+  ad_name_ent *e, *tmp;
+  HASH_ITER(hh, ctx->names, e, tmp) {
+    if (all || e->temp) name_drop(ctx, e);
+  }
+}
+
+ad_status ad_tensor_set_name(ad_tensor *t, const char *name) {
+  if (!t) return AD_ERR_NULL;
+  ad_node *n = ad_node_of(t);
+  if (n->magic == AD_NODE_DEAD)
+    return ad_set_error(n->ctx, AD_ERR_STATE, "tensor_set_name: the tensor was freed");
+  if (n->magic != AD_NODE_MAGIC) return AD_ERR_ARG;
+  ad_ctx *ctx = n->ctx;
+  name_remove(ctx, n);
+  if (!name || !name[0]) return AD_OK;
+  size_t len = strlen(name) + 1;
+  ad_name_ent *e = ad_malloc(ctx, sizeof *e);
+  char *copy = e ? ad_malloc(ctx, len) : NULL;
+  if (!copy) {
+    ad_free(ctx, e, sizeof *e);
+    return ad_set_error(ctx, AD_ERR_OOM, "tensor_set_name: out of memory naming '%.64s'", name);
+  }
+  memcpy(copy, name, len);
+  *e = (ad_name_ent){.node = n, .name = copy, .temp = !(n->flags & AD_NF_PERSISTENT)};
+  HASH_ADD_PTR(ctx->names, node, e);
+  if (e->oom) {
+    ad_free(ctx, copy, len);
+    ad_free(ctx, e, sizeof *e);
+    return ad_set_error(ctx, AD_ERR_OOM, "tensor_set_name: out of memory naming '%.64s'", name);
+  }
+  if (e->temp) ctx->temp_names++;
+  n->flags |= AD_NF_NAMED;
+  return AD_OK;
+}
+
+const char *ad_tensor_name(const ad_tensor *t) {
+  if (!t) return NULL;
+  const ad_node *n = ad_node_of(t);
+  if (n->magic != AD_NODE_MAGIC || !(n->flags & AD_NF_NAMED)) return NULL;
+  ad_name_ent *e;
+  HASH_FIND_PTR(n->ctx->names, &n, e);
+  return e ? e->name : NULL;
+}
+
+char *ad_tensor_describe(const ad_tensor *t, char *buf, size_t n) {
+  char sh[96];
+  const char *name = ad_tensor_name(t);
+  if (name)
+    snprintf(buf, n, "'%s' %s", name, ad_shape_str(t, sh, sizeof sh));
+  else
+    snprintf(buf, n, "%s", ad_shape_str(t, sh, sizeof sh));
+  return buf;
+}
+
 /* ---------------------------------------------------- persistent nodes
  * The headers of persistent tensors come from slabs the context owns, never
  * from the allocator one by one. ad_tensor_free frees the data, marks the
@@ -405,6 +497,7 @@ static ad_node *node_alloc(ad_ctx *ctx) {
 /* Marks n dead and queues it for reuse; its data is already freed. ctx,
  * shape and dtype stay for messages about it. */
 static void node_release(ad_ctx *ctx, ad_node *n) {
+  name_remove(ctx, n);
   n->magic = AD_NODE_DEAD;
   n->flags = 0;
   n->t.data = NULL;
@@ -422,6 +515,7 @@ static void node_release(ad_ctx *ctx, ad_node *n) {
 }
 
 void ad_nodes_free_all(ad_ctx *ctx) {
+  names_clear(ctx, true);
   for (ad_node_slab *sl = ctx->slabs, *next; sl; sl = next) {
     next = sl->next;
     int used = sl == ctx->slabs ? ctx->slab_used : AD_SLAB_NODES;

@@ -198,12 +198,15 @@ ad_status ad_graph_name(ad_graph *g, const ad_tensor *t, const char *name) {
   return AD_OK;
 }
 
-/* The name shown for t: a given name; for a recorded op "<op>_<tape index>";
+/* The name shown for t: the name given in g, else the tensor's own name
+ * (ad_tensor_set_name); for a recorded op "<op>_<tape index>";
  * for a leaf a made-up "param1", "input2", "const3" (kept in g so trace and
  * dump agree), or with no graph the kind of leaf. */
 static const char *tensor_name(ad_graph *g, const ad_tensor *t, char *buf, size_t n) {
   name_ent *e = name_find(g, t);
   if (e && e->name) return e->name;
+  const char *own = ad_tensor_name(t);
+  if (own) return own;
   int k = kind_of(t);
   if (k == K_OP) {
     const ad_op_def *def = ad_op_get(ad_tensor_ctx(t), ad_tensor_op(t));

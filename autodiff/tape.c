@@ -1,6 +1,8 @@
 /* tape.c: the op registry, running and recording ops, and the backward pass. */
 #include "ad_internal.h"
 
+#include <math.h>
+
 /* uthash allocates its bucket tables through the context's allocator (every
  * use site has `ctx` in scope) and reports failure through the entry instead
  * of exiting the host. */
@@ -225,6 +227,70 @@ static ad_tensor *apply_shape(ad_ctx *ctx, const ad_op_def *def, ad_call *c) {
                                    : ad_tmp_new(ctx, d.dtype, d.ndim, d.shape);
 }
 
+/* ------------------------------------------------------- anomaly mode */
+
+bool ad_set_anomaly_mode(ad_ctx *ctx, bool on) {
+  if (!ctx) return false;
+  bool old = ctx->anomaly;
+  ctx->anomaly = ctx->anomaly_fwd = on;
+  return old;
+}
+
+bool ad_anomaly_mode(const ad_ctx *ctx) { return ctx && ctx->anomaly; }
+
+/* v for a message: a NaN prints as "nan" whatever its sign bit. */
+static double shown(double v) { return isnan(v) ? fabs(v) : v; }
+
+/* Index of the first NaN or infinity of t, or -1 (always for AD_I32). */
+static int64_t first_nonfinite(const ad_tensor *t) {
+  if (t->dtype == AD_F32) {
+    const float *p = t->data;
+    for (int64_t i = 0; i < t->size; i++)
+      if (!isfinite(p[i])) return i;
+  } else if (t->dtype == AD_F64) {
+    const double *p = t->data;
+    for (int64_t i = 0; i < t->size; i++)
+      if (!isfinite(p[i])) return i;
+  }
+  return -1;
+}
+
+/* "name of 'x' [2,3], [3]": op name and its inputs, into buf. */
+static char *describe_call(const char *name, int n, ad_tensor *const *in, char *buf, size_t len) {
+  char d[160];
+  int off = snprintf(buf, len, "%s of", name);
+  for (int k = 0; k < n && off > 0 && (size_t)off < len; k++)
+    off += snprintf(buf + off, len - (size_t)off, "%s %s", k ? "," : "",
+                    ad_tensor_describe(in[k], d, sizeof d));
+  return buf;
+}
+
+/* Anomaly mode's check of an op's result: AD_ERR_NAN naming the input that
+ * carried a non-finite value, or the op that made one. */
+static ad_status anomaly_forward(ad_ctx *ctx, const ad_call *c) {
+  int64_t at = first_nonfinite(c->out);
+  if (at < 0) return AD_OK;
+  char call[400], d[160];
+  for (int k = 0; k < c->n; k++) {
+    int64_t j = first_nonfinite(c->in[k]);
+    if (j >= 0)
+      return ad_set_error(ctx, AD_ERR_NAN,
+                          "%s: input %d (%s) carries a non-finite value (%g at element %lld)",
+                          c->name, k, ad_tensor_describe(c->in[k], d, sizeof d),
+                          shown(ad_tensor_get(c->in[k], j)), (long long)j);
+  }
+  /* made here: for inputs of the result's size, their values there */
+  char vals[160] = "";
+  int off = 0;
+  for (int k = 0; k < c->n && (size_t)off < sizeof vals; k++)
+    if (c->in[k]->size == c->out->size && ad_is_float(c->in[k]->dtype))
+      off += snprintf(vals + off, sizeof vals - (size_t)off, "%s input %d is %g",
+                      off ? "," : "; there", k, shown(ad_tensor_get(c->in[k], at)));
+  return ad_set_error(ctx, AD_ERR_NAN, "%s made a non-finite value (%g at element %lld%s)",
+                      describe_call(c->name, c->n, c->in, call, sizeof call),
+                      shown(ad_tensor_get(c->out, at)), (long long)at, vals);
+}
+
 /* Puts node (the output of def on in[0..n-1]) on the tape. */
 static ad_status record(ad_ctx *ctx, const ad_op_def *def, ad_node *node, int n,
                         ad_tensor *const *in, const ad_attrs *attrs) {
@@ -284,6 +350,7 @@ ad_tensor *ad_op_apply(ad_ctx *ctx, int id, int n, ad_tensor *const *in, const a
   c.out = elementwise_same(def, n, in) ? ad_tmp_like(ctx, in[0]) : apply_shape(ctx, def, &c);
   if (!c.out) return NULL;
   def->forward(&c);
+  if (ctx->anomaly_fwd && anomaly_forward(ctx, &c) != AD_OK) return NULL;
   ad_node *node = ad_node_of(c.out);
   node->op = (uint16_t)id;
   if ((any_flags & AD_NF_REQUIRES_GRAD) && ctx->grad_enabled && def->backward &&
@@ -462,6 +529,24 @@ static ad_status retain(ad_ctx *ctx, ad_node *n, ad_tensor *gout) {
   return AD_OK;
 }
 
+/* Anomaly mode's check of the gradient g that the backward of def (node n)
+ * sends to its input k. */
+static ad_status anomaly_backward(ad_ctx *ctx, const ad_op_def *def, const ad_node *n, int k,
+                                  const ad_tensor *g) {
+  int64_t at = first_nonfinite(g);
+  if (at < 0) return AD_OK;
+  ad_node *const *src = ad_node_src(n);
+  ad_tensor *in[AD_MAX_SRC];
+  for (int j = 0; j < n->nsrc; j++) in[j] = &src[j]->t;
+  char call[400], d[160];
+  return ad_set_error(ctx, AD_ERR_NAN,
+                      "backward of %s (forward: %s) sent a non-finite gradient (%g at element "
+                      "%lld) to input %d (%s)",
+                      def->name, describe_call(def->name, n->nsrc, in, call, sizeof call),
+                      shown(ad_tensor_get(g, at)), (long long)at, k,
+                      ad_tensor_describe(in[k], d, sizeof d));
+}
+
 /* The reverse sweep shared by ad_backward and ad_grad: seeds root, then runs
  * each recorded op's backward from the root down, leaving every reached
  * node's gradient in its gacc. */
@@ -499,13 +584,18 @@ static ad_status sweep(ad_ctx *ctx, ad_node *root, const ad_tensor *seed, bool c
   }
   if (!g) return ctx->status ? ctx->status : AD_ERR_OOM;
 
+  if (ctx->anomaly && first_nonfinite(g) >= 0)
+    return ad_set_error(ctx, AD_ERR_NAN, "%s: the seed has a non-finite value (%g at element %lld)",
+                        who, shown(ad_tensor_get(g, first_nonfinite(g))),
+                        (long long)first_nonfinite(g));
   bool old = ctx->grad_enabled;
   ctx->grad_enabled = create_graph;
+  ctx->anomaly_fwd = false; /* the gradients sent are checked instead */
   /* ops' grad_into fast paths: only where the result goes to leaves' grad
    * fields; adding into an existing grad only while no hook would miss the
    * contribution (storing a new one leaves it in the grad for the hook);
    * either way the bits are those of the ordinary path */
-  bool into = direct && !create_graph, into_add = into && !ctx->hook;
+  bool into = direct && !create_graph && !ctx->anomaly, into_add = into && !ctx->hook;
   /* a failing op breaks the loop at once, so the count of recorded errors
    * is the same before every backward that runs */
   uint32_t nerrors = ctx->nerrors;
@@ -580,6 +670,7 @@ static ad_status sweep(ad_ctx *ctx, ad_node *root, const ad_tensor *seed, bool c
         break;
       }
       gin[k] = gk;
+      if (ctx->anomaly && (st = anomaly_backward(ctx, def, n, k, gk)) != AD_OK) break;
       if ((st = accumulate(ctx, src[k], gk, direct)) != AD_OK) break;
     }
     if (st == AD_OK && ctx->hook) {
@@ -590,6 +681,7 @@ static ad_status sweep(ad_ctx *ctx, ad_node *root, const ad_tensor *seed, bool c
     if (st != AD_OK) clear_below(ctx, i);
   }
   ctx->grad_enabled = old;
+  ctx->anomaly_fwd = ctx->anomaly;
   return st;
 }
 

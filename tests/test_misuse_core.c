@@ -337,3 +337,153 @@ Test(misuse_core, freeing_the_context_frees_what_is_still_live) {
   ad_ctx_free(c); /* the zeros are still live */
   cr_assert_eq(ta.live, 0, "%ld blocks left", ta.live);
 }
+
+/* ------------------------------------------------------- tensor names */
+
+TEST_CTX_SUITE_ALSO(names);
+
+Test(names, set_get_remove_and_lifetime) {
+  int64_t s[2] = {2, 3};
+  ad_tensor *w = leaf(AD_F32, 2, s, 1);
+  cr_assert_null(ad_tensor_name(w));
+  cr_assert_eq(ad_tensor_set_name(w, "0.weight"), AD_OK);
+  cr_assert_str_eq(ad_tensor_name(w), "0.weight");
+  cr_assert_eq(ad_tensor_set_name(w, "renamed"), AD_OK);
+  cr_assert_str_eq(ad_tensor_name(w), "renamed");
+  cr_assert_eq(ad_tensor_set_name(w, ""), AD_OK);
+  cr_assert_null(ad_tensor_name(w));
+  cr_assert_eq(ad_tensor_set_name(NULL, "x"), AD_ERR_NULL);
+  /* an op's result keeps its name until the reset; the arena reuses its
+   * memory afterwards without the name */
+  ad_tensor *h = ad_exp(ctx, w);
+  cr_assert_eq(ad_tensor_set_name(h, "h1"), AD_OK);
+  cr_assert_str_eq(ad_tensor_name(h), "h1");
+  ad_tape_reset(ctx);
+  ad_tensor *h2 = ad_exp(ctx, w);
+  cr_assert_eq(h2, h, "the arena gives the same block again");
+  cr_assert_null(ad_tensor_name(h2), "a name does not pass to the next tensor there");
+  /* a name goes with its tensor */
+  cr_assert_eq(ad_tensor_set_name(w, "w"), AD_OK);
+  ad_tensor_free(w);
+  cr_assert_eq(ad_tensor_set_name(w, "again"), AD_ERR_STATE);
+  expect_error(AD_ERR_STATE, "tensor_set_name: the tensor was freed", NULL);
+}
+
+Test(names, names_are_freed_with_tensors_and_context) {
+  test_alloc ta = {0};
+  ad_ctx *c = ad_ctx_new_with_alloc(test_alloc_fn, &ta);
+  int64_t s[1] = {4};
+  ad_tensor *a = ad_ones(c, AD_F64, 1, s), *b = ad_ones(c, AD_F64, 1, s);
+  cr_assert_not_null(ad_exp(c, a)); /* the arena's first chunk, kept from here on */
+  ad_tape_reset(c);
+  long base = ta.live - (long)ad_ctx_header_blocks(c);
+  cr_assert_eq(ad_tensor_set_name(a, "a"), AD_OK);
+  cr_assert_eq(ad_tensor_set_name(b, "b"), AD_OK);
+  cr_assert_eq(ad_tensor_set_name(ad_exp(c, a), "tmp"), AD_OK);
+  ad_tape_reset(c);
+  ad_tensor_free(a);
+  cr_assert_eq(ad_tensor_set_name(b, NULL), AD_OK);
+  cr_assert_eq(ta.live - (long)ad_ctx_header_blocks(c), base - 1,
+               "%ld vs %ld: "
+               "a's data is gone, and every name with its table: a's with a, tmp's at the "
+               "reset, b's removed",
+               ta.live - (long)ad_ctx_header_blocks(c), base - 1);
+  cr_assert_eq(ad_tensor_set_name(b, "b"), AD_OK);
+  ad_ctx_free(c); /* b and its name still live */
+  cr_assert_eq(ta.live, 0);
+}
+
+Test(names, graph_dumps_show_tensor_names) {
+  int64_t s[1] = {2};
+  ad_tensor *w = leaf(AD_F64, 1, s, 1);
+  ad_tensor_set_name(w, "0.weight");
+  ad_tensor *y = ad_sum(ctx, ad_tanh(ctx, w));
+  char *buf = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&buf, &len);
+  cr_assert_eq(ad_graph_dot(NULL, f, y, 0), AD_OK);
+  fclose(f);
+  cr_assert_not_null(strstr(buf, "0.weight"), "%s", buf);
+  free(buf);
+}
+
+/* ------------------------------------------------------- anomaly mode */
+
+TEST_CTX_SUITE_ALSO(anomaly);
+
+Test(anomaly, off_by_default_and_nan_flows) {
+  int64_t s[1] = {2};
+  cr_assert_not(ad_anomaly_mode(ctx));
+  ad_tensor *x = leaf(AD_F64, 1, s, -1);
+  ad_tensor *y = ad_sqrt(ctx, x);
+  cr_assert_not_null(y);
+  cr_assert(isnan(ad_tensor_get(y, 0)));
+  cr_assert_eq(ad_last_status(ctx), AD_OK);
+}
+
+Test(anomaly, forward_names_the_op_that_made_it) {
+  int64_t s[2] = {2, 2};
+  ad_tensor *h = leaf(AD_F64, 2, s, 4);
+  ad_tensor_set(h, 3, -9);
+  ad_tensor_set_name(h, "h1");
+  cr_assert_not(ad_set_anomaly_mode(ctx, true));
+  cr_assert(ad_anomaly_mode(ctx));
+  ad_tensor *r = ad_sqrt(ctx, h);
+  cr_assert_null(r);
+  expect_error(AD_ERR_NAN, "sqrt of 'h1' [2,2] made a non-finite value (nan at element 3",
+               "there input 0 is -9", NULL);
+  /* a leaf that carries it is named as such */
+  ad_tensor *x = leaf(AD_F64, 2, s, 1);
+  ad_tensor_set(x, 1, NAN);
+  ad_tensor_set_name(x, "x");
+  cr_assert_null(ad_mul(ctx, h, x));
+  expect_error(AD_ERR_NAN, "mul: input 1 ('x' [2,2]) carries a non-finite value (nan at element 1)",
+               NULL);
+  /* overflow to infinity counts too */
+  cr_assert_null(ad_exp(ctx, ad_mul_scalar(ctx, h, 1000)));
+  expect_error(AD_ERR_NAN, "exp of [2,2] made a non-finite value (inf at element 0", NULL);
+  cr_assert(ad_set_anomaly_mode(ctx, false));
+  cr_assert_not_null(ad_sqrt(ctx, h));
+}
+
+Test(anomaly, backward_names_the_rule_and_the_forward_op) {
+  int64_t s[2] = {3, 4};
+  ad_tensor *h = leaf(AD_F32, 2, s, 1);
+  ad_tensor_set(h, 5, 0); /* sqrt is 0 there; its derivative 1 / (2 sqrt h) is inf */
+  ad_tensor_set_name(h, "h1");
+  ad_set_anomaly_mode(ctx, true);
+  ad_tensor *loss = ad_sum(ctx, ad_sqrt(ctx, h));
+  cr_assert_not_null(loss, "%s", ad_last_error(ctx));
+  cr_assert_eq(ad_backward(ctx, loss, NULL), AD_ERR_NAN);
+  expect_error(AD_ERR_NAN,
+               "backward of sqrt (forward: sqrt of 'h1' [3,4]) sent a non-finite gradient (inf at "
+               "element 5) to input 0 ('h1' [3,4])",
+               NULL);
+  cr_assert_null(h->grad, "nothing reached the leaf");
+  /* ad_grad too, and a bad seed */
+  ad_tensor *out[1];
+  cr_assert_eq(ad_grad(ctx, loss, NULL, 1, &h, out, false), AD_ERR_NAN);
+  expect_error(AD_ERR_NAN, "backward of sqrt", NULL);
+  ad_tensor *y = ad_mul(ctx, h, h);
+  ad_tensor *seed = ad_ones(ctx, AD_F32, 2, s);
+  ad_tensor_set(seed, 2, INFINITY);
+  cr_assert_eq(ad_backward(ctx, y, seed), AD_ERR_NAN);
+  expect_error(AD_ERR_NAN, "backward: the seed has a non-finite value (inf at element 2)", NULL);
+  ad_tensor_free(seed);
+}
+
+Test(anomaly, fast_paths_into_gradients_are_checked_too) {
+  /* matmul and mul write leaves' gradients directly when nothing watches;
+   * in anomaly mode their contributions are checked like any other */
+  int64_t sa[2] = {2, 3}, sb[2] = {3, 2};
+  ad_tensor *a = leaf(AD_F32, 2, sa, 1), *b = leaf(AD_F32, 2, sb, 1e30f);
+  ad_tensor_set_name(a, "a");
+  ad_set_anomaly_mode(ctx, true);
+  ad_tensor *p = ad_matmul(ctx, a, b, false, false);
+  cr_assert_not_null(p, "%s", ad_last_error(ctx));
+  ad_tensor *seed = ad_full(ctx, AD_F32, 2, (int64_t[]){2, 2}, 1e10f);
+  cr_assert_eq(ad_backward(ctx, p, seed), AD_ERR_NAN);
+  expect_error(AD_ERR_NAN, "backward of matmul", "to input 0 ('a' [2,3])", NULL);
+  cr_assert_null(a->grad);
+  ad_tensor_free(seed);
+}
