@@ -4,6 +4,7 @@
  *
  *   mlp [--layers 784,64,64,10] [--batch 32] [--epochs 5] [--samples 8000]
  *       [--threads 1] [--optim adam|sgd] [--dtype f32|f64] [--seed 1] [--phases]
+ *       [--anomaly]
  *
  * Model: Dense layers of the given widths with ReLU between them, softmax
  * cross-entropy on the logits of the last; Adam lr 1e-3 (or SGD lr 0.01).
@@ -31,6 +32,8 @@
  * gradients and 2 (W - W_1) for the input gradients (the first layer's
  * input needs none), times samples x epochs. Bias, activation, loss and
  * optimizer work is not counted (it is O(units), not O(weights)).
+ *
+ * --anomaly trains in anomaly mode (ad_set_anomaly_mode): its cost.
  *
  * --phases: after the timed nn_fit (train_s is unchanged), trains as many
  * epochs again in a loop written with the public API, the steps nn_fit
@@ -78,13 +81,13 @@ typedef struct options {
   nn_opt_kind optim;
   ad_dtype dtype;
   unsigned long long seed;
-  bool phases;
+  bool phases, anomaly;
 } options;
 
 static int usage(void) {
   fprintf(stderr, "usage: mlp [--layers 784,64,64,10] [--batch 32] [--epochs 5] [--samples 8000]\n"
                   "           [--threads 1] [--optim adam|sgd] [--dtype f32|f64] [--seed 1]\n"
-                  "           [--phases]\n");
+                  "           [--phases] [--anomaly]\n");
   return 2;
 }
 
@@ -119,8 +122,8 @@ static bool parse(int argc, char **argv, options *o) {
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
     long long n;
-    if (strcmp(a, "--phases") == 0) {
-      o->phases = true;
+    if (strcmp(a, "--phases") == 0 || strcmp(a, "--anomaly") == 0) {
+      *(a[2] == 'p' ? &o->phases : &o->anomaly) = true;
       continue;
     }
     if (!v) return false;
@@ -277,6 +280,7 @@ int main(int argc, char **argv) {
 
   ad_ctx *ctx = ad_ctx_new();
   if (!ctx) return 1;
+  ad_set_anomaly_mode(ctx, o.anomaly);
   ad_tensor *x = NULL, *y = NULL;
   if (!make_data(ctx, &o, &x, &y)) {
     fprintf(stderr, "mlp: %s\n", ad_last_error(ctx)[0] ? ad_last_error(ctx) : "out of memory");

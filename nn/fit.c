@@ -346,13 +346,18 @@ ad_status nn_fit(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor *x, 
     ad_tensor *xb, *yb, *pred = NULL;
     while (nn_batcher_next(tb, &xb, &yb)) {
       if (st != AD_OK) continue; /* drain, so the next epoch starts fresh */
-      double lv;
+      double lv = 0;             /* set only once the loss is computed */
       st = train_step(m, opt, loss, xb, yb, o.lambda_l2, &lv, &pred);
       if (st != AD_OK) {
-        if (st == AD_ERR_NAN) {
+        if (st == AD_ERR_NAN && !isfinite(lv)) {
           ad_clear_error(ctx);
           ad_set_error(ctx, AD_ERR_NAN, "fit: the loss is %g at epoch %d, batch %lld", lv, e + 1,
                        (long long)done + 1);
+        } else if (st == AD_ERR_NAN) { /* anomaly mode named the op: say where */
+          char why[400];
+          snprintf(why, sizeof why, "%s", ad_last_error(ctx));
+          ad_set_error(ctx, AD_ERR_NAN, "fit: at epoch %d, batch %lld: %s", e + 1,
+                       (long long)done + 1, why);
         }
         continue;
       }

@@ -382,6 +382,13 @@ Test(fit, errors_and_nan) {
   fo.no_shuffle = true;
   cr_assert_eq(nn_fit(m, o, nn_cross_entropy_loss, x, y, &fo, NULL), AD_ERR_NAN);
   expect_msg(ctx, AD_ERR_NAN, "fit: the loss is nan at epoch 1, batch 1");
+  /* in anomaly mode the op that first saw it is named */
+  ad_set_anomaly_mode(ctx, true);
+  cr_assert_eq(nn_fit(m, o, nn_cross_entropy_loss, x, y, &fo, NULL), AD_ERR_NAN);
+  expect_msg(ctx, AD_ERR_NAN,
+             "fit: at epoch 1, batch 1: matmul: input 0 ([30,4]) carries a non-finite value (nan "
+             "at element 0)");
+  ad_set_anomaly_mode(ctx, false);
   /* the model works again afterwards */
   ad_tensor_set(x, 0, 0.5);
   cr_assert_eq(nn_fit(m, o, nn_cross_entropy_loss, x, y, &fo, NULL), AD_OK, "%s",
