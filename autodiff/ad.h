@@ -483,6 +483,20 @@ AD_API ad_status ad_gradgradcheck(ad_ctx *ctx, ad_check_fn fn, void *ud, int n,
 AD_API ad_status ad_set_num_threads(int n);
 AD_API int ad_num_threads(void);
 
+/* Flush-to-zero for subnormal floats (magnitudes below 1.2e-38 in f32,
+ * 2.2e-308 in f64) on the calling thread, as PyTorch's set_flush_denormal:
+ * with it on, such results and inputs count as 0. Arithmetic on subnormals
+ * is many times slower on x86, and training that drives a loss toward 0
+ * makes many of them (docs/performance.md measures it); flushing changes
+ * only values that small. The engine's worker threads use the mode of the
+ * thread that gives them work. nn_fit turns it on while it runs unless
+ * nn_fit_opts.keep_denormals is set, and restores the caller's mode.
+ * Returns true when the CPU has the mode (x86 SSE, AArch64), false (and
+ * nothing changes) otherwise. Off by default. */
+AD_API bool ad_set_flush_denormal(bool on);
+/* Whether the calling thread flushes subnormals. */
+AD_API bool ad_flush_denormal(void);
+
 /* ------------------------------------------ graph dumps and traces
  * For teaching and debugging: draw the recorded graph with Graphviz and
  * write a backward pass out step by step, the chain rule with numbers.

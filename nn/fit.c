@@ -280,8 +280,9 @@ static void history_print(FILE *f, const nn_history *h, int e) {
     if (h->has[keys[i]]) fprintf(f, " - %s %.4f", hist_keys[keys[i]], h->vals[keys[i]][e]);
 }
 
-ad_status nn_fit(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor *x, ad_tensor *y,
-                 const nn_fit_opts *opts, nn_history **history) {
+/* nn_fit without its floating-point mode. */
+static ad_status fit(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor *x, ad_tensor *y,
+                     const nn_fit_opts *opts, nn_history **history) {
   if (history) *history = NULL;
   ad_ctx *ctx = nn_model_ctx(m);
   if (!ctx) return AD_ERR_NULL;
@@ -420,5 +421,14 @@ ad_status nn_fit(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor *x, 
     *history = h;
   else
     nn_history_free(h);
+  return st;
+}
+
+ad_status nn_fit(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor *x, ad_tensor *y,
+                 const nn_fit_opts *opts, nn_history **history) {
+  bool flush = !(opts && opts->keep_denormals), was = ad_flush_denormal();
+  if (flush) ad_set_flush_denormal(true);
+  ad_status st = fit(m, opt, loss, x, y, opts, history);
+  if (flush) ad_set_flush_denormal(was);
   return st;
 }

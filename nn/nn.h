@@ -611,6 +611,9 @@ typedef struct nn_fit_opts {
   FILE *out;        /* where progress goes; default stdout */
   nn_epoch_fn on_epoch_end;
   void *ud;
+  bool keep_denormals; /* default false: subnormal floats flush to zero while
+                          nn_fit runs (ad_set_flush_denormal), the caller's
+                          mode is restored on return */
 } nn_fit_opts;
 
 /* Trains m on x, y (equal row counts) with opt and loss (NN_MEAN) for

@@ -507,3 +507,35 @@ Test(mnist, one_epoch_on_2000_digits) {
   nn_model_free(m);
   ad_tensor_free(img), ad_tensor_free(lab), ad_tensor_free(x), ad_tensor_free(y);
 }
+
+/* on_epoch_end: records whether subnormals flush while nn_fit runs */
+static bool note_flush(int epoch, const nn_history *h, void *ud) {
+  (void)epoch, (void)h;
+  *(int *)ud = ad_flush_denormal() ? 1 : 0;
+  return true;
+}
+
+Test(fit, flushes_subnormals_while_it_runs_and_restores_the_mode) {
+  if (!ad_set_flush_denormal(false)) cr_skip_test("this CPU has no flush-to-zero mode");
+  ad_tensor *x, *y;
+  blobs(ctx, 20, 4, &x, &y);
+  nn_model *m = mlp(ctx, 1, 0);
+  nn_optimizer *o = nn_sgd_new(nn_model_params(m), 0.1, 0, false, 0);
+  int seen = -1;
+  nn_fit_opts fo = {
+      .epochs = 1, .batch_size = 10, .verbose = -1, .on_epoch_end = note_flush, .ud = &seen};
+  cr_assert_eq(nn_fit(m, o, nn_cross_entropy_loss, x, y, &fo, NULL), AD_OK);
+  cr_assert_eq(seen, 1, "flushing inside nn_fit");
+  cr_assert_not(ad_flush_denormal(), "the caller's mode is back");
+  fo.keep_denormals = true;
+  cr_assert_eq(nn_fit(m, o, nn_cross_entropy_loss, x, y, &fo, NULL), AD_OK);
+  cr_assert_eq(seen, 0, "keep_denormals keeps them");
+  cr_assert(ad_set_flush_denormal(true));
+  fo.keep_denormals = false;
+  cr_assert_eq(nn_fit(m, o, nn_cross_entropy_loss, x, y, &fo, NULL), AD_OK);
+  cr_assert(ad_flush_denormal(), "a caller that flushed still does");
+  ad_set_flush_denormal(false);
+  nn_optimizer_free(o);
+  nn_model_free(m);
+  ad_tensor_free(x), ad_tensor_free(y);
+}

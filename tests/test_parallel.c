@@ -12,6 +12,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "test_alloc.h"
 
@@ -242,4 +243,41 @@ Test(parallel, direct_parameter_gradients) {
   ad_set_num_threads(1);
   for (int k = 0; k < 2; k++) ad_tensor_free(first[k]);
   ad_tensor_free(x), ad_tensor_free(w), ad_tensor_free(b), ad_tensor_free(c);
+}
+
+/* Workers compute with the flush mode of the thread that gives them work:
+ * each chunk notes the mode it ran under and whether a worker ran it. */
+typedef struct flush_seen {
+  pthread_t caller;
+  _Atomic int worker_chunks, wrong;
+  bool want;
+} flush_seen;
+
+static void note_flush_mode(void *ud, int64_t b, int64_t e) {
+  flush_seen *fs = ud;
+  (void)b, (void)e;
+  if (ad_flush_denormal() != fs->want) atomic_fetch_add(&fs->wrong, 1);
+  volatile float tiny = 1e-20f, r = tiny * tiny; /* 1e-40: subnormal, or 0 when flushing */
+  if ((r == 0.0f) != fs->want) atomic_fetch_add(&fs->wrong, 1);
+  if (!pthread_equal(pthread_self(), fs->caller)) atomic_fetch_add(&fs->worker_chunks, 1);
+}
+
+Test(parallel, workers_follow_the_callers_flush_mode) {
+  if (!ad_set_flush_denormal(false)) cr_skip_test("this CPU has no flush-to-zero mode");
+  cr_assert_eq(ad_set_num_threads(2), AD_OK); /* the worker starts with subnormals kept */
+  for (int flush = 1; flush >= 0; flush--) {
+    cr_assert(ad_set_flush_denormal(flush));
+    cr_assert_eq(ad_flush_denormal(), flush == 1);
+    flush_seen fs = {.caller = pthread_self(), .want = flush == 1};
+    /* until the worker took some chunks (on a busy machine the pool may
+     * run loops in the caller alone for a while), at most ~10 s */
+    for (int rep = 0; rep < 100000 && atomic_load(&fs.worker_chunks) < 8; rep++) {
+      ad_parallel_for(64, 1, note_flush_mode, &fs);
+      if (rep % 100 == 99) nanosleep(&(struct timespec){0, 100000000}, NULL);
+    }
+    cr_assert_geq(atomic_load(&fs.worker_chunks), 8, "the worker ran chunks");
+    cr_assert_eq(atomic_load(&fs.wrong), 0, "flush %d: chunks ran in the wrong mode", flush);
+  }
+  ad_set_flush_denormal(false);
+  ad_set_num_threads(1);
 }

@@ -34,6 +34,9 @@
 #include <sched.h>
 #include <stdatomic.h>
 #include <time.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+#endif
 
 #define MAX_THREADS  64
 #define IDLE_SPIN_NS 200000 /* how long an idle worker polls before sleeping */
@@ -74,6 +77,7 @@ static struct {
   ad_range_fn fn;
   void *ud;
   int64_t n, chunk;
+  unsigned flush; /* the caller's denormal bits (fp_flush_bits), for the workers */
   /* stall backoff (see ad_parallel_for), used under the submit lock */
   int64_t serial_until, backoff, last_stall; /* ns */
 } pool = {.submit = PTHREAD_MUTEX_INITIALIZER,
@@ -97,6 +101,45 @@ static int64_t now_ns(void) {
   return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
+/* --------------------------------------------------- subnormal floats
+ * Flush-to-zero (results) and denormals-are-zero (inputs): the MXCSR bits
+ * FTZ and DAZ on x86, FPCR.FZ on AArch64 (which does both). Per thread: a
+ * worker takes the bits of the thread that hands it a job. */
+
+#if defined(__x86_64__) || defined(__i386__)
+#define FLUSH_BITS 0x8040u /* FTZ | DAZ */
+static unsigned fp_flush_bits(void) { return _mm_getcsr() & FLUSH_BITS; }
+static void fp_set_flush_bits(unsigned bits) {
+  unsigned csr = _mm_getcsr();
+  if ((csr & FLUSH_BITS) != bits) _mm_setcsr((csr & ~FLUSH_BITS) | bits);
+}
+#elif defined(__aarch64__)
+#define FLUSH_BITS (1u << 24) /* FPCR.FZ */
+static unsigned fp_flush_bits(void) {
+  uint64_t fpcr;
+  __asm__ __volatile__("mrs %0, fpcr" : "=r"(fpcr));
+  return (unsigned)fpcr & FLUSH_BITS;
+}
+static void fp_set_flush_bits(unsigned bits) {
+  uint64_t fpcr;
+  __asm__ __volatile__("mrs %0, fpcr" : "=r"(fpcr));
+  if (((unsigned)fpcr & FLUSH_BITS) != bits)
+    __asm__ __volatile__("msr fpcr, %0" ::"r"((fpcr & ~(uint64_t)FLUSH_BITS) | bits));
+}
+#else
+#define FLUSH_BITS 0u /* not supported: subnormals are kept */
+static unsigned fp_flush_bits(void) { return 0; }
+static void fp_set_flush_bits(unsigned bits) { (void)bits; }
+#endif
+
+bool ad_set_flush_denormal(bool on) {
+  if (!FLUSH_BITS) return false;
+  fp_set_flush_bits(on ? FLUSH_BITS : 0);
+  return true;
+}
+
+bool ad_flush_denormal(void) { return FLUSH_BITS && fp_flush_bits() == FLUSH_BITS; }
+
 /* Claims and runs chunks of the current job until none is left. */
 static void run_chunks(void) {
   uint64_t w = atomic_load_explicit(&pool.word, memory_order_acquire);
@@ -107,6 +150,7 @@ static void run_chunks(void) {
       continue; /* w was reloaded */
     int64_t i = (int64_t)W_NEXT(w);
     int64_t b = i * pool.chunk, e = b + pool.chunk < pool.n ? b + pool.chunk : pool.n;
+    fp_set_flush_bits(pool.flush); /* the caller's: a no-op for the caller itself */
     in_task = true;
     pool.fn(pool.ud, b, e);
     in_task = false;
@@ -195,6 +239,7 @@ void ad_parallel_for(int64_t n, int64_t grain, ad_range_fn fn, void *ud) {
   pool.ud = ud;
   pool.n = n;
   pool.chunk = chunk;
+  pool.flush = fp_flush_bits();
   atomic_store_explicit(&pool.done, 0, memory_order_relaxed);
   uint64_t old = atomic_load_explicit(&pool.word, memory_order_relaxed);
   atomic_store(&pool.word, W_MAKE((W_GEN(old) + 1) & 0xFFFFFF, 0, count));
