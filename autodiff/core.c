@@ -69,7 +69,9 @@ const char *ad_status_str(ad_status s) {
   return status_names[s];
 }
 
-static void record_error(ad_ctx *ctx, ad_status status, const char *fmt, va_list ap) {
+/* format(printf, 3, 0): fmt is checked at the callers, which pass ap on */
+__attribute__((format(printf, 3, 0))) static void record_error(ad_ctx *ctx, ad_status status,
+                                                               const char *fmt, va_list ap) {
   ctx->status = status;
   ctx->nerrors++;
   vsnprintf(ctx->err, sizeof ctx->err, fmt, ap);

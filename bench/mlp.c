@@ -47,6 +47,7 @@
  * figures for each part alone. */
 #include "ad_ext.h"
 #include "nn.h"
+#include "peak.h"
 
 #include <errno.h>
 #include <math.h>
@@ -351,7 +352,11 @@ int main(int argc, char **argv) {
          nn_history_get(h, "loss", o.epochs - 1));
   printf("params_hash: %016llx\n", hash);
   printf("samples_per_s: %.0f\n", total / secs);
-  printf("gflops: %.2f (matmul flops %.3g)\n", flops / secs * 1e-9, flops);
+  bench_peak pk = bench_sgemm_peak(3); /* after training: its time is not in train_s */
+  double gf = flops / secs * 1e-9;
+  printf("gflops: %.2f (matmul flops %.3g; %.0f%% of %d x the core's sgemm peak of %.1f, %s)\n", gf,
+         flops, pk.gflops > 0 ? 100.0 * gf / (pk.gflops * o.threads) : 0.0, o.threads, pk.gflops,
+         pk.kernel);
   printf("cpu_s: %.4f (user + system, all threads)\n", cpu);
   printf("peak_rss_mb: %.1f\n", (double)ru.ru_maxrss / 1024.0);
   printf("train_s: %.4f\n", secs);

@@ -16,6 +16,10 @@
  *            rows of 784 floats from 8000, and GB/s copied: the batch
  *            gather of bench/mlp, without the training between batches.
  *
+ * First it prints the core's sgemm peak (bench/peak.h: a 1024^3 f32 product
+ * on one thread, the best kernel available), and each matmul row gives the
+ * public call's GFLOPS as a percentage of it ("%peak").
+ *
  * Each figure is the median of --reps samples; a sample repeats the call
  * until it lasts about --sample-ms. The variants of one matmul shape are
  * sampled in turn (interleaved), so their ratio is fair on a noisy machine.
@@ -32,6 +36,7 @@
 #include "ad_ext.h"
 #include "kernels/kernels.h"
 #include "nn.h"
+#include "peak.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -198,6 +203,8 @@ static void run_matmul(void *ud) {
   ad_tape_reset(q->ctx);
 }
 
+static double peak_gflops; /* of this core, measured in main */
+
 static void bench_matmul(ad_ctx *ctx, ad_rng *rng) {
   const char *name32 =
       ad_gemm_builtin(0, AD_F32, false, false, 0, 0, 0, 1, NULL, 1, NULL, 1, 0, NULL, 1);
@@ -219,8 +226,8 @@ static void bench_matmul(ad_ctx *ctx, ad_rng *rng) {
                "directly;\n# builtin: %s / %s (f32 / f64); ad_matmul: the op; ratio: builtin / "
                "openblas\n",
                ad_gemm_backend(), name32, name64);
-        printf("%-26s %-16s %9s %9s %9s %9s %7s\n", "name", "m x n x k", "ad_gemm", "openblas",
-               "builtin", "ad_matmul", "ratio");
+        printf("%-26s %-16s %9s %6s %9s %9s %9s %7s\n", "name", "m x n x k", "ad_gemm", "%peak",
+               "openblas", "builtin", "ad_matmul", "ratio");
         header = true;
       }
       mm_case q = {.s = s, .dt = dt, .ctx = ctx};
@@ -249,8 +256,8 @@ static void bench_matmul(ad_ctx *ctx, ad_rng *rng) {
         snprintf(blas, sizeof blas, "%.1f", gf / sec[3]);
         snprintf(ratio, sizeof ratio, "%.2f", sec[3] / sec[1]);
       }
-      printf("%-26s %-16s %9.1f %9s %9.1f %9.1f %7s\n", name, shape, gf / sec[0], blas, gf / sec[1],
-             gf / sec[2], ratio);
+      printf("%-26s %-16s %9.1f %5.0f%% %9s %9.1f %9.1f %7s\n", name, shape, gf / sec[0],
+             100.0 * gf / sec[0] / peak_gflops, blas, gf / sec[1], gf / sec[2], ratio);
       fflush(stdout);
       free(q.c);
       ad_tensor_free(q.ta);
@@ -582,6 +589,10 @@ int main(int argc, char **argv) {
   printf("# ops: median of %d samples of ~%.0f ms (%s clock); OPENBLAS_NUM_THREADS=%s\n", opt.reps,
          opt.sample_s * 1e3, clock_id == CLOCK_MONOTONIC ? "wall" : "thread CPU",
          th ? th : "(unset)");
+  bench_peak pk = bench_sgemm_peak(5);
+  peak_gflops = pk.gflops > 0 ? pk.gflops : 1;
+  printf("# sgemm peak of one core: %.1f GFLOPS (1024^3 f32, %s); GEMM dispatch: %s\n", pk.gflops,
+         pk.kernel, ad_gemm_backend());
   ad_ctx *ctx = ad_ctx_new();
   if (!ctx) return 1;
   ad_rng rng;
