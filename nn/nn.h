@@ -105,7 +105,9 @@ NN_API nn_params *nn_params_new(ad_ctx *ctx);
 NN_API void nn_params_free(nn_params *p);
 
 /* Appends persistent float tensor t under name (copied; non-empty, unique in
- * the list) and marks t as requiring a gradient. With own, the list frees t
+ * the list), marks t as requiring a gradient and names it (ad_tensor_set_name:
+ * error messages, anomaly reports and graph dumps show "0.weight"; the
+ * latest list to add t names it). With own, the list frees t
  * in nn_params_free, also when this call fails; without, the caller keeps
  * ownership. Returns AD_OK, AD_ERR_NULL, AD_ERR_ARG (empty or duplicate
  * name, a temporary tensor), AD_ERR_DTYPE (not float) or AD_ERR_OOM. */

@@ -156,6 +156,12 @@ ad_status nn_params_add(nn_params *p, const char *name, ad_tensor *t, bool own) 
     if (own) ad_tensor_free(t);
     return st;
   }
+  /* the tensor takes the name, for messages and graph dumps: a layer's
+   * "weight" becomes "0.weight" once a model lists it */
+  if (ad_tensor_set_name(t, name) != AD_OK) {
+    if (own) ad_tensor_free(t);
+    return AD_ERR_OOM;
+  }
   param_entry *e = NULL;
   char *copy = NULL;
   if (!params_reserve(p, p->n + 1) || !(e = ad_malloc(ctx, sizeof *e)) ||

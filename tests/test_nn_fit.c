@@ -539,3 +539,24 @@ Test(fit, flushes_subnormals_while_it_runs_and_restores_the_mode) {
   nn_model_free(m);
   ad_tensor_free(x), ad_tensor_free(y);
 }
+
+Test(fit, anomaly_reports_name_the_parameters) {
+  ad_tensor *x, *y;
+  blobs(ctx, 20, 4, &x, &y);
+  nn_model *m = mlp(ctx, 1, 0);
+  ad_tensor *w = nn_model_param(m, "2.weight");
+  cr_assert_str_eq(ad_tensor_name(w), "2.weight");
+  cr_assert_str_eq(ad_tensor_name(nn_model_param(m, "0.bias")), "0.bias");
+  ad_tensor_set(w, 4, INFINITY);
+  nn_optimizer *o = nn_sgd_new(nn_model_params(m), 0.1, 0, false, 0);
+  nn_fit_opts fo = {.epochs = 1, .batch_size = 10, .verbose = -1, .no_shuffle = true};
+  ad_set_anomaly_mode(ctx, true);
+  cr_assert_eq(nn_fit(m, o, nn_cross_entropy_loss, x, y, &fo, NULL), AD_ERR_NAN);
+  expect_msg(ctx, AD_ERR_NAN,
+             "fit: at epoch 1, batch 1: matmul: input 1 ('2.weight' [3,16]) carries a "
+             "non-finite value (inf at element 4)");
+  ad_set_anomaly_mode(ctx, false);
+  nn_optimizer_free(o);
+  nn_model_free(m);
+  ad_tensor_free(x), ad_tensor_free(y);
+}
