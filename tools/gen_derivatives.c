@@ -147,7 +147,7 @@ static void generate(buf *b, const ad_ctx *ctx) {
          "\n"
          "Where a function is not differentiable, the engine picks one subgradient:\n"
          "\n"
-         "- `relu'(0) = 0`: the mask is `[x > 0]`.\n"
+         "- `relu'(0) = 0`: the gradient is 0 where `x <= 0`.\n"
          "- `abs'(0) = 0`: `sign(0) = 0`.\n"
          "- `leaky_relu` has slope `alpha` at 0: the slope is `1` only for `x > 0`.\n"
          "- `max` (reduction): tied maxima share the gradient equally, each receiving\n"
@@ -155,7 +155,23 @@ static void generate(buf *b, const ad_ctx *ctx) {
          "- `maximum` / `minimum` (elementwise): on a tie `a = b` each side receives `dy / 2`.\n"
          "- Comparisons (`compare`) are piecewise constant and carry no gradient; `where`\n"
          "  sends none to its condition, `index_select`, `index_add` and\n"
-         "  `softmax_cross_entropy` none to their integer indices or labels.\n");
+         "  `softmax_cross_entropy` none to their integer indices or labels.\n"
+         "\n"
+         "## NaN and empty dims\n"
+         "\n"
+         "As in PyTorch (the fixture of `tests/test_ops_values.c` holds its values):\n"
+         "\n"
+         "- A NaN propagates through every op that compares: `relu`, `maximum`,\n"
+         "  `minimum` (NaN in either input), `max`, `logsumexp`, `softmax`, `log_softmax`\n"
+         "  and `softmax_cross_entropy` (NaN for a lane that holds one). Where `maximum`\n"
+         "  or `minimum` is NaN both inputs receive `dy`; `relu` passes `dy` at a NaN,\n"
+         "  `leaky_relu` `alpha dy`, `abs` 0 (`sign(NaN) = 0`); `max` sends NaN to every\n"
+         "  element of a lane whose maximum is NaN. Comparisons with a NaN are false,\n"
+         "  and `where` takes a NaN condition as true.\n"
+         "- Reduced dims of length 0 reduce no element: `sum` gives 0, `logsumexp` -inf,\n"
+         "  the mean NaN, `softmax_cross_entropy` over no sample NaN, and `max` is an\n"
+         "  error. `softmax` and `log_softmax` over an empty axis give an empty result.\n"
+         "  The gradient of an empty input is empty.\n");
 }
 
 /* Runs the command line against the generated text; returns the exit code. */

@@ -64,6 +64,12 @@ Semantics follow our engine where PyTorch offers a choice: GELU is the exact
 max/amax, maximum and minimum share the gradient equally between ties,
 which torch 1.13 also does (the tie cases below rely on it); relu'(0) = 0,
 |x|'(0) = 0 and leaky_relu'(0) = alpha, as in torch.
+
+The edges of the domains follow torch, and have cases here: NaN through
+every op that compares (relu, maximum, minimum, max, logsumexp, softmax,
+cross-entropy), reductions and softmax over dims of
+length 0 (empty tensors are written with no values after the colon; NaN
+and infinities as nan, inf, -inf).
 """
 
 import argparse
@@ -77,6 +83,7 @@ import torch
 import torch.nn.functional as F
 
 ALL = "all"  # attr reduce: over every dimension
+NAN, INF = float("nan"), float("inf")
 
 TORCH_DT = {"f32": torch.float32, "f64": torch.float64}
 CASES = []
@@ -174,6 +181,11 @@ add("pow_int_exp", "pow",
     const([("in", f32r([[-1.5, 0.5, 2.0], [-0.75, 1.25, -2.0]])),
            ("in", f32r([2.0, 3.0, -1.0]))]),
     lambda t: torch.pow(t[0], t[1]))
+# NaN in either input gives NaN, and both inputs the whole gradient
+for name, fn in (("maximum", torch.maximum), ("minimum", torch.minimum)):
+    add(f"{name}_nan", name,
+        const([("in", f32r([NAN, 0.0, 1.0, NAN, 2.0])), ("in", f32r([0.0, NAN, 1.0, NAN, -1.0]))]),
+        lambda t, fn=fn: fn(t[0], t[1]))
 
 
 def cmp_fn(mode):
@@ -286,6 +298,16 @@ for name, (fn, (lo, hi)) in FUSED.items():
             lambda t, fn=fn: fn(t[0], t[1]))
 add("relu_backward_at_zero", "relu_backward",
     const([("in", f32r([0.5, -1.5, 2.0, 1.0])), ("in", f32r([0.0, 1.0, -0.5, -0.0]))]),
+    lambda t: torch.ops.aten.threshold_backward(t[0], t[1], 0.0))
+# NaN: relu and leaky_relu give NaN; relu's gradient there is dy (torch's
+# threshold_backward tests x <= 0), leaky_relu's alpha dy, abs's 0 (sign(NaN) = 0)
+NAN_IN = f32r([NAN, -1.0, 0.0, 2.0])
+for name in ("relu", "abs"):
+    add(f"{name}_nan", name, const([("in", NAN_IN)]), lambda t, fn=UNARY[name][0]: fn(t[0]))
+add("leaky_relu_nan", "leaky_relu", const([("in", NAN_IN)]), lambda t: F.leaky_relu(t[0], 0.1),
+    attr=("scalar", 0.1))
+add("relu_backward_nan", "relu_backward",
+    const([("in", f32r([0.5, -1.5, 2.0])), ("in", f32r([NAN, 1.0, -1.0]))]),
     lambda t: torch.ops.aten.threshold_backward(t[0], t[1], 0.0))
 
 # cast: each dtype to the other; the gradient comes back in the input dtype
@@ -449,6 +471,22 @@ add("max_ties_all", "max", const([("in", f32r([[1.0, 3.0, 3.0], [2.0, 0.0, 3.0]]
 # stability: no overflow for large entries
 add("logsumexp_huge", "logsumexp", const([("in", f32r([[1000.0, 999.0, -1000.0], [-5.0, 0.0, 5.0]]))]),
     reduce_fn("logsumexp", 1, 0), attr=("reduce", 1, 0))
+# NaN: a lane holding one reduces to NaN (beside +inf too); amax sends NaN to
+# every element of such a lane
+NAN_LANES = f32r([[1.0, NAN, 2.0], [INF, NAN, 1.0], [1.0, 3.0, 3.0]])
+for kind in ("max", "logsumexp"):
+    add(f"{kind}_nan_axis", kind, const([("in", NAN_LANES)]), reduce_fn(kind, 1, 0),
+        attr=("reduce", 1, 0))
+add("max_nan_all", "max", const([("in", NAN_LANES)]), reduce_fn("max", ALL, 0),
+    attr=("reduce", ALL, 0))
+# empty dims: sum gives 0 and logsumexp -inf for each output element, an
+# empty output is empty; max of nothing is an error (tests/test_misuse_ops.c)
+for kind in ("sum", "logsumexp"):
+    for tag, shape, axis in (("all", (2, 0), ALL), ("axis", (2, 0, 3), 1), ("other", (2, 0), 0)):
+        add(f"{kind}_empty_{tag}", kind, lambda rng, s=shape: [("in", U(rng, s))],
+            reduce_fn(kind, axis, 0), attr=("reduce", axis, 0))
+add("max_empty_other", "max", lambda rng: [("in", U(rng, (2, 0)))], reduce_fn("max", 0, 1),
+    attr=("reduce", 0, 1))
 
 for name, fn in (("softmax", torch.softmax), ("log_softmax", torch.log_softmax)):
     for tag, shape, axis in (("last", (2, 3, 4), -1), ("mid", (2, 3, 4), 1), ("first", (3, 4), 0),
@@ -458,6 +496,11 @@ for name, fn in (("softmax", torch.softmax), ("log_softmax", torch.log_softmax))
     add(f"{name}_huge", name,
         const([("in", f32r([[1000.0, 1001.0, 999.0], [-1000.0, 0.0, 1000.0]]))]),
         lambda t, fn=fn: fn(t[0], 1), attr=("axis", 1))
+    add(f"{name}_nan", name, const([("in", f32r([[1.0, NAN, 2.0], [0.0, 1.0, 2.0]]))]),
+        lambda t, fn=fn: fn(t[0], 1), attr=("axis", 1))
+    for tag, shape, axis in (("empty_axis", (2, 0), 1), ("empty_other", (0, 3), 1)):
+        add(f"{name}_{tag}", name, lambda rng, s=shape: [("in", U(rng, s))],
+            lambda t, fn=fn, ax=axis: fn(t[0], ax), attr=("axis", axis))
 
 # ------------------------------------------------------------------ losses
 
@@ -475,6 +518,11 @@ add("softmax_ce_one_class", "softmax_cross_entropy",
 add("softmax_ce_huge", "softmax_cross_entropy",
     const([("in", f32r([[1000.0, 0.0, -1000.0], [1000.0, 1000.0, 0.0], [-1000.0, 1000.0, 999.0]])),
            ("const", idx([0, 2, 2]))]), ce)
+add("softmax_ce_nan", "softmax_cross_entropy",
+    const([("in", f32r([[1.0, NAN, 0.5], [0.0, 1.0, 2.0]])), ("const", idx([0, 2]))]), ce)
+# the mean over no sample is NaN
+add("softmax_ce_empty", "softmax_cross_entropy",
+    lambda rng: [("in", U(rng, (0, 3))), ("const", idx([]))], ce)
 
 # ----------------------------------------------- composites (named builders)
 
@@ -483,6 +531,10 @@ add("mean_axis", "mean_axis", lambda rng: [("in", U(rng, (3, 4)))],
     lambda t: t[0].mean(dim=-1), attr=("reduce", -1, 0))
 add("mean_axis_keep", "mean_axis", lambda rng: [("in", U(rng, (2, 3, 4)))],
     lambda t: t[0].mean(dim=1, keepdim=True), attr=("reduce", 1, 1))
+# the mean of nothing is NaN
+add("mean_empty", "mean", lambda rng: [("in", U(rng, (2, 0)))], lambda t: t[0].mean())
+add("mean_axis_empty", "mean_axis", lambda rng: [("in", U(rng, (3, 0)))],
+    lambda t: t[0].mean(dim=1), attr=("reduce", 1, 0))
 add("transpose_3d", "transpose", lambda rng: [("in", U(rng, (2, 3, 4)))],
     lambda t: t[0].transpose(0, -1), attr=("transpose", 0, -1))
 add("sub_scalar", "sub_scalar", lambda rng: [("in", U(rng, (3, 4)))], lambda t: t[0] - 1.5,
