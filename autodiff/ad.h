@@ -274,6 +274,8 @@ AD_API ad_tensor *ad_add(ad_ctx *ctx, ad_tensor *a, ad_tensor *b);
 AD_API ad_tensor *ad_sub(ad_ctx *ctx, ad_tensor *a, ad_tensor *b);
 AD_API ad_tensor *ad_mul(ad_ctx *ctx, ad_tensor *a, ad_tensor *b);
 AD_API ad_tensor *ad_div(ad_ctx *ctx, ad_tensor *a, ad_tensor *b);
+/* a^b. At a zero base the gradient follows PyTorch's masks: d/da is 0
+ * where b = 0 and d/db is 0 where b >= 0 (the formulas would give NaN). */
 AD_API ad_tensor *ad_pow(ad_ctx *ctx, ad_tensor *a, ad_tensor *b);
 /* Ties send half the gradient to each side. A NaN in a or b gives NaN (as
  * PyTorch and NumPy), and both sides receive the whole gradient there. */
@@ -283,6 +285,7 @@ AD_API ad_tensor *ad_minimum(ad_ctx *ctx, ad_tensor *a, ad_tensor *b);
 /* scalar forms */
 AD_API ad_tensor *ad_add_scalar(ad_ctx *ctx, ad_tensor *x, double s);
 AD_API ad_tensor *ad_mul_scalar(ad_ctx *ctx, ad_tensor *x, double s);
+/* x^p; for p = 0 the gradient is 0 everywhere, x = 0 included. */
 AD_API ad_tensor *ad_pow_scalar(ad_ctx *ctx, ad_tensor *x, double p);
 AD_API ad_tensor *ad_sub_scalar(ad_ctx *ctx, ad_tensor *x, double s);  /* x - s */
 AD_API ad_tensor *ad_rsub_scalar(ad_ctx *ctx, ad_tensor *x, double s); /* s - x */

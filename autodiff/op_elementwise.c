@@ -443,17 +443,26 @@ static inline double pow_d(double a, double b) { return pow(a, b); }
 
 DEFINE_BINARY(pow, pow_d(x0, x1))
 
+/* PyTorch's masks at a zero base: d/da is 0 where b = 0 (at a = 0,
+ * b a^(b-1) would be 0 * inf), d/db is 0 where a = 0 and b >= 0 (a^b log a
+ * would be 0 * -inf). where picks the zeros, so the other branch's NaN
+ * never mixes in; for a = 0, b < 0 the formula's inf or NaN stays, as in
+ * PyTorch. */
 static ad_status pow_bwd(const ad_call *c) {
   ad_ctx *ctx = c->ctx;
-  ad_tensor *a = c->in[0], *b = c->in[1];
+  ad_tensor *a = c->in[0], *b = c->in[1], *dy = c->gout;
+  ad_tensor *zero = ad_scalar(ctx, dy->dtype, 0.0);
   ad_status st = AD_OK;
-  if (c->needs[0])
-    st = ad_call_set_grad(
-        c, 0, ad_mul(ctx, c->gout, ad_mul(ctx, b, ad_pow(ctx, a, ad_add_scalar(ctx, b, -1.0)))));
+  if (c->needs[0]) {
+    ad_tensor *d = ad_mul(ctx, dy, ad_mul(ctx, b, ad_pow(ctx, a, ad_add_scalar(ctx, b, -1.0))));
+    st = ad_call_set_grad(c, 0, ad_where(ctx, ad_eq(ctx, b, zero), zero, d));
+  }
   /* y is recomputed from a and b so the second derivative sees it */
-  if (st == AD_OK && c->needs[1])
-    st = ad_call_set_grad(c, 1,
-                          ad_mul(ctx, c->gout, ad_mul(ctx, ad_pow(ctx, a, b), ad_log(ctx, a))));
+  if (st == AD_OK && c->needs[1]) {
+    ad_tensor *at0 = ad_mul(ctx, ad_eq(ctx, a, zero), ad_ge(ctx, b, zero));
+    ad_tensor *d = ad_where(ctx, at0, zero, ad_mul(ctx, ad_pow(ctx, a, b), ad_log(ctx, a)));
+    st = ad_call_set_grad(c, 1, ad_mul(ctx, dy, d));
+  }
   return st;
 }
 
@@ -475,7 +484,7 @@ const ad_op_def ad_def_pow = {
     .sample = pow_sample,
     .math = "y = a ^ b",
     .inputs = {"a", "b"},
-    .grads = {"dy * b * a^(b-1)", "dy * y * log(a)"},
+    .grads = {"dy * b * a^(b-1), 0 where b = 0", "dy * y * log(a), 0 where a = 0 and b >= 0"},
 };
 
 /* -------------------------------------------------------------- maximum */
@@ -709,9 +718,12 @@ const ad_op_def ad_def_mul_scalar = {
 
 DEFINE_UNARY_S(pow_scalar, powf(x, (float)s), pow(x, s))
 
+/* p = 0: y = 1 is constant, so no gradient (an exact 0), also at x = 0
+ * where p x^(p-1) would be 0 * inf: PyTorch's rule. */
 static ad_status pow_scalar_bwd(const ad_call *c) {
   ad_ctx *ctx = c->ctx;
   double p = c->attrs->scalar;
+  if (p == 0.0) return AD_OK;
   ad_tensor *d = p == 2.0 ? ad_mul_scalar(ctx, c->in[0], 2.0)
                           : ad_mul_scalar(ctx, ad_pow_scalar(ctx, c->in[0], p - 1.0), p);
   return ad_call_set_grad(c, 0, ad_mul(ctx, c->gout, d));
@@ -739,7 +751,7 @@ const ad_op_def ad_def_pow_scalar = {
     .sample = pow_scalar_sample,
     .math = "y = x ^ p",
     .inputs = {"x"},
-    .grads = {"dy * p * x^(p-1)"},
+    .grads = {"dy * p * x^(p-1), none for p = 0"},
 };
 
 /* ------------------------------------------------------------------ neg */

@@ -1,9 +1,9 @@
 /* test_misuse_ops.c: ops at the edges of their domain, as PyTorch treats
- * them: reductions and softmax over empty dims (no element is read) and NaN
- * through every op that compares. The PyTorch reference values of
- * these cases are in tests/fixtures/ops.txt (test_ops_values); the tests
- * here check what a fixture cannot: that nothing is read, the errors and
- * their messages, exact zeros and NaNs. */
+ * them: reductions and softmax over empty dims (no element is read), pow at
+ * a zero base, and NaN through every op that compares. The PyTorch
+ * reference values of these cases are in tests/fixtures/ops.txt
+ * (test_ops_values); the tests here check what a fixture cannot: that
+ * nothing is read, the errors and their messages, exact zeros and NaNs. */
 #define _DEFAULT_SOURCE /* MAP_ANONYMOUS, beside the build's _POSIX_C_SOURCE */
 #include "test_alloc.h"
 
@@ -225,6 +225,54 @@ Test(misuse_ops, cross_entropy_of_empty_batch) {
   ad_tensor_free(zc);
   ad_tensor_free(tc);
   ad_ctx_free(c);
+}
+
+/* ------------------------------------------- item 8: pow at a zero base */
+
+/* pow_scalar(x, 0) is the constant 1: its gradient is 0 everywhere,
+ * x = 0 included (0 * 0^-1 would be NaN). */
+Test(misuse_ops, pow_scalar_zero_exponent_at_zero) {
+  int64_t n = 3;
+  const double v[3] = {0.0, 1.5, -2.0};
+  ad_tensor *x = param(ctx, 1, &n, v);
+  ad_tensor *y = ad_pow_scalar(ctx, x, 0.0), *g = NULL;
+  for (int i = 0; i < 3; i++) expect_value(y, i, 1.0, "pow(x, 0)");
+  cr_assert_eq(ad_grad(ctx, ad_sum(ctx, y), NULL, 1, &x, &g, false), AD_OK, "%s",
+               ad_last_error(ctx));
+  for (int i = 0; i < 3; i++) {
+    expect_value(g, i, 0.0, "d pow(x, 0) / dx");
+    cr_assert(!signbit(ad_tensor_get(g, i)), "an exact +0, not %g", ad_tensor_get(g, i));
+  }
+  ad_tape_reset(ctx);
+  ad_tensor_free(x);
+}
+
+/* pow(a, b) at a = 0: d/da is 0 where b = 0, d/db is 0 where b >= 0
+ * (PyTorch's masks); elsewhere the formulas: d/da = b a^(b-1) (1 for
+ * b = 1, 0 for b = 2, inf for b = 0.5). Second order where it is finite in
+ * PyTorch: d2/da2 of a^2 is 2 and of a^3 is 0; d2/dadb of a^1 is 1. */
+Test(misuse_ops, pow_at_zero_base) {
+  int64_t n = 6;
+  const double av[6] = {0, 0, 0, 0, 0, 1.5}, bv[6] = {0, 1, 2, 3, 0.5, 0};
+  const double da[6] = {0, 1, 0, 0, INFINITY, 0}, db[6] = {0, 0, 0, 0, 0, log(1.5)};
+  ad_tensor *a = param(ctx, 1, &n, av), *b = param(ctx, 1, &n, bv), *in[2] = {a, b}, *g[2];
+  ad_tensor *y = ad_pow(ctx, a, b);
+  cr_assert_eq(ad_grad(ctx, ad_sum(ctx, y), NULL, 2, in, g, true), AD_OK, "%s", ad_last_error(ctx));
+  for (int i = 0; i < 6; i++) {
+    expect_value(g[0], i, da[i], "d pow / da");
+    cr_assert(fabs(ad_tensor_get(g[1], i) - db[i]) <= 1e-15, "d pow / db [%d] = %g, want %g", i,
+              ad_tensor_get(g[1], i), db[i]);
+  }
+  ad_tensor *h[2];
+  cr_assert_eq(ad_grad(ctx, ad_sum(ctx, g[0]), NULL, 2, in, h, false), AD_OK, "%s",
+               ad_last_error(ctx));
+  expect_value(h[0], 2, 2.0, "d2 a^2 / da2 at 0");
+  expect_value(h[0], 3, 0.0, "d2 a^3 / da2 at 0");
+  expect_value(h[1], 1, 1.0, "d2 a^1 / da db at 0");
+  expect_value(h[1], 2, 0.0, "d2 a^2 / da db at 0");
+  ad_tape_reset(ctx);
+  ad_tensor_free(a);
+  ad_tensor_free(b);
 }
 
 /* -------------------------------------- item 10: NaN through comparisons */

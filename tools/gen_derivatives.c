@@ -153,6 +153,8 @@ static void generate(buf *b, const ad_ctx *ctx) {
          "- `max` (reduction): tied maxima share the gradient equally, each receiving\n"
          "  `dy / count(x = y)`.\n"
          "- `maximum` / `minimum` (elementwise): on a tie `a = b` each side receives `dy / 2`.\n"
+         "- `pow` at a zero base: `d/da` is 0 where `b = 0`, `d/db` is 0 where `a = 0` and\n"
+         "  `b >= 0`; `pow_scalar(x, 0)` sends no gradient (0), also at `x = 0`.\n"
          "- Comparisons (`compare`) are piecewise constant and carry no gradient; `where`\n"
          "  sends none to its condition, `index_select`, `index_add` and\n"
          "  `softmax_cross_entropy` none to their integer indices or labels.\n"

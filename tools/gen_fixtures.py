@@ -67,7 +67,7 @@ which torch 1.13 also does (the tie cases below rely on it); relu'(0) = 0,
 
 The edges of the domains follow torch, and have cases here: NaN through
 every op that compares (relu, maximum, minimum, max, logsumexp, softmax,
-cross-entropy), reductions and softmax over dims of
+cross-entropy), pow at a zero base, reductions and softmax over dims of
 length 0 (empty tensors are written with no values after the colon; NaN
 and infinities as nan, inf, -inf).
 """
@@ -181,6 +181,15 @@ add("pow_int_exp", "pow",
     const([("in", f32r([[-1.5, 0.5, 2.0], [-0.75, 1.25, -2.0]])),
            ("in", f32r([2.0, 3.0, -1.0]))]),
     lambda t: torch.pow(t[0], t[1]))
+# a = 0: torch's masks (d/da = 0 where b = 0; d/db = 0 where b >= 0), and the
+# formulas elsewhere (inf for b = 0.5, -inf for b = -1)
+add("pow_zero_base", "pow",
+    const([("in", f32r([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.5])),
+           ("in", f32r([0.0, 1.0, 2.0, 3.0, 0.5, -1.0, 0.0]))]),
+    lambda t: torch.pow(t[0], t[1]))
+add("pow_zero_base_bcast", "pow",
+    const([("in", f32r([[0.0], [2.0]])), ("in", f32r([0.0, 2.0, 1.0]))]),
+    lambda t: torch.pow(t[0], t[1]))
 # NaN in either input gives NaN, and both inputs the whole gradient
 for name, fn in (("maximum", torch.maximum), ("minimum", torch.minimum)):
     add(f"{name}_nan", name,
@@ -232,6 +241,10 @@ for p, lo, hi in ((2.0, -2, 2), (3.0, -2, 2), (-1.5, 0.5, 2), (0.5, 0.5, 2), (3.
         lambda t, p=p: torch.pow(t[0], p), attr=("scalar", p))
 add("pow_scalar_2_at_zero", "pow_scalar", const([("in", f32r([0.0, -1.0, 1.5]))]),
     lambda t: torch.pow(t[0], 2.0), attr=("scalar", 2.0))
+# x^0 = 1 has gradient 0 everywhere, x = 0 included; x^1 at 0 has 1
+for p in (0.0, 1.0):
+    add(f"pow_scalar_{p:g}_at_zero", "pow_scalar", const([("in", f32r([0.0, -2.0, 1.5]))]),
+        lambda t, p=p: torch.pow(t[0], p), attr=("scalar", p))
 
 # --------------------------------------------------------- elementwise unary
 
