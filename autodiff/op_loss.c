@@ -5,7 +5,11 @@
 
 /* ------------------------------------------------ softmax_cross_entropy */
 
-/* Checks every label against the C classes. */
+/* Checks every label against the C classes. The shape rule runs it, and
+ * the backward again (when = " (changed since the forward)"), because it
+ * reads the caller's labels again: a label changed out of range in
+ * between is reported, never used as an index, as index_select's backward
+ * has its indices checked again by index_add's shape rule. */
 static ad_status check_labels(const ad_call *c, const char *when) {
   const int32_t *lab = c->in[1]->data;
   int64_t C = c->in[0]->shape[1];
@@ -68,9 +72,11 @@ static void softmax_ce_fwd(const ad_call *c) {
     CE_FWD(double);
 }
 
-/* The labels take no gradient: they are class indices. */
+/* The labels take no gradient: they are class indices, checked again. */
 static ad_status softmax_ce_bwd(const ad_call *c) {
   if (!c->needs[0]) return AD_OK;
+  ad_status st = check_labels(c, " (changed since the forward)");
+  if (st != AD_OK) return st;
   ad_ctx *ctx = c->ctx;
   ad_tensor *z = c->in[0];
   int64_t N = z->shape[0], C = z->shape[1];

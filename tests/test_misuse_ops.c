@@ -1,9 +1,10 @@
 /* test_misuse_ops.c: ops at the edges of their domain, as PyTorch treats
  * them: reductions and softmax over empty dims (no element is read), pow at
- * a zero base, and NaN through every op that compares. The PyTorch
- * reference values of these cases are in tests/fixtures/ops.txt
- * (test_ops_values); the tests here check what a fixture cannot: that
- * nothing is read, the errors and their messages, exact zeros and NaNs. */
+ * a zero base, NaN through every op that compares, and cross-entropy labels
+ * changed between forward and backward. The PyTorch reference values of
+ * these cases are in tests/fixtures/ops.txt (test_ops_values); the tests
+ * here check what a fixture cannot: that nothing is read, the errors and
+ * their messages, exact zeros and NaNs. */
 #define _DEFAULT_SOURCE /* MAP_ANONYMOUS, beside the build's _POSIX_C_SOURCE */
 #include "test_alloc.h"
 
@@ -341,4 +342,30 @@ Test(misuse_ops, nan_through_reductions) {
   ad_tape_reset(ctx);
   ad_tensor_free(x);
   ad_tensor_free(t);
+}
+
+/* ------------------------- item 11: labels changed after the forward */
+
+/* The backward reads the labels again and checks them: one changed out of
+ * range is reported with the op, the label and the sample, not used to
+ * index the one-hot matrix. */
+Test(misuse_ops, cross_entropy_labels_changed_before_backward) {
+  int64_t s[2] = {2, 3}, n = 2;
+  const double zv[6] = {0.5, -1, 2, 1, 0, -0.5};
+  const int32_t bad[4] = {4, -1, 3, 1000};
+  for (int k = 0; k < 4; k++) {
+    ad_tensor *z = param(ctx, 2, s, zv), *t = ad_zeros(ctx, AD_I32, 1, &n);
+    ad_tensor *l = ad_softmax_cross_entropy(ctx, z, t);
+    cr_assert_not_null(l, "%s", ad_last_error(ctx));
+    ((int32_t *)t->data)[k % 2] = bad[k];
+    cr_assert_eq(ad_backward(ctx, l, NULL), AD_ERR_ARG, "label %d was used", bad[k]);
+    char label[32], sample[32];
+    snprintf(label, sizeof label, "label %d", bad[k]);
+    snprintf(sample, sizeof sample, "sample %d", k % 2);
+    expect_error(AD_ERR_ARG, "softmax_cross_entropy", label, sample, "0..2",
+                 "changed since the forward", NULL);
+    ad_tape_reset(ctx);
+    ad_tensor_free(z);
+    ad_tensor_free(t);
+  }
 }
