@@ -3,10 +3,12 @@
 
 For every differentiable op of autodiff/ops.def (and a few composite
 builders such as ad_mean), in float32 and in float64, this script builds
-small deterministic inputs, computes the op's output in PyTorch and the
-gradient of sum(v * out) with respect to each float input for a fixed
-cotangent v. tests/test_ops_values.c replays every case through the C API
-and compares. The C tests never need torch: the fixture is committed.
+small deterministic inputs, computes the op's output in PyTorch, the
+gradient g_k of sum(v * out) with respect to each float input k for a fixed
+cotangent v, and the second derivatives: the gradient of sum_k <r_k, g_k>
+for fixed cotangents r_k. tests/test_ops_values.c replays every case
+through the C API and compares. The C tests never need torch: the fixture
+is committed.
 
 Regenerate from the repository root with Debian's python (it has torch):
 
@@ -55,8 +57,10 @@ end); the C test turns a reduction's into the bit mask of ad_attrs.
 Roles, in this order: 'in' (a float input that requires grad) and 'const'
 (an input that does not: labels, indices, the condition of where) in the
 op's input order; 'seed' (the cotangent v, shaped like the output); 'out';
-then one 'grad' per 'in' input, in input order. A case without seed and
-grad lines (compare) checks the forward only. Values are printed with
+then one 'grad' per 'in' input, in input order; then, optionally, one
+'seed2' (r_k) and after them one 'grad2' (d sum_k <r_k, g_k> / d in_j, zero
+where no g_k depends on in_j) per 'in' input. A case without seed and grad
+lines (compare) checks the forward only. Values are printed with
 %.17g, so float32 values round-trip exactly.
 
 Semantics follow our engine where PyTorch offers a choice: GELU is the exact
@@ -98,10 +102,11 @@ def table_ops(builder):
     return [name for name, b in rows if b == builder]
 
 
-def add(label, op, make, fn, attr=None, grad=True):
+def add(label, op, make, fn, attr=None, grad=True, second=True):
     """Registers a case: make(rng) -> [(role, ndarray)], fn(tensors) -> out;
-    attr: None or (key, value, ...), written as an 'attr' line."""
-    CASES.append(dict(label=label, op=op, make=make, fn=fn, attr=attr, grad=grad))
+    attr: None or (key, value, ...), written as an 'attr' line; second: with
+    second derivatives (seed2 and grad2 lines)."""
+    CASES.append(dict(label=label, op=op, make=make, fn=fn, attr=attr, grad=grad, second=second))
 
 
 def f32r(a):
@@ -624,12 +629,21 @@ def run_case(c, dtname):
         return head + lines + [fmt_tensor("out", shown(out)), "end"]
     srng = np.random.RandomState(zlib.crc32(("seed:" + c["label"]).encode()))
     seed = torch.tensor(U(srng, tuple(out.shape), -1, 1), dtype=out.dtype)
-    out.backward(seed)
+    req = [x for (role, _), x in zip(spec, ins) if role == "in"]
+    grads = torch.autograd.grad(out, req, seed, create_graph=c["second"], allow_unused=True)
+    grads = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, req)]
     lines += [fmt_tensor("seed", shown(seed)), fmt_tensor("out", shown(out))]
-    for (role, _), x in zip(spec, ins):
-        if role == "in":
-            g = x.grad if x.grad is not None else torch.zeros_like(x)
-            lines.append(fmt_tensor("grad", shown(g)))
+    lines += [fmt_tensor("grad", shown(g)) for g in grads]
+    if c["second"]:
+        # h = sum_k <r_k, grad_k> for cotangents r_k shaped like the inputs;
+        # grad2_j = dh / d in_j (zero where no grad depends on in_j)
+        rrng = np.random.RandomState(zlib.crc32(("seed2:" + c["label"]).encode()))
+        rs = [torch.tensor(U(rrng, tuple(x.shape), -1, 1), dtype=x.dtype) for x in req]
+        h = sum((r * g).sum() for r, g in zip(rs, grads))
+        g2 = torch.autograd.grad(h, req, allow_unused=True) if h.requires_grad else [None] * len(req)
+        g2 = [torch.zeros_like(x) if g is None else g.clone() for g, x in zip(g2, req)]
+        lines += [fmt_tensor("seed2", shown(r)) for r in rs]
+        lines += [fmt_tensor("grad2", shown(g)) for g in g2]
     return head + lines + ["end"]
 
 
