@@ -334,14 +334,18 @@ AD_API ad_tensor *ad_add(ad_ctx *ctx, ad_tensor *a, ad_tensor *b);
 AD_API ad_tensor *ad_sub(ad_ctx *ctx, ad_tensor *a, ad_tensor *b);
 AD_API ad_tensor *ad_mul(ad_ctx *ctx, ad_tensor *a, ad_tensor *b);
 AD_API ad_tensor *ad_div(ad_ctx *ctx, ad_tensor *a, ad_tensor *b);
+/* a^b. At a zero base the gradient follows PyTorch's masks: d/da is 0
+ * where b = 0 and d/db is 0 where b >= 0 (the formulas would give NaN). */
 AD_API ad_tensor *ad_pow(ad_ctx *ctx, ad_tensor *a, ad_tensor *b);
-/* Ties send half the gradient to each side. */
+/* Ties send half the gradient to each side. A NaN in a or b gives NaN (as
+ * PyTorch and NumPy), and both sides receive the whole gradient there. */
 AD_API ad_tensor *ad_maximum(ad_ctx *ctx, ad_tensor *a, ad_tensor *b);
 AD_API ad_tensor *ad_minimum(ad_ctx *ctx, ad_tensor *a, ad_tensor *b);
 
 /* scalar forms */
 AD_API ad_tensor *ad_add_scalar(ad_ctx *ctx, ad_tensor *x, double s);
 AD_API ad_tensor *ad_mul_scalar(ad_ctx *ctx, ad_tensor *x, double s);
+/* x^p; for p = 0 the gradient is 0 everywhere, x = 0 included. */
 AD_API ad_tensor *ad_pow_scalar(ad_ctx *ctx, ad_tensor *x, double p);
 AD_API ad_tensor *ad_sub_scalar(ad_ctx *ctx, ad_tensor *x, double s);  /* x - s */
 AD_API ad_tensor *ad_rsub_scalar(ad_ctx *ctx, ad_tensor *x, double s); /* s - x */
@@ -357,7 +361,8 @@ AD_API ad_tensor *ad_sin(ad_ctx *ctx, ad_tensor *x);
 AD_API ad_tensor *ad_cos(ad_ctx *ctx, ad_tensor *x);
 AD_API ad_tensor *ad_tanh(ad_ctx *ctx, ad_tensor *x);
 AD_API ad_tensor *ad_sigmoid(ad_ctx *ctx, ad_tensor *x);
-AD_API ad_tensor *ad_relu(ad_ctx *ctx, ad_tensor *x); /* relu'(0) = 0 */
+/* relu'(0) = 0; relu(NaN) = NaN, where dy passes (as PyTorch). */
+AD_API ad_tensor *ad_relu(ad_ctx *ctx, ad_tensor *x);
 /* x > 0 ? x : alpha*x; the slope at 0 is alpha. */
 AD_API ad_tensor *ad_leaky_relu(ad_ctx *ctx, ad_tensor *x, double alpha);
 /* Exact GELU: x * Phi(x), Phi the standard normal CDF. */
@@ -370,13 +375,15 @@ AD_API ad_tensor *ad_atan(ad_ctx *ctx, ad_tensor *x);
 /* Converts to another float dtype; the gradient is converted back. */
 AD_API ad_tensor *ad_cast(ad_ctx *ctx, ad_tensor *x, ad_dtype dtype);
 
-/* comparisons: 1 where true, 0 elsewhere, in a's dtype; no gradient flows */
+/* comparisons: 1 where true, 0 elsewhere (a NaN compares false), in a's
+ * dtype; no gradient flows */
 AD_API ad_tensor *ad_eq(ad_ctx *ctx, ad_tensor *a, ad_tensor *b);
 AD_API ad_tensor *ad_gt(ad_ctx *ctx, ad_tensor *a, ad_tensor *b);
 AD_API ad_tensor *ad_ge(ad_ctx *ctx, ad_tensor *a, ad_tensor *b);
 AD_API ad_tensor *ad_lt(ad_ctx *ctx, ad_tensor *a, ad_tensor *b);
 AD_API ad_tensor *ad_le(ad_ctx *ctx, ad_tensor *a, ad_tensor *b);
-/* cond != 0 ? a : b, broadcasting all three; no gradient to cond. */
+/* cond != 0 ? a : b, broadcasting all three (a NaN cond picks a); no
+ * gradient to cond. */
 AD_API ad_tensor *ad_where(ad_ctx *ctx, ad_tensor *cond, ad_tensor *a, ad_tensor *b);
 
 /* Matrix product. a is [..,m,k] (or [..,k,m] with trans_a), b is [..,k,n]
@@ -408,20 +415,33 @@ AD_API ad_tensor *ad_index_select(ad_ctx *ctx, ad_tensor *x, ad_tensor *idx);
  * gradient of index_select). */
 AD_API ad_tensor *ad_index_add(ad_ctx *ctx, ad_tensor *src, ad_tensor *idx, int64_t rows);
 
-/* reductions; axis may be negative; keepdim keeps it with length 1 */
+/* reductions; axis may be negative; keepdim keeps it with length 1. As in
+ * PyTorch, a reduced dim may have length 0: the reduction of no element is
+ * 0 for sum, NaN for mean, -inf for logsumexp, and an error for max
+ * (AD_ERR_SHAPE, "max: nothing to reduce ..."); an output with no element
+ * is an empty tensor, and the gradient of an empty input is empty. A lane
+ * holding a NaN reduces to NaN (max, logsumexp, softmax, log_softmax). */
 AD_API ad_tensor *ad_sum(ad_ctx *ctx, ad_tensor *x); /* over everything */
 AD_API ad_tensor *ad_sum_axis(ad_ctx *ctx, ad_tensor *x, int axis, bool keepdim);
 AD_API ad_tensor *ad_mean(ad_ctx *ctx, ad_tensor *x);
 AD_API ad_tensor *ad_mean_axis(ad_ctx *ctx, ad_tensor *x, int axis, bool keepdim);
-/* Ties share the gradient equally. */
+/* Ties share the gradient equally; a lane whose maximum is NaN sends NaN
+ * to each of its elements (as torch.amax). */
 AD_API ad_tensor *ad_max(ad_ctx *ctx, ad_tensor *x);
 AD_API ad_tensor *ad_max_axis(ad_ctx *ctx, ad_tensor *x, int axis, bool keepdim);
 AD_API ad_tensor *ad_logsumexp(ad_ctx *ctx, ad_tensor *x, int axis, bool keepdim);
+/* Over an axis of length 0: an empty result, and nothing is read. */
 AD_API ad_tensor *ad_softmax(ad_ctx *ctx, ad_tensor *x, int axis);
 AD_API ad_tensor *ad_log_softmax(ad_ctx *ctx, ad_tensor *x, int axis);
 
 /* Mean over the batch of -log softmax(logits)[label]: logits [N,C] float,
- * labels [N] AD_I32 in [0,C). Stable for large logits. A scalar. */
+ * labels [N] AD_I32 in [0,C). Stable for large logits; NaN for N = 0 (the
+ * mean of nothing) or a NaN logit. A scalar. Errors: AD_ERR_SHAPE (not
+ * [N,C] and [N], or C = 0), AD_ERR_ARG (a label out of range). The
+ * backward reads the labels again: one changed out of range since the
+ * forward is reported there (AD_ERR_ARG, "... (changed since the
+ * forward)"); one changed within range is used as it now is, as
+ * index_select uses its indices, so leave them alone until backward. */
 AD_API ad_tensor *ad_softmax_cross_entropy(ad_ctx *ctx, ad_tensor *logits, ad_tensor *labels);
 
 /* ------------------------------------------------------------ gradcheck */

@@ -170,18 +170,21 @@ typedef struct unary_job {
 #define DEFINE_UNARY(NAME, EXPR32, EXPR64)   UNARY_KERNEL(NAME, NO_S, EXPR32, EXPR64)
 #define DEFINE_UNARY_S(NAME, EXPR32, EXPR64) UNARY_KERNEL(NAME, WITH_S, EXPR32, EXPR64)
 
-/* maximum and minimum share dy between a and b by masks: a gets
- * win(a, b) + [a = b]/2 (win = ad_gt for maximum, ad_lt for minimum). */
+/* maximum and minimum send dy to a unless a loses (lose(a, b): ad_lt for
+ * maximum, ad_gt for minimum), halved where a = b; likewise to b. This is
+ * PyTorch's rule: ties split dy in half, and where a or b is NaN (y is
+ * NaN, no comparison holds) both get dy. Zeros are chosen by where, not
+ * multiplied in, so they stay zeros when dy is not finite. */
 static ad_status minmax_bwd(const ad_call *c,
-                            ad_tensor *(*win)(ad_ctx *, ad_tensor *, ad_tensor *)) {
+                            ad_tensor *(*lose)(ad_ctx *, ad_tensor *, ad_tensor *)) {
   ad_ctx *ctx = c->ctx;
-  ad_tensor *a = c->in[0], *b = c->in[1];
-  ad_tensor *half_eq = ad_mul_scalar(ctx, ad_eq(ctx, a, b), 0.5);
+  ad_tensor *a = c->in[0], *b = c->in[1], *dy = c->gout;
+  ad_tensor *zero = ad_scalar(ctx, dy->dtype, 0.0);
+  ad_tensor *shared = ad_where(ctx, ad_eq(ctx, a, b), ad_mul_scalar(ctx, dy, 0.5), dy);
   ad_status st = AD_OK;
-  if (c->needs[0])
-    st = ad_call_set_grad(c, 0, ad_mul(ctx, c->gout, ad_add(ctx, win(ctx, a, b), half_eq)));
+  if (c->needs[0]) st = ad_call_set_grad(c, 0, ad_where(ctx, lose(ctx, a, b), zero, shared));
   if (st == AD_OK && c->needs[1])
-    st = ad_call_set_grad(c, 1, ad_mul(ctx, c->gout, ad_add(ctx, win(ctx, b, a), half_eq)));
+    st = ad_call_set_grad(c, 1, ad_where(ctx, lose(ctx, b, a), zero, shared));
   return st;
 }
 
@@ -440,17 +443,26 @@ static inline double pow_d(double a, double b) { return pow(a, b); }
 
 DEFINE_BINARY(pow, pow_d(x0, x1))
 
+/* PyTorch's masks at a zero base: d/da is 0 where b = 0 (at a = 0,
+ * b a^(b-1) would be 0 * inf), d/db is 0 where a = 0 and b >= 0 (a^b log a
+ * would be 0 * -inf). where picks the zeros, so the other branch's NaN
+ * never mixes in; for a = 0, b < 0 the formula's inf or NaN stays, as in
+ * PyTorch. */
 static ad_status pow_bwd(const ad_call *c) {
   ad_ctx *ctx = c->ctx;
-  ad_tensor *a = c->in[0], *b = c->in[1];
+  ad_tensor *a = c->in[0], *b = c->in[1], *dy = c->gout;
+  ad_tensor *zero = ad_scalar(ctx, dy->dtype, 0.0);
   ad_status st = AD_OK;
-  if (c->needs[0])
-    st = ad_call_set_grad(
-        c, 0, ad_mul(ctx, c->gout, ad_mul(ctx, b, ad_pow(ctx, a, ad_add_scalar(ctx, b, -1.0)))));
+  if (c->needs[0]) {
+    ad_tensor *d = ad_mul(ctx, dy, ad_mul(ctx, b, ad_pow(ctx, a, ad_add_scalar(ctx, b, -1.0))));
+    st = ad_call_set_grad(c, 0, ad_where(ctx, ad_eq(ctx, b, zero), zero, d));
+  }
   /* y is recomputed from a and b so the second derivative sees it */
-  if (st == AD_OK && c->needs[1])
-    st = ad_call_set_grad(c, 1,
-                          ad_mul(ctx, c->gout, ad_mul(ctx, ad_pow(ctx, a, b), ad_log(ctx, a))));
+  if (st == AD_OK && c->needs[1]) {
+    ad_tensor *at0 = ad_mul(ctx, ad_eq(ctx, a, zero), ad_ge(ctx, b, zero));
+    ad_tensor *d = ad_where(ctx, at0, zero, ad_mul(ctx, ad_pow(ctx, a, b), ad_log(ctx, a)));
+    st = ad_call_set_grad(c, 1, ad_mul(ctx, dy, d));
+  }
   return st;
 }
 
@@ -472,14 +484,14 @@ const ad_op_def ad_def_pow = {
     .sample = pow_sample,
     .math = "y = a ^ b",
     .inputs = {"a", "b"},
-    .grads = {"dy * b * a^(b-1)", "dy * y * log(a)"},
+    .grads = {"dy * b * a^(b-1), 0 where b = 0", "dy * y * log(a), 0 where a = 0 and b >= 0"},
 };
 
 /* -------------------------------------------------------------- maximum */
 
-DEFINE_BINARY(maximum, x0 > x1 ? x0 : x1)
+DEFINE_BINARY(maximum, AD_MAX_NAN(x0, x1))
 
-static ad_status maximum_bwd(const ad_call *c) { return minmax_bwd(c, ad_gt); }
+static ad_status maximum_bwd(const ad_call *c) { return minmax_bwd(c, ad_lt); }
 
 ad_tensor *ad_maximum(ad_ctx *ctx, ad_tensor *a, ad_tensor *b) {
   return ad_apply2(ctx, AD_OP_MAXIMUM, a, b, NULL);
@@ -492,16 +504,16 @@ const ad_op_def ad_def_maximum = {
     .forward = maximum_fwd,
     .backward = maximum_bwd,
     .sample = sample_apart,
-    .math = "y = max(a, b)",
+    .math = "y = max(a, b)  (NaN if a or b is)",
     .inputs = {"a", "b"},
-    .grads = {"dy * [a > b] + dy/2 * [a = b]", "dy * [b > a] + dy/2 * [a = b]"},
+    .grads = {"dy, dy/2 where a = b, 0 where a < b", "dy, dy/2 where a = b, 0 where b < a"},
 };
 
 /* -------------------------------------------------------------- minimum */
 
-DEFINE_BINARY(minimum, x0 < x1 ? x0 : x1)
+DEFINE_BINARY(minimum, AD_MIN_NAN(x0, x1))
 
-static ad_status minimum_bwd(const ad_call *c) { return minmax_bwd(c, ad_lt); }
+static ad_status minimum_bwd(const ad_call *c) { return minmax_bwd(c, ad_gt); }
 
 ad_tensor *ad_minimum(ad_ctx *ctx, ad_tensor *a, ad_tensor *b) {
   return ad_apply2(ctx, AD_OP_MINIMUM, a, b, NULL);
@@ -514,9 +526,9 @@ const ad_op_def ad_def_minimum = {
     .forward = minimum_fwd,
     .backward = minimum_bwd,
     .sample = sample_apart,
-    .math = "y = min(a, b)",
+    .math = "y = min(a, b)  (NaN if a or b is)",
     .inputs = {"a", "b"},
-    .grads = {"dy * [a < b] + dy/2 * [a = b]", "dy * [b < a] + dy/2 * [a = b]"},
+    .grads = {"dy, dy/2 where a = b, 0 where a > b", "dy, dy/2 where a = b, 0 where b > a"},
 };
 
 /* -------------------------------------------------------------- compare */
@@ -706,9 +718,12 @@ const ad_op_def ad_def_mul_scalar = {
 
 DEFINE_UNARY_S(pow_scalar, powf(x, (float)s), pow(x, s))
 
+/* p = 0: y = 1 is constant, so no gradient (an exact 0), also at x = 0
+ * where p x^(p-1) would be 0 * inf: PyTorch's rule. */
 static ad_status pow_scalar_bwd(const ad_call *c) {
   ad_ctx *ctx = c->ctx;
   double p = c->attrs->scalar;
+  if (p == 0.0) return AD_OK;
   ad_tensor *d = p == 2.0 ? ad_mul_scalar(ctx, c->in[0], 2.0)
                           : ad_mul_scalar(ctx, ad_pow_scalar(ctx, c->in[0], p - 1.0), p);
   return ad_call_set_grad(c, 0, ad_mul(ctx, c->gout, d));
@@ -736,7 +751,7 @@ const ad_op_def ad_def_pow_scalar = {
     .sample = pow_scalar_sample,
     .math = "y = x ^ p",
     .inputs = {"x"},
-    .grads = {"dy * p * x^(p-1)"},
+    .grads = {"dy * p * x^(p-1), none for p = 0"},
 };
 
 /* ------------------------------------------------------------------ neg */
@@ -951,7 +966,7 @@ const ad_op_def ad_def_sigmoid = {
 
 /* ----------------------------------------------------------------- relu */
 
-DEFINE_UNARY(relu, x > 0 ? x : 0.0f, x > 0 ? x : 0.0)
+DEFINE_UNARY(relu, AD_MAX_NAN(x, 0.0f), AD_MAX_NAN(x, 0.0))
 
 static ad_status relu_bwd(const ad_call *c) {
   return ad_call_set_grad(c, 0, ad_apply2(c->ctx, AD_OP_RELU_BACKWARD, c->gout, c->in[0], NULL));
@@ -966,9 +981,9 @@ const ad_op_def ad_def_relu = {
     .forward = relu_fwd,
     .backward = relu_bwd,
     .sample = sample_nonzero,
-    .math = "y = max(x, 0)",
+    .math = "y = max(x, 0)  (NaN for NaN)",
     .inputs = {"x"},
-    .grads = {"relu_backward(dy, x) = dy * [x > 0]  (relu'(0) = 0)"},
+    .grads = {"relu_backward(dy, x) = dy, 0 where x <= 0  (relu'(0) = 0; dy at NaN)"},
 };
 
 /* ----------------------------------------------------------- leaky_relu */
@@ -1195,7 +1210,9 @@ const ad_op_def ad_def_sigmoid_backward = {
 
 /* -------------------------------------------------------- relu_backward */
 
-DEFINE_BINARY(relu_backward, x1 > 0 ? x0 : 0)
+/* !(x <= 0) rather than x > 0: a NaN x passes g, as PyTorch's
+ * threshold_backward does (relu's NaN output already carries the NaN). */
+DEFINE_BINARY(relu_backward, x1 <= 0 ? 0 : x0)
 
 /* x gets no gradient: the mask is piecewise constant. */
 static ad_status relu_backward_bwd(const ad_call *c) {
@@ -1215,9 +1232,9 @@ const ad_op_def ad_def_relu_backward = {
     .forward = relu_backward_fwd,
     .backward = relu_backward_bwd,
     .sample = relu_backward_sample,
-    .math = "y = g * [x > 0]",
+    .math = "y = g, 0 where x <= 0",
     .inputs = {"g", "x"},
-    .grads = {"dy * [x > 0]", NULL},
+    .grads = {"dy, 0 where x <= 0", NULL},
 };
 
 /* ----------------------------------------------------------------- cast */

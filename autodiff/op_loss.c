@@ -5,6 +5,23 @@
 
 /* ------------------------------------------------ softmax_cross_entropy */
 
+/* Checks every label against the C classes. The shape rule runs it, and
+ * the backward again (when = " (changed since the forward)"), because it
+ * reads the caller's labels again: a label changed out of range in
+ * between is reported, never used as an index, as index_select's backward
+ * has its indices checked again by index_add's shape rule. */
+static ad_status check_labels(const ad_call *c, const char *when) {
+  const int32_t *lab = c->in[1]->data;
+  int64_t C = c->in[0]->shape[1];
+  for (int64_t i = 0; i < c->in[1]->size; i++)
+    if (lab[i] < 0 || lab[i] >= C)
+      return ad_set_error(c->ctx, AD_ERR_ARG, "%s: label %d of sample %lld is outside 0..%lld%s",
+                          c->name, lab[i], (long long)i, (long long)C - 1, when);
+  return AD_OK;
+}
+
+/* N = 0 is fine (the mean over no sample is NaN, as in PyTorch); C = 0 is
+ * not (no label can be valid). */
 static ad_status softmax_ce_shape(const ad_call *c) {
   const ad_tensor *z = c->in[0], *t = c->in[1];
   char a[64], b[64];
@@ -12,15 +29,12 @@ static ad_status softmax_ce_shape(const ad_call *c) {
   if (t->dtype != AD_I32)
     return ad_set_error(c->ctx, AD_ERR_DTYPE, "%s: labels must be i32, got %s", c->name,
                         ad_dtype_name(t->dtype));
-  if (z->ndim != 2 || t->ndim != 1 || t->shape[0] != z->shape[0] || z->shape[0] == 0 ||
-      z->shape[1] == 0)
-    return ad_set_error(c->ctx, AD_ERR_SHAPE, "%s: logits %s and labels %s: need [N,C] and [N]",
-                        c->name, ad_shape_str(z, a, sizeof a), ad_shape_str(t, b, sizeof b));
-  const int32_t *lab = t->data;
-  for (int64_t i = 0; i < t->size; i++)
-    if (lab[i] < 0 || lab[i] >= z->shape[1])
-      return ad_set_error(c->ctx, AD_ERR_ARG, "%s: label %d of sample %lld is outside 0..%lld",
-                          c->name, lab[i], (long long)i, (long long)z->shape[1] - 1);
+  if (z->ndim != 2 || t->ndim != 1 || t->shape[0] != z->shape[0] || z->shape[1] == 0)
+    return ad_set_error(c->ctx, AD_ERR_SHAPE,
+                        "%s: logits %s and labels %s: need [N,C] and [N], C >= 1", c->name,
+                        ad_shape_str(z, a, sizeof a), ad_shape_str(t, b, sizeof b));
+  ad_status st = check_labels(c, "");
+  if (st != AD_OK) return st;
   c->out->dtype = z->dtype;
   c->out->ndim = 0;
   return AD_OK;
@@ -32,20 +46,19 @@ static ad_status softmax_ce_shape(const ad_call *c) {
 #define EXP_OF(T, x) (sizeof(T) == sizeof(float) ? (double)expf((float)(x)) : exp(x))
 
 /* The mean over rows of lse(z_n) - z_n[t_n], lse computed with the max
- * shifted out so large logits do not overflow. */
+ * shifted out so large logits do not overflow (a NaN logit makes it NaN);
+ * NaN for N = 0. */
 #define CE_FWD(T)                                                                                  \
   do {                                                                                             \
     const T *Z = z->data;                                                                          \
     double total = 0;                                                                              \
     for (int64_t r = 0; r < N; r++) {                                                              \
       const T *zr = Z + r * C;                                                                     \
-      double m = zr[0], s = 0;                                                                     \
-      for (int64_t k = 1; k < C; k++)                                                              \
-        if (zr[k] > m) m = zr[k];                                                                  \
+      double m = AD_LANE_MAX(zr, 1, C), s = 0;                                                     \
       for (int64_t k = 0; k < C; k++) s += EXP_OF(T, (double)zr[k] - m);                           \
       total += m + log(s) - (double)zr[lab[r]];                                                    \
     }                                                                                              \
-    *(T *)out->data = (T)(total / (double)N);                                                      \
+    *(T *)out->data = (T)(N ? total / (double)N : NAN);                                            \
   } while (0)
 
 static void softmax_ce_fwd(const ad_call *c) {
@@ -59,9 +72,11 @@ static void softmax_ce_fwd(const ad_call *c) {
     CE_FWD(double);
 }
 
-/* The labels take no gradient: they are class indices. */
+/* The labels take no gradient: they are class indices, checked again. */
 static ad_status softmax_ce_bwd(const ad_call *c) {
   if (!c->needs[0]) return AD_OK;
+  ad_status st = check_labels(c, " (changed since the forward)");
+  if (st != AD_OK) return st;
   ad_ctx *ctx = c->ctx;
   ad_tensor *z = c->in[0];
   int64_t N = z->shape[0], C = z->shape[1];
@@ -70,7 +85,8 @@ static ad_status softmax_ce_bwd(const ad_call *c) {
   const int32_t *lab = c->in[1]->data;
   for (int64_t r = 0; r < N; r++) ad_tensor_set(onehot, r * C + lab[r], 1.0);
   ad_tensor *d = ad_sub(ctx, ad_softmax(ctx, z, 1), onehot);
-  return ad_call_set_grad(c, 0, ad_mul(ctx, d, ad_mul_scalar(ctx, c->gout, 1.0 / (double)N)));
+  return ad_call_set_grad(c, 0,
+                          ad_mul(ctx, d, ad_mul_scalar(ctx, c->gout, N ? 1.0 / (double)N : NAN)));
 }
 
 ad_tensor *ad_softmax_cross_entropy(ad_ctx *ctx, ad_tensor *logits, ad_tensor *labels) {

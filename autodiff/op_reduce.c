@@ -58,7 +58,10 @@ static ad_tensor *keep(ad_ctx *ctx, ad_tensor *t, const ad_tensor *x, const ad_r
   return ad_reshape(ctx, t, x->ndim, s);
 }
 
-/* The shape rule of sum, max and logsumexp. */
+/* The shape rule of sum and logsumexp (and, with a check, max). Reduced
+ * dims of length 0 are fine, as in PyTorch: each output element reduces
+ * no element, which gives the op's identity (sum 0, logsumexp -inf) and
+ * reads nothing; an output with no element is an empty tensor. */
 static ad_status shape_reduce(const ad_call *c) {
   const ad_tensor *x = c->in[0];
   uint32_t axes = c->attrs->reduce.axes;
@@ -68,9 +71,6 @@ static ad_status shape_reduce(const ad_call *c) {
   if (axes != (1u << r.hi) - (1u << r.lo)) /* a bit >= ndim, or a gap */
     return ad_set_error(c->ctx, AD_ERR_ARG, "%s: axes 0x%x out of range/not adjacent for %s",
                         c->name, (unsigned)axes, ad_shape_str(x, a, sizeof a));
-  if (x->size == 0)
-    return ad_set_error(c->ctx, AD_ERR_SHAPE, "%s: nothing to reduce in %s", c->name,
-                        ad_shape_str(x, a, sizeof a));
   ad_tensor *o = c->out;
   o->dtype = x->dtype;
   o->ndim = 0;
@@ -152,12 +152,12 @@ static ad_status shape_softmax(const ad_call *c) {
 }
 
 /* log_softmax when LOG (y = x - lse), else softmax: y = e / sum e with
- * e = exp(x - max) kept in y between the two passes, one exp per element */
+ * e = exp(x - max) kept in y between the two passes, one exp per element.
+ * A lane holding a NaN is all NaN; a lane of no elements (an empty axis:
+ * then y has no element either) is not read. */
 #define SOFTMAX_BODY(T, LOG)                                                                       \
   {                                                                                                \
-    double m = X[0], s = 0;                                                                        \
-    for (int64_t k = 1; k < N; k++)                                                                \
-      if (X[k * S] > m) m = X[k * S];                                                              \
+    double m = AD_LANE_MAX(X, S, N), s = 0;                                                        \
     if (LOG) {                                                                                     \
       for (int64_t k = 0; k < N; k++) s += EXP_OF(T, (double)X[k * S] - m);                        \
       double lse = m + log(s);                                                                     \
@@ -237,13 +237,21 @@ const ad_op_def ad_def_sum = {
 /* ----------------------------------------------------------------- max */
 
 /* A NaN is the maximum of any lane that holds one. */
-#define MAX_BODY(T)                                                                                \
-  {                                                                                                \
-    T m = X[0];                                                                                    \
-    for (int64_t k = 1; k < N; k++)                                                                \
-      if (X[k * S] > m || X[k * S] != X[k * S]) m = X[k * S];                                      \
-    *Y = m;                                                                                        \
-  }
+#define MAX_BODY(T) *Y = (T)AD_LANE_MAX(X, S, N);
+
+/* The shape rule of max: sum's, and the reduced dims must hold an element:
+ * the maximum of nothing is undefined, and PyTorch refuses it too. */
+static ad_status shape_max(const ad_call *c) {
+  ad_status st = shape_reduce(c);
+  if (st != AD_OK) return st;
+  const ad_tensor *x = c->in[0];
+  red_dims r = red_of(x, c->attrs->reduce.axes);
+  if (r.n > 0) return AD_OK;
+  char a[64];
+  return ad_set_error(c->ctx, AD_ERR_SHAPE,
+                      "%s: nothing to reduce: the reduced dims (axes 0x%x) of %s hold no element",
+                      c->name, (unsigned)c->attrs->reduce.axes, ad_shape_str(x, a, sizeof a));
+}
 
 static void max_fwd(const ad_call *c) {
   red_dims r = red_of(c->in[0], c->attrs->reduce.axes);
@@ -254,7 +262,9 @@ static void max_fwd(const ad_call *c) {
 }
 
 /* Ties share the gradient: each of the count elements equal to the
- * maximum of its lane gets dy / count. */
+ * maximum of its lane gets dy / count. In a lane whose maximum is NaN no
+ * element equals it (count 0), so the whole lane gets NaN, as in
+ * torch.amax. */
 static ad_status max_bwd(const ad_call *c) {
   ad_ctx *ctx = c->ctx;
   ad_tensor *x = c->in[0];
@@ -279,7 +289,7 @@ const ad_op_def ad_def_max = {
     .name = "max",
     .arity = 1,
     .attrs = AD_ATTRS_REDUCE,
-    .shape = shape_reduce,
+    .shape = shape_max,
     .forward = max_fwd,
     .backward = max_bwd,
     .sample = max_sample,
@@ -290,12 +300,12 @@ const ad_op_def ad_def_max = {
 
 /* ----------------------------------------------------------- logsumexp */
 
+/* m not finite: NaN (a lane holding a NaN), +inf, or -inf (every element
+ * -inf, or none: the log of an empty sum) is the result. */
 #define LSE_BODY(T)                                                                                \
   {                                                                                                \
-    double m = X[0], s = 0;                                                                        \
-    for (int64_t k = 1; k < N; k++)                                                                \
-      if (X[k * S] > m) m = X[k * S];                                                              \
-    if (isinf(m)) {                                                                                \
+    double m = AD_LANE_MAX(X, S, N), s = 0;                                                        \
+    if (!isfinite(m)) {                                                                            \
       *Y = (T)m;                                                                                   \
     } else {                                                                                       \
       for (int64_t k = 0; k < N; k++) s += EXP_OF(T, (double)X[k * S] - m);                        \
@@ -394,13 +404,16 @@ const ad_op_def ad_def_log_softmax = {
 
 /* ---------------------------------------------------- mean (composite) */
 
-/* sum / n: no derivative code of its own */
+/* sum * (1/n): no derivative code of its own. The mean of no element is
+ * NaN (0/0), as in PyTorch. */
+static double inv_count(int64_t n) { return n ? 1.0 / (double)n : NAN; }
+
 ad_tensor *ad_mean(ad_ctx *ctx, ad_tensor *x) {
   ad_tensor *s = ad_sum(ctx, x);
-  return s ? ad_mul_scalar(ctx, s, 1.0 / (double)x->size) : NULL;
+  return s ? ad_mul_scalar(ctx, s, inv_count(x->size)) : NULL;
 }
 
 ad_tensor *ad_mean_axis(ad_ctx *ctx, ad_tensor *x, int axis, bool keepdim) {
   ad_tensor *s = ad_sum_axis(ctx, x, axis, keepdim);
-  return s ? ad_mul_scalar(ctx, s, 1.0 / (double)x->shape[ad_norm_axis(axis, x->ndim)]) : NULL;
+  return s ? ad_mul_scalar(ctx, s, inv_count(x->shape[ad_norm_axis(axis, x->ndim)])) : NULL;
 }

@@ -6,6 +6,8 @@
 
 #include "ad_internal.h"
 
+#include <math.h>
+
 /* Built-in op ids and their definitions (each at the end of its op's
  * block in a family file), generated from the table. */
 enum {
@@ -17,6 +19,30 @@ enum {
 #define AD_OP(E, name, builder) extern const ad_op_def ad_def_##name;
 #include "ops.def"
 #undef AD_OP
+
+/* The larger / smaller of a and b, NaN when either is: what every op that
+ * picks a value by comparing (maximum, minimum, relu, the max reduction,
+ * the max shifted out of logsumexp, softmax and cross-entropy) uses, so a
+ * NaN propagates as in PyTorch and NumPy. A bare a > b ? a : b would drop a
+ * NaN in a and keep one in b. Ties give b. */
+#define AD_MAX_NAN(a, b) ((a) > (b) || (a) != (a) ? (a) : (b))
+#define AD_MIN_NAN(a, b) ((a) < (b) || (a) != (a) ? (a) : (b))
+
+/* The maximum of the n elements x[0], x[s], ..., x[(n-1) s] (NaN if one is
+ * NaN), as a double; -inf for n = 0, so a lane of no elements is never
+ * read. */
+static inline double ad_lane_max_f32(const float *x, int64_t s, int64_t n) {
+  double m = -INFINITY;
+  for (int64_t k = 0; k < n; k++) m = AD_MAX_NAN((double)x[k * s], m);
+  return m;
+}
+static inline double ad_lane_max_f64(const double *x, int64_t s, int64_t n) {
+  double m = -INFINITY;
+  for (int64_t k = 0; k < n; k++) m = AD_MAX_NAN(x[k * s], m);
+  return m;
+}
+#define AD_LANE_MAX(x, s, n)                                                                       \
+  _Generic((x), const float * : ad_lane_max_f32, const double * : ad_lane_max_f64)(x, s, n)
 
 /* Applies op id with attrs; shorthand used by the public builders. */
 static inline ad_tensor *ad_apply1(ad_ctx *ctx, int op, ad_tensor *x, const ad_attrs *attrs) {

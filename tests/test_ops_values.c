@@ -5,8 +5,10 @@
  * output and torch's gradient of sum(v * out) for each float input. Each case
  * runs through ad_op_find + ad_op_apply and, where one exists, through the
  * named builder (ad_add, ad_sum_axis, ...); the output and the gradients from
- * both ad_grad and ad_backward must match torch to 1e-5 (float32) or 1e-10
- * (float64), relative to max(|reference|, 1e-3). The fixture must cover every
+ * both ad_grad and ad_backward (and, for a case with seed2 lines, the second
+ * derivatives through ad_grad with create_graph) must match torch to 1e-5
+ * (float32) or 1e-10 (float64), relative to max(|reference|, 1e-3). The
+ * fixture must cover every
  * differentiable op of the registry in both dtypes. Set AD_OPS_FIXTURE to
  * read another file; the default path is relative to the source root, which
  * meson uses as the working directory. */
@@ -94,6 +96,8 @@ typedef struct fx_case {
   bool has_out;
   int ngrad;
   fx_tensor grad[AD_MAX_SRC];
+  int nseed2, ngrad2; /* second order: one of each per 'in' input, or none */
+  fx_tensor seed2[AD_MAX_SRC], grad2[AD_MAX_SRC];
   bool ended;
 } fx_case;
 
@@ -109,6 +113,8 @@ static void fx_free(fx_file *fx) {
     fx_case *c = &fx->cases[k];
     for (int i = 0; i < c->nin; i++) free(c->in[i].v);
     for (int i = 0; i < c->ngrad; i++) free(c->grad[i].v);
+    for (int i = 0; i < c->nseed2; i++) free(c->seed2[i].v);
+    for (int i = 0; i < c->ngrad2; i++) free(c->grad2[i].v);
     free(c->seed.v);
     free(c->out.v);
   }
@@ -216,7 +222,7 @@ static bool parse_tensor(parser *ps, fx_case *c) {
     free(t.v);
     return perr(ps, "more values than the shape holds");
   }
-  /* roles in order: in/const..., seed?, out, grad... */
+  /* roles in order: in/const..., seed?, out, grad..., seed2..., grad2... */
   const char *bad = NULL;
   if (!strcmp(role, "in") || !strcmp(role, "const")) {
     if (c->has_seed || c->has_out)
@@ -248,11 +254,33 @@ static bool parse_tensor(parser *ps, fx_case *c) {
       c->has_out = true;
       return true;
     }
+  } else if (!strcmp(role, "seed2") || !strcmp(role, "grad2")) {
+    /* the k-th of either belongs to the k-th 'in' input */
+    bool is_seed = role[0] == 's';
+    int k = is_seed ? c->nseed2 : c->ngrad2, want = -1, seen = 0, nneeds = 0;
+    for (int i = 0; i < c->nin; i++) {
+      if (c->needs[i] && seen++ == k) want = i;
+      nneeds += c->needs[i];
+    }
+    if (c->ngrad != nneeds || !c->has_seed || (!is_seed && c->nseed2 != nneeds) ||
+        (is_seed && c->ngrad2))
+      bad = "seed2 must follow every grad, grad2 every seed2";
+    else if (want < 0)
+      bad = "more seed2/grad2 than 'in' inputs";
+    else if (!same_layout(&c->in[want], &t))
+      bad = "seed2/grad2 differs in layout from its input";
+    else {
+      if (is_seed)
+        c->seed2[c->nseed2++] = t;
+      else
+        c->grad2[c->ngrad2++] = t;
+      return true;
+    }
   } else if (!strcmp(role, "grad")) {
     int want = -1, seen = 0;
     for (int i = 0; i < c->nin; i++)
       if (c->needs[i] && seen++ == c->ngrad) want = i;
-    if (!c->has_out || !c->has_seed)
+    if (!c->has_out || !c->has_seed || c->nseed2)
       bad = "grad before out, or without seed";
     else if (want < 0)
       bad = "more grads than 'in' inputs";
@@ -378,6 +406,8 @@ static bool finish_case(parser *ps, fx_case *c) {
   if (c->nin == 0) return perr(ps, "case without inputs");
   if (!c->has_out) return perr(ps, "case without out");
   if (c->has_seed && c->ngrad != nneeds) return perr(ps, "fewer grads than 'in' inputs");
+  if (c->nseed2 != c->ngrad2 || (c->nseed2 && c->nseed2 != nneeds))
+    return perr(ps, "one seed2 and one grad2 per 'in' input, or none");
   return typed_attrs(ps, c);
 }
 
@@ -747,6 +777,36 @@ static int fail(char *msg, size_t n, const fx_case *c, const char *path, const c
   return PATH_FAIL;
 }
 
+/* The second derivatives of case c: with g_k = d<seed, out>/d in_k recorded
+ * (ad_grad with create_graph), h = sum_k <seed2_k, g_k>, and each dh/d in_j
+ * compared with grad2_j (zero when h depends on no input). */
+static int second_order(ad_ctx *cx, const fx_case *c, const char *path, ad_tensor *out,
+                        ad_tensor *seed, int m, ad_tensor **req, char *msg, size_t n) {
+  ad_tensor *g[AD_MAX_SRC], *g2[AD_MAX_SRC], *r[AD_MAX_SRC] = {0}, *h = NULL;
+  char why[400];
+  int result = PATH_OK;
+  if (ad_grad(cx, out, seed, m, req, g, true) != AD_OK)
+    result = fail(msg, n, c, path, "ad_grad with create_graph: %s", ad_last_error(cx));
+  for (int k = 0; result == PATH_OK && k < m; k++) {
+    r[k] = make_tensor(cx, &c->seed2[k]);
+    ad_tensor *t = ad_sum(cx, ad_mul(cx, r[k], g[k]));
+    h = t && h ? ad_add(cx, h, t) : t;
+    if (!h) result = fail(msg, n, c, path, "h = sum <seed2, grad>: %s", ad_last_error(cx));
+  }
+  if (result == PATH_OK && !ad_tensor_requires_grad(h)) { /* no g depends on an input */
+    for (int k = 0; result == PATH_OK && k < m; k++)
+      if (!all_zero(&c->grad2[k]))
+        result = fail(msg, n, c, path, "input %d has no second derivative", k);
+  } else if (result == PATH_OK && ad_grad(cx, h, NULL, m, req, g2, false) != AD_OK) {
+    result = fail(msg, n, c, path, "second ad_grad: %s", ad_last_error(cx));
+  }
+  for (int k = 0; result == PATH_OK && ad_tensor_requires_grad(h) && k < m; k++)
+    if (!match(g2[k], &c->grad2[k], why, sizeof why))
+      result = fail(msg, n, c, path, "second derivative of input %d: %s", k, why);
+  for (int k = 0; k < m; k++) ad_tensor_free(r[k]);
+  return result;
+}
+
 /* Runs case c in cx through one path (registry or builder) and checks the
  * output and, when c has a seed, the gradients from ad_grad and from
  * ad_backward. PATH_NONE when the path does not apply to c. */
@@ -804,7 +864,7 @@ static int run_path(ad_ctx *cx, const fx_case *c, bool registry, ad_tensor **in,
       return fail(msg, n, c, path, "ad_backward grad of input %d: %s", k, why);
     }
   }
-  return PATH_OK;
+  return c->nseed2 ? second_order(cx, c, path, out, seed, m, req, msg, n) : PATH_OK;
 }
 
 /* Both paths of case c, each in a fresh context. PATH_NONE when the op is
@@ -1050,6 +1110,21 @@ Test(ops_values, parser_rejects_damaged_files) {
        "reduce axis out of range"},
       {GOOD_HEAD "case c exp f64\ntensor const i32 1 1 : 0.5\ntensor out f64 0 : 1\nend\n",
        "not an integer"},
+      {GOOD_HEAD "case c exp f64\ntensor in f64 1 2 : 0 1\ntensor seed f64 1 2 : 1 1\n"
+                 "tensor out f64 1 2 : 1 2\ntensor grad f64 1 2 : 1 2\ntensor seed2 f64 1 2 : 1 1\n"
+                 "end\n",
+       "one seed2 and one grad2"},
+      {GOOD_HEAD "case c exp f64\ntensor in f64 1 2 : 0 1\ntensor seed f64 1 2 : 1 1\n"
+                 "tensor out f64 1 2 : 1 2\ntensor seed2 f64 1 2 : 1 1\n",
+       "seed2 must follow every grad"},
+      {GOOD_HEAD
+       "case c exp f64\ntensor in f64 1 2 : 0 1\ntensor seed f64 1 2 : 1 1\n"
+       "tensor out f64 1 2 : 1 2\ntensor grad f64 1 2 : 1 2\ntensor seed2 f64 1 3 : 1 1 1\n",
+       "differs in layout from its input"},
+      {GOOD_HEAD "case c exp f64\ntensor in f64 1 2 : 0 1\ntensor seed f64 1 2 : 1 1\n"
+                 "tensor out f64 1 2 : 1 2\ntensor grad f64 1 2 : 1 2\ntensor seed2 f64 1 2 : 1 1\n"
+                 "tensor seed2 f64 1 2 : 1 1\n",
+       "more seed2/grad2"},
   };
   for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
     cr_expect(!parse_text(bad[k].text, err, sizeof err), "damaged text %zu was accepted", k);

@@ -3,10 +3,12 @@
 
 For every differentiable op of autodiff/ops.def (and a few composite
 builders such as ad_mean), in float32 and in float64, this script builds
-small deterministic inputs, computes the op's output in PyTorch and the
-gradient of sum(v * out) with respect to each float input for a fixed
-cotangent v. tests/test_ops_values.c replays every case through the C API
-and compares. The C tests never need torch: the fixture is committed.
+small deterministic inputs, computes the op's output in PyTorch, the
+gradient g_k of sum(v * out) with respect to each float input k for a fixed
+cotangent v, and the second derivatives: the gradient of sum_k <r_k, g_k>
+for fixed cotangents r_k. tests/test_ops_values.c replays every case
+through the C API and compares. The C tests never need torch: the fixture
+is committed.
 
 Regenerate from the repository root with Debian's python (it has torch):
 
@@ -55,8 +57,10 @@ end); the C test turns a reduction's into the bit mask of ad_attrs.
 Roles, in this order: 'in' (a float input that requires grad) and 'const'
 (an input that does not: labels, indices, the condition of where) in the
 op's input order; 'seed' (the cotangent v, shaped like the output); 'out';
-then one 'grad' per 'in' input, in input order. A case without seed and
-grad lines (compare) checks the forward only. Values are printed with
+then one 'grad' per 'in' input, in input order; then, optionally, one
+'seed2' (r_k) and after them one 'grad2' (d sum_k <r_k, g_k> / d in_j, zero
+where no g_k depends on in_j) per 'in' input. A case without seed and grad
+lines (compare) checks the forward only. Values are printed with
 %.17g, so float32 values round-trip exactly.
 
 Semantics follow our engine where PyTorch offers a choice: GELU is the exact
@@ -64,6 +68,12 @@ Semantics follow our engine where PyTorch offers a choice: GELU is the exact
 max/amax, maximum and minimum share the gradient equally between ties,
 which torch 1.13 also does (the tie cases below rely on it); relu'(0) = 0,
 |x|'(0) = 0 and leaky_relu'(0) = alpha, as in torch.
+
+The edges of the domains follow torch, and have cases here: NaN through
+every op that compares (relu, maximum, minimum, max, logsumexp, softmax,
+cross-entropy), pow at a zero base, reductions and softmax over dims of
+length 0 (empty tensors are written with no values after the colon; NaN
+and infinities as nan, inf, -inf).
 """
 
 import argparse
@@ -77,6 +87,7 @@ import torch
 import torch.nn.functional as F
 
 ALL = "all"  # attr reduce: over every dimension
+NAN, INF = float("nan"), float("inf")
 
 TORCH_DT = {"f32": torch.float32, "f64": torch.float64}
 CASES = []
@@ -91,10 +102,11 @@ def table_ops(builder):
     return [name for name, b in rows if b == builder]
 
 
-def add(label, op, make, fn, attr=None, grad=True):
+def add(label, op, make, fn, attr=None, grad=True, second=True):
     """Registers a case: make(rng) -> [(role, ndarray)], fn(tensors) -> out;
-    attr: None or (key, value, ...), written as an 'attr' line."""
-    CASES.append(dict(label=label, op=op, make=make, fn=fn, attr=attr, grad=grad))
+    attr: None or (key, value, ...), written as an 'attr' line; second: with
+    second derivatives (seed2 and grad2 lines)."""
+    CASES.append(dict(label=label, op=op, make=make, fn=fn, attr=attr, grad=grad, second=second))
 
 
 def f32r(a):
@@ -174,6 +186,20 @@ add("pow_int_exp", "pow",
     const([("in", f32r([[-1.5, 0.5, 2.0], [-0.75, 1.25, -2.0]])),
            ("in", f32r([2.0, 3.0, -1.0]))]),
     lambda t: torch.pow(t[0], t[1]))
+# a = 0: torch's masks (d/da = 0 where b = 0; d/db = 0 where b >= 0), and the
+# formulas elsewhere (inf for b = 0.5, -inf for b = -1)
+add("pow_zero_base", "pow",
+    const([("in", f32r([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.5])),
+           ("in", f32r([0.0, 1.0, 2.0, 3.0, 0.5, -1.0, 0.0]))]),
+    lambda t: torch.pow(t[0], t[1]))
+add("pow_zero_base_bcast", "pow",
+    const([("in", f32r([[0.0], [2.0]])), ("in", f32r([0.0, 2.0, 1.0]))]),
+    lambda t: torch.pow(t[0], t[1]))
+# NaN in either input gives NaN, and both inputs the whole gradient
+for name, fn in (("maximum", torch.maximum), ("minimum", torch.minimum)):
+    add(f"{name}_nan", name,
+        const([("in", f32r([NAN, 0.0, 1.0, NAN, 2.0])), ("in", f32r([0.0, NAN, 1.0, NAN, -1.0]))]),
+        lambda t, fn=fn: fn(t[0], t[1]))
 
 
 def cmp_fn(mode):
@@ -220,6 +246,10 @@ for p, lo, hi in ((2.0, -2, 2), (3.0, -2, 2), (-1.5, 0.5, 2), (0.5, 0.5, 2), (3.
         lambda t, p=p: torch.pow(t[0], p), attr=("scalar", p))
 add("pow_scalar_2_at_zero", "pow_scalar", const([("in", f32r([0.0, -1.0, 1.5]))]),
     lambda t: torch.pow(t[0], 2.0), attr=("scalar", 2.0))
+# x^0 = 1 has gradient 0 everywhere, x = 0 included; x^1 at 0 has 1
+for p in (0.0, 1.0):
+    add(f"pow_scalar_{p:g}_at_zero", "pow_scalar", const([("in", f32r([0.0, -2.0, 1.5]))]),
+        lambda t, p=p: torch.pow(t[0], p), attr=("scalar", p))
 
 # --------------------------------------------------------- elementwise unary
 
@@ -286,6 +316,16 @@ for name, (fn, (lo, hi)) in FUSED.items():
             lambda t, fn=fn: fn(t[0], t[1]))
 add("relu_backward_at_zero", "relu_backward",
     const([("in", f32r([0.5, -1.5, 2.0, 1.0])), ("in", f32r([0.0, 1.0, -0.5, -0.0]))]),
+    lambda t: torch.ops.aten.threshold_backward(t[0], t[1], 0.0))
+# NaN: relu and leaky_relu give NaN; relu's gradient there is dy (torch's
+# threshold_backward tests x <= 0), leaky_relu's alpha dy, abs's 0 (sign(NaN) = 0)
+NAN_IN = f32r([NAN, -1.0, 0.0, 2.0])
+for name in ("relu", "abs"):
+    add(f"{name}_nan", name, const([("in", NAN_IN)]), lambda t, fn=UNARY[name][0]: fn(t[0]))
+add("leaky_relu_nan", "leaky_relu", const([("in", NAN_IN)]), lambda t: F.leaky_relu(t[0], 0.1),
+    attr=("scalar", 0.1))
+add("relu_backward_nan", "relu_backward",
+    const([("in", f32r([0.5, -1.5, 2.0])), ("in", f32r([NAN, 1.0, -1.0]))]),
     lambda t: torch.ops.aten.threshold_backward(t[0], t[1], 0.0))
 
 # cast: each dtype to the other; the gradient comes back in the input dtype
@@ -449,6 +489,22 @@ add("max_ties_all", "max", const([("in", f32r([[1.0, 3.0, 3.0], [2.0, 0.0, 3.0]]
 # stability: no overflow for large entries
 add("logsumexp_huge", "logsumexp", const([("in", f32r([[1000.0, 999.0, -1000.0], [-5.0, 0.0, 5.0]]))]),
     reduce_fn("logsumexp", 1, 0), attr=("reduce", 1, 0))
+# NaN: a lane holding one reduces to NaN (beside +inf too); amax sends NaN to
+# every element of such a lane
+NAN_LANES = f32r([[1.0, NAN, 2.0], [INF, NAN, 1.0], [1.0, 3.0, 3.0]])
+for kind in ("max", "logsumexp"):
+    add(f"{kind}_nan_axis", kind, const([("in", NAN_LANES)]), reduce_fn(kind, 1, 0),
+        attr=("reduce", 1, 0))
+add("max_nan_all", "max", const([("in", NAN_LANES)]), reduce_fn("max", ALL, 0),
+    attr=("reduce", ALL, 0))
+# empty dims: sum gives 0 and logsumexp -inf for each output element, an
+# empty output is empty; max of nothing is an error (tests/test_misuse_ops.c)
+for kind in ("sum", "logsumexp"):
+    for tag, shape, axis in (("all", (2, 0), ALL), ("axis", (2, 0, 3), 1), ("other", (2, 0), 0)):
+        add(f"{kind}_empty_{tag}", kind, lambda rng, s=shape: [("in", U(rng, s))],
+            reduce_fn(kind, axis, 0), attr=("reduce", axis, 0))
+add("max_empty_other", "max", lambda rng: [("in", U(rng, (2, 0)))], reduce_fn("max", 0, 1),
+    attr=("reduce", 0, 1))
 
 for name, fn in (("softmax", torch.softmax), ("log_softmax", torch.log_softmax)):
     for tag, shape, axis in (("last", (2, 3, 4), -1), ("mid", (2, 3, 4), 1), ("first", (3, 4), 0),
@@ -458,6 +514,11 @@ for name, fn in (("softmax", torch.softmax), ("log_softmax", torch.log_softmax))
     add(f"{name}_huge", name,
         const([("in", f32r([[1000.0, 1001.0, 999.0], [-1000.0, 0.0, 1000.0]]))]),
         lambda t, fn=fn: fn(t[0], 1), attr=("axis", 1))
+    add(f"{name}_nan", name, const([("in", f32r([[1.0, NAN, 2.0], [0.0, 1.0, 2.0]]))]),
+        lambda t, fn=fn: fn(t[0], 1), attr=("axis", 1))
+    for tag, shape, axis in (("empty_axis", (2, 0), 1), ("empty_other", (0, 3), 1)):
+        add(f"{name}_{tag}", name, lambda rng, s=shape: [("in", U(rng, s))],
+            lambda t, fn=fn, ax=axis: fn(t[0], ax), attr=("axis", axis))
 
 # ------------------------------------------------------------------ losses
 
@@ -475,6 +536,11 @@ add("softmax_ce_one_class", "softmax_cross_entropy",
 add("softmax_ce_huge", "softmax_cross_entropy",
     const([("in", f32r([[1000.0, 0.0, -1000.0], [1000.0, 1000.0, 0.0], [-1000.0, 1000.0, 999.0]])),
            ("const", idx([0, 2, 2]))]), ce)
+add("softmax_ce_nan", "softmax_cross_entropy",
+    const([("in", f32r([[1.0, NAN, 0.5], [0.0, 1.0, 2.0]])), ("const", idx([0, 2]))]), ce)
+# the mean over no sample is NaN
+add("softmax_ce_empty", "softmax_cross_entropy",
+    lambda rng: [("in", U(rng, (0, 3))), ("const", idx([]))], ce)
 
 # ----------------------------------------------- composites (named builders)
 
@@ -483,6 +549,10 @@ add("mean_axis", "mean_axis", lambda rng: [("in", U(rng, (3, 4)))],
     lambda t: t[0].mean(dim=-1), attr=("reduce", -1, 0))
 add("mean_axis_keep", "mean_axis", lambda rng: [("in", U(rng, (2, 3, 4)))],
     lambda t: t[0].mean(dim=1, keepdim=True), attr=("reduce", 1, 1))
+# the mean of nothing is NaN
+add("mean_empty", "mean", lambda rng: [("in", U(rng, (2, 0)))], lambda t: t[0].mean())
+add("mean_axis_empty", "mean_axis", lambda rng: [("in", U(rng, (3, 0)))],
+    lambda t: t[0].mean(dim=1), attr=("reduce", 1, 0))
 add("transpose_3d", "transpose", lambda rng: [("in", U(rng, (2, 3, 4)))],
     lambda t: t[0].transpose(0, -1), attr=("transpose", 0, -1))
 add("sub_scalar", "sub_scalar", lambda rng: [("in", U(rng, (3, 4)))], lambda t: t[0] - 1.5,
@@ -559,12 +629,21 @@ def run_case(c, dtname):
         return head + lines + [fmt_tensor("out", shown(out)), "end"]
     srng = np.random.RandomState(zlib.crc32(("seed:" + c["label"]).encode()))
     seed = torch.tensor(U(srng, tuple(out.shape), -1, 1), dtype=out.dtype)
-    out.backward(seed)
+    req = [x for (role, _), x in zip(spec, ins) if role == "in"]
+    grads = torch.autograd.grad(out, req, seed, create_graph=c["second"], allow_unused=True)
+    grads = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, req)]
     lines += [fmt_tensor("seed", shown(seed)), fmt_tensor("out", shown(out))]
-    for (role, _), x in zip(spec, ins):
-        if role == "in":
-            g = x.grad if x.grad is not None else torch.zeros_like(x)
-            lines.append(fmt_tensor("grad", shown(g)))
+    lines += [fmt_tensor("grad", shown(g)) for g in grads]
+    if c["second"]:
+        # h = sum_k <r_k, grad_k> for cotangents r_k shaped like the inputs;
+        # grad2_j = dh / d in_j (zero where no grad depends on in_j)
+        rrng = np.random.RandomState(zlib.crc32(("seed2:" + c["label"]).encode()))
+        rs = [torch.tensor(U(rrng, tuple(x.shape), -1, 1), dtype=x.dtype) for x in req]
+        h = sum((r * g).sum() for r, g in zip(rs, grads))
+        g2 = torch.autograd.grad(h, req, allow_unused=True) if h.requires_grad else [None] * len(req)
+        g2 = [torch.zeros_like(x) if g is None else g.clone() for g, x in zip(g2, req)]
+        lines += [fmt_tensor("seed2", shown(r)) for r in rs]
+        lines += [fmt_tensor("grad2", shown(g)) for g in g2]
     return head + lines + ["end"]
 
 
