@@ -437,11 +437,10 @@ AD_API ad_tensor *ad_log_softmax(ad_ctx *ctx, ad_tensor *x, int axis);
 /* Mean over the batch of -log softmax(logits)[label]: logits [N,C] float,
  * labels [N] AD_I32 in [0,C). Stable for large logits; NaN for N = 0 (the
  * mean of nothing) or a NaN logit. A scalar. Errors: AD_ERR_SHAPE (not
- * [N,C] and [N], or C = 0), AD_ERR_ARG (a label out of range). The
- * backward reads the labels again: one changed out of range since the
- * forward is reported there (AD_ERR_ARG, "... (changed since the
- * forward)"); one changed within range is used as it now is, as
- * index_select uses its indices, so leave them alone until backward. */
+ * [N,C] and [N], or C = 0), AD_ERR_ARG (a label out of range). Like every
+ * integer input of a recorded op (index_select's indices too), the labels
+ * are saved as the forward read them: changing them before backward does
+ * not change the gradient. */
 AD_API ad_tensor *ad_softmax_cross_entropy(ad_ctx *ctx, ad_tensor *logits, ad_tensor *labels);
 
 /* ------------------------------------------------------------ gradcheck */

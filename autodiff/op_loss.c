@@ -5,18 +5,16 @@
 
 /* ------------------------------------------------ softmax_cross_entropy */
 
-/* Checks every label against the C classes. The shape rule runs it, and
- * the backward again (when = " (changed since the forward)"), because it
- * reads the caller's labels again: a label changed out of range in
- * between is reported, never used as an index, as index_select's backward
- * has its indices checked again by index_add's shape rule. */
-static ad_status check_labels(const ad_call *c, const char *when) {
+/* Checks every label against the C classes (the shape rule). The backward
+ * reads the labels the tape saved when it recorded the op (integer inputs
+ * are copied then), so they are the ones checked here. */
+static ad_status check_labels(const ad_call *c) {
   const int32_t *lab = c->in[1]->data;
   int64_t C = c->in[0]->shape[1];
   for (int64_t i = 0; i < c->in[1]->size; i++)
     if (lab[i] < 0 || lab[i] >= C)
-      return ad_set_error(c->ctx, AD_ERR_ARG, "%s: label %d of sample %lld is outside 0..%lld%s",
-                          c->name, lab[i], (long long)i, (long long)C - 1, when);
+      return ad_set_error(c->ctx, AD_ERR_ARG, "%s: label %d of sample %lld is outside 0..%lld",
+                          c->name, lab[i], (long long)i, (long long)C - 1);
   return AD_OK;
 }
 
@@ -33,7 +31,7 @@ static ad_status softmax_ce_shape(const ad_call *c) {
     return ad_set_error(c->ctx, AD_ERR_SHAPE,
                         "%s: logits %s and labels %s: need [N,C] and [N], C >= 1", c->name,
                         ad_shape_str(z, a, sizeof a), ad_shape_str(t, b, sizeof b));
-  ad_status st = check_labels(c, "");
+  ad_status st = check_labels(c);
   if (st != AD_OK) return st;
   c->out->dtype = z->dtype;
   c->out->ndim = 0;
@@ -72,11 +70,10 @@ static void softmax_ce_fwd(const ad_call *c) {
     CE_FWD(double);
 }
 
-/* The labels take no gradient: they are class indices, checked again. */
+/* The labels take no gradient: they are class indices, the tape's copy of
+ * those the forward checked. */
 static ad_status softmax_ce_bwd(const ad_call *c) {
   if (!c->needs[0]) return AD_OK;
-  ad_status st = check_labels(c, " (changed since the forward)");
-  if (st != AD_OK) return st;
   ad_ctx *ctx = c->ctx;
   ad_tensor *z = c->in[0];
   int64_t N = z->shape[0], C = z->shape[1];

@@ -114,12 +114,20 @@ int ad_tensor_op(const ad_tensor *t) {
   return (n->flags & AD_NF_LEAF) ? -1 : n->op;
 }
 
+/* The input tools see for recorded input s: the caller's tensor where the
+ * tape saved a copy of it (saved_input), else s. Only saved copies are
+ * unrecorded leaves with an input. */
+static ad_tensor *caller_input(ad_node *s) {
+  return (s->flags & (AD_NF_LEAF | AD_NF_RECORDED)) == AD_NF_LEAF && s->nsrc == 1 ? &s->src.in[0]->t
+                                                                                  : &s->t;
+}
+
 int ad_tensor_inputs(const ad_tensor *t, ad_tensor **srcs, int max) {
   if (!t) return 0;
   const ad_node *n = ad_node_of(t);
   if (!(n->flags & AD_NF_RECORDED)) return 0;
   ad_node *const *src = ad_node_src(n);
-  for (int i = 0; i < n->nsrc && i < max; i++) srcs[i] = &src[i]->t;
+  for (int i = 0; i < n->nsrc && i < max; i++) srcs[i] = caller_input(src[i]);
   return n->nsrc;
 }
 
@@ -291,16 +299,34 @@ static ad_status anomaly_forward(ad_ctx *ctx, const ad_call *c) {
                       shown(ad_tensor_get(c->out, at)), (long long)at, vals);
 }
 
+/* The input t as the recorded op keeps it: an integer tensor (labels,
+ * indices) is saved as the forward saw it, in the arena, so changing the
+ * caller's tensor before backward cannot change the gradient (PyTorch saves
+ * such tensors for backward too). NULL on OOM. */
+static ad_node *saved_input(ad_ctx *ctx, ad_tensor *t) {
+  if (t->dtype != AD_I32) return ad_node_of(t);
+  ad_tensor *c = ad_tmp_new(ctx, AD_I32, t->ndim, t->shape);
+  if (!c) return NULL;
+  memcpy(c->data, t->data, (size_t)t->size * sizeof(int32_t));
+  ad_node *n = ad_node_of(c);
+  n->flags |= AD_NF_LEAF;
+  n->nsrc = 1; /* a saved copy (see caller_input): remembers the caller's tensor */
+  n->src.in[0] = ad_node_of(t);
+  return n;
+}
+
 /* Puts node (the output of def on in[0..n-1]) on the tape. */
 static ad_status record(ad_ctx *ctx, const ad_op_def *def, ad_node *node, int n,
                         ad_tensor *const *in, const ad_attrs *attrs) {
   if (n <= AD_INLINE_SRC) { /* one or two pointers: no loop */
-    node->src.in[0] = ad_node_of(in[0]);
-    if (n > 1) node->src.in[1] = ad_node_of(in[1]);
+    node->src.in[0] = saved_input(ctx, in[0]);
+    node->src.in[1] = n > 1 ? saved_input(ctx, in[1]) : node->src.in[0];
+    if (!node->src.in[0] || !node->src.in[1]) return AD_ERR_OOM;
   } else {
     ad_node **src = ad_arena_alloc(ctx, (size_t)n * sizeof *src);
     if (!src) return AD_ERR_OOM;
-    for (int i = 0; i < n; i++) src[i] = ad_node_of(in[i]);
+    for (int i = 0; i < n; i++)
+      if (!(src[i] = saved_input(ctx, in[i]))) return AD_ERR_OOM;
     node->src.arena = src;
   }
   node->nsrc = (uint8_t)n;
@@ -675,7 +701,9 @@ static ad_status sweep(ad_ctx *ctx, ad_node *root, const ad_tensor *seed, bool c
     }
     if (st == AD_OK && ctx->hook) {
       static const bool none[AD_MAX_SRC];
-      ad_backward_step step = {&n->t, gout, nsrc, in, gin, some_into ? into_grad : none};
+      ad_tensor *seen[AD_MAX_SRC]; /* the caller's tensors, not the tape's saved copies */
+      for (int k = 0; k < nsrc; k++) seen[k] = caller_input(src[k]);
+      ad_backward_step step = {&n->t, gout, nsrc, seen, gin, some_into ? into_grad : none};
       ctx->hook(ctx->hook_ud, &step);
     }
     if (st != AD_OK) clear_below(ctx, i);
