@@ -50,15 +50,16 @@ ad_tensor *nn_mse_loss(ad_ctx *ctx, ad_tensor *pred, ad_tensor *target, nn_reduc
 }
 
 /* log(x) clamped at -100 as PyTorch's BCE does, with a zero (not NaN)
- * gradient where clamped: where(x > lo, log(max(x, lo)), -100). lo is e^-100,
- * or in f32 the smallest normal float, so 1/lo stays finite. */
+ * gradient where clamped: where(x <= lo, -100, log(max(x, lo))). lo is
+ * e^-100, or in f32 the smallest normal float, so 1/lo stays finite. A NaN
+ * x is not <= lo and stays NaN (maximum propagates it), as in PyTorch. */
 static ad_tensor *clamped_log(ad_ctx *ctx, ad_tensor *x) {
   if (!x) return NULL;
   double lo = x->dtype == AD_F32 ? (double)FLT_MIN : exp(-100.0);
   ad_tensor *los = ad_scalar(ctx, x->dtype, lo);
   ad_tensor *safe = ad_log(ctx, ad_maximum(ctx, x, los));
-  ad_tensor *keep = ad_gt(ctx, x, los);
-  return ad_where(ctx, keep, safe, ad_scalar(ctx, x->dtype, -100.0));
+  ad_tensor *clamp = ad_le(ctx, x, los);
+  return ad_where(ctx, clamp, ad_scalar(ctx, x->dtype, -100.0), safe);
 }
 
 /* l = -(t log p + (1 - t) log(1 - p)), each log clamped at -100. */
@@ -156,12 +157,14 @@ double nn_loss_threshold(nn_loss_fn loss) { return loss == nn_bce_with_logits_lo
 
 /* ---------------------------------------------------------------- metrics */
 
+/* The index of the row's largest value, the first of ties; a NaN counts as
+ * the largest (the first NaN wins), as torch.argmax has it. */
 static int64_t argmax_row(const ad_tensor *t, int64_t r, int64_t c) {
   int64_t best = 0;
   double bv = ad_tensor_get(t, r * c);
-  for (int64_t k = 1; k < c; k++) {
+  for (int64_t k = 1; k < c && !isnan(bv); k++) {
     double v = ad_tensor_get(t, r * c + k);
-    if (v > bv) bv = v, best = k;
+    if (v > bv || isnan(v)) bv = v, best = k;
   }
   return best;
 }

@@ -257,3 +257,25 @@ Test(losses, count_correct) {
   ad_tensor_free(p), ad_tensor_free(a), ad_tensor_free(b), ad_tensor_free(t), ad_tensor_free(bp),
       ad_tensor_free(bt);
 }
+
+/* NaN predictions stay NaN through BCE's clamped log, and argmax counts a
+ * NaN as the largest value (the first one wins), both as in PyTorch. */
+Test(losses, nan_predictions_as_pytorch) {
+  const double p[3] = {0.25, NAN, 0.75}, t[3] = {0, 1, 1};
+  ad_tensor *pt = make(ctx, AD_F64, 1, 3, p), *tt = make(ctx, AD_F64, 1, 3, t);
+  ad_tensor *l = nn_bce_loss(ctx, pt, tt, NN_SUM);
+  cr_assert_not_null(l, "%s", ad_last_error(ctx));
+  cr_assert(isnan(ad_tensor_item(l)), "torch.nn.functional.binary_cross_entropy gives nan");
+  ad_tensor_set(pt, 1, 0.5);
+  l = nn_bce_loss(ctx, pt, tt, NN_SUM);
+  cr_assert_float_eq(ad_tensor_item(l), -log(0.75) - log(0.5) - log(0.75), 1e-12);
+  /* predictions [[1, NaN, 3], [NaN, 5, NaN]]: argmaxes 1 and 0 */
+  const double q[6] = {1, NAN, 3, NAN, 5, NAN};
+  int64_t n = 2;
+  const int32_t lab[2] = {1, 0};
+  ad_tensor *qt = make(ctx, AD_F64, 2, 3, q), *lt = ad_from_data(ctx, AD_I32, 1, &n, lab);
+  cr_assert_eq(nn_count_correct(qt, lt, 0.5), 2);
+  ((int32_t *)lt->data)[0] = 2;
+  cr_assert_eq(nn_count_correct(qt, lt, 0.5), 1);
+  ad_tensor_free(pt), ad_tensor_free(tt), ad_tensor_free(qt), ad_tensor_free(lt);
+}
