@@ -443,6 +443,26 @@ AD_API ad_tensor *ad_log_softmax(ad_ctx *ctx, ad_tensor *x, int axis);
  * not change the gradient. */
 AD_API ad_tensor *ad_softmax_cross_entropy(ad_ctx *ctx, ad_tensor *logits, ad_tensor *labels);
 
+/* Batch normalisation, PyTorch's F.batch_norm: x [N, C, ...] (2-D [N, C]
+ * or more dims, e.g. NCHW) normalised per channel (dim 1) over every other
+ * dim, then scaled by weight [C] and shifted by bias [C] (either NULL for
+ * none). Training mode uses the batch's mean and biased variance and, when
+ * running_mean and running_var ([C], both or neither) are given, updates
+ * them in place: running = (1 - momentum) running + momentum stat, with the
+ * unbiased variance for running_var (PyTorch: momentum 0.1, eps 1e-5).
+ * Evaluation mode normalises with the running statistics, which it needs.
+ * y = (x - mean) / sqrt(var + eps) * weight + bias. A composite of the
+ * engine's ops: differentiable to any order in every float input (the
+ * running statistics are buffers, not differentiated). Errors:
+ * AD_ERR_SHAPE (x under 2 dims, a vector not [C], training with one value
+ * per channel), AD_ERR_DTYPE (not float, or dtypes differ), AD_ERR_ARG
+ * (eps < 0 or not finite, momentum outside [0, 1], one running statistic
+ * without the other, evaluation without them). The running statistics are
+ * updated only when the call succeeds. */
+AD_API ad_tensor *ad_batch_norm(ad_ctx *ctx, ad_tensor *x, ad_tensor *weight, ad_tensor *bias,
+                                ad_tensor *running_mean, ad_tensor *running_var, bool training,
+                                double momentum, double eps);
+
 /* ------------------------------------------------------------ gradcheck */
 
 /* A function of tensors to check: returns an output of any shape. */

@@ -1,0 +1,169 @@
+/* test_norm.c: ad_batch_norm against its definition computed here in
+ * double, its running statistics over several steps, evaluation mode,
+ * first and second derivatives by central differences, and bad input. */
+#include "ad_ext.h"
+#include "test_alloc.h"
+
+#include <criterion/criterion.h>
+#include <math.h>
+
+TEST_CTX_SUITE(norm);
+
+#define expect_error(...) test_expect_error(ctx, __VA_ARGS__)
+
+static ad_tensor *randt(ad_rng *rng, ad_dtype dt, int nd, const int64_t *shape, double lo,
+                        double hi, bool grad) {
+  ad_tensor *t = ad_rand(ctx, rng, dt, nd, shape, lo, hi);
+  cr_assert_not_null(t, "%s", ad_last_error(ctx));
+  if (grad) ad_tensor_set_requires_grad(t, true);
+  return t;
+}
+
+/* The definition, per channel c of x [N, C, S] (S the product of the
+ * remaining dims): mean and biased variance over N and S. */
+static void reference(const ad_tensor *x, int64_t C, double *mean, double *var) {
+  int64_t N = x->shape[0], S = x->size / (N * C);
+  for (int64_t c = 0; c < C; c++) {
+    double s = 0, q = 0;
+    for (int64_t n = 0; n < N; n++)
+      for (int64_t i = 0; i < S; i++) s += ad_tensor_get(x, (n * C + c) * S + i);
+    mean[c] = s / (double)(N * S);
+    for (int64_t n = 0; n < N; n++)
+      for (int64_t i = 0; i < S; i++) {
+        double d = ad_tensor_get(x, (n * C + c) * S + i) - mean[c];
+        q += d * d;
+      }
+    var[c] = q / (double)(N * S);
+  }
+}
+
+static void check_training(ad_dtype dt, int nd, const int64_t *shape, double tol) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 7);
+  int64_t C = shape[1], sc[1] = {C};
+  ad_tensor *x = randt(&rng, dt, nd, shape, -2, 3, false);
+  ad_tensor *w = randt(&rng, dt, 1, sc, 0.5, 1.5, false), *b = randt(&rng, dt, 1, sc, -1, 1, false);
+  ad_tensor *rm = ad_zeros(ctx, dt, 1, sc), *rv = ad_ones(ctx, dt, 1, sc);
+  double mean[16], var[16], em[16] = {0}, ev[16];
+  for (int c = 0; c < C; c++) ev[c] = 1;
+  int64_t N = shape[0], S = x->size / (N * C), M = N * S;
+  for (int step = 0; step < 3; step++) {
+    for (int64_t i = 0; i < x->size; i++) /* a new batch each step */
+      ad_tensor_set(x, i, ad_tensor_get(x, i) * 0.9 + 0.3 * (double)step);
+    ad_tensor *y = ad_batch_norm(ctx, x, w, b, rm, rv, true, 0.1, 1e-5);
+    cr_assert_not_null(y, "%s", ad_last_error(ctx));
+    reference(x, C, mean, var);
+    for (int64_t n = 0; n < N; n++)
+      for (int64_t c = 0; c < C; c++)
+        for (int64_t i = 0; i < S; i++) {
+          int64_t k = (n * C + c) * S + i;
+          double want =
+              (ad_tensor_get(x, k) - mean[c]) / sqrt(var[c] + 1e-5) * ad_tensor_get(w, c) +
+              ad_tensor_get(b, c);
+          QUICK_ASSERT(fabs(ad_tensor_get(y, k) - want) <= tol * (1 + fabs(want)),
+                       "step %d element %lld: %.17g, want %.17g", step, (long long)k,
+                       ad_tensor_get(y, k), want);
+        }
+    for (int c = 0; c < C; c++) {
+      em[c] = 0.9 * em[c] + 0.1 * mean[c];
+      ev[c] = 0.9 * ev[c] + 0.1 * var[c] * (double)M / (double)(M - 1);
+      cr_assert_float_eq(ad_tensor_get(rm, c), em[c], tol * (1 + fabs(em[c])), "running_mean[%d]",
+                         c);
+      cr_assert_float_eq(ad_tensor_get(rv, c), ev[c], tol * (1 + fabs(ev[c])), "running_var[%d]",
+                         c);
+    }
+    ad_tape_reset(ctx);
+  }
+  /* evaluation mode: the running statistics, not the batch's */
+  ad_tensor *y = ad_batch_norm(ctx, x, w, NULL, rm, rv, false, 0.1, 1e-5);
+  cr_assert_not_null(y, "%s", ad_last_error(ctx));
+  for (int64_t k = 0; k < x->size; k++) {
+    int64_t c = (k / S) % C;
+    double want = (ad_tensor_get(x, k) - em[c]) / sqrt(ev[c] + 1e-5) * ad_tensor_get(w, c);
+    QUICK_ASSERT(fabs(ad_tensor_get(y, k) - want) <= tol * (1 + fabs(want)), "eval element %lld",
+                 (long long)k);
+  }
+  cr_assert_float_eq(ad_tensor_get(rm, 0), em[0], tol * (1 + fabs(em[0])), "eval updates nothing");
+  ad_tensor_free(x), ad_tensor_free(w), ad_tensor_free(b), ad_tensor_free(rm), ad_tensor_free(rv);
+}
+
+Test(norm, batch_norm_nchw_f64) {
+  int64_t s[4] = {3, 4, 5, 2};
+  check_training(AD_F64, 4, s, 1e-12);
+}
+
+Test(norm, batch_norm_nchw_f32) {
+  int64_t s[4] = {4, 3, 3, 3};
+  check_training(AD_F32, 4, s, 2e-6);
+}
+
+Test(norm, batch_norm_2d_and_3d) {
+  int64_t s2[2] = {8, 5}, s3[3] = {2, 3, 7};
+  check_training(AD_F64, 2, s2, 1e-12);
+  check_training(AD_F64, 3, s3, 1e-12);
+}
+
+static ad_tensor *bn_train(ad_ctx *c, int n, ad_tensor *const *in, void *ud) {
+  (void)n, (void)ud;
+  return ad_batch_norm(c, in[0], in[1], in[2], NULL, NULL, true, 0.1, 1e-5);
+}
+
+static ad_tensor *bn_eval(ad_ctx *c, int n, ad_tensor *const *in, void *ud) {
+  (void)n;
+  ad_tensor **rs = ud;
+  return ad_batch_norm(c, in[0], in[1], in[2], rs[0], rs[1], false, 0.1, 1e-5);
+}
+
+Test(norm, batch_norm_first_and_second_derivatives) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 3);
+  int64_t s[4] = {2, 3, 2, 2}, sc[1] = {3};
+  ad_tensor *in[3] = {randt(&rng, AD_F64, 4, s, -1, 1, true),
+                      randt(&rng, AD_F64, 1, sc, 0.5, 1.5, true),
+                      randt(&rng, AD_F64, 1, sc, -1, 1, true)};
+  ad_check_report r;
+  cr_assert_eq(ad_gradcheck(ctx, bn_train, NULL, 3, in, NULL, &r), AD_OK, "%s", ad_last_error(ctx));
+  cr_assert(r.passed, "gradcheck: input %d [%lld] analytic %g numeric %g", r.input,
+            (long long)r.index, r.analytic, r.numeric);
+  cr_assert_eq(ad_gradgradcheck(ctx, bn_train, NULL, 3, in, NULL, &r), AD_OK, "%s",
+               ad_last_error(ctx));
+  cr_assert(r.passed, "gradgradcheck: input %d [%lld] analytic %g numeric %g", r.input,
+            (long long)r.index, r.analytic, r.numeric);
+  ad_tensor *rs[2] = {randt(&rng, AD_F64, 1, sc, -1, 1, false),
+                      randt(&rng, AD_F64, 1, sc, 0.5, 2, false)};
+  cr_assert_eq(ad_gradcheck(ctx, bn_eval, rs, 3, in, NULL, &r), AD_OK, "%s", ad_last_error(ctx));
+  cr_assert(r.passed, "gradcheck (eval): input %d", r.input);
+  cr_assert_eq(ad_gradgradcheck(ctx, bn_eval, rs, 3, in, NULL, &r), AD_OK, "%s",
+               ad_last_error(ctx));
+  cr_assert(r.passed, "gradgradcheck (eval): input %d", r.input);
+  for (int k = 0; k < 3; k++) ad_tensor_free(in[k]);
+  ad_tensor_free(rs[0]), ad_tensor_free(rs[1]);
+}
+
+Test(norm, batch_norm_bad_input) {
+  int64_t s[4] = {2, 3, 2, 2}, sc[1] = {3}, s4[1] = {4}, one[4] = {1, 3, 1, 1}, v[1] = {5};
+  ad_tensor *x = ad_ones(ctx, AD_F32, 4, s), *w = ad_ones(ctx, AD_F32, 1, sc);
+  ad_tensor *w4 = ad_ones(ctx, AD_F32, 1, s4), *w64 = ad_ones(ctx, AD_F64, 1, sc);
+  ad_tensor *x1 = ad_ones(ctx, AD_F32, 4, one), *vec = ad_ones(ctx, AD_F32, 1, v);
+  cr_assert_null(ad_batch_norm(ctx, x, w4, NULL, NULL, NULL, true, 0.1, 1e-5));
+  expect_error(AD_ERR_SHAPE, "batch_norm: weight [4] does not match the 3 channels of x [2,3,2,2]",
+               NULL);
+  cr_assert_null(ad_batch_norm(ctx, x, w64, NULL, NULL, NULL, true, 0.1, 1e-5));
+  expect_error(AD_ERR_DTYPE, "batch_norm: weight is f64, x is f32", NULL);
+  cr_assert_null(ad_batch_norm(ctx, x1, w, NULL, NULL, NULL, true, 0.1, 1e-5));
+  expect_error(AD_ERR_SHAPE, "has 1 value(s) per channel; training needs more than 1", NULL);
+  cr_assert_null(ad_batch_norm(ctx, vec, NULL, NULL, NULL, NULL, true, 0.1, 1e-5));
+  expect_error(AD_ERR_SHAPE, "batch_norm: x [5] f32 must be float with at least 2 dims", NULL);
+  cr_assert_null(ad_batch_norm(ctx, x, NULL, NULL, NULL, NULL, false, 0.1, 1e-5));
+  expect_error(AD_ERR_ARG, "evaluation mode needs the running statistics", NULL);
+  cr_assert_null(ad_batch_norm(ctx, x, NULL, NULL, w, NULL, true, 0.1, 1e-5));
+  expect_error(AD_ERR_ARG, "both running statistics or neither", NULL);
+  cr_assert_null(ad_batch_norm(ctx, x, NULL, NULL, NULL, NULL, true, 1.5, 1e-5));
+  expect_error(AD_ERR_ARG, "momentum 1.5", NULL);
+  cr_assert_null(ad_batch_norm(ctx, x, NULL, NULL, NULL, NULL, true, 0.1, NAN));
+  expect_error(AD_ERR_ARG, "eps nan", NULL);
+  cr_assert_null(ad_batch_norm(ctx, NULL, NULL, NULL, NULL, NULL, true, 0.1, 1e-5));
+  expect_error(AD_ERR_NULL, "batch_norm: x is NULL", NULL);
+  ad_tensor_free(x), ad_tensor_free(w), ad_tensor_free(w4), ad_tensor_free(w64);
+  ad_tensor_free(x1), ad_tensor_free(vec);
+}
