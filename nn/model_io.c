@@ -29,7 +29,27 @@ static int gather(const nn_model *m, const nn_optimizer *opt, const char ***name
   return n;
 }
 
-static ad_status model_io(nn_model *m, const nn_optimizer *opt, const char *path, bool save) {
+/* For a load: drops from names / tensors (n entries, the optimizer's ns
+ * state tensors last) the optional state tensors the file at path lacks,
+ * marking what it has in present[ns]. Returns the new count, or -1 with the
+ * error of reading the header. */
+static int drop_missing(ad_ctx *ctx, const nn_optimizer *opt, const char *path, const char **names,
+                        ad_tensor **tensors, int n, bool *present) {
+  int ns = nn_optimizer_state_count(opt), np = n - ns, k = np;
+  nn_checkpoint_info *info = nn_checkpoint_info_read(ctx, path);
+  if (!info) return -1;
+  for (int i = 0; i < ns; i++) {
+    present[i] =
+        !nn_optimizer_state_optional(opt, i) || nn_checkpoint_info_find(info, names[np + i]);
+    if (!present[i]) continue;
+    names[k] = names[np + i];
+    tensors[k++] = tensors[np + i];
+  }
+  nn_checkpoint_info_free(info);
+  return k;
+}
+
+static ad_status model_io(nn_model *m, nn_optimizer *opt, const char *path, bool save) {
   if (!m) return AD_ERR_NULL;
   ad_ctx *ctx = nn_model_ctx(m);
   const char **names;
@@ -37,15 +57,27 @@ static ad_status model_io(nn_model *m, const nn_optimizer *opt, const char *path
   size_t bytes;
   int n = gather(m, opt, &names, &tensors, &bytes);
   if (n < 0) return AD_ERR_OOM;
-  ad_status st = save ? nn_checkpoint_save(ctx, path, n, names, tensors)
-                      : nn_checkpoint_load(ctx, path, n, names, tensors);
+  ad_status st = AD_OK;
+  int ns = opt ? nn_optimizer_state_count(opt) : 0;
+  size_t pbytes = (size_t)(ns ? ns : 1) * sizeof(bool);
+  bool *present = NULL;
+  if (save) {
+    st = nn_checkpoint_save(ctx, path, n, names, tensors);
+  } else if (opt && path && !(present = ad_malloc(ctx, pbytes))) {
+    st = AD_ERR_OOM;
+  } else {
+    int k = present ? drop_missing(ctx, opt, path, names, tensors, n, present) : n;
+    st = k < 0 ? ad_last_status(ctx) : nn_checkpoint_load(ctx, path, k, names, tensors);
+    if (st == AD_OK && present) nn_optimizer_state_restored(opt, present);
+  }
+  ad_free(ctx, present, pbytes);
   ad_free(ctx, (void *)names, bytes);
   ad_free(ctx, tensors, bytes);
   return st;
 }
 
 ad_status nn_model_save(const nn_model *m, const nn_optimizer *opt, const char *path) {
-  return model_io((nn_model *)m, opt, path, true);
+  return model_io((nn_model *)m, (nn_optimizer *)opt, path, true);
 }
 
 ad_status nn_model_load(nn_model *m, nn_optimizer *opt, const char *path) {

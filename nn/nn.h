@@ -406,8 +406,9 @@ typedef enum nn_opt_kind {
 } nn_opt_kind;
 
 /* Optimizer settings, with PyTorch's meaning; start from nn_opt_defaults.
- * Per step t = 1, 2, ... (the optimizer's step counter), for each
- * parameter p with gradient g:
+ * Per step t = 1, 2, ... (the parameter's own step count: the steps in
+ * which it had a gradient, as PyTorch counts them), for each parameter p
+ * with gradient g:
  *   SGD      g += wd p; b = momentum b + (1 - dampening) g (b = g at
  *            t = 1); g = nesterov ? g + momentum b : b; p -= lr g
  *   Adagrad  g += wd p; s += g^2; p -= lr / (1 + (t-1) lr_decay) g / (sqrt s + eps)
@@ -460,8 +461,13 @@ NN_API nn_optimizer *nn_adagrad_new(nn_params *params, double lr);
 NN_API void nn_optimizer_free(nn_optimizer *opt);
 
 /* One update of every parameter that requires grad and has a gradient
- * (others are skipped, as PyTorch skips grad None). Plain loops over the
- * parameter and gradient data; not recorded. Increments the step counter.
+ * (others are skipped, as PyTorch skips grad None: their state and their
+ * own step count stay). Plain loops over the parameter and gradient data;
+ * not recorded. Increments the optimizer's step counter and the step count
+ * of each parameter updated. Each element goes through the operations of
+ * torch.optim's CPU step, in its order and rounding (fused multiply-adds
+ * where PyTorch's kernels use them), so a float32 run matches PyTorch's
+ * float32 run to about 1e-7 relative (tests/test_nn_optim.c checks 1e-6).
  * PyTorch's update rules, with one difference: a first moment or momentum
  * buffer whose magnitude falls below the smallest normal number of its
  * dtype is stored as 0 (a subnormal one would stay for ever on a weight
@@ -488,11 +494,13 @@ NN_API void nn_optimizer_set_lr(nn_optimizer *opt, double lr);
 /* Steps taken (restored by loading the state). */
 NN_API int64_t nn_optimizer_steps(const nn_optimizer *opt);
 
-/* The state tensors and their names, e.g. "adam.step" (the step counter, a
- * 0-d f64), "adam.m.0.weight", "adam.v.0.weight"; "sgd.momentum.<p>",
- * "adagrad.sum.<p>", "rmsprop.square_avg.<p>", "rmsprop.grad_avg.<p>",
- * "rmsprop.momentum.<p>", "adamw.m.<p>"... Arrays of
- * nn_optimizer_state_count entries, owned by the optimizer. Writing into
+/* The state tensors and their names, e.g. "adam.step" (the optimizer's
+ * step counter, a 0-d f64), "adam.m.0.weight", "adam.v.0.weight",
+ * "adam.step.0.weight" (that parameter's step count, a 0-d f64, kept where
+ * the update uses it: Adam, AdamW, Adagrad, SGD with momentum);
+ * "sgd.momentum.<p>", "adagrad.sum.<p>", "rmsprop.square_avg.<p>",
+ * "rmsprop.grad_avg.<p>", "rmsprop.momentum.<p>", "adamw.m.<p>"... Arrays
+ * of nn_optimizer_state_count entries, owned by the optimizer. Writing into
  * them (e.g. loading a checkpoint) resumes from that state. */
 NN_API int nn_optimizer_state_count(const nn_optimizer *opt);
 NN_API const char *const *nn_optimizer_state_names(const nn_optimizer *opt);
@@ -666,7 +674,10 @@ NN_API ad_status nn_model_save(const nn_model *m, const nn_optimizer *opt, const
 
 /* Loads m's parameters (and opt's state when opt is not NULL) from path;
  * every name must be present with the same dtype and shape, else nothing
- * changes (see nn_checkpoint_load). */
+ * changes (see nn_checkpoint_load). One exception keeps checkpoints of
+ * earlier versions loadable: a parameter's step count ("adam.step.<p>")
+ * may be missing, and is then the optimizer's step counter (those
+ * versions advanced every parameter at every step). */
 NN_API ad_status nn_model_load(nn_model *m, nn_optimizer *opt, const char *path);
 
 #ifdef __cplusplus

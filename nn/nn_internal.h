@@ -33,6 +33,16 @@ bool nn_layer_adopted(const nn_layer *l);
 /* The parameter list an optimizer was made over. */
 nn_params *nn_optimizer_params(const nn_optimizer *opt);
 
+/* Whether state tensor i of opt is one that checkpoints written by earlier
+ * versions lack (a parameter's step count), so nn_model_load may find it
+ * missing. */
+bool nn_optimizer_state_optional(const nn_optimizer *opt, int i);
+
+/* After a load that found state tensor i only where present[i] is true
+ * (nn_optimizer_state_count entries): sets each missing one as the earlier
+ * versions behaved (a parameter's step count = the optimizer's). */
+void nn_optimizer_state_restored(nn_optimizer *opt, const bool *present);
+
 /* Accuracy threshold nn_fit and nn_evaluate use for loss. */
 double nn_loss_threshold(nn_loss_fn loss);
 
