@@ -49,6 +49,37 @@ static int drop_missing(ad_ctx *ctx, const nn_optimizer *opt, const char *path, 
   return k;
 }
 
+/* Reads the scalar state tensors (counts, learning rates) among the n
+ * entries of names / tensors from path into temporaries and checks their
+ * values, so that a bad one fails the load before anything is written. */
+static ad_status check_scalars(ad_ctx *ctx, const nn_optimizer *opt, const char *path,
+                               const char *const *names, ad_tensor *const *tensors, int n) {
+  int ns = nn_optimizer_state_count(opt), m = 0;
+  const char *const *snames = nn_optimizer_state_names(opt);
+  size_t bytes = (size_t)(n ? n : 1) * sizeof(void *);
+  const char **sn = ad_malloc(ctx, bytes);
+  ad_tensor **st = sn ? ad_malloc(ctx, bytes) : NULL;
+  int *which = st ? ad_malloc(ctx, (size_t)(n ? n : 1) * sizeof(int)) : NULL;
+  ad_status s = which ? AD_OK : AD_ERR_OOM;
+  for (int i = 0; i < n && s == AD_OK; i++) {
+    if (tensors[i]->ndim != 0) continue;
+    int k = 0;
+    while (k < ns && snames[k] != names[i]) k++;
+    if (k == ns) continue; /* a model parameter */
+    if (!(st[m] = ad_zeros(ctx, tensors[i]->dtype, 0, NULL))) s = AD_ERR_OOM;
+    sn[m] = names[i];
+    which[m++] = k;
+  }
+  if (s == AD_OK) s = nn_checkpoint_load(ctx, path, m, sn, st);
+  for (int i = 0; i < m && s == AD_OK; i++)
+    s = nn_optimizer_state_check(opt, which[i], ad_tensor_item(st[i]), path);
+  for (int i = 0; st && i < m; i++) ad_tensor_free(st[i]);
+  ad_free(ctx, which, (size_t)(n ? n : 1) * sizeof(int));
+  ad_free(ctx, st, bytes);
+  ad_free(ctx, (void *)sn, bytes);
+  return s;
+}
+
 static ad_status model_io(nn_model *m, nn_optimizer *opt, const char *path, bool save) {
   if (!m) return AD_ERR_NULL;
   ad_ctx *ctx = nn_model_ctx(m);
@@ -67,7 +98,9 @@ static ad_status model_io(nn_model *m, nn_optimizer *opt, const char *path, bool
     st = AD_ERR_OOM;
   } else {
     int k = present ? drop_missing(ctx, opt, path, names, tensors, n, present) : n;
-    st = k < 0 ? ad_last_status(ctx) : nn_checkpoint_load(ctx, path, k, names, tensors);
+    st = k < 0 ? ad_last_status(ctx) : AD_OK;
+    if (st == AD_OK && opt) st = check_scalars(ctx, opt, path, names, tensors, k);
+    if (st == AD_OK) st = nn_checkpoint_load(ctx, path, k, names, tensors);
     if (st == AD_OK && present) nn_optimizer_state_restored(opt, present);
   }
   ad_free(ctx, present, pbytes);

@@ -487,7 +487,8 @@ NN_API void nn_optimizer_zero_grad(nn_optimizer *opt);
 /* The settings (lr is the current learning rate). */
 NN_API const nn_opt_config *nn_optimizer_config(const nn_optimizer *opt);
 
-/* Current learning rate; setting it also makes it the schedule's base. */
+/* Current learning rate; setting it also makes it the schedule's base and
+ * restarts the schedule at epoch 0. */
 NN_API double nn_optimizer_lr(const nn_optimizer *opt);
 NN_API void nn_optimizer_set_lr(nn_optimizer *opt, double lr);
 
@@ -499,9 +500,12 @@ NN_API int64_t nn_optimizer_steps(const nn_optimizer *opt);
  * "adam.step.0.weight" (that parameter's step count, a 0-d f64, kept where
  * the update uses it: Adam, AdamW, Adagrad, SGD with momentum);
  * "sgd.momentum.<p>", "adagrad.sum.<p>", "rmsprop.square_avg.<p>",
- * "rmsprop.grad_avg.<p>", "rmsprop.momentum.<p>", "adamw.m.<p>"... Arrays
- * of nn_optimizer_state_count entries, owned by the optimizer. Writing into
- * them (e.g. loading a checkpoint) resumes from that state. */
+ * "rmsprop.grad_avg.<p>", "rmsprop.momentum.<p>", "adamw.m.<p>"...; last
+ * the learning-rate state, three 0-d f64: "<kind>.lr" (the current rate),
+ * "<kind>.schedule.lr0" and "<kind>.schedule.epoch" (the schedule's base
+ * rate and epoch). Arrays of nn_optimizer_state_count entries, owned by the
+ * optimizer. Writing into them (e.g. loading a checkpoint) resumes from
+ * that state: the rate and the schedule included. */
 NN_API int nn_optimizer_state_count(const nn_optimizer *opt);
 NN_API const char *const *nn_optimizer_state_names(const nn_optimizer *opt);
 NN_API ad_tensor *const *nn_optimizer_state_tensors(const nn_optimizer *opt);
@@ -531,7 +535,10 @@ typedef struct nn_schedule {
 NN_API double nn_schedule_lr(const nn_schedule *s, double lr0, int64_t t);
 
 /* Attaches a copy of s (NULL detaches); the current lr becomes lr0 and the
- * epoch 0. Returns AD_ERR_ARG for bad settings. */
+ * epoch 0. Returns AD_ERR_ARG for bad settings. The settings are not part
+ * of the optimizer's state (as a PyTorch scheduler is not part of its
+ * optimizer): to resume from a checkpoint, attach the same schedule, then
+ * load (nn_model_load restores lr0, the epoch and the rate). */
 NN_API ad_status nn_optimizer_set_schedule(nn_optimizer *opt, const nn_schedule *s);
 
 /* Advances the schedule one epoch and sets lr from it (no-op without a
@@ -668,16 +675,23 @@ NN_API ad_tensor *nn_predict(nn_model *m, ad_tensor *x, int64_t batch_size);
 /* ========================================================== checkpoints */
 
 /* Saves m's parameters under their names and, when opt is not NULL, its
- * state (nn_optimizer_state_names) to a safetensors file (atomically; see
+ * state (nn_optimizer_state_names: moments, step counts, the learning rate
+ * and the schedule's base rate and epoch, all plain tensors that
+ * PyTorch's safetensors reads) to a safetensors file (atomically; see
  * nn_checkpoint_save). */
 NN_API ad_status nn_model_save(const nn_model *m, const nn_optimizer *opt, const char *path);
 
 /* Loads m's parameters (and opt's state when opt is not NULL) from path;
  * every name must be present with the same dtype and shape, else nothing
- * changes (see nn_checkpoint_load). One exception keeps checkpoints of
- * earlier versions loadable: a parameter's step count ("adam.step.<p>")
- * may be missing, and is then the optimizer's step counter (those
- * versions advanced every parameter at every step). */
+ * changes (see nn_checkpoint_load). The learning rate comes from the
+ * checkpoint, as PyTorch's optimizer load_state_dict does: call
+ * nn_optimizer_set_lr afterwards to train on with another one. Step counts
+ * must be whole numbers >= 0 and rates finite and >= 0, else
+ * AD_ERR_FORMAT and nothing changes. Checkpoints of earlier versions load:
+ * a parameter's step count ("adam.step.<p>") may be missing, and is then
+ * the optimizer's step counter (those versions advanced every parameter at
+ * every step); the rate and the schedule's state may be missing, and the
+ * optimizer's own are then kept (those versions did not save them). */
 NN_API ad_status nn_model_load(nn_model *m, nn_optimizer *opt, const char *path);
 
 #ifdef __cplusplus

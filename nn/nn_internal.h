@@ -38,6 +38,11 @@ nn_params *nn_optimizer_params(const nn_optimizer *opt);
  * missing. */
 bool nn_optimizer_state_optional(const nn_optimizer *opt, int i);
 
+/* Checks the value v of 0-d state tensor i of opt read from the checkpoint
+ * at path: a step count or epoch is a whole number in [0, 2^53], a learning
+ * rate finite and >= 0. AD_OK, or AD_ERR_FORMAT naming the tensor. */
+ad_status nn_optimizer_state_check(const nn_optimizer *opt, int i, double v, const char *path);
+
 /* After a load that found state tensor i only where present[i] is true
  * (nn_optimizer_state_count entries): sets each missing one as the earlier
  * versions behaved (a parameter's step count = the optimizer's). */

@@ -32,9 +32,14 @@ struct nn_optimizer {
   bool *state_optional; /* may be missing from a checkpoint (see nn_optimizer_state_optional) */
   bool has_sched;
   nn_schedule sched;
-  double lr0;
-  int64_t epoch;
+  /* 0-d f64 state tensors, so that checkpoints keep them: the current
+   * learning rate (cfg.lr follows it before every use), the schedule's base
+   * rate and its epoch */
+  ad_tensor *lr, *lr0, *epoch;
 };
+
+static double scalar_get(const ad_tensor *t) { return ((const double *)t->data)[0]; }
+static void scalar_set(ad_tensor *t, double v) { ((double *)t->data)[0] = v; }
 
 static const char *const kind_names[] = {"sgd", "adagrad", "rmsprop", "adam", "adamw"};
 
@@ -166,7 +171,6 @@ nn_optimizer *nn_optimizer_new(nn_params *params, const nn_opt_config *cfg) {
   o->ctx = ctx;
   o->params = params;
   o->cfg = *cfg;
-  o->lr0 = cfg->lr;
   o->slots = ad_malloc(ctx, (size_t)n * sizeof *o->slots);
   if (!o->slots) {
     nn_optimizer_free(o);
@@ -209,6 +213,18 @@ nn_optimizer *nn_optimizer_new(nn_params *params, const nn_opt_config *cfg) {
         return NULL;
       }
     }
+  }
+  /* last, so that the per-parameter state keeps its positions */
+  static const char *const lr_names[3] = {"lr", "schedule.lr0", "schedule.epoch"};
+  ad_tensor **lr_state[3] = {&o->lr, &o->lr0, &o->epoch};
+  for (int k = 0; k < 3; k++) {
+    snprintf(name, sizeof name, "%s.%s", kind, lr_names[k]);
+    ad_tensor *t = ad_full(ctx, AD_F64, 0, NULL, k == 2 ? 0.0 : cfg->lr);
+    if (add_state(o, name, t, true) != AD_OK) {
+      nn_optimizer_free(o);
+      return NULL;
+    }
+    *lr_state[k] = t;
   }
   return o;
 }
@@ -297,6 +313,7 @@ ad_status nn_optimizer_step(nn_optimizer *o) {
   if (!o) return AD_ERR_NULL;
   if (o->cfg.clip_value > 0) nn_clip_grad_value(o->params, o->cfg.clip_value);
   if (o->cfg.clip_norm > 0) nn_clip_grad_norm(o->params, o->cfg.clip_norm);
+  o->cfg.lr = scalar_get(o->lr); /* a loaded checkpoint may have changed it */
   double *steps = o->step->data;
   step_job j = {o, (int64_t)steps[0] + 1};
   int64_t total = 0;
@@ -317,14 +334,20 @@ void nn_optimizer_zero_grad(nn_optimizer *o) {
 
 nn_params *nn_optimizer_params(const nn_optimizer *o) { return o ? o->params : NULL; }
 
-const nn_opt_config *nn_optimizer_config(const nn_optimizer *o) { return o ? &o->cfg : NULL; }
-double nn_optimizer_lr(const nn_optimizer *o) { return o ? o->cfg.lr : NAN; }
+const nn_opt_config *nn_optimizer_config(const nn_optimizer *o) {
+  if (!o) return NULL;
+  ((nn_optimizer *)o)->cfg.lr = scalar_get(o->lr); /* the object itself is never const */
+  return &o->cfg;
+}
+
+double nn_optimizer_lr(const nn_optimizer *o) { return o ? scalar_get(o->lr) : NAN; }
 
 void nn_optimizer_set_lr(nn_optimizer *o, double lr) {
   if (!o) return;
   o->cfg.lr = lr;
-  o->lr0 = lr;
-  o->epoch = 0;
+  scalar_set(o->lr, lr);
+  scalar_set(o->lr0, lr);
+  scalar_set(o->epoch, 0);
 }
 
 int64_t nn_optimizer_steps(const nn_optimizer *o) {
@@ -343,6 +366,22 @@ ad_tensor *const *nn_optimizer_state_tensors(const nn_optimizer *o) {
 
 bool nn_optimizer_state_optional(const nn_optimizer *o, int i) {
   return o && i >= 0 && i < o->nstate && o->state_optional[i];
+}
+
+ad_status nn_optimizer_state_check(const nn_optimizer *o, int i, double v, const char *path) {
+  if (!o || i < 0 || i >= o->nstate || o->state_tensors[i]->ndim != 0) return AD_OK;
+  const ad_tensor *t = o->state_tensors[i];
+  if (t == o->lr || t == o->lr0) {
+    if (!(isfinite(v) && v >= 0))
+      return ad_set_error(o->ctx, AD_ERR_FORMAT,
+                          "checkpoint %s: learning rate '%s' is %g; it must be finite and >= 0",
+                          path, o->state_names[i], v);
+  } else if (!(v >= 0 && v <= 9007199254740992.0 && v == floor(v))) { /* a count, <= 2^53 */
+    return ad_set_error(o->ctx, AD_ERR_FORMAT,
+                        "checkpoint %s: '%s' is %g; a count must be a whole number >= 0", path,
+                        o->state_names[i], v);
+  }
+  return AD_OK;
 }
 
 void nn_optimizer_state_restored(nn_optimizer *o, const bool *present) {
@@ -386,13 +425,15 @@ ad_status nn_optimizer_set_schedule(nn_optimizer *o, const nn_schedule *s) {
                         (int)s->kind, (long long)s->step_size, (long long)s->t_max);
   o->sched = *s;
   o->has_sched = true;
-  o->lr0 = o->cfg.lr;
-  o->epoch = 0;
+  scalar_set(o->lr0, scalar_get(o->lr));
+  scalar_set(o->epoch, 0);
   return AD_OK;
 }
 
 void nn_optimizer_schedule_step(nn_optimizer *o) {
   if (!o || !o->has_sched) return;
-  o->epoch++;
-  o->cfg.lr = nn_schedule_lr(&o->sched, o->lr0, o->epoch);
+  double epoch = scalar_get(o->epoch) + 1;
+  scalar_set(o->epoch, epoch);
+  o->cfg.lr = nn_schedule_lr(&o->sched, scalar_get(o->lr0), (int64_t)epoch);
+  scalar_set(o->lr, o->cfg.lr);
 }

@@ -48,8 +48,9 @@ static ad_tensor *state_named(const nn_optimizer *o, const char *name) {
 /* ------------------------------------------------- checkpoints of earlier versions */
 
 /* A checkpoint written before parameters counted their own steps (no
- * "adam.step.<p>") loads, and each parameter's count is the optimizer's:
- * training then goes on exactly as without the interruption. */
+ * "adam.step.<p>") and before the learning rate and the schedule were
+ * kept loads, and each parameter's count is the optimizer's: training then
+ * goes on exactly as without the interruption. */
 Test(misuse_nn, checkpoint_without_parameter_steps_loads) {
   ad_tensor *x = batch(1, 3), *y = batch(2, 2);
   nn_model *a = small_model(3), *b = small_model(4);
@@ -67,7 +68,8 @@ Test(misuse_nn, checkpoint_without_parameter_steps_loads) {
     names[n] = nn_params_name(pa, i), tensors[n++] = nn_params_tensor(pa, i);
   for (int i = 0; i < nn_optimizer_state_count(oa); i++) {
     const char *s = nn_optimizer_state_names(oa)[i];
-    if (strncmp(s, "adam.step.", 10) == 0) continue;
+    if (!strncmp(s, "adam.step.", 10) || !strcmp(s, "adam.lr") || !strncmp(s, "adam.schedule.", 14))
+      continue;
     names[n] = s, tensors[n++] = nn_optimizer_state_tensors(oa)[i];
   }
   cr_assert_eq(n, 2 + 1 + 4); /* 2 parameters, the step, m and v of each */
@@ -92,4 +94,112 @@ Test(misuse_nn, checkpoint_without_parameter_steps_loads) {
   nn_optimizer_free(oa), nn_optimizer_free(ob), nn_optimizer_free(oc);
   nn_model_free(a), nn_model_free(b);
   ad_tensor_free(x), ad_tensor_free(y);
+}
+
+/* ------------------------------------------------ the learning-rate schedule */
+
+/* Trains one step of m with opt on a fixed batch. */
+static void one_step(nn_model *m, nn_optimizer *opt) {
+  ad_tensor *x = batch(1, 3), *y = batch(2, 2);
+  cr_assert_eq(nn_train_step(m, opt, nn_mse_loss, x, y, 0, NULL), AD_OK, "%s", ad_last_error(ctx));
+  ad_tensor_free(x), ad_tensor_free(y);
+}
+
+/* The schedule's state is in the checkpoint: after 3 epochs of StepLR
+ * (gamma 0.5) the rate is 0.0125 before nn_model_save and after
+ * nn_model_load, and the schedule goes on from epoch 3. */
+Test(misuse_nn, schedule_survives_a_checkpoint) {
+  nn_schedule sched = {.kind = NN_SCHED_STEP, .step_size = 1, .gamma = 0.5};
+  nn_model *a = small_model(3), *b = small_model(4);
+  nn_optimizer *oa = nn_sgd_new(nn_model_params(a), 0.1, 0.9, false, 0);
+  nn_optimizer *ob = nn_sgd_new(nn_model_params(b), 0.1, 0.9, false, 0);
+  cr_assert_eq(nn_optimizer_set_schedule(oa, &sched), AD_OK);
+  cr_assert_eq(nn_optimizer_set_schedule(ob, &sched), AD_OK);
+  for (int e = 0; e < 3; e++) {
+    one_step(a, oa);
+    nn_optimizer_schedule_step(oa);
+  }
+  cr_assert_eq(nn_optimizer_lr(oa), 0.0125);
+  const char *path = test_path("sched.safetensors");
+  cr_assert_eq(nn_model_save(a, oa, path), AD_OK, "%s", ad_last_error(ctx));
+  cr_assert_eq(nn_model_load(b, ob, path), AD_OK, "%s", ad_last_error(ctx));
+  cr_assert_eq(nn_optimizer_lr(ob), 0.0125, "lr after load: %g", nn_optimizer_lr(ob));
+  cr_assert_eq(nn_optimizer_config(ob)->lr, 0.0125);
+  for (int e = 3; e < 5; e++) {
+    one_step(a, oa), one_step(b, ob);
+    nn_optimizer_schedule_step(oa), nn_optimizer_schedule_step(ob);
+    cr_assert_eq(nn_optimizer_lr(ob), 0.1 * pow(0.5, e + 1), "epoch %d: %g", e + 1,
+                 nn_optimizer_lr(ob));
+  }
+  cr_assert(same_params(a, b), "the resumed run differs");
+
+  /* the learning rate is restored without a schedule too (as PyTorch's
+   * optimizer state_dict does); set it after loading to change it */
+  nn_optimizer *oc = nn_sgd_new(nn_model_params(b), 0.5, 0.9, false, 0);
+  cr_assert_eq(nn_model_load(b, oc, path), AD_OK, "%s", ad_last_error(ctx));
+  cr_assert_eq(nn_optimizer_lr(oc), 0.0125);
+  nn_optimizer_set_lr(oc, 0.5);
+  cr_assert_eq(nn_optimizer_lr(oc), 0.5);
+  nn_optimizer_free(oa), nn_optimizer_free(ob), nn_optimizer_free(oc);
+  nn_model_free(a), nn_model_free(b);
+}
+
+/* A checkpoint without the rate and the schedule's state (earlier
+ * versions) leaves the optimizer's own: as those versions did. */
+Test(misuse_nn, checkpoint_without_schedule_state_keeps_the_optimizers) {
+  nn_model *a = small_model(3);
+  nn_optimizer *oa = nn_sgd_new(nn_model_params(a), 0.1, 0, false, 0);
+  nn_schedule sched = {.kind = NN_SCHED_EXPONENTIAL, .gamma = 0.5};
+  cr_assert_eq(nn_optimizer_set_schedule(oa, &sched), AD_OK);
+  nn_optimizer_schedule_step(oa);
+  nn_params *pa = nn_model_params(a);
+  const char *names[3] = {nn_params_name(pa, 0), nn_params_name(pa, 1), "sgd.step"};
+  ad_tensor *tensors[3] = {nn_params_tensor(pa, 0), nn_params_tensor(pa, 1),
+                           nn_optimizer_state_tensors(oa)[0]};
+  const char *path = test_path("old.safetensors");
+  cr_assert_eq(nn_checkpoint_save(ctx, path, 3, names, tensors), AD_OK, "%s", ad_last_error(ctx));
+  nn_optimizer_set_lr(oa, 0.3);
+  cr_assert_eq(nn_model_load(a, oa, path), AD_OK, "%s", ad_last_error(ctx));
+  cr_assert_eq(nn_optimizer_lr(oa), 0.3);
+  nn_optimizer_schedule_step(oa); /* from 0.3 at epoch 0 */
+  cr_assert_eq(nn_optimizer_lr(oa), 0.15);
+  nn_optimizer_free(oa);
+  nn_model_free(a);
+}
+
+/* A count or a rate that cannot be one fails the load before anything is
+ * written. */
+Test(misuse_nn, bad_optimizer_scalars_are_refused) {
+  nn_model *a = small_model(3);
+  nn_optimizer *oa = nn_adam_new(nn_model_params(a), 0.01);
+  const char *path = test_path("bad.safetensors");
+  ad_tensor *w = nn_params_tensor(nn_model_params(a), 0);
+  const struct {
+    const char *name;
+    double v;
+    const char *msg;
+  } cases[] = {
+      {"adam.schedule.epoch", -1, "'adam.schedule.epoch' is -1; a count must be a whole number"},
+      {"adam.step.0.bias", 2.5, "'adam.step.0.bias' is 2.5"},
+      {"adam.step", NAN, "'adam.step' is nan"},
+      {"adam.lr", -0.1, "learning rate 'adam.lr' is -0.1; it must be finite and >= 0"},
+      {"adam.schedule.lr0", INFINITY, "'adam.schedule.lr0' is inf"},
+  };
+  for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+    ad_tensor *t = state_named(oa, cases[c].name);
+    cr_assert_not_null(t, "%s", cases[c].name);
+    double old = ad_tensor_item(t);
+    ad_tensor_set(t, 0, cases[c].v);
+    cr_assert_eq(nn_model_save(a, oa, path), AD_OK, "%s", ad_last_error(ctx));
+    ad_tensor_set(t, 0, old);
+    float w0 = ((float *)w->data)[0];
+    ((float *)w->data)[0] = w0 + 1; /* the load must not restore it */
+    cr_assert_eq(nn_model_load(a, oa, path), AD_ERR_FORMAT, "%s", cases[c].name);
+    test_expect_error(ctx, AD_ERR_FORMAT, path, cases[c].msg, NULL);
+    cr_assert_eq(((float *)w->data)[0], w0 + 1, "a parameter changed");
+    cr_assert_eq(ad_tensor_item(t), old);
+    ((float *)w->data)[0] = w0;
+  }
+  nn_optimizer_free(oa);
+  nn_model_free(a);
 }

@@ -268,7 +268,7 @@ Test(optim, state_tensors_are_named) {
   fixture f;
   fixture_init(&f, AD_F64);
   nn_optimizer *adam = nn_adam_new(f.params, 0.01);
-  cr_assert_eq(nn_optimizer_state_count(adam), 7);
+  cr_assert_eq(nn_optimizer_state_count(adam), 10);
   const char *const *n = nn_optimizer_state_names(adam);
   cr_assert_str_eq(n[0], "adam.step");
   cr_assert_str_eq(n[1], "adam.m.0.weight");
@@ -277,6 +277,9 @@ Test(optim, state_tensors_are_named) {
   cr_assert_str_eq(n[4], "adam.m.0.bias");
   cr_assert_str_eq(n[5], "adam.v.0.bias");
   cr_assert_str_eq(n[6], "adam.step.0.bias");
+  cr_assert_str_eq(n[7], "adam.lr");
+  cr_assert_str_eq(n[8], "adam.schedule.lr0");
+  cr_assert_str_eq(n[9], "adam.schedule.epoch");
   ad_tensor *const *t = nn_optimizer_state_tensors(adam);
   cr_assert_eq(t[0]->ndim, 0);
   cr_assert_eq(t[0]->dtype, AD_F64);
@@ -292,13 +295,13 @@ Test(optim, state_tensors_are_named) {
   nn_opt_config c = nn_opt_defaults(NN_OPT_RMSPROP, 0.01);
   c.centered = true, c.momentum = 0.9;
   nn_optimizer *rms = nn_optimizer_new(f.params, &c);
-  cr_assert_eq(nn_optimizer_state_count(rms), 7);
+  cr_assert_eq(nn_optimizer_state_count(rms), 10);
   cr_assert_str_eq(nn_optimizer_state_names(rms)[2], "rmsprop.grad_avg.0.weight");
   cr_assert_str_eq(nn_optimizer_state_names(rms)[3], "rmsprop.momentum.0.weight");
   nn_optimizer *sgd = nn_sgd_new(f.params, 0.1, 0.0, false, 0.0);
-  cr_assert_eq(nn_optimizer_state_count(sgd), 1); /* only the step counter */
+  cr_assert_eq(nn_optimizer_state_count(sgd), 4); /* the step counter and the lr state */
   nn_optimizer *sgdm = nn_sgd_new(f.params, 0.1, 0.9, false, 0.0);
-  cr_assert_eq(nn_optimizer_state_count(sgdm), 5);
+  cr_assert_eq(nn_optimizer_state_count(sgdm), 8);
   cr_assert_str_eq(nn_optimizer_state_names(sgdm)[2], "sgd.step.0.weight");
   nn_optimizer_free(sgdm);
   nn_optimizer *ada = nn_adagrad_new(f.params, 0.1);
