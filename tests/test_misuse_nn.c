@@ -6,8 +6,14 @@
 #include "test_tmpdir.h"
 
 #include <criterion/criterion.h>
+#include <fcntl.h>
 #include <math.h>
+#include <signal.h>
 #include <string.h>
+#include <sys/file.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
 
 TEST_TMPDIR_SUITE(misuse_nn, "misuse_nn");
 
@@ -202,4 +208,140 @@ Test(misuse_nn, bad_optimizer_scalars_are_refused) {
   }
   nn_optimizer_free(oa);
   nn_model_free(a);
+}
+
+/* ------------------------------------------------------- killed saves */
+
+/* Number of entries of tmpdir whose name starts with prefix. */
+static int count_prefixed(const char *prefix) {
+  DIR *d = opendir(tmpdir);
+  cr_assert_not_null(d);
+  int n = 0;
+  struct dirent *e;
+  while ((e = readdir(d))) n += strncmp(e->d_name, prefix, strlen(prefix)) == 0;
+  closedir(d);
+  return n;
+}
+
+static bool exists(const char *path) { return access(path, F_OK) == 0; }
+
+/* Creates the file path (8 bytes); with lock, holds an exclusive flock on
+ * it through the returned descriptor, as a writer does. */
+static int make_temp(const char *path, bool lock) {
+  int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  cr_assert_geq(fd, 0, "create %s", path);
+  cr_assert_eq(write(fd, "partial!", 8), 8);
+  if (lock) cr_assert_eq(flock(fd, LOCK_EX | LOCK_NB), 0, "lock %s", path);
+  return fd;
+}
+
+/* A temporary file whose writer died is removed by the next save or load of
+ * the same path; one whose writer lives (its lock held, in another process
+ * or in this one) is kept, and so is every file that only looks alike. */
+Test(misuse_nn, stale_temporary_files_are_removed_live_ones_kept) {
+  char path[512], stale[600], child_tmp[600], held[600];
+  snprintf(path, sizeof path, "%s", test_path("m.safetensors"));
+  snprintf(stale, sizeof stale, "%s.tmp.999999.0123456789abcdef", path);
+  snprintf(held, sizeof held, "%s.tmp.1.fedcba9876543210", path);
+  const char *lookalikes[] = {"m.safetensors.tmp.12.0123456789abcdeg", /* not hex */
+                              "m.safetensors.tmp.12.0123456789abcde",  /* 15 digits */
+                              "m.safetensors.tmp-12-3",                /* earlier versions' */
+                              "n.safetensors.tmp.12.0123456789abcdef", /* another file's */
+                              "m.safetensors.tmp..0123456789abcdef"};  /* no pid */
+  close(make_temp(stale, false));
+  for (size_t i = 0; i < sizeof lookalikes / sizeof *lookalikes; i++)
+    close(make_temp(test_path(lookalikes[i]), false));
+  int held_fd = make_temp(held, true); /* a live writer in this process */
+
+  /* a live writer in another process; it also ends when this process does
+   * (its read of `hold` sees the end of the pipe), should a check fail */
+  int ready[2], hold[2];
+  cr_assert_eq(pipe(ready), 0);
+  cr_assert_eq(pipe(hold), 0);
+  pid_t child = fork();
+  cr_assert_geq(child, 0);
+  if (child == 0) {
+    close(hold[1]);
+    char name[600];
+    snprintf(name, sizeof name, "%s.tmp.%ld.00000000deadbeef", path, (long)getpid());
+    int fd = open(name, O_WRONLY | O_CREAT | O_EXCL, 0644);
+    char ok = fd >= 0 && flock(fd, LOCK_EX) == 0 ? 'y' : 'n';
+    if (write(ready[1], &ok, 1) != 1) _exit(1);
+    char c;
+    while (read(hold[0], &c, 1) < 0) continue; /* holds the lock until killed */
+    _exit(0);
+  }
+  close(hold[0]);
+  char ok = 0;
+  cr_assert_eq(read(ready[0], &ok, 1), 1);
+  cr_assert_eq(ok, 'y', "the child could not make its file");
+  close(ready[0]), close(ready[1]);
+  snprintf(child_tmp, sizeof child_tmp, "%s.tmp.%ld.00000000deadbeef", path, (long)child);
+
+  int64_t s = 3;
+  ad_tensor *t = ad_zeros(ctx, AD_F32, 1, &s);
+  const char *name = "t";
+  cr_assert_eq(nn_checkpoint_save(ctx, path, 1, &name, &t), AD_OK, "%s", ad_last_error(ctx));
+  cr_assert(!exists(stale), "the dead writer's file is left");
+  cr_assert(exists(child_tmp), "the live child's file was removed");
+  cr_assert(exists(held), "the file this process holds was removed");
+  for (size_t i = 0; i < sizeof lookalikes / sizeof *lookalikes; i++)
+    cr_assert(exists(test_path(lookalikes[i])), "%s was removed", lookalikes[i]);
+
+  /* the child dies: a load removes its file */
+  kill(child, SIGKILL);
+  cr_assert_eq(waitpid(child, NULL, 0), child);
+  close(hold[1]);
+  cr_assert_eq(nn_checkpoint_load(ctx, path, 1, &name, &t), AD_OK, "%s", ad_last_error(ctx));
+  cr_assert(!exists(child_tmp), "the killed child's file is left");
+  cr_assert(exists(held));
+  /* this process lets go: the next save removes it */
+  close(held_fd);
+  cr_assert_eq(nn_checkpoint_save(ctx, path, 1, &name, &t), AD_OK, "%s", ad_last_error(ctx));
+  cr_assert(!exists(held));
+  cr_assert_eq(count_prefixed("m.safetensors.tmp."), 3, "only the look-alikes stay");
+  ad_tensor_free(t);
+}
+
+/* A process killed in the middle of real saves leaves at most its one
+ * temporary file, which the next save removes; the file at path is always
+ * a whole checkpoint. */
+Test(misuse_nn, a_save_killed_midway_leaves_nothing_behind) {
+  char path[512];
+  snprintf(path, sizeof path, "%s", test_path("big.safetensors"));
+  int64_t n = 4 << 20; /* 16 MB: a save takes milliseconds */
+  ad_tensor *big = ad_full(ctx, AD_F32, 1, &n, 1.5);
+  cr_assert_not_null(big);
+  const char *name = "w";
+  cr_assert_eq(nn_checkpoint_save(ctx, path, 1, &name, &big), AD_OK, "%s", ad_last_error(ctx));
+  int killed_with_temp = 0;
+  pid_t parent = getpid();
+  for (int round = 0; round < 20 && killed_with_temp < 3; round++) {
+    pid_t child = fork();
+    cr_assert_geq(child, 0);
+    if (child == 0) { /* saves until killed, or until its parent is gone */
+      while (getppid() == parent) nn_checkpoint_save(ctx, path, 1, &name, &big);
+      _exit(0);
+    }
+    /* wait (up to 2 s) until a save is under way, then kill the writer */
+    struct timespec t0, now;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    bool seen = false;
+    do {
+      seen = count_prefixed("big.safetensors.tmp.") > 0;
+      clock_gettime(CLOCK_MONOTONIC, &now);
+    } while (!seen && (now.tv_sec - t0.tv_sec) * 1000000000L + (now.tv_nsec - t0.tv_nsec) < 2e9);
+    kill(child, SIGKILL);
+    cr_assert_eq(waitpid(child, NULL, 0), child);
+    int left = count_prefixed("big.safetensors.tmp.");
+    cr_assert(seen, "round %d: no temporary file seen in 2 s", round);
+    cr_assert_leq(left, 1, "round %d: %d temporary files", round, left);
+    killed_with_temp += left;
+  }
+  cr_assert_gt(killed_with_temp, 0, "no save was ever killed midway");
+  ad_tensor_fill(big, 0.0);
+  cr_assert_eq(nn_checkpoint_load(ctx, path, 1, &name, &big), AD_OK, "%s", ad_last_error(ctx));
+  cr_assert_eq(ad_tensor_get(big, n - 1), 1.5, "the file at path is a whole checkpoint");
+  cr_assert_eq(count_prefixed("big.safetensors.tmp."), 0, "the load removed the killed save's");
+  ad_tensor_free(big);
 }
