@@ -494,7 +494,12 @@ static ad_status parse_meta(jp *p) {
   for (;;) {
     if ((st = grow(h->ctx, (void **)&h->meta, &h->cap_meta, h->n_meta, sizeof *h->meta))) return st;
     nn_checkpoint_meta *m = &h->meta[h->n_meta];
+    size_t at = p->i;
     if ((st = jstring(p, &m->key))) return st;
+    if (!m->key[0]) {
+      p->i = at;
+      return jerr(p, "__metadata__ key %d is empty", h->n_meta);
+    }
     if ((st = jexpect(p, ':', "after a key"))) return st;
     if (jpeek(p) != '"') return jerr(p, "__metadata__ value of '%s' is not a string", m->key);
     if ((st = jstring(p, &m->value))) return st;
@@ -518,6 +523,10 @@ static ad_status parse_json(header *h, const unsigned char *s, size_t n) {
       const char *key;
       if ((st = jstring(&p, &key))) return st;
       if ((st = jexpect(&p, ':', "after a key"))) return st;
+      if (!key[0]) { /* as nn_checkpoint_save refuses to write one */
+        p.i = at;
+        return jerr(&p, "tensor %d has an empty name", h->n_ent);
+      }
       if (strcmp(key, "__metadata__") == 0) {
         h->spos = mark;
         if (seen_meta) {

@@ -81,7 +81,7 @@ static ad_status check_scalars(ad_ctx *ctx, const nn_optimizer *opt, const char 
 }
 
 static ad_status model_io(nn_model *m, nn_optimizer *opt, const char *path, bool save) {
-  if (!m) return AD_ERR_NULL;
+  if (!m) return nn_null_arg(nn_ctx_of(m, opt), save ? "model_save" : "model_load", "model");
   ad_ctx *ctx = nn_model_ctx(m);
   const char **names;
   ad_tensor **tensors;

@@ -62,8 +62,11 @@
  *   the function or layer and the shapes, e.g.
  *   "dense '0': input [32,100] has 100 features, the layer expects 784".
  *   A NULL input gives NULL and keeps the message of the failure that made
- *   it, so chains of calls need one check at the end; any other failure
- *   replaces an earlier message.
+ *   it, so chains of calls need one check at the end; when no error is
+ *   recorded, it records "<function>: <argument> is NULL" (AD_ERR_NULL).
+ *   Any other failure replaces an earlier message. Only a call with no
+ *   context to report to (a NULL model, layer or optimizer, and nothing
+ *   else that has one) returns AD_ERR_NULL or NULL silently.
  *   Nothing here aborts or exits on user input.
  *
  * Ownership
@@ -267,7 +270,8 @@ NN_API nn_layer *nn_lambda_new(ad_ctx *ctx, const char *kind, nn_layer_fn fn, vo
 NN_API void nn_layer_free(nn_layer *l);
 
 /* Runs the layer on x (training selects dropout's mode). Returns a tape
- * tensor, or NULL with an error naming the layer and the shapes. */
+ * tensor, or NULL with an error naming the layer and the shapes (AD_ERR_ARG
+ * when a lambda's function returns NULL without recording an error). */
 NN_API ad_tensor *nn_layer_forward(nn_layer *l, ad_tensor *x, bool training);
 
 /* "dense", "relu", "dropout", ...; and the name the model gave it ("0",
@@ -336,7 +340,9 @@ NN_API nn_params *nn_model_params(const nn_model *m);
 NN_API ad_ctx *nn_model_ctx(const nn_model *m);
 
 /* Runs the model on x in its current mode. Returns a tape tensor, or NULL
- * with the error recorded (AD_ERR_STATE for an empty Sequential). */
+ * with the error recorded (AD_ERR_NULL for a NULL x, AD_ERR_STATE for an
+ * empty Sequential, AD_ERR_ARG when a custom forward returns NULL without
+ * recording an error). */
 NN_API ad_tensor *nn_model_forward(nn_model *m, ad_tensor *x);
 
 /* Training (true, the initial mode) or evaluation mode; the setter returns

@@ -8,6 +8,17 @@
 
 #include <string.h>
 
+/* The one way nn entry points report a NULL argument: records
+ * "<fn>: <what> is NULL" on ctx and returns AD_ERR_NULL. Through
+ * ad_set_null_error, so when an error is already recorded the NULL is taken
+ * for its consequence (a chain of calls: nn_model_forward(m, ad_relu(...))
+ * after a failed op) and that message is kept. ctx may be NULL. */
+ad_status nn_null_arg(ad_ctx *ctx, const char *fn, const char *what);
+
+/* The context of m, else that of opt's parameters; NULL if neither has
+ * one (entry points given a NULL model still report to opt's context). */
+ad_ctx *nn_ctx_of(const nn_model *m, const nn_optimizer *opt);
+
 /* Copies s into memory from the context's allocator (free with nn_strfree). */
 char *nn_strdup(ad_ctx *ctx, const char *s);
 void nn_strfree(ad_ctx *ctx, char *s);

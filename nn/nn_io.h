@@ -106,7 +106,9 @@ NN_API ad_status nn_checkpoint_save_meta(ad_ctx *ctx, const char *path, int n,
  * may have dtypes this engine lacks, such as "F16" or "I64").
  * The whole file structure is checked: header length, strict JSON, known
  * keys, data_offsets inside the data buffer and consistent with dtype and
- * shape, no overlaps or gaps between tensors, no duplicate names.
+ * shape, no overlaps or gaps between tensors, no duplicate names, no empty
+ * tensor name or metadata key (nn_checkpoint_save writes none either; the
+ * message names the file and the tensor's position in the header).
  * All-or-nothing: every check and every read happens before any tensor is
  * written, so on error all tensors keep their old values.
  * First removes the temporary files that killed saves of path left (see

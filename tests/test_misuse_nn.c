@@ -345,3 +345,135 @@ Test(misuse_nn, a_save_killed_midway_leaves_nothing_behind) {
   cr_assert_eq(count_prefixed("big.safetensors.tmp."), 0, "the load removed the killed save's");
   ad_tensor_free(big);
 }
+
+/* ------------------------------------------------------ names and NULLs */
+
+/* Writes a safetensors file whose header is json (data: n zero bytes). */
+static void write_raw(const char *path, const char *json, size_t n) {
+  size_t h = strlen(json);
+  unsigned char buf[512] = {0};
+  cr_assert_leq(8 + h + n, sizeof buf);
+  for (int i = 0; i < 8; i++) buf[i] = (unsigned char)((uint64_t)h >> (8 * i));
+  memcpy(buf + 8, json, h);
+  test_write_file(path, buf, 8 + h + n);
+}
+
+/* The reader refuses what the writer refuses: an empty tensor name (or
+ * metadata key), naming the file and the tensor's position, so every
+ * checkpoint that loads can be saved again. */
+Test(misuse_nn, reader_refuses_empty_names_as_the_writer_does) {
+  const char *path = test_path("empty_name.safetensors");
+  write_raw(path,
+            "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
+            "\"\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}",
+            8);
+  cr_assert_null(nn_checkpoint_info_read(ctx, path));
+  test_expect_error(ctx, AD_ERR_FORMAT, path, "tensor 1 has an empty name", NULL);
+  int64_t one = 1;
+  ad_tensor *t = ad_zeros(ctx, AD_F32, 1, &one);
+  const char *name = "a";
+  cr_assert_eq(nn_checkpoint_load(ctx, path, 1, &name, &t), AD_ERR_FORMAT);
+  test_expect_error(ctx, AD_ERR_FORMAT, path, "tensor 1 has an empty name", NULL);
+  /* the writer: the same rule */
+  const char *empty = "";
+  cr_assert_eq(nn_checkpoint_save(ctx, path, 1, &empty, &t), AD_ERR_ARG);
+  test_expect_error(ctx, AD_ERR_ARG, path, "names[0] is empty", NULL);
+  /* metadata keys */
+  write_raw(path,
+            "{\"__metadata__\":{\"format\":\"pt\",\"\":\"x\"},"
+            "\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}",
+            4);
+  cr_assert_eq(nn_checkpoint_load(ctx, path, 1, &name, &t), AD_ERR_FORMAT);
+  test_expect_error(ctx, AD_ERR_FORMAT, path, "__metadata__ key 1 is empty", NULL);
+  const char *k = "", *v = "x";
+  cr_assert_eq(nn_checkpoint_save_meta(ctx, path, 1, &name, &t, 1, &k, &v), AD_ERR_ARG);
+  test_expect_error(ctx, AD_ERR_ARG, "metadata key 0 is empty", NULL);
+  ad_tensor_free(t);
+}
+
+static ad_tensor *returns_null(ad_ctx *c, ad_tensor *x, bool training, void *ud) {
+  (void)c, (void)x, (void)training, (void)ud;
+  return NULL;
+}
+
+static ad_tensor *forward_null(nn_model *m, ad_tensor *x, void *ud) {
+  (void)m, (void)x, (void)ud;
+  return NULL;
+}
+
+/* Every nn entry point given a NULL tensor or object (with a context to
+ * report to) returns the error with a message naming the function and the
+ * argument; and a NULL that an earlier failure produced keeps that
+ * failure's message. */
+Test(misuse_nn, null_arguments_set_a_message) {
+  nn_model *m = small_model(1);
+  nn_optimizer *opt = nn_sgd_new(nn_model_params(m), 0.1, 0, false, 0);
+  nn_layer *relu = nn_activation_new(ctx, NN_ACT_RELU);
+  ad_tensor *x = batch(1, 3), *y = batch(2, 2), *out[4];
+  int64_t s2[2] = {4, 2};
+  ad_tensor *lab = ad_zeros(ctx, AD_I32, 1, s2);
+  cr_assert(m && opt && relu && lab);
+
+  cr_assert_null(nn_model_forward(m, NULL));
+  test_expect_error(ctx, AD_ERR_NULL, "model_forward: x is NULL", NULL);
+  cr_assert_null(nn_layer_forward(relu, NULL, true));
+  test_expect_error(ctx, AD_ERR_NULL, "relu: x is NULL", NULL);
+  cr_assert_null(nn_layer_forward(nn_model_layer(m, 0), NULL, true));
+  test_expect_error(ctx, AD_ERR_NULL, "dense '0': x is NULL", NULL);
+  cr_assert_null(nn_activate(ctx, NULL, NN_ACT_TANH, 0));
+  test_expect_error(ctx, AD_ERR_NULL, "activate: x is NULL", NULL);
+  cr_assert_null(nn_predict(m, NULL, 0));
+  test_expect_error(ctx, AD_ERR_NULL, "predict: x is NULL", NULL);
+  cr_assert_eq(nn_train_step(NULL, opt, nn_mse_loss, x, y, 0, NULL), AD_ERR_NULL);
+  test_expect_error(ctx, AD_ERR_NULL, "train_step: model is NULL", NULL);
+  cr_assert_eq(nn_train_step(m, opt, nn_mse_loss, x, NULL, 0, NULL), AD_ERR_NULL);
+  test_expect_error(ctx, AD_ERR_NULL, "train_step: y is NULL", NULL);
+  nn_fit_opts fo = {.verbose = -1};
+  cr_assert_eq(nn_fit(NULL, opt, nn_mse_loss, x, y, &fo, NULL), AD_ERR_NULL);
+  test_expect_error(ctx, AD_ERR_NULL, "fit: model is NULL", NULL);
+  cr_assert_eq(nn_fit(m, opt, nn_mse_loss, NULL, y, &fo, NULL), AD_ERR_NULL);
+  test_expect_error(ctx, AD_ERR_NULL, "fit: x is NULL", NULL);
+  cr_assert_eq(nn_evaluate(m, nn_mse_loss, x, NULL, 0, NULL, NULL), AD_ERR_NULL);
+  test_expect_error(ctx, AD_ERR_NULL, "evaluate: y is NULL", NULL);
+  cr_assert_eq(nn_model_save(NULL, opt, test_path("x.st")), AD_ERR_NULL);
+  test_expect_error(ctx, AD_ERR_NULL, "model_save: model is NULL", NULL);
+  cr_assert_eq(nn_model_load(NULL, opt, test_path("x.st")), AD_ERR_NULL);
+  test_expect_error(ctx, AD_ERR_NULL, "model_load: model is NULL", NULL);
+  cr_assert_null(nn_cross_entropy_loss(ctx, x, NULL, NN_MEAN));
+  test_expect_error(ctx, AD_ERR_NULL, "cross_entropy_loss: target is NULL", NULL);
+  cr_assert_null(nn_nll_loss(ctx, NULL, lab, NN_MEAN));
+  test_expect_error(ctx, AD_ERR_NULL, "nll_loss: scores is NULL", NULL);
+  cr_assert_null(nn_take_rows(ctx, NULL, 0, NULL));
+  test_expect_error(ctx, AD_ERR_NULL, "take_rows: tensor is NULL", NULL);
+  cr_assert_null(nn_batcher_new(ctx, NULL, y, 2, false, 0));
+  test_expect_error(ctx, AD_ERR_NULL, "batcher: x is NULL", NULL);
+  cr_assert_eq(nn_train_test_split(ctx, NULL, y, 1, false, 0, &out[0], &out[1], &out[2], &out[3]),
+               AD_ERR_NULL);
+  test_expect_error(ctx, AD_ERR_NULL, "train_test_split: x is NULL", NULL);
+  cr_assert_eq(nn_init_tensor(ctx, NULL, nn_init_make(NN_INIT_ZEROS, 0, 0), NULL), AD_ERR_NULL);
+  test_expect_error(ctx, AD_ERR_NULL, "init: tensor is NULL", NULL);
+  cr_assert_null(nn_l2_penalty(ctx, NULL, 0.1));
+  test_expect_error(ctx, AD_ERR_NULL, "l2_penalty: parameter list is NULL", NULL);
+
+  /* functions that return NULL without recording why */
+  nn_layer *lam = nn_lambda_new(ctx, "silent", returns_null, NULL);
+  cr_assert_null(nn_layer_forward(lam, x, true));
+  test_expect_error(ctx, AD_ERR_ARG, "silent: the function returned NULL and recorded no error",
+                    NULL);
+  nn_model *custom = nn_model_new(ctx, forward_null, NULL);
+  cr_assert_null(nn_model_forward(custom, x));
+  test_expect_error(ctx, AD_ERR_ARG, "model_forward: the forward function returned NULL", NULL);
+
+  /* a NULL made by a failed op keeps the op's message */
+  int64_t s5[2] = {4, 5};
+  ad_tensor *wide = ad_zeros(ctx, AD_F32, 2, s5);
+  cr_assert_null(nn_model_forward(m, ad_add(ctx, x, wide)));
+  cr_assert_eq(ad_last_status(ctx), AD_ERR_SHAPE, "%s", ad_last_error(ctx));
+  cr_assert_null(strstr(ad_last_error(ctx), "is NULL"), "%s", ad_last_error(ctx));
+  ad_clear_error(ctx);
+
+  nn_layer_free(lam), nn_layer_free(relu);
+  nn_model_free(custom), nn_model_free(m);
+  nn_optimizer_free(opt);
+  ad_tensor_free(x), ad_tensor_free(y), ad_tensor_free(lab), ad_tensor_free(wide);
+}
