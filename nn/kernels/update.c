@@ -23,7 +23,8 @@
  * these so). A float parameter then stays within about 1e-7 relative of
  * PyTorch's over a run, also where an update cancels most of it
  * (tests/test_nn_optim.c, f32_steps_match_torch_f32); with separate
- * rounding instead, such a parameter drifted by 3.5e-6 in 5 SGD steps.
+ * rounding instead, such a parameter drifted by 3.5e-6 in 5 steps of SGD
+ * with momentum.
  * FMA is an explicit call, never a contraction left to the compiler, so
  * every code path computes the same bits.
  *
