@@ -13,7 +13,8 @@
  * The parameters are named as in PyTorch's nn.Sequential(Linear, ReLU,
  * Linear, ReLU, Linear): "0.weight", "0.bias", "2.weight", ... so --save
  * writes a safetensors file that torch's load_state_dict accepts, and --load
- * reads one (plus the Adam state, when the file has it, to resume).
+ * reads one (plus the Adam state, when the file has it, to resume: with the
+ * saved learning rate, unless --lr is given).
  *
  * Usage: mnist_mlp [--epochs N] [--batch N] [--seed N] [--lr X] [--data DIR]
  *                  [--save FILE] [--load FILE]
@@ -34,6 +35,7 @@ typedef struct options {
   int64_t batch;
   unsigned long long seed;
   double lr;
+  bool lr_given;
   const char *data, *save, *load;
 } options;
 
@@ -57,7 +59,7 @@ static bool parse(int argc, char **argv, options *o) {
     else if (strcmp(a, "--seed") == 0)
       o->seed = strtoull(v, &end, 10);
     else if (strcmp(a, "--lr") == 0)
-      o->lr = strtod(v, &end);
+      o->lr = strtod(v, &end), o->lr_given = true;
     else if (strcmp(a, "--data") == 0)
       o->data = v, end = (char *)"";
     else if (strcmp(a, "--save") == 0)
@@ -151,6 +153,7 @@ int main(int argc, char **argv) {
       fprintf(stderr, "mnist_mlp: %s\n", ad_last_error(ctx));
       return 1;
     }
+    if (has_opt && o.lr_given) nn_optimizer_set_lr(opt, o.lr); /* over the saved rate */
     printf("loaded %s%s\n", o.load, has_opt ? " (weights and optimizer state)" : " (weights)");
   }
 

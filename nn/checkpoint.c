@@ -14,15 +14,19 @@
 #include "ad_ext.h"
 #include "nn_io.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h> /* flock */
 #include <sys/stat.h>
 #include <sys/types.h>
+#include <time.h>
 #include <unistd.h>
 
 /* Same limit as the reference implementation: a header this large is a
@@ -490,7 +494,12 @@ static ad_status parse_meta(jp *p) {
   for (;;) {
     if ((st = grow(h->ctx, (void **)&h->meta, &h->cap_meta, h->n_meta, sizeof *h->meta))) return st;
     nn_checkpoint_meta *m = &h->meta[h->n_meta];
+    size_t at = p->i;
     if ((st = jstring(p, &m->key))) return st;
+    if (!m->key[0]) {
+      p->i = at;
+      return jerr(p, "__metadata__ key %d is empty", h->n_meta);
+    }
     if ((st = jexpect(p, ':', "after a key"))) return st;
     if (jpeek(p) != '"') return jerr(p, "__metadata__ value of '%s' is not a string", m->key);
     if ((st = jstring(p, &m->value))) return st;
@@ -514,6 +523,10 @@ static ad_status parse_json(header *h, const unsigned char *s, size_t n) {
       const char *key;
       if ((st = jstring(&p, &key))) return st;
       if ((st = jexpect(&p, ':', "after a key"))) return st;
+      if (!key[0]) { /* as nn_checkpoint_save refuses to write one */
+        p.i = at;
+        return jerr(&p, "tensor %d has an empty name", h->n_ent);
+      }
       if (strcmp(key, "__metadata__") == 0) {
         h->spos = mark;
         if (seen_meta) {
@@ -713,6 +726,122 @@ static const nn_checkpoint_entry *header_find(const header *h, const char *name)
   return NULL;
 }
 
+/* ------------------------------------------------------ temporary files
+ *
+ * A save writes "<path>.tmp.<pid>.<16 hex digits>" next to path and renames
+ * it over path. While it writes, it holds an exclusive flock on the file
+ * (locks of open file descriptions: they conflict between threads of one
+ * process too, and the kernel drops them when the writer dies). A save or
+ * load of path then removes the temporary files of path whose lock it can
+ * take: their writer was killed. A file whose lock is held belongs to a
+ * live writer and is left alone, and so is every file whose name carries
+ * this process's id (a lock emulated over NFS may not conflict within one
+ * process). */
+
+#define TMP_TAG ".tmp."
+
+/* Whether name is base + ".tmp.<digits>.<16 hex digits>"; *pid gets the
+ * digits' value. */
+static bool is_temp_name(const char *name, const char *base, size_t blen, long *pid) {
+  if (strncmp(name, base, blen) != 0 || strncmp(name + blen, TMP_TAG, 5) != 0) return false;
+  const char *p = name + blen + 5, *q = p;
+  long v = 0;
+  while (*q >= '0' && *q <= '9' && q - p < 12) v = v * 10 + (*q++ - '0');
+  if (q == p || *q != '.') return false;
+  q++;
+  for (int i = 0; i < 16; i++, q++)
+    if (hexval((unsigned char)*q) < 0) return false;
+  *pid = v;
+  return *q == 0;
+}
+
+/* Whether fd is the file named name (not unlinked or replaced since). */
+static bool still_named(int fd, const char *name) {
+  struct stat a, b;
+  return fstat(fd, &a) == 0 && stat(name, &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+}
+
+/* Splits path into its directory (into dir, which has room for
+ * strlen(path) + 2 bytes) and returns its last component. */
+static const char *split_path(const char *path, char *dir) {
+  const char *slash = strrchr(path, '/');
+  if (!slash)
+    strcpy(dir, ".");
+  else if (slash == path)
+    strcpy(dir, "/");
+  else {
+    memcpy(dir, path, (size_t)(slash - path));
+    dir[slash - path] = 0;
+  }
+  return slash ? slash + 1 : path;
+}
+
+/* Best effort: removes path's temporary files whose writer is gone (see
+ * above). Errors (unreadable folder, a path of PATH_MAX bytes or more)
+ * leave them. */
+static void remove_stale_temps(const char *path) {
+  char dir[PATH_MAX + 2], full[PATH_MAX + 64];
+  size_t fcap = sizeof full;
+  if (strlen(path) >= PATH_MAX) return;
+  const char *base = split_path(path, dir);
+  size_t blen = strlen(base), dlen = (size_t)(base - path); /* path's prefix up to the base */
+  DIR *d = blen ? opendir(dir) : NULL;
+  struct dirent *e;
+  long pid;
+  while (d && (e = readdir(d))) {
+    if (!is_temp_name(e->d_name, base, blen, &pid) || pid == (long)getpid()) continue;
+    if (dlen + strlen(e->d_name) + 1 > fcap) continue;
+    memcpy(full, path, dlen);
+    strcpy(full + dlen, e->d_name);
+    int fd = open(full, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+    if (fd < 0) continue;
+    struct stat sb;
+    if (fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode) && flock(fd, LOCK_EX | LOCK_NB) == 0 &&
+        still_named(fd, full))
+      unlink(full); /* its writer is gone: nobody else holds the lock */
+    close(fd);
+  }
+  if (d) closedir(d);
+}
+
+/* Creates path's temporary file (its name into tmp, of cap bytes) and locks
+ * it. Returns the descriptor, -1 with errno on error. */
+static int open_temp(const char *path, char *tmp, size_t cap) {
+  static atomic_uint counter; /* distinct names across threads */
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  uint64_t seed = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 30) ^ (uint64_t)(uintptr_t)&ts;
+  for (int attempt = 0; attempt < 100; attempt++) {
+    /* splitmix64 of the seed and a counter */
+    uint64_t z = seed + 0x9E3779B97F4A7C15ull * (atomic_fetch_add(&counter, 1u) + 1ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    snprintf(tmp, cap, "%s" TMP_TAG "%ld.%016" PRIx64, path, (long)getpid(), z);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    if (fd < 0) {
+      if (errno == EEXIST) continue;
+      return -1;
+    }
+    if (flock(fd, LOCK_EX) != 0) {
+      if (errno == EINTR) { /* try again under another name */
+        unlink(tmp);
+        close(fd);
+        continue;
+      }
+      /* a file system without flock (ENOLCK): write unlocked; a cleaner
+       * cannot take the lock there either, so it removes nothing */
+      return fd;
+    }
+    if (still_named(fd, tmp)) return fd;
+    /* a cleaner took the new file for a dead writer's before we locked it,
+     * and removed it: take another name */
+    close(fd);
+  }
+  errno = EEXIST;
+  return -1;
+}
+
 /* ---------------------------------------------------------------- load */
 
 static ad_status check_args(ad_ctx *ctx, const char *fn, const char *path, int n,
@@ -743,6 +872,7 @@ ad_status nn_checkpoint_load(ad_ctx *ctx, const char *path, int n, const char *c
   if (!ctx) return AD_ERR_NULL;
   ad_status st = check_args(ctx, "checkpoint", path, n, names, tensors);
   if (st) return st;
+  remove_stale_temps(path);
   header h;
   FILE *f;
   if ((st = header_open(ctx, path, &h, &f))) return st;
@@ -956,30 +1086,10 @@ static bool write_le(FILE *f, const void *data, size_t nbytes, size_t esize) {
   return true;
 }
 
-/* Creates a new file next to path; tmp receives its name. -1 on error. */
-static int open_temp(const char *path, char *tmp, size_t cap) {
-  static atomic_uint counter; /* distinct names across threads */
-  for (int attempt = 0; attempt < 100; attempt++) {
-    snprintf(tmp, cap, "%s.tmp-%ld-%u", path, (long)getpid(), atomic_fetch_add(&counter, 1u));
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-    if (fd >= 0 || errno != EEXIST) return fd;
-  }
-  errno = EEXIST;
-  return -1;
-}
-
 /* Best effort: makes the rename durable by syncing path's directory.
  * buf has room for strlen(path) + 2 bytes. */
 static void sync_dir(const char *path, char *buf) {
-  const char *slash = strrchr(path, '/');
-  if (!slash)
-    strcpy(buf, ".");
-  else if (slash == path)
-    strcpy(buf, "/");
-  else {
-    memcpy(buf, path, (size_t)(slash - path));
-    buf[slash - path] = 0;
-  }
+  split_path(path, buf);
   int fd = open(buf, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd >= 0) {
     (void)fsync(fd);
@@ -1053,13 +1163,17 @@ ad_status nn_checkpoint_save_meta(ad_ctx *ctx, const char *path, int n, const ch
     return AD_ERR_OOM;
   }
   FILE *f = NULL;
-  int fd = open_temp(path, tmp, tcap);
+  remove_stale_temps(path);
+  int fd = open_temp(path, tmp, tcap), lock_fd = -1;
   if (fd < 0) {
     st = ad_set_error(ctx, AD_ERR_IO, "checkpoint %s: cannot create a temporary file: %s", path,
                       strerror(errno));
     goto done;
   }
-  if (!(f = fdopen(fd, "wb"))) {
+  /* a second descriptor of the same open file keeps the lock held after
+   * fclose, until the rename is done */
+  lock_fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (lock_fd < 0 || !(f = fdopen(fd, "wb"))) {
     int err = errno;
     close(fd);
     st = ad_set_error(ctx, AD_ERR_IO, "checkpoint %s: cannot write: %s", path, strerror(err));
@@ -1092,6 +1206,7 @@ ad_status nn_checkpoint_save_meta(ad_ctx *ctx, const char *path, int n, const ch
 fail:
   unlink(tmp);
 done:
+  if (lock_fd >= 0) close(lock_fd);
   ad_free(ctx, tmp, bcap);
   ad_free(ctx, sb.buf, hlen);
   return st;

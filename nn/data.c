@@ -70,7 +70,7 @@ static ad_tensor *with_rows(ad_ctx *ctx, const ad_tensor *x, int64_t n) {
 ad_tensor *nn_take_rows(ad_ctx *ctx, const ad_tensor *x, int64_t n, const int64_t *rows) {
   if (!ctx) return NULL;
   if (!x || (n > 0 && !rows)) {
-    ad_set_null_error(ctx, "take_rows: %s is NULL", x ? "rows" : "tensor");
+    nn_null_arg(ctx, "take_rows", x ? "rows" : "tensor");
     return NULL;
   }
   char a[64];
@@ -94,7 +94,7 @@ ad_tensor *nn_take_rows(ad_ctx *ctx, const ad_tensor *x, int64_t n, const int64_
 static bool check_xy(ad_ctx *ctx, const char *fn, const ad_tensor *x, const ad_tensor *y) {
   char a[64], b[64];
   if (!x) {
-    ad_set_null_error(ctx, "%s: x is NULL", fn);
+    nn_null_arg(ctx, fn, "x");
     return false;
   }
   if (x->ndim < 1 || (y && y->ndim < 1)) {
@@ -201,7 +201,7 @@ nn_batcher *nn_batcher_new_range(ad_ctx *ctx, ad_tensor *x, ad_tensor *y, int64_
 nn_batcher *nn_batcher_new(ad_ctx *ctx, ad_tensor *x, ad_tensor *y, int64_t batch_size,
                            bool shuffle, uint64_t seed) {
   if (ctx && !x) {
-    ad_set_null_error(ctx, "batcher: x is NULL");
+    nn_null_arg(ctx, "batcher", "x");
     return NULL;
   }
   return nn_batcher_new_range(ctx, x, y, 0, x ? x->shape[0] : 0, batch_size, shuffle, seed);

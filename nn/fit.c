@@ -116,14 +116,14 @@ static ad_status train_step(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_
 
 ad_status nn_train_step(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor *x, ad_tensor *y,
                         double lambda_l2, double *loss_out) {
-  ad_ctx *ctx = nn_model_ctx(m);
-  if (!ctx) return AD_ERR_NULL;
-  if (!opt || !loss || !x || !y)
-    return ad_set_null_error(ctx, "train_step: %s is NULL",
-                             !opt    ? "optimizer"
-                             : !loss ? "loss"
-                             : !x    ? "x"
-                                     : "y");
+  ad_ctx *ctx = nn_ctx_of(m, opt);
+  if (!m || !opt || !loss || !x || !y)
+    return nn_null_arg(ctx, "train_step",
+                       !m      ? "model"
+                       : !opt  ? "optimizer"
+                       : !loss ? "loss"
+                       : !x    ? "x"
+                               : "y");
   return train_step(m, opt, loss, x, y, lambda_l2, loss_out, NULL);
 }
 
@@ -175,8 +175,7 @@ ad_status nn_evaluate(nn_model *m, nn_loss_fn loss, ad_tensor *x, ad_tensor *y, 
                       double *loss_out, double *accuracy) {
   ad_ctx *ctx = nn_model_ctx(m);
   if (!ctx) return AD_ERR_NULL;
-  if (!loss || !x || !y)
-    return ad_set_null_error(ctx, "evaluate: %s is NULL", !loss ? "loss" : !x ? "x" : "y");
+  if (!loss || !x || !y) return nn_null_arg(ctx, "evaluate", !loss ? "loss" : !x ? "x" : "y");
   nn_batcher *b = nn_batcher_new(ctx, x, y, batch_size > 0 ? batch_size : 32, false, 0);
   if (!b) return fail(ctx, AD_ERR_OOM);
   ad_status st = eval_batches(m, loss, b, loss_out, accuracy);
@@ -188,9 +187,12 @@ ad_tensor *nn_predict(nn_model *m, ad_tensor *x, int64_t batch_size) {
   ad_ctx *ctx = nn_model_ctx(m);
   if (!ctx) return NULL;
   char a[64];
-  if (!x || x->ndim < 1 || x->shape[0] == 0) {
-    ad_set_error(ctx, x ? AD_ERR_ARG : AD_ERR_NULL, "predict: x %s has no rows",
-                 ad_shape_str(x, a, sizeof a));
+  if (!x) {
+    nn_null_arg(ctx, "predict", "x");
+    return NULL;
+  }
+  if (x->ndim < 1 || x->shape[0] == 0) {
+    ad_set_error(ctx, AD_ERR_ARG, "predict: x %s has no rows", ad_shape_str(x, a, sizeof a));
     return NULL;
   }
   nn_batcher *b = nn_batcher_new(ctx, x, NULL, batch_size > 0 ? batch_size : 32, false, 0);
@@ -284,14 +286,14 @@ static void history_print(FILE *f, const nn_history *h, int e) {
 static ad_status fit(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor *x, ad_tensor *y,
                      const nn_fit_opts *opts, nn_history **history) {
   if (history) *history = NULL;
-  ad_ctx *ctx = nn_model_ctx(m);
-  if (!ctx) return AD_ERR_NULL;
-  if (!opt || !loss || !x || !y)
-    return ad_set_null_error(ctx, "fit: %s is NULL",
-                             !opt    ? "optimizer"
-                             : !loss ? "loss"
-                             : !x    ? "x"
-                                     : "y");
+  ad_ctx *ctx = nn_ctx_of(m, opt);
+  if (!m || !opt || !loss || !x || !y)
+    return nn_null_arg(ctx, "fit",
+                       !m      ? "model"
+                       : !opt  ? "optimizer"
+                       : !loss ? "loss"
+                       : !x    ? "x"
+                               : "y");
   nn_fit_opts o = {0};
   if (opts) o = *opts;
   if (o.epochs == 0) o.epochs = 1;

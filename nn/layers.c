@@ -34,7 +34,10 @@ const char *nn_act_name(nn_act act) {
 }
 
 ad_tensor *nn_activate(ad_ctx *ctx, ad_tensor *x, nn_act act, double alpha) {
-  if (!ctx || !x) return NULL;
+  if (!x) {
+    nn_null_arg(ctx, "activate", "x");
+    return NULL;
+  }
   switch (act) {
   case NN_ACT_NONE:
     return x;
@@ -275,7 +278,12 @@ nn_layer *nn_lambda_new(ad_ctx *ctx, const char *kind, nn_layer_fn fn, void *ud)
 /* ---------------------------------------------------------------- forward */
 
 ad_tensor *nn_layer_forward(nn_layer *l, ad_tensor *x, bool training) {
-  if (!l || !x) return NULL;
+  if (!l) return NULL;
+  char c[96];
+  if (!x) {
+    nn_null_arg(l->ctx, who(l, c, sizeof c), "x");
+    return NULL;
+  }
   switch (l->type) {
   case L_DENSE:
     return dense_forward(l, x);
@@ -285,7 +293,6 @@ ad_tensor *nn_layer_forward(nn_layer *l, ad_tensor *x, bool training) {
     return dropout_forward(l, x, training);
   case L_FLATTEN: {
     if (x->ndim < 1) {
-      char c[96];
       ad_set_error(l->ctx, AD_ERR_SHAPE, "%s: cannot flatten a scalar", who(l, c, sizeof c));
       return NULL;
     }
@@ -293,8 +300,13 @@ ad_tensor *nn_layer_forward(nn_layer *l, ad_tensor *x, bool training) {
     int64_t s[2] = {x->shape[0], x->shape[0] ? x->size / x->shape[0] : 0};
     return ad_reshape(l->ctx, x, 2, s);
   }
-  case L_LAMBDA:
-    return l->fn(l->ctx, x, training, l->ud);
+  case L_LAMBDA: {
+    ad_tensor *y = l->fn(l->ctx, x, training, l->ud);
+    if (!y && ad_last_status(l->ctx) == AD_OK) /* a NULL must come with a message */
+      ad_set_error(l->ctx, AD_ERR_ARG, "%s: the function returned NULL and recorded no error",
+                   who(l, c, sizeof c));
+    return y;
+  }
   }
   return NULL;
 }

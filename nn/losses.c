@@ -10,7 +10,7 @@
 static ad_tensor *match_target(ad_ctx *ctx, const char *fn, ad_tensor *pred, ad_tensor *target) {
   char a[64], b[64];
   if (!ctx || !pred || !target) {
-    ad_set_null_error(ctx, "%s: %s is NULL", fn, pred ? "target" : "prediction");
+    nn_null_arg(ctx, fn, pred ? "target" : "prediction");
     return NULL;
   }
   if (pred->dtype != AD_F32 && pred->dtype != AD_F64) {
@@ -86,7 +86,7 @@ ad_tensor *nn_bce_with_logits_loss(ad_ctx *ctx, ad_tensor *logits, ad_tensor *ta
 static bool check_labels(ad_ctx *ctx, const char *fn, const ad_tensor *z, const ad_tensor *lab) {
   char a[64], b[64];
   if (!ctx || !z || !lab) {
-    ad_set_null_error(ctx, "%s: %s is NULL", fn, z ? "labels" : "scores");
+    nn_null_arg(ctx, fn, z ? "labels" : "scores");
     return false;
   }
   if (z->dtype != AD_F32 && z->dtype != AD_F64) {

@@ -150,8 +150,18 @@ bool nn_model_set_training(nn_model *m, bool training) {
 bool nn_model_training(const nn_model *m) { return m && m->training; }
 
 ad_tensor *nn_model_forward(nn_model *m, ad_tensor *x) {
-  if (!m || !x) return NULL;
-  if (m->forward) return m->forward(m, x, m->ud);
+  if (!m) return NULL;
+  if (!x) {
+    nn_null_arg(m->ctx, "model_forward", "x");
+    return NULL;
+  }
+  if (m->forward) {
+    ad_tensor *y = m->forward(m, x, m->ud);
+    if (!y && ad_last_status(m->ctx) == AD_OK) /* a NULL must come with a message */
+      ad_set_error(m->ctx, AD_ERR_ARG,
+                   "model_forward: the forward function returned NULL and recorded no error");
+    return y;
+  }
   if (m->nlayers == 0) {
     ad_set_error(m->ctx, AD_ERR_STATE, "model_forward: the Sequential model has no layers");
     return NULL;

@@ -62,8 +62,11 @@
  *   the function or layer and the shapes, e.g.
  *   "dense '0': input [32,100] has 100 features, the layer expects 784".
  *   A NULL input gives NULL and keeps the message of the failure that made
- *   it, so chains of calls need one check at the end; any other failure
- *   replaces an earlier message.
+ *   it, so chains of calls need one check at the end; when no error is
+ *   recorded, it records "<function>: <argument> is NULL" (AD_ERR_NULL).
+ *   Any other failure replaces an earlier message. Only a call with no
+ *   context to report to (a NULL model, layer or optimizer, and nothing
+ *   else that has one) returns AD_ERR_NULL or NULL silently.
  *   Nothing here aborts or exits on user input.
  *
  * Ownership
@@ -269,7 +272,8 @@ NN_API nn_layer *nn_lambda_new(ad_ctx *ctx, const char *kind, nn_layer_fn fn, vo
 NN_API void nn_layer_free(nn_layer *l);
 
 /* Runs the layer on x (training selects dropout's mode). Returns a tape
- * tensor, or NULL with an error naming the layer and the shapes. */
+ * tensor, or NULL with an error naming the layer and the shapes (AD_ERR_ARG
+ * when a lambda's function returns NULL without recording an error). */
 NN_API ad_tensor *nn_layer_forward(nn_layer *l, ad_tensor *x, bool training);
 
 /* "dense", "relu", "dropout", ...; and the name the model gave it ("0",
@@ -338,7 +342,9 @@ NN_API nn_params *nn_model_params(const nn_model *m);
 NN_API ad_ctx *nn_model_ctx(const nn_model *m);
 
 /* Runs the model on x in its current mode. Returns a tape tensor, or NULL
- * with the error recorded (AD_ERR_STATE for an empty Sequential). */
+ * with the error recorded (AD_ERR_NULL for a NULL x, AD_ERR_STATE for an
+ * empty Sequential, AD_ERR_ARG when a custom forward returns NULL without
+ * recording an error). */
 NN_API ad_tensor *nn_model_forward(nn_model *m, ad_tensor *x);
 
 /* Training (true, the initial mode) or evaluation mode; the setter returns
@@ -408,8 +414,9 @@ typedef enum nn_opt_kind {
 } nn_opt_kind;
 
 /* Optimizer settings, with PyTorch's meaning; start from nn_opt_defaults.
- * Per step t = 1, 2, ... (the optimizer's step counter), for each
- * parameter p with gradient g:
+ * Per step t = 1, 2, ... (the parameter's own step count: the steps in
+ * which it had a gradient, as PyTorch counts them), for each parameter p
+ * with gradient g:
  *   SGD      g += wd p; b = momentum b + (1 - dampening) g (b = g at
  *            t = 1); g = nesterov ? g + momentum b : b; p -= lr g
  *   Adagrad  g += wd p; s += g^2; p -= lr / (1 + (t-1) lr_decay) g / (sqrt s + eps)
@@ -462,8 +469,13 @@ NN_API nn_optimizer *nn_adagrad_new(nn_params *params, double lr);
 NN_API void nn_optimizer_free(nn_optimizer *opt);
 
 /* One update of every parameter that requires grad and has a gradient
- * (others are skipped, as PyTorch skips grad None). Plain loops over the
- * parameter and gradient data; not recorded. Increments the step counter.
+ * (others are skipped, as PyTorch skips grad None: their state and their
+ * own step count stay). Plain loops over the parameter and gradient data;
+ * not recorded. Increments the optimizer's step counter and the step count
+ * of each parameter updated. Each element goes through the operations of
+ * torch.optim's CPU step, in its order and rounding (fused multiply-adds
+ * where PyTorch's kernels use them), so a float32 run matches PyTorch's
+ * float32 run to about 1e-7 relative (tests/test_nn_optim.c checks 1e-6).
  * PyTorch's update rules, with one difference: a first moment or momentum
  * buffer whose magnitude falls below the smallest normal number of its
  * dtype is stored as 0 (a subnormal one would stay for ever on a weight
@@ -483,19 +495,25 @@ NN_API void nn_optimizer_zero_grad(nn_optimizer *opt);
 /* The settings (lr is the current learning rate). */
 NN_API const nn_opt_config *nn_optimizer_config(const nn_optimizer *opt);
 
-/* Current learning rate; setting it also makes it the schedule's base. */
+/* Current learning rate; setting it also makes it the schedule's base and
+ * restarts the schedule at epoch 0. */
 NN_API double nn_optimizer_lr(const nn_optimizer *opt);
 NN_API void nn_optimizer_set_lr(nn_optimizer *opt, double lr);
 
 /* Steps taken (restored by loading the state). */
 NN_API int64_t nn_optimizer_steps(const nn_optimizer *opt);
 
-/* The state tensors and their names, e.g. "adam.step" (the step counter, a
- * 0-d f64), "adam.m.0.weight", "adam.v.0.weight"; "sgd.momentum.<p>",
- * "adagrad.sum.<p>", "rmsprop.square_avg.<p>", "rmsprop.grad_avg.<p>",
- * "rmsprop.momentum.<p>", "adamw.m.<p>"... Arrays of
- * nn_optimizer_state_count entries, owned by the optimizer. Writing into
- * them (e.g. loading a checkpoint) resumes from that state. */
+/* The state tensors and their names, e.g. "adam.step" (the optimizer's
+ * step counter, a 0-d f64), "adam.m.0.weight", "adam.v.0.weight",
+ * "adam.step.0.weight" (that parameter's step count, a 0-d f64, kept where
+ * the update uses it: Adam, AdamW, Adagrad, SGD with momentum);
+ * "sgd.momentum.<p>", "adagrad.sum.<p>", "rmsprop.square_avg.<p>",
+ * "rmsprop.grad_avg.<p>", "rmsprop.momentum.<p>", "adamw.m.<p>"...; last
+ * the learning-rate state, three 0-d f64: "<kind>.lr" (the current rate),
+ * "<kind>.schedule.lr0" and "<kind>.schedule.epoch" (the schedule's base
+ * rate and epoch). Arrays of nn_optimizer_state_count entries, owned by the
+ * optimizer. Writing into them (e.g. loading a checkpoint) resumes from
+ * that state: the rate and the schedule included. */
 NN_API int nn_optimizer_state_count(const nn_optimizer *opt);
 NN_API const char *const *nn_optimizer_state_names(const nn_optimizer *opt);
 NN_API ad_tensor *const *nn_optimizer_state_tensors(const nn_optimizer *opt);
@@ -525,7 +543,10 @@ typedef struct nn_schedule {
 NN_API double nn_schedule_lr(const nn_schedule *s, double lr0, int64_t t);
 
 /* Attaches a copy of s (NULL detaches); the current lr becomes lr0 and the
- * epoch 0. Returns AD_ERR_ARG for bad settings. */
+ * epoch 0. Returns AD_ERR_ARG for bad settings. The settings are not part
+ * of the optimizer's state (as a PyTorch scheduler is not part of its
+ * optimizer): to resume from a checkpoint, attach the same schedule, then
+ * load (nn_model_load restores lr0, the epoch and the rate). */
 NN_API ad_status nn_optimizer_set_schedule(nn_optimizer *opt, const nn_schedule *s);
 
 /* Advances the schedule one epoch and sets lr from it (no-op without a
@@ -665,13 +686,23 @@ NN_API ad_tensor *nn_predict(nn_model *m, ad_tensor *x, int64_t batch_size);
 /* ========================================================== checkpoints */
 
 /* Saves m's parameters under their names and, when opt is not NULL, its
- * state (nn_optimizer_state_names) to a safetensors file (atomically; see
+ * state (nn_optimizer_state_names: moments, step counts, the learning rate
+ * and the schedule's base rate and epoch, all plain tensors that
+ * PyTorch's safetensors reads) to a safetensors file (atomically; see
  * nn_checkpoint_save). */
 NN_API ad_status nn_model_save(const nn_model *m, const nn_optimizer *opt, const char *path);
 
 /* Loads m's parameters (and opt's state when opt is not NULL) from path;
  * every name must be present with the same dtype and shape, else nothing
- * changes (see nn_checkpoint_load). */
+ * changes (see nn_checkpoint_load). The learning rate comes from the
+ * checkpoint, as PyTorch's optimizer load_state_dict does: call
+ * nn_optimizer_set_lr afterwards to train on with another one. Step counts
+ * must be whole numbers >= 0 and rates finite and >= 0, else
+ * AD_ERR_FORMAT and nothing changes. Checkpoints of earlier versions load:
+ * a parameter's step count ("adam.step.<p>") may be missing, and is then
+ * the optimizer's step counter (those versions advanced every parameter at
+ * every step); the rate and the schedule's state may be missing, and the
+ * optimizer's own are then kept (those versions did not save them). */
 NN_API ad_status nn_model_load(nn_model *m, nn_optimizer *opt, const char *path);
 
 #ifdef __cplusplus

@@ -8,6 +8,17 @@
 
 #include <string.h>
 
+/* The one way nn entry points report a NULL argument: records
+ * "<fn>: <what> is NULL" on ctx and returns AD_ERR_NULL. Through
+ * ad_set_null_error, so when an error is already recorded the NULL is taken
+ * for its consequence (a chain of calls: nn_model_forward(m, ad_relu(...))
+ * after a failed op) and that message is kept. ctx may be NULL. */
+ad_status nn_null_arg(ad_ctx *ctx, const char *fn, const char *what);
+
+/* The context of m, else that of opt's parameters; NULL if neither has
+ * one (entry points given a NULL model still report to opt's context). */
+ad_ctx *nn_ctx_of(const nn_model *m, const nn_optimizer *opt);
+
 /* Copies s into memory from the context's allocator (free with nn_strfree). */
 char *nn_strdup(ad_ctx *ctx, const char *s);
 void nn_strfree(ad_ctx *ctx, char *s);
@@ -32,6 +43,21 @@ bool nn_layer_adopted(const nn_layer *l);
 
 /* The parameter list an optimizer was made over. */
 nn_params *nn_optimizer_params(const nn_optimizer *opt);
+
+/* Whether state tensor i of opt is one that checkpoints written by earlier
+ * versions lack (a parameter's step count), so nn_model_load may find it
+ * missing. */
+bool nn_optimizer_state_optional(const nn_optimizer *opt, int i);
+
+/* Checks the value v of 0-d state tensor i of opt read from the checkpoint
+ * at path: a step count or epoch is a whole number in [0, 2^53], a learning
+ * rate finite and >= 0. AD_OK, or AD_ERR_FORMAT naming the tensor. */
+ad_status nn_optimizer_state_check(const nn_optimizer *opt, int i, double v, const char *path);
+
+/* After a load that found state tensor i only where present[i] is true
+ * (nn_optimizer_state_count entries): sets each missing one as the earlier
+ * versions behaved (a parameter's step count = the optimizer's). */
+void nn_optimizer_state_restored(nn_optimizer *opt, const bool *present);
 
 /* Accuracy threshold nn_fit and nn_evaluate use for loss. */
 double nn_loss_threshold(nn_loss_fn loss);

@@ -33,7 +33,8 @@
  *   the engine, a new failure replaces the message of an earlier one.
  *
  * Portability
- *   POSIX (open, fsync, rename). Files are little-endian on every host.
+ *   POSIX (open, fsync, rename) and flock(2) (Linux, the BSDs, macOS).
+ *   Files are little-endian on every host.
  */
 #ifndef NN_IO_H
 #define NN_IO_H
@@ -75,9 +76,15 @@ NN_API ad_tensor *nn_idx_load(ad_ctx *ctx, const char *path, ad_dtype dtype, dou
  * AD_I32 are written as "F32", "F64" and "I32", in the given order, with
  * the header padded with spaces to a multiple of 8 bytes.
  * The save is atomic: everything is validated first, then written to a
- * temporary file in path's directory, flushed, fsync'ed and renamed over
- * path. On any failure the temporary file is removed and an existing file
- * at path is left untouched. n may be 0 (an empty checkpoint).
+ * temporary file in path's directory, "<path>.tmp.<pid>.<16 hex digits>",
+ * flushed, fsync'ed and renamed over path. On any failure the temporary
+ * file is removed and an existing file at path is left untouched. n may be
+ * 0 (an empty checkpoint).
+ * The writer holds an exclusive flock(2) on its temporary file until the
+ * rename. A process killed while saving leaves its file behind, unlocked:
+ * the next save or load of the same path removes every such file of path
+ * whose lock it can take (best effort, silently), and leaves those of live
+ * writers (lock held) and those named with the caller's own process id.
  * Returns AD_OK, or AD_ERR_NULL / AD_ERR_ARG (bad arguments: nothing is
  * written), AD_ERR_IO (could not create, write or rename the file) or
  * AD_ERR_OOM. */
@@ -99,9 +106,13 @@ NN_API ad_status nn_checkpoint_save_meta(ad_ctx *ctx, const char *path, int n,
  * may have dtypes this engine lacks, such as "F16" or "I64").
  * The whole file structure is checked: header length, strict JSON, known
  * keys, data_offsets inside the data buffer and consistent with dtype and
- * shape, no overlaps or gaps between tensors, no duplicate names.
+ * shape, no overlaps or gaps between tensors, no duplicate names, no empty
+ * tensor name or metadata key (nn_checkpoint_save writes none either; the
+ * message names the file and the tensor's position in the header).
  * All-or-nothing: every check and every read happens before any tensor is
  * written, so on error all tensors keep their old values.
+ * First removes the temporary files that killed saves of path left (see
+ * nn_checkpoint_save).
  * Returns AD_OK, or AD_ERR_NULL / AD_ERR_ARG (bad arguments), AD_ERR_IO
  * (cannot open or read), AD_ERR_FORMAT (corrupt or truncated file),
  * AD_ERR_NOTFOUND (a name is missing), AD_ERR_DTYPE, AD_ERR_SHAPE or

@@ -15,6 +15,8 @@
 typedef struct slot {
   ad_tensor *p;
   ad_tensor *s[MAX_SLOT_STATE]; /* per kind, see state_kinds */
+  ad_tensor *t;                 /* 0-d f64: this parameter's steps, if its update uses them */
+  int t_index;                  /* t's position among the state tensors */
 } slot;
 
 struct nn_optimizer {
@@ -24,14 +26,20 @@ struct nn_optimizer {
   int nslots;
   slot *slots;
   ad_tensor *step; /* 0-d f64: steps taken */
-  int nstate, names_cap, tensors_cap;
+  int nstate, names_cap, tensors_cap, optional_cap;
   char **state_names;
   ad_tensor **state_tensors;
+  bool *state_optional; /* may be missing from a checkpoint (see nn_optimizer_state_optional) */
   bool has_sched;
   nn_schedule sched;
-  double lr0;
-  int64_t epoch;
+  /* 0-d f64 state tensors, so that checkpoints keep them: the current
+   * learning rate (cfg.lr follows it before every use), the schedule's base
+   * rate and its epoch */
+  ad_tensor *lr, *lr0, *epoch;
 };
+
+static double scalar_get(const ad_tensor *t) { return ((const double *)t->data)[0]; }
+static void scalar_set(ad_tensor *t, double v) { ((double *)t->data)[0] = v; }
 
 static const char *const kind_names[] = {"sgd", "adagrad", "rmsprop", "adam", "adamw"};
 
@@ -117,19 +125,28 @@ static ad_status check_config(ad_ctx *ctx, const nn_opt_config *c) {
   return AD_OK;
 }
 
-static ad_status add_state(nn_optimizer *o, const char *name, ad_tensor *t) {
+/* Whether the update of a parameter depends on how many steps it took: the
+ * bias corrections of Adam, Adagrad's lr decay, SGD's first momentum step
+ * (RMSProp's and plain SGD's do not). */
+static bool uses_param_steps(const nn_opt_config *c) {
+  return c->kind != NN_OPT_RMSPROP && (c->kind != NN_OPT_SGD || c->momentum > 0);
+}
+
+static ad_status add_state(nn_optimizer *o, const char *name, ad_tensor *t, bool optional) {
   ad_ctx *ctx = o->ctx;
   if (!t) return ad_last_status(ctx);
   char *copy = nn_strdup(ctx, name);
   if (!copy ||
       !nn_grow(ctx, (void **)&o->state_names, &o->names_cap, o->nstate + 1, sizeof(char *)) ||
       !nn_grow(ctx, (void **)&o->state_tensors, &o->tensors_cap, o->nstate + 1,
-               sizeof(ad_tensor *))) {
+               sizeof(ad_tensor *)) ||
+      !nn_grow(ctx, (void **)&o->state_optional, &o->optional_cap, o->nstate + 1, sizeof(bool))) {
     nn_strfree(ctx, copy);
     ad_tensor_free(t);
     return AD_ERR_OOM;
   }
   o->state_names[o->nstate] = copy;
+  o->state_optional[o->nstate] = optional;
   o->state_tensors[o->nstate++] = t;
   return AD_OK;
 }
@@ -154,7 +171,6 @@ nn_optimizer *nn_optimizer_new(nn_params *params, const nn_opt_config *cfg) {
   o->ctx = ctx;
   o->params = params;
   o->cfg = *cfg;
-  o->lr0 = cfg->lr;
   o->slots = ad_malloc(ctx, (size_t)n * sizeof *o->slots);
   if (!o->slots) {
     nn_optimizer_free(o);
@@ -166,7 +182,7 @@ nn_optimizer *nn_optimizer_new(nn_params *params, const nn_opt_config *cfg) {
   char name[512];
   snprintf(name, sizeof name, "%s.step", kind);
   o->step = ad_zeros(ctx, AD_F64, 0, NULL);
-  if (add_state(o, name, o->step) != AD_OK) {
+  if (add_state(o, name, o->step, false) != AD_OK) {
     o->step = NULL;
     nn_optimizer_free(o);
     return NULL;
@@ -181,12 +197,34 @@ nn_optimizer *nn_optimizer_new(nn_params *params, const nn_opt_config *cfg) {
       snprintf(name, sizeof name, "%s.%s.%s", kind, kinds[k], nn_params_name(params, i));
       double init = cfg->kind == NN_OPT_ADAGRAD ? cfg->initial_accumulator : 0.0;
       ad_tensor *s = ad_full(ctx, p->dtype, p->ndim, p->shape, init);
-      if (add_state(o, name, s) != AD_OK) {
+      if (add_state(o, name, s, false) != AD_OK) {
         nn_optimizer_free(o);
         return NULL;
       }
       o->slots[i].s[k] = s;
     }
+    if (uses_param_steps(cfg)) {
+      snprintf(name, sizeof name, "%s.step.%s", kind, nn_params_name(params, i));
+      o->slots[i].t_index = o->nstate;
+      o->slots[i].t = ad_zeros(ctx, AD_F64, 0, NULL);
+      if (add_state(o, name, o->slots[i].t, true) != AD_OK) {
+        o->slots[i].t = NULL;
+        nn_optimizer_free(o);
+        return NULL;
+      }
+    }
+  }
+  /* last, so that the per-parameter state keeps its positions */
+  static const char *const lr_names[3] = {"lr", "schedule.lr0", "schedule.epoch"};
+  ad_tensor **lr_state[3] = {&o->lr, &o->lr0, &o->epoch};
+  for (int k = 0; k < 3; k++) {
+    snprintf(name, sizeof name, "%s.%s", kind, lr_names[k]);
+    ad_tensor *t = ad_full(ctx, AD_F64, 0, NULL, k == 2 ? 0.0 : cfg->lr);
+    if (add_state(o, name, t, true) != AD_OK) {
+      nn_optimizer_free(o);
+      return NULL;
+    }
+    *lr_state[k] = t;
   }
   return o;
 }
@@ -230,13 +268,15 @@ void nn_optimizer_free(nn_optimizer *o) {
   }
   ad_free(ctx, o->state_names, (size_t)o->names_cap * sizeof(char *));
   ad_free(ctx, o->state_tensors, (size_t)o->tensors_cap * sizeof(ad_tensor *));
+  ad_free(ctx, o->state_optional, (size_t)o->optional_cap * sizeof(bool));
   ad_free(ctx, o->slots, (size_t)o->nslots * sizeof *o->slots);
   ad_free(ctx, o, sizeof *o);
 }
 
 /* One optimizer step as a parallel loop over the concatenated elements of
  * the parameters that take part (every update is elementwise, so any cut
- * gives the same result). */
+ * gives the same result). t is the optimizer's step, for updates that do
+ * not count a parameter's own. */
 typedef struct step_job {
   const nn_optimizer *o;
   int64_t t;
@@ -260,7 +300,8 @@ static void step_range(void *ud, int64_t begin, int64_t end) {
     size_t es = ad_dtype_size(sl->p->dtype), at = (size_t)lo * es;
     void *st[MAX_SLOT_STATE];
     for (int k = 0; k < MAX_SLOT_STATE; k++) st[k] = sl->s[k] ? (char *)sl->s[k]->data + at : NULL;
-    nn_update(&o->cfg, sl->p->dtype, j->t, hi - lo, (char *)sl->p->data + at,
+    int64_t t = sl->t ? (int64_t)((const double *)sl->t->data)[0] : j->t;
+    nn_update(&o->cfg, sl->p->dtype, t, hi - lo, (char *)sl->p->data + at,
               (const char *)sl->p->grad->data + at, st[0], st[1], st[2]);
   }
 }
@@ -272,12 +313,15 @@ ad_status nn_optimizer_step(nn_optimizer *o) {
   if (!o) return AD_ERR_NULL;
   if (o->cfg.clip_value > 0) nn_clip_grad_value(o->params, o->cfg.clip_value);
   if (o->cfg.clip_norm > 0) nn_clip_grad_norm(o->params, o->cfg.clip_norm);
+  o->cfg.lr = scalar_get(o->lr); /* a loaded checkpoint may have changed it */
   double *steps = o->step->data;
   step_job j = {o, (int64_t)steps[0] + 1};
   int64_t total = 0;
   for (int i = 0; i < o->nslots; i++) {
     const slot *sl = &o->slots[i];
-    if (takes_part(sl)) total += sl->p->size;
+    if (!takes_part(sl)) continue;
+    total += sl->p->size;
+    if (sl->t) ((double *)sl->t->data)[0] += 1; /* counts only the steps it takes part in */
   }
   ad_parallel_for(total, SWEEP_GRAIN, step_range, &j);
   steps[0] = (double)j.t;
@@ -290,14 +334,20 @@ void nn_optimizer_zero_grad(nn_optimizer *o) {
 
 nn_params *nn_optimizer_params(const nn_optimizer *o) { return o ? o->params : NULL; }
 
-const nn_opt_config *nn_optimizer_config(const nn_optimizer *o) { return o ? &o->cfg : NULL; }
-double nn_optimizer_lr(const nn_optimizer *o) { return o ? o->cfg.lr : NAN; }
+const nn_opt_config *nn_optimizer_config(const nn_optimizer *o) {
+  if (!o) return NULL;
+  ((nn_optimizer *)o)->cfg.lr = scalar_get(o->lr); /* the object itself is never const */
+  return &o->cfg;
+}
+
+double nn_optimizer_lr(const nn_optimizer *o) { return o ? scalar_get(o->lr) : NAN; }
 
 void nn_optimizer_set_lr(nn_optimizer *o, double lr) {
   if (!o) return;
   o->cfg.lr = lr;
-  o->lr0 = lr;
-  o->epoch = 0;
+  scalar_set(o->lr, lr);
+  scalar_set(o->lr0, lr);
+  scalar_set(o->epoch, 0);
 }
 
 int64_t nn_optimizer_steps(const nn_optimizer *o) {
@@ -312,6 +362,35 @@ const char *const *nn_optimizer_state_names(const nn_optimizer *o) {
 
 ad_tensor *const *nn_optimizer_state_tensors(const nn_optimizer *o) {
   return o ? o->state_tensors : NULL;
+}
+
+bool nn_optimizer_state_optional(const nn_optimizer *o, int i) {
+  return o && i >= 0 && i < o->nstate && o->state_optional[i];
+}
+
+ad_status nn_optimizer_state_check(const nn_optimizer *o, int i, double v, const char *path) {
+  if (!o || i < 0 || i >= o->nstate || o->state_tensors[i]->ndim != 0) return AD_OK;
+  const ad_tensor *t = o->state_tensors[i];
+  if (t == o->lr || t == o->lr0) {
+    if (!(isfinite(v) && v >= 0))
+      return ad_set_error(o->ctx, AD_ERR_FORMAT,
+                          "checkpoint %s: learning rate '%s' is %g; it must be finite and >= 0",
+                          path, o->state_names[i], v);
+  } else if (!(v >= 0 && v <= 9007199254740992.0 && v == floor(v))) { /* a count, <= 2^53 */
+    return ad_set_error(o->ctx, AD_ERR_FORMAT,
+                        "checkpoint %s: '%s' is %g; a count must be a whole number >= 0", path,
+                        o->state_names[i], v);
+  }
+  return AD_OK;
+}
+
+void nn_optimizer_state_restored(nn_optimizer *o, const bool *present) {
+  if (!o || !present) return;
+  /* a checkpoint without a parameter's step count comes from a version that
+   * counted the optimizer's steps for every parameter */
+  for (int i = 0; i < o->nslots; i++)
+    if (o->slots[i].t && !present[o->slots[i].t_index])
+      ((double *)o->slots[i].t->data)[0] = ((const double *)o->step->data)[0];
 }
 
 /* -------------------------------------------------------------- schedules */
@@ -346,13 +425,15 @@ ad_status nn_optimizer_set_schedule(nn_optimizer *o, const nn_schedule *s) {
                         (int)s->kind, (long long)s->step_size, (long long)s->t_max);
   o->sched = *s;
   o->has_sched = true;
-  o->lr0 = o->cfg.lr;
-  o->epoch = 0;
+  scalar_set(o->lr0, scalar_get(o->lr));
+  scalar_set(o->epoch, 0);
   return AD_OK;
 }
 
 void nn_optimizer_schedule_step(nn_optimizer *o) {
   if (!o || !o->has_sched) return;
-  o->epoch++;
-  o->cfg.lr = nn_schedule_lr(&o->sched, o->lr0, o->epoch);
+  double epoch = scalar_get(o->epoch) + 1;
+  scalar_set(o->epoch, epoch);
+  o->cfg.lr = nn_schedule_lr(&o->sched, scalar_get(o->lr0), (int64_t)epoch);
+  scalar_set(o->lr, o->cfg.lr);
 }

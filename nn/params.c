@@ -13,6 +13,15 @@
 
 /* ---------------------------------------------------------------- helpers */
 
+ad_status nn_null_arg(ad_ctx *ctx, const char *fn, const char *what) {
+  return ad_set_null_error(ctx, "%s: %s is NULL", fn, what);
+}
+
+ad_ctx *nn_ctx_of(const nn_model *m, const nn_optimizer *opt) {
+  ad_ctx *ctx = nn_model_ctx(m);
+  return ctx ? ctx : nn_params_ctx(nn_optimizer_params(opt));
+}
+
 char *nn_strdup(ad_ctx *ctx, const char *s) {
   size_t n = strlen(s) + 1;
   char *d = ad_malloc(ctx, n);
@@ -266,7 +275,7 @@ void nn_clip_grad_value(nn_params *p, double clip) {
 ad_tensor *nn_l2_penalty(ad_ctx *ctx, const nn_params *p, double lambda) {
   if (!ctx) return NULL;
   if (!p) {
-    ad_set_error(ctx, AD_ERR_NULL, "l2_penalty: parameter list is NULL");
+    nn_null_arg(ctx, "l2_penalty", "parameter list");
     return NULL;
   }
   ad_tensor *total = NULL;
@@ -307,7 +316,7 @@ void nn_fans(const ad_tensor *t, int64_t *fan_in, int64_t *fan_out) {
 
 ad_status nn_init_tensor(ad_ctx *ctx, ad_tensor *t, nn_init init, ad_rng *rng) {
   if (!ctx) return AD_ERR_NULL;
-  if (!t) return ad_set_null_error(ctx, "init: tensor is NULL");
+  if (!t) return nn_null_arg(ctx, "init", "tensor");
   if (t->dtype != AD_F32 && t->dtype != AD_F64)
     return ad_set_error(ctx, AD_ERR_DTYPE, "init: tensor is %s; a float dtype is needed",
                         ad_dtype_name(t->dtype));

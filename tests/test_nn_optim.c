@@ -131,6 +131,119 @@ Test(optim, f32_follows_the_same_rules) {
   check_trajectory(s, opt_sgd_nesterov, AD_F32, 1e-6);
 }
 
+/* Gradients of step t (cycling through the fixture's three) for the
+ * parameters not skipped: skip 0 leaves the weight's grad NULL, 1 the
+ * bias's, -1 none. */
+static void set_grads_skip(fixture *f, int t, int skip) {
+  ad_ctx *c = f->ctx;
+  ad_tape_reset(c);
+  nn_params_zero_grad(f->params);
+  ad_tensor *lw = ad_sum(c, ad_mul(c, f->w, f->gw[t % 3]));
+  ad_tensor *lb = ad_sum(c, ad_mul(c, f->b, f->gb[t % 3]));
+  ad_tensor *l = skip == 0 ? lb : skip == 1 ? lw : ad_add(c, lw, lb);
+  cr_assert_eq(ad_backward(c, l, NULL), AD_OK, "%s", ad_last_error(c));
+}
+
+/* |got - want| relative to |want|; a value of torch's below the smallest
+ * normal float may be flushed to 0 by ours (nn_optimizer_step's contract),
+ * so there only both being below it counts. */
+static double rel_err_f32(double got, double want) {
+  if (fabs(want) < FLT_MIN) return fabs(got) < FLT_MIN ? 0.0 : INFINITY;
+  return fabs(got - want) / fabs(want);
+}
+
+/* Runs cfg in float32 for opt_f32_steps steps, leaving the grad of
+ * parameter skip[t] (0 weight, 1 bias, -1 none) NULL at step t, and
+ * compares the parameters and the state tensors named "<kind>.<state>.<p>"
+ * for each of states[] after every step with torch's float32 run. Returns
+ * the largest relative error; fails beyond 1e-6. */
+static double check_f32_run(nn_opt_config cfg, const double *want, const char *const *states,
+                            int nstates, const int *skip) {
+  static const char *const kinds[] = {"sgd", "adagrad", "rmsprop", "adam", "adamw"};
+  fixture f;
+  fixture_init(&f, AD_F32);
+  nn_optimizer *opt = nn_optimizer_new(f.params, &cfg);
+  cr_assert_not_null(opt, "%s", ad_last_error(f.ctx));
+  ad_tensor *st[3][2] = {{NULL}};
+  for (int k = 0; k < nstates; k++)
+    for (int p = 0; p < 2; p++) {
+      char name[64];
+      snprintf(name, sizeof name, "%s.%s.%s", kinds[cfg.kind], states[k],
+               p ? "0.bias" : "0.weight");
+      for (int i = 0; i < nn_optimizer_state_count(opt); i++)
+        if (strcmp(nn_optimizer_state_names(opt)[i], name) == 0)
+          st[k][p] = nn_optimizer_state_tensors(opt)[i];
+      cr_assert_not_null(st[k][p], "state %s", name);
+    }
+  int per_step = 9 * (1 + nstates);
+  double worst = 0;
+  for (int t = 0; t < opt_f32_steps[0]; t++) {
+    set_grads_skip(&f, t, skip ? skip[t] : -1);
+    cr_assert_eq(nn_optimizer_step(opt), AD_OK);
+    const double *w = want + per_step * t;
+    ad_tensor *got[4][2] = {{f.w, f.b}};
+    for (int k = 0; k < nstates; k++) got[1 + k][0] = st[k][0], got[1 + k][1] = st[k][1];
+    for (int k = 0; k <= nstates; k++)
+      for (int i = 0; i < 9; i++) {
+        double g = ad_tensor_get(got[k][i >= 6], i >= 6 ? i - 6 : i), r = w[9 * k + i];
+        double e = rel_err_f32(g, r);
+        if (e > worst) worst = e;
+        cr_assert(e <= 1e-6, "%s step %d %s[%d]: %.9g, torch %.9g (relative error %.3g)",
+                  kinds[cfg.kind], t + 1, k ? states[k - 1] : "param", i, g, r, e);
+      }
+  }
+  nn_optimizer_free(opt);
+  fixture_fini(&f);
+  return worst;
+}
+
+/* Every optimizer's float32 step matches torch.optim's float32 step to 1e-6
+ * relative, parameters and state, over several steps. */
+Test(optim, f32_steps_match_torch_f32) {
+  const char *mom[] = {"momentum"}, *sum[] = {"sum"}, *sq[] = {"square_avg"};
+  const char *rms[] = {"square_avg", "grad_avg", "momentum"}, *adam[] = {"m", "v"};
+  nn_opt_config c = nn_opt_defaults(NN_OPT_SGD, 0.1);
+  check_f32_run(c, opt_f32_sgd, NULL, 0, NULL);
+  c.momentum = 0.9, c.dampening = 0.1, c.weight_decay = 0.01;
+  check_f32_run(c, opt_f32_sgd_momentum, mom, 1, NULL);
+  c = nn_opt_defaults(NN_OPT_SGD, 0.1);
+  c.momentum = 0.9, c.nesterov = true, c.weight_decay = 0.01;
+  check_f32_run(c, opt_f32_sgd_nesterov, mom, 1, NULL);
+  c = nn_opt_defaults(NN_OPT_ADAGRAD, 0.1);
+  c.lr_decay = 0.01, c.weight_decay = 0.01, c.initial_accumulator = 0.1;
+  check_f32_run(c, opt_f32_adagrad, sum, 1, NULL);
+  c = nn_opt_defaults(NN_OPT_RMSPROP, 0.01);
+  c.alpha = 0.9;
+  check_f32_run(c, opt_f32_rmsprop, sq, 1, NULL);
+  c.centered = true, c.momentum = 0.5, c.weight_decay = 0.01;
+  check_f32_run(c, opt_f32_rmsprop_centered, rms, 3, NULL);
+  c = nn_opt_defaults(NN_OPT_ADAM, 0.01);
+  c.weight_decay = 0.01;
+  check_f32_run(c, opt_f32_adam, adam, 2, NULL);
+  c = nn_opt_defaults(NN_OPT_ADAMW, 0.01);
+  c.weight_decay = 0.1;
+  check_f32_run(c, opt_f32_adamw, adam, 2, NULL);
+}
+
+/* A parameter whose grad is NULL at a step is skipped and its own step
+ * count does not advance, as in PyTorch: Adam's bias correction and
+ * Adagrad's lr decay use the parameter's count, and SGD's momentum buffer
+ * starts at the parameter's first gradient. */
+Test(optim, step_counts_are_per_parameter) {
+  const char *mom[] = {"momentum"}, *sum[] = {"sum"}, *adam[] = {"m", "v"};
+  const int adam_skip[6] = {1, -1, -1, 1, 0, -1}, ada_skip[6] = {-1, 1, -1, -1, -1, -1};
+  const int sgd_skip[6] = {1, -1, 0, -1, -1, -1};
+  nn_opt_config c = nn_opt_defaults(NN_OPT_ADAM, 0.01);
+  c.weight_decay = 0.01;
+  check_f32_run(c, opt_f32_adam_skip, adam, 2, adam_skip);
+  c = nn_opt_defaults(NN_OPT_ADAGRAD, 0.1);
+  c.lr_decay = 0.01, c.weight_decay = 0.01, c.initial_accumulator = 0.1;
+  check_f32_run(c, opt_f32_adagrad_skip, sum, 1, ada_skip);
+  c = nn_opt_defaults(NN_OPT_SGD, 0.1);
+  c.momentum = 0.9, c.dampening = 0.1, c.weight_decay = 0.01;
+  check_f32_run(c, opt_f32_sgd_momentum_skip, mom, 1, sgd_skip);
+}
+
 Test(optim, shorthands_use_torch_defaults) {
   fixture f;
   fixture_init(&f, AD_F64);
@@ -155,13 +268,18 @@ Test(optim, state_tensors_are_named) {
   fixture f;
   fixture_init(&f, AD_F64);
   nn_optimizer *adam = nn_adam_new(f.params, 0.01);
-  cr_assert_eq(nn_optimizer_state_count(adam), 5);
+  cr_assert_eq(nn_optimizer_state_count(adam), 10);
   const char *const *n = nn_optimizer_state_names(adam);
   cr_assert_str_eq(n[0], "adam.step");
   cr_assert_str_eq(n[1], "adam.m.0.weight");
   cr_assert_str_eq(n[2], "adam.v.0.weight");
-  cr_assert_str_eq(n[3], "adam.m.0.bias");
-  cr_assert_str_eq(n[4], "adam.v.0.bias");
+  cr_assert_str_eq(n[3], "adam.step.0.weight");
+  cr_assert_str_eq(n[4], "adam.m.0.bias");
+  cr_assert_str_eq(n[5], "adam.v.0.bias");
+  cr_assert_str_eq(n[6], "adam.step.0.bias");
+  cr_assert_str_eq(n[7], "adam.lr");
+  cr_assert_str_eq(n[8], "adam.schedule.lr0");
+  cr_assert_str_eq(n[9], "adam.schedule.epoch");
   ad_tensor *const *t = nn_optimizer_state_tensors(adam);
   cr_assert_eq(t[0]->ndim, 0);
   cr_assert_eq(t[0]->dtype, AD_F64);
@@ -170,16 +288,22 @@ Test(optim, state_tensors_are_named) {
   set_grads(&f, 0);
   nn_optimizer_step(adam);
   cr_assert_eq(ad_tensor_item(t[0]), 1.0);
+  cr_assert_eq(ad_tensor_item(t[3]), 1.0);
+  cr_assert_eq(t[6]->ndim, 0);
   cr_assert_float_eq(ad_tensor_get(t[1], 0), 0.1 * opt_g_w[0], 1e-15); /* m = (1-b1) g */
 
   nn_opt_config c = nn_opt_defaults(NN_OPT_RMSPROP, 0.01);
   c.centered = true, c.momentum = 0.9;
   nn_optimizer *rms = nn_optimizer_new(f.params, &c);
-  cr_assert_eq(nn_optimizer_state_count(rms), 7);
+  cr_assert_eq(nn_optimizer_state_count(rms), 10);
   cr_assert_str_eq(nn_optimizer_state_names(rms)[2], "rmsprop.grad_avg.0.weight");
   cr_assert_str_eq(nn_optimizer_state_names(rms)[3], "rmsprop.momentum.0.weight");
   nn_optimizer *sgd = nn_sgd_new(f.params, 0.1, 0.0, false, 0.0);
-  cr_assert_eq(nn_optimizer_state_count(sgd), 1); /* only the step counter */
+  cr_assert_eq(nn_optimizer_state_count(sgd), 4); /* the step counter and the lr state */
+  nn_optimizer *sgdm = nn_sgd_new(f.params, 0.1, 0.9, false, 0.0);
+  cr_assert_eq(nn_optimizer_state_count(sgdm), 8);
+  cr_assert_str_eq(nn_optimizer_state_names(sgdm)[2], "sgd.step.0.weight");
+  nn_optimizer_free(sgdm);
   nn_optimizer *ada = nn_adagrad_new(f.params, 0.1);
   cr_assert_str_eq(nn_optimizer_state_names(ada)[1], "adagrad.sum.0.weight");
   nn_optimizer_free(adam);
@@ -453,16 +577,17 @@ Test(optim, dead_weights_moments_flush_to_zero_without_changing_parameters) {
   for (int t = 1; t <= STEPS; t++) {
     cr_assert_eq(nn_optimizer_step(adam), AD_OK);
     cr_assert_eq(nn_optimizer_step(sgd), AD_OK);
-    /* the reference: Adam (defaults) and SGD with momentum, IEEE throughout */
-    float step = (float)(1e-3 / (1.0 - pow(0.9, t)));
-    float inv_bc2 = (float)(1.0 / sqrt(1.0 - pow(0.999, t)));
+    /* the reference: Adam (defaults) and SGD with momentum, IEEE throughout,
+     * in the operations of torch.optim's step (nn/kernels/update.c) */
+    float nstep = (float)(-1e-3 / (1.0 - pow(0.9, t)));
+    float bc2 = (float)sqrt(1.0 - pow(0.999, t));
     for (int i = 0; i < N; i++) {
       float g = t == 1 ? g0[i] : 0.0f;
-      rm[i] = 0.9f * rm[i] + (1 - 0.9f) * g;
-      rv[i] = 0.999f * rv[i] + (1 - 0.999f) * g * g;
-      rp[i] -= step * rm[i] / (sqrtf(rv[i]) * inv_bc2 + 1e-8f);
-      sb[i] = t == 1 ? g : 0.9f * sb[i] + 1.0f * g;
-      sp[i] -= 1e-2f * sb[i];
+      rm[i] = fmaf((float)(1 - 0.9), g, 0.9f * rm[i]);
+      rv[i] = fmaf((float)(1 - 0.999) * g, g, 0.999f * rv[i]);
+      rp[i] += nstep * rm[i] / (sqrtf(rv[i]) / bc2 + 1e-8f);
+      sb[i] = t == 1 ? g : fmaf(1.0f, g, 0.9f * sb[i]);
+      sp[i] = fmaf(-1e-2f, sb[i], sp[i]);
     }
     if (t == 1) { /* from now on exactly zero, as a dead ReLU unit's gradient is */
       ad_tensor_fill(w->grad, 0.0);

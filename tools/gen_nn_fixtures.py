@@ -2,7 +2,8 @@
 """Generates tests/nn_fixtures.h: PyTorch reference values for the nn tests.
 
 The nn tests compare our optimizers, losses, Dense layer, activations,
-gradient clipping and learning-rate schedules with PyTorch's, in float64.
+gradient clipping and learning-rate schedules with PyTorch's, in float64
+(and the optimizers also in float32).
 The values are committed, so the test suite never needs torch; rerun this
 script (it needs torch, tested with 1.13) after changing a fixture:
 
@@ -82,6 +83,51 @@ for name, make in OPTIMIZERS.items():
         opt.step()
         traj += w.detach().flatten().tolist() + b.detach().flatten().tolist()
     emit(f"opt_{name}", traj)
+
+# f32: the same configurations over F32_STEPS steps (gradients cycling
+# through G_W / G_B) in float32, as a float model trains. After each step:
+# weight, bias, then each state tensor of ours (in the order of nn/optim.c's
+# state_kinds: weight's then bias's), as torch computed them in float32.
+# The "skip" runs leave a parameter's grad None at some steps: torch skips
+# it, and its step count (Adam's bias correction, SGD's first momentum
+# step) does not advance.
+F32_STEPS = 6
+STATE_KEYS = {  # ours, in order -> torch's state key
+    "sgd": [], "sgd_momentum": ["momentum_buffer"], "sgd_nesterov": ["momentum_buffer"],
+    "adagrad": ["sum"], "rmsprop": ["square_avg"],
+    "rmsprop_centered": ["square_avg", "grad_avg", "momentum_buffer"],
+    "adam": ["exp_avg", "exp_avg_sq"], "adamw": ["exp_avg", "exp_avg_sq"],
+}
+# (name, optimizer, {step index: parameter left without grad (0 w, 1 b)})
+F32_RUNS = [(n, n, {}) for n in OPTIMIZERS] + [
+    ("adam_skip", "adam", {0: 1, 3: 1, 4: 0}),
+    ("adagrad_skip", "adagrad", {1: 1}),
+    ("sgd_momentum_skip", "sgd_momentum", {0: 1, 2: 0}),
+]
+
+
+def f32_run(opt_name, skip):
+    w = torch.tensor(P0_W, dtype=torch.float32, requires_grad=True)
+    b = torch.tensor(P0_B, dtype=torch.float32, requires_grad=True)
+    opt = OPTIMIZERS[opt_name]([w, b])
+    traj = []
+    for t in range(F32_STEPS):
+        w.grad = torch.tensor(G_W[t % 3], dtype=torch.float32)
+        b.grad = torch.tensor(G_B[t % 3], dtype=torch.float32)
+        if t in skip:
+            (w, b)[skip[t]].grad = None
+        opt.step()
+        traj += w.detach().flatten().tolist() + b.detach().flatten().tolist()
+        for key in STATE_KEYS[opt_name]:
+            for p in (w, b):
+                st = opt.state[p].get(key) if p in opt.state else None
+                traj += st.flatten().tolist() if st is not None else [0.0] * p.numel()
+    return traj
+
+
+emit_int("opt_f32_steps", [F32_STEPS])
+for run, opt_name, skip in F32_RUNS:
+    emit(f"opt_f32_{run}", f32_run(opt_name, skip))
 
 # ------------------------------------------------------------- clipping
 gw = torch.tensor(G_W[0]) * 10

@@ -1,0 +1,479 @@
+/* test_misuse_nn.c: the nn layer used the ways issue 13 found wrong:
+ * checkpoints from earlier versions and with a learning-rate schedule,
+ * saves killed half-way, names the reader and the writer disagreed on,
+ * and NULL arguments that set no message. */
+#include "nn.h"
+#include "test_tmpdir.h"
+
+#include <criterion/criterion.h>
+#include <fcntl.h>
+#include <math.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+TEST_TMPDIR_SUITE(misuse_nn, "misuse_nn");
+
+/* A Dense 3 -> 2 model in f32 from seed, and an input batch [4,3]. */
+static nn_model *small_model(uint64_t seed) {
+  ad_rng rng;
+  ad_rng_seed(&rng, seed);
+  nn_model *m = nn_sequential_new(ctx);
+  cr_assert_eq(nn_model_add(m, nn_dense_new(ctx, 3, 2, &rng, NULL)), AD_OK, "%s",
+               ad_last_error(ctx));
+  return m;
+}
+
+static ad_tensor *batch(uint64_t seed, int64_t cols) {
+  ad_rng rng;
+  ad_rng_seed(&rng, seed);
+  int64_t s[2] = {4, cols};
+  ad_tensor *t = ad_rand(ctx, &rng, AD_F32, 2, s, -1, 1);
+  cr_assert_not_null(t);
+  return t;
+}
+
+static bool same_params(const nn_model *a, const nn_model *b) {
+  nn_params *pa = nn_model_params(a), *pb = nn_model_params(b);
+  for (int i = 0; i < nn_params_count(pa); i++) {
+    ad_tensor *ta = nn_params_tensor(pa, i), *tb = nn_params_tensor(pb, i);
+    if (memcmp(ta->data, tb->data, (size_t)ta->size * ad_dtype_size(ta->dtype))) return false;
+  }
+  return true;
+}
+
+static ad_tensor *state_named(const nn_optimizer *o, const char *name) {
+  for (int i = 0; i < nn_optimizer_state_count(o); i++)
+    if (strcmp(nn_optimizer_state_names(o)[i], name) == 0) return nn_optimizer_state_tensors(o)[i];
+  return NULL;
+}
+
+/* ------------------------------------------------- checkpoints of earlier versions */
+
+/* A checkpoint written before parameters counted their own steps (no
+ * "adam.step.<p>") and before the learning rate and the schedule were
+ * kept loads, and each parameter's count is the optimizer's: training then
+ * goes on exactly as without the interruption. */
+Test(misuse_nn, checkpoint_without_parameter_steps_loads) {
+  ad_tensor *x = batch(1, 3), *y = batch(2, 2);
+  nn_model *a = small_model(3), *b = small_model(4);
+  nn_optimizer *oa = nn_adam_new(nn_model_params(a), 0.01);
+  nn_optimizer *ob = nn_adam_new(nn_model_params(b), 0.01);
+  for (int i = 0; i < 3; i++)
+    cr_assert_eq(nn_train_step(a, oa, nn_mse_loss, x, y, 0, NULL), AD_OK, "%s", ad_last_error(ctx));
+  /* the layout of the earlier versions: the parameters, then every state
+   * tensor but the per-parameter step counts */
+  const char *names[16];
+  ad_tensor *tensors[16];
+  int n = 0;
+  nn_params *pa = nn_model_params(a);
+  for (int i = 0; i < nn_params_count(pa); i++)
+    names[n] = nn_params_name(pa, i), tensors[n++] = nn_params_tensor(pa, i);
+  for (int i = 0; i < nn_optimizer_state_count(oa); i++) {
+    const char *s = nn_optimizer_state_names(oa)[i];
+    if (!strncmp(s, "adam.step.", 10) || !strcmp(s, "adam.lr") || !strncmp(s, "adam.schedule.", 14))
+      continue;
+    names[n] = s, tensors[n++] = nn_optimizer_state_tensors(oa)[i];
+  }
+  cr_assert_eq(n, 2 + 1 + 4); /* 2 parameters, the step, m and v of each */
+  const char *path = test_path("old.safetensors");
+  cr_assert_eq(nn_checkpoint_save(ctx, path, n, names, tensors), AD_OK, "%s", ad_last_error(ctx));
+
+  cr_assert_eq(nn_model_load(b, ob, path), AD_OK, "%s", ad_last_error(ctx));
+  cr_assert(same_params(a, b));
+  cr_assert_eq(nn_optimizer_steps(ob), 3);
+  cr_assert_eq(ad_tensor_item(state_named(ob, "adam.step.0.weight")), 3.0);
+  cr_assert_eq(ad_tensor_item(state_named(ob, "adam.step.0.bias")), 3.0);
+  cr_assert_eq(nn_train_step(a, oa, nn_mse_loss, x, y, 0, NULL), AD_OK);
+  cr_assert_eq(nn_train_step(b, ob, nn_mse_loss, x, y, 0, NULL), AD_OK);
+  cr_assert(same_params(a, b), "the resumed step differs");
+
+  /* a required state tensor missing is still an error, and nothing changes */
+  nn_optimizer *oc = nn_adam_new(nn_model_params(b), 0.01);
+  cr_assert_eq(nn_checkpoint_save(ctx, path, 3, names, tensors), AD_OK);
+  cr_assert_eq(nn_model_load(b, oc, path), AD_ERR_NOTFOUND);
+  test_expect_error(ctx, AD_ERR_NOTFOUND, path, "'adam.m.0.weight' not found", NULL);
+  cr_assert_eq(nn_optimizer_steps(oc), 0);
+  nn_optimizer_free(oa), nn_optimizer_free(ob), nn_optimizer_free(oc);
+  nn_model_free(a), nn_model_free(b);
+  ad_tensor_free(x), ad_tensor_free(y);
+}
+
+/* ------------------------------------------------ the learning-rate schedule */
+
+/* Trains one step of m with opt on a fixed batch. */
+static void one_step(nn_model *m, nn_optimizer *opt) {
+  ad_tensor *x = batch(1, 3), *y = batch(2, 2);
+  cr_assert_eq(nn_train_step(m, opt, nn_mse_loss, x, y, 0, NULL), AD_OK, "%s", ad_last_error(ctx));
+  ad_tensor_free(x), ad_tensor_free(y);
+}
+
+/* The schedule's state is in the checkpoint: after 3 epochs of StepLR
+ * (gamma 0.5) the rate is 0.0125 before nn_model_save and after
+ * nn_model_load, and the schedule goes on from epoch 3. */
+Test(misuse_nn, schedule_survives_a_checkpoint) {
+  nn_schedule sched = {.kind = NN_SCHED_STEP, .step_size = 1, .gamma = 0.5};
+  nn_model *a = small_model(3), *b = small_model(4);
+  nn_optimizer *oa = nn_sgd_new(nn_model_params(a), 0.1, 0.9, false, 0);
+  nn_optimizer *ob = nn_sgd_new(nn_model_params(b), 0.1, 0.9, false, 0);
+  cr_assert_eq(nn_optimizer_set_schedule(oa, &sched), AD_OK);
+  cr_assert_eq(nn_optimizer_set_schedule(ob, &sched), AD_OK);
+  for (int e = 0; e < 3; e++) {
+    one_step(a, oa);
+    nn_optimizer_schedule_step(oa);
+  }
+  cr_assert_eq(nn_optimizer_lr(oa), 0.0125);
+  const char *path = test_path("sched.safetensors");
+  cr_assert_eq(nn_model_save(a, oa, path), AD_OK, "%s", ad_last_error(ctx));
+  cr_assert_eq(nn_model_load(b, ob, path), AD_OK, "%s", ad_last_error(ctx));
+  cr_assert_eq(nn_optimizer_lr(ob), 0.0125, "lr after load: %g", nn_optimizer_lr(ob));
+  cr_assert_eq(nn_optimizer_config(ob)->lr, 0.0125);
+  for (int e = 3; e < 5; e++) {
+    one_step(a, oa), one_step(b, ob);
+    nn_optimizer_schedule_step(oa), nn_optimizer_schedule_step(ob);
+    cr_assert_eq(nn_optimizer_lr(ob), 0.1 * pow(0.5, e + 1), "epoch %d: %g", e + 1,
+                 nn_optimizer_lr(ob));
+  }
+  cr_assert(same_params(a, b), "the resumed run differs");
+
+  /* the learning rate is restored without a schedule too (as PyTorch's
+   * optimizer state_dict does); set it after loading to change it */
+  nn_optimizer *oc = nn_sgd_new(nn_model_params(b), 0.5, 0.9, false, 0);
+  cr_assert_eq(nn_model_load(b, oc, path), AD_OK, "%s", ad_last_error(ctx));
+  cr_assert_eq(nn_optimizer_lr(oc), 0.0125);
+  nn_optimizer_set_lr(oc, 0.5);
+  cr_assert_eq(nn_optimizer_lr(oc), 0.5);
+  nn_optimizer_free(oa), nn_optimizer_free(ob), nn_optimizer_free(oc);
+  nn_model_free(a), nn_model_free(b);
+}
+
+/* A checkpoint without the rate and the schedule's state (earlier
+ * versions) leaves the optimizer's own: as those versions did. */
+Test(misuse_nn, checkpoint_without_schedule_state_keeps_the_optimizers) {
+  nn_model *a = small_model(3);
+  nn_optimizer *oa = nn_sgd_new(nn_model_params(a), 0.1, 0, false, 0);
+  nn_schedule sched = {.kind = NN_SCHED_EXPONENTIAL, .gamma = 0.5};
+  cr_assert_eq(nn_optimizer_set_schedule(oa, &sched), AD_OK);
+  nn_optimizer_schedule_step(oa);
+  nn_params *pa = nn_model_params(a);
+  const char *names[3] = {nn_params_name(pa, 0), nn_params_name(pa, 1), "sgd.step"};
+  ad_tensor *tensors[3] = {nn_params_tensor(pa, 0), nn_params_tensor(pa, 1),
+                           nn_optimizer_state_tensors(oa)[0]};
+  const char *path = test_path("old.safetensors");
+  cr_assert_eq(nn_checkpoint_save(ctx, path, 3, names, tensors), AD_OK, "%s", ad_last_error(ctx));
+  nn_optimizer_set_lr(oa, 0.3);
+  cr_assert_eq(nn_model_load(a, oa, path), AD_OK, "%s", ad_last_error(ctx));
+  cr_assert_eq(nn_optimizer_lr(oa), 0.3);
+  nn_optimizer_schedule_step(oa); /* from 0.3 at epoch 0 */
+  cr_assert_eq(nn_optimizer_lr(oa), 0.15);
+  nn_optimizer_free(oa);
+  nn_model_free(a);
+}
+
+/* A count or a rate that cannot be one fails the load before anything is
+ * written. */
+Test(misuse_nn, bad_optimizer_scalars_are_refused) {
+  nn_model *a = small_model(3);
+  nn_optimizer *oa = nn_adam_new(nn_model_params(a), 0.01);
+  const char *path = test_path("bad.safetensors");
+  ad_tensor *w = nn_params_tensor(nn_model_params(a), 0);
+  const struct {
+    const char *name;
+    double v;
+    const char *msg;
+  } cases[] = {
+      {"adam.schedule.epoch", -1, "'adam.schedule.epoch' is -1; a count must be a whole number"},
+      {"adam.step.0.bias", 2.5, "'adam.step.0.bias' is 2.5"},
+      {"adam.step", NAN, "'adam.step' is nan"},
+      {"adam.lr", -0.1, "learning rate 'adam.lr' is -0.1; it must be finite and >= 0"},
+      {"adam.schedule.lr0", INFINITY, "'adam.schedule.lr0' is inf"},
+  };
+  for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+    ad_tensor *t = state_named(oa, cases[c].name);
+    cr_assert_not_null(t, "%s", cases[c].name);
+    double old = ad_tensor_item(t);
+    ad_tensor_set(t, 0, cases[c].v);
+    cr_assert_eq(nn_model_save(a, oa, path), AD_OK, "%s", ad_last_error(ctx));
+    ad_tensor_set(t, 0, old);
+    float w0 = ((float *)w->data)[0];
+    ((float *)w->data)[0] = w0 + 1; /* the load must not restore it */
+    cr_assert_eq(nn_model_load(a, oa, path), AD_ERR_FORMAT, "%s", cases[c].name);
+    test_expect_error(ctx, AD_ERR_FORMAT, path, cases[c].msg, NULL);
+    cr_assert_eq(((float *)w->data)[0], w0 + 1, "a parameter changed");
+    cr_assert_eq(ad_tensor_item(t), old);
+    ((float *)w->data)[0] = w0;
+  }
+  nn_optimizer_free(oa);
+  nn_model_free(a);
+}
+
+/* ------------------------------------------------------- killed saves */
+
+/* Number of entries of tmpdir whose name starts with prefix. */
+static int count_prefixed(const char *prefix) {
+  DIR *d = opendir(tmpdir);
+  cr_assert_not_null(d);
+  int n = 0;
+  struct dirent *e;
+  while ((e = readdir(d))) n += strncmp(e->d_name, prefix, strlen(prefix)) == 0;
+  closedir(d);
+  return n;
+}
+
+static bool exists(const char *path) { return access(path, F_OK) == 0; }
+
+/* Creates the file path (8 bytes); with lock, holds an exclusive flock on
+ * it through the returned descriptor, as a writer does. */
+static int make_temp(const char *path, bool lock) {
+  int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  cr_assert_geq(fd, 0, "create %s", path);
+  cr_assert_eq(write(fd, "partial!", 8), 8);
+  if (lock) cr_assert_eq(flock(fd, LOCK_EX | LOCK_NB), 0, "lock %s", path);
+  return fd;
+}
+
+/* A temporary file whose writer died is removed by the next save or load of
+ * the same path; one whose writer lives (its lock held, in another process
+ * or in this one) is kept, and so is every file that only looks alike. */
+Test(misuse_nn, stale_temporary_files_are_removed_live_ones_kept) {
+  char path[512], stale[600], child_tmp[600], held[600];
+  snprintf(path, sizeof path, "%s", test_path("m.safetensors"));
+  snprintf(stale, sizeof stale, "%s.tmp.999999.0123456789abcdef", path);
+  snprintf(held, sizeof held, "%s.tmp.1.fedcba9876543210", path);
+  const char *lookalikes[] = {"m.safetensors.tmp.12.0123456789abcdeg", /* not hex */
+                              "m.safetensors.tmp.12.0123456789abcde",  /* 15 digits */
+                              "m.safetensors.tmp-12-3",                /* earlier versions' */
+                              "n.safetensors.tmp.12.0123456789abcdef", /* another file's */
+                              "m.safetensors.tmp..0123456789abcdef"};  /* no pid */
+  close(make_temp(stale, false));
+  for (size_t i = 0; i < sizeof lookalikes / sizeof *lookalikes; i++)
+    close(make_temp(test_path(lookalikes[i]), false));
+  int held_fd = make_temp(held, true); /* a live writer in this process */
+
+  /* a live writer in another process; it also ends when this process does
+   * (its read of `hold` sees the end of the pipe), should a check fail */
+  int ready[2], hold[2];
+  cr_assert_eq(pipe(ready), 0);
+  cr_assert_eq(pipe(hold), 0);
+  pid_t child = fork();
+  cr_assert_geq(child, 0);
+  if (child == 0) {
+    close(hold[1]);
+    char name[600];
+    snprintf(name, sizeof name, "%s.tmp.%ld.00000000deadbeef", path, (long)getpid());
+    int fd = open(name, O_WRONLY | O_CREAT | O_EXCL, 0644);
+    char ok = fd >= 0 && flock(fd, LOCK_EX) == 0 ? 'y' : 'n';
+    if (write(ready[1], &ok, 1) != 1) _exit(1);
+    char c;
+    while (read(hold[0], &c, 1) < 0) continue; /* holds the lock until killed */
+    _exit(0);
+  }
+  close(hold[0]);
+  char ok = 0;
+  cr_assert_eq(read(ready[0], &ok, 1), 1);
+  cr_assert_eq(ok, 'y', "the child could not make its file");
+  close(ready[0]), close(ready[1]);
+  snprintf(child_tmp, sizeof child_tmp, "%s.tmp.%ld.00000000deadbeef", path, (long)child);
+
+  int64_t s = 3;
+  ad_tensor *t = ad_zeros(ctx, AD_F32, 1, &s);
+  const char *name = "t";
+  cr_assert_eq(nn_checkpoint_save(ctx, path, 1, &name, &t), AD_OK, "%s", ad_last_error(ctx));
+  cr_assert(!exists(stale), "the dead writer's file is left");
+  cr_assert(exists(child_tmp), "the live child's file was removed");
+  cr_assert(exists(held), "the file this process holds was removed");
+  for (size_t i = 0; i < sizeof lookalikes / sizeof *lookalikes; i++)
+    cr_assert(exists(test_path(lookalikes[i])), "%s was removed", lookalikes[i]);
+
+  /* the child dies: a load removes its file */
+  kill(child, SIGKILL);
+  cr_assert_eq(waitpid(child, NULL, 0), child);
+  close(hold[1]);
+  cr_assert_eq(nn_checkpoint_load(ctx, path, 1, &name, &t), AD_OK, "%s", ad_last_error(ctx));
+  cr_assert(!exists(child_tmp), "the killed child's file is left");
+  cr_assert(exists(held));
+  /* this process lets go: the next save removes it */
+  close(held_fd);
+  cr_assert_eq(nn_checkpoint_save(ctx, path, 1, &name, &t), AD_OK, "%s", ad_last_error(ctx));
+  cr_assert(!exists(held));
+  cr_assert_eq(count_prefixed("m.safetensors.tmp."), 3, "only the look-alikes stay");
+  ad_tensor_free(t);
+}
+
+/* A process killed in the middle of real saves leaves at most its one
+ * temporary file, which the next save removes; the file at path is always
+ * a whole checkpoint. */
+Test(misuse_nn, a_save_killed_midway_leaves_nothing_behind) {
+  char path[512];
+  snprintf(path, sizeof path, "%s", test_path("big.safetensors"));
+  int64_t n = 4 << 20; /* 16 MB: a save takes milliseconds */
+  ad_tensor *big = ad_full(ctx, AD_F32, 1, &n, 1.5);
+  cr_assert_not_null(big);
+  const char *name = "w";
+  cr_assert_eq(nn_checkpoint_save(ctx, path, 1, &name, &big), AD_OK, "%s", ad_last_error(ctx));
+  int killed_with_temp = 0;
+  pid_t parent = getpid();
+  for (int round = 0; round < 20 && killed_with_temp < 3; round++) {
+    pid_t child = fork();
+    cr_assert_geq(child, 0);
+    if (child == 0) { /* saves until killed, or until its parent is gone */
+      while (getppid() == parent) nn_checkpoint_save(ctx, path, 1, &name, &big);
+      _exit(0);
+    }
+    /* wait (up to 2 s) until a save is under way, then kill the writer */
+    struct timespec t0, now;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    bool seen = false;
+    do {
+      seen = count_prefixed("big.safetensors.tmp.") > 0;
+      clock_gettime(CLOCK_MONOTONIC, &now);
+    } while (!seen && (now.tv_sec - t0.tv_sec) * 1000000000L + (now.tv_nsec - t0.tv_nsec) < 2e9);
+    kill(child, SIGKILL);
+    cr_assert_eq(waitpid(child, NULL, 0), child);
+    int left = count_prefixed("big.safetensors.tmp.");
+    cr_assert(seen, "round %d: no temporary file seen in 2 s", round);
+    cr_assert_leq(left, 1, "round %d: %d temporary files", round, left);
+    killed_with_temp += left;
+  }
+  cr_assert_gt(killed_with_temp, 0, "no save was ever killed midway");
+  ad_tensor_fill(big, 0.0);
+  cr_assert_eq(nn_checkpoint_load(ctx, path, 1, &name, &big), AD_OK, "%s", ad_last_error(ctx));
+  cr_assert_eq(ad_tensor_get(big, n - 1), 1.5, "the file at path is a whole checkpoint");
+  cr_assert_eq(count_prefixed("big.safetensors.tmp."), 0, "the load removed the killed save's");
+  ad_tensor_free(big);
+}
+
+/* ------------------------------------------------------ names and NULLs */
+
+/* Writes a safetensors file whose header is json (data: n zero bytes). */
+static void write_raw(const char *path, const char *json, size_t n) {
+  size_t h = strlen(json);
+  unsigned char buf[512] = {0};
+  cr_assert_leq(8 + h + n, sizeof buf);
+  for (int i = 0; i < 8; i++) buf[i] = (unsigned char)((uint64_t)h >> (8 * i));
+  memcpy(buf + 8, json, h);
+  test_write_file(path, buf, 8 + h + n);
+}
+
+/* The reader refuses what the writer refuses: an empty tensor name (or
+ * metadata key), naming the file and the tensor's position, so every
+ * checkpoint that loads can be saved again. */
+Test(misuse_nn, reader_refuses_empty_names_as_the_writer_does) {
+  const char *path = test_path("empty_name.safetensors");
+  write_raw(path,
+            "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
+            "\"\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}",
+            8);
+  cr_assert_null(nn_checkpoint_info_read(ctx, path));
+  test_expect_error(ctx, AD_ERR_FORMAT, path, "tensor 1 has an empty name", NULL);
+  int64_t one = 1;
+  ad_tensor *t = ad_zeros(ctx, AD_F32, 1, &one);
+  const char *name = "a";
+  cr_assert_eq(nn_checkpoint_load(ctx, path, 1, &name, &t), AD_ERR_FORMAT);
+  test_expect_error(ctx, AD_ERR_FORMAT, path, "tensor 1 has an empty name", NULL);
+  /* the writer: the same rule */
+  const char *empty = "";
+  cr_assert_eq(nn_checkpoint_save(ctx, path, 1, &empty, &t), AD_ERR_ARG);
+  test_expect_error(ctx, AD_ERR_ARG, path, "names[0] is empty", NULL);
+  /* metadata keys */
+  write_raw(path,
+            "{\"__metadata__\":{\"format\":\"pt\",\"\":\"x\"},"
+            "\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}",
+            4);
+  cr_assert_eq(nn_checkpoint_load(ctx, path, 1, &name, &t), AD_ERR_FORMAT);
+  test_expect_error(ctx, AD_ERR_FORMAT, path, "__metadata__ key 1 is empty", NULL);
+  const char *k = "", *v = "x";
+  cr_assert_eq(nn_checkpoint_save_meta(ctx, path, 1, &name, &t, 1, &k, &v), AD_ERR_ARG);
+  test_expect_error(ctx, AD_ERR_ARG, "metadata key 0 is empty", NULL);
+  ad_tensor_free(t);
+}
+
+static ad_tensor *returns_null(ad_ctx *c, ad_tensor *x, bool training, void *ud) {
+  (void)c, (void)x, (void)training, (void)ud;
+  return NULL;
+}
+
+static ad_tensor *forward_null(nn_model *m, ad_tensor *x, void *ud) {
+  (void)m, (void)x, (void)ud;
+  return NULL;
+}
+
+/* Every nn entry point given a NULL tensor or object (with a context to
+ * report to) returns the error with a message naming the function and the
+ * argument; and a NULL that an earlier failure produced keeps that
+ * failure's message. */
+Test(misuse_nn, null_arguments_set_a_message) {
+  nn_model *m = small_model(1);
+  nn_optimizer *opt = nn_sgd_new(nn_model_params(m), 0.1, 0, false, 0);
+  nn_layer *relu = nn_activation_new(ctx, NN_ACT_RELU);
+  ad_tensor *x = batch(1, 3), *y = batch(2, 2), *out[4];
+  int64_t s2[2] = {4, 2};
+  ad_tensor *lab = ad_zeros(ctx, AD_I32, 1, s2);
+  cr_assert(m && opt && relu && lab);
+
+  cr_assert_null(nn_model_forward(m, NULL));
+  test_expect_error(ctx, AD_ERR_NULL, "model_forward: x is NULL", NULL);
+  cr_assert_null(nn_layer_forward(relu, NULL, true));
+  test_expect_error(ctx, AD_ERR_NULL, "relu: x is NULL", NULL);
+  cr_assert_null(nn_layer_forward(nn_model_layer(m, 0), NULL, true));
+  test_expect_error(ctx, AD_ERR_NULL, "dense '0': x is NULL", NULL);
+  cr_assert_null(nn_activate(ctx, NULL, NN_ACT_TANH, 0));
+  test_expect_error(ctx, AD_ERR_NULL, "activate: x is NULL", NULL);
+  cr_assert_null(nn_predict(m, NULL, 0));
+  test_expect_error(ctx, AD_ERR_NULL, "predict: x is NULL", NULL);
+  cr_assert_eq(nn_train_step(NULL, opt, nn_mse_loss, x, y, 0, NULL), AD_ERR_NULL);
+  test_expect_error(ctx, AD_ERR_NULL, "train_step: model is NULL", NULL);
+  cr_assert_eq(nn_train_step(m, opt, nn_mse_loss, x, NULL, 0, NULL), AD_ERR_NULL);
+  test_expect_error(ctx, AD_ERR_NULL, "train_step: y is NULL", NULL);
+  nn_fit_opts fo = {.verbose = -1};
+  cr_assert_eq(nn_fit(NULL, opt, nn_mse_loss, x, y, &fo, NULL), AD_ERR_NULL);
+  test_expect_error(ctx, AD_ERR_NULL, "fit: model is NULL", NULL);
+  cr_assert_eq(nn_fit(m, opt, nn_mse_loss, NULL, y, &fo, NULL), AD_ERR_NULL);
+  test_expect_error(ctx, AD_ERR_NULL, "fit: x is NULL", NULL);
+  cr_assert_eq(nn_evaluate(m, nn_mse_loss, x, NULL, 0, NULL, NULL), AD_ERR_NULL);
+  test_expect_error(ctx, AD_ERR_NULL, "evaluate: y is NULL", NULL);
+  cr_assert_eq(nn_model_save(NULL, opt, test_path("x.st")), AD_ERR_NULL);
+  test_expect_error(ctx, AD_ERR_NULL, "model_save: model is NULL", NULL);
+  cr_assert_eq(nn_model_load(NULL, opt, test_path("x.st")), AD_ERR_NULL);
+  test_expect_error(ctx, AD_ERR_NULL, "model_load: model is NULL", NULL);
+  cr_assert_null(nn_cross_entropy_loss(ctx, x, NULL, NN_MEAN));
+  test_expect_error(ctx, AD_ERR_NULL, "cross_entropy_loss: target is NULL", NULL);
+  cr_assert_null(nn_nll_loss(ctx, NULL, lab, NN_MEAN));
+  test_expect_error(ctx, AD_ERR_NULL, "nll_loss: scores is NULL", NULL);
+  cr_assert_null(nn_take_rows(ctx, NULL, 0, NULL));
+  test_expect_error(ctx, AD_ERR_NULL, "take_rows: tensor is NULL", NULL);
+  cr_assert_null(nn_batcher_new(ctx, NULL, y, 2, false, 0));
+  test_expect_error(ctx, AD_ERR_NULL, "batcher: x is NULL", NULL);
+  cr_assert_eq(nn_train_test_split(ctx, NULL, y, 1, false, 0, &out[0], &out[1], &out[2], &out[3]),
+               AD_ERR_NULL);
+  test_expect_error(ctx, AD_ERR_NULL, "train_test_split: x is NULL", NULL);
+  cr_assert_eq(nn_init_tensor(ctx, NULL, nn_init_make(NN_INIT_ZEROS, 0, 0), NULL), AD_ERR_NULL);
+  test_expect_error(ctx, AD_ERR_NULL, "init: tensor is NULL", NULL);
+  cr_assert_null(nn_l2_penalty(ctx, NULL, 0.1));
+  test_expect_error(ctx, AD_ERR_NULL, "l2_penalty: parameter list is NULL", NULL);
+
+  /* functions that return NULL without recording why */
+  nn_layer *lam = nn_lambda_new(ctx, "silent", returns_null, NULL);
+  cr_assert_null(nn_layer_forward(lam, x, true));
+  test_expect_error(ctx, AD_ERR_ARG, "silent: the function returned NULL and recorded no error",
+                    NULL);
+  nn_model *custom = nn_model_new(ctx, forward_null, NULL);
+  cr_assert_null(nn_model_forward(custom, x));
+  test_expect_error(ctx, AD_ERR_ARG, "model_forward: the forward function returned NULL", NULL);
+
+  /* a NULL made by a failed op keeps the op's message */
+  int64_t s5[2] = {4, 5};
+  ad_tensor *wide = ad_zeros(ctx, AD_F32, 2, s5);
+  cr_assert_null(nn_model_forward(m, ad_add(ctx, x, wide)));
+  cr_assert_eq(ad_last_status(ctx), AD_ERR_SHAPE, "%s", ad_last_error(ctx));
+  cr_assert_null(strstr(ad_last_error(ctx), "is NULL"), "%s", ad_last_error(ctx));
+  ad_clear_error(ctx);
+
+  nn_layer_free(lam), nn_layer_free(relu);
+  nn_model_free(custom), nn_model_free(m);
+  nn_optimizer_free(opt);
+  ad_tensor_free(x), ad_tensor_free(y), ad_tensor_free(lab), ad_tensor_free(wide);
+}
