@@ -37,6 +37,24 @@
  *   aborts or exits on user input; a broken internal invariant (a bug in
  *   the library) aborts with file, line and a hint.
  *
+ * Ownership (what the library checks, and what C leaves to you)
+ *   - A tensor belongs to the context that made it. Ops, ad_backward and
+ *     ad_grad refuse a tensor of another context with an error.
+ *   - Persistent tensors live until ad_tensor_free; a tensor's grad is
+ *     freed with it (freeing the grad alone is refused). Using a freed
+ *     tensor, freeing it twice, or freeing a leaf that a recorded op still
+ *     needs before its backward is reported, not undefined (see
+ *     ad_tensor_free for how long that is detected).
+ *   - Op results live until ad_tape_reset. An op or backward given one from
+ *     before the reset is refused; other uses of such a pointer cannot be
+ *     checked: do not keep them past the reset.
+ *   - ad_ctx_free frees every tensor still live; nothing of the context
+ *     (tensors, nn models and optimizers) may be used or freed after it:
+ *     free those first. ad_ctx_live_tensors counts what is still live.
+ *   - Data pointers (t->data, t->grad->data) are plain memory: writes out of
+ *     a tensor's bounds, or through a pointer kept past its tensor's life,
+ *     are beyond what a C library can catch.
+ *
  * Threading
  *   A context and its tensors are used by one thread at a time. Separate
  *   contexts are independent.

@@ -73,7 +73,10 @@
  *   _new returns a handle the caller frees with the matching _free; _free of
  *   NULL is a no-op. Tensors made by ops (forward results, losses) live in
  *   the context's arena until ad_tape_reset. nn_fit, nn_evaluate,
- *   nn_predict and nn_train_step reset the tape.
+ *   nn_predict and nn_train_step reset the tape. Free models, layers,
+ *   optimizers, parameter lists and batchers before their context:
+ *   ad_ctx_free frees the tensors they hold, and C cannot detect a handle
+ *   used after its context is gone.
  *
  * Threading
  *   Like ad_ctx: one thread at a time per context and everything made from
