@@ -36,13 +36,18 @@ static int64_t pool_len(int64_t n, int64_t k, int64_t s, int64_t p, int64_t d, b
   return len;
 }
 
-/* The taps [*lo, *hi) of window o along one axis that fall inside the
- * input (0..n-1); tap t reads element start + t * d, start = o * s - p. */
+/* The taps [*lo, *hi) of a window along one axis that fall inside the
+ * input (0..n-1); tap t reads element start + t * d. No division for a
+ * window inside the input (the common case). */
 static inline void pool_taps(int64_t start, int64_t k, int64_t d, int64_t n, int64_t *lo,
                              int64_t *hi) {
-  *lo = start < 0 ? (-start + d - 1) / d : 0;
-  int64_t h = start < n ? (n - start + d - 1) / d : 0;
-  *hi = h < k ? h : k;
+  *lo = start >= 0 ? 0 : (-start + d - 1) / d;
+  if (start + (k - 1) * d < n) {
+    *hi = k;
+  } else {
+    int64_t h = start < n ? (n - start + d - 1) / d : 0;
+    *hi = h < k ? h : k;
+  }
 }
 
 /* Checks an input shape (ndim, shape) against the attributes and fills g.
@@ -128,59 +133,87 @@ static ad_status pool_expect(const ad_call *c, const ad_tensor *t, const char *w
                       ad_shape_str(x, b, sizeof b), (long long)h, (long long)w);
 }
 
+/* Windows per block of the max kernels: their running maxima and argmaxes
+ * live on the stack. */
+#define POOL_BLOCK 128
+
 /* The kernels, one plane at a time. The argmax of a window is the first
  * maximum in row-major window order, or the last NaN if it holds any, as
- * in PyTorch's CPU kernel; a window with no tap inside the input (possible
- * only with dilation) has none (-1). The average divides by PyTorch's
- * divisor: the window clipped to the padded input (count_include_pad), or
- * to the input. Sums are in double. */
+ * in PyTorch's CPU kernel (its value is the window's maximum, NaN if it
+ * holds one); a window with no tap inside the input (possible only with
+ * dilation) has none (-1, and the value -inf). The max kernels take a
+ * block of up to POOL_BLOCK windows of one row at a time, tap by tap in
+ * row-major window order, each tap over every window of the block: the
+ * windows are independent, so there is no chain of dependent compares and
+ * no branch to mispredict. The average divides by PyTorch's divisor: the
+ * window clipped to the padded input (count_include_pad), or to the input.
+ * Sums are in double. */
 #define POOL_KERNELS(T, SUF)                                                                       \
-  static inline int64_t argmax_##SUF(const T *X, const pool_geom *g, int64_t oy, int64_t ox) {     \
-    int64_t y0 = oy * g->sh - g->ph, x0 = ox * g->sw - g->pw, ylo, yhi, xlo, xhi;                  \
+  /* best[k], arg[k]: the maximum and argmax of window (oy, ox0 + k), k < n */                     \
+  static void argmax_block_##SUF(const T *X, const pool_geom *g, int64_t oy, int64_t ox0,          \
+                                 int64_t n, T *best, int64_t *arg) {                               \
+    int64_t y0 = oy * g->sh - g->ph, ylo, yhi;                                                     \
+    const int64_t sw = g->sw, iw = g->iw;                                                          \
     pool_taps(y0, g->kh, g->dh, g->ih, &ylo, &yhi);                                                \
-    pool_taps(x0, g->kw, g->dw, g->iw, &xlo, &xhi);                                                \
-    if (ylo >= yhi || xlo >= xhi) return -1;                                                       \
-    int64_t arg = (y0 + ylo * g->dh) * g->iw + x0 + xlo * g->dw;                                   \
-    T best = (T)-INFINITY;                                                                         \
+    for (int64_t k = 0; k < n; k++) best[k] = (T)-INFINITY, arg[k] = -1;                           \
     for (int64_t t = ylo; t < yhi; t++) {                                                          \
-      const int64_t row = (y0 + t * g->dh) * g->iw + x0;                                           \
-      for (int64_t u = xlo; u < xhi; u++) {                                                        \
-        T v = X[row + u * g->dw];                                                                  \
-        if (v > best || v != v) best = v, arg = row + u * g->dw;                                   \
+      const int64_t row = (y0 + t * g->dh) * iw;                                                   \
+      for (int64_t u = 0; u < g->kw; u++) {                                                        \
+        /* tap u of window ox reads column ox sw + off, inside for ox in [lo, hi) */               \
+        const int64_t off = u * g->dw - g->pw;                                                     \
+        int64_t lo = off >= 0 ? 0 : (-off + sw - 1) / sw;                                          \
+        int64_t hi = off < iw ? (iw - 1 - off) / sw + 1 : 0;                                       \
+        lo = lo > ox0 ? lo - ox0 : 0;                                                              \
+        hi = hi - ox0 < n ? hi - ox0 : n;                                                          \
+        for (int64_t k = lo; k < hi; k++) {                                                        \
+          /* the select in integers: the branch it replaces would mispredict on */                 \
+          /* random data */                                                                        \
+          const int64_t i = row + off + (ox0 + k) * sw;                                            \
+          const T v = X[i];                                                                        \
+          const int64_t take = -(int64_t)((v > best[k]) | (v != v) | (arg[k] < 0));                \
+          arg[k] ^= (arg[k] ^ i) & take;                                                           \
+          best[k] = X[arg[k]];                                                                     \
+        }                                                                                          \
       }                                                                                            \
     }                                                                                              \
-    return arg;                                                                                    \
   }                                                                                                \
   /* y = x at the argmax */                                                                        \
   static void max_plane_##SUF(const pool_geom *g, const void *a, const void *b, void *out) {       \
     (void)b;                                                                                       \
-    const T *X = a;                                                                                \
+    int64_t arg[POOL_BLOCK];                                                                       \
     T *Y = out;                                                                                    \
     for (int64_t oy = 0; oy < g->oh; oy++)                                                         \
-      for (int64_t ox = 0; ox < g->ow; ox++) {                                                     \
-        int64_t i = argmax_##SUF(X, g, oy, ox);                                                    \
-        *Y++ = i < 0 ? (T)-INFINITY : X[i];                                                        \
+      for (int64_t ox = 0; ox < g->ow; ox += POOL_BLOCK) {                                         \
+        int64_t n = g->ow - ox < POOL_BLOCK ? g->ow - ox : POOL_BLOCK;                             \
+        argmax_block_##SUF(a, g, oy, ox, n, Y + oy * g->ow + ox, arg);                             \
       }                                                                                            \
   }                                                                                                \
-  /* y = zeros like x; y[argmax] += dy */                                                          \
+  /* y = zeros like x; y[argmax] += dy, window by window */                                        \
   static void scatter_plane_##SUF(const pool_geom *g, const void *a, const void *b, void *out) {   \
-    const T *DY = a, *X = b;                                                                       \
-    T *Y = out;                                                                                    \
+    const T *DY = a;                                                                               \
+    T *Y = out, best[POOL_BLOCK];                                                                  \
+    int64_t arg[POOL_BLOCK];                                                                       \
     memset(Y, 0, sizeof(T) * (size_t)(g->ih * g->iw));                                             \
     for (int64_t oy = 0; oy < g->oh; oy++)                                                         \
-      for (int64_t ox = 0; ox < g->ow; ox++, DY++) {                                               \
-        int64_t i = argmax_##SUF(X, g, oy, ox);                                                    \
-        if (i >= 0) Y[i] += *DY;                                                                   \
+      for (int64_t ox = 0; ox < g->ow; ox += POOL_BLOCK) {                                         \
+        int64_t n = g->ow - ox < POOL_BLOCK ? g->ow - ox : POOL_BLOCK;                             \
+        argmax_block_##SUF(b, g, oy, ox, n, best, arg);                                            \
+        const T *dy = DY + oy * g->ow + ox;                                                        \
+        for (int64_t k = 0; k < n; k++)                                                            \
+          if (arg[k] >= 0) Y[arg[k]] += dy[k];                                                     \
       }                                                                                            \
   }                                                                                                \
   /* y = gx at the argmax of x */                                                                  \
   static void select_plane_##SUF(const pool_geom *g, const void *a, const void *b, void *out) {    \
-    const T *G = a, *X = b;                                                                        \
-    T *Y = out;                                                                                    \
+    const T *G = a;                                                                                \
+    T *Y = out, best[POOL_BLOCK];                                                                  \
+    int64_t arg[POOL_BLOCK];                                                                       \
     for (int64_t oy = 0; oy < g->oh; oy++)                                                         \
-      for (int64_t ox = 0; ox < g->ow; ox++) {                                                     \
-        int64_t i = argmax_##SUF(X, g, oy, ox);                                                    \
-        *Y++ = i < 0 ? (T)0 : G[i];                                                                \
+      for (int64_t ox = 0; ox < g->ow; ox += POOL_BLOCK) {                                         \
+        int64_t n = g->ow - ox < POOL_BLOCK ? g->ow - ox : POOL_BLOCK;                             \
+        argmax_block_##SUF(b, g, oy, ox, n, best, arg);                                            \
+        T *y = Y + oy * g->ow + ox;                                                                \
+        for (int64_t k = 0; k < n; k++) y[k] = arg[k] >= 0 ? G[arg[k]] : (T)0;                     \
       }                                                                                            \
   }                                                                                                \
   /* y = sum of the window / divisor */                                                            \
@@ -628,9 +661,14 @@ const ad_op_def ad_def_avg_pool2d_backward = {
 /* sum over H, W (keepdim), times 1 / (H W): adaptive_avg_pool2d(x, 1) */
 ad_tensor *ad_global_avg_pool2d(ad_ctx *ctx, ad_tensor *x) {
   int nd = 0;
-  if (ctx && x && ad_tensor_is_valid(x) && ad_is_float(x->dtype)) {
+  if (ctx && x && ad_tensor_is_valid(x)) {
     char s[64];
     nd = x->ndim;
+    if (!ad_is_float(x->dtype)) {
+      ad_set_error(ctx, AD_ERR_DTYPE, "global_avg_pool2d: input is %s; a float dtype is needed",
+                   ad_dtype_name(x->dtype));
+      return NULL;
+    }
     if (nd != 3 && nd != 4) {
       ad_set_error(ctx, AD_ERR_SHAPE,
                    "global_avg_pool2d: input %s must be 4-D (N, C, H, W) or 3-D (C, H, W)",
@@ -644,7 +682,7 @@ ad_tensor *ad_global_avg_pool2d(ad_ctx *ctx, ad_tensor *x) {
       return NULL;
     }
   }
-  /* otherwise ad_op_apply reports the NULL, freed or non-float input */
+  /* otherwise ad_op_apply reports the NULL or freed input */
   ad_attrs at = {.reduce = {nd ? 3u << (nd - 2) : 0, true}};
   ad_tensor *s = ad_apply1(ctx, AD_OP_SUM, x, &at);
   return s ? ad_mul_scalar(ctx, s, 1.0 / (double)(x->shape[nd - 2] * x->shape[nd - 1])) : NULL;
