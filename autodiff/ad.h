@@ -481,6 +481,56 @@ AD_API ad_tensor *ad_batch_norm(ad_ctx *ctx, ad_tensor *x, ad_tensor *weight, ad
                                 ad_tensor *running_mean, ad_tensor *running_var, bool training,
                                 double momentum, double eps);
 
+/* ------------------------------------------------------------- pooling
+ * 2-D pooling over the last two dims (H, W) of a float tensor, 4-D
+ * [N, C, H, W] or 3-D [C, H, W] (as PyTorch's unbatched form), with
+ * PyTorch's rules (torch.nn.functional.max_pool2d / avg_pool2d). The
+ * output keeps the leading dims; along each axis its length is
+ *   floor((in + 2 padding - dilation (kernel - 1) - 1) / stride) + 1,
+ * or with ceil_mode the ceiling, less one if the last window would start
+ * in the right padding (it must start in the input or the left padding).
+ * Errors (AD_ERR_SHAPE, AD_ERR_ARG, AD_ERR_DTYPE, naming the op and the
+ * shape): the input is not 3-D or 4-D, not float, or has H or W of 0; a
+ * kernel, stride or dilation < 1 (or > 2^30); padding < 0 or more than
+ * half the kernel (kernel / 2, rounded down); an output of H or W < 1. N
+ * or C may be 0: the output is empty. */
+
+/* The options of a pooling. The zero value (and a NULL pointer) means
+ * PyTorch's defaults: stride = the kernel, no padding, dilation 1, floor
+ * mode, and for avg_pool2d padding counted in the divisor. */
+typedef struct ad_pool2d_opts {
+  int64_t stride[2];   /* (h, w); 0: the kernel's */
+  int64_t padding[2];  /* (h, w) on both sides; at most half the kernel */
+  int64_t dilation[2]; /* (h, w) spacing of a window's taps; 0: 1. max_pool2d only:
+                          avg_pool2d refuses any but 1 (AD_ERR_ARG) */
+  bool ceil_mode;      /* count a last, partial window */
+  bool exclude_pad;    /* avg_pool2d: divide by the elements of the window that lie
+                          in the input (PyTorch's count_include_pad=False); ignored
+                          by max_pool2d, whose padding never wins */
+} ad_pool2d_opts;
+
+/* The maximum of each kh x kw window; padding counts as -inf. Gradient:
+ * each window sends dy to one element, its argmax: the first maximum in
+ * row-major window order (ties: the first, as PyTorch's CPU kernel), and
+ * overlapping windows add up. A window holding a NaN gives NaN and sends
+ * its gradient to the NaN (the last one, if several). A window with no
+ * element of the input (only possible with dilation) gives -inf and no
+ * gradient. Differentiable to any order (max_pool2d_backward and
+ * max_pool2d_select in docs/derivatives.md). */
+AD_API ad_tensor *ad_max_pool2d(ad_ctx *ctx, ad_tensor *x, int64_t kh, int64_t kw,
+                                const ad_pool2d_opts *opts);
+/* The mean of each kh x kw window; padding counts as 0. The divisor is the
+ * window's size clipped to the padded input (so a partial ceil_mode window
+ * divides by fewer), or with exclude_pad the number of its elements in the
+ * input. Errors as above, and AD_ERR_ARG for a dilation other than 1. */
+AD_API ad_tensor *ad_avg_pool2d(ad_ctx *ctx, ad_tensor *x, int64_t kh, int64_t kw,
+                                const ad_pool2d_opts *opts);
+/* The mean over H, W, keeping them: [N, C, H, W] -> [N, C, 1, 1] ([C, H,
+ * W] -> [C, 1, 1]), PyTorch's adaptive_avg_pool2d(x, 1). A composite: a
+ * sum over H, W (keepdim) times 1 / (H W). Errors: not 3-D or 4-D, or H or
+ * W of 0 (AD_ERR_SHAPE); not float (AD_ERR_DTYPE). */
+AD_API ad_tensor *ad_global_avg_pool2d(ad_ctx *ctx, ad_tensor *x);
+
 /* ------------------------------------------------------------ gradcheck */
 
 /* A function of tensors to check: returns an output of any shape. */

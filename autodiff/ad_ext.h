@@ -121,10 +121,16 @@ typedef struct ad_conv_attrs {
   bool same;
 } ad_conv_attrs;
 
-/* 2-D pooling over NCHW windows (h, w). */
+/* 2-D pooling over the H, W of NCHW (or CHW): per axis (h, w) the window,
+ * its step, the implicit padding on both sides (at most half the kernel)
+ * and the spacing of its taps, each explicit (ad_pool2d_opts's zeros are
+ * resolved by the builders); ceil_mode and count_include_pad as in
+ * PyTorch. in_size: the H, W of the input that avg_pool2d_backward gives
+ * the gradient of (other ops ignore it). */
 typedef struct ad_pool_attrs {
   int64_t kernel[2], stride[2], padding[2], dilation[2];
   bool ceil_mode, count_include_pad;
+  int64_t in_size[2];
 } ad_pool_attrs;
 
 typedef struct ad_attention_attrs { /* softmax(scale Q K^T [+ causal mask]) V */

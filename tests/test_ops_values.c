@@ -69,6 +69,8 @@ static const attr_key attr_keys[] = {
     {"shape", AD_ATTRS_SHAPE, 0, AD_MAX_DIMS},
     {"permute", AD_ATTRS_PERMUTE, 0, AD_MAX_DIMS},
     {"transpose", BUILDER_ONLY, 2, 2}, /* d0 d1 of ad_transpose */
+    /* kernel, stride, padding, dilation (h, w), ceil_mode, count_include_pad, in_size (h, w) */
+    {"pool", AD_ATTRS_POOL, 12, 12},
 };
 
 /* A case's attr line as written. */
@@ -76,7 +78,7 @@ typedef struct fx_attr {
   const attr_key *key; /* NULL: the case has none */
   int n;               /* integers read */
   bool all;            /* reduce: 'all' in place of the axis (v[0] is 0) */
-  int64_t v[AD_MAX_DIMS];
+  int64_t v[12];       /* at least the largest max of attr_keys (pool's) */
   double scalar;
   ad_dtype dtype;
   ad_cmp cmp;
@@ -326,7 +328,8 @@ static bool parse_attr(parser *ps, fx_case *c) {
   default:
     for (char *t; (t = tok(ps));) {
       long long v;
-      if (a->n == a->key->max) return perr(ps, "extra attr values");
+      if (a->n == a->key->max || a->n == (int)(sizeof a->v / sizeof a->v[0]))
+        return perr(ps, "extra attr values");
       if (a->key->kind == AD_ATTRS_REDUCE && a->n == 0 && !strcmp(t, "all")) {
         a->all = true;
         v = 0;
@@ -337,7 +340,8 @@ static bool parse_attr(parser *ps, fx_case *c) {
     }
     if (a->n < a->key->min) return perr(ps, "an attr value is missing");
     for (int k = 0; k < a->n; k++) { /* matmul's transposes, reduce's keepdim */
-      bool flag = a->key->kind == AD_ATTRS_MATMUL || (a->key->kind == AD_ATTRS_REDUCE && k == 1);
+      bool flag = a->key->kind == AD_ATTRS_MATMUL || (a->key->kind == AD_ATTRS_REDUCE && k == 1) ||
+                  (a->key->kind == AD_ATTRS_POOL && (k == 8 || k == 9));
       if (flag && a->v[k] != 0 && a->v[k] != 1) return perr(ps, "a flag attr must be 0 or 1");
     }
     return true;
@@ -393,6 +397,10 @@ static bool typed_attrs(parser *ps, fx_case *c) {
   case AD_ATTRS_PERMUTE:
     at->permute.ndim = a->n;
     for (int k = 0; k < a->n; k++) at->permute.perm[k] = (int)v[k];
+    break;
+  case AD_ATTRS_POOL:
+    at->pool = (ad_pool_attrs){{v[0], v[1]}, {v[2], v[3]}, {v[4], v[5]},  {v[6], v[7]},
+                               v[8] != 0,    v[9] != 0,    {v[10], v[11]}};
     break;
   default:
     break; /* none, or builder-only */
@@ -637,6 +645,15 @@ static bool same_member(int kind, const ad_attrs *a, const ad_attrs *b) {
     for (int k = 0; k < a->permute.ndim; k++)
       if (a->permute.perm[k] != b->permute.perm[k]) return false;
     return true;
+  case AD_ATTRS_POOL: {
+    const ad_pool_attrs *p = &a->pool, *q = &b->pool;
+    for (int k = 0; k < 2; k++)
+      if (p->kernel[k] != q->kernel[k] || p->stride[k] != q->stride[k] ||
+          p->padding[k] != q->padding[k] || p->dilation[k] != q->dilation[k] ||
+          p->in_size[k] != q->in_size[k])
+        return false;
+    return p->ceil_mode == q->ceil_mode && p->count_include_pad == q->count_include_pad;
+  }
   default:
     return memcmp(a, b, sizeof *a) == 0; /* members the fixture does not write */
   }
@@ -655,6 +672,7 @@ static const struct {
 } unary_builders[] = {
 #include "ops.def"
     {"mean", ad_mean},
+    {"global_avg_pool2d", ad_global_avg_pool2d},
 };
 #undef B1
 #undef B2
@@ -750,6 +768,19 @@ static ad_tensor *run_builder(ad_ctx *cx, const fx_case *c, ad_tensor **in, bool
       return ad_permute(cx, x, perm);
     }
     break;
+  case AD_ATTRS_POOL: {
+    /* the zero value of an option is PyTorch's default: pass 0 where the
+     * case has it, so the builders' resolution of 0 is tested too */
+    ad_pool2d_opts o = {.ceil_mode = v[8] != 0, .exclude_pad = v[9] == 0};
+    for (int k = 0; k < 2; k++) {
+      o.stride[k] = v[2 + k] == v[k] ? 0 : v[2 + k];
+      o.padding[k] = v[4 + k];
+      o.dilation[k] = v[6 + k] == 1 ? 0 : v[6 + k];
+    }
+    if (!strcmp(op, "max_pool2d")) return ad_max_pool2d(cx, x, v[0], v[1], &o);
+    if (!strcmp(op, "avg_pool2d")) return ad_avg_pool2d(cx, x, v[0], v[1], &o);
+    break;
+  }
   case BUILDER_ONLY:
     if (!strcmp(op, "transpose")) return ad_transpose(cx, x, (int)v[0], (int)v[1]);
     break;

@@ -50,6 +50,12 @@ builder the arguments it takes:
     attr shape D0 D1 ...          reshape, expand, sum_to (none: 0-d)
     attr permute P0 P1 ...        permute
     attr transpose D0 D1          transpose
+    attr pool KH KW SH SW PH PW DH DW CEIL CIP IH IW
+                                  max_pool2d, avg_pool2d and their partner
+                                  ops: kernel, stride, padding, dilation
+                                  (h, w), ceil_mode and count_include_pad
+                                  (0 or 1), the input's H, W (IH IW) for
+                                  avg_pool2d_backward, else 0 0
 
 Axes are written as the builders take them (negative counts from the
 end); the C test turns a reduction's into the bit mask of ad_attrs.
@@ -561,6 +567,118 @@ add("rsub_scalar", "rsub_scalar", lambda rng: [("in", U(rng, (3, 4)))], lambda t
     attr=("scalar", 1.5))
 add("div_scalar", "div_scalar", lambda rng: [("in", U(rng, (3, 4)))], lambda t: t[0] / -4.0,
     attr=("scalar", -4.0))
+
+# ---------------- pooling
+# max_pool2d, avg_pool2d, their partner ops (the gradient of max_pool2d is
+# max_pool2d_backward, whose gradient is max_pool2d_select, and back;
+# avg_pool2d and avg_pool2d_backward are each other's adjoint) and the
+# global average (a composite builder). Torch's aten ops of the same
+# meaning: max_pool2d_with_indices_backward, a gather at max_pool2d's
+# indices, avg_pool2d_backward.
+
+
+def pool_attr(k, s=None, p=0, d=1, ceil=False, cip=True, in_hw=(0, 0)):
+    """The 'attr pool' line: each of k, s, p, d an int or an (h, w) pair;
+    s None: the kernel (PyTorch's default)."""
+    pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
+    k = pair(k)
+    s = k if s is None else pair(s)
+    return ("pool",) + k + s + pair(p) + pair(d) + (int(ceil), int(cip)) + tuple(in_hw)
+
+
+def pool_args(a):
+    """kernel, stride, padding, dilation, ceil_mode, count_include_pad of an attr."""
+    v = a[1:]
+    return v[0:2], v[2:4], v[4:6], v[6:8], bool(v[8]), bool(v[9])
+
+
+def max_pool(t, a):
+    k, s, p, d, ceil, _ = pool_args(a)
+    return F.max_pool2d(t, k, s, p, d, ceil_mode=ceil)
+
+
+def max_indices(x, a):
+    k, s, p, d, ceil, _ = pool_args(a)
+    with torch.no_grad():
+        return F.max_pool2d(x, k, s, p, d, ceil_mode=ceil, return_indices=True)[1]
+
+
+def max_pool_backward(dy, x, a):
+    k, s, p, d, ceil, _ = pool_args(a)
+    return torch.ops.aten.max_pool2d_with_indices_backward(dy, x, k, s, p, d, ceil,
+                                                           max_indices(x, a))
+
+
+def max_pool_select(g, x, a):
+    ix = max_indices(x, a)
+    return g.flatten(-2).gather(-1, ix.flatten(-2)).reshape(ix.shape)
+
+
+def avg_pool(t, a):
+    k, s, p, _, ceil, cip = pool_args(a)
+    return F.avg_pool2d(t, k, s, p, ceil_mode=ceil, count_include_pad=cip)
+
+
+def avg_pool_backward(dy, a):
+    k, s, p, _, ceil, cip = pool_args(a)
+    x = torch.zeros(tuple(dy.shape[:-2]) + tuple(a[11:13]), dtype=dy.dtype)
+    return torch.ops.aten.avg_pool2d_backward(dy, x, k, s, p, ceil, cip, None)
+
+
+def pooled_shape(shape, a):
+    with torch.no_grad():
+        return tuple(max_pool(torch.zeros(shape), a).shape)
+
+
+# (label, input shape, attr): non-overlapping with the default stride,
+# overlapping windows with padding, dilation, ceil_mode with a clipped last
+# window (with and without padding), a 3-D (C, H, W) input
+POOLS = [
+    ("2x2", (2, 3, 4, 6), pool_attr(2)),
+    ("overlap_pad", (1, 2, 7, 6), pool_attr(3, 2, 1)),
+    ("dilation", (1, 2, 6, 7), pool_attr((2, 3), (1, 2), (1, 0), (2, 1))),
+    ("ceil_pad", (2, 1, 6, 5), pool_attr((3, 2), 2, 1, ceil=True)),
+    ("ceil_clip", (1, 1, 5, 5), pool_attr(2, 2, 0, ceil=True)),
+    ("chw", (2, 5, 5), pool_attr(2, (1, 2), (0, 1), ceil=True)),
+]
+for tag, shape, a in POOLS:
+    add(f"max_pool2d_{tag}", "max_pool2d", lambda rng, s=shape: [("in", distinct(rng, s))],
+        lambda t, a=a: max_pool(t[0], a), attr=a)
+    if a[7] == 1 and a[8] == 1:  # average pooling has no dilation
+        for cip in (1, 0):
+            ac = a[:10] + (cip,) + a[11:]
+            add(f"avg_pool2d_{tag}{'' if cip else '_excl'}", "avg_pool2d",
+                lambda rng, s=shape: [("in", U(rng, s))], lambda t, a=ac: avg_pool(t[0], a), attr=ac)
+
+# ties: the first maximum in row-major window order takes the gradient;
+# NaN: a window holding one gives NaN and its gradient goes to the (last)
+# NaN; a window of -inf gives -inf, its gradient to its first element
+add("max_pool2d_ties", "max_pool2d",
+    const([("in", f32r([[[[1, 1, 1, 0], [1, 1, 2, 2], [0, 2, 2, 2], [3, 0, 3, 3]]]]))]),
+    lambda t, a=pool_attr(2, 1): max_pool(t[0], a), attr=pool_attr(2, 1))
+add("max_pool2d_nan", "max_pool2d",
+    const([("in", f32r([[[[1, NAN, 2, NAN], [NAN, 0, 3, 1], [-INF, -INF, 1, 1],
+                          [-INF, -INF, 1, 0.5]]]]))]),
+    lambda t, a=pool_attr(2): max_pool(t[0], a), attr=pool_attr(2))
+
+for tag, shape, a in (POOLS[1], POOLS[2], POOLS[3], POOLS[5]):
+    add(f"max_pool2d_backward_{tag}", "max_pool2d_backward",
+        lambda rng, s=shape, a=a: [("in", U(rng, pooled_shape(s, a))), ("in", distinct(rng, s))],
+        lambda t, a=a: max_pool_backward(t[0], t[1], a), attr=a)
+    add(f"max_pool2d_select_{tag}", "max_pool2d_select",
+        lambda rng, s=shape: [("in", U(rng, s)), ("in", distinct(rng, s))],
+        lambda t, a=a: max_pool_select(t[0], t[1], a), attr=a)
+for tag, shape, a in (POOLS[1], POOLS[3], POOLS[4], POOLS[5]):
+    for cip in (1, 0):
+        ac = a[:10] + (cip,) + tuple(shape[-2:])
+        add(f"avg_pool2d_backward_{tag}{'' if cip else '_excl'}", "avg_pool2d_backward",
+            lambda rng, s=shape, a=a: [("in", U(rng, pooled_shape(s, a)))],
+            lambda t, a=ac: avg_pool_backward(t[0], a), attr=ac)
+
+# global average pooling: adaptive_avg_pool2d(x, 1), a composite builder
+for tag, shape in (("nchw", (2, 3, 4, 5)), ("chw", (3, 2, 5))):
+    add(f"global_avg_pool2d_{tag}", "global_avg_pool2d", lambda rng, s=shape: [("in", U(rng, s))],
+        lambda t: F.adaptive_avg_pool2d(t[0], 1))
 
 # --------------------------------------------------------------- writing
 

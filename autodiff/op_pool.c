@@ -1,0 +1,689 @@
+/* op_pool.c: 2-D pooling over the last two dims (H, W) of NCHW or CHW
+ * tensors, with PyTorch's window rules. max_pool2d's gradient is
+ * max_pool2d_backward (dy added at each window's argmax), whose gradient
+ * with respect to dy is max_pool2d_select (the upstream gradient read at
+ * each window's argmax), whose gradient is max_pool2d_backward again: the
+ * three are closed under differentiation, to any order. avg_pool2d and
+ * avg_pool2d_backward are linear and each other's adjoint. The global
+ * average (adaptive average pooling to 1x1) is a composite: sum over H, W,
+ * then a scale. */
+#include "ops.h"
+
+/* -------------------------------------------------------------- helpers */
+
+/* The geometry of one pooling: the planes (N*C, or C), the input and output
+ * sizes and the attributes, each per axis (h, w). */
+typedef struct pool_geom {
+  int64_t planes, ih, iw, oh, ow;
+  int64_t kh, kw, sh, sw, ph, pw, dh, dw;
+  bool ceil_mode, count_include_pad;
+} pool_geom;
+
+/* Attributes are at most this (2^30): products of two stay far from
+ * overflow. */
+#define POOL_ATTR_MAX ((int64_t)1 << 30)
+
+/* floor(a / b) for b > 0 */
+static int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+
+/* PyTorch's output length: windows of k taps d apart, s apart, over the
+ * input padded by p on both sides; with ceil_mode a last, partial window
+ * counts, unless it would start in the right padding. */
+static int64_t pool_len(int64_t n, int64_t k, int64_t s, int64_t p, int64_t d, bool ceil_mode) {
+  int64_t span = n + 2 * p - d * (k - 1) - 1;
+  int64_t len = floor_div(span + (ceil_mode ? s - 1 : 0), s) + 1;
+  if (ceil_mode && len > 0 && (len - 1) * s >= n + p) len--;
+  return len;
+}
+
+/* The taps [*lo, *hi) of a window along one axis that fall inside the
+ * input (0..n-1); tap t reads element start + t * d. No division for a
+ * window inside the input (the common case). */
+static inline void pool_taps(int64_t start, int64_t k, int64_t d, int64_t n, int64_t *lo,
+                             int64_t *hi) {
+  *lo = start >= 0 ? 0 : (-start + d - 1) / d;
+  if (start + (k - 1) * d < n) {
+    *hi = k;
+  } else {
+    int64_t h = start < n ? (n - start + d - 1) / d : 0;
+    *hi = h < k ? h : k;
+  }
+}
+
+/* Checks an input shape (ndim, shape) against the attributes and fills g.
+ * who names the tensor in messages ("input", "x"). */
+static ad_status pool_geom_of(const ad_call *c, const ad_tensor *x, const char *who, pool_geom *g) {
+  const ad_pool_attrs *a = &c->attrs->pool;
+  char s[64];
+  if (x->ndim != 3 && x->ndim != 4)
+    return ad_set_error(c->ctx, AD_ERR_SHAPE, "%s: %s %s must be 4-D (N, C, H, W) or 3-D (C, H, W)",
+                        c->name, who, ad_shape_str(x, s, sizeof s));
+#define POOL_PAIR(v) (long long)(v)[0], (long long)(v)[1]
+  if (a->kernel[0] < 1 || a->kernel[1] < 1 || a->kernel[0] > POOL_ATTR_MAX ||
+      a->kernel[1] > POOL_ATTR_MAX)
+    return ad_set_error(c->ctx, AD_ERR_ARG, "%s: kernel %lldx%lld must be positive (at most 2^30)",
+                        c->name, POOL_PAIR(a->kernel));
+  if (a->stride[0] < 1 || a->stride[1] < 1 || a->stride[0] > POOL_ATTR_MAX ||
+      a->stride[1] > POOL_ATTR_MAX)
+    return ad_set_error(c->ctx, AD_ERR_ARG, "%s: stride %lldx%lld must be positive (at most 2^30)",
+                        c->name, POOL_PAIR(a->stride));
+  if (a->dilation[0] < 1 || a->dilation[1] < 1 || a->dilation[0] > POOL_ATTR_MAX ||
+      a->dilation[1] > POOL_ATTR_MAX)
+    return ad_set_error(c->ctx, AD_ERR_ARG,
+                        "%s: dilation %lldx%lld must be positive (at most 2^30)", c->name,
+                        POOL_PAIR(a->dilation));
+  if (a->padding[0] < 0 || a->padding[1] < 0 || a->padding[0] > a->kernel[0] / 2 ||
+      a->padding[1] > a->kernel[1] / 2)
+    return ad_set_error(c->ctx, AD_ERR_ARG,
+                        "%s: padding %lldx%lld must be >= 0 and at most half the kernel %lldx%lld",
+                        c->name, POOL_PAIR(a->padding), POOL_PAIR(a->kernel));
+  int nd = x->ndim;
+  *g = (pool_geom){
+      .planes = ad_shape_size(nd - 2, x->shape),
+      .ih = x->shape[nd - 2],
+      .iw = x->shape[nd - 1],
+      .kh = a->kernel[0],
+      .kw = a->kernel[1],
+      .sh = a->stride[0],
+      .sw = a->stride[1],
+      .ph = a->padding[0],
+      .pw = a->padding[1],
+      .dh = a->dilation[0],
+      .dw = a->dilation[1],
+      .ceil_mode = a->ceil_mode,
+      .count_include_pad = a->count_include_pad,
+  };
+  if (g->ih < 1 || g->iw < 1)
+    return ad_set_error(c->ctx, AD_ERR_SHAPE, "%s: %s %s has an empty plane (H or W is 0)", c->name,
+                        who, ad_shape_str(x, s, sizeof s));
+  g->oh = pool_len(g->ih, g->kh, g->sh, g->ph, g->dh, g->ceil_mode);
+  g->ow = pool_len(g->iw, g->kw, g->sw, g->pw, g->dw, g->ceil_mode);
+  if (g->oh < 1 || g->ow < 1)
+    return ad_set_error(c->ctx, AD_ERR_SHAPE,
+                        "%s: %s %s is too small: the output would be %lldx%lld (kernel %lldx%lld, "
+                        "stride %lldx%lld, padding %lldx%lld, dilation %lldx%lld)",
+                        c->name, who, ad_shape_str(x, s, sizeof s), (long long)g->oh,
+                        (long long)g->ow, POOL_PAIR(a->kernel), POOL_PAIR(a->stride),
+                        POOL_PAIR(a->padding), POOL_PAIR(a->dilation));
+#undef POOL_PAIR
+  return AD_OK;
+}
+
+/* out: x's dtype and leading dims, then (h, w) */
+static void pool_out_shape(const ad_call *c, const ad_tensor *x, int64_t h, int64_t w) {
+  ad_tensor *o = c->out;
+  o->dtype = x->dtype;
+  o->ndim = x->ndim;
+  memcpy(o->shape, x->shape, sizeof(int64_t) * (size_t)x->ndim);
+  o->shape[x->ndim - 2] = h;
+  o->shape[x->ndim - 1] = w;
+}
+
+/* Checks that t has x's leading dims, then (h, w); who and what name them
+ * in the message. */
+static ad_status pool_expect(const ad_call *c, const ad_tensor *t, const char *who,
+                             const ad_tensor *x, const char *what, int64_t h, int64_t w) {
+  bool ok = t->ndim == x->ndim;
+  for (int k = 0; ok && k < x->ndim - 2; k++) ok = t->shape[k] == x->shape[k];
+  if (ok) ok = t->shape[x->ndim - 2] == h && t->shape[x->ndim - 1] == w;
+  if (ok) return AD_OK;
+  char a[64], b[64];
+  return ad_set_error(c->ctx, AD_ERR_SHAPE, "%s: %s %s does not fit %s %s (want H, W %lldx%lld)",
+                      c->name, who, ad_shape_str(t, a, sizeof a), what,
+                      ad_shape_str(x, b, sizeof b), (long long)h, (long long)w);
+}
+
+/* Windows per block of the max kernels: their running maxima and argmaxes
+ * live on the stack. */
+#define POOL_BLOCK 128
+
+/* The kernels, one plane at a time. The argmax of a window is the first
+ * maximum in row-major window order, or the last NaN if it holds any, as
+ * in PyTorch's CPU kernel (its value is the window's maximum, NaN if it
+ * holds one); a window with no tap inside the input (possible only with
+ * dilation) has none (-1, and the value -inf). The max kernels take a
+ * block of up to POOL_BLOCK windows of one row at a time, tap by tap in
+ * row-major window order, each tap over every window of the block: the
+ * windows are independent, so there is no chain of dependent compares and
+ * no branch to mispredict. The average divides by PyTorch's divisor: the
+ * window clipped to the padded input (count_include_pad), or to the input.
+ * Sums are in double. */
+#define POOL_KERNELS(T, SUF)                                                                       \
+  /* best[k], arg[k]: the maximum and argmax of window (oy, ox0 + k), k < n */                     \
+  static void argmax_block_##SUF(const T *X, const pool_geom *g, int64_t oy, int64_t ox0,          \
+                                 int64_t n, T *best, int64_t *arg) {                               \
+    int64_t y0 = oy * g->sh - g->ph, ylo, yhi;                                                     \
+    const int64_t sw = g->sw, iw = g->iw;                                                          \
+    pool_taps(y0, g->kh, g->dh, g->ih, &ylo, &yhi);                                                \
+    for (int64_t k = 0; k < n; k++) best[k] = (T)-INFINITY, arg[k] = -1;                           \
+    for (int64_t t = ylo; t < yhi; t++) {                                                          \
+      const int64_t row = (y0 + t * g->dh) * iw;                                                   \
+      for (int64_t u = 0; u < g->kw; u++) {                                                        \
+        /* tap u of window ox reads column ox sw + off, inside for ox in [lo, hi) */               \
+        const int64_t off = u * g->dw - g->pw;                                                     \
+        int64_t lo = off >= 0 ? 0 : (-off + sw - 1) / sw;                                          \
+        int64_t hi = off < iw ? (iw - 1 - off) / sw + 1 : 0;                                       \
+        lo = lo > ox0 ? lo - ox0 : 0;                                                              \
+        hi = hi - ox0 < n ? hi - ox0 : n;                                                          \
+        for (int64_t k = lo; k < hi; k++) {                                                        \
+          /* the select in integers: the branch it replaces would mispredict on */                 \
+          /* random data */                                                                        \
+          const int64_t i = row + off + (ox0 + k) * sw;                                            \
+          const T v = X[i];                                                                        \
+          const int64_t take = -(int64_t)((v > best[k]) | (v != v) | (arg[k] < 0));                \
+          arg[k] ^= (arg[k] ^ i) & take;                                                           \
+          best[k] = X[arg[k]];                                                                     \
+        }                                                                                          \
+      }                                                                                            \
+    }                                                                                              \
+  }                                                                                                \
+  /* y = x at the argmax */                                                                        \
+  static void max_plane_##SUF(const pool_geom *g, const void *a, const void *b, void *out) {       \
+    (void)b;                                                                                       \
+    int64_t arg[POOL_BLOCK];                                                                       \
+    T *Y = out;                                                                                    \
+    for (int64_t oy = 0; oy < g->oh; oy++)                                                         \
+      for (int64_t ox = 0; ox < g->ow; ox += POOL_BLOCK) {                                         \
+        int64_t n = g->ow - ox < POOL_BLOCK ? g->ow - ox : POOL_BLOCK;                             \
+        argmax_block_##SUF(a, g, oy, ox, n, Y + oy * g->ow + ox, arg);                             \
+      }                                                                                            \
+  }                                                                                                \
+  /* y = zeros like x; y[argmax] += dy, window by window */                                        \
+  static void scatter_plane_##SUF(const pool_geom *g, const void *a, const void *b, void *out) {   \
+    const T *DY = a;                                                                               \
+    T *Y = out, best[POOL_BLOCK];                                                                  \
+    int64_t arg[POOL_BLOCK];                                                                       \
+    memset(Y, 0, sizeof(T) * (size_t)(g->ih * g->iw));                                             \
+    for (int64_t oy = 0; oy < g->oh; oy++)                                                         \
+      for (int64_t ox = 0; ox < g->ow; ox += POOL_BLOCK) {                                         \
+        int64_t n = g->ow - ox < POOL_BLOCK ? g->ow - ox : POOL_BLOCK;                             \
+        argmax_block_##SUF(b, g, oy, ox, n, best, arg);                                            \
+        const T *dy = DY + oy * g->ow + ox;                                                        \
+        for (int64_t k = 0; k < n; k++)                                                            \
+          if (arg[k] >= 0) Y[arg[k]] += dy[k];                                                     \
+      }                                                                                            \
+  }                                                                                                \
+  /* y = gx at the argmax of x */                                                                  \
+  static void select_plane_##SUF(const pool_geom *g, const void *a, const void *b, void *out) {    \
+    const T *G = a;                                                                                \
+    T *Y = out, best[POOL_BLOCK];                                                                  \
+    int64_t arg[POOL_BLOCK];                                                                       \
+    for (int64_t oy = 0; oy < g->oh; oy++)                                                         \
+      for (int64_t ox = 0; ox < g->ow; ox += POOL_BLOCK) {                                         \
+        int64_t n = g->ow - ox < POOL_BLOCK ? g->ow - ox : POOL_BLOCK;                             \
+        argmax_block_##SUF(b, g, oy, ox, n, best, arg);                                            \
+        T *y = Y + oy * g->ow + ox;                                                                \
+        for (int64_t k = 0; k < n; k++) y[k] = arg[k] >= 0 ? G[arg[k]] : (T)0;                     \
+      }                                                                                            \
+  }                                                                                                \
+  /* y = sum of the window / divisor */                                                            \
+  static void avg_plane_##SUF(const pool_geom *g, const void *a, const void *b, void *out) {       \
+    (void)b;                                                                                       \
+    const T *X = a;                                                                                \
+    T *Y = out;                                                                                    \
+    for (int64_t oy = 0; oy < g->oh; oy++) {                                                       \
+      int64_t y0 = oy * g->sh - g->ph, y1 = y0 + g->kh;                                            \
+      if (y1 > g->ih + g->ph) y1 = g->ih + g->ph;                                                  \
+      int64_t ph_ = y1 - y0, ya = y0 < 0 ? 0 : y0, yb = y1 < g->ih ? y1 : g->ih;                   \
+      for (int64_t ox = 0; ox < g->ow; ox++) {                                                     \
+        int64_t x0 = ox * g->sw - g->pw, x1 = x0 + g->kw;                                          \
+        if (x1 > g->iw + g->pw) x1 = g->iw + g->pw;                                                \
+        int64_t pw_ = x1 - x0, xa = x0 < 0 ? 0 : x0, xb = x1 < g->iw ? x1 : g->iw;                 \
+        if (ya >= yb || xa >= xb) {                                                                \
+          *Y++ = 0;                                                                                \
+          continue;                                                                                \
+        }                                                                                          \
+        double s = 0;                                                                              \
+        for (int64_t y = ya; y < yb; y++)                                                          \
+          for (int64_t x = xa; x < xb; x++) s += X[y * g->iw + x];                                 \
+        int64_t div = g->count_include_pad ? ph_ * pw_ : (yb - ya) * (xb - xa);                    \
+        *Y++ = (T)(s / (double)div);                                                               \
+      }                                                                                            \
+    }                                                                                              \
+  }                                                                                                \
+  /* y = zeros like x; each window's elements += dy / divisor */                                   \
+  static void avg_back_plane_##SUF(const pool_geom *g, const void *a, const void *b, void *out) {  \
+    (void)b;                                                                                       \
+    const T *DY = a;                                                                               \
+    T *Y = out;                                                                                    \
+    memset(Y, 0, sizeof(T) * (size_t)(g->ih * g->iw));                                             \
+    for (int64_t oy = 0; oy < g->oh; oy++) {                                                       \
+      int64_t y0 = oy * g->sh - g->ph, y1 = y0 + g->kh;                                            \
+      if (y1 > g->ih + g->ph) y1 = g->ih + g->ph;                                                  \
+      int64_t ph_ = y1 - y0, ya = y0 < 0 ? 0 : y0, yb = y1 < g->ih ? y1 : g->ih;                   \
+      for (int64_t ox = 0; ox < g->ow; ox++, DY++) {                                               \
+        int64_t x0 = ox * g->sw - g->pw, x1 = x0 + g->kw;                                          \
+        if (x1 > g->iw + g->pw) x1 = g->iw + g->pw;                                                \
+        int64_t pw_ = x1 - x0, xa = x0 < 0 ? 0 : x0, xb = x1 < g->iw ? x1 : g->iw;                 \
+        if (ya >= yb || xa >= xb) continue;                                                        \
+        int64_t div = g->count_include_pad ? ph_ * pw_ : (yb - ya) * (xb - xa);                    \
+        T v = (T)((double)*DY / (double)div);                                                      \
+        for (int64_t y = ya; y < yb; y++)                                                          \
+          for (int64_t x = xa; x < xb; x++) Y[y * g->iw + x] += v;                                 \
+      }                                                                                            \
+    }                                                                                              \
+  }
+
+POOL_KERNELS(float, f32)
+POOL_KERNELS(double, f64)
+
+typedef void (*plane_fn)(const pool_geom *g, const void *a, const void *b, void *out);
+
+/* One op's work over planes, for ad_parallel_for: plane p of a (and b)
+ * and of out start asz, bsz, osz elements in. */
+typedef struct pool_job {
+  pool_geom g;
+  plane_fn f;
+  const char *a, *b;
+  char *out;
+  size_t asz, bsz, osz; /* bytes per plane */
+} pool_job;
+
+static void pool_range(void *ud, int64_t begin, int64_t end) {
+  const pool_job *j = ud;
+  for (int64_t p = begin; p < end; p++)
+    j->f(&j->g, j->a + (size_t)p * j->asz, j->b ? j->b + (size_t)p * j->bsz : NULL,
+         j->out + (size_t)p * j->osz);
+}
+
+/* Elements read or written per chunk of planes, at least */
+#define POOL_GRAIN 32768
+
+/* Runs f over every plane: a has (ah, aw) per plane, b (the input x of
+ * the max ops, or NULL) (ih, iw), out (outh, outw). */
+static void pool_run(const ad_call *c, const pool_geom *g, plane_fn f32, plane_fn f64,
+                     const ad_tensor *a, const ad_tensor *b) {
+  size_t es = ad_dsize(c->out->dtype);
+  int nd = c->out->ndim;
+  int64_t ain = a->shape[nd - 2] * a->shape[nd - 1];
+  int64_t oin = c->out->shape[nd - 2] * c->out->shape[nd - 1];
+  pool_job j = {
+      .g = *g,
+      .f = c->out->dtype == AD_F32 ? f32 : f64,
+      .a = a->data,
+      .b = b ? b->data : NULL,
+      .out = c->out->data,
+      .asz = (size_t)ain * es,
+      .bsz = (size_t)(g->ih * g->iw) * es,
+      .osz = (size_t)oin * es,
+  };
+  int64_t work = g->oh * g->ow * g->kh * g->kw + g->ih * g->iw;
+  int64_t grain = work >= POOL_GRAIN ? 1 : POOL_GRAIN / (work > 0 ? work : 1);
+  ad_parallel_for(g->planes, grain, pool_range, &j);
+}
+
+/* The attributes of a pooling, resolved: 0 in the options means PyTorch's
+ * default. */
+static ad_attrs pool_attrs(int64_t kh, int64_t kw, const ad_pool2d_opts *o) {
+  static const ad_pool2d_opts none;
+  if (!o) o = &none;
+  ad_attrs at = {
+      .pool = {
+          .kernel = {kh, kw},
+          .stride = {o->stride[0] ? o->stride[0] : kh, o->stride[1] ? o->stride[1] : kw},
+          .padding = {o->padding[0], o->padding[1]},
+          .dilation = {o->dilation[0] ? o->dilation[0] : 1, o->dilation[1] ? o->dilation[1] : 1},
+          .ceil_mode = o->ceil_mode,
+          .count_include_pad = !o->exclude_pad}};
+  return at;
+}
+
+/* A sample input: shape, values distinct and 0.25 apart, shuffled, so no
+ * two taps of a window tie within the finite-difference step. */
+static ad_tensor *sample_distinct(const ad_sample_call *s, int ndim, const int64_t *shape,
+                                  bool grad) {
+  ad_tensor *x = ad_sample_tensor(s, ndim, shape, -1, 1, grad);
+  if (!x) return NULL;
+  for (int64_t i = 0; i < x->size; i++) ad_tensor_set(x, i, 0.25 * (double)i - 0.125 * x->size);
+  for (int64_t i = x->size - 1; i > 0; i--) {
+    int64_t k = (int64_t)ad_rng_below(s->rng, (uint64_t)i + 1);
+    double t = ad_tensor_get(x, i);
+    ad_tensor_set(x, i, ad_tensor_get(x, k));
+    ad_tensor_set(x, k, t);
+  }
+  return x;
+}
+
+/* The gradcheck cases of the pooling ops: input shape and attributes.
+ * Variants: non-overlapping 2x2 (PyTorch's default stride), overlapping
+ * 3x3 stride 2 with padding, stride 1 with dilation, ceil_mode with a
+ * clipped last window and padding (the divisor rules), a 3-D input, and
+ * for avg_pool2d count_include_pad off. */
+typedef struct pool_case {
+  int ndim;
+  int64_t shape[4];
+  ad_pool_attrs a;
+} pool_case;
+
+static const pool_case pool_cases[] = {
+    {4, {2, 2, 4, 6}, {{2, 2}, {2, 2}, {0, 0}, {1, 1}, false, true, {0, 0}}},
+    {4, {1, 2, 7, 6}, {{3, 3}, {2, 2}, {1, 1}, {1, 1}, false, true, {0, 0}}},
+    {4, {1, 2, 6, 7}, {{2, 3}, {1, 2}, {1, 0}, {2, 1}, false, true, {0, 0}}},
+    {4, {2, 1, 6, 5}, {{3, 2}, {2, 2}, {1, 1}, {1, 1}, true, true, {0, 0}}},
+    {3, {2, 5, 5, 0}, {{2, 2}, {1, 2}, {0, 1}, {1, 1}, true, true, {0, 0}}},
+    {4, {1, 2, 6, 5}, {{3, 2}, {2, 2}, {1, 1}, {1, 1}, true, false, {0, 0}}},
+};
+#define POOL_NCASES ((int)(sizeof pool_cases / sizeof pool_cases[0]))
+
+/* Case v of the table for op kind max (with dilation) or avg (dilation 1,
+ * count_include_pad off only in the last case). NULL past the end. */
+static const pool_case *pool_case_of(const ad_sample_call *s, bool max) {
+  int v = s->variant;
+  if (v >= POOL_NCASES - (max ? 1 : 0)) return NULL; /* the last case is avg's */
+  const pool_case *pc = &pool_cases[v];
+  s->attrs->pool = pc->a;
+  if (!max) s->attrs->pool.dilation[0] = s->attrs->pool.dilation[1] = 1;
+  return pc;
+}
+
+/* The output (h, w) of case pc's attributes over its input (for the
+ * samples of the backward ops, whose first input is shaped like it). */
+static void pool_case_out(const pool_case *pc, const ad_pool_attrs *a, int64_t *shape) {
+  int nd = pc->ndim;
+  memcpy(shape, pc->shape, sizeof(int64_t) * (size_t)nd);
+  shape[nd - 2] = pool_len(pc->shape[nd - 2], a->kernel[0], a->stride[0], a->padding[0],
+                           a->dilation[0], a->ceil_mode);
+  shape[nd - 1] = pool_len(pc->shape[nd - 1], a->kernel[1], a->stride[1], a->padding[1],
+                           a->dilation[1], a->ceil_mode);
+}
+
+/* ----------------------------------------------------------- max_pool2d */
+
+static ad_status max_pool2d_shape(const ad_call *c) {
+  const ad_tensor *x = c->in[0];
+  pool_geom g;
+  ad_status st = ad_check_float_same(c->ctx, c->name, 1, c->in);
+  if (st == AD_OK) st = pool_geom_of(c, x, "input", &g);
+  if (st == AD_OK) pool_out_shape(c, x, g.oh, g.ow);
+  return st;
+}
+
+static void max_pool2d_fwd(const ad_call *c) {
+  pool_geom g;
+  pool_geom_of(c, c->in[0], "input", &g);
+  pool_run(c, &g, max_plane_f32, max_plane_f64, c->in[0], NULL);
+}
+
+static ad_tensor *max_pool2d_backward(ad_ctx *ctx, ad_tensor *dy, ad_tensor *x,
+                                      const ad_attrs *at) {
+  return ad_apply2(ctx, AD_OP_MAX_POOL2D_BACKWARD, dy, x, at);
+}
+
+static ad_status max_pool2d_bwd(const ad_call *c) {
+  return ad_call_set_grad(c, 0, max_pool2d_backward(c->ctx, c->gout, c->in[0], c->attrs));
+}
+
+ad_tensor *ad_max_pool2d(ad_ctx *ctx, ad_tensor *x, int64_t kh, int64_t kw,
+                         const ad_pool2d_opts *opts) {
+  ad_attrs at = pool_attrs(kh, kw, opts);
+  return ad_apply1(ctx, AD_OP_MAX_POOL2D, x, &at);
+}
+
+static int max_pool2d_sample(const ad_sample_call *s) {
+  const pool_case *pc = pool_case_of(s, true);
+  if (!pc) return 0;
+  return (s->in[0] = sample_distinct(s, pc->ndim, pc->shape, true)) ? 1 : -1;
+}
+
+const ad_op_def ad_def_max_pool2d = {
+    .name = "max_pool2d",
+    .arity = 1,
+    .attrs = AD_ATTRS_POOL,
+    .shape = max_pool2d_shape,
+    .forward = max_pool2d_fwd,
+    .backward = max_pool2d_bwd,
+    .sample = max_pool2d_sample,
+    .math = "y[w] = max of x over window w (padding -inf)",
+    .inputs = {"x"},
+    .grads = {"max_pool2d_backward(dy, x)"},
+};
+
+/* -------------------------------------------------- max_pool2d_backward */
+
+/* inputs (dy, x): dy shaped like max_pool2d(x); out shaped like x */
+static ad_status max_pool2d_backward_shape(const ad_call *c) {
+  const ad_tensor *dy = c->in[0], *x = c->in[1];
+  pool_geom g;
+  ad_status st = ad_check_float_same(c->ctx, c->name, 2, c->in);
+  if (st == AD_OK) st = pool_geom_of(c, x, "x", &g);
+  if (st == AD_OK) st = pool_expect(c, dy, "dy", x, "x", g.oh, g.ow);
+  if (st == AD_OK) pool_out_shape(c, x, g.ih, g.iw);
+  return st;
+}
+
+static void max_pool2d_backward_fwd(const ad_call *c) {
+  pool_geom g;
+  pool_geom_of(c, c->in[1], "x", &g);
+  pool_run(c, &g, scatter_plane_f32, scatter_plane_f64, c->in[0], c->in[1]);
+}
+
+static ad_tensor *max_pool2d_select(ad_ctx *ctx, ad_tensor *g, ad_tensor *x, const ad_attrs *at) {
+  return ad_apply2(ctx, AD_OP_MAX_POOL2D_SELECT, g, x, at);
+}
+
+/* linear in dy; piecewise constant in x (the argmax moves in jumps) */
+static ad_status max_pool2d_backward_bwd(const ad_call *c) {
+  if (!c->needs[0]) return AD_OK;
+  return ad_call_set_grad(c, 0, max_pool2d_select(c->ctx, c->gout, c->in[1], c->attrs));
+}
+
+/* dy: the output's shape, random; x: distinct values (the argmax must not
+ * move within the finite-difference step), also checked (a zero gradient) */
+static int max_pool2d_backward_sample(const ad_sample_call *s) {
+  const pool_case *pc = pool_case_of(s, true);
+  if (!pc) return 0;
+  int64_t shape[4];
+  pool_case_out(pc, &s->attrs->pool, shape);
+  s->in[0] = ad_sample_tensor(s, pc->ndim, shape, -1, 1, true);
+  s->in[1] = sample_distinct(s, pc->ndim, pc->shape, true);
+  return s->in[0] && s->in[1] ? 2 : -1;
+}
+
+const ad_op_def ad_def_max_pool2d_backward = {
+    .name = "max_pool2d_backward",
+    .arity = 2,
+    .attrs = AD_ATTRS_POOL,
+    .shape = max_pool2d_backward_shape,
+    .forward = max_pool2d_backward_fwd,
+    .backward = max_pool2d_backward_bwd,
+    .sample = max_pool2d_backward_sample,
+    .math = "y = zeros like x; y[argmax of x over window w] += g[w]",
+    .inputs = {"g", "x"},
+    .grads = {"max_pool2d_select(dy, x)", "0 (the argmax is piecewise constant)"},
+};
+
+/* ---------------------------------------------------- max_pool2d_select */
+
+/* inputs (g, x): g shaped like x; out shaped like max_pool2d(x) */
+static ad_status max_pool2d_select_shape(const ad_call *c) {
+  const ad_tensor *g = c->in[0], *x = c->in[1];
+  pool_geom pg;
+  ad_status st = ad_check_float_same(c->ctx, c->name, 2, c->in);
+  if (st == AD_OK) st = pool_geom_of(c, x, "x", &pg);
+  if (st == AD_OK) st = pool_expect(c, g, "g", x, "x", pg.ih, pg.iw);
+  if (st == AD_OK) pool_out_shape(c, x, pg.oh, pg.ow);
+  return st;
+}
+
+static void max_pool2d_select_fwd(const ad_call *c) {
+  pool_geom g;
+  pool_geom_of(c, c->in[1], "x", &g);
+  pool_run(c, &g, select_plane_f32, select_plane_f64, c->in[0], c->in[1]);
+}
+
+/* linear in g (its adjoint is the scatter); piecewise constant in x */
+static ad_status max_pool2d_select_bwd(const ad_call *c) {
+  if (!c->needs[0]) return AD_OK;
+  return ad_call_set_grad(c, 0, max_pool2d_backward(c->ctx, c->gout, c->in[1], c->attrs));
+}
+
+static int max_pool2d_select_sample(const ad_sample_call *s) {
+  const pool_case *pc = pool_case_of(s, true);
+  if (!pc) return 0;
+  s->in[0] = ad_sample_tensor(s, pc->ndim, pc->shape, -1, 1, true);
+  s->in[1] = sample_distinct(s, pc->ndim, pc->shape, true);
+  return s->in[0] && s->in[1] ? 2 : -1;
+}
+
+const ad_op_def ad_def_max_pool2d_select = {
+    .name = "max_pool2d_select",
+    .arity = 2,
+    .attrs = AD_ATTRS_POOL,
+    .shape = max_pool2d_select_shape,
+    .forward = max_pool2d_select_fwd,
+    .backward = max_pool2d_select_bwd,
+    .sample = max_pool2d_select_sample,
+    .math = "y[w] = g[argmax of x over window w]",
+    .inputs = {"g", "x"},
+    .grads = {"max_pool2d_backward(dy, x)", "0 (the argmax is piecewise constant)"},
+};
+
+/* ----------------------------------------------------------- avg_pool2d */
+
+/* Average pooling has no dilation: the attribute must be 1x1. */
+static ad_status avg_no_dilation(const ad_call *c) {
+  const ad_pool_attrs *a = &c->attrs->pool;
+  if (a->dilation[0] == 1 && a->dilation[1] == 1) return AD_OK;
+  return ad_set_error(c->ctx, AD_ERR_ARG,
+                      "%s: dilation %lldx%lld: average pooling takes none (1x1)", c->name,
+                      (long long)a->dilation[0], (long long)a->dilation[1]);
+}
+
+static ad_status avg_pool2d_shape(const ad_call *c) {
+  const ad_tensor *x = c->in[0];
+  pool_geom g;
+  ad_status st = ad_check_float_same(c->ctx, c->name, 1, c->in);
+  if (st == AD_OK) st = avg_no_dilation(c);
+  if (st == AD_OK) st = pool_geom_of(c, x, "input", &g);
+  if (st == AD_OK) pool_out_shape(c, x, g.oh, g.ow);
+  return st;
+}
+
+static void avg_pool2d_fwd(const ad_call *c) {
+  pool_geom g;
+  pool_geom_of(c, c->in[0], "input", &g);
+  pool_run(c, &g, avg_plane_f32, avg_plane_f64, c->in[0], NULL);
+}
+
+static ad_status avg_pool2d_bwd(const ad_call *c) {
+  const ad_tensor *x = c->in[0];
+  ad_attrs at = *c->attrs;
+  at.pool.in_size[0] = x->shape[x->ndim - 2];
+  at.pool.in_size[1] = x->shape[x->ndim - 1];
+  return ad_call_set_grad(c, 0, ad_apply1(c->ctx, AD_OP_AVG_POOL2D_BACKWARD, c->gout, &at));
+}
+
+ad_tensor *ad_avg_pool2d(ad_ctx *ctx, ad_tensor *x, int64_t kh, int64_t kw,
+                         const ad_pool2d_opts *opts) {
+  ad_attrs at = pool_attrs(kh, kw, opts);
+  return ad_apply1(ctx, AD_OP_AVG_POOL2D, x, &at);
+}
+
+static int avg_pool2d_sample(const ad_sample_call *s) {
+  const pool_case *pc = pool_case_of(s, false);
+  if (!pc) return 0;
+  return (s->in[0] = ad_sample_tensor(s, pc->ndim, pc->shape, -1, 1, true)) ? 1 : -1;
+}
+
+const ad_op_def ad_def_avg_pool2d = {
+    .name = "avg_pool2d",
+    .arity = 1,
+    .attrs = AD_ATTRS_POOL,
+    .shape = avg_pool2d_shape,
+    .forward = avg_pool2d_fwd,
+    .backward = avg_pool2d_bwd,
+    .sample = avg_pool2d_sample,
+    .math = "y[w] = sum of x over window w / divisor_w (padding 0)",
+    .inputs = {"x"},
+    .grads = {"avg_pool2d_backward(dy)"},
+};
+
+/* -------------------------------------------------- avg_pool2d_backward */
+
+/* input dy, shaped like avg_pool2d of an input of H, W in_size; out
+ * shaped like that input */
+static ad_status avg_pool2d_backward_shape(const ad_call *c) {
+  const ad_tensor *dy = c->in[0];
+  const ad_pool_attrs *a = &c->attrs->pool;
+  ad_status st = ad_check_float_same(c->ctx, c->name, 1, c->in);
+  if (st == AD_OK) st = avg_no_dilation(c);
+  if (st != AD_OK) return st;
+  char s[64];
+  if (dy->ndim != 3 && dy->ndim != 4)
+    return ad_set_error(c->ctx, AD_ERR_SHAPE, "%s: dy %s must be 4-D (N, C, H, W) or 3-D (C, H, W)",
+                        c->name, ad_shape_str(dy, s, sizeof s));
+  ad_tensor x = *dy; /* a header of the input's shape, for the checks */
+  x.shape[dy->ndim - 2] = a->in_size[0];
+  x.shape[dy->ndim - 1] = a->in_size[1];
+  pool_geom g;
+  if ((st = pool_geom_of(c, &x, "the input", &g)) != AD_OK) return st;
+  if ((st = pool_expect(c, dy, "dy", &x, "the input", g.oh, g.ow)) != AD_OK) return st;
+  pool_out_shape(c, dy, g.ih, g.iw);
+  return AD_OK;
+}
+
+static void avg_pool2d_backward_fwd(const ad_call *c) {
+  pool_geom g;
+  pool_geom_of(c, c->out, "the input", &g);
+  pool_run(c, &g, avg_back_plane_f32, avg_back_plane_f64, c->in[0], NULL);
+}
+
+/* linear: its adjoint is the average pooling */
+static ad_status avg_pool2d_backward_bwd(const ad_call *c) {
+  return ad_call_set_grad(c, 0, ad_apply1(c->ctx, AD_OP_AVG_POOL2D, c->gout, c->attrs));
+}
+
+static int avg_pool2d_backward_sample(const ad_sample_call *s) {
+  const pool_case *pc = pool_case_of(s, false);
+  if (!pc) return 0;
+  int64_t shape[4];
+  pool_case_out(pc, &s->attrs->pool, shape);
+  s->attrs->pool.in_size[0] = pc->shape[pc->ndim - 2];
+  s->attrs->pool.in_size[1] = pc->shape[pc->ndim - 1];
+  return (s->in[0] = ad_sample_tensor(s, pc->ndim, shape, -1, 1, true)) ? 1 : -1;
+}
+
+const ad_op_def ad_def_avg_pool2d_backward = {
+    .name = "avg_pool2d_backward",
+    .arity = 1,
+    .attrs = AD_ATTRS_POOL,
+    .shape = avg_pool2d_backward_shape,
+    .forward = avg_pool2d_backward_fwd,
+    .backward = avg_pool2d_backward_bwd,
+    .sample = avg_pool2d_backward_sample,
+    .math = "y = zeros of H, W in_size; y[window w] += g[w] / divisor_w",
+    .inputs = {"g"},
+    .grads = {"avg_pool2d(dy)"},
+};
+
+/* ------------------------------------- global_avg_pool2d (a composite) */
+
+/* sum over H, W (keepdim), times 1 / (H W): adaptive_avg_pool2d(x, 1) */
+ad_tensor *ad_global_avg_pool2d(ad_ctx *ctx, ad_tensor *x) {
+  int nd = 0;
+  if (ctx && x && ad_tensor_is_valid(x)) {
+    char s[64];
+    nd = x->ndim;
+    if (!ad_is_float(x->dtype)) {
+      ad_set_error(ctx, AD_ERR_DTYPE, "global_avg_pool2d: input is %s; a float dtype is needed",
+                   ad_dtype_name(x->dtype));
+      return NULL;
+    }
+    if (nd != 3 && nd != 4) {
+      ad_set_error(ctx, AD_ERR_SHAPE,
+                   "global_avg_pool2d: input %s must be 4-D (N, C, H, W) or 3-D (C, H, W)",
+                   ad_shape_str(x, s, sizeof s));
+      return NULL;
+    }
+    if (x->shape[nd - 2] < 1 || x->shape[nd - 1] < 1) {
+      ad_set_error(ctx, AD_ERR_SHAPE,
+                   "global_avg_pool2d: input %s has an empty plane (H or W is 0)",
+                   ad_shape_str(x, s, sizeof s));
+      return NULL;
+    }
+  }
+  /* otherwise ad_op_apply reports the NULL or freed input */
+  ad_attrs at = {.reduce = {nd ? 3u << (nd - 2) : 0, true}};
+  ad_tensor *s = ad_apply1(ctx, AD_OP_SUM, x, &at);
+  return s ? ad_mul_scalar(ctx, s, 1.0 / (double)(x->shape[nd - 2] * x->shape[nd - 1])) : NULL;
+}

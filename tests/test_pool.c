@@ -1,0 +1,400 @@
+/* test_pool.c: the pooling ops (autodiff/op_pool.c) beyond their PyTorch
+ * values (tests/fixtures/ops.txt) and the registry's gradient checks: bad
+ * input and its messages, NaN, ties, -inf windows, PyTorch's divisor and
+ * ceil_mode rules on hand-computed values, the defaults of the options, 3-D
+ * input, second derivatives through composites, and threads. */
+#include "test_alloc.h"
+
+#include <math.h>
+
+TEST_CTX_SUITE(pool);
+
+#define expect_error(...) test_expect_error(ctx, __VA_ARGS__)
+
+/* A persistent f64 tensor with values v (NULL: zeros), requiring grad. */
+static ad_tensor *param(ad_ctx *c, int ndim, const int64_t *shape, const double *v) {
+  ad_tensor *t = ad_from_data(c, AD_F64, ndim, shape, v);
+  cr_assert_not_null(t, "%s", ad_last_error(c));
+  cr_assert_eq(ad_tensor_set_requires_grad(t, true), AD_OK);
+  return t;
+}
+
+static void expect_shape(const ad_tensor *t, int ndim, const int64_t *shape, const char *what) {
+  cr_assert_not_null(t, "%s: no tensor (%s)", what, ad_last_error(ctx));
+  cr_assert_eq(t->ndim, ndim, "%s: ndim %d, want %d", what, t->ndim, ndim);
+  for (int k = 0; k < ndim; k++)
+    cr_assert_eq(t->shape[k], shape[k], "%s: dim %d is %lld, want %lld", what, k,
+                 (long long)t->shape[k], (long long)shape[k]);
+}
+
+/* Every element of t is want[i]: equal, both NaN, or the same infinity. */
+static void expect_values(const ad_tensor *t, int64_t n, const double *want, const char *what) {
+  cr_assert_not_null(t, "%s: no tensor (%s)", what, ad_last_error(ctx));
+  cr_assert_eq(t->size, n, "%s: %lld elements, want %lld", what, (long long)t->size, (long long)n);
+  for (int64_t i = 0; i < n; i++) {
+    double got = ad_tensor_get(t, i);
+    bool ok = isnan(want[i]) ? isnan(got) : got == want[i];
+    cr_assert(ok, "%s[%lld] = %.17g, want %.17g", what, (long long)i, got, want[i]);
+  }
+}
+
+/* ------------------------------------------------------------ bad input */
+
+Test(pool, wrong_rank_and_dtype_are_refused) {
+  int64_t s2[2] = {4, 4}, s5[5] = {1, 1, 1, 4, 4}, s4[4] = {1, 1, 4, 4};
+  ad_tensor *x2 = param(ctx, 2, s2, NULL), *x5 = param(ctx, 5, s5, NULL);
+  cr_assert_null(ad_max_pool2d(ctx, x2, 2, 2, NULL));
+  expect_error(AD_ERR_SHAPE, "max_pool2d", "input [4,4]", "4-D (N, C, H, W) or 3-D", NULL);
+  cr_assert_null(ad_avg_pool2d(ctx, x5, 2, 2, NULL));
+  expect_error(AD_ERR_SHAPE, "avg_pool2d", "input [1,1,1,4,4]", "4-D", NULL);
+  cr_assert_null(ad_global_avg_pool2d(ctx, x2));
+  expect_error(AD_ERR_SHAPE, "global_avg_pool2d", "input [4,4]", "4-D", NULL);
+
+  ad_tensor *xi = ad_zeros(ctx, AD_I32, 4, s4);
+  cr_assert_null(ad_max_pool2d(ctx, xi, 2, 2, NULL));
+  expect_error(AD_ERR_DTYPE, "max_pool2d", NULL);
+  cr_assert_null(ad_avg_pool2d(ctx, xi, 2, 2, NULL));
+  expect_error(AD_ERR_DTYPE, "avg_pool2d", NULL);
+  cr_assert_null(ad_global_avg_pool2d(ctx, xi));
+  expect_error(AD_ERR_DTYPE, "global_avg_pool2d", "i32", NULL);
+
+  /* a NULL input (an earlier failure) gives NULL, as every op */
+  cr_assert_null(ad_max_pool2d(ctx, NULL, 2, 2, NULL));
+  cr_assert_eq(ad_last_status(ctx), AD_ERR_NULL);
+  ad_clear_error(ctx);
+  cr_assert_null(ad_global_avg_pool2d(ctx, NULL));
+  cr_assert_eq(ad_last_status(ctx), AD_ERR_NULL);
+  ad_clear_error(ctx);
+  ad_tensor_free(x2);
+  ad_tensor_free(x5);
+  ad_tensor_free(xi);
+}
+
+Test(pool, bad_attributes_are_refused) {
+  int64_t s[4] = {2, 3, 6, 6};
+  ad_tensor *x = param(ctx, 4, s, NULL);
+  cr_assert_null(ad_max_pool2d(ctx, x, 0, 2, NULL));
+  expect_error(AD_ERR_ARG, "max_pool2d", "kernel 0x2 must be positive", NULL);
+  cr_assert_null(ad_avg_pool2d(ctx, x, 2, -1, NULL));
+  expect_error(AD_ERR_ARG, "avg_pool2d", "kernel 2x-1 must be positive", NULL);
+
+  ad_pool2d_opts o = {.stride = {-1, 1}};
+  cr_assert_null(ad_max_pool2d(ctx, x, 2, 2, &o));
+  expect_error(AD_ERR_ARG, "max_pool2d", "stride -1x1 must be positive", NULL);
+
+  o = (ad_pool2d_opts){.padding = {2, 0}};
+  cr_assert_null(ad_max_pool2d(ctx, x, 3, 3, &o));
+  expect_error(AD_ERR_ARG, "max_pool2d", "padding 2x0", "at most half the kernel 3x3", NULL);
+  o = (ad_pool2d_opts){.padding = {0, -1}};
+  cr_assert_null(ad_avg_pool2d(ctx, x, 3, 3, &o));
+  expect_error(AD_ERR_ARG, "avg_pool2d", "padding 0x-1 must be >= 0", NULL);
+  o = (ad_pool2d_opts){.padding = {1, 1}}; /* 1 is half of 2: allowed */
+  cr_assert_not_null(ad_max_pool2d(ctx, x, 2, 2, &o), "%s", ad_last_error(ctx));
+
+  o = (ad_pool2d_opts){.dilation = {1, -2}};
+  cr_assert_null(ad_max_pool2d(ctx, x, 2, 2, &o));
+  expect_error(AD_ERR_ARG, "max_pool2d", "dilation 1x-2 must be positive", NULL);
+  o = (ad_pool2d_opts){.dilation = {2, 1}};
+  cr_assert_null(ad_avg_pool2d(ctx, x, 2, 2, &o));
+  expect_error(AD_ERR_ARG, "avg_pool2d", "dilation 2x1", "average pooling takes none", NULL);
+
+  /* through the registry, attributes are explicit: zeros are refused */
+  ad_attrs at;
+  memset(&at, 0, sizeof at);
+  at.pool.kernel[0] = at.pool.kernel[1] = 2;
+  at.pool.dilation[0] = at.pool.dilation[1] = 1;
+  cr_assert_null(ad_op_apply(ctx, ad_op_find(ctx, "max_pool2d"), 1, &x, &at));
+  expect_error(AD_ERR_ARG, "max_pool2d", "stride 0x0 must be positive", NULL);
+  at.pool.stride[0] = at.pool.stride[1] = 2;
+  at.pool.dilation[1] = 0;
+  cr_assert_null(ad_op_apply(ctx, ad_op_find(ctx, "max_pool2d"), 1, &x, &at));
+  expect_error(AD_ERR_ARG, "max_pool2d", "dilation 1x0", NULL);
+  at.pool.dilation[1] = 1;
+  at.pool.kernel[0] = (int64_t)1 << 31;
+  cr_assert_null(ad_op_apply(ctx, ad_op_find(ctx, "avg_pool2d"), 1, &x, &at));
+  expect_error(AD_ERR_ARG, "avg_pool2d", "kernel 2147483648x2", "at most 2^30", NULL);
+  ad_tensor_free(x);
+}
+
+Test(pool, too_small_inputs_are_refused) {
+  int64_t s[4] = {1, 1, 2, 5}, e[4] = {1, 1, 0, 5};
+  ad_tensor *x = param(ctx, 4, s, NULL), *ex = param(ctx, 4, e, NULL);
+  cr_assert_null(ad_max_pool2d(ctx, x, 3, 3, NULL));
+  expect_error(AD_ERR_SHAPE, "max_pool2d", "input [1,1,2,5] is too small", "output would be 0x1",
+               "kernel 3x3", NULL);
+  ad_pool2d_opts o = {.dilation = {1, 3}};
+  cr_assert_null(ad_max_pool2d(ctx, x, 2, 3, &o)); /* taps 0, 3, 6 of a width 5 */
+  expect_error(AD_ERR_SHAPE, "max_pool2d", "output would be 1x0", "dilation 1x3", NULL);
+  cr_assert_null(ad_avg_pool2d(ctx, ex, 1, 1, NULL));
+  expect_error(AD_ERR_SHAPE, "avg_pool2d", "input [1,1,0,5] has an empty plane", NULL);
+  cr_assert_null(ad_global_avg_pool2d(ctx, ex));
+  expect_error(AD_ERR_SHAPE, "global_avg_pool2d", "[1,1,0,5] has an empty plane", NULL);
+  ad_tensor_free(x);
+  ad_tensor_free(ex);
+}
+
+/* The partner ops check that their gradient input fits. */
+Test(pool, partner_ops_check_their_inputs) {
+  int64_t sx[4] = {1, 2, 4, 4}, sbad[4] = {1, 2, 3, 3}, sc[4] = {1, 3, 2, 2};
+  ad_tensor *x = param(ctx, 4, sx, NULL), *bad = param(ctx, 4, sbad, NULL);
+  ad_tensor *wrong_c = param(ctx, 4, sc, NULL);
+  ad_attrs at;
+  memset(&at, 0, sizeof at);
+  at.pool = (ad_pool_attrs){{2, 2}, {2, 2}, {0, 0}, {1, 1}, false, true, {0, 0}};
+  ad_tensor *in[2] = {bad, x};
+  cr_assert_null(ad_op_apply(ctx, ad_op_find(ctx, "max_pool2d_backward"), 2, in, &at));
+  expect_error(AD_ERR_SHAPE, "max_pool2d_backward", "dy [1,2,3,3] does not fit x [1,2,4,4]",
+               "want H, W 2x2", NULL);
+  in[0] = wrong_c;
+  cr_assert_null(ad_op_apply(ctx, ad_op_find(ctx, "max_pool2d_backward"), 2, in, &at));
+  expect_error(AD_ERR_SHAPE, "max_pool2d_backward", "dy [1,3,2,2]", NULL);
+  in[0] = bad;
+  cr_assert_null(ad_op_apply(ctx, ad_op_find(ctx, "max_pool2d_select"), 2, in, &at));
+  expect_error(AD_ERR_SHAPE, "max_pool2d_select", "g [1,2,3,3] does not fit x [1,2,4,4]",
+               "want H, W 4x4", NULL);
+  ad_tensor *x32 = ad_cast(ctx, x, AD_F32);
+  in[0] = ad_cast(ctx, ad_max_pool2d(ctx, x, 2, 2, NULL), AD_F64);
+  in[1] = x32;
+  cr_assert_null(ad_op_apply(ctx, ad_op_find(ctx, "max_pool2d_backward"), 2, in, &at));
+  expect_error(AD_ERR_DTYPE, "max_pool2d_backward", NULL);
+
+  at.pool.in_size[0] = at.pool.in_size[1] = 4;
+  cr_assert_null(ad_op_apply(ctx, ad_op_find(ctx, "avg_pool2d_backward"), 1, &bad, &at));
+  expect_error(AD_ERR_SHAPE, "avg_pool2d_backward", "dy [1,2,3,3] does not fit the input [1,2,4,4]",
+               NULL);
+  at.pool.in_size[0] = 1; /* an input of 1x4 pools to nothing */
+  cr_assert_null(ad_op_apply(ctx, ad_op_find(ctx, "avg_pool2d_backward"), 1, &bad, &at));
+  expect_error(AD_ERR_SHAPE, "avg_pool2d_backward", "the input [1,2,1,4] is too small", NULL);
+  ad_tape_reset(ctx);
+  ad_tensor_free(x);
+  ad_tensor_free(bad);
+  ad_tensor_free(wrong_c);
+}
+
+/* ------------------------------------------------- NaN, ties and -inf */
+
+/* A window holding a NaN gives NaN and sends its gradient to the NaN, the
+ * last one in row-major window order when there are several (PyTorch's CPU
+ * kernel); a window of -inf gives -inf and sends it to its first element. */
+Test(pool, max_pool_nan_and_neg_inf) {
+  const double N = NAN, I = -INFINITY;
+  const double v[16] = {1, N, 2, N, /**/ N, 0, 3, 1, /**/ I, I, 1, 1, /**/ I, I, 1, 0.5};
+  int64_t s[4] = {1, 1, 4, 4};
+  ad_tensor *x = param(ctx, 4, s, v);
+  ad_tensor *y = ad_max_pool2d(ctx, x, 2, 2, NULL);
+  expect_values(y, 4, (const double[]){N, N, I, 1}, "max_pool2d");
+  int64_t s2[4] = {1, 1, 2, 2};
+  const double dyv[4] = {1, 2, 3, 4};
+  ad_tensor *dy = ad_from_data(ctx, AD_F64, 4, s2, dyv);
+  cr_assert_eq(ad_backward(ctx, y, dy), AD_OK, "%s", ad_last_error(ctx));
+  /* window 0: NaN at 1 and 4 (the last: 4); window 1: NaN at 3; window 2:
+   * all -inf (the first: 8); window 3: 1 at 10 and 11 (the first: 10) */
+  const double want[16] = {0, 0, 0, 2, 1, 0, 0, 0, 3, 0, 4, 0, 0, 0, 0, 0};
+  expect_values(x->grad, 16, want, "dx");
+  ad_tape_reset(ctx);
+
+  /* the average of a window holding a NaN is NaN */
+  y = ad_avg_pool2d(ctx, x, 2, 2, NULL);
+  expect_values(y, 4, (const double[]){N, N, I, 0.875}, "avg_pool2d");
+  ad_tape_reset(ctx);
+  ad_tensor_free(x);
+  ad_tensor_free(dy);
+}
+
+/* Ties: the first maximum in row-major window order takes the gradient
+ * (not shared), and overlapping windows add up. */
+Test(pool, max_pool_ties_go_to_the_first_maximum) {
+  const double v[9] = {1, 1, 1, 1, 1, 2, 0, 2, 2};
+  int64_t s[4] = {1, 1, 3, 3};
+  ad_tensor *x = param(ctx, 4, s, v);
+  ad_pool2d_opts o = {.stride = {1, 1}};
+  ad_tensor *y = ad_max_pool2d(ctx, x, 2, 2, &o);
+  expect_values(y, 4, (const double[]){1, 2, 2, 2}, "max_pool2d");
+  cr_assert_eq(ad_backward(ctx, ad_sum(ctx, y), NULL), AD_OK, "%s", ad_last_error(ctx));
+  /* window (0,0): the 1 at 0; (0,1) and (1,1): the 2 at 5; (1,0): the 2 at 7 */
+  expect_values(x->grad, 9, (const double[]){1, 0, 0, 0, 0, 2, 0, 1, 0}, "dx");
+  ad_tape_reset(ctx);
+  ad_tensor_free(x);
+}
+
+/* ---------------------------------------------- PyTorch's window rules */
+
+/* Ones through a 3x3, stride 2, padding 1 ceil_mode pooling of a 4x4
+ * input: the divisor counts the padding inside the padded input (the last
+ * window, clipped to it, holds 2x2 of which 1x1 is input), or only the
+ * input (exclude_pad). Values from torch.nn.functional.avg_pool2d. */
+Test(pool, avg_pool_divisors) {
+  int64_t s[4] = {1, 1, 4, 4}, so[4] = {1, 1, 3, 3};
+  ad_tensor *x = ad_ones(ctx, AD_F64, 4, s);
+  ad_pool2d_opts o = {.stride = {2, 2}, .padding = {1, 1}, .ceil_mode = true};
+  ad_tensor *y = ad_avg_pool2d(ctx, x, 3, 3, &o);
+  expect_shape(y, 4, so, "avg_pool2d");
+  const double want[9] = {4.0 / 9, 6.0 / 9, 2.0 / 6, 6.0 / 9, 1, 3.0 / 6, 2.0 / 6, 3.0 / 6, 0.25};
+  for (int i = 0; i < 9; i++)
+    cr_assert_float_eq(ad_tensor_get(y, i), want[i], 1e-15, "element %d: %.17g, want %.17g", i,
+                       ad_tensor_get(y, i), want[i]);
+  o.exclude_pad = true;
+  y = ad_avg_pool2d(ctx, x, 3, 3, &o);
+  expect_values(y, 9, (const double[]){1, 1, 1, 1, 1, 1, 1, 1, 1}, "exclude_pad");
+  ad_tape_reset(ctx);
+  ad_tensor_free(x);
+}
+
+/* Output sizes: the default stride is the kernel; ceil_mode counts a
+ * partial last window but not one that would start in the right padding
+ * (5 + 2 - 1 - 1 = 5 over stride 2 is 3.5: 4 windows by the ceiling, the
+ * last starting at 6 - 1 = 5, past the input, so 3). */
+Test(pool, output_sizes_and_defaults) {
+  int64_t s[4] = {2, 3, 24, 24}, s12[4] = {2, 3, 12, 12};
+  ad_tensor *x = param(ctx, 4, s, NULL);
+  ad_pool2d_opts zero = {0};
+  expect_shape(ad_max_pool2d(ctx, x, 2, 2, NULL), 4, s12, "NULL opts");
+  ad_tensor *y = ad_max_pool2d(ctx, x, 2, 2, &zero);
+  expect_shape(y, 4, s12, "zero opts");
+  const ad_attrs *at = ad_tensor_attrs(y);
+  cr_assert_not_null(at);
+  cr_assert(at->pool.stride[0] == 2 && at->pool.stride[1] == 2 && at->pool.dilation[0] == 1 &&
+                at->pool.dilation[1] == 1 && !at->pool.ceil_mode,
+            "recorded stride %lldx%lld dilation %lldx%lld", (long long)at->pool.stride[0],
+            (long long)at->pool.stride[1], (long long)at->pool.dilation[0],
+            (long long)at->pool.dilation[1]);
+  cr_assert(ad_tensor_attrs(ad_avg_pool2d(ctx, x, 2, 2, NULL))->pool.count_include_pad,
+            "count_include_pad is PyTorch's default");
+  ad_tape_reset(ctx);
+
+  int64_t s5[4] = {1, 1, 5, 5}, s3[4] = {1, 1, 3, 3}, s2[4] = {1, 1, 2, 2};
+  ad_tensor *x5 = param(ctx, 4, s5, NULL);
+  ad_pool2d_opts o = {.padding = {1, 1}, .ceil_mode = true};
+  expect_shape(ad_max_pool2d(ctx, x5, 2, 2, &o), 4, s3, "ceil_mode, padding 1");
+  o = (ad_pool2d_opts){.ceil_mode = true};
+  expect_shape(ad_avg_pool2d(ctx, x5, 2, 2, &o), 4, s3, "ceil_mode");
+  expect_shape(ad_avg_pool2d(ctx, x5, 2, 2, NULL), 4, s2, "floor");
+  /* an empty batch pools to an empty batch */
+  int64_t s0[4] = {0, 3, 4, 4}, s0o[4] = {0, 3, 2, 2};
+  ad_tensor *x0 = param(ctx, 4, s0, NULL);
+  expect_shape(ad_max_pool2d(ctx, x0, 2, 2, NULL), 4, s0o, "N = 0");
+  ad_tape_reset(ctx);
+  ad_tensor_free(x);
+  ad_tensor_free(x5);
+  ad_tensor_free(x0);
+}
+
+/* A 3-D (C, H, W) input pools as the 4-D one with N = 1, gradients too. */
+Test(pool, chw_input_is_one_image) {
+  int64_t s3[3] = {2, 5, 6}, s4[4] = {1, 2, 5, 6};
+  ad_rng rng;
+  ad_rng_seed(&rng, 3);
+  ad_tensor *a = ad_randn(ctx, &rng, AD_F64, 3, s3, 0, 1);
+  ad_tensor *b = ad_from_data(ctx, AD_F64, 4, s4, a->data);
+  ad_tensor_set_requires_grad(a, true);
+  ad_tensor_set_requires_grad(b, true);
+  ad_pool2d_opts o = {.stride = {2, 1}, .padding = {1, 0}, .ceil_mode = true};
+  for (int avg = 0; avg < 2; avg++) {
+    ad_tensor *ya = avg ? ad_avg_pool2d(ctx, a, 3, 2, &o) : ad_max_pool2d(ctx, a, 3, 2, &o);
+    ad_tensor *yb = avg ? ad_avg_pool2d(ctx, b, 3, 2, &o) : ad_max_pool2d(ctx, b, 3, 2, &o);
+    cr_assert(ya && yb, "%s", ad_last_error(ctx));
+    cr_assert_eq(ya->ndim, 3);
+    cr_assert_eq(ya->size, yb->size);
+    for (int64_t i = 0; i < ya->size; i++)
+      cr_assert_eq(ad_tensor_get(ya, i), ad_tensor_get(yb, i), "avg %d: element %lld", avg,
+                   (long long)i);
+    ad_tensor_zero_grad(a);
+    ad_tensor_zero_grad(b);
+    cr_assert_eq(ad_backward(ctx, ad_sum(ctx, ad_square(ctx, ya)), NULL), AD_OK);
+    cr_assert_eq(ad_backward(ctx, ad_sum(ctx, ad_square(ctx, yb)), NULL), AD_OK);
+    for (int64_t i = 0; i < a->size; i++)
+      cr_assert_eq(ad_tensor_get(a->grad, i), ad_tensor_get(b->grad, i), "avg %d: grad %lld", avg,
+                   (long long)i);
+    ad_tape_reset(ctx);
+  }
+  ad_tensor_free(a);
+  ad_tensor_free(b);
+}
+
+/* --------------------------------------------------- second derivatives */
+
+/* Composites whose second derivative is not zero: the double backward of
+ * max_pool2d runs max_pool2d_select, that of avg_pool2d avg_pool2d again. */
+static ad_tensor *max_sq(ad_ctx *c, int n, ad_tensor *const *in, void *ud) {
+  (void)n;
+  const ad_pool2d_opts *o = ud;
+  return ad_mul(c, ad_max_pool2d(c, ad_mul(c, in[0], in[1]), 3, 3, o),
+                ad_max_pool2d(c, in[0], 3, 3, o));
+}
+
+static ad_tensor *avg_sq(ad_ctx *c, int n, ad_tensor *const *in, void *ud) {
+  (void)n;
+  const ad_pool2d_opts *o = ud;
+  ad_tensor *y = ad_avg_pool2d(c, ad_mul(c, in[0], in[1]), 3, 3, o);
+  return ad_add(c, ad_square(c, y), ad_global_avg_pool2d(c, ad_square(c, in[0])));
+}
+
+Test(pool, second_order_through_composites) {
+  int64_t s[4] = {2, 2, 7, 6};
+  ad_rng rng;
+  ad_rng_seed(&rng, 11);
+  ad_tensor *in[2] = {ad_zeros(ctx, AD_F64, 4, s), ad_rand(ctx, &rng, AD_F64, 4, s, 0.5, 1.5)};
+  cr_assert(in[0] && in[1]);
+  /* distinct values 0.25 apart: no tie moves within the difference step */
+  for (int64_t i = 0; i < in[0]->size; i++)
+    ad_tensor_set(in[0], i, 0.25 * (double)((i * 37) % in[0]->size) - 5);
+  ad_tensor_set_requires_grad(in[0], true);
+  ad_tensor_set_requires_grad(in[1], true);
+  ad_pool2d_opts o = {.stride = {2, 2}, .padding = {1, 1}, .ceil_mode = true};
+  ad_check_report r;
+  for (int avg = 0; avg < 2; avg++) {
+    for (int second = 0; second < 2; second++) {
+      ad_status st = second ? ad_gradgradcheck(ctx, avg ? avg_sq : max_sq, &o, 2, in, NULL, &r)
+                            : ad_gradcheck(ctx, avg ? avg_sq : max_sq, &o, 2, in, NULL, &r);
+      cr_assert_eq(st, AD_OK, "%s", ad_last_error(ctx));
+      cr_assert(r.passed, "avg %d order %d: input %d [%lld] analytic %.10g numeric %.10g", avg,
+                second + 1, r.input, (long long)r.index, r.analytic, r.numeric);
+      cr_assert_gt(r.checked, 0);
+    }
+    o.exclude_pad = true;
+  }
+  ad_tensor_free(in[0]);
+  ad_tensor_free(in[1]);
+}
+
+/* ------------------------------------------------------------- threads */
+
+/* The planes are split over threads: the same bits as one thread, forward
+ * and backward, in both dtypes. */
+Test(pool, threads_give_the_same_bits) {
+  int64_t s[4] = {8, 16, 24, 24};
+  ad_pool2d_opts o = {.stride = {2, 2}, .padding = {1, 1}, .ceil_mode = true};
+  for (int dti = 0; dti < 2; dti++) {
+    ad_dtype dt = dti ? AD_F64 : AD_F32;
+    ad_tensor *y1[2] = {0}, *g1[2] = {0};
+    for (int threads = 1; threads <= 2; threads++) {
+      cr_assert_eq(ad_set_num_threads(threads), AD_OK);
+      ad_rng rng;
+      ad_rng_seed(&rng, 5);
+      ad_tensor *x = ad_randn(ctx, &rng, dt, 4, s, 0, 1);
+      ad_tensor_set_requires_grad(x, true);
+      for (int avg = 0; avg < 2; avg++) {
+        ad_tensor *y = avg ? ad_avg_pool2d(ctx, x, 3, 3, &o) : ad_max_pool2d(ctx, x, 3, 3, &o);
+        ad_tensor_zero_grad(x);
+        cr_assert_eq(ad_backward(ctx, ad_sum(ctx, ad_square(ctx, y)), NULL), AD_OK, "%s",
+                     ad_last_error(ctx));
+        if (threads == 1) {
+          y1[avg] = ad_tensor_clone(ctx, y);
+          g1[avg] = ad_tensor_clone(ctx, x->grad);
+        } else {
+          cr_assert_eq(memcmp(y->data, y1[avg]->data, (size_t)y->size * ad_dtype_size(dt)), 0,
+                       "%s avg %d: outputs differ with 2 threads", ad_dtype_name(dt), avg);
+          cr_assert_eq(memcmp(x->grad->data, g1[avg]->data, (size_t)x->size * ad_dtype_size(dt)), 0,
+                       "%s avg %d: gradients differ with 2 threads", ad_dtype_name(dt), avg);
+        }
+        ad_tape_reset(ctx);
+      }
+      ad_tensor_free(x);
+    }
+    for (int k = 0; k < 2; k++) {
+      ad_tensor_free(y1[k]);
+      ad_tensor_free(g1[k]);
+    }
+  }
+  cr_assert_eq(ad_set_num_threads(1), AD_OK);
+}
