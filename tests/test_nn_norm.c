@@ -664,3 +664,30 @@ Test(bn_ckpt, i64_store_writes_and_reads_whole_numbers) {
   ad_tensor_free(i2);
   ad_tensor_free(f);
 }
+
+/* Every allocation of building a model with BatchNorm, saving and loading
+ * it may fail: the call reports AD_ERR_OOM (or NULL) and nothing leaks. */
+Test(bn_ckpt, out_of_memory_leaks_nothing) {
+  const char *path = test_path("oom.safetensors");
+  bool done = false;
+  for (long k = 0; !done && k < 2000; k++) {
+    test_alloc_refuse_after(&alloc_state, k);
+    nn_model *m = nn_sequential_new(ctx);
+    ad_status st = nn_model_add(m, nn_batch_norm2d_new(ctx, 2, NULL));
+    if (st == AD_OK) st = nn_model_add(m, nn_flatten_new(ctx));
+    if (st == AD_OK) st = nn_model_add(m, nn_batch_norm1d_new(ctx, 18, NULL));
+    if (st == AD_OK) st = nn_model_save(m, NULL, path);
+    if (st == AD_OK) st = nn_model_load(m, NULL, path);
+    if (m)
+      cr_assert(st == AD_OK || ad_last_status(ctx) == AD_ERR_OOM, "k %ld: %s", k,
+                ad_last_error(ctx));
+    done = m && st == AD_OK;
+    nn_model_free(m);
+    test_alloc_grant_all(&alloc_state);
+    ad_clear_error(ctx);
+    ad_tape_reset(ctx);
+    cr_assert_eq(LIVE_BLOCKS(), live_base, "k %ld: %ld blocks leaked", k,
+                 LIVE_BLOCKS() - live_base);
+  }
+  cr_assert(done, "never succeeded");
+}
