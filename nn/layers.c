@@ -122,9 +122,7 @@ const char *nn_layer_who(const nn_layer *l, char *buf, size_t n) { return who(l,
 
 nn_layer *nn_layer_new_ext(ad_ctx *ctx, const char *kind, const nn_layer_ops *ops, void *state) {
   nn_layer *l = layer_new(ctx, L_EXT, kind);
-  if (!l) { /* the layer never owned state: the caller frees it */
-    return NULL;
-  }
+  if (!l) return NULL; /* it never owned state: the caller frees it */
   l->ops = ops;
   l->state = state;
   return l;
