@@ -19,6 +19,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -79,6 +80,35 @@ static void swap_elems(unsigned char *p, size_t nbytes, size_t esize) {
       p[b] = t;
     }
 }
+
+/* I64 storage (nn_store): element i of t as a double, the int64 read from
+ * 8 little-endian bytes, and the range each engine dtype holds exactly. */
+static double elem_get(const ad_tensor *t, int64_t i) {
+  switch (t->dtype) {
+  case AD_F32:
+    return ((const float *)t->data)[i];
+  case AD_F64:
+    return ((const double *)t->data)[i];
+  default:
+    return ((const int32_t *)t->data)[i];
+  }
+}
+
+static int64_t le_i64(const unsigned char *p) {
+  uint64_t u = 0;
+  for (int k = 7; k >= 0; k--) u = u << 8 | p[k];
+  int64_t v;
+  memcpy(&v, &u, sizeof v);
+  return v;
+}
+
+static void i64_range(ad_dtype dt, int64_t *lo, int64_t *hi) {
+  *hi = dt == AD_F64 ? (int64_t)1 << 53 : dt == AD_F32 ? (int64_t)1 << 24 : INT32_MAX;
+  *lo = dt == AD_I32 ? INT32_MIN : -*hi;
+}
+
+/* Whether tensor i is stored as I64. */
+static bool store_i64(const nn_store *stores, int i) { return stores && stores[i] == NN_STORE_I64; }
 
 /* "[2,3,4]" into buf. */
 static const char *fmt_shape(char *buf, size_t cap, int ndim, const int64_t *shape) {
@@ -845,7 +875,8 @@ static int open_temp(const char *path, char *tmp, size_t cap) {
 /* ---------------------------------------------------------------- load */
 
 static ad_status check_args(ad_ctx *ctx, const char *fn, const char *path, int n,
-                            const char *const *names, ad_tensor *const *tensors) {
+                            const char *const *names, ad_tensor *const *tensors,
+                            const nn_store *stores) {
   if (!path) return ad_set_error(ctx, AD_ERR_NULL, "%s: path is NULL", fn);
   if (!*path) return ad_set_error(ctx, AD_ERR_ARG, "%s: path is empty", fn);
   if (n < 0) return ad_set_error(ctx, AD_ERR_ARG, "%s %s: n = %d is negative", fn, path, n);
@@ -863,14 +894,17 @@ static ad_status check_args(ad_ctx *ctx, const char *fn, const char *path, int n
         (t->size > 0 && !t->data))
       return ad_set_error(ctx, AD_ERR_ARG, "%s %s: tensor '%s' (tensors[%d]) is invalid", fn, path,
                           names[i], i);
+    if (stores && (unsigned)stores[i] > NN_STORE_I64)
+      return ad_set_error(ctx, AD_ERR_ARG, "%s %s: tensor '%s' has unknown store %d", fn, path,
+                          names[i], (int)stores[i]);
   }
   return AD_OK;
 }
 
-ad_status nn_checkpoint_load(ad_ctx *ctx, const char *path, int n, const char *const *names,
-                             ad_tensor *const *tensors) {
+ad_status nn_checkpoint_load_as(ad_ctx *ctx, const char *path, int n, const char *const *names,
+                                ad_tensor *const *tensors, const nn_store *stores) {
   if (!ctx) return AD_ERR_NULL;
-  ad_status st = check_args(ctx, "checkpoint", path, n, names, tensors);
+  ad_status st = check_args(ctx, "checkpoint", path, n, names, tensors, stores);
   if (st) return st;
   remove_stale_temps(path);
   header h;
@@ -898,9 +932,11 @@ ad_status nn_checkpoint_load(ad_ctx *ctx, const char *path, int n, const char *c
                         path, names[i], e->dtype_name);
       goto done;
     }
-    if (!e->has_dtype || e->dtype != t->dtype) {
-      st = ad_set_error(ctx, AD_ERR_DTYPE, "checkpoint %s: tensor '%s' has dtype %s, expected %s",
-                        path, names[i], e->dtype_name, st_name_of(t->dtype));
+    bool i64 = store_i64(stores, i) && strcmp(e->dtype_name, "I64") == 0;
+    if (!i64 && (!e->has_dtype || e->dtype != t->dtype)) {
+      st = ad_set_error(ctx, AD_ERR_DTYPE, "checkpoint %s: tensor '%s' has dtype %s, expected %s%s",
+                        path, names[i], e->dtype_name, st_name_of(t->dtype),
+                        store_i64(stores, i) ? " or I64" : "");
       goto done;
     }
     bool same = e->ndim == t->ndim;
@@ -935,14 +971,40 @@ ad_status nn_checkpoint_load(ad_ctx *ctx, const char *path, int n, const char *c
                         ferror(f) ? strerror(errno) : "");
       goto done;
     }
-    if (!host_is_le()) swap_elems(stage + off, (size_t)e->nbytes, ad_dtype_size(e->dtype));
+    bool i64 = !e->has_dtype; /* I64, checked above; decoded from its bytes below */
+    if (!i64 && !host_is_le()) swap_elems(stage + off, (size_t)e->nbytes, ad_dtype_size(e->dtype));
+    for (uint64_t k = 0; i64 && k < e->nbytes / 8; k++) { /* every value fits, or nothing loads */
+      int64_t v = le_i64(stage + off + 8 * k), lo, hi;
+      i64_range(tensors[i]->dtype, &lo, &hi);
+      if (v < lo || v > hi) {
+        st = ad_set_error(ctx, AD_ERR_FORMAT,
+                          "checkpoint %s: tensor '%s' element %" PRIu64 " = %" PRId64
+                          " (I64) does not fit %s exactly (range [%" PRId64 ", %" PRId64 "])",
+                          path, e->name, k, v, st_name_of(tensors[i]->dtype), lo, hi);
+        goto done;
+      }
+    }
     off += (size_t)e->nbytes;
   }
   off = 0;
   for (int i = 0; i < n; i++) {
-    if (!ents[i]->nbytes) continue;
-    memcpy(tensors[i]->data, stage + off, (size_t)ents[i]->nbytes);
-    off += (size_t)ents[i]->nbytes;
+    const nn_checkpoint_entry *e = ents[i];
+    ad_tensor *t = tensors[i];
+    if (!e->nbytes) continue;
+    if (e->has_dtype) {
+      memcpy(t->data, stage + off, (size_t)e->nbytes);
+    } else {
+      for (int64_t k = 0; k < t->size; k++) {
+        int64_t v = le_i64(stage + off + 8 * (size_t)k);
+        if (t->dtype == AD_F64)
+          ((double *)t->data)[k] = (double)v;
+        else if (t->dtype == AD_F32)
+          ((float *)t->data)[k] = (float)v;
+        else
+          ((int32_t *)t->data)[k] = (int32_t)v;
+      }
+    }
+    off += (size_t)e->nbytes;
   }
 done:
   ad_free(ctx, stage, (size_t)total);
@@ -950,6 +1012,11 @@ done:
   fclose(f);
   header_free(&h);
   return st;
+}
+
+ad_status nn_checkpoint_load(ad_ctx *ctx, const char *path, int n, const char *const *names,
+                             ad_tensor *const *tensors) {
+  return nn_checkpoint_load_as(ctx, path, n, names, tensors, NULL);
 }
 
 /* ---------------------------------------------------------------- info */
@@ -1038,7 +1105,8 @@ static void sb_json(sbuf *s, const char *str) {
 }
 
 static void emit_header(sbuf *s, int n, const char *const *names, ad_tensor *const *tensors,
-                        int n_meta, const char *const *keys, const char *const *values) {
+                        const nn_store *stores, int n_meta, const char *const *keys,
+                        const char *const *values) {
   char num[64];
   sb_str(s, "{");
   if (n_meta > 0) {
@@ -1057,13 +1125,13 @@ static void emit_header(sbuf *s, int n, const char *const *names, ad_tensor *con
     if (i || n_meta > 0) sb_str(s, ",");
     sb_json(s, names[i]);
     sb_str(s, ":{\"dtype\":\"");
-    sb_str(s, st_name_of(t->dtype));
+    sb_str(s, store_i64(stores, i) ? "I64" : st_name_of(t->dtype));
     sb_str(s, "\",\"shape\":[");
     for (int d = 0; d < t->ndim; d++) {
       snprintf(num, sizeof num, "%s%" PRId64, d ? "," : "", t->shape[d]);
       sb_str(s, num);
     }
-    uint64_t nb = (uint64_t)t->size * ad_dtype_size(t->dtype);
+    uint64_t nb = (uint64_t)t->size * (store_i64(stores, i) ? 8 : ad_dtype_size(t->dtype));
     snprintf(num, sizeof num, "],\"data_offsets\":[%" PRIu64 ",%" PRIu64 "]}", off, off + nb);
     sb_str(s, num);
     off += nb;
@@ -1086,6 +1154,21 @@ static bool write_le(FILE *f, const void *data, size_t nbytes, size_t esize) {
   return true;
 }
 
+/* Writes t's elements (whole numbers, checked) as little-endian int64. */
+static bool write_i64(FILE *f, const ad_tensor *t) {
+  unsigned char chunk[4096];
+  size_t m = 0;
+  for (int64_t k = 0; k < t->size; k++) {
+    uint64_t u = (uint64_t)(int64_t)elem_get(t, k);
+    for (int b = 0; b < 8; b++) chunk[m++] = (unsigned char)(u >> (8 * b));
+    if (m == sizeof chunk || k + 1 == t->size) {
+      if (fwrite(chunk, 1, m, f) != m) return false;
+      m = 0;
+    }
+  }
+  return true;
+}
+
 /* Best effort: makes the rename durable by syncing path's directory.
  * buf has room for strlen(path) + 2 bytes. */
 static void sync_dir(const char *path, char *buf) {
@@ -1097,12 +1180,21 @@ static void sync_dir(const char *path, char *buf) {
   }
 }
 
-ad_status nn_checkpoint_save_meta(ad_ctx *ctx, const char *path, int n, const char *const *names,
-                                  ad_tensor *const *tensors, int n_meta,
-                                  const char *const *meta_keys, const char *const *meta_values) {
+ad_status nn_checkpoint_save_as(ad_ctx *ctx, const char *path, int n, const char *const *names,
+                                ad_tensor *const *tensors, const nn_store *stores, int n_meta,
+                                const char *const *meta_keys, const char *const *meta_values) {
   if (!ctx) return AD_ERR_NULL;
-  ad_status st = check_args(ctx, "checkpoint", path, n, names, tensors);
+  ad_status st = check_args(ctx, "checkpoint", path, n, names, tensors, stores);
   if (st) return st;
+  for (int i = 0; i < n; i++) /* values stored as I64 must be whole numbers in range */
+    for (int64_t k = 0; store_i64(stores, i) && k < tensors[i]->size; k++) {
+      double v = elem_get(tensors[i], k);
+      if (!(v == trunc(v) && v >= -0x1p63 && v < 0x1p63))
+        return ad_set_error(ctx, AD_ERR_ARG,
+                            "checkpoint %s: tensor '%s' element %lld = %g cannot be stored as "
+                            "I64 (not a whole number in the int64 range)",
+                            path, names[i], (long long)k, v);
+    }
   if (n_meta < 0)
     return ad_set_error(ctx, AD_ERR_ARG, "checkpoint %s: n_meta = %d is negative", path, n_meta);
   if (n_meta > 0 && (!meta_keys || !meta_values))
@@ -1141,7 +1233,7 @@ ad_status nn_checkpoint_save_meta(ad_ctx *ctx, const char *path, int n, const ch
 
   /* the header, padded with spaces to a multiple of 8 */
   sbuf sb = {NULL, 0, 0};
-  emit_header(&sb, n, names, tensors, n_meta, meta_keys, meta_values);
+  emit_header(&sb, n, names, tensors, stores, n_meta, meta_keys, meta_values);
   size_t jlen = sb.len, hlen = (jlen + 7) / 8 * 8;
   if (hlen > HEADER_MAX)
     return ad_set_error(ctx, AD_ERR_ARG,
@@ -1152,7 +1244,7 @@ ad_status nn_checkpoint_save_meta(ad_ctx *ctx, const char *path, int n, const ch
   if (!sb.buf) return AD_ERR_OOM;
   sb.cap = hlen;
   sb.len = 0;
-  emit_header(&sb, n, names, tensors, n_meta, meta_keys, meta_values);
+  emit_header(&sb, n, names, tensors, stores, n_meta, meta_keys, meta_values);
   memset(sb.buf + jlen, ' ', hlen - jlen);
 
   /* the temporary file's name, then room for the directory's name */
@@ -1184,7 +1276,8 @@ ad_status nn_checkpoint_save_meta(ad_ctx *ctx, const char *path, int n, const ch
   ok = fwrite(b8, 1, 8, f) == 8 && fwrite(sb.buf, 1, hlen, f) == hlen;
   for (int i = 0; ok && i < n; i++) {
     size_t es = ad_dtype_size(tensors[i]->dtype);
-    ok = write_le(f, tensors[i]->data, (size_t)tensors[i]->size * es, es);
+    ok = store_i64(stores, i) ? write_i64(f, tensors[i])
+                              : write_le(f, tensors[i]->data, (size_t)tensors[i]->size * es, es);
   }
   if (ok) ok = fflush(f) == 0 && fsync(fileno(f)) == 0;
   int err = errno;
@@ -1210,6 +1303,12 @@ done:
   ad_free(ctx, tmp, bcap);
   ad_free(ctx, sb.buf, hlen);
   return st;
+}
+
+ad_status nn_checkpoint_save_meta(ad_ctx *ctx, const char *path, int n, const char *const *names,
+                                  ad_tensor *const *tensors, int n_meta,
+                                  const char *const *meta_keys, const char *const *meta_values) {
+  return nn_checkpoint_save_as(ctx, path, n, names, tensors, NULL, n_meta, meta_keys, meta_values);
 }
 
 ad_status nn_checkpoint_save(ad_ctx *ctx, const char *path, int n, const char *const *names,

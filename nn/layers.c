@@ -1,8 +1,10 @@
-/* layers.c: activations, Dense, dropout, flatten and lambda layers. Every
- * forward pass is a chain of ad_ ops, so the tape derives its backward. */
+/* layers.c: activations, Dense, dropout, flatten and lambda layers, and
+ * what every layer shares (parameters, buffers, names, kinds defined in
+ * other files through nn_layer_ops). Every forward pass is a chain of ad_
+ * ops, so the tape derives its backward. */
 #include "nn_internal.h"
 
-typedef enum layer_type { L_DENSE, L_ACT, L_DROPOUT, L_FLATTEN, L_LAMBDA } layer_type;
+typedef enum layer_type { L_DENSE, L_ACT, L_DROPOUT, L_FLATTEN, L_LAMBDA, L_EXT } layer_type;
 
 struct nn_layer {
   ad_ctx *ctx;
@@ -10,6 +12,10 @@ struct nn_layer {
   char *kind; /* owned */
   char *name; /* owned; NULL until a model adopts the layer */
   nn_params *params;
+  nn_params *buffers;
+  /* a kind defined in another file (L_EXT) */
+  const nn_layer_ops *ops;
+  void *state;
   /* dense */
   int64_t in, out;
   ad_tensor *w, *b;
@@ -73,7 +79,8 @@ static nn_layer *layer_new(ad_ctx *ctx, layer_type type, const char *kind) {
   l->type = type;
   l->kind = nn_strdup(ctx, kind);
   l->params = l->kind ? nn_params_new(ctx) : NULL;
-  if (!l->params) {
+  l->buffers = l->params ? nn_buffers_new(ctx) : NULL;
+  if (!l->buffers) {
     nn_layer_free(l);
     return NULL;
   }
@@ -83,7 +90,9 @@ static nn_layer *layer_new(ad_ctx *ctx, layer_type type, const char *kind) {
 void nn_layer_free(nn_layer *l) {
   if (!l) return;
   ad_ctx *ctx = l->ctx;
+  if (l->ops && l->ops->free) l->ops->free(l);
   nn_params_free(l->params);
+  nn_params_free(l->buffers);
   nn_strfree(ctx, l->kind);
   nn_strfree(ctx, l->name);
   ad_free(ctx, l, sizeof *l);
@@ -92,6 +101,7 @@ void nn_layer_free(nn_layer *l) {
 const char *nn_layer_kind(const nn_layer *l) { return l ? l->kind : NULL; }
 const char *nn_layer_name(const nn_layer *l) { return l ? (l->name ? l->name : "") : NULL; }
 nn_params *nn_layer_params(const nn_layer *l) { return l ? l->params : NULL; }
+nn_params *nn_layer_buffers(const nn_layer *l) { return l ? l->buffers : NULL; }
 bool nn_layer_adopted(const nn_layer *l) { return l && l->name; }
 
 ad_status nn_layer_adopt(nn_layer *l, const char *name) {
@@ -107,6 +117,19 @@ static const char *who(const nn_layer *l, char *buf, size_t n) {
     snprintf(buf, n, "%s", l->kind);
   return buf;
 }
+
+const char *nn_layer_who(const nn_layer *l, char *buf, size_t n) { return who(l, buf, n); }
+
+nn_layer *nn_layer_new_ext(ad_ctx *ctx, const char *kind, const nn_layer_ops *ops, void *state) {
+  nn_layer *l = layer_new(ctx, L_EXT, kind);
+  if (!l) return NULL; /* it never owned state: the caller frees it */
+  l->ops = ops;
+  l->state = state;
+  return l;
+}
+
+void *nn_layer_state(const nn_layer *l) { return l ? l->state : NULL; }
+ad_ctx *nn_layer_ctx(const nn_layer *l) { return l ? l->ctx : NULL; }
 
 /* ------------------------------------------------------------------ dense */
 
@@ -307,6 +330,8 @@ ad_tensor *nn_layer_forward(nn_layer *l, ad_tensor *x, bool training) {
                    who(l, c, sizeof c));
     return y;
   }
+  case L_EXT:
+    return l->ops->forward(l, x, training);
   }
   return NULL;
 }

@@ -4,8 +4,9 @@
 
 struct nn_model {
   ad_ctx *ctx;
-  nn_params *params; /* layers' parameters (borrowed) and the model's own */
-  nn_layer **layers; /* owned */
+  nn_params *params;  /* layers' parameters (borrowed) and the model's own */
+  nn_params *buffers; /* layers' buffers (borrowed) */
+  nn_layer **layers;  /* owned */
   int nlayers, cap;
   nn_forward_fn forward; /* NULL: Sequential */
   void *ud;
@@ -21,7 +22,8 @@ static nn_model *model_new(ad_ctx *ctx, nn_forward_fn forward, void *ud) {
   m->forward = forward;
   m->ud = ud;
   m->training = true;
-  if (!(m->params = nn_params_new(ctx))) {
+  if (!(m->params = nn_params_new(ctx)) || !(m->buffers = nn_buffers_new(ctx))) {
+    nn_params_free(m->params);
     ad_free(ctx, m, sizeof *m);
     return NULL;
   }
@@ -41,7 +43,8 @@ nn_model *nn_model_new(ad_ctx *ctx, nn_forward_fn forward, void *ud) {
 void nn_model_free(nn_model *m) {
   if (!m) return;
   ad_ctx *ctx = m->ctx;
-  nn_params_free(m->params); /* first: it borrows the layers' tensors */
+  nn_params_free(m->params); /* first: they borrow the layers' tensors */
+  nn_params_free(m->buffers);
   for (int i = 0; i < m->nlayers; i++) nn_layer_free(m->layers[i]);
   ad_free(ctx, m->layers, (size_t)m->cap * sizeof *m->layers);
   ad_free(ctx, m, sizeof *m);
@@ -72,14 +75,17 @@ ad_status nn_model_add_named(nn_model *m, const char *name, nn_layer *layer) {
     nn_layer_free(layer);
     return st;
   }
-  /* check every parameter name first, so a failure leaves the model as is */
-  nn_params *lp = nn_layer_params(layer);
-  int np = nn_params_count(lp);
+  /* check every parameter and buffer name first, so a failure leaves the
+   * model as is; a name is either a parameter or a buffer, as in PyTorch */
+  nn_params *lp = nn_layer_params(layer), *lb = nn_layer_buffers(layer);
+  int np = nn_params_count(lp), nb = nn_params_count(lb);
   char full[256];
-  for (int i = 0; i < np && st == AD_OK; i++) {
-    snprintf(full, sizeof full, "%s.%s", name, nn_params_name(lp, i));
-    if (nn_params_find(m->params, full))
-      st = ad_set_error(ctx, AD_ERR_ARG, "model_add: a parameter named '%s' exists", full);
+  for (int i = 0; i < np + nb && st == AD_OK; i++) {
+    snprintf(full, sizeof full, "%s.%s", name,
+             i < np ? nn_params_name(lp, i) : nn_params_name(lb, i - np));
+    if (nn_params_find(m->params, full) || nn_params_find(m->buffers, full))
+      st = ad_set_error(ctx, AD_ERR_ARG, "model_add: a %s named '%s' exists",
+                        nn_params_find(m->params, full) ? "parameter" : "buffer", full);
   }
   if (st == AD_OK && !nn_grow(ctx, (void **)&m->layers, &m->cap, m->nlayers + 1, sizeof *m->layers))
     st = AD_ERR_OOM;
@@ -94,6 +100,11 @@ ad_status nn_model_add_named(nn_model *m, const char *name, nn_layer *layer) {
     st = nn_params_add(m->params, full, nn_params_tensor(lp, i), false);
     if (st != AD_OK) return st; /* OOM only: the layer stays, partly listed */
   }
+  for (int i = 0; i < nb; i++) {
+    snprintf(full, sizeof full, "%s.%s", name, nn_params_name(lb, i));
+    st = nn_buffers_add(m->buffers, full, nn_params_tensor(lb, i), false, nn_params_store(lb, i));
+    if (st != AD_OK) return st; /* OOM only, as above */
+  }
   return AD_OK;
 }
 
@@ -107,6 +118,10 @@ ad_tensor *nn_model_add_param(nn_model *m, const char *name, ad_dtype dtype, int
                               const int64_t *shape, nn_init init, ad_rng *rng) {
   if (!m) return NULL;
   ad_ctx *ctx = m->ctx;
+  if (name && nn_params_find(m->buffers, name)) {
+    ad_set_error(ctx, AD_ERR_ARG, "model_add_param: a buffer named '%s' exists", name);
+    return NULL;
+  }
   if (dtype != AD_F32 && dtype != AD_F64) {
     ad_set_error(ctx, AD_ERR_DTYPE, "model_add_param: '%s' must be float, got %s",
                  name ? name : "(null)", ad_dtype_name(dtype));
@@ -138,6 +153,7 @@ nn_layer *nn_model_find_layer(const nn_model *m, const char *name) {
 }
 
 nn_params *nn_model_params(const nn_model *m) { return m ? m->params : NULL; }
+nn_params *nn_model_buffers(const nn_model *m) { return m ? m->buffers : NULL; }
 ad_ctx *nn_model_ctx(const nn_model *m) { return m ? m->ctx : NULL; }
 
 bool nn_model_set_training(nn_model *m, bool training) {
@@ -173,19 +189,21 @@ ad_tensor *nn_model_forward(nn_model *m, ad_tensor *x) {
 void nn_model_summary(const nn_model *m, FILE *f) {
   if (!m || !f) return;
   char buf[64];
-  fprintf(f, "%-12s %-12s %-24s %10s\n", "layer", "kind", "parameters", "count");
+  fprintf(f, "%-12s %-12s %-32s %10s\n", "layer", "kind", "parameters", "count");
   for (int i = 0; i < m->nlayers; i++) {
     nn_layer *l = m->layers[i];
-    nn_params *lp = nn_layer_params(l);
-    int np = nn_params_count(lp);
+    nn_params *lp = nn_layer_params(l), *lb = nn_layer_buffers(l);
+    int np = nn_params_count(lp), nb = nn_params_count(lb);
     fprintf(f, "%-12s %-12s ", nn_layer_name(l), nn_layer_kind(l));
-    if (np == 0) fprintf(f, "%-24s %10d\n", "-", 0);
-    for (int k = 0; k < np; k++) {
-      char item[96];
-      snprintf(item, sizeof item, "%s %s", nn_params_name(lp, k),
-               ad_shape_str(nn_params_tensor(lp, k), buf, sizeof buf));
+    if (np + nb == 0) fprintf(f, "%-32s %10d\n", "-", 0);
+    for (int k = 0; k < np + nb; k++) {
+      nn_params *list = k < np ? lp : lb;
+      int j = k < np ? k : k - np;
+      char item[128];
+      snprintf(item, sizeof item, "%s %s%s", nn_params_name(list, j),
+               ad_shape_str(nn_params_tensor(list, j), buf, sizeof buf), k < np ? "" : " (buffer)");
       if (k) fprintf(f, "%-12s %-12s ", "", "");
-      fprintf(f, "%-24s %10lld\n", item, (long long)nn_params_tensor(lp, k)->size);
+      fprintf(f, "%-32s %10lld\n", item, (long long)nn_params_tensor(list, j)->size);
     }
   }
   /* parameters the model owns directly (custom models) */
@@ -198,8 +216,10 @@ void nn_model_summary(const nn_model *m, FILE *f) {
     }
     if (in_layer) continue;
     ad_tensor *t = nn_params_tensor(m->params, i);
-    fprintf(f, "%-12s %-12s %-24s %10lld\n", name, "param", ad_shape_str(t, buf, sizeof buf),
+    fprintf(f, "%-12s %-12s %-32s %10lld\n", name, "param", ad_shape_str(t, buf, sizeof buf),
             (long long)t->size);
   }
   fprintf(f, "total parameters: %lld\n", (long long)nn_params_numel(m->params));
+  if (nn_params_count(m->buffers) > 0)
+    fprintf(f, "non-trainable buffers: %lld\n", (long long)nn_params_numel(m->buffers));
 }

@@ -1,40 +1,63 @@
-/* model_io.c: a model's parameters and its optimizer's state in one
- * safetensors checkpoint (through nn_checkpoint_save / _load). */
+/* model_io.c: a model's parameters and buffers (its state dict) and its
+ * optimizer's state in one safetensors checkpoint (through
+ * nn_checkpoint_save_as / _load_as, which store num_batches_tracked as
+ * I64). */
 #include "nn_internal.h"
 
-/* The model's names and tensors followed by the optimizer's, in arrays of
- * *bytes bytes each from the context's allocator. Returns the count, or -1
- * (AD_ERR_OOM recorded). */
-static int gather(const nn_model *m, const nn_optimizer *opt, const char ***names,
-                  ad_tensor ***tensors, size_t *bytes) {
-  nn_params *params = nn_model_params(m);
+/* The entries of one checkpoint: names, tensors and how each is stored,
+ * in arrays of cap entries from the context's allocator. */
+typedef struct entries {
+  const char **names;
+  ad_tensor **tensors;
+  nn_store *stores;
+  int cap;
+} entries;
+
+static void entries_free(ad_ctx *ctx, entries *e) {
+  ad_free(ctx, (void *)e->names, (size_t)e->cap * sizeof *e->names);
+  ad_free(ctx, e->tensors, (size_t)e->cap * sizeof *e->tensors);
+  ad_free(ctx, e->stores, (size_t)e->cap * sizeof *e->stores);
+}
+
+/* The model's parameters, then its buffers, then the optimizer's state.
+ * Returns the count, or -1 (AD_ERR_OOM recorded). */
+static int gather(const nn_model *m, const nn_optimizer *opt, entries *e) {
+  nn_params *params = nn_model_params(m), *bufs = nn_model_buffers(m);
   ad_ctx *ctx = nn_model_ctx(m);
-  int np = nn_params_count(params), ns = opt ? nn_optimizer_state_count(opt) : 0;
-  int n = np + ns;
-  *bytes = (size_t)(n ? n : 1) * sizeof(void *);
-  *names = ad_malloc(ctx, *bytes);
-  *tensors = *names ? ad_malloc(ctx, *bytes) : NULL;
-  if (!*tensors) {
-    ad_free(ctx, (void *)*names, *bytes);
+  int np = nn_params_count(params), nb = nn_params_count(bufs);
+  int ns = opt ? nn_optimizer_state_count(opt) : 0;
+  int n = np + nb + ns;
+  e->cap = n ? n : 1;
+  e->names = ad_malloc(ctx, (size_t)e->cap * sizeof *e->names);
+  e->tensors = e->names ? ad_malloc(ctx, (size_t)e->cap * sizeof *e->tensors) : NULL;
+  e->stores = e->tensors ? ad_malloc(ctx, (size_t)e->cap * sizeof *e->stores) : NULL;
+  if (!e->stores) {
+    entries_free(ctx, e);
     return -1;
   }
-  for (int i = 0; i < np; i++) {
-    (*names)[i] = nn_params_name(params, i);
-    (*tensors)[i] = nn_params_tensor(params, i);
+  for (int i = 0; i < np + nb; i++) {
+    nn_params *list = i < np ? params : bufs;
+    int j = i < np ? i : i - np;
+    e->names[i] = nn_params_name(list, j);
+    e->tensors[i] = nn_params_tensor(list, j);
+    e->stores[i] = nn_params_store(list, j);
   }
   for (int i = 0; i < ns; i++) {
-    (*names)[np + i] = nn_optimizer_state_names(opt)[i];
-    (*tensors)[np + i] = nn_optimizer_state_tensors(opt)[i];
+    e->names[np + nb + i] = nn_optimizer_state_names(opt)[i];
+    e->tensors[np + nb + i] = nn_optimizer_state_tensors(opt)[i];
+    e->stores[np + nb + i] = NN_STORE_NATIVE;
   }
   return n;
 }
 
-/* For a load: drops from names / tensors (n entries, the optimizer's ns
+/* For a load: drops from e (n entries, the optimizer's ns
  * state tensors last) the optional state tensors the file at path lacks,
  * marking what it has in present[ns]. Returns the new count, or -1 with the
  * error of reading the header. */
-static int drop_missing(ad_ctx *ctx, const nn_optimizer *opt, const char *path, const char **names,
-                        ad_tensor **tensors, int n, bool *present) {
+static int drop_missing(ad_ctx *ctx, const nn_optimizer *opt, const char *path, entries *e, int n,
+                        bool *present) {
+  const char **names = e->names;
+  ad_tensor **tensors = e->tensors;
   int ns = nn_optimizer_state_count(opt), np = n - ns, k = np;
   nn_checkpoint_info *info = nn_checkpoint_info_read(ctx, path);
   if (!info) return -1;
@@ -43,6 +66,7 @@ static int drop_missing(ad_ctx *ctx, const nn_optimizer *opt, const char *path, 
         !nn_optimizer_state_optional(opt, i) || nn_checkpoint_info_find(info, names[np + i]);
     if (!present[i]) continue;
     names[k] = names[np + i];
+    e->stores[k] = e->stores[np + i];
     tensors[k++] = tensors[np + i];
   }
   nn_checkpoint_info_free(info);
@@ -83,29 +107,26 @@ static ad_status check_scalars(ad_ctx *ctx, const nn_optimizer *opt, const char 
 static ad_status model_io(nn_model *m, nn_optimizer *opt, const char *path, bool save) {
   if (!m) return nn_null_arg(nn_ctx_of(m, opt), save ? "model_save" : "model_load", "model");
   ad_ctx *ctx = nn_model_ctx(m);
-  const char **names;
-  ad_tensor **tensors;
-  size_t bytes;
-  int n = gather(m, opt, &names, &tensors, &bytes);
+  entries e;
+  int n = gather(m, opt, &e);
   if (n < 0) return AD_ERR_OOM;
   ad_status st = AD_OK;
   int ns = opt ? nn_optimizer_state_count(opt) : 0;
   size_t pbytes = (size_t)(ns ? ns : 1) * sizeof(bool);
   bool *present = NULL;
   if (save) {
-    st = nn_checkpoint_save(ctx, path, n, names, tensors);
+    st = nn_checkpoint_save_as(ctx, path, n, e.names, e.tensors, e.stores, 0, NULL, NULL);
   } else if (opt && path && !(present = ad_malloc(ctx, pbytes))) {
     st = AD_ERR_OOM;
   } else {
-    int k = present ? drop_missing(ctx, opt, path, names, tensors, n, present) : n;
+    int k = present ? drop_missing(ctx, opt, path, &e, n, present) : n;
     st = k < 0 ? ad_last_status(ctx) : AD_OK;
-    if (st == AD_OK && opt) st = check_scalars(ctx, opt, path, names, tensors, k);
-    if (st == AD_OK) st = nn_checkpoint_load(ctx, path, k, names, tensors);
+    if (st == AD_OK && opt) st = check_scalars(ctx, opt, path, e.names, e.tensors, k);
+    if (st == AD_OK) st = nn_checkpoint_load_as(ctx, path, k, e.names, e.tensors, e.stores);
     if (st == AD_OK && present) nn_optimizer_state_restored(opt, present);
   }
   ad_free(ctx, present, pbytes);
-  ad_free(ctx, (void *)names, bytes);
-  ad_free(ctx, tensors, bytes);
+  entries_free(ctx, &e);
   return st;
 }
 

@@ -8,12 +8,17 @@
  *   parameters   nn_params: an ordered list of named persistent tensors
  *                ("0.weight", "0.bias", or names you choose) with a hash
  *                map for lookup by name. Each requires a gradient.
+ *   buffers      the same list type made by nn_buffers_new: named
+ *                non-trainable tensors (BatchNorm's running statistics),
+ *                saved in checkpoints with the parameters (a state dict is
+ *                both, as in PyTorch) and skipped by optimizers, clipping,
+ *                L2 and zero_grad.
  *   initializers nn_init: zeros, constant, uniform, normal, Xavier/Glorot
  *                and He/Kaiming (uniform and normal), from an explicit,
  *                seeded ad_rng.
  *   layers       nn_layer: Dense, activations (sigmoid, tanh, relu,
- *                leaky_relu, gelu, softmax, ...), dropout, flatten and
- *                lambda (a C function).
+ *                leaky_relu, gelu, softmax, ...), dropout, flatten,
+ *                BatchNorm1d / BatchNorm2d and lambda (a C function).
  *   models       nn_model: a Sequential stack of layers, or a custom model
  *                whose forward pass is a plain C function over the model's
  *                parameters and layers.
@@ -155,6 +160,42 @@ NN_API void nn_clip_grad_value(nn_params *p, double clip);
  * Add it to a loss. NULL on error (empty list, mixed dtypes). */
 NN_API ad_tensor *nn_l2_penalty(ad_ctx *ctx, const nn_params *p, double lambda);
 
+/* --------------------------------------------------------------- buffers
+ * A buffer is a named persistent tensor that is part of a model's state but
+ * not trained: BatchNorm's "running_mean", "running_var" and
+ * "num_batches_tracked" (PyTorch's register_buffer). Buffers live in a list
+ * of the same type as parameters (nn_params), made by nn_buffers_new, so
+ * nn_params_find / _count / _tensor / _name / _names / _tensors / _numel /
+ * _free work on it. The differences: a tensor added to a buffer list may
+ * have any dtype (AD_F32, AD_F64, AD_I32) and must not require a gradient
+ * (it is left so); each carries an nn_store saying how checkpoints write
+ * it; nn_params_zero_grad, nn_clip_grad_norm (returns 0) and
+ * nn_clip_grad_value do nothing on a buffer list, nn_l2_penalty finds no
+ * parameter in it, and nn_optimizer_new refuses it (AD_ERR_ARG). A layer's
+ * buffers are updated by its forward pass (outside the tape), never by an
+ * optimizer. */
+
+/* A new, empty buffer list on ctx. NULL (with AD_ERR_OOM) on failure. Free
+ * with nn_params_free. */
+NN_API nn_params *nn_buffers_new(ad_ctx *ctx);
+
+/* Appends persistent tensor t to buffer list b under name (copied;
+ * non-empty, unique), stored in checkpoints as store says (NN_STORE_I64
+ * for PyTorch's int64 counters). Ownership as nn_params_add. Returns AD_OK,
+ * AD_ERR_NULL, AD_ERR_ARG (b is a parameter list, empty or duplicate name,
+ * a temporary tensor, a tensor that requires grad, an unknown store) or
+ * AD_ERR_OOM. nn_params_add on a buffer list is nn_buffers_add with
+ * NN_STORE_NATIVE. */
+NN_API ad_status nn_buffers_add(nn_params *b, const char *name, ad_tensor *t, bool own,
+                                nn_store store);
+
+/* Whether p is a buffer list. */
+NN_API bool nn_params_is_buffers(const nn_params *p);
+
+/* How tensor i of the list is stored in checkpoints (NN_STORE_NATIVE for
+ * parameters and out-of-range i). */
+NN_API nn_store nn_params_store(const nn_params *p, int i);
+
 /* ========================================================== initializers */
 
 typedef enum nn_init_kind {
@@ -270,6 +311,45 @@ typedef ad_tensor *(*nn_layer_fn)(ad_ctx *ctx, ad_tensor *x, bool training, void
  * shown by nn_model_summary; NULL means "lambda". */
 NN_API nn_layer *nn_lambda_new(ad_ctx *ctx, const char *kind, nn_layer_fn fn, void *ud);
 
+/* Options of BatchNorm layers. All-zero means PyTorch's defaults. */
+typedef struct nn_batch_norm_opts {
+  double eps;            /* added to the variance; 0 means 1e-5 */
+  double momentum;       /* of the running statistics, in (0, 1]; 0 means 0.1 */
+  bool cumulative;       /* PyTorch's momentum=None: the running statistics
+                            are the plain average over the batches seen
+                            (momentum 1 / num_batches_tracked); momentum is
+                            then ignored */
+  bool no_affine;        /* affine=False: no weight and bias */
+  bool no_running_stats; /* track_running_stats=False: no buffers; batch
+                            statistics in both modes */
+  ad_dtype dtype;        /* of the parameters and the running statistics
+                            (and of the input); default AD_F32 */
+} nn_batch_norm_opts;
+
+/* Batch normalisation over the channels (dim 1) of x, PyTorch's
+ * nn.BatchNorm1d (x [N, C] or [N, C, L]) and nn.BatchNorm2d (x [N, C, H,
+ * W]), through ad_batch_norm: y = (x - mean) / sqrt(var + eps) * weight +
+ * bias per channel. In training mode mean and var are the batch's (biased
+ * variance, over every dim but 1) and the running statistics are updated in
+ * place: running = (1 - momentum) running + momentum stat (the unbiased
+ * variance for running_var), and num_batches_tracked grows by 1; in
+ * evaluation mode the running statistics normalise. Parameters "weight"
+ * (ones) and "bias" (zeros) [C]; buffers "running_mean" (zeros) and
+ * "running_var" (ones) [C] of the layer's dtype, and "num_batches_tracked",
+ * a 0-d AD_F64 (exact to 2^53; PyTorch's is int64, and checkpoints store it
+ * as I64, NN_STORE_I64), so a PyTorch state dict loads and saves with the
+ * same names. opts may be NULL. Returns the layer, or NULL with AD_ERR_ARG
+ * (num_features < 1, eps < 0 or not finite, momentum outside (0, 1]),
+ * AD_ERR_DTYPE (not float) or AD_ERR_OOM. Its forward fails, naming the
+ * layer and the shapes, on an input of the wrong rank or channel count
+ * (AD_ERR_SHAPE), of another dtype (AD_ERR_DTYPE), or, in training mode,
+ * with one value per channel (AD_ERR_SHAPE, as PyTorch). The running
+ * statistics change only when the forward succeeds. */
+NN_API nn_layer *nn_batch_norm1d_new(ad_ctx *ctx, int64_t num_features,
+                                     const nn_batch_norm_opts *opts);
+NN_API nn_layer *nn_batch_norm2d_new(ad_ctx *ctx, int64_t num_features,
+                                     const nn_batch_norm_opts *opts);
+
 /* Frees a layer and its parameters. Do not free a layer owned by a model.
  * NULL is a no-op. */
 NN_API void nn_layer_free(nn_layer *l);
@@ -287,6 +367,10 @@ NN_API const char *nn_layer_name(const nn_layer *l);
 /* The layer's own parameters ("weight", "bias"), never NULL for a valid
  * layer (empty for parameterless ones). Owned by the layer. */
 NN_API nn_params *nn_layer_params(const nn_layer *l);
+
+/* The layer's buffers ("running_mean", ...; see nn_buffers_new), never NULL
+ * for a valid layer (empty for most kinds). Owned by the layer. */
+NN_API nn_params *nn_layer_buffers(const nn_layer *l);
 
 /* ================================================================ models */
 
@@ -313,8 +397,10 @@ NN_API void nn_model_free(nn_model *m);
  * nn_model_add(m, nn_dense_new(...)) never leaks). Its name is its index
  * among the layers ("0", "1", ...; activations count, as in PyTorch's
  * nn.Sequential), and its parameters join the model's list as
- * "<index>.weight", "<index>.bias". Returns AD_OK, AD_ERR_NULL (NULL
- * layer: the error that made it NULL is kept), AD_ERR_ARG (duplicate name;
+ * "<index>.weight", "<index>.bias", its buffers the model's buffer list as
+ * "<index>.running_mean", ... Returns AD_OK, AD_ERR_NULL (NULL
+ * layer: the error that made it NULL is kept), AD_ERR_ARG (duplicate name,
+ * or a parameter or buffer name the model already has;
  * or a layer that already belongs to a model, which is then left alone) or
  * AD_ERR_OOM. */
 NN_API ad_status nn_model_add(nn_model *m, nn_layer *layer);
@@ -341,6 +427,11 @@ NN_API nn_layer *nn_model_find_layer(const nn_model *m, const char *name);
 /* All parameters, in order of creation (owned by the model). */
 NN_API nn_params *nn_model_params(const nn_model *m);
 
+/* All buffers of the model's layers ("1.running_mean", ...), in order of
+ * the layers (a buffer list, owned by the model; never NULL for a valid
+ * model). Not trained: give nn_model_params to the optimizer. */
+NN_API nn_params *nn_model_buffers(const nn_model *m);
+
 /* The context the model was made on. */
 NN_API ad_ctx *nn_model_ctx(const nn_model *m);
 
@@ -356,7 +447,9 @@ NN_API bool nn_model_set_training(nn_model *m, bool training);
 NN_API bool nn_model_training(const nn_model *m);
 
 /* Prints a Keras-like table: each layer's name, kind and parameter shapes,
- * then the parameter count. */
+ * its buffers marked "(buffer)", then the parameter count ("total
+ * parameters: N", trainable) and, when there are buffers, their element
+ * count ("non-trainable buffers: M", as Keras' non-trainable params). */
 NN_API void nn_model_summary(const nn_model *m, FILE *f);
 
 /* ================================================================ losses */
@@ -688,24 +781,25 @@ NN_API ad_tensor *nn_predict(nn_model *m, ad_tensor *x, int64_t batch_size);
 
 /* ========================================================== checkpoints */
 
-/* Saves m's parameters under their names and, when opt is not NULL, its
+/* Saves m's parameters and buffers (its state dict, as PyTorch's: buffers
+ * stored as their nn_store says, num_batches_tracked as I64) under their
+ * names and, when opt is not NULL, its
  * state (nn_optimizer_state_names: moments, step counts, the learning rate
  * and the schedule's base rate and epoch, all plain tensors that
  * PyTorch's safetensors reads) to a safetensors file (atomically; see
  * nn_checkpoint_save). */
 NN_API ad_status nn_model_save(const nn_model *m, const nn_optimizer *opt, const char *path);
 
-/* Loads m's parameters (and opt's state when opt is not NULL) from path;
- * every name must be present with the same dtype and shape, else nothing
- * changes (see nn_checkpoint_load). The learning rate comes from the
- * checkpoint, as PyTorch's optimizer load_state_dict does: call
- * nn_optimizer_set_lr afterwards to train on with another one. Step counts
- * must be whole numbers >= 0 and rates finite and >= 0, else
- * AD_ERR_FORMAT and nothing changes. Checkpoints of earlier versions load:
- * a parameter's step count ("adam.step.<p>") may be missing, and is then
- * the optimizer's step counter (those versions advanced every parameter at
- * every step); the rate and the schedule's state may be missing, and the
- * optimizer's own are then kept (those versions did not save them). */
+/* Loads m's parameters and buffers (and opt's state when opt is not NULL)
+ * from path; every name must be present with the same dtype and shape (a
+ * buffer stored as I64 may be I64 or its own dtype; a value that does not
+ * fit is AD_ERR_FORMAT), else nothing changes (see nn_checkpoint_load_as). The learning rate comes
+ * from the checkpoint, as PyTorch's optimizer load_state_dict does: call nn_optimizer_set_lr
+ * afterwards to train on with another one. Step counts must be whole numbers >= 0 and rates finite
+ * and >= 0, else AD_ERR_FORMAT and nothing changes. Checkpoints of earlier versions load: a
+ * parameter's step count ("adam.step.<p>") may be missing, and is then the optimizer's step counter
+ * (those versions advanced every parameter at every step); the rate and the schedule's state may be
+ * missing, and the optimizer's own are then kept (those versions did not save them). */
 NN_API ad_status nn_model_load(nn_model *m, nn_optimizer *opt, const char *path);
 
 #ifdef __cplusplus

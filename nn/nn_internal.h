@@ -41,6 +41,24 @@ ad_ctx *nn_params_ctx(const nn_params *p);
 ad_status nn_layer_adopt(nn_layer *l, const char *name);
 bool nn_layer_adopted(const nn_layer *l);
 
+/* A layer kind defined outside layers.c (e.g. layers_norm.c): forward runs
+ * it (x is not NULL); free, if not NULL, releases the state (called first
+ * by nn_layer_free, while the layer's parameters and buffers still exist). */
+typedef struct nn_layer_ops {
+  ad_tensor *(*forward)(nn_layer *l, ad_tensor *x, bool training);
+  void (*free)(nn_layer *l);
+} nn_layer_ops;
+
+/* A new layer of kind (copied) run by ops (static storage) with state.
+ * NULL on OOM, and then the caller still owns state. */
+nn_layer *nn_layer_new_ext(ad_ctx *ctx, const char *kind, const nn_layer_ops *ops, void *state);
+void *nn_layer_state(const nn_layer *l);
+ad_ctx *nn_layer_ctx(const nn_layer *l);
+
+/* "dense '2'" (kind and name) or "dense" (not in a model) into buf, for
+ * error messages. */
+const char *nn_layer_who(const nn_layer *l, char *buf, size_t n);
+
 /* The parameter list an optimizer was made over. */
 nn_params *nn_optimizer_params(const nn_optimizer *opt);
 

@@ -99,11 +99,43 @@ NN_API ad_status nn_checkpoint_save_meta(ad_ctx *ctx, const char *path, int n,
                                          int n_meta, const char *const *meta_keys,
                                          const char *const *meta_values);
 
+/* How a tensor is stored in a checkpoint file. */
+typedef enum nn_store {
+  NN_STORE_NATIVE = 0, /* as its own dtype: "F32", "F64" or "I32" */
+  NN_STORE_I64 = 1     /* as "I64" (PyTorch's int64, e.g. BatchNorm's
+                          num_batches_tracked), which the engine lacks: the
+                          tensor (any dtype) holds whole numbers */
+} nn_store;
+
+/* nn_checkpoint_save_meta with a storage choice per tensor: stores[i] (the
+ * array may be NULL: all native) says how tensors[i] is written. With
+ * NN_STORE_I64 each element must be a whole number in the int64 range
+ * (always true of an AD_I32 tensor), else AD_ERR_ARG naming the tensor,
+ * the element and its value, and nothing is written. An unknown store is
+ * AD_ERR_ARG. */
+NN_API ad_status nn_checkpoint_save_as(ad_ctx *ctx, const char *path, int n,
+                                       const char *const *names, ad_tensor *const *tensors,
+                                       const nn_store *stores, int n_meta,
+                                       const char *const *meta_keys,
+                                       const char *const *meta_values);
+
+/* nn_checkpoint_load with a storage choice per tensor (stores may be NULL:
+ * all native). A tensor with NN_STORE_I64 accepts an "I64" entry, whose
+ * values are converted to its dtype, or an entry of its own dtype (read as
+ * nn_checkpoint_load does). The conversion is exact or refused: a value
+ * outside [-2^53, 2^53] for AD_F64, [-2^24, 2^24] for AD_F32, or the int32
+ * range for AD_I32 fails the whole load with AD_ERR_FORMAT naming the file,
+ * the tensor, the element and the value. An unknown store is AD_ERR_ARG. */
+NN_API ad_status nn_checkpoint_load_as(ad_ctx *ctx, const char *path, int n,
+                                       const char *const *names, ad_tensor *const *tensors,
+                                       const nn_store *stores);
+
 /* Loads the n named tensors of the file at path into the existing tensors
  * tensors[i] (persistent, any shape). For each, in order, the entry must be
  * present and have the tensor's dtype and shape; the first mismatch is
  * reported. Entries of the file that are not asked for are ignored (they
- * may have dtypes this engine lacks, such as "F16" or "I64").
+ * may have dtypes this engine lacks, such as "F16" or "I64"; to read an
+ * "I64" entry, see nn_checkpoint_load_as).
  * The whole file structure is checked: header length, strict JSON, known
  * keys, data_offsets inside the data buffer and consistent with dtype and
  * shape, no overlaps or gaps between tensors, no duplicate names, no empty

@@ -159,6 +159,13 @@ nn_optimizer *nn_optimizer_new(nn_params *params, const nn_opt_config *cfg) {
     return NULL;
   }
   if (check_config(ctx, cfg) != AD_OK) return NULL;
+  if (nn_params_is_buffers(params)) {
+    ad_set_error(ctx, AD_ERR_ARG,
+                 "optimizer %s: the list holds buffers, which are not trained (give it "
+                 "nn_model_params)",
+                 kind_names[cfg->kind]);
+    return NULL;
+  }
   int n = nn_params_count(params);
   if (n == 0) {
     ad_set_error(ctx, AD_ERR_ARG, "optimizer %s: the parameter list is empty (add layers first)",

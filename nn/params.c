@@ -64,12 +64,14 @@ double nn_now(void) {
 typedef struct param_entry {
   char *name; /* owned; also the hash key */
   int index;
+  nn_store store; /* buffers: how checkpoints store it */
   bool oom;
   UT_hash_handle hh;
 } param_entry;
 
 struct nn_params {
   ad_ctx *ctx;
+  bool buffers; /* a buffer list (nn_buffers_new) */
   int n, cap;
   char **names;        /* n names (the entries' strings) */
   ad_tensor **tensors; /* n tensors */
@@ -102,6 +104,14 @@ void nn_params_free(nn_params *p) {
   ad_free(ctx, p->entries, (size_t)p->cap * sizeof *p->entries);
   ad_free(ctx, p, sizeof *p);
 }
+
+nn_params *nn_buffers_new(ad_ctx *ctx) {
+  nn_params *p = nn_params_new(ctx);
+  if (p) p->buffers = true;
+  return p;
+}
+
+bool nn_params_is_buffers(const nn_params *p) { return p && p->buffers; }
 
 ad_ctx *nn_params_ctx(const nn_params *p) { return p ? p->ctx : NULL; }
 
@@ -139,28 +149,33 @@ static bool params_reserve(nn_params *p, int need) {
   return true;
 }
 
-ad_status nn_params_add(nn_params *p, const char *name, ad_tensor *t, bool own) {
-  if (!p) {
-    if (own) ad_tensor_free(t);
-    return AD_ERR_NULL;
-  }
+/* Adds t to a parameter or buffer list (p->buffers): fn and what name the
+ * caller in messages. */
+static ad_status list_add(nn_params *p, const char *fn, const char *name, ad_tensor *t, bool own,
+                          nn_store store) {
   ad_ctx *ctx = p->ctx;
   ad_status st = AD_OK;
+  const char *what = p->buffers ? "buffer" : "parameter";
   char buf[64];
   if (!t)
-    st = ad_set_null_error(ctx, "params_add: tensor '%s' is NULL", name ? name : "?");
+    st = ad_set_null_error(ctx, "%s: tensor '%s' is NULL", fn, name ? name : "?");
   else if (!name || !name[0])
-    st = ad_set_error(ctx, AD_ERR_ARG, "params_add: a parameter needs a non-empty name");
+    st = ad_set_error(ctx, AD_ERR_ARG, "%s: a %s needs a non-empty name", fn, what);
   else if (ad_tensor_is_temporary(t))
     st = ad_set_error(ctx, AD_ERR_ARG,
-                      "params_add: '%s' is a temporary made by an op; parameters must be "
-                      "persistent tensors",
+                      "%s: '%s' is a temporary made by an op; %ss must be persistent tensors", fn,
+                      name, what);
+  else if (!p->buffers && t->dtype != AD_F32 && t->dtype != AD_F64)
+    st = ad_set_error(ctx, AD_ERR_DTYPE, "%s: '%s' %s is %s; parameters must be float", fn, name,
+                      ad_shape_str(t, buf, sizeof buf), ad_dtype_name(t->dtype));
+  else if (p->buffers && ad_tensor_requires_grad(t))
+    st = ad_set_error(ctx, AD_ERR_ARG,
+                      "%s: '%s' requires grad; a buffer is not trained (make it a parameter)", fn,
                       name);
-  else if (t->dtype != AD_F32 && t->dtype != AD_F64)
-    st = ad_set_error(ctx, AD_ERR_DTYPE, "params_add: '%s' %s is %s; parameters must be float",
-                      name, ad_shape_str(t, buf, sizeof buf), ad_dtype_name(t->dtype));
+  else if ((unsigned)store > NN_STORE_I64)
+    st = ad_set_error(ctx, AD_ERR_ARG, "%s: '%s' has unknown store %d", fn, name, (int)store);
   else if (nn_params_find(p, name))
-    st = ad_set_error(ctx, AD_ERR_ARG, "params_add: a parameter named '%s' exists", name);
+    st = ad_set_error(ctx, AD_ERR_ARG, "%s: a %s named '%s' exists", fn, what, name);
   if (st != AD_OK) {
     if (own) ad_tensor_free(t);
     return st;
@@ -182,20 +197,48 @@ ad_status nn_params_add(nn_params *p, const char *name, ad_tensor *t, bool own) 
   memset(e, 0, sizeof *e);
   e->name = copy;
   e->index = p->n;
+  e->store = store;
   HASH_ADD_KEYPTR(hh, p->by_name, e->name, strlen(e->name), e);
   if (e->oom) {
     nn_strfree(ctx, copy);
     ad_free(ctx, e, sizeof *e);
     if (own) ad_tensor_free(t);
-    return ad_set_error(ctx, AD_ERR_OOM, "params_add: out of memory growing the name map");
+    return ad_set_error(ctx, AD_ERR_OOM, "%s: out of memory growing the name map", fn);
   }
-  ad_tensor_set_requires_grad(t, true);
+  if (!p->buffers) ad_tensor_set_requires_grad(t, true);
   p->names[p->n] = copy;
   p->tensors[p->n] = t;
   p->owned[p->n] = own;
   p->entries[p->n] = e;
   p->n++;
   return AD_OK;
+}
+
+ad_status nn_params_add(nn_params *p, const char *name, ad_tensor *t, bool own) {
+  if (!p) {
+    if (own) ad_tensor_free(t);
+    return AD_ERR_NULL;
+  }
+  return list_add(p, p->buffers ? "buffers_add" : "params_add", name, t, own, NN_STORE_NATIVE);
+}
+
+ad_status nn_buffers_add(nn_params *b, const char *name, ad_tensor *t, bool own, nn_store store) {
+  if (!b) {
+    if (own) ad_tensor_free(t);
+    return AD_ERR_NULL;
+  }
+  if (!b->buffers) {
+    if (own) ad_tensor_free(t);
+    return ad_set_error(b->ctx, AD_ERR_ARG,
+                        "buffers_add: '%s' goes to a parameter list; buffers need a list from "
+                        "nn_buffers_new",
+                        name ? name : "?");
+  }
+  return list_add(b, "buffers_add", name, t, own, store);
+}
+
+nn_store nn_params_store(const nn_params *p, int i) {
+  return p && i >= 0 && i < p->n ? p->entries[i]->store : NN_STORE_NATIVE;
 }
 
 ad_tensor *nn_params_find(const nn_params *p, const char *name) {
@@ -228,6 +271,7 @@ int64_t nn_params_numel(const nn_params *p) {
 }
 
 void nn_params_zero_grad(nn_params *p) {
+  if (p && p->buffers) return; /* buffers have no gradient */
   for (int i = 0; p && i < p->n; i++) ad_tensor_zero_grad(p->tensors[i]);
 }
 
@@ -235,6 +279,7 @@ void nn_params_zero_grad(nn_params *p) {
 
 double nn_clip_grad_norm(nn_params *p, double max_norm) {
   double sq = 0;
+  if (p && p->buffers) return 0; /* buffers have no gradient */
   for (int i = 0; p && i < p->n; i++) {
     const ad_tensor *g = p->tensors[i]->grad;
     if (!g) continue;
@@ -259,6 +304,7 @@ double nn_clip_grad_norm(nn_params *p, double max_norm) {
 }
 
 void nn_clip_grad_value(nn_params *p, double clip) {
+  if (p && p->buffers) return; /* buffers have no gradient */
   for (int i = 0; p && i < p->n; i++) {
     ad_tensor *g = p->tensors[i]->grad;
     if (!g) continue;

@@ -348,6 +348,37 @@ Test(checkpoint, pytorch_fixture_loads) {
   cr_assert_eq(LIVE_BLOCKS(), live_base);
 }
 
+/* The fixture's int64 count (BatchNorm's num_batches_tracked, 7) reads
+ * into an f64 or i32 tensor with NN_STORE_I64, and only with it. */
+Test(checkpoint, pytorch_int64_reads_with_store) {
+  const char *names[2] = {"norm.num_batches_tracked", "scale"};
+  ad_tensor *ts[2] = {ad_zeros(ctx, AD_F64, 0, NULL), ad_zeros(ctx, AD_F64, 0, NULL)};
+  nn_store st[2] = {NN_STORE_I64, NN_STORE_I64};
+  cr_assert_eq(nn_checkpoint_load(ctx, FIXTURE, 1, names, ts), AD_ERR_DTYPE);
+  cr_assert(strstr(ad_last_error(ctx), "tensor 'norm.num_batches_tracked' has dtype I64, "
+                                       "expected F64"),
+            "%s", ad_last_error(ctx));
+  cr_assert_eq(nn_checkpoint_load_as(ctx, FIXTURE, 2, names, ts, st), AD_OK, "%s",
+               ad_last_error(ctx));
+  cr_assert_eq(ad_tensor_item(ts[0]), 7.0);
+  cr_assert(memcmp(ts[1]->data, fx_scale, sizeof fx_scale) == 0); /* its own dtype is fine */
+  ad_tensor *i = ad_zeros(ctx, AD_I32, 0, NULL);
+  cr_assert_eq(nn_checkpoint_load_as(ctx, FIXTURE, 1, names, &i, st), AD_OK, "%s",
+               ad_last_error(ctx));
+  cr_assert_eq(ad_tensor_item(i), 7.0);
+  /* an F32 tensor and an F16 entry: the store does not convert other dtypes */
+  const char *rv[1] = {"norm.running_var"};
+  int64_t four = 4;
+  ad_tensor *f = ad_zeros(ctx, AD_F32, 1, &four);
+  cr_assert_eq(nn_checkpoint_load_as(ctx, FIXTURE, 1, rv, &f, st), AD_ERR_DTYPE);
+  cr_assert(strstr(ad_last_error(ctx), "has dtype F16, expected F32 or I64"), "%s",
+            ad_last_error(ctx));
+  ad_tensor_free(ts[0]);
+  ad_tensor_free(ts[1]);
+  ad_tensor_free(i);
+  ad_tensor_free(f);
+}
+
 /* ------------------------------------------------------- load mismatches */
 
 Test(checkpoint, load_reports_the_first_mismatch) {

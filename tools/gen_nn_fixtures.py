@@ -12,6 +12,9 @@ script (it needs torch, tested with 1.13) after changing a fixture:
 Inputs are small hand-written arrays, so the fixtures do not depend on any
 random number generator.
 """
+import os
+import sys
+
 import torch
 
 torch.set_default_dtype(torch.float64)
@@ -229,6 +232,133 @@ emit("sched_step", lrs(lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=3,
 emit("sched_exp", lrs(lambda o: torch.optim.lr_scheduler.ExponentialLR(o, gamma=0.9)))
 emit("sched_cos", lrs(lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=7,
                                                                            eta_min=0.001)))
+
+# -------------------------------------------------------------- BatchNorm
+# A Sequential mixing BatchNorm2d, Flatten, Linear, BatchNorm1d and ReLU:
+#   0 BatchNorm2d(2)  1 Flatten  2 Linear(18, 5)  3 BatchNorm1d(5)
+#   4 ReLU            5 Linear(5, 3)
+# on x [N, 2, 3, 3]. Initial values come from formulas (no generator).
+# Trained with SGD (lr 0.1, momentum 0.9, weight decay 0.01) on
+# cross-entropy for BN_STEPS steps of batches of BN_N rows of bn_x, in
+# order. Emitted for float64 and float32 runs: per step the train-mode
+# logits and loss; after training the running statistics and
+# num_batches_tracked of both BatchNorms, every parameter, and the
+# eval-mode logits and mean loss on bn_xe.
+BN_N, BN_STEPS = 4, 3
+BN_PARAMS = ["0.weight", "0.bias", "2.weight", "2.bias", "3.weight", "3.bias", "5.weight",
+             "5.bias"]
+BN_BUFFERS = ["0.running_mean", "0.running_var", "3.running_mean", "3.running_var"]
+
+
+def wave(shape, a, b, scale):
+    n = 1
+    for d in shape:
+        n *= d
+    i = torch.arange(n, dtype=torch.float64)
+    return (scale * torch.sin(a * i + b) * (1 + 0.25 * (i % 3))).reshape(shape)
+
+
+BN_X = wave((BN_N * BN_STEPS, 2, 3, 3), 0.71, 0.3, 1.5) + 0.4
+BN_Y = [(3 * i + 1) % 3 if i % 4 else i % 3 for i in range(BN_N * BN_STEPS)]
+BN_XE = wave((5, 2, 3, 3), 1.13, -0.2, 2.0) - 0.3
+BN_YE = [2, 0, 1, 1, 0]
+
+
+def bn_model(dtype):
+    torch.manual_seed(0)  # the values are all overwritten below
+    m = torch.nn.Sequential(torch.nn.BatchNorm2d(2), torch.nn.Flatten(), torch.nn.Linear(18, 5),
+                            torch.nn.BatchNorm1d(5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
+    sd = m.state_dict()
+    with torch.no_grad():
+        for k, name in enumerate(BN_PARAMS):
+            t = sd[name]
+            if name in ("0.weight", "3.weight"):
+                v = 1 + wave(t.shape, 0.9, k, 0.2)
+            else:
+                v = wave(t.shape, 0.53 + 0.1 * k, 0.7 * k, 0.4)
+            t.copy_(v)
+    return m.to(dtype)
+
+
+def bn_init():
+    m = bn_model(torch.float64)
+    return [v for name in BN_PARAMS for v in m.state_dict()[name].flatten().tolist()]
+
+
+def bn_run(dtype):
+    m = bn_model(dtype)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, weight_decay=0.01)
+    y = torch.tensor(BN_Y)
+    traj = []
+    m.train()
+    for t in range(BN_STEPS):
+        xb = BN_X[t * BN_N:(t + 1) * BN_N].to(dtype)
+        opt.zero_grad()
+        logits = m(xb)
+        loss = F.cross_entropy(logits, y[t * BN_N:(t + 1) * BN_N])
+        loss.backward()
+        opt.step()
+        traj += logits.detach().flatten().tolist() + [loss.item()]
+    sd = m.state_dict()
+    bufs = [v for name in BN_BUFFERS for v in sd[name].flatten().tolist()]
+    bufs += [float(sd["0.num_batches_tracked"]), float(sd["3.num_batches_tracked"])]
+    params = [v for name in BN_PARAMS for v in sd[name].flatten().tolist()]
+    m.eval()
+    with torch.no_grad():
+        le = m(BN_XE.to(dtype))
+        loss_e = F.cross_entropy(le, torch.tensor(BN_YE))
+    return m, traj, bufs, params, le.flatten().tolist() + [loss_e.item()]
+
+
+emit("bn_x", BN_X)
+emit_int("bn_y", BN_Y)
+emit("bn_xe", BN_XE)
+emit_int("bn_ye", BN_YE)
+emit("bn_init", bn_init())
+for tag, dt in (("f64", torch.float64), ("f32", torch.float32)):
+    m, traj, bufs, params, ev = bn_run(dt)
+    emit(f"bn_{tag}_train", traj)
+    emit(f"bn_{tag}_buffers", bufs)
+    emit(f"bn_{tag}_params", params)
+    emit(f"bn_{tag}_eval", ev)
+    if dt == torch.float32:
+        BN_TRAINED_F32 = m
+
+# The trained float32 model's state dict as a safetensors file (written as
+# tools/gen_safetensors_fixture.py writes one: Debian has no safetensors
+# package), num_batches_tracked as I64, for the checkpoint round trip;
+# bn_f32_eval holds its eval-mode logits.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gen_safetensors_fixture import build  # noqa: E402
+
+BN_ST = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures",
+                     "torch_bn.safetensors")
+with open(BN_ST, "wb") as f:
+    f.write(build({k: v.contiguous() for k, v in BN_TRAINED_F32.state_dict().items()},
+                  {"format": "pt"}))
+
+# BatchNorm1d on [N, C, L] with momentum=None (the cumulative average) and
+# affine weights: train-mode outputs of two batches, the running statistics
+# after them, then the eval-mode output on the first batch; and a
+# BatchNorm1d(3, affine=False, track_running_stats=False) in eval mode
+# (batch statistics).
+BC_X1 = wave((4, 3, 5), 0.61, 0.2, 1.2) + 0.5
+BC_X2 = wave((4, 3, 5), 0.83, 1.1, 0.9) - 0.2
+emit("bc_x1", BC_X1)
+emit("bc_x2", BC_X2)
+bc = torch.nn.BatchNorm1d(3, momentum=None, eps=1e-3)
+with torch.no_grad():
+    bc.weight.copy_(torch.tensor([1.5, 0.5, -1.0]))
+    bc.bias.copy_(torch.tensor([0.1, -0.2, 0.3]))
+bc.train()
+o1, o2 = bc(BC_X1), bc(BC_X2)
+emit("bc_train", torch.cat([o1.flatten(), o2.flatten()]).detach())
+emit("bc_running", torch.cat([bc.running_mean, bc.running_var,
+                              bc.num_batches_tracked.to(torch.float64).reshape(1)]))
+bc.eval()
+emit("bc_eval", bc(BC_X1).detach())
+bn_free = torch.nn.BatchNorm1d(3, affine=False, track_running_stats=False).eval()
+emit("bc_nostats_eval", bn_free(BC_X1))
 
 print("/* nn_fixtures.h: PyTorch %s reference values for the nn tests." % torch.__version__)
 print(" * Generated by tools/gen_nn_fixtures.py; do not edit. */")
