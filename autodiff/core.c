@@ -59,7 +59,13 @@ const char *ad_status_str(ad_status s) {
   return status_names[s];
 }
 
-static void record_error(ad_ctx *ctx, ad_status status, const char *fmt, va_list ap) {
+/* the va_list form of a printf format: clang's -Wformat-nonliteral wants it
+ * said, gcc infers it */
+#if defined(__GNUC__)
+__attribute__((format(printf, 3, 0)))
+#endif
+static void
+record_error(ad_ctx *ctx, ad_status status, const char *fmt, va_list ap) {
   ctx->status = status;
   ctx->nerrors++;
   vsnprintf(ctx->err, sizeof ctx->err, fmt, ap);
