@@ -143,7 +143,7 @@ static int model_tensors(nn_model *m, nn_optimizer *opt, const char **names, ad_
 static void load_model(const nn_checkpoint_info *info, const uint8_t *data) {
   enum { CAP = 32 };
   nn_optimizer *opt = NULL;
-  nn_model *m = fuzz_model_new(fuzz_ctx, &opt);
+  nn_model *m = fuzz_model_new(fuzz_ctx, FUZZ_HIDDEN, &opt);
   FUZZ_CHECK(m, "fuzz_model_new: %s", ad_last_error(fuzz_ctx));
   const char *names[CAP];
   ad_tensor *ts[CAP];

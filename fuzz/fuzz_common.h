@@ -112,17 +112,20 @@ static inline void fuzz_check_error(const char *what) {
 
 /* -------------------------------------------------------------- model */
 
-/* A Sequential 3 -> 4 -> relu -> 2 MLP with an Adam optimizer: parameters
- * "0.weight" [4,3], "0.bias" [4], "2.weight" [2,4], "2.bias" [2] (F32)
- * and Adam's state, "adam.step" (a F64 scalar) and two F32 moments per
- * parameter. Returns the model (and *opt), or NULL with the error set. */
-static inline nn_model *fuzz_model_new(ad_ctx *ctx, nn_optimizer **opt) {
+/* A Sequential 3 -> hidden -> relu -> 2 MLP with an Adam optimizer:
+ * parameters "0.weight" [hidden,3], "0.bias" [hidden], "2.weight"
+ * [2,hidden], "2.bias" [2] (F32) and Adam's state, "adam.step" (a F64
+ * scalar) and two F32 moments per parameter. fuzz_checkpoint loads into
+ * the one with FUZZ_HIDDEN units. Returns the model (and *opt), or NULL
+ * with the error set. */
+#define FUZZ_HIDDEN 4
+static inline nn_model *fuzz_model_new(ad_ctx *ctx, int64_t hidden, nn_optimizer **opt) {
   ad_rng rng;
   ad_rng_seed(&rng, 7);
   nn_model *m = nn_sequential_new(ctx);
-  if (!m || nn_model_add(m, nn_dense_new(ctx, 3, 4, &rng, NULL)) != AD_OK ||
+  if (!m || nn_model_add(m, nn_dense_new(ctx, 3, hidden, &rng, NULL)) != AD_OK ||
       nn_model_add(m, nn_activation_new(ctx, NN_ACT_RELU)) != AD_OK ||
-      nn_model_add(m, nn_dense_new(ctx, 4, 2, &rng, NULL)) != AD_OK ||
+      nn_model_add(m, nn_dense_new(ctx, hidden, 2, &rng, NULL)) != AD_OK ||
       !(*opt = nn_adam_new(nn_model_params(m), 1e-3))) {
     nn_model_free(m);
     return NULL;

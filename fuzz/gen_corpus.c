@@ -52,8 +52,11 @@ static size_t make_idx(unsigned char *b, size_t cap, int ndim, const uint32_t *d
   return head + count;
 }
 
-static void write_gzip(const char *path, const void *p, size_t n) {
-  gzFile g = gzopen(path, "wb9");
+/* level 0 stores the bytes as they are: the fuzzer can then change the
+ * dims inside a gzip file without breaking its deflate stream */
+static void write_gzip(const char *path, const void *p, size_t n, int level) {
+  char mode[4] = {'w', 'b', (char)('0' + level), 0};
+  gzFile g = gzopen(path, mode);
   FUZZ_CHECK(g && gzwrite(g, p, (unsigned)n) == (int)n && gzclose(g) == Z_OK, "cannot write %s",
              path);
 }
@@ -68,7 +71,8 @@ static void gen_idx(void) {
   write_bytes(out_path("idx", "truncated-data.idx"), b, n - 5);
   write_bytes(out_path("idx", "truncated-dims.idx"), b, 10);
   n = make_idx(b, sizeof b, 2, (const uint32_t[]){4, 5});
-  write_gzip(out_path("idx", "images-2d.idx.gz"), b, n);
+  write_gzip(out_path("idx", "images-2d.idx.gz"), b, n, 9);
+  write_gzip(out_path("idx", "images-2d-stored.idx.gz"), b, n, 0);
   write_prefix(out_path("idx", "images-2d.idx.gz"), out_path("idx", "truncated.idx.gz"), 30);
 }
 
@@ -94,17 +98,38 @@ static void write_foreign(const char *path) {
   write_bytes(path, b, 8 + jl + 16);
 }
 
-static void gen_checkpoint(ad_ctx *ctx) {
+/* fuzz_model_new(hidden)'s model and optimizer saved as file name. */
+static void save_model(ad_ctx *ctx, int64_t hidden, const char *name) {
   nn_optimizer *opt = NULL;
-  nn_model *m = fuzz_model_new(ctx, &opt);
+  nn_model *m = fuzz_model_new(ctx, hidden, &opt);
   FUZZ_CHECK(m, "%s", ad_last_error(ctx));
-  char model[1024];
-  snprintf(model, sizeof model, "%s", out_path("checkpoint", "model-adam.safetensors"));
-  FUZZ_CHECK(nn_model_save(m, opt, model) == AD_OK, "%s", ad_last_error(ctx));
-  write_prefix(model, out_path("checkpoint", "truncated-data.safetensors"), 1100);
-  write_prefix(model, out_path("checkpoint", "truncated-header.safetensors"), 300);
+  FUZZ_CHECK(nn_model_save(m, opt, out_path("checkpoint", name)) == AD_OK, "%s",
+             ad_last_error(ctx));
   nn_optimizer_free(opt);
   nn_model_free(m);
+}
+
+/* A header written by hand: a tensor with more dims than the engine has. */
+static void write_nine_dims(const char *path) {
+  static const char json[] =
+      "{\"x\":{\"dtype\":\"F32\",\"shape\":[1,1,1,1,1,1,1,1,1],\"data_offsets\":[0,4]}}";
+  unsigned char b[128];
+  size_t jl = sizeof json - 1;
+  for (int i = 0; i < 8; i++) b[i] = (unsigned char)((uint64_t)jl >> (8 * i));
+  memcpy(b + 8, json, jl);
+  memset(b + 8 + jl, 0, 4);
+  write_bytes(path, b, 8 + jl + 4);
+}
+
+static void gen_checkpoint(ad_ctx *ctx) {
+  /* the model fuzz_checkpoint loads into, whole and cut; and one with
+   * the same names but other shapes (another architecture's checkpoint) */
+  save_model(ctx, FUZZ_HIDDEN, "model-adam.safetensors");
+  char model[1024];
+  snprintf(model, sizeof model, "%s", out_path("checkpoint", "model-adam.safetensors"));
+  write_prefix(model, out_path("checkpoint", "truncated-data.safetensors"), 1100);
+  write_prefix(model, out_path("checkpoint", "truncated-header.safetensors"), 300);
+  save_model(ctx, 1, "model-other-shapes.safetensors");
 
   ad_tensor *t[4] = {
       filled(ctx, AD_F64, 2, (const int64_t[]){2, 2}),
@@ -122,6 +147,22 @@ static void gen_checkpoint(ad_ctx *ctx) {
              "%s", ad_last_error(ctx));
   for (int i = 0; i < 4; i++) ad_tensor_free(t[i]);
   write_foreign(out_path("checkpoint", "foreign-dtypes.safetensors"));
+  write_nine_dims(out_path("checkpoint", "nine-dims.safetensors"));
+
+  /* more entries than the reader's first table holds (16) */
+  enum { MANY = 20 };
+  ad_tensor *many[MANY];
+  const char *many_names[MANY];
+  char name_buf[MANY][8];
+  for (int i = 0; i < MANY; i++) {
+    snprintf(name_buf[i], sizeof name_buf[i], "t%d", i);
+    many_names[i] = name_buf[i];
+    many[i] = filled(ctx, i % 3 == 0 ? AD_I32 : AD_F32, 1, (const int64_t[]){i % 2});
+  }
+  FUZZ_CHECK(nn_checkpoint_save(ctx, out_path("checkpoint", "many-tensors.safetensors"), MANY,
+                                many_names, many) == AD_OK,
+             "%s", ad_last_error(ctx));
+  for (int i = 0; i < MANY; i++) ad_tensor_free(many[i]);
 }
 
 int main(int argc, char **argv) {
