@@ -238,10 +238,21 @@ ad_tensor *nn_idx_load(ad_ctx *ctx, const char *path, ad_dtype dtype, double sca
   int64_t shape[AD_MAX_DIMS];
   uint64_t count = 0;
   ad_tensor *t = NULL;
-  if (read_header(&f, &ndim, shape, &count) == AD_OK &&
-      (t = ad_zeros(ctx, dtype, ndim, shape)) != NULL && read_data(&f, t, count, scale) != AD_OK) {
-    ad_tensor_free(t);
-    t = NULL;
+  if (read_header(&f, &ndim, shape, &count) == AD_OK) {
+    t = ad_zeros(ctx, dtype, ndim, shape);
+    char sh[200];
+    if (!t && ad_last_status(ctx) == AD_ERR_OOM)
+      ad_set_error(ctx, AD_ERR_OOM, "idx %s: out of memory for dims %s", path,
+                   fmt_dims(sh, sizeof sh, ndim, shape));
+    else if (!t) /* a 0 among huge dims: no data, but no tensor either */
+      ad_set_error(ctx, AD_ERR_FORMAT,
+                   "idx %s: dims %s: no tensor can have this shape (the dims other than 0 "
+                   "multiply to too many elements)",
+                   path, fmt_dims(sh, sizeof sh, ndim, shape));
+    else if (read_data(&f, t, count, scale) != AD_OK) {
+      ad_tensor_free(t);
+      t = NULL;
+    }
   }
   gzclose(f.gz);
   return t;

@@ -66,7 +66,8 @@ extern "C" {
  * Returns NULL and records AD_ERR_NULL (NULL path), AD_ERR_ARG (bad dtype),
  * AD_ERR_IO (cannot open or read), AD_ERR_FORMAT (bad magic, unsupported
  * type code, too many dims, dims that overflow or do not match the amount
- * of data, truncated file, corrupt gzip stream) or AD_ERR_OOM. */
+ * of data, a 0 among dims whose others multiply to more elements than a
+ * tensor may have, truncated file, corrupt gzip stream) or AD_ERR_OOM. */
 NN_API ad_tensor *nn_idx_load(ad_ctx *ctx, const char *path, ad_dtype dtype, double scale);
 
 /* ----------------------------------------------------------- checkpoints */

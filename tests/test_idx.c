@@ -286,6 +286,30 @@ Test(idx, dims_overflow) {
   free(z);
 }
 
+/* Found by fuzz/fuzz_idx: a 0 among the dims makes the data empty and the
+ * product 0, but the other dims can still multiply to more elements than a
+ * tensor may have. The error is the file's (AD_ERR_FORMAT, naming it), not
+ * the tensor constructor's. */
+Test(idx, empty_dims_no_tensor_can_have) {
+  const char *path = test_path("huge-empty");
+  unsigned char h[16] = {0, 0, 8, 3, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
+  test_write_file(path, h, sizeof h);
+  expect_load_fails(path, AD_ERR_FORMAT, "dims [0,4294967295,4294967295]: no tensor can have");
+  /* the same through gzip */
+  size_t zn;
+  unsigned char *z = gzip_bytes(h, sizeof h, &zn);
+  test_write_file(path, z, zn);
+  expect_load_fails(path, AD_ERR_FORMAT, "dims [0,4294967295,4294967295]: no tensor can have");
+  free(z);
+  /* dims a tensor can have still load, empty */
+  unsigned char ok[16] = {0, 0, 8, 3, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 0xff, 0xff};
+  test_write_file(path, ok, sizeof ok);
+  ad_tensor *t = nn_idx_load(ctx, path, AD_I32, 1);
+  cr_assert_not_null(t, "%s", ad_last_error(ctx));
+  cr_assert(t->size == 0 && t->shape[1] == 65535 && t->shape[2] == 65535);
+  ad_tensor_free(t);
+}
+
 Test(idx, truncated_everywhere) {
   uint32_t dims[3] = {4, 6, 5};
   size_t n, zn;
@@ -359,6 +383,6 @@ Test(idx, out_of_memory) {
   test_alloc_refuse_after(&alloc_state, 0);
   cr_assert_null(nn_idx_load(ctx, LABELS, AD_I32, 1));
   test_alloc_grant_all(&alloc_state);
-  expect_error(AD_ERR_OOM, NULL);
+  expect_error(AD_ERR_OOM, LABELS, "out of memory for dims [10000]", NULL);
   cr_assert_eq(LIVE_BLOCKS(), base);
 }

@@ -1,0 +1,191 @@
+/* fuzz_checkpoint.c: libFuzzer target for the safetensors checkpoint
+ * reader (nn/nn_io.h, nn/nn.h). The input is the bytes of a checkpoint;
+ * seeds in fuzz/corpus/checkpoint.
+ *
+ * Each input goes through the three ways a user reads a checkpoint:
+ *   1. nn_checkpoint_info_read, the "what is in this file" entry: on
+ *      success the header accounts for every byte of the file, entries lie
+ *      in the data buffer and have the size their dtype and shape need,
+ *      and names and metadata keys are found again by lookup;
+ *   2. nn_checkpoint_load of every entry the engine has a dtype for, into
+ *      tensors of the shapes info reported: it must succeed, and each
+ *      tensor must hold the bytes of its data_offsets;
+ *   3. nn_model_load into fuzz_model_new's model and Adam optimizer: it
+ *      must succeed exactly when info lists every name with the right
+ *      dtype and shape; on success each tensor holds its bytes of the
+ *      file, on failure no tensor changed (all-or-nothing).
+ * Every failure must set an error naming the file, and everything
+ * allocated through the context must be freed. The byte comparisons assume
+ * a little-endian host (the file's byte order). */
+#include "fuzz_common.h"
+
+int LLVMFuzzerInitialize(int *argc, char ***argv);
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int LLVMFuzzerInitialize(int *argc, char ***argv) {
+  (void)argc;
+  (void)argv;
+  fuzz_ctx_init();
+  return 0;
+}
+
+static size_t tensor_bytes(const ad_tensor *t) { return (size_t)t->size * ad_dtype_size(t->dtype); }
+
+/* The bytes of entry e in the input. */
+static const uint8_t *entry_data(const nn_checkpoint_info *info, const nn_checkpoint_entry *e,
+                                 const uint8_t *data) {
+  return data + 8 + info->header_bytes + e->offset;
+}
+
+static void check_info(const nn_checkpoint_info *info, size_t size) {
+  FUZZ_CHECK(info->n >= 0 && info->n_meta >= 0, "n %d, n_meta %d", info->n, info->n_meta);
+  FUZZ_CHECK(8 + info->header_bytes + info->data_bytes == size,
+             "8 + header %llu + data %llu bytes != file size %zu",
+             (unsigned long long)info->header_bytes, (unsigned long long)info->data_bytes, size);
+  uint64_t total = 0;
+  for (int i = 0; i < info->n; i++) {
+    const nn_checkpoint_entry *e = &info->entries[i];
+    FUZZ_CHECK(e->name && e->name[0] && e->dtype_name, "entry %d has no name or dtype", i);
+    FUZZ_CHECK(nn_checkpoint_info_find(info, e->name) == e, "entry '%s' is not found by name",
+               e->name);
+    FUZZ_CHECK(e->ndim >= 0 && e->ndim <= AD_MAX_DIMS, "entry '%s' has %d dims", e->name, e->ndim);
+    FUZZ_CHECK(e->offset <= info->data_bytes && e->nbytes <= info->data_bytes - e->offset,
+               "entry '%s' lies outside the data buffer", e->name);
+    total += e->nbytes;
+    if (e->has_dtype) {
+      FUZZ_CHECK(strcmp(e->dtype_name, e->dtype == AD_F32   ? "F32"
+                                       : e->dtype == AD_F64 ? "F64"
+                                                            : "I32") == 0 &&
+                     (e->dtype == AD_F32 || e->dtype == AD_F64 || e->dtype == AD_I32),
+                 "entry '%s': dtype %d for \"%s\"", e->name, (int)e->dtype, e->dtype_name);
+      uint64_t need = ad_dtype_size(e->dtype);
+      for (int d = 0; d < e->ndim; d++) need *= (uint64_t)e->shape[d];
+      FUZZ_CHECK(need == e->nbytes, "entry '%s' holds %llu bytes, its shape needs %llu", e->name,
+                 (unsigned long long)e->nbytes, (unsigned long long)need);
+    }
+  }
+  FUZZ_CHECK(total == info->data_bytes, "the tensors hold %llu of the %llu data bytes",
+             (unsigned long long)total, (unsigned long long)info->data_bytes);
+  for (int i = 0; i < info->n_meta; i++) {
+    const nn_checkpoint_meta *m = &info->meta[i];
+    FUZZ_CHECK(m->key && m->value, "metadata pair %d has a NULL string", i);
+    FUZZ_CHECK(nn_checkpoint_info_meta(info, m->key) == m->value, "metadata key '%s' is not found",
+               m->key);
+  }
+}
+
+/* Loads every entry with an engine dtype into a tensor of its shape. */
+static void load_all(const nn_checkpoint_info *info, const uint8_t *data) {
+  int n = 0;
+  const char **names = malloc((size_t)(info->n ? info->n : 1) * sizeof *names);
+  ad_tensor **ts = malloc((size_t)(info->n ? info->n : 1) * sizeof *ts);
+  const nn_checkpoint_entry **ents = malloc((size_t)(info->n ? info->n : 1) * sizeof *ents);
+  FUZZ_CHECK(names && ts && ents, "out of memory");
+  for (int i = 0; i < info->n; i++) {
+    const nn_checkpoint_entry *e = &info->entries[i];
+    if (!e->has_dtype) continue;
+    ad_tensor *t = ad_zeros(fuzz_ctx, e->dtype, e->ndim, e->shape);
+    if (!t && ad_last_status(fuzz_ctx) == AD_ERR_ARG) {
+      /* a 0 among huge dims: valid in the file, but no tensor has it */
+      ad_clear_error(fuzz_ctx);
+      continue;
+    }
+    FUZZ_CHECK(t, "entry '%s': ad_zeros: %s", e->name, ad_last_error(fuzz_ctx));
+    names[n] = e->name;
+    ents[n] = e;
+    ts[n++] = t;
+  }
+  ad_status st = nn_checkpoint_load(fuzz_ctx, fuzz_path, n, names, ts);
+  FUZZ_CHECK(st == AD_OK, "info read the file, loading its %d tensors failed: %s", n,
+             ad_last_error(fuzz_ctx));
+  for (int i = 0; i < n; i++) {
+    FUZZ_CHECK(tensor_bytes(ts[i]) == ents[i]->nbytes, "tensor '%s' size", names[i]);
+    FUZZ_CHECK(ents[i]->nbytes == 0 ||
+                   memcmp(ts[i]->data, entry_data(info, ents[i], data), ents[i]->nbytes) == 0,
+               "tensor '%s' does not hold its bytes of the file", names[i]);
+    ad_tensor_free(ts[i]);
+  }
+  free(names);
+  free(ts);
+  free((void *)ents);
+}
+
+/* Would nn_model_load find every name with the tensor's dtype and shape? */
+static bool model_fits(const nn_checkpoint_info *info, int n, const char *const *names,
+                       ad_tensor *const *ts) {
+  if (!info) return false;
+  for (int i = 0; i < n; i++) {
+    const nn_checkpoint_entry *e = nn_checkpoint_info_find(info, names[i]);
+    if (!e || !e->has_dtype || e->dtype != ts[i]->dtype || e->ndim != ts[i]->ndim) return false;
+    for (int d = 0; d < e->ndim; d++)
+      if (e->shape[d] != ts[i]->shape[d]) return false;
+  }
+  return true;
+}
+
+/* The model's parameters followed by the optimizer's state. */
+static int model_tensors(nn_model *m, nn_optimizer *opt, const char **names, ad_tensor **ts,
+                         int cap) {
+  nn_params *p = nn_model_params(m);
+  int np = nn_params_count(p), ns = nn_optimizer_state_count(opt);
+  FUZZ_CHECK(np + ns <= cap, "the model has %d tensors", np + ns);
+  for (int i = 0; i < np; i++) {
+    names[i] = nn_params_name(p, i);
+    ts[i] = nn_params_tensor(p, i);
+  }
+  for (int i = 0; i < ns; i++) {
+    names[np + i] = nn_optimizer_state_names(opt)[i];
+    ts[np + i] = nn_optimizer_state_tensors(opt)[i];
+  }
+  return np + ns;
+}
+
+static void load_model(const nn_checkpoint_info *info, const uint8_t *data) {
+  enum { CAP = 32 };
+  nn_optimizer *opt = NULL;
+  nn_model *m = fuzz_model_new(fuzz_ctx, FUZZ_HIDDEN, &opt);
+  FUZZ_CHECK(m, "fuzz_model_new: %s", ad_last_error(fuzz_ctx));
+  const char *names[CAP];
+  ad_tensor *ts[CAP];
+  void *before[CAP];
+  int n = model_tensors(m, opt, names, ts, CAP);
+  for (int i = 0; i < n; i++) {
+    before[i] = malloc(tensor_bytes(ts[i]) + 1);
+    FUZZ_CHECK(before[i], "out of memory");
+    memcpy(before[i], ts[i]->data, tensor_bytes(ts[i]));
+  }
+  ad_status st = nn_model_load(m, opt, fuzz_path);
+  bool fits = model_fits(info, n, names, ts);
+  FUZZ_CHECK((st == AD_OK) == fits, "nn_model_load %s (%s), but info says the model %s",
+             st == AD_OK ? "worked" : "failed", ad_last_error(fuzz_ctx),
+             fits ? "fits" : "does not fit");
+  if (st != AD_OK) fuzz_check_error("nn_model_load");
+  for (int i = 0; i < n; i++) {
+    const void *want = before[i];
+    if (st == AD_OK) want = entry_data(info, nn_checkpoint_info_find(info, names[i]), data);
+    FUZZ_CHECK(memcmp(ts[i]->data, want, tensor_bytes(ts[i])) == 0,
+               "tensor '%s' %s after nn_model_load %s", names[i],
+               st == AD_OK ? "does not hold its bytes of the file" : "changed",
+               st == AD_OK ? "worked" : "failed");
+    free(before[i]);
+  }
+  nn_optimizer_free(opt);
+  nn_model_free(m);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+  fuzz_input_write("fuzz_checkpoint", data, size);
+  nn_checkpoint_info *info = nn_checkpoint_info_read(fuzz_ctx, fuzz_path);
+  if (info) {
+    check_info(info, size);
+    load_all(info, data);
+  } else {
+    fuzz_check_error("nn_checkpoint_info_read");
+  }
+  ad_clear_error(fuzz_ctx);
+  load_model(info, data);
+  nn_checkpoint_info_free(info);
+  fuzz_input_remove();
+  fuzz_ctx_check_freed();
+  return 0;
+}

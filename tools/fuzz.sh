@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# tools/fuzz.sh: fuzz the file readers (IDX, safetensors checkpoints) with
+# libFuzzer under AddressSanitizer + UndefinedBehaviorSanitizer.
+#
+#   tools/fuzz.sh [SECONDS]   run each target of fuzz/ for SECONDS, one
+#                             after the other (default 3600; 60 with CI=true)
+#
+# Sets up $BUILD (default build-fuzz: CC=clang, -Dfuzz=true, sanitizers)
+# the first time, builds it, then runs each target on its committed seeds
+# (fuzz/corpus/<reader>/, only read) and its working corpus
+# $BUILD/corpus/<reader>/, which keeps what the fuzzer found between runs.
+# A crash, sanitizer report, leak, hang (over 25 s) or failed check stops
+# that target; the input is saved as $BUILD/crashes/<target>-<kind>-<sha1>
+# and the report printed. Replay one with `$BUILD/fuzz/<target> FILE`.
+# Exits 1 if any target failed. Environment: BUILD, FUZZ_ARGS (more
+# libFuzzer flags, e.g. "-jobs=2 -workers=2").
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit 1
+BUILD=${BUILD:-build-fuzz}
+if [ -n "${1:-}" ]; then
+  SECONDS_EACH=$1
+elif [ "${CI:-}" = true ]; then
+  SECONDS_EACH=60
+else
+  SECONDS_EACH=3600
+fi
+case $SECONDS_EACH in
+'' | *[!0-9]*)
+  echo "usage: tools/fuzz.sh [SECONDS]" >&2
+  exit 2
+  ;;
+esac
+
+missing=()
+for p in clang libclang-rt-14-dev; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "fuzz.sh: installing ${missing[*]}"
+  sudo=
+  [ "$(id -u)" -ne 0 ] && sudo=sudo
+  $sudo apt-get update -qq &&
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null ||
+    exit 1
+fi
+
+# b_lundef=false: with clang's sanitizers the shared libraries leave the
+# runtime's symbols to the executable. Only the library, tools and fuzz/
+# are built (no tests, examples or benchmarks).
+if [ ! -f "$BUILD/build.ninja" ]; then
+  CC=clang meson setup "$BUILD" -Dfuzz=true -Dwerror=true -Db_sanitize=address,undefined \
+    -Db_lundef=false -Dtests=false -Dexamples=false -Dbench=false >/dev/null || exit 1
+fi
+ninja -C "$BUILD" >/dev/null || {
+  ninja -C "$BUILD"
+  exit 1
+}
+
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1}
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}
+mkdir -p "$BUILD/crashes"
+rc=0
+for src in fuzz/fuzz_*.c; do
+  target=$(basename "$src" .c)
+  reader=${target#fuzz_}
+  work=$BUILD/corpus/$reader
+  log=$BUILD/$target.log
+  mkdir -p "$work"
+  # shellcheck disable=SC2086
+  "$BUILD/fuzz/$target" "$work" "fuzz/corpus/$reader" -max_total_time="$SECONDS_EACH" \
+    -timeout=25 -max_len=8192 -print_final_stats=1 -artifact_prefix="$BUILD/crashes/$target-" \
+    ${FUZZ_ARGS:-} >"$log" 2>&1
+  status=$?
+  runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
+  cov=$(grep -oE 'cov: [0-9]+ ft: [0-9]+ corp: [0-9]+/[0-9]+[a-zA-Z]*' "$log" | tail -1)
+  if [ $status -eq 0 ]; then
+    echo "fuzz $target: ${SECONDS_EACH} s, ${runs:-?} inputs, $cov: no crash"
+  else
+    crash=$(sed -n 's/.*Test unit written to \(.*\)$/\1/p' "$log" | tail -1)
+    echo "fuzz $target: FAILED (exit $status) after ${runs:-?} inputs; full log $log"
+    grep -E -A30 "^==[0-9]+==ERROR|runtime error:|check failed:|ERROR: libFuzzer" "$log" | head -40
+    echo "fuzz $target: crashing input ${crash:-(none written)}; replay: $BUILD/fuzz/$target ${crash:-FILE}"
+    rc=1
+  fi
+done
+exit $rc
