@@ -241,6 +241,14 @@ static void conv_cols(const conv_geom *g, int64_t b, int64_t *j0, int64_t *j1) {
  * the group's first channel. direct: the three ops without a col buffer
  * (the fallback when the arena has no room), accumulating in T. */
 #define DEFINE_CONV_KERNELS(T, S)                                                                  \
+  /* dst[0..n) = src[0..n): inline, for rows too short to pay for a memcpy call */                 \
+  static inline void copy_row_##S(T *restrict dst, const T *restrict src, int64_t n) {             \
+    for (int64_t j = 0; j < n; j++) dst[j] = src[j];                                               \
+  }                                                                                                \
+  /* dst[0..n) += src[0..n): col and image never overlap, so it vectorizes */                      \
+  static void add_row_##S(T *restrict dst, const T *restrict src, int64_t n) {                     \
+    for (int64_t j = 0; j < n; j++) dst[j] += src[j];                                              \
+  }                                                                                                \
   static void im2col_##S(const conv_geom *g, const T *img, T *col) {                               \
     for (int64_t c = 0; c < g->cg; c++)                                                            \
       for (int64_t a = 0; a < g->kh; a++)                                                          \
@@ -257,7 +265,7 @@ static void conv_cols(const conv_geom *g, int64_t b, int64_t *j0, int64_t *j1) {
             int64_t q = j0 * g->sw - g->pl + b * g->dw;                                            \
             for (int64_t j = 0; j < j0; j++) col[j] = 0;                                           \
             if (g->sw == 1)                                                                        \
-              memcpy(col + j0, src + q, (size_t)(j1 - j0) * sizeof(T));                            \
+              copy_row_##S(col + j0, src + q, j1 - j0);                                            \
             else                                                                                   \
               for (int64_t j = j0; j < j1; j++, q += g->sw) col[j] = src[q];                       \
             for (int64_t j = j1; j < g->ow; j++) col[j] = 0;                                       \
@@ -275,7 +283,10 @@ static void conv_cols(const conv_geom *g, int64_t b, int64_t *j0, int64_t *j1) {
             if (r < 0 || r >= g->h) continue;                                                      \
             T *dst = img + (c * g->h + r) * g->w;                                                  \
             int64_t q = j0 * g->sw - g->pl + b * g->dw;                                            \
-            for (int64_t j = j0; j < j1; j++, q += g->sw) dst[q] += col[j];                        \
+            if (g->sw == 1)                                                                        \
+              add_row_##S(dst + q, col + j0, j1 - j0);                                             \
+            else                                                                                   \
+              for (int64_t j = j0; j < j1; j++, q += g->sw) dst[q] += col[j];                      \
           }                                                                                        \
         }                                                                                          \
   }                                                                                                \
