@@ -17,6 +17,13 @@ static ad_tensor *ones4(ad_ctx *c, int64_t a, int64_t b, int64_t h, int64_t w) {
   return ad_ones(c, AD_F64, 4, s);
 }
 
+static bool same_dims(const ad_tensor *a, const ad_tensor *b) {
+  if (a->ndim != b->ndim) return false;
+  for (int k = 0; k < a->ndim; k++)
+    if (a->shape[k] != b->shape[k]) return false;
+  return true;
+}
+
 static ad_tensor *rand4(ad_ctx *c, ad_rng *rng, ad_dtype dt, int64_t a, int64_t b, int64_t h,
                         int64_t w) {
   int64_t s[4] = {a, b, h, w};
@@ -137,43 +144,55 @@ Test(conv, results_do_not_depend_on_thread_count) {
 }
 
 /* When the arena cannot give the col buffer (a cap), the ops compute the
- * same values by a direct loop, and record no error. */
+ * same values by a direct loop, and record no error: plain, and with
+ * groups, strides, dilations, asymmetric padding and biases. */
 Test(conv, no_room_for_scratch_gives_the_same_values) {
-  ad_rng rng;
-  ad_rng_seed(&rng, 3);
-  /* col of one image: 4*49 rows x 58*58 columns of f64, 5.3 MB; the
-   * tensors fit in the arena's first chunk */
-  ad_tensor *x = rand4(ctx, &rng, AD_F64, 2, 4, 64, 64), *w = rand4(ctx, &rng, AD_F64, 2, 4, 7, 7);
-  ad_tensor *y = ad_conv2d(ctx, x, w, NULL, NULL);
-  cr_assert(y, "%s", ad_last_error(ctx));
-  ad_tensor *dx = ad_conv_transpose2d(ctx, y, w, NULL, NULL);
-  ad_tensor *dw = ad_conv2d_weight(ctx, x, y, 7, 7, NULL);
-  cr_assert(dx && dw, "%s", ad_last_error(ctx));
-  ad_ctx *c2 = ad_ctx_new();
-  cr_assert_eq(ad_set_arena_limit(c2, 2u << 20), AD_OK);
-  ad_tensor *x2 = rand4(c2, &rng, AD_F64, 2, 4, 64, 64), *w2 = rand4(c2, &rng, AD_F64, 2, 4, 7, 7);
-  memcpy(x2->data, x->data, (size_t)x->size * sizeof(double));
-  memcpy(w2->data, w->data, (size_t)w->size * sizeof(double));
-  ad_tensor *got[3];
-  got[0] = ad_conv2d(c2, x2, w2, NULL, NULL);
-  cr_assert(got[0], "%s", ad_last_error(c2));
-  size_t cap = ad_arena_capacity(c2);
-  got[1] = ad_conv_transpose2d(c2, got[0], w2, NULL, NULL);
-  got[2] = ad_conv2d_weight(c2, x2, got[0], 7, 7, NULL);
-  cr_assert(got[1] && got[2], "%s", ad_last_error(c2));
-  cr_assert_eq(ad_last_status(c2), AD_OK, "an error was left behind: %s", ad_last_error(c2));
-  cr_assert_leq(cap, 2u << 20, "the arena grew to %zu: the scratch was not refused", cap);
-  const ad_tensor *want[3] = {y, dx, dw};
-  for (int k = 0; k < 3; k++)
-    for (int64_t i = 0; i < want[k]->size; i++) {
-      double a = ad_tensor_get(got[k], i), b = ad_tensor_get(want[k], i);
-      QUICK_ASSERT(fabs(a - b) <= 1e-11 * fmax(1.0, fabs(b)), "op %d element %lld: %.17g vs %.17g",
-                   k, (long long)i, a, b);
+  /* the col of one image is 2.7 MB or more (4 x 7 x 7 rows, 31 x 55 or
+   * more columns of f64); the tensors fit in the arena's first chunk */
+  static const struct {
+    int64_t c, o;
+    ad_conv_opts o2;
+    bool bias;
+  } cases[] = {
+      {4, 2, {.groups = 0}, false},
+      {8, 2, {.stride = {2, 1}, .padding = {1, 2, 0, 3}, .dilation = {1, 2}, .groups = 2}, true}};
+  for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
+    const ad_conv_opts *o = &cases[k].o2;
+    int64_t c = cases[k].c, oc = cases[k].o, g = o->groups ? o->groups : 1;
+    ad_ctx *cx[2] = {ad_ctx_new(), ad_ctx_new()};
+    cr_assert_eq(ad_set_arena_limit(cx[1], 2u << 20), AD_OK);
+    ad_tensor *got[2][3], *ins[2][4];
+    for (int v = 0; v < 2; v++) {
+      ad_rng rng;
+      ad_rng_seed(&rng, 3); /* the same inputs in both contexts */
+      ad_tensor *x = ins[v][0] = rand4(cx[v], &rng, AD_F64, 2, c, 64, 64);
+      ad_tensor *w = ins[v][1] = rand4(cx[v], &rng, AD_F64, oc, c / g, 7, 7);
+      int64_t nb[2] = {oc, c};
+      ad_tensor *b = ins[v][2] = cases[k].bias ? ad_rand(cx[v], &rng, AD_F64, 1, nb, -1, 1) : NULL;
+      ad_tensor *bt = ins[v][3] =
+          cases[k].bias ? ad_rand(cx[v], &rng, AD_F64, 1, nb + 1, -1, 1) : NULL;
+      got[v][0] = ad_conv2d(cx[v], x, w, b, o);
+      cr_assert(got[v][0], "case %zu: %s", k, ad_last_error(cx[v]));
+      got[v][1] = ad_conv_transpose2d(cx[v], got[v][0], w, bt, o);
+      got[v][2] = ad_conv2d_weight(cx[v], x, got[v][0], 7, 7, o);
+      cr_assert(got[v][1] && got[v][2], "case %zu: %s", k, ad_last_error(cx[v]));
+      cr_assert(same_dims(got[v][1], x), "case %zu: conv_transpose2d gives x's shape", k);
     }
-  ad_ctx_free(c2);
-  ad_tape_reset(ctx);
-  ad_tensor_free(x);
-  ad_tensor_free(w);
+    cr_assert_eq(ad_last_status(cx[1]), AD_OK, "case %zu: an error was left behind: %s", k,
+                 ad_last_error(cx[1]));
+    cr_assert_leq(ad_arena_capacity(cx[1]), 2u << 20, "case %zu: the scratch was not refused", k);
+    for (int op = 0; op < 3; op++)
+      for (int64_t i = 0; i < got[0][op]->size; i++) {
+        double a = ad_tensor_get(got[1][op], i), want = ad_tensor_get(got[0][op], i);
+        QUICK_ASSERT(fabs(a - want) <= 1e-11 * fmax(1.0, fabs(want)),
+                     "case %zu op %d element %lld: %.17g vs %.17g", k, op, (long long)i, a, want);
+      }
+    for (int v = 0; v < 2; v++) {
+      ad_tape_reset(cx[v]);
+      for (int t = 0; t < 4; t++) ad_tensor_free(ins[v][t]);
+      ad_ctx_free(cx[v]);
+    }
+  }
 }
 
 /* conv1d is conv2d over H = 1: against a hand-computed case with a bias,
