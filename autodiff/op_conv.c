@@ -57,8 +57,9 @@ static int64_t conv_out_len(int64_t n, int64_t p0, int64_t p1, int64_t k, int64_
 /* Output length of a transposed convolution of n inputs (may be < 1). */
 static int64_t convt_out_len(int64_t n, int64_t p0, int64_t p1, int64_t k, int64_t s, int64_t d,
                              int64_t op) {
-  int64_t t = n > 0 ? sat_mul(n - 1, s) : -s;
-  return t - p0 - p1 + conv_span(k, d) + op;
+  int64_t t = n > 0 ? sat_mul(n - 1, s) : -s, span = conv_span(k, d);
+  if (t >= CONV_SAT || span > CONV_SAT) return CONV_SAT; /* too large for a tensor */
+  return t - p0 - p1 + span + op;
 }
 
 /* a with 'same' replaced by its padding for a kh x kw kernel: the total
@@ -429,6 +430,7 @@ static bool job_prepare(ad_ctx *ctx, conv_job *j, int64_t items) {
   j->scratch = NULL;
   j->busy = NULL;
   if (j->g.pointwise || j->g.kk == 0 || j->g.p == 0) return true;
+  if (j->g.kk > (INT64_MAX / 8) / j->g.p) return false; /* no arena holds it */
   j->col_bytes = ((size_t)(j->g.kk * j->g.p) * j->es + 63) & ~(size_t)63;
   j->busy = conv_scratch(ctx, (size_t)j->slots * sizeof *j->busy);
   j->scratch = j->busy ? conv_scratch(ctx, (size_t)j->slots * j->col_bytes) : NULL;

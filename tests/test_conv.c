@@ -321,6 +321,10 @@ Test(conv, transpose_weight_and_conv1d_refuse_bad_input) {
   o = (ad_conv_opts){.padding = {3, 3, 0, 0}};
   EXPECT_FAIL(ad_conv_transpose2d(ctx, x, w, NULL, &o), AD_ERR_SHAPE, "no output",
               "gives an output of -1x5");
+  ad_tensor *wide = ones4(ctx, 1, 4, 1, 1025);
+  o = (ad_conv_opts){.stride = {1, INT64_C(1) << 40}};
+  EXPECT_FAIL(ad_conv_transpose2d(ctx, wide, w, NULL, &o), AD_ERR_SHAPE, "too large",
+              "conv_transpose2d", "too large");
 
   /* conv2d_weight: dy must be the convolution's output */
   ad_tensor *xi = ones4(ctx, 2, 4, 5, 5), *dy = ones4(ctx, 2, 6, 3, 3),
@@ -345,7 +349,7 @@ Test(conv, transpose_weight_and_conv1d_refuse_bad_input) {
   EXPECT_FAIL(ad_conv1d(ctx, x1, w1, NULL, &o1), AD_ERR_ARG, "conv1d same", "conv1d",
               "'same' padding needs stride 1");
   ad_tape_reset(ctx);
-  ad_tensor *ts[] = {x, w, w2, b5, xi, dy, bad, x1, w1};
+  ad_tensor *ts[] = {x, w, w2, b5, wide, xi, dy, bad, x1, w1};
   for (size_t k = 0; k < sizeof ts / sizeof *ts; k++) ad_tensor_free(ts[k]);
 }
 
