@@ -365,7 +365,7 @@ typedef struct conv_job {
   int slots;
   bool split;        /* items run one after another: GEMMs split over the threads */
   int64_t per_chunk; /* conv2d_weight: images per partial sum */
-  char *partials;    /* conv2d_weight: one dW per chunk, or NULL (out directly) */
+  char *partials;    /* conv2d_weight: one dW^T per chunk, or NULL (dW into out) */
   int64_t nchunks;
 } conv_job;
 
@@ -883,7 +883,11 @@ static ad_status convw_shape(const ad_call *c) {
   return AD_OK;
 }
 
-/* Chunks [begin, end) of the batch, each into its partial sum (or out). */
+/* Chunks [begin, end) of the batch, each into its partial sum, which holds
+ * each group's dW transposed, [kk, og]: col dy^T, a product whose wide side
+ * is the kernel's (2.5x faster than dy col^T for conv1 of the MNIST CNN,
+ * kk = 9 and og = 32; 1.2x for conv2), or without partial sums straight into
+ * out as dy col^T. */
 static void convw_range(void *ud, int64_t begin, int64_t end) {
   conv_job *j = ud;
   const conv_geom *g = &j->g;
@@ -897,28 +901,38 @@ static void convw_range(void *ud, int64_t begin, int64_t end) {
       for (int64_t grp = 0; grp < g->groups; grp++) {
         const char *img = j->x + (size_t)((n * g->c + grp * g->cg) * g->hw) * es;
         const char *dy = j->y + (size_t)((n * g->o + grp * g->og) * g->p) * es;
+        char *dwg = dw + (size_t)(grp * g->og * g->kk) * es;
+        double beta = n == n0 ? 0.0 : 1.0;
         if (col) im2col(g, img, col);
-        job_gemm(j, false, true, g->og, g->kk, g->p, dy, g->p, col ? col : img, g->p,
-                 n == n0 ? 0.0 : 1.0, dw + (size_t)(grp * g->og * g->kk) * es, g->kk);
+        if (j->partials)
+          job_gemm(j, false, true, g->kk, g->og, g->p, col ? col : img, g->p, dy, g->p, beta, dwg,
+                   g->og);
+        else
+          job_gemm(j, false, true, g->og, g->kk, g->p, dy, g->p, col ? col : img, g->p, beta, dwg,
+                   g->kk);
       }
   }
   slot_give(j, s);
 }
 
-/* out[i] = sum over chunks of partials[chunk][i], chunks in order. */
+/* out[i] = sum over chunks of the partial sums' element i (transposed back
+ * within its group), chunks in order. */
 static void convw_reduce(void *ud, int64_t begin, int64_t end) {
   const conv_job *j = ud;
-  int64_t wsize = j->g.o * j->g.kk;
+  const conv_geom *g = &j->g;
+  int64_t wsize = g->o * g->kk, gsize = g->og * g->kk;
   for (int64_t i = begin; i < end; i++) {
-    if (j->g.dt == AD_F32) {
+    int64_t in_g = i % gsize, o = in_g / g->kk, r = in_g % g->kk;
+    int64_t src = (i - in_g) + r * g->og + o;
+    if (g->dt == AD_F32) {
       const float *p = (const float *)j->partials;
-      float acc = p[i];
-      for (int64_t ch = 1; ch < j->nchunks; ch++) acc += p[ch * wsize + i];
+      float acc = p[src];
+      for (int64_t ch = 1; ch < j->nchunks; ch++) acc += p[ch * wsize + src];
       ((float *)j->out)[i] = acc;
     } else {
       const double *p = (const double *)j->partials;
-      double acc = p[i];
-      for (int64_t ch = 1; ch < j->nchunks; ch++) acc += p[ch * wsize + i];
+      double acc = p[src];
+      for (int64_t ch = 1; ch < j->nchunks; ch++) acc += p[ch * wsize + src];
       ((double *)j->out)[i] = acc;
     }
   }
@@ -948,7 +962,7 @@ static void convw_fwd(const ad_call *c) {
   j.per_chunk = (j.g.n + nc - 1) / nc;
   nc = (j.g.n + j.per_chunk - 1) / j.per_chunk;
   j.nchunks = nc;
-  if (nc > 1 && !(j.partials = conv_scratch(c->ctx, (size_t)nc * wbytes))) {
+  if (!(j.partials = conv_scratch(c->ctx, (size_t)nc * wbytes))) {
     j.nchunks = 1; /* no room for partial sums: one sum straight into out */
     j.per_chunk = j.g.n;
   }
