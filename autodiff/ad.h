@@ -531,6 +531,78 @@ AD_API ad_tensor *ad_avg_pool2d(ad_ctx *ctx, ad_tensor *x, int64_t kh, int64_t k
  * W of 0 (AD_ERR_SHAPE); not float (AD_ERR_DTYPE). */
 AD_API ad_tensor *ad_global_avg_pool2d(ad_ctx *ctx, ad_tensor *x);
 
+/* ---------------------------------------------------------- convolution
+ * 2-D convolution over NCHW with PyTorch's layout and cross-correlation, so
+ * a PyTorch state dict loads unchanged. Pairs are (height, width). The
+ * results are arena tensors; every error is reported (NULL, and a message
+ * naming the op, the shapes and the groups):
+ *   AD_ERR_SHAPE  x or w of the wrong rank, a channel count that does not
+ *                 match the weight (C != w's C/groups x groups), groups not
+ *                 dividing the channels, a bias that is not [O], a kernel
+ *                 larger than the padded input (no output), an output too
+ *                 large for a tensor;
+ *   AD_ERR_ARG    a negative stride, dilation, groups or padding (zero
+ *                 means the default in the options), 'same' with a stride
+ *                 other than 1, a bad output_padding;
+ *   AD_ERR_DTYPE  inputs that are not one float dtype. */
+
+/* Options; the zero value (or NULL) is PyTorch's default: stride 1, no
+ * padding, dilation 1, one group. */
+typedef struct ad_conv_opts {
+  int64_t stride[2];   /* 0 means 1 */
+  int64_t padding[4];  /* top, bottom, left, right; PyTorch's padding=(p, q) is {p, p, q, q} */
+  int64_t dilation[2]; /* 0 means 1 */
+  int64_t groups;      /* 0 means 1; groups == C is a depthwise convolution */
+  /* padding='same' (stride 1 only; conv2d, conv2d_weight): pad for an
+   * output as large as the input, the total dilation (k - 1) split as
+   * PyTorch does, the odd one at the bottom and right; padding is ignored */
+  bool same;
+  /* conv_transpose2d only: extra output rows and columns at the bottom and
+   * right, each smaller than the stride or the dilation */
+  int64_t output_padding[2];
+} ad_conv_opts;
+
+/* y = conv2d(x, w) + bias: x [N, C, H, W], w [O, C/groups, kH, kW], bias
+ * [O] or NULL for none; y [N, O, Ho, Wo] with Ho = floor((H + top + bottom
+ * - dilation (kH - 1) - 1) / stride) + 1 (Wo likewise), as torch.nn.
+ * functional.conv2d. A NULL x or w is an error (AD_ERR_NULL); a NULL bias
+ * means none. Differentiable in x, w and bias to any order (the gradients
+ * are conv_transpose2d, conv2d_weight and a sum). */
+AD_API ad_tensor *ad_conv2d(ad_ctx *ctx, ad_tensor *x, ad_tensor *w, ad_tensor *bias,
+                            const ad_conv_opts *opts);
+/* The transposed convolution (torch.nn.functional.conv_transpose2d), the
+ * gradient of conv2d in its input; decoders use it to upsample. x [N, C, H,
+ * W], w [C, O/groups, kH, kW], bias [O] or NULL; y [N, O, Ho, Wo] with Ho =
+ * (H - 1) stride - top - bottom + dilation (kH - 1) + output_padding + 1.
+ * Padding may be asymmetric here too; 'same' is refused (AD_ERR_ARG), and an
+ * output smaller than 1x1 is AD_ERR_SHAPE. */
+AD_API ad_tensor *ad_conv_transpose2d(ad_ctx *ctx, ad_tensor *x, ad_tensor *w, ad_tensor *bias,
+                                      const ad_conv_opts *opts);
+/* The gradient of conv2d in its weight (torch.nn.grad.conv2d_weight): for x
+ * [N, C, H, W] and dy [N, O, Ho, Wo] the output of a kh x kw convolution of
+ * x under opts, dw [O, C/groups, kh, kw] = d<conv2d(x, w), dy>/dw. dy of
+ * another shape is AD_ERR_SHAPE; kh or kw < 1 is AD_ERR_ARG. Summed over the
+ * batch in a fixed order: the same bits for any ad_set_num_threads. */
+AD_API ad_tensor *ad_conv2d_weight(ad_ctx *ctx, ad_tensor *x, ad_tensor *dy, int64_t kh,
+                                   int64_t kw, const ad_conv_opts *opts);
+
+/* Options of ad_conv1d; the zero value (or NULL) is PyTorch's default. */
+typedef struct ad_conv1d_opts {
+  int64_t stride;     /* 0 means 1 */
+  int64_t padding[2]; /* left, right */
+  int64_t dilation;   /* 0 means 1 */
+  int64_t groups;     /* 0 means 1 */
+  bool same;          /* padding='same' (stride 1), odd total's extra on the right */
+} ad_conv1d_opts;
+
+/* conv1d (torch.nn.functional.conv1d): x [N, C, L], w [O, C/groups, K],
+ * bias [O] or NULL; y [N, O, Lo]. conv2d over H = 1 (reshapes, no copy),
+ * with the same errors, reported as conv1d's with the 3-D shapes. */
+AD_API ad_tensor *ad_conv1d(ad_ctx *ctx, ad_tensor *x, ad_tensor *w, ad_tensor *bias,
+                            const ad_conv1d_opts *opts);
+
+/* ---------------------------------------------------- end of convolution */
+
 /* ------------------------------------------------------------ gradcheck */
 
 /* A function of tensors to check: returns an output of any shape. */

@@ -113,12 +113,20 @@ typedef struct ad_permute_attrs { /* output dim k is input dim perm[k] */
   int perm[AD_MAX_DIMS];
 } ad_permute_attrs;
 
-/* 2-D convolution over NCHW: per-axis stride and dilation (h, w), padding
- * top, bottom, left, right, groups; same: pad for an output as large as
- * the input (stride 1), splitting odd totals as PyTorch does. */
+/* 2-D convolution over NCHW (conv2d, conv_transpose2d, conv2d_weight;
+ * autodiff/op_conv.c). Pairs are (h, w). stride and dilation >= 1;
+ * padding top, bottom, left, right >= 0; groups >= 1 (each at most 2^40).
+ * same: in place of padding, pad for an output as large as the input
+ * (stride 1; not for conv_transpose2d), the total d (k - 1) split as
+ * PyTorch does, the extra one at the bottom and right. output_padding:
+ * conv_transpose2d's extra rows and columns at the bottom and right,
+ * smaller than the stride or the dilation (0 for the other two ops).
+ * kernel: conv2d_weight's kernel size (the others read it from the weight).
+ * Unlike ad_conv_opts (ad.h), zero means zero here, not a default. */
 typedef struct ad_conv_attrs {
   int64_t stride[2], padding[4], dilation[2], groups;
   bool same;
+  int64_t output_padding[2], kernel[2];
 } ad_conv_attrs;
 
 /* 2-D pooling over the H, W of NCHW (or CHW): per axis (h, w) the window,
@@ -290,6 +298,10 @@ typedef struct ad_op_def {
   const char *math;
   const char *inputs[AD_MAX_SRC];
   const char *grads[AD_MAX_SRC];
+  /* With arity > 0: the op takes min_arity..arity inputs, the last ones
+   * optional (conv2d's bias); 0 means exactly arity. Each input is named
+   * and has its rule in inputs[k], grads[k], as for a fixed arity. */
+  int min_arity;
 } ad_op_def;
 
 static inline ad_status ad_call_set_grad(const ad_call *c, int k, ad_tensor *g) {

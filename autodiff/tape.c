@@ -58,6 +58,11 @@ int ad_op_register(ad_ctx *ctx, const ad_op_def *def) {
     ad_set_error(ctx, AD_ERR_ARG, "op_register: %s: arity %d out of range", def->name, def->arity);
     return -1;
   }
+  if (def->min_arity && (def->arity < 0 || def->min_arity < 1 || def->min_arity > def->arity)) {
+    ad_set_error(ctx, AD_ERR_ARG, "op_register: %s: min_arity %d out of range for arity %d",
+                 def->name, def->min_arity, def->arity);
+    return -1;
+  }
   if (ad_op_find(ctx, def->name) >= 0) {
     ad_set_error(ctx, AD_ERR_ARG, "op_register: an op named '%s' exists", def->name);
     return -1;
@@ -347,8 +352,12 @@ ad_tensor *ad_op_apply(ad_ctx *ctx, int id, int n, ad_tensor *const *in, const a
     return NULL;
   }
   const ad_op_def *def = &ctx->ops[id];
-  if ((def->arity >= 0 && n != def->arity) || n < 1 || n > AD_MAX_SRC) {
-    if (def->arity >= 0)
+  int least = def->min_arity ? def->min_arity : def->arity;
+  if ((def->arity >= 0 && (n < least || n > def->arity)) || n < 1 || n > AD_MAX_SRC) {
+    if (def->min_arity)
+      ad_set_error(ctx, AD_ERR_ARG, "%s: takes %d to %d inputs, got %d", def->name, least,
+                   def->arity, n);
+    else if (def->arity >= 0)
       ad_set_error(ctx, AD_ERR_ARG, "%s: takes %d input%s, got %d", def->name, def->arity,
                    def->arity == 1 ? "" : "s", n);
     else

@@ -15,6 +15,11 @@
  *   gather   µs per nn_batcher_next (shuffled) of a batch of 32 or 256
  *            rows of 784 floats from 8000, and GB/s copied: the batch
  *            gather of bench/mlp, without the training between batches.
+ *   conv     GFLOPS (and %peak) of the convolution ops at the shapes of the
+ *            MNIST CNN example (batch 64): fwd = ad_conv2d, dx =
+ *            ad_conv_transpose2d (conv2d's input gradient), dW =
+ *            ad_conv2d_weight (its weight gradient), each 2 N O Ho Wo C kh kw
+ *            flops; and a 1x1 convolution.
  *
  * First it prints the core's sgemm peak (bench/peak.h: a 1024^3 f32 product
  * on one thread, the best kernel available), and each matmul row gives the
@@ -546,6 +551,76 @@ static void bench_nn(ad_ctx *ctx, ad_rng *rng) {
   }
 }
 
+/* ------------------------------------------------------------ convolution */
+
+typedef struct conv_case {
+  ad_ctx *ctx;
+  ad_tensor *x, *w, *dy;
+  int kind; /* 0 fwd, 1 dx, 2 dW */
+} conv_case;
+
+static void run_conv(void *ud) {
+  conv_case *q = ud;
+  ad_tensor *r = q->kind == 0 ? ad_conv2d(q->ctx, q->x, q->w, NULL, NULL)
+                 : q->kind == 1
+                     ? ad_conv_transpose2d(q->ctx, q->dy, q->w, NULL, NULL)
+                     : ad_conv2d_weight(q->ctx, q->x, q->dy, q->w->shape[2], q->w->shape[3], NULL);
+  check_ctx(q->ctx, r, "conv");
+  ad_tape_reset(q->ctx);
+}
+
+static void bench_conv(ad_ctx *ctx, ad_rng *rng) {
+  static const struct {
+    const char *name;
+    int64_t n, c, h, w, o, k;
+  } shapes[] = {{"mnist.conv1", 64, 1, 28, 28, 32, 3},
+                {"mnist.conv2", 64, 32, 26, 26, 32, 3},
+                {"1x1", 64, 64, 14, 14, 128, 1}};
+  static const char *const kinds[3] = {"fwd", "dx", "dW"};
+  bool header = false;
+  for (int d = 0; d < 2; d++) {
+    ad_dtype dt = d == 0 ? AD_F32 : AD_F64;
+    if ((dt == AD_F32 && !opt.f32) || (dt == AD_F64 && !opt.f64)) continue;
+    for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++)
+      for (int kind = 0; kind < 3; kind++) {
+        char name[80];
+        snprintf(name, sizeof name, "conv/%s/%s.%s", ad_dtype_name(dt), shapes[si].name,
+                 kinds[kind]);
+        if (!selected(name)) continue;
+        if (!header) {
+          printf("\n# convolution (NCHW, stride 1, no padding): GFLOPS, %% of the sgemm peak, "
+                 "ms per call\n");
+          printf("%-26s %-22s %9s %6s %9s\n", "name", "x * w", "GFLOPS", "%peak", "ms");
+          header = true;
+        }
+        int64_t xs[4] = {shapes[si].n, shapes[si].c, shapes[si].h, shapes[si].w};
+        int64_t ws[4] = {shapes[si].o, shapes[si].c, shapes[si].k, shapes[si].k};
+        int64_t oh = shapes[si].h - shapes[si].k + 1, ow = shapes[si].w - shapes[si].k + 1;
+        int64_t ys[4] = {shapes[si].n, shapes[si].o, oh, ow};
+        conv_case q = {ctx, ad_rand(ctx, rng, dt, 4, xs, -1, 1),
+                       ad_rand(ctx, rng, dt, 4, ws, -1, 1), ad_rand(ctx, rng, dt, 4, ys, -1, 1),
+                       kind};
+        check_ctx(ctx, q.x && q.w && q.dy ? q.x : NULL, "rand");
+        bench_fn fn[1] = {run_conv};
+        void *ud[1] = {&q};
+        double sec;
+        time_calls(1, fn, ud, &sec);
+        double gf = 2.0 * (double)(shapes[si].n * shapes[si].o * oh * ow) *
+                    (double)(shapes[si].c * shapes[si].k * shapes[si].k) * 1e-9;
+        char shape[48];
+        snprintf(shape, sizeof shape, "%lldx%lldx%lldx%lld*%lldx%lld", (long long)xs[0],
+                 (long long)xs[1], (long long)xs[2], (long long)xs[3], (long long)ws[0],
+                 (long long)ws[2]);
+        printf("%-26s %-22s %9.1f %5.0f%% %9.3f\n", name, shape, gf / sec,
+               100.0 * gf / sec / peak_gflops, sec * 1e3);
+        fflush(stdout);
+        ad_tensor_free(q.x);
+        ad_tensor_free(q.w);
+        ad_tensor_free(q.dy);
+      }
+  }
+}
+
 /* ----------------------------------------------------------------- main */
 
 static long parse_long(const char *s, const char *flag, long lo, long hi) {
@@ -602,6 +677,7 @@ int main(int argc, char **argv) {
   bench_reduce(ctx, &rng);
   bench_softmax_ce(ctx, &rng);
   bench_nn(ctx, &rng);
+  bench_conv(ctx, &rng);
   if (!rows_selected)
     fprintf(stderr, "ops: no row matches --filter %s (f64 rows need --dtype f64 or all)\n",
             opt.filter);

@@ -71,14 +71,18 @@ static const attr_key attr_keys[] = {
     {"transpose", BUILDER_ONLY, 2, 2}, /* d0 d1 of ad_transpose */
     /* kernel, stride, padding, dilation (h, w), ceil_mode, count_include_pad, in_size (h, w) */
     {"pool", AD_ATTRS_POOL, 12, 12},
+    /* sh sw pt pb pl pr dh dw groups same oph opw kh kw */
+    {"conv", AD_ATTRS_CONV, 14, 14},
+    {"conv1d", BUILDER_ONLY, 6, 6}, /* stride pl pr dilation groups same of ad_conv1d */
 };
+#define ATTR_MAX_VALUES 14 /* the most integers a key takes */
 
 /* A case's attr line as written. */
 typedef struct fx_attr {
   const attr_key *key; /* NULL: the case has none */
   int n;               /* integers read */
   bool all;            /* reduce: 'all' in place of the axis (v[0] is 0) */
-  int64_t v[12];       /* at least the largest max of attr_keys (pool's) */
+  int64_t v[ATTR_MAX_VALUES];
   double scalar;
   ad_dtype dtype;
   ad_cmp cmp;
@@ -349,6 +353,17 @@ static bool parse_attr(parser *ps, fx_case *c) {
   return tok(ps) ? perr(ps, "extra attr values") : true;
 }
 
+/* The conv attrs of an 'attr conv' line's 14 values. */
+static ad_conv_attrs conv_attrs_of(const int64_t *v) {
+  return (ad_conv_attrs){.stride = {v[0], v[1]},
+                         .padding = {v[2], v[3], v[4], v[5]},
+                         .dilation = {v[6], v[7]},
+                         .groups = v[8],
+                         .same = v[9] != 0,
+                         .output_padding = {v[10], v[11]},
+                         .kernel = {v[12], v[13]}};
+}
+
 /* The typed attributes of the registry path, as the builders make them:
  * only the op's member is set; a reduction's axis becomes the bit of the
  * normalised axis and 'all' every dimension of the input (none for 0-d). */
@@ -401,6 +416,9 @@ static bool typed_attrs(parser *ps, fx_case *c) {
   case AD_ATTRS_POOL:
     at->pool = (ad_pool_attrs){{v[0], v[1]}, {v[2], v[3]}, {v[4], v[5]},  {v[6], v[7]},
                                v[8] != 0,    v[9] != 0,    {v[10], v[11]}};
+    break;
+  case AD_ATTRS_CONV:
+    at->conv = conv_attrs_of(v);
     break;
   default:
     break; /* none, or builder-only */
@@ -654,6 +672,15 @@ static bool same_member(int kind, const ad_attrs *a, const ad_attrs *b) {
         return false;
     return p->ceil_mode == q->ceil_mode && p->count_include_pad == q->count_include_pad;
   }
+  case AD_ATTRS_CONV: {
+    const ad_conv_attrs *p = &a->conv, *q = &b->conv;
+    bool same = p->groups == q->groups && p->same == q->same;
+    for (int k = 0; k < 2; k++)
+      same &= p->stride[k] == q->stride[k] && p->dilation[k] == q->dilation[k] &&
+              p->output_padding[k] == q->output_padding[k] && p->kernel[k] == q->kernel[k];
+    for (int k = 0; k < 4; k++) same &= p->padding[k] == q->padding[k];
+    return same;
+  }
   default:
     return memcmp(a, b, sizeof *a) == 0; /* members the fixture does not write */
   }
@@ -781,8 +808,29 @@ static ad_tensor *run_builder(ad_ctx *cx, const fx_case *c, ad_tensor **in, bool
     if (!strcmp(op, "avg_pool2d")) return ad_avg_pool2d(cx, x, v[0], v[1], &o);
     break;
   }
+  case AD_ATTRS_CONV: {
+    ad_conv_opts o = {.stride = {v[0], v[1]},
+                      .padding = {v[2], v[3], v[4], v[5]},
+                      .dilation = {v[6], v[7]},
+                      .groups = v[8],
+                      .same = v[9] != 0,
+                      .output_padding = {v[10], v[11]}};
+    ad_tensor *bias = c->nin > 2 ? in[2] : NULL;
+    if (!strcmp(op, "conv2d")) return ad_conv2d(cx, x, y, bias, &o);
+    if (!strcmp(op, "conv_transpose2d")) return ad_conv_transpose2d(cx, x, y, bias, &o);
+    if (!strcmp(op, "conv2d_weight")) return ad_conv2d_weight(cx, x, y, v[12], v[13], &o);
+    break;
+  }
   case BUILDER_ONLY:
     if (!strcmp(op, "transpose")) return ad_transpose(cx, x, (int)v[0], (int)v[1]);
+    if (!strcmp(op, "conv1d")) {
+      ad_conv1d_opts o = {.stride = v[0],
+                          .padding = {v[1], v[2]},
+                          .dilation = v[3],
+                          .groups = v[4],
+                          .same = v[5] != 0};
+      return ad_conv1d(cx, x, y, c->nin > 2 ? in[2] : NULL, &o);
+    }
     break;
   default:
     break;

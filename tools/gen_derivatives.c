@@ -103,6 +103,8 @@ static void generate(buf *b, const ad_ctx *ctx) {
     put(b, "` | ");
     if (d->arity < 0)
       snprintf(line, sizeof line, "1..%d", AD_MAX_SRC);
+    else if (d->min_arity)
+      snprintf(line, sizeof line, "%d..%d", d->min_arity, d->arity);
     else
       snprintf(line, sizeof line, "%d", d->arity);
     put(b, line);

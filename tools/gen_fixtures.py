@@ -56,6 +56,12 @@ builder the arguments it takes:
                                   (h, w), ceil_mode and count_include_pad
                                   (0 or 1), the input's H, W (IH IW) for
                                   avg_pool2d_backward, else 0 0
+    attr conv SH SW PT PB PL PR DH DW G SAME OPH OPW KH KW
+                                  conv2d, conv_transpose2d, conv2d_weight:
+                                  stride, padding (top, bottom, left,
+                                  right), dilation, groups, same (0 or 1),
+                                  output_padding, kernel (0 where unused)
+    attr conv1d S PL PR D G SAME  conv1d: stride, padding, dilation, groups
 
 Axes are written as the builders take them (negative counts from the
 end); the C test turns a reduction's into the bit mask of ad_attrs.
@@ -86,6 +92,7 @@ import argparse
 import os
 import re
 import sys
+import warnings
 import zlib
 
 import numpy as np
@@ -108,11 +115,15 @@ def table_ops(builder):
     return [name for name, b in rows if b == builder]
 
 
-def add(label, op, make, fn, attr=None, grad=True, second=True):
+def add(label, op, make, fn, attr=None, grad=True, second=True, grid=None):
     """Registers a case: make(rng) -> [(role, ndarray)], fn(tensors) -> out;
     attr: None or (key, value, ...), written as an 'attr' line; second: with
-    second derivatives (seed2 and grad2 lines)."""
-    CASES.append(dict(label=label, op=op, make=make, fn=fn, attr=attr, grad=grad, second=second))
+    second derivatives (seed2 and grad2 lines); grid: round the cotangents
+    (seed, seed2) to multiples of 1/grid, as such a case's make does its
+    inputs, so that sums of products are exact in float32 and the result
+    does not depend on the order they are added in."""
+    CASES.append(dict(label=label, op=op, make=make, fn=fn, attr=attr, grad=grad, second=second,
+                      grid=grid))
 
 
 def f32r(a):
@@ -679,6 +690,180 @@ for tag, shape, a in (POOLS[1], POOLS[3], POOLS[4], POOLS[5]):
 for tag, shape in (("nchw", (2, 3, 4, 5)), ("chw", (3, 2, 5))):
     add(f"global_avg_pool2d_{tag}", "global_avg_pool2d", lambda rng, s=shape: [("in", U(rng, s))],
         lambda t: F.adaptive_avg_pool2d(t[0], 1))
+# ------------------------------------------------------------ convolution
+# conv2d, conv_transpose2d, conv2d_weight and the conv1d builder against
+# torch.nn.functional. Inputs and cotangents are multiples of 1/16 in
+# [-1, 1] (grid=16): every product and sum is exact in float32, so the
+# float32 values do not depend on the order of the sums. conv2d's cases are
+# a sampled grid that covers every pair of factor values (kernel, stride,
+# padding, dilation, groups, batch, parity of the size, bias), not their
+# product. The attr line: conv SH SW PT PB PL PR DH DW GROUPS SAME OPH OPW
+# KH KW (padding top, bottom, left, right; SAME 0 or 1; output_padding and
+# kernel where the op reads them, else 0); conv1d S PL PR D GROUPS SAME.
+
+CONV_GRID = 16
+# torch notes that 'same' with an even kernel pads a copy of the input
+warnings.filterwarnings("ignore", message="Using padding='same'")
+
+
+def grid16(rng, shape):
+    return np.round(rng.uniform(-1, 1, size=shape) * CONV_GRID) / CONV_GRID
+
+
+def conv_attr(stride=(1, 1), pad=(0, 0, 0, 0), dil=(1, 1), groups=1, same=0, opad=(0, 0),
+              kernel=(0, 0)):
+    return ("conv",) + tuple(stride) + tuple(pad) + tuple(dil) + (groups, same) + tuple(opad) + \
+        tuple(kernel)
+
+
+def conv_spec(a):
+    _, sh, sw, pt, pb, pl, pr, dh, dw, groups, same, oph, opw, kh, kw = a
+    return (sh, sw), (pt, pb, pl, pr), (dh, dw), groups, same, (oph, opw), (kh, kw)
+
+
+def torch_conv2d(x, w, b, a):
+    stride, (pt, pb, pl, pr), dil, groups, same, _, _ = conv_spec(a)
+    if same:
+        return F.conv2d(x, w, b, 1, "same", dil, groups)
+    if pt == pb and pl == pr:
+        return F.conv2d(x, w, b, stride, (pt, pl), dil, groups)
+    return F.conv2d(F.pad(x, (pl, pr, pt, pb)), w, b, stride, 0, dil, groups)
+
+
+def torch_conv_transpose2d(x, w, b, a):
+    stride, (pt, pb, pl, pr), dil, groups, _, (oph, opw), _ = conv_spec(a)
+    if pt == pb and pl == pr:
+        return F.conv_transpose2d(x, w, b, stride, (pt, pl), (oph, opw), groups, dil)
+    # asymmetric: the full output, cropped (negative padding) and extended
+    y = F.conv_transpose2d(x, w, None, stride, 0, 0, groups, dil)
+    y = F.pad(y, (-pl, -pr + opw, -pt, -pb + oph))
+    return y if b is None else y + b.view(1, -1, 1, 1)
+
+
+def torch_conv2d_weight(x, g, a):
+    """dL/dw of conv2d(x, w) for dL/dout = g, differentiable in x and g."""
+    _, _, _, groups, _, _, (kh, kw) = conv_spec(a)
+    w0 = torch.zeros((g.shape[1], x.shape[1] // groups, kh, kw), dtype=x.dtype, requires_grad=True)
+    return torch.autograd.grad(torch_conv2d(x, w0, None, a), w0, g, create_graph=True)[0]
+
+
+def conv_case(label, op, xs, ws, nb, a, fn):
+    def make(rng):
+        spec = [("in", grid16(rng, xs)), ("in", grid16(rng, ws))]
+        return spec + ([("in", grid16(rng, (nb,)))] if nb else [])
+    add(label, op, make, lambda t: fn(t[0], t[1], t[2] if len(t) > 2 else None, a), attr=a,
+        grid=CONV_GRID)
+
+
+def pairwise(factors, valid, cost):
+    """A few rows of the product of factors (name -> values) that hold every
+    pair of values of two factors at least once: greedily the valid row
+    that covers most pairs not yet covered, the cheapest among those."""
+    import itertools
+    names = list(factors)
+    rows = [dict(zip(names, r)) for r in itertools.product(*factors.values())]
+    rows = [r for r in rows if valid(r)]
+
+    def pairs(r):
+        return {(a, r[a], b, r[b]) for a, b in itertools.combinations(names, 2)}
+    todo = set().union(*(pairs(r) for r in rows))
+    picked = []
+    while todo:
+        best = max(rows, key=lambda r: (len(pairs(r) & todo), -cost(r)))
+        picked.append(best)
+        todo -= pairs(best)
+    return picked
+
+
+PADS = {"0": (0, 0, 0, 0), "1": (1, 1, 1, 1), "2": (2, 2, 2, 2), "asym": (1, 0, 0, 2)}
+CHANNELS = {"1": (2, 3), "2": (4, 2), "C": (3, 3)}  # groups -> (C, O)
+
+
+def conv2d_grid_case(r):
+    k, s, d = r["k"], r["s"], r["d"]
+    c, o = CHANNELS[r["g"]]
+    groups = {"1": 1, "2": 2, "C": c}[r["g"]]
+    same = r["pad"] == "same"
+    pad = (0, 0, 0, 0) if same else PADS[r["pad"]]
+    span = d * (k - 1) + 1
+    h = max(span - pad[0] - pad[1], 1) + s
+    if (h % 2 == 1) != (r["par"] == "odd"):
+        h += 1
+    w = max(span - pad[2] - pad[3], 1) + 2  # of the other parity, or the same
+    return (r["n"], c, h, w), (o, c // groups, k, k), o if r["bias"] else 0, \
+        conv_attr((s, s), pad, (d, d), groups, int(same))
+
+
+def conv2d_grid_cost(r):
+    xs, ws, _, _ = conv2d_grid_case(r)
+    return int(np.prod(xs)) + int(np.prod(ws))
+
+
+CONV2D_FACTORS = {"k": (1, 2, 3, 5), "s": (1, 2, 3), "pad": ("0", "1", "2", "asym", "same"),
+                  "d": (1, 2), "g": ("1", "2", "C"), "n": (1, 3), "par": ("odd", "even"),
+                  "bias": (0, 1)}
+for i, r in enumerate(pairwise(CONV2D_FACTORS, lambda r: r["pad"] != "same" or r["s"] == 1,
+                               conv2d_grid_cost)):
+    xs, ws, nb, a = conv2d_grid_case(r)
+    conv_case(f"conv2d_grid{i:02d}_k{r['k']}s{r['s']}p{r['pad']}d{r['d']}g{r['g']}", "conv2d",
+              xs, ws, nb, a, torch_conv2d)
+# per-axis strides, dilations and kernels; 'same' with an odd and an even
+# total; a depthwise multiplier; the 1x1 path
+conv_case("conv2d_rect", "conv2d", (2, 2, 6, 5), (3, 2, 2, 3), 3,
+          conv_attr((2, 1), (1, 0, 2, 1), (1, 2)), torch_conv2d)
+conv_case("conv2d_same_k4", "conv2d", (1, 2, 5, 6), (2, 2, 4, 4), 2, conv_attr(same=1),
+          torch_conv2d)
+conv_case("conv2d_same_rect_d2", "conv2d", (2, 2, 4, 5), (2, 2, 2, 3), 0,
+          conv_attr(dil=(2, 1), same=1), torch_conv2d)
+conv_case("conv2d_depthwise_x2", "conv2d", (2, 2, 4, 4), (4, 1, 3, 3), 4,
+          conv_attr(pad=(1, 1, 1, 1), groups=2), torch_conv2d)
+conv_case("conv2d_1x1", "conv2d", (3, 3, 3, 2), (4, 3, 1, 1), 4, conv_attr(), torch_conv2d)
+conv_case("conv2d_1x1_stride2", "conv2d", (1, 2, 5, 4), (3, 2, 1, 1), 0, conv_attr((2, 2)),
+          torch_conv2d)
+
+for label, xs, ws, nb, a in (
+        ("k3s2p1op1", (2, 3, 3, 3), (3, 2, 3, 3), 2, conv_attr((2, 2), (1, 1, 1, 1), opad=(1, 1))),
+        ("k2s2", (1, 2, 3, 2), (2, 3, 2, 2), 3, conv_attr((2, 2))),
+        ("k4s2p1", (1, 2, 2, 3), (2, 2, 4, 4), 0, conv_attr((2, 2), (1, 1, 1, 1))),
+        ("k3p1g2", (2, 4, 3, 3), (4, 1, 3, 3), 2, conv_attr(pad=(1, 1, 1, 1), groups=2)),
+        ("k3s3op2", (1, 2, 2, 2), (2, 2, 3, 3), 0, conv_attr((3, 3), opad=(2, 1))),
+        ("k2d2op1", (1, 2, 3, 3), (2, 2, 2, 2), 2, conv_attr(dil=(2, 2), opad=(1, 1))),
+        ("asym", (1, 2, 3, 3), (2, 3, 3, 2), 0, conv_attr((2, 1), (1, 0, 2, 1), opad=(1, 0))),
+        ("depthwise", (2, 3, 3, 2), (3, 1, 2, 2), 3, conv_attr((2, 2), groups=3)),
+        ("1x1", (2, 3, 2, 3), (3, 2, 1, 1), 2, conv_attr()),
+        ("rect_d21_n3", (3, 2, 2, 3), (2, 2, 2, 3), 2, conv_attr((1, 2), (0, 0, 1, 1), (2, 1),
+                                                                 opad=(1, 1)))):
+    conv_case(f"conv_transpose2d_{label}", "conv_transpose2d", xs, ws, nb, a,
+              torch_conv_transpose2d)
+
+for label, xs, gs, a in (
+        ("k3", (2, 2, 5, 4), (2, 3, 3, 2), conv_attr(kernel=(3, 3))),
+        ("k2s2p1g2", (1, 4, 5, 5), (1, 2, 3, 3), conv_attr((2, 2), (1, 1, 1, 1), groups=2,
+                                                            kernel=(2, 2))),
+        ("asym_d2", (3, 2, 5, 4), (3, 2, 4, 4), conv_attr(pad=(1, 0, 0, 2), dil=(2, 2),
+                                                          kernel=(2, 2))),
+        ("same_k4", (1, 2, 4, 4), (1, 2, 4, 4), conv_attr(same=1, kernel=(4, 3))),
+        ("depthwise_s3", (2, 3, 7, 5), (2, 3, 2, 2), conv_attr((3, 3), groups=3, kernel=(3, 2))),
+        ("1x1", (2, 3, 2, 3), (2, 2, 2, 3), conv_attr(kernel=(1, 1)))):
+    conv_case(f"conv2d_weight_{label}", "conv2d_weight", xs, gs, 0, a,
+              lambda x, g, _b, a: torch_conv2d_weight(x, g, a))
+
+
+def torch_conv1d(x, w, b, a):
+    _, s, pl, pr, d, groups, same = a
+    if same:
+        return F.conv1d(x, w, b, 1, "same", d, groups)
+    if pl == pr:
+        return F.conv1d(x, w, b, s, pl, d, groups)
+    return F.conv1d(F.pad(x, (pl, pr)), w, b, s, 0, d, groups)
+
+
+for label, xs, ws, nb, a in (("k3p1", (2, 2, 6), (3, 2, 3), 3, ("conv1d", 1, 1, 1, 1, 1, 0)),
+                             ("k5s2p2", (1, 2, 9), (2, 2, 5), 0, ("conv1d", 2, 2, 2, 1, 1, 0)),
+                             ("same_k4", (2, 1, 5), (2, 1, 4), 2, ("conv1d", 1, 0, 0, 1, 1, 1)),
+                             ("g2d2", (1, 4, 7), (2, 2, 2), 0, ("conv1d", 1, 0, 0, 2, 2, 0)),
+                             ("asym_s3", (3, 2, 8), (2, 2, 2), 2, ("conv1d", 3, 2, 0, 1, 1, 0))):
+    conv_case(f"conv1d_{label}", "conv1d", xs, ws, nb, a, torch_conv1d)
 
 # --------------------------------------------------------------- writing
 
@@ -711,7 +896,7 @@ def fmt_attr(attr):
 # picks, its blocking), so float32 cases of these are computed in float64
 # and rounded to float32 (the correctly rounded values, the same on every
 # machine); the test compares them with float32's tolerance.
-BLAS_OPS = {"matmul"}
+BLAS_OPS = {"matmul", "conv2d", "conv_transpose2d", "conv2d_weight", "conv1d"}
 
 
 def run_case(c, dtname):
@@ -746,7 +931,8 @@ def run_case(c, dtname):
     if not c["grad"]:
         return head + lines + [fmt_tensor("out", shown(out)), "end"]
     srng = np.random.RandomState(zlib.crc32(("seed:" + c["label"]).encode()))
-    seed = torch.tensor(U(srng, tuple(out.shape), -1, 1), dtype=out.dtype)
+    gridded = (lambda a: np.round(a * c["grid"]) / c["grid"]) if c["grid"] else (lambda a: a)
+    seed = torch.tensor(gridded(U(srng, tuple(out.shape), -1, 1)), dtype=out.dtype)
     req = [x for (role, _), x in zip(spec, ins) if role == "in"]
     grads = torch.autograd.grad(out, req, seed, create_graph=c["second"], allow_unused=True)
     grads = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, req)]
@@ -756,7 +942,7 @@ def run_case(c, dtname):
         # h = sum_k <r_k, grad_k> for cotangents r_k shaped like the inputs;
         # grad2_j = dh / d in_j (zero where no grad depends on in_j)
         rrng = np.random.RandomState(zlib.crc32(("seed2:" + c["label"]).encode()))
-        rs = [torch.tensor(U(rrng, tuple(x.shape), -1, 1), dtype=x.dtype) for x in req]
+        rs = [torch.tensor(gridded(U(rrng, tuple(x.shape), -1, 1)), dtype=x.dtype) for x in req]
         h = sum((r * g).sum() for r, g in zip(rs, grads))
         g2 = torch.autograd.grad(h, req, allow_unused=True) if h.requires_grad else [None] * len(req)
         g2 = [torch.zeros_like(x) if g is None else g.clone() for g, x in zip(g2, req)]

@@ -1,0 +1,383 @@
+/* test_conv.c: the convolution ops beyond their fixture values and
+ * gradient checks: 'same' padding counted window by window, the options'
+ * zero value, results independent of the thread count, the path without
+ * scratch memory, and every bad input refused with a message naming the op,
+ * the shapes and the groups. */
+#include <criterion/criterion.h>
+
+#include "test_alloc.h"
+
+#include <math.h>
+#include <string.h>
+
+TEST_CTX_SUITE(conv);
+
+static ad_tensor *ones4(ad_ctx *c, int64_t a, int64_t b, int64_t h, int64_t w) {
+  int64_t s[4] = {a, b, h, w};
+  return ad_ones(c, AD_F64, 4, s);
+}
+
+static bool same_dims(const ad_tensor *a, const ad_tensor *b) {
+  if (a->ndim != b->ndim) return false;
+  for (int k = 0; k < a->ndim; k++)
+    if (a->shape[k] != b->shape[k]) return false;
+  return true;
+}
+
+static ad_tensor *rand4(ad_ctx *c, ad_rng *rng, ad_dtype dt, int64_t a, int64_t b, int64_t h,
+                        int64_t w) {
+  int64_t s[4] = {a, b, h, w};
+  return ad_rand(c, rng, dt, 4, s, -1, 1);
+}
+
+/* Rows of a window starting at i - p0 (k taps, dilation d) inside [0, n). */
+static int64_t taps_inside(int64_t i, int64_t p0, int64_t k, int64_t d, int64_t n) {
+  int64_t count = 0;
+  for (int64_t u = 0; u < k; u++) {
+    int64_t r = i - p0 + u * d;
+    count += r >= 0 && r < n;
+  }
+  return count;
+}
+
+/* Ones convolved with ones under 'same': every output is the number of
+ * the window's taps inside the input, and the output is as large as the
+ * input. An odd total padding puts the extra row/column at the bottom and
+ * right (kernel 4: one before, two after), as PyTorch does. */
+Test(conv, same_ones_count_window_taps_at_every_position) {
+  static const struct {
+    int64_t h, w, kh, kw, dh, dw;
+  } cases[] = {{5, 6, 3, 4, 1, 1}, {6, 5, 4, 2, 1, 1}, {7, 4, 3, 2, 2, 3}, {4, 4, 1, 5, 1, 1}};
+  for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
+    int64_t h = cases[k].h, w = cases[k].w, kh = cases[k].kh, kw = cases[k].kw;
+    int64_t dh = cases[k].dh, dw = cases[k].dw;
+    ad_tensor *x = ones4(ctx, 1, 2, h, w), *wt = ones4(ctx, 1, 2, kh, kw);
+    ad_conv_opts o = {.dilation = {dh, dw}, .same = true};
+    ad_tensor *y = ad_conv2d(ctx, x, wt, NULL, &o);
+    cr_assert(y, "case %zu: %s", k, ad_last_error(ctx));
+    cr_assert(y->shape[2] == h && y->shape[3] == w, "case %zu: output %lldx%lld for %lldx%lld", k,
+              (long long)y->shape[2], (long long)y->shape[3], (long long)h, (long long)w);
+    int64_t th = dh * (kh - 1), tw = dw * (kw - 1);
+    for (int64_t i = 0; i < h; i++)
+      for (int64_t j = 0; j < w; j++) {
+        double want =
+            2.0 * (double)(taps_inside(i, th / 2, kh, dh, h) * taps_inside(j, tw / 2, kw, dw, w));
+        double got = ad_tensor_get(y, i * w + j);
+        QUICK_ASSERT(got == want, "case %zu at (%lld, %lld): %g taps counted, %g expected", k,
+                     (long long)i, (long long)j, got, want);
+      }
+    ad_tape_reset(ctx);
+    ad_tensor_free(x);
+    ad_tensor_free(wt);
+  }
+}
+
+/* The zero options (or NULL) are PyTorch's defaults: the op records
+ * stride 1, dilation 1, one group, and computes what explicit ones do. */
+Test(conv, zero_options_are_pytorch_defaults) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 7);
+  ad_tensor *x = rand4(ctx, &rng, AD_F64, 2, 3, 5, 4), *w = rand4(ctx, &rng, AD_F64, 2, 3, 2, 2);
+  ad_tensor_set_requires_grad(w, true);
+  ad_conv_opts zero = {0}, explicit = {.stride = {1, 1}, .dilation = {1, 1}, .groups = 1};
+  ad_tensor *y[3] = {ad_conv2d(ctx, x, w, NULL, NULL), ad_conv2d(ctx, x, w, NULL, &zero),
+                     ad_conv2d(ctx, x, w, NULL, &explicit)};
+  for (int k = 0; k < 3; k++) cr_assert(y[k], "%s", ad_last_error(ctx));
+  const ad_attrs *at = ad_tensor_attrs(y[0]);
+  cr_assert(at);
+  cr_assert(at->conv.stride[0] == 1 && at->conv.stride[1] == 1 && at->conv.dilation[0] == 1 &&
+            at->conv.dilation[1] == 1 && at->conv.groups == 1 && !at->conv.same);
+  cr_assert_eq(y[0]->shape[2], 4);
+  cr_assert_eq(y[0]->shape[3], 3);
+  for (int k = 1; k < 3; k++)
+    cr_assert(!memcmp(y[0]->data, y[k]->data, (size_t)y[0]->size * sizeof(double)));
+  ad_tape_reset(ctx);
+  ad_tensor_free(x);
+  ad_tensor_free(w);
+}
+
+/* Forward, both gradients and the weight gradient of a batch spread over
+ * threads are the same bits as on one thread. */
+Test(conv, results_do_not_depend_on_thread_count) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 11);
+  ad_tensor *x = rand4(ctx, &rng, AD_F32, 9, 4, 10, 9), *w = rand4(ctx, &rng, AD_F32, 6, 2, 3, 3);
+  int64_t nb = 6;
+  ad_tensor *b = ad_rand(ctx, &rng, AD_F32, 1, &nb, -1, 1);
+  ad_tensor_set_requires_grad(x, true);
+  ad_tensor_set_requires_grad(w, true);
+  ad_tensor_set_requires_grad(b, true);
+  ad_conv_opts o = {.stride = {2, 1}, .padding = {1, 0, 2, 1}, .groups = 2};
+  float *ref[4] = {0};
+  int64_t sizes[4];
+  for (int threads = 1; threads <= 3; threads++) {
+    cr_assert_eq(ad_set_num_threads(threads), AD_OK);
+    ad_tensor *y = ad_conv2d(ctx, x, w, b, &o);
+    cr_assert(y, "%s", ad_last_error(ctx));
+    ad_tensor *seed = ad_rand(ctx, &rng, AD_F32, 4, y->shape, -1, 1);
+    if (threads > 1) { /* the same seed each time */
+      memcpy(seed->data, ref[3], (size_t)seed->size * sizeof(float));
+    }
+    ad_tensor_zero_grad(x);
+    ad_tensor_zero_grad(w);
+    ad_tensor_zero_grad(b);
+    cr_assert_eq(ad_backward(ctx, y, seed), AD_OK, "%s", ad_last_error(ctx));
+    const ad_tensor *got[4] = {y, x->grad, w->grad, seed};
+    for (int k = 0; k < 4; k++) {
+      if (threads == 1) {
+        sizes[k] = got[k]->size;
+        ref[k] = malloc((size_t)sizes[k] * sizeof(float));
+        memcpy(ref[k], got[k]->data, (size_t)sizes[k] * sizeof(float));
+      } else if (k < 3) {
+        cr_assert(!memcmp(ref[k], got[k]->data, (size_t)sizes[k] * sizeof(float)),
+                  "result %d differs with %d threads", k, threads);
+      }
+    }
+    ad_tape_reset(ctx);
+    ad_tensor_free(seed);
+  }
+  ad_set_num_threads(1);
+  for (int k = 0; k < 4; k++) free(ref[k]);
+  ad_tensor_free(x);
+  ad_tensor_free(w);
+  ad_tensor_free(b);
+}
+
+/* When the arena cannot give the col buffer (a cap), the ops compute the
+ * same values by a direct loop, and record no error: plain, and with
+ * groups, strides, dilations, asymmetric padding and biases. */
+Test(conv, no_room_for_scratch_gives_the_same_values) {
+  /* the col of one image is 2.7 MB or more (4 x 7 x 7 rows, 31 x 55 or
+   * more columns of f64); the tensors fit in the arena's first chunk */
+  static const struct {
+    int64_t c, o;
+    ad_conv_opts o2;
+    bool bias;
+  } cases[] = {
+      {4, 2, {.groups = 0}, false},
+      {8, 2, {.stride = {2, 1}, .padding = {1, 2, 0, 3}, .dilation = {1, 2}, .groups = 2}, true}};
+  for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
+    const ad_conv_opts *o = &cases[k].o2;
+    int64_t c = cases[k].c, oc = cases[k].o, g = o->groups ? o->groups : 1;
+    ad_ctx *cx[2] = {ad_ctx_new(), ad_ctx_new()};
+    cr_assert_eq(ad_set_arena_limit(cx[1], 2u << 20), AD_OK);
+    ad_tensor *got[2][3], *ins[2][4];
+    for (int v = 0; v < 2; v++) {
+      ad_rng rng;
+      ad_rng_seed(&rng, 3); /* the same inputs in both contexts */
+      ad_tensor *x = ins[v][0] = rand4(cx[v], &rng, AD_F64, 2, c, 64, 64);
+      ad_tensor *w = ins[v][1] = rand4(cx[v], &rng, AD_F64, oc, c / g, 7, 7);
+      int64_t nb[2] = {oc, c};
+      ad_tensor *b = ins[v][2] = cases[k].bias ? ad_rand(cx[v], &rng, AD_F64, 1, nb, -1, 1) : NULL;
+      ad_tensor *bt = ins[v][3] =
+          cases[k].bias ? ad_rand(cx[v], &rng, AD_F64, 1, nb + 1, -1, 1) : NULL;
+      got[v][0] = ad_conv2d(cx[v], x, w, b, o);
+      cr_assert(got[v][0], "case %zu: %s", k, ad_last_error(cx[v]));
+      got[v][1] = ad_conv_transpose2d(cx[v], got[v][0], w, bt, o);
+      got[v][2] = ad_conv2d_weight(cx[v], x, got[v][0], 7, 7, o);
+      cr_assert(got[v][1] && got[v][2], "case %zu: %s", k, ad_last_error(cx[v]));
+      cr_assert(same_dims(got[v][1], x), "case %zu: conv_transpose2d gives x's shape", k);
+    }
+    cr_assert_eq(ad_last_status(cx[1]), AD_OK, "case %zu: an error was left behind: %s", k,
+                 ad_last_error(cx[1]));
+    cr_assert_leq(ad_arena_capacity(cx[1]), 2u << 20, "case %zu: the scratch was not refused", k);
+    for (int op = 0; op < 3; op++)
+      for (int64_t i = 0; i < got[0][op]->size; i++) {
+        double a = ad_tensor_get(got[1][op], i), want = ad_tensor_get(got[0][op], i);
+        QUICK_ASSERT(fabs(a - want) <= 1e-11 * fmax(1.0, fabs(want)),
+                     "case %zu op %d element %lld: %.17g vs %.17g", k, op, (long long)i, a, want);
+      }
+    for (int v = 0; v < 2; v++) {
+      ad_tape_reset(cx[v]);
+      for (int t = 0; t < 4; t++) ad_tensor_free(ins[v][t]);
+      ad_ctx_free(cx[v]);
+    }
+  }
+}
+
+/* conv1d is conv2d over H = 1: against a hand-computed case with a bias,
+ * stride 2 and asymmetric padding. */
+Test(conv, conv1d_by_hand) {
+  int64_t sx[3] = {1, 1, 5}, sw[3] = {1, 1, 2}, sb = 1;
+  const double xv[5] = {1, 2, 3, 4, 5}, wv[2] = {1, -1}, bv[1] = {0.5};
+  ad_tensor *x = ad_from_data(ctx, AD_F64, 3, sx, xv), *w = ad_from_data(ctx, AD_F64, 3, sw, wv);
+  ad_tensor *b = ad_from_data(ctx, AD_F64, 1, &sb, bv);
+  ad_conv1d_opts o = {.stride = 2, .padding = {1, 0}};
+  /* padded: 0 1 2 3 4 5; windows at 0, 2, 4: 0-1, 2-3, 4-5 */
+  ad_tensor *y = ad_conv1d(ctx, x, w, b, &o);
+  cr_assert(y, "%s", ad_last_error(ctx));
+  cr_assert(y->ndim == 3 && y->shape[0] == 1 && y->shape[1] == 1 && y->shape[2] == 3);
+  for (int k = 0; k < 3; k++) cr_assert_eq(ad_tensor_get(y, k), -0.5);
+  ad_tape_reset(ctx);
+  ad_tensor_free(x);
+  ad_tensor_free(w);
+  ad_tensor_free(b);
+}
+
+/* ------------------------------------------------------------ bad input */
+
+/* Expects y NULL with status st and a message holding every fragment. */
+static void expect_fail(const ad_tensor *y, ad_status st, const char *const *frags, int n,
+                        const char *what) {
+  cr_assert_null(y, "%s: accepted", what);
+  cr_assert_eq(ad_last_status(ctx), st, "%s: status %s, message '%s'", what,
+               ad_status_str(ad_last_status(ctx)), ad_last_error(ctx));
+  for (int k = 0; k < n; k++)
+    cr_assert(strstr(ad_last_error(ctx), frags[k]), "%s: '%s' lacks '%s'", what, ad_last_error(ctx),
+              frags[k]);
+  ad_clear_error(ctx);
+}
+#define EXPECT_FAIL(y, st, what, ...)                                                              \
+  do {                                                                                             \
+    const char *frags_[] = {__VA_ARGS__};                                                          \
+    expect_fail(y, st, frags_, (int)(sizeof frags_ / sizeof *frags_), what);                       \
+  } while (0)
+
+Test(conv, conv2d_refuses_bad_input_with_a_clear_message) {
+  ad_tensor *x = ones4(ctx, 2, 4, 5, 5), *w = ones4(ctx, 6, 2, 3, 3), *w3 = ones4(ctx, 6, 3, 3, 3);
+  int64_t s3[3] = {2, 4, 5}, nb = 5;
+  ad_tensor *x3 = ad_ones(ctx, AD_F64, 3, s3), *b5 = ad_ones(ctx, AD_F64, 1, &nb);
+  ad_tensor *xf = ad_ones(ctx, AD_F32, 4, x->shape);
+  ad_conv_opts g2 = {.groups = 2}, g3 = {.groups = 3}, o;
+  cr_assert(ad_conv2d(ctx, x, w, NULL, &g2), "control: %s", ad_last_error(ctx));
+
+  EXPECT_FAIL(ad_conv2d(ctx, x3, w, NULL, &g2), AD_ERR_SHAPE, "rank", "conv2d",
+              "x must be [N, C, H, W]", "[2,4,5]");
+  EXPECT_FAIL(ad_conv2d(ctx, x, w3, NULL, &g2), AD_ERR_SHAPE, "channels", "conv2d",
+              "[2,4,5,5] has 4 channels", "w [6,3,3,3] takes 3 per group x 2 groups = 6");
+  EXPECT_FAIL(ad_conv2d(ctx, x, w, NULL, &g3), AD_ERR_SHAPE, "groups", "conv2d", "groups 3",
+              "must divide the input channels 4");
+  ad_tensor *w5 = ones4(ctx, 5, 2, 3, 3);
+  EXPECT_FAIL(ad_conv2d(ctx, x, w5, NULL, &g2), AD_ERR_SHAPE, "groups and O", "groups 2",
+              "output channels 5");
+  EXPECT_FAIL(ad_conv2d(ctx, x, w, b5, &g2), AD_ERR_SHAPE, "bias", "bias [5] must be [6]",
+              "groups 2");
+  EXPECT_FAIL(ad_conv2d(ctx, xf, w, NULL, &g2), AD_ERR_DTYPE, "dtype", "conv2d", "dtypes differ",
+              "f32 and f64");
+  o = (ad_conv_opts){.stride = {-1, 1}, .groups = 2};
+  EXPECT_FAIL(ad_conv2d(ctx, x, w, NULL, &o), AD_ERR_ARG, "stride", "stride (-1, 1)", "at least 1");
+  o = (ad_conv_opts){.dilation = {1, -2}, .groups = 2};
+  EXPECT_FAIL(ad_conv2d(ctx, x, w, NULL, &o), AD_ERR_ARG, "dilation", "dilation (1, -2)");
+  o = (ad_conv_opts){.groups = -2};
+  EXPECT_FAIL(ad_conv2d(ctx, x, w, NULL, &o), AD_ERR_ARG, "groups < 0", "groups -2");
+  o = (ad_conv_opts){.padding = {0, -1, 0, 0}, .groups = 2};
+  EXPECT_FAIL(ad_conv2d(ctx, x, w, NULL, &o), AD_ERR_ARG, "padding", "padding (0, -1, 0, 0)",
+              "must not be negative");
+  o = (ad_conv_opts){.padding = {0, INT64_MAX, 0, 0}, .groups = 2};
+  EXPECT_FAIL(ad_conv2d(ctx, x, w, NULL, &o), AD_ERR_ARG, "huge padding", "out of range");
+  o = (ad_conv_opts){.stride = {2, 2}, .same = true, .groups = 2};
+  EXPECT_FAIL(ad_conv2d(ctx, x, w, NULL, &o), AD_ERR_ARG, "same", "'same' padding needs stride 1");
+  o = (ad_conv_opts){.output_padding = {1, 0}, .groups = 2};
+  EXPECT_FAIL(ad_conv2d(ctx, x, w, NULL, &o), AD_ERR_ARG, "output_padding",
+              "conv_transpose2d only");
+  ad_tensor *big = ones4(ctx, 6, 2, 6, 3);
+  o = (ad_conv_opts){.groups = 2};
+  EXPECT_FAIL(ad_conv2d(ctx, x, big, NULL, &o), AD_ERR_SHAPE, "kernel too large", "6x3 kernel",
+              "spans more than the padded input", "[2,4,5,5]");
+  o = (ad_conv_opts){.dilation = {1, 3}, .groups = 2};
+  EXPECT_FAIL(ad_conv2d(ctx, x, w, NULL, &o), AD_ERR_SHAPE, "dilated kernel too large",
+              "dilation (1, 3)");
+  /* sizes beyond a tensor's: the engine's central check names the op */
+  ad_tensor *one = ones4(ctx, 1, 1, 1, 1);
+  o = (ad_conv_opts){
+      .padding = {INT64_C(1) << 39, INT64_C(1) << 39, INT64_C(1) << 39, INT64_C(1) << 39}};
+  EXPECT_FAIL(ad_conv2d(ctx, one, one, NULL, &o), AD_ERR_SHAPE, "overflow", "conv2d", "too large");
+  /* a count of inputs other than 2 or 3, through the registry */
+  int id = ad_op_find(ctx, "conv2d");
+  ad_tensor *in4[4] = {x, w, b5, b5};
+  ad_attrs at = {.conv = {.stride = {1, 1}, .dilation = {1, 1}, .groups = 2}};
+  EXPECT_FAIL(ad_op_apply(ctx, id, 1, in4, &at), AD_ERR_ARG, "1 input", "takes 2 to 3 inputs");
+  EXPECT_FAIL(ad_op_apply(ctx, id, 4, in4, &at), AD_ERR_ARG, "4 inputs", "got 4");
+  /* in the op's own attributes zero is not a default */
+  at.conv.stride[1] = 0;
+  EXPECT_FAIL(ad_op_apply(ctx, id, 2, in4, &at), AD_ERR_ARG, "stride 0", "stride (1, 0)");
+  /* a NULL input keeps the earlier message */
+  EXPECT_FAIL(ad_conv2d(ctx, NULL, w, NULL, NULL), AD_ERR_NULL, "NULL x", "input 0 is NULL");
+  ad_tape_reset(ctx);
+  ad_tensor *ts[] = {x, w, w3, x3, b5, xf, w5, big, one};
+  for (size_t k = 0; k < sizeof ts / sizeof *ts; k++) ad_tensor_free(ts[k]);
+}
+
+Test(conv, transpose_weight_and_conv1d_refuse_bad_input) {
+  ad_tensor *x = ones4(ctx, 1, 4, 3, 3), *w = ones4(ctx, 4, 3, 3, 3), *w2 = ones4(ctx, 2, 3, 3, 3);
+  int64_t nb = 5;
+  ad_tensor *b5 = ad_ones(ctx, AD_F64, 1, &nb);
+  ad_conv_opts o = {.stride = {2, 2}, .output_padding = {1, 1}};
+  ad_tensor *y = ad_conv_transpose2d(ctx, x, w, NULL, &o);
+  cr_assert(y, "control: %s", ad_last_error(ctx));
+  cr_assert(y->shape[1] == 3 && y->shape[2] == 8 && y->shape[3] == 8);
+  EXPECT_FAIL(ad_conv_transpose2d(ctx, x, w2, NULL, &o), AD_ERR_SHAPE, "channels",
+              "conv_transpose2d", "has 4 channels", "w [2,3,3,3]");
+  o = (ad_conv_opts){.stride = {2, 2}, .output_padding = {2, 0}};
+  EXPECT_FAIL(ad_conv_transpose2d(ctx, x, w, NULL, &o), AD_ERR_ARG, "output_padding",
+              "output_padding (2, 0)", "smaller than the stride (2, 2) or the dilation (1, 1)");
+  o = (ad_conv_opts){.same = true};
+  EXPECT_FAIL(ad_conv_transpose2d(ctx, x, w, NULL, &o), AD_ERR_ARG, "same", "'same'");
+  o = (ad_conv_opts){.groups = 3};
+  EXPECT_FAIL(ad_conv_transpose2d(ctx, x, w, NULL, &o), AD_ERR_SHAPE, "groups", "groups 3",
+              "input channels 4");
+  EXPECT_FAIL(ad_conv_transpose2d(ctx, x, w, b5, NULL), AD_ERR_SHAPE, "bias", "bias [5]",
+              "must be [3]");
+  o = (ad_conv_opts){.padding = {3, 3, 0, 0}};
+  EXPECT_FAIL(ad_conv_transpose2d(ctx, x, w, NULL, &o), AD_ERR_SHAPE, "no output",
+              "gives an output of -1x5");
+  ad_tensor *wide = ones4(ctx, 1, 4, 1, 1025);
+  o = (ad_conv_opts){.stride = {1, INT64_C(1) << 40}};
+  EXPECT_FAIL(ad_conv_transpose2d(ctx, wide, w, NULL, &o), AD_ERR_SHAPE, "too large",
+              "conv_transpose2d", "too large");
+
+  /* conv2d_weight: dy must be the convolution's output */
+  ad_tensor *xi = ones4(ctx, 2, 4, 5, 5), *dy = ones4(ctx, 2, 6, 3, 3),
+            *bad = ones4(ctx, 2, 6, 4, 3);
+  cr_assert(ad_conv2d_weight(ctx, xi, dy, 3, 3, NULL), "control: %s", ad_last_error(ctx));
+  EXPECT_FAIL(ad_conv2d_weight(ctx, xi, bad, 3, 3, NULL), AD_ERR_SHAPE, "dy shape", "conv2d_weight",
+              "dy [2,6,4,3] is not the output of a 3x3 convolution of x "
+              "[2,4,5,5], which is [2, O, 3, 3]");
+  EXPECT_FAIL(ad_conv2d_weight(ctx, xi, dy, 0, 3, NULL), AD_ERR_ARG, "kernel", "kernel (0, 3)");
+  o = (ad_conv_opts){.groups = 4};
+  EXPECT_FAIL(ad_conv2d_weight(ctx, xi, dy, 3, 3, &o), AD_ERR_SHAPE, "groups", "groups 4",
+              "output channels 6");
+
+  /* conv1d names itself and its 3-D shapes */
+  int64_t s3[3] = {2, 4, 7}, sw3[3] = {3, 4, 9};
+  ad_tensor *x1 = ad_ones(ctx, AD_F64, 3, s3), *w1 = ad_ones(ctx, AD_F64, 3, sw3);
+  EXPECT_FAIL(ad_conv1d(ctx, xi, w1, NULL, NULL), AD_ERR_SHAPE, "conv1d rank",
+              "conv1d: x must be [N, C, L]", "[2,4,5,5]");
+  EXPECT_FAIL(ad_conv1d(ctx, x1, w1, NULL, NULL), AD_ERR_SHAPE, "conv1d kernel",
+              "conv1d of x [2,4,7], w [3,4,9]", "spans more than the padded input");
+  ad_conv1d_opts o1 = {.stride = 2, .same = true};
+  EXPECT_FAIL(ad_conv1d(ctx, x1, w1, NULL, &o1), AD_ERR_ARG, "conv1d same", "conv1d",
+              "'same' padding needs stride 1");
+  ad_tape_reset(ctx);
+  ad_tensor *ts[] = {x, w, w2, b5, wide, xi, dy, bad, x1, w1};
+  for (size_t k = 0; k < sizeof ts / sizeof *ts; k++) ad_tensor_free(ts[k]);
+}
+
+/* An op's min_arity must lie in 1..arity, for a fixed arity. */
+static void noop_fwd(const ad_call *c) { (void)c; }
+static ad_status noop_shape(const ad_call *c) {
+  c->out->dtype = AD_F64;
+  c->out->ndim = 0;
+  return AD_OK;
+}
+
+Test(conv, op_register_checks_min_arity) {
+  ad_op_def def = {
+      .name = "opt_inputs", .arity = 3, .min_arity = 4, .shape = noop_shape, .forward = noop_fwd};
+  cr_assert_lt(ad_op_register(ctx, &def), 0);
+  cr_assert(strstr(ad_last_error(ctx), "min_arity 4 out of range for arity 3"), "%s",
+            ad_last_error(ctx));
+  def.arity = -1;
+  def.min_arity = 1;
+  cr_assert_lt(ad_op_register(ctx, &def), 0);
+  def.arity = 3;
+  def.min_arity = 2;
+  int id = ad_op_register(ctx, &def);
+  cr_assert_geq(id, 0, "%s", ad_last_error(ctx));
+  ad_tensor *x = ad_ones(ctx, AD_F64, 0, NULL), *in[3] = {x, x, x};
+  cr_assert(ad_op_apply(ctx, id, 2, in, NULL), "%s", ad_last_error(ctx));
+  cr_assert(ad_op_apply(ctx, id, 3, in, NULL), "%s", ad_last_error(ctx));
+  cr_assert_null(ad_op_apply(ctx, id, 1, in, NULL));
+  ad_tape_reset(ctx);
+  ad_tensor_free(x);
+}
