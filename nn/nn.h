@@ -350,6 +350,52 @@ NN_API nn_layer *nn_batch_norm1d_new(ad_ctx *ctx, int64_t num_features,
 NN_API nn_layer *nn_batch_norm2d_new(ad_ctx *ctx, int64_t num_features,
                                      const nn_batch_norm_opts *opts);
 
+/* Options of a Conv2d or ConvTranspose2d layer. All-zero means PyTorch's
+ * defaults. */
+typedef struct nn_conv2d_opts {
+  int64_t stride[2];         /* (h, w); 0 means 1 */
+  int64_t padding[2];        /* (h, w), the same on both sides; for other
+                                padding, pad the input or use ad_conv2d */
+  bool same;                 /* Conv2d: padding='same' (stride 1 only) */
+  int64_t dilation[2];       /* 0 means 1 */
+  int64_t groups;            /* 0 means 1; must divide both channel counts */
+  int64_t output_padding[2]; /* ConvTranspose2d only */
+  bool no_bias;              /* false: with bias */
+  nn_init weight_init;       /* default PyTorch's: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) */
+  nn_init bias_init;         /* default the same bound */
+  ad_dtype dtype;            /* default AD_F32 */
+} nn_conv2d_opts;
+
+/* A 2-D convolution layer, PyTorch's nn.Conv2d: x [N, in, H, W] to
+ * [N, out, Ho, Wo] through ad_conv2d, with weight [out, in/groups, kh, kw]
+ * and bias [out] (PyTorch's layout and names, "weight" and "bias", so a
+ * state dict loads unchanged). PyTorch's initialisation: both uniform
+ * within 1/sqrt(fan_in), fan_in = in/groups * kh * kw (kaiming_uniform
+ * with a = sqrt(5)), drawn from rng (weight first). opts may be NULL.
+ * Returns the layer, or NULL with AD_ERR_ARG (a count < 1, groups not
+ * dividing the channels, a bad initializer), AD_ERR_DTYPE, AD_ERR_NULL
+ * (rng for a random init) or AD_ERR_OOM. Its forward refuses an input that
+ * is not [N, in, H, W] (AD_ERR_SHAPE naming the layer), and otherwise
+ * reports ad_conv2d's errors (a kernel larger than the padded input). */
+NN_API nn_layer *nn_conv2d_new(ad_ctx *ctx, int64_t in, int64_t out, int64_t kh, int64_t kw,
+                               ad_rng *rng, const nn_conv2d_opts *opts);
+
+/* A transposed convolution layer, PyTorch's nn.ConvTranspose2d, through
+ * ad_conv_transpose2d: weight [in, out/groups, kh, kw], bias [out]; fan_in
+ * for the initialisation is out/groups * kh * kw, as PyTorch computes it.
+ * Otherwise as nn_conv2d_new ('same' is refused by the op). */
+NN_API nn_layer *nn_conv_transpose2d_new(ad_ctx *ctx, int64_t in, int64_t out, int64_t kh,
+                                         int64_t kw, ad_rng *rng, const nn_conv2d_opts *opts);
+
+/* Pooling layers, PyTorch's nn.MaxPool2d, nn.AvgPool2d (kh x kw windows;
+ * opts as ad_max_pool2d / ad_avg_pool2d, NULL for the defaults: stride =
+ * kernel) and nn.AdaptiveAvgPool2d(1) (ad_global_avg_pool2d: [N, C, H, W]
+ * -> [N, C, 1, 1]). No parameters. NULL with AD_ERR_ARG for a kernel under
+ * 1x1; other bad options are reported by the forward, naming the op. */
+NN_API nn_layer *nn_max_pool2d_new(ad_ctx *ctx, int64_t kh, int64_t kw, const ad_pool2d_opts *opts);
+NN_API nn_layer *nn_avg_pool2d_new(ad_ctx *ctx, int64_t kh, int64_t kw, const ad_pool2d_opts *opts);
+NN_API nn_layer *nn_global_avg_pool2d_new(ad_ctx *ctx);
+
 /* Frees a layer and its parameters. Do not free a layer owned by a model.
  * NULL is a no-op. */
 NN_API void nn_layer_free(nn_layer *l);

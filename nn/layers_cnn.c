@@ -1,0 +1,180 @@
+/* layers_cnn.c: convolution and pooling layers, PyTorch's nn.Conv2d,
+ * nn.ConvTranspose2d, nn.MaxPool2d, nn.AvgPool2d and
+ * nn.AdaptiveAvgPool2d(1). The arithmetic is the engine's ops (ad_conv2d,
+ * ad_max_pool2d, ...), whose backward the tape runs; this file holds the
+ * parameters, PyTorch's initialisation and the checks that name the layer.
+ *
+ * Initialisation (PyTorch's reset_parameters): weight and bias uniform in
+ * [-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = weight.shape[1] * kh * kw
+ * (kaiming_uniform with a = sqrt(5) gives that bound for the weight). */
+#include "nn_internal.h"
+
+#include <math.h>
+
+/* ---------------------------------------------------------- convolution */
+
+typedef struct conv_state {
+  bool transpose;
+  int64_t in, out, kh, kw;
+  ad_conv_opts o;
+  ad_tensor *w, *b; /* b NULL without bias */
+} conv_state;
+
+static ad_tensor *conv_forward(nn_layer *l, ad_tensor *x, bool training) {
+  (void)training;
+  conv_state *s = nn_layer_state(l);
+  ad_ctx *ctx = nn_layer_ctx(l);
+  char who[96], a[64];
+  if (x->ndim != 4 || x->shape[1] != s->in) {
+    nn_layer_who(l, who, sizeof who);
+    ad_set_error(ctx, AD_ERR_SHAPE, "%s: input %s must be [N, %lld, H, W]", who,
+                 ad_shape_str(x, a, sizeof a), (long long)s->in);
+    return NULL;
+  }
+  return s->transpose ? ad_conv_transpose2d(ctx, x, s->w, s->b, &s->o)
+                      : ad_conv2d(ctx, x, s->w, s->b, &s->o);
+}
+
+static void conv_free(nn_layer *l) {
+  conv_state *s = nn_layer_state(l);
+  if (s) ad_free(nn_layer_ctx(l), s, sizeof *s);
+}
+
+static const nn_layer_ops conv_ops = {conv_forward, conv_free};
+
+/* A new parameter of shape, added to list under name (owned by it) and
+ * filled by init (NN_INIT_DEFAULT: uniform within +-bound); NULL on error. */
+static ad_tensor *conv_param(nn_params *list, const char *name, ad_ctx *ctx, ad_dtype dtype,
+                             int ndim, const int64_t *shape, nn_init init, double bound,
+                             ad_rng *rng) {
+  ad_tensor *t = ad_zeros(ctx, dtype, ndim, shape);
+  if (!t) return NULL;
+  if (init.kind == NN_INIT_DEFAULT) init = nn_init_make(NN_INIT_UNIFORM, -bound, bound);
+  if (nn_init_tensor(ctx, t, init, rng) != AD_OK) {
+    ad_tensor_free(t);
+    return NULL;
+  }
+  return nn_params_add(list, name, t, true) == AD_OK ? t : NULL;
+}
+
+static nn_layer *conv_new(ad_ctx *ctx, bool transpose, int64_t in, int64_t out, int64_t kh,
+                          int64_t kw, ad_rng *rng, const nn_conv2d_opts *opts) {
+  if (!ctx) return NULL;
+  const char *kind = transpose ? "conv_transpose2d" : "conv2d";
+  nn_conv2d_opts o = {0};
+  if (opts) o = *opts;
+  int64_t groups = o.groups ? o.groups : 1;
+  if (in < 1 || out < 1 || kh < 1 || kw < 1 || groups < 1 || in % groups || out % groups) {
+    ad_set_error(ctx, AD_ERR_ARG,
+                 "%s: channels %lld -> %lld, kernel %lldx%lld and groups %lld: each must be >= 1 "
+                 "and groups must divide both channel counts",
+                 kind, (long long)in, (long long)out, (long long)kh, (long long)kw,
+                 (long long)groups);
+    return NULL;
+  }
+  if (o.dtype != AD_F32 && o.dtype != AD_F64) {
+    ad_set_error(ctx, AD_ERR_DTYPE, "%s: parameters must be float, got %s", kind,
+                 ad_dtype_name(o.dtype));
+    return NULL;
+  }
+  conv_state *s = ad_malloc(ctx, sizeof *s);
+  if (!s) return NULL;
+  *s = (conv_state){.transpose = transpose, .in = in, .out = out, .kh = kh, .kw = kw};
+  for (int k = 0; k < 2; k++) {
+    s->o.stride[k] = o.stride[k];
+    s->o.dilation[k] = o.dilation[k];
+    s->o.padding[2 * k] = s->o.padding[2 * k + 1] = o.padding[k];
+    s->o.output_padding[k] = o.output_padding[k];
+  }
+  s->o.groups = groups;
+  s->o.same = o.same;
+  nn_layer *l = nn_layer_new_ext(ctx, kind, &conv_ops, s);
+  if (!l) {
+    ad_free(ctx, s, sizeof *s);
+    return NULL;
+  }
+  /* PyTorch's layouts: Conv2d [out, in/groups, kh, kw], ConvTranspose2d
+   * [in, out/groups, kh, kw]; fan_in is dim 1 times the kernel */
+  int64_t ws[4] = {transpose ? in : out, (transpose ? out : in) / groups, kh, kw}, bs[1] = {out};
+  double bound = 1.0 / sqrt((double)(ws[1] * kh * kw));
+  nn_params *p = nn_layer_params(l);
+  bool ok = (s->w = conv_param(p, "weight", ctx, o.dtype, 4, ws, o.weight_init, bound, rng));
+  if (ok && !o.no_bias)
+    ok = (s->b = conv_param(p, "bias", ctx, o.dtype, 1, bs, o.bias_init, bound, rng));
+  if (!ok) {
+    nn_layer_free(l);
+    return NULL;
+  }
+  return l;
+}
+
+nn_layer *nn_conv2d_new(ad_ctx *ctx, int64_t in, int64_t out, int64_t kh, int64_t kw, ad_rng *rng,
+                        const nn_conv2d_opts *opts) {
+  return conv_new(ctx, false, in, out, kh, kw, rng, opts);
+}
+
+nn_layer *nn_conv_transpose2d_new(ad_ctx *ctx, int64_t in, int64_t out, int64_t kh, int64_t kw,
+                                  ad_rng *rng, const nn_conv2d_opts *opts) {
+  return conv_new(ctx, true, in, out, kh, kw, rng, opts);
+}
+
+/* -------------------------------------------------------------- pooling */
+
+typedef enum pool_kind { POOL_MAX, POOL_AVG, POOL_GLOBAL_AVG } pool_kind;
+
+typedef struct pool_state {
+  pool_kind kind;
+  int64_t kh, kw;
+  ad_pool2d_opts o;
+} pool_state;
+
+static ad_tensor *pool_forward(nn_layer *l, ad_tensor *x, bool training) {
+  (void)training;
+  pool_state *s = nn_layer_state(l);
+  ad_ctx *ctx = nn_layer_ctx(l);
+  switch (s->kind) {
+  case POOL_MAX:
+    return ad_max_pool2d(ctx, x, s->kh, s->kw, &s->o);
+  case POOL_AVG:
+    return ad_avg_pool2d(ctx, x, s->kh, s->kw, &s->o);
+  case POOL_GLOBAL_AVG:
+    break;
+  }
+  return ad_global_avg_pool2d(ctx, x);
+}
+
+static void pool_free(nn_layer *l) {
+  pool_state *s = nn_layer_state(l);
+  if (s) ad_free(nn_layer_ctx(l), s, sizeof *s);
+}
+
+static const nn_layer_ops pool_ops = {pool_forward, pool_free};
+
+static nn_layer *pool_new(ad_ctx *ctx, pool_kind kind, const char *name, int64_t kh, int64_t kw,
+                          const ad_pool2d_opts *opts) {
+  if (!ctx) return NULL;
+  if (kind != POOL_GLOBAL_AVG && (kh < 1 || kw < 1)) {
+    ad_set_error(ctx, AD_ERR_ARG, "%s: kernel %lldx%lld must be at least 1x1", name, (long long)kh,
+                 (long long)kw);
+    return NULL;
+  }
+  pool_state *s = ad_malloc(ctx, sizeof *s);
+  if (!s) return NULL;
+  *s = (pool_state){.kind = kind, .kh = kh, .kw = kw};
+  if (opts) s->o = *opts;
+  nn_layer *l = nn_layer_new_ext(ctx, name, &pool_ops, s);
+  if (!l) ad_free(ctx, s, sizeof *s);
+  return l;
+}
+
+nn_layer *nn_max_pool2d_new(ad_ctx *ctx, int64_t kh, int64_t kw, const ad_pool2d_opts *opts) {
+  return pool_new(ctx, POOL_MAX, "max_pool2d", kh, kw, opts);
+}
+
+nn_layer *nn_avg_pool2d_new(ad_ctx *ctx, int64_t kh, int64_t kw, const ad_pool2d_opts *opts) {
+  return pool_new(ctx, POOL_AVG, "avg_pool2d", kh, kw, opts);
+}
+
+nn_layer *nn_global_avg_pool2d_new(ad_ctx *ctx) {
+  return pool_new(ctx, POOL_GLOBAL_AVG, "global_avg_pool2d", 1, 1, NULL);
+}
