@@ -47,35 +47,15 @@
  * figures for each part alone. */
 #include "ad_ext.h"
 #include "nn.h"
-#include "peak.h"
+#include "bench_util.h"
 
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
-#include <time.h>
-
-/* Present when the program is linked with OpenBLAS / OpenMP, else NULL. */
-extern int openblas_get_num_threads(void) __attribute__((weak));
-extern void omp_set_num_threads(int n) __attribute__((weak));
 
 #define MAX_LAYERS 16
-
-/* User + system CPU seconds of the process so far (all threads). */
-static double cpu_s(void) {
-  struct rusage ru;
-  getrusage(RUSAGE_SELF, &ru); /* with --phases, the peak may be the second loop's */
-  return (double)ru.ru_utime.tv_sec + 1e-6 * (double)ru.ru_utime.tv_usec +
-         (double)ru.ru_stime.tv_sec + 1e-6 * (double)ru.ru_stime.tv_usec;
-}
-
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 typedef struct options {
   int nl; /* number of widths */
@@ -93,15 +73,6 @@ static int usage(void) {
                   "           [--threads 1] [--optim adam|sgd] [--dtype f32|f64] [--seed 1]\n"
                   "           [--phases] [--anomaly] [--keep-denormals]\n");
   return 2;
-}
-
-static bool parse_int(const char *v, long long lo, long long *out) {
-  char *end;
-  errno = 0;
-  long long n = v ? strtoll(v, &end, 10) : 0;
-  if (!v || !*v || *end || errno || n < lo) return false;
-  *out = n;
-  return true;
 }
 
 static bool parse_layers(const char *v, options *o) {
@@ -137,15 +108,15 @@ static bool parse(int argc, char **argv, options *o) {
     if (!v) return false;
     if (strcmp(a, "--layers") == 0) {
       if (!parse_layers(v, o)) return false;
-    } else if (strcmp(a, "--batch") == 0 && parse_int(v, 1, &n)) {
+    } else if (strcmp(a, "--batch") == 0 && bench_parse_int(v, 1, &n)) {
       o->batch = n;
-    } else if (strcmp(a, "--epochs") == 0 && parse_int(v, 1, &n)) {
+    } else if (strcmp(a, "--epochs") == 0 && bench_parse_int(v, 1, &n)) {
       o->epochs = (int)n;
-    } else if (strcmp(a, "--samples") == 0 && parse_int(v, 1, &n)) {
+    } else if (strcmp(a, "--samples") == 0 && bench_parse_int(v, 1, &n)) {
       o->samples = n;
-    } else if (strcmp(a, "--threads") == 0 && parse_int(v, 1, &n)) {
+    } else if (strcmp(a, "--threads") == 0 && bench_parse_int(v, 1, &n)) {
       o->threads = (int)n;
-    } else if (strcmp(a, "--seed") == 0 && parse_int(v, 0, &n)) {
+    } else if (strcmp(a, "--seed") == 0 && bench_parse_int(v, 0, &n)) {
       o->seed = (unsigned long long)n;
     } else if (strcmp(a, "--optim") == 0 && (!strcmp(v, "adam") || !strcmp(v, "sgd"))) {
       o->optim = strcmp(v, "adam") == 0 ? NN_OPT_ADAM : NN_OPT_SGD;
@@ -157,16 +128,6 @@ static bool parse(int argc, char **argv, options *o) {
     i++;
   }
   return true;
-}
-
-/* The engine's threads (which also sets OpenBLAS to one thread: the engine
- * splits large products over its own threads), and OpenMP's when linked. */
-static bool set_threads(int n) {
-  char buf[16];
-  snprintf(buf, sizeof buf, "%d", n);
-  setenv("OMP_NUM_THREADS", buf, 1);
-  if (omp_set_num_threads) omp_set_num_threads(n);
-  return ad_set_num_threads(n) == AD_OK;
 }
 
 /* Features uniform in [0,1) and labels argmax_c (x T)_c for a random
@@ -208,19 +169,6 @@ static bool make_data(ad_ctx *ctx, const options *o, ad_tensor **x, ad_tensor **
   return true;
 }
 
-/* FNV-1a over the bytes of every parameter: equal across runs, thread
- * counts and GEMM paths exactly when training computed the same bits. */
-static unsigned long long params_hash(const nn_params *p) {
-  unsigned long long h = 1469598103934665603ULL;
-  for (int i = 0; i < nn_params_count(p); i++) {
-    const ad_tensor *t = nn_params_tensor(p, i);
-    const unsigned char *b = t->data;
-    for (size_t k = 0; k < (size_t)t->size * ad_dtype_size(t->dtype); k++)
-      h = (h ^ b[k]) * 1099511628211ULL;
-  }
-  return h;
-}
-
 /* --phases: the steps of nn_fit's loop, each timed; see the top comment.
  * Gradients are zeroed in a pass of their own here (nn_fit clears them in
  * the optimizer's sweep instead). */
@@ -238,21 +186,21 @@ static bool time_phases(ad_ctx *ctx, nn_model *m, nn_optimizer *opt, ad_tensor *
     for (;;) {
       ad_tensor *xb, *yb;
       double t[NPH + 1];
-      t[0] = now_s();
+      t[0] = bench_now_s();
       if (!nn_batcher_next(b, &xb, &yb)) break;
-      t[1] = now_s();
+      t[1] = bench_now_s();
       ad_tape_reset(ctx);
       nn_params_zero_grad(nn_model_params(m));
-      t[2] = now_s();
+      t[2] = bench_now_s();
       ad_tensor *pred = nn_model_forward(m, xb);
-      t[3] = now_s();
+      t[3] = bench_now_s();
       ad_tensor *loss = nn_cross_entropy_loss(ctx, pred, yb, NN_MEAN);
       ok = loss && isfinite(ad_tensor_item(loss));
-      t[4] = now_s();
+      t[4] = bench_now_s();
       ok = ok && ad_backward(ctx, loss, NULL) == AD_OK;
-      t[5] = now_s();
+      t[5] = bench_now_s();
       ok = ok && nn_optimizer_step(opt) == AD_OK;
-      t[6] = now_s();
+      t[6] = bench_now_s();
       if (!ok) break;
       for (int i = 0; i < NPH; i++) sum[i] += t[i + 1] - t[i];
       steps++;
@@ -281,7 +229,7 @@ int main(int argc, char **argv) {
                .dtype = AD_F32,
                .seed = 1};
   if (!parse(argc, argv, &o)) return usage();
-  if (!set_threads(o.threads)) {
+  if (!bench_set_threads(o.threads)) {
     fprintf(stderr, "mlp: cannot start %d threads\n", o.threads);
     return 1;
   }
@@ -314,14 +262,9 @@ int main(int argc, char **argv) {
 
   printf("mlp: layers");
   for (int l = 0; l < o.nl; l++) printf("%c%lld", l ? ',' : ' ', (long long)o.widths[l]);
-  printf(", batch %lld, %d epochs x %lld samples, %s, %s, %d engine threads (OpenBLAS ",
-         (long long)o.batch, o.epochs, (long long)o.samples,
-         o.optim == NN_OPT_ADAM ? "adam" : "sgd", ad_dtype_name(o.dtype), ad_num_threads());
-  if (openblas_get_num_threads)
-    printf("%d thread)", openblas_get_num_threads());
-  else
-    printf("absent)");
-  printf(", gemm %s\n", ad_gemm_backend());
+  printf(", batch %lld, %d epochs x %lld samples, %s, %s, ", (long long)o.batch, o.epochs,
+         (long long)o.samples, o.optim == NN_OPT_ADAM ? "adam" : "sgd", ad_dtype_name(o.dtype));
+  bench_print_threads();
   printf("parameters: %lld\n", (long long)nn_params_numel(nn_model_params(m)));
 
   nn_fit_opts fo = {.epochs = o.epochs,
@@ -330,36 +273,25 @@ int main(int argc, char **argv) {
                     .verbose = -1,
                     .keep_denormals = o.keep_denormals};
   nn_history *h = NULL;
-  double c0 = cpu_s(), t0 = now_s();
+  double c0 = bench_cpu_s(), t0 = bench_now_s();
   ad_status st = nn_fit(m, opt, nn_cross_entropy_loss, x, y, &fo, &h);
-  double secs = now_s() - t0, cpu = cpu_s() - c0;
+  double secs = bench_now_s() - t0, cpu = bench_cpu_s() - c0;
   if (st != AD_OK) {
     fprintf(stderr, "mlp: %s\n", ad_last_error(ctx));
     return 1;
   }
 
-  unsigned long long hash = params_hash(nn_model_params(m)); /* before --phases trains on */
-  if (o.phases && !time_phases(ctx, m, opt, x, y, &o)) {
-    fprintf(stderr, "mlp: phases: %s\n", ad_last_error(ctx));
-    return 1;
+  if (o.phases) { /* the report's hash is of the parameters nn_fit trained */
+    printf("params_hash after nn_fit: %016llx\n", bench_params_hash(nn_model_params(m)));
+    if (!time_phases(ctx, m, opt, x, y, &o)) {
+      fprintf(stderr, "mlp: phases: %s\n", ad_last_error(ctx));
+      return 1;
+    }
   }
-
   double total = (double)o.samples * o.epochs;
-  double flops = total * (6.0 * (double)weights - 2.0 * (double)first);
-  struct rusage ru;
-  getrusage(RUSAGE_SELF, &ru); /* with --phases, the peak may be the second loop's */
-  printf("loss: epoch 1 %.4f, epoch %d %.4f\n", nn_history_get(h, "loss", 0), o.epochs,
-         nn_history_get(h, "loss", o.epochs - 1));
-  printf("params_hash: %016llx\n", hash);
-  printf("samples_per_s: %.0f\n", total / secs);
-  bench_peak pk = bench_sgemm_peak(3); /* after training: its time is not in train_s */
-  double gf = flops / secs * 1e-9;
-  printf("gflops: %.2f (matmul flops %.3g; %.0f%% of %d x the core's sgemm peak of %.1f, %s)\n", gf,
-         flops, pk.gflops > 0 ? 100.0 * gf / (pk.gflops * o.threads) : 0.0, o.threads, pk.gflops,
-         pk.kernel);
-  printf("cpu_s: %.4f (user + system, all threads)\n", cpu);
-  printf("peak_rss_mb: %.1f\n", (double)ru.ru_maxrss / 1024.0);
-  printf("train_s: %.4f\n", secs);
+  bench_report(h, o.epochs, nn_model_params(m), total,
+               total * (6.0 * (double)weights - 2.0 * (double)first), "matmul", secs, cpu,
+               o.threads);
 
   nn_history_free(h);
   nn_optimizer_free(opt);

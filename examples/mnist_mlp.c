@@ -19,16 +19,12 @@
  * Usage: mnist_mlp [--epochs N] [--batch N] [--seed N] [--lr X] [--data DIR]
  *                  [--save FILE] [--load FILE]
  * The last line printed is exactly "test accuracy: NN.NN%". */
+#include "mnist_data.h"
 #include "nn.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
-
-#ifndef NN_DATA_DIR
-#define NN_DATA_DIR "data"
-#endif
 
 typedef struct options {
   int epochs;
@@ -74,59 +70,20 @@ static bool parse(int argc, char **argv, options *o) {
   return o->epochs >= 0 && o->batch >= 1 && o->lr > 0;
 }
 
-/* dir/name, or dir/name.gz when only that exists. */
-static void data_path(char *buf, size_t n, const char *dir, const char *name) {
-  snprintf(buf, n, "%s/%s", dir, name);
-  if (access(buf, R_OK) != 0) snprintf(buf, n, "%s/%s.gz", dir, name);
-}
-
-/* Images as f32 in [0,1], flattened to [N, 784]; NULL on error. */
-static ad_tensor *load_images(ad_ctx *ctx, const char *path) {
-  ad_tensor *raw = nn_idx_load(ctx, path, AD_F32, 1.0 / 255);
-  if (!raw) return NULL;
-  int64_t shape[2] = {raw->shape[0], raw->shape[0] ? raw->size / raw->shape[0] : 0};
-  ad_tensor *x = ad_from_data(ctx, AD_F32, 2, shape, raw->data);
-  ad_tensor_free(raw);
-  return x;
-}
-
 int main(int argc, char **argv) {
   options o = {.epochs = 5, .batch = 32, .seed = 42, .lr = 0.001};
   if (!parse(argc, argv, &o)) return usage(argv[0]);
 
   ad_ctx *ctx = ad_ctx_new();
   if (!ctx) return 1;
-  ad_tensor *x_train = NULL, *y_train = NULL, *x_test = NULL, *y_test = NULL;
-  char p1[4096], p2[4096];
-  const char *source;
-  if (o.data) {
-    data_path(p1, sizeof p1, o.data, "train-images-idx3-ubyte");
-    data_path(p2, sizeof p2, o.data, "train-labels-idx1-ubyte");
-    x_train = load_images(ctx, p1);
-    y_train = x_train ? nn_idx_load(ctx, p2, AD_I32, 1) : NULL;
-    data_path(p1, sizeof p1, o.data, "t10k-images-idx3-ubyte");
-    data_path(p2, sizeof p2, o.data, "t10k-labels-idx1-ubyte");
-    x_test = y_train ? load_images(ctx, p1) : NULL;
-    y_test = x_test ? nn_idx_load(ctx, p2, AD_I32, 1) : NULL;
-    source = o.data;
-  } else {
-    /* the bundled digits: from the working directory's data/ if there,
-     * else from the source tree this was built from */
-    source = access("data/mnist10k-images-idx3-ubyte.gz", R_OK) == 0 ? "data" : NN_DATA_DIR;
-    snprintf(p1, sizeof p1, "%s/mnist10k-images-idx3-ubyte.gz", source);
-    snprintf(p2, sizeof p2, "%s/mnist10k-labels-idx1-ubyte.gz", source);
-    ad_tensor *x = load_images(ctx, p1);
-    ad_tensor *y = x ? nn_idx_load(ctx, p2, AD_I32, 1) : NULL;
-    if (y) nn_train_test_split(ctx, x, y, 2000, true, o.seed, &x_train, &y_train, &x_test, &y_test);
-    ad_tensor_free(x);
-    ad_tensor_free(y);
-  }
-  if (!y_test) {
+  mnist_data d;
+  if (!mnist_load(ctx, o.data, o.seed, 2, &d)) {
     fprintf(stderr, "mnist_mlp: %s\n", ad_last_error(ctx));
     return 1;
   }
+  ad_tensor *x_train = d.x_train, *y_train = d.y_train, *x_test = d.x_test, *y_test = d.y_test;
   printf("mnist_mlp: %lld training and %lld test digits from %s, seed %llu\n",
-         (long long)x_train->shape[0], (long long)x_test->shape[0], source, o.seed);
+         (long long)x_train->shape[0], (long long)x_test->shape[0], d.source, o.seed);
 
   /* the model */
   ad_rng rng;
@@ -189,10 +146,7 @@ int main(int argc, char **argv) {
 
   nn_optimizer_free(opt);
   nn_model_free(m);
-  ad_tensor_free(x_train);
-  ad_tensor_free(y_train);
-  ad_tensor_free(x_test);
-  ad_tensor_free(y_test);
+  mnist_free(&d);
   ad_ctx_free(ctx);
   return 0;
 }
