@@ -542,8 +542,8 @@ AD_API ad_tensor *ad_global_avg_pool2d(ad_ctx *ctx, ad_tensor *x);
  *                 larger than the padded input (no output), an output too
  *                 large for a tensor;
  *   AD_ERR_ARG    a negative stride, dilation, groups or padding (zero
- *                 means the default in the options), 'same' with a stride
- *                 other than 1, a bad output_padding;
+ *                 means the default in the options), one above 2^40,
+ *                 'same' with a stride other than 1, a bad output_padding;
  *   AD_ERR_DTYPE  inputs that are not one float dtype. */
 
 /* Options; the zero value (or NULL) is PyTorch's default: stride 1, no

@@ -115,7 +115,7 @@ typedef struct ad_permute_attrs { /* output dim k is input dim perm[k] */
 
 /* 2-D convolution over NCHW (conv2d, conv_transpose2d, conv2d_weight;
  * autodiff/op_conv.c). Pairs are (h, w). stride and dilation >= 1;
- * padding top, bottom, left, right >= 0; groups >= 1 (each at most 2^40).
+ * padding top, bottom, left, right >= 0 (these at most 2^40); groups >= 1.
  * same: in place of padding, pad for an output as large as the input
  * (stride 1; not for conv_transpose2d), the total d (k - 1) split as
  * PyTorch does, the extra one at the bottom and right. output_padding:

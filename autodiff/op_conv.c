@@ -15,7 +15,7 @@
  * Kernels, per image and group: im2col gathers the image's channels into
  * col [C/G kh kw, Ho Wo], then
  *   conv2d:            y_g = W_g col                  (GEMM)
- *   conv2d_weight:     dW_g += dy_g col^T             (GEMM, summed over images)
+ *   conv2d_weight:     dW_g^T += col dy_g^T           (GEMM, summed over images)
  *   conv_transpose2d:  col = W_g^T dy_g; col2im adds col into the image.
  * A 1x1 kernel with stride 1 and no padding needs no col: col is the image.
  * Images are spread over the library's threads (ad_parallel_for); each

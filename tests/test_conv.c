@@ -214,6 +214,57 @@ Test(conv, conv1d_by_hand) {
   ad_tensor_free(b);
 }
 
+/* An encoder-decoder in miniature: tanh(conv2d) with stride 2 and 'same'
+ * rows, then conv_transpose2d back up, passes gradcheck and gradgradcheck
+ * in every input (the second order runs each op's backward recorded). */
+static ad_tensor *enc_dec(ad_ctx *c, int n, ad_tensor *const *in, void *ud) {
+  (void)n, (void)ud;
+  ad_conv_opts down = {.stride = {2, 2}, .padding = {1, 1, 0, 1}};
+  ad_conv_opts up = {.stride = {2, 2}, .padding = {1, 1, 0, 1}, .output_padding = {0, 1}};
+  ad_tensor *h = ad_tanh(c, ad_conv2d(c, in[0], in[1], in[2], &down));
+  return ad_conv_transpose2d(c, h, in[3], NULL, &up);
+}
+
+Test(conv, encoder_decoder_passes_gradgradcheck) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 5);
+  int64_t nb = 3;
+  ad_tensor *in[4] = {rand4(ctx, &rng, AD_F64, 2, 2, 5, 4), rand4(ctx, &rng, AD_F64, 3, 2, 3, 2),
+                      ad_rand(ctx, &rng, AD_F64, 1, &nb, -1, 1),
+                      rand4(ctx, &rng, AD_F64, 3, 2, 3, 2)};
+  for (int k = 0; k < 4; k++) ad_tensor_set_requires_grad(in[k], true);
+  ad_tensor *y = enc_dec(ctx, 4, in, NULL);
+  cr_assert(y, "%s", ad_last_error(ctx));
+  cr_assert(y->shape[2] == 5 && y->shape[3] == 4, "decoded to %lldx%lld", (long long)y->shape[2],
+            (long long)y->shape[3]);
+  ad_tape_reset(ctx);
+  ad_check_report r;
+  cr_assert_eq(ad_gradcheck(ctx, enc_dec, NULL, 4, in, NULL, &r), AD_OK, "%s", ad_last_error(ctx));
+  cr_assert(r.passed, "gradcheck: input %d element %lld: %g vs %g", r.input, (long long)r.index,
+            r.analytic, r.numeric);
+  cr_assert_eq(ad_gradgradcheck(ctx, enc_dec, NULL, 4, in, NULL, &r), AD_OK, "%s",
+               ad_last_error(ctx));
+  cr_assert(r.passed, "gradgradcheck: input %d element %lld: %g vs %g", r.input, (long long)r.index,
+            r.analytic, r.numeric);
+  for (int k = 0; k < 4; k++) ad_tensor_free(in[k]);
+}
+
+/* An empty batch, as PyTorch allows: an empty output, and a zero weight
+ * gradient (the sum over no image). */
+Test(conv, empty_batch) {
+  ad_tensor *x = ones4(ctx, 0, 2, 5, 5), *w = ones4(ctx, 3, 2, 3, 3);
+  ad_tensor_set_requires_grad(w, true);
+  ad_tensor *y = ad_conv2d(ctx, x, w, NULL, NULL);
+  cr_assert(y, "%s", ad_last_error(ctx));
+  cr_assert(y->size == 0 && y->shape[1] == 3 && y->shape[2] == 3);
+  cr_assert_eq(ad_backward(ctx, ad_sum(ctx, y), NULL), AD_OK, "%s", ad_last_error(ctx));
+  cr_assert(w->grad);
+  for (int64_t i = 0; i < w->size; i++) cr_assert_eq(ad_tensor_get(w->grad, i), 0.0);
+  ad_tape_reset(ctx);
+  ad_tensor_free(x);
+  ad_tensor_free(w);
+}
+
 /* ------------------------------------------------------------ bad input */
 
 /* Expects y NULL with status st and a message holding every fragment. */
