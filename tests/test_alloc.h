@@ -132,4 +132,23 @@ static inline void test_expect_error(ad_ctx *c, ad_status st, const char *s1, ..
   cr_assert_str_eq(ad_last_error(c), "");
 }
 
+/* A persistent f64 tensor on c with values v (NULL: zeros), requiring
+ * grad; fails the test if it cannot be made. */
+static inline ad_tensor *test_param(ad_ctx *c, int ndim, const int64_t *shape, const double *v) {
+  ad_tensor *t = ad_from_data(c, AD_F64, ndim, shape, v);
+  cr_assert_not_null(t, "%s", ad_last_error(c));
+  cr_assert_eq(ad_tensor_set_requires_grad(t, true), AD_OK);
+  return t;
+}
+
+/* Asserts that t (made on c; NULL fails with c's error) has shape. */
+static inline void test_expect_shape(ad_ctx *c, const ad_tensor *t, int ndim, const int64_t *shape,
+                                     const char *what) {
+  cr_assert_not_null(t, "%s: no tensor (%s)", what, ad_last_error(c));
+  cr_assert_eq(t->ndim, ndim, "%s: ndim %d, want %d", what, t->ndim, ndim);
+  for (int k = 0; k < ndim; k++)
+    cr_assert_eq(t->shape[k], shape[k], "%s: dim %d is %lld, want %lld", what, k,
+                 (long long)t->shape[k], (long long)shape[k]);
+}
+
 #endif

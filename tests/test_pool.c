@@ -11,21 +11,8 @@ TEST_CTX_SUITE(pool);
 
 #define expect_error(...) test_expect_error(ctx, __VA_ARGS__)
 
-/* A persistent f64 tensor with values v (NULL: zeros), requiring grad. */
-static ad_tensor *param(ad_ctx *c, int ndim, const int64_t *shape, const double *v) {
-  ad_tensor *t = ad_from_data(c, AD_F64, ndim, shape, v);
-  cr_assert_not_null(t, "%s", ad_last_error(c));
-  cr_assert_eq(ad_tensor_set_requires_grad(t, true), AD_OK);
-  return t;
-}
-
-static void expect_shape(const ad_tensor *t, int ndim, const int64_t *shape, const char *what) {
-  cr_assert_not_null(t, "%s: no tensor (%s)", what, ad_last_error(ctx));
-  cr_assert_eq(t->ndim, ndim, "%s: ndim %d, want %d", what, t->ndim, ndim);
-  for (int k = 0; k < ndim; k++)
-    cr_assert_eq(t->shape[k], shape[k], "%s: dim %d is %lld, want %lld", what, k,
-                 (long long)t->shape[k], (long long)shape[k]);
-}
+#define param(c, ...)        test_param(c, __VA_ARGS__)
+#define expect_shape(t, ...) test_expect_shape(ctx, t, __VA_ARGS__)
 
 /* Every element of t is want[i]: equal, both NaN, or the same infinity. */
 static void expect_values(const ad_tensor *t, int64_t n, const double *want, const char *what) {
