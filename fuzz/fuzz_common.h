@@ -44,6 +44,11 @@
 static ad_ctx *fuzz_ctx;
 static long fuzz_live; /* blocks the context's allocator has outstanding */
 static long fuzz_live_base;
+static size_t fuzz_tensors_base;
+
+/* Outstanding blocks less the slabs the context keeps for tensor headers
+ * until it is freed (ad_ctx_header_blocks): what must return to its base. */
+static inline long fuzz_blocks(void) { return fuzz_live - (long)ad_ctx_header_blocks(fuzz_ctx); }
 
 /* The ad_alloc_fn contract (autodiff/ad_ext.h): blocks 64-byte aligned. */
 static inline void *fuzz_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
@@ -68,14 +73,17 @@ static inline void *fuzz_alloc(void *ud, void *ptr, size_t osize, size_t nsize) 
 static inline void fuzz_ctx_init(void) {
   fuzz_ctx = ad_ctx_new_with_alloc(fuzz_alloc, NULL);
   FUZZ_CHECK(fuzz_ctx, "cannot create a context");
-  fuzz_live_base = fuzz_live;
+  fuzz_live_base = fuzz_blocks();
+  fuzz_tensors_base = ad_ctx_live_tensors(fuzz_ctx);
 }
 
 /* After an input: no error left behind is carried over, nothing leaked. */
 static inline void fuzz_ctx_check_freed(void) {
   ad_clear_error(fuzz_ctx);
-  FUZZ_CHECK(fuzz_live == fuzz_live_base, "%ld blocks allocated through the context leaked",
-             fuzz_live - fuzz_live_base);
+  FUZZ_CHECK(ad_ctx_live_tensors(fuzz_ctx) == fuzz_tensors_base, "%zu tensors leaked",
+             ad_ctx_live_tensors(fuzz_ctx) - fuzz_tensors_base);
+  FUZZ_CHECK(fuzz_blocks() == fuzz_live_base, "%ld blocks allocated through the context leaked",
+             fuzz_blocks() - fuzz_live_base);
 }
 
 /* -------------------------------------------------------------- input */
