@@ -217,9 +217,10 @@ AD_API ad_tensor *ad_tensor_clone(ad_ctx *ctx, const ad_tensor *t);
  * a freed tensor to an op, ad_backward or the accessors below, is detected
  * and reported (AD_ERR_STATE or AD_ERR_ARG) without touching freed memory,
  * as long as the freed tensor's header has not been reused: the context
- * keeps at least the 64 most recently freed headers unused, and never reuses
- * one while ops recorded before its free are still on the tape. So freeing
- * a leaf before a backward that needs it is reported by that backward. */
+ * keeps at least the 64 most recently freed headers unused. A tensor that an
+ * op of the current tape used keeps its data and header until ad_tape_reset:
+ * views of it (reshape) still read its values, and a backward that needs
+ * it fails with AD_ERR_STATE before writing any gradient. */
 AD_API void ad_tensor_free(ad_tensor *t);
 
 /* A scalar (0-d) constant in the arena; freed by ad_tape_reset. */
@@ -583,8 +584,8 @@ AD_API ad_tensor *ad_conv_transpose2d(ad_ctx *ctx, ad_tensor *x, ad_tensor *w, a
  * x under opts, dw [O, C/groups, kh, kw] = d<conv2d(x, w), dy>/dw. dy of
  * another shape is AD_ERR_SHAPE; kh or kw < 1 is AD_ERR_ARG. Summed over the
  * batch in a fixed order: the same bits for any ad_set_num_threads. */
-AD_API ad_tensor *ad_conv2d_weight(ad_ctx *ctx, ad_tensor *x, ad_tensor *dy, int64_t kh,
-                                   int64_t kw, const ad_conv_opts *opts);
+AD_API ad_tensor *ad_conv2d_weight(ad_ctx *ctx, ad_tensor *x, ad_tensor *dy, int64_t kh, int64_t kw,
+                                   const ad_conv_opts *opts);
 
 /* Options of ad_conv1d; the zero value (or NULL) is PyTorch's default. */
 typedef struct ad_conv1d_opts {
@@ -668,7 +669,10 @@ AD_API int ad_num_threads(void);
  * is many times slower on x86, and training that drives a loss toward 0
  * makes many of them (docs/performance.md measures it); flushing changes
  * only values that small. The engine's worker threads use the mode of the
- * thread that gives them work. nn_fit turns it on while it runs unless
+ * thread that gives them work; OpenBLAS's own threads do not (the library
+ * sets OpenBLAS to one thread in ad_set_num_threads, so products the
+ * dispatch gives to OpenBLAS then run in the calling thread, in its mode;
+ * without that call they may not). nn_fit turns it on while it runs unless
  * nn_fit_opts.keep_denormals is set, and restores the caller's mode.
  * Returns true when the CPU has the mode (x86 SSE, AArch64), false (and
  * nothing changes) otherwise. Off by default. */

@@ -388,8 +388,8 @@ AD_API ad_ctx *ad_tensor_ctx(const ad_tensor *t);
  * result from before ad_tape_reset). */
 AD_API int64_t ad_tensor_tape_index(const ad_tensor *t);
 /* The tape generation t was made in: ad_tape_reset starts a new one. A
- * temporary of an earlier generation is gone; a persistent tensor's
- * generation is that of its creation and does not matter. */
+ * temporary of an earlier generation is gone; a persistent tensor's is
+ * the last generation whose ops used it (0 if none). */
 AD_API uint64_t ad_tensor_generation(const ad_tensor *t);
 /* The context's current tape generation. */
 AD_API uint64_t ad_tape_generation(const ad_ctx *ctx);

@@ -33,6 +33,9 @@ enum {
 
 #define AD_NODE_MAGIC 0xAD7E5017u
 #define AD_NODE_DEAD  0xDEADAD00u /* a freed persistent node, kept in its slab */
+/* The flags of a dead node: its data is kept until ad_tape_reset, because
+ * an op of the current tape (or a view) may still read it. */
+#define AD_DEAD_KEEPS_DATA 1
 
 /* Every tensor is a node; the public view comes first. Kept small: a
  * scalar chain allocates a few of these per op, and is bound by the memory
@@ -94,6 +97,7 @@ struct ad_ctx {
   int slab_used;                  /* nodes handed out of the first slab */
   ad_node *dead_head, *dead_tail; /* freed nodes, oldest first */
   size_t dead_len, live_nodes;
+  ad_node *deferred; /* freed nodes the tape may still read: data kept until reset */
   /* tensor names (core.c): looked up only for nodes flagged AD_NF_NAMED,
    * so unnamed tensors cost nothing; temporaries' entries go at reset */
   struct ad_name_ent *names;
@@ -101,6 +105,7 @@ struct ad_ctx {
   bool anomaly;     /* anomaly mode: check every result and gradient (tape.c) */
   bool anomaly_fwd; /* check ops' results: anomaly mode, outside a backward sweep
                        (there the gradients sent are checked, and named) */
+  int sweeps;       /* backward sweeps running (a hook may start another) */
   /* tape */
   ad_node **tape;
   size_t tape_len, tape_cap;

@@ -14,6 +14,7 @@
 #include <uthash.h>
 
 static void names_clear(ad_ctx *ctx, bool all);
+static void deferred_free(ad_ctx *ctx);
 
 /* ------------------------------------------------------------- aborts */
 
@@ -234,6 +235,7 @@ void ad_arena_free_all(ad_ctx *ctx) {
 void ad_tape_reset(ad_ctx *ctx) {
   if (!ctx) return;
   if (ctx->temp_names) names_clear(ctx, false);
+  if (ctx->deferred) deferred_free(ctx);
   if (ctx->chunks) arena_enter(ctx, ctx->chunks);
   ctx->arena_used_before_cur = 0;
   ctx->tape_len = 0;
@@ -455,19 +457,20 @@ char *ad_tensor_describe(const ad_tensor *t, char *buf, size_t n) {
 
 /* ---------------------------------------------------- persistent nodes
  * The headers of persistent tensors come from slabs the context owns, never
- * from the allocator one by one. ad_tensor_free frees the data, marks the
- * header dead and queues it; so a freed tensor passed back in later is
- * recognised by reading memory the context still owns (ASan stays quiet),
- * and a backward that reaches a leaf freed after recording says so. A dead
- * header is reused only once AD_QUARANTINE newer ones wait behind it and
- * the tape has been reset since it died (no recorded op can name it), or
- * when AD_QUARANTINE_MAX wait (a loop that frees and never resets stays
- * bounded). While a header waits, its stale pointers are caught; once it
- * is reused they name the new tensor, which C cannot tell apart. */
+ * from the allocator one by one. ad_tensor_free marks the header dead and
+ * queues it; so a freed tensor passed back in later is recognised by
+ * reading memory the context still owns (ASan stays quiet). A tensor used
+ * by an op of the current tape (ad_op_apply stamps its epoch) may still be
+ * read by that tape or by a view of it: its data is kept until
+ * ad_tape_reset and its header is not reused before then, so a backward
+ * finds it dead and says so instead of reading freed memory or reaching a
+ * new tensor at the same address. Other dead headers are reused once
+ * AD_QUARANTINE newer ones wait behind them: while a header waits, its
+ * stale pointers are caught; once it is reused they name the new tensor,
+ * which C cannot tell apart. */
 
-#define AD_SLAB_NODES     32
-#define AD_QUARANTINE     64
-#define AD_QUARANTINE_MAX 65536
+#define AD_SLAB_NODES 32
+#define AD_QUARANTINE 64
 
 typedef struct ad_node_slab {
   struct ad_node_slab *next;
@@ -477,9 +480,8 @@ typedef struct ad_node_slab {
 /* A header for a new persistent tensor, or NULL (AD_ERR_OOM recorded). */
 static ad_node *node_alloc(ad_ctx *ctx) {
   ad_node *n = ctx->dead_head;
-  if (n && ((ctx->dead_len > AD_QUARANTINE && n->epoch != ctx->epoch) ||
-            ctx->dead_len > AD_QUARANTINE_MAX)) {
-    ctx->dead_head = (ad_node *)n->gacc; /* a dead node's gacc links the queue */
+  if (n && ctx->dead_len > AD_QUARANTINE && n->flags != AD_DEAD_KEEPS_DATA) {
+    ctx->dead_head = n->src.in[0]; /* a dead node's src.in[0] links the queue */
     if (!ctx->dead_head) ctx->dead_tail = NULL;
     ctx->dead_len--;
   } else {
@@ -496,24 +498,46 @@ static ad_node *node_alloc(ad_ctx *ctx) {
   return n;
 }
 
-/* Marks n dead and queues it for reuse; its data is already freed. ctx,
- * shape and dtype stay for messages about it. */
-static void node_release(ad_ctx *ctx, ad_node *n) {
-  name_remove(ctx, n);
-  n->magic = AD_NODE_DEAD;
-  n->flags = 0;
+/* Frees a dead node's data. */
+static void dead_data_free(ad_ctx *ctx, ad_node *n) {
+  ad_free(ctx, n->t.data, (size_t)n->t.size * ad_dsize(n->t.dtype));
   n->t.data = NULL;
   n->t.size = 0; /* accessors that miss the magic find nothing to read */
+  n->flags = 0;
+}
+
+/* Marks n dead and queues it for reuse, and frees its data unless the
+ * current tape used it (then ad_tape_reset does). ctx, shape and dtype stay
+ * for messages about it. */
+static void node_release(ad_ctx *ctx, ad_node *n) {
+  name_remove(ctx, n);
+  bool keep = n->epoch == ctx->epoch; /* stamped by ad_op_apply when used */
+  n->magic = AD_NODE_DEAD;
+  if (keep) {
+    n->flags = AD_DEAD_KEEPS_DATA;
+    n->src.in[1] = ctx->deferred;
+    ctx->deferred = n;
+  } else {
+    dead_data_free(ctx, n);
+  }
   n->t.grad = NULL;
-  n->epoch = ctx->epoch;
-  n->gacc = NULL;
+  n->src.in[0] = NULL;
   if (ctx->dead_tail)
-    ctx->dead_tail->gacc = &n->t;
+    ctx->dead_tail->src.in[0] = n;
   else
     ctx->dead_head = n;
   ctx->dead_tail = n;
   ctx->dead_len++;
   ctx->live_nodes--;
+}
+
+/* At ad_tape_reset: the kept data of tensors freed during the tape. */
+static void deferred_free(ad_ctx *ctx) {
+  for (ad_node *n = ctx->deferred, *next; n; n = next) {
+    next = n->src.in[1];
+    dead_data_free(ctx, n);
+  }
+  ctx->deferred = NULL;
 }
 
 void ad_nodes_free_all(ad_ctx *ctx) {
@@ -523,13 +547,14 @@ void ad_nodes_free_all(ad_ctx *ctx) {
     int used = sl == ctx->slabs ? ctx->slab_used : AD_SLAB_NODES;
     for (int i = 0; i < used; i++) {
       ad_node *n = &sl->nodes[i];
-      if (n->magic == AD_NODE_MAGIC)
+      if (n->magic == AD_NODE_MAGIC || (n->magic == AD_NODE_DEAD && n->flags == AD_DEAD_KEEPS_DATA))
         ad_free(ctx, n->t.data, (size_t)n->t.size * ad_dsize(n->t.dtype));
       n->magic = 0;
     }
     ad_free(ctx, sl, sizeof *sl);
   }
   ctx->slabs = NULL;
+  ctx->deferred = NULL;
   ctx->dead_head = ctx->dead_tail = NULL;
   ctx->dead_len = ctx->live_nodes = 0;
 }
@@ -554,6 +579,7 @@ static ad_tensor *persistent_new(ad_ctx *ctx, const char *fn, ad_dtype dt, int n
     return NULL;
   }
   ad_node_init(n, ctx, dt, ndim, shape, size);
+  n->epoch = 0; /* no tape has used it (ad_op_apply stamps the epoch of each use) */
   n->flags = AD_NF_LEAF | AD_NF_PERSISTENT;
   n->src.spare_grad = NULL;
   n->t.data = data;
@@ -733,7 +759,6 @@ static void persistent_free(ad_node *n) {
   ad_ctx *ctx = n->ctx;
   if (n->t.grad) persistent_free(ad_node_of(n->t.grad));
   if (n->src.spare_grad) persistent_free(ad_node_of(n->src.spare_grad));
-  ad_free(ctx, n->t.data, (size_t)n->t.size * ad_dsize(n->t.dtype));
   node_release(ctx, n);
 }
 

@@ -29,6 +29,10 @@ static ad_tensor *per_channel(ad_ctx *ctx, ad_tensor *t, int ndim, int64_t c) {
 static bool check_vec(ad_ctx *ctx, const ad_tensor *t, const char *what, const ad_tensor *x) {
   char a[64], b[64];
   if (!t) return true;
+  if (!ad_tensor_is_valid(t)) {
+    ad_set_error(ctx, AD_ERR_STATE, "batch_norm: %s was freed", what);
+    return false;
+  }
   if (t->ndim != 1 || t->shape[0] != x->shape[1]) {
     ad_set_error(ctx, AD_ERR_SHAPE, "batch_norm: %s %s does not match the %lld channels of x %s",
                  what, ad_shape_str(t, a, sizeof a), (long long)x->shape[1],

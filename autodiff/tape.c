@@ -245,7 +245,8 @@ static ad_tensor *apply_shape(ad_ctx *ctx, const ad_op_def *def, ad_call *c) {
 bool ad_set_anomaly_mode(ad_ctx *ctx, bool on) {
   if (!ctx) return false;
   bool old = ctx->anomaly;
-  ctx->anomaly = ctx->anomaly_fwd = on;
+  ctx->anomaly = on;
+  ctx->anomaly_fwd = on && ctx->sweeps == 0;
   return old;
 }
 
@@ -372,12 +373,16 @@ ad_tensor *ad_op_apply(ad_ctx *ctx, int id, int n, ad_tensor *const *in, const a
    * when there is one (input_error) */
   unsigned any_flags = 0;
   for (int i = 0; i < n; i++) {
-    const ad_node *s = (const ad_node *)in[i];
+    ad_node *s = (ad_node *)in[i];
     if (!s || s->magic != AD_NODE_MAGIC || s->ctx != ctx ||
         (s->epoch != ctx->epoch && !(s->flags & AD_NF_PERSISTENT))) {
       input_error(ctx, def, i, s);
       return NULL;
     }
+    /* a temporary's epoch is already this one; a persistent tensor's now
+     * says this tape uses it, so freeing it keeps its data until the reset
+     * (core.c, "persistent nodes") */
+    s->epoch = ctx->epoch;
     any_flags |= s->flags;
   }
   ad_call c = {
@@ -553,6 +558,12 @@ static bool grad_into(ad_ctx *ctx, const ad_op_def *def, const ad_call *c, ad_no
 /* Adds a pass's gradient gout into retained intermediate n's grad: a later
  * backward over the same tape adds to what an earlier one left. */
 static ad_status retain(ad_ctx *ctx, ad_node *n, ad_tensor *gout) {
+  if (!n->t.grad && (ad_node_of(gout)->flags & AD_NF_PERSISTENT)) { /* the caller's seed */
+    ad_tensor *copy = ad_tmp_new(ctx, gout->dtype, gout->ndim, gout->shape);
+    if (!copy) return ctx->status ? ctx->status : AD_ERR_OOM;
+    memcpy(copy->data, gout->data, (size_t)gout->size * ad_dsize(gout->dtype));
+    gout = copy;
+  }
   if (!n->t.grad) {
     n->t.grad = gout;
     return AD_OK;
@@ -562,6 +573,33 @@ static ad_status retain(ad_ctx *ctx, ad_node *n, ad_tensor *gout) {
   if (!s) return ctx->status ? ctx->status : AD_ERR_OOM;
   n->t.grad = s;
   return AD_OK;
+}
+
+/* Whether an op that the backward from root reaches has an input freed
+ * since it was recorded: checked before the pass writes anything, so a
+ * failed pass leaves no partial gradient. Only a tensor the tape used keeps
+ * its data and header after ad_tensor_free, so this runs only when one was
+ * freed. Reached nodes are marked through gacc (NULL outside a pass). */
+static ad_status freed_inputs(ad_ctx *ctx, ad_node *root, const char *who) {
+  static ad_tensor reached;
+  ad_status st = AD_OK;
+  root->gacc = &reached;
+  for (size_t i = (size_t)root->tape_idx + 1; i-- > 0;) {
+    ad_node *n = ctx->tape[i];
+    if (n->gacc != &reached) continue;
+    n->gacc = NULL;
+    ad_node *const *src = ad_node_src(n);
+    for (int k = 0; st == AD_OK && k < n->nsrc; k++) {
+      if (src[k]->magic != AD_NODE_MAGIC)
+        st = ad_set_error(ctx, AD_ERR_STATE,
+                          "%s: input %d of %s was freed after the op was recorded; free "
+                          "tensors after the backward passes that use them",
+                          who, k, ctx->ops[n->op].name);
+      else if (src[k]->flags & AD_NF_RECORDED)
+        src[k]->gacc = &reached;
+    }
+  }
+  return st; /* after an error the loop still ran to the bottom, clearing marks */
 }
 
 /* Anomaly mode's check of the gradient g that the backward of def (node n)
@@ -597,12 +635,18 @@ static ad_status sweep(ad_ctx *ctx, ad_node *root, const ad_tensor *seed, bool c
       (root->epoch != ctx->epoch || root->tape_idx < 0 || (size_t)root->tape_idx >= ctx->tape_len ||
        ctx->tape[root->tape_idx] != root))
     return ad_set_error(ctx, AD_ERR_STATE, "%s: the root is from a tape that was reset", who);
+  if (ctx->deferred && (root->flags & AD_NF_RECORDED)) { /* a tensor used by this tape was freed */
+    ad_status st = freed_inputs(ctx, root, who);
+    if (st != AD_OK) return st;
+  }
   ad_tensor *g;
   if (seed) {
     if (ad_node_of(seed)->magic != AD_NODE_MAGIC)
       return ad_set_error(ctx, AD_ERR_ARG, "%s: seed is not a tensor (or was freed)", who);
     if (ad_node_of(seed)->ctx != ctx)
       return ad_set_error(ctx, AD_ERR_ARG, "%s: seed belongs to another context", who);
+    if (ad_node_of(seed)->epoch != ctx->epoch && !(ad_node_of(seed)->flags & AD_NF_PERSISTENT))
+      return ad_set_error(ctx, AD_ERR_STATE, "%s: seed is from a tape that was reset", who);
     if (!ad_same_shape(seed, &root->t))
       return ad_set_error(ctx, AD_ERR_SHAPE, "%s: seed shape %s does not match root %s", who,
                           ad_shape_str(seed, a, sizeof a), ad_shape_str(&root->t, b, sizeof b));
@@ -623,14 +667,15 @@ static ad_status sweep(ad_ctx *ctx, ad_node *root, const ad_tensor *seed, bool c
     return ad_set_error(ctx, AD_ERR_NAN, "%s: the seed has a non-finite value (%g at element %lld)",
                         who, shown(ad_tensor_get(g, first_nonfinite(g))),
                         (long long)first_nonfinite(g));
-  bool old = ctx->grad_enabled;
+  bool old = ctx->grad_enabled, anomaly = ctx->anomaly;
   ctx->grad_enabled = create_graph;
   ctx->anomaly_fwd = false; /* the gradients sent are checked instead */
+  ctx->sweeps++;
   /* ops' grad_into fast paths: only where the result goes to leaves' grad
    * fields; adding into an existing grad only while no hook would miss the
    * contribution (storing a new one leaves it in the grad for the hook);
    * either way the bits are those of the ordinary path */
-  bool into = direct && !create_graph && !ctx->anomaly, into_add = into && !ctx->hook;
+  bool into = direct && !create_graph && !anomaly, into_add = into && !ctx->hook;
   /* a failing op breaks the loop at once, so the count of recorded errors
    * is the same before every backward that runs */
   uint32_t nerrors = ctx->nerrors;
@@ -658,17 +703,6 @@ static ad_status sweep(ad_ctx *ctx, ad_node *root, const ad_tensor *seed, bool c
       gin[k] = NULL;
       needs[k] = (src[k]->flags & AD_NF_REQUIRES_GRAD) != 0;
       any |= needs[k];
-      if (src[k]->magic != AD_NODE_MAGIC) { /* a leaf freed after recording */
-        st = ad_set_error(ctx, AD_ERR_STATE,
-                          "%s: input %d of %s was freed after the op was recorded; free "
-                          "tensors after the backward passes that use them",
-                          who, k, def->name);
-        break;
-      }
-    }
-    if (st != AD_OK) {
-      clear_below(ctx, i);
-      break;
     }
     if (!any) continue;
     ad_call c = {.ctx = ctx,
@@ -705,7 +739,7 @@ static ad_status sweep(ad_ctx *ctx, ad_node *root, const ad_tensor *seed, bool c
         break;
       }
       gin[k] = gk;
-      if (ctx->anomaly && (st = anomaly_backward(ctx, def, n, k, gk)) != AD_OK) break;
+      if (anomaly && (st = anomaly_backward(ctx, def, n, k, gk)) != AD_OK) break;
       if ((st = accumulate(ctx, src[k], gk, direct)) != AD_OK) break;
     }
     if (st == AD_OK && ctx->hook) {
@@ -718,7 +752,7 @@ static ad_status sweep(ad_ctx *ctx, ad_node *root, const ad_tensor *seed, bool c
     if (st != AD_OK) clear_below(ctx, i);
   }
   ctx->grad_enabled = old;
-  ctx->anomaly_fwd = ctx->anomaly;
+  if (--ctx->sweeps == 0) ctx->anomaly_fwd = ctx->anomaly; /* outside every sweep again */
   return st;
 }
 
@@ -759,6 +793,8 @@ ad_status ad_grad(ad_ctx *ctx, ad_tensor *root, const ad_tensor *seed, int n,
       return ad_set_error(ctx, AD_ERR_ARG, "grad: input %d is not a tensor", i);
     if (in->ctx != ctx)
       return ad_set_error(ctx, AD_ERR_ARG, "grad: input %d belongs to another context", i);
+    if (in->epoch != ctx->epoch && !(in->flags & AD_NF_PERSISTENT))
+      return ad_set_error(ctx, AD_ERR_STATE, "grad: input %d is from a tape that was reset", i);
   }
   for (int i = 0; i < n; i++) ad_node_of(inputs[i])->flags |= AD_NF_KEEP;
   st = sweep(ctx, ad_node_of(root), seed, create_graph, false, "grad");

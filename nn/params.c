@@ -182,9 +182,10 @@ static ad_status list_add(nn_params *p, const char *fn, const char *name, ad_ten
   }
   /* the tensor takes the name, for messages and graph dumps: a layer's
    * "weight" becomes "0.weight" once a model lists it */
-  if (ad_tensor_set_name(t, name) != AD_OK) {
-    if (own) ad_tensor_free(t);
-    return AD_ERR_OOM;
+  ad_status named = ad_tensor_set_name(t, name);
+  if (named != AD_OK) {
+    if (own && named != AD_ERR_STATE) ad_tensor_free(t);
+    return named;
   }
   param_entry *e = NULL;
   char *copy = NULL;
@@ -363,6 +364,8 @@ void nn_fans(const ad_tensor *t, int64_t *fan_in, int64_t *fan_out) {
 ad_status nn_init_tensor(ad_ctx *ctx, ad_tensor *t, nn_init init, ad_rng *rng) {
   if (!ctx) return AD_ERR_NULL;
   if (!t) return nn_null_arg(ctx, "init", "tensor");
+  if (!ad_tensor_is_valid(t))
+    return ad_set_error(ctx, AD_ERR_STATE, "init: the tensor was freed (or is not one)");
   if (t->dtype != AD_F32 && t->dtype != AD_F64)
     return ad_set_error(ctx, AD_ERR_DTYPE, "init: tensor is %s; a float dtype is needed",
                         ad_dtype_name(t->dtype));

@@ -487,3 +487,98 @@ Test(anomaly, fast_paths_into_gradients_are_checked_too) {
   cr_assert_null(a->grad);
   ad_tensor_free(seed);
 }
+
+/* ------------------------------- freed tensors the current tape still uses */
+
+Test(misuse_core, a_view_of_a_freed_tensor_reads_kept_data) {
+  int64_t s[2] = {2, 3}, f[1] = {6};
+  const double v[6] = {1, 2, 3, 4, 5, 6};
+  ad_tensor *a = ad_from_data(ctx, AD_F64, 2, s, v);
+  ad_tensor *view = ad_reshape(ctx, a, 1, f); /* shares a's data */
+  cr_assert_not_null(view);
+  ad_tensor_free(a); /* the tape used a: its data stays until the reset */
+  ad_tensor *sum = ad_sum(ctx, view);
+  cr_assert_not_null(sum, "%s", ad_last_error(ctx));
+  cr_assert_float_eq(ad_tensor_item(sum), 21.0, 0);
+  cr_assert_null(ad_exp(ctx, a));
+  expect_error(AD_ERR_STATE, "exp: input 0 was freed", NULL);
+  ad_tape_reset(ctx); /* frees the kept data (the leak checks of ASan see it) */
+}
+
+Test(misuse_core, backward_through_a_view_of_a_freed_leaf_writes_nothing) {
+  int64_t s[2] = {2, 3}, f[1] = {6};
+  ad_tensor *p = leaf(AD_F64, 2, s, 1), *c = leaf(AD_F64, 1, f, 2);
+  ad_tensor *y = ad_sum(ctx, ad_mul(ctx, ad_reshape(ctx, p, 1, f), c));
+  cr_assert_not_null(y);
+  ad_tensor_free(p);
+  cr_assert_eq(ad_backward(ctx, y, NULL), AD_ERR_STATE);
+  expect_error(AD_ERR_STATE, "backward: input 0 of reshape was freed after the op was recorded",
+               NULL);
+  cr_assert_null(c->grad, "the pass failed before writing any gradient");
+}
+
+Test(misuse_core, a_failed_pass_leaves_no_partial_gradient) {
+  int64_t s[1] = {3};
+  ad_tensor *w = leaf(AD_F64, 1, s, 1), *x = leaf(AD_F64, 1, s, 2);
+  ad_tensor *v = leaf(AD_F64, 1, s, 5), *u = leaf(AD_F64, 1, s, 1);
+  ad_tensor *loss = ad_add(ctx, ad_sum(ctx, ad_mul(ctx, w, x)), ad_sum(ctx, ad_mul(ctx, v, u)));
+  ad_tensor_free(x);
+  cr_assert_eq(ad_backward(ctx, loss, NULL), AD_ERR_STATE);
+  expect_error(AD_ERR_STATE, "input 1 of mul was freed", NULL);
+  cr_assert_null(v->grad, "v's branch runs first in reverse order: nothing may reach it");
+  cr_assert_null(u->grad);
+  cr_assert_null(w->grad);
+  /* a pass that does not reach the freed tensor still runs */
+  ad_tensor *l2 = ad_sum(ctx, ad_mul(ctx, v, u));
+  cr_assert_eq(ad_backward(ctx, l2, NULL), AD_OK, "%s", ad_last_error(ctx));
+  cr_assert_float_eq(ad_tensor_get(v->grad, 0), 1.0, 0);
+}
+
+Test(misuse_core, a_header_the_tape_uses_is_not_reused_before_the_reset) {
+  int64_t s[1] = {2};
+  ad_tensor *p = leaf(AD_F64, 1, s, 1), *c = leaf(AD_F64, 1, s, 3);
+  ad_tensor *y = ad_sum(ctx, ad_mul(ctx, p, c));
+  ad_tensor_free(p);
+  ad_tensor *kept[300];
+  for (int i = 0; i < 300; i++) { /* many frees, then many live allocations */
+    ad_tensor_free(leaf(AD_F64, 1, s, 0));
+  }
+  for (int i = 0; i < 300; i++) {
+    kept[i] = leaf(AD_F64, 1, s, 0);
+    cr_assert_neq(kept[i], p, "a new tensor at the freed leaf's address while the tape uses it");
+  }
+  cr_assert_eq(ad_backward(ctx, y, NULL), AD_ERR_STATE);
+  expect_error(AD_ERR_STATE, "input 0 of mul was freed", NULL);
+  for (int i = 0; i < 300; i++) ad_tensor_free(kept[i]);
+}
+
+Test(misuse_core, freed_headers_are_reused_so_memory_stays_bounded) {
+  int64_t s[1] = {4};
+  ad_tensor *w = leaf(AD_F64, 1, s, 1);
+  size_t blocks = 0;
+  for (int step = 0; step < 2000; step++) {
+    ad_tensor *x = leaf(AD_F64, 1, s, step); /* made, used by the tape, freed */
+    cr_assert_eq(ad_backward(ctx, ad_sum(ctx, ad_mul(ctx, w, x)), NULL), AD_OK);
+    ad_tensor_free(x);
+    ad_tape_reset(ctx);
+    if (step == 200) blocks = ad_ctx_header_blocks(ctx);
+  }
+  cr_assert_eq(ad_ctx_header_blocks(ctx), blocks, "no slab after the quarantine fills: %zu vs %zu",
+               ad_ctx_header_blocks(ctx), blocks);
+  cr_assert_leq(blocks, 4, "%zu slabs of 32 headers", blocks);
+}
+
+Test(misuse_core, a_retained_roots_gradient_is_not_the_callers_seed) {
+  int64_t s[1] = {2};
+  ad_tensor *x = leaf(AD_F64, 1, s, 1);
+  ad_tensor *y = ad_mul_scalar(ctx, x, 2);
+  ad_tensor_retain_grad(y);
+  ad_tensor *seed = ad_full(ctx, AD_F64, 1, s, 3);
+  cr_assert_eq(ad_backward(ctx, y, seed), AD_OK);
+  cr_assert_neq(y->grad, seed);
+  ad_tensor_fill(seed, 5);
+  cr_assert_float_eq(ad_tensor_get(y->grad, 0), 3.0, 0, "the seed's later values do not show");
+  ad_tensor_free(seed);
+  cr_assert_eq(ad_backward(ctx, y, NULL), AD_ERR_SHAPE); /* a [2] root needs a seed */
+  ad_clear_error(ctx);
+}
