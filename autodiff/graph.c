@@ -5,10 +5,9 @@
  * introspection calls (ad_tensor_op, ad_tensor_inputs, ad_tensor_tape_index,
  * ad_tensor_generation, ad_tensor_attrs, ad_op_get) and backward is observed
  * through the backward hook. Nothing here runs an op or writes a tensor, so
- * a dump or a
- * trace cannot change a value or a gradient. Memory comes from the
- * context's allocator; inside the hook an allocation failure only loses a
- * record (reported by ad_graph_trace_end), never the context's error. */
+ * a dump or a trace cannot change a value or a gradient. Memory comes from
+ * the context's allocator; inside the hook an allocation failure only loses
+ * a record (reported by ad_graph_trace_end), never the context's error. */
 #include "ad_ext.h"
 
 #include <ctype.h>
