@@ -16,9 +16,11 @@
  * differences; then how the engine computes them: im2col and matrix
  * products, with the numbers.
  *
- *   conv_worked_example [--trace]
+ *   conv_worked_example [--trace] [--dot FILE]
  *
- * --trace prints the backward pass step by step (ad_graph_trace_begin).
+ * --trace prints the backward pass step by step (ad_graph_trace_begin);
+ * --dot writes the graph with its gradients (ad_graph_dot, backward view)
+ * as Graphviz DOT.
  * Exit status 0, 1 on an error or a difference, 2 for a usage error. */
 #include "ad.h"
 
@@ -58,11 +60,14 @@ static double max_diff(const double *a, const double *b, int n) {
 
 int main(int argc, char **argv) {
   bool trace = false;
+  const char *dot = NULL;
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--trace")) {
       trace = true;
+    } else if (!strcmp(argv[i], "--dot") && i + 1 < argc) {
+      dot = argv[++i];
     } else {
-      fprintf(stderr, "usage: conv_worked_example [--trace]\n");
+      fprintf(stderr, "usage: conv_worked_example [--trace] [--dot FILE]\n");
       return 2;
     }
   }
@@ -128,6 +133,16 @@ int main(int argc, char **argv) {
   ad_graph_trace_end(g);
   if (st != AD_OK) goto out;
   if (trace) printf("\n");
+  if (dot) { /* the picture with gradients, while the tape holds the graph */
+    FILE *f = fopen(dot, "w");
+    if (!f) {
+      fprintf(stderr, "conv_worked_example: cannot write %s\n", dot);
+      goto out;
+    }
+    st = ad_graph_dot(g, f, L, AD_DOT_BACKWARD);
+    if (fclose(f) != 0 && st == AD_OK) st = AD_ERR_IO;
+    if (st != AD_OK) goto out;
+  }
 
   printf("gradients from the tape\n");
   print_tensor("dL/dp", p->grad, HP, HP);

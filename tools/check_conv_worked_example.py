@@ -15,6 +15,9 @@ Runs the example (plain and with --trace) and reports TAP:
     products printed give y, dL/dw and (col2im) dL/dx of the reference;
   - the trace has the three backward steps, conv2d's attributes and its
     rule in words;
+  - --dot writes a graph whose conv node shows its attributes, and it
+    renders with `dot -Tsvg` with nothing on stderr (skipped, with a
+    message, when Graphviz's dot is not installed);
   - with --tutorial, every ```text block that follows a line
     `<!-- output of: conv_worked_example ARGS -->` is a run of consecutive
     lines of what `conv_worked_example ARGS` prints (spaces may differ,
@@ -36,6 +39,7 @@ y.grad, w.grad, x.grad. Only the standard library is used here.
 """
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -241,10 +245,29 @@ def main():
     check(any(l.strip().startswith("-> w       dL/dw += [[[[7, 2], [3, 9]]]]") for l in tl),
           "the trace sends dL/dw")
 
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "conv.dot")
+        r = subprocess.run([exe, "--dot", path], capture_output=True, text=True)
+        text = open(path, encoding="utf-8").read() if os.path.exists(path) else ""
+        check(r.returncode == 0 and "y = conv2d(x, w)\\lstride 1x1 pad 0,0,0,0 dil 1x1 groups 1"
+              in text, "--dot: the conv node shows its attributes", r.stderr + text)
+        dot = shutil.which("dot")
+        if not dot:
+            results.append((True, "--dot renders with dot -Tsvg",
+                            "# SKIP Graphviz 'dot' not found on PATH"))
+        else:
+            d = subprocess.run([dot, "-Tsvg", "-o", os.path.join(tmp, "out.svg"), path],
+                               capture_output=True, text=True)
+            check(d.returncode == 0 and d.stderr.strip() == "",
+                  "--dot renders with dot -Tsvg without warnings", d.stderr)
+
     print("TAP version 13")
     print(f"1..{len(results)}")
     failed = 0
     for i, (ok, name, detail) in enumerate(results, 1):
+        if detail.startswith("# SKIP"):
+            print(f"ok {i} - {name} {detail}")
+            continue
         print(f"{'ok' if ok else 'not ok'} {i} - {name}")
         if not ok:
             failed += 1
