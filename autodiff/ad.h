@@ -722,10 +722,15 @@ AD_API ad_status ad_graph_name(ad_graph *g, const ad_tensor *t, const char *name
  * For each op differentiated, g keeps its incoming gradient and the
  * gradients it sent (arena pointers, valid until ad_tape_reset) for
  * ad_graph_dot, and when f is not NULL writes to f, in the order backward
- * runs: the op and its output, the incoming gradient dL/dout, the op's
- * derivative rule from its definition (ad_op_def.inputs, .grads) with its variables
- * named, and for each input the gradient sent and, where it is exact to
- * show (elementwise ops, one-element outputs), the local derivative.
+ * runs: the op and its output, the op's attributes when it has any that
+ * say something ("attrs      stride 1x1 pad 0,0,0,0 dil 1x1 groups 1" for a
+ * conv2d, "kernel 2x2 stride 1x1 pad 0x0 dil 1x1" for a pooling), the
+ * incoming gradient dL/dout, the op's derivative rule from its definition
+ * (ad_op_def.inputs, .grads) with its variables named, for the built-in
+ * convolution and pooling ops the rule explained in words ("in words",
+ * e.g. conv2d's input gradient as a transposed convolution), and for each
+ * input the gradient sent and, where it is exact to show (elementwise ops,
+ * one-element outputs), the local derivative.
  * AD_ERR_STATE if g is already tracing. */
 AD_API ad_status ad_graph_trace_begin(ad_graph *g, FILE *f);
 
@@ -740,8 +745,10 @@ AD_API ad_status ad_graph_trace_end(ad_graph *g);
 
 /* Writes the graph that computed root as Graphviz DOT to f: one node per
  * op or leaf, in data-flow order (each leaf just before its first use),
- * labelled with its name, op and inputs, shape, dtype and value (in full up
- * to 16 elements, else the first values and min/max/mean) and, when known,
+ * labelled with its name, op and inputs, the op's attributes as in the
+ * trace (a conv2d's stride, padding, dilation and groups), shape, dtype
+ * and value (in full up to 16 elements, else the first values and
+ * min/max/mean) and, when known,
  * its gradient (the grad field, or what a traced pass sent it).
  * Parameters (leaves requiring a gradient) are blue boxes, inputs grey
  * notes, constants (unrecorded temporaries) dashed boxes, ops rounded

@@ -3,14 +3,16 @@
  *
  * A client of the extension API: the graph is read through the
  * introspection calls (ad_tensor_op, ad_tensor_inputs, ad_tensor_tape_index,
- * ad_tensor_generation, ad_op_get) and backward is observed through the
- * backward hook. Nothing here runs an op or writes a tensor, so a dump or a
- * trace cannot change a value or a gradient. Memory comes from the
- * context's allocator; inside the hook an allocation failure only loses a
- * record (reported by ad_graph_trace_end), never the context's error. */
+ * ad_tensor_generation, ad_tensor_attrs, ad_op_get) and backward is observed
+ * through the backward hook. Nothing here runs an op or writes a tensor, so
+ * a dump or a trace cannot change a value or a gradient. Memory comes from
+ * the context's allocator; inside the hook an allocation failure only loses
+ * a record (reported by ad_graph_trace_end), never the context's error. */
 #include "ad_ext.h"
 
 #include <ctype.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <string.h>
 
 /* Allocation through the context's allocator that records nothing on
@@ -383,6 +385,199 @@ static int local_mode(const ad_op_def *def, const ad_tensor *in, const ad_tensor
   return V_RATIO;
 }
 
+/* --------------------------------------------------------- attributes
+ * An op's attributes (ad_tensor_attrs), compactly, read through the member
+ * its definition names: "stride 1x1 pad 0,0,0,0 dil 1x1 groups 1" for a
+ * convolution, "kernel 2x2 stride 1x1 pad 0x0 dil 1x1" for a pooling.
+ * Settings at their neutral value that say nothing (a matmul without
+ * transposes, zeros of a user op) are left out. */
+
+/* A bounded text buffer: appends past the end are cut off. */
+typedef struct sbuf {
+  char s[192];
+  size_t n;
+} sbuf;
+
+static void sb_put(sbuf *b, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+
+static void sb_put(sbuf *b, const char *fmt, ...) {
+  if (b->n + 1 >= sizeof b->s) return;
+  va_list ap;
+  va_start(ap, fmt);
+  int k = vsnprintf(b->s + b->n, sizeof b->s - b->n, fmt, ap);
+  va_end(ap);
+  if (k > 0) b->n += (size_t)k < sizeof b->s - b->n ? (size_t)k : sizeof b->s - b->n - 1;
+}
+
+static void sb_pair(sbuf *b, const char *what, const int64_t *v) {
+  sb_put(b, " %s %lldx%lld", what, (long long)v[0], (long long)v[1]);
+}
+
+/* The attributes t's op was called with, into out (empty when there is
+ * nothing to show). */
+static void attrs_str(const ad_op_def *def, const ad_tensor *t, sbuf *out) {
+  static const char *const cmp[] = {"eq", "gt", "ge", "lt", "le"};
+  sbuf b = {.n = 0};
+  b.s[0] = 0;
+  out->n = 0;
+  out->s[0] = 0;
+  const ad_attrs *a = ad_tensor_attrs(t);
+  if (!def || !a) return;
+  switch (def->attrs) {
+  case AD_ATTRS_SCALAR:
+    sb_put(&b, " scalar %.6g", a->scalar);
+    break;
+  case AD_ATTRS_DTYPE:
+    sb_put(&b, " to %s", ad_dtype_name(a->dtype));
+    break;
+  case AD_ATTRS_CMP:
+    sb_put(&b, " %s", (unsigned)a->cmp < 5 ? cmp[a->cmp] : "?");
+    break;
+  case AD_ATTRS_AXIS:
+    sb_put(&b, " axis %d", a->axis);
+    break;
+  case AD_ATTRS_ROWS:
+    sb_put(&b, " rows %lld", (long long)a->rows);
+    break;
+  case AD_ATTRS_MATMUL:
+    if (a->matmul.trans_a) sb_put(&b, " A^T");
+    if (a->matmul.trans_b) sb_put(&b, " B^T");
+    break;
+  case AD_ATTRS_REDUCE:
+    sb_put(&b, " axes ");
+    if (!a->reduce.axes) sb_put(&b, "none");
+    for (int k = 0, first = 1; k < 32; k++)
+      if (a->reduce.axes >> k & 1u) sb_put(&b, "%s%d", first ? "" : ",", k), first = 0;
+    if (a->reduce.keepdim) sb_put(&b, " keepdim");
+    break;
+  case AD_ATTRS_NARROW:
+    sb_put(&b, " axis %d start %lld len %lld", a->narrow.axis, (long long)a->narrow.start,
+           (long long)a->narrow.len);
+    break;
+  case AD_ATTRS_PAD:
+    sb_put(&b, " axis %d before %lld after %lld", a->pad.axis, (long long)a->pad.before,
+           (long long)a->pad.after);
+    break;
+  case AD_ATTRS_SHAPE:
+    sb_put(&b, " shape [");
+    for (int k = 0; k < a->shape.ndim && k < AD_MAX_DIMS; k++)
+      sb_put(&b, "%s%lld", k ? "," : "", (long long)a->shape.dims[k]);
+    sb_put(&b, "]");
+    break;
+  case AD_ATTRS_PERMUTE:
+    sb_put(&b, " perm ");
+    for (int k = 0; k < a->permute.ndim && k < AD_MAX_DIMS; k++)
+      sb_put(&b, "%s%d", k ? "," : "", a->permute.perm[k]);
+    break;
+  case AD_ATTRS_CONV: {
+    const ad_conv_attrs *c = &a->conv;
+    sb_pair(&b, "stride", c->stride);
+    if (c->same)
+      sb_put(&b, " pad same");
+    else
+      sb_put(&b, " pad %lld,%lld,%lld,%lld", (long long)c->padding[0], (long long)c->padding[1],
+             (long long)c->padding[2], (long long)c->padding[3]);
+    sb_pair(&b, "dil", c->dilation);
+    sb_put(&b, " groups %lld", (long long)c->groups);
+    if (c->output_padding[0] || c->output_padding[1])
+      sb_pair(&b, "output_padding", c->output_padding);
+    if (c->kernel[0] || c->kernel[1]) sb_pair(&b, "kernel", c->kernel);
+    break;
+  }
+  case AD_ATTRS_POOL: {
+    const ad_pool_attrs *p = &a->pool;
+    sb_pair(&b, "kernel", p->kernel);
+    sb_pair(&b, "stride", p->stride);
+    sb_pair(&b, "pad", p->padding);
+    sb_pair(&b, "dil", p->dilation);
+    if (p->ceil_mode) sb_put(&b, " ceil_mode");
+    if (p->count_include_pad && !strncmp(def->name, "avg", 3)) /* max pooling ignores it */
+      sb_put(&b, " count_include_pad");
+    if (p->in_size[0] || p->in_size[1]) sb_pair(&b, "in_size", p->in_size);
+    break;
+  }
+  case AD_ATTRS_ATTENTION:
+    sb_put(&b, " scale %.6g%s", a->attention.scale, a->attention.causal ? " causal" : "");
+    break;
+  case AD_ATTRS_USER:
+    for (int k = 0; k < 6; k++)
+      if (a->user.i[k]) sb_put(&b, " i%d %lld", k, (long long)a->user.i[k]);
+    for (int k = 0; k < 4; k++)
+      if (a->user.f[k] != 0) sb_put(&b, " f%d %.6g", k, a->user.f[k]);
+    break;
+  default:
+    break;
+  }
+  if (b.n) sb_put(out, "%s", b.s + 1); /* without the leading space */
+}
+
+/* ------------------------------------------------------------ in words
+ * The local rule of the convolution and pooling ops explained for a
+ * student, one sentence per line, for the trace. The op table's grads
+ * strings say what is computed; these say why. Keyed by the built-in op's
+ * name; an op not listed (a user op) gets none. */
+
+typedef struct words {
+  const char *op;
+  const char *text[9]; /* lines; NULL ends */
+} words;
+
+static const words op_words[] = {
+    {"conv2d",
+     {"forward: the kernel w slides over x; each output pixel is the sum of w times the x",
+      "patch under it (a correlation: the kernel is not flipped).",
+      "dx: an x pixel lies in the windows of several output pixels and met a different weight",
+      "in each, so it collects the sum of dy times that weight: a transposed convolution (with",
+      "stride 1 and no padding, the full convolution of dy with the flipped kernel).",
+      "dw: w[o,c,u,v] met the pixel at offset (u,v) of every window, so it collects the sum of",
+      "that pixel times dy: the correlation of x with dy. db: b was added to every output",
+      "pixel of its channel, so it collects the sum of dy."}},
+    {"conv_transpose2d",
+     {"forward: each x pixel stamps a copy of the kernel, scaled by its value, into y (overlaps",
+      "add): the transpose of conv2d.",
+      "dx: the stamp of an x pixel covered one kernel-sized window of y, so it collects dy over",
+      "that window times w: an ordinary convolution (correlation) of dy with w.",
+      "dw: w[c,o,u,v] joined every x pixel to the y pixel at offset (u,v) of its stamp: the",
+      "correlation of dy with x. db: b was added to every output pixel, so it sums dy."}},
+    {"conv2d_weight",
+     {"forward: the weight gradient of a conv2d, the correlation of x with g (each weight sums",
+      "x pixel times g over every window).",
+      "it is linear in each input: dx spreads dy (kernel-shaped) back over the pixels through",
+      "g, a transposed convolution; dg correlates x with dy, a conv2d of x with dy as kernel."}},
+    {"max_pool2d",
+     {"forward: each window passes on only its largest element.",
+      "dx: so only that element (its argmax) changed the output: it gets the window's dy, the",
+      "others 0. On a tie the first maximum in row-major order wins (as PyTorch); an element",
+      "that is the maximum of several overlapping windows adds their dy."}},
+    {"max_pool2d_backward",
+     {"forward: routes each window's g to its argmax in x (overlapping windows add).",
+      "dg: the routing is linear in g: each window reads dy back at its argmax.",
+      "x only picks the positions, which do not move for a small change: no gradient."}},
+    {"max_pool2d_select",
+     {"forward: reads g at each window's argmax in x.",
+      "dg: the transpose: each window's dy goes back to its argmax (overlaps add).",
+      "x only picks the positions: no gradient."}},
+    {"avg_pool2d",
+     {"forward: each window passes on the mean of its elements.",
+      "dx: each element counts 1/divisor in the mean of every window that covers it, so it gets",
+      "dy / divisor from each of them."}},
+    {"avg_pool2d_backward",
+     {"forward: spreads each window's g evenly over it, g / divisor per element.",
+      "dg: linear, and its transpose averages dy over each window: an avg_pool2d."}},
+};
+
+static const words *words_of(const ad_op_def *def) {
+  if (!def || !def->name || (def->attrs != AD_ATTRS_CONV && def->attrs != AD_ATTRS_POOL))
+    return NULL;
+  for (size_t i = 0; i < sizeof op_words / sizeof *op_words; i++)
+    if (!strcmp(op_words[i].op, def->name)) return &op_words[i];
+  return NULL;
+}
+
 /* --------------------------------------------------------------- trace */
 
 static void trace_step(ad_graph *g, const ad_tensor *out, const ad_tensor *gout, int n,
@@ -405,6 +600,9 @@ static void trace_step(ad_graph *g, const ad_tensor *out, const ad_tensor *gout,
   for (int k = 0; k < nin; k++)
     fprintf(f, "%s%s", k ? ", " : "", tensor_name(g, in[k], ib, sizeof ib));
   fprintf(f, ")  %s %s\n", ad_shape_str(out, sb, sizeof sb), ad_dtype_name(out->dtype));
+  sbuf at;
+  attrs_str(def, out, &at);
+  if (at.n) fprintf(f, "  attrs      %s\n", at.s);
   fprintf(f, "  incoming   dL/d%s = ", oname);
   put_tensor(f, gout, TEXT);
   fputs("\n  rule       ", f);
@@ -419,6 +617,9 @@ static void trace_step(ad_graph *g, const ad_tensor *out, const ad_tensor *gout,
     }
     fputc('\n', f);
   }
+  const words *w = words_of(def);
+  for (int i = 0; w && i < 9 && w->text[i]; i++)
+    fprintf(f, "  %-10s %s\n", i ? "" : "in words", w->text[i]);
   for (int k = 0; k < nin; k++) {
     char iname[64];
     snprintf(iname, sizeof iname, "%s", tensor_name(g, in[k], ib, sizeof ib));
@@ -587,6 +788,12 @@ static void dot_node(FILE *f, ad_graph *g, const ad_tensor *t, int id, bool is_r
       put_esc(f, tensor_name(g, in[i], ib, sizeof ib));
     }
     fputc(')', f);
+    sbuf at;
+    attrs_str(def, t, &at);
+    if (at.n) {
+      fputs("\\l", f);
+      put_esc(f, at.s);
+    }
   } else if (name != kind_word[k]) { /* no graph: the name is the kind */
     fprintf(f, "  (%s)", kind_word[k]);
   }

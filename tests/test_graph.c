@@ -303,6 +303,95 @@ Test(graph, passes_and_ad_grad) {
   ad_tensor_free(x);
 }
 
+/* ------------------------------------------- attributes and words */
+
+/* A conv node shows its stride, padding, dilation and groups, a pooling
+ * its kernel, stride, padding and dilation, in the dump and the trace; the
+ * trace explains the local rules of conv2d and max_pool2d in words. */
+Test(graph, conv_pool_attributes_and_words) {
+  int64_t sx[4] = {1, 1, 4, 4}, sw[4] = {1, 1, 2, 2};
+  double xv[16], wv[4] = {1, -1, 0, 2};
+  for (int i = 0; i < 16; i++) xv[i] = (double)((i * 7) % 5);
+  ad_tensor *x = param(4, sx, xv), *w = param(4, sw, wv);
+  ad_graph *g = ad_graph_new(ctx);
+  OK(ad_graph_name(g, x, "x"));
+  OK(ad_graph_name(g, w, "w"));
+  ad_conv_opts co = {.stride = {2, 1}, .padding = {1, 1, 0, 0}, .dilation = {1, 1}};
+  ad_tensor *y = ad_conv2d(ctx, x, w, NULL, &co);
+  ad_pool2d_opts po = {.stride = {1, 1}};
+  ad_tensor *p = ad_max_pool2d(ctx, y, 2, 2, &po);
+  ad_tensor *L = ad_sum(ctx, p);
+  cr_assert_not_null(L, "%s", ad_last_error(ctx));
+  OK(ad_graph_name(g, y, "y"));
+  OK(ad_graph_name(g, p, "p"));
+  mem fw;
+  mem_open(&fw);
+  OK(ad_graph_dot(g, fw.f, L, 0));
+  char *dot = mem_close(&fw);
+  char *trace = trace_backward(g, L, NULL, NULL);
+  cr_assert(strstr(dot, "y = conv2d(x, w)\\lstride 2x1 pad 1,1,0,0 dil 1x1 groups 1\\l"), "%s",
+            dot);
+  cr_assert(strstr(dot, "p = max_pool2d(y)\\lkernel 2x2 stride 1x1 pad 0x0 dil 1x1\\l"), "%s", dot);
+  cr_assert(strstr(trace, "step 3: y = conv2d(x, w)  [1,1,3,3] f64\n"
+                          "  attrs      stride 2x1 pad 1,1,0,0 dil 1x1 groups 1\n"
+                          "  incoming   dL/dy = "),
+            "%s", trace);
+  cr_assert(strstr(trace, "  attrs      kernel 2x2 stride 1x1 pad 0x0 dil 1x1\n"), "%s", trace);
+  cr_assert(strstr(trace, "  in words   forward: the kernel w slides over x"), "%s", trace);
+  cr_assert(strstr(trace, "a transposed convolution"), "%s", trace);
+  cr_assert(strstr(trace, "the correlation of x with dy"), "%s", trace);
+  cr_assert(strstr(trace, "  in words   forward: each window passes on only its largest"), "%s",
+            trace);
+  cr_assert(strstr(trace, "first maximum in row-major order wins"), "%s", trace);
+  free(dot);
+  free(trace);
+  ad_graph_free(g);
+  ad_tape_reset(ctx);
+  ad_tensor_free(x);
+  ad_tensor_free(w);
+}
+
+/* The other conv ops explain themselves too; attributes that say nothing
+ * (a matmul without transposes) are not shown, set ones are; ops without
+ * attributes get no attrs line and no words. */
+Test(graph, attributes_only_where_they_say_something) {
+  int64_t sx[4] = {1, 1, 3, 3}, sw[4] = {1, 1, 2, 2}, s22[2] = {2, 2};
+  double xv[9] = {1, 2, 3, 4, 5, 6, 7, 8, 9}, wv[4] = {1, 0, -1, 2};
+  ad_tensor *x = param(4, sx, xv), *w = param(4, sw, wv), *A = param(2, s22, wv);
+  ad_graph *g = ad_graph_new(ctx);
+  ad_conv_opts co = {.output_padding = {0, 0}};
+  ad_tensor *t = ad_conv_transpose2d(ctx, x, w, NULL, &co); /* [1,1,4,4] */
+  ad_tensor *cw = ad_conv2d_weight(ctx, t, x, 2, 2, NULL);  /* 4x4 by a 3x3 dy: 2x2 */
+  ad_tensor *m1 = ad_matmul(ctx, A, A, false, false);
+  ad_tensor *m2 = ad_matmul(ctx, A, A, false, true);
+  ad_tensor *L = ad_add(ctx, ad_add(ctx, ad_sum(ctx, cw), ad_sum(ctx, m1)), ad_sum(ctx, m2));
+  cr_assert_not_null(L, "%s", ad_last_error(ctx));
+  OK(ad_graph_name(g, x, "x"));
+  OK(ad_graph_name(g, w, "w"));
+  OK(ad_graph_name(g, A, "A"));
+  OK(ad_graph_name(g, m1, "m1"));
+  OK(ad_graph_name(g, m2, "m2"));
+  char *trace = trace_backward(g, L, NULL, NULL);
+  cr_assert(strstr(trace, "conv_transpose2d(x, w)  [1,1,4,4] f64\n"
+                          "  attrs      stride 1x1 pad 0,0,0,0 dil 1x1 groups 1\n"),
+            "%s", trace);
+  cr_assert(strstr(trace, "  attrs      stride 1x1 pad 0,0,0,0 dil 1x1 groups 1 kernel 2x2\n"),
+            "%s", trace);
+  cr_assert(strstr(trace, "  in words   forward: each x pixel stamps a copy of the kernel"), "%s",
+            trace);
+  cr_assert(strstr(trace, "  in words   forward: the weight gradient of a conv2d"), "%s", trace);
+  cr_assert(strstr(trace, "m1 = matmul(A, A)  [2,2] f64\n  incoming"), "%s", trace);
+  cr_assert(strstr(trace, "m2 = matmul(A, A)  [2,2] f64\n  attrs      B^T\n"), "%s", trace);
+  const char *add = strstr(trace, "= add(");
+  cr_assert(add && !strncmp(strchr(add, '\n'), "\n  incoming", 11), "%s", trace);
+  free(trace);
+  ad_graph_free(g);
+  ad_tape_reset(ctx);
+  ad_tensor_free(x);
+  ad_tensor_free(w);
+  ad_tensor_free(A);
+}
+
 /* ------------------------------------------------------- names, resets */
 
 Test(graph, names_auto_removed_and_reset) {

@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""Redraws the pictures of docs/tutorial-chain-rule.md.
+"""Redraws the pictures of docs/tutorial-chain-rule.md and docs/tutorial-cnn.md.
 
-    render_docs_img.py WORKED_EXAMPLE_EXE DOT_EXE OUTDIR
+    render_docs_img.py WORKED_EXAMPLE_EXE DOT_EXE OUTDIR [CONV_WORKED_EXAMPLE_EXE]
 
 Runs the worked example with --dot-forward and --dot, keeps the DOT sources
-as OUTDIR/worked_example_{forward,backward}.dot and renders each with
-`dot -Tsvg` into the matching .svg. Run through `ninja -C build docs-img`
+as OUTDIR/worked_example_{forward,backward}.dot, and, when given, the conv
+example with --dot as OUTDIR/conv_worked_example_backward.dot; renders each
+with `dot -Tsvg` into the matching .svg. Run through `ninja -C build docs-img`
 (defined in docs/meson.build when Graphviz is found). Fails when dot prints
 anything on stderr.
 """
@@ -15,16 +16,21 @@ import sys
 
 
 def main():
-    if len(sys.argv) != 4:
+    if len(sys.argv) not in (4, 5):
         print(__doc__.strip(), file=sys.stderr)
         return 2
-    exe, dot, outdir = sys.argv[1:]
+    exe, dot, outdir = sys.argv[1:4]
     os.makedirs(outdir, exist_ok=True)
     fwd = os.path.join(outdir, "worked_example_forward.dot")
     back = os.path.join(outdir, "worked_example_backward.dot")
     subprocess.run([exe, "--dot-forward", fwd, "--dot", back], check=True,
                    stdout=subprocess.DEVNULL)
-    for src in (fwd, back):
+    sources = [fwd, back]
+    if len(sys.argv) == 5:
+        conv = os.path.join(outdir, "conv_worked_example_backward.dot")
+        subprocess.run([sys.argv[4], "--dot", conv], check=True, stdout=subprocess.DEVNULL)
+        sources.append(conv)
+    for src in sources:
         svg = src[:-4] + ".svg"
         r = subprocess.run([dot, "-Tsvg", "-o", svg, src], capture_output=True, text=True)
         if r.returncode != 0 or r.stderr.strip():
