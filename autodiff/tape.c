@@ -610,7 +610,7 @@ static ad_status anomaly_backward(ad_ctx *ctx, const ad_op_def *def, const ad_no
   if (at < 0) return AD_OK;
   ad_node *const *src = ad_node_src(n);
   ad_tensor *in[AD_MAX_SRC];
-  for (int j = 0; j < n->nsrc; j++) in[j] = &src[j]->t;
+  for (int j = 0; j < n->nsrc; j++) in[j] = caller_input(src[j]); /* with their names */
   char call[400], d[160];
   return ad_set_error(ctx, AD_ERR_NAN,
                       "backward of %s (forward: %s) sent a non-finite gradient (%g at element "
