@@ -44,6 +44,9 @@ import subprocess
 import sys
 import tempfile
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from tutorial_blocks import NUM, TOL, check_blocks  # noqa: E402
+
 X = [1.0, 2.0, 0.0, 1.0, 0.0, 1.0, 3.0, 1.0, 1.0, 1.0, 0.0, 2.0, 1.0, 0.0, 0.0, 1.0]
 W = [1.0, -1.0, 0.0, 2.0]
 REF = {
@@ -56,8 +59,6 @@ REF = {
     "dL/dx": [0.0, 2.0, -2.0, 0.0, 1.0, -1.0, 5.0, -1.0, 0.0, 2.0, 0.0, 2.0,
               0.0, 0.0, 0.0, 0.0],
 }
-TOL = 1e-9
-NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 NUMS_LINE = re.compile(r"^\s*(?:" + NUM + r"\s*)+$")
 
 results = []
@@ -102,58 +103,6 @@ def labelled_rows(lines, head):
     return None
 
 
-def tokens(line):
-    """The words of line with each number replaced by its value."""
-    out = []
-    for w in re.split(r"(" + NUM + r")", line):
-        if re.fullmatch(NUM, w):
-            out.append(float(w))
-        else:
-            out += w.split()
-    return out
-
-
-def same_line(shown, printed):
-    a, b = tokens(shown), tokens(printed)
-    if len(a) != len(b):
-        return False
-    for x, y in zip(a, b):
-        if isinstance(x, float) != isinstance(y, float):
-            return False
-        if isinstance(x, float) and abs(x - y) > TOL:
-            return False
-        if not isinstance(x, float) and x != y:
-            return False
-    return True
-
-
-def check_tutorial(exe, path):
-    text = open(path, encoding="utf-8").read().split("\n")
-    found = 0
-    for i, line in enumerate(text):
-        m = re.match(r"^<!-- output of: conv_worked_example(.*?)-->\s*$", line)
-        if not m:
-            continue
-        found += 1
-        args = m.group(1).split()
-        j = i + 1
-        while j < len(text) and not text[j].startswith("```"):
-            j += 1
-        k = j + 1
-        while k < len(text) and not text[k].startswith("```"):
-            k += 1
-        shown = text[j + 1:k]
-        out = subprocess.run([exe] + args, capture_output=True, text=True).stdout.split("\n")
-        ok = text[j].strip() == "```text" and any(
-            all(same_line(s, out[p + n]) for n, s in enumerate(shown))
-            for p in range(len(out) - len(shown) + 1))
-        where = f"{os.path.basename(path)}:{i + 1}"
-        check(ok and shown,
-              f"{where}: the block is what 'conv_worked_example {' '.join(args)}' prints",
-              "block:\n" + "\n".join(shown) + "\nprogram printed:\n" + "\n".join(out))
-    check(found > 0, f"{os.path.basename(path)} shows the program's output")
-
-
 def im2col():
     """col[(u,v)][(i,j)] = x[i+u, j+v], built here from X."""
     return [[X[(i + u) * 4 + j + v] for i in range(3) for j in range(3)]
@@ -171,7 +120,7 @@ def main():
         return 2
     exe = argv[0]
     if tutorial:
-        check_tutorial(exe, tutorial)
+        check_blocks(exe, tutorial, "conv_worked_example", check)
 
     run = subprocess.run([exe], capture_output=True, text=True)
     check(run.returncode == 0, "conv_worked_example exits 0", run.stderr)

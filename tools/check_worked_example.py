@@ -33,6 +33,9 @@ import subprocess
 import sys
 import tempfile
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from tutorial_blocks import NUM, TOL, check_blocks  # noqa: E402
+
 REF = {
     "L": [0.00871510501094903],
     "dL/dW1": [-0.0025308369533985947, -0.0050616739067971895,
@@ -58,8 +61,6 @@ AFTER_SGD = {
     "b2": [0.40158030175277],
 }
 L_AFTER = 0.008637348160408722
-TOL = 1e-9
-NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 
 results = []
 
@@ -86,58 +87,6 @@ def close(got, want):
     return len(got) == len(want) and all(abs(float(g) - w) <= TOL for g, w in zip(got, want))
 
 
-def tokens(line):
-    """The words of line with each number replaced by its value."""
-    out = []
-    for w in re.split(r"(" + NUM + r")", line):
-        if re.fullmatch(NUM, w):
-            out.append(float(w))
-        else:
-            out += w.split()
-    return out
-
-
-def same_line(shown, printed):
-    a, b = tokens(shown), tokens(printed)
-    if len(a) != len(b):
-        return False
-    for x, y in zip(a, b):
-        if isinstance(x, float) != isinstance(y, float):
-            return False
-        if isinstance(x, float) and abs(x - y) > TOL:
-            return False
-        if not isinstance(x, float) and x != y:
-            return False
-    return True
-
-
-def check_tutorial(exe, path):
-    text = open(path, encoding="utf-8").read().split("\n")
-    found = 0
-    for i, line in enumerate(text):
-        m = re.match(r"^<!-- output of: worked_example(.*?)-->\s*$", line)
-        if not m:
-            continue
-        found += 1
-        args = m.group(1).split()
-        j = i + 1
-        while j < len(text) and not text[j].startswith("```"):
-            j += 1
-        k = j + 1
-        while k < len(text) and not text[k].startswith("```"):
-            k += 1
-        shown = text[j + 1:k]
-        with tempfile.TemporaryDirectory() as tmp:
-            args = [a.replace("FILE", os.path.join(tmp, "f.dot")) for a in args]
-            out = subprocess.run([exe] + args, capture_output=True, text=True).stdout.split("\n")
-        ok = any(all(same_line(s, out[p + n]) for n, s in enumerate(shown))
-                 for p in range(len(out) - len(shown) + 1))
-        where = f"{os.path.basename(path)}:{i + 1}"
-        check(ok and shown, f"{where}: the block is what 'worked_example {' '.join(args)}' prints",
-              "block:\n" + "\n".join(shown) + "\nprogram printed:\n" + "\n".join(out))
-    check(found > 0, f"{os.path.basename(path)} shows the program's output")
-
-
 def main():
     argv = sys.argv[1:]
     tutorial = None
@@ -150,7 +99,7 @@ def main():
         return 2
     exe = argv[0]
     if tutorial:
-        check_tutorial(exe, tutorial)
+        check_blocks(exe, tutorial, "worked_example", check)
     with tempfile.TemporaryDirectory() as tmp:
         dot_path = os.path.join(tmp, "worked.dot")
         fwd_path = os.path.join(tmp, "worked_forward.dot")
