@@ -81,19 +81,9 @@ static void swap_elems(unsigned char *p, size_t nbytes, size_t esize) {
     }
 }
 
-/* I64 storage (nn_store): element i of t as a double, the int64 read from
- * 8 little-endian bytes, and the range each engine dtype holds exactly. */
-static double elem_get(const ad_tensor *t, int64_t i) {
-  switch (t->dtype) {
-  case AD_F32:
-    return ((const float *)t->data)[i];
-  case AD_F64:
-    return ((const double *)t->data)[i];
-  default:
-    return ((const int32_t *)t->data)[i];
-  }
-}
-
+/* I64 storage (nn_store): the int64 read from 8 little-endian bytes, and
+ * the range each engine dtype holds exactly (elements are read and written
+ * as doubles through ad_tensor_get / ad_tensor_set). */
 static int64_t le_i64(const unsigned char *p) {
   uint64_t u = 0;
   for (int k = 7; k >= 0; k--) u = u << 8 | p[k];
@@ -1159,7 +1149,7 @@ static bool write_i64(FILE *f, const ad_tensor *t) {
   unsigned char chunk[4096];
   size_t m = 0;
   for (int64_t k = 0; k < t->size; k++) {
-    uint64_t u = (uint64_t)(int64_t)elem_get(t, k);
+    uint64_t u = (uint64_t)(int64_t)ad_tensor_get(t, k);
     for (int b = 0; b < 8; b++) chunk[m++] = (unsigned char)(u >> (8 * b));
     if (m == sizeof chunk || k + 1 == t->size) {
       if (fwrite(chunk, 1, m, f) != m) return false;
@@ -1188,7 +1178,7 @@ ad_status nn_checkpoint_save_as(ad_ctx *ctx, const char *path, int n, const char
   if (st) return st;
   for (int i = 0; i < n; i++) /* values stored as I64 must be whole numbers in range */
     for (int64_t k = 0; store_i64(stores, i) && k < tensors[i]->size; k++) {
-      double v = elem_get(tensors[i], k);
+      double v = ad_tensor_get(tensors[i], k);
       if (!(v == trunc(v) && v >= -0x1p63 && v < 0x1p63))
         return ad_set_error(ctx, AD_ERR_ARG,
                             "checkpoint %s: tensor '%s' element %lld = %g cannot be stored as "
