@@ -156,7 +156,7 @@ static ad_status pool_expect(const ad_call *c, const ad_tensor *t, const char *w
         for (int t = 0; t < K; t++)                                                                \
           for (int u = t ? 0 : 1; u < K; u++) {                                                    \
             const T v = r[t * iw + ox * K + u];                                                    \
-            best = (v > best) | (v != v) ? v : best;                                               \
+            best = ((v > best) | (v != v)) ? v : best;                                             \
           }                                                                                        \
         Y[ox] = best;                                                                              \
       }                                                                                            \

@@ -2,7 +2,8 @@
  * values (tests/fixtures/ops.txt) and the registry's gradient checks: bad
  * input and its messages, NaN, ties, -inf windows, PyTorch's divisor and
  * ceil_mode rules on hand-computed values, the defaults of the options, 3-D
- * input, second derivatives through composites, and threads. */
+ * input, second derivatives through composites, threads, and the K x K,
+ * stride K fast path against a reference, bit for bit. */
 #include "test_alloc.h"
 
 #include <math.h>
