@@ -137,6 +137,169 @@ static ad_status pool_expect(const ad_call *c, const ad_tensor *t, const char *w
  * live on the stack. */
 #define POOL_BLOCK 128
 
+/* The fast path: a K x K window with stride K, no padding, no dilation and
+ * every window inside the input (the CNN's 2x2 or 3x3 pooling). Window ox
+ * of output row oy is the K x K block at (K oy, K ox); its taps are read in
+ * row-major order with the general kernel's rule (take a tap above the
+ * best so far, or a NaN), as straight-line selects over a row of windows
+ * that the compiler vectorises. The argmax is the same, hence every result
+ * bit: the value is x at the argmax, the scatter writes 0 + dy there (the
+ * windows do not overlap, so each input element gets at most one window's
+ * dy) and 0 elsewhere, the select reads g there. */
+#define POOL_FAST_KERNELS(T, SUF, K)                                                               \
+  static void max_fast##K##_##SUF(const pool_geom *g, const T *restrict X, T *restrict Y) {        \
+    const int64_t iw = g->iw, ow = g->ow;                                                          \
+    for (int64_t oy = 0; oy < g->oh; oy++, Y += ow) {                                              \
+      const T *restrict r = X + oy * K * iw;                                                       \
+      for (int64_t ox = 0; ox < ow; ox++) {                                                        \
+        T best = r[ox * K];                                                                        \
+        for (int t = 0; t < K; t++)                                                                \
+          for (int u = t ? 0 : 1; u < K; u++) {                                                    \
+            const T v = r[t * iw + ox * K + u];                                                    \
+            best = ((v > best) | (v != v)) ? v : best;                                             \
+          }                                                                                        \
+        Y[ox] = best;                                                                              \
+      }                                                                                            \
+    }                                                                                              \
+  }
+
+/* The scatter and the select, in two passes over a block of windows: the
+ * argmax (the tap's index in the window), then the stores (or loads) as bit
+ * masks, so that both vectorise. I is an integer type as wide as T. f32
+ * only: with f64 gcc keeps the argmax pass scalar, with branches, slower
+ * than the general kernels (measured). */
+#define POOL_FAST_GRAD_KERNELS(T, I, SUF, K)                                                       \
+  static void scatter_fast##K##_##SUF(const pool_geom *g, const T *restrict DY,                    \
+                                      const T *restrict X, T *restrict Y) {                        \
+    const int64_t iw = g->iw, ow = g->ow, cw = ow * K;                                             \
+    I arg[POOL_BLOCK], bits[POOL_BLOCK];                                                           \
+    for (int64_t oy = 0; oy < g->oh; oy++, DY += ow) {                                             \
+      const T *restrict r = X + oy * K * iw;                                                       \
+      T *restrict y = Y + oy * K * iw;                                                             \
+      for (int64_t o0 = 0; o0 < ow; o0 += POOL_BLOCK) {                                            \
+        const int64_t n = ow - o0 < POOL_BLOCK ? ow - o0 : POOL_BLOCK;                             \
+        const T *restrict rb = r + o0 * K;                                                         \
+        for (int64_t k = 0; k < n; k++) {                                                          \
+          T best = rb[k * K];                                                                      \
+          I a = 0;                                                                                 \
+          for (int t = 0; t < K; t++)                                                              \
+            for (int u = t ? 0 : 1; u < K; u++) {                                                  \
+              const T v = rb[t * iw + k * K + u];                                                  \
+              const bool take = (v > best) | (v != v);                                             \
+              best = take ? v : best;                                                              \
+              a = take ? (I)(t * K + u) : a;                                                       \
+            }                                                                                      \
+          arg[k] = a;                                                                              \
+        }                                                                                          \
+        /* 0 + dy (the scatter's sum), as bits: the stores below are masks */                      \
+        for (int64_t k = 0; k < n; k++) {                                                          \
+          const T v = (T)0 + DY[o0 + k];                                                           \
+          memcpy(&bits[k], &v, sizeof v);                                                          \
+        }                                                                                          \
+        for (int t = 0; t < K; t++) {                                                              \
+          T *restrict yr = y + t * iw + o0 * K;                                                    \
+          for (int64_t k = 0; k < n; k++) _Pragma("GCC unroll 3") for (int u = 0; u < K; u++) {    \
+              const I m = bits[k] & -(I)(arg[k] == (I)(t * K + u));                                \
+              T v;                                                                                 \
+              memcpy(&v, &m, sizeof v);                                                            \
+              yr[k * K + u] = v;                                                                   \
+            }                                                                                      \
+        }                                                                                          \
+      }                                                                                            \
+      /* the columns no window covers */                                                           \
+      if (cw < iw)                                                                                 \
+        for (int t = 0; t < K; t++) memset(y + t * iw + cw, 0, sizeof(T) * (size_t)(iw - cw));     \
+    }                                                                                              \
+    /* the rows no window covers */                                                                \
+    const int64_t ch = g->oh * K;                                                                  \
+    memset(Y + ch * iw, 0, sizeof(T) * (size_t)((g->ih - ch) * iw));                               \
+  }                                                                                                \
+  static void select_fast##K##_##SUF(const pool_geom *g, const T *restrict G, const T *restrict X, \
+                                     T *restrict Y) {                                              \
+    const int64_t iw = g->iw, ow = g->ow;                                                          \
+    I arg[POOL_BLOCK];                                                                             \
+    for (int64_t oy = 0; oy < g->oh; oy++, Y += ow) {                                              \
+      const T *restrict r = X + oy * K * iw, *restrict q = G + oy * K * iw;                        \
+      for (int64_t o0 = 0; o0 < ow; o0 += POOL_BLOCK) {                                            \
+        const int64_t n = ow - o0 < POOL_BLOCK ? ow - o0 : POOL_BLOCK;                             \
+        const T *restrict rb = r + o0 * K, *restrict qb = q + o0 * K;                              \
+        for (int64_t k = 0; k < n; k++) {                                                          \
+          T best = rb[k * K];                                                                      \
+          I a = 0;                                                                                 \
+          for (int t = 0; t < K; t++)                                                              \
+            for (int u = t ? 0 : 1; u < K; u++) {                                                  \
+              const T v = rb[t * iw + k * K + u];                                                  \
+              const bool take = (v > best) | (v != v);                                             \
+              best = take ? v : best;                                                              \
+              a = take ? (I)(t * K + u) : a;                                                       \
+            }                                                                                      \
+          arg[k] = a;                                                                              \
+        }                                                                                          \
+        /* g at the argmax, as the OR of g's bits masked by tap == argmax */                       \
+        for (int64_t k = 0; k < n; k++) {                                                          \
+          I acc = 0;                                                                               \
+          for (int t = 0; t < K; t++) _Pragma("GCC unroll 3") for (int u = 0; u < K; u++) {        \
+              I b;                                                                                 \
+              memcpy(&b, &qb[t * iw + k * K + u], sizeof b);                                       \
+              acc |= b & -(I)(arg[k] == (I)(t * K + u));                                           \
+            }                                                                                      \
+          memcpy(&Y[o0 + k], &acc, sizeof acc);                                                    \
+        }                                                                                          \
+      }                                                                                            \
+    }                                                                                              \
+  }
+
+POOL_FAST_KERNELS(float, f32, 2)
+POOL_FAST_KERNELS(float, f32, 3)
+POOL_FAST_KERNELS(double, f64, 2)
+POOL_FAST_KERNELS(double, f64, 3)
+POOL_FAST_GRAD_KERNELS(float, int32_t, f32, 2)
+POOL_FAST_GRAD_KERNELS(float, int32_t, f32, 3)
+
+/* K if g is a K x K pooling the fast path takes (K = 2 or 3), else 0 */
+static int pool_fast(const pool_geom *g) {
+  const int64_t k = g->kh;
+  if ((k != 2 && k != 3) || g->kw != k || g->sh != k || g->sw != k || g->ph || g->pw ||
+      g->dh != 1 || g->dw != 1 || g->ceil_mode || g->oh < 1 || g->ow < 1)
+    return 0;
+  /* without ceil_mode and padding every window is inside the input */
+  return (int)k;
+}
+
+/* The fast scatter and select of g's pooling, if there is one: true when
+ * done. */
+static bool scatter_fast_f32(const pool_geom *g, const void *dy, const void *x, void *out) {
+  switch (pool_fast(g)) {
+  case 2:
+    scatter_fast2_f32(g, dy, x, out);
+    return true;
+  case 3:
+    scatter_fast3_f32(g, dy, x, out);
+    return true;
+  }
+  return false;
+}
+static bool select_fast_f32(const pool_geom *g, const void *gx, const void *x, void *out) {
+  switch (pool_fast(g)) {
+  case 2:
+    select_fast2_f32(g, gx, x, out);
+    return true;
+  case 3:
+    select_fast3_f32(g, gx, x, out);
+    return true;
+  }
+  return false;
+}
+/* f64 has none (above) */
+static bool scatter_fast_f64(const pool_geom *g, const void *dy, const void *x, void *out) {
+  (void)g, (void)dy, (void)x, (void)out;
+  return false;
+}
+static bool select_fast_f64(const pool_geom *g, const void *gx, const void *x, void *out) {
+  (void)g, (void)gx, (void)x, (void)out;
+  return false;
+}
+
 /* The kernels, one plane at a time. The argmax of a window is the first
  * maximum in row-major window order, or the last NaN if it holds any, as
  * in PyTorch's CPU kernel (its value is the window's maximum, NaN if it
@@ -180,6 +343,14 @@ static ad_status pool_expect(const ad_call *c, const ad_tensor *t, const char *w
   /* y = x at the argmax */                                                                        \
   static void max_plane_##SUF(const pool_geom *g, const void *a, const void *b, void *out) {       \
     (void)b;                                                                                       \
+    switch (pool_fast(g)) {                                                                        \
+    case 2:                                                                                        \
+      max_fast2_##SUF(g, a, out);                                                                  \
+      return;                                                                                      \
+    case 3:                                                                                        \
+      max_fast3_##SUF(g, a, out);                                                                  \
+      return;                                                                                      \
+    }                                                                                              \
     int64_t arg[POOL_BLOCK];                                                                       \
     T *Y = out;                                                                                    \
     for (int64_t oy = 0; oy < g->oh; oy++)                                                         \
@@ -190,6 +361,7 @@ static ad_status pool_expect(const ad_call *c, const ad_tensor *t, const char *w
   }                                                                                                \
   /* y = zeros like x; y[argmax] += dy, window by window */                                        \
   static void scatter_plane_##SUF(const pool_geom *g, const void *a, const void *b, void *out) {   \
+    if (scatter_fast_##SUF(g, a, b, out)) return;                                                  \
     const T *DY = a;                                                                               \
     T *Y = out, best[POOL_BLOCK];                                                                  \
     int64_t arg[POOL_BLOCK];                                                                       \
@@ -205,6 +377,7 @@ static ad_status pool_expect(const ad_call *c, const ad_tensor *t, const char *w
   }                                                                                                \
   /* y = gx at the argmax of x */                                                                  \
   static void select_plane_##SUF(const pool_geom *g, const void *a, const void *b, void *out) {    \
+    if (select_fast_##SUF(g, a, b, out)) return;                                                   \
     const T *G = a;                                                                                \
     T *Y = out, best[POOL_BLOCK];                                                                  \
     int64_t arg[POOL_BLOCK];                                                                       \

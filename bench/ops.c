@@ -20,6 +20,10 @@
  *            ad_conv_transpose2d (conv2d's input gradient), dW =
  *            ad_conv2d_weight (its weight gradient), each 2 N O Ho Wo C kh kw
  *            flops; and a 1x1 convolution.
+ *   pool     ms per call of max_pool2d 2x2 (stride 2) on the CNN's
+ *            [64,32,24,24] activations: fwd = ad_max_pool2d, fwd+bwd = the
+ *            same and ad_backward with a given dy (the gradient scatter of
+ *            max_pool2d_backward), and GB/s of x read.
  *
  * First it prints the core's sgemm peak (bench/peak.h: a 1024^3 f32 product
  * on one thread, the best kernel available), and each matmul row gives the
@@ -621,6 +625,59 @@ static void bench_conv(ad_ctx *ctx, ad_rng *rng) {
   }
 }
 
+/* ---------------------------------------------------------------- pooling */
+
+typedef struct pool_case {
+  ad_ctx *ctx;
+  ad_tensor *x, *dy;
+  bool backward;
+} pool_case;
+
+static void run_pool(void *ud) {
+  pool_case *q = ud;
+  ad_tensor *y = ad_max_pool2d(q->ctx, q->x, 2, 2, NULL);
+  check_ctx(q->ctx, y, "max_pool2d");
+  if (q->backward) {
+    check_ctx(q->ctx, ad_backward(q->ctx, y, q->dy) == AD_OK ? y : NULL, "backward");
+    ad_tensor_zero_grad(q->x);
+  }
+  ad_tape_reset(q->ctx);
+}
+
+static void bench_pool(ad_ctx *ctx, ad_rng *rng) {
+  static const char *const kinds[2] = {"fwd", "fwd+bwd"};
+  bool header = false;
+  for (int d = 0; d < 2; d++) {
+    ad_dtype dt = d == 0 ? AD_F32 : AD_F64;
+    if ((dt == AD_F32 && !opt.f32) || (dt == AD_F64 && !opt.f64)) continue;
+    for (int kind = 0; kind < 2; kind++) {
+      char name[80];
+      snprintf(name, sizeof name, "pool/%s/max2x2.%s", ad_dtype_name(dt), kinds[kind]);
+      if (!selected(name)) continue;
+      if (!header) {
+        printf("\n# max_pool2d 2x2 stride 2 on the MNIST CNN's activations: ms per call, GB/s of "
+               "x read\n");
+        printf("%-26s %-22s %9s %9s\n", "name", "x", "ms", "GB/s");
+        header = true;
+      }
+      int64_t xs[4] = {64, 32, 24, 24}, ys[4] = {64, 32, 12, 12};
+      pool_case q = {ctx, ad_rand(ctx, rng, dt, 4, xs, -1, 1), ad_rand(ctx, rng, dt, 4, ys, -1, 1),
+                     kind == 1};
+      check_ctx(ctx, q.x && q.dy ? q.x : NULL, "rand");
+      if (q.backward) ad_tensor_set_requires_grad(q.x, true);
+      bench_fn fn[1] = {run_pool};
+      void *ud[1] = {&q};
+      double sec;
+      time_calls(1, fn, ud, &sec);
+      printf("%-26s %-22s %9.3f %9.2f\n", name, "64x32x24x24", sec * 1e3,
+             (double)q.x->size * (dt == AD_F64 ? 8.0 : 4.0) / sec * 1e-9);
+      fflush(stdout);
+      ad_tensor_free(q.x);
+      ad_tensor_free(q.dy);
+    }
+  }
+}
+
 /* ----------------------------------------------------------------- main */
 
 static long parse_long(const char *s, const char *flag, long lo, long hi) {
@@ -678,6 +735,7 @@ int main(int argc, char **argv) {
   bench_softmax_ce(ctx, &rng);
   bench_nn(ctx, &rng);
   bench_conv(ctx, &rng);
+  bench_pool(ctx, &rng);
   if (!rows_selected)
     fprintf(stderr, "ops: no row matches --filter %s (f64 rows need --dtype f64 or all)\n",
             opt.filter);

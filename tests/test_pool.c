@@ -2,7 +2,8 @@
  * values (tests/fixtures/ops.txt) and the registry's gradient checks: bad
  * input and its messages, NaN, ties, -inf windows, PyTorch's divisor and
  * ceil_mode rules on hand-computed values, the defaults of the options, 3-D
- * input, second derivatives through composites, and threads. */
+ * input, second derivatives through composites, threads, and the K x K,
+ * stride K fast path against a reference, bit for bit. */
 #include "test_alloc.h"
 
 #include <math.h>
@@ -384,4 +385,119 @@ Test(pool, threads_give_the_same_bits) {
     }
   }
   cr_assert_eq(ad_set_num_threads(1), AD_OK);
+}
+
+/* ------------------------------------------- the K x K, stride K fast path */
+
+/* Fills t (f32 or f64) with values from a small set, so that windows hold
+ * ties, signed zeros, infinities and NaNs of different payloads. */
+static void fill_tricky(ad_tensor *t, ad_rng *rng) {
+  for (int64_t i = 0; i < t->size; i++) {
+    int r = (int)(ad_rng_uniform(rng) * 16);
+    double v = r < 4    ? 1
+               : r < 6  ? 0
+               : r < 8  ? -0.0
+               : r < 10 ? 2
+               : r < 11 ? -INFINITY
+               : r < 12 ? INFINITY
+               : r < 14 ? -1
+                        : NAN;
+    if (t->dtype == AD_F32) {
+      float f = (float)v;
+      if (r == 15) { /* a second NaN payload, to tell the last NaN from the first */
+        uint32_t b = 0x7fc00001u + (uint32_t)i;
+        memcpy(&f, &b, sizeof f);
+      }
+      ((float *)t->data)[i] = f;
+    } else {
+      if (r == 15) {
+        uint64_t b = 0x7ff8000000000001u + (uint64_t)i;
+        memcpy(&v, &b, sizeof v);
+      }
+      ((double *)t->data)[i] = v;
+    }
+  }
+}
+
+/* The argmax (flat index into the plane) of window (oy, ox) of a k x k,
+ * stride k pooling: the first maximum in row-major order, or the last NaN. */
+static int64_t ref_argmax(const ad_tensor *x, int64_t base, int64_t iw, int64_t k, int64_t oy,
+                          int64_t ox) {
+  int64_t arg = -1;
+  double best = 0;
+  for (int64_t t = 0; t < k; t++)
+    for (int64_t u = 0; u < k; u++) {
+      int64_t i = (oy * k + t) * iw + ox * k + u;
+      double v = ad_tensor_get(x, base + i);
+      if (arg < 0 || v > best || isnan(v)) arg = i, best = v;
+    }
+  return arg;
+}
+
+static void expect_bits(const ad_tensor *got, const ad_tensor *want, const char *what) {
+  cr_assert_not_null(got, "%s: %s", what, ad_last_error(ctx));
+  cr_assert_eq(got->size, want->size, "%s: size", what);
+  size_t es = ad_dtype_size(got->dtype);
+  for (int64_t i = 0; i < got->size; i++)
+    cr_assert_eq(memcmp((const char *)got->data + (size_t)i * es,
+                        (const char *)want->data + (size_t)i * es, es),
+                 0, "%s: element %lld differs (%.17g, want %.17g)", what, (long long)i,
+                 ad_tensor_get(got, i), ad_tensor_get(want, i));
+}
+
+/* max_pool2d, max_pool2d_backward and max_pool2d_select with a 2x2 or 3x3
+ * kernel, stride = kernel, no padding (the fast path), give every bit of a
+ * plain reference, and of the general kernels (reached with ceil_mode on a
+ * size it does not change), on data full of ties and NaNs; also with H, W
+ * not multiples of the kernel (rows and columns no window covers). */
+Test(pool, fast_path_gives_the_general_bits) {
+  static const int64_t shapes[][4] = {{2, 3, 8, 10}, {1, 2, 7, 9}, {2, 2, 9, 12}, {1, 3, 10, 11}};
+  ad_rng rng;
+  ad_rng_seed(&rng, 11);
+  int max_id = ad_op_find(ctx, "max_pool2d"), back_id = ad_op_find(ctx, "max_pool2d_backward");
+  int sel_id = ad_op_find(ctx, "max_pool2d_select");
+  for (int dti = 0; dti < 2; dti++)
+    for (int64_t k = 2; k <= 3; k++)
+      for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++) {
+        ad_dtype dt = dti ? AD_F64 : AD_F32;
+        const int64_t *s = shapes[si];
+        int64_t oh = s[2] / k, ow = s[3] / k, so[4] = {s[0], s[1], oh, ow};
+        ad_tensor *x = ad_zeros(ctx, dt, 4, s), *gx = ad_zeros(ctx, dt, 4, s);
+        ad_tensor *dy = ad_zeros(ctx, dt, 4, so);
+        fill_tricky(x, &rng);
+        fill_tricky(gx, &rng);
+        fill_tricky(dy, &rng);
+        /* the reference: y, the scatter and the select at each argmax */
+        ad_tensor *ry = ad_zeros(ctx, dt, 4, so), *rb = ad_zeros(ctx, dt, 4, s);
+        ad_tensor *rs = ad_zeros(ctx, dt, 4, so);
+        size_t es = ad_dtype_size(dt);
+        for (int64_t p = 0; p < s[0] * s[1]; p++)
+          for (int64_t oy = 0; oy < oh; oy++)
+            for (int64_t ox = 0; ox < ow; ox++) {
+              int64_t a = p * s[2] * s[3] + ref_argmax(x, p * s[2] * s[3], s[3], k, oy, ox);
+              int64_t w = (p * oh + oy) * ow + ox;
+              memcpy((char *)ry->data + (size_t)w * es, (char *)x->data + (size_t)a * es, es);
+              memcpy((char *)rs->data + (size_t)w * es, (char *)gx->data + (size_t)a * es, es);
+              if (dt == AD_F32)
+                ((float *)rb->data)[a] = 0.0f + ((float *)dy->data)[w];
+              else
+                ((double *)rb->data)[a] = 0.0 + ((double *)dy->data)[w];
+            }
+        for (int ceil = 0; ceil < 2; ceil++) {
+          bool even = s[2] % k == 0 && s[3] % k == 0;
+          if (ceil && !even) continue;
+          ad_attrs at;
+          memset(&at, 0, sizeof at);
+          at.pool = (ad_pool_attrs){{k, k}, {k, k}, {0, 0}, {1, 1}, ceil, true, {0, 0}};
+          char what[96];
+          snprintf(what, sizeof what, "%s k %lld shape %zu ceil %d", ad_dtype_name(dt),
+                   (long long)k, si, ceil);
+          ad_tensor *in[2] = {dy, x};
+          expect_bits(ad_op_apply(ctx, max_id, 1, &x, &at), ry, what);
+          expect_bits(ad_op_apply(ctx, back_id, 2, in, &at), rb, what);
+          in[0] = gx;
+          expect_bits(ad_op_apply(ctx, sel_id, 2, in, &at), rs, what);
+        }
+        ad_tape_reset(ctx);
+      }
 }
