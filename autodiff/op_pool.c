@@ -168,6 +168,24 @@ static ad_status pool_expect(const ad_call *c, const ad_tensor *t, const char *w
  * masks, so that both vectorise. I is an integer type as wide as T. f32
  * only: with f64 gcc keeps the argmax pass scalar, with branches, slower
  * than the general kernels (measured). */
+/* arg[k] = the tap (t * K + u) of window k's argmax, for the n windows of
+ * a KxK block row starting at rb (row stride iw): the first maximum in
+ * row-major order, a NaN taking over (the last one wins), as the general
+ * kernels choose; in integers, so the compiler vectorises it. */
+#define POOL_FAST_ARGMAX(T, I, K, rb, iw, n, arg)                                                  \
+  for (int64_t k = 0; k < (n); k++) {                                                              \
+    T best = (rb)[k * (K)];                                                                        \
+    I a = 0;                                                                                       \
+    for (int t = 0; t < (K); t++)                                                                  \
+      for (int u = t ? 0 : 1; u < (K); u++) {                                                      \
+        const T v = (rb)[t * (iw) + k * (K) + u];                                                  \
+        const bool take = (v > best) | (v != v);                                                   \
+        best = take ? v : best;                                                                    \
+        a = take ? (I)(t * (K) + u) : a;                                                           \
+      }                                                                                            \
+    (arg)[k] = a;                                                                                  \
+  }
+
 #define POOL_FAST_GRAD_KERNELS(T, I, SUF, K)                                                       \
   static void scatter_fast##K##_##SUF(const pool_geom *g, const T *restrict DY,                    \
                                       const T *restrict X, T *restrict Y) {                        \
@@ -179,18 +197,7 @@ static ad_status pool_expect(const ad_call *c, const ad_tensor *t, const char *w
       for (int64_t o0 = 0; o0 < ow; o0 += POOL_BLOCK) {                                            \
         const int64_t n = ow - o0 < POOL_BLOCK ? ow - o0 : POOL_BLOCK;                             \
         const T *restrict rb = r + o0 * K;                                                         \
-        for (int64_t k = 0; k < n; k++) {                                                          \
-          T best = rb[k * K];                                                                      \
-          I a = 0;                                                                                 \
-          for (int t = 0; t < K; t++)                                                              \
-            for (int u = t ? 0 : 1; u < K; u++) {                                                  \
-              const T v = rb[t * iw + k * K + u];                                                  \
-              const bool take = (v > best) | (v != v);                                             \
-              best = take ? v : best;                                                              \
-              a = take ? (I)(t * K + u) : a;                                                       \
-            }                                                                                      \
-          arg[k] = a;                                                                              \
-        }                                                                                          \
+        POOL_FAST_ARGMAX(T, I, K, rb, iw, n, arg);                                                 \
         /* 0 + dy (the scatter's sum), as bits: the stores below are masks */                      \
         for (int64_t k = 0; k < n; k++) {                                                          \
           const T v = (T)0 + DY[o0 + k];                                                           \
@@ -223,18 +230,7 @@ static ad_status pool_expect(const ad_call *c, const ad_tensor *t, const char *w
       for (int64_t o0 = 0; o0 < ow; o0 += POOL_BLOCK) {                                            \
         const int64_t n = ow - o0 < POOL_BLOCK ? ow - o0 : POOL_BLOCK;                             \
         const T *restrict rb = r + o0 * K, *restrict qb = q + o0 * K;                              \
-        for (int64_t k = 0; k < n; k++) {                                                          \
-          T best = rb[k * K];                                                                      \
-          I a = 0;                                                                                 \
-          for (int t = 0; t < K; t++)                                                              \
-            for (int u = t ? 0 : 1; u < K; u++) {                                                  \
-              const T v = rb[t * iw + k * K + u];                                                  \
-              const bool take = (v > best) | (v != v);                                             \
-              best = take ? v : best;                                                              \
-              a = take ? (I)(t * K + u) : a;                                                       \
-            }                                                                                      \
-          arg[k] = a;                                                                              \
-        }                                                                                          \
+        POOL_FAST_ARGMAX(T, I, K, rb, iw, n, arg);                                                 \
         /* g at the argmax, as the OR of g's bits masked by tap == argmax */                       \
         for (int64_t k = 0; k < n; k++) {                                                          \
           I acc = 0;                                                                               \
