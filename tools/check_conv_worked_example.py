@@ -45,7 +45,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from tutorial_blocks import NUM, TOL, check_blocks  # noqa: E402
+from tutorial_blocks import NUM, TOL, check_blocks, tap_report  # noqa: E402
 
 X = [1.0, 2.0, 0.0, 1.0, 0.0, 1.0, 3.0, 1.0, 1.0, 1.0, 0.0, 2.0, 1.0, 0.0, 0.0, 1.0]
 W = [1.0, -1.0, 0.0, 2.0]
@@ -210,23 +210,7 @@ def main():
             check(d.returncode == 0 and d.stderr.strip() == "",
                   "--dot renders with dot -Tsvg without warnings", d.stderr)
 
-    print("TAP version 13")
-    print(f"1..{len(results)}")
-    failed = 0
-    for i, (ok, name, detail) in enumerate(results, 1):
-        if detail.startswith("# SKIP"):
-            print(f"ok {i} - {name} {detail}")
-            continue
-        print(f"{'ok' if ok else 'not ok'} {i} - {name}")
-        if not ok:
-            failed += 1
-            for d in detail.splitlines() or [""]:
-                print(f"  # {d}")
-    if failed and run.stdout:
-        print("# output was:")
-        for l in run.stdout.splitlines():
-            print("#   " + l)
-    return 1 if failed else 0
+    return tap_report(results, run.stdout)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from tutorial_blocks import NUM, TOL, check_blocks  # noqa: E402
+from tutorial_blocks import NUM, TOL, check_blocks, tap_report  # noqa: E402
 
 REF = {
     "L": [0.00871510501094903],
@@ -159,23 +159,7 @@ def main():
             check(r.returncode == 0 and r.stderr.strip() == "",
                   f"--dot {what} view renders with dot -Tsvg without warnings", r.stderr)
 
-    print("TAP version 13")
-    print(f"1..{len(results)}")
-    failed = 0
-    for i, (ok, name, detail) in enumerate(results, 1):
-        if detail.startswith("# SKIP"):
-            print(f"ok {i} - {name} {detail}")
-            continue
-        print(f"{'ok' if ok else 'not ok'} {i} - {name}")
-        if not ok:
-            failed += 1
-            for d in str(detail).splitlines() or [""]:
-                print(f"  # {d}")
-    if failed and run.stdout:
-        print("# output was:")
-        for l in run.stdout.splitlines():
-            print("#   " + l)
-    return 1 if failed else 0
+    return tap_report(results, run.stdout)
 
 
 if __name__ == "__main__":

@@ -69,3 +69,27 @@ def check_blocks(exe, path, program, check):
         check(ok and shown, f"{where}: the block is what '{program} {' '.join(args)}' prints",
               "block:\n" + "\n".join(shown) + "\nprogram printed:\n" + "\n".join(out))
     check(found > 0, f"{os.path.basename(path)} shows the program's output")
+
+
+def tap_report(results, output):
+    """Prints results ((ok, name, detail) triples; a detail starting
+    '# SKIP' skips) as TAP, and the program's output when a check failed.
+    Returns the exit status: 1 if any failed."""
+    print("TAP version 13")
+    print(f"1..{len(results)}")
+    failed = 0
+    for i, (ok, name, detail) in enumerate(results, 1):
+        detail = str(detail)
+        if detail.startswith("# SKIP"):
+            print(f"ok {i} - {name} {detail}")
+            continue
+        print(f"{'ok' if ok else 'not ok'} {i} - {name}")
+        if not ok:
+            failed += 1
+            for d in detail.splitlines() or [""]:
+                print(f"  # {d}")
+    if failed and output:
+        print("# output was:")
+        for line in output.splitlines():
+            print("#   " + line)
+    return 1 if failed else 0
