@@ -434,7 +434,10 @@ AD_API void ad_gemm_f64(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_
  * built-in AVX-512 kernel for every product (OpenBLAS reports Prescott, a
  * generic core here)". A fixed rule of the CPU's instructions, the core
  * OpenBLAS reports and the product's size, decided once per process;
- * never of timings. Static storage. */
+ * never of timings. Static storage. BLAS (OpenBLAS) is loaded at run time
+ * when the rule uses it (never on AVX-512); this call loads it to name its
+ * core. Without the library at run time, the built-in kernels run every
+ * product. */
 AD_API const char *ad_gemm_backend(void);
 
 #ifdef __cplusplus
