@@ -9,7 +9,7 @@
  * would be.
  *
  * Exits 0 when every check passes, 1 otherwise. */
-#include "ad_ext.h"
+#include <autodiff/ad_ext.h>
 
 #include <math.h>
 #include <stdlib.h>

@@ -32,7 +32,7 @@ File format (line based, whitespace separated, '#' starts a comment line):
     end
 
 At most one attr line, right after the case line. Its key names the
-member of ad_attrs the op reads (autodiff/ad.h), or for a composite
+member of ad_attrs the op reads (include/autodiff/ad.h), or for a composite
 builder the arguments it takes:
 
     attr scalar S                 add_scalar, mul_scalar, pow_scalar (p),
