@@ -21,7 +21,7 @@ ok() { # ok CONDITION-STATUS DESCRIPTION
   if [ "$1" -eq 0 ]; then echo "ok $n - $2"; else echo "not ok $n - $2"; fails=$((fails + 1)); fi
 }
 
-echo "1..6"
+echo "1..8"
 
 # no sanitizer or werror settings of the enclosing build: a user's build
 "$MESON" setup "$TMP/build" "$SRC" --prefix="$PREFIX" --buildtype=debug -Dtests=false \
@@ -77,6 +77,20 @@ C
 r=$?
 ok $r "a program using nn.h and nn_io.h builds with pkg-config nn and runs"
 [ $r -eq 0 ] || sed 's/^/# /' "$TMP/cc2.log"
+
+[ -x "$PREFIX/bin/ad-gradcheck" ]
+ok $? "ad-gradcheck is installed in bin/"
+
+# a user's op library (examples/swish_op.c) against the installed headers,
+# checked by the installed tool (LD_LIBRARY_PATH: a custom prefix)
+# shellcheck disable=SC2046
+"$CC" -shared -fPIC -o "$TMP/libswish.so" -I"$SRC/examples" "$SRC/examples/swish_op.c" \
+  $(pkg-config --cflags --libs autodiff) >"$TMP/cc3.log" 2>&1 &&
+  LD_LIBRARY_PATH="$LIBDIR" "$PREFIX/bin/ad-gradcheck" --load "$TMP/libswish.so" >"$TMP/gc.log" 2>&1 &&
+  [ "$(tail -n 1 "$TMP/gc.log")" = "1 passed, 0 failed" ]
+r=$?
+ok $r "a plugin built with pkg-config passes the installed ad-gradcheck --load"
+[ $r -eq 0 ] || sed 's/^/# /' "$TMP/cc3.log" "$TMP/gc.log"
 
 ! grep -rq "openblas" "$LIBDIR/pkgconfig"
 ok $? "the pkg-config files name no OpenBLAS"

@@ -339,6 +339,26 @@ AD_API const ad_attrs *ad_tensor_attrs(const ad_tensor *t);
 AD_API ad_status ad_op_check(ad_ctx *ctx, int id, ad_dtype dtype, bool second, uint64_t seed,
                              ad_check_report *report);
 
+/* ------------------------------------------------------------- plugins */
+
+/* A shared library of ops (a plugin) defines and exports this entry point;
+ * `ad-gradcheck --load PATH.so` loads the library, calls it on its context
+ * and checks every op it registered. It registers the library's ops on ctx
+ * (ad_op_register) and returns AD_OK, or an error status with the message
+ * set on ctx (ad_set_error). It is called once per context; the library
+ * must stay loaded while ctx uses its ops (their definitions and functions
+ * live in it). The library defines it, the engine never does: this
+ * declaration only checks the definition's type. AD_PLUGIN_EXPORT makes it
+ * visible from a library built with -fvisibility=hidden. */
+#if defined(_WIN32) || defined(__CYGWIN__)
+#define AD_PLUGIN_EXPORT __declspec(dllexport)
+#elif defined(__GNUC__)
+#define AD_PLUGIN_EXPORT __attribute__((visibility("default")))
+#else
+#define AD_PLUGIN_EXPORT
+#endif
+AD_PLUGIN_EXPORT ad_status ad_plugin_register(ad_ctx *ctx);
+
 /* ------------------------------------------------------- backward hook */
 
 /* One step of a backward pass, as a hook sees it: the op that made out
