@@ -81,7 +81,9 @@ extern "C" {
 
 #define AD_VERSION  "0.2.0"
 #define AD_MAX_DIMS 8 /* most dimensions a tensor may have */
-#define AD_MAX_SRC  8 /* most inputs an op may take */
+/* Most inputs of an op of fixed arity (the length of ad_op_def's inputs
+ * and grads). A variadic op (ad_concat) takes any number. */
+#define AD_MAX_SRC 8
 
 /* ---------------------------------------------------------------- types */
 
@@ -425,7 +427,11 @@ AD_API ad_tensor *ad_sum_to(ad_ctx *ctx, ad_tensor *x, int ndim, const int64_t *
 AD_API ad_tensor *ad_narrow(ad_ctx *ctx, ad_tensor *x, int axis, int64_t start, int64_t len);
 /* Zero-pads before and after along axis (the gradient of narrow). */
 AD_API ad_tensor *ad_pad(ad_ctx *ctx, ad_tensor *x, int axis, int64_t before, int64_t after);
-/* Joins n (1..AD_MAX_SRC) tensors along axis. */
+/* Joins n >= 1 tensors along axis (negative counts from the end), as
+ * torch.cat: one float dtype, the same shape off the axis. Any n, bounded
+ * by memory. AD_ERR_ARG (n < 1, axis out of range), AD_ERR_NULL (xs or an
+ * entry NULL, named by index), AD_ERR_SHAPE naming the index and both
+ * shapes, AD_ERR_DTYPE. */
 AD_API ad_tensor *ad_concat(ad_ctx *ctx, int n, ad_tensor *const *xs, int axis);
 /* Rows of x (axis 0) picked by idx (AD_I32, any shape): out shape is
  * idx.shape + x.shape[1:]. Embedding lookup, mini-batch selection. */

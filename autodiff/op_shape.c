@@ -598,8 +598,10 @@ static ad_status concat_shape(const ad_call *c) {
     for (int d = 0; ok && d < in[0]->ndim; d++) ok = d == ax || in[k]->shape[d] == in[0]->shape[d];
     if (!ok) {
       char a[64], b[64];
-      return ad_set_error(c->ctx, AD_ERR_SHAPE, "%s: %s and %s differ off axis %d", c->name,
-                          ad_shape_str(in[0], a, sizeof a), ad_shape_str(in[k], b, sizeof b), ax);
+      return ad_set_error(c->ctx, AD_ERR_SHAPE,
+                          "%s: input %d has shape %s, input 0 has %s: they differ off axis %d",
+                          c->name, k, ad_shape_str(in[k], b, sizeof b),
+                          ad_shape_str(in[0], a, sizeof a), ax);
     }
     o->shape[ax] += in[k]->shape[ax];
   }
@@ -638,7 +640,15 @@ ad_tensor *ad_concat(ad_ctx *ctx, int n, ad_tensor *const *xs, int axis) {
 }
 
 static int concat_sample(const ad_sample_call *s) {
-  if (s->variant > 1) return 0;
+  if (s->variant > 2) return 0;
+  if (s->variant == 2) { /* more inputs than a fixed arity may have, along axis -1 */
+    s->attrs->axis = -1;
+    for (int k = 0; k < AD_MAX_SRC + 1; k++) {
+      int64_t sh[2] = {2, 1 + k % 2};
+      if (!(s->in[k] = ad_sample_tensor(s, 2, sh, -1, 1, k != 3))) return -1;
+    }
+    return AD_MAX_SRC + 1;
+  }
   int64_t sx[3][2] = {{2, 3}, {1, 3}, {4, 3}};
   s->attrs->axis = 0;
   if (s->variant) { /* along the last axis */
