@@ -230,6 +230,41 @@ Test(variadic, registered_op_of_300_inputs_through_sweep_hook_and_graph) {
   for (int k = 0; k < N; k++) ad_tensor_free(xs[k]);
 }
 
+/* wsum whose backward sends inf to its last input: anomaly mode names
+ * that input past the eighth, and the call it came from */
+static ad_status wsum_inf_bwd(const ad_call *c) {
+  ad_status st = wsum_bwd(c);
+  int k = c->n - 1;
+  if (st == AD_OK && c->needs[k])
+    st = ad_call_set_grad(c, k, ad_mul_scalar(c->ctx, c->gout, INFINITY));
+  return st;
+}
+
+Test(variadic, anomaly_mode_names_an_input_past_the_eighth) {
+  ad_op_def def = wsum_def;
+  def.name = "wsum_inf";
+  def.backward = wsum_inf_bwd;
+  int id = ad_op_register(ctx, &def);
+  cr_assert_geq(id, 0, "%s", ad_last_error(ctx));
+  enum { N = 20 };
+  ad_tensor *xs[N];
+  int64_t s[1] = {3};
+  for (int k = 0; k < N; k++) {
+    xs[k] = ad_full(ctx, AD_F64, 1, s, 0.5);
+    ad_tensor_set_requires_grad(xs[k], true);
+  }
+  OK(ad_tensor_set_name(xs[N - 1], "last"));
+  ad_set_anomaly_mode(ctx, true);
+  ad_tensor *y = ad_sum(ctx, ad_op_apply(ctx, id, N, xs, NULL));
+  cr_assert_not_null(y, "%s", ad_last_error(ctx));
+  cr_assert_eq(ad_backward(ctx, y, NULL), AD_ERR_NAN);
+  expect_error(AD_ERR_NAN,
+               "sent a non-finite gradient (inf at element 0) to input 19 ('last' [3])");
+  ad_set_anomaly_mode(ctx, false);
+  ad_tape_reset(ctx);
+  for (int k = 0; k < N; k++) ad_tensor_free(xs[k]);
+}
+
 /* ------------------------------------------------------------ bad input */
 
 Test(variadic, concat_bad_input) {
