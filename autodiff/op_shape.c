@@ -2,6 +2,8 @@
  * concat, index_select / index_add. Each op's gradient is its partner. */
 #include "ops.h"
 
+#include <limits.h>
+
 /* -------------------------------------------------------------- helpers */
 
 /* The attributes of reshape, expand and sum_to: a target shape. */
@@ -598,8 +600,10 @@ static ad_status concat_shape(const ad_call *c) {
     for (int d = 0; ok && d < in[0]->ndim; d++) ok = d == ax || in[k]->shape[d] == in[0]->shape[d];
     if (!ok) {
       char a[64], b[64];
-      return ad_set_error(c->ctx, AD_ERR_SHAPE, "%s: %s and %s differ off axis %d", c->name,
-                          ad_shape_str(in[0], a, sizeof a), ad_shape_str(in[k], b, sizeof b), ax);
+      return ad_set_error(c->ctx, AD_ERR_SHAPE,
+                          "%s: input %d has shape %s, input 0 has %s: they differ off axis %d",
+                          c->name, k, ad_shape_str(in[k], b, sizeof b),
+                          ad_shape_str(in[0], a, sizeof a), ax);
     }
     o->shape[ax] += in[k]->shape[ax];
   }
@@ -638,7 +642,15 @@ ad_tensor *ad_concat(ad_ctx *ctx, int n, ad_tensor *const *xs, int axis) {
 }
 
 static int concat_sample(const ad_sample_call *s) {
-  if (s->variant > 1) return 0;
+  if (s->variant > 2) return 0;
+  if (s->variant == 2) { /* more inputs than a fixed arity may have, along axis -1 */
+    s->attrs->axis = -1;
+    for (int k = 0; k < AD_MAX_SRC + 1; k++) {
+      int64_t sh[2] = {2, 1 + k % 2};
+      if (!(s->in[k] = ad_sample_tensor(s, 2, sh, -1, 1, k != 3))) return -1;
+    }
+    return AD_MAX_SRC + 1;
+  }
   int64_t sx[3][2] = {{2, 3}, {1, 3}, {4, 3}};
   s->attrs->axis = 0;
   if (s->variant) { /* along the last axis */
@@ -796,3 +808,132 @@ const ad_op_def ad_def_index_add = {
     .inputs = {"x", "idx"},
     .grads = {"index_select(dy, idx)", NULL},
 };
+
+/* ---------------------------------------------------------------- detach */
+
+/* y = x, sharing its data; no gradient flows back to x (stop-gradient):
+ * the op has no backward, so it is never recorded and y requires none */
+static ad_status detach_shape(const ad_call *c) {
+  const ad_tensor *x = c->in[0];
+  c->out->dtype = x->dtype;
+  c->out->ndim = x->ndim;
+  memcpy(c->out->shape, x->shape, sizeof(int64_t) * (size_t)x->ndim);
+  return AD_OK;
+}
+
+static void detach_fwd(const ad_call *c) { c->out->data = c->in[0]->data; }
+
+ad_tensor *ad_detach(ad_ctx *ctx, ad_tensor *x) { return ad_apply1(ctx, AD_OP_DETACH, x, NULL); }
+
+const ad_op_def ad_def_detach = {
+    .name = "detach",
+    .arity = 1,
+    .flags = AD_OP_VIEW,
+    .shape = detach_shape,
+    .forward = detach_fwd,
+    .math = "y = x (stop-gradient)",
+    .inputs = {"x"},
+};
+
+/* ------------------------------------------------------- stack, unstack
+ * Composites with no op of their own: stack is the concat of its inputs
+ * each viewed with a length-1 axis, unstack a narrow per slice viewed
+ * without the axis, so their gradients are those ops' and a graph dump
+ * shows reshape, concat and narrow nodes. */
+
+/* Checks that x can be an input of fn (as ad_op_apply does for ops, but
+ * before reading its shape, and named by fn); records the error. */
+static bool arg_ok(ad_ctx *ctx, const char *fn, const char *what, const ad_tensor *x) {
+  const ad_node *n = ad_node_of(x);
+  if (!x)
+    ad_set_null_error(ctx, "%s: %s is NULL", fn, what);
+  else if (n->magic == AD_NODE_DEAD)
+    ad_set_error(ctx, AD_ERR_STATE, "%s: %s was freed", fn, what);
+  else if (n->magic != AD_NODE_MAGIC)
+    ad_set_error(ctx, AD_ERR_ARG, "%s: %s is not a tensor", fn, what);
+  else if (n->ctx != ctx)
+    ad_set_error(ctx, AD_ERR_ARG, "%s: %s belongs to another context", fn, what);
+  else if (n->epoch != ctx->epoch && !(n->flags & AD_NF_PERSISTENT))
+    ad_set_error(ctx, AD_ERR_STATE, "%s: %s is from a tape that was reset", fn, what);
+  else
+    return true;
+  return false;
+}
+
+/* Inputs whose views ad_stack keeps on the stack; more are allocated. */
+#define STACK_INLINE 16
+
+ad_tensor *ad_stack(ad_ctx *ctx, int n, ad_tensor *const *xs, int axis) {
+  if (!ctx) return NULL;
+  if (n < 1) {
+    ad_set_error(ctx, AD_ERR_ARG, "stack: takes one or more inputs, got %d", n);
+    return NULL;
+  }
+  if (!xs) {
+    ad_set_error(ctx, AD_ERR_NULL, "stack: the array of inputs is NULL");
+    return NULL;
+  }
+  char what[32], a[64], b[64];
+  for (int k = 0; k < n; k++) {
+    snprintf(what, sizeof what, "input %d", k);
+    if (!arg_ok(ctx, "stack", what, xs[k])) return NULL;
+    if (k && !ad_same_shape(xs[k], xs[0])) {
+      ad_set_error(ctx, AD_ERR_SHAPE,
+                   "stack: input %d has shape %s, input 0 has %s (stack needs "
+                   "one shape)",
+                   k, ad_shape_str(xs[k], b, sizeof b), ad_shape_str(xs[0], a, sizeof a));
+      return NULL;
+    }
+  }
+  if (ad_check_float_same(ctx, "stack", n, xs) != AD_OK) return NULL;
+  const ad_tensor *x0 = xs[0];
+  if (x0->ndim + 1 > AD_MAX_DIMS) {
+    ad_set_error(ctx, AD_ERR_SHAPE, "stack: inputs %s: the result would have more than %d dims",
+                 ad_shape_str(x0, a, sizeof a), AD_MAX_DIMS);
+    return NULL;
+  }
+  int ax = ad_norm_axis(axis, x0->ndim + 1);
+  if (ax < 0) {
+    ad_set_error(ctx, AD_ERR_ARG, "stack: axis %d out of range -%d..%d for inputs %s", axis,
+                 x0->ndim + 1, x0->ndim, ad_shape_str(x0, a, sizeof a));
+    return NULL;
+  }
+  int64_t shape[AD_MAX_DIMS];
+  for (int d = 0, k = 0; d <= x0->ndim; d++) shape[d] = d == ax ? 1 : x0->shape[k++];
+  ad_tensor *inl[STACK_INLINE], **v = inl;
+  size_t bytes = (size_t)n * sizeof *v; /* no overflow: the tape records n pointers alike */
+  if (n > STACK_INLINE && !(v = ad_malloc(ctx, bytes))) return NULL;
+  ad_tensor *y = NULL;
+  int k = 0;
+  while (k < n && (v[k] = ad_reshape(ctx, xs[k], x0->ndim + 1, shape))) k++;
+  if (k == n) y = ad_concat(ctx, n, v, ax);
+  if (v != inl) ad_free(ctx, v, bytes);
+  return y;
+}
+
+ad_status ad_unstack(ad_ctx *ctx, ad_tensor *x, int axis, ad_tensor **out) {
+  if (!ctx) return AD_ERR_NULL;
+  if (!arg_ok(ctx, "unstack", "x", x)) return ad_last_status(ctx);
+  if (!out) return ad_set_error(ctx, AD_ERR_NULL, "unstack: out is NULL");
+  char a[64];
+  int ax = ad_norm_axis(axis, x->ndim);
+  if (ax < 0)
+    return ad_set_error(ctx, AD_ERR_ARG, "unstack: axis %d out of range for %s", axis,
+                        ad_shape_str(x, a, sizeof a));
+  int64_t n = x->shape[ax];
+  if (n > INT_MAX)
+    return ad_set_error(ctx, AD_ERR_ARG, "unstack: %lld slices of %s are more than an int counts",
+                        (long long)n, ad_shape_str(x, a, sizeof a));
+  int64_t shape[AD_MAX_DIMS];
+  for (int d = 0, k = 0; d < x->ndim; d++)
+    if (d != ax) shape[k++] = x->shape[d];
+  for (int64_t i = 0; i < n; i++) {
+    out[i] = ad_reshape(ctx, ad_narrow(ctx, x, ax, i, 1), x->ndim - 1, shape);
+    if (!out[i]) {
+      ad_status st = ad_last_status(ctx);
+      for (int64_t j = 0; j < n; j++) out[j] = NULL;
+      return st != AD_OK ? st : AD_ERR_OOM;
+    }
+  }
+  return AD_OK;
+}

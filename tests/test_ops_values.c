@@ -757,6 +757,7 @@ static ad_tensor *run_builder(ad_ctx *cx, const fx_case *c, ad_tensor **in, bool
     break;
   case AD_ATTRS_AXIS:
     if (!strcmp(op, "concat")) return ad_concat(cx, c->nin, in, (int)v[0]);
+    if (!strcmp(op, "stack")) return ad_stack(cx, c->nin, in, (int)v[0]);
     if (!strcmp(op, "softmax")) return ad_softmax(cx, x, (int)v[0]);
     if (!strcmp(op, "log_softmax")) return ad_log_softmax(cx, x, (int)v[0]);
     break;

@@ -40,7 +40,7 @@ builder the arguments it takes:
                                   rsub_scalar, div_scalar
     attr dtype f32|f64            cast: the target dtype
     attr cmp eq|gt|ge|lt|le       compare
-    attr axis A                   softmax, log_softmax, concat
+    attr axis A                   softmax, log_softmax, concat, stack
     attr rows R                   index_add
     attr matmul TA TB             matmul: trans_a, trans_b (0 or 1)
     attr reduce all|A K           sum, max, logsumexp, mean_axis: every
@@ -290,7 +290,7 @@ RANGES = {"any": (-3, 3), "pos": (0.1, 4), "wide": (-6, 6)}
 # a unary op of the table without an entry above: torch.NAME on (-3, 3); an
 # op with a narrower domain needs an entry with its range
 for name in table_ops("B1"):
-    if name not in UNARY:
+    if name not in UNARY and name != "detach":  # no gradient: issue 11's block has its cases
         UNARY[name] = (getattr(torch, name), "any")
 
 for name, (fn, rk) in UNARY.items():
@@ -453,6 +453,21 @@ for label, shapes, ax in (("concat_axis0", [(2, 3), (1, 3), (4, 3)], 0),
                           ("concat_1d_many", [(2,), (1,), (3,), (1,), (2,)], 0)):
     add(label, "concat", lambda rng, shapes=shapes: [("in", U(rng, s)) for s in shapes],
         lambda t, ax=ax: torch.cat(list(t), ax), attr=("axis", ax))
+
+# issue 11 (recurrent networks), core conveniences: stack (the composite
+# builder ad_stack, new axis, negative axis allowed) and detach (values only:
+# it has no gradient)
+for label, shapes, ax in (("stack_axis0", [(2, 3), (2, 3), (2, 3)], 0),
+                          ("stack_last", [(3, 2), (3, 2)], -1),
+                          ("stack_mid_neg", [(2, 2, 3)] * 4, -2),
+                          ("stack_single", [(2, 3)], 1),
+                          ("stack_scalars", [()] * 5, 0),
+                          ("stack_8", [(2,)] * 8, 1)):
+    add(label, "stack", lambda rng, shapes=shapes: [("in", U(rng, s)) for s in shapes],
+        lambda t, ax=ax: torch.stack(list(t), ax), attr=("axis", ax))
+for label, shape in (("detach_2d", (3, 4)), ("detach_0d", ())):
+    add(label, "detach", lambda rng, shape=shape: [("in", U(rng, shape))],
+        lambda t: t[0].detach(), grad=False)
 
 # index_select: rows of x picked by i32 indices; repeated rows add up
 for label, xs, ix in (("index_select_repeat", (5, 3), idx([0, 2, 2, 4, 0, 2])),

@@ -81,7 +81,10 @@ extern "C" {
 
 #define AD_VERSION  "0.2.0"
 #define AD_MAX_DIMS 8 /* most dimensions a tensor may have */
-#define AD_MAX_SRC  8 /* most inputs an op may take */
+/* Most inputs of an op of fixed arity (the length of ad_op_def's inputs
+ * and grads). A variadic op (ad_concat, and ad_stack built on it) takes
+ * any number. */
+#define AD_MAX_SRC 8
 
 /* ---------------------------------------------------------------- types */
 
@@ -225,6 +228,16 @@ AD_API void ad_tensor_free(ad_tensor *t);
 
 /* A scalar (0-d) constant in the arena; freed by ad_tape_reset. */
 AD_API ad_tensor *ad_scalar(ad_ctx *ctx, ad_dtype dtype, double value);
+/* A constant with x's dtype and shape, every element value (zeros_like: 0),
+ * as torch.full_like / zeros_like: a temporary of the tape like an op's
+ * result (the caller does not free it; ad_tape_reset does), which never
+ * requires a gradient and sends none to x (x only gives the shape). Use it
+ * where an op's result is expected, e.g. an RNN's first hidden state
+ * ad_zeros_like(ctx, h_shaped). NULL with AD_ERR_NULL (x NULL), AD_ERR_ARG
+ * (x not a tensor, of another context; value out of range for AD_I32) or
+ * AD_ERR_STATE (x freed, or a temporary of a tape that was reset). */
+AD_API ad_tensor *ad_full_like(ad_ctx *ctx, const ad_tensor *x, double value);
+AD_API ad_tensor *ad_zeros_like(ad_ctx *ctx, const ad_tensor *x);
 
 /* Marks a leaf as needing a gradient; backward accumulates into t->grad.
  * Returns AD_ERR_STATE for a tensor made by an op, AD_ERR_DTYPE for AD_I32. */
@@ -425,8 +438,45 @@ AD_API ad_tensor *ad_sum_to(ad_ctx *ctx, ad_tensor *x, int ndim, const int64_t *
 AD_API ad_tensor *ad_narrow(ad_ctx *ctx, ad_tensor *x, int axis, int64_t start, int64_t len);
 /* Zero-pads before and after along axis (the gradient of narrow). */
 AD_API ad_tensor *ad_pad(ad_ctx *ctx, ad_tensor *x, int axis, int64_t before, int64_t after);
-/* Joins n (1..AD_MAX_SRC) tensors along axis. */
+/* Joins n >= 1 tensors along axis (negative counts from the end), as
+ * torch.cat: one float dtype, the same shape off the axis. Any n, bounded
+ * by memory. AD_ERR_ARG (n < 1, axis out of range), AD_ERR_NULL (xs or an
+ * entry NULL, named by index), AD_ERR_SHAPE naming the index and both
+ * shapes, AD_ERR_DTYPE. */
 AD_API ad_tensor *ad_concat(ad_ctx *ctx, int n, ad_tensor *const *xs, int axis);
+/* Joins n >= 1 tensors of one shape along a new axis, as torch.stack: the
+ * result has shape[axis] = n; axis in -(ndim+1)..ndim (negative counts from
+ * the end of the result). A composite, concat of the inputs each reshaped
+ * with a length-1 axis, so dumps show reshape and concat nodes. Errors as
+ * ad_concat's, named "stack"; AD_ERR_SHAPE also when the result would
+ * have more than AD_MAX_DIMS dims. */
+AD_API ad_tensor *ad_stack(ad_ctx *ctx, int n, ad_tensor *const *xs, int axis);
+/* Splits x along axis into its x->shape[axis] slices, each with that axis
+ * removed, as torch.unbind: out[i] = x[..., i, ...] (axis negative counts
+ * from the end). out is the caller's array of at least x->shape[axis]
+ * slots (none are written for length 0). Each slice is an op result
+ * (narrow, then reshape), a temporary of the tape that the caller does not
+ * free (ad_tape_reset does), and differentiable: its gradient flows into
+ * x's at slice i. Returns AD_OK, or AD_ERR_NULL (x or out NULL),
+ * AD_ERR_ARG (axis out of range, or more slices than an int), and the
+ * errors of an op's input for x; on an error out[i] are left NULL. The
+ * backward adds one x-sized contribution per slice used. */
+AD_API ad_status ad_unstack(ad_ctx *ctx, ad_tensor *x, int axis, ad_tensor **out);
+/* x's values as a new tensor that no gradient flows through (stop-
+ * gradient), as torch.detach: same dtype, shape and data (a view: it
+ * shares x's data), never requires a gradient, so ops on it are not
+ * differentiated back into x. An op result: a temporary of the tape,
+ * freed by ad_tape_reset like any other, so it does not carry a value
+ * across a reset. To carry state across a reset (truncated BPTT), copy the
+ * values into a persistent tensor the caller owns, and start the next
+ * chunk from it:
+ *   ad_tensor *h0 = ad_zeros(ctx, AD_F32, 2, shape);    (persistent, no grad)
+ *   for each chunk: h = h0; for t in chunk: h = cell(x_t, h);
+ *                   loss ...; ad_backward; optimizer step;
+ *                   ad_tensor_copy_data(h0, h); ad_tape_reset(ctx);
+ * ad_detach is for stopping a gradient within one tape (a target, a
+ * state carried between chunks without a reset). */
+AD_API ad_tensor *ad_detach(ad_ctx *ctx, ad_tensor *x);
 /* Rows of x (axis 0) picked by idx (AD_I32, any shape): out shape is
  * idx.shape + x.shape[1:]. Embedding lookup, mini-batch selection. */
 AD_API ad_tensor *ad_index_select(ad_ctx *ctx, ad_tensor *x, ad_tensor *idx);

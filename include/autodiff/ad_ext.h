@@ -254,14 +254,18 @@ typedef ad_status (*ad_backward_fn)(const ad_call *c);
  * fallback is fine, an error to report is not. */
 typedef bool (*ad_grad_into_fn)(const ad_call *c, int k, ad_tensor *grad, bool overwrite);
 
+/* Slots a sample function may fill: a fixed arity's AD_MAX_SRC, or for a
+ * variadic op a case with more inputs than that (concat of 9). */
+#define AD_SAMPLE_MAX_IN 16
+
 /* A gradcheck test case to make. */
 typedef struct ad_sample_call {
   ad_ctx *ctx;
   ad_rng *rng;
   ad_dtype dtype;  /* the float dtype under test */
   int variant;     /* 0, 1, ...: which case */
-  ad_tensor **in;  /* AD_MAX_SRC slots for persistent inputs (the caller frees them);
-                      those to check have requires_grad */
+  ad_tensor **in;  /* AD_SAMPLE_MAX_IN slots for persistent inputs (the caller
+                      frees them); those to check have requires_grad */
   ad_attrs *attrs; /* zeroed; set the op's member */
 } ad_sample_call;
 /* Makes case s->variant. Returns the number of inputs, 0 when there are no
@@ -282,7 +286,7 @@ typedef int (*ad_sample_fn)(const ad_sample_call *s);
 
 typedef struct ad_op_def {
   const char *name;          /* unique, e.g. "tanh" */
-  int arity;                 /* inputs, or -1 for 1..AD_MAX_SRC */
+  int arity;                 /* inputs (1..AD_MAX_SRC), or -1: variadic, one or more */
   int flags;                 /* AD_OP_VIEW, AD_OP_ELEMENTWISE */
   ad_attrs_kind attrs;       /* the member of ad_attrs it reads */
   ad_shape_fn shape;         /* required, unless AD_OP_ELEMENTWISE */
@@ -291,10 +295,12 @@ typedef struct ad_op_def {
   ad_grad_into_fn grad_into; /* optional */
   ad_sample_fn sample;       /* NULL: gradcheck uses one [3,4] input per arity */
   /* The math, for docs, graph dumps and traces: the forward formula in
-   * the input names, e.g. "y = a * b"; the input names ("a", "b"; for a
-   * variadic op, inputs[0] names every input, e.g. "xk"); and per input
-   * the contribution it receives, e.g. "dy * b", written in those names,
-   * y and dy. NULL grads[k] with a backward: input k gets no gradient. */
+   * the input names, e.g. "y = a * b"; the input names ("a", "b"); and per
+   * input the contribution it receives, e.g. "dy * b", written in those
+   * names, y and dy. NULL grads[k] with a backward: input k gets no
+   * gradient. A variadic op takes any number of inputs, so its inputs[0]
+   * and grads[0] are one template for every input k ("xk",
+   * "narrow(dy, axis, offset_k, len_k)"); the other slots are unused. */
   const char *math;
   const char *inputs[AD_MAX_SRC];
   const char *grads[AD_MAX_SRC];
@@ -323,11 +329,15 @@ AD_API int ad_op_count(const ad_ctx *ctx);
 /* The definition of op id (owned by the context), NULL if out of range. */
 AD_API const ad_op_def *ad_op_get(const ad_ctx *ctx, int id);
 /* Runs op id on n inputs (attrs may be NULL for none), recording it when
- * an input requires a gradient and grad mode is on. */
+ * an input requires a gradient and grad mode is on. n: the op's arity (or
+ * min_arity..arity); any n >= 1 for a variadic op, bounded only by memory
+ * (AD_ERR_ARG otherwise). A call of one or two inputs records with no
+ * allocation beyond the result; more take one arena list. */
 AD_API ad_tensor *ad_op_apply(ad_ctx *ctx, int id, int n, ad_tensor *const *in,
                               const ad_attrs *attrs);
 /* The op id that made t (-1 for a leaf) and its inputs: returns the input
- * count and stores up to max pointers in srcs. 0 for leaves or unrecorded. */
+ * count and stores up to max pointers in srcs (NULL with max 0: count
+ * only; a variadic op may have any number). 0 for leaves or unrecorded. */
 AD_API int ad_tensor_op(const ad_tensor *t);
 AD_API int ad_tensor_inputs(const ad_tensor *t, ad_tensor **srcs, int max);
 /* The attributes t's op was called with (arena, valid until ad_tape_reset),
