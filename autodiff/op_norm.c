@@ -234,7 +234,7 @@ static ad_status layer_norm_bwd(const ad_call *c) {
   int64_t st[AD_MAX_DIMS], M = 1;
   for (int d = 0; d < nd; d++) st[d] = d < nd - k ? c->in[0]->shape[d] : 1;
   for (int d = 0; d < k; d++) M *= at->dims[d];
-  double inv = 1.0 / (double)M;
+  double inv = M ? 1.0 / (double)M : 0.0; /* M = 0: x is empty, and so is every gradient */
   /* the statistics again, as ops of x */
   ad_tensor *xc = ad_sub(ctx, x, ad_mul_scalar(ctx, ad_sum_to(ctx, x, nd, st), inv));
   ad_tensor *var = ad_mul_scalar(ctx, ad_sum_to(ctx, ad_mul(ctx, xc, xc), nd, st), inv);
@@ -285,6 +285,11 @@ ad_tensor *ad_layer_norm(ad_ctx *ctx, ad_tensor *x, int ndim, const int64_t *nor
     ad_set_error(ctx, AD_ERR_SHAPE,
                  "layer_norm: bias %s is not the normalized shape (the last %d dims of x %s)",
                  ad_shape_str(bias, a, sizeof a), ndim, ad_shape_str(x, b, sizeof b));
+    return NULL;
+  }
+  if (bias->dtype != x->dtype) {
+    ad_set_error(ctx, AD_ERR_DTYPE, "layer_norm: bias is %s, x is %s", ad_dtype_name(bias->dtype),
+                 ad_dtype_name(x->dtype));
     return NULL;
   }
   return ad_add(ctx, y, bias);

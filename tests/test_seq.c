@@ -239,6 +239,8 @@ Test(seq, layer_norm_bad_input) {
   expect_error(AD_ERR_SHAPE, "layer_norm", "bias [4]", NULL);
   cr_assert_null(ad_layer_norm(ctx, x, 1, n3, w3f, NULL, 1e-5));
   expect_error(AD_ERR_DTYPE, "layer_norm", "weight is f32", NULL);
+  cr_assert_null(ad_layer_norm(ctx, x, 1, n3, NULL, w3f, 1e-5));
+  expect_error(AD_ERR_DTYPE, "layer_norm", "bias is f32", NULL);
   cr_assert_null(ad_layer_norm(ctx, x, 2, n23, NULL, NULL, -1));
   expect_error(AD_ERR_ARG, "layer_norm", "eps -1", NULL);
   cr_assert_null(ad_layer_norm(ctx, x, 2, n23, NULL, NULL, NAN));
@@ -372,4 +374,30 @@ Test(seq, cross_entropy_bad_input) {
   ad_tape_reset(ctx);
   ad_tensor *all[5] = {z, t, tgood, tw, tn};
   for (int k = 0; k < 5; k++) ad_tensor_free(all[k]);
+}
+
+/* Empty inputs: empty results and gradients, nothing read out of bounds;
+ * the mean cross-entropy over no position is NaN, as in PyTorch. */
+Test(seq, empty_inputs) {
+  int64_t x0[2] = {0, 4}, n4[1] = {4}, ws[2] = {3, 2}, i0[1] = {0}, z0[3] = {2, 3, 0},
+          t0[2] = {2, 0};
+  ad_tensor *x = ad_zeros(ctx, AD_F64, 2, x0), *w = ad_ones(ctx, AD_F64, 1, n4);
+  ad_tensor *e = ad_ones(ctx, AD_F64, 2, ws), *idx = ad_zeros(ctx, AD_I32, 1, i0);
+  ad_tensor *z = ad_zeros(ctx, AD_F64, 3, z0), *t = ad_zeros(ctx, AD_I32, 2, t0);
+  ad_tensor *req[4] = {x, w, e, z};
+  for (int k = 0; k < 4; k++) ad_tensor_set_requires_grad(req[k], true);
+  ad_tensor *y = ad_layer_norm(ctx, x, 1, n4, w, NULL, 1e-5);
+  ad_tensor *ye = ad_embedding(ctx, e, idx, 0);
+  ad_tensor *l = ad_softmax_cross_entropy_ext(ctx, z, t, NULL);
+  cr_assert(y && ye && l, "%s", ad_last_error(ctx));
+  cr_assert(y->size == 0 && ye->ndim == 2 && ye->shape[0] == 0 && ye->shape[1] == 2);
+  cr_assert(isnan(ad_tensor_item(l)));
+  ad_tensor *s = ad_add(ctx, ad_add(ctx, ad_sum(ctx, y), ad_sum(ctx, ye)), l);
+  cr_assert_eq(ad_backward(ctx, s, NULL), AD_OK, "%s", ad_last_error(ctx));
+  cr_assert_eq(w->grad->size, 4);
+  for (int i = 0; i < 4; i++) cr_assert_eq(ad_tensor_get(w->grad, i), 0.0);
+  for (int i = 0; i < 6; i++) cr_assert_eq(ad_tensor_get(e->grad, i), 0.0);
+  ad_tape_reset(ctx);
+  ad_tensor *all[6] = {x, w, e, idx, z, t};
+  for (int k = 0; k < 6; k++) ad_tensor_free(all[k]);
 }
