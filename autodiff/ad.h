@@ -532,8 +532,9 @@ AD_API ad_tensor *ad_batch_norm(ad_ctx *ctx, ad_tensor *x, ad_tensor *weight, ad
  * normalized_shape, with the mean and the biased variance of each such
  * block: y = (x - mean) / sqrt(var + eps) * weight + bias, weight and bias
  * of the normalized shape (either NULL for none; PyTorch's eps is 1e-5).
- * One op: a row loop forward, a backward written with the engine's ops, so
- * differentiable to any order in x, weight and bias. Errors: AD_ERR_SHAPE
+ * One op, whose gradient in x is the op layer_norm_backward (both a loop
+ * per row with the statistics in double), and whose derivatives of any
+ * order in x, weight and bias are made of the two and sums. Errors: AD_ERR_SHAPE
  * (normalized_shape is not the last dims of x, "layer_norm:
  * normalized_shape [4] does not match the last 1 dims of x [2,3]"; weight
  * or bias not of the normalized shape), AD_ERR_ARG (ndim outside

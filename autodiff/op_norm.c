@@ -2,8 +2,9 @@
  * (per-channel sums are sum_to to [1,C,1,...]), so its first and second
  * derivatives come from theirs, and a graph dump shows the statistics it
  * computes. Its running statistics are updated in place, outside the tape,
- * as PyTorch's buffers are. layer_norm is one op (a loop per row forward),
- * whose backward is written with the same ops, so it differentiates again. */
+ * as PyTorch's buffers are. layer_norm and its gradient layer_norm_backward
+ * are ops (a loop per row each), whose derivatives are made of the two and
+ * of sums, so they differentiate to any order. */
 #include "ops.h"
 
 #include <math.h>
@@ -121,19 +122,18 @@ ad_tensor *ad_batch_norm(ad_ctx *ctx, ad_tensor *x, ad_tensor *weight, ad_tensor
 /* ----------------------------------------------------------- layer_norm
  *
  *   mu = mean_k(x), var = mean_k((x - mu)^2)     (biased, over the last k dims)
- *   xhat = (x - mu) / sqrt(var + eps),  y = xhat * weight + bias
- *   dx = (g - mean_k(g) - xhat mean_k(g xhat)) / sqrt(var + eps),  g = dy * weight
+ *   xhat = (x - mu) s,  s = 1 / sqrt(var + eps),  y = xhat * weight + bias
+ *   dx = layer_norm_backward(dy, x, weight)
  *   dweight = sum over rows of dy xhat,  dbias = sum over rows of dy
  *
  * mean_k is the mean over the normalized shape (the last k dims, M
- * elements), one per row. The forward is one loop per row; the backward
- * recomputes the statistics with the engine's ops (sum_to to [..., 1, ...,
- * 1]) and is written with them, so it can be differentiated again. */
+ * elements), one per row. Both ops are one loop per row, in double for
+ * either dtype; xhat in the backward is layer_norm(x) without affine. */
 
 /* Checks an optional weight or bias: the normalized shape, x's dtype. */
-static ad_status check_affine(const ad_call *c, const ad_tensor *t, const char *what) {
+static ad_status check_affine(const ad_call *c, const ad_tensor *x, const ad_tensor *t,
+                              const char *what) {
   const ad_layer_norm_attrs *at = &c->attrs->layer_norm;
-  const ad_tensor *x = c->in[0];
   char a[64], b[64];
   bool ok = t->ndim == at->ndim;
   for (int k = 0; ok && k < at->ndim; k++) ok = t->shape[k] == at->dims[k];
@@ -147,11 +147,15 @@ static ad_status check_affine(const ad_call *c, const ad_tensor *t, const char *
   return AD_OK;
 }
 
-static ad_status layer_norm_shape(const ad_call *c) {
-  const ad_tensor *x = c->in[0];
+/* The shape rule of both ops: x float, ending with the normalized shape,
+ * eps finite and >= 0; the inputs before x (layer_norm_backward's dy) of
+ * x's shape and dtype, those after it (weight, bias) of the normalized
+ * shape. */
+static ad_status ln_shape(const ad_call *c, int xi) {
+  const ad_tensor *x = c->in[xi];
   const ad_layer_norm_attrs *at = &c->attrs->layer_norm;
-  char a[64], ns[160];
-  if (ad_check_float_same(c->ctx, c->name, 1, c->in) != AD_OK) return ad_last_status(c->ctx);
+  char a[64], b[64], ns[160];
+  if (ad_check_float_same(c->ctx, c->name, xi + 1, c->in) != AD_OK) return ad_last_status(c->ctx);
   if (at->ndim < 1 || at->ndim > AD_MAX_DIMS)
     return ad_set_error(c->ctx, AD_ERR_ARG, "%s: normalized_shape has %d dims; 1..%d are allowed",
                         c->name, at->ndim, AD_MAX_DIMS);
@@ -168,9 +172,12 @@ static ad_status layer_norm_shape(const ad_call *c) {
                         ns, at->ndim, ad_shape_str(x, a, sizeof a));
   if (!(at->eps >= 0) || !isfinite(at->eps))
     return ad_set_error(c->ctx, AD_ERR_ARG, "%s: eps %g must be finite and >= 0", c->name, at->eps);
-  static const char *const what[3] = {"x", "weight", "bias"};
-  for (int k = 1; k < c->n; k++) {
-    ad_status st = check_affine(c, c->in[k], what[k]);
+  if (xi && !ad_same_shape(c->in[0], x))
+    return ad_set_error(c->ctx, AD_ERR_SHAPE, "%s: dy %s and x %s differ", c->name,
+                        ad_shape_str(c->in[0], a, sizeof a), ad_shape_str(x, b, sizeof b));
+  static const char *const what[2] = {"weight", "bias"};
+  for (int k = xi + 1; k < c->n; k++) {
+    ad_status st = check_affine(c, x, c->in[k], what[k - xi - 1]);
     if (st != AD_OK) return st;
   }
   c->out->dtype = x->dtype;
@@ -179,8 +186,49 @@ static ad_status layer_norm_shape(const ad_call *c) {
   return AD_OK;
 }
 
-/* Rows of M elements: mean and biased variance in double (two passes),
- * then y = (x - mu) rstd [* w] [+ b]. */
+static ad_status layer_norm_shape(const ad_call *c) { return ln_shape(c, 0); }
+
+/* Elements per row (M) and rows of x for attrs at; 0 rows when M is 0. */
+static int64_t ln_rows(const ad_tensor *x, const ad_layer_norm_attrs *at, int64_t *M) {
+  *M = 1;
+  for (int k = 0; k < at->ndim; k++) *M *= at->dims[k];
+  return *M ? x->size / *M : 0;
+}
+
+/* The sum of f(i) for i in 0..n-1 in double, in four interleaved partial
+ * sums added in a fixed order: the adds run at the adder's throughput, not
+ * its latency (a row loop is otherwise bound by it), with the same bits on
+ * every run. f reads the index i. */
+#define LN_SUM(out, n, f)                                                                          \
+  do {                                                                                             \
+    double a0_ = 0, a1_ = 0, a2_ = 0, a3_ = 0;                                                     \
+    int64_t b_ = 0;                                                                                \
+    for (; b_ + 4 <= (n); b_ += 4) {                                                               \
+      int64_t i = b_;                                                                              \
+      a0_ += (f);                                                                                  \
+      i = b_ + 1;                                                                                  \
+      a1_ += (f);                                                                                  \
+      i = b_ + 2;                                                                                  \
+      a2_ += (f);                                                                                  \
+      i = b_ + 3;                                                                                  \
+      a3_ += (f);                                                                                  \
+    }                                                                                              \
+    for (int64_t i = b_; i < (n); i++) a0_ += (f);                                                 \
+    (out) = (a0_ + a1_) + (a2_ + a3_);                                                             \
+  } while (0)
+
+/* The mean and 1 / sqrt(var + eps) of a row of M values, in double (two
+ * passes: no cancellation in the variance). */
+#define LN_STATS(xr, M, eps, mu, s)                                                                \
+  do {                                                                                             \
+    double sum_, q_;                                                                               \
+    LN_SUM(sum_, M, (double)(xr)[i]);                                                              \
+    (mu) = sum_ / (double)(M);                                                                     \
+    LN_SUM(q_, M, ((double)(xr)[i] - (mu)) * ((double)(xr)[i] - (mu)));                            \
+    (s) = 1.0 / sqrt(q_ / (double)(M) + (eps));                                                    \
+  } while (0)
+
+/* y = (x - mu) s [* w] [+ b], row by row. */
 #define LN_FWD(T)                                                                                  \
   do {                                                                                             \
     const T *X = x->data, *W = w ? w->data : NULL, *B = b ? b->data : NULL;                        \
@@ -188,13 +236,10 @@ static ad_status layer_norm_shape(const ad_call *c) {
     for (int64_t r = 0; r < rows; r++) {                                                           \
       const T *xr = X + r * M;                                                                     \
       T *yr = Y + r * M;                                                                           \
-      double mu = 0, var = 0;                                                                      \
-      for (int64_t i = 0; i < M; i++) mu += (double)xr[i];                                         \
-      mu /= (double)M;                                                                             \
-      for (int64_t i = 0; i < M; i++) var += ((double)xr[i] - mu) * ((double)xr[i] - mu);          \
-      double rstd = 1.0 / sqrt(var / (double)M + eps);                                             \
+      double mu, s;                                                                                \
+      LN_STATS(xr, M, at->eps, mu, s);                                                             \
       for (int64_t i = 0; i < M; i++) {                                                            \
-        double v = ((double)xr[i] - mu) * rstd;                                                    \
+        double v = ((double)xr[i] - mu) * s;                                                       \
         if (W) v *= (double)W[i];                                                                  \
         if (B) v += (double)B[i];                                                                  \
         yr[i] = (T)v;                                                                              \
@@ -205,56 +250,31 @@ static ad_status layer_norm_shape(const ad_call *c) {
 static void layer_norm_fwd(const ad_call *c) {
   const ad_tensor *x = c->in[0], *w = c->n > 1 ? c->in[1] : NULL, *b = c->n > 2 ? c->in[2] : NULL;
   const ad_layer_norm_attrs *at = &c->attrs->layer_norm;
-  double eps = at->eps;
-  int64_t M = 1;
-  for (int k = 0; k < at->ndim; k++) M *= at->dims[k];
-  if (M == 0 || x->size == 0) return; /* no element to write */
-  int64_t rows = x->size / M;
+  int64_t M, rows = ln_rows(x, at, &M);
   if (x->dtype == AD_F32)
     LN_FWD(float);
   else
     LN_FWD(double);
 }
 
-/* In float64 for float32 inputs (casts, which differentiate to casts):
- * dx is a difference of terms of order dy that cancel, and a dozen float32
- * roundings would leave it about 1e-7 off, as far as PyTorch's float32
- * kernel is from the exact value; this way it is the exact value rounded. */
+/* dx by the partner op; xhat (for the weight) is layer_norm without affine. */
 static ad_status layer_norm_bwd(const ad_call *c) {
   ad_ctx *ctx = c->ctx;
   ad_tensor *x = c->in[0], *w = c->n > 1 ? c->in[1] : NULL, *dy = c->gout;
   const ad_layer_norm_attrs *at = &c->attrs->layer_norm;
-  ad_dtype dt = x->dtype;
-  if (dt == AD_F32) {
-    x = ad_cast(ctx, x, AD_F64);
-    w = w ? ad_cast(ctx, w, AD_F64) : NULL;
-    dy = ad_cast(ctx, dy, AD_F64);
-  }
-  int nd = c->in[0]->ndim, k = at->ndim;
-  int64_t st[AD_MAX_DIMS], M = 1;
-  for (int d = 0; d < nd; d++) st[d] = d < nd - k ? c->in[0]->shape[d] : 1;
-  for (int d = 0; d < k; d++) M *= at->dims[d];
-  double inv = M ? 1.0 / (double)M : 0.0; /* M = 0: x is empty, and so is every gradient */
-  /* the statistics again, as ops of x */
-  ad_tensor *xc = ad_sub(ctx, x, ad_mul_scalar(ctx, ad_sum_to(ctx, x, nd, st), inv));
-  ad_tensor *var = ad_mul_scalar(ctx, ad_sum_to(ctx, ad_mul(ctx, xc, xc), nd, st), inv);
-  ad_tensor *rstd = ad_pow_scalar(ctx, ad_add_scalar(ctx, var, at->eps), -0.5);
-  ad_tensor *xhat = ad_mul(ctx, xc, rstd);
-  ad_tensor *g[3] = {NULL, NULL, NULL};
+  ad_status st = AD_OK;
   if (c->needs[0]) {
-    ad_tensor *gw = w ? ad_mul(ctx, dy, w) : dy;
-    ad_tensor *mg = ad_mul_scalar(ctx, ad_sum_to(ctx, gw, nd, st), inv);
-    ad_tensor *mgx = ad_mul_scalar(ctx, ad_sum_to(ctx, ad_mul(ctx, gw, xhat), nd, st), inv);
-    g[0] = ad_mul(ctx, ad_sub(ctx, ad_sub(ctx, gw, mg), ad_mul(ctx, xhat, mgx)), rstd);
+    ad_tensor *in[3] = {dy, x, w};
+    st = ad_call_set_grad(c, 0,
+                          ad_op_apply(ctx, AD_OP_LAYER_NORM_BACKWARD, w ? 3 : 2, in, c->attrs));
   }
-  if (c->n > 1 && c->needs[1]) g[1] = ad_sum_to(ctx, ad_mul(ctx, dy, xhat), k, at->dims);
-  if (c->n > 2 && c->needs[2]) g[2] = ad_sum_to(ctx, dy, k, at->dims);
-  for (int j = 0; j < c->n; j++) {
-    if (!c->needs[j]) continue;
-    ad_status s = ad_call_set_grad(c, j, dt == AD_F32 ? ad_cast(ctx, g[j], dt) : g[j]);
-    if (s != AD_OK) return s;
+  if (st == AD_OK && c->n > 1 && c->needs[1]) {
+    ad_tensor *xhat = ad_op_apply(ctx, AD_OP_LAYER_NORM, 1, &x, c->attrs);
+    st = ad_call_set_grad(c, 1, ad_sum_to(ctx, ad_mul(ctx, dy, xhat), at->ndim, at->dims));
   }
-  return AD_OK;
+  if (st == AD_OK && c->n > 2 && c->needs[2])
+    st = ad_call_set_grad(c, 2, ad_sum_to(ctx, dy, at->ndim, at->dims));
+  return st;
 }
 
 ad_tensor *ad_layer_norm(ad_ctx *ctx, ad_tensor *x, int ndim, const int64_t *normalized_shape,
@@ -327,6 +347,128 @@ const ad_op_def ad_def_layer_norm = {
     .sample = layer_norm_sample,
     .math = "y = (x - mean_k(x)) / sqrt(var_k(x) + eps) * w + b",
     .inputs = {"x", "w", "b"},
-    .grads = {"(g - mean_k(g) - xhat mean_k(g xhat)) / sqrt(var_k(x) + eps), g = dy * w",
-              "sum_rows(dy * xhat)", "sum_rows(dy)"},
+    .grads = {"layer_norm_backward(dy, x, w)", "sum_rows(dy * xhat)", "sum_rows(dy)"},
+};
+
+/* -------------------------------------------------- layer_norm_backward
+ *
+ *   y = s (g - mean_k(g) - xhat mean_k(g xhat)),  g = dy * weight
+ *       (layer_norm's dx; s and xhat as there, of x)
+ *   d dy = weight * L,  d weight = sum over rows of dy L,
+ *       L = layer_norm_backward(dr, x) (no weight; dr the incoming gradient)
+ *   d x  = -(s/M) (rowsum(dr y) xhat + rowsum(dr xhat) y) - s mean_k(g xhat) L
+ *
+ * y is linear in g, and its adjoint in g is the same map (the Jacobian of
+ * xhat in x is symmetric), so L serves dy and weight. In x: s changes by
+ * -s^2 xhat / M, xhat by that Jacobian, mean_k(g xhat) by y / M. Those
+ * gradients are made of the family's ops (L, layer_norm for xhat) and
+ * sums, so every order exists; they are computed in float64 for float32
+ * inputs, as second derivatives are rare and their terms cancel. */
+
+static ad_status layer_norm_backward_shape(const ad_call *c) { return ln_shape(c, 1); }
+
+#define LNB_FWD(T)                                                                                 \
+  do {                                                                                             \
+    const T *G = dy->data, *X = x->data, *W = w ? w->data : NULL;                                  \
+    T *Y = c->out->data;                                                                           \
+    for (int64_t r = 0; r < rows; r++) {                                                           \
+      const T *xr = X + r * M, *gr = G + r * M;                                                    \
+      T *yr = Y + r * M;                                                                           \
+      double mu, s, mg, mgx;                                                                       \
+      LN_STATS(xr, M, at->eps, mu, s);                                                             \
+      LN_SUM(mg, M, W ? (double)gr[i] * (double)W[i] : (double)gr[i]);                             \
+      LN_SUM(mgx, M, (W ? (double)gr[i] * (double)W[i] : (double)gr[i]) * ((double)xr[i] - mu));   \
+      mg /= (double)M;                                                                             \
+      mgx *= s / (double)M;                                                                        \
+      for (int64_t i = 0; i < M; i++) {                                                            \
+        double g = W ? (double)gr[i] * (double)W[i] : (double)gr[i];                               \
+        yr[i] = (T)(s * (g - mg - ((double)xr[i] - mu) * s * mgx));                                \
+      }                                                                                            \
+    }                                                                                              \
+  } while (0)
+
+static void layer_norm_backward_fwd(const ad_call *c) {
+  const ad_tensor *dy = c->in[0], *x = c->in[1], *w = c->n > 2 ? c->in[2] : NULL;
+  const ad_layer_norm_attrs *at = &c->attrs->layer_norm;
+  int64_t M, rows = ln_rows(x, at, &M);
+  if (x->dtype == AD_F32)
+    LNB_FWD(float);
+  else
+    LNB_FWD(double);
+}
+
+static ad_status layer_norm_backward_bwd(const ad_call *c) {
+  ad_ctx *ctx = c->ctx;
+  const ad_layer_norm_attrs *at = &c->attrs->layer_norm;
+  ad_dtype dt = c->in[1]->dtype;
+  ad_tensor *dy = c->in[0], *x = c->in[1], *w = c->n > 2 ? c->in[2] : NULL, *y = c->out;
+  ad_tensor *dr = c->gout;
+  if (dt == AD_F32) {
+    dy = ad_cast(ctx, dy, AD_F64);
+    x = ad_cast(ctx, x, AD_F64);
+    w = w ? ad_cast(ctx, w, AD_F64) : NULL;
+    y = ad_cast(ctx, y, AD_F64);
+    dr = ad_cast(ctx, dr, AD_F64);
+  }
+  int nd = x ? x->ndim : 0, k = at->ndim;
+  int64_t st[AD_MAX_DIMS], M;
+  ln_rows(c->in[1], at, &M);
+  for (int d = 0; d < nd; d++) st[d] = d < nd - k ? x->shape[d] : 1;
+  double inv = M ? 1.0 / (double)M : 0.0;
+  ad_tensor *in2[2] = {dr, x};
+  ad_tensor *L = ad_op_apply(ctx, AD_OP_LAYER_NORM_BACKWARD, 2, in2, c->attrs);
+  ad_tensor *g[3] = {NULL, NULL, NULL};
+  if (c->needs[0]) g[0] = w ? ad_mul(ctx, L, w) : L;
+  if (c->n > 2 && c->needs[2]) g[2] = ad_sum_to(ctx, ad_mul(ctx, dy, L), k, at->dims);
+  if (c->needs[1]) {
+    ad_tensor *xhat = ad_op_apply(ctx, AD_OP_LAYER_NORM, 1, &x, c->attrs);
+    ad_tensor *xc = ad_sub(ctx, x, ad_mul_scalar(ctx, ad_sum_to(ctx, x, nd, st), inv));
+    ad_tensor *var = ad_mul_scalar(ctx, ad_sum_to(ctx, ad_mul(ctx, xc, xc), nd, st), inv);
+    ad_tensor *s = ad_pow_scalar(ctx, ad_add_scalar(ctx, var, at->eps), -0.5);
+    ad_tensor *gw = w ? ad_mul(ctx, dy, w) : dy;
+    ad_tensor *mgx = ad_mul_scalar(ctx, ad_sum_to(ctx, ad_mul(ctx, gw, xhat), nd, st), inv);
+    ad_tensor *ry = ad_sum_to(ctx, ad_mul(ctx, dr, y), nd, st);
+    ad_tensor *rx = ad_sum_to(ctx, ad_mul(ctx, dr, xhat), nd, st);
+    ad_tensor *t = ad_add(ctx, ad_mul(ctx, ry, xhat), ad_mul(ctx, rx, y));
+    t = ad_mul(ctx, t, ad_mul_scalar(ctx, s, -inv));
+    g[1] = ad_sub(ctx, t, ad_mul(ctx, ad_mul(ctx, s, mgx), L));
+  }
+  for (int j = 0; j < c->n; j++) {
+    if (!c->needs[j]) continue;
+    ad_status r = ad_call_set_grad(c, j, dt == AD_F32 ? ad_cast(ctx, g[j], dt) : g[j]);
+    if (r != AD_OK) return r;
+  }
+  return AD_OK;
+}
+
+/* dy, x [2,3,4] over the last dim (with a weight) and over the last two */
+static int layer_norm_backward_sample(const ad_sample_call *s) {
+  static const int64_t xs[3] = {2, 3, 4};
+  if (s->variant > 1) return 0;
+  int k = s->variant ? 2 : 1;
+  s->attrs->layer_norm = (ad_layer_norm_attrs){.ndim = k, .eps = 1e-5};
+  for (int d = 0; d < k; d++) s->attrs->layer_norm.dims[d] = xs[3 - k + d];
+  s->in[0] = ad_sample_tensor(s, 3, xs, -1, 1, true);
+  s->in[1] = ad_sample_tensor(s, 3, xs, -2, 2, true);
+  int n = 2;
+  if (!s->variant) s->in[n++] = ad_sample_tensor(s, 1, xs + 2, 0.5, 1.5, true);
+  for (int j = 0; j < n; j++)
+    if (!s->in[j]) return -1;
+  return n;
+}
+
+const ad_op_def ad_def_layer_norm_backward = {
+    .name = "layer_norm_backward",
+    .arity = 3,
+    .min_arity = 2,
+    .attrs = AD_ATTRS_LAYER_NORM,
+    .shape = layer_norm_backward_shape,
+    .forward = layer_norm_backward_fwd,
+    .backward = layer_norm_backward_bwd,
+    .sample = layer_norm_backward_sample,
+    .math = "y = s (g - mean_k(g) - xhat mean_k(g xhat)), g = dy * w, s = 1 / sqrt(var_k(x) + eps)",
+    .inputs = {"dy", "x", "w"},
+    .grads = {"w * L, L = layer_norm_backward(dr, x)",
+              "-(s/M) (rowsum(dr y) xhat + rowsum(dr xhat) y) - s mean_k(g xhat) L",
+              "sum_rows(dy * L)"},
 };

@@ -614,6 +614,28 @@ ln_case("layer_norm_weight_only", (2, 3, 4), 1, (True, False))
 ln_case("layer_norm_eps", (4, 6), 1, eps=0.1)
 
 
+def lnb_case(label, xs, k, weight):
+    """layer_norm_backward(dy, x, w): layer_norm's gradient in x, in float64. First order
+    only: torch 1.13 differentiates its layer_norm double backward with the saved mean and
+    rstd held constant, and its values then disagree with central differences (by O(1));
+    ad-gradcheck checks our second order numerically."""
+    ns = tuple(xs[len(xs) - k:])
+
+    def make(rng):
+        spec = [("in", U(rng, xs, -1, 1)), ("in", U(rng, xs))]
+        return spec + ([("in", U(rng, ns, 0.5, 1.5))] if weight else [])
+
+    def fn(t):
+        d = [v.double() for v in t]
+        y = F.layer_norm(d[1], ns, d[2] if len(d) > 2 else None, None, 1e-5)
+        return torch.autograd.grad(y, d[1], d[0], create_graph=True)[0].to(t[0].dtype)
+    add(label, "layer_norm_backward", make, fn, attr=("layer_norm", 1e-5) + ns, second=False)
+
+
+lnb_case("layer_norm_backward_last", (3, 4), 1, True)
+lnb_case("layer_norm_backward_two_dims", (2, 3, 4), 2, False)
+
+
 def ce_opts(ignore=None, red="mean"):
     def f(t):
         return F.cross_entropy(t[0], t[1], reduction=red,
