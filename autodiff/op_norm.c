@@ -352,13 +352,13 @@ const ad_op_def ad_def_layer_norm = {
 
 /* -------------------------------------------------- layer_norm_backward
  *
- *   y = s (g - mean_k(g) - xhat mean_k(g xhat)),  g = dy * weight
- *       (layer_norm's dx; s and xhat as there, of x)
- *   d dy = weight * L,  d weight = sum over rows of dy L,
- *       L = layer_norm_backward(dr, x) (no weight; dr the incoming gradient)
- *   d x  = -(s/M) (rowsum(dr y) xhat + rowsum(dr xhat) y) - s mean_k(g xhat) L
+ *   y = s (gw - mean_k(gw) - xhat mean_k(gw xhat)),  gw = g * weight
+ *       (layer_norm's dx for its dy = g; s and xhat as there, of x)
+ *   dg = weight * L,  dweight = sum over rows of g L,
+ *       L = layer_norm_backward(dy, x) (no weight; dy the incoming gradient)
+ *   dx = -(s/M) (rowsum(dy y) xhat + rowsum(dy xhat) y) - s mean_k(gw xhat) L
  *
- * y is linear in g, and its adjoint in g is the same map (the Jacobian of
+ * y is linear in gw, and its adjoint in gw is the same map (the Jacobian of
  * xhat in x is symmetric), so L serves dy and weight. In x: s changes by
  * -s^2 xhat / M, xhat by that Jacobian, mean_k(g xhat) by y / M. Those
  * gradients are made of the family's ops (L, layer_norm for xhat) and
@@ -369,7 +369,7 @@ static ad_status layer_norm_backward_shape(const ad_call *c) { return ln_shape(c
 
 #define LNB_FWD(T)                                                                                 \
   do {                                                                                             \
-    const T *G = dy->data, *X = x->data, *W = w ? w->data : NULL;                                  \
+    const T *G = g->data, *X = x->data, *W = w ? w->data : NULL;                                   \
     T *Y = c->out->data;                                                                           \
     for (int64_t r = 0; r < rows; r++) {                                                           \
       const T *xr = X + r * M, *gr = G + r * M;                                                    \
@@ -381,14 +381,14 @@ static ad_status layer_norm_backward_shape(const ad_call *c) { return ln_shape(c
       mg /= (double)M;                                                                             \
       mgx *= s / (double)M;                                                                        \
       for (int64_t i = 0; i < M; i++) {                                                            \
-        double g = W ? (double)gr[i] * (double)W[i] : (double)gr[i];                               \
-        yr[i] = (T)(s * (g - mg - ((double)xr[i] - mu) * s * mgx));                                \
+        double gw = W ? (double)gr[i] * (double)W[i] : (double)gr[i];                              \
+        yr[i] = (T)(s * (gw - mg - ((double)xr[i] - mu) * s * mgx));                               \
       }                                                                                            \
     }                                                                                              \
   } while (0)
 
 static void layer_norm_backward_fwd(const ad_call *c) {
-  const ad_tensor *dy = c->in[0], *x = c->in[1], *w = c->n > 2 ? c->in[2] : NULL;
+  const ad_tensor *g = c->in[0], *x = c->in[1], *w = c->n > 2 ? c->in[2] : NULL;
   const ad_layer_norm_attrs *at = &c->attrs->layer_norm;
   int64_t M, rows = ln_rows(x, at, &M);
   if (x->dtype == AD_F32)
@@ -401,47 +401,47 @@ static ad_status layer_norm_backward_bwd(const ad_call *c) {
   ad_ctx *ctx = c->ctx;
   const ad_layer_norm_attrs *at = &c->attrs->layer_norm;
   ad_dtype dt = c->in[1]->dtype;
-  ad_tensor *dy = c->in[0], *x = c->in[1], *w = c->n > 2 ? c->in[2] : NULL, *y = c->out;
-  ad_tensor *dr = c->gout;
+  ad_tensor *g = c->in[0], *x = c->in[1], *w = c->n > 2 ? c->in[2] : NULL, *y = c->out;
+  ad_tensor *dy = c->gout;
   if (dt == AD_F32) {
-    dy = ad_cast(ctx, dy, AD_F64);
+    g = ad_cast(ctx, g, AD_F64);
     x = ad_cast(ctx, x, AD_F64);
     w = w ? ad_cast(ctx, w, AD_F64) : NULL;
     y = ad_cast(ctx, y, AD_F64);
-    dr = ad_cast(ctx, dr, AD_F64);
+    dy = ad_cast(ctx, dy, AD_F64);
   }
   int nd = x ? x->ndim : 0, k = at->ndim;
   int64_t st[AD_MAX_DIMS], M;
   ln_rows(c->in[1], at, &M);
   for (int d = 0; d < nd; d++) st[d] = d < nd - k ? x->shape[d] : 1;
   double inv = M ? 1.0 / (double)M : 0.0;
-  ad_tensor *in2[2] = {dr, x};
+  ad_tensor *in2[2] = {dy, x};
   ad_tensor *L = ad_op_apply(ctx, AD_OP_LAYER_NORM_BACKWARD, 2, in2, c->attrs);
-  ad_tensor *g[3] = {NULL, NULL, NULL};
-  if (c->needs[0]) g[0] = w ? ad_mul(ctx, L, w) : L;
-  if (c->n > 2 && c->needs[2]) g[2] = ad_sum_to(ctx, ad_mul(ctx, dy, L), k, at->dims);
+  ad_tensor *gin[3] = {NULL, NULL, NULL};
+  if (c->needs[0]) gin[0] = w ? ad_mul(ctx, L, w) : L;
+  if (c->n > 2 && c->needs[2]) gin[2] = ad_sum_to(ctx, ad_mul(ctx, g, L), k, at->dims);
   if (c->needs[1]) {
     ad_tensor *xhat = ad_op_apply(ctx, AD_OP_LAYER_NORM, 1, &x, c->attrs);
     ad_tensor *xc = ad_sub(ctx, x, ad_mul_scalar(ctx, ad_sum_to(ctx, x, nd, st), inv));
     ad_tensor *var = ad_mul_scalar(ctx, ad_sum_to(ctx, ad_mul(ctx, xc, xc), nd, st), inv);
     ad_tensor *s = ad_pow_scalar(ctx, ad_add_scalar(ctx, var, at->eps), -0.5);
-    ad_tensor *gw = w ? ad_mul(ctx, dy, w) : dy;
+    ad_tensor *gw = w ? ad_mul(ctx, g, w) : g;
     ad_tensor *mgx = ad_mul_scalar(ctx, ad_sum_to(ctx, ad_mul(ctx, gw, xhat), nd, st), inv);
-    ad_tensor *ry = ad_sum_to(ctx, ad_mul(ctx, dr, y), nd, st);
-    ad_tensor *rx = ad_sum_to(ctx, ad_mul(ctx, dr, xhat), nd, st);
+    ad_tensor *ry = ad_sum_to(ctx, ad_mul(ctx, dy, y), nd, st);
+    ad_tensor *rx = ad_sum_to(ctx, ad_mul(ctx, dy, xhat), nd, st);
     ad_tensor *t = ad_add(ctx, ad_mul(ctx, ry, xhat), ad_mul(ctx, rx, y));
     t = ad_mul(ctx, t, ad_mul_scalar(ctx, s, -inv));
-    g[1] = ad_sub(ctx, t, ad_mul(ctx, ad_mul(ctx, s, mgx), L));
+    gin[1] = ad_sub(ctx, t, ad_mul(ctx, ad_mul(ctx, s, mgx), L));
   }
   for (int j = 0; j < c->n; j++) {
     if (!c->needs[j]) continue;
-    ad_status r = ad_call_set_grad(c, j, dt == AD_F32 ? ad_cast(ctx, g[j], dt) : g[j]);
+    ad_status r = ad_call_set_grad(c, j, dt == AD_F32 ? ad_cast(ctx, gin[j], dt) : gin[j]);
     if (r != AD_OK) return r;
   }
   return AD_OK;
 }
 
-/* dy, x [2,3,4] over the last dim (with a weight) and over the last two */
+/* g, x [2,3,4] over the last dim (with a weight) and over the last two */
 static int layer_norm_backward_sample(const ad_sample_call *s) {
   static const int64_t xs[3] = {2, 3, 4};
   if (s->variant > 1) return 0;
@@ -466,9 +466,10 @@ const ad_op_def ad_def_layer_norm_backward = {
     .forward = layer_norm_backward_fwd,
     .backward = layer_norm_backward_bwd,
     .sample = layer_norm_backward_sample,
-    .math = "y = s (g - mean_k(g) - xhat mean_k(g xhat)), g = dy * w, s = 1 / sqrt(var_k(x) + eps)",
-    .inputs = {"dy", "x", "w"},
-    .grads = {"w * L, L = layer_norm_backward(dr, x)",
-              "-(s/M) (rowsum(dr y) xhat + rowsum(dr xhat) y) - s mean_k(g xhat) L",
-              "sum_rows(dy * L)"},
+    .math = "y = s (gw - mean_k(gw) - xhat mean_k(gw xhat)), gw = g * w, s = 1 / sqrt(var_k(x) + "
+            "eps)",
+    .inputs = {"g", "x", "w"},
+    .grads = {"w * L, L = layer_norm_backward(dy, x)",
+              "-(s/M) (rowsum(dy y) xhat + rowsum(dy xhat) y) - s mean_k(gw xhat) L",
+              "sum_rows(g * L)"},
 };
