@@ -233,7 +233,7 @@ static int64_t ln_rows(const ad_tensor *x, const ad_layer_norm_attrs *at, int64_
   do {                                                                                             \
     const T *X = x->data, *W = w ? w->data : NULL, *B = b ? b->data : NULL;                        \
     T *Y = c->out->data;                                                                           \
-    for (int64_t r = 0; r < rows; r++) {                                                           \
+    for (int64_t r = r0; r < r1; r++) {                                                            \
       const T *xr = X + r * M;                                                                     \
       T *yr = Y + r * M;                                                                           \
       double mu, s;                                                                                \
@@ -247,14 +247,37 @@ static int64_t ln_rows(const ad_tensor *x, const ad_layer_norm_attrs *at, int64_
     }                                                                                              \
   } while (0)
 
-static void layer_norm_fwd(const ad_call *c) {
+/* Rows [r0, r1) of an op of the family (a range of ad_parallel_for). */
+typedef struct ln_job {
+  const ad_call *c;
+  int64_t M;
+} ln_job;
+
+/* Runs fn over rows rows of M elements, on the library's threads when
+ * there are enough (rows are independent: the same bits either way). */
+static void ln_run(int64_t rows, int64_t M, ad_range_fn fn, ln_job *job) {
+  int64_t grain = M ? (32768 + M - 1) / M : rows;
+  if (rows <= grain)
+    fn(job, 0, rows);
+  else
+    ad_parallel_for(rows, grain, fn, job);
+}
+
+static void layer_norm_rows(void *ud, int64_t r0, int64_t r1) {
+  const ln_job *j = ud;
+  const ad_call *c = j->c;
   const ad_tensor *x = c->in[0], *w = c->n > 1 ? c->in[1] : NULL, *b = c->n > 2 ? c->in[2] : NULL;
   const ad_layer_norm_attrs *at = &c->attrs->layer_norm;
-  int64_t M, rows = ln_rows(x, at, &M);
+  int64_t M = j->M;
   if (x->dtype == AD_F32)
     LN_FWD(float);
   else
     LN_FWD(double);
+}
+
+static void layer_norm_fwd(const ad_call *c) {
+  ln_job j = {c, 0};
+  ln_run(ln_rows(c->in[0], &c->attrs->layer_norm, &j.M), j.M, layer_norm_rows, &j);
 }
 
 /* dx by the partner op; xhat (for the weight) is layer_norm without affine. */
@@ -371,7 +394,7 @@ static ad_status layer_norm_backward_shape(const ad_call *c) { return ln_shape(c
   do {                                                                                             \
     const T *G = g->data, *X = x->data, *W = w ? w->data : NULL;                                   \
     T *Y = c->out->data;                                                                           \
-    for (int64_t r = 0; r < rows; r++) {                                                           \
+    for (int64_t r = r0; r < r1; r++) {                                                            \
       const T *xr = X + r * M, *gr = G + r * M;                                                    \
       T *yr = Y + r * M;                                                                           \
       double mu, s, mg, mgx;                                                                       \
@@ -387,14 +410,21 @@ static ad_status layer_norm_backward_shape(const ad_call *c) { return ln_shape(c
     }                                                                                              \
   } while (0)
 
-static void layer_norm_backward_fwd(const ad_call *c) {
+static void layer_norm_backward_rows(void *ud, int64_t r0, int64_t r1) {
+  const ln_job *j = ud;
+  const ad_call *c = j->c;
   const ad_tensor *g = c->in[0], *x = c->in[1], *w = c->n > 2 ? c->in[2] : NULL;
   const ad_layer_norm_attrs *at = &c->attrs->layer_norm;
-  int64_t M, rows = ln_rows(x, at, &M);
+  int64_t M = j->M;
   if (x->dtype == AD_F32)
     LNB_FWD(float);
   else
     LNB_FWD(double);
+}
+
+static void layer_norm_backward_fwd(const ad_call *c) {
+  ln_job j = {c, 0};
+  ln_run(ln_rows(c->in[1], &c->attrs->layer_norm, &j.M), j.M, layer_norm_backward_rows, &j);
 }
 
 static ad_status layer_norm_backward_bwd(const ad_call *c) {

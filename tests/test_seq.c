@@ -401,3 +401,38 @@ Test(seq, empty_inputs) {
   ad_tensor *all[6] = {x, w, e, idx, z, t};
   for (int k = 0; k < 6; k++) ad_tensor_free(all[k]);
 }
+
+/* Rows split over threads give the same bits as one thread (forward and
+ * the gradient in x, large enough to be split). */
+Test(seq, layer_norm_threads_same_bits) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 17);
+  int64_t xs[2] = {512, 128}, ns[1] = {128};
+  ad_tensor *x = randt(&rng, AD_F32, 2, xs, -2, 2, true),
+            *w = randt(&rng, AD_F32, 1, ns, 0.5, 1.5, true);
+  ad_tensor *seed = randt(&rng, AD_F32, 2, xs, -1, 1, false);
+  float *ref[2] = {malloc(sizeof(float) * 65536), malloc(sizeof(float) * 65536)};
+  cr_assert(ref[0] && ref[1]);
+  for (int threads = 1; threads <= 2; threads++) {
+    cr_assert_eq(ad_set_num_threads(threads), AD_OK);
+    ad_tensor *y = ad_layer_norm(ctx, x, 1, ns, w, NULL, 1e-5);
+    cr_assert_not_null(y, "%s", ad_last_error(ctx));
+    ad_tensor_zero_grad(x);
+    cr_assert_eq(ad_backward(ctx, y, seed), AD_OK, "%s", ad_last_error(ctx));
+    for (int k = 0; k < 2; k++) {
+      const float *v = k ? x->grad->data : y->data;
+      if (threads == 1)
+        memcpy(ref[k], v, sizeof(float) * 65536);
+      else
+        cr_assert(!memcmp(ref[k], v, sizeof(float) * 65536), "%s differs with 2 threads",
+                  k ? "dx" : "y");
+    }
+    ad_tape_reset(ctx);
+  }
+  ad_set_num_threads(1);
+  free(ref[0]);
+  free(ref[1]);
+  ad_tensor_free(x);
+  ad_tensor_free(w);
+  ad_tensor_free(seed);
+}
