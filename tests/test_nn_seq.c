@@ -275,3 +275,17 @@ Test(nn_seq, bad_input) {
   ad_tensor *all[5] = {ib, xf, z, t, twr};
   for (int k = 0; k < 5; k++) ad_tensor_free(all[k]);
 }
+
+Test(nn_seq, null_arguments) {
+  int64_t n = 4;
+  cr_assert_null(nn_embedding_new(NULL, 4, 4, NULL, NULL));
+  cr_assert_null(nn_layer_norm_new(NULL, 1, &n, NULL));
+  cr_assert_null(nn_sequence_cross_entropy_loss(NULL, NULL, NULL, NN_MEAN, NULL));
+  cr_assert_null(nn_sequence_cross_entropy_loss(ctx, NULL, NULL, NN_MEAN, NULL));
+  expect_error(AD_ERR_NULL, "sequence_cross_entropy_loss", "logits", NULL);
+  nn_layer *l = nn_layer_norm_new(ctx, 1, &n, NULL);
+  cr_assert_null(nn_layer_forward(l, NULL, true));
+  cr_assert_eq(ad_last_status(ctx), AD_ERR_NULL);
+  ad_clear_error(ctx);
+  nn_layer_free(l);
+}

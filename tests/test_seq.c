@@ -436,3 +436,20 @@ Test(seq, layer_norm_threads_same_bits) {
   ad_tensor_free(w);
   ad_tensor_free(seed);
 }
+
+/* NULL in: NULL out, and an error recorded when there is a context. */
+Test(seq, null_arguments) {
+  int64_t n2[2] = {2, 2}, n1 = 2;
+  ad_tensor *w = ad_zeros(ctx, AD_F64, 2, n2), *i = ad_zeros(ctx, AD_I32, 1, &n1);
+  cr_assert_null(ad_embedding(NULL, w, i, AD_NO_PADDING));
+  cr_assert_null(ad_layer_norm(NULL, w, 1, &n1, NULL, NULL, 1e-5));
+  cr_assert_null(ad_softmax_cross_entropy_ext(NULL, w, i, NULL));
+  cr_assert_null(ad_embedding(ctx, NULL, i, AD_NO_PADDING));
+  expect_error(AD_ERR_NULL, "embedding", NULL);
+  cr_assert_null(ad_layer_norm(ctx, NULL, 1, &n1, NULL, NULL, 1e-5));
+  expect_error(AD_ERR_NULL, "layer_norm", "x", NULL);
+  cr_assert_null(ad_softmax_cross_entropy_ext(ctx, w, NULL, NULL));
+  expect_error(AD_ERR_NULL, "softmax_cross_entropy", NULL);
+  ad_tensor_free(w);
+  ad_tensor_free(i);
+}
