@@ -47,7 +47,8 @@ def seeded(shape, seed, lo=-1.0, hi=1.0):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default=os.path.join(ROOT, "tests", "fixtures", "torch_seq.safetensors"))
+    ap.add_argument("--out",
+                    default=os.path.join(ROOT, "tests", "fixtures", "torch_seq.safetensors"))
     args = ap.parse_args()
     torch.set_num_threads(1)
     out = {}
