@@ -523,6 +523,19 @@ static void attrs_str(const ad_op_def *def, const ad_tensor *t, sbuf *out) {
   case AD_ATTRS_ATTENTION:
     sb_put(&b, " scale %.6g%s", a->attention.scale, a->attention.causal ? " causal" : "");
     break;
+  case AD_ATTRS_EMBEDDING:
+    if (a->embedding.padding) sb_put(&b, " padding_idx %lld", (long long)a->embedding.padding_idx);
+    break;
+  case AD_ATTRS_LAYER_NORM:
+    sb_put(&b, " normalized_shape [");
+    for (int k = 0; k < a->layer_norm.ndim && k < AD_MAX_DIMS; k++)
+      sb_put(&b, "%s%lld", k ? "," : "", (long long)a->layer_norm.dims[k]);
+    sb_put(&b, "] eps %.6g", a->layer_norm.eps);
+    break;
+  case AD_ATTRS_CROSS_ENTROPY:
+    if (a->cross_entropy.ignore) sb_put(&b, " ignore_index %d", (int)a->cross_entropy.ignore_index);
+    if (a->cross_entropy.sum) sb_put(&b, " sum");
+    break;
   case AD_ATTRS_USER:
     for (int k = 0; k < 6; k++)
       if (a->user.i[k]) sb_put(&b, " i%d %lld", k, (long long)a->user.i[k]);

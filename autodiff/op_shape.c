@@ -1,5 +1,7 @@
 /* op_shape.c: reshape (a view), permute, expand / sum_to, narrow / pad,
- * concat, index_select / index_add. Each op's gradient is its partner. */
+ * concat, index_select / index_add, and embedding (index_select with
+ * PyTorch's padding row, whose gradient is index_add). Each op's gradient
+ * is its partner. */
 #include "ops.h"
 
 #include <limits.h>
@@ -937,3 +939,120 @@ ad_status ad_unstack(ad_ctx *ctx, ad_tensor *x, int axis, ad_tensor **out) {
   }
   return AD_OK;
 }
+/* ------------------------------------------------------------ embedding
+ *
+ *   y[j] = w[idx[j]]                   (rows of w [num, dim]; idx any shape)
+ *   dw   = index_add(dy masked, idx)   (rows at padding_idx get nothing)
+ *
+ * index_select with PyTorch's padding_idx and an error that names the bad
+ * index, where it is and the vocabulary size. */
+
+/* The padding row in 0..num-1, or -1 for none. */
+static int64_t padding_row(const ad_embedding_attrs *at, int64_t num) {
+  if (!at->padding) return -1;
+  return at->padding_idx < 0 ? at->padding_idx + num : at->padding_idx;
+}
+
+static ad_status embedding_shape(const ad_call *c) {
+  const ad_tensor *w = c->in[0], *idx = c->in[1];
+  const ad_embedding_attrs *at = &c->attrs->embedding;
+  ad_tensor *o = c->out;
+  char a[64], b[64];
+  if (ad_check_float_same(c->ctx, c->name, 1, c->in) != AD_OK) return ad_last_status(c->ctx);
+  if (idx->dtype != AD_I32)
+    return ad_set_error(c->ctx, AD_ERR_DTYPE, "%s: indices %s are %s; they must be i32", c->name,
+                        ad_shape_str(idx, a, sizeof a), ad_dtype_name(idx->dtype));
+  if (w->ndim != 2 || idx->ndim + 1 > AD_MAX_DIMS)
+    return ad_set_error(c->ctx, AD_ERR_SHAPE,
+                        "%s: weight %s must be [num_embeddings, embedding_dim] and indices %s "
+                        "at most %d-d",
+                        c->name, ad_shape_str(w, a, sizeof a), ad_shape_str(idx, b, sizeof b),
+                        AD_MAX_DIMS - 1);
+  int64_t num = w->shape[0];
+  if (at->padding && (at->padding_idx < -num || at->padding_idx >= num))
+    return ad_set_error(
+        c->ctx, AD_ERR_ARG, "%s: padding_idx %lld is outside -%lld..%lld for %lld embeddings",
+        c->name, (long long)at->padding_idx, (long long)num, (long long)num - 1, (long long)num);
+  const int32_t *p = idx->data;
+  for (int64_t i = 0; i < idx->size; i++) {
+    if (p[i] >= 0 && p[i] < num) continue;
+    char pos[192];
+    return ad_set_error(c->ctx, AD_ERR_ARG,
+                        "%s: index %d at position %lld (%s of indices %s) is outside the "
+                        "vocabulary of %lld (0..%lld)",
+                        c->name, p[i], (long long)i, ad_coords_str(idx, i, pos, sizeof pos),
+                        ad_shape_str(idx, a, sizeof a), (long long)num, (long long)num - 1);
+  }
+  o->ndim = idx->ndim + 1;
+  memcpy(o->shape, idx->shape, sizeof(int64_t) * (size_t)idx->ndim);
+  o->shape[idx->ndim] = w->shape[1];
+  o->dtype = w->dtype;
+  return AD_OK;
+}
+
+static void embedding_fwd(const ad_call *c) {
+  const ad_tensor *w = c->in[0], *idx = c->in[1];
+  size_t row = (size_t)w->shape[1] * ad_dsize(w->dtype);
+  const int32_t *p = idx->data;
+  for (int64_t i = 0; i < idx->size; i++)
+    memcpy((char *)c->out->data + (size_t)i * row, (const char *)w->data + (size_t)p[i] * row, row);
+}
+
+/* The rows of dy whose index is the padding row are replaced by zeros
+ * (where, not a product: a NaN there sends nothing either), then added up
+ * per index. */
+static ad_status embedding_bwd(const ad_call *c) {
+  if (!c->needs[0]) return AD_OK;
+  ad_ctx *ctx = c->ctx;
+  ad_tensor *w = c->in[0], *idx = c->in[1], *g = c->gout;
+  int64_t pad = padding_row(&c->attrs->embedding, w->shape[0]);
+  const int32_t *p = idx->data;
+  bool hit = false;
+  for (int64_t i = 0; pad >= 0 && i < idx->size && !hit; i++) hit = p[i] == pad;
+  if (hit) {
+    int64_t ms[AD_MAX_DIMS];
+    memcpy(ms, idx->shape, sizeof(int64_t) * (size_t)idx->ndim);
+    ms[idx->ndim] = 1;
+    ad_tensor *keep = ad_tmp_full(ctx, g->dtype, idx->ndim + 1, ms, 1.0);
+    if (!keep) return ad_last_status(ctx);
+    for (int64_t i = 0; i < idx->size; i++)
+      if (p[i] == pad) ad_tensor_set(keep, i, 0.0);
+    g = ad_where(ctx, keep, g, ad_scalar(ctx, g->dtype, 0.0));
+  }
+  return ad_call_set_grad(c, 0, ad_index_add(ctx, g, idx, w->shape[0]));
+}
+
+ad_tensor *ad_embedding(ad_ctx *ctx, ad_tensor *weight, ad_tensor *indices, int64_t padding_idx) {
+  ad_attrs at = {.embedding = {.padding = padding_idx != AD_NO_PADDING,
+                               .padding_idx = padding_idx == AD_NO_PADDING ? 0 : padding_idx}};
+  return ad_apply2(ctx, AD_OP_EMBEDDING, weight, indices, &at);
+}
+
+/* [5, 3] weights; indices [2, 3] that repeat rows (+= in the backward),
+ * without padding, with padding_idx 3 and with -2 (row 3 too). The padding
+ * row's gradient is 0 by definition, not the derivative (the row is looked
+ * up all the same), so central differences would disagree: the samples keep
+ * it out of the indices; the value fixture and tests/test_seq.c check it. */
+static int embedding_sample(const ad_sample_call *s) {
+  static const int32_t v[3][6] = {{0, 2, 2, 4, 1, 0}, {2, 1, 2, 4, 0, 1}, {4, 2, 1, 4, 4, 0}};
+  int k = s->variant;
+  if (k > 2) return 0;
+  int64_t sw[2] = {5, 3}, si[2] = {2, 3};
+  s->attrs->embedding = (ad_embedding_attrs){.padding = k > 0, .padding_idx = k == 1 ? 3 : -2};
+  s->in[0] = ad_sample_tensor(s, 2, sw, -1, 1, true);
+  s->in[1] = ad_from_data(s->ctx, AD_I32, 2, si, v[k]);
+  return s->in[0] && s->in[1] ? 2 : -1;
+}
+
+const ad_op_def ad_def_embedding = {
+    .name = "embedding",
+    .arity = 2,
+    .attrs = AD_ATTRS_EMBEDDING,
+    .shape = embedding_shape,
+    .forward = embedding_fwd,
+    .backward = embedding_bwd,
+    .sample = embedding_sample,
+    .math = "y[j] = w[idx[j]] (rows)",
+    .inputs = {"w", "idx"},
+    .grads = {"index_add(dy where idx != padding_idx else 0, idx, rows(w))", NULL},
+};

@@ -484,6 +484,26 @@ AD_API ad_tensor *ad_index_select(ad_ctx *ctx, ad_tensor *x, ad_tensor *idx);
  * gradient of index_select). */
 AD_API ad_tensor *ad_index_add(ad_ctx *ctx, ad_tensor *src, ad_tensor *idx, int64_t rows);
 
+/* The padding_idx of ad_embedding for none. */
+#define AD_NO_PADDING INT64_MIN
+/* Embedding lookup, torch.nn.functional.embedding: the rows of weight
+ * [num, dim] (float) picked by indices (AD_I32, any shape): y has shape
+ * indices.shape + [dim]. The gradient adds dy's rows into the rows they
+ * came from (a scatter-add, index_add); the row padding_idx gets none (0,
+ * also where dy is NaN), as PyTorch's padding_idx: in -num..num-1, a
+ * negative one counting from the end (num + padding_idx), or AD_NO_PADDING.
+ * The padding row's values are looked up as they are, as in PyTorch
+ * (nn_embedding_new zeroes it at initialisation). Differentiable to any order in
+ * weight; the indices are saved as recorded (as index_select's). Errors:
+ * AD_ERR_ARG naming the first index outside 0..num-1, its flat position,
+ * its coordinates in indices and num ("embedding: index 12 at position 5
+ * ([1,2] of indices [2,3]) is outside the vocabulary of 10 (0..9)"), or a
+ * padding_idx out of range; AD_ERR_SHAPE (weight not 2-D, indices of more
+ * than AD_MAX_DIMS - 1 dims); AD_ERR_DTYPE (weight not float, indices not
+ * AD_I32). */
+AD_API ad_tensor *ad_embedding(ad_ctx *ctx, ad_tensor *weight, ad_tensor *indices,
+                               int64_t padding_idx);
+
 /* reductions; axis may be negative; keepdim keeps it with length 1. As in
  * PyTorch, a reduced dim may have length 0: the reduction of no element is
  * 0 for sum, NaN for mean, -inf for logsumexp, and an error for max
@@ -512,6 +532,31 @@ AD_API ad_tensor *ad_log_softmax(ad_ctx *ctx, ad_tensor *x, int axis);
  * not change the gradient. */
 AD_API ad_tensor *ad_softmax_cross_entropy(ad_ctx *ctx, ad_tensor *logits, ad_tensor *labels);
 
+/* Options of ad_softmax_cross_entropy_ext; the zero value (or NULL) is
+ * the mean over every position, none ignored. */
+typedef struct ad_cross_entropy_opts {
+  bool ignore;          /* positions whose label is ignore_index count for nothing */
+  int32_t ignore_index; /* PyTorch's default is -100; any value, 0..C-1 too */
+  bool sum;             /* the sum over the counted positions (reduction='sum') */
+} ad_cross_entropy_opts;
+
+/* Softmax cross-entropy as PyTorch's F.cross_entropy with class labels,
+ * also for sequences: logits [N, C] with labels [N], or [N, C, d1, ...]
+ * (classes in dim 1, e.g. [N, C, T]) with labels [N, d1, ...]. The loss of
+ * a position is -log softmax over its C logits at its label; the result is
+ * their mean over the positions counted (reduction='mean'), or with sum
+ * their sum. With ignore, positions whose label is ignore_index add
+ * neither loss nor gradient (their gradient is exactly 0) and are not
+ * counted in the mean; when every position is ignored the mean is NaN (the
+ * sum 0) and every gradient 0, as in PyTorch. The same op as
+ * ad_softmax_cross_entropy (which is this with opts NULL, for [N, C]
+ * only): stable, differentiable to any order in the logits, labels saved
+ * as recorded. Errors: AD_ERR_SHAPE (the shapes above, C = 0), AD_ERR_ARG
+ * (a label outside 0..C-1 that is not the ignore_index, named with its
+ * position and coordinates), AD_ERR_DTYPE. */
+AD_API ad_tensor *ad_softmax_cross_entropy_ext(ad_ctx *ctx, ad_tensor *logits, ad_tensor *labels,
+                                               const ad_cross_entropy_opts *opts);
+
 /* Batch normalisation, PyTorch's F.batch_norm: x [N, C, ...] (2-D [N, C]
  * or more dims, e.g. NCHW) normalised per channel (dim 1) over every other
  * dim, then scaled by weight [C] and shifted by bias [C] (either NULL for
@@ -531,6 +576,23 @@ AD_API ad_tensor *ad_softmax_cross_entropy(ad_ctx *ctx, ad_tensor *logits, ad_te
 AD_API ad_tensor *ad_batch_norm(ad_ctx *ctx, ad_tensor *x, ad_tensor *weight, ad_tensor *bias,
                                 ad_tensor *running_mean, ad_tensor *running_var, bool training,
                                 double momentum, double eps);
+
+/* Layer normalisation, PyTorch's F.layer_norm: x (float, any rank) is
+ * normalised over its last ndim dims, whose lengths must be
+ * normalized_shape, with the mean and the biased variance of each such
+ * block: y = (x - mean) / sqrt(var + eps) * weight + bias, weight and bias
+ * of the normalized shape (either NULL for none; PyTorch's eps is 1e-5).
+ * One op, whose gradient in x is the op layer_norm_backward (both a loop
+ * per row with the statistics in double), and whose derivatives of any
+ * order in x, weight and bias are made of the two and sums. Errors: AD_ERR_SHAPE
+ * (normalized_shape is not the last dims of x, "layer_norm:
+ * normalized_shape [4] does not match the last 1 dims of x [2,3]"; weight
+ * or bias not of the normalized shape), AD_ERR_ARG (ndim outside
+ * 1..AD_MAX_DIMS, eps < 0 or not finite), AD_ERR_DTYPE (not float, or
+ * dtypes differ), AD_ERR_NULL. */
+AD_API ad_tensor *ad_layer_norm(ad_ctx *ctx, ad_tensor *x, int ndim,
+                                const int64_t *normalized_shape, ad_tensor *weight, ad_tensor *bias,
+                                double eps);
 
 /* ------------------------------------------------------------- pooling
  * 2-D pooling over the last two dims (H, W) of a float tensor, 4-D

@@ -146,6 +146,30 @@ typedef struct ad_attention_attrs { /* softmax(scale Q K^T [+ causal mask]) V */
   bool causal;
 } ad_attention_attrs;
 
+/* embedding: the row of the weight that gets no gradient, when padding;
+ * padding_idx in -num..num-1, a negative one counting from the end (PyTorch's
+ * padding_idx) */
+typedef struct ad_embedding_attrs {
+  bool padding;
+  int64_t padding_idx;
+} ad_embedding_attrs;
+
+/* layer_norm: the normalized shape (the input's last ndim dims) and eps */
+typedef struct ad_layer_norm_attrs {
+  int ndim;
+  int64_t dims[AD_MAX_DIMS];
+  double eps;
+} ad_layer_norm_attrs;
+
+/* softmax_cross_entropy: positions whose label is ignore_index (when
+ * ignore) count for nothing; sum: the sum over the counted positions in
+ * place of their mean */
+typedef struct ad_cross_entropy_attrs {
+  bool ignore;
+  int32_t ignore_index;
+  bool sum;
+} ad_cross_entropy_attrs;
+
 /* Free-form attributes for an op registered at run time. */
 typedef struct ad_user_attrs {
   int64_t i[6];
@@ -168,6 +192,9 @@ typedef struct ad_attrs {
     ad_conv_attrs conv;
     ad_pool_attrs pool;
     ad_attention_attrs attention;
+    ad_embedding_attrs embedding;
+    ad_layer_norm_attrs layer_norm;
+    ad_cross_entropy_attrs cross_entropy;
     ad_user_attrs user;
   };
 } ad_attrs;
@@ -189,6 +216,9 @@ typedef enum ad_attrs_kind {
   AD_ATTRS_CONV,
   AD_ATTRS_POOL,
   AD_ATTRS_ATTENTION,
+  AD_ATTRS_EMBEDDING,
+  AD_ATTRS_LAYER_NORM,
+  AD_ATTRS_CROSS_ENTROPY,
   AD_ATTRS_USER,
   AD_ATTRS_KIND_COUNT
 } ad_attrs_kind;
