@@ -1,8 +1,8 @@
-/* test_nn_attn.c: ad_scaled_dot_product_attention against PyTorch
- * (tests/fixtures/torch_attn.safetensors, written by
- * tools/gen_attn_fixtures.py: outputs, attention weights and gradients in
- * float64), first and second derivatives by central differences, dropout,
- * and the error messages. */
+/* test_nn_attn.c: ad_scaled_dot_product_attention and the multi-head
+ * attention layer against PyTorch (tests/fixtures/torch_attn.safetensors,
+ * written by tools/gen_attn_fixtures.py: outputs, attention weights and
+ * gradients in float64), first and second derivatives by central
+ * differences, dropout, a PyTorch state dict, and the error messages. */
 #include "nn.h"
 #include "test_alloc.h"
 
@@ -14,6 +14,7 @@
 #define ATTN_FIXTURE "tests/fixtures/torch_attn.safetensors"
 
 TEST_CTX_SUITE(sdpa);
+TEST_CTX_SUITE_ALSO(mha);
 
 static void expect_msg(ad_ctx *c, ad_status st, const char *needle) {
   cr_assert_eq(ad_last_status(c), st, "status %s: %s", ad_status_str(ad_last_status(c)),
@@ -260,4 +261,205 @@ Test(sdpa, bad_input) {
   expect_msg(ctx, AD_ERR_SHAPE, "must have the same number of dims");
   ad_tensor *all[] = {q, k6, v4, kb, k, v, m, md, q2};
   for (size_t i = 0; i < sizeof all / sizeof *all; i++) ad_tensor_free(all[i]);
+}
+
+/* ------------------------------------------------------------------- MHA */
+
+enum { E = 6, H = 2 };
+static const char *const mha_param_names[4] = {"in_proj_weight", "in_proj_bias", "out_proj.weight",
+                                               "out_proj.bias"};
+
+/* A layer with the fixture's parameters. */
+static nn_layer *mha_layer(ad_dtype dt, bool batch_first, bool causal) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 1);
+  nn_mha_opts o = {.batch_first = batch_first, .causal = causal, .dtype = dt};
+  nn_layer *l = nn_multihead_attention_new(ctx, E, H, &rng, &o);
+  cr_assert_not_null(l, "%s", ad_last_error(ctx));
+  nn_params *p = nn_layer_params(l);
+  cr_assert_eq(nn_params_count(p), 4);
+  for (int i = 0; i < 4; i++) {
+    cr_assert_str_eq(nn_params_name(p, i), mha_param_names[i]);
+    char n[64];
+    snprintf(n, sizeof n, "mha.%s", mha_param_names[i]);
+    ad_tensor *t = fx(ctx, dt, n);
+    cr_assert_eq(ad_tensor_copy_data(nn_params_tensor(p, i), t), AD_OK, "%s", ad_last_error(ctx));
+    ad_tensor_free(t);
+  }
+  return l;
+}
+
+static void mha_fixture(ad_dtype dt, const char *cs, bool batch_first, bool per_head, double tol) {
+  char n[96];
+#define FX(field) (snprintf(n, sizeof n, "mha.%s.%s", cs, field), fx(ctx, dt, n))
+  ad_tensor *q = FX("query"), *k = FX("key"), *v = FX("value"), *am = FX("attn_mask");
+  ad_tensor *kpm = FX("key_padding_mask"), *gy = FX("gy"), *gw = FX("gw"), *want = FX("out");
+  ad_tensor *ww = FX("weights"), *dq = FX("dquery"), *dk = FX("dkey"), *dv = FX("dvalue");
+  ad_tensor *dp[4];
+  for (int i = 0; i < 4; i++) {
+    char f[48];
+    snprintf(f, sizeof f, "d.%s", mha_param_names[i]);
+    dp[i] = FX(f);
+  }
+#undef FX
+  nn_layer *l = mha_layer(dt, batch_first, false);
+  bool self = !k;
+  ad_tensor_set_requires_grad(q, true);
+  if (!self) ad_tensor_set_requires_grad(k, true), ad_tensor_set_requires_grad(v, true);
+  nn_mha_args a = {
+      .attn_mask = am, .key_padding_mask = kpm, .per_head_weights = per_head, .training = true};
+  ad_tensor *w = NULL;
+  ad_tensor *y = nn_multihead_attention(l, q, self ? q : k, self ? q : v, &a, &w);
+  cr_assert_not_null(y, "%s: %s", cs, ad_last_error(ctx));
+  snprintf(n, sizeof n, "%s out", cs);
+  expect_close(y, want, tol, n);
+  snprintf(n, sizeof n, "%s weights", cs);
+  expect_close(w, ww, tol, n);
+  ad_tensor *loss = ad_add(ctx, ad_sum(ctx, ad_mul(ctx, y, gy)), ad_sum(ctx, ad_mul(ctx, w, gw)));
+  cr_assert_eq(ad_backward(ctx, loss, NULL), AD_OK, "%s", ad_last_error(ctx));
+  snprintf(n, sizeof n, "%s dquery", cs);
+  expect_close(q->grad, dq, tol, n);
+  if (!self) {
+    snprintf(n, sizeof n, "%s dkey", cs);
+    expect_close(k->grad, dk, tol, n);
+    snprintf(n, sizeof n, "%s dvalue", cs);
+    expect_close(v->grad, dv, tol, n);
+  }
+  for (int i = 0; i < 4; i++) {
+    snprintf(n, sizeof n, "%s d%s", cs, mha_param_names[i]);
+    expect_close(nn_params_tensor(nn_layer_params(l), i)->grad, dp[i], tol, n);
+  }
+  ad_tape_reset(ctx);
+  nn_layer_free(l);
+  ad_tensor *all[] = {q, k, v, am, kpm, gy, gw, want, ww, dq, dk, dv, dp[0], dp[1], dp[2], dp[3]};
+  for (size_t i = 0; i < sizeof all / sizeof *all; i++) ad_tensor_free(all[i]);
+}
+
+static void mha_all(ad_dtype dt, double tol) {
+  mha_fixture(dt, "cross", false, false, tol);
+  mha_fixture(dt, "causal", true, true, tol);
+  mha_fixture(dt, "mask3d", true, false, tol);
+  mha_fixture(dt, "unbatched", false, false, tol);
+}
+
+Test(mha, matches_pytorch_f64) { mha_all(AD_F64, 1e-10); }
+
+Test(mha, matches_pytorch_f32) { mha_all(AD_F32, 1e-5); }
+
+/* The causal case again, through the layer's causal flag in a Sequential
+ * model (self-attention) instead of PyTorch's -inf mask. */
+Test(mha, causal_self_attention_in_sequential) {
+  nn_model *m = nn_sequential_new(ctx);
+  cr_assert_eq(nn_model_add(m, mha_layer(AD_F64, true, true)), AD_OK, "%s", ad_last_error(ctx));
+  cr_assert_not_null(nn_model_param(m, "0.in_proj_weight"));
+  cr_assert_not_null(nn_model_param(m, "0.out_proj.bias"));
+  ad_tensor *x = fx(ctx, AD_F64, "mha.causal.query"), *want = fx(ctx, AD_F64, "mha.causal.out");
+  ad_tensor *y = nn_model_forward(m, x);
+  expect_close(y, want, 1e-10, "sequential causal out");
+  ad_tensor_free(x), ad_tensor_free(want);
+  nn_model_free(m);
+}
+
+Test(mha, pytorch_state_dict_loads_unchanged) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 4);
+  nn_mha_opts o = {.dtype = AD_F64};
+  nn_layer *l = nn_multihead_attention_new(ctx, E, H, &rng, &o);
+  cr_assert_not_null(l);
+  nn_params *p = nn_layer_params(l);
+  cr_assert_eq(nn_checkpoint_load(ctx, ATTN_FIXTURE, 4, nn_params_names(p), nn_params_tensors(p)),
+               AD_OK, "%s", ad_last_error(ctx));
+  ad_tensor *want = fx(ctx, AD_F64, "in_proj_bias");
+  expect_close(nn_params_find(p, "in_proj_bias"), want, 0, "in_proj_bias");
+  ad_tensor_free(want);
+  nn_layer_free(l);
+}
+
+Test(mha, pytorch_initialisation) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 9);
+  const int64_t e = 16;
+  nn_layer *l = nn_multihead_attention_new(ctx, e, 4, &rng, NULL);
+  cr_assert_not_null(l);
+  nn_params *p = nn_layer_params(l);
+  double lim_in = sqrt(6.0 / (double)(e + 3 * e)), lim_out = 1.0 / sqrt((double)e);
+  const double lims[4] = {lim_in, 0, lim_out, 0};
+  for (int i = 0; i < 4; i++) {
+    ad_tensor *t = nn_params_tensor(p, i);
+    cr_assert_eq(t->dtype, AD_F32);
+    double mx = 0;
+    for (int64_t j = 0; j < t->size; j++) mx = fmax(mx, fabs(ad_tensor_get(t, j)));
+    cr_assert(mx <= lims[i], "%s: max |w| %g > %g", nn_params_name(p, i), mx, lims[i]);
+    if (lims[i] > 0) /* 256 or 768 draws reach beyond 90% of the bound */
+      cr_assert(mx > 0.9 * lims[i], "%s: max |w| %g of %g", nn_params_name(p, i), mx, lims[i]);
+  }
+  cr_assert_eq(nn_params_tensor(p, 0)->shape[0], 3 * e);
+  nn_layer_free(l);
+}
+
+Test(mha, dropout_in_training_only) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 9);
+  nn_mha_opts o = {.batch_first = true, .dropout = 0.5, .seed = 7, .dtype = AD_F64};
+  nn_layer *l = nn_multihead_attention_new(ctx, E, H, &rng, &o);
+  int64_t s[3] = {2, 5, E};
+  ad_tensor *x = ad_rand(ctx, &rng, AD_F64, 3, s, -1, 1);
+  ad_tensor *w_eval = NULL, *w_train = NULL, *w_eval2 = NULL;
+  nn_mha_args ev = {.per_head_weights = true}, tr = {.per_head_weights = true, .training = true};
+  ad_tensor *y0 = nn_multihead_attention(l, x, x, x, &ev, &w_eval);
+  ad_tensor *y1 = nn_multihead_attention(l, x, x, x, &tr, &w_train);
+  ad_tensor *y2 = nn_multihead_attention(l, x, x, x, &ev, &w_eval2);
+  cr_assert(y0 && y1 && y2, "%s", ad_last_error(ctx));
+  int64_t zeros = 0;
+  for (int64_t i = 0; i < w_eval->size; i++) {
+    double a = ad_tensor_get(w_eval, i), b = ad_tensor_get(w_train, i);
+    zeros += b == 0;
+    cr_assert(b == 0 || fabs(b - 2 * a) < 1e-15, "[%lld] %g vs %g", (long long)i, b, a);
+    cr_assert_eq(ad_tensor_get(w_eval2, i), a);
+  }
+  cr_assert(zeros > 20 && zeros < 80, "%lld of 100 dropped", (long long)zeros);
+  ad_tensor_free(x);
+  nn_layer_free(l);
+}
+
+Test(mha, bad_input) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 1);
+  cr_assert_null(nn_multihead_attention_new(ctx, 6, 4, &rng, NULL));
+  expect_msg(ctx, AD_ERR_ARG, "embed_dim 6 and num_heads 4");
+  nn_mha_opts od = {.dropout = 1.5};
+  cr_assert_null(nn_multihead_attention_new(ctx, 6, 2, &rng, &od));
+  expect_msg(ctx, AD_ERR_ARG, "dropout 1.5 is outside [0, 1)");
+  nn_model *m = nn_sequential_new(ctx);
+  cr_assert_eq(nn_model_add(m, nn_multihead_attention_new(ctx, E, H, &rng, NULL)), AD_OK);
+  nn_layer *l = nn_model_layer(m, 0);
+  ad_tensor *x = ad_ones(ctx, AD_F32, 3, (int64_t[]){4, 2, E});
+  ad_tensor *x5 = ad_ones(ctx, AD_F32, 3, (int64_t[]){4, 2, 5});
+  cr_assert_null(nn_model_forward(m, x5));
+  expect_msg(ctx, AD_ERR_SHAPE,
+             "multihead_attention '0': query [4,2,5], key [4,2,5] and value "
+             "[4,2,5] must be [L, N, E] or [L, E] with E = embed_dim 6");
+  ad_tensor *am = ad_zeros(ctx, AD_F32, 2, (int64_t[]){4, 3});
+  nn_mha_args a = {.attn_mask = am};
+  cr_assert_null(nn_multihead_attention(l, x, x, x, &a, NULL));
+  expect_msg(ctx, AD_ERR_SHAPE,
+             "attn_mask [4,3] must be [L, S] = [4,4] or [N*num_heads, L, S] = [4,4,4]");
+  ad_tensor *kpm = ad_zeros(ctx, AD_I32, 2, (int64_t[]){4, 2});
+  nn_mha_args b = {.key_padding_mask = kpm};
+  cr_assert_null(nn_multihead_attention(l, x, x, x, &b, NULL));
+  expect_msg(ctx, AD_ERR_SHAPE, "key_padding_mask [4,2] must be [N, S] = [2,4]");
+  ad_tensor *k3 = ad_ones(ctx, AD_F32, 3, (int64_t[]){3, 2, E});
+  ad_tensor *v4 = ad_ones(ctx, AD_F32, 3, (int64_t[]){4, 2, E});
+  cr_assert_null(nn_multihead_attention(l, x, k3, v4, NULL, NULL));
+  expect_msg(ctx, AD_ERR_SHAPE, "key and value must have the same length");
+  ad_tensor *xd = ad_ones(ctx, AD_F64, 3, (int64_t[]){4, 2, E});
+  cr_assert_null(nn_multihead_attention(l, xd, xd, xd, NULL, NULL));
+  expect_msg(ctx, AD_ERR_DTYPE, "the layer is f32");
+  nn_layer *other = nn_flatten_new(ctx);
+  cr_assert_null(nn_multihead_attention(other, x, x, x, NULL, NULL));
+  expect_msg(ctx, AD_ERR_ARG, "is not a multihead_attention");
+  nn_layer_free(other);
+  ad_tensor *all[] = {x, x5, am, kpm, k3, v4, xd};
+  for (size_t i = 0; i < sizeof all / sizeof *all; i++) ad_tensor_free(all[i]);
+  nn_model_free(m);
 }
