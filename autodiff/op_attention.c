@@ -114,7 +114,12 @@ ad_tensor *ad_scaled_dot_product_attention(ad_ctx *ctx, ad_tensor *q, ad_tensor 
     ad_tensor *keep = ad_tmp_full(ctx, q->dtype, 2, ls, 0.0);
     if (!keep) return NULL;
     for (int64_t i = 0; i < L; i++)
-      for (int64_t j = 0; j <= i && j < S; j++) ad_tensor_set(keep, i * S + j, 1.0);
+      for (int64_t j = 0; j <= i && j < S; j++) {
+        if (keep->dtype == AD_F32)
+          ((float *)keep->data)[i * S + j] = 1.0f;
+        else
+          ((double *)keep->data)[i * S + j] = 1.0;
+      }
     ad_tensor *ninf = ad_scalar(ctx, q->dtype, -INFINITY);
     s = ad_where(ctx, keep, s, ninf);
   }
@@ -125,8 +130,13 @@ ad_tensor *ad_scaled_dot_product_attention(ad_ctx *ctx, ad_tensor *q, ad_tensor 
     ad_tensor *keep = ad_tmp_new(ctx, w->dtype, w->ndim, w->shape);
     if (!keep) return NULL;
     double scale_keep = 1.0 / (1.0 - o.dropout_p);
-    for (int64_t i = 0; i < keep->size; i++)
-      ad_tensor_set(keep, i, ad_rng_uniform(o.rng) >= o.dropout_p ? scale_keep : 0.0);
+    for (int64_t i = 0; i < keep->size; i++) {
+      double d = ad_rng_uniform(o.rng) >= o.dropout_p ? scale_keep : 0.0;
+      if (keep->dtype == AD_F32)
+        ((float *)keep->data)[i] = (float)d;
+      else
+        ((double *)keep->data)[i] = d;
+    }
     w = ad_mul(ctx, w, keep);
   }
   ad_tensor *out = ad_matmul(ctx, w, v, false, false);
