@@ -1,52 +1,111 @@
-/* op_matmul.c: (batched) matrix product with transpose flags. */
+/* op_matmul.c: matrix product with NumPy/PyTorch semantics (broadcast batch
+ * dimensions, 1-D operands) and transpose flags. */
 #include "kernels/kernels.h"
 #include "ops.h"
 
 /* --------------------------------------------------------------- matmul */
 
+/* How a product is laid out. op(A) is [.., m, k] and op(B) [.., k, n]; a
+ * 1-D A is the row [1, k] and a 1-D B the column [k, 1], whose m or n is
+ * dropped from the output; a flag on a 1-D operand is ignored (a vector is
+ * its own transpose, as NumPy's v.T). The batch dimensions (all but the
+ * last two) broadcast against each other, aligned from the right; sa[d] and
+ * sb[d] are A's and B's element steps along output batch dim d, 0 where
+ * the operand is broadcast (size 1 or absent), so no operand is copied. */
+typedef struct mm_layout {
+  bool ta, tb; /* the flags in effect: false for a 1-D operand */
+  int64_t m, k, n;
+  int nb; /* output batch rank */
+  int64_t batch[AD_MAX_DIMS], sa[AD_MAX_DIMS], sb[AD_MAX_DIMS];
+} mm_layout;
+
+/* x's batch rank: dims before its last two (none for 1-D or 2-D). */
+static int batch_rank(const ad_tensor *x) { return x->ndim > 2 ? x->ndim - 2 : 0; }
+
+/* Element step of x's batch dim j in a contiguous x (its matrices are
+ * the last two dims). */
+static int64_t batch_step(const ad_tensor *x, int j) {
+  int64_t s = 1;
+  for (int i = j + 1; i < x->ndim; i++) s *= x->shape[i];
+  return s;
+}
+
+/* Fills *l for op(a) op(b) (a and b at least 1-D); returns 0, or 1 when
+ * the inner dims differ, 2 when the batch dims do not broadcast. */
+static int mm_layout_of(mm_layout *l, const ad_tensor *a, const ad_tensor *b, bool ta, bool tb) {
+  l->ta = ta && a->ndim >= 2;
+  l->tb = tb && b->ndim >= 2;
+  int64_t ka, kb;
+  if (a->ndim == 1)
+    l->m = 1, ka = a->shape[0];
+  else
+    l->m = a->shape[a->ndim - (l->ta ? 1 : 2)], ka = a->shape[a->ndim - (l->ta ? 2 : 1)];
+  if (b->ndim == 1)
+    l->n = 1, kb = b->shape[0];
+  else
+    kb = b->shape[b->ndim - (l->tb ? 1 : 2)], l->n = b->shape[b->ndim - (l->tb ? 2 : 1)];
+  l->k = ka;
+  if (ka != kb) return 1;
+  int ra = batch_rank(a), rb = batch_rank(b);
+  l->nb = ra > rb ? ra : rb;
+  for (int d = 0; d < l->nb; d++) {
+    int ja = d - (l->nb - ra), jb = d - (l->nb - rb); /* the operands' dims, < 0 if absent */
+    int64_t da = ja >= 0 ? a->shape[ja] : 1, db = jb >= 0 ? b->shape[jb] : 1;
+    if (da != db && da != 1 && db != 1) return 2;
+    l->batch[d] = da == 1 ? db : da;
+    l->sa[d] = da == l->batch[d] && ja >= 0 ? batch_step(a, ja) : 0;
+    l->sb[d] = db == l->batch[d] && jb >= 0 ? batch_step(b, jb) : 0;
+  }
+  return 0;
+}
+
+/* Writes the operand shapes for an error message, "^T" after a transposed
+ * one. */
+static const char *mm_operands(const ad_tensor *a, const ad_tensor *b, const mm_layout *l,
+                               char *buf, size_t n) {
+  char sa[64], sb[64];
+  snprintf(buf, n, "%s%s x %s%s", ad_shape_str(a, sa, sizeof sa), l->ta ? "^T" : "",
+           ad_shape_str(b, sb, sizeof sb), l->tb ? "^T" : "");
+  return buf;
+}
+
 static ad_status matmul_shape(const ad_call *c) {
   const ad_tensor *a = c->in[0], *b = c->in[1];
   ad_tensor *o = c->out;
-  char sa[64], sb[64];
+  char ops[160];
   ad_status st = ad_check_float_same(c->ctx, c->name, 2, c->in);
   if (st != AD_OK) return st;
-  if (a->ndim < 2 || b->ndim < 2)
-    return ad_set_error(c->ctx, AD_ERR_SHAPE, "%s: inputs need at least 2 dims: %s x %s", c->name,
-                        ad_shape_str(a, sa, sizeof sa), ad_shape_str(b, sb, sizeof sb));
-  bool ta = c->attrs->matmul.trans_a, tb = c->attrs->matmul.trans_b;
-  int64_t m = a->shape[a->ndim - (ta ? 1 : 2)], ka = a->shape[a->ndim - (ta ? 2 : 1)];
-  int64_t kb = b->shape[b->ndim - (tb ? 1 : 2)], nn = b->shape[b->ndim - (tb ? 2 : 1)];
-  if (ka != kb)
-    return ad_set_error(c->ctx, AD_ERR_SHAPE, "%s: inner dimensions differ: %s%s x %s%s", c->name,
-                        ad_shape_str(a, sa, sizeof sa), ta ? "^T" : "",
-                        ad_shape_str(b, sb, sizeof sb), tb ? "^T" : "");
-  const ad_tensor *lead = a->ndim >= b->ndim ? a : b;
-  if (a->ndim > 2 && b->ndim > 2) {
-    bool same = a->ndim == b->ndim;
-    for (int i = 0; same && i < a->ndim - 2; i++) same = a->shape[i] == b->shape[i];
-    if (!same)
-      return ad_set_error(c->ctx, AD_ERR_SHAPE, "%s: batch dimensions differ: %s x %s", c->name,
-                          ad_shape_str(a, sa, sizeof sa), ad_shape_str(b, sb, sizeof sb));
-  }
-  o->ndim = lead->ndim;
-  for (int i = 0; i < lead->ndim - 2; i++) o->shape[i] = lead->shape[i];
-  o->shape[lead->ndim - 2] = m;
-  o->shape[lead->ndim - 1] = nn;
+  mm_layout l = {.ta = false, .tb = false};
+  if (a->ndim < 1 || b->ndim < 1)
+    return ad_set_error(c->ctx, AD_ERR_SHAPE, "%s: inputs need at least 1 dim: %s", c->name,
+                        mm_operands(a, b, &l, ops, sizeof ops));
+  int bad = mm_layout_of(&l, a, b, c->attrs->matmul.trans_a, c->attrs->matmul.trans_b);
+  if (bad == 1)
+    return ad_set_error(c->ctx, AD_ERR_SHAPE, "%s: inner dimensions differ: %s", c->name,
+                        mm_operands(a, b, &l, ops, sizeof ops));
+  if (bad == 2)
+    return ad_set_error(c->ctx, AD_ERR_SHAPE,
+                        "%s: batch dimensions do not broadcast: %s (all but the last two dims "
+                        "must be equal or 1, aligned from the right)",
+                        c->name, mm_operands(a, b, &l, ops, sizeof ops));
+  o->ndim = l.nb;
+  memcpy(o->shape, l.batch, sizeof(int64_t) * (size_t)l.nb);
+  if (a->ndim >= 2) o->shape[o->ndim++] = l.m;
+  if (b->ndim >= 2) o->shape[o->ndim++] = l.n;
   o->dtype = a->dtype;
   return AD_OK;
 }
 
-/* Leading (batch) dims of x: all but the last two. */
-static int64_t batch_of(const ad_tensor *x) { return ad_shape_size(x->ndim - 2, x->shape); }
-
-/* Y = op(A) op(B), batch by batch; a 2-D side is shared by every batch. */
+/* Y = op(A) op(B), one GEMM per output batch; a broadcast operand's batch
+ * step is 0, so it is read in place for every batch it meets. */
 static void matmul_fwd(const ad_call *c) {
   const ad_tensor *a = c->in[0], *b = c->in[1];
   ad_tensor *out = c->out;
-  bool ta = c->attrs->matmul.trans_a, tb = c->attrs->matmul.trans_b;
-  int64_t m = out->shape[out->ndim - 2], nn = out->shape[out->ndim - 1];
-  int64_t k = a->shape[a->ndim - (ta ? 2 : 1)];
-  int64_t batches = batch_of(out);
+  mm_layout l;
+  mm_layout_of(&l, a, b, c->attrs->matmul.trans_a, c->attrs->matmul.trans_b);
+  bool ta = l.ta, tb = l.tb;
+  int64_t m = l.m, nn = l.n, k = l.k;
+  int64_t batches = ad_shape_size(l.nb, l.batch);
   size_t es = ad_dsize(out->dtype);
   void *t;
   if (batches == 1 && ad_matmul_xwt_pays(ta, tb, m, nn, k) &&
@@ -54,27 +113,63 @@ static void matmul_fwd(const ad_call *c) {
     ad_matmul_xwt(out->dtype, m, nn, k, a->data, b->data, t, out->data);
     return;
   }
-  int64_t sa = a->ndim > 2 ? m * k : 0, sb = b->ndim > 2 ? k * nn : 0;
-  for (int64_t i = 0; i < batches; i++)
-    ad_gemm_split(out->dtype, ta, tb, m, nn, k, (const char *)a->data + (size_t)(i * sa) * es,
-                  ta ? m : k, (const char *)b->data + (size_t)(i * sb) * es, tb ? k : nn, 0.0,
+  int64_t idx[AD_MAX_DIMS] = {0}, oa = 0, ob = 0; /* output batch index, operand offsets */
+  for (int64_t i = 0; i < batches; i++) {
+    ad_gemm_split(out->dtype, ta, tb, m, nn, k, (const char *)a->data + (size_t)oa * es, ta ? m : k,
+                  (const char *)b->data + (size_t)ob * es, tb ? k : nn, 0.0,
                   (char *)out->data + (size_t)(i * m * nn) * es, nn);
+    for (int d = l.nb - 1; d >= 0; d--) { /* next batch index, last dim fastest */
+      oa += l.sa[d], ob += l.sb[d];
+      if (++idx[d] < l.batch[d]) break;
+      oa -= l.sa[d] * l.batch[d], ob -= l.sb[d] * l.batch[d], idx[d] = 0;
+    }
+  }
 }
 
-/* A batched dY against a 2-D input gives a batched contribution, which the
- * engine sums over the batch. */
+/* x (1-D) as a matrix of shape rows x cols, or x itself when it is not
+ * 1-D. */
+static ad_tensor *as_matrix(ad_ctx *ctx, ad_tensor *x, int64_t rows, int64_t cols) {
+  if (!x || x->ndim != 1) return x;
+  int64_t s[2] = {rows, cols};
+  return ad_reshape(ctx, x, 2, s);
+}
+
+/* g, a contribution shaped like the (broadcast) product, summed over the
+ * batch dims x2 (x as a matrix) was broadcast along, then shaped like x. */
+static ad_tensor *grad_like(ad_ctx *ctx, ad_tensor *g, const ad_tensor *x2, const ad_tensor *x) {
+  if (!g || !x2) return NULL;
+  if (!ad_same_shape(g, x2)) g = ad_sum_to(ctx, g, x2->ndim, x2->shape);
+  if (g && !ad_same_shape(g, x)) g = ad_reshape(ctx, g, x->ndim, x->shape);
+  return g;
+}
+
+/* With A2, B2 the operands as matrices (1-D ones as a row / a column) and
+ * dY2 = dY with their dropped dims put back, the 2-D rules apply batch by
+ * batch: dA = dY op(B)^T, dB = op(A)^T dY (as products of the flags);
+ * each is then summed over the batch dims its operand was broadcast along
+ * and shaped like it. All of it is ops, so it differentiates again. */
 static ad_status matmul_bwd(const ad_call *c) {
   ad_ctx *ctx = c->ctx;
   ad_tensor *a = c->in[0], *b = c->in[1], *dy = c->gout;
-  bool ta = c->attrs->matmul.trans_a, tb = c->attrs->matmul.trans_b;
+  mm_layout l;
+  mm_layout_of(&l, a, b, c->attrs->matmul.trans_a, c->attrs->matmul.trans_b);
+  bool ta = l.ta, tb = l.tb;
+  ad_tensor *a2 = as_matrix(ctx, a, 1, l.k), *b2 = as_matrix(ctx, b, l.k, 1);
+  if (a->ndim == 1 || b->ndim == 1) {
+    int64_t s[AD_MAX_DIMS];
+    memcpy(s, l.batch, sizeof(int64_t) * (size_t)l.nb);
+    s[l.nb] = l.m, s[l.nb + 1] = l.n;
+    dy = ad_reshape(ctx, dy, l.nb + 2, s);
+  }
   if (c->needs[0]) {
-    ad_status st = ad_call_set_grad(
-        c, 0, !ta ? ad_matmul(ctx, dy, b, false, !tb) : ad_matmul(ctx, b, dy, tb, true));
+    ad_tensor *g = !ta ? ad_matmul(ctx, dy, b2, false, !tb) : ad_matmul(ctx, b2, dy, tb, true);
+    ad_status st = ad_call_set_grad(c, 0, grad_like(ctx, g, a2, a));
     if (st != AD_OK) return st;
   }
-  if (c->needs[1])
-    return ad_call_set_grad(
-        c, 1, !tb ? ad_matmul(ctx, a, dy, !ta, false) : ad_matmul(ctx, dy, a, true, ta));
+  if (c->needs[1]) {
+    ad_tensor *g = !tb ? ad_matmul(ctx, a2, dy, !ta, false) : ad_matmul(ctx, dy, a2, true, ta);
+    return ad_call_set_grad(c, 1, grad_like(ctx, g, b2, b));
+  }
   return AD_OK;
 }
 
@@ -112,24 +207,36 @@ ad_tensor *ad_matmul(ad_ctx *ctx, ad_tensor *a, ad_tensor *b, bool trans_a, bool
   return ad_apply2(ctx, AD_OP_MATMUL, a, b, &at);
 }
 
-/* variants 0-3: the four transpose combinations of [3,4] x [4,5];
- * 4: batched x batched; 5: batched x shared 2-D */
+/* One gradcheck case: A's and B's shapes (ndim 0 ends the table) and the
+ * flags. */
+static const struct {
+  int na, nb;
+  int64_t sa[4], sb[4];
+  bool ta, tb;
+} matmul_cases[] = {
+    {2, 2, {3, 4}, {4, 5}, false, false}, /* the four transpose combinations */
+    {2, 2, {4, 3}, {4, 5}, true, false},
+    {2, 2, {3, 4}, {5, 4}, false, true},
+    {2, 2, {4, 3}, {5, 4}, true, true},
+    {3, 3, {2, 3, 4}, {2, 4, 5}, false, false},       /* equal batches */
+    {3, 2, {2, 3, 4}, {4, 5}, false, false},          /* batched x shared 2-D */
+    {4, 4, {2, 1, 3, 4}, {1, 2, 4, 5}, false, false}, /* batches broadcast both ways */
+    {4, 3, {2, 2, 3, 4}, {2, 5, 4}, false, true},     /* batch ranks differ */
+    {2, 3, {4, 3}, {2, 4, 5}, true, false},           /* shared 2-D x batched */
+    {1, 2, {4}, {4, 5}, false, false},                /* vector x matrix */
+    {2, 1, {3, 4}, {4}, false, true},                 /* matrix x vector (flag ignored) */
+    {1, 1, {4}, {4}, true, true},                     /* dot product (flags ignored) */
+    {1, 3, {4}, {2, 5, 4}, false, true},              /* vector x batch */
+    {3, 1, {2, 4, 3}, {4}, true, false},              /* batch x vector */
+};
+
 static int matmul_sample(const ad_sample_call *s) {
+  if (s->variant >= (int)(sizeof matmul_cases / sizeof *matmul_cases)) return 0;
   int v = s->variant;
-  if (v > 5) return 0;
-  int64_t m = 3, k = 4, nn = 5;
-  if (v < 4) {
-    bool ta = v & 1, tb = v & 2;
-    s->attrs->matmul = (ad_matmul_attrs){.trans_a = ta, .trans_b = tb};
-    int64_t sa[2] = {ta ? k : m, ta ? m : k}, sb[2] = {tb ? nn : k, tb ? k : nn};
-    s->in[0] = ad_sample_tensor(s, 2, sa, -1, 1, true);
-    s->in[1] = ad_sample_tensor(s, 2, sb, -1, 1, true);
-  } else {
-    int64_t sa[3] = {2, m, k}, sb[3] = {2, k, nn};
-    s->in[0] = ad_sample_tensor(s, 3, sa, -1, 1, true);
-    s->in[1] = v == 4 ? ad_sample_tensor(s, 3, sb, -1, 1, true)
-                      : ad_sample_tensor(s, 2, sb + 1, -1, 1, true);
-  }
+  s->attrs->matmul =
+      (ad_matmul_attrs){.trans_a = matmul_cases[v].ta, .trans_b = matmul_cases[v].tb};
+  s->in[0] = ad_sample_tensor(s, matmul_cases[v].na, matmul_cases[v].sa, -1, 1, true);
+  s->in[1] = ad_sample_tensor(s, matmul_cases[v].nb, matmul_cases[v].sb, -1, 1, true);
   return s->in[0] && s->in[1] ? 2 : -1;
 }
 
@@ -142,7 +249,7 @@ const ad_op_def ad_def_matmul = {
     .backward = matmul_bwd,
     .grad_into = matmul_grad_into,
     .sample = matmul_sample,
-    .math = "Y = op(A) op(B), op = transpose if trans_a / trans_b",
+    .math = "Y = op(A) op(B), op = transpose if trans_a / trans_b; batch dims broadcast",
     .inputs = {"A", "B"},
     .grads = {"dY op(B)^T (or op(B) dY^T when transposed)", "op(A)^T dY (or dY^T op(A))"},
 };

@@ -59,17 +59,21 @@ Test(errors, matmul_inner_dimensions_exact_message) {
 }
 
 Test(errors, matmul_rank_and_batch) {
-  int64_t v[1] = {4}, m[2] = {4, 3}, b1[3] = {2, 3, 4}, b2[3] = {3, 4, 5};
+  int64_t v[1] = {4}, m[2] = {3, 4}, b1[3] = {2, 3, 4}, b2[3] = {3, 4, 5};
   ad_tensor *x = tensor(AD_F64, 1, v), *w = tensor(AD_F64, 2, m);
   ad_tensor *p = tensor(AD_F64, 3, b1), *q = tensor(AD_F64, 3, b2);
-  cr_assert_null(ad_matmul(ctx, x, w, false, false));
-  expect_error(AD_ERR_SHAPE, "matmul", "[4]", "[4,3]", NULL);
+  ad_tensor *s = tensor(AD_F64, 0, NULL);
+  cr_assert_null(ad_matmul(ctx, x, w, false, false)); /* 1-D: a row [1,4] */
+  expect_error(AD_ERR_SHAPE, "matmul", "[4]", "[3,4]", NULL);
+  cr_assert_null(ad_matmul(ctx, s, w, false, false));
+  expect_error(AD_ERR_SHAPE, "matmul", "at least 1 dim", "[]", "[3,4]", NULL);
   cr_assert_null(ad_matmul(ctx, p, q, false, false));
   expect_error(AD_ERR_SHAPE, "matmul", "batch", "[2,3,4]", "[3,4,5]", NULL);
   ad_tensor_free(x);
   ad_tensor_free(w);
   ad_tensor_free(p);
   ad_tensor_free(q);
+  ad_tensor_free(s);
 }
 
 Test(errors, other_shape_mismatches) {

@@ -384,6 +384,38 @@ mm_case("matmul_4d", 0, 0, (2, 2), (2, 2))
 mm_case("matmul_outer", 0, 0, (), (), m=4, k=1, n=3)
 mm_case("matmul_vec", 0, 1, (), (), m=1, k=6, n=1)
 
+# matmul with NumPy/PyTorch semantics (issue 11): batch dims that
+# broadcast, batch ranks that differ, 1-D operands. A flag on a 1-D operand
+# is ignored (a vector is its own transpose), which mm_nd mirrors.
+
+
+def mm_nd(ta, tb):
+    def f(t):
+        a = t[0].transpose(-1, -2) if ta and t[0].dim() >= 2 else t[0]
+        b = t[1].transpose(-1, -2) if tb and t[1].dim() >= 2 else t[1]
+        return torch.matmul(a, b)
+    return f
+
+
+for label, sa, sb, ta, tb in (
+        ("matmul_bcast_both", (2, 1, 3, 4), (1, 5, 4, 6), 0, 0),
+        ("matmul_bcast_both_tt", (2, 1, 4, 3), (1, 5, 6, 4), 1, 1),
+        ("matmul_bcast_rank", (7, 3, 4), (4, 5), 0, 0),
+        ("matmul_bcast_rank_tn", (4, 5), (7, 4, 6), 1, 0),
+        ("matmul_bcast_4d_3d", (2, 7, 3, 4), (7, 4, 5), 0, 0),
+        ("matmul_bcast_3d_4d_nt", (7, 3, 4), (2, 1, 5, 4), 0, 1),
+        ("matmul_bcast_ones", (1, 1, 3, 4), (2, 4, 5), 0, 0),
+        ("matmul_1d_2d", (4,), (4, 5), 0, 0),
+        ("matmul_1d_2d_t", (4,), (5, 4), 0, 1),
+        ("matmul_2d_1d", (3, 4), (4,), 0, 0),
+        ("matmul_2d_1d_t", (4, 3), (4,), 1, 1),
+        ("matmul_1d_1d", (6,), (6,), 0, 0),
+        ("matmul_1d_3d", (4,), (2, 4, 5), 0, 0),
+        ("matmul_4d_1d", (2, 3, 5, 4), (4,), 0, 0)):
+    add(label, "matmul",
+        lambda rng, sa=sa, sb=sb: [("in", U(rng, sa, -1, 1)), ("in", U(rng, sb, -1, 1))],
+        mm_nd(ta, tb), attr=("matmul", ta, tb))
+
 # ------------------------------------------------------------- shape ops
 
 

@@ -418,9 +418,21 @@ AD_API ad_tensor *ad_le(ad_ctx *ctx, ad_tensor *a, ad_tensor *b);
  * gradient to cond. */
 AD_API ad_tensor *ad_where(ad_ctx *ctx, ad_tensor *cond, ad_tensor *a, ad_tensor *b);
 
-/* Matrix product. a is [..,m,k] (or [..,k,m] with trans_a), b is [..,k,n]
- * (or [..,n,k] with trans_b); 2-D or batched with equal (or one absent)
- * leading dimensions. Transposes cost no copy. */
+/* Matrix product with NumPy/PyTorch matmul semantics. a is [..,m,k] (or
+ * [..,k,m] with trans_a), b is [..,k,n] (or [..,n,k] with trans_b); the
+ * result is [..,m,n]. The batch dims (all but the last two) broadcast,
+ * aligned from the right: [2,1,3,4] x [1,5,4,6] -> [2,5,3,6], [7,3,4] x
+ * [4,5] -> [7,3,5], [2,7,3,4] x [7,4,5] -> [2,7,3,5]. A 1-D a is the row
+ * [1,k] and a 1-D b the column [k,1], and that dim is removed from the
+ * result: [k] x [..,k,n] -> [..,n], [..,m,k] x [k] -> [..,m], [k] x [k]
+ * -> [] (the dot product). A flag on a 1-D operand is ignored (a vector is
+ * its own transpose, as NumPy's v.T). Transposes and broadcasting cost no
+ * copy; the gradient of a broadcast operand is summed over the batch dims
+ * it was broadcast along. Errors (AD_ERR_SHAPE, NULL returned): an input
+ * with no dim, inner dims that differ, batch dims that do not broadcast;
+ * the message names both shapes, "^T" after a transposed one, e.g.
+ * "matmul: inner dimensions differ: [3,4]^T x [5,6]". AD_ERR_DTYPE for
+ * non-float or mixed dtypes. */
 AD_API ad_tensor *ad_matmul(ad_ctx *ctx, ad_tensor *a, ad_tensor *b, bool trans_a, bool trans_b);
 
 /* shape ops */
