@@ -31,14 +31,26 @@ static bool sdpa_check(ad_ctx *ctx, const ad_tensor *q, const ad_tensor *k, cons
     return false;
   }
   int nd = q->ndim;
-  for (int i = 0; i < nd - 2; i++)
-    if (q->shape[i] != k->shape[i] || q->shape[i] != v->shape[i]) {
+  int64_t batch[AD_MAX_DIMS]; /* the batch dims of q, k and v broadcast together */
+  for (int i = 0; i < nd - 2; i++) {
+    int64_t d = 1;
+    const ad_tensor *t3[3] = {q, k, v};
+    bool ok = true;
+    for (int j = 0; j < 3; j++) {
+      int64_t e = t3[j]->shape[i];
+      if (e != 1 && d != 1 && e != d) ok = false;
+      if (e != 1) d = e;
+    }
+    if (!ok) {
       ad_set_error(ctx, AD_ERR_SHAPE,
-                   "%s: batch dimensions differ: q %s, k %s, v %s (they must be equal)", fn,
-                   ad_shape_str(q, a, sizeof a), ad_shape_str(k, b, sizeof b),
+                   "%s: batch dimensions do not broadcast: q %s, k %s, v %s (each of the dims "
+                   "but the last two must be equal or 1)",
+                   fn, ad_shape_str(q, a, sizeof a), ad_shape_str(k, b, sizeof b),
                    ad_shape_str(v, c, sizeof c));
       return false;
     }
+    batch[i] = d;
+  }
   if (q->shape[nd - 1] != k->shape[nd - 1]) {
     ad_set_error(ctx, AD_ERR_SHAPE,
                  "%s: q %s and k %s have different embedding sizes (last dims %lld and %lld)", fn,
@@ -69,7 +81,8 @@ static bool sdpa_check(ad_ctx *ctx, const ad_tensor *q, const ad_tensor *k, cons
   if (m) {
     /* the scores' shape [..., L, S] */
     int64_t ss[AD_MAX_DIMS];
-    for (int i = 0; i < nd - 1; i++) ss[i] = q->shape[i];
+    for (int i = 0; i < nd - 2; i++) ss[i] = batch[i];
+    ss[nd - 2] = q->shape[nd - 2];
     ss[nd - 1] = k->shape[nd - 2];
     bool ok = ad_is_float(m->dtype) && m->ndim <= nd;
     for (int i = 0; ok && i < m->ndim; i++) {

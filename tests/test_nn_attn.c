@@ -242,6 +242,44 @@ Test(sdpa, dropout_zeroes_or_scales_the_weights) {
   ad_tensor_free(q), ad_tensor_free(k);
 }
 
+/* Batch dims broadcast as in ad_matmul: one k, v [1, S, E] shared by a
+ * batch of queries gives the bits of the same k, v copied per batch, and
+ * their gradients are summed over the batch. */
+Test(sdpa, batch_dims_broadcast) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 5);
+  int64_t qs[3] = {3, 4, 6}, ks[3] = {1, 5, 6}, kx[3] = {3, 5, 6};
+  ad_tensor *q = ad_randn(ctx, &rng, AD_F64, 3, qs, 0, 1);
+  ad_tensor *k = ad_randn(ctx, &rng, AD_F64, 3, ks, 0, 1);
+  ad_tensor *v = ad_randn(ctx, &rng, AD_F64, 3, ks, 0, 1);
+  ad_tensor_set_requires_grad(k, true);
+  ad_attention_opts o = {.causal = true};
+  ad_tensor *y = ad_scaled_dot_product_attention(ctx, q, k, v, &o);
+  cr_assert_not_null(y, "%s", ad_last_error(ctx));
+  cr_assert(y->ndim == 3 && y->shape[0] == 3 && y->shape[1] == 4 && y->shape[2] == 6);
+  cr_assert_eq(ad_backward(ctx, ad_sum(ctx, y), NULL), AD_OK, "%s", ad_last_error(ctx));
+  ad_tensor *gk = ad_tensor_clone(ctx, k->grad), *y1 = ad_tensor_clone(ctx, y);
+  ad_tape_reset(ctx);
+  /* the same with k and v expanded to the batch, k's copy a leaf of its own */
+  ad_tensor *ke = ad_tensor_clone(ctx, ad_expand(ctx, k, 3, kx));
+  ad_tensor *ve = ad_expand(ctx, v, 3, kx);
+  ad_tensor_set_requires_grad(ke, true);
+  ad_tensor *y2 = ad_scaled_dot_product_attention(ctx, q, ke, ve, &o);
+  cr_assert_not_null(y2, "%s", ad_last_error(ctx));
+  cr_assert_eq(ad_backward(ctx, ad_sum(ctx, y2), NULL), AD_OK);
+  for (int64_t i = 0; i < y2->size; i++)
+    cr_assert_eq(ad_tensor_get(y1, i), ad_tensor_get(y2, i), "y[%lld]", (long long)i);
+  for (int64_t i = 0; i < gk->size; i++) {
+    double want = 0;
+    for (int b = 0; b < 3; b++) want += ad_tensor_get(ke->grad, b * gk->size + i);
+    cr_assert(fabs(ad_tensor_get(gk, i) - want) <= 1e-12 * (1 + fabs(want)), "dk[%lld] %g vs %g",
+              (long long)i, ad_tensor_get(gk, i), want);
+  }
+  ad_tape_reset(ctx);
+  ad_tensor_free(q), ad_tensor_free(k), ad_tensor_free(v), ad_tensor_free(ke);
+  ad_tensor_free(gk), ad_tensor_free(y1);
+}
+
 Test(sdpa, bad_input) {
   int64_t qs[3] = {2, 3, 4}, ks[3] = {2, 5, 6}, vs[3] = {2, 4, 6}, bs[3] = {3, 5, 4};
   ad_tensor *q = ad_ones(ctx, AD_F32, 3, qs), *k6 = ad_ones(ctx, AD_F32, 3, ks);
@@ -253,7 +291,8 @@ Test(sdpa, bad_input) {
   cr_assert_null(ad_scaled_dot_product_attention(ctx, q, k, v4, NULL));
   expect_msg(ctx, AD_ERR_SHAPE, "k [2,5,4] and v [2,4,6] have different source lengths");
   cr_assert_null(ad_scaled_dot_product_attention(ctx, q, kb, kb, NULL));
-  expect_msg(ctx, AD_ERR_SHAPE, "batch dimensions differ: q [2,3,4], k [3,5,4], v [3,5,4]");
+  expect_msg(ctx, AD_ERR_SHAPE,
+             "batch dimensions do not broadcast: q [2,3,4], k [3,5,4], v [3,5,4]");
   ad_tensor *m = ad_zeros(ctx, AD_F32, 2, (int64_t[]){3, 4});
   ad_attention_opts o = {.mask = m};
   cr_assert_null(ad_scaled_dot_product_attention(ctx, q, k, v, &o));

@@ -633,15 +633,16 @@ typedef struct ad_attention_opts {
  * A composite of the engine's ops (matmul, mul_scalar, where, add, softmax,
  * matmul), so a graph dump shows each step and it is differentiable to
  * any order in q, k, v (and in a mask that requires a gradient).
- * The batch dims (all but the last two) of q, k and v must be equal, or
- * all absent (2-D inputs); they do not broadcast yet (ad_matmul does not). With causal, score (i,
+ * q, k and v have the same number of dims (at least 2); their batch dims
+ * (all but the last two) broadcast, each equal or 1, as in ad_matmul
+ * (e.g. one k, v [1, S, E] shared by a batch of queries). With causal, score (i,
  * j) is kept for j <= i and set to -inf otherwise: for L != S the triangle is aligned at the top
  * left, as PyTorch's is_causal (with L > S the rows past S see all keys;
  * with L < S the keys past L are never seen). A row whose scores are all
  * -inf (every key masked) gives NaN weights and a NaN output row, as in
  * PyTorch; with no key at all (S = 0) the output is zeros (the empty sum). Returns a tape tensor,
  * or NULL with AD_ERR_NULL (q, k or v NULL; dropout without rng), AD_ERR_DTYPE (not float, dtypes
- * differ, a mask not float), AD_ERR_SHAPE (fewer than 2 dims or ranks differ, batch dims differ,
+ * differ, a mask not float), AD_ERR_SHAPE (fewer than 2 dims or ranks differ, batch dims that do not broadcast,
  * embedding sizes of q and k differ, source lengths of k and v differ, a mask that does not
  * broadcast to [..., L, S]; the message names the shapes) or AD_ERR_ARG (scale not finite,
  * dropout_p outside [0, 1)). */
