@@ -342,6 +342,44 @@ AD_API ad_status ad_backward(ad_ctx *ctx, ad_tensor *root, const ad_tensor *seed
 AD_API ad_status ad_grad(ad_ctx *ctx, ad_tensor *root, const ad_tensor *seed, int n,
                          ad_tensor *const *inputs, ad_tensor **out, bool create_graph);
 
+/* ---------------------------------------------------------------- scopes
+ * Code that builds a graph can label the ops it records with nested groups,
+ * so a dump of an unrolled model shows layers and time steps instead of
+ * hundreds of loose nodes (ad_graph_dot draws groups as clusters, or with
+ * AD_DOT_COLLAPSE one box per group):
+ *
+ *   ad_scope_push(ctx, "lstm.l0");
+ *   for (int t = 0; t < T; t++) {
+ *     char lab[16];  snprintf(lab, sizeof lab, "t=%d", t);
+ *     ad_scope_push(ctx, lab);   ...ops of step t...   ad_scope_pop(ctx);
+ *   }
+ *   ad_scope_pop(ctx);
+ *
+ * Scopes belong to the context. An op belongs to the innermost scope open
+ * when it is recorded (leaves, constants and ops run without recording
+ * belong to none). The same label opened again under the same enclosing
+ * scope is the same group. Recording an op costs nothing extra: the
+ * context logs where on the tape each push and pop happened. */
+
+/* The deepest scopes nest. */
+#define AD_SCOPE_MAX_DEPTH 16
+
+/* Opens a scope labelled label (copied; 1 to 255 bytes) inside the one
+ * open now. Returns AD_ERR_NULL (ctx or label NULL), AD_ERR_ARG (empty or
+ * too long label), AD_ERR_STATE (AD_SCOPE_MAX_DEPTH scopes already open),
+ * AD_ERR_OOM; on error no scope is opened. ad_tape_reset forgets the
+ * groups of the old tape's ops but leaves open scopes open: the next
+ * tape's ops go into them. */
+AD_API ad_status ad_scope_push(ad_ctx *ctx, const char *label);
+
+/* Closes the innermost open scope. AD_ERR_STATE when none is open,
+ * AD_ERR_NULL, AD_ERR_OOM (the scope stays open). */
+AD_API ad_status ad_scope_pop(ad_ctx *ctx);
+
+/* How many scopes are open (0 for NULL): code that opens one can close
+ * down to the depth it started at on an error path. */
+AD_API int ad_scope_depth(const ad_ctx *ctx);
+
 /* ------------------------------------------------------------------ ops
  * Every op takes the context first, returns a new arena tensor, or NULL on
  * error (see ad_last_error). Float ops take AD_F32 or AD_F64; inputs of a
@@ -740,8 +778,10 @@ AD_API ad_status ad_graph_trace_begin(ad_graph *g, FILE *f);
  * until ad_tape_reset. */
 AD_API ad_status ad_graph_trace_end(ad_graph *g);
 
-/* ad_graph_dot flags: draw the backward view. */
+/* ad_graph_dot flags: draw the backward view; draw each scope's ops as
+ * one box (see ad_graph_dot). */
 #define AD_DOT_BACKWARD 1
+#define AD_DOT_COLLAPSE 2
 
 /* Writes the graph that computed root as Graphviz DOT to f: one node per
  * op or leaf, in data-flow order (each leaf just before its first use),
