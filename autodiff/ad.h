@@ -760,7 +760,8 @@ AD_API ad_status ad_graph_name(ad_graph *g, const ad_tensor *t, const char *name
  * For each op differentiated, g keeps its incoming gradient and the
  * gradients it sent (arena pointers, valid until ad_tape_reset) for
  * ad_graph_dot, and when f is not NULL writes to f, in the order backward
- * runs: the op and its output, the op's attributes when it has any that
+ * runs: the op and its output, the scope it was recorded in when it was
+ * ("scope      lstm.l0 / t=3"), the op's attributes when it has any that
  * say something ("attrs      stride 1x1 pad 0,0,0,0 dil 1x1 groups 1" for a
  * conv2d, "kernel 2x2 stride 1x1 pad 0x0 dil 1x1" for a pooling), the
  * incoming gradient dL/dout, the op's derivative rule from its definition
@@ -797,7 +798,16 @@ AD_API ad_status ad_graph_trace_end(ad_graph *g);
  * table's math ("a", "b"). With AD_DOT_BACKWARD the same layout is drawn
  * with red arrows pointing against the data flow, each labelled with the
  * consumer's derivative rule for that input and, if a trace recorded the
- * pass, the local derivative (where exact) and the gradient sent. g may be
+ * pass, the local derivative (where exact) and the gradient sent. Ops
+ * recorded inside scopes (ad_scope_push) are framed by Graphviz clusters
+ * ("subgraph cluster_g<id>", labelled with the scope's label) nested as
+ * the scopes were. With AD_DOT_COLLAPSE each innermost scope is instead one
+ * box ("g<id>") giving its label and how many ops of which kind it holds,
+ * with an edge wherever a tensor made in one box (or node) is used in
+ * another, labelled "N tensors" when more than one crosses; boxes sit in
+ * the clusters of their enclosing scopes. Leaves, constants and ops
+ * outside every scope are drawn as usual either way, and a graph without
+ * scopes is drawn the same with or without AD_DOT_COLLAPSE. g may be
  * NULL (no names, no trace). Returns AD_ERR_NULL, AD_ERR_ARG (not a tensor,
  * or another context's graph), AD_ERR_STATE (root from a reset tape),
  * AD_ERR_OOM or AD_ERR_IO; never changes a tensor. */
