@@ -135,6 +135,8 @@ struct ad_ctx {
   ad_op_def *ops;
   int nops, ops_cap;
   ad_op_entry *by_name;
+  /* scopes (scope.c): NULL until the first ad_scope_push */
+  struct ad_scope_state *scopes;
 };
 
 /* The default allocator: 64-byte aligned blocks (core.c). */
@@ -162,6 +164,9 @@ ad_tensor *ad_tmp_full(ad_ctx *ctx, ad_dtype dtype, int ndim, const int64_t *sha
 
 /* registry */
 void ad_registry_free(ad_ctx *ctx);
+
+/* scopes (scope.c): frees their state (ad_ctx_free) */
+void ad_scope_free(ad_ctx *ctx);
 
 /* helpers for op implementations */
 int64_t ad_shape_size(int ndim, const int64_t *shape);

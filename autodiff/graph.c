@@ -613,6 +613,17 @@ static const words *words_of(const ad_op_def *def) {
 
 /* --------------------------------------------------------------- trace */
 
+/* The labels of group and the groups enclosing it, outermost first:
+ * "lstm.l0 / t=3". */
+static void put_scope_path(FILE *f, ad_ctx *ctx, int group, bool esc) {
+  int parent = ad_scope_parent(ctx, group);
+  if (parent >= 0) {
+    put_scope_path(f, ctx, parent, esc);
+    fputs(" / ", f);
+  }
+  put_str(f, ad_scope_label(ctx, group), esc);
+}
+
 /* Traces one backward step: out's n inputs in[] got gin[] (NULL: none). */
 static void trace_step(ad_graph *g, const ad_tensor *out, const ad_tensor *gout, int nin,
                        ad_tensor *const *in, const ad_tensor *const *gin) {
@@ -631,6 +642,12 @@ static void trace_step(ad_graph *g, const ad_tensor *out, const ad_tensor *gout,
   for (int k = 0; k < nin; k++)
     fprintf(f, "%s%s", k ? ", " : "", tensor_name(g, in[k], ib, sizeof ib));
   fprintf(f, ")  %s %s\n", ad_shape_str(out, sb, sizeof sb), ad_dtype_name(out->dtype));
+  int scope = ad_tensor_scope(out);
+  if (scope >= 0) {
+    fputs("  scope      ", f);
+    put_scope_path(f, g->ctx, scope, false);
+    fputc('\n', f);
+  }
   sbuf at;
   attrs_str(def, out, &at);
   if (at.n) fprintf(f, "  attrs      %s\n", at.s);
@@ -894,6 +911,8 @@ static void dot_edge(FILE *f, ad_graph *g, const ad_tensor *out, ad_tensor *cons
 typedef struct vert {
   ad_tensor *t; /* key */
   int id;       /* -1 until placed */
+  int scope;    /* ad_tensor_scope */
+  struct vert *next_in_scope;
   bool oom;
   UT_hash_handle hh;
 } vert;
@@ -940,6 +959,231 @@ static void place(FILE *f, ad_graph *g, vert *v, ad_tensor *const *in, int nin, 
   dot_node(f, g, v->t, in, nin, v->id, v->t == root);
 }
 
+/* --------------------------------------------------------- scope groups
+ * Ops recorded inside ad_scope_push / ad_scope_pop are drawn grouped: as
+ * Graphviz clusters nested like the scopes around the usual nodes, or
+ * (AD_DOT_COLLAPSE) as one box per group with edges where tensors cross
+ * from one group to another. Leaves, constants and ops outside every scope
+ * are drawn as without scopes. */
+
+typedef struct group {
+  vert *head, *tail;  /* the group's own ops, in tape order */
+  int child, sibling; /* first group inside it, next one of the same parent; -1: none */
+  bool shown;         /* it or a group inside it has an op in the dump */
+} group;
+
+/* The groups of ctx, with set's ops (in tape order) filed under their own
+ * group. NULL on OOM. */
+static group *groups_make(ad_ctx *ctx, vert *set, int n) {
+  group *gs = galloc(ctx, (size_t)n * sizeof *gs);
+  if (!gs) return NULL;
+  for (int i = 0; i < n; i++) gs[i] = (group){.child = -1, .sibling = -1};
+  for (int i = n - 1; i >= 0; i--) { /* prepending in reverse: children in id order */
+    int p = ad_scope_parent(ctx, i);
+    if (p >= 0) {
+      gs[i].sibling = gs[p].child;
+      gs[p].child = i;
+    }
+  }
+  for (vert *v = set; v; v = v->hh.next) {
+    if (v->scope < 0) continue;
+    group *gr = &gs[v->scope];
+    if (gr->tail)
+      gr->tail->next_in_scope = v;
+    else
+      gr->head = v;
+    gr->tail = v;
+    for (int p = v->scope; p >= 0 && !gs[p].shown; p = ad_scope_parent(ctx, p)) gs[p].shown = true;
+  }
+  return gs;
+}
+
+static void cluster_open(FILE *f, ad_ctx *ctx, int gi, int ind) {
+  fprintf(f, "%*ssubgraph cluster_g%d {\n%*s  label=\"", ind, "", gi, ind, "");
+  put_esc(f, ad_scope_label(ctx, gi));
+  fprintf(f, "\"; labeljust=l; style=rounded; color=\"#7a7a7a\";\n");
+}
+
+/* Group gi as a cluster listing its ops' nodes, its inner groups nested. */
+static void dot_cluster(FILE *f, ad_ctx *ctx, const group *gs, int gi, int ind) {
+  cluster_open(f, ctx, gi, ind);
+  if (gs[gi].head) {
+    fprintf(f, "%*s ", ind, "");
+    for (const vert *v = gs[gi].head; v; v = v->next_in_scope) fprintf(f, " n%d;", v->id);
+    fputc('\n', f);
+  }
+  for (int c = gs[gi].child; c >= 0; c = gs[c].sibling)
+    if (gs[c].shown) dot_cluster(f, ctx, gs, c, ind + 2);
+  fprintf(f, "%*s}\n", ind, "");
+}
+
+/* Group gi's own ops as one box: its label, then how many ops of which
+ * kind, in order of first appearance ("4 ops: matmul x2, add, tanh"). */
+static void dot_box(FILE *f, ad_ctx *ctx, const group *gs, int gi, int ind, const ad_tensor *root) {
+  enum { KINDS = 24 };
+  int op[KINDS], cnt[KINDS], nk = 0, nops = 0;
+  bool more = false, has_root = false;
+  for (const vert *v = gs[gi].head; v; v = v->next_in_scope) {
+    int o = ad_tensor_op(v->t), k = 0;
+    nops++;
+    has_root |= v->t == root;
+    while (k < nk && op[k] != o) k++;
+    if (k == nk && nk < KINDS) op[nk] = o, cnt[nk++] = 0;
+    if (k < nk)
+      cnt[k]++;
+    else
+      more = true;
+  }
+  fprintf(f,
+          "%*sg%d [shape=box, style=\"rounded,filled,bold\", color=\"#9a6b00\", "
+          "fillcolor=\"#ffe7b0\"%s, label=\"",
+          ind, "", gi, has_root ? ", peripheries=2" : "");
+  put_esc(f, ad_scope_label(ctx, gi));
+  fprintf(f, "\\l%d op%s:", nops, nops == 1 ? "" : "s");
+  for (int k = 0; k < nk; k++) {
+    const ad_op_def *def = ad_op_get(ctx, op[k]);
+    fprintf(f, "%s %s", k ? "," : "", def ? def->name : "?");
+    if (cnt[k] > 1) fprintf(f, " x%d", cnt[k]);
+  }
+  fprintf(f, "%s\\l\"];\n", more ? ", ..." : "");
+}
+
+/* Group gi collapsed: its box, in a cluster with its inner groups when it
+ * has any. */
+static void dot_collapsed_group(FILE *f, ad_ctx *ctx, const group *gs, int gi, int ind,
+                                const ad_tensor *root) {
+  bool inner = false;
+  for (int c = gs[gi].child; c >= 0; c = gs[c].sibling) inner |= gs[c].shown;
+  if (!inner) {
+    dot_box(f, ctx, gs, gi, ind, root);
+    return;
+  }
+  cluster_open(f, ctx, gi, ind);
+  if (gs[gi].head) dot_box(f, ctx, gs, gi, ind + 2, root);
+  for (int c = gs[gi].child; c >= 0; c = gs[c].sibling)
+    if (gs[c].shown) dot_collapsed_group(f, ctx, gs, c, ind + 2, root);
+  fprintf(f, "%*s}\n", ind, "");
+}
+
+/* An edge of the collapsed view between a box and a box or a node;
+ * endpoints are node numbers, or -1 - group for a box. */
+typedef struct bedge {
+  struct {
+    int from, to;
+  } key;
+  int tensors; /* distinct tensors that flow along it */
+  bool oom;
+  UT_hash_handle hh;
+} bedge;
+
+/* A tensor seen flowing into endpoint to, so it is counted once per edge. */
+typedef struct bflow {
+  struct {
+    const ad_tensor *t;
+    int to;
+  } key;
+  bool oom;
+  UT_hash_handle hh;
+} bflow;
+
+static int endpoint(const vert *v) { return v->scope >= 0 ? -1 - v->scope : v->id; }
+
+static void put_endpoint(FILE *f, int e) {
+  if (e >= 0)
+    fprintf(f, "n%d", e);
+  else
+    fprintf(f, "g%d", -1 - e);
+}
+
+/* Counts tensor t flowing from endpoint a to b; false on OOM. */
+static bool bedge_add(ad_ctx *ctx, bedge **edges, bflow **flows, const ad_tensor *t, int a, int b) {
+  bflow key, *fl;
+  memset(&key, 0, sizeof key);
+  key.key.t = t;
+  key.key.to = b;
+  HASH_FIND(hh, *flows, &key.key, sizeof key.key, fl);
+  if (fl) return true;
+  if (!(fl = galloc(ctx, sizeof *fl))) return false;
+  *fl = key;
+  HASH_ADD(hh, *flows, key, sizeof fl->key, fl);
+  if (fl->oom) {
+    ad_free(ctx, fl, sizeof *fl);
+    return false;
+  }
+  bedge ek, *e;
+  memset(&ek, 0, sizeof ek);
+  ek.key.from = a;
+  ek.key.to = b;
+  HASH_FIND(hh, *edges, &ek.key, sizeof ek.key, e);
+  if (!e) {
+    if (!(e = galloc(ctx, sizeof *e))) return false;
+    *e = ek;
+    HASH_ADD(hh, *edges, key, sizeof e->key, e);
+    if (e->oom) {
+      ad_free(ctx, e, sizeof *e);
+      return false;
+    }
+  }
+  e->tensors++;
+  return true;
+}
+
+/* The collapsed view's nodes, boxes and edges (set sorted, in tape order). */
+static ad_status dot_collapsed(FILE *f, ad_graph *g, vert *set, const group *gs, int ngroups,
+                               ad_tensor *root, int flags) {
+  ad_ctx *ctx = ad_tensor_ctx(root);
+  int id = 0, cap = 0;
+  ad_tensor **in = NULL; /* an op's inputs (inputs_of) */
+  bool ok = true;
+  for (vert *v = set; v && ok; v = v->hh.next) {
+    if (!is_recorded(v->t)) continue;
+    int n = inputs_of(ctx, v->t, &in, &cap);
+    ok = n >= 0;
+    for (int k = 0; k < n; k++) {
+      vert *w = vert_find(set, in[k]);
+      if (w->id < 0 && !is_recorded(in[k])) place(f, g, w, NULL, 0, &id, root);
+    }
+    if (ok && v->scope < 0) place(f, g, v, in, n, &id, root);
+  }
+  for (int i = 0; i < ngroups; i++)
+    if (gs[i].shown && ad_scope_parent(ctx, i) < 0) dot_collapsed_group(f, ctx, gs, i, 2, root);
+  bedge *edges = NULL, *e, *etmp;
+  bflow *flows = NULL, *fl, *ftmp;
+  for (vert *v = set; v && ok; v = v->hh.next) {
+    int n = inputs_of(ctx, v->t, &in, &cap);
+    ok = n >= 0;
+    for (int k = 0; k < n && ok; k++) {
+      const vert *w = vert_find(set, in[k]);
+      int a = endpoint(w), b = endpoint(v);
+      if (a >= 0 && b >= 0)
+        dot_edge(f, g, v->t, in, k, n, a, b, flags);
+      else if (a != b)
+        ok = bedge_add(ctx, &edges, &flows, in[k], a, b);
+    }
+  }
+  HASH_ITER(hh, edges, e, etmp) {
+    if (ok) {
+      fputs("  ", f);
+      put_endpoint(f, e->key.from);
+      fputs(" -> ", f);
+      put_endpoint(f, e->key.to);
+      if (flags & AD_DOT_BACKWARD) fputs(" [dir=back, color=\"#b03020\", fontcolor=\"#b03020\"", f);
+      if (e->tensors > 1)
+        fprintf(f, "%slabel=\" %d tensors \"", flags & AD_DOT_BACKWARD ? ", " : " [", e->tensors);
+      if ((flags & AD_DOT_BACKWARD) || e->tensors > 1) fputc(']', f);
+      fputs(";\n", f);
+    }
+    HASH_DEL(edges, e);
+    ad_free(ctx, e, sizeof *e);
+  }
+  HASH_ITER(hh, flows, fl, ftmp) {
+    HASH_DEL(flows, fl);
+    ad_free(ctx, fl, sizeof *fl);
+  }
+  if (in) ad_free(ctx, in, (size_t)cap * sizeof *in);
+  return ok ? AD_OK : AD_ERR_OOM;
+}
+
 ad_status ad_graph_dot(ad_graph *g, FILE *f, ad_tensor *root, int flags) {
   if (!root) return g ? ad_set_null_error(g->ctx, "graph_dot: root is NULL") : AD_ERR_NULL;
   if (!ad_tensor_is_valid(root)) {
@@ -967,8 +1211,17 @@ ad_status ad_graph_dot(ad_graph *g, FILE *f, ad_tensor *root, int flags) {
   }
   /* every later inputs_of fits in the buffer the walk grew */
 
+  /* the ops' scope groups, when any was recorded */
+  int ngroups = ad_scope_count(ctx);
+  group *gs = NULL;
+  bool scoped = false;
+  for (vert *v = set; v; v = v->hh.next) scoped |= (v->scope = ad_tensor_scope(v->t)) >= 0;
   if (st == AD_OK) {
     HASH_SRT(hh, set, by_tape); /* leaves (index -1) first, then ops in tape order */
+    if (scoped && !(gs = groups_make(ctx, set, ngroups))) st = AD_ERR_OOM;
+  }
+
+  if (st == AD_OK) {
     char rb[64];
     fputs("digraph autodiff {\n", f);
     fputs("  graph [rankdir=TB, ordering=in, fontname=\"Helvetica\", fontsize=12, labelloc=t, "
@@ -985,8 +1238,12 @@ ad_status ad_graph_dot(ad_graph *g, FILE *f, ad_tensor *root, int flags) {
     fputs("\"];\n", f);
     fputs("  node [fontname=\"Helvetica\", fontsize=10];\n", f);
     fputs("  edge [fontname=\"Helvetica\", fontsize=9];\n", f);
-    /* nodes in data-flow order: each leaf just before its first consumer */
     int id = 0;
+    if ((flags & AD_DOT_COLLAPSE) && scoped) {
+      st = dot_collapsed(f, g, set, gs, ngroups, root, flags);
+      goto done;
+    }
+    /* nodes in data-flow order: each leaf just before its first consumer */
     for (vert *v = set; v; v = v->hh.next) {
       if (!is_recorded(v->t)) continue;
       int n = inputs_of(ctx, v->t, &in, &cap);
@@ -997,17 +1254,24 @@ ad_status ad_graph_dot(ad_graph *g, FILE *f, ad_tensor *root, int flags) {
       place(f, g, v, in, n, &id, root);
     }
     if (!id) place(f, g, set, NULL, 0, &id, root); /* no op: root is a leaf */
+    for (int i = 0; scoped && i < ngroups; i++)
+      if (gs[i].shown && ad_scope_parent(ctx, i) < 0) dot_cluster(f, ctx, gs, i, 2);
     for (vert *v = set; v; v = v->hh.next) {
       int n = inputs_of(ctx, v->t, &in, &cap);
       for (int k = 0; k < n; k++)
         dot_edge(f, g, v->t, in, k, n, vert_find(set, in[k])->id, v->id, flags);
     }
+  done:
     fputs("}\n", f);
-    if (ferror(f)) st = ad_set_error(ctx, AD_ERR_IO, "graph_dot: write error");
+    if (st != AD_OK)
+      ad_set_error(ctx, st, "graph_dot: out of memory");
+    else if (ferror(f))
+      st = ad_set_error(ctx, AD_ERR_IO, "graph_dot: write error");
   } else {
     ad_set_error(ctx, AD_ERR_OOM, "graph_dot: out of memory");
   }
   if (in) ad_free(ctx, in, (size_t)cap * sizeof *in);
+  if (gs) ad_free(ctx, gs, (size_t)ngroups * sizeof *gs);
   vert *v, *tmp;
   HASH_ITER(hh, set, v, tmp) {
     HASH_DEL(set, v);

@@ -355,6 +355,44 @@ AD_API ad_status ad_backward(ad_ctx *ctx, ad_tensor *root, const ad_tensor *seed
 AD_API ad_status ad_grad(ad_ctx *ctx, ad_tensor *root, const ad_tensor *seed, int n,
                          ad_tensor *const *inputs, ad_tensor **out, bool create_graph);
 
+/* ---------------------------------------------------------------- scopes
+ * Code that builds a graph can label the ops it records with nested groups,
+ * so a dump of an unrolled model shows layers and time steps instead of
+ * hundreds of loose nodes (ad_graph_dot draws groups as clusters, or with
+ * AD_DOT_COLLAPSE one box per group):
+ *
+ *   ad_scope_push(ctx, "lstm.l0");
+ *   for (int t = 0; t < T; t++) {
+ *     char lab[16];  snprintf(lab, sizeof lab, "t=%d", t);
+ *     ad_scope_push(ctx, lab);   ...ops of step t...   ad_scope_pop(ctx);
+ *   }
+ *   ad_scope_pop(ctx);
+ *
+ * Scopes belong to the context. An op belongs to the innermost scope open
+ * when it is recorded (leaves, constants and ops run without recording
+ * belong to none). The same label opened again under the same enclosing
+ * scope is the same group. Recording an op costs nothing extra: the
+ * context logs where on the tape each push and pop happened. */
+
+/* The deepest scopes nest. */
+#define AD_SCOPE_MAX_DEPTH 16
+
+/* Opens a scope labelled label (copied; 1 to 255 bytes) inside the one
+ * open now. Returns AD_ERR_NULL (ctx or label NULL), AD_ERR_ARG (empty or
+ * too long label), AD_ERR_STATE (AD_SCOPE_MAX_DEPTH scopes already open),
+ * AD_ERR_OOM; on error no scope is opened. ad_tape_reset forgets the
+ * groups of the old tape's ops but leaves open scopes open: the next
+ * tape's ops go into them. */
+AD_API ad_status ad_scope_push(ad_ctx *ctx, const char *label);
+
+/* Closes the innermost open scope. AD_ERR_STATE when none is open,
+ * AD_ERR_NULL, AD_ERR_OOM (the scope stays open). */
+AD_API ad_status ad_scope_pop(ad_ctx *ctx);
+
+/* How many scopes are open (0 for NULL): code that opens one can close
+ * down to the depth it started at on an error path. */
+AD_API int ad_scope_depth(const ad_ctx *ctx);
+
 /* ------------------------------------------------------------------ ops
  * Every op takes the context first, returns a new arena tensor, or NULL on
  * error (see ad_last_error). Float ops take AD_F32 or AD_F64; inputs of a
@@ -889,7 +927,8 @@ AD_API ad_status ad_graph_name(ad_graph *g, const ad_tensor *t, const char *name
  * For each op differentiated, g keeps its incoming gradient and the
  * gradients it sent (arena pointers, valid until ad_tape_reset) for
  * ad_graph_dot, and when f is not NULL writes to f, in the order backward
- * runs: the op and its output, the op's attributes when it has any that
+ * runs: the op and its output, the scope it was recorded in when it was
+ * ("scope      lstm.l0 / t=3"), the op's attributes when it has any that
  * say something ("attrs      stride 1x1 pad 0,0,0,0 dil 1x1 groups 1" for a
  * conv2d, "kernel 2x2 stride 1x1 pad 0x0 dil 1x1" for a pooling), the
  * incoming gradient dL/dout, the op's derivative rule from its definition
@@ -907,8 +946,10 @@ AD_API ad_status ad_graph_trace_begin(ad_graph *g, FILE *f);
  * until ad_tape_reset. */
 AD_API ad_status ad_graph_trace_end(ad_graph *g);
 
-/* ad_graph_dot flags: draw the backward view. */
+/* ad_graph_dot flags: draw the backward view; draw each scope's ops as
+ * one box (see ad_graph_dot). */
 #define AD_DOT_BACKWARD 1
+#define AD_DOT_COLLAPSE 2
 
 /* Writes the graph that computed root as Graphviz DOT to f: one node per
  * op or leaf, in data-flow order (each leaf just before its first use),
@@ -924,7 +965,16 @@ AD_API ad_status ad_graph_trace_end(ad_graph *g);
  * table's math ("a", "b"). With AD_DOT_BACKWARD the same layout is drawn
  * with red arrows pointing against the data flow, each labelled with the
  * consumer's derivative rule for that input and, if a trace recorded the
- * pass, the local derivative (where exact) and the gradient sent. g may be
+ * pass, the local derivative (where exact) and the gradient sent. Ops
+ * recorded inside scopes (ad_scope_push) are framed by Graphviz clusters
+ * ("subgraph cluster_g<id>", labelled with the scope's label) nested as
+ * the scopes were. With AD_DOT_COLLAPSE each innermost scope is instead one
+ * box ("g<id>") giving its label and how many ops of which kind it holds,
+ * with an edge wherever a tensor made in one box (or node) is used in
+ * another, labelled "N tensors" when more than one crosses; boxes sit in
+ * the clusters of their enclosing scopes. Leaves, constants and ops
+ * outside every scope are drawn as usual either way, and a graph without
+ * scopes is drawn the same with or without AD_DOT_COLLAPSE. g may be
  * NULL (no names, no trace). Returns AD_ERR_NULL, AD_ERR_ARG (not a tensor,
  * or another context's graph), AD_ERR_STATE (root from a reset tape),
  * AD_ERR_OOM or AD_ERR_IO; never changes a tensor. */

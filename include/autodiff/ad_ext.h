@@ -453,6 +453,18 @@ AD_API int64_t ad_tensor_tape_index(const ad_tensor *t);
 AD_API uint64_t ad_tensor_generation(const ad_tensor *t);
 /* The context's current tape generation. */
 AD_API uint64_t ad_tape_generation(const ad_ctx *ctx);
+/* The scope group t was recorded in (ad_scope_push): the innermost scope
+ * open at the time, an id from 0 to ad_scope_count - 1, or -1 when t is
+ * not on the current tape or was recorded outside every scope. */
+AD_API int ad_tensor_scope(const ad_tensor *t);
+/* Number of scope groups of the current tape (ids 0 .. count-1), the open
+ * scopes included; 0 for NULL. */
+AD_API int ad_scope_count(const ad_ctx *ctx);
+/* The label of group id, valid until the next ad_scope_push or
+ * ad_tape_reset; NULL for a bad id. */
+AD_API const char *ad_scope_label(const ad_ctx *ctx, int group);
+/* The group enclosing group id, or -1 (a top-level group, a bad id). */
+AD_API int ad_scope_parent(const ad_ctx *ctx, int group);
 /* Allocator blocks the context holds for persistent tensors' headers
  * (slabs of 32, kept until ad_ctx_free so freed tensors stay detectable).
  * For leak checks that count an allocator's live blocks mid-run. */
