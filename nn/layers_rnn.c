@@ -13,7 +13,9 @@
  *
  * Variable lengths: at a step some sequence has passed its end, a constant
  * 0/1 mask m [N, 1] keeps its state, h = where(m, h', h) (so the padded
- * step sends it no gradient), and its output is h' m = 0.
+ * step sends it no gradient), its output is where(m, h', 0), and its
+ * input row where(m, x_t, 0), so that padding never reaches a value or a
+ * gradient (even a NaN in it).
  *
  * The sequence is cut into steps and the steps' outputs joined back by two
  * small functions below (seq_split, seq_join), the only places that know
@@ -215,23 +217,36 @@ static ad_tensor *drop(ad_ctx *ctx, rnn_state *s, ad_tensor *x) {
 }
 
 /* The work of nn_rnn_forward once the arguments are checked. scratch
- * holds 2 T + 2 layers pointers. */
+ * holds 3 T + 2 layers pointers. */
 static ad_tensor *rnn_run(ad_ctx *ctx, rnn_state *s, ad_tensor *x, ad_tensor *h0, ad_tensor *c0,
                           const int64_t *lengths, bool training, ad_tensor **h_n, ad_tensor **c_n,
                           ad_tensor **scratch) {
   int tax = s->batch_first ? 1 : 0;
   int64_t T = x->shape[tax], N = x->shape[1 - tax], NH[2] = {N, s->hidden}, N1[2] = {N, 1};
-  ad_tensor **in = scratch, **out = scratch + T;
-  ad_tensor **fin_h = scratch + 2 * T, **fin_c = fin_h + s->layers; /* per layer */
-  int64_t t_run = T; /* steps that some sequence reaches */
-  if (lengths) {
-    t_run = 0;
-    for (int64_t i = 0; i < N; i++) t_run = lengths[i] > t_run ? lengths[i] : t_run;
-  }
+  ad_tensor **in = scratch, **out = scratch + T, **mask = scratch + 2 * T;
+  ad_tensor **fin_h = scratch + 3 * T, **fin_c = fin_h + s->layers; /* per layer */
   ad_dtype dt = x->dtype;
-  ad_tensor *zeros = constant(ctx, dt, 2, NH, 0.0);
-  bool ok = zeros != NULL;
-  for (int64_t t = 0; t < t_run && ok; t++) ok = (in[t] = seq_step(ctx, x, tax, t)) != NULL;
+  ad_tensor *zeros = constant(ctx, dt, 2, NH, 0.0), *zero = ad_scalar(ctx, dt, 0.0);
+  bool ok = zeros && zero;
+  /* mask[t]: 1 for the sequences that reach step t, NULL when all do;
+   * t_run: the steps that some sequence reaches */
+  int64_t t_run = T;
+  for (int64_t t = 0; t < T && ok; t++) {
+    int64_t live = N;
+    for (int64_t i = 0; lengths && i < N; i++) live -= lengths[i] <= t;
+    mask[t] = NULL;
+    if (live == 0 && t_run == T) t_run = t;
+    if (live == N || live == 0) continue;
+    ok = (mask[t] = constant(ctx, dt, 2, N1, 0.0)) != NULL;
+    for (int64_t i = 0; ok && i < N; i++) ad_tensor_set(mask[t], i, lengths[i] > t);
+  }
+  /* the input's padded steps are zeroed, so that whatever they hold (NaN
+   * included) reaches neither the state nor a gradient */
+  for (int64_t t = 0; t < t_run && ok; t++) {
+    in[t] = seq_step(ctx, x, tax, t);
+    if (mask[t]) in[t] = ad_where(ctx, mask[t], in[t], zero);
+    ok = in[t] != NULL;
+  }
   for (int k = 0; k < s->layers && ok; k++) {
     ad_tensor *const *w = s->p + 4 * k;
     ad_tensor *bias = NULL; /* b_ih + b_hh, added once per step (RNN, LSTM) */
@@ -242,14 +257,10 @@ static ad_tensor *rnn_run(ad_ctx *ctx, rnn_state *s, ad_tensor *x, ad_tensor *h0
     for (int64_t t = 0; t < t_run && ok; t++) {
       ad_tensor *hp = h, *cp = c;
       ok = cell_step(ctx, s, w, bias, in[t], &h, &c);
-      bool ended = false;
-      for (int64_t i = 0; lengths && i < N; i++) ended = ended || lengths[i] <= t;
-      if (ok && ended) { /* some sequence has ended: it keeps its state */
-        ad_tensor *m = constant(ctx, dt, 2, N1, 0.0);
-        for (int64_t i = 0; m && i < N; i++) ad_tensor_set(m, i, lengths[i] > t);
-        out[t] = ad_mul(ctx, h, m);
-        h = ad_where(ctx, m, h, hp);
-        if (cp) c = ad_where(ctx, m, c, cp);
+      if (ok && mask[t]) { /* some sequence has ended: it keeps its state */
+        out[t] = ad_where(ctx, mask[t], h, zero);
+        h = ad_where(ctx, mask[t], h, hp);
+        if (cp) c = ad_where(ctx, mask[t], c, cp);
       } else {
         out[t] = h;
       }
@@ -301,7 +312,7 @@ ad_tensor *nn_rnn_forward(nn_layer *l, ad_tensor *x, ad_tensor *h0, ad_tensor *c
   }
   if (lengths && !check_lengths(ctx, who, lengths, n_lengths, N, T)) return NULL;
   /* T <= 2^40 (a tensor's size), so this cannot overflow */
-  size_t bytes = (size_t)(2 * T + 2 * s->layers) * sizeof(ad_tensor *);
+  size_t bytes = (size_t)(3 * T + 2 * s->layers) * sizeof(ad_tensor *);
   ad_tensor **scratch = ad_malloc(ctx, bytes);
   if (!scratch) return NULL;
   ad_tensor *hn = NULL, *cn = NULL;

@@ -325,9 +325,10 @@ Test(rnn, gradcheck_gru_f64) { gradcheck_cell(NN_RNN_GRU); }
 
 /* ---------------------------------------------------- variable lengths */
 
-/* Padded steps: output exactly 0, no gradient to x there, and the final
- * state is the one after each sequence's last step (the same as running
- * the sequence alone, cut to its length). */
+/* Padded steps: output exactly 0, no gradient to x there (even when the
+ * padding is not finite), and the final state is the one after each
+ * sequence's last step (the same as running the sequence alone, cut to its
+ * length). */
 Test(rnn, padded_steps_are_inert) {
   ad_rng rng;
   ad_rng_seed(&rng, 8);
@@ -335,6 +336,8 @@ Test(rnn, padded_steps_are_inert) {
   nn_layer *l = nn_lstm_new(ctx, 2, 3, &rng, &o);
   int64_t sx[3] = {5, 2, 2}, lengths[2] = {5, 2};
   ad_tensor *x = ad_rand(ctx, &rng, AD_F64, 3, sx, -1, 1);
+  for (int64_t t = 2; t < 5; t++) /* the padding holds NaN and infinity */
+    for (int64_t k = 0; k < 2; k++) ad_tensor_set(x, (t * 2 + 1) * 2 + k, k ? INFINITY : NAN);
   ad_tensor_set_requires_grad(x, true);
   ad_tensor *hn, *cn;
   ad_tensor *y = nn_rnn_forward(l, x, NULL, NULL, lengths, 2, true, &hn, &cn);
