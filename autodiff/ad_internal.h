@@ -41,22 +41,30 @@ enum {
  * scalar chain allocates a few of these per op, and is bound by the memory
  * they take. 152 bytes: with a 0-d tensor's data in the 8 bytes after it, one
  * 160-byte arena block (ad_tmp_new). Unary and binary ops (nearly all) keep
- * their inputs in the node; an op with more has them in an arena array. */
+ * their inputs in the node, with no allocation; an op with more has them in
+ * an arena list that also holds their count, so a variadic op (concat,
+ * stack) takes any number of inputs while the node stays this size. */
 #define AD_INLINE_SRC 2
+#define AD_NSRC_LIST  (AD_INLINE_SRC + 1) /* nsrc: the inputs are in src.list */
+struct ad_node;
+typedef struct ad_src_list { /* the inputs of an op with more than AD_INLINE_SRC */
+  int n;
+  struct ad_node *in[]; /* n of them */
+} ad_src_list;
 typedef struct ad_node {
   ad_tensor t;
   uint32_t magic;
   uint16_t op; /* op id; meaningless for leaves */
   uint8_t flags;
-  uint8_t nsrc;
+  uint8_t nsrc;     /* inputs: 0..AD_INLINE_SRC in src.in, or AD_NSRC_LIST */
   uint32_t epoch;   /* tape generation it was made in (temporaries) */
   int32_t tape_idx; /* position on the tape, -1 if not recorded */
   ad_ctx *ctx;
   const ad_attrs *attrs;               /* NULL when all zero */
   ad_tensor *gacc;                     /* gradient accumulated during backward */
-  union {                              /* the nsrc inputs; read them through ad_node_src */
+  union {                              /* the inputs; read them through ad_node_src */
     struct ad_node *in[AD_INLINE_SRC]; /* nsrc <= AD_INLINE_SRC */
-    struct ad_node **arena;            /* more: an arena array */
+    ad_src_list *list;                 /* nsrc == AD_NSRC_LIST: an arena list */
     ad_tensor *spare_grad;             /* a persistent leaf (never recorded): the buffer
                                           of a grad released by ad_tensor_zero_grad */
   } src;
@@ -64,9 +72,12 @@ typedef struct ad_node {
 
 static inline ad_node *ad_node_of(const ad_tensor *t) { return (ad_node *)t; }
 
-/* The inputs of a recorded node, n->nsrc of them. */
+/* The number of inputs of a recorded node, and the inputs. */
+static inline int ad_node_nsrc(const ad_node *n) {
+  return n->nsrc <= AD_INLINE_SRC ? n->nsrc : n->src.list->n;
+}
 static inline ad_node *const *ad_node_src(const ad_node *n) {
-  return n->nsrc <= AD_INLINE_SRC ? n->src.in : n->src.arena;
+  return n->nsrc <= AD_INLINE_SRC ? n->src.in : n->src.list->in;
 }
 
 /* Registered op: the public definition plus a hash handle. */

@@ -22,8 +22,8 @@ ad_status ad_check_float_same(ad_ctx *ctx, const char *op, int n, ad_tensor *con
       return ad_set_error(ctx, AD_ERR_DTYPE, "%s: input %d is %s; a float dtype is needed", op, i,
                           ad_dtype_name(in[i]->dtype));
     if (in[i]->dtype != in[0]->dtype)
-      return ad_set_error(ctx, AD_ERR_DTYPE, "%s: dtypes differ: %s and %s", op,
-                          ad_dtype_name(in[0]->dtype), ad_dtype_name(in[i]->dtype));
+      return ad_set_error(ctx, AD_ERR_DTYPE, "%s: dtypes differ: input 0 is %s, input %d is %s", op,
+                          ad_dtype_name(in[0]->dtype), i, ad_dtype_name(in[i]->dtype));
   }
   return AD_OK;
 }

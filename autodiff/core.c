@@ -655,6 +655,37 @@ ad_tensor *ad_scalar(ad_ctx *ctx, ad_dtype dt, double v) {
   return ad_tmp_full(ctx, dt, 0, NULL, v);
 }
 
+/* ad_full_like under the name fn: a constant temporary shaped like x. */
+static ad_tensor *full_like_named(ad_ctx *ctx, const char *fn, const ad_tensor *x, double v) {
+  if (!ctx) return NULL;
+  if (!x) {
+    ad_set_null_error(ctx, "%s: x is NULL", fn);
+    return NULL;
+  }
+  const ad_node *n = ad_node_of(x);
+  if (n->magic == AD_NODE_DEAD)
+    ad_set_error(ctx, AD_ERR_STATE, "%s: x was freed", fn);
+  else if (n->magic != AD_NODE_MAGIC)
+    ad_set_error(ctx, AD_ERR_ARG, "%s: x is not a tensor", fn);
+  else if (n->ctx != ctx)
+    ad_set_error(ctx, AD_ERR_ARG, "%s: x belongs to another context", fn);
+  else if (n->epoch != ctx->epoch && !(n->flags & AD_NF_PERSISTENT))
+    ad_set_error(ctx, AD_ERR_STATE, "%s: x is from a tape that was reset", fn);
+  else if (x->dtype == AD_I32 && !i32_fits(v))
+    ad_set_error(ctx, AD_ERR_ARG, "%s: %g cannot be stored in an i32 tensor", fn, v);
+  else
+    return ad_tmp_full(ctx, x->dtype, x->ndim, x->shape, v);
+  return NULL;
+}
+
+ad_tensor *ad_full_like(ad_ctx *ctx, const ad_tensor *x, double value) {
+  return full_like_named(ctx, "full_like", x, value);
+}
+
+ad_tensor *ad_zeros_like(ad_ctx *ctx, const ad_tensor *x) {
+  return full_like_named(ctx, "zeros_like", x, 0.0);
+}
+
 /* ad_full under the name fn. */
 static ad_tensor *full_named(ad_ctx *ctx, const char *fn, ad_dtype dt, int ndim,
                              const int64_t *shape, double v) {

@@ -9,13 +9,20 @@ typedef struct check_state {
   ad_check_fn fn;
   void *ud;
   int n;
-  ad_tensor *const *in;       /* the caller's inputs */
-  ad_tensor *x64[AD_MAX_SRC]; /* float64 copies for the numeric side */
-  ad_tensor *v;               /* cotangent, float64, output's shape */
-  ad_tensor *r[AD_MAX_SRC];   /* second order: directions for each input */
+  ad_tensor *const *in; /* the caller's inputs */
+  ad_tensor *v;         /* cotangent, float64, output's shape */
   ad_check_opts o;
-  double *analytic[AD_MAX_SRC];
+  /* n entries each, in one block of `bytes` (any number of inputs) */
+  ad_tensor **x64;                   /* float64 copies for the numeric side */
+  ad_tensor **r;                     /* second order: directions for each input */
+  double **analytic;                 /* per checked input, its analytic gradient */
+  ad_tensor **req, **gg, **g1, **g2; /* scratch: inputs to ad_grad, its results */
+  int *idx;                          /* scratch: input index of req[k] */
+  size_t bytes;
 } check_state;
+
+/* Pointer arrays per input in check_state's block, then the int array. */
+#define STATE_PTRS 7
 
 static void fill_defaults(ad_check_opts *o, const ad_check_opts *user, ad_dtype dt) {
   o->eps = 1e-6;
@@ -31,12 +38,33 @@ static void fill_defaults(ad_check_opts *o, const ad_check_opts *user, ad_dtype 
 }
 
 static void state_free(check_state *s) {
-  for (int i = 0; i < s->n; i++) {
+  for (int i = 0; s->x64 && i < s->n; i++) {
     ad_tensor_free(s->x64[i]);
     ad_tensor_free(s->r[i]);
     if (s->analytic[i]) ad_free(s->ctx, s->analytic[i], (size_t)s->in[i]->size * sizeof(double));
   }
+  if (s->x64) ad_free(s->ctx, s->x64, s->bytes);
   ad_tensor_free(s->v);
+}
+
+/* The per-input arrays of s for n inputs, zeroed (AD_ERR_OOM). */
+static ad_status state_arrays(check_state *s, int n) {
+  size_t per = STATE_PTRS * sizeof(void *) + sizeof(int);
+  if ((size_t)n > SIZE_MAX / per)
+    return ad_set_error(s->ctx, AD_ERR_OOM, "gradcheck: %d inputs are too many", n);
+  s->bytes = (size_t)n * per;
+  void **p = ad_malloc(s->ctx, s->bytes);
+  if (!p) return AD_ERR_OOM;
+  memset(p, 0, s->bytes);
+  s->x64 = (ad_tensor **)p;
+  s->r = (ad_tensor **)(p + n);
+  s->analytic = (double **)(p + 2 * (size_t)n);
+  s->req = (ad_tensor **)(p + 3 * (size_t)n);
+  s->gg = (ad_tensor **)(p + 4 * (size_t)n);
+  s->g1 = (ad_tensor **)(p + 5 * (size_t)n);
+  s->g2 = (ad_tensor **)(p + 6 * (size_t)n);
+  s->idx = (int *)(p + 7 * (size_t)n);
+  return AD_OK;
 }
 
 static bool checked(const ad_tensor *t) { return ad_tensor_requires_grad(t); }
@@ -50,8 +78,7 @@ static ad_status state_init(check_state *s, ad_ctx *ctx, ad_check_fn fn, void *u
   s->ud = ud;
   s->in = in;
   if (!fn || (n > 0 && !in)) return ad_set_error(ctx, AD_ERR_NULL, "gradcheck: fn or inputs NULL");
-  if (n < 1 || n > AD_MAX_SRC)
-    return ad_set_error(ctx, AD_ERR_ARG, "gradcheck: %d inputs (1..%d)", n, AD_MAX_SRC);
+  if (n < 1) return ad_set_error(ctx, AD_ERR_ARG, "gradcheck: %d inputs (at least 1)", n);
   ad_dtype dt = AD_F64;
   int nchecked = 0;
   for (int i = 0; i < n; i++) {
@@ -63,6 +90,8 @@ static ad_status state_init(check_state *s, ad_ctx *ctx, ad_check_fn fn, void *u
     return ad_set_error(ctx, AD_ERR_ARG,
                         "gradcheck: no input requires grad, so there is nothing to check");
   fill_defaults(&s->o, opts, dt);
+  ad_status st = state_arrays(s, n);
+  if (st != AD_OK) return st;
   s->n = n;
   for (int i = 0; i < n; i++) {
     ad_dtype d = ad_is_float(in[i]->dtype) ? AD_F64 : in[i]->dtype;
@@ -113,8 +142,8 @@ static ad_status first_grads(check_state *s, ad_tensor *const *in, bool create_g
   ad_tensor *y = run(s, in);
   if (!y) return s->ctx->status;
   if (yout) *yout = y;
-  ad_tensor *req[AD_MAX_SRC], *g[AD_MAX_SRC];
-  int idx[AD_MAX_SRC], m = 0;
+  ad_tensor **req = s->req, **g = s->gg;
+  int *idx = s->idx, m = 0;
   for (int i = 0; i < s->n; i++) {
     out[i] = NULL;
     if (checked(in[i])) {
@@ -136,7 +165,7 @@ static ad_status first_grads(check_state *s, ad_tensor *const *in, bool create_g
 
 /* h(in) = sum_i <r_i, g_i(in)>, recorded when create_graph. */
 static ad_tensor *second_h(check_state *s, ad_tensor *const *in, bool create_graph) {
-  ad_tensor *g[AD_MAX_SRC], *h = NULL;
+  ad_tensor **g = s->g1, *h = NULL;
   if (first_grads(s, in, create_graph, g, NULL) != AD_OK) return NULL;
   for (int i = 0; i < s->n; i++) {
     if (!g[i]) continue;
@@ -241,13 +270,13 @@ static ad_status check(ad_ctx *ctx, ad_check_fn fn, void *ud, int n, ad_tensor *
   if (st == AD_OK) st = make_v(&s, second);
   if (st == AD_OK) {
     bool was = ad_set_grad_enabled(ctx, true);
-    ad_tensor *g[AD_MAX_SRC] = {0};
+    ad_tensor **g = s.g2; /* zeroed */
     if (!second) {
       st = first_grads(&s, in, false, g, NULL);
     } else {
       ad_tensor *h = second_h(&s, in, true);
-      ad_tensor *req[AD_MAX_SRC], *gg[AD_MAX_SRC];
-      int idx[AD_MAX_SRC], m = 0;
+      ad_tensor **req = s.req, **gg = s.gg;
+      int *idx = s.idx, m = 0;
       for (int i = 0; i < n; i++)
         if (s.analytic[i]) idx[m] = i, req[m++] = in[i];
       if (!h) {
@@ -318,7 +347,7 @@ ad_status ad_op_check(ad_ctx *ctx, int id, ad_dtype dtype, bool second, uint64_t
     op_call c;
     memset(&c, 0, sizeof c); /* every byte of the attrs, whichever member the sample sets */
     c.id = id;
-    ad_tensor *in[AD_MAX_SRC] = {0};
+    ad_tensor *in[AD_SAMPLE_MAX_IN] = {0};
     ad_sample_call sc = {ctx, &rng, dtype, v, in, &c.attrs};
     int n = def->sample ? def->sample(&sc) : generic_sample(def, &sc);
     if (n == 0) break;
@@ -347,7 +376,7 @@ ad_status ad_op_check(ad_ctx *ctx, int id, ad_dtype dtype, bool second, uint64_t
         report->checked += r.checked;
       }
     }
-    for (int i = 0; i < AD_MAX_SRC; i++) ad_tensor_free(in[i]);
+    for (int i = 0; i < AD_SAMPLE_MAX_IN; i++) ad_tensor_free(in[i]);
   }
   if (st != AD_OK) report->passed = false;
   return st;

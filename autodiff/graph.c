@@ -46,19 +46,27 @@ typedef struct name_ent {
   UT_hash_handle hh;
 } name_ent;
 
-/* What one backward step computed (pointers into the arena). */
+/* What one backward step sent to one input: a pointer into the arena, or
+ * for a contribution stored straight into a grad, an owned copy: a plain
+ * view (read only by the value printer) and its data. */
+typedef struct step_in {
+  const ad_tensor *gin;
+  ad_tensor snap;
+  size_t snap_bytes;
+} step_in;
+
+/* What one backward step computed: cap entries in in[], n of them used (an
+ * op's every input: a variadic op may have any number). */
 typedef struct step_rec {
   const ad_tensor *out; /* key */
   const ad_tensor *gout;
-  int n;
-  const ad_tensor *gin[AD_MAX_SRC];
-  /* owned copies of contributions stored straight into a grad: a plain
-   * view (read only by the value printer) and its data */
-  ad_tensor snap[AD_MAX_SRC];
-  size_t snap_bytes[AD_MAX_SRC];
+  int n, cap;
   bool oom;
   UT_hash_handle hh;
+  step_in in[];
 } step_rec;
+
+static size_t rec_bytes(int cap) { return sizeof(step_rec) + (size_t)cap * sizeof(step_in); }
 
 struct ad_graph {
   ad_ctx *ctx;
@@ -88,9 +96,10 @@ static void free_name(ad_ctx *ctx, name_ent *e) {
 }
 
 static void free_snaps(ad_ctx *ctx, step_rec *r) {
-  for (int k = 0; k < AD_MAX_SRC; k++)
-    if (r->snap[k].data) ad_free(ctx, r->snap[k].data, r->snap_bytes[k]);
-  memset(r->snap, 0, sizeof r->snap);
+  for (int k = 0; k < r->cap; k++) {
+    if (r->in[k].snap.data) ad_free(ctx, r->in[k].snap.data, r->in[k].snap_bytes);
+    r->in[k] = (step_in){0};
+  }
 }
 
 /* A copy of grad's values in r's snapshot k; NULL if none can be made. */
@@ -99,11 +108,11 @@ static const ad_tensor *snapshot(ad_ctx *ctx, step_rec *r, int k, const ad_tenso
   void *p = galloc(ctx, bytes);
   if (!p) return NULL;
   memcpy(p, grad->data, bytes);
-  r->snap[k] = *grad;
-  r->snap[k].data = p;
-  r->snap[k].grad = NULL;
-  r->snap_bytes[k] = bytes;
-  return &r->snap[k];
+  r->in[k].snap = *grad;
+  r->in[k].snap.data = p;
+  r->in[k].snap.grad = NULL;
+  r->in[k].snap_bytes = bytes;
+  return &r->in[k].snap;
 }
 
 static void clear_recs(ad_graph *g) {
@@ -112,7 +121,7 @@ static void clear_recs(ad_graph *g) {
   HASH_ITER(hh, g->recs, r, tmp) {
     HASH_DEL(g->recs, r);
     free_snaps(ctx, r);
-    ad_free(ctx, r, sizeof *r);
+    ad_free(ctx, r, rec_bytes(r->cap));
   }
 }
 
@@ -317,40 +326,51 @@ static void put_esc(FILE *f, const char *s) { put_str(f, s, true); }
 #define VAR_LEN 12
 
 typedef struct rule_map {
-  char outvar[VAR_LEN];         /* the output's name in the math: its first word */
-  const char *var[AD_MAX_SRC];  /* input k's name, NULL if the op gives none */
-  const char *grad[AD_MAX_SRC]; /* input k's contribution, NULL for none */
-  bool mapped;                  /* every input has a name */
+  char outvar[VAR_LEN]; /* the output's name in the math: its first word */
+  const ad_op_def *def; /* NULL: no rule */
+  int n;                /* inputs of the call */
+  bool mapped;          /* every input has a name */
   bool has_backward;
 } rule_map;
 
+/* Input k's name, NULL if the op gives none. A fixed-arity op names each
+ * input; a variadic op's inputs[0] and grads[0] hold for every input. */
+static const char *rm_var(const rule_map *rm, int k) {
+  if (!rm->def || k < 0 || k >= rm->n) return NULL;
+  return rm->def->inputs[rm->def->arity < 0 ? 0 : k];
+}
+/* Input k's contribution, NULL for none. */
+static const char *rm_grad(const rule_map *rm, int k) {
+  if (!rm->def || k < 0 || k >= rm->n) return NULL;
+  return rm->def->grads[rm->def->arity < 0 ? 0 : k];
+}
+
 static void rule_map_of(const ad_op_def *def, int n, rule_map *rm) {
   memset(rm, 0, sizeof *rm);
-  if (!def || n < 1 || n > AD_MAX_SRC) return;
+  /* a fixed arity's inputs are at most AD_MAX_SRC, named in inputs[] */
+  if (!def || n < 1 || (def->arity >= 0 && n > AD_MAX_SRC)) return;
+  rm->def = def;
+  rm->n = n;
   rm->has_backward = def->backward != NULL;
   size_t len = 0;
   while (def->math && isalnum((unsigned char)def->math[len]) && len + 1 < VAR_LEN) len++;
   if (def->math) memcpy(rm->outvar, def->math, len);
-  bool variadic = def->arity < 0;
   rm->mapped = true;
-  for (int k = 0; k < n; k++) {
-    rm->var[k] = def->inputs[variadic ? 0 : k];
-    rm->grad[k] = def->grads[variadic ? 0 : k];
-    rm->mapped &= rm->var[k] != NULL;
-  }
+  for (int k = 0; k < n; k++) rm->mapped &= rm_var(rm, k) != NULL;
 }
 
 /* The rule of input k: "dV += ...", or "no gradient to V". */
 static void put_rule_k(FILE *f, const rule_map *rm, int k, bool esc) {
-  if (!rm->var[k]) {
+  const char *var = rm_var(rm, k), *grad = rm_grad(rm, k);
+  if (!var) {
     fputs("(the op gives no rule)", f);
     return;
   }
-  if (rm->grad[k]) {
-    fprintf(f, "d%s += ", rm->var[k]);
-    put_str(f, rm->grad[k], esc);
+  if (grad) {
+    fprintf(f, "d%s += ", var);
+    put_str(f, grad, esc);
   } else {
-    fprintf(f, "no gradient to %s", rm->var[k]);
+    fprintf(f, "no gradient to %s", var);
   }
 }
 
@@ -503,6 +523,19 @@ static void attrs_str(const ad_op_def *def, const ad_tensor *t, sbuf *out) {
   case AD_ATTRS_ATTENTION:
     sb_put(&b, " scale %.6g%s", a->attention.scale, a->attention.causal ? " causal" : "");
     break;
+  case AD_ATTRS_EMBEDDING:
+    if (a->embedding.padding) sb_put(&b, " padding_idx %lld", (long long)a->embedding.padding_idx);
+    break;
+  case AD_ATTRS_LAYER_NORM:
+    sb_put(&b, " normalized_shape [");
+    for (int k = 0; k < a->layer_norm.ndim && k < AD_MAX_DIMS; k++)
+      sb_put(&b, "%s%lld", k ? "," : "", (long long)a->layer_norm.dims[k]);
+    sb_put(&b, "] eps %.6g", a->layer_norm.eps);
+    break;
+  case AD_ATTRS_CROSS_ENTROPY:
+    if (a->cross_entropy.ignore) sb_put(&b, " ignore_index %d", (int)a->cross_entropy.ignore_index);
+    if (a->cross_entropy.sum) sb_put(&b, " sum");
+    break;
   case AD_ATTRS_USER:
     for (int k = 0; k < 6; k++)
       if (a->user.i[k]) sb_put(&b, " i%d %lld", k, (long long)a->user.i[k]);
@@ -580,12 +613,10 @@ static const words *words_of(const ad_op_def *def) {
 
 /* --------------------------------------------------------------- trace */
 
-static void trace_step(ad_graph *g, const ad_tensor *out, const ad_tensor *gout, int n,
-                       const ad_tensor *const *gin) {
+/* Traces one backward step: out's n inputs in[] got gin[] (NULL: none). */
+static void trace_step(ad_graph *g, const ad_tensor *out, const ad_tensor *gout, int nin,
+                       ad_tensor *const *in, const ad_tensor *const *gin) {
   FILE *f = g->trace;
-  ad_tensor *in[AD_MAX_SRC];
-  int nin = ad_tensor_inputs(out, in, AD_MAX_SRC);
-  if (nin > n) nin = n;
   const ad_op_def *def = ad_op_get(g->ctx, ad_tensor_op(out));
   rule_map rm;
   rule_map_of(def, nin, &rm);
@@ -612,8 +643,8 @@ static void trace_step(ad_graph *g, const ad_tensor *out, const ad_tensor *gout,
     fprintf(f, "             with %s = %s", rm.outvar, oname);
     for (int k = 0; k < nin; k++) {
       int uses = 0;
-      for (int j = 0; j < nin; j++) uses += !strcmp(rm.var[j], rm.var[k]);
-      if (uses == 1) fprintf(f, ", %s = %s", rm.var[k], tensor_name(g, in[k], ib, sizeof ib));
+      for (int j = 0; j < nin; j++) uses += !strcmp(rm_var(&rm, j), rm_var(&rm, k));
+      if (uses == 1) fprintf(f, ", %s = %s", rm_var(&rm, k), tensor_name(g, in[k], ib, sizeof ib));
     }
     fputc('\n', f);
   }
@@ -643,19 +674,23 @@ static void trace_step(ad_graph *g, const ad_tensor *out, const ad_tensor *gout,
 
 /* The record of out, new or (a second pass over the same tape) emptied;
  * NULL if it cannot be made. */
-static step_rec *rec_put(ad_graph *g, const ad_tensor *out) {
+static step_rec *rec_put(ad_graph *g, const ad_tensor *out, int n) {
   ad_ctx *ctx = g->ctx;
   step_rec *r;
   HASH_FIND_PTR(g->recs, &out, r);
   if (r) {
     free_snaps(ctx, r);
-    return r;
+    if (r->cap >= n) return r;
+    HASH_DEL(g->recs, r); /* the same op has the same inputs; made anew all the same */
+    ad_free(ctx, r, rec_bytes(r->cap));
   }
-  if (!(r = galloc(ctx, sizeof *r))) return NULL;
-  *r = (step_rec){.out = out};
+  if (!(r = galloc(ctx, rec_bytes(n)))) return NULL;
+  memset(r, 0, rec_bytes(n));
+  r->out = out;
+  r->cap = n;
   HASH_ADD_PTR(g->recs, out, r);
   if (!r->oom) return r;
-  ad_free(ctx, r, sizeof *r);
+  ad_free(ctx, r, rec_bytes(n));
   return NULL;
 }
 
@@ -663,7 +698,7 @@ static void graph_hook(void *ud, const ad_backward_step *st) {
   ad_graph *g = ud;
   ad_ctx *ctx = g->ctx;
   const ad_tensor *out = st->out, *gout = st->gout;
-  int n = st->n < AD_MAX_SRC ? st->n : AD_MAX_SRC;
+  int n = st->n;
   int64_t idx = ad_tensor_tape_index(out);
   if (g->rec_gen != ad_tape_generation(ctx)) { /* a new step: earlier records are gone */
     clear_recs(g);
@@ -676,31 +711,38 @@ static void graph_hook(void *ud, const ad_backward_step *st) {
   }
   g->last_idx = idx;
 
-  step_rec *r = rec_put(g, out);
+  step_rec *r = rec_put(g, out, n);
   if (!r) g->lost = true;
-  const ad_tensor *gin[AD_MAX_SRC];
+  /* what each input got; a contribution stored straight into a grad is in
+   * the grad now, and later ones would change it, so the record keeps a
+   * copy (the grad itself if none can be made) */
+  const ad_tensor *gin_s[AD_MAX_SRC], **gin = gin_s;
+  if (n > AD_MAX_SRC) { /* a variadic op's: the trace needs them in one array */
+    gin = galloc(ctx, (size_t)n * sizeof *gin);
+    if (!gin) g->lost = true;
+  }
   for (int k = 0; k < n; k++) {
-    gin[k] = st->gin[k];
-    if (!gin[k] && st->direct[k]) {
-      /* the contribution is in the grad now; later ones would change it,
-       * so the record keeps a copy (the grad itself if none can be made) */
-      gin[k] = st->in[k]->grad;
-      const ad_tensor *copy = r ? snapshot(ctx, r, k, gin[k]) : NULL;
+    const ad_tensor *gk = st->gin[k];
+    if (!gk && st->direct[k]) {
+      gk = st->in[k]->grad;
+      const ad_tensor *copy = r ? snapshot(ctx, r, k, gk) : NULL;
       if (copy)
-        gin[k] = copy;
+        gk = copy;
       else if (r)
         g->lost = true;
     }
+    if (r) r->in[k].gin = gk;
+    if (gin) gin[k] = gk;
   }
   if (r) {
     r->gout = gout;
     r->n = n;
-    memcpy(r->gin, gin, (size_t)n * sizeof *gin);
   }
-  if (g->trace) {
-    trace_step(g, out, gout, n, gin);
+  if (g->trace && gin) {
+    trace_step(g, out, gout, n, st->in, gin);
     fflush(g->trace);
   }
+  if (gin != gin_s) ad_free(ctx, (void *)gin, (size_t)n * sizeof *gin);
   if (g->prev_hook) g->prev_hook(g->prev_ud, st);
 }
 
@@ -766,7 +808,9 @@ static const ad_tensor *grad_of(const ad_graph *g, const ad_tensor *t) {
   return s ? s->gout : NULL;
 }
 
-static void dot_node(FILE *f, ad_graph *g, const ad_tensor *t, int id, bool is_root) {
+/* The node of t, whose inputs (an op's) are in[0..nin-1]. */
+static void dot_node(FILE *f, ad_graph *g, const ad_tensor *t, ad_tensor *const *in, int nin,
+                     int id, bool is_root) {
   static const char *const style[] = {
       "shape=box, style=\"filled,bold\", color=\"#1f5fa8\", fillcolor=\"#d6e9ff\"",
       "shape=note, style=filled, color=\"#555555\", fillcolor=\"#eeeeee\"",
@@ -780,10 +824,8 @@ static void dot_node(FILE *f, ad_graph *g, const ad_tensor *t, int id, bool is_r
   put_esc(f, name);
   if (k == K_OP) {
     const ad_op_def *def = ad_op_get(ad_tensor_ctx(t), ad_tensor_op(t));
-    ad_tensor *in[AD_MAX_SRC];
-    int n = ad_tensor_inputs(t, in, AD_MAX_SRC);
     fprintf(f, " = %s(", def ? def->name : "?");
-    for (int i = 0; i < n && i < AD_MAX_SRC; i++) {
+    for (int i = 0; i < nin; i++) {
       if (i) fputs(", ", f);
       put_esc(f, tensor_name(g, in[i], ib, sizeof ib));
     }
@@ -817,12 +859,12 @@ static void dot_edge(FILE *f, ad_graph *g, const ad_tensor *out, ad_tensor *cons
   rule_map_of(def, n, &rm);
   fprintf(f, "  n%d -> n%d", from, to);
   if (!(flags & AD_DOT_BACKWARD)) {
-    if (n > 1 && rm.var[k]) fprintf(f, " [label=\" %s \"]", rm.var[k]);
+    if (n > 1 && rm_var(&rm, k)) fprintf(f, " [label=\" %s \"]", rm_var(&rm, k));
     fputs(";\n", f);
     return;
   }
   const step_rec *s = rec_of(g, out);
-  const ad_tensor *gin = s && k < s->n ? s->gin[k] : NULL;
+  const ad_tensor *gin = s && k < s->n ? s->in[k].gin : NULL;
   char ob[64], ib[64], oname[64];
   snprintf(oname, sizeof oname, "%s", tensor_name(g, out, ob, sizeof ob));
   const char *iname = tensor_name(g, in[k], ib, sizeof ib);
@@ -877,10 +919,25 @@ static int by_tape(const vert *a, const vert *b) {
   return (x > y) - (x < y);
 }
 
-/* Numbers v and writes its node. */
-static void place(FILE *f, ad_graph *g, vert *v, int *id, const ad_tensor *root) {
+/* t's inputs (ad_tensor_inputs) in *buf, grown as needed (*cap entries);
+ * -1 when it cannot grow. */
+static int inputs_of(ad_ctx *ctx, const ad_tensor *t, ad_tensor ***buf, int *cap) {
+  int n = ad_tensor_inputs(t, NULL, 0);
+  if (n > *cap) {
+    ad_tensor **p = galloc(ctx, (size_t)n * sizeof *p);
+    if (!p) return -1;
+    if (*buf) ad_free(ctx, *buf, (size_t)*cap * sizeof **buf);
+    *buf = p;
+    *cap = n;
+  }
+  return ad_tensor_inputs(t, *buf, n);
+}
+
+/* Numbers v and writes its node (whose inputs are in[0..nin-1]). */
+static void place(FILE *f, ad_graph *g, vert *v, ad_tensor *const *in, int nin, int *id,
+                  const ad_tensor *root) {
   v->id = (*id)++;
-  dot_node(f, g, v->t, v->id, v->t == root);
+  dot_node(f, g, v->t, in, nin, v->id, v->t == root);
 }
 
 ad_status ad_graph_dot(ad_graph *g, FILE *f, ad_tensor *root, int flags) {
@@ -899,13 +956,16 @@ ad_status ad_graph_dot(ad_graph *g, FILE *f, ad_tensor *root, int flags) {
   /* every tensor reaching root, breadth first: the walk follows the
    * table's insertion order while it appends inputs seen for the first time */
   vert *set = NULL;
+  ad_tensor **in = NULL; /* the inputs of one tensor at a time */
+  int cap = 0;
   ad_status st = vert_add(ctx, &set, root) ? AD_OK : AD_ERR_OOM;
   for (vert *v = set; v && st == AD_OK; v = v->hh.next) {
-    ad_tensor *in[AD_MAX_SRC];
-    int n = ad_tensor_inputs(v->t, in, AD_MAX_SRC);
-    for (int k = 0; k < n && k < AD_MAX_SRC && st == AD_OK; k++)
+    int n = inputs_of(ctx, v->t, &in, &cap);
+    if (n < 0) st = AD_ERR_OOM;
+    for (int k = 0; k < n && st == AD_OK; k++)
       if (!vert_find(set, in[k]) && !vert_add(ctx, &set, in[k])) st = AD_ERR_OOM;
   }
+  /* every later inputs_of fits in the buffer the walk grew */
 
   if (st == AD_OK) {
     HASH_SRT(hh, set, by_tape); /* leaves (index -1) first, then ops in tape order */
@@ -929,19 +989,17 @@ ad_status ad_graph_dot(ad_graph *g, FILE *f, ad_tensor *root, int flags) {
     int id = 0;
     for (vert *v = set; v; v = v->hh.next) {
       if (!is_recorded(v->t)) continue;
-      ad_tensor *in[AD_MAX_SRC];
-      int n = ad_tensor_inputs(v->t, in, AD_MAX_SRC);
-      for (int k = 0; k < n && k < AD_MAX_SRC; k++) {
+      int n = inputs_of(ctx, v->t, &in, &cap);
+      for (int k = 0; k < n; k++) {
         vert *w = vert_find(set, in[k]);
-        if (w->id < 0 && !is_recorded(in[k])) place(f, g, w, &id, root);
+        if (w->id < 0 && !is_recorded(in[k])) place(f, g, w, NULL, 0, &id, root);
       }
-      place(f, g, v, &id, root);
+      place(f, g, v, in, n, &id, root);
     }
-    if (!id) place(f, g, set, &id, root); /* no op: root is a leaf */
+    if (!id) place(f, g, set, NULL, 0, &id, root); /* no op: root is a leaf */
     for (vert *v = set; v; v = v->hh.next) {
-      ad_tensor *in[AD_MAX_SRC];
-      int n = ad_tensor_inputs(v->t, in, AD_MAX_SRC);
-      for (int k = 0; k < n && k < AD_MAX_SRC; k++)
+      int n = inputs_of(ctx, v->t, &in, &cap);
+      for (int k = 0; k < n; k++)
         dot_edge(f, g, v->t, in, k, n, vert_find(set, in[k])->id, v->id, flags);
     }
     fputs("}\n", f);
@@ -949,6 +1007,7 @@ ad_status ad_graph_dot(ad_graph *g, FILE *f, ad_tensor *root, int flags) {
   } else {
     ad_set_error(ctx, AD_ERR_OOM, "graph_dot: out of memory");
   }
+  if (in) ad_free(ctx, in, (size_t)cap * sizeof *in);
   vert *v, *tmp;
   HASH_ITER(hh, set, v, tmp) {
     HASH_DEL(set, v);

@@ -399,6 +399,7 @@ static char *slot_col(const conv_job *j, int s) {
 /* Arena memory that fails without recording an error (the caller falls
  * back to a path without it): 64-byte aligned. */
 static void *conv_scratch(ad_ctx *ctx, size_t bytes) {
+  if (bytes > SIZE_MAX / 2) return NULL; /* no arena holds it; bytes + 64 must not wrap */
   size_t want = bytes + 64;
   void *p;
   if ((size_t)(ctx->bump_end - ctx->bump) >= ((want + 15) & ~(size_t)15)) {
@@ -432,6 +433,7 @@ static bool job_prepare(ad_ctx *ctx, conv_job *j, int64_t items) {
   if (j->g.pointwise || j->g.kk == 0 || j->g.p == 0) return true;
   if (j->g.kk > (INT64_MAX / 8) / j->g.p) return false; /* no arena holds it */
   j->col_bytes = ((size_t)(j->g.kk * j->g.p) * j->es + 63) & ~(size_t)63;
+  if (j->col_bytes > SIZE_MAX / 2 / (size_t)j->slots) return false; /* the product must not wrap */
   j->busy = conv_scratch(ctx, (size_t)j->slots * sizeof *j->busy);
   j->scratch = j->busy ? conv_scratch(ctx, (size_t)j->slots * j->col_bytes) : NULL;
   if (!j->scratch) return false;

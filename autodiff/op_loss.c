@@ -3,23 +3,54 @@
 
 #include <math.h>
 
-/* ------------------------------------------------ softmax_cross_entropy */
+/* ------------------------------------------------ softmax_cross_entropy
+ *
+ *   y = (1/M) sum_p [lse(z_p) - z_p[t_p]]     over the positions p kept
+ *   dz_p = dy (softmax(z_p) - onehot(t_p)) / M    (0 at an ignored p)
+ *
+ * z is [N, C] or, as PyTorch's F.cross_entropy for K-dim inputs,
+ * [N, C, d1, ...] with labels [N, d1, ...]: the classes are dim 1, and a
+ * position p is a sample n with a point of d1, ... A position whose label is
+ * ignore_index (attrs.cross_entropy, when ignore) is left out; M counts the
+ * others (M = 1 with sum: the sum in place of the mean). */
+
+/* Elements of z after dim 1 (1 for [N, C]). */
+static int64_t trailing(const ad_tensor *z) {
+  int64_t t = 1;
+  for (int k = 2; k < z->ndim; k++) t *= z->shape[k];
+  return t;
+}
+
+/* True when label l takes part: it is not the ignored one. */
+static inline bool counted(const ad_cross_entropy_attrs *at, int32_t l) {
+  return !at->ignore || l != at->ignore_index;
+}
 
 /* Checks every label against the C classes (the shape rule). The backward
  * reads the labels the tape saved when it recorded the op (integer inputs
  * are copied then), so they are the ones checked here. */
 static ad_status check_labels(const ad_call *c) {
-  const int32_t *lab = c->in[1]->data;
+  const ad_tensor *t = c->in[1];
+  const ad_cross_entropy_attrs *at = &c->attrs->cross_entropy;
+  const int32_t *lab = t->data;
   int64_t C = c->in[0]->shape[1];
-  for (int64_t i = 0; i < c->in[1]->size; i++)
-    if (lab[i] < 0 || lab[i] >= C)
+  for (int64_t i = 0; i < t->size; i++) {
+    if ((lab[i] >= 0 && lab[i] < C) || !counted(at, lab[i])) continue;
+    if (t->ndim == 1 && !at->ignore)
       return ad_set_error(c->ctx, AD_ERR_ARG, "%s: label %d of sample %lld is outside 0..%lld",
                           c->name, lab[i], (long long)i, (long long)C - 1);
+    char pos[192], sh[64], ign[48] = "";
+    if (at->ignore) snprintf(ign, sizeof ign, " and is not ignore_index %d", at->ignore_index);
+    return ad_set_error(c->ctx, AD_ERR_ARG,
+                        "%s: label %d at position %lld (%s of labels %s) is outside 0..%lld%s",
+                        c->name, lab[i], (long long)i, ad_coords_str(t, i, pos, sizeof pos),
+                        ad_shape_str(t, sh, sizeof sh), (long long)C - 1, ign);
+  }
   return AD_OK;
 }
 
-/* N = 0 is fine (the mean over no sample is NaN, as in PyTorch); C = 0 is
- * not (no label can be valid). */
+/* N = 0 (or no position kept) is fine: the mean over nothing is NaN, as in
+ * PyTorch; C = 0 is not (no label can be valid). */
 static ad_status softmax_ce_shape(const ad_call *c) {
   const ad_tensor *z = c->in[0], *t = c->in[1];
   char a[64], b[64];
@@ -27,10 +58,13 @@ static ad_status softmax_ce_shape(const ad_call *c) {
   if (t->dtype != AD_I32)
     return ad_set_error(c->ctx, AD_ERR_DTYPE, "%s: labels must be i32, got %s", c->name,
                         ad_dtype_name(t->dtype));
-  if (z->ndim != 2 || t->ndim != 1 || t->shape[0] != z->shape[0] || z->shape[1] == 0)
+  bool ok = z->ndim >= 2 && t->ndim == z->ndim - 1 && z->shape[1] > 0;
+  for (int k = 0; ok && k < t->ndim; k++) ok = t->shape[k] == z->shape[k ? k + 1 : 0];
+  if (!ok)
     return ad_set_error(c->ctx, AD_ERR_SHAPE,
-                        "%s: logits %s and labels %s: need [N,C] and [N], C >= 1", c->name,
-                        ad_shape_str(z, a, sizeof a), ad_shape_str(t, b, sizeof b));
+                        "%s: logits %s and labels %s: need [N,C] and [N] (or [N,C,d1,...] and "
+                        "[N,d1,...]), C >= 1",
+                        c->name, ad_shape_str(z, a, sizeof a), ad_shape_str(t, b, sizeof b));
   ad_status st = check_labels(c);
   if (st != AD_OK) return st;
   c->out->dtype = z->dtype;
@@ -43,27 +77,34 @@ static ad_status softmax_ce_shape(const ad_call *c) {
  * sums and logs stay in double. */
 #define EXP_OF(T, x) (sizeof(T) == sizeof(float) ? (double)expf((float)(x)) : exp(x))
 
-/* The mean over rows of lse(z_n) - z_n[t_n], lse computed with the max
- * shifted out so large logits do not overflow (a NaN logit makes it NaN);
- * NaN for N = 0. */
-#define CE_FWD(T)                                                                                  \
+/* The mean over kept positions of lse(z_p) - z_p[t_p], lse computed with
+ * the max shifted out so large logits do not overflow (a NaN logit makes
+ * it NaN); NaN when no position is kept (mean), 0 (sum). The classes of a
+ * position are T apart. */
+#define CE_FWD(T_)                                                                                 \
   do {                                                                                             \
-    const T *Z = z->data;                                                                          \
+    const T_ *Z = z->data;                                                                         \
     double total = 0;                                                                              \
-    for (int64_t r = 0; r < N; r++) {                                                              \
-      const T *zr = Z + r * C;                                                                     \
-      double m = AD_LANE_MAX(zr, 1, C), s = 0;                                                     \
-      for (int64_t k = 0; k < C; k++) s += EXP_OF(T, (double)zr[k] - m);                           \
-      total += m + log(s) - (double)zr[lab[r]];                                                    \
-    }                                                                                              \
-    *(T *)out->data = (T)(N ? total / (double)N : NAN);                                            \
+    int64_t kept = 0;                                                                              \
+    for (int64_t r = 0; r < N; r++)                                                                \
+      for (int64_t j = 0; j < T; j++) {                                                            \
+        int32_t l = lab[r * T + j];                                                                \
+        if (!counted(at, l)) continue;                                                             \
+        const T_ *zr = Z + r * C * T + j;                                                          \
+        double m = AD_LANE_MAX(zr, T, C), s = 0;                                                   \
+        for (int64_t k = 0; k < C; k++) s += EXP_OF(T_, (double)zr[k * T] - m);                    \
+        total += m + log(s) - (double)zr[l * T];                                                   \
+        kept++;                                                                                    \
+      }                                                                                            \
+    *(T_ *)out->data = (T_)(at->sum ? total : kept ? total / (double)kept : NAN);                  \
   } while (0)
 
 static void softmax_ce_fwd(const ad_call *c) {
   const ad_tensor *z = c->in[0];
+  const ad_cross_entropy_attrs *at = &c->attrs->cross_entropy;
   const int32_t *lab = c->in[1]->data;
   ad_tensor *out = c->out;
-  int64_t N = z->shape[0], C = z->shape[1];
+  int64_t N = z->shape[0], C = z->shape[1], T = trailing(z);
   if (out->dtype == AD_F32)
     CE_FWD(float);
   else
@@ -71,43 +112,90 @@ static void softmax_ce_fwd(const ad_call *c) {
 }
 
 /* The labels take no gradient: they are class indices, the tape's copy of
- * those the forward checked. */
+ * those the forward checked. An ignored position gets exactly 0 (where, so
+ * not even a NaN logit there sends anything); with no position kept every
+ * gradient is 0, as PyTorch's. */
 static ad_status softmax_ce_bwd(const ad_call *c) {
   if (!c->needs[0]) return AD_OK;
   ad_ctx *ctx = c->ctx;
   ad_tensor *z = c->in[0];
-  int64_t N = z->shape[0], C = z->shape[1];
-  ad_tensor *onehot = ad_tmp_full(ctx, z->dtype, 2, z->shape, 0.0);
+  const ad_cross_entropy_attrs *at = &c->attrs->cross_entropy;
+  int64_t N = z->shape[0], C = z->shape[1], T = trailing(z), kept = 0;
+  ad_tensor *onehot = ad_tmp_full(ctx, z->dtype, z->ndim, z->shape, 0.0);
   if (!onehot) return ad_last_status(ctx);
   const int32_t *lab = c->in[1]->data;
-  for (int64_t r = 0; r < N; r++) ad_tensor_set(onehot, r * C + lab[r], 1.0);
+  for (int64_t r = 0; r < N; r++)
+    for (int64_t j = 0; j < T; j++)
+      if (counted(at, lab[r * T + j])) {
+        ad_tensor_set(onehot, (r * C + lab[r * T + j]) * T + j, 1.0);
+        kept++;
+      }
   ad_tensor *d = ad_sub(ctx, ad_softmax(ctx, z, 1), onehot);
-  return ad_call_set_grad(c, 0,
-                          ad_mul(ctx, d, ad_mul_scalar(ctx, c->gout, N ? 1.0 / (double)N : NAN)));
+  if (kept < N * T) {
+    int64_t ks[AD_MAX_DIMS];
+    memcpy(ks, z->shape, sizeof(int64_t) * (size_t)z->ndim);
+    ks[1] = 1;
+    ad_tensor *keep = ad_tmp_full(ctx, z->dtype, z->ndim, ks, 1.0);
+    if (!keep) return ad_last_status(ctx);
+    for (int64_t i = 0; i < N * T; i++)
+      if (!counted(at, lab[i])) ad_tensor_set(keep, i, 0.0);
+    d = ad_where(ctx, keep, d, ad_scalar(ctx, z->dtype, 0.0));
+  }
+  double scale = at->sum ? 1.0 : kept ? 1.0 / (double)kept : N * T != 0 ? 0.0 : NAN;
+  return ad_call_set_grad(c, 0, ad_mul(ctx, d, ad_mul_scalar(ctx, c->gout, scale)));
 }
 
 ad_tensor *ad_softmax_cross_entropy(ad_ctx *ctx, ad_tensor *logits, ad_tensor *labels) {
+  if (ctx && logits && labels && (logits->ndim != 2 || labels->ndim != 1)) {
+    char a[64], b[64];
+    ad_set_error(ctx, AD_ERR_SHAPE,
+                 "softmax_cross_entropy: logits %s and labels %s: need [N,C] and [N], C >= 1",
+                 ad_shape_str(logits, a, sizeof a), ad_shape_str(labels, b, sizeof b));
+    return NULL;
+  }
   return ad_apply2(ctx, AD_OP_SOFTMAX_CE, logits, labels, NULL);
 }
 
+ad_tensor *ad_softmax_cross_entropy_ext(ad_ctx *ctx, ad_tensor *logits, ad_tensor *labels,
+                                        const ad_cross_entropy_opts *opts) {
+  ad_attrs at = {.cross_entropy = {0}};
+  if (opts)
+    at.cross_entropy = (ad_cross_entropy_attrs){
+        .ignore = opts->ignore, .ignore_index = opts->ignore_index, .sum = opts->sum};
+  return ad_apply2(ctx, AD_OP_SOFTMAX_CE, logits, labels, &at);
+}
+
+/* [4,5] and its labels; [2,3,4] with labels [2,4], some of them the
+ * ignored -100; [2,3,2,2] summed, ignoring the label 1 */
 static int softmax_ce_sample(const ad_sample_call *s) {
-  if (s->variant > 0) return 0;
-  int64_t shape[2] = {4, 5};
-  s->in[0] = ad_sample_tensor(s, 2, shape, -3, 3, true);
-  s->in[1] = ad_zeros(s->ctx, AD_I32, 1, shape);
-  for (int64_t i = 0; s->in[1] && i < 4; i++)
-    ((int32_t *)s->in[1]->data)[i] = (int32_t)ad_rng_below(s->rng, 5);
+  static const int32_t l1[8] = {0, -100, 2, 1, 2, 2, -100, 0}, l2[8] = {0, 1, 2, 2, 1, 0, 1, 1};
+  static const int64_t z0[2] = {4, 5}, z1[3] = {2, 3, 4}, z2[4] = {2, 3, 2, 2};
+  static const int64_t t1[2] = {2, 4}, t2[3] = {2, 2, 2};
+  int v = s->variant;
+  if (v > 2) return 0;
+  if (v == 0) {
+    s->in[0] = ad_sample_tensor(s, 2, z0, -3, 3, true);
+    s->in[1] = ad_zeros(s->ctx, AD_I32, 1, z0);
+    for (int64_t i = 0; s->in[1] && i < 4; i++)
+      ((int32_t *)s->in[1]->data)[i] = (int32_t)ad_rng_below(s->rng, 5);
+  } else {
+    s->attrs->cross_entropy =
+        (ad_cross_entropy_attrs){.ignore = true, .ignore_index = v == 1 ? -100 : 1, .sum = v == 2};
+    s->in[0] = ad_sample_tensor(s, v == 1 ? 3 : 4, v == 1 ? z1 : z2, -3, 3, true);
+    s->in[1] = ad_from_data(s->ctx, AD_I32, v == 1 ? 2 : 3, v == 1 ? t1 : t2, v == 1 ? l1 : l2);
+  }
   return s->in[0] && s->in[1] ? 2 : -1;
 }
 
 const ad_op_def ad_def_softmax_cross_entropy = {
     .name = "softmax_cross_entropy",
     .arity = 2,
+    .attrs = AD_ATTRS_CROSS_ENTROPY,
     .shape = softmax_ce_shape,
     .forward = softmax_ce_fwd,
     .backward = softmax_ce_bwd,
     .sample = softmax_ce_sample,
-    .math = "y = -(1/N) sum_n log softmax(z_n)[t_n]",
+    .math = "y = -(1/M) sum_p log softmax(z_p)[t_p], p over positions with t_p != ignore_index",
     .inputs = {"z", "t"},
-    .grads = {"dy * (softmax(z) - onehot(t)) / N", NULL},
+    .grads = {"dy * (softmax(z) - onehot(t)) / M, 0 where t = ignore_index", NULL},
 };

@@ -2,7 +2,9 @@
  * (per-channel sums are sum_to to [1,C,1,...]), so its first and second
  * derivatives come from theirs, and a graph dump shows the statistics it
  * computes. Its running statistics are updated in place, outside the tape,
- * as PyTorch's buffers are. */
+ * as PyTorch's buffers are. layer_norm and its gradient layer_norm_backward
+ * are ops (a loop per row each), whose derivatives are made of the two and
+ * of sums, so they differentiate to any order. */
 #include "ops.h"
 
 #include <math.h>
@@ -116,3 +118,388 @@ ad_tensor *ad_batch_norm(ad_ctx *ctx, ad_tensor *x, ad_tensor *weight, ad_tensor
   }
   return y;
 }
+
+/* ----------------------------------------------------------- layer_norm
+ *
+ *   mu = mean_k(x), var = mean_k((x - mu)^2)     (biased, over the last k dims)
+ *   xhat = (x - mu) s,  s = 1 / sqrt(var + eps),  y = xhat * weight + bias
+ *   dx = layer_norm_backward(dy, x, weight)
+ *   dweight = sum over rows of dy xhat,  dbias = sum over rows of dy
+ *
+ * mean_k is the mean over the normalized shape (the last k dims, M
+ * elements), one per row. Both ops are one loop per row, in double for
+ * either dtype; xhat in the backward is layer_norm(x) without affine. */
+
+/* Checks an optional weight or bias: the normalized shape, x's dtype. */
+static ad_status check_affine(const ad_call *c, const ad_tensor *x, const ad_tensor *t,
+                              const char *what) {
+  const ad_layer_norm_attrs *at = &c->attrs->layer_norm;
+  char a[64], b[64];
+  bool ok = t->ndim == at->ndim;
+  for (int k = 0; ok && k < at->ndim; k++) ok = t->shape[k] == at->dims[k];
+  if (!ok)
+    return ad_set_error(c->ctx, AD_ERR_SHAPE,
+                        "%s: %s %s is not the normalized shape (the last %d dims of x %s)", c->name,
+                        what, ad_shape_str(t, a, sizeof a), at->ndim, ad_shape_str(x, b, sizeof b));
+  if (t->dtype != x->dtype)
+    return ad_set_error(c->ctx, AD_ERR_DTYPE, "%s: %s is %s, x is %s", c->name, what,
+                        ad_dtype_name(t->dtype), ad_dtype_name(x->dtype));
+  return AD_OK;
+}
+
+/* The shape rule of both ops: x float, ending with the normalized shape,
+ * eps finite and >= 0; the inputs before x (layer_norm_backward's dy) of
+ * x's shape and dtype, those after it (weight, bias) of the normalized
+ * shape. */
+static ad_status ln_shape(const ad_call *c, int xi) {
+  const ad_tensor *x = c->in[xi];
+  const ad_layer_norm_attrs *at = &c->attrs->layer_norm;
+  char a[64], b[64], ns[160];
+  if (ad_check_float_same(c->ctx, c->name, xi + 1, c->in) != AD_OK) return ad_last_status(c->ctx);
+  if (at->ndim < 1 || at->ndim > AD_MAX_DIMS)
+    return ad_set_error(c->ctx, AD_ERR_ARG, "%s: normalized_shape has %d dims; 1..%d are allowed",
+                        c->name, at->ndim, AD_MAX_DIMS);
+  int len = snprintf(ns, sizeof ns, "[");
+  for (int k = 0; k < at->ndim && len > 0 && (size_t)len < sizeof ns; k++)
+    len +=
+        snprintf(ns + len, sizeof ns - (size_t)len, "%s%lld", k ? "," : "", (long long)at->dims[k]);
+  if (len > 0 && (size_t)len < sizeof ns) snprintf(ns + len, sizeof ns - (size_t)len, "]");
+  bool ok = at->ndim <= x->ndim;
+  for (int k = 0; ok && k < at->ndim; k++) ok = x->shape[x->ndim - at->ndim + k] == at->dims[k];
+  if (!ok)
+    return ad_set_error(c->ctx, AD_ERR_SHAPE,
+                        "%s: normalized_shape %s does not match the last %d dims of x %s", c->name,
+                        ns, at->ndim, ad_shape_str(x, a, sizeof a));
+  if (!(at->eps >= 0) || !isfinite(at->eps))
+    return ad_set_error(c->ctx, AD_ERR_ARG, "%s: eps %g must be finite and >= 0", c->name, at->eps);
+  if (xi && !ad_same_shape(c->in[0], x))
+    return ad_set_error(c->ctx, AD_ERR_SHAPE, "%s: dy %s and x %s differ", c->name,
+                        ad_shape_str(c->in[0], a, sizeof a), ad_shape_str(x, b, sizeof b));
+  static const char *const what[2] = {"weight", "bias"};
+  for (int k = xi + 1; k < c->n; k++) {
+    ad_status st = check_affine(c, x, c->in[k], what[k - xi - 1]);
+    if (st != AD_OK) return st;
+  }
+  c->out->dtype = x->dtype;
+  c->out->ndim = x->ndim;
+  memcpy(c->out->shape, x->shape, sizeof(int64_t) * (size_t)x->ndim);
+  return AD_OK;
+}
+
+static ad_status layer_norm_shape(const ad_call *c) { return ln_shape(c, 0); }
+
+/* Elements per row (M) and rows of x for attrs at; 0 rows when M is 0. */
+static int64_t ln_rows(const ad_tensor *x, const ad_layer_norm_attrs *at, int64_t *M) {
+  *M = 1;
+  for (int k = 0; k < at->ndim; k++) *M *= at->dims[k];
+  return *M ? x->size / *M : 0;
+}
+
+/* The sum of f(i) for i in 0..n-1 in double, in four interleaved partial
+ * sums added in a fixed order: the adds run at the adder's throughput, not
+ * its latency (a row loop is otherwise bound by it), with the same bits on
+ * every run. f reads the index i. */
+#define LN_SUM(out, n, f)                                                                          \
+  do {                                                                                             \
+    double a0_ = 0, a1_ = 0, a2_ = 0, a3_ = 0;                                                     \
+    int64_t b_ = 0;                                                                                \
+    for (; b_ + 4 <= (n); b_ += 4) {                                                               \
+      int64_t i = b_;                                                                              \
+      a0_ += (f);                                                                                  \
+      i = b_ + 1;                                                                                  \
+      a1_ += (f);                                                                                  \
+      i = b_ + 2;                                                                                  \
+      a2_ += (f);                                                                                  \
+      i = b_ + 3;                                                                                  \
+      a3_ += (f);                                                                                  \
+    }                                                                                              \
+    for (int64_t i = b_; i < (n); i++) a0_ += (f);                                                 \
+    (out) = (a0_ + a1_) + (a2_ + a3_);                                                             \
+  } while (0)
+
+/* The mean and 1 / sqrt(var + eps) of a row of M values, in double (two
+ * passes: no cancellation in the variance). */
+#define LN_STATS(xr, M, eps, mu, s)                                                                \
+  do {                                                                                             \
+    double sum_, q_;                                                                               \
+    LN_SUM(sum_, M, (double)(xr)[i]);                                                              \
+    (mu) = sum_ / (double)(M);                                                                     \
+    LN_SUM(q_, M, ((double)(xr)[i] - (mu)) * ((double)(xr)[i] - (mu)));                            \
+    (s) = 1.0 / sqrt(q_ / (double)(M) + (eps));                                                    \
+  } while (0)
+
+/* y = (x - mu) s [* w] [+ b], row by row. */
+#define LN_FWD(T)                                                                                  \
+  do {                                                                                             \
+    const T *X = x->data, *W = w ? w->data : NULL, *B = b ? b->data : NULL;                        \
+    T *Y = c->out->data;                                                                           \
+    for (int64_t r = r0; r < r1; r++) {                                                            \
+      const T *xr = X + r * M;                                                                     \
+      T *yr = Y + r * M;                                                                           \
+      double mu, s;                                                                                \
+      LN_STATS(xr, M, at->eps, mu, s);                                                             \
+      for (int64_t i = 0; i < M; i++) {                                                            \
+        double v = ((double)xr[i] - mu) * s;                                                       \
+        if (W) v *= (double)W[i];                                                                  \
+        if (B) v += (double)B[i];                                                                  \
+        yr[i] = (T)v;                                                                              \
+      }                                                                                            \
+    }                                                                                              \
+  } while (0)
+
+/* Rows [r0, r1) of an op of the family (a range of ad_parallel_for). */
+typedef struct ln_job {
+  const ad_call *c;
+  int64_t M;
+} ln_job;
+
+/* Runs fn over rows rows of M elements, on the library's threads when
+ * there are enough (rows are independent: the same bits either way). */
+static void ln_run(int64_t rows, int64_t M, ad_range_fn fn, ln_job *job) {
+  int64_t grain = M ? (32768 + M - 1) / M : rows;
+  if (rows <= grain)
+    fn(job, 0, rows);
+  else
+    ad_parallel_for(rows, grain, fn, job);
+}
+
+static void layer_norm_rows(void *ud, int64_t r0, int64_t r1) {
+  const ln_job *j = ud;
+  const ad_call *c = j->c;
+  const ad_tensor *x = c->in[0], *w = c->n > 1 ? c->in[1] : NULL, *b = c->n > 2 ? c->in[2] : NULL;
+  const ad_layer_norm_attrs *at = &c->attrs->layer_norm;
+  int64_t M = j->M;
+  if (x->dtype == AD_F32)
+    LN_FWD(float);
+  else
+    LN_FWD(double);
+}
+
+static void layer_norm_fwd(const ad_call *c) {
+  ln_job j = {c, 0};
+  ln_run(ln_rows(c->in[0], &c->attrs->layer_norm, &j.M), j.M, layer_norm_rows, &j);
+}
+
+/* dx by the partner op; xhat (for the weight) is layer_norm without affine. */
+static ad_status layer_norm_bwd(const ad_call *c) {
+  ad_ctx *ctx = c->ctx;
+  ad_tensor *x = c->in[0], *w = c->n > 1 ? c->in[1] : NULL, *dy = c->gout;
+  const ad_layer_norm_attrs *at = &c->attrs->layer_norm;
+  ad_status st = AD_OK;
+  if (c->needs[0]) {
+    ad_tensor *in[3] = {dy, x, w};
+    st = ad_call_set_grad(c, 0,
+                          ad_op_apply(ctx, AD_OP_LAYER_NORM_BACKWARD, w ? 3 : 2, in, c->attrs));
+  }
+  if (st == AD_OK && c->n > 1 && c->needs[1]) {
+    ad_tensor *xhat = ad_op_apply(ctx, AD_OP_LAYER_NORM, 1, &x, c->attrs);
+    st = ad_call_set_grad(c, 1, ad_sum_to(ctx, ad_mul(ctx, dy, xhat), at->ndim, at->dims));
+  }
+  if (st == AD_OK && c->n > 2 && c->needs[2])
+    st = ad_call_set_grad(c, 2, ad_sum_to(ctx, dy, at->ndim, at->dims));
+  return st;
+}
+
+ad_tensor *ad_layer_norm(ad_ctx *ctx, ad_tensor *x, int ndim, const int64_t *normalized_shape,
+                         ad_tensor *weight, ad_tensor *bias, double eps) {
+  if (!ctx) return NULL;
+  if (!x) {
+    ad_set_null_error(ctx, "layer_norm: x is NULL");
+    return NULL;
+  }
+  if (ndim < 1 || ndim > AD_MAX_DIMS || !normalized_shape) {
+    ad_set_error(ctx, normalized_shape ? AD_ERR_ARG : AD_ERR_NULL,
+                 "layer_norm: normalized_shape %s with %d dims; 1..%d are allowed",
+                 normalized_shape ? "given" : "is NULL", ndim, AD_MAX_DIMS);
+    return NULL;
+  }
+  ad_attrs at = {.layer_norm = {.ndim = ndim, .eps = eps}};
+  for (int k = 0; k < ndim; k++) at.layer_norm.dims[k] = normalized_shape[k];
+  ad_tensor *in[3] = {x, weight, bias};
+  if (weight || !bias)
+    return ad_op_apply(ctx, AD_OP_LAYER_NORM, bias ? 3 : weight ? 2 : 1, in, &at);
+  /* a bias without a weight: the op's optional inputs are trailing */
+  ad_tensor *y = ad_op_apply(ctx, AD_OP_LAYER_NORM, 1, in, &at);
+  if (!y) return NULL;
+  char a[64], b[64];
+  bool ok = bias->ndim == ndim;
+  for (int d = 0; ok && d < ndim; d++) ok = bias->shape[d] == normalized_shape[d];
+  if (!ok) {
+    ad_set_error(ctx, AD_ERR_SHAPE,
+                 "layer_norm: bias %s is not the normalized shape (the last %d dims of x %s)",
+                 ad_shape_str(bias, a, sizeof a), ndim, ad_shape_str(x, b, sizeof b));
+    return NULL;
+  }
+  if (bias->dtype != x->dtype) {
+    ad_set_error(ctx, AD_ERR_DTYPE, "layer_norm: bias is %s, x is %s", ad_dtype_name(bias->dtype),
+                 ad_dtype_name(x->dtype));
+    return NULL;
+  }
+  return ad_add(ctx, y, bias);
+}
+
+/* x [3,4] over the last dim with weight and bias; [2,3,4] over the last two;
+ * [2,5] without affine; [2,3,4] with a weight only */
+static int layer_norm_sample(const ad_sample_call *s) {
+  static const int64_t s2[2] = {3, 4}, s3[3] = {2, 3, 4}, s5[2] = {2, 5};
+  static const struct {
+    int xnd, k, n;
+    const int64_t *xs;
+  } v[4] = {{2, 1, 3, s2}, {3, 2, 3, s3}, {2, 1, 1, s5}, {3, 1, 2, s3}};
+  if (s->variant > 3) return 0;
+  int xnd = v[s->variant].xnd, k = v[s->variant].k, n = v[s->variant].n;
+  const int64_t *xs = v[s->variant].xs;
+  s->attrs->layer_norm = (ad_layer_norm_attrs){.ndim = k, .eps = 1e-5};
+  for (int d = 0; d < k; d++) s->attrs->layer_norm.dims[d] = xs[xnd - k + d];
+  s->in[0] = ad_sample_tensor(s, xnd, xs, -2, 2, true);
+  for (int j = 1; j < n; j++)
+    s->in[j] = ad_sample_tensor(s, k, xs + xnd - k, j == 1 ? 0.5 : -1, j == 1 ? 1.5 : 1, true);
+  for (int j = 0; j < n; j++)
+    if (!s->in[j]) return -1;
+  return n;
+}
+
+const ad_op_def ad_def_layer_norm = {
+    .name = "layer_norm",
+    .arity = 3,
+    .min_arity = 1,
+    .attrs = AD_ATTRS_LAYER_NORM,
+    .shape = layer_norm_shape,
+    .forward = layer_norm_fwd,
+    .backward = layer_norm_bwd,
+    .sample = layer_norm_sample,
+    .math = "y = (x - mean_k(x)) / sqrt(var_k(x) + eps) * w + b",
+    .inputs = {"x", "w", "b"},
+    .grads = {"layer_norm_backward(dy, x, w)", "sum_rows(dy * xhat)", "sum_rows(dy)"},
+};
+
+/* -------------------------------------------------- layer_norm_backward
+ *
+ *   y = s (gw - mean_k(gw) - xhat mean_k(gw xhat)),  gw = g * weight
+ *       (layer_norm's dx for its dy = g; s and xhat as there, of x)
+ *   dg = weight * L,  dweight = sum over rows of g L,
+ *       L = layer_norm_backward(dy, x) (no weight; dy the incoming gradient)
+ *   dx = -(s/M) (rowsum(dy y) xhat + rowsum(dy xhat) y) - s mean_k(gw xhat) L
+ *
+ * y is linear in gw, and its adjoint in gw is the same map (the Jacobian of
+ * xhat in x is symmetric), so L serves dy and weight. In x: s changes by
+ * -s^2 xhat / M, xhat by that Jacobian, mean_k(g xhat) by y / M. Those
+ * gradients are made of the family's ops (L, layer_norm for xhat) and
+ * sums, so every order exists; they are computed in float64 for float32
+ * inputs, as second derivatives are rare and their terms cancel. */
+
+static ad_status layer_norm_backward_shape(const ad_call *c) { return ln_shape(c, 1); }
+
+#define LNB_FWD(T)                                                                                 \
+  do {                                                                                             \
+    const T *G = g->data, *X = x->data, *W = w ? w->data : NULL;                                   \
+    T *Y = c->out->data;                                                                           \
+    for (int64_t r = r0; r < r1; r++) {                                                            \
+      const T *xr = X + r * M, *gr = G + r * M;                                                    \
+      T *yr = Y + r * M;                                                                           \
+      double mu, s, mg, mgx;                                                                       \
+      LN_STATS(xr, M, at->eps, mu, s);                                                             \
+      LN_SUM(mg, M, W ? (double)gr[i] * (double)W[i] : (double)gr[i]);                             \
+      LN_SUM(mgx, M, (W ? (double)gr[i] * (double)W[i] : (double)gr[i]) * ((double)xr[i] - mu));   \
+      mg /= (double)M;                                                                             \
+      mgx *= s / (double)M;                                                                        \
+      for (int64_t i = 0; i < M; i++) {                                                            \
+        double gw = W ? (double)gr[i] * (double)W[i] : (double)gr[i];                              \
+        yr[i] = (T)(s * (gw - mg - ((double)xr[i] - mu) * s * mgx));                               \
+      }                                                                                            \
+    }                                                                                              \
+  } while (0)
+
+static void layer_norm_backward_rows(void *ud, int64_t r0, int64_t r1) {
+  const ln_job *j = ud;
+  const ad_call *c = j->c;
+  const ad_tensor *g = c->in[0], *x = c->in[1], *w = c->n > 2 ? c->in[2] : NULL;
+  const ad_layer_norm_attrs *at = &c->attrs->layer_norm;
+  int64_t M = j->M;
+  if (x->dtype == AD_F32)
+    LNB_FWD(float);
+  else
+    LNB_FWD(double);
+}
+
+static void layer_norm_backward_fwd(const ad_call *c) {
+  ln_job j = {c, 0};
+  ln_run(ln_rows(c->in[1], &c->attrs->layer_norm, &j.M), j.M, layer_norm_backward_rows, &j);
+}
+
+static ad_status layer_norm_backward_bwd(const ad_call *c) {
+  ad_ctx *ctx = c->ctx;
+  const ad_layer_norm_attrs *at = &c->attrs->layer_norm;
+  ad_dtype dt = c->in[1]->dtype;
+  ad_tensor *g = c->in[0], *x = c->in[1], *w = c->n > 2 ? c->in[2] : NULL, *y = c->out;
+  ad_tensor *dy = c->gout;
+  if (dt == AD_F32) {
+    g = ad_cast(ctx, g, AD_F64);
+    x = ad_cast(ctx, x, AD_F64);
+    w = w ? ad_cast(ctx, w, AD_F64) : NULL;
+    y = ad_cast(ctx, y, AD_F64);
+    dy = ad_cast(ctx, dy, AD_F64);
+  }
+  int nd = x ? x->ndim : 0, k = at->ndim;
+  int64_t st[AD_MAX_DIMS], M;
+  ln_rows(c->in[1], at, &M);
+  for (int d = 0; d < nd; d++) st[d] = d < nd - k ? x->shape[d] : 1;
+  double inv = M ? 1.0 / (double)M : 0.0;
+  ad_tensor *in2[2] = {dy, x};
+  ad_tensor *L = ad_op_apply(ctx, AD_OP_LAYER_NORM_BACKWARD, 2, in2, c->attrs);
+  ad_tensor *gin[3] = {NULL, NULL, NULL};
+  if (c->needs[0]) gin[0] = w ? ad_mul(ctx, L, w) : L;
+  if (c->n > 2 && c->needs[2]) gin[2] = ad_sum_to(ctx, ad_mul(ctx, g, L), k, at->dims);
+  if (c->needs[1]) {
+    ad_tensor *xhat = ad_op_apply(ctx, AD_OP_LAYER_NORM, 1, &x, c->attrs);
+    ad_tensor *xc = ad_sub(ctx, x, ad_mul_scalar(ctx, ad_sum_to(ctx, x, nd, st), inv));
+    ad_tensor *var = ad_mul_scalar(ctx, ad_sum_to(ctx, ad_mul(ctx, xc, xc), nd, st), inv);
+    ad_tensor *s = ad_pow_scalar(ctx, ad_add_scalar(ctx, var, at->eps), -0.5);
+    ad_tensor *gw = w ? ad_mul(ctx, g, w) : g;
+    ad_tensor *mgx = ad_mul_scalar(ctx, ad_sum_to(ctx, ad_mul(ctx, gw, xhat), nd, st), inv);
+    ad_tensor *ry = ad_sum_to(ctx, ad_mul(ctx, dy, y), nd, st);
+    ad_tensor *rx = ad_sum_to(ctx, ad_mul(ctx, dy, xhat), nd, st);
+    ad_tensor *t = ad_add(ctx, ad_mul(ctx, ry, xhat), ad_mul(ctx, rx, y));
+    t = ad_mul(ctx, t, ad_mul_scalar(ctx, s, -inv));
+    gin[1] = ad_sub(ctx, t, ad_mul(ctx, ad_mul(ctx, s, mgx), L));
+  }
+  for (int j = 0; j < c->n; j++) {
+    if (!c->needs[j]) continue;
+    ad_status r = ad_call_set_grad(c, j, dt == AD_F32 ? ad_cast(ctx, gin[j], dt) : gin[j]);
+    if (r != AD_OK) return r;
+  }
+  return AD_OK;
+}
+
+/* g, x [2,3,4] over the last dim (with a weight) and over the last two */
+static int layer_norm_backward_sample(const ad_sample_call *s) {
+  static const int64_t xs[3] = {2, 3, 4};
+  if (s->variant > 1) return 0;
+  int k = s->variant ? 2 : 1;
+  s->attrs->layer_norm = (ad_layer_norm_attrs){.ndim = k, .eps = 1e-5};
+  for (int d = 0; d < k; d++) s->attrs->layer_norm.dims[d] = xs[3 - k + d];
+  s->in[0] = ad_sample_tensor(s, 3, xs, -1, 1, true);
+  s->in[1] = ad_sample_tensor(s, 3, xs, -2, 2, true);
+  int n = 2;
+  if (!s->variant) s->in[n++] = ad_sample_tensor(s, 1, xs + 2, 0.5, 1.5, true);
+  for (int j = 0; j < n; j++)
+    if (!s->in[j]) return -1;
+  return n;
+}
+
+const ad_op_def ad_def_layer_norm_backward = {
+    .name = "layer_norm_backward",
+    .arity = 3,
+    .min_arity = 2,
+    .attrs = AD_ATTRS_LAYER_NORM,
+    .shape = layer_norm_backward_shape,
+    .forward = layer_norm_backward_fwd,
+    .backward = layer_norm_backward_bwd,
+    .sample = layer_norm_backward_sample,
+    .math = "y = s (gw - mean_k(gw) - xhat mean_k(gw xhat)), gw = g * w, s = 1 / sqrt(var_k(x) + "
+            "eps)",
+    .inputs = {"g", "x", "w"},
+    .grads = {"w * L, L = layer_norm_backward(dy, x)",
+              "-(s/M) (rowsum(dy y) xhat + rowsum(dy xhat) y) - s mean_k(gw xhat) L",
+              "sum_rows(g * L)"},
+};

@@ -1,6 +1,10 @@
 /* op_shape.c: reshape (a view), permute, expand / sum_to, narrow / pad,
- * concat, index_select / index_add. Each op's gradient is its partner. */
+ * concat, index_select / index_add, and embedding (index_select with
+ * PyTorch's padding row, whose gradient is index_add). Each op's gradient
+ * is its partner. */
 #include "ops.h"
+
+#include <limits.h>
 
 /* -------------------------------------------------------------- helpers */
 
@@ -598,8 +602,10 @@ static ad_status concat_shape(const ad_call *c) {
     for (int d = 0; ok && d < in[0]->ndim; d++) ok = d == ax || in[k]->shape[d] == in[0]->shape[d];
     if (!ok) {
       char a[64], b[64];
-      return ad_set_error(c->ctx, AD_ERR_SHAPE, "%s: %s and %s differ off axis %d", c->name,
-                          ad_shape_str(in[0], a, sizeof a), ad_shape_str(in[k], b, sizeof b), ax);
+      return ad_set_error(c->ctx, AD_ERR_SHAPE,
+                          "%s: input %d has shape %s, input 0 has %s: they differ off axis %d",
+                          c->name, k, ad_shape_str(in[k], b, sizeof b),
+                          ad_shape_str(in[0], a, sizeof a), ax);
     }
     o->shape[ax] += in[k]->shape[ax];
   }
@@ -638,7 +644,15 @@ ad_tensor *ad_concat(ad_ctx *ctx, int n, ad_tensor *const *xs, int axis) {
 }
 
 static int concat_sample(const ad_sample_call *s) {
-  if (s->variant > 1) return 0;
+  if (s->variant > 2) return 0;
+  if (s->variant == 2) { /* more inputs than a fixed arity may have, along axis -1 */
+    s->attrs->axis = -1;
+    for (int k = 0; k < AD_MAX_SRC + 1; k++) {
+      int64_t sh[2] = {2, 1 + k % 2};
+      if (!(s->in[k] = ad_sample_tensor(s, 2, sh, -1, 1, k != 3))) return -1;
+    }
+    return AD_MAX_SRC + 1;
+  }
   int64_t sx[3][2] = {{2, 3}, {1, 3}, {4, 3}};
   s->attrs->axis = 0;
   if (s->variant) { /* along the last axis */
@@ -795,4 +809,250 @@ const ad_op_def ad_def_index_add = {
     .math = "y = zeros(rows); y[idx[j]] += x[j]",
     .inputs = {"x", "idx"},
     .grads = {"index_select(dy, idx)", NULL},
+};
+
+/* ---------------------------------------------------------------- detach */
+
+/* y = x, sharing its data; no gradient flows back to x (stop-gradient):
+ * the op has no backward, so it is never recorded and y requires none */
+static ad_status detach_shape(const ad_call *c) {
+  const ad_tensor *x = c->in[0];
+  c->out->dtype = x->dtype;
+  c->out->ndim = x->ndim;
+  memcpy(c->out->shape, x->shape, sizeof(int64_t) * (size_t)x->ndim);
+  return AD_OK;
+}
+
+static void detach_fwd(const ad_call *c) { c->out->data = c->in[0]->data; }
+
+ad_tensor *ad_detach(ad_ctx *ctx, ad_tensor *x) { return ad_apply1(ctx, AD_OP_DETACH, x, NULL); }
+
+const ad_op_def ad_def_detach = {
+    .name = "detach",
+    .arity = 1,
+    .flags = AD_OP_VIEW,
+    .shape = detach_shape,
+    .forward = detach_fwd,
+    .math = "y = x (stop-gradient)",
+    .inputs = {"x"},
+};
+
+/* ------------------------------------------------------- stack, unstack
+ * Composites with no op of their own: stack is the concat of its inputs
+ * each viewed with a length-1 axis, unstack a narrow per slice viewed
+ * without the axis, so their gradients are those ops' and a graph dump
+ * shows reshape, concat and narrow nodes. */
+
+/* Checks that x can be an input of fn (as ad_op_apply does for ops, but
+ * before reading its shape, and named by fn); records the error. */
+static bool arg_ok(ad_ctx *ctx, const char *fn, const char *what, const ad_tensor *x) {
+  const ad_node *n = ad_node_of(x);
+  if (!x)
+    ad_set_null_error(ctx, "%s: %s is NULL", fn, what);
+  else if (n->magic == AD_NODE_DEAD)
+    ad_set_error(ctx, AD_ERR_STATE, "%s: %s was freed", fn, what);
+  else if (n->magic != AD_NODE_MAGIC)
+    ad_set_error(ctx, AD_ERR_ARG, "%s: %s is not a tensor", fn, what);
+  else if (n->ctx != ctx)
+    ad_set_error(ctx, AD_ERR_ARG, "%s: %s belongs to another context", fn, what);
+  else if (n->epoch != ctx->epoch && !(n->flags & AD_NF_PERSISTENT))
+    ad_set_error(ctx, AD_ERR_STATE, "%s: %s is from a tape that was reset", fn, what);
+  else
+    return true;
+  return false;
+}
+
+/* Inputs whose views ad_stack keeps on the stack; more are allocated. */
+#define STACK_INLINE 16
+
+ad_tensor *ad_stack(ad_ctx *ctx, int n, ad_tensor *const *xs, int axis) {
+  if (!ctx) return NULL;
+  if (n < 1) {
+    ad_set_error(ctx, AD_ERR_ARG, "stack: takes one or more inputs, got %d", n);
+    return NULL;
+  }
+  if (!xs) {
+    ad_set_error(ctx, AD_ERR_NULL, "stack: the array of inputs is NULL");
+    return NULL;
+  }
+  char what[32], a[64], b[64];
+  for (int k = 0; k < n; k++) {
+    snprintf(what, sizeof what, "input %d", k);
+    if (!arg_ok(ctx, "stack", what, xs[k])) return NULL;
+    if (k && !ad_same_shape(xs[k], xs[0])) {
+      ad_set_error(ctx, AD_ERR_SHAPE,
+                   "stack: input %d has shape %s, input 0 has %s (stack needs "
+                   "one shape)",
+                   k, ad_shape_str(xs[k], b, sizeof b), ad_shape_str(xs[0], a, sizeof a));
+      return NULL;
+    }
+  }
+  if (ad_check_float_same(ctx, "stack", n, xs) != AD_OK) return NULL;
+  const ad_tensor *x0 = xs[0];
+  if (x0->ndim + 1 > AD_MAX_DIMS) {
+    ad_set_error(ctx, AD_ERR_SHAPE, "stack: inputs %s: the result would have more than %d dims",
+                 ad_shape_str(x0, a, sizeof a), AD_MAX_DIMS);
+    return NULL;
+  }
+  int ax = ad_norm_axis(axis, x0->ndim + 1);
+  if (ax < 0) {
+    ad_set_error(ctx, AD_ERR_ARG, "stack: axis %d out of range -%d..%d for inputs %s", axis,
+                 x0->ndim + 1, x0->ndim, ad_shape_str(x0, a, sizeof a));
+    return NULL;
+  }
+  int64_t shape[AD_MAX_DIMS];
+  for (int d = 0, k = 0; d <= x0->ndim; d++) shape[d] = d == ax ? 1 : x0->shape[k++];
+  ad_tensor *inl[STACK_INLINE], **v = inl;
+  size_t bytes = (size_t)n * sizeof *v; /* no overflow: the tape records n pointers alike */
+  if (n > STACK_INLINE && !(v = ad_malloc(ctx, bytes))) return NULL;
+  ad_tensor *y = NULL;
+  int k = 0;
+  while (k < n && (v[k] = ad_reshape(ctx, xs[k], x0->ndim + 1, shape))) k++;
+  if (k == n) y = ad_concat(ctx, n, v, ax);
+  if (v != inl) ad_free(ctx, v, bytes);
+  return y;
+}
+
+ad_status ad_unstack(ad_ctx *ctx, ad_tensor *x, int axis, ad_tensor **out) {
+  if (!ctx) return AD_ERR_NULL;
+  if (!arg_ok(ctx, "unstack", "x", x)) return ad_last_status(ctx);
+  if (!out) return ad_set_error(ctx, AD_ERR_NULL, "unstack: out is NULL");
+  char a[64];
+  int ax = ad_norm_axis(axis, x->ndim);
+  if (ax < 0)
+    return ad_set_error(ctx, AD_ERR_ARG, "unstack: axis %d out of range for %s", axis,
+                        ad_shape_str(x, a, sizeof a));
+  int64_t n = x->shape[ax];
+  if (n > INT_MAX)
+    return ad_set_error(ctx, AD_ERR_ARG, "unstack: %lld slices of %s are more than an int counts",
+                        (long long)n, ad_shape_str(x, a, sizeof a));
+  int64_t shape[AD_MAX_DIMS];
+  for (int d = 0, k = 0; d < x->ndim; d++)
+    if (d != ax) shape[k++] = x->shape[d];
+  for (int64_t i = 0; i < n; i++) {
+    out[i] = ad_reshape(ctx, ad_narrow(ctx, x, ax, i, 1), x->ndim - 1, shape);
+    if (!out[i]) {
+      ad_status st = ad_last_status(ctx);
+      for (int64_t j = 0; j < n; j++) out[j] = NULL;
+      return st != AD_OK ? st : AD_ERR_OOM;
+    }
+  }
+  return AD_OK;
+}
+/* ------------------------------------------------------------ embedding
+ *
+ *   y[j] = w[idx[j]]                   (rows of w [num, dim]; idx any shape)
+ *   dw   = index_add(dy masked, idx)   (rows at padding_idx get nothing)
+ *
+ * index_select with PyTorch's padding_idx and an error that names the bad
+ * index, where it is and the vocabulary size. */
+
+/* The padding row in 0..num-1, or -1 for none. */
+static int64_t padding_row(const ad_embedding_attrs *at, int64_t num) {
+  if (!at->padding) return -1;
+  return at->padding_idx < 0 ? at->padding_idx + num : at->padding_idx;
+}
+
+static ad_status embedding_shape(const ad_call *c) {
+  const ad_tensor *w = c->in[0], *idx = c->in[1];
+  const ad_embedding_attrs *at = &c->attrs->embedding;
+  ad_tensor *o = c->out;
+  char a[64], b[64];
+  if (ad_check_float_same(c->ctx, c->name, 1, c->in) != AD_OK) return ad_last_status(c->ctx);
+  if (idx->dtype != AD_I32)
+    return ad_set_error(c->ctx, AD_ERR_DTYPE, "%s: indices %s are %s; they must be i32", c->name,
+                        ad_shape_str(idx, a, sizeof a), ad_dtype_name(idx->dtype));
+  if (w->ndim != 2 || idx->ndim + 1 > AD_MAX_DIMS)
+    return ad_set_error(c->ctx, AD_ERR_SHAPE,
+                        "%s: weight %s must be [num_embeddings, embedding_dim] and indices %s "
+                        "at most %d-d",
+                        c->name, ad_shape_str(w, a, sizeof a), ad_shape_str(idx, b, sizeof b),
+                        AD_MAX_DIMS - 1);
+  int64_t num = w->shape[0];
+  if (at->padding && (at->padding_idx < -num || at->padding_idx >= num))
+    return ad_set_error(
+        c->ctx, AD_ERR_ARG, "%s: padding_idx %lld is outside -%lld..%lld for %lld embeddings",
+        c->name, (long long)at->padding_idx, (long long)num, (long long)num - 1, (long long)num);
+  const int32_t *p = idx->data;
+  for (int64_t i = 0; i < idx->size; i++) {
+    if (p[i] >= 0 && p[i] < num) continue;
+    char pos[192];
+    return ad_set_error(c->ctx, AD_ERR_ARG,
+                        "%s: index %d at position %lld (%s of indices %s) is outside the "
+                        "vocabulary of %lld (0..%lld)",
+                        c->name, p[i], (long long)i, ad_coords_str(idx, i, pos, sizeof pos),
+                        ad_shape_str(idx, a, sizeof a), (long long)num, (long long)num - 1);
+  }
+  o->ndim = idx->ndim + 1;
+  memcpy(o->shape, idx->shape, sizeof(int64_t) * (size_t)idx->ndim);
+  o->shape[idx->ndim] = w->shape[1];
+  o->dtype = w->dtype;
+  return AD_OK;
+}
+
+static void embedding_fwd(const ad_call *c) {
+  const ad_tensor *w = c->in[0], *idx = c->in[1];
+  size_t row = (size_t)w->shape[1] * ad_dsize(w->dtype);
+  const int32_t *p = idx->data;
+  for (int64_t i = 0; i < idx->size; i++)
+    memcpy((char *)c->out->data + (size_t)i * row, (const char *)w->data + (size_t)p[i] * row, row);
+}
+
+/* The rows of dy whose index is the padding row are replaced by zeros
+ * (where, not a product: a NaN there sends nothing either), then added up
+ * per index. */
+static ad_status embedding_bwd(const ad_call *c) {
+  if (!c->needs[0]) return AD_OK;
+  ad_ctx *ctx = c->ctx;
+  ad_tensor *w = c->in[0], *idx = c->in[1], *g = c->gout;
+  int64_t pad = padding_row(&c->attrs->embedding, w->shape[0]);
+  const int32_t *p = idx->data;
+  bool hit = false;
+  for (int64_t i = 0; pad >= 0 && i < idx->size && !hit; i++) hit = p[i] == pad;
+  if (hit) {
+    int64_t ms[AD_MAX_DIMS];
+    memcpy(ms, idx->shape, sizeof(int64_t) * (size_t)idx->ndim);
+    ms[idx->ndim] = 1;
+    ad_tensor *keep = ad_tmp_full(ctx, g->dtype, idx->ndim + 1, ms, 1.0);
+    if (!keep) return ad_last_status(ctx);
+    for (int64_t i = 0; i < idx->size; i++)
+      if (p[i] == pad) ad_tensor_set(keep, i, 0.0);
+    g = ad_where(ctx, keep, g, ad_scalar(ctx, g->dtype, 0.0));
+  }
+  return ad_call_set_grad(c, 0, ad_index_add(ctx, g, idx, w->shape[0]));
+}
+
+ad_tensor *ad_embedding(ad_ctx *ctx, ad_tensor *weight, ad_tensor *indices, int64_t padding_idx) {
+  ad_attrs at = {.embedding = {.padding = padding_idx != AD_NO_PADDING,
+                               .padding_idx = padding_idx == AD_NO_PADDING ? 0 : padding_idx}};
+  return ad_apply2(ctx, AD_OP_EMBEDDING, weight, indices, &at);
+}
+
+/* [5, 3] weights; indices [2, 3] that repeat rows (+= in the backward),
+ * without padding, with padding_idx 3 and with -2 (row 3 too). The padding
+ * row's gradient is 0 by definition, not the derivative (the row is looked
+ * up all the same), so central differences would disagree: the samples keep
+ * it out of the indices; the value fixture and tests/test_seq.c check it. */
+static int embedding_sample(const ad_sample_call *s) {
+  static const int32_t v[3][6] = {{0, 2, 2, 4, 1, 0}, {2, 1, 2, 4, 0, 1}, {4, 2, 1, 4, 4, 0}};
+  int k = s->variant;
+  if (k > 2) return 0;
+  int64_t sw[2] = {5, 3}, si[2] = {2, 3};
+  s->attrs->embedding = (ad_embedding_attrs){.padding = k > 0, .padding_idx = k == 1 ? 3 : -2};
+  s->in[0] = ad_sample_tensor(s, 2, sw, -1, 1, true);
+  s->in[1] = ad_from_data(s->ctx, AD_I32, 2, si, v[k]);
+  return s->in[0] && s->in[1] ? 2 : -1;
+}
+
+const ad_op_def ad_def_embedding = {
+    .name = "embedding",
+    .arity = 2,
+    .attrs = AD_ATTRS_EMBEDDING,
+    .shape = embedding_shape,
+    .forward = embedding_fwd,
+    .backward = embedding_bwd,
+    .sample = embedding_sample,
+    .math = "y[j] = w[idx[j]] (rows)",
+    .inputs = {"w", "idx"},
+    .grads = {"index_add(dy where idx != padding_idx else 0, idx, rows(w))", NULL},
 };

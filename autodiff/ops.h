@@ -7,6 +7,7 @@
 #include "ad_internal.h"
 
 #include <math.h>
+#include <stdio.h>
 
 /* Built-in op ids and their definitions (each at the end of its op's
  * block in a family file), generated from the table. */
@@ -43,6 +44,20 @@ static inline double ad_lane_max_f64(const double *x, int64_t s, int64_t n) {
 }
 #define AD_LANE_MAX(x, s, n)                                                                       \
   _Generic((x), const float * : ad_lane_max_f32, const double * : ad_lane_max_f64)(x, s, n)
+
+/* Writes flat index i of t's shape as coordinates, "[1,2]", into buf (n
+ * bytes) and returns buf: where a bad index or label is, for messages. */
+static inline const char *ad_coords_str(const ad_tensor *t, int64_t i, char *buf, size_t n) {
+  int len = snprintf(buf, n, "[");
+  for (int k = 0; k < t->ndim && len > 0 && (size_t)len < n; k++) {
+    int64_t stride = 1;
+    for (int j = k + 1; j < t->ndim; j++) stride *= t->shape[j];
+    int64_t coord = stride && t->shape[k] ? (i / stride) % t->shape[k] : 0;
+    len += snprintf(buf + len, n - (size_t)len, "%s%lld", k ? "," : "", (long long)coord);
+  }
+  if (len > 0 && (size_t)len < n) snprintf(buf + len, n - (size_t)len, "]");
+  return buf;
+}
 
 /* Applies op id with attrs; shorthand used by the public builders. */
 static inline ad_tensor *ad_apply1(ad_ctx *ctx, int op, ad_tensor *x, const ad_attrs *attrs) {

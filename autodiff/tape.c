@@ -12,6 +12,11 @@
 #define uthash_nonfatal_oom(entry) ((entry)->oom = true)
 #include <uthash.h>
 
+/* Inputs of an op whose backward call the sweep (and anomaly messages)
+ * keep on the stack; an op with more (a variadic concat or stack) gets its
+ * arrays from the arena. */
+#define AD_SWEEP_INLINE 8
+
 /* ------------------------------------------------------------ registry */
 
 struct ad_op_entry {
@@ -54,7 +59,7 @@ int ad_op_register(ad_ctx *ctx, const ad_op_def *def) {
                  (int)def->attrs);
     return -1;
   }
-  if (def->arity == 0 || def->arity > AD_MAX_SRC || def->arity < -1) {
+  if (def->arity == 0 || def->arity > AD_MAX_SRC || def->arity < -1) { /* -1: variadic */
     ad_set_error(ctx, AD_ERR_ARG, "op_register: %s: arity %d out of range", def->name, def->arity);
     return -1;
   }
@@ -101,8 +106,9 @@ int ad_op_register(ad_ctx *ctx, const ad_op_def *def) {
 
 const char *ad_attrs_kind_name(ad_attrs_kind kind) {
   static const char *const names[AD_ATTRS_KIND_COUNT] = {
-      "none",   "scalar", "dtype", "cmp",     "axis", "rows", "matmul",    "reduce",
-      "narrow", "pad",    "shape", "permute", "conv", "pool", "attention", "user"};
+      "none",      "scalar",    "dtype",      "cmp",           "axis",    "rows", "matmul",
+      "reduce",    "narrow",    "pad",        "shape",         "permute", "conv", "pool",
+      "attention", "embedding", "layer_norm", "cross_entropy", "user"};
   return (int)kind >= 0 && kind < AD_ATTRS_KIND_COUNT ? names[kind] : "?";
 }
 
@@ -132,8 +138,9 @@ int ad_tensor_inputs(const ad_tensor *t, ad_tensor **srcs, int max) {
   const ad_node *n = ad_node_of(t);
   if (!(n->flags & AD_NF_RECORDED)) return 0;
   ad_node *const *src = ad_node_src(n);
-  for (int i = 0; i < n->nsrc && i < max; i++) srcs[i] = caller_input(src[i]);
-  return n->nsrc;
+  int nsrc = ad_node_nsrc(n);
+  for (int i = 0; i < nsrc && i < max; i++) srcs[i] = caller_input(src[i]);
+  return nsrc;
 }
 
 bool ad_tensor_is_valid(const ad_tensor *t) { return t && ad_node_of(t)->magic == AD_NODE_MAGIC; }
@@ -328,14 +335,18 @@ static ad_status record(ad_ctx *ctx, const ad_op_def *def, ad_node *node, int n,
     node->src.in[0] = saved_input(ctx, in[0]);
     node->src.in[1] = n > 1 ? saved_input(ctx, in[1]) : node->src.in[0];
     if (!node->src.in[0] || !node->src.in[1]) return AD_ERR_OOM;
+    node->nsrc = (uint8_t)n;
   } else {
-    ad_node **src = ad_arena_alloc(ctx, (size_t)n * sizeof *src);
-    if (!src) return AD_ERR_OOM;
+    if ((size_t)n > (SIZE_MAX - sizeof(ad_src_list) - AD_GRAIN) / sizeof(ad_node *))
+      return ad_set_error(ctx, AD_ERR_OOM, "%s: %d inputs are too many to record", def->name, n);
+    ad_src_list *l = ad_arena_alloc(ctx, sizeof(ad_src_list) + (size_t)n * sizeof(ad_node *));
+    if (!l) return AD_ERR_OOM;
+    l->n = n;
     for (int i = 0; i < n; i++)
-      if (!(src[i] = saved_input(ctx, in[i]))) return AD_ERR_OOM;
-    node->src.arena = src;
+      if (!(l->in[i] = saved_input(ctx, in[i]))) return AD_ERR_OOM;
+    node->src.list = l;
+    node->nsrc = AD_NSRC_LIST;
   }
-  node->nsrc = (uint8_t)n;
   if (def->attrs != AD_ATTRS_NONE) { /* the backward reads them later */
     ad_attrs *a = ad_arena_alloc(ctx, sizeof *a);
     if (!a) return AD_ERR_OOM;
@@ -354,7 +365,7 @@ ad_tensor *ad_op_apply(ad_ctx *ctx, int id, int n, ad_tensor *const *in, const a
   }
   const ad_op_def *def = &ctx->ops[id];
   int least = def->min_arity ? def->min_arity : def->arity;
-  if ((def->arity >= 0 && (n < least || n > def->arity)) || n < 1 || n > AD_MAX_SRC) {
+  if ((def->arity >= 0 && (n < least || n > def->arity)) || n < 1) {
     if (def->min_arity)
       ad_set_error(ctx, AD_ERR_ARG, "%s: takes %d to %d inputs, got %d", def->name, least,
                    def->arity, n);
@@ -362,7 +373,7 @@ ad_tensor *ad_op_apply(ad_ctx *ctx, int id, int n, ad_tensor *const *in, const a
       ad_set_error(ctx, AD_ERR_ARG, "%s: takes %d input%s, got %d", def->name, def->arity,
                    def->arity == 1 ? "" : "s", n);
     else
-      ad_set_error(ctx, AD_ERR_ARG, "%s: takes 1 to %d inputs, got %d", def->name, AD_MAX_SRC, n);
+      ad_set_error(ctx, AD_ERR_ARG, "%s: takes one or more inputs, got %d", def->name, n);
     return NULL;
   }
   if (!in) {
@@ -589,7 +600,7 @@ static ad_status freed_inputs(ad_ctx *ctx, ad_node *root, const char *who) {
     if (n->gacc != &reached) continue;
     n->gacc = NULL;
     ad_node *const *src = ad_node_src(n);
-    for (int k = 0; st == AD_OK && k < n->nsrc; k++) {
+    for (int k = 0, nsrc = ad_node_nsrc(n); st == AD_OK && k < nsrc; k++) {
       if (src[k]->magic != AD_NODE_MAGIC)
         st = ad_set_error(ctx, AD_ERR_STATE,
                           "%s: input %d of %s was freed after the op was recorded; free "
@@ -609,15 +620,17 @@ static ad_status anomaly_backward(ad_ctx *ctx, const ad_op_def *def, const ad_no
   int64_t at = first_nonfinite(g);
   if (at < 0) return AD_OK;
   ad_node *const *src = ad_node_src(n);
-  ad_tensor *in[AD_MAX_SRC];
-  for (int j = 0; j < n->nsrc; j++) in[j] = caller_input(src[j]); /* with their names */
+  /* the call's first inputs (as many as its description holds), with names */
+  ad_tensor *in[AD_SWEEP_INLINE];
+  int nsrc = ad_node_nsrc(n), shown_in = nsrc < AD_SWEEP_INLINE ? nsrc : AD_SWEEP_INLINE;
+  for (int j = 0; j < shown_in; j++) in[j] = caller_input(src[j]);
   char call[400], d[160];
   return ad_set_error(ctx, AD_ERR_NAN,
-                      "backward of %s (forward: %s) sent a non-finite gradient (%g at element "
+                      "backward of %s (forward: %s%s) sent a non-finite gradient (%g at element "
                       "%lld) to input %d (%s)",
-                      def->name, describe_call(def->name, n->nsrc, in, call, sizeof call),
-                      shown(ad_tensor_get(g, at)), (long long)at, k,
-                      ad_tensor_describe(in[k], d, sizeof d));
+                      def->name, describe_call(def->name, shown_in, in, call, sizeof call),
+                      nsrc > shown_in ? ", ..." : "", shown(ad_tensor_get(g, at)), (long long)at, k,
+                      ad_tensor_describe(caller_input(src[k]), d, sizeof d));
 }
 
 /* The reverse sweep shared by ad_backward and ad_grad: seeds root, then runs
@@ -694,10 +707,28 @@ static ad_status sweep(ad_ctx *ctx, ad_node *root, const ad_tensor *seed, bool c
       break;
     }
     const ad_op_def *def = &ctx->ops[n->op];
-    int nsrc = n->nsrc;
+    int nsrc = ad_node_nsrc(n);
     ad_node *const *src = ad_node_src(n);
-    ad_tensor *in[AD_MAX_SRC], *gin[AD_MAX_SRC]; /* only the first nsrc are used */
-    bool needs[AD_MAX_SRC], into_grad[AD_MAX_SRC], any = false, some_into = false;
+    /* the call's arrays: on the stack for the usual few inputs, else from
+     * the arena (one block per op of that many, gone at the reset) */
+    ad_tensor *in_s[AD_SWEEP_INLINE], *gin_s[AD_SWEEP_INLINE], **in = in_s, **gin = gin_s;
+    bool needs_s[AD_SWEEP_INLINE], into_s[AD_SWEEP_INLINE], *needs = needs_s, *into_grad = into_s;
+    bool any = false, some_into = false;
+    if (nsrc > AD_SWEEP_INLINE) {
+      /* three pointers and two bools per input; nsrc is an int, and an
+       * arena list of that many was allocated when the op was recorded */
+      size_t np = (size_t)nsrc * sizeof(ad_tensor *), nb = (size_t)nsrc * sizeof(bool);
+      char *buf = ad_arena_alloc(ctx, 3 * np + 2 * nb);
+      if (!buf) {
+        st = ctx->status ? ctx->status : AD_ERR_OOM;
+        clear_below(ctx, i);
+        break;
+      }
+      in = (ad_tensor **)buf;
+      gin = (ad_tensor **)(buf + np);
+      needs = (bool *)(buf + 3 * np);
+      into_grad = needs + nsrc;
+    }
     for (int k = 0; k < nsrc; k++) {
       in[k] = &src[k]->t;
       gin[k] = NULL;
@@ -743,10 +774,13 @@ static ad_status sweep(ad_ctx *ctx, ad_node *root, const ad_tensor *seed, bool c
       if ((st = accumulate(ctx, src[k], gk, direct)) != AD_OK) break;
     }
     if (st == AD_OK && ctx->hook) {
-      static const bool none[AD_MAX_SRC];
-      ad_tensor *seen[AD_MAX_SRC]; /* the caller's tensors, not the tape's saved copies */
+      /* the caller's tensors, not the tape's saved copies: in[] is done
+       * with, and gin's third slot (arena case) is free for them too */
+      ad_tensor **seen = nsrc > AD_SWEEP_INLINE ? gin + nsrc : in;
       for (int k = 0; k < nsrc; k++) seen[k] = caller_input(src[k]);
-      ad_backward_step step = {&n->t, gout, nsrc, seen, gin, some_into ? into_grad : none};
+      if (!some_into)
+        for (int k = 0; k < nsrc; k++) into_grad[k] = false;
+      ad_backward_step step = {&n->t, gout, nsrc, seen, gin, into_grad};
       ctx->hook(ctx->hook_ud, &step);
     }
     if (st != AD_OK) clear_below(ctx, i);

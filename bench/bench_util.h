@@ -13,8 +13,7 @@
 #include <sys/resource.h>
 #include <time.h>
 
-/* Present when the program is linked with OpenBLAS / OpenMP, else NULL. */
-extern int openblas_get_num_threads(void) __attribute__((weak));
+/* Present when the program is linked with OpenMP, else NULL. */
 extern void omp_set_num_threads(int n) __attribute__((weak));
 
 /* User + system CPU seconds of the process so far (all threads). */
@@ -51,15 +50,10 @@ static inline bool bench_set_threads(int n) {
   return ad_set_num_threads(n) == AD_OK;
 }
 
-/* "N engine threads (OpenBLAS N thread), gemm ..." for the header line. */
-static inline void bench_print_threads(void) {
-  printf("%d engine threads (OpenBLAS ", ad_num_threads());
-  if (openblas_get_num_threads)
-    printf("%d thread)", openblas_get_num_threads());
-  else
-    printf("absent)");
-  printf(", gemm %s\n", ad_gemm_backend());
-}
+/* "N engine threads" for the header line. The GEMM dispatch is printed by
+ * bench_report, after the peak RSS is read: ad_gemm_backend loads OpenBLAS
+ * to name its core, which a training run on AVX-512 never maps. */
+static inline void bench_print_threads(void) { printf("%d engine threads\n", ad_num_threads()); }
 
 /* FNV-1a over the bytes of every parameter: equal across runs, thread
  * counts and GEMM paths exactly when training computed the same bits. */
@@ -77,7 +71,9 @@ static inline unsigned long long bench_params_hash(const nn_params *p) {
 /* The report after training: the loss of the first and last epoch, the
  * parameters' hash, samples/s, GFLOPS (flops counted by the caller) and
  * its share of threads x the core's sgemm peak (measured now, after the
- * timed loop), CPU seconds, peak RSS, and last "train_s: S". */
+ * timed loop), the GEMM dispatch, CPU seconds, peak RSS (read before the
+ * peak measurement and the dispatch report load anything), and last
+ * "train_s: S". */
 static inline void bench_report(const nn_history *h, int epochs, const nn_params *params,
                                 double samples, double flops, const char *what, double secs,
                                 double cpu, int threads) {
@@ -92,6 +88,7 @@ static inline void bench_report(const nn_history *h, int epochs, const nn_params
   printf("gflops: %.2f (%s flops %.3g; %.0f%% of %d x the core's sgemm peak of %.1f, %s)\n", gf,
          what, flops, pk.gflops > 0 ? 100.0 * gf / (pk.gflops * threads) : 0.0, threads, pk.gflops,
          pk.kernel);
+  printf("gemm: %s\n", ad_gemm_backend());
   printf("cpu_s: %.4f (user + system, all threads)\n", cpu);
   printf("peak_rss_mb: %.1f\n", (double)ru.ru_maxrss / 1024.0);
   printf("train_s: %.4f\n", secs);

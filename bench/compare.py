@@ -218,8 +218,8 @@ def ours_env():
 def backend_of(mlp):
     """What bench/mlp says of its GEMM (ad_gemm_backend), from a 0-epoch run."""
     out = run([mlp, "--epochs", "1", "--samples", "64", "--batch", "32"], env=ours_env())
-    line = next((l for l in out.splitlines() if ", gemm " in l), "")
-    return line.split(", gemm ", 1)[1] if line else "?"
+    line = next((l for l in out.splitlines() if l.startswith("gemm: ")), "")
+    return line.split(": ", 1)[1] if line else "?"
 
 
 def med(v):

@@ -22,7 +22,7 @@
  * --dot writes the graph with its gradients (ad_graph_dot, backward view)
  * as Graphviz DOT.
  * Exit status 0, 1 on an error or a difference, 2 for a usage error. */
-#include "ad.h"
+#include <autodiff/ad.h>
 
 #include <math.h>
 #include <string.h>

@@ -1,86 +1,15 @@
-/* custom_op: defines a new op against the public API, registers it, uses it
- * and gradient-checks it to first and second order.
- *
- * The op is swish (also called SiLU): y = x * sigmoid(x). Its derivative is
- * dy/dx = s + x s (1 - s) with s = sigmoid(x). The backward is written with
- * ad_ ops rather than a private loop, so when the backward pass is itself
- * recorded (ad_grad with create_graph, as ad_gradgradcheck does) it can be
- * differentiated again. The forward is a plain loop, as a fused kernel
- * would be.
+/* custom_op: a user-defined op used in a program and gradient-checked to
+ * first and second order. The op (swish: y = x * sigmoid(x)) is defined in
+ * examples/swish_op.c, which is also built as a plugin that the installed
+ * checker loads: `ad-gradcheck --load build/examples/libswish_op.so`. Here
+ * the program links it and registers it through the same entry point.
  *
  * Exits 0 when every check passes, 1 otherwise. */
-#include "ad_ext.h"
+#include "swish_op.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
-
-/* ---------------------------------------------------------------- swish */
-
-/* The op is elementwise (AD_OP_ELEMENTWISE): the engine checks that the
- * input has a float dtype and shapes the output like it, so there is no
- * shape function. */
-
-/* sigmoid without overflow for large |x| */
-static double sigmoid_d(double x) {
-  return x >= 0 ? 1.0 / (1.0 + exp(-x)) : exp(x) / (1.0 + exp(x));
-}
-static float sigmoid_f(float x) {
-  return x >= 0 ? 1.0f / (1.0f + expf(-x)) : expf(x) / (1.0f + expf(x));
-}
-
-static void swish_forward(const ad_call *c) {
-  const ad_tensor *out = c->out;
-  if (out->dtype == AD_F32) {
-    const float *x = c->in[0]->data;
-    float *y = out->data;
-    for (int64_t i = 0; i < out->size; i++) y[i] = x[i] * sigmoid_f(x[i]);
-  } else {
-    const double *x = c->in[0]->data;
-    double *y = out->data;
-    for (int64_t i = 0; i < out->size; i++) y[i] = x[i] * sigmoid_d(x[i]);
-  }
-}
-
-/* Built from ad_ ops; a NULL anywhere propagates to ad_call_set_grad,
- * which then returns the error already recorded. */
-static ad_status swish_backward(const ad_call *c) {
-  if (!c->needs[0]) return AD_OK;
-  ad_ctx *ctx = c->ctx;
-  ad_tensor *x = c->in[0];
-  ad_tensor *s = ad_sigmoid(ctx, x);
-  ad_tensor *ds = ad_mul(ctx, s, ad_rsub_scalar(ctx, s, 1.0)); /* s (1 - s) */
-  ad_tensor *d = ad_add(ctx, s, ad_mul(ctx, x, ds));
-  return ad_call_set_grad(c, 0, ad_mul(ctx, c->gout, d));
-}
-
-/* Gradcheck inputs: a matrix, a 3-d tensor and a scalar, in [-4, 4] so both
- * tails of the sigmoid are exercised. */
-static int swish_sample(const ad_sample_call *s) {
-  static const int64_t shapes[3][3] = {{3, 4}, {2, 3, 2}, {0}};
-  static const int ndims[3] = {2, 3, 0};
-  if (s->variant >= 3) return 0;
-  s->in[0] = ad_rand(s->ctx, s->rng, s->dtype, ndims[s->variant], shapes[s->variant], -4.0, 4.0);
-  if (!s->in[0] || ad_tensor_set_requires_grad(s->in[0], true) != AD_OK) return -1;
-  return 1;
-}
-
-static const ad_op_def swish_def = {
-    .name = "swish",
-    .arity = 1,
-    .flags = AD_OP_ELEMENTWISE,
-    .forward = swish_forward,
-    .backward = swish_backward,
-    .sample = swish_sample,
-    .math = "y = x * sigmoid(x)",
-    .inputs = {"x"},
-    .grads = {"dy * (s + x s (1 - s)), s = sigmoid(x)"},
-};
-
-/* The op's builder, as a library would export it. */
-static int swish_id = -1;
-static ad_tensor *swish(ad_ctx *ctx, ad_tensor *x) {
-  return ad_op_apply(ctx, swish_id, 1, &x, NULL);
-}
 
 /* ---------------------------------------------------------- using it */
 
@@ -111,16 +40,17 @@ int main(void) {
   if (!ctx) return 1;
   bool ok = true;
 
-  /* 1. register */
-  swish_id = ad_op_register(ctx, &swish_def);
-  if (swish_id < 0) {
+  /* 1. register, through the plugin's entry point */
+  if (ad_plugin_register(ctx) != AD_OK) {
     fprintf(stderr, "custom_op: %s\n", ad_last_error(ctx));
     ad_ctx_free(ctx);
     return 1;
   }
-  printf("registered '%s' as op %d of %d: %s;  d%s += %s\n", ad_op_get(ctx, swish_id)->name,
-         swish_id, ad_op_count(ctx), swish_def.math, swish_def.inputs[0], swish_def.grads[0]);
-  if (ad_op_register(ctx, &swish_def) >= 0) {
+  int swish_id = ad_op_find(ctx, "swish");
+  const ad_op_def *def = ad_op_get(ctx, swish_id);
+  printf("registered '%s' as op %d of %d: %s;  d%s += %s\n", def->name, swish_id, ad_op_count(ctx),
+         def->math, def->inputs[0], def->grads[0]);
+  if (ad_plugin_register(ctx) == AD_OK) {
     printf("FAIL: registering the same name twice was accepted\n");
     ok = false;
   } else {

@@ -15,7 +15,7 @@
  *                  [--threads N] [--data DIR] [--save FILE]
  * The last line printed is exactly "test accuracy: NN.NN%". */
 #include "mnist_data.h"
-#include "nn.h"
+#include <autodiff/nn.h>
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -7,7 +7,7 @@
 #ifndef MNIST_DATA_H
 #define MNIST_DATA_H
 
-#include "nn.h"
+#include <autodiff/nn.h>
 
 #include <stdio.h>
 #include <unistd.h>

@@ -20,7 +20,7 @@
  *                  [--save FILE] [--load FILE]
  * The last line printed is exactly "test accuracy: NN.NN%". */
 #include "mnist_data.h"
-#include "nn.h"
+#include <autodiff/nn.h>
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -26,7 +26,7 @@
  *                   [--save FILE]
  * The last line printed is exactly "test accuracy: NN.NN%". */
 #include "mnist_data.h"
-#include "nn.h"
+#include <autodiff/nn.h>
 
 #include <math.h>
 #include <stdio.h>

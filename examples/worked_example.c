@@ -21,7 +21,7 @@
  * with its gradients (backward view) as Graphviz DOT, --dot-forward the
  * forward view with values only (drawn before backward runs). Exit status 0, 1 on an error, 2 for a
  * usage error. */
-#include "ad.h"
+#include <autodiff/ad.h>
 
 #include <math.h>
 #include <stdlib.h>

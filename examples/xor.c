@@ -10,7 +10,7 @@
  * exits 0 when the final loss is below 0.01, 1 otherwise.
  *
  * Usage: xor [--epochs N] [--lr X] [--seed N] */
-#include "nn.h"
+#include <autodiff/nn.h>
 
 #include <stdio.h>
 #include <stdlib.h>

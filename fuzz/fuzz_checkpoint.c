@@ -1,5 +1,5 @@
 /* fuzz_checkpoint.c: libFuzzer target for the safetensors checkpoint
- * reader (nn/nn_io.h, nn/nn.h). The input is the bytes of a checkpoint;
+ * reader (include/autodiff/nn_io.h, include/autodiff/nn.h). The input is the bytes of a checkpoint;
  * seeds in fuzz/corpus/checkpoint.
  *
  * Each input goes through the three ways a user reads a checkpoint:

@@ -50,7 +50,7 @@ static size_t fuzz_tensors_base;
  * until it is freed (ad_ctx_header_blocks): what must return to its base. */
 static inline long fuzz_blocks(void) { return fuzz_live - (long)ad_ctx_header_blocks(fuzz_ctx); }
 
-/* The ad_alloc_fn contract (autodiff/ad_ext.h): blocks 64-byte aligned. */
+/* The ad_alloc_fn contract (include/autodiff/ad_ext.h): blocks 64-byte aligned. */
 static inline void *fuzz_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   (void)ud;
   if (nsize == 0) {

@@ -1,4 +1,4 @@
-/* fuzz_idx.c: libFuzzer target for nn_idx_load (nn/nn_io.h). The input
+/* fuzz_idx.c: libFuzzer target for nn_idx_load (include/autodiff/nn_io.h). The input
  * is the bytes of an IDX file, raw or gzip'd; seeds in fuzz/corpus/idx.
  *
  * Each input is loaded as AD_I32, AD_F64 (scale 1) and AD_F32 (scale

@@ -153,6 +153,54 @@ ad_tensor *nn_nll_loss(ad_ctx *ctx, ad_tensor *logp, ad_tensor *labels, nn_reduc
   return reduce(ctx, l, red, "nll_loss");
 }
 
+/* l_p = -log_softmax(z_p)[label_p] over the positions p = (n, t...) whose
+ * label is not ignore_index: ad_softmax_cross_entropy_ext on [N, C, T...]
+ * (class_last logits are permuted there first). */
+ad_tensor *nn_sequence_cross_entropy_loss(ad_ctx *ctx, ad_tensor *logits, ad_tensor *labels,
+                                          nn_reduction red, const nn_sequence_ce_opts *opts) {
+  const char *fn = "sequence_cross_entropy_loss";
+  char a[64], b[64];
+  if (!ctx || !logits || !labels) {
+    nn_null_arg(ctx, fn, logits ? "labels" : "logits");
+    return NULL;
+  }
+  nn_sequence_ce_opts o = {0};
+  if (opts) o = *opts;
+  if (logits->dtype != AD_F32 && logits->dtype != AD_F64) {
+    ad_set_error(ctx, AD_ERR_DTYPE, "%s: logits %s are %s; a float dtype is needed", fn,
+                 ad_shape_str(logits, a, sizeof a), ad_dtype_name(logits->dtype));
+    return NULL;
+  }
+  if (labels->dtype != AD_I32) {
+    ad_set_error(ctx, AD_ERR_DTYPE, "%s: labels %s are %s; class labels must be i32", fn,
+                 ad_shape_str(labels, a, sizeof a), ad_dtype_name(labels->dtype));
+    return NULL;
+  }
+  int nd = logits->ndim, cdim = o.class_last ? nd - 1 : 1;
+  bool ok = nd >= 2 && labels->ndim == nd - 1 && logits->shape[cdim] > 0;
+  for (int k = 0, j = 0; ok && k < nd; k++)
+    if (k != cdim) ok = labels->shape[j++] == logits->shape[k];
+  if (!ok) {
+    ad_set_error(ctx, AD_ERR_SHAPE, "%s: logits %s and labels %s: need %s and [N,T...], C >= 1", fn,
+                 ad_shape_str(logits, a, sizeof a), ad_shape_str(labels, b, sizeof b),
+                 o.class_last ? "[N,T...,C]" : "[N,C,T...]");
+    return NULL;
+  }
+  if (red != NN_MEAN && red != NN_SUM) {
+    ad_set_error(ctx, AD_ERR_ARG, "%s: unknown reduction %d", fn, (int)red);
+    return NULL;
+  }
+  ad_tensor *z = logits;
+  if (o.class_last && nd > 2) { /* [N, T..., C] -> [N, C, T...] */
+    int perm[AD_MAX_DIMS] = {0, nd - 1};
+    for (int k = 2; k < nd; k++) perm[k] = k - 1;
+    z = ad_permute(ctx, logits, perm);
+  }
+  ad_cross_entropy_opts co = {
+      .ignore = o.ignore, .ignore_index = o.ignore_index, .sum = red == NN_SUM};
+  return ad_softmax_cross_entropy_ext(ctx, z, labels, &co);
+}
+
 double nn_loss_threshold(nn_loss_fn loss) { return loss == nn_bce_with_logits_loss ? 0.0 : 0.5; }
 
 /* ---------------------------------------------------------------- metrics */

@@ -7,7 +7,7 @@
  * - TEST_CTX_SUITE: the plain fixture, a fresh ad_ctx_new context per test;
  *   TEST_CTX_SUITE_ALSO gives it to a file's further suites.
  *
- * The allocator's contract (ad_alloc_fn, autodiff/ad.h): Lua-style, one
+ * The allocator's contract (ad_alloc_fn, include/autodiff/ad.h): Lua-style, one
  * function for every operation, blocks 64-byte aligned.
  *   nsize == 0             frees ptr (NULL is fine) and returns NULL;
  *   ptr == NULL, nsize > 0 allocates nsize bytes;

@@ -1,4 +1,4 @@
-/* test_checkpoint.c: safetensors checkpoints (nn/nn_io.h).
+/* test_checkpoint.c: safetensors checkpoints (include/autodiff/nn_io.h).
  *
  * Round trips are bit-exact; a file laid out by PyTorch loads; every corrupt
  * or truncated file, every bad argument and every injected allocation

@@ -304,7 +304,7 @@ Test(conv, conv2d_refuses_bad_input_with_a_clear_message) {
   EXPECT_FAIL(ad_conv2d(ctx, x, w, b5, &g2), AD_ERR_SHAPE, "bias", "bias [5] must be [6]",
               "groups 2");
   EXPECT_FAIL(ad_conv2d(ctx, xf, w, NULL, &g2), AD_ERR_DTYPE, "dtype", "conv2d", "dtypes differ",
-              "f32 and f64");
+              "input 0 is f32, input 1 is f64");
   o = (ad_conv_opts){.stride = {-1, 1}, .groups = 2};
   EXPECT_FAIL(ad_conv2d(ctx, x, w, NULL, &o), AD_ERR_ARG, "stride", "stride (-1, 1)", "at least 1");
   o = (ad_conv_opts){.dilation = {1, -2}, .groups = 2};

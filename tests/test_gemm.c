@@ -397,3 +397,34 @@ Test(gemm, generic_openblas_core_is_not_used) {
   const char *be = ad_gemm_backend();
   cr_assert(strstr(be, "for every product") && strstr(be, "Prescott"), "%s", be);
 }
+
+/* Whether the process has a BLAS library mapped (/proc/self/maps). */
+static bool blas_mapped(void) {
+  FILE *f = fopen("/proc/self/maps", "r");
+  cr_assert_not_null(f, "/proc/self/maps");
+  char line[512];
+  bool found = false;
+  while (!found && fgets(line, sizeof line, f)) found = strstr(line, "blas") != NULL;
+  fclose(f);
+  return found;
+}
+
+/* BLAS is loaded at run time, only when something needs it: on AVX-512 the
+ * rule never routes a product there, so a large product leaves it unmapped
+ * (its memory and thread pool are not paid); ad_gemm_backend then loads it
+ * to name its core. */
+Test(gemm, blas_loaded_only_when_needed) {
+  if (!kernel_available(3)) cr_skip_test("this CPU lacks AVX-512: the rule asks BLAS for its core");
+  cr_assert(!blas_mapped(), "BLAS mapped before any product");
+  enum { N = 256 };
+  float *a = calloc(N * N, sizeof *a), *b = calloc(N * N, sizeof *b), *c = calloc(N * N, sizeof *c);
+  cr_assert(a && b && c);
+  for (int i = 0; i < N * N; i++) a[i] = b[i] = 1.0f;
+  ad_gemm_f32(false, false, N, N, N, 1.0f, a, N, b, N, 0.0f, c, N);
+  cr_assert_float_eq(c[N * N - 1], (float)N, 0);
+  free(a), free(b), free(c);
+  cr_assert(!blas_mapped(), "a product on AVX-512 mapped BLAS");
+  const char *be = ad_gemm_backend();
+  if (!strstr(be, "OpenBLAS reports")) cr_skip_test("no BLAS in this build or at run time: %s", be);
+  cr_assert(blas_mapped(), "ad_gemm_backend named the core (%s) without loading BLAS", be);
+}

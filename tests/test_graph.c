@@ -103,7 +103,7 @@ Test(graph, every_op_unchanged_and_renders) {
       for (int variant = 0; variant < 8; variant++) {
         ad_rng rng;
         ad_rng_seed(&rng, 7 + (uint64_t)variant);
-        ad_tensor *in[AD_MAX_SRC] = {0};
+        ad_tensor *in[AD_SAMPLE_MAX_IN] = {0};
         ad_attrs at;
         memset(&at, 0, sizeof at);
         ad_sample_call sc = {
@@ -115,7 +115,7 @@ Test(graph, every_op_unchanged_and_renders) {
         ad_tensor *L = ad_sum(ctx, ad_op_apply(ctx, id, n, in, &at));
         cr_assert_not_null(L, "%s: %s", def->name, ad_last_error(ctx));
         OK(ad_backward(ctx, L, NULL));
-        ad_tensor *want[AD_MAX_SRC];
+        ad_tensor *want[AD_SAMPLE_MAX_IN];
         save_grads(n, in, want);
         ad_tape_reset(ctx);
         for (int i = 0; i < n; i++) ad_tensor_zero_grad(in[i]);

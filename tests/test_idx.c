@@ -1,4 +1,4 @@
-/* test_idx.c: IDX loading (nn/nn_io.h): the bundled MNIST subset, raw and
+/* test_idx.c: IDX loading (include/autodiff/nn_io.h): the bundled MNIST subset, raw and
  * gzip'd files written here, and every malformed variant. Run from the
  * repository root (meson sets workdir). */
 #include "nn_io.h"

@@ -236,8 +236,8 @@ Test(misuse_core, messages_name_the_real_problem) {
   int64_t s[1] = {2};
   ad_tensor *a = leaf(AD_F64, 1, s, 1), *xs[9];
   for (int i = 0; i < 9; i++) xs[i] = a;
-  cr_assert_null(ad_concat(ctx, 9, xs, 0));
-  expect_error(AD_ERR_ARG, "concat: takes 1 to 8 inputs, got 9", NULL);
+  cr_assert_null(ad_concat(ctx, 0, xs, 0));
+  expect_error(AD_ERR_ARG, "concat: takes one or more inputs, got 0", NULL);
   int add = ad_op_find(ctx, "add");
   cr_assert_null(ad_op_apply(ctx, add, 2, NULL, NULL));
   expect_error(AD_ERR_NULL, "add: the array of inputs is NULL", NULL);

@@ -73,7 +73,10 @@ static const attr_key attr_keys[] = {
     {"pool", AD_ATTRS_POOL, 12, 12},
     /* sh sw pt pb pl pr dh dw groups same oph opw kh kw */
     {"conv", AD_ATTRS_CONV, 14, 14},
-    {"conv1d", BUILDER_ONLY, 6, 6}, /* stride pl pr dilation groups same of ad_conv1d */
+    {"conv1d", BUILDER_ONLY, 6, 6},          /* stride pl pr dilation groups same of ad_conv1d */
+    {"embedding", AD_ATTRS_EMBEDDING, 2, 2}, /* padding (0 or 1), padding_idx */
+    {"layer_norm", AD_ATTRS_LAYER_NORM, 1, AD_MAX_DIMS}, /* eps (a real), normalized_shape */
+    {"cross_entropy", AD_ATTRS_CROSS_ENTROPY, 3, 3},     /* ignore (0 or 1), ignore_index, sum */
 };
 #define ATTR_MAX_VALUES 14 /* the most integers a key takes */
 
@@ -303,6 +306,31 @@ static bool parse_tensor(parser *ps, fx_case *c) {
   return perr(ps, bad);
 }
 
+/* The integer values of an attr line, after its key (and a real). */
+static bool attr_ints(parser *ps, fx_attr *a) {
+  for (char *t; (t = tok(ps));) {
+    long long v;
+    if (a->n == a->key->max || a->n == (int)(sizeof a->v / sizeof a->v[0]))
+      return perr(ps, "extra attr values");
+    if (a->key->kind == AD_ATTRS_REDUCE && a->n == 0 && !strcmp(t, "all")) {
+      a->all = true;
+      v = 0;
+    } else if (!int_of(ps, t, -(1LL << 30), 1LL << 30, &v)) {
+      return false;
+    }
+    a->v[a->n++] = v;
+  }
+  if (a->n < a->key->min) return perr(ps, "an attr value is missing");
+  for (int k = 0; k < a->n; k++) { /* matmul's transposes, reduce's keepdim, ... */
+    bool flag = a->key->kind == AD_ATTRS_MATMUL || (a->key->kind == AD_ATTRS_REDUCE && k == 1) ||
+                (a->key->kind == AD_ATTRS_POOL && (k == 8 || k == 9)) ||
+                (a->key->kind == AD_ATTRS_EMBEDDING && k == 0) ||
+                (a->key->kind == AD_ATTRS_CROSS_ENTROPY && k != 1);
+    if (flag && a->v[k] != 0 && a->v[k] != 1) return perr(ps, "a flag attr must be 0 or 1");
+  }
+  return true;
+}
+
 /* attr KEY VALUES  (after the 'attr' token) */
 static bool parse_attr(parser *ps, fx_case *c) {
   fx_attr *a = &c->attr;
@@ -329,26 +357,11 @@ static bool parse_attr(parser *ps, fx_case *c) {
     a->cmp = cmp_of[k];
     break;
   }
+  case AD_ATTRS_LAYER_NORM: /* eps, then the normalized shape */
+    if (!tok_real(ps, &a->scalar)) return false;
+    return attr_ints(ps, a);
   default:
-    for (char *t; (t = tok(ps));) {
-      long long v;
-      if (a->n == a->key->max || a->n == (int)(sizeof a->v / sizeof a->v[0]))
-        return perr(ps, "extra attr values");
-      if (a->key->kind == AD_ATTRS_REDUCE && a->n == 0 && !strcmp(t, "all")) {
-        a->all = true;
-        v = 0;
-      } else if (!int_of(ps, t, -(1LL << 30), 1LL << 30, &v)) {
-        return false;
-      }
-      a->v[a->n++] = v;
-    }
-    if (a->n < a->key->min) return perr(ps, "an attr value is missing");
-    for (int k = 0; k < a->n; k++) { /* matmul's transposes, reduce's keepdim */
-      bool flag = a->key->kind == AD_ATTRS_MATMUL || (a->key->kind == AD_ATTRS_REDUCE && k == 1) ||
-                  (a->key->kind == AD_ATTRS_POOL && (k == 8 || k == 9));
-      if (flag && a->v[k] != 0 && a->v[k] != 1) return perr(ps, "a flag attr must be 0 or 1");
-    }
-    return true;
+    return attr_ints(ps, a);
   }
   return tok(ps) ? perr(ps, "extra attr values") : true;
 }
@@ -419,6 +432,17 @@ static bool typed_attrs(parser *ps, fx_case *c) {
     break;
   case AD_ATTRS_CONV:
     at->conv = conv_attrs_of(v);
+    break;
+  case AD_ATTRS_EMBEDDING:
+    at->embedding = (ad_embedding_attrs){v[0] != 0, v[1]};
+    break;
+  case AD_ATTRS_LAYER_NORM:
+    at->layer_norm.ndim = a->n;
+    for (int k = 0; k < a->n; k++) at->layer_norm.dims[k] = v[k];
+    at->layer_norm.eps = a->scalar;
+    break;
+  case AD_ATTRS_CROSS_ENTROPY:
+    at->cross_entropy = (ad_cross_entropy_attrs){v[0] != 0, (int32_t)v[1], v[2] != 0};
     break;
   default:
     break; /* none, or builder-only */
@@ -681,6 +705,20 @@ static bool same_member(int kind, const ad_attrs *a, const ad_attrs *b) {
     for (int k = 0; k < 4; k++) same &= p->padding[k] == q->padding[k];
     return same;
   }
+  case AD_ATTRS_EMBEDDING:
+    return a->embedding.padding == b->embedding.padding &&
+           (!a->embedding.padding || a->embedding.padding_idx == b->embedding.padding_idx);
+  case AD_ATTRS_LAYER_NORM:
+    if (a->layer_norm.ndim != b->layer_norm.ndim || a->layer_norm.eps != b->layer_norm.eps)
+      return false;
+    for (int k = 0; k < a->layer_norm.ndim; k++)
+      if (a->layer_norm.dims[k] != b->layer_norm.dims[k]) return false;
+    return true;
+  case AD_ATTRS_CROSS_ENTROPY:
+    return a->cross_entropy.ignore == b->cross_entropy.ignore &&
+           a->cross_entropy.sum == b->cross_entropy.sum &&
+           (!a->cross_entropy.ignore ||
+            a->cross_entropy.ignore_index == b->cross_entropy.ignore_index);
   default:
     return memcmp(a, b, sizeof *a) == 0; /* members the fixture does not write */
   }
@@ -757,6 +795,7 @@ static ad_tensor *run_builder(ad_ctx *cx, const fx_case *c, ad_tensor **in, bool
     break;
   case AD_ATTRS_AXIS:
     if (!strcmp(op, "concat")) return ad_concat(cx, c->nin, in, (int)v[0]);
+    if (!strcmp(op, "stack")) return ad_stack(cx, c->nin, in, (int)v[0]);
     if (!strcmp(op, "softmax")) return ad_softmax(cx, x, (int)v[0]);
     if (!strcmp(op, "log_softmax")) return ad_log_softmax(cx, x, (int)v[0]);
     break;
@@ -821,6 +860,19 @@ static ad_tensor *run_builder(ad_ctx *cx, const fx_case *c, ad_tensor **in, bool
     if (!strcmp(op, "conv2d_weight")) return ad_conv2d_weight(cx, x, y, v[12], v[13], &o);
     break;
   }
+  case AD_ATTRS_EMBEDDING:
+    if (!strcmp(op, "embedding")) return ad_embedding(cx, x, y, v[0] ? v[1] : AD_NO_PADDING);
+    break;
+  case AD_ATTRS_LAYER_NORM:
+    if (!strcmp(op, "layer_norm"))
+      return ad_layer_norm(cx, x, a->n, v, y, c->nin > 2 ? in[2] : NULL, a->scalar);
+    break;
+  case AD_ATTRS_CROSS_ENTROPY:
+    if (strcmp(op, "softmax_cross_entropy")) break;
+    if (!v[0] && !v[2] && x->ndim == 2) return ad_softmax_cross_entropy(cx, x, y);
+    return ad_softmax_cross_entropy_ext(
+        cx, x, y,
+        &(ad_cross_entropy_opts){.ignore = v[0] != 0, .ignore_index = (int32_t)v[1], .sum = v[2]});
   case BUILDER_ONLY:
     if (!strcmp(op, "transpose")) return ad_transpose(cx, x, (int)v[0], (int)v[1]);
     if (!strcmp(op, "conv1d")) {

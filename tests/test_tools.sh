@@ -1,12 +1,15 @@
 #!/bin/sh
 # Command-line behaviour of tools/ad-gradcheck and tools/gen_derivatives,
 # reported as TAP. Run by meson (suite 'autodiff'):
-#   sh tests/test_tools.sh AD_GRADCHECK GEN_DERIVATIVES DOCS_DERIVATIVES_MD
+#   sh tests/test_tools.sh AD_GRADCHECK GEN_DERIVATIVES DOCS_DERIVATIVES_MD [PLUGIN_SO]
+# PLUGIN_SO: examples/swish_op's plugin (absent with -Dexamples=false: those
+# cases are skipped).
 set -u
 
 GC=$1
 GEN=$2
 DOC=$3
+PLUGIN=${4:-}
 TMP=${TMPDIR:-/tmp}/test_tools.$$
 mkdir -p "$TMP" || exit 1
 trap 'rm -rf "$TMP"' EXIT
@@ -29,7 +32,7 @@ run() {
   rc=$?
 }
 
-echo "1..16"
+echo "1..22"
 
 run "$GC" --help
 ok $rc "--help exits 0"
@@ -75,6 +78,40 @@ last=$(tail -n 1 "$TMP/out")
 npass=$(grep -c ' f64/1 PASS' "$TMP/out")
 [ $rc -eq 0 ] && [ "$last" = "$npass passed, 0 failed" ] && [ "$npass" -gt 40 ]
 ok $? "every op passes first order and the summary counts ops ($last)"
+
+# plugins: a user's shared library of ops, checked like the built-in ones
+run "$GC" --help; cp "$TMP/out" "$TMP/help"
+grep -q -- '--load PATH' "$TMP/help" && grep -q 'ad_plugin_register' "$TMP/help"
+ok $? "--help documents --load and the entry point"
+
+if [ -n "$PLUGIN" ]; then
+  run "$GC" --load "$PLUGIN"
+  [ $rc -eq 0 ] && [ "$(tail -n 1 "$TMP/out")" = "1 passed, 0 failed" ] &&
+    grep '^swish ' "$TMP/out" | grep -q 'f64/1 PASS.*f64/2 PASS.*f32/1 PASS.*f32/2 PASS' &&
+    ! grep -q '^tanh ' "$TMP/out"
+  ok $? "--load checks the plugin's op (swish), both dtypes and orders, and only it"
+
+  run "$GC" --load="$PLUGIN" --op tanh --first-only
+  [ $rc -eq 0 ] && grep -q '^tanh ' "$TMP/out" && ! grep -q '^swish ' "$TMP/out"
+  ok $? "--load with --op checks the named op"
+
+  run "$GC" --load "$PLUGIN" --load "$PLUGIN"
+  [ $rc -eq 2 ] && grep -q 'ad_plugin_register failed: .*swish' "$TMP/err"
+  ok $? "loading the same plugin twice reports the registration error (exit 2)"
+else
+  for d in "--load checks the plugin's op" "--load with --op" "loading a plugin twice"; do
+    n=$((n + 1))
+    echo "ok $n - $d # SKIP no plugin (-Dexamples=false)"
+  done
+fi
+
+run "$GC" --load "$TMP/no_such_plugin.so"
+[ $rc -eq 2 ] && grep -q -- "--load $TMP/no_such_plugin.so: " "$TMP/err"
+ok $? "a library that cannot be loaded exits 2 with dlopen's reason"
+
+run "$GC" --load libz.so.1
+[ $rc -eq 2 ] && grep -q 'does not export ad_plugin_register' "$TMP/err"
+ok $? "a library without the entry point exits 2 and names it"
 
 run "$GEN"
 [ $rc -eq 0 ] && cmp -s "$TMP/out" "$DOC"

@@ -1,8 +1,10 @@
 /* ad-gradcheck: gradient-checks every registered op that has a backward,
  * first and second order, in float64 and float32, through ad_op_check and
- * the sample function of each op.
+ * the sample function of each op; with --load, the ops of a user's shared
+ * library (a plugin: it exports ad_plugin_register, see ad_ext.h).
  *
- *   ad-gradcheck [--op NAME] [--seed N] [--dtype f32|f64] [--first-only]
+ *   ad-gradcheck [--load PATH.so]... [--op NAME] [--seed N] [--dtype f32|f64]
+ *                [--first-only]
  *
  * One line per op: its name, then for each dtype and order PASS or FAIL with
  * the worst absolute and relative error and where it was (input k, flat
@@ -11,13 +13,18 @@
  * passes, 1 when one fails, 2 for a usage error. */
 #include "ad_ext.h"
 
+#include <dlfcn.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 
+#define MAX_LOADS 16
+
 typedef struct options {
-  const char *op; /* NULL: every op */
+  const char *op; /* NULL: every op (with --load: every op the plugins registered) */
+  const char *load[MAX_LOADS];
+  int nload;
   uint64_t seed;
   int ndtypes;
   ad_dtype dtypes[2];
@@ -25,19 +32,29 @@ typedef struct options {
 } options;
 
 static void usage(FILE *f) {
-  fprintf(f, "usage: ad-gradcheck [--op NAME] [--seed N] [--dtype f32|f64] [--first-only]\n"
-             "\n"
-             "Gradient-checks every registered op that has a backward, against central\n"
-             "differences in float64, first and second order, in f64 and f32.\n"
-             "\n"
-             "  --op NAME      check only this op (an unknown name is an error)\n"
-             "  --seed N       seed of the random sample inputs (default 1)\n"
-             "  --dtype T      check only dtype T: f32 or f64 (default both)\n"
-             "  --first-only   skip the second-order (gradgradcheck) pass\n"
-             "  --help         show this help\n"
-             "\n"
-             "Prints one line per op and ends with \"N passed, M failed\". Exit status 0\n"
-             "when everything passes, 1 when a check fails, 2 for a usage error.\n");
+  fprintf(f,
+          "usage: ad-gradcheck [--load PATH.so]... [--op NAME] [--seed N] [--dtype f32|f64]\n"
+          "                    [--first-only]\n"
+          "\n"
+          "Gradient-checks every registered op that has a backward, against central\n"
+          "differences in float64, first and second order, in f64 and f32.\n"
+          "\n"
+          "  --load PATH    load the shared library PATH (a path with a '/', or a name\n"
+          "                 the dynamic linker searches for), call the function\n"
+          "                 ad_status ad_plugin_register(ad_ctx *ctx) it exports\n"
+          "                 (see ad_ext.h), and check every op it registered instead\n"
+          "                 of the built-in ones; repeatable (up to %d libraries)\n"
+          "  --op NAME      check only this op, built in or loaded (an unknown name is\n"
+          "                 an error)\n"
+          "  --seed N       seed of the random sample inputs (default 1)\n"
+          "  --dtype T      check only dtype T: f32 or f64 (default both)\n"
+          "  --first-only   skip the second-order (gradgradcheck) pass\n"
+          "  --help         show this help\n"
+          "\n"
+          "Prints one line per op and ends with \"N passed, M failed\". Exit status 0\n"
+          "when everything passes, 1 when a check fails, 2 for a usage error or a\n"
+          "library that cannot be loaded or registers nothing.\n",
+          MAX_LOADS);
 }
 
 /* The value of option name: "--name=V" or "--name V" (consuming argv[*i+1]).
@@ -57,7 +74,8 @@ static const char *opt_value(int argc, char **argv, int *i, const char *name, bo
 
 /* Parses the command line; returns 0 to run, 1 after --help, 2 on error. */
 static int parse_args(int argc, char **argv, options *o) {
-  *o = (options){.op = NULL, .seed = 1, .ndtypes = 2, .dtypes = {AD_F64, AD_F32}, .second = true};
+  *o = (options){
+      .op = NULL, .nload = 0, .seed = 1, .ndtypes = 2, .dtypes = {AD_F64, AD_F32}, .second = true};
   for (int i = 1; i < argc; i++) {
     const char *v;
     bool missing = false;
@@ -66,6 +84,12 @@ static int parse_args(int argc, char **argv, options *o) {
       return 1;
     } else if (strcmp(argv[i], "--first-only") == 0) {
       o->second = false;
+    } else if ((v = opt_value(argc, argv, &i, "--load", &missing))) {
+      if (o->nload == MAX_LOADS) {
+        fprintf(stderr, "ad-gradcheck: --load: at most %d libraries\n", MAX_LOADS);
+        return 2;
+      }
+      o->load[o->nload++] = v;
     } else if ((v = opt_value(argc, argv, &i, "--op", &missing))) {
       o->op = v;
     } else if ((v = opt_value(argc, argv, &i, "--seed", &missing))) {
@@ -131,6 +155,40 @@ static bool check_op(ad_ctx *ctx, int id, const options *o) {
   return ok;
 }
 
+/* Loads one plugin and registers its ops on ctx; prints why not and
+ * returns false on failure. The library stays loaded (its ops' functions
+ * are used until the context is freed, and the process ends soon after). */
+static bool load_plugin(ad_ctx *ctx, const char *path) {
+  void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+  if (!h) {
+    fprintf(stderr, "ad-gradcheck: --load %s: %s\n", path, dlerror());
+    return false;
+  }
+  void *sym = dlsym(h, "ad_plugin_register");
+  if (!sym) {
+    fprintf(stderr,
+            "ad-gradcheck: --load %s: the library does not export ad_plugin_register "
+            "(ad_status ad_plugin_register(ad_ctx *ctx), see ad_ext.h)\n",
+            path);
+    dlclose(h);
+    return false;
+  }
+  ad_status (*reg)(ad_ctx *);
+  memcpy(&reg, &sym, sizeof reg); /* POSIX: dlsym's object pointer is the function */
+  int before = ad_op_count(ctx);
+  ad_status st = reg(ctx);
+  if (st != AD_OK) {
+    fprintf(stderr, "ad-gradcheck: --load %s: ad_plugin_register failed: %s: %s\n", path,
+            ad_status_str(st), ad_last_error(ctx));
+    return false;
+  }
+  if (ad_op_count(ctx) == before) {
+    fprintf(stderr, "ad-gradcheck: --load %s: ad_plugin_register registered no op\n", path);
+    return false;
+  }
+  return true;
+}
+
 int main(int argc, char **argv) {
   options o;
   int rc = parse_args(argc, argv, &o);
@@ -141,7 +199,15 @@ int main(int argc, char **argv) {
     fprintf(stderr, "ad-gradcheck: out of memory\n");
     return 1;
   }
-  int first = 0, last = ad_op_count(ctx);
+  int builtin = ad_op_count(ctx);
+  for (int i = 0; i < o.nload; i++) {
+    if (!load_plugin(ctx, o.load[i])) {
+      ad_ctx_free(ctx);
+      return 2;
+    }
+  }
+  /* with --load, the plugins' ops; else every op */
+  int first = o.nload ? builtin : 0, last = ad_op_count(ctx);
   if (o.op) {
     int id = ad_op_find(ctx, o.op);
     if (id < 0) {

@@ -21,7 +21,8 @@ checked according to its kind:
                prelude as a translation unit and linked with an empty main()
                (so every library function it calls must exist).
 
-The prelude includes ad_ext.h (and with it ad.h), nn.h when an include directory has it, and
+The prelude includes <autodiff/ad_ext.h> (and with it ad.h), <autodiff/nn.h> when libnn is
+given, and
 <math.h>, <stdio.h>, <stdlib.h>, <string.h>. Programs include what they
 use. Everything compiles with -std=c11 -Wall -Wextra -Wpedantic -Werror
 (fragments and units may leave names unused). Writes TAP; exits 1 if any
@@ -68,10 +69,10 @@ def kind_of(word, code):
     return "unit"
 
 
-def prelude(incdirs):
-    p = ['#include "ad_ext.h"']
-    if any(os.path.exists(os.path.join(d, "nn.h")) for d in incdirs):
-        p.append('#include "nn.h"')
+def prelude(libs):
+    p = ["#include <autodiff/ad_ext.h>"]
+    if any(os.path.basename(l).startswith("libnn") for l in libs):
+        p.append("#include <autodiff/nn.h>")
     p += ["#include <math.h>", "#include <stdio.h>", "#include <stdlib.h>",
           "#include <string.h>", ""]
     return "\n".join(p) + "\n"
@@ -82,7 +83,7 @@ def check_block(args, where, kind, code, workdir):
     mark = f'#line {int(line) + 1} "{rel}"\n'  # errors point into the .md file
     src = os.path.join(workdir, "snippet.c")
     exe = os.path.join(workdir, "snippet")
-    pre = prelude(args.include)
+    pre = prelude(args.lib)
     if kind == "program":
         text = code
     elif kind == "fragment":

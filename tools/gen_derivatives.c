@@ -102,7 +102,7 @@ static void generate(buf *b, const ad_ctx *ctx) {
     put(b, d->name);
     put(b, "` | ");
     if (d->arity < 0)
-      snprintf(line, sizeof line, "1..%d", AD_MAX_SRC);
+      snprintf(line, sizeof line, "1 or more");
     else if (d->min_arity)
       snprintf(line, sizeof line, "%d..%d", d->min_arity, d->arity);
     else

@@ -32,7 +32,7 @@ File format (line based, whitespace separated, '#' starts a comment line):
     end
 
 At most one attr line, right after the case line. Its key names the
-member of ad_attrs the op reads (autodiff/ad.h), or for a composite
+member of ad_attrs the op reads (include/autodiff/ad.h), or for a composite
 builder the arguments it takes:
 
     attr scalar S                 add_scalar, mul_scalar, pow_scalar (p),
@@ -40,7 +40,7 @@ builder the arguments it takes:
                                   rsub_scalar, div_scalar
     attr dtype f32|f64            cast: the target dtype
     attr cmp eq|gt|ge|lt|le       compare
-    attr axis A                   softmax, log_softmax, concat
+    attr axis A                   softmax, log_softmax, concat, stack
     attr rows R                   index_add
     attr matmul TA TB             matmul: trans_a, trans_b (0 or 1)
     attr reduce all|A K           sum, max, logsumexp, mean_axis: every
@@ -62,6 +62,11 @@ builder the arguments it takes:
                                   right), dilation, groups, same (0 or 1),
                                   output_padding, kernel (0 where unused)
     attr conv1d S PL PR D G SAME  conv1d: stride, padding, dilation, groups
+    attr embedding PAD IDX        embedding: padding (0 or 1), padding_idx
+    attr layer_norm EPS D0 ...    layer_norm: eps, the normalized shape
+    attr cross_entropy IGN IDX SUM
+                                  softmax_cross_entropy: ignore (0 or 1),
+                                  ignore_index, sum (0 or 1)
 
 Axes are written as the builders take them (negative counts from the
 end); the C test turns a reduction's into the bit mask of ad_attrs.
@@ -290,7 +295,7 @@ RANGES = {"any": (-3, 3), "pos": (0.1, 4), "wide": (-6, 6)}
 # a unary op of the table without an entry above: torch.NAME on (-3, 3); an
 # op with a narrower domain needs an entry with its range
 for name in table_ops("B1"):
-    if name not in UNARY:
+    if name not in UNARY and name != "detach":  # no gradient: issue 11's block has its cases
         UNARY[name] = (getattr(torch, name), "any")
 
 for name, (fn, rk) in UNARY.items():
@@ -454,6 +459,21 @@ for label, shapes, ax in (("concat_axis0", [(2, 3), (1, 3), (4, 3)], 0),
     add(label, "concat", lambda rng, shapes=shapes: [("in", U(rng, s)) for s in shapes],
         lambda t, ax=ax: torch.cat(list(t), ax), attr=("axis", ax))
 
+# issue 11 (recurrent networks), core conveniences: stack (the composite
+# builder ad_stack, new axis, negative axis allowed) and detach (values only:
+# it has no gradient)
+for label, shapes, ax in (("stack_axis0", [(2, 3), (2, 3), (2, 3)], 0),
+                          ("stack_last", [(3, 2), (3, 2)], -1),
+                          ("stack_mid_neg", [(2, 2, 3)] * 4, -2),
+                          ("stack_single", [(2, 3)], 1),
+                          ("stack_scalars", [()] * 5, 0),
+                          ("stack_8", [(2,)] * 8, 1)):
+    add(label, "stack", lambda rng, shapes=shapes: [("in", U(rng, s)) for s in shapes],
+        lambda t, ax=ax: torch.stack(list(t), ax), attr=("axis", ax))
+for label, shape in (("detach_2d", (3, 4)), ("detach_0d", ())):
+    add(label, "detach", lambda rng, shape=shape: [("in", U(rng, shape))],
+        lambda t: t[0].detach(), grad=False)
+
 # index_select: rows of x picked by i32 indices; repeated rows add up
 for label, xs, ix in (("index_select_repeat", (5, 3), idx([0, 2, 2, 4, 0, 2])),
                       ("index_select_2d_idx", (4, 2), idx([[3, 1, 3], [0, 3, 1]])),
@@ -544,20 +564,118 @@ def ce(t):
     return F.cross_entropy(t[0], t[1], reduction="mean")
 
 
+CE0 = ("cross_entropy", 0, 0, 0)  # no ignore_index, the mean
+
+
 add("softmax_ce_small", "softmax_cross_entropy",
-    lambda rng: [("in", U(rng, (4, 5), -3, 3)), ("const", idx([0, 4, 2, 2]))], ce)
+    lambda rng: [("in", U(rng, (4, 5), -3, 3)), ("const", idx([0, 4, 2, 2]))], ce, attr=CE0)
 add("softmax_ce_one_row", "softmax_cross_entropy",
-    lambda rng: [("in", U(rng, (1, 3))), ("const", idx([1]))], ce)
+    lambda rng: [("in", U(rng, (1, 3))), ("const", idx([1]))], ce, attr=CE0)
 add("softmax_ce_one_class", "softmax_cross_entropy",
-    lambda rng: [("in", U(rng, (3, 1))), ("const", idx([0, 0, 0]))], ce)
+    lambda rng: [("in", U(rng, (3, 1))), ("const", idx([0, 0, 0]))], ce, attr=CE0)
 add("softmax_ce_huge", "softmax_cross_entropy",
     const([("in", f32r([[1000.0, 0.0, -1000.0], [1000.0, 1000.0, 0.0], [-1000.0, 1000.0, 999.0]])),
-           ("const", idx([0, 2, 2]))]), ce)
+           ("const", idx([0, 2, 2]))]), ce, attr=CE0)
 add("softmax_ce_nan", "softmax_cross_entropy",
-    const([("in", f32r([[1.0, NAN, 0.5], [0.0, 1.0, 2.0]])), ("const", idx([0, 2]))]), ce)
+    const([("in", f32r([[1.0, NAN, 0.5], [0.0, 1.0, 2.0]])), ("const", idx([0, 2]))]), ce, attr=CE0)
 # the mean over no sample is NaN
 add("softmax_ce_empty", "softmax_cross_entropy",
-    lambda rng: [("in", U(rng, (0, 3))), ("const", idx([]))], ce)
+    lambda rng: [("in", U(rng, (0, 3))), ("const", idx([]))], ce, attr=CE0)
+
+# ---------------- sequences (issue 11): embedding, layer_norm, and
+# softmax_cross_entropy over [N, C, d1, ...] with ignore_index. Torch's
+# F.embedding with padding_idx (the padding row gets no gradient),
+# F.layer_norm (biased variance), F.cross_entropy on K-dim logits.
+
+
+def emb_case(label, ws, ix, pad=None):
+    attr = ("embedding", 0 if pad is None else 1, 0 if pad is None else pad)
+    add(label, "embedding", lambda rng, ws=ws, ix=ix: [("in", U(rng, ws)), ("const", ix)],
+        lambda t, pad=pad: F.embedding(t[1], t[0], padding_idx=pad), attr=attr)
+
+
+emb_case("embedding_2d_idx", (5, 3), idx([[0, 2, 2], [4, 1, 0]]))
+emb_case("embedding_1d_idx", (6, 4), idx([5, 0, 5, 3]))
+emb_case("embedding_3d_idx", (4, 2), idx([[[3, 1], [0, 3]], [[2, 2], [1, 0]]]))
+emb_case("embedding_0d_idx", (3, 5), idx(2))
+emb_case("embedding_pad", (5, 3), idx([[0, 2, 2], [4, 2, 0]]), pad=2)
+emb_case("embedding_pad_neg", (5, 3), idx([[4, 1], [4, 3]]), pad=-1)
+emb_case("embedding_pad_absent", (4, 2), idx([0, 1, 1]), pad=3)
+
+
+def ln_case(label, xs, k, affine=(True, True), eps=1e-5):
+    ns = tuple(xs[len(xs) - k:])
+
+    def make(rng):
+        spec = [("in", U(rng, xs))]
+        if affine[0]:
+            spec.append(("in", U(rng, ns, 0.5, 1.5)))
+        if affine[1]:
+            spec.append(("in", U(rng, ns, -1, 1)))
+        return spec
+
+    def fn(t):  # float32 from float64, rounded: torch's float32 kernel is ~1e-7 off
+        d = [v.double() for v in t]
+        y = F.layer_norm(d[0], ns, d[1] if len(d) > 1 else None, d[2] if len(d) > 2 else None, eps)
+        return y.to(t[0].dtype)
+    add(label, "layer_norm", make, fn, attr=("layer_norm", float(eps)) + ns)
+
+
+ln_case("layer_norm_last", (3, 4), 1)
+ln_case("layer_norm_two_dims", (2, 3, 4), 2)
+ln_case("layer_norm_whole", (3, 4), 2)
+ln_case("layer_norm_no_affine", (2, 5), 1, (False, False))
+ln_case("layer_norm_weight_only", (2, 3, 4), 1, (True, False))
+ln_case("layer_norm_eps", (4, 6), 1, eps=0.1)
+
+
+def lnb_case(label, xs, k, weight):
+    """layer_norm_backward(dy, x, w): layer_norm's gradient in x, in float64. First order
+    only: torch 1.13 differentiates its layer_norm double backward with the saved mean and
+    rstd held constant, and its values then disagree with central differences (by O(1));
+    ad-gradcheck checks our second order numerically."""
+    ns = tuple(xs[len(xs) - k:])
+
+    def make(rng):
+        spec = [("in", U(rng, xs, -1, 1)), ("in", U(rng, xs))]
+        return spec + ([("in", U(rng, ns, 0.5, 1.5))] if weight else [])
+
+    def fn(t):
+        d = [v.double() for v in t]
+        y = F.layer_norm(d[1], ns, d[2] if len(d) > 2 else None, None, 1e-5)
+        return torch.autograd.grad(y, d[1], d[0], create_graph=True)[0].to(t[0].dtype)
+    add(label, "layer_norm_backward", make, fn, attr=("layer_norm", 1e-5) + ns, second=False)
+
+
+lnb_case("layer_norm_backward_last", (3, 4), 1, True)
+lnb_case("layer_norm_backward_two_dims", (2, 3, 4), 2, False)
+
+
+def ce_opts(ignore=None, red="mean"):
+    def f(t):
+        return F.cross_entropy(t[0], t[1], reduction=red,
+                               ignore_index=-100 if ignore is None else ignore)
+    return f
+
+
+def ce_case(label, zs, labels, ignore=None, red="mean"):
+    attr = ("cross_entropy", 0 if ignore is None else 1, 0 if ignore is None else ignore,
+            int(red == "sum"))
+    add(label, "softmax_cross_entropy",
+        lambda rng, zs=zs, labels=labels: [("in", U(rng, zs, -3, 3)), ("const", labels)],
+        ce_opts(ignore, red), attr=attr)
+
+
+ce_case("softmax_ce_seq", (2, 4, 3), idx([[0, 3, 1], [2, 2, 0]]))
+ce_case("softmax_ce_seq_ignore", (3, 5, 4),
+        idx([[0, 4, -100, 1], [-100, -100, 2, 3], [4, 0, 0, -100]]), ignore=-100)
+ce_case("softmax_ce_seq_ignore_pad0", (2, 3, 4), idx([[2, 1, 0, 0], [1, 0, 2, 0]]), ignore=0)
+ce_case("softmax_ce_2d_ignore", (4, 3), idx([1, -100, 2, 0]), ignore=-100)
+ce_case("softmax_ce_4d_sum", (2, 3, 2, 2), idx([[[0, 1], [2, 1]], [[1, 1], [0, 2]]]), ignore=1,
+        red="sum")
+ce_case("softmax_ce_2d_sum", (3, 4), idx([3, 0, 1]), red="sum")
+ce_case("softmax_ce_all_ignored", (2, 3, 2), idx([[-100, -100], [-100, -100]]), ignore=-100)
+ce_case("softmax_ce_all_ignored_sum", (2, 3, 2), idx([[5, 5], [5, 5]]), ignore=5, red="sum")
 
 # ----------------------------------------------- composites (named builders)
 

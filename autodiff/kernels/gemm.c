@@ -42,7 +42,8 @@
 #include <stdlib.h>
 
 #ifdef AD_HAVE_BLAS
-#include <cblas.h>
+#include <dlfcn.h>
+#include <stdatomic.h>
 #endif
 
 /* ISO C modes turn off FMA contraction; the kernels need it. */
@@ -617,30 +618,123 @@ ad_gemm_rule ad_gemm_decide(int cpu, const char *core, bool have_blas) {
   return r;
 }
 
-/* The rule for this process, made once. */
+#ifdef AD_HAVE_BLAS
+/* BLAS is loaded at run time (dlopen), and only when something needs it:
+ * the rule on a CPU without AVX-512 (which asks OpenBLAS for its core),
+ * ad_gemm_backend, or a caller that asks for BLAS by kernel id. On AVX-512
+ * the rule never uses BLAS, so a training run there never maps it (about
+ * 2 MB of resident memory, and OpenBLAS's thread pool, which it starts when
+ * it is loaded). Without the library at run time, the built-in kernels run
+ * every product. The CBLAS constants are the standard's values. */
+enum { CBLAS_ROW_MAJOR = 101, CBLAS_NO_TRANS = 111, CBLAS_TRANS = 112 };
+typedef void (*cblas_sgemm_fn)(int, int, int, int, int, int, float, const float *, int,
+                               const float *, int, float, float *, int);
+typedef void (*cblas_dgemm_fn)(int, int, int, int, int, int, double, const double *, int,
+                               const double *, int, double, double *, int);
+static struct {
+  cblas_sgemm_fn sgemm;
+  cblas_dgemm_fn dgemm;
+  char *(*corename)(void);      /* OpenBLAS only */
+  void (*set_num_threads)(int); /* OpenBLAS only */
+  _Atomic bool loaded;          /* sgemm and dgemm are set */
+  _Atomic bool single;          /* the engine asked for one BLAS thread */
+  const char *soname;           /* the library loaded, or NULL */
+} blas;
+static pthread_once_t blas_once = PTHREAD_ONCE_INIT;
+
+/* dlsym's object pointer as a function pointer (POSIX allows it; ISO C
+ * has no cast between the two). */
+static void sym(void *h, const char *name, void *fn, size_t size) {
+  void *p = dlsym(h, name);
+  if (p) memcpy(fn, &p, size);
+}
+
+static void blas_load(void) {
+  /* the library the build found first, then the usual sonames */
+  static const char *const names[] = {AD_BLAS_SONAME, "libopenblas.so.0", "libcblas.so.3",
+                                      "libblas.so.3"};
+  for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
+    void *h = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
+    if (!h) continue;
+    sym(h, "cblas_sgemm", &blas.sgemm, sizeof blas.sgemm);
+    sym(h, "cblas_dgemm", &blas.dgemm, sizeof blas.dgemm);
+    if (!blas.sgemm || !blas.dgemm) {
+      blas.sgemm = NULL;
+      blas.dgemm = NULL;
+      dlclose(h);
+      continue;
+    }
+    sym(h, "openblas_get_corename", &blas.corename, sizeof blas.corename);
+    sym(h, "openblas_set_num_threads", &blas.set_num_threads, sizeof blas.set_num_threads);
+    blas.soname = names[i];
+    atomic_store(&blas.loaded, true);
+    if (atomic_load(&blas.single) && blas.set_num_threads) blas.set_num_threads(1);
+    return; /* the handle stays open for the process */
+  }
+}
+
+static bool blas_ready(void) {
+  pthread_once(&blas_once, blas_load);
+  return atomic_load(&blas.loaded);
+}
+
+void ad_blas_single_thread(void) {
+  atomic_store(&blas.single, true);
+  if (atomic_load(&blas.loaded) && blas.set_num_threads) blas.set_num_threads(1);
+}
+#else
+void ad_blas_single_thread(void) {}
+#endif
+
+/* The CPU's class for the rule. */
+static int cpu_isa(void) {
+  int k = kernel_best();
+  return k == K_AVX512 ? ISA_AVX512 : k == K_AVX2 ? ISA_AVX2 : ISA_OTHER;
+}
+
+/* The rule for this process, made once. On AVX-512 it does not depend on
+ * BLAS, which is then not loaded; elsewhere it asks the library (loading
+ * it) for its core. */
+#ifdef AD_HAVE_BLAS
 static ad_gemm_rule the_rule;
 static pthread_once_t rule_once = PTHREAD_ONCE_INIT;
+#endif
 
-static void rule_init(void) {
-  int k = kernel_best();
-  int cpu = k == K_AVX512 ? ISA_AVX512 : k == K_AVX2 ? ISA_AVX2 : ISA_OTHER;
+static ad_gemm_rule decide_now(bool load) {
+  int cpu = cpu_isa();
   const char *core = NULL;
-#ifdef AD_HAVE_OPENBLAS_CORENAME
-  core = openblas_get_corename();
-#endif
+  bool have = false;
 #ifdef AD_HAVE_BLAS
-  the_rule = ad_gemm_decide(cpu, core, true);
-#else
-  the_rule = ad_gemm_decide(cpu, core, false);
+  if (load || cpu < ISA_AVX512) {
+    have = blas_ready();
+    if (have && blas.corename) core = blas.corename();
+  } else {
+    have = true; /* not consulted on AVX-512 */
+  }
 #endif
+  (void)load;
+  return ad_gemm_decide(cpu, core, have);
 }
+
+#ifdef AD_HAVE_BLAS /* without BLAS, nothing consults it */
+static void rule_init(void) { the_rule = decide_now(false); }
 
 static const ad_gemm_rule *rule(void) {
   pthread_once(&rule_once, rule_init);
   return &the_rule;
 }
+#endif
 
-const char *ad_gemm_backend(void) { return rule()->why; }
+/* ad_gemm_backend's words: the same decision, with the core named (so it
+ * loads BLAS where the rule itself did not need it). */
+static ad_gemm_rule backend_rule;
+static pthread_once_t backend_once = PTHREAD_ONCE_INIT;
+static void backend_init(void) { backend_rule = decide_now(true); }
+
+const char *ad_gemm_backend(void) {
+  pthread_once(&backend_once, backend_init);
+  return backend_rule.why;
+}
 
 #ifdef AD_HAVE_BLAS
 static bool use_blas(int64_t m, int64_t n, int64_t k, int64_t lda, int64_t ldb, int64_t ldc) {
@@ -648,20 +742,21 @@ static bool use_blas(int64_t m, int64_t n, int64_t k, int64_t lda, int64_t ldb, 
       ldc > INT_MAX)
     return false; /* cblas takes int */
   const ad_gemm_rule *r = rule();
-  return (double)m * (double)n * (double)k > GEMM_SMALL_MACS ? r->blas_large : r->blas_small;
+  bool want = (double)m * (double)n * (double)k > GEMM_SMALL_MACS ? r->blas_large : r->blas_small;
+  return want && blas_ready();
 }
 
 static void blas_f32(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float *a,
                      int64_t lda, const float *b, int64_t ldb, float beta, float *c, int64_t ldc) {
-  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, (int)m,
-              (int)n, (int)k, alpha, a, (int)lda, b, (int)ldb, beta, c, (int)ldc);
+  blas.sgemm(CBLAS_ROW_MAJOR, ta ? CBLAS_TRANS : CBLAS_NO_TRANS, tb ? CBLAS_TRANS : CBLAS_NO_TRANS,
+             (int)m, (int)n, (int)k, alpha, a, (int)lda, b, (int)ldb, beta, c, (int)ldc);
 }
 
 static void blas_f64(bool ta, bool tb, int64_t m, int64_t n, int64_t k, double alpha,
                      const double *a, int64_t lda, const double *b, int64_t ldb, double beta,
                      double *c, int64_t ldc) {
-  cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, (int)m,
-              (int)n, (int)k, alpha, a, (int)lda, b, (int)ldb, beta, c, (int)ldc);
+  blas.dgemm(CBLAS_ROW_MAJOR, ta ? CBLAS_TRANS : CBLAS_NO_TRANS, tb ? CBLAS_TRANS : CBLAS_NO_TRANS,
+             (int)m, (int)n, (int)k, alpha, a, (int)lda, b, (int)ldb, beta, c, (int)ldc);
 }
 #endif
 
@@ -670,6 +765,7 @@ const char *ad_gemm_builtin(int kernel, ad_dtype dt, bool ta, bool tb, int64_t m
                             int64_t ldb, double beta, void *c, int64_t ldc) {
   if (kernel == K_BLAS) {
 #ifdef AD_HAVE_BLAS
+    if (!blas_ready()) return NULL;
     if (m > 0 && n > 0 && k > 0) {
       if (dt == AD_F32)
         blas_f32(ta, tb, m, n, k, (float)alpha, a, lda, b, ldb, (float)beta, c, ldc);

@@ -32,6 +32,10 @@ typedef struct ad_gemm_rule {
 } ad_gemm_rule;
 ad_gemm_rule ad_gemm_decide(int cpu, const char *core, bool have_blas);
 
+/* Keeps BLAS (OpenBLAS) at one thread, now if it is loaded, else as soon as
+ * it is: the engine splits large products over its own threads. */
+void ad_blas_single_thread(void);
+
 /* ad_gemm, split over the library's threads (ad_set_num_threads) when the
  * product is large enough to pay for handing out the parts. */
 void ad_gemm_split(ad_dtype dt, bool ta, bool tb, int64_t m, int64_t n, int64_t k, const void *a,

@@ -50,9 +50,6 @@
 #define BACKOFF_MIN_NS 10000000
 #define BACKOFF_MAX_NS 160000000
 
-/* Present when the program links OpenBLAS. */
-extern void openblas_set_num_threads(int n) __attribute__((weak));
-
 /* claim word: generation (24 bits) | next chunk (20) | chunk count (20) */
 #define W_BITS     20
 #define W_MASK     ((UINT64_C(1) << W_BITS) - 1)
@@ -190,7 +187,7 @@ ad_status ad_set_num_threads(int n) {
   if (n < 1) return AD_ERR_ARG;
   if (in_task) return AD_ERR_STATE; /* the pool is busy with the caller's own loop */
   if (n > MAX_THREADS) n = MAX_THREADS;
-  if (openblas_set_num_threads) openblas_set_num_threads(1);
+  ad_blas_single_thread(); /* the engine splits products over its own threads */
   pthread_mutex_lock(&pool.submit);
   ad_status st = AD_OK;
   while (pool.started < n - 1) {

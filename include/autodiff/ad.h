@@ -81,7 +81,10 @@ extern "C" {
 
 #define AD_VERSION  "0.2.0"
 #define AD_MAX_DIMS 8 /* most dimensions a tensor may have */
-#define AD_MAX_SRC  8 /* most inputs an op may take */
+/* Most inputs of an op of fixed arity (the length of ad_op_def's inputs
+ * and grads). A variadic op (ad_concat, and ad_stack built on it) takes
+ * any number. */
+#define AD_MAX_SRC 8
 
 /* ---------------------------------------------------------------- types */
 
@@ -225,6 +228,16 @@ AD_API void ad_tensor_free(ad_tensor *t);
 
 /* A scalar (0-d) constant in the arena; freed by ad_tape_reset. */
 AD_API ad_tensor *ad_scalar(ad_ctx *ctx, ad_dtype dtype, double value);
+/* A constant with x's dtype and shape, every element value (zeros_like: 0),
+ * as torch.full_like / zeros_like: a temporary of the tape like an op's
+ * result (the caller does not free it; ad_tape_reset does), which never
+ * requires a gradient and sends none to x (x only gives the shape). Use it
+ * where an op's result is expected, e.g. an RNN's first hidden state
+ * ad_zeros_like(ctx, h_shaped). NULL with AD_ERR_NULL (x NULL), AD_ERR_ARG
+ * (x not a tensor, of another context; value out of range for AD_I32) or
+ * AD_ERR_STATE (x freed, or a temporary of a tape that was reset). */
+AD_API ad_tensor *ad_full_like(ad_ctx *ctx, const ad_tensor *x, double value);
+AD_API ad_tensor *ad_zeros_like(ad_ctx *ctx, const ad_tensor *x);
 
 /* Marks a leaf as needing a gradient; backward accumulates into t->grad.
  * Returns AD_ERR_STATE for a tensor made by an op, AD_ERR_DTYPE for AD_I32. */
@@ -425,14 +438,71 @@ AD_API ad_tensor *ad_sum_to(ad_ctx *ctx, ad_tensor *x, int ndim, const int64_t *
 AD_API ad_tensor *ad_narrow(ad_ctx *ctx, ad_tensor *x, int axis, int64_t start, int64_t len);
 /* Zero-pads before and after along axis (the gradient of narrow). */
 AD_API ad_tensor *ad_pad(ad_ctx *ctx, ad_tensor *x, int axis, int64_t before, int64_t after);
-/* Joins n (1..AD_MAX_SRC) tensors along axis. */
+/* Joins n >= 1 tensors along axis (negative counts from the end), as
+ * torch.cat: one float dtype, the same shape off the axis. Any n, bounded
+ * by memory. AD_ERR_ARG (n < 1, axis out of range), AD_ERR_NULL (xs or an
+ * entry NULL, named by index), AD_ERR_SHAPE naming the index and both
+ * shapes, AD_ERR_DTYPE. */
 AD_API ad_tensor *ad_concat(ad_ctx *ctx, int n, ad_tensor *const *xs, int axis);
+/* Joins n >= 1 tensors of one shape along a new axis, as torch.stack: the
+ * result has shape[axis] = n; axis in -(ndim+1)..ndim (negative counts from
+ * the end of the result). A composite, concat of the inputs each reshaped
+ * with a length-1 axis, so dumps show reshape and concat nodes. Errors as
+ * ad_concat's, named "stack"; AD_ERR_SHAPE also when the result would
+ * have more than AD_MAX_DIMS dims. */
+AD_API ad_tensor *ad_stack(ad_ctx *ctx, int n, ad_tensor *const *xs, int axis);
+/* Splits x along axis into its x->shape[axis] slices, each with that axis
+ * removed, as torch.unbind: out[i] = x[..., i, ...] (axis negative counts
+ * from the end). out is the caller's array of at least x->shape[axis]
+ * slots (none are written for length 0). Each slice is an op result
+ * (narrow, then reshape), a temporary of the tape that the caller does not
+ * free (ad_tape_reset does), and differentiable: its gradient flows into
+ * x's at slice i. Returns AD_OK, or AD_ERR_NULL (x or out NULL),
+ * AD_ERR_ARG (axis out of range, or more slices than an int), and the
+ * errors of an op's input for x; on an error out[i] are left NULL. The
+ * backward adds one x-sized contribution per slice used. */
+AD_API ad_status ad_unstack(ad_ctx *ctx, ad_tensor *x, int axis, ad_tensor **out);
+/* x's values as a new tensor that no gradient flows through (stop-
+ * gradient), as torch.detach: same dtype, shape and data (a view: it
+ * shares x's data), never requires a gradient, so ops on it are not
+ * differentiated back into x. An op result: a temporary of the tape,
+ * freed by ad_tape_reset like any other, so it does not carry a value
+ * across a reset. To carry state across a reset (truncated BPTT), copy the
+ * values into a persistent tensor the caller owns, and start the next
+ * chunk from it:
+ *   ad_tensor *h0 = ad_zeros(ctx, AD_F32, 2, shape);    (persistent, no grad)
+ *   for each chunk: h = h0; for t in chunk: h = cell(x_t, h);
+ *                   loss ...; ad_backward; optimizer step;
+ *                   ad_tensor_copy_data(h0, h); ad_tape_reset(ctx);
+ * ad_detach is for stopping a gradient within one tape (a target, a
+ * state carried between chunks without a reset). */
+AD_API ad_tensor *ad_detach(ad_ctx *ctx, ad_tensor *x);
 /* Rows of x (axis 0) picked by idx (AD_I32, any shape): out shape is
  * idx.shape + x.shape[1:]. Embedding lookup, mini-batch selection. */
 AD_API ad_tensor *ad_index_select(ad_ctx *ctx, ad_tensor *x, ad_tensor *idx);
 /* Zeros of [rows] + src.shape[idx.ndim:] with src's rows added at idx (the
  * gradient of index_select). */
 AD_API ad_tensor *ad_index_add(ad_ctx *ctx, ad_tensor *src, ad_tensor *idx, int64_t rows);
+
+/* The padding_idx of ad_embedding for none. */
+#define AD_NO_PADDING INT64_MIN
+/* Embedding lookup, torch.nn.functional.embedding: the rows of weight
+ * [num, dim] (float) picked by indices (AD_I32, any shape): y has shape
+ * indices.shape + [dim]. The gradient adds dy's rows into the rows they
+ * came from (a scatter-add, index_add); the row padding_idx gets none (0,
+ * also where dy is NaN), as PyTorch's padding_idx: in -num..num-1, a
+ * negative one counting from the end (num + padding_idx), or AD_NO_PADDING.
+ * The padding row's values are looked up as they are, as in PyTorch
+ * (nn_embedding_new zeroes it at initialisation). Differentiable to any order in
+ * weight; the indices are saved as recorded (as index_select's). Errors:
+ * AD_ERR_ARG naming the first index outside 0..num-1, its flat position,
+ * its coordinates in indices and num ("embedding: index 12 at position 5
+ * ([1,2] of indices [2,3]) is outside the vocabulary of 10 (0..9)"), or a
+ * padding_idx out of range; AD_ERR_SHAPE (weight not 2-D, indices of more
+ * than AD_MAX_DIMS - 1 dims); AD_ERR_DTYPE (weight not float, indices not
+ * AD_I32). */
+AD_API ad_tensor *ad_embedding(ad_ctx *ctx, ad_tensor *weight, ad_tensor *indices,
+                               int64_t padding_idx);
 
 /* reductions; axis may be negative; keepdim keeps it with length 1. As in
  * PyTorch, a reduced dim may have length 0: the reduction of no element is
@@ -462,6 +532,31 @@ AD_API ad_tensor *ad_log_softmax(ad_ctx *ctx, ad_tensor *x, int axis);
  * not change the gradient. */
 AD_API ad_tensor *ad_softmax_cross_entropy(ad_ctx *ctx, ad_tensor *logits, ad_tensor *labels);
 
+/* Options of ad_softmax_cross_entropy_ext; the zero value (or NULL) is
+ * the mean over every position, none ignored. */
+typedef struct ad_cross_entropy_opts {
+  bool ignore;          /* positions whose label is ignore_index count for nothing */
+  int32_t ignore_index; /* PyTorch's default is -100; any value, 0..C-1 too */
+  bool sum;             /* the sum over the counted positions (reduction='sum') */
+} ad_cross_entropy_opts;
+
+/* Softmax cross-entropy as PyTorch's F.cross_entropy with class labels,
+ * also for sequences: logits [N, C] with labels [N], or [N, C, d1, ...]
+ * (classes in dim 1, e.g. [N, C, T]) with labels [N, d1, ...]. The loss of
+ * a position is -log softmax over its C logits at its label; the result is
+ * their mean over the positions counted (reduction='mean'), or with sum
+ * their sum. With ignore, positions whose label is ignore_index add
+ * neither loss nor gradient (their gradient is exactly 0) and are not
+ * counted in the mean; when every position is ignored the mean is NaN (the
+ * sum 0) and every gradient 0, as in PyTorch. The same op as
+ * ad_softmax_cross_entropy (which is this with opts NULL, for [N, C]
+ * only): stable, differentiable to any order in the logits, labels saved
+ * as recorded. Errors: AD_ERR_SHAPE (the shapes above, C = 0), AD_ERR_ARG
+ * (a label outside 0..C-1 that is not the ignore_index, named with its
+ * position and coordinates), AD_ERR_DTYPE. */
+AD_API ad_tensor *ad_softmax_cross_entropy_ext(ad_ctx *ctx, ad_tensor *logits, ad_tensor *labels,
+                                               const ad_cross_entropy_opts *opts);
+
 /* Batch normalisation, PyTorch's F.batch_norm: x [N, C, ...] (2-D [N, C]
  * or more dims, e.g. NCHW) normalised per channel (dim 1) over every other
  * dim, then scaled by weight [C] and shifted by bias [C] (either NULL for
@@ -481,6 +576,23 @@ AD_API ad_tensor *ad_softmax_cross_entropy(ad_ctx *ctx, ad_tensor *logits, ad_te
 AD_API ad_tensor *ad_batch_norm(ad_ctx *ctx, ad_tensor *x, ad_tensor *weight, ad_tensor *bias,
                                 ad_tensor *running_mean, ad_tensor *running_var, bool training,
                                 double momentum, double eps);
+
+/* Layer normalisation, PyTorch's F.layer_norm: x (float, any rank) is
+ * normalised over its last ndim dims, whose lengths must be
+ * normalized_shape, with the mean and the biased variance of each such
+ * block: y = (x - mean) / sqrt(var + eps) * weight + bias, weight and bias
+ * of the normalized shape (either NULL for none; PyTorch's eps is 1e-5).
+ * One op, whose gradient in x is the op layer_norm_backward (both a loop
+ * per row with the statistics in double), and whose derivatives of any
+ * order in x, weight and bias are made of the two and sums. Errors: AD_ERR_SHAPE
+ * (normalized_shape is not the last dims of x, "layer_norm:
+ * normalized_shape [4] does not match the last 1 dims of x [2,3]"; weight
+ * or bias not of the normalized shape), AD_ERR_ARG (ndim outside
+ * 1..AD_MAX_DIMS, eps < 0 or not finite), AD_ERR_DTYPE (not float, or
+ * dtypes differ), AD_ERR_NULL. */
+AD_API ad_tensor *ad_layer_norm(ad_ctx *ctx, ad_tensor *x, int ndim,
+                                const int64_t *normalized_shape, ad_tensor *weight, ad_tensor *bias,
+                                double eps);
 
 /* ------------------------------------------------------------- pooling
  * 2-D pooling over the last two dims (H, W) of a float tensor, 4-D

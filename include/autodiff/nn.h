@@ -18,15 +18,17 @@
  *                seeded ad_rng.
  *   layers       nn_layer: Dense, activations (sigmoid, tanh, relu,
  *                leaky_relu, gelu, softmax, ...), dropout, flatten,
- *                BatchNorm1d / BatchNorm2d, Conv2d and pooling, recurrent
- *                layers (RNN, LSTM, GRU) and lambda (a C function).
+ *                BatchNorm1d / BatchNorm2d, Conv2d and pooling,
+ *                Embedding, LayerNorm, recurrent layers (RNN, LSTM, GRU)
+ *                and lambda (a C function).
  *   models       nn_model: a Sequential stack of layers, or a custom model
  *                whose forward pass is a plain C function over the model's
  *                parameters and layers.
  *   losses       MSE, binary cross-entropy (from probabilities or logits),
  *                categorical cross-entropy from logits (integer labels or
  *                one-hot / probability targets), NLL on log-probabilities;
- *                mean or sum. All share the nn_loss_fn signature.
+ *                mean or sum. All share the nn_loss_fn signature, except
+ *                the sequence cross-entropy (per-step logits, ignore_index).
  *   optimizers   nn_optimizer: SGD (momentum, Nesterov, weight decay),
  *                Adagrad, RMSProp, Adam, AdamW, with PyTorch's update rules;
  *                gradient clipping by global norm or by value; learning-rate
@@ -477,6 +479,48 @@ NN_API ad_tensor *nn_rnn_forward(nn_layer *l, ad_tensor *x, ad_tensor *h0, ad_te
                                  const int64_t *lengths, int64_t n_lengths, bool training,
                                  ad_tensor **h_n, ad_tensor **c_n);
 
+/* Options of an Embedding layer. All-zero means PyTorch's defaults. */
+typedef struct nn_embedding_opts {
+  bool padding;        /* with padding_idx (PyTorch's padding_idx=None: false) */
+  int64_t padding_idx; /* -num..num-1, a negative one counting from the end */
+  nn_init weight_init; /* default PyTorch's: N(0, 1) */
+  ad_dtype dtype;      /* default AD_F32 */
+} nn_embedding_opts;
+
+/* A lookup table, PyTorch's nn.Embedding: an AD_I32 input of any shape
+ * (token indices) to indices.shape + [dim] through ad_embedding, with
+ * weight [num, dim] named "weight" (PyTorch's name and layout, so a state
+ * dict loads unchanged). PyTorch's initialisation: N(0, 1) drawn from rng,
+ * then the padding row zeroed (also after another weight_init); the
+ * padding row gets no gradient, so it stays as it is under any optimizer
+ * without weight decay. opts may be NULL. Returns the layer, or NULL with
+ * AD_ERR_ARG (num or dim < 1, padding_idx out of range, a bad initializer),
+ * AD_ERR_DTYPE, AD_ERR_NULL (rng) or AD_ERR_OOM. Its forward refuses an
+ * input that is not AD_I32 (AD_ERR_DTYPE naming the layer) and an index
+ * outside 0..num-1 (AD_ERR_ARG naming the index, its position and num). */
+NN_API nn_layer *nn_embedding_new(ad_ctx *ctx, int64_t num, int64_t dim, ad_rng *rng,
+                                  const nn_embedding_opts *opts);
+
+/* Options of a LayerNorm layer. All-zero means PyTorch's defaults. */
+typedef struct nn_layer_norm_opts {
+  double eps;     /* added to the variance; 0 means 1e-5 */
+  bool no_affine; /* elementwise_affine=False: no weight and bias */
+  ad_dtype dtype; /* of the parameters and the input; default AD_F32 */
+} nn_layer_norm_opts;
+
+/* Layer normalisation, PyTorch's nn.LayerNorm(normalized_shape): x [...,
+ * normalized_shape] normalised over its last ndim dims (mean and biased
+ * variance of each block) through ad_layer_norm, then scaled by "weight"
+ * (ones) and shifted by "bias" (zeros), both of the normalized shape. The
+ * same in training and evaluation mode. opts may be NULL. Returns the
+ * layer, or NULL with AD_ERR_ARG (ndim outside 1..AD_MAX_DIMS, a length <
+ * 1, eps < 0 or not finite), AD_ERR_NULL, AD_ERR_DTYPE or AD_ERR_OOM. Its
+ * forward refuses an input whose last dims are not the normalized shape
+ * (AD_ERR_SHAPE, "layer_norm '1': input [2,5] does not end with the
+ * normalized shape [4]") or of another dtype (AD_ERR_DTYPE). */
+NN_API nn_layer *nn_layer_norm_new(ad_ctx *ctx, int ndim, const int64_t *normalized_shape,
+                                   const nn_layer_norm_opts *opts);
+
 /* Frees a layer and its parameters. Do not free a layer owned by a model.
  * NULL is a no-op. */
 NN_API void nn_layer_free(nn_layer *l);
@@ -616,6 +660,30 @@ NN_API ad_tensor *nn_cross_entropy_loss(ad_ctx *ctx, ad_tensor *logits, ad_tenso
 /* Negative log-likelihood: -logp[n, label_n] for log-probabilities logp
  * [N,C] (e.g. from NN_ACT_LOG_SOFTMAX) and AD_I32 labels [N]. */
 NN_API ad_tensor *nn_nll_loss(ad_ctx *ctx, ad_tensor *logp, ad_tensor *labels, nn_reduction red);
+
+/* Options of nn_sequence_cross_entropy_loss. All-zero: nothing ignored,
+ * classes in dim 1. */
+typedef struct nn_sequence_ce_opts {
+  bool ignore;          /* positions whose label is ignore_index count for nothing */
+  int32_t ignore_index; /* PyTorch's default is -100; a padding token (0) works too */
+  bool class_last;      /* logits [N, T..., C] (a recurrent layer's output) in place of
+                           PyTorch's [N, C, T...]; labels [N, T...] either way */
+} nn_sequence_ce_opts;
+
+/* Cross-entropy for sequence models, PyTorch's F.cross_entropy(logits,
+ * labels, ignore_index=..., reduction=...) on K-dim logits: logits [N, C,
+ * T...] (or with class_last [N, T..., C]; ad_permute makes the copy) and
+ * AD_I32 labels [N, T...] in 0..C-1 or ignore_index, through
+ * ad_softmax_cross_entropy_ext. NN_MEAN is the mean over the positions not
+ * ignored (NaN when all are), NN_SUM their sum; ignored positions add
+ * neither loss nor gradient. opts may be NULL. Errors name the loss and the
+ * shapes (AD_ERR_SHAPE: logits under 2 dims, labels that are not logits'
+ * shape without the class dim), AD_ERR_DTYPE (logits not float, labels not
+ * AD_I32), AD_ERR_ARG (a label out of range that is not ignore_index,
+ * named with its position; an unknown reduction), AD_ERR_NULL. Not an
+ * nn_loss_fn (it takes options); wrap it in one for nn_train_step. */
+NN_API ad_tensor *nn_sequence_cross_entropy_loss(ad_ctx *ctx, ad_tensor *logits, ad_tensor *labels,
+                                                 nn_reduction red, const nn_sequence_ce_opts *opts);
 
 /* Number of samples where pred agrees with target: with AD_I32 labels [N]
  * and pred [N,C], argmax (first maximum) equals the label; with float

@@ -146,6 +146,30 @@ typedef struct ad_attention_attrs { /* softmax(scale Q K^T [+ causal mask]) V */
   bool causal;
 } ad_attention_attrs;
 
+/* embedding: the row of the weight that gets no gradient, when padding;
+ * padding_idx in -num..num-1, a negative one counting from the end (PyTorch's
+ * padding_idx) */
+typedef struct ad_embedding_attrs {
+  bool padding;
+  int64_t padding_idx;
+} ad_embedding_attrs;
+
+/* layer_norm: the normalized shape (the input's last ndim dims) and eps */
+typedef struct ad_layer_norm_attrs {
+  int ndim;
+  int64_t dims[AD_MAX_DIMS];
+  double eps;
+} ad_layer_norm_attrs;
+
+/* softmax_cross_entropy: positions whose label is ignore_index (when
+ * ignore) count for nothing; sum: the sum over the counted positions in
+ * place of their mean */
+typedef struct ad_cross_entropy_attrs {
+  bool ignore;
+  int32_t ignore_index;
+  bool sum;
+} ad_cross_entropy_attrs;
+
 /* Free-form attributes for an op registered at run time. */
 typedef struct ad_user_attrs {
   int64_t i[6];
@@ -168,6 +192,9 @@ typedef struct ad_attrs {
     ad_conv_attrs conv;
     ad_pool_attrs pool;
     ad_attention_attrs attention;
+    ad_embedding_attrs embedding;
+    ad_layer_norm_attrs layer_norm;
+    ad_cross_entropy_attrs cross_entropy;
     ad_user_attrs user;
   };
 } ad_attrs;
@@ -189,6 +216,9 @@ typedef enum ad_attrs_kind {
   AD_ATTRS_CONV,
   AD_ATTRS_POOL,
   AD_ATTRS_ATTENTION,
+  AD_ATTRS_EMBEDDING,
+  AD_ATTRS_LAYER_NORM,
+  AD_ATTRS_CROSS_ENTROPY,
   AD_ATTRS_USER,
   AD_ATTRS_KIND_COUNT
 } ad_attrs_kind;
@@ -254,14 +284,18 @@ typedef ad_status (*ad_backward_fn)(const ad_call *c);
  * fallback is fine, an error to report is not. */
 typedef bool (*ad_grad_into_fn)(const ad_call *c, int k, ad_tensor *grad, bool overwrite);
 
+/* Slots a sample function may fill: a fixed arity's AD_MAX_SRC, or for a
+ * variadic op a case with more inputs than that (concat of 9). */
+#define AD_SAMPLE_MAX_IN 16
+
 /* A gradcheck test case to make. */
 typedef struct ad_sample_call {
   ad_ctx *ctx;
   ad_rng *rng;
   ad_dtype dtype;  /* the float dtype under test */
   int variant;     /* 0, 1, ...: which case */
-  ad_tensor **in;  /* AD_MAX_SRC slots for persistent inputs (the caller frees them);
-                      those to check have requires_grad */
+  ad_tensor **in;  /* AD_SAMPLE_MAX_IN slots for persistent inputs (the caller
+                      frees them); those to check have requires_grad */
   ad_attrs *attrs; /* zeroed; set the op's member */
 } ad_sample_call;
 /* Makes case s->variant. Returns the number of inputs, 0 when there are no
@@ -282,7 +316,7 @@ typedef int (*ad_sample_fn)(const ad_sample_call *s);
 
 typedef struct ad_op_def {
   const char *name;          /* unique, e.g. "tanh" */
-  int arity;                 /* inputs, or -1 for 1..AD_MAX_SRC */
+  int arity;                 /* inputs (1..AD_MAX_SRC), or -1: variadic, one or more */
   int flags;                 /* AD_OP_VIEW, AD_OP_ELEMENTWISE */
   ad_attrs_kind attrs;       /* the member of ad_attrs it reads */
   ad_shape_fn shape;         /* required, unless AD_OP_ELEMENTWISE */
@@ -291,10 +325,12 @@ typedef struct ad_op_def {
   ad_grad_into_fn grad_into; /* optional */
   ad_sample_fn sample;       /* NULL: gradcheck uses one [3,4] input per arity */
   /* The math, for docs, graph dumps and traces: the forward formula in
-   * the input names, e.g. "y = a * b"; the input names ("a", "b"; for a
-   * variadic op, inputs[0] names every input, e.g. "xk"); and per input
-   * the contribution it receives, e.g. "dy * b", written in those names,
-   * y and dy. NULL grads[k] with a backward: input k gets no gradient. */
+   * the input names, e.g. "y = a * b"; the input names ("a", "b"); and per
+   * input the contribution it receives, e.g. "dy * b", written in those
+   * names, y and dy. NULL grads[k] with a backward: input k gets no
+   * gradient. A variadic op takes any number of inputs, so its inputs[0]
+   * and grads[0] are one template for every input k ("xk",
+   * "narrow(dy, axis, offset_k, len_k)"); the other slots are unused. */
   const char *math;
   const char *inputs[AD_MAX_SRC];
   const char *grads[AD_MAX_SRC];
@@ -323,11 +359,15 @@ AD_API int ad_op_count(const ad_ctx *ctx);
 /* The definition of op id (owned by the context), NULL if out of range. */
 AD_API const ad_op_def *ad_op_get(const ad_ctx *ctx, int id);
 /* Runs op id on n inputs (attrs may be NULL for none), recording it when
- * an input requires a gradient and grad mode is on. */
+ * an input requires a gradient and grad mode is on. n: the op's arity (or
+ * min_arity..arity); any n >= 1 for a variadic op, bounded only by memory
+ * (AD_ERR_ARG otherwise). A call of one or two inputs records with no
+ * allocation beyond the result; more take one arena list. */
 AD_API ad_tensor *ad_op_apply(ad_ctx *ctx, int id, int n, ad_tensor *const *in,
                               const ad_attrs *attrs);
 /* The op id that made t (-1 for a leaf) and its inputs: returns the input
- * count and stores up to max pointers in srcs. 0 for leaves or unrecorded. */
+ * count and stores up to max pointers in srcs (NULL with max 0: count
+ * only; a variadic op may have any number). 0 for leaves or unrecorded. */
 AD_API int ad_tensor_op(const ad_tensor *t);
 AD_API int ad_tensor_inputs(const ad_tensor *t, ad_tensor **srcs, int max);
 /* The attributes t's op was called with (arena, valid until ad_tape_reset),
@@ -338,6 +378,26 @@ AD_API const ad_attrs *ad_tensor_attrs(const ad_tensor *t);
  * variants, first (and with second, second) order. Prints nothing. */
 AD_API ad_status ad_op_check(ad_ctx *ctx, int id, ad_dtype dtype, bool second, uint64_t seed,
                              ad_check_report *report);
+
+/* ------------------------------------------------------------- plugins */
+
+/* A shared library of ops (a plugin) defines and exports this entry point;
+ * `ad-gradcheck --load PATH.so` loads the library, calls it on its context
+ * and checks every op it registered. It registers the library's ops on ctx
+ * (ad_op_register) and returns AD_OK, or an error status with the message
+ * set on ctx (ad_set_error). It is called once per context; the library
+ * must stay loaded while ctx uses its ops (their definitions and functions
+ * live in it). The library defines it, the engine never does: this
+ * declaration only checks the definition's type. AD_PLUGIN_EXPORT makes it
+ * visible from a library built with -fvisibility=hidden. */
+#if defined(_WIN32) || defined(__CYGWIN__)
+#define AD_PLUGIN_EXPORT __declspec(dllexport)
+#elif defined(__GNUC__)
+#define AD_PLUGIN_EXPORT __attribute__((visibility("default")))
+#else
+#define AD_PLUGIN_EXPORT
+#endif
+AD_PLUGIN_EXPORT ad_status ad_plugin_register(ad_ctx *ctx);
 
 /* ------------------------------------------------------- backward hook */
 
@@ -434,7 +494,10 @@ AD_API void ad_gemm_f64(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_
  * built-in AVX-512 kernel for every product (OpenBLAS reports Prescott, a
  * generic core here)". A fixed rule of the CPU's instructions, the core
  * OpenBLAS reports and the product's size, decided once per process;
- * never of timings. Static storage. */
+ * never of timings. Static storage. BLAS (OpenBLAS) is loaded at run time
+ * when the rule uses it (never on AVX-512); this call loads it to name its
+ * core. Without the library at run time, the built-in kernels run every
+ * product. */
 AD_API const char *ad_gemm_backend(void);
 
 #ifdef __cplusplus

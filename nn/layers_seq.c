@@ -1,0 +1,189 @@
+/* layers_seq.c: layers for sequence models, PyTorch's nn.Embedding and
+ * nn.LayerNorm. The arithmetic is the engine's ops (ad_embedding,
+ * ad_layer_norm), whose backward the tape runs; this file holds the
+ * parameters, PyTorch's initialisation and the checks that name the layer.
+ *
+ *   Embedding:  y = weight[x]        weight [num, dim] ~ N(0, 1), the
+ *                                    padding row zeroed; it gets no gradient
+ *   LayerNorm:  y = (x - mean) / sqrt(var + eps) * weight + bias over the
+ *               normalized shape; weight ones, bias zeros */
+#include "nn_internal.h"
+
+#include <math.h>
+
+/* ------------------------------------------------------------ embedding */
+
+typedef struct emb_state {
+  int64_t num, dim, padding_idx; /* padding_idx in 0..num-1, or AD_NO_PADDING */
+  ad_tensor *w;
+} emb_state;
+
+static ad_tensor *emb_forward(nn_layer *l, ad_tensor *x, bool training) {
+  (void)training;
+  emb_state *s = nn_layer_state(l);
+  ad_ctx *ctx = nn_layer_ctx(l);
+  if (x->dtype != AD_I32) {
+    char who[96], a[64];
+    nn_layer_who(l, who, sizeof who);
+    ad_set_error(ctx, AD_ERR_DTYPE, "%s: input %s is %s; token indices must be i32", who,
+                 ad_shape_str(x, a, sizeof a), ad_dtype_name(x->dtype));
+    return NULL;
+  }
+  return ad_embedding(ctx, s->w, x, s->padding_idx);
+}
+
+static void emb_free(nn_layer *l) {
+  emb_state *s = nn_layer_state(l);
+  if (s) ad_free(nn_layer_ctx(l), s, sizeof *s);
+}
+
+static const nn_layer_ops emb_ops = {emb_forward, emb_free};
+
+nn_layer *nn_embedding_new(ad_ctx *ctx, int64_t num, int64_t dim, ad_rng *rng,
+                           const nn_embedding_opts *opts) {
+  if (!ctx) return NULL;
+  nn_embedding_opts o = {0};
+  if (opts) o = *opts;
+  if (num < 1 || dim < 1) {
+    ad_set_error(ctx, AD_ERR_ARG,
+                 "embedding: num_embeddings %lld and embedding_dim %lld must be >= 1",
+                 (long long)num, (long long)dim);
+    return NULL;
+  }
+  if (o.padding && (o.padding_idx < -num || o.padding_idx >= num)) {
+    ad_set_error(ctx, AD_ERR_ARG, "embedding: padding_idx %lld is outside -%lld..%lld",
+                 (long long)o.padding_idx, (long long)num, (long long)num - 1);
+    return NULL;
+  }
+  if (o.dtype != AD_F32 && o.dtype != AD_F64) {
+    ad_set_error(ctx, AD_ERR_DTYPE, "embedding: parameters must be float, got %s",
+                 ad_dtype_name(o.dtype));
+    return NULL;
+  }
+  emb_state *s = ad_malloc(ctx, sizeof *s);
+  if (!s) return NULL;
+  *s = (emb_state){.num = num,
+                   .dim = dim,
+                   .padding_idx = !o.padding          ? AD_NO_PADDING
+                                  : o.padding_idx < 0 ? o.padding_idx + num
+                                                      : o.padding_idx};
+  nn_layer *l = nn_layer_new_ext(ctx, "embedding", &emb_ops, s);
+  if (!l) {
+    ad_free(ctx, s, sizeof *s);
+    return NULL;
+  }
+  int64_t shape[2] = {num, dim};
+  nn_init init = o.weight_init.kind == NN_INIT_DEFAULT ? nn_init_make(NN_INIT_NORMAL, 0.0, 1.0)
+                                                       : o.weight_init;
+  ad_tensor *w = ad_zeros(ctx, o.dtype, 2, shape);
+  bool ok = w && nn_init_tensor(ctx, w, init, rng) == AD_OK;
+  if (ok && o.padding) /* PyTorch's reset_parameters zeroes the padding row */
+    for (int64_t j = 0; j < dim; j++) ad_tensor_set(w, s->padding_idx * dim + j, 0.0);
+  if (!ok) ad_tensor_free(w);
+  if (!ok || nn_params_add(nn_layer_params(l), "weight", w, true) != AD_OK) {
+    nn_layer_free(l);
+    return NULL;
+  }
+  s->w = w;
+  return l;
+}
+
+/* ----------------------------------------------------------- layer_norm */
+
+typedef struct ln_state {
+  int ndim;
+  int64_t dims[AD_MAX_DIMS];
+  double eps;
+  ad_dtype dtype;
+  ad_tensor *weight, *bias; /* NULL without elementwise affine */
+} ln_state;
+
+/* "[3,4]" for the normalized shape into buf. */
+static const char *ns_str(const ln_state *s, char *buf, size_t n) {
+  int len = snprintf(buf, n, "[");
+  for (int k = 0; k < s->ndim && len > 0 && (size_t)len < n; k++)
+    len += snprintf(buf + len, n - (size_t)len, "%s%lld", k ? "," : "", (long long)s->dims[k]);
+  if (len > 0 && (size_t)len < n) snprintf(buf + len, n - (size_t)len, "]");
+  return buf;
+}
+
+static ad_tensor *ln_forward(nn_layer *l, ad_tensor *x, bool training) {
+  (void)training;
+  ln_state *s = nn_layer_state(l);
+  ad_ctx *ctx = nn_layer_ctx(l);
+  char who[96], a[64], b[160];
+  bool ok = x->ndim >= s->ndim;
+  for (int k = 0; ok && k < s->ndim; k++) ok = x->shape[x->ndim - s->ndim + k] == s->dims[k];
+  if (!ok) {
+    nn_layer_who(l, who, sizeof who);
+    ad_set_error(ctx, AD_ERR_SHAPE, "%s: input %s does not end with the normalized shape %s", who,
+                 ad_shape_str(x, a, sizeof a), ns_str(s, b, sizeof b));
+    return NULL;
+  }
+  if (x->dtype != s->dtype) {
+    nn_layer_who(l, who, sizeof who);
+    ad_set_error(ctx, AD_ERR_DTYPE, "%s: input %s is %s, the layer is %s", who,
+                 ad_shape_str(x, a, sizeof a), ad_dtype_name(x->dtype), ad_dtype_name(s->dtype));
+    return NULL;
+  }
+  return ad_layer_norm(ctx, x, s->ndim, s->dims, s->weight, s->bias, s->eps);
+}
+
+static void ln_free(nn_layer *l) {
+  ln_state *s = nn_layer_state(l);
+  if (s) ad_free(nn_layer_ctx(l), s, sizeof *s);
+}
+
+static const nn_layer_ops ln_ops = {ln_forward, ln_free};
+
+nn_layer *nn_layer_norm_new(ad_ctx *ctx, int ndim, const int64_t *normalized_shape,
+                            const nn_layer_norm_opts *opts) {
+  if (!ctx) return NULL;
+  if (!normalized_shape) {
+    nn_null_arg(ctx, "layer_norm", "normalized_shape");
+    return NULL;
+  }
+  nn_layer_norm_opts o = {0};
+  if (opts) o = *opts;
+  double eps = o.eps ? o.eps : 1e-5;
+  bool ok = ndim >= 1 && ndim <= AD_MAX_DIMS;
+  for (int k = 0; ok && k < ndim; k++) ok = normalized_shape[k] >= 1;
+  if (!ok) {
+    ad_set_error(ctx, AD_ERR_ARG,
+                 "layer_norm: normalized_shape must have 1..%d dims, each >= 1 (%d dims given)",
+                 AD_MAX_DIMS, ndim);
+    return NULL;
+  }
+  if (!(eps >= 0 && isfinite(eps))) {
+    ad_set_error(ctx, AD_ERR_ARG, "layer_norm: eps %g must be finite and >= 0", eps);
+    return NULL;
+  }
+  if (o.dtype != AD_F32 && o.dtype != AD_F64) {
+    ad_set_error(ctx, AD_ERR_DTYPE, "layer_norm: parameters must be float, got %s",
+                 ad_dtype_name(o.dtype));
+    return NULL;
+  }
+  ln_state *s = ad_malloc(ctx, sizeof *s);
+  if (!s) return NULL;
+  *s = (ln_state){.ndim = ndim, .eps = eps, .dtype = o.dtype};
+  for (int k = 0; k < ndim; k++) s->dims[k] = normalized_shape[k];
+  nn_layer *l = nn_layer_new_ext(ctx, "layer_norm", &ln_ops, s);
+  if (!l) {
+    ad_free(ctx, s, sizeof *s);
+    return NULL;
+  }
+  if (!o.no_affine) {
+    nn_params *p = nn_layer_params(l);
+    ad_tensor *w = ad_full(ctx, o.dtype, ndim, s->dims, 1.0);
+    ok = w && nn_params_add(p, "weight", w, true) == AD_OK;
+    ad_tensor *b = ok ? ad_zeros(ctx, o.dtype, ndim, s->dims) : NULL;
+    ok = ok && b && nn_params_add(p, "bias", b, true) == AD_OK;
+    if (!ok) {
+      nn_layer_free(l);
+      return NULL;
+    }
+    s->weight = w;
+    s->bias = b;
+  }
+  return l;
+}

@@ -1,0 +1,455 @@
+/* test_seq.c: the sequence ops of issue 11 beyond their fixture cases:
+ * embedding's padding row gets exactly no gradient (even from a NaN),
+ * layer_norm against its definition and through gradcheck, cross-entropy
+ * positions with ignore_index get exactly zero gradient, and the error
+ * messages of bad input. */
+#include "ad_ext.h"
+#include "test_alloc.h"
+
+#include <criterion/criterion.h>
+#include <math.h>
+
+TEST_CTX_SUITE(seq);
+
+#define expect_error(...) test_expect_error(ctx, __VA_ARGS__)
+
+static ad_tensor *randt(ad_rng *rng, ad_dtype dt, int nd, const int64_t *shape, double lo,
+                        double hi, bool grad) {
+  ad_tensor *t = ad_rand(ctx, rng, dt, nd, shape, lo, hi);
+  cr_assert_not_null(t, "%s", ad_last_error(ctx));
+  if (grad) ad_tensor_set_requires_grad(t, true);
+  return t;
+}
+
+static ad_tensor *ints(int nd, const int64_t *shape, const int32_t *v) {
+  ad_tensor *t = ad_from_data(ctx, AD_I32, nd, shape, v);
+  cr_assert_not_null(t, "%s", ad_last_error(ctx));
+  return t;
+}
+
+/* ------------------------------------------------------------ embedding */
+
+/* Rows 2 (padding_idx 2, or -3 of 5) appear three times; dy holds a NaN
+ * and an inf in rows that look up the padding row: its gradient is exactly
+ * 0, every other row the sum of its dy rows. */
+static void padding_row_gets_nothing(ad_dtype dt, int64_t padding_idx) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 3);
+  int64_t ws[2] = {5, 3}, is[2] = {2, 3};
+  const int32_t iv[6] = {2, 0, 2, 4, 2, 0};
+  ad_tensor *w = randt(&rng, dt, 2, ws, -1, 1, true), *idx = ints(2, is, iv);
+  ad_tensor *y = ad_embedding(ctx, w, idx, padding_idx);
+  cr_assert_not_null(y, "%s", ad_last_error(ctx));
+  cr_assert_eq(y->ndim, 3);
+  cr_assert_eq(y->shape[2], 3);
+  for (int64_t i = 0; i < y->size; i++) /* the padding row is looked up as it is */
+    cr_assert_eq(ad_tensor_get(y, i), ad_tensor_get(w, iv[i / 3] * 3 + i % 3));
+  int64_t ys[3] = {2, 3, 3};
+  ad_tensor *seed = randt(&rng, dt, 3, ys, -1, 1, false);
+  ad_tensor_set(seed, 0, NAN);          /* position 0 looks up row 2 */
+  ad_tensor_set(seed, 2 * 3, INFINITY); /* position 2 too */
+  cr_assert_eq(ad_backward(ctx, y, seed), AD_OK, "%s", ad_last_error(ctx));
+  for (int64_t r = 0; r < 5; r++)
+    for (int64_t j = 0; j < 3; j++) {
+      double want = 0;
+      for (int p = 0; p < 6 && r != 2; p++)
+        if (iv[p] == r) want += ad_tensor_get(seed, p * 3 + j);
+      double got = ad_tensor_get(w->grad, r * 3 + j);
+      if (r == 2)
+        cr_assert(got == 0 && !signbit(got), "padding row: grad[%lld] = %g", (long long)j, got);
+      else
+        cr_assert_float_eq(got, want, 1e-6, "row %lld col %lld: %g, want %g", (long long)r,
+                           (long long)j, got, want);
+    }
+  ad_tape_reset(ctx);
+  ad_tensor_free(seed);
+  ad_tensor_free(w);
+  ad_tensor_free(idx);
+}
+
+Test(seq, embedding_padding_row_gets_exactly_no_gradient) {
+  padding_row_gets_nothing(AD_F64, 2);
+  padding_row_gets_nothing(AD_F32, 2);
+  padding_row_gets_nothing(AD_F64, -3); /* num + padding_idx = 2, as PyTorch */
+  padding_row_gets_nothing(AD_F32, -3);
+}
+
+/* Without padding_idx the same lookups send every row its dy; first and
+ * second order through gradcheck, with a 3-D index tensor. */
+static ad_tensor *emb_fn(ad_ctx *c, int n, ad_tensor *const *in, void *ud) {
+  (void)n;
+  ad_tensor *idx = ud;
+  return ad_tanh(c, ad_embedding(c, ad_mul(c, in[0], in[0]), idx, AD_NO_PADDING));
+}
+
+Test(seq, embedding_gradcheck_without_padding) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 5);
+  int64_t ws[2] = {4, 3}, is[3] = {2, 2, 2};
+  const int32_t iv[8] = {3, 1, 0, 3, 2, 2, 1, 0};
+  ad_tensor *idx = ints(3, is, iv);
+  ad_check_report r;
+  for (int k = 0; k < 2; k++) {
+    ad_dtype dt = k ? AD_F32 : AD_F64;
+    ad_tensor *w = randt(&rng, dt, 2, ws, -1, 1, true);
+    cr_assert_eq(ad_gradcheck(ctx, emb_fn, idx, 1, &w, NULL, &r), AD_OK, "%s", ad_last_error(ctx));
+    cr_assert(r.passed, "%s gradcheck: abs err %g at %lld", ad_dtype_name(dt), r.abs_err,
+              (long long)r.index);
+    cr_assert_eq(ad_gradgradcheck(ctx, emb_fn, idx, 1, &w, NULL, &r), AD_OK, "%s",
+                 ad_last_error(ctx));
+    cr_assert(r.passed, "%s gradgradcheck: abs err %g", ad_dtype_name(dt), r.abs_err);
+    ad_tensor_free(w);
+  }
+  ad_tensor_free(idx);
+}
+
+Test(seq, embedding_bad_input) {
+  int64_t ws[2] = {10, 4}, is[2] = {2, 3}, w3[3] = {2, 5, 4}, n1 = 3;
+  ad_tensor *w = ad_zeros(ctx, AD_F64, 2, ws), *wb = ad_zeros(ctx, AD_F64, 3, w3);
+  const int32_t bad[6] = {1, 2, 3, 4, 12, 0}, neg[3] = {0, -1, 2}, ok[3] = {0, 1, 9};
+  ad_tensor *ib = ints(2, is, bad), *in = ints(1, &n1, neg), *io = ints(1, &n1, ok);
+  ad_tensor *fi = ad_zeros(ctx, AD_F32, 1, &n1);
+  cr_assert_null(ad_embedding(ctx, w, ib, AD_NO_PADDING));
+  expect_error(AD_ERR_ARG, "embedding", "index 12", "position 4", "[1,1]", "[2,3]",
+               "vocabulary of 10", "0..9", NULL);
+  cr_assert_null(ad_embedding(ctx, w, in, AD_NO_PADDING));
+  expect_error(AD_ERR_ARG, "embedding", "index -1", "position 1", "[1]", NULL);
+  cr_assert_null(ad_embedding(ctx, w, io, 10));
+  expect_error(AD_ERR_ARG, "embedding", "padding_idx 10", "-10..9", NULL);
+  cr_assert_null(ad_embedding(ctx, w, io, -11));
+  expect_error(AD_ERR_ARG, "embedding", "padding_idx -11", NULL);
+  cr_assert_null(ad_embedding(ctx, wb, io, AD_NO_PADDING));
+  expect_error(AD_ERR_SHAPE, "embedding", "[2,5,4]", "[num_embeddings, embedding_dim]", NULL);
+  cr_assert_null(ad_embedding(ctx, w, fi, AD_NO_PADDING));
+  expect_error(AD_ERR_DTYPE, "embedding", "indices", "f32", "i32", NULL);
+  cr_assert_null(ad_embedding(ctx, io, io, AD_NO_PADDING));
+  expect_error(AD_ERR_DTYPE, "embedding", NULL);
+  cr_assert_null(ad_embedding(ctx, w, NULL, AD_NO_PADDING));
+  cr_assert_eq(ad_last_status(ctx), AD_ERR_NULL);
+  ad_clear_error(ctx);
+  cr_assert_not_null(ad_embedding(ctx, w, io, -1), "%s", ad_last_error(ctx));
+  ad_tape_reset(ctx);
+  ad_tensor *t[6] = {w, wb, ib, in, io, fi};
+  for (int k = 0; k < 6; k++) ad_tensor_free(t[k]);
+}
+
+/* ----------------------------------------------------------- layer_norm */
+
+/* y against the definition in double: x [2,3,4] over the last two dims,
+ * with weight and bias. */
+static void layer_norm_matches_definition(ad_dtype dt, double tol) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 7);
+  int64_t xs[3] = {2, 3, 4}, ns[2] = {3, 4};
+  ad_tensor *x = randt(&rng, dt, 3, xs, -3, 5, false);
+  ad_tensor *w = randt(&rng, dt, 2, ns, 0.5, 1.5, false), *b = randt(&rng, dt, 2, ns, -1, 1, false);
+  ad_tensor *y = ad_layer_norm(ctx, x, 2, ns, w, b, 1e-5);
+  cr_assert_not_null(y, "%s", ad_last_error(ctx));
+  for (int64_t r = 0; r < 2; r++) {
+    double mu = 0, var = 0;
+    for (int64_t i = 0; i < 12; i++) mu += ad_tensor_get(x, r * 12 + i) / 12;
+    for (int64_t i = 0; i < 12; i++) var += pow(ad_tensor_get(x, r * 12 + i) - mu, 2) / 12;
+    for (int64_t i = 0; i < 12; i++) {
+      double want = (ad_tensor_get(x, r * 12 + i) - mu) / sqrt(var + 1e-5) * ad_tensor_get(w, i) +
+                    ad_tensor_get(b, i);
+      cr_assert_float_eq(ad_tensor_get(y, r * 12 + i), want, tol, "row %lld elem %lld",
+                         (long long)r, (long long)i);
+    }
+  }
+  ad_tape_reset(ctx);
+  ad_tensor_free(x);
+  ad_tensor_free(w);
+  ad_tensor_free(b);
+}
+
+Test(seq, layer_norm_matches_definition) {
+  layer_norm_matches_definition(AD_F64, 1e-13);
+  layer_norm_matches_definition(AD_F32, 1e-6);
+}
+
+typedef struct ln_case {
+  int k;
+  int64_t ns[2];
+  bool weight, bias;
+} ln_case;
+
+static ad_tensor *ln_fn(ad_ctx *c, int n, ad_tensor *const *in, void *ud) {
+  const ln_case *lc = ud;
+  ad_tensor *w = lc->weight ? in[1] : NULL, *b = lc->bias ? in[n - 1] : NULL;
+  /* x * x, so that the second derivative in x is not only the op's own */
+  return ad_layer_norm(c, ad_mul(c, in[0], in[0]), lc->k, lc->ns, w, b, 1e-5);
+}
+
+/* First and second order through gradcheck in both dtypes, including the
+ * bias without a weight (the builder adds it after the op). */
+Test(seq, layer_norm_gradcheck) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 9);
+  const ln_case cases[3] = {
+      {1, {4, 0}, true, true}, {2, {3, 4}, true, false}, {1, {4, 0}, false, true}};
+  int64_t xs[3] = {2, 3, 4};
+  for (int k = 0; k < 6; k++) {
+    const ln_case *lc = &cases[k % 3];
+    ad_dtype dt = k < 3 ? AD_F64 : AD_F32;
+    ad_tensor *in[3] = {randt(&rng, dt, 3, xs, 0.3, 2, true), NULL, NULL};
+    int n = 1;
+    if (lc->weight) in[n++] = randt(&rng, dt, lc->k, lc->ns, 0.5, 1.5, true);
+    if (lc->bias) in[n++] = randt(&rng, dt, lc->k, lc->ns, -1, 1, true);
+    ad_check_report r;
+    cr_assert_eq(ad_gradcheck(ctx, ln_fn, (void *)lc, n, in, NULL, &r), AD_OK, "%s",
+                 ad_last_error(ctx));
+    cr_assert(r.passed, "case %d gradcheck: input %d abs err %g", k, r.input, r.abs_err);
+    cr_assert_eq(ad_gradgradcheck(ctx, ln_fn, (void *)lc, n, in, NULL, &r), AD_OK, "%s",
+                 ad_last_error(ctx));
+    cr_assert(r.passed, "case %d gradgradcheck: input %d abs err %g", k, r.input, r.abs_err);
+    for (int j = 0; j < n; j++) ad_tensor_free(in[j]);
+  }
+}
+
+/* One element per row: x - mean is exactly 0, so y is exactly the bias. */
+Test(seq, layer_norm_one_element_rows_give_the_bias) {
+  int64_t xs[2] = {3, 1}, ns[1] = {1};
+  const double xv[3] = {1.5, -2.0, 1e6}, bv[1] = {0.25};
+  ad_tensor *x = ad_from_data(ctx, AD_F32, 2, xs, NULL),
+            *b = ad_from_data(ctx, AD_F32, 1, ns, NULL);
+  for (int i = 0; i < 3; i++) ad_tensor_set(x, i, xv[i]);
+  ad_tensor_set(b, 0, bv[0]);
+  ad_tensor *y = ad_layer_norm(ctx, x, 1, ns, NULL, b, 1e-5);
+  cr_assert_not_null(y, "%s", ad_last_error(ctx));
+  for (int i = 0; i < 3; i++) cr_assert_eq(ad_tensor_get(y, i), 0.25);
+  ad_tape_reset(ctx);
+  ad_tensor_free(x);
+  ad_tensor_free(b);
+}
+
+Test(seq, layer_norm_bad_input) {
+  int64_t xs[2] = {2, 3}, n4[1] = {4}, n3[1] = {3}, n23[2] = {2, 3}, n32[2] = {3, 2};
+  ad_tensor *x = ad_zeros(ctx, AD_F64, 2, xs), *w4 = ad_ones(ctx, AD_F64, 1, n4);
+  ad_tensor *w3f = ad_ones(ctx, AD_F32, 1, n3), *xi = ad_zeros(ctx, AD_I32, 2, xs);
+  cr_assert_null(ad_layer_norm(ctx, x, 1, n4, NULL, NULL, 1e-5));
+  expect_error(AD_ERR_SHAPE, "layer_norm", "normalized_shape [4]", "last 1 dims of x [2,3]", NULL);
+  cr_assert_null(ad_layer_norm(ctx, x, 2, n32, NULL, NULL, 1e-5));
+  expect_error(AD_ERR_SHAPE, "layer_norm", "normalized_shape [3,2]", "x [2,3]", NULL);
+  int64_t n123[3] = {1, 2, 3};
+  cr_assert_null(ad_layer_norm(ctx, x, 3, n123, NULL, NULL, 1e-5));
+  expect_error(AD_ERR_SHAPE, "layer_norm", "[1,2,3]", NULL);
+  cr_assert_null(ad_layer_norm(ctx, x, 1, n3, w4, NULL, 1e-5));
+  expect_error(AD_ERR_SHAPE, "layer_norm", "weight [4]", "normalized shape", NULL);
+  cr_assert_null(ad_layer_norm(ctx, x, 1, n3, NULL, w4, 1e-5));
+  expect_error(AD_ERR_SHAPE, "layer_norm", "bias [4]", NULL);
+  cr_assert_null(ad_layer_norm(ctx, x, 1, n3, w3f, NULL, 1e-5));
+  expect_error(AD_ERR_DTYPE, "layer_norm", "weight is f32", NULL);
+  cr_assert_null(ad_layer_norm(ctx, x, 1, n3, NULL, w3f, 1e-5));
+  expect_error(AD_ERR_DTYPE, "layer_norm", "bias is f32", NULL);
+  cr_assert_null(ad_layer_norm(ctx, x, 2, n23, NULL, NULL, -1));
+  expect_error(AD_ERR_ARG, "layer_norm", "eps -1", NULL);
+  cr_assert_null(ad_layer_norm(ctx, x, 2, n23, NULL, NULL, NAN));
+  expect_error(AD_ERR_ARG, "layer_norm", "eps", NULL);
+  cr_assert_null(ad_layer_norm(ctx, x, 0, n23, NULL, NULL, 1e-5));
+  expect_error(AD_ERR_ARG, "layer_norm", "0 dims", NULL);
+  cr_assert_null(ad_layer_norm(ctx, x, 1, NULL, NULL, NULL, 1e-5));
+  expect_error(AD_ERR_NULL, "layer_norm", "NULL", NULL);
+  cr_assert_null(ad_layer_norm(ctx, xi, 1, n3, NULL, NULL, 1e-5));
+  expect_error(AD_ERR_DTYPE, "layer_norm", NULL);
+  ad_tensor *t[4] = {x, w4, w3f, xi};
+  for (int k = 0; k < 4; k++) ad_tensor_free(t[k]);
+}
+
+/* -------------------------------------------------------- cross-entropy */
+
+/* logits [2, 3, 4] (classes in dim 1) with labels [2, 4]; -100 marks
+ * padded steps, whose logits are NaN: the loss is the mean over the five
+ * kept positions, and every ignored logit's gradient is exactly 0. */
+static void ignored_positions(ad_dtype dt, bool sum) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 11);
+  int64_t zs[3] = {2, 3, 4}, ts[2] = {2, 4};
+  const int32_t tv[8] = {0, 2, -100, -100, 1, -100, 1, 0};
+  ad_tensor *z = randt(&rng, dt, 3, zs, -2, 2, true), *t = ints(2, ts, tv);
+  for (int c = 0; c < 3; c++) ad_tensor_set(z, c * 4 + 2, NAN); /* n 0, step 2 */
+  ad_cross_entropy_opts o = {.ignore = true, .ignore_index = -100, .sum = sum};
+  ad_tensor *L = ad_softmax_cross_entropy_ext(ctx, z, t, &o);
+  cr_assert_not_null(L, "%s", ad_last_error(ctx));
+  double want = 0;
+  for (int p = 0; p < 8; p++) {
+    if (tv[p] == -100) continue;
+    int64_t n = p / 4, j = p % 4;
+    double m = -INFINITY, s = 0;
+    for (int c = 0; c < 3; c++) m = fmax(m, ad_tensor_get(z, (n * 3 + c) * 4 + j));
+    for (int c = 0; c < 3; c++) s += exp(ad_tensor_get(z, (n * 3 + c) * 4 + j) - m);
+    want += m + log(s) - ad_tensor_get(z, (n * 3 + tv[p]) * 4 + j);
+  }
+  if (!sum) want /= 5;
+  cr_assert_float_eq(ad_tensor_item(L), want, dt == AD_F32 ? 1e-5 : 1e-12, "loss %g, want %g",
+                     ad_tensor_item(L), want);
+  cr_assert_eq(ad_backward(ctx, L, NULL), AD_OK, "%s", ad_last_error(ctx));
+  for (int p = 0; p < 8; p++)
+    for (int c = 0; c < 3; c++) {
+      double g = ad_tensor_get(z->grad, ((p / 4) * 3 + c) * 4 + p % 4);
+      if (tv[p] == -100)
+        cr_assert(g == 0 && !signbit(g), "position %d class %d: %g", p, c, g);
+      else
+        cr_assert(isfinite(g) && g != 0, "position %d class %d: %g", p, c, g);
+    }
+  ad_tape_reset(ctx);
+  ad_tensor_free(z);
+  ad_tensor_free(t);
+}
+
+Test(seq, ignored_positions_get_exactly_zero_gradient) {
+  ignored_positions(AD_F64, false);
+  ignored_positions(AD_F32, false);
+  ignored_positions(AD_F64, true);
+}
+
+/* Every position ignored: NaN for the mean (0 for the sum), as PyTorch, and
+ * a zero gradient everywhere. */
+Test(seq, all_ignored) {
+  int64_t zs[3] = {1, 3, 2}, ts[2] = {1, 2};
+  const int32_t tv[2] = {7, 7};
+  ad_rng rng;
+  ad_rng_seed(&rng, 1);
+  ad_tensor *z = randt(&rng, AD_F64, 3, zs, -1, 1, true), *t = ints(2, ts, tv);
+  for (int sum = 0; sum < 2; sum++) {
+    ad_cross_entropy_opts o = {.ignore = true, .ignore_index = 7, .sum = sum};
+    ad_tensor *L = ad_softmax_cross_entropy_ext(ctx, z, t, &o);
+    cr_assert_not_null(L, "%s", ad_last_error(ctx));
+    cr_assert(sum ? ad_tensor_item(L) == 0 : isnan(ad_tensor_item(L)), "loss %g",
+              ad_tensor_item(L));
+    ad_tensor_zero_grad(z);
+    cr_assert_eq(ad_backward(ctx, L, NULL), AD_OK, "%s", ad_last_error(ctx));
+    for (int64_t i = 0; i < z->size; i++) cr_assert_eq(ad_tensor_get(z->grad, i), 0.0);
+    ad_tape_reset(ctx);
+  }
+  ad_tensor_free(z);
+  ad_tensor_free(t);
+}
+
+static ad_tensor *ce_fn(ad_ctx *c, int n, ad_tensor *const *in, void *ud) {
+  (void)n;
+  ad_tensor *t = ud;
+  ad_cross_entropy_opts o = {.ignore = true, .ignore_index = 0};
+  return ad_softmax_cross_entropy_ext(c, ad_mul(c, in[0], in[0]), t, &o);
+}
+
+/* ignore_index 0 (a padding token) over [N, C, T], both orders. */
+Test(seq, cross_entropy_gradcheck_with_ignore) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 13);
+  int64_t zs[3] = {2, 4, 3}, ts[2] = {2, 3};
+  const int32_t tv[6] = {1, 0, 3, 0, 2, 2};
+  ad_tensor *t = ints(2, ts, tv);
+  for (int k = 0; k < 2; k++) {
+    ad_dtype dt = k ? AD_F32 : AD_F64;
+    ad_tensor *z = randt(&rng, dt, 3, zs, -2, 2, true);
+    ad_check_report r;
+    cr_assert_eq(ad_gradcheck(ctx, ce_fn, t, 1, &z, NULL, &r), AD_OK, "%s", ad_last_error(ctx));
+    cr_assert(r.passed, "%s gradcheck: abs err %g", ad_dtype_name(dt), r.abs_err);
+    cr_assert_eq(ad_gradgradcheck(ctx, ce_fn, t, 1, &z, NULL, &r), AD_OK, "%s", ad_last_error(ctx));
+    cr_assert(r.passed, "%s gradgradcheck: abs err %g", ad_dtype_name(dt), r.abs_err);
+    ad_tensor_free(z);
+  }
+  ad_tensor_free(t);
+}
+
+Test(seq, cross_entropy_bad_input) {
+  int64_t zs[3] = {2, 3, 4}, ts[2] = {2, 4}, t5[2] = {2, 5}, t1[1] = {2};
+  const int32_t tv[8] = {0, 1, 2, -100, 1, 7, 0, 0}, tg[8] = {0, 1, 2, 1, 1, 2, 0, 0};
+  ad_tensor *z = ad_zeros(ctx, AD_F64, 3, zs), *t = ints(2, ts, tv), *tgood = ints(2, ts, tg);
+  ad_tensor *tw = ad_zeros(ctx, AD_I32, 2, t5), *tn = ad_zeros(ctx, AD_I32, 1, t1);
+  ad_cross_entropy_opts o = {.ignore = true, .ignore_index = -100};
+  cr_assert_null(ad_softmax_cross_entropy_ext(ctx, z, t, &o));
+  expect_error(AD_ERR_ARG, "softmax_cross_entropy", "label 7", "position 5", "[1,1]", "[2,4]",
+               "0..2", "ignore_index -100", NULL);
+  cr_assert_null(ad_softmax_cross_entropy_ext(ctx, z, t, NULL)); /* -100 is not ignored */
+  expect_error(AD_ERR_ARG, "softmax_cross_entropy", "label -100", "position 3", NULL);
+  cr_assert_null(ad_softmax_cross_entropy_ext(ctx, z, tw, &o));
+  expect_error(AD_ERR_SHAPE, "softmax_cross_entropy", "[2,3,4]", "[2,5]", "[N,C,d1,...]", NULL);
+  cr_assert_null(ad_softmax_cross_entropy_ext(ctx, z, tn, &o));
+  expect_error(AD_ERR_SHAPE, "softmax_cross_entropy", "[2,3,4]", "[2]", NULL);
+  /* the [N, C] function keeps its contract */
+  cr_assert_null(ad_softmax_cross_entropy(ctx, z, tgood));
+  expect_error(AD_ERR_SHAPE, "softmax_cross_entropy", "[2,3,4]", "need [N,C] and [N]", NULL);
+  cr_assert_not_null(ad_softmax_cross_entropy_ext(ctx, z, tgood, NULL), "%s", ad_last_error(ctx));
+  ad_tape_reset(ctx);
+  ad_tensor *all[5] = {z, t, tgood, tw, tn};
+  for (int k = 0; k < 5; k++) ad_tensor_free(all[k]);
+}
+
+/* Empty inputs: empty results and gradients, nothing read out of bounds;
+ * the mean cross-entropy over no position is NaN, as in PyTorch. */
+Test(seq, empty_inputs) {
+  int64_t x0[2] = {0, 4}, n4[1] = {4}, ws[2] = {3, 2}, i0[1] = {0}, z0[3] = {2, 3, 0},
+          t0[2] = {2, 0};
+  ad_tensor *x = ad_zeros(ctx, AD_F64, 2, x0), *w = ad_ones(ctx, AD_F64, 1, n4);
+  ad_tensor *e = ad_ones(ctx, AD_F64, 2, ws), *idx = ad_zeros(ctx, AD_I32, 1, i0);
+  ad_tensor *z = ad_zeros(ctx, AD_F64, 3, z0), *t = ad_zeros(ctx, AD_I32, 2, t0);
+  ad_tensor *req[4] = {x, w, e, z};
+  for (int k = 0; k < 4; k++) ad_tensor_set_requires_grad(req[k], true);
+  ad_tensor *y = ad_layer_norm(ctx, x, 1, n4, w, NULL, 1e-5);
+  ad_tensor *ye = ad_embedding(ctx, e, idx, 0);
+  ad_tensor *l = ad_softmax_cross_entropy_ext(ctx, z, t, NULL);
+  cr_assert(y && ye && l, "%s", ad_last_error(ctx));
+  cr_assert(y->size == 0 && ye->ndim == 2 && ye->shape[0] == 0 && ye->shape[1] == 2);
+  cr_assert(isnan(ad_tensor_item(l)));
+  ad_tensor *s = ad_add(ctx, ad_add(ctx, ad_sum(ctx, y), ad_sum(ctx, ye)), l);
+  cr_assert_eq(ad_backward(ctx, s, NULL), AD_OK, "%s", ad_last_error(ctx));
+  cr_assert_eq(w->grad->size, 4);
+  for (int i = 0; i < 4; i++) cr_assert_eq(ad_tensor_get(w->grad, i), 0.0);
+  for (int i = 0; i < 6; i++) cr_assert_eq(ad_tensor_get(e->grad, i), 0.0);
+  ad_tape_reset(ctx);
+  ad_tensor *all[6] = {x, w, e, idx, z, t};
+  for (int k = 0; k < 6; k++) ad_tensor_free(all[k]);
+}
+
+/* Rows split over threads give the same bits as one thread (forward and
+ * the gradient in x, large enough to be split). */
+Test(seq, layer_norm_threads_same_bits) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 17);
+  int64_t xs[2] = {512, 128}, ns[1] = {128};
+  ad_tensor *x = randt(&rng, AD_F32, 2, xs, -2, 2, true),
+            *w = randt(&rng, AD_F32, 1, ns, 0.5, 1.5, true);
+  ad_tensor *seed = randt(&rng, AD_F32, 2, xs, -1, 1, false);
+  float *ref[2] = {malloc(sizeof(float) * 65536), malloc(sizeof(float) * 65536)};
+  cr_assert(ref[0] && ref[1]);
+  for (int threads = 1; threads <= 2; threads++) {
+    cr_assert_eq(ad_set_num_threads(threads), AD_OK);
+    ad_tensor *y = ad_layer_norm(ctx, x, 1, ns, w, NULL, 1e-5);
+    cr_assert_not_null(y, "%s", ad_last_error(ctx));
+    ad_tensor_zero_grad(x);
+    cr_assert_eq(ad_backward(ctx, y, seed), AD_OK, "%s", ad_last_error(ctx));
+    for (int k = 0; k < 2; k++) {
+      const float *v = k ? x->grad->data : y->data;
+      if (threads == 1)
+        memcpy(ref[k], v, sizeof(float) * 65536);
+      else
+        cr_assert(!memcmp(ref[k], v, sizeof(float) * 65536), "%s differs with 2 threads",
+                  k ? "dx" : "y");
+    }
+    ad_tape_reset(ctx);
+  }
+  ad_set_num_threads(1);
+  free(ref[0]);
+  free(ref[1]);
+  ad_tensor_free(x);
+  ad_tensor_free(w);
+  ad_tensor_free(seed);
+}
+
+/* NULL in: NULL out, and an error recorded when there is a context. */
+Test(seq, null_arguments) {
+  int64_t n2[2] = {2, 2}, n1 = 2;
+  ad_tensor *w = ad_zeros(ctx, AD_F64, 2, n2), *i = ad_zeros(ctx, AD_I32, 1, &n1);
+  cr_assert_null(ad_embedding(NULL, w, i, AD_NO_PADDING));
+  cr_assert_null(ad_layer_norm(NULL, w, 1, &n1, NULL, NULL, 1e-5));
+  cr_assert_null(ad_softmax_cross_entropy_ext(NULL, w, i, NULL));
+  cr_assert_null(ad_embedding(ctx, NULL, i, AD_NO_PADDING));
+  expect_error(AD_ERR_NULL, "embedding", NULL);
+  cr_assert_null(ad_layer_norm(ctx, NULL, 1, &n1, NULL, NULL, 1e-5));
+  expect_error(AD_ERR_NULL, "layer_norm", "x", NULL);
+  cr_assert_null(ad_softmax_cross_entropy_ext(ctx, w, NULL, NULL));
+  expect_error(AD_ERR_NULL, "softmax_cross_entropy", NULL);
+  ad_tensor_free(w);
+  ad_tensor_free(i);
+}
