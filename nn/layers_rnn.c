@@ -17,11 +17,11 @@
  * input row where(m, x_t, 0), so that padding never reaches a value or a
  * gradient (even a NaN in it).
  *
- * The sequence is cut into steps and the steps' outputs joined back by two
- * small functions below (seq_split, seq_join), the only places that know
- * how the engine slices and stacks. */
+ * The sequence is cut into steps by ad_unstack and the steps' outputs (and
+ * the layers' final states) are joined by ad_stack. */
 #include "nn_internal.h"
 
+#include <limits.h>
 #include <math.h>
 
 typedef struct rnn_state {
@@ -36,36 +36,6 @@ typedef struct rnn_state {
 } rnn_state;
 
 static const char *const cell_kinds[] = {"rnn_tanh", "rnn_relu", "lstm", "gru"};
-
-/* ------------------------------------------------------ sequence helpers */
-
-/* Step t of x as a [N, F] tensor: x is [T, N, F] (time_axis 0) or [N, T,
- * F] (time_axis 1). */
-static ad_tensor *seq_step(ad_ctx *ctx, ad_tensor *x, int time_axis, int64_t t) {
-  int64_t s[2] = {x->shape[time_axis == 0 ? 1 : 0], x->shape[2]};
-  return ad_reshape(ctx, ad_narrow(ctx, x, time_axis, t, 1), 2, s);
-}
-
-/* Joins n tensors [N, F] into [n, N, F] (axis 0) or [N, n, F] (axis 1).
- * ad_concat takes at most AD_MAX_SRC inputs, so the steps are joined in
- * groups of that many, then the groups in turn. xs is overwritten. */
-static ad_tensor *seq_join(ad_ctx *ctx, int64_t n, ad_tensor **xs, int axis) {
-  for (int64_t i = 0; i < n; i++) {
-    if (!xs[i]) return NULL;
-    int64_t s[3] = {1, xs[i]->shape[0], xs[i]->shape[1]};
-    if (axis == 1) s[0] = xs[i]->shape[0], s[1] = 1;
-    if (!(xs[i] = ad_reshape(ctx, xs[i], 3, s))) return NULL;
-  }
-  while (n > 1) {
-    int64_t m = 0;
-    for (int64_t i = 0; i < n; i += AD_MAX_SRC) {
-      int k = (int)(n - i < AD_MAX_SRC ? n - i : AD_MAX_SRC);
-      if (!(xs[m++] = k == 1 ? xs[i] : ad_concat(ctx, k, xs + i, axis))) return NULL;
-    }
-    n = m;
-  }
-  return xs[0];
-}
 
 /* ------------------------------------------------------------ the cells */
 
@@ -242,11 +212,9 @@ static ad_tensor *rnn_run(ad_ctx *ctx, rnn_state *s, ad_tensor *x, ad_tensor *h0
   }
   /* the input's padded steps are zeroed, so that whatever they hold (NaN
    * included) reaches neither the state nor a gradient */
-  for (int64_t t = 0; t < t_run && ok; t++) {
-    in[t] = seq_step(ctx, x, tax, t);
-    if (mask[t]) in[t] = ad_where(ctx, mask[t], in[t], zero);
-    ok = in[t] != NULL;
-  }
+  ok = ok && ad_unstack(ctx, x, tax, in) == AD_OK;
+  for (int64_t t = 0; t < t_run && ok; t++)
+    if (mask[t]) ok = (in[t] = ad_where(ctx, mask[t], in[t], zero)) != NULL;
   for (int k = 0; k < s->layers && ok; k++) {
     ad_tensor *const *w = s->p + 4 * k;
     ad_tensor *bias = NULL; /* b_ih + b_hh, added once per step (RNN, LSTM) */
@@ -272,9 +240,10 @@ static ad_tensor *rnn_run(ad_ctx *ctx, rnn_state *s, ad_tensor *x, ad_tensor *h0
     for (int64_t t = 0; k + 1 < s->layers && t < t_run && ok; t++)
       ok = (in[t] = training && s->dropout > 0 ? drop(ctx, s, out[t]) : out[t]) != NULL;
   }
-  ad_tensor *y = ok ? seq_join(ctx, T, out, tax) : NULL;
-  if (y && h_n && !(*h_n = seq_join(ctx, s->layers, fin_h, 0))) y = NULL;
-  if (y && c_n && s->cell == NN_RNN_LSTM && !(*c_n = seq_join(ctx, s->layers, fin_c, 0))) y = NULL;
+  /* T fits an int: nn_rnn_forward checked it */
+  ad_tensor *y = ok ? ad_stack(ctx, (int)T, out, tax) : NULL;
+  if (y && h_n && !(*h_n = ad_stack(ctx, s->layers, fin_h, 0))) y = NULL;
+  if (y && c_n && s->cell == NN_RNN_LSTM && !(*c_n = ad_stack(ctx, s->layers, fin_c, 0))) y = NULL;
   return y;
 }
 
@@ -311,7 +280,10 @@ ad_tensor *nn_rnn_forward(nn_layer *l, ad_tensor *x, ad_tensor *h0, ad_tensor *c
     return NULL;
   }
   if (lengths && !check_lengths(ctx, who, lengths, n_lengths, N, T)) return NULL;
-  /* T <= 2^40 (a tensor's size), so this cannot overflow */
+  if (T > INT_MAX) { /* ad_stack joins an int's worth */
+    ad_set_error(ctx, AD_ERR_SHAPE, "%s: %lld steps; at most %d", who, (long long)T, INT_MAX);
+    return NULL;
+  }
   size_t bytes = (size_t)(3 * T + 2 * s->layers) * sizeof(ad_tensor *);
   ad_tensor **scratch = ad_malloc(ctx, bytes);
   if (!scratch) return NULL;
