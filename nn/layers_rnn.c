@@ -84,14 +84,22 @@ static bool cell_step(ad_ctx *ctx, const rnn_state *s, ad_tensor *const *w, ad_t
 
 /* --------------------------------------------------------------- checks */
 
-/* state (h0 or c0) must be [layers, N, H] of dtype. */
+/* A state (h0 or c0) must be [layers, N, H] of dtype, or [layers, H] for
+ * an unbatched input. */
 static bool check_state(ad_ctx *ctx, const char *who, const char *what, const ad_tensor *t,
-                        const rnn_state *s, int64_t n, ad_dtype dtype) {
+                        const rnn_state *s, int64_t n, bool unbatched, ad_dtype dtype) {
   char a[64];
-  if (t->ndim != 3 || t->shape[0] != s->layers || t->shape[1] != n || t->shape[2] != s->hidden) {
-    ad_set_error(ctx, AD_ERR_SHAPE,
-                 "%s: %s %s must be [num_layers %d, batch %lld, hidden_size %lld]", who, what,
-                 ad_shape_str(t, a, sizeof a), s->layers, (long long)n, (long long)s->hidden);
+  int nd = unbatched ? 2 : 3;
+  if (t->ndim != nd || t->shape[0] != s->layers || (!unbatched && t->shape[1] != n) ||
+      t->shape[nd - 1] != s->hidden) {
+    if (unbatched)
+      ad_set_error(ctx, AD_ERR_SHAPE,
+                   "%s: %s %s must be [num_layers %d, hidden_size %lld] for an unbatched input",
+                   who, what, ad_shape_str(t, a, sizeof a), s->layers, (long long)s->hidden);
+    else
+      ad_set_error(ctx, AD_ERR_SHAPE,
+                   "%s: %s %s must be [num_layers %d, batch %lld, hidden_size %lld]", who, what,
+                   ad_shape_str(t, a, sizeof a), s->layers, (long long)n, (long long)s->hidden);
     return false;
   }
   if (t->dtype != dtype) {
@@ -102,26 +110,31 @@ static bool check_state(ad_ctx *ctx, const char *who, const char *what, const ad
   return true;
 }
 
+/* x must be [T, N, in] ([N, T, in] with batch_first) or unbatched [T, in]. */
 static bool check_input(ad_ctx *ctx, const char *who, const rnn_state *s, const ad_tensor *x,
                         ad_dtype dtype) {
   char a[64];
-  char want[64];
+  char want[80];
   if (s->batch_first)
-    snprintf(want, sizeof want, "[N, T, %lld] (batch_first)", (long long)s->in);
+    snprintf(want, sizeof want, "[N, T, %lld] (batch_first) or unbatched [T, %lld]",
+             (long long)s->in, (long long)s->in);
   else
-    snprintf(want, sizeof want, "[T, N, %lld]", (long long)s->in);
-  if (x->ndim != 3) {
+    snprintf(want, sizeof want, "[T, N, %lld] or unbatched [T, %lld]", (long long)s->in,
+             (long long)s->in);
+  if (x->ndim != 3 && x->ndim != 2) {
     ad_set_error(ctx, AD_ERR_SHAPE, "%s: input %s has %d dims; the layer expects %s", who,
                  ad_shape_str(x, a, sizeof a), x->ndim, want);
     return false;
   }
-  if (x->shape[2] != s->in) {
+  int last = x->ndim - 1;
+  if (x->shape[last] != s->in) {
     ad_set_error(ctx, AD_ERR_SHAPE,
-                 "%s: input %s has %lld features (dim 2), the layer's input_size is %lld", who,
-                 ad_shape_str(x, a, sizeof a), (long long)x->shape[2], (long long)s->in);
+                 "%s: input %s has %lld features (dim %d), the layer's input_size is %lld", who,
+                 ad_shape_str(x, a, sizeof a), (long long)x->shape[last], last, (long long)s->in);
     return false;
   }
-  int64_t t = x->shape[s->batch_first ? 1 : 0], n = x->shape[s->batch_first ? 0 : 1];
+  int64_t t = x->ndim == 2 ? x->shape[0] : x->shape[s->batch_first ? 1 : 0];
+  int64_t n = x->ndim == 2 ? 1 : x->shape[s->batch_first ? 0 : 1];
   if (t == 0 || n == 0) {
     ad_set_error(ctx, AD_ERR_SHAPE, "%s: input %s is an empty %s (%s = 0); the layer expects %s",
                  who, ad_shape_str(x, a, sizeof a), t == 0 ? "sequence" : "batch",
@@ -267,13 +280,15 @@ ad_tensor *nn_rnn_forward(nn_layer *l, ad_tensor *x, ad_tensor *h0, ad_tensor *c
   rnn_state *s = nn_layer_state(l);
   ad_dtype dt = s->p[0]->dtype;
   if (!check_input(ctx, who, s, x, dt)) return NULL;
-  int64_t T = x->shape[s->batch_first ? 1 : 0], N = x->shape[s->batch_first ? 0 : 1];
-  if (h0 && !check_state(ctx, who, "h0", h0, s, N, dt)) return NULL;
+  bool unbatched = x->ndim == 2; /* a batch of one, without its axis */
+  int64_t T = unbatched ? x->shape[0] : x->shape[s->batch_first ? 1 : 0];
+  int64_t N = unbatched ? 1 : x->shape[s->batch_first ? 0 : 1];
+  if (h0 && !check_state(ctx, who, "h0", h0, s, N, unbatched, dt)) return NULL;
   if (c0 && s->cell != NN_RNN_LSTM) {
     ad_set_error(ctx, AD_ERR_ARG, "%s: c0 is given, but only an LSTM has a cell state", who);
     return NULL;
   }
-  if (c0 && !check_state(ctx, who, "c0", c0, s, N, dt)) return NULL;
+  if (c0 && !check_state(ctx, who, "c0", c0, s, N, unbatched, dt)) return NULL;
   if (!lengths && n_lengths != 0) {
     ad_set_error(ctx, AD_ERR_ARG, "%s: lengths is NULL but n_lengths is %lld", who,
                  (long long)n_lengths);
@@ -287,10 +302,25 @@ ad_tensor *nn_rnn_forward(nn_layer *l, ad_tensor *x, ad_tensor *h0, ad_tensor *c
   size_t bytes = (size_t)(3 * T + 2 * s->layers) * sizeof(ad_tensor *);
   ad_tensor **scratch = ad_malloc(ctx, bytes);
   if (!scratch) return NULL;
-  ad_tensor *hn = NULL, *cn = NULL;
-  ad_tensor *y =
-      rnn_run(ctx, s, x, h0, c0, lengths, training, h_n ? &hn : NULL, c_n ? &cn : NULL, scratch);
+  ad_tensor *hn = NULL, *cn = NULL, *y = NULL;
+  if (unbatched) { /* add the batch axis, and take it away from the results */
+    int64_t xs[3] = {T, 1, s->in}, ss[3] = {s->layers, 1, s->hidden};
+    if (s->batch_first) xs[0] = 1, xs[1] = T;
+    x = ad_reshape(ctx, x, 3, xs);
+    if (!(x && (!h0 || (h0 = ad_reshape(ctx, h0, 3, ss))) &&
+          (!c0 || (c0 = ad_reshape(ctx, c0, 3, ss)))))
+      x = NULL;
+  }
+  if (x)
+    y = rnn_run(ctx, s, x, h0, c0, lengths, training, h_n ? &hn : NULL, c_n ? &cn : NULL, scratch);
   ad_free(ctx, scratch, bytes);
+  if (y && unbatched) {
+    int64_t ys[2] = {T, s->hidden}, ss[2] = {s->layers, s->hidden};
+    y = ad_reshape(ctx, y, 2, ys);
+    if (hn) hn = ad_reshape(ctx, hn, 2, ss);
+    if (cn) cn = ad_reshape(ctx, cn, 2, ss);
+    if ((h_n && !hn) || (c_n && s->cell == NN_RNN_LSTM && !cn)) y = NULL;
+  }
   if (y && h_n) *h_n = hn;
   if (y && c_n) *c_n = cn;
   return y;

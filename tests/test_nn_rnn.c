@@ -6,7 +6,7 @@
  * agree (f64 within 1e-10, f32 within 1e-5) for RNN tanh/relu, LSTM and
  * GRU, one and two layers, batch_first both ways, with and without initial
  * state and bias, and variable lengths. Then gradchecks, PyTorch's names and
- * initialisation, dropout between layers, and bad input. */
+ * initialisation, unbatched input, dropout between layers, and bad input. */
 #include "nn.h"
 #include "test_alloc.h"
 
@@ -372,6 +372,44 @@ Test(rnn, padded_steps_are_inert) {
   nn_layer_free(l);
 }
 
+/* An unbatched input [T, I] (and states [layers, H]) runs as a batch of
+ * one, as in PyTorch: the same values, without the batch axis. */
+Test(rnn, unbatched_input_is_a_batch_of_one) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 12);
+  for (int bf = 0; bf < 2; bf++) {
+    nn_rnn_opts o = {.dtype = AD_F64, .num_layers = 2, .batch_first = bf};
+    nn_layer *l = nn_lstm_new(ctx, 2, 3, &rng, &o);
+    int64_t su[2] = {4, 2}, sb[3] = {4, 1, 2}, ss[2] = {2, 3}, ssb[3] = {2, 1, 3};
+    if (bf) sb[0] = 1, sb[1] = 4;
+    ad_tensor *xu = ad_rand(ctx, &rng, AD_F64, 2, su, -1, 1);
+    ad_tensor *h0 = ad_rand(ctx, &rng, AD_F64, 2, ss, -1, 1),
+              *c0 = ad_rand(ctx, &rng, AD_F64, 2, ss, -1, 1);
+    ad_tensor *xb = ad_from_data(ctx, AD_F64, 3, sb, xu->data);
+    ad_tensor *h0b = ad_from_data(ctx, AD_F64, 3, ssb, h0->data);
+    ad_tensor *c0b = ad_from_data(ctx, AD_F64, 3, ssb, c0->data);
+    ad_tensor *hn, *cn, *hnb, *cnb;
+    ad_tensor *y = nn_rnn_forward(l, xu, h0, c0, NULL, 0, true, &hn, &cn);
+    ad_tensor *yb = nn_rnn_forward(l, xb, h0b, c0b, NULL, 0, true, &hnb, &cnb);
+    cr_assert(y && yb, "%s", ad_last_error(ctx));
+    cr_assert_eq(y->ndim, 2);
+    cr_assert_eq(y->shape[0], 4);
+    cr_assert_eq(y->shape[1], 3);
+    cr_assert_eq(hn->ndim, 2);
+    cr_assert_eq(cn->ndim, 2);
+    cr_assert_eq(hn->shape[0], 2);
+    for (int64_t i = 0; i < y->size; i++) cr_assert_eq(ad_tensor_get(y, i), ad_tensor_get(yb, i));
+    for (int64_t i = 0; i < hn->size; i++) {
+      cr_assert_eq(ad_tensor_get(hn, i), ad_tensor_get(hnb, i));
+      cr_assert_eq(ad_tensor_get(cn, i), ad_tensor_get(cnb, i));
+    }
+    ad_tape_reset(ctx);
+    ad_tensor *ts[] = {xu, h0, c0, xb, h0b, c0b};
+    for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) ad_tensor_free(ts[i]);
+    nn_layer_free(l);
+  }
+}
+
 /* ------------------------------------------------------------- dropout */
 
 Test(rnn, dropout_between_layers_in_training_only) {
@@ -421,12 +459,14 @@ Test(rnn, bad_input_is_named) {
   nn_rnn_opts o = {.num_layers = 2};
   cr_assert_eq(nn_model_add(m, nn_lstm_new(ctx, 3, 4, &rng, &o)), AD_OK);
   nn_layer *l = nn_model_layer(m, 0);
-  int64_t s2[2] = {5, 3}, s3[3] = {5, 2, 3}, s3b[3] = {5, 2, 7}, s0[3] = {0, 2, 3};
-  ad_tensor *x2 = ad_zeros(ctx, AD_F32, 2, s2), *x = ad_zeros(ctx, AD_F32, 3, s3);
+  int64_t s4[4] = {5, 2, 1, 3}, s3[3] = {5, 2, 3}, s3b[3] = {5, 2, 7}, s0[3] = {0, 2, 3};
+  ad_tensor *x4 = ad_zeros(ctx, AD_F32, 4, s4), *x = ad_zeros(ctx, AD_F32, 3, s3);
   ad_tensor *xb = ad_zeros(ctx, AD_F32, 3, s3b), *x0 = ad_zeros(ctx, AD_F32, 3, s0);
   ad_tensor *xd = ad_zeros(ctx, AD_F64, 3, s3);
-  cr_assert_null(nn_model_forward(m, x2));
-  expect_msg(ctx, AD_ERR_SHAPE, "lstm '0': input [5,3] has 2 dims; the layer expects [T, N, 3]");
+  cr_assert_null(nn_model_forward(m, x4));
+  expect_msg(ctx, AD_ERR_SHAPE,
+             "lstm '0': input [5,2,1,3] has 4 dims; the layer expects [T, N, 3] or unbatched "
+             "[T, 3]");
   cr_assert_null(nn_model_forward(m, xb));
   expect_msg(ctx, AD_ERR_SHAPE,
              "lstm '0': input [5,2,7] has 7 features (dim 2), the layer's input_size is 3");
@@ -467,9 +507,22 @@ Test(rnn, bad_input_is_named) {
   cr_assert_null(nn_rnn_forward(g, x, NULL, cg, NULL, 0, true, NULL, &cnp));
   expect_msg(ctx, AD_ERR_ARG, "gru: c0 is given, but only an LSTM has a cell state");
   cr_assert_null(cnp, "c_n is cleared on error");
+  int64_t s1[1] = {3}, s2[2] = {5, 2};
+  ad_tensor *x1 = ad_zeros(ctx, AD_F32, 1, s1), *x2 = ad_zeros(ctx, AD_F32, 2, s2);
+  cr_assert_null(nn_rnn_forward(g, x1, NULL, NULL, NULL, 0, true, NULL, NULL));
+  expect_msg(ctx, AD_ERR_SHAPE,
+             "gru: input [3] has 1 dims; the layer expects [N, T, 3] (batch_first) or unbatched "
+             "[T, 3]");
   cr_assert_null(nn_rnn_forward(g, x2, NULL, NULL, NULL, 0, true, NULL, NULL));
   expect_msg(ctx, AD_ERR_SHAPE,
-             "gru: input [5,3] has 2 dims; the layer expects [N, T, 3] (batch_first)");
+             "gru: input [5,2] has 2 features (dim 1), the layer's input_size is 3");
+  int64_t sh2[2] = {1, 4}, s5[2] = {5, 3};
+  ad_tensor *hu = ad_zeros(ctx, AD_F32, 2, sh2), *xu = ad_zeros(ctx, AD_F32, 2, s5);
+  cr_assert_null(nn_rnn_forward(l, xu, hu, NULL, NULL, 0, true, NULL, NULL));
+  expect_msg(ctx, AD_ERR_SHAPE,
+             "lstm '0': h0 [1,4] must be [num_layers 2, hidden_size 4] for an unbatched input");
+  cr_assert_null(nn_rnn_forward(l, xu, hb, NULL, NULL, 0, true, NULL, NULL));
+  expect_msg(ctx, AD_ERR_SHAPE, "h0 [2,2,5] must be [num_layers 2, hidden_size 4]");
   int64_t sbn[3] = {0, 4, 3};
   ad_tensor *xn0 = ad_zeros(ctx, AD_F32, 3, sbn);
   cr_assert_null(nn_rnn_forward(g, xn0, NULL, NULL, NULL, 0, true, NULL, NULL));
@@ -501,7 +554,7 @@ Test(rnn, bad_input_is_named) {
   cr_assert_null(nn_lstm_new(NULL, 3, 2, &rng, NULL));
 
   ad_tape_reset(ctx);
-  ad_tensor *ts[] = {x2, x, xb, x0, xd, hb, hl, hnb, cg, xn0};
+  ad_tensor *ts[] = {x4, x, xb, x0, xd, hb, hl, hnb, cg, xn0, x1, x2, hu, xu};
   for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) ad_tensor_free(ts[i]);
   nn_layer_free(g);
   nn_layer_free(d);

@@ -456,7 +456,9 @@ NN_API nn_layer *nn_gru_new(ad_ctx *ctx, int64_t input_size, int64_t hidden_size
 /* Runs recurrent layer l over the sequence x ([T, N, I], or [N, T, I]
  * with batch_first; T >= 1 steps, N >= 1 sequences, I = input_size, the
  * layer's dtype) and returns the last layer's output at every step, [T, N,
- * H] (or [N, T, H]), a tape tensor.
+ * H] (or [N, T, H]), a tape tensor. An unbatched x [T, I] runs as a batch
+ * of one without that axis, as in PyTorch: h0, c0, h_n, c_n are then
+ * [num_layers, H] and the output [T, H] (batch_first does not apply).
  *   h0, c0    initial states [num_layers, N, H] (c0 for LSTM only), or
  *             NULL for zeros (each independently).
  *   lengths   NULL: every sequence has T steps. Else n_lengths == N
@@ -472,9 +474,9 @@ NN_API nn_layer *nn_gru_new(ad_ctx *ctx, int64_t input_size, int64_t hidden_size
  * Returns NULL with the error recorded, naming the layer and the values:
  * AD_ERR_ARG (l is not recurrent, c0 given to a cell other than LSTM,
  * lengths missing a count, a count other than N, or a length outside
- * 1..T), AD_ERR_SHAPE (x not 3-D, an empty sequence or batch, the wrong
- * input size, h0 or c0 not [num_layers, N, H]), AD_ERR_DTYPE (x, h0 or c0
- * not of the layer's dtype), AD_ERR_NULL, AD_ERR_OOM. */
+ * 1..T), AD_ERR_SHAPE (x neither 3-D nor 2-D, an empty sequence or batch,
+ * the wrong input size, h0 or c0 not [num_layers, N, H]), AD_ERR_DTYPE
+ * (x, h0 or c0 not of the layer's dtype), AD_ERR_NULL, AD_ERR_OOM. */
 NN_API ad_tensor *nn_rnn_forward(nn_layer *l, ad_tensor *x, ad_tensor *h0, ad_tensor *c0,
                                  const int64_t *lengths, int64_t n_lengths, bool training,
                                  ad_tensor **h_n, ad_tensor **c_n);
