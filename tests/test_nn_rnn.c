@@ -12,6 +12,8 @@
 
 #include <criterion/criterion.h>
 #include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 TEST_CTX_SUITE(rnn);
@@ -408,6 +410,33 @@ Test(rnn, unbatched_input_is_a_batch_of_one) {
     for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) ad_tensor_free(ts[i]);
     nn_layer_free(l);
   }
+}
+
+/* The cell is made of the engine's ops: a graph dump of one LSTM step shows
+ * the gates (sigmoid, tanh) fed by narrow slices of the matmuls, and the
+ * parameters under PyTorch's names. */
+Test(rnn, graph_dump_shows_the_gates) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 2);
+  nn_model *m = nn_sequential_new(ctx);
+  cr_assert_eq(nn_model_add(m, nn_lstm_new(ctx, 2, 3, &rng, NULL)), AD_OK);
+  int64_t sx[3] = {1, 1, 2};
+  ad_tensor *x = ad_ones(ctx, AD_F32, 3, sx);
+  ad_tensor *loss = ad_sum(ctx, nn_model_forward(m, x));
+  cr_assert_not_null(loss, "%s", ad_last_error(ctx));
+  char *buf = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&buf, &len);
+  cr_assert_eq(ad_graph_dot(NULL, f, loss, 0), AD_OK, "%s", ad_last_error(ctx));
+  fclose(f);
+  const char *want[] = {"sigmoid",        "tanh",           "narrow",      "matmul",
+                        "0.weight_ih_l0", "0.weight_hh_l0", "0.bias_ih_l0"};
+  for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
+    cr_assert(strstr(buf, want[i]), "no %s in the dump:\n%s", want[i], buf);
+  free(buf);
+  ad_tape_reset(ctx);
+  ad_tensor_free(x);
+  nn_model_free(m);
 }
 
 /* ------------------------------------------------------------- dropout */
