@@ -535,8 +535,12 @@ static void clear_touched(ad_ctx *ctx) {
  * the input's buffer; with add, an existing one is added to. Each input so
  * served has needs[k] cleared (the backward skips it) and direct[k] set.
  * Returns whether some input still needs the backward. */
-static bool grad_into(ad_ctx *ctx, const ad_op_def *def, const ad_call *c, ad_node *const *src,
-                      bool *needs, bool *direct, bool add, ad_status *st) {
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline bool
+grad_into(ad_ctx *ctx, const ad_op_def *def, const ad_call *c, ad_node *const *src, bool *needs,
+          bool *direct, bool add, ad_status *st) {
   bool any = false;
   for (int k = 0; k < c->n; k++) {
     ad_node *s = src[k];
@@ -633,6 +637,76 @@ static ad_status anomaly_backward(ad_ctx *ctx, const ad_op_def *def, const ad_no
                       ad_tensor_describe(caller_input(src[k]), d, sizeof d));
 }
 
+/* What every node of one sweep shares. */
+typedef struct sweep_opts {
+  bool into, into_add, direct, anomaly;
+  uint32_t nerrors; /* errors recorded before the sweep */
+  const char *who;
+} sweep_opts;
+
+/* Runs the backward of node n (gradient gout) and accumulates what it
+ * sends into its inputs; arrays of the node's input count for the call
+ * (in, gin), the hook (seen, into_grad) and the needs-grad mask. Inline,
+ * so that with the sweep's stack arrays the common case (one to three
+ * inputs) addresses them in its frame as before. */
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline ad_status
+sweep_node(ad_ctx *ctx, const sweep_opts *sw, ad_node *n, ad_tensor *gout, ad_tensor **in,
+           ad_tensor **gin, ad_tensor **seen, bool *needs, bool *into_grad) {
+  const ad_op_def *def = &ctx->ops[n->op];
+  int nsrc = ad_node_nsrc(n);
+  ad_node *const *src = ad_node_src(n);
+  bool any = false, some_into = false;
+  for (int k = 0; k < nsrc; k++) {
+    in[k] = &src[k]->t;
+    gin[k] = NULL;
+    needs[k] = (src[k]->flags & AD_NF_REQUIRES_GRAD) != 0;
+    any |= needs[k];
+  }
+  if (!any) return AD_OK;
+  ad_call c = {.ctx = ctx,
+               .name = def->name,
+               .n = nsrc,
+               .in = in,
+               .attrs = n->attrs ? n->attrs : &zero_attrs,
+               .out = &n->t,
+               .gout = gout,
+               .needs = needs,
+               .gin = gin};
+  ad_status st = AD_OK;
+  if (sw->into && def->grad_into) {
+    any = grad_into(ctx, def, &c, src, needs, into_grad, sw->into_add, &st);
+    some_into = true; /* into_grad[] is set for every input */
+    if (st != AD_OK) return st;
+  }
+  if (any && (st = def->backward(&c)) != AD_OK) {
+    if (ctx->nerrors == sw->nerrors) /* else the op that failed inside said why */
+      ad_set_error(ctx, st, "%s: backward of %s failed", sw->who, def->name);
+    return st;
+  }
+  for (int k = 0; k < nsrc; k++) {
+    if (!needs[k] || !gin[k]) {
+      gin[k] = NULL;
+      continue;
+    }
+    ad_tensor *gk = ad_same_shape(gin[k], in[k]) ? gin[k] : ad_reduce_to(ctx, gin[k], in[k]);
+    if (!gk) return ctx->status ? ctx->status : AD_ERR_OOM;
+    gin[k] = gk;
+    if (sw->anomaly && (st = anomaly_backward(ctx, def, n, k, gk)) != AD_OK) return st;
+    if ((st = accumulate(ctx, src[k], gk, sw->direct)) != AD_OK) return st;
+  }
+  if (ctx->hook) {
+    for (int k = 0; k < nsrc; k++) seen[k] = caller_input(src[k]); /* not the saved copies */
+    if (!some_into)
+      for (int k = 0; k < nsrc; k++) into_grad[k] = false;
+    ad_backward_step step = {&n->t, gout, nsrc, seen, gin, into_grad};
+    ctx->hook(ctx->hook_ud, &step);
+  }
+  return AD_OK;
+}
+
 /* The reverse sweep shared by ad_backward and ad_grad: seeds root, then runs
  * each recorded op's backward from the root down, leaving every reached
  * node's gradient in its gacc. */
@@ -693,6 +767,12 @@ static ad_status sweep(ad_ctx *ctx, ad_node *root, const ad_tensor *seed, bool c
    * is the same before every backward that runs */
   uint32_t nerrors = ctx->nerrors;
   ctx->touched_len = 0;
+  sweep_opts sw = {.into = into,
+                   .into_add = into_add,
+                   .direct = direct,
+                   .anomaly = anomaly,
+                   .nerrors = nerrors,
+                   .who = who};
   ad_status st = accumulate(ctx, root, g, direct);
   size_t top = root->flags & AD_NF_RECORDED ? (size_t)root->tape_idx + 1 : 0;
   for (size_t i = top; st == AD_OK && i-- > 0;) {
@@ -706,84 +786,25 @@ static ad_status sweep(ad_ctx *ctx, ad_node *root, const ad_tensor *seed, bool c
       clear_below(ctx, i);
       break;
     }
-    const ad_op_def *def = &ctx->ops[n->op];
     int nsrc = ad_node_nsrc(n);
-    ad_node *const *src = ad_node_src(n);
-    /* the call's arrays: on the stack for the usual few inputs, else from
-     * the arena (one block per op of that many, gone at the reset) */
-    ad_tensor *in_s[AD_SWEEP_INLINE], *gin_s[AD_SWEEP_INLINE], **in = in_s, **gin = gin_s;
-    bool needs_s[AD_SWEEP_INLINE], into_s[AD_SWEEP_INLINE], *needs = needs_s, *into_grad = into_s;
-    bool any = false, some_into = false;
-    if (nsrc > AD_SWEEP_INLINE) {
+    if (nsrc <= AD_SWEEP_INLINE) { /* the call's arrays on the stack */
+      ad_tensor *in[AD_SWEEP_INLINE], *gin[AD_SWEEP_INLINE], *seen[AD_SWEEP_INLINE];
+      bool needs[AD_SWEEP_INLINE], into_grad[AD_SWEEP_INLINE];
+      st = sweep_node(ctx, &sw, n, gout, in, gin, seen, needs, into_grad);
+    } else { /* from the arena: one block per op of that many, gone at the reset */
       /* three pointers and two bools per input; nsrc is an int, and an
        * arena list of that many was allocated when the op was recorded */
       size_t np = (size_t)nsrc * sizeof(ad_tensor *), nb = (size_t)nsrc * sizeof(bool);
       char *buf = ad_arena_alloc(ctx, 3 * np + 2 * nb);
       if (!buf) {
         st = ctx->status ? ctx->status : AD_ERR_OOM;
-        clear_below(ctx, i);
-        break;
-      }
-      in = (ad_tensor **)buf;
-      gin = (ad_tensor **)(buf + np);
-      needs = (bool *)(buf + 3 * np);
-      into_grad = needs + nsrc;
-    }
-    for (int k = 0; k < nsrc; k++) {
-      in[k] = &src[k]->t;
-      gin[k] = NULL;
-      needs[k] = (src[k]->flags & AD_NF_REQUIRES_GRAD) != 0;
-      any |= needs[k];
-    }
-    if (!any) continue;
-    ad_call c = {.ctx = ctx,
-                 .name = def->name,
-                 .n = nsrc,
-                 .in = in,
-                 .attrs = n->attrs ? n->attrs : &zero_attrs,
-                 .out = &n->t,
-                 .gout = gout,
-                 .needs = needs,
-                 .gin = gin};
-    if (into && def->grad_into) {
-      any = grad_into(ctx, def, &c, src, needs, into_grad, into_add, &st);
-      some_into = true; /* into_grad[] is set for every input */
-      if (st != AD_OK) {
-        clear_below(ctx, i);
-        break;
+      } else {
+        bool *needs = (bool *)(buf + 3 * np);
+        st = sweep_node(ctx, &sw, n, gout, (ad_tensor **)buf, (ad_tensor **)(buf + np),
+                        (ad_tensor **)(buf + 2 * np), needs, needs + nsrc);
       }
     }
-    if (any && (st = def->backward(&c)) != AD_OK) {
-      if (ctx->nerrors == nerrors) /* else the op that failed inside said why */
-        ad_set_error(ctx, st, "%s: backward of %s failed", who, def->name);
-      clear_below(ctx, i); /* nodes below may hold contributions of this pass */
-      break;
-    }
-    for (int k = 0; k < nsrc; k++) {
-      if (!needs[k] || !gin[k]) {
-        gin[k] = NULL;
-        continue;
-      }
-      ad_tensor *gk = ad_same_shape(gin[k], in[k]) ? gin[k] : ad_reduce_to(ctx, gin[k], in[k]);
-      if (!gk) {
-        st = ctx->status ? ctx->status : AD_ERR_OOM;
-        break;
-      }
-      gin[k] = gk;
-      if (anomaly && (st = anomaly_backward(ctx, def, n, k, gk)) != AD_OK) break;
-      if ((st = accumulate(ctx, src[k], gk, direct)) != AD_OK) break;
-    }
-    if (st == AD_OK && ctx->hook) {
-      /* the caller's tensors, not the tape's saved copies: in[] is done
-       * with, and gin's third slot (arena case) is free for them too */
-      ad_tensor **seen = nsrc > AD_SWEEP_INLINE ? gin + nsrc : in;
-      for (int k = 0; k < nsrc; k++) seen[k] = caller_input(src[k]);
-      if (!some_into)
-        for (int k = 0; k < nsrc; k++) into_grad[k] = false;
-      ad_backward_step step = {&n->t, gout, nsrc, seen, gin, into_grad};
-      ctx->hook(ctx->hook_ud, &step);
-    }
-    if (st != AD_OK) clear_below(ctx, i);
+    if (st != AD_OK) clear_below(ctx, i); /* nodes below may hold contributions of this pass */
   }
   ctx->grad_enabled = old;
   if (--ctx->sweeps == 0) ctx->anomaly_fwd = ctx->anomaly; /* outside every sweep again */

@@ -594,6 +594,48 @@ AD_API ad_tensor *ad_layer_norm(ad_ctx *ctx, ad_tensor *x, int ndim,
                                 const int64_t *normalized_shape, ad_tensor *weight, ad_tensor *bias,
                                 double eps);
 
+/* ----------------------------------------------------------- attention */
+
+/* Options of ad_scaled_dot_product_attention. The zero value (and a NULL
+ * pointer) means: scale 1/sqrt(E), no causal mask, no mask, no dropout. */
+typedef struct ad_attention_opts {
+  double scale;        /* multiplies q k^T; 0 means 1/sqrt(E) (E = q's last dim) */
+  bool causal;         /* query i attends to keys j <= i only */
+  ad_tensor *mask;     /* additive float mask broadcastable to [..., L, S]
+                          (-inf entries allowed; cast to q's dtype), or
+                          NULL */
+  double dropout_p;    /* in [0, 1): zeroes each weight with probability p and
+                          scales the rest by 1 / (1 - p) */
+  ad_rng *rng;         /* the dropout draws (one per weight, row-major);
+                          needed when dropout_p > 0 */
+  ad_tensor **weights; /* if not NULL, receives the attention weights
+                          [..., L, S] (after dropout, as PyTorch's
+                          MultiheadAttention returns them; a tape tensor),
+                          or NULL on error */
+} ad_attention_opts;
+
+/* Scaled dot-product attention, PyTorch's
+ * F.scaled_dot_product_attention: q [..., L, E], k [..., S, E],
+ * v [..., S, Ev] give [..., L, Ev] =
+ *   softmax(q k^T * scale + causal + mask, -1) v
+ * A composite of the engine's ops (matmul, mul_scalar, where, add, softmax,
+ * matmul), so a graph dump shows each step and it is differentiable to
+ * any order in q, k, v (and in a mask that requires a gradient).
+ * The batch dims (all but the last two) of q, k and v must be equal, or
+ * all absent (2-D inputs); they do not broadcast yet (ad_matmul does not). With causal, score (i,
+ * j) is kept for j <= i and set to -inf otherwise: for L != S the triangle is aligned at the top
+ * left, as PyTorch's is_causal (with L > S the rows past S see all keys;
+ * with L < S the keys past L are never seen). A row whose scores are all
+ * -inf (every key masked) gives NaN weights and a NaN output row, as in
+ * PyTorch; with no key at all (S = 0) the output is zeros (the empty sum). Returns a tape tensor,
+ * or NULL with AD_ERR_NULL (q, k or v NULL; dropout without rng), AD_ERR_DTYPE (not float, dtypes
+ * differ, a mask not float), AD_ERR_SHAPE (fewer than 2 dims or ranks differ, batch dims differ,
+ * embedding sizes of q and k differ, source lengths of k and v differ, a mask that does not
+ * broadcast to [..., L, S]; the message names the shapes) or AD_ERR_ARG (scale not finite,
+ * dropout_p outside [0, 1)). */
+AD_API ad_tensor *ad_scaled_dot_product_attention(ad_ctx *ctx, ad_tensor *q, ad_tensor *k,
+                                                  ad_tensor *v, const ad_attention_opts *opts);
+
 /* ------------------------------------------------------------- pooling
  * 2-D pooling over the last two dims (H, W) of a float tensor, 4-D
  * [N, C, H, W] or 3-D [C, H, W] (as PyTorch's unbatched form), with

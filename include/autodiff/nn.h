@@ -19,8 +19,8 @@
  *   layers       nn_layer: Dense, activations (sigmoid, tanh, relu,
  *                leaky_relu, gelu, softmax, ...), dropout, flatten,
  *                BatchNorm1d / BatchNorm2d, Conv2d and pooling,
- *                Embedding, LayerNorm, recurrent layers (RNN, LSTM, GRU)
- *                and lambda (a C function).
+ *                Embedding, LayerNorm, recurrent layers (RNN, LSTM, GRU),
+ *                multi-head attention and lambda (a C function).
  *   models       nn_model: a Sequential stack of layers, or a custom model
  *                whose forward pass is a plain C function over the model's
  *                parameters and layers.
@@ -522,6 +522,71 @@ typedef struct nn_layer_norm_opts {
  * normalized shape [4]") or of another dtype (AD_ERR_DTYPE). */
 NN_API nn_layer *nn_layer_norm_new(ad_ctx *ctx, int ndim, const int64_t *normalized_shape,
                                    const nn_layer_norm_opts *opts);
+/* Options of a multi-head attention layer. All-zero means PyTorch's
+ * defaults. */
+typedef struct nn_mha_opts {
+  bool batch_first; /* inputs [N, L, E]; false: [L, N, E] (PyTorch's default) */
+  double dropout;   /* on the attention weights in training mode, [0, 1) */
+  uint64_t seed;    /* of the dropout draws */
+  bool no_bias;     /* bias=False: no in_proj_bias and out_proj.bias */
+  bool causal;      /* every call masks causally (key j > query i), as
+                       nn_mha_args.causal; for causal self-attention in a
+                       Sequential */
+  ad_dtype dtype;   /* default AD_F32 */
+} nn_mha_opts;
+
+/* Multi-head attention, PyTorch's nn.MultiheadAttention with kdim = vdim =
+ * embed_dim E and num_heads H dividing E: the inputs are projected by
+ * "in_proj_weight" [3E, E] (the query, key and value rows in that order)
+ * and "in_proj_bias" [3E], split into H heads of E / H, each head attends
+ * through ad_scaled_dot_product_attention (scale sqrt(H / E)), and the
+ * heads, joined, go through "out_proj.weight" [E, E] and "out_proj.bias"
+ * [E]. The parameter names and layouts are PyTorch's, so its state dict
+ * loads unchanged (in a Sequential "0.in_proj_weight", ...). PyTorch's
+ * initialisation: in_proj_weight Xavier uniform (fans E and 3E), then
+ * out_proj.weight uniform within 1/sqrt(E) (nn.Linear's), both drawn from
+ * rng; the biases zero. As a layer (nn_layer_forward, nn_model_add) it is
+ * self-attention, query = key = value = x, returning the output only,
+ * with dropout in training mode and causal when opts say so; use
+ * nn_multihead_attention for separate inputs, masks or the weights. opts
+ * may be NULL. Returns the layer, or NULL with AD_ERR_ARG (embed_dim or
+ * num_heads < 1, num_heads not dividing embed_dim, dropout outside
+ * [0, 1)), AD_ERR_DTYPE, AD_ERR_NULL (rng) or AD_ERR_OOM. */
+NN_API nn_layer *nn_multihead_attention_new(ad_ctx *ctx, int64_t embed_dim, int64_t num_heads,
+                                            ad_rng *rng, const nn_mha_opts *opts);
+
+/* The arguments of one multi-head attention call. All-zero: no masks,
+ * evaluation mode, weights averaged over the heads. */
+typedef struct nn_mha_args {
+  ad_tensor *attn_mask;        /* [L, S] or [N * H, L, S] (PyTorch's layouts):
+                                  float (the layer's dtype) added to the
+                                  scores, or AD_I32 with nonzero = not
+                                  allowed (PyTorch's bool True), or NULL */
+  ad_tensor *key_padding_mask; /* [N, S] ([S] unbatched): AD_I32 nonzero =
+                                  ignore that key (PyTorch's True), or float
+                                  added, or NULL */
+  bool causal;                 /* also mask key j > query i (the top-left
+                                  triangle; see ad_scaled_dot_product_attention) */
+  bool training;               /* dropout on the attention weights */
+  bool per_head_weights;       /* weights [N, H, L, S] (PyTorch's
+                                  average_attn_weights=False) */
+} nn_mha_args;
+
+/* Runs multi-head attention layer l (from nn_multihead_attention_new) on
+ * query [L, N, E], key [S, N, E] and value [S, N, E] ([N, L, E] ... with
+ * batch_first; [L, E], [S, E], [S, E] unbatched, as PyTorch) with args
+ * (NULL: all-zero). Returns the output, shaped like query, as a tape
+ * tensor. When weights is not NULL (PyTorch's need_weights) *weights gets
+ * the attention weights averaged over the heads, [N, L, S] ([L, S]
+ * unbatched), or per head [N, H, L, S], after dropout, as PyTorch's. Self-
+ * attention passes one tensor three times. A row whose keys are all masked
+ * gives NaN, as in PyTorch. Returns NULL (and *weights NULL) with
+ * AD_ERR_NULL, AD_ERR_ARG (l is another kind of layer), AD_ERR_SHAPE
+ * (ranks, E, batch sizes or lengths that do not fit, a mask of the wrong
+ * shape; naming the layer and the shapes) or AD_ERR_DTYPE. */
+NN_API ad_tensor *nn_multihead_attention(nn_layer *l, ad_tensor *query, ad_tensor *key,
+                                         ad_tensor *value, const nn_mha_args *args,
+                                         ad_tensor **weights);
 
 /* Frees a layer and its parameters. Do not free a layer owned by a model.
  * NULL is a no-op. */

@@ -1,0 +1,145 @@
+/* op_attention.c: scaled dot-product attention, a composite of the
+ * engine's ops (matmul with trans_b, mul_scalar, where, add, softmax, mul,
+ * matmul), so its first and second derivatives come from theirs and a graph
+ * dump shows each step.
+ *
+ *   scores  = q k^T * scale                      [..., L, S]
+ *   scores  = where(j <= i, scores, -inf)        (causal)
+ *   scores  = scores + mask                      (additive mask)
+ *   weights = softmax(scores, -1)  (* dropout)
+ *   out     = weights v                          [..., L, Ev]
+ *
+ * The masks and the dropout draws are data (not differentiated); a float
+ * mask that requires a gradient gets one through add. */
+#include "ops.h"
+
+#include <math.h>
+
+/* Checks q, k, v and the mask; records an error naming the shapes. */
+static bool sdpa_check(ad_ctx *ctx, const ad_tensor *q, const ad_tensor *k, const ad_tensor *v,
+                       const ad_attention_opts *o) {
+  static const char *fn = "scaled_dot_product_attention";
+  char a[64], b[64], c[64];
+  ad_tensor *in[3] = {(ad_tensor *)q, (ad_tensor *)k, (ad_tensor *)v};
+  if (ad_check_float_same(ctx, fn, 3, in) != AD_OK) return false;
+  if (q->ndim < 2 || q->ndim != k->ndim || q->ndim != v->ndim) {
+    ad_set_error(ctx, AD_ERR_SHAPE,
+                 "%s: q %s, k %s and v %s must have the same number of dims, at least 2 "
+                 "([..., L, E], [..., S, E], [..., S, Ev])",
+                 fn, ad_shape_str(q, a, sizeof a), ad_shape_str(k, b, sizeof b),
+                 ad_shape_str(v, c, sizeof c));
+    return false;
+  }
+  int nd = q->ndim;
+  for (int i = 0; i < nd - 2; i++)
+    if (q->shape[i] != k->shape[i] || q->shape[i] != v->shape[i]) {
+      ad_set_error(ctx, AD_ERR_SHAPE,
+                   "%s: batch dimensions differ: q %s, k %s, v %s (they must be equal)", fn,
+                   ad_shape_str(q, a, sizeof a), ad_shape_str(k, b, sizeof b),
+                   ad_shape_str(v, c, sizeof c));
+      return false;
+    }
+  if (q->shape[nd - 1] != k->shape[nd - 1]) {
+    ad_set_error(ctx, AD_ERR_SHAPE,
+                 "%s: q %s and k %s have different embedding sizes (last dims %lld and %lld)", fn,
+                 ad_shape_str(q, a, sizeof a), ad_shape_str(k, b, sizeof b),
+                 (long long)q->shape[nd - 1], (long long)k->shape[nd - 1]);
+    return false;
+  }
+  if (k->shape[nd - 2] != v->shape[nd - 2]) {
+    ad_set_error(ctx, AD_ERR_SHAPE,
+                 "%s: k %s and v %s have different source lengths (dim -2: %lld and %lld)", fn,
+                 ad_shape_str(k, b, sizeof b), ad_shape_str(v, c, sizeof c),
+                 (long long)k->shape[nd - 2], (long long)v->shape[nd - 2]);
+    return false;
+  }
+  if (!isfinite(o->scale)) {
+    ad_set_error(ctx, AD_ERR_ARG, "%s: scale %g must be finite", fn, o->scale);
+    return false;
+  }
+  if (!(o->dropout_p >= 0 && o->dropout_p < 1)) {
+    ad_set_error(ctx, AD_ERR_ARG, "%s: dropout_p %g is outside [0, 1)", fn, o->dropout_p);
+    return false;
+  }
+  if (o->dropout_p > 0 && !o->rng) {
+    ad_set_error(ctx, AD_ERR_NULL, "%s: dropout_p %g needs an rng", fn, o->dropout_p);
+    return false;
+  }
+  const ad_tensor *m = o->mask;
+  if (m) {
+    /* the scores' shape [..., L, S] */
+    int64_t ss[AD_MAX_DIMS];
+    for (int i = 0; i < nd - 1; i++) ss[i] = q->shape[i];
+    ss[nd - 1] = k->shape[nd - 2];
+    bool ok = ad_is_float(m->dtype) && m->ndim <= nd;
+    for (int i = 0; ok && i < m->ndim; i++) {
+      int64_t d = m->shape[m->ndim - 1 - i], want = ss[nd - 1 - i];
+      ok = d == want || d == 1;
+    }
+    if (!ad_is_float(m->dtype)) {
+      ad_set_error(ctx, AD_ERR_DTYPE, "%s: mask %s is %s; an additive float mask is needed", fn,
+                   ad_shape_str(m, a, sizeof a), ad_dtype_name(m->dtype));
+      return false;
+    }
+    if (!ok) {
+      char s[64];
+      ad_tensor tmp = {.ndim = nd};
+      for (int i = 0; i < nd; i++) tmp.shape[i] = ss[i];
+      ad_set_error(ctx, AD_ERR_SHAPE, "%s: mask %s does not broadcast to the scores' shape %s", fn,
+                   ad_shape_str(m, a, sizeof a), ad_shape_str(&tmp, s, sizeof s));
+      return false;
+    }
+  }
+  return true;
+}
+
+ad_tensor *ad_scaled_dot_product_attention(ad_ctx *ctx, ad_tensor *q, ad_tensor *k, ad_tensor *v,
+                                           const ad_attention_opts *opts) {
+  if (!ctx) return NULL;
+  ad_attention_opts o = {0};
+  if (opts) o = *opts;
+  if (o.weights) *o.weights = NULL;
+  if (!q || !k || !v) {
+    ad_set_null_error(ctx, "scaled_dot_product_attention: %s is NULL", !q ? "q" : !k ? "k" : "v");
+    return NULL;
+  }
+  if (!sdpa_check(ctx, q, k, v, &o)) return NULL;
+  int nd = q->ndim;
+  int64_t L = q->shape[nd - 2], S = k->shape[nd - 2], E = q->shape[nd - 1];
+  double scale = o.scale != 0 ? o.scale : 1.0 / sqrt((double)(E > 0 ? E : 1));
+  ad_tensor *s = ad_mul_scalar(ctx, ad_matmul(ctx, q, k, false, true), scale);
+  if (o.causal && s) {
+    /* keep[i, j] = j <= i: the top-left lower triangle */
+    int64_t ls[2] = {L, S};
+    ad_tensor *keep = ad_tmp_full(ctx, q->dtype, 2, ls, 0.0);
+    if (!keep) return NULL;
+    for (int64_t i = 0; i < L; i++)
+      for (int64_t j = 0; j <= i && j < S; j++) {
+        if (keep->dtype == AD_F32)
+          ((float *)keep->data)[i * S + j] = 1.0f;
+        else
+          ((double *)keep->data)[i * S + j] = 1.0;
+      }
+    ad_tensor *ninf = ad_scalar(ctx, q->dtype, -INFINITY);
+    s = ad_where(ctx, keep, s, ninf);
+  }
+  if (o.mask)
+    s = ad_add(ctx, s, o.mask->dtype == q->dtype ? o.mask : ad_cast(ctx, o.mask, q->dtype));
+  ad_tensor *w = ad_softmax(ctx, s, -1);
+  if (o.dropout_p > 0 && w) {
+    ad_tensor *keep = ad_tmp_new(ctx, w->dtype, w->ndim, w->shape);
+    if (!keep) return NULL;
+    double scale_keep = 1.0 / (1.0 - o.dropout_p);
+    for (int64_t i = 0; i < keep->size; i++) {
+      double d = ad_rng_uniform(o.rng) >= o.dropout_p ? scale_keep : 0.0;
+      if (keep->dtype == AD_F32)
+        ((float *)keep->data)[i] = (float)d;
+      else
+        ((double *)keep->data)[i] = d;
+    }
+    w = ad_mul(ctx, w, keep);
+  }
+  ad_tensor *out = ad_matmul(ctx, w, v, false, false);
+  if (out && o.weights) *o.weights = w;
+  return out;
+}

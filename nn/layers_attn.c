@@ -1,0 +1,284 @@
+/* layers_attn.c: multi-head attention, PyTorch's nn.MultiheadAttention
+ * (kdim = vdim = embed_dim, so the projections are one packed weight).
+ *
+ *   q = query W_q^T + b_q,  k = key W_k^T + b_k,  v = value W_v^T + b_v
+ *     (W_q, W_k, W_v the rows 0..E-1, E..2E-1, 2E..3E-1 of in_proj_weight)
+ *   each split into H heads of E / H:  [N, H, L, E/H]
+ *   o_h = scaled_dot_product_attention(q_h, k_h, v_h, mask, dropout)
+ *   out = concat_h(o_h) out_proj.weight^T + out_proj.bias
+ *
+ * The arithmetic is the engine's ops (ad_scaled_dot_product_attention is
+ * itself a composite), so the tape derives every gradient; this file holds
+ * the parameters, PyTorch's initialisation, the layouts and the masks, and
+ * the checks that name the layer. */
+#include "nn_internal.h"
+
+#include <math.h>
+
+#define MHA_KIND "multihead_attention"
+
+typedef struct mha_state {
+  int64_t e, h;
+  bool batch_first, causal;
+  double dropout;
+  ad_rng rng;                             /* dropout draws */
+  ad_tensor *w_in, *b_in, *w_out, *b_out; /* biases NULL without bias */
+} mha_state;
+
+/* An additive float mask of dtype from m (float: itself; AD_I32: -inf where
+ * m is nonzero, 0 elsewhere), reshaped to ndim dims shape; NULL on error. */
+static ad_tensor *additive(ad_ctx *ctx, ad_tensor *m, ad_dtype dtype, int ndim,
+                           const int64_t *shape) {
+  if (m->dtype == AD_I32) {
+    ad_tensor *f = nn_tmp_tensor(ctx, dtype, m->ndim, m->shape);
+    if (!f) return NULL;
+    for (int64_t i = 0; i < m->size; i++)
+      ad_tensor_set(f, i, ad_tensor_get(m, i) != 0 ? -INFINITY : 0.0);
+    m = f;
+  }
+  return ad_reshape(ctx, m, ndim, shape);
+}
+
+/* The attention mask as a tensor broadcastable to [N, H, L, S], or NULL
+ * with *none set when there is no mask; NULL with an error otherwise. */
+static ad_tensor *mha_mask(ad_ctx *ctx, const char *who, const mha_state *s, ad_dtype dtype,
+                           int64_t n, int64_t L, int64_t S, bool batched, const nn_mha_args *a,
+                           bool *none) {
+  char b1[64];
+  ad_tensor *am = a ? a->attn_mask : NULL, *kpm = a ? a->key_padding_mask : NULL, *out = NULL;
+  *none = !am && !kpm;
+  if (am) {
+    bool two = am->ndim == 2 && am->shape[0] == L && am->shape[1] == S;
+    bool three =
+        am->ndim == 3 && am->shape[0] == n * s->h && am->shape[1] == L && am->shape[2] == S;
+    if (!two && !three) {
+      ad_set_error(ctx, AD_ERR_SHAPE,
+                   "%s: attn_mask %s must be [L, S] = [%lld,%lld] or [N*num_heads, L, S] = "
+                   "[%lld,%lld,%lld]",
+                   who, ad_shape_str(am, b1, sizeof b1), (long long)L, (long long)S,
+                   (long long)(n * s->h), (long long)L, (long long)S);
+      return NULL;
+    }
+    if (am->dtype != AD_I32 && am->dtype != dtype) {
+      ad_set_error(ctx, AD_ERR_DTYPE,
+                   "%s: attn_mask is %s; it must be %s (added) or i32 (nonzero "
+                   "masks)",
+                   who, ad_dtype_name(am->dtype), ad_dtype_name(dtype));
+      return NULL;
+    }
+    int64_t sh[4] = {two ? 1 : n, two ? 1 : s->h, L, S};
+    out = additive(ctx, am, dtype, 4, sh);
+    if (!out) return NULL;
+  }
+  if (kpm) {
+    bool ok = batched ? kpm->ndim == 2 && kpm->shape[0] == n && kpm->shape[1] == S
+                      : kpm->ndim == 1 && kpm->shape[0] == S;
+    if (!ok) {
+      if (batched)
+        ad_set_error(ctx, AD_ERR_SHAPE, "%s: key_padding_mask %s must be [N, S] = [%lld,%lld]", who,
+                     ad_shape_str(kpm, b1, sizeof b1), (long long)n, (long long)S);
+      else
+        ad_set_error(ctx, AD_ERR_SHAPE, "%s: key_padding_mask %s must be [S] = [%lld]", who,
+                     ad_shape_str(kpm, b1, sizeof b1), (long long)S);
+      return NULL;
+    }
+    if (kpm->dtype != AD_I32 && kpm->dtype != dtype) {
+      ad_set_error(ctx, AD_ERR_DTYPE,
+                   "%s: key_padding_mask is %s; it must be %s (added) or i32 (nonzero masks)", who,
+                   ad_dtype_name(kpm->dtype), ad_dtype_name(dtype));
+      return NULL;
+    }
+    int64_t sh[4] = {n, 1, 1, S};
+    ad_tensor *k = additive(ctx, kpm, dtype, 4, sh);
+    out = out ? ad_add(ctx, out, k) : k;
+  }
+  return out;
+}
+
+/* x [N, T, E] -> [N, H, T, E/H] */
+static ad_tensor *split_heads(ad_ctx *ctx, ad_tensor *x, int64_t h) {
+  if (!x) return NULL;
+  int64_t sh[4] = {x->shape[0], x->shape[1], h, x->shape[2] / h};
+  static const int perm[4] = {0, 2, 1, 3};
+  return ad_permute(ctx, ad_reshape(ctx, x, 4, sh), perm);
+}
+
+/* x [N, T, E] W^T + b, W rows r0..r0+E-1 of w */
+static ad_tensor *project(ad_ctx *ctx, ad_tensor *x, ad_tensor *w, ad_tensor *b, int64_t r0,
+                          int64_t e) {
+  ad_tensor *y = ad_matmul(ctx, x, ad_narrow(ctx, w, 0, r0, e), false, true);
+  return b ? ad_add(ctx, y, ad_narrow(ctx, b, 0, r0, e)) : y;
+}
+
+ad_tensor *nn_multihead_attention(nn_layer *l, ad_tensor *query, ad_tensor *key, ad_tensor *value,
+                                  const nn_mha_args *args, ad_tensor **weights) {
+  if (weights) *weights = NULL;
+  if (!l) return NULL;
+  ad_ctx *ctx = nn_layer_ctx(l);
+  char who[96], b1[64], b2[64], b3[64];
+  nn_layer_who(l, who, sizeof who);
+  if (strcmp(nn_layer_kind(l), MHA_KIND) != 0) {
+    ad_set_error(ctx, AD_ERR_ARG, "multihead_attention: layer %s is not a multihead_attention",
+                 who);
+    return NULL;
+  }
+  if (!query || !key || !value) {
+    nn_null_arg(ctx, "multihead_attention", !query ? "query" : !key ? "key" : "value");
+    return NULL;
+  }
+  mha_state *s = nn_layer_state(l);
+  int nd = query->ndim;
+  const char *layout = s->batch_first ? "[N, L, E] (batch_first) or [L, E]" : "[L, N, E] or [L, E]";
+  if ((nd != 2 && nd != 3) || key->ndim != nd || value->ndim != nd ||
+      query->shape[nd - 1] != s->e || key->shape[nd - 1] != s->e || value->shape[nd - 1] != s->e) {
+    ad_set_error(ctx, AD_ERR_SHAPE,
+                 "%s: query %s, key %s and value %s must be %s with E = embed_dim %lld, all of "
+                 "one rank",
+                 who, ad_shape_str(query, b1, sizeof b1), ad_shape_str(key, b2, sizeof b2),
+                 ad_shape_str(value, b3, sizeof b3), layout, (long long)s->e);
+    return NULL;
+  }
+  ad_dtype dt = s->w_in->dtype;
+  if (query->dtype != dt || key->dtype != dt || value->dtype != dt) {
+    ad_set_error(ctx, AD_ERR_DTYPE, "%s: query, key and value are %s, %s and %s; the layer is %s",
+                 who, ad_dtype_name(query->dtype), ad_dtype_name(key->dtype),
+                 ad_dtype_name(value->dtype), ad_dtype_name(dt));
+    return NULL;
+  }
+  bool batched = nd == 3;
+  /* to [N, T, E] */
+  ad_tensor *x[3] = {query, key, value};
+  for (int i = 0; i < 3; i++) {
+    if (!batched) {
+      int64_t sh[3] = {1, x[i]->shape[0], s->e};
+      x[i] = ad_reshape(ctx, x[i], 3, sh);
+    } else if (!s->batch_first)
+      x[i] = ad_transpose(ctx, x[i], 0, 1);
+    if (!x[i]) return NULL;
+  }
+  int64_t n = x[0]->shape[0], L = x[0]->shape[1], S = x[1]->shape[1];
+  if (x[1]->shape[0] != n || x[2]->shape[0] != n || x[2]->shape[1] != S) {
+    ad_set_error(ctx, AD_ERR_SHAPE,
+                 "%s: query %s, key %s and value %s: the batch sizes must agree and key and value "
+                 "must have the same length",
+                 who, ad_shape_str(query, b1, sizeof b1), ad_shape_str(key, b2, sizeof b2),
+                 ad_shape_str(value, b3, sizeof b3));
+    return NULL;
+  }
+  bool none;
+  ad_tensor *mask = mha_mask(ctx, who, s, dt, n, L, S, batched, args, &none);
+  if (!mask && !none) return NULL;
+  ad_tensor *q = split_heads(ctx, project(ctx, x[0], s->w_in, s->b_in, 0, s->e), s->h);
+  ad_tensor *k = split_heads(ctx, project(ctx, x[1], s->w_in, s->b_in, s->e, s->e), s->h);
+  ad_tensor *v = split_heads(ctx, project(ctx, x[2], s->w_in, s->b_in, 2 * s->e, s->e), s->h);
+  ad_tensor *w = NULL;
+  bool training = args && args->training;
+  ad_attention_opts ao = {.causal = s->causal || (args && args->causal),
+                          .mask = mask,
+                          .dropout_p = training ? s->dropout : 0.0,
+                          .rng = &s->rng,
+                          .weights = &w};
+  ad_tensor *o = ad_scaled_dot_product_attention(ctx, q, k, v, &ao);
+  if (!o) return NULL;
+  static const int perm[4] = {0, 2, 1, 3};
+  int64_t sh[3] = {n, L, s->e};
+  o = ad_reshape(ctx, ad_permute(ctx, o, perm), 3, sh);
+  o = ad_matmul(ctx, o, s->w_out, false, true);
+  if (s->b_out) o = ad_add(ctx, o, s->b_out);
+  if (!batched) {
+    int64_t s2[2] = {L, s->e};
+    o = ad_reshape(ctx, o, 2, s2);
+  } else if (!s->batch_first)
+    o = ad_transpose(ctx, o, 0, 1);
+  if (o && weights) {
+    if (!(args && args->per_head_weights)) w = ad_mean_axis(ctx, w, 1, false); /* [N, L, S] */
+    if (!batched && w) w = ad_reshape(ctx, w, w->ndim - 1, w->shape + 1);
+    if (!w) return NULL;
+    *weights = w;
+  }
+  return o;
+}
+
+/* In a Sequential: self-attention on x, causal when the layer was made so. */
+static ad_tensor *mha_forward(nn_layer *l, ad_tensor *x, bool training) {
+  nn_mha_args a = {.training = training};
+  return nn_multihead_attention(l, x, x, x, &a, NULL);
+}
+
+static void mha_free(nn_layer *l) {
+  mha_state *s = nn_layer_state(l);
+  if (s) ad_free(nn_layer_ctx(l), s, sizeof *s);
+}
+
+static const nn_layer_ops mha_ops = {mha_forward, mha_free};
+
+/* A new parameter of shape filled by init, added to list under name (owned
+ * by it); NULL on error. */
+static ad_tensor *mha_param(nn_params *list, const char *name, ad_ctx *ctx, ad_dtype dtype,
+                            int ndim, const int64_t *shape, nn_init init, ad_rng *rng) {
+  ad_tensor *t = ad_zeros(ctx, dtype, ndim, shape);
+  if (!t) return NULL;
+  if (init.kind != NN_INIT_ZEROS && nn_init_tensor(ctx, t, init, rng) != AD_OK) {
+    ad_tensor_free(t);
+    return NULL;
+  }
+  return nn_params_add(list, name, t, true) == AD_OK ? t : NULL;
+}
+
+nn_layer *nn_multihead_attention_new(ad_ctx *ctx, int64_t embed_dim, int64_t num_heads, ad_rng *rng,
+                                     const nn_mha_opts *opts) {
+  if (!ctx) return NULL;
+  nn_mha_opts o = {0};
+  if (opts) o = *opts;
+  if (embed_dim < 1 || num_heads < 1 || embed_dim % num_heads) {
+    ad_set_error(ctx, AD_ERR_ARG,
+                 MHA_KIND ": embed_dim %lld and num_heads %lld must be >= 1, and num_heads must "
+                          "divide embed_dim",
+                 (long long)embed_dim, (long long)num_heads);
+    return NULL;
+  }
+  if (!(o.dropout >= 0 && o.dropout < 1)) {
+    ad_set_error(ctx, AD_ERR_ARG, MHA_KIND ": dropout %g is outside [0, 1)", o.dropout);
+    return NULL;
+  }
+  if (o.dtype != AD_F32 && o.dtype != AD_F64) {
+    ad_set_error(ctx, AD_ERR_DTYPE, MHA_KIND ": parameters must be float, got %s",
+                 ad_dtype_name(o.dtype));
+    return NULL;
+  }
+  if (!rng) {
+    nn_null_arg(ctx, MHA_KIND, "rng");
+    return NULL;
+  }
+  mha_state *s = ad_malloc(ctx, sizeof *s);
+  if (!s) return NULL;
+  *s = (mha_state){.e = embed_dim,
+                   .h = num_heads,
+                   .batch_first = o.batch_first,
+                   .causal = o.causal,
+                   .dropout = o.dropout};
+  ad_rng_seed(&s->rng, o.seed);
+  nn_layer *l = nn_layer_new_ext(ctx, MHA_KIND, &mha_ops, s);
+  if (!l) {
+    ad_free(ctx, s, sizeof *s);
+    return NULL;
+  }
+  int64_t e = embed_dim, w_in[2] = {3 * e, e}, b_in[1] = {3 * e}, w_out[2] = {e, e}, b_out[1] = {e};
+  double bound = 1.0 / sqrt((double)e); /* nn.Linear's default for out_proj.weight */
+  nn_params *p = nn_layer_params(l);
+  nn_init zeros = nn_init_make(NN_INIT_ZEROS, 0, 0);
+  bool ok = (s->w_in = mha_param(p, "in_proj_weight", ctx, o.dtype, 2, w_in,
+                                 nn_init_make(NN_INIT_XAVIER_UNIFORM, 0, 0), rng));
+  if (ok && !o.no_bias)
+    ok = (s->b_in = mha_param(p, "in_proj_bias", ctx, o.dtype, 1, b_in, zeros, rng));
+  if (ok)
+    ok = (s->w_out = mha_param(p, "out_proj.weight", ctx, o.dtype, 2, w_out,
+                               nn_init_make(NN_INIT_UNIFORM, -bound, bound), rng));
+  if (ok && !o.no_bias)
+    ok = (s->b_out = mha_param(p, "out_proj.bias", ctx, o.dtype, 1, b_out, zeros, rng));
+  if (!ok) {
+    nn_layer_free(l);
+    return NULL;
+  }
+  return l;
+}
