@@ -129,6 +129,7 @@ nn_layer *nn_layer_new_ext(ad_ctx *ctx, const char *kind, const nn_layer_ops *op
 }
 
 void *nn_layer_state(const nn_layer *l) { return l ? l->state : NULL; }
+bool nn_layer_runs(const nn_layer *l, const nn_layer_ops *ops) { return l && l->ops == ops; }
 ad_ctx *nn_layer_ctx(const nn_layer *l) { return l ? l->ctx : NULL; }
 
 /* ------------------------------------------------------------------ dense */

@@ -53,6 +53,8 @@ typedef struct nn_layer_ops {
  * NULL on OOM, and then the caller still owns state. */
 nn_layer *nn_layer_new_ext(ad_ctx *ctx, const char *kind, const nn_layer_ops *ops, void *state);
 void *nn_layer_state(const nn_layer *l);
+/* True when l is a layer run by ops (e.g. to tell a recurrent layer). */
+bool nn_layer_runs(const nn_layer *l, const nn_layer_ops *ops);
 ad_ctx *nn_layer_ctx(const nn_layer *l);
 
 /* "dense '2'" (kind and name) or "dense" (not in a model) into buf, for

@@ -18,7 +18,8 @@
  *                seeded ad_rng.
  *   layers       nn_layer: Dense, activations (sigmoid, tanh, relu,
  *                leaky_relu, gelu, softmax, ...), dropout, flatten,
- *                BatchNorm1d / BatchNorm2d, Embedding, LayerNorm,
+ *                BatchNorm1d / BatchNorm2d, Conv2d and pooling,
+ *                Embedding, LayerNorm, recurrent layers (RNN, LSTM, GRU),
  *                multi-head attention and lambda (a C function).
  *   models       nn_model: a Sequential stack of layers, or a custom model
  *                whose forward pass is a plain C function over the model's
@@ -397,6 +398,88 @@ NN_API nn_layer *nn_conv_transpose2d_new(ad_ctx *ctx, int64_t in, int64_t out, i
 NN_API nn_layer *nn_max_pool2d_new(ad_ctx *ctx, int64_t kh, int64_t kw, const ad_pool2d_opts *opts);
 NN_API nn_layer *nn_avg_pool2d_new(ad_ctx *ctx, int64_t kh, int64_t kw, const ad_pool2d_opts *opts);
 NN_API nn_layer *nn_global_avg_pool2d_new(ad_ctx *ctx);
+
+/* Recurrent cells, PyTorch's nn.RNN (tanh or relu), nn.LSTM and nn.GRU. */
+typedef enum nn_rnn_cell {
+  NN_RNN_TANH = 0, /* h' = tanh(W_ih x + b_ih + W_hh h + b_hh) */
+  NN_RNN_RELU,     /* h' = relu(W_ih x + b_ih + W_hh h + b_hh) */
+  NN_RNN_LSTM,     /* gates i, f, g, o (below) */
+  NN_RNN_GRU       /* gates r, z, n (below) */
+} nn_rnn_cell;
+
+/* Options of a recurrent layer. All-zero means PyTorch's defaults. */
+typedef struct nn_rnn_opts {
+  int num_layers;   /* stacked layers; 0 means 1 */
+  bool no_bias;     /* bias=False: no bias_ih / bias_hh */
+  bool batch_first; /* input and output [N, T, F]; default [T, N, F] */
+  double dropout;   /* in [0, 1): inverted dropout on the outputs of every
+                       layer but the last, in training mode only */
+  uint64_t seed;    /* of the dropout masks (an ad_rng seeded once) */
+  ad_dtype dtype;   /* of the parameters and the input; default AD_F32 */
+} nn_rnn_opts;
+
+/* A recurrent layer with PyTorch's equations, gate order, parameter names
+ * and layouts, so a PyTorch state dict loads unchanged. Per layer k (input
+ * size input_size for k = 0, hidden_size above) and step t, with x the
+ * layer's input at t and h, c its state from t - 1 (* is elementwise):
+ *   RNN   h' = act(x W_ih^T + b_ih + h W_hh^T + b_hh)       (G = 1)
+ *   LSTM  [i, f, g, o] = x W_ih^T + b_ih + h W_hh^T + b_hh   (G = 4)
+ *         i, f, o through sigmoid, g through tanh;
+ *         c' = f * c + i * g;  h' = o * tanh(c')
+ *   GRU   [r, z, n] rows of W_ih, W_hh, b_ih, b_hh           (G = 3)
+ *         r = sigmoid(x W_ir^T + b_ir + h W_hr^T + b_hr)
+ *         z = sigmoid(x W_iz^T + b_iz + h W_hz^T + b_hz)
+ *         n = tanh(x W_in^T + b_in + r * (h W_hn^T + b_hn))
+ *         h' = (1 - z) * n + z * h
+ * Parameters, in PyTorch's order: "weight_ih_l<k>" [G*H, in_k],
+ * "weight_hh_l<k>" [G*H, H], "bias_ih_l<k>" [G*H], "bias_hh_l<k>" [G*H]
+ * for k = 0 .. num_layers-1 (H = hidden_size; the gates' rows stacked in
+ * the order above), all drawn uniform in [-1/sqrt(H), 1/sqrt(H)) from rng
+ * in that order (PyTorch's reset_parameters). In nn Sequential its forward
+ * is nn_rnn_forward with zero initial state, full lengths and the model's
+ * mode, and gives the output sequence. The cells are composed from the
+ * engine's ops (matmul, add, narrow, sigmoid, tanh, mul), so graph dumps
+ * show the gates and the tape derives backpropagation through time.
+ * opts may be NULL. Returns the layer (kind "rnn_tanh", "rnn_relu",
+ * "lstm" or "gru"), or NULL with AD_ERR_ARG (a size or num_layers < 1,
+ * dropout outside [0, 1), an unknown cell), AD_ERR_DTYPE (not float),
+ * AD_ERR_NULL (rng) or AD_ERR_OOM. */
+NN_API nn_layer *nn_rnn_new(ad_ctx *ctx, nn_rnn_cell cell, int64_t input_size, int64_t hidden_size,
+                            ad_rng *rng, const nn_rnn_opts *opts);
+
+/* nn_rnn_new with NN_RNN_LSTM and NN_RNN_GRU. */
+NN_API nn_layer *nn_lstm_new(ad_ctx *ctx, int64_t input_size, int64_t hidden_size, ad_rng *rng,
+                             const nn_rnn_opts *opts);
+NN_API nn_layer *nn_gru_new(ad_ctx *ctx, int64_t input_size, int64_t hidden_size, ad_rng *rng,
+                            const nn_rnn_opts *opts);
+
+/* Runs recurrent layer l over the sequence x ([T, N, I], or [N, T, I]
+ * with batch_first; T >= 1 steps, N >= 1 sequences, I = input_size, the
+ * layer's dtype) and returns the last layer's output at every step, [T, N,
+ * H] (or [N, T, H]), a tape tensor. An unbatched x [T, I] runs as a batch
+ * of one without that axis, as in PyTorch: h0, c0, h_n, c_n are then
+ * [num_layers, H] and the output [T, H] (batch_first does not apply).
+ *   h0, c0    initial states [num_layers, N, H] (c0 for LSTM only), or
+ *             NULL for zeros (each independently).
+ *   lengths   NULL: every sequence has T steps. Else n_lengths == N
+ *             entries in 1..T (any order): sequence n has lengths[n]
+ *             steps and the rest of its rows in x is padding, as
+ *             PyTorch's pack_padded_sequence(enforce_sorted=False) then
+ *             pad_packed_sequence(total_length=T): padded steps do not
+ *             change its state, get no gradient, and give output 0.
+ *   training  dropout between layers (opts.dropout) applies when true.
+ *   h_n, c_n  when not NULL, receive the final states [num_layers, N, H]
+ *             (each sequence's state after its last step), tape tensors;
+ *             *c_n is NULL for cells other than LSTM.
+ * Returns NULL with the error recorded, naming the layer and the values:
+ * AD_ERR_ARG (l is not recurrent, c0 given to a cell other than LSTM,
+ * lengths missing a count, a count other than N, or a length outside
+ * 1..T), AD_ERR_SHAPE (x neither 3-D nor 2-D, an empty sequence or batch,
+ * the wrong input size, h0 or c0 not [num_layers, N, H]), AD_ERR_DTYPE
+ * (x, h0 or c0 not of the layer's dtype), AD_ERR_NULL, AD_ERR_OOM. */
+NN_API ad_tensor *nn_rnn_forward(nn_layer *l, ad_tensor *x, ad_tensor *h0, ad_tensor *c0,
+                                 const int64_t *lengths, int64_t n_lengths, bool training,
+                                 ad_tensor **h_n, ad_tensor **c_n);
 
 /* Options of an Embedding layer. All-zero means PyTorch's defaults. */
 typedef struct nn_embedding_opts {

@@ -1,0 +1,427 @@
+/* layers_rnn.c: recurrent layers, PyTorch's nn.RNN (tanh, relu), nn.LSTM
+ * and nn.GRU, composed from the engine's ops, so the tape derives
+ * backpropagation through time and a graph dump shows every gate. The
+ * equations, names and layouts are in nn.h (nn_rnn_new); per step t of
+ * layer k, with x_t its input and h, c its state:
+ *
+ *   RNN   h' = act(x_t W_ih^T + h W_hh^T + (b_ih + b_hh))
+ *   LSTM  a = x_t W_ih^T + h W_hh^T + (b_ih + b_hh), [i f g o] = a's column
+ *         blocks; c' = sig(f) c + sig(i) tanh(g); h' = sig(o) tanh(c')
+ *   GRU   a = x_t W_ih^T + b_ih, b = h W_hh^T + b_hh, [r z n] blocks;
+ *         r = sig(a_r + b_r), z = sig(a_z + b_z), n = tanh(a_n + r b_n);
+ *         h' = (h - n) z + n   (= (1 - z) n + z h, ATen's order)
+ *
+ * Variable lengths: at a step some sequence has passed its end, a constant
+ * 0/1 mask m [N, 1] keeps its state, h = where(m, h', h) (so the padded
+ * step sends it no gradient), its output is where(m, h', 0), and its
+ * input row where(m, x_t, 0), so that padding never reaches a value or a
+ * gradient (even a NaN in it).
+ *
+ * The sequence is cut into steps by ad_unstack and the steps' outputs (and
+ * the layers' final states) are joined by ad_stack. */
+#include "nn_internal.h"
+
+#include <limits.h>
+#include <math.h>
+
+typedef struct rnn_state {
+  nn_rnn_cell cell;
+  int gates; /* G: 1, 4 or 3 */
+  int layers;
+  int64_t in, hidden;
+  bool batch_first, bias;
+  double dropout;
+  ad_rng rng;
+  ad_tensor **p; /* 4 per layer: w_ih, w_hh, b_ih, b_hh (the biases NULL without) */
+} rnn_state;
+
+static const char *const cell_kinds[] = {"rnn_tanh", "rnn_relu", "lstm", "gru"};
+
+/* ------------------------------------------------------------ the cells */
+
+/* One step of layer k: from input x [N, in_k] and state *h (and *c for
+ * LSTM), the new state into *h, *c. bias is b_ih + b_hh (RNN, LSTM) or
+ * NULL; the GRU reads its two biases from w. NULL on error. */
+static bool cell_step(ad_ctx *ctx, const rnn_state *s, ad_tensor *const *w, ad_tensor *bias,
+                      ad_tensor *x, ad_tensor **h, ad_tensor **c) {
+  int64_t H = s->hidden;
+  ad_tensor *a = ad_matmul(ctx, x, w[0], false, true);
+  ad_tensor *b = ad_matmul(ctx, *h, w[1], false, true);
+  switch (s->cell) {
+  case NN_RNN_TANH:
+  case NN_RNN_RELU: {
+    ad_tensor *z = ad_add(ctx, a, b);
+    if (bias) z = ad_add(ctx, z, bias);
+    *h = s->cell == NN_RNN_TANH ? ad_tanh(ctx, z) : ad_relu(ctx, z);
+    return *h;
+  }
+  case NN_RNN_LSTM: {
+    ad_tensor *z = ad_add(ctx, a, b);
+    if (bias) z = ad_add(ctx, z, bias);
+    ad_tensor *i = ad_sigmoid(ctx, ad_narrow(ctx, z, 1, 0, H));
+    ad_tensor *f = ad_sigmoid(ctx, ad_narrow(ctx, z, 1, H, H));
+    ad_tensor *g = ad_tanh(ctx, ad_narrow(ctx, z, 1, 2 * H, H));
+    ad_tensor *o = ad_sigmoid(ctx, ad_narrow(ctx, z, 1, 3 * H, H));
+    *c = ad_add(ctx, ad_mul(ctx, f, *c), ad_mul(ctx, i, g));
+    *h = ad_mul(ctx, o, ad_tanh(ctx, *c));
+    return *h;
+  }
+  case NN_RNN_GRU: {
+    if (w[2]) a = ad_add(ctx, a, w[2]);
+    if (w[3]) b = ad_add(ctx, b, w[3]);
+    ad_tensor *r =
+        ad_sigmoid(ctx, ad_add(ctx, ad_narrow(ctx, a, 1, 0, H), ad_narrow(ctx, b, 1, 0, H)));
+    ad_tensor *z =
+        ad_sigmoid(ctx, ad_add(ctx, ad_narrow(ctx, a, 1, H, H), ad_narrow(ctx, b, 1, H, H)));
+    ad_tensor *n = ad_tanh(ctx, ad_add(ctx, ad_narrow(ctx, a, 1, 2 * H, H),
+                                       ad_mul(ctx, r, ad_narrow(ctx, b, 1, 2 * H, H))));
+    *h = ad_add(ctx, ad_mul(ctx, ad_sub(ctx, *h, n), z), n);
+    return *h;
+  }
+  }
+  return false;
+}
+
+/* --------------------------------------------------------------- checks */
+
+/* A state (h0 or c0) must be [layers, N, H] of dtype, or [layers, H] for
+ * an unbatched input. */
+static bool check_state(ad_ctx *ctx, const char *who, const char *what, const ad_tensor *t,
+                        const rnn_state *s, int64_t n, bool unbatched, ad_dtype dtype) {
+  char a[64];
+  int nd = unbatched ? 2 : 3;
+  if (t->ndim != nd || t->shape[0] != s->layers || (!unbatched && t->shape[1] != n) ||
+      t->shape[nd - 1] != s->hidden) {
+    if (unbatched)
+      ad_set_error(ctx, AD_ERR_SHAPE,
+                   "%s: %s %s must be [num_layers %d, hidden_size %lld] for an unbatched input",
+                   who, what, ad_shape_str(t, a, sizeof a), s->layers, (long long)s->hidden);
+    else
+      ad_set_error(ctx, AD_ERR_SHAPE,
+                   "%s: %s %s must be [num_layers %d, batch %lld, hidden_size %lld]", who, what,
+                   ad_shape_str(t, a, sizeof a), s->layers, (long long)n, (long long)s->hidden);
+    return false;
+  }
+  if (t->dtype != dtype) {
+    ad_set_error(ctx, AD_ERR_DTYPE, "%s: %s %s is %s, the layer is %s", who, what,
+                 ad_shape_str(t, a, sizeof a), ad_dtype_name(t->dtype), ad_dtype_name(dtype));
+    return false;
+  }
+  return true;
+}
+
+/* x must be [T, N, in] ([N, T, in] with batch_first) or unbatched [T, in]. */
+static bool check_input(ad_ctx *ctx, const char *who, const rnn_state *s, const ad_tensor *x,
+                        ad_dtype dtype) {
+  char a[64];
+  char want[80];
+  if (s->batch_first)
+    snprintf(want, sizeof want, "[N, T, %lld] (batch_first) or unbatched [T, %lld]",
+             (long long)s->in, (long long)s->in);
+  else
+    snprintf(want, sizeof want, "[T, N, %lld] or unbatched [T, %lld]", (long long)s->in,
+             (long long)s->in);
+  if (x->ndim != 3 && x->ndim != 2) {
+    ad_set_error(ctx, AD_ERR_SHAPE, "%s: input %s has %d dims; the layer expects %s", who,
+                 ad_shape_str(x, a, sizeof a), x->ndim, want);
+    return false;
+  }
+  int last = x->ndim - 1;
+  if (x->shape[last] != s->in) {
+    ad_set_error(ctx, AD_ERR_SHAPE,
+                 "%s: input %s has %lld features (dim %d), the layer's input_size is %lld", who,
+                 ad_shape_str(x, a, sizeof a), (long long)x->shape[last], last, (long long)s->in);
+    return false;
+  }
+  int64_t t = x->ndim == 2 ? x->shape[0] : x->shape[s->batch_first ? 1 : 0];
+  int64_t n = x->ndim == 2 ? 1 : x->shape[s->batch_first ? 0 : 1];
+  if (t == 0 || n == 0) {
+    ad_set_error(ctx, AD_ERR_SHAPE, "%s: input %s is an empty %s (%s = 0); the layer expects %s",
+                 who, ad_shape_str(x, a, sizeof a), t == 0 ? "sequence" : "batch",
+                 t == 0 ? "T" : "N", want);
+    return false;
+  }
+  if (x->dtype != dtype) {
+    ad_set_error(ctx, AD_ERR_DTYPE, "%s: input %s is %s, the layer is %s", who,
+                 ad_shape_str(x, a, sizeof a), ad_dtype_name(x->dtype), ad_dtype_name(dtype));
+    return false;
+  }
+  return true;
+}
+
+static bool check_lengths(ad_ctx *ctx, const char *who, const int64_t *lengths, int64_t n_lengths,
+                          int64_t n, int64_t t) {
+  if (n_lengths != n) {
+    ad_set_error(ctx, AD_ERR_ARG, "%s: %lld lengths for a batch of %lld sequences", who,
+                 (long long)n_lengths, (long long)n);
+    return false;
+  }
+  for (int64_t i = 0; i < n; i++)
+    if (lengths[i] < 1 || lengths[i] > t) {
+      ad_set_error(ctx, AD_ERR_ARG, "%s: length %lld of sequence %lld is outside 1..%lld (T)", who,
+                   (long long)lengths[i], (long long)i, (long long)t);
+      return false;
+    }
+  return true;
+}
+
+/* -------------------------------------------------------------- forward */
+
+static const nn_layer_ops rnn_ops;
+
+/* A constant (not recorded) arena tensor of shape, all v. */
+static ad_tensor *constant(ad_ctx *ctx, ad_dtype dtype, int ndim, const int64_t *shape, double v) {
+  ad_tensor *t = nn_tmp_tensor(ctx, dtype, ndim, shape);
+  if (t) ad_tensor_fill(t, v);
+  return t;
+}
+
+/* Layer k's initial state from s0 ([layers, N, H] or NULL: zeros). */
+static ad_tensor *state_in(ad_ctx *ctx, ad_tensor *s0, int k, ad_tensor *zeros) {
+  if (!s0) return zeros;
+  int64_t sh[2] = {s0->shape[1], s0->shape[2]};
+  return ad_reshape(ctx, ad_narrow(ctx, s0, 0, k, 1), 2, sh);
+}
+
+/* The steps' dropout (inverted, mask drawn per element from s->rng). */
+static ad_tensor *drop(ad_ctx *ctx, rnn_state *s, ad_tensor *x) {
+  ad_tensor *m = nn_tmp_tensor(ctx, x->dtype, x->ndim, x->shape);
+  if (!m) return NULL;
+  double keep = 1.0 / (1.0 - s->dropout);
+  if (m->dtype == AD_F32) {
+    float *d = m->data;
+    for (int64_t i = 0; i < m->size; i++)
+      d[i] = ad_rng_uniform(&s->rng) >= s->dropout ? (float)keep : 0;
+  } else {
+    double *d = m->data;
+    for (int64_t i = 0; i < m->size; i++) d[i] = ad_rng_uniform(&s->rng) >= s->dropout ? keep : 0;
+  }
+  return ad_mul(ctx, x, m);
+}
+
+/* The work of nn_rnn_forward once the arguments are checked. scratch
+ * holds 3 T + 2 layers pointers. */
+static ad_tensor *rnn_run(ad_ctx *ctx, rnn_state *s, ad_tensor *x, ad_tensor *h0, ad_tensor *c0,
+                          const int64_t *lengths, bool training, ad_tensor **h_n, ad_tensor **c_n,
+                          ad_tensor **scratch) {
+  int tax = s->batch_first ? 1 : 0;
+  int64_t T = x->shape[tax], N = x->shape[1 - tax], NH[2] = {N, s->hidden}, N1[2] = {N, 1};
+  ad_tensor **in = scratch, **out = scratch + T, **mask = scratch + 2 * T;
+  ad_tensor **fin_h = scratch + 3 * T, **fin_c = fin_h + s->layers; /* per layer */
+  ad_dtype dt = x->dtype;
+  ad_tensor *zeros = constant(ctx, dt, 2, NH, 0.0), *zero = ad_scalar(ctx, dt, 0.0);
+  bool ok = zeros && zero;
+  /* mask[t]: 1 for the sequences that reach step t, NULL when all do;
+   * t_run: the steps that some sequence reaches */
+  int64_t t_run = T;
+  for (int64_t t = 0; t < T && ok; t++) {
+    int64_t live = N;
+    for (int64_t i = 0; lengths && i < N; i++) live -= lengths[i] <= t;
+    mask[t] = NULL;
+    if (live == 0 && t_run == T) t_run = t;
+    if (live == N || live == 0) continue;
+    ok = (mask[t] = constant(ctx, dt, 2, N1, 0.0)) != NULL;
+    for (int64_t i = 0; ok && i < N; i++) ad_tensor_set(mask[t], i, lengths[i] > t);
+  }
+  /* the input's padded steps are zeroed, so that whatever they hold (NaN
+   * included) reaches neither the state nor a gradient */
+  ok = ok && ad_unstack(ctx, x, tax, in) == AD_OK;
+  for (int64_t t = 0; t < t_run && ok; t++)
+    if (mask[t]) ok = (in[t] = ad_where(ctx, mask[t], in[t], zero)) != NULL;
+  for (int k = 0; k < s->layers && ok; k++) {
+    ad_tensor *const *w = s->p + 4 * k;
+    ad_tensor *bias = NULL; /* b_ih + b_hh, added once per step (RNN, LSTM) */
+    if (s->cell != NN_RNN_GRU && w[2]) ok = (bias = ad_add(ctx, w[2], w[3])) != NULL;
+    ad_tensor *h = state_in(ctx, h0, k, zeros);
+    ad_tensor *c = s->cell == NN_RNN_LSTM ? state_in(ctx, c0, k, zeros) : NULL;
+    ok = ok && h && (s->cell != NN_RNN_LSTM || c);
+    for (int64_t t = 0; t < t_run && ok; t++) {
+      ad_tensor *hp = h, *cp = c;
+      ok = cell_step(ctx, s, w, bias, in[t], &h, &c);
+      if (ok && mask[t]) { /* some sequence has ended: it keeps its state */
+        out[t] = ad_where(ctx, mask[t], h, zero);
+        h = ad_where(ctx, mask[t], h, hp);
+        if (cp) c = ad_where(ctx, mask[t], c, cp);
+      } else {
+        out[t] = h;
+      }
+      ok = ok && out[t] && h && (!cp || c);
+    }
+    for (int64_t t = t_run; t < T; t++) out[t] = zeros;
+    fin_h[k] = h;
+    fin_c[k] = c;
+    for (int64_t t = 0; k + 1 < s->layers && t < t_run && ok; t++)
+      ok = (in[t] = training && s->dropout > 0 ? drop(ctx, s, out[t]) : out[t]) != NULL;
+  }
+  /* T fits an int: nn_rnn_forward checked it */
+  ad_tensor *y = ok ? ad_stack(ctx, (int)T, out, tax) : NULL;
+  if (y && h_n && !(*h_n = ad_stack(ctx, s->layers, fin_h, 0))) y = NULL;
+  if (y && c_n && s->cell == NN_RNN_LSTM && !(*c_n = ad_stack(ctx, s->layers, fin_c, 0))) y = NULL;
+  return y;
+}
+
+ad_tensor *nn_rnn_forward(nn_layer *l, ad_tensor *x, ad_tensor *h0, ad_tensor *c0,
+                          const int64_t *lengths, int64_t n_lengths, bool training, ad_tensor **h_n,
+                          ad_tensor **c_n) {
+  if (h_n) *h_n = NULL;
+  if (c_n) *c_n = NULL;
+  if (!l) return NULL;
+  ad_ctx *ctx = nn_layer_ctx(l);
+  char who[96];
+  nn_layer_who(l, who, sizeof who);
+  if (!nn_layer_runs(l, &rnn_ops)) {
+    ad_set_error(ctx, AD_ERR_ARG, "rnn_forward: %s is not a recurrent layer", who);
+    return NULL;
+  }
+  if (!x) {
+    nn_null_arg(ctx, "rnn_forward", "x");
+    return NULL;
+  }
+  rnn_state *s = nn_layer_state(l);
+  ad_dtype dt = s->p[0]->dtype;
+  if (!check_input(ctx, who, s, x, dt)) return NULL;
+  bool unbatched = x->ndim == 2; /* a batch of one, without its axis */
+  int64_t T = unbatched ? x->shape[0] : x->shape[s->batch_first ? 1 : 0];
+  int64_t N = unbatched ? 1 : x->shape[s->batch_first ? 0 : 1];
+  if (h0 && !check_state(ctx, who, "h0", h0, s, N, unbatched, dt)) return NULL;
+  if (c0 && s->cell != NN_RNN_LSTM) {
+    ad_set_error(ctx, AD_ERR_ARG, "%s: c0 is given, but only an LSTM has a cell state", who);
+    return NULL;
+  }
+  if (c0 && !check_state(ctx, who, "c0", c0, s, N, unbatched, dt)) return NULL;
+  if (!lengths && n_lengths != 0) {
+    ad_set_error(ctx, AD_ERR_ARG, "%s: lengths is NULL but n_lengths is %lld", who,
+                 (long long)n_lengths);
+    return NULL;
+  }
+  if (lengths && !check_lengths(ctx, who, lengths, n_lengths, N, T)) return NULL;
+  if (T > INT_MAX) { /* ad_stack joins an int's worth */
+    ad_set_error(ctx, AD_ERR_SHAPE, "%s: %lld steps; at most %d", who, (long long)T, INT_MAX);
+    return NULL;
+  }
+  size_t bytes = (size_t)(3 * T + 2 * s->layers) * sizeof(ad_tensor *);
+  ad_tensor **scratch = ad_malloc(ctx, bytes);
+  if (!scratch) return NULL;
+  ad_tensor *hn = NULL, *cn = NULL, *y = NULL;
+  if (unbatched) { /* add the batch axis, and take it away from the results */
+    int64_t xs[3] = {T, 1, s->in}, ss[3] = {s->layers, 1, s->hidden};
+    if (s->batch_first) xs[0] = 1, xs[1] = T;
+    x = ad_reshape(ctx, x, 3, xs);
+    if (!(x && (!h0 || (h0 = ad_reshape(ctx, h0, 3, ss))) &&
+          (!c0 || (c0 = ad_reshape(ctx, c0, 3, ss)))))
+      x = NULL;
+  }
+  if (x)
+    y = rnn_run(ctx, s, x, h0, c0, lengths, training, h_n ? &hn : NULL, c_n ? &cn : NULL, scratch);
+  ad_free(ctx, scratch, bytes);
+  if (y && unbatched) {
+    int64_t ys[2] = {T, s->hidden}, ss[2] = {s->layers, s->hidden};
+    y = ad_reshape(ctx, y, 2, ys);
+    if (hn) hn = ad_reshape(ctx, hn, 2, ss);
+    if (cn) cn = ad_reshape(ctx, cn, 2, ss);
+    if ((h_n && !hn) || (c_n && s->cell == NN_RNN_LSTM && !cn)) y = NULL;
+  }
+  if (y && h_n) *h_n = hn;
+  if (y && c_n) *c_n = cn;
+  return y;
+}
+
+static ad_tensor *rnn_forward(nn_layer *l, ad_tensor *x, bool training) {
+  return nn_rnn_forward(l, x, NULL, NULL, NULL, 0, training, NULL, NULL);
+}
+
+static void rnn_free(nn_layer *l) {
+  rnn_state *s = nn_layer_state(l);
+  if (!s) return;
+  ad_ctx *ctx = nn_layer_ctx(l);
+  ad_free(ctx, s->p, (size_t)(4 * s->layers) * sizeof *s->p);
+  ad_free(ctx, s, sizeof *s);
+}
+
+static const nn_layer_ops rnn_ops = {rnn_forward, rnn_free};
+
+/* ------------------------------------------------------------ the layer */
+
+nn_layer *nn_rnn_new(ad_ctx *ctx, nn_rnn_cell cell, int64_t input_size, int64_t hidden_size,
+                     ad_rng *rng, const nn_rnn_opts *opts) {
+  if (!ctx) return NULL;
+  nn_rnn_opts o = {0};
+  if (opts) o = *opts;
+  int layers = o.num_layers ? o.num_layers : 1;
+  if ((unsigned)cell > NN_RNN_GRU) {
+    ad_set_error(ctx, AD_ERR_ARG, "rnn_new: unknown cell %d", (int)cell);
+    return NULL;
+  }
+  const char *kind = cell_kinds[cell];
+  int gates = cell == NN_RNN_LSTM ? 4 : cell == NN_RNN_GRU ? 3 : 1;
+  if (input_size < 1 || hidden_size < 1 || layers < 1 || hidden_size > (INT64_C(1) << 32) ||
+      input_size > (INT64_C(1) << 32) || layers > (1 << 16)) {
+    ad_set_error(ctx, AD_ERR_ARG,
+                 "%s: input_size %lld, hidden_size %lld and num_layers %d must each be >= 1 (and "
+                 "sizes at most 2^32, layers at most 65536)",
+                 kind, (long long)input_size, (long long)hidden_size, layers);
+    return NULL;
+  }
+  if (!(o.dropout >= 0 && o.dropout < 1)) {
+    ad_set_error(ctx, AD_ERR_ARG, "%s: dropout %g is outside [0, 1)", kind, o.dropout);
+    return NULL;
+  }
+  if (o.dtype != AD_F32 && o.dtype != AD_F64) {
+    ad_set_error(ctx, AD_ERR_DTYPE, "%s: parameters must be float, got %s", kind,
+                 ad_dtype_name(o.dtype));
+    return NULL;
+  }
+  if (!rng) {
+    nn_null_arg(ctx, kind, "rng");
+    return NULL;
+  }
+  rnn_state *s = ad_malloc(ctx, sizeof *s);
+  if (!s) return NULL;
+  *s = (rnn_state){.cell = cell,
+                   .gates = gates,
+                   .layers = layers,
+                   .in = input_size,
+                   .hidden = hidden_size,
+                   .batch_first = o.batch_first,
+                   .bias = !o.no_bias,
+                   .dropout = o.dropout};
+  ad_rng_seed(&s->rng, o.seed);
+  size_t pbytes = (size_t)(4 * layers) * sizeof *s->p;
+  if (!(s->p = ad_malloc(ctx, pbytes))) {
+    ad_free(ctx, s, sizeof *s);
+    return NULL;
+  }
+  memset(s->p, 0, pbytes);
+  nn_layer *l = nn_layer_new_ext(ctx, kind, &rnn_ops, s);
+  if (!l) {
+    ad_free(ctx, s->p, pbytes);
+    ad_free(ctx, s, sizeof *s);
+    return NULL;
+  }
+  double bound = 1.0 / sqrt((double)hidden_size);
+  nn_params *list = nn_layer_params(l);
+  static const char *const pname[4] = {"weight_ih", "weight_hh", "bias_ih", "bias_hh"};
+  for (int k = 0; k < layers; k++)
+    for (int j = 0; j < (s->bias ? 4 : 2); j++) {
+      int64_t sh[2] = {gates * hidden_size, j == 0 ? (k ? hidden_size : input_size) : hidden_size};
+      ad_tensor *t = ad_rand(ctx, rng, o.dtype, j < 2 ? 2 : 1, sh, -bound, bound);
+      char name[48];
+      snprintf(name, sizeof name, "%s_l%d", pname[j], k);
+      if (!t || nn_params_add(list, name, t, true) != AD_OK) {
+        nn_layer_free(l);
+        return NULL;
+      }
+      s->p[4 * k + j] = t;
+    }
+  return l;
+}
+
+nn_layer *nn_lstm_new(ad_ctx *ctx, int64_t input_size, int64_t hidden_size, ad_rng *rng,
+                      const nn_rnn_opts *opts) {
+  return nn_rnn_new(ctx, NN_RNN_LSTM, input_size, hidden_size, rng, opts);
+}
+
+nn_layer *nn_gru_new(ad_ctx *ctx, int64_t input_size, int64_t hidden_size, ad_rng *rng,
+                     const nn_rnn_opts *opts) {
+  return nn_rnn_new(ctx, NN_RNN_GRU, input_size, hidden_size, rng, opts);
+}

@@ -1,0 +1,591 @@
+/* test_nn_rnn.c: the recurrent layers (nn_rnn_new, nn_lstm_new, nn_gru_new,
+ * nn_rnn_forward). Against PyTorch (tests/fixtures/torch_rnn.safetensors,
+ * tools/gen_rnn_fixtures.py): the state dicts load unchanged under
+ * PyTorch's names, and the outputs, final states and the gradients of a
+ * scalar loss w.r.t. the input, the initial states and every parameter
+ * agree (f64 within 1e-10, f32 within 1e-5) for RNN tanh/relu, LSTM and
+ * GRU, one and two layers, batch_first both ways, with and without initial
+ * state and bias, and variable lengths. Then gradchecks, PyTorch's names and
+ * initialisation, unbatched input, dropout between layers, and bad input. */
+#include "nn.h"
+#include "test_alloc.h"
+
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+TEST_CTX_SUITE(rnn);
+
+#define RNN_FIXTURE "tests/fixtures/torch_rnn.safetensors"
+
+/* tools/gen_rnn_fixtures.py's CASES */
+typedef struct rnn_case {
+  const char *name;
+  nn_rnn_cell cell;
+  int64_t in, hidden;
+  int layers;
+  bool batch_first, bias;
+  int64_t t, n;
+  bool state, lengths;
+} rnn_case;
+
+static const rnn_case cases[] = {
+    {"tanh1", NN_RNN_TANH, 3, 4, 1, false, true, 4, 2, false, false},
+    {"relu2", NN_RNN_RELU, 3, 4, 2, true, true, 4, 3, true, true},
+    {"lstm1", NN_RNN_LSTM, 3, 4, 1, false, true, 5, 2, false, false},
+    {"lstm2", NN_RNN_LSTM, 3, 4, 2, true, true, 5, 3, true, true},
+    {"lstm2nb", NN_RNN_LSTM, 2, 3, 2, false, false, 4, 3, false, true},
+    {"gru1", NN_RNN_GRU, 3, 4, 1, true, true, 5, 2, false, false},
+    {"gru2", NN_RNN_GRU, 3, 4, 2, false, true, 5, 3, true, true},
+    {"gru2nb", NN_RNN_GRU, 2, 3, 2, true, false, 3, 2, true, false},
+    {"tanh2_f32", NN_RNN_TANH, 3, 4, 2, false, true, 4, 2, true, true},
+    {"lstm2_f32", NN_RNN_LSTM, 3, 4, 2, true, true, 5, 3, true, true},
+    {"gru2_f32", NN_RNN_GRU, 3, 4, 2, false, true, 5, 3, true, true},
+};
+
+static void expect_msg(ad_ctx *c, ad_status st, const char *needle) {
+  cr_assert_eq(ad_last_status(c), st, "status %s: %s", ad_status_str(ad_last_status(c)),
+               ad_last_error(c));
+  cr_assert(strstr(ad_last_error(c), needle), "message: %s", ad_last_error(c));
+  ad_clear_error(c);
+}
+
+/* The fixture's tensor name (persistent, the file's dtype and shape), or
+ * NULL when the file has none. */
+static ad_tensor *fixture(const nn_checkpoint_info *info, const char *cname, const char *what) {
+  char name[96];
+  snprintf(name, sizeof name, "%s.%s", cname, what);
+  const nn_checkpoint_entry *e = nn_checkpoint_info_find(info, name);
+  if (!e) return NULL;
+  cr_assert(e->has_dtype, "%s: dtype %s", name, e->dtype_name);
+  ad_tensor *t = ad_zeros(ctx, e->dtype, e->ndim, e->shape);
+  cr_assert_not_null(t, "%s", ad_last_error(ctx));
+  const char *names[1] = {name};
+  cr_assert_eq(nn_checkpoint_load(ctx, RNN_FIXTURE, 1, names, &t), AD_OK, "%s", ad_last_error(ctx));
+  return t;
+}
+
+/* |got - want| <= tol (1 + |want|) element by element. */
+static void expect_close(const ad_tensor *got, const ad_tensor *want, double tol, const char *cname,
+                         const char *what) {
+  cr_assert_not_null(got, "%s %s: NULL (%s)", cname, what, ad_last_error(ctx));
+  cr_assert_not_null(want, "%s %s: not in the fixture", cname, what);
+  cr_assert_eq(got->ndim, want->ndim, "%s %s: %d dims, want %d", cname, what, got->ndim,
+               want->ndim);
+  for (int d = 0; d < got->ndim; d++)
+    cr_assert_eq(got->shape[d], want->shape[d], "%s %s: dim %d is %lld, want %lld", cname, what, d,
+                 (long long)got->shape[d], (long long)want->shape[d]);
+  for (int64_t i = 0; i < got->size; i++) {
+    double g = ad_tensor_get(got, i), w = ad_tensor_get(want, i);
+    QUICK_ASSERT(fabs(g - w) <= tol * (1 + fabs(w)), "%s %s[%lld]: %.17g, PyTorch %.17g", cname,
+                 what, (long long)i, g, w);
+  }
+}
+
+/* sum(a * w) */
+static ad_tensor *dot(ad_tensor *a, ad_tensor *w) { return ad_sum(ctx, ad_mul(ctx, a, w)); }
+
+static nn_layer *case_layer(const rnn_case *c, ad_dtype dt, ad_rng *rng) {
+  nn_rnn_opts o = {
+      .num_layers = c->layers, .no_bias = !c->bias, .batch_first = c->batch_first, .dtype = dt};
+  nn_layer *l = nn_rnn_new(ctx, c->cell, c->in, c->hidden, rng, &o);
+  cr_assert_not_null(l, "%s: %s", c->name, ad_last_error(ctx));
+  return l;
+}
+
+/* Runs case c: the model (one layer named after the case) loads PyTorch's
+ * state dict from the fixture; then outputs and gradients are compared. */
+static void check_case(const rnn_case *c) {
+  bool f32 = strstr(c->name, "_f32") != NULL;
+  ad_dtype dt = f32 ? AD_F32 : AD_F64;
+  double tol = f32 ? 1e-5 : 1e-10;
+  ad_rng rng;
+  ad_rng_seed(&rng, 3);
+  nn_model *m = nn_sequential_new(ctx);
+  cr_assert_eq(nn_model_add_named(m, c->name, case_layer(c, dt, &rng)), AD_OK, "%s",
+               ad_last_error(ctx));
+  cr_assert_eq(nn_model_load(m, NULL, RNN_FIXTURE), AD_OK, "%s: %s", c->name, ad_last_error(ctx));
+  nn_layer *l = nn_model_layer(m, 0);
+  nn_checkpoint_info *info = nn_checkpoint_info_read(ctx, RNN_FIXTURE);
+  cr_assert_not_null(info, "%s", ad_last_error(ctx));
+  ad_tensor *x = fixture(info, c->name, "x"), *h0 = fixture(info, c->name, "h0");
+  ad_tensor *c0 = fixture(info, c->name, "c0"), *len = fixture(info, c->name, "lengths");
+  cr_assert_eq(h0 != NULL, c->state, "%s: h0 in the fixture", c->name);
+  cr_assert_eq(len != NULL, c->lengths, "%s: lengths in the fixture", c->name);
+  int64_t lengths[8] = {0}, nl = 0;
+  for (int64_t i = 0; len && i < len->size; i++) lengths[nl++] = (int64_t)ad_tensor_get(len, i);
+  ad_tensor_set_requires_grad(x, true);
+  if (h0) ad_tensor_set_requires_grad(h0, true);
+  if (c0) ad_tensor_set_requires_grad(c0, true);
+  ad_tensor *hn = NULL, *cn = NULL;
+  ad_tensor *y = nn_rnn_forward(l, x, h0, c0, len ? lengths : NULL, nl, true, &hn, &cn);
+  cr_assert_not_null(y, "%s: %s", c->name, ad_last_error(ctx));
+  cr_assert_eq(cn != NULL, c->cell == NN_RNN_LSTM, "%s: c_n", c->name);
+  ad_tensor *wy = fixture(info, c->name, "wy"), *wh = fixture(info, c->name, "wh");
+  ad_tensor *loss = ad_add(ctx, dot(y, wy), dot(hn, wh));
+  ad_tensor *wc = cn ? fixture(info, c->name, "wc") : NULL;
+  if (cn) loss = ad_add(ctx, loss, dot(cn, wc));
+  cr_assert_eq(ad_backward(ctx, loss, NULL), AD_OK, "%s: %s", c->name, ad_last_error(ctx));
+
+  ad_tensor *want[3] = {fixture(info, c->name, "out"), fixture(info, c->name, "h_n"),
+                        fixture(info, c->name, "c_n")};
+  expect_close(y, want[0], tol, c->name, "out");
+  expect_close(hn, want[1], tol, c->name, "h_n");
+  if (cn) expect_close(cn, want[2], tol, c->name, "c_n");
+  ad_tensor *gx = fixture(info, c->name, "grad.x");
+  expect_close(x->grad, gx, tol, c->name, "grad.x");
+  ad_tensor *gh = h0 ? fixture(info, c->name, "grad.h0") : NULL;
+  ad_tensor *gc = c0 ? fixture(info, c->name, "grad.c0") : NULL;
+  if (h0) expect_close(h0->grad, gh, tol, c->name, "grad.h0");
+  if (c0) expect_close(c0->grad, gc, tol, c->name, "grad.c0");
+  nn_params *lp = nn_layer_params(l);
+  cr_assert_eq(nn_params_count(lp), c->layers * (c->bias ? 4 : 2));
+  for (int i = 0; i < nn_params_count(lp); i++) {
+    char what[64];
+    snprintf(what, sizeof what, "grad.%s", nn_params_name(lp, i));
+    ad_tensor *g = fixture(info, c->name, what);
+    expect_close(nn_params_tensor(lp, i)->grad, g, tol, c->name, what);
+    ad_tensor_free(g);
+  }
+  /* in a Sequential model: the output sequence from zero state, full length */
+  if (!c->state && !c->lengths) {
+    ad_tensor *ys = nn_model_forward(m, x);
+    expect_close(ys, want[0], tol, c->name, "Sequential out");
+  }
+  ad_tape_reset(ctx);
+  ad_tensor *all[] = {x, h0, c0, len, wy, wh, wc, want[0], want[1], want[2], gx, gh, gc};
+  for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) ad_tensor_free(all[i]);
+  nn_checkpoint_info_free(info);
+  nn_model_free(m);
+}
+
+Test(rnn, matches_pytorch_f64) {
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+    if (!strstr(cases[i].name, "_f32")) check_case(&cases[i]);
+}
+
+Test(rnn, matches_pytorch_f32) {
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+    if (strstr(cases[i].name, "_f32")) check_case(&cases[i]);
+}
+
+/* The fixture holds every tensor the cases need and nothing the table
+ * misses: each case's state dict has PyTorch's names and shapes. */
+Test(rnn, fixture_state_dicts_have_pytorch_layouts) {
+  nn_checkpoint_info *info = nn_checkpoint_info_read(ctx, RNN_FIXTURE);
+  cr_assert_not_null(info, "%s", ad_last_error(ctx));
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    const rnn_case *c = &cases[i];
+    int g = c->cell == NN_RNN_LSTM ? 4 : c->cell == NN_RNN_GRU ? 3 : 1;
+    ad_rng rng;
+    ad_rng_seed(&rng, 1);
+    nn_layer *l = case_layer(c, AD_F64, &rng);
+    nn_params *p = nn_layer_params(l);
+    for (int k = 0; k < nn_params_count(p); k++) {
+      char name[96];
+      snprintf(name, sizeof name, "%s.%s", c->name, nn_params_name(p, k));
+      const nn_checkpoint_entry *e = nn_checkpoint_info_find(info, name);
+      cr_assert_not_null(e, "%s missing", name);
+      ad_tensor *t = nn_params_tensor(p, k);
+      cr_assert_eq(e->ndim, t->ndim, "%s", name);
+      for (int d = 0; d < t->ndim; d++) cr_assert_eq(e->shape[d], t->shape[d], "%s", name);
+      cr_assert_eq(t->shape[0], g * c->hidden, "%s: %lld rows", name, (long long)t->shape[0]);
+    }
+    nn_layer_free(l);
+  }
+  nn_checkpoint_info_free(info);
+}
+
+/* --------------------------------------------------- names and init */
+
+Test(rnn, names_shapes_and_init_are_pytorchs) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 5);
+  nn_rnn_opts o = {.num_layers = 2};
+  nn_layer *l = nn_lstm_new(ctx, 3, 5, &rng, &o);
+  cr_assert_not_null(l, "%s", ad_last_error(ctx));
+  cr_assert_str_eq(nn_layer_kind(l), "lstm");
+  static const char *const names[8] = {"weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0",
+                                       "weight_ih_l1", "weight_hh_l1", "bias_ih_l1", "bias_hh_l1"};
+  static const int64_t cols[8] = {3, 5, 0, 0, 5, 5, 0, 0};
+  nn_params *p = nn_layer_params(l);
+  cr_assert_eq(nn_params_count(p), 8);
+  double bound = 1 / sqrt(5.0), lo = 1, hi = -1;
+  for (int i = 0; i < 8; i++) {
+    ad_tensor *t = nn_params_tensor(p, i);
+    cr_assert_str_eq(nn_params_name(p, i), names[i]);
+    cr_assert_eq(t->ndim, cols[i] ? 2 : 1);
+    cr_assert_eq(t->shape[0], 20);
+    if (cols[i]) cr_assert_eq(t->shape[1], cols[i]);
+    cr_assert_eq(t->dtype, AD_F32);
+    for (int64_t k = 0; k < t->size; k++) {
+      double v = ad_tensor_get(t, k);
+      lo = fmin(lo, v);
+      hi = fmax(hi, v);
+    }
+  }
+  /* uniform in [-1/sqrt(H), 1/sqrt(H)): inside, and spread over it */
+  cr_assert(lo >= -bound && hi < bound, "range [%g, %g], bound %g", lo, hi, bound);
+  cr_assert(lo < -0.9 * bound && hi > 0.9 * bound, "range [%g, %g], bound %g", lo, hi, bound);
+  nn_layer_free(l);
+
+  nn_rnn_opts nb = {.no_bias = true, .num_layers = 3};
+  l = nn_gru_new(ctx, 2, 4, &rng, &nb);
+  cr_assert_str_eq(nn_layer_kind(l), "gru");
+  p = nn_layer_params(l);
+  cr_assert_eq(nn_params_count(p), 6);
+  cr_assert_str_eq(nn_params_name(p, 5), "weight_hh_l2");
+  cr_assert_eq(nn_params_tensor(p, 2)->shape[1], 4); /* weight_ih_l1 [12, 4] */
+  nn_layer_free(l);
+  l = nn_rnn_new(ctx, NN_RNN_RELU, 2, 4, &rng, NULL);
+  cr_assert_str_eq(nn_layer_kind(l), "rnn_relu");
+  cr_assert_eq(nn_params_tensor(nn_layer_params(l), 0)->shape[0], 4);
+  nn_layer_free(l);
+}
+
+/* ------------------------------------------------------- gradcheck */
+
+typedef struct gc_ud {
+  nn_layer *l;
+  const int64_t *lengths;
+  int64_t nl;
+  int output; /* 0: output sequence, 1: h_n, 2: c_n */
+} gc_ud;
+
+static ad_tensor *gc_fn(ad_ctx *c, int n, ad_tensor *const *in, void *ud) {
+  (void)c;
+  gc_ud *u = ud;
+  ad_tensor *hn, *cn;
+  ad_tensor *y =
+      nn_rnn_forward(u->l, in[0], in[1], n > 2 ? in[2] : NULL, u->lengths, u->nl, true, &hn, &cn);
+  return u->output == 0 ? y : u->output == 1 ? hn : cn;
+}
+
+/* dL/dp of L = <v, f> by central differences for every element of every
+ * parameter of l, against the tape's. */
+static void params_fd(nn_layer *l, ad_tensor *const *in, int n, gc_ud *u) {
+  ad_tensor *y = gc_fn(ctx, n, in, u);
+  cr_assert_not_null(y, "%s", ad_last_error(ctx));
+  ad_rng rng;
+  ad_rng_seed(&rng, 11);
+  ad_tensor *v = ad_rand(ctx, &rng, AD_F64, y->ndim, y->shape, -1, 1);
+  nn_params *p = nn_layer_params(l);
+  nn_params_zero_grad(p);
+  cr_assert_eq(ad_backward(ctx, y, v), AD_OK, "%s", ad_last_error(ctx));
+  for (int i = 0; i < nn_params_count(p); i++) {
+    ad_tensor *t = nn_params_tensor(p, i);
+    cr_assert_not_null(t->grad, "%s has no gradient", nn_params_name(p, i));
+    for (int64_t k = 0; k < t->size; k++) {
+      double orig = ad_tensor_get(t, k), f[2];
+      for (int s = 0; s < 2; s++) {
+        ad_tensor_set(t, k, orig + (s ? -1e-6 : 1e-6));
+        ad_tape_reset(ctx);
+        ad_tensor *ys = gc_fn(ctx, n, in, u);
+        f[s] = ad_tensor_item(ad_sum(ctx, ad_mul(ctx, ys, v)));
+      }
+      ad_tensor_set(t, k, orig);
+      double num = (f[0] - f[1]) / 2e-6, an = ad_tensor_get(t->grad, k);
+      QUICK_ASSERT(fabs(num - an) <= 1e-6 + 1e-5 * fabs(num), "%s[%lld]: tape %.12g, numeric %.12g",
+                   nn_params_name(p, i), (long long)k, an, num);
+    }
+  }
+  ad_tape_reset(ctx);
+  ad_tensor_free(v);
+}
+
+static void gradcheck_cell(nn_rnn_cell cell) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 21);
+  nn_rnn_opts o = {.num_layers = 2, .batch_first = true, .dtype = AD_F64};
+  nn_layer *l = nn_rnn_new(ctx, cell, 2, 3, &rng, &o);
+  cr_assert_not_null(l, "%s", ad_last_error(ctx));
+  int64_t sx[3] = {3, 4, 2}, ss[3] = {2, 3, 3}, lengths[3] = {4, 2, 3};
+  ad_tensor *in[3] = {ad_rand(ctx, &rng, AD_F64, 3, sx, -1, 1),
+                      ad_rand(ctx, &rng, AD_F64, 3, ss, -1, 1),
+                      ad_rand(ctx, &rng, AD_F64, 3, ss, -1, 1)};
+  int n = cell == NN_RNN_LSTM ? 3 : 2;
+  for (int i = 0; i < n; i++) ad_tensor_set_requires_grad(in[i], true);
+  for (int lens = 0; lens < 2; lens++)
+    for (int out = 0; out < (cell == NN_RNN_LSTM ? 3 : 2); out++) {
+      gc_ud u = {l, lens ? lengths : NULL, lens ? 3 : 0, out};
+      ad_check_report rep;
+      cr_assert_eq(ad_gradcheck(ctx, gc_fn, &u, n, in, NULL, &rep), AD_OK, "%s",
+                   ad_last_error(ctx));
+      cr_assert(rep.passed, "%s output %d lengths %d: input %d [%lld] analytic %g numeric %g",
+                nn_layer_kind(l), out, lens, rep.input, (long long)rep.index, rep.analytic,
+                rep.numeric);
+      params_fd(l, in, n, &u);
+    }
+  for (int i = 0; i < 3; i++) ad_tensor_free(in[i]);
+  nn_layer_free(l);
+}
+
+Test(rnn, gradcheck_lstm_f64) { gradcheck_cell(NN_RNN_LSTM); }
+Test(rnn, gradcheck_gru_f64) { gradcheck_cell(NN_RNN_GRU); }
+
+/* ---------------------------------------------------- variable lengths */
+
+/* Padded steps: output exactly 0, no gradient to x there (even when the
+ * padding is not finite), and the final state is the one after each
+ * sequence's last step (the same as running the sequence alone, cut to its
+ * length). */
+Test(rnn, padded_steps_are_inert) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 8);
+  nn_rnn_opts o = {.dtype = AD_F64, .num_layers = 2};
+  nn_layer *l = nn_lstm_new(ctx, 2, 3, &rng, &o);
+  int64_t sx[3] = {5, 2, 2}, lengths[2] = {5, 2};
+  ad_tensor *x = ad_rand(ctx, &rng, AD_F64, 3, sx, -1, 1);
+  for (int64_t t = 2; t < 5; t++) /* the padding holds NaN and infinity */
+    for (int64_t k = 0; k < 2; k++) ad_tensor_set(x, (t * 2 + 1) * 2 + k, k ? INFINITY : NAN);
+  ad_tensor_set_requires_grad(x, true);
+  ad_tensor *hn, *cn;
+  ad_tensor *y = nn_rnn_forward(l, x, NULL, NULL, lengths, 2, true, &hn, &cn);
+  cr_assert_not_null(y, "%s", ad_last_error(ctx));
+  cr_assert_eq(ad_backward(ctx, ad_add(ctx, ad_sum(ctx, y), ad_sum(ctx, hn)), NULL), AD_OK);
+  for (int64_t t = 0; t < 5; t++)
+    for (int64_t k = 0; k < 3; k++) {
+      double v = ad_tensor_get(y, (t * 2 + 1) * 3 + k);
+      if (t >= 2)
+        cr_assert_eq(v, 0.0, "out[%lld, 1, %lld] = %g", (long long)t, (long long)k, v);
+      else
+        cr_assert_neq(v, 0.0);
+    }
+  for (int64_t t = 2; t < 5; t++)
+    for (int64_t k = 0; k < 2; k++) cr_assert_eq(ad_tensor_get(x->grad, (t * 2 + 1) * 2 + k), 0.0);
+  /* sequence 1 alone, two steps */
+  int64_t s1[3] = {2, 1, 2};
+  ad_tensor *x1 = ad_zeros(ctx, AD_F64, 3, s1);
+  for (int64_t t = 0; t < 2; t++)
+    for (int64_t k = 0; k < 2; k++)
+      ad_tensor_set(x1, t * 2 + k, ad_tensor_get(x, (t * 2 + 1) * 2 + k));
+  ad_tensor *hn1, *cn1;
+  cr_assert_not_null(nn_rnn_forward(l, x1, NULL, NULL, NULL, 0, true, &hn1, &cn1));
+  for (int k = 0; k < 2; k++)
+    for (int64_t j = 0; j < 3; j++) {
+      cr_assert_eq(ad_tensor_get(hn, (k * 2 + 1) * 3 + j), ad_tensor_get(hn1, k * 3 + j));
+      cr_assert_eq(ad_tensor_get(cn, (k * 2 + 1) * 3 + j), ad_tensor_get(cn1, k * 3 + j));
+    }
+  ad_tape_reset(ctx);
+  ad_tensor_free(x);
+  ad_tensor_free(x1);
+  nn_layer_free(l);
+}
+
+/* An unbatched input [T, I] (and states [layers, H]) runs as a batch of
+ * one, as in PyTorch: the same values, without the batch axis. */
+Test(rnn, unbatched_input_is_a_batch_of_one) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 12);
+  for (int bf = 0; bf < 2; bf++) {
+    nn_rnn_opts o = {.dtype = AD_F64, .num_layers = 2, .batch_first = bf};
+    nn_layer *l = nn_lstm_new(ctx, 2, 3, &rng, &o);
+    int64_t su[2] = {4, 2}, sb[3] = {4, 1, 2}, ss[2] = {2, 3}, ssb[3] = {2, 1, 3};
+    if (bf) sb[0] = 1, sb[1] = 4;
+    ad_tensor *xu = ad_rand(ctx, &rng, AD_F64, 2, su, -1, 1);
+    ad_tensor *h0 = ad_rand(ctx, &rng, AD_F64, 2, ss, -1, 1),
+              *c0 = ad_rand(ctx, &rng, AD_F64, 2, ss, -1, 1);
+    ad_tensor *xb = ad_from_data(ctx, AD_F64, 3, sb, xu->data);
+    ad_tensor *h0b = ad_from_data(ctx, AD_F64, 3, ssb, h0->data);
+    ad_tensor *c0b = ad_from_data(ctx, AD_F64, 3, ssb, c0->data);
+    ad_tensor *hn, *cn, *hnb, *cnb;
+    ad_tensor *y = nn_rnn_forward(l, xu, h0, c0, NULL, 0, true, &hn, &cn);
+    ad_tensor *yb = nn_rnn_forward(l, xb, h0b, c0b, NULL, 0, true, &hnb, &cnb);
+    cr_assert(y && yb, "%s", ad_last_error(ctx));
+    cr_assert_eq(y->ndim, 2);
+    cr_assert_eq(y->shape[0], 4);
+    cr_assert_eq(y->shape[1], 3);
+    cr_assert_eq(hn->ndim, 2);
+    cr_assert_eq(cn->ndim, 2);
+    cr_assert_eq(hn->shape[0], 2);
+    for (int64_t i = 0; i < y->size; i++) cr_assert_eq(ad_tensor_get(y, i), ad_tensor_get(yb, i));
+    for (int64_t i = 0; i < hn->size; i++) {
+      cr_assert_eq(ad_tensor_get(hn, i), ad_tensor_get(hnb, i));
+      cr_assert_eq(ad_tensor_get(cn, i), ad_tensor_get(cnb, i));
+    }
+    ad_tape_reset(ctx);
+    ad_tensor *ts[] = {xu, h0, c0, xb, h0b, c0b};
+    for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) ad_tensor_free(ts[i]);
+    nn_layer_free(l);
+  }
+}
+
+/* The cell is made of the engine's ops: a graph dump of one LSTM step shows
+ * the gates (sigmoid, tanh) fed by narrow slices of the matmuls, and the
+ * parameters under PyTorch's names. */
+Test(rnn, graph_dump_shows_the_gates) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 2);
+  nn_model *m = nn_sequential_new(ctx);
+  cr_assert_eq(nn_model_add(m, nn_lstm_new(ctx, 2, 3, &rng, NULL)), AD_OK);
+  int64_t sx[3] = {1, 1, 2};
+  ad_tensor *x = ad_ones(ctx, AD_F32, 3, sx);
+  ad_tensor *loss = ad_sum(ctx, nn_model_forward(m, x));
+  cr_assert_not_null(loss, "%s", ad_last_error(ctx));
+  char *buf = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&buf, &len);
+  cr_assert_eq(ad_graph_dot(NULL, f, loss, 0), AD_OK, "%s", ad_last_error(ctx));
+  fclose(f);
+  const char *want[] = {"sigmoid",        "tanh",           "narrow",      "matmul",
+                        "0.weight_ih_l0", "0.weight_hh_l0", "0.bias_ih_l0"};
+  for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
+    cr_assert(strstr(buf, want[i]), "no %s in the dump:\n%s", want[i], buf);
+  free(buf);
+  ad_tape_reset(ctx);
+  ad_tensor_free(x);
+  nn_model_free(m);
+}
+
+/* ------------------------------------------------------------- dropout */
+
+Test(rnn, dropout_between_layers_in_training_only) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 4);
+  nn_rnn_opts o = {.num_layers = 2, .dropout = 0.5, .seed = 9, .dtype = AD_F64};
+  nn_layer *l = nn_gru_new(ctx, 3, 6, &rng, &o);
+  ad_rng_seed(&rng, 4);
+  o.dropout = 0;
+  nn_layer *plain = nn_gru_new(ctx, 3, 6, &rng, &o); /* the same weights */
+  o.num_layers = 1;
+  o.dropout = 0.5;
+  ad_rng_seed(&rng, 4);
+  nn_layer *one = nn_gru_new(ctx, 3, 6, &rng, &o);
+  cr_assert(l && plain && one, "%s", ad_last_error(ctx));
+  int64_t sx[3] = {4, 5, 3};
+  ad_tensor *x = ad_rand(ctx, &rng, AD_F64, 3, sx, -1, 1);
+  ad_tensor *ye = nn_rnn_forward(l, x, NULL, NULL, NULL, 0, false, NULL, NULL);
+  ad_tensor *yp = nn_rnn_forward(plain, x, NULL, NULL, NULL, 0, true, NULL, NULL);
+  ad_tensor *yt = nn_rnn_forward(l, x, NULL, NULL, NULL, 0, true, NULL, NULL);
+  cr_assert(ye && yp && yt, "%s", ad_last_error(ctx));
+  int64_t differ = 0;
+  for (int64_t i = 0; i < ye->size; i++) {
+    cr_assert_eq(ad_tensor_get(ye, i), ad_tensor_get(yp, i), "eval mode has no dropout");
+    differ += ad_tensor_get(yt, i) != ad_tensor_get(ye, i);
+  }
+  cr_assert_gt(differ, ye->size / 2, "training mode drops: %lld of %lld differ", (long long)differ,
+               (long long)ye->size);
+  /* one layer: nothing between layers, so no dropout */
+  ad_tensor *y1t = nn_rnn_forward(one, x, NULL, NULL, NULL, 0, true, NULL, NULL);
+  ad_tensor *y1e = nn_rnn_forward(one, x, NULL, NULL, NULL, 0, false, NULL, NULL);
+  for (int64_t i = 0; i < y1t->size; i++)
+    cr_assert_eq(ad_tensor_get(y1t, i), ad_tensor_get(y1e, i));
+  ad_tape_reset(ctx);
+  ad_tensor_free(x);
+  nn_layer_free(l);
+  nn_layer_free(plain);
+  nn_layer_free(one);
+}
+
+/* ----------------------------------------------------------- bad input */
+
+Test(rnn, bad_input_is_named) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 1);
+  nn_model *m = nn_sequential_new(ctx);
+  nn_rnn_opts o = {.num_layers = 2};
+  cr_assert_eq(nn_model_add(m, nn_lstm_new(ctx, 3, 4, &rng, &o)), AD_OK);
+  nn_layer *l = nn_model_layer(m, 0);
+  int64_t s4[4] = {5, 2, 1, 3}, s3[3] = {5, 2, 3}, s3b[3] = {5, 2, 7}, s0[3] = {0, 2, 3};
+  ad_tensor *x4 = ad_zeros(ctx, AD_F32, 4, s4), *x = ad_zeros(ctx, AD_F32, 3, s3);
+  ad_tensor *xb = ad_zeros(ctx, AD_F32, 3, s3b), *x0 = ad_zeros(ctx, AD_F32, 3, s0);
+  ad_tensor *xd = ad_zeros(ctx, AD_F64, 3, s3);
+  cr_assert_null(nn_model_forward(m, x4));
+  expect_msg(ctx, AD_ERR_SHAPE,
+             "lstm '0': input [5,2,1,3] has 4 dims; the layer expects [T, N, 3] or unbatched "
+             "[T, 3]");
+  cr_assert_null(nn_model_forward(m, xb));
+  expect_msg(ctx, AD_ERR_SHAPE,
+             "lstm '0': input [5,2,7] has 7 features (dim 2), the layer's input_size is 3");
+  cr_assert_null(nn_model_forward(m, x0));
+  expect_msg(ctx, AD_ERR_SHAPE, "lstm '0': input [0,2,3] is an empty sequence (T = 0)");
+  cr_assert_null(nn_model_forward(m, xd));
+  expect_msg(ctx, AD_ERR_DTYPE, "lstm '0': input [5,2,3] is f64, the layer is f32");
+
+  int64_t sh_bad[3] = {2, 2, 5}, sh_l[3] = {1, 2, 4}, sh_n[3] = {2, 3, 4};
+  ad_tensor *hb = ad_zeros(ctx, AD_F32, 3, sh_bad), *hl = ad_zeros(ctx, AD_F32, 3, sh_l);
+  ad_tensor *hnb = ad_zeros(ctx, AD_F32, 3, sh_n);
+  cr_assert_null(nn_rnn_forward(l, x, hb, NULL, NULL, 0, true, NULL, NULL));
+  expect_msg(ctx, AD_ERR_SHAPE,
+             "lstm '0': h0 [2,2,5] must be [num_layers 2, batch 2, hidden_size 4]");
+  cr_assert_null(nn_rnn_forward(l, x, NULL, hl, NULL, 0, true, NULL, NULL));
+  expect_msg(ctx, AD_ERR_SHAPE, "c0 [1,2,4] must be [num_layers 2, batch 2, hidden_size 4]");
+  cr_assert_null(nn_rnn_forward(l, x, hnb, NULL, NULL, 0, true, NULL, NULL));
+  expect_msg(ctx, AD_ERR_SHAPE, "h0 [2,3,4] must be [num_layers 2, batch 2, hidden_size 4]");
+
+  int64_t zero[2] = {0, 3}, over[2] = {3, 6}, ok[2] = {5, 1};
+  cr_assert_null(nn_rnn_forward(l, x, NULL, NULL, zero, 2, true, NULL, NULL));
+  expect_msg(ctx, AD_ERR_ARG, "lstm '0': length 0 of sequence 0 is outside 1..5 (T)");
+  cr_assert_null(nn_rnn_forward(l, x, NULL, NULL, over, 2, true, NULL, NULL));
+  expect_msg(ctx, AD_ERR_ARG, "length 6 of sequence 1 is outside 1..5 (T)");
+  cr_assert_null(nn_rnn_forward(l, x, NULL, NULL, ok, 3, true, NULL, NULL));
+  expect_msg(ctx, AD_ERR_ARG, "lstm '0': 3 lengths for a batch of 2 sequences");
+  cr_assert_null(nn_rnn_forward(l, x, NULL, NULL, NULL, 2, true, NULL, NULL));
+  expect_msg(ctx, AD_ERR_ARG, "lengths is NULL but n_lengths is 2");
+  ad_tensor *hn = (ad_tensor *)1;
+  cr_assert_not_null(nn_rnn_forward(l, x, NULL, NULL, ok, 2, true, &hn, NULL));
+  cr_assert_not_null(hn);
+
+  /* a GRU has no cell state; a dense layer is not recurrent */
+  nn_rnn_opts bf = {.batch_first = true};
+  nn_layer *g = nn_gru_new(ctx, 3, 4, &rng, &bf);
+  int64_t sg[3] = {2, 1, 4};
+  ad_tensor *cg = ad_zeros(ctx, AD_F32, 3, sg), *cnp = (ad_tensor *)1;
+  cr_assert_null(nn_rnn_forward(g, x, NULL, cg, NULL, 0, true, NULL, &cnp));
+  expect_msg(ctx, AD_ERR_ARG, "gru: c0 is given, but only an LSTM has a cell state");
+  cr_assert_null(cnp, "c_n is cleared on error");
+  int64_t s1[1] = {3}, s2[2] = {5, 2};
+  ad_tensor *x1 = ad_zeros(ctx, AD_F32, 1, s1), *x2 = ad_zeros(ctx, AD_F32, 2, s2);
+  cr_assert_null(nn_rnn_forward(g, x1, NULL, NULL, NULL, 0, true, NULL, NULL));
+  expect_msg(ctx, AD_ERR_SHAPE,
+             "gru: input [3] has 1 dims; the layer expects [N, T, 3] (batch_first) or unbatched "
+             "[T, 3]");
+  cr_assert_null(nn_rnn_forward(g, x2, NULL, NULL, NULL, 0, true, NULL, NULL));
+  expect_msg(ctx, AD_ERR_SHAPE,
+             "gru: input [5,2] has 2 features (dim 1), the layer's input_size is 3");
+  int64_t sh2[2] = {1, 4}, s5[2] = {5, 3};
+  ad_tensor *hu = ad_zeros(ctx, AD_F32, 2, sh2), *xu = ad_zeros(ctx, AD_F32, 2, s5);
+  cr_assert_null(nn_rnn_forward(l, xu, hu, NULL, NULL, 0, true, NULL, NULL));
+  expect_msg(ctx, AD_ERR_SHAPE,
+             "lstm '0': h0 [1,4] must be [num_layers 2, hidden_size 4] for an unbatched input");
+  cr_assert_null(nn_rnn_forward(l, xu, hb, NULL, NULL, 0, true, NULL, NULL));
+  expect_msg(ctx, AD_ERR_SHAPE, "h0 [2,2,5] must be [num_layers 2, hidden_size 4]");
+  int64_t sbn[3] = {0, 4, 3};
+  ad_tensor *xn0 = ad_zeros(ctx, AD_F32, 3, sbn);
+  cr_assert_null(nn_rnn_forward(g, xn0, NULL, NULL, NULL, 0, true, NULL, NULL));
+  expect_msg(ctx, AD_ERR_SHAPE, "gru: input [0,4,3] is an empty batch (N = 0)");
+  nn_layer *d = nn_dense_new(ctx, 3, 4, &rng, NULL);
+  cr_assert_null(nn_rnn_forward(d, x, NULL, NULL, NULL, 0, true, NULL, NULL));
+  expect_msg(ctx, AD_ERR_ARG, "rnn_forward: dense is not a recurrent layer");
+  cr_assert_null(nn_rnn_forward(g, NULL, NULL, NULL, NULL, 0, true, NULL, NULL));
+  expect_msg(ctx, AD_ERR_NULL, "rnn_forward: x is NULL");
+  cr_assert_null(nn_rnn_forward(NULL, x, NULL, NULL, NULL, 0, true, NULL, NULL));
+
+  /* constructors */
+  cr_assert_null(nn_lstm_new(ctx, 3, 0, &rng, NULL));
+  expect_msg(ctx, AD_ERR_ARG,
+             "lstm: input_size 3, hidden_size 0 and num_layers 1 must each be >= 1");
+  nn_rnn_opts neg = {.num_layers = -1};
+  cr_assert_null(nn_gru_new(ctx, 3, 2, &rng, &neg));
+  expect_msg(ctx, AD_ERR_ARG, "gru: input_size 3, hidden_size 2 and num_layers -1");
+  nn_rnn_opts dp = {.dropout = 1};
+  cr_assert_null(nn_rnn_new(ctx, NN_RNN_TANH, 3, 2, &rng, &dp));
+  expect_msg(ctx, AD_ERR_ARG, "rnn_tanh: dropout 1 is outside [0, 1)");
+  nn_rnn_opts di = {.dtype = AD_I32};
+  cr_assert_null(nn_rnn_new(ctx, NN_RNN_RELU, 3, 2, &rng, &di));
+  expect_msg(ctx, AD_ERR_DTYPE, "rnn_relu: parameters must be float, got i32");
+  cr_assert_null(nn_rnn_new(ctx, (nn_rnn_cell)9, 3, 2, &rng, NULL));
+  expect_msg(ctx, AD_ERR_ARG, "rnn_new: unknown cell 9");
+  cr_assert_null(nn_lstm_new(ctx, 3, 2, NULL, NULL));
+  expect_msg(ctx, AD_ERR_NULL, "lstm: rng is NULL");
+  cr_assert_null(nn_lstm_new(NULL, 3, 2, &rng, NULL));
+
+  ad_tape_reset(ctx);
+  ad_tensor *ts[] = {x4, x, xb, x0, xd, hb, hl, hnb, cg, xn0, x1, x2, hu, xu};
+  for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) ad_tensor_free(ts[i]);
+  nn_layer_free(g);
+  nn_layer_free(d);
+  nn_model_free(m);
+}
