@@ -79,8 +79,9 @@ static inline void bench_report(const nn_history *h, int epochs, const nn_params
                                 double cpu, int threads) {
   struct rusage ru;
   getrusage(RUSAGE_SELF, &ru);
-  printf("loss: epoch 1 %.4f, epoch %d %.4f\n", nn_history_get(h, "loss", 0), epochs,
-         nn_history_get(h, "loss", epochs - 1));
+  if (h) /* else the caller printed its own */
+    printf("loss: epoch 1 %.4f, epoch %d %.4f\n", nn_history_get(h, "loss", 0), epochs,
+           nn_history_get(h, "loss", epochs - 1));
   printf("params_hash: %016llx\n", bench_params_hash(params));
   printf("samples_per_s: %.0f\n", samples / secs);
   bench_peak pk = bench_sgemm_peak(3);

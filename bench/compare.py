@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """compare.py: the engine's training benchmarks side by side with PyTorch.
 
-Runs bench/mlp and bench/cnn and the same training loops in PyTorch (same layers, batch,
+Runs bench/mlp, bench/cnn and bench/rnn and the same training loops in PyTorch (same layers, batch,
 epochs, samples, Adam lr 1e-3, float32, torch.set_num_threads(T) and
 OPENBLAS_NUM_THREADS=OMP_NUM_THREADS=T, since torch's products run in
 OpenBLAS, whose thread count set_num_threads does not change; only the
@@ -12,6 +12,8 @@ and theirs within each configuration, REPEATS times, and prints medians:
                    32, 5 epochs x 8000), the wide one (784-1024-1024-10,
                    batch 256, 2 epochs x 8000) and the CNN of
                    examples/mnist_cnn (bench/cnn, batch 64, 1 epoch x 8000),
+                   and the recurrent language model of bench/rnn (LSTM and
+                   GRU, hidden 256, sequences of 64, batch 32, 50 steps),
                    with 1 and 2 threads
   ours s, torch s  median wall seconds of the training loop ("train_s")
   ratio            ours / torch (lower is better)
@@ -35,7 +37,7 @@ GEMM dispatch decided. PyTorch is skipped with a message when it cannot be impor
 (by this interpreter or by /usr/bin/python3, or by --python).
 
   bench/compare.py [--build DIR] [--builtin-mlp PATH] [--repeats N]
-                   [--python EXE] [--only seed|wide]
+                   [--python EXE] [--only seed|wide|cnn|lstm|gru]
 """
 import argparse
 import os
@@ -56,9 +58,15 @@ CONFIGS = [
     ("wide 2 threads", "784,1024,1024,10", 256, 2, 8000, 2, None),
     ("cnn 1 thread", "cnn", 64, 1, 8000, 1, 0.7),
     ("cnn 2 threads", "cnn", 64, 1, 8000, 2, None),
+    # bench/rnn: embedding(64->64), a recurrent layer (64->256), dense(256->64),
+    # sequences of 64, batch 32; "epochs" is the number of steps
+    ("lstm 1 thread", "rnn:lstm", 32, 50, 0, 1, 0.6),
+    ("lstm 2 threads", "rnn:lstm", 32, 50, 0, 2, None),
+    ("gru 1 thread", "rnn:gru", 32, 50, 0, 1, 0.6),
+    ("gru 2 threads", "rnn:gru", 32, 50, 0, 2, None),
 ]
 # 1 -> 2 threads speedup targets of our side
-SCALING = {"seed": None, "wide": 1.85, "cnn": 1.7}
+SCALING = {"seed": None, "wide": 1.85, "cnn": 1.7, "lstm": 1.5, "gru": 1.5}
 
 # The PyTorch side: the loop nn_fit runs (shuffle each epoch, gather the
 # batch, zero_grad, forward, cross-entropy, backward, step, loss.item()).
@@ -69,6 +77,36 @@ batch, epochs, samples, threads = (int(v) for v in sys.argv[2:6])
 torch.set_num_threads(threads)
 torch.manual_seed(1)
 nn = torch.nn
+if sys.argv[1].startswith("rnn:"):  # bench/rnn's model; epochs is the step count
+    V, E, H, T = 64, 64, 256, 64
+    cells = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+    class LM(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(V, E)
+            self.rnn = cells[sys.argv[1][4:]](E, H, batch_first=True)
+            self.out = nn.Linear(H, V)
+        def forward(self, t):
+            return self.out(self.rnn(self.emb(t))[0])
+    model = LM()
+    data = torch.randint(0, V, (1024, T + 1))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    lossf = torch.nn.CrossEntropyLoss()
+    t0 = time.perf_counter()
+    for s in range(epochs):
+        r = s * batch % (1024 - batch + 1)
+        xb, yb = data[r:r + batch, :T], data[r:r + batch, 1:]
+        opt.zero_grad()
+        loss = lossf(model(xb).reshape(-1, V), yb.reshape(-1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        loss.item()
+    secs = time.perf_counter() - t0
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    print("peak_rss_mb: %.1f" % rss)
+    print("train_s: %.4f" % secs)
+    sys.exit(0)
 if sys.argv[1] == "cnn":  # bench/cnn's network and data
     x = torch.rand(samples, 1, 28, 28)
     templates = torch.randn(28 * 28, 10)
@@ -142,6 +180,9 @@ def ours_cmd(mlp, cfg):
               "--threads", str(threads)]
     if layers == "cnn":  # bench/cnn beside bench/mlp
         return [os.path.join(os.path.dirname(mlp), "cnn")] + common
+    if layers.startswith("rnn:"):  # bench/rnn; epochs is the step count
+        return [os.path.join(os.path.dirname(mlp), "rnn"), "--cell", layers[4:], "--batch",
+                str(batch), "--steps", str(epochs), "--threads", str(threads)]
     return [mlp, "--layers", layers] + common + ["--optim", "adam", "--dtype", "f32"]
 
 
@@ -256,7 +297,7 @@ def main():
     ap.add_argument("--builtin-mlp", help="bench/mlp of a -Dblas=disabled build")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--python", help="interpreter with torch (default: this one, /usr/bin/python3)")
-    ap.add_argument("--only", choices=["seed", "wide", "cnn"],
+    ap.add_argument("--only", choices=["seed", "wide", "cnn", "lstm", "gru"],
                     help="run only these configurations")
     a = ap.parse_args()
 
