@@ -6,6 +6,7 @@
  * Criterion suite (Criterion forks each test; MPI must not be forked):
  * every rank runs every check, rank 0 prints TAP, and a check passes only
  * if it passes on every rank. argv[1]: a directory for files. */
+#include "ad_ext.h"
 #include "nn_dist.h"
 
 #include <math.h>
@@ -314,13 +315,54 @@ static void checkpoints(ad_ctx *c) {
   nn_model_free(other);
 }
 
+/* A counting allocator (64-byte aligned blocks, as the contract asks): the
+ * bytes nn_dist holds go back to the context when it is freed. */
+static long long live_bytes;
+
+static void *count_alloc(void *ud, void *p, size_t os, size_t ns) {
+  (void)ud;
+  if (ns == 0) {
+    if (p) live_bytes -= (long long)os;
+    free(p);
+    return NULL;
+  }
+  void *q = aligned_alloc(64, (ns + 63) / 64 * 64);
+  if (!q) return NULL;
+  if (p) {
+    memcpy(q, p, os < ns ? os : ns);
+    free(p);
+    live_bytes -= (long long)os;
+  }
+  live_bytes += (long long)ns;
+  return q;
+}
+
+static void memory_returns(ad_ctx *c) {
+  nn_dist_opts o = {.bucket_bytes = 8, .deterministic = true};
+  run warm = train(c, AD_F64, BATCHNORM, true, 48, 12, 1, &o, true); /* arena, grads sized */
+  ad_tensor *x, *y;
+  make_data(c, AD_F64, 48, &x, &y);
+  long long before = live_bytes;
+  nn_dist *d = nn_dist_new(c, &o);
+  nn_fit_opts fo = {.epochs = 1, .batch_size = 12, .verbose = -1, .dist = nn_dist_fit_ops(d)};
+  ad_status st = nn_fit(warm.m, warm.opt, nn_cross_entropy_loss, x, y, &fo, NULL);
+  nn_dist_free(d);
+  ad_tape_reset(c);
+  snprintf(why, sizeof why, "status %s; %lld bytes before, %lld after", ad_status_str(st), before,
+           live_bytes);
+  check(st == AD_OK && live_bytes == before, "nn_dist_free returns every byte it took", why);
+  ad_tensor_free(x);
+  ad_tensor_free(y);
+  run_free(&warm);
+}
+
 int main(int argc, char **argv) {
   if (nn_dist_init(&argc, &argv) != AD_OK) return 1;
   if (argc > 1) tmpdir = argv[1];
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &size);
   ad_set_num_threads(1); /* ranks share the cores */
-  ad_ctx *c = ad_ctx_new();
+  ad_ctx *c = ad_ctx_new_with_alloc(count_alloc, NULL);
   equals_single(c, AD_F64, false, 8, 1e-12, "f64 sgd, a bucket per parameter");
   equals_single(c, AD_F64, true, 0, 1e-12, "f64 adam, one bucket");
   equals_single(c, AD_F32, true, 8, 1e-5, "f32 adam, a bucket per parameter");
@@ -330,6 +372,7 @@ int main(int argc, char **argv) {
   failing_rank(c);
   dropout_and_batchnorm(c);
   checkpoints(c);
+  memory_returns(c);
   ad_ctx_free(c);
   if (rank == 0) printf("1..%d\n", ntest);
   nn_dist_finalize();

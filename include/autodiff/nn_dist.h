@@ -102,9 +102,12 @@ NN_API const nn_dist_ops *nn_dist_fit_ops(nn_dist *d);
  * opt (may be NULL on every rank) have the same names, dtypes and shapes
  * in the same order as rank 0's, then broadcasts rank 0's values of all of
  * them. Collective. On a difference every rank returns AD_ERR_SHAPE with
- * "dist: rank R differs from rank 0: parameter 3 is '1.weight' f32 [64,16]
- * on rank R, '1.weight' f32 [64,32] on rank 0" (or the count, the buffer,
- * the optimizer state). AD_ERR_NULL for a NULL m. nn_fit calls it first. */
+ * the first one, of the lowest rank that differs: "dist: rank R differs
+ * from rank 0: parameter 2 '1.weight' f32 [10,64] on rank R, parameter 2
+ * '1.weight' f32 [10,32] on rank 0" (or the counts, "3 parameters, 0
+ * buffers, 7 optimizer state tensors", a buffer, an optimizer state
+ * tensor). A NULL m on some rank: every rank fails, the others with "dist:
+ * rank R failed: dist_sync: model is NULL". nn_fit calls it first. */
 NN_API ad_status nn_dist_sync(nn_dist *d, nn_model *m, nn_optimizer *opt);
 
 /* Sums n doubles over the ranks, in place. Collective. */
