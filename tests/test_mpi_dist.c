@@ -10,6 +10,7 @@
 #include "nn_dist.h"
 
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -356,8 +357,73 @@ static void memory_returns(ad_ctx *c) {
   run_free(&warm);
 }
 
+/* --kill DIR: trains for ever, rank 0 saving DIR/kill.safetensors after
+ * every epoch (nn_dist_save); after the save of epoch 4 the last rank
+ * kills itself (SIGKILL). mpirun must then end the job, non-zero
+ * (tests/test_mpi_kill.sh times it). --check FILE: the checkpoint loads
+ * and is epoch 4's (16 optimizer steps). */
+typedef struct killer {
+  nn_dist *d;
+  nn_model *m;
+  nn_optimizer *opt;
+  char path[512];
+} killer;
+
+static bool save_then_die(int epoch, const nn_history *h, void *ud) {
+  (void)h;
+  killer *k = ud;
+  if (nn_dist_save(k->d, k->m, k->opt, k->path) != AD_OK) return false;
+  if (epoch == 3 && rank == size - 1) {
+    fprintf(stderr, "rank %d: killing itself after the checkpoint of epoch %d\n", rank, epoch + 1);
+    fflush(stderr);
+    raise(SIGKILL);
+  }
+  return true;
+}
+
+static int kill_mode(ad_ctx *c, const char *mode, const char *arg) {
+  ad_tensor *x, *y;
+  make_data(c, AD_F64, 48, &x, &y);
+  killer k = {.m = make_model(c, AD_F64, 8, PLAIN, 5)};
+  k.opt = nn_adam_new(nn_model_params(k.m), 0.01);
+  int rc = 1;
+  if (strcmp(mode, "--check") == 0) {
+    ad_status st = nn_model_load(k.m, k.opt, arg);
+    printf("load %s: %s, %lld steps%s%s\n", arg, ad_status_str(st),
+           (long long)nn_optimizer_steps(k.opt), st ? ": " : "", st ? ad_last_error(c) : "");
+    rc = st == AD_OK && nn_optimizer_steps(k.opt) == 16 ? 0 : 1;
+  } else {
+    k.d = nn_dist_new(c, NULL);
+    snprintf(k.path, sizeof k.path, "%s/kill.safetensors", arg);
+    nn_fit_opts fo = {.epochs = 1000000,
+                      .batch_size = 12,
+                      .verbose = -1,
+                      .dist = nn_dist_fit_ops(k.d),
+                      .on_epoch_end = save_then_die,
+                      .ud = &k};
+    nn_fit(k.m, k.opt, nn_cross_entropy_loss, x, y, &fo, NULL);
+    fprintf(stderr, "rank %d: nn_fit returned: %s\n", rank, ad_last_error(c));
+    nn_dist_free(k.d);
+  }
+  nn_optimizer_free(k.opt);
+  nn_model_free(k.m);
+  ad_tensor_free(x);
+  ad_tensor_free(y);
+  return rc;
+}
+
 int main(int argc, char **argv) {
   if (nn_dist_init(&argc, &argv) != AD_OK) return 1;
+  if (argc > 2 && (strcmp(argv[1], "--kill") == 0 || strcmp(argv[1], "--check") == 0)) {
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &size);
+    ad_set_num_threads(1);
+    ad_ctx *c = ad_ctx_new();
+    int rc = kill_mode(c, argv[1], argv[2]);
+    ad_ctx_free(c);
+    nn_dist_finalize();
+    return rc;
+  }
   if (argc > 1) tmpdir = argv[1];
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &size);
