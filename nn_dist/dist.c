@@ -215,7 +215,8 @@ static int agree(nn_dist *d, bool failed, ad_status own, const char *what, ad_st
 ad_status nn_dist_sum(nn_dist *d, double *v, int n) {
   if (!d) return AD_ERR_NULL;
   if (n <= 0) return AD_OK;
-  if (!v) return ad_set_error(d->ctx, AD_ERR_NULL, "dist_sum: v is NULL");
+  ad_status st = !v ? ad_set_error(d->ctx, AD_ERR_NULL, "dist_sum: v is NULL") : AD_OK, other;
+  if (agree(d, st != AD_OK, st, "failed", &other) >= 0) return st != AD_OK ? st : other;
   if (!d->o.deterministic) {
     MPI_Allreduce(MPI_IN_PLACE, v, n, MPI_DOUBLE, MPI_SUM, d->comm);
     return AD_OK;

@@ -240,6 +240,25 @@ static void broadcast_start(ad_ctx *c) {
   nn_model_free(ref);
 }
 
+static void sums(ad_ctx *c) {
+  nn_dist_opts o = {.deterministic = true};
+  nn_dist *d = nn_dist_new(c, NULL), *det = nn_dist_new(c, &o);
+  double v[2] = {rank, 1}, w[2] = {0.5, rank};
+  ad_status st = nn_dist_sum(d, v, 2), st2 = nn_dist_sum(det, w, 2);
+  double ranks = size * (size - 1) / 2.0;
+  check(st == AD_OK && st2 == AD_OK && v[0] == ranks && v[1] == size && w[0] == 0.5 * size &&
+            w[1] == ranks,
+        "nn_dist_sum sums over the ranks (also deterministic)", NULL);
+  st = nn_dist_sum(d, rank == 1 ? NULL : v, 2);
+  snprintf(why, sizeof why, "status %s, message: %s", ad_status_str(st), ad_last_error(c));
+  check(st == AD_ERR_NULL && strstr(ad_last_error(c), "dist_sum: v is NULL") &&
+            (rank == 1 || strstr(ad_last_error(c), "dist: rank 1 failed: ")),
+        "nn_dist_sum with a NULL array on one rank fails on every rank", why);
+  ad_clear_error(c);
+  nn_dist_free(d);
+  nn_dist_free(det);
+}
+
 /* A NaN in the last rank's shard of the first batch: every rank stops. */
 static void failing_rank(ad_ctx *c) {
   ad_tensor *x, *y;
@@ -435,6 +454,7 @@ int main(int argc, char **argv) {
   deterministic(c);
   mismatch(c);
   broadcast_start(c);
+  sums(c);
   failing_rank(c);
   dropout_and_batchnorm(c);
   checkpoints(c);

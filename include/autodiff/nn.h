@@ -789,7 +789,8 @@ typedef struct nn_history nn_history;
  *     (loss times rows, rows, correct predictions), so the history's loss
  *     and accuracy cover the whole epoch on every rank. Validation runs
  *     whole on every rank (identical models give identical values);
- *   - prints progress on rank 0 only (other ranks are silent).
+ *   - prints progress on rank 0 only (other ranks are silent); the live
+ *     bar shows rank 0's shards, the epoch lines the reduced values.
  * nn_train_step, nn_evaluate and nn_predict do not use it. */
 typedef struct nn_dist_ops {
   void *ud;
@@ -824,8 +825,9 @@ typedef struct nn_fit_opts {
   bool keep_denormals; /* default false: subnormal floats flush to zero while
                           nn_fit runs (ad_set_flush_denormal), the caller's
                           mode is restored on return */
-  const nn_dist_ops *dist; /* NULL: one process; else data-parallel training
-                              (see nn_dist_ops; batch_size is global) */
+  /* NULL: one process; else data-parallel training as one of several
+   * processes (see nn_dist_ops; batch_size is then global) */
+  const nn_dist_ops *dist;
 } nn_fit_opts;
 
 /* Trains m on x, y (equal row counts) with opt and loss (NN_MEAN) for

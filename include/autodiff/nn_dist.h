@@ -110,7 +110,10 @@ NN_API const nn_dist_ops *nn_dist_fit_ops(nn_dist *d);
  * rank R failed: dist_sync: model is NULL". nn_fit calls it first. */
 NN_API ad_status nn_dist_sync(nn_dist *d, nn_model *m, nn_optimizer *opt);
 
-/* Sums n doubles over the ranks, in place. Collective. */
+/* Sums n doubles over the ranks, in place (in rank order in the
+ * deterministic mode). Collective, with the same n on every rank. A NULL v
+ * (with n > 0) on some rank: AD_ERR_NULL on every rank, the others' message
+ * "dist: rank R failed: dist_sum: v is NULL". */
 NN_API ad_status nn_dist_sum(nn_dist *d, double *v, int n);
 
 /* nn_model_save on rank 0 only (atomically, as nn_model_save), its status
