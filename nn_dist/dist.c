@@ -569,18 +569,16 @@ static ad_status grad_begin(void *ud, nn_params *p, ad_tensor *loss, int64_t row
 }
 
 /* Gives a zero gradient to the parameters that have none here but a
- * reduced one (another rank's): the backward of 0 * sum(p). */
+ * reduced one (another rank's): the backward of 0 * sum(p), one parameter
+ * at a time (their dtypes may differ). */
 static void ensure_grads(nn_dist *d) {
-  ad_tensor *root = NULL;
   bool old = ad_set_grad_enabled(d->ctx, true);
   for (int i = 0; i < d->np; i++) {
     ad_tensor *t = d->t[i];
     if (!d->flags[2 + i] || t->grad || !ad_tensor_requires_grad(t)) continue;
     ad_tensor *z = ad_mul(d->ctx, ad_sum(d->ctx, t), ad_scalar(d->ctx, t->dtype, 0.0));
-    root = root ? ad_add(d->ctx, root, z) : z;
-    if (!root) die(d, "zero gradients");
+    if (!z || ad_backward(d->ctx, z, NULL) != AD_OK) die(d, "zero gradients");
   }
-  if (root && ad_backward(d->ctx, root, NULL) != AD_OK) die(d, "zero gradients");
   ad_set_grad_enabled(d->ctx, old);
 }
 
