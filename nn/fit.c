@@ -114,6 +114,45 @@ static ad_status train_step(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_
   return nn_optimizer_step(opt);
 }
 
+/* train_step as rank d->rank of d->size (see nn_dist_ops): forward and
+ * backward on this rank's shard of the global batch x, y, the gradients
+ * reduced by d, then the optimizer's step. *ys_out gets the shard's targets
+ * (NULL for an empty shard), *pred_out its prediction. */
+static ad_status dist_train_step(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor *x,
+                                 ad_tensor *y, double lambda_l2, const nn_dist_ops *d,
+                                 double *loss_out, ad_tensor **pred_out, ad_tensor **ys_out) {
+  ad_ctx *ctx = nn_model_ctx(m);
+  nn_params *p = nn_model_params(m);
+  ad_tape_reset(ctx);
+  nn_params_zero_grad(p);
+  if (nn_optimizer_params(opt) != p) nn_optimizer_zero_grad(opt);
+  int64_t n = x->shape[0], b = n * d->rank / d->size, e = n * (d->rank + 1) / d->size;
+  *pred_out = *ys_out = NULL;
+  ad_tensor *total = NULL;
+  ad_status st = AD_OK;
+  if (e > b) {
+    ad_tensor *xs = ad_narrow(ctx, x, 0, b, e - b), *ys = ad_narrow(ctx, y, 0, b, e - b);
+    bool old = nn_model_set_training(m, true);
+    ad_tensor *pred = xs && ys ? nn_model_forward(m, xs) : NULL;
+    nn_model_set_training(m, old);
+    ad_tensor *l = xs && ys ? run_loss(ctx, loss, pred, ys, "train_step") : NULL;
+    if (l) {
+      double lv = ad_tensor_item(l);
+      *loss_out = lv;
+      *pred_out = pred;
+      *ys_out = ys;
+      if (!isfinite(lv)) l = NULL, ad_set_error(ctx, AD_ERR_NAN, "train_step: the loss is %g", lv);
+    }
+    total = l && lambda_l2 > 0 ? ad_add(ctx, l, nn_l2_penalty(ctx, p, lambda_l2)) : l;
+    if (!total) st = fail(ctx, AD_ERR_ARG);
+  }
+  if (st == AD_OK) st = d->grad_begin(d->ud, p, total, e - b, n);
+  if (st == AD_OK && total) st = ad_backward(ctx, total, NULL);
+  st = d->grad_end(d->ud, p, st); /* on every rank, also after an error */
+  if (st != AD_OK) return st;
+  return nn_optimizer_step(opt);
+}
+
 ad_status nn_train_step(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor *x, ad_tensor *y,
                         double lambda_l2, double *loss_out) {
   ad_ctx *ctx = nn_ctx_of(m, opt);
@@ -319,6 +358,17 @@ static ad_status fit(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor 
   if (n_train == 0)
     return ad_set_error(ctx, AD_ERR_ARG, "fit: no rows to train on (%lld rows, split %g)",
                         (long long)rows, o.validation_split);
+  const nn_dist_ops *dist = o.dist;
+  if (dist && (dist->size < 1 || dist->rank < 0 || dist->rank >= dist->size || !dist->sync ||
+               !dist->grad_begin || !dist->grad_end || !dist->sum))
+    return ad_set_error(ctx, AD_ERR_ARG,
+                        "fit: dist has rank %d of size %d%s; 0 <= rank < size and all four "
+                        "functions are needed",
+                        dist->rank, dist->size,
+                        dist->sync && dist->grad_begin && dist->grad_end && dist->sum
+                            ? ""
+                            : " and a NULL function");
+  if (dist && dist->rank != 0) o.verbose = -1; /* progress from rank 0 only */
 
   nn_batcher *tb = nn_batcher_new_range(ctx, x, y, 0, n_train, o.batch_size, !o.no_shuffle, o.seed);
   nn_batcher *vb = NULL;
@@ -341,7 +391,7 @@ static ad_status fit(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor 
   bool lines = o.verbose >= 0;
   double thr = nn_loss_threshold(loss);
   int64_t nb = nn_batcher_batches(tb);
-  ad_status st = AD_OK;
+  ad_status st = dist ? dist->sync(dist->ud, m, opt) : AD_OK;
   for (int e = 0; e < o.epochs && st == AD_OK; e++) {
     double t0 = nn_now(), last_draw = 0, sum = 0;
     double lr = nn_optimizer_lr(opt);
@@ -350,7 +400,9 @@ static ad_status fit(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor 
     while (nn_batcher_next(tb, &xb, &yb)) {
       if (st != AD_OK) continue; /* drain, so the next epoch starts fresh */
       double lv = 0;             /* set only once the loss is computed */
-      st = train_step(m, opt, loss, xb, yb, o.lambda_l2, &lv, &pred);
+      ad_tensor *ys = yb;        /* the targets trained on: a shard with dist */
+      st = dist ? dist_train_step(m, opt, loss, xb, yb, o.lambda_l2, dist, &lv, &pred, &ys)
+                : train_step(m, opt, loss, xb, yb, o.lambda_l2, &lv, &pred);
       if (st != AD_OK) {
         if (st == AD_ERR_NAN && !isfinite(lv)) {
           ad_clear_error(ctx);
@@ -364,12 +416,12 @@ static ad_status fit(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor 
         }
         continue;
       }
-      int64_t n = xb->shape[0];
-      sum += lv * (double)n;
+      int64_t n = ys ? ys->shape[0] : 0;
+      sum += n ? lv * (double)n : 0;
       seen += n;
       done++;
-      if (o.accuracy) {
-        int64_t c = nn_count_correct(pred, yb, thr);
+      if (o.accuracy && n) {
+        int64_t c = nn_count_correct(pred, ys, thr);
         if (c < 0) {
           st = ad_set_error(ctx, AD_ERR_SHAPE,
                             "fit: cannot compare predictions %s with targets %s for accuracy",
@@ -388,6 +440,11 @@ static ad_status fit(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor 
       }
     }
     ad_tape_reset(ctx);
+    if (st == AD_OK && dist) { /* the epoch's sums over every rank's shards */
+      double v[3] = {sum, (double)seen, (double)correct};
+      st = dist->sum(dist->ud, v, 3);
+      sum = v[0], seen = (int64_t)v[1], correct = (int64_t)v[2];
+    }
     if (st != AD_OK) break;
     h->vals[H_LOSS][e] = seen ? sum / (double)seen : NAN;
     h->vals[H_ACC][e] = seen ? (double)correct / (double)seen : NAN;

@@ -973,6 +973,52 @@ NN_API ad_status nn_train_step(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, 
 
 typedef struct nn_history nn_history;
 
+/* ------------------------------------------------ data-parallel training
+ * How nn_fit hands out its data sharding and gradient reduction when it
+ * runs as one of size processes (ranks) training one model together
+ * (data parallelism, as PyTorch's DistributedDataParallel). nn needs no
+ * communication library: libnn_dist (<autodiff/nn_dist.h>) fills this
+ * struct with MPI (nn_dist_fit_ops), and a test can fill it in-process.
+ *
+ * With opts->dist set, nn_fit on every rank:
+ *   - calls sync(ud, m, opt) once before training (nn_dist: make every
+ *     rank's parameters, buffers and optimizer state rank 0's, after
+ *     checking that the models match);
+ *   - draws the same global batches on every rank (the same seeded
+ *     shuffle: every rank holds the whole data set) and trains on rows
+ *     [n r / size, n (r + 1) / size) of each batch of n rows (a rank's
+ *     shard; it may be empty when n < size: that rank then runs no forward
+ *     and no backward);
+ *   - per step, calls grad_begin(ud, params, loss, rows, n) just before
+ *     the backward, with loss the scalar the backward starts from (NULL
+ *     when the shard is empty or the forward failed: there is no backward
+ *     then), and grad_end(ud, params, st) after it, with st the step's
+ *     status so far (its message on the context). grad_end is called on
+ *     every step by every rank, also after an error, so that an
+ *     implementation can exchange the status with the reduction. It must
+ *     leave in every parameter's grad sum over ranks of rows_r / n times
+ *     that rank's gradient (the gradient of the mean loss over the whole
+ *     global batch, since each rank's loss is its shard's mean), and
+ *     return AD_OK; or return an error (on every rank) with its message
+ *     set on the parameters' context. The optimizer then steps;
+ *   - at the end of an epoch calls sum(ud, v, 3) on the epoch's sums
+ *     (loss times rows, rows, correct predictions), so the history's loss
+ *     and accuracy cover the whole epoch on every rank. Validation runs
+ *     whole on every rank (identical models give identical values);
+ *   - prints progress on rank 0 only (other ranks are silent); the live
+ *     bar shows rank 0's shards, the epoch lines the reduced values.
+ * nn_train_step, nn_evaluate and nn_predict do not use it. */
+typedef struct nn_dist_ops {
+  void *ud;
+  int rank; /* this process, 0 <= rank < size */
+  int size; /* processes training together, >= 1 */
+  ad_status (*sync)(void *ud, nn_model *m, nn_optimizer *opt);
+  ad_status (*grad_begin)(void *ud, nn_params *params, ad_tensor *loss, int64_t rows,
+                          int64_t global_rows);
+  ad_status (*grad_end)(void *ud, nn_params *params, ad_status st);
+  ad_status (*sum)(void *ud, double *v, int n);
+} nn_dist_ops;
+
 /* Called after each epoch (0-based); return false to stop training. */
 typedef bool (*nn_epoch_fn)(int epoch, const nn_history *h, void *ud);
 
@@ -995,6 +1041,9 @@ typedef struct nn_fit_opts {
   bool keep_denormals; /* default false: subnormal floats flush to zero while
                           nn_fit runs (ad_set_flush_denormal), the caller's
                           mode is restored on return */
+  /* NULL: one process; else data-parallel training as one of several
+   * processes (see nn_dist_ops; batch_size is then global) */
+  const nn_dist_ops *dist;
 } nn_fit_opts;
 
 /* Trains m on x, y (equal row counts) with opt and loss (NN_MEAN) for

@@ -1,0 +1,145 @@
+/* nn_dist.h: data-parallel training across processes on MPI (libnn_dist).
+ *
+ * Overview
+ *   Every process (rank) holds the whole model and the whole data set;
+ *   nn_fit trains each rank on its shard of every global batch and this
+ *   module averages the gradients with MPI, so every rank takes the same
+ *   optimizer step: the one a single process takes on the global batch
+ *   (see nn_dist_ops in nn.h). Built only with meson -Dmpi=enabled|auto
+ *   and an MPI library (Open MPI is tested; MPICH should build); libnn and
+ *   libautodiff never link MPI. Link with pkg-config nn_dist. Guide:
+ *   docs/distributed.md.
+ *
+ *   - Start-up (nn_dist_sync, called by nn_fit): every rank checks that
+ *     its parameter, buffer and optimizer-state names, dtypes and shapes
+ *     are rank 0's (else every rank fails with a message naming the first
+ *     difference), then takes rank 0's values.
+ *   - Each step: gradients are scaled by the shard's share of the global
+ *     batch and summed by allreduce in buckets: parameters in reverse
+ *     order packed into flat buffers of about bucket_bytes, each launched
+ *     (MPI_Iallreduce) from the backward hook (ad_set_backward_hook) as
+ *     soon as every op that uses its parameters has been differentiated,
+ *     and driven with MPI_Test while backward goes on. After the backward
+ *     the rest is waited for, a status is exchanged (a rank that failed
+ *     makes every rank return its message), and the model's buffers
+ *     (BatchNorm's running statistics) are broadcast from rank 0.
+ *   - Deterministic mode: the buckets are gathered (MPI_Iallgather) and
+ *     every rank sums the ranks' contributions in rank order itself, so
+ *     the bits depend neither on timing nor on the MPI library's
+ *     algorithms (at the cost of size times the memory and traffic).
+ *
+ * Worked example (run with: mpirun -np 2 ./train)
+ *
+ *   if (nn_dist_init(&argc, &argv) != AD_OK) return 1;
+ *   ad_ctx *ctx = ad_ctx_new();
+ *   ... build model m, optimizer opt, data x, y (the same on every rank) ...
+ *   nn_dist *d = nn_dist_new(ctx, NULL);
+ *   nn_fit_opts fo = {.epochs = 5, .batch_size = 256, .dist = nn_dist_fit_ops(d)};
+ *   if (nn_fit(m, opt, nn_cross_entropy_loss, x, y, &fo, NULL) != AD_OK)
+ *     fprintf(stderr, "rank %d: %s\n", nn_dist_rank(d), ad_last_error(ctx));
+ *   nn_dist_save(d, m, opt, "model.safetensors");  // rank 0 writes
+ *   nn_dist_free(d); ... free the rest ...
+ *   nn_dist_finalize();
+ *
+ * Errors
+ *   As in nn.h: an ad_status, the message on the context. A collective
+ *   function (marked so) must be called by every rank in the same order;
+ *   it returns the same status on every rank.
+ *
+ * Threading
+ *   MPI is initialised with MPI_THREAD_FUNNELED: only the thread that
+ *   called nn_dist_init calls MPI; the engine's pool threads never do.
+ */
+#ifndef NN_DIST_H
+#define NN_DIST_H
+
+#include "nn.h"
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Initialises MPI (MPI_Init_thread, MPI_THREAD_FUNNELED) unless it is
+ * already; argc and argv may be NULL. Returns AD_OK, or AD_ERR_STATE when
+ * MPI cannot be initialised or gives less than funneled threading (the
+ * reason is printed to stderr: there is no context yet). */
+NN_API ad_status nn_dist_init(int *argc, char ***argv);
+
+/* Finalises MPI if nn_dist_init initialised it and nothing finalised it
+ * since. Free every nn_dist first. */
+NN_API void nn_dist_finalize(void);
+
+/* Options of nn_dist_new. All-zero means the defaults. */
+typedef struct nn_dist_opts {
+  size_t bucket_bytes; /* gradient bytes per allreduce; default 4 MiB. A
+                          parameter larger than it is a bucket of its own */
+  bool deterministic;  /* sum in rank order on every rank (see above) */
+  bool no_overlap;     /* launch every bucket after the backward instead of
+                          from the hook (for measuring the overlap) */
+} nn_dist_opts;
+
+typedef struct nn_dist nn_dist;
+
+/* A handle over all the processes of MPI_COMM_WORLD (a duplicate of it),
+ * reporting errors on ctx. Collective. opts may be NULL. NULL with
+ * AD_ERR_STATE (MPI not initialised: call nn_dist_init) or AD_ERR_OOM.
+ * Free with nn_dist_free before nn_dist_finalize. */
+NN_API nn_dist *nn_dist_new(ad_ctx *ctx, const nn_dist_opts *opts);
+
+/* Frees the handle (collective: frees its communicator). NULL is a no-op. */
+NN_API void nn_dist_free(nn_dist *d);
+
+/* This process's rank and the number of processes; 0 and 1 for NULL. */
+NN_API int nn_dist_rank(const nn_dist *d);
+NN_API int nn_dist_size(const nn_dist *d);
+
+/* The interface nn_fit uses (nn_fit_opts.dist), owned by d. */
+NN_API const nn_dist_ops *nn_dist_fit_ops(nn_dist *d);
+
+/* Checks that every rank's model m (parameters and buffers) and optimizer
+ * opt (may be NULL on every rank) have the same names, dtypes and shapes
+ * in the same order as rank 0's, then broadcasts rank 0's values of all of
+ * them. Collective. On a difference every rank returns AD_ERR_SHAPE with
+ * the first one, of the lowest rank that differs: "dist: rank R differs
+ * from rank 0: parameter 2 '1.weight' f32 [10,64] on rank R, parameter 2
+ * '1.weight' f32 [10,32] on rank 0" (or the counts, "3 parameters, 0
+ * buffers, 7 optimizer state tensors", a buffer, an optimizer state
+ * tensor). A NULL m on some rank: every rank fails, the others with "dist:
+ * rank R failed: dist_sync: model is NULL". nn_fit calls it first. */
+NN_API ad_status nn_dist_sync(nn_dist *d, nn_model *m, nn_optimizer *opt);
+
+/* Sums n doubles over the ranks, in place (in rank order in the
+ * deterministic mode). Collective, with the same n on every rank. A NULL v
+ * (with n > 0) on some rank: AD_ERR_NULL on every rank, the others' message
+ * "dist: rank R failed: dist_sum: v is NULL". */
+NN_API ad_status nn_dist_sum(nn_dist *d, double *v, int n);
+
+/* nn_model_save on rank 0 only (atomically, as nn_model_save), its status
+ * and message then given to every rank. Collective. */
+NN_API ad_status nn_dist_save(nn_dist *d, const nn_model *m, const nn_optimizer *opt,
+                              const char *path);
+
+/* nn_model_load on rank 0 (so the file need only be on rank 0's machine),
+ * then rank 0's state broadcast as by nn_dist_sync. Collective; every
+ * rank returns rank 0's status and message. */
+NN_API ad_status nn_dist_load(nn_dist *d, nn_model *m, nn_optimizer *opt, const char *path);
+
+/* What the gradient reductions did since nn_dist_new (or the last reset). */
+typedef struct nn_dist_stats {
+  int64_t steps;       /* reductions (grad_end calls) */
+  int64_t buckets;     /* buckets per step (the last step's) */
+  int64_t bytes;       /* gradient bytes each rank reduced, in total */
+  int64_t overlapped;  /* buckets launched from the backward hook */
+  double wait_seconds; /* time spent in grad_end: communication that
+                          backward did not hide, plus the status exchange */
+} nn_dist_stats;
+
+/* The counters; reset zeroes them after reading (stats may be NULL). */
+NN_API void nn_dist_get_stats(nn_dist *d, nn_dist_stats *stats, bool reset);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* NN_DIST_H */

@@ -1,0 +1,466 @@
+/* test_mpi_dist.c: nn_dist under mpirun (-np 2, -np 3): every rank holds
+ * the same bits after training, equal to one process training on the same
+ * global batches (uneven and empty shards included); the deterministic
+ * mode repeats its bits; mismatched models, a failing rank, dropout seeded
+ * by rank, batch norm's per-rank statistics, rank-0 checkpoints. Not a
+ * Criterion suite (Criterion forks each test; MPI must not be forked):
+ * every rank runs every check, rank 0 prints TAP, and a check passes only
+ * if it passes on every rank. argv[1]: a directory for files. */
+#include "ad_ext.h"
+#include "nn_dist.h"
+
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <mpi.h>
+
+static int rank, size, ntest, nfail;
+static const char *tmpdir = "/tmp";
+
+/* Reports a check that must hold on every rank. */
+static void check(bool ok, const char *name, const char *why) {
+  if (!ok) fprintf(stderr, "rank %d: %s: %s\n", rank, name, why ? why : "failed");
+  int all = ok;
+  MPI_Allreduce(MPI_IN_PLACE, &all, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+  ntest++;
+  nfail += !all;
+  if (rank == 0) printf("%sok %d - %s (np %d)\n", all ? "" : "not ", ntest, name, size);
+  fflush(stdout);
+}
+
+/* The data: rows of 4 features, labels 0..2 from a fixed rule; the same on
+ * every rank. */
+static void make_data(ad_ctx *c, ad_dtype dt, int64_t n, ad_tensor **x, ad_tensor **y) {
+  ad_rng r;
+  ad_rng_seed(&r, 11);
+  int64_t sx[2] = {n, 4}, sy[1] = {n};
+  *x = ad_randn(c, &r, dt, 2, sx, 0, 1);
+  *y = ad_zeros(c, AD_I32, 1, sy);
+  for (int64_t i = 0; i < n; i++) {
+    double a = ad_tensor_get(*x, 4 * i), b = ad_tensor_get(*x, 4 * i + 1);
+    ad_tensor_set(*y, i, a + b > 0.5 ? 2 : a - b > 0 ? 1 : 0);
+  }
+}
+
+enum { PLAIN, DROPOUT, BATCHNORM };
+
+/* 4 -> hidden (tanh) [-> dropout | batch norm] -> 3, initialised from seed
+ * 5 on every rank unless init_seed says otherwise. */
+static nn_model *make_model(ad_ctx *c, ad_dtype dt, int hidden, int kind, uint64_t init_seed) {
+  ad_rng r;
+  ad_rng_seed(&r, init_seed);
+  nn_model *m = nn_sequential_new(c);
+  nn_dense_opts o = {.activation = NN_ACT_TANH, .dtype = dt};
+  nn_model_add(m, nn_dense_new(c, 4, hidden, &r, &o));
+  if (kind == DROPOUT) /* each rank its own stream: seeded by rank */
+    nn_model_add(m, nn_dropout_new(c, 0.3, 100 + (uint64_t)rank));
+  if (kind == BATCHNORM) {
+    nn_batch_norm_opts bo = {.dtype = dt};
+    nn_model_add(m, nn_batch_norm1d_new(c, hidden, &bo));
+  }
+  nn_dense_opts o2 = {.dtype = dt};
+  nn_model_add(m, nn_dense_new(c, hidden, 3, &r, &o2));
+  return m;
+}
+
+/* Whether every rank's tensors of list p hold rank 0's bits. */
+static bool same_bits_as_rank0(nn_params *p) {
+  bool ok = true;
+  for (int i = 0; i < nn_params_count(p); i++) {
+    ad_tensor *t = nn_params_tensor(p, i);
+    size_t bytes = (size_t)t->size * ad_dtype_size(t->dtype);
+    void *mine = malloc(bytes);
+    memcpy(mine, t->data, bytes);
+    MPI_Bcast(mine, (int)bytes, MPI_BYTE, 0, MPI_COMM_WORLD);
+    ok &= memcmp(mine, t->data, bytes) == 0;
+    free(mine);
+  }
+  return ok;
+}
+
+/* Largest |a - b| / max(|b|, 1e-3) over the lists' elements. */
+static double max_rel(nn_params *a, nn_params *b) {
+  double worst = 0;
+  for (int i = 0; i < nn_params_count(a); i++) {
+    ad_tensor *s = nn_params_tensor(a, i), *t = nn_params_tensor(b, i);
+    for (int64_t e = 0; e < s->size; e++) {
+      double u = ad_tensor_get(s, e), v = ad_tensor_get(t, e);
+      double r = fabs(u - v) / fmax(fabs(v), 1e-3);
+      if (!(r <= worst)) worst = r; /* NaN wins */
+    }
+  }
+  return worst;
+}
+
+typedef struct run {
+  nn_model *m;
+  nn_optimizer *opt;
+  nn_history *h;
+  ad_status st;
+  nn_dist_stats stats;
+} run;
+
+/* Trains a fresh model on n rows, batch bs, for epochs; dist NULL: one
+ * process on everything. */
+static run train(ad_ctx *c, ad_dtype dt, int kind, bool adam, int64_t n, int64_t bs, int epochs,
+                 const nn_dist_opts *dopts, bool dist) {
+  run r = {0};
+  ad_tensor *x, *y;
+  make_data(c, dt, n, &x, &y);
+  r.m = make_model(c, dt, 8, kind, 5);
+  r.opt = adam ? nn_adam_new(nn_model_params(r.m), 0.01)
+               : nn_sgd_new(nn_model_params(r.m), 0.1, 0.9, false, 0);
+  nn_dist *d = dist ? nn_dist_new(c, dopts) : NULL;
+  nn_fit_opts fo = {.epochs = epochs,
+                    .batch_size = bs,
+                    .seed = 3,
+                    .accuracy = true,
+                    .verbose = -1,
+                    .lambda_l2 = 1e-3,
+                    .dist = d ? nn_dist_fit_ops(d) : NULL};
+  r.st = nn_fit(r.m, r.opt, nn_cross_entropy_loss, x, y, &fo, &r.h);
+  nn_dist_get_stats(d, &r.stats, false);
+  nn_dist_free(d);
+  ad_tensor_free(x);
+  ad_tensor_free(y);
+  return r;
+}
+
+static void run_free(run *r) {
+  nn_history_free(r->h);
+  nn_optimizer_free(r->opt);
+  nn_model_free(r->m);
+}
+
+static char why[600];
+
+/* Data parallel equals one process on the global batches: 50 rows in
+ * batches of 16 (16 = 8 + 8 = 5 + 5 + 6, the last batch of 2 leaves rank
+ * 0 of 3 without rows). */
+static void equals_single(ad_ctx *c, ad_dtype dt, bool adam, size_t bucket, double tol,
+                          const char *name) {
+  nn_dist_opts o = {.bucket_bytes = bucket};
+  run one = train(c, dt, PLAIN, adam, 50, 16, 3, NULL, false);
+  run dd = train(c, dt, PLAIN, adam, 50, 16, 3, &o, true);
+  char n1[160];
+  snprintf(why, sizeof why, "status %s: %s", ad_status_str(dd.st), ad_last_error(c));
+  snprintf(n1, sizeof n1, "%s: trains", name);
+  check(dd.st == AD_OK && one.st == AD_OK, n1, why);
+  snprintf(n1, sizeof n1, "%s: bit-identical parameters on every rank", name);
+  check(same_bits_as_rank0(nn_model_params(dd.m)), n1, NULL);
+  double rel = max_rel(nn_model_params(dd.m), nn_model_params(one.m));
+  snprintf(why, sizeof why, "max relative difference %g > %g", rel, tol);
+  snprintf(n1, sizeof n1, "%s: parameters equal one process's (rel %g)", name, tol);
+  check(rel <= tol, n1, why);
+  double l1 = nn_history_get(one.h, "loss", 2), l2 = nn_history_get(dd.h, "loss", 2);
+  double a1 = nn_history_get(one.h, "accuracy", 2), a2 = nn_history_get(dd.h, "accuracy", 2);
+  snprintf(why, sizeof why, "loss %.17g vs %.17g, accuracy %g vs %g", l2, l1, a2, a1);
+  snprintf(n1, sizeof n1, "%s: epoch loss and accuracy are over every rank's rows", name);
+  check(fabs(l1 - l2) <= tol * fabs(l1) && a1 == a2, n1, why);
+  if (bucket && bucket < 1000) { /* several buckets: some launched during backward */
+    snprintf(why, sizeof why, "%lld buckets, %lld launched from the hook in %lld steps",
+             (long long)dd.stats.buckets, (long long)dd.stats.overlapped,
+             (long long)dd.stats.steps);
+    snprintf(n1, sizeof n1, "%s: buckets are launched from the backward hook", name);
+    check(dd.stats.buckets == 4 && dd.stats.overlapped > 0 && dd.stats.steps == 12, n1, why);
+  }
+  run_free(&one);
+  run_free(&dd);
+}
+
+static void deterministic(ad_ctx *c) {
+  nn_dist_opts o = {.deterministic = true, .bucket_bytes = 100};
+  run a = train(c, AD_F32, PLAIN, true, 50, 16, 2, &o, true);
+  run b = train(c, AD_F32, PLAIN, true, 50, 16, 2, &o, true);
+  run one = train(c, AD_F32, PLAIN, true, 50, 16, 2, NULL, false);
+  check(a.st == AD_OK && b.st == AD_OK, "deterministic: trains", ad_last_error(c));
+  bool same = true;
+  for (int i = 0; i < nn_params_count(nn_model_params(a.m)); i++) {
+    ad_tensor *s = nn_params_tensor(nn_model_params(a.m), i);
+    ad_tensor *t = nn_params_tensor(nn_model_params(b.m), i);
+    same &= memcmp(s->data, t->data, (size_t)s->size * 4) == 0;
+  }
+  check(same, "deterministic: two runs give identical bits", NULL);
+  check(same_bits_as_rank0(nn_model_params(a.m)), "deterministic: identical bits on every rank",
+        NULL);
+  double rel = max_rel(nn_model_params(a.m), nn_model_params(one.m));
+  snprintf(why, sizeof why, "max relative difference %g", rel);
+  check(rel <= 1e-5, "deterministic: f32 parameters equal one process's (1e-5)", why);
+  run_free(&a);
+  run_free(&b);
+  run_free(&one);
+}
+
+/* The last rank builds a wider hidden layer: every rank fails, naming it. */
+static void mismatch(ad_ctx *c) {
+  nn_model *m = make_model(c, AD_F64, rank == size - 1 ? 9 : 8, PLAIN, 5);
+  nn_dist *d = nn_dist_new(c, NULL);
+  ad_status st = nn_dist_sync(d, m, NULL);
+  char want[200];
+  snprintf(want, sizeof want,
+           "dist: rank %d differs from rank 0: parameter 0 '0.weight' f64 [9,4] on rank %d, "
+           "parameter 0 '0.weight' f64 [8,4] on rank 0",
+           size - 1, size - 1);
+  snprintf(why, sizeof why, "status %s, message: %s", ad_status_str(st), ad_last_error(c));
+  check(st == AD_ERR_SHAPE && strcmp(ad_last_error(c), want) == 0,
+        "mismatched models: every rank gets the first difference", why);
+  ad_clear_error(c);
+  nn_dist_free(d);
+  nn_model_free(m);
+  /* an optimizer on one rank only */
+  m = make_model(c, AD_F64, 8, PLAIN, 5);
+  nn_optimizer *opt = rank == 0 ? nn_adam_new(nn_model_params(m), 0.1) : NULL;
+  d = nn_dist_new(c, NULL);
+  st = nn_dist_sync(d, m, opt);
+  snprintf(why, sizeof why, "status %s, message: %s", ad_status_str(st), ad_last_error(c));
+  check(st == AD_ERR_SHAPE && strstr(ad_last_error(c), "rank 1 differs from rank 0") &&
+            strstr(ad_last_error(c), "optimizer state tensors"),
+        "mismatched optimizers: every rank names the counts", why);
+  ad_clear_error(c);
+  nn_dist_free(d);
+  nn_optimizer_free(opt);
+  nn_model_free(m);
+}
+
+/* Different initial values: rank 0's are broadcast. */
+static void broadcast_start(ad_ctx *c) {
+  nn_model *m = make_model(c, AD_F32, 8, BATCHNORM, 5 + (uint64_t)rank);
+  nn_optimizer *opt = nn_adam_new(nn_model_params(m), 0.1);
+  nn_dist *d = nn_dist_new(c, NULL);
+  ad_status st = nn_dist_sync(d, m, opt);
+  nn_model *ref = make_model(c, AD_F32, 8, BATCHNORM, 5);
+  double rel = max_rel(nn_model_params(m), nn_model_params(ref));
+  check(st == AD_OK && rel == 0, "start-up: every rank takes rank 0's parameters", NULL);
+  nn_dist_free(d);
+  nn_optimizer_free(opt);
+  nn_model_free(m);
+  nn_model_free(ref);
+}
+
+static void sums(ad_ctx *c) {
+  nn_dist_opts o = {.deterministic = true};
+  nn_dist *d = nn_dist_new(c, NULL), *det = nn_dist_new(c, &o);
+  double v[2] = {rank, 1}, w[2] = {0.5, rank};
+  ad_status st = nn_dist_sum(d, v, 2), st2 = nn_dist_sum(det, w, 2);
+  double ranks = size * (size - 1) / 2.0;
+  check(st == AD_OK && st2 == AD_OK && v[0] == ranks && v[1] == size && w[0] == 0.5 * size &&
+            w[1] == ranks,
+        "nn_dist_sum sums over the ranks (also deterministic)", NULL);
+  st = nn_dist_sum(d, rank == 1 ? NULL : v, 2);
+  snprintf(why, sizeof why, "status %s, message: %s", ad_status_str(st), ad_last_error(c));
+  check(st == AD_ERR_NULL && strstr(ad_last_error(c), "dist_sum: v is NULL") &&
+            (rank == 1 || strstr(ad_last_error(c), "dist: rank 1 failed: ")),
+        "nn_dist_sum with a NULL array on one rank fails on every rank", why);
+  ad_clear_error(c);
+  nn_dist_free(d);
+  nn_dist_free(det);
+}
+
+/* A NaN in the last rank's shard of the first batch: every rank stops. */
+static void failing_rank(ad_ctx *c) {
+  ad_tensor *x, *y;
+  make_data(c, AD_F64, 48, &x, &y);
+  ad_tensor_set(x, 4 * 11, NAN); /* row 11: the last rank's rows of batch 0 */
+  nn_model *m = make_model(c, AD_F64, 8, PLAIN, 5);
+  nn_optimizer *opt = nn_sgd_new(nn_model_params(m), 0.1, 0, false, 0);
+  nn_dist *d = nn_dist_new(c, NULL);
+  nn_fit_opts fo = {
+      .epochs = 2, .batch_size = 12, .no_shuffle = true, .verbose = -1, .dist = nn_dist_fit_ops(d)};
+  ad_status st = nn_fit(m, opt, nn_cross_entropy_loss, x, y, &fo, NULL);
+  char want[64];
+  snprintf(want, sizeof want, "dist: rank %d stopped: ", size - 1);
+  const char *msg = ad_last_error(c);
+  bool ok = st == AD_ERR_NAN && strstr(msg, "loss is nan") &&
+            (rank == size - 1 ? strstr(msg, "fit: the loss is nan at epoch 1, batch 1") != NULL
+                              : strstr(msg, want) != NULL);
+  snprintf(why, sizeof why, "status %s, message: %s", ad_status_str(st), msg);
+  check(ok, "a failing rank stops every rank with its message", why);
+  ad_clear_error(c);
+  nn_dist_free(d);
+  nn_optimizer_free(opt);
+  nn_model_free(m);
+  ad_tensor_free(x);
+  ad_tensor_free(y);
+}
+
+static void dropout_and_batchnorm(ad_ctx *c) {
+  nn_dist_opts o = {0};
+  run dr = train(c, AD_F32, DROPOUT, false, 48, 12, 2, &o, true);
+  check(dr.st == AD_OK && same_bits_as_rank0(nn_model_params(dr.m)),
+        "dropout seeded by rank: parameters stay identical on every rank", ad_last_error(c));
+  run bn = train(c, AD_F32, BATCHNORM, false, 48, 12, 2, &o, true);
+  nn_params *buf = nn_model_buffers(bn.m);
+  check(bn.st == AD_OK && same_bits_as_rank0(nn_model_params(bn.m)) && same_bits_as_rank0(buf),
+        "batch norm: parameters and running statistics identical on every rank", ad_last_error(c));
+  /* per-rank batch statistics: with more than one rank the step differs
+   * from one process's on the whole batch */
+  run one = train(c, AD_F32, BATCHNORM, false, 48, 12, 2, NULL, false);
+  double rel = max_rel(nn_model_params(bn.m), nn_model_params(one.m));
+  snprintf(why, sizeof why, "relative difference %g", rel);
+  check(rel > 1e-4, "batch norm: statistics are per rank (not synchronised)", why);
+  run_free(&dr);
+  run_free(&bn);
+  run_free(&one);
+}
+
+static void checkpoints(ad_ctx *c) {
+  char path[512];
+  snprintf(path, sizeof path, "%s/mpi_dist_np%d.safetensors", tmpdir, size);
+  nn_model *m = make_model(c, AD_F64, 8, PLAIN, 5 + (uint64_t)rank);
+  nn_optimizer *opt = nn_adam_new(nn_model_params(m), 0.1);
+  nn_dist *d = nn_dist_new(c, NULL);
+  ad_status st = nn_dist_save(d, m, opt, path);
+  nn_model *ref = make_model(c, AD_F64, 8, PLAIN, 5); /* rank 0's values */
+  nn_model *other = make_model(c, AD_F64, 8, PLAIN, 77);
+  nn_optimizer *oo = nn_adam_new(nn_model_params(other), 0.1);
+  ad_status st2 = nn_dist_load(d, other, oo, path);
+  check(st == AD_OK && st2 == AD_OK && max_rel(nn_model_params(other), nn_model_params(ref)) == 0,
+        "checkpoint written by rank 0 loads on every rank", ad_last_error(c));
+  if (rank == 0) remove(path);
+  MPI_Barrier(MPI_COMM_WORLD);
+  st = nn_dist_load(d, other, oo, path);
+  snprintf(why, sizeof why, "status %s, message: %s", ad_status_str(st), ad_last_error(c));
+  check(st == AD_ERR_IO && strstr(ad_last_error(c), "mpi_dist_np") &&
+            (rank == 0 || strstr(ad_last_error(c), "dist: rank 0 could not load")),
+        "a checkpoint missing on rank 0: every rank gets its error", why);
+  ad_clear_error(c);
+  nn_dist_free(d);
+  nn_optimizer_free(opt);
+  nn_optimizer_free(oo);
+  nn_model_free(m);
+  nn_model_free(ref);
+  nn_model_free(other);
+}
+
+/* A counting allocator (64-byte aligned blocks, as the contract asks): the
+ * bytes nn_dist holds go back to the context when it is freed. */
+static long long live_bytes;
+
+static void *count_alloc(void *ud, void *p, size_t os, size_t ns) {
+  (void)ud;
+  if (ns == 0) {
+    if (p) live_bytes -= (long long)os;
+    free(p);
+    return NULL;
+  }
+  void *q = aligned_alloc(64, (ns + 63) / 64 * 64);
+  if (!q) return NULL;
+  if (p) {
+    memcpy(q, p, os < ns ? os : ns);
+    free(p);
+    live_bytes -= (long long)os;
+  }
+  live_bytes += (long long)ns;
+  return q;
+}
+
+static void memory_returns(ad_ctx *c) {
+  nn_dist_opts o = {.bucket_bytes = 8, .deterministic = true};
+  run warm = train(c, AD_F64, BATCHNORM, true, 48, 12, 1, &o, true); /* arena, grads sized */
+  ad_tensor *x, *y;
+  make_data(c, AD_F64, 48, &x, &y);
+  long long before = live_bytes;
+  nn_dist *d = nn_dist_new(c, &o);
+  nn_fit_opts fo = {.epochs = 1, .batch_size = 12, .verbose = -1, .dist = nn_dist_fit_ops(d)};
+  ad_status st = nn_fit(warm.m, warm.opt, nn_cross_entropy_loss, x, y, &fo, NULL);
+  nn_dist_free(d);
+  ad_tape_reset(c);
+  snprintf(why, sizeof why, "status %s; %lld bytes before, %lld after", ad_status_str(st), before,
+           live_bytes);
+  check(st == AD_OK && live_bytes == before, "nn_dist_free returns every byte it took", why);
+  ad_tensor_free(x);
+  ad_tensor_free(y);
+  run_free(&warm);
+}
+
+/* --kill DIR: trains for ever, rank 0 saving DIR/kill.safetensors after
+ * every epoch (nn_dist_save); after the save of epoch 4 the last rank
+ * kills itself (SIGKILL). mpirun must then end the job, non-zero
+ * (tests/test_mpi_kill.sh times it). --check FILE: the checkpoint loads
+ * and is epoch 4's (16 optimizer steps). */
+typedef struct killer {
+  nn_dist *d;
+  nn_model *m;
+  nn_optimizer *opt;
+  char path[512];
+} killer;
+
+static bool save_then_die(int epoch, const nn_history *h, void *ud) {
+  (void)h;
+  killer *k = ud;
+  if (nn_dist_save(k->d, k->m, k->opt, k->path) != AD_OK) return false;
+  if (epoch == 3 && rank == size - 1) {
+    fprintf(stderr, "rank %d: killing itself after the checkpoint of epoch %d\n", rank, epoch + 1);
+    fflush(stderr);
+    raise(SIGKILL);
+  }
+  return true;
+}
+
+static int kill_mode(ad_ctx *c, const char *mode, const char *arg) {
+  ad_tensor *x, *y;
+  make_data(c, AD_F64, 48, &x, &y);
+  killer k = {.m = make_model(c, AD_F64, 8, PLAIN, 5)};
+  k.opt = nn_adam_new(nn_model_params(k.m), 0.01);
+  int rc = 1;
+  if (strcmp(mode, "--check") == 0) {
+    ad_status st = nn_model_load(k.m, k.opt, arg);
+    printf("load %s: %s, %lld steps%s%s\n", arg, ad_status_str(st),
+           (long long)nn_optimizer_steps(k.opt), st ? ": " : "", st ? ad_last_error(c) : "");
+    rc = st == AD_OK && nn_optimizer_steps(k.opt) == 16 ? 0 : 1;
+  } else {
+    k.d = nn_dist_new(c, NULL);
+    snprintf(k.path, sizeof k.path, "%s/kill.safetensors", arg);
+    nn_fit_opts fo = {.epochs = 1000000,
+                      .batch_size = 12,
+                      .verbose = -1,
+                      .dist = nn_dist_fit_ops(k.d),
+                      .on_epoch_end = save_then_die,
+                      .ud = &k};
+    nn_fit(k.m, k.opt, nn_cross_entropy_loss, x, y, &fo, NULL);
+    fprintf(stderr, "rank %d: nn_fit returned: %s\n", rank, ad_last_error(c));
+    nn_dist_free(k.d);
+  }
+  nn_optimizer_free(k.opt);
+  nn_model_free(k.m);
+  ad_tensor_free(x);
+  ad_tensor_free(y);
+  return rc;
+}
+
+int main(int argc, char **argv) {
+  if (nn_dist_init(&argc, &argv) != AD_OK) return 1;
+  if (argc > 2 && (strcmp(argv[1], "--kill") == 0 || strcmp(argv[1], "--check") == 0)) {
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &size);
+    ad_set_num_threads(1);
+    ad_ctx *c = ad_ctx_new();
+    int rc = kill_mode(c, argv[1], argv[2]);
+    ad_ctx_free(c);
+    nn_dist_finalize();
+    return rc;
+  }
+  if (argc > 1) tmpdir = argv[1];
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  ad_set_num_threads(1); /* ranks share the cores */
+  ad_ctx *c = ad_ctx_new_with_alloc(count_alloc, NULL);
+  equals_single(c, AD_F64, false, 8, 1e-12, "f64 sgd, a bucket per parameter");
+  equals_single(c, AD_F64, true, 0, 1e-12, "f64 adam, one bucket");
+  equals_single(c, AD_F32, true, 8, 1e-5, "f32 adam, a bucket per parameter");
+  deterministic(c);
+  mismatch(c);
+  broadcast_start(c);
+  sums(c);
+  failing_rank(c);
+  dropout_and_batchnorm(c);
+  checkpoints(c);
+  memory_returns(c);
+  ad_ctx_free(c);
+  if (rank == 0) printf("1..%d\n", ntest);
+  nn_dist_finalize();
+  return nfail ? 1 : 0;
+}
