@@ -21,7 +21,7 @@ MESON_ARGS=${MESON_ARGS:-}
 NINJA_ARGS=${NINJA_ARGS:-}
 # what the library and the demo need; the test suite adds the rest
 DEMO_PKGS=(gcc meson ninja-build pkg-config uthash-dev libopenblas-dev zlib1g-dev)
-TEST_PKGS=("${DEMO_PKGS[@]}" libcriterion-dev python3 graphviz)
+TEST_PKGS=("${DEMO_PKGS[@]}" libcriterion-dev python3 graphviz doxygen)
 
 install_missing() {
   local missing=() p sudo=
