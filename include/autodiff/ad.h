@@ -1,4 +1,5 @@
-/* ad.h: a tape-based reverse-mode automatic differentiation engine.
+/** @file
+ * ad.h: a tape-based reverse-mode automatic differentiation engine.
  *
  * Overview
  *   An ad_ctx owns a tape, an arena for intermediates, the op registry and
@@ -14,6 +15,7 @@
  *
  * Worked example: d/dw of sum(tanh(w * x))
  *
+ *   @code
  *   ad_ctx *ctx = ad_ctx_new();
  *   int64_t n[1] = {3};
  *   ad_tensor *w = ad_full(ctx, AD_F64, 1, n, 0.5);
@@ -25,6 +27,7 @@
  *   ad_tensor_print(stdout, "dw", w->grad);
  *   ad_tape_reset(ctx);
  *   ad_tensor_free(w); ad_tensor_free(x); ad_ctx_free(ctx);
+ *   @endcode
  *
  * Errors
  *   Functions returning ad_status return AD_OK (0) or an error code; builders
@@ -79,90 +82,94 @@ extern "C" {
 #define AD_API
 #endif
 
-#define AD_VERSION  "0.2.0"
-#define AD_MAX_DIMS 8 /* most dimensions a tensor may have */
-/* Most inputs of an op of fixed arity (the length of ad_op_def's inputs
+#define AD_VERSION  "0.2.0" /**< the release number (meson's project version) */
+#define AD_MAX_DIMS 8       /**< most dimensions a tensor may have */
+/** Most inputs of an op of fixed arity (the length of ad_op_def's inputs
  * and grads). A variadic op (ad_concat, and ad_stack built on it) takes
  * any number. */
 #define AD_MAX_SRC 8
 
 /* ---------------------------------------------------------------- types */
 
+/** The element type of a tensor. */
 typedef enum ad_dtype {
-  AD_F32 = 0, /* float */
-  AD_F64 = 1, /* double */
-  AD_I32 = 2  /* int32_t: indices and class labels; never differentiated */
+  AD_F32 = 0, /**< float */
+  AD_F64 = 1, /**< double */
+  AD_I32 = 2  /**< int32_t: indices and class labels; never differentiated */
 } ad_dtype;
 
+/** What a call that can fail returns; ad_status_str names each code. */
 typedef enum ad_status {
   AD_OK = 0,
-  AD_ERR_NULL,     /* a required pointer was NULL */
-  AD_ERR_SHAPE,    /* shapes do not fit the op */
-  AD_ERR_DTYPE,    /* dtypes differ or the op does not take this dtype */
-  AD_ERR_ARG,      /* an argument is out of range */
-  AD_ERR_OOM,      /* the allocator returned NULL */
-  AD_ERR_STATE,    /* the call is not valid now (e.g. tape was reset) */
-  AD_ERR_NAN,      /* a NaN or Inf was found where it is not allowed */
-  AD_ERR_IO,       /* a file could not be read or written */
-  AD_ERR_FORMAT,   /* a file is malformed or truncated */
-  AD_ERR_NOTFOUND, /* a name was not found */
+  AD_ERR_NULL,     /**< a required pointer was NULL */
+  AD_ERR_SHAPE,    /**< shapes do not fit the op */
+  AD_ERR_DTYPE,    /**< dtypes differ or the op does not take this dtype */
+  AD_ERR_ARG,      /**< an argument is out of range */
+  AD_ERR_OOM,      /**< the allocator returned NULL */
+  AD_ERR_STATE,    /**< the call is not valid now (e.g. tape was reset) */
+  AD_ERR_NAN,      /**< a NaN or Inf was found where it is not allowed */
+  AD_ERR_IO,       /**< a file could not be read or written */
+  AD_ERR_FORMAT,   /**< a file is malformed or truncated */
+  AD_ERR_NOTFOUND, /**< a name was not found */
   AD_STATUS_COUNT
 } ad_status;
 
-/* The public, read-mostly view of a tensor. Data is row-major contiguous.
+/** The public, read-mostly view of a tensor. Data is row-major contiguous.
  * Fields are set by the library; callers may write through data (e.g. to
  * fill an input batch or update a parameter) but must not change the shape.
  * grad is NULL until a backward pass reaches the tensor. */
 typedef struct ad_tensor {
-  void *data;             /* size elements of dtype */
-  struct ad_tensor *grad; /* accumulated gradient (same shape), or NULL */
-  int64_t size;           /* number of elements */
-  int64_t shape[AD_MAX_DIMS];
-  int ndim; /* 0 for a scalar */
-  ad_dtype dtype;
+  void *data;                 /**< size elements of dtype */
+  struct ad_tensor *grad;     /**< accumulated gradient (same shape), or NULL */
+  int64_t size;               /**< number of elements */
+  int64_t shape[AD_MAX_DIMS]; /**< the first ndim entries are the dimensions */
+  int ndim;                   /**< 0 for a scalar */
+  ad_dtype dtype;             /**< the element type */
 } ad_tensor;
 
+/** A context (see the overview above): the tape, the arena, the op registry
+ * and the last error. Opaque; made by ad_ctx_new, freed by ad_ctx_free. */
 typedef struct ad_ctx ad_ctx;
 
-/* xoshiro256** state; seed it with ad_rng_seed. Plain data: copy to fork. */
+/** xoshiro256** state; seed it with ad_rng_seed. Plain data: copy to fork. */
 typedef struct ad_rng {
-  uint64_t s[4];
+  uint64_t s[4]; /**< the state */
 } ad_rng;
 
 /* ------------------------------------------------------- context, errors */
 
-/* Creates a context with the default allocator. Returns NULL only when the
+/** Creates a context with the default allocator. Returns NULL only when the
  * system is out of memory. Free with ad_ctx_free. */
 AD_API ad_ctx *ad_ctx_new(void);
 
-/* Frees the context, its arena, its registry and every persistent tensor
+/** Frees the context, its arena, its registry and every persistent tensor
  * still live (ad_ctx_live_tensors tells how many there are). Afterwards no
  * tensor of the context may be used or freed, and nothing built on it (nn
  * models, optimizers) may be used or freed: free those first.
  * ad_ctx_free(NULL) is a no-op. */
 AD_API void ad_ctx_free(ad_ctx *ctx);
 
-/* Number of persistent tensors of ctx not yet freed, gradients included
+/** Number of persistent tensors of ctx not yet freed, gradients included
  * (0 for NULL). A program that frees what it makes sees this fall back to
  * where it started. */
 AD_API size_t ad_ctx_live_tensors(const ad_ctx *ctx);
 
-/* The message of the last error (see "Errors" above for which one a NULL
+/** The message of the last error (see "Errors" above for which one a NULL
  * input keeps), e.g. "matmul: inner dimensions differ: [32,784] x
  * [64,10]", or "" if none since ad_clear_error. Owned by the context; valid
  * until the next error or ad_clear_error. */
 AD_API const char *ad_last_error(const ad_ctx *ctx);
 
-/* The status of that error, AD_OK if none. */
+/** The status of that error, AD_OK if none. */
 AD_API ad_status ad_last_status(const ad_ctx *ctx);
 
-/* Forgets the recorded error: ad_last_status is AD_OK again. */
+/** Forgets the recorded error: ad_last_status is AD_OK again. */
 AD_API void ad_clear_error(ad_ctx *ctx);
 
-/* A static name for a status code: "ok", "shape mismatch", ... */
+/** A static name for a status code: "ok", "shape mismatch", ... */
 AD_API const char *ad_status_str(ad_status status);
 
-/* Writes "[2,3,4]" for t into buf (at most n bytes, NUL-terminated) and
+/** Writes "[2,3,4]" for t into buf (at most n bytes, NUL-terminated) and
  * returns buf. "(null)" for NULL. */
 AD_API char *ad_shape_str(const ad_tensor *t, char *buf, size_t n);
 
@@ -173,47 +180,48 @@ AD_API char *ad_shape_str(const ad_tensor *t, char *buf, size_t n);
  * (integer draws: no value is free, and an index must stay in range).
  * Check ad_rng_seed's status: the generator it seeded is not NULL. */
 
-/* Sets the state from seed (splitmix64), so equal seeds give equal
+/** Sets the state from seed (splitmix64), so equal seeds give equal
  * streams. Returns AD_OK, or AD_ERR_NULL (nothing done) if rng is NULL. */
 AD_API ad_status ad_rng_seed(ad_rng *rng, uint64_t seed);
-/* The next 64 random bits (xoshiro256**). A NULL rng returns 0, which is
+/** The next 64 random bits (xoshiro256**). A NULL rng returns 0, which is
  * also a possible draw. */
 AD_API uint64_t ad_rng_next(ad_rng *rng);
-/* Uniform in [0, 1). A NULL rng returns NaN. */
+/** Uniform in [0, 1). A NULL rng returns NaN. */
 AD_API double ad_rng_uniform(ad_rng *rng);
-/* Standard normal (Box-Muller). A NULL rng returns NaN. */
+/** Standard normal (Box-Muller). A NULL rng returns NaN. */
 AD_API double ad_rng_normal(ad_rng *rng);
-/* Uniform integer in [0, n) (unbiased). Returns 0 if n == 0 or rng is NULL:
+/** Uniform integer in [0, n) (unbiased). Returns 0 if n == 0 or rng is NULL:
  * the result is an index, so it never falls outside [0, n) for n > 0. */
 AD_API uint64_t ad_rng_below(ad_rng *rng, uint64_t n);
 
-/* -------------------------------------------- persistent tensors (leaves)
- * These live until ad_tensor_free and survive ad_tape_reset. shape has ndim
+/* -------------------------------------------- persistent tensors (leaves) */
+/** These live until ad_tensor_free and survive ad_tape_reset. shape has ndim
  * entries, each >= 0, whose non-zero ones multiply to at most 2^40; ndim 0
  * is a scalar. They return NULL and record AD_ERR_ARG (bad shape, or a
  * value an AD_I32 tensor cannot hold: NaN or outside the int32 range),
- * AD_ERR_DTYPE, AD_ERR_NULL (NULL shape with ndim > 0) or AD_ERR_OOM. */
-
+ * AD_ERR_DTYPE, AD_ERR_NULL (NULL shape with ndim > 0) or AD_ERR_OOM. @{ */
 AD_API ad_tensor *ad_zeros(ad_ctx *ctx, ad_dtype dtype, int ndim, const int64_t *shape);
 AD_API ad_tensor *ad_ones(ad_ctx *ctx, ad_dtype dtype, int ndim, const int64_t *shape);
 AD_API ad_tensor *ad_full(ad_ctx *ctx, ad_dtype dtype, int ndim, const int64_t *shape,
                           double value);
-/* Copies size elements of dtype from src (which may be NULL for zeros). */
+/** @} */
+/** Copies size elements of dtype from src (which may be NULL for zeros). */
 AD_API ad_tensor *ad_from_data(ad_ctx *ctx, ad_dtype dtype, int ndim, const int64_t *shape,
                                const void *src);
-/* 1-D tensor start, start+step, ... < stop (> stop for negative step);
+/** 1-D tensor start, start+step, ... < stop (> stop for negative step);
  * AD_ERR_ARG for a zero or non-finite step or bound, or more than 2^40
  * elements. */
 AD_API ad_tensor *ad_arange(ad_ctx *ctx, ad_dtype dtype, double start, double stop, double step);
-/* Uniform in [lo, hi) / normal(mean, std), drawn from rng in row-major order. */
+/** Uniform in [lo, hi) / normal(mean, std), drawn from rng in row-major order. @{ */
 AD_API ad_tensor *ad_rand(ad_ctx *ctx, ad_rng *rng, ad_dtype dtype, int ndim, const int64_t *shape,
                           double lo, double hi);
 AD_API ad_tensor *ad_randn(ad_ctx *ctx, ad_rng *rng, ad_dtype dtype, int ndim, const int64_t *shape,
                            double mean, double std);
-/* A persistent deep copy of t's data (not its grad or history). */
+/** @} */
+/** A persistent deep copy of t's data (not its grad or history). */
 AD_API ad_tensor *ad_tensor_clone(ad_ctx *ctx, const ad_tensor *t);
 
-/* Frees a persistent tensor and its grad. NULL is a no-op. Tensors made by
+/** Frees a persistent tensor and its grad. NULL is a no-op. Tensors made by
  * ops belong to the tape: passing one is ignored. A gradient (t->grad) is
  * owned by its tensor: freeing it alone is refused with AD_ERR_STATE on the
  * context (release it with ad_tensor_zero_grad). Freeing twice, or passing
@@ -226,29 +234,31 @@ AD_API ad_tensor *ad_tensor_clone(ad_ctx *ctx, const ad_tensor *t);
  * it fails with AD_ERR_STATE before writing any gradient. */
 AD_API void ad_tensor_free(ad_tensor *t);
 
-/* A scalar (0-d) constant in the arena; freed by ad_tape_reset. */
+/** A scalar (0-d) constant in the arena; freed by ad_tape_reset. */
 AD_API ad_tensor *ad_scalar(ad_ctx *ctx, ad_dtype dtype, double value);
-/* A constant with x's dtype and shape, every element value (zeros_like: 0),
+/** A constant with x's dtype and shape, every element value (zeros_like: 0),
  * as torch.full_like / zeros_like: a temporary of the tape like an op's
  * result (the caller does not free it; ad_tape_reset does), which never
  * requires a gradient and sends none to x (x only gives the shape). Use it
  * where an op's result is expected, e.g. an RNN's first hidden state
  * ad_zeros_like(ctx, h_shaped). NULL with AD_ERR_NULL (x NULL), AD_ERR_ARG
  * (x not a tensor, of another context; value out of range for AD_I32) or
- * AD_ERR_STATE (x freed, or a temporary of a tape that was reset). */
+ * AD_ERR_STATE (x freed, or a temporary of a tape that was reset). @{ */
 AD_API ad_tensor *ad_full_like(ad_ctx *ctx, const ad_tensor *x, double value);
 AD_API ad_tensor *ad_zeros_like(ad_ctx *ctx, const ad_tensor *x);
+/** @} */
 
-/* Marks a leaf as needing a gradient; backward accumulates into t->grad.
- * Returns AD_ERR_STATE for a tensor made by an op, AD_ERR_DTYPE for AD_I32. */
+/** Marks a leaf as needing a gradient; backward accumulates into t->grad.
+ * Returns AD_ERR_STATE for a tensor made by an op, AD_ERR_DTYPE for AD_I32. @{ */
 AD_API ad_status ad_tensor_set_requires_grad(ad_tensor *t, bool on);
 AD_API bool ad_tensor_requires_grad(const ad_tensor *t);
+/** @} */
 
-/* Asks backward to keep the gradient of an intermediate in t->grad (in the
+/** Asks backward to keep the gradient of an intermediate in t->grad (in the
  * arena, valid until ad_tape_reset). */
 AD_API ad_status ad_tensor_retain_grad(ad_tensor *t);
 
-/* Zeroes t's gradient by releasing it, as PyTorch's zero_grad() does by
+/** Zeroes t's gradient by releasing it, as PyTorch's zero_grad() does by
  * default (set_to_none): t->grad becomes NULL, in O(1). The buffer is kept
  * for t: the next backward that reaches t stores its gradient there (its
  * first contribution is written, not added to zeros), so a training loop
@@ -258,58 +268,59 @@ AD_API ad_status ad_tensor_retain_grad(ad_tensor *t);
  * grad: no-op. */
 AD_API void ad_tensor_zero_grad(ad_tensor *t);
 
-/* Names t (the name is copied) for error messages, anomaly reports, graph
+/** Names t (the name is copied) for error messages, anomaly reports, graph
  * dumps and traces: nn names its parameters as PyTorch does ("0.weight").
  * NULL or "" removes the name. A name lasts as long as the tensor: until
  * ad_tensor_free, or for an op's result until ad_tape_reset. Returns
  * AD_ERR_NULL for NULL t, AD_ERR_STATE for a freed tensor, AD_ERR_OOM. */
 AD_API ad_status ad_tensor_set_name(ad_tensor *t, const char *name);
-/* t's name, or NULL when it has none. Owned by the context; valid until
+/** t's name, or NULL when it has none. Owned by the context; valid until
  * the name changes or the tensor goes. */
 AD_API const char *ad_tensor_name(const ad_tensor *t);
 
-/* True for a tensor made by an op (freed by ad_tape_reset). */
+/** True for a tensor made by an op (freed by ad_tape_reset). */
 AD_API bool ad_tensor_is_temporary(const ad_tensor *t);
 
-/* Element i (row-major flat index) as a double; 0 if out of range, NaN for
+/** Element i (row-major flat index) as a double; 0 if out of range, NaN for
  * a freed tensor. The setters below return AD_ERR_STATE for a freed one. */
 AD_API double ad_tensor_get(const ad_tensor *t, int64_t i);
-/* Sets element i; returns AD_ERR_ARG when i is out of range, or when t is
+/** Sets element i; returns AD_ERR_ARG when i is out of range, or when t is
  * AD_I32 and v is NaN or outside the int32 range (recorded, t unchanged);
  * other values are truncated toward zero, as a C cast does. */
 AD_API ad_status ad_tensor_set(ad_tensor *t, int64_t i, double v);
-/* The single element of a size-1 tensor; NAN otherwise. */
+/** The single element of a size-1 tensor; NAN otherwise. */
 AD_API double ad_tensor_item(const ad_tensor *t);
-/* Copies src's values into dst (same size; dtypes may differ). Into an
+/** Copies src's values into dst (same size; dtypes may differ). Into an
  * AD_I32 dst, a NaN or out-of-range value is AD_ERR_ARG and dst is left
  * unchanged. */
 AD_API ad_status ad_tensor_copy_data(ad_tensor *dst, const ad_tensor *src);
-/* Fills every element with v. AD_ERR_NULL for NULL t; AD_ERR_ARG (t
+/** Fills every element with v. AD_ERR_NULL for NULL t; AD_ERR_ARG (t
  * unchanged) when t is AD_I32 and v is NaN or outside the int32 range. */
 AD_API ad_status ad_tensor_fill(ad_tensor *t, double v);
-/* True when some element is NaN or infinite. */
+/** True when some element is NaN or infinite. */
 AD_API bool ad_tensor_has_nonfinite(const ad_tensor *t);
-/* Bytes per element of a dtype (4, 8, 4). */
+/** Bytes per element of a dtype (4, 8, 4). */
 AD_API size_t ad_dtype_size(ad_dtype dtype);
-AD_API const char *ad_dtype_name(ad_dtype dtype);
+AD_API const char *ad_dtype_name(ad_dtype dtype); /**< "f32", "f64", "i32" */
 
-/* Prints "name: shape dtype" then the values, numpy-style, summarizing
+/** Prints "name: shape dtype" then the values, numpy-style, summarizing
  * dimensions longer than 6 with "...". name may be NULL. */
 AD_API void ad_tensor_print(FILE *f, const char *name, const ad_tensor *t);
 
 /* ---------------------------------------------------------------- tape */
 
-/* Frees every intermediate and empties the tape in O(1). Tensors made by ops
+/** Frees every intermediate and empties the tape in O(1). Tensors made by ops
  * before the reset must not be used after it; ad_backward detects a root
  * from an earlier tape and returns AD_ERR_STATE. */
 AD_API void ad_tape_reset(ad_ctx *ctx);
 
-/* Number of recorded ops; bytes the arena holds; bytes in use now. */
+/** Number of recorded ops; bytes the arena holds; bytes in use now. @{ */
 AD_API size_t ad_tape_size(const ad_ctx *ctx);
 AD_API size_t ad_arena_capacity(const ad_ctx *ctx);
 AD_API size_t ad_arena_used(const ad_ctx *ctx);
+/** @} */
 
-/* Caps the arena at bytes (0, the default: no cap). The arena grows in
+/** Caps the arena at bytes (0, the default: no cap). The arena grows in
  * chunks and keeps them across ad_tape_reset, so a training loop that
  * resets the tape each step stays at its first step's size; one that forgets
  * to reset grows without end. With a cap, an op that would grow the arena
@@ -318,27 +329,31 @@ AD_API size_t ad_arena_used(const ad_ctx *ctx);
  * AD_ERR_NULL for NULL ctx. */
 AD_API ad_status ad_set_arena_limit(ad_ctx *ctx, size_t bytes);
 
-/* Turns recording on or off (no-grad mode: ops run, nothing is recorded).
- * Returns the previous setting. */
+/** Turns recording on or off (no-grad mode: ops run, nothing is recorded).
+ * Returns the previous setting. @{ */
 AD_API bool ad_set_grad_enabled(ad_ctx *ctx, bool on);
 AD_API bool ad_grad_enabled(const ad_ctx *ctx);
+/** @} */
 
-/* Anomaly mode (off by default; PyTorch's detect_anomaly, in forward too):
+/** Anomaly mode (off by default; PyTorch's detect_anomaly, in forward too):
  * every float op's result is checked when it is made and every gradient
  * an op's backward sends when it is sent. The first NaN or infinity makes
  * the op (or the backward) fail with AD_ERR_NAN and a message naming the
  * op, the shapes and names of its tensors, and which input carried the
  * value or, in backward, which forward op's rule produced it:
+ *   @code{.unparsed}
  *   backward of sqrt (forward: sqrt of 'h1' [32,64]) sent a non-finite
  *   gradient (nan at element 3) to input 0 ('h1' [32,64])
+ *   @endcode
  * While on, backward takes no fast path that writes into gradients
  * directly, so every contribution is checked; it costs a pass over every
  * result (docs/performance.md has the figure). Off, it costs nothing
- * measurable. Returns the previous setting (false for NULL ctx). */
+ * measurable. Returns the previous setting (false for NULL ctx). @{ */
 AD_API bool ad_set_anomaly_mode(ad_ctx *ctx, bool on);
 AD_API bool ad_anomaly_mode(const ad_ctx *ctx);
+/** @} */
 
-/* Backward from root. seed is dL/droot with root's shape; NULL means 1 and
+/** Backward from root. seed is dL/droot with root's shape; NULL means 1 and
  * needs a root of one element. Gradients are added (+=) into the grad of
  * every leaf that requires one (a NULL grad counts as zero: the pass's
  * gradient is stored into a buffer kept by ad_tensor_zero_grad, or a new
@@ -347,7 +362,7 @@ AD_API bool ad_anomaly_mode(const ad_ctx *ctx);
  * root without seed or a seed of the wrong shape. */
 AD_API ad_status ad_backward(ad_ctx *ctx, ad_tensor *root, const ad_tensor *seed);
 
-/* Gradients of root with respect to n inputs (leaves or intermediates),
+/** Gradients of root with respect to n inputs (leaves or intermediates),
  * returned in out[0..n-1] as arena tensors (zeros for an input root does not
  * depend on). seed as in ad_backward. Leaves' grad fields are not touched.
  * With create_graph the backward pass is recorded, so out[i] can be
@@ -374,10 +389,10 @@ AD_API ad_status ad_grad(ad_ctx *ctx, ad_tensor *root, const ad_tensor *seed, in
  * scope is the same group. Recording an op costs nothing extra: the
  * context logs where on the tape each push and pop happened. */
 
-/* The deepest scopes nest. */
+/** The deepest scopes nest. */
 #define AD_SCOPE_MAX_DEPTH 16
 
-/* Opens a scope labelled label (copied; 1 to 255 bytes) inside the one
+/** Opens a scope labelled label (copied; 1 to 255 bytes) inside the one
  * open now. Returns AD_ERR_NULL (ctx or label NULL), AD_ERR_ARG (empty or
  * too long label), AD_ERR_STATE (AD_SCOPE_MAX_DEPTH scopes already open),
  * AD_ERR_OOM; on error no scope is opened. ad_tape_reset forgets the
@@ -385,11 +400,11 @@ AD_API ad_status ad_grad(ad_ctx *ctx, ad_tensor *root, const ad_tensor *seed, in
  * tape's ops go into them. */
 AD_API ad_status ad_scope_push(ad_ctx *ctx, const char *label);
 
-/* Closes the innermost open scope. AD_ERR_STATE when none is open,
+/** Closes the innermost open scope. AD_ERR_STATE when none is open,
  * AD_ERR_NULL, AD_ERR_OOM (the scope stays open). */
 AD_API ad_status ad_scope_pop(ad_ctx *ctx);
 
-/* How many scopes are open (0 for NULL): code that opens one can close
+/** How many scopes are open (0 for NULL): code that opens one can close
  * down to the depth it started at on an error path. */
 AD_API int ad_scope_depth(const ad_ctx *ctx);
 
@@ -399,64 +414,69 @@ AD_API int ad_scope_depth(const ad_ctx *ctx);
  * binary op must share a dtype. Binary ops broadcast like NumPy. The math
  * of every op and its derivative is in docs/derivatives.md. */
 
-/* elementwise binary (broadcasting) */
+/** elementwise binary (broadcasting) @{ */
 AD_API ad_tensor *ad_add(ad_ctx *ctx, ad_tensor *a, ad_tensor *b);
 AD_API ad_tensor *ad_sub(ad_ctx *ctx, ad_tensor *a, ad_tensor *b);
 AD_API ad_tensor *ad_mul(ad_ctx *ctx, ad_tensor *a, ad_tensor *b);
 AD_API ad_tensor *ad_div(ad_ctx *ctx, ad_tensor *a, ad_tensor *b);
-/* a^b. At a zero base the gradient follows PyTorch's masks: d/da is 0
+/** @} */
+/** a^b. At a zero base the gradient follows PyTorch's masks: d/da is 0
  * where b = 0 and d/db is 0 where b >= 0 (the formulas would give NaN). */
 AD_API ad_tensor *ad_pow(ad_ctx *ctx, ad_tensor *a, ad_tensor *b);
-/* Ties send half the gradient to each side. A NaN in a or b gives NaN (as
- * PyTorch and NumPy), and both sides receive the whole gradient there. */
+/** Ties send half the gradient to each side. A NaN in a or b gives NaN (as
+ * PyTorch and NumPy), and both sides receive the whole gradient there. @{ */
 AD_API ad_tensor *ad_maximum(ad_ctx *ctx, ad_tensor *a, ad_tensor *b);
 AD_API ad_tensor *ad_minimum(ad_ctx *ctx, ad_tensor *a, ad_tensor *b);
+/** @} */
 
-/* scalar forms */
+/** scalar forms @{ */
 AD_API ad_tensor *ad_add_scalar(ad_ctx *ctx, ad_tensor *x, double s);
 AD_API ad_tensor *ad_mul_scalar(ad_ctx *ctx, ad_tensor *x, double s);
-/* x^p; for p = 0 the gradient is 0 everywhere, x = 0 included. */
+/** @} */
+/** x^p; for p = 0 the gradient is 0 everywhere, x = 0 included. */
 AD_API ad_tensor *ad_pow_scalar(ad_ctx *ctx, ad_tensor *x, double p);
-AD_API ad_tensor *ad_sub_scalar(ad_ctx *ctx, ad_tensor *x, double s);  /* x - s */
-AD_API ad_tensor *ad_rsub_scalar(ad_ctx *ctx, ad_tensor *x, double s); /* s - x */
-AD_API ad_tensor *ad_div_scalar(ad_ctx *ctx, ad_tensor *x, double s);  /* x / s */
+AD_API ad_tensor *ad_sub_scalar(ad_ctx *ctx, ad_tensor *x, double s);  /**< x - s */
+AD_API ad_tensor *ad_rsub_scalar(ad_ctx *ctx, ad_tensor *x, double s); /**< s - x */
+AD_API ad_tensor *ad_div_scalar(ad_ctx *ctx, ad_tensor *x, double s);  /**< x / s */
 
-/* elementwise unary */
+/** elementwise unary @{ */
 AD_API ad_tensor *ad_neg(ad_ctx *ctx, ad_tensor *x);
 AD_API ad_tensor *ad_exp(ad_ctx *ctx, ad_tensor *x);
 AD_API ad_tensor *ad_log(ad_ctx *ctx, ad_tensor *x);
 AD_API ad_tensor *ad_sqrt(ad_ctx *ctx, ad_tensor *x);
-AD_API ad_tensor *ad_abs(ad_ctx *ctx, ad_tensor *x); /* d|x|/dx at 0 is 0 */
+AD_API ad_tensor *ad_abs(ad_ctx *ctx, ad_tensor *x); /**< d|x|/dx at 0 is 0 */
 AD_API ad_tensor *ad_sin(ad_ctx *ctx, ad_tensor *x);
 AD_API ad_tensor *ad_cos(ad_ctx *ctx, ad_tensor *x);
 AD_API ad_tensor *ad_tanh(ad_ctx *ctx, ad_tensor *x);
 AD_API ad_tensor *ad_sigmoid(ad_ctx *ctx, ad_tensor *x);
-/* relu'(0) = 0; relu(NaN) = NaN, where dy passes (as PyTorch). */
+/** relu'(0) = 0; relu(NaN) = NaN, where dy passes (as PyTorch). */
 AD_API ad_tensor *ad_relu(ad_ctx *ctx, ad_tensor *x);
-/* x > 0 ? x : alpha*x; the slope at 0 is alpha. */
+/** x > 0 ? x : alpha*x; the slope at 0 is alpha. */
 AD_API ad_tensor *ad_leaky_relu(ad_ctx *ctx, ad_tensor *x, double alpha);
-/* Exact GELU: x * Phi(x), Phi the standard normal CDF. */
+/** Exact GELU: x * Phi(x), Phi the standard normal CDF. */
 AD_API ad_tensor *ad_gelu(ad_ctx *ctx, ad_tensor *x);
-/* log(1 + exp(x)), computed stably. */
+/** log(1 + exp(x)), computed stably. */
 AD_API ad_tensor *ad_softplus(ad_ctx *ctx, ad_tensor *x);
 AD_API ad_tensor *ad_erf(ad_ctx *ctx, ad_tensor *x);
 AD_API ad_tensor *ad_square(ad_ctx *ctx, ad_tensor *x);
 AD_API ad_tensor *ad_atan(ad_ctx *ctx, ad_tensor *x);
-/* Converts to another float dtype; the gradient is converted back. */
+/** @} */
+/** Converts to another float dtype; the gradient is converted back. */
 AD_API ad_tensor *ad_cast(ad_ctx *ctx, ad_tensor *x, ad_dtype dtype);
 
-/* comparisons: 1 where true, 0 elsewhere (a NaN compares false), in a's
- * dtype; no gradient flows */
+/** comparisons: 1 where true, 0 elsewhere (a NaN compares false), in a's
+ * dtype; no gradient flows @{ */
 AD_API ad_tensor *ad_eq(ad_ctx *ctx, ad_tensor *a, ad_tensor *b);
 AD_API ad_tensor *ad_gt(ad_ctx *ctx, ad_tensor *a, ad_tensor *b);
 AD_API ad_tensor *ad_ge(ad_ctx *ctx, ad_tensor *a, ad_tensor *b);
 AD_API ad_tensor *ad_lt(ad_ctx *ctx, ad_tensor *a, ad_tensor *b);
 AD_API ad_tensor *ad_le(ad_ctx *ctx, ad_tensor *a, ad_tensor *b);
-/* cond != 0 ? a : b, broadcasting all three (a NaN cond picks a); no
+/** @} */
+/** cond != 0 ? a : b, broadcasting all three (a NaN cond picks a); no
  * gradient to cond. */
 AD_API ad_tensor *ad_where(ad_ctx *ctx, ad_tensor *cond, ad_tensor *a, ad_tensor *b);
 
-/* Matrix product with NumPy/PyTorch matmul semantics. a is [..,m,k] (or
+/** Matrix product with NumPy/PyTorch matmul semantics. a is [..,m,k] (or
  * [..,k,m] with trans_a), b is [..,k,n] (or [..,n,k] with trans_b); the
  * result is [..,m,n]. The batch dims (all but the last two) broadcast,
  * aligned from the right: [2,1,3,4] x [1,5,4,6] -> [2,5,3,6], [7,3,4] x
@@ -474,34 +494,34 @@ AD_API ad_tensor *ad_where(ad_ctx *ctx, ad_tensor *cond, ad_tensor *a, ad_tensor
 AD_API ad_tensor *ad_matmul(ad_ctx *ctx, ad_tensor *a, ad_tensor *b, bool trans_a, bool trans_b);
 
 /* shape ops */
-/* A view with a new shape of the same size; one entry may be -1. */
+/** A view with a new shape of the same size; one entry may be -1. */
 AD_API ad_tensor *ad_reshape(ad_ctx *ctx, ad_tensor *x, int ndim, const int64_t *shape);
-/* Output dim i is input dim perm[i]. Copies. */
+/** Output dim i is input dim perm[i]. Copies. */
 AD_API ad_tensor *ad_permute(ad_ctx *ctx, ad_tensor *x, const int *perm);
-/* Swaps two dims (negative counts from the end). */
+/** Swaps two dims (negative counts from the end). */
 AD_API ad_tensor *ad_transpose(ad_ctx *ctx, ad_tensor *x, int d0, int d1);
-/* Broadcasts x to shape (NumPy rules). */
+/** Broadcasts x to shape (NumPy rules). */
 AD_API ad_tensor *ad_expand(ad_ctx *ctx, ad_tensor *x, int ndim, const int64_t *shape);
-/* Sums x down to shape, the inverse of a broadcast (the gradient of expand). */
+/** Sums x down to shape, the inverse of a broadcast (the gradient of expand). */
 AD_API ad_tensor *ad_sum_to(ad_ctx *ctx, ad_tensor *x, int ndim, const int64_t *shape);
-/* Elements start..start+len-1 along axis. */
+/** Elements start..start+len-1 along axis. */
 AD_API ad_tensor *ad_narrow(ad_ctx *ctx, ad_tensor *x, int axis, int64_t start, int64_t len);
-/* Zero-pads before and after along axis (the gradient of narrow). */
+/** Zero-pads before and after along axis (the gradient of narrow). */
 AD_API ad_tensor *ad_pad(ad_ctx *ctx, ad_tensor *x, int axis, int64_t before, int64_t after);
-/* Joins n >= 1 tensors along axis (negative counts from the end), as
+/** Joins n >= 1 tensors along axis (negative counts from the end), as
  * torch.cat: one float dtype, the same shape off the axis. Any n, bounded
  * by memory. AD_ERR_ARG (n < 1, axis out of range), AD_ERR_NULL (xs or an
  * entry NULL, named by index), AD_ERR_SHAPE naming the index and both
  * shapes, AD_ERR_DTYPE. */
 AD_API ad_tensor *ad_concat(ad_ctx *ctx, int n, ad_tensor *const *xs, int axis);
-/* Joins n >= 1 tensors of one shape along a new axis, as torch.stack: the
+/** Joins n >= 1 tensors of one shape along a new axis, as torch.stack: the
  * result has shape[axis] = n; axis in -(ndim+1)..ndim (negative counts from
  * the end of the result). A composite, concat of the inputs each reshaped
  * with a length-1 axis, so dumps show reshape and concat nodes. Errors as
  * ad_concat's, named "stack"; AD_ERR_SHAPE also when the result would
  * have more than AD_MAX_DIMS dims. */
 AD_API ad_tensor *ad_stack(ad_ctx *ctx, int n, ad_tensor *const *xs, int axis);
-/* Splits x along axis into its x->shape[axis] slices, each with that axis
+/** Splits x along axis into its x->shape[axis] slices, each with that axis
  * removed, as torch.unbind: out[i] = x[..., i, ...] (axis negative counts
  * from the end). out is the caller's array of at least x->shape[axis]
  * slots (none are written for length 0). Each slice is an op result
@@ -512,7 +532,7 @@ AD_API ad_tensor *ad_stack(ad_ctx *ctx, int n, ad_tensor *const *xs, int axis);
  * errors of an op's input for x; on an error out[i] are left NULL. The
  * backward adds one x-sized contribution per slice used. */
 AD_API ad_status ad_unstack(ad_ctx *ctx, ad_tensor *x, int axis, ad_tensor **out);
-/* x's values as a new tensor that no gradient flows through (stop-
+/** x's values as a new tensor that no gradient flows through (stop-
  * gradient), as torch.detach: same dtype, shape and data (a view: it
  * shares x's data), never requires a gradient, so ops on it are not
  * differentiated back into x. An op result: a temporary of the tape,
@@ -520,23 +540,25 @@ AD_API ad_status ad_unstack(ad_ctx *ctx, ad_tensor *x, int axis, ad_tensor **out
  * across a reset. To carry state across a reset (truncated BPTT), copy the
  * values into a persistent tensor the caller owns, and start the next
  * chunk from it:
+ *   @code{.unparsed}
  *   ad_tensor *h0 = ad_zeros(ctx, AD_F32, 2, shape);    (persistent, no grad)
  *   for each chunk: h = h0; for t in chunk: h = cell(x_t, h);
  *                   loss ...; ad_backward; optimizer step;
  *                   ad_tensor_copy_data(h0, h); ad_tape_reset(ctx);
+ *   @endcode
  * ad_detach is for stopping a gradient within one tape (a target, a
  * state carried between chunks without a reset). */
 AD_API ad_tensor *ad_detach(ad_ctx *ctx, ad_tensor *x);
-/* Rows of x (axis 0) picked by idx (AD_I32, any shape): out shape is
+/** Rows of x (axis 0) picked by idx (AD_I32, any shape): out shape is
  * idx.shape + x.shape[1:]. Embedding lookup, mini-batch selection. */
 AD_API ad_tensor *ad_index_select(ad_ctx *ctx, ad_tensor *x, ad_tensor *idx);
-/* Zeros of [rows] + src.shape[idx.ndim:] with src's rows added at idx (the
+/** Zeros of [rows] + src.shape[idx.ndim:] with src's rows added at idx (the
  * gradient of index_select). */
 AD_API ad_tensor *ad_index_add(ad_ctx *ctx, ad_tensor *src, ad_tensor *idx, int64_t rows);
 
-/* The padding_idx of ad_embedding for none. */
+/** The padding_idx of ad_embedding for none. */
 #define AD_NO_PADDING INT64_MIN
-/* Embedding lookup, torch.nn.functional.embedding: the rows of weight
+/** Embedding lookup, torch.nn.functional.embedding: the rows of weight
  * [num, dim] (float) picked by indices (AD_I32, any shape): y has shape
  * indices.shape + [dim]. The gradient adds dy's rows into the rows they
  * came from (a scatter-add, index_add); the row padding_idx gets none (0,
@@ -554,26 +576,30 @@ AD_API ad_tensor *ad_index_add(ad_ctx *ctx, ad_tensor *src, ad_tensor *idx, int6
 AD_API ad_tensor *ad_embedding(ad_ctx *ctx, ad_tensor *weight, ad_tensor *indices,
                                int64_t padding_idx);
 
-/* reductions; axis may be negative; keepdim keeps it with length 1. As in
+/** reductions; axis may be negative; keepdim keeps it with length 1. As in
  * PyTorch, a reduced dim may have length 0: the reduction of no element is
  * 0 for sum, NaN for mean, -inf for logsumexp, and an error for max
  * (AD_ERR_SHAPE, "max: nothing to reduce ..."); an output with no element
  * is an empty tensor, and the gradient of an empty input is empty. A lane
- * holding a NaN reduces to NaN (max, logsumexp, softmax, log_softmax). */
-AD_API ad_tensor *ad_sum(ad_ctx *ctx, ad_tensor *x); /* over everything */
+ * holding a NaN reduces to NaN (max, logsumexp, softmax, log_softmax). @{ */
+AD_API ad_tensor *ad_sum(ad_ctx *ctx, ad_tensor *x); /**< over everything */
 AD_API ad_tensor *ad_sum_axis(ad_ctx *ctx, ad_tensor *x, int axis, bool keepdim);
 AD_API ad_tensor *ad_mean(ad_ctx *ctx, ad_tensor *x);
 AD_API ad_tensor *ad_mean_axis(ad_ctx *ctx, ad_tensor *x, int axis, bool keepdim);
-/* Ties share the gradient equally; a lane whose maximum is NaN sends NaN
- * to each of its elements (as torch.amax). */
+/** @} */
+/** Ties share the gradient equally; a lane whose maximum is NaN sends NaN
+ * to each of its elements (as torch.amax). @{ */
 AD_API ad_tensor *ad_max(ad_ctx *ctx, ad_tensor *x);
 AD_API ad_tensor *ad_max_axis(ad_ctx *ctx, ad_tensor *x, int axis, bool keepdim);
+/** @} */
+/** log(sum(exp(x))) along axis, computed stably. */
 AD_API ad_tensor *ad_logsumexp(ad_ctx *ctx, ad_tensor *x, int axis, bool keepdim);
-/* Over an axis of length 0: an empty result, and nothing is read. */
+/** Over an axis of length 0: an empty result, and nothing is read. @{ */
 AD_API ad_tensor *ad_softmax(ad_ctx *ctx, ad_tensor *x, int axis);
 AD_API ad_tensor *ad_log_softmax(ad_ctx *ctx, ad_tensor *x, int axis);
+/** @} */
 
-/* Mean over the batch of -log softmax(logits)[label]: logits [N,C] float,
+/** Mean over the batch of -log softmax(logits)[label]: logits [N,C] float,
  * labels [N] AD_I32 in [0,C). Stable for large logits; NaN for N = 0 (the
  * mean of nothing) or a NaN logit. A scalar. Errors: AD_ERR_SHAPE (not
  * [N,C] and [N], or C = 0), AD_ERR_ARG (a label out of range). Like every
@@ -582,15 +608,15 @@ AD_API ad_tensor *ad_log_softmax(ad_ctx *ctx, ad_tensor *x, int axis);
  * not change the gradient. */
 AD_API ad_tensor *ad_softmax_cross_entropy(ad_ctx *ctx, ad_tensor *logits, ad_tensor *labels);
 
-/* Options of ad_softmax_cross_entropy_ext; the zero value (or NULL) is
+/** Options of ad_softmax_cross_entropy_ext; the zero value (or NULL) is
  * the mean over every position, none ignored. */
 typedef struct ad_cross_entropy_opts {
-  bool ignore;          /* positions whose label is ignore_index count for nothing */
-  int32_t ignore_index; /* PyTorch's default is -100; any value, 0..C-1 too */
-  bool sum;             /* the sum over the counted positions (reduction='sum') */
+  bool ignore;          /**< positions whose label is ignore_index count for nothing */
+  int32_t ignore_index; /**< PyTorch's default is -100; any value, 0..C-1 too */
+  bool sum;             /**< the sum over the counted positions (reduction='sum') */
 } ad_cross_entropy_opts;
 
-/* Softmax cross-entropy as PyTorch's F.cross_entropy with class labels,
+/** Softmax cross-entropy as PyTorch's F.cross_entropy with class labels,
  * also for sequences: logits [N, C] with labels [N], or [N, C, d1, ...]
  * (classes in dim 1, e.g. [N, C, T]) with labels [N, d1, ...]. The loss of
  * a position is -log softmax over its C logits at its label; the result is
@@ -607,7 +633,7 @@ typedef struct ad_cross_entropy_opts {
 AD_API ad_tensor *ad_softmax_cross_entropy_ext(ad_ctx *ctx, ad_tensor *logits, ad_tensor *labels,
                                                const ad_cross_entropy_opts *opts);
 
-/* Batch normalisation, PyTorch's F.batch_norm: x [N, C, ...] (2-D [N, C]
+/** Batch normalisation, PyTorch's F.batch_norm: x [N, C, ...] (2-D [N, C]
  * or more dims, e.g. NCHW) normalised per channel (dim 1) over every other
  * dim, then scaled by weight [C] and shifted by bias [C] (either NULL for
  * none). Training mode uses the batch's mean and biased variance and, when
@@ -627,7 +653,7 @@ AD_API ad_tensor *ad_batch_norm(ad_ctx *ctx, ad_tensor *x, ad_tensor *weight, ad
                                 ad_tensor *running_mean, ad_tensor *running_var, bool training,
                                 double momentum, double eps);
 
-/* Layer normalisation, PyTorch's F.layer_norm: x (float, any rank) is
+/** Layer normalisation, PyTorch's F.layer_norm: x (float, any rank) is
  * normalised over its last ndim dims, whose lengths must be
  * normalized_shape, with the mean and the biased variance of each such
  * block: y = (x - mean) / sqrt(var + eps) * weight + bias, weight and bias
@@ -646,25 +672,25 @@ AD_API ad_tensor *ad_layer_norm(ad_ctx *ctx, ad_tensor *x, int ndim,
 
 /* ----------------------------------------------------------- attention */
 
-/* Options of ad_scaled_dot_product_attention. The zero value (and a NULL
+/** Options of ad_scaled_dot_product_attention. The zero value (and a NULL
  * pointer) means: scale 1/sqrt(E), no causal mask, no mask, no dropout. */
 typedef struct ad_attention_opts {
-  double scale;        /* multiplies q k^T; 0 means 1/sqrt(E) (E = q's last dim) */
-  bool causal;         /* query i attends to keys j <= i only */
-  ad_tensor *mask;     /* additive float mask broadcastable to [..., L, S]
+  double scale;        /**< multiplies q k^T; 0 means 1/sqrt(E) (E = q's last dim) */
+  bool causal;         /**< query i attends to keys j <= i only */
+  ad_tensor *mask;     /**< additive float mask broadcastable to [..., L, S]
                           (-inf entries allowed; cast to q's dtype), or
                           NULL */
-  double dropout_p;    /* in [0, 1): zeroes each weight with probability p and
+  double dropout_p;    /**< in [0, 1): zeroes each weight with probability p and
                           scales the rest by 1 / (1 - p) */
-  ad_rng *rng;         /* the dropout draws (one per weight, row-major);
+  ad_rng *rng;         /**< the dropout draws (one per weight, row-major);
                           needed when dropout_p > 0 */
-  ad_tensor **weights; /* if not NULL, receives the attention weights
+  ad_tensor **weights; /**< if not NULL, receives the attention weights
                           [..., L, S] (after dropout, as PyTorch's
                           MultiheadAttention returns them; a tape tensor),
                           or NULL on error */
 } ad_attention_opts;
 
-/* Scaled dot-product attention, PyTorch's
+/** Scaled dot-product attention, PyTorch's
  * F.scaled_dot_product_attention: q [..., L, E], k [..., S, E],
  * v [..., S, Ev] give [..., L, Ev] =
  *   softmax(q k^T * scale + causal + mask, -1) v
@@ -680,9 +706,9 @@ typedef struct ad_attention_opts {
  * -inf (every key masked) gives NaN weights and a NaN output row, as in
  * PyTorch; with no key at all (S = 0) the output is zeros (the empty sum). Returns a tape tensor,
  * or NULL with AD_ERR_NULL (q, k or v NULL; dropout without rng), AD_ERR_DTYPE (not float, dtypes
- * differ, a mask not float), AD_ERR_SHAPE (fewer than 2 dims or ranks differ, batch dims that do not broadcast,
- * embedding sizes of q and k differ, source lengths of k and v differ, a mask that does not
- * broadcast to [..., L, S]; the message names the shapes) or AD_ERR_ARG (scale not finite,
+ * differ, a mask not float), AD_ERR_SHAPE (fewer than 2 dims or ranks differ, batch dims that do
+ * not broadcast, embedding sizes of q and k differ, source lengths of k and v differ, a mask that
+ * does not broadcast to [..., L, S]; the message names the shapes) or AD_ERR_ARG (scale not finite,
  * dropout_p outside [0, 1)). */
 AD_API ad_tensor *ad_scaled_dot_product_attention(ad_ctx *ctx, ad_tensor *q, ad_tensor *k,
                                                   ad_tensor *v, const ad_attention_opts *opts);
@@ -701,21 +727,21 @@ AD_API ad_tensor *ad_scaled_dot_product_attention(ad_ctx *ctx, ad_tensor *q, ad_
  * half the kernel (kernel / 2, rounded down); an output of H or W < 1. N
  * or C may be 0: the output is empty. */
 
-/* The options of a pooling. The zero value (and a NULL pointer) means
+/** The options of a pooling. The zero value (and a NULL pointer) means
  * PyTorch's defaults: stride = the kernel, no padding, dilation 1, floor
  * mode, and for avg_pool2d padding counted in the divisor. */
 typedef struct ad_pool2d_opts {
-  int64_t stride[2];   /* (h, w); 0: the kernel's */
-  int64_t padding[2];  /* (h, w) on both sides; at most half the kernel */
-  int64_t dilation[2]; /* (h, w) spacing of a window's taps; 0: 1. max_pool2d only:
+  int64_t stride[2];   /**< (h, w); 0: the kernel's */
+  int64_t padding[2];  /**< (h, w) on both sides; at most half the kernel */
+  int64_t dilation[2]; /**< (h, w) spacing of a window's taps; 0: 1. max_pool2d only:
                           avg_pool2d refuses any but 1 (AD_ERR_ARG) */
-  bool ceil_mode;      /* count a last, partial window */
-  bool exclude_pad;    /* avg_pool2d: divide by the elements of the window that lie
+  bool ceil_mode;      /**< count a last, partial window */
+  bool exclude_pad;    /**< avg_pool2d: divide by the elements of the window that lie
                           in the input (PyTorch's count_include_pad=False); ignored
                           by max_pool2d, whose padding never wins */
 } ad_pool2d_opts;
 
-/* The maximum of each kh x kw window; padding counts as -inf. Gradient:
+/** The maximum of each kh x kw window; padding counts as -inf. Gradient:
  * each window sends dy to one element, its argmax: the first maximum in
  * row-major window order (ties: the first, as PyTorch's CPU kernel), and
  * overlapping windows add up. A window holding a NaN gives NaN and sends
@@ -725,13 +751,13 @@ typedef struct ad_pool2d_opts {
  * max_pool2d_select in docs/derivatives.md). */
 AD_API ad_tensor *ad_max_pool2d(ad_ctx *ctx, ad_tensor *x, int64_t kh, int64_t kw,
                                 const ad_pool2d_opts *opts);
-/* The mean of each kh x kw window; padding counts as 0. The divisor is the
+/** The mean of each kh x kw window; padding counts as 0. The divisor is the
  * window's size clipped to the padded input (so a partial ceil_mode window
  * divides by fewer), or with exclude_pad the number of its elements in the
  * input. Errors as above, and AD_ERR_ARG for a dilation other than 1. */
 AD_API ad_tensor *ad_avg_pool2d(ad_ctx *ctx, ad_tensor *x, int64_t kh, int64_t kw,
                                 const ad_pool2d_opts *opts);
-/* The mean over H, W, keeping them: [N, C, H, W] -> [N, C, 1, 1] ([C, H,
+/** The mean over H, W, keeping them: [N, C, H, W] -> [N, C, 1, 1] ([C, H,
  * W] -> [C, 1, 1]), PyTorch's adaptive_avg_pool2d(x, 1). A composite: a
  * sum over H, W (keepdim) times 1 / (H W). Errors: not 3-D or 4-D, or H or
  * W of 0 (AD_ERR_SHAPE); not float (AD_ERR_DTYPE). */
@@ -752,23 +778,23 @@ AD_API ad_tensor *ad_global_avg_pool2d(ad_ctx *ctx, ad_tensor *x);
  *                 'same' with a stride other than 1, a bad output_padding;
  *   AD_ERR_DTYPE  inputs that are not one float dtype. */
 
-/* Options; the zero value (or NULL) is PyTorch's default: stride 1, no
+/** Options; the zero value (or NULL) is PyTorch's default: stride 1, no
  * padding, dilation 1, one group. */
 typedef struct ad_conv_opts {
-  int64_t stride[2];   /* 0 means 1 */
-  int64_t padding[4];  /* top, bottom, left, right; PyTorch's padding=(p, q) is {p, p, q, q} */
-  int64_t dilation[2]; /* 0 means 1 */
-  int64_t groups;      /* 0 means 1; groups == C is a depthwise convolution */
-  /* padding='same' (stride 1 only; conv2d, conv2d_weight): pad for an
+  int64_t stride[2];   /**< 0 means 1 */
+  int64_t padding[4];  /**< top, bottom, left, right; PyTorch's padding=(p, q) is {p, p, q, q} */
+  int64_t dilation[2]; /**< 0 means 1 */
+  int64_t groups;      /**< 0 means 1; groups == C is a depthwise convolution */
+  /** padding='same' (stride 1 only; conv2d, conv2d_weight): pad for an
    * output as large as the input, the total dilation (k - 1) split as
    * PyTorch does, the odd one at the bottom and right; padding is ignored */
   bool same;
-  /* conv_transpose2d only: extra output rows and columns at the bottom and
+  /** conv_transpose2d only: extra output rows and columns at the bottom and
    * right, each smaller than the stride or the dilation */
   int64_t output_padding[2];
 } ad_conv_opts;
 
-/* y = conv2d(x, w) + bias: x [N, C, H, W], w [O, C/groups, kH, kW], bias
+/** y = conv2d(x, w) + bias: x [N, C, H, W], w [O, C/groups, kH, kW], bias
  * [O] or NULL for none; y [N, O, Ho, Wo] with Ho = floor((H + top + bottom
  * - dilation (kH - 1) - 1) / stride) + 1 (Wo likewise), as torch.nn.
  * functional.conv2d. A NULL x or w is an error (AD_ERR_NULL); a NULL bias
@@ -776,7 +802,7 @@ typedef struct ad_conv_opts {
  * are conv_transpose2d, conv2d_weight and a sum). */
 AD_API ad_tensor *ad_conv2d(ad_ctx *ctx, ad_tensor *x, ad_tensor *w, ad_tensor *bias,
                             const ad_conv_opts *opts);
-/* The transposed convolution (torch.nn.functional.conv_transpose2d), the
+/** The transposed convolution (torch.nn.functional.conv_transpose2d), the
  * gradient of conv2d in its input; decoders use it to upsample. x [N, C, H,
  * W], w [C, O/groups, kH, kW], bias [O] or NULL; y [N, O, Ho, Wo] with Ho =
  * (H - 1) stride - top - bottom + dilation (kH - 1) + output_padding + 1.
@@ -784,7 +810,7 @@ AD_API ad_tensor *ad_conv2d(ad_ctx *ctx, ad_tensor *x, ad_tensor *w, ad_tensor *
  * output smaller than 1x1 is AD_ERR_SHAPE. */
 AD_API ad_tensor *ad_conv_transpose2d(ad_ctx *ctx, ad_tensor *x, ad_tensor *w, ad_tensor *bias,
                                       const ad_conv_opts *opts);
-/* The gradient of conv2d in its weight (torch.nn.grad.conv2d_weight): for x
+/** The gradient of conv2d in its weight (torch.nn.grad.conv2d_weight): for x
  * [N, C, H, W] and dy [N, O, Ho, Wo] the output of a kh x kw convolution of
  * x under opts, dw [O, C/groups, kh, kw] = d<conv2d(x, w), dy>/dw. dy of
  * another shape is AD_ERR_SHAPE; kh or kw < 1 is AD_ERR_ARG. Summed over the
@@ -792,16 +818,16 @@ AD_API ad_tensor *ad_conv_transpose2d(ad_ctx *ctx, ad_tensor *x, ad_tensor *w, a
 AD_API ad_tensor *ad_conv2d_weight(ad_ctx *ctx, ad_tensor *x, ad_tensor *dy, int64_t kh, int64_t kw,
                                    const ad_conv_opts *opts);
 
-/* Options of ad_conv1d; the zero value (or NULL) is PyTorch's default. */
+/** Options of ad_conv1d; the zero value (or NULL) is PyTorch's default. */
 typedef struct ad_conv1d_opts {
-  int64_t stride;     /* 0 means 1 */
-  int64_t padding[2]; /* left, right */
-  int64_t dilation;   /* 0 means 1 */
-  int64_t groups;     /* 0 means 1 */
-  bool same;          /* padding='same' (stride 1), odd total's extra on the right */
+  int64_t stride;     /**< 0 means 1 */
+  int64_t padding[2]; /**< left, right */
+  int64_t dilation;   /**< 0 means 1 */
+  int64_t groups;     /**< 0 means 1 */
+  bool same;          /**< padding='same' (stride 1), odd total's extra on the right */
 } ad_conv1d_opts;
 
-/* conv1d (torch.nn.functional.conv1d): x [N, C, L], w [O, C/groups, K],
+/** conv1d (torch.nn.functional.conv1d): x [N, C, L], w [O, C/groups, K],
  * bias [O] or NULL; y [N, O, Lo]. conv2d over H = 1 (reshapes, no copy),
  * with the same errors, reported as conv1d's with the 3-D shapes. */
 AD_API ad_tensor *ad_conv1d(ad_ctx *ctx, ad_tensor *x, ad_tensor *w, ad_tensor *bias,
@@ -811,28 +837,31 @@ AD_API ad_tensor *ad_conv1d(ad_ctx *ctx, ad_tensor *x, ad_tensor *w, ad_tensor *
 
 /* ------------------------------------------------------------ gradcheck */
 
-/* A function of tensors to check: returns an output of any shape. */
+/** A function of tensors to check: returns an output of any shape. */
 typedef ad_tensor *(*ad_check_fn)(ad_ctx *ctx, int n, ad_tensor *const *in, void *ud);
 
+/** Options of ad_gradcheck and ad_gradgradcheck; zero (or NULL) means the
+ * default. */
 typedef struct ad_check_opts {
-  double eps;  /* central-difference step (default 1e-6) */
-  double atol; /* pass if |a-n| <= atol + rtol*|n| (defaults 1e-5, 1e-4) */
-  double rtol;
-  uint64_t seed; /* for the random output cotangent */
+  double eps;    /**< central-difference step (default 1e-6) */
+  double atol;   /**< pass if |a-n| <= atol + rtol*|n| (defaults 1e-5, 1e-4) */
+  double rtol;   /**< see atol */
+  uint64_t seed; /**< for the random output cotangent */
 } ad_check_opts;
 
+/** The outcome of a check, and where it was worst. */
 typedef struct ad_check_report {
-  bool passed;
-  int input;       /* input holding the worst element, -1 if none */
-  int64_t index;   /* its flat index */
-  double analytic; /* the two values there */
-  double numeric;
-  double abs_err;  /* worst |analytic - numeric| */
-  double rel_err;  /* its |analytic - numeric| / max(|numeric|, 1e-12) */
-  int64_t checked; /* elements compared */
+  bool passed;     /**< every element compared was within tolerance */
+  int input;       /**< input holding the worst element, -1 if none */
+  int64_t index;   /**< its flat index */
+  double analytic; /**< the two values there */
+  double numeric;  /**< see analytic */
+  double abs_err;  /**< worst |analytic - numeric| */
+  double rel_err;  /**< its |analytic - numeric| / max(|numeric|, 1e-12) */
+  int64_t checked; /**< elements compared */
 } ad_check_report;
 
-/* Compares the analytic gradient of <v, fn(in)> (v a random cotangent)
+/** Compares the analytic gradient of <v, fn(in)> (v a random cotangent)
  * with central differences computed in float64: inputs of another dtype are
  * copied to float64 for the numeric side. Only inputs with requires_grad
  * are checked (AD_ERR_ARG when none has it). opts may be NULL. Resets the
@@ -841,7 +870,7 @@ typedef struct ad_check_report {
 AD_API ad_status ad_gradcheck(ad_ctx *ctx, ad_check_fn fn, void *ud, int n, ad_tensor *const *in,
                               const ad_check_opts *opts, ad_check_report *report);
 
-/* The same for second derivatives: checks the gradient (recorded with
+/** The same for second derivatives: checks the gradient (recorded with
  * create_graph) of h(in) = sum_i <r_i, d<v, fn(in)>/d in_i> against central
  * differences of h. */
 AD_API ad_status ad_gradgradcheck(ad_ctx *ctx, ad_check_fn fn, void *ud, int n,
@@ -850,7 +879,7 @@ AD_API ad_status ad_gradgradcheck(ad_ctx *ctx, ad_check_fn fn, void *ud, int n,
 
 /* ------------------------------------------------------------ threads */
 
-/* Sets how many threads the library uses, process-wide: n = 1 (the
+/** Sets how many threads the library uses, process-wide: n = 1 (the
  * default) runs everything in the calling thread; with n > 1, large matrix
  * products are split into n parts, large elementwise ops and reductions are
  * cut into chunks, and callers of ad_parallel_for (the nn optimizers) do
@@ -864,11 +893,12 @@ AD_API ad_status ad_gradgradcheck(ad_ctx *ctx, ad_check_fn fn, void *ud, int n,
  * bits (as under its own threading). n is capped at 64. Returns AD_ERR_ARG
  * for n < 1, AD_ERR_STATE when called from inside an ad_parallel_for,
  * AD_ERR_OOM when a thread cannot be started (the library then uses the
- * threads it has). */
+ * threads it has). @{ */
 AD_API ad_status ad_set_num_threads(int n);
 AD_API int ad_num_threads(void);
+/** @} */
 
-/* Flush-to-zero for subnormal floats (magnitudes below 1.2e-38 in f32,
+/** Flush-to-zero for subnormal floats (magnitudes below 1.2e-38 in f32,
  * 2.2e-308 in f64) on the calling thread, as PyTorch's set_flush_denormal:
  * with it on, such results and inputs count as 0. Arithmetic on subnormals
  * is many times slower on x86, and training that drives a loss toward 0
@@ -882,7 +912,7 @@ AD_API int ad_num_threads(void);
  * Returns true when the CPU has the mode (x86 SSE, AArch64), false (and
  * nothing changes) otherwise. Off by default. */
 AD_API bool ad_set_flush_denormal(bool on);
-/* Whether the calling thread flushes subnormals. */
+/** Whether the calling thread flushes subnormals. */
 AD_API bool ad_flush_denormal(void);
 
 /* ------------------------------------------ graph dumps and traces
@@ -902,17 +932,18 @@ AD_API bool ad_flush_denormal(void);
  *   ad_graph_free(g);
  */
 
+/** A graph view of one context, for dumps and traces (see above). Opaque. */
 typedef struct ad_graph ad_graph;
 
-/* Creates an empty graph view of ctx through ctx's allocator. Returns NULL
+/** Creates an empty graph view of ctx through ctx's allocator. Returns NULL
  * (AD_ERR_NULL, AD_ERR_OOM) on failure. Free it with ad_graph_free before
  * the context. */
 AD_API ad_graph *ad_graph_new(ad_ctx *ctx);
 
-/* Ends a trace if one runs and frees g. ad_graph_free(NULL) is a no-op. */
+/** Ends a trace if one runs and frees g. ad_graph_free(NULL) is a no-op. */
 AD_API void ad_graph_free(ad_graph *g);
 
-/* Shows t as name (copied) in g's dumps and traces; NULL or "" removes it.
+/** Shows t as name (copied) in g's dumps and traces; NULL or "" removes it.
  * This label is g's own; a tensor's name (ad_tensor_set_name) is shown
  * where g gives none, and also appears in error messages. Tensors with
  * neither are shown as "<op>_<tape index>" ("sigmoid_2") or, for
@@ -922,7 +953,7 @@ AD_API void ad_graph_free(ad_graph *g);
  * new tensor could get the same address). AD_ERR_OOM on failure. */
 AD_API ad_status ad_graph_name(ad_graph *g, const ad_tensor *t, const char *name);
 
-/* Starts observing backward passes on g's context (ad_backward and
+/** Starts observing backward passes on g's context (ad_backward and
  * ad_grad) through the backward hook, chaining to a hook already installed.
  * For each op differentiated, g keeps its incoming gradient and the
  * gradients it sent (arena pointers, valid until ad_tape_reset) for
@@ -940,18 +971,19 @@ AD_API ad_status ad_graph_name(ad_graph *g, const ad_tensor *t, const char *name
  * AD_ERR_STATE if g is already tracing. */
 AD_API ad_status ad_graph_trace_begin(ad_graph *g, FILE *f);
 
-/* Stops the trace and restores the previous hook. Returns AD_ERR_OOM if a
+/** Stops the trace and restores the previous hook. Returns AD_ERR_OOM if a
  * step could not be recorded for ad_graph_dot (the text trace and the
  * computation are unaffected), else AD_OK. Records stay for ad_graph_dot
  * until ad_tape_reset. */
 AD_API ad_status ad_graph_trace_end(ad_graph *g);
 
-/* ad_graph_dot flags: draw the backward view; draw each scope's ops as
- * one box (see ad_graph_dot). */
+/** ad_graph_dot flags: draw the backward view; draw each scope's ops as
+ * one box (see ad_graph_dot). @{ */
 #define AD_DOT_BACKWARD 1
 #define AD_DOT_COLLAPSE 2
+/** @} */
 
-/* Writes the graph that computed root as Graphviz DOT to f: one node per
+/** Writes the graph that computed root as Graphviz DOT to f: one node per
  * op or leaf, in data-flow order (each leaf just before its first use),
  * labelled with its name, op and inputs, the op's attributes as in the
  * trace (a conv2d's stride, padding, dilation and groups), shape, dtype

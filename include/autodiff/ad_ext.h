@@ -1,4 +1,5 @@
-/* ad_ext.h: the extension API of the autodiff engine, for code that
+/** @file
+ * ad_ext.h: the extension API of the autodiff engine, for code that
  * extends it rather than uses it: new ops (the op registry, typed
  * attributes, the call records, gradcheck of a registered op), tools that
  * read a recorded graph or observe a backward pass (introspection, the
@@ -9,6 +10,7 @@
  *
  * Registering an op (docs/new-ops.md walks through it):
  *
+ *   @code
  *   static void softsign_fwd(const ad_call *c) { ... c->in[0] ... c->out ... }
  *   static ad_status softsign_bwd(const ad_call *c) {
  *     ad_tensor *d = ...;   (made with ad_ ops from c->in, c->out)
@@ -20,6 +22,7 @@
  *                          .grads = {"dy / (1 + |x|)^2"}};
  *   int id = ad_op_register(ctx, &def);
  *   ad_tensor *y = ad_op_apply(ctx, id, 1, &x, NULL);
+ *   @endcode
  */
 #ifndef AD_EXT_H
 #define AD_EXT_H
@@ -32,29 +35,30 @@ extern "C" {
 
 /* ------------------------------------------------------------ memory */
 
-/* Lua-style allocator: ptr == NULL allocates nsize bytes; nsize == 0 frees
+/** Lua-style allocator: ptr == NULL allocates nsize bytes; nsize == 0 frees
  * ptr (osize is its size); otherwise reallocates. Returns NULL on failure
  * (never for a free). Memory must be aligned to at least 64 bytes for sizes
  * of 64 or more; the default allocator guarantees it. */
 typedef void *(*ad_alloc_fn)(void *ud, void *ptr, size_t osize, size_t nsize);
 
-/* Creates a context whose every allocation goes through alloc(ud, ...).
+/** Creates a context whose every allocation goes through alloc(ud, ...).
  * Returns NULL if alloc is NULL or fails. */
 AD_API ad_ctx *ad_ctx_new_with_alloc(ad_alloc_fn alloc, void *ud);
 
-/* Allocates and frees through the context's allocator. ad_malloc returns
+/** Allocates and frees through the context's allocator. ad_malloc returns
  * NULL (and records AD_ERR_OOM) on failure; ad_free(ctx, NULL, 0) is a no-op.
  * size must be the size given to ad_malloc. */
 AD_API void *ad_malloc(ad_ctx *ctx, size_t size);
-/* The context's allocator and its user data: for code that must allocate
+/** The context's allocator and its user data: for code that must allocate
  * through it without recording an error on failure (a tool observing a
- * computation reports its own). Both NULL for a NULL ctx. */
+ * computation reports its own). Both NULL for a NULL ctx. @{ */
 AD_API void ad_get_allocator(const ad_ctx *ctx, ad_alloc_fn *fn, void **ud);
 AD_API void ad_free(ad_ctx *ctx, void *ptr, size_t size);
+/** @} */
 
 /* ------------------------------------------------------------ errors */
 
-/* Records an error (printf-style message), replacing the one recorded
+/** Records an error (printf-style message), replacing the one recorded
  * before, and returns status; AD_OK records nothing. For custom ops and
  * layers built on the API: name the function and the shapes or values
  * that are wrong, as the library does. */
@@ -64,7 +68,7 @@ AD_API ad_status ad_set_error(ad_ctx *ctx, ad_status status, const char *fmt, ..
 #endif
     ;
 
-/* Records that a required input is NULL, unless an error is already
+/** Records that a required input is NULL, unless an error is already
  * recorded: a NULL input is most often the result of an earlier failure
  * (a chain of calls), whose message names the cause and is kept. Returns
  * AD_ERR_NULL. Use it for tensors and objects made by the library, and
@@ -75,45 +79,55 @@ AD_API ad_status ad_set_null_error(ad_ctx *ctx, const char *fmt, ...)
 #endif
     ;
 
-/* Typed attributes of an op call. Each op reads one member, named by its
+/** @struct ad_attrs
+ * Typed attributes of an op call. Each op reads one member, named by its
  * definition's attrs field (ad_attrs_kind) and in docs/derivatives.md; the
  * bytes of the other members are never read, so a caller sets only that
  * one: ad_attrs at = {.scalar = 0.5}. */
+/** The comparison of the op compare (ad_attrs.cmp). */
 typedef enum ad_cmp { AD_CMP_EQ, AD_CMP_GT, AD_CMP_GE, AD_CMP_LT, AD_CMP_LE } ad_cmp;
 
+/** matmul: whether A and B are transposed. */
 typedef struct ad_matmul_attrs {
-  bool trans_a, trans_b; /* use A^T / B^T (no copy is made) */
+  bool trans_a; /**< use A^T (no copy is made) */
+  bool trans_b; /**< use B^T (no copy is made) */
 } ad_matmul_attrs;
 
-/* Reductions: bit k of axes set = dimension k is reduced. The set is one
+/** Reductions: bit k of axes set = dimension k is reduced. The set is one
  * run of adjacent dimensions: every one (ad_sum), one (ad_sum_axis), or a
  * run such as the H, W of NCHW. A 0-d tensor has no dimension: axes 0. */
 typedef struct ad_reduce_attrs {
-  uint32_t axes;
-  bool keepdim; /* keep reduced dimensions with length 1 */
+  uint32_t axes; /**< bit k set: dimension k is reduced */
+  bool keepdim;  /**< keep reduced dimensions with length 1 */
 } ad_reduce_attrs;
 
-typedef struct ad_narrow_attrs { /* elements start..start+len-1 along axis */
-  int axis;
-  int64_t start, len;
+/** narrow: elements start..start+len-1 along axis */
+typedef struct ad_narrow_attrs {
+  int axis;      /**< the dimension */
+  int64_t start; /**< the first element */
+  int64_t len;   /**< the number of elements */
 } ad_narrow_attrs;
 
-typedef struct ad_pad_attrs { /* zeros before and after along axis */
-  int axis;
-  int64_t before, after;
+/** pad: zeros before and after along axis */
+typedef struct ad_pad_attrs {
+  int axis;       /**< the dimension */
+  int64_t before; /**< zeros before the first element */
+  int64_t after;  /**< zeros after the last element */
 } ad_pad_attrs;
 
-typedef struct ad_shape_attrs { /* a target shape: reshape, expand, sum_to */
-  int ndim;
-  int64_t dims[AD_MAX_DIMS];
+/** a target shape: reshape, expand, sum_to */
+typedef struct ad_shape_attrs {
+  int ndim;                  /**< the number of dimensions */
+  int64_t dims[AD_MAX_DIMS]; /**< the first ndim are the shape */
 } ad_shape_attrs;
 
-typedef struct ad_permute_attrs { /* output dim k is input dim perm[k] */
-  int ndim;
-  int perm[AD_MAX_DIMS];
+/** permute: output dim k is input dim perm[k] */
+typedef struct ad_permute_attrs {
+  int ndim;              /**< the number of dimensions */
+  int perm[AD_MAX_DIMS]; /**< the first ndim entries are the permutation */
 } ad_permute_attrs;
 
-/* 2-D convolution over NCHW (conv2d, conv_transpose2d, conv2d_weight;
+/** 2-D convolution over NCHW (conv2d, conv_transpose2d, conv2d_weight;
  * autodiff/op_conv.c). Pairs are (h, w). stride and dilation >= 1;
  * padding top, bottom, left, right >= 0 (these at most 2^40); groups >= 1.
  * same: in place of padding, pad for an output as large as the input
@@ -124,65 +138,75 @@ typedef struct ad_permute_attrs { /* output dim k is input dim perm[k] */
  * kernel: conv2d_weight's kernel size (the others read it from the weight).
  * Unlike ad_conv_opts (ad.h), zero means zero here, not a default. */
 typedef struct ad_conv_attrs {
+  /** stride (h, w), padding (top, bottom, left, right), dilation (h, w) and
+   * groups @{ */
   int64_t stride[2], padding[4], dilation[2], groups;
-  bool same;
+  /** @} */
+  bool same; /**< pad for an output as large as the input, in place of padding */
+  /** conv_transpose2d's output_padding and conv2d_weight's kernel, (h, w) @{ */
   int64_t output_padding[2], kernel[2];
+  /** @} */
 } ad_conv_attrs;
 
-/* 2-D pooling over the H, W of NCHW (or CHW): per axis (h, w) the window,
+/** 2-D pooling over the H, W of NCHW (or CHW): per axis (h, w) the window,
  * its step, the implicit padding on both sides (at most half the kernel)
  * and the spacing of its taps, each explicit (ad_pool2d_opts's zeros are
  * resolved by the builders); ceil_mode and count_include_pad as in
  * PyTorch. in_size: the H, W of the input that avg_pool2d_backward gives
  * the gradient of (other ops ignore it). */
 typedef struct ad_pool_attrs {
+  /** per axis (h, w): window, step, padding on both sides, spacing of taps @{ */
   int64_t kernel[2], stride[2], padding[2], dilation[2];
+  /** @} */
+  /** as in PyTorch @{ */
   bool ceil_mode, count_include_pad;
-  int64_t in_size[2];
+  /** @} */
+  int64_t in_size[2]; /**< avg_pool2d_backward: the H, W of the input */
 } ad_pool_attrs;
 
-typedef struct ad_attention_attrs { /* softmax(scale Q K^T [+ causal mask]) V */
-  double scale;
-  bool causal;
+/** attention: softmax(scale Q K^T [+ causal mask]) V */
+typedef struct ad_attention_attrs {
+  double scale; /**< the factor of Q K^T */
+  bool causal;  /**< mask the positions after each query's own */
 } ad_attention_attrs;
 
-/* embedding: the row of the weight that gets no gradient, when padding;
+/** embedding: the row of the weight that gets no gradient, when padding;
  * padding_idx in -num..num-1, a negative one counting from the end (PyTorch's
  * padding_idx) */
 typedef struct ad_embedding_attrs {
-  bool padding;
-  int64_t padding_idx;
+  bool padding;        /**< whether a row gets no gradient */
+  int64_t padding_idx; /**< that row */
 } ad_embedding_attrs;
 
-/* layer_norm: the normalized shape (the input's last ndim dims) and eps */
+/** layer_norm: the normalized shape (the input's last ndim dims) and eps */
 typedef struct ad_layer_norm_attrs {
-  int ndim;
-  int64_t dims[AD_MAX_DIMS];
-  double eps;
+  int ndim;                  /**< the number of normalized dims */
+  int64_t dims[AD_MAX_DIMS]; /**< the normalized shape (first ndim entries) */
+  double eps;                /**< added to the variance */
 } ad_layer_norm_attrs;
 
-/* softmax_cross_entropy: positions whose label is ignore_index (when
+/** softmax_cross_entropy: positions whose label is ignore_index (when
  * ignore) count for nothing; sum: the sum over the counted positions in
  * place of their mean */
 typedef struct ad_cross_entropy_attrs {
-  bool ignore;
-  int32_t ignore_index;
-  bool sum;
+  bool ignore;          /**< whether ignore_index is ignored */
+  int32_t ignore_index; /**< the label of positions that count for nothing */
+  bool sum;             /**< the sum in place of the mean */
 } ad_cross_entropy_attrs;
 
-/* Free-form attributes for an op registered at run time. */
+/** Free-form attributes for an op registered at run time. */
 typedef struct ad_user_attrs {
-  int64_t i[6];
-  double f[4];
+  int64_t i[6]; /**< integers, as the op defines them */
+  double f[4];  /**< reals, as the op defines them */
 } ad_user_attrs;
 
 typedef struct ad_attrs {
   union {
-    double scalar;  /* add_scalar, mul_scalar: s; pow_scalar: p; leaky_relu: alpha */
-    ad_dtype dtype; /* cast: the target dtype */
-    ad_cmp cmp;     /* compare */
-    int axis;       /* softmax, log_softmax, concat (negative counts from the end) */
-    int64_t rows;   /* index_add: rows of the result */
+    double scalar;  /**< add_scalar, mul_scalar: s; pow_scalar: p; leaky_relu: alpha */
+    ad_dtype dtype; /**< cast: the target dtype */
+    ad_cmp cmp;     /**< compare */
+    int axis;       /**< softmax, log_softmax, concat (negative counts from the end) */
+    int64_t rows;   /**< index_add: rows of the result */
     ad_matmul_attrs matmul;
     ad_reduce_attrs reduce;
     ad_narrow_attrs narrow;
@@ -199,7 +223,7 @@ typedef struct ad_attrs {
   };
 } ad_attrs;
 
-/* Which member of ad_attrs an op reads (ad_op_def.attrs). */
+/** Which member of ad_attrs an op reads (ad_op_def.attrs). */
 typedef enum ad_attrs_kind {
   AD_ATTRS_NONE = 0,
   AD_ATTRS_SCALAR,
@@ -223,7 +247,7 @@ typedef enum ad_attrs_kind {
   AD_ATTRS_KIND_COUNT
 } ad_attrs_kind;
 
-/* The member's name ("scalar", "reduce", ...; "none"), or "?" when kind is
+/** The member's name ("scalar", "reduce", ...; "none"), or "?" when kind is
  * out of range. */
 AD_API const char *ad_attrs_kind_name(ad_attrs_kind kind);
 
@@ -235,34 +259,36 @@ AD_API const char *ad_attrs_kind_name(ad_attrs_kind kind);
  * registered when a context is created; docs/new-ops.md walks through
  * adding one. */
 
-/* One call of an op, as its functions see it. The record is const; the
+/** One call of an op, as its functions see it. The record is const; the
  * tensors it points to are not. */
 typedef struct ad_call {
-  ad_ctx *ctx;
-  const char *name;      /* the op's name, for error messages */
-  int n;                 /* number of inputs */
-  ad_tensor *const *in;  /* the inputs */
-  const ad_attrs *attrs; /* never NULL (zeros when the caller gave none) */
-  ad_tensor *out;        /* shape: a header to describe; forward: allocated and
+  ad_ctx *ctx;           /**< the context the op runs in */
+  const char *name;      /**< the op's name, for error messages */
+  int n;                 /**< number of inputs */
+  ad_tensor *const *in;  /**< the inputs */
+  const ad_attrs *attrs; /**< never NULL (zeros when the caller gave none) */
+  ad_tensor *out;        /**< shape: a header to describe; forward: allocated and
                             shaped, data to fill; backward: the output */
-  ad_tensor *gout;       /* backward: dL/dout, shaped like out */
-  const bool *needs;     /* backward: needs[k], input k wants a gradient */
-  ad_tensor **gin;       /* backward: slots, all NULL on entry */
+  ad_tensor *gout;       /**< backward: dL/dout, shaped like out */
+  const bool *needs;     /**< backward: needs[k], input k wants a gradient */
+  ad_tensor **gin;       /**< backward: slots, all NULL on entry */
 } ad_call;
 
-/* In a backward: stores g as input k's contribution and returns AD_OK, or,
+/** In a backward: stores g as input k's contribution and returns AD_OK, or,
  * when g is NULL because the op that made it failed, that op's status.
- *   return ad_call_set_grad(c, 0, ad_mul(c->ctx, c->gout, c->out));  */
+ *   @code
+ *   return ad_call_set_grad(c, 0, ad_mul(c->ctx, c->gout, c->out));
+ *   @endcode */
 static inline ad_status ad_call_set_grad(const ad_call *c, int k, ad_tensor *g);
 
-/* Checks the inputs and describes the output: sets c->out's dtype, ndim
+/** Checks the inputs and describes the output: sets c->out's dtype, ndim
  * and shape (the engine computes its size, checking it for overflow), or
  * returns an error recorded with ad_set_error that names the op and the
  * shapes. May be NULL for an AD_OP_ELEMENTWISE op (see the flag). */
 typedef ad_status (*ad_shape_fn)(const ad_call *c);
-/* Computes c->out->data from the inputs. Cannot fail. */
+/** Computes c->out->data from the inputs. Cannot fail. */
 typedef void (*ad_forward_fn)(const ad_call *c);
-/* For each k with needs[k], sets gin[k] to input k's contribution to
+/** For each k with needs[k], sets gin[k] to input k's contribution to
  * dL/din[k], computed with ad_ ops from c->gout (so it can be recorded and
  * differentiated again), or leaves it NULL for zero. A contribution may
  * have the output's broadcast shape (one that in[k] broadcasts to): the
@@ -270,7 +296,7 @@ typedef void (*ad_forward_fn)(const ad_call *c);
  * engine adds contributions up; a backward never writes a gradient itself.
  * Returns AD_OK or the status of the op that failed. */
 typedef ad_status (*ad_backward_fn)(const ad_call *c);
-/* Optional fast path: puts input k's contribution straight into grad
+/** Optional fast path: puts input k's contribution straight into grad
  * (shaped and typed like in[k]; the input's own gradient, not a temporary)
  * and returns true, or returns false, having done nothing, where it has no
  * such path (e.g. broadcasting). With overwrite, grad holds nothing yet
@@ -284,27 +310,27 @@ typedef ad_status (*ad_backward_fn)(const ad_call *c);
  * fallback is fine, an error to report is not. */
 typedef bool (*ad_grad_into_fn)(const ad_call *c, int k, ad_tensor *grad, bool overwrite);
 
-/* Slots a sample function may fill: a fixed arity's AD_MAX_SRC, or for a
+/** Slots a sample function may fill: a fixed arity's AD_MAX_SRC, or for a
  * variadic op a case with more inputs than that (concat of 9). */
 #define AD_SAMPLE_MAX_IN 16
 
-/* A gradcheck test case to make. */
+/** A gradcheck test case to make. */
 typedef struct ad_sample_call {
-  ad_ctx *ctx;
-  ad_rng *rng;
-  ad_dtype dtype;  /* the float dtype under test */
-  int variant;     /* 0, 1, ...: which case */
-  ad_tensor **in;  /* AD_SAMPLE_MAX_IN slots for persistent inputs (the caller
+  ad_ctx *ctx;     /**< the context to make the inputs in */
+  ad_rng *rng;     /**< the generator to draw them from */
+  ad_dtype dtype;  /**< the float dtype under test */
+  int variant;     /**< 0, 1, ...: which case */
+  ad_tensor **in;  /**< AD_SAMPLE_MAX_IN slots for persistent inputs (the caller
                       frees them); those to check have requires_grad */
-  ad_attrs *attrs; /* zeroed; set the op's member */
+  ad_attrs *attrs; /**< zeroed; set the op's member */
 } ad_sample_call;
-/* Makes case s->variant. Returns the number of inputs, 0 when there are no
+/** Makes case s->variant. Returns the number of inputs, 0 when there are no
  * more variants, -1 on error. */
 typedef int (*ad_sample_fn)(const ad_sample_call *s);
 
-/* ad_op_def.flags */
-#define AD_OP_VIEW 1 /* out shares in[0]'s data (forward sets out->data) */
-/* Element i of the output is computed from element i of each input under
+/** ad_op_def.flags */
+#define AD_OP_VIEW 1 /**< out shares in[0]'s data (forward sets out->data) */
+/** Element i of the output is computed from element i of each input under
  * NumPy broadcasting, and the output has the inputs' common float dtype
  * and their broadcast shape. With a NULL shape function the engine applies
  * that rule itself (float inputs of one dtype, broadcastable shapes); with
@@ -314,27 +340,29 @@ typedef int (*ad_sample_fn)(const ad_sample_call *s);
  * derivative of such ops element by element. */
 #define AD_OP_ELEMENTWISE 2
 
+/** The definition of an op (see the op registry above). */
 typedef struct ad_op_def {
-  const char *name;          /* unique, e.g. "tanh" */
-  int arity;                 /* inputs (1..AD_MAX_SRC), or -1: variadic, one or more */
-  int flags;                 /* AD_OP_VIEW, AD_OP_ELEMENTWISE */
-  ad_attrs_kind attrs;       /* the member of ad_attrs it reads */
-  ad_shape_fn shape;         /* required, unless AD_OP_ELEMENTWISE */
-  ad_forward_fn forward;     /* required */
-  ad_backward_fn backward;   /* NULL: the output carries no gradient */
-  ad_grad_into_fn grad_into; /* optional */
-  ad_sample_fn sample;       /* NULL: gradcheck uses one [3,4] input per arity */
-  /* The math, for docs, graph dumps and traces: the forward formula in
+  const char *name;          /**< unique, e.g. "tanh" */
+  int arity;                 /**< inputs (1..AD_MAX_SRC), or -1: variadic, one or more */
+  int flags;                 /**< AD_OP_VIEW, AD_OP_ELEMENTWISE */
+  ad_attrs_kind attrs;       /**< the member of ad_attrs it reads */
+  ad_shape_fn shape;         /**< required, unless AD_OP_ELEMENTWISE */
+  ad_forward_fn forward;     /**< required */
+  ad_backward_fn backward;   /**< NULL: the output carries no gradient */
+  ad_grad_into_fn grad_into; /**< optional */
+  ad_sample_fn sample;       /**< NULL: gradcheck uses one [3,4] input per arity */
+  /** The math, for docs, graph dumps and traces: the forward formula in
    * the input names, e.g. "y = a * b"; the input names ("a", "b"); and per
    * input the contribution it receives, e.g. "dy * b", written in those
    * names, y and dy. NULL grads[k] with a backward: input k gets no
    * gradient. A variadic op takes any number of inputs, so its inputs[0]
    * and grads[0] are one template for every input k ("xk",
-   * "narrow(dy, axis, offset_k, len_k)"); the other slots are unused. */
+   * "narrow(dy, axis, offset_k, len_k)"); the other slots are unused. @{ */
   const char *math;
   const char *inputs[AD_MAX_SRC];
   const char *grads[AD_MAX_SRC];
-  /* With arity > 0: the op takes min_arity..arity inputs, the last ones
+  /** @} */
+  /** With arity > 0: the op takes min_arity..arity inputs, the last ones
    * optional (conv2d's bias); 0 means exactly arity. Each input is named
    * and has its rule in inputs[k], grads[k], as for a fixed arity. */
   int min_arity;
@@ -347,41 +375,43 @@ static inline ad_status ad_call_set_grad(const ad_call *c, int k, ad_tensor *g) 
   return st != AD_OK ? st : AD_ERR_OOM;
 }
 
-/* Registers a new op under def->name. The definition and its name are
+/** Registers a new op under def->name. The definition and its name are
  * copied; its other strings (math, inputs, grads) must outlive the
  * context. Returns its id, or -1 with AD_ERR_ARG (a missing function, an
  * arity or attrs kind out of range, a name already taken) or AD_ERR_OOM. */
 AD_API int ad_op_register(ad_ctx *ctx, const ad_op_def *def);
-/* Looks up an op by name; -1 if none. */
+/** Looks up an op by name; -1 if none. */
 AD_API int ad_op_find(const ad_ctx *ctx, const char *name);
-/* Number of registered ops; ids run 0..count-1. */
+/** Number of registered ops; ids run 0..count-1. */
 AD_API int ad_op_count(const ad_ctx *ctx);
-/* The definition of op id (owned by the context), NULL if out of range. */
+/** The definition of op id (owned by the context), NULL if out of range. */
 AD_API const ad_op_def *ad_op_get(const ad_ctx *ctx, int id);
-/* Runs op id on n inputs (attrs may be NULL for none), recording it when
+/** Runs op id on n inputs (attrs may be NULL for none), recording it when
  * an input requires a gradient and grad mode is on. n: the op's arity (or
  * min_arity..arity); any n >= 1 for a variadic op, bounded only by memory
  * (AD_ERR_ARG otherwise). A call of one or two inputs records with no
  * allocation beyond the result; more take one arena list. */
 AD_API ad_tensor *ad_op_apply(ad_ctx *ctx, int id, int n, ad_tensor *const *in,
                               const ad_attrs *attrs);
-/* The op id that made t (-1 for a leaf) and its inputs: returns the input
+/** The op id that made t (-1 for a leaf) and its inputs: returns the input
  * count and stores up to max pointers in srcs (NULL with max 0: count
- * only; a variadic op may have any number). 0 for leaves or unrecorded. */
+ * only; a variadic op may have any number). 0 for leaves or unrecorded. @{ */
 AD_API int ad_tensor_op(const ad_tensor *t);
 AD_API int ad_tensor_inputs(const ad_tensor *t, ad_tensor **srcs, int max);
-/* The attributes t's op was called with (arena, valid until ad_tape_reset),
+/** @} */
+/** The attributes t's op was called with (arena, valid until ad_tape_reset),
  * NULL for a leaf, an unrecorded tensor or an op that takes none. */
 AD_API const ad_attrs *ad_tensor_attrs(const ad_tensor *t);
 
-/* Checks a registered op through its sample function for one dtype, all
+/** Checks a registered op through its sample function for one dtype, all
  * variants, first (and with second, second) order. Prints nothing. */
 AD_API ad_status ad_op_check(ad_ctx *ctx, int id, ad_dtype dtype, bool second, uint64_t seed,
                              ad_check_report *report);
 
 /* ------------------------------------------------------------- plugins */
 
-/* A shared library of ops (a plugin) defines and exports this entry point;
+/** @fn ad_status ad_plugin_register(ad_ctx *ctx)
+ * A shared library of ops (a plugin) defines and exports this entry point;
  * `ad-gradcheck --load PATH.so` loads the library, calls it on its context
  * and checks every op it registered. It registers the library's ops on ctx
  * (ad_op_register) and returns AD_OK, or an error status with the message
@@ -401,7 +431,7 @@ AD_PLUGIN_EXPORT ad_status ad_plugin_register(ad_ctx *ctx);
 
 /* ------------------------------------------------------- backward hook */
 
-/* One step of a backward pass, as a hook sees it: the op that made out
+/** One step of a backward pass, as a hook sees it: the op that made out
  * received gout = dL/dout and sent input k (of n) its contribution. That
  * contribution is gin[k] (shaped like in[k]), or, when direct[k], it went
  * straight into in[k]->grad (an op's grad_into fast path, e.g. a matrix
@@ -411,19 +441,21 @@ AD_PLUGIN_EXPORT ad_status ad_plugin_register(ad_ctx *ctx);
  * its arrays (in, gin, direct) are valid during the call; the tensors they
  * point to until ad_tape_reset (grads: until changed). */
 typedef struct ad_backward_step {
+  /** the op's output and dL/dout @{ */
   const ad_tensor *out, *gout;
-  int n;
-  ad_tensor *const *in;
-  ad_tensor *const *gin;
-  const bool *direct;
+  /** @} */
+  int n;                 /**< the op's number of inputs */
+  ad_tensor *const *in;  /**< the inputs */
+  ad_tensor *const *gin; /**< the contributions sent (see above) */
+  const bool *direct;    /**< direct[k]: input k's went straight into its grad */
 } ad_backward_step;
 
-/* Observes a backward pass: called once per op that backward differentiates,
+/** Observes a backward pass: called once per op that backward differentiates,
  * in the order it runs (reverse tape order), after the op's contributions
  * are added into its inputs' gradients. The hook must not run ops on ctx. */
 typedef void (*ad_backward_hook)(void *ud, const ad_backward_step *step);
 
-/* Installs (fn != NULL) or removes the hook. A hook never changes what
+/** Installs (fn != NULL) or removes the hook. A hook never changes what
  * backward computes: results are the same bits with and without one, and
  * the fast paths that store a new gradient run either way; only an op's
  * adding into an existing gradient (whose contribution the hook could not
@@ -438,47 +470,47 @@ AD_API void ad_set_backward_hook(ad_ctx *ctx, ad_backward_hook fn, void *ud);
  * tells it apart), and never write. A freed persistent tensor is not valid
  * (see ad_tensor_free for how long that is detected). */
 
-/* True when t is a tensor: live, or an op's result from an earlier tape
+/** True when t is a tensor: live, or an op's result from an earlier tape
  * generation (ad_tensor_generation tells which). */
 AD_API bool ad_tensor_is_valid(const ad_tensor *t);
-/* The context t was made in; NULL for NULL or a freed tensor. */
+/** The context t was made in; NULL for NULL or a freed tensor. */
 AD_API ad_ctx *ad_tensor_ctx(const ad_tensor *t);
-/* t's position on the tape, in execution order, or -1 when t is not on
+/** t's position on the tape, in execution order, or -1 when t is not on
  * the current tape (a leaf, a constant, an op run in no-grad mode, a
  * result from before ad_tape_reset). */
 AD_API int64_t ad_tensor_tape_index(const ad_tensor *t);
-/* The tape generation t was made in: ad_tape_reset starts a new one. A
+/** The tape generation t was made in: ad_tape_reset starts a new one. A
  * temporary of an earlier generation is gone; a persistent tensor's is
  * the last generation whose ops used it (0 if none). */
 AD_API uint64_t ad_tensor_generation(const ad_tensor *t);
-/* The context's current tape generation. */
+/** The context's current tape generation. */
 AD_API uint64_t ad_tape_generation(const ad_ctx *ctx);
-/* The scope group t was recorded in (ad_scope_push): the innermost scope
+/** The scope group t was recorded in (ad_scope_push): the innermost scope
  * open at the time, an id from 0 to ad_scope_count - 1, or -1 when t is
  * not on the current tape or was recorded outside every scope. */
 AD_API int ad_tensor_scope(const ad_tensor *t);
-/* Number of scope groups of the current tape (ids 0 .. count-1), the open
+/** Number of scope groups of the current tape (ids 0 .. count-1), the open
  * scopes included; 0 for NULL. */
 AD_API int ad_scope_count(const ad_ctx *ctx);
-/* The label of group id, valid until the next ad_scope_push or
+/** The label of group id, valid until the next ad_scope_push or
  * ad_tape_reset; NULL for a bad id. */
 AD_API const char *ad_scope_label(const ad_ctx *ctx, int group);
-/* The group enclosing group id, or -1 (a top-level group, a bad id). */
+/** The group enclosing group id, or -1 (a top-level group, a bad id). */
 AD_API int ad_scope_parent(const ad_ctx *ctx, int group);
-/* Allocator blocks the context holds for persistent tensors' headers
+/** Allocator blocks the context holds for persistent tensors' headers
  * (slabs of 32, kept until ad_ctx_free so freed tensors stay detectable).
  * For leak checks that count an allocator's live blocks mid-run. */
 AD_API size_t ad_ctx_header_blocks(const ad_ctx *ctx);
-/* The hook installed now and its user data (NULL, NULL when none), so a
+/** The hook installed now and its user data (NULL, NULL when none), so a
  * tool can chain to it and restore it. */
 AD_API void ad_get_backward_hook(const ad_ctx *ctx, ad_backward_hook *fn, void **ud);
 
 /* ------------------------------------------------- threads */
 
-/* A range of a parallel loop: iterations [begin, end). */
+/** A range of a parallel loop: iterations [begin, end). */
 typedef void (*ad_range_fn)(void *ud, int64_t begin, int64_t end);
 
-/* Calls fn over disjoint ranges that cover [0, n), each of at least grain
+/** Calls fn over disjoint ranges that cover [0, n), each of at least grain
  * iterations (except the last), on the library's threads and the calling
  * thread, and returns when all have run. A range is claimed by whichever
  * thread is free, so a worker that is slow to start does not delay the
@@ -490,19 +522,20 @@ AD_API void ad_parallel_for(int64_t n, int64_t grain, ad_range_fn fn, void *ud);
 
 /* ------------------------------------------------------------- GEMM */
 
-/* C = alpha * op(A) op(B) + beta * C, row-major; op transposes when trans_*.
+/** C = alpha * op(A) op(B) + beta * C, row-major; op transposes when trans_*.
  * A is m x k after op, B k x n, C m x n. The kernel is the built-in one for
  * the CPU (AVX-512 / AVX2 / portable) or BLAS, by the rule that
  * ad_gemm_backend describes: on AVX-512 always the built-in kernel; on
  * AVX2 the built-in kernel up to 4M multiply-adds and BLAS above when its
- * core has AVX2 kernels; without AVX2, BLAS when linked. */
+ * core has AVX2 kernels; without AVX2, BLAS when linked. @{ */
 AD_API void ad_gemm_f32(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
                         const float *a, int64_t lda, const float *b, int64_t ldb, float beta,
                         float *c, int64_t ldc);
 AD_API void ad_gemm_f64(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double alpha,
                         const double *a, int64_t lda, const double *b, int64_t ldb, double beta,
                         double *c, int64_t ldc);
-/* Which kernel runs which products on this machine, and why, e.g. "the
+/** @} */
+/** Which kernel runs which products on this machine, and why, e.g. "the
  * built-in AVX-512 kernel for every product (OpenBLAS reports Prescott, a
  * generic core here)". A fixed rule of the CPU's instructions, the core
  * OpenBLAS reports and the product's size, decided once per process;

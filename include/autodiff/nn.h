@@ -1,10 +1,12 @@
-/* nn.h: neural networks on the autodiff tape.
+/** @file
+ * nn.h: neural networks on the autodiff tape.
  *
  * Overview
  *   Everything here is built on the public ad_ API (ad.h): a forward pass is
  *   a chain of ad_ ops, and every gradient comes from the tape through
  *   ad_backward. Nothing in nn/ differentiates by hand.
  *
+ *   @code{.unparsed}
  *   parameters   nn_params: an ordered list of named persistent tensors
  *                ("0.weight", "0.bias", or names you choose) with a hash
  *                map for lookup by name. Each requires a gradient.
@@ -43,9 +45,11 @@
  *   files        nn_io.h: IDX data sets and safetensors checkpoints;
  *                nn_model_save / nn_model_load use them for a model and its
  *                optimizer.
+ *   @endcode
  *
  * Worked example: fit y = 2x + 1 with one Dense layer
  *
+ *   @code
  *   ad_ctx *ctx = ad_ctx_new();
  *   ad_rng rng;
  *   ad_rng_seed(&rng, 42);
@@ -63,6 +67,7 @@
  *   ad_tensor_print(stdout, "w", nn_params_find(nn_model_params(m), "0.weight"));
  *   nn_optimizer_free(opt); nn_model_free(m);
  *   ad_tensor_free(x); ad_tensor_free(y); ad_ctx_free(ctx);
+ *   @endcode
  *
  * Errors
  *   As in ad.h: functions return an ad_status (AD_OK == 0) or NULL, and the
@@ -108,17 +113,18 @@ extern "C" {
 
 /* ============================================================ parameters */
 
+/** A named list of tensors: a model's parameters, or its buffers. Opaque. */
 typedef struct nn_params nn_params;
 
-/* A new, empty parameter list on ctx. NULL (with AD_ERR_OOM) on failure.
+/** A new, empty parameter list on ctx. NULL (with AD_ERR_OOM) on failure.
  * Free with nn_params_free. */
 NN_API nn_params *nn_params_new(ad_ctx *ctx);
 
-/* Frees the list, and the tensors it owns (see nn_params_add). Borrowed
+/** Frees the list, and the tensors it owns (see nn_params_add). Borrowed
  * tensors are left alone. NULL is a no-op. */
 NN_API void nn_params_free(nn_params *p);
 
-/* Appends persistent float tensor t under name (copied; non-empty, unique in
+/** Appends persistent float tensor t under name (copied; non-empty, unique in
  * the list), marks t as requiring a gradient and names it (ad_tensor_set_name:
  * error messages, anomaly reports and graph dumps show "0.weight"; the
  * latest list to add t names it). With own, the list frees t
@@ -127,38 +133,40 @@ NN_API void nn_params_free(nn_params *p);
  * name, a temporary tensor), AD_ERR_DTYPE (not float) or AD_ERR_OOM. */
 NN_API ad_status nn_params_add(nn_params *p, const char *name, ad_tensor *t, bool own);
 
-/* The tensor named name, or NULL (no error recorded). O(1). */
+/** The tensor named name, or NULL (no error recorded). O(1). */
 NN_API ad_tensor *nn_params_find(const nn_params *p, const char *name);
 
-/* Number of tensors; tensor i, its name (owned by the list), NULL if out of
- * range. */
+/** Number of tensors; tensor i, its name (owned by the list), NULL if out of
+ * range. @{ */
 NN_API int nn_params_count(const nn_params *p);
 NN_API ad_tensor *nn_params_tensor(const nn_params *p, int i);
 NN_API const char *nn_params_name(const nn_params *p, int i);
+/** @} */
 
-/* The names and tensors as arrays of nn_params_count entries, in order (for
+/** The names and tensors as arrays of nn_params_count entries, in order (for
  * nn_checkpoint_save / nn_checkpoint_load). Owned by the list; valid until
- * it changes. */
+ * it changes. @{ */
 NN_API const char *const *nn_params_names(const nn_params *p);
 NN_API ad_tensor *const *nn_params_tensors(const nn_params *p);
+/** @} */
 
-/* Total number of elements over all tensors. */
+/** Total number of elements over all tensors. */
 NN_API int64_t nn_params_numel(const nn_params *p);
 
-/* Zeroes every parameter's gradient with ad_tensor_zero_grad: O(1) per
+/** Zeroes every parameter's gradient with ad_tensor_zero_grad: O(1) per
  * parameter; the grads read NULL (zero) until the next backward, which
  * stores into the kept buffers. */
 NN_API void nn_params_zero_grad(nn_params *p);
 
-/* Scales every gradient so that their global L2 norm is at most max_norm
+/** Scales every gradient so that their global L2 norm is at most max_norm
  * (torch.nn.utils.clip_grad_norm_: factor max_norm / (norm + 1e-6) when it
  * is below 1). Returns the norm before clipping; 0 with no gradients. */
 NN_API double nn_clip_grad_norm(nn_params *p, double max_norm);
 
-/* Clamps every gradient element to [-clip, clip]. */
+/** Clamps every gradient element to [-clip, clip]. */
 NN_API void nn_clip_grad_value(nn_params *p, double clip);
 
-/* lambda * sum over the list's tensors that require grad of sum(w^2), as a
+/** lambda * sum over the list's tensors that require grad of sum(w^2), as a
  * scalar on the tape (Keras' l2 regularizer; its gradient is 2 lambda w).
  * Add it to a loss. NULL on error (empty list, mixed dtypes). */
 NN_API ad_tensor *nn_l2_penalty(ad_ctx *ctx, const nn_params *p, double lambda);
@@ -178,11 +186,11 @@ NN_API ad_tensor *nn_l2_penalty(ad_ctx *ctx, const nn_params *p, double lambda);
  * buffers are updated by its forward pass (outside the tape), never by an
  * optimizer. */
 
-/* A new, empty buffer list on ctx. NULL (with AD_ERR_OOM) on failure. Free
+/** A new, empty buffer list on ctx. NULL (with AD_ERR_OOM) on failure. Free
  * with nn_params_free. */
 NN_API nn_params *nn_buffers_new(ad_ctx *ctx);
 
-/* Appends persistent tensor t to buffer list b under name (copied;
+/** Appends persistent tensor t to buffer list b under name (copied;
  * non-empty, unique), stored in checkpoints as store says (NN_STORE_I64
  * for PyTorch's int64 counters). Ownership as nn_params_add. Returns AD_OK,
  * AD_ERR_NULL, AD_ERR_ARG (b is a parameter list, empty or duplicate name,
@@ -192,38 +200,40 @@ NN_API nn_params *nn_buffers_new(ad_ctx *ctx);
 NN_API ad_status nn_buffers_add(nn_params *b, const char *name, ad_tensor *t, bool own,
                                 nn_store store);
 
-/* Whether p is a buffer list. */
+/** Whether p is a buffer list. */
 NN_API bool nn_params_is_buffers(const nn_params *p);
 
-/* How tensor i of the list is stored in checkpoints (NN_STORE_NATIVE for
+/** How tensor i of the list is stored in checkpoints (NN_STORE_NATIVE for
  * parameters and out-of-range i). */
 NN_API nn_store nn_params_store(const nn_params *p, int i);
 
 /* ========================================================== initializers */
 
+/** The distributions of an initializer (nn_init). */
 typedef enum nn_init_kind {
-  NN_INIT_DEFAULT = 0,    /* the layer's default (see nn_dense_opts) */
-  NN_INIT_ZEROS,          /* 0 */
-  NN_INIT_CONSTANT,       /* a */
-  NN_INIT_UNIFORM,        /* U[a, b) */
-  NN_INIT_NORMAL,         /* N(mean a, std b) */
-  NN_INIT_XAVIER_UNIFORM, /* U[-l, l), l = gain sqrt(6 / (fan_in + fan_out)) */
-  NN_INIT_XAVIER_NORMAL,  /* N(0, gain sqrt(2 / (fan_in + fan_out))) */
-  NN_INIT_HE_UNIFORM,     /* U[-l, l), l = gain sqrt(3 / fan_in) */
-  NN_INIT_HE_NORMAL       /* N(0, gain / sqrt(fan_in)) */
+  NN_INIT_DEFAULT = 0,    /**< the layer's default (see nn_dense_opts) */
+  NN_INIT_ZEROS,          /**< 0 */
+  NN_INIT_CONSTANT,       /**< a */
+  NN_INIT_UNIFORM,        /**< U[a, b) */
+  NN_INIT_NORMAL,         /**< N(mean a, std b) */
+  NN_INIT_XAVIER_UNIFORM, /**< U[-l, l), l = gain sqrt(6 / (fan_in + fan_out)) */
+  NN_INIT_XAVIER_NORMAL,  /**< N(0, gain sqrt(2 / (fan_in + fan_out))) */
+  NN_INIT_HE_UNIFORM,     /**< U[-l, l), l = gain sqrt(3 / fan_in) */
+  NN_INIT_HE_NORMAL       /**< N(0, gain / sqrt(fan_in)) */
 } nn_init_kind;
 
-/* An initializer: kind plus its numbers. For Xavier and He, a is the gain;
+/** An initializer: kind plus its numbers. For Xavier and He, a is the gain;
  * 0 means the default gain: 1 for Xavier, sqrt(2) for He (relu), which
  * gives Keras' glorot_* and he_uniform and PyTorch's xavier_* and
  * kaiming_*(nonlinearity='relu'). He normal is a plain normal, as PyTorch's
  * (Keras truncates it). */
 typedef struct nn_init {
-  nn_init_kind kind;
-  double a, b;
+  nn_init_kind kind; /**< the distribution */
+  double a;          /**< its first number (see nn_init_kind) */
+  double b;          /**< its second number */
 } nn_init;
 
-/* Builds an nn_init (also from C++). */
+/** Builds an nn_init (also from C++). */
 static inline nn_init nn_init_make(nn_init_kind kind, double a, double b) {
   nn_init init;
   init.kind = kind;
@@ -232,12 +242,12 @@ static inline nn_init nn_init_make(nn_init_kind kind, double a, double b) {
   return init;
 }
 
-/* Fans of a weight shaped like PyTorch's: [out, in, k...] gives
+/** Fans of a weight shaped like PyTorch's: [out, in, k...] gives
  * fan_in = in * prod(k), fan_out = out * prod(k); a 1-d [n] gives n and n;
  * a scalar 1 and 1. Either pointer may be NULL. */
 NN_API void nn_fans(const ad_tensor *t, int64_t *fan_in, int64_t *fan_out);
 
-/* Fills persistent float tensor t by init, drawing from rng in row-major
+/** Fills persistent float tensor t by init, drawing from rng in row-major
  * order (rng may be NULL for zeros and constant). Returns AD_OK,
  * AD_ERR_NULL (t, or rng for a random kind), AD_ERR_ARG (NN_INIT_DEFAULT,
  * unknown kind, std < 0, b < a, empty fan) or AD_ERR_DTYPE. */
@@ -245,40 +255,41 @@ NN_API ad_status nn_init_tensor(ad_ctx *ctx, ad_tensor *t, nn_init init, ad_rng 
 
 /* ================================================================ layers */
 
+/** A layer: its parameters, buffers and forward pass. Opaque. */
 typedef struct nn_layer nn_layer;
 
-/* Activation functions, applied elementwise, except softmax and log_softmax
+/** Activation functions, applied elementwise, except softmax and log_softmax
  * which work along the last axis. */
 typedef enum nn_act {
-  NN_ACT_NONE = 0, /* identity */
+  NN_ACT_NONE = 0, /**< identity */
   NN_ACT_SIGMOID,
   NN_ACT_TANH,
-  NN_ACT_RELU,       /* relu'(0) = 0 */
-  NN_ACT_LEAKY_RELU, /* x > 0 ? x : alpha x */
-  NN_ACT_GELU,       /* exact: x Phi(x) */
+  NN_ACT_RELU,       /**< relu'(0) = 0 */
+  NN_ACT_LEAKY_RELU, /**< x > 0 ? x : alpha x */
+  NN_ACT_GELU,       /**< exact: x Phi(x) */
   NN_ACT_SOFTPLUS,
   NN_ACT_SOFTMAX,
   NN_ACT_LOG_SOFTMAX
 } nn_act;
 
-/* "relu", "softmax", ...; "?" for an unknown value. */
+/** "relu", "softmax", ...; "?" for an unknown value. */
 NN_API const char *nn_act_name(nn_act act);
 
-/* Applies act to x (alpha is the leaky_relu slope, ignored otherwise).
+/** Applies act to x (alpha is the leaky_relu slope, ignored otherwise).
  * Returns a tape tensor, or NULL on error (NULL x, unknown act). */
 NN_API ad_tensor *nn_activate(ad_ctx *ctx, ad_tensor *x, nn_act act, double alpha);
 
-/* Options of a Dense layer. All-zero means the defaults. */
+/** Options of a Dense layer. All-zero means the defaults. */
 typedef struct nn_dense_opts {
-  bool no_bias;        /* false: with bias */
-  nn_act activation;   /* applied after the affine map; default none */
-  double alpha;        /* leaky_relu slope; 0 means 0.01 */
-  nn_init weight_init; /* default Xavier/Glorot uniform (Keras' default) */
-  nn_init bias_init;   /* default zeros */
-  ad_dtype dtype;      /* default AD_F32 */
+  bool no_bias;        /**< false: with bias */
+  nn_act activation;   /**< applied after the affine map; default none */
+  double alpha;        /**< leaky_relu slope; 0 means 0.01 */
+  nn_init weight_init; /**< default Xavier/Glorot uniform (Keras' default) */
+  nn_init bias_init;   /**< default zeros */
+  ad_dtype dtype;      /**< default AD_F32 */
 } nn_dense_opts;
 
-/* A fully connected layer y = act(x W^T + b) with weight W [out, in] and
+/** A fully connected layer y = act(x W^T + b) with weight W [out, in] and
  * bias b [out] (PyTorch's nn.Linear layout, so checkpoints move both ways;
  * the transpose is a flag of ad_matmul and costs no copy). x is [..., in]:
  * the map applies to the last axis. rng draws the initial values (it may
@@ -289,47 +300,47 @@ typedef struct nn_dense_opts {
 NN_API nn_layer *nn_dense_new(ad_ctx *ctx, int64_t in, int64_t out, ad_rng *rng,
                               const nn_dense_opts *opts);
 
-/* An activation as a layer (leaky_relu with slope 0.01). NULL with
+/** An activation as a layer (leaky_relu with slope 0.01). NULL with
  * AD_ERR_ARG for an unknown act. */
 NN_API nn_layer *nn_activation_new(ad_ctx *ctx, nn_act act);
 
-/* leaky_relu with slope alpha as a layer. */
+/** leaky_relu with slope alpha as a layer. */
 NN_API nn_layer *nn_leaky_relu_new(ad_ctx *ctx, double alpha);
 
-/* Inverted dropout: in training mode each element is zeroed with
+/** Inverted dropout: in training mode each element is zeroed with
  * probability p and the rest are scaled by 1 / (1 - p); in evaluation mode
  * it is the identity. The masks come from an ad_rng seeded with seed, in
  * row-major order, one draw per element per call. p in [0, 1), else NULL
  * with AD_ERR_ARG. */
 NN_API nn_layer *nn_dropout_new(ad_ctx *ctx, double p, uint64_t seed);
 
-/* Reshapes [N, d1, d2, ...] to [N, d1 * d2 * ...] (a view). */
+/** Reshapes [N, d1, d2, ...] to [N, d1 * d2 * ...] (a view). */
 NN_API nn_layer *nn_flatten_new(ad_ctx *ctx);
 
-/* The function of a lambda layer: returns a tape tensor or NULL with the
+/** The function of a lambda layer: returns a tape tensor or NULL with the
  * error recorded. training tells train from evaluation mode. */
 typedef ad_tensor *(*nn_layer_fn)(ad_ctx *ctx, ad_tensor *x, bool training, void *ud);
 
-/* A parameterless layer running fn(ctx, x, training, ud). kind (copied) is
+/** A parameterless layer running fn(ctx, x, training, ud). kind (copied) is
  * shown by nn_model_summary; NULL means "lambda". */
 NN_API nn_layer *nn_lambda_new(ad_ctx *ctx, const char *kind, nn_layer_fn fn, void *ud);
 
-/* Options of BatchNorm layers. All-zero means PyTorch's defaults. */
+/** Options of BatchNorm layers. All-zero means PyTorch's defaults. */
 typedef struct nn_batch_norm_opts {
-  double eps;            /* added to the variance; 0 means 1e-5 */
-  double momentum;       /* of the running statistics, in (0, 1]; 0 means 0.1 */
-  bool cumulative;       /* PyTorch's momentum=None: the running statistics
+  double eps;            /**< added to the variance; 0 means 1e-5 */
+  double momentum;       /**< of the running statistics, in (0, 1]; 0 means 0.1 */
+  bool cumulative;       /**< PyTorch's momentum=None: the running statistics
                             are the plain average over the batches seen
                             (momentum 1 / num_batches_tracked); momentum is
                             then ignored */
-  bool no_affine;        /* affine=False: no weight and bias */
-  bool no_running_stats; /* track_running_stats=False: no buffers; batch
+  bool no_affine;        /**< affine=False: no weight and bias */
+  bool no_running_stats; /**< track_running_stats=False: no buffers; batch
                             statistics in both modes */
-  ad_dtype dtype;        /* of the parameters and the running statistics
+  ad_dtype dtype;        /**< of the parameters and the running statistics
                             (and of the input); default AD_F32 */
 } nn_batch_norm_opts;
 
-/* Batch normalisation over the channels (dim 1) of x, PyTorch's
+/** Batch normalisation over the channels (dim 1) of x, PyTorch's
  * nn.BatchNorm1d (x [N, C] or [N, C, L]) and nn.BatchNorm2d (x [N, C, H,
  * W]), through ad_batch_norm: y = (x - mean) / sqrt(var + eps) * weight +
  * bias per channel. In training mode mean and var are the batch's (biased
@@ -347,29 +358,30 @@ typedef struct nn_batch_norm_opts {
  * layer and the shapes, on an input of the wrong rank or channel count
  * (AD_ERR_SHAPE), of another dtype (AD_ERR_DTYPE), or, in training mode,
  * with one value per channel (AD_ERR_SHAPE, as PyTorch). The running
- * statistics change only when the forward succeeds. */
+ * statistics change only when the forward succeeds. @{ */
 NN_API nn_layer *nn_batch_norm1d_new(ad_ctx *ctx, int64_t num_features,
                                      const nn_batch_norm_opts *opts);
 NN_API nn_layer *nn_batch_norm2d_new(ad_ctx *ctx, int64_t num_features,
                                      const nn_batch_norm_opts *opts);
+/** @} */
 
-/* Options of a Conv2d or ConvTranspose2d layer. All-zero means PyTorch's
+/** Options of a Conv2d or ConvTranspose2d layer. All-zero means PyTorch's
  * defaults. */
 typedef struct nn_conv2d_opts {
-  int64_t stride[2];         /* (h, w); 0 means 1 */
-  int64_t padding[2];        /* (h, w), the same on both sides; for other
+  int64_t stride[2];         /**< (h, w); 0 means 1 */
+  int64_t padding[2];        /**< (h, w), the same on both sides; for other
                                 padding, pad the input or use ad_conv2d */
-  bool same;                 /* Conv2d: padding='same' (stride 1 only) */
-  int64_t dilation[2];       /* 0 means 1 */
-  int64_t groups;            /* 0 means 1; must divide both channel counts */
-  int64_t output_padding[2]; /* ConvTranspose2d only */
-  bool no_bias;              /* false: with bias */
-  nn_init weight_init;       /* default PyTorch's: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) */
-  nn_init bias_init;         /* default the same bound */
-  ad_dtype dtype;            /* default AD_F32 */
+  bool same;                 /**< Conv2d: padding='same' (stride 1 only) */
+  int64_t dilation[2];       /**< 0 means 1 */
+  int64_t groups;            /**< 0 means 1; must divide both channel counts */
+  int64_t output_padding[2]; /**< ConvTranspose2d only */
+  bool no_bias;              /**< false: with bias */
+  nn_init weight_init;       /**< default PyTorch's: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) */
+  nn_init bias_init;         /**< default the same bound */
+  ad_dtype dtype;            /**< default AD_F32 */
 } nn_conv2d_opts;
 
-/* A 2-D convolution layer, PyTorch's nn.Conv2d: x [N, in, H, W] to
+/** A 2-D convolution layer, PyTorch's nn.Conv2d: x [N, in, H, W] to
  * [N, out, Ho, Wo] through ad_conv2d, with weight [out, in/groups, kh, kw]
  * and bias [out] (PyTorch's layout and names, "weight" and "bias", so a
  * state dict loads unchanged). PyTorch's initialisation: both uniform
@@ -383,42 +395,43 @@ typedef struct nn_conv2d_opts {
 NN_API nn_layer *nn_conv2d_new(ad_ctx *ctx, int64_t in, int64_t out, int64_t kh, int64_t kw,
                                ad_rng *rng, const nn_conv2d_opts *opts);
 
-/* A transposed convolution layer, PyTorch's nn.ConvTranspose2d, through
+/** A transposed convolution layer, PyTorch's nn.ConvTranspose2d, through
  * ad_conv_transpose2d: weight [in, out/groups, kh, kw], bias [out]; fan_in
  * for the initialisation is out/groups * kh * kw, as PyTorch computes it.
  * Otherwise as nn_conv2d_new ('same' is refused by the op). */
 NN_API nn_layer *nn_conv_transpose2d_new(ad_ctx *ctx, int64_t in, int64_t out, int64_t kh,
                                          int64_t kw, ad_rng *rng, const nn_conv2d_opts *opts);
 
-/* Pooling layers, PyTorch's nn.MaxPool2d, nn.AvgPool2d (kh x kw windows;
+/** Pooling layers, PyTorch's nn.MaxPool2d, nn.AvgPool2d (kh x kw windows;
  * opts as ad_max_pool2d / ad_avg_pool2d, NULL for the defaults: stride =
  * kernel) and nn.AdaptiveAvgPool2d(1) (ad_global_avg_pool2d: [N, C, H, W]
  * -> [N, C, 1, 1]). No parameters. NULL with AD_ERR_ARG for a kernel under
- * 1x1; other bad options are reported by the forward, naming the op. */
+ * 1x1; other bad options are reported by the forward, naming the op. @{ */
 NN_API nn_layer *nn_max_pool2d_new(ad_ctx *ctx, int64_t kh, int64_t kw, const ad_pool2d_opts *opts);
 NN_API nn_layer *nn_avg_pool2d_new(ad_ctx *ctx, int64_t kh, int64_t kw, const ad_pool2d_opts *opts);
 NN_API nn_layer *nn_global_avg_pool2d_new(ad_ctx *ctx);
+/** @} */
 
-/* Recurrent cells, PyTorch's nn.RNN (tanh or relu), nn.LSTM and nn.GRU. */
+/** Recurrent cells, PyTorch's nn.RNN (tanh or relu), nn.LSTM and nn.GRU. */
 typedef enum nn_rnn_cell {
   NN_RNN_TANH = 0, /* h' = tanh(W_ih x + b_ih + W_hh h + b_hh) */
-  NN_RNN_RELU,     /* h' = relu(W_ih x + b_ih + W_hh h + b_hh) */
-  NN_RNN_LSTM,     /* gates i, f, g, o (below) */
+  NN_RNN_RELU,     /**< h' = relu(W_ih x + b_ih + W_hh h + b_hh) */
+  NN_RNN_LSTM,     /**< gates i, f, g, o (below) */
   NN_RNN_GRU       /* gates r, z, n (below) */
 } nn_rnn_cell;
 
-/* Options of a recurrent layer. All-zero means PyTorch's defaults. */
+/** Options of a recurrent layer. All-zero means PyTorch's defaults. */
 typedef struct nn_rnn_opts {
-  int num_layers;   /* stacked layers; 0 means 1 */
-  bool no_bias;     /* bias=False: no bias_ih / bias_hh */
-  bool batch_first; /* input and output [N, T, F]; default [T, N, F] */
-  double dropout;   /* in [0, 1): inverted dropout on the outputs of every
+  int num_layers;   /**< stacked layers; 0 means 1 */
+  bool no_bias;     /**< bias=False: no bias_ih / bias_hh */
+  bool batch_first; /**< input and output [N, T, F]; default [T, N, F] */
+  double dropout;   /**< in [0, 1): inverted dropout on the outputs of every
                        layer but the last, in training mode only */
-  uint64_t seed;    /* of the dropout masks (an ad_rng seeded once) */
-  ad_dtype dtype;   /* of the parameters and the input; default AD_F32 */
+  uint64_t seed;    /**< of the dropout masks (an ad_rng seeded once) */
+  ad_dtype dtype;   /**< of the parameters and the input; default AD_F32 */
 } nn_rnn_opts;
 
-/* A recurrent layer with PyTorch's equations, gate order, parameter names
+/** A recurrent layer with PyTorch's equations, gate order, parameter names
  * and layouts, so a PyTorch state dict loads unchanged. Per layer k (input
  * size input_size for k = 0, hidden_size above) and step t, with x the
  * layer's input at t and h, c its state from t - 1 (* is elementwise):
@@ -447,13 +460,14 @@ typedef struct nn_rnn_opts {
 NN_API nn_layer *nn_rnn_new(ad_ctx *ctx, nn_rnn_cell cell, int64_t input_size, int64_t hidden_size,
                             ad_rng *rng, const nn_rnn_opts *opts);
 
-/* nn_rnn_new with NN_RNN_LSTM and NN_RNN_GRU. */
+/** nn_rnn_new with NN_RNN_LSTM and NN_RNN_GRU. @{ */
 NN_API nn_layer *nn_lstm_new(ad_ctx *ctx, int64_t input_size, int64_t hidden_size, ad_rng *rng,
                              const nn_rnn_opts *opts);
 NN_API nn_layer *nn_gru_new(ad_ctx *ctx, int64_t input_size, int64_t hidden_size, ad_rng *rng,
                             const nn_rnn_opts *opts);
+/** @} */
 
-/* Runs recurrent layer l over the sequence x ([T, N, I], or [N, T, I]
+/** Runs recurrent layer l over the sequence x ([T, N, I], or [N, T, I]
  * with batch_first; T >= 1 steps, N >= 1 sequences, I = input_size, the
  * layer's dtype) and returns the last layer's output at every step, [T, N,
  * H] (or [N, T, H]), a tape tensor. An unbatched x [T, I] runs as a batch
@@ -481,15 +495,15 @@ NN_API ad_tensor *nn_rnn_forward(nn_layer *l, ad_tensor *x, ad_tensor *h0, ad_te
                                  const int64_t *lengths, int64_t n_lengths, bool training,
                                  ad_tensor **h_n, ad_tensor **c_n);
 
-/* Options of an Embedding layer. All-zero means PyTorch's defaults. */
+/** Options of an Embedding layer. All-zero means PyTorch's defaults. */
 typedef struct nn_embedding_opts {
-  bool padding;        /* with padding_idx (PyTorch's padding_idx=None: false) */
-  int64_t padding_idx; /* -num..num-1, a negative one counting from the end */
-  nn_init weight_init; /* default PyTorch's: N(0, 1) */
-  ad_dtype dtype;      /* default AD_F32 */
+  bool padding;        /**< with padding_idx (PyTorch's padding_idx=None: false) */
+  int64_t padding_idx; /**< -num..num-1, a negative one counting from the end */
+  nn_init weight_init; /**< default PyTorch's: N(0, 1) */
+  ad_dtype dtype;      /**< default AD_F32 */
 } nn_embedding_opts;
 
-/* A lookup table, PyTorch's nn.Embedding: an AD_I32 input of any shape
+/** A lookup table, PyTorch's nn.Embedding: an AD_I32 input of any shape
  * (token indices) to indices.shape + [dim] through ad_embedding, with
  * weight [num, dim] named "weight" (PyTorch's name and layout, so a state
  * dict loads unchanged). PyTorch's initialisation: N(0, 1) drawn from rng,
@@ -503,14 +517,14 @@ typedef struct nn_embedding_opts {
 NN_API nn_layer *nn_embedding_new(ad_ctx *ctx, int64_t num, int64_t dim, ad_rng *rng,
                                   const nn_embedding_opts *opts);
 
-/* Options of a LayerNorm layer. All-zero means PyTorch's defaults. */
+/** Options of a LayerNorm layer. All-zero means PyTorch's defaults. */
 typedef struct nn_layer_norm_opts {
-  double eps;     /* added to the variance; 0 means 1e-5 */
-  bool no_affine; /* elementwise_affine=False: no weight and bias */
-  ad_dtype dtype; /* of the parameters and the input; default AD_F32 */
+  double eps;     /**< added to the variance; 0 means 1e-5 */
+  bool no_affine; /**< elementwise_affine=False: no weight and bias */
+  ad_dtype dtype; /**< of the parameters and the input; default AD_F32 */
 } nn_layer_norm_opts;
 
-/* Layer normalisation, PyTorch's nn.LayerNorm(normalized_shape): x [...,
+/** Layer normalisation, PyTorch's nn.LayerNorm(normalized_shape): x [...,
  * normalized_shape] normalised over its last ndim dims (mean and biased
  * variance of each block) through ad_layer_norm, then scaled by "weight"
  * (ones) and shifted by "bias" (zeros), both of the normalized shape. The
@@ -522,20 +536,20 @@ typedef struct nn_layer_norm_opts {
  * normalized shape [4]") or of another dtype (AD_ERR_DTYPE). */
 NN_API nn_layer *nn_layer_norm_new(ad_ctx *ctx, int ndim, const int64_t *normalized_shape,
                                    const nn_layer_norm_opts *opts);
-/* Options of a multi-head attention layer. All-zero means PyTorch's
+/** Options of a multi-head attention layer. All-zero means PyTorch's
  * defaults. */
 typedef struct nn_mha_opts {
-  bool batch_first; /* inputs [N, L, E]; false: [L, N, E] (PyTorch's default) */
-  double dropout;   /* on the attention weights in training mode, [0, 1) */
-  uint64_t seed;    /* of the dropout draws */
-  bool no_bias;     /* bias=False: no in_proj_bias and out_proj.bias */
-  bool causal;      /* every call masks causally (key j > query i), as
+  bool batch_first; /**< inputs [N, L, E]; false: [L, N, E] (PyTorch's default) */
+  double dropout;   /**< on the attention weights in training mode, [0, 1) */
+  uint64_t seed;    /**< of the dropout draws */
+  bool no_bias;     /**< bias=False: no in_proj_bias and out_proj.bias */
+  bool causal;      /**< every call masks causally (key j > query i), as
                        nn_mha_args.causal; for causal self-attention in a
                        Sequential */
-  ad_dtype dtype;   /* default AD_F32 */
+  ad_dtype dtype;   /**< default AD_F32 */
 } nn_mha_opts;
 
-/* Multi-head attention, PyTorch's nn.MultiheadAttention with kdim = vdim =
+/** Multi-head attention, PyTorch's nn.MultiheadAttention with kdim = vdim =
  * embed_dim E and num_heads H dividing E: the inputs are projected by
  * "in_proj_weight" [3E, E] (the query, key and value rows in that order)
  * and "in_proj_bias" [3E], split into H heads of E / H, each head attends
@@ -555,24 +569,24 @@ typedef struct nn_mha_opts {
 NN_API nn_layer *nn_multihead_attention_new(ad_ctx *ctx, int64_t embed_dim, int64_t num_heads,
                                             ad_rng *rng, const nn_mha_opts *opts);
 
-/* The arguments of one multi-head attention call. All-zero: no masks,
+/** The arguments of one multi-head attention call. All-zero: no masks,
  * evaluation mode, weights averaged over the heads. */
 typedef struct nn_mha_args {
-  ad_tensor *attn_mask;        /* [L, S] or [N * H, L, S] (PyTorch's layouts):
+  ad_tensor *attn_mask;        /**< [L, S] or [N * H, L, S] (PyTorch's layouts):
                                   float (the layer's dtype) added to the
                                   scores, or AD_I32 with nonzero = not
                                   allowed (PyTorch's bool True), or NULL */
-  ad_tensor *key_padding_mask; /* [N, S] ([S] unbatched): AD_I32 nonzero =
+  ad_tensor *key_padding_mask; /**< [N, S] ([S] unbatched): AD_I32 nonzero =
                                   ignore that key (PyTorch's True), or float
                                   added, or NULL */
-  bool causal;                 /* also mask key j > query i (the top-left
+  bool causal;                 /**< also mask key j > query i (the top-left
                                   triangle; see ad_scaled_dot_product_attention) */
-  bool training;               /* dropout on the attention weights */
-  bool per_head_weights;       /* weights [N, H, L, S] (PyTorch's
+  bool training;               /**< dropout on the attention weights */
+  bool per_head_weights;       /**< weights [N, H, L, S] (PyTorch's
                                   average_attn_weights=False) */
 } nn_mha_args;
 
-/* Runs multi-head attention layer l (from nn_multihead_attention_new) on
+/** Runs multi-head attention layer l (from nn_multihead_attention_new) on
  * query [L, N, E], key [S, N, E] and value [S, N, E] ([N, L, E] ... with
  * batch_first; [L, E], [S, E], [S, E] unbatched, as PyTorch) with args
  * (NULL: all-zero). Returns the output, shaped like query, as a tape
@@ -588,50 +602,52 @@ NN_API ad_tensor *nn_multihead_attention(nn_layer *l, ad_tensor *query, ad_tenso
                                          ad_tensor *value, const nn_mha_args *args,
                                          ad_tensor **weights);
 
-/* Frees a layer and its parameters. Do not free a layer owned by a model.
+/** Frees a layer and its parameters. Do not free a layer owned by a model.
  * NULL is a no-op. */
 NN_API void nn_layer_free(nn_layer *l);
 
-/* Runs the layer on x (training selects dropout's mode). Returns a tape
+/** Runs the layer on x (training selects dropout's mode). Returns a tape
  * tensor, or NULL with an error naming the layer and the shapes (AD_ERR_ARG
  * when a lambda's function returns NULL without recording an error). */
 NN_API ad_tensor *nn_layer_forward(nn_layer *l, ad_tensor *x, bool training);
 
-/* "dense", "relu", "dropout", ...; and the name the model gave it ("0",
- * "encoder", or "" while it belongs to no model). */
+/** "dense", "relu", "dropout", ...; and the name the model gave it ("0",
+ * "encoder", or "" while it belongs to no model). @{ */
 NN_API const char *nn_layer_kind(const nn_layer *l);
 NN_API const char *nn_layer_name(const nn_layer *l);
+/** @} */
 
-/* The layer's own parameters ("weight", "bias"), never NULL for a valid
+/** The layer's own parameters ("weight", "bias"), never NULL for a valid
  * layer (empty for parameterless ones). Owned by the layer. */
 NN_API nn_params *nn_layer_params(const nn_layer *l);
 
-/* The layer's buffers ("running_mean", ...; see nn_buffers_new), never NULL
+/** The layer's buffers ("running_mean", ...; see nn_buffers_new), never NULL
  * for a valid layer (empty for most kinds). Owned by the layer. */
 NN_API nn_params *nn_layer_buffers(const nn_layer *l);
 
 /* ================================================================ models */
 
+/** A model: layers in sequence, or a custom forward pass. Opaque. */
 typedef struct nn_model nn_model;
 
-/* The forward pass of a custom model: computes the output for input x from
+/** The forward pass of a custom model: computes the output for input x from
  * the model's parameters (nn_model_param) and layers (nn_model_layer),
  * using ad_ ops and nn_layer_forward. Returns a tape tensor or NULL with
  * the error recorded. nn_model_training(m) tells the mode. */
 typedef ad_tensor *(*nn_forward_fn)(nn_model *m, ad_tensor *x, void *ud);
 
-/* A Sequential model: its forward runs the layers in the order added.
+/** A Sequential model: its forward runs the layers in the order added.
  * NULL with AD_ERR_OOM on failure. Free with nn_model_free. */
 NN_API nn_model *nn_sequential_new(ad_ctx *ctx);
 
-/* A custom model whose forward is forward(m, x, ud). NULL with AD_ERR_NULL
+/** A custom model whose forward is forward(m, x, ud). NULL with AD_ERR_NULL
  * (NULL forward) or AD_ERR_OOM. */
 NN_API nn_model *nn_model_new(ad_ctx *ctx, nn_forward_fn forward, void *ud);
 
-/* Frees the model, its layers and the parameters it owns. NULL is a no-op. */
+/** Frees the model, its layers and the parameters it owns. NULL is a no-op. */
 NN_API void nn_model_free(nn_model *m);
 
-/* Appends layer and takes ownership of it, also when the call fails (so
+/** Appends layer and takes ownership of it, also when the call fails (so
  * nn_model_add(m, nn_dense_new(...)) never leaks). Its name is its index
  * among the layers ("0", "1", ...; activations count, as in PyTorch's
  * nn.Sequential), and its parameters join the model's list as
@@ -643,48 +659,50 @@ NN_API void nn_model_free(nn_model *m);
  * AD_ERR_OOM. */
 NN_API ad_status nn_model_add(nn_model *m, nn_layer *layer);
 
-/* nn_model_add with a chosen name (non-empty, no '.', shorter than 200
+/** nn_model_add with a chosen name (non-empty, no '.', shorter than 200
  * bytes); parameters become "<name>.weight". */
 NN_API ad_status nn_model_add_named(nn_model *m, const char *name, nn_layer *layer);
 
-/* A new parameter owned by the model: a persistent tensor of dtype and
+/** A new parameter owned by the model: a persistent tensor of dtype and
  * shape, filled by init from rng (NN_INIT_DEFAULT means zeros), requiring a
  * gradient, listed as name. Returns it (owned by the model), or NULL with
  * the error recorded (see nn_params_add, nn_init_tensor). */
 NN_API ad_tensor *nn_model_add_param(nn_model *m, const char *name, ad_dtype dtype, int ndim,
                                      const int64_t *shape, nn_init init, ad_rng *rng);
 
-/* The parameter named name, or NULL (no error recorded). */
+/** The parameter named name, or NULL (no error recorded). */
 NN_API ad_tensor *nn_model_param(const nn_model *m, const char *name);
 
-/* Number of layers; layer i (owned by the model) or NULL; layer by name. */
+/** Number of layers; layer i (owned by the model) or NULL; layer by name. @{ */
 NN_API int nn_model_layer_count(const nn_model *m);
 NN_API nn_layer *nn_model_layer(const nn_model *m, int i);
 NN_API nn_layer *nn_model_find_layer(const nn_model *m, const char *name);
+/** @} */
 
-/* All parameters, in order of creation (owned by the model). */
+/** All parameters, in order of creation (owned by the model). */
 NN_API nn_params *nn_model_params(const nn_model *m);
 
-/* All buffers of the model's layers ("1.running_mean", ...), in order of
+/** All buffers of the model's layers ("1.running_mean", ...), in order of
  * the layers (a buffer list, owned by the model; never NULL for a valid
  * model). Not trained: give nn_model_params to the optimizer. */
 NN_API nn_params *nn_model_buffers(const nn_model *m);
 
-/* The context the model was made on. */
+/** The context the model was made on. */
 NN_API ad_ctx *nn_model_ctx(const nn_model *m);
 
-/* Runs the model on x in its current mode. Returns a tape tensor, or NULL
+/** Runs the model on x in its current mode. Returns a tape tensor, or NULL
  * with the error recorded (AD_ERR_NULL for a NULL x, AD_ERR_STATE for an
  * empty Sequential, AD_ERR_ARG when a custom forward returns NULL without
  * recording an error). */
 NN_API ad_tensor *nn_model_forward(nn_model *m, ad_tensor *x);
 
-/* Training (true, the initial mode) or evaluation mode; the setter returns
- * the previous mode. */
+/** Training (true, the initial mode) or evaluation mode; the setter returns
+ * the previous mode. @{ */
 NN_API bool nn_model_set_training(nn_model *m, bool training);
 NN_API bool nn_model_training(const nn_model *m);
+/** @} */
 
-/* Prints a Keras-like table: each layer's name, kind and parameter shapes,
+/** Prints a Keras-like table: each layer's name, kind and parameter shapes,
  * its buffers marked "(buffer)", then the parameter count ("total
  * parameters: N", trainable) and, when there are buffers, their element
  * count ("non-trainable buffers: M", as Keras' non-trainable params). */
@@ -692,31 +710,32 @@ NN_API void nn_model_summary(const nn_model *m, FILE *f);
 
 /* ================================================================ losses */
 
+/** How a loss reduces its per-element (or per-sample) values. */
 typedef enum nn_reduction {
-  NN_MEAN = 0, /* mean over elements (MSE, BCE) or samples (cross-entropy, NLL) */
-  NN_SUM
+  NN_MEAN = 0, /**< mean over elements (MSE, BCE) or samples (cross-entropy, NLL) */
+  NN_SUM       /**< their sum */
 } nn_reduction;
 
-/* Every loss: a scalar on the tape from a prediction and a target, or NULL
+/** Every loss: a scalar on the tape from a prediction and a target, or NULL
  * with an error naming the loss and the shapes. pred and target share a
  * float dtype unless stated. */
 typedef ad_tensor *(*nn_loss_fn)(ad_ctx *ctx, ad_tensor *pred, ad_tensor *target, nn_reduction red);
 
-/* (pred - target)^2. target has pred's shape, or its size (e.g. [N] for
+/** (pred - target)^2. target has pred's shape, or its size (e.g. [N] for
  * [N,1]). */
 NN_API ad_tensor *nn_mse_loss(ad_ctx *ctx, ad_tensor *pred, ad_tensor *target, nn_reduction red);
 
-/* Binary cross-entropy from probabilities pred in [0,1]:
+/** Binary cross-entropy from probabilities pred in [0,1]:
  * -(t log p + (1-t) log(1-p)), each log clamped at -100 as in PyTorch.
  * Targets as in nn_mse_loss. */
 NN_API ad_tensor *nn_bce_loss(ad_ctx *ctx, ad_tensor *pred, ad_tensor *target, nn_reduction red);
 
-/* Binary cross-entropy from logits z, stable for any z:
+/** Binary cross-entropy from logits z, stable for any z:
  * softplus(z) - t z. */
 NN_API ad_tensor *nn_bce_with_logits_loss(ad_ctx *ctx, ad_tensor *logits, ad_tensor *target,
                                           nn_reduction red);
 
-/* Categorical cross-entropy from logits [N,C]. target is either AD_I32
+/** Categorical cross-entropy from logits [N,C]. target is either AD_I32
  * labels [N] in 0..C-1 (through the fused, stable ad_softmax_cross_entropy)
  * or float [N,C] one-hot or probability rows: -sum_c t log_softmax(z).
  * Errors name bad labels: "cross_entropy_loss: label 12 of sample 3 is
@@ -724,20 +743,20 @@ NN_API ad_tensor *nn_bce_with_logits_loss(ad_ctx *ctx, ad_tensor *logits, ad_ten
 NN_API ad_tensor *nn_cross_entropy_loss(ad_ctx *ctx, ad_tensor *logits, ad_tensor *target,
                                         nn_reduction red);
 
-/* Negative log-likelihood: -logp[n, label_n] for log-probabilities logp
+/** Negative log-likelihood: -logp[n, label_n] for log-probabilities logp
  * [N,C] (e.g. from NN_ACT_LOG_SOFTMAX) and AD_I32 labels [N]. */
 NN_API ad_tensor *nn_nll_loss(ad_ctx *ctx, ad_tensor *logp, ad_tensor *labels, nn_reduction red);
 
-/* Options of nn_sequence_cross_entropy_loss. All-zero: nothing ignored,
+/** Options of nn_sequence_cross_entropy_loss. All-zero: nothing ignored,
  * classes in dim 1. */
 typedef struct nn_sequence_ce_opts {
-  bool ignore;          /* positions whose label is ignore_index count for nothing */
-  int32_t ignore_index; /* PyTorch's default is -100; a padding token (0) works too */
-  bool class_last;      /* logits [N, T..., C] (a recurrent layer's output) in place of
+  bool ignore;          /**< positions whose label is ignore_index count for nothing */
+  int32_t ignore_index; /**< PyTorch's default is -100; a padding token (0) works too */
+  bool class_last;      /**< logits [N, T..., C] (a recurrent layer's output) in place of
                            PyTorch's [N, C, T...]; labels [N, T...] either way */
 } nn_sequence_ce_opts;
 
-/* Cross-entropy for sequence models, PyTorch's F.cross_entropy(logits,
+/** Cross-entropy for sequence models, PyTorch's F.cross_entropy(logits,
  * labels, ignore_index=..., reduction=...) on K-dim logits: logits [N, C,
  * T...] (or with class_last [N, T..., C]; ad_permute makes the copy) and
  * AD_I32 labels [N, T...] in 0..C-1 or ignore_index, through
@@ -752,7 +771,7 @@ typedef struct nn_sequence_ce_opts {
 NN_API ad_tensor *nn_sequence_cross_entropy_loss(ad_ctx *ctx, ad_tensor *logits, ad_tensor *labels,
                                                  nn_reduction red, const nn_sequence_ce_opts *opts);
 
-/* Number of samples where pred agrees with target: with AD_I32 labels [N]
+/** Number of samples where pred agrees with target: with AD_I32 labels [N]
  * and pred [N,C], argmax (first maximum) equals the label; with float
  * targets [N,C], C > 1, the argmaxes agree; with one column (or 1-d), pred
  * > threshold agrees with target > 0.5 (threshold 0.5 for probabilities, 0
@@ -761,8 +780,10 @@ NN_API int64_t nn_count_correct(const ad_tensor *pred, const ad_tensor *target, 
 
 /* ============================================================ optimizers */
 
+/** An optimizer over a parameter list, with its state. Opaque. */
 typedef struct nn_optimizer nn_optimizer;
 
+/** The optimizers; nn_opt_config gives their settings. */
 typedef enum nn_opt_kind {
   NN_OPT_SGD = 0,
   NN_OPT_ADAGRAD,
@@ -771,10 +792,11 @@ typedef enum nn_opt_kind {
   NN_OPT_ADAMW
 } nn_opt_kind;
 
-/* Optimizer settings, with PyTorch's meaning; start from nn_opt_defaults.
+/** Optimizer settings, with PyTorch's meaning; start from nn_opt_defaults.
  * Per step t = 1, 2, ... (the parameter's own step count: the steps in
  * which it had a gradient, as PyTorch counts them), for each parameter p
  * with gradient g:
+ *   @code{.unparsed}
  *   SGD      g += wd p; b = momentum b + (1 - dampening) g (b = g at
  *            t = 1); g = nesterov ? g + momentum b : b; p -= lr g
  *   Adagrad  g += wd p; s += g^2; p -= lr / (1 + (t-1) lr_decay) g / (sqrt s + eps)
@@ -784,49 +806,53 @@ typedef enum nn_opt_kind {
  *   Adam     g += wd p; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
  *            p -= lr / (1-b1^t) m / (sqrt v / sqrt(1-b2^t) + eps)
  *   AdamW    p *= 1 - lr wd, then Adam without the L2 term.
+ *   @endcode
  * Before the update, gradients are clamped to [-clip_value, clip_value]
  * (when > 0), then scaled to global norm at most clip_norm (when > 0). */
 typedef struct nn_opt_config {
-  nn_opt_kind kind;
-  double lr;
-  double momentum;     /* SGD, RMSProp */
-  double dampening;    /* SGD */
-  bool nesterov;       /* SGD: needs momentum > 0 and dampening 0 */
-  double weight_decay; /* L2 added to the gradient; decoupled in AdamW */
-  double beta1, beta2; /* Adam, AdamW */
-  double alpha;        /* RMSProp smoothing constant */
-  bool centered;       /* RMSProp */
-  double eps;
-  double lr_decay;            /* Adagrad */
-  double initial_accumulator; /* Adagrad */
-  double clip_norm;           /* > 0: clip the global gradient norm */
-  double clip_value;          /* > 0: clip each gradient element */
+  nn_opt_kind kind;    /**< the algorithm */
+  double lr;           /**< learning rate */
+  double momentum;     /**< SGD, RMSProp */
+  double dampening;    /**< SGD */
+  bool nesterov;       /**< SGD: needs momentum > 0 and dampening 0 */
+  double weight_decay; /**< L2 added to the gradient; decoupled in AdamW */
+  /** Adam, AdamW @{ */
+  double beta1, beta2;
+  /** @} */
+  double alpha;               /**< RMSProp smoothing constant */
+  bool centered;              /**< RMSProp */
+  double eps;                 /**< added to the denominator: Adagrad, RMSProp, Adam, AdamW */
+  double lr_decay;            /**< Adagrad */
+  double initial_accumulator; /**< Adagrad */
+  double clip_norm;           /**< > 0: clip the global gradient norm */
+  double clip_value;          /**< > 0: clip each gradient element */
 } nn_opt_config;
 
-/* PyTorch's defaults for kind with learning rate lr: Adagrad eps 1e-10;
+/** PyTorch's defaults for kind with learning rate lr: Adagrad eps 1e-10;
  * RMSProp alpha 0.99, eps 1e-8; Adam/AdamW betas (0.9, 0.999), eps 1e-8;
  * AdamW weight decay 0.01; everything else 0. */
 NN_API nn_opt_config nn_opt_defaults(nn_opt_kind kind, double lr);
 
-/* An optimizer over the tensors of params at the time of the call (the list
+/** An optimizer over the tensors of params at the time of the call (the list
  * must outlive it). Its state tensors (zeros, one per parameter and kind of
  * state, plus a step counter) are allocated here. Returns NULL with
  * AD_ERR_NULL or AD_ERR_ARG (a setting out of range, naming it) or
  * AD_ERR_OOM. Free with nn_optimizer_free. */
 NN_API nn_optimizer *nn_optimizer_new(nn_params *params, const nn_opt_config *cfg);
 
-/* Shorthands for nn_optimizer_new with nn_opt_defaults and these settings. */
+/** Shorthands for nn_optimizer_new with nn_opt_defaults and these settings. @{ */
 NN_API nn_optimizer *nn_sgd_new(nn_params *params, double lr, double momentum, bool nesterov,
                                 double weight_decay);
 NN_API nn_optimizer *nn_adam_new(nn_params *params, double lr);
 NN_API nn_optimizer *nn_adamw_new(nn_params *params, double lr, double weight_decay);
 NN_API nn_optimizer *nn_rmsprop_new(nn_params *params, double lr);
 NN_API nn_optimizer *nn_adagrad_new(nn_params *params, double lr);
+/** @} */
 
-/* Frees the optimizer and its state. NULL is a no-op. */
+/** Frees the optimizer and its state. NULL is a no-op. */
 NN_API void nn_optimizer_free(nn_optimizer *opt);
 
-/* One update of every parameter that requires grad and has a gradient
+/** One update of every parameter that requires grad and has a gradient
  * (others are skipped, as PyTorch skips grad None: their state and their
  * own step count stay). Plain loops over the parameter and gradient data;
  * not recorded. Increments the optimizer's step counter and the step count
@@ -842,7 +868,7 @@ NN_API void nn_optimizer_free(nn_optimizer *opt);
  * 1e-25. Returns AD_OK, or AD_ERR_NULL. */
 NN_API ad_status nn_optimizer_step(nn_optimizer *opt);
 
-/* Zeroes the gradients of the optimizer's parameters (as
+/** Zeroes the gradients of the optimizer's parameters (as
  * nn_params_zero_grad). A step never clears a gradient (the clipping its
  * configuration asks for, clip_value and clip_norm, scales the gradients
  * in place first, as PyTorch's clip_grad_*_ do); a parameter whose
@@ -850,18 +876,19 @@ NN_API ad_status nn_optimizer_step(nn_optimizer *opt);
  * its state untouched, as in PyTorch. */
 NN_API void nn_optimizer_zero_grad(nn_optimizer *opt);
 
-/* The settings (lr is the current learning rate). */
+/** The settings (lr is the current learning rate). */
 NN_API const nn_opt_config *nn_optimizer_config(const nn_optimizer *opt);
 
-/* Current learning rate; setting it also makes it the schedule's base and
- * restarts the schedule at epoch 0. */
+/** Current learning rate; setting it also makes it the schedule's base and
+ * restarts the schedule at epoch 0. @{ */
 NN_API double nn_optimizer_lr(const nn_optimizer *opt);
 NN_API void nn_optimizer_set_lr(nn_optimizer *opt, double lr);
+/** @} */
 
-/* Steps taken (restored by loading the state). */
+/** Steps taken (restored by loading the state). */
 NN_API int64_t nn_optimizer_steps(const nn_optimizer *opt);
 
-/* The state tensors and their names, e.g. "adam.step" (the optimizer's
+/** The state tensors and their names, e.g. "adam.step" (the optimizer's
  * step counter, a 0-d f64), "adam.m.0.weight", "adam.v.0.weight",
  * "adam.step.0.weight" (that parameter's step count, a 0-d f64, kept where
  * the update uses it: Adam, AdamW, Adagrad, SGD with momentum);
@@ -871,16 +898,19 @@ NN_API int64_t nn_optimizer_steps(const nn_optimizer *opt);
  * "<kind>.schedule.lr0" and "<kind>.schedule.epoch" (the schedule's base
  * rate and epoch). Arrays of nn_optimizer_state_count entries, owned by the
  * optimizer. Writing into them (e.g. loading a checkpoint) resumes from
- * that state: the rate and the schedule included. */
+ * that state: the rate and the schedule included. @{ */
 NN_API int nn_optimizer_state_count(const nn_optimizer *opt);
 NN_API const char *const *nn_optimizer_state_names(const nn_optimizer *opt);
 NN_API ad_tensor *const *nn_optimizer_state_tensors(const nn_optimizer *opt);
+/** @} */
 
-/* Learning-rate schedules, as functions of the epoch t = 0, 1, ...:
+/** Learning-rate schedules, as functions of the epoch t = 0, 1, ...:
+ *   @code{.unparsed}
  *   step         lr0 gamma^floor(t / step_size)            (StepLR)
  *   exponential  lr0 gamma^t                               (ExponentialLR)
  *   cosine       eta_min + (lr0 - eta_min)(1 + cos(pi t / t_max)) / 2
- *                for t <= t_max, eta_min after             (CosineAnnealingLR) */
+ *                for t <= t_max, eta_min after             (CosineAnnealingLR)
+ *   @endcode */
 typedef enum nn_sched_kind {
   NN_SCHED_CONSTANT = 0,
   NN_SCHED_STEP,
@@ -888,40 +918,41 @@ typedef enum nn_sched_kind {
   NN_SCHED_COSINE
 } nn_sched_kind;
 
+/** A learning-rate schedule (see nn_sched_kind) and its settings. */
 typedef struct nn_schedule {
-  nn_sched_kind kind;
-  int64_t step_size; /* step */
-  double gamma;      /* step, exponential */
-  int64_t t_max;     /* cosine */
-  double eta_min;    /* cosine */
+  nn_sched_kind kind; /**< the schedule */
+  int64_t step_size;  /**< step */
+  double gamma;       /**< step, exponential */
+  int64_t t_max;      /**< cosine */
+  double eta_min;     /**< cosine */
 } nn_schedule;
 
-/* The learning rate at epoch t for base rate lr0. NAN for bad settings
+/** The learning rate at epoch t for base rate lr0. NAN for bad settings
  * (step_size or t_max < 1, unknown kind). */
 NN_API double nn_schedule_lr(const nn_schedule *s, double lr0, int64_t t);
 
-/* Attaches a copy of s (NULL detaches); the current lr becomes lr0 and the
+/** Attaches a copy of s (NULL detaches); the current lr becomes lr0 and the
  * epoch 0. Returns AD_ERR_ARG for bad settings. The settings are not part
  * of the optimizer's state (as a PyTorch scheduler is not part of its
  * optimizer): to resume from a checkpoint, attach the same schedule, then
  * load (nn_model_load restores lr0, the epoch and the rate). */
 NN_API ad_status nn_optimizer_set_schedule(nn_optimizer *opt, const nn_schedule *s);
 
-/* Advances the schedule one epoch and sets lr from it (no-op without a
+/** Advances the schedule one epoch and sets lr from it (no-op without a
  * schedule). nn_fit calls it after every epoch. */
 NN_API void nn_optimizer_schedule_step(nn_optimizer *opt);
 
 /* ================================================================== data */
 
-/* Replaces idx[0..n-1] by a random permutation of 0..n-1 (Fisher-Yates:
+/** Replaces idx[0..n-1] by a random permutation of 0..n-1 (Fisher-Yates:
  * for i = n-1 down to 1, swap i with ad_rng_below(rng, i+1)). */
 NN_API void nn_permutation(ad_rng *rng, int64_t n, int64_t *idx);
 
-/* A new persistent tensor holding rows rows[0..n-1] of x (axis 0), in that
+/** A new persistent tensor holding rows rows[0..n-1] of x (axis 0), in that
  * order. NULL with AD_ERR_ARG (row out of range) / AD_ERR_OOM. */
 NN_API ad_tensor *nn_take_rows(ad_ctx *ctx, const ad_tensor *x, int64_t n, const int64_t *rows);
 
-/* Splits the rows of x and y (y may be NULL) into n_test test rows and the
+/** Splits the rows of x and y (y may be NULL) into n_test test rows and the
  * rest for training: with shuffle, by a permutation drawn from an ad_rng
  * seeded with seed (the first rows of the permutation train); without, the
  * last n_test rows are the test set. The four outputs are new persistent
@@ -932,9 +963,10 @@ NN_API ad_status nn_train_test_split(ad_ctx *ctx, ad_tensor *x, ad_tensor *y, in
                                      bool shuffle, uint64_t seed, ad_tensor **x_train,
                                      ad_tensor **y_train, ad_tensor **x_test, ad_tensor **y_test);
 
+/** An iterator over mini-batches of rows. Opaque. */
 typedef struct nn_batcher nn_batcher;
 
-/* Mini-batches over rows [begin, end) of x and y (y may be NULL; equal row
+/** Mini-batches over rows [begin, end) of x and y (y may be NULL; equal row
  * counts). Each epoch visits every row once, in order or, with shuffle, in
  * the order of nn_permutation drawn from an ad_rng seeded once with seed
  * (so epoch e's order depends on seed and e). Batches have batch_size rows
@@ -945,36 +977,39 @@ NN_API nn_batcher *nn_batcher_new_range(ad_ctx *ctx, ad_tensor *x, ad_tensor *y,
                                         int64_t end, int64_t batch_size, bool shuffle,
                                         uint64_t seed);
 
-/* nn_batcher_new_range over all rows. */
+/** nn_batcher_new_range over all rows. */
 NN_API nn_batcher *nn_batcher_new(ad_ctx *ctx, ad_tensor *x, ad_tensor *y, int64_t batch_size,
                                   bool shuffle, uint64_t seed);
 
-/* Fills *xb (and *yb when y was given; yb may be NULL) with the next batch
+/** Fills *xb (and *yb when y was given; yb may be NULL) with the next batch
  * and returns true; returns false once the epoch is done (the next call
  * starts a new one, reshuffled). The tensors belong to the batcher and are
  * overwritten by the next call. */
 NN_API bool nn_batcher_next(nn_batcher *b, ad_tensor **xb, ad_tensor **yb);
 
-/* Batches per epoch and rows per epoch. */
+/** Batches per epoch and rows per epoch. @{ */
 NN_API int64_t nn_batcher_batches(const nn_batcher *b);
 NN_API int64_t nn_batcher_rows(const nn_batcher *b);
+/** @} */
 
-/* Frees the batcher and its buffers. NULL is a no-op. */
+/** Frees the batcher and its buffers. NULL is a no-op. */
 NN_API void nn_batcher_free(nn_batcher *b);
 
 /* ============================================================== training */
 
-/* One training step: ad_tape_reset, zero the gradients, forward x in
+/** One training step: ad_tape_reset, zero the gradients, forward x in
  * training mode, loss(pred, y, NN_MEAN) (plus lambda_l2 * nn_l2_penalty
  * when lambda_l2 > 0), ad_backward, nn_optimizer_step. loss_out (may be
  * NULL) gets the loss without the penalty. Returns AD_OK or the error. */
 NN_API ad_status nn_train_step(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor *x,
                                ad_tensor *y, double lambda_l2, double *loss_out);
 
+/** The per-epoch metrics of nn_fit. Opaque. */
 typedef struct nn_history nn_history;
 
-/* ------------------------------------------------ data-parallel training
- * How nn_fit hands out its data sharding and gradient reduction when it
+/* ------------------------------------------------ data-parallel training */
+
+/** How nn_fit hands out its data sharding and gradient reduction when it
  * runs as one of size processes (ranks) training one model together
  * (data parallelism, as PyTorch's DistributedDataParallel). nn needs no
  * communication library: libnn_dist (<autodiff/nn_dist.h>) fills this
@@ -1009,44 +1044,48 @@ typedef struct nn_history nn_history;
  *     bar shows rank 0's shards, the epoch lines the reduced values.
  * nn_train_step, nn_evaluate and nn_predict do not use it. */
 typedef struct nn_dist_ops {
-  void *ud;
-  int rank; /* this process, 0 <= rank < size */
-  int size; /* processes training together, >= 1 */
+  void *ud; /**< passed to every function below */
+  int rank; /**< this process, 0 <= rank < size */
+  int size; /**< processes training together, >= 1 */
+  /** start-up: the same model and optimizer state on every rank */
   ad_status (*sync)(void *ud, nn_model *m, nn_optimizer *opt);
+  /** before each step's backward (loss NULL: no backward on this rank) */
   ad_status (*grad_begin)(void *ud, nn_params *params, ad_tensor *loss, int64_t rows,
                           int64_t global_rows);
+  /** after it: the gradients reduced over the ranks */
   ad_status (*grad_end)(void *ud, nn_params *params, ad_status st);
+  /** sums v[0..n-1] over the ranks, in place */
   ad_status (*sum)(void *ud, double *v, int n);
 } nn_dist_ops;
 
-/* Called after each epoch (0-based); return false to stop training. */
+/** Called after each epoch (0-based); return false to stop training. */
 typedef bool (*nn_epoch_fn)(int epoch, const nn_history *h, void *ud);
 
-/* Options of nn_fit. All-zero means the defaults. */
+/** Options of nn_fit. All-zero means the defaults. */
 typedef struct nn_fit_opts {
-  int epochs;              /* default 1 */
-  int64_t batch_size;      /* default 32 */
-  uint64_t seed;           /* of the shuffling */
-  bool no_shuffle;         /* keep row order */
-  double validation_split; /* in [0,1): the last fraction of rows, not trained on */
-  ad_tensor *val_x;        /* validation data given explicitly (wins over the split) */
-  ad_tensor *val_y;
-  bool accuracy;    /* also compute accuracy (see nn_count_correct) */
-  double lambda_l2; /* > 0: add lambda_l2 * nn_l2_penalty to the loss */
-  int verbose;      /* 0: a progress bar on a terminal, one line per epoch
-                       otherwise; 1: one line per epoch; -1: silent */
-  FILE *out;        /* where progress goes; default stdout */
-  nn_epoch_fn on_epoch_end;
-  void *ud;
-  bool keep_denormals; /* default false: subnormal floats flush to zero while
-                          nn_fit runs (ad_set_flush_denormal), the caller's
-                          mode is restored on return */
-  /* NULL: one process; else data-parallel training as one of several
+  int epochs;               /**< default 1 */
+  int64_t batch_size;       /**< default 32 */
+  uint64_t seed;            /**< of the shuffling */
+  bool no_shuffle;          /**< keep row order */
+  double validation_split;  /**< in [0,1): the last fraction of rows, not trained on */
+  ad_tensor *val_x;         /**< validation data given explicitly (wins over the split) */
+  ad_tensor *val_y;         /**< its labels or targets */
+  bool accuracy;            /**< also compute accuracy (see nn_count_correct) */
+  double lambda_l2;         /**< > 0: add lambda_l2 * nn_l2_penalty to the loss */
+  int verbose;              /**< 0: a progress bar on a terminal, one line per epoch
+                               otherwise; 1: one line per epoch; -1: silent */
+  FILE *out;                /**< where progress goes; default stdout */
+  nn_epoch_fn on_epoch_end; /**< NULL, or called after each epoch */
+  void *ud;                 /**< passed to on_epoch_end */
+  bool keep_denormals;      /**< default false: subnormal floats flush to zero while
+                               nn_fit runs (ad_set_flush_denormal), the caller's
+                               mode is restored on return */
+  /** NULL: one process; else data-parallel training as one of several
    * processes (see nn_dist_ops; batch_size is then global) */
   const nn_dist_ops *dist;
 } nn_fit_opts;
 
-/* Trains m on x, y (equal row counts) with opt and loss (NN_MEAN) for
+/** Trains m on x, y (equal row counts) with opt and loss (NN_MEAN) for
  * opts->epochs epochs of mini-batches: per batch, nn_train_step. The epoch's
  * "loss" (and "accuracy") are sample-weighted means over its batches, taken
  * in training mode as the batches go (like Keras); "val_loss" and
@@ -1055,7 +1094,7 @@ typedef struct nn_fit_opts {
  * shuffling (like Keras). Accuracy thresholds at 0 for
  * nn_bce_with_logits_loss, else 0.5. After each epoch the optimizer's
  * schedule advances. On a terminal (isatty) the progress bar shows batches
- * done, loss, samples/s and ETA, redrawn with '\r'. A non-finite loss stops
+ * done, loss, samples/s and ETA, redrawn with a carriage return. A non-finite loss stops
  * training with AD_ERR_NAN. The model is left in evaluation mode.
  * If history is not NULL, *history gets a new nn_history (also on error:
  * the epochs completed), freed by the caller with nn_history_free.
@@ -1063,36 +1102,36 @@ typedef struct nn_fit_opts {
 NN_API ad_status nn_fit(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor *x, ad_tensor *y,
                         const nn_fit_opts *opts, nn_history **history);
 
-/* Epochs recorded. */
+/** Epochs recorded. */
 NN_API int nn_history_epochs(const nn_history *h);
 
-/* The per-epoch values of key ("loss", "accuracy", "val_loss",
+/** The per-epoch values of key ("loss", "accuracy", "val_loss",
  * "val_accuracy", "lr" (at the start of the epoch), "seconds"), an array
  * of nn_history_epochs entries owned by h, or NULL when the key was not
  * recorded. */
 NN_API const double *nn_history_values(const nn_history *h, const char *key);
 
-/* One value, NAN when absent. */
+/** One value, NAN when absent. */
 NN_API double nn_history_get(const nn_history *h, const char *key, int epoch);
 
-/* NULL is a no-op. */
+/** NULL is a no-op. */
 NN_API void nn_history_free(nn_history *h);
 
-/* Mean loss (sample-weighted over batches of batch_size, 0 meaning 32) and,
+/** Mean loss (sample-weighted over batches of batch_size, 0 meaning 32) and,
  * if accuracy is not NULL, the fraction correct, of m on x, y in evaluation
  * and no-grad mode. Resets the tape; restores m's mode. Returns AD_OK or the
  * error. */
 NN_API ad_status nn_evaluate(nn_model *m, nn_loss_fn loss, ad_tensor *x, ad_tensor *y,
                              int64_t batch_size, double *loss_out, double *accuracy);
 
-/* The outputs of m for every row of x, in evaluation and no-grad mode, in
+/** The outputs of m for every row of x, in evaluation and no-grad mode, in
  * batches (0 means 32), as a new persistent tensor [rows, ...] the caller
  * frees. Resets the tape; restores m's mode. NULL on error. */
 NN_API ad_tensor *nn_predict(nn_model *m, ad_tensor *x, int64_t batch_size);
 
 /* ========================================================== checkpoints */
 
-/* Saves m's parameters and buffers (its state dict, as PyTorch's: buffers
+/** Saves m's parameters and buffers (its state dict, as PyTorch's: buffers
  * stored as their nn_store says, num_batches_tracked as I64) under their
  * names and, when opt is not NULL, its
  * state (nn_optimizer_state_names: moments, step counts, the learning rate
@@ -1101,7 +1140,7 @@ NN_API ad_tensor *nn_predict(nn_model *m, ad_tensor *x, int64_t batch_size);
  * nn_checkpoint_save). */
 NN_API ad_status nn_model_save(const nn_model *m, const nn_optimizer *opt, const char *path);
 
-/* Loads m's parameters and buffers (and opt's state when opt is not NULL)
+/** Loads m's parameters and buffers (and opt's state when opt is not NULL)
  * from path; every name must be present with the same dtype and shape (a
  * buffer stored as I64 may be I64 or its own dtype; a value that does not
  * fit is AD_ERR_FORMAT), else nothing changes (see nn_checkpoint_load_as). The learning rate comes

@@ -61,44 +61,44 @@
 extern "C" {
 #endif
 
-/* Initialises MPI (MPI_Init_thread, MPI_THREAD_FUNNELED) unless it is
+/** Initialises MPI (MPI_Init_thread, MPI_THREAD_FUNNELED) unless it is
  * already; argc and argv may be NULL. Returns AD_OK, or AD_ERR_STATE when
  * MPI cannot be initialised or gives less than funneled threading (the
  * reason is printed to stderr: there is no context yet). */
 NN_API ad_status nn_dist_init(int *argc, char ***argv);
 
-/* Finalises MPI if nn_dist_init initialised it and nothing finalised it
+/** Finalises MPI if nn_dist_init initialised it and nothing finalised it
  * since. Free every nn_dist first. */
 NN_API void nn_dist_finalize(void);
 
-/* Options of nn_dist_new. All-zero means the defaults. */
+/** Options of nn_dist_new. All-zero means the defaults. */
 typedef struct nn_dist_opts {
-  size_t bucket_bytes; /* gradient bytes per allreduce; default 4 MiB. A
+  size_t bucket_bytes; /**< gradient bytes per allreduce; default 4 MiB. A
                           parameter larger than it is a bucket of its own */
-  bool deterministic;  /* sum in rank order on every rank (see above) */
-  bool no_overlap;     /* launch every bucket after the backward instead of
+  bool deterministic;  /**< sum in rank order on every rank (see above) */
+  bool no_overlap;     /**< launch every bucket after the backward instead of
                           from the hook (for measuring the overlap) */
 } nn_dist_opts;
 
 typedef struct nn_dist nn_dist;
 
-/* A handle over all the processes of MPI_COMM_WORLD (a duplicate of it),
+/** A handle over all the processes of MPI_COMM_WORLD (a duplicate of it),
  * reporting errors on ctx. Collective. opts may be NULL. NULL with
  * AD_ERR_STATE (MPI not initialised: call nn_dist_init) or AD_ERR_OOM.
  * Free with nn_dist_free before nn_dist_finalize. */
 NN_API nn_dist *nn_dist_new(ad_ctx *ctx, const nn_dist_opts *opts);
 
-/* Frees the handle (collective: frees its communicator). NULL is a no-op. */
+/** Frees the handle (collective: frees its communicator). NULL is a no-op. */
 NN_API void nn_dist_free(nn_dist *d);
 
-/* This process's rank and the number of processes; 0 and 1 for NULL. */
+/** This process's rank and the number of processes; 0 and 1 for NULL. */
 NN_API int nn_dist_rank(const nn_dist *d);
 NN_API int nn_dist_size(const nn_dist *d);
 
-/* The interface nn_fit uses (nn_fit_opts.dist), owned by d. */
+/** The interface nn_fit uses (nn_fit_opts.dist), owned by d. */
 NN_API const nn_dist_ops *nn_dist_fit_ops(nn_dist *d);
 
-/* Checks that every rank's model m (parameters and buffers) and optimizer
+/** Checks that every rank's model m (parameters and buffers) and optimizer
  * opt (may be NULL on every rank) have the same names, dtypes and shapes
  * in the same order as rank 0's, then broadcasts rank 0's values of all of
  * them. Collective. On a difference every rank returns AD_ERR_SHAPE with
@@ -110,33 +110,33 @@ NN_API const nn_dist_ops *nn_dist_fit_ops(nn_dist *d);
  * rank R failed: dist_sync: model is NULL". nn_fit calls it first. */
 NN_API ad_status nn_dist_sync(nn_dist *d, nn_model *m, nn_optimizer *opt);
 
-/* Sums n doubles over the ranks, in place (in rank order in the
+/** Sums n doubles over the ranks, in place (in rank order in the
  * deterministic mode). Collective, with the same n on every rank. A NULL v
  * (with n > 0) on some rank: AD_ERR_NULL on every rank, the others' message
  * "dist: rank R failed: dist_sum: v is NULL". */
 NN_API ad_status nn_dist_sum(nn_dist *d, double *v, int n);
 
-/* nn_model_save on rank 0 only (atomically, as nn_model_save), its status
+/** nn_model_save on rank 0 only (atomically, as nn_model_save), its status
  * and message then given to every rank. Collective. */
 NN_API ad_status nn_dist_save(nn_dist *d, const nn_model *m, const nn_optimizer *opt,
                               const char *path);
 
-/* nn_model_load on rank 0 (so the file need only be on rank 0's machine),
+/** nn_model_load on rank 0 (so the file need only be on rank 0's machine),
  * then rank 0's state broadcast as by nn_dist_sync. Collective; every
  * rank returns rank 0's status and message. */
 NN_API ad_status nn_dist_load(nn_dist *d, nn_model *m, nn_optimizer *opt, const char *path);
 
-/* What the gradient reductions did since nn_dist_new (or the last reset). */
+/** What the gradient reductions did since nn_dist_new (or the last reset). */
 typedef struct nn_dist_stats {
-  int64_t steps;       /* reductions (grad_end calls) */
-  int64_t buckets;     /* buckets per step (the last step's) */
-  int64_t bytes;       /* gradient bytes each rank reduced, in total */
-  int64_t overlapped;  /* buckets launched from the backward hook */
-  double wait_seconds; /* time spent in grad_end: communication that
+  int64_t steps;       /**< reductions (grad_end calls) */
+  int64_t buckets;     /**< buckets per step (the last step's) */
+  int64_t bytes;       /**< gradient bytes each rank reduced, in total */
+  int64_t overlapped;  /**< buckets launched from the backward hook */
+  double wait_seconds; /**< time spent in grad_end: communication that
                           backward did not hide, plus the status exchange */
 } nn_dist_stats;
 
-/* The counters; reset zeroes them after reading (stats may be NULL). */
+/** The counters; reset zeroes them after reading (stats may be NULL). */
 NN_API void nn_dist_get_stats(nn_dist *d, nn_dist_stats *stats, bool reset);
 
 #ifdef __cplusplus

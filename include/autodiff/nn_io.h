@@ -1,4 +1,5 @@
-/* nn_io.h: file I/O for the nn layer: IDX data sets and safetensors
+/** @file
+ * nn_io.h: file I/O for the nn layer: IDX data sets and safetensors
  * checkpoints.
  *
  * Overview
@@ -7,15 +8,18 @@
  *   read named tensors in the safetensors format, which PyTorch, NumPy and
  *   JAX users can read and write with the `safetensors` package:
  *
+ *   @code{.unparsed}
  *     8 bytes   N, the header length, little-endian unsigned
  *     N bytes   JSON: {"name": {"dtype": "F32", "shape": [2,3],
  *                                "data_offsets": [begin, end]}, ...,
  *                      "__metadata__": {"key": "value", ...}}  (optional)
  *     the rest  the data buffer: each tensor's elements row-major,
  *               little-endian, at [begin, end) relative to the buffer start
+ *   @endcode
  *
  * Worked example: save two parameters, then load them back
  *
+ *   @code
  *   const char *names[2] = {"0.weight", "0.bias"};
  *   ad_tensor *params[2] = {w, b};
  *   if (nn_checkpoint_save(ctx, "model.safetensors", 2, names, params) != AD_OK ||
@@ -24,6 +28,7 @@
  *
  *   ad_tensor *x = nn_idx_load(ctx, "data/mnist10k-images-idx3-ubyte.gz",
  *                              AD_F32, 1.0 / 255);  // [10000,28,28] in [0,1]
+ *   @endcode
  *
  * Errors
  *   Every function returns an ad_status (or NULL) and records a message with
@@ -57,7 +62,7 @@ extern "C" {
 
 /* ------------------------------------------------------------------- IDX */
 
-/* Reads an IDX file into a new persistent tensor (free with ad_tensor_free).
+/** Reads an IDX file into a new persistent tensor (free with ad_tensor_free).
  * The file may be raw or gzip'd: gzip is recognized by its magic bytes
  * 1f 8b, not by the name. Only unsigned-byte data (type code 0x08) is
  * supported. dtype AD_F32 or AD_F64 gives byte * scale (e.g. 1/255.), AD_I32
@@ -72,7 +77,7 @@ NN_API ad_tensor *nn_idx_load(ad_ctx *ctx, const char *path, ad_dtype dtype, dou
 
 /* ----------------------------------------------------------- checkpoints */
 
-/* Saves n tensors under names (unique, non-empty, valid UTF-8, not
+/** Saves n tensors under names (unique, non-empty, valid UTF-8, not
  * "__metadata__") to path in the safetensors format: AD_F32, AD_F64 and
  * AD_I32 are written as "F32", "F64" and "I32", in the given order, with
  * the header padded with spaces to a multiple of 8 bytes.
@@ -92,7 +97,7 @@ NN_API ad_tensor *nn_idx_load(ad_ctx *ctx, const char *path, ad_dtype dtype, dou
 NN_API ad_status nn_checkpoint_save(ad_ctx *ctx, const char *path, int n, const char *const *names,
                                     ad_tensor *const *tensors);
 
-/* nn_checkpoint_save plus n_meta string pairs stored in the header's
+/** nn_checkpoint_save plus n_meta string pairs stored in the header's
  * "__metadata__" object (keys unique and non-empty; keys and values valid
  * UTF-8). With n_meta == 0 no "__metadata__" is written. */
 NN_API ad_status nn_checkpoint_save_meta(ad_ctx *ctx, const char *path, int n,
@@ -100,15 +105,15 @@ NN_API ad_status nn_checkpoint_save_meta(ad_ctx *ctx, const char *path, int n,
                                          int n_meta, const char *const *meta_keys,
                                          const char *const *meta_values);
 
-/* How a tensor is stored in a checkpoint file. */
+/** How a tensor is stored in a checkpoint file. */
 typedef enum nn_store {
-  NN_STORE_NATIVE = 0, /* as its own dtype: "F32", "F64" or "I32" */
-  NN_STORE_I64 = 1     /* as "I64" (PyTorch's int64, e.g. BatchNorm's
+  NN_STORE_NATIVE = 0, /**< as its own dtype: "F32", "F64" or "I32" */
+  NN_STORE_I64 = 1     /**< as "I64" (PyTorch's int64, e.g. BatchNorm's
                           num_batches_tracked), which the engine lacks: the
                           tensor (any dtype) holds whole numbers */
 } nn_store;
 
-/* nn_checkpoint_save_meta with a storage choice per tensor: stores[i] (the
+/** nn_checkpoint_save_meta with a storage choice per tensor: stores[i] (the
  * array may be NULL: all native) says how tensors[i] is written. With
  * NN_STORE_I64 each element must be a whole number in the int64 range
  * (always true of an AD_I32 tensor), else AD_ERR_ARG naming the tensor,
@@ -120,7 +125,7 @@ NN_API ad_status nn_checkpoint_save_as(ad_ctx *ctx, const char *path, int n,
                                        const char *const *meta_keys,
                                        const char *const *meta_values);
 
-/* nn_checkpoint_load with a storage choice per tensor (stores may be NULL:
+/** nn_checkpoint_load with a storage choice per tensor (stores may be NULL:
  * all native). A tensor with NN_STORE_I64 accepts an "I64" entry, whose
  * values are converted to its dtype, or an entry of its own dtype (read as
  * nn_checkpoint_load does). The conversion is exact or refused: a value
@@ -131,7 +136,7 @@ NN_API ad_status nn_checkpoint_load_as(ad_ctx *ctx, const char *path, int n,
                                        const char *const *names, ad_tensor *const *tensors,
                                        const nn_store *stores);
 
-/* Loads the n named tensors of the file at path into the existing tensors
+/** Loads the n named tensors of the file at path into the existing tensors
  * tensors[i] (persistent, any shape). For each, in order, the entry must be
  * present and have the tensor's dtype and shape; the first mismatch is
  * reported. Entries of the file that are not asked for are ignored (they
@@ -153,48 +158,48 @@ NN_API ad_status nn_checkpoint_load_as(ad_ctx *ctx, const char *path, int n,
 NN_API ad_status nn_checkpoint_load(ad_ctx *ctx, const char *path, int n, const char *const *names,
                                     ad_tensor *const *tensors);
 
-/* One tensor entry of a checkpoint header. */
+/** One tensor entry of a checkpoint header. */
 typedef struct nn_checkpoint_entry {
-  const char *name;
-  const char *dtype_name; /* as in the file: "F32", "I64", "BF16", ... */
-  bool has_dtype;         /* true when dtype_name is F32, F64 or I32 */
-  ad_dtype dtype;         /* valid when has_dtype */
-  int ndim;
-  int64_t shape[AD_MAX_DIMS];
-  uint64_t offset; /* data_offsets[0], relative to the data buffer */
-  uint64_t nbytes; /* data_offsets[1] - data_offsets[0] */
+  const char *name;           /**< the tensor's name */
+  const char *dtype_name;     /**< as in the file: "F32", "I64", "BF16", ... */
+  bool has_dtype;             /**< true when dtype_name is F32, F64 or I32 */
+  ad_dtype dtype;             /**< valid when has_dtype */
+  int ndim;                   /**< the number of dimensions */
+  int64_t shape[AD_MAX_DIMS]; /**< the first ndim entries are the shape */
+  uint64_t offset;            /**< data_offsets[0], relative to the data buffer */
+  uint64_t nbytes;            /**< data_offsets[1] - data_offsets[0] */
 } nn_checkpoint_entry;
 
-/* One "__metadata__" pair. */
+/** One "__metadata__" pair. */
 typedef struct nn_checkpoint_meta {
-  const char *key;
-  const char *value;
+  const char *key;   /**< the key */
+  const char *value; /**< its value */
 } nn_checkpoint_meta;
 
-/* The parsed header of a checkpoint: entries and metadata in file order. */
+/** The parsed header of a checkpoint: entries and metadata in file order. */
 typedef struct nn_checkpoint_info {
-  int n;
-  const nn_checkpoint_entry *entries;
-  int n_meta;
-  const nn_checkpoint_meta *meta;
-  uint64_t header_bytes; /* N, the JSON header length */
-  uint64_t data_bytes;   /* length of the data buffer */
+  int n;                              /**< the number of entries */
+  const nn_checkpoint_entry *entries; /**< n tensor entries */
+  int n_meta;                         /**< the number of metadata pairs */
+  const nn_checkpoint_meta *meta;     /**< n_meta pairs */
+  uint64_t header_bytes;              /**< N, the JSON header length */
+  uint64_t data_bytes;                /**< length of the data buffer */
 } nn_checkpoint_info;
 
-/* Reads and validates the header of the checkpoint at path (the same checks
+/** Reads and validates the header of the checkpoint at path (the same checks
  * as nn_checkpoint_load, without reading any tensor). Returns a new info,
  * owned by the caller and freed with nn_checkpoint_info_free (the context
  * must outlive it), or NULL with the error recorded. */
 NN_API nn_checkpoint_info *nn_checkpoint_info_read(ad_ctx *ctx, const char *path);
 
-/* Frees an info and every string in it. NULL is a no-op. */
+/** Frees an info and every string in it. NULL is a no-op. */
 NN_API void nn_checkpoint_info_free(nn_checkpoint_info *info);
 
-/* The entry named name, or NULL. */
+/** The entry named name, or NULL. */
 NN_API const nn_checkpoint_entry *nn_checkpoint_info_find(const nn_checkpoint_info *info,
                                                           const char *name);
 
-/* The metadata value for key, or NULL. */
+/** The metadata value for key, or NULL. */
 NN_API const char *nn_checkpoint_info_meta(const nn_checkpoint_info *info, const char *key);
 
 #ifdef __cplusplus
