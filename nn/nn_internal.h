@@ -31,6 +31,12 @@ bool nn_grow(ad_ctx *ctx, void **arr, int *cap, int need, size_t es);
  * that the caller fills; not recorded. NULL on error. */
 ad_tensor *nn_tmp_tensor(ad_ctx *ctx, ad_dtype dtype, int ndim, const int64_t *shape);
 
+/* checkpoint.c: writes len bytes of buf to path as checkpoints are
+ * written (a locked temporary file next to path, fsync, rename over path).
+ * Returns false with errno set on failure (ENOMEM when ctx's allocator
+ * refuses); path is then left as it was. */
+bool nn_write_file_atomic(ad_ctx *ctx, const char *path, const void *buf, size_t len);
+
 /* Seconds from a monotonic clock. */
 double nn_now(void);
 
