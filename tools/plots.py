@@ -20,10 +20,13 @@ import os
 import subprocess
 import sys
 
-# example -> (extra flags, the pictures it draws); the defaults of each
-# example are the ones docs/faq.md shows.
+# example -> (extra flags, the CSV files it writes, the pictures it draws);
+# the defaults of each example are the ones docs/faq.md shows.
 RECIPES = {
-    "vanishing": ([], ["vanishing.svg", "vanishing_loss.svg"]),
+    "vanishing": ([], ["vanishing.csv"], ["vanishing.svg", "vanishing_loss.svg"]),
+    "optimizers": ([], ["optimizers.csv"], ["optimizers.svg", "optimizers_time.svg"]),
+    "learning_rate": ([], ["learning_rate.csv", "learning_rate_range.csv"],
+                      ["learning_rate.svg", "learning_rate_range.svg"]),
 }
 SHARED = ["examples/teach.h", "tools/plot/plot.c", "tools/plot/plot.h", "tools/plots.py"]
 MANIFEST = "docs/img/plots.sha256"
@@ -36,28 +39,28 @@ def sha(path):
 
 def inputs():
     files = list(SHARED)
-    for name in RECIPES:
-        files += [f"examples/{name}.c", f"docs/img/{name}.csv"]
+    for name, (_, csvs, _) in RECIPES.items():
+        files += [f"examples/{name}.c"] + [f"docs/img/{c}" for c in csvs]
     return files
 
 
 def regen(build, root):
     img = os.path.join(root, "docs", "img")
-    for name, (flags, svgs) in RECIPES.items():
+    for name, (flags, csvs, svgs) in RECIPES.items():
         exe = os.path.join(build, name)
         print(f"running {name} {' '.join(flags)}", flush=True)
         r = subprocess.run([exe, "--plot", "--out", img] + flags)
         if r.returncode != 0:
             print(f"{name} exited with {r.returncode}", file=sys.stderr)
             return 1
-        for svg in svgs:
+        for svg in csvs + svgs:
             if not os.path.exists(os.path.join(img, svg)):
                 print(f"{name} did not draw {svg}", file=sys.stderr)
                 return 1
     lines = ["# The inputs of the pictures of docs/faq.md, as tools/plots.py last drew them",
              "# (ninja -C build plots). The test 'plots-current' compares them."]
     lines += [f"{sha(os.path.join(root, p))}  {p}" for p in inputs()]
-    lines += [f"svg  docs/img/{svg}" for _, svgs in RECIPES.values() for svg in svgs]
+    lines += [f"svg  docs/img/{svg}" for _, _, svgs in RECIPES.values() for svg in svgs]
     with open(os.path.join(root, MANIFEST), "w") as f:
         f.write("\n".join(lines) + "\n")
     print(f"wrote {MANIFEST}")
@@ -73,7 +76,7 @@ def check(root):
         return 1
     recorded = {p: h for h, p in rows if h != "svg"}
     svgs = [p for h, p in rows if h == "svg"]
-    want = inputs() + [f"docs/img/{s}" for _, ss in RECIPES.values() for s in ss]
+    want = inputs() + [f"docs/img/{s}" for _, _, ss in RECIPES.values() for s in ss]
     print(f"1..{len(want)}")
     bad = 0
     for i, p in enumerate(want, 1):

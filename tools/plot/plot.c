@@ -10,7 +10,7 @@
 static const char *const colours[] = {"#1b6ac9", "#d43d1a", "#2a9d3f", "#e69b00", "#7b4bb7",
                                       "#8a5a2b", "#d1458f", "#555555", "#17a2b8", "#9aa51e"};
 #define N_COLOURS (int)(sizeof colours / sizeof colours[0])
-#define CHAR_W    7.0 /* approximate width of a 12 px sans-serif character */
+#define CHAR_W    7.5 /* approximate width of a 12 px sans-serif character */
 
 /* One axis: the data range mapped to [p0, p1] pixels. */
 typedef struct axis {
@@ -122,7 +122,7 @@ int plot_svg(FILE *f, const plot_opts *o, int ns, const plot_series *s, const ch
     if (strlen(buf) > ylab) ylab = strlen(buf);
   }
   double left = 20 + (o->ylabel ? 18 : 0) + CHAR_W * (double)ylab;
-  double right = legend ? 40 + CHAR_W * (double)legend : 20;
+  double right = legend ? 46 + CHAR_W * (double)legend : 20;
   double top = o->title ? 34 : 14, bottom = 34 + (o->xlabel ? 18 : 0);
   ax.p0 = left, ax.p1 = W - right;
   ay.p0 = H - bottom, ay.p1 = top;
