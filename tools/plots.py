@@ -27,6 +27,8 @@ RECIPES = {
     "optimizers": ([], ["optimizers.csv"], ["optimizers.svg", "optimizers_time.svg"]),
     "learning_rate": ([], ["learning_rate.csv", "learning_rate_range.csv"],
                       ["learning_rate.svg", "learning_rate_range.svg"]),
+    "overfitting": ([], ["overfitting.csv"], ["overfitting.svg", "overfitting_acc.svg"]),
+    "exploding": ([], ["exploding.csv"], ["exploding.svg", "exploding_loss.svg"]),
 }
 SHARED = ["examples/teach.h", "tools/plot/plot.c", "tools/plot/plot.h", "tools/plots.py"]
 MANIFEST = "docs/img/plots.sha256"

@@ -59,7 +59,9 @@ static void axis_fit(axis *a, double mn, double mx, bool whole) {
 }
 
 static void tick_label(const axis *a, double t, char *buf, size_t n) {
-  if (a->log)
+  if (a->log && fabs(t) >= 5)
+    snprintf(buf, n, "1e%d", (int)t);
+  else if (a->log)
     snprintf(buf, n, "%g", pow(10, t));
   else if (a->decimals < 0)
     snprintf(buf, n, "%g", t);
