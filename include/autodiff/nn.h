@@ -34,7 +34,8 @@
  *   data         nn_batcher (mini-batches with seeded shuffling) and
  *                nn_train_test_split.
  *   training     nn_fit in the spirit of Keras' model.fit (epochs, batches,
- *                shuffling, validation split, loss and accuracy, a history,
+ *                shuffling, validation split, loss and accuracy, a history
+ *                with gradient norms and CSV output, early stopping,
  *                a live progress bar on a terminal), nn_evaluate and
  *                nn_predict (no-grad), nn_train_step for hand-written loops.
  *   files        nn_io.h: IDX data sets and safetensors checkpoints;
