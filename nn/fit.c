@@ -2,9 +2,7 @@
  * nn_evaluate and nn_predict. */
 #include "nn_internal.h"
 
-#include <errno.h>
 #include <math.h>
-#include <stdio.h>
 #include <unistd.h>
 
 /* --------------------------------------------------------------- history */
@@ -104,49 +102,9 @@ const char *nn_history_key(const nn_history *h, int i) {
 
 int nn_history_best_epoch(const nn_history *h) { return h ? h->best_epoch : -1; }
 
-/* Appends s to the CSV line at *w, quoted (RFC 4180) when it holds a
- * comma, a quote or a line break. The caller reserved 2 strlen(s) + 3. */
-static char *csv_field(char *w, const char *s) {
-  bool q = strpbrk(s, ",\"\r\n") != NULL;
-  if (q) *w++ = '"';
-  for (; *s; s++) {
-    if (*s == '"') *w++ = '"';
-    *w++ = *s;
-  }
-  if (q) *w++ = '"';
-  return w;
-}
+ad_ctx *nn_history_ctx(const nn_history *h) { return h ? h->ctx : NULL; }
 
-ad_status nn_history_write_csv(const nn_history *h, const char *path) {
-  if (!h) return AD_ERR_NULL;
-  if (!path) return ad_set_error(h->ctx, AD_ERR_NULL, "history_write_csv: path is NULL");
-  int nk = nn_history_key_count(h);
-  size_t cap = 16; /* "epoch", line ends, the terminator */
-  for (int i = 0; i < nk; i++) cap += 2 * strlen(nn_history_key(h, i)) + 3;
-  cap += (size_t)h->n * (16 + (size_t)nk * 32); /* %.17g takes at most 24 bytes */
-  char *buf = ad_malloc(h->ctx, cap), *w = buf;
-  if (!buf) return ad_last_status(h->ctx) != AD_OK ? ad_last_status(h->ctx) : AD_ERR_OOM;
-  w += sprintf(w, "epoch");
-  for (int i = 0; i < nk; i++) {
-    *w++ = ',';
-    w = csv_field(w, nn_history_key(h, i));
-  }
-  *w++ = '\n';
-  for (int e = 0; e < h->n; e++) {
-    w += sprintf(w, "%d", e + 1);
-    for (int i = 0; i < nk; i++) {
-      double v = nn_history_values(h, nn_history_key(h, i))[e];
-      w += isnan(v) ? sprintf(w, ",nan") : sprintf(w, ",%.17g", v);
-    }
-    *w++ = '\n';
-  }
-  ad_status st = AD_OK;
-  if (!nn_write_file_atomic(h->ctx, path, buf, (size_t)(w - buf)))
-    st = ad_set_error(h->ctx, errno == ENOMEM ? AD_ERR_OOM : AD_ERR_IO, "history_write_csv %s: %s",
-                      path, strerror(errno));
-  ad_free(h->ctx, buf, cap);
-  return st;
-}
+void nn_history_set_best_epoch(nn_history *h, int epoch) { h->best_epoch = epoch; }
 
 double nn_history_get(const nn_history *h, const char *key, int epoch) {
   const double *v = nn_history_values(h, key);
@@ -184,46 +142,8 @@ static ad_status fail(ad_ctx *ctx, ad_status fallback) {
   return st != AD_OK ? st : fallback;
 }
 
-/* Adds the gradient norms of p's parameters to norms[i] (one per
- * parameter), their global norm to norms[np] and its maximum into
- * norms[np + 1]. */
-/* The sum of squares of g's elements, in double, over 8 independent
- * partial sums (a single running sum would wait on each addition; these
- * vectorize). */
-static double sum_squares(const ad_tensor *g) {
-  double acc[8] = {0}, sq = 0;
-  int64_t n = g->size, k = 0;
-  if (g->dtype == AD_F32) {
-    const float *d = g->data;
-    for (; k + 8 <= n; k += 8)
-      for (int j = 0; j < 8; j++) acc[j] += (double)d[k + j] * d[k + j];
-    for (; k < n; k++) sq += (double)d[k] * d[k];
-  } else {
-    const double *d = g->data;
-    for (; k + 8 <= n; k += 8)
-      for (int j = 0; j < 8; j++) acc[j] += d[k + j] * d[k + j];
-    for (; k < n; k++) sq += d[k] * d[k];
-  }
-  for (int j = 0; j < 8; j++) sq += acc[j];
-  return sq;
-}
-
-static void add_grad_norms(const nn_params *p, double *norms) {
-  int np = nn_params_count(p);
-  double total = 0;
-  for (int i = 0; i < np; i++) {
-    const ad_tensor *g = nn_params_tensor(p, i)->grad;
-    double sq = g ? sum_squares(g) : 0;
-    norms[i] += sqrt(sq);
-    total += sq;
-  }
-  total = sqrt(total);
-  norms[np] += total;
-  if (!(norms[np + 1] >= total)) norms[np + 1] = total; /* NaN propagates */
-}
-
 /* nn_train_step, also giving the prediction (valid until the next reset),
- * and adding the gradient norms to norms (add_grad_norms) unless NULL. */
+ * and adding the gradient norms to norms (nn_grad_norms_add) unless NULL. */
 static ad_status train_step(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor *x,
                             ad_tensor *y, double lambda_l2, double *loss_out, ad_tensor **pred_out,
                             double *norms) {
@@ -247,7 +167,7 @@ static ad_status train_step(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_
   if (!total) return fail(ctx, AD_ERR_ARG);
   ad_status st = ad_backward(ctx, total, NULL);
   if (st != AD_OK) return st;
-  if (norms) add_grad_norms(nn_model_params(m), norms);
+  if (norms) nn_grad_norms_add(nn_model_params(m), norms);
   return nn_optimizer_step(opt);
 }
 
@@ -419,73 +339,6 @@ static void history_print(FILE *f, const nn_history *h, int e) {
     if (h->has[keys[i]]) fprintf(f, " - %s %.4f", hist_keys[keys[i]], h->vals[keys[i]][e]);
 }
 
-/* --------------------------------------------------------- early stopping */
-
-typedef struct stopper {
-  const char *monitor; /* NULL: off */
-  bool max, restore;
-  double best, min_delta;
-  int patience, wait;
-  unsigned char *snap; /* the best epoch's parameters and buffers */
-  size_t bytes;
-} stopper;
-
-/* Copies m's parameters and buffers into buf (save) or back from it;
- * returns the bytes they take (buf NULL: only counts). */
-static size_t model_state(nn_model *m, unsigned char *buf, bool save) {
-  nn_params *lists[2] = {nn_model_params(m), nn_model_buffers(m)};
-  size_t off = 0;
-  for (int l = 0; l < 2; l++)
-    for (int i = 0; i < nn_params_count(lists[l]); i++) {
-      ad_tensor *t = nn_params_tensor(lists[l], i);
-      size_t n = (size_t)t->size * ad_dtype_size(t->dtype);
-      if (buf && n) save ? memcpy(buf + off, t->data, n) : memcpy(t->data, buf + off, n);
-      off += n;
-    }
-  return off;
-}
-
-static ad_status stopper_init(stopper *s, nn_model *m, const nn_history *h,
-                              const nn_early_stopping *es) {
-  memset(s, 0, sizeof *s);
-  if (!es->monitor) return AD_OK;
-  if (!nn_history_values(h, es->monitor))
-    return ad_set_error(h->ctx, AD_ERR_ARG,
-                        "fit: early stopping monitors \"%s\", which this run does not record",
-                        es->monitor);
-  if (!(es->min_delta >= 0) || es->patience < 0 || (unsigned)es->mode > NN_MODE_MAX)
-    return ad_set_error(h->ctx, AD_ERR_ARG,
-                        "fit: early stopping with min_delta %g, patience %d, mode %d",
-                        es->min_delta, es->patience, (int)es->mode);
-  s->monitor = es->monitor;
-  s->max = es->mode == NN_MODE_MAX || (es->mode == NN_MODE_AUTO && strstr(es->monitor, "acc"));
-  s->best = s->max ? -INFINITY : INFINITY;
-  s->min_delta = es->min_delta;
-  s->patience = es->patience;
-  s->restore = es->restore_best_weights;
-  if (s->restore) {
-    s->bytes = model_state(m, NULL, true);
-    if (s->bytes && !(s->snap = ad_malloc(h->ctx, s->bytes))) return fail(h->ctx, AD_ERR_OOM);
-  }
-  return AD_OK;
-}
-
-/* After epoch e: notes an improvement (and keeps the weights); true when
- * training should stop. */
-static bool stopper_update(stopper *s, nn_model *m, nn_history *h, int e) {
-  if (!s->monitor) return false;
-  double v = nn_history_values(h, s->monitor)[e];
-  bool better = s->max ? v - s->min_delta > s->best : v + s->min_delta < s->best;
-  if (better) {
-    s->best = v;
-    s->wait = 0;
-    h->best_epoch = e;
-    if (s->snap) model_state(m, s->snap, true);
-    return false;
-  }
-  return ++s->wait >= s->patience && e > 0; /* as Keras */
-}
-
 /* nn_fit without its floating-point mode. */
 static ad_status fit(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor *x, ad_tensor *y,
                      const nn_fit_opts *opts, nn_history **history) {
@@ -542,13 +395,13 @@ static ad_status fit(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor 
   h->has[H_GN_MEAN] = h->has[H_GN_MAX] = o.grad_norms;
   int np = nn_params_count(nn_model_params(m));
   size_t norms_bytes = (size_t)(np + 2) * sizeof(double);
-  double *norms = NULL; /* the epoch's sums (add_grad_norms) */
-  stopper es = {0};
+  double *norms = NULL; /* the epoch's sums (nn_grad_norms_add) */
+  nn_stopper es = {0};
   ad_status st = AD_OK;
   if (o.grad_norms &&
       (!history_add_param_keys(h, nn_model_params(m)) || !(norms = ad_malloc(ctx, norms_bytes))))
     st = fail(ctx, AD_ERR_OOM);
-  if (st == AD_OK) st = stopper_init(&es, m, h, &o.early_stopping);
+  if (st == AD_OK) st = nn_stopper_init(&es, m, h, &o.early_stopping);
 
   FILE *f = o.out;
   bool tty = o.verbose == 0 && isatty(fileno(f));
@@ -635,10 +488,10 @@ static ad_status fit(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor 
       fflush(f);
     }
     nn_optimizer_schedule_step(opt);
-    bool stop = stopper_update(&es, m, h, e);
+    bool stop = nn_stopper_update(&es, m, h, e);
     if (o.on_epoch_end && !o.on_epoch_end(e, h, o.ud)) break;
     if (stop) {
-      if (es.snap && h->best_epoch >= 0) model_state(m, es.snap, false);
+      if (es.snap && h->best_epoch >= 0) nn_model_state_copy(m, es.snap, false);
       if (lines)
         fprintf(f, "early stopping: %s did not improve for %d epochs; best epoch %d%s\n",
                 es.monitor, es.wait, h->best_epoch + 1,
