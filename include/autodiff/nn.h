@@ -802,10 +802,11 @@ typedef struct nn_fit_opts {
   bool keep_denormals; /* default false: subnormal floats flush to zero while
                           nn_fit runs (ad_set_flush_denormal), the caller's
                           mode is restored on return */
-  nn_early_stopping early_stopping; /* see above; off by default */
-  bool grad_norms; /* record the gradient norms in the history (see
-                      nn_history_values): one more pass over the gradients
-                      per step */
+  /* early stopping (see above); off by default */
+  nn_early_stopping early_stopping;
+  /* record the gradient norms in the history (see nn_history_values): one
+   * more pass over the gradients per step; off by default */
+  bool grad_norms;
 } nn_fit_opts;
 
 /* Trains m on x, y (equal row counts) with opt and loss (NN_MEAN) for
