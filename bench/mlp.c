@@ -4,7 +4,7 @@
  *
  *   mlp [--layers 784,64,64,10] [--batch 32] [--epochs 5] [--samples 8000]
  *       [--threads 1] [--optim adam|sgd] [--dtype f32|f64] [--seed 1] [--phases]
- *       [--anomaly] [--keep-denormals]
+ *       [--anomaly] [--keep-denormals] [--grad-norms]
  *
  * Model: Dense layers of the given widths with ReLU between them, softmax
  * cross-entropy on the logits of the last; Adam lr 1e-3 (or SGD lr 0.01).
@@ -34,6 +34,8 @@
  * optimizer work is not counted (it is O(units), not O(weights)).
  *
  * --anomaly trains in anomaly mode (ad_set_anomaly_mode): its cost.
+ * --grad-norms records the gradient norms in the history
+ * (nn_fit_opts.grad_norms): its cost.
  * --keep-denormals keeps subnormal floats (nn_fit flushes them by default):
  * their cost, in a long run whose loss approaches 0 (e.g. --layers 16,32,2
  * --samples 256 --batch 256 --epochs 1500 --optim sgd).
@@ -65,13 +67,13 @@ typedef struct options {
   nn_opt_kind optim;
   ad_dtype dtype;
   unsigned long long seed;
-  bool phases, anomaly, keep_denormals;
+  bool phases, anomaly, keep_denormals, grad_norms;
 } options;
 
 static int usage(void) {
   fprintf(stderr, "usage: mlp [--layers 784,64,64,10] [--batch 32] [--epochs 5] [--samples 8000]\n"
                   "           [--threads 1] [--optim adam|sgd] [--dtype f32|f64] [--seed 1]\n"
-                  "           [--phases] [--anomaly] [--keep-denormals]\n");
+                  "           [--phases] [--anomaly] [--keep-denormals] [--grad-norms]\n");
   return 2;
 }
 
@@ -100,6 +102,7 @@ static bool parse(int argc, char **argv, options *o) {
     bool *flag = !strcmp(a, "--phases")           ? &o->phases
                  : !strcmp(a, "--anomaly")        ? &o->anomaly
                  : !strcmp(a, "--keep-denormals") ? &o->keep_denormals
+                 : !strcmp(a, "--grad-norms")     ? &o->grad_norms
                                                   : NULL;
     if (flag) {
       *flag = true;
@@ -271,7 +274,8 @@ int main(int argc, char **argv) {
                     .batch_size = o.batch,
                     .seed = o.seed,
                     .verbose = -1,
-                    .keep_denormals = o.keep_denormals};
+                    .keep_denormals = o.keep_denormals,
+                    .grad_norms = o.grad_norms};
   nn_history *h = NULL;
   double c0 = bench_cpu_s(), t0 = bench_now_s();
   ad_status st = nn_fit(m, opt, nn_cross_entropy_loss, x, y, &fo, &h);

@@ -12,6 +12,7 @@
 #define _POSIX_C_SOURCE 200809L /* fseeko, fsync, O_CLOEXEC */
 #endif
 #include "ad_ext.h"
+#include "nn_internal.h"
 #include "nn_io.h"
 
 #include <dirent.h>
@@ -1293,6 +1294,42 @@ done:
   ad_free(ctx, tmp, bcap);
   ad_free(ctx, sb.buf, hlen);
   return st;
+}
+
+bool nn_write_file_atomic(ad_ctx *ctx, const char *path, const void *buf, size_t len) {
+  size_t tcap = strlen(path) + 48, bcap = tcap + strlen(path) + 2;
+  char *tmp = ad_malloc(ctx, bcap);
+  if (!tmp) {
+    errno = ENOMEM;
+    return false;
+  }
+  remove_stale_temps(path);
+  int fd = open_temp(path, tmp, tcap), lock_fd = -1;
+  bool ok = fd >= 0;
+  FILE *f = NULL;
+  if (ok) { /* the lock stays held through lock_fd until the rename */
+    lock_fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (lock_fd < 0 || !(f = fdopen(fd, "wb"))) {
+      int err = errno;
+      close(fd);
+      errno = err;
+      ok = false;
+    }
+  }
+  if (f) {
+    ok = fwrite(buf, 1, len, f) == len && fflush(f) == 0 && fsync(fileno(f)) == 0;
+    int err = errno;
+    if (fclose(f) != 0 && ok) err = errno, ok = false;
+    if (ok && rename(tmp, path) != 0) err = errno, ok = false;
+    if (ok) sync_dir(path, tmp + tcap);
+    if (!ok) unlink(tmp);
+    errno = err;
+  }
+  int err = errno;
+  if (lock_fd >= 0) close(lock_fd);
+  ad_free(ctx, tmp, bcap);
+  errno = err;
+  return ok;
 }
 
 ad_status nn_checkpoint_save_meta(ad_ctx *ctx, const char *path, int n, const char *const *names,

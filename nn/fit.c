@@ -7,15 +7,21 @@
 
 /* --------------------------------------------------------------- history */
 
-enum { H_LOSS, H_ACC, H_VAL_LOSS, H_VAL_ACC, H_LR, H_SECONDS, H_KEYS };
-static const char *const hist_keys[H_KEYS] = {"loss",         "accuracy", "val_loss",
-                                              "val_accuracy", "lr",       "seconds"};
+enum { H_LOSS, H_ACC, H_VAL_LOSS, H_VAL_ACC, H_LR, H_SECONDS, H_GN_MEAN, H_GN_MAX, H_KEYS };
+static const char *const hist_keys[H_KEYS] = {"loss",           "accuracy",     "val_loss",
+                                              "val_accuracy",   "lr",           "seconds",
+                                              "grad_norm_mean", "grad_norm_max"};
+#define GN_PREFIX "grad_norm/"
 
 struct nn_history {
   ad_ctx *ctx;
   int n, cap;
   bool has[H_KEYS];
   double *vals[H_KEYS];
+  int np, pcap;   /* per-parameter gradient norms: np keys "grad_norm/<name>" */
+  char **pkeys;   /* np keys (of pcap allocated) */
+  double *pvals;  /* pcap rows of cap values */
+  int best_epoch; /* early stopping's best epoch, -1 */
 };
 
 static nn_history *history_new(ad_ctx *ctx, int cap) {
@@ -24,6 +30,7 @@ static nn_history *history_new(ad_ctx *ctx, int cap) {
   memset(h, 0, sizeof *h);
   h->ctx = ctx;
   h->cap = cap;
+  h->best_epoch = -1;
   for (int k = 0; k < H_KEYS; k++)
     if (!(h->vals[k] = ad_malloc(ctx, (size_t)cap * sizeof(double)))) {
       nn_history_free(h);
@@ -35,7 +42,34 @@ static nn_history *history_new(ad_ctx *ctx, int cap) {
 void nn_history_free(nn_history *h) {
   if (!h) return;
   for (int k = 0; k < H_KEYS; k++) ad_free(h->ctx, h->vals[k], (size_t)h->cap * sizeof(double));
+  for (int i = 0; i < h->np; i++) nn_strfree(h->ctx, h->pkeys[i]);
+  if (h->pcap) {
+    ad_free(h->ctx, h->pkeys, (size_t)h->pcap * sizeof *h->pkeys);
+    ad_free(h->ctx, h->pvals, (size_t)h->pcap * (size_t)h->cap * sizeof(double));
+  }
   ad_free(h->ctx, h, sizeof *h);
+}
+
+/* Adds the keys "grad_norm/<name>" of p's parameters to h. */
+static bool history_add_param_keys(nn_history *h, const nn_params *p) {
+  int np = nn_params_count(p);
+  if (np == 0) return true;
+  h->pkeys = ad_malloc(h->ctx, (size_t)np * sizeof *h->pkeys);
+  h->pvals = h->pkeys ? ad_malloc(h->ctx, (size_t)np * (size_t)h->cap * sizeof(double)) : NULL;
+  if (!h->pvals) {
+    ad_free(h->ctx, h->pkeys, (size_t)np * sizeof *h->pkeys);
+    h->pkeys = NULL;
+    return false;
+  }
+  h->pcap = np;
+  for (int i = 0; i < np; i++) {
+    const char *name = nn_params_name(p, i);
+    size_t n = strlen(GN_PREFIX) + strlen(name) + 1; /* freed by nn_strfree */
+    if (!(h->pkeys[i] = ad_malloc(h->ctx, n))) return false;
+    snprintf(h->pkeys[i], n, GN_PREFIX "%s", name);
+    h->np++;
+  }
+  return true;
 }
 
 int nn_history_epochs(const nn_history *h) { return h ? h->n : 0; }
@@ -48,8 +82,29 @@ static int hist_key(const char *key) {
 
 const double *nn_history_values(const nn_history *h, const char *key) {
   int k = hist_key(key);
-  return h && k >= 0 && h->has[k] ? h->vals[k] : NULL;
+  if (h && k >= 0) return h->has[k] ? h->vals[k] : NULL;
+  for (int i = 0; h && key && i < h->np; i++)
+    if (strcmp(key, h->pkeys[i]) == 0) return h->pvals + (size_t)i * (size_t)h->cap;
+  return NULL;
 }
+
+int nn_history_key_count(const nn_history *h) {
+  int n = 0;
+  for (int k = 0; h && k < H_KEYS; k++) n += h->has[k];
+  return h ? n + h->np : 0;
+}
+
+const char *nn_history_key(const nn_history *h, int i) {
+  for (int k = 0; h && i >= 0 && k < H_KEYS; k++)
+    if (h->has[k] && i-- == 0) return hist_keys[k];
+  return h && i >= 0 && i < h->np ? h->pkeys[i] : NULL;
+}
+
+int nn_history_best_epoch(const nn_history *h) { return h ? h->best_epoch : -1; }
+
+ad_ctx *nn_history_ctx(const nn_history *h) { return h ? h->ctx : NULL; }
+
+void nn_history_set_best_epoch(nn_history *h, int epoch) { h->best_epoch = epoch; }
 
 double nn_history_get(const nn_history *h, const char *key, int epoch) {
   const double *v = nn_history_values(h, key);
@@ -87,10 +142,11 @@ static ad_status fail(ad_ctx *ctx, ad_status fallback) {
   return st != AD_OK ? st : fallback;
 }
 
-/* nn_train_step, also giving the prediction (valid until the next reset). */
+/* nn_train_step, also giving the prediction (valid until the next reset),
+ * and adding the gradient norms to norms (nn_grad_norms_add) unless NULL. */
 static ad_status train_step(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor *x,
-                            ad_tensor *y, double lambda_l2, double *loss_out,
-                            ad_tensor **pred_out) {
+                            ad_tensor *y, double lambda_l2, double *loss_out, ad_tensor **pred_out,
+                            double *norms) {
   ad_ctx *ctx = nn_model_ctx(m);
   ad_tape_reset(ctx);
   /* releasing the gradients is O(1) per parameter: the backward stores the
@@ -111,6 +167,7 @@ static ad_status train_step(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_
   if (!total) return fail(ctx, AD_ERR_ARG);
   ad_status st = ad_backward(ctx, total, NULL);
   if (st != AD_OK) return st;
+  if (norms) nn_grad_norms_add(nn_model_params(m), norms);
   return nn_optimizer_step(opt);
 }
 
@@ -120,7 +177,8 @@ static ad_status train_step(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_
  * (NULL for an empty shard), *pred_out its prediction. */
 static ad_status dist_train_step(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor *x,
                                  ad_tensor *y, double lambda_l2, const nn_dist_ops *d,
-                                 double *loss_out, ad_tensor **pred_out, ad_tensor **ys_out) {
+                                 double *loss_out, ad_tensor **pred_out, ad_tensor **ys_out,
+                                 double *norms) {
   ad_ctx *ctx = nn_model_ctx(m);
   nn_params *p = nn_model_params(m);
   ad_tape_reset(ctx);
@@ -150,6 +208,7 @@ static ad_status dist_train_step(nn_model *m, nn_optimizer *opt, nn_loss_fn loss
   if (st == AD_OK && total) st = ad_backward(ctx, total, NULL);
   st = d->grad_end(d->ud, p, st); /* on every rank, also after an error */
   if (st != AD_OK) return st;
+  if (norms) nn_grad_norms_add(p, norms); /* of the reduced gradients, the same on every rank */
   return nn_optimizer_step(opt);
 }
 
@@ -163,7 +222,7 @@ ad_status nn_train_step(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tens
                        : !loss ? "loss"
                        : !x    ? "x"
                                : "y");
-  return train_step(m, opt, loss, x, y, lambda_l2, loss_out, NULL);
+  return train_step(m, opt, loss, x, y, lambda_l2, loss_out, NULL, NULL);
 }
 
 /* Mean loss and accuracy over one pass of b, in evaluation and no-grad mode.
@@ -385,24 +444,35 @@ static ad_status fit(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor 
   h->has[H_ACC] = o.accuracy;
   h->has[H_VAL_LOSS] = val;
   h->has[H_VAL_ACC] = val && o.accuracy;
+  h->has[H_GN_MEAN] = h->has[H_GN_MAX] = o.grad_norms;
+  int np = nn_params_count(nn_model_params(m));
+  size_t norms_bytes = (size_t)(np + 2) * sizeof(double);
+  double *norms = NULL; /* the epoch's sums (nn_grad_norms_add) */
+  nn_stopper es = {0};
+  ad_status st = AD_OK;
+  if (o.grad_norms &&
+      (!history_add_param_keys(h, nn_model_params(m)) || !(norms = ad_malloc(ctx, norms_bytes))))
+    st = fail(ctx, AD_ERR_OOM);
+  if (st == AD_OK) st = nn_stopper_init(&es, m, h, &o.early_stopping);
 
   FILE *f = o.out;
   bool tty = o.verbose == 0 && isatty(fileno(f));
   bool lines = o.verbose >= 0;
   double thr = nn_loss_threshold(loss);
   int64_t nb = nn_batcher_batches(tb);
-  ad_status st = dist ? dist->sync(dist->ud, m, opt) : AD_OK;
+  if (st == AD_OK && dist) st = dist->sync(dist->ud, m, opt);
   for (int e = 0; e < o.epochs && st == AD_OK; e++) {
     double t0 = nn_now(), last_draw = 0, sum = 0;
     double lr = nn_optimizer_lr(opt);
     int64_t seen = 0, correct = 0, done = 0;
     ad_tensor *xb, *yb, *pred = NULL;
+    if (norms) memset(norms, 0, norms_bytes);
     while (nn_batcher_next(tb, &xb, &yb)) {
       if (st != AD_OK) continue; /* drain, so the next epoch starts fresh */
       double lv = 0;             /* set only once the loss is computed */
       ad_tensor *ys = yb;        /* the targets trained on: a shard with dist */
-      st = dist ? dist_train_step(m, opt, loss, xb, yb, o.lambda_l2, dist, &lv, &pred, &ys)
-                : train_step(m, opt, loss, xb, yb, o.lambda_l2, &lv, &pred);
+      st = dist ? dist_train_step(m, opt, loss, xb, yb, o.lambda_l2, dist, &lv, &pred, &ys, norms)
+                : train_step(m, opt, loss, xb, yb, o.lambda_l2, &lv, &pred, norms);
       if (st != AD_OK) {
         if (st == AD_ERR_NAN && !isfinite(lv)) {
           ad_clear_error(ctx);
@@ -449,6 +519,13 @@ static ad_status fit(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor 
     h->vals[H_LOSS][e] = seen ? sum / (double)seen : NAN;
     h->vals[H_ACC][e] = seen ? (double)correct / (double)seen : NAN;
     h->vals[H_LR][e] = lr;
+    for (int i = 0; norms && i < np + 2; i++) {
+      double v = done ? norms[i] / (i == np + 1 ? 1.0 : (double)done) : NAN;
+      if (i < np)
+        h->pvals[(size_t)i * (size_t)h->cap + (size_t)e] = v;
+      else
+        h->vals[i == np ? H_GN_MEAN : H_GN_MAX][e] = v;
+    }
     h->vals[H_VAL_LOSS][e] = h->vals[H_VAL_ACC][e] = NAN;
     if (val) {
       st = eval_batches(m, loss, vb, &h->vals[H_VAL_LOSS][e],
@@ -471,8 +548,19 @@ static ad_status fit(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor 
       fflush(f);
     }
     nn_optimizer_schedule_step(opt);
+    bool stop = nn_stopper_update(&es, m, h, e);
     if (o.on_epoch_end && !o.on_epoch_end(e, h, o.ud)) break;
+    if (stop) {
+      if (es.snap && h->best_epoch >= 0) nn_model_state_copy(m, es.snap, false);
+      if (lines)
+        fprintf(f, "early stopping: %s did not improve for %d epochs; best epoch %d%s\n",
+                es.monitor, es.wait, h->best_epoch + 1,
+                es.snap && h->best_epoch >= 0 ? ", its weights restored" : "");
+      break;
+    }
   }
+  if (norms) ad_free(ctx, norms, norms_bytes);
+  if (es.snap) ad_free(ctx, es.snap, es.bytes);
   nn_model_set_training(m, false);
   nn_batcher_free(tb);
   nn_batcher_free(vb);

@@ -31,6 +31,45 @@ bool nn_grow(ad_ctx *ctx, void **arr, int *cap, int need, size_t es);
  * that the caller fills; not recorded. NULL on error. */
 ad_tensor *nn_tmp_tensor(ad_ctx *ctx, ad_dtype dtype, int ndim, const int64_t *shape);
 
+/* checkpoint.c: writes len bytes of buf to path as checkpoints are
+ * written (a locked temporary file next to path, fsync, rename over path).
+ * Returns false with errno set on failure (ENOMEM when ctx's allocator
+ * refuses); path is then left as it was. */
+bool nn_write_file_atomic(ad_ctx *ctx, const char *path, const void *buf, size_t len);
+
+/* fit.c: the context of a history, and the best epoch of early stopping. */
+ad_ctx *nn_history_ctx(const nn_history *h);
+void nn_history_set_best_epoch(nn_history *h, int epoch);
+
+/* history.c: adds the gradient norm of each of p's parameters to norms[i],
+ * their global norm to norms[np] and its maximum into norms[np + 1]
+ * (np = nn_params_count(p)). */
+void nn_grad_norms_add(const nn_params *p, double *norms);
+
+/* history.c: early stopping in nn_fit (nn_early_stopping). */
+typedef struct nn_stopper {
+  const char *monitor; /* NULL: off */
+  bool max, restore;
+  double best, min_delta;
+  int patience, wait;
+  unsigned char *snap; /* the best epoch's parameters and buffers */
+  size_t bytes;
+} nn_stopper;
+
+/* Sets s up from es for a run recording h; AD_ERR_ARG (a monitor h does
+ * not record, bad numbers) or AD_ERR_OOM (the copy of the weights) with
+ * the message on h's context. The caller frees s->snap (s->bytes). */
+ad_status nn_stopper_init(nn_stopper *s, nn_model *m, const nn_history *h,
+                          const nn_early_stopping *es);
+
+/* After epoch e: notes an improvement (the best epoch in h, and a copy of
+ * the weights); true when training should stop. */
+bool nn_stopper_update(nn_stopper *s, nn_model *m, nn_history *h, int e);
+
+/* Copies m's parameters and buffers into buf (save) or back from it;
+ * returns the bytes they take (buf NULL: only counts). */
+size_t nn_model_state_copy(nn_model *m, unsigned char *buf, bool save);
+
 /* Seconds from a monotonic clock. */
 double nn_now(void);
 

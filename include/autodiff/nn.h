@@ -39,7 +39,8 @@
  *   data         nn_batcher (mini-batches with seeded shuffling) and
  *                nn_train_test_split.
  *   training     nn_fit in the spirit of Keras' model.fit (epochs, batches,
- *                shuffling, validation split, loss and accuracy, a history,
+ *                shuffling, validation split, loss and accuracy, a history
+ *                with gradient norms and CSV output, early stopping,
  *                a live progress bar on a terminal), nn_evaluate and
  *                nn_predict (no-grad), nn_train_step for hand-written loops.
  *   files        nn_io.h: IDX data sets and safetensors checkpoints;
@@ -1061,6 +1062,30 @@ typedef struct nn_dist_ops {
 /** Called after each epoch (0-based); return false to stop training. */
 typedef bool (*nn_epoch_fn)(int epoch, const nn_history *h, void *ud);
 
+/** Early stopping in nn_fit (Keras' EarlyStopping callback). After each
+ * epoch the monitored value is compared with the best so far: it improves
+ * when it is below best - min_delta (NN_MODE_MIN) or above best + min_delta
+ * (NN_MODE_MAX); a NaN never improves. Training stops once patience epochs
+ * in a row did not improve. With restore_best_weights, the parameters and
+ * buffers of the best epoch are copied after each improvement and put back
+ * when early stopping stops training (as in Keras, not when the epochs run
+ * out or on_epoch_end stops it). monitor == NULL: off. */
+typedef enum nn_monitor_mode {
+  NN_MODE_AUTO, /**< max for keys containing "acc", else min (as Keras) */
+  NN_MODE_MIN,
+  NN_MODE_MAX
+} nn_monitor_mode;
+
+/** The early-stopping options of nn_fit (nn_fit_opts.early_stopping; see
+ * nn_monitor_mode for the rule). */
+typedef struct nn_early_stopping {
+  const char *monitor;       /**< a history key: "val_loss", "loss", "val_accuracy", ... */
+  nn_monitor_mode mode;      /**< which way is better */
+  double min_delta;          /**< >= 0: the smallest change that counts as an improvement */
+  int patience;              /**< >= 0: epochs without improvement before stopping */
+  bool restore_best_weights; /**< put the best epoch's weights back on stopping */
+} nn_early_stopping;
+
 /** Options of nn_fit. All-zero means the defaults. */
 typedef struct nn_fit_opts {
   int epochs;               /**< default 1 */
@@ -1080,6 +1105,11 @@ typedef struct nn_fit_opts {
   bool keep_denormals;      /**< default false: subnormal floats flush to zero while
                                nn_fit runs (ad_set_flush_denormal), the caller's
                                mode is restored on return */
+  /** early stopping (see nn_early_stopping); off by default */
+  nn_early_stopping early_stopping;
+  /** record the gradient norms in the history (see nn_history_values): one
+   * more pass over the gradients per step; off by default */
+  bool grad_norms;
   /** NULL: one process; else data-parallel training as one of several
    * processes (see nn_dist_ops; batch_size is then global) */
   const nn_dist_ops *dist;
@@ -1098,6 +1128,10 @@ typedef struct nn_fit_opts {
  * training with AD_ERR_NAN. The model is left in evaluation mode.
  * If history is not NULL, *history gets a new nn_history (also on error:
  * the epochs completed), freed by the caller with nn_history_free.
+ * With opts->early_stopping.monitor set, training may stop early (see
+ * nn_early_stopping); a monitor that this run does not record (say
+ * "val_loss" without validation data), a negative min_delta or patience
+ * or an unknown mode is AD_ERR_ARG before any step.
  * Returns AD_OK or the error that stopped training. */
 NN_API ad_status nn_fit(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor *x, ad_tensor *y,
                         const nn_fit_opts *opts, nn_history **history);
@@ -1108,11 +1142,36 @@ NN_API int nn_history_epochs(const nn_history *h);
 /** The per-epoch values of key ("loss", "accuracy", "val_loss",
  * "val_accuracy", "lr" (at the start of the epoch), "seconds"), an array
  * of nn_history_epochs entries owned by h, or NULL when the key was not
- * recorded. */
+ * recorded. With nn_fit_opts.grad_norms, also "grad_norm_mean" and
+ * "grad_norm_max" (the mean and the largest over the epoch's steps of the
+ * global L2 norm of all parameter gradients, taken after the backward pass
+ * and before the optimizer step, so including the L2 penalty's part, as
+ * nn_clip_grad_norm would see it) and "grad_norm/<name>" for each
+ * parameter (the mean over the steps of that tensor's gradient norm,
+ * e.g. "grad_norm/0.weight"; 0 for a parameter that got no gradient). */
 NN_API const double *nn_history_values(const nn_history *h, const char *key);
 
 /** One value, NAN when absent. */
 NN_API double nn_history_get(const nn_history *h, const char *key, int epoch);
+
+/** The number of keys h recorded, and key i in the order above (owned by
+ * h; NULL out of range). @{ */
+NN_API int nn_history_key_count(const nn_history *h);
+NN_API const char *nn_history_key(const nn_history *h, int i);
+/** @} */
+
+/** The epoch (0-based) with the best monitored value under early stopping,
+ * -1 without early stopping or before an epoch improved. */
+NN_API int nn_history_best_epoch(const nn_history *h);
+
+/** Writes h as CSV to path: a header line "epoch,<key>,..." with the
+ * recorded keys in nn_history_key order, then one line per epoch, epoch
+ * counted from 1, values with 17 significant digits ("nan" when absent).
+ * Written to a temporary file next to path and renamed over it, as
+ * checkpoints are: path holds the old or the new file, never a part.
+ * Returns AD_OK, AD_ERR_NULL (h or path NULL), AD_ERR_OOM, or AD_ERR_IO
+ * with the path and the reason on h's context. */
+NN_API ad_status nn_history_write_csv(const nn_history *h, const char *path);
 
 /** NULL is a no-op. */
 NN_API void nn_history_free(nn_history *h);

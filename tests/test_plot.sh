@@ -1,0 +1,62 @@
+#!/bin/sh
+# The chart tool tools/plot (plot.h), reported as TAP: the same CSV gives
+# the same SVG bytes; series, legend, title and axis labels are drawn; a
+# log axis gets decade ticks; a non-number breaks a line (a new "M"); bad
+# usage and a missing column fail with a message.
+# Then tools/plots.py check on a copy of the pictures' inputs: it passes on
+# the copy and fails, naming the file, once a CSV or the chart writer
+# changes.
+# Run by meson (suite 'docs'): sh tests/test_plot.sh PLOT_EXE SOURCE_ROOT PYTHON3
+set -u
+PLOT=$1
+ROOT=$2
+PY=$3
+TMP=${TMPDIR:-/tmp}/test_plot.$$
+mkdir -p "$TMP" || exit 1
+trap 'rm -rf "$TMP"' EXIT
+n=0
+fails=0
+ok() { # ok CONDITION-STATUS DESCRIPTION
+  n=$((n + 1))
+  if [ "$1" -eq 0 ]; then echo "ok $n - $2"; else echo "not ok $n - $2"; fails=$((fails + 1)); fi
+}
+echo "1..11"
+printf 'epoch,loss,"val_loss",grad_norm/0.weight,grad_norm/2.weight\n1,2.5,2.6,0.5,1\n2,1.25,nan,0.05,1\n3,0.5,0.9,0.005,1\n4,0.25,1,0.0005,1\n' >"$TMP/h.csv"
+"$PLOT" -o "$TMP/a.svg" --title 'Loss & more' --xlabel epoch --ylabel loss --logy \
+  "$TMP/h.csv:loss" "$TMP/h.csv:val_loss=validation" "$TMP/h.csv:grad_norm/*"
+ok $? "plot draws four series"
+"$PLOT" -o "$TMP/b.svg" --title 'Loss & more' --xlabel epoch --ylabel loss --logy \
+  "$TMP/h.csv:loss" "$TMP/h.csv:val_loss=validation" "$TMP/h.csv:grad_norm/*"
+cmp -s "$TMP/a.svg" "$TMP/b.svg"
+ok $? "the same input gives the same bytes"
+[ "$(grep -c '<path ' "$TMP/a.svg")" -eq 4 ]
+ok $? "one path per series"
+grep -q '>validation</text>' "$TMP/a.svg" && grep -q '>grad_norm/2.weight</text>' "$TMP/a.svg" &&
+  grep -q '>Loss &amp; more</text>' "$TMP/a.svg" && grep -q '>epoch</text>' "$TMP/a.svg"
+ok $? "legend labels, escaped title and axis label"
+grep -q '>0.0001</text>' "$TMP/a.svg" && grep -q '>10</text>' "$TMP/a.svg"
+ok $? "log axis ticks at decades from 1e-4 to 10"
+grep '<path ' "$TMP/a.svg" | sed -n 2p | grep -q 'M[0-9.]* [0-9.]* M'
+ok $? "the nan of val_loss breaks its line"
+"$PLOT" -o "$TMP/c.svg" "$TMP/h.csv:nope" 2>"$TMP/err"
+[ $? -eq 1 ] && grep -q 'no column "nope"' "$TMP/err"
+ok $? "a missing column fails with its name"
+"$PLOT" "$TMP/h.csv:loss" 2>"$TMP/err"
+[ $? -eq 2 ] && grep -q '^usage: plot' "$TMP/err"
+ok $? "no -o prints the usage"
+mkdir -p "$TMP/src/docs/img" "$TMP/src/examples" "$TMP/src/tools/plot"
+cp "$ROOT"/docs/img/plots.sha256 "$ROOT"/docs/img/*.csv "$ROOT"/docs/img/*.svg "$TMP/src/docs/img/" &&
+  cp "$ROOT"/examples/*.c "$ROOT"/examples/teach.h "$TMP/src/examples/" &&
+  cp "$ROOT"/tools/plot/plot.c "$ROOT"/tools/plot/plot.h "$TMP/src/tools/plot/" &&
+  cp "$ROOT"/tools/plots.py "$TMP/src/tools/"
+"$PY" "$ROOT/tools/plots.py" check "$TMP/src" >"$TMP/out"
+ok $? "plots.py check passes on a copy of the committed inputs"
+echo "9,1,2,3,4" >>"$TMP/src/docs/img/exploding.csv"
+"$PY" "$ROOT/tools/plots.py" check "$TMP/src" >"$TMP/out"
+[ $? -eq 1 ] && grep -q '^not ok .* docs/img/exploding.csv: changed since the pictures were drawn' "$TMP/out"
+ok $? "a changed CSV makes it fail, naming the file"
+cp "$ROOT/docs/img/exploding.csv" "$TMP/src/docs/img/" && echo "/* */" >>"$TMP/src/tools/plot/plot.c"
+"$PY" "$ROOT/tools/plots.py" check "$TMP/src" >"$TMP/out"
+[ $? -eq 1 ] && [ "$(grep -c '^not ok' "$TMP/out")" -eq 1 ] && grep -q 'not ok .* tools/plot/plot.c' "$TMP/out"
+ok $? "so does a change of the chart writer"
+[ $fails -eq 0 ]

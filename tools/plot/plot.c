@@ -1,0 +1,248 @@
+/* plot.c: the SVG line-chart writer of plot.h. */
+#include "plot.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Line colours, in series order (then again). */
+static const char *const colours[] = {"#1b6ac9", "#d43d1a", "#2a9d3f", "#e69b00", "#7b4bb7",
+                                      "#8a5a2b", "#d1458f", "#555555", "#17a2b8", "#9aa51e"};
+#define N_COLOURS (int)(sizeof colours / sizeof colours[0])
+#define CHAR_W    7.5 /* approximate width of a 12 px sans-serif character */
+
+/* One axis: the data range mapped to [p0, p1] pixels. */
+typedef struct axis {
+  bool log;
+  double lo, hi; /* in axis units (log10 of the value on a log axis) */
+  double step;   /* between ticks, in axis units */
+  double p0, p1; /* pixels of lo and hi */
+  int decimals;  /* of tick labels on a linear axis; -1: %g */
+} axis;
+
+static bool usable(double v, bool log) { return isfinite(v) && (!log || v > 0); }
+
+static double to_axis(const axis *a, double v) { return a->log ? log10(v) : v; }
+
+static double to_px(const axis *a, double v) {
+  return a->p0 + (to_axis(a, v) - a->lo) / (a->hi - a->lo) * (a->p1 - a->p0);
+}
+
+/* 1, 2 or 5 x 10^k, the first at least raw. */
+static double nice(double raw) {
+  double p = pow(10, floor(log10(raw))), f = raw / p;
+  return (f <= 1 ? 1 : f <= 2 ? 2 : f <= 5 ? 5 : 10) * p;
+}
+
+/* Chooses the range and ticks for data in [mn, mx] (axis units); whole
+ * numbers (epochs, steps) get ticks at least 1 apart. */
+static void axis_fit(axis *a, double mn, double mx, bool whole) {
+  if (a->log) {
+    a->lo = floor(mn);
+    a->hi = ceil(mx);
+    if (a->hi <= a->lo) a->hi = a->lo + 1;
+    a->step = ceil((a->hi - a->lo) / 8); /* at most 8 decades labelled */
+    a->decimals = -1;
+    return;
+  }
+  if (mx <= mn) { /* one value: a range around it */
+    double d = mn != 0 ? fabs(mn) * 0.1 : 1;
+    mn -= d, mx += d;
+  }
+  a->step = nice((mx - mn) / 6);
+  if (whole && a->step < 1) a->step = 1;
+  a->lo = floor(mn / a->step) * a->step;
+  a->hi = ceil(mx / a->step) * a->step;
+  double big = fmax(fabs(a->lo), fabs(a->hi));
+  a->decimals = big >= 1e6 || a->step < 1e-4 ? -1 : a->step >= 1 ? 0 : (int)ceil(-log10(a->step));
+}
+
+static void tick_label(const axis *a, double t, char *buf, size_t n) {
+  if (a->log && fabs(t) >= 5)
+    snprintf(buf, n, "1e%d", (int)t);
+  else if (a->log)
+    snprintf(buf, n, "%g", pow(10, t));
+  else if (a->decimals < 0)
+    snprintf(buf, n, "%g", t);
+  else
+    snprintf(buf, n, "%.*f", a->decimals, fabs(t) < a->step * 1e-9 ? 0.0 : t);
+}
+
+/* text with &, <, > and " escaped for XML */
+static void put_text(FILE *f, const char *s) {
+  for (; s && *s; s++) switch (*s) {
+    case '&':
+      fputs("&amp;", f);
+      break;
+    case '<':
+      fputs("&lt;", f);
+      break;
+    case '>':
+      fputs("&gt;", f);
+      break;
+    case '"':
+      fputs("&quot;", f);
+      break;
+    default:
+      fputc(*s, f);
+    }
+}
+
+static int nticks(const axis *a) { return (int)floor((a->hi - a->lo) / a->step + 1e-9) + 1; }
+
+int plot_svg(FILE *f, const plot_opts *o, int ns, const plot_series *s, const char **why) {
+  plot_opts d = {0};
+  if (!o) o = &d;
+  int W = o->width > 0 ? o->width : 640, H = o->height > 0 ? o->height : 400;
+  axis ax = {.log = o->logx}, ay = {.log = o->logy};
+  double xmn = INFINITY, xmx = -INFINITY, ymn = INFINITY, ymx = -INFINITY;
+  size_t legend = 0;
+  bool xwhole = !ax.log;
+  for (int i = 0; i < ns; i++) {
+    for (int k = 0; k < s[i].n; k++) {
+      double x = s[i].x ? s[i].x[k] : k + 1, y = s[i].y[k];
+      if (!usable(x, ax.log) || !usable(y, ay.log)) continue;
+      xwhole = xwhole && x == floor(x);
+      x = to_axis(&ax, x), y = to_axis(&ay, y);
+      xmn = fmin(xmn, x), xmx = fmax(xmx, x), ymn = fmin(ymn, y), ymx = fmax(ymx, y);
+    }
+    if (s[i].label && strlen(s[i].label) > legend) legend = strlen(s[i].label);
+  }
+  if (!(xmn <= xmx)) {
+    if (why) *why = "no finite point to draw";
+    return -1;
+  }
+  axis_fit(&ax, xmn, xmx, xwhole);
+  axis_fit(&ay, ymn, ymx, false);
+
+  /* margins: y tick labels on the left, the legend on the right */
+  char buf[64];
+  size_t ylab = 0;
+  for (int t = 0; t < nticks(&ay); t++) {
+    tick_label(&ay, ay.lo + t * ay.step, buf, sizeof buf);
+    if (strlen(buf) > ylab) ylab = strlen(buf);
+  }
+  double left = 20 + (o->ylabel ? 18 : 0) + CHAR_W * (double)ylab;
+  double right = legend ? 46 + CHAR_W * (double)legend : 20;
+  double top = o->title ? 34 : 14, bottom = 34 + (o->xlabel ? 18 : 0);
+  ax.p0 = left, ax.p1 = W - right;
+  ay.p0 = H - bottom, ay.p1 = top;
+
+  fprintf(f,
+          "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" "
+          "viewBox=\"0 0 %d %d\" font-family=\"sans-serif\" font-size=\"12\">\n",
+          W, H, W, H);
+  fprintf(f, "<rect width=\"%d\" height=\"%d\" fill=\"white\"/>\n", W, H);
+  if (o->title) {
+    fprintf(f, "<text x=\"%.1f\" y=\"22\" text-anchor=\"middle\" font-size=\"14\">",
+            (ax.p0 + ax.p1) / 2);
+    put_text(f, o->title);
+    fputs("</text>\n", f);
+  }
+  /* grid, ticks and their labels */
+  fputs("<g stroke=\"#dddddd\" stroke-width=\"1\">\n", f);
+  for (int t = 0; t < nticks(&ax); t++) {
+    double px = ax.p0 + t * ax.step / (ax.hi - ax.lo) * (ax.p1 - ax.p0);
+    fprintf(f, "<line x1=\"%.2f\" y1=\"%.2f\" x2=\"%.2f\" y2=\"%.2f\"/>\n", px, ay.p0, px, ay.p1);
+  }
+  for (int t = 0; t < nticks(&ay); t++) {
+    double py = ay.p0 + t * ay.step / (ay.hi - ay.lo) * (ay.p1 - ay.p0);
+    fprintf(f, "<line x1=\"%.2f\" y1=\"%.2f\" x2=\"%.2f\" y2=\"%.2f\"/>\n", ax.p0, py, ax.p1, py);
+  }
+  fputs("</g>\n<g text-anchor=\"middle\">\n", f);
+  for (int t = 0; t < nticks(&ax); t++) {
+    double px = ax.p0 + t * ax.step / (ax.hi - ax.lo) * (ax.p1 - ax.p0);
+    tick_label(&ax, ax.lo + t * ax.step, buf, sizeof buf);
+    fprintf(f, "<line x1=\"%.2f\" y1=\"%.2f\" x2=\"%.2f\" y2=\"%.2f\" stroke=\"black\"/>", px,
+            ay.p0, px, ay.p0 + 5);
+    fprintf(f, "<text x=\"%.2f\" y=\"%.2f\">%s</text>\n", px, ay.p0 + 18, buf);
+  }
+  fputs("</g>\n<g text-anchor=\"end\">\n", f);
+  for (int t = 0; t < nticks(&ay); t++) {
+    double py = ay.p0 + t * ay.step / (ay.hi - ay.lo) * (ay.p1 - ay.p0);
+    tick_label(&ay, ay.lo + t * ay.step, buf, sizeof buf);
+    fprintf(f, "<line x1=\"%.2f\" y1=\"%.2f\" x2=\"%.2f\" y2=\"%.2f\" stroke=\"black\"/>",
+            ax.p0 - 5, py, ax.p0, py);
+    fprintf(f, "<text x=\"%.2f\" y=\"%.2f\">%s</text>\n", ax.p0 - 8, py + 4, buf);
+  }
+  fputs("</g>\n", f);
+  fprintf(f,
+          "<rect x=\"%.2f\" y=\"%.2f\" width=\"%.2f\" height=\"%.2f\" fill=\"none\" "
+          "stroke=\"black\"/>\n",
+          ax.p0, ay.p1, ax.p1 - ax.p0, ay.p0 - ay.p1);
+  if (o->xlabel) {
+    fprintf(f, "<text x=\"%.2f\" y=\"%.2f\" text-anchor=\"middle\">", (ax.p0 + ax.p1) / 2,
+            (double)H - 10);
+    put_text(f, o->xlabel);
+    fputs("</text>\n", f);
+  }
+  if (o->ylabel) {
+    double cy = (ay.p0 + ay.p1) / 2;
+    fprintf(f,
+            "<text x=\"16\" y=\"%.2f\" text-anchor=\"middle\" transform=\"rotate(-90 16 %.2f)\">",
+            cy, cy);
+    put_text(f, o->ylabel);
+    fputs("</text>\n", f);
+  }
+  /* the series: one path each, a new segment after every unusable point */
+  for (int i = 0; i < ns; i++) {
+    const char *c = colours[i % N_COLOURS];
+    fprintf(f, "<path fill=\"none\" stroke=\"%s\" stroke-width=\"1.6\" d=\"", c);
+    bool pen = false;
+    for (int k = 0; k < s[i].n; k++) {
+      double x = s[i].x ? s[i].x[k] : k + 1, y = s[i].y[k];
+      if (!usable(x, ax.log) || !usable(y, ay.log)) {
+        pen = false;
+        continue;
+      }
+      fprintf(f, "%s%.2f %.2f", pen ? " L" : (k ? " M" : "M"), to_px(&ax, x), to_px(&ay, y));
+      pen = true;
+    }
+    fputs("\"/>\n", f);
+    if (s[i].label && *s[i].label) {
+      double ly = ay.p1 + 8 + 18 * i;
+      fprintf(f,
+              "<line x1=\"%.2f\" y1=\"%.2f\" x2=\"%.2f\" y2=\"%.2f\" stroke=\"%s\" "
+              "stroke-width=\"2\"/><text x=\"%.2f\" y=\"%.2f\">",
+              ax.p1 + 8, ly, ax.p1 + 28, ly, c, ax.p1 + 32, ly + 4);
+      put_text(f, s[i].label);
+      fputs("</text>\n", f);
+    }
+  }
+  fputs("</svg>\n", f);
+  if (ferror(f)) {
+    if (why) *why = "write error";
+    return -1;
+  }
+  return 0;
+}
+
+int plot_svg_file(const char *path, const plot_opts *o, int ns, const plot_series *s,
+                  const char **why) {
+  size_t n = strlen(path) + 5;
+  char *tmp = malloc(n);
+  if (!tmp) {
+    if (why) *why = "out of memory";
+    return -1;
+  }
+  snprintf(tmp, n, "%s.tmp", path);
+  FILE *f = fopen(tmp, "w");
+  int rc = -1;
+  if (!f) {
+    if (why) *why = "cannot create the file";
+  } else {
+    rc = plot_svg(f, o, ns, s, why);
+    if (fclose(f) != 0 && rc == 0) {
+      rc = -1;
+      if (why) *why = "write error";
+    }
+    if (rc == 0 && rename(tmp, path) != 0) {
+      rc = -1;
+      if (why) *why = "cannot replace the file";
+    }
+    if (rc != 0) remove(tmp);
+  }
+  free(tmp);
+  return rc;
+}

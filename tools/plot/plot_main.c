@@ -1,0 +1,187 @@
+/* plot: CSV columns -> an SVG line chart (plot.h).
+ *
+ *   plot -o OUT.svg [--title T] [--xlabel L] [--ylabel L] [--logx] [--logy]
+ *        [--x COLUMN] FILE.csv:COLUMN[=LABEL] ...
+ *
+ * Each series is a column of a CSV file with a header line (such as
+ * nn_history_write_csv writes); a COLUMN ending in '*' stands for every
+ * column starting with what precedes it ("grad_norm/" then a star), each labelled with
+ * its name. x is the column --x of the same file (default "epoch" when the
+ * file has it, else 1, 2, ...). Values that do not parse as numbers ("nan",
+ * empty) break the line. Exit status 0, 1 on bad data, 2 on bad usage. */
+#include "plot.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_COLS   256
+#define MAX_SERIES 64
+
+typedef struct table {
+  int ncol, nrow;
+  char *names[MAX_COLS];
+  double *cols[MAX_COLS];
+} table;
+
+static int usage(void) {
+  fputs("usage: plot -o OUT.svg [--title T] [--xlabel L] [--ylabel L] [--logx] [--logy]\n"
+        "            [--x COLUMN] FILE.csv:COLUMN[=LABEL] ...\n",
+        stderr);
+  return 2;
+}
+
+/* The next field of the line at *p (quotes removed, "" unescaped), in
+ * place; *p moves past it and its comma. */
+static char *field(char **p) {
+  char *s = *p, *w = s, *start = s;
+  bool q = *s == '"';
+  if (q) s++;
+  for (; *s; s++) {
+    if (q && *s == '"') {
+      if (s[1] == '"') {
+        *w++ = '"', s++;
+        continue;
+      }
+      q = false;
+      continue;
+    }
+    if (!q && *s == ',') break;
+    *w++ = *s;
+  }
+  char *next = *s == ',' ? s + 1 : s;
+  *w = 0;
+  *p = next;
+  return start;
+}
+
+/* Reads path into t. Returns 0, or -1 after printing why. */
+static int read_csv(const char *path, table *t) {
+  FILE *f = fopen(path, "r");
+  if (!f) {
+    perror(path);
+    return -1;
+  }
+  memset(t, 0, sizeof *t);
+  char *line = NULL;
+  size_t cap = 0;
+  int cap_rows = 0, rc = 0;
+  for (int ln = 0; getline(&line, &cap, f) > 0; ln++) {
+    line[strcspn(line, "\r\n")] = 0;
+    char *p = line;
+    if (ln == 0) {
+      while (*p || t->ncol == 0) {
+        if (t->ncol == MAX_COLS) {
+          fprintf(stderr, "%s: more than %d columns\n", path, MAX_COLS);
+          rc = -1;
+          break;
+        }
+        t->names[t->ncol++] = strdup(field(&p));
+        if (!*p) break;
+      }
+      continue;
+    }
+    if (!*line) continue;
+    if (t->nrow == cap_rows) {
+      cap_rows = cap_rows ? 2 * cap_rows : 64;
+      for (int c = 0; c < t->ncol; c++) t->cols[c] = realloc(t->cols[c], cap_rows * sizeof(double));
+    }
+    for (int c = 0; c < t->ncol; c++) {
+      char *v = field(&p), *end;
+      double d = strtod(v, &end);
+      t->cols[c][t->nrow] = end != v && *end == 0 ? d : NAN;
+    }
+    t->nrow++;
+  }
+  free(line);
+  fclose(f);
+  return rc;
+}
+
+static void free_table(table *t) {
+  for (int c = 0; c < t->ncol; c++) free(t->names[c]), free(t->cols[c]);
+}
+
+static int find_col(const table *t, const char *name) {
+  for (int c = 0; c < t->ncol; c++)
+    if (strcmp(t->names[c], name) == 0) return c;
+  return -1;
+}
+
+int main(int argc, char **argv) {
+  plot_opts o = {0};
+  const char *out = NULL, *xcol = NULL;
+  plot_series s[MAX_SERIES];
+  static table tables[MAX_SERIES];
+  static char *specs[MAX_SERIES];
+  int ns = 0, nt = 0, rc = 0;
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+    if (!strcmp(a, "--logx"))
+      o.logx = true;
+    else if (!strcmp(a, "--logy"))
+      o.logy = true;
+    else if (!strcmp(a, "-o") && v)
+      out = v, i++;
+    else if (!strcmp(a, "--title") && v)
+      o.title = v, i++;
+    else if (!strcmp(a, "--xlabel") && v)
+      o.xlabel = v, i++;
+    else if (!strcmp(a, "--ylabel") && v)
+      o.ylabel = v, i++;
+    else if (!strcmp(a, "--x") && v)
+      xcol = v, i++;
+    else if (a[0] == '-' || nt == MAX_SERIES || !strchr(a, ':')) {
+      rc = usage();
+      break;
+    } else {
+      /* FILE:COLUMN[=LABEL] */
+      char *spec = specs[nt] = strdup(a), *colon = strrchr(spec, ':');
+      *colon = 0;
+      char *col = colon + 1, *label = strchr(col, '=');
+      if (label) *label++ = 0;
+      table *t = &tables[nt++];
+      if (read_csv(spec, t) != 0) {
+        rc = 1;
+        break;
+      }
+      int xc = find_col(t, xcol ? xcol : "epoch");
+      if (xcol && xc < 0) {
+        fprintf(stderr, "%s: no column \"%s\"\n", spec, xcol);
+        rc = 1;
+        break;
+      }
+      size_t cl = strlen(col);
+      bool prefix = cl && col[cl - 1] == '*';
+      int found = 0;
+      for (int c = 0; c < t->ncol; c++) {
+        if (prefix ? strncmp(t->names[c], col, cl - 1) != 0 : strcmp(t->names[c], col) != 0)
+          continue;
+        if (ns == MAX_SERIES) {
+          fprintf(stderr, "plot: more than %d series\n", MAX_SERIES);
+          rc = 1;
+          break;
+        }
+        s[ns++] = (plot_series){.label = label && !prefix ? label : t->names[c],
+                                .n = t->nrow,
+                                .x = xc >= 0 ? t->cols[xc] : NULL,
+                                .y = t->cols[c]};
+        found++;
+      }
+      if (!found) {
+        fprintf(stderr, "%s: no column \"%s\"\n", spec, col);
+        rc = 1;
+      }
+      if (rc) break;
+    }
+  }
+  const char *why = NULL;
+  if (rc == 0 && (!out || ns == 0)) rc = usage();
+  if (rc == 0 && plot_svg_file(out, &o, ns, s, &why) != 0) {
+    fprintf(stderr, "plot %s: %s\n", out, why);
+    rc = 1;
+  }
+  for (int i = 0; i < nt; i++) free_table(&tables[i]), free(specs[i]);
+  return rc;
+}
