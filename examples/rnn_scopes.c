@@ -8,7 +8,7 @@
  * --dot writes the backward view with one cluster per step, --dot-collapsed
  * the forward view with one box per step. Prints the loss and dL/dW; the
  * last line is "dL/dW: a b c d". */
-#include "ad.h"
+#include <autodiff/ad.h>
 
 #include <stdio.h>
 #include <string.h>
