@@ -240,9 +240,13 @@ typedef struct vview {
 
 enum { V_PLAIN, V_RATIO, V_RATIO_SCALAR };
 
+/* A local derivative (gin / gout) of 0 prints as 0, never -0: the sign of
+ * a zero ratio is the incoming gradient's, not the derivative's. */
 static double vget(const vview *v, int64_t i) {
   double x = ad_tensor_get(v->a, i);
-  return v->mode == V_PLAIN ? x : x / ad_tensor_get(v->b, v->mode == V_RATIO ? i : 0);
+  if (v->mode == V_PLAIN) return x;
+  double r = x / ad_tensor_get(v->b, v->mode == V_RATIO ? i : 0);
+  return r == 0 ? 0.0 : r;
 }
 
 /* Values are laid out on one line (indent TEXT), or for DOT with the rows
@@ -375,6 +379,43 @@ static void put_rule_k(FILE *f, const rule_map *rm, int k, bool esc) {
 }
 
 /* The whole rule: every input's, "; " between them (a variadic op's once). */
+/* text (a rule) with each of its variables replaced by the tensor it
+ * stands for in this step: the output's variable by names[0], input k's by
+ * names[1 + k]; "d<var>" by "dL/d<name>"; with scalar (not NULL), the
+ * scalar attribute's letter (s, p, alpha) by its value. Other words stay. */
+static void put_subst(FILE *f, const char *text, const rule_map *rm, const char *const *names,
+                      int n, const double *scalar) {
+  for (const char *p = text; *p;) {
+    if (!(isalpha((unsigned char)*p) || *p == '_')) {
+      fputc(*p++, f);
+      continue;
+    }
+    const char *w = p;
+    while (isalnum((unsigned char)*p) || *p == '_') p++;
+    size_t len = (size_t)(p - w);
+    bool d = len > 1 && w[0] == 'd';
+    const char *hit = NULL;
+    for (int pass = 0; pass < 2 && !hit; pass++) {
+      /* pass 0: the word itself is a variable; pass 1: d + a variable */
+      const char *word = pass ? w + 1 : w;
+      size_t wl = pass ? len - 1 : len;
+      if (pass && !d) break;
+      if (strlen(rm->outvar) == wl && !strncmp(rm->outvar, word, wl)) hit = names[0];
+      for (int k = 0; !hit && k < n; k++) {
+        const char *v = rm_var(rm, k);
+        if (v && strlen(v) == wl && !strncmp(v, word, wl)) hit = names[1 + k];
+      }
+      if (hit) fprintf(f, "%s%s", pass ? "dL/d" : "", hit);
+    }
+    if (!hit && scalar &&
+        ((len == 1 && (*w == 's' || *w == 'p')) || (len == 5 && !strncmp(w, "alpha", 5)))) {
+      fprintf(f, "%.6g", *scalar);
+      continue;
+    }
+    if (!hit) fwrite(w, 1, len, f);
+  }
+}
+
 static void put_rule(FILE *f, const ad_op_def *def, const rule_map *rm, int n, bool esc) {
   if (!rm->has_backward || !rm->mapped) {
     fputs("(the op gives no rule)", f);
@@ -656,12 +697,27 @@ static void trace_step(ad_graph *g, const ad_tensor *out, const ad_tensor *gout,
   fputs("\n  rule       ", f);
   put_rule(f, def, &rm, nin, false);
   fputc('\n', f);
-  if (rm.outvar[0] && rm.mapped) { /* the rule's variables, named */
-    fprintf(f, "             with %s = %s", rm.outvar, oname);
-    for (int k = 0; k < nin; k++) {
-      int uses = 0;
-      for (int j = 0; j < nin; j++) uses += !strcmp(rm_var(&rm, j), rm_var(&rm, k));
-      if (uses == 1) fprintf(f, ", %s = %s", rm_var(&rm, k), tensor_name(g, in[k], ib, sizeof ib));
+  if (rm.outvar[0] && rm.mapped && rm.has_backward && def->arity >= 0) {
+    /* the rule with this step's tensors in place of its variables, all
+     * replaced at once, so a tensor named like a variable ("y") cannot be
+     * mistaken for it */
+    const char *names[1 + AD_MAX_SRC];
+    char nb[1 + AD_MAX_SRC][64];
+    names[0] = oname;
+    int nv = nin < AD_MAX_SRC ? nin : AD_MAX_SRC;
+    for (int k = 0; k < nv; k++) names[1 + k] = tensor_name(g, in[k], nb[1 + k], sizeof nb[1 + k]);
+    const ad_attrs *at_v = ad_tensor_attrs(out);
+    const double *scalar = def->attrs == AD_ATTRS_SCALAR && at_v ? &at_v->scalar : NULL;
+    fputs("  here       ", f);
+    for (int k = 0; k < nv; k++) {
+      if (k) fputs("; ", f);
+      const char *grad = rm_grad(&rm, k);
+      if (grad) {
+        fprintf(f, "dL/d%s += ", names[1 + k]);
+        put_subst(f, grad, &rm, names, nv, scalar);
+      } else {
+        fprintf(f, "no gradient to %s", names[1 + k]);
+      }
     }
     fputc('\n', f);
   }
