@@ -522,3 +522,40 @@ Test(models, custom_model_with_layers) {
   ad_tensor_free(x);
   nn_model_free(m);
 }
+
+/* The graph dump of a Dense layer, as a student sees it: the parameters by
+ * the names the model gave them (not "param1"), the product's transpose
+ * flag (x W^T), and a scalar op's value. */
+static char *dump_of(ad_graph *g, ad_tensor *root) {
+  FILE *f = tmpfile();
+  cr_assert_not_null(f);
+  cr_assert_eq(ad_graph_dot(g, f, root, 0), AD_OK, "%s", ad_last_error(ctx));
+  long n = ftell(f);
+  cr_assert(n > 0);
+  char *s = calloc((size_t)n + 1, 1);
+  rewind(f);
+  cr_assert_eq(fread(s, 1, (size_t)n, f), (size_t)n);
+  fclose(f);
+  return s;
+}
+
+Test(dense, graph_dump_names_parameters_and_shows_attributes) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 1);
+  nn_model *m = nn_sequential_new(ctx);
+  cr_assert_eq(nn_model_add(m, nn_dense_new(ctx, 3, 2, &rng, NULL)), AD_OK);
+  int64_t xs[2] = {4, 3};
+  ad_tensor *x = ad_full(ctx, AD_F32, 2, xs, 1.0);
+  ad_graph *g = ad_graph_new(ctx);
+  ad_tensor *y = ad_mul_scalar(ctx, nn_model_forward(m, x), 0.25);
+  char *dot = dump_of(g, ad_sum(ctx, y));
+  cr_assert(strstr(dot, "0.weight  (parameter)") && strstr(dot, "0.bias  (parameter)"), "%s", dot);
+  cr_assert(!strstr(dot, "param1") && !strstr(dot, "param2"), "%s", dot);
+  cr_assert(strstr(dot, "= matmul(input1, 0.weight)\\lB^T\\l"), "%s", dot);
+  cr_assert(strstr(dot, "= mul_scalar(add_1)\\lscalar 0.25\\l"), "%s", dot);
+  free(dot);
+  ad_graph_free(g);
+  ad_tape_reset(ctx);
+  ad_tensor_free(x);
+  nn_model_free(m);
+}
