@@ -353,6 +353,9 @@ ad_status ad_op_check(ad_ctx *ctx, int id, ad_dtype dtype, bool second, uint64_t
     if (n == 0) break;
     if (n < 0) {
       st = ctx->status ? ctx->status : AD_ERR_ARG;
+    } else if (n > AD_SAMPLE_MAX_IN) {
+      st = ad_set_error(ctx, AD_ERR_ARG, "op_check: %s's sample gave %d inputs; at most %d",
+                        def->name, n, AD_SAMPLE_MAX_IN);
     } else {
       ad_check_report r;
       st = second ? ad_gradgradcheck(ctx, call_op, &c, n, in, NULL, &r)

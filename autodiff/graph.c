@@ -385,8 +385,13 @@ static void put_rule_k(FILE *f, const rule_map *rm, int k, bool esc) {
  * scalar attribute's letter (s, p, alpha) by its value. Other words stay. */
 static void put_subst(FILE *f, const char *text, const rule_map *rm, const char *const *names,
                       int n, const double *scalar) {
+  int depth = 0;
   for (const char *p = text; *p;) {
     if (!(isalpha((unsigned char)*p) || *p == '_')) {
+      depth += *p == '(' ? 1 : *p == ')' ? -1 : 0;
+      /* the formula ends at a top-level ", " or at two spaces: the rest is
+       * a remark ("none for p = 0"), whose letters stay letters */
+      if (depth <= 0 && (!strncmp(p, ", ", 2) || !strncmp(p, "  ", 2))) scalar = NULL;
       fputc(*p++, f);
       continue;
     }

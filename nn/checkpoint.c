@@ -1312,6 +1312,7 @@ bool nn_write_file_atomic(ad_ctx *ctx, const char *path, const void *buf, size_t
     if (lock_fd < 0 || !(f = fdopen(fd, "wb"))) {
       int err = errno;
       close(fd);
+      unlink(tmp); /* nothing of it is worth keeping */
       errno = err;
       ok = false;
     }

@@ -521,10 +521,23 @@ static ad_status count_uses(nn_dist *d, ad_tensor *loss) {
   size_t sp = 0;
   d->stack[sp++] = loss;
   d->seen[top] = 1;
-  while (sp) {
-    ad_tensor *t = d->stack[--sp], *in[AD_MAX_SRC];
-    int n = ad_tensor_inputs(t, in, AD_MAX_SRC);
-    for (int k = 0; k < n && k < AD_MAX_SRC; k++) {
+  ad_tensor *inl[AD_MAX_SRC], **in = inl; /* a variadic op's inputs may be more */
+  size_t in_cap = AD_MAX_SRC;
+  ad_status st = AD_OK;
+  while (sp && st == AD_OK) {
+    ad_tensor *t = d->stack[--sp];
+    int n = ad_tensor_inputs(t, NULL, 0);
+    if ((size_t)n > in_cap) {
+      ad_tensor **bigger = ad_malloc(d->ctx, (size_t)n * sizeof *bigger);
+      if (!bigger) {
+        st = AD_ERR_OOM;
+        break;
+      }
+      if (in != inl) ad_free(d->ctx, in, in_cap * sizeof *in);
+      in = bigger, in_cap = (size_t)n;
+    }
+    n = ad_tensor_inputs(t, in, n);
+    for (int k = 0; k < n; k++) {
       int i = find(d, in[k]);
       if (i >= 0) {
         d->remaining[i]++;
@@ -537,7 +550,8 @@ static ad_status count_uses(nn_dist *d, ad_tensor *loss) {
       }
     }
   }
-  return AD_OK;
+  if (in != inl) ad_free(d->ctx, in, in_cap * sizeof *in);
+  return st;
 }
 
 /* Resets the buckets for a step. */

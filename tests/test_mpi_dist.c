@@ -259,6 +259,42 @@ static void sums(ad_ctx *c) {
   nn_dist_free(det);
 }
 
+/* A parameter used by 12 ops joined by one 12-input stack (an unrolled
+ * RNN's steps): its bucket must wait for all 12 contributions (the walk
+ * that counts uses once stopped at the 8th input, and the reduction then
+ * sent a partial sum). Each rank's dW is 12 per element; scaled by 1 /
+ * size and summed, the reduced one is 12 too, with and without overlap. */
+static void wide_variadic_op(ad_ctx *c) {
+  for (int overlap = 0; overlap < 2; overlap++) {
+    nn_dist_opts o = {.no_overlap = !overlap};
+    nn_dist *d = nn_dist_new(c, &o);
+    const nn_dist_ops *ops = nn_dist_fit_ops(d);
+    int64_t s[1] = {2};
+    ad_tensor *W = ad_ones(c, AD_F64, 1, s);
+    ad_tensor_set_requires_grad(W, true);
+    nn_params *p = nn_params_new(c);
+    nn_params_add(p, "W", W, false);
+    enum { T = 12 };
+    ad_tensor *ys[T];
+    for (int t = 0; t < T; t++) ys[t] = ad_mul_scalar(c, W, 1.0);
+    ad_tensor *loss = ad_sum(c, ad_stack(c, T, ys, 0));
+    ad_status st = ops->grad_begin(ops->ud, p, loss, 1, size);
+    if (st == AD_OK) st = ad_backward(c, loss, NULL);
+    st = ops->grad_end(ops->ud, p, st);
+    double g0 = W->grad ? ((double *)W->grad->data)[0] : NAN;
+    double g1 = W->grad ? ((double *)W->grad->data)[1] : NAN;
+    snprintf(why, sizeof why, "status %s, dW = [%g %g]", ad_status_str(st), g0, g1);
+    check(st == AD_OK && g0 == 12 && g1 == 12,
+          overlap ? "a 12-input op's parameter is reduced whole (overlap)"
+                  : "a 12-input op's parameter is reduced whole (no overlap)",
+          why);
+    ad_tape_reset(c);
+    nn_params_free(p);
+    ad_tensor_free(W);
+    nn_dist_free(d);
+  }
+}
+
 /* A NaN in the last rank's shard of the first batch: every rank stops. */
 static void failing_rank(ad_ctx *c) {
   ad_tensor *x, *y;
@@ -455,6 +491,7 @@ int main(int argc, char **argv) {
   mismatch(c);
   broadcast_start(c);
   sums(c);
+  wide_variadic_op(c);
   failing_rank(c);
   dropout_and_batchnorm(c);
   checkpoints(c);

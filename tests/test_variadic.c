@@ -164,6 +164,31 @@ static void hook(void *ud, const ad_backward_step *st) {
           : NAN;
 }
 
+/* A sample function that says it filled more slots than it was given: the
+ * checker refuses the count instead of reading past its array. */
+static int greedy_sample(const ad_sample_call *s) {
+  if (s->variant > 0) return 0;
+  int64_t one = 1;
+  for (int k = 0; k < AD_SAMPLE_MAX_IN; k++) {
+    s->in[k] = ad_full(s->ctx, s->dtype, 1, &one, 1.0);
+    if (!s->in[k] || ad_tensor_set_requires_grad(s->in[k], true) != AD_OK) return -1;
+  }
+  return AD_SAMPLE_MAX_IN + 4;
+}
+
+Test(variadic, op_check_refuses_a_sample_of_too_many_inputs) {
+  ad_op_def def = wsum_def;
+  def.name = "wsum_greedy";
+  def.sample = greedy_sample;
+  int id = ad_op_register(ctx, &def);
+  cr_assert_geq(id, 0, "%s", ad_last_error(ctx));
+  ad_check_report r;
+  cr_assert_eq(ad_op_check(ctx, id, AD_F64, false, 1, &r), AD_ERR_ARG);
+  cr_assert(strstr(ad_last_error(ctx), "wsum_greedy's sample gave 20 inputs; at most 16"), "%s",
+            ad_last_error(ctx));
+  cr_assert(!r.passed);
+}
+
 Test(variadic, registered_op_of_300_inputs_through_sweep_hook_and_graph) {
   int id = ad_op_register(ctx, &wsum_def);
   cr_assert_geq(id, 0, "%s", ad_last_error(ctx));

@@ -675,8 +675,9 @@ AD_API ad_tensor *ad_layer_norm(ad_ctx *ctx, ad_tensor *x, int ndim,
 /** Options of ad_scaled_dot_product_attention. The zero value (and a NULL
  * pointer) means: scale 1/sqrt(E), no causal mask, no mask, no dropout. */
 typedef struct ad_attention_opts {
-  double scale;        /**< multiplies q k^T; 0 means 1/sqrt(E) (E = q's last dim) */
-  bool causal;         /**< query i attends to keys j <= i only */
+  double scale; /**< multiplies q k^T; 0 means 1/sqrt(E) (E = q's last dim), PyTorch's scale=None;
+                   PyTorch's scale=0.0 (uniform weights) has no spelling here */
+  bool causal;  /**< query i attends to keys j <= i only */
   ad_tensor *mask;     /**< additive float mask broadcastable to [..., L, S]
                           (-inf entries allowed; cast to q's dtype), or
                           NULL */
