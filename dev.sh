@@ -20,7 +20,7 @@ BUILD=${BUILD:-build}
 MESON_ARGS=${MESON_ARGS:-}
 NINJA_ARGS=${NINJA_ARGS:-}
 # what the library and the demo need; the test suite adds the rest
-DEMO_PKGS=(gcc meson ninja-build pkg-config uthash-dev libopenblas-dev zlib1g-dev)
+DEMO_PKGS=(gcc meson ninja-build pkg-config uthash-dev libopenblas-dev zlib1g-dev wamerican)
 TEST_PKGS=("${DEMO_PKGS[@]}" libcriterion-dev python3 graphviz)
 
 install_missing() {

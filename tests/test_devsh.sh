@@ -32,7 +32,7 @@ echo "1..6"
 run demo
 [ $rc -eq 1 ]
 ok $? "demo without root or sudo fails before building"
-grep -qx '  apt-get update && apt-get install -y gcc meson ninja-build pkg-config uthash-dev libopenblas-dev zlib1g-dev' "$TMP/err"
+grep -qx '  apt-get update && apt-get install -y gcc meson ninja-build pkg-config uthash-dev libopenblas-dev zlib1g-dev wamerican' "$TMP/err"
 ok $? "demo prints the apt-get line of the demo's packages only"
 
 run -j 1 test
