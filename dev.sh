@@ -21,7 +21,8 @@ MESON_ARGS=${MESON_ARGS:-}
 NINJA_ARGS=${NINJA_ARGS:-}
 # what the library and the demo need; the test suite adds the rest
 DEMO_PKGS=(gcc meson ninja-build pkg-config uthash-dev libopenblas-dev zlib1g-dev)
-TEST_PKGS=("${DEMO_PKGS[@]}" libcriterion-dev python3 graphviz doxygen libopenmpi-dev openmpi-bin)
+TEST_PKGS=("${DEMO_PKGS[@]}" libcriterion-dev python3 graphviz doxygen libopenmpi-dev openmpi-bin
+           wamerican)
 
 install_missing() {
   local missing=() p sudo=

@@ -3,12 +3,15 @@
  * groups the ops by time step (docs/tutorial-chain-rule.md, "Graph dumps of
  * unrolled models"; the pictures are docs/img/rnn_scopes_*.svg).
  *
- *   rnn_scopes [--dot FILE] [--dot-collapsed FILE]
+ *   rnn_scopes [--dot FILE] [--dot-collapsed FILE] [--lstm-dot FILE]
  *
  * --dot writes the backward view with one cluster per step, --dot-collapsed
- * the forward view with one box per step. Prints the loss and dL/dW; the
- * last line is "dL/dW: a b c d". */
-#include <autodiff/ad.h>
+ * the forward view with one box per step. --lstm-dot writes the collapsed
+ * forward view of a 2-layer LSTM layer (nn_lstm_new) over 6 steps, whose
+ * nn_rnn_forward opens the scopes itself ("lstm.l0", "t=0", ...;
+ * docs/img/rnn_scopes_lstm.svg). Prints the loss and dL/dW; the last line
+ * is "dL/dW: a b c d". */
+#include <autodiff/nn.h>
 
 #include <stdio.h>
 #include <string.h>
@@ -26,15 +29,44 @@ static int dump(ad_graph *g, ad_tensor *root, const char *path, int flags) {
   return st != AD_OK;
 }
 
+/* A 2-layer LSTM(3 -> 4) over 6 steps of a batch of 1, its output summed,
+ * drawn collapsed to path: one box per layer and step. */
+static int lstm_dump(ad_ctx *ctx, const char *path) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 1);
+  nn_rnn_opts o = {.num_layers = 2};
+  nn_layer *l = nn_lstm_new(ctx, 3, 4, &rng, &o);
+  int64_t xs[3] = {6, 1, 3};
+  ad_tensor *x = ad_full(ctx, AD_F32, 3, xs, 0.5);
+  ad_tensor *y = l && x ? nn_rnn_forward(l, x, NULL, NULL, NULL, 0, false, NULL, NULL) : NULL;
+  ad_tensor *L = ad_sum(ctx, y);
+  int rc = 1;
+  if (!L) {
+    fprintf(stderr, "rnn_scopes: %s\n", ad_last_error(ctx));
+  } else {
+    ad_graph *g = ad_graph_new(ctx);
+    ad_graph_name(g, x, "x");
+    ad_graph_name(g, L, "L");
+    rc = dump(g, L, path, AD_DOT_COLLAPSE);
+    ad_graph_free(g);
+  }
+  ad_tape_reset(ctx);
+  ad_tensor_free(x);
+  nn_layer_free(l);
+  return rc;
+}
+
 int main(int argc, char **argv) {
-  const char *dot = NULL, *collapsed = NULL;
+  const char *dot = NULL, *collapsed = NULL, *lstm = NULL;
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--dot") && i + 1 < argc) {
       dot = argv[++i];
     } else if (!strcmp(argv[i], "--dot-collapsed") && i + 1 < argc) {
       collapsed = argv[++i];
+    } else if (!strcmp(argv[i], "--lstm-dot") && i + 1 < argc) {
+      lstm = argv[++i];
     } else {
-      fprintf(stderr, "usage: rnn_scopes [--dot FILE] [--dot-collapsed FILE]\n");
+      fprintf(stderr, "usage: rnn_scopes [--dot FILE] [--dot-collapsed FILE] [--lstm-dot FILE]\n");
       return 2;
     }
   }
@@ -84,6 +116,7 @@ int main(int argc, char **argv) {
   }
   ad_graph_free(g);
   ad_tape_reset(ctx);
+  if (lstm && rc == 0) rc = lstm_dump(ctx, lstm);
   for (int t = 0; t < STEPS; t++) ad_tensor_free(x[t]);
   ad_tensor_free(h0);
   ad_tensor_free(W);

@@ -201,9 +201,9 @@ static ad_tensor *drop(ad_ctx *ctx, rnn_state *s, ad_tensor *x) {
 
 /* The work of nn_rnn_forward once the arguments are checked. scratch
  * holds 3 T + 2 layers pointers. */
-static ad_tensor *rnn_run(ad_ctx *ctx, rnn_state *s, ad_tensor *x, ad_tensor *h0, ad_tensor *c0,
-                          const int64_t *lengths, bool training, ad_tensor **h_n, ad_tensor **c_n,
-                          ad_tensor **scratch) {
+static ad_tensor *rnn_run(ad_ctx *ctx, rnn_state *s, const char *name, ad_tensor *x, ad_tensor *h0,
+                          ad_tensor *c0, const int64_t *lengths, bool training, ad_tensor **h_n,
+                          ad_tensor **c_n, ad_tensor **scratch) {
   int tax = s->batch_first ? 1 : 0;
   int64_t T = x->shape[tax], N = x->shape[1 - tax], NH[2] = {N, s->hidden}, N1[2] = {N, 1};
   ad_tensor **in = scratch, **out = scratch + T, **mask = scratch + 2 * T;
@@ -229,6 +229,10 @@ static ad_tensor *rnn_run(ad_ctx *ctx, rnn_state *s, ad_tensor *x, ad_tensor *h0
   for (int64_t t = 0; t < t_run && ok; t++)
     if (mask[t]) ok = (in[t] = ad_where(ctx, mask[t], in[t], zero)) != NULL;
   for (int k = 0; k < s->layers && ok; k++) {
+    /* graph dumps group the layer's ops ("lstm.l0") and each step's ("t=3") */
+    char label[96];
+    snprintf(label, sizeof label, "%s.l%d", name, k);
+    if (!(ok = ad_scope_push(ctx, label) == AD_OK)) break;
     ad_tensor *const *w = s->p + 4 * k;
     ad_tensor *bias = NULL; /* b_ih + b_hh, added once per step (RNN, LSTM) */
     if (s->cell != NN_RNN_GRU && w[2]) ok = (bias = ad_add(ctx, w[2], w[3])) != NULL;
@@ -237,6 +241,8 @@ static ad_tensor *rnn_run(ad_ctx *ctx, rnn_state *s, ad_tensor *x, ad_tensor *h0
     ok = ok && h && (s->cell != NN_RNN_LSTM || c);
     for (int64_t t = 0; t < t_run && ok; t++) {
       ad_tensor *hp = h, *cp = c;
+      snprintf(label, sizeof label, "t=%lld", (long long)t);
+      if (!(ok = ad_scope_push(ctx, label) == AD_OK)) break;
       ok = cell_step(ctx, s, w, bias, in[t], &h, &c);
       if (ok && mask[t]) { /* some sequence has ended: it keeps its state */
         out[t] = ad_where(ctx, mask[t], h, zero);
@@ -246,12 +252,14 @@ static ad_tensor *rnn_run(ad_ctx *ctx, rnn_state *s, ad_tensor *x, ad_tensor *h0
         out[t] = h;
       }
       ok = ok && out[t] && h && (!cp || c);
+      ad_scope_pop(ctx);
     }
     for (int64_t t = t_run; t < T; t++) out[t] = zeros;
     fin_h[k] = h;
     fin_c[k] = c;
     for (int64_t t = 0; k + 1 < s->layers && t < t_run && ok; t++)
       ok = (in[t] = training && s->dropout > 0 ? drop(ctx, s, out[t]) : out[t]) != NULL;
+    ad_scope_pop(ctx);
   }
   /* T fits an int: nn_rnn_forward checked it */
   ad_tensor *y = ok ? ad_stack(ctx, (int)T, out, tax) : NULL;
@@ -312,7 +320,8 @@ ad_tensor *nn_rnn_forward(nn_layer *l, ad_tensor *x, ad_tensor *h0, ad_tensor *c
       x = NULL;
   }
   if (x)
-    y = rnn_run(ctx, s, x, h0, c0, lengths, training, h_n ? &hn : NULL, c_n ? &cn : NULL, scratch);
+    y = rnn_run(ctx, s, *nn_layer_name(l) ? nn_layer_name(l) : nn_layer_kind(l), x, h0, c0, lengths,
+                training, h_n ? &hn : NULL, c_n ? &cn : NULL, scratch);
   ad_free(ctx, scratch, bytes);
   if (y && unbatched) {
     int64_t ys[2] = {T, s->hidden}, ss[2] = {s->layers, s->hidden};

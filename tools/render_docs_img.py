@@ -8,7 +8,8 @@ Runs the worked example with --dot-forward and --dot, keeps the DOT sources
 as OUTDIR/worked_example_{forward,backward}.dot, and, when given, the conv
 example with --dot as OUTDIR/conv_worked_example_backward.dot, and with
 --scopes the unrolled RNN's dumps grouped by time step as
-OUTDIR/rnn_scopes_{clusters,collapsed}.dot; renders each
+OUTDIR/rnn_scopes_{clusters,collapsed}.dot and a 2-layer LSTM layer's
+collapsed dump as OUTDIR/rnn_scopes_lstm.dot; renders each
 with `dot -Tsvg` into the matching .svg. Run through `ninja -C build docs-img`
 (defined in docs/meson.build when Graphviz is found). Fails when dot prints
 anything on stderr.
@@ -45,9 +46,10 @@ def main():
     if scopes:
         clusters = os.path.join(outdir, "rnn_scopes_clusters.dot")
         collapsed = os.path.join(outdir, "rnn_scopes_collapsed.dot")
-        subprocess.run([scopes, "--dot", clusters, "--dot-collapsed", collapsed], check=True,
-                       stdout=subprocess.DEVNULL)
-        sources += [clusters, collapsed]
+        lstm = os.path.join(outdir, "rnn_scopes_lstm.dot")
+        subprocess.run([scopes, "--dot", clusters, "--dot-collapsed", collapsed,
+                        "--lstm-dot", lstm], check=True, stdout=subprocess.DEVNULL)
+        sources += [clusters, collapsed, lstm]
     for src in sources:
         svg = src[:-4] + ".svg"
         r = subprocess.run([dot, "-Tsvg", "-o", svg, src], capture_output=True, text=True)

@@ -486,6 +486,12 @@ NN_API nn_layer *nn_gru_new(ad_ctx *ctx, int64_t input_size, int64_t hidden_size
  *   h_n, c_n  when not NULL, receive the final states [num_layers, N, H]
  *             (each sequence's state after its last step), tape tensors;
  *             *c_n is NULL for cells other than LSTM.
+ * Graph dumps: the ops of layer k are recorded in a scope named after the
+ * layer and k ("encoder.l1"; the layer's kind when the model gave it no
+ * name: "lstm.l0") and those of step t in a scope "t=3" (for t = 3)
+ * inside it (ad_scope_push), closed
+ * again on every exit; so two scope levels must be free (AD_ERR_STATE
+ * otherwise, from ad_scope_push).
  * Returns NULL with the error recorded, naming the layer and the values:
  * AD_ERR_ARG (l is not recurrent, c0 given to a cell other than LSTM,
  * lengths missing a count, a count other than N, or a length outside
