@@ -1049,7 +1049,15 @@ typedef struct nn_history nn_history;
  *     whole on every rank (identical models give identical values);
  *   - prints progress on rank 0 only (other ranks are silent); the live
  *     bar shows rank 0's shards, the epoch lines the reduced values.
- * nn_train_step, nn_evaluate and nn_predict do not use it. */
+ * nn_train_step, nn_evaluate and nn_predict do not use it.
+ * Every rank must make the same decisions outside the step: the same
+ * seed and options, and an on_epoch_end that returns the same value on
+ * every rank (a rank that stops alone leaves the others waiting in their
+ * next collective). Known limit: an accuracy comparison that fails
+ * (predictions and targets of incomparable shapes) is found only by ranks
+ * whose shard has rows, so with a batch smaller than the number of ranks
+ * a rank with an empty shard can wait for the others; check the shapes
+ * with nn_evaluate first. */
 typedef struct nn_dist_ops {
   void *ud; /**< passed to every function below */
   int rank; /**< this process, 0 <= rank < size */
