@@ -505,12 +505,14 @@ AD_API ad_tensor *ad_stack(ad_ctx *ctx, int n, ad_tensor *const *xs, int axis);
  * removed, as torch.unbind: out[i] = x[..., i, ...] (axis negative counts
  * from the end). out is the caller's array of at least x->shape[axis]
  * slots (none are written for length 0). Each slice is an op result
- * (narrow, then reshape), a temporary of the tape that the caller does not
- * free (ad_tape_reset does), and differentiable: its gradient flows into
- * x's at slice i. Returns AD_OK, or AD_ERR_NULL (x or out NULL),
- * AD_ERR_ARG (axis out of range, or more slices than an int), and the
- * errors of an op's input for x; on an error out[i] are left NULL. The
- * backward adds one x-sized contribution per slice used. */
+ * (narrows that halve x down to the slice, then a reshape), a temporary of
+ * the tape that the caller does not free (ad_tape_reset does), and
+ * differentiable: its gradient flows into x's at slice i. Returns AD_OK,
+ * or AD_ERR_NULL (x or out NULL), AD_ERR_ARG (axis out of range, or more
+ * slices than an int), and the errors of an op's input for x; on an error
+ * out[i] are left NULL. Cost: forward copies x about log2(n) times; the
+ * backward pads and adds about 3 x-sized tensors per halving, O(size of x
+ * * log n) in all rather than one x-sized contribution per slice. */
 AD_API ad_status ad_unstack(ad_ctx *ctx, ad_tensor *x, int axis, ad_tensor **out);
 /* x's values as a new tensor that no gradient flows through (stop-
  * gradient), as torch.detach: same dtype, shape and data (a view: it
