@@ -85,83 +85,94 @@ typedef struct cell_job {
 /* Rows per range of the parallel loops: about 16k elements of work. */
 static int64_t cell_grain(int64_t H) { return H >= 16384 ? 1 : 16384 / H; }
 
-/* The row loops, written once per element type. */
+/* The row loops, written once per element type: a function per row whose
+ * arrays are restrict parameters (so that GCC vectorizes it), and the
+ * range loop of ad_parallel_for over rows. */
 #define DEFINE_CELL_LOOPS(T, SFX, SIG, TANH)                                                       \
+  static void lstm_fwd_row_##SFX(int64_t H, const T *restrict a, const T *restrict c,              \
+                                 T *restrict h, T *restrict cn, T *restrict act, T *restrict t) {  \
+    for (int64_t k = 0; k < H; k++) {                                                              \
+      T i = SIG(a[k]), f = SIG(a[H + k]), g = TANH(a[2 * H + k]), o = SIG(a[3 * H + k]);           \
+      T fc = f * c[k], ig = i * g;                                                                 \
+      cn[k] = fc + ig;                                                                             \
+      t[k] = TANH(cn[k]);                                                                          \
+      h[k] = o * t[k];                                                                             \
+      act[k] = i, act[H + k] = f, act[2 * H + k] = g, act[3 * H + k] = o;                          \
+    }                                                                                              \
+  }                                                                                                \
   static void lstm_fwd_##SFX(void *ud, int64_t r0, int64_t r1) {                                   \
     const cell_job *j = ud;                                                                        \
     int64_t H = j->H;                                                                              \
     for (int64_t r = r0; r < r1; r++) {                                                            \
-      const T *restrict a = (const T *)j->a + r * 4 * H, *restrict c = (const T *)j->s + r * H;    \
-      T *restrict h = (T *)j->out + r * 7 * H, *restrict cn = h + H, *restrict act = h + 2 * H,    \
-                  *restrict t = h + 6 * H;                                                         \
-      for (int64_t k = 0; k < H; k++) {                                                            \
-        T i = SIG(a[k]), f = SIG(a[H + k]), g = TANH(a[2 * H + k]), o = SIG(a[3 * H + k]);         \
-        T fc = f * c[k], ig = i * g;                                                               \
-        cn[k] = fc + ig;                                                                           \
-        t[k] = TANH(cn[k]);                                                                        \
-        h[k] = o * t[k];                                                                           \
-        act[k] = i, act[H + k] = f, act[2 * H + k] = g, act[3 * H + k] = o;                        \
-      }                                                                                            \
+      T *y = (T *)j->out + r * 7 * H;                                                              \
+      lstm_fwd_row_##SFX(H, (const T *)j->a + r * 4 * H, (const T *)j->s + r * H, y, y + H,        \
+                         y + 2 * H, y + 6 * H);                                                    \
+    }                                                                                              \
+  }                                                                                                \
+  static void lstm_bwd_row_##SFX(int64_t H, const T *restrict c, const T *restrict act,            \
+                                 const T *restrict tt, const T *restrict dh,                       \
+                                 const T *restrict dcn, const T *restrict dact,                    \
+                                 const T *restrict dt, T *restrict ga, T *restrict gc) {           \
+    for (int64_t k = 0; k < H; k++) {                                                              \
+      T i = act[k], f = act[H + k], g = act[2 * H + k], o = act[3 * H + k], t = tt[k];             \
+      T dc = dcn[k] + (dh[k] * o + dt[k]) * (1 - t * t);                                           \
+      ga[k] = (dc * g + dact[k]) * i * (1 - i);                                                    \
+      ga[H + k] = (dc * c[k] + dact[H + k]) * f * (1 - f);                                         \
+      ga[2 * H + k] = (dc * i + dact[2 * H + k]) * (1 - g * g);                                    \
+      ga[3 * H + k] = (dh[k] * t + dact[3 * H + k]) * o * (1 - o);                                 \
+      gc[k] = dc * f;                                                                              \
     }                                                                                              \
   }                                                                                                \
   static void lstm_bwd_##SFX(void *ud, int64_t r0, int64_t r1) {                                   \
     const cell_job *j = ud;                                                                        \
     int64_t H = j->H;                                                                              \
     for (int64_t r = r0; r < r1; r++) {                                                            \
-      const T *restrict c = (const T *)j->s + r * H;                                               \
-      const T *restrict act = (const T *)j->y + r * 7 * H + 2 * H, *restrict tt = act + 4 * H;     \
-      const T *restrict dh = (const T *)j->dy + r * 7 * H, *restrict dcn = dh + H,                 \
-                        *restrict dact = dh + 2 * H;                                               \
-      const T *restrict dt = dh + 6 * H;                                                           \
-      T *restrict ga = (T *)j->ga + r * 4 * H, *restrict gc = (T *)j->gs + r * H;                  \
-      for (int64_t k = 0; k < H; k++) {                                                            \
-        T i = act[k], f = act[H + k], g = act[2 * H + k], o = act[3 * H + k], t = tt[k];           \
-        T dc = dcn[k] + (dh[k] * o + dt[k]) * (1 - t * t);                                         \
-        ga[k] = (dc * g + dact[k]) * i * (1 - i);                                                  \
-        ga[H + k] = (dc * c[k] + dact[H + k]) * f * (1 - f);                                       \
-        ga[2 * H + k] = (dc * i + dact[2 * H + k]) * (1 - g * g);                                  \
-        ga[3 * H + k] = (dh[k] * t + dact[3 * H + k]) * o * (1 - o);                               \
-        gc[k] = dc * f;                                                                            \
-      }                                                                                            \
+      const T *y = (const T *)j->y + r * 7 * H, *dy = (const T *)j->dy + r * 7 * H;                \
+      lstm_bwd_row_##SFX(H, (const T *)j->s + r * H, y + 2 * H, y + 6 * H, dy, dy + H, dy + 2 * H, \
+                         dy + 6 * H, (T *)j->ga + r * 4 * H, (T *)j->gs + r * H);                  \
+    }                                                                                              \
+  }                                                                                                \
+  static void gru_fwd_row_##SFX(int64_t H, const T *restrict a, const T *restrict b,               \
+                                const T *restrict h, T *restrict y, T *restrict act) {             \
+    for (int64_t k = 0; k < H; k++) {                                                              \
+      T rr = SIG(a[k] + b[k]), z = SIG(a[H + k] + b[H + k]);                                       \
+      T rb = rr * b[2 * H + k];                                                                    \
+      T n = TANH(a[2 * H + k] + rb);                                                               \
+      T d = (h[k] - n) * z;                                                                        \
+      y[k] = d + n;                                                                                \
+      act[k] = rr, act[H + k] = z, act[2 * H + k] = n;                                             \
     }                                                                                              \
   }                                                                                                \
   static void gru_fwd_##SFX(void *ud, int64_t r0, int64_t r1) {                                    \
     const cell_job *j = ud;                                                                        \
     int64_t H = j->H;                                                                              \
     for (int64_t r = r0; r < r1; r++) {                                                            \
-      const T *restrict a = (const T *)j->a + r * 3 * H, *restrict b =                             \
-                                                             (const T *)j->b + r * 3 * H;          \
-      const T *restrict h = (const T *)j->s + r * H;                                               \
-      T *restrict y = (T *)j->out + r * 4 * H, *restrict act = y + H;                              \
-      for (int64_t k = 0; k < H; k++) {                                                            \
-        T rr = SIG(a[k] + b[k]), z = SIG(a[H + k] + b[H + k]);                                     \
-        T rb = rr * b[2 * H + k];                                                                  \
-        T n = TANH(a[2 * H + k] + rb);                                                             \
-        T d = (h[k] - n) * z;                                                                      \
-        y[k] = d + n;                                                                              \
-        act[k] = rr, act[H + k] = z, act[2 * H + k] = n;                                           \
-      }                                                                                            \
+      T *y = (T *)j->out + r * 4 * H;                                                              \
+      gru_fwd_row_##SFX(H, (const T *)j->a + r * 3 * H, (const T *)j->b + r * 3 * H,               \
+                        (const T *)j->s + r * H, y, y + H);                                        \
+    }                                                                                              \
+  }                                                                                                \
+  static void gru_bwd_row_##SFX(int64_t H, const T *restrict b, const T *restrict act,             \
+                                const T *restrict h, const T *restrict dy, const T *restrict dact, \
+                                T *restrict ga, T *restrict gb, T *restrict gh) {                  \
+    for (int64_t k = 0; k < H; k++) {                                                              \
+      T rr = act[k], z = act[H + k], n = act[2 * H + k];                                           \
+      T dn = (dy[k] - dy[k] * z + dact[2 * H + k]) * (1 - n * n);                                  \
+      T dr = (dn * b[2 * H + k] + dact[k]) * rr * (1 - rr);                                        \
+      T dz = (dy[k] * (h[k] - n) + dact[H + k]) * z * (1 - z);                                     \
+      ga[k] = dr, ga[H + k] = dz, ga[2 * H + k] = dn;                                              \
+      gb[k] = dr, gb[H + k] = dz, gb[2 * H + k] = dn * rr;                                         \
+      gh[k] = dy[k] * z;                                                                           \
     }                                                                                              \
   }                                                                                                \
   static void gru_bwd_##SFX(void *ud, int64_t r0, int64_t r1) {                                    \
     const cell_job *j = ud;                                                                        \
     int64_t H = j->H;                                                                              \
     for (int64_t r = r0; r < r1; r++) {                                                            \
-      const T *restrict b = (const T *)j->b + r * 3 * H, *restrict act =                           \
-                                                             (const T *)j->y + r * 4 * H + H;      \
-      const T *restrict h = (const T *)j->s + r * H, *restrict dy = (const T *)j->dy + r * 4 * H,  \
-                        *restrict dact = dy + H;                                                   \
-      T *restrict ga = (T *)j->ga + r * 3 * H, *restrict gb = (T *)j->gb + r * 3 * H;              \
-      T *restrict gh = (T *)j->gs + r * H;                                                         \
-      for (int64_t k = 0; k < H; k++) {                                                            \
-        T rr = act[k], z = act[H + k], n = act[2 * H + k];                                         \
-        T dn = (dy[k] - dy[k] * z + dact[2 * H + k]) * (1 - n * n);                                \
-        T dr = (dn * b[2 * H + k] + dact[k]) * rr * (1 - rr);                                      \
-        T dz = (dy[k] * (h[k] - n) + dact[H + k]) * z * (1 - z);                                   \
-        ga[k] = dr, ga[H + k] = dz, ga[2 * H + k] = dn;                                            \
-        gb[k] = dr, gb[H + k] = dz, gb[2 * H + k] = dn * rr;                                       \
-        gh[k] = dy[k] * z;                                                                         \
-      }                                                                                            \
+      const T *y = (const T *)j->y + r * 4 * H, *dy = (const T *)j->dy + r * 4 * H;                \
+      gru_bwd_row_##SFX(H, (const T *)j->b + r * 3 * H, y + H, (const T *)j->s + r * H, dy,        \
+                        dy + H, (T *)j->ga + r * 3 * H, (T *)j->gb + r * 3 * H,                    \
+                        (T *)j->gs + r * H);                                                       \
     }                                                                                              \
   }
 
