@@ -15,7 +15,7 @@
  * others (a gradient sent to them is honoured).
  *
  * Backward: in a plain backward (no create_graph) one loop per row writes
- * every input's gradient (cell_grads). When the backward is itself recorded
+ * every input's gradient (lstm_bwd_row, gru_bwd_row). When the backward is itself recorded
  * (create_graph: gradgradcheck, Hessian-vector products) the same formulas
  * are built from the engine's ops (narrow, sigmoid, tanh, mul,
  * sigmoid_backward, tanh_backward, concat), so the gradient differentiates
