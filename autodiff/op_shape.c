@@ -839,9 +839,9 @@ const ad_op_def ad_def_detach = {
 
 /* ------------------------------------------------------- stack, unstack
  * Composites with no op of their own: stack is the concat of its inputs
- * each viewed with a length-1 axis, unstack a narrow per slice viewed
- * without the axis, so their gradients are those ops' and a graph dump
- * shows reshape, concat and narrow nodes. */
+ * each viewed with a length-1 axis, unstack narrows halving x down to
+ * each slice (unstack_split) viewed without the axis, so their gradients are those ops' and a graph
+ * dump shows reshape, concat and narrow nodes. */
 
 /* Checks that x can be an input of fn (as ad_op_apply does for ops, but
  * before reading its shape, and named by fn); records the error. */
@@ -913,6 +913,21 @@ ad_tensor *ad_stack(ad_ctx *ctx, int n, ad_tensor *const *xs, int axis) {
   return y;
 }
 
+/* Slices first..first+len-1 of piece p (slices of x along ax, first at
+ * its start) into out[first..], halving p: a narrow's gradient is its
+ * slice padded to the piece it was cut from, so the backward pads and adds
+ * about 3 x's worth per level, log2(n) levels, rather than x's size once
+ * per slice (n^2 / 2 in all when each slice is narrowed from x itself,
+ * which dominated an LSTM over an embedded sequence). */
+static bool unstack_split(ad_ctx *ctx, ad_tensor *p, int ax, int64_t first, int64_t len,
+                          const int64_t *shape, ad_tensor **out) {
+  if (len == 1) return (out[first] = ad_reshape(ctx, p, p->ndim - 1, shape)) != NULL;
+  int64_t a = len / 2;
+  ad_tensor *lo = ad_narrow(ctx, p, ax, 0, a), *hi = ad_narrow(ctx, p, ax, a, len - a);
+  return lo && hi && unstack_split(ctx, lo, ax, first, a, shape, out) &&
+         unstack_split(ctx, hi, ax, first + a, len - a, shape, out);
+}
+
 ad_status ad_unstack(ad_ctx *ctx, ad_tensor *x, int axis, ad_tensor **out) {
   if (!ctx) return AD_ERR_NULL;
   if (!arg_ok(ctx, "unstack", "x", x)) return ad_last_status(ctx);
@@ -929,13 +944,10 @@ ad_status ad_unstack(ad_ctx *ctx, ad_tensor *x, int axis, ad_tensor **out) {
   int64_t shape[AD_MAX_DIMS];
   for (int d = 0, k = 0; d < x->ndim; d++)
     if (d != ax) shape[k++] = x->shape[d];
-  for (int64_t i = 0; i < n; i++) {
-    out[i] = ad_reshape(ctx, ad_narrow(ctx, x, ax, i, 1), x->ndim - 1, shape);
-    if (!out[i]) {
-      ad_status st = ad_last_status(ctx);
-      for (int64_t j = 0; j < n; j++) out[j] = NULL;
-      return st != AD_OK ? st : AD_ERR_OOM;
-    }
+  if (n > 0 && !unstack_split(ctx, x, ax, 0, n, shape, out)) {
+    ad_status st = ad_last_status(ctx);
+    for (int64_t j = 0; j < n; j++) out[j] = NULL;
+    return st != AD_OK ? st : AD_ERR_OOM;
   }
   return AD_OK;
 }

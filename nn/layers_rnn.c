@@ -1,6 +1,8 @@
 /* layers_rnn.c: recurrent layers, PyTorch's nn.RNN (tanh, relu), nn.LSTM
- * and nn.GRU, composed from the engine's ops, so the tape derives
- * backpropagation through time and a graph dump shows every gate. The
+ * and nn.GRU, built from the engine's ops, so the tape derives
+ * backpropagation through time. Each step's LSTM or GRU elementwise part
+ * is one fused op (ad_lstm_cell, ad_gru_cell; op_rnn.c), or with
+ * opts.composed the ops below, so that a graph dump shows every gate. The
  * equations, names and layouts are in nn.h (nn_rnn_new); per step t of
  * layer k, with x_t its input and h, c its state:
  *
@@ -29,7 +31,7 @@ typedef struct rnn_state {
   int gates; /* G: 1, 4 or 3 */
   int layers;
   int64_t in, hidden;
-  bool batch_first, bias;
+  bool batch_first, bias, composed;
   double dropout;
   ad_rng rng;
   ad_tensor **p; /* 4 per layer: w_ih, w_hh, b_ih, b_hh (the biases NULL without) */
@@ -58,6 +60,12 @@ static bool cell_step(ad_ctx *ctx, const rnn_state *s, ad_tensor *const *w, ad_t
   case NN_RNN_LSTM: {
     ad_tensor *z = ad_add(ctx, a, b);
     if (bias) z = ad_add(ctx, z, bias);
+    if (!s->composed) {
+      ad_tensor *y = ad_lstm_cell(ctx, z, *c);
+      *h = ad_narrow(ctx, y, 1, 0, H);
+      *c = ad_narrow(ctx, y, 1, H, H);
+      return *h && *c;
+    }
     ad_tensor *i = ad_sigmoid(ctx, ad_narrow(ctx, z, 1, 0, H));
     ad_tensor *f = ad_sigmoid(ctx, ad_narrow(ctx, z, 1, H, H));
     ad_tensor *g = ad_tanh(ctx, ad_narrow(ctx, z, 1, 2 * H, H));
@@ -69,6 +77,7 @@ static bool cell_step(ad_ctx *ctx, const rnn_state *s, ad_tensor *const *w, ad_t
   case NN_RNN_GRU: {
     if (w[2]) a = ad_add(ctx, a, w[2]);
     if (w[3]) b = ad_add(ctx, b, w[3]);
+    if (!s->composed) return (*h = ad_narrow(ctx, ad_gru_cell(ctx, a, b, *h), 1, 0, H)) != NULL;
     ad_tensor *r =
         ad_sigmoid(ctx, ad_add(ctx, ad_narrow(ctx, a, 1, 0, H), ad_narrow(ctx, b, 1, 0, H)));
     ad_tensor *z =
@@ -393,6 +402,7 @@ nn_layer *nn_rnn_new(ad_ctx *ctx, nn_rnn_cell cell, int64_t input_size, int64_t 
                    .hidden = hidden_size,
                    .batch_first = o.batch_first,
                    .bias = !o.no_bias,
+                   .composed = o.composed,
                    .dropout = o.dropout};
   ad_rng_seed(&s->rng, o.seed);
   size_t pbytes = (size_t)(4 * layers) * sizeof *s->p;

@@ -415,11 +415,14 @@ Test(rnn, unbatched_input_is_a_batch_of_one) {
 /* The cell is made of the engine's ops: a graph dump of one LSTM step shows
  * the gates (sigmoid, tanh) fed by narrow slices of the matmuls, and the
  * parameters under PyTorch's names. */
+/* opts.composed: the steps are the engine's ops, every gate in the dump;
+ * by default one lstm_cell per step */
 Test(rnn, graph_dump_shows_the_gates) {
   ad_rng rng;
   ad_rng_seed(&rng, 2);
   nn_model *m = nn_sequential_new(ctx);
-  cr_assert_eq(nn_model_add(m, nn_lstm_new(ctx, 2, 3, &rng, NULL)), AD_OK);
+  nn_rnn_opts o = {.composed = true};
+  cr_assert_eq(nn_model_add(m, nn_lstm_new(ctx, 2, 3, &rng, &o)), AD_OK);
   int64_t sx[3] = {1, 1, 2};
   ad_tensor *x = ad_ones(ctx, AD_F32, 3, sx);
   ad_tensor *loss = ad_sum(ctx, nn_model_forward(m, x));
@@ -437,6 +440,169 @@ Test(rnn, graph_dump_shows_the_gates) {
   ad_tape_reset(ctx);
   ad_tensor_free(x);
   nn_model_free(m);
+}
+
+/* ------------------------------------------------- fused vs composed */
+
+/* A persistent copy of t. */
+static ad_tensor *keep(const ad_tensor *t) {
+  cr_assert_not_null(t, "%s", ad_last_error(ctx));
+  ad_tensor *k = ad_from_data(ctx, t->dtype, t->ndim, t->shape, t->data);
+  cr_assert_not_null(k, "%s", ad_last_error(ctx));
+  return k;
+}
+
+/* Everything a run of layer l gives: outputs, final states, the gradients
+ * of x, h0, c0 and of every parameter, as persistent copies in r[]. */
+static int fused_run(nn_layer *l, ad_tensor *const *in, int n, const int64_t *lengths,
+                     ad_tensor **r) {
+  ad_tensor *hn, *cn;
+  nn_params *p = nn_layer_params(l);
+  nn_params_zero_grad(p);
+  for (int i = 0; i < n; i++) ad_tensor_zero_grad(in[i]);
+  ad_tensor *y = nn_rnn_forward(l, in[0], in[1], n > 2 ? in[2] : NULL, lengths, lengths ? 3 : 0,
+                                true, &hn, &cn);
+  cr_assert_not_null(y, "%s", ad_last_error(ctx));
+  ad_rng rng;
+  ad_rng_seed(&rng, 5);
+  ad_tensor *loss = dot(y, ad_rand(ctx, &rng, y->dtype, y->ndim, y->shape, -1, 1));
+  loss = ad_add(ctx, loss, dot(hn, ad_rand(ctx, &rng, y->dtype, hn->ndim, hn->shape, -1, 1)));
+  if (cn)
+    loss = ad_add(ctx, loss, dot(cn, ad_rand(ctx, &rng, y->dtype, cn->ndim, cn->shape, -1, 1)));
+  cr_assert_eq(ad_backward(ctx, loss, NULL), AD_OK, "%s", ad_last_error(ctx));
+  int k = 0;
+  r[k++] = keep(y);
+  r[k++] = keep(hn);
+  if (cn) r[k++] = keep(cn);
+  for (int i = 0; i < n; i++) r[k++] = keep(in[i]->grad);
+  for (int i = 0; i < nn_params_count(p); i++) r[k++] = keep(nn_params_tensor(p, i)->grad);
+  ad_tape_reset(ctx);
+  return k;
+}
+
+/* The fused cells (the default) and the composed ones (opts.composed) give
+ * the same outputs and gradients: f64 within 1e-12 relative, f32 1e-6
+ * (the f32 one relative to the result's largest element for the smaller:
+ * the fused float32 cell's own exp and tanh differ from libm's by an ulp or
+ * two, which a cancelling sum keeps in absolute terms). */
+static void fused_vs_composed(nn_rnn_cell cell, ad_dtype dt) {
+  double tol = dt == AD_F64 ? 1e-12 : 1e-6;
+  ad_tensor *res[2][24];
+  int count[2];
+  int64_t sx[3] = {3, 5, 4}, ss[3] = {2, 3, 6}, lengths[3] = {5, 2, 4};
+  ad_rng rng;
+  ad_rng_seed(&rng, 8);
+  ad_tensor *in[3] = {ad_rand(ctx, &rng, dt, 3, sx, -2, 2), ad_rand(ctx, &rng, dt, 3, ss, -1, 1),
+                      ad_rand(ctx, &rng, dt, 3, ss, -1, 1)};
+  int n = cell == NN_RNN_LSTM ? 3 : 2;
+  for (int i = 0; i < n; i++) ad_tensor_set_requires_grad(in[i], true);
+  for (int lens = 0; lens < 2; lens++) {
+    for (int composed = 0; composed < 2; composed++) {
+      nn_rnn_opts o = {.num_layers = 2, .batch_first = true, .dtype = dt, .composed = composed};
+      ad_rng prng;
+      ad_rng_seed(&prng, 9); /* the same parameters both times */
+      nn_layer *l = nn_rnn_new(ctx, cell, 4, 6, &prng, &o);
+      cr_assert_not_null(l, "%s", ad_last_error(ctx));
+      count[composed] = fused_run(l, in, n, lens ? lengths : NULL, res[composed]);
+      nn_layer_free(l);
+    }
+    cr_assert_eq(count[0], count[1]);
+    for (int k = 0; k < count[0]; k++) {
+      const ad_tensor *a = res[0][k], *b = res[1][k];
+      cr_assert_not_null(a);
+      cr_assert_eq(a->size, b->size);
+      double scale = 0; /* relative to the largest element for small ones */
+      for (int64_t i = 0; i < b->size; i++) scale = fmax(scale, fabs(ad_tensor_get(b, i)));
+      for (int64_t i = 0; i < a->size; i++) {
+        double x = ad_tensor_get(a, i), y = ad_tensor_get(b, i);
+        QUICK_ASSERT(fabs(x - y) <= tol * fmax(fabs(y), dt == AD_F64 ? 1e-3 * scale : scale),
+                     "%s %s lengths %d result %d [%lld]: fused %.17g, composed %.17g (scale %g)",
+                     cell == NN_RNN_LSTM ? "lstm" : "gru", ad_dtype_name(dt), lens, k, (long long)i,
+                     x, y, scale);
+      }
+    }
+    for (int c = 0; c < 2; c++)
+      for (int k = 0; k < count[c]; k++) ad_tensor_free(res[c][k]);
+  }
+  for (int i = 0; i < 3; i++) ad_tensor_free(in[i]);
+}
+
+Test(rnn, fused_lstm_matches_composed) {
+  fused_vs_composed(NN_RNN_LSTM, AD_F64);
+  fused_vs_composed(NN_RNN_LSTM, AD_F32);
+}
+Test(rnn, fused_gru_matches_composed) {
+  fused_vs_composed(NN_RNN_GRU, AD_F64);
+  fused_vs_composed(NN_RNN_GRU, AD_F32);
+}
+
+/* Second order through the fused layer: its backward is recorded from ops. */
+static ad_tensor *gg_fn(ad_ctx *c, int n, ad_tensor *const *in, void *ud) {
+  (void)c, (void)n;
+  return nn_rnn_forward(ud, in[0], in[1], NULL, NULL, 0, true, NULL, NULL);
+}
+
+Test(rnn, fused_cells_gradgradcheck) {
+  for (int cell = NN_RNN_LSTM; cell <= NN_RNN_GRU; cell++) {
+    ad_rng rng;
+    ad_rng_seed(&rng, 12);
+    nn_rnn_opts o = {.dtype = AD_F64};
+    nn_layer *l = nn_rnn_new(ctx, (nn_rnn_cell)cell, 2, 3, &rng, &o);
+    int64_t sx[3] = {3, 2, 2}, ss[3] = {1, 2, 3};
+    ad_tensor *in[2] = {ad_rand(ctx, &rng, AD_F64, 3, sx, -1, 1),
+                        ad_rand(ctx, &rng, AD_F64, 3, ss, -1, 1)};
+    for (int i = 0; i < 2; i++) ad_tensor_set_requires_grad(in[i], true);
+    ad_check_report rep;
+    cr_assert_eq(ad_gradgradcheck(ctx, gg_fn, l, 2, in, NULL, &rep), AD_OK, "%s",
+                 ad_last_error(ctx));
+    cr_assert(rep.passed, "%s: input %d [%lld] analytic %g numeric %g", nn_layer_kind(l), rep.input,
+              (long long)rep.index, rep.analytic, rep.numeric);
+    for (int i = 0; i < 2; i++) ad_tensor_free(in[i]);
+    nn_layer_free(l);
+  }
+}
+
+/* The default graph dump has one fused op per step. */
+Test(rnn, default_dump_shows_fused_cells) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 2);
+  nn_layer *l = nn_lstm_new(ctx, 2, 3, &rng, NULL);
+  int64_t sx[3] = {2, 1, 2};
+  ad_tensor *x = ad_ones(ctx, AD_F32, 3, sx);
+  ad_tensor *loss = ad_sum(ctx, nn_rnn_forward(l, x, NULL, NULL, NULL, 0, true, NULL, NULL));
+  cr_assert_not_null(loss, "%s", ad_last_error(ctx));
+  char *buf = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&buf, &len);
+  cr_assert_eq(ad_graph_dot(NULL, f, loss, 0), AD_OK, "%s", ad_last_error(ctx));
+  fclose(f);
+  cr_assert(strstr(buf, "lstm_cell"), "no lstm_cell in the dump:\n%s", buf);
+  cr_assert_null(strstr(buf, "sigmoid"), "a sigmoid in the fused dump:\n%s", buf);
+  free(buf);
+  ad_tape_reset(ctx);
+  ad_tensor_free(x);
+  nn_layer_free(l);
+}
+
+/* The cell ops name bad shapes and dtypes. */
+Test(rnn, cell_ops_bad_input_is_named) {
+  int64_t s24[2] = {2, 4}, s23[2] = {2, 3}, s36[2] = {3, 6}, s21[2] = {2, 1};
+  ad_tensor *a = ad_zeros(ctx, AD_F32, 2, s24), *c = ad_zeros(ctx, AD_F32, 2, s23);
+  ad_tensor *c1 = ad_zeros(ctx, AD_F32, 2, s21), *b = ad_zeros(ctx, AD_F32, 2, s36);
+  ad_tensor *d = ad_zeros(ctx, AD_F64, 2, s21);
+  cr_assert_null(ad_lstm_cell(ctx, a, c));
+  expect_msg(ctx, AD_ERR_SHAPE,
+             "lstm_cell: gates [2,4] and state [2,3] must be [N, 4 H] and [N, H]");
+  cr_assert_null(ad_lstm_cell(ctx, a, d));
+  expect_msg(ctx, AD_ERR_DTYPE, "lstm_cell");
+  cr_assert_not_null(ad_lstm_cell(ctx, a, c1), "%s", ad_last_error(ctx));
+  cr_assert_null(ad_gru_cell(ctx, c, b, c1));
+  expect_msg(
+      ctx, AD_ERR_SHAPE,
+      "gru_cell: gates [2,3] and [3,6] and state [2,1] must be [N, 3 H], [N, 3 H] and [N, H]");
+  ad_tape_reset(ctx);
+  ad_tensor *all[] = {a, c, c1, b, d};
+  for (size_t i = 0; i < 5; i++) ad_tensor_free(all[i]);
 }
 
 /* ------------------------------------------------------------- dropout */

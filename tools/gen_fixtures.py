@@ -1015,6 +1015,48 @@ for label, xs, ws, nb, a in (("k3p1", (2, 2, 6), (3, 2, 3), 3, ("conv1d", 1, 1, 
                              ("asym_s3", (3, 2, 8), (2, 2, 2), 2, ("conv1d", 3, 2, 0, 1, 1, 0))):
     conv_case(f"conv1d_{label}", "conv1d", xs, ws, nb, a, torch_conv1d)
 
+# ---------------- fused recurrent cells (lstm_cell, gru_cell): PyTorch's
+# LSTM and GRU step equations composed with torch ops, outputs laid out as
+# the ops' [h' | c' | i f g o | tanh(c')] and [h' | r z n].
+
+
+def lstm_cell_ref(t):
+    a, c = t
+    i, f, g, o = a.chunk(4, 1)
+    i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+    cn = f * c + i * g
+    tc = torch.tanh(cn)
+    return torch.cat([o * tc, cn, i, f, g, o, tc], 1)
+
+
+def gru_cell_ref(t):
+    a, b, h = t
+    ar, az, an = a.chunk(3, 1)
+    br, bz, bn = b.chunk(3, 1)
+    r, z = torch.sigmoid(ar + br), torch.sigmoid(az + bz)
+    n = torch.tanh(an + r * bn)
+    return torch.cat([(h - n) * z + n, r, z, n], 1)
+
+
+def in_f64(ref):
+    """ref computed in float64 and rounded to the inputs' dtype: torch's float32
+    composition rounds after every op, and the GRU's h' = (h - n) z + n cancels.
+    The LSTM's float32 case is torch's own float32 composition: its backward,
+    like the op's, reads the saved activations (s (1 - s) cancels near s = 1
+    in both)."""
+    return lambda t: ref([x.double() for x in t]).to(t[0].dtype)
+
+
+for n, h in ((3, 2), (1, 5), (4, 1)):
+    add(f"lstm_cell_{n}x{h}", "lstm_cell",
+        lambda rng, n=n, h=h: [("in", U(rng, (n, 4 * h), -3, 3)), ("in", U(rng, (n, h)))],
+        lstm_cell_ref)
+    add(f"gru_cell_{n}x{h}", "gru_cell",
+        lambda rng, n=n, h=h: [("in", U(rng, (n, 3 * h), -3, 3)), ("in", U(rng, (n, 3 * h))),
+                               ("in", U(rng, (n, h)))],
+        in_f64(gru_cell_ref))
+
+
 # --------------------------------------------------------------- writing
 
 NAMES = {torch.float32: "f32", torch.float64: "f64", torch.int32: "i32"}

@@ -525,12 +525,14 @@ AD_API ad_tensor *ad_stack(ad_ctx *ctx, int n, ad_tensor *const *xs, int axis);
  * removed, as torch.unbind: out[i] = x[..., i, ...] (axis negative counts
  * from the end). out is the caller's array of at least x->shape[axis]
  * slots (none are written for length 0). Each slice is an op result
- * (narrow, then reshape), a temporary of the tape that the caller does not
- * free (ad_tape_reset does), and differentiable: its gradient flows into
- * x's at slice i. Returns AD_OK, or AD_ERR_NULL (x or out NULL),
- * AD_ERR_ARG (axis out of range, or more slices than an int), and the
- * errors of an op's input for x; on an error out[i] are left NULL. The
- * backward adds one x-sized contribution per slice used. */
+ * (narrows that halve x down to the slice, then a reshape), a temporary of
+ * the tape that the caller does not free (ad_tape_reset does), and
+ * differentiable: its gradient flows into x's at slice i. Returns AD_OK,
+ * or AD_ERR_NULL (x or out NULL), AD_ERR_ARG (axis out of range, or more
+ * slices than an int), and the errors of an op's input for x; on an error
+ * out[i] are left NULL. Cost: forward copies x about log2(n) times; the
+ * backward pads and adds about 3 x-sized tensors per halving, O(size of x
+ * * log n) in all rather than one x-sized contribution per slice. */
 AD_API ad_status ad_unstack(ad_ctx *ctx, ad_tensor *x, int axis, ad_tensor **out);
 /** x's values as a new tensor that no gradient flows through (stop-
  * gradient), as torch.detach: same dtype, shape and data (a view: it
@@ -669,6 +671,31 @@ AD_API ad_tensor *ad_batch_norm(ad_ctx *ctx, ad_tensor *x, ad_tensor *weight, ad
 AD_API ad_tensor *ad_layer_norm(ad_ctx *ctx, ad_tensor *x, int ndim,
                                 const int64_t *normalized_shape, ad_tensor *weight, ad_tensor *bias,
                                 double eps);
+
+/* ------------------------------------------------------ recurrent cells */
+
+/** One LSTM step's elementwise part, fused (PyTorch's nn.LSTMCell after its
+ * two products): gates is [N, 4H], the pre-activations x W_ih^T + b_ih +
+ * h W_hh^T + b_hh in PyTorch's gate order i, f, g, o; c is the cell state
+ * [N, H]. Returns [N, 7H] = [h' | c' | i f g o | tanh(c')] (narrow it at
+ * 0 and H), with i, f, o = sigmoid and g = tanh of their blocks,
+ * c' = f c + i g and h' = o tanh(c'). The last 5H are the activations
+ * its backward reads, so that it computes no exp or tanh; they are
+ * outputs like the others. Differentiable in both inputs to any order: a
+ * plain backward runs one loop per row; a recorded one (create_graph)
+ * builds the same gradient from ops. A tape temporary. NULL on error:
+ * AD_ERR_SHAPE (gates not [N, 4H] or c not [N, H] for the same N, naming
+ * both shapes), AD_ERR_DTYPE (not float, or dtypes differ), AD_ERR_NULL. */
+AD_API ad_tensor *ad_lstm_cell(ad_ctx *ctx, ad_tensor *gates, ad_tensor *c);
+/** One GRU step's elementwise part, fused, with PyTorch's formula: a is
+ * [N, 3H] = x W_ih^T + b_ih, b is [N, 3H] = h W_hh^T + b_hh (gate order r,
+ * z, n), h the state [N, H]. Returns [N, 4H] = [h' | r z n] (narrow it at
+ * 0 for h'), with
+ *   r = sigmoid(a_r + b_r), z = sigmoid(a_z + b_z),
+ *   n = tanh(a_n + r b_n), h' = (1 - z) n + z h
+ * (the activations r, z, n kept for the backward). Differentiable and
+ * errors as ad_lstm_cell's (a, b [N, 3H]). */
+AD_API ad_tensor *ad_gru_cell(ad_ctx *ctx, ad_tensor *a, ad_tensor *b, ad_tensor *h);
 
 /* ----------------------------------------------------------- attention */
 

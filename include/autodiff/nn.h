@@ -430,6 +430,9 @@ typedef struct nn_rnn_opts {
                        layer but the last, in training mode only */
   uint64_t seed;    /**< of the dropout masks (an ad_rng seeded once) */
   ad_dtype dtype;   /**< of the parameters and the input; default AD_F32 */
+  bool composed;    /**< LSTM and GRU steps composed of the engine's ops, so
+                       graph dumps show every gate; default: one fused op
+                       per step (ad_lstm_cell, ad_gru_cell), same values */
 } nn_rnn_opts;
 
 /** A recurrent layer with PyTorch's equations, gate order, parameter names
@@ -451,9 +454,11 @@ typedef struct nn_rnn_opts {
  * the order above), all drawn uniform in [-1/sqrt(H), 1/sqrt(H)) from rng
  * in that order (PyTorch's reset_parameters). In nn Sequential its forward
  * is nn_rnn_forward with zero initial state, full lengths and the model's
- * mode, and gives the output sequence. The cells are composed from the
- * engine's ops (matmul, add, narrow, sigmoid, tanh, mul), so graph dumps
- * show the gates and the tape derives backpropagation through time.
+ * mode, and gives the output sequence. Each step's gate pre-activations
+ * are matmul and add; the LSTM's and GRU's elementwise rest is one fused
+ * op (ad_lstm_cell, ad_gru_cell), or with opts.composed the engine's ops
+ * (narrow, sigmoid, tanh, mul, add), so graph dumps show every gate; the
+ * tape derives backpropagation through time either way.
  * opts may be NULL. Returns the layer (kind "rnn_tanh", "rnn_relu",
  * "lstm" or "gru"), or NULL with AD_ERR_ARG (a size or num_layers < 1,
  * dropout outside [0, 1), an unknown cell), AD_ERR_DTYPE (not float),
