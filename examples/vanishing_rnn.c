@@ -16,13 +16,17 @@
  * trained LSTM keeps near 1.
  *
  * Usage: vanishing_rnn [--len T] [--hidden H] [--train N] [--batch N]
- *                      [--lr X] [--seed N] [--check X]
+ *                      [--lr X] [--seed N] [--check X] [--out DIR] [--plot]
  * Prints the table of |dL/dh_t| (Frobenius norm over the batch) for t = 1
  * .. T and ends with the line
  *   "|dL/dh_1| / |dL/dh_T|: rnn 1.2e-09 lstm 3.4e-01"
  * With --check X it exits non-zero unless the LSTM's ratio is at least X
- * times the RNN's. */
+ * times the RNN's. It writes the table as DIR/vanishing_rnn.csv (--out,
+ * default "."), and with --plot draws both columns |dL/dh_t| / |dL/dh_T|
+ * against t on a log scale as DIR/vanishing_rnn.svg (tools/plot; the
+ * picture of docs/tutorial-rnn.md, redrawn by `ninja -C build plots`). */
 #include <autodiff/nn.h>
+#include <plot.h>
 
 #include <math.h>
 #include <stdio.h>
@@ -33,10 +37,18 @@ typedef struct options {
   int64_t len, hidden, train, batch;
   double lr, check;
   unsigned long long seed;
+  const char *out; /* the directory of the CSV and the SVG */
+  bool plot;       /* draw the SVG */
 } options;
 
 static bool parse(int argc, char **argv, options *o) {
-  for (int i = 1; i + 1 < argc; i += 2) {
+  for (int i = 1; i < argc; i += 2) {
+    if (!strcmp(argv[i], "--plot")) { /* the one flag without a value */
+      o->plot = true;
+      i--;
+      continue;
+    }
+    if (i + 1 >= argc) return false;
     const char *a = argv[i], *v = argv[i + 1];
     char *end = (char *)"";
     if (!strcmp(a, "--len"))
@@ -53,12 +65,14 @@ static bool parse(int argc, char **argv, options *o) {
       o->seed = strtoull(v, &end, 10);
     else if (!strcmp(a, "--check"))
       o->check = strtod(v, &end);
+    else if (!strcmp(a, "--out"))
+      o->out = v;
     else
       return false;
     if (*end) return false;
   }
-  return argc % 2 == 1 && o->len >= 2 && o->len <= 100000 && o->hidden >= 1 && o->batch >= 1 &&
-         o->train >= 0 && o->lr > 0 && o->check >= 0;
+  return o->len >= 2 && o->len <= 100000 && o->hidden >= 1 && o->batch >= 1 && o->train >= 0 &&
+         o->lr > 0 && o->check >= 0;
 }
 
 /* x [T, n, 2] (time first) and y [n, 1]: n sequences of the adding
@@ -152,11 +166,12 @@ static ad_status grad_norms(ad_ctx *ctx, nn_layer *rnn, nn_layer *fc, bool lstm,
 }
 
 int main(int argc, char **argv) {
-  options o = {.len = 50, .hidden = 32, .train = 800, .batch = 64, .lr = 0.005, .seed = 1};
+  options o = {
+      .len = 50, .hidden = 32, .train = 800, .batch = 64, .lr = 0.005, .seed = 1, .out = "."};
   if (!parse(argc, argv, &o)) {
     fprintf(stderr,
             "usage: %s [--len T] [--hidden H] [--train N] [--batch N] [--lr X] [--seed N] [--check "
-            "X]\n",
+            "X] [--out DIR] [--plot]\n",
             argv[0]);
     return 2;
   }
@@ -203,6 +218,42 @@ int main(int argc, char **argv) {
   double r_rnn = norm[0][0] / norm[0][T - 1], r_lstm = norm[1][0] / norm[1][T - 1];
   printf("\n|dL/dh_1| / |dL/dh_T|: rnn %.1e lstm %.1e\n", r_rnn, r_lstm);
   int rc = o.check > 0 && !(r_lstm >= o.check * r_rnn);
+  /* each column relative to its last step, against t: the CSV, and the
+   * picture with --plot */
+  double *rel[2] = {calloc((size_t)T, sizeof(double)), calloc((size_t)T, sizeof(double))};
+  double *t_axis = calloc((size_t)T, sizeof(double));
+  bool written = rel[0] && rel[1] && t_axis;
+  for (int64_t t = 0; written && t < T; t++) {
+    t_axis[t] = (double)(t + 1);
+    rel[0][t] = norm[0][t] / norm[0][T - 1];
+    rel[1][t] = norm[1][t] / norm[1][T - 1];
+  }
+  char path[1024];
+  snprintf(path, sizeof path, "%s/vanishing_rnn.csv", o.out);
+  FILE *f = written ? fopen(path, "w") : NULL;
+  if (f) {
+    fprintf(f, "t,rnn_grad_norm,rnn_relative,lstm_grad_norm,lstm_relative\n");
+    for (int64_t t = 0; t < T; t++)
+      fprintf(f, "%lld,%.9g,%.9g,%.9g,%.9g\n", (long long)t + 1, norm[0][t], rel[0][t], norm[1][t],
+              rel[1][t]);
+    written = fclose(f) == 0;
+  } else {
+    written = false;
+  }
+  if (!written) fprintf(stderr, "vanishing_rnn: cannot write %s\n", path);
+  if (written && o.plot) {
+    plot_series s[2] = {{"tanh RNN", (int)T, t_axis, rel[0]}, {"LSTM", (int)T, t_axis, rel[1]}};
+    plot_opts po = {.title = "How much the last step's loss depends on h_t",
+                    .xlabel = "time step t",
+                    .ylabel = "|dL/dh_t| / |dL/dh_T|",
+                    .logy = true};
+    const char *why = "";
+    snprintf(path, sizeof path, "%s/vanishing_rnn.svg", o.out);
+    written = plot_svg_file(path, &po, 2, s, &why) == 0;
+    if (!written) fprintf(stderr, "vanishing_rnn: %s: %s\n", path, why);
+  }
+  rc |= !written;
+  free(rel[0]), free(rel[1]), free(t_axis);
   ad_tensor_free(x);
   ad_tensor_free(y);
   free(norm[0]);

@@ -29,6 +29,7 @@ RECIPES = {
                       ["learning_rate.svg", "learning_rate_range.svg"]),
     "overfitting": ([], ["overfitting.csv"], ["overfitting.svg", "overfitting_acc.svg"]),
     "exploding": ([], ["exploding.csv"], ["exploding.svg", "exploding_loss.svg"]),
+    "vanishing_rnn": ([], ["vanishing_rnn.csv"], ["vanishing_rnn.svg"]),
 }
 SHARED = ["examples/teach.h", "tools/plot/plot.c", "tools/plot/plot.h", "tools/plots.py"]
 MANIFEST = "docs/img/plots.sha256"
