@@ -24,24 +24,8 @@
  *                  [--out DIR] [--plot] */
 #include "teach.h"
 
-#define LAYERS 8
-#define WIDTH  32
-
-static nn_model *deep_net(ad_ctx *ctx, double gain, uint64_t seed) {
-  ad_rng rng;
-  ad_rng_seed(&rng, seed);
-  /* He normal: N(0, gain / sqrt(fan_in)); the default gain is sqrt(2) */
-  nn_dense_opts o = {.weight_init = nn_init_make(NN_INIT_HE_NORMAL, gain * sqrt(2), 0)};
-  nn_model *m = nn_sequential_new(ctx);
-  for (int l = 0; l < LAYERS; l++) {
-    nn_model_add(m, nn_dense_new(ctx, WIDTH, l == LAYERS - 1 ? 1 : WIDTH, &rng, &o));
-    if (l < LAYERS - 1) nn_model_add(m, nn_activation_new(ctx, NN_ACT_RELU));
-  }
-  return m;
-}
-
-/* One training step by hand; *norm gets the gradient norm before clipping
- * (clip <= 0: no clipping). */
+/* One training step written out; *norm gets the gradient norm before
+ * clipping (clip <= 0: no clipping). */
 static ad_status step(nn_model *m, nn_optimizer *opt, ad_tensor *x, ad_tensor *y, double clip,
                       double *loss, double *norm) {
   ad_ctx *ctx = nn_model_ctx(m);
@@ -56,35 +40,34 @@ static ad_status step(nn_model *m, nn_optimizer *opt, ad_tensor *x, ad_tensor *y
   return nn_optimizer_step(opt);
 }
 
+static void row(double *const c[5], int s) {
+  printf("%5d %12.4g %12.4g %14.4g %14.4g\n", s + 1, c[1][s], c[2][s], c[3][s], c[4][s]);
+}
+
 int main(int argc, char **argv) {
-  int steps = 300, seed = 1;
+  int steps = 300;
   double lr = 0.01, gain = 1.2;
-  bool plot = false;
-  const char *out = ".";
-  teach_flag flags[] = {{"--steps", 'i', &steps}, {"--lr", 'd', &lr},   {"--gain", 'd', &gain},
-                        {"--seed", 'i', &seed},   {"--out", 's', &out}, {"--plot", 'b', &plot}};
-  if (!teach_parse(argc, argv, 6, flags) || steps < 2) return 2;
+  teach_opts o;
+  teach_flag flags[] = {{"--steps", 'i', &steps}, {"--lr", 'd', &lr}, {"--gain", 'd', &gain}};
+  if (!teach_parse(argc, argv, 3, flags, &o) || steps < 2) return 2;
   ad_ctx *ctx = ad_ctx_new();
   ad_set_anomaly_mode(ctx, true); /* stop at the first NaN or infinity */
-  ad_tensor *x, *labels, *y;
-  teach_blobs(ctx, 256, WIDTH, 2, (uint64_t)seed, &x, &labels);
-  int64_t shape[2] = {256, 1}; /* regression target: the label as 0 or 1 */
-  y = ad_zeros(ctx, AD_F32, 2, shape);
-  for (int64_t i = 0; i < 256; i++) ad_tensor_set(y, i, ad_tensor_get(labels, i));
-
-  const char *names[5] = {"step", "loss", "grad_norm", "clipped_loss", "clipped_grad_norm"};
-  double *col[5];
-  for (int c = 0; c < 5; c++) col[c] = calloc((size_t)steps, sizeof(double));
-  for (int s = 0; s < steps; s++) col[0][s] = s + 1, col[1][s] = col[2][s] = NAN;
+  ad_tensor *x, *labels, *y = ad_zeros(ctx, AD_F32, 2, (int64_t[]){256, 1});
+  teach_blobs(ctx, 256, 32, 2, (uint64_t)o.seed, &x, &labels);
+  for (int64_t i = 0; i < 256; i++) ad_tensor_set(y, i, ad_tensor_get(labels, i)); /* 0 or 1 */
+  /* He normal init is N(0, sqrt(2) / sqrt(fan_in)): --gain times larger */
+  nn_dense_opts init = {.weight_init = nn_init_make(NN_INIT_HE_NORMAL, gain * sqrt(2), 0)};
+  int64_t sizes[9] = {32, 32, 32, 32, 32, 32, 32, 32, 1};
+  teach_table *t = teach_table_new(steps);
+  double *c[5] = {teach_col(t, "step"), teach_col(t, "loss"), teach_col(t, "grad_norm"),
+                  teach_col(t, "clipped_loss"), teach_col(t, "clipped_grad_norm")};
   bool failed = false, ok = true;
-  for (int r = 0; r < 2; r++) { /* r = 0 without clipping, 1 with */
-    nn_model *m = deep_net(ctx, gain, (uint64_t)seed);
+  for (int s = 0; s < steps; s++) c[0][s] = s + 1;
+  for (int r = 0; r < 2; r++) { /* r = 0 without clipping, 1 clipped at norm 1 */
+    nn_model *m = teach_mlp(ctx, (uint64_t)o.seed, NN_ACT_RELU, &init, 8, sizes);
     nn_optimizer *opt = nn_sgd_new(nn_model_params(m), lr, 0, false, 0);
     for (int s = 0; s < steps; s++) {
-      double loss = NAN, norm = NAN;
-      ad_status st = step(m, opt, x, y, r ? 1.0 : 0, &loss, &norm);
-      col[1 + 2 * r][s] = loss, col[2 + 2 * r][s] = norm;
-      if (st != AD_OK) {
+      if (step(m, opt, x, y, r ? 1.0 : 0, &c[1 + 2 * r][s], &c[2 + 2 * r][s]) != AD_OK) {
         printf("%s: step %d failed: %s\n", r ? "clipped" : "unclipped", s + 1, ad_last_error(ctx));
         ad_clear_error(ctx);
         failed |= r == 0, ok &= r == 0;
@@ -95,28 +78,18 @@ int main(int argc, char **argv) {
     nn_model_free(m);
   }
   printf("%5s %12s %12s %14s %14s\n", "step", "loss", "grad norm", "clipped loss", "clipped norm");
-  for (int s = 0; s < steps; s = s < 8 ? s + 1 : s * 2)
-    printf("%5d %12.4g %12.4g %14.4g %14.4g\n", s + 1, col[1][s], col[2][s], col[3][s], col[4][s]);
-  printf("%5d %12.4g %12.4g %14.4g %14.4g\n", steps, col[1][steps - 1], col[2][steps - 1],
-         col[3][steps - 1], col[4][steps - 1]);
-
-  ok = ok && teach_csv(teach_path(out, "exploding.csv"), 5, names, steps, col);
-  if (ok && plot) {
-    plot_series ns[2] = {{"no clipping", steps, col[0], col[2]},
-                         {"clipped at norm 1", steps, col[0], col[4]}};
-    plot_series ls[2] = {{"no clipping", steps, col[0], col[1]},
-                         {"clipped at norm 1", steps, col[0], col[3]}};
-    plot_opts no = {.title = "Global gradient norm (before clipping)",
-                    .xlabel = "step",
-                    .ylabel = "||grad||",
-                    .logy = true};
-    plot_opts lo = {.title = "Training loss", .xlabel = "step", .ylabel = "MSE", .logy = true};
-    ok = teach_plot(teach_path(out, "exploding.svg"), &no, 2, ns) &&
-         teach_plot(teach_path(out, "exploding_loss.svg"), &lo, 2, ls);
-  }
-  double first = col[3][0], last = col[3][steps - 1];
-  for (int c = 0; c < 5; c++) free(col[c]);
+  for (int s = 0; s < steps; s = s < 8 ? s + 1 : s * 2) row(c, s);
+  row(c, steps - 1);
+  plot_opts no = {"Global gradient norm (before clipping)", "step", "||grad||", .logy = true};
+  plot_opts lo = {"Training loss", "step", "MSE", .logy = true};
+  ok = ok && teach_save(t, &o, "exploding.csv") &&
+       teach_chart(t, &o, "exploding.svg", no, "step", "grad_norm=no clipping",
+                   "clipped_grad_norm=clipped at norm 1", NULL) &&
+       teach_chart(t, &o, "exploding_loss.svg", lo, "step", "loss=no clipping",
+                   "clipped_loss=clipped at norm 1", NULL);
+  bool learned = isfinite(c[3][steps - 1]) && c[3][steps - 1] < c[3][0];
+  teach_table_free(t);
   ad_tensor_free(x), ad_tensor_free(labels), ad_tensor_free(y);
   ad_ctx_free(ctx);
-  return ok && failed && isfinite(last) && last < first ? 0 : 1;
+  return ok && failed && learned ? 0 : 1;
 }

@@ -21,48 +21,31 @@
  *                      [--out DIR] [--plot] */
 #include "teach.h"
 
-#define RATES 5
-
-static nn_model *small_net(ad_ctx *ctx, uint64_t seed) {
-  ad_rng rng;
-  ad_rng_seed(&rng, seed);
-  nn_model *m = nn_sequential_new(ctx);
-  nn_model_add(m, nn_dense_new(ctx, 32, 64, &rng, NULL));
-  nn_model_add(m, nn_activation_new(ctx, NN_ACT_TANH));
-  nn_model_add(m, nn_dense_new(ctx, 64, 3, &rng, NULL));
-  return m;
-}
-
 int main(int argc, char **argv) {
-  int epochs = 15, range_steps = 200, seed = 1;
-  bool plot = false;
-  const char *out = ".";
-  teach_flag flags[] = {{"--epochs", 'i', &epochs},
-                        {"--range-steps", 'i', &range_steps},
-                        {"--seed", 'i', &seed},
-                        {"--out", 's', &out},
-                        {"--plot", 'b', &plot}};
-  if (!teach_parse(argc, argv, 5, flags) || epochs < 1 || range_steps < 10) return 2;
+  int epochs = 15, range_steps = 200;
+  teach_opts o;
+  teach_flag flags[] = {{"--epochs", 'i', &epochs}, {"--range-steps", 'i', &range_steps}};
+  if (!teach_parse(argc, argv, 2, flags, &o) || epochs < 1 || range_steps < 10) return 2;
   ad_ctx *ctx = ad_ctx_new();
   ad_tensor *x, *y;
-  teach_blobs(ctx, 1024, 32, 3, (uint64_t)seed, &x, &y);
+  teach_blobs(ctx, 1024, 32, 3, (uint64_t)o.seed, &x, &y);
+  int64_t sizes[3] = {32, 64, 3};
 
-  /* part 1: loss per epoch at each rate */
-  const double rates[RATES] = {0.001, 0.01, 0.1, 1, 10};
-  const char *names[1 + RATES] = {"epoch", "lr=0.001", "lr=0.01", "lr=0.1", "lr=1", "lr=10"};
-  double *col[1 + RATES], final[RATES];
-  for (int c = 0; c <= RATES; c++) col[c] = calloc((size_t)epochs, sizeof(double));
-  for (int e = 0; e < epochs; e++) col[0][e] = e + 1;
+  /* part 1: the loss per epoch at each rate */
+  const double rates[5] = {0.001, 0.01, 0.1, 1, 10};
+  teach_table *t = teach_table_new(epochs);
+  double final[5];
+  for (int e = 0; e < epochs; e++) teach_col(t, "epoch")[e] = e + 1;
   printf("%-8s %10s\n", "rate", "final loss");
-  for (int r = 0; r < RATES; r++) {
-    nn_model *m = small_net(ctx, (uint64_t)seed);
+  for (int r = 0; r < 5; r++) {
+    nn_model *m = teach_mlp(ctx, (uint64_t)o.seed, NN_ACT_TANH, NULL, 2, sizes);
     nn_optimizer *opt = nn_sgd_new(nn_model_params(m), rates[r], 0, false, 0);
-    nn_fit_opts fo = {.epochs = epochs, .seed = (uint64_t)seed, .verbose = -1};
+    nn_fit_opts fo = {.epochs = epochs, .seed = (uint64_t)o.seed, .verbose = -1};
     nn_history *h = NULL;
     ad_status st = nn_fit(m, opt, nn_cross_entropy_loss, x, y, &fo, &h);
-    for (int e = 0; e < epochs; e++) /* epochs not run (a diverged fit) stay NaN */
-      col[1 + r][e] = e < nn_history_epochs(h) ? nn_history_get(h, "loss", e) : NAN;
-    final[r] = st == AD_OK ? col[1 + r][epochs - 1] : INFINITY;
+    double *loss = teach_col(t, "lr=%g", rates[r]); /* epochs a diverged fit missed stay NaN */
+    for (int e = 0; e < nn_history_epochs(h); e++) loss[e] = nn_history_get(h, "loss", e);
+    final[r] = st == AD_OK ? loss[epochs - 1] : INFINITY;
     printf("%-8g %10.4f%s\n", rates[r], final[r], st == AD_OK ? "" : "  (diverged)");
     if (st != AD_OK) printf("         %s\n", ad_last_error(ctx));
     ad_clear_error(ctx);
@@ -71,13 +54,13 @@ int main(int argc, char **argv) {
     nn_model_free(m);
   }
 
-  /* part 2: the range test, lr = 1e-5 * (1e6)^(s / steps) */
-  const char *rnames[4] = {"step", "lr", "loss", "smoothed"};
-  double *rc[4];
-  for (int c = 0; c < 4; c++) rc[c] = calloc((size_t)range_steps, sizeof(double));
-  nn_model *m = small_net(ctx, (uint64_t)seed);
+  /* part 2: the range test, one SGD step per batch at lr = 1e-5 * (1e6)^(s / steps) */
+  teach_table *rt = teach_table_new(range_steps);
+  double *c[4] = {teach_col(rt, "step"), teach_col(rt, "lr"), teach_col(rt, "loss"),
+                  teach_col(rt, "smoothed")};
+  nn_model *m = teach_mlp(ctx, (uint64_t)o.seed, NN_ACT_TANH, NULL, 2, sizes);
   nn_optimizer *opt = nn_sgd_new(nn_model_params(m), 1e-5, 0, false, 0);
-  nn_batcher *b = nn_batcher_new(ctx, x, y, 32, true, (uint64_t)seed);
+  nn_batcher *b = nn_batcher_new(ctx, x, y, 32, true, (uint64_t)o.seed);
   double avg = 0, best = INFINITY, best_lr = 0;
   int n = 0;
   for (int s = 0; s < range_steps; s++, n++) {
@@ -88,38 +71,28 @@ int main(int argc, char **argv) {
     if (nn_train_step(m, opt, nn_cross_entropy_loss, xb, yb, 0, &loss) != AD_OK) break;
     avg = 0.9 * avg + 0.1 * loss; /* exponential moving average, bias-corrected: */
     double smooth = avg / (1 - pow(0.9, s + 1));
-    rc[0][s] = s + 1, rc[1][s] = lr, rc[2][s] = loss, rc[3][s] = smooth;
+    c[0][s] = s + 1, c[1][s] = lr, c[2][s] = loss, c[3][s] = smooth;
     if (smooth < best) best = smooth, best_lr = lr;
     if (smooth > 4 * best) break; /* diverging: the test is over */
   }
   ad_clear_error(ctx);
+  rt->nrow = n;
   printf("range test: lowest smoothed loss %.4f at lr %.3g; suggested lr %.3g\n", best, best_lr,
          best_lr / 10);
 
-  bool ok = teach_csv(teach_path(out, "learning_rate.csv"), 1 + RATES, names, epochs, col) &&
-            teach_csv(teach_path(out, "learning_rate_range.csv"), 4, rnames, n, rc);
-  if (ok && plot) {
-    plot_series s[RATES];
-    for (int r = 0; r < RATES; r++) s[r] = (plot_series){names[1 + r], epochs, col[0], col[1 + r]};
-    plot_opts o = {.title = "Training loss at five learning rates (SGD)",
-                   .xlabel = "epoch",
-                   .ylabel = "cross-entropy",
-                   .logy = true};
-    plot_series rs[2] = {{"loss", n, rc[1], rc[2]}, {"smoothed", n, rc[1], rc[3]}};
-    plot_opts ro = {.title = "Learning-rate range test",
-                    .xlabel = "learning rate",
-                    .ylabel = "cross-entropy",
-                    .logx = true};
-    ok = teach_plot(teach_path(out, "learning_rate.svg"), &o, RATES, s) &&
-         teach_plot(teach_path(out, "learning_rate_range.svg"), &ro, 2, rs);
-  }
+  plot_opts po = {"Training loss at five learning rates (SGD)", "epoch", "cross-entropy",
+                  .logy = true};
+  plot_opts ro = {"Learning-rate range test", "learning rate", "cross-entropy", .logx = true};
+  bool ok = teach_save(t, &o, "learning_rate.csv") &&
+            teach_save(rt, &o, "learning_rate_range.csv") &&
+            teach_chart(t, &o, "learning_rate.svg", po, "epoch", "lr=*", NULL) &&
+            teach_chart(rt, &o, "learning_rate_range.svg", ro, "lr", "loss", "smoothed", NULL);
   double good = fmin(fmin(final[1], final[2]), final[3]);
-  for (int c = 0; c <= RATES; c++) free(col[c]);
-  for (int c = 0; c < 4; c++) free(rc[c]);
+  teach_table_free(t), teach_table_free(rt);
   nn_batcher_free(b);
   nn_optimizer_free(opt);
   nn_model_free(m);
   ad_tensor_free(x), ad_tensor_free(y);
   ad_ctx_free(ctx);
-  return ok && final[0] > good && final[RATES - 1] > good ? 0 : 1;
+  return ok && final[0] > good && final[4] > good ? 0 : 1;
 }

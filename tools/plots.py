@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Redraws the pictures of docs/faq.md, and checks that they are current.
+"""Redraws the pictures of docs/faq.md (and of the tutorials), and checks that they are current.
 
     plots.py regen EXAMPLES_BUILD_DIR SOURCE_ROOT
     plots.py check SOURCE_ROOT
@@ -30,6 +30,7 @@ RECIPES = {
     "overfitting": ([], ["overfitting.csv"], ["overfitting.svg", "overfitting_acc.svg"]),
     "exploding": ([], ["exploding.csv"], ["exploding.svg", "exploding_loss.svg"]),
     "vanishing_rnn": ([], ["vanishing_rnn.csv"], ["vanishing_rnn.svg"]),
+    "descent": ([], ["descent.csv"], ["descent.svg", "descent_grads.svg"]),
 }
 SHARED = ["examples/teach.h", "tools/plot/plot.c", "tools/plot/plot.h", "tools/plots.py"]
 MANIFEST = "docs/img/plots.sha256"
