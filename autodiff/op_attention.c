@@ -112,10 +112,10 @@ ad_tensor *ad_scaled_dot_product_attention(ad_ctx *ctx, ad_tensor *q, ad_tensor 
   ad_attention_opts o = {0};
   if (opts) o = *opts;
   if (o.weights) *o.weights = NULL;
-  if (!q || !k || !v) {
-    ad_set_null_error(ctx, "scaled_dot_product_attention: %s is NULL", !q ? "q" : !k ? "k" : "v");
+  static const char *fn = "scaled_dot_product_attention";
+  if (!ad_arg_ok(ctx, fn, "q", q) || !ad_arg_ok(ctx, fn, "k", k) || !ad_arg_ok(ctx, fn, "v", v) ||
+      (o.mask && !ad_arg_ok(ctx, fn, "mask", o.mask)))
     return NULL;
-  }
   if (!sdpa_check(ctx, q, k, v, &o)) return NULL;
   int nd = q->ndim;
   int64_t L = q->shape[nd - 2], S = k->shape[nd - 2], E = q->shape[nd - 1];

@@ -146,7 +146,11 @@ static ad_status softmax_ce_bwd(const ad_call *c) {
 }
 
 ad_tensor *ad_softmax_cross_entropy(ad_ctx *ctx, ad_tensor *logits, ad_tensor *labels) {
-  if (ctx && logits && labels && (logits->ndim != 2 || labels->ndim != 1)) {
+  if (!ctx) return NULL;
+  if (!ad_arg_ok(ctx, "softmax_cross_entropy", "logits", logits) ||
+      !ad_arg_ok(ctx, "softmax_cross_entropy", "labels", labels))
+    return NULL;
+  if (logits->ndim != 2 || labels->ndim != 1) {
     char a[64], b[64];
     ad_set_error(ctx, AD_ERR_SHAPE,
                  "softmax_cross_entropy: logits %s and labels %s: need [N,C] and [N], C >= 1",

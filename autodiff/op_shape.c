@@ -843,25 +843,6 @@ const ad_op_def ad_def_detach = {
  * each slice (unstack_split) viewed without the axis, so their gradients are those ops' and a graph
  * dump shows reshape, concat and narrow nodes. */
 
-/* Checks that x can be an input of fn (as ad_op_apply does for ops, but
- * before reading its shape, and named by fn); records the error. */
-static bool arg_ok(ad_ctx *ctx, const char *fn, const char *what, const ad_tensor *x) {
-  const ad_node *n = ad_node_of(x);
-  if (!x)
-    ad_set_null_error(ctx, "%s: %s is NULL", fn, what);
-  else if (n->magic == AD_NODE_DEAD)
-    ad_set_error(ctx, AD_ERR_STATE, "%s: %s was freed", fn, what);
-  else if (n->magic != AD_NODE_MAGIC)
-    ad_set_error(ctx, AD_ERR_ARG, "%s: %s is not a tensor", fn, what);
-  else if (n->ctx != ctx)
-    ad_set_error(ctx, AD_ERR_ARG, "%s: %s belongs to another context", fn, what);
-  else if (n->epoch != ctx->epoch && !(n->flags & AD_NF_PERSISTENT))
-    ad_set_error(ctx, AD_ERR_STATE, "%s: %s is from a tape that was reset", fn, what);
-  else
-    return true;
-  return false;
-}
-
 /* Inputs whose views ad_stack keeps on the stack; more are allocated. */
 #define STACK_INLINE 16
 
@@ -878,7 +859,7 @@ ad_tensor *ad_stack(ad_ctx *ctx, int n, ad_tensor *const *xs, int axis) {
   char what[32], a[64], b[64];
   for (int k = 0; k < n; k++) {
     snprintf(what, sizeof what, "input %d", k);
-    if (!arg_ok(ctx, "stack", what, xs[k])) return NULL;
+    if (!ad_arg_ok(ctx, "stack", what, xs[k])) return NULL;
     if (k && !ad_same_shape(xs[k], xs[0])) {
       ad_set_error(ctx, AD_ERR_SHAPE,
                    "stack: input %d has shape %s, input 0 has %s (stack needs "
@@ -930,7 +911,7 @@ static bool unstack_split(ad_ctx *ctx, ad_tensor *p, int ax, int64_t first, int6
 
 ad_status ad_unstack(ad_ctx *ctx, ad_tensor *x, int axis, ad_tensor **out) {
   if (!ctx) return AD_ERR_NULL;
-  if (!arg_ok(ctx, "unstack", "x", x)) return ad_last_status(ctx);
+  if (!ad_arg_ok(ctx, "unstack", "x", x)) return ad_last_status(ctx);
   if (!out) return ad_set_error(ctx, AD_ERR_NULL, "unstack: out is NULL");
   char a[64];
   int ax = ad_norm_axis(axis, x->ndim);

@@ -199,6 +199,25 @@ static void input_error(ad_ctx *ctx, const ad_op_def *def, int i, const ad_node 
     ad_set_error(ctx, AD_ERR_STATE, "%s: input %d is from a tape that was reset", def->name, i);
 }
 
+/* Checks that x can be an input of fn (as ad_op_apply does for ops, but
+ * before reading its shape, and named by fn); records the error. */
+bool ad_arg_ok(ad_ctx *ctx, const char *fn, const char *what, const ad_tensor *x) {
+  const ad_node *n = ad_node_of(x);
+  if (!x)
+    ad_set_null_error(ctx, "%s: %s is NULL", fn, what);
+  else if (n->magic == AD_NODE_DEAD)
+    ad_set_error(ctx, AD_ERR_STATE, "%s: %s was freed", fn, what);
+  else if (n->magic != AD_NODE_MAGIC)
+    ad_set_error(ctx, AD_ERR_ARG, "%s: %s is not a tensor", fn, what);
+  else if (n->ctx != ctx)
+    ad_set_error(ctx, AD_ERR_ARG, "%s: %s belongs to another context", fn, what);
+  else if (n->epoch != ctx->epoch && !(n->flags & AD_NF_PERSISTENT))
+    ad_set_error(ctx, AD_ERR_STATE, "%s: %s is from a tape that was reset", fn, what);
+  else
+    return true;
+  return false;
+}
+
 /* Whether def applied to in[] is the common elementwise case: an
  * AD_OP_ELEMENTWISE op on inputs of one float dtype and one shape. Its
  * shape rule would then find exactly in[0]'s dtype and shape and report

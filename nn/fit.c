@@ -177,7 +177,7 @@ static ad_status train_step(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_
  * (NULL for an empty shard), *pred_out its prediction. */
 static ad_status dist_train_step(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor *x,
                                  ad_tensor *y, double lambda_l2, const nn_dist_ops *d,
-                                 double *loss_out, ad_tensor **pred_out, ad_tensor **ys_out,
+                                 double *loss_out, ad_tensor **ys_out, int64_t *correct,
                                  double *norms) {
   ad_ctx *ctx = nn_model_ctx(m);
   nn_params *p = nn_model_params(m);
@@ -185,7 +185,7 @@ static ad_status dist_train_step(nn_model *m, nn_optimizer *opt, nn_loss_fn loss
   nn_params_zero_grad(p);
   if (nn_optimizer_params(opt) != p) nn_optimizer_zero_grad(opt);
   int64_t n = x->shape[0], b = n * d->rank / d->size, e = n * (d->rank + 1) / d->size;
-  *pred_out = *ys_out = NULL;
+  *ys_out = NULL;
   ad_tensor *total = NULL;
   ad_status st = AD_OK;
   if (e > b) {
@@ -197,12 +197,23 @@ static ad_status dist_train_step(nn_model *m, nn_optimizer *opt, nn_loss_fn loss
     if (l) {
       double lv = ad_tensor_item(l);
       *loss_out = lv;
-      *pred_out = pred;
       *ys_out = ys;
       if (!isfinite(lv)) l = NULL, ad_set_error(ctx, AD_ERR_NAN, "train_step: the loss is %g", lv);
     }
     total = l && lambda_l2 > 0 ? ad_add(ctx, l, nn_l2_penalty(ctx, p, lambda_l2)) : l;
     if (!total) st = fail(ctx, AD_ERR_ARG);
+    /* accuracy is counted here, before grad_end, so that a failed
+     * comparison reaches the ranks whose shard is empty with the status */
+    int64_t c = st == AD_OK && correct ? nn_count_correct(pred, ys, nn_loss_threshold(loss)) : 0;
+    if (c < 0) {
+      char a[64], b2[64];
+      st = ad_set_error(ctx, AD_ERR_SHAPE,
+                        "fit: cannot compare predictions %s with targets %s for accuracy",
+                        ad_shape_str(pred, a, sizeof a), ad_shape_str(ys, b2, sizeof b2));
+    }
+    if (correct) *correct = c > 0 ? c : 0;
+  } else if (correct) {
+    *correct = 0;
   }
   if (st == AD_OK) st = d->grad_begin(d->ud, p, total, e - b, n);
   if (st == AD_OK && total) st = ad_backward(ctx, total, NULL);
@@ -471,7 +482,9 @@ static ad_status fit(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor 
       if (st != AD_OK) continue; /* drain, so the next epoch starts fresh */
       double lv = 0;             /* set only once the loss is computed */
       ad_tensor *ys = yb;        /* the targets trained on: a shard with dist */
-      st = dist ? dist_train_step(m, opt, loss, xb, yb, o.lambda_l2, dist, &lv, &pred, &ys, norms)
+      int64_t dist_correct = 0;
+      st = dist ? dist_train_step(m, opt, loss, xb, yb, o.lambda_l2, dist, &lv, &ys,
+                                  o.accuracy ? &dist_correct : NULL, norms)
                 : train_step(m, opt, loss, xb, yb, o.lambda_l2, &lv, &pred, norms);
       if (st != AD_OK) {
         if (st == AD_ERR_NAN && !isfinite(lv)) {
@@ -491,7 +504,7 @@ static ad_status fit(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor 
       seen += n;
       done++;
       if (o.accuracy && n) {
-        int64_t c = nn_count_correct(pred, ys, thr);
+        int64_t c = dist ? dist_correct : nn_count_correct(pred, ys, thr);
         if (c < 0) {
           st = ad_set_error(ctx, AD_ERR_SHAPE,
                             "fit: cannot compare predictions %s with targets %s for accuracy",
@@ -530,6 +543,15 @@ static ad_status fit(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor 
     if (val) {
       st = eval_batches(m, loss, vb, &h->vals[H_VAL_LOSS][e],
                         o.accuracy ? &h->vals[H_VAL_ACC][e] : NULL);
+      if (dist) { /* a rank that failed here alone must not leave the others waiting */
+        double failed = st != AD_OK;
+        ad_status s2 = dist->sum(dist->ud, &failed, 1);
+        if (st == AD_OK && s2 != AD_OK) st = s2;
+        if (st == AD_OK && failed > 0)
+          st =
+              ad_set_error(ctx, AD_ERR_STATE,
+                           "fit: validation failed on %g other rank(s) at epoch %d", failed, e + 1);
+      }
       if (st != AD_OK) break;
     }
     h->vals[H_SECONDS][e] = nn_now() - t0;
@@ -549,7 +571,13 @@ static ad_status fit(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor 
     }
     nn_optimizer_schedule_step(opt);
     bool stop = nn_stopper_update(&es, m, h, e);
-    if (o.on_epoch_end && !o.on_epoch_end(e, h, o.ud)) break;
+    bool go_on = !o.on_epoch_end || o.on_epoch_end(e, h, o.ud);
+    if (dist && o.on_epoch_end) { /* one rank asking to stop stops every rank */
+      double v = !go_on;
+      st = dist->sum(dist->ud, &v, 1);
+      go_on = st == AD_OK && v == 0;
+    }
+    if (!go_on) break;
     if (stop) {
       if (es.snap && h->best_epoch >= 0) nn_model_state_copy(m, es.snap, false);
       if (lines)

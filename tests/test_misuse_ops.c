@@ -378,3 +378,33 @@ Test(misuse_ops, integer_inputs_changed_before_backward) {
   ad_tensor_free(x);
   ad_tensor_free(idx);
 }
+
+/* ------------------ composites validate their inputs before their shapes */
+
+/* scaled_dot_product_attention and softmax_cross_entropy read shapes before
+ * they apply an op: a tensor of another context, or one from a tape that
+ * was reset, is named as such, not misread as a shape mismatch. */
+Test(misuse_ops, composites_check_inputs_first) {
+  ad_ctx *other = ad_ctx_new();
+  int64_t s3[3] = {2, 3, 4}, s2[2] = {3, 4}, s1[1] = {3};
+  ad_tensor *q = ad_zeros(ctx, AD_F32, 3, s3), *foreign = ad_zeros(other, AD_F32, 3, s3);
+  cr_assert_null(ad_scaled_dot_product_attention(ctx, q, foreign, q, NULL));
+  expect_error(AD_ERR_ARG, "scaled_dot_product_attention: k belongs to another context", NULL);
+  ad_tensor *mask = ad_exp(ctx, ad_zeros(ctx, AD_F32, 2, (int64_t[]){3, 3}));
+  cr_assert_not_null(mask);
+  ad_tape_reset(ctx);
+  ad_attention_opts o = {.mask = mask};
+  cr_assert_null(ad_scaled_dot_product_attention(ctx, q, q, q, &o));
+  expect_error(AD_ERR_STATE, "scaled_dot_product_attention: mask is from a tape that was reset",
+               NULL);
+  cr_assert_null(ad_scaled_dot_product_attention(ctx, q, NULL, q, NULL));
+  expect_error(AD_ERR_NULL, "scaled_dot_product_attention: k is NULL", NULL);
+
+  ad_tensor *z = ad_zeros(other, AD_F32, 2, s2), *t = ad_zeros(ctx, AD_I32, 1, s1);
+  cr_assert_null(ad_softmax_cross_entropy(ctx, z, t));
+  expect_error(AD_ERR_ARG, "softmax_cross_entropy: logits belongs to another context", NULL);
+  cr_assert_null(ad_softmax_cross_entropy(ctx, t, NULL));
+  expect_error(AD_ERR_NULL, "softmax_cross_entropy: labels is NULL", NULL);
+  ad_tensor_free(q), ad_tensor_free(t), ad_tensor_free(foreign), ad_tensor_free(z);
+  ad_ctx_free(other);
+}

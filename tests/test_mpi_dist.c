@@ -295,6 +295,54 @@ static void wide_variadic_op(ad_ctx *c) {
   }
 }
 
+/* A loss that ignores the target's shape, so that only the accuracy
+ * comparison (predictions [N,3], targets [N,2]) fails. */
+static ad_tensor *mean_loss(ad_ctx *ctx, ad_tensor *pred, ad_tensor *target, nn_reduction red) {
+  (void)target, (void)red;
+  return ad_mean(ctx, pred);
+}
+
+static bool stop_on_rank1(int epoch, const nn_history *h, void *ud) {
+  (void)epoch, (void)h, (void)ud;
+  return rank != 1;
+}
+
+/* What only some ranks see still stops every rank: an accuracy comparison
+ * that fails on the ranks with rows while a batch of 1 leaves the others
+ * an empty shard, and an on_epoch_end that asks to stop on rank 1 only. */
+static void partial_decisions(ad_ctx *c) {
+  ad_tensor *x, *y3, *y;
+  make_data(c, AD_F64, 6, &x, &y3);
+  y = ad_zeros(c, AD_F64, 2, (int64_t[]){6, 2});
+  nn_model *m = make_model(c, AD_F64, 4, PLAIN, 5);
+  nn_optimizer *opt = nn_sgd_new(nn_model_params(m), 0.1, 0, false, 0);
+  nn_dist *d = nn_dist_new(c, NULL);
+  nn_fit_opts fo = {.epochs = 2, .batch_size = 1, .no_shuffle = true, .verbose = -1,
+                    .accuracy = true, .dist = nn_dist_fit_ops(d)};
+  ad_status st = nn_fit(m, opt, mean_loss, x, y, &fo, NULL);
+  const char *msg = ad_last_error(c);
+  snprintf(why, sizeof why, "status %s, message: %s", ad_status_str(st), msg);
+  check(st != AD_OK && (strstr(msg, "cannot compare predictions [1,3] with targets [1,2]") ||
+                        strstr(msg, "dist: rank")),
+        "an accuracy comparison failing beside an empty shard stops every rank", why);
+  ad_clear_error(c);
+
+  nn_history *h = NULL;
+  fo = (nn_fit_opts){.epochs = 3, .batch_size = 3, .verbose = -1, .on_epoch_end = stop_on_rank1,
+                     .dist = nn_dist_fit_ops(d)};
+  st = nn_fit(m, opt, nn_cross_entropy_loss, x, y3, &fo, &h);
+  snprintf(why, sizeof why, "status %s (%s), %d epochs", ad_status_str(st), ad_last_error(c),
+           nn_history_epochs(h));
+  check(st == AD_OK && nn_history_epochs(h) == 1,
+        "on_epoch_end stopping on rank 1 alone stops every rank after that epoch", why);
+  ad_clear_error(c);
+  nn_history_free(h);
+  nn_dist_free(d);
+  nn_optimizer_free(opt);
+  nn_model_free(m);
+  ad_tensor_free(x), ad_tensor_free(y3), ad_tensor_free(y);
+}
+
 /* A NaN in the last rank's shard of the first batch: every rank stops. */
 static void failing_rank(ad_ctx *c) {
   ad_tensor *x, *y;
@@ -493,6 +541,7 @@ int main(int argc, char **argv) {
   sums(c);
   wide_variadic_op(c);
   failing_rank(c);
+  partial_decisions(c);
   dropout_and_batchnorm(c);
   checkpoints(c);
   memory_returns(c);

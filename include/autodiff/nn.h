@@ -1055,14 +1055,15 @@ typedef struct nn_history nn_history;
  *   - prints progress on rank 0 only (other ranks are silent); the live
  *     bar shows rank 0's shards, the epoch lines the reduced values.
  * nn_train_step, nn_evaluate and nn_predict do not use it.
- * Every rank must make the same decisions outside the step: the same
- * seed and options, and an on_epoch_end that returns the same value on
- * every rank (a rank that stops alone leaves the others waiting in their
- * next collective). Known limit: an accuracy comparison that fails
- * (predictions and targets of incomparable shapes) is found only by ranks
- * whose shard has rows, so with a batch smaller than the number of ranks
- * a rank with an empty shard can wait for the others; check the shapes
- * with nn_evaluate first. */
+ * Every rank must be given the same seed and options. What one rank
+ * alone decides reaches the others: an accuracy comparison that fails
+ * (predictions and targets of incomparable shapes) is counted inside the
+ * step, before grad_end, so it stops also the ranks whose shard is empty;
+ * a validation pass that fails on some ranks stops every rank (the others
+ * with AD_ERR_STATE, "validation failed on N other rank(s)"); and when
+ * on_epoch_end returns false on any rank, every rank stops after that
+ * epoch (one sum(ud, v, 1) per epoch when on_epoch_end is set, one more
+ * when there is validation data). */
 typedef struct nn_dist_ops {
   void *ud; /**< passed to every function below */
   int rank; /**< this process, 0 <= rank < size */
