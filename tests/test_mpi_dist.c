@@ -317,8 +317,12 @@ static void partial_decisions(ad_ctx *c) {
   nn_model *m = make_model(c, AD_F64, 4, PLAIN, 5);
   nn_optimizer *opt = nn_sgd_new(nn_model_params(m), 0.1, 0, false, 0);
   nn_dist *d = nn_dist_new(c, NULL);
-  nn_fit_opts fo = {.epochs = 2, .batch_size = 1, .no_shuffle = true, .verbose = -1,
-                    .accuracy = true, .dist = nn_dist_fit_ops(d)};
+  nn_fit_opts fo = {.epochs = 2,
+                    .batch_size = 1,
+                    .no_shuffle = true,
+                    .verbose = -1,
+                    .accuracy = true,
+                    .dist = nn_dist_fit_ops(d)};
   ad_status st = nn_fit(m, opt, mean_loss, x, y, &fo, NULL);
   const char *msg = ad_last_error(c);
   snprintf(why, sizeof why, "status %s, message: %s", ad_status_str(st), msg);
@@ -328,7 +332,10 @@ static void partial_decisions(ad_ctx *c) {
   ad_clear_error(c);
 
   nn_history *h = NULL;
-  fo = (nn_fit_opts){.epochs = 3, .batch_size = 3, .verbose = -1, .on_epoch_end = stop_on_rank1,
+  fo = (nn_fit_opts){.epochs = 3,
+                     .batch_size = 3,
+                     .verbose = -1,
+                     .on_epoch_end = stop_on_rank1,
                      .dist = nn_dist_fit_ops(d)};
   st = nn_fit(m, opt, nn_cross_entropy_loss, x, y3, &fo, &h);
   snprintf(why, sizeof why, "status %s (%s), %d epochs", ad_status_str(st), ad_last_error(c),
