@@ -21,6 +21,7 @@
  * sigmoid_backward, tanh_backward, concat), so the gradient differentiates
  * to any order. Both are tested against each other and against the cell
  * composed of ops. */
+#include "kernels/kernels.h"
 #include "ops.h"
 
 #include <math.h>
@@ -408,4 +409,575 @@ const ad_op_def ad_def_gru_cell = {
     .grads = {"[dr | dz | dn], dn = (dh (1 - z) + dn') tanh'(n), dr = (dn b_n + dr') sig'(r), "
               "dz = (dh (h - n) + dz') sig'(z)",
               "[dr | dz | dn r]", "dh z"},
+};
+
+/* ------------------------------------------------- whole-sequence ops
+ *
+ * What nn_rnn_forward runs by default: the recurrence of all T steps in one
+ * op, so that the products that do not depend on the previous step are one
+ * large GEMM each (the input projection before the op, the weight
+ * gradients and the input gradient after it) and only h W_hh^T and its
+ * gradient run per step. The input projection xp = x W_ih^T + bias is made
+ * outside with matmul and add, for all steps at once.
+ *
+ *   lstm_seq(xp [T, N, 4H], w [4H, H], h0 [N, H], c0 [N, H], mask [T, N]?)
+ *     = Y [T, N, 7H], Y_t = lstm_cell(xp_t + h_{t-1} w^T, c_{t-1})
+ *   gru_seq(xa [T, N, 3H], w [3H, H], b [3H], h0 [N, H], mask [T, N]?)
+ *     = Y [T, N, 5H], Y_t = [h_t | r z n | b_n], with b_t = h_{t-1} w^T + b,
+ *     [h_t | r z n] = gru_cell(xa_t, b_t, h_{t-1}) and b_n b_t's last block
+ *
+ * h_{t-1}, c_{t-1} are Y_{t-1}'s first blocks (h0, c0 at t = 0). Where
+ * mask[t, n] is 0 (a sequence that has ended), row n of Y_t is the state
+ * kept, [h_{t-1} | c_{t-1} | 0 ...]: no gate is computed there, and no
+ * gradient reaches that step's inputs. The activations saved in Y are
+ * outputs like the others (a gradient sent to them is honoured), so the
+ * ops' backward built from ops (create_graph) differentiates again.
+ *
+ * Backward, from the last step: the cell's rule per row (the functions of
+ * lstm_cell and gru_cell), dh_{t-1} += dG_t w; then dxp = dG of all steps,
+ * dw = sum_t dG_t^T h_{t-1} as one product over all T N rows, db the sum
+ * of dG's rows. */
+
+/* Step t of a [T, N, K] tensor, as [N, K] (ops: a recorded backward). */
+static ad_tensor *step_of(ad_ctx *ctx, ad_tensor *x, int64_t t) {
+  int64_t s[2] = {x->shape[1], x->shape[2]};
+  return ad_reshape(ctx, ad_narrow(ctx, x, 0, t, 1), 2, s);
+}
+
+/* Checks the sequence op's inputs: in[0] [T, N, m H], w [m H, H], the
+ * biases and states, the mask [T, N]; sets *T, *N, *H. */
+static ad_status seq_shape(const ad_call *c, int m, int nstate, bool bias, int64_t *T, int64_t *N,
+                           int64_t *H) {
+  ad_status st = ad_check_float_same(c->ctx, c->name, c->n, c->in);
+  if (st != AD_OK) return st;
+  const ad_tensor *x = c->in[0], *w = c->in[1], *b = bias ? c->in[2] : NULL;
+  int s0 = bias ? 3 : 2; /* the first state */
+  const ad_tensor *mask = c->n > s0 + nstate ? c->in[s0 + nstate] : NULL;
+  bool ok = x->ndim == 3 && w->ndim == 2 && w->shape[0] == m * w->shape[1] &&
+            x->shape[2] == w->shape[0] && (!b || (b->ndim == 1 && b->shape[0] == w->shape[0]));
+  for (int k = 0; ok && k < nstate; k++) {
+    const ad_tensor *s = c->in[s0 + k];
+    ok = s->ndim == 2 && s->shape[0] == x->shape[1] && s->shape[1] == w->shape[1];
+  }
+  if (ok && mask)
+    ok = mask->ndim == 2 && mask->shape[0] == x->shape[0] && mask->shape[1] == x->shape[1];
+  if (!ok) {
+    char sx[64], sw[64], ss[64], sm[64];
+    return ad_set_error(c->ctx, AD_ERR_SHAPE,
+                        "%s: inputs %s, weight %s, state %s%s%s must be [T, N, %d H], [%d H, H], "
+                        "[N, H]%s%s",
+                        c->name, ad_shape_str(x, sx, sizeof sx), ad_shape_str(w, sw, sizeof sw),
+                        ad_shape_str(c->in[s0], ss, sizeof ss), mask ? ", mask " : "",
+                        mask ? ad_shape_str(mask, sm, sizeof sm) : "", m, m,
+                        bias ? ", bias [3 H]" : "", mask ? ", mask [T, N]" : "");
+  }
+  *T = x->shape[0], *N = x->shape[1], *H = w->shape[1];
+  return AD_OK;
+}
+
+/* One step's rows for the parallel loops of the sequence ops. */
+typedef struct seq_job {
+  const void *hp, *cp; /* the previous state's rows: row n at n * ldp */
+  int64_t ldp;
+  void *y;          /* Y_t (forward), read in the backward */
+  const void *mask; /* Y_t's row flags, NULL: all live */
+  const void *x;    /* gru: xa_t */
+  const void *dy;   /* backward: dY_t */
+  void *dg, *db;    /* backward: dG_t (lstm: dxp_t; gru: dxa_t), gru: db_t */
+  void *dh, *dc;    /* backward: the states' gradients carried, [N, H] */
+  void *th, *tc;    /* backward: scratch [N, H] */
+  int64_t H;
+} seq_job;
+
+#define DEFINE_SEQ_LOOPS(T, SFX, SIG, TANH)                                                        \
+  /* g: the gates' pre-activations in, the activations out */                                      \
+  static void lstm_seq_row_##SFX(int64_t H, T *restrict g, const T *restrict c, T *restrict h,     \
+                                 T *restrict cn, T *restrict t) {                                  \
+    for (int64_t k = 0; k < H; k++) {                                                              \
+      T i = SIG(g[k]), f = SIG(g[H + k]), gg = TANH(g[2 * H + k]), o = SIG(g[3 * H + k]);          \
+      T fc = f * c[k], ig = i * gg;                                                                \
+      cn[k] = fc + ig;                                                                             \
+      t[k] = TANH(cn[k]);                                                                          \
+      h[k] = o * t[k];                                                                             \
+      g[k] = i, g[H + k] = f, g[2 * H + k] = gg, g[3 * H + k] = o;                                 \
+    }                                                                                              \
+  }                                                                                                \
+  static void lstm_seq_fwd_##SFX(void *ud, int64_t r0, int64_t r1) {                               \
+    const seq_job *j = ud;                                                                         \
+    int64_t H = j->H;                                                                              \
+    for (int64_t r = r0; r < r1; r++) {                                                            \
+      T *y = (T *)j->y + r * 7 * H;                                                                \
+      const T *hp = (const T *)j->hp + r * j->ldp, *cp = (const T *)j->cp + r * j->ldp;            \
+      if (j->mask && ((const T *)j->mask)[r] == 0) {                                               \
+        memcpy(y, hp, (size_t)H * sizeof(T));                                                      \
+        memcpy(y + H, cp, (size_t)H * sizeof(T));                                                  \
+        memset(y + 2 * H, 0, (size_t)(5 * H) * sizeof(T));                                         \
+        continue;                                                                                  \
+      }                                                                                            \
+      lstm_seq_row_##SFX(H, y + 2 * H, cp, y, y + H, y + 6 * H);                                   \
+    }                                                                                              \
+  }                                                                                                \
+  /* dG_t's rows and dc_{t-1}; dh_{t-1} is left 0 for the product, or the pass-through */          \
+  static void lstm_seq_bwd_##SFX(void *ud, int64_t r0, int64_t r1) {                               \
+    const seq_job *j = ud;                                                                         \
+    int64_t H = j->H;                                                                              \
+    for (int64_t r = r0; r < r1; r++) {                                                            \
+      const T *y = (const T *)j->y + r * 7 * H, *dy = (const T *)j->dy + r * 7 * H;                \
+      T *dh = (T *)j->dh + r * H, *dc = (T *)j->dc + r * H, *dg = (T *)j->dg + r * 4 * H;          \
+      T *th = (T *)j->th + r * H, *tc = (T *)j->tc + r * H;                                        \
+      for (int64_t k = 0; k < H; k++) th[k] = dy[k] + dh[k], tc[k] = dy[H + k] + dc[k];            \
+      if (j->mask && ((const T *)j->mask)[r] == 0) {                                               \
+        memcpy(dh, th, (size_t)H * sizeof(T));                                                     \
+        memcpy(dc, tc, (size_t)H * sizeof(T));                                                     \
+        memset(dg, 0, (size_t)(4 * H) * sizeof(T));                                                \
+        continue;                                                                                  \
+      }                                                                                            \
+      lstm_bwd_row_##SFX(H, (const T *)j->cp + r * j->ldp, y + 2 * H, y + 6 * H, th, tc,           \
+                         dy + 2 * H, dy + 6 * H, dg, dc);                                          \
+      memset(dh, 0, (size_t)H * sizeof(T));                                                        \
+    }                                                                                              \
+  }                                                                                                \
+  /* g: b_t in, r z n out; bn: b_t's last block kept */                                            \
+  static void gru_seq_row_##SFX(int64_t H, const T *restrict a, T *restrict g,                     \
+                                const T *restrict h, T *restrict y, T *restrict bn) {              \
+    for (int64_t k = 0; k < H; k++) {                                                              \
+      T rr = SIG(a[k] + g[k]), z = SIG(a[H + k] + g[H + k]);                                       \
+      T b = g[2 * H + k], rb = rr * b;                                                             \
+      T n = TANH(a[2 * H + k] + rb);                                                               \
+      T d = (h[k] - n) * z;                                                                        \
+      y[k] = d + n;                                                                                \
+      bn[k] = b, g[k] = rr, g[H + k] = z, g[2 * H + k] = n;                                        \
+    }                                                                                              \
+  }                                                                                                \
+  static void gru_seq_fwd_##SFX(void *ud, int64_t r0, int64_t r1) {                                \
+    const seq_job *j = ud;                                                                         \
+    int64_t H = j->H;                                                                              \
+    for (int64_t r = r0; r < r1; r++) {                                                            \
+      T *y = (T *)j->y + r * 5 * H;                                                                \
+      const T *hp = (const T *)j->hp + r * j->ldp;                                                 \
+      if (j->mask && ((const T *)j->mask)[r] == 0) {                                               \
+        memcpy(y, hp, (size_t)H * sizeof(T));                                                      \
+        memset(y + H, 0, (size_t)(4 * H) * sizeof(T));                                             \
+        continue;                                                                                  \
+      }                                                                                            \
+      gru_seq_row_##SFX(H, (const T *)j->x + r * 3 * H, y + H, hp, y, y + 4 * H);                  \
+    }                                                                                              \
+  }                                                                                                \
+  static void gru_seq_bwd_row_##SFX(int64_t H, const T *restrict act, const T *restrict bn,        \
+                                    const T *restrict h, const T *restrict dy,                     \
+                                    const T *restrict dact, const T *restrict dbn, T *restrict ga, \
+                                    T *restrict gb, T *restrict gh) {                              \
+    for (int64_t k = 0; k < H; k++) {                                                              \
+      T rr = act[k], z = act[H + k], n = act[2 * H + k];                                           \
+      T dn = (dy[k] - dy[k] * z + dact[2 * H + k]) * (1 - n * n);                                  \
+      T dr = (dn * bn[k] + dact[k]) * rr * (1 - rr);                                               \
+      T dz = (dy[k] * (h[k] - n) + dact[H + k]) * z * (1 - z);                                     \
+      ga[k] = dr, ga[H + k] = dz, ga[2 * H + k] = dn;                                              \
+      gb[k] = dr, gb[H + k] = dz, gb[2 * H + k] = dn * rr + dbn[k];                                \
+      gh[k] = dy[k] * z;                                                                           \
+    }                                                                                              \
+  }                                                                                                \
+  /* dxa_t's and db_t's rows, and the part of dh_{t-1} that is not the product */                  \
+  static void gru_seq_bwd_##SFX(void *ud, int64_t r0, int64_t r1) {                                \
+    const seq_job *j = ud;                                                                         \
+    int64_t H = j->H;                                                                              \
+    for (int64_t r = r0; r < r1; r++) {                                                            \
+      const T *y = (const T *)j->y + r * 5 * H, *dy = (const T *)j->dy + r * 5 * H;                \
+      T *dh = (T *)j->dh + r * H, *th = (T *)j->th + r * H;                                        \
+      T *dg = (T *)j->dg + r * 3 * H, *db = (T *)j->db + r * 3 * H;                                \
+      for (int64_t k = 0; k < H; k++) th[k] = dy[k] + dh[k];                                       \
+      if (j->mask && ((const T *)j->mask)[r] == 0) {                                               \
+        memcpy(dh, th, (size_t)H * sizeof(T));                                                     \
+        memset(dg, 0, (size_t)(3 * H) * sizeof(T));                                                \
+        memset(db, 0, (size_t)(3 * H) * sizeof(T));                                                \
+        continue;                                                                                  \
+      }                                                                                            \
+      gru_seq_bwd_row_##SFX(H, y + H, y + 4 * H, (const T *)j->hp + r * j->ldp, th, dy + H,        \
+                            dy + 4 * H, dg, db, dh);                                               \
+    }                                                                                              \
+  }
+
+DEFINE_SEQ_LOOPS(float, f32, sig_v, tanh_v)
+DEFINE_SEQ_LOOPS(double, f64, sig_d, tanh)
+
+/* Rows of one step on the library's threads. */
+static void seq_run(ad_range_fn f32, ad_range_fn f64, ad_dtype dt, int64_t N, seq_job *j) {
+  ad_parallel_for(N, cell_grain(j->H), dt == AD_F32 ? f32 : f64, j);
+}
+
+/* Step t of a [T, N, K] tensor's data (or of a mask [T, N]). */
+static char *step_ptr(const ad_tensor *x, int64_t t) {
+  int64_t row = x->ndim == 3 ? x->shape[1] * x->shape[2] : x->shape[1];
+  return (char *)x->data + (size_t)(t * row) * ad_dsize(x->dtype);
+}
+
+/* dw = sum_t dG_t^T h_{t-1}: one product over the rows of steps 1.. (whose
+ * h_{t-1} are Y's rows, ldy apart) and one for step 0 (h0). */
+static void seq_weight_grad(ad_dtype dt, int64_t T, int64_t N, int64_t GH, int64_t H,
+                            const void *dg, const void *y, int64_t ldy, const void *h0, void *dw) {
+  size_t es = ad_dsize(dt);
+  if (T > 1)
+    ad_gemm_split(dt, true, false, GH, H, (T - 1) * N, (const char *)dg + (size_t)(N * GH) * es, GH,
+                  y, ldy, 0.0, dw, H);
+  ad_gemm_split(dt, true, false, GH, H, N, dg, GH, h0, H, T > 1 ? 1.0 : 0.0, dw, H);
+}
+
+/* -------------------------------------------------------------- lstm_seq */
+
+static ad_status lstm_seq_shape(const ad_call *c) {
+  int64_t T, N, H;
+  ad_status st = seq_shape(c, 4, 2, false, &T, &N, &H);
+  if (st != AD_OK) return st;
+  c->out->dtype = c->in[0]->dtype;
+  c->out->ndim = 3;
+  c->out->shape[0] = T, c->out->shape[1] = N, c->out->shape[2] = 7 * H;
+  return AD_OK;
+}
+
+static void lstm_seq_fwd(const ad_call *c) {
+  const ad_tensor *xp = c->in[0], *w = c->in[1], *mask = c->n > 4 ? c->in[4] : NULL;
+  ad_dtype dt = xp->dtype;
+  size_t es = ad_dsize(dt);
+  int64_t T = xp->shape[0], N = xp->shape[1], H = w->shape[1];
+  for (int64_t t = 0; t < T; t++) {
+    char *y = (char *)c->out->data + (size_t)(t * N * 7 * H) * es;
+    seq_job j = {.hp = t ? y - (size_t)(N * 7 * H) * es : c->in[2]->data,
+                 .ldp = t ? 7 * H : H,
+                 .y = y,
+                 .mask = mask ? step_ptr(mask, t) : NULL,
+                 .H = H};
+    j.cp = t ? (const char *)j.hp + (size_t)H * es : c->in[3]->data;
+    /* the gates, in Y_t's activation blocks: xp_t + h_{t-1} w^T */
+    const char *x = step_ptr(xp, t);
+    for (int64_t r = 0; r < N; r++)
+      memcpy(y + (size_t)(r * 7 * H + 2 * H) * es, x + (size_t)(r * 4 * H) * es,
+             (size_t)(4 * H) * es);
+    ad_gemm_split(dt, false, true, N, 4 * H, H, j.hp, j.ldp, w->data, H, 1.0,
+                  y + (size_t)(2 * H) * es, 7 * H);
+    seq_run(lstm_seq_fwd_f32, lstm_seq_fwd_f64, dt, N, &j);
+  }
+}
+
+/* The gradients built from ops, for a recorded backward. */
+static ad_status lstm_seq_bwd_ops(const ad_call *c) {
+  ad_ctx *ctx = c->ctx;
+  ad_tensor *w = c->in[1], *h0 = c->in[2], *c0 = c->in[3], *mask = c->n > 4 ? c->in[4] : NULL;
+  ad_tensor *Y = c->out, *dY = c->gout;
+  int64_t T = Y->shape[0], N = Y->shape[1], H = w->shape[1], n1[2] = {N, 1};
+  ad_tensor **dg = ad_arena_alloc(ctx, (size_t)T * sizeof *dg);
+  ad_tensor *dh = NULL, *dc = NULL, *zero = ad_scalar(ctx, Y->dtype, 0.0);
+  if (!dg || !zero) return ad_last_status(ctx);
+  for (int64_t t = T - 1; t >= 0; t--) {
+    ad_tensor *y = step_of(ctx, Y, t), *dy = step_of(ctx, dY, t);
+    ad_tensor *cp = t ? ad_narrow(ctx, step_of(ctx, Y, t - 1), 1, H, H) : c0;
+    ad_tensor *i = ad_narrow(ctx, y, 1, 2 * H, H), *f = ad_narrow(ctx, y, 1, 3 * H, H);
+    ad_tensor *g = ad_narrow(ctx, y, 1, 4 * H, H), *o = ad_narrow(ctx, y, 1, 5 * H, H);
+    ad_tensor *tt = ad_narrow(ctx, y, 1, 6 * H, H);
+    ad_tensor *dht = ad_narrow(ctx, dy, 1, 0, H), *dct = ad_narrow(ctx, dy, 1, H, H);
+    if (dh) dht = ad_add(ctx, dht, dh), dct = ad_add(ctx, dct, dc);
+    ad_tensor *dtt = ad_add(ctx, ad_mul(ctx, dht, o), ad_narrow(ctx, dy, 1, 6 * H, H));
+    ad_tensor *dcc = ad_add(ctx, dct, ad_apply2(ctx, AD_OP_TANH_BACKWARD, dtt, tt, NULL));
+    ad_tensor *u[4] = {ad_mul(ctx, dcc, g), ad_mul(ctx, dcc, cp), ad_mul(ctx, dcc, i),
+                       ad_mul(ctx, dht, tt)};
+    ad_tensor *act[4] = {i, f, g, o}, *ga[4];
+    for (int k = 0; k < 4; k++) {
+      ad_tensor *d = ad_add(ctx, u[k], ad_narrow(ctx, dy, 1, (2 + k) * H, H));
+      ga[k] =
+          ad_apply2(ctx, k == 2 ? AD_OP_TANH_BACKWARD : AD_OP_SIGMOID_BACKWARD, d, act[k], NULL);
+    }
+    ad_tensor *gt = ga[0] && ga[1] && ga[2] && ga[3] ? ad_concat(ctx, 4, ga, 1) : NULL;
+    ad_tensor *gc = ad_mul(ctx, dcc, f), *pass = NULL;
+    if (mask) { /* ended rows: no gate, the state's gradients pass through */
+      ad_tensor *m = ad_reshape(ctx, ad_narrow(ctx, mask, 0, t, 1), 2, n1);
+      gt = ad_where(ctx, m, gt, zero);
+      gc = ad_where(ctx, m, gc, dct);
+      pass = ad_where(ctx, m, zero, dht);
+    }
+    if (!gt || !gc || (mask && !pass)) return ad_last_status(ctx);
+    dg[t] = gt;
+    dh = ad_matmul(ctx, gt, w, false, false);
+    if (mask) dh = ad_add(ctx, dh, pass);
+    dc = gc;
+    if (!dh) return ad_last_status(ctx);
+  }
+  ad_tensor *dG = ad_stack(ctx, (int)T, dg, 0);
+  ad_status st = AD_OK;
+  if (c->needs[0]) st = ad_call_set_grad(c, 0, dG);
+  if (st == AD_OK && c->needs[1]) {
+    int64_t s3[3] = {1, N, H}, sh[2] = {T * N, H}, sg[2] = {T * N, 4 * H};
+    ad_tensor *hp = ad_reshape(ctx, h0, 3, s3);
+    if (T > 1) {
+      ad_tensor *parts[2] = {hp, ad_narrow(ctx, ad_narrow(ctx, Y, 0, 0, T - 1), 2, 0, H)};
+      hp = parts[1] ? ad_concat(ctx, 2, parts, 0) : NULL;
+    }
+    st = ad_call_set_grad(
+        c, 1, ad_matmul(ctx, ad_reshape(ctx, dG, 2, sg), ad_reshape(ctx, hp, 2, sh), true, false));
+  }
+  if (st == AD_OK && c->needs[2]) st = ad_call_set_grad(c, 2, dh);
+  if (st == AD_OK && c->needs[3]) st = ad_call_set_grad(c, 3, dc);
+  return st;
+}
+
+static ad_status lstm_seq_bwd(const ad_call *c) {
+  if (c->ctx->grad_enabled) return lstm_seq_bwd_ops(c);
+  ad_ctx *ctx = c->ctx;
+  const ad_tensor *w = c->in[1], *h0 = c->in[2], *mask = c->n > 4 ? c->in[4] : NULL;
+  ad_dtype dt = w->dtype;
+  size_t es = ad_dsize(dt);
+  int64_t T = c->out->shape[0], N = c->out->shape[1], H = w->shape[1], sN[2] = {N, H};
+  ad_tensor *dG = ad_tmp_new(ctx, dt, 3, c->in[0]->shape);
+  ad_tensor *dh = ad_tmp_new(ctx, dt, 2, sN), *dc = ad_tmp_new(ctx, dt, 2, sN);
+  ad_tensor *th = ad_tmp_new(ctx, dt, 2, sN), *tc = ad_tmp_new(ctx, dt, 2, sN);
+  if (!dG || !dh || !dc || !th || !tc) return ad_last_status(ctx);
+  memset(dh->data, 0, (size_t)(N * H) * es);
+  memset(dc->data, 0, (size_t)(N * H) * es);
+  for (int64_t t = T - 1; t >= 0; t--) {
+    char *y = step_ptr(c->out, t);
+    seq_job j = {.cp = t ? y - (size_t)(N * 7 * H - H) * es : c->in[3]->data,
+                 .ldp = t ? 7 * H : H,
+                 .y = y,
+                 .mask = mask ? step_ptr(mask, t) : NULL,
+                 .dy = step_ptr(c->gout, t),
+                 .dg = (char *)dG->data + (size_t)(t * N * 4 * H) * es,
+                 .dh = dh->data,
+                 .dc = dc->data,
+                 .th = th->data,
+                 .tc = tc->data,
+                 .H = H};
+    seq_run(lstm_seq_bwd_f32, lstm_seq_bwd_f64, dt, N, &j);
+    if (t > 0 || c->needs[2]) /* dh_{t-1} += dG_t w */
+      ad_gemm_split(dt, false, false, N, H, 4 * H, j.dg, 4 * H, w->data, H, 1.0, dh->data, H);
+  }
+  if (c->needs[1]) {
+    ad_tensor *dw = ad_tmp_new(ctx, dt, 2, w->shape);
+    if (!dw) return ad_last_status(ctx);
+    seq_weight_grad(dt, T, N, 4 * H, H, dG->data, c->out->data, 7 * H, h0->data, dw->data);
+    c->gin[1] = dw;
+  }
+  if (c->needs[0]) c->gin[0] = dG;
+  if (c->needs[2]) c->gin[2] = dh;
+  if (c->needs[3]) c->gin[3] = dc;
+  return AD_OK;
+}
+
+ad_tensor *ad_lstm_seq(ad_ctx *ctx, ad_tensor *xp, ad_tensor *w_hh, ad_tensor *h0, ad_tensor *c0,
+                       ad_tensor *mask) {
+  ad_tensor *in[5] = {xp, w_hh, h0, c0, mask};
+  return ad_op_apply(ctx, AD_OP_LSTM_SEQ, mask ? 5 : 4, in, NULL);
+}
+
+/* A [T, N] mask of 0/1 where sequence n has lengths[n] steps (a constant). */
+static ad_tensor *sample_mask(const ad_sample_call *s, int64_t T, int64_t N,
+                              const int64_t *lengths) {
+  int64_t sm[2] = {T, N};
+  ad_tensor *m = ad_sample_tensor(s, 2, sm, 0, 1, false);
+  for (int64_t t = 0; m && t < T; t++)
+    for (int64_t n = 0; n < N; n++) ad_tensor_set(m, t * N + n, lengths[n] > t);
+  return m;
+}
+
+/* T = 3, N = 2, H = 2, and the same with N = 3 and lengths 3, 1, 2 */
+static int lstm_seq_sample(const ad_sample_call *s) {
+  if (s->variant > 1) return 0;
+  int64_t T = 3, N = s->variant ? 3 : 2, H = 2, lengths[3] = {3, 1, 2};
+  int64_t sx[3] = {T, N, 4 * H}, sw[2] = {4 * H, H}, sh[2] = {N, H};
+  s->in[0] = ad_sample_tensor(s, 3, sx, -2, 2, true);
+  s->in[1] = ad_sample_tensor(s, 2, sw, -1, 1, true);
+  s->in[2] = ad_sample_tensor(s, 2, sh, -1, 1, true);
+  s->in[3] = ad_sample_tensor(s, 2, sh, -1, 1, true);
+  if (!s->in[0] || !s->in[1] || !s->in[2] || !s->in[3]) return -1;
+  if (!s->variant) return 4;
+  return (s->in[4] = sample_mask(s, T, N, lengths)) ? 5 : -1;
+}
+
+const ad_op_def ad_def_lstm_seq = {
+    .name = "lstm_seq",
+    .arity = 5,
+    .min_arity = 4,
+    .shape = lstm_seq_shape,
+    .forward = lstm_seq_fwd,
+    .backward = lstm_seq_bwd,
+    .sample = lstm_seq_sample,
+    .math = "Y_t = lstm_cell(xp_t + h_{t-1} w^T, c_{t-1}) for t = 0..T-1, h_{t-1} and c_{t-1} "
+            "Y_{t-1}'s first blocks (h0, c0 at t = 0); where mask_t is 0, Y_t = [h_{t-1} | c_{t-1} "
+            "| 0]",
+    .inputs = {"xp", "w", "h0", "c0", "mask"},
+    .grads = {"dG_t: lstm_cell's rule per step from the last, with dh_t += dG_{t+1} w",
+              "sum_t dG_t^T h_{t-1}", "dG_0 w", "dc_{-1} of the rule", NULL},
+};
+
+/* --------------------------------------------------------------- gru_seq */
+
+static ad_status gru_seq_shape(const ad_call *c) {
+  int64_t T, N, H;
+  ad_status st = seq_shape(c, 3, 1, true, &T, &N, &H);
+  if (st != AD_OK) return st;
+  c->out->dtype = c->in[0]->dtype;
+  c->out->ndim = 3;
+  c->out->shape[0] = T, c->out->shape[1] = N, c->out->shape[2] = 5 * H;
+  return AD_OK;
+}
+
+static void gru_seq_fwd(const ad_call *c) {
+  const ad_tensor *xa = c->in[0], *w = c->in[1], *b = c->in[2];
+  const ad_tensor *mask = c->n > 4 ? c->in[4] : NULL;
+  ad_dtype dt = xa->dtype;
+  size_t es = ad_dsize(dt);
+  int64_t T = xa->shape[0], N = xa->shape[1], H = w->shape[1];
+  for (int64_t t = 0; t < T; t++) {
+    char *y = (char *)c->out->data + (size_t)(t * N * 5 * H) * es;
+    seq_job j = {.hp = t ? y - (size_t)(N * 5 * H) * es : c->in[3]->data,
+                 .ldp = t ? 5 * H : H,
+                 .y = y,
+                 .mask = mask ? step_ptr(mask, t) : NULL,
+                 .x = step_ptr(xa, t),
+                 .H = H};
+    /* b_t = b + h_{t-1} w^T, in Y_t's activation blocks */
+    for (int64_t r = 0; r < N; r++)
+      memcpy(y + (size_t)(r * 5 * H + H) * es, b->data, (size_t)(3 * H) * es);
+    ad_gemm_split(dt, false, true, N, 3 * H, H, j.hp, j.ldp, w->data, H, 1.0, y + (size_t)H * es,
+                  5 * H);
+    seq_run(gru_seq_fwd_f32, gru_seq_fwd_f64, dt, N, &j);
+  }
+}
+
+static ad_status gru_seq_bwd_ops(const ad_call *c) {
+  ad_ctx *ctx = c->ctx;
+  ad_tensor *w = c->in[1], *h0 = c->in[3], *mask = c->n > 4 ? c->in[4] : NULL;
+  ad_tensor *Y = c->out, *dY = c->gout;
+  int64_t T = Y->shape[0], N = Y->shape[1], H = w->shape[1], n1[2] = {N, 1};
+  ad_tensor **da = ad_arena_alloc(ctx, (size_t)(2 * T) * sizeof *da), **db = da + T;
+  ad_tensor *dh = NULL, *zero = ad_scalar(ctx, Y->dtype, 0.0);
+  if (!da || !zero) return ad_last_status(ctx);
+  for (int64_t t = T - 1; t >= 0; t--) {
+    ad_tensor *y = step_of(ctx, Y, t), *dy = step_of(ctx, dY, t);
+    ad_tensor *hp = t ? ad_narrow(ctx, step_of(ctx, Y, t - 1), 1, 0, H) : h0;
+    ad_tensor *r = ad_narrow(ctx, y, 1, H, H), *z = ad_narrow(ctx, y, 1, 2 * H, H);
+    ad_tensor *n = ad_narrow(ctx, y, 1, 3 * H, H), *bn = ad_narrow(ctx, y, 1, 4 * H, H);
+    ad_tensor *dht = ad_narrow(ctx, dy, 1, 0, H);
+    if (dh) dht = ad_add(ctx, dht, dh);
+    ad_tensor *dn = ad_apply2(
+        ctx, AD_OP_TANH_BACKWARD,
+        ad_add(ctx, ad_sub(ctx, dht, ad_mul(ctx, dht, z)), ad_narrow(ctx, dy, 1, 3 * H, H)), n,
+        NULL);
+    ad_tensor *dr =
+        ad_apply2(ctx, AD_OP_SIGMOID_BACKWARD,
+                  ad_add(ctx, ad_mul(ctx, dn, bn), ad_narrow(ctx, dy, 1, H, H)), r, NULL);
+    ad_tensor *dz = ad_apply2(
+        ctx, AD_OP_SIGMOID_BACKWARD,
+        ad_add(ctx, ad_mul(ctx, dht, ad_sub(ctx, hp, n)), ad_narrow(ctx, dy, 1, 2 * H, H)), z,
+        NULL);
+    if (!dn || !dr || !dz) return ad_last_status(ctx);
+    ad_tensor *ga[3] = {dr, dz, dn};
+    ad_tensor *gb[3] = {dr, dz, ad_add(ctx, ad_mul(ctx, dn, r), ad_narrow(ctx, dy, 1, 4 * H, H))};
+    ad_tensor *at = ad_concat(ctx, 3, ga, 1), *bt = gb[2] ? ad_concat(ctx, 3, gb, 1) : NULL;
+    ad_tensor *part = ad_mul(ctx, dht, z);
+    if (mask) {
+      ad_tensor *m = ad_reshape(ctx, ad_narrow(ctx, mask, 0, t, 1), 2, n1);
+      at = ad_where(ctx, m, at, zero);
+      bt = ad_where(ctx, m, bt, zero);
+      part = ad_where(ctx, m, part, dht);
+    }
+    if (!at || !bt || !part) return ad_last_status(ctx);
+    da[t] = at, db[t] = bt;
+    if (!(dh = ad_add(ctx, part, ad_matmul(ctx, bt, w, false, false)))) return ad_last_status(ctx);
+  }
+  ad_status st = AD_OK;
+  if (c->needs[0]) st = ad_call_set_grad(c, 0, ad_stack(ctx, (int)T, da, 0));
+  ad_tensor *dB = NULL;
+  int64_t sg[2] = {T * N, 3 * H};
+  if (st == AD_OK && (c->needs[1] || c->needs[2]))
+    st = (dB = ad_reshape(ctx, ad_stack(ctx, (int)T, db, 0), 2, sg)) ? AD_OK : ad_last_status(ctx);
+  if (st == AD_OK && c->needs[1]) {
+    int64_t s3[3] = {1, N, H}, sh[2] = {T * N, H};
+    ad_tensor *hp = ad_reshape(ctx, h0, 3, s3);
+    if (T > 1) {
+      ad_tensor *parts[2] = {hp, ad_narrow(ctx, ad_narrow(ctx, Y, 0, 0, T - 1), 2, 0, H)};
+      hp = parts[1] ? ad_concat(ctx, 2, parts, 0) : NULL;
+    }
+    st = ad_call_set_grad(c, 1, ad_matmul(ctx, dB, ad_reshape(ctx, hp, 2, sh), true, false));
+  }
+  if (st == AD_OK && c->needs[2]) st = ad_call_set_grad(c, 2, ad_sum_axis(ctx, dB, 0, false));
+  if (st == AD_OK && c->needs[3]) st = ad_call_set_grad(c, 3, dh);
+  return st;
+}
+
+static ad_status gru_seq_bwd(const ad_call *c) {
+  if (c->ctx->grad_enabled) return gru_seq_bwd_ops(c);
+  ad_ctx *ctx = c->ctx;
+  const ad_tensor *w = c->in[1], *h0 = c->in[3], *mask = c->n > 4 ? c->in[4] : NULL;
+  ad_dtype dt = w->dtype;
+  size_t es = ad_dsize(dt);
+  int64_t T = c->out->shape[0], N = c->out->shape[1], H = w->shape[1], sN[2] = {N, H};
+  ad_tensor *dA = ad_tmp_new(ctx, dt, 3, c->in[0]->shape),
+            *dB = ad_tmp_new(ctx, dt, 3, c->in[0]->shape);
+  ad_tensor *dh = ad_tmp_new(ctx, dt, 2, sN), *th = ad_tmp_new(ctx, dt, 2, sN);
+  if (!dA || !dB || !dh || !th) return ad_last_status(ctx);
+  memset(dh->data, 0, (size_t)(N * H) * es);
+  for (int64_t t = T - 1; t >= 0; t--) {
+    char *y = step_ptr(c->out, t);
+    seq_job j = {.hp = t ? y - (size_t)(N * 5 * H) * es : h0->data,
+                 .ldp = t ? 5 * H : H,
+                 .y = y,
+                 .mask = mask ? step_ptr(mask, t) : NULL,
+                 .dy = step_ptr(c->gout, t),
+                 .dg = (char *)dA->data + (size_t)(t * N * 3 * H) * es,
+                 .db = (char *)dB->data + (size_t)(t * N * 3 * H) * es,
+                 .dh = dh->data,
+                 .th = th->data,
+                 .H = H};
+    seq_run(gru_seq_bwd_f32, gru_seq_bwd_f64, dt, N, &j);
+    if (t > 0 || c->needs[3]) /* dh_{t-1} += db_t w */
+      ad_gemm_split(dt, false, false, N, H, 3 * H, j.db, 3 * H, w->data, H, 1.0, dh->data, H);
+  }
+  if (c->needs[1]) {
+    ad_tensor *dw = ad_tmp_new(ctx, dt, 2, w->shape);
+    if (!dw) return ad_last_status(ctx);
+    seq_weight_grad(dt, T, N, 3 * H, H, dB->data, c->out->data, 5 * H, h0->data, dw->data);
+    c->gin[1] = dw;
+  }
+  if (c->needs[2]) {
+    int64_t sg[2] = {T * N, 3 * H};
+    ad_tensor *g = ad_sum_axis(ctx, ad_reshape(ctx, dB, 2, sg), 0, false);
+    if (!g) return ad_last_status(ctx);
+    c->gin[2] = g;
+  }
+  if (c->needs[0]) c->gin[0] = dA;
+  if (c->needs[3]) c->gin[3] = dh;
+  return AD_OK;
+}
+
+ad_tensor *ad_gru_seq(ad_ctx *ctx, ad_tensor *xa, ad_tensor *w_hh, ad_tensor *b_hh, ad_tensor *h0,
+                      ad_tensor *mask) {
+  ad_tensor *in[5] = {xa, w_hh, b_hh, h0, mask};
+  return ad_op_apply(ctx, AD_OP_GRU_SEQ, mask ? 5 : 4, in, NULL);
+}
+
+static int gru_seq_sample(const ad_sample_call *s) {
+  if (s->variant > 1) return 0;
+  int64_t T = 3, N = s->variant ? 3 : 2, H = 2, lengths[3] = {3, 1, 2};
+  int64_t sx[3] = {T, N, 3 * H}, sw[2] = {3 * H, H}, sb[1] = {3 * H}, sh[2] = {N, H};
+  s->in[0] = ad_sample_tensor(s, 3, sx, -2, 2, true);
+  s->in[1] = ad_sample_tensor(s, 2, sw, -1, 1, true);
+  s->in[2] = ad_sample_tensor(s, 1, sb, -1, 1, true);
+  s->in[3] = ad_sample_tensor(s, 2, sh, -1, 1, true);
+  if (!s->in[0] || !s->in[1] || !s->in[2] || !s->in[3]) return -1;
+  if (!s->variant) return 4;
+  return (s->in[4] = sample_mask(s, T, N, lengths)) ? 5 : -1;
+}
+
+const ad_op_def ad_def_gru_seq = {
+    .name = "gru_seq",
+    .arity = 5,
+    .min_arity = 4,
+    .shape = gru_seq_shape,
+    .forward = gru_seq_fwd,
+    .backward = gru_seq_bwd,
+    .sample = gru_seq_sample,
+    .math = "b_t = h_{t-1} w^T + b; Y_t = [gru_cell(xa_t, b_t, h_{t-1}) | b_t's last block] for "
+            "t = 0..T-1, h_{t-1} Y_{t-1}'s first block (h0 at t = 0); where mask_t is 0, "
+            "Y_t = [h_{t-1} | 0]",
+    .inputs = {"xa", "w", "b", "h0", "mask"},
+    .grads = {"dA_t: gru_cell's rule per step from the last, with dh_t += dB_{t+1} w",
+              "sum_t dB_t^T h_{t-1}", "sum_t dB_t's rows", "dh_{-1} of the rule", NULL},
 };
