@@ -34,6 +34,18 @@
 #pragma GCC optimize("no-trapping-math")
 #endif
 
+/* The row loops are compiled for AVX-512 and AVX2 besides the baseline
+ * (SSE2 on x86-64, 4 floats a vector), the best the CPU has picked when
+ * the library loads (GCC's target_clones), as the GEMM's kernels are; the
+ * values are the same bits on each (no contraction into FMA). */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__ELF__)
+#define CELL_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#define CELL_ROW    static inline __attribute__((always_inline))
+#else
+#define CELL_CLONES
+#define CELL_ROW static inline
+#endif
+
 /* float64 sigmoid as the sigmoid op computes it (stable on both sides), so
  * that the fused and the composed cell agree to the last bits where they
  * can */
@@ -90,8 +102,9 @@ static int64_t cell_grain(int64_t H) { return H >= 16384 ? 1 : 16384 / H; }
  * arrays are restrict parameters (so that GCC vectorizes it), and the
  * range loop of ad_parallel_for over rows. */
 #define DEFINE_CELL_LOOPS(T, SFX, SIG, TANH)                                                       \
-  static void lstm_fwd_row_##SFX(int64_t H, const T *restrict a, const T *restrict c,              \
-                                 T *restrict h, T *restrict cn, T *restrict act, T *restrict t) {  \
+  CELL_ROW void lstm_fwd_row_##SFX(int64_t H, const T *restrict a, const T *restrict c,            \
+                                   T *restrict h, T *restrict cn, T *restrict act,                 \
+                                   T *restrict t) {                                                \
     for (int64_t k = 0; k < H; k++) {                                                              \
       T i = SIG(a[k]), f = SIG(a[H + k]), g = TANH(a[2 * H + k]), o = SIG(a[3 * H + k]);           \
       T fc = f * c[k], ig = i * g;                                                                 \
@@ -101,7 +114,7 @@ static int64_t cell_grain(int64_t H) { return H >= 16384 ? 1 : 16384 / H; }
       act[k] = i, act[H + k] = f, act[2 * H + k] = g, act[3 * H + k] = o;                          \
     }                                                                                              \
   }                                                                                                \
-  static void lstm_fwd_##SFX(void *ud, int64_t r0, int64_t r1) {                                   \
+  CELL_CLONES static void lstm_fwd_##SFX(void *ud, int64_t r0, int64_t r1) {                       \
     const cell_job *j = ud;                                                                        \
     int64_t H = j->H;                                                                              \
     for (int64_t r = r0; r < r1; r++) {                                                            \
@@ -110,10 +123,10 @@ static int64_t cell_grain(int64_t H) { return H >= 16384 ? 1 : 16384 / H; }
                          y + 2 * H, y + 6 * H);                                                    \
     }                                                                                              \
   }                                                                                                \
-  static void lstm_bwd_row_##SFX(int64_t H, const T *restrict c, const T *restrict act,            \
-                                 const T *restrict tt, const T *restrict dh,                       \
-                                 const T *restrict dcn, const T *restrict dact,                    \
-                                 const T *restrict dt, T *restrict ga, T *restrict gc) {           \
+  CELL_ROW void lstm_bwd_row_##SFX(int64_t H, const T *restrict c, const T *restrict act,          \
+                                   const T *restrict tt, const T *restrict dh,                     \
+                                   const T *restrict dcn, const T *restrict dact,                  \
+                                   const T *restrict dt, T *restrict ga, T *restrict gc) {         \
     for (int64_t k = 0; k < H; k++) {                                                              \
       T i = act[k], f = act[H + k], g = act[2 * H + k], o = act[3 * H + k], t = tt[k];             \
       T dc = dcn[k] + (dh[k] * o + dt[k]) * (1 - t * t);                                           \
@@ -124,7 +137,7 @@ static int64_t cell_grain(int64_t H) { return H >= 16384 ? 1 : 16384 / H; }
       gc[k] = dc * f;                                                                              \
     }                                                                                              \
   }                                                                                                \
-  static void lstm_bwd_##SFX(void *ud, int64_t r0, int64_t r1) {                                   \
+  CELL_CLONES static void lstm_bwd_##SFX(void *ud, int64_t r0, int64_t r1) {                       \
     const cell_job *j = ud;                                                                        \
     int64_t H = j->H;                                                                              \
     for (int64_t r = r0; r < r1; r++) {                                                            \
@@ -133,8 +146,8 @@ static int64_t cell_grain(int64_t H) { return H >= 16384 ? 1 : 16384 / H; }
                          dy + 6 * H, (T *)j->ga + r * 4 * H, (T *)j->gs + r * H);                  \
     }                                                                                              \
   }                                                                                                \
-  static void gru_fwd_row_##SFX(int64_t H, const T *restrict a, const T *restrict b,               \
-                                const T *restrict h, T *restrict y, T *restrict act) {             \
+  CELL_ROW void gru_fwd_row_##SFX(int64_t H, const T *restrict a, const T *restrict b,             \
+                                  const T *restrict h, T *restrict y, T *restrict act) {           \
     for (int64_t k = 0; k < H; k++) {                                                              \
       T rr = SIG(a[k] + b[k]), z = SIG(a[H + k] + b[H + k]);                                       \
       T rb = rr * b[2 * H + k];                                                                    \
@@ -144,7 +157,7 @@ static int64_t cell_grain(int64_t H) { return H >= 16384 ? 1 : 16384 / H; }
       act[k] = rr, act[H + k] = z, act[2 * H + k] = n;                                             \
     }                                                                                              \
   }                                                                                                \
-  static void gru_fwd_##SFX(void *ud, int64_t r0, int64_t r1) {                                    \
+  CELL_CLONES static void gru_fwd_##SFX(void *ud, int64_t r0, int64_t r1) {                        \
     const cell_job *j = ud;                                                                        \
     int64_t H = j->H;                                                                              \
     for (int64_t r = r0; r < r1; r++) {                                                            \
@@ -153,9 +166,10 @@ static int64_t cell_grain(int64_t H) { return H >= 16384 ? 1 : 16384 / H; }
                         (const T *)j->s + r * H, y, y + H);                                        \
     }                                                                                              \
   }                                                                                                \
-  static void gru_bwd_row_##SFX(int64_t H, const T *restrict b, const T *restrict act,             \
-                                const T *restrict h, const T *restrict dy, const T *restrict dact, \
-                                T *restrict ga, T *restrict gb, T *restrict gh) {                  \
+  CELL_ROW void gru_bwd_row_##SFX(int64_t H, const T *restrict b, const T *restrict act,           \
+                                  const T *restrict h, const T *restrict dy,                       \
+                                  const T *restrict dact, T *restrict ga, T *restrict gb,          \
+                                  T *restrict gh) {                                                \
     for (int64_t k = 0; k < H; k++) {                                                              \
       T rr = act[k], z = act[H + k], n = act[2 * H + k];                                           \
       T dn = (dy[k] - dy[k] * z + dact[2 * H + k]) * (1 - n * n);                                  \
@@ -166,7 +180,7 @@ static int64_t cell_grain(int64_t H) { return H >= 16384 ? 1 : 16384 / H; }
       gh[k] = dy[k] * z;                                                                           \
     }                                                                                              \
   }                                                                                                \
-  static void gru_bwd_##SFX(void *ud, int64_t r0, int64_t r1) {                                    \
+  CELL_CLONES static void gru_bwd_##SFX(void *ud, int64_t r0, int64_t r1) {                        \
     const cell_job *j = ud;                                                                        \
     int64_t H = j->H;                                                                              \
     for (int64_t r = r0; r < r1; r++) {                                                            \
@@ -491,8 +505,8 @@ typedef struct seq_job {
 
 #define DEFINE_SEQ_LOOPS(T, SFX, SIG, TANH)                                                        \
   /* g: the gates' pre-activations in, the activations out */                                      \
-  static void lstm_seq_row_##SFX(int64_t H, T *restrict g, const T *restrict c, T *restrict h,     \
-                                 T *restrict cn, T *restrict t) {                                  \
+  CELL_ROW void lstm_seq_row_##SFX(int64_t H, T *restrict g, const T *restrict c, T *restrict h,   \
+                                   T *restrict cn, T *restrict t) {                                \
     for (int64_t k = 0; k < H; k++) {                                                              \
       T i = SIG(g[k]), f = SIG(g[H + k]), gg = TANH(g[2 * H + k]), o = SIG(g[3 * H + k]);          \
       T fc = f * c[k], ig = i * gg;                                                                \
@@ -502,7 +516,7 @@ typedef struct seq_job {
       g[k] = i, g[H + k] = f, g[2 * H + k] = gg, g[3 * H + k] = o;                                 \
     }                                                                                              \
   }                                                                                                \
-  static void lstm_seq_fwd_##SFX(void *ud, int64_t r0, int64_t r1) {                               \
+  CELL_CLONES static void lstm_seq_fwd_##SFX(void *ud, int64_t r0, int64_t r1) {                   \
     const seq_job *j = ud;                                                                         \
     int64_t H = j->H;                                                                              \
     for (int64_t r = r0; r < r1; r++) {                                                            \
@@ -518,7 +532,7 @@ typedef struct seq_job {
     }                                                                                              \
   }                                                                                                \
   /* dG_t's rows and dc_{t-1}; dh_{t-1} is left 0 for the product, or the pass-through */          \
-  static void lstm_seq_bwd_##SFX(void *ud, int64_t r0, int64_t r1) {                               \
+  CELL_CLONES static void lstm_seq_bwd_##SFX(void *ud, int64_t r0, int64_t r1) {                   \
     const seq_job *j = ud;                                                                         \
     int64_t H = j->H;                                                                              \
     for (int64_t r = r0; r < r1; r++) {                                                            \
@@ -538,8 +552,8 @@ typedef struct seq_job {
     }                                                                                              \
   }                                                                                                \
   /* g: b_t in, r z n out; bn: b_t's last block kept */                                            \
-  static void gru_seq_row_##SFX(int64_t H, const T *restrict a, T *restrict g,                     \
-                                const T *restrict h, T *restrict y, T *restrict bn) {              \
+  CELL_ROW void gru_seq_row_##SFX(int64_t H, const T *restrict a, T *restrict g,                   \
+                                  const T *restrict h, T *restrict y, T *restrict bn) {            \
     for (int64_t k = 0; k < H; k++) {                                                              \
       T rr = SIG(a[k] + g[k]), z = SIG(a[H + k] + g[H + k]);                                       \
       T b = g[2 * H + k], rb = rr * b;                                                             \
@@ -549,7 +563,7 @@ typedef struct seq_job {
       bn[k] = b, g[k] = rr, g[H + k] = z, g[2 * H + k] = n;                                        \
     }                                                                                              \
   }                                                                                                \
-  static void gru_seq_fwd_##SFX(void *ud, int64_t r0, int64_t r1) {                                \
+  CELL_CLONES static void gru_seq_fwd_##SFX(void *ud, int64_t r0, int64_t r1) {                    \
     const seq_job *j = ud;                                                                         \
     int64_t H = j->H;                                                                              \
     for (int64_t r = r0; r < r1; r++) {                                                            \
@@ -563,10 +577,10 @@ typedef struct seq_job {
       gru_seq_row_##SFX(H, (const T *)j->x + r * 3 * H, y + H, hp, y, y + 4 * H);                  \
     }                                                                                              \
   }                                                                                                \
-  static void gru_seq_bwd_row_##SFX(int64_t H, const T *restrict act, const T *restrict bn,        \
-                                    const T *restrict h, const T *restrict dy,                     \
-                                    const T *restrict dact, const T *restrict dbn, T *restrict ga, \
-                                    T *restrict gb, T *restrict gh) {                              \
+  CELL_ROW void gru_seq_bwd_row_##SFX(int64_t H, const T *restrict act, const T *restrict bn,      \
+                                      const T *restrict h, const T *restrict dy,                   \
+                                      const T *restrict dact, const T *restrict dbn,               \
+                                      T *restrict ga, T *restrict gb, T *restrict gh) {            \
     for (int64_t k = 0; k < H; k++) {                                                              \
       T rr = act[k], z = act[H + k], n = act[2 * H + k];                                           \
       T dn = (dy[k] - dy[k] * z + dact[2 * H + k]) * (1 - n * n);                                  \
@@ -578,7 +592,7 @@ typedef struct seq_job {
     }                                                                                              \
   }                                                                                                \
   /* dxa_t's and db_t's rows, and the part of dh_{t-1} that is not the product */                  \
-  static void gru_seq_bwd_##SFX(void *ud, int64_t r0, int64_t r1) {                                \
+  CELL_CLONES static void gru_seq_bwd_##SFX(void *ud, int64_t r0, int64_t r1) {                    \
     const seq_job *j = ud;                                                                         \
     int64_t H = j->H;                                                                              \
     for (int64_t r = r0; r < r1; r++) {                                                            \
