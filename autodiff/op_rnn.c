@@ -440,6 +440,8 @@ const ad_op_def ad_def_gru_cell = {
  *     = Y [T, N, 5H], Y_t = [h_t | r z n | b_n], with b_t = h_{t-1} w^T + b,
  *     [h_t | r z n] = gru_cell(xa_t, b_t, h_{t-1}) and b_n b_t's last block
  *
+ * With the attribute axis = 1, xp (xa) and Y are batch-major, [N, T, .]:
+ * a batch_first layer's input product and output need no transposition.
  * h_{t-1}, c_{t-1} are Y_{t-1}'s first blocks (h0, c0 at t = 0). Where
  * mask[t, n] is 0 (a sequence that has ended), row n of Y_t is the state
  * kept, [h_{t-1} | c_{t-1} | 0 ...]: no gate is computed there, and no
@@ -452,18 +454,31 @@ const ad_op_def ad_def_gru_cell = {
  * dw = sum_t dG_t^T h_{t-1} as one product over all T N rows, db the sum
  * of dG's rows. */
 
-/* Step t of a [T, N, K] tensor, as [N, K] (ops: a recorded backward). */
-static ad_tensor *step_of(ad_ctx *ctx, ad_tensor *x, int64_t t) {
-  int64_t s[2] = {x->shape[1], x->shape[2]};
-  return ad_reshape(ctx, ad_narrow(ctx, x, 0, t, 1), 2, s);
+/* Step t's first row in x ([T, N, K] with the time axis tax 0, [N, T, K]
+ * with 1); *ld (if not NULL) the distance between its rows, in elements. */
+static char *step_ptr(const ad_tensor *x, int tax, int64_t t, int64_t *ld) {
+  int64_t K = x->shape[2], off = tax ? t * K : t * x->shape[1] * K;
+  if (ld) *ld = tax ? x->shape[1] * K : K;
+  return (char *)x->data + (size_t)off * ad_dsize(x->dtype);
 }
 
-/* Checks the sequence op's inputs: in[0] [T, N, m H], w [m H, H], the
- * biases and states, the mask [T, N]; sets *T, *N, *H. */
+/* Step t of such an x, as [N, K] (ops: a recorded backward). */
+static ad_tensor *step_of(ad_ctx *ctx, ad_tensor *x, int tax, int64_t t) {
+  int64_t s[2] = {x->shape[1 - tax], x->shape[2]};
+  return ad_reshape(ctx, ad_narrow(ctx, x, tax, t, 1), 2, s);
+}
+
+/* Checks the sequence op's inputs: in[0] [T, N, m H] (or [N, T, m H]), w
+ * [m H, H], the bias and states, the mask [T, N]; sets *T, *N, *H. */
 static ad_status seq_shape(const ad_call *c, int m, int nstate, bool bias, int64_t *T, int64_t *N,
                            int64_t *H) {
   ad_status st = ad_check_float_same(c->ctx, c->name, c->n, c->in);
   if (st != AD_OK) return st;
+  int tax = c->attrs->axis;
+  if (tax != 0 && tax != 1)
+    return ad_set_error(c->ctx, AD_ERR_ARG,
+                        "%s: time axis %d; it must be 0 ([T, N, .]) or 1 ([N, T, .])", c->name,
+                        tax);
   const ad_tensor *x = c->in[0], *w = c->in[1], *b = bias ? c->in[2] : NULL;
   int s0 = bias ? 3 : 2; /* the first state */
   const ad_tensor *mask = c->n > s0 + nstate ? c->in[s0 + nstate] : NULL;
@@ -471,28 +486,39 @@ static ad_status seq_shape(const ad_call *c, int m, int nstate, bool bias, int64
             x->shape[2] == w->shape[0] && (!b || (b->ndim == 1 && b->shape[0] == w->shape[0]));
   for (int k = 0; ok && k < nstate; k++) {
     const ad_tensor *s = c->in[s0 + k];
-    ok = s->ndim == 2 && s->shape[0] == x->shape[1] && s->shape[1] == w->shape[1];
+    ok = s->ndim == 2 && s->shape[0] == x->shape[1 - tax] && s->shape[1] == w->shape[1];
   }
   if (ok && mask)
-    ok = mask->ndim == 2 && mask->shape[0] == x->shape[0] && mask->shape[1] == x->shape[1];
+    ok = mask->ndim == 2 && mask->shape[0] == x->shape[tax] && mask->shape[1] == x->shape[1 - tax];
   if (!ok) {
     char sx[64], sw[64], ss[64], sm[64];
     return ad_set_error(c->ctx, AD_ERR_SHAPE,
-                        "%s: inputs %s, weight %s, state %s%s%s must be [T, N, %d H], [%d H, H], "
+                        "%s: inputs %s, weight %s, state %s%s%s must be %s, [%d H, H], "
                         "[N, H]%s%s",
                         c->name, ad_shape_str(x, sx, sizeof sx), ad_shape_str(w, sw, sizeof sw),
                         ad_shape_str(c->in[s0], ss, sizeof ss), mask ? ", mask " : "",
-                        mask ? ad_shape_str(mask, sm, sizeof sm) : "", m, m,
-                        bias ? ", bias [3 H]" : "", mask ? ", mask [T, N]" : "");
+                        mask ? ad_shape_str(mask, sm, sizeof sm) : "",
+                        tax ? (m == 4 ? "[N, T, 4 H]" : "[N, T, 3 H]")
+                            : (m == 4 ? "[T, N, 4 H]" : "[T, N, 3 H]"),
+                        m, bias ? ", bias [3 H]" : "", mask ? ", mask [T, N]" : "");
   }
-  *T = x->shape[0], *N = x->shape[1], *H = w->shape[1];
+  *T = x->shape[tax], *N = x->shape[1 - tax], *H = w->shape[1];
   return AD_OK;
 }
 
-/* One step's rows for the parallel loops of the sequence ops. */
+/* Sets the output's shape: [T, N, K H] or [N, T, K H], like in[0]. */
+static void seq_out(const ad_call *c, int K, int64_t H) {
+  c->out->dtype = c->in[0]->dtype;
+  c->out->ndim = 3;
+  c->out->shape[0] = c->in[0]->shape[0], c->out->shape[1] = c->in[0]->shape[1];
+  c->out->shape[2] = K * H;
+}
+
+/* One step's rows for the parallel loops of the sequence ops. Row r of Y_t
+ * (and dY_t) is at y + r ldy, of xa_t, dG_t, db_t at + r ldg. */
 typedef struct seq_job {
-  const void *hp, *cp; /* the previous state's rows: row n at n * ldp */
-  int64_t ldp;
+  const void *hp, *cp; /* the previous state's rows: row r at r ldp */
+  int64_t ldp, ldy, ldg;
   void *y;          /* Y_t (forward), read in the backward */
   const void *mask; /* Y_t's row flags, NULL: all live */
   const void *x;    /* gru: xa_t */
@@ -520,7 +546,7 @@ typedef struct seq_job {
     const seq_job *j = ud;                                                                         \
     int64_t H = j->H;                                                                              \
     for (int64_t r = r0; r < r1; r++) {                                                            \
-      T *y = (T *)j->y + r * 7 * H;                                                                \
+      T *y = (T *)j->y + r * j->ldy;                                                               \
       const T *hp = (const T *)j->hp + r * j->ldp, *cp = (const T *)j->cp + r * j->ldp;            \
       if (j->mask && ((const T *)j->mask)[r] == 0) {                                               \
         memcpy(y, hp, (size_t)H * sizeof(T));                                                      \
@@ -536,8 +562,8 @@ typedef struct seq_job {
     const seq_job *j = ud;                                                                         \
     int64_t H = j->H;                                                                              \
     for (int64_t r = r0; r < r1; r++) {                                                            \
-      const T *y = (const T *)j->y + r * 7 * H, *dy = (const T *)j->dy + r * 7 * H;                \
-      T *dh = (T *)j->dh + r * H, *dc = (T *)j->dc + r * H, *dg = (T *)j->dg + r * 4 * H;          \
+      const T *y = (const T *)j->y + r * j->ldy, *dy = (const T *)j->dy + r * j->ldy;              \
+      T *dh = (T *)j->dh + r * H, *dc = (T *)j->dc + r * H, *dg = (T *)j->dg + r * j->ldg;         \
       T *th = (T *)j->th + r * H, *tc = (T *)j->tc + r * H;                                        \
       for (int64_t k = 0; k < H; k++) th[k] = dy[k] + dh[k], tc[k] = dy[H + k] + dc[k];            \
       if (j->mask && ((const T *)j->mask)[r] == 0) {                                               \
@@ -567,14 +593,14 @@ typedef struct seq_job {
     const seq_job *j = ud;                                                                         \
     int64_t H = j->H;                                                                              \
     for (int64_t r = r0; r < r1; r++) {                                                            \
-      T *y = (T *)j->y + r * 5 * H;                                                                \
+      T *y = (T *)j->y + r * j->ldy;                                                               \
       const T *hp = (const T *)j->hp + r * j->ldp;                                                 \
       if (j->mask && ((const T *)j->mask)[r] == 0) {                                               \
         memcpy(y, hp, (size_t)H * sizeof(T));                                                      \
         memset(y + H, 0, (size_t)(4 * H) * sizeof(T));                                             \
         continue;                                                                                  \
       }                                                                                            \
-      gru_seq_row_##SFX(H, (const T *)j->x + r * 3 * H, y + H, hp, y, y + 4 * H);                  \
+      gru_seq_row_##SFX(H, (const T *)j->x + r * j->ldg, y + H, hp, y, y + 4 * H);                 \
     }                                                                                              \
   }                                                                                                \
   CELL_ROW void gru_seq_bwd_row_##SFX(int64_t H, const T *restrict act, const T *restrict bn,      \
@@ -596,9 +622,9 @@ typedef struct seq_job {
     const seq_job *j = ud;                                                                         \
     int64_t H = j->H;                                                                              \
     for (int64_t r = r0; r < r1; r++) {                                                            \
-      const T *y = (const T *)j->y + r * 5 * H, *dy = (const T *)j->dy + r * 5 * H;                \
+      const T *y = (const T *)j->y + r * j->ldy, *dy = (const T *)j->dy + r * j->ldy;              \
       T *dh = (T *)j->dh + r * H, *th = (T *)j->th + r * H;                                        \
-      T *dg = (T *)j->dg + r * 3 * H, *db = (T *)j->db + r * 3 * H;                                \
+      T *dg = (T *)j->dg + r * j->ldg, *db = (T *)j->db + r * j->ldg;                              \
       for (int64_t k = 0; k < H; k++) th[k] = dy[k] + dh[k];                                       \
       if (j->mask && ((const T *)j->mask)[r] == 0) {                                               \
         memcpy(dh, th, (size_t)H * sizeof(T));                                                     \
@@ -619,21 +645,44 @@ static void seq_run(ad_range_fn f32, ad_range_fn f64, ad_dtype dt, int64_t N, se
   ad_parallel_for(N, cell_grain(j->H), dt == AD_F32 ? f32 : f64, j);
 }
 
-/* Step t of a [T, N, K] tensor's data (or of a mask [T, N]). */
-static char *step_ptr(const ad_tensor *x, int64_t t) {
-  int64_t row = x->ndim == 3 ? x->shape[1] * x->shape[2] : x->shape[1];
-  return (char *)x->data + (size_t)(t * row) * ad_dsize(x->dtype);
+/* Step t's row flags of a mask [T, N]. */
+static const void *mask_ptr(const ad_tensor *m, int64_t t) {
+  return m ? (const char *)m->data + (size_t)(t * m->shape[1]) * ad_dsize(m->dtype) : NULL;
 }
 
-/* dw = sum_t dG_t^T h_{t-1}: one product over the rows of steps 1.. (whose
- * h_{t-1} are Y's rows, ldy apart) and one for step 0 (h0). */
-static void seq_weight_grad(ad_dtype dt, int64_t T, int64_t N, int64_t GH, int64_t H,
-                            const void *dg, const void *y, int64_t ldy, const void *h0, void *dw) {
+/* dw = sum_t dG_t^T h_{t-1} (dG like xp, y like Y: the time axis tax, ly
+ * elements per row of y), as one product over all rows: the h_{t-1} are
+ * gathered into hp first (h0 at t = 0), laid out as dG's rows. */
+static void seq_weight_grad(int tax, const ad_tensor *dG, const ad_tensor *y, const ad_tensor *h0,
+                            ad_tensor *hp, ad_tensor *dw) {
+  ad_dtype dt = dG->dtype;
   size_t es = ad_dsize(dt);
-  if (T > 1)
-    ad_gemm_split(dt, true, false, GH, H, (T - 1) * N, (const char *)dg + (size_t)(N * GH) * es, GH,
-                  y, ldy, 0.0, dw, H);
-  ad_gemm_split(dt, true, false, GH, H, N, dg, GH, h0, H, T > 1 ? 1.0 : 0.0, dw, H);
+  int64_t T = dG->shape[tax], N = dG->shape[1 - tax], GH = dG->shape[2], H = h0->shape[1];
+  for (int64_t t = 0; t < T; t++) {
+    int64_t ldy = H, ldh;
+    const char *src = t ? step_ptr(y, tax, t - 1, &ldy) : (const char *)h0->data;
+    char *dst = step_ptr(hp, tax, t, &ldh);
+    for (int64_t n = 0; n < N; n++)
+      memcpy(dst + (size_t)(n * ldh) * es, src + (size_t)(n * ldy) * es, (size_t)H * es);
+  }
+  ad_gemm_split(dt, true, false, GH, H, T * N, dG->data, GH, hp->data, H, 0.0, dw->data, H);
+}
+
+/* hp's shape for seq_weight_grad: dG's with H columns. */
+static ad_tensor *seq_hp_new(ad_ctx *ctx, const ad_tensor *dG, int64_t H) {
+  int64_t s[3] = {dG->shape[0], dG->shape[1], H};
+  return ad_tmp_new(ctx, dG->dtype, 3, s);
+}
+
+/* The h_{t-1} of every step as ops, laid out as Y's steps: h0 and Y's
+ * first H columns of steps 0..T-2, joined along the time axis. */
+static ad_tensor *seq_hp_ops(ad_ctx *ctx, ad_tensor *Y, ad_tensor *h0, int tax, int64_t H) {
+  int64_t T = Y->shape[tax], s3[3] = {1, h0->shape[0], H};
+  if (tax) s3[0] = h0->shape[0], s3[1] = 1;
+  ad_tensor *parts[2] = {ad_reshape(ctx, h0, 3, s3), NULL};
+  if (T == 1) return parts[0];
+  parts[1] = ad_narrow(ctx, ad_narrow(ctx, Y, tax, 0, T - 1), 2, 0, H);
+  return parts[0] && parts[1] ? ad_concat(ctx, 2, parts, tax) : NULL;
 }
 
 /* -------------------------------------------------------------- lstm_seq */
@@ -641,33 +690,29 @@ static void seq_weight_grad(ad_dtype dt, int64_t T, int64_t N, int64_t GH, int64
 static ad_status lstm_seq_shape(const ad_call *c) {
   int64_t T, N, H;
   ad_status st = seq_shape(c, 4, 2, false, &T, &N, &H);
-  if (st != AD_OK) return st;
-  c->out->dtype = c->in[0]->dtype;
-  c->out->ndim = 3;
-  c->out->shape[0] = T, c->out->shape[1] = N, c->out->shape[2] = 7 * H;
-  return AD_OK;
+  if (st == AD_OK) seq_out(c, 7, H);
+  return st;
 }
 
 static void lstm_seq_fwd(const ad_call *c) {
   const ad_tensor *xp = c->in[0], *w = c->in[1], *mask = c->n > 4 ? c->in[4] : NULL;
+  int tax = c->attrs->axis;
   ad_dtype dt = xp->dtype;
   size_t es = ad_dsize(dt);
-  int64_t T = xp->shape[0], N = xp->shape[1], H = w->shape[1];
+  int64_t T = xp->shape[tax], N = xp->shape[1 - tax], H = w->shape[1], ldx;
   for (int64_t t = 0; t < T; t++) {
-    char *y = (char *)c->out->data + (size_t)(t * N * 7 * H) * es;
-    seq_job j = {.hp = t ? y - (size_t)(N * 7 * H) * es : c->in[2]->data,
-                 .ldp = t ? 7 * H : H,
-                 .y = y,
-                 .mask = mask ? step_ptr(mask, t) : NULL,
-                 .H = H};
+    seq_job j = {.mask = mask_ptr(mask, t), .H = H};
+    char *y = j.y = step_ptr(c->out, tax, t, &j.ldy);
+    const char *x = step_ptr(xp, tax, t, &ldx);
+    j.hp = t ? step_ptr(c->out, tax, t - 1, NULL) : c->in[2]->data;
     j.cp = t ? (const char *)j.hp + (size_t)H * es : c->in[3]->data;
+    j.ldp = t ? j.ldy : H;
     /* the gates, in Y_t's activation blocks: xp_t + h_{t-1} w^T */
-    const char *x = step_ptr(xp, t);
     for (int64_t r = 0; r < N; r++)
-      memcpy(y + (size_t)(r * 7 * H + 2 * H) * es, x + (size_t)(r * 4 * H) * es,
+      memcpy(y + (size_t)(r * j.ldy + 2 * H) * es, x + (size_t)(r * ldx) * es,
              (size_t)(4 * H) * es);
     ad_gemm_split(dt, false, true, N, 4 * H, H, j.hp, j.ldp, w->data, H, 1.0,
-                  y + (size_t)(2 * H) * es, 7 * H);
+                  y + (size_t)(2 * H) * es, j.ldy);
     seq_run(lstm_seq_fwd_f32, lstm_seq_fwd_f64, dt, N, &j);
   }
 }
@@ -677,13 +722,14 @@ static ad_status lstm_seq_bwd_ops(const ad_call *c) {
   ad_ctx *ctx = c->ctx;
   ad_tensor *w = c->in[1], *h0 = c->in[2], *c0 = c->in[3], *mask = c->n > 4 ? c->in[4] : NULL;
   ad_tensor *Y = c->out, *dY = c->gout;
-  int64_t T = Y->shape[0], N = Y->shape[1], H = w->shape[1], n1[2] = {N, 1};
+  int tax = c->attrs->axis;
+  int64_t T = Y->shape[tax], N = Y->shape[1 - tax], H = w->shape[1], n1[2] = {N, 1};
   ad_tensor **dg = ad_arena_alloc(ctx, (size_t)T * sizeof *dg);
   ad_tensor *dh = NULL, *dc = NULL, *zero = ad_scalar(ctx, Y->dtype, 0.0);
   if (!dg || !zero) return ad_last_status(ctx);
   for (int64_t t = T - 1; t >= 0; t--) {
-    ad_tensor *y = step_of(ctx, Y, t), *dy = step_of(ctx, dY, t);
-    ad_tensor *cp = t ? ad_narrow(ctx, step_of(ctx, Y, t - 1), 1, H, H) : c0;
+    ad_tensor *y = step_of(ctx, Y, tax, t), *dy = step_of(ctx, dY, tax, t);
+    ad_tensor *cp = t ? ad_narrow(ctx, step_of(ctx, Y, tax, t - 1), 1, H, H) : c0;
     ad_tensor *i = ad_narrow(ctx, y, 1, 2 * H, H), *f = ad_narrow(ctx, y, 1, 3 * H, H);
     ad_tensor *g = ad_narrow(ctx, y, 1, 4 * H, H), *o = ad_narrow(ctx, y, 1, 5 * H, H);
     ad_tensor *tt = ad_narrow(ctx, y, 1, 6 * H, H);
@@ -714,16 +760,12 @@ static ad_status lstm_seq_bwd_ops(const ad_call *c) {
     dc = gc;
     if (!dh) return ad_last_status(ctx);
   }
-  ad_tensor *dG = ad_stack(ctx, (int)T, dg, 0);
+  ad_tensor *dG = ad_stack(ctx, (int)T, dg, tax);
   ad_status st = AD_OK;
   if (c->needs[0]) st = ad_call_set_grad(c, 0, dG);
   if (st == AD_OK && c->needs[1]) {
-    int64_t s3[3] = {1, N, H}, sh[2] = {T * N, H}, sg[2] = {T * N, 4 * H};
-    ad_tensor *hp = ad_reshape(ctx, h0, 3, s3);
-    if (T > 1) {
-      ad_tensor *parts[2] = {hp, ad_narrow(ctx, ad_narrow(ctx, Y, 0, 0, T - 1), 2, 0, H)};
-      hp = parts[1] ? ad_concat(ctx, 2, parts, 0) : NULL;
-    }
+    int64_t sh[2] = {T * N, H}, sg[2] = {T * N, 4 * H};
+    ad_tensor *hp = seq_hp_ops(ctx, Y, h0, tax, H);
     st = ad_call_set_grad(
         c, 1, ad_matmul(ctx, ad_reshape(ctx, dG, 2, sg), ad_reshape(ctx, hp, 2, sh), true, false));
   }
@@ -736,9 +778,10 @@ static ad_status lstm_seq_bwd(const ad_call *c) {
   if (c->ctx->grad_enabled) return lstm_seq_bwd_ops(c);
   ad_ctx *ctx = c->ctx;
   const ad_tensor *w = c->in[1], *h0 = c->in[2], *mask = c->n > 4 ? c->in[4] : NULL;
+  int tax = c->attrs->axis;
   ad_dtype dt = w->dtype;
   size_t es = ad_dsize(dt);
-  int64_t T = c->out->shape[0], N = c->out->shape[1], H = w->shape[1], sN[2] = {N, H};
+  int64_t T = c->out->shape[tax], N = c->out->shape[1 - tax], H = w->shape[1], sN[2] = {N, H};
   ad_tensor *dG = ad_tmp_new(ctx, dt, 3, c->in[0]->shape);
   ad_tensor *dh = ad_tmp_new(ctx, dt, 2, sN), *dc = ad_tmp_new(ctx, dt, 2, sN);
   ad_tensor *th = ad_tmp_new(ctx, dt, 2, sN), *tc = ad_tmp_new(ctx, dt, 2, sN);
@@ -746,26 +789,25 @@ static ad_status lstm_seq_bwd(const ad_call *c) {
   memset(dh->data, 0, (size_t)(N * H) * es);
   memset(dc->data, 0, (size_t)(N * H) * es);
   for (int64_t t = T - 1; t >= 0; t--) {
-    char *y = step_ptr(c->out, t);
-    seq_job j = {.cp = t ? y - (size_t)(N * 7 * H - H) * es : c->in[3]->data,
-                 .ldp = t ? 7 * H : H,
-                 .y = y,
-                 .mask = mask ? step_ptr(mask, t) : NULL,
-                 .dy = step_ptr(c->gout, t),
-                 .dg = (char *)dG->data + (size_t)(t * N * 4 * H) * es,
+    seq_job j = {.mask = mask_ptr(mask, t),
                  .dh = dh->data,
                  .dc = dc->data,
                  .th = th->data,
                  .tc = tc->data,
                  .H = H};
+    j.y = step_ptr(c->out, tax, t, &j.ldy);
+    j.dy = step_ptr(c->gout, tax, t, NULL);
+    j.dg = step_ptr(dG, tax, t, &j.ldg);
+    j.cp = t ? step_ptr(c->out, tax, t - 1, NULL) + (size_t)H * es : c->in[3]->data;
+    j.ldp = t ? j.ldy : H;
     seq_run(lstm_seq_bwd_f32, lstm_seq_bwd_f64, dt, N, &j);
     if (t > 0 || c->needs[2]) /* dh_{t-1} += dG_t w */
-      ad_gemm_split(dt, false, false, N, H, 4 * H, j.dg, 4 * H, w->data, H, 1.0, dh->data, H);
+      ad_gemm_split(dt, false, false, N, H, 4 * H, j.dg, j.ldg, w->data, H, 1.0, dh->data, H);
   }
   if (c->needs[1]) {
-    ad_tensor *dw = ad_tmp_new(ctx, dt, 2, w->shape);
-    if (!dw) return ad_last_status(ctx);
-    seq_weight_grad(dt, T, N, 4 * H, H, dG->data, c->out->data, 7 * H, h0->data, dw->data);
+    ad_tensor *dw = ad_tmp_new(ctx, dt, 2, w->shape), *hp = seq_hp_new(ctx, dG, H);
+    if (!dw || !hp) return ad_last_status(ctx);
+    seq_weight_grad(tax, dG, c->out, h0, hp, dw);
     c->gin[1] = dw;
   }
   if (c->needs[0]) c->gin[0] = dG;
@@ -775,9 +817,10 @@ static ad_status lstm_seq_bwd(const ad_call *c) {
 }
 
 ad_tensor *ad_lstm_seq(ad_ctx *ctx, ad_tensor *xp, ad_tensor *w_hh, ad_tensor *h0, ad_tensor *c0,
-                       ad_tensor *mask) {
+                       ad_tensor *mask, bool batch_first) {
   ad_tensor *in[5] = {xp, w_hh, h0, c0, mask};
-  return ad_op_apply(ctx, AD_OP_LSTM_SEQ, mask ? 5 : 4, in, NULL);
+  ad_attrs at = {.axis = batch_first ? 1 : 0};
+  return ad_op_apply(ctx, AD_OP_LSTM_SEQ, mask ? 5 : 4, in, &at);
 }
 
 /* A [T, N] mask of 0/1 where sequence n has lengths[n] steps (a constant). */
@@ -790,31 +833,43 @@ static ad_tensor *sample_mask(const ad_sample_call *s, int64_t T, int64_t N,
   return m;
 }
 
-/* T = 3, N = 2, H = 2, and the same with N = 3 and lengths 3, 1, 2 */
-static int lstm_seq_sample(const ad_sample_call *s) {
-  if (s->variant > 1) return 0;
+/* The sequence ops' gradcheck cases: T = 3, N = 2, H = 2 time-major; N = 3
+ * with lengths 3, 1, 2, time-major and batch-major. in[k] for k < nx are
+ * shaped by the table (the time and batch dims of in[0] set here), the
+ * states [N, H]. */
+static int seq_sample(const ad_sample_call *s, int G, bool bias) {
+  if (s->variant > 2) return 0;
   int64_t T = 3, N = s->variant ? 3 : 2, H = 2, lengths[3] = {3, 1, 2};
-  int64_t sx[3] = {T, N, 4 * H}, sw[2] = {4 * H, H}, sh[2] = {N, H};
-  s->in[0] = ad_sample_tensor(s, 3, sx, -2, 2, true);
-  s->in[1] = ad_sample_tensor(s, 2, sw, -1, 1, true);
-  s->in[2] = ad_sample_tensor(s, 2, sh, -1, 1, true);
-  s->in[3] = ad_sample_tensor(s, 2, sh, -1, 1, true);
-  if (!s->in[0] || !s->in[1] || !s->in[2] || !s->in[3]) return -1;
-  if (!s->variant) return 4;
-  return (s->in[4] = sample_mask(s, T, N, lengths)) ? 5 : -1;
+  int tax = s->variant == 2;
+  int64_t sx[3] = {T, N, G * H}, sw[2] = {G * H, H}, sb[1] = {G * H}, sh[2] = {N, H};
+  if (tax) sx[0] = N, sx[1] = T;
+  s->attrs->axis = tax;
+  int k = 0;
+  s->in[k++] = ad_sample_tensor(s, 3, sx, -2, 2, true);
+  s->in[k++] = ad_sample_tensor(s, 2, sw, -1, 1, true);
+  if (bias) s->in[k++] = ad_sample_tensor(s, 1, sb, -1, 1, true);
+  s->in[k++] = ad_sample_tensor(s, 2, sh, -1, 1, true);
+  if (G == 4) s->in[k++] = ad_sample_tensor(s, 2, sh, -1, 1, true);
+  for (int i = 0; i < k; i++)
+    if (!s->in[i]) return -1;
+  if (!s->variant) return k;
+  return (s->in[k] = sample_mask(s, T, N, lengths)) ? k + 1 : -1;
 }
+
+static int lstm_seq_sample(const ad_sample_call *s) { return seq_sample(s, 4, false); }
 
 const ad_op_def ad_def_lstm_seq = {
     .name = "lstm_seq",
     .arity = 5,
     .min_arity = 4,
+    .attrs = AD_ATTRS_AXIS,
     .shape = lstm_seq_shape,
     .forward = lstm_seq_fwd,
     .backward = lstm_seq_bwd,
     .sample = lstm_seq_sample,
-    .math = "Y_t = lstm_cell(xp_t + h_{t-1} w^T, c_{t-1}) for t = 0..T-1, h_{t-1} and c_{t-1} "
-            "Y_{t-1}'s first blocks (h0, c0 at t = 0); where mask_t is 0, Y_t = [h_{t-1} | c_{t-1} "
-            "| 0]",
+    .math = "Y_t = lstm_cell(xp_t + h_{t-1} w^T, c_{t-1}) for t = 0..T-1 (the time axis: axis), "
+            "h_{t-1} and c_{t-1} Y_{t-1}'s first blocks (h0, c0 at t = 0); where mask_t is 0, "
+            "Y_t = [h_{t-1} | c_{t-1} | 0]",
     .inputs = {"xp", "w", "h0", "c0", "mask"},
     .grads = {"dG_t: lstm_cell's rule per step from the last, with dh_t += dG_{t+1} w",
               "sum_t dG_t^T h_{t-1}", "dG_0 w", "dc_{-1} of the rule", NULL},
@@ -825,32 +880,28 @@ const ad_op_def ad_def_lstm_seq = {
 static ad_status gru_seq_shape(const ad_call *c) {
   int64_t T, N, H;
   ad_status st = seq_shape(c, 3, 1, true, &T, &N, &H);
-  if (st != AD_OK) return st;
-  c->out->dtype = c->in[0]->dtype;
-  c->out->ndim = 3;
-  c->out->shape[0] = T, c->out->shape[1] = N, c->out->shape[2] = 5 * H;
-  return AD_OK;
+  if (st == AD_OK) seq_out(c, 5, H);
+  return st;
 }
 
 static void gru_seq_fwd(const ad_call *c) {
   const ad_tensor *xa = c->in[0], *w = c->in[1], *b = c->in[2];
   const ad_tensor *mask = c->n > 4 ? c->in[4] : NULL;
+  int tax = c->attrs->axis;
   ad_dtype dt = xa->dtype;
   size_t es = ad_dsize(dt);
-  int64_t T = xa->shape[0], N = xa->shape[1], H = w->shape[1];
+  int64_t T = xa->shape[tax], N = xa->shape[1 - tax], H = w->shape[1];
   for (int64_t t = 0; t < T; t++) {
-    char *y = (char *)c->out->data + (size_t)(t * N * 5 * H) * es;
-    seq_job j = {.hp = t ? y - (size_t)(N * 5 * H) * es : c->in[3]->data,
-                 .ldp = t ? 5 * H : H,
-                 .y = y,
-                 .mask = mask ? step_ptr(mask, t) : NULL,
-                 .x = step_ptr(xa, t),
-                 .H = H};
+    seq_job j = {.mask = mask_ptr(mask, t), .H = H};
+    char *y = j.y = step_ptr(c->out, tax, t, &j.ldy);
+    j.x = step_ptr(xa, tax, t, &j.ldg);
+    j.hp = t ? step_ptr(c->out, tax, t - 1, NULL) : c->in[3]->data;
+    j.ldp = t ? j.ldy : H;
     /* b_t = b + h_{t-1} w^T, in Y_t's activation blocks */
     for (int64_t r = 0; r < N; r++)
-      memcpy(y + (size_t)(r * 5 * H + H) * es, b->data, (size_t)(3 * H) * es);
+      memcpy(y + (size_t)(r * j.ldy + H) * es, b->data, (size_t)(3 * H) * es);
     ad_gemm_split(dt, false, true, N, 3 * H, H, j.hp, j.ldp, w->data, H, 1.0, y + (size_t)H * es,
-                  5 * H);
+                  j.ldy);
     seq_run(gru_seq_fwd_f32, gru_seq_fwd_f64, dt, N, &j);
   }
 }
@@ -859,13 +910,14 @@ static ad_status gru_seq_bwd_ops(const ad_call *c) {
   ad_ctx *ctx = c->ctx;
   ad_tensor *w = c->in[1], *h0 = c->in[3], *mask = c->n > 4 ? c->in[4] : NULL;
   ad_tensor *Y = c->out, *dY = c->gout;
-  int64_t T = Y->shape[0], N = Y->shape[1], H = w->shape[1], n1[2] = {N, 1};
+  int tax = c->attrs->axis;
+  int64_t T = Y->shape[tax], N = Y->shape[1 - tax], H = w->shape[1], n1[2] = {N, 1};
   ad_tensor **da = ad_arena_alloc(ctx, (size_t)(2 * T) * sizeof *da), **db = da + T;
   ad_tensor *dh = NULL, *zero = ad_scalar(ctx, Y->dtype, 0.0);
   if (!da || !zero) return ad_last_status(ctx);
   for (int64_t t = T - 1; t >= 0; t--) {
-    ad_tensor *y = step_of(ctx, Y, t), *dy = step_of(ctx, dY, t);
-    ad_tensor *hp = t ? ad_narrow(ctx, step_of(ctx, Y, t - 1), 1, 0, H) : h0;
+    ad_tensor *y = step_of(ctx, Y, tax, t), *dy = step_of(ctx, dY, tax, t);
+    ad_tensor *hp = t ? ad_narrow(ctx, step_of(ctx, Y, tax, t - 1), 1, 0, H) : h0;
     ad_tensor *r = ad_narrow(ctx, y, 1, H, H), *z = ad_narrow(ctx, y, 1, 2 * H, H);
     ad_tensor *n = ad_narrow(ctx, y, 1, 3 * H, H), *bn = ad_narrow(ctx, y, 1, 4 * H, H);
     ad_tensor *dht = ad_narrow(ctx, dy, 1, 0, H);
@@ -897,18 +949,15 @@ static ad_status gru_seq_bwd_ops(const ad_call *c) {
     if (!(dh = ad_add(ctx, part, ad_matmul(ctx, bt, w, false, false)))) return ad_last_status(ctx);
   }
   ad_status st = AD_OK;
-  if (c->needs[0]) st = ad_call_set_grad(c, 0, ad_stack(ctx, (int)T, da, 0));
+  if (c->needs[0]) st = ad_call_set_grad(c, 0, ad_stack(ctx, (int)T, da, tax));
   ad_tensor *dB = NULL;
   int64_t sg[2] = {T * N, 3 * H};
   if (st == AD_OK && (c->needs[1] || c->needs[2]))
-    st = (dB = ad_reshape(ctx, ad_stack(ctx, (int)T, db, 0), 2, sg)) ? AD_OK : ad_last_status(ctx);
+    st =
+        (dB = ad_reshape(ctx, ad_stack(ctx, (int)T, db, tax), 2, sg)) ? AD_OK : ad_last_status(ctx);
   if (st == AD_OK && c->needs[1]) {
-    int64_t s3[3] = {1, N, H}, sh[2] = {T * N, H};
-    ad_tensor *hp = ad_reshape(ctx, h0, 3, s3);
-    if (T > 1) {
-      ad_tensor *parts[2] = {hp, ad_narrow(ctx, ad_narrow(ctx, Y, 0, 0, T - 1), 2, 0, H)};
-      hp = parts[1] ? ad_concat(ctx, 2, parts, 0) : NULL;
-    }
+    int64_t sh[2] = {T * N, H};
+    ad_tensor *hp = seq_hp_ops(ctx, Y, h0, tax, H);
     st = ad_call_set_grad(c, 1, ad_matmul(ctx, dB, ad_reshape(ctx, hp, 2, sh), true, false));
   }
   if (st == AD_OK && c->needs[2]) st = ad_call_set_grad(c, 2, ad_sum_axis(ctx, dB, 0, false));
@@ -920,34 +969,31 @@ static ad_status gru_seq_bwd(const ad_call *c) {
   if (c->ctx->grad_enabled) return gru_seq_bwd_ops(c);
   ad_ctx *ctx = c->ctx;
   const ad_tensor *w = c->in[1], *h0 = c->in[3], *mask = c->n > 4 ? c->in[4] : NULL;
+  int tax = c->attrs->axis;
   ad_dtype dt = w->dtype;
   size_t es = ad_dsize(dt);
-  int64_t T = c->out->shape[0], N = c->out->shape[1], H = w->shape[1], sN[2] = {N, H};
-  ad_tensor *dA = ad_tmp_new(ctx, dt, 3, c->in[0]->shape),
-            *dB = ad_tmp_new(ctx, dt, 3, c->in[0]->shape);
+  int64_t T = c->out->shape[tax], N = c->out->shape[1 - tax], H = w->shape[1], sN[2] = {N, H};
+  ad_tensor *dA = ad_tmp_new(ctx, dt, 3, c->in[0]->shape);
+  ad_tensor *dB = ad_tmp_new(ctx, dt, 3, c->in[0]->shape);
   ad_tensor *dh = ad_tmp_new(ctx, dt, 2, sN), *th = ad_tmp_new(ctx, dt, 2, sN);
   if (!dA || !dB || !dh || !th) return ad_last_status(ctx);
   memset(dh->data, 0, (size_t)(N * H) * es);
   for (int64_t t = T - 1; t >= 0; t--) {
-    char *y = step_ptr(c->out, t);
-    seq_job j = {.hp = t ? y - (size_t)(N * 5 * H) * es : h0->data,
-                 .ldp = t ? 5 * H : H,
-                 .y = y,
-                 .mask = mask ? step_ptr(mask, t) : NULL,
-                 .dy = step_ptr(c->gout, t),
-                 .dg = (char *)dA->data + (size_t)(t * N * 3 * H) * es,
-                 .db = (char *)dB->data + (size_t)(t * N * 3 * H) * es,
-                 .dh = dh->data,
-                 .th = th->data,
-                 .H = H};
+    seq_job j = {.mask = mask_ptr(mask, t), .dh = dh->data, .th = th->data, .H = H};
+    j.y = step_ptr(c->out, tax, t, &j.ldy);
+    j.dy = step_ptr(c->gout, tax, t, NULL);
+    j.dg = step_ptr(dA, tax, t, &j.ldg);
+    j.db = step_ptr(dB, tax, t, NULL);
+    j.hp = t ? step_ptr(c->out, tax, t - 1, NULL) : h0->data;
+    j.ldp = t ? j.ldy : H;
     seq_run(gru_seq_bwd_f32, gru_seq_bwd_f64, dt, N, &j);
     if (t > 0 || c->needs[3]) /* dh_{t-1} += db_t w */
-      ad_gemm_split(dt, false, false, N, H, 3 * H, j.db, 3 * H, w->data, H, 1.0, dh->data, H);
+      ad_gemm_split(dt, false, false, N, H, 3 * H, j.db, j.ldg, w->data, H, 1.0, dh->data, H);
   }
   if (c->needs[1]) {
-    ad_tensor *dw = ad_tmp_new(ctx, dt, 2, w->shape);
-    if (!dw) return ad_last_status(ctx);
-    seq_weight_grad(dt, T, N, 3 * H, H, dB->data, c->out->data, 5 * H, h0->data, dw->data);
+    ad_tensor *dw = ad_tmp_new(ctx, dt, 2, w->shape), *hp = seq_hp_new(ctx, dB, H);
+    if (!dw || !hp) return ad_last_status(ctx);
+    seq_weight_grad(tax, dB, c->out, h0, hp, dw);
     c->gin[1] = dw;
   }
   if (c->needs[2]) {
@@ -962,35 +1008,26 @@ static ad_status gru_seq_bwd(const ad_call *c) {
 }
 
 ad_tensor *ad_gru_seq(ad_ctx *ctx, ad_tensor *xa, ad_tensor *w_hh, ad_tensor *b_hh, ad_tensor *h0,
-                      ad_tensor *mask) {
+                      ad_tensor *mask, bool batch_first) {
   ad_tensor *in[5] = {xa, w_hh, b_hh, h0, mask};
-  return ad_op_apply(ctx, AD_OP_GRU_SEQ, mask ? 5 : 4, in, NULL);
+  ad_attrs at = {.axis = batch_first ? 1 : 0};
+  return ad_op_apply(ctx, AD_OP_GRU_SEQ, mask ? 5 : 4, in, &at);
 }
 
-static int gru_seq_sample(const ad_sample_call *s) {
-  if (s->variant > 1) return 0;
-  int64_t T = 3, N = s->variant ? 3 : 2, H = 2, lengths[3] = {3, 1, 2};
-  int64_t sx[3] = {T, N, 3 * H}, sw[2] = {3 * H, H}, sb[1] = {3 * H}, sh[2] = {N, H};
-  s->in[0] = ad_sample_tensor(s, 3, sx, -2, 2, true);
-  s->in[1] = ad_sample_tensor(s, 2, sw, -1, 1, true);
-  s->in[2] = ad_sample_tensor(s, 1, sb, -1, 1, true);
-  s->in[3] = ad_sample_tensor(s, 2, sh, -1, 1, true);
-  if (!s->in[0] || !s->in[1] || !s->in[2] || !s->in[3]) return -1;
-  if (!s->variant) return 4;
-  return (s->in[4] = sample_mask(s, T, N, lengths)) ? 5 : -1;
-}
+static int gru_seq_sample(const ad_sample_call *s) { return seq_sample(s, 3, true); }
 
 const ad_op_def ad_def_gru_seq = {
     .name = "gru_seq",
     .arity = 5,
     .min_arity = 4,
+    .attrs = AD_ATTRS_AXIS,
     .shape = gru_seq_shape,
     .forward = gru_seq_fwd,
     .backward = gru_seq_bwd,
     .sample = gru_seq_sample,
     .math = "b_t = h_{t-1} w^T + b; Y_t = [gru_cell(xa_t, b_t, h_{t-1}) | b_t's last block] for "
-            "t = 0..T-1, h_{t-1} Y_{t-1}'s first block (h0 at t = 0); where mask_t is 0, "
-            "Y_t = [h_{t-1} | 0]",
+            "t = 0..T-1 (the time axis: axis), h_{t-1} Y_{t-1}'s first block (h0 at t = 0); "
+            "where mask_t is 0, Y_t = [h_{t-1} | 0]",
     .inputs = {"xa", "w", "b", "h0", "mask"},
     .grads = {"dA_t: gru_cell's rule per step from the last, with dh_t += dB_{t+1} w",
               "sum_t dB_t^T h_{t-1}", "sum_t dB_t's rows", "dh_{-1} of the rule", NULL},

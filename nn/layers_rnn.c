@@ -211,14 +211,14 @@ static ad_tensor *drop(ad_ctx *ctx, rnn_state *s, ad_tensor *x) {
 /* The whole-sequence path of LSTM and GRU layers (the default): per
  * layer, the input products of all steps as one matmul [T N, in] x
  * W_ih^T plus the bias, then one ad_lstm_seq or ad_gru_seq for the
- * recurrence; the steps that no sequence reaches are not run, as in
- * rnn_run. Values, dropout masks and errors as rnn_run's. fin_h and fin_c
- * hold a pointer per layer. */
+ * recurrence, in the input's layout (batch-major with batch_first, so
+ * nothing is transposed); the steps that no sequence reaches are not run,
+ * as in rnn_run. Values, dropout masks and errors as rnn_run's. fin_h and
+ * fin_c hold a pointer per layer. */
 static ad_tensor *rnn_run_seq(ad_ctx *ctx, rnn_state *s, const char *name, ad_tensor *x,
                               ad_tensor *h0, ad_tensor *c0, const int64_t *lengths, bool training,
                               ad_tensor **h_n, ad_tensor **c_n, ad_tensor **fin_h,
                               ad_tensor **fin_c) {
-  static const int swap01[3] = {1, 0, 2};
   int tax = s->batch_first ? 1 : 0;
   int64_t T = x->shape[tax], N = x->shape[1 - tax], H = s->hidden, NH[2] = {N, H};
   int64_t GH = s->gates * H;
@@ -226,8 +226,8 @@ static ad_tensor *rnn_run_seq(ad_ctx *ctx, rnn_state *s, const char *name, ad_te
   ad_dtype dt = x->dtype;
   ad_tensor *zeros = constant(ctx, dt, 2, NH, 0.0), *zero = ad_scalar(ctx, dt, 0.0);
   if (!zeros || !zero) return NULL;
-  /* t_run: the steps that some sequence reaches; a mask [t_run, N] when
-   * some of them are partial */
+  /* t_run: the steps that some sequence reaches; a mask [t_run, N] for
+   * the op, and m3 for x's layout, when some of them are partial */
   int64_t t_run = T;
   bool partial = false;
   for (int64_t t = 0; lengths && t < T; t++) {
@@ -239,16 +239,19 @@ static ad_tensor *rnn_run_seq(ad_ctx *ctx, rnn_state *s, const char *name, ad_te
     }
     partial = partial || live < N;
   }
-  ad_tensor *seq = s->batch_first ? ad_permute(ctx, x, swap01) : x, *mask = NULL, *m3 = NULL;
-  if (seq && t_run < T) seq = ad_narrow(ctx, seq, 0, 0, t_run);
+  ad_tensor *seq = t_run < T ? ad_narrow(ctx, x, tax, 0, t_run) : x, *mask = NULL, *m3 = NULL;
   if (partial) {
     int64_t sm[2] = {t_run, N}, s3[3] = {t_run, N, 1};
-    if (!(mask = constant(ctx, dt, 2, sm, 0.0))) return NULL;
+    if (tax) s3[0] = N, s3[1] = t_run;
+    if (!(mask = constant(ctx, dt, 2, sm, 0.0)) || !(m3 = constant(ctx, dt, 3, s3, 0.0)))
+      return NULL;
     for (int64_t t = 0; t < t_run; t++)
-      for (int64_t i = 0; i < N; i++) ad_tensor_set(mask, t * N + i, lengths[i] > t);
+      for (int64_t i = 0; i < N; i++) {
+        ad_tensor_set(mask, t * N + i, lengths[i] > t);
+        ad_tensor_set(m3, tax ? i * t_run + t : t * N + i, lengths[i] > t);
+      }
     /* padded input rows are zeroed: whatever they hold (NaN included)
      * reaches neither the state nor a gradient */
-    m3 = ad_reshape(ctx, mask, 3, s3);
     seq = ad_where(ctx, m3, seq, zero);
   }
   ad_tensor *out = NULL;
@@ -258,20 +261,21 @@ static ad_tensor *rnn_run_seq(ad_ctx *ctx, rnn_state *s, const char *name, ad_te
     snprintf(label, sizeof label, "%s.l%d", name, k);
     if (!(ok = ad_scope_push(ctx, label) == AD_OK)) break;
     ad_tensor *const *w = s->p + 4 * k;
-    int64_t flat[2] = {t_run * N, seq->shape[2]}, s3[3] = {t_run, N, GH};
+    int64_t flat[2] = {t_run * N, seq->shape[2]}, s3[3] = {seq->shape[0], seq->shape[1], GH};
     ad_tensor *xp = ad_matmul(ctx, ad_reshape(ctx, seq, 2, flat), w[0], false, true);
     ad_tensor *h = state_in(ctx, h0, k, zeros), *y;
     if (lstm) {
       if (w[2]) xp = ad_add(ctx, xp, ad_add(ctx, w[2], w[3]));
-      y = ad_lstm_seq(ctx, ad_reshape(ctx, xp, 3, s3), w[1], h, state_in(ctx, c0, k, zeros), mask);
+      y = ad_lstm_seq(ctx, ad_reshape(ctx, xp, 3, s3), w[1], h, state_in(ctx, c0, k, zeros), mask,
+                      tax == 1);
     } else {
       if (w[2]) xp = ad_add(ctx, xp, w[2]);
       ad_tensor *b = w[3] ? w[3] : constant(ctx, dt, 1, &GH, 0.0);
-      y = ad_gru_seq(ctx, ad_reshape(ctx, xp, 3, s3), w[1], b, h, mask);
+      y = ad_gru_seq(ctx, ad_reshape(ctx, xp, 3, s3), w[1], b, h, mask, tax == 1);
     }
     if (y) { /* the outputs, and the final states: the last step's (kept where a sequence ended) */
       int64_t sl[2] = {N, y->shape[2]};
-      ad_tensor *last = ad_reshape(ctx, ad_narrow(ctx, y, 0, t_run - 1, 1), 2, sl);
+      ad_tensor *last = ad_reshape(ctx, ad_narrow(ctx, y, tax, t_run - 1, 1), 2, sl);
       out = ad_narrow(ctx, y, 2, 0, H);
       if (m3) out = ad_where(ctx, m3, out, zero);
       fin_h[k] = ad_narrow(ctx, last, 1, 0, H);
@@ -287,13 +291,13 @@ static ad_tensor *rnn_run_seq(ad_ctx *ctx, rnn_state *s, const char *name, ad_te
   if (!ok) return NULL;
   if (t_run < T) { /* the steps no sequence reaches give 0 */
     int64_t sz[3] = {T - t_run, N, H};
+    if (tax) sz[0] = N, sz[1] = T - t_run;
     ad_tensor *parts[2] = {out, constant(ctx, dt, 3, sz, 0.0)};
-    out = parts[1] ? ad_concat(ctx, 2, parts, 0) : NULL;
+    out = parts[1] ? ad_concat(ctx, 2, parts, tax) : NULL;
   }
-  ad_tensor *y = out && s->batch_first ? ad_permute(ctx, out, swap01) : out;
-  if (y && h_n && !(*h_n = ad_stack(ctx, s->layers, fin_h, 0))) y = NULL;
-  if (y && c_n && lstm && !(*c_n = ad_stack(ctx, s->layers, fin_c, 0))) y = NULL;
-  return y;
+  if (out && h_n && !(*h_n = ad_stack(ctx, s->layers, fin_h, 0))) out = NULL;
+  if (out && c_n && lstm && !(*c_n = ad_stack(ctx, s->layers, fin_c, 0))) out = NULL;
+  return out;
 }
 
 /* The work of nn_rnn_forward once the arguments are checked. scratch

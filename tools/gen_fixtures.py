@@ -1098,20 +1098,30 @@ def seq_mask(T, lengths):
     return np.array([[1.0 if n > s else 0.0 for n in lengths] for s in range(T)])
 
 
-for T, n, h, lengths in ((3, 2, 2, None), (4, 3, 2, (4, 1, 3)), (2, 1, 3, None)):
-    def lstm_make(rng, T=T, n=n, h=h, lengths=lengths):
-        ins = [("in", U(rng, (T, n, 4 * h), -2, 2)), ("in", U(rng, (4 * h, h), -0.5, 0.5)),
-               ("in", U(rng, (n, h))), ("in", U(rng, (n, h)))]
+def batch_major(ref):
+    """ref on [N, T, .] inputs and output (the attribute axis 1)."""
+    return lambda t: ref([t[0].transpose(0, 1)] + list(t[1:])).transpose(0, 1)
+
+
+for T, n, h, lengths, bf in ((3, 2, 2, None, 0), (4, 3, 2, (4, 1, 3), 0), (2, 1, 3, None, 0),
+                             (3, 2, 2, (3, 2), 1)):
+    def lstm_make(rng, T=T, n=n, h=h, lengths=lengths, bf=bf):
+        ins = [("in", U(rng, (n, T, 4 * h) if bf else (T, n, 4 * h), -2, 2)),
+               ("in", U(rng, (4 * h, h), -0.5, 0.5)), ("in", U(rng, (n, h))),
+               ("in", U(rng, (n, h)))]
         return ins + ([("const", seq_mask(T, lengths))] if lengths else [])
 
-    def gru_make(rng, T=T, n=n, h=h, lengths=lengths):
-        ins = [("in", U(rng, (T, n, 3 * h), -2, 2)), ("in", U(rng, (3 * h, h), -0.5, 0.5)),
-               ("in", U(rng, (3 * h,), -1, 1)), ("in", U(rng, (n, h)))]
+    def gru_make(rng, T=T, n=n, h=h, lengths=lengths, bf=bf):
+        ins = [("in", U(rng, (n, T, 3 * h) if bf else (T, n, 3 * h), -2, 2)),
+               ("in", U(rng, (3 * h, h), -0.5, 0.5)), ("in", U(rng, (3 * h,), -1, 1)),
+               ("in", U(rng, (n, h)))]
         return ins + ([("const", seq_mask(T, lengths))] if lengths else [])
 
-    tag = f"{T}x{n}x{h}" + ("_mask" if lengths else "")
-    add(f"lstm_seq_{tag}", "lstm_seq", lstm_make, in_f64(lstm_seq_ref))
-    add(f"gru_seq_{tag}", "gru_seq", gru_make, in_f64(gru_seq_ref))
+    tag = f"{T}x{n}x{h}" + ("_mask" if lengths else "") + ("_bf" if bf else "")
+    lref, gref = (batch_major(lstm_seq_ref), batch_major(gru_seq_ref)) if bf else \
+        (lstm_seq_ref, gru_seq_ref)
+    add(f"lstm_seq_{tag}", "lstm_seq", lstm_make, in_f64(lref), attr=("axis", bf))
+    add(f"gru_seq_{tag}", "gru_seq", gru_make, in_f64(gref), attr=("axis", bf))
 
 
 # --------------------------------------------------------------- writing
