@@ -521,7 +521,8 @@ typedef struct seq_job {
   int64_t ldp, ldy, ldg;
   void *y;          /* Y_t (forward), read in the backward */
   const void *mask; /* Y_t's row flags, NULL: all live */
-  const void *x;    /* gru: xa_t */
+  const void *x;    /* xp_t (lstm), xa_t (gru): row r at r ldg */
+  const void *bias; /* gru: b */
   const void *dy;   /* backward: dY_t */
   void *dg, *db;    /* backward: dG_t (lstm: dxp_t; gru: dxa_t), gru: db_t */
   void *dh, *dc;    /* backward: the states' gradients carried, [N, H] */
@@ -530,11 +531,13 @@ typedef struct seq_job {
 } seq_job;
 
 #define DEFINE_SEQ_LOOPS(T, SFX, SIG, TANH)                                                        \
-  /* g: the gates' pre-activations in, the activations out */                                      \
-  CELL_ROW void lstm_seq_row_##SFX(int64_t H, T *restrict g, const T *restrict c, T *restrict h,   \
-                                   T *restrict cn, T *restrict t) {                                \
+  /* g: h_{t-1} w^T in (the gates' pre-activations less x), the activations out */                 \
+  CELL_ROW void lstm_seq_row_##SFX(int64_t H, const T *restrict x, T *restrict g,                  \
+                                   const T *restrict c, T *restrict h, T *restrict cn,             \
+                                   T *restrict t) {                                                \
     for (int64_t k = 0; k < H; k++) {                                                              \
-      T i = SIG(g[k]), f = SIG(g[H + k]), gg = TANH(g[2 * H + k]), o = SIG(g[3 * H + k]);          \
+      T i = SIG(g[k] + x[k]), f = SIG(g[H + k] + x[H + k]);                                        \
+      T gg = TANH(g[2 * H + k] + x[2 * H + k]), o = SIG(g[3 * H + k] + x[3 * H + k]);              \
       T fc = f * c[k], ig = i * gg;                                                                \
       cn[k] = fc + ig;                                                                             \
       t[k] = TANH(cn[k]);                                                                          \
@@ -554,7 +557,7 @@ typedef struct seq_job {
         memset(y + 2 * H, 0, (size_t)(5 * H) * sizeof(T));                                         \
         continue;                                                                                  \
       }                                                                                            \
-      lstm_seq_row_##SFX(H, y + 2 * H, cp, y, y + H, y + 6 * H);                                   \
+      lstm_seq_row_##SFX(H, (const T *)j->x + r * j->ldg, y + 2 * H, cp, y, y + H, y + 6 * H);     \
     }                                                                                              \
   }                                                                                                \
   /* dG_t's rows and dc_{t-1}; dh_{t-1} is left 0 for the product, or the pass-through */          \
@@ -577,12 +580,13 @@ typedef struct seq_job {
       memset(dh, 0, (size_t)H * sizeof(T));                                                        \
     }                                                                                              \
   }                                                                                                \
-  /* g: b_t in, r z n out; bn: b_t's last block kept */                                            \
-  CELL_ROW void gru_seq_row_##SFX(int64_t H, const T *restrict a, T *restrict g,                   \
-                                  const T *restrict h, T *restrict y, T *restrict bn) {            \
+  /* g: h_{t-1} w^T in (b_t less the bias bb), r z n out; bn: b_t's last block kept */             \
+  CELL_ROW void gru_seq_row_##SFX(int64_t H, const T *restrict a, const T *restrict bb,            \
+                                  T *restrict g, const T *restrict h, T *restrict y,               \
+                                  T *restrict bn) {                                                \
     for (int64_t k = 0; k < H; k++) {                                                              \
-      T rr = SIG(a[k] + g[k]), z = SIG(a[H + k] + g[H + k]);                                       \
-      T b = g[2 * H + k], rb = rr * b;                                                             \
+      T rr = SIG(a[k] + (g[k] + bb[k])), z = SIG(a[H + k] + (g[H + k] + bb[H + k]));               \
+      T b = g[2 * H + k] + bb[2 * H + k], rb = rr * b;                                             \
       T n = TANH(a[2 * H + k] + rb);                                                               \
       T d = (h[k] - n) * z;                                                                        \
       y[k] = d + n;                                                                                \
@@ -600,7 +604,8 @@ typedef struct seq_job {
         memset(y + H, 0, (size_t)(4 * H) * sizeof(T));                                             \
         continue;                                                                                  \
       }                                                                                            \
-      gru_seq_row_##SFX(H, (const T *)j->x + r * j->ldg, y + H, hp, y, y + 4 * H);                 \
+      gru_seq_row_##SFX(H, (const T *)j->x + r * j->ldg, (const T *)j->bias, y + H, hp, y,         \
+                        y + 4 * H);                                                                \
     }                                                                                              \
   }                                                                                                \
   CELL_ROW void gru_seq_bwd_row_##SFX(int64_t H, const T *restrict act, const T *restrict bn,      \
@@ -643,6 +648,18 @@ DEFINE_SEQ_LOOPS(double, f64, sig_d, tanh)
 /* Rows of one step on the library's threads. */
 static void seq_run(ad_range_fn f32, ad_range_fn f64, ad_dtype dt, int64_t N, seq_job *j) {
   ad_parallel_for(N, cell_grain(j->H), dt == AD_F32 ? f32 : f64, j);
+}
+
+/* The per-step product C = A op(w) + beta C (A m x k, lda apart) with w
+ * packed once for all steps (pk), or through ad_gemm_split when it could
+ * not be (pk NULL): the same bits either way. */
+static void step_gemm(ad_dtype dt, const ad_gemm_packed *pk, bool tw, int64_t m, int64_t k,
+                      int64_t n, const void *a, int64_t lda, const void *w, int64_t ldw,
+                      double beta, void *c, int64_t ldc) {
+  if (pk)
+    ad_gemm_packed_run(pk, false, m, a, lda, w, ldw, beta, c, ldc);
+  else
+    ad_gemm_split(dt, false, tw, m, n, k, a, lda, w, ldw, beta, c, ldc);
 }
 
 /* Step t's row flags of a mask [T, N]. */
@@ -699,22 +716,21 @@ static void lstm_seq_fwd(const ad_call *c) {
   int tax = c->attrs->axis;
   ad_dtype dt = xp->dtype;
   size_t es = ad_dsize(dt);
-  int64_t T = xp->shape[tax], N = xp->shape[1 - tax], H = w->shape[1], ldx;
+  int64_t T = xp->shape[tax], N = xp->shape[1 - tax], H = w->shape[1];
+  ad_gemm_packed *pk = ad_gemm_pack(dt, true, N, H, 4 * H, w->data, H);
   for (int64_t t = 0; t < T; t++) {
     seq_job j = {.mask = mask_ptr(mask, t), .H = H};
     char *y = j.y = step_ptr(c->out, tax, t, &j.ldy);
-    const char *x = step_ptr(xp, tax, t, &ldx);
+    j.x = step_ptr(xp, tax, t, &j.ldg);
     j.hp = t ? step_ptr(c->out, tax, t - 1, NULL) : c->in[2]->data;
     j.cp = t ? (const char *)j.hp + (size_t)H * es : c->in[3]->data;
     j.ldp = t ? j.ldy : H;
-    /* the gates, in Y_t's activation blocks: xp_t + h_{t-1} w^T */
-    for (int64_t r = 0; r < N; r++)
-      memcpy(y + (size_t)(r * j.ldy + 2 * H) * es, x + (size_t)(r * ldx) * es,
-             (size_t)(4 * H) * es);
-    ad_gemm_split(dt, false, true, N, 4 * H, H, j.hp, j.ldp, w->data, H, 1.0,
-                  y + (size_t)(2 * H) * es, j.ldy);
+    /* h_{t-1} w^T in Y_t's activation blocks; the rows add xp_t */
+    step_gemm(dt, pk, true, N, H, 4 * H, j.hp, j.ldp, w->data, H, 0.0, y + (size_t)(2 * H) * es,
+              j.ldy);
     seq_run(lstm_seq_fwd_f32, lstm_seq_fwd_f64, dt, N, &j);
   }
+  ad_gemm_packed_free(pk);
 }
 
 /* The gradients built from ops, for a recorded backward. */
@@ -788,6 +804,7 @@ static ad_status lstm_seq_bwd(const ad_call *c) {
   if (!dG || !dh || !dc || !th || !tc) return ad_last_status(ctx);
   memset(dh->data, 0, (size_t)(N * H) * es);
   memset(dc->data, 0, (size_t)(N * H) * es);
+  ad_gemm_packed *pk = ad_gemm_pack(dt, false, N, 4 * H, H, w->data, H);
   for (int64_t t = T - 1; t >= 0; t--) {
     seq_job j = {.mask = mask_ptr(mask, t),
                  .dh = dh->data,
@@ -802,8 +819,9 @@ static ad_status lstm_seq_bwd(const ad_call *c) {
     j.ldp = t ? j.ldy : H;
     seq_run(lstm_seq_bwd_f32, lstm_seq_bwd_f64, dt, N, &j);
     if (t > 0 || c->needs[2]) /* dh_{t-1} += dG_t w */
-      ad_gemm_split(dt, false, false, N, H, 4 * H, j.dg, j.ldg, w->data, H, 1.0, dh->data, H);
+      step_gemm(dt, pk, false, N, 4 * H, H, j.dg, j.ldg, w->data, H, 1.0, dh->data, H);
   }
+  ad_gemm_packed_free(pk);
   if (c->needs[1]) {
     ad_tensor *dw = ad_tmp_new(ctx, dt, 2, w->shape), *hp = seq_hp_new(ctx, dG, H);
     if (!dw || !hp) return ad_last_status(ctx);
@@ -891,19 +909,19 @@ static void gru_seq_fwd(const ad_call *c) {
   ad_dtype dt = xa->dtype;
   size_t es = ad_dsize(dt);
   int64_t T = xa->shape[tax], N = xa->shape[1 - tax], H = w->shape[1];
+  ad_gemm_packed *pk = ad_gemm_pack(dt, true, N, H, 3 * H, w->data, H);
   for (int64_t t = 0; t < T; t++) {
     seq_job j = {.mask = mask_ptr(mask, t), .H = H};
     char *y = j.y = step_ptr(c->out, tax, t, &j.ldy);
     j.x = step_ptr(xa, tax, t, &j.ldg);
+    j.bias = b->data;
     j.hp = t ? step_ptr(c->out, tax, t - 1, NULL) : c->in[3]->data;
     j.ldp = t ? j.ldy : H;
-    /* b_t = b + h_{t-1} w^T, in Y_t's activation blocks */
-    for (int64_t r = 0; r < N; r++)
-      memcpy(y + (size_t)(r * j.ldy + H) * es, b->data, (size_t)(3 * H) * es);
-    ad_gemm_split(dt, false, true, N, 3 * H, H, j.hp, j.ldp, w->data, H, 1.0, y + (size_t)H * es,
-                  j.ldy);
+    /* h_{t-1} w^T in Y_t's activation blocks; the rows add b */
+    step_gemm(dt, pk, true, N, H, 3 * H, j.hp, j.ldp, w->data, H, 0.0, y + (size_t)H * es, j.ldy);
     seq_run(gru_seq_fwd_f32, gru_seq_fwd_f64, dt, N, &j);
   }
+  ad_gemm_packed_free(pk);
 }
 
 static ad_status gru_seq_bwd_ops(const ad_call *c) {
@@ -978,6 +996,7 @@ static ad_status gru_seq_bwd(const ad_call *c) {
   ad_tensor *dh = ad_tmp_new(ctx, dt, 2, sN), *th = ad_tmp_new(ctx, dt, 2, sN);
   if (!dA || !dB || !dh || !th) return ad_last_status(ctx);
   memset(dh->data, 0, (size_t)(N * H) * es);
+  ad_gemm_packed *pk = ad_gemm_pack(dt, false, N, 3 * H, H, w->data, H);
   for (int64_t t = T - 1; t >= 0; t--) {
     seq_job j = {.mask = mask_ptr(mask, t), .dh = dh->data, .th = th->data, .H = H};
     j.y = step_ptr(c->out, tax, t, &j.ldy);
@@ -988,8 +1007,9 @@ static ad_status gru_seq_bwd(const ad_call *c) {
     j.ldp = t ? j.ldy : H;
     seq_run(gru_seq_bwd_f32, gru_seq_bwd_f64, dt, N, &j);
     if (t > 0 || c->needs[3]) /* dh_{t-1} += db_t w */
-      ad_gemm_split(dt, false, false, N, H, 3 * H, j.db, j.ldg, w->data, H, 1.0, dh->data, H);
+      step_gemm(dt, pk, false, N, 3 * H, H, j.db, j.ldg, w->data, H, 1.0, dh->data, H);
   }
+  ad_gemm_packed_free(pk);
   if (c->needs[1]) {
     ad_tensor *dw = ad_tmp_new(ctx, dt, 2, w->shape), *hp = seq_hp_new(ctx, dB, H);
     if (!dw || !hp) return ad_last_status(ctx);
