@@ -1,8 +1,12 @@
 /* layers_rnn.c: recurrent layers, PyTorch's nn.RNN (tanh, relu), nn.LSTM
  * and nn.GRU, built from the engine's ops, so the tape derives
- * backpropagation through time. Each step's LSTM or GRU elementwise part
- * is one fused op (ad_lstm_cell, ad_gru_cell; op_rnn.c), or with
- * opts.composed the ops below, so that a graph dump shows every gate. The
+ * backpropagation through time. By default an LSTM or GRU layer is, per
+ * layer, one matmul for the input products of all steps and one op for
+ * the recurrence (ad_lstm_seq, ad_gru_seq; op_rnn.c: rnn_run_seq below).
+ * With opts.per_step each step's products are recorded in its own scope
+ * and its elementwise part is one fused op (ad_lstm_cell, ad_gru_cell),
+ * with opts.composed the ops of cell_step below, so that a graph dump
+ * shows every gate; RNN layers always run step by step (rnn_run). The
  * equations, names and layouts are in nn.h (nn_rnn_new); per step t of
  * layer k, with x_t its input and h, c its state:
  *
@@ -19,8 +23,9 @@
  * input row where(m, x_t, 0), so that padding never reaches a value or a
  * gradient (even a NaN in it).
  *
- * The sequence is cut into steps by ad_unstack and the steps' outputs (and
- * the layers' final states) are joined by ad_stack. */
+ * Step by step, the sequence is cut into steps by ad_unstack and the
+ * steps' outputs (and the layers' final states) are joined by ad_stack;
+ * the whole-sequence ops keep padded steps inert with a [T, N] mask. */
 #include "nn_internal.h"
 
 #include <limits.h>
