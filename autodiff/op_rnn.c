@@ -647,7 +647,7 @@ DEFINE_SEQ_LOOPS(double, f64, sig_d, tanh)
 
 /* Rows of one step on the library's threads. */
 static void seq_run(ad_range_fn f32, ad_range_fn f64, ad_dtype dt, int64_t N, seq_job *j) {
-  ad_parallel_for(N, cell_grain(j->H), dt == AD_F32 ? f32 : f64, j);
+  ad_parallel_for(N, j->H >= 2048 ? 1 : 2048 / j->H, dt == AD_F32 ? f32 : f64, j);
 }
 
 /* The per-step product C = A op(w) + beta C (A m x k, lda apart) with w
