@@ -502,6 +502,13 @@ static ad_status seq_shape(const ad_call *c, int m, int nstate, bool bias, int64
                             : (m == 4 ? "[T, N, 4 H]" : "[T, N, 3 H]"),
                         m, bias ? ", bias [3 H]" : "", mask ? ", mask [T, N]" : "");
   }
+  if (x->shape[0] == 0 || x->shape[1] == 0 || w->shape[1] == 0) {
+    char sx[64], sw[64];
+    return ad_set_error(c->ctx, AD_ERR_SHAPE,
+                        "%s: inputs %s, weight %s: an empty sequence, batch or state (T, N and H "
+                        "must be >= 1)",
+                        c->name, ad_shape_str(x, sx, sizeof sx), ad_shape_str(w, sw, sizeof sw));
+  }
   *T = x->shape[tax], *N = x->shape[1 - tax], *H = w->shape[1];
   return AD_OK;
 }
