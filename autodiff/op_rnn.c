@@ -533,7 +533,6 @@ typedef struct seq_job {
   const void *dy;   /* backward: dY_t */
   void *dg, *db;    /* backward: dG_t (lstm: dxp_t; gru: dxa_t), gru: db_t */
   void *dh, *dc;    /* backward: the states' gradients carried, [N, H] */
-  void *th, *tc;    /* backward: scratch [N, H] */
   int64_t H;
 } seq_job;
 
@@ -567,6 +566,23 @@ typedef struct seq_job {
       lstm_seq_row_##SFX(H, (const T *)j->x + r * j->ldg, y + 2 * H, cp, y, y + H, y + 6 * H);     \
     }                                                                                              \
   }                                                                                                \
+  /* lstm_bwd_row with dh_t = dy's h block + dh and dc_t = dy's c block + dc (the gradients        \
+   * carried from step t+1) read in place; dc becomes dc_{t-1}, dh 0 for the product */            \
+  CELL_ROW void lstm_seq_bwd_row_##SFX(int64_t H, const T *restrict c, const T *restrict act,      \
+                                       const T *restrict tt, const T *restrict dy, T *restrict dh, \
+                                       T *restrict dc, T *restrict ga) {                           \
+    for (int64_t k = 0; k < H; k++) {                                                              \
+      T i = act[k], f = act[H + k], g = act[2 * H + k], o = act[3 * H + k], t = tt[k];             \
+      T th = dy[k] + dh[k], tc = dy[H + k] + dc[k];                                                \
+      T dcc = tc + (th * o + dy[6 * H + k]) * (1 - t * t);                                         \
+      ga[k] = (dcc * g + dy[2 * H + k]) * i * (1 - i);                                             \
+      ga[H + k] = (dcc * c[k] + dy[3 * H + k]) * f * (1 - f);                                      \
+      ga[2 * H + k] = (dcc * i + dy[4 * H + k]) * (1 - g * g);                                     \
+      ga[3 * H + k] = (th * t + dy[5 * H + k]) * o * (1 - o);                                      \
+      dc[k] = dcc * f;                                                                             \
+      dh[k] = 0;                                                                                   \
+    }                                                                                              \
+  }                                                                                                \
   /* dG_t's rows and dc_{t-1}; dh_{t-1} is left 0 for the product, or the pass-through */          \
   CELL_CLONES static void lstm_seq_bwd_##SFX(void *ud, int64_t r0, int64_t r1) {                   \
     const seq_job *j = ud;                                                                         \
@@ -574,17 +590,13 @@ typedef struct seq_job {
     for (int64_t r = r0; r < r1; r++) {                                                            \
       const T *y = (const T *)j->y + r * j->ldy, *dy = (const T *)j->dy + r * j->ldy;              \
       T *dh = (T *)j->dh + r * H, *dc = (T *)j->dc + r * H, *dg = (T *)j->dg + r * j->ldg;         \
-      T *th = (T *)j->th + r * H, *tc = (T *)j->tc + r * H;                                        \
-      for (int64_t k = 0; k < H; k++) th[k] = dy[k] + dh[k], tc[k] = dy[H + k] + dc[k];            \
       if (j->mask && ((const T *)j->mask)[r] == 0) {                                               \
-        memcpy(dh, th, (size_t)H * sizeof(T));                                                     \
-        memcpy(dc, tc, (size_t)H * sizeof(T));                                                     \
+        for (int64_t k = 0; k < H; k++) dh[k] += dy[k], dc[k] += dy[H + k];                        \
         memset(dg, 0, (size_t)(4 * H) * sizeof(T));                                                \
         continue;                                                                                  \
       }                                                                                            \
-      lstm_bwd_row_##SFX(H, (const T *)j->cp + r * j->ldp, y + 2 * H, y + 6 * H, th, tc,           \
-                         dy + 2 * H, dy + 6 * H, dg, dc);                                          \
-      memset(dh, 0, (size_t)H * sizeof(T));                                                        \
+      lstm_seq_bwd_row_##SFX(H, (const T *)j->cp + r * j->ldp, y + 2 * H, y + 6 * H, dy, dh, dc,   \
+                             dg);                                                                  \
     }                                                                                              \
   }                                                                                                \
   /* g: h_{t-1} w^T in (b_t less the bias bb), r z n out; bn: b_t's last block kept */             \
@@ -615,18 +627,19 @@ typedef struct seq_job {
                         y + 4 * H);                                                                \
     }                                                                                              \
   }                                                                                                \
+  /* dh holds the gradient carried from step t+1 (dy's h block is added here) and becomes the      \
+   * part of dh_{t-1} that is not the product */                                                   \
   CELL_ROW void gru_seq_bwd_row_##SFX(int64_t H, const T *restrict act, const T *restrict bn,      \
-                                      const T *restrict h, const T *restrict dy,                   \
-                                      const T *restrict dact, const T *restrict dbn,               \
-                                      T *restrict ga, T *restrict gb, T *restrict gh) {            \
+                                      const T *restrict h, const T *restrict dy, T *restrict ga,   \
+                                      T *restrict gb, T *restrict dh) {                            \
     for (int64_t k = 0; k < H; k++) {                                                              \
-      T rr = act[k], z = act[H + k], n = act[2 * H + k];                                           \
-      T dn = (dy[k] - dy[k] * z + dact[2 * H + k]) * (1 - n * n);                                  \
-      T dr = (dn * bn[k] + dact[k]) * rr * (1 - rr);                                               \
-      T dz = (dy[k] * (h[k] - n) + dact[H + k]) * z * (1 - z);                                     \
+      T rr = act[k], z = act[H + k], n = act[2 * H + k], d = dy[k] + dh[k];                        \
+      T dn = (d - d * z + dy[3 * H + k]) * (1 - n * n);                                            \
+      T dr = (dn * bn[k] + dy[H + k]) * rr * (1 - rr);                                             \
+      T dz = (d * (h[k] - n) + dy[2 * H + k]) * z * (1 - z);                                       \
       ga[k] = dr, ga[H + k] = dz, ga[2 * H + k] = dn;                                              \
-      gb[k] = dr, gb[H + k] = dz, gb[2 * H + k] = dn * rr + dbn[k];                                \
-      gh[k] = dy[k] * z;                                                                           \
+      gb[k] = dr, gb[H + k] = dz, gb[2 * H + k] = dn * rr + dy[4 * H + k];                         \
+      dh[k] = d * z;                                                                               \
     }                                                                                              \
   }                                                                                                \
   /* dxa_t's and db_t's rows, and the part of dh_{t-1} that is not the product */                  \
@@ -635,17 +648,14 @@ typedef struct seq_job {
     int64_t H = j->H;                                                                              \
     for (int64_t r = r0; r < r1; r++) {                                                            \
       const T *y = (const T *)j->y + r * j->ldy, *dy = (const T *)j->dy + r * j->ldy;              \
-      T *dh = (T *)j->dh + r * H, *th = (T *)j->th + r * H;                                        \
-      T *dg = (T *)j->dg + r * j->ldg, *db = (T *)j->db + r * j->ldg;                              \
-      for (int64_t k = 0; k < H; k++) th[k] = dy[k] + dh[k];                                       \
+      T *dh = (T *)j->dh + r * H, *dg = (T *)j->dg + r * j->ldg, *db = (T *)j->db + r * j->ldg;    \
       if (j->mask && ((const T *)j->mask)[r] == 0) {                                               \
-        memcpy(dh, th, (size_t)H * sizeof(T));                                                     \
+        for (int64_t k = 0; k < H; k++) dh[k] += dy[k];                                            \
         memset(dg, 0, (size_t)(3 * H) * sizeof(T));                                                \
         memset(db, 0, (size_t)(3 * H) * sizeof(T));                                                \
         continue;                                                                                  \
       }                                                                                            \
-      gru_seq_bwd_row_##SFX(H, y + H, y + 4 * H, (const T *)j->hp + r * j->ldp, th, dy + H,        \
-                            dy + 4 * H, dg, db, dh);                                               \
+      gru_seq_bwd_row_##SFX(H, y + H, y + 4 * H, (const T *)j->hp + r * j->ldp, dy, dg, db, dh);   \
     }                                                                                              \
   }
 
@@ -807,18 +817,12 @@ static ad_status lstm_seq_bwd(const ad_call *c) {
   int64_t T = c->out->shape[tax], N = c->out->shape[1 - tax], H = w->shape[1], sN[2] = {N, H};
   ad_tensor *dG = ad_tmp_new(ctx, dt, 3, c->in[0]->shape);
   ad_tensor *dh = ad_tmp_new(ctx, dt, 2, sN), *dc = ad_tmp_new(ctx, dt, 2, sN);
-  ad_tensor *th = ad_tmp_new(ctx, dt, 2, sN), *tc = ad_tmp_new(ctx, dt, 2, sN);
-  if (!dG || !dh || !dc || !th || !tc) return ad_last_status(ctx);
+  if (!dG || !dh || !dc) return ad_last_status(ctx);
   memset(dh->data, 0, (size_t)(N * H) * es);
   memset(dc->data, 0, (size_t)(N * H) * es);
   ad_gemm_packed *pk = ad_gemm_pack(dt, false, N, 4 * H, H, w->data, H);
   for (int64_t t = T - 1; t >= 0; t--) {
-    seq_job j = {.mask = mask_ptr(mask, t),
-                 .dh = dh->data,
-                 .dc = dc->data,
-                 .th = th->data,
-                 .tc = tc->data,
-                 .H = H};
+    seq_job j = {.mask = mask_ptr(mask, t), .dh = dh->data, .dc = dc->data, .H = H};
     j.y = step_ptr(c->out, tax, t, &j.ldy);
     j.dy = step_ptr(c->gout, tax, t, NULL);
     j.dg = step_ptr(dG, tax, t, &j.ldg);
@@ -1000,12 +1004,12 @@ static ad_status gru_seq_bwd(const ad_call *c) {
   int64_t T = c->out->shape[tax], N = c->out->shape[1 - tax], H = w->shape[1], sN[2] = {N, H};
   ad_tensor *dA = ad_tmp_new(ctx, dt, 3, c->in[0]->shape);
   ad_tensor *dB = ad_tmp_new(ctx, dt, 3, c->in[0]->shape);
-  ad_tensor *dh = ad_tmp_new(ctx, dt, 2, sN), *th = ad_tmp_new(ctx, dt, 2, sN);
-  if (!dA || !dB || !dh || !th) return ad_last_status(ctx);
+  ad_tensor *dh = ad_tmp_new(ctx, dt, 2, sN);
+  if (!dA || !dB || !dh) return ad_last_status(ctx);
   memset(dh->data, 0, (size_t)(N * H) * es);
   ad_gemm_packed *pk = ad_gemm_pack(dt, false, N, 3 * H, H, w->data, H);
   for (int64_t t = T - 1; t >= 0; t--) {
-    seq_job j = {.mask = mask_ptr(mask, t), .dh = dh->data, .th = th->data, .H = H};
+    seq_job j = {.mask = mask_ptr(mask, t), .dh = dh->data, .H = H};
     j.y = step_ptr(c->out, tax, t, &j.ldy);
     j.dy = step_ptr(c->gout, tax, t, NULL);
     j.dg = step_ptr(dA, tax, t, &j.ldg);
