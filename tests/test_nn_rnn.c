@@ -621,6 +621,44 @@ Test(rnn, cell_ops_bad_input_is_named) {
   for (size_t i = 0; i < 5; i++) ad_tensor_free(all[i]);
 }
 
+/* The whole-sequence layer gives the same bits on two threads as on one:
+ * its per-step products (2.1M multiply-adds, W_hh packed once) split their
+ * rows, the cells a step's rows, and every product stays in the built-in
+ * kernel's size class on any CPU (at most 4M multiply-adds). */
+Test(rnn, sequence_layer_bits_do_not_depend_on_threads) {
+  for (int cell = NN_RNN_LSTM; cell <= NN_RNN_GRU; cell++) {
+    ad_tensor *res[2][12];
+    int count[2];
+    int64_t sx[3] = {2, 32, 16}, ss[3] = {1, 32, 128};
+    ad_rng rng;
+    ad_rng_seed(&rng, 21);
+    ad_tensor *in[3] = {ad_rand(ctx, &rng, AD_F32, 3, sx, -1, 1),
+                        ad_rand(ctx, &rng, AD_F32, 3, ss, -1, 1),
+                        ad_rand(ctx, &rng, AD_F32, 3, ss, -1, 1)};
+    int n = cell == NN_RNN_LSTM ? 3 : 2;
+    for (int i = 0; i < n; i++) ad_tensor_set_requires_grad(in[i], true);
+    for (int threads = 1; threads <= 2; threads++) {
+      cr_assert_eq(ad_set_num_threads(threads), AD_OK);
+      ad_rng prng;
+      ad_rng_seed(&prng, 22);
+      nn_layer *l = nn_rnn_new(ctx, (nn_rnn_cell)cell, 16, 128, &prng, NULL);
+      cr_assert_not_null(l, "%s", ad_last_error(ctx));
+      count[threads - 1] = fused_run(l, in, n, NULL, res[threads - 1]);
+      nn_layer_free(l);
+    }
+    cr_assert_eq(ad_set_num_threads(1), AD_OK);
+    cr_assert_eq(count[0], count[1]);
+    for (int k = 0; k < count[0]; k++) {
+      cr_assert_eq(res[0][k]->size, res[1][k]->size);
+      cr_assert_eq(memcmp(res[0][k]->data, res[1][k]->data, (size_t)res[0][k]->size * 4), 0,
+                   "%s result %d differs on two threads", cell == NN_RNN_LSTM ? "lstm" : "gru", k);
+      ad_tensor_free(res[0][k]);
+      ad_tensor_free(res[1][k]);
+    }
+    for (int i = 0; i < 3; i++) ad_tensor_free(in[i]);
+  }
+}
+
 /* The sequence ops name bad shapes, dtypes and time axes. */
 Test(rnn, sequence_ops_bad_input_is_named) {
   int64_t sx[3] = {3, 2, 8}, sw[2] = {8, 2}, sh[2] = {2, 2}, sm[2] = {3, 2}, sb[1] = {6};
