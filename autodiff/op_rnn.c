@@ -21,6 +21,7 @@
  * sigmoid_backward, tanh_backward, concat), so the gradient differentiates
  * to any order. Both are tested against each other and against the cell
  * composed of ops. */
+#include "kernels/kernels.h"
 #include "ops.h"
 
 #include <math.h>
@@ -31,6 +32,18 @@
  * the values are the same. */
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC optimize("no-trapping-math")
+#endif
+
+/* The row loops are compiled for AVX-512 and AVX2 besides the baseline
+ * (SSE2 on x86-64, 4 floats a vector), the best the CPU has picked when
+ * the library loads (GCC's target_clones), as the GEMM's kernels are; the
+ * values are the same bits on each (no contraction into FMA). */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__ELF__)
+#define CELL_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#define CELL_ROW    static inline __attribute__((always_inline))
+#else
+#define CELL_CLONES
+#define CELL_ROW static inline
 #endif
 
 /* float64 sigmoid as the sigmoid op computes it (stable on both sides), so
@@ -89,8 +102,9 @@ static int64_t cell_grain(int64_t H) { return H >= 16384 ? 1 : 16384 / H; }
  * arrays are restrict parameters (so that GCC vectorizes it), and the
  * range loop of ad_parallel_for over rows. */
 #define DEFINE_CELL_LOOPS(T, SFX, SIG, TANH)                                                       \
-  static void lstm_fwd_row_##SFX(int64_t H, const T *restrict a, const T *restrict c,              \
-                                 T *restrict h, T *restrict cn, T *restrict act, T *restrict t) {  \
+  CELL_ROW void lstm_fwd_row_##SFX(int64_t H, const T *restrict a, const T *restrict c,            \
+                                   T *restrict h, T *restrict cn, T *restrict act,                 \
+                                   T *restrict t) {                                                \
     for (int64_t k = 0; k < H; k++) {                                                              \
       T i = SIG(a[k]), f = SIG(a[H + k]), g = TANH(a[2 * H + k]), o = SIG(a[3 * H + k]);           \
       T fc = f * c[k], ig = i * g;                                                                 \
@@ -100,7 +114,7 @@ static int64_t cell_grain(int64_t H) { return H >= 16384 ? 1 : 16384 / H; }
       act[k] = i, act[H + k] = f, act[2 * H + k] = g, act[3 * H + k] = o;                          \
     }                                                                                              \
   }                                                                                                \
-  static void lstm_fwd_##SFX(void *ud, int64_t r0, int64_t r1) {                                   \
+  CELL_CLONES static void lstm_fwd_##SFX(void *ud, int64_t r0, int64_t r1) {                       \
     const cell_job *j = ud;                                                                        \
     int64_t H = j->H;                                                                              \
     for (int64_t r = r0; r < r1; r++) {                                                            \
@@ -109,10 +123,10 @@ static int64_t cell_grain(int64_t H) { return H >= 16384 ? 1 : 16384 / H; }
                          y + 2 * H, y + 6 * H);                                                    \
     }                                                                                              \
   }                                                                                                \
-  static void lstm_bwd_row_##SFX(int64_t H, const T *restrict c, const T *restrict act,            \
-                                 const T *restrict tt, const T *restrict dh,                       \
-                                 const T *restrict dcn, const T *restrict dact,                    \
-                                 const T *restrict dt, T *restrict ga, T *restrict gc) {           \
+  CELL_ROW void lstm_bwd_row_##SFX(int64_t H, const T *restrict c, const T *restrict act,          \
+                                   const T *restrict tt, const T *restrict dh,                     \
+                                   const T *restrict dcn, const T *restrict dact,                  \
+                                   const T *restrict dt, T *restrict ga, T *restrict gc) {         \
     for (int64_t k = 0; k < H; k++) {                                                              \
       T i = act[k], f = act[H + k], g = act[2 * H + k], o = act[3 * H + k], t = tt[k];             \
       T dc = dcn[k] + (dh[k] * o + dt[k]) * (1 - t * t);                                           \
@@ -123,7 +137,7 @@ static int64_t cell_grain(int64_t H) { return H >= 16384 ? 1 : 16384 / H; }
       gc[k] = dc * f;                                                                              \
     }                                                                                              \
   }                                                                                                \
-  static void lstm_bwd_##SFX(void *ud, int64_t r0, int64_t r1) {                                   \
+  CELL_CLONES static void lstm_bwd_##SFX(void *ud, int64_t r0, int64_t r1) {                       \
     const cell_job *j = ud;                                                                        \
     int64_t H = j->H;                                                                              \
     for (int64_t r = r0; r < r1; r++) {                                                            \
@@ -132,8 +146,8 @@ static int64_t cell_grain(int64_t H) { return H >= 16384 ? 1 : 16384 / H; }
                          dy + 6 * H, (T *)j->ga + r * 4 * H, (T *)j->gs + r * H);                  \
     }                                                                                              \
   }                                                                                                \
-  static void gru_fwd_row_##SFX(int64_t H, const T *restrict a, const T *restrict b,               \
-                                const T *restrict h, T *restrict y, T *restrict act) {             \
+  CELL_ROW void gru_fwd_row_##SFX(int64_t H, const T *restrict a, const T *restrict b,             \
+                                  const T *restrict h, T *restrict y, T *restrict act) {           \
     for (int64_t k = 0; k < H; k++) {                                                              \
       T rr = SIG(a[k] + b[k]), z = SIG(a[H + k] + b[H + k]);                                       \
       T rb = rr * b[2 * H + k];                                                                    \
@@ -143,7 +157,7 @@ static int64_t cell_grain(int64_t H) { return H >= 16384 ? 1 : 16384 / H; }
       act[k] = rr, act[H + k] = z, act[2 * H + k] = n;                                             \
     }                                                                                              \
   }                                                                                                \
-  static void gru_fwd_##SFX(void *ud, int64_t r0, int64_t r1) {                                    \
+  CELL_CLONES static void gru_fwd_##SFX(void *ud, int64_t r0, int64_t r1) {                        \
     const cell_job *j = ud;                                                                        \
     int64_t H = j->H;                                                                              \
     for (int64_t r = r0; r < r1; r++) {                                                            \
@@ -152,9 +166,10 @@ static int64_t cell_grain(int64_t H) { return H >= 16384 ? 1 : 16384 / H; }
                         (const T *)j->s + r * H, y, y + H);                                        \
     }                                                                                              \
   }                                                                                                \
-  static void gru_bwd_row_##SFX(int64_t H, const T *restrict b, const T *restrict act,             \
-                                const T *restrict h, const T *restrict dy, const T *restrict dact, \
-                                T *restrict ga, T *restrict gb, T *restrict gh) {                  \
+  CELL_ROW void gru_bwd_row_##SFX(int64_t H, const T *restrict b, const T *restrict act,           \
+                                  const T *restrict h, const T *restrict dy,                       \
+                                  const T *restrict dact, T *restrict ga, T *restrict gb,          \
+                                  T *restrict gh) {                                                \
     for (int64_t k = 0; k < H; k++) {                                                              \
       T rr = act[k], z = act[H + k], n = act[2 * H + k];                                           \
       T dn = (dy[k] - dy[k] * z + dact[2 * H + k]) * (1 - n * n);                                  \
@@ -165,7 +180,7 @@ static int64_t cell_grain(int64_t H) { return H >= 16384 ? 1 : 16384 / H; }
       gh[k] = dy[k] * z;                                                                           \
     }                                                                                              \
   }                                                                                                \
-  static void gru_bwd_##SFX(void *ud, int64_t r0, int64_t r1) {                                    \
+  CELL_CLONES static void gru_bwd_##SFX(void *ud, int64_t r0, int64_t r1) {                        \
     const cell_job *j = ud;                                                                        \
     int64_t H = j->H;                                                                              \
     for (int64_t r = r0; r < r1; r++) {                                                            \
@@ -408,4 +423,643 @@ const ad_op_def ad_def_gru_cell = {
     .grads = {"[dr | dz | dn], dn = (dh (1 - z) + dn') tanh'(n), dr = (dn b_n + dr') sig'(r), "
               "dz = (dh (h - n) + dz') sig'(z)",
               "[dr | dz | dn r]", "dh z"},
+};
+
+/* ------------------------------------------------- whole-sequence ops
+ *
+ * What nn_rnn_forward runs by default: the recurrence of all T steps in one
+ * op, so that the products that do not depend on the previous step are one
+ * large GEMM each (the input projection before the op, the weight
+ * gradients and the input gradient after it) and only h W_hh^T and its
+ * gradient run per step. The input projection xp = x W_ih^T + bias is made
+ * outside with matmul and add, for all steps at once.
+ *
+ *   lstm_seq(xp [T, N, 4H], w [4H, H], h0 [N, H], c0 [N, H], mask [T, N]?)
+ *     = Y [T, N, 7H], Y_t = lstm_cell(xp_t + h_{t-1} w^T, c_{t-1})
+ *   gru_seq(xa [T, N, 3H], w [3H, H], b [3H], h0 [N, H], mask [T, N]?)
+ *     = Y [T, N, 5H], Y_t = [h_t | r z n | b_n], with b_t = h_{t-1} w^T + b,
+ *     [h_t | r z n] = gru_cell(xa_t, b_t, h_{t-1}) and b_n b_t's last block
+ *
+ * With the attribute axis = 1, xp (xa) and Y are batch-major, [N, T, .]:
+ * a batch_first layer's input product and output need no transposition.
+ * h_{t-1}, c_{t-1} are Y_{t-1}'s first blocks (h0, c0 at t = 0). Where
+ * mask[t, n] is 0 (a sequence that has ended), row n of Y_t is the state
+ * kept, [h_{t-1} | c_{t-1} | 0 ...]: no gate is computed there, and no
+ * gradient reaches that step's inputs. The activations saved in Y are
+ * outputs like the others (a gradient sent to them is honoured), so the
+ * ops' backward built from ops (create_graph) differentiates again.
+ *
+ * Backward, from the last step: the cell's rule per row (the functions of
+ * lstm_cell and gru_cell), dh_{t-1} += dG_t w; then dxp = dG of all steps,
+ * dw = sum_t dG_t^T h_{t-1} as one product over all T N rows, db the sum
+ * of dG's rows. */
+
+/* Step t's first row in x ([T, N, K] with the time axis tax 0, [N, T, K]
+ * with 1); *ld (if not NULL) the distance between its rows, in elements. */
+static char *step_ptr(const ad_tensor *x, int tax, int64_t t, int64_t *ld) {
+  int64_t K = x->shape[2], off = tax ? t * K : t * x->shape[1] * K;
+  if (ld) *ld = tax ? x->shape[1] * K : K;
+  return (char *)x->data + (size_t)off * ad_dsize(x->dtype);
+}
+
+/* Step t of such an x, as [N, K] (ops: a recorded backward). */
+static ad_tensor *step_of(ad_ctx *ctx, ad_tensor *x, int tax, int64_t t) {
+  int64_t s[2] = {x->shape[1 - tax], x->shape[2]};
+  return ad_reshape(ctx, ad_narrow(ctx, x, tax, t, 1), 2, s);
+}
+
+/* Checks the sequence op's inputs: in[0] [T, N, m H] (or [N, T, m H]), w
+ * [m H, H], the bias and states, the mask [T, N]; sets *T, *N, *H. */
+static ad_status seq_shape(const ad_call *c, int m, int nstate, bool bias, int64_t *T, int64_t *N,
+                           int64_t *H) {
+  ad_status st = ad_check_float_same(c->ctx, c->name, c->n, c->in);
+  if (st != AD_OK) return st;
+  int tax = c->attrs->axis;
+  if (tax != 0 && tax != 1)
+    return ad_set_error(c->ctx, AD_ERR_ARG,
+                        "%s: time axis %d; it must be 0 ([T, N, .]) or 1 ([N, T, .])", c->name,
+                        tax);
+  const ad_tensor *x = c->in[0], *w = c->in[1], *b = bias ? c->in[2] : NULL;
+  int s0 = bias ? 3 : 2; /* the first state */
+  const ad_tensor *mask = c->n > s0 + nstate ? c->in[s0 + nstate] : NULL;
+  bool ok = x->ndim == 3 && w->ndim == 2 && w->shape[0] == m * w->shape[1] &&
+            x->shape[2] == w->shape[0] && (!b || (b->ndim == 1 && b->shape[0] == w->shape[0]));
+  for (int k = 0; ok && k < nstate; k++) {
+    const ad_tensor *s = c->in[s0 + k];
+    ok = s->ndim == 2 && s->shape[0] == x->shape[1 - tax] && s->shape[1] == w->shape[1];
+  }
+  if (ok && mask)
+    ok = mask->ndim == 2 && mask->shape[0] == x->shape[tax] && mask->shape[1] == x->shape[1 - tax];
+  if (!ok) {
+    char sx[64], sw[64], ss[64], sm[64];
+    return ad_set_error(c->ctx, AD_ERR_SHAPE,
+                        "%s: inputs %s, weight %s, state %s%s%s must be %s, [%d H, H], "
+                        "[N, H]%s%s",
+                        c->name, ad_shape_str(x, sx, sizeof sx), ad_shape_str(w, sw, sizeof sw),
+                        ad_shape_str(c->in[s0], ss, sizeof ss), mask ? ", mask " : "",
+                        mask ? ad_shape_str(mask, sm, sizeof sm) : "",
+                        tax ? (m == 4 ? "[N, T, 4 H]" : "[N, T, 3 H]")
+                            : (m == 4 ? "[T, N, 4 H]" : "[T, N, 3 H]"),
+                        m, bias ? ", bias [3 H]" : "", mask ? ", mask [T, N]" : "");
+  }
+  if (x->shape[0] == 0 || x->shape[1] == 0 || w->shape[1] == 0) {
+    char sx[64], sw[64];
+    return ad_set_error(c->ctx, AD_ERR_SHAPE,
+                        "%s: inputs %s, weight %s: an empty sequence, batch or state (T, N and H "
+                        "must be >= 1)",
+                        c->name, ad_shape_str(x, sx, sizeof sx), ad_shape_str(w, sw, sizeof sw));
+  }
+  *T = x->shape[tax], *N = x->shape[1 - tax], *H = w->shape[1];
+  return AD_OK;
+}
+
+/* Sets the output's shape: [T, N, K H] or [N, T, K H], like in[0]. */
+static void seq_out(const ad_call *c, int K, int64_t H) {
+  c->out->dtype = c->in[0]->dtype;
+  c->out->ndim = 3;
+  c->out->shape[0] = c->in[0]->shape[0], c->out->shape[1] = c->in[0]->shape[1];
+  c->out->shape[2] = K * H;
+}
+
+/* One step's rows for the parallel loops of the sequence ops. Row r of Y_t
+ * (and dY_t) is at y + r ldy, of xa_t, dG_t, db_t at + r ldg. */
+typedef struct seq_job {
+  const void *hp, *cp; /* the previous state's rows: row r at r ldp */
+  int64_t ldp, ldy, ldg;
+  void *y;          /* Y_t (forward), read in the backward */
+  const void *mask; /* Y_t's row flags, NULL: all live */
+  const void *x;    /* xp_t (lstm), xa_t (gru): row r at r ldg */
+  const void *bias; /* gru: b */
+  const void *dy;   /* backward: dY_t */
+  void *dg, *db;    /* backward: dG_t (lstm: dxp_t; gru: dxa_t), gru: db_t */
+  void *dh, *dc;    /* backward: the states' gradients carried, [N, H] */
+  int64_t H;
+} seq_job;
+
+#define DEFINE_SEQ_LOOPS(T, SFX, SIG, TANH)                                                        \
+  /* g: h_{t-1} w^T in (the gates' pre-activations less x), the activations out */                 \
+  CELL_ROW void lstm_seq_row_##SFX(int64_t H, const T *restrict x, T *restrict g,                  \
+                                   const T *restrict c, T *restrict h, T *restrict cn,             \
+                                   T *restrict t) {                                                \
+    for (int64_t k = 0; k < H; k++) {                                                              \
+      T i = SIG(g[k] + x[k]), f = SIG(g[H + k] + x[H + k]);                                        \
+      T gg = TANH(g[2 * H + k] + x[2 * H + k]), o = SIG(g[3 * H + k] + x[3 * H + k]);              \
+      T fc = f * c[k], ig = i * gg;                                                                \
+      cn[k] = fc + ig;                                                                             \
+      t[k] = TANH(cn[k]);                                                                          \
+      h[k] = o * t[k];                                                                             \
+      g[k] = i, g[H + k] = f, g[2 * H + k] = gg, g[3 * H + k] = o;                                 \
+    }                                                                                              \
+  }                                                                                                \
+  CELL_CLONES static void lstm_seq_fwd_##SFX(void *ud, int64_t r0, int64_t r1) {                   \
+    const seq_job *j = ud;                                                                         \
+    int64_t H = j->H;                                                                              \
+    for (int64_t r = r0; r < r1; r++) {                                                            \
+      T *y = (T *)j->y + r * j->ldy;                                                               \
+      const T *hp = (const T *)j->hp + r * j->ldp, *cp = (const T *)j->cp + r * j->ldp;            \
+      if (j->mask && ((const T *)j->mask)[r] == 0) {                                               \
+        memcpy(y, hp, (size_t)H * sizeof(T));                                                      \
+        memcpy(y + H, cp, (size_t)H * sizeof(T));                                                  \
+        memset(y + 2 * H, 0, (size_t)(5 * H) * sizeof(T));                                         \
+        continue;                                                                                  \
+      }                                                                                            \
+      lstm_seq_row_##SFX(H, (const T *)j->x + r * j->ldg, y + 2 * H, cp, y, y + H, y + 6 * H);     \
+    }                                                                                              \
+  }                                                                                                \
+  /* lstm_bwd_row with dh_t = dy's h block + dh and dc_t = dy's c block + dc (the gradients        \
+   * carried from step t+1) read in place; dc becomes dc_{t-1}, dh 0 for the product */            \
+  CELL_ROW void lstm_seq_bwd_row_##SFX(int64_t H, const T *restrict c, const T *restrict act,      \
+                                       const T *restrict tt, const T *restrict dy, T *restrict dh, \
+                                       T *restrict dc, T *restrict ga) {                           \
+    for (int64_t k = 0; k < H; k++) {                                                              \
+      T i = act[k], f = act[H + k], g = act[2 * H + k], o = act[3 * H + k], t = tt[k];             \
+      T th = dy[k] + dh[k], tc = dy[H + k] + dc[k];                                                \
+      T dcc = tc + (th * o + dy[6 * H + k]) * (1 - t * t);                                         \
+      ga[k] = (dcc * g + dy[2 * H + k]) * i * (1 - i);                                             \
+      ga[H + k] = (dcc * c[k] + dy[3 * H + k]) * f * (1 - f);                                      \
+      ga[2 * H + k] = (dcc * i + dy[4 * H + k]) * (1 - g * g);                                     \
+      ga[3 * H + k] = (th * t + dy[5 * H + k]) * o * (1 - o);                                      \
+      dc[k] = dcc * f;                                                                             \
+      dh[k] = 0;                                                                                   \
+    }                                                                                              \
+  }                                                                                                \
+  /* dG_t's rows and dc_{t-1}; dh_{t-1} is left 0 for the product, or the pass-through */          \
+  CELL_CLONES static void lstm_seq_bwd_##SFX(void *ud, int64_t r0, int64_t r1) {                   \
+    const seq_job *j = ud;                                                                         \
+    int64_t H = j->H;                                                                              \
+    for (int64_t r = r0; r < r1; r++) {                                                            \
+      const T *y = (const T *)j->y + r * j->ldy, *dy = (const T *)j->dy + r * j->ldy;              \
+      T *dh = (T *)j->dh + r * H, *dc = (T *)j->dc + r * H, *dg = (T *)j->dg + r * j->ldg;         \
+      if (j->mask && ((const T *)j->mask)[r] == 0) {                                               \
+        for (int64_t k = 0; k < H; k++) dh[k] += dy[k], dc[k] += dy[H + k];                        \
+        memset(dg, 0, (size_t)(4 * H) * sizeof(T));                                                \
+        continue;                                                                                  \
+      }                                                                                            \
+      lstm_seq_bwd_row_##SFX(H, (const T *)j->cp + r * j->ldp, y + 2 * H, y + 6 * H, dy, dh, dc,   \
+                             dg);                                                                  \
+    }                                                                                              \
+  }                                                                                                \
+  /* g: h_{t-1} w^T in (b_t less the bias bb), r z n out; bn: b_t's last block kept */             \
+  CELL_ROW void gru_seq_row_##SFX(int64_t H, const T *restrict a, const T *restrict bb,            \
+                                  T *restrict g, const T *restrict h, T *restrict y,               \
+                                  T *restrict bn) {                                                \
+    for (int64_t k = 0; k < H; k++) {                                                              \
+      T rr = SIG(a[k] + (g[k] + bb[k])), z = SIG(a[H + k] + (g[H + k] + bb[H + k]));               \
+      T b = g[2 * H + k] + bb[2 * H + k], rb = rr * b;                                             \
+      T n = TANH(a[2 * H + k] + rb);                                                               \
+      T d = (h[k] - n) * z;                                                                        \
+      y[k] = d + n;                                                                                \
+      bn[k] = b, g[k] = rr, g[H + k] = z, g[2 * H + k] = n;                                        \
+    }                                                                                              \
+  }                                                                                                \
+  CELL_CLONES static void gru_seq_fwd_##SFX(void *ud, int64_t r0, int64_t r1) {                    \
+    const seq_job *j = ud;                                                                         \
+    int64_t H = j->H;                                                                              \
+    for (int64_t r = r0; r < r1; r++) {                                                            \
+      T *y = (T *)j->y + r * j->ldy;                                                               \
+      const T *hp = (const T *)j->hp + r * j->ldp;                                                 \
+      if (j->mask && ((const T *)j->mask)[r] == 0) {                                               \
+        memcpy(y, hp, (size_t)H * sizeof(T));                                                      \
+        memset(y + H, 0, (size_t)(4 * H) * sizeof(T));                                             \
+        continue;                                                                                  \
+      }                                                                                            \
+      gru_seq_row_##SFX(H, (const T *)j->x + r * j->ldg, (const T *)j->bias, y + H, hp, y,         \
+                        y + 4 * H);                                                                \
+    }                                                                                              \
+  }                                                                                                \
+  /* dh holds the gradient carried from step t+1 (dy's h block is added here) and becomes the      \
+   * part of dh_{t-1} that is not the product */                                                   \
+  CELL_ROW void gru_seq_bwd_row_##SFX(int64_t H, const T *restrict act, const T *restrict bn,      \
+                                      const T *restrict h, const T *restrict dy, T *restrict ga,   \
+                                      T *restrict gb, T *restrict dh) {                            \
+    for (int64_t k = 0; k < H; k++) {                                                              \
+      T rr = act[k], z = act[H + k], n = act[2 * H + k], d = dy[k] + dh[k];                        \
+      T dn = (d - d * z + dy[3 * H + k]) * (1 - n * n);                                            \
+      T dr = (dn * bn[k] + dy[H + k]) * rr * (1 - rr);                                             \
+      T dz = (d * (h[k] - n) + dy[2 * H + k]) * z * (1 - z);                                       \
+      ga[k] = dr, ga[H + k] = dz, ga[2 * H + k] = dn;                                              \
+      gb[k] = dr, gb[H + k] = dz, gb[2 * H + k] = dn * rr + dy[4 * H + k];                         \
+      dh[k] = d * z;                                                                               \
+    }                                                                                              \
+  }                                                                                                \
+  /* dxa_t's and db_t's rows, and the part of dh_{t-1} that is not the product */                  \
+  CELL_CLONES static void gru_seq_bwd_##SFX(void *ud, int64_t r0, int64_t r1) {                    \
+    const seq_job *j = ud;                                                                         \
+    int64_t H = j->H;                                                                              \
+    for (int64_t r = r0; r < r1; r++) {                                                            \
+      const T *y = (const T *)j->y + r * j->ldy, *dy = (const T *)j->dy + r * j->ldy;              \
+      T *dh = (T *)j->dh + r * H, *dg = (T *)j->dg + r * j->ldg, *db = (T *)j->db + r * j->ldg;    \
+      if (j->mask && ((const T *)j->mask)[r] == 0) {                                               \
+        for (int64_t k = 0; k < H; k++) dh[k] += dy[k];                                            \
+        memset(dg, 0, (size_t)(3 * H) * sizeof(T));                                                \
+        memset(db, 0, (size_t)(3 * H) * sizeof(T));                                                \
+        continue;                                                                                  \
+      }                                                                                            \
+      gru_seq_bwd_row_##SFX(H, y + H, y + 4 * H, (const T *)j->hp + r * j->ldp, dy, dg, db, dh);   \
+    }                                                                                              \
+  }
+
+DEFINE_SEQ_LOOPS(float, f32, sig_v, tanh_v)
+DEFINE_SEQ_LOOPS(double, f64, sig_d, tanh)
+
+/* Rows of one step on the library's threads. */
+static void seq_run(ad_range_fn f32, ad_range_fn f64, ad_dtype dt, int64_t N, seq_job *j) {
+  ad_parallel_for(N, j->H >= 2048 ? 1 : 2048 / j->H, dt == AD_F32 ? f32 : f64, j);
+}
+
+/* The per-step product C = A op(w) + beta C (A m x k, lda apart) with w
+ * packed once for all steps (pk), or through ad_gemm_split when it could
+ * not be (pk NULL): the same bits either way. */
+static void step_gemm(ad_dtype dt, const ad_gemm_packed *pk, bool tw, int64_t m, int64_t k,
+                      int64_t n, const void *a, int64_t lda, const void *w, int64_t ldw,
+                      double beta, void *c, int64_t ldc) {
+  if (pk)
+    ad_gemm_packed_run(pk, false, m, a, lda, w, ldw, beta, c, ldc);
+  else
+    ad_gemm_split(dt, false, tw, m, n, k, a, lda, w, ldw, beta, c, ldc);
+}
+
+/* Step t's row flags of a mask [T, N]. */
+static const void *mask_ptr(const ad_tensor *m, int64_t t) {
+  return m ? (const char *)m->data + (size_t)(t * m->shape[1]) * ad_dsize(m->dtype) : NULL;
+}
+
+/* dw = sum_t dG_t^T h_{t-1} (dG like xp, y like Y: the time axis tax, ly
+ * elements per row of y), as one product over all rows: the h_{t-1} are
+ * gathered into hp first (h0 at t = 0), laid out as dG's rows. */
+static void seq_weight_grad(int tax, const ad_tensor *dG, const ad_tensor *y, const ad_tensor *h0,
+                            ad_tensor *hp, ad_tensor *dw) {
+  ad_dtype dt = dG->dtype;
+  size_t es = ad_dsize(dt);
+  int64_t T = dG->shape[tax], N = dG->shape[1 - tax], GH = dG->shape[2], H = h0->shape[1];
+  for (int64_t t = 0; t < T; t++) {
+    int64_t ldy = H, ldh;
+    const char *src = t ? step_ptr(y, tax, t - 1, &ldy) : (const char *)h0->data;
+    char *dst = step_ptr(hp, tax, t, &ldh);
+    for (int64_t n = 0; n < N; n++)
+      memcpy(dst + (size_t)(n * ldh) * es, src + (size_t)(n * ldy) * es, (size_t)H * es);
+  }
+  ad_gemm_split(dt, true, false, GH, H, T * N, dG->data, GH, hp->data, H, 0.0, dw->data, H);
+}
+
+/* hp's shape for seq_weight_grad: dG's with H columns. */
+static ad_tensor *seq_hp_new(ad_ctx *ctx, const ad_tensor *dG, int64_t H) {
+  int64_t s[3] = {dG->shape[0], dG->shape[1], H};
+  return ad_tmp_new(ctx, dG->dtype, 3, s);
+}
+
+/* The h_{t-1} of every step as ops, laid out as Y's steps: h0 and Y's
+ * first H columns of steps 0..T-2, joined along the time axis. */
+static ad_tensor *seq_hp_ops(ad_ctx *ctx, ad_tensor *Y, ad_tensor *h0, int tax, int64_t H) {
+  int64_t T = Y->shape[tax], s3[3] = {1, h0->shape[0], H};
+  if (tax) s3[0] = h0->shape[0], s3[1] = 1;
+  ad_tensor *parts[2] = {ad_reshape(ctx, h0, 3, s3), NULL};
+  if (T == 1) return parts[0];
+  parts[1] = ad_narrow(ctx, ad_narrow(ctx, Y, tax, 0, T - 1), 2, 0, H);
+  return parts[0] && parts[1] ? ad_concat(ctx, 2, parts, tax) : NULL;
+}
+
+/* -------------------------------------------------------------- lstm_seq */
+
+static ad_status lstm_seq_shape(const ad_call *c) {
+  int64_t T, N, H;
+  ad_status st = seq_shape(c, 4, 2, false, &T, &N, &H);
+  if (st == AD_OK) seq_out(c, 7, H);
+  return st;
+}
+
+static void lstm_seq_fwd(const ad_call *c) {
+  const ad_tensor *xp = c->in[0], *w = c->in[1], *mask = c->n > 4 ? c->in[4] : NULL;
+  int tax = c->attrs->axis;
+  ad_dtype dt = xp->dtype;
+  size_t es = ad_dsize(dt);
+  int64_t T = xp->shape[tax], N = xp->shape[1 - tax], H = w->shape[1];
+  ad_gemm_packed *pk = ad_gemm_pack(dt, true, N, H, 4 * H, w->data, H);
+  for (int64_t t = 0; t < T; t++) {
+    seq_job j = {.mask = mask_ptr(mask, t), .H = H};
+    char *y = j.y = step_ptr(c->out, tax, t, &j.ldy);
+    j.x = step_ptr(xp, tax, t, &j.ldg);
+    j.hp = t ? step_ptr(c->out, tax, t - 1, NULL) : c->in[2]->data;
+    j.cp = t ? (const char *)j.hp + (size_t)H * es : c->in[3]->data;
+    j.ldp = t ? j.ldy : H;
+    /* h_{t-1} w^T in Y_t's activation blocks; the rows add xp_t */
+    step_gemm(dt, pk, true, N, H, 4 * H, j.hp, j.ldp, w->data, H, 0.0, y + (size_t)(2 * H) * es,
+              j.ldy);
+    seq_run(lstm_seq_fwd_f32, lstm_seq_fwd_f64, dt, N, &j);
+  }
+  ad_gemm_packed_free(pk);
+}
+
+/* The gradients built from ops, for a recorded backward. */
+static ad_status lstm_seq_bwd_ops(const ad_call *c) {
+  ad_ctx *ctx = c->ctx;
+  ad_tensor *w = c->in[1], *h0 = c->in[2], *c0 = c->in[3], *mask = c->n > 4 ? c->in[4] : NULL;
+  ad_tensor *Y = c->out, *dY = c->gout;
+  int tax = c->attrs->axis;
+  int64_t T = Y->shape[tax], N = Y->shape[1 - tax], H = w->shape[1], n1[2] = {N, 1};
+  ad_tensor **dg = ad_arena_alloc(ctx, (size_t)T * sizeof *dg);
+  ad_tensor *dh = NULL, *dc = NULL, *zero = ad_scalar(ctx, Y->dtype, 0.0);
+  if (!dg || !zero) return ad_last_status(ctx);
+  for (int64_t t = T - 1; t >= 0; t--) {
+    ad_tensor *y = step_of(ctx, Y, tax, t), *dy = step_of(ctx, dY, tax, t);
+    ad_tensor *cp = t ? ad_narrow(ctx, step_of(ctx, Y, tax, t - 1), 1, H, H) : c0;
+    ad_tensor *i = ad_narrow(ctx, y, 1, 2 * H, H), *f = ad_narrow(ctx, y, 1, 3 * H, H);
+    ad_tensor *g = ad_narrow(ctx, y, 1, 4 * H, H), *o = ad_narrow(ctx, y, 1, 5 * H, H);
+    ad_tensor *tt = ad_narrow(ctx, y, 1, 6 * H, H);
+    ad_tensor *dht = ad_narrow(ctx, dy, 1, 0, H), *dct = ad_narrow(ctx, dy, 1, H, H);
+    if (dh) dht = ad_add(ctx, dht, dh), dct = ad_add(ctx, dct, dc);
+    ad_tensor *dtt = ad_add(ctx, ad_mul(ctx, dht, o), ad_narrow(ctx, dy, 1, 6 * H, H));
+    ad_tensor *dcc = ad_add(ctx, dct, ad_apply2(ctx, AD_OP_TANH_BACKWARD, dtt, tt, NULL));
+    ad_tensor *u[4] = {ad_mul(ctx, dcc, g), ad_mul(ctx, dcc, cp), ad_mul(ctx, dcc, i),
+                       ad_mul(ctx, dht, tt)};
+    ad_tensor *act[4] = {i, f, g, o}, *ga[4];
+    for (int k = 0; k < 4; k++) {
+      ad_tensor *d = ad_add(ctx, u[k], ad_narrow(ctx, dy, 1, (2 + k) * H, H));
+      ga[k] =
+          ad_apply2(ctx, k == 2 ? AD_OP_TANH_BACKWARD : AD_OP_SIGMOID_BACKWARD, d, act[k], NULL);
+    }
+    ad_tensor *gt = ga[0] && ga[1] && ga[2] && ga[3] ? ad_concat(ctx, 4, ga, 1) : NULL;
+    ad_tensor *gc = ad_mul(ctx, dcc, f), *pass = NULL;
+    if (mask) { /* ended rows: no gate, the state's gradients pass through */
+      ad_tensor *m = ad_reshape(ctx, ad_narrow(ctx, mask, 0, t, 1), 2, n1);
+      gt = ad_where(ctx, m, gt, zero);
+      gc = ad_where(ctx, m, gc, dct);
+      pass = ad_where(ctx, m, zero, dht);
+    }
+    if (!gt || !gc || (mask && !pass)) return ad_last_status(ctx);
+    dg[t] = gt;
+    dh = ad_matmul(ctx, gt, w, false, false);
+    if (mask) dh = ad_add(ctx, dh, pass);
+    dc = gc;
+    if (!dh) return ad_last_status(ctx);
+  }
+  ad_tensor *dG = ad_stack(ctx, (int)T, dg, tax);
+  ad_status st = AD_OK;
+  if (c->needs[0]) st = ad_call_set_grad(c, 0, dG);
+  if (st == AD_OK && c->needs[1]) {
+    int64_t sh[2] = {T * N, H}, sg[2] = {T * N, 4 * H};
+    ad_tensor *hp = seq_hp_ops(ctx, Y, h0, tax, H);
+    st = ad_call_set_grad(
+        c, 1, ad_matmul(ctx, ad_reshape(ctx, dG, 2, sg), ad_reshape(ctx, hp, 2, sh), true, false));
+  }
+  if (st == AD_OK && c->needs[2]) st = ad_call_set_grad(c, 2, dh);
+  if (st == AD_OK && c->needs[3]) st = ad_call_set_grad(c, 3, dc);
+  return st;
+}
+
+static ad_status lstm_seq_bwd(const ad_call *c) {
+  if (c->ctx->grad_enabled) return lstm_seq_bwd_ops(c);
+  ad_ctx *ctx = c->ctx;
+  const ad_tensor *w = c->in[1], *h0 = c->in[2], *mask = c->n > 4 ? c->in[4] : NULL;
+  int tax = c->attrs->axis;
+  ad_dtype dt = w->dtype;
+  size_t es = ad_dsize(dt);
+  int64_t T = c->out->shape[tax], N = c->out->shape[1 - tax], H = w->shape[1], sN[2] = {N, H};
+  ad_tensor *dG = ad_tmp_new(ctx, dt, 3, c->in[0]->shape);
+  ad_tensor *dh = ad_tmp_new(ctx, dt, 2, sN), *dc = ad_tmp_new(ctx, dt, 2, sN);
+  if (!dG || !dh || !dc) return ad_last_status(ctx);
+  memset(dh->data, 0, (size_t)(N * H) * es);
+  memset(dc->data, 0, (size_t)(N * H) * es);
+  ad_gemm_packed *pk = ad_gemm_pack(dt, false, N, 4 * H, H, w->data, H);
+  for (int64_t t = T - 1; t >= 0; t--) {
+    seq_job j = {.mask = mask_ptr(mask, t), .dh = dh->data, .dc = dc->data, .H = H};
+    j.y = step_ptr(c->out, tax, t, &j.ldy);
+    j.dy = step_ptr(c->gout, tax, t, NULL);
+    j.dg = step_ptr(dG, tax, t, &j.ldg);
+    j.cp = t ? step_ptr(c->out, tax, t - 1, NULL) + (size_t)H * es : c->in[3]->data;
+    j.ldp = t ? j.ldy : H;
+    seq_run(lstm_seq_bwd_f32, lstm_seq_bwd_f64, dt, N, &j);
+    if (t > 0 || c->needs[2]) /* dh_{t-1} += dG_t w */
+      step_gemm(dt, pk, false, N, 4 * H, H, j.dg, j.ldg, w->data, H, 1.0, dh->data, H);
+  }
+  ad_gemm_packed_free(pk);
+  if (c->needs[1]) {
+    ad_tensor *dw = ad_tmp_new(ctx, dt, 2, w->shape), *hp = seq_hp_new(ctx, dG, H);
+    if (!dw || !hp) return ad_last_status(ctx);
+    seq_weight_grad(tax, dG, c->out, h0, hp, dw);
+    c->gin[1] = dw;
+  }
+  if (c->needs[0]) c->gin[0] = dG;
+  if (c->needs[2]) c->gin[2] = dh;
+  if (c->needs[3]) c->gin[3] = dc;
+  return AD_OK;
+}
+
+ad_tensor *ad_lstm_seq(ad_ctx *ctx, ad_tensor *xp, ad_tensor *w_hh, ad_tensor *h0, ad_tensor *c0,
+                       ad_tensor *mask, bool batch_first) {
+  ad_tensor *in[5] = {xp, w_hh, h0, c0, mask};
+  ad_attrs at = {.axis = batch_first ? 1 : 0};
+  return ad_op_apply(ctx, AD_OP_LSTM_SEQ, mask ? 5 : 4, in, &at);
+}
+
+/* A [T, N] mask of 0/1 where sequence n has lengths[n] steps (a constant). */
+static ad_tensor *sample_mask(const ad_sample_call *s, int64_t T, int64_t N,
+                              const int64_t *lengths) {
+  int64_t sm[2] = {T, N};
+  ad_tensor *m = ad_sample_tensor(s, 2, sm, 0, 1, false);
+  for (int64_t t = 0; m && t < T; t++)
+    for (int64_t n = 0; n < N; n++) ad_tensor_set(m, t * N + n, lengths[n] > t);
+  return m;
+}
+
+/* The sequence ops' gradcheck cases: T = 3, N = 2, H = 2 time-major; N = 3
+ * with lengths 3, 1, 2, time-major and batch-major. in[k] for k < nx are
+ * shaped by the table (the time and batch dims of in[0] set here), the
+ * states [N, H]. */
+static int seq_sample(const ad_sample_call *s, int G, bool bias) {
+  if (s->variant > 2) return 0;
+  int64_t T = 3, N = s->variant ? 3 : 2, H = 2, lengths[3] = {3, 1, 2};
+  int tax = s->variant == 2;
+  int64_t sx[3] = {T, N, G * H}, sw[2] = {G * H, H}, sb[1] = {G * H}, sh[2] = {N, H};
+  if (tax) sx[0] = N, sx[1] = T;
+  s->attrs->axis = tax;
+  int k = 0;
+  s->in[k++] = ad_sample_tensor(s, 3, sx, -2, 2, true);
+  s->in[k++] = ad_sample_tensor(s, 2, sw, -1, 1, true);
+  if (bias) s->in[k++] = ad_sample_tensor(s, 1, sb, -1, 1, true);
+  s->in[k++] = ad_sample_tensor(s, 2, sh, -1, 1, true);
+  if (G == 4) s->in[k++] = ad_sample_tensor(s, 2, sh, -1, 1, true);
+  for (int i = 0; i < k; i++)
+    if (!s->in[i]) return -1;
+  if (!s->variant) return k;
+  return (s->in[k] = sample_mask(s, T, N, lengths)) ? k + 1 : -1;
+}
+
+static int lstm_seq_sample(const ad_sample_call *s) { return seq_sample(s, 4, false); }
+
+const ad_op_def ad_def_lstm_seq = {
+    .name = "lstm_seq",
+    .arity = 5,
+    .min_arity = 4,
+    .attrs = AD_ATTRS_AXIS,
+    .shape = lstm_seq_shape,
+    .forward = lstm_seq_fwd,
+    .backward = lstm_seq_bwd,
+    .sample = lstm_seq_sample,
+    .math = "Y_t = lstm_cell(xp_t + h_{t-1} w^T, c_{t-1}) for t = 0..T-1 (the time axis: axis), "
+            "h_{t-1} and c_{t-1} Y_{t-1}'s first blocks (h0, c0 at t = 0); where mask_t is 0, "
+            "Y_t = [h_{t-1} | c_{t-1} | 0]",
+    .inputs = {"xp", "w", "h0", "c0", "mask"},
+    .grads = {"dG_t: lstm_cell's rule per step from the last, with dh_t += dG_{t+1} w",
+              "sum_t dG_t^T h_{t-1}", "dG_0 w", "dc_{-1} of the rule", NULL},
+};
+
+/* --------------------------------------------------------------- gru_seq */
+
+static ad_status gru_seq_shape(const ad_call *c) {
+  int64_t T, N, H;
+  ad_status st = seq_shape(c, 3, 1, true, &T, &N, &H);
+  if (st == AD_OK) seq_out(c, 5, H);
+  return st;
+}
+
+static void gru_seq_fwd(const ad_call *c) {
+  const ad_tensor *xa = c->in[0], *w = c->in[1], *b = c->in[2];
+  const ad_tensor *mask = c->n > 4 ? c->in[4] : NULL;
+  int tax = c->attrs->axis;
+  ad_dtype dt = xa->dtype;
+  size_t es = ad_dsize(dt);
+  int64_t T = xa->shape[tax], N = xa->shape[1 - tax], H = w->shape[1];
+  ad_gemm_packed *pk = ad_gemm_pack(dt, true, N, H, 3 * H, w->data, H);
+  for (int64_t t = 0; t < T; t++) {
+    seq_job j = {.mask = mask_ptr(mask, t), .H = H};
+    char *y = j.y = step_ptr(c->out, tax, t, &j.ldy);
+    j.x = step_ptr(xa, tax, t, &j.ldg);
+    j.bias = b->data;
+    j.hp = t ? step_ptr(c->out, tax, t - 1, NULL) : c->in[3]->data;
+    j.ldp = t ? j.ldy : H;
+    /* h_{t-1} w^T in Y_t's activation blocks; the rows add b */
+    step_gemm(dt, pk, true, N, H, 3 * H, j.hp, j.ldp, w->data, H, 0.0, y + (size_t)H * es, j.ldy);
+    seq_run(gru_seq_fwd_f32, gru_seq_fwd_f64, dt, N, &j);
+  }
+  ad_gemm_packed_free(pk);
+}
+
+static ad_status gru_seq_bwd_ops(const ad_call *c) {
+  ad_ctx *ctx = c->ctx;
+  ad_tensor *w = c->in[1], *h0 = c->in[3], *mask = c->n > 4 ? c->in[4] : NULL;
+  ad_tensor *Y = c->out, *dY = c->gout;
+  int tax = c->attrs->axis;
+  int64_t T = Y->shape[tax], N = Y->shape[1 - tax], H = w->shape[1], n1[2] = {N, 1};
+  ad_tensor **da = ad_arena_alloc(ctx, (size_t)(2 * T) * sizeof *da), **db = da + T;
+  ad_tensor *dh = NULL, *zero = ad_scalar(ctx, Y->dtype, 0.0);
+  if (!da || !zero) return ad_last_status(ctx);
+  for (int64_t t = T - 1; t >= 0; t--) {
+    ad_tensor *y = step_of(ctx, Y, tax, t), *dy = step_of(ctx, dY, tax, t);
+    ad_tensor *hp = t ? ad_narrow(ctx, step_of(ctx, Y, tax, t - 1), 1, 0, H) : h0;
+    ad_tensor *r = ad_narrow(ctx, y, 1, H, H), *z = ad_narrow(ctx, y, 1, 2 * H, H);
+    ad_tensor *n = ad_narrow(ctx, y, 1, 3 * H, H), *bn = ad_narrow(ctx, y, 1, 4 * H, H);
+    ad_tensor *dht = ad_narrow(ctx, dy, 1, 0, H);
+    if (dh) dht = ad_add(ctx, dht, dh);
+    ad_tensor *dn = ad_apply2(
+        ctx, AD_OP_TANH_BACKWARD,
+        ad_add(ctx, ad_sub(ctx, dht, ad_mul(ctx, dht, z)), ad_narrow(ctx, dy, 1, 3 * H, H)), n,
+        NULL);
+    ad_tensor *dr =
+        ad_apply2(ctx, AD_OP_SIGMOID_BACKWARD,
+                  ad_add(ctx, ad_mul(ctx, dn, bn), ad_narrow(ctx, dy, 1, H, H)), r, NULL);
+    ad_tensor *dz = ad_apply2(
+        ctx, AD_OP_SIGMOID_BACKWARD,
+        ad_add(ctx, ad_mul(ctx, dht, ad_sub(ctx, hp, n)), ad_narrow(ctx, dy, 1, 2 * H, H)), z,
+        NULL);
+    if (!dn || !dr || !dz) return ad_last_status(ctx);
+    ad_tensor *ga[3] = {dr, dz, dn};
+    ad_tensor *gb[3] = {dr, dz, ad_add(ctx, ad_mul(ctx, dn, r), ad_narrow(ctx, dy, 1, 4 * H, H))};
+    ad_tensor *at = ad_concat(ctx, 3, ga, 1), *bt = gb[2] ? ad_concat(ctx, 3, gb, 1) : NULL;
+    ad_tensor *part = ad_mul(ctx, dht, z);
+    if (mask) {
+      ad_tensor *m = ad_reshape(ctx, ad_narrow(ctx, mask, 0, t, 1), 2, n1);
+      at = ad_where(ctx, m, at, zero);
+      bt = ad_where(ctx, m, bt, zero);
+      part = ad_where(ctx, m, part, dht);
+    }
+    if (!at || !bt || !part) return ad_last_status(ctx);
+    da[t] = at, db[t] = bt;
+    if (!(dh = ad_add(ctx, part, ad_matmul(ctx, bt, w, false, false)))) return ad_last_status(ctx);
+  }
+  ad_status st = AD_OK;
+  if (c->needs[0]) st = ad_call_set_grad(c, 0, ad_stack(ctx, (int)T, da, tax));
+  ad_tensor *dB = NULL;
+  int64_t sg[2] = {T * N, 3 * H};
+  if (st == AD_OK && (c->needs[1] || c->needs[2]))
+    st =
+        (dB = ad_reshape(ctx, ad_stack(ctx, (int)T, db, tax), 2, sg)) ? AD_OK : ad_last_status(ctx);
+  if (st == AD_OK && c->needs[1]) {
+    int64_t sh[2] = {T * N, H};
+    ad_tensor *hp = seq_hp_ops(ctx, Y, h0, tax, H);
+    st = ad_call_set_grad(c, 1, ad_matmul(ctx, dB, ad_reshape(ctx, hp, 2, sh), true, false));
+  }
+  if (st == AD_OK && c->needs[2]) st = ad_call_set_grad(c, 2, ad_sum_axis(ctx, dB, 0, false));
+  if (st == AD_OK && c->needs[3]) st = ad_call_set_grad(c, 3, dh);
+  return st;
+}
+
+static ad_status gru_seq_bwd(const ad_call *c) {
+  if (c->ctx->grad_enabled) return gru_seq_bwd_ops(c);
+  ad_ctx *ctx = c->ctx;
+  const ad_tensor *w = c->in[1], *h0 = c->in[3], *mask = c->n > 4 ? c->in[4] : NULL;
+  int tax = c->attrs->axis;
+  ad_dtype dt = w->dtype;
+  size_t es = ad_dsize(dt);
+  int64_t T = c->out->shape[tax], N = c->out->shape[1 - tax], H = w->shape[1], sN[2] = {N, H};
+  ad_tensor *dA = ad_tmp_new(ctx, dt, 3, c->in[0]->shape);
+  ad_tensor *dB = ad_tmp_new(ctx, dt, 3, c->in[0]->shape);
+  ad_tensor *dh = ad_tmp_new(ctx, dt, 2, sN);
+  if (!dA || !dB || !dh) return ad_last_status(ctx);
+  memset(dh->data, 0, (size_t)(N * H) * es);
+  ad_gemm_packed *pk = ad_gemm_pack(dt, false, N, 3 * H, H, w->data, H);
+  for (int64_t t = T - 1; t >= 0; t--) {
+    seq_job j = {.mask = mask_ptr(mask, t), .dh = dh->data, .H = H};
+    j.y = step_ptr(c->out, tax, t, &j.ldy);
+    j.dy = step_ptr(c->gout, tax, t, NULL);
+    j.dg = step_ptr(dA, tax, t, &j.ldg);
+    j.db = step_ptr(dB, tax, t, NULL);
+    j.hp = t ? step_ptr(c->out, tax, t - 1, NULL) : h0->data;
+    j.ldp = t ? j.ldy : H;
+    seq_run(gru_seq_bwd_f32, gru_seq_bwd_f64, dt, N, &j);
+    if (t > 0 || c->needs[3]) /* dh_{t-1} += db_t w */
+      step_gemm(dt, pk, false, N, 3 * H, H, j.db, j.ldg, w->data, H, 1.0, dh->data, H);
+  }
+  ad_gemm_packed_free(pk);
+  if (c->needs[1]) {
+    ad_tensor *dw = ad_tmp_new(ctx, dt, 2, w->shape), *hp = seq_hp_new(ctx, dB, H);
+    if (!dw || !hp) return ad_last_status(ctx);
+    seq_weight_grad(tax, dB, c->out, h0, hp, dw);
+    c->gin[1] = dw;
+  }
+  if (c->needs[2]) {
+    int64_t sg[2] = {T * N, 3 * H};
+    ad_tensor *g = ad_sum_axis(ctx, ad_reshape(ctx, dB, 2, sg), 0, false);
+    if (!g) return ad_last_status(ctx);
+    c->gin[2] = g;
+  }
+  if (c->needs[0]) c->gin[0] = dA;
+  if (c->needs[3]) c->gin[3] = dh;
+  return AD_OK;
+}
+
+ad_tensor *ad_gru_seq(ad_ctx *ctx, ad_tensor *xa, ad_tensor *w_hh, ad_tensor *b_hh, ad_tensor *h0,
+                      ad_tensor *mask, bool batch_first) {
+  ad_tensor *in[5] = {xa, w_hh, b_hh, h0, mask};
+  ad_attrs at = {.axis = batch_first ? 1 : 0};
+  return ad_op_apply(ctx, AD_OP_GRU_SEQ, mask ? 5 : 4, in, &at);
+}
+
+static int gru_seq_sample(const ad_sample_call *s) { return seq_sample(s, 3, true); }
+
+const ad_op_def ad_def_gru_seq = {
+    .name = "gru_seq",
+    .arity = 5,
+    .min_arity = 4,
+    .attrs = AD_ATTRS_AXIS,
+    .shape = gru_seq_shape,
+    .forward = gru_seq_fwd,
+    .backward = gru_seq_bwd,
+    .sample = gru_seq_sample,
+    .math = "b_t = h_{t-1} w^T + b; Y_t = [gru_cell(xa_t, b_t, h_{t-1}) | b_t's last block] for "
+            "t = 0..T-1 (the time axis: axis), h_{t-1} Y_{t-1}'s first block (h0 at t = 0); "
+            "where mask_t is 0, Y_t = [h_{t-1} | 0]",
+    .inputs = {"xa", "w", "b", "h0", "mask"},
+    .grads = {"dA_t: gru_cell's rule per step from the last, with dh_t += dB_{t+1} w",
+              "sum_t dB_t^T h_{t-1}", "sum_t dB_t's rows", "dh_{-1} of the rule", NULL},
 };

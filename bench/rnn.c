@@ -2,7 +2,7 @@
  * through the nn layer and times the training loop.
  *
  *   rnn [--cell lstm|gru|rnn] [--hidden 256] [--seq 64] [--batch 32]
- *       [--steps 50] [--threads 1] [--seed 1] [--composed 0|1]
+ *       [--steps 50] [--threads 1] [--seed 1] [--composed 0|1] [--per-step 0|1]
  *
  * Model: Embedding(64 -> 64), a one-layer recurrent layer (LSTM by default,
  * 64 -> hidden, batch first), Dense(hidden -> 64) at every step; softmax
@@ -11,7 +11,10 @@
  * PyTorch). Data: 1024 sequences of seq + 1 tokens from a fixed random
  * Markov chain (each token has four likely successors, so the loss falls
  * from ln 64 = 4.16 towards ln 4 = 1.39), generated before the clock
- * starts; step s trains on the s-th batch of them (in turn). --composed 1
+ * starts; step s trains on the s-th batch of them (in turn). By default the
+ * LSTM and GRU run as one op per sequence (ad_lstm_seq, ad_gru_seq);
+ * --per-step 1 records each step's products and fused cell op instead
+ * (nn_rnn_opts.per_step), and --composed 1
  * builds the LSTM and GRU cells from ops (nn_rnn_opts.composed) instead of
  * the fused cell ops, to measure what the fusion buys.
  *
@@ -31,7 +34,7 @@ typedef struct options {
   const char *cell;
   int64_t hidden, seq, batch;
   int steps, threads;
-  bool composed;
+  bool composed, per_step;
   unsigned long long seed;
 } options;
 
@@ -44,7 +47,9 @@ static bool parse(int argc, char **argv, options *o) {
       o->cell = v;
       continue;
     }
-    if (!bench_parse_int(v, !strcmp(a, "--seed") || !strcmp(a, "--composed") ? 0 : 1, &n))
+    if (!bench_parse_int(
+            v, !strcmp(a, "--seed") || !strcmp(a, "--composed") || !strcmp(a, "--per-step") ? 0 : 1,
+            &n))
       return false;
     if (!strcmp(a, "--hidden"))
       o->hidden = n;
@@ -60,6 +65,8 @@ static bool parse(int argc, char **argv, options *o) {
       o->seed = (unsigned long long)n;
     else if (!strcmp(a, "--composed") && n <= 1)
       o->composed = n == 1;
+    else if (!strcmp(a, "--per-step") && n <= 1)
+      o->per_step = n == 1;
     else
       return false;
   }
@@ -96,7 +103,8 @@ int main(int argc, char **argv) {
       .cell = "lstm", .hidden = 256, .seq = 64, .batch = 32, .steps = 50, .threads = 1, .seed = 1};
   if (!parse(argc, argv, &o) || o.batch > SEQS) {
     fprintf(stderr, "usage: rnn [--cell lstm|gru|rnn] [--hidden 256] [--seq 64] [--batch 32 "
-                    "(at most 1024)] [--steps 50] [--threads 1] [--seed 1] [--composed 0|1]\n");
+                    "(at most 1024)] [--steps 50] [--threads 1] [--seed 1] [--composed 0|1] "
+                    "[--per-step 0|1]\n");
     return 2;
   }
   if (!bench_set_threads(o.threads)) {
@@ -116,7 +124,7 @@ int main(int argc, char **argv) {
                      : !strcmp(o.cell, "gru") ? NN_RNN_GRU
                                               : NN_RNN_TANH;
   int gates = cell == NN_RNN_LSTM ? 4 : cell == NN_RNN_GRU ? 3 : 1;
-  nn_rnn_opts ro = {.batch_first = true, .composed = o.composed};
+  nn_rnn_opts ro = {.batch_first = true, .composed = o.composed, .per_step = o.per_step};
   nn_model *m = nn_sequential_new(ctx);
   nn_model_add(m, nn_embedding_new(ctx, VOCAB, EMBED, &rng, NULL));
   nn_model_add(m, nn_rnn_new(ctx, cell, EMBED, o.hidden, &rng, &ro));

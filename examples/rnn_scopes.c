@@ -7,9 +7,9 @@
  *
  * --dot writes the backward view with one cluster per step, --dot-collapsed
  * the forward view with one box per step. --lstm-dot writes the collapsed
- * forward view of a 2-layer LSTM layer (nn_lstm_new) over 6 steps, whose
- * nn_rnn_forward opens the scopes itself ("lstm.l0", "t=0", ...;
- * docs/img/rnn_scopes_lstm.svg). Prints the loss and dL/dW; the last line
+ * forward view of a 2-layer LSTM layer (nn_lstm_new) over 6 steps, run
+ * step by step (nn_rnn_opts.per_step), whose nn_rnn_forward opens the
+ * scopes itself ("lstm.l0", "t=0", ...; docs/img/rnn_scopes_lstm.svg). Prints the loss and dL/dW; the last line
  * is "dL/dW: a b c d". */
 #include <autodiff/nn.h>
 
@@ -34,7 +34,7 @@ static int dump(ad_graph *g, ad_tensor *root, const char *path, int flags) {
 static int lstm_dump(ad_ctx *ctx, const char *path) {
   ad_rng rng;
   ad_rng_seed(&rng, 1);
-  nn_rnn_opts o = {.num_layers = 2};
+  nn_rnn_opts o = {.num_layers = 2, .per_step = true}; /* by default: one op per layer */
   nn_layer *l = nn_lstm_new(ctx, 3, 4, &rng, &o);
   int64_t xs[3] = {6, 1, 3};
   ad_tensor *x = ad_full(ctx, AD_F32, 3, xs, 0.5);

@@ -1,8 +1,12 @@
 /* layers_rnn.c: recurrent layers, PyTorch's nn.RNN (tanh, relu), nn.LSTM
  * and nn.GRU, built from the engine's ops, so the tape derives
- * backpropagation through time. Each step's LSTM or GRU elementwise part
- * is one fused op (ad_lstm_cell, ad_gru_cell; op_rnn.c), or with
- * opts.composed the ops below, so that a graph dump shows every gate. The
+ * backpropagation through time. By default an LSTM or GRU layer is, per
+ * layer, one matmul for the input products of all steps and one op for
+ * the recurrence (ad_lstm_seq, ad_gru_seq; op_rnn.c: rnn_run_seq below).
+ * With opts.per_step each step's products are recorded in its own scope
+ * and its elementwise part is one fused op (ad_lstm_cell, ad_gru_cell),
+ * with opts.composed the ops of cell_step below, so that a graph dump
+ * shows every gate; RNN layers always run step by step (rnn_run). The
  * equations, names and layouts are in nn.h (nn_rnn_new); per step t of
  * layer k, with x_t its input and h, c its state:
  *
@@ -19,8 +23,9 @@
  * input row where(m, x_t, 0), so that padding never reaches a value or a
  * gradient (even a NaN in it).
  *
- * The sequence is cut into steps by ad_unstack and the steps' outputs (and
- * the layers' final states) are joined by ad_stack. */
+ * Step by step, the sequence is cut into steps by ad_unstack and the
+ * steps' outputs (and the layers' final states) are joined by ad_stack;
+ * the whole-sequence ops keep padded steps inert with a [T, N] mask. */
 #include "nn_internal.h"
 
 #include <limits.h>
@@ -31,7 +36,7 @@ typedef struct rnn_state {
   int gates; /* G: 1, 4 or 3 */
   int layers;
   int64_t in, hidden;
-  bool batch_first, bias, composed;
+  bool batch_first, bias, composed, per_step;
   double dropout;
   ad_rng rng;
   ad_tensor **p; /* 4 per layer: w_ih, w_hh, b_ih, b_hh (the biases NULL without) */
@@ -208,11 +213,107 @@ static ad_tensor *drop(ad_ctx *ctx, rnn_state *s, ad_tensor *x) {
   return ad_mul(ctx, x, m);
 }
 
+/* The whole-sequence path of LSTM and GRU layers (the default): per
+ * layer, the input products of all steps as one matmul [T N, in] x
+ * W_ih^T plus the bias, then one ad_lstm_seq or ad_gru_seq for the
+ * recurrence, in the input's layout (batch-major with batch_first, so
+ * nothing is transposed); the steps that no sequence reaches are not run,
+ * as in rnn_run. Values, dropout masks and errors as rnn_run's. fin_h and
+ * fin_c hold a pointer per layer. */
+static ad_tensor *rnn_run_seq(ad_ctx *ctx, rnn_state *s, const char *name, ad_tensor *x,
+                              ad_tensor *h0, ad_tensor *c0, const int64_t *lengths, bool training,
+                              ad_tensor **h_n, ad_tensor **c_n, ad_tensor **fin_h,
+                              ad_tensor **fin_c) {
+  int tax = s->batch_first ? 1 : 0;
+  int64_t T = x->shape[tax], N = x->shape[1 - tax], H = s->hidden, NH[2] = {N, H};
+  int64_t GH = s->gates * H;
+  bool lstm = s->cell == NN_RNN_LSTM;
+  ad_dtype dt = x->dtype;
+  ad_tensor *zeros = constant(ctx, dt, 2, NH, 0.0), *zero = ad_scalar(ctx, dt, 0.0);
+  if (!zeros || !zero) return NULL;
+  /* t_run: the steps that some sequence reaches; a mask [t_run, N] for
+   * the op, and m3 for x's layout, when some of them are partial */
+  int64_t t_run = T;
+  bool partial = false;
+  for (int64_t t = 0; lengths && t < T; t++) {
+    int64_t live = N;
+    for (int64_t i = 0; i < N; i++) live -= lengths[i] <= t;
+    if (live == 0) {
+      t_run = t;
+      break;
+    }
+    partial = partial || live < N;
+  }
+  ad_tensor *seq = t_run < T ? ad_narrow(ctx, x, tax, 0, t_run) : x, *mask = NULL, *m3 = NULL;
+  if (partial) {
+    int64_t sm[2] = {t_run, N}, s3[3] = {t_run, N, 1};
+    if (tax) s3[0] = N, s3[1] = t_run;
+    if (!(mask = constant(ctx, dt, 2, sm, 0.0)) || !(m3 = constant(ctx, dt, 3, s3, 0.0)))
+      return NULL;
+    for (int64_t t = 0; t < t_run; t++)
+      for (int64_t i = 0; i < N; i++) {
+        ad_tensor_set(mask, t * N + i, lengths[i] > t);
+        ad_tensor_set(m3, tax ? i * t_run + t : t * N + i, lengths[i] > t);
+      }
+    /* padded input rows are zeroed: whatever they hold (NaN included)
+     * reaches neither the state nor a gradient */
+    seq = ad_where(ctx, m3, seq, zero);
+  }
+  ad_tensor *out = NULL;
+  bool ok = seq != NULL;
+  for (int k = 0; k < s->layers && ok; k++) {
+    char label[96];
+    snprintf(label, sizeof label, "%s.l%d", name, k);
+    if (!(ok = ad_scope_push(ctx, label) == AD_OK)) break;
+    ad_tensor *const *w = s->p + 4 * k;
+    int64_t flat[2] = {t_run * N, seq->shape[2]}, s3[3] = {seq->shape[0], seq->shape[1], GH};
+    ad_tensor *xp = ad_matmul(ctx, ad_reshape(ctx, seq, 2, flat), w[0], false, true);
+    ad_tensor *h = state_in(ctx, h0, k, zeros), *y;
+    if (lstm) {
+      if (w[2]) xp = ad_add(ctx, xp, ad_add(ctx, w[2], w[3]));
+      y = ad_lstm_seq(ctx, ad_reshape(ctx, xp, 3, s3), w[1], h, state_in(ctx, c0, k, zeros), mask,
+                      tax == 1);
+    } else {
+      if (w[2]) xp = ad_add(ctx, xp, w[2]);
+      ad_tensor *b = w[3] ? w[3] : constant(ctx, dt, 1, &GH, 0.0);
+      y = ad_gru_seq(ctx, ad_reshape(ctx, xp, 3, s3), w[1], b, h, mask, tax == 1);
+    }
+    if (y) { /* the outputs, and the final states: the last step's (kept where a sequence ended) */
+      int64_t sl[2] = {N, y->shape[2]};
+      ad_tensor *last = ad_reshape(ctx, ad_narrow(ctx, y, tax, t_run - 1, 1), 2, sl);
+      out = ad_narrow(ctx, y, 2, 0, H);
+      if (m3) out = ad_where(ctx, m3, out, zero);
+      fin_h[k] = ad_narrow(ctx, last, 1, 0, H);
+      fin_c[k] = lstm ? ad_narrow(ctx, last, 1, H, H) : NULL;
+      ok = out && fin_h[k] && (!lstm || fin_c[k]);
+    } else {
+      ok = false;
+    }
+    if (ok && k + 1 < s->layers)
+      ok = (seq = training && s->dropout > 0 ? drop(ctx, s, out) : out) != NULL;
+    ad_scope_pop(ctx);
+  }
+  if (!ok) return NULL;
+  if (t_run < T) { /* the steps no sequence reaches give 0 */
+    int64_t sz[3] = {T - t_run, N, H};
+    if (tax) sz[0] = N, sz[1] = T - t_run;
+    ad_tensor *parts[2] = {out, constant(ctx, dt, 3, sz, 0.0)};
+    out = parts[1] ? ad_concat(ctx, 2, parts, tax) : NULL;
+  }
+  if (out && h_n && !(*h_n = ad_stack(ctx, s->layers, fin_h, 0))) out = NULL;
+  if (out && c_n && lstm && !(*c_n = ad_stack(ctx, s->layers, fin_c, 0))) out = NULL;
+  return out;
+}
+
 /* The work of nn_rnn_forward once the arguments are checked. scratch
  * holds 3 T + 2 layers pointers. */
 static ad_tensor *rnn_run(ad_ctx *ctx, rnn_state *s, const char *name, ad_tensor *x, ad_tensor *h0,
                           ad_tensor *c0, const int64_t *lengths, bool training, ad_tensor **h_n,
                           ad_tensor **c_n, ad_tensor **scratch) {
+  if ((s->cell == NN_RNN_LSTM || s->cell == NN_RNN_GRU) && !s->composed && !s->per_step)
+    return rnn_run_seq(ctx, s, name, x, h0, c0, lengths, training, h_n, c_n,
+                       scratch + 3 * x->shape[s->batch_first ? 1 : 0],
+                       scratch + 3 * x->shape[s->batch_first ? 1 : 0] + s->layers);
   int tax = s->batch_first ? 1 : 0;
   int64_t T = x->shape[tax], N = x->shape[1 - tax], NH[2] = {N, s->hidden}, N1[2] = {N, 1};
   ad_tensor **in = scratch, **out = scratch + T, **mask = scratch + 2 * T;
@@ -403,6 +504,7 @@ nn_layer *nn_rnn_new(ad_ctx *ctx, nn_rnn_cell cell, int64_t input_size, int64_t 
                    .batch_first = o.batch_first,
                    .bias = !o.no_bias,
                    .composed = o.composed,
+                   .per_step = o.per_step,
                    .dropout = o.dropout};
   ad_rng_seed(&s->rng, o.seed);
   size_t pbytes = (size_t)(4 * layers) * sizeof *s->p;

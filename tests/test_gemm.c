@@ -428,3 +428,60 @@ Test(gemm, blas_loaded_only_when_needed) {
   if (!strstr(be, "OpenBLAS reports")) cr_skip_test("no BLAS in this build or at run time: %s", be);
   cr_assert(blas_mapped(), "ad_gemm_backend named the core (%s) without loading BLAS", be);
 }
+
+/* A B packed once (ad_gemm_pack) gives, product after product, the bits of
+ * ad_gemm, at the recurrent layers' shapes and across the kernel's blocks
+ * (k past KC = 256, n past NC = 2048), with B transposed or not, A
+ * transposed or not, beta 0 and 1, on one thread and two (rows split). */
+static void packed_case(ad_dtype dt, bool ta, bool tb, int64_t m, int64_t n, int64_t k,
+                        ad_rng *rng) {
+  int64_t lda = ta ? m + 3 : k + 1, ldb = tb ? k + 2 : n + 5, ldc = n + 1;
+  int64_t sa = ta ? k * lda : m * lda, sb = tb ? n * ldb : k * ldb, sc = m * ldc;
+  void *a = alloc_elems(dt, sa), *b = alloc_elems(dt, sb), *c = alloc_elems(dt, sc);
+  void *want = alloc_elems(dt, sc);
+  for (int64_t i = 0; i < sa; i++) set(dt, a, i, ad_rng_uniform(rng) * 2 - 1);
+  for (int64_t i = 0; i < sb; i++) set(dt, b, i, ad_rng_uniform(rng) * 2 - 1);
+  ad_gemm_packed *p = ad_gemm_pack(dt, tb, m, k, n, b, ldb);
+  /* NULL where the dispatch rule gives the product to BLAS (AVX2 with
+   * OpenBLAS, above 4M multiply-adds); the small shapes run everywhere */
+  cr_assert(p || (double)m * (double)n * (double)k > 4194304.0, "ad_gemm_pack %lldx%lldx%lld",
+            (long long)m, (long long)n, (long long)k);
+  if (!p) {
+    free(a), free(b), free(c), free(want);
+    return;
+  }
+  for (int beta = 0; beta < 2; beta++)
+    for (int threads = 1; threads <= 2; threads++) {
+      ad_set_num_threads(threads);
+      for (int64_t i = 0; i < sc; i++) {
+        double v = ad_rng_uniform(rng);
+        set(dt, c, i, v), set(dt, want, i, v);
+      }
+      ad_gemm(dt, ta, tb, m, n, k, a, lda, b, ldb, beta, want, ldc);
+      ad_gemm_packed_run(p, ta, m, a, lda, b, ldb, beta, c, ldc);
+      for (int64_t i = 0; i < m; i++)
+        for (int64_t j = 0; j < n; j++)
+          if (get(dt, c, i * ldc + j) != get(dt, want, i * ldc + j))
+            cr_assert_fail(
+                "%s ta %d tb %d %lldx%lldx%lld beta %d threads %d [%lld,%lld]: packed %.17g, "
+                "ad_gemm %.17g",
+                ad_dtype_name(dt), ta, tb, (long long)m, (long long)n, (long long)k, beta, threads,
+                (long long)i, (long long)j, get(dt, c, i * ldc + j), get(dt, want, i * ldc + j));
+    }
+  ad_set_num_threads(1);
+  ad_gemm_packed_free(p);
+  free(a), free(b), free(c), free(want);
+}
+
+Test(gemm, packed_b_matches_ad_gemm, .timeout = 300) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 7);
+  static const int64_t shapes[][3] = {{32, 1024, 256}, {32, 256, 1024}, {7, 33, 5},
+                                      {40, 2100, 300}, {1, 16, 1},      {64, 96, 513}};
+  for (int d = 0; d < 2; d++)
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+      for (int f = 0; f < 4; f++)
+        packed_case(d ? AD_F64 : AD_F32, f & 1, f >> 1, shapes[s][0], shapes[s][1], shapes[s][2],
+                    &rng);
+  ad_gemm_packed_free(NULL);
+}

@@ -480,51 +480,66 @@ static int fused_run(nn_layer *l, ad_tensor *const *in, int n, const int64_t *le
   return k;
 }
 
-/* The fused cells (the default) and the composed ones (opts.composed) give
- * the same outputs and gradients: f64 within 1e-12 relative, f32 1e-6
- * (the f32 one relative to the result's largest element for the smaller:
- * the fused float32 cell's own exp and tanh differ from libm's by an ulp or
- * two, which a cancelling sum keeps in absolute terms). */
+/* The whole-sequence op (the default) and the fused cells per step
+ * (opts.per_step) give the composed cells' (opts.composed) outputs and
+ * gradients: f64 within 1e-12 relative, f32 1e-6 (the f32 one relative to
+ * the result's largest element for the smaller: the fused float32 cell's
+ * own exp and tanh differ from libm's by an ulp or two, which a cancelling
+ * sum keeps in absolute terms). Two layers, initial states, full lengths,
+ * lengths with a partial step, and lengths that all end before T;
+ * batch_first with biases, and time-major without. */
 static void fused_vs_composed(nn_rnn_cell cell, ad_dtype dt) {
   double tol = dt == AD_F64 ? 1e-12 : 1e-6;
-  ad_tensor *res[2][24];
-  int count[2];
-  int64_t sx[3] = {3, 5, 4}, ss[3] = {2, 3, 6}, lengths[3] = {5, 2, 4};
+  ad_tensor *res[3][24];
+  int count[3];
+  int64_t ss[3] = {2, 3, 6}, lens[2][3] = {{5, 2, 4}, {3, 2, 4}};
   ad_rng rng;
   ad_rng_seed(&rng, 8);
-  ad_tensor *in[3] = {ad_rand(ctx, &rng, dt, 3, sx, -2, 2), ad_rand(ctx, &rng, dt, 3, ss, -1, 1),
-                      ad_rand(ctx, &rng, dt, 3, ss, -1, 1)};
-  int n = cell == NN_RNN_LSTM ? 3 : 2;
-  for (int i = 0; i < n; i++) ad_tensor_set_requires_grad(in[i], true);
-  for (int lens = 0; lens < 2; lens++) {
-    for (int composed = 0; composed < 2; composed++) {
-      nn_rnn_opts o = {.num_layers = 2, .batch_first = true, .dtype = dt, .composed = composed};
-      ad_rng prng;
-      ad_rng_seed(&prng, 9); /* the same parameters both times */
-      nn_layer *l = nn_rnn_new(ctx, cell, 4, 6, &prng, &o);
-      cr_assert_not_null(l, "%s", ad_last_error(ctx));
-      count[composed] = fused_run(l, in, n, lens ? lengths : NULL, res[composed]);
-      nn_layer_free(l);
-    }
-    cr_assert_eq(count[0], count[1]);
-    for (int k = 0; k < count[0]; k++) {
-      const ad_tensor *a = res[0][k], *b = res[1][k];
-      cr_assert_not_null(a);
-      cr_assert_eq(a->size, b->size);
-      double scale = 0; /* relative to the largest element for small ones */
-      for (int64_t i = 0; i < b->size; i++) scale = fmax(scale, fabs(ad_tensor_get(b, i)));
-      for (int64_t i = 0; i < a->size; i++) {
-        double x = ad_tensor_get(a, i), y = ad_tensor_get(b, i);
-        QUICK_ASSERT(fabs(x - y) <= tol * fmax(fabs(y), dt == AD_F64 ? 1e-3 * scale : scale),
-                     "%s %s lengths %d result %d [%lld]: fused %.17g, composed %.17g (scale %g)",
-                     cell == NN_RNN_LSTM ? "lstm" : "gru", ad_dtype_name(dt), lens, k, (long long)i,
-                     x, y, scale);
+  for (int layout = 0; layout < 2; layout++) {
+    int64_t sx[3] = {3, 5, 4};
+    if (layout) sx[0] = 5, sx[1] = 3; /* [T, N, I] */
+    ad_tensor *in[3] = {ad_rand(ctx, &rng, dt, 3, sx, -2, 2), ad_rand(ctx, &rng, dt, 3, ss, -1, 1),
+                        ad_rand(ctx, &rng, dt, 3, ss, -1, 1)};
+    int n = cell == NN_RNN_LSTM ? 3 : 2;
+    for (int i = 0; i < n; i++) ad_tensor_set_requires_grad(in[i], true);
+    for (int l3 = 0; l3 < 3; l3++) {
+      for (int mode = 0; mode < 3; mode++) { /* composed, per step, whole sequence */
+        nn_rnn_opts o = {.num_layers = 2,
+                         .batch_first = !layout,
+                         .no_bias = layout == 1,
+                         .dtype = dt,
+                         .composed = mode == 0,
+                         .per_step = mode == 1};
+        ad_rng prng;
+        ad_rng_seed(&prng, 9); /* the same parameters every time */
+        nn_layer *l = nn_rnn_new(ctx, cell, 4, 6, &prng, &o);
+        cr_assert_not_null(l, "%s", ad_last_error(ctx));
+        count[mode] = fused_run(l, in, n, l3 ? lens[l3 - 1] : NULL, res[mode]);
+        nn_layer_free(l);
       }
+      for (int mode = 1; mode < 3; mode++) {
+        cr_assert_eq(count[mode], count[0]);
+        for (int k = 0; k < count[0]; k++) {
+          const ad_tensor *a = res[mode][k], *b = res[0][k];
+          cr_assert_not_null(a);
+          cr_assert_eq(a->size, b->size);
+          double scale = 0; /* relative to the largest element for small ones */
+          for (int64_t i = 0; i < b->size; i++) scale = fmax(scale, fabs(ad_tensor_get(b, i)));
+          for (int64_t i = 0; i < a->size; i++) {
+            double x = ad_tensor_get(a, i), y = ad_tensor_get(b, i);
+            QUICK_ASSERT(fabs(x - y) <= tol * fmax(fabs(y), dt == AD_F64 ? 1e-3 * scale : scale),
+                         "%s %s layout %d lengths %d %s result %d [%lld]: fused %.17g, composed "
+                         "%.17g (scale %g)",
+                         cell == NN_RNN_LSTM ? "lstm" : "gru", ad_dtype_name(dt), layout, l3,
+                         mode == 1 ? "per step" : "sequence", k, (long long)i, x, y, scale);
+          }
+        }
+      }
+      for (int c = 0; c < 3; c++)
+        for (int k = 0; k < count[c]; k++) ad_tensor_free(res[c][k]);
     }
-    for (int c = 0; c < 2; c++)
-      for (int k = 0; k < count[c]; k++) ad_tensor_free(res[c][k]);
+    for (int i = 0; i < 3; i++) ad_tensor_free(in[i]);
   }
-  for (int i = 0; i < 3; i++) ad_tensor_free(in[i]);
 }
 
 Test(rnn, fused_lstm_matches_composed) {
@@ -562,11 +577,12 @@ Test(rnn, fused_cells_gradgradcheck) {
   }
 }
 
-/* The default graph dump has one fused op per step. */
-Test(rnn, default_dump_shows_fused_cells) {
+/* With per_step the graph dump has one fused op per step. */
+Test(rnn, per_step_dump_shows_fused_cells) {
   ad_rng rng;
   ad_rng_seed(&rng, 2);
-  nn_layer *l = nn_lstm_new(ctx, 2, 3, &rng, NULL);
+  nn_rnn_opts o = {.per_step = true};
+  nn_layer *l = nn_lstm_new(ctx, 2, 3, &rng, &o);
   int64_t sx[3] = {2, 1, 2};
   ad_tensor *x = ad_ones(ctx, AD_F32, 3, sx);
   ad_tensor *loss = ad_sum(ctx, nn_rnn_forward(l, x, NULL, NULL, NULL, 0, true, NULL, NULL));
@@ -603,6 +619,76 @@ Test(rnn, cell_ops_bad_input_is_named) {
   ad_tape_reset(ctx);
   ad_tensor *all[] = {a, c, c1, b, d};
   for (size_t i = 0; i < 5; i++) ad_tensor_free(all[i]);
+}
+
+/* The whole-sequence layer gives the same bits on two threads as on one:
+ * its per-step products (2.1M multiply-adds, W_hh packed once) split their
+ * rows, the cells a step's rows, and every product stays in the built-in
+ * kernel's size class on any CPU (at most 4M multiply-adds). */
+Test(rnn, sequence_layer_bits_do_not_depend_on_threads) {
+  for (int cell = NN_RNN_LSTM; cell <= NN_RNN_GRU; cell++) {
+    ad_tensor *res[2][12];
+    int count[2];
+    int64_t sx[3] = {2, 32, 16}, ss[3] = {1, 32, 128};
+    ad_rng rng;
+    ad_rng_seed(&rng, 21);
+    ad_tensor *in[3] = {ad_rand(ctx, &rng, AD_F32, 3, sx, -1, 1),
+                        ad_rand(ctx, &rng, AD_F32, 3, ss, -1, 1),
+                        ad_rand(ctx, &rng, AD_F32, 3, ss, -1, 1)};
+    int n = cell == NN_RNN_LSTM ? 3 : 2;
+    for (int i = 0; i < n; i++) ad_tensor_set_requires_grad(in[i], true);
+    for (int threads = 1; threads <= 2; threads++) {
+      cr_assert_eq(ad_set_num_threads(threads), AD_OK);
+      ad_rng prng;
+      ad_rng_seed(&prng, 22);
+      nn_layer *l = nn_rnn_new(ctx, (nn_rnn_cell)cell, 16, 128, &prng, NULL);
+      cr_assert_not_null(l, "%s", ad_last_error(ctx));
+      count[threads - 1] = fused_run(l, in, n, NULL, res[threads - 1]);
+      nn_layer_free(l);
+    }
+    cr_assert_eq(ad_set_num_threads(1), AD_OK);
+    cr_assert_eq(count[0], count[1]);
+    for (int k = 0; k < count[0]; k++) {
+      cr_assert_eq(res[0][k]->size, res[1][k]->size);
+      cr_assert_eq(memcmp(res[0][k]->data, res[1][k]->data, (size_t)res[0][k]->size * 4), 0,
+                   "%s result %d differs on two threads", cell == NN_RNN_LSTM ? "lstm" : "gru", k);
+      ad_tensor_free(res[0][k]);
+      ad_tensor_free(res[1][k]);
+    }
+    for (int i = 0; i < 3; i++) ad_tensor_free(in[i]);
+  }
+}
+
+/* The sequence ops name bad shapes, dtypes and time axes. */
+Test(rnn, sequence_ops_bad_input_is_named) {
+  int64_t sx[3] = {3, 2, 8}, sw[2] = {8, 2}, sh[2] = {2, 2}, sm[2] = {3, 2}, sb[1] = {6};
+  int64_t sx3[3] = {3, 2, 6}, sw3[2] = {6, 2}, s0[3] = {0, 2, 8}, sbad[2] = {2, 3};
+  ad_tensor *x = ad_zeros(ctx, AD_F32, 3, sx), *w = ad_zeros(ctx, AD_F32, 2, sw);
+  ad_tensor *h = ad_zeros(ctx, AD_F32, 2, sh), *m = ad_ones(ctx, AD_F32, 2, sm);
+  ad_tensor *hbad = ad_zeros(ctx, AD_F32, 2, sbad), *h64 = ad_zeros(ctx, AD_F64, 2, sh);
+  ad_tensor *x3 = ad_zeros(ctx, AD_F32, 3, sx3), *w3 = ad_zeros(ctx, AD_F32, 2, sw3);
+  ad_tensor *b = ad_zeros(ctx, AD_F32, 1, sb), *x0 = ad_zeros(ctx, AD_F32, 3, s0);
+  cr_assert_not_null(ad_lstm_seq(ctx, x, w, h, h, m, false), "%s", ad_last_error(ctx));
+  cr_assert_not_null(ad_gru_seq(ctx, x3, w3, b, h, m, false), "%s", ad_last_error(ctx));
+  cr_assert_null(ad_lstm_seq(ctx, x, w, hbad, h, NULL, false));
+  expect_msg(ctx, AD_ERR_SHAPE,
+             "lstm_seq: inputs [3,2,8], weight [8,2], state [2,3] must be [T, N, 4 H], [4 H, H], "
+             "[N, H]");
+  cr_assert_null(ad_lstm_seq(ctx, x, w, h, h, m, true)); /* batch-major: N = 3, the mask [3,2] */
+  expect_msg(ctx, AD_ERR_SHAPE, "lstm_seq: inputs [3,2,8], weight [8,2], state [2,2], mask [3,2]");
+  cr_assert_null(ad_gru_seq(ctx, x, w, b, h, NULL, false));
+  expect_msg(ctx, AD_ERR_SHAPE, "must be [T, N, 3 H], [3 H, H], [N, H], bias [3 H]");
+  cr_assert_null(ad_lstm_seq(ctx, x, w, h64, h, NULL, false));
+  expect_msg(ctx, AD_ERR_DTYPE, "lstm_seq");
+  cr_assert_null(ad_lstm_seq(ctx, x0, w, h, h, NULL, false));
+  expect_msg(ctx, AD_ERR_SHAPE, "lstm_seq: inputs [0,2,8], weight [8,2]: an empty sequence");
+  ad_tensor *in[4] = {x, w, h, h};
+  ad_attrs at = {.axis = 2};
+  cr_assert_null(ad_op_apply(ctx, ad_op_find(ctx, "lstm_seq"), 4, in, &at));
+  expect_msg(ctx, AD_ERR_ARG, "lstm_seq: time axis 2; it must be 0 ([T, N, .]) or 1 ([N, T, .])");
+  ad_tape_reset(ctx);
+  ad_tensor *all[] = {x, w, h, m, hbad, h64, x3, w3, b, x0};
+  for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) ad_tensor_free(all[i]);
 }
 
 /* ------------------------------------------------------------- dropout */

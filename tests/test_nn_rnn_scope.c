@@ -1,8 +1,10 @@
 /* test_nn_rnn_scope.c: nn_rnn_forward records each layer in a scope
- * ("lstm.l0", or the layer's name) and each step's ops in a scope inside it
+ * ("lstm.l0", or the layer's name) and, when it runs step by step
+ * (nn_rnn_opts.per_step here), each step's ops in a scope inside it
  * ("t=3"), so a graph dump draws one cluster per layer and step and
- * AD_DOT_COLLAPSE one box per cell and step; the scopes are closed on
- * every exit path. */
+ * AD_DOT_COLLAPSE one box per cell and step; by default the layer's
+ * cluster holds its whole-sequence op. The scopes are closed on every exit
+ * path. */
 #include "nn.h"
 #include "test_alloc.h"
 
@@ -50,7 +52,7 @@ static ad_tensor *lstm_loss(nn_layer *l) {
 static nn_layer *two_layer_lstm(void) {
   ad_rng rng;
   ad_rng_seed(&rng, 1);
-  nn_rnn_opts o = {.num_layers = 2, .dtype = AD_F64};
+  nn_rnn_opts o = {.num_layers = 2, .dtype = AD_F64, .per_step = true};
   nn_layer *l = nn_lstm_new(ctx, 2, 3, &rng, &o);
   cr_assert_not_null(l, "%s", ad_last_error(ctx));
   return l;
@@ -98,6 +100,24 @@ Test(rnn_scope, collapsed_one_box_per_cell_and_step) {
 static ad_tensor *first_layer(nn_model *m, ad_tensor *x, void *ud) {
   (void)ud;
   return nn_layer_forward(nn_model_layer(m, 0), x, false);
+}
+
+/* By default a layer is one cluster holding its input product and its
+ * whole-sequence op, no step clusters. */
+Test(rnn_scope, default_layer_is_one_cluster_with_its_sequence_op) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 1);
+  nn_rnn_opts o = {.num_layers = 2, .dtype = AD_F64};
+  nn_layer *l = nn_lstm_new(ctx, 2, 3, &rng, &o);
+  cr_assert_not_null(l, "%s", ad_last_error(ctx));
+  ad_tensor *L = lstm_loss(l);
+  char *text = dump(L, 0);
+  cr_assert_eq(count(text, "subgraph cluster_"), 2, "%s", text);
+  cr_assert_eq(count(text, "label=\"lstm.l1\""), 1, "%s", text);
+  cr_assert_eq(count(text, "= lstm_seq("), 2, "%s", text);
+  cr_assert_eq(count(text, "label=\"t=0\""), 0, "%s", text);
+  free(text);
+  nn_layer_free(l);
 }
 
 Test(rnn_scope, named_layer_labels_its_scopes) {

@@ -1057,6 +1057,73 @@ for n, h in ((3, 2), (1, 5), (4, 1)):
         in_f64(gru_cell_ref))
 
 
+# ---------------- whole-sequence recurrent ops (lstm_seq, gru_seq): the
+# cells above unrolled over T steps with torch ops; a 0 in the mask keeps
+# the state and zeroes the rest of that row.
+
+
+def lstm_seq_ref(t):
+    xp, w, h, c = t[:4]
+    mask = t[4] if len(t) > 4 else None
+    H = w.shape[1]
+    ys = []
+    for s in range(xp.shape[0]):
+        y = lstm_cell_ref([xp[s] + h @ w.t(), c])
+        if mask is not None:
+            m = mask[s].unsqueeze(1)
+            keep = torch.cat([h, c, torch.zeros_like(y[:, 2 * H:])], 1)
+            y = torch.where(m != 0, y, keep)
+        h, c = y[:, :H], y[:, H:2 * H]
+        ys.append(y)
+    return torch.stack(ys, 0)
+
+
+def gru_seq_ref(t):
+    xa, w, b, h = t[:4]
+    mask = t[4] if len(t) > 4 else None
+    H = w.shape[1]
+    ys = []
+    for s in range(xa.shape[0]):
+        bt = h @ w.t() + b
+        y = torch.cat([gru_cell_ref([xa[s], bt, h]), bt[:, 2 * H:]], 1)
+        if mask is not None:
+            m = mask[s].unsqueeze(1)
+            y = torch.where(m != 0, y, torch.cat([h, torch.zeros_like(y[:, H:])], 1))
+        h = y[:, :H]
+        ys.append(y)
+    return torch.stack(ys, 0)
+
+
+def seq_mask(T, lengths):
+    return np.array([[1.0 if n > s else 0.0 for n in lengths] for s in range(T)])
+
+
+def batch_major(ref):
+    """ref on [N, T, .] inputs and output (the attribute axis 1)."""
+    return lambda t: ref([t[0].transpose(0, 1)] + list(t[1:])).transpose(0, 1)
+
+
+for T, n, h, lengths, bf in ((3, 2, 2, None, 0), (4, 3, 2, (4, 1, 3), 0), (2, 1, 3, None, 0),
+                             (3, 2, 2, (3, 2), 1)):
+    def lstm_make(rng, T=T, n=n, h=h, lengths=lengths, bf=bf):
+        ins = [("in", U(rng, (n, T, 4 * h) if bf else (T, n, 4 * h), -2, 2)),
+               ("in", U(rng, (4 * h, h), -0.5, 0.5)), ("in", U(rng, (n, h))),
+               ("in", U(rng, (n, h)))]
+        return ins + ([("const", seq_mask(T, lengths))] if lengths else [])
+
+    def gru_make(rng, T=T, n=n, h=h, lengths=lengths, bf=bf):
+        ins = [("in", U(rng, (n, T, 3 * h) if bf else (T, n, 3 * h), -2, 2)),
+               ("in", U(rng, (3 * h, h), -0.5, 0.5)), ("in", U(rng, (3 * h,), -1, 1)),
+               ("in", U(rng, (n, h)))]
+        return ins + ([("const", seq_mask(T, lengths))] if lengths else [])
+
+    tag = f"{T}x{n}x{h}" + ("_mask" if lengths else "") + ("_bf" if bf else "")
+    lref, gref = (batch_major(lstm_seq_ref), batch_major(gru_seq_ref)) if bf else \
+        (lstm_seq_ref, gru_seq_ref)
+    add(f"lstm_seq_{tag}", "lstm_seq", lstm_make, in_f64(lref), attr=("axis", bf))
+    add(f"gru_seq_{tag}", "gru_seq", gru_make, in_f64(gref), attr=("axis", bf))
+
+
 # --------------------------------------------------------------- writing
 
 NAMES = {torch.float32: "f32", torch.float64: "f64", torch.int32: "i32"}

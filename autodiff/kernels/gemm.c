@@ -423,9 +423,31 @@ static void *gemm_scratch(size_t bytes) {
     }                                                                                              \
   }                                                                                                \
                                                                                                    \
+  /* op(B) of every (jc, pc) block, packed in loop order into dst (S##_packed_size elements) */    \
+  static ATTR size_t S##_packed_size(int64_t k, int64_t n) {                                       \
+    int64_t nkb = (k + (KC)-1) / (KC), kcs = (k + nkb - 1) / nkb, ncs = n < (NC) ? n : (NC);       \
+    size_t size = 0;                                                                               \
+    for (int64_t jc = 0; jc < n; jc += ncs)                                                        \
+      for (int64_t pc = 0; pc < k; pc += kcs) {                                                    \
+        int64_t nc = n - jc < ncs ? n - jc : ncs, kc = k - pc < kcs ? k - pc : kcs;                \
+        size += (size_t)(kc * ((nc + 2 * (VL)-1) / (2 * (VL)) * 2 * (VL)));                        \
+      }                                                                                            \
+    return size;                                                                                   \
+  }                                                                                                \
+  static ATTR void S##_pack_all(bool tb, int64_t k, int64_t n, const T *b, int64_t ldb, T *dst) {  \
+    int64_t nkb = (k + (KC)-1) / (KC), kcs = (k + nkb - 1) / nkb, ncs = n < (NC) ? n : (NC);       \
+    for (int64_t jc = 0; jc < n; jc += ncs)                                                        \
+      for (int64_t pc = 0; pc < k; pc += kcs) {                                                    \
+        int64_t nc = n - jc < ncs ? n - jc : ncs, kc = k - pc < kcs ? k - pc : kcs;                \
+        S##_pack_b(tb, kc, nc, tb ? b + jc *ldb + pc : b + pc * ldb + jc, ldb, dst);               \
+        dst += kc * ((nc + 2 * (VL)-1) / (2 * (VL)) * 2 * (VL));                                   \
+      }                                                                                            \
+  }                                                                                                \
+                                                                                                   \
+  /* pb: op(B) packed by S##_pack_all, or NULL to pack it here */                                  \
   static ATTR int S##_gemm(int pack, bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha,   \
                            const T *a, int64_t lda, const T *b, int64_t ldb, T beta, T *c,         \
-                           int64_t ldc) {                                                          \
+                           int64_t ldc, const T *pb) {                                             \
     const int NR = 2 * (VL);                                                                       \
     int64_t nkb = (k + (KC)-1) / (KC), kcs = (k + nkb - 1) / nkb;                                  \
     int64_t ncs = n < (NC) ? n : (NC);                                                             \
@@ -441,7 +463,11 @@ static void *gemm_scratch(size_t bytes) {
       int64_t nc = n - jc < ncs ? n - jc : ncs;                                                    \
       for (int64_t pc = 0; pc < k; pc += kcs) {                                                    \
         int64_t kc = k - pc < kcs ? k - pc : kcs;                                                  \
-        S##_pack_b(tb, kc, nc, tb ? b + jc *ldb + pc : b + pc * ldb + jc, ldb, bp);                \
+        const T *bk = pb ? pb : bp;                                                                \
+        if (pb)                                                                                    \
+          pb += kc * ((nc + NR - 1) / NR * NR);                                                    \
+        else                                                                                       \
+          S##_pack_b(tb, kc, nc, tb ? b + jc *ldb + pc : b + pc * ldb + jc, ldb, bp);              \
         T be = pc == 0 ? beta : (T)1;                                                              \
         for (int64_t ic = 0; ic < m; ic += (MC)) {                                                 \
           int64_t mc = m - ic < (MC) ? m - ic : (MC);                                              \
@@ -454,7 +480,7 @@ static void *gemm_scratch(size_t bytes) {
           }                                                                                        \
           for (int64_t jr = 0; jr < nc; jr += NR) {                                                \
             int nr = nc - jr < NR ? (int)(nc - jr) : NR;                                           \
-            const T *bpanel = bp + jr * kc, *ai = ac;                                              \
+            const T *bpanel = bk + jr * kc, *ai = ac;                                              \
             T *ci = c + ic * ldc + jc + jr;                                                        \
             /* whole panels of 6 rows; in place, a tail of 1-3 rows joins the last panel and       \
              * the two are split evenly (a 1-3 row kernel waits on FMA latency) */                 \
@@ -492,26 +518,38 @@ GEMM_KERNEL(avx512_f64, GEMM_ATTR_AVX512, double, 8, 256, 96, 2048)
 
 typedef int (*gemm_f32_fn)(int pack, bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha,
                            const float *a, int64_t lda, const float *b, int64_t ldb, float beta,
-                           float *c, int64_t ldc);
+                           float *c, int64_t ldc, const float *pb);
 typedef int (*gemm_f64_fn)(int pack, bool ta, bool tb, int64_t m, int64_t n, int64_t k,
                            double alpha, const double *a, int64_t lda, const double *b, int64_t ldb,
-                           double beta, double *c, int64_t ldc);
+                           double beta, double *c, int64_t ldc, const double *pb);
+
+typedef size_t (*gemm_size_fn)(int64_t k, int64_t n);
+typedef void (*gemm_pack_f32_fn)(bool tb, int64_t k, int64_t n, const float *b, int64_t ldb,
+                                 float *dst);
+typedef void (*gemm_pack_f64_fn)(bool tb, int64_t k, int64_t n, const double *b, int64_t ldb,
+                                 double *dst);
 
 /* Indexed by the kernel number of ad_gemm_builtin (1..3); NULL: not built. */
 static const struct {
   gemm_f32_fn f32;
   gemm_f64_fn f64;
   const char *name_f32, *name_f64;
+  gemm_size_fn size_f32, size_f64;
+  gemm_pack_f32_fn pack_f32;
+  gemm_pack_f64_fn pack_f64;
 } kernels[4] = {
-    {NULL, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL},
 #ifdef GEMM_VEC
-    {gen_f32_gemm, gen_f64_gemm, "builtin-generic-6x8", "builtin-generic-6x4"},
+    {gen_f32_gemm, gen_f64_gemm, "builtin-generic-6x8", "builtin-generic-6x4", gen_f32_packed_size,
+     gen_f64_packed_size, gen_f32_pack_all, gen_f64_pack_all},
 #else
-    {NULL, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL},
 #endif
 #ifdef GEMM_X86
-    {avx2_f32_gemm, avx2_f64_gemm, "builtin-avx2-6x16", "builtin-avx2-6x8"},
-    {avx512_f32_gemm, avx512_f64_gemm, "builtin-avx512-6x32", "builtin-avx512-6x16"},
+    {avx2_f32_gemm, avx2_f64_gemm, "builtin-avx2-6x16", "builtin-avx2-6x8", avx2_f32_packed_size,
+     avx2_f64_packed_size, avx2_f32_pack_all, avx2_f64_pack_all},
+    {avx512_f32_gemm, avx512_f64_gemm, "builtin-avx512-6x32", "builtin-avx512-6x16",
+     avx512_f32_packed_size, avx512_f64_packed_size, avx512_f32_pack_all, avx512_f64_pack_all},
 #endif
 };
 
@@ -548,7 +586,7 @@ static bool kernel_available(int kernel) {
       return;                                                                                      \
     }                                                                                              \
     if (kernel >= 1 && kernels[kernel].SFX &&                                                      \
-        kernels[kernel].SFX(pack, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc))           \
+        kernels[kernel].SFX(pack, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, NULL))     \
       return;                                                                                      \
     gemm_ref_##SFX(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);                          \
   }
@@ -825,4 +863,68 @@ void ad_gemm(ad_dtype dt, bool ta, bool tb, int64_t m, int64_t n, int64_t k, con
     ad_gemm_f32(ta, tb, m, n, k, 1.0f, a, lda, b, ldb, (float)beta, c, ldc);
   else
     ad_gemm_f64(ta, tb, m, n, k, 1.0, a, lda, b, ldb, beta, c, ldc);
+}
+
+/* ------------------------------------------------------- packed B */
+
+struct ad_gemm_packed {
+  ad_dtype dt;
+  int kernel;
+  bool tb;
+  int64_t k, n;
+  void *p; /* op(B), packed for the kernel */
+};
+
+int64_t ad_gemm_packed_macs(const ad_gemm_packed *p, int64_t m) { return m * p->n * p->k; }
+
+ad_gemm_packed *ad_gemm_pack(ad_dtype dt, bool tb, int64_t m, int64_t k, int64_t n, const void *b,
+                             int64_t ldb) {
+  if (m <= 0 || k <= 0 || n <= 0) return NULL;
+#ifdef AD_HAVE_BLAS
+  if (use_blas(m, n, k, tb ? ldb : n, ldb, n)) return NULL; /* the rule gives these to BLAS */
+#endif
+  int kernel = kernel_best();
+  if (kernel < 1 || !kernels[kernel].f32) return NULL;
+  size_t es = dt == AD_F64 ? sizeof(double) : sizeof(float);
+  size_t elems = dt == AD_F64 ? kernels[kernel].size_f64(k, n) : kernels[kernel].size_f32(k, n);
+  ad_gemm_packed *p = malloc(sizeof *p);
+  void *buf = p ? aligned_alloc(64, (elems * es + 63) / 64 * 64) : NULL;
+  if (!buf) {
+    free(p);
+    return NULL;
+  }
+  *p = (ad_gemm_packed){dt, kernel, tb, k, n, buf};
+  if (dt == AD_F64)
+    kernels[kernel].pack_f64(tb, k, n, b, ldb, buf);
+  else
+    kernels[kernel].pack_f32(tb, k, n, b, ldb, buf);
+  return p;
+}
+
+/* The kernel fails only when it cannot have its A buffer; the reference
+ * loop then reads B itself. */
+void ad_gemm_packed_rows(const ad_gemm_packed *p, bool ta, int64_t lo, int64_t hi, const void *a,
+                         int64_t lda, const void *b, int64_t ldb, double beta, void *c,
+                         int64_t ldc) {
+  size_t es = p->dt == AD_F64 ? sizeof(double) : sizeof(float);
+  const char *ar = (const char *)a + (size_t)(ta ? lo : lo * lda) * es;
+  char *cr = (char *)c + (size_t)(lo * ldc) * es;
+  int64_t m = hi - lo;
+  if (p->dt == AD_F64) {
+    if (!kernels[p->kernel].f64(GEMM_PACK_AUTO, ta, p->tb, m, p->n, p->k, 1.0, (const double *)ar,
+                                lda, b, ldb, beta, (double *)cr, ldc, p->p))
+      gemm_ref_f64(ta, p->tb, m, p->n, p->k, 1.0, (const double *)ar, lda, b, ldb, beta,
+                   (double *)cr, ldc);
+  } else {
+    if (!kernels[p->kernel].f32(GEMM_PACK_AUTO, ta, p->tb, m, p->n, p->k, 1.0f, (const float *)ar,
+                                lda, b, ldb, (float)beta, (float *)cr, ldc, p->p))
+      gemm_ref_f32(ta, p->tb, m, p->n, p->k, 1.0f, (const float *)ar, lda, b, ldb, (float)beta,
+                   (float *)cr, ldc);
+  }
+}
+
+void ad_gemm_packed_free(ad_gemm_packed *p) {
+  if (!p) return;
+  free(p->p);
+  free(p);
 }

@@ -41,6 +41,30 @@ void ad_blas_single_thread(void);
 void ad_gemm_split(ad_dtype dt, bool ta, bool tb, int64_t m, int64_t n, int64_t k, const void *a,
                    int64_t lda, const void *b, int64_t ldb, double beta, void *c, int64_t ldc);
 
+/* op(B) (k x n, from b with row step ldb) packed once by the built-in
+ * kernel, for many products C = op(A) op(B) + beta C of m rows that share
+ * it: a recurrence's weight, step after step, which the kernel would
+ * otherwise pack again at every call. Each product gives the bits ad_gemm
+ * gives. NULL when the dispatch rule gives such products to BLAS, when no
+ * vector kernel is built, or when memory is short: the caller then calls
+ * ad_gemm_split. ad_gemm_packed_run splits the rows over the library's
+ * threads when the product is large enough (the bits do not change); b
+ * and ldb are read only by the reference loop the kernel falls back to
+ * when it cannot have its scratch. */
+typedef struct ad_gemm_packed ad_gemm_packed;
+ad_gemm_packed *ad_gemm_pack(ad_dtype dt, bool tb, int64_t m, int64_t k, int64_t n, const void *b,
+                             int64_t ldb);
+void ad_gemm_packed_run(const ad_gemm_packed *p, bool ta, int64_t m, const void *a, int64_t lda,
+                        const void *b, int64_t ldb, double beta, void *c, int64_t ldc);
+void ad_gemm_packed_free(ad_gemm_packed *p);
+/* Rows lo..hi of one such product, on this thread (gemm.c; the run above
+ * splits the rows over the threads, matmul.c), and its multiply-adds for
+ * m rows. */
+void ad_gemm_packed_rows(const ad_gemm_packed *p, bool ta, int64_t lo, int64_t hi, const void *a,
+                         int64_t lda, const void *b, int64_t ldb, double beta, void *c,
+                         int64_t ldc);
+int64_t ad_gemm_packed_macs(const ad_gemm_packed *p, int64_t m);
+
 /* Whether Y = X W^T (m x n, X m x k, W n x k, row-major) is cheaper as
  * (W X^T)^T: ad_matmul_xwt then computes it with scratch of m * n
  * elements. */

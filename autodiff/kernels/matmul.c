@@ -53,6 +53,39 @@ void ad_gemm_split(ad_dtype dt, bool ta, bool tb, int64_t m, int64_t n, int64_t 
   ad_parallel_for(parts, 1, gemm_parts, &s);
 }
 
+/* ------------------------------------------------------- packed B */
+
+/* A product with a B packed once (ad_gemm_pack), its rows split over the
+ * threads as ad_gemm_split splits its parts. */
+typedef struct packed_job {
+  const ad_gemm_packed *p;
+  bool ta;
+  int64_t m, lda, ldb, ldc, parts;
+  const void *a, *b;
+  void *c;
+  double beta;
+} packed_job;
+
+static void packed_parts(void *ud, int64_t lo, int64_t hi) {
+  const packed_job *j = ud;
+  for (int64_t q = lo; q < hi; q++)
+    ad_gemm_packed_rows(j->p, j->ta, j->m * q / j->parts, j->m * (q + 1) / j->parts, j->a, j->lda,
+                        j->b, j->ldb, j->beta, j->c, j->ldc);
+}
+
+void ad_gemm_packed_run(const ad_gemm_packed *p, bool ta, int64_t m, const void *a, int64_t lda,
+                        const void *b, int64_t ldb, double beta, void *c, int64_t ldc) {
+  if (m <= 0) return;
+  int threads = ad_num_threads();
+  int64_t parts = threads < m / 8 ? threads : m / 8;
+  if (parts <= 1 || (double)ad_gemm_packed_macs(p, m) < SPLIT_MACS) {
+    ad_gemm_packed_rows(p, ta, 0, m, a, lda, b, ldb, beta, c, ldc);
+    return;
+  }
+  packed_job j = {p, ta, m, lda, ldb, ldc, parts, a, b, c, beta};
+  ad_parallel_for(parts, 1, packed_parts, &j);
+}
+
 /* -------------------------------------------------------- transposed */
 
 /* A dense layer's product X W^T with a small batch (m rows) and a wide,

@@ -205,7 +205,8 @@ typedef struct ad_attrs {
     double scalar;  /**< add_scalar, mul_scalar: s; pow_scalar: p; leaky_relu: alpha */
     ad_dtype dtype; /**< cast: the target dtype */
     ad_cmp cmp;     /**< compare */
-    int axis;       /**< softmax, log_softmax, concat (negative counts from the end) */
+    int axis;       /**< softmax, log_softmax, concat (negative counts from the end);
+                       lstm_seq, gru_seq: the time axis, 0 or 1 */
     int64_t rows;   /**< index_add: rows of the result */
     ad_matmul_attrs matmul;
     ad_reduce_attrs reduce;

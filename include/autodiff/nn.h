@@ -432,7 +432,12 @@ typedef struct nn_rnn_opts {
   ad_dtype dtype;   /**< of the parameters and the input; default AD_F32 */
   bool composed;    /**< LSTM and GRU steps composed of the engine's ops, so
                        graph dumps show every gate; default: one fused op
-                       per step (ad_lstm_cell, ad_gru_cell), same values */
+                       for the whole sequence (ad_lstm_seq, ad_gru_seq), same
+                       values */
+  bool per_step;    /**< LSTM and GRU (without composed): one fused cell op
+                       per step (ad_lstm_cell, ad_gru_cell) in that step's
+                       scope, so graph dumps show the recurrence step by
+                       step; same values, slower than the default */
 } nn_rnn_opts;
 
 /** A recurrent layer with PyTorch's equations, gate order, parameter names
@@ -454,11 +459,14 @@ typedef struct nn_rnn_opts {
  * the order above), all drawn uniform in [-1/sqrt(H), 1/sqrt(H)) from rng
  * in that order (PyTorch's reset_parameters). In nn Sequential its forward
  * is nn_rnn_forward with zero initial state, full lengths and the model's
- * mode, and gives the output sequence. Each step's gate pre-activations
- * are matmul and add; the LSTM's and GRU's elementwise rest is one fused
- * op (ad_lstm_cell, ad_gru_cell), or with opts.composed the engine's ops
- * (narrow, sigmoid, tanh, mul, add), so graph dumps show every gate; the
- * tape derives backpropagation through time either way.
+ * mode, and gives the output sequence. An LSTM or GRU layer runs, by
+ * default, the input products x W_ih^T of all steps as one matmul and the
+ * recurrence as one op (ad_lstm_seq, ad_gru_seq); with opts.per_step each
+ * step's products are matmul and add and its elementwise rest one fused op
+ * (ad_lstm_cell, ad_gru_cell); with opts.composed the engine's ops
+ * (narrow, sigmoid, tanh, mul, add), so graph dumps show every gate. RNN
+ * (tanh, relu) layers always run step by step. The tape derives
+ * backpropagation through time either way, and the values agree.
  * opts may be NULL. Returns the layer (kind "rnn_tanh", "rnn_relu",
  * "lstm" or "gru"), or NULL with AD_ERR_ARG (a size or num_layers < 1,
  * dropout outside [0, 1), an unknown cell), AD_ERR_DTYPE (not float),
@@ -493,8 +501,9 @@ NN_API nn_layer *nn_gru_new(ad_ctx *ctx, int64_t input_size, int64_t hidden_size
  *             *c_n is NULL for cells other than LSTM.
  * Graph dumps: the ops of layer k are recorded in a scope named after the
  * layer and k ("encoder.l1"; the layer's kind when the model gave it no
- * name: "lstm.l0") and those of step t in a scope "t=3" (for t = 3)
- * inside it (ad_scope_push), closed
+ * name: "lstm.l0") and, when the layer runs step by step (RNN, or
+ * opts.per_step or opts.composed), those of step t in a scope "t=3" (for
+ * t = 3) inside it (ad_scope_push), closed
  * again on every exit; so two scope levels must be free (AD_ERR_STATE
  * otherwise, from ad_scope_push).
  * Returns NULL with the error recorded, naming the layer and the values:
