@@ -309,127 +309,151 @@ static void unpack_out(const ad_wino *p, const float *q, int64_t nimg, const flo
 
 /* ------------------------------------------- tile transforms (vectorized) */
 
-/* Each transform works on 16 lanes (channels) at once: the loops over l
- * have 16 iterations and vectorize; lanes never mix. WINO_SFX names the
- * build (generic, avx512), WINO_ATTR its target. */
+/* Each transform works on 16 lanes (channels) at once, one vector of
+ * GCC's and Clang's vector extension (four SSE registers where the build
+ * has no wider ones); lanes never mix. WINO_BODY is compiled once per
+ * target: SFX names it, ATTR is its target attribute. Vectors are read and
+ * written through memcpy (no alignment assumed) and never passed by value,
+ * so the generic build's ABI is not involved. */
 #define WINO_LANES 16
+typedef float wv __attribute__((vector_size(64)));
+#define WV_LD(v, p) memcpy(&(v), (p), sizeof(wv))
+#define WV_ST(p, v)                                                                                \
+  do {                                                                                             \
+    wv wv_tmp_ = (v);                                                                              \
+    memcpy((p), &wv_tmp_, sizeof(wv));                                                             \
+  } while (0)
+#define WV_ADD(p, v)                                                                               \
+  do {                                                                                             \
+    wv wv_tmp_;                                                                                    \
+    memcpy(&wv_tmp_, (p), sizeof(wv));                                                             \
+    wv_tmp_ += (v);                                                                                \
+    memcpy((p), &wv_tmp_, sizeof(wv));                                                             \
+  } while (0)
 
 #define WINO_BODY(SFX, ATTR)                                                                       \
   /* V[xi, t, c0 + l] = (B^T d B)[xi] for the tile's 6x6 patch at pb (rows                         \
-   * wp cp apart, columns cp apart) */                                                             \
+   * rs floats apart, columns cs apart), xi at v + xi xs */                                        \
   ATTR static void in_tile_##SFX(const float *restrict pb, int64_t rs, int64_t cs,                 \
                                  float *restrict v, int64_t xs) {                                  \
-    float t[6][6][WINO_LANES];                                                                     \
+    wv t[6][6];                                                                                    \
     for (int r = 0; r < 6; r++) {                                                                  \
       const float *d = pb + r * rs;                                                                \
-      for (int l = 0; l < WINO_LANES; l++) {                                                       \
-        float d0 = d[l], d1 = d[cs + l], d2 = d[2 * cs + l], d3 = d[3 * cs + l];                   \
-        float d4 = d[4 * cs + l], d5 = d[5 * cs + l];                                              \
-        t[r][0][l] = 4 * d0 - 5 * d2 + d4;                                                         \
-        t[r][1][l] = (d3 + d4) - 4 * (d1 + d2);                                                    \
-        t[r][2][l] = (d4 - d3) + 4 * (d1 - d2);                                                    \
-        t[r][3][l] = (d4 - d2) + 2 * (d3 - d1);                                                    \
-        t[r][4][l] = (d4 - d2) - 2 * (d3 - d1);                                                    \
-        t[r][5][l] = 4 * d1 - 5 * d3 + d5;                                                         \
-      }                                                                                            \
+      wv d0, d1, d2, d3, d4, d5;                                                                   \
+      WV_LD(d0, d);                                                                                \
+      WV_LD(d1, d + cs);                                                                           \
+      WV_LD(d2, d + 2 * cs);                                                                       \
+      WV_LD(d3, d + 3 * cs);                                                                       \
+      WV_LD(d4, d + 4 * cs);                                                                       \
+      WV_LD(d5, d + 5 * cs);                                                                       \
+      t[r][0] = 4.0f * d0 - 5.0f * d2 + d4;                                                        \
+      t[r][1] = (d3 + d4) - 4.0f * (d1 + d2);                                                      \
+      t[r][2] = (d4 - d3) + 4.0f * (d1 - d2);                                                      \
+      t[r][3] = (d4 - d2) + 2.0f * (d3 - d1);                                                      \
+      t[r][4] = (d4 - d2) - 2.0f * (d3 - d1);                                                      \
+      t[r][5] = 4.0f * d1 - 5.0f * d3 + d5;                                                        \
     }                                                                                              \
-    for (int k = 0; k < 6; k++)                                                                    \
-      for (int l = 0; l < WINO_LANES; l++) {                                                       \
-        float d0 = t[0][k][l], d1 = t[1][k][l], d2 = t[2][k][l], d3 = t[3][k][l];                  \
-        float d4 = t[4][k][l], d5 = t[5][k][l];                                                    \
-        v[(0 * 6 + k) * xs + l] = 4 * d0 - 5 * d2 + d4;                                            \
-        v[(1 * 6 + k) * xs + l] = (d3 + d4) - 4 * (d1 + d2);                                       \
-        v[(2 * 6 + k) * xs + l] = (d4 - d3) + 4 * (d1 - d2);                                       \
-        v[(3 * 6 + k) * xs + l] = (d4 - d2) + 2 * (d3 - d1);                                       \
-        v[(4 * 6 + k) * xs + l] = (d4 - d2) - 2 * (d3 - d1);                                       \
-        v[(5 * 6 + k) * xs + l] = 4 * d1 - 5 * d3 + d5;                                            \
-      }                                                                                            \
+    for (int k = 0; k < 6; k++) {                                                                  \
+      wv d0 = t[0][k], d1 = t[1][k], d2 = t[2][k], d3 = t[3][k], d4 = t[4][k], d5 = t[5][k];       \
+      WV_ST(v + (0 * 6 + k) * xs, 4.0f * d0 - 5.0f * d2 + d4);                                     \
+      WV_ST(v + (1 * 6 + k) * xs, (d3 + d4) - 4.0f * (d1 + d2));                                   \
+      WV_ST(v + (2 * 6 + k) * xs, (d4 - d3) + 4.0f * (d1 - d2));                                   \
+      WV_ST(v + (3 * 6 + k) * xs, (d4 - d2) + 2.0f * (d3 - d1));                                   \
+      WV_ST(v + (4 * 6 + k) * xs, (d4 - d2) - 2.0f * (d3 - d1));                                   \
+      WV_ST(v + (5 * 6 + k) * xs, 4.0f * d1 - 5.0f * d3 + d5);                                     \
+    }                                                                                              \
   }                                                                                                \
   /* dst (4x4, rows rs apart, columns cs apart) = (A^T m A) for m[xi] at                           \
    * m + xi xs */                                                                                  \
   ATTR static void out_tile_##SFX(const float *restrict m, int64_t xs, float *restrict dst,        \
                                   int64_t rs, int64_t cs) {                                        \
-    float t[6][4][WINO_LANES];                                                                     \
-    for (int r = 0; r < 6; r++)                                                                    \
-      for (int l = 0; l < WINO_LANES; l++) {                                                       \
-        const float *s = m + r * 6 * xs + l;                                                       \
-        float m0 = s[0], m1 = s[xs], m2 = s[2 * xs], m3 = s[3 * xs], m4 = s[4 * xs];               \
-        float m5 = s[5 * xs];                                                                      \
-        float a = m1 + m2, b = m1 - m2, c = m3 + m4, d = m3 - m4;                                  \
-        t[r][0][l] = m0 + a + c;                                                                   \
-        t[r][1][l] = b + 2 * d;                                                                    \
-        t[r][2][l] = a + 4 * c;                                                                    \
-        t[r][3][l] = b + 8 * d + m5;                                                               \
-      }                                                                                            \
-    for (int k = 0; k < 4; k++)                                                                    \
-      for (int l = 0; l < WINO_LANES; l++) {                                                       \
-        float m0 = t[0][k][l], m1 = t[1][k][l], m2 = t[2][k][l], m3 = t[3][k][l];                  \
-        float m4 = t[4][k][l], m5 = t[5][k][l];                                                    \
-        float a = m1 + m2, b = m1 - m2, c = m3 + m4, d = m3 - m4;                                  \
-        dst[0 * rs + k * cs + l] = m0 + a + c;                                                     \
-        dst[1 * rs + k * cs + l] = b + 2 * d;                                                      \
-        dst[2 * rs + k * cs + l] = a + 4 * c;                                                      \
-        dst[3 * rs + k * cs + l] = b + 8 * d + m5;                                                 \
-      }                                                                                            \
+    wv t[6][4];                                                                                    \
+    for (int r = 0; r < 6; r++) {                                                                  \
+      const float *s = m + r * 6 * xs;                                                             \
+      wv m0, m1, m2, m3, m4, m5;                                                                   \
+      WV_LD(m0, s);                                                                                \
+      WV_LD(m1, s + xs);                                                                           \
+      WV_LD(m2, s + 2 * xs);                                                                       \
+      WV_LD(m3, s + 3 * xs);                                                                       \
+      WV_LD(m4, s + 4 * xs);                                                                       \
+      WV_LD(m5, s + 5 * xs);                                                                       \
+      wv a = m1 + m2, b = m1 - m2, c = m3 + m4, d = m3 - m4;                                       \
+      t[r][0] = m0 + a + c;                                                                        \
+      t[r][1] = b + 2.0f * d;                                                                      \
+      t[r][2] = a + 4.0f * c;                                                                      \
+      t[r][3] = b + 8.0f * d + m5;                                                                 \
+    }                                                                                              \
+    for (int k = 0; k < 4; k++) {                                                                  \
+      wv m0 = t[0][k], m1 = t[1][k], m2 = t[2][k], m3 = t[3][k], m4 = t[4][k], m5 = t[5][k];       \
+      wv a = m1 + m2, b = m1 - m2, c = m3 + m4, d = m3 - m4;                                       \
+      WV_ST(dst + 0 * rs + k * cs, m0 + a + c);                                                    \
+      WV_ST(dst + 1 * rs + k * cs, b + 2.0f * d);                                                  \
+      WV_ST(dst + 2 * rs + k * cs, a + 4.0f * c);                                                  \
+      WV_ST(dst + 3 * rs + k * cs, b + 8.0f * d + m5);                                             \
+    }                                                                                              \
   }                                                                                                \
   /* m[xi] at m + xi xs = (A e A^T)[xi] for the 4x4 e at src (rows rs apart,                       \
    * columns cs apart): the adjoint of out_tile */                                                 \
   ATTR static void out_tile_adj_##SFX(const float *restrict src, int64_t rs, int64_t cs,           \
                                       float *restrict m, int64_t xs) {                             \
-    float t[4][6][WINO_LANES];                                                                     \
-    for (int r = 0; r < 4; r++)                                                                    \
-      for (int l = 0; l < WINO_LANES; l++) {                                                       \
-        const float *e = src + r * rs + l;                                                         \
-        float e0 = e[0], e1 = e[cs], e2 = e[2 * cs], e3 = e[3 * cs];                               \
-        float a = e0 + e2, b = e1 + e3, c = e0 + 4 * e2, d = 2 * e1 + 8 * e3;                      \
-        t[r][0][l] = e0;                                                                           \
-        t[r][1][l] = a + b;                                                                        \
-        t[r][2][l] = a - b;                                                                        \
-        t[r][3][l] = c + d;                                                                        \
-        t[r][4][l] = c - d;                                                                        \
-        t[r][5][l] = e3;                                                                           \
-      }                                                                                            \
-    for (int k = 0; k < 6; k++)                                                                    \
-      for (int l = 0; l < WINO_LANES; l++) {                                                       \
-        float e0 = t[0][k][l], e1 = t[1][k][l], e2 = t[2][k][l], e3 = t[3][k][l];                  \
-        float a = e0 + e2, b = e1 + e3, c = e0 + 4 * e2, d = 2 * e1 + 8 * e3;                      \
-        m[(0 * 6 + k) * xs + l] = e0;                                                              \
-        m[(1 * 6 + k) * xs + l] = a + b;                                                           \
-        m[(2 * 6 + k) * xs + l] = a - b;                                                           \
-        m[(3 * 6 + k) * xs + l] = c + d;                                                           \
-        m[(4 * 6 + k) * xs + l] = c - d;                                                           \
-        m[(5 * 6 + k) * xs + l] = e3;                                                              \
-      }                                                                                            \
+    wv t[4][6];                                                                                    \
+    for (int r = 0; r < 4; r++) {                                                                  \
+      const float *e = src + r * rs;                                                               \
+      wv e0, e1, e2, e3;                                                                           \
+      WV_LD(e0, e);                                                                                \
+      WV_LD(e1, e + cs);                                                                           \
+      WV_LD(e2, e + 2 * cs);                                                                       \
+      WV_LD(e3, e + 3 * cs);                                                                       \
+      wv a = e0 + e2, b = e1 + e3, c = e0 + 4.0f * e2, d = 2.0f * e1 + 8.0f * e3;                  \
+      t[r][0] = e0;                                                                                \
+      t[r][1] = a + b;                                                                             \
+      t[r][2] = a - b;                                                                             \
+      t[r][3] = c + d;                                                                             \
+      t[r][4] = c - d;                                                                             \
+      t[r][5] = e3;                                                                                \
+    }                                                                                              \
+    for (int k = 0; k < 6; k++) {                                                                  \
+      wv e0 = t[0][k], e1 = t[1][k], e2 = t[2][k], e3 = t[3][k];                                   \
+      wv a = e0 + e2, b = e1 + e3, c = e0 + 4.0f * e2, d = 2.0f * e1 + 8.0f * e3;                  \
+      WV_ST(m + (0 * 6 + k) * xs, e0);                                                             \
+      WV_ST(m + (1 * 6 + k) * xs, a + b);                                                          \
+      WV_ST(m + (2 * 6 + k) * xs, a - b);                                                          \
+      WV_ST(m + (3 * 6 + k) * xs, c + d);                                                          \
+      WV_ST(m + (4 * 6 + k) * xs, c - d);                                                          \
+      WV_ST(m + (5 * 6 + k) * xs, e3);                                                             \
+    }                                                                                              \
   }                                                                                                \
   /* patch (6x6 at pb, rows rs apart, columns cs apart) += B g B^T for g[xi]                       \
    * at v + xi xs: the adjoint of in_tile */                                                       \
   ATTR static void in_tile_adj_##SFX(const float *restrict v, int64_t xs, float *restrict pb,      \
                                      int64_t rs, int64_t cs) {                                     \
-    float t[6][6][WINO_LANES];                                                                     \
-    for (int r = 0; r < 6; r++)                                                                    \
-      for (int l = 0; l < WINO_LANES; l++) {                                                       \
-        const float *s = v + r * 6 * xs + l;                                                       \
-        float g0 = s[0], g1 = s[xs], g2 = s[2 * xs], g3 = s[3 * xs], g4 = s[4 * xs];               \
-        float g5 = s[5 * xs];                                                                      \
-        t[r][0][l] = 4 * g0;                                                                       \
-        t[r][1][l] = 4 * (g2 - g1) + 2 * (g4 - g3) + 4 * g5;                                       \
-        t[r][2][l] = -5 * g0 - 4 * (g1 + g2) - (g3 + g4);                                          \
-        t[r][3][l] = (g1 - g2) + 2 * (g3 - g4) - 5 * g5;                                           \
-        t[r][4][l] = g0 + (g1 + g2) + (g3 + g4);                                                   \
-        t[r][5][l] = g5;                                                                           \
-      }                                                                                            \
-    for (int k = 0; k < 6; k++)                                                                    \
-      for (int l = 0; l < WINO_LANES; l++) {                                                       \
-        float g0 = t[0][k][l], g1 = t[1][k][l], g2 = t[2][k][l], g3 = t[3][k][l];                  \
-        float g4 = t[4][k][l], g5 = t[5][k][l];                                                    \
-        float *d = pb + k * cs + l;                                                                \
-        d[0 * rs] += 4 * g0;                                                                       \
-        d[1 * rs] += 4 * (g2 - g1) + 2 * (g4 - g3) + 4 * g5;                                       \
-        d[2 * rs] += -5 * g0 - 4 * (g1 + g2) - (g3 + g4);                                          \
-        d[3 * rs] += (g1 - g2) + 2 * (g3 - g4) - 5 * g5;                                           \
-        d[4 * rs] += g0 + (g1 + g2) + (g3 + g4);                                                   \
-        d[5 * rs] += g5;                                                                           \
-      }                                                                                            \
+    wv t[6][6];                                                                                    \
+    for (int r = 0; r < 6; r++) {                                                                  \
+      const float *s = v + r * 6 * xs;                                                             \
+      wv g0, g1, g2, g3, g4, g5;                                                                   \
+      WV_LD(g0, s);                                                                                \
+      WV_LD(g1, s + xs);                                                                           \
+      WV_LD(g2, s + 2 * xs);                                                                       \
+      WV_LD(g3, s + 3 * xs);                                                                       \
+      WV_LD(g4, s + 4 * xs);                                                                       \
+      WV_LD(g5, s + 5 * xs);                                                                       \
+      t[r][0] = 4.0f * g0;                                                                         \
+      t[r][1] = 4.0f * (g2 - g1) + 2.0f * (g4 - g3) + 4.0f * g5;                                   \
+      t[r][2] = -5.0f * g0 - 4.0f * (g1 + g2) - (g3 + g4);                                         \
+      t[r][3] = (g1 - g2) + 2.0f * (g3 - g4) - 5.0f * g5;                                          \
+      t[r][4] = g0 + (g1 + g2) + (g3 + g4);                                                        \
+      t[r][5] = g5;                                                                                \
+    }                                                                                              \
+    for (int k = 0; k < 6; k++) {                                                                  \
+      wv g0 = t[0][k], g1 = t[1][k], g2 = t[2][k], g3 = t[3][k], g4 = t[4][k], g5 = t[5][k];       \
+      float *d = pb + k * cs;                                                                      \
+      WV_ADD(d + 0 * rs, 4.0f * g0);                                                               \
+      WV_ADD(d + 1 * rs, 4.0f * (g2 - g1) + 2.0f * (g4 - g3) + 4.0f * g5);                         \
+      WV_ADD(d + 2 * rs, -5.0f * g0 - 4.0f * (g1 + g2) - (g3 + g4));                               \
+      WV_ADD(d + 3 * rs, (g1 - g2) + 2.0f * (g3 - g4) - 5.0f * g5);                                \
+      WV_ADD(d + 4 * rs, g0 + (g1 + g2) + (g3 + g4));                                              \
+      WV_ADD(d + 5 * rs, g5);                                                                      \
+    }                                                                                              \
   }                                                                                                \
   /* V from P: every tile of the block, every 16 channels */                                       \
   ATTR static void in_all_##SFX(const ad_wino *p, int64_t nimg, const float *pb, float *v) {       \
