@@ -187,6 +187,38 @@ Test(parallel, elementwise_and_sum_to_are_bitwise_equal) {
   }
 }
 
+/* sum_to keeping a run of middle axes and summing those before and after
+ * (a convolution's bias gradient, [N, C, H, W] -> [C, 1, 1], and a run of
+ * two axes): the same bits on 1 and 3 threads, and each kept element the
+ * sum of its values. */
+Test(parallel, sum_to_middle_axes) {
+  static const int64_t xs[4] = {5, 7, 9, 11}, targets[2][3] = {{7, 1, 1}, {7, 9, 1}};
+  ad_rng rng;
+  ad_rng_seed(&rng, 9);
+  for (int d = 0; d < 2; d++) {
+    ad_dtype dt = d ? AD_F64 : AD_F32;
+    ad_tensor *x = ad_rand(ctx, &rng, dt, 4, xs, -1, 1);
+    for (int t = 0; t < 2; t++) {
+      ad_tensor *shape = ad_zeros(ctx, dt, 3, targets[t]);
+      cr_assert_eq(compare_threads(op_sum_to, x, shape), 0, "target %d", t);
+      ad_tensor *y = ad_sum_to(ctx, x, 3, targets[t]);
+      cr_assert(y, "%s", ad_last_error(ctx));
+      int64_t kept = t ? 63 : 7, inner = t ? 11 : 99;
+      for (int64_t k = 0; k < kept; k++) {
+        double want = 0;
+        for (int64_t a = 0; a < 5; a++)
+          for (int64_t i = 0; i < inner; i++) want += ad_tensor_get(x, (a * kept + k) * inner + i);
+        cr_assert(fabs(ad_tensor_get(y, k) - want) <= (d ? 1e-12 : 1e-4),
+                  "%s target %d element %lld: %.9g, want %.9g", ad_dtype_name(dt), t, (long long)k,
+                  ad_tensor_get(y, k), want);
+      }
+      ad_tape_reset(ctx);
+      ad_tensor_free(shape);
+    }
+    ad_tensor_free(x);
+  }
+}
+
 Test(parallel, matmul_split_matches) {
   ad_rng rng;
   ad_rng_seed(&rng, 8);
