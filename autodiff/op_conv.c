@@ -528,6 +528,21 @@ static void convw_wino_range(void *ud, int64_t begin, int64_t end) {
   slot_give(j, s);
 }
 
+static void wino_weights_range(void *ud, int64_t begin, int64_t end) {
+  conv_job *j = ud;
+  ad_wino_weights(&j->wino, (const float *)j->w, j->u, begin, end);
+}
+
+static void wino_du_range(void *ud, int64_t begin, int64_t end) {
+  conv_job *j = ud;
+  ad_wino_du_sum(&j->wino, (float *)j->partials, j->nchunks, begin, end);
+}
+
+static void wino_dw_range(void *ud, int64_t begin, int64_t end) {
+  conv_job *j = ud;
+  ad_wino_weight_grad(&j->wino, (const float *)j->partials, (float *)j->out, begin, end);
+}
+
 /* Runs op kind (OP_*) on j by Winograd when it applies and the arena has
  * room for its scratch; false (nothing written) otherwise. */
 static bool wino_run(ad_ctx *ctx, conv_job *j, int kind) {
@@ -548,7 +563,8 @@ static bool wino_run(ad_ctx *ctx, conv_job *j, int kind) {
   } else {
     j->u = conv_scratch(ctx, ubytes + (size_t)p->ut_floats * sizeof(float));
     if (!j->u) return false;
-    ad_wino_weights(p, (const float *)j->w, j->u);
+    memset(j->u, 0, ubytes + (size_t)p->ut_floats * sizeof(float));
+    ad_parallel_for(g->o, (4096 + g->c - 1) / g->c, wino_weights_range, j);
   }
   int threads = ad_num_threads();
   j->es = sizeof(float);
@@ -559,7 +575,10 @@ static bool wino_run(ad_ctx *ctx, conv_job *j, int kind) {
           kind == OP_CONV    ? conv2d_wino_range
           : kind == OP_CONVT ? convt_wino_range
                              : convw_wino_range);
-  if (kind == OP_WEIGHT) ad_wino_weight_grad(p, (float *)j->partials, items, (float *)j->out);
+  if (kind == OP_WEIGHT) {
+    ad_parallel_for(p->u_floats, 1 << 14, wino_du_range, j);
+    ad_parallel_for(g->c, (4096 + g->o - 1) / g->o, wino_dw_range, j);
+  }
   return true;
 }
 

@@ -86,12 +86,12 @@ static const double wino_g[6][3] = {{1.0 / 4, 0, 0},
                                     {1.0 / 24, -1.0 / 12, 1.0 / 6},
                                     {0, 0, 1}};
 
-/* U[xi, c, o] = (G w[o, c] G^T)[xi], in double, rounded once, then its
- * transpose UT[xi, o, c] after it; pad lanes zero. */
-void ad_wino_weights(const ad_wino *p, const float *w, float *u) {
+/* U[xi, c, o] = (G w[o, c] G^T)[xi] for o in [o0, o1), in double, rounded
+ * once, and its transpose UT[xi, o, c] after U; the caller zeroes both
+ * first (the pad lanes stay zero). */
+void ad_wino_weights(const ad_wino *p, const float *w, float *u, int64_t o0, int64_t o1) {
   float *ut = u + p->u_floats;
-  memset(u, 0, (size_t)(p->u_floats + p->ut_floats) * sizeof *u);
-  for (int64_t o = 0; o < p->o; o++)
+  for (int64_t o = o0; o < o1; o++)
     for (int64_t c = 0; c < p->c; c++) {
       const float *k = w + (o * p->c + c) * 9;
       for (int a = 0; a < 6; a++) {
@@ -107,14 +107,18 @@ void ad_wino_weights(const ad_wino *p, const float *w, float *u) {
     }
 }
 
-/* dw[o, c] = G^T dU[., c, o] G, in double; du holds nparts partial sums of
- * u_floats each, added in order into the first. */
-void ad_wino_weight_grad(const ad_wino *p, float *du, int64_t nparts, float *dw) {
+/* du[i] += du[k u_floats + i] for k = 1 .. nparts - 1 in order, i in
+ * [i0, i1): the partial sums of dU added into the first. */
+void ad_wino_du_sum(const ad_wino *p, float *du, int64_t nparts, int64_t i0, int64_t i1) {
   for (int64_t k = 1; k < nparts; k++) {
     const float *src = du + k * p->u_floats;
-    for (int64_t i = 0; i < p->u_floats; i++) du[i] += src[i];
+    for (int64_t i = i0; i < i1; i++) du[i] += src[i];
   }
-  for (int64_t c = 0; c < p->c; c++)
+}
+
+/* dw[o, c] = G^T dU[., c, o] G for c in [c0, c1), in double. */
+void ad_wino_weight_grad(const ad_wino *p, const float *du, float *dw, int64_t c0, int64_t c1) {
+  for (int64_t c = c0; c < c1; c++)
     for (int64_t o = 0; o < p->o; o++) {
       double m[36];
       for (int xi = 0; xi < 36; xi++) m[xi] = du[(xi * p->c + c) * p->op + o];
