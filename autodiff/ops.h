@@ -69,11 +69,4 @@ static inline ad_tensor *ad_apply2(ad_ctx *ctx, int op, ad_tensor *a, ad_tensor 
   return ad_op_apply(ctx, op, 2, in, attrs);
 }
 
-/* The convolutions' Winograd path (op_conv.c), process-wide, for tests and
- * benchmarks: 0 (the default) where it pays (f32 3x3, stride 1, dilation 1,
- * one group, at least 16 channels on each side and 4x4 outputs), 1 wherever
- * the shape allows it (any channel count and size), -1 never. Returns the
- * previous mode. */
-int ad_conv_winograd_mode(int mode);
-
 #endif

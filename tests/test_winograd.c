@@ -6,7 +6,6 @@
 #include <criterion/criterion.h>
 
 #include "kernels/kernels.h"
-#include "ops.h"
 #include "test_alloc.h"
 
 #include <math.h>
@@ -233,4 +232,46 @@ Test(winograd, gradcheck_and_gradgradcheck_through_the_path) {
     for (int k = 0; k < 3; k++) ad_tensor_free(in[k]);
   }
   ad_conv_winograd_mode(0);
+}
+
+/* When the arena cannot give the Winograd path its scratch (a cap), the
+ * ops fall back to the paths without it and record no error: the values
+ * agree with the Winograd path's within the bound. */
+Test(winograd, no_room_for_scratch_falls_back) {
+  ad_ctx *cx[2] = {ad_ctx_new(), ad_ctx_new()};
+  /* x, y and dy take 1.5 MB; the Winograd scratch of one image 1.7 MB */
+  cr_assert_eq(ad_set_arena_limit(cx[1], 2u << 20), AD_OK);
+  ad_tensor *got[2][3], *ins[2][3];
+  ad_conv_opts o = {.padding = {1, 1, 1, 1}};
+  for (int v = 0; v < 2; v++) {
+    ad_rng rng;
+    ad_rng_seed(&rng, 19); /* the same inputs in both contexts */
+    ad_tensor *x = ins[v][0] = rand4(cx[v], &rng, AD_F32, 2, 16, 64, 64);
+    ad_tensor *w = ins[v][1] = rand4(cx[v], &rng, AD_F32, 16, 16, 3, 3);
+    ad_tensor *dy = ins[v][2] = rand4(cx[v], &rng, AD_F32, 2, 16, 64, 64);
+    got[v][0] = ad_conv2d(cx[v], x, w, NULL, &o);
+    got[v][1] = ad_conv_transpose2d(cx[v], dy, w, NULL, &o);
+    got[v][2] = ad_conv2d_weight(cx[v], x, dy, 3, 3, &o);
+    for (int op = 0; op < 3; op++) cr_assert(got[v][op], "op %d: %s", op, ad_last_error(cx[v]));
+  }
+  cr_assert_eq(ad_last_status(cx[1]), AD_OK, "an error was left behind: %s", ad_last_error(cx[1]));
+  cr_assert_leq(ad_arena_capacity(cx[1]), 2u << 20, "the scratch was not refused");
+  int differs = 0;
+  for (int op = 0; op < 3; op++) {
+    /* the scale of an element: at most 9 (or 2 x 64 x 64) terms of |.| < 1 each */
+    double scale = op < 2 ? 16 * 9 : 2 * 64 * 64;
+    differs +=
+        memcmp(got[0][op]->data, got[1][op]->data, (size_t)got[0][op]->size * sizeof(float)) != 0;
+    for (int64_t i = 0; i < got[0][op]->size; i++) {
+      double a = ad_tensor_get(got[1][op], i), want = ad_tensor_get(got[0][op], i);
+      QUICK_ASSERT(fabs(a - want) <= 2e-5 * scale, "op %d element %lld: %.9g vs %.9g", op,
+                   (long long)i, a, want);
+    }
+  }
+  cr_assert_gt(differs, 0, "both contexts took the same path");
+  for (int v = 0; v < 2; v++) {
+    ad_tape_reset(cx[v]);
+    for (int t = 0; t < 3; t++) ad_tensor_free(ins[v][t]);
+    ad_ctx_free(cx[v]);
+  }
 }

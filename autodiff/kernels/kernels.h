@@ -88,4 +88,11 @@ void ad_wino_du_sum(const ad_wino *p, float *du, int64_t nparts, int64_t i0, int
 /* dw [o, c, 3, 3] from the summed du, for the input channels [c0, c1). */
 void ad_wino_weight_grad(const ad_wino *p, const float *du, float *dw, int64_t c0, int64_t c1);
 
+/* The convolutions' Winograd path (defined in op_conv.c), process-wide, for tests and
+ * benchmarks: 0 (the default) where it pays (f32 3x3, stride 1, dilation 1,
+ * one group, at least 16 channels on each side and 4x4 outputs), 1 wherever
+ * the shape allows it (any channel count and size), -1 never. Returns the
+ * previous mode. */
+int ad_conv_winograd_mode(int mode);
+
 #endif
