@@ -277,9 +277,27 @@ static void from_last(const float *src, int64_t srs, int64_t scs, float *dst, in
   from_last_gen(src, srs, scs, dst, ch, rows, cols, bias);
 }
 
-/* P[b, y + pt, x + pl, c] = x[b, c, y, x], zero elsewhere. */
+/* P[b, y + pt, x + pl, c] = x[b, c, y, x], zero elsewhere. The AVX-512
+ * to_last writes every lane of the image's pixels, pad lanes included, so
+ * then only the border around them is zeroed (none for conv2 of the MNIST
+ * CNN: 86 KB of memset per image saved). */
 static void pack_image(const ad_wino *p, const float *x, int64_t nimg, float *pb) {
-  memset(pb, 0, (size_t)p->p_floats * sizeof *pb);
+  if (!have_avx512()) {
+    memset(pb, 0, (size_t)p->p_floats * sizeof *pb);
+  } else {
+    size_t row = (size_t)(p->wp * p->cp);
+    for (int64_t b = 0; b < nimg; b++) {
+      float *img = pb + b * p->hp * p->wp * p->cp;
+      int64_t below = p->hp - p->pt - p->h, right = p->wp - p->pl - p->w;
+      memset(img, 0, (size_t)p->pt * row * sizeof *img);
+      memset(img + (p->pt + p->h) * row, 0, (size_t)below * row * sizeof *img);
+      if (p->pl || right)
+        for (int64_t y = p->pt; y < p->pt + p->h; y++) {
+          memset(img + y * row, 0, (size_t)(p->pl * p->cp) * sizeof *img);
+          memset(img + y * row + (p->pl + p->w) * p->cp, 0, (size_t)(right * p->cp) * sizeof *img);
+        }
+    }
+  }
   for (int64_t b = 0; b < nimg; b++)
     to_last(x + b * p->c * p->h * p->w, p->c, p->h, p->w,
             pb + ((b * p->hp + p->pt) * p->wp + p->pl) * p->cp, p->wp * p->cp, p->cp);
