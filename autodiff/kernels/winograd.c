@@ -172,14 +172,22 @@ static void from_last_gen(const float *src, int64_t srs, int64_t scs, float *dst
 #define WINO_X86 1
 #include <immintrin.h>
 #define WINO_AVX512 __attribute__((target("avx512f,avx2,fma")))
+/* full unrolling, so that arrays of vectors become registers */
+#if defined(__clang__)
+#define WINO_UNROLL _Pragma("unroll")
+#else
+#define WINO_UNROLL _Pragma("GCC unroll 16")
+#endif
 
 /* r[i][j] = r[j][i] for the 16 vectors r (a 16x16 block). */
 WINO_AVX512 static inline __attribute__((always_inline)) void tr16(__m512 r[16]) {
   __m512 t[16], u[16];
+  WINO_UNROLL
   for (int k = 0; k < 8; k++) {
     t[2 * k] = _mm512_unpacklo_ps(r[2 * k], r[2 * k + 1]);
     t[2 * k + 1] = _mm512_unpackhi_ps(r[2 * k], r[2 * k + 1]);
   }
+  WINO_UNROLL
   for (int k = 0; k < 4; k++) {
     __m512d a = _mm512_castps_pd(t[4 * k]), b = _mm512_castps_pd(t[4 * k + 1]);
     __m512d c = _mm512_castps_pd(t[4 * k + 2]), d = _mm512_castps_pd(t[4 * k + 3]);
@@ -189,6 +197,7 @@ WINO_AVX512 static inline __attribute__((always_inline)) void tr16(__m512 r[16])
     u[4 * k + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
   }
   /* u[4 K + j], 128-bit lane L: rows 4 K .. 4 K + 3 of column 4 L + j */
+  WINO_UNROLL
   for (int j = 0; j < 4; j++) {
     __m512 v0 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0x88);
     __m512 v1 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0xdd);
@@ -214,6 +223,7 @@ WINO_AVX512 static void to_last_avx512(const float *src, int64_t ch, int64_t row
         if (y + 4 < rows) /* the rows a few iterations ahead, of all 16 planes */
           for (int i = 0; i < 16 && k0 + i < ch; i++)
             _mm_prefetch((const char *)(src + ((k0 + i) * rows + y + 4) * cols + x0), _MM_HINT_T0);
+        WINO_UNROLL
         for (int i = 0; i < 16; i++)
           r[i] = k0 + i < ch ? _mm512_maskz_loadu_ps(mx, src + ((k0 + i) * rows + y) * cols + x0)
                              : _mm512_setzero_ps();
@@ -231,6 +241,7 @@ WINO_AVX512 static void from_last_avx512(const float *src, int64_t srs, int64_t 
       for (int64_t x0 = 0; x0 < cols; x0 += 16) {
         int64_t nx = cols - x0 < 16 ? cols - x0 : 16, nk = ch - k0 < 16 ? ch - k0 : 16;
         __mmask16 mx = (__mmask16)((1u << nx) - 1);
+        WINO_UNROLL
         for (int i = 0; i < 16; i++)
           r[i] =
               i < nx ? _mm512_loadu_ps(src + y * srs + (x0 + i) * scs + k0) : _mm512_setzero_ps();
@@ -552,11 +563,6 @@ static const wino_fns *fns(void) {
 /* ------------------------------------------------ the 36 small products */
 
 #ifdef WINO_X86
-#if defined(__clang__)
-#define WINO_UNROLL _Pragma("unroll")
-#else
-#define WINO_UNROLL _Pragma("GCC unroll 8")
-#endif
 
 /* C[i, :nv 16] (+)= sum_k A(i, k) B[k, :nv 16] for R rows i: A(i, k) =
  * a[i ars + k acs]; one FMA chain per result, in k's order. */
