@@ -575,7 +575,7 @@ static bool wino_run(ad_ctx *ctx, conv_job *j, int kind) {
     j->u = conv_scratch(ctx, ubytes + (size_t)p->ut_floats * sizeof(float));
     if (!j->u) return false;
     memset(j->u, 0, ubytes + (size_t)p->ut_floats * sizeof(float));
-    ad_parallel_for(g->o, (4096 + g->c - 1) / g->c, wino_weights_range, j);
+    ad_parallel_for(g->o, (256 + g->c - 1) / g->c, wino_weights_range, j);
   }
   int threads = ad_num_threads();
   j->es = sizeof(float);

@@ -271,22 +271,50 @@ static ad_status expand_shape(const ad_call *c) {
   return AD_OK;
 }
 
+/* Rows [b, e) of an expand: out's rows of it.len elements, each a copy of
+ * x's row (s = 1) or one element of x repeated (s = 0). Copies only, so a
+ * split over threads changes no bit. */
+typedef struct expand_job {
+  const ad_call *c;
+  ad_bc_rows it;
+  int64_t s;
+} expand_job;
+
+static void expand_rows(void *ud, int64_t b, int64_t e) {
+  const expand_job *j = ud;
+  const ad_tensor *out = j->c->out;
+  size_t es = ad_dsize(out->dtype);
+  for (int64_t r = b; r < e; r++) {
+    int64_t off, len = j->it.len;
+    ad_bc_row(&j->it, out, r, &off);
+    char *dst = (char *)out->data + (size_t)(r * len) * es;
+    const char *src = (const char *)j->c->in[0]->data + (size_t)off * es;
+    if (j->s == 1) {
+      memcpy(dst, src, (size_t)len * es);
+    } else if (out->dtype == AD_F64) {
+      double v;
+      memcpy(&v, src, sizeof v);
+      for (int64_t i = 0; i < len; i++) ((double *)dst)[i] = v;
+    } else if (es == 4) {
+      uint32_t v; /* f32 and i32: the bits */
+      memcpy(&v, src, sizeof v);
+      for (int64_t i = 0; i < len; i++) memcpy(dst + (size_t)i * 4, &v, 4);
+    } else {
+      for (int64_t i = 0; i < len; i++) memcpy(dst + (size_t)i * es, src, es);
+    }
+  }
+}
+
 static void expand_fwd(const ad_call *c) {
   ad_tensor *out = c->out;
-  ad_bc_rows it;
-  ad_bc_init(&it, 1, c->in, out);
-  size_t es = ad_dsize(out->dtype);
-  int64_t s = out->ndim ? it.st[0][out->ndim - 1] : 0;
-  for (int64_t r = 0; r < it.rows; r++) {
-    int64_t off;
-    ad_bc_row(&it, out, r, &off);
-    char *dst = (char *)out->data + (size_t)(r * it.len) * es;
-    const char *src = (const char *)c->in[0]->data + (size_t)off * es;
-    if (s == 1)
-      memcpy(dst, src, (size_t)it.len * es);
-    else
-      for (int64_t i = 0; i < it.len; i++) memcpy(dst + (size_t)i * es, src, es);
-  }
+  expand_job j = {.c = c};
+  ad_bc_init(&j.it, 1, c->in, out);
+  j.s = out->ndim ? j.it.st[0][out->ndim - 1] : 0;
+  int64_t grain = j.it.len ? (32768 + j.it.len - 1) / j.it.len : j.it.rows;
+  if (j.it.rows <= grain)
+    expand_rows(&j, 0, j.it.rows);
+  else
+    ad_parallel_for(j.it.rows, grain, expand_rows, &j);
 }
 
 static ad_status expand_bwd(const ad_call *c) {

@@ -156,6 +156,10 @@ static ad_tensor *op_tanh(ad_ctx *c, ad_tensor *a, ad_tensor *b) {
 static ad_tensor *op_sum_to(ad_ctx *c, ad_tensor *a, ad_tensor *b) {
   return ad_sum_to(c, a, b->ndim, b->shape);
 }
+/* a expanded to b's shape */
+static ad_tensor *op_expand(ad_ctx *c, ad_tensor *a, ad_tensor *b) {
+  return ad_expand(c, a, b->ndim, b->shape);
+}
 static ad_tensor *op_mm(ad_ctx *c, ad_tensor *a, ad_tensor *b) {
   return ad_matmul(c, a, b, false, true);
 }
@@ -183,6 +187,13 @@ Test(parallel, elementwise_and_sum_to_are_bitwise_equal) {
     cr_assert_eq(compare_threads(op_relu, x, NULL), 0);  /* unary */
     cr_assert_eq(compare_threads(op_tanh, x, NULL), 0);  /* unary, libm */
     cr_assert_eq(compare_threads(op_sum_to, x, row), 0); /* bias gradient */
+    ad_tensor *col = rand_tensor(&rng, dt, 300, 1);
+    cr_assert_eq(compare_threads(op_expand, row, x), 0); /* a row repeated, split */
+    cr_assert_eq(compare_threads(op_expand, col, x), 0); /* an element per row */
+    ad_tensor *ex = op_expand(ctx, col, x);
+    cr_assert(ex && ad_tensor_get(ex, 5 * 1000 + 999) == ad_tensor_get(col, 5));
+    ad_tape_reset(ctx);
+    ad_tensor_free(col);
     ad_tensor_free(x), ad_tensor_free(y), ad_tensor_free(row), ad_tensor_free(s_keep);
   }
 }
