@@ -23,7 +23,18 @@
  * images' worth, not the batch's. conv2d_weight sums a fixed partition of
  * the batch into partial sums and adds them in order: its result does not
  * depend on the number of threads. Where the arena cannot give the scratch,
- * a direct loop computes the same sums without it. docs/performance.md has
+ * a direct loop computes the same sums without it.
+ *
+ * f32 3x3 kernels at stride 1 and dilation 1 with one group, padding at
+ * most 2, 16 or more channels on each side and outputs of 4x4 or more take
+ * Winograd F(4x4, 3x3) instead (kernels/winograd.c: 4x fewer
+ * multiplications; the other two ops are the forward's adjoints), in
+ * blocks of images fixed by the shape, dW again as partial sums over a
+ * fixed partition of the blocks, so the bits still do not depend on the
+ * thread count. Its rounding differs from the GEMM path's: each result is
+ * within 1e-5 of the sum of its terms' magnitudes of the exact value
+ * (measured worst 2.4e-6 over tests/test_winograd.c's shapes, the GEMM
+ * path 2.4e-7). f64 always takes the GEMM path. docs/performance.md has
  * the figures. */
 #include "kernels/kernels.h"
 #include "ops.h"
@@ -367,6 +378,8 @@ typedef struct conv_job {
   int64_t per_chunk; /* conv2d_weight: images per partial sum */
   char *partials;    /* conv2d_weight: one dW^T per chunk */
   int64_t nchunks;
+  ad_wino wino; /* the Winograd path: its geometry and transformed kernels */
+  float *u;
 } conv_job;
 
 static void job_gemm(const conv_job *j, bool ta, bool tb, int64_t m, int64_t n, int64_t k,
@@ -420,6 +433,19 @@ static void *conv_scratch(ad_ctx *ctx, size_t bytes) {
   return (void *)(((uintptr_t)p + 63) & ~(uintptr_t)63);
 }
 
+/* j's slots of bytes each (rounded up to 64); false when the arena has no
+ * room for them. */
+static bool job_slots(ad_ctx *ctx, conv_job *j, size_t bytes) {
+  if (bytes > SIZE_MAX / 4) return false;
+  j->col_bytes = (bytes + 63) & ~(size_t)63;
+  if (j->col_bytes > SIZE_MAX / 2 / (size_t)j->slots) return false; /* the product must not wrap */
+  j->busy = conv_scratch(ctx, (size_t)j->slots * sizeof *j->busy);
+  j->scratch = j->busy ? conv_scratch(ctx, (size_t)j->slots * j->col_bytes) : NULL;
+  if (!j->scratch) return false;
+  for (int s = 0; s < j->slots; s++) atomic_init(&j->busy[s], 0);
+  return true;
+}
+
 /* Sets up j's col buffers and threading for items independent items (images
  * or chunks); false when the arena has no room for them. */
 static bool job_prepare(ad_ctx *ctx, conv_job *j, int64_t items) {
@@ -432,13 +458,7 @@ static bool job_prepare(ad_ctx *ctx, conv_job *j, int64_t items) {
   j->busy = NULL;
   if (j->g.pointwise || j->g.kk == 0 || j->g.p == 0) return true;
   if (j->g.kk > (INT64_MAX / 8) / j->g.p) return false; /* no arena holds it */
-  j->col_bytes = ((size_t)(j->g.kk * j->g.p) * j->es + 63) & ~(size_t)63;
-  if (j->col_bytes > SIZE_MAX / 2 / (size_t)j->slots) return false; /* the product must not wrap */
-  j->busy = conv_scratch(ctx, (size_t)j->slots * sizeof *j->busy);
-  j->scratch = j->busy ? conv_scratch(ctx, (size_t)j->slots * j->col_bytes) : NULL;
-  if (!j->scratch) return false;
-  for (int s = 0; s < j->slots; s++) atomic_init(&j->busy[s], 0);
-  return true;
+  return job_slots(ctx, j, (size_t)(j->g.kk * j->g.p) * j->es);
 }
 
 static void job_run(conv_job *j, int64_t items, ad_range_fn fn) {
@@ -456,6 +476,121 @@ static void job_direct(const conv_job *j, int kind) {
   else
     direct_f64(&j->g, kind, (const double *)j->x, (const double *)j->w, (const double *)j->y,
                (double *)j->out);
+}
+
+/* ------------------------------------------------------------ Winograd */
+
+/* Most partial sums of dW, and the most bytes they may take: a fixed
+ * partition of the batch, whatever the number of threads. */
+#define CONVW_CHUNKS     8
+#define CONVW_PART_BYTES (8u << 20)
+
+static _Atomic int wino_mode;
+
+int ad_conv_winograd_mode(int mode) { return atomic_exchange(&wino_mode, mode); }
+
+/* Whether g's convolution takes the Winograd path (kernels/winograd.c):
+ * f32, a 3x3 kernel at stride 1, dilation 1, one group, padding at most 2
+ * on each side; by default only with 16 or more channels on each side and
+ * an output of at least 4x4, where the transforms pay for themselves
+ * (docs/performance.md). f64 always takes the GEMM path. */
+static bool wino_applies(const conv_geom *g) {
+  int mode = atomic_load(&wino_mode);
+  if (mode < 0 || g->dt != AD_F32 || g->kh != 3 || g->kw != 3 || g->sh != 1 || g->sw != 1 ||
+      g->dh != 1 || g->dw != 1 || g->groups != 1 || g->n < 1)
+    return false;
+  int64_t pb = g->oh + 2 - g->h - g->pt, pr = g->ow + 2 - g->w - g->pl;
+  if (g->pt > 2 || g->pl > 2 || pb < 0 || pb > 2 || pr < 0 || pr > 2) return false;
+  return mode > 0 || (g->c >= 16 && g->o >= 16 && g->oh >= 4 && g->ow >= 4);
+}
+
+static void conv2d_wino_range(void *ud, int64_t begin, int64_t end) {
+  conv_job *j = ud;
+  int s = slot_take(j);
+  float *buf = (float *)slot_col(j, s);
+  for (int64_t b = begin; b < end; b++)
+    ad_wino_conv_block(&j->wino, b, j->u, (const float *)j->x, (const float *)j->bias,
+                       (float *)j->out, buf);
+  slot_give(j, s);
+}
+
+static void convt_wino_range(void *ud, int64_t begin, int64_t end) {
+  conv_job *j = ud;
+  int s = slot_take(j);
+  float *buf = (float *)slot_col(j, s);
+  for (int64_t b = begin; b < end; b++)
+    ad_wino_convt_block(&j->wino, b, j->u, (const float *)j->y, (const float *)j->bias,
+                        (float *)j->out, buf);
+  slot_give(j, s);
+}
+
+/* Chunks [begin, end) of the blocks, each into its partial sum of dU. */
+static void convw_wino_range(void *ud, int64_t begin, int64_t end) {
+  conv_job *j = ud;
+  int s = slot_take(j);
+  float *buf = (float *)slot_col(j, s);
+  for (int64_t ch = begin; ch < end; ch++) {
+    float *du = (float *)j->partials + ch * j->wino.u_floats;
+    int64_t b0 = ch * j->per_chunk, b1 = b0 + j->per_chunk;
+    if (b1 > j->wino.nblocks) b1 = j->wino.nblocks;
+    for (int64_t b = b0; b < b1; b++)
+      ad_wino_weight_block(&j->wino, b, (const float *)j->x, (const float *)j->y, b == b0, du, buf);
+  }
+  slot_give(j, s);
+}
+
+static void wino_weights_range(void *ud, int64_t begin, int64_t end) {
+  conv_job *j = ud;
+  ad_wino_weights(&j->wino, (const float *)j->w, j->u, begin, end);
+}
+
+static void wino_du_range(void *ud, int64_t begin, int64_t end) {
+  conv_job *j = ud;
+  ad_wino_du_sum(&j->wino, (float *)j->partials, j->nchunks, begin, end);
+}
+
+static void wino_dw_range(void *ud, int64_t begin, int64_t end) {
+  conv_job *j = ud;
+  ad_wino_weight_grad(&j->wino, (const float *)j->partials, (float *)j->out, begin, end);
+}
+
+/* Runs op kind (OP_*) on j by Winograd when it applies and the arena has
+ * room for its scratch; false (nothing written) otherwise. */
+static bool wino_run(ad_ctx *ctx, conv_job *j, int kind) {
+  const conv_geom *g = &j->g;
+  if (!wino_applies(g)) return false;
+  ad_wino *p = &j->wino;
+  ad_wino_init(p, g->n, g->c, g->h, g->w, g->o, g->oh, g->ow, g->pt, g->pl);
+  size_t ubytes = (size_t)p->u_floats * sizeof(float);
+  int64_t items = p->nblocks;
+  if (kind == OP_WEIGHT) {
+    int64_t nc = items < CONVW_CHUNKS ? items : CONVW_CHUNKS;
+    if ((size_t)nc * ubytes > CONVW_PART_BYTES) nc = (int64_t)(CONVW_PART_BYTES / ubytes);
+    if (nc < 1) nc = 1;
+    j->per_chunk = (items + nc - 1) / nc;
+    j->nchunks = items = (p->nblocks + j->per_chunk - 1) / j->per_chunk;
+    j->partials = conv_scratch(ctx, (size_t)items * ubytes);
+    if (!j->partials) return false;
+  } else {
+    j->u = conv_scratch(ctx, ubytes + (size_t)p->ut_floats * sizeof(float));
+    if (!j->u) return false;
+    memset(j->u, 0, ubytes + (size_t)p->ut_floats * sizeof(float));
+    ad_parallel_for(g->o, (256 + g->c - 1) / g->c, wino_weights_range, j);
+  }
+  int threads = ad_num_threads();
+  j->es = sizeof(float);
+  j->split = false;
+  j->slots = threads > 1 && items > 1 ? (int)(items < threads ? items : threads) : 1;
+  if (!job_slots(ctx, j, (size_t)p->scratch_floats * sizeof(float))) return false;
+  job_run(j, items,
+          kind == OP_CONV    ? conv2d_wino_range
+          : kind == OP_CONVT ? convt_wino_range
+                             : convw_wino_range);
+  if (kind == OP_WEIGHT) {
+    ad_parallel_for(p->u_floats, 1 << 14, wino_du_range, j);
+    ad_parallel_for(g->c, (4096 + g->o - 1) / g->o, wino_dw_range, j);
+  }
+  return true;
 }
 
 /* The attrs of the backward ops: c's, with 'same' resolved for w's kernel. */
@@ -592,6 +727,7 @@ static void conv2d_fwd(const ad_call *c) {
                 .w = w->data,
                 .bias = c->n > 2 ? c->in[2]->data : NULL,
                 .out = c->out->data};
+  if (wino_run(c->ctx, &j, OP_CONV)) return;
   if (job_prepare(c->ctx, &j, j.g.n)) {
     job_run(&j, j.g.n, conv2d_range);
     return;
@@ -747,6 +883,7 @@ static void convt_compute(ad_ctx *ctx, const ad_tensor *y, const ad_tensor *w, c
                 .y = y->data,
                 .bias = bias,
                 .out = out->data};
+  if (wino_run(ctx, &j, OP_CONVT)) return;
   if (job_prepare(ctx, &j, j.g.n)) {
     job_run(&j, j.g.n, convt_range);
     return;
@@ -935,11 +1072,6 @@ static void convw_reduce(void *ud, int64_t begin, int64_t end) {
   }
 }
 
-/* Most partial sums of dW, and the most bytes they may take: a fixed
- * partition of the batch, whatever the number of threads. */
-#define CONVW_CHUNKS     8
-#define CONVW_PART_BYTES (8u << 20)
-
 static void convw_fwd(const ad_call *c) {
   const ad_tensor *x = c->in[0], *dy = c->in[1];
   ad_tensor *out = c->out;
@@ -954,6 +1086,7 @@ static void convw_fwd(const ad_call *c) {
     memset(out->data, 0, wbytes);
     return;
   }
+  if (wino_run(c->ctx, &j, OP_WEIGHT)) return;
   int64_t nc = j.g.n < CONVW_CHUNKS ? j.g.n : CONVW_CHUNKS;
   if ((size_t)nc * wbytes > CONVW_PART_BYTES) nc = (int64_t)(CONVW_PART_BYTES / wbytes);
   if (nc < 1) nc = 1;

@@ -271,22 +271,50 @@ static ad_status expand_shape(const ad_call *c) {
   return AD_OK;
 }
 
+/* Rows [b, e) of an expand: out's rows of it.len elements, each a copy of
+ * x's row (s = 1) or one element of x repeated (s = 0). Copies only, so a
+ * split over threads changes no bit. */
+typedef struct expand_job {
+  const ad_call *c;
+  ad_bc_rows it;
+  int64_t s;
+} expand_job;
+
+static void expand_rows(void *ud, int64_t b, int64_t e) {
+  const expand_job *j = ud;
+  const ad_tensor *out = j->c->out;
+  size_t es = ad_dsize(out->dtype);
+  for (int64_t r = b; r < e; r++) {
+    int64_t off, len = j->it.len;
+    ad_bc_row(&j->it, out, r, &off);
+    char *dst = (char *)out->data + (size_t)(r * len) * es;
+    const char *src = (const char *)j->c->in[0]->data + (size_t)off * es;
+    if (j->s == 1) {
+      memcpy(dst, src, (size_t)len * es);
+    } else if (out->dtype == AD_F64) {
+      double v;
+      memcpy(&v, src, sizeof v);
+      for (int64_t i = 0; i < len; i++) ((double *)dst)[i] = v;
+    } else if (es == 4) {
+      uint32_t v; /* f32 and i32: the bits */
+      memcpy(&v, src, sizeof v);
+      for (int64_t i = 0; i < len; i++) memcpy(dst + (size_t)i * 4, &v, 4);
+    } else {
+      for (int64_t i = 0; i < len; i++) memcpy(dst + (size_t)i * es, src, es);
+    }
+  }
+}
+
 static void expand_fwd(const ad_call *c) {
   ad_tensor *out = c->out;
-  ad_bc_rows it;
-  ad_bc_init(&it, 1, c->in, out);
-  size_t es = ad_dsize(out->dtype);
-  int64_t s = out->ndim ? it.st[0][out->ndim - 1] : 0;
-  for (int64_t r = 0; r < it.rows; r++) {
-    int64_t off;
-    ad_bc_row(&it, out, r, &off);
-    char *dst = (char *)out->data + (size_t)(r * it.len) * es;
-    const char *src = (const char *)c->in[0]->data + (size_t)off * es;
-    if (s == 1)
-      memcpy(dst, src, (size_t)it.len * es);
-    else
-      for (int64_t i = 0; i < it.len; i++) memcpy(dst + (size_t)i * es, src, es);
-  }
+  expand_job j = {.c = c};
+  ad_bc_init(&j.it, 1, c->in, out);
+  j.s = out->ndim ? j.it.st[0][out->ndim - 1] : 0;
+  int64_t grain = j.it.len ? (32768 + j.it.len - 1) / j.it.len : j.it.rows;
+  if (j.it.rows <= grain)
+    expand_rows(&j, 0, j.it.rows);
+  else
+    ad_parallel_for(j.it.rows, grain, expand_rows, &j);
 }
 
 static ad_status expand_bwd(const ad_call *c) {
@@ -384,9 +412,65 @@ static void sum_cols(void *ud, int64_t b, int64_t e) {
 SUM_ROW_FN(sum_row_f32, float)
 SUM_ROW_FN(sum_row_f64, double)
 
+/* sum_to of x seen as [A, C, B] into the C kept elements (a convolution's
+ * bias gradient: [N, C, H, W] -> [C, 1, 1]): out[c] = sum over a, in
+ * order, of the sum of the row x[a, c, :] (sum_row). Each element is one
+ * thread's, so the bits do not depend on the thread count. */
+typedef struct mid_job {
+  const ad_tensor *x;
+  ad_tensor *out;
+  int64_t a, c, b;
+} mid_job;
+
+static void sum_mid(void *ud, int64_t begin, int64_t end) {
+  const mid_job *j = ud;
+  for (int64_t c = begin; c < end; c++) {
+    if (j->x->dtype == AD_F32) {
+      const float *X = (const float *)j->x->data + c * j->b;
+      float acc = 0;
+      for (int64_t a = 0; a < j->a; a++) acc += sum_row_f32(X + a * j->c * j->b, j->b);
+      ((float *)j->out->data)[c] = acc;
+    } else {
+      const double *X = (const double *)j->x->data + c * j->b;
+      double acc = 0;
+      for (int64_t a = 0; a < j->a; a++) acc += sum_row_f64(X + a * j->c * j->b, j->b);
+      ((double *)j->out->data)[c] = acc;
+    }
+  }
+}
+
+/* Whether out keeps one run of x's axes whole and sums the axes before
+ * and after it, the run not the last axis (the caller's row walk handles
+ * that): then *a, *cc, *b are the products of the axes before, in and
+ * after the run. */
+static bool sum_to_mid(const ad_tensor *x, const ad_tensor *out, int64_t *a, int64_t *cc,
+                       int64_t *b) {
+  int lead = x->ndim - out->ndim, k0 = -1, k1 = -1;
+  for (int k = 0; k < x->ndim; k++) {
+    int64_t od = k < lead ? 1 : out->shape[k - lead];
+    if (od == x->shape[k] && od > 1) {
+      if (k1 >= 0 && k1 != k) return false; /* a second run */
+      if (k0 < 0) k0 = k;
+      k1 = k + 1;
+    } else if (od != 1) {
+      return false;
+    }
+  }
+  if (k0 < 0 || k1 == x->ndim) return false;
+  *a = *cc = *b = 1;
+  for (int k = 0; k < x->ndim; k++) *(k < k0 ? a : k < k1 ? cc : b) *= x->shape[k];
+  return *b > 1;
+}
+
 static void sum_to_fwd(const ad_call *c) {
   const ad_tensor *x = c->in[0];
   ad_tensor *out = c->out;
+  mid_job mj = {x, out, 1, 1, 1};
+  if (sum_to_mid(x, out, &mj.a, &mj.c, &mj.b)) {
+    int64_t grain = (32768 + mj.a * mj.b - 1) / (mj.a * mj.b);
+    ad_parallel_for(mj.c, grain, sum_mid, &mj);
+    return;
+  }
   memset(out->data, 0, (size_t)out->size * ad_dsize(out->dtype));
   /* walk x row by row; out is seen through x's shape */
   ad_bc_rows it;

@@ -574,12 +574,16 @@ static void run_conv(void *ud) {
 }
 
 static void bench_conv(ad_ctx *ctx, ad_rng *rng) {
+  /* gemm: with the Winograd path off (ad_conv_winograd_mode), im2col +
+   * GEMM as every shape without it */
   static const struct {
     const char *name;
     int64_t n, c, h, w, o, k;
-  } shapes[] = {{"mnist.conv1", 64, 1, 28, 28, 32, 3},
-                {"mnist.conv2", 64, 32, 26, 26, 32, 3},
-                {"1x1", 64, 64, 14, 14, 128, 1}};
+    bool gemm;
+  } shapes[] = {{"mnist.conv1", 64, 1, 28, 28, 32, 3, false},
+                {"mnist.conv2", 64, 32, 26, 26, 32, 3, false},
+                {"mnist.conv2.gemm", 64, 32, 26, 26, 32, 3, true},
+                {"1x1", 64, 64, 14, 14, 128, 1, false}};
   static const char *const kinds[3] = {"fwd", "dx", "dW"};
   bool header = false;
   for (int d = 0; d < 2; d++) {
@@ -592,9 +596,9 @@ static void bench_conv(ad_ctx *ctx, ad_rng *rng) {
                  kinds[kind]);
         if (!selected(name)) continue;
         if (!header) {
-          printf("\n# convolution (NCHW, stride 1, no padding): GFLOPS, %% of the sgemm peak, "
-                 "ms per call\n");
-          printf("%-26s %-22s %9s %6s %9s\n", "name", "x * w", "GFLOPS", "%peak", "ms");
+          printf("\n# convolution (NCHW, stride 1, no padding): GFLOPS (the direct method's "
+                 "flops), %% of the sgemm peak, ms per call\n");
+          printf("%-30s %-22s %9s %6s %9s\n", "name", "x * w", "GFLOPS", "%peak", "ms");
           header = true;
         }
         int64_t xs[4] = {shapes[si].n, shapes[si].c, shapes[si].h, shapes[si].w};
@@ -608,14 +612,16 @@ static void bench_conv(ad_ctx *ctx, ad_rng *rng) {
         bench_fn fn[1] = {run_conv};
         void *ud[1] = {&q};
         double sec;
+        int mode = ad_conv_winograd_mode(shapes[si].gemm ? -1 : 0);
         time_calls(1, fn, ud, &sec);
+        ad_conv_winograd_mode(mode);
         double gf = 2.0 * (double)(shapes[si].n * shapes[si].o * oh * ow) *
                     (double)(shapes[si].c * shapes[si].k * shapes[si].k) * 1e-9;
         char shape[48];
         snprintf(shape, sizeof shape, "%lldx%lldx%lldx%lld*%lldx%lld", (long long)xs[0],
                  (long long)xs[1], (long long)xs[2], (long long)xs[3], (long long)ws[0],
                  (long long)ws[2]);
-        printf("%-26s %-22s %9.1f %5.0f%% %9.3f\n", name, shape, gf / sec,
+        printf("%-30s %-22s %9.1f %5.0f%% %9.3f\n", name, shape, gf / sec,
                100.0 * gf / sec / peak_gflops, sec * 1e3);
         fflush(stdout);
         ad_tensor_free(q.x);

@@ -4,6 +4,8 @@
  * ops, so the tape derives its backward. */
 #include "nn_internal.h"
 
+#include <math.h>
+
 typedef enum layer_type { L_DENSE, L_ACT, L_DROPOUT, L_FLATTEN, L_LAMBDA, L_EXT } layer_type;
 
 struct nn_layer {
@@ -271,12 +273,17 @@ static ad_tensor *dropout_forward(nn_layer *l, ad_tensor *x, bool training) {
   ad_tensor *m = nn_tmp_tensor(ctx, x->dtype, x->ndim, x->shape);
   if (!m) return NULL;
   double keep = 1.0 / (1.0 - l->p);
+  /* ad_rng_uniform >= p, without the conversion: the uniform is the top 53
+   * bits of ad_rng_next times 2^-53, so it reaches p exactly when those
+   * bits, as an integer, reach p 2^53 rounded up (the same masks) */
+  uint64_t thr = (uint64_t)ceil(l->p * 0x1p53);
   if (m->dtype == AD_F32) {
     float *d = m->data;
-    for (int64_t i = 0; i < m->size; i++) d[i] = ad_rng_uniform(&l->rng) >= l->p ? (float)keep : 0;
+    for (int64_t i = 0; i < m->size; i++)
+      d[i] = ad_rng_next(&l->rng) >> 11 >= thr ? (float)keep : 0;
   } else {
     double *d = m->data;
-    for (int64_t i = 0; i < m->size; i++) d[i] = ad_rng_uniform(&l->rng) >= l->p ? keep : 0;
+    for (int64_t i = 0; i < m->size; i++) d[i] = ad_rng_next(&l->rng) >> 11 >= thr ? keep : 0;
   }
   return ad_mul(ctx, x, m);
 }

@@ -156,6 +156,10 @@ static ad_tensor *op_tanh(ad_ctx *c, ad_tensor *a, ad_tensor *b) {
 static ad_tensor *op_sum_to(ad_ctx *c, ad_tensor *a, ad_tensor *b) {
   return ad_sum_to(c, a, b->ndim, b->shape);
 }
+/* a expanded to b's shape */
+static ad_tensor *op_expand(ad_ctx *c, ad_tensor *a, ad_tensor *b) {
+  return ad_expand(c, a, b->ndim, b->shape);
+}
 static ad_tensor *op_mm(ad_ctx *c, ad_tensor *a, ad_tensor *b) {
   return ad_matmul(c, a, b, false, true);
 }
@@ -183,7 +187,46 @@ Test(parallel, elementwise_and_sum_to_are_bitwise_equal) {
     cr_assert_eq(compare_threads(op_relu, x, NULL), 0);  /* unary */
     cr_assert_eq(compare_threads(op_tanh, x, NULL), 0);  /* unary, libm */
     cr_assert_eq(compare_threads(op_sum_to, x, row), 0); /* bias gradient */
+    ad_tensor *col = rand_tensor(&rng, dt, 300, 1);
+    cr_assert_eq(compare_threads(op_expand, row, x), 0); /* a row repeated, split */
+    cr_assert_eq(compare_threads(op_expand, col, x), 0); /* an element per row */
+    ad_tensor *ex = op_expand(ctx, col, x);
+    cr_assert(ex && ad_tensor_get(ex, 5 * 1000 + 999) == ad_tensor_get(col, 5));
+    ad_tape_reset(ctx);
+    ad_tensor_free(col);
     ad_tensor_free(x), ad_tensor_free(y), ad_tensor_free(row), ad_tensor_free(s_keep);
+  }
+}
+
+/* sum_to keeping a run of middle axes and summing those before and after
+ * (a convolution's bias gradient, [N, C, H, W] -> [C, 1, 1], and a run of
+ * two axes): the same bits on 1 and 3 threads, and each kept element the
+ * sum of its values. */
+Test(parallel, sum_to_middle_axes) {
+  static const int64_t xs[4] = {5, 7, 9, 11}, targets[2][3] = {{7, 1, 1}, {7, 9, 1}};
+  ad_rng rng;
+  ad_rng_seed(&rng, 9);
+  for (int d = 0; d < 2; d++) {
+    ad_dtype dt = d ? AD_F64 : AD_F32;
+    ad_tensor *x = ad_rand(ctx, &rng, dt, 4, xs, -1, 1);
+    for (int t = 0; t < 2; t++) {
+      ad_tensor *shape = ad_zeros(ctx, dt, 3, targets[t]);
+      cr_assert_eq(compare_threads(op_sum_to, x, shape), 0, "target %d", t);
+      ad_tensor *y = ad_sum_to(ctx, x, 3, targets[t]);
+      cr_assert(y, "%s", ad_last_error(ctx));
+      int64_t kept = t ? 63 : 7, inner = t ? 11 : 99;
+      for (int64_t k = 0; k < kept; k++) {
+        double want = 0;
+        for (int64_t a = 0; a < 5; a++)
+          for (int64_t i = 0; i < inner; i++) want += ad_tensor_get(x, (a * kept + k) * inner + i);
+        cr_assert(fabs(ad_tensor_get(y, k) - want) <= (d ? 1e-12 : 1e-4),
+                  "%s target %d element %lld: %.9g, want %.9g", ad_dtype_name(dt), t, (long long)k,
+                  ad_tensor_get(y, k), want);
+      }
+      ad_tape_reset(ctx);
+      ad_tensor_free(shape);
+    }
+    ad_tensor_free(x);
   }
 }
 

@@ -72,4 +72,51 @@ bool ad_matmul_xwt_pays(bool ta, bool tb, int64_t m, int64_t n, int64_t k);
 void ad_matmul_xwt(ad_dtype dt, int64_t m, int64_t n, int64_t k, const void *x, const void *w,
                    void *scratch, void *y);
 
+/* Winograd F(4x4, 3x3) for f32 3x3 convolutions at stride 1, dilation 1,
+ * one group (winograd.c): the geometry of conv2d's image x [n, c, h, w],
+ * output [n, o, oh, ow] and top/left padding, cut into blocks of nb images
+ * (fixed by the geometry, never by the thread count). Each block needs
+ * scratch_floats of 64-byte aligned scratch; the transformed kernel U
+ * takes u_floats. Rounding: each result differs from the exact sum by at
+ * most about 1e-5 x the sum of |terms| (of |w x| for conv2d, |w dy| for
+ * the input gradient, |x dy| for the weight gradient), against about 1e-6
+ * for the GEMM path (tests/test_conv.c checks it over many shapes). */
+typedef struct ad_wino {
+  int64_t n, c, h, w, o, oh, ow, pt, pl;
+  int64_t th, tw, t1, hp, wp, cp, op; /* tiles; padded image; channels rounded to 16 */
+  int64_t nb, nblocks;                /* images per block, blocks */
+  int64_t p_floats, v_floats, m_floats, q_floats, scratch_floats;
+  int64_t u_floats, ut_floats; /* U [36, c, op] (and dU), its transpose [36, o, cp] */
+} ad_wino;
+void ad_wino_init(ad_wino *p, int64_t n, int64_t c, int64_t h, int64_t w, int64_t o, int64_t oh,
+                  int64_t ow, int64_t pt, int64_t pl);
+/* u (u_floats + ut_floats, zeroed by the caller) = the kernels w [o, c, 3,
+ * 3] transformed, U [36, c, op] then its transpose [36, o, cp], for the
+ * output channels [o0, o1). */
+void ad_wino_weights(const ad_wino *p, const float *w, float *u, int64_t o0, int64_t o1);
+/* Block blk of conv2d(x, w) (+ bias, may be NULL) into y: whole tensors. */
+void ad_wino_conv_block(const ad_wino *p, int64_t blk, const float *u, const float *x,
+                        const float *bias, float *y, float *scratch);
+/* Block blk of conv_transpose2d(dy, w) (+ bias) into dx, shaped like x. */
+void ad_wino_convt_block(const ad_wino *p, int64_t blk, const float *u, const float *dy,
+                         const float *bias, float *dx, float *scratch);
+/* du (u_floats, the weight gradient in the transformed domain) = (first)
+ * or += block blk's share. */
+void ad_wino_weight_block(const ad_wino *p, int64_t blk, const float *x, const float *dy,
+                          bool first, float *du, float *scratch);
+/* Tests: on, the generic transforms and ad_gemm even where AVX-512 runs. */
+void ad_wino_set_generic(bool on);
+/* du[i] += the other nparts - 1 partial sums (u_floats apart), in order,
+ * for i in [i0, i1). */
+void ad_wino_du_sum(const ad_wino *p, float *du, int64_t nparts, int64_t i0, int64_t i1);
+/* dw [o, c, 3, 3] from the summed du, for the input channels [c0, c1). */
+void ad_wino_weight_grad(const ad_wino *p, const float *du, float *dw, int64_t c0, int64_t c1);
+
+/* The convolutions' Winograd path (defined in op_conv.c), process-wide, for tests and
+ * benchmarks: 0 (the default) where it pays (f32 3x3, stride 1, dilation 1,
+ * one group, at least 16 channels on each side and 4x4 outputs), 1 wherever
+ * the shape allows it (any channel count and size), -1 never. Returns the
+ * previous mode. */
+int ad_conv_winograd_mode(int mode);
+
 #endif
