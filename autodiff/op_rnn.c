@@ -37,8 +37,12 @@
 /* The row loops are compiled for AVX-512 and AVX2 besides the baseline
  * (SSE2 on x86-64, 4 floats a vector), the best the CPU has picked when
  * the library loads (GCC's target_clones), as the GEMM's kernels are; the
- * values are the same bits on each (no contraction into FMA). */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__ELF__)
+ * values are the same bits on each (no contraction into FMA). Not under
+ * ThreadSanitizer: the clones' resolver runs while the dynamic loader
+ * relocates the library, before TSan's runtime is set up, and its
+ * instrumented code crashes there. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__ELF__) &&         \
+    !defined(__SANITIZE_THREAD__)
 #define CELL_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #define CELL_ROW    static inline __attribute__((always_inline))
 #else
