@@ -32,10 +32,12 @@
  * blocks of images fixed by the shape, dW again as partial sums over a
  * fixed partition of the blocks, so the bits still do not depend on the
  * thread count. Its rounding differs from the GEMM path's: each result is
- * within 1e-5 of the sum of its terms' magnitudes of the exact value
- * (measured worst 2.4e-6 over tests/test_winograd.c's shapes, the GEMM
- * path 2.4e-7). f64 always takes the GEMM path. docs/performance.md has
- * the figures. */
+ * within 1e-5 of the sum of its terms' magnitudes of the exact value where
+ * the input's magnitudes are even, and in general relative to the largest
+ * values of the 6x6 input patch its tile reads (ad_conv2d's contract). A
+ * result holding inf or NaN is recomputed by the GEMM path, so that they
+ * are not spread over whole tiles. ad_set_conv_winograd turns the path
+ * off; f64 always takes the GEMM path. docs/performance.md has figures. */
 #include "kernels/kernels.h"
 #include "ops.h"
 
@@ -380,6 +382,7 @@ typedef struct conv_job {
   int64_t nchunks;
   ad_wino wino; /* the Winograd path: its geometry and transformed kernels */
   float *u;
+  _Atomic bool nonfinite; /* the Winograd path wrote an inf or a NaN */
 } conv_job;
 
 static void job_gemm(const conv_job *j, bool ta, bool tb, int64_t m, int64_t n, int64_t k,
@@ -489,6 +492,29 @@ static _Atomic int wino_mode;
 
 int ad_conv_winograd_mode(int mode) { return atomic_exchange(&wino_mode, mode); }
 
+bool ad_set_conv_winograd(bool on) { return atomic_exchange(&wino_mode, on ? 0 : -1) >= 0; }
+
+/* Whether p[0, n) holds no inf and no NaN (by the exponent bits, so that
+ * the loop vectorizes). */
+static bool all_finite_f32(const float *p, int64_t n) {
+  uint32_t bad = 0;
+  for (int64_t i = 0; i < n; i++) {
+    uint32_t u;
+    memcpy(&u, p + i, sizeof u);
+    bad |= (u & 0x7f800000u) == 0x7f800000u;
+  }
+  return !bad;
+}
+
+/* Flags j when block blk's images in out (per_image floats each) are not
+ * all finite: checked while they are still in cache. */
+static void wino_check_block(conv_job *j, int64_t blk, int64_t per_image) {
+  int64_t i0 = blk * j->wino.nb, i1 = i0 + j->wino.nb;
+  if (i1 > j->wino.n) i1 = j->wino.n;
+  if (i1 > i0 && !all_finite_f32((const float *)j->out + i0 * per_image, (i1 - i0) * per_image))
+    atomic_store_explicit(&j->nonfinite, true, memory_order_relaxed);
+}
+
 /* Whether g's convolution takes the Winograd path (kernels/winograd.c):
  * f32, a 3x3 kernel at stride 1, dilation 1, one group, padding at most 2
  * on each side; by default only with 16 or more channels on each side and
@@ -497,7 +523,8 @@ int ad_conv_winograd_mode(int mode) { return atomic_exchange(&wino_mode, mode); 
 static bool wino_applies(const conv_geom *g) {
   int mode = atomic_load(&wino_mode);
   if (mode < 0 || g->dt != AD_F32 || g->kh != 3 || g->kw != 3 || g->sh != 1 || g->sw != 1 ||
-      g->dh != 1 || g->dw != 1 || g->groups != 1 || g->n < 1)
+      g->dh != 1 || g->dw != 1 || g->groups != 1 || g->n < 1 || g->c < 1 || g->o < 1 || g->oh < 1 ||
+      g->ow < 1)
     return false;
   int64_t pb = g->oh + 2 - g->h - g->pt, pr = g->ow + 2 - g->w - g->pl;
   if (g->pt > 2 || g->pl > 2 || pb < 0 || pb > 2 || pr < 0 || pr > 2) return false;
@@ -508,9 +535,11 @@ static void conv2d_wino_range(void *ud, int64_t begin, int64_t end) {
   conv_job *j = ud;
   int s = slot_take(j);
   float *buf = (float *)slot_col(j, s);
-  for (int64_t b = begin; b < end; b++)
+  for (int64_t b = begin; b < end; b++) {
     ad_wino_conv_block(&j->wino, b, j->u, (const float *)j->x, (const float *)j->bias,
                        (float *)j->out, buf);
+    wino_check_block(j, b, j->g.o * j->g.oh * j->g.ow);
+  }
   slot_give(j, s);
 }
 
@@ -518,9 +547,11 @@ static void convt_wino_range(void *ud, int64_t begin, int64_t end) {
   conv_job *j = ud;
   int s = slot_take(j);
   float *buf = (float *)slot_col(j, s);
-  for (int64_t b = begin; b < end; b++)
+  for (int64_t b = begin; b < end; b++) {
     ad_wino_convt_block(&j->wino, b, j->u, (const float *)j->y, (const float *)j->bias,
                         (float *)j->out, buf);
+    wino_check_block(j, b, j->g.c * j->g.h * j->g.w);
+  }
   slot_give(j, s);
 }
 
@@ -559,6 +590,7 @@ static void wino_dw_range(void *ud, int64_t begin, int64_t end) {
 static bool wino_run(ad_ctx *ctx, conv_job *j, int kind) {
   const conv_geom *g = &j->g;
   if (!wino_applies(g)) return false;
+  conv_job saved = *j;
   ad_wino *p = &j->wino;
   ad_wino_init(p, g->n, g->c, g->h, g->w, g->o, g->oh, g->ow, g->pt, g->pl);
   size_t ubytes = (size_t)p->u_floats * sizeof(float);
@@ -589,6 +621,11 @@ static bool wino_run(ad_ctx *ctx, conv_job *j, int kind) {
   if (kind == OP_WEIGHT) {
     ad_parallel_for(p->u_floats, 1 << 14, wino_du_range, j);
     ad_parallel_for(g->c, (4096 + g->o - 1) / g->o, wino_dw_range, j);
+    if (!all_finite_f32((const float *)j->out, g->o * g->c * 9)) j->nonfinite = true;
+  }
+  if (j->nonfinite) { /* the transforms spread it over whole tiles: redo by GEMM */
+    *j = saved;
+    return false;
   }
   return true;
 }

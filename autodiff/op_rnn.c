@@ -486,25 +486,31 @@ static ad_status seq_shape(const ad_call *c, int m, int nstate, bool bias, int64
   const ad_tensor *x = c->in[0], *w = c->in[1], *b = bias ? c->in[2] : NULL;
   int s0 = bias ? 3 : 2; /* the first state */
   const ad_tensor *mask = c->n > s0 + nstate ? c->in[s0 + nstate] : NULL;
-  bool ok = x->ndim == 3 && w->ndim == 2 && w->shape[0] == m * w->shape[1] &&
-            x->shape[2] == w->shape[0] && (!b || (b->ndim == 1 && b->shape[0] == w->shape[0]));
-  for (int k = 0; ok && k < nstate; k++) {
-    const ad_tensor *s = c->in[s0 + k];
-    ok = s->ndim == 2 && s->shape[0] == x->shape[1 - tax] && s->shape[1] == w->shape[1];
+  /* the first input that does not fit the others, its name and its form */
+  const ad_tensor *bad = NULL;
+  const char *name = "", *form = "";
+  const char *xform =
+      tax ? (m == 4 ? "[N, T, 4 H]" : "[N, T, 3 H]") : (m == 4 ? "[T, N, 4 H]" : "[T, N, 3 H]");
+  if (w->ndim != 2 || w->shape[0] != m * w->shape[1])
+    bad = w, name = "weight", form = m == 4 ? "[4 H, H]" : "[3 H, H]";
+  else if (x->ndim != 3 || x->shape[2] != w->shape[0])
+    bad = x, name = "inputs", form = xform;
+  else if (b && (b->ndim != 1 || b->shape[0] != w->shape[0]))
+    bad = b, name = "bias", form = "[3 H]";
+  for (int k = 0; !bad && k < nstate; k++) {
+    const ad_tensor *st0 = c->in[s0 + k];
+    if (st0->ndim != 2 || st0->shape[0] != x->shape[1 - tax] || st0->shape[1] != w->shape[1])
+      bad = st0, name = k ? "c0" : "h0", form = "[N, H]";
   }
-  if (ok && mask)
-    ok = mask->ndim == 2 && mask->shape[0] == x->shape[tax] && mask->shape[1] == x->shape[1 - tax];
-  if (!ok) {
-    char sx[64], sw[64], ss[64], sm[64];
+  if (!bad && mask &&
+      (mask->ndim != 2 || mask->shape[0] != x->shape[tax] || mask->shape[1] != x->shape[1 - tax]))
+    bad = mask, name = "mask", form = "[T, N]";
+  if (bad) {
+    char sb[64], sx[64], sw[64];
     return ad_set_error(c->ctx, AD_ERR_SHAPE,
-                        "%s: inputs %s, weight %s, state %s%s%s must be %s, [%d H, H], "
-                        "[N, H]%s%s",
-                        c->name, ad_shape_str(x, sx, sizeof sx), ad_shape_str(w, sw, sizeof sw),
-                        ad_shape_str(c->in[s0], ss, sizeof ss), mask ? ", mask " : "",
-                        mask ? ad_shape_str(mask, sm, sizeof sm) : "",
-                        tax ? (m == 4 ? "[N, T, 4 H]" : "[N, T, 3 H]")
-                            : (m == 4 ? "[T, N, 4 H]" : "[T, N, 3 H]"),
-                        m, bias ? ", bias [3 H]" : "", mask ? ", mask [T, N]" : "");
+                        "%s: %s %s must be %s for inputs %s (%s) and weight %s ([%d H, H])",
+                        c->name, name, ad_shape_str(bad, sb, sizeof sb), form,
+                        ad_shape_str(x, sx, sizeof sx), xform, ad_shape_str(w, sw, sizeof sw), m);
   }
   if (x->shape[0] == 0 || x->shape[1] == 0 || w->shape[1] == 0) {
     char sx[64], sw[64];

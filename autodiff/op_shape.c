@@ -446,6 +446,7 @@ static void sum_mid(void *ud, int64_t begin, int64_t end) {
 static bool sum_to_mid(const ad_tensor *x, const ad_tensor *out, int64_t *a, int64_t *cc,
                        int64_t *b) {
   int lead = x->ndim - out->ndim, k0 = -1, k1 = -1;
+  if (x->size == 0) return false; /* nothing to sum: the zero fill below */
   for (int k = 0; k < x->ndim; k++) {
     int64_t od = k < lead ? 1 : out->shape[k - lead];
     if (od == x->shape[k] && od > 1) {

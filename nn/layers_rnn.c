@@ -197,19 +197,28 @@ static ad_tensor *state_in(ad_ctx *ctx, ad_tensor *s0, int k, ad_tensor *zeros) 
   return ad_reshape(ctx, ad_narrow(ctx, s0, 0, k, 1), 2, sh);
 }
 
-/* The steps' dropout (inverted, mask drawn per element from s->rng). */
-static ad_tensor *drop(ad_ctx *ctx, rnn_state *s, ad_tensor *x) {
+/* The steps' dropout (inverted, mask drawn per element from s->rng). x is
+ * one step [N, H] or a layer's whole output; a batch-major [N, T, H] one
+ * (batch_major) draws its mask step by step, in the order the per-step
+ * path draws it, so both give the same masks. */
+static ad_tensor *drop(ad_ctx *ctx, rnn_state *s, ad_tensor *x, bool batch_major) {
   ad_tensor *m = nn_tmp_tensor(ctx, x->dtype, x->ndim, x->shape);
   if (!m) return NULL;
   double keep = 1.0 / (1.0 - s->dropout);
-  if (m->dtype == AD_F32) {
-    float *d = m->data;
-    for (int64_t i = 0; i < m->size; i++)
-      d[i] = ad_rng_uniform(&s->rng) >= s->dropout ? (float)keep : 0;
-  } else {
-    double *d = m->data;
-    for (int64_t i = 0; i < m->size; i++) d[i] = ad_rng_uniform(&s->rng) >= s->dropout ? keep : 0;
-  }
+  int64_t N = batch_major ? x->shape[0] : 1, T = batch_major ? x->shape[1] : 1;
+  int64_t row = N * T > 0 ? m->size / (N * T) : 0;
+  for (int64_t t = 0; t < T; t++)
+    for (int64_t n = 0; n < N; n++) {
+      int64_t at = (n * T + t) * row;
+      if (m->dtype == AD_F32) {
+        float *d = (float *)m->data + at;
+        for (int64_t i = 0; i < row; i++)
+          d[i] = ad_rng_uniform(&s->rng) >= s->dropout ? (float)keep : 0;
+      } else {
+        double *d = (double *)m->data + at;
+        for (int64_t i = 0; i < row; i++) d[i] = ad_rng_uniform(&s->rng) >= s->dropout ? keep : 0;
+      }
+    }
   return ad_mul(ctx, x, m);
 }
 
@@ -290,7 +299,7 @@ static ad_tensor *rnn_run_seq(ad_ctx *ctx, rnn_state *s, const char *name, ad_te
       ok = false;
     }
     if (ok && k + 1 < s->layers)
-      ok = (seq = training && s->dropout > 0 ? drop(ctx, s, out) : out) != NULL;
+      ok = (seq = training && s->dropout > 0 ? drop(ctx, s, out, tax == 1) : out) != NULL;
     ad_scope_pop(ctx);
   }
   if (!ok) return NULL;
@@ -368,7 +377,7 @@ static ad_tensor *rnn_run(ad_ctx *ctx, rnn_state *s, const char *name, ad_tensor
     fin_h[k] = h;
     fin_c[k] = c;
     for (int64_t t = 0; k + 1 < s->layers && t < t_run && ok; t++)
-      ok = (in[t] = training && s->dropout > 0 ? drop(ctx, s, out[t]) : out[t]) != NULL;
+      ok = (in[t] = training && s->dropout > 0 ? drop(ctx, s, out[t], false) : out[t]) != NULL;
     ad_scope_pop(ctx);
   }
   /* T fits an int: nn_rnn_forward checked it */

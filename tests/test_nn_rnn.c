@@ -487,7 +487,8 @@ static int fused_run(nn_layer *l, ad_tensor *const *in, int n, const int64_t *le
  * own exp and tanh differ from libm's by an ulp or two, which a cancelling
  * sum keeps in absolute terms). Two layers, initial states, full lengths,
  * lengths with a partial step, and lengths that all end before T;
- * batch_first with biases, and time-major without. */
+ * batch_first with biases, and time-major without; dropout between the
+ * layers (the same masks on every path). */
 static void fused_vs_composed(nn_rnn_cell cell, ad_dtype dt) {
   double tol = dt == AD_F64 ? 1e-12 : 1e-6;
   ad_tensor *res[3][24];
@@ -508,6 +509,8 @@ static void fused_vs_composed(nn_rnn_cell cell, ad_dtype dt) {
                          .batch_first = !layout,
                          .no_bias = layout == 1,
                          .dtype = dt,
+                         .dropout = 0.4,
+                         .seed = 3,
                          .composed = mode == 0,
                          .per_step = mode == 1};
         ad_rng prng;
@@ -672,12 +675,21 @@ Test(rnn, sequence_ops_bad_input_is_named) {
   cr_assert_not_null(ad_gru_seq(ctx, x3, w3, b, h, m, false), "%s", ad_last_error(ctx));
   cr_assert_null(ad_lstm_seq(ctx, x, w, hbad, h, NULL, false));
   expect_msg(ctx, AD_ERR_SHAPE,
-             "lstm_seq: inputs [3,2,8], weight [8,2], state [2,3] must be [T, N, 4 H], [4 H, H], "
-             "[N, H]");
-  cr_assert_null(ad_lstm_seq(ctx, x, w, h, h, m, true)); /* batch-major: N = 3, the mask [3,2] */
-  expect_msg(ctx, AD_ERR_SHAPE, "lstm_seq: inputs [3,2,8], weight [8,2], state [2,2], mask [3,2]");
+             "lstm_seq: h0 [2,3] must be [N, H] for inputs [3,2,8] ([T, N, 4 H]) and weight "
+             "[8,2] ([4 H, H])");
+  cr_assert_null(ad_lstm_seq(ctx, x, w, h, hbad, NULL, false)); /* c0 named, not h0 */
+  expect_msg(ctx, AD_ERR_SHAPE, "lstm_seq: c0 [2,3] must be [N, H] for inputs [3,2,8]");
+  cr_assert_null(ad_lstm_seq(ctx, x, w, h, h, m, true)); /* batch-major: N = 3 */
+  expect_msg(ctx, AD_ERR_SHAPE,
+             "lstm_seq: h0 [2,2] must be [N, H] for inputs [3,2,8] ([N, T, 4 H])");
   cr_assert_null(ad_gru_seq(ctx, x, w, b, h, NULL, false));
-  expect_msg(ctx, AD_ERR_SHAPE, "must be [T, N, 3 H], [3 H, H], [N, H], bias [3 H]");
+  expect_msg(ctx, AD_ERR_SHAPE,
+             "gru_seq: weight [8,2] must be [3 H, H] for inputs [3,2,8] ([T, N, 3 H])");
+  cr_assert_null(
+      ad_gru_seq(ctx, x3, w3, hbad, h, NULL, false)); /* the bias named, with its shape */
+  expect_msg(ctx, AD_ERR_SHAPE, "gru_seq: bias [2,3] must be [3 H] for inputs [3,2,6]");
+  cr_assert_null(ad_lstm_seq(ctx, x, w, h, h, hbad, false));
+  expect_msg(ctx, AD_ERR_SHAPE, "lstm_seq: mask [2,3] must be [T, N] for inputs [3,2,8]");
   cr_assert_null(ad_lstm_seq(ctx, x, w, h64, h, NULL, false));
   expect_msg(ctx, AD_ERR_DTYPE, "lstm_seq");
   cr_assert_null(ad_lstm_seq(ctx, x0, w, h, h, NULL, false));

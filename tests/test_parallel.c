@@ -230,6 +230,27 @@ Test(parallel, sum_to_middle_axes) {
   }
 }
 
+/* The same with an empty summed axis (a convolution's bias gradient over
+ * an empty batch): zeros, through the op and through a backward. */
+Test(parallel, sum_to_middle_axes_of_empty_batch) {
+  static const int64_t xs[4] = {0, 3, 4, 4}, bs[3] = {3, 1, 1};
+  ad_tensor *x = ad_zeros(ctx, AD_F32, 4, xs);
+  ad_tensor *b = ad_ones(ctx, AD_F32, 3, bs);
+  cr_assert(x && b, "%s", ad_last_error(ctx));
+  ad_tensor_set_requires_grad(b, true);
+  ad_tensor *y = ad_sum_to(ctx, x, 3, bs);
+  cr_assert(y, "%s", ad_last_error(ctx));
+  for (int k = 0; k < 3; k++) cr_assert_eq(ad_tensor_get(y, k), 0.0);
+  ad_tensor *s = ad_sum(ctx, ad_add(ctx, x, b));
+  cr_assert(s, "%s", ad_last_error(ctx));
+  cr_assert_eq(ad_backward(ctx, s, NULL), AD_OK, "%s", ad_last_error(ctx));
+  const ad_tensor *g = b->grad;
+  cr_assert(g);
+  for (int k = 0; k < 3; k++) cr_assert_eq(ad_tensor_get(g, k), 0.0);
+  ad_tape_reset(ctx);
+  ad_tensor_free(x), ad_tensor_free(b);
+}
+
 Test(parallel, matmul_split_matches) {
   ad_rng rng;
   ad_rng_seed(&rng, 8);

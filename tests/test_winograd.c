@@ -275,3 +275,92 @@ Test(winograd, no_room_for_scratch_falls_back) {
     ad_ctx_free(cx[v]);
   }
 }
+
+/* One input value 1e6 times its neighbours' size, in every channel of an
+ * image 16 -> 16 channels: on the default path each conv2d result stays
+ * within 1e-5 x sum over channels c of (sum |w| over c's kernel) x (the
+ * largest |x| of c in the 6x6 patch its 4x4 output tile reads), as ad.h
+ * states; with ad_set_conv_winograd(false) the GEMM path's results stay
+ * within 1e-6 of their own terms' magnitudes, the outlier's or not. */
+Test(winograd, outlier_error_is_bounded_by_the_tile_patch) {
+  enum { C = 16, O = 16, H = 12, W = 12, P = 1, OH = H + 2 * P - 2, OW = W + 2 * P - 2 };
+  ad_rng rng;
+  ad_rng_seed(&rng, 23);
+  ad_tensor *x = rand4(ctx, &rng, AD_F32, 1, C, H, W), *w = rand4(ctx, &rng, AD_F32, O, C, 3, 3);
+  for (int64_t c = 0; c < C; c++) ad_tensor_set(x, (c * H + 5) * W + 6, 1e6);
+  ad_tensor *xd = as_f64(ctx, x, false), *wd = as_f64(ctx, w, false);
+  ad_tensor *xa = as_f64(ctx, x, true), *wa = as_f64(ctx, w, true);
+  ad_conv_opts o = {.padding = {P, P, P, P}};
+  ad_tensor *exact = ad_conv2d(ctx, xd, wd, NULL, &o), *own = ad_conv2d(ctx, xa, wa, NULL, &o);
+  cr_assert(exact && own, "%s", ad_last_error(ctx));
+  cr_assert(ad_set_conv_winograd(true), "the path is on by default");
+  ad_tensor *on = ad_conv2d(ctx, x, w, NULL, &o);
+  cr_assert(ad_set_conv_winograd(false), "the previous setting");
+  ad_tensor *off = ad_conv2d(ctx, x, w, NULL, &o);
+  cr_assert(!ad_set_conv_winograd(true), "the previous setting");
+  cr_assert(on && off, "%s", ad_last_error(ctx));
+  double worst_own = 0;
+  for (int64_t oc = 0; oc < O; oc++)
+    for (int64_t y = 0; y < OH; y++)
+      for (int64_t xx = 0; xx < OW; xx++) {
+        double patch = 0;
+        for (int64_t c = 0; c < C; c++) {
+          double m = 0, sw = 0;
+          for (int64_t r = y / 4 * 4 - P; r < y / 4 * 4 - P + 6; r++)
+            for (int64_t q = xx / 4 * 4 - P; q < xx / 4 * 4 - P + 6; q++)
+              if (r >= 0 && r < H && q >= 0 && q < W)
+                m = fmax(m, fabs(ad_tensor_get(x, (c * H + r) * W + q)));
+          for (int k = 0; k < 9; k++) sw += fabs(ad_tensor_get(w, (oc * C + c) * 9 + k));
+          patch += sw * m;
+        }
+        int64_t i = (oc * OH + y) * OW + xx;
+        double e = ad_tensor_get(exact, i), s = ad_tensor_get(own, i);
+        double err_on = fabs(ad_tensor_get(on, i) - e), err_off = fabs(ad_tensor_get(off, i) - e);
+        QUICK_ASSERT(err_on <= 1e-5 * patch,
+                     "output %lld: winograd %.9g, exact %.9g, patch scale %.3g", (long long)i,
+                     ad_tensor_get(on, i), e, patch);
+        QUICK_ASSERT(err_off <= 1e-6 * s, "output %lld: gemm %.9g, exact %.9g, own scale %.3g",
+                     (long long)i, ad_tensor_get(off, i), e, s);
+        worst_own = fmax(worst_own, err_on / s);
+      }
+  cr_log_info("outlier: winograd's worst error / its own terms' scale %.3g", worst_own);
+  cr_assert(memcmp(on->data, off->data, (size_t)on->size * sizeof(float)), "the path did not run");
+  ad_tape_reset(ctx);
+  ad_tensor *all[] = {x, w, xd, wd, xa, wa};
+  for (size_t t = 0; t < sizeof all / sizeof *all; t++) ad_tensor_free(all[t]);
+}
+
+/* An inf or a NaN in the input (x for conv2d and conv2d_weight, dy for
+ * conv_transpose2d) reaches exactly the results whose windows hold it:
+ * each op's result on the default rule is the GEMM path's, bit for bit
+ * (the transforms alone would spread it over whole tiles). */
+Test(winograd, inf_and_nan_are_not_spread_over_tiles) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 29);
+  const wcase k = {2, 16, 16, 9, 9, {1, 1, 1, 1}, false, false};
+  for (int v = 0; v < 2; v++) {
+    ad_tensor *x = rand4(ctx, &rng, AD_F32, 2, 16, 9, 9),
+              *w = rand4(ctx, &rng, AD_F32, 16, 16, 3, 3);
+    ad_tensor *dy = rand4(ctx, &rng, AD_F32, 2, 16, 9, 9);
+    double bad = v ? NAN : INFINITY;
+    ad_tensor_set(x, (1 * 16 + 3) * 81 + 4 * 9 + 4, bad); /* image 1, channel 3, (4, 4) */
+    ad_tensor_set(dy, 5 * 9 + 2, -bad);                   /* image 0, channel 0, (5, 2) */
+    for (int op = 0; op < 3; op++) {
+      ad_tensor *got = run_op(ctx, op, &k, x, w, dy, NULL, NULL);
+      ad_conv_winograd_mode(-1);
+      ad_tensor *gemm = run_op(ctx, op, &k, x, w, dy, NULL, NULL);
+      ad_conv_winograd_mode(0);
+      cr_assert(got && gemm, "%s", ad_last_error(ctx));
+      int64_t nonfinite = 0;
+      for (int64_t i = 0; i < got->size; i++) nonfinite += !isfinite(ad_tensor_get(got, i));
+      cr_assert_gt(nonfinite, 0, "op %d: the %s was lost", op, v ? "NaN" : "inf");
+      if (op == 0) /* one pixel of one image: its 3x3 window in every output channel */
+        cr_assert_eq(nonfinite, 9 * 16, "op 0: %lld outputs not finite", (long long)nonfinite);
+      cr_assert(!memcmp(got->data, gemm->data, (size_t)got->size * sizeof(float)),
+                "op %d with a%s: not the GEMM path's bits (%lld outputs not finite)", op,
+                v ? " NaN" : "n inf", (long long)nonfinite);
+    }
+    ad_tape_reset(ctx);
+    ad_tensor_free(x), ad_tensor_free(w), ad_tensor_free(dy);
+  }
+}

@@ -79,8 +79,10 @@ void ad_matmul_xwt(ad_dtype dt, int64_t m, int64_t n, int64_t k, const void *x, 
  * scratch_floats of 64-byte aligned scratch; the transformed kernel U
  * takes u_floats. Rounding: each result differs from the exact sum by at
  * most about 1e-5 x the sum of |terms| (of |w x| for conv2d, |w dy| for
- * the input gradient, |x dy| for the weight gradient), against about 1e-6
- * for the GEMM path (tests/test_conv.c checks it over many shapes). */
+ * the input gradient, |x dy| for the weight gradient) where the input's
+ * magnitudes are even, against about 1e-6 for the GEMM path; in general
+ * relative to the largest values of the 6x6 input patch each output tile
+ * reads (ad_conv2d's contract; tests/test_winograd.c checks both). */
 typedef struct ad_wino {
   int64_t n, c, h, w, o, oh, ow, pt, pl;
   int64_t th, tw, t1, hp, wp, cp, op; /* tiles; padded image; channels rounded to 16 */

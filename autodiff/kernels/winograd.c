@@ -32,8 +32,9 @@
  *
  * Rounding: the transforms multiply by up to 8 (A^T) and 5 (B^T) and add
  * many terms, so the f32 result differs from the direct sum by more than
- * the im2col path's few ulps: the error bound is in ad_wino_applies's
- * contract (kernels.h) and docs/performance.md. */
+ * the im2col path's few ulps, relative to the largest values of the 6x6
+ * input patch a tile reads: the bound is in ad_conv2d's contract (ad.h)
+ * and kernels.h, checked by tests/test_winograd.c. */
 #include "kernels.h"
 
 #include <stdatomic.h>

@@ -834,11 +834,20 @@ AD_API ad_tensor *ad_global_avg_pool2d(ad_ctx *ctx, ad_tensor *x);
  * Rounding: f32 3x3 kernels at stride 1 and dilation 1, one group, padding
  * at most 2, with 16 or more channels on each side and an output of at
  * least 4x4 are computed by Winograd's F(4x4, 3x3) (4x fewer
- * multiplications), by all three ops: each result is then within 1e-5 x
- * the sum of its terms' magnitudes (sum |w x|, |w dy| or |x dy|) of the
- * exact value, about 10x the error of the im2col + GEMM path every other
- * shape and f64 take. Either way the bits do not depend on the number of
- * threads. */
+ * multiplications), by all three ops, unless ad_set_conv_winograd turned
+ * it off. The transforms mix each 6x6 patch of the input (of dy for the
+ * input gradient) into the 4x4 outputs it feeds, so a result's error is
+ * relative to that patch: for conv2d, within 1e-5 x the sum over input
+ * channels c of (sum of |w| over c's 3x3 kernel) x (the largest |x| of c
+ * in the patch) of the exact value. Where neighbouring inputs have similar
+ * magnitudes that is within 1e-5 of the sum of the result's own terms'
+ * magnitudes (sum |w x|, |w dy| or |x dy|), about 10x the error of the
+ * im2col + GEMM path every other shape and f64 take; an input far larger
+ * than its neighbours costs the results beside it their accuracy (turn the
+ * path off, or use f64, for such data). inf and NaN are not spread: when
+ * the path's result holds one, the op is recomputed by the GEMM path, so
+ * they reach exactly the outputs whose windows hold them, as in PyTorch.
+ * Either way the bits do not depend on the number of threads. */
 
 /** Options; the zero value (or NULL) is PyTorch's default: stride 1, no
  * padding, dilation 1, one group. */
@@ -976,6 +985,15 @@ AD_API int ad_num_threads(void);
 AD_API bool ad_set_flush_denormal(bool on);
 /** Whether the calling thread flushes subnormals. */
 AD_API bool ad_flush_denormal(void);
+
+/** Whether f32 convolutions that allow it take the Winograd path (see
+ * ad_conv2d), process-wide; on by default. Off, every convolution takes
+ * im2col + GEMM: slower, but each result's rounding error is then relative
+ * to its own window's terms, not to the largest values of the input patch
+ * its output tile reads (which matters only where neighbouring inputs
+ * differ by many orders of magnitude). Affects the ops run after it
+ * returns. Returns the previous setting. */
+AD_API bool ad_set_conv_winograd(bool on);
 
 /* ------------------------------------------ graph dumps and traces
  * For teaching and debugging: draw the recorded graph with Graphviz and
