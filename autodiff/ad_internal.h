@@ -154,6 +154,25 @@ static inline void *ad_arena_alloc(ad_ctx *ctx, size_t bytes) {
   return ad_arena_alloc_slow(ctx, bytes);
 }
 void ad_arena_free_all(ad_ctx *ctx);
+/* A point in the arena to return to: ad_arena_rewind gives back what was
+ * allocated after ad_arena_mark_get (whole chunks stay, for reuse). Only
+ * for scratch that nothing reads once the caller returns. */
+typedef struct ad_arena_mark {
+  ad_arena_chunk *cur;
+  char *bump, *bump_end;
+  size_t used_before;
+} ad_arena_mark;
+static inline ad_arena_mark ad_arena_mark_get(const ad_ctx *ctx) {
+  ad_arena_mark m = {ctx->cur, ctx->bump, ctx->bump_end, ctx->arena_used_before_cur};
+  return m;
+}
+static inline void ad_arena_rewind(ad_ctx *ctx, const ad_arena_mark *m) {
+  if (!m->cur) return; /* no chunk then: keep what came since */
+  ctx->cur = m->cur;
+  ctx->bump = m->bump;
+  ctx->bump_end = m->bump_end;
+  ctx->arena_used_before_cur = m->used_before;
+}
 /* Frees every persistent tensor still live and the slabs (ad_ctx_free). */
 void ad_nodes_free_all(ad_ctx *ctx);
 /* Writes "'name' [2,3]" (or "[2,3]" when unnamed) into buf; returns buf. */

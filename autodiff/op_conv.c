@@ -442,9 +442,15 @@ static bool job_slots(ad_ctx *ctx, conv_job *j, size_t bytes) {
   if (bytes > SIZE_MAX / 4) return false;
   j->col_bytes = (bytes + 63) & ~(size_t)63;
   if (j->col_bytes > SIZE_MAX / 2 / (size_t)j->slots) return false; /* the product must not wrap */
-  j->busy = conv_scratch(ctx, (size_t)j->slots * sizeof *j->busy);
-  j->scratch = j->busy ? conv_scratch(ctx, (size_t)j->slots * j->col_bytes) : NULL;
-  if (!j->scratch) return false;
+  j->scratch = conv_scratch(ctx, (size_t)j->slots * j->col_bytes);
+  if (!j->scratch && j->slots > 1) {
+    /* one buffer, the items one after another: the same path and bits as
+     * on one thread, which an arena limit must not change */
+    j->slots = 1;
+    j->scratch = conv_scratch(ctx, j->col_bytes);
+  }
+  j->busy = j->scratch ? conv_scratch(ctx, (size_t)j->slots * sizeof *j->busy) : NULL;
+  if (!j->busy) return false;
   for (int s = 0; s < j->slots; s++) atomic_init(&j->busy[s], 0);
   return true;
 }
@@ -737,6 +743,19 @@ static ad_status conv2d_shape(const ad_call *c) {
   return AD_OK;
 }
 
+/* The ops' forwards: their scratch (col buffers, Winograd's transforms)
+ * goes back to the arena when they return, so that it neither stays
+ * until the tape's reset
+ * nor, under an arena limit, leaves a later op less room on more threads
+ * (a path with other rounding). Nothing allocated past the mark outlives
+ * the call: the output was allocated before it. */
+#define CONV_FWD(NAME, COMPUTE)                                                                    \
+  static void NAME(const ad_call *c) {                                                             \
+    ad_arena_mark m = ad_arena_mark_get(c->ctx);                                                   \
+    COMPUTE(c);                                                                                    \
+    ad_arena_rewind(c->ctx, &m);                                                                   \
+  }
+
 static void conv2d_range(void *ud, int64_t begin, int64_t end) {
   conv_job *j = ud;
   const conv_geom *g = &j->g;
@@ -756,7 +775,7 @@ static void conv2d_range(void *ud, int64_t begin, int64_t end) {
   slot_give(j, s);
 }
 
-static void conv2d_fwd(const ad_call *c) {
+static void conv2d_compute(const ad_call *c) {
   const ad_tensor *x = c->in[0], *w = c->in[1];
   ad_conv_attrs r = conv_resolved(&c->attrs->conv, w->shape[2], w->shape[3]);
   conv_job j = {.g = conv_geom_of(x->dtype, x->shape, c->out->shape, w->shape[2], w->shape[3], &r),
@@ -774,6 +793,7 @@ static void conv2d_fwd(const ad_call *c) {
     for (int64_t n = 0; n < j.g.n; n++)
       add_bias(j.g.dt, j.out + (size_t)(n * j.g.o * j.g.p) * j.es, j.bias, j.g.o, j.g.p);
 }
+CONV_FWD(conv2d_fwd, conv2d_compute)
 
 /* dx = conv_transpose2d(dy, w) (sized back to x), dw = conv2d_weight(x, dy),
  * db = sum of dy over N, H, W */
@@ -931,10 +951,11 @@ static void convt_compute(ad_ctx *ctx, const ad_tensor *y, const ad_tensor *w, c
       add_bias(j.g.dt, j.out + (size_t)(n * j.g.c * j.g.hw) * j.es, bias, j.g.c, j.g.hw);
 }
 
-static void convt_fwd(const ad_call *c) {
+static void convt_fwd_compute(const ad_call *c) {
   convt_compute(c->ctx, c->in[0], c->in[1], c->n > 2 ? c->in[2]->data : NULL, &c->attrs->conv,
                 c->out);
 }
+CONV_FWD(convt_fwd, convt_fwd_compute)
 
 /* y = conv_transpose2d(x, w): <y, dy> = B(dy, w, x), so dx = conv2d(dy, w)
  * and dw = conv2d_weight(dy, x). With output_padding >= stride (allowed
@@ -1109,7 +1130,7 @@ static void convw_reduce(void *ud, int64_t begin, int64_t end) {
   }
 }
 
-static void convw_fwd(const ad_call *c) {
+static void convw_compute(const ad_call *c) {
   const ad_tensor *x = c->in[0], *dy = c->in[1];
   ad_tensor *out = c->out;
   ad_conv_attrs r = conv_resolved(&c->attrs->conv, out->shape[2], out->shape[3]);
@@ -1138,6 +1159,7 @@ static void convw_fwd(const ad_call *c) {
   }
   job_direct(&j, OP_WEIGHT);
 }
+CONV_FWD(convw_fwd, convw_compute)
 
 /* y = conv2d_weight(x, g) (shaped like w): <y, dy> = B(x, dy, g), so
  * dx = conv_transpose2d(g, dy) sized back to x, dg = conv2d(x, dy) */

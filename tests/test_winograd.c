@@ -364,3 +364,71 @@ Test(winograd, inf_and_nan_are_not_spread_over_tiles) {
     ad_tensor_free(x), ad_tensor_free(w), ad_tensor_free(dy);
   }
 }
+
+/* Under an arena limit the scratch of one buffer per thread may not fit
+ * where one buffer does: the op then runs its items one after another on
+ * the same path, so for every limit each of the three ops gives the same
+ * bits on 1 and 2 threads (it took another path, with other rounding) and
+ * fits on 2 threads where it fits on 1. */
+Test(winograd, arena_limit_does_not_make_bits_depend_on_threads) {
+  int compared = 0;
+  for (int op = 0; op < 3; op++)
+    for (size_t half_mb = 2; half_mb <= 16; half_mb++) {
+      float *ref = NULL;
+      int64_t size = 0;
+      for (int threads = 1; threads <= 2; threads++) {
+        ad_ctx *c = ad_ctx_new();
+        cr_assert_eq(ad_set_num_threads(threads), AD_OK);
+        ad_rng rng;
+        ad_rng_seed(&rng, 31);
+        ad_tensor *x = rand4(c, &rng, AD_F32, 2, 16, 64, 64),
+                  *w = rand4(c, &rng, AD_F32, 16, 16, 3, 3),
+                  *dy = rand4(c, &rng, AD_F32, 2, 16, 64, 64);
+        cr_assert_eq(ad_set_arena_limit(c, (half_mb << 19) + ad_arena_used(c)), AD_OK);
+        const wcase k = {2, 16, 16, 64, 64, {1, 1, 1, 1}, false, false};
+        ad_tensor *got = run_op(c, op, &k, x, w, dy, NULL, NULL);
+        if (threads == 1 && !got) { /* the output itself does not fit */
+          ad_ctx_free(c);
+          break;
+        }
+        cr_assert(got, "op %d, limit %zu KB: fits on 1 thread, not on 2: %s", op, half_mb * 512,
+                  ad_last_error(c));
+        if (threads == 1) {
+          size = got->size;
+          ref = malloc((size_t)size * sizeof(float));
+          memcpy(ref, got->data, (size_t)size * sizeof(float));
+        } else {
+          cr_assert(!memcmp(ref, got->data, (size_t)size * sizeof(float)),
+                    "op %d, limit %zu KB: 2 threads differ from 1", op, half_mb * 512);
+          compared++;
+        }
+        ad_ctx_free(c);
+      }
+      free(ref);
+    }
+  ad_set_num_threads(1);
+  cr_assert_geq(compared, 30, "only %d limits compared", compared);
+}
+
+/* A convolution's scratch goes back to the arena when the op returns: a
+ * chain of them keeps only their outputs. */
+Test(winograd, scratch_is_not_kept_until_the_reset) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 37);
+  ad_tensor *x = rand4(ctx, &rng, AD_F32, 4, 16, 32, 32),
+            *w = rand4(ctx, &rng, AD_F32, 16, 16, 3, 3);
+  ad_conv_opts o = {.padding = {1, 1, 1, 1}};
+  for (int mode = -1; mode <= 0; mode++) { /* the GEMM path, then Winograd */
+    ad_conv_winograd_mode(mode);
+    size_t before = ad_arena_used(ctx);
+    ad_tensor *y = x;
+    for (int k = 0; k < 4; k++) y = ad_conv2d(ctx, y, w, NULL, &o);
+    cr_assert(y, "%s", ad_last_error(ctx));
+    size_t outputs = 4 * (size_t)y->size * sizeof(float), grew = ad_arena_used(ctx) - before;
+    cr_assert_leq(grew, outputs + 4096, "mode %d: the arena grew by %zu bytes for %zu of outputs",
+                  mode, grew, outputs);
+    ad_tape_reset(ctx);
+  }
+  ad_conv_winograd_mode(0);
+  ad_tensor_free(x), ad_tensor_free(w);
+}
