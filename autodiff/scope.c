@@ -9,9 +9,10 @@
  * search). Recording an op does no scope work at all, and a context that
  * never opens a scope has no scope state (ctx->scopes stays NULL).
  *
- * The state notes the tape generation it describes; the first scope call
- * after an ad_tape_reset brings it to the new tape (see refresh), so the
- * tape's own code knows nothing of scopes.
+ * The state notes the tape generation it describes; the first push or pop
+ * after an ad_tape_reset brings it to the new tape (see refresh_now), so
+ * the tape's own code knows nothing of scopes; until then the accessors
+ * read it as the refresh will leave it (peek), writing nothing.
  *
  * A group is interned by (parent group, label): opening "t=3" under "rnn"
  * twice gives the same small id. Labels are kept in one growing character
@@ -151,14 +152,25 @@ static void refresh_now(struct ad_scope_state *s) {
 }
 
 /* ctx's scope state, brought to the current tape; NULL if none was made.
- * Logically const: a reset tape's groups are gone whether or not this has
- * run yet. */
-static struct ad_scope_state *state(const ad_ctx *ctx) {
+ * Only the calls that change scopes refresh it: the const accessors read
+ * a state that is behind the tape as the refresh would leave it (stale),
+ * writing nothing, so they may run beside each other on one context. */
+static struct ad_scope_state *state(ad_ctx *ctx) {
   struct ad_scope_state *s = ctx ? ctx->scopes : NULL;
   if (s && s->epoch != ctx->epoch) {
     refresh_now(s);
     s->epoch = ctx->epoch;
   }
+  return s;
+}
+
+/* ctx's scope state for reading, and whether it is behind the tape: then
+ * the groups are the open scopes, group d the one d deep (label and
+ * parent found through the stack), and every op of the tape is in the
+ * innermost (as refresh_now would make them). */
+static const struct ad_scope_state *peek(const ad_ctx *ctx, bool *stale) {
+  const struct ad_scope_state *s = ctx ? ctx->scopes : NULL;
+  *stale = s && s->epoch != ctx->epoch;
   return s;
 }
 
@@ -210,9 +222,11 @@ int ad_scope_depth(const ad_ctx *ctx) { return ctx && ctx->scopes ? ctx->scopes-
 int ad_tensor_scope(const ad_tensor *t) {
   int64_t idx = ad_tensor_tape_index(t);
   if (idx < 0) return -1;
-  const struct ad_scope_state *s = state(ad_node_of(t)->ctx);
+  bool stale;
+  const struct ad_scope_state *s = peek(ad_node_of(t)->ctx, &stale);
   if (!s) return -1;
-  size_t lo = 0, hi = s->nmarks; /* the first mark after idx is marks[lo] */
+  if (stale) return s->depth - 1; /* -1 with none open */
+  size_t lo = 0, hi = s->nmarks;  /* the first mark after idx is marks[lo] */
   while (lo < hi) {
     size_t mid = lo + (hi - lo) / 2;
     if (s->marks[mid].from <= idx)
@@ -224,18 +238,23 @@ int ad_tensor_scope(const ad_tensor *t) {
 }
 
 const char *ad_scope_label(const ad_ctx *ctx, int group) {
-  const struct ad_scope_state *s = state(ctx);
-  return s && group >= 0 && group < s->ngroups ? s->pool + s->groups[group].off : NULL;
+  bool stale;
+  const struct ad_scope_state *s = peek(ctx, &stale);
+  if (!s || group < 0 || group >= (stale ? s->depth : s->ngroups)) return NULL;
+  return s->pool + s->groups[stale ? s->stack[group] : group].off;
 }
 
 int ad_scope_parent(const ad_ctx *ctx, int group) {
-  const struct ad_scope_state *s = state(ctx);
-  return s && group >= 0 && group < s->ngroups ? s->groups[group].parent : -1;
+  bool stale;
+  const struct ad_scope_state *s = peek(ctx, &stale);
+  if (!s || group < 0 || group >= (stale ? s->depth : s->ngroups)) return -1;
+  return stale ? group - 1 : s->groups[group].parent;
 }
 
 int ad_scope_count(const ad_ctx *ctx) {
-  const struct ad_scope_state *s = state(ctx);
-  return s ? s->ngroups : 0;
+  bool stale;
+  const struct ad_scope_state *s = peek(ctx, &stale);
+  return s ? (stale ? s->depth : s->ngroups) : 0;
 }
 
 void ad_scope_free(ad_ctx *ctx) {
