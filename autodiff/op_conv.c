@@ -425,8 +425,10 @@ static void *conv_scratch(ad_ctx *ctx, size_t bytes) {
     uint32_t nerr = ctx->nerrors;
     char err[sizeof ctx->err];
     memcpy(err, ctx->err, sizeof err);
+    ad_arena_mark m = ad_arena_mark_get(ctx);
     p = ad_arena_alloc(ctx, want);
     if (!p) {
+      ad_arena_rewind(ctx, &m); /* a failed walk must not leave the chunks it skipped */
       ctx->status = st;
       ctx->nerrors = nerr;
       memcpy(ctx->err, err, sizeof err);
@@ -440,6 +442,7 @@ static void *conv_scratch(ad_ctx *ctx, size_t bytes) {
  * room for them. */
 static bool job_slots(ad_ctx *ctx, conv_job *j, size_t bytes) {
   if (bytes > SIZE_MAX / 4) return false;
+  ad_arena_mark mark = ad_arena_mark_get(ctx);
   j->col_bytes = (bytes + 63) & ~(size_t)63;
   if (j->col_bytes > SIZE_MAX / 2 / (size_t)j->slots) return false; /* the product must not wrap */
   j->scratch = conv_scratch(ctx, (size_t)j->slots * j->col_bytes);
@@ -450,7 +453,10 @@ static bool job_slots(ad_ctx *ctx, conv_job *j, size_t bytes) {
     j->scratch = conv_scratch(ctx, j->col_bytes);
   }
   j->busy = j->scratch ? conv_scratch(ctx, (size_t)j->slots * sizeof *j->busy) : NULL;
-  if (!j->busy) return false;
+  if (!j->busy) {
+    ad_arena_rewind(ctx, &mark);
+    return false;
+  }
   for (int s = 0; s < j->slots; s++) atomic_init(&j->busy[s], 0);
   return true;
 }
@@ -597,6 +603,7 @@ static bool wino_run(ad_ctx *ctx, conv_job *j, int kind) {
   const conv_geom *g = &j->g;
   if (!wino_applies(g)) return false;
   conv_job saved = *j;
+  ad_arena_mark mark = ad_arena_mark_get(ctx);
   ad_wino *p = &j->wino;
   ad_wino_init(p, g->n, g->c, g->h, g->w, g->o, g->oh, g->ow, g->pt, g->pl);
   size_t ubytes = (size_t)p->u_floats * sizeof(float);
@@ -608,10 +615,10 @@ static bool wino_run(ad_ctx *ctx, conv_job *j, int kind) {
     j->per_chunk = (items + nc - 1) / nc;
     j->nchunks = items = (p->nblocks + j->per_chunk - 1) / j->per_chunk;
     j->partials = conv_scratch(ctx, (size_t)items * ubytes);
-    if (!j->partials) return false;
+    if (!j->partials) goto fail;
   } else {
     j->u = conv_scratch(ctx, ubytes + (size_t)p->ut_floats * sizeof(float));
-    if (!j->u) return false;
+    if (!j->u) goto fail;
     memset(j->u, 0, ubytes + (size_t)p->ut_floats * sizeof(float));
     ad_parallel_for(g->o, (256 + g->c - 1) / g->c, wino_weights_range, j);
   }
@@ -619,7 +626,7 @@ static bool wino_run(ad_ctx *ctx, conv_job *j, int kind) {
   j->es = sizeof(float);
   j->split = false;
   j->slots = threads > 1 && items > 1 ? (int)(items < threads ? items : threads) : 1;
-  if (!job_slots(ctx, j, (size_t)p->scratch_floats * sizeof(float))) return false;
+  if (!job_slots(ctx, j, (size_t)p->scratch_floats * sizeof(float))) goto fail;
   job_run(j, items,
           kind == OP_CONV    ? conv2d_wino_range
           : kind == OP_CONVT ? convt_wino_range
@@ -629,11 +636,12 @@ static bool wino_run(ad_ctx *ctx, conv_job *j, int kind) {
     ad_parallel_for(g->c, (4096 + g->o - 1) / g->o, wino_dw_range, j);
     if (!all_finite_f32((const float *)j->out, g->o * g->c * 9)) j->nonfinite = true;
   }
-  if (j->nonfinite) { /* the transforms spread it over whole tiles: redo by GEMM */
-    *j = saved;
-    return false;
-  }
-  return true;
+  if (!j->nonfinite) return true;
+  /* the transforms spread it over whole tiles: redo by GEMM */
+fail: /* the other path gets the room this one's scratch took */
+  *j = saved;
+  ad_arena_rewind(ctx, &mark);
+  return false;
 }
 
 /* The attrs of the backward ops: c's, with 'same' resolved for w's kernel. */

@@ -128,17 +128,19 @@ static bool mark(ad_ctx *ctx, struct ad_scope_state *s, int32_t group) {
 static void refresh_now(struct ad_scope_state *s) {
   s->nmarks = 0;
   if (!s->ngroups) return;
-  /* the open labels move to the front of the pool, in stack order; each
-   * starts at or after where it is copied to, so memmove is safe */
+  /* the open labels stay where they are in the pool (a label an accessor
+   * gave before the refresh stays valid), and the pool is cut after the
+   * last of them. Group ids grow with depth (a parent is interned before
+   * its child), so stack[d] >= d: groups[d] is overwritten only after its
+   * own label was read */
   size_t len = 0;
   for (int d = 0; d < s->depth; d++) {
-    const char *lab = s->pool + s->groups[s->stack[d]].off;
-    size_t n = strlen(lab) + 1;
-    memmove(s->pool + len, lab, n);
-    s->groups[d] = (scope_group){
-        .off = (uint32_t)len, .parent = d - 1, .hash = group_hash(d - 1, s->pool + len, n - 1)};
+    uint32_t off = s->groups[s->stack[d]].off;
+    size_t n = strlen(s->pool + off) + 1;
+    s->groups[d] =
+        (scope_group){.off = off, .parent = d - 1, .hash = group_hash(d - 1, s->pool + off, n - 1)};
     s->stack[d] = d;
-    len += n;
+    if (off + n > len) len = off + n;
   }
   s->pool_len = len;
   s->ngroups = s->depth;

@@ -314,6 +314,26 @@ Test(scope, reset_keeps_open_scopes_only) {
   cr_assert_eq(ad_tensor_scope(ad_neg(ctx, a)), -1);
 }
 
+/* A label read after a reset, before any push, stays valid through the
+ * pops that follow (ad_ext.h: until the next push or reset). */
+Test(scope, label_read_after_reset_survives_a_pop) {
+  OK(ad_scope_push(ctx, "x"));
+  OK(ad_scope_pop(ctx));
+  OK(ad_scope_push(ctx, "encoder"));
+  OK(ad_scope_push(ctx, "layer"));
+  ad_tape_reset(ctx);
+  const char *outer = ad_scope_label(ctx, 0), *inner = ad_scope_label(ctx, 1);
+  cr_assert_str_eq(outer, "encoder");
+  cr_assert_str_eq(inner, "layer");
+  cr_assert_eq(ad_scope_parent(ctx, 1), 0);
+  OK(ad_scope_pop(ctx));
+  cr_assert_str_eq(inner, "layer");
+  cr_assert_str_eq(outer, "encoder");
+  cr_assert_str_eq(ad_scope_label(ctx, 0), "encoder");
+  OK(ad_scope_pop(ctx));
+  cr_assert_str_eq(outer, "encoder");
+}
+
 Test(scope, out_of_memory_opens_nothing) {
   test_alloc ta = {0};
   ad_ctx *c = ad_ctx_new_with_alloc(test_alloc_fn, &ta);

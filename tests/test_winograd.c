@@ -432,3 +432,68 @@ Test(winograd, scratch_is_not_kept_until_the_reset) {
   ad_conv_winograd_mode(0);
   ad_tensor_free(x), ad_tensor_free(w);
 }
+
+/* conv2d of x by w (padding pad) in a new context under an arena limit on
+ * `threads` threads, after a warm-up step that leaves a small kept chunk
+ * after the first (warm > 0: tensors of warm and warm / 20 f64 elements,
+ * then a reset and an op of warm / 2.5 elements), as a training loop's
+ * steps do; a malloc'ed copy of the result, or NULL when it did not fit. */
+static float *conv_under_limit(int threads, size_t limit, int64_t warm, ad_dtype dt,
+                               const int64_t *xs, const int64_t *ws, int64_t pad, bool nan,
+                               int64_t *size) {
+  cr_assert_eq(ad_set_num_threads(threads), AD_OK);
+  ad_ctx *c = ad_ctx_new();
+  ad_rng rng;
+  ad_rng_seed(&rng, 7);
+  ad_tensor *x = ad_rand(c, &rng, dt, 4, xs, -1, 1), *w = ad_rand(c, &rng, dt, 4, ws, -1, 1);
+  if (nan) ad_tensor_set(x, 5 * xs[3] + 7, NAN); /* image 0, channel 0 */
+  int64_t n[3] = {warm, warm / 20, warm * 2 / 5};
+  ad_tensor *f[3] = {NULL};
+  for (int k = 0; k < 3 && warm; k++) f[k] = ad_zeros(c, AD_F64, 1, n + k);
+  cr_assert_eq(ad_set_arena_limit(c, limit), AD_OK);
+  if (warm) {
+    cr_assert(ad_add_scalar(c, f[0], 1) && ad_add_scalar(c, f[1], 1), "%s", ad_last_error(c));
+    ad_tape_reset(c);
+    cr_assert(ad_add_scalar(c, f[2], 1), "%s", ad_last_error(c));
+  }
+  ad_conv_opts o = {.padding = {pad, pad, pad, pad}};
+  ad_tensor *y = ad_conv2d(c, x, w, NULL, &o);
+  float *out = NULL;
+  if (y) {
+    size_t bytes = (size_t)y->size * ad_dtype_size(dt);
+    *size = (int64_t)bytes;
+    out = malloc(bytes);
+    memcpy(out, y->data, bytes);
+  }
+  ad_ctx_free(c);
+  return out;
+}
+
+/* After a reset, with a small kept chunk behind the first: a failed try at
+ * one buffer per thread must not leave the arena past the room one buffer
+ * needs (f64, the GEMM path). And a Winograd result holding a NaN, redone
+ * by the GEMM path, gets back the room the Winograd scratch took: in both,
+ * the same bits on 1 and 2 threads at every limit where both fit. */
+Test(winograd, arena_limit_after_reset_and_after_nan_fallback) {
+  int64_t xs[4] = {2, 4, 34, 34}, ws[4] = {8, 4, 3, 3}, size1 = 0, size2 = 0;
+  float *a = conv_under_limit(1, (1u << 20) + 65536, 126000, AD_F64, xs, ws, 0, false, &size1);
+  float *b = conv_under_limit(2, (1u << 20) + 65536, 126000, AD_F64, xs, ws, 0, false, &size2);
+  cr_assert(a && b, "the convolution did not fit");
+  cr_assert(!memcmp(a, b, (size_t)size1), "kept chunks: 2 threads differ from 1");
+  free(a), free(b);
+  int64_t xn[4] = {2, 16, 32, 32}, wn[4] = {16, 16, 3, 3};
+  int compared = 0;
+  for (size_t limit = 1536 << 10; limit <= (2304u << 10); limit += 16 << 10) {
+    a = conv_under_limit(1, limit, 0, AD_F32, xn, wn, 1, true, &size1);
+    b = conv_under_limit(2, limit, 0, AD_F32, xn, wn, 1, true, &size2);
+    if (a && b) {
+      /* image 1 is all finite: compare it bit for bit */
+      cr_assert(!memcmp(a + size1 / 8, b + size1 / 8, (size_t)size1 / 2),
+                "NaN fallback, limit %zu: 2 threads differ from 1", limit);
+      compared++;
+    }
+    free(a), free(b);
+  }
+  ad_set_num_threads(1);
+  cr_assert_geq(compared, 20, "only %d limits compared", compared);
+}

@@ -847,12 +847,14 @@ AD_API ad_tensor *ad_global_avg_pool2d(ad_ctx *ctx, ad_tensor *x);
  * path off, or use f64, for such data). inf and NaN are not spread: when
  * the path's result holds one, the op is recomputed by the GEMM path, so
  * they reach exactly the outputs whose windows hold them, as in PyTorch.
- * Either way the bits do not depend on the number of threads, with one
- * exception: under an ad_set_arena_limit too tight for every thread's
- * scratch, an op runs its images one after another (the same bits), but
- * the arena chunks its first try added may leave a later op without room
- * for its scratch, and that op then takes a path with other rounding. An
- * op's scratch goes back to the arena when it returns. */
+ * Either way the bits do not depend on the number of threads. An op's
+ * scratch (one buffer per thread) goes back to the arena when it returns;
+ * under an ad_set_arena_limit too tight for every thread's buffer the op
+ * runs its images one after another on one buffer, the same bits. One
+ * exception remains: where more threads' scratch fit only in a new arena
+ * chunk, the chunks the arena then holds differ from one thread's, and a
+ * later op near the limit may find no room for its scratch on one thread
+ * count and room on the other, and so take a path with other rounding. */
 
 /** Options; the zero value (or NULL) is PyTorch's default: stride 1, no
  * padding, dilation 1, one group. */
