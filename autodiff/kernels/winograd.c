@@ -86,13 +86,23 @@ static const double wino_g[6][3] = {{1.0 / 4, 0, 0},
                                     {1.0 / 24, -1.0 / 12, 1.0 / 6},
                                     {0, 0, 1}};
 
-/* U[xi, c, o] = (G w[o, c] G^T)[xi] for o in [o0, o1), in double, rounded
- * once, and its transpose UT[xi, o, c] after U; the caller zeroes both
- * first (the pad lanes stay zero). */
-void ad_wino_weights(const ad_wino *p, const float *w, float *u, int64_t o0, int64_t o1) {
+/* U[xi, c, o] = (G w[o, c] G^T)[xi] for the input channels of blocks [b0,
+ * b1) of 16 (the last may be short), in double, rounded once, and its
+ * transpose UT[xi, o, c] after U, pad lanes zeroed. A block's writes fill
+ * whole 64-byte lines of both (U's rows are op floats long, UT's lanes are
+ * 16 channels), so threads taking different blocks never share a line. */
+void ad_wino_weights(const ad_wino *p, const float *w, float *u, int64_t b0, int64_t b1) {
   float *ut = u + p->u_floats;
-  for (int64_t o = o0; o < o1; o++)
-    for (int64_t c = 0; c < p->c; c++) {
+  int64_t c0 = 16 * b0, c1 = 16 * b1 < p->c ? 16 * b1 : p->c,
+          cpad = 16 * b1 < p->cp ? 16 * b1 : p->cp;
+  for (int xi = 0; xi < 36; xi++) {
+    for (int64_t c = c0; c < c1; c++)
+      for (int64_t o = p->o; o < p->op; o++) u[(xi * p->c + c) * p->op + o] = 0;
+    for (int64_t o = 0; o < p->o; o++)
+      for (int64_t c = c1; c < cpad; c++) ut[(xi * p->o + o) * p->cp + c] = 0;
+  }
+  for (int64_t c = c0; c < c1; c++)
+    for (int64_t o = 0; o < p->o; o++) {
       const float *k = w + (o * p->c + c) * 9;
       for (int a = 0; a < 6; a++) {
         double row[3];
@@ -116,8 +126,10 @@ void ad_wino_du_sum(const ad_wino *p, float *du, int64_t nparts, int64_t i0, int
   }
 }
 
-/* dw[o, c] = G^T dU[., c, o] G for c in [c0, c1), in double. */
-void ad_wino_weight_grad(const ad_wino *p, const float *du, float *dw, int64_t c0, int64_t c1) {
+/* dw[o, c] = G^T dU[., c, o] G for the input channels of blocks [b0, b1)
+ * of 16, in double. */
+void ad_wino_weight_grad(const ad_wino *p, const float *du, float *dw, int64_t b0, int64_t b1) {
+  int64_t c0 = 16 * b0, c1 = 16 * b1 < p->c ? 16 * b1 : p->c;
   for (int64_t c = c0; c < c1; c++)
     for (int64_t o = 0; o < p->o; o++) {
       double m[36];
