@@ -574,7 +574,7 @@ static bool wino_run(ad_ctx *ctx, conv_job *j, int kind) {
   } else {
     j->u = conv_scratch(ctx, ubytes + (size_t)p->ut_floats * sizeof(float));
     if (!j->u) return false;
-    ad_parallel_for((g->c + 15) / 16, 1, wino_weights_range, j);
+    ad_parallel_for(ad_wino_kblocks(p), 1, wino_weights_range, j);
   }
   int threads = ad_num_threads();
   j->es = sizeof(float);
@@ -587,7 +587,7 @@ static bool wino_run(ad_ctx *ctx, conv_job *j, int kind) {
                              : convw_wino_range);
   if (kind == OP_WEIGHT) {
     ad_parallel_for(p->u_floats, 1 << 14, wino_du_range, j);
-    ad_parallel_for((g->c + 15) / 16, 1, wino_dw_range, j);
+    ad_parallel_for(ad_wino_kblocks(p), 1, wino_dw_range, j);
   }
   return true;
 }

@@ -148,8 +148,8 @@ Test(winograd, generic_kernels_agree_within_the_same_bound) { check_bound(true);
  * family (16+ channels, 4x4+ outputs): forward, both gradients and the
  * weight gradient are the same bits on 1, 2 and 3 threads, and on a batch
  * of 9 images cut into blocks of 8. c -> o channels: 16 -> 16, one block
- * of 16 channels for the kernel transforms; 33 -> 20, three blocks split
- * over the threads, the last short, and pad lanes on both sides. */
+ * of 16 x 16 channels for the kernel transforms; 33 -> 20, six blocks split
+ * over the threads, the last of each side short, pad lanes on both sides. */
 static void check_threads(int64_t c, int64_t oc) {
   ad_rng rng;
   ad_rng_seed(&rng, 13);
