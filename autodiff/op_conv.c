@@ -619,8 +619,7 @@ static bool wino_run(ad_ctx *ctx, conv_job *j, int kind) {
   } else {
     j->u = conv_scratch(ctx, ubytes + (size_t)p->ut_floats * sizeof(float));
     if (!j->u) goto fail;
-    memset(j->u, 0, ubytes + (size_t)p->ut_floats * sizeof(float));
-    ad_parallel_for(g->o, (256 + g->c - 1) / g->c, wino_weights_range, j);
+    ad_parallel_for(ad_wino_kblocks(p), 1, wino_weights_range, j);
   }
   int threads = ad_num_threads();
   j->es = sizeof(float);
@@ -633,7 +632,7 @@ static bool wino_run(ad_ctx *ctx, conv_job *j, int kind) {
                              : convw_wino_range);
   if (kind == OP_WEIGHT) {
     ad_parallel_for(p->u_floats, 1 << 14, wino_du_range, j);
-    ad_parallel_for(g->c, (4096 + g->o - 1) / g->o, wino_dw_range, j);
+    ad_parallel_for(ad_wino_kblocks(p), 1, wino_dw_range, j);
     if (!all_finite_f32((const float *)j->out, g->o * g->c * 9)) j->nonfinite = true;
   }
   if (!j->nonfinite) return true;

@@ -305,8 +305,35 @@ static void expand_rows(void *ud, int64_t b, int64_t e) {
   }
 }
 
+/* Elements [b, e) of an expand of one element: a fill of the flat out. */
+static void expand_fill(void *ud, int64_t b, int64_t e) {
+  const ad_call *c = ud;
+  const ad_tensor *out = c->out;
+  size_t es = ad_dsize(out->dtype);
+  if (es == 8) {
+    uint64_t v; /* f64: the bits */
+    memcpy(&v, c->in[0]->data, sizeof v);
+    uint64_t *d = out->data;
+    for (int64_t i = b; i < e; i++) d[i] = v;
+  } else if (es == 4) {
+    uint32_t v; /* f32 and i32: the bits */
+    memcpy(&v, c->in[0]->data, sizeof v);
+    uint32_t *d = out->data;
+    for (int64_t i = b; i < e; i++) d[i] = v;
+  } else {
+    for (int64_t i = b; i < e; i++) memcpy((char *)out->data + (size_t)i * es, c->in[0]->data, es);
+  }
+}
+
 static void expand_fwd(const ad_call *c) {
   ad_tensor *out = c->out;
+  if (c->in[0]->size == 1) { /* one element repeated (nn's temporaries): a flat fill */
+    if (out->size <= 32768)
+      expand_fill((void *)c, 0, out->size);
+    else
+      ad_parallel_for(out->size, 32768, expand_fill, (void *)c);
+    return;
+  }
   expand_job j = {.c = c};
   ad_bc_init(&j.it, 1, c->in, out);
   j.s = out->ndim ? j.it.st[0][out->ndim - 1] : 0;

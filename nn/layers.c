@@ -259,6 +259,42 @@ nn_layer *nn_dropout_new(ad_ctx *ctx, double p, uint64_t seed) {
   return l;
 }
 
+/* Masks are drawn in chunks of DROP_CHUNK elements, each from a stream of
+ * its own: chunk c of a call from an ad_rng seeded with k + c, where k is
+ * one draw of the layer's generator per call. A chunk's draws depend on k
+ * and c only, so threads take chunks in any order and the mask has the same
+ * bits on any number of threads. */
+#define DROP_CHUNK 4096
+#define DROP_GRAIN 8 /* chunks per parallel range: 32K elements */
+
+typedef struct drop_job {
+  void *m;
+  ad_dtype dtype;
+  int64_t n;
+  uint64_t key, thr;
+  double keep;
+} drop_job;
+
+/* Chunks [c0, c1) of the mask. m = [u >= p] keep with u = ad_rng_uniform,
+ * without the conversion: the uniform is the top 53 bits of ad_rng_next
+ * times 2^-53, so it reaches p exactly when those bits, as an integer,
+ * reach thr = p 2^53 rounded up. */
+static void drop_range(void *ud, int64_t c0, int64_t c1) {
+  const drop_job *j = ud;
+  for (int64_t c = c0; c < c1; c++) {
+    ad_rng r;
+    ad_rng_seed(&r, j->key + (uint64_t)c);
+    int64_t b = c * DROP_CHUNK, e = b + DROP_CHUNK < j->n ? b + DROP_CHUNK : j->n;
+    if (j->dtype == AD_F32) {
+      float *d = j->m, keep = (float)j->keep;
+      for (int64_t i = b; i < e; i++) d[i] = ad_rng_next(&r) >> 11 >= j->thr ? keep : 0;
+    } else {
+      double *d = j->m;
+      for (int64_t i = b; i < e; i++) d[i] = ad_rng_next(&r) >> 11 >= j->thr ? j->keep : 0;
+    }
+  }
+}
+
 /* y = x * m, m = [u >= p] / (1 - p) with u ~ U[0,1) per element: a constant
  * mask, so dx = dy * m comes from the tape's mul. */
 static ad_tensor *dropout_forward(nn_layer *l, ad_tensor *x, bool training) {
@@ -272,19 +308,13 @@ static ad_tensor *dropout_forward(nn_layer *l, ad_tensor *x, bool training) {
   }
   ad_tensor *m = nn_tmp_tensor(ctx, x->dtype, x->ndim, x->shape);
   if (!m) return NULL;
-  double keep = 1.0 / (1.0 - l->p);
-  /* ad_rng_uniform >= p, without the conversion: the uniform is the top 53
-   * bits of ad_rng_next times 2^-53, so it reaches p exactly when those
-   * bits, as an integer, reach p 2^53 rounded up (the same masks) */
-  uint64_t thr = (uint64_t)ceil(l->p * 0x1p53);
-  if (m->dtype == AD_F32) {
-    float *d = m->data;
-    for (int64_t i = 0; i < m->size; i++)
-      d[i] = ad_rng_next(&l->rng) >> 11 >= thr ? (float)keep : 0;
-  } else {
-    double *d = m->data;
-    for (int64_t i = 0; i < m->size; i++) d[i] = ad_rng_next(&l->rng) >> 11 >= thr ? keep : 0;
-  }
+  drop_job j = {.m = m->data,
+                .dtype = m->dtype,
+                .n = m->size,
+                .key = ad_rng_next(&l->rng),
+                .thr = (uint64_t)ceil(l->p * 0x1p53),
+                .keep = 1.0 / (1.0 - l->p)};
+  ad_parallel_for((m->size + DROP_CHUNK - 1) / DROP_CHUNK, DROP_GRAIN, drop_range, &j);
   return ad_mul(ctx, x, m);
 }
 

@@ -350,6 +350,43 @@ Test(dropout, eval_mode_seeds_and_errors) {
   ad_tensor_free(x);
 }
 
+/* Every element's mask is the documented draw (chunk c of 4096 elements
+ * from an ad_rng seeded with k + c, k one draw of the layer's generator per
+ * call), with the same bits on 1, 2 and 3 threads: 300,003 elements, so
+ * the chunks are split over the threads and the last one is short. */
+Test(dropout, masks_do_not_depend_on_thread_count) {
+  const double p = 0.25;
+  int64_t s[2] = {3, 100001}, n = 3 * 100001;
+  ad_tensor *x = ad_ones(ctx, AD_F32, 2, s);
+  float *want = malloc((size_t)n * sizeof *want);
+  cr_assert(x && want);
+  ad_rng g, r;
+  ad_rng_seed(&g, 9);
+  ad_rng_next(&g); /* the first call's key */
+  uint64_t k = ad_rng_next(&g);
+  for (int64_t i = 0; i < n; i++) {
+    if (i % 4096 == 0) ad_rng_seed(&r, k + (uint64_t)(i / 4096));
+    want[i] = ad_rng_uniform(&r) >= p ? (float)(1 / (1 - p)) : 0.0f;
+  }
+  static const int threads[] = {1, 2, 3};
+  for (size_t t = 0; t < sizeof threads / sizeof threads[0]; t++) {
+    cr_assert_eq(ad_set_num_threads(threads[t]), AD_OK);
+    nn_layer *d = nn_dropout_new(ctx, p, 9);
+    cr_assert_not_null(nn_layer_forward(d, x, true));
+    ad_tensor *y = nn_layer_forward(d, x, true); /* the second call: key k */
+    cr_assert_not_null(y);
+    const float *got = y->data;
+    for (int64_t i = 0; i < n; i++)
+      QUICK_ASSERT(memcmp(&got[i], &want[i], sizeof(float)) == 0,
+                   "%d threads: element %lld is %g, not %g", threads[t], (long long)i, got[i],
+                   want[i]);
+    nn_layer_free(d);
+  }
+  ad_set_num_threads(1);
+  free(want);
+  ad_tensor_free(x);
+}
+
 /* ------------------------------------------------------- flatten, lambda */
 
 static ad_tensor *double_it(ad_ctx *c, ad_tensor *x, bool training, void *ud) {

@@ -192,6 +192,19 @@ Test(parallel, elementwise_and_sum_to_are_bitwise_equal) {
     cr_assert_eq(compare_threads(op_expand, col, x), 0); /* an element per row */
     ad_tensor *ex = op_expand(ctx, col, x);
     cr_assert(ex && ad_tensor_get(ex, 5 * 1000 + 999) == ad_tensor_get(col, 5));
+    cr_assert_eq(compare_threads(op_expand, s_keep, x), 0); /* one element: a flat fill */
+    int64_t one[2] = {1, 1};
+    ad_tensor *e11 = ad_full(ctx, dt, 2, one, -2.5);
+    cr_assert_eq(ad_set_num_threads(3), AD_OK);
+    ad_tensor *fill[2] = {op_expand(ctx, s_keep, x), op_expand(ctx, e11, x)};
+    ad_set_num_threads(1);
+    for (int k = 0; k < 2; k++) {
+      cr_assert(fill[k] && fill[k]->size == x->size, "%s", ad_last_error(ctx));
+      for (int64_t i = 0; i < x->size; i++)
+        QUICK_ASSERT(ad_tensor_get(fill[k], i) == (k ? -2.5 : 0.5), "fill %d: element %lld is %g",
+                     k, (long long)i, ad_tensor_get(fill[k], i));
+    }
+    ad_tensor_free(e11);
     ad_tape_reset(ctx);
     ad_tensor_free(col);
     ad_tensor_free(x), ad_tensor_free(y), ad_tensor_free(row), ad_tensor_free(s_keep);

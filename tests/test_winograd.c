@@ -147,13 +147,14 @@ Test(winograd, generic_kernels_agree_within_the_same_bound) { check_bound(true);
 /* The default rule takes the path for the MNIST CNN's second layer's shape
  * family (16+ channels, 4x4+ outputs): forward, both gradients and the
  * weight gradient are the same bits on 1, 2 and 3 threads, and on a batch
- * of 9 images cut into blocks of 8. */
-Test(winograd, results_do_not_depend_on_thread_count) {
+ * of 9 images cut into blocks of 8. c -> o channels: 16 -> 16, one block
+ * of 16 x 16 channels for the kernel transforms; 33 -> 20, six blocks split
+ * over the threads, the last of each side short, pad lanes on both sides. */
+static void check_threads(int64_t c, int64_t oc) {
   ad_rng rng;
   ad_rng_seed(&rng, 13);
-  ad_tensor *x = rand4(ctx, &rng, AD_F32, 9, 16, 10, 10),
-            *w = rand4(ctx, &rng, AD_F32, 16, 16, 3, 3);
-  int64_t nb = 16;
+  ad_tensor *x = rand4(ctx, &rng, AD_F32, 9, c, 10, 10), *w = rand4(ctx, &rng, AD_F32, oc, c, 3, 3);
+  int64_t nb = oc;
   ad_tensor *b = ad_rand(ctx, &rng, AD_F32, 1, &nb, -1, 1);
   ad_tensor_set_requires_grad(x, true);
   ad_tensor_set_requires_grad(w, true);
@@ -179,7 +180,8 @@ Test(winograd, results_do_not_depend_on_thread_count) {
         memcpy(ref[k], got[k]->data, (size_t)sizes[k] * sizeof(float));
       } else {
         cr_assert(!memcmp(ref[k], got[k]->data, (size_t)sizes[k] * sizeof(float)),
-                  "result %d differs with %d threads", k, threads);
+                  "%lld -> %lld channels: result %d differs with %d threads", (long long)c,
+                  (long long)oc, k, threads);
       }
     }
     ad_tape_reset(ctx);
@@ -198,6 +200,11 @@ Test(winograd, results_do_not_depend_on_thread_count) {
   ad_tensor_free(x);
   ad_tensor_free(w);
   ad_tensor_free(b);
+}
+
+Test(winograd, results_do_not_depend_on_thread_count) {
+  check_threads(16, 16);
+  check_threads(33, 20);
 }
 
 static ad_tensor *conv_fn(ad_ctx *c, int n, ad_tensor *const *in, void *ud) {

@@ -92,10 +92,14 @@ typedef struct ad_wino {
 } ad_wino;
 void ad_wino_init(ad_wino *p, int64_t n, int64_t c, int64_t h, int64_t w, int64_t o, int64_t oh,
                   int64_t ow, int64_t pt, int64_t pl);
-/* u (u_floats + ut_floats, zeroed by the caller) = the kernels w [o, c, 3,
- * 3] transformed, U [36, c, op] then its transpose [36, o, cp], for the
- * output channels [o0, o1). */
-void ad_wino_weights(const ad_wino *p, const float *w, float *u, int64_t o0, int64_t o1);
+/* The number of blocks of the kernel transforms below: 16 input x 16
+ * output channels each (ceil(c / 16) ceil(o / 16)); blocks write disjoint
+ * cache lines. */
+int64_t ad_wino_kblocks(const ad_wino *p);
+/* u (u_floats + ut_floats) = the kernels w [o, c, 3, 3] transformed,
+ * U [36, c, op] then its transpose [36, o, cp], pad lanes zero, for the
+ * channels of blocks [b0, b1). */
+void ad_wino_weights(const ad_wino *p, const float *w, float *u, int64_t b0, int64_t b1);
 /* Block blk of conv2d(x, w) (+ bias, may be NULL) into y: whole tensors. */
 void ad_wino_conv_block(const ad_wino *p, int64_t blk, const float *u, const float *x,
                         const float *bias, float *y, float *scratch);
@@ -111,8 +115,9 @@ void ad_wino_set_generic(bool on);
 /* du[i] += the other nparts - 1 partial sums (u_floats apart), in order,
  * for i in [i0, i1). */
 void ad_wino_du_sum(const ad_wino *p, float *du, int64_t nparts, int64_t i0, int64_t i1);
-/* dw [o, c, 3, 3] from the summed du, for the input channels [c0, c1). */
-void ad_wino_weight_grad(const ad_wino *p, const float *du, float *dw, int64_t c0, int64_t c1);
+/* dw [o, c, 3, 3] from the summed du, for the channels of blocks [b0, b1)
+ * (ad_wino_kblocks). */
+void ad_wino_weight_grad(const ad_wino *p, const float *du, float *dw, int64_t b0, int64_t b1);
 
 /* The convolutions' Winograd path (defined in op_conv.c), process-wide, for tests and
  * benchmarks: 0 (the default) where it pays (f32 3x3, stride 1, dilation 1,

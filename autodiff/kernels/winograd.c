@@ -87,25 +87,53 @@ static const double wino_g[6][3] = {{1.0 / 4, 0, 0},
                                     {1.0 / 24, -1.0 / 12, 1.0 / 6},
                                     {0, 0, 1}};
 
-/* U[xi, c, o] = (G w[o, c] G^T)[xi] for o in [o0, o1), in double, rounded
- * once, and its transpose UT[xi, o, c] after U; the caller zeroes both
- * first (the pad lanes stay zero). */
-void ad_wino_weights(const ad_wino *p, const float *w, float *u, int64_t o0, int64_t o1) {
+/* The kernel transforms work on blocks of 16 input x 16 output channels
+ * (the last of each may be short), input blocks major. */
+int64_t ad_wino_kblocks(const ad_wino *p) { return (p->cp / 16) * (p->op / 16); }
+
+/* Block blk's channels: inputs [*c0, *c1), outputs [*o0, *o1). */
+static void kblock(const ad_wino *p, int64_t blk, int64_t *c0, int64_t *c1, int64_t *o0,
+                   int64_t *o1) {
+  int64_t nbo = p->op / 16;
+  *c0 = 16 * (blk / nbo);
+  *o0 = 16 * (blk % nbo);
+  *c1 = *c0 + 16 < p->c ? *c0 + 16 : p->c;
+  *o1 = *o0 + 16 < p->o ? *o0 + 16 : p->o;
+}
+
+/* U[xi, c, o] = (G w[o, c] G^T)[xi] for the channels of blocks [b0, b1), in
+ * double, rounded once, and its transpose UT[xi, o, c] after U; the blocks
+ * at the end of a side zero the pad lanes after it. A block writes whole
+ * 64-byte lines of both (16 lanes of U's rows, op floats long, and of UT's,
+ * cp floats), so threads taking different blocks never share a line. */
+void ad_wino_weights(const ad_wino *p, const float *w, float *u, int64_t b0, int64_t b1) {
   float *ut = u + p->u_floats;
-  for (int64_t o = o0; o < o1; o++)
-    for (int64_t c = 0; c < p->c; c++) {
-      const float *k = w + (o * p->c + c) * 9;
-      for (int a = 0; a < 6; a++) {
-        double row[3];
-        for (int v = 0; v < 3; v++)
-          row[v] = wino_g[a][0] * k[v] + wino_g[a][1] * k[3 + v] + wino_g[a][2] * k[6 + v];
-        for (int b = 0; b < 6; b++) {
-          double s = wino_g[b][0] * row[0] + wino_g[b][1] * row[1] + wino_g[b][2] * row[2];
-          u[((a * 6 + b) * p->c + c) * p->op + o] = (float)s;
-          ut[((a * 6 + b) * p->o + o) * p->cp + c] = (float)s;
+  for (int64_t blk = b0; blk < b1; blk++) {
+    int64_t c0, c1, o0, o1;
+    kblock(p, blk, &c0, &c1, &o0, &o1);
+    for (int xi = 0; xi < 36; xi++) {
+      if (o1 == p->o)
+        for (int64_t c = c0; c < c1; c++)
+          for (int64_t o = o1; o < p->op; o++) u[(xi * p->c + c) * p->op + o] = 0;
+      if (c1 == p->c)
+        for (int64_t o = o0; o < o1; o++)
+          for (int64_t c = c1; c < p->cp; c++) ut[(xi * p->o + o) * p->cp + c] = 0;
+    }
+    for (int64_t c = c0; c < c1; c++)
+      for (int64_t o = o0; o < o1; o++) {
+        const float *k = w + (o * p->c + c) * 9;
+        for (int a = 0; a < 6; a++) {
+          double row[3];
+          for (int v = 0; v < 3; v++)
+            row[v] = wino_g[a][0] * k[v] + wino_g[a][1] * k[3 + v] + wino_g[a][2] * k[6 + v];
+          for (int b = 0; b < 6; b++) {
+            double s = wino_g[b][0] * row[0] + wino_g[b][1] * row[1] + wino_g[b][2] * row[2];
+            u[((a * 6 + b) * p->c + c) * p->op + o] = (float)s;
+            ut[((a * 6 + b) * p->o + o) * p->cp + c] = (float)s;
+          }
         }
       }
-    }
+  }
 }
 
 /* du[i] += du[k u_floats + i] for k = 1 .. nparts - 1 in order, i in
@@ -117,26 +145,31 @@ void ad_wino_du_sum(const ad_wino *p, float *du, int64_t nparts, int64_t i0, int
   }
 }
 
-/* dw[o, c] = G^T dU[., c, o] G for c in [c0, c1), in double. */
-void ad_wino_weight_grad(const ad_wino *p, const float *du, float *dw, int64_t c0, int64_t c1) {
-  for (int64_t c = c0; c < c1; c++)
-    for (int64_t o = 0; o < p->o; o++) {
-      double m[36];
-      for (int xi = 0; xi < 36; xi++) m[xi] = du[(xi * p->c + c) * p->op + o];
-      for (int a = 0; a < 3; a++) {
-        double col[6];
-        for (int v = 0; v < 6; v++) {
-          double s = 0;
-          for (int r = 0; r < 6; r++) s += wino_g[r][a] * m[r * 6 + v];
-          col[v] = s;
-        }
-        for (int b = 0; b < 3; b++) {
-          double s = 0;
-          for (int v = 0; v < 6; v++) s += wino_g[v][b] * col[v];
-          dw[((o * p->c + c) * 3 + a) * 3 + b] = (float)s;
+/* dw[o, c] = G^T dU[., c, o] G for the channels of blocks [b0, b1) (as
+ * ad_wino_weights'), in double. */
+void ad_wino_weight_grad(const ad_wino *p, const float *du, float *dw, int64_t b0, int64_t b1) {
+  for (int64_t blk = b0; blk < b1; blk++) {
+    int64_t c0, c1, o0, o1;
+    kblock(p, blk, &c0, &c1, &o0, &o1);
+    for (int64_t c = c0; c < c1; c++)
+      for (int64_t o = o0; o < o1; o++) {
+        double m[36];
+        for (int xi = 0; xi < 36; xi++) m[xi] = du[(xi * p->c + c) * p->op + o];
+        for (int a = 0; a < 3; a++) {
+          double col[6];
+          for (int v = 0; v < 6; v++) {
+            double s = 0;
+            for (int r = 0; r < 6; r++) s += wino_g[r][a] * m[r * 6 + v];
+            col[v] = s;
+          }
+          for (int b = 0; b < 3; b++) {
+            double s = 0;
+            for (int v = 0; v < 6; v++) s += wino_g[v][b] * col[v];
+            dw[((o * p->c + c) * 3 + a) * 3 + b] = (float)s;
+          }
         }
       }
-    }
+  }
 }
 
 /* ----------------------------------------------------- channels last */
