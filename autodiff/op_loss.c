@@ -115,9 +115,53 @@ static void softmax_ce_fwd(const ad_call *c) {
  * those the forward checked. An ignored position gets exactly 0 (where, so
  * not even a NaN logit there sends anything); with no position kept every
  * gradient is 0, as PyTorch's. */
+/* The plain backward (no create_graph) in one pass per position: e =
+ * exp(z - max) into dz, then dz = (e / sum e - onehot) * (dy s), each step
+ * rounded as the ops of the recorded form round it (softmax, sub, where,
+ * mul_scalar, mul), so both give the same bits. */
+#define CE_BWD(T_)                                                                                 \
+  do {                                                                                             \
+    const T_ *Z = z->data;                                                                         \
+    T_ *D = dz->data, gs = (T_)(*(const T_ *)c->gout->data * (T_)scale);                           \
+    for (int64_t r = 0; r < N; r++)                                                                \
+      for (int64_t j = 0; j < T; j++) {                                                            \
+        int32_t l = lab[r * T + j];                                                                \
+        const T_ *zr = Z + r * C * T + j;                                                          \
+        T_ *dr = D + r * C * T + j;                                                                \
+        if (!counted(at, l)) {                                                                     \
+          for (int64_t k = 0; k < C; k++) dr[k * T] = (T_)0 * gs;                                  \
+          continue;                                                                                \
+        }                                                                                          \
+        double m = AD_LANE_MAX(zr, T, C), s = 0;                                                   \
+        for (int64_t k = 0; k < C; k++) {                                                          \
+          double e = EXP_OF(T_, (double)zr[k * T] - m);                                            \
+          dr[k * T] = (T_)e;                                                                       \
+          s += e;                                                                                  \
+        }                                                                                          \
+        for (int64_t k = 0; k < C; k++)                                                            \
+          dr[k * T] = ((T_)((double)dr[k * T] / s) - (T_)(k == l)) * gs;                           \
+      }                                                                                            \
+  } while (0)
+
 static ad_status softmax_ce_bwd(const ad_call *c) {
   if (!c->needs[0]) return AD_OK;
   ad_ctx *ctx = c->ctx;
+  if (!ctx->grad_enabled) {
+    const ad_tensor *z = c->in[0];
+    const ad_cross_entropy_attrs *at = &c->attrs->cross_entropy;
+    const int32_t *lab = c->in[1]->data;
+    int64_t N = z->shape[0], C = z->shape[1], T = trailing(z), kept = 0;
+    for (int64_t i = 0; i < N * T; i++) kept += counted(at, lab[i]);
+    double scale = at->sum ? 1.0 : kept ? 1.0 / (double)kept : N * T != 0 ? 0.0 : NAN;
+    ad_tensor *dz = ad_tmp_new(ctx, z->dtype, z->ndim, z->shape);
+    if (!dz) return ad_last_status(ctx);
+    if (z->dtype == AD_F32)
+      CE_BWD(float);
+    else
+      CE_BWD(double);
+    c->gin[0] = dz;
+    return AD_OK;
+  }
   ad_tensor *z = c->in[0];
   const ad_cross_entropy_attrs *at = &c->attrs->cross_entropy;
   int64_t N = z->shape[0], C = z->shape[1], T = trailing(z), kept = 0;
