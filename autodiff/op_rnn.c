@@ -530,9 +530,11 @@ typedef struct seq_job {
   const void *mask; /* Y_t's row flags, NULL: all live */
   const void *x;    /* xp_t (lstm), xa_t (gru): row r at r ldg */
   const void *bias; /* gru: b */
-  const void *dy;   /* backward: dY_t */
-  void *dg, *db;    /* backward: dG_t (lstm: dxp_t; gru: dxa_t), gru: db_t */
-  void *dh, *dc;    /* backward: the states' gradients carried, [N, H] */
+  const void *dy;   /* backward: dY_t, row r at r lddy; only its h block when hdy */
+  int64_t lddy;
+  bool hdy;
+  void *dg, *db; /* backward: dG_t (lstm: dxp_t; gru: dxa_t), gru: db_t */
+  void *dh, *dc; /* backward: the states' gradients carried, [N, H] */
   int64_t H;
 } seq_job;
 
@@ -568,17 +570,24 @@ typedef struct seq_job {
   }                                                                                                \
   /* lstm_bwd_row with dh_t = dy's h block + dh and dc_t = dy's c block + dc (the gradients        \
    * carried from step t+1) read in place; dc becomes dc_{t-1}, dh 0 for the product */            \
-  CELL_ROW void lstm_seq_bwd_row_##SFX(int64_t H, const T *restrict c, const T *restrict act,      \
-                                       const T *restrict tt, const T *restrict dy, T *restrict dh, \
-                                       T *restrict dc, T *restrict ga) {                           \
+  /* (FULL 0: dy is the h block alone, the others 0) */                                            \
+  CELL_ROW void lstm_seq_bwd_row_##SFX(                                                            \
+      const int FULL, int64_t H, const T *restrict c, const T *restrict act, const T *restrict tt, \
+      const T *restrict dy, T *restrict dh, T *restrict dc, T *restrict ga) {                      \
     for (int64_t k = 0; k < H; k++) {                                                              \
       T i = act[k], f = act[H + k], g = act[2 * H + k], o = act[3 * H + k], t = tt[k];             \
-      T th = dy[k] + dh[k], tc = dy[H + k] + dc[k];                                                \
-      T dcc = tc + (th * o + dy[6 * H + k]) * (1 - t * t);                                         \
-      ga[k] = (dcc * g + dy[2 * H + k]) * i * (1 - i);                                             \
-      ga[H + k] = (dcc * c[k] + dy[3 * H + k]) * f * (1 - f);                                      \
-      ga[2 * H + k] = (dcc * i + dy[4 * H + k]) * (1 - g * g);                                     \
-      ga[3 * H + k] = (th * t + dy[5 * H + k]) * o * (1 - o);                                      \
+      T th = dy[k] + dh[k], tc = FULL ? dy[H + k] + dc[k] : dc[k];                                 \
+      T dt = th * o;                                                                               \
+      if (FULL) dt = dt + dy[6 * H + k];                                                           \
+      T dcc = tc + dt * (1 - t * t);                                                               \
+      T ui = dcc * g, uf = dcc * c[k], ug = dcc * i, uo = th * t;                                  \
+      if (FULL)                                                                                    \
+        ui = ui + dy[2 * H + k], uf = uf + dy[3 * H + k], ug = ug + dy[4 * H + k],                 \
+        uo = uo + dy[5 * H + k];                                                                   \
+      ga[k] = ui * i * (1 - i);                                                                    \
+      ga[H + k] = uf * f * (1 - f);                                                                \
+      ga[2 * H + k] = ug * (1 - g * g);                                                            \
+      ga[3 * H + k] = uo * o * (1 - o);                                                            \
       dc[k] = dcc * f;                                                                             \
       dh[k] = 0;                                                                                   \
     }                                                                                              \
@@ -588,15 +597,20 @@ typedef struct seq_job {
     const seq_job *j = ud;                                                                         \
     int64_t H = j->H;                                                                              \
     for (int64_t r = r0; r < r1; r++) {                                                            \
-      const T *y = (const T *)j->y + r * j->ldy, *dy = (const T *)j->dy + r * j->ldy;              \
+      const T *y = (const T *)j->y + r * j->ldy, *dy = (const T *)j->dy + r * j->lddy;             \
       T *dh = (T *)j->dh + r * H, *dc = (T *)j->dc + r * H, *dg = (T *)j->dg + r * j->ldg;         \
+      const T *cp = (const T *)j->cp + r * j->ldp;                                                 \
       if (j->mask && ((const T *)j->mask)[r] == 0) {                                               \
-        for (int64_t k = 0; k < H; k++) dh[k] += dy[k], dc[k] += dy[H + k];                        \
+        for (int64_t k = 0; k < H; k++) dh[k] += dy[k];                                            \
+        if (!j->hdy)                                                                               \
+          for (int64_t k = 0; k < H; k++) dc[k] += dy[H + k];                                      \
         memset(dg, 0, (size_t)(4 * H) * sizeof(T));                                                \
         continue;                                                                                  \
       }                                                                                            \
-      lstm_seq_bwd_row_##SFX(H, (const T *)j->cp + r * j->ldp, y + 2 * H, y + 6 * H, dy, dh, dc,   \
-                             dg);                                                                  \
+      if (j->hdy)                                                                                  \
+        lstm_seq_bwd_row_##SFX(0, H, cp, y + 2 * H, y + 6 * H, dy, dh, dc, dg);                    \
+      else                                                                                         \
+        lstm_seq_bwd_row_##SFX(1, H, cp, y + 2 * H, y + 6 * H, dy, dh, dc, dg);                    \
     }                                                                                              \
   }                                                                                                \
   /* g: h_{t-1} w^T in (b_t less the bias bb), r z n out; bn: b_t's last block kept */             \
@@ -629,16 +643,20 @@ typedef struct seq_job {
   }                                                                                                \
   /* dh holds the gradient carried from step t+1 (dy's h block is added here) and becomes the      \
    * part of dh_{t-1} that is not the product */                                                   \
-  CELL_ROW void gru_seq_bwd_row_##SFX(int64_t H, const T *restrict act, const T *restrict bn,      \
-                                      const T *restrict h, const T *restrict dy, T *restrict ga,   \
-                                      T *restrict gb, T *restrict dh) {                            \
+  CELL_ROW void gru_seq_bwd_row_##SFX(                                                             \
+      const int FULL, int64_t H, const T *restrict act, const T *restrict bn, const T *restrict h, \
+      const T *restrict dy, T *restrict ga, T *restrict gb, T *restrict dh) {                      \
     for (int64_t k = 0; k < H; k++) {                                                              \
       T rr = act[k], z = act[H + k], n = act[2 * H + k], d = dy[k] + dh[k];                        \
-      T dn = (d - d * z + dy[3 * H + k]) * (1 - n * n);                                            \
-      T dr = (dn * bn[k] + dy[H + k]) * rr * (1 - rr);                                             \
-      T dz = (d * (h[k] - n) + dy[2 * H + k]) * z * (1 - z);                                       \
+      T un = d - d * z, ur = 0, uz = d * (h[k] - n);                                               \
+      if (FULL) un = un + dy[3 * H + k];                                                           \
+      T dn = un * (1 - n * n);                                                                     \
+      ur = dn * bn[k];                                                                             \
+      if (FULL) ur = ur + dy[H + k], uz = uz + dy[2 * H + k];                                      \
+      T dr = ur * rr * (1 - rr);                                                                   \
+      T dz = uz * z * (1 - z);                                                                     \
       ga[k] = dr, ga[H + k] = dz, ga[2 * H + k] = dn;                                              \
-      gb[k] = dr, gb[H + k] = dz, gb[2 * H + k] = dn * rr + dy[4 * H + k];                         \
+      gb[k] = dr, gb[H + k] = dz, gb[2 * H + k] = FULL ? dn * rr + dy[4 * H + k] : dn * rr;        \
       dh[k] = d * z;                                                                               \
     }                                                                                              \
   }                                                                                                \
@@ -647,7 +665,7 @@ typedef struct seq_job {
     const seq_job *j = ud;                                                                         \
     int64_t H = j->H;                                                                              \
     for (int64_t r = r0; r < r1; r++) {                                                            \
-      const T *y = (const T *)j->y + r * j->ldy, *dy = (const T *)j->dy + r * j->ldy;              \
+      const T *y = (const T *)j->y + r * j->ldy, *dy = (const T *)j->dy + r * j->lddy;             \
       T *dh = (T *)j->dh + r * H, *dg = (T *)j->dg + r * j->ldg, *db = (T *)j->db + r * j->ldg;    \
       if (j->mask && ((const T *)j->mask)[r] == 0) {                                               \
         for (int64_t k = 0; k < H; k++) dh[k] += dy[k];                                            \
@@ -655,7 +673,11 @@ typedef struct seq_job {
         memset(db, 0, (size_t)(3 * H) * sizeof(T));                                                \
         continue;                                                                                  \
       }                                                                                            \
-      gru_seq_bwd_row_##SFX(H, y + H, y + 4 * H, (const T *)j->hp + r * j->ldp, dy, dg, db, dh);   \
+      const T *hp = (const T *)j->hp + r * j->ldp;                                                 \
+      if (j->hdy)                                                                                  \
+        gru_seq_bwd_row_##SFX(0, H, y + H, y + 4 * H, hp, dy, dg, db, dh);                         \
+      else                                                                                         \
+        gru_seq_bwd_row_##SFX(1, H, y + H, y + 4 * H, hp, dy, dg, db, dh);                         \
     }                                                                                              \
   }
 
@@ -717,6 +739,17 @@ static ad_tensor *seq_hp_ops(ad_ctx *ctx, ad_tensor *Y, ad_tensor *h0, int tax, 
   if (T == 1) return parts[0];
   parts[1] = ad_narrow(ctx, ad_narrow(ctx, Y, tax, 0, T - 1), 2, 0, H);
   return parts[0] && parts[1] ? ad_concat(ctx, 2, parts, tax) : NULL;
+}
+
+/* The plain backward's output gradient: the whole dY, or (tape.c:
+ * lead_pass) only its first len columns, the rest being zero; *hdy is set
+ * when they are the h block, which the row loops read alone; another
+ * block is padded to dY's shape here. NULL on OOM. */
+static ad_tensor *seq_gout(const ad_call *c, int64_t H, bool *hdy) {
+  ad_tensor *g = c->gout;
+  int64_t len = g->shape[2], K = c->out->shape[2];
+  *hdy = len == H && len < K;
+  return len == K || *hdy ? g : ad_pad(c->ctx, g, 2, 0, K - len);
 }
 
 /* -------------------------------------------------------------- lstm_seq */
@@ -817,14 +850,16 @@ static ad_status lstm_seq_bwd(const ad_call *c) {
   int64_t T = c->out->shape[tax], N = c->out->shape[1 - tax], H = w->shape[1], sN[2] = {N, H};
   ad_tensor *dG = ad_tmp_new(ctx, dt, 3, c->in[0]->shape);
   ad_tensor *dh = ad_tmp_new(ctx, dt, 2, sN), *dc = ad_tmp_new(ctx, dt, 2, sN);
-  if (!dG || !dh || !dc) return ad_last_status(ctx);
+  bool hdy;
+  ad_tensor *dY = seq_gout(c, H, &hdy);
+  if (!dG || !dh || !dc || !dY) return ad_last_status(ctx);
   memset(dh->data, 0, (size_t)(N * H) * es);
   memset(dc->data, 0, (size_t)(N * H) * es);
   ad_gemm_packed *pk = ad_gemm_pack(dt, false, N, 4 * H, H, w->data, H);
   for (int64_t t = T - 1; t >= 0; t--) {
-    seq_job j = {.mask = mask_ptr(mask, t), .dh = dh->data, .dc = dc->data, .H = H};
+    seq_job j = {.mask = mask_ptr(mask, t), .dh = dh->data, .dc = dc->data, .hdy = hdy, .H = H};
     j.y = step_ptr(c->out, tax, t, &j.ldy);
-    j.dy = step_ptr(c->gout, tax, t, NULL);
+    j.dy = step_ptr(dY, tax, t, &j.lddy);
     j.dg = step_ptr(dG, tax, t, &j.ldg);
     j.cp = t ? step_ptr(c->out, tax, t - 1, NULL) + (size_t)H * es : c->in[3]->data;
     j.ldp = t ? j.ldy : H;
@@ -1005,13 +1040,15 @@ static ad_status gru_seq_bwd(const ad_call *c) {
   ad_tensor *dA = ad_tmp_new(ctx, dt, 3, c->in[0]->shape);
   ad_tensor *dB = ad_tmp_new(ctx, dt, 3, c->in[0]->shape);
   ad_tensor *dh = ad_tmp_new(ctx, dt, 2, sN);
-  if (!dA || !dB || !dh) return ad_last_status(ctx);
+  bool hdy;
+  ad_tensor *dY = seq_gout(c, H, &hdy);
+  if (!dA || !dB || !dh || !dY) return ad_last_status(ctx);
   memset(dh->data, 0, (size_t)(N * H) * es);
   ad_gemm_packed *pk = ad_gemm_pack(dt, false, N, 3 * H, H, w->data, H);
   for (int64_t t = T - 1; t >= 0; t--) {
-    seq_job j = {.mask = mask_ptr(mask, t), .dh = dh->data, .H = H};
+    seq_job j = {.mask = mask_ptr(mask, t), .dh = dh->data, .hdy = hdy, .H = H};
     j.y = step_ptr(c->out, tax, t, &j.ldy);
-    j.dy = step_ptr(c->gout, tax, t, NULL);
+    j.dy = step_ptr(dY, tax, t, &j.lddy);
     j.dg = step_ptr(dA, tax, t, &j.ldg);
     j.db = step_ptr(dB, tax, t, NULL);
     j.hp = t ? step_ptr(c->out, tax, t - 1, NULL) : h0->data;

@@ -659,6 +659,77 @@ Test(rnn, sequence_layer_bits_do_not_depend_on_threads) {
   }
 }
 
+static void no_hook(void *ud, const ad_backward_step *step) { (void)ud, (void)step; }
+
+/* A plain backward sends the layer's output gradient to the sequence op
+ * without padding it to the op's [., 7H] (LSTM) or [., 5H] (GRU) output
+ * (tape.c: lead_pass): the same bits as the padded gradient, which a
+ * backward hook forces. The output alone; with the final states too (a
+ * second contribution, which pads the first); with lengths (masked rows);
+ * f32 and f64, batch-major and time-major. */
+Test(rnn, narrowed_output_gradient_gives_the_padded_bits) {
+  int64_t lens[3] = {5, 2, 4};
+  for (int v = 0; v < 16; v++) {
+    nn_rnn_cell cell = v & 1 ? NN_RNN_GRU : NN_RNN_LSTM;
+    ad_dtype dt = v & 2 ? AD_F32 : AD_F64;
+    bool states = v & 4, lengths = v & 8, bf = !(v & 4) || (v & 8);
+    int64_t sx[3] = {3, 5, 4}, ss[2] = {3, 6};
+    if (!bf) sx[0] = 5, sx[1] = 3;
+    ad_rng rng;
+    ad_rng_seed(&rng, 30 + v);
+    ad_tensor *x = ad_rand(ctx, &rng, dt, 3, sx, -2, 2), *h0 = ad_rand(ctx, &rng, dt, 2, ss, -1, 1);
+    ad_tensor_set_requires_grad(x, true);
+    ad_tensor_set_requires_grad(h0, true);
+    ad_tensor *res[2][8];
+    int count = 0;
+    for (int hook = 0; hook < 2; hook++) {
+      ad_rng prng;
+      ad_rng_seed(&prng, 31);
+      nn_rnn_opts o = {.batch_first = bf, .dtype = dt};
+      nn_layer *l = nn_rnn_new(ctx, cell, 4, 6, &prng, &o);
+      cr_assert_not_null(l, "%s", ad_last_error(ctx));
+      nn_params *p = nn_layer_params(l);
+      ad_tensor *h0s = ad_reshape(ctx, h0, 3, (int64_t[3]){1, 3, 6}), *hn, *cn;
+      ad_tensor *y =
+          nn_rnn_forward(l, x, h0s, NULL, lengths ? lens : NULL, lengths ? 3 : 0, true, &hn, &cn);
+      cr_assert_not_null(y, "%s", ad_last_error(ctx));
+      ad_rng_seed(&rng, 5);
+      ad_tensor *loss = dot(y, ad_rand(ctx, &rng, dt, y->ndim, y->shape, -1, 1));
+      if (states) {
+        loss = ad_add(ctx, loss, dot(hn, ad_rand(ctx, &rng, dt, hn->ndim, hn->shape, -1, 1)));
+        if (cn)
+          loss = ad_add(ctx, loss, dot(cn, ad_rand(ctx, &rng, dt, cn->ndim, cn->shape, -1, 1)));
+      }
+      if (hook) ad_set_backward_hook(ctx, no_hook, NULL);
+      cr_assert_eq(ad_backward(ctx, loss, NULL), AD_OK, "%s", ad_last_error(ctx));
+      ad_set_backward_hook(ctx, NULL, NULL);
+      count = 0;
+      res[hook][count++] = keep(x->grad);
+      res[hook][count++] = keep(h0->grad);
+      for (int i = 0; i < nn_params_count(p); i++)
+        res[hook][count++] = keep(nn_params_tensor(p, i)->grad);
+      ad_tensor_zero_grad(x);
+      ad_tensor_zero_grad(h0);
+      ad_tape_reset(ctx);
+      nn_layer_free(l);
+    }
+    for (int k = 0; k < count; k++) {
+      bool nonzero = false;
+      for (int64_t i = 0; i < res[0][k]->size; i++) {
+        double a = ad_tensor_get(res[0][k], i), b = ad_tensor_get(res[1][k], i);
+        QUICK_ASSERT(a == b, "variant %d result %d [%lld]: %.17g, padded %.17g", v, k, (long long)i,
+                     a, b);
+        nonzero |= a != 0;
+      }
+      cr_assert(nonzero, "variant %d result %d is all zero", v, k);
+      ad_tensor_free(res[0][k]);
+      ad_tensor_free(res[1][k]);
+    }
+    ad_tensor_free(x);
+    ad_tensor_free(h0);
+  }
+}
+
 /* The sequence ops name bad shapes, dtypes and time axes. */
 Test(rnn, sequence_ops_bad_input_is_named) {
   int64_t sx[3] = {3, 2, 8}, sw[2] = {8, 2}, sh[2] = {2, 2}, sm[2] = {3, 2}, sb[1] = {6};
