@@ -1064,9 +1064,9 @@ static ad_status gru_seq_bwd(const ad_call *c) {
     seq_weight_grad(tax, dB, c->out, h0, hp, dw);
     c->gin[1] = dw;
   }
-  if (c->needs[2]) {
+  if (c->needs[2]) { /* sum_to adds whole rows (sum_axis over axis 0 walks columns) */
     int64_t sg[2] = {T * N, 3 * H};
-    ad_tensor *g = ad_sum_axis(ctx, ad_reshape(ctx, dB, 2, sg), 0, false);
+    ad_tensor *g = ad_sum_to(ctx, ad_reshape(ctx, dB, 2, sg), 1, sg + 1);
     if (!g) return ad_last_status(ctx);
     c->gin[2] = g;
   }
