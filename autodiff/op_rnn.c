@@ -34,16 +34,28 @@
 #pragma GCC optimize("no-trapping-math")
 #endif
 
-/* The row loops are compiled for AVX-512 and AVX2 besides the baseline
- * (SSE2 on x86-64, 4 floats a vector), the best the CPU has picked when
- * the library loads (GCC's target_clones), as the GEMM's kernels are; the
- * values are the same bits on each (no contraction into FMA). */
+/* The row loops are compiled for AVX-512 and AVX2 with FMA (Haswell's
+ * set) besides the baseline (SSE2 on x86-64, 4 floats a vector), the best
+ * the CPU has picked when the library loads (GCC's target_clones), as the
+ * GEMM's kernels are; the values are the same bits on each (no
+ * contraction into FMA; exp_v's explicit fmaf are rounded once
+ * everywhere). */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__ELF__)
-#define CELL_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#define CELL_CLONES __attribute__((target_clones("avx512f", "arch=haswell", "default")))
 #define CELL_ROW    static inline __attribute__((always_inline))
 #else
 #define CELL_CLONES
 #define CELL_ROW static inline
+#endif
+
+/* exp_v's multiply-adds: fmaf where the build has FMA or compiles the
+ * clones above (whose baseline calls libm for it, so that every clone
+ * gives the same bits), else a multiply and an add */
+#if defined(__FMA__) || defined(__aarch64__) ||                                                    \
+    (defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__ELF__))
+#define FMA_F(a, b, c) fmaf(a, b, c)
+#else
+#define FMA_F(a, b, c) ((a) * (b) + (c))
 #endif
 
 /* float64 sigmoid as the sigmoid op computes it (stable on both sides), so
@@ -59,19 +71,23 @@ static inline double sig_d(double x) {
  * tanh as (1 - e^-2|x|) / (1 + e^-2|x|), or its Taylor series to x^9 for
  * |x| < 0.25 where that would cancel (about 3 ulp either way). The fused
  * cells agree with the composed ones (libm's expf and tanhf) within 1e-6
- * relative; float64 uses libm. */
+ * relative; float64 uses libm. The reduction and the polynomials are
+ * fused multiply-adds (FMA_F: fmaf, rounded once, so the same bits on
+ * every clone, inline where the CPU has FMA, a libm call on x86-64 CPUs
+ * older than Haswell); the rest of the row loops is not contracted. */
 static inline float exp_v(float x) {
   x = x < -87.3f ? -87.3f : x;
   x = x > 88.3f ? 88.3f : x;
-  float n = (x * 1.44269504f + 12582912.0f) - 12582912.0f; /* round to nearest */
-  float r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
+  float n = FMA_F(x, 1.44269504f, 12582912.0f) - 12582912.0f; /* round to nearest */
+  float r = FMA_F(n, -0.693359375f, x);
+  r = FMA_F(n, 2.12194440e-4f, r);
   float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
+  p = FMA_F(p, r, 1.3981999507e-3f);
+  p = FMA_F(p, r, 8.3334519073e-3f);
+  p = FMA_F(p, r, 4.1665795894e-2f);
+  p = FMA_F(p, r, 1.6666665459e-1f);
+  p = FMA_F(p, r, 5.0000001201e-1f);
+  p = FMA_F(p * r, r, r) + 1.0f;
   int32_t bits = ((int32_t)n + 127) << 23;
   float scale;
   memcpy(&scale, &bits, sizeof scale);
@@ -82,8 +98,10 @@ static inline float tanh_v(float x) {
   float a = fabsf(x), x2 = x * x;
   float e = exp_v(-2.0f * a);
   float big = (1.0f - e) / (1.0f + e);
-  float small =
-      a * (1.0f + x2 * (-1.0f / 3 + x2 * (2.0f / 15 + x2 * (-17.0f / 315 + x2 * (62.0f / 2835)))));
+  float q = FMA_F(x2, 62.0f / 2835, -17.0f / 315);
+  q = FMA_F(q, x2, 2.0f / 15);
+  q = FMA_F(q, x2, -1.0f / 3);
+  float small = FMA_F(a * x2, q, a);
   return copysignf(a < 0.25f ? small : big, x);
 }
 
