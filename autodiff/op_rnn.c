@@ -397,11 +397,13 @@ const ad_op_def ad_def_gru_cell = {
  * op, so that the products that do not depend on the previous step are one
  * large GEMM each (the input projection before the op, the weight
  * gradients and the input gradient after it) and only h W_hh^T and its
- * gradient run per step. The input projection xp = x W_ih^T + bias is made
- * outside with matmul and add, for all steps at once.
+ * gradient run per step. The input projection x W_ih^T is made outside
+ * with matmul, for all steps at once; the LSTM's bias (b_ih + b_hh) is
+ * added in the op's rows (no pass over xp for it), and its gradient summed
+ * there step by step (GRU: xa = x W_ih^T + b_ih, b = b_hh).
  *
- *   lstm_seq(xp [T, N, 4H], w [4H, H], h0 [N, H], c0 [N, H], mask [T, N]?)
- *     = Y [T, N, 7H], Y_t = lstm_cell(xp_t + h_{t-1} w^T, c_{t-1})
+ *   lstm_seq(xp [T, N, 4H], w [4H, H], b [4H], h0 [N, H], c0 [N, H], mask [T, N]?)
+ *     = Y [T, N, 7H], Y_t = lstm_cell((xp_t + b) + h_{t-1} w^T, c_{t-1})
  *   gru_seq(xa [T, N, 3H], w [3H, H], b [3H], h0 [N, H], mask [T, N]?)
  *     = Y [T, N, 5H], Y_t = [h_t | r z n | b_n], with b_t = h_{t-1} w^T + b,
  *     [h_t | r z n] = gru_cell(xa_t, b_t, h_{t-1}) and b_n b_t's last block
@@ -416,9 +418,9 @@ const ad_op_def ad_def_gru_cell = {
  * ops' backward built from ops (create_graph) differentiates again.
  *
  * Backward, from the last step: the cell's rule per row (the functions of
- * lstm_cell and gru_cell), dh_{t-1} += dG_t w; then dxp = dG of all steps,
- * dw = sum_t dG_t^T h_{t-1} as one product over all T N rows, db the sum
- * of dG's rows. */
+ * lstm_cell and gru_cell), dh_{t-1} += dG_t w (the LSTM's db += dG_t's
+ * rows); then dxp = dG of all steps, dw = sum_t dG_t^T h_{t-1} as one
+ * product over all T N rows (the GRU's db the sum of dB's rows). */
 
 /* Step t's first row in x ([T, N, K] with the time axis tax 0, [N, T, K]
  * with 1); *ld (if not NULL) the distance between its rows, in elements. */
@@ -458,15 +460,15 @@ static ad_status seq_shape(const ad_call *c, int m, int nstate, bool bias, int64
     ok = mask->ndim == 2 && mask->shape[0] == x->shape[tax] && mask->shape[1] == x->shape[1 - tax];
   if (!ok) {
     char sx[64], sw[64], ss[64], sm[64];
-    return ad_set_error(c->ctx, AD_ERR_SHAPE,
-                        "%s: inputs %s, weight %s, state %s%s%s must be %s, [%d H, H], "
-                        "[N, H]%s%s",
-                        c->name, ad_shape_str(x, sx, sizeof sx), ad_shape_str(w, sw, sizeof sw),
-                        ad_shape_str(c->in[s0], ss, sizeof ss), mask ? ", mask " : "",
-                        mask ? ad_shape_str(mask, sm, sizeof sm) : "",
-                        tax ? (m == 4 ? "[N, T, 4 H]" : "[N, T, 3 H]")
-                            : (m == 4 ? "[T, N, 4 H]" : "[T, N, 3 H]"),
-                        m, bias ? ", bias [3 H]" : "", mask ? ", mask [T, N]" : "");
+    return ad_set_error(
+        c->ctx, AD_ERR_SHAPE,
+        "%s: inputs %s, weight %s, state %s%s%s must be %s, [%d H, H], "
+        "[N, H]%s%s",
+        c->name, ad_shape_str(x, sx, sizeof sx), ad_shape_str(w, sw, sizeof sw),
+        ad_shape_str(c->in[s0], ss, sizeof ss), mask ? ", mask " : "",
+        mask ? ad_shape_str(mask, sm, sizeof sm) : "",
+        tax ? (m == 4 ? "[N, T, 4 H]" : "[N, T, 3 H]") : (m == 4 ? "[T, N, 4 H]" : "[T, N, 3 H]"),
+        m, bias ? (m == 4 ? ", bias [4 H]" : ", bias [3 H]") : "", mask ? ", mask [T, N]" : "");
   }
   if (x->shape[0] == 0 || x->shape[1] == 0 || w->shape[1] == 0) {
     char sx[64], sw[64];
@@ -495,7 +497,7 @@ typedef struct seq_job {
   void *y;          /* Y_t (forward), read in the backward */
   const void *mask; /* Y_t's row flags, NULL: all live */
   const void *x;    /* xp_t (lstm), xa_t (gru): row r at r ldg */
-  const void *bias; /* gru: b */
+  const void *bias; /* b */
   const void *dy;   /* backward: dY_t, row r at r lddy; only its h block when hdy */
   int64_t lddy;
   bool hdy;
@@ -505,13 +507,14 @@ typedef struct seq_job {
 } seq_job;
 
 #define DEFINE_SEQ_LOOPS(T, SFX, SIG, TANH)                                                        \
-  /* g: h_{t-1} w^T in (the gates' pre-activations less x), the activations out */                 \
-  CELL_ROW void lstm_seq_row_##SFX(int64_t H, const T *restrict x, T *restrict g,                  \
-                                   const T *restrict c, T *restrict h, T *restrict cn,             \
-                                   T *restrict t) {                                                \
+  /* g: h_{t-1} w^T in (the gates' pre-activations less x + bb), the activations out */            \
+  CELL_ROW void lstm_seq_row_##SFX(int64_t H, const T *restrict x, const T *restrict bb,           \
+                                   T *restrict g, const T *restrict c, T *restrict h,              \
+                                   T *restrict cn, T *restrict t) {                                \
     for (int64_t k = 0; k < H; k++) {                                                              \
-      T i = SIG(g[k] + x[k]), f = SIG(g[H + k] + x[H + k]);                                        \
-      T gg = TANH(g[2 * H + k] + x[2 * H + k]), o = SIG(g[3 * H + k] + x[3 * H + k]);              \
+      T i = SIG(g[k] + (x[k] + bb[k])), f = SIG(g[H + k] + (x[H + k] + bb[H + k]));                \
+      T gg = TANH(g[2 * H + k] + (x[2 * H + k] + bb[2 * H + k]));                                  \
+      T o = SIG(g[3 * H + k] + (x[3 * H + k] + bb[3 * H + k]));                                    \
       T fc = f * c[k], ig = i * gg;                                                                \
       cn[k] = fc + ig;                                                                             \
       t[k] = TANH(cn[k]);                                                                          \
@@ -531,7 +534,8 @@ typedef struct seq_job {
         memset(y + 2 * H, 0, (size_t)(5 * H) * sizeof(T));                                         \
         continue;                                                                                  \
       }                                                                                            \
-      lstm_seq_row_##SFX(H, (const T *)j->x + r * j->ldg, y + 2 * H, cp, y, y + H, y + 6 * H);     \
+      lstm_seq_row_##SFX(H, (const T *)j->x + r * j->ldg, (const T *)j->bias, y + 2 * H, cp, y,    \
+                         y + H, y + 6 * H);                                                        \
     }                                                                                              \
   }                                                                                                \
   /* lstm_bwd_row with dh_t = dy's h block + dh and dc_t = dy's c block + dc (the gradients        \
@@ -718,17 +722,34 @@ static ad_tensor *seq_gout(const ad_call *c, int64_t H, bool *hdy) {
   return len == K || *hdy ? g : ad_pad(c->ctx, g, 2, 0, K - len);
 }
 
+/* db += the sum of n rows of len elements, ld apart (one after another, in
+ * order: the same bits on any number of threads). */
+static void seq_sum_rows(ad_dtype dt, const void *rows, int64_t ld, int64_t n, int64_t len,
+                         void *db) {
+  for (int64_t r = 0; r < n; r++) {
+    if (dt == AD_F32) {
+      const float *x = (const float *)rows + r * ld;
+      float *d = db;
+      for (int64_t k = 0; k < len; k++) d[k] += x[k];
+    } else {
+      const double *x = (const double *)rows + r * ld;
+      double *d = db;
+      for (int64_t k = 0; k < len; k++) d[k] += x[k];
+    }
+  }
+}
+
 /* -------------------------------------------------------------- lstm_seq */
 
 static ad_status lstm_seq_shape(const ad_call *c) {
   int64_t T, N, H;
-  ad_status st = seq_shape(c, 4, 2, false, &T, &N, &H);
+  ad_status st = seq_shape(c, 4, 2, true, &T, &N, &H);
   if (st == AD_OK) seq_out(c, 7, H);
   return st;
 }
 
 static void lstm_seq_fwd(const ad_call *c) {
-  const ad_tensor *xp = c->in[0], *w = c->in[1], *mask = c->n > 4 ? c->in[4] : NULL;
+  const ad_tensor *xp = c->in[0], *w = c->in[1], *mask = c->n > 5 ? c->in[5] : NULL;
   int tax = c->attrs->axis;
   ad_dtype dt = xp->dtype;
   size_t es = ad_dsize(dt);
@@ -738,10 +759,11 @@ static void lstm_seq_fwd(const ad_call *c) {
     seq_job j = {.mask = mask_ptr(mask, t), .H = H};
     char *y = j.y = step_ptr(c->out, tax, t, &j.ldy);
     j.x = step_ptr(xp, tax, t, &j.ldg);
-    j.hp = t ? step_ptr(c->out, tax, t - 1, NULL) : c->in[2]->data;
-    j.cp = t ? (const char *)j.hp + (size_t)H * es : c->in[3]->data;
+    j.bias = c->in[2]->data;
+    j.hp = t ? step_ptr(c->out, tax, t - 1, NULL) : c->in[3]->data;
+    j.cp = t ? (const char *)j.hp + (size_t)H * es : c->in[4]->data;
     j.ldp = t ? j.ldy : H;
-    /* h_{t-1} w^T in Y_t's activation blocks; the rows add xp_t */
+    /* h_{t-1} w^T in Y_t's activation blocks; the rows add xp_t + b */
     step_gemm(dt, pk, true, N, H, 4 * H, j.hp, j.ldp, w->data, H, 0.0, y + (size_t)(2 * H) * es,
               j.ldy);
     seq_run(lstm_seq_fwd_f32, lstm_seq_fwd_f64, dt, N, &j);
@@ -752,7 +774,7 @@ static void lstm_seq_fwd(const ad_call *c) {
 /* The gradients built from ops, for a recorded backward. */
 static ad_status lstm_seq_bwd_ops(const ad_call *c) {
   ad_ctx *ctx = c->ctx;
-  ad_tensor *w = c->in[1], *h0 = c->in[2], *c0 = c->in[3], *mask = c->n > 4 ? c->in[4] : NULL;
+  ad_tensor *w = c->in[1], *h0 = c->in[3], *c0 = c->in[4], *mask = c->n > 5 ? c->in[5] : NULL;
   ad_tensor *Y = c->out, *dY = c->gout;
   int tax = c->attrs->axis;
   int64_t T = Y->shape[tax], N = Y->shape[1 - tax], H = w->shape[1], n1[2] = {N, 1};
@@ -794,22 +816,24 @@ static ad_status lstm_seq_bwd_ops(const ad_call *c) {
   }
   ad_tensor *dG = ad_stack(ctx, (int)T, dg, tax);
   ad_status st = AD_OK;
+  int64_t sh[2] = {T * N, H}, sg[2] = {T * N, 4 * H};
   if (c->needs[0]) st = ad_call_set_grad(c, 0, dG);
   if (st == AD_OK && c->needs[1]) {
-    int64_t sh[2] = {T * N, H}, sg[2] = {T * N, 4 * H};
     ad_tensor *hp = seq_hp_ops(ctx, Y, h0, tax, H);
     st = ad_call_set_grad(
         c, 1, ad_matmul(ctx, ad_reshape(ctx, dG, 2, sg), ad_reshape(ctx, hp, 2, sh), true, false));
   }
-  if (st == AD_OK && c->needs[2]) st = ad_call_set_grad(c, 2, dh);
-  if (st == AD_OK && c->needs[3]) st = ad_call_set_grad(c, 3, dc);
+  if (st == AD_OK && c->needs[2])
+    st = ad_call_set_grad(c, 2, ad_sum_axis(ctx, ad_reshape(ctx, dG, 2, sg), 0, false));
+  if (st == AD_OK && c->needs[3]) st = ad_call_set_grad(c, 3, dh);
+  if (st == AD_OK && c->needs[4]) st = ad_call_set_grad(c, 4, dc);
   return st;
 }
 
 static ad_status lstm_seq_bwd(const ad_call *c) {
   if (c->ctx->grad_enabled) return lstm_seq_bwd_ops(c);
   ad_ctx *ctx = c->ctx;
-  const ad_tensor *w = c->in[1], *h0 = c->in[2], *mask = c->n > 4 ? c->in[4] : NULL;
+  const ad_tensor *w = c->in[1], *h0 = c->in[3], *mask = c->n > 5 ? c->in[5] : NULL;
   int tax = c->attrs->axis;
   ad_dtype dt = w->dtype;
   size_t es = ad_dsize(dt);
@@ -819,18 +843,23 @@ static ad_status lstm_seq_bwd(const ad_call *c) {
   bool hdy;
   ad_tensor *dY = seq_gout(c, H, &hdy);
   if (!dG || !dh || !dc || !dY) return ad_last_status(ctx);
+  ad_tensor *db = c->needs[2] ? ad_tmp_new(ctx, dt, 1, c->in[2]->shape) : NULL;
+  if (c->needs[2] && !db) return ad_last_status(ctx);
   memset(dh->data, 0, (size_t)(N * H) * es);
   memset(dc->data, 0, (size_t)(N * H) * es);
+  if (db) memset(db->data, 0, (size_t)(4 * H) * es);
   ad_gemm_packed *pk = ad_gemm_pack(dt, false, N, 4 * H, H, w->data, H);
   for (int64_t t = T - 1; t >= 0; t--) {
     seq_job j = {.mask = mask_ptr(mask, t), .dh = dh->data, .dc = dc->data, .hdy = hdy, .H = H};
     j.y = step_ptr(c->out, tax, t, &j.ldy);
     j.dy = step_ptr(dY, tax, t, &j.lddy);
     j.dg = step_ptr(dG, tax, t, &j.ldg);
-    j.cp = t ? step_ptr(c->out, tax, t - 1, NULL) + (size_t)H * es : c->in[3]->data;
+    j.cp = t ? step_ptr(c->out, tax, t - 1, NULL) + (size_t)H * es : c->in[4]->data;
     j.ldp = t ? j.ldy : H;
     seq_run(lstm_seq_bwd_f32, lstm_seq_bwd_f64, dt, N, &j);
-    if (t > 0 || c->needs[2]) /* dh_{t-1} += dG_t w */
+    if (db) /* db += dG_t's rows, while they are in the cache */
+      seq_sum_rows(dt, j.dg, j.ldg, N, 4 * H, db->data);
+    if (t > 0 || c->needs[3]) /* dh_{t-1} += dG_t w */
       step_gemm(dt, pk, false, N, 4 * H, H, j.dg, j.ldg, w->data, H, 1.0, dh->data, H);
   }
   ad_gemm_packed_free(pk);
@@ -841,16 +870,17 @@ static ad_status lstm_seq_bwd(const ad_call *c) {
     c->gin[1] = dw;
   }
   if (c->needs[0]) c->gin[0] = dG;
-  if (c->needs[2]) c->gin[2] = dh;
-  if (c->needs[3]) c->gin[3] = dc;
+  if (c->needs[2]) c->gin[2] = db;
+  if (c->needs[3]) c->gin[3] = dh;
+  if (c->needs[4]) c->gin[4] = dc;
   return AD_OK;
 }
 
-ad_tensor *ad_lstm_seq(ad_ctx *ctx, ad_tensor *xp, ad_tensor *w_hh, ad_tensor *h0, ad_tensor *c0,
-                       ad_tensor *mask, bool batch_first) {
-  ad_tensor *in[5] = {xp, w_hh, h0, c0, mask};
+ad_tensor *ad_lstm_seq(ad_ctx *ctx, ad_tensor *xp, ad_tensor *w_hh, ad_tensor *b, ad_tensor *h0,
+                       ad_tensor *c0, ad_tensor *mask, bool batch_first) {
+  ad_tensor *in[6] = {xp, w_hh, b, h0, c0, mask};
   ad_attrs at = {.axis = batch_first ? 1 : 0};
-  return ad_op_apply(ctx, AD_OP_LSTM_SEQ, mask ? 5 : 4, in, &at);
+  return ad_op_apply(ctx, AD_OP_LSTM_SEQ, mask ? 6 : 5, in, &at);
 }
 
 /* A [T, N] mask of 0/1 where sequence n has lengths[n] steps (a constant). */
@@ -886,23 +916,24 @@ static int seq_sample(const ad_sample_call *s, int G, bool bias) {
   return (s->in[k] = sample_mask(s, T, N, lengths)) ? k + 1 : -1;
 }
 
-static int lstm_seq_sample(const ad_sample_call *s) { return seq_sample(s, 4, false); }
+static int lstm_seq_sample(const ad_sample_call *s) { return seq_sample(s, 4, true); }
 
 const ad_op_def ad_def_lstm_seq = {
     .name = "lstm_seq",
-    .arity = 5,
-    .min_arity = 4,
+    .arity = 6,
+    .min_arity = 5,
     .attrs = AD_ATTRS_AXIS,
     .shape = lstm_seq_shape,
     .forward = lstm_seq_fwd,
     .backward = lstm_seq_bwd,
     .sample = lstm_seq_sample,
-    .math = "Y_t = lstm_cell(xp_t + h_{t-1} w^T, c_{t-1}) for t = 0..T-1 (the time axis: axis), "
+    .math = "Y_t = lstm_cell((xp_t + b) + h_{t-1} w^T, c_{t-1}) for t = 0..T-1 (the time axis: "
+            "axis), "
             "h_{t-1} and c_{t-1} Y_{t-1}'s first blocks (h0, c0 at t = 0); where mask_t is 0, "
             "Y_t = [h_{t-1} | c_{t-1} | 0]",
-    .inputs = {"xp", "w", "h0", "c0", "mask"},
+    .inputs = {"xp", "w", "b", "h0", "c0", "mask"},
     .grads = {"dG_t: lstm_cell's rule per step from the last, with dh_t += dG_{t+1} w",
-              "sum_t dG_t^T h_{t-1}", "dG_0 w", "dc_{-1} of the rule", NULL},
+              "sum_t dG_t^T h_{t-1}", "sum_t dG_t's rows", "dG_0 w", "dc_{-1} of the rule", NULL},
 };
 
 /* --------------------------------------------------------------- gru_seq */

@@ -269,10 +269,10 @@ static ad_tensor *rnn_run_seq(ad_ctx *ctx, rnn_state *s, const char *name, ad_te
     int64_t flat[2] = {t_run * N, seq->shape[2]}, s3[3] = {seq->shape[0], seq->shape[1], GH};
     ad_tensor *xp = ad_matmul(ctx, ad_reshape(ctx, seq, 2, flat), w[0], false, true);
     ad_tensor *h = state_in(ctx, h0, k, zeros), *y;
-    if (lstm) {
-      if (w[2]) xp = ad_add(ctx, xp, ad_add(ctx, w[2], w[3]));
-      y = ad_lstm_seq(ctx, ad_reshape(ctx, xp, 3, s3), w[1], h, state_in(ctx, c0, k, zeros), mask,
-                      tax == 1);
+    if (lstm) { /* the bias is added in the op's rows */
+      ad_tensor *b = w[2] ? ad_add(ctx, w[2], w[3]) : constant(ctx, dt, 1, &GH, 0.0);
+      y = ad_lstm_seq(ctx, ad_reshape(ctx, xp, 3, s3), w[1], b, h, state_in(ctx, c0, k, zeros),
+                      mask, tax == 1);
     } else {
       if (w[2]) xp = ad_add(ctx, xp, w[2]);
       ad_tensor *b = w[3] ? w[3] : constant(ctx, dt, 1, &GH, 0.0);

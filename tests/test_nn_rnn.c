@@ -733,32 +733,34 @@ Test(rnn, narrowed_output_gradient_gives_the_padded_bits) {
 /* The sequence ops name bad shapes, dtypes and time axes. */
 Test(rnn, sequence_ops_bad_input_is_named) {
   int64_t sx[3] = {3, 2, 8}, sw[2] = {8, 2}, sh[2] = {2, 2}, sm[2] = {3, 2}, sb[1] = {6};
-  int64_t sx3[3] = {3, 2, 6}, sw3[2] = {6, 2}, s0[3] = {0, 2, 8}, sbad[2] = {2, 3};
+  int64_t sx3[3] = {3, 2, 6}, sw3[2] = {6, 2}, s0[3] = {0, 2, 8}, sbad[2] = {2, 3}, sb4[1] = {8};
   ad_tensor *x = ad_zeros(ctx, AD_F32, 3, sx), *w = ad_zeros(ctx, AD_F32, 2, sw);
   ad_tensor *h = ad_zeros(ctx, AD_F32, 2, sh), *m = ad_ones(ctx, AD_F32, 2, sm);
   ad_tensor *hbad = ad_zeros(ctx, AD_F32, 2, sbad), *h64 = ad_zeros(ctx, AD_F64, 2, sh);
   ad_tensor *x3 = ad_zeros(ctx, AD_F32, 3, sx3), *w3 = ad_zeros(ctx, AD_F32, 2, sw3);
   ad_tensor *b = ad_zeros(ctx, AD_F32, 1, sb), *x0 = ad_zeros(ctx, AD_F32, 3, s0);
-  cr_assert_not_null(ad_lstm_seq(ctx, x, w, h, h, m, false), "%s", ad_last_error(ctx));
+  ad_tensor *b4 = ad_zeros(ctx, AD_F32, 1, sb4);
+  cr_assert_not_null(ad_lstm_seq(ctx, x, w, b4, h, h, m, false), "%s", ad_last_error(ctx));
   cr_assert_not_null(ad_gru_seq(ctx, x3, w3, b, h, m, false), "%s", ad_last_error(ctx));
-  cr_assert_null(ad_lstm_seq(ctx, x, w, hbad, h, NULL, false));
+  cr_assert_null(ad_lstm_seq(ctx, x, w, b4, hbad, h, NULL, false));
   expect_msg(ctx, AD_ERR_SHAPE,
              "lstm_seq: inputs [3,2,8], weight [8,2], state [2,3] must be [T, N, 4 H], [4 H, H], "
              "[N, H]");
-  cr_assert_null(ad_lstm_seq(ctx, x, w, h, h, m, true)); /* batch-major: N = 3, the mask [3,2] */
+  cr_assert_null(
+      ad_lstm_seq(ctx, x, w, b4, h, h, m, true)); /* batch-major: N = 3, the mask [3,2] */
   expect_msg(ctx, AD_ERR_SHAPE, "lstm_seq: inputs [3,2,8], weight [8,2], state [2,2], mask [3,2]");
   cr_assert_null(ad_gru_seq(ctx, x, w, b, h, NULL, false));
   expect_msg(ctx, AD_ERR_SHAPE, "must be [T, N, 3 H], [3 H, H], [N, H], bias [3 H]");
-  cr_assert_null(ad_lstm_seq(ctx, x, w, h64, h, NULL, false));
+  cr_assert_null(ad_lstm_seq(ctx, x, w, b4, h64, h, NULL, false));
   expect_msg(ctx, AD_ERR_DTYPE, "lstm_seq");
-  cr_assert_null(ad_lstm_seq(ctx, x0, w, h, h, NULL, false));
+  cr_assert_null(ad_lstm_seq(ctx, x0, w, b4, h, h, NULL, false));
   expect_msg(ctx, AD_ERR_SHAPE, "lstm_seq: inputs [0,2,8], weight [8,2]: an empty sequence");
-  ad_tensor *in[4] = {x, w, h, h};
+  ad_tensor *in[5] = {x, w, b4, h, h};
   ad_attrs at = {.axis = 2};
-  cr_assert_null(ad_op_apply(ctx, ad_op_find(ctx, "lstm_seq"), 4, in, &at));
+  cr_assert_null(ad_op_apply(ctx, ad_op_find(ctx, "lstm_seq"), 5, in, &at));
   expect_msg(ctx, AD_ERR_ARG, "lstm_seq: time axis 2; it must be 0 ([T, N, .]) or 1 ([N, T, .])");
   ad_tape_reset(ctx);
-  ad_tensor *all[] = {x, w, h, m, hbad, h64, x3, w3, b, x0};
+  ad_tensor *all[] = {x, w, h, m, hbad, h64, x3, w3, b, x0, b4};
   for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) ad_tensor_free(all[i]);
 }
 
