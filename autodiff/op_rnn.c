@@ -400,13 +400,13 @@ const ad_op_def ad_def_gru_cell = {
  * gradient run per step. The input projection x W_ih^T is made outside
  * with matmul, for all steps at once; the LSTM's bias (b_ih + b_hh) is
  * added in the op's rows (no pass over xp for it), and its gradient summed
- * there step by step (GRU: xa = x W_ih^T + b_ih, b = b_hh).
+ * there step by step; the GRU's two (bx = b_ih, b = b_hh) alike.
  *
  *   lstm_seq(xp [T, N, 4H], w [4H, H], b [4H], h0 [N, H], c0 [N, H], mask [T, N]?)
  *     = Y [T, N, 7H], Y_t = lstm_cell((xp_t + b) + h_{t-1} w^T, c_{t-1})
- *   gru_seq(xa [T, N, 3H], w [3H, H], b [3H], h0 [N, H], mask [T, N]?)
+ *   gru_seq(xp [T, N, 3H], w [3H, H], bx [3H], b [3H], h0 [N, H], mask [T, N]?)
  *     = Y [T, N, 5H], Y_t = [h_t | r z n | b_n], with b_t = h_{t-1} w^T + b,
- *     [h_t | r z n] = gru_cell(xa_t, b_t, h_{t-1}) and b_n b_t's last block
+ *     [h_t | r z n] = gru_cell(xp_t + bx, b_t, h_{t-1}) and b_n b_t's last block
  *
  * With the attribute axis = 1, xp (xa) and Y are batch-major, [N, T, .]:
  * a batch_first layer's input product and output need no transposition.
@@ -419,8 +419,8 @@ const ad_op_def ad_def_gru_cell = {
  *
  * Backward, from the last step: the cell's rule per row (the functions of
  * lstm_cell and gru_cell), dh_{t-1} += dG_t w (the LSTM's db += dG_t's
- * rows); then dxp = dG of all steps, dw = sum_t dG_t^T h_{t-1} as one
- * product over all T N rows (the GRU's db the sum of dB's rows). */
+ * rows, the GRU's dbx and db those of dA_t and dB_t); then dxp = dG of all
+ * steps, dw = sum_t dG_t^T h_{t-1} as one product over all T N rows. */
 
 /* Step t's first row in x ([T, N, K] with the time axis tax 0, [N, T, K]
  * with 1); *ld (if not NULL) the distance between its rows, in elements. */
@@ -438,7 +438,7 @@ static ad_tensor *step_of(ad_ctx *ctx, ad_tensor *x, int tax, int64_t t) {
 
 /* Checks the sequence op's inputs: in[0] [T, N, m H] (or [N, T, m H]), w
  * [m H, H], the bias and states, the mask [T, N]; sets *T, *N, *H. */
-static ad_status seq_shape(const ad_call *c, int m, int nstate, bool bias, int64_t *T, int64_t *N,
+static ad_status seq_shape(const ad_call *c, int m, int nstate, int nbias, int64_t *T, int64_t *N,
                            int64_t *H) {
   ad_status st = ad_check_float_same(c->ctx, c->name, c->n, c->in);
   if (st != AD_OK) return st;
@@ -447,11 +447,13 @@ static ad_status seq_shape(const ad_call *c, int m, int nstate, bool bias, int64
     return ad_set_error(c->ctx, AD_ERR_ARG,
                         "%s: time axis %d; it must be 0 ([T, N, .]) or 1 ([N, T, .])", c->name,
                         tax);
-  const ad_tensor *x = c->in[0], *w = c->in[1], *b = bias ? c->in[2] : NULL;
-  int s0 = bias ? 3 : 2; /* the first state */
+  const ad_tensor *x = c->in[0], *w = c->in[1];
+  bool bias = nbias > 0;
+  int s0 = 2 + nbias; /* the first state */
   const ad_tensor *mask = c->n > s0 + nstate ? c->in[s0 + nstate] : NULL;
-  bool ok = x->ndim == 3 && w->ndim == 2 && w->shape[0] == m * w->shape[1] &&
-            x->shape[2] == w->shape[0] && (!b || (b->ndim == 1 && b->shape[0] == w->shape[0]));
+  bool ok =
+      x->ndim == 3 && w->ndim == 2 && w->shape[0] == m * w->shape[1] && x->shape[2] == w->shape[0];
+  for (int k = 2; ok && k < s0; k++) ok = c->in[k]->ndim == 1 && c->in[k]->shape[0] == w->shape[0];
   for (int k = 0; ok && k < nstate; k++) {
     const ad_tensor *s = c->in[s0 + k];
     ok = s->ndim == 2 && s->shape[0] == x->shape[1 - tax] && s->shape[1] == w->shape[1];
@@ -497,7 +499,8 @@ typedef struct seq_job {
   void *y;          /* Y_t (forward), read in the backward */
   const void *mask; /* Y_t's row flags, NULL: all live */
   const void *x;    /* xp_t (lstm), xa_t (gru): row r at r ldg */
-  const void *bias; /* b */
+  const void *bias; /* b (gru: b_hh) */
+  const void *bx;   /* gru: b_ih, added to xa */
   const void *dy;   /* backward: dY_t, row r at r lddy; only its h block when hdy */
   int64_t lddy;
   bool hdy;
@@ -584,13 +587,14 @@ typedef struct seq_job {
     }                                                                                              \
   }                                                                                                \
   /* g: h_{t-1} w^T in (b_t less the bias bb), r z n out; bn: b_t's last block kept */             \
-  CELL_ROW void gru_seq_row_##SFX(int64_t H, const T *restrict a, const T *restrict bb,            \
-                                  T *restrict g, const T *restrict h, T *restrict y,               \
-                                  T *restrict bn) {                                                \
+  CELL_ROW void gru_seq_row_##SFX(int64_t H, const T *restrict x, const T *restrict bx,            \
+                                  const T *restrict bb, T *restrict g, const T *restrict h,        \
+                                  T *restrict y, T *restrict bn) {                                 \
     for (int64_t k = 0; k < H; k++) {                                                              \
-      T rr = SIG(a[k] + (g[k] + bb[k])), z = SIG(a[H + k] + (g[H + k] + bb[H + k]));               \
+      T ar = x[k] + bx[k], az = x[H + k] + bx[H + k], an = x[2 * H + k] + bx[2 * H + k];           \
+      T rr = SIG(ar + (g[k] + bb[k])), z = SIG(az + (g[H + k] + bb[H + k]));                       \
       T b = g[2 * H + k] + bb[2 * H + k], rb = rr * b;                                             \
-      T n = TANH(a[2 * H + k] + rb);                                                               \
+      T n = TANH(an + rb);                                                                         \
       T d = (h[k] - n) * z;                                                                        \
       y[k] = d + n;                                                                                \
       bn[k] = b, g[k] = rr, g[H + k] = z, g[2 * H + k] = n;                                        \
@@ -607,8 +611,8 @@ typedef struct seq_job {
         memset(y + H, 0, (size_t)(4 * H) * sizeof(T));                                             \
         continue;                                                                                  \
       }                                                                                            \
-      gru_seq_row_##SFX(H, (const T *)j->x + r * j->ldg, (const T *)j->bias, y + H, hp, y,         \
-                        y + 4 * H);                                                                \
+      gru_seq_row_##SFX(H, (const T *)j->x + r * j->ldg, (const T *)j->bx, (const T *)j->bias,     \
+                        y + H, hp, y, y + 4 * H);                                                  \
     }                                                                                              \
   }                                                                                                \
   /* dh holds the gradient carried from step t+1 (dy's h block is added here) and becomes the      \
@@ -724,16 +728,16 @@ static ad_tensor *seq_gout(const ad_call *c, int64_t H, bool *hdy) {
 
 /* db += the sum of n rows of len elements, ld apart (one after another, in
  * order: the same bits on any number of threads). */
-static void seq_sum_rows(ad_dtype dt, const void *rows, int64_t ld, int64_t n, int64_t len,
-                         void *db) {
+CELL_CLONES static void seq_sum_rows(ad_dtype dt, const void *rows, int64_t ld, int64_t n,
+                                     int64_t len, void *db) {
   for (int64_t r = 0; r < n; r++) {
     if (dt == AD_F32) {
-      const float *x = (const float *)rows + r * ld;
-      float *d = db;
+      const float *restrict x = (const float *)rows + r * ld;
+      float *restrict d = db;
       for (int64_t k = 0; k < len; k++) d[k] += x[k];
     } else {
-      const double *x = (const double *)rows + r * ld;
-      double *d = db;
+      const double *restrict x = (const double *)rows + r * ld;
+      double *restrict d = db;
       for (int64_t k = 0; k < len; k++) d[k] += x[k];
     }
   }
@@ -743,7 +747,7 @@ static void seq_sum_rows(ad_dtype dt, const void *rows, int64_t ld, int64_t n, i
 
 static ad_status lstm_seq_shape(const ad_call *c) {
   int64_t T, N, H;
-  ad_status st = seq_shape(c, 4, 2, true, &T, &N, &H);
+  ad_status st = seq_shape(c, 4, 2, 1, &T, &N, &H);
   if (st == AD_OK) seq_out(c, 7, H);
   return st;
 }
@@ -897,7 +901,7 @@ static ad_tensor *sample_mask(const ad_sample_call *s, int64_t T, int64_t N,
  * with lengths 3, 1, 2, time-major and batch-major. in[k] for k < nx are
  * shaped by the table (the time and batch dims of in[0] set here), the
  * states [N, H]. */
-static int seq_sample(const ad_sample_call *s, int G, bool bias) {
+static int seq_sample(const ad_sample_call *s, int G, int nbias) {
   if (s->variant > 2) return 0;
   int64_t T = 3, N = s->variant ? 3 : 2, H = 2, lengths[3] = {3, 1, 2};
   int tax = s->variant == 2;
@@ -907,7 +911,7 @@ static int seq_sample(const ad_sample_call *s, int G, bool bias) {
   int k = 0;
   s->in[k++] = ad_sample_tensor(s, 3, sx, -2, 2, true);
   s->in[k++] = ad_sample_tensor(s, 2, sw, -1, 1, true);
-  if (bias) s->in[k++] = ad_sample_tensor(s, 1, sb, -1, 1, true);
+  for (int b = 0; b < nbias; b++) s->in[k++] = ad_sample_tensor(s, 1, sb, -1, 1, true);
   s->in[k++] = ad_sample_tensor(s, 2, sh, -1, 1, true);
   if (G == 4) s->in[k++] = ad_sample_tensor(s, 2, sh, -1, 1, true);
   for (int i = 0; i < k; i++)
@@ -916,7 +920,7 @@ static int seq_sample(const ad_sample_call *s, int G, bool bias) {
   return (s->in[k] = sample_mask(s, T, N, lengths)) ? k + 1 : -1;
 }
 
-static int lstm_seq_sample(const ad_sample_call *s) { return seq_sample(s, 4, true); }
+static int lstm_seq_sample(const ad_sample_call *s) { return seq_sample(s, 4, 1); }
 
 const ad_op_def ad_def_lstm_seq = {
     .name = "lstm_seq",
@@ -940,14 +944,14 @@ const ad_op_def ad_def_lstm_seq = {
 
 static ad_status gru_seq_shape(const ad_call *c) {
   int64_t T, N, H;
-  ad_status st = seq_shape(c, 3, 1, true, &T, &N, &H);
+  ad_status st = seq_shape(c, 3, 1, 2, &T, &N, &H);
   if (st == AD_OK) seq_out(c, 5, H);
   return st;
 }
 
 static void gru_seq_fwd(const ad_call *c) {
-  const ad_tensor *xa = c->in[0], *w = c->in[1], *b = c->in[2];
-  const ad_tensor *mask = c->n > 4 ? c->in[4] : NULL;
+  const ad_tensor *xa = c->in[0], *w = c->in[1], *bx = c->in[2], *b = c->in[3];
+  const ad_tensor *mask = c->n > 5 ? c->in[5] : NULL;
   int tax = c->attrs->axis;
   ad_dtype dt = xa->dtype;
   size_t es = ad_dsize(dt);
@@ -957,10 +961,10 @@ static void gru_seq_fwd(const ad_call *c) {
     seq_job j = {.mask = mask_ptr(mask, t), .H = H};
     char *y = j.y = step_ptr(c->out, tax, t, &j.ldy);
     j.x = step_ptr(xa, tax, t, &j.ldg);
-    j.bias = b->data;
-    j.hp = t ? step_ptr(c->out, tax, t - 1, NULL) : c->in[3]->data;
+    j.bias = b->data, j.bx = bx->data;
+    j.hp = t ? step_ptr(c->out, tax, t - 1, NULL) : c->in[4]->data;
     j.ldp = t ? j.ldy : H;
-    /* h_{t-1} w^T in Y_t's activation blocks; the rows add b */
+    /* h_{t-1} w^T in Y_t's activation blocks; the rows add b, and b_ih to xp_t */
     step_gemm(dt, pk, true, N, H, 3 * H, j.hp, j.ldp, w->data, H, 0.0, y + (size_t)H * es, j.ldy);
     seq_run(gru_seq_fwd_f32, gru_seq_fwd_f64, dt, N, &j);
   }
@@ -969,7 +973,7 @@ static void gru_seq_fwd(const ad_call *c) {
 
 static ad_status gru_seq_bwd_ops(const ad_call *c) {
   ad_ctx *ctx = c->ctx;
-  ad_tensor *w = c->in[1], *h0 = c->in[3], *mask = c->n > 4 ? c->in[4] : NULL;
+  ad_tensor *w = c->in[1], *h0 = c->in[4], *mask = c->n > 5 ? c->in[5] : NULL;
   ad_tensor *Y = c->out, *dY = c->gout;
   int tax = c->attrs->axis;
   int64_t T = Y->shape[tax], N = Y->shape[1 - tax], H = w->shape[1], n1[2] = {N, 1};
@@ -1010,10 +1014,13 @@ static ad_status gru_seq_bwd_ops(const ad_call *c) {
     if (!(dh = ad_add(ctx, part, ad_matmul(ctx, bt, w, false, false)))) return ad_last_status(ctx);
   }
   ad_status st = AD_OK;
-  if (c->needs[0]) st = ad_call_set_grad(c, 0, ad_stack(ctx, (int)T, da, tax));
-  ad_tensor *dB = NULL;
+  ad_tensor *dA = NULL, *dB = NULL;
   int64_t sg[2] = {T * N, 3 * H};
-  if (st == AD_OK && (c->needs[1] || c->needs[2]))
+  if (c->needs[0] || c->needs[2]) dA = ad_stack(ctx, (int)T, da, tax);
+  if (c->needs[0]) st = ad_call_set_grad(c, 0, dA);
+  if (st == AD_OK && c->needs[2])
+    st = ad_call_set_grad(c, 2, ad_sum_axis(ctx, ad_reshape(ctx, dA, 2, sg), 0, false));
+  if (st == AD_OK && (c->needs[1] || c->needs[3]))
     st =
         (dB = ad_reshape(ctx, ad_stack(ctx, (int)T, db, tax), 2, sg)) ? AD_OK : ad_last_status(ctx);
   if (st == AD_OK && c->needs[1]) {
@@ -1021,15 +1028,15 @@ static ad_status gru_seq_bwd_ops(const ad_call *c) {
     ad_tensor *hp = seq_hp_ops(ctx, Y, h0, tax, H);
     st = ad_call_set_grad(c, 1, ad_matmul(ctx, dB, ad_reshape(ctx, hp, 2, sh), true, false));
   }
-  if (st == AD_OK && c->needs[2]) st = ad_call_set_grad(c, 2, ad_sum_axis(ctx, dB, 0, false));
-  if (st == AD_OK && c->needs[3]) st = ad_call_set_grad(c, 3, dh);
+  if (st == AD_OK && c->needs[3]) st = ad_call_set_grad(c, 3, ad_sum_axis(ctx, dB, 0, false));
+  if (st == AD_OK && c->needs[4]) st = ad_call_set_grad(c, 4, dh);
   return st;
 }
 
 static ad_status gru_seq_bwd(const ad_call *c) {
   if (c->ctx->grad_enabled) return gru_seq_bwd_ops(c);
   ad_ctx *ctx = c->ctx;
-  const ad_tensor *w = c->in[1], *h0 = c->in[3], *mask = c->n > 4 ? c->in[4] : NULL;
+  const ad_tensor *w = c->in[1], *h0 = c->in[4], *mask = c->n > 5 ? c->in[5] : NULL;
   int tax = c->attrs->axis;
   ad_dtype dt = w->dtype;
   size_t es = ad_dsize(dt);
@@ -1037,10 +1044,16 @@ static ad_status gru_seq_bwd(const ad_call *c) {
   ad_tensor *dA = ad_tmp_new(ctx, dt, 3, c->in[0]->shape);
   ad_tensor *dB = ad_tmp_new(ctx, dt, 3, c->in[0]->shape);
   ad_tensor *dh = ad_tmp_new(ctx, dt, 2, sN);
+  /* the biases' gradients, summed step by step while dA_t and dB_t are in the cache */
+  ad_tensor *dbx = c->needs[2] ? ad_tmp_new(ctx, dt, 1, c->in[2]->shape) : NULL;
+  ad_tensor *dbh = c->needs[3] ? ad_tmp_new(ctx, dt, 1, c->in[3]->shape) : NULL;
   bool hdy;
   ad_tensor *dY = seq_gout(c, H, &hdy);
-  if (!dA || !dB || !dh || !dY) return ad_last_status(ctx);
+  if (!dA || !dB || !dh || !dY || (c->needs[2] && !dbx) || (c->needs[3] && !dbh))
+    return ad_last_status(ctx);
   memset(dh->data, 0, (size_t)(N * H) * es);
+  if (dbx) memset(dbx->data, 0, (size_t)(3 * H) * es);
+  if (dbh) memset(dbh->data, 0, (size_t)(3 * H) * es);
   ad_gemm_packed *pk = ad_gemm_pack(dt, false, N, 3 * H, H, w->data, H);
   for (int64_t t = T - 1; t >= 0; t--) {
     seq_job j = {.mask = mask_ptr(mask, t), .dh = dh->data, .hdy = hdy, .H = H};
@@ -1051,7 +1064,9 @@ static ad_status gru_seq_bwd(const ad_call *c) {
     j.hp = t ? step_ptr(c->out, tax, t - 1, NULL) : h0->data;
     j.ldp = t ? j.ldy : H;
     seq_run(gru_seq_bwd_f32, gru_seq_bwd_f64, dt, N, &j);
-    if (t > 0 || c->needs[3]) /* dh_{t-1} += db_t w */
+    if (dbx) seq_sum_rows(dt, j.dg, j.ldg, N, 3 * H, dbx->data);
+    if (dbh) seq_sum_rows(dt, j.db, j.ldg, N, 3 * H, dbh->data);
+    if (t > 0 || c->needs[4]) /* dh_{t-1} += db_t w */
       step_gemm(dt, pk, false, N, 3 * H, H, j.db, j.ldg, w->data, H, 1.0, dh->data, H);
   }
   ad_gemm_packed_free(pk);
@@ -1061,39 +1076,37 @@ static ad_status gru_seq_bwd(const ad_call *c) {
     seq_weight_grad(tax, dB, c->out, h0, hp, dw);
     c->gin[1] = dw;
   }
-  if (c->needs[2]) { /* sum_to adds whole rows (sum_axis over axis 0 walks columns) */
-    int64_t sg[2] = {T * N, 3 * H};
-    ad_tensor *g = ad_sum_to(ctx, ad_reshape(ctx, dB, 2, sg), 1, sg + 1);
-    if (!g) return ad_last_status(ctx);
-    c->gin[2] = g;
-  }
   if (c->needs[0]) c->gin[0] = dA;
-  if (c->needs[3]) c->gin[3] = dh;
+  if (c->needs[2]) c->gin[2] = dbx;
+  if (c->needs[3]) c->gin[3] = dbh;
+  if (c->needs[4]) c->gin[4] = dh;
   return AD_OK;
 }
 
-ad_tensor *ad_gru_seq(ad_ctx *ctx, ad_tensor *xa, ad_tensor *w_hh, ad_tensor *b_hh, ad_tensor *h0,
-                      ad_tensor *mask, bool batch_first) {
-  ad_tensor *in[5] = {xa, w_hh, b_hh, h0, mask};
+ad_tensor *ad_gru_seq(ad_ctx *ctx, ad_tensor *xp, ad_tensor *w_hh, ad_tensor *b_ih, ad_tensor *b_hh,
+                      ad_tensor *h0, ad_tensor *mask, bool batch_first) {
+  ad_tensor *in[6] = {xp, w_hh, b_ih, b_hh, h0, mask};
   ad_attrs at = {.axis = batch_first ? 1 : 0};
-  return ad_op_apply(ctx, AD_OP_GRU_SEQ, mask ? 5 : 4, in, &at);
+  return ad_op_apply(ctx, AD_OP_GRU_SEQ, mask ? 6 : 5, in, &at);
 }
 
-static int gru_seq_sample(const ad_sample_call *s) { return seq_sample(s, 3, true); }
+static int gru_seq_sample(const ad_sample_call *s) { return seq_sample(s, 3, 2); }
 
 const ad_op_def ad_def_gru_seq = {
     .name = "gru_seq",
-    .arity = 5,
-    .min_arity = 4,
+    .arity = 6,
+    .min_arity = 5,
     .attrs = AD_ATTRS_AXIS,
     .shape = gru_seq_shape,
     .forward = gru_seq_fwd,
     .backward = gru_seq_bwd,
     .sample = gru_seq_sample,
-    .math = "b_t = h_{t-1} w^T + b; Y_t = [gru_cell(xa_t, b_t, h_{t-1}) | b_t's last block] for "
+    .math = "b_t = h_{t-1} w^T + b; Y_t = [gru_cell(xp_t + bx, b_t, h_{t-1}) | b_t's last block] "
+            "for "
             "t = 0..T-1 (the time axis: axis), h_{t-1} Y_{t-1}'s first block (h0 at t = 0); "
             "where mask_t is 0, Y_t = [h_{t-1} | 0]",
-    .inputs = {"xa", "w", "b", "h0", "mask"},
+    .inputs = {"xp", "w", "bx", "b", "h0", "mask"},
     .grads = {"dA_t: gru_cell's rule per step from the last, with dh_t += dB_{t+1} w",
-              "sum_t dB_t^T h_{t-1}", "sum_t dB_t's rows", "dh_{-1} of the rule", NULL},
+              "sum_t dB_t^T h_{t-1}", "sum_t dA_t's rows", "sum_t dB_t's rows",
+              "dh_{-1} of the rule", NULL},
 };

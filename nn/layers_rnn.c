@@ -273,10 +273,10 @@ static ad_tensor *rnn_run_seq(ad_ctx *ctx, rnn_state *s, const char *name, ad_te
       ad_tensor *b = w[2] ? ad_add(ctx, w[2], w[3]) : constant(ctx, dt, 1, &GH, 0.0);
       y = ad_lstm_seq(ctx, ad_reshape(ctx, xp, 3, s3), w[1], b, h, state_in(ctx, c0, k, zeros),
                       mask, tax == 1);
-    } else {
-      if (w[2]) xp = ad_add(ctx, xp, w[2]);
-      ad_tensor *b = w[3] ? w[3] : constant(ctx, dt, 1, &GH, 0.0);
-      y = ad_gru_seq(ctx, ad_reshape(ctx, xp, 3, s3), w[1], b, h, mask, tax == 1);
+    } else { /* b_ih and b_hh are added in the op's rows */
+      ad_tensor *zb = w[2] && w[3] ? NULL : constant(ctx, dt, 1, &GH, 0.0);
+      y = ad_gru_seq(ctx, ad_reshape(ctx, xp, 3, s3), w[1], w[2] ? w[2] : zb, w[3] ? w[3] : zb, h,
+                     mask, tax == 1);
     }
     if (y) { /* the outputs, and the final states: the last step's (kept where a sequence ended) */
       int64_t sl[2] = {N, y->shape[2]};

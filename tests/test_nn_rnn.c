@@ -741,7 +741,7 @@ Test(rnn, sequence_ops_bad_input_is_named) {
   ad_tensor *b = ad_zeros(ctx, AD_F32, 1, sb), *x0 = ad_zeros(ctx, AD_F32, 3, s0);
   ad_tensor *b4 = ad_zeros(ctx, AD_F32, 1, sb4);
   cr_assert_not_null(ad_lstm_seq(ctx, x, w, b4, h, h, m, false), "%s", ad_last_error(ctx));
-  cr_assert_not_null(ad_gru_seq(ctx, x3, w3, b, h, m, false), "%s", ad_last_error(ctx));
+  cr_assert_not_null(ad_gru_seq(ctx, x3, w3, b, b, h, m, false), "%s", ad_last_error(ctx));
   cr_assert_null(ad_lstm_seq(ctx, x, w, b4, hbad, h, NULL, false));
   expect_msg(ctx, AD_ERR_SHAPE,
              "lstm_seq: inputs [3,2,8], weight [8,2], state [2,3] must be [T, N, 4 H], [4 H, H], "
@@ -749,7 +749,7 @@ Test(rnn, sequence_ops_bad_input_is_named) {
   cr_assert_null(
       ad_lstm_seq(ctx, x, w, b4, h, h, m, true)); /* batch-major: N = 3, the mask [3,2] */
   expect_msg(ctx, AD_ERR_SHAPE, "lstm_seq: inputs [3,2,8], weight [8,2], state [2,2], mask [3,2]");
-  cr_assert_null(ad_gru_seq(ctx, x, w, b, h, NULL, false));
+  cr_assert_null(ad_gru_seq(ctx, x, w, b, b, h, NULL, false));
   expect_msg(ctx, AD_ERR_SHAPE, "must be [T, N, 3 H], [3 H, H], [N, H], bias [3 H]");
   cr_assert_null(ad_lstm_seq(ctx, x, w, b4, h64, h, NULL, false));
   expect_msg(ctx, AD_ERR_DTYPE, "lstm_seq");

@@ -713,16 +713,17 @@ AD_API ad_tensor *ad_gru_cell(ad_ctx *ctx, ad_tensor *a, ad_tensor *b, ad_tensor
  * dtypes differ), AD_ERR_NULL. */
 AD_API ad_tensor *ad_lstm_seq(ad_ctx *ctx, ad_tensor *xp, ad_tensor *w_hh, ad_tensor *b,
                               ad_tensor *h0, ad_tensor *c0, ad_tensor *mask, bool batch_first);
-/** A whole GRU sequence in one op: xa [T, N, 3H] ([N, T, 3H] with
- * batch_first) = x W_ih^T + b_ih of every step, w_hh [3H, H], b_hh [3H],
- * h0 [N, H], mask as ad_lstm_seq's. Returns Y [T, N, 5H] (or [N, T, 5H])
- * whose step t is [h_t | r z n | b_n]: with b = h_{t-1} w_hh^T + b_hh,
- * [h_t | r z n] = ad_gru_cell(xa_t, b, h_{t-1}) and b_n b's last H columns
- * (kept for the backward); h_{t-1} is step t-1's first block (h0 at
- * t = 0), and a row whose mask is 0 is [h_{t-1} | 0]. Differentiable in
- * xa, w_hh, b_hh, h0 to any order; errors as ad_lstm_seq's. */
-AD_API ad_tensor *ad_gru_seq(ad_ctx *ctx, ad_tensor *xa, ad_tensor *w_hh, ad_tensor *b_hh,
-                             ad_tensor *h0, ad_tensor *mask, bool batch_first);
+/** A whole GRU sequence in one op: xp [T, N, 3H] ([N, T, 3H] with
+ * batch_first) = x W_ih^T of every step, w_hh [3H, H], b_ih and b_hh
+ * [3H] (both added in the op's rows), h0 [N, H], mask as ad_lstm_seq's.
+ * Returns Y [T, N, 5H] (or [N, T, 5H]) whose step t is [h_t | r z n | b_n]:
+ * with b = h_{t-1} w_hh^T + b_hh, [h_t | r z n] = ad_gru_cell(xp_t + b_ih,
+ * b, h_{t-1}) and b_n b's last H columns (kept for the backward); h_{t-1}
+ * is step t-1's first block (h0 at t = 0), and a row whose mask is 0 is
+ * [h_{t-1} | 0]. Differentiable in xp, w_hh, b_ih, b_hh, h0 to any order;
+ * errors as ad_lstm_seq's. */
+AD_API ad_tensor *ad_gru_seq(ad_ctx *ctx, ad_tensor *xp, ad_tensor *w_hh, ad_tensor *b_ih,
+                             ad_tensor *b_hh, ad_tensor *h0, ad_tensor *mask, bool batch_first);
 
 /* ----------------------------------------------------------- attention */
 
