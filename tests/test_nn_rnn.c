@@ -730,6 +730,42 @@ Test(rnn, narrowed_output_gradient_gives_the_padded_bits) {
   }
 }
 
+/* A narrowed gradient that is not the h block alone (h and c: the first
+ * 2H columns of lstm_seq's output) is padded by the op's backward: the
+ * same bits as the padded path. */
+Test(rnn, narrowed_output_gradient_wider_than_h) {
+  int64_t sx[3] = {4, 3, 8}, sw[2] = {8, 2}, sb[1] = {8}, sh[2] = {3, 2};
+  ad_rng rng;
+  ad_rng_seed(&rng, 40);
+  ad_tensor *in[5] = {
+      ad_rand(ctx, &rng, AD_F64, 3, sx, -2, 2), ad_rand(ctx, &rng, AD_F64, 2, sw, -1, 1),
+      ad_rand(ctx, &rng, AD_F64, 1, sb, -1, 1), ad_rand(ctx, &rng, AD_F64, 2, sh, -1, 1),
+      ad_rand(ctx, &rng, AD_F64, 2, sh, -1, 1)};
+  for (int i = 0; i < 5; i++) ad_tensor_set_requires_grad(in[i], true);
+  ad_tensor *res[2][5];
+  for (int hook = 0; hook < 2; hook++) {
+    ad_tensor *y = ad_lstm_seq(ctx, in[0], in[1], in[2], in[3], in[4], NULL, false);
+    ad_tensor *hc = ad_narrow(ctx, y, 2, 0, 4);
+    ad_rng_seed(&rng, 41);
+    ad_tensor *loss = dot(hc, ad_rand(ctx, &rng, AD_F64, hc->ndim, hc->shape, -1, 1));
+    if (hook) ad_set_backward_hook(ctx, no_hook, NULL);
+    cr_assert_eq(ad_backward(ctx, loss, NULL), AD_OK, "%s", ad_last_error(ctx));
+    ad_set_backward_hook(ctx, NULL, NULL);
+    for (int i = 0; i < 5; i++) {
+      res[hook][i] = keep(in[i]->grad);
+      ad_tensor_zero_grad(in[i]);
+    }
+    ad_tape_reset(ctx);
+  }
+  for (int i = 0; i < 5; i++) {
+    cr_assert_eq(memcmp(res[0][i]->data, res[1][i]->data, (size_t)res[0][i]->size * 8), 0,
+                 "input %d", i);
+    ad_tensor_free(res[0][i]);
+    ad_tensor_free(res[1][i]);
+    ad_tensor_free(in[i]);
+  }
+}
+
 /* The sequence ops name bad shapes, dtypes and time axes. */
 Test(rnn, sequence_ops_bad_input_is_named) {
   int64_t sx[3] = {3, 2, 8}, sw[2] = {8, 2}, sh[2] = {2, 2}, sm[2] = {3, 2}, sb[1] = {6};
