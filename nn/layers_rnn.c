@@ -215,8 +215,9 @@ static ad_tensor *drop(ad_ctx *ctx, rnn_state *s, ad_tensor *x) {
 
 /* The whole-sequence path of LSTM and GRU layers (the default): per
  * layer, the input products of all steps as one matmul [T N, in] x
- * W_ih^T plus the bias, then one ad_lstm_seq or ad_gru_seq for the
- * recurrence, in the input's layout (batch-major with batch_first, so
+ * W_ih^T, then one ad_lstm_seq or ad_gru_seq for the recurrence (which
+ * adds the biases in its rows), in the input's layout (batch-major with
+ * batch_first, so
  * nothing is transposed); the steps that no sequence reaches are not run,
  * as in rnn_run. Values, dropout masks and errors as rnn_run's. fin_h and
  * fin_c hold a pointer per layer. */
