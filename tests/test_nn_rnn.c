@@ -787,6 +787,12 @@ Test(rnn, sequence_ops_bad_input_is_named) {
   expect_msg(ctx, AD_ERR_SHAPE, "lstm_seq: inputs [3,2,8], weight [8,2], state [2,2], mask [3,2]");
   cr_assert_null(ad_gru_seq(ctx, x, w, b, b, h, NULL, false));
   expect_msg(ctx, AD_ERR_SHAPE, "must be [T, N, 3 H], [3 H, H], [N, H], bias [3 H]");
+  cr_assert_null(ad_lstm_seq(ctx, x, w, b, h, h, NULL, false)); /* b [6], not [8] */
+  expect_msg(ctx, AD_ERR_SHAPE, "must be [T, N, 4 H], [4 H, H], [N, H], bias [4 H]");
+  cr_assert_null(ad_lstm_seq(ctx, x, w, NULL, h, h, NULL, false));
+  expect_msg(ctx, AD_ERR_NULL, "lstm_seq");
+  cr_assert_null(ad_gru_seq(ctx, x3, w3, b, b4, h, NULL, false)); /* b_hh [8], not [6] */
+  expect_msg(ctx, AD_ERR_SHAPE, "must be [T, N, 3 H], [3 H, H], [N, H], bias [3 H]");
   cr_assert_null(ad_lstm_seq(ctx, x, w, b4, h64, h, NULL, false));
   expect_msg(ctx, AD_ERR_DTYPE, "lstm_seq");
   cr_assert_null(ad_lstm_seq(ctx, x0, w, b4, h, h, NULL, false));
