@@ -131,6 +131,13 @@ struct ad_ctx {
    * intermediate's contributions, fitting a contribution to its input's
    * shape), named by the op layer: the core declares and calls no op */
   int op_add, op_reshape, op_sum_to;
+  /* a plain backward's narrowed gradient (tape.c: lead_pass): the narrow
+   * op, pad, and the ops whose backward reads a gradient sent only to
+   * their output's leading block along the last axis (op_lead; -1: none) */
+  int op_narrow, op_pad, op_lead[2];
+  /* the node whose gacc is such a gradient, its first elements along the
+   * last axis only (the rest are zero), or NULL */
+  ad_node *lead_node;
   /* registry */
   ad_op_def *ops;
   int nops, ops_cap;

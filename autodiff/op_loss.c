@@ -1,5 +1,6 @@
 /* op_loss.c: fused softmax cross-entropy with integer class labels. */
 #include "ops.h"
+#include "vexp.h"
 
 #include <math.h>
 
@@ -99,25 +100,140 @@ static ad_status softmax_ce_shape(const ad_call *c) {
     *(T_ *)out->data = (T_)(at->sum ? total : kept ? total / (double)kept : NAN);                  \
   } while (0)
 
+/* float32 logits whose C classes are contiguous ([P, C]: T = 1, the
+ * sequence loss's layout), in vector loops: the largest of a position's
+ * logits (four partial maxima), and e = exp_v(z - m) (vexp.h) into
+ * e[0..C-1] with their sum (four double partial sums). A NaN logit makes
+ * the sum NaN, as exp of the other forms does. */
+CELL_ROW float ce_max_f32(const float *restrict z, int64_t C) {
+  float m4[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
+  int64_t k = 0;
+  for (; k + 4 <= C; k += 4)
+    for (int q = 0; q < 4; q++) m4[q] = z[k + q] > m4[q] ? z[k + q] : m4[q];
+  for (int q = 0; k < C; k++, q++) m4[q] = z[k] > m4[q] ? z[k] : m4[q];
+  float m01 = m4[0] > m4[1] ? m4[0] : m4[1], m23 = m4[2] > m4[3] ? m4[2] : m4[3];
+  return m01 > m23 ? m01 : m23;
+}
+CELL_ROW double ce_exp_f32(const float *restrict z, int64_t C, float m, float *restrict e) {
+  for (int64_t k = 0; k < C; k++) e[k] = exp_v(z[k] - m);
+  double s4[4] = {0, 0, 0, 0};
+  int64_t k = 0;
+  for (; k + 4 <= C; k += 4)
+    for (int q = 0; q < 4; q++) s4[q] += e[k + q];
+  for (int q = 0; k < C; k++, q++) s4[q] += e[k];
+  return (s4[0] + s4[1]) + (s4[2] + s4[3]);
+}
+
+enum { CE_ROW_MAX = 1024 }; /* classes of the float32 forward's row buffer */
+
+/* The float32 [P, C] forward (C <= CE_ROW_MAX): the sum over kept
+ * positions of lse - z[label], their count in *kept. */
+CELL_CLONES static double ce_fwd_f32(const float *z, const int32_t *lab, int64_t P, int64_t C,
+                                     const ad_cross_entropy_attrs *at, int64_t *kept) {
+  float e[CE_ROW_MAX];
+  double total = 0;
+  int64_t n = 0;
+  for (int64_t r = 0; r < P; r++) {
+    int32_t l = lab[r];
+    if (!counted(at, l)) continue;
+    const float *zr = z + r * C;
+    float m = ce_max_f32(zr, C);
+    total += (double)m + log(ce_exp_f32(zr, C, m, e)) - (double)zr[l];
+    n++;
+  }
+  *kept = n;
+  return total;
+}
+
+/* The float32 [P, C] backward: dz = (e / sum e - onehot) dy s, 0 dy s at
+ * an ignored position. */
+CELL_CLONES static void ce_bwd_f32(const float *z, const int32_t *lab, int64_t P, int64_t C,
+                                   const ad_cross_entropy_attrs *at, float gs, float *dz) {
+  for (int64_t r = 0; r < P; r++) {
+    int32_t l = lab[r];
+    float *dr = dz + r * C;
+    if (!counted(at, l)) {
+      for (int64_t k = 0; k < C; k++) dr[k] = 0.0f * gs;
+      continue;
+    }
+    const float *zr = z + r * C;
+    float inv = (float)(1.0 / ce_exp_f32(zr, C, ce_max_f32(zr, C), dr));
+    float pl = dr[l] * inv;
+    for (int64_t k = 0; k < C; k++) dr[k] = dr[k] * inv * gs;
+    dr[l] = (pl - 1.0f) * gs;
+  }
+}
+
 static void softmax_ce_fwd(const ad_call *c) {
   const ad_tensor *z = c->in[0];
   const ad_cross_entropy_attrs *at = &c->attrs->cross_entropy;
   const int32_t *lab = c->in[1]->data;
   ad_tensor *out = c->out;
   int64_t N = z->shape[0], C = z->shape[1], T = trailing(z);
-  if (out->dtype == AD_F32)
+  if (out->dtype == AD_F32 && T == 1 && C <= CE_ROW_MAX) {
+    int64_t kept = 0;
+    double total = ce_fwd_f32(z->data, lab, N, C, at, &kept);
+    *(float *)out->data = (float)(at->sum ? total : kept ? total / (double)kept : NAN);
+  } else if (out->dtype == AD_F32) {
     CE_FWD(float);
-  else
+  } else {
     CE_FWD(double);
+  }
 }
 
 /* The labels take no gradient: they are class indices, the tape's copy of
  * those the forward checked. An ignored position gets exactly 0 (where, so
  * not even a NaN logit there sends anything); with no position kept every
  * gradient is 0, as PyTorch's. */
+/* The plain backward (no create_graph) in one pass per position: e =
+ * exp(z - max) into dz, then dz = (e / sum e - onehot) * (dy s), each step
+ * rounded as the ops of the recorded form round it (softmax, sub, where,
+ * mul_scalar, mul), so both give the same bits. */
+#define CE_BWD(T_)                                                                                 \
+  do {                                                                                             \
+    const T_ *Z = z->data;                                                                         \
+    T_ *D = dz->data, gs = (T_)(*(const T_ *)c->gout->data * (T_)scale);                           \
+    for (int64_t r = 0; r < N; r++)                                                                \
+      for (int64_t j = 0; j < T; j++) {                                                            \
+        int32_t l = lab[r * T + j];                                                                \
+        const T_ *zr = Z + r * C * T + j;                                                          \
+        T_ *dr = D + r * C * T + j;                                                                \
+        if (!counted(at, l)) {                                                                     \
+          for (int64_t k = 0; k < C; k++) dr[k * T] = (T_)0 * gs;                                  \
+          continue;                                                                                \
+        }                                                                                          \
+        double m = AD_LANE_MAX(zr, T, C), s = 0;                                                   \
+        for (int64_t k = 0; k < C; k++) {                                                          \
+          double e = EXP_OF(T_, (double)zr[k * T] - m);                                            \
+          dr[k * T] = (T_)e;                                                                       \
+          s += e;                                                                                  \
+        }                                                                                          \
+        for (int64_t k = 0; k < C; k++)                                                            \
+          dr[k * T] = ((T_)((double)dr[k * T] / s) - (T_)(k == l)) * gs;                           \
+      }                                                                                            \
+  } while (0)
+
 static ad_status softmax_ce_bwd(const ad_call *c) {
   if (!c->needs[0]) return AD_OK;
   ad_ctx *ctx = c->ctx;
+  if (!ctx->grad_enabled) {
+    const ad_tensor *z = c->in[0];
+    const ad_cross_entropy_attrs *at = &c->attrs->cross_entropy;
+    const int32_t *lab = c->in[1]->data;
+    int64_t N = z->shape[0], C = z->shape[1], T = trailing(z), kept = 0;
+    for (int64_t i = 0; i < N * T; i++) kept += counted(at, lab[i]);
+    double scale = at->sum ? 1.0 : kept ? 1.0 / (double)kept : N * T != 0 ? 0.0 : NAN;
+    ad_tensor *dz = ad_tmp_new(ctx, z->dtype, z->ndim, z->shape);
+    if (!dz) return ad_last_status(ctx);
+    if (z->dtype == AD_F32 && T == 1)
+      ce_bwd_f32(z->data, lab, N, C, at, *(const float *)c->gout->data * (float)scale, dz->data);
+    else if (z->dtype == AD_F32)
+      CE_BWD(float);
+    else
+      CE_BWD(double);
+    c->gin[0] = dz;
+    return AD_OK;
+  }
   ad_tensor *z = c->in[0];
   const ad_cross_entropy_attrs *at = &c->attrs->cross_entropy;
   int64_t N = z->shape[0], C = z->shape[1], T = trailing(z), kept = 0;

@@ -27,28 +27,7 @@
 #include <math.h>
 #include <string.h>
 
-/* The row loops vectorize only when GCC may evaluate a comparison's both
- * sides (its selects could otherwise raise a floating-point exception);
- * the values are the same. */
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC optimize("no-trapping-math")
-#endif
-
-/* The row loops are compiled for AVX-512 and AVX2 besides the baseline
- * (SSE2 on x86-64, 4 floats a vector), the best the CPU has picked when
- * the library loads (GCC's target_clones), as the GEMM's kernels are; the
- * values are the same bits on each (no contraction into FMA). Not under
- * ThreadSanitizer: the clones' resolver runs while the dynamic loader
- * relocates the library, before TSan's runtime is set up, and its
- * instrumented code crashes there. */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__ELF__) &&         \
-    !defined(__SANITIZE_THREAD__)
-#define CELL_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#define CELL_ROW    static inline __attribute__((always_inline))
-#else
-#define CELL_CLONES
-#define CELL_ROW static inline
-#endif
+#include "vexp.h"
 
 /* float64 sigmoid as the sigmoid op computes it (stable on both sides), so
  * that the fused and the composed cell agree to the last bits where they
@@ -57,37 +36,20 @@ static inline double sig_d(double x) {
   return x >= 0 ? 1.0 / (1.0 + exp(-x)) : exp(x) / (1.0 + exp(x));
 }
 
-/* float32 exp, sigmoid and tanh without calls or branches, so that a row
- * loop vectorizes: exp as 2^n e^r with |r| <= ln2/2 and a degree-6
- * polynomial (about 1 ulp; inputs clamped to [-87.3, 88.3], NaN kept),
- * tanh as (1 - e^-2|x|) / (1 + e^-2|x|), or its Taylor series to x^9 for
- * |x| < 0.25 where that would cancel (about 3 ulp either way). The fused
- * cells agree with the composed ones (libm's expf and tanhf) within 1e-6
- * relative; float64 uses libm. */
-static inline float exp_v(float x) {
-  x = x < -87.3f ? -87.3f : x;
-  x = x > 88.3f ? 88.3f : x;
-  float n = (x * 1.44269504f + 12582912.0f) - 12582912.0f; /* round to nearest */
-  float r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  int32_t bits = ((int32_t)n + 127) << 23;
-  float scale;
-  memcpy(&scale, &bits, sizeof scale);
-  return p * scale;
-}
+/* float32 sigmoid and tanh without calls or branches (exp_v: vexp.h), so
+ * that a row loop vectorizes: tanh as (1 - e^-2|x|) / (1 + e^-2|x|), or
+ * its Taylor series to x^9 for |x| < 0.25 where that would cancel (about
+ * 3 ulp either way). The fused cells agree with the composed ones (libm's
+ * expf and tanhf) within 1e-6 relative; float64 uses libm. */
 static inline float sig_v(float x) { return 1.0f / (1.0f + exp_v(-x)); }
 static inline float tanh_v(float x) {
   float a = fabsf(x), x2 = x * x;
   float e = exp_v(-2.0f * a);
   float big = (1.0f - e) / (1.0f + e);
-  float small =
-      a * (1.0f + x2 * (-1.0f / 3 + x2 * (2.0f / 15 + x2 * (-17.0f / 315 + x2 * (62.0f / 2835)))));
+  float q = FMA_F(x2, 62.0f / 2835, -17.0f / 315);
+  q = FMA_F(q, x2, 2.0f / 15);
+  q = FMA_F(q, x2, -1.0f / 3);
+  float small = FMA_F(a * x2, q, a);
   return copysignf(a < 0.25f ? small : big, x);
 }
 
@@ -435,14 +397,16 @@ const ad_op_def ad_def_gru_cell = {
  * op, so that the products that do not depend on the previous step are one
  * large GEMM each (the input projection before the op, the weight
  * gradients and the input gradient after it) and only h W_hh^T and its
- * gradient run per step. The input projection xp = x W_ih^T + bias is made
- * outside with matmul and add, for all steps at once.
+ * gradient run per step. The input projection x W_ih^T is made outside
+ * with matmul, for all steps at once; the LSTM's bias (b_ih + b_hh) is
+ * added in the op's rows (no pass over xp for it), and its gradient summed
+ * there step by step; the GRU's two (bx = b_ih, b = b_hh) alike.
  *
- *   lstm_seq(xp [T, N, 4H], w [4H, H], h0 [N, H], c0 [N, H], mask [T, N]?)
- *     = Y [T, N, 7H], Y_t = lstm_cell(xp_t + h_{t-1} w^T, c_{t-1})
- *   gru_seq(xa [T, N, 3H], w [3H, H], b [3H], h0 [N, H], mask [T, N]?)
+ *   lstm_seq(xp [T, N, 4H], w [4H, H], b [4H], h0 [N, H], c0 [N, H], mask [T, N]?)
+ *     = Y [T, N, 7H], Y_t = lstm_cell((xp_t + b) + h_{t-1} w^T, c_{t-1})
+ *   gru_seq(xp [T, N, 3H], w [3H, H], bx [3H], b [3H], h0 [N, H], mask [T, N]?)
  *     = Y [T, N, 5H], Y_t = [h_t | r z n | b_n], with b_t = h_{t-1} w^T + b,
- *     [h_t | r z n] = gru_cell(xa_t, b_t, h_{t-1}) and b_n b_t's last block
+ *     [h_t | r z n] = gru_cell(xp_t + bx, b_t, h_{t-1}) and b_n b_t's last block
  *
  * With the attribute axis = 1, xp (xa) and Y are batch-major, [N, T, .]:
  * a batch_first layer's input product and output need no transposition.
@@ -454,9 +418,9 @@ const ad_op_def ad_def_gru_cell = {
  * ops' backward built from ops (create_graph) differentiates again.
  *
  * Backward, from the last step: the cell's rule per row (the functions of
- * lstm_cell and gru_cell), dh_{t-1} += dG_t w; then dxp = dG of all steps,
- * dw = sum_t dG_t^T h_{t-1} as one product over all T N rows, db the sum
- * of dG's rows. */
+ * lstm_cell and gru_cell), dh_{t-1} += dG_t w (the LSTM's db += dG_t's
+ * rows, the GRU's dbx and db those of dA_t and dB_t); then dxp = dG of all
+ * steps, dw = sum_t dG_t^T h_{t-1} as one product over all T N rows. */
 
 /* Step t's first row in x ([T, N, K] with the time axis tax 0, [N, T, K]
  * with 1); *ld (if not NULL) the distance between its rows, in elements. */
@@ -474,7 +438,7 @@ static ad_tensor *step_of(ad_ctx *ctx, ad_tensor *x, int tax, int64_t t) {
 
 /* Checks the sequence op's inputs: in[0] [T, N, m H] (or [N, T, m H]), w
  * [m H, H], the bias and states, the mask [T, N]; sets *T, *N, *H. */
-static ad_status seq_shape(const ad_call *c, int m, int nstate, bool bias, int64_t *T, int64_t *N,
+static ad_status seq_shape(const ad_call *c, int m, int nstate, int nbias, int64_t *T, int64_t *N,
                            int64_t *H) {
   ad_status st = ad_check_float_same(c->ctx, c->name, c->n, c->in);
   if (st != AD_OK) return st;
@@ -483,8 +447,8 @@ static ad_status seq_shape(const ad_call *c, int m, int nstate, bool bias, int64
     return ad_set_error(c->ctx, AD_ERR_ARG,
                         "%s: time axis %d; it must be 0 ([T, N, .]) or 1 ([N, T, .])", c->name,
                         tax);
-  const ad_tensor *x = c->in[0], *w = c->in[1], *b = bias ? c->in[2] : NULL;
-  int s0 = bias ? 3 : 2; /* the first state */
+  const ad_tensor *x = c->in[0], *w = c->in[1];
+  int s0 = 2 + nbias; /* the first state */
   const ad_tensor *mask = c->n > s0 + nstate ? c->in[s0 + nstate] : NULL;
   /* the first input that does not fit the others, its name and its form */
   const ad_tensor *bad = NULL;
@@ -495,8 +459,11 @@ static ad_status seq_shape(const ad_call *c, int m, int nstate, bool bias, int64
     bad = w, name = "weight", form = m == 4 ? "[4 H, H]" : "[3 H, H]";
   else if (x->ndim != 3 || x->shape[2] != w->shape[0])
     bad = x, name = "inputs", form = xform;
-  else if (b && (b->ndim != 1 || b->shape[0] != w->shape[0]))
-    bad = b, name = "bias", form = "[3 H]";
+  for (int k = 2; !bad && k < s0; k++) {
+    const ad_tensor *b = c->in[k];
+    if (b->ndim != 1 || b->shape[0] != w->shape[0])
+      bad = b, name = m == 4 ? "b" : k == 2 ? "b_ih" : "b_hh", form = m == 4 ? "[4 H]" : "[3 H]";
+  }
   for (int k = 0; !bad && k < nstate; k++) {
     const ad_tensor *st0 = c->in[s0 + k];
     if (st0->ndim != 2 || st0->shape[0] != x->shape[1 - tax] || st0->shape[1] != w->shape[1])
@@ -539,21 +506,25 @@ typedef struct seq_job {
   void *y;          /* Y_t (forward), read in the backward */
   const void *mask; /* Y_t's row flags, NULL: all live */
   const void *x;    /* xp_t (lstm), xa_t (gru): row r at r ldg */
-  const void *bias; /* gru: b */
-  const void *dy;   /* backward: dY_t */
-  void *dg, *db;    /* backward: dG_t (lstm: dxp_t; gru: dxa_t), gru: db_t */
-  void *dh, *dc;    /* backward: the states' gradients carried, [N, H] */
+  const void *bias; /* b (gru: b_hh) */
+  const void *bx;   /* gru: b_ih, added to xa */
+  const void *dy;   /* backward: dY_t, row r at r lddy; only its h block when hdy */
+  int64_t lddy;
+  bool hdy;
+  void *dg, *db; /* backward: dG_t (lstm: dxp_t; gru: dxa_t), gru: db_t */
+  void *dh, *dc; /* backward: the states' gradients carried, [N, H] */
   int64_t H;
 } seq_job;
 
 #define DEFINE_SEQ_LOOPS(T, SFX, SIG, TANH)                                                        \
-  /* g: h_{t-1} w^T in (the gates' pre-activations less x), the activations out */                 \
-  CELL_ROW void lstm_seq_row_##SFX(int64_t H, const T *restrict x, T *restrict g,                  \
-                                   const T *restrict c, T *restrict h, T *restrict cn,             \
-                                   T *restrict t) {                                                \
+  /* g: h_{t-1} w^T in (the gates' pre-activations less x + bb), the activations out */            \
+  CELL_ROW void lstm_seq_row_##SFX(int64_t H, const T *restrict x, const T *restrict bb,           \
+                                   T *restrict g, const T *restrict c, T *restrict h,              \
+                                   T *restrict cn, T *restrict t) {                                \
     for (int64_t k = 0; k < H; k++) {                                                              \
-      T i = SIG(g[k] + x[k]), f = SIG(g[H + k] + x[H + k]);                                        \
-      T gg = TANH(g[2 * H + k] + x[2 * H + k]), o = SIG(g[3 * H + k] + x[3 * H + k]);              \
+      T i = SIG(g[k] + (x[k] + bb[k])), f = SIG(g[H + k] + (x[H + k] + bb[H + k]));                \
+      T gg = TANH(g[2 * H + k] + (x[2 * H + k] + bb[2 * H + k]));                                  \
+      T o = SIG(g[3 * H + k] + (x[3 * H + k] + bb[3 * H + k]));                                    \
       T fc = f * c[k], ig = i * gg;                                                                \
       cn[k] = fc + ig;                                                                             \
       t[k] = TANH(cn[k]);                                                                          \
@@ -573,22 +544,30 @@ typedef struct seq_job {
         memset(y + 2 * H, 0, (size_t)(5 * H) * sizeof(T));                                         \
         continue;                                                                                  \
       }                                                                                            \
-      lstm_seq_row_##SFX(H, (const T *)j->x + r * j->ldg, y + 2 * H, cp, y, y + H, y + 6 * H);     \
+      lstm_seq_row_##SFX(H, (const T *)j->x + r * j->ldg, (const T *)j->bias, y + 2 * H, cp, y,    \
+                         y + H, y + 6 * H);                                                        \
     }                                                                                              \
   }                                                                                                \
   /* lstm_bwd_row with dh_t = dy's h block + dh and dc_t = dy's c block + dc (the gradients        \
    * carried from step t+1) read in place; dc becomes dc_{t-1}, dh 0 for the product */            \
-  CELL_ROW void lstm_seq_bwd_row_##SFX(int64_t H, const T *restrict c, const T *restrict act,      \
-                                       const T *restrict tt, const T *restrict dy, T *restrict dh, \
-                                       T *restrict dc, T *restrict ga) {                           \
+  /* (FULL 0: dy is the h block alone, the others 0) */                                            \
+  CELL_ROW void lstm_seq_bwd_row_##SFX(                                                            \
+      const int FULL, int64_t H, const T *restrict c, const T *restrict act, const T *restrict tt, \
+      const T *restrict dy, T *restrict dh, T *restrict dc, T *restrict ga) {                      \
     for (int64_t k = 0; k < H; k++) {                                                              \
       T i = act[k], f = act[H + k], g = act[2 * H + k], o = act[3 * H + k], t = tt[k];             \
-      T th = dy[k] + dh[k], tc = dy[H + k] + dc[k];                                                \
-      T dcc = tc + (th * o + dy[6 * H + k]) * (1 - t * t);                                         \
-      ga[k] = (dcc * g + dy[2 * H + k]) * i * (1 - i);                                             \
-      ga[H + k] = (dcc * c[k] + dy[3 * H + k]) * f * (1 - f);                                      \
-      ga[2 * H + k] = (dcc * i + dy[4 * H + k]) * (1 - g * g);                                     \
-      ga[3 * H + k] = (th * t + dy[5 * H + k]) * o * (1 - o);                                      \
+      T th = dy[k] + dh[k], tc = FULL ? dy[H + k] + dc[k] : dc[k];                                 \
+      T dt = th * o;                                                                               \
+      if (FULL) dt = dt + dy[6 * H + k];                                                           \
+      T dcc = tc + dt * (1 - t * t);                                                               \
+      T ui = dcc * g, uf = dcc * c[k], ug = dcc * i, uo = th * t;                                  \
+      if (FULL)                                                                                    \
+        ui = ui + dy[2 * H + k], uf = uf + dy[3 * H + k], ug = ug + dy[4 * H + k],                 \
+        uo = uo + dy[5 * H + k];                                                                   \
+      ga[k] = ui * i * (1 - i);                                                                    \
+      ga[H + k] = uf * f * (1 - f);                                                                \
+      ga[2 * H + k] = ug * (1 - g * g);                                                            \
+      ga[3 * H + k] = uo * o * (1 - o);                                                            \
       dc[k] = dcc * f;                                                                             \
       dh[k] = 0;                                                                                   \
     }                                                                                              \
@@ -598,25 +577,31 @@ typedef struct seq_job {
     const seq_job *j = ud;                                                                         \
     int64_t H = j->H;                                                                              \
     for (int64_t r = r0; r < r1; r++) {                                                            \
-      const T *y = (const T *)j->y + r * j->ldy, *dy = (const T *)j->dy + r * j->ldy;              \
+      const T *y = (const T *)j->y + r * j->ldy, *dy = (const T *)j->dy + r * j->lddy;             \
       T *dh = (T *)j->dh + r * H, *dc = (T *)j->dc + r * H, *dg = (T *)j->dg + r * j->ldg;         \
+      const T *cp = (const T *)j->cp + r * j->ldp;                                                 \
       if (j->mask && ((const T *)j->mask)[r] == 0) {                                               \
-        for (int64_t k = 0; k < H; k++) dh[k] += dy[k], dc[k] += dy[H + k];                        \
+        for (int64_t k = 0; k < H; k++) dh[k] += dy[k];                                            \
+        if (!j->hdy)                                                                               \
+          for (int64_t k = 0; k < H; k++) dc[k] += dy[H + k];                                      \
         memset(dg, 0, (size_t)(4 * H) * sizeof(T));                                                \
         continue;                                                                                  \
       }                                                                                            \
-      lstm_seq_bwd_row_##SFX(H, (const T *)j->cp + r * j->ldp, y + 2 * H, y + 6 * H, dy, dh, dc,   \
-                             dg);                                                                  \
+      if (j->hdy)                                                                                  \
+        lstm_seq_bwd_row_##SFX(0, H, cp, y + 2 * H, y + 6 * H, dy, dh, dc, dg);                    \
+      else                                                                                         \
+        lstm_seq_bwd_row_##SFX(1, H, cp, y + 2 * H, y + 6 * H, dy, dh, dc, dg);                    \
     }                                                                                              \
   }                                                                                                \
   /* g: h_{t-1} w^T in (b_t less the bias bb), r z n out; bn: b_t's last block kept */             \
-  CELL_ROW void gru_seq_row_##SFX(int64_t H, const T *restrict a, const T *restrict bb,            \
-                                  T *restrict g, const T *restrict h, T *restrict y,               \
-                                  T *restrict bn) {                                                \
+  CELL_ROW void gru_seq_row_##SFX(int64_t H, const T *restrict x, const T *restrict bx,            \
+                                  const T *restrict bb, T *restrict g, const T *restrict h,        \
+                                  T *restrict y, T *restrict bn) {                                 \
     for (int64_t k = 0; k < H; k++) {                                                              \
-      T rr = SIG(a[k] + (g[k] + bb[k])), z = SIG(a[H + k] + (g[H + k] + bb[H + k]));               \
+      T ar = x[k] + bx[k], az = x[H + k] + bx[H + k], an = x[2 * H + k] + bx[2 * H + k];           \
+      T rr = SIG(ar + (g[k] + bb[k])), z = SIG(az + (g[H + k] + bb[H + k]));                       \
       T b = g[2 * H + k] + bb[2 * H + k], rb = rr * b;                                             \
-      T n = TANH(a[2 * H + k] + rb);                                                               \
+      T n = TANH(an + rb);                                                                         \
       T d = (h[k] - n) * z;                                                                        \
       y[k] = d + n;                                                                                \
       bn[k] = b, g[k] = rr, g[H + k] = z, g[2 * H + k] = n;                                        \
@@ -633,22 +618,26 @@ typedef struct seq_job {
         memset(y + H, 0, (size_t)(4 * H) * sizeof(T));                                             \
         continue;                                                                                  \
       }                                                                                            \
-      gru_seq_row_##SFX(H, (const T *)j->x + r * j->ldg, (const T *)j->bias, y + H, hp, y,         \
-                        y + 4 * H);                                                                \
+      gru_seq_row_##SFX(H, (const T *)j->x + r * j->ldg, (const T *)j->bx, (const T *)j->bias,     \
+                        y + H, hp, y, y + 4 * H);                                                  \
     }                                                                                              \
   }                                                                                                \
   /* dh holds the gradient carried from step t+1 (dy's h block is added here) and becomes the      \
    * part of dh_{t-1} that is not the product */                                                   \
-  CELL_ROW void gru_seq_bwd_row_##SFX(int64_t H, const T *restrict act, const T *restrict bn,      \
-                                      const T *restrict h, const T *restrict dy, T *restrict ga,   \
-                                      T *restrict gb, T *restrict dh) {                            \
+  CELL_ROW void gru_seq_bwd_row_##SFX(                                                             \
+      const int FULL, int64_t H, const T *restrict act, const T *restrict bn, const T *restrict h, \
+      const T *restrict dy, T *restrict ga, T *restrict gb, T *restrict dh) {                      \
     for (int64_t k = 0; k < H; k++) {                                                              \
       T rr = act[k], z = act[H + k], n = act[2 * H + k], d = dy[k] + dh[k];                        \
-      T dn = (d - d * z + dy[3 * H + k]) * (1 - n * n);                                            \
-      T dr = (dn * bn[k] + dy[H + k]) * rr * (1 - rr);                                             \
-      T dz = (d * (h[k] - n) + dy[2 * H + k]) * z * (1 - z);                                       \
+      T un = d - d * z, ur = 0, uz = d * (h[k] - n);                                               \
+      if (FULL) un = un + dy[3 * H + k];                                                           \
+      T dn = un * (1 - n * n);                                                                     \
+      ur = dn * bn[k];                                                                             \
+      if (FULL) ur = ur + dy[H + k], uz = uz + dy[2 * H + k];                                      \
+      T dr = ur * rr * (1 - rr);                                                                   \
+      T dz = uz * z * (1 - z);                                                                     \
       ga[k] = dr, ga[H + k] = dz, ga[2 * H + k] = dn;                                              \
-      gb[k] = dr, gb[H + k] = dz, gb[2 * H + k] = dn * rr + dy[4 * H + k];                         \
+      gb[k] = dr, gb[H + k] = dz, gb[2 * H + k] = FULL ? dn * rr + dy[4 * H + k] : dn * rr;        \
       dh[k] = d * z;                                                                               \
     }                                                                                              \
   }                                                                                                \
@@ -657,7 +646,7 @@ typedef struct seq_job {
     const seq_job *j = ud;                                                                         \
     int64_t H = j->H;                                                                              \
     for (int64_t r = r0; r < r1; r++) {                                                            \
-      const T *y = (const T *)j->y + r * j->ldy, *dy = (const T *)j->dy + r * j->ldy;              \
+      const T *y = (const T *)j->y + r * j->ldy, *dy = (const T *)j->dy + r * j->lddy;             \
       T *dh = (T *)j->dh + r * H, *dg = (T *)j->dg + r * j->ldg, *db = (T *)j->db + r * j->ldg;    \
       if (j->mask && ((const T *)j->mask)[r] == 0) {                                               \
         for (int64_t k = 0; k < H; k++) dh[k] += dy[k];                                            \
@@ -665,7 +654,11 @@ typedef struct seq_job {
         memset(db, 0, (size_t)(3 * H) * sizeof(T));                                                \
         continue;                                                                                  \
       }                                                                                            \
-      gru_seq_bwd_row_##SFX(H, y + H, y + 4 * H, (const T *)j->hp + r * j->ldp, dy, dg, db, dh);   \
+      const T *hp = (const T *)j->hp + r * j->ldp;                                                 \
+      if (j->hdy)                                                                                  \
+        gru_seq_bwd_row_##SFX(0, H, y + H, y + 4 * H, hp, dy, dg, db, dh);                         \
+      else                                                                                         \
+        gru_seq_bwd_row_##SFX(1, H, y + H, y + 4 * H, hp, dy, dg, db, dh);                         \
     }                                                                                              \
   }
 
@@ -729,17 +722,45 @@ static ad_tensor *seq_hp_ops(ad_ctx *ctx, ad_tensor *Y, ad_tensor *h0, int tax, 
   return parts[0] && parts[1] ? ad_concat(ctx, 2, parts, tax) : NULL;
 }
 
+/* The plain backward's output gradient: the whole dY, or (tape.c:
+ * lead_pass) only its first len columns, the rest being zero; *hdy is set
+ * when they are the h block, which the row loops read alone; another
+ * block is padded to dY's shape here. NULL on OOM. */
+static ad_tensor *seq_gout(const ad_call *c, int64_t H, bool *hdy) {
+  ad_tensor *g = c->gout;
+  int64_t len = g->shape[2], K = c->out->shape[2];
+  *hdy = len == H && len < K;
+  return len == K || *hdy ? g : ad_pad(c->ctx, g, 2, 0, K - len);
+}
+
+/* db += the sum of n rows of len elements, ld apart (one after another, in
+ * order: the same bits on any number of threads). */
+CELL_CLONES static void seq_sum_rows(ad_dtype dt, const void *rows, int64_t ld, int64_t n,
+                                     int64_t len, void *db) {
+  for (int64_t r = 0; r < n; r++) {
+    if (dt == AD_F32) {
+      const float *restrict x = (const float *)rows + r * ld;
+      float *restrict d = db;
+      for (int64_t k = 0; k < len; k++) d[k] += x[k];
+    } else {
+      const double *restrict x = (const double *)rows + r * ld;
+      double *restrict d = db;
+      for (int64_t k = 0; k < len; k++) d[k] += x[k];
+    }
+  }
+}
+
 /* -------------------------------------------------------------- lstm_seq */
 
 static ad_status lstm_seq_shape(const ad_call *c) {
   int64_t T, N, H;
-  ad_status st = seq_shape(c, 4, 2, false, &T, &N, &H);
+  ad_status st = seq_shape(c, 4, 2, 1, &T, &N, &H);
   if (st == AD_OK) seq_out(c, 7, H);
   return st;
 }
 
 static void lstm_seq_fwd(const ad_call *c) {
-  const ad_tensor *xp = c->in[0], *w = c->in[1], *mask = c->n > 4 ? c->in[4] : NULL;
+  const ad_tensor *xp = c->in[0], *w = c->in[1], *mask = c->n > 5 ? c->in[5] : NULL;
   int tax = c->attrs->axis;
   ad_dtype dt = xp->dtype;
   size_t es = ad_dsize(dt);
@@ -749,10 +770,11 @@ static void lstm_seq_fwd(const ad_call *c) {
     seq_job j = {.mask = mask_ptr(mask, t), .H = H};
     char *y = j.y = step_ptr(c->out, tax, t, &j.ldy);
     j.x = step_ptr(xp, tax, t, &j.ldg);
-    j.hp = t ? step_ptr(c->out, tax, t - 1, NULL) : c->in[2]->data;
-    j.cp = t ? (const char *)j.hp + (size_t)H * es : c->in[3]->data;
+    j.bias = c->in[2]->data;
+    j.hp = t ? step_ptr(c->out, tax, t - 1, NULL) : c->in[3]->data;
+    j.cp = t ? (const char *)j.hp + (size_t)H * es : c->in[4]->data;
     j.ldp = t ? j.ldy : H;
-    /* h_{t-1} w^T in Y_t's activation blocks; the rows add xp_t */
+    /* h_{t-1} w^T in Y_t's activation blocks; the rows add xp_t + b */
     step_gemm(dt, pk, true, N, H, 4 * H, j.hp, j.ldp, w->data, H, 0.0, y + (size_t)(2 * H) * es,
               j.ldy);
     seq_run(lstm_seq_fwd_f32, lstm_seq_fwd_f64, dt, N, &j);
@@ -763,7 +785,7 @@ static void lstm_seq_fwd(const ad_call *c) {
 /* The gradients built from ops, for a recorded backward. */
 static ad_status lstm_seq_bwd_ops(const ad_call *c) {
   ad_ctx *ctx = c->ctx;
-  ad_tensor *w = c->in[1], *h0 = c->in[2], *c0 = c->in[3], *mask = c->n > 4 ? c->in[4] : NULL;
+  ad_tensor *w = c->in[1], *h0 = c->in[3], *c0 = c->in[4], *mask = c->n > 5 ? c->in[5] : NULL;
   ad_tensor *Y = c->out, *dY = c->gout;
   int tax = c->attrs->axis;
   int64_t T = Y->shape[tax], N = Y->shape[1 - tax], H = w->shape[1], n1[2] = {N, 1};
@@ -805,41 +827,50 @@ static ad_status lstm_seq_bwd_ops(const ad_call *c) {
   }
   ad_tensor *dG = ad_stack(ctx, (int)T, dg, tax);
   ad_status st = AD_OK;
+  int64_t sh[2] = {T * N, H}, sg[2] = {T * N, 4 * H};
   if (c->needs[0]) st = ad_call_set_grad(c, 0, dG);
   if (st == AD_OK && c->needs[1]) {
-    int64_t sh[2] = {T * N, H}, sg[2] = {T * N, 4 * H};
     ad_tensor *hp = seq_hp_ops(ctx, Y, h0, tax, H);
     st = ad_call_set_grad(
         c, 1, ad_matmul(ctx, ad_reshape(ctx, dG, 2, sg), ad_reshape(ctx, hp, 2, sh), true, false));
   }
-  if (st == AD_OK && c->needs[2]) st = ad_call_set_grad(c, 2, dh);
-  if (st == AD_OK && c->needs[3]) st = ad_call_set_grad(c, 3, dc);
+  if (st == AD_OK && c->needs[2])
+    st = ad_call_set_grad(c, 2, ad_sum_axis(ctx, ad_reshape(ctx, dG, 2, sg), 0, false));
+  if (st == AD_OK && c->needs[3]) st = ad_call_set_grad(c, 3, dh);
+  if (st == AD_OK && c->needs[4]) st = ad_call_set_grad(c, 4, dc);
   return st;
 }
 
 static ad_status lstm_seq_bwd(const ad_call *c) {
   if (c->ctx->grad_enabled) return lstm_seq_bwd_ops(c);
   ad_ctx *ctx = c->ctx;
-  const ad_tensor *w = c->in[1], *h0 = c->in[2], *mask = c->n > 4 ? c->in[4] : NULL;
+  const ad_tensor *w = c->in[1], *h0 = c->in[3], *mask = c->n > 5 ? c->in[5] : NULL;
   int tax = c->attrs->axis;
   ad_dtype dt = w->dtype;
   size_t es = ad_dsize(dt);
   int64_t T = c->out->shape[tax], N = c->out->shape[1 - tax], H = w->shape[1], sN[2] = {N, H};
   ad_tensor *dG = ad_tmp_new(ctx, dt, 3, c->in[0]->shape);
   ad_tensor *dh = ad_tmp_new(ctx, dt, 2, sN), *dc = ad_tmp_new(ctx, dt, 2, sN);
-  if (!dG || !dh || !dc) return ad_last_status(ctx);
+  bool hdy;
+  ad_tensor *dY = seq_gout(c, H, &hdy);
+  if (!dG || !dh || !dc || !dY) return ad_last_status(ctx);
+  ad_tensor *db = c->needs[2] ? ad_tmp_new(ctx, dt, 1, c->in[2]->shape) : NULL;
+  if (c->needs[2] && !db) return ad_last_status(ctx);
   memset(dh->data, 0, (size_t)(N * H) * es);
   memset(dc->data, 0, (size_t)(N * H) * es);
+  if (db) memset(db->data, 0, (size_t)(4 * H) * es);
   ad_gemm_packed *pk = ad_gemm_pack(dt, false, N, 4 * H, H, w->data, H);
   for (int64_t t = T - 1; t >= 0; t--) {
-    seq_job j = {.mask = mask_ptr(mask, t), .dh = dh->data, .dc = dc->data, .H = H};
+    seq_job j = {.mask = mask_ptr(mask, t), .dh = dh->data, .dc = dc->data, .hdy = hdy, .H = H};
     j.y = step_ptr(c->out, tax, t, &j.ldy);
-    j.dy = step_ptr(c->gout, tax, t, NULL);
+    j.dy = step_ptr(dY, tax, t, &j.lddy);
     j.dg = step_ptr(dG, tax, t, &j.ldg);
-    j.cp = t ? step_ptr(c->out, tax, t - 1, NULL) + (size_t)H * es : c->in[3]->data;
+    j.cp = t ? step_ptr(c->out, tax, t - 1, NULL) + (size_t)H * es : c->in[4]->data;
     j.ldp = t ? j.ldy : H;
     seq_run(lstm_seq_bwd_f32, lstm_seq_bwd_f64, dt, N, &j);
-    if (t > 0 || c->needs[2]) /* dh_{t-1} += dG_t w */
+    if (db) /* db += dG_t's rows, while they are in the cache */
+      seq_sum_rows(dt, j.dg, j.ldg, N, 4 * H, db->data);
+    if (t > 0 || c->needs[3]) /* dh_{t-1} += dG_t w */
       step_gemm(dt, pk, false, N, 4 * H, H, j.dg, j.ldg, w->data, H, 1.0, dh->data, H);
   }
   ad_gemm_packed_free(pk);
@@ -850,16 +881,17 @@ static ad_status lstm_seq_bwd(const ad_call *c) {
     c->gin[1] = dw;
   }
   if (c->needs[0]) c->gin[0] = dG;
-  if (c->needs[2]) c->gin[2] = dh;
-  if (c->needs[3]) c->gin[3] = dc;
+  if (c->needs[2]) c->gin[2] = db;
+  if (c->needs[3]) c->gin[3] = dh;
+  if (c->needs[4]) c->gin[4] = dc;
   return AD_OK;
 }
 
-ad_tensor *ad_lstm_seq(ad_ctx *ctx, ad_tensor *xp, ad_tensor *w_hh, ad_tensor *h0, ad_tensor *c0,
-                       ad_tensor *mask, bool batch_first) {
-  ad_tensor *in[5] = {xp, w_hh, h0, c0, mask};
+ad_tensor *ad_lstm_seq(ad_ctx *ctx, ad_tensor *xp, ad_tensor *w_hh, ad_tensor *b, ad_tensor *h0,
+                       ad_tensor *c0, ad_tensor *mask, bool batch_first) {
+  ad_tensor *in[6] = {xp, w_hh, b, h0, c0, mask};
   ad_attrs at = {.axis = batch_first ? 1 : 0};
-  return ad_op_apply(ctx, AD_OP_LSTM_SEQ, mask ? 5 : 4, in, &at);
+  return ad_op_apply(ctx, AD_OP_LSTM_SEQ, mask ? 6 : 5, in, &at);
 }
 
 /* A [T, N] mask of 0/1 where sequence n has lengths[n] steps (a constant). */
@@ -876,7 +908,7 @@ static ad_tensor *sample_mask(const ad_sample_call *s, int64_t T, int64_t N,
  * with lengths 3, 1, 2, time-major and batch-major. in[k] for k < nx are
  * shaped by the table (the time and batch dims of in[0] set here), the
  * states [N, H]. */
-static int seq_sample(const ad_sample_call *s, int G, bool bias) {
+static int seq_sample(const ad_sample_call *s, int G, int nbias) {
   if (s->variant > 2) return 0;
   int64_t T = 3, N = s->variant ? 3 : 2, H = 2, lengths[3] = {3, 1, 2};
   int tax = s->variant == 2;
@@ -886,7 +918,7 @@ static int seq_sample(const ad_sample_call *s, int G, bool bias) {
   int k = 0;
   s->in[k++] = ad_sample_tensor(s, 3, sx, -2, 2, true);
   s->in[k++] = ad_sample_tensor(s, 2, sw, -1, 1, true);
-  if (bias) s->in[k++] = ad_sample_tensor(s, 1, sb, -1, 1, true);
+  for (int b = 0; b < nbias; b++) s->in[k++] = ad_sample_tensor(s, 1, sb, -1, 1, true);
   s->in[k++] = ad_sample_tensor(s, 2, sh, -1, 1, true);
   if (G == 4) s->in[k++] = ad_sample_tensor(s, 2, sh, -1, 1, true);
   for (int i = 0; i < k; i++)
@@ -895,37 +927,38 @@ static int seq_sample(const ad_sample_call *s, int G, bool bias) {
   return (s->in[k] = sample_mask(s, T, N, lengths)) ? k + 1 : -1;
 }
 
-static int lstm_seq_sample(const ad_sample_call *s) { return seq_sample(s, 4, false); }
+static int lstm_seq_sample(const ad_sample_call *s) { return seq_sample(s, 4, 1); }
 
 const ad_op_def ad_def_lstm_seq = {
     .name = "lstm_seq",
-    .arity = 5,
-    .min_arity = 4,
+    .arity = 6,
+    .min_arity = 5,
     .attrs = AD_ATTRS_AXIS,
     .shape = lstm_seq_shape,
     .forward = lstm_seq_fwd,
     .backward = lstm_seq_bwd,
     .sample = lstm_seq_sample,
-    .math = "Y_t = lstm_cell(xp_t + h_{t-1} w^T, c_{t-1}) for t = 0..T-1 (the time axis: axis), "
+    .math = "Y_t = lstm_cell((xp_t + b) + h_{t-1} w^T, c_{t-1}) for t = 0..T-1 (the time axis: "
+            "axis), "
             "h_{t-1} and c_{t-1} Y_{t-1}'s first blocks (h0, c0 at t = 0); where mask_t is 0, "
             "Y_t = [h_{t-1} | c_{t-1} | 0]",
-    .inputs = {"xp", "w", "h0", "c0", "mask"},
+    .inputs = {"xp", "w", "b", "h0", "c0", "mask"},
     .grads = {"dG_t: lstm_cell's rule per step from the last, with dh_t += dG_{t+1} w",
-              "sum_t dG_t^T h_{t-1}", "dG_0 w", "dc_{-1} of the rule", NULL},
+              "sum_t dG_t^T h_{t-1}", "sum_t dG_t's rows", "dG_0 w", "dc_{-1} of the rule", NULL},
 };
 
 /* --------------------------------------------------------------- gru_seq */
 
 static ad_status gru_seq_shape(const ad_call *c) {
   int64_t T, N, H;
-  ad_status st = seq_shape(c, 3, 1, true, &T, &N, &H);
+  ad_status st = seq_shape(c, 3, 1, 2, &T, &N, &H);
   if (st == AD_OK) seq_out(c, 5, H);
   return st;
 }
 
 static void gru_seq_fwd(const ad_call *c) {
-  const ad_tensor *xa = c->in[0], *w = c->in[1], *b = c->in[2];
-  const ad_tensor *mask = c->n > 4 ? c->in[4] : NULL;
+  const ad_tensor *xa = c->in[0], *w = c->in[1], *bx = c->in[2], *b = c->in[3];
+  const ad_tensor *mask = c->n > 5 ? c->in[5] : NULL;
   int tax = c->attrs->axis;
   ad_dtype dt = xa->dtype;
   size_t es = ad_dsize(dt);
@@ -935,10 +968,10 @@ static void gru_seq_fwd(const ad_call *c) {
     seq_job j = {.mask = mask_ptr(mask, t), .H = H};
     char *y = j.y = step_ptr(c->out, tax, t, &j.ldy);
     j.x = step_ptr(xa, tax, t, &j.ldg);
-    j.bias = b->data;
-    j.hp = t ? step_ptr(c->out, tax, t - 1, NULL) : c->in[3]->data;
+    j.bias = b->data, j.bx = bx->data;
+    j.hp = t ? step_ptr(c->out, tax, t - 1, NULL) : c->in[4]->data;
     j.ldp = t ? j.ldy : H;
-    /* h_{t-1} w^T in Y_t's activation blocks; the rows add b */
+    /* h_{t-1} w^T in Y_t's activation blocks; the rows add b, and b_ih to xp_t */
     step_gemm(dt, pk, true, N, H, 3 * H, j.hp, j.ldp, w->data, H, 0.0, y + (size_t)H * es, j.ldy);
     seq_run(gru_seq_fwd_f32, gru_seq_fwd_f64, dt, N, &j);
   }
@@ -947,7 +980,7 @@ static void gru_seq_fwd(const ad_call *c) {
 
 static ad_status gru_seq_bwd_ops(const ad_call *c) {
   ad_ctx *ctx = c->ctx;
-  ad_tensor *w = c->in[1], *h0 = c->in[3], *mask = c->n > 4 ? c->in[4] : NULL;
+  ad_tensor *w = c->in[1], *h0 = c->in[4], *mask = c->n > 5 ? c->in[5] : NULL;
   ad_tensor *Y = c->out, *dY = c->gout;
   int tax = c->attrs->axis;
   int64_t T = Y->shape[tax], N = Y->shape[1 - tax], H = w->shape[1], n1[2] = {N, 1};
@@ -988,10 +1021,13 @@ static ad_status gru_seq_bwd_ops(const ad_call *c) {
     if (!(dh = ad_add(ctx, part, ad_matmul(ctx, bt, w, false, false)))) return ad_last_status(ctx);
   }
   ad_status st = AD_OK;
-  if (c->needs[0]) st = ad_call_set_grad(c, 0, ad_stack(ctx, (int)T, da, tax));
-  ad_tensor *dB = NULL;
+  ad_tensor *dA = NULL, *dB = NULL;
   int64_t sg[2] = {T * N, 3 * H};
-  if (st == AD_OK && (c->needs[1] || c->needs[2]))
+  if (c->needs[0] || c->needs[2]) dA = ad_stack(ctx, (int)T, da, tax);
+  if (c->needs[0]) st = ad_call_set_grad(c, 0, dA);
+  if (st == AD_OK && c->needs[2])
+    st = ad_call_set_grad(c, 2, ad_sum_axis(ctx, ad_reshape(ctx, dA, 2, sg), 0, false));
+  if (st == AD_OK && (c->needs[1] || c->needs[3]))
     st =
         (dB = ad_reshape(ctx, ad_stack(ctx, (int)T, db, tax), 2, sg)) ? AD_OK : ad_last_status(ctx);
   if (st == AD_OK && c->needs[1]) {
@@ -999,15 +1035,15 @@ static ad_status gru_seq_bwd_ops(const ad_call *c) {
     ad_tensor *hp = seq_hp_ops(ctx, Y, h0, tax, H);
     st = ad_call_set_grad(c, 1, ad_matmul(ctx, dB, ad_reshape(ctx, hp, 2, sh), true, false));
   }
-  if (st == AD_OK && c->needs[2]) st = ad_call_set_grad(c, 2, ad_sum_axis(ctx, dB, 0, false));
-  if (st == AD_OK && c->needs[3]) st = ad_call_set_grad(c, 3, dh);
+  if (st == AD_OK && c->needs[3]) st = ad_call_set_grad(c, 3, ad_sum_axis(ctx, dB, 0, false));
+  if (st == AD_OK && c->needs[4]) st = ad_call_set_grad(c, 4, dh);
   return st;
 }
 
 static ad_status gru_seq_bwd(const ad_call *c) {
   if (c->ctx->grad_enabled) return gru_seq_bwd_ops(c);
   ad_ctx *ctx = c->ctx;
-  const ad_tensor *w = c->in[1], *h0 = c->in[3], *mask = c->n > 4 ? c->in[4] : NULL;
+  const ad_tensor *w = c->in[1], *h0 = c->in[4], *mask = c->n > 5 ? c->in[5] : NULL;
   int tax = c->attrs->axis;
   ad_dtype dt = w->dtype;
   size_t es = ad_dsize(dt);
@@ -1015,19 +1051,29 @@ static ad_status gru_seq_bwd(const ad_call *c) {
   ad_tensor *dA = ad_tmp_new(ctx, dt, 3, c->in[0]->shape);
   ad_tensor *dB = ad_tmp_new(ctx, dt, 3, c->in[0]->shape);
   ad_tensor *dh = ad_tmp_new(ctx, dt, 2, sN);
-  if (!dA || !dB || !dh) return ad_last_status(ctx);
+  /* the biases' gradients, summed step by step while dA_t and dB_t are in the cache */
+  ad_tensor *dbx = c->needs[2] ? ad_tmp_new(ctx, dt, 1, c->in[2]->shape) : NULL;
+  ad_tensor *dbh = c->needs[3] ? ad_tmp_new(ctx, dt, 1, c->in[3]->shape) : NULL;
+  bool hdy;
+  ad_tensor *dY = seq_gout(c, H, &hdy);
+  if (!dA || !dB || !dh || !dY || (c->needs[2] && !dbx) || (c->needs[3] && !dbh))
+    return ad_last_status(ctx);
   memset(dh->data, 0, (size_t)(N * H) * es);
+  if (dbx) memset(dbx->data, 0, (size_t)(3 * H) * es);
+  if (dbh) memset(dbh->data, 0, (size_t)(3 * H) * es);
   ad_gemm_packed *pk = ad_gemm_pack(dt, false, N, 3 * H, H, w->data, H);
   for (int64_t t = T - 1; t >= 0; t--) {
-    seq_job j = {.mask = mask_ptr(mask, t), .dh = dh->data, .H = H};
+    seq_job j = {.mask = mask_ptr(mask, t), .dh = dh->data, .hdy = hdy, .H = H};
     j.y = step_ptr(c->out, tax, t, &j.ldy);
-    j.dy = step_ptr(c->gout, tax, t, NULL);
+    j.dy = step_ptr(dY, tax, t, &j.lddy);
     j.dg = step_ptr(dA, tax, t, &j.ldg);
     j.db = step_ptr(dB, tax, t, NULL);
     j.hp = t ? step_ptr(c->out, tax, t - 1, NULL) : h0->data;
     j.ldp = t ? j.ldy : H;
     seq_run(gru_seq_bwd_f32, gru_seq_bwd_f64, dt, N, &j);
-    if (t > 0 || c->needs[3]) /* dh_{t-1} += db_t w */
+    if (dbx) seq_sum_rows(dt, j.dg, j.ldg, N, 3 * H, dbx->data);
+    if (dbh) seq_sum_rows(dt, j.db, j.ldg, N, 3 * H, dbh->data);
+    if (t > 0 || c->needs[4]) /* dh_{t-1} += db_t w */
       step_gemm(dt, pk, false, N, 3 * H, H, j.db, j.ldg, w->data, H, 1.0, dh->data, H);
   }
   ad_gemm_packed_free(pk);
@@ -1037,39 +1083,37 @@ static ad_status gru_seq_bwd(const ad_call *c) {
     seq_weight_grad(tax, dB, c->out, h0, hp, dw);
     c->gin[1] = dw;
   }
-  if (c->needs[2]) {
-    int64_t sg[2] = {T * N, 3 * H};
-    ad_tensor *g = ad_sum_axis(ctx, ad_reshape(ctx, dB, 2, sg), 0, false);
-    if (!g) return ad_last_status(ctx);
-    c->gin[2] = g;
-  }
   if (c->needs[0]) c->gin[0] = dA;
-  if (c->needs[3]) c->gin[3] = dh;
+  if (c->needs[2]) c->gin[2] = dbx;
+  if (c->needs[3]) c->gin[3] = dbh;
+  if (c->needs[4]) c->gin[4] = dh;
   return AD_OK;
 }
 
-ad_tensor *ad_gru_seq(ad_ctx *ctx, ad_tensor *xa, ad_tensor *w_hh, ad_tensor *b_hh, ad_tensor *h0,
-                      ad_tensor *mask, bool batch_first) {
-  ad_tensor *in[5] = {xa, w_hh, b_hh, h0, mask};
+ad_tensor *ad_gru_seq(ad_ctx *ctx, ad_tensor *xp, ad_tensor *w_hh, ad_tensor *b_ih, ad_tensor *b_hh,
+                      ad_tensor *h0, ad_tensor *mask, bool batch_first) {
+  ad_tensor *in[6] = {xp, w_hh, b_ih, b_hh, h0, mask};
   ad_attrs at = {.axis = batch_first ? 1 : 0};
-  return ad_op_apply(ctx, AD_OP_GRU_SEQ, mask ? 5 : 4, in, &at);
+  return ad_op_apply(ctx, AD_OP_GRU_SEQ, mask ? 6 : 5, in, &at);
 }
 
-static int gru_seq_sample(const ad_sample_call *s) { return seq_sample(s, 3, true); }
+static int gru_seq_sample(const ad_sample_call *s) { return seq_sample(s, 3, 2); }
 
 const ad_op_def ad_def_gru_seq = {
     .name = "gru_seq",
-    .arity = 5,
-    .min_arity = 4,
+    .arity = 6,
+    .min_arity = 5,
     .attrs = AD_ATTRS_AXIS,
     .shape = gru_seq_shape,
     .forward = gru_seq_fwd,
     .backward = gru_seq_bwd,
     .sample = gru_seq_sample,
-    .math = "b_t = h_{t-1} w^T + b; Y_t = [gru_cell(xa_t, b_t, h_{t-1}) | b_t's last block] for "
+    .math = "b_t = h_{t-1} w^T + b; Y_t = [gru_cell(xp_t + bx, b_t, h_{t-1}) | b_t's last block] "
+            "for "
             "t = 0..T-1 (the time axis: axis), h_{t-1} Y_{t-1}'s first block (h0 at t = 0); "
             "where mask_t is 0, Y_t = [h_{t-1} | 0]",
-    .inputs = {"xa", "w", "b", "h0", "mask"},
+    .inputs = {"xp", "w", "bx", "b", "h0", "mask"},
     .grads = {"dA_t: gru_cell's rule per step from the last, with dh_t += dB_{t+1} w",
-              "sum_t dB_t^T h_{t-1}", "sum_t dB_t's rows", "dh_{-1} of the rule", NULL},
+              "sum_t dB_t^T h_{t-1}", "sum_t dA_t's rows", "sum_t dB_t's rows",
+              "dh_{-1} of the rule", NULL},
 };

@@ -469,6 +469,43 @@ static inline void add_into(ad_tensor *dst, const ad_tensor *src) {
  * no temporary per contribution. A leaf without a grad (none yet, or
  * released by ad_tensor_zero_grad) stores g: zero plus g, without the
  * zeros. */
+/* A narrowed gradient, kept so in a plain backward (no create_graph, hook
+ * or anomaly mode): the narrow y = x[..., 0:len] of the last axis sends dy
+ * to x's gacc as it is, instead of padding it with zeros to x's shape,
+ * when x is an op listed in op_lead (the whole-sequence recurrent ops,
+ * whose output is mostly saved activations that take no gradient: the
+ * zeros were the larger part of the buffer) that has no gradient yet and
+ * whose gradient no caller will read (not retained, not an ad_grad
+ * input). x's backward then sees a gout shaped like y. One node at a time
+ * (ctx->lead_node); a second contribution to it pads the first
+ * (lead_full). Returns whether dy was passed so. */
+static bool lead_pass(ad_ctx *ctx, ad_node *n, ad_tensor *dy) {
+  if (n->op != ctx->op_narrow || ctx->lead_node || !n->attrs) return false;
+  ad_node *x = ad_node_src(n)[0];
+  const ad_narrow_attrs *at = &n->attrs->narrow;
+  int last = x->t.ndim - 1, ax = at->axis < 0 ? at->axis + x->t.ndim : at->axis;
+  uint8_t want = AD_NF_REQUIRES_GRAD | AD_NF_RECORDED;
+  if ((x->flags & (want | AD_NF_PERSISTENT | AD_NF_RETAIN | AD_NF_KEEP)) != want || x->gacc ||
+      (x->op != ctx->op_lead[0] && x->op != ctx->op_lead[1]) || ax != last || at->start != 0 ||
+      at->len >= x->t.shape[last])
+    return false;
+  x->gacc = dy;
+  ctx->lead_node = x;
+  return true;
+}
+
+/* Pads lead node n's narrowed gacc with zeros to n's shape. */
+static ad_status lead_full(ad_ctx *ctx, ad_node *n) {
+  ad_tensor *g = n->gacc;
+  int last = g->ndim - 1;
+  ad_attrs at = {.pad = {.axis = last, .before = 0, .after = n->t.shape[last] - g->shape[last]}};
+  ad_tensor *full = ad_op_apply(ctx, ctx->op_pad, 1, &g, &at);
+  ctx->lead_node = NULL;
+  if (!full) return ctx->status ? ctx->status : AD_ERR_OOM;
+  n->gacc = full;
+  return AD_OK;
+}
+
 static ad_status accumulate_slow(ad_ctx *ctx, ad_node *n, ad_tensor *g, bool direct) {
   if (direct && (n->flags & AD_NF_PERSISTENT)) {
     if (n->t.grad) {
@@ -489,6 +526,10 @@ static ad_status accumulate_slow(ad_ctx *ctx, ad_node *n, ad_tensor *g, bool dir
     }
     n->gacc = g;
     return AD_OK;
+  }
+  if (n == ctx->lead_node) { /* a second contribution: the first one padded to n's shape */
+    ad_status st = lead_full(ctx, n);
+    if (st != AD_OK) return st;
   }
   ad_tensor *sum[2] = {n->gacc, g};
   ad_tensor *s = ad_op_apply(ctx, ctx->op_add, 2, sum, NULL);
@@ -658,7 +699,7 @@ static ad_status anomaly_backward(ad_ctx *ctx, const ad_op_def *def, const ad_no
 
 /* What every node of one sweep shares. */
 typedef struct sweep_opts {
-  bool into, into_add, direct, anomaly;
+  bool into, into_add, direct, anomaly, lead;
   uint32_t nerrors; /* errors recorded before the sweep */
   const char *who;
 } sweep_opts;
@@ -786,8 +827,11 @@ static ad_status sweep(ad_ctx *ctx, ad_node *root, const ad_tensor *seed, bool c
    * is the same before every backward that runs */
   uint32_t nerrors = ctx->nerrors;
   ctx->touched_len = 0;
+  ad_node *outer_lead = ctx->lead_node; /* a hook's sweep inside another's keeps it */
+  ctx->lead_node = NULL;
   sweep_opts sw = {.into = into,
                    .into_add = into_add,
+                   .lead = !create_graph && !anomaly && !ctx->hook,
                    .direct = direct,
                    .anomaly = anomaly,
                    .nerrors = nerrors,
@@ -805,6 +849,10 @@ static ad_status sweep(ad_ctx *ctx, ad_node *root, const ad_tensor *seed, bool c
       clear_below(ctx, i);
       break;
     }
+    if (n == ctx->lead_node) /* its backward reads gout's shape */
+      ctx->lead_node = NULL;
+    else if (sw.lead && lead_pass(ctx, n, gout))
+      continue;
     int nsrc = ad_node_nsrc(n);
     if (nsrc <= AD_SWEEP_INLINE) { /* the call's arrays on the stack */
       ad_tensor *in[AD_SWEEP_INLINE], *gin[AD_SWEEP_INLINE], *seen[AD_SWEEP_INLINE];
@@ -825,6 +873,7 @@ static ad_status sweep(ad_ctx *ctx, ad_node *root, const ad_tensor *seed, bool c
     }
     if (st != AD_OK) clear_below(ctx, i); /* nodes below may hold contributions of this pass */
   }
+  ctx->lead_node = outer_lead;
   ctx->grad_enabled = old;
   if (--ctx->sweeps == 0) ctx->anomaly_fwd = ctx->anomaly; /* outside every sweep again */
   return st;

@@ -224,8 +224,9 @@ static ad_tensor *drop(ad_ctx *ctx, rnn_state *s, ad_tensor *x, bool batch_major
 
 /* The whole-sequence path of LSTM and GRU layers (the default): per
  * layer, the input products of all steps as one matmul [T N, in] x
- * W_ih^T plus the bias, then one ad_lstm_seq or ad_gru_seq for the
- * recurrence, in the input's layout (batch-major with batch_first, so
+ * W_ih^T, then one ad_lstm_seq or ad_gru_seq for the recurrence (which
+ * adds the biases in its rows), in the input's layout (batch-major with
+ * batch_first, so
  * nothing is transposed); the steps that no sequence reaches are not run,
  * as in rnn_run. Values, dropout masks and errors as rnn_run's. fin_h and
  * fin_c hold a pointer per layer. */
@@ -278,14 +279,14 @@ static ad_tensor *rnn_run_seq(ad_ctx *ctx, rnn_state *s, const char *name, ad_te
     int64_t flat[2] = {t_run * N, seq->shape[2]}, s3[3] = {seq->shape[0], seq->shape[1], GH};
     ad_tensor *xp = ad_matmul(ctx, ad_reshape(ctx, seq, 2, flat), w[0], false, true);
     ad_tensor *h = state_in(ctx, h0, k, zeros), *y;
-    if (lstm) {
-      if (w[2]) xp = ad_add(ctx, xp, ad_add(ctx, w[2], w[3]));
-      y = ad_lstm_seq(ctx, ad_reshape(ctx, xp, 3, s3), w[1], h, state_in(ctx, c0, k, zeros), mask,
-                      tax == 1);
-    } else {
-      if (w[2]) xp = ad_add(ctx, xp, w[2]);
-      ad_tensor *b = w[3] ? w[3] : constant(ctx, dt, 1, &GH, 0.0);
-      y = ad_gru_seq(ctx, ad_reshape(ctx, xp, 3, s3), w[1], b, h, mask, tax == 1);
+    if (lstm) { /* the bias is added in the op's rows */
+      ad_tensor *b = w[2] ? ad_add(ctx, w[2], w[3]) : constant(ctx, dt, 1, &GH, 0.0);
+      y = ad_lstm_seq(ctx, ad_reshape(ctx, xp, 3, s3), w[1], b, h, state_in(ctx, c0, k, zeros),
+                      mask, tax == 1);
+    } else { /* b_ih and b_hh are added in the op's rows */
+      ad_tensor *zb = w[2] && w[3] ? NULL : constant(ctx, dt, 1, &GH, 0.0);
+      y = ad_gru_seq(ctx, ad_reshape(ctx, xp, 3, s3), w[1], w[2] ? w[2] : zb, w[3] ? w[3] : zb, h,
+                     mask, tax == 1);
     }
     if (y) { /* the outputs, and the final states: the last step's (kept where a sequence ended) */
       int64_t sl[2] = {N, y->shape[2]};

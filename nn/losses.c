@@ -4,6 +4,7 @@
 
 #include <float.h>
 #include <math.h>
+#include <stdio.h>
 
 /* Checks that pred is float and target has its dtype and shape (or only its
  * size, then it is viewed with pred's shape). Returns the target to use. */
@@ -153,6 +154,20 @@ ad_tensor *nn_nll_loss(ad_ctx *ctx, ad_tensor *logp, ad_tensor *labels, nn_reduc
   return reduce(ctx, l, red, "nll_loss");
 }
 
+/* Flat index i of t's shape as coordinates, "[1,2]", into buf (n bytes). */
+static const char *coords_str(const ad_tensor *t, int64_t i, char *buf, size_t n) {
+  int len = snprintf(buf, n, "[");
+  int64_t c[AD_MAX_DIMS];
+  for (int k = t->ndim - 1; k >= 0; k--) {
+    c[k] = t->shape[k] ? i % t->shape[k] : 0;
+    i = t->shape[k] ? i / t->shape[k] : 0;
+  }
+  for (int k = 0; k < t->ndim && len > 0 && (size_t)len < n; k++)
+    len += snprintf(buf + len, n - (size_t)len, "%s%lld", k ? "," : "", (long long)c[k]);
+  if (len > 0 && (size_t)len < n) snprintf(buf + len, n - (size_t)len, "]");
+  return buf;
+}
+
 /* l_p = -log_softmax(z_p)[label_p] over the positions p = (n, t...) whose
  * label is not ignore_index: ad_softmax_cross_entropy_ext on [N, C, T...]
  * (class_last logits are permuted there first). */
@@ -190,15 +205,30 @@ ad_tensor *nn_sequence_cross_entropy_loss(ad_ctx *ctx, ad_tensor *logits, ad_ten
     ad_set_error(ctx, AD_ERR_ARG, "%s: unknown reduction %d", fn, (int)red);
     return NULL;
   }
-  ad_tensor *z = logits;
-  if (o.class_last && nd > 2) { /* [N, T..., C] -> [N, C, T...] */
-    int perm[AD_MAX_DIMS] = {0, nd - 1};
-    for (int k = 2; k < nd; k++) perm[k] = k - 1;
-    z = ad_permute(ctx, logits, perm);
-  }
   ad_cross_entropy_opts co = {
       .ignore = o.ignore, .ignore_index = o.ignore_index, .sum = red == NN_SUM};
-  return ad_softmax_cross_entropy_ext(ctx, z, labels, &co);
+  if (o.class_last && nd > 2) {
+    /* [N, T..., C] is [P, C] with the P = N T... positions in the same
+     * order (a view, where [N, C, T...] would need a permuted copy); the
+     * labels are checked here, so that a bad one is named by its place in
+     * [N, T...] */
+    int64_t C = logits->shape[nd - 1], P = labels->size, zs[2] = {P, C};
+    const int32_t *lab = labels->data;
+    for (int64_t i = 0; i < P; i++) {
+      if ((lab[i] >= 0 && lab[i] < C) || (o.ignore && lab[i] == o.ignore_index)) continue;
+      char ign[48] = "";
+      if (o.ignore) snprintf(ign, sizeof ign, " and is not ignore_index %d", o.ignore_index);
+      ad_set_error(ctx, AD_ERR_ARG,
+                   "%s: label %d at position %lld (%s of labels %s) is outside "
+                   "0..%lld%s",
+                   fn, lab[i], (long long)i, coords_str(labels, i, a, sizeof a),
+                   ad_shape_str(labels, b, sizeof b), (long long)C - 1, ign);
+      return NULL;
+    }
+    return ad_softmax_cross_entropy_ext(ctx, ad_reshape(ctx, logits, 2, zs),
+                                        ad_reshape(ctx, labels, 1, &P), &co);
+  }
+  return ad_softmax_cross_entropy_ext(ctx, logits, labels, &co);
 }
 
 double nn_loss_threshold(nn_loss_fn loss) { return loss == nn_bce_with_logits_loss ? 0.0 : 0.5; }

@@ -278,18 +278,31 @@ void nn_params_zero_grad(nn_params *p) {
 
 /* ------------------------------------------------------- clipping and L2 */
 
+/* The sum of the squares of g's elements in 8 interleaved partial sums,
+ * added in a fixed order (one sum would wait on the adder's latency at
+ * every element). */
+static double sum_squares(const ad_tensor *g) {
+  double acc[8] = {0};
+  int64_t k = 0, n = g->size;
+  if (g->dtype == AD_F32) {
+    const float *x = g->data;
+    for (; k + 8 <= n; k += 8)
+      for (int j = 0; j < 8; j++) acc[j] += (double)x[k + j] * x[k + j];
+    for (int j = 0; k < n; k++, j++) acc[j] += (double)x[k] * x[k];
+  } else {
+    const double *x = g->data;
+    for (; k + 8 <= n; k += 8)
+      for (int j = 0; j < 8; j++) acc[j] += x[k + j] * x[k + j];
+    for (int j = 0; k < n; k++, j++) acc[j] += x[k] * x[k];
+  }
+  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
 double nn_clip_grad_norm(nn_params *p, double max_norm) {
   double sq = 0;
   if (p && p->buffers) return 0; /* buffers have no gradient */
-  for (int i = 0; p && i < p->n; i++) {
-    const ad_tensor *g = p->tensors[i]->grad;
-    if (!g) continue;
-    if (g->dtype == AD_F32)
-      for (int64_t k = 0; k < g->size; k++)
-        sq += (double)((float *)g->data)[k] * ((float *)g->data)[k];
-    else
-      for (int64_t k = 0; k < g->size; k++) sq += ((double *)g->data)[k] * ((double *)g->data)[k];
-  }
+  for (int i = 0; p && i < p->n; i++)
+    if (p->tensors[i]->grad) sq += sum_squares(p->tensors[i]->grad);
   double norm = sqrt(sq);
   double coef = max_norm / (norm + 1e-6);
   if (coef >= 1.0) return norm;

@@ -662,44 +662,157 @@ Test(rnn, sequence_layer_bits_do_not_depend_on_threads) {
   }
 }
 
+static void no_hook(void *ud, const ad_backward_step *step) { (void)ud, (void)step; }
+
+/* A plain backward sends the layer's output gradient to the sequence op
+ * without padding it to the op's [., 7H] (LSTM) or [., 5H] (GRU) output
+ * (tape.c: lead_pass): the same bits as the padded gradient, which a
+ * backward hook forces. The output alone; with the final states too (a
+ * second contribution, which pads the first); with lengths (masked rows);
+ * f32 and f64, batch-major and time-major. */
+Test(rnn, narrowed_output_gradient_gives_the_padded_bits) {
+  int64_t lens[3] = {5, 2, 4};
+  for (int v = 0; v < 16; v++) {
+    nn_rnn_cell cell = v & 1 ? NN_RNN_GRU : NN_RNN_LSTM;
+    ad_dtype dt = v & 2 ? AD_F32 : AD_F64;
+    bool states = v & 4, lengths = v & 8, bf = !(v & 4) || (v & 8);
+    int64_t sx[3] = {3, 5, 4}, ss[2] = {3, 6};
+    if (!bf) sx[0] = 5, sx[1] = 3;
+    ad_rng rng;
+    ad_rng_seed(&rng, 30 + v);
+    ad_tensor *x = ad_rand(ctx, &rng, dt, 3, sx, -2, 2), *h0 = ad_rand(ctx, &rng, dt, 2, ss, -1, 1);
+    ad_tensor_set_requires_grad(x, true);
+    ad_tensor_set_requires_grad(h0, true);
+    ad_tensor *res[2][8];
+    int count = 0;
+    for (int hook = 0; hook < 2; hook++) {
+      ad_rng prng;
+      ad_rng_seed(&prng, 31);
+      nn_rnn_opts o = {.batch_first = bf, .dtype = dt};
+      nn_layer *l = nn_rnn_new(ctx, cell, 4, 6, &prng, &o);
+      cr_assert_not_null(l, "%s", ad_last_error(ctx));
+      nn_params *p = nn_layer_params(l);
+      ad_tensor *h0s = ad_reshape(ctx, h0, 3, (int64_t[3]){1, 3, 6}), *hn, *cn;
+      ad_tensor *y =
+          nn_rnn_forward(l, x, h0s, NULL, lengths ? lens : NULL, lengths ? 3 : 0, true, &hn, &cn);
+      cr_assert_not_null(y, "%s", ad_last_error(ctx));
+      ad_rng_seed(&rng, 5);
+      ad_tensor *loss = dot(y, ad_rand(ctx, &rng, dt, y->ndim, y->shape, -1, 1));
+      if (states) {
+        loss = ad_add(ctx, loss, dot(hn, ad_rand(ctx, &rng, dt, hn->ndim, hn->shape, -1, 1)));
+        if (cn)
+          loss = ad_add(ctx, loss, dot(cn, ad_rand(ctx, &rng, dt, cn->ndim, cn->shape, -1, 1)));
+      }
+      if (hook) ad_set_backward_hook(ctx, no_hook, NULL);
+      cr_assert_eq(ad_backward(ctx, loss, NULL), AD_OK, "%s", ad_last_error(ctx));
+      ad_set_backward_hook(ctx, NULL, NULL);
+      count = 0;
+      res[hook][count++] = keep(x->grad);
+      res[hook][count++] = keep(h0->grad);
+      for (int i = 0; i < nn_params_count(p); i++)
+        res[hook][count++] = keep(nn_params_tensor(p, i)->grad);
+      ad_tensor_zero_grad(x);
+      ad_tensor_zero_grad(h0);
+      ad_tape_reset(ctx);
+      nn_layer_free(l);
+    }
+    for (int k = 0; k < count; k++) {
+      bool nonzero = false;
+      for (int64_t i = 0; i < res[0][k]->size; i++) {
+        double a = ad_tensor_get(res[0][k], i), b = ad_tensor_get(res[1][k], i);
+        QUICK_ASSERT(a == b, "variant %d result %d [%lld]: %.17g, padded %.17g", v, k, (long long)i,
+                     a, b);
+        nonzero |= a != 0;
+      }
+      cr_assert(nonzero, "variant %d result %d is all zero", v, k);
+      ad_tensor_free(res[0][k]);
+      ad_tensor_free(res[1][k]);
+    }
+    ad_tensor_free(x);
+    ad_tensor_free(h0);
+  }
+}
+
+/* A narrowed gradient that is not the h block alone (h and c: the first
+ * 2H columns of lstm_seq's output) is padded by the op's backward: the
+ * same bits as the padded path. */
+Test(rnn, narrowed_output_gradient_wider_than_h) {
+  int64_t sx[3] = {4, 3, 8}, sw[2] = {8, 2}, sb[1] = {8}, sh[2] = {3, 2};
+  ad_rng rng;
+  ad_rng_seed(&rng, 40);
+  ad_tensor *in[5] = {
+      ad_rand(ctx, &rng, AD_F64, 3, sx, -2, 2), ad_rand(ctx, &rng, AD_F64, 2, sw, -1, 1),
+      ad_rand(ctx, &rng, AD_F64, 1, sb, -1, 1), ad_rand(ctx, &rng, AD_F64, 2, sh, -1, 1),
+      ad_rand(ctx, &rng, AD_F64, 2, sh, -1, 1)};
+  for (int i = 0; i < 5; i++) ad_tensor_set_requires_grad(in[i], true);
+  ad_tensor *res[2][5];
+  for (int hook = 0; hook < 2; hook++) {
+    ad_tensor *y = ad_lstm_seq(ctx, in[0], in[1], in[2], in[3], in[4], NULL, false);
+    ad_tensor *hc = ad_narrow(ctx, y, 2, 0, 4);
+    ad_rng_seed(&rng, 41);
+    ad_tensor *loss = dot(hc, ad_rand(ctx, &rng, AD_F64, hc->ndim, hc->shape, -1, 1));
+    if (hook) ad_set_backward_hook(ctx, no_hook, NULL);
+    cr_assert_eq(ad_backward(ctx, loss, NULL), AD_OK, "%s", ad_last_error(ctx));
+    ad_set_backward_hook(ctx, NULL, NULL);
+    for (int i = 0; i < 5; i++) {
+      res[hook][i] = keep(in[i]->grad);
+      ad_tensor_zero_grad(in[i]);
+    }
+    ad_tape_reset(ctx);
+  }
+  for (int i = 0; i < 5; i++) {
+    cr_assert_eq(memcmp(res[0][i]->data, res[1][i]->data, (size_t)res[0][i]->size * 8), 0,
+                 "input %d", i);
+    ad_tensor_free(res[0][i]);
+    ad_tensor_free(res[1][i]);
+    ad_tensor_free(in[i]);
+  }
+}
+
 /* The sequence ops name bad shapes, dtypes and time axes. */
 Test(rnn, sequence_ops_bad_input_is_named) {
   int64_t sx[3] = {3, 2, 8}, sw[2] = {8, 2}, sh[2] = {2, 2}, sm[2] = {3, 2}, sb[1] = {6};
-  int64_t sx3[3] = {3, 2, 6}, sw3[2] = {6, 2}, s0[3] = {0, 2, 8}, sbad[2] = {2, 3};
+  int64_t sx3[3] = {3, 2, 6}, sw3[2] = {6, 2}, s0[3] = {0, 2, 8}, sbad[2] = {2, 3}, sb4[1] = {8};
   ad_tensor *x = ad_zeros(ctx, AD_F32, 3, sx), *w = ad_zeros(ctx, AD_F32, 2, sw);
   ad_tensor *h = ad_zeros(ctx, AD_F32, 2, sh), *m = ad_ones(ctx, AD_F32, 2, sm);
   ad_tensor *hbad = ad_zeros(ctx, AD_F32, 2, sbad), *h64 = ad_zeros(ctx, AD_F64, 2, sh);
   ad_tensor *x3 = ad_zeros(ctx, AD_F32, 3, sx3), *w3 = ad_zeros(ctx, AD_F32, 2, sw3);
   ad_tensor *b = ad_zeros(ctx, AD_F32, 1, sb), *x0 = ad_zeros(ctx, AD_F32, 3, s0);
-  cr_assert_not_null(ad_lstm_seq(ctx, x, w, h, h, m, false), "%s", ad_last_error(ctx));
-  cr_assert_not_null(ad_gru_seq(ctx, x3, w3, b, h, m, false), "%s", ad_last_error(ctx));
-  cr_assert_null(ad_lstm_seq(ctx, x, w, hbad, h, NULL, false));
+  ad_tensor *b4 = ad_zeros(ctx, AD_F32, 1, sb4);
+  cr_assert_not_null(ad_lstm_seq(ctx, x, w, b4, h, h, m, false), "%s", ad_last_error(ctx));
+  cr_assert_not_null(ad_gru_seq(ctx, x3, w3, b, b, h, m, false), "%s", ad_last_error(ctx));
+  cr_assert_null(ad_lstm_seq(ctx, x, w, b4, hbad, h, NULL, false));
   expect_msg(ctx, AD_ERR_SHAPE,
              "lstm_seq: h0 [2,3] must be [N, H] for inputs [3,2,8] ([T, N, 4 H]) and weight "
              "[8,2] ([4 H, H])");
-  cr_assert_null(ad_lstm_seq(ctx, x, w, h, hbad, NULL, false)); /* c0 named, not h0 */
+  cr_assert_null(ad_lstm_seq(ctx, x, w, b4, h, hbad, NULL, false)); /* c0 named, not h0 */
   expect_msg(ctx, AD_ERR_SHAPE, "lstm_seq: c0 [2,3] must be [N, H] for inputs [3,2,8]");
-  cr_assert_null(ad_lstm_seq(ctx, x, w, h, h, m, true)); /* batch-major: N = 3 */
+  cr_assert_null(ad_lstm_seq(ctx, x, w, b4, h, h, m, true)); /* batch-major: N = 3 */
   expect_msg(ctx, AD_ERR_SHAPE,
              "lstm_seq: h0 [2,2] must be [N, H] for inputs [3,2,8] ([N, T, 4 H])");
-  cr_assert_null(ad_gru_seq(ctx, x, w, b, h, NULL, false));
+  cr_assert_null(ad_gru_seq(ctx, x, w, b, b, h, NULL, false));
   expect_msg(ctx, AD_ERR_SHAPE,
              "gru_seq: weight [8,2] must be [3 H, H] for inputs [3,2,8] ([T, N, 3 H])");
-  cr_assert_null(
-      ad_gru_seq(ctx, x3, w3, hbad, h, NULL, false)); /* the bias named, with its shape */
-  expect_msg(ctx, AD_ERR_SHAPE, "gru_seq: bias [2,3] must be [3 H] for inputs [3,2,6]");
-  cr_assert_null(ad_lstm_seq(ctx, x, w, h, h, hbad, false));
+  cr_assert_null(ad_lstm_seq(ctx, x, w, b, h, h, NULL, false)); /* b [6], not [8] */
+  expect_msg(ctx, AD_ERR_SHAPE, "lstm_seq: b [6] must be [4 H] for inputs [3,2,8]");
+  cr_assert_null(ad_lstm_seq(ctx, x, w, NULL, h, h, NULL, false));
+  expect_msg(ctx, AD_ERR_NULL, "lstm_seq");
+  cr_assert_null(ad_gru_seq(ctx, x3, w3, b, b4, h, NULL, false)); /* b_hh [8], not [6] */
+  expect_msg(ctx, AD_ERR_SHAPE, "gru_seq: b_hh [8] must be [3 H] for inputs [3,2,6]");
+  cr_assert_null(ad_gru_seq(ctx, x3, w3, hbad, b, h, NULL, false)); /* b_ih, with its shape */
+  expect_msg(ctx, AD_ERR_SHAPE, "gru_seq: b_ih [2,3] must be [3 H] for inputs [3,2,6]");
+  cr_assert_null(ad_lstm_seq(ctx, x, w, b4, h, h, hbad, false));
   expect_msg(ctx, AD_ERR_SHAPE, "lstm_seq: mask [2,3] must be [T, N] for inputs [3,2,8]");
-  cr_assert_null(ad_lstm_seq(ctx, x, w, h64, h, NULL, false));
+  cr_assert_null(ad_lstm_seq(ctx, x, w, b4, h64, h, NULL, false));
   expect_msg(ctx, AD_ERR_DTYPE, "lstm_seq");
-  cr_assert_null(ad_lstm_seq(ctx, x0, w, h, h, NULL, false));
+  cr_assert_null(ad_lstm_seq(ctx, x0, w, b4, h, h, NULL, false));
   expect_msg(ctx, AD_ERR_SHAPE, "lstm_seq: inputs [0,2,8], weight [8,2]: an empty sequence");
-  ad_tensor *in[4] = {x, w, h, h};
+  ad_tensor *in[5] = {x, w, b4, h, h};
   ad_attrs at = {.axis = 2};
-  cr_assert_null(ad_op_apply(ctx, ad_op_find(ctx, "lstm_seq"), 4, in, &at));
+  cr_assert_null(ad_op_apply(ctx, ad_op_find(ctx, "lstm_seq"), 5, in, &at));
   expect_msg(ctx, AD_ERR_ARG, "lstm_seq: time axis 2; it must be 0 ([T, N, .]) or 1 ([N, T, .])");
   ad_tape_reset(ctx);
-  ad_tensor *all[] = {x, w, h, m, hbad, h64, x3, w3, b, x0};
+  ad_tensor *all[] = {x, w, h, m, hbad, h64, x3, w3, b, x0, b4};
   for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) ad_tensor_free(all[i]);
 }
 

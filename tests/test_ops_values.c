@@ -778,9 +778,9 @@ static ad_tensor *run_builder(ad_ctx *cx, const fx_case *c, ad_tensor **in, bool
   if (!strcmp(op, "lstm_cell")) return ad_lstm_cell(cx, x, y);
   if (!strcmp(op, "gru_cell")) return ad_gru_cell(cx, x, y, in[2]);
   if (!strcmp(op, "lstm_seq"))
-    return ad_lstm_seq(cx, x, y, in[2], in[3], c->nin > 4 ? in[4] : NULL, a->v[0] == 1);
+    return ad_lstm_seq(cx, x, y, in[2], in[3], in[4], c->nin > 5 ? in[5] : NULL, a->v[0] == 1);
   if (!strcmp(op, "gru_seq"))
-    return ad_gru_seq(cx, x, y, in[2], in[3], c->nin > 4 ? in[4] : NULL, a->v[0] == 1);
+    return ad_gru_seq(cx, x, y, in[2], in[3], in[4], c->nin > 5 ? in[5] : NULL, a->v[0] == 1);
   switch (attr_kind(c)) {
   case AD_ATTRS_SCALAR:
     if (!strcmp(op, "add_scalar")) return ad_add_scalar(cx, x, a->scalar);

@@ -1063,12 +1063,12 @@ for n, h in ((3, 2), (1, 5), (4, 1)):
 
 
 def lstm_seq_ref(t):
-    xp, w, h, c = t[:4]
-    mask = t[4] if len(t) > 4 else None
+    xp, w, b, h, c = t[:5]
+    mask = t[5] if len(t) > 5 else None
     H = w.shape[1]
     ys = []
     for s in range(xp.shape[0]):
-        y = lstm_cell_ref([xp[s] + h @ w.t(), c])
+        y = lstm_cell_ref([(xp[s] + b) + h @ w.t(), c])
         if mask is not None:
             m = mask[s].unsqueeze(1)
             keep = torch.cat([h, c, torch.zeros_like(y[:, 2 * H:])], 1)
@@ -1079,13 +1079,13 @@ def lstm_seq_ref(t):
 
 
 def gru_seq_ref(t):
-    xa, w, b, h = t[:4]
-    mask = t[4] if len(t) > 4 else None
+    xp, w, bx, b, h = t[:5]
+    mask = t[5] if len(t) > 5 else None
     H = w.shape[1]
     ys = []
-    for s in range(xa.shape[0]):
+    for s in range(xp.shape[0]):
         bt = h @ w.t() + b
-        y = torch.cat([gru_cell_ref([xa[s], bt, h]), bt[:, 2 * H:]], 1)
+        y = torch.cat([gru_cell_ref([xp[s] + bx, bt, h]), bt[:, 2 * H:]], 1)
         if mask is not None:
             m = mask[s].unsqueeze(1)
             y = torch.where(m != 0, y, torch.cat([h, torch.zeros_like(y[:, H:])], 1))
@@ -1107,14 +1107,14 @@ for T, n, h, lengths, bf in ((3, 2, 2, None, 0), (4, 3, 2, (4, 1, 3), 0), (2, 1,
                              (3, 2, 2, (3, 2), 1)):
     def lstm_make(rng, T=T, n=n, h=h, lengths=lengths, bf=bf):
         ins = [("in", U(rng, (n, T, 4 * h) if bf else (T, n, 4 * h), -2, 2)),
-               ("in", U(rng, (4 * h, h), -0.5, 0.5)), ("in", U(rng, (n, h))),
-               ("in", U(rng, (n, h)))]
+               ("in", U(rng, (4 * h, h), -0.5, 0.5)), ("in", U(rng, (4 * h,), -0.5, 0.5)),
+               ("in", U(rng, (n, h))), ("in", U(rng, (n, h)))]
         return ins + ([("const", seq_mask(T, lengths))] if lengths else [])
 
     def gru_make(rng, T=T, n=n, h=h, lengths=lengths, bf=bf):
         ins = [("in", U(rng, (n, T, 3 * h) if bf else (T, n, 3 * h), -2, 2)),
-               ("in", U(rng, (3 * h, h), -0.5, 0.5)), ("in", U(rng, (3 * h,), -1, 1)),
-               ("in", U(rng, (n, h)))]
+               ("in", U(rng, (3 * h, h), -0.5, 0.5)), ("in", U(rng, (3 * h,), -0.5, 0.5)),
+               ("in", U(rng, (3 * h,), -1, 1)), ("in", U(rng, (n, h)))]
         return ins + ([("const", seq_mask(T, lengths))] if lengths else [])
 
     tag = f"{T}x{n}x{h}" + ("_mask" if lengths else "") + ("_bf" if bf else "")

@@ -697,31 +697,33 @@ AD_API ad_tensor *ad_lstm_cell(ad_ctx *ctx, ad_tensor *gates, ad_tensor *c);
  * errors as ad_lstm_cell's (a, b [N, 3H]). */
 AD_API ad_tensor *ad_gru_cell(ad_ctx *ctx, ad_tensor *a, ad_tensor *b, ad_tensor *h);
 /** A whole LSTM sequence in one op (what nn_rnn_forward runs by default):
- * xp is [T, N, 4H] ([N, T, 4H] with batch_first), every step's
- * x W_ih^T + b_ih + b_hh (one product for all steps), w_hh [4H, H], h0
- * and c0 the initial states [N, H], mask NULL or a constant [T, N] (time
- * first either way) of 0 and 1. Returns Y [T, N, 7H] ([N, T, 7H] with
- * batch_first) whose step t is ad_lstm_cell(xp_t + h_{t-1} w_hh^T,
- * c_{t-1}), h_{t-1} and c_{t-1} being step t-1's first two blocks (h0, c0
- * at t = 0); where mask[t, n] is 0, row n of step t is
- * [h_{t-1} | c_{t-1} | 0]: the state is kept, no gate is computed and no
- * gradient reaches xp there. Only the h_{t-1} w_hh^T products run per
- * step; the backward's weight gradient is one product over all T N rows.
- * Differentiable in xp, w_hh, h0, c0 (not mask) to any order, as
- * ad_lstm_cell. A tape temporary. NULL on error: AD_ERR_SHAPE (naming the
- * shapes), AD_ERR_DTYPE (not float, or dtypes differ), AD_ERR_NULL. */
-AD_API ad_tensor *ad_lstm_seq(ad_ctx *ctx, ad_tensor *xp, ad_tensor *w_hh, ad_tensor *h0,
-                              ad_tensor *c0, ad_tensor *mask, bool batch_first);
-/** A whole GRU sequence in one op: xa [T, N, 3H] ([N, T, 3H] with
- * batch_first) = x W_ih^T + b_ih of every step, w_hh [3H, H], b_hh [3H],
- * h0 [N, H], mask as ad_lstm_seq's. Returns Y [T, N, 5H] (or [N, T, 5H])
- * whose step t is [h_t | r z n | b_n]: with b = h_{t-1} w_hh^T + b_hh,
- * [h_t | r z n] = ad_gru_cell(xa_t, b, h_{t-1}) and b_n b's last H columns
- * (kept for the backward); h_{t-1} is step t-1's first block (h0 at
- * t = 0), and a row whose mask is 0 is [h_{t-1} | 0]. Differentiable in
- * xa, w_hh, b_hh, h0 to any order; errors as ad_lstm_seq's. */
-AD_API ad_tensor *ad_gru_seq(ad_ctx *ctx, ad_tensor *xa, ad_tensor *w_hh, ad_tensor *b_hh,
-                             ad_tensor *h0, ad_tensor *mask, bool batch_first);
+ * xp is [T, N, 4H] ([N, T, 4H] with batch_first), every step's x W_ih^T
+ * (one product for all steps), w_hh [4H, H], b [4H] the gates' bias
+ * (b_ih + b_hh, added in the op's rows), h0 and c0 the initial states
+ * [N, H], mask NULL or a constant [T, N] (time first either way) of 0 and
+ * 1. Returns Y [T, N, 7H] ([N, T, 7H] with batch_first) whose step t is
+ * ad_lstm_cell((xp_t + b) + h_{t-1} w_hh^T, c_{t-1}), h_{t-1} and c_{t-1}
+ * being step t-1's first two blocks (h0, c0 at t = 0); where mask[t, n]
+ * is 0, row n of step t is [h_{t-1} | c_{t-1} | 0]: the state is kept, no
+ * gate is computed and no gradient reaches xp or b there. Only the
+ * h_{t-1} w_hh^T products run per step; the backward's weight gradient is
+ * one product over all T N rows. Differentiable in xp, w_hh, b, h0, c0
+ * (not mask) to any order, as ad_lstm_cell. A tape temporary. NULL on
+ * error: AD_ERR_SHAPE (naming the shapes), AD_ERR_DTYPE (not float, or
+ * dtypes differ), AD_ERR_NULL. */
+AD_API ad_tensor *ad_lstm_seq(ad_ctx *ctx, ad_tensor *xp, ad_tensor *w_hh, ad_tensor *b,
+                              ad_tensor *h0, ad_tensor *c0, ad_tensor *mask, bool batch_first);
+/** A whole GRU sequence in one op: xp [T, N, 3H] ([N, T, 3H] with
+ * batch_first) = x W_ih^T of every step, w_hh [3H, H], b_ih and b_hh
+ * [3H] (both added in the op's rows), h0 [N, H], mask as ad_lstm_seq's.
+ * Returns Y [T, N, 5H] (or [N, T, 5H]) whose step t is [h_t | r z n | b_n]:
+ * with b = h_{t-1} w_hh^T + b_hh, [h_t | r z n] = ad_gru_cell(xp_t + b_ih,
+ * b, h_{t-1}) and b_n b's last H columns (kept for the backward); h_{t-1}
+ * is step t-1's first block (h0 at t = 0), and a row whose mask is 0 is
+ * [h_{t-1} | 0]. Differentiable in xp, w_hh, b_ih, b_hh, h0 to any order;
+ * errors as ad_lstm_seq's. */
+AD_API ad_tensor *ad_gru_seq(ad_ctx *ctx, ad_tensor *xp, ad_tensor *w_hh, ad_tensor *b_ih,
+                             ad_tensor *b_hh, ad_tensor *h0, ad_tensor *mask, bool batch_first);
 
 /* ----------------------------------------------------------- attention */
 

@@ -1,0 +1,71 @@
+/* vexp.h: float32 exp without calls or branches, so that loops over rows
+ * vectorize (the recurrent cells, op_rnn.c; softmax cross-entropy,
+ * op_loss.c), and the instruction sets those loops are compiled for.
+ * Internal to the op layer. */
+#ifndef AD_VEXP_H
+#define AD_VEXP_H
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+/* The row loops vectorize only when GCC may evaluate a comparison's both
+ * sides (its selects could otherwise raise a floating-point exception);
+ * the values are the same. */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-trapping-math")
+#endif
+
+/* Row loops (CELL_CLONES) are compiled for AVX-512 and AVX2 with FMA (Haswell's
+ * set) besides the baseline (SSE2 on x86-64, 4 floats a vector), the best
+ * the CPU has picked when the library loads (GCC's target_clones), as the
+ * GEMM's kernels are; the values are the same bits on each (no
+ * contraction into FMA; exp_v's explicit fmaf are rounded once
+ * everywhere). Not under ThreadSanitizer: the clones' resolver runs while
+ * the dynamic loader relocates the library, before TSan's runtime is set
+ * up, and its instrumented code crashes there. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__ELF__) &&         \
+    !defined(__SANITIZE_THREAD__)
+#define CELL_CLONES __attribute__((target_clones("avx512f", "arch=haswell", "default")))
+#define CELL_ROW    static inline __attribute__((always_inline))
+#else
+#define CELL_CLONES
+#define CELL_ROW static inline
+#endif
+
+/* exp_v's multiply-adds: fmaf where the build has FMA or compiles the
+ * clones above (whose baseline calls libm for it, so that every clone
+ * gives the same bits), else a multiply and an add */
+#if defined(__FMA__) || defined(__aarch64__) ||                                                    \
+    (defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__ELF__))
+#define FMA_F(a, b, c) fmaf(a, b, c)
+#else
+#define FMA_F(a, b, c) ((a) * (b) + (c))
+#endif
+
+/* exp_v: exp as 2^n e^r with |r| <= ln2/2 and a degree-6 polynomial
+ * (about 1 ulp; inputs clamped to [-87.3, 88.3], NaN kept). The reduction
+ * and the polynomial are fused multiply-adds (FMA_F: fmaf, rounded once,
+ * so the same bits on every clone, inline where the CPU has FMA, a libm
+ * call on x86-64 CPUs older than Haswell); the rest of a row loop is not
+ * contracted. */
+static inline float exp_v(float x) {
+  x = x < -87.3f ? -87.3f : x;
+  x = x > 88.3f ? 88.3f : x;
+  float n = FMA_F(x, 1.44269504f, 12582912.0f) - 12582912.0f; /* round to nearest */
+  float r = FMA_F(n, -0.693359375f, x);
+  r = FMA_F(n, 2.12194440e-4f, r);
+  float p = 1.9875691500e-4f;
+  p = FMA_F(p, r, 1.3981999507e-3f);
+  p = FMA_F(p, r, 8.3334519073e-3f);
+  p = FMA_F(p, r, 4.1665795894e-2f);
+  p = FMA_F(p, r, 1.6666665459e-1f);
+  p = FMA_F(p, r, 5.0000001201e-1f);
+  p = FMA_F(p * r, r, r) + 1.0f;
+  int32_t bits = ((int32_t)n + 127) << 23;
+  float scale;
+  memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+
+#endif
