@@ -49,7 +49,10 @@
  * so the same bits on every clone, inline where the CPU has FMA, a libm
  * call on x86-64 CPUs older than Haswell); the rest of a row loop is not
  * contracted. */
-static inline float exp_v(float x) {
+static inline float exp_v(float xin) {
+  /* a NaN is carried through as 0 (converting it to an integer below is
+   * undefined) and returned as it came */
+  float x = xin == xin ? xin : 0.0f;
   x = x < -87.3f ? -87.3f : x;
   x = x > 88.3f ? 88.3f : x;
   float n = FMA_F(x, 1.44269504f, 12582912.0f) - 12582912.0f; /* round to nearest */
@@ -62,10 +65,10 @@ static inline float exp_v(float x) {
   p = FMA_F(p, r, 1.6666665459e-1f);
   p = FMA_F(p, r, 5.0000001201e-1f);
   p = FMA_F(p * r, r, r) + 1.0f;
-  int32_t bits = ((int32_t)n + 127) << 23;
+  int32_t bits = ((int32_t)n + 127) * (1 << 23); /* n in [-126, 127] */
   float scale;
   memcpy(&scale, &bits, sizeof scale);
-  return p * scale;
+  return xin == xin ? p * scale : xin;
 }
 
 #endif
