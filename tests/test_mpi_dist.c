@@ -5,7 +5,9 @@
  * by rank, batch norm's per-rank statistics, rank-0 checkpoints. Not a
  * Criterion suite (Criterion forks each test; MPI must not be forked):
  * every rank runs every check, rank 0 prints TAP, and a check passes only
- * if it passes on every rank. argv[1]: a directory for files. */
+ * if it passes on every rank. argv[1]: a directory for files; then
+ * options every nn_dist of the run takes, and the reduction path the run
+ * must take: [--no-shm] [--ranks-per-node N] [--expect shm|mpi NODES]. */
 #include "ad_ext.h"
 #include "nn_dist.h"
 
@@ -19,6 +21,18 @@
 
 static int rank, size, ntest, nfail;
 static const char *tmpdir = "/tmp";
+static nn_dist_opts base;      /* --no-shm, --ranks-per-node */
+static bool expect_shm = true; /* --expect */
+static int expect_nodes = 1;
+static int fail_in = 0; /* > 0: count_alloc fails the fail_in-th allocation from now */
+
+/* nn_dist_new with the run's options added to o (may be NULL). */
+static nn_dist *dist_new(ad_ctx *c, const nn_dist_opts *o) {
+  nn_dist_opts all = o ? *o : (nn_dist_opts){0};
+  all.no_shm = base.no_shm;
+  all.ranks_per_node = base.ranks_per_node;
+  return nn_dist_new(c, &all);
+}
 
 /* Reports a check that must hold on every rank. */
 static void check(bool ok, const char *name, const char *why) {
@@ -113,7 +127,7 @@ static run train(ad_ctx *c, ad_dtype dt, int kind, bool adam, int64_t n, int64_t
   r.m = make_model(c, dt, 8, kind, 5);
   r.opt = adam ? nn_adam_new(nn_model_params(r.m), 0.01)
                : nn_sgd_new(nn_model_params(r.m), 0.1, 0.9, false, 0);
-  nn_dist *d = dist ? nn_dist_new(c, dopts) : NULL;
+  nn_dist *d = dist ? dist_new(c, dopts) : NULL;
   nn_fit_opts fo = {.epochs = epochs,
                     .batch_size = bs,
                     .seed = 3,
@@ -160,6 +174,11 @@ static void equals_single(ad_ctx *c, ad_dtype dt, bool adam, size_t bucket, doub
   snprintf(why, sizeof why, "loss %.17g vs %.17g, accuracy %g vs %g", l2, l1, a2, a1);
   snprintf(n1, sizeof n1, "%s: epoch loss and accuracy are over every rank's rows", name);
   check(fabs(l1 - l2) <= tol * fabs(l1) && a1 == a2, n1, why);
+  snprintf(why, sizeof why, "shared memory %d on %d node(s), expected %d on %d",
+           dd.stats.shared_memory, dd.stats.nodes, expect_shm, expect_nodes);
+  snprintf(n1, sizeof n1, "%s: the reduction takes the expected path (%s, %d node(s))", name,
+           expect_shm ? "shared memory" : "MPI collectives", expect_nodes);
+  check(dd.stats.shared_memory == expect_shm && dd.stats.nodes == expect_nodes, n1, why);
   if (bucket && bucket < 1000) { /* several buckets: some launched during backward */
     snprintf(why, sizeof why, "%lld buckets, %lld launched from the hook in %lld steps",
              (long long)dd.stats.buckets, (long long)dd.stats.overlapped,
@@ -177,6 +196,14 @@ static void deterministic(ad_ctx *c) {
   run b = train(c, AD_F32, PLAIN, true, 50, 16, 2, &o, true);
   run one = train(c, AD_F32, PLAIN, true, 50, 16, 2, NULL, false);
   check(a.st == AD_OK && b.st == AD_OK, "deterministic: trains", ad_last_error(c));
+  /* one node: the shared-memory sum is in rank order; across nodes the
+   * mode gathers with MPI instead of an allreduce between nodes */
+  bool want = expect_shm && expect_nodes == 1;
+  snprintf(why, sizeof why, "shared memory %d, expected %d", a.stats.shared_memory, want);
+  check(a.stats.shared_memory == want,
+        want ? "deterministic: one node sums through shared memory"
+             : "deterministic: several nodes (or no shared memory) gather with MPI",
+        why);
   bool same = true;
   for (int i = 0; i < nn_params_count(nn_model_params(a.m)); i++) {
     ad_tensor *s = nn_params_tensor(nn_model_params(a.m), i);
@@ -197,7 +224,7 @@ static void deterministic(ad_ctx *c) {
 /* The last rank builds a wider hidden layer: every rank fails, naming it. */
 static void mismatch(ad_ctx *c) {
   nn_model *m = make_model(c, AD_F64, rank == size - 1 ? 9 : 8, PLAIN, 5);
-  nn_dist *d = nn_dist_new(c, NULL);
+  nn_dist *d = dist_new(c, NULL);
   ad_status st = nn_dist_sync(d, m, NULL);
   char want[200];
   snprintf(want, sizeof want,
@@ -213,7 +240,7 @@ static void mismatch(ad_ctx *c) {
   /* an optimizer on one rank only */
   m = make_model(c, AD_F64, 8, PLAIN, 5);
   nn_optimizer *opt = rank == 0 ? nn_adam_new(nn_model_params(m), 0.1) : NULL;
-  d = nn_dist_new(c, NULL);
+  d = dist_new(c, NULL);
   st = nn_dist_sync(d, m, opt);
   snprintf(why, sizeof why, "status %s, message: %s", ad_status_str(st), ad_last_error(c));
   check(st == AD_ERR_SHAPE && strstr(ad_last_error(c), "rank 1 differs from rank 0") &&
@@ -229,7 +256,7 @@ static void mismatch(ad_ctx *c) {
 static void broadcast_start(ad_ctx *c) {
   nn_model *m = make_model(c, AD_F32, 8, BATCHNORM, 5 + (uint64_t)rank);
   nn_optimizer *opt = nn_adam_new(nn_model_params(m), 0.1);
-  nn_dist *d = nn_dist_new(c, NULL);
+  nn_dist *d = dist_new(c, NULL);
   ad_status st = nn_dist_sync(d, m, opt);
   nn_model *ref = make_model(c, AD_F32, 8, BATCHNORM, 5);
   double rel = max_rel(nn_model_params(m), nn_model_params(ref));
@@ -242,7 +269,7 @@ static void broadcast_start(ad_ctx *c) {
 
 static void sums(ad_ctx *c) {
   nn_dist_opts o = {.deterministic = true};
-  nn_dist *d = nn_dist_new(c, NULL), *det = nn_dist_new(c, &o);
+  nn_dist *d = dist_new(c, NULL), *det = dist_new(c, &o);
   double v[2] = {rank, 1}, w[2] = {0.5, rank};
   ad_status st = nn_dist_sum(d, v, 2), st2 = nn_dist_sum(det, w, 2);
   double ranks = size * (size - 1) / 2.0;
@@ -267,7 +294,7 @@ static void sums(ad_ctx *c) {
 static void wide_variadic_op(ad_ctx *c) {
   for (int overlap = 0; overlap < 2; overlap++) {
     nn_dist_opts o = {.no_overlap = !overlap};
-    nn_dist *d = nn_dist_new(c, &o);
+    nn_dist *d = dist_new(c, &o);
     const nn_dist_ops *ops = nn_dist_fit_ops(d);
     int64_t s[1] = {2};
     ad_tensor *W = ad_ones(c, AD_F64, 1, s);
@@ -295,6 +322,59 @@ static void wide_variadic_op(ad_ctx *c) {
   }
 }
 
+/* The last rank runs out of memory inside backward (its first gradient
+ * cannot be allocated) while the others reduce: every rank still reaches
+ * the status exchange (the failed rank packs zeros for what it lacks), and
+ * every rank returns its error, the others with its message; nothing
+ * waits for ever. Then a good step on the same buckets works. */
+static void failure_inside_backward(ad_ctx *c) {
+  for (int overlap = 0; overlap < 2; overlap++) {
+    nn_dist_opts o = {.no_overlap = !overlap, .bucket_bytes = 8};
+    nn_dist *d = dist_new(c, &o);
+    const nn_dist_ops *ops = nn_dist_fit_ops(d);
+    int64_t s[1] = {5};
+    ad_tensor *W = ad_ones(c, AD_F32, 1, s), *V = ad_ones(c, AD_F32, 1, s);
+    ad_tensor_set_requires_grad(W, true);
+    ad_tensor_set_requires_grad(V, true);
+    nn_params *p = nn_params_new(c);
+    nn_params_add(p, "W", W, false);
+    nn_params_add(p, "V", V, false);
+    ad_status st[2];
+    double gw = NAN, gv = NAN;
+    for (int step = 0; step < 2; step++) {
+      ad_tensor *loss = ad_sum(c, ad_mul(c, ad_mul_scalar(c, W, 2.0), V));
+      st[step] = ops->grad_begin(ops->ud, p, loss, 1, size);
+      if (step == 0 && rank == size - 1) fail_in = 1;
+      if (st[step] == AD_OK) st[step] = ad_backward(c, loss, NULL);
+      fail_in = 0;
+      st[step] = ops->grad_end(ops->ud, p, st[step]);
+      if (step == 0) {
+        char want[64];
+        snprintf(want, sizeof want, "dist: rank %d stopped: ", size - 1);
+        snprintf(why, sizeof why, "status %s, message: %s", ad_status_str(st[0]), ad_last_error(c));
+        check(st[0] == AD_ERR_OOM && (rank == size - 1 || strstr(ad_last_error(c), want)),
+              overlap ? "a rank failing inside backward stops every rank (overlap)"
+                      : "a rank failing inside backward stops every rank (no overlap)",
+              why);
+        ad_clear_error(c);
+      }
+      if (step == 1) { /* dW = 2 V = 2, dV = 2 W = 2 on every rank, times 1 / size, summed */
+        gw = W->grad ? ((float *)W->grad->data)[4] : NAN;
+        gv = V->grad ? ((float *)V->grad->data)[0] : NAN;
+      }
+      ad_tape_reset(c);
+      nn_params_zero_grad(p);
+    }
+    snprintf(why, sizeof why, "status %s, dW %g, dV %g", ad_status_str(st[1]), gw, gv);
+    check(st[1] == AD_OK && fabs(gw - 2) < 1e-6 && fabs(gv - 2) < 1e-6,
+          "the next step after a failure inside backward reduces", why);
+    nn_params_free(p);
+    ad_tensor_free(W);
+    ad_tensor_free(V);
+    nn_dist_free(d);
+  }
+}
+
 /* A loss that ignores the target's shape, so that only the accuracy
  * comparison (predictions [N,3], targets [N,2]) fails. */
 static ad_tensor *mean_loss(ad_ctx *ctx, ad_tensor *pred, ad_tensor *target, nn_reduction red) {
@@ -316,7 +396,7 @@ static void partial_decisions(ad_ctx *c) {
   y = ad_zeros(c, AD_F64, 2, (int64_t[]){6, 2});
   nn_model *m = make_model(c, AD_F64, 4, PLAIN, 5);
   nn_optimizer *opt = nn_sgd_new(nn_model_params(m), 0.1, 0, false, 0);
-  nn_dist *d = nn_dist_new(c, NULL);
+  nn_dist *d = dist_new(c, NULL);
   nn_fit_opts fo = {.epochs = 2,
                     .batch_size = 1,
                     .no_shuffle = true,
@@ -357,7 +437,7 @@ static void failing_rank(ad_ctx *c) {
   ad_tensor_set(x, 4 * 11, NAN); /* row 11: the last rank's rows of batch 0 */
   nn_model *m = make_model(c, AD_F64, 8, PLAIN, 5);
   nn_optimizer *opt = nn_sgd_new(nn_model_params(m), 0.1, 0, false, 0);
-  nn_dist *d = nn_dist_new(c, NULL);
+  nn_dist *d = dist_new(c, NULL);
   nn_fit_opts fo = {
       .epochs = 2, .batch_size = 12, .no_shuffle = true, .verbose = -1, .dist = nn_dist_fit_ops(d)};
   ad_status st = nn_fit(m, opt, nn_cross_entropy_loss, x, y, &fo, NULL);
@@ -402,7 +482,7 @@ static void checkpoints(ad_ctx *c) {
   snprintf(path, sizeof path, "%s/mpi_dist_np%d.safetensors", tmpdir, size);
   nn_model *m = make_model(c, AD_F64, 8, PLAIN, 5 + (uint64_t)rank);
   nn_optimizer *opt = nn_adam_new(nn_model_params(m), 0.1);
-  nn_dist *d = nn_dist_new(c, NULL);
+  nn_dist *d = dist_new(c, NULL);
   ad_status st = nn_dist_save(d, m, opt, path);
   nn_model *ref = make_model(c, AD_F64, 8, PLAIN, 5); /* rank 0's values */
   nn_model *other = make_model(c, AD_F64, 8, PLAIN, 77);
@@ -432,6 +512,7 @@ static long long live_bytes;
 
 static void *count_alloc(void *ud, void *p, size_t os, size_t ns) {
   (void)ud;
+  if (ns > 0 && fail_in > 0 && --fail_in == 0) return NULL;
   if (ns == 0) {
     if (p) live_bytes -= (long long)os;
     free(p);
@@ -454,7 +535,7 @@ static void memory_returns(ad_ctx *c) {
   ad_tensor *x, *y;
   make_data(c, AD_F64, 48, &x, &y);
   long long before = live_bytes;
-  nn_dist *d = nn_dist_new(c, &o);
+  nn_dist *d = dist_new(c, &o);
   nn_fit_opts fo = {.epochs = 1, .batch_size = 12, .verbose = -1, .dist = nn_dist_fit_ops(d)};
   ad_status st = nn_fit(warm.m, warm.opt, nn_cross_entropy_loss, x, y, &fo, NULL);
   nn_dist_free(d);
@@ -503,7 +584,7 @@ static int kill_mode(ad_ctx *c, const char *mode, const char *arg) {
            (long long)nn_optimizer_steps(k.opt), st ? ": " : "", st ? ad_last_error(c) : "");
     rc = st == AD_OK && nn_optimizer_steps(k.opt) == 16 ? 0 : 1;
   } else {
-    k.d = nn_dist_new(c, NULL);
+    k.d = dist_new(c, NULL);
     snprintf(k.path, sizeof k.path, "%s/kill.safetensors", arg);
     nn_fit_opts fo = {.epochs = 1000000,
                       .batch_size = 12,
@@ -535,6 +616,21 @@ int main(int argc, char **argv) {
     return rc;
   }
   if (argc > 1) tmpdir = argv[1];
+  for (int i = 2; i < argc; i++) {
+    if (strcmp(argv[i], "--no-shm") == 0) {
+      base.no_shm = true;
+    } else if (strcmp(argv[i], "--ranks-per-node") == 0 && i + 1 < argc) {
+      base.ranks_per_node = atoi(argv[++i]);
+    } else if (strcmp(argv[i], "--expect") == 0 && i + 2 < argc) {
+      expect_shm = strcmp(argv[i + 1], "shm") == 0;
+      expect_nodes = atoi(argv[i + 2]);
+      i += 2;
+    } else {
+      fprintf(stderr, "test_mpi_dist: unknown argument %s\n", argv[i]);
+      nn_dist_finalize();
+      return 2;
+    }
+  }
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &size);
   ad_set_num_threads(1); /* ranks share the cores */
@@ -547,6 +643,7 @@ int main(int argc, char **argv) {
   broadcast_start(c);
   sums(c);
   wide_variadic_op(c);
+  failure_inside_backward(c);
   failing_rank(c);
   partial_decisions(c);
   dropout_and_batchnorm(c);
