@@ -503,8 +503,18 @@ static ad_status shm_build(nn_dist *d) {
     atomic_llong *f = (atomic_llong *)(void *)h->seg[h->lrank];
     for (int k = 0; k < 2 * d->nb; k++) atomic_init(&f[k], 0);
   }
-  int all = ok;
-  MPI_Allreduce(MPI_IN_PLACE, &all, 1, MPI_INT, MPI_MIN, d->comm); /* also: flags are zero */
+  /* every rank's window, and the same layout everywhere (a rank reading
+   * another's segment by its own offsets must find the same buckets) */
+  long long v[5] = {!ok, (long long)half, -(long long)half, d->nb, -d->nb};
+  MPI_Allreduce(MPI_IN_PLACE, v, 5, MPI_LONG_LONG, MPI_MAX, d->comm); /* also: flags are zero */
+  if (v[1] != -v[2] || v[3] != -v[4]) {
+    if (ok) MPI_Win_free(&h->win);
+    return ad_set_error(d->ctx, AD_ERR_SHAPE,
+                        "dist: the ranks' gradient buckets differ (%lld to %lld bytes, %lld to "
+                        "%lld buckets): the same parameters and bucket_bytes on every rank",
+                        -v[2], v[1], -v[4], v[3]);
+  }
+  int all = v[0] == 0;
   if (!all) {
     if (ok) MPI_Win_free(&h->win);
     h->wanted = false;
@@ -565,7 +575,10 @@ static ad_status layout_build(nn_dist *d, nn_params *p) {
     if (d->b[k].count > INT32_MAX)
       return ad_set_error(c, AD_ERR_ARG, "dist: a gradient bucket of %lld elements is too large",
                           (long long)d->b[k].count);
-  if (d->sh.wanted && shm_build(d) != AD_OK) return AD_ERR_OOM;
+  if (d->sh.wanted) {
+    ad_status st = shm_build(d);
+    if (st != AD_OK) return st;
+  }
   if (d->sh.on) return AD_OK;
   for (int k = 0; k < d->nb; k++) {
     bucket *b = &d->b[k];

@@ -603,8 +603,41 @@ static int kill_mode(ad_ctx *c, const char *mode, const char *arg) {
   return rc;
 }
 
+/* --buckets: the ranks ask for different bucket sizes, so their gradient
+ * buckets differ; on the shared-memory path the first step must end the
+ * job with a message naming it (a rank reading another's segment by its
+ * own offsets would read the wrong gradients or past the end), not train
+ * on. tests/test_mpi_buckets.sh checks the exit status and the message. */
+static int buckets_mode(ad_ctx *c) {
+  ad_tensor *x, *y;
+  make_data(c, AD_F64, 48, &x, &y);
+  nn_model *m = make_model(c, AD_F64, 8, PLAIN, 5);
+  nn_optimizer *opt = nn_sgd_new(nn_model_params(m), 0.1, 0, false, 0);
+  nn_dist_opts o = {.bucket_bytes = rank == 0 ? 8 : 0};
+  nn_dist *d = nn_dist_new(c, &o);
+  nn_fit_opts fo = {.epochs = 1, .batch_size = 12, .verbose = -1, .dist = nn_dist_fit_ops(d)};
+  ad_status st = nn_fit(m, opt, nn_cross_entropy_loss, x, y, &fo, NULL);
+  printf("rank %d: nn_fit returned %s\n", rank, ad_status_str(st));
+  nn_dist_free(d);
+  nn_optimizer_free(opt);
+  nn_model_free(m);
+  ad_tensor_free(x);
+  ad_tensor_free(y);
+  return 0;
+}
+
 int main(int argc, char **argv) {
   if (nn_dist_init(&argc, &argv) != AD_OK) return 1;
+  if (argc > 1 && strcmp(argv[1], "--buckets") == 0) {
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &size);
+    ad_set_num_threads(1);
+    ad_ctx *c = ad_ctx_new();
+    int rc = buckets_mode(c);
+    ad_ctx_free(c);
+    nn_dist_finalize();
+    return rc;
+  }
   if (argc > 2 && (strcmp(argv[1], "--kill") == 0 || strcmp(argv[1], "--check") == 0)) {
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &size);
