@@ -4,7 +4,7 @@
  *
  *   mpirun -np 2 build/bench/dist_mlp [--batch 256] [--epochs 1] [--samples 4096]
  *       [--threads 1] [--bucket-kb 4096] [--deterministic] [--no-overlap]
- *       [--no-shm] [--ranks-per-node N]
+ *       [--no-shm] [--ranks-per-node N] [--shard]
  *
  * --batch is the global batch (each of N ranks trains batch / N rows per
  * step). Data: --samples rows of uniform [0,1) features, labels from a
@@ -29,7 +29,7 @@
 static int usage(void) {
   fprintf(stderr, "usage: dist_mlp [--batch 256] [--epochs 1] [--samples 4096] [--threads 1]\n"
                   "                [--bucket-kb 4096] [--deterministic] [--no-overlap]\n"
-                  "                [--no-shm] [--ranks-per-node N]\n");
+                  "                [--no-shm] [--ranks-per-node N] [--shard]\n");
   return 2;
 }
 
@@ -56,6 +56,8 @@ int main(int argc, char **argv) {
       dopts.no_overlap = true;
     else if (!strcmp(a, "--no-shm"))
       dopts.no_shm = true;
+    else if (!strcmp(a, "--shard"))
+      dopts.shard_optimizer = true;
     else if (!strcmp(a, "--ranks-per-node"))
       ok = bench_parse_int(v, 1, &rpn), i++;
     else
@@ -148,9 +150,9 @@ int main(int argc, char **argv) {
            (long long)ds.steps, (long long)ds.buckets, bucket_kb, (long long)ds.overlapped,
            (long long)(ds.steps * ds.buckets));
     printf("allreduced_bytes_per_step: %.0f\n", (double)ds.bytes / (double)ds.steps);
-    printf("reduction: %s, %d node(s)\n",
+    printf("reduction: %s, %d node(s); sharded optimizer steps: %lld\n",
            ds.shared_memory ? "shared memory on each node (MPI-3 window)" : "MPI collectives",
-           ds.nodes);
+           ds.nodes, (long long)ds.sharded_steps);
     printf("wait_ms_per_step: %.3f (not hidden by backward; largest over ranks; step %.3f ms)\n",
            1e3 * wait, 1e3 * secs / (double)ds.steps);
     printf("allreduce_alone_ms: %.3f for %.0f bytes (bus bandwidth 2K(N-1)/N/t: %.2f GB/s)\n",

@@ -95,9 +95,12 @@ typedef struct shm {
   char **seg;  /* lsize segment bases */
   size_t head; /* flag bytes at the start of a segment */
   size_t half; /* bucket bytes of one parity */
+  int regions; /* of half bytes each: the two parities, [the shared copy] */
   int64_t step;
   int next_red, next_unp;
-  uint8_t *copied; /* per parameter: copied back in this step */
+  uint8_t *copied;     /* per parameter: copied back in this step */
+  int64_t *lo, *hi;    /* per parameter: the elements of this rank's slices */
+  nn_optimizer *stale; /* sharded steps left its state whole only in slices */
 } shm;
 
 typedef struct lookup {
@@ -143,6 +146,8 @@ static ad_status ops_sync(void *ud, nn_model *m, nn_optimizer *opt) {
   return nn_dist_sync(ud, m, opt);
 }
 static ad_status ops_sum(void *ud, double *v, int n) { return nn_dist_sum(ud, v, n); }
+static ad_status ops_step(void *ud, nn_optimizer *opt);
+static ad_status gather_state(nn_dist *d, nn_optimizer *opt);
 
 /* The nodes: ranks that share memory (MPI_COMM_TYPE_SHARED), cut into
  * groups of ranks_per_node when it is set; whether the shared-memory path
@@ -200,7 +205,8 @@ nn_dist *nn_dist_new(ad_ctx *ctx, const nn_dist_opts *opts) {
                          .sync = ops_sync,
                          .grad_begin = grad_begin,
                          .grad_end = grad_end,
-                         .sum = ops_sum};
+                         .sum = ops_sum,
+                         .step = ops_step};
   return d;
 }
 
@@ -223,8 +229,11 @@ static void layout_free(nn_dist *d) {
     h->on = false;
   }
   ad_free(c, h->seg, (size_t)h->lsize * sizeof *h->seg);
-  ad_free(c, h->copied, np);
-  h->seg = NULL, h->copied = NULL;
+  size_t n1 = np ? np : 1;
+  ad_free(c, h->copied, n1);
+  ad_free(c, h->lo, n1 * sizeof *h->lo);
+  ad_free(c, h->hi, n1 * sizeof *h->hi);
+  h->seg = NULL, h->copied = NULL, h->lo = h->hi = NULL;
   ad_free(c, d->b, (size_t)d->nb * sizeof *d->b);
   ad_free(c, d->t, np * sizeof *d->t);
   ad_free(c, d->ord, np * sizeof *d->ord);
@@ -420,6 +429,7 @@ ad_status nn_dist_sync(nn_dist *d, nn_model *m, nn_optimizer *opt) {
     MPI_Bcast(msg, MSG_LEN, MPI_CHAR, root, d->comm);
     return ad_set_error(c, AD_ERR_SHAPE, "dist: rank %d differs from rank 0: %s", root, msg);
   }
+  if (opt) gather_state(d, opt); /* after sharded steps: whole before rank 0's is sent */
   nn_params *p = nn_model_params(m), *b = nn_model_buffers(m);
   bcast_list(d, nn_params_count(p), nn_params_tensors(p));
   bcast_list(d, nn_params_count(b), nn_params_tensors(b));
@@ -432,6 +442,7 @@ ad_status nn_dist_sync(nn_dist *d, nn_model *m, nn_optimizer *opt) {
 
 ad_status nn_dist_save(nn_dist *d, const nn_model *m, const nn_optimizer *opt, const char *path) {
   if (!d) return AD_ERR_NULL;
+  if (opt) gather_state(d, (nn_optimizer *)opt); /* the object itself is never const */
   ad_status st = d->rank == 0 ? nn_model_save(m, opt, path) : AD_OK, other = AD_OK;
   agree(d, st != AD_OK, st, "could not save", &other);
   return st != AD_OK ? st : other;
@@ -439,6 +450,7 @@ ad_status nn_dist_save(nn_dist *d, const nn_model *m, const nn_optimizer *opt, c
 
 ad_status nn_dist_load(nn_dist *d, nn_model *m, nn_optimizer *opt, const char *path) {
   if (!d) return AD_ERR_NULL;
+  if (opt && d->sh.stale == opt) d->sh.stale = NULL; /* rank 0 loads it whole */
   ad_status st = d->rank == 0 ? nn_model_load(m, opt, path) : AD_OK, other = AD_OK;
   agree(d, st != AD_OK, st, "could not load", &other);
   if (st != AD_OK || other != AD_OK) return st != AD_OK ? st : other;
@@ -481,16 +493,19 @@ static ad_status shm_build(nn_dist *d) {
     half += round_up64((size_t)d->b[k].count * ad_dtype_size(d->b[k].dtype));
   }
   h->head = round_up64(2 * (size_t)d->nb * sizeof(atomic_llong));
+  h->regions = d->o.shard_optimizer ? 3 : 2; /* the third: parameters and state to share */
   h->half = half;
   h->seg = ad_malloc(d->ctx, (size_t)h->lsize * sizeof *h->seg);
   h->copied = ad_malloc(d->ctx, d->np ? (size_t)d->np : 1);
-  if (!h->seg || !h->copied) return AD_ERR_OOM; /* the caller aborts the job */
+  h->lo = ad_malloc(d->ctx, (d->np ? (size_t)d->np : 1) * sizeof *h->lo);
+  h->hi = ad_malloc(d->ctx, (d->np ? (size_t)d->np : 1) * sizeof *h->hi);
+  if (!h->seg || !h->copied || !h->lo || !h->hi) return AD_ERR_OOM; /* the caller aborts */
   MPI_Info info;
   MPI_Info_create(&info);
   MPI_Info_set(info, "alloc_shared_noncontig", "true"); /* each segment on its own pages */
   void *base = NULL;
-  int ok = MPI_Win_allocate_shared((MPI_Aint)(h->head + 2 * half), 1, info, h->node, &base,
-                                   &h->win) == MPI_SUCCESS;
+  int ok = MPI_Win_allocate_shared((MPI_Aint)(h->head + (size_t)h->regions * half), 1, info,
+                                   h->node, &base, &h->win) == MPI_SUCCESS;
   MPI_Info_free(&info);
   for (int s = 0; ok && s < h->lsize; s++) {
     MPI_Aint bytes;
@@ -530,6 +545,7 @@ static ad_status shm_build(nn_dist *d) {
 /* Buckets over p: parameters in reverse order, a new bucket when the
  * dtype changes or the bucket holds bucket_bytes. */
 static ad_status layout_build(nn_dist *d, nn_params *p) {
+  if (d->sh.stale) gather_state(d, d->sh.stale); /* while the old layout is there */
   layout_free(d);
   ad_ctx *c = d->ctx;
   int np = nn_params_count(p);
@@ -643,10 +659,16 @@ static atomic_llong *reduced_flag(const nn_dist *d, int s, int k) {
   return (atomic_llong *)(void *)d->sh.seg[s] + d->nb + k;
 }
 
+/* Bucket k in segment s, in region r (0, 1: the steps' halves, 2: the
+ * shared copy of parameters and optimizer state). */
+static char *shm_region(const nn_dist *d, int s, int k, int r) {
+  const shm *h = &d->sh;
+  return h->seg[s] + h->head + (size_t)r * h->half + d->b[k].soff;
+}
+
 /* Bucket k in segment s, in the half of this step. */
 static char *shm_bucket(const nn_dist *d, int s, int k) {
-  const shm *h = &d->sh;
-  return h->seg[s] + h->head + (size_t)(h->step & 1) * h->half + d->b[k].soff;
+  return shm_region(d, s, k, (int)(d->sh.step & 1));
 }
 
 /* Packs bucket k and starts its reduction: published in the shared
@@ -712,7 +734,7 @@ static void reduce_slice(nn_dist *d, int k) {
 
 /* Copies parameter i's reduced gradient (bucket k) from the slices'
  * owners into dst. */
-static void copy_param(nn_dist *d, int k, int i, char *dst) {
+static void copy_from(nn_dist *d, int k, int i, char *dst, int region, int skip) {
   bucket *b = &d->b[k];
   size_t es = ad_dtype_size(b->dtype);
   int L = d->sh.lsize, s = 0;
@@ -720,9 +742,15 @@ static void copy_param(nn_dist *d, int k, int i, char *dst) {
   for (int64_t e = off; e < end;) {
     while (slice_lo(b->count, s + 1, L) <= e) s++;
     int64_t hi = slice_lo(b->count, s + 1, L), m = (hi < end ? hi : end) - e;
-    memcpy(dst + (size_t)(e - off) * es, shm_bucket(d, s, k) + (size_t)e * es, (size_t)m * es);
+    if (s != skip)
+      memcpy(dst + (size_t)(e - off) * es, shm_region(d, s, k, region) + (size_t)e * es,
+             (size_t)m * es);
     e += m;
   }
+}
+
+static void copy_param(nn_dist *d, int k, int i, char *dst) {
+  copy_from(d, k, i, dst, (int)(d->sh.step & 1), -1);
 }
 
 /* The shared-memory reduction, as far as the other ranks let it go now
@@ -779,6 +807,90 @@ static bool shm_progress(nn_dist *d) {
     h->next_unp++;
   }
   return h->next_unp == d->nb;
+}
+
+/* The elements of parameter i in this rank's slice of its bucket:
+ * [h->lo[i], h->hi[i]). */
+static void own_ranges(nn_dist *d) {
+  shm *h = &d->sh;
+  for (int i = 0; i < d->np; i++) {
+    bucket *b = &d->b[d->bucket_of[i]];
+    int64_t off = d->offset[i], n = d->t[i]->size;
+    int64_t a = slice_lo(b->count, h->lrank, h->lsize) - off;
+    int64_t z = slice_lo(b->count, h->lrank + 1, h->lsize) - off;
+    a = a < 0 ? 0 : a > n ? n : a;
+    z = z < 0 ? 0 : z > n ? n : z;
+    h->lo[i] = a, h->hi[i] = z > a ? z : a;
+  }
+}
+
+/* Every rank of the node gives the others its slices of the per-parameter
+ * arrays ts[i] (the parameters, or one kind of optimizer state; NULL: none
+ * for parameter i) through the shared region: each writes its own
+ * elements, then copies the others'. The first barrier keeps a rank from
+ * overwriting the region while another still reads the last exchange. */
+static void share_slices(nn_dist *d, ad_tensor *const *ts, bool first_barrier) {
+  shm *h = &d->sh;
+  if (first_barrier) MPI_Barrier(h->node);
+  for (int i = 0; i < d->np; i++) {
+    if (!ts[i] || h->hi[i] == h->lo[i]) continue;
+    size_t es = ad_dtype_size(ts[i]->dtype);
+    int k = d->bucket_of[i];
+    memcpy(shm_region(d, h->lrank, k, 2) + (size_t)(d->offset[i] + h->lo[i]) * es,
+           (char *)ts[i]->data + (size_t)h->lo[i] * es, (size_t)(h->hi[i] - h->lo[i]) * es);
+  }
+  MPI_Barrier(h->node);
+  for (int i = 0; i < d->np; i++)
+    if (ts[i]) copy_from(d, d->bucket_of[i], i, ts[i]->data, 2, h->lrank);
+}
+
+/* Makes opt's state whole on every rank after sharded steps (each rank's
+ * slices of every per-parameter state tensor). Collective. */
+static ad_status gather_state(nn_dist *d, nn_optimizer *opt) {
+  shm *h = &d->sh;
+  if (!h->stale || h->stale != opt || !h->on) return AD_OK;
+  h->stale = NULL;
+  ad_tensor **ts = ad_malloc(d->ctx, (size_t)(d->np ? d->np : 1) * sizeof *ts);
+  if (!ts) die(d, "gathering the optimizer state");
+  int ns = nn_optimizer_state_count(opt);
+  ad_tensor *const *st = nn_optimizer_state_tensors(opt);
+  own_ranges(d);
+  for (int kind = 0;; kind++) { /* one exchange per kind: m of every parameter, then v ... */
+    memset(ts, 0, (size_t)d->np * sizeof *ts);
+    int seen = 0, found = 0;
+    for (int j = 0; j < ns; j++) {
+      int i = nn_optimizer_state_param(opt, j);
+      if (i < 0 || i >= d->np) continue;
+      int nth = 0; /* the how-many-th state tensor of parameter i this is */
+      for (int q = 0; q < j; q++) nth += nn_optimizer_state_param(opt, q) == i;
+      seen++;
+      if (nth == kind) ts[i] = st[j], found++;
+    }
+    if (!found) break;
+    share_slices(d, ts, true);
+    (void)seen;
+  }
+  ad_free(d->ctx, ts, (size_t)(d->np ? d->np : 1) * sizeof *ts);
+  return AD_OK;
+}
+
+/* nn_dist_ops.step: with shard_optimizer on the shared-memory path, each
+ * rank updates only the elements of its slices (the optimizer's sweep over
+ * parameters, gradients and state is cut n ways on a node), then the ranks
+ * share the updated parameters. Else nn_optimizer_step. */
+static ad_status ops_step(void *ud, nn_optimizer *opt) {
+  nn_dist *d = ud;
+  shm *h = &d->sh;
+  if (!opt || !d->o.shard_optimizer || !h->on || nn_optimizer_params(opt) != d->p ||
+      !layout_current(d, d->p))
+    return nn_optimizer_step(opt);
+  own_ranges(d);
+  ad_status st = nn_optimizer_step_ranges(opt, h->lo, h->hi);
+  if (st != AD_OK) die(d, "the sharded optimizer step"); /* ranges from the layout: never */
+  h->stale = opt;
+  d->stats.sharded_steps++;
+  share_slices(d, d->t, false); /* the step's status exchange already separates the uses */
+  return AD_OK;
 }
 
 /* Waits for the shared-memory reduction: polls, then yields the core (more

@@ -7,7 +7,8 @@
  * every rank runs every check, rank 0 prints TAP, and a check passes only
  * if it passes on every rank. argv[1]: a directory for files; then
  * options every nn_dist of the run takes, and the reduction path the run
- * must take: [--no-shm] [--ranks-per-node N] [--expect shm|mpi NODES]. */
+ * must take: [--no-shm] [--ranks-per-node N] [--shard] [--expect shm|mpi
+ * NODES]. */
 #include "ad_ext.h"
 #include "nn_dist.h"
 
@@ -31,6 +32,7 @@ static nn_dist *dist_new(ad_ctx *c, const nn_dist_opts *o) {
   nn_dist_opts all = o ? *o : (nn_dist_opts){0};
   all.no_shm = base.no_shm;
   all.ranks_per_node = base.ranks_per_node;
+  all.shard_optimizer = base.shard_optimizer;
   return nn_dist_new(c, &all);
 }
 
@@ -95,11 +97,11 @@ static bool same_bits_as_rank0(nn_params *p) {
   return ok;
 }
 
-/* Largest |a - b| / max(|b|, 1e-3) over the lists' elements. */
-static double max_rel(nn_params *a, nn_params *b) {
+/* Largest |a - b| / max(|b|, 1e-3) over the n tensors' elements. */
+static double max_rel_tensors(ad_tensor *const *as, ad_tensor *const *bs, int n) {
   double worst = 0;
-  for (int i = 0; i < nn_params_count(a); i++) {
-    ad_tensor *s = nn_params_tensor(a, i), *t = nn_params_tensor(b, i);
+  for (int i = 0; i < n; i++) {
+    ad_tensor *s = as[i], *t = bs[i];
     for (int64_t e = 0; e < s->size; e++) {
       double u = ad_tensor_get(s, e), v = ad_tensor_get(t, e);
       double r = fabs(u - v) / fmax(fabs(v), 1e-3);
@@ -109,11 +111,16 @@ static double max_rel(nn_params *a, nn_params *b) {
   return worst;
 }
 
+/* Largest |a - b| / max(|b|, 1e-3) over the lists' elements. */
+static double max_rel(nn_params *a, nn_params *b) {
+  return max_rel_tensors(nn_params_tensors(a), nn_params_tensors(b), nn_params_count(a));
+}
+
 typedef struct run {
   nn_model *m;
   nn_optimizer *opt;
   nn_history *h;
-  ad_status st;
+  ad_status st, sync_st;
   nn_dist_stats stats;
 } run;
 
@@ -137,6 +144,8 @@ static run train(ad_ctx *c, ad_dtype dt, int kind, bool adam, int64_t n, int64_t
                     .dist = d ? nn_dist_fit_ops(d) : NULL};
   r.st = nn_fit(r.m, r.opt, nn_cross_entropy_loss, x, y, &fo, &r.h);
   nn_dist_get_stats(d, &r.stats, false);
+  /* makes the optimizer state whole after sharded steps, then rank 0's */
+  if (d) r.sync_st = nn_dist_sync(d, r.m, r.opt);
   nn_dist_free(d);
   ad_tensor_free(x);
   ad_tensor_free(y);
@@ -169,6 +178,22 @@ static void equals_single(ad_ctx *c, ad_dtype dt, bool adam, size_t bucket, doub
   snprintf(why, sizeof why, "max relative difference %g > %g", rel, tol);
   snprintf(n1, sizeof n1, "%s: parameters equal one process's (rel %g)", name, tol);
   check(rel <= tol, n1, why);
+  /* the optimizer state too, after the sync that gathers a sharded one */
+  int ns = nn_optimizer_state_count(one.opt);
+  rel =
+      max_rel_tensors(nn_optimizer_state_tensors(dd.opt), nn_optimizer_state_tensors(one.opt), ns);
+  snprintf(why, sizeof why, "sync %s, max relative difference %g > %g", ad_status_str(dd.sync_st),
+           rel, tol);
+  snprintf(n1, sizeof n1, "%s: optimizer state equals one process's after nn_dist_sync", name);
+  check(dd.sync_st == AD_OK && rel <= tol, n1, why);
+  bool sharded = base.shard_optimizer && expect_shm;
+  snprintf(why, sizeof why, "%lld sharded steps of %lld", (long long)dd.stats.sharded_steps,
+           (long long)dd.stats.steps);
+  snprintf(n1, sizeof n1, "%s: the optimizer steps are %s", name,
+           sharded ? "sharded" : "not sharded");
+  check(sharded ? dd.stats.sharded_steps == dd.stats.steps && dd.stats.steps > 0
+                : dd.stats.sharded_steps == 0,
+        n1, why);
   double l1 = nn_history_get(one.h, "loss", 2), l2 = nn_history_get(dd.h, "loss", 2);
   double a1 = nn_history_get(one.h, "accuracy", 2), a2 = nn_history_get(dd.h, "accuracy", 2);
   snprintf(why, sizeof why, "loss %.17g vs %.17g, accuracy %g vs %g", l2, l1, a2, a1);
@@ -652,6 +677,8 @@ int main(int argc, char **argv) {
   for (int i = 2; i < argc; i++) {
     if (strcmp(argv[i], "--no-shm") == 0) {
       base.no_shm = true;
+    } else if (strcmp(argv[i], "--shard") == 0) {
+      base.shard_optimizer = true;
     } else if (strcmp(argv[i], "--ranks-per-node") == 0 && i + 1 < argc) {
       base.ranks_per_node = atoi(argv[++i]);
     } else if (strcmp(argv[i], "--expect") == 0 && i + 2 < argc) {
