@@ -142,12 +142,18 @@ struct nn_dist {
 static ad_status grad_begin(void *ud, nn_params *p, ad_tensor *loss, int64_t rows,
                             int64_t global_rows);
 static ad_status grad_end(void *ud, nn_params *p, ad_status st);
+static ad_status ops_step(void *ud, nn_optimizer *opt);
+static ad_status gather_state(nn_dist *d, nn_optimizer *opt);
 static ad_status ops_sync(void *ud, nn_model *m, nn_optimizer *opt) {
   return nn_dist_sync(ud, m, opt);
 }
-static ad_status ops_sum(void *ud, double *v, int n) { return nn_dist_sum(ud, v, n); }
-static ad_status ops_step(void *ud, nn_optimizer *opt);
-static ad_status gather_state(nn_dist *d, nn_optimizer *opt);
+/* nn_fit's sums at the end of an epoch: the optimizer state is gathered
+ * first, so that it is whole between epochs (on_epoch_end may save it). */
+static ad_status ops_sum(void *ud, double *v, int n) {
+  nn_dist *d = ud;
+  if (d->sh.stale) gather_state(d, d->sh.stale);
+  return nn_dist_sum(ud, v, n);
+}
 
 /* The nodes: ranks that share memory (MPI_COMM_TYPE_SHARED), cut into
  * groups of ranks_per_node when it is set; whether the shared-memory path
@@ -429,6 +435,7 @@ ad_status nn_dist_sync(nn_dist *d, nn_model *m, nn_optimizer *opt) {
     MPI_Bcast(msg, MSG_LEN, MPI_CHAR, root, d->comm);
     return ad_set_error(c, AD_ERR_SHAPE, "dist: rank %d differs from rank 0: %s", root, msg);
   }
+  if (d->sh.stale && d->sh.stale != opt) d->sh.stale = NULL; /* another optimizer's: gone */
   if (opt) gather_state(d, opt); /* after sharded steps: whole before rank 0's is sent */
   nn_params *p = nn_model_params(m), *b = nn_model_buffers(m);
   bcast_list(d, nn_params_count(p), nn_params_tensors(p));
@@ -493,7 +500,7 @@ static ad_status shm_build(nn_dist *d) {
     half += round_up64((size_t)d->b[k].count * ad_dtype_size(d->b[k].dtype));
   }
   h->head = round_up64(2 * (size_t)d->nb * sizeof(atomic_llong));
-  h->regions = d->o.shard_optimizer ? 3 : 2; /* the third: parameters and state to share */
+  h->regions = d->o.no_shard ? 2 : 3; /* the third: parameters and state to share */
   h->half = half;
   h->seg = ad_malloc(d->ctx, (size_t)h->lsize * sizeof *h->seg);
   h->copied = ad_malloc(d->ctx, d->np ? (size_t)d->np : 1);
@@ -874,14 +881,14 @@ static ad_status gather_state(nn_dist *d, nn_optimizer *opt) {
   return AD_OK;
 }
 
-/* nn_dist_ops.step: with shard_optimizer on the shared-memory path, each
+/* nn_dist_ops.step: unless no_shard, on the shared-memory path each
  * rank updates only the elements of its slices (the optimizer's sweep over
  * parameters, gradients and state is cut n ways on a node), then the ranks
  * share the updated parameters. Else nn_optimizer_step. */
 static ad_status ops_step(void *ud, nn_optimizer *opt) {
   nn_dist *d = ud;
   shm *h = &d->sh;
-  if (!opt || !d->o.shard_optimizer || !h->on || nn_optimizer_params(opt) != d->p ||
+  if (!opt || d->o.no_shard || !h->on || nn_optimizer_params(opt) != d->p ||
       !layout_current(d, d->p))
     return nn_optimizer_step(opt);
   own_ranges(d);
@@ -1113,6 +1120,7 @@ static ad_status grad_end(void *ud, nn_params *p, ad_status st) {
     if (d->rank == root) snprintf(msg, sizeof msg, "%s", ad_last_error(d->ctx));
     MPI_Bcast(&code, 1, MPI_INT, root, d->comm);
     MPI_Bcast(msg, MSG_LEN, MPI_CHAR, root, d->comm);
+    if (d->sh.stale) gather_state(d, d->sh.stale); /* nn_fit stops here: leave it whole */
     d->stats.wait_seconds += MPI_Wtime() - t0;
     if (d->rank == root) return st;
     return ad_set_error(d->ctx, (ad_status)code, "dist: rank %d stopped: %s", root, msg);

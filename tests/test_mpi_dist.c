@@ -7,8 +7,8 @@
  * every rank runs every check, rank 0 prints TAP, and a check passes only
  * if it passes on every rank. argv[1]: a directory for files; then
  * options every nn_dist of the run takes, and the reduction path the run
- * must take: [--no-shm] [--ranks-per-node N] [--shard] [--expect shm|mpi
- * NODES]. */
+ * must take: [--no-shm] [--ranks-per-node N] [--no-shard] [--expect
+ * shm|mpi NODES]. */
 #include "ad_ext.h"
 #include "nn_dist.h"
 
@@ -32,7 +32,7 @@ static nn_dist *dist_new(ad_ctx *c, const nn_dist_opts *o) {
   nn_dist_opts all = o ? *o : (nn_dist_opts){0};
   all.no_shm = base.no_shm;
   all.ranks_per_node = base.ranks_per_node;
-  all.shard_optimizer = base.shard_optimizer;
+  all.no_shard = base.no_shard;
   return nn_dist_new(c, &all);
 }
 
@@ -82,11 +82,11 @@ static nn_model *make_model(ad_ctx *c, ad_dtype dt, int hidden, int kind, uint64
   return m;
 }
 
-/* Whether every rank's tensors of list p hold rank 0's bits. */
-static bool same_bits_as_rank0(nn_params *p) {
+/* Whether every rank's n tensors hold rank 0's bits. */
+static bool same_bits_tensors(ad_tensor *const *ts, int n) {
   bool ok = true;
-  for (int i = 0; i < nn_params_count(p); i++) {
-    ad_tensor *t = nn_params_tensor(p, i);
+  for (int i = 0; i < n; i++) {
+    ad_tensor *t = ts[i];
     size_t bytes = (size_t)t->size * ad_dtype_size(t->dtype);
     void *mine = malloc(bytes);
     memcpy(mine, t->data, bytes);
@@ -95,6 +95,11 @@ static bool same_bits_as_rank0(nn_params *p) {
     free(mine);
   }
   return ok;
+}
+
+/* Whether every rank's tensors of list p hold rank 0's bits. */
+static bool same_bits_as_rank0(nn_params *p) {
+  return same_bits_tensors(nn_params_tensors(p), nn_params_count(p));
 }
 
 /* Largest |a - b| / max(|b|, 1e-3) over the n tensors' elements. */
@@ -121,6 +126,7 @@ typedef struct run {
   nn_optimizer *opt;
   nn_history *h;
   ad_status st, sync_st;
+  bool state_same; /* the optimizer state on every rank is rank 0's when nn_fit returns */
   nn_dist_stats stats;
 } run;
 
@@ -144,7 +150,9 @@ static run train(ad_ctx *c, ad_dtype dt, int kind, bool adam, int64_t n, int64_t
                     .dist = d ? nn_dist_fit_ops(d) : NULL};
   r.st = nn_fit(r.m, r.opt, nn_cross_entropy_loss, x, y, &fo, &r.h);
   nn_dist_get_stats(d, &r.stats, false);
-  /* makes the optimizer state whole after sharded steps, then rank 0's */
+  if (d)
+    r.state_same =
+        same_bits_tensors(nn_optimizer_state_tensors(r.opt), nn_optimizer_state_count(r.opt));
   if (d) r.sync_st = nn_dist_sync(d, r.m, r.opt);
   nn_dist_free(d);
   ad_tensor_free(x);
@@ -178,7 +186,9 @@ static void equals_single(ad_ctx *c, ad_dtype dt, bool adam, size_t bucket, doub
   snprintf(why, sizeof why, "max relative difference %g > %g", rel, tol);
   snprintf(n1, sizeof n1, "%s: parameters equal one process's (rel %g)", name, tol);
   check(rel <= tol, n1, why);
-  /* the optimizer state too, after the sync that gathers a sharded one */
+  snprintf(n1, sizeof n1, "%s: the optimizer state is the same on every rank after nn_fit", name);
+  check(dd.state_same, n1, NULL);
+  /* and equals one process's (after the sync, which also gathers) */
   int ns = nn_optimizer_state_count(one.opt);
   rel =
       max_rel_tensors(nn_optimizer_state_tensors(dd.opt), nn_optimizer_state_tensors(one.opt), ns);
@@ -186,7 +196,7 @@ static void equals_single(ad_ctx *c, ad_dtype dt, bool adam, size_t bucket, doub
            rel, tol);
   snprintf(n1, sizeof n1, "%s: optimizer state equals one process's after nn_dist_sync", name);
   check(dd.sync_st == AD_OK && rel <= tol, n1, why);
-  bool sharded = base.shard_optimizer && expect_shm;
+  bool sharded = !base.no_shard && expect_shm;
   snprintf(why, sizeof why, "%lld sharded steps of %lld", (long long)dd.stats.sharded_steps,
            (long long)dd.stats.steps);
   snprintf(n1, sizeof n1, "%s: the optimizer steps are %s", name,
@@ -482,6 +492,34 @@ static void failing_rank(ad_ctx *c) {
   ad_tensor_free(y);
 }
 
+/* A step that fails after sharded steps (a NaN in the third batch) leaves
+ * the optimizer state whole on every rank when nn_fit returns. */
+static void failure_leaves_state_whole(ad_ctx *c) {
+  ad_tensor *x, *y;
+  make_data(c, AD_F64, 48, &x, &y);
+  ad_tensor_set(x, 4 * 35, NAN); /* row 35: the last rank's rows of batch 2 */
+  nn_model *m = make_model(c, AD_F64, 8, PLAIN, 5);
+  nn_optimizer *opt = nn_adam_new(nn_model_params(m), 0.01);
+  nn_dist *d = dist_new(c, NULL);
+  nn_fit_opts fo = {
+      .epochs = 1, .batch_size = 12, .no_shuffle = true, .verbose = -1, .dist = nn_dist_fit_ops(d)};
+  ad_status st = nn_fit(m, opt, nn_cross_entropy_loss, x, y, &fo, NULL);
+  nn_dist_stats ds;
+  nn_dist_get_stats(d, &ds, false);
+  bool same = same_bits_tensors(nn_optimizer_state_tensors(opt), nn_optimizer_state_count(opt));
+  snprintf(why, sizeof why, "status %s, %lld sharded steps, state the same: %d", ad_status_str(st),
+           (long long)ds.sharded_steps, same);
+  check(st == AD_ERR_NAN && nn_optimizer_steps(opt) == 2 && same &&
+            ds.sharded_steps == (!base.no_shard && expect_shm ? 2 : 0),
+        "a step failing after sharded steps leaves the optimizer state whole", why);
+  ad_clear_error(c);
+  nn_dist_free(d);
+  nn_optimizer_free(opt);
+  nn_model_free(m);
+  ad_tensor_free(x);
+  ad_tensor_free(y);
+}
+
 static void dropout_and_batchnorm(ad_ctx *c) {
   nn_dist_opts o = {0};
   run dr = train(c, AD_F32, DROPOUT, false, 48, 12, 2, &o, true);
@@ -677,8 +715,8 @@ int main(int argc, char **argv) {
   for (int i = 2; i < argc; i++) {
     if (strcmp(argv[i], "--no-shm") == 0) {
       base.no_shm = true;
-    } else if (strcmp(argv[i], "--shard") == 0) {
-      base.shard_optimizer = true;
+    } else if (strcmp(argv[i], "--no-shard") == 0) {
+      base.no_shard = true;
     } else if (strcmp(argv[i], "--ranks-per-node") == 0 && i + 1 < argc) {
       base.ranks_per_node = atoi(argv[++i]);
     } else if (strcmp(argv[i], "--expect") == 0 && i + 2 < argc) {
@@ -705,6 +743,7 @@ int main(int argc, char **argv) {
   wide_variadic_op(c);
   failure_inside_backward(c);
   failing_rank(c);
+  failure_leaves_state_whole(c);
   partial_decisions(c);
   dropout_and_batchnorm(c);
   checkpoints(c);

@@ -93,16 +93,16 @@ typedef struct nn_dist_opts {
                           many ranks of one machine as a node of its own, so
                           that one machine runs the path between nodes;
                           0 (default): the machines as MPI sees them */
-  bool shard_optimizer; /**< on the shared-memory path, each rank of a node
-                          updates only its slices of the parameters (the
-                          optimizer's sweep is cut n ways) and the ranks then
-                          share the parameters (as ZeRO stage 1). Each rank then
-                          holds the optimizer state of its slices only, until
-                          nn_dist_sync or nn_dist_save gathers it (both do,
-                          and nn_fit starts with nn_dist_sync): load
-                          checkpoints with nn_dist_load, and call
-                          nn_dist_sync before reading the state or saving it
-                          with nn_model_save */
+  bool no_shard;       /**< run the whole optimizer step on every rank. By
+                          default, on the shared-memory path, each rank of a
+                          node updates only the elements of its slices (the
+                          optimizer's sweep is cut n ways, as ZeRO stage 1)
+                          and the ranks then share the parameters; each rank
+                          holds the optimizer state of its slices only until
+                          the state is gathered: at the end of every epoch of
+                          nn_fit and when a step fails (so it is whole when
+                          nn_fit returns and in on_epoch_end), and by
+                          nn_dist_sync and nn_dist_save */
 } nn_dist_opts;
 
 typedef struct nn_dist nn_dist;
@@ -165,7 +165,7 @@ typedef struct nn_dist_stats {
   bool shared_memory;  /**< the last step summed the ranks of each node
                           through an MPI-3 shared window (else MPI collectives) */
   int64_t sharded_steps; /**< optimizer steps cut between the ranks of a node
-                          (nn_dist_opts.shard_optimizer) */
+                          (see nn_dist_opts.no_shard) */
 } nn_dist_stats;
 
 /** The counters; reset zeroes them after reading (stats may be NULL). */
