@@ -30,7 +30,9 @@
  *     on. After the backward the rest is waited for, a status is exchanged
  *     (a rank that failed makes every rank return its message), and the
  *     model's buffers (BatchNorm's running statistics) are broadcast from
- *     rank 0.
+ *     rank 0. On the shared-memory path the optimizer step is then
+ *     sharded (unless no_shard): each rank of a node updates only its
+ *     slices and the ranks share the parameters (see no_shard).
  *   - Deterministic mode: on one node the shared-memory sum is already in
  *     rank order; across nodes the buckets are gathered (MPI_Iallgather)
  *     and every rank sums the ranks' contributions in rank order itself,
