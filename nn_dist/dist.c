@@ -175,12 +175,17 @@ static void topology(nn_dist *d) {
   MPI_Comm_rank(h->node, &h->lrank);
   MPI_Comm_size(h->node, &h->lsize);
   MPI_Comm_set_errhandler(h->node, MPI_ERRORS_RETURN); /* a window that fails: fall back */
-  int sizes[2] = {h->lsize, -h->lsize};
   h->nodes = h->lrank == 0;
   MPI_Allreduce(MPI_IN_PLACE, &h->nodes, 1, MPI_INT, MPI_SUM, d->comm);
-  MPI_Allreduce(MPI_IN_PLACE, sizes, 2, MPI_INT, MPI_MAX, d->comm);
-  bool equal = sizes[0] == -sizes[1];
-  h->wanted = SHM_POSSIBLE && !d->o.no_shm && (h->nodes == 1 || (equal && !d->o.deterministic));
+  /* what the ranks must agree on (options given differently on some rank
+   * would otherwise leave them in different exchanges): any rank's no_shm,
+   * deterministic or no_shard counts for all */
+  int v[5] = {h->lsize, -h->lsize, !SHM_POSSIBLE || d->o.no_shm, d->o.deterministic, d->o.no_shard};
+  MPI_Allreduce(MPI_IN_PLACE, v, 5, MPI_INT, MPI_MAX, d->comm);
+  bool equal = v[0] == -v[1];
+  d->o.deterministic = v[3] != 0;
+  d->o.no_shard = v[4] != 0;
+  h->wanted = !v[2] && (h->nodes == 1 || (equal && !d->o.deterministic));
   h->cross = MPI_COMM_NULL;
   if (h->wanted && h->nodes > 1) MPI_Comm_split(d->comm, h->lrank, d->rank, &h->cross);
   d->stats.nodes = h->nodes;
@@ -527,9 +532,12 @@ static ad_status shm_build(nn_dist *d) {
   }
   /* every rank's window, and the same layout everywhere (a rank reading
    * another's segment by its own offsets must find the same buckets) */
-  long long v[5] = {!ok, (long long)half, -(long long)half, d->nb, -d->nb};
-  MPI_Allreduce(MPI_IN_PLACE, v, 5, MPI_LONG_LONG, MPI_MAX, d->comm); /* also: flags are zero */
-  if (v[1] != -v[2] || v[3] != -v[4]) {
+  unsigned long long hh = 1469598103934665603ull; /* FNV-1a over the bucket sizes */
+  for (int k = 0; k < d->nb; k++) hh = (hh ^ (unsigned long long)d->b[k].count) * 1099511628211ull;
+  long long hash = (long long)(hh >> 2); /* >= 0: its negation fits */
+  long long v[7] = {!ok, (long long)half, -(long long)half, d->nb, -d->nb, hash, -hash};
+  MPI_Allreduce(MPI_IN_PLACE, v, 7, MPI_LONG_LONG, MPI_MAX, d->comm); /* also: flags are zero */
+  if (v[1] != -v[2] || v[3] != -v[4] || v[5] != -v[6]) {
     if (ok) MPI_Win_free(&h->win);
     return ad_set_error(d->ctx, AD_ERR_SHAPE,
                         "dist: the ranks' gradient buckets differ (%lld to %lld bytes, %lld to "
@@ -857,27 +865,32 @@ static ad_status gather_state(nn_dist *d, nn_optimizer *opt) {
   shm *h = &d->sh;
   if (!h->stale || h->stale != opt || !h->on) return AD_OK;
   h->stale = NULL;
-  ad_tensor **ts = ad_malloc(d->ctx, (size_t)(d->np ? d->np : 1) * sizeof *ts);
-  if (!ts) die(d, "gathering the optimizer state");
   int ns = nn_optimizer_state_count(opt);
+  size_t n1 = d->np ? (size_t)d->np : 1, s1 = ns ? (size_t)ns : 1;
+  ad_tensor **ts = ad_malloc(d->ctx, n1 * sizeof *ts);
+  int *par = ad_malloc(d->ctx, s1 * sizeof *par), *nth = ad_malloc(d->ctx, s1 * sizeof *nth);
+  int *cnt = ad_malloc(d->ctx, n1 * sizeof *cnt);
+  if (!ts || !par || !nth || !cnt) die(d, "gathering the optimizer state");
+  memset(cnt, 0, n1 * sizeof *cnt);
+  for (int j = 0; j < ns; j++) { /* state j is the nth[j]-th of parameter par[j] */
+    par[j] = nn_optimizer_state_param(opt, j);
+    if (par[j] >= d->np) par[j] = -1;
+    nth[j] = par[j] >= 0 ? cnt[par[j]]++ : -1;
+  }
   ad_tensor *const *st = nn_optimizer_state_tensors(opt);
   own_ranges(d);
   for (int kind = 0;; kind++) { /* one exchange per kind: m of every parameter, then v ... */
-    memset(ts, 0, (size_t)d->np * sizeof *ts);
-    int seen = 0, found = 0;
-    for (int j = 0; j < ns; j++) {
-      int i = nn_optimizer_state_param(opt, j);
-      if (i < 0 || i >= d->np) continue;
-      int nth = 0; /* the how-many-th state tensor of parameter i this is */
-      for (int q = 0; q < j; q++) nth += nn_optimizer_state_param(opt, q) == i;
-      seen++;
-      if (nth == kind) ts[i] = st[j], found++;
-    }
-    if (!found) break;
+    memset(ts, 0, n1 * sizeof *ts);
+    int found = 0;
+    for (int j = 0; j < ns; j++)
+      if (nth[j] == kind) ts[par[j]] = st[j], found++;
+    if (!found) break; /* the same on every rank: the same optimizer */
     share_slices(d, ts, true);
-    (void)seen;
   }
-  ad_free(d->ctx, ts, (size_t)(d->np ? d->np : 1) * sizeof *ts);
+  ad_free(d->ctx, ts, n1 * sizeof *ts);
+  ad_free(d->ctx, par, s1 * sizeof *par);
+  ad_free(d->ctx, nth, s1 * sizeof *nth);
+  ad_free(d->ctx, cnt, n1 * sizeof *cnt);
   return AD_OK;
 }
 

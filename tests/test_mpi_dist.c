@@ -30,9 +30,9 @@ static int fail_in = 0; /* > 0: count_alloc fails the fail_in-th allocation from
 /* nn_dist_new with the run's options added to o (may be NULL). */
 static nn_dist *dist_new(ad_ctx *c, const nn_dist_opts *o) {
   nn_dist_opts all = o ? *o : (nn_dist_opts){0};
-  all.no_shm = base.no_shm;
-  all.ranks_per_node = base.ranks_per_node;
-  all.no_shard = base.no_shard;
+  all.no_shm |= base.no_shm;
+  all.no_shard |= base.no_shard;
+  if (base.ranks_per_node) all.ranks_per_node = base.ranks_per_node;
   return nn_dist_new(c, &all);
 }
 
@@ -520,6 +520,20 @@ static void failure_leaves_state_whole(ad_ctx *c) {
   ad_tensor_free(y);
 }
 
+/* Options given differently on some ranks (no_shard on rank 0 only,
+ * deterministic on the last only): any rank's counts for all, so the ranks
+ * take the same exchanges (a sharded step on some ranks only waited for
+ * ever) and train as one. */
+static void options_disagree(ad_ctx *c) {
+  nn_dist_opts o = {.no_shard = rank == 0, .deterministic = rank == size - 1};
+  run r = train(c, AD_F64, PLAIN, true, 50, 16, 1, &o, true);
+  snprintf(why, sizeof why, "status %s, %lld sharded steps", ad_status_str(r.st),
+           (long long)r.stats.sharded_steps);
+  check(r.st == AD_OK && r.stats.sharded_steps == 0 && same_bits_as_rank0(nn_model_params(r.m)),
+        "no_shard or deterministic on one rank counts for every rank", why);
+  run_free(&r);
+}
+
 static void dropout_and_batchnorm(ad_ctx *c) {
   nn_dist_opts o = {0};
   run dr = train(c, AD_F32, DROPOUT, false, 48, 12, 2, &o, true);
@@ -744,6 +758,7 @@ int main(int argc, char **argv) {
   failure_inside_backward(c);
   failing_rank(c);
   failure_leaves_state_whole(c);
+  options_disagree(c);
   partial_decisions(c);
   dropout_and_batchnorm(c);
   checkpoints(c);
