@@ -82,7 +82,9 @@ NN_API ad_status nn_dist_init(int *argc, char ***argv);
  * since. Free every nn_dist first. */
 NN_API void nn_dist_finalize(void);
 
-/** Options of nn_dist_new. All-zero means the defaults. */
+/** Options of nn_dist_new. All-zero means the defaults. Every rank should
+ * pass the same; deterministic, no_shm and no_shard set on any rank count
+ * for every rank. */
 typedef struct nn_dist_opts {
   size_t bucket_bytes; /**< gradient bytes per allreduce; default 4 MiB. A
                           parameter larger than it is a bucket of its own */
