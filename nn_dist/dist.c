@@ -901,7 +901,7 @@ static ad_status gather_state(nn_dist *d, nn_optimizer *opt) {
 static ad_status ops_step(void *ud, nn_optimizer *opt) {
   nn_dist *d = ud;
   shm *h = &d->sh;
-  if (!opt || d->o.no_shard || !h->on || nn_optimizer_params(opt) != d->p ||
+  if (!opt || d->o.no_shard || !h->on || h->lsize == 1 || nn_optimizer_params(opt) != d->p ||
       !layout_current(d, d->p))
     return nn_optimizer_step(opt);
   own_ranges(d);
@@ -1034,6 +1034,7 @@ static void step_reset(nn_dist *d) {
 static ad_status grad_begin(void *ud, nn_params *p, ad_tensor *loss, int64_t rows,
                             int64_t global_rows) {
   nn_dist *d = ud;
+  if (d->size == 1) return AD_OK; /* one rank: its gradients are the sums */
   if (!layout_current(d, p) && layout_build(d, p) != AD_OK) die(d, "gradient buckets");
   step_reset(d);
   d->begun = true;
@@ -1104,6 +1105,10 @@ static void unpack(nn_dist *d, int k) {
 
 static ad_status grad_end(void *ud, nn_params *p, ad_status st) {
   nn_dist *d = ud;
+  if (d->size == 1) {
+    d->stats.steps++;
+    return st;
+  }
   double t0 = MPI_Wtime();
   if (d->hooked) {
     ad_set_backward_hook(d->ctx, d->prev, d->prev_ud);

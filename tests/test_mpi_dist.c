@@ -196,7 +196,7 @@ static void equals_single(ad_ctx *c, ad_dtype dt, bool adam, size_t bucket, doub
            rel, tol);
   snprintf(n1, sizeof n1, "%s: optimizer state equals one process's after nn_dist_sync", name);
   check(dd.sync_st == AD_OK && rel <= tol, n1, why);
-  bool sharded = !base.no_shard && expect_shm;
+  bool sharded = !base.no_shard && expect_shm && size / expect_nodes > 1;
   snprintf(why, sizeof why, "%lld sharded steps of %lld", (long long)dd.stats.sharded_steps,
            (long long)dd.stats.steps);
   snprintf(n1, sizeof n1, "%s: the optimizer steps are %s", name,
@@ -214,7 +214,7 @@ static void equals_single(ad_ctx *c, ad_dtype dt, bool adam, size_t bucket, doub
   snprintf(n1, sizeof n1, "%s: the reduction takes the expected path (%s, %d node(s))", name,
            expect_shm ? "shared memory" : "MPI collectives", expect_nodes);
   check(dd.stats.shared_memory == expect_shm && dd.stats.nodes == expect_nodes, n1, why);
-  if (bucket && bucket < 1000) { /* several buckets: some launched during backward */
+  if (bucket && bucket < 1000 && size > 1) { /* several buckets, some launched in backward */
     snprintf(why, sizeof why, "%lld buckets, %lld launched from the hook in %lld steps",
              (long long)dd.stats.buckets, (long long)dd.stats.overlapped,
              (long long)dd.stats.steps);
@@ -311,6 +311,11 @@ static void sums(ad_ctx *c) {
   check(st == AD_OK && st2 == AD_OK && v[0] == ranks && v[1] == size && w[0] == 0.5 * size &&
             w[1] == ranks,
         "nn_dist_sum sums over the ranks (also deterministic)", NULL);
+  if (size == 1) { /* a NULL on rank 1 needs a rank 1 */
+    nn_dist_free(d);
+    nn_dist_free(det);
+    return;
+  }
   st = nn_dist_sum(d, rank == 1 ? NULL : v, 2);
   snprintf(why, sizeof why, "status %s, message: %s", ad_status_str(st), ad_last_error(c));
   check(st == AD_ERR_NULL && strstr(ad_last_error(c), "dist_sum: v is NULL") &&
@@ -455,7 +460,7 @@ static void partial_decisions(ad_ctx *c) {
   st = nn_fit(m, opt, nn_cross_entropy_loss, x, y3, &fo, &h);
   snprintf(why, sizeof why, "status %s (%s), %d epochs", ad_status_str(st), ad_last_error(c),
            nn_history_epochs(h));
-  check(st == AD_OK && nn_history_epochs(h) == 1,
+  check(st == AD_OK && nn_history_epochs(h) == (size > 1 ? 1 : 3),
         "on_epoch_end stopping on rank 1 alone stops every rank after that epoch", why);
   ad_clear_error(c);
   nn_history_free(h);
@@ -510,7 +515,7 @@ static void failure_leaves_state_whole(ad_ctx *c) {
   snprintf(why, sizeof why, "status %s, %lld sharded steps, state the same: %d", ad_status_str(st),
            (long long)ds.sharded_steps, same);
   check(st == AD_ERR_NAN && nn_optimizer_steps(opt) == 2 && same &&
-            ds.sharded_steps == (!base.no_shard && expect_shm ? 2 : 0),
+            ds.sharded_steps == (!base.no_shard && expect_shm && size / expect_nodes > 1 ? 2 : 0),
         "a step failing after sharded steps leaves the optimizer state whole", why);
   ad_clear_error(c);
   nn_dist_free(d);
@@ -548,7 +553,7 @@ static void dropout_and_batchnorm(ad_ctx *c) {
   run one = train(c, AD_F32, BATCHNORM, false, 48, 12, 2, NULL, false);
   double rel = max_rel(nn_model_params(bn.m), nn_model_params(one.m));
   snprintf(why, sizeof why, "relative difference %g", rel);
-  check(rel > 1e-4, "batch norm: statistics are per rank (not synchronised)", why);
+  if (size > 1) check(rel > 1e-4, "batch norm: statistics are per rank (not synchronised)", why);
   run_free(&dr);
   run_free(&bn);
   run_free(&one);
@@ -751,7 +756,7 @@ int main(int argc, char **argv) {
   equals_single(c, AD_F64, true, 0, 1e-12, "f64 adam, one bucket");
   equals_single(c, AD_F32, true, 8, 1e-5, "f32 adam, a bucket per parameter");
   deterministic(c);
-  mismatch(c);
+  if (size > 1) mismatch(c); /* (these need another rank to differ) */
   broadcast_start(c);
   sums(c);
   wide_variadic_op(c);
