@@ -4,7 +4,7 @@
  *
  *   mpirun -np 2 build/bench/dist_mlp [--batch 256] [--epochs 1] [--samples 4096]
  *       [--threads 1] [--bucket-kb 4096] [--deterministic] [--no-overlap]
- *       [--no-shm] [--ranks-per-node N] [--no-shard]
+ *       [--no-shm] [--ranks-per-node N] [--shard]
  *
  * --batch is the global batch (each of N ranks trains batch / N rows per
  * step). Data: --samples rows of uniform [0,1) features, labels from a
@@ -29,7 +29,7 @@
 static int usage(void) {
   fprintf(stderr, "usage: dist_mlp [--batch 256] [--epochs 1] [--samples 4096] [--threads 1]\n"
                   "                [--bucket-kb 4096] [--deterministic] [--no-overlap]\n"
-                  "                [--no-shm] [--ranks-per-node N] [--no-shard]\n");
+                  "                [--no-shm] [--ranks-per-node N] [--shard]\n");
   return 2;
 }
 
@@ -56,8 +56,8 @@ int main(int argc, char **argv) {
       dopts.no_overlap = true;
     else if (!strcmp(a, "--no-shm"))
       dopts.no_shm = true;
-    else if (!strcmp(a, "--no-shard"))
-      dopts.no_shard = true;
+    else if (!strcmp(a, "--shard"))
+      dopts.shard_optimizer = true;
     else if (!strcmp(a, "--ranks-per-node"))
       ok = bench_parse_int(v, 1, &rpn), i++;
     else

@@ -179,12 +179,13 @@ static void topology(nn_dist *d) {
   MPI_Allreduce(MPI_IN_PLACE, &h->nodes, 1, MPI_INT, MPI_SUM, d->comm);
   /* what the ranks must agree on (options given differently on some rank
    * would otherwise leave them in different exchanges): any rank's no_shm,
-   * deterministic or no_shard counts for all */
-  int v[5] = {h->lsize, -h->lsize, !SHM_POSSIBLE || d->o.no_shm, d->o.deterministic, d->o.no_shard};
+   * deterministic, or a rank without shard_optimizer counts for all */
+  int v[5] = {h->lsize, -h->lsize, !SHM_POSSIBLE || d->o.no_shm, d->o.deterministic,
+              !d->o.shard_optimizer};
   MPI_Allreduce(MPI_IN_PLACE, v, 5, MPI_INT, MPI_MAX, d->comm);
   bool equal = v[0] == -v[1];
   d->o.deterministic = v[3] != 0;
-  d->o.no_shard = v[4] != 0;
+  d->o.shard_optimizer = v[4] == 0;
   h->wanted = !v[2] && (h->nodes == 1 || (equal && !d->o.deterministic));
   h->cross = MPI_COMM_NULL;
   if (h->wanted && h->nodes > 1) MPI_Comm_split(d->comm, h->lrank, d->rank, &h->cross);
@@ -505,7 +506,7 @@ static ad_status shm_build(nn_dist *d) {
     half += round_up64((size_t)d->b[k].count * ad_dtype_size(d->b[k].dtype));
   }
   h->head = round_up64(2 * (size_t)d->nb * sizeof(atomic_llong));
-  h->regions = d->o.no_shard ? 2 : 3; /* the third: parameters and state to share */
+  h->regions = d->o.shard_optimizer ? 3 : 2; /* the third: parameters and state to share */
   h->half = half;
   h->seg = ad_malloc(d->ctx, (size_t)h->lsize * sizeof *h->seg);
   h->copied = ad_malloc(d->ctx, d->np ? (size_t)d->np : 1);
@@ -894,15 +895,15 @@ static ad_status gather_state(nn_dist *d, nn_optimizer *opt) {
   return AD_OK;
 }
 
-/* nn_dist_ops.step: unless no_shard, on the shared-memory path each
+/* nn_dist_ops.step: with shard_optimizer, on the shared-memory path each
  * rank updates only the elements of its slices (the optimizer's sweep over
  * parameters, gradients and state is cut n ways on a node), then the ranks
  * share the updated parameters. Else nn_optimizer_step. */
 static ad_status ops_step(void *ud, nn_optimizer *opt) {
   nn_dist *d = ud;
   shm *h = &d->sh;
-  if (!opt || d->o.no_shard || !h->on || h->lsize == 1 || nn_optimizer_params(opt) != d->p ||
-      !layout_current(d, d->p))
+  if (!opt || !d->o.shard_optimizer || !h->on || h->lsize == 1 ||
+      nn_optimizer_params(opt) != d->p || !layout_current(d, d->p))
     return nn_optimizer_step(opt);
   own_ranges(d);
   ad_status st = nn_optimizer_step_ranges(opt, h->lo, h->hi);

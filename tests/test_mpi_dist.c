@@ -7,7 +7,7 @@
  * every rank runs every check, rank 0 prints TAP, and a check passes only
  * if it passes on every rank. argv[1]: a directory for files; then
  * options every nn_dist of the run takes, and the reduction path the run
- * must take: [--no-shm] [--ranks-per-node N] [--no-shard] [--expect
+ * must take: [--no-shm] [--ranks-per-node N] [--shard] [--expect
  * shm|mpi NODES]. */
 #include "ad_ext.h"
 #include "nn_dist.h"
@@ -27,11 +27,13 @@ static bool expect_shm = true; /* --expect */
 static int expect_nodes = 1;
 static int fail_in = 0; /* > 0: count_alloc fails the fail_in-th allocation from now */
 
+static bool own_shard; /* dist_new keeps o's shard_optimizer */
+
 /* nn_dist_new with the run's options added to o (may be NULL). */
 static nn_dist *dist_new(ad_ctx *c, const nn_dist_opts *o) {
   nn_dist_opts all = o ? *o : (nn_dist_opts){0};
   all.no_shm |= base.no_shm;
-  all.no_shard |= base.no_shard;
+  if (!own_shard) all.shard_optimizer |= base.shard_optimizer;
   if (base.ranks_per_node) all.ranks_per_node = base.ranks_per_node;
   return nn_dist_new(c, &all);
 }
@@ -196,7 +198,7 @@ static void equals_single(ad_ctx *c, ad_dtype dt, bool adam, size_t bucket, doub
            rel, tol);
   snprintf(n1, sizeof n1, "%s: optimizer state equals one process's after nn_dist_sync", name);
   check(dd.sync_st == AD_OK && rel <= tol, n1, why);
-  bool sharded = !base.no_shard && expect_shm && size / expect_nodes > 1;
+  bool sharded = base.shard_optimizer && expect_shm && size / expect_nodes > 1;
   snprintf(why, sizeof why, "%lld sharded steps of %lld", (long long)dd.stats.sharded_steps,
            (long long)dd.stats.steps);
   snprintf(n1, sizeof n1, "%s: the optimizer steps are %s", name,
@@ -515,7 +517,8 @@ static void failure_leaves_state_whole(ad_ctx *c) {
   snprintf(why, sizeof why, "status %s, %lld sharded steps, state the same: %d", ad_status_str(st),
            (long long)ds.sharded_steps, same);
   check(st == AD_ERR_NAN && nn_optimizer_steps(opt) == 2 && same &&
-            ds.sharded_steps == (!base.no_shard && expect_shm && size / expect_nodes > 1 ? 2 : 0),
+            ds.sharded_steps ==
+                (base.shard_optimizer && expect_shm && size / expect_nodes > 1 ? 2 : 0),
         "a step failing after sharded steps leaves the optimizer state whole", why);
   ad_clear_error(c);
   nn_dist_free(d);
@@ -525,17 +528,19 @@ static void failure_leaves_state_whole(ad_ctx *c) {
   ad_tensor_free(y);
 }
 
-/* Options given differently on some ranks (no_shard on rank 0 only,
+/* Options given differently on some ranks (shard_optimizer on all but rank 0,
  * deterministic on the last only): any rank's counts for all, so the ranks
  * take the same exchanges (a sharded step on some ranks only waited for
  * ever) and train as one. */
 static void options_disagree(ad_ctx *c) {
-  nn_dist_opts o = {.no_shard = rank == 0, .deterministic = rank == size - 1};
+  nn_dist_opts o = {.shard_optimizer = rank != 0, .deterministic = rank == size - 1};
+  own_shard = true;
   run r = train(c, AD_F64, PLAIN, true, 50, 16, 1, &o, true);
+  own_shard = false;
   snprintf(why, sizeof why, "status %s, %lld sharded steps", ad_status_str(r.st),
            (long long)r.stats.sharded_steps);
   check(r.st == AD_OK && r.stats.sharded_steps == 0 && same_bits_as_rank0(nn_model_params(r.m)),
-        "no_shard or deterministic on one rank counts for every rank", why);
+        "shard_optimizer missing or deterministic on one rank counts for every rank", why);
   run_free(&r);
 }
 
@@ -734,8 +739,8 @@ int main(int argc, char **argv) {
   for (int i = 2; i < argc; i++) {
     if (strcmp(argv[i], "--no-shm") == 0) {
       base.no_shm = true;
-    } else if (strcmp(argv[i], "--no-shard") == 0) {
-      base.no_shard = true;
+    } else if (strcmp(argv[i], "--shard") == 0) {
+      base.shard_optimizer = true;
     } else if (strcmp(argv[i], "--ranks-per-node") == 0 && i + 1 < argc) {
       base.ranks_per_node = atoi(argv[++i]);
     } else if (strcmp(argv[i], "--expect") == 0 && i + 2 < argc) {

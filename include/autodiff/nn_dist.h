@@ -30,9 +30,9 @@
  *     on. After the backward the rest is waited for, a status is exchanged
  *     (a rank that failed makes every rank return its message), and the
  *     model's buffers (BatchNorm's running statistics) are broadcast from
- *     rank 0. On the shared-memory path the optimizer step is then
- *     sharded (unless no_shard): each rank of a node updates only its
- *     slices and the ranks share the parameters (see no_shard).
+ *     rank 0. With shard_optimizer, on the shared-memory path, the
+ *     optimizer step is then sharded: each rank of a node updates only
+ *     its slices and the ranks share the parameters.
  *   - Deterministic mode: on one node the shared-memory sum is already in
  *     rank order; across nodes the buckets are gathered (MPI_Iallgather)
  *     and every rank sums the ranks' contributions in rank order itself,
@@ -83,8 +83,8 @@ NN_API ad_status nn_dist_init(int *argc, char ***argv);
 NN_API void nn_dist_finalize(void);
 
 /** Options of nn_dist_new. All-zero means the defaults. Every rank should
- * pass the same; deterministic, no_shm and no_shard set on any rank count
- * for every rank. */
+ * pass the same; deterministic and no_shm set on any rank count for every
+ * rank, and shard_optimizer only when every rank sets it. */
 typedef struct nn_dist_opts {
   size_t bucket_bytes; /**< gradient bytes per allreduce; default 4 MiB. A
                           parameter larger than it is a bucket of its own */
@@ -97,16 +97,18 @@ typedef struct nn_dist_opts {
                           many ranks of one machine as a node of its own, so
                           that one machine runs the path between nodes;
                           0 (default): the machines as MPI sees them */
-  bool no_shard;       /**< run the whole optimizer step on every rank. By
-                          default, on the shared-memory path, each rank of a
-                          node updates only the elements of its slices (the
+  bool shard_optimizer; /**< on the shared-memory path, each rank of a node
+                          updates only the elements of its slices (the
                           optimizer's sweep is cut n ways, as ZeRO stage 1)
-                          and the ranks then share the parameters; each rank
-                          holds the optimizer state of its slices only until
-                          the state is gathered: at the end of every epoch of
-                          nn_fit and when a step fails (so it is whole when
-                          nn_fit returns and in on_epoch_end), and by
-                          nn_dist_sync and nn_dist_save */
+                          and the ranks then share the parameters; same bits
+                          as the whole step. Each rank holds the optimizer
+                          state of its slices only until it is gathered: at
+                          the end of every epoch of nn_fit and when a step
+                          fails (so it is whole when nn_fit returns and in
+                          on_epoch_end), and by nn_dist_sync and
+                          nn_dist_save. Off by default: with 2 ranks of the
+                          wide MLP it measured within noise of the whole step
+                          (docs/distributed.md) */
 } nn_dist_opts;
 
 typedef struct nn_dist nn_dist;
@@ -169,7 +171,7 @@ typedef struct nn_dist_stats {
   bool shared_memory;  /**< the last step summed the ranks of each node
                           through an MPI-3 shared window (else MPI collectives) */
   int64_t sharded_steps; /**< optimizer steps cut between the ranks of a node
-                          (see nn_dist_opts.no_shard) */
+                          (nn_dist_opts.shard_optimizer) */
 } nn_dist_stats;
 
 /** The counters; reset zeroes them after reading (stats may be NULL). */
