@@ -4,6 +4,7 @@
  *
  *   mpirun -np 2 build/bench/dist_mlp [--batch 256] [--epochs 1] [--samples 4096]
  *       [--threads 1] [--bucket-kb 4096] [--deterministic] [--no-overlap]
+ *       [--no-shm] [--ranks-per-node N] [--shard]
  *
  * --batch is the global batch (each of N ranks trains batch / N rows per
  * step). Data: --samples rows of uniform [0,1) features, labels from a
@@ -27,13 +28,14 @@
 
 static int usage(void) {
   fprintf(stderr, "usage: dist_mlp [--batch 256] [--epochs 1] [--samples 4096] [--threads 1]\n"
-                  "                [--bucket-kb 4096] [--deterministic] [--no-overlap]\n");
+                  "                [--bucket-kb 4096] [--deterministic] [--no-overlap]\n"
+                  "                [--no-shm] [--ranks-per-node N] [--shard]\n");
   return 2;
 }
 
 int main(int argc, char **argv) {
   if (nn_dist_init(&argc, &argv) != AD_OK) return 1;
-  long long batch = 256, epochs = 1, samples = 4096, threads = 1, bucket_kb = 4096;
+  long long batch = 256, epochs = 1, samples = 4096, threads = 1, bucket_kb = 4096, rpn = 0;
   nn_dist_opts dopts = {0};
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -52,6 +54,12 @@ int main(int argc, char **argv) {
       dopts.deterministic = true;
     else if (!strcmp(a, "--no-overlap"))
       dopts.no_overlap = true;
+    else if (!strcmp(a, "--no-shm"))
+      dopts.no_shm = true;
+    else if (!strcmp(a, "--shard"))
+      dopts.shard_optimizer = true;
+    else if (!strcmp(a, "--ranks-per-node"))
+      ok = bench_parse_int(v, 1, &rpn), i++;
     else
       ok = false;
     if (!ok) {
@@ -60,6 +68,7 @@ int main(int argc, char **argv) {
     }
   }
   dopts.bucket_bytes = (size_t)bucket_kb << 10;
+  dopts.ranks_per_node = (int)rpn;
   bench_set_threads((int)threads);
   ad_ctx *ctx = ad_ctx_new();
   nn_dist *d = nn_dist_new(ctx, &dopts);
@@ -141,6 +150,9 @@ int main(int argc, char **argv) {
            (long long)ds.steps, (long long)ds.buckets, bucket_kb, (long long)ds.overlapped,
            (long long)(ds.steps * ds.buckets));
     printf("allreduced_bytes_per_step: %.0f\n", (double)ds.bytes / (double)ds.steps);
+    printf("reduction: %s, %d node(s); sharded optimizer steps: %lld\n",
+           ds.shared_memory ? "shared memory on each node (MPI-3 window)" : "MPI collectives",
+           ds.nodes, (long long)ds.sharded_steps);
     printf("wait_ms_per_step: %.3f (not hidden by backward; largest over ranks; step %.3f ms)\n",
            1e3 * wait, 1e3 * secs / (double)ds.steps);
     printf("allreduce_alone_ms: %.3f for %.0f bytes (bus bandwidth 2K(N-1)/N/t: %.2f GB/s)\n",

@@ -220,7 +220,7 @@ static ad_status dist_train_step(nn_model *m, nn_optimizer *opt, nn_loss_fn loss
   st = d->grad_end(d->ud, p, st); /* on every rank, also after an error */
   if (st != AD_OK) return st;
   if (norms) nn_grad_norms_add(p, norms); /* of the reduced gradients, the same on every rank */
-  return nn_optimizer_step(opt);
+  return d->step ? d->step(d->ud, opt) : nn_optimizer_step(opt);
 }
 
 ad_status nn_train_step(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor *x, ad_tensor *y,

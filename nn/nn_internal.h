@@ -100,9 +100,6 @@ ad_ctx *nn_layer_ctx(const nn_layer *l);
  * error messages. */
 const char *nn_layer_who(const nn_layer *l, char *buf, size_t n);
 
-/* The parameter list an optimizer was made over. */
-nn_params *nn_optimizer_params(const nn_optimizer *opt);
-
 /* Whether state tensor i of opt is one that checkpoints written by earlier
  * versions lack (a parameter's step count), so nn_model_load may find it
  * missing. */

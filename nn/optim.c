@@ -287,6 +287,7 @@ void nn_optimizer_free(nn_optimizer *o) {
 typedef struct step_job {
   const nn_optimizer *o;
   int64_t t;
+  const int64_t *lo, *hi; /* per parameter, the elements updated; NULL: all */
 } step_job;
 
 static bool takes_part(const slot *sl) {
@@ -300,10 +301,12 @@ static void step_range(void *ud, int64_t begin, int64_t end) {
   for (int i = 0; i < o->nslots && off < end; i++) {
     const slot *sl = &o->slots[i];
     if (!takes_part(sl)) continue;
+    int64_t first = j->lo ? j->lo[i] : 0, n = j->lo ? j->hi[i] - j->lo[i] : sl->p->size;
     int64_t lo = begin > off ? begin - off : 0, hi = end - off;
-    if (hi > sl->p->size) hi = sl->p->size;
-    off += sl->p->size;
+    if (hi > n) hi = n;
+    off += n;
     if (lo >= hi) continue;
+    lo += first, hi += first;
     size_t es = ad_dtype_size(sl->p->dtype), at = (size_t)lo * es;
     void *st[MAX_SLOT_STATE];
     for (int k = 0; k < MAX_SLOT_STATE; k++) st[k] = sl->s[k] ? (char *)sl->s[k]->data + at : NULL;
@@ -316,23 +319,53 @@ static void step_range(void *ud, int64_t begin, int64_t end) {
 /* Elements per chunk of a parallel sweep: a few microseconds of Adam. */
 #define SWEEP_GRAIN 16384
 
-ad_status nn_optimizer_step(nn_optimizer *o) {
-  if (!o) return AD_ERR_NULL;
+/* The step over the elements [lo[i], hi[i]) of each parameter (lo NULL:
+ * all of them). */
+static ad_status step_some(nn_optimizer *o, const int64_t *lo, const int64_t *hi) {
   if (o->cfg.clip_value > 0) nn_clip_grad_value(o->params, o->cfg.clip_value);
   if (o->cfg.clip_norm > 0) nn_clip_grad_norm(o->params, o->cfg.clip_norm);
   o->cfg.lr = scalar_get(o->lr); /* a loaded checkpoint may have changed it */
   double *steps = o->step->data;
-  step_job j = {o, (int64_t)steps[0] + 1};
+  step_job j = {o, (int64_t)steps[0] + 1, lo, hi};
   int64_t total = 0;
   for (int i = 0; i < o->nslots; i++) {
     const slot *sl = &o->slots[i];
     if (!takes_part(sl)) continue;
-    total += sl->p->size;
+    total += lo ? hi[i] - lo[i] : sl->p->size;
     if (sl->t) ((double *)sl->t->data)[0] += 1; /* counts only the steps it takes part in */
   }
   ad_parallel_for(total, SWEEP_GRAIN, step_range, &j);
   steps[0] = (double)j.t;
   return AD_OK;
+}
+
+ad_status nn_optimizer_step(nn_optimizer *o) {
+  if (!o) return AD_ERR_NULL;
+  return step_some(o, NULL, NULL);
+}
+
+ad_status nn_optimizer_step_ranges(nn_optimizer *o, const int64_t *lo, const int64_t *hi) {
+  if (!o) return AD_ERR_NULL;
+  if (!lo || !hi)
+    return ad_set_error(o->ctx, AD_ERR_NULL, "optimizer_step_ranges: %s is NULL",
+                        !lo ? "lo" : "hi");
+  for (int i = 0; i < o->nslots; i++)
+    if (lo[i] < 0 || lo[i] > hi[i] || hi[i] > o->slots[i].p->size)
+      return ad_set_error(o->ctx, AD_ERR_ARG,
+                          "optimizer_step_ranges: parameter %d '%s' of %lld elements: range "
+                          "[%lld, %lld)",
+                          i, nn_params_name(o->params, i), (long long)o->slots[i].p->size,
+                          (long long)lo[i], (long long)hi[i]);
+  return step_some(o, lo, hi);
+}
+
+int nn_optimizer_state_param(const nn_optimizer *o, int i) {
+  if (!o || i < 0 || i >= o->nstate) return -1;
+  const ad_tensor *t = o->state_tensors[i];
+  for (int k = 0; k < o->nslots; k++)
+    for (int s = 0; s < MAX_SLOT_STATE; s++)
+      if (o->slots[k].s[s] == t) return k;
+  return -1;
 }
 
 void nn_optimizer_zero_grad(nn_optimizer *o) {

@@ -1,12 +1,16 @@
 /* dist.c: nn_dist, data-parallel training on MPI: the start-up check and
- * broadcast, gradient buckets reduced during backward, the status
- * exchange, and rank-0 checkpoints. Uses only the public ad_ and nn_ APIs;
- * the only file of the project that includes mpi.h. */
+ * broadcast, gradient buckets reduced during backward (through an MPI-3
+ * shared window between the ranks of a machine, MPI collectives between
+ * machines and as the fallback), the status exchange, and rank-0
+ * checkpoints. Uses only the public ad_ and nn_ APIs; the only file of the
+ * project that includes mpi.h. */
 #include "nn_dist.h"
 
 #include "ad_ext.h"
 
 #include <mpi.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,18 +49,59 @@ void nn_dist_finalize(void) {
   we_initialised = false;
 }
 
+/* The shared-memory path needs flags that work across processes: a
+ * lock-free atomic is address-free (C11 7.17.5). */
+#if ATOMIC_LLONG_LOCK_FREE == 2
+#define SHM_POSSIBLE 1
+#else
+#define SHM_POSSIBLE 0
+#endif
+
 /* One bucket: parameters ord[first..last) of the reverse order, packed
  * into buf (count elements of dtype); gath holds size * count for the
- * deterministic mode. */
+ * deterministic mode. On the shared-memory path buf and gath are unused:
+ * the bucket lives at byte soff of each rank's segment (see struct shm). */
 typedef struct bucket {
   int first, last;
   int64_t count;
   ad_dtype dtype;
   void *buf, *gath;
-  MPI_Request req;
+  size_t soff;
+  MPI_Request req, xreq;
   int pending; /* parameters whose gradient is not final yet */
   bool launched, done;
+  bool xlaunched, xdone; /* shared-memory path: the allreduce between nodes */
 } bucket;
+
+/* The shared-memory reduction among the lsize ranks of a node (a machine,
+ * or a group forced by ranks_per_node). Each rank owns one segment of an
+ * MPI-3 shared window: 2 nb flags (packed[k], reduced[k]: the step id that
+ * last wrote them), then the buckets twice (step parity; a bucket k at byte
+ * soff of each half). Rank r packs its scaled gradients into its segment
+ * and sets packed[k]; when every rank of the node packed bucket k, rank r
+ * sums slice r of it ([count r / lsize, count (r+1) / lsize)) over the
+ * segments in rank order into its own segment, allreduces that slice with
+ * the ranks of the same local rank on the other nodes (cross, when there
+ * are several), and sets reduced[k]; every rank then copies the slices
+ * into its gradients. The halves alternate by step: a rank can be at most
+ * one step ahead of another (the status exchange is collective), so it
+ * never writes the half another still reads. */
+typedef struct shm {
+  MPI_Comm node, cross; /* cross: MPI_COMM_NULL on one node */
+  int lrank, lsize, nodes;
+  bool wanted; /* the topology allows it (decided by nn_dist_new) */
+  bool on;     /* the window of the current layout exists */
+  MPI_Win win;
+  char **seg;  /* lsize segment bases */
+  size_t head; /* flag bytes at the start of a segment */
+  size_t half; /* bucket bytes of one parity */
+  int regions; /* of half bytes each: the two parities, [the shared copy] */
+  int64_t step;
+  int next_red, next_unp;
+  uint8_t *copied;     /* per parameter: copied back in this step */
+  int64_t *lo, *hi;    /* per parameter: the elements of this rank's slices */
+  nn_optimizer *stale; /* sharded steps left its state whole only in slices */
+} shm;
 
 typedef struct lookup {
   uintptr_t key;
@@ -90,16 +135,62 @@ struct nn_dist {
   ad_backward_hook prev;
   void *prev_ud;
   bool hooked, begun;
+  shm sh;
   nn_dist_stats stats;
 };
 
 static ad_status grad_begin(void *ud, nn_params *p, ad_tensor *loss, int64_t rows,
                             int64_t global_rows);
 static ad_status grad_end(void *ud, nn_params *p, ad_status st);
+static ad_status ops_step(void *ud, nn_optimizer *opt);
+static ad_status gather_state(nn_dist *d, nn_optimizer *opt);
 static ad_status ops_sync(void *ud, nn_model *m, nn_optimizer *opt) {
   return nn_dist_sync(ud, m, opt);
 }
-static ad_status ops_sum(void *ud, double *v, int n) { return nn_dist_sum(ud, v, n); }
+/* nn_fit's sums at the end of an epoch: the optimizer state is gathered
+ * first, so that it is whole between epochs (on_epoch_end may save it). */
+static ad_status ops_sum(void *ud, double *v, int n) {
+  nn_dist *d = ud;
+  if (d->sh.stale) gather_state(d, d->sh.stale);
+  return nn_dist_sum(ud, v, n);
+}
+
+/* The nodes: ranks that share memory (MPI_COMM_TYPE_SHARED), cut into
+ * groups of ranks_per_node when it is set; whether the shared-memory path
+ * can serve them (one node, or nodes of equal size outside the
+ * deterministic mode, whose sums must not depend on MPI's algorithms);
+ * and the communicator between nodes. Collective. */
+static void topology(nn_dist *d) {
+  shm *h = &d->sh;
+  MPI_Comm shared;
+  MPI_Comm_split_type(d->comm, MPI_COMM_TYPE_SHARED, d->rank, MPI_INFO_NULL, &shared);
+  if (d->o.ranks_per_node > 0) {
+    int r;
+    MPI_Comm_rank(shared, &r);
+    MPI_Comm_split(shared, r / d->o.ranks_per_node, r, &h->node);
+    MPI_Comm_free(&shared);
+  } else {
+    h->node = shared;
+  }
+  MPI_Comm_rank(h->node, &h->lrank);
+  MPI_Comm_size(h->node, &h->lsize);
+  MPI_Comm_set_errhandler(h->node, MPI_ERRORS_RETURN); /* a window that fails: fall back */
+  h->nodes = h->lrank == 0;
+  MPI_Allreduce(MPI_IN_PLACE, &h->nodes, 1, MPI_INT, MPI_SUM, d->comm);
+  /* what the ranks must agree on (options given differently on some rank
+   * would otherwise leave them in different exchanges): any rank's no_shm,
+   * deterministic, or a rank without shard_optimizer counts for all */
+  int v[5] = {h->lsize, -h->lsize, !SHM_POSSIBLE || d->o.no_shm, d->o.deterministic,
+              !d->o.shard_optimizer};
+  MPI_Allreduce(MPI_IN_PLACE, v, 5, MPI_INT, MPI_MAX, d->comm);
+  bool equal = v[0] == -v[1];
+  d->o.deterministic = v[3] != 0;
+  d->o.shard_optimizer = v[4] == 0;
+  h->wanted = !v[2] && (h->nodes == 1 || (equal && !d->o.deterministic));
+  h->cross = MPI_COMM_NULL;
+  if (h->wanted && h->nodes > 1) MPI_Comm_split(d->comm, h->lrank, d->rank, &h->cross);
+  d->stats.nodes = h->nodes;
+}
 
 nn_dist *nn_dist_new(ad_ctx *ctx, const nn_dist_opts *opts) {
   if (!ctx) return NULL;
@@ -118,13 +209,16 @@ nn_dist *nn_dist_new(ad_ctx *ctx, const nn_dist_opts *opts) {
   MPI_Comm_dup(MPI_COMM_WORLD, &d->comm);
   MPI_Comm_rank(d->comm, &d->rank);
   MPI_Comm_size(d->comm, &d->size);
+  if (d->o.ranks_per_node < 0) d->o.ranks_per_node = 0;
+  topology(d);
   d->ops = (nn_dist_ops){.ud = d,
                          .rank = d->rank,
                          .size = d->size,
                          .sync = ops_sync,
                          .grad_begin = grad_begin,
                          .grad_end = grad_end,
-                         .sum = ops_sum};
+                         .sum = ops_sum,
+                         .step = ops_step};
   return d;
 }
 
@@ -132,10 +226,26 @@ static void layout_free(nn_dist *d) {
   ad_ctx *c = d->ctx;
   for (int i = 0; i < d->nb; i++) {
     size_t bytes = (size_t)d->b[i].count * ad_dtype_size(d->b[i].dtype);
-    ad_free(c, d->b[i].buf, bytes);
-    if (d->b[i].gath) ad_free(c, d->b[i].gath, bytes * (size_t)d->size);
+    if (d->b[i].buf) ad_free(c, d->b[i].buf, bytes ? bytes : 1);
+    if (d->b[i].gath) ad_free(c, d->b[i].gath, (bytes ? bytes : 1) * (size_t)d->size);
   }
   size_t np = (size_t)d->np;
+  shm *h = &d->sh;
+  if (h->on) {
+    int done = 0;
+    MPI_Finalized(&done);
+    if (!done) {
+      MPI_Win_unlock_all(h->win);
+      MPI_Win_free(&h->win);
+    }
+    h->on = false;
+  }
+  ad_free(c, h->seg, (size_t)h->lsize * sizeof *h->seg);
+  size_t n1 = np ? np : 1;
+  ad_free(c, h->copied, n1);
+  ad_free(c, h->lo, n1 * sizeof *h->lo);
+  ad_free(c, h->hi, n1 * sizeof *h->hi);
+  h->seg = NULL, h->copied = NULL, h->lo = h->hi = NULL;
   ad_free(c, d->b, (size_t)d->nb * sizeof *d->b);
   ad_free(c, d->t, np * sizeof *d->t);
   ad_free(c, d->ord, np * sizeof *d->ord);
@@ -156,7 +266,11 @@ void nn_dist_free(nn_dist *d) {
   ad_free(d->ctx, d->stack, d->walk_cap * sizeof *d->stack);
   int done = 0;
   MPI_Finalized(&done);
-  if (!done) MPI_Comm_free(&d->comm);
+  if (!done) {
+    if (d->sh.cross != MPI_COMM_NULL) MPI_Comm_free(&d->sh.cross);
+    MPI_Comm_free(&d->sh.node);
+    MPI_Comm_free(&d->comm);
+  }
   ad_free(d->ctx, d, sizeof *d);
 }
 
@@ -168,9 +282,11 @@ void nn_dist_get_stats(nn_dist *d, nn_dist_stats *stats, bool reset) {
   if (!d) return;
   if (stats) *stats = d->stats;
   if (reset) {
-    int64_t nb = d->stats.buckets;
+    nn_dist_stats keep = d->stats;
     memset(&d->stats, 0, sizeof d->stats);
-    d->stats.buckets = nb;
+    d->stats.buckets = keep.buckets;
+    d->stats.nodes = keep.nodes;
+    d->stats.shared_memory = keep.shared_memory;
   }
 }
 
@@ -325,6 +441,8 @@ ad_status nn_dist_sync(nn_dist *d, nn_model *m, nn_optimizer *opt) {
     MPI_Bcast(msg, MSG_LEN, MPI_CHAR, root, d->comm);
     return ad_set_error(c, AD_ERR_SHAPE, "dist: rank %d differs from rank 0: %s", root, msg);
   }
+  if (d->sh.stale && d->sh.stale != opt) d->sh.stale = NULL; /* another optimizer's: gone */
+  if (opt) gather_state(d, opt); /* after sharded steps: whole before rank 0's is sent */
   nn_params *p = nn_model_params(m), *b = nn_model_buffers(m);
   bcast_list(d, nn_params_count(p), nn_params_tensors(p));
   bcast_list(d, nn_params_count(b), nn_params_tensors(b));
@@ -337,6 +455,7 @@ ad_status nn_dist_sync(nn_dist *d, nn_model *m, nn_optimizer *opt) {
 
 ad_status nn_dist_save(nn_dist *d, const nn_model *m, const nn_optimizer *opt, const char *path) {
   if (!d) return AD_ERR_NULL;
+  if (opt) gather_state(d, (nn_optimizer *)opt); /* the object itself is never const */
   ad_status st = d->rank == 0 ? nn_model_save(m, opt, path) : AD_OK, other = AD_OK;
   agree(d, st != AD_OK, st, "could not save", &other);
   return st != AD_OK ? st : other;
@@ -344,6 +463,7 @@ ad_status nn_dist_save(nn_dist *d, const nn_model *m, const nn_optimizer *opt, c
 
 ad_status nn_dist_load(nn_dist *d, nn_model *m, nn_optimizer *opt, const char *path) {
   if (!d) return AD_ERR_NULL;
+  if (opt && d->sh.stale == opt) d->sh.stale = NULL; /* rank 0 loads it whole */
   ad_status st = d->rank == 0 ? nn_model_load(m, opt, path) : AD_OK, other = AD_OK;
   agree(d, st != AD_OK, st, "could not load", &other);
   if (st != AD_OK || other != AD_OK) return st != AD_OK ? st : other;
@@ -372,9 +492,76 @@ static bool layout_current(const nn_dist *d, nn_params *p) {
   return true;
 }
 
+static size_t round_up64(size_t n) { return (n + 63) / 64 * 64; }
+
+/* The shared window of the current buckets (see struct shm). Collective
+ * over every rank: a window that MPI cannot give on some rank (no shared
+ * memory support) leaves every rank on the MPI-collective path for good.
+ * AD_ERR_OOM when the small arrays cannot be allocated. */
+static ad_status shm_build(nn_dist *d) {
+  shm *h = &d->sh;
+  size_t half = 0;
+  for (int k = 0; k < d->nb; k++) {
+    d->b[k].soff = half;
+    half += round_up64((size_t)d->b[k].count * ad_dtype_size(d->b[k].dtype));
+  }
+  h->head = round_up64(2 * (size_t)d->nb * sizeof(atomic_llong));
+  h->regions = d->o.shard_optimizer ? 3 : 2; /* the third: parameters and state to share */
+  h->half = half;
+  h->seg = ad_malloc(d->ctx, (size_t)h->lsize * sizeof *h->seg);
+  h->copied = ad_malloc(d->ctx, d->np ? (size_t)d->np : 1);
+  h->lo = ad_malloc(d->ctx, (d->np ? (size_t)d->np : 1) * sizeof *h->lo);
+  h->hi = ad_malloc(d->ctx, (d->np ? (size_t)d->np : 1) * sizeof *h->hi);
+  if (!h->seg || !h->copied || !h->lo || !h->hi) return AD_ERR_OOM; /* the caller aborts */
+  MPI_Info info;
+  MPI_Info_create(&info);
+  MPI_Info_set(info, "alloc_shared_noncontig", "true"); /* each segment on its own pages */
+  void *base = NULL;
+  int ok = MPI_Win_allocate_shared((MPI_Aint)(h->head + (size_t)h->regions * half), 1, info,
+                                   h->node, &base, &h->win) == MPI_SUCCESS;
+  MPI_Info_free(&info);
+  for (int s = 0; ok && s < h->lsize; s++) {
+    MPI_Aint bytes;
+    int unit;
+    void *q = NULL;
+    ok = MPI_Win_shared_query(h->win, s, &bytes, &unit, &q) == MPI_SUCCESS && q;
+    h->seg[s] = q;
+  }
+  if (ok) {
+    atomic_llong *f = (atomic_llong *)(void *)h->seg[h->lrank];
+    for (int k = 0; k < 2 * d->nb; k++) atomic_init(&f[k], 0);
+  }
+  /* every rank's window, and the same layout everywhere (a rank reading
+   * another's segment by its own offsets must find the same buckets) */
+  unsigned long long hh = 1469598103934665603ull; /* FNV-1a over the bucket sizes */
+  for (int k = 0; k < d->nb; k++) hh = (hh ^ (unsigned long long)d->b[k].count) * 1099511628211ull;
+  long long hash = (long long)(hh >> 2); /* >= 0: its negation fits */
+  long long v[7] = {!ok, (long long)half, -(long long)half, d->nb, -d->nb, hash, -hash};
+  MPI_Allreduce(MPI_IN_PLACE, v, 7, MPI_LONG_LONG, MPI_MAX, d->comm); /* also: flags are zero */
+  if (v[1] != -v[2] || v[3] != -v[4] || v[5] != -v[6]) {
+    if (ok) MPI_Win_free(&h->win);
+    return ad_set_error(d->ctx, AD_ERR_SHAPE,
+                        "dist: the ranks' gradient buckets differ (%lld to %lld bytes, %lld to "
+                        "%lld buckets): the same parameters and bucket_bytes on every rank",
+                        -v[2], v[1], -v[4], v[3]);
+  }
+  int all = v[0] == 0;
+  if (!all) {
+    if (ok) MPI_Win_free(&h->win);
+    h->wanted = false;
+    if (h->cross != MPI_COMM_NULL) MPI_Comm_free(&h->cross);
+    h->cross = MPI_COMM_NULL;
+    return AD_OK;
+  }
+  MPI_Win_lock_all(MPI_MODE_NOCHECK, h->win); /* a passive epoch for loads and stores */
+  h->on = true;
+  return AD_OK;
+}
+
 /* Buckets over p: parameters in reverse order, a new bucket when the
  * dtype changes or the bucket holds bucket_bytes. */
 static ad_status layout_build(nn_dist *d, nn_params *p) {
+  if (d->sh.stale) gather_state(d, d->sh.stale); /* while the old layout is there */
   layout_free(d);
   ad_ctx *c = d->ctx;
   int np = nn_params_count(p);
@@ -416,11 +603,17 @@ static ad_status layout_build(nn_dist *d, nn_params *p) {
     bytes += (size_t)t->size * ad_dtype_size(t->dtype);
   }
   qsort(d->look, n, sizeof *d->look, cmp_lookup);
+  for (int k = 0; k < d->nb; k++)
+    if (d->b[k].count > INT32_MAX)
+      return ad_set_error(c, AD_ERR_ARG, "dist: a gradient bucket of %lld elements is too large",
+                          (long long)d->b[k].count);
+  if (d->sh.wanted) {
+    ad_status st = shm_build(d);
+    if (st != AD_OK) return st;
+  }
+  if (d->sh.on) return AD_OK;
   for (int k = 0; k < d->nb; k++) {
     bucket *b = &d->b[k];
-    if (b->count > INT32_MAX)
-      return ad_set_error(c, AD_ERR_ARG, "dist: a gradient bucket of %lld elements is too large",
-                          (long long)b->count);
     size_t bb = (size_t)b->count * ad_dtype_size(b->dtype);
     if (!(b->buf = ad_malloc(c, bb ? bb : 1))) return AD_ERR_OOM;
     if (d->o.deterministic && !(b->gath = ad_malloc(c, (bb ? bb : 1) * (size_t)d->size)))
@@ -433,37 +626,302 @@ static ad_status layout_build(nn_dist *d, nn_params *p) {
 
 static MPI_Datatype mpi_type(ad_dtype t) { return t == AD_F64 ? MPI_DOUBLE : MPI_FLOAT; }
 
-/* Packs bucket k (each gradient times the shard's share, zeros for none)
- * and starts its reduction. */
-static void launch(nn_dist *d, int k, bool from_hook) {
+/* dst[e] = src[e] * scale, rounded as the product in double. When scale is
+ * a float the float product rounds the same exact value once (two 24-bit
+ * significands multiply exactly in double's 53), so it gives the same bits
+ * and vectorises. */
+static void scale_f32(float *restrict dst, const float *restrict src, int64_t n, double scale) {
+  if (scale == 1) {
+    memcpy(dst, src, (size_t)n * sizeof *dst);
+  } else if ((double)(float)scale == scale) {
+    float s = (float)scale;
+    for (int64_t e = 0; e < n; e++) dst[e] = src[e] * s;
+  } else {
+    for (int64_t e = 0; e < n; e++) dst[e] = (float)((double)src[e] * scale);
+  }
+}
+
+static void scale_f64(double *restrict dst, const double *restrict src, int64_t n, double scale) {
+  if (scale == 1)
+    memcpy(dst, src, (size_t)n * sizeof *dst);
+  else
+    for (int64_t e = 0; e < n; e++) dst[e] = src[e] * scale;
+}
+
+/* Packs bucket k into buf: each gradient times the shard's share, zeros
+ * for none; records which parameters have a gradient here. */
+static void pack(nn_dist *d, int k, char *buf) {
   bucket *b = &d->b[k];
+  size_t es = ad_dtype_size(b->dtype);
   for (int j = b->first; j < b->last; j++) {
     int i = d->ord[j];
     ad_tensor *g = d->t[i]->grad;
     d->flags[2 + i] = g != NULL;
-    if (b->dtype == AD_F64) {
-      double *dst = (double *)b->buf + d->offset[i];
-      if (!g)
-        memset(dst, 0, (size_t)d->t[i]->size * sizeof *dst);
-      else
-        for (int64_t e = 0; e < g->size; e++) dst[e] = ((const double *)g->data)[e] * d->scale;
-    } else {
-      float *dst = (float *)b->buf + d->offset[i];
-      if (!g)
-        memset(dst, 0, (size_t)d->t[i]->size * sizeof *dst);
-      else
-        for (int64_t e = 0; e < g->size; e++)
-          dst[e] = (float)((double)((const float *)g->data)[e] * d->scale);
-    }
+    char *dst = buf + (size_t)d->offset[i] * es;
+    if (!g)
+      memset(dst, 0, (size_t)d->t[i]->size * es);
+    else if (b->dtype == AD_F64)
+      scale_f64((double *)(void *)dst, g->data, g->size, d->scale);
+    else
+      scale_f32((float *)(void *)dst, g->data, g->size, d->scale);
   }
-  int n = (int)b->count;
-  if (d->o.deterministic)
-    MPI_Iallgather(b->buf, n, mpi_type(b->dtype), b->gath, n, mpi_type(b->dtype), d->comm, &b->req);
-  else
-    MPI_Iallreduce(MPI_IN_PLACE, b->buf, n, mpi_type(b->dtype), MPI_SUM, d->comm, &b->req);
+}
+
+static atomic_llong *packed_flag(const nn_dist *d, int s, int k) {
+  return (atomic_llong *)(void *)d->sh.seg[s] + k;
+}
+
+static atomic_llong *reduced_flag(const nn_dist *d, int s, int k) {
+  return (atomic_llong *)(void *)d->sh.seg[s] + d->nb + k;
+}
+
+/* Bucket k in segment s, in region r (0, 1: the steps' halves, 2: the
+ * shared copy of parameters and optimizer state). */
+static char *shm_region(const nn_dist *d, int s, int k, int r) {
+  const shm *h = &d->sh;
+  return h->seg[s] + h->head + (size_t)r * h->half + d->b[k].soff;
+}
+
+/* Bucket k in segment s, in the half of this step. */
+static char *shm_bucket(const nn_dist *d, int s, int k) {
+  return shm_region(d, s, k, (int)(d->sh.step & 1));
+}
+
+/* Packs bucket k and starts its reduction: published in the shared
+ * segment, or an MPI collective. */
+static void launch(nn_dist *d, int k, bool from_hook) {
+  bucket *b = &d->b[k];
+  if (d->sh.on) {
+    pack(d, k, shm_bucket(d, d->sh.lrank, k));
+    atomic_store_explicit(packed_flag(d, d->sh.lrank, k), d->sh.step, memory_order_release);
+  } else {
+    pack(d, k, b->buf);
+    int n = (int)b->count;
+    if (d->o.deterministic)
+      MPI_Iallgather(b->buf, n, mpi_type(b->dtype), b->gath, n, mpi_type(b->dtype), d->comm,
+                     &b->req);
+    else
+      MPI_Iallreduce(MPI_IN_PLACE, b->buf, n, mpi_type(b->dtype), MPI_SUM, d->comm, &b->req);
+  }
   b->launched = true;
   if (from_hook) d->stats.overlapped++;
   d->stats.bytes += (int64_t)((size_t)b->count * ad_dtype_size(b->dtype));
+}
+
+/* Slice r of a bucket of count elements among n ranks: [lo, hi). */
+static int64_t slice_lo(int64_t count, int r, int n) { return count * r / n; }
+
+/* Sums this rank's slice of bucket k over the node's segments in rank
+ * order, into its own segment (blocks of a few KiB, so that the sum stays
+ * in registers and cache and vectorises). */
+static void reduce_slice(nn_dist *d, int k) {
+  shm *h = &d->sh;
+  bucket *b = &d->b[k];
+  int L = h->lsize;
+  if (L == 1) return;
+  int64_t lo = slice_lo(b->count, h->lrank, L), hi = slice_lo(b->count, h->lrank + 1, L);
+  enum { BLK = 1024 };
+  if (b->dtype == AD_F64) {
+    for (int64_t e0 = lo; e0 < hi; e0 += BLK) {
+      int64_t n = hi - e0 < BLK ? hi - e0 : BLK;
+      double acc[BLK];
+      const double *src = (const double *)(void *)shm_bucket(d, 0, k) + e0;
+      for (int64_t e = 0; e < n; e++) acc[e] = src[e];
+      for (int s = 1; s < L; s++) {
+        src = (const double *)(void *)shm_bucket(d, s, k) + e0;
+        for (int64_t e = 0; e < n; e++) acc[e] += src[e];
+      }
+      memcpy((double *)(void *)shm_bucket(d, h->lrank, k) + e0, acc, (size_t)n * sizeof *acc);
+    }
+  } else {
+    for (int64_t e0 = lo; e0 < hi; e0 += BLK) {
+      int64_t n = hi - e0 < BLK ? hi - e0 : BLK;
+      float acc[BLK];
+      const float *src = (const float *)(void *)shm_bucket(d, 0, k) + e0;
+      for (int64_t e = 0; e < n; e++) acc[e] = src[e];
+      for (int s = 1; s < L; s++) {
+        src = (const float *)(void *)shm_bucket(d, s, k) + e0;
+        for (int64_t e = 0; e < n; e++) acc[e] += src[e];
+      }
+      memcpy((float *)(void *)shm_bucket(d, h->lrank, k) + e0, acc, (size_t)n * sizeof *acc);
+    }
+  }
+}
+
+/* Copies parameter i's reduced gradient (bucket k) from the slices'
+ * owners into dst. */
+static void copy_from(nn_dist *d, int k, int i, char *dst, int region, int skip) {
+  bucket *b = &d->b[k];
+  size_t es = ad_dtype_size(b->dtype);
+  int L = d->sh.lsize, s = 0;
+  int64_t off = d->offset[i], end = off + d->t[i]->size;
+  for (int64_t e = off; e < end;) {
+    while (slice_lo(b->count, s + 1, L) <= e) s++;
+    int64_t hi = slice_lo(b->count, s + 1, L), m = (hi < end ? hi : end) - e;
+    if (s != skip)
+      memcpy(dst + (size_t)(e - off) * es, shm_region(d, s, k, region) + (size_t)e * es,
+             (size_t)m * es);
+    e += m;
+  }
+}
+
+static void copy_param(nn_dist *d, int k, int i, char *dst) {
+  copy_from(d, k, i, dst, (int)(d->sh.step & 1), -1);
+}
+
+/* The shared-memory reduction, as far as the other ranks let it go now
+ * (never waits): sums this rank's slices of the buckets that every rank
+ * of the node packed (in bucket order, the order the allreduce between
+ * nodes needs), moves those allreduces along, and copies the buckets whose
+ * slices are all reduced into the gradients that exist here. Returns
+ * whether every bucket is copied. */
+static bool shm_progress(nn_dist *d) {
+  shm *h = &d->sh;
+  int64_t t = h->step;
+  while (h->next_red < d->next) {
+    int k = h->next_red;
+    bool ready = true;
+    for (int s = 0; s < h->lsize && ready; s++)
+      ready = atomic_load_explicit(packed_flag(d, s, k), memory_order_acquire) >= t;
+    if (!ready) break;
+    reduce_slice(d, k);
+    bucket *b = &d->b[k];
+    if (h->cross != MPI_COMM_NULL) {
+      int64_t lo = slice_lo(b->count, h->lrank, h->lsize);
+      int n = (int)(slice_lo(b->count, h->lrank + 1, h->lsize) - lo);
+      char *p = shm_bucket(d, h->lrank, k) + (size_t)lo * ad_dtype_size(b->dtype);
+      MPI_Iallreduce(MPI_IN_PLACE, p, n, mpi_type(b->dtype), MPI_SUM, h->cross, &b->xreq);
+      b->xlaunched = true;
+    } else {
+      atomic_store_explicit(reduced_flag(d, h->lrank, k), t, memory_order_release);
+    }
+    h->next_red++;
+  }
+  for (int k = 0; k < h->next_red; k++) {
+    bucket *b = &d->b[k];
+    if (!b->xlaunched || b->xdone) continue;
+    int flag = 0;
+    MPI_Test(&b->xreq, &flag, MPI_STATUS_IGNORE);
+    if (!flag) continue;
+    b->xdone = true;
+    atomic_store_explicit(reduced_flag(d, h->lrank, k), t, memory_order_release);
+  }
+  while (h->next_unp < h->next_red) {
+    int k = h->next_unp;
+    bool ready = true;
+    for (int s = 0; s < h->lsize && ready; s++)
+      ready = atomic_load_explicit(reduced_flag(d, s, k), memory_order_acquire) >= t;
+    if (!ready) break;
+    bucket *b = &d->b[k];
+    for (int j = b->first; j < b->last; j++) {
+      int i = d->ord[j];
+      ad_tensor *g = d->t[i]->grad;
+      if (!d->flags[2 + i] || !g) continue;
+      copy_param(d, k, i, g->data);
+      h->copied[i] = 1;
+    }
+    h->next_unp++;
+  }
+  return h->next_unp == d->nb;
+}
+
+/* The elements of parameter i in this rank's slice of its bucket:
+ * [h->lo[i], h->hi[i]). */
+static void own_ranges(nn_dist *d) {
+  shm *h = &d->sh;
+  for (int i = 0; i < d->np; i++) {
+    bucket *b = &d->b[d->bucket_of[i]];
+    int64_t off = d->offset[i], n = d->t[i]->size;
+    int64_t a = slice_lo(b->count, h->lrank, h->lsize) - off;
+    int64_t z = slice_lo(b->count, h->lrank + 1, h->lsize) - off;
+    a = a < 0 ? 0 : a > n ? n : a;
+    z = z < 0 ? 0 : z > n ? n : z;
+    h->lo[i] = a, h->hi[i] = z > a ? z : a;
+  }
+}
+
+/* Every rank of the node gives the others its slices of the per-parameter
+ * arrays ts[i] (the parameters, or one kind of optimizer state; NULL: none
+ * for parameter i) through the shared region: each writes its own
+ * elements, then copies the others'. The first barrier keeps a rank from
+ * overwriting the region while another still reads the last exchange. */
+static void share_slices(nn_dist *d, ad_tensor *const *ts, bool first_barrier) {
+  shm *h = &d->sh;
+  if (first_barrier) MPI_Barrier(h->node);
+  for (int i = 0; i < d->np; i++) {
+    if (!ts[i] || h->hi[i] == h->lo[i]) continue;
+    size_t es = ad_dtype_size(ts[i]->dtype);
+    int k = d->bucket_of[i];
+    memcpy(shm_region(d, h->lrank, k, 2) + (size_t)(d->offset[i] + h->lo[i]) * es,
+           (char *)ts[i]->data + (size_t)h->lo[i] * es, (size_t)(h->hi[i] - h->lo[i]) * es);
+  }
+  MPI_Barrier(h->node);
+  for (int i = 0; i < d->np; i++)
+    if (ts[i]) copy_from(d, d->bucket_of[i], i, ts[i]->data, 2, h->lrank);
+}
+
+/* Makes opt's state whole on every rank after sharded steps (each rank's
+ * slices of every per-parameter state tensor). Collective. */
+static ad_status gather_state(nn_dist *d, nn_optimizer *opt) {
+  shm *h = &d->sh;
+  if (!h->stale || h->stale != opt || !h->on) return AD_OK;
+  h->stale = NULL;
+  int ns = nn_optimizer_state_count(opt);
+  size_t n1 = d->np ? (size_t)d->np : 1, s1 = ns ? (size_t)ns : 1;
+  ad_tensor **ts = ad_malloc(d->ctx, n1 * sizeof *ts);
+  int *par = ad_malloc(d->ctx, s1 * sizeof *par), *nth = ad_malloc(d->ctx, s1 * sizeof *nth);
+  int *cnt = ad_malloc(d->ctx, n1 * sizeof *cnt);
+  if (!ts || !par || !nth || !cnt) die(d, "gathering the optimizer state");
+  memset(cnt, 0, n1 * sizeof *cnt);
+  for (int j = 0; j < ns; j++) { /* state j is the nth[j]-th of parameter par[j] */
+    par[j] = nn_optimizer_state_param(opt, j);
+    if (par[j] >= d->np) par[j] = -1;
+    nth[j] = par[j] >= 0 ? cnt[par[j]]++ : -1;
+  }
+  ad_tensor *const *st = nn_optimizer_state_tensors(opt);
+  own_ranges(d);
+  for (int kind = 0;; kind++) { /* one exchange per kind: m of every parameter, then v ... */
+    memset(ts, 0, n1 * sizeof *ts);
+    int found = 0;
+    for (int j = 0; j < ns; j++)
+      if (nth[j] == kind) ts[par[j]] = st[j], found++;
+    if (!found) break; /* the same on every rank: the same optimizer */
+    share_slices(d, ts, true);
+  }
+  ad_free(d->ctx, ts, n1 * sizeof *ts);
+  ad_free(d->ctx, par, s1 * sizeof *par);
+  ad_free(d->ctx, nth, s1 * sizeof *nth);
+  ad_free(d->ctx, cnt, n1 * sizeof *cnt);
+  return AD_OK;
+}
+
+/* nn_dist_ops.step: with shard_optimizer, on the shared-memory path each
+ * rank updates only the elements of its slices (the optimizer's sweep over
+ * parameters, gradients and state is cut n ways on a node), then the ranks
+ * share the updated parameters. Else nn_optimizer_step. */
+static ad_status ops_step(void *ud, nn_optimizer *opt) {
+  nn_dist *d = ud;
+  shm *h = &d->sh;
+  if (!opt || !d->o.shard_optimizer || !h->on || h->lsize == 1 ||
+      nn_optimizer_params(opt) != d->p || !layout_current(d, d->p))
+    return nn_optimizer_step(opt);
+  own_ranges(d);
+  ad_status st = nn_optimizer_step_ranges(opt, h->lo, h->hi);
+  if (st != AD_OK) die(d, "the sharded optimizer step"); /* ranges from the layout: never */
+  h->stale = opt;
+  d->stats.sharded_steps++;
+  share_slices(d, d->t, false); /* the step's status exchange already separates the uses */
+  return AD_OK;
+}
+
+/* Waits for the shared-memory reduction: polls, then yields the core (more
+ * ranks than cores, other jobs). Every rank reaches grad_end each step,
+ * also after an error, and packs every bucket there, so the flags this
+ * waits for are always set; a rank that dies ends the job (mpirun). */
+static void shm_wait(nn_dist *d) {
+  unsigned spins = 0;
+  while (!shm_progress(d))
+    if (++spins > 64) sched_yield();
 }
 
 /* Launches, in bucket order (the same on every rank), the buckets whose
@@ -475,6 +933,10 @@ static void launch_ready(nn_dist *d, bool from_hook) {
 /* Lets MPI move the launched reductions along (Open MPI has no progress
  * thread: a non-blocking collective advances inside MPI calls). */
 static void progress(nn_dist *d) {
+  if (d->sh.on) {
+    shm_progress(d);
+    return;
+  }
   for (int k = 0; k < d->next; k++) {
     bucket *b = &d->b[k];
     if (b->launched && !b->done) {
@@ -557,16 +1019,23 @@ static ad_status count_uses(nn_dist *d, ad_tensor *loss) {
 /* Resets the buckets for a step. */
 static void step_reset(nn_dist *d) {
   for (int k = 0; k < d->nb; k++) {
-    d->b[k].pending = 0;
-    d->b[k].launched = d->b[k].done = false;
+    bucket *b = &d->b[k];
+    b->pending = 0;
+    b->launched = b->done = b->xlaunched = b->xdone = false;
   }
   for (int i = 0; i < d->np; i++) d->flags[2 + i] = 0;
   d->next = 0;
+  if (d->sh.on) {
+    d->sh.step++;
+    d->sh.next_red = d->sh.next_unp = 0;
+    memset(d->sh.copied, 0, (size_t)d->np);
+  }
 }
 
 static ad_status grad_begin(void *ud, nn_params *p, ad_tensor *loss, int64_t rows,
                             int64_t global_rows) {
   nn_dist *d = ud;
+  if (d->size == 1) return AD_OK; /* one rank: its gradients are the sums */
   if (!layout_current(d, p) && layout_build(d, p) != AD_OK) die(d, "gradient buckets");
   step_reset(d);
   d->begun = true;
@@ -637,6 +1106,10 @@ static void unpack(nn_dist *d, int k) {
 
 static ad_status grad_end(void *ud, nn_params *p, ad_status st) {
   nn_dist *d = ud;
+  if (d->size == 1) {
+    d->stats.steps++;
+    return st;
+  }
   double t0 = MPI_Wtime();
   if (d->hooked) {
     ad_set_backward_hook(d->ctx, d->prev, d->prev_ud);
@@ -648,26 +1121,37 @@ static ad_status grad_end(void *ud, nn_params *p, ad_status st) {
   }
   d->begun = false;
   while (d->next < d->nb) launch(d, d->next++, false);
-  for (int k = 0; k < d->nb; k++)
-    if (!d->b[k].done) MPI_Wait(&d->b[k].req, MPI_STATUS_IGNORE);
+  if (d->sh.on)
+    shm_wait(d);
+  else
+    for (int k = 0; k < d->nb; k++)
+      if (!d->b[k].done) MPI_Wait(&d->b[k].req, MPI_STATUS_IGNORE);
   /* the status with the has-gradient flags: a rank that failed stops all */
   d->flags[0] = st != AD_OK ? d->size - d->rank : 0;
   d->flags[1] = 0;
   MPI_Allreduce(MPI_IN_PLACE, d->flags, d->np + 2, MPI_INT, MPI_MAX, d->comm);
   d->stats.steps++;
   d->stats.buckets = d->nb;
+  d->stats.shared_memory = d->sh.on;
   if (d->flags[0]) {
     int root = d->size - d->flags[0], code = st;
     char msg[MSG_LEN] = {0};
     if (d->rank == root) snprintf(msg, sizeof msg, "%s", ad_last_error(d->ctx));
     MPI_Bcast(&code, 1, MPI_INT, root, d->comm);
     MPI_Bcast(msg, MSG_LEN, MPI_CHAR, root, d->comm);
+    if (d->sh.stale) gather_state(d, d->sh.stale); /* nn_fit stops here: leave it whole */
     d->stats.wait_seconds += MPI_Wtime() - t0;
     if (d->rank == root) return st;
     return ad_set_error(d->ctx, (ad_status)code, "dist: rank %d stopped: %s", root, msg);
   }
   ensure_grads(d);
-  for (int k = 0; k < d->nb; k++) unpack(d, k);
+  if (d->sh.on) { /* the gradients that were not here before ensure_grads */
+    for (int i = 0; i < d->np; i++)
+      if (d->flags[2 + i] && d->t[i]->grad && !d->sh.copied[i])
+        copy_param(d, d->bucket_of[i], i, d->t[i]->grad->data);
+  } else {
+    for (int k = 0; k < d->nb; k++) unpack(d, k);
+  }
   if (d->model) { /* buffers (BatchNorm's running statistics) follow rank 0 */
     nn_params *b = nn_model_buffers(d->model);
     bcast_list(d, nn_params_count(b), nn_params_tensors(b));

@@ -623,3 +623,83 @@ Test(optim, dead_weights_moments_flush_to_zero_without_changing_parameters) {
   ad_tensor_free(u);
   ad_tensor_free(gt);
 }
+
+/* A step cut in two (as nn_dist's sharded step cuts it between ranks):
+ * two optimizers over copies of the same parameters each update their
+ * ranges, then take the other's elements; after three Adam steps the
+ * parameters and, range by range, the state equal one optimizer's bits. */
+Test(optim, step_ranges_cut_in_two_equal_one_step) {
+  fixture a, b, c;
+  fixture_init(&a, AD_F64);
+  fixture_init(&b, AD_F64);
+  fixture_init(&c, AD_F64);
+  nn_optimizer *oa = nn_adam_new(a.params, 0.1);
+  nn_optimizer *ob = nn_adam_new(b.params, 0.1), *oc = nn_adam_new(c.params, 0.1);
+  const int64_t blo[2] = {0, 0}, bhi[2] = {4, 1}, clo[2] = {4, 1}, chi[2] = {6, 3};
+  for (int t = 0; t < 3; t++) {
+    set_grads(&a, t);
+    set_grads(&b, t);
+    set_grads(&c, t);
+    cr_assert_eq(nn_optimizer_step(oa), AD_OK);
+    cr_assert_eq(nn_optimizer_step_ranges(ob, blo, bhi), AD_OK);
+    cr_assert_eq(nn_optimizer_step_ranges(oc, clo, chi), AD_OK);
+    double *bw = b.w->data, *cw = c.w->data, *bb = b.b->data, *cb = c.b->data;
+    for (int i = 0; i < 4; i++) cw[i] = bw[i]; /* the exchange */
+    for (int i = 4; i < 6; i++) bw[i] = cw[i];
+    cb[0] = bb[0];
+    bb[1] = cb[1], bb[2] = cb[2];
+  }
+  cr_assert_eq(memcmp(a.w->data, b.w->data, 6 * sizeof(double)), 0);
+  cr_assert_eq(memcmp(a.w->data, c.w->data, 6 * sizeof(double)), 0);
+  cr_assert_eq(memcmp(a.b->data, b.b->data, 3 * sizeof(double)), 0);
+  cr_assert_eq(nn_optimizer_steps(ob), 3);
+  ad_tensor *const *sa = nn_optimizer_state_tensors(oa), *const *sb =
+                                                             nn_optimizer_state_tensors(ob);
+  ad_tensor *const *sc = nn_optimizer_state_tensors(oc);
+  int checked = 0;
+  for (int j = 0; j < nn_optimizer_state_count(oa); j++) {
+    int i = nn_optimizer_state_param(oa, j);
+    if (i < 0) continue;
+    const int64_t *lo = blo, *hi = bhi;
+    for (int k = 0; k < 2; k++, lo = clo, hi = chi)
+      for (int64_t e = lo[i]; e < hi[i]; e++, checked++)
+        cr_assert_eq(ad_tensor_get(k ? sc[j] : sb[j], e), ad_tensor_get(sa[j], e),
+                     "state %s element %lld", nn_optimizer_state_names(oa)[j], (long long)e);
+  }
+  cr_assert_eq(checked, 2 * 9, "m and v of 9 elements");
+  nn_optimizer_free(oa), nn_optimizer_free(ob), nn_optimizer_free(oc);
+  fixture_fini(&a), fixture_fini(&b), fixture_fini(&c);
+}
+
+Test(optim, state_param_names_the_parameter_of_per_element_state) {
+  fixture f;
+  fixture_init(&f, AD_F64);
+  nn_optimizer *o = nn_adam_new(f.params, 0.1);
+  const char *const *names = nn_optimizer_state_names(o);
+  for (int j = 0; j < nn_optimizer_state_count(o); j++) {
+    int want = strstr(names[j], ".m.0.weight") || strstr(names[j], ".v.0.weight") ? 0
+               : strstr(names[j], ".m.0.bias") || strstr(names[j], ".v.0.bias")   ? 1
+                                                                                  : -1;
+    cr_assert_eq(nn_optimizer_state_param(o, j), want, "%s", names[j]);
+  }
+  cr_assert_eq(nn_optimizer_state_param(o, -1), -1);
+  cr_assert_eq(nn_optimizer_state_param(NULL, 0), -1);
+  nn_optimizer_free(o);
+  fixture_fini(&f);
+}
+
+Test(optim, step_ranges_outside_a_parameter_fail_with_its_name) {
+  fixture f;
+  fixture_init(&f, AD_F64);
+  nn_optimizer *o = nn_adam_new(f.params, 0.1);
+  set_grads(&f, 0);
+  const int64_t lo[2] = {0, 2}, hi[2] = {6, 4};
+  cr_assert_eq(nn_optimizer_step_ranges(o, lo, hi), AD_ERR_ARG);
+  cr_assert_str_eq(ad_last_error(ctx), "optimizer_step_ranges: parameter 1 '0.bias' of 3 "
+                                       "elements: range [2, 4)");
+  cr_assert_eq(nn_optimizer_steps(o), 0, "nothing stepped");
+  cr_assert_eq(nn_optimizer_step_ranges(o, NULL, hi), AD_ERR_NULL);
+  cr_assert_str_eq(ad_last_error(ctx), "optimizer_step_ranges: lo is NULL");
+  nn_optimizer_free(o);
+  fixture_fini(&f);
+}

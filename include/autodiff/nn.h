@@ -892,6 +892,18 @@ NN_API void nn_optimizer_free(nn_optimizer *opt);
  * 1e-25. Returns AD_OK, or AD_ERR_NULL. */
 NN_API ad_status nn_optimizer_step(nn_optimizer *opt);
 
+/** The step nn_optimizer_step takes (clipping over every gradient, the
+ * counters), but updating only the elements [lo[i], hi[i]) of parameter i
+ * (arrays of nn_params_count entries over the optimizer's list; lo[i] ==
+ * hi[i]: none): the parameters and state outside the ranges are left as
+ * they are. Processes that hold the same gradients and cut the elements
+ * between them (a sharded optimizer step, as nn_dist does) then exchange
+ * the parameters and end with nn_optimizer_step's result; each holds the
+ * optimizer state of its own ranges only. AD_ERR_NULL (NULL lo or hi),
+ * AD_ERR_ARG naming the parameter for a range outside [0, its size]. */
+NN_API ad_status nn_optimizer_step_ranges(nn_optimizer *opt, const int64_t *lo,
+                                          const int64_t *hi);
+
 /** Zeroes the gradients of the optimizer's parameters (as
  * nn_params_zero_grad). A step never clears a gradient (the clipping its
  * configuration asks for, clip_value and clip_norm, scales the gradients
@@ -927,6 +939,15 @@ NN_API int nn_optimizer_state_count(const nn_optimizer *opt);
 NN_API const char *const *nn_optimizer_state_names(const nn_optimizer *opt);
 NN_API ad_tensor *const *nn_optimizer_state_tensors(const nn_optimizer *opt);
 /** @} */
+
+/** The parameter list the optimizer was made over (owned by its caller);
+ * NULL for NULL. */
+NN_API nn_params *nn_optimizer_params(const nn_optimizer *opt);
+
+/** For state tensor i: the index of the parameter it holds per-element
+ * state of (of the parameter's shape: "adam.m.<p>", "adam.v.<p>", ...), or
+ * -1 (counters, learning-rate state, i out of range, NULL opt). */
+NN_API int nn_optimizer_state_param(const nn_optimizer *opt, int i);
 
 /** Learning-rate schedules, as functions of the epoch t = 0, 1, ...:
  *   @code{.unparsed}
@@ -1059,7 +1080,9 @@ typedef struct nn_history nn_history;
  *     that rank's gradient (the gradient of the mean loss over the whole
  *     global batch, since each rank's loss is its shard's mean), and
  *     return AD_OK; or return an error (on every rank) with its message
- *     set on the parameters' context. The optimizer then steps;
+ *     set on the parameters' context. The optimizer then steps
+ *     (nn_optimizer_step, or step(ud, opt) when it is set: it must leave
+ *     every rank with nn_optimizer_step's parameters);
  *   - at the end of an epoch calls sum(ud, v, 3) on the epoch's sums
  *     (loss times rows, rows, correct predictions), so the history's loss
  *     and accuracy cover the whole epoch on every rank. Validation runs
@@ -1089,6 +1112,9 @@ typedef struct nn_dist_ops {
   ad_status (*grad_end)(void *ud, nn_params *params, ad_status st);
   /** sums v[0..n-1] over the ranks, in place */
   ad_status (*sum)(void *ud, double *v, int n);
+  /** optional (NULL: nn_optimizer_step): the optimizer step after
+   * grad_end, on every rank (a sharded step) */
+  ad_status (*step)(void *ud, nn_optimizer *opt);
 } nn_dist_ops;
 
 /** Called after each epoch (0-based); return false to stop training. */

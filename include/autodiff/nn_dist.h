@@ -15,17 +15,28 @@
  *     are rank 0's (else every rank fails with a message naming the first
  *     difference), then takes rank 0's values.
  *   - Each step: gradients are scaled by the shard's share of the global
- *     batch and summed by allreduce in buckets: parameters in reverse
- *     order packed into flat buffers of about bucket_bytes, each launched
- *     (MPI_Iallreduce) from the backward hook (ad_set_backward_hook) as
- *     soon as every op that uses its parameters has been differentiated,
- *     and driven with MPI_Test while backward goes on. After the backward
- *     the rest is waited for, a status is exchanged (a rank that failed
- *     makes every rank return its message), and the model's buffers
- *     (BatchNorm's running statistics) are broadcast from rank 0.
- *   - Deterministic mode: the buckets are gathered (MPI_Iallgather) and
- *     every rank sums the ranks' contributions in rank order itself, so
- *     the bits depend neither on timing nor on the MPI library's
+ *     batch and summed in buckets: parameters in reverse order packed into
+ *     flat buffers of about bucket_bytes, each launched from the backward
+ *     hook (ad_set_backward_hook) as soon as every op that uses its
+ *     parameters has been differentiated. The ranks of one machine (a
+ *     node) sum through an MPI-3 shared window (MPI_Win_allocate_shared):
+ *     each rank packs into its own segment, sums its slice of each bucket
+ *     over the node's segments in rank order, and copies the others'
+ *     slices back. Across nodes (of equal rank counts) each slice is then
+ *     allreduced among the ranks of that local rank (MPI_Iallreduce).
+ *     Without a shared window (MPI cannot give one, no_shm, nodes of
+ *     unequal size) the buckets are allreduced over all ranks instead.
+ *     Non-blocking collectives are driven with MPI_Test while backward goes
+ *     on. After the backward the rest is waited for, a status is exchanged
+ *     (a rank that failed makes every rank return its message), and the
+ *     model's buffers (BatchNorm's running statistics) are broadcast from
+ *     rank 0. With shard_optimizer, on the shared-memory path, the
+ *     optimizer step is then sharded: each rank of a node updates only
+ *     its slices and the ranks share the parameters.
+ *   - Deterministic mode: on one node the shared-memory sum is already in
+ *     rank order; across nodes the buckets are gathered (MPI_Iallgather)
+ *     and every rank sums the ranks' contributions in rank order itself,
+ *     so the bits depend neither on timing nor on the MPI library's
  *     algorithms (at the cost of size times the memory and traffic).
  *
  * Worked example (run with: mpirun -np 2 ./train)
@@ -71,19 +82,40 @@ NN_API ad_status nn_dist_init(int *argc, char ***argv);
  * since. Free every nn_dist first. */
 NN_API void nn_dist_finalize(void);
 
-/** Options of nn_dist_new. All-zero means the defaults. */
+/** Options of nn_dist_new. All-zero means the defaults. Every rank should
+ * pass the same; deterministic and no_shm set on any rank count for every
+ * rank, and shard_optimizer only when every rank sets it. */
 typedef struct nn_dist_opts {
   size_t bucket_bytes; /**< gradient bytes per allreduce; default 4 MiB. A
                           parameter larger than it is a bucket of its own */
   bool deterministic;  /**< sum in rank order on every rank (see above) */
   bool no_overlap;     /**< launch every bucket after the backward instead of
                           from the hook (for measuring the overlap) */
+  bool no_shm;         /**< never sum through shared memory: MPI collectives
+                          only, as between machines (for measuring and testing) */
+  int ranks_per_node;  /**< testing and tuning: > 0 treats every group of this
+                          many ranks of one machine as a node of its own, so
+                          that one machine runs the path between nodes;
+                          0 (default): the machines as MPI sees them */
+  bool shard_optimizer; /**< on the shared-memory path, each rank of a node
+                          updates only the elements of its slices (the
+                          optimizer's sweep is cut n ways, as ZeRO stage 1)
+                          and the ranks then share the parameters; same bits
+                          as the whole step. Each rank holds the optimizer
+                          state of its slices only until it is gathered: at
+                          the end of every epoch of nn_fit and when a step
+                          fails (so it is whole when nn_fit returns and in
+                          on_epoch_end), and by nn_dist_sync and
+                          nn_dist_save. Off by default: with 2 ranks of the
+                          wide MLP it measured within noise of the whole step
+                          (docs/distributed.md) */
 } nn_dist_opts;
 
 typedef struct nn_dist nn_dist;
 
 /** A handle over all the processes of MPI_COMM_WORLD (a duplicate of it),
- * reporting errors on ctx. Collective. opts may be NULL. NULL with
+ * reporting errors on ctx. Collective: it also finds the nodes (ranks that
+ * share memory, MPI_COMM_TYPE_SHARED). opts may be NULL. NULL with
  * AD_ERR_STATE (MPI not initialised: call nn_dist_init) or AD_ERR_OOM.
  * Free with nn_dist_free before nn_dist_finalize. */
 NN_API nn_dist *nn_dist_new(ad_ctx *ctx, const nn_dist_opts *opts);
@@ -134,6 +166,12 @@ typedef struct nn_dist_stats {
   int64_t overlapped;  /**< buckets launched from the backward hook */
   double wait_seconds; /**< time spent in grad_end: communication that
                           backward did not hide, plus the status exchange */
+  int nodes;           /**< nodes the ranks span (machines, or groups of
+                          nn_dist_opts.ranks_per_node) */
+  bool shared_memory;  /**< the last step summed the ranks of each node
+                          through an MPI-3 shared window (else MPI collectives) */
+  int64_t sharded_steps; /**< optimizer steps cut between the ranks of a node
+                          (nn_dist_opts.shard_optimizer) */
 } nn_dist_stats;
 
 /** The counters; reset zeroes them after reading (stats may be NULL). */
