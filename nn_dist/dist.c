@@ -164,6 +164,9 @@ static void topology(nn_dist *d) {
   shm *h = &d->sh;
   MPI_Comm shared;
   MPI_Comm_split_type(d->comm, MPI_COMM_TYPE_SHARED, d->rank, MPI_INFO_NULL, &shared);
+  /* the largest ranks_per_node counts for all: a rank that splits while
+   * another does not would wait in MPI_Comm_split for ever */
+  MPI_Allreduce(MPI_IN_PLACE, &d->o.ranks_per_node, 1, MPI_INT, MPI_MAX, d->comm);
   if (d->o.ranks_per_node > 0) {
     int r;
     MPI_Comm_rank(shared, &r);

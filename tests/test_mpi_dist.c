@@ -542,6 +542,19 @@ static void options_disagree(ad_ctx *c) {
   check(r.st == AD_OK && r.stats.sharded_steps == 0 && same_bits_as_rank0(nn_model_params(r.m)),
         "shard_optimizer missing or deterministic on one rank counts for every rank", why);
   run_free(&r);
+  /* ranks_per_node on rank 0 only: rank 0 split its node while the others
+   * did not, and nn_dist_new waited for ever */
+  nn_dist_opts q = {.ranks_per_node = rank == 0 ? 1 : 0};
+  nn_dist *d = nn_dist_new(c, &q);
+  nn_dist_stats ds = {0};
+  nn_dist_get_stats(d, &ds, false);
+  int nodes[2] = {ds.nodes, -ds.nodes};
+  MPI_Allreduce(MPI_IN_PLACE, nodes, 2, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+  snprintf(why, sizeof why, "%d node(s) here, %d to %d over the ranks", ds.nodes, -nodes[1],
+           nodes[0]);
+  check(d && ds.nodes == size && nodes[0] == -nodes[1],
+        "ranks_per_node on one rank counts for every rank (no hang)", why);
+  nn_dist_free(d);
 }
 
 static void dropout_and_batchnorm(ad_ctx *c) {
