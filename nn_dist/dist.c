@@ -466,10 +466,10 @@ ad_status nn_dist_save(nn_dist *d, const nn_model *m, const nn_optimizer *opt, c
 
 ad_status nn_dist_load(nn_dist *d, nn_model *m, nn_optimizer *opt, const char *path) {
   if (!d) return AD_ERR_NULL;
-  if (opt && d->sh.stale == opt) d->sh.stale = NULL; /* rank 0 loads it whole */
   ad_status st = d->rank == 0 ? nn_model_load(m, opt, path) : AD_OK, other = AD_OK;
   agree(d, st != AD_OK, st, "could not load", &other);
-  if (st != AD_OK || other != AD_OK) return st != AD_OK ? st : other;
+  if (st != AD_OK || other != AD_OK) return st != AD_OK ? st : other; /* still in slices */
+  if (opt && d->sh.stale == opt) d->sh.stale = NULL;                  /* rank 0 loaded it whole */
   return nn_dist_sync(d, m, opt);
 }
 
