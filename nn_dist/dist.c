@@ -164,6 +164,9 @@ static void topology(nn_dist *d) {
   shm *h = &d->sh;
   MPI_Comm shared;
   MPI_Comm_split_type(d->comm, MPI_COMM_TYPE_SHARED, d->rank, MPI_INFO_NULL, &shared);
+  /* the largest ranks_per_node counts for all: a rank that splits while
+   * another does not would wait in MPI_Comm_split for ever */
+  MPI_Allreduce(MPI_IN_PLACE, &d->o.ranks_per_node, 1, MPI_INT, MPI_MAX, d->comm);
   if (d->o.ranks_per_node > 0) {
     int r;
     MPI_Comm_rank(shared, &r);
@@ -463,10 +466,10 @@ ad_status nn_dist_save(nn_dist *d, const nn_model *m, const nn_optimizer *opt, c
 
 ad_status nn_dist_load(nn_dist *d, nn_model *m, nn_optimizer *opt, const char *path) {
   if (!d) return AD_ERR_NULL;
-  if (opt && d->sh.stale == opt) d->sh.stale = NULL; /* rank 0 loads it whole */
   ad_status st = d->rank == 0 ? nn_model_load(m, opt, path) : AD_OK, other = AD_OK;
   agree(d, st != AD_OK, st, "could not load", &other);
-  if (st != AD_OK || other != AD_OK) return st != AD_OK ? st : other;
+  if (st != AD_OK || other != AD_OK) return st != AD_OK ? st : other; /* still in slices */
+  if (opt && d->sh.stale == opt) d->sh.stale = NULL;                  /* rank 0 loaded it whole */
   return nn_dist_sync(d, m, opt);
 }
 

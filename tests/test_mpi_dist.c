@@ -542,6 +542,70 @@ static void options_disagree(ad_ctx *c) {
   check(r.st == AD_OK && r.stats.sharded_steps == 0 && same_bits_as_rank0(nn_model_params(r.m)),
         "shard_optimizer missing or deterministic on one rank counts for every rank", why);
   run_free(&r);
+  /* ranks_per_node on rank 0 only: rank 0 split its node while the others
+   * did not, and nn_dist_new waited for ever */
+  nn_dist_opts q = {.ranks_per_node = rank == 0 ? 1 : 0};
+  nn_dist *d = nn_dist_new(c, &q);
+  nn_dist_stats ds = {0};
+  nn_dist_get_stats(d, &ds, false);
+  int nodes[2] = {ds.nodes, -ds.nodes};
+  MPI_Allreduce(MPI_IN_PLACE, nodes, 2, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+  snprintf(why, sizeof why, "%d node(s) here, %d to %d over the ranks", ds.nodes, -nodes[1],
+           nodes[0]);
+  check(d && ds.nodes == size && nodes[0] == -nodes[1],
+        "ranks_per_node on one rank counts for every rank (no hang)", why);
+  nn_dist_free(d);
+}
+
+/* Sharded steps driven through nn_dist_ops, then an nn_dist_load that
+ * fails (no file): the optimizer state is still in slices, and the next
+ * nn_dist_sync must gather it (it once took rank 0's slices-only state for
+ * everyone's) and equal the whole steps'. */
+static void failed_load_keeps_state_to_gather(ad_ctx *c) {
+  ad_tensor *x, *y;
+  make_data(c, AD_F64, 24, &x, &y);
+  nn_model *m[2];
+  nn_optimizer *o[2];
+  ad_status st = AD_OK;
+  for (int k = 0; k < 2; k++) { /* k = 0: whole steps, 1: sharded */
+    m[k] = make_model(c, AD_F64, 8, PLAIN, 5);
+    o[k] = nn_adam_new(nn_model_params(m[k]), 0.01);
+    nn_dist_opts dopt = {.shard_optimizer = k == 1};
+    own_shard = true;
+    nn_dist *d = dist_new(c, &dopt);
+    own_shard = false;
+    const nn_dist_ops *ops = nn_dist_fit_ops(d);
+    nn_params *p = nn_model_params(m[k]);
+    int64_t b = 24 * rank / size, e = 24 * (rank + 1) / size;
+    for (int t = 0; t < 3 && st == AD_OK; t++) {
+      ad_tape_reset(c);
+      nn_params_zero_grad(p);
+      ad_tensor *l = NULL;
+      if (e > b)
+        l = nn_cross_entropy_loss(c, nn_model_forward(m[k], ad_narrow(c, x, 0, b, e - b)),
+                                  ad_narrow(c, y, 0, b, e - b), NN_MEAN);
+      st = ops->grad_begin(ops->ud, p, l, e - b, 24);
+      if (st == AD_OK && l) st = ad_backward(c, l, NULL);
+      st = ops->grad_end(ops->ud, p, st);
+      if (st == AD_OK) st = ops->step(ops->ud, o[k]);
+    }
+    ad_tape_reset(c);
+    char path[512];
+    snprintf(path, sizeof path, "%s/no_such_checkpoint_np%d.safetensors", tmpdir, size);
+    ad_status lst = nn_dist_load(d, m[k], o[k], path);
+    ad_clear_error(c);
+    if (st == AD_OK && lst == AD_OK) st = AD_ERR_STATE; /* the load must fail */
+    if (st == AD_OK) st = nn_dist_sync(d, m[k], o[k]);
+    nn_dist_free(d);
+  }
+  double rel = max_rel_tensors(nn_optimizer_state_tensors(o[1]), nn_optimizer_state_tensors(o[0]),
+                               nn_optimizer_state_count(o[0]));
+  snprintf(why, sizeof why, "status %s, state relative difference %g", ad_status_str(st), rel);
+  check(st == AD_OK && rel == 0,
+        "a failed nn_dist_load leaves the sharded state to be gathered by nn_dist_sync", why);
+  for (int k = 0; k < 2; k++) nn_optimizer_free(o[k]), nn_model_free(m[k]);
+  ad_tensor_free(x);
+  ad_tensor_free(y);
 }
 
 static void dropout_and_batchnorm(ad_ctx *c) {
@@ -769,6 +833,7 @@ int main(int argc, char **argv) {
   failing_rank(c);
   failure_leaves_state_whole(c);
   options_disagree(c);
+  failed_load_keeps_state_to_gather(c);
   partial_decisions(c);
   dropout_and_batchnorm(c);
   checkpoints(c);

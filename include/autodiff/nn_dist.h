@@ -84,7 +84,8 @@ NN_API void nn_dist_finalize(void);
 
 /** Options of nn_dist_new. All-zero means the defaults. Every rank should
  * pass the same; deterministic and no_shm set on any rank count for every
- * rank, and shard_optimizer only when every rank sets it. */
+ * rank, shard_optimizer only when every rank sets it, and the largest
+ * ranks_per_node for every rank. */
 typedef struct nn_dist_opts {
   size_t bucket_bytes; /**< gradient bytes per allreduce; default 4 MiB. A
                           parameter larger than it is a bucket of its own */
