@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/statvfs.h>
 
 #define MSG_LEN 512
 
@@ -497,6 +498,42 @@ static bool layout_current(const nn_dist *d, nn_params *p) {
 
 static size_t round_up64(size_t n) { return (n + 63) / 64 * 64; }
 
+/* The directory MPI keeps a shared window's backing file in, into dir
+ * (which holds the default on entry): Open MPI's MCA variable
+ * osc_sm_backing_directory, read through the MPI tool interface; left as
+ * it is where there is no such variable (another MPI library). */
+static void backing_directory(char *dir, size_t cap) {
+  int provided, idx, count = 0;
+  if (MPI_T_init_thread(MPI_THREAD_SINGLE, &provided) != MPI_SUCCESS) return;
+  MPI_T_cvar_handle h;
+  if (MPI_T_cvar_get_index("osc_sm_backing_directory", &idx) == MPI_SUCCESS &&
+      MPI_T_cvar_handle_alloc(idx, NULL, &h, &count) == MPI_SUCCESS) {
+    char *v = count > 0 ? calloc((size_t)count + 1, 1) : NULL;
+    if (v && MPI_T_cvar_read(h, v) == MPI_SUCCESS && v[0] && strlen(v) < cap)
+      memcpy(dir, v, strlen(v) + 1);
+    free(v);
+    MPI_T_cvar_handle_free(&h);
+  }
+  MPI_T_finalize();
+}
+
+/* Whether the backing directory has room for a node's window of bytes
+ * (with a quarter and 4 MiB to spare: MPI's own segments live there too).
+ * Open MPI 4.1 fails a window whose backing file it cannot create (no such
+ * directory; a container's default 64 MiB /dev/shm for a model of more
+ * than about 3 M f32 parameters on 2 ranks) on the node's first rank only,
+ * while the
+ * others wait inside MPI_Win_allocate_shared for that rank: so the first
+ * rank looks before anyone asks. */
+static bool backing_room(size_t bytes) {
+  char dir[4096] = "/dev/shm";
+  backing_directory(dir, sizeof dir);
+  struct statvfs sv;
+  if (statvfs(dir, &sv) != 0) return false;
+  double avail = (double)sv.f_bavail * (double)sv.f_frsize;
+  return avail >= (double)bytes * 1.25 + (double)(4 << 20);
+}
+
 /* The shared window of the current buckets (see struct shm). Collective
  * over every rank: a window that MPI cannot give on some rank (no shared
  * memory support) leaves every rank on the MPI-collective path for good.
@@ -516,12 +553,18 @@ static ad_status shm_build(nn_dist *d) {
   h->lo = ad_malloc(d->ctx, (d->np ? (size_t)d->np : 1) * sizeof *h->lo);
   h->hi = ad_malloc(d->ctx, (d->np ? (size_t)d->np : 1) * sizeof *h->hi);
   if (!h->seg || !h->copied || !h->lo || !h->hi) return AD_ERR_OOM; /* the caller aborts */
+  size_t seg_bytes = h->head + (size_t)h->regions * half;
+  if (seg_bytes == 0) seg_bytes = 64; /* no buckets: a window still, so the path stays on */
+  int room = h->lrank == 0 ? backing_room(seg_bytes * (size_t)h->lsize) : 1;
+  MPI_Bcast(&room, 1, MPI_INT, 0, h->node);
+  MPI_Allreduce(MPI_IN_PLACE, &room, 1, MPI_INT, MPI_MIN, d->comm);
+  if (!room) return AD_OK; /* every rank on the MPI-collective path for this layout */
   MPI_Info info;
   MPI_Info_create(&info);
   MPI_Info_set(info, "alloc_shared_noncontig", "true"); /* each segment on its own pages */
   void *base = NULL;
-  int ok = MPI_Win_allocate_shared((MPI_Aint)(h->head + (size_t)h->regions * half), 1, info,
-                                   h->node, &base, &h->win) == MPI_SUCCESS;
+  int ok =
+      MPI_Win_allocate_shared((MPI_Aint)seg_bytes, 1, info, h->node, &base, &h->win) == MPI_SUCCESS;
   MPI_Info_free(&info);
   for (int s = 0; ok && s < h->lsize; s++) {
     MPI_Aint bytes;
@@ -848,9 +891,18 @@ static void own_ranges(nn_dist *d) {
  * for parameter i) through the shared region: each writes its own
  * elements, then copies the others'. The first barrier keeps a rank from
  * overwriting the region while another still reads the last exchange. */
+/* A barrier over the node that also orders the window's loads and stores
+ * (MPI_Barrier alone is not a memory fence in the standard: the unified
+ * model's pattern is sync, barrier, sync). */
+static void node_barrier(shm *h) {
+  MPI_Win_sync(h->win);
+  MPI_Barrier(h->node);
+  MPI_Win_sync(h->win);
+}
+
 static void share_slices(nn_dist *d, ad_tensor *const *ts, bool first_barrier) {
   shm *h = &d->sh;
-  if (first_barrier) MPI_Barrier(h->node);
+  if (first_barrier) node_barrier(h);
   for (int i = 0; i < d->np; i++) {
     if (!ts[i] || h->hi[i] == h->lo[i]) continue;
     size_t es = ad_dtype_size(ts[i]->dtype);
@@ -858,7 +910,7 @@ static void share_slices(nn_dist *d, ad_tensor *const *ts, bool first_barrier) {
     memcpy(shm_region(d, h->lrank, k, 2) + (size_t)(d->offset[i] + h->lo[i]) * es,
            (char *)ts[i]->data + (size_t)h->lo[i] * es, (size_t)(h->hi[i] - h->lo[i]) * es);
   }
-  MPI_Barrier(h->node);
+  node_barrier(h);
   for (int i = 0; i < d->np; i++)
     if (ts[i]) copy_from(d, d->bucket_of[i], i, ts[i]->data, 2, h->lrank);
 }

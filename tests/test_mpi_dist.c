@@ -557,6 +557,33 @@ static void options_disagree(ad_ctx *c) {
   nn_dist_free(d);
 }
 
+/* Steps over an empty parameter list, then one over a parameter: it still
+ * takes the run's path (the empty layout's window of no bytes once turned
+ * the shared-memory path off for good). */
+static void empty_list_keeps_path(ad_ctx *c) {
+  nn_dist *d = dist_new(c, NULL);
+  const nn_dist_ops *ops = nn_dist_fit_ops(d);
+  nn_params *e = nn_params_new(c), *p = nn_params_new(c);
+  int64_t shape[1] = {5};
+  ad_tensor *w = ad_zeros(c, AD_F64, 1, shape);
+  ad_status st = d && e && p && w ? AD_OK : AD_ERR_OOM;
+  if (st == AD_OK) ad_tensor_set_requires_grad(w, true);
+  if (st == AD_OK) st = nn_params_add(p, "w", w, true);
+  for (int t = 0; t < 2 && st == AD_OK; t++)
+    st = ops->grad_end(ops->ud, e, ops->grad_begin(ops->ud, e, NULL, 1, size));
+  if (st == AD_OK) st = ops->grad_end(ops->ud, p, ops->grad_begin(ops->ud, p, NULL, 1, size));
+  nn_dist_stats ds = {0};
+  nn_dist_get_stats(d, &ds, false);
+  bool want = expect_shm && size > 1;
+  snprintf(why, sizeof why, "status %s, shared memory %d, expected %d", ad_status_str(st),
+           ds.shared_memory, want);
+  check(st == AD_OK && ds.shared_memory == want,
+        "a step over an empty parameter list leaves the next one on the run's path", why);
+  nn_params_free(e);
+  nn_params_free(p);
+  nn_dist_free(d);
+}
+
 /* Sharded steps driven through nn_dist_ops, then an nn_dist_load that
  * fails (no file): the optimizer state is still in slices, and the next
  * nn_dist_sync must gather it (it once took rank 0's slices-only state for
@@ -833,6 +860,7 @@ int main(int argc, char **argv) {
   failing_rank(c);
   failure_leaves_state_whole(c);
   options_disagree(c);
+  empty_list_keeps_path(c);
   failed_load_keeps_state_to_gather(c);
   partial_decisions(c);
   dropout_and_batchnorm(c);

@@ -24,8 +24,8 @@
  *     over the node's segments in rank order, and copies the others'
  *     slices back. Across nodes (of equal rank counts) each slice is then
  *     allreduced among the ranks of that local rank (MPI_Iallreduce).
- *     Without a shared window (MPI cannot give one, no_shm, nodes of
- *     unequal size) the buckets are allreduced over all ranks instead.
+ *     Without a shared window (MPI cannot give one, its backing directory
+ *     has no room for it, no_shm, nodes of unequal size) the buckets are allreduced over all ranks instead.
  *     Non-blocking collectives are driven with MPI_Test while backward goes
  *     on. After the backward the rest is waited for, a status is exchanged
  *     (a rank that failed makes every rank return its message), and the
@@ -107,7 +107,13 @@ typedef struct nn_dist_opts {
                           the end of every epoch of nn_fit and when a step
                           fails (so it is whole when nn_fit returns and in
                           on_epoch_end), and by nn_dist_sync and
-                          nn_dist_save. Off by default: with 2 ranks of the
+                          nn_dist_save with that optimizer. Code that drives
+                          nn_dist_fit_ops itself calls nn_dist_sync(d, m,
+                          opt) before it reads or frees opt: a sync with
+                          another optimizer (or NULL) takes the first one
+                          for freed and forgets its slices, after which
+                          each rank's state is current only in its own.
+                          Off by default: with 2 ranks of the
                           wide MLP it measured within noise of the whole step
                           (docs/distributed.md) */
 } nn_dist_opts;
