@@ -653,6 +653,23 @@ static ad_status layout_build(nn_dist *d, nn_params *p) {
     if (d->b[k].count > INT32_MAX)
       return ad_set_error(c, AD_ERR_ARG, "dist: a gradient bucket of %lld elements is too large",
                           (long long)d->b[k].count);
+  /* the same buckets on every rank, on either path (an allreduce of
+   * buckets that differ would sum unrelated gradients, or fail in MPI) */
+  unsigned long long hh = 1469598103934665603ull; /* FNV-1a over the bucket sizes and dtypes */
+  long long total = 0;
+  for (int k = 0; k < d->nb; k++) {
+    hh = (hh ^ (unsigned long long)d->b[k].count) * 1099511628211ull;
+    hh = (hh ^ (unsigned long long)d->b[k].dtype) * 1099511628211ull;
+    total += (long long)((size_t)d->b[k].count * ad_dtype_size(d->b[k].dtype));
+  }
+  long long hash = (long long)(hh >> 2); /* >= 0: its negation fits */
+  long long v[6] = {total, -total, d->nb, -d->nb, hash, -hash};
+  MPI_Allreduce(MPI_IN_PLACE, v, 6, MPI_LONG_LONG, MPI_MAX, d->comm);
+  if (v[0] != -v[1] || v[2] != -v[3] || v[4] != -v[5])
+    return ad_set_error(c, AD_ERR_SHAPE,
+                        "dist: the ranks' gradient buckets differ (%lld to %lld bytes, %lld to "
+                        "%lld buckets): the same parameters and bucket_bytes on every rank",
+                        -v[1], v[0], -v[3], v[2]);
   if (d->sh.wanted) {
     ad_status st = shm_build(d);
     if (st != AD_OK) return st;

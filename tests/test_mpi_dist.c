@@ -791,7 +791,7 @@ static int buckets_mode(ad_ctx *c) {
   make_data(c, AD_F64, 48, &x, &y);
   nn_model *m = make_model(c, AD_F64, 8, PLAIN, 5);
   nn_optimizer *opt = nn_sgd_new(nn_model_params(m), 0.1, 0, false, 0);
-  nn_dist_opts o = {.bucket_bytes = rank == 0 ? 8 : 0};
+  nn_dist_opts o = {.bucket_bytes = rank == 0 ? 8 : 0, .no_shm = base.no_shm};
   nn_dist *d = nn_dist_new(c, &o);
   nn_fit_opts fo = {.epochs = 1, .batch_size = 12, .verbose = -1, .dist = nn_dist_fit_ops(d)};
   ad_status st = nn_fit(m, opt, nn_cross_entropy_loss, x, y, &fo, NULL);
@@ -806,7 +806,8 @@ static int buckets_mode(ad_ctx *c) {
 
 int main(int argc, char **argv) {
   if (nn_dist_init(&argc, &argv) != AD_OK) return 1;
-  if (argc > 1 && strcmp(argv[1], "--buckets") == 0) {
+  if (argc > 1 && strcmp(argv[1], "--buckets") == 0) { /* [--no-shm] */
+    base.no_shm = argc > 2 && strcmp(argv[2], "--no-shm") == 0;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &size);
     ad_set_num_threads(1);
