@@ -522,9 +522,8 @@ static void backing_directory(char *dir, size_t cap) {
  * Open MPI 4.1 fails a window whose backing file it cannot create (no such
  * directory; a container's default 64 MiB /dev/shm for a model of more
  * than about 3 M f32 parameters on 2 ranks) on the node's first rank only,
- * while the
- * others wait inside MPI_Win_allocate_shared for that rank: so the first
- * rank looks before anyone asks. */
+ * while the others wait inside MPI_Win_allocate_shared for that rank: so
+ * the first rank looks before anyone asks. */
 static bool backing_room(size_t bytes) {
   char dir[4096] = "/dev/shm";
   backing_directory(dir, sizeof dir);
@@ -903,11 +902,6 @@ static void own_ranges(nn_dist *d) {
   }
 }
 
-/* Every rank of the node gives the others its slices of the per-parameter
- * arrays ts[i] (the parameters, or one kind of optimizer state; NULL: none
- * for parameter i) through the shared region: each writes its own
- * elements, then copies the others'. The first barrier keeps a rank from
- * overwriting the region while another still reads the last exchange. */
 /* A barrier over the node that also orders the window's loads and stores
  * (MPI_Barrier alone is not a memory fence in the standard: the unified
  * model's pattern is sync, barrier, sync). */
@@ -917,6 +911,11 @@ static void node_barrier(shm *h) {
   MPI_Win_sync(h->win);
 }
 
+/* Every rank of the node gives the others its slices of the per-parameter
+ * arrays ts[i] (the parameters, or one kind of optimizer state; NULL: none
+ * for parameter i) through the shared region: each writes its own
+ * elements, then copies the others'. The first barrier keeps a rank from
+ * overwriting the region while another still reads the last exchange. */
 static void share_slices(nn_dist *d, ad_tensor *const *ts, bool first_barrier) {
   shm *h = &d->sh;
   if (first_barrier) node_barrier(h);

@@ -25,7 +25,8 @@
  *     slices back. Across nodes (of equal rank counts) each slice is then
  *     allreduced among the ranks of that local rank (MPI_Iallreduce).
  *     Without a shared window (MPI cannot give one, its backing directory
- *     has no room for it, no_shm, nodes of unequal size) the buckets are allreduced over all ranks instead.
+ *     has no room for it, no_shm, nodes of unequal size) the buckets are
+ *     allreduced over all ranks instead.
  *     Non-blocking collectives are driven with MPI_Test while backward goes
  *     on. After the backward the rest is waited for, a status is exchanged
  *     (a rank that failed makes every rank return its message), and the
