@@ -576,21 +576,10 @@ static ad_status shm_build(nn_dist *d) {
     atomic_llong *f = (atomic_llong *)(void *)h->seg[h->lrank];
     for (int k = 0; k < 2 * d->nb; k++) atomic_init(&f[k], 0);
   }
-  /* every rank's window, and the same layout everywhere (a rank reading
-   * another's segment by its own offsets must find the same buckets) */
-  unsigned long long hh = 1469598103934665603ull; /* FNV-1a over the bucket sizes */
-  for (int k = 0; k < d->nb; k++) hh = (hh ^ (unsigned long long)d->b[k].count) * 1099511628211ull;
-  long long hash = (long long)(hh >> 2); /* >= 0: its negation fits */
-  long long v[7] = {!ok, (long long)half, -(long long)half, d->nb, -d->nb, hash, -hash};
-  MPI_Allreduce(MPI_IN_PLACE, v, 7, MPI_LONG_LONG, MPI_MAX, d->comm); /* also: flags are zero */
-  if (v[1] != -v[2] || v[3] != -v[4] || v[5] != -v[6]) {
-    if (ok) MPI_Win_free(&h->win);
-    return ad_set_error(d->ctx, AD_ERR_SHAPE,
-                        "dist: the ranks' gradient buckets differ (%lld to %lld bytes, %lld to "
-                        "%lld buckets): the same parameters and bucket_bytes on every rank",
-                        -v[2], v[1], -v[4], v[3]);
-  }
-  int all = v[0] == 0;
+  /* every rank's window (layout_build checked that the ranks' buckets,
+   * and so their segments' layouts, are the same) */
+  int all = ok;
+  MPI_Allreduce(MPI_IN_PLACE, &all, 1, MPI_INT, MPI_MIN, d->comm); /* also: flags are zero */
   if (!all) {
     if (ok) MPI_Win_free(&h->win);
     h->wanted = false;
