@@ -102,6 +102,7 @@ typedef struct shm {
   uint8_t *copied;     /* per parameter: copied back in this step */
   int64_t *lo, *hi;    /* per parameter: the elements of this rank's slices */
   nn_optimizer *stale; /* sharded steps left its state whole only in slices */
+  char dir[4096];      /* the node's first rank: MPI's backing directory (backing_directory) */
 } shm;
 
 typedef struct lookup {
@@ -156,6 +157,26 @@ static ad_status ops_sum(void *ud, double *v, int n) {
   return nn_dist_sum(ud, v, n);
 }
 
+/* The directory MPI keeps a shared window's backing file in, into dir:
+ * Open MPI's MCA variable osc_sm_backing_directory, read through the MPI
+ * tool interface; /dev/shm where there is no such variable (another MPI
+ * library). */
+static void backing_directory(char *dir, size_t cap) {
+  int provided, idx, count = 0;
+  snprintf(dir, cap, "/dev/shm");
+  if (MPI_T_init_thread(MPI_THREAD_SINGLE, &provided) != MPI_SUCCESS) return;
+  MPI_T_cvar_handle h;
+  if (MPI_T_cvar_get_index("osc_sm_backing_directory", &idx) == MPI_SUCCESS &&
+      MPI_T_cvar_handle_alloc(idx, NULL, &h, &count) == MPI_SUCCESS) {
+    char *v = count > 0 ? calloc((size_t)count + 1, 1) : NULL;
+    if (v && MPI_T_cvar_read(h, v) == MPI_SUCCESS && v[0] && strlen(v) < cap)
+      memcpy(dir, v, strlen(v) + 1);
+    free(v);
+    MPI_T_cvar_handle_free(&h);
+  }
+  MPI_T_finalize();
+}
+
 /* The nodes: ranks that share memory (MPI_COMM_TYPE_SHARED), cut into
  * groups of ranks_per_node when it is set; whether the shared-memory path
  * can serve them (one node, or nodes of equal size outside the
@@ -193,6 +214,10 @@ static void topology(nn_dist *d) {
   h->wanted = !v[2] && (h->nodes == 1 || (equal && !d->o.deterministic));
   h->cross = MPI_COMM_NULL;
   if (h->wanted && h->nodes > 1) MPI_Comm_split(d->comm, h->lrank, d->rank, &h->cross);
+  /* read once, here: the tool interface takes a fifth of a second to start
+   * (Open MPI opens all its components), which the first training step
+   * paid at every layout before */
+  if (h->wanted && h->lrank == 0) backing_directory(h->dir, sizeof h->dir);
   d->stats.nodes = h->nodes;
 }
 
@@ -498,25 +523,6 @@ static bool layout_current(const nn_dist *d, nn_params *p) {
 
 static size_t round_up64(size_t n) { return (n + 63) / 64 * 64; }
 
-/* The directory MPI keeps a shared window's backing file in, into dir
- * (which holds the default on entry): Open MPI's MCA variable
- * osc_sm_backing_directory, read through the MPI tool interface; left as
- * it is where there is no such variable (another MPI library). */
-static void backing_directory(char *dir, size_t cap) {
-  int provided, idx, count = 0;
-  if (MPI_T_init_thread(MPI_THREAD_SINGLE, &provided) != MPI_SUCCESS) return;
-  MPI_T_cvar_handle h;
-  if (MPI_T_cvar_get_index("osc_sm_backing_directory", &idx) == MPI_SUCCESS &&
-      MPI_T_cvar_handle_alloc(idx, NULL, &h, &count) == MPI_SUCCESS) {
-    char *v = count > 0 ? calloc((size_t)count + 1, 1) : NULL;
-    if (v && MPI_T_cvar_read(h, v) == MPI_SUCCESS && v[0] && strlen(v) < cap)
-      memcpy(dir, v, strlen(v) + 1);
-    free(v);
-    MPI_T_cvar_handle_free(&h);
-  }
-  MPI_T_finalize();
-}
-
 /* Whether the backing directory has room for a node's window of bytes
  * (with a quarter and 4 MiB to spare: MPI's own segments live there too).
  * Open MPI 4.1 fails a window whose backing file it cannot create (no such
@@ -524,9 +530,7 @@ static void backing_directory(char *dir, size_t cap) {
  * than about 3 M f32 parameters on 2 ranks) on the node's first rank only,
  * while the others wait inside MPI_Win_allocate_shared for that rank: so
  * the first rank looks before anyone asks. */
-static bool backing_room(size_t bytes) {
-  char dir[4096] = "/dev/shm";
-  backing_directory(dir, sizeof dir);
+static bool backing_room(const char *dir, size_t bytes) {
   struct statvfs sv;
   if (statvfs(dir, &sv) != 0) return false;
   double avail = (double)sv.f_bavail * (double)sv.f_frsize;
@@ -554,7 +558,7 @@ static ad_status shm_build(nn_dist *d) {
   if (!h->seg || !h->copied || !h->lo || !h->hi) return AD_ERR_OOM; /* the caller aborts */
   size_t seg_bytes = h->head + (size_t)h->regions * half;
   if (seg_bytes == 0) seg_bytes = 64; /* no buckets: a window still, so the path stays on */
-  int room = h->lrank == 0 ? backing_room(seg_bytes * (size_t)h->lsize) : 1;
+  int room = h->lrank == 0 ? backing_room(h->dir, seg_bytes * (size_t)h->lsize) : 1;
   MPI_Bcast(&room, 1, MPI_INT, 0, h->node);
   MPI_Allreduce(MPI_IN_PLACE, &room, 1, MPI_INT, MPI_MIN, d->comm);
   if (!room) return AD_OK; /* every rank on the MPI-collective path for this layout */
