@@ -486,6 +486,17 @@ static ad_status seq_shape(const ad_call *c, int m, int nstate, int nbias, int64
                         "must be >= 1)",
                         c->name, ad_shape_str(x, sx, sizeof sx), ad_shape_str(w, sw, sizeof sw));
   }
+  for (int64_t i = 0; mask && i < mask->size; i++) { /* 0 or 1: a fraction is no state */
+    double v =
+        mask->dtype == AD_F32 ? ((const float *)mask->data)[i] : ((const double *)mask->data)[i];
+    if (v != 0 && v != 1) {
+      char at[64];
+      return ad_set_error(c->ctx, AD_ERR_ARG,
+                          "%s: mask element %s is %g; it must be 1 (the step is taken) or 0 (the "
+                          "sequence has ended)",
+                          c->name, ad_coords_str(mask, i, at, sizeof at), v);
+    }
+  }
   *T = x->shape[tax], *N = x->shape[1 - tax], *H = w->shape[1];
   return AD_OK;
 }

@@ -803,6 +803,15 @@ Test(rnn, sequence_ops_bad_input_is_named) {
   expect_msg(ctx, AD_ERR_SHAPE, "gru_seq: b_ih [2,3] must be [3 H] for inputs [3,2,6]");
   cr_assert_null(ad_lstm_seq(ctx, x, w, b4, h, h, hbad, false));
   expect_msg(ctx, AD_ERR_SHAPE, "lstm_seq: mask [2,3] must be [T, N] for inputs [3,2,8]");
+  ad_tensor_set(m, 3, 0.5); /* a mask is 0 or 1: element [1,1] */
+  cr_assert_null(ad_lstm_seq(ctx, x, w, b4, h, h, m, false));
+  expect_msg(ctx, AD_ERR_ARG,
+             "lstm_seq: mask element [1,1] is 0.5; it must be 1 (the step is taken) or 0");
+  ad_tensor_set(m, 3, NAN);
+  cr_assert_null(ad_gru_seq(ctx, x3, w3, b, b, h, m, false));
+  expect_msg(ctx, AD_ERR_ARG, "gru_seq: mask element [1,1] is nan");
+  ad_tensor_set(m, 3, 0.0);
+  cr_assert_not_null(ad_lstm_seq(ctx, x, w, b4, h, h, m, false), "%s", ad_last_error(ctx));
   cr_assert_null(ad_lstm_seq(ctx, x, w, b4, h64, h, NULL, false));
   expect_msg(ctx, AD_ERR_DTYPE, "lstm_seq");
   cr_assert_null(ad_lstm_seq(ctx, x0, w, b4, h, h, NULL, false));

@@ -710,7 +710,8 @@ AD_API ad_tensor *ad_gru_cell(ad_ctx *ctx, ad_tensor *a, ad_tensor *b, ad_tensor
  * one product over all T N rows. Differentiable in xp, w_hh, b, h0, c0
  * (not mask) to any order, as ad_lstm_cell. A tape temporary. NULL on
  * error: AD_ERR_SHAPE (naming the shapes), AD_ERR_DTYPE (not float, or
- * dtypes differ), AD_ERR_NULL. */
+ * dtypes differ), AD_ERR_ARG (a mask element other than 0 and 1, named
+ * with its position), AD_ERR_NULL. */
 AD_API ad_tensor *ad_lstm_seq(ad_ctx *ctx, ad_tensor *xp, ad_tensor *w_hh, ad_tensor *b,
                               ad_tensor *h0, ad_tensor *c0, ad_tensor *mask, bool batch_first);
 /** A whole GRU sequence in one op: xp [T, N, 3H] ([N, T, 3H] with
