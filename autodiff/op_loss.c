@@ -81,7 +81,10 @@ static ad_status softmax_ce_shape(const ad_call *c) {
 /* The mean over kept positions of lse(z_p) - z_p[t_p], lse computed with
  * the max shifted out so large logits do not overflow (a NaN logit makes
  * it NaN); NaN when no position is kept (mean), 0 (sum). The classes of a
- * position are T apart. */
+ * position are T apart. Each loss is (max - z[t]) + log(sum e), as
+ * PyTorch's -log_softmax: (max + log(sum e)) - z[t] would round the log to
+ * max's precision first, losing a near-0 loss and all of it for logits
+ * beyond ~1e16. */
 #define CE_FWD(T_)                                                                                 \
   do {                                                                                             \
     const T_ *Z = z->data;                                                                         \
@@ -94,7 +97,7 @@ static ad_status softmax_ce_shape(const ad_call *c) {
         const T_ *zr = Z + r * C * T + j;                                                          \
         double m = AD_LANE_MAX(zr, T, C), s = 0;                                                   \
         for (int64_t k = 0; k < C; k++) s += EXP_OF(T_, (double)zr[k * T] - m);                    \
-        total += m + log(s) - (double)zr[l * T];                                                   \
+        total += (m - (double)zr[l * T]) + log(s);                                                 \
         kept++;                                                                                    \
       }                                                                                            \
     *(T_ *)out->data = (T_)(at->sum ? total : kept ? total / (double)kept : NAN);                  \
@@ -138,7 +141,7 @@ CELL_CLONES static double ce_fwd_f32(const float *z, const int32_t *lab, int64_t
     if (!counted(at, l)) continue;
     const float *zr = z + r * C;
     float m = ce_max_f32(zr, C);
-    total += (double)m + log(ce_exp_f32(zr, C, m, e)) - (double)zr[l];
+    total += ((double)m - (double)zr[l]) + log(ce_exp_f32(zr, C, m, e));
     n++;
   }
   *kept = n;

@@ -56,6 +56,25 @@ static void update_running(ad_tensor *running, const ad_tensor *stat, double m, 
                   (1 - m) * ad_tensor_get(running, c) + m * ad_tensor_get(stat, c) * scale);
 }
 
+/* 1 / sqrt(var + eps) of the batch's biased variance var ([1, C, 1, ...]),
+ * but 0 for a channel whose var + eps is 0 (eps 0 and equal values), as
+ * PyTorch's training mode: that channel's y is then its bias, and its
+ * gradients finite (0 to x and weight). The mask is a constant, so the
+ * derivative through var is that of the pow where it is kept, 0 where not. */
+static ad_tensor *inv_std(ad_ctx *ctx, ad_tensor *var, double eps) {
+  ad_tensor *v = ad_add_scalar(ctx, var, eps);
+  bool any = false;
+  for (int64_t c = 0; v && c < v->size; c++) any |= ad_tensor_get(v, c) == 0;
+  if (!any) return ad_pow_scalar(ctx, v, -0.5);
+  ad_tensor *zero = ad_zeros_like(ctx, v), *keep = ad_zeros_like(ctx, v);
+  if (!zero || !keep) return NULL;
+  for (int64_t c = 0; c < v->size; c++) {
+    bool z = ad_tensor_get(v, c) == 0;
+    ad_tensor_set(zero, c, z), ad_tensor_set(keep, c, !z);
+  }
+  return ad_mul(ctx, ad_pow_scalar(ctx, ad_add(ctx, v, zero), -0.5), keep);
+}
+
 ad_tensor *ad_batch_norm(ad_ctx *ctx, ad_tensor *x, ad_tensor *weight, ad_tensor *bias,
                          ad_tensor *running_mean, ad_tensor *running_var, bool training,
                          double momentum, double eps) {
@@ -87,20 +106,23 @@ ad_tensor *ad_batch_norm(ad_ctx *ctx, ad_tensor *x, ad_tensor *weight, ad_tensor
   }
   int nd = x->ndim;
   int64_t C = x->shape[1], M = C ? x->size / C : 0;
-  ad_tensor *mu, *var, *y;
-  if (training) {
-    if (M <= 1) { /* PyTorch refuses too: one value has no unbiased variance */
-      ad_set_error(ctx, AD_ERR_SHAPE,
-                   "batch_norm: x %s has %lld value(s) per channel; training needs more than 1",
-                   ad_shape_str(x, a, sizeof a), (long long)M);
-      return NULL;
-    }
+  ad_tensor *mu = NULL, *var = NULL, *y;
+  bool stats = training && x->size > 0; /* an empty batch has none, and changes nothing */
+  if (training && M == 1) { /* PyTorch refuses too: one value has no unbiased variance */
+    ad_set_error(ctx, AD_ERR_SHAPE,
+                 "batch_norm: x %s has 1 value(s) per channel; training needs more than 1",
+                 ad_shape_str(x, a, sizeof a));
+    return NULL;
+  }
+  if (training && !stats) {
+    y = ad_mul_scalar(ctx, x, 1.0); /* empty, as PyTorch's: a result, not x itself */
+  } else if (training) {
     int64_t st[AD_MAX_DIMS];
     for (int k = 0; k < nd; k++) st[k] = k == 1 ? C : 1;
     mu = ad_mul_scalar(ctx, ad_sum_to(ctx, x, nd, st), 1.0 / (double)M);
     ad_tensor *d = ad_sub(ctx, x, mu);
     var = ad_mul_scalar(ctx, ad_sum_to(ctx, ad_mul(ctx, d, d), nd, st), 1.0 / (double)M);
-    y = ad_mul(ctx, d, ad_pow_scalar(ctx, ad_add_scalar(ctx, var, eps), -0.5));
+    y = ad_mul(ctx, d, inv_std(ctx, var, eps));
   } else {
     if (!running_mean) {
       ad_set_error(ctx, AD_ERR_ARG, "batch_norm: evaluation mode needs the running statistics");
@@ -112,7 +134,7 @@ ad_tensor *ad_batch_norm(ad_ctx *ctx, ad_tensor *x, ad_tensor *weight, ad_tensor
   }
   if (weight) y = ad_mul(ctx, y, per_channel(ctx, weight, nd, C));
   if (bias) y = ad_add(ctx, y, per_channel(ctx, bias, nd, C));
-  if (y && training && running_mean) { /* buffers: in place, not recorded; only on success */
+  if (y && stats && running_mean) { /* buffers: in place, not recorded; only on success */
     update_running(running_mean, mu, momentum, 1.0);
     update_running(running_var, var, momentum, (double)M / (double)(M - 1));
   }

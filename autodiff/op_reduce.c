@@ -153,6 +153,9 @@ static ad_status shape_softmax(const ad_call *c) {
 
 /* log_softmax when LOG (y = x - lse), else softmax: y = e / sum e with
  * e = exp(x - max) kept in y between the two passes, one exp per element.
+ * log_softmax is (x - max) - log(sum e), as PyTorch's: x - (max + log(sum
+ * e)) would round log(sum e) to max's precision first, losing a near-0
+ * result (a confident class) and all of it for logits beyond ~1e16.
  * A lane holding a NaN is all NaN; a lane of no elements (an empty axis:
  * then y has no element either) is not read. */
 #define SOFTMAX_BODY(T, LOG)                                                                       \
@@ -160,8 +163,8 @@ static ad_status shape_softmax(const ad_call *c) {
     double m = AD_LANE_MAX(X, S, N), s = 0;                                                        \
     if (LOG) {                                                                                     \
       for (int64_t k = 0; k < N; k++) s += EXP_OF(T, (double)X[k * S] - m);                        \
-      double lse = m + log(s);                                                                     \
-      for (int64_t k = 0; k < N; k++) Y[k * S] = (T)((double)X[k * S] - lse);                      \
+      double ls = log(s);                                                                          \
+      for (int64_t k = 0; k < N; k++) Y[k * S] = (T)(((double)X[k * S] - m) - ls);                 \
     } else {                                                                                       \
       for (int64_t k = 0; k < N; k++) {                                                            \
         double e = EXP_OF(T, (double)X[k * S] - m);                                                \

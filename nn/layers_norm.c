@@ -51,7 +51,7 @@ static ad_tensor *bn_forward(nn_layer *l, ad_tensor *x, bool training) {
   }
   /* without running statistics the batch's are used in both modes */
   bool batch_stats = training || !s->running_mean;
-  if (batch_stats && x->size / s->c <= 1) {
+  if (batch_stats && x->size / s->c == 1) { /* none (an empty batch) is fine, as in PyTorch */
     ad_set_error(ctx, AD_ERR_SHAPE,
                  "%s: input %s has %lld value(s) per channel; batch statistics need more than 1 "
                  "(as in PyTorch)",

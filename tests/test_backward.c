@@ -503,6 +503,42 @@ Test(backward, softmax_cross_entropy_gradient) {
   ad_tensor_free(onehot);
 }
 
+/* A confident prediction's loss is tiny next to its logits: PyTorch's
+ * (max - z[t]) + log(sum exp(z - max)) keeps it (log(1 + e^-35), 6.7e-16
+ * after the sum's rounding), where (max + log(...)) - z[t] rounds it away
+ * to 0 at max's precision; and for huge equal logits the loss is still
+ * log 2, not 0. Both as softmax_cross_entropy (f64 and f32, the f32 row
+ * kernel too) and as log_softmax, which PyTorch computes the same way. */
+Test(backward, cross_entropy_and_log_softmax_keep_a_tiny_loss) {
+  double z[4] = {35, 0, 1e308, 1e308};
+  int32_t t[2] = {0, 1};
+  int64_t s[2] = {1, 2}, n = 1;
+  double tiny = log(1.0 + exp(-35.0)); /* the sum 1 + 6.3e-16 rounds to 1 + 3 ulp */
+  ad_tensor *lab0 = ad_from_data(ctx, AD_I32, 1, &n, t);
+  ad_tensor *lab1 = ad_from_data(ctx, AD_I32, 1, &n, t + 1);
+  ad_tensor *a = ad_from_data(ctx, AD_F64, 2, s, z);
+  for (int f32 = 0; f32 < 2; f32++) {
+    ad_dtype dt = f32 ? AD_F32 : AD_F64;
+    ad_tensor *conf = ad_zeros(ctx, dt, 2, s);
+    ad_tensor_copy_data(conf, a);
+    ad_tensor *L = ad_softmax_cross_entropy(ctx, conf, lab0);
+    cr_assert_not_null(L, "%s", ad_last_error(ctx));
+    cr_assert_float_eq(ad_tensor_item(L), tiny, tiny * 1e-6, "%s loss %g, want %g",
+                       ad_dtype_name(dt), ad_tensor_item(L), tiny);
+    ad_tensor *ls = ad_log_softmax(ctx, conf, 1);
+    cr_assert_not_null(ls, "%s", ad_last_error(ctx));
+    cr_assert_float_eq(ad_tensor_get(ls, 0), -tiny, tiny * 1e-6, "%s log_softmax %g, want %g",
+                       ad_dtype_name(dt), ad_tensor_get(ls, 0), -tiny);
+    ad_tensor_free(conf);
+  }
+  ad_tensor *big = ad_from_data(ctx, AD_F64, 2, s, z + 2);
+  ad_tensor *L = ad_softmax_cross_entropy(ctx, big, lab1);
+  cr_assert_not_null(L, "%s", ad_last_error(ctx));
+  cr_assert_float_eq(ad_tensor_item(L), log(2.0), 1e-15, "loss %g", ad_tensor_item(L));
+  cr_assert_float_eq(ad_tensor_get(ad_log_softmax(ctx, big, 1), 1), -log(2.0), 1e-15);
+  ad_tensor_free(a), ad_tensor_free(big), ad_tensor_free(lab0), ad_tensor_free(lab1);
+}
+
 Test(backward, mse_derivative) {
   double y[5] = {0.5, -1, 2, 3.5, 0}, t[5] = {1, -1, 0, 4, -2};
   ad_tensor *yt = vec(y, 5);

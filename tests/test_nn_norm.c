@@ -326,6 +326,23 @@ Test(batchnorm, bad_inputs_name_the_layer_and_shapes) {
   ad_tensor_free(xd);
 }
 
+/* An empty batch in training mode, as PyTorch: an empty output, the
+ * running statistics unchanged, num_batches_tracked counted. */
+Test(batchnorm, empty_batch_in_training) {
+  nn_layer *bn = nn_batch_norm1d_new(ctx, 3, NULL);
+  ad_tensor *nbt = nn_params_find(nn_layer_buffers(bn), "num_batches_tracked");
+  ad_tensor *rv = nn_params_find(nn_layer_buffers(bn), "running_var");
+  int64_t s[3] = {0, 3, 4};
+  ad_tensor *x = ad_zeros(ctx, AD_F32, 3, s);
+  ad_tensor *y = nn_layer_forward(bn, x, true);
+  cr_assert_not_null(y, "%s", ad_last_error(ctx));
+  cr_assert(y->ndim == 3 && y->shape[0] == 0 && y->shape[1] == 3 && y->shape[2] == 4);
+  cr_assert_eq(ad_tensor_item(nbt), 1.0);
+  for (int64_t c = 0; c < 3; c++) cr_assert_eq(ad_tensor_get(rv, c), 1.0);
+  nn_layer_free(bn);
+  ad_tensor_free(x);
+}
+
 /* k SGD steps by hand: train-mode logits and loss per step, then the
  * running statistics, the parameters and eval-mode logits, as PyTorch's. */
 static void pytorch_steps(ad_dtype dt, const double *train, const double *bufs,

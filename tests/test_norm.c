@@ -140,6 +140,59 @@ Test(norm, batch_norm_first_and_second_derivatives) {
   ad_tensor_free(rs[0]), ad_tensor_free(rs[1]);
 }
 
+/* An empty batch in training mode, as PyTorch: an empty y, zero gradients
+ * for weight and bias, running statistics untouched (no error). */
+Test(norm, batch_norm_empty_batch_in_training) {
+  int64_t s[3] = {0, 3, 2}, sc[1] = {3};
+  ad_tensor *x = ad_zeros(ctx, AD_F64, 3, s), *w = ad_full(ctx, AD_F64, 1, sc, 2.0);
+  ad_tensor *b = ad_full(ctx, AD_F64, 1, sc, 0.5), *rm = ad_full(ctx, AD_F64, 1, sc, 0.25);
+  ad_tensor *rv = ad_full(ctx, AD_F64, 1, sc, 4.0);
+  ad_tensor_set_requires_grad(w, true), ad_tensor_set_requires_grad(b, true);
+  ad_tensor *y = ad_batch_norm(ctx, x, w, b, rm, rv, true, 0.1, 1e-5);
+  cr_assert_not_null(y, "%s", ad_last_error(ctx));
+  cr_assert_eq(y->ndim, 3);
+  cr_assert(y->shape[0] == 0 && y->shape[1] == 3 && y->shape[2] == 2 && y->size == 0);
+  cr_assert_eq(ad_backward(ctx, ad_sum(ctx, y), NULL), AD_OK, "%s", ad_last_error(ctx));
+  for (int64_t c = 0; c < 3; c++) {
+    cr_assert_eq(ad_tensor_get(rm, c), 0.25);
+    cr_assert_eq(ad_tensor_get(rv, c), 4.0);
+    cr_assert_eq(w->grad ? ad_tensor_get(w->grad, c) : 0.0, 0.0);
+    cr_assert_eq(b->grad ? ad_tensor_get(b->grad, c) : 0.0, 0.0);
+  }
+  ad_tensor_free(x), ad_tensor_free(w), ad_tensor_free(b), ad_tensor_free(rm), ad_tensor_free(rv);
+}
+
+/* eps 0 and a channel of equal values (variance 0) in training mode: as
+ * PyTorch (whose 1 / sqrt(var + eps) is 0 there), that channel's y is its
+ * bias, x and weight get gradient 0 and bias the sum of dy; not NaN. The
+ * other channel is normalised as usual. */
+Test(norm, batch_norm_eps0_constant_channel_gives_the_bias) {
+  int64_t s[2] = {3, 2}, sc[1] = {2};
+  double xv[6] = {1.5, 1, 1.5, 2, 1.5, 4}, dyv[6] = {0.5, -1, 2, 0.25, -0.75, 1};
+  ad_tensor *x = ad_from_data(ctx, AD_F64, 2, s, xv), *dy = ad_from_data(ctx, AD_F64, 2, s, dyv);
+  ad_tensor *w = ad_full(ctx, AD_F64, 1, sc, 2.0), *b = ad_full(ctx, AD_F64, 1, sc, 0.5);
+  ad_tensor *rm = ad_zeros(ctx, AD_F64, 1, sc), *rv = ad_ones(ctx, AD_F64, 1, sc);
+  ad_tensor_set_requires_grad(x, true), ad_tensor_set_requires_grad(w, true);
+  ad_tensor_set_requires_grad(b, true);
+  ad_tensor *y = ad_batch_norm(ctx, x, w, b, rm, rv, true, 0.1, 0.0);
+  cr_assert_not_null(y, "%s", ad_last_error(ctx));
+  cr_assert_eq(ad_backward(ctx, y, dy), AD_OK, "%s", ad_last_error(ctx));
+  /* channel 1: mean 7/3, biased variance 14/9 */
+  double m1 = 7.0 / 3, is1 = 1 / sqrt(14.0 / 9);
+  for (int n = 0; n < 3; n++) {
+    cr_assert_eq(ad_tensor_get(y, 2 * n), 0.5, "y[%d,0] = %g", n, ad_tensor_get(y, 2 * n));
+    cr_assert_float_eq(ad_tensor_get(y, 2 * n + 1), (xv[2 * n + 1] - m1) * is1 * 2 + 0.5, 1e-12);
+    cr_assert_eq(ad_tensor_get(x->grad, 2 * n), 0.0);
+    cr_assert(isfinite(ad_tensor_get(x->grad, 2 * n + 1)));
+  }
+  cr_assert_eq(ad_tensor_get(w->grad, 0), 0.0);
+  cr_assert_float_eq(ad_tensor_get(b->grad, 0), 0.5 + 2 - 0.75, 1e-12);
+  cr_assert_float_eq(ad_tensor_get(rv, 0), 0.9, 1e-12); /* 0.9 * 1 + 0.1 * 0 */
+  cr_assert_float_eq(ad_tensor_get(rm, 0), 0.15, 1e-12);
+  ad_tensor_free(x), ad_tensor_free(dy), ad_tensor_free(w), ad_tensor_free(b);
+  ad_tensor_free(rm), ad_tensor_free(rv);
+}
+
 Test(norm, batch_norm_bad_input) {
   int64_t s[4] = {2, 3, 2, 2}, sc[1] = {3}, s4[1] = {4}, one[4] = {1, 3, 1, 1}, v[1] = {5};
   ad_tensor *x = ad_ones(ctx, AD_F32, 4, s), *w = ad_ones(ctx, AD_F32, 1, sc);

@@ -643,11 +643,15 @@ AD_API ad_tensor *ad_softmax_cross_entropy_ext(ad_ctx *ctx, ad_tensor *logits, a
  * them in place: running = (1 - momentum) running + momentum stat, with the
  * unbiased variance for running_var (PyTorch: momentum 0.1, eps 1e-5).
  * Evaluation mode normalises with the running statistics, which it needs.
- * y = (x - mean) / sqrt(var + eps) * weight + bias. A composite of the
+ * y = (x - mean) / sqrt(var + eps) * weight + bias; in training mode a
+ * channel with var + eps = 0 (eps 0, equal values) takes 0 for 1 / sqrt(var
+ * + eps), as PyTorch: its y is its bias, not NaN. An empty batch in
+ * training mode gives an empty y and leaves the running statistics as they
+ * are (PyTorch too). A composite of the
  * engine's ops: differentiable to any order in every float input (the
  * running statistics are buffers, not differentiated). Errors:
- * AD_ERR_SHAPE (x under 2 dims, a vector not [C], training with one value
- * per channel), AD_ERR_DTYPE (not float, or dtypes differ), AD_ERR_ARG
+ * AD_ERR_SHAPE (x under 2 dims, a vector not [C], training with exactly
+ * one value per channel), AD_ERR_DTYPE (not float, or dtypes differ), AD_ERR_ARG
  * (eps < 0 or not finite, momentum outside [0, 1], one running statistic
  * without the other, evaluation without them). The running statistics are
  * updated only when the call succeeds. */

@@ -361,8 +361,10 @@ typedef struct nn_batch_norm_opts {
  * AD_ERR_DTYPE (not float) or AD_ERR_OOM. Its forward fails, naming the
  * layer and the shapes, on an input of the wrong rank or channel count
  * (AD_ERR_SHAPE), of another dtype (AD_ERR_DTYPE), or, in training mode,
- * with one value per channel (AD_ERR_SHAPE, as PyTorch). The running
- * statistics change only when the forward succeeds. @{ */
+ * with one value per channel (AD_ERR_SHAPE, as PyTorch; an empty batch is
+ * fine: an empty output, the running statistics unchanged, the batch
+ * counted in num_batches_tracked). The running statistics change only when
+ * the forward succeeds. @{ */
 NN_API nn_layer *nn_batch_norm1d_new(ad_ctx *ctx, int64_t num_features,
                                      const nn_batch_norm_opts *opts);
 NN_API nn_layer *nn_batch_norm2d_new(ad_ctx *ctx, int64_t num_features,
