@@ -141,7 +141,10 @@ ad_tensor *nn_cross_entropy_loss(ad_ctx *ctx, ad_tensor *logits, ad_tensor *targ
   return reduce(ctx, l, red, fn);
 }
 
-/* l_n = -logp[n, label_n] = -sum_c onehot_nc logp_nc */
+/* l_n = -logp[n, label_n] = -sum_c where(onehot_nc, logp_nc, 0): a select,
+ * not a product, so that -inf or NaN in another class (log of a zero
+ * probability) is left out of the loss and its gradient, as PyTorch's
+ * gather does. */
 ad_tensor *nn_nll_loss(ad_ctx *ctx, ad_tensor *logp, ad_tensor *labels, nn_reduction red) {
   if (!check_labels(ctx, "nll_loss", logp, labels)) return NULL;
   ad_tensor *onehot = nn_tmp_tensor(ctx, logp->dtype, 2, logp->shape);
@@ -150,7 +153,8 @@ ad_tensor *nn_nll_loss(ad_ctx *ctx, ad_tensor *logp, ad_tensor *labels, nn_reduc
   const int32_t *lab = labels->data;
   memset(onehot->data, 0, (size_t)onehot->size * ad_dtype_size(onehot->dtype));
   for (int64_t i = 0; i < n; i++) ad_tensor_set(onehot, i * c + lab[i], 1.0);
-  ad_tensor *l = ad_neg(ctx, ad_sum_axis(ctx, ad_mul(ctx, logp, onehot), 1, false));
+  ad_tensor *picked = ad_where(ctx, onehot, logp, ad_scalar(ctx, logp->dtype, 0.0));
+  ad_tensor *l = ad_neg(ctx, ad_sum_axis(ctx, picked, 1, false));
   return reduce(ctx, l, red, "nll_loss");
 }
 

@@ -279,3 +279,31 @@ Test(losses, nan_predictions_as_pytorch) {
   cr_assert_eq(nn_count_correct(qt, lt, 0.5), 1);
   ad_tensor_free(pt), ad_tensor_free(tt), ad_tensor_free(qt), ad_tensor_free(lt);
 }
+
+/* Only logp[n, label_n] enters the loss and gets a gradient, as in
+ * PyTorch's nll_loss: -inf (the log of a zero probability) or NaN in
+ * another class left the loss NaN (0 * -inf in a one-hot product). Found
+ * by a differential test against PyTorch. */
+Test(losses, nll_ignores_non_finite_values_of_other_classes) {
+  for (int dt = 0; dt < 2; dt++) {
+    ad_tape_reset(ctx);
+    double v[6] = {-0.5, -INFINITY, NAN, -1.25, -INFINITY, -2.0};
+    ad_tensor *lp = make(ctx, dt ? AD_F64 : AD_F32, 2, 3, v);
+    ad_tensor_set_requires_grad(lp, true);
+    int64_t n = 2;
+    int32_t lab[2] = {0, 2};
+    ad_tensor *t = ad_from_data(ctx, AD_I32, 1, &n, lab);
+    ad_tensor *l = nn_nll_loss(ctx, lp, t, NN_MEAN);
+    cr_assert_not_null(l, "%s", ad_last_error(ctx));
+    cr_assert_float_eq(ad_tensor_item(l), 1.25, 1e-12, "loss %g, torch 1.25", ad_tensor_item(l));
+    cr_assert_eq(ad_backward(ctx, l, NULL), AD_OK, "%s", ad_last_error(ctx));
+    double want[6] = {-0.5, 0, 0, 0, 0, -0.5};
+    for (int i = 0; i < 6; i++)
+      cr_assert(ad_tensor_get(lp->grad, i) == want[i], "grad %d: %g, torch %g", i,
+                ad_tensor_get(lp->grad, i), want[i]);
+    l = nn_nll_loss(ctx, lp, t, NN_SUM);
+    cr_assert_float_eq(ad_tensor_item(l), 2.5, 1e-12, "sum %g, torch 2.5", ad_tensor_item(l));
+    ad_tensor_free(lp);
+    ad_tensor_free(t);
+  }
+}
