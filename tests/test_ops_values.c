@@ -1269,3 +1269,53 @@ Test(ops_values, parser_rejects_damaged_files) {
               bad[k].expect);
   }
 }
+
+/* div_scalar divides as PyTorch's x / s does (by s rounded to x's dtype),
+ * bit for bit: it multiplied by 1 / s, one ulp off in f64 (5 / 3) and more
+ * in f32 (1 / 0.001: 1000 where torch gives 999.99994). The gradient is
+ * dy / s. Found by a differential test against PyTorch. */
+Test(ops_values, div_scalar_divides_as_torch) {
+  int64_t n = 2;
+  ad_tensor *x = ad_zeros(ctx, AD_F64, 1, &n);
+  ad_tensor_set(x, 0, 5.0);
+  ad_tensor_set(x, 1, 3.0);
+  ad_tensor_set_requires_grad(x, true);
+  ad_tensor *y = ad_div_scalar(ctx, x, 3.0);
+  cr_assert_not_null(y, "%s", ad_last_error(ctx));
+  cr_assert(ad_tensor_get(y, 0) == 0x1.aaaaaaaaaaaabp+0, "5 / 3 = %a, torch 0x1.aaaaaaaaaaaabp+0",
+            ad_tensor_get(y, 0));
+  cr_assert(ad_tensor_get(y, 1) == 1.0);
+  cr_assert_eq(ad_backward(ctx, ad_sum(ctx, y), NULL), AD_OK, "%s", ad_last_error(ctx));
+  cr_assert(ad_tensor_get(x->grad, 0) == 1.0 / 3.0, "grad %a", ad_tensor_get(x->grad, 0));
+  ad_tensor *xf = ad_full(ctx, AD_F32, 1, &n, 3.0);
+  ad_tensor *yf = ad_div_scalar(ctx, xf, 0.001);
+  cr_assert_not_null(yf, "%s", ad_last_error(ctx));
+  cr_assert(ad_tensor_get(yf, 0) == (double)(3.0f / 0.001f), "3 / 0.001 = %.9g, torch %.9g",
+            ad_tensor_get(yf, 0), (double)(3.0f / 0.001f));
+  ad_tensor_free(x);
+  ad_tensor_free(xf);
+}
+
+/* leaky_relu's gradient is dy where x > 0 and alpha dy elsewhere, as in
+ * PyTorch, also for an infinite or NaN alpha: the slope alpha + (1 - alpha)
+ * [x > 0] it was computed from is NaN for x > 0 then. Found by a
+ * differential test against PyTorch. */
+Test(ops_values, leaky_relu_gradient_with_non_finite_alpha) {
+  double alphas[3] = {INFINITY, -INFINITY, NAN};
+  for (int k = 0; k < 3; k++) {
+    ad_tape_reset(ctx);
+    int64_t n = 2;
+    ad_tensor *x = ad_zeros(ctx, AD_F64, 1, &n);
+    ad_tensor_set(x, 0, 2.0);
+    ad_tensor_set(x, 1, -3.0);
+    ad_tensor_set_requires_grad(x, true);
+    ad_tensor *y = ad_sum(ctx, ad_leaky_relu(ctx, x, alphas[k]));
+    cr_assert_eq(ad_backward(ctx, y, NULL), AD_OK, "%s", ad_last_error(ctx));
+    cr_assert(ad_tensor_get(x->grad, 0) == 1.0, "alpha %g: grad at 2 is %g, torch 1", alphas[k],
+              ad_tensor_get(x->grad, 0));
+    double g1 = ad_tensor_get(x->grad, 1);
+    cr_assert(isnan(alphas[k]) ? isnan(g1) : g1 == alphas[k], "alpha %g: grad at -3 is %g",
+              alphas[k], g1);
+    ad_tensor_free(x);
+  }
+}
