@@ -409,10 +409,14 @@ DEFINE_BINARY(div, x0 / x1)
 
 static ad_status div_bwd(const ad_call *c) {
   ad_ctx *ctx = c->ctx;
-  ad_tensor *q = ad_div(ctx, c->gout, c->in[1]); /* a's contribution; b's is -q * (a / b) */
-  ad_status st = c->needs[0] ? ad_call_set_grad(c, 0, q) : AD_OK;
-  if (st == AD_OK && c->needs[1])
-    st = ad_call_set_grad(c, 1, ad_neg(ctx, ad_mul(ctx, q, ad_div(ctx, c->in[0], c->in[1]))));
+  ad_status st = c->needs[0] ? ad_call_set_grad(c, 0, ad_div(ctx, c->gout, c->in[1])) : AD_OK;
+  /* b's is -dy ((a / b) / b), in PyTorch's order: -(dy / b)(a / b) made
+   * inf * 0 = NaN where a = 0 and dy / b overflows (b subnormal), and
+   * differs from PyTorch in the last bit elsewhere */
+  if (st == AD_OK && c->needs[1]) {
+    ad_tensor *ab = ad_div(ctx, ad_div(ctx, c->in[0], c->in[1]), c->in[1]);
+    st = ad_call_set_grad(c, 1, ad_neg(ctx, ad_mul(ctx, c->gout, ab)));
+  }
   return st;
 }
 

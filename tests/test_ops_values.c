@@ -1319,3 +1319,26 @@ Test(ops_values, leaky_relu_gradient_with_non_finite_alpha) {
     ad_tensor_free(x);
   }
 }
+
+/* div's gradient in b is -dy ((a / b) / b), PyTorch's formula: 0 where
+ * a = 0 also when dy / b overflows (b subnormal), where -(dy / b)(a / b)
+ * gave inf * 0 = NaN; and the same bits as PyTorch elsewhere (values from
+ * torch 1.13). Found by a differential test against PyTorch. */
+Test(ops_values, div_gradient_in_the_divisor_as_torch) {
+  int64_t n = 3;
+  double av[3] = {0.0, 1e-200, 3.0}, bv[3] = {0x1p-1074, 1e-170, 7.0}, gv[3] = {0.5, 0.25, 0.3};
+  ad_tensor *a = ad_from_data(ctx, AD_F64, 1, &n, av);
+  ad_tensor *b = ad_from_data(ctx, AD_F64, 1, &n, bv);
+  ad_tensor *g = ad_from_data(ctx, AD_F64, 1, &n, gv);
+  ad_tensor_set_requires_grad(a, true);
+  ad_tensor_set_requires_grad(b, true);
+  cr_assert_eq(ad_backward(ctx, ad_div(ctx, a, b), g), AD_OK, "%s", ad_last_error(ctx));
+  double want[3] = {-0.0, -0x1.0cb70d24b7379p+463, -0x1.2cee3c9aa5180p-6};
+  for (int i = 0; i < 3; i++)
+    cr_assert(ad_tensor_get(b->grad, i) == want[i], "db[%d] = %a, torch %a", i,
+              ad_tensor_get(b->grad, i), want[i]);
+  cr_assert(ad_tensor_get(a->grad, 0) == 0.5 / 0x1p-1074); /* inf, as in PyTorch */
+  ad_tensor_free(a);
+  ad_tensor_free(b);
+  ad_tensor_free(g);
+}
