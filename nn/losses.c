@@ -67,6 +67,19 @@ static ad_tensor *clamped_log(ad_ctx *ctx, ad_tensor *x) {
 ad_tensor *nn_bce_loss(ad_ctx *ctx, ad_tensor *pred, ad_tensor *target, nn_reduction red) {
   ad_tensor *t = match_target(ctx, "bce_loss", pred, target);
   if (!t) return NULL;
+  /* PyTorch refuses a probability outside [0, 1], NaN included */
+  for (int64_t i = 0; i < pred->size; i++) {
+    double v = pred->dtype == AD_F32 ? (double)((const float *)pred->data)[i]
+                                     : ((const double *)pred->data)[i];
+    if (!(v >= 0 && v <= 1)) {
+      char a[64];
+      ad_set_error(ctx, AD_ERR_ARG,
+                   "bce_loss: prediction %g at element %lld of %s is outside [0, 1] (it takes "
+                   "probabilities; bce_with_logits_loss takes logits)",
+                   v, (long long)i, ad_shape_str(pred, a, sizeof a));
+      return NULL;
+    }
+  }
   ad_tensor *lp = clamped_log(ctx, pred);
   ad_tensor *lq = clamped_log(ctx, ad_rsub_scalar(ctx, pred, 1.0));
   ad_tensor *l =

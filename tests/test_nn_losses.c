@@ -258,14 +258,25 @@ Test(losses, count_correct) {
       ad_tensor_free(bt);
 }
 
-/* NaN predictions stay NaN through BCE's clamped log, and argmax counts a
- * NaN as the largest value (the first one wins), both as in PyTorch. */
+/* A NaN prediction is refused by BCE (torch 1.13's binary_cross_entropy:
+ * "all elements of input should be between 0 and 1"; it was NaN, found by a
+ * differential test against PyTorch), and argmax counts a NaN as the
+ * largest value (the first one wins), both as in PyTorch. */
 Test(losses, nan_predictions_as_pytorch) {
   const double p[3] = {0.25, NAN, 0.75}, t[3] = {0, 1, 1};
   ad_tensor *pt = make(ctx, AD_F64, 1, 3, p), *tt = make(ctx, AD_F64, 1, 3, t);
-  ad_tensor *l = nn_bce_loss(ctx, pt, tt, NN_SUM);
-  cr_assert_not_null(l, "%s", ad_last_error(ctx));
-  cr_assert(isnan(ad_tensor_item(l)), "torch.nn.functional.binary_cross_entropy gives nan");
+  expect_error(ctx, nn_bce_loss(ctx, pt, tt, NN_SUM), AD_ERR_ARG,
+               "bce_loss: prediction nan at element 1 of [1,3] is outside [0, 1]");
+  ad_tensor_set(pt, 1, 1.5);
+  ad_tensor *f = ad_zeros(ctx, AD_F32, 1, (int64_t[]){3});
+  ad_tensor_copy_data(f, pt);
+  ad_tensor *ft = ad_zeros(ctx, AD_F32, 1, (int64_t[]){3});
+  expect_error(ctx, nn_bce_loss(ctx, f, ft, NN_MEAN), AD_ERR_ARG,
+               "bce_loss: prediction 1.5 at element 1 of [3] is outside [0, 1]");
+  ad_tensor_set(f, 1, -0.0f);
+  cr_assert_not_null(nn_bce_loss(ctx, f, ft, NN_MEAN), "%s", ad_last_error(ctx)); /* -0 is in */
+  ad_tensor_free(f), ad_tensor_free(ft);
+  ad_tensor *l;
   ad_tensor_set(pt, 1, 0.5);
   l = nn_bce_loss(ctx, pt, tt, NN_SUM);
   cr_assert_float_eq(ad_tensor_item(l), -log(0.75) - log(0.5) - log(0.75), 1e-12);

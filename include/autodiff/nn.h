@@ -751,7 +751,8 @@ NN_API ad_tensor *nn_mse_loss(ad_ctx *ctx, ad_tensor *pred, ad_tensor *target, n
 
 /** Binary cross-entropy from probabilities pred in [0,1]:
  * -(t log p + (1-t) log(1-p)), each log clamped at -100 as in PyTorch.
- * Targets as in nn_mse_loss. */
+ * Targets as in nn_mse_loss. A prediction outside [0, 1], or NaN, is
+ * refused (AD_ERR_ARG naming it and its element), as PyTorch refuses it. */
 NN_API ad_tensor *nn_bce_loss(ad_ctx *ctx, ad_tensor *pred, ad_tensor *target, nn_reduction red);
 
 /** Binary cross-entropy from logits z, stable for any z:
