@@ -113,10 +113,10 @@ static bool check_labels(ad_ctx *ctx, const char *fn, const ad_tensor *z, const 
                  ad_shape_str(lab, a, sizeof a), ad_dtype_name(lab->dtype));
     return false;
   }
-  if (z->ndim != 2 || lab->ndim != 1 || lab->shape[0] != z->shape[0] || z->shape[0] == 0 ||
-      z->shape[1] == 0) {
-    ad_set_error(ctx, AD_ERR_SHAPE, "%s: scores %s and labels %s: need [N,C] and [N], N, C >= 1",
-                 fn, ad_shape_str(z, a, sizeof a), ad_shape_str(lab, b, sizeof b));
+  /* N = 0 is an empty batch: NaN for the mean, 0 for the sum (PyTorch) */
+  if (z->ndim != 2 || lab->ndim != 1 || lab->shape[0] != z->shape[0] || z->shape[1] == 0) {
+    ad_set_error(ctx, AD_ERR_SHAPE, "%s: scores %s and labels %s: need [N,C] and [N], C >= 1", fn,
+                 ad_shape_str(z, a, sizeof a), ad_shape_str(lab, b, sizeof b));
     return false;
   }
   const int32_t *l = lab->data;
@@ -136,16 +136,16 @@ ad_tensor *nn_cross_entropy_loss(ad_ctx *ctx, ad_tensor *logits, ad_tensor *targ
   const char *fn = "cross_entropy_loss";
   if (ctx && target && target->dtype == AD_I32) {
     if (!check_labels(ctx, fn, logits, target)) return NULL;
-    ad_tensor *l = ad_softmax_cross_entropy(ctx, logits, target);
-    if (red == NN_MEAN) return l;
-    if (red == NN_SUM) return ad_mul_scalar(ctx, l, (double)logits->shape[0]);
-    return reduce(ctx, l, red, fn);
+    if (red != NN_MEAN && red != NN_SUM) return reduce(ctx, logits, red, fn);
+    /* the sum summed (N times the mean was NaN for N = 0, and rounded) */
+    ad_cross_entropy_opts o = {.sum = red == NN_SUM};
+    return ad_softmax_cross_entropy_ext(ctx, logits, target, &o);
   }
   ad_tensor *t = match_target(ctx, fn, logits, target);
   if (!t) return NULL;
   char a[64];
-  if (logits->ndim != 2 || logits->shape[0] == 0 || logits->shape[1] == 0) {
-    ad_set_error(ctx, AD_ERR_SHAPE, "%s: logits %s must be [N,C] with N, C >= 1", fn,
+  if (logits->ndim != 2 || logits->shape[1] == 0) {
+    ad_set_error(ctx, AD_ERR_SHAPE, "%s: logits %s must be [N,C] with C >= 1", fn,
                  ad_shape_str(logits, a, sizeof a));
     return NULL;
   }

@@ -318,3 +318,28 @@ Test(losses, nll_ignores_non_finite_values_of_other_classes) {
     ad_tensor_free(t);
   }
 }
+
+/* An empty batch is no error for cross-entropy and NLL, as in PyTorch:
+ * the mean of no sample is NaN, the sum 0, and the gradient is empty.
+ * They were refused ("N, C >= 1"). Found by a differential test against
+ * PyTorch. */
+Test(losses, empty_batch_as_torch) {
+  int64_t s0[2] = {0, 3}, n0 = 0;
+  for (int dt = 0; dt < 2; dt++)
+    for (int k = 0; k < 3; k++)
+      for (int red = NN_MEAN; red <= NN_SUM; red++) {
+        ad_tape_reset(ctx);
+        ad_tensor *z = ad_zeros(ctx, dt ? AD_F64 : AD_F32, 2, s0);
+        ad_tensor_set_requires_grad(z, true);
+        ad_tensor *t = k == 1 ? ad_zeros(ctx, z->dtype, 2, s0) : ad_zeros(ctx, AD_I32, 1, &n0);
+        ad_tensor *l = k == 2 ? nn_nll_loss(ctx, z, t, (nn_reduction)red)
+                              : nn_cross_entropy_loss(ctx, z, t, (nn_reduction)red);
+        cr_assert_not_null(l, "loss %d: %s", k, ad_last_error(ctx));
+        double v = ad_tensor_item(l);
+        cr_assert(red == NN_MEAN ? isnan(v) : v == 0, "loss %d reduction %d: %g", k, red, v);
+        cr_assert_eq(ad_backward(ctx, l, NULL), AD_OK, "%s", ad_last_error(ctx));
+        cr_assert(!z->grad || z->grad->size == 0);
+        ad_tensor_free(z);
+        ad_tensor_free(t);
+      }
+}
