@@ -1342,3 +1342,26 @@ Test(ops_values, div_gradient_in_the_divisor_as_torch) {
   ad_tensor_free(b);
   ad_tensor_free(g);
 }
+
+/* mean and mean_axis divide the sum by the count, as PyTorch: the mean of
+ * {5, 0, 0} is 5 / 3 = 0x1.aaaaaaaaaaaabp+0 (torch 1.13), where 5 * (1/3)
+ * is one ulp less, and the gradient is dy / n (torch: 5 / 3 for dy = 5).
+ * Found by a differential test against PyTorch. */
+Test(ops_values, mean_divides_by_the_count_as_torch) {
+  int64_t s[2] = {1, 3};
+  double v[3] = {5, 0, 0};
+  ad_tensor *x = ad_from_data(ctx, AD_F64, 2, s, v);
+  ad_tensor_set_requires_grad(x, true);
+  ad_tensor *m = ad_mean(ctx, x);
+  cr_assert(ad_tensor_item(m) == 0x1.aaaaaaaaaaaabp+0, "mean %a", ad_tensor_item(m));
+  cr_assert_eq(ad_backward(ctx, m, ad_scalar(ctx, AD_F64, 5.0)), AD_OK, "%s", ad_last_error(ctx));
+  cr_assert(ad_tensor_get(x->grad, 0) == 0x1.aaaaaaaaaaaabp+0, "grad %a",
+            ad_tensor_get(x->grad, 0));
+  ad_tensor *ma = ad_mean_axis(ctx, x, 1, false);
+  cr_assert(ad_tensor_get(ma, 0) == 0x1.aaaaaaaaaaaabp+0, "mean_axis %a", ad_tensor_get(ma, 0));
+  int64_t z = 0;
+  ad_tensor *e = ad_zeros(ctx, AD_F64, 1, &z);
+  cr_assert(isnan(ad_tensor_item(ad_mean(ctx, e))), "the mean of nothing is NaN");
+  ad_tensor_free(x);
+  ad_tensor_free(e);
+}
