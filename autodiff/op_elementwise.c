@@ -409,10 +409,14 @@ DEFINE_BINARY(div, x0 / x1)
 
 static ad_status div_bwd(const ad_call *c) {
   ad_ctx *ctx = c->ctx;
-  ad_tensor *q = ad_div(ctx, c->gout, c->in[1]); /* a's contribution; b's is -q * (a / b) */
-  ad_status st = c->needs[0] ? ad_call_set_grad(c, 0, q) : AD_OK;
-  if (st == AD_OK && c->needs[1])
-    st = ad_call_set_grad(c, 1, ad_neg(ctx, ad_mul(ctx, q, ad_div(ctx, c->in[0], c->in[1]))));
+  ad_status st = c->needs[0] ? ad_call_set_grad(c, 0, ad_div(ctx, c->gout, c->in[1])) : AD_OK;
+  /* b's is -dy ((a / b) / b), in PyTorch's order: -(dy / b)(a / b) made
+   * inf * 0 = NaN where a = 0 and dy / b overflows (b subnormal), and
+   * differs from PyTorch in the last bit elsewhere */
+  if (st == AD_OK && c->needs[1]) {
+    ad_tensor *ab = ad_div(ctx, ad_div(ctx, c->in[0], c->in[1]), c->in[1]);
+    st = ad_call_set_grad(c, 1, ad_neg(ctx, ad_mul(ctx, c->gout, ab)));
+  }
   return st;
 }
 
@@ -698,7 +702,12 @@ ad_tensor *ad_div_scalar(ad_ctx *ctx, ad_tensor *x, double s) {
     ad_set_error(ctx, AD_ERR_ARG, "div_scalar: division by zero");
     return NULL;
   }
-  return ad_mul_scalar(ctx, x, 1.0 / s);
+  /* x / s, as PyTorch divides (by s rounded to x's dtype), not x * (1 / s):
+   * the two differ in the last bit of many results (in f32 by more: 1/s
+   * rounded to float is not the reciprocal of s rounded to float) */
+  if (!ctx || !ad_arg_ok(ctx, "div_scalar", "x", x)) return NULL;
+  if (x->dtype != AD_F32 && x->dtype != AD_F64) return ad_mul_scalar(ctx, x, 1.0 / s);
+  return ad_div(ctx, x, ad_scalar(ctx, x->dtype, s));
 }
 
 const ad_op_def ad_def_mul_scalar = {
@@ -994,9 +1003,9 @@ static ad_status leaky_relu_bwd(const ad_call *c) {
   ad_ctx *ctx = c->ctx;
   double alpha = c->attrs->scalar;
   ad_tensor *mask = ad_gt(ctx, c->in[0], ad_scalar(ctx, c->gout->dtype, 0.0));
-  /* slope = alpha + (1 - alpha) [x > 0] */
-  ad_tensor *slope = ad_add_scalar(ctx, ad_mul_scalar(ctx, mask, 1.0 - alpha), alpha);
-  return ad_call_set_grad(c, 0, ad_mul(ctx, c->gout, slope));
+  /* x > 0 ? dy : alpha dy, as PyTorch: a slope alpha + (1 - alpha) [x > 0]
+   * is NaN for x > 0 when alpha is infinite or NaN */
+  return ad_call_set_grad(c, 0, ad_where(ctx, mask, c->gout, ad_mul_scalar(ctx, c->gout, alpha)));
 }
 
 ad_tensor *ad_leaky_relu(ad_ctx *ctx, ad_tensor *x, double alpha) {

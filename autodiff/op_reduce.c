@@ -407,16 +407,20 @@ const ad_op_def ad_def_log_softmax = {
 
 /* ---------------------------------------------------- mean (composite) */
 
-/* sum * (1/n): no derivative code of its own. The mean of no element is
- * NaN (0/0), as in PyTorch. */
-static double inv_count(int64_t n) { return n ? 1.0 / (double)n : NAN; }
+/* sum / n, as PyTorch divides (sum * (1/n) differs from it in the last
+ * bit, e.g. for the mean of {5, 0, 0}, and so does its gradient dy * (1/n));
+ * no derivative code of its own. The mean of no element is NaN (0/0), as
+ * in PyTorch. */
+static ad_tensor *div_count(ad_ctx *ctx, ad_tensor *s, int64_t n) {
+  return s ? ad_div(ctx, s, ad_scalar(ctx, s->dtype, (double)n)) : NULL;
+}
 
 ad_tensor *ad_mean(ad_ctx *ctx, ad_tensor *x) {
   ad_tensor *s = ad_sum(ctx, x);
-  return s ? ad_mul_scalar(ctx, s, inv_count(x->size)) : NULL;
+  return s ? div_count(ctx, s, x->size) : NULL;
 }
 
 ad_tensor *ad_mean_axis(ad_ctx *ctx, ad_tensor *x, int axis, bool keepdim) {
   ad_tensor *s = ad_sum_axis(ctx, x, axis, keepdim);
-  return s ? ad_mul_scalar(ctx, s, inv_count(x->shape[ad_norm_axis(axis, x->ndim)])) : NULL;
+  return s ? div_count(ctx, s, x->shape[ad_norm_axis(axis, x->ndim)]) : NULL;
 }

@@ -67,6 +67,19 @@ static ad_tensor *clamped_log(ad_ctx *ctx, ad_tensor *x) {
 ad_tensor *nn_bce_loss(ad_ctx *ctx, ad_tensor *pred, ad_tensor *target, nn_reduction red) {
   ad_tensor *t = match_target(ctx, "bce_loss", pred, target);
   if (!t) return NULL;
+  /* PyTorch refuses a probability outside [0, 1], NaN included */
+  for (int64_t i = 0; i < pred->size; i++) {
+    double v = pred->dtype == AD_F32 ? (double)((const float *)pred->data)[i]
+                                     : ((const double *)pred->data)[i];
+    if (!(v >= 0 && v <= 1)) {
+      char a[64];
+      ad_set_error(ctx, AD_ERR_ARG,
+                   "bce_loss: prediction %g at element %lld of %s is outside [0, 1] (it takes "
+                   "probabilities; bce_with_logits_loss takes logits)",
+                   v, (long long)i, ad_shape_str(pred, a, sizeof a));
+      return NULL;
+    }
+  }
   ad_tensor *lp = clamped_log(ctx, pred);
   ad_tensor *lq = clamped_log(ctx, ad_rsub_scalar(ctx, pred, 1.0));
   ad_tensor *l =
@@ -100,10 +113,10 @@ static bool check_labels(ad_ctx *ctx, const char *fn, const ad_tensor *z, const 
                  ad_shape_str(lab, a, sizeof a), ad_dtype_name(lab->dtype));
     return false;
   }
-  if (z->ndim != 2 || lab->ndim != 1 || lab->shape[0] != z->shape[0] || z->shape[0] == 0 ||
-      z->shape[1] == 0) {
-    ad_set_error(ctx, AD_ERR_SHAPE, "%s: scores %s and labels %s: need [N,C] and [N], N, C >= 1",
-                 fn, ad_shape_str(z, a, sizeof a), ad_shape_str(lab, b, sizeof b));
+  /* N = 0 is an empty batch: NaN for the mean, 0 for the sum (PyTorch) */
+  if (z->ndim != 2 || lab->ndim != 1 || lab->shape[0] != z->shape[0] || z->shape[1] == 0) {
+    ad_set_error(ctx, AD_ERR_SHAPE, "%s: scores %s and labels %s: need [N,C] and [N], C >= 1", fn,
+                 ad_shape_str(z, a, sizeof a), ad_shape_str(lab, b, sizeof b));
     return false;
   }
   const int32_t *l = lab->data;
@@ -123,16 +136,16 @@ ad_tensor *nn_cross_entropy_loss(ad_ctx *ctx, ad_tensor *logits, ad_tensor *targ
   const char *fn = "cross_entropy_loss";
   if (ctx && target && target->dtype == AD_I32) {
     if (!check_labels(ctx, fn, logits, target)) return NULL;
-    ad_tensor *l = ad_softmax_cross_entropy(ctx, logits, target);
-    if (red == NN_MEAN) return l;
-    if (red == NN_SUM) return ad_mul_scalar(ctx, l, (double)logits->shape[0]);
-    return reduce(ctx, l, red, fn);
+    if (red != NN_MEAN && red != NN_SUM) return reduce(ctx, logits, red, fn);
+    /* the sum summed (N times the mean was NaN for N = 0, and rounded) */
+    ad_cross_entropy_opts o = {.sum = red == NN_SUM};
+    return ad_softmax_cross_entropy_ext(ctx, logits, target, &o);
   }
   ad_tensor *t = match_target(ctx, fn, logits, target);
   if (!t) return NULL;
   char a[64];
-  if (logits->ndim != 2 || logits->shape[0] == 0 || logits->shape[1] == 0) {
-    ad_set_error(ctx, AD_ERR_SHAPE, "%s: logits %s must be [N,C] with N, C >= 1", fn,
+  if (logits->ndim != 2 || logits->shape[1] == 0) {
+    ad_set_error(ctx, AD_ERR_SHAPE, "%s: logits %s must be [N,C] with C >= 1", fn,
                  ad_shape_str(logits, a, sizeof a));
     return NULL;
   }
@@ -141,7 +154,10 @@ ad_tensor *nn_cross_entropy_loss(ad_ctx *ctx, ad_tensor *logits, ad_tensor *targ
   return reduce(ctx, l, red, fn);
 }
 
-/* l_n = -logp[n, label_n] = -sum_c onehot_nc logp_nc */
+/* l_n = -logp[n, label_n] = -sum_c where(onehot_nc, logp_nc, 0): a select,
+ * not a product, so that -inf or NaN in another class (log of a zero
+ * probability) is left out of the loss and its gradient, as PyTorch's
+ * gather does. */
 ad_tensor *nn_nll_loss(ad_ctx *ctx, ad_tensor *logp, ad_tensor *labels, nn_reduction red) {
   if (!check_labels(ctx, "nll_loss", logp, labels)) return NULL;
   ad_tensor *onehot = nn_tmp_tensor(ctx, logp->dtype, 2, logp->shape);
@@ -150,7 +166,8 @@ ad_tensor *nn_nll_loss(ad_ctx *ctx, ad_tensor *logp, ad_tensor *labels, nn_reduc
   const int32_t *lab = labels->data;
   memset(onehot->data, 0, (size_t)onehot->size * ad_dtype_size(onehot->dtype));
   for (int64_t i = 0; i < n; i++) ad_tensor_set(onehot, i * c + lab[i], 1.0);
-  ad_tensor *l = ad_neg(ctx, ad_sum_axis(ctx, ad_mul(ctx, logp, onehot), 1, false));
+  ad_tensor *picked = ad_where(ctx, onehot, logp, ad_scalar(ctx, logp->dtype, 0.0));
+  ad_tensor *l = ad_neg(ctx, ad_sum_axis(ctx, picked, 1, false));
   return reduce(ctx, l, red, "nll_loss");
 }
 

@@ -258,14 +258,25 @@ Test(losses, count_correct) {
       ad_tensor_free(bt);
 }
 
-/* NaN predictions stay NaN through BCE's clamped log, and argmax counts a
- * NaN as the largest value (the first one wins), both as in PyTorch. */
+/* A NaN prediction is refused by BCE (torch 1.13's binary_cross_entropy:
+ * "all elements of input should be between 0 and 1"; it was NaN, found by a
+ * differential test against PyTorch), and argmax counts a NaN as the
+ * largest value (the first one wins), both as in PyTorch. */
 Test(losses, nan_predictions_as_pytorch) {
   const double p[3] = {0.25, NAN, 0.75}, t[3] = {0, 1, 1};
   ad_tensor *pt = make(ctx, AD_F64, 1, 3, p), *tt = make(ctx, AD_F64, 1, 3, t);
-  ad_tensor *l = nn_bce_loss(ctx, pt, tt, NN_SUM);
-  cr_assert_not_null(l, "%s", ad_last_error(ctx));
-  cr_assert(isnan(ad_tensor_item(l)), "torch.nn.functional.binary_cross_entropy gives nan");
+  expect_error(ctx, nn_bce_loss(ctx, pt, tt, NN_SUM), AD_ERR_ARG,
+               "bce_loss: prediction nan at element 1 of [1,3] is outside [0, 1]");
+  ad_tensor_set(pt, 1, 1.5);
+  ad_tensor *f = ad_zeros(ctx, AD_F32, 1, (int64_t[]){3});
+  ad_tensor_copy_data(f, pt);
+  ad_tensor *ft = ad_zeros(ctx, AD_F32, 1, (int64_t[]){3});
+  expect_error(ctx, nn_bce_loss(ctx, f, ft, NN_MEAN), AD_ERR_ARG,
+               "bce_loss: prediction 1.5 at element 1 of [3] is outside [0, 1]");
+  ad_tensor_set(f, 1, -0.0f);
+  cr_assert_not_null(nn_bce_loss(ctx, f, ft, NN_MEAN), "%s", ad_last_error(ctx)); /* -0 is in */
+  ad_tensor_free(f), ad_tensor_free(ft);
+  ad_tensor *l;
   ad_tensor_set(pt, 1, 0.5);
   l = nn_bce_loss(ctx, pt, tt, NN_SUM);
   cr_assert_float_eq(ad_tensor_item(l), -log(0.75) - log(0.5) - log(0.75), 1e-12);
@@ -278,4 +289,57 @@ Test(losses, nan_predictions_as_pytorch) {
   ((int32_t *)lt->data)[0] = 2;
   cr_assert_eq(nn_count_correct(qt, lt, 0.5), 1);
   ad_tensor_free(pt), ad_tensor_free(tt), ad_tensor_free(qt), ad_tensor_free(lt);
+}
+
+/* Only logp[n, label_n] enters the loss and gets a gradient, as in
+ * PyTorch's nll_loss: -inf (the log of a zero probability) or NaN in
+ * another class left the loss NaN (0 * -inf in a one-hot product). Found
+ * by a differential test against PyTorch. */
+Test(losses, nll_ignores_non_finite_values_of_other_classes) {
+  for (int dt = 0; dt < 2; dt++) {
+    ad_tape_reset(ctx);
+    double v[6] = {-0.5, -INFINITY, NAN, -1.25, -INFINITY, -2.0};
+    ad_tensor *lp = make(ctx, dt ? AD_F64 : AD_F32, 2, 3, v);
+    ad_tensor_set_requires_grad(lp, true);
+    int64_t n = 2;
+    int32_t lab[2] = {0, 2};
+    ad_tensor *t = ad_from_data(ctx, AD_I32, 1, &n, lab);
+    ad_tensor *l = nn_nll_loss(ctx, lp, t, NN_MEAN);
+    cr_assert_not_null(l, "%s", ad_last_error(ctx));
+    cr_assert_float_eq(ad_tensor_item(l), 1.25, 1e-12, "loss %g, torch 1.25", ad_tensor_item(l));
+    cr_assert_eq(ad_backward(ctx, l, NULL), AD_OK, "%s", ad_last_error(ctx));
+    double want[6] = {-0.5, 0, 0, 0, 0, -0.5};
+    for (int i = 0; i < 6; i++)
+      cr_assert(ad_tensor_get(lp->grad, i) == want[i], "grad %d: %g, torch %g", i,
+                ad_tensor_get(lp->grad, i), want[i]);
+    l = nn_nll_loss(ctx, lp, t, NN_SUM);
+    cr_assert_float_eq(ad_tensor_item(l), 2.5, 1e-12, "sum %g, torch 2.5", ad_tensor_item(l));
+    ad_tensor_free(lp);
+    ad_tensor_free(t);
+  }
+}
+
+/* An empty batch is no error for cross-entropy and NLL, as in PyTorch:
+ * the mean of no sample is NaN, the sum 0, and the gradient is empty.
+ * They were refused ("N, C >= 1"). Found by a differential test against
+ * PyTorch. */
+Test(losses, empty_batch_as_torch) {
+  int64_t s0[2] = {0, 3}, n0 = 0;
+  for (int dt = 0; dt < 2; dt++)
+    for (int k = 0; k < 3; k++)
+      for (int red = NN_MEAN; red <= NN_SUM; red++) {
+        ad_tape_reset(ctx);
+        ad_tensor *z = ad_zeros(ctx, dt ? AD_F64 : AD_F32, 2, s0);
+        ad_tensor_set_requires_grad(z, true);
+        ad_tensor *t = k == 1 ? ad_zeros(ctx, z->dtype, 2, s0) : ad_zeros(ctx, AD_I32, 1, &n0);
+        ad_tensor *l = k == 2 ? nn_nll_loss(ctx, z, t, (nn_reduction)red)
+                              : nn_cross_entropy_loss(ctx, z, t, (nn_reduction)red);
+        cr_assert_not_null(l, "loss %d: %s", k, ad_last_error(ctx));
+        double v = ad_tensor_item(l);
+        cr_assert(red == NN_MEAN ? isnan(v) : v == 0, "loss %d reduction %d: %g", k, red, v);
+        cr_assert_eq(ad_backward(ctx, l, NULL), AD_OK, "%s", ad_last_error(ctx));
+        cr_assert(!z->grad || z->grad->size == 0);
+        ad_tensor_free(z);
+        ad_tensor_free(t);
+      }
 }

@@ -703,3 +703,43 @@ Test(optim, step_ranges_outside_a_parameter_fail_with_its_name) {
   nn_optimizer_free(o);
   fixture_fini(&f);
 }
+
+/* Without weight decay, an infinite parameter stays infinite and its state
+ * stays finite, as in torch.optim (which adds wd * p only when wd != 0):
+ * the L2 term 0 * inf made a NaN of the gradient, then of the momentum and
+ * the parameter. Found by a differential test against PyTorch. */
+Test(optim, infinite_parameter_without_weight_decay_stays_infinite) {
+  for (int kind = NN_OPT_SGD; kind <= NN_OPT_ADAMW; kind++)
+    for (int dt = 0; dt < 2; dt++) {
+      nn_params *ps = nn_params_new(ctx);
+      int64_t n = 2;
+      ad_tensor *p = ad_zeros(ctx, dt ? AD_F64 : AD_F32, 1, &n);
+      ad_tensor_set(p, 0, -INFINITY);
+      ad_tensor_set(p, 1, 1.0);
+      cr_assert_eq(nn_params_add(ps, "p", p, true), AD_OK);
+      nn_opt_config c = nn_opt_defaults((nn_opt_kind)kind, 0.1);
+      c.weight_decay = 0;
+      if (kind == NN_OPT_SGD || kind == NN_OPT_RMSPROP) c.momentum = 0.9;
+      nn_optimizer *o = nn_optimizer_new(ps, &c);
+      cr_assert_not_null(o);
+      for (int step = 0; step < 2; step++) {
+        ad_tensor *y = ad_sum(ctx, ad_mul_scalar(ctx, p, 0.5)); /* gradient 0.5 */
+        cr_assert_eq(ad_backward(ctx, y, NULL), AD_OK);
+        ad_tape_reset(ctx);
+        cr_assert_eq(nn_optimizer_step(o), AD_OK);
+        nn_optimizer_zero_grad(o);
+      }
+      cr_assert(ad_tensor_get(p, 0) == -INFINITY, "kind %d %s: p[0] = %g", kind, dt ? "f64" : "f32",
+                ad_tensor_get(p, 0));
+      cr_assert(isfinite(ad_tensor_get(p, 1)));
+      int ns = nn_optimizer_state_count(o);
+      for (int i = 0; i < ns; i++) {
+        ad_tensor *s = nn_optimizer_state_tensors(o)[i];
+        if (nn_optimizer_state_param(o, i) == 0)
+          cr_assert(!ad_tensor_has_nonfinite(s), "kind %d %s: state %s is not finite", kind,
+                    dt ? "f64" : "f32", nn_optimizer_state_names(o)[i]);
+      }
+      nn_optimizer_free(o);
+      nn_params_free(ps);
+    }
+}

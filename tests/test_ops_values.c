@@ -1269,3 +1269,99 @@ Test(ops_values, parser_rejects_damaged_files) {
               bad[k].expect);
   }
 }
+
+/* div_scalar divides as PyTorch's x / s does (by s rounded to x's dtype),
+ * bit for bit: it multiplied by 1 / s, one ulp off in f64 (5 / 3) and more
+ * in f32 (1 / 0.001: 1000 where torch gives 999.99994). The gradient is
+ * dy / s. Found by a differential test against PyTorch. */
+Test(ops_values, div_scalar_divides_as_torch) {
+  int64_t n = 2;
+  ad_tensor *x = ad_zeros(ctx, AD_F64, 1, &n);
+  ad_tensor_set(x, 0, 5.0);
+  ad_tensor_set(x, 1, 3.0);
+  ad_tensor_set_requires_grad(x, true);
+  ad_tensor *y = ad_div_scalar(ctx, x, 3.0);
+  cr_assert_not_null(y, "%s", ad_last_error(ctx));
+  cr_assert(ad_tensor_get(y, 0) == 0x1.aaaaaaaaaaaabp+0, "5 / 3 = %a, torch 0x1.aaaaaaaaaaaabp+0",
+            ad_tensor_get(y, 0));
+  cr_assert(ad_tensor_get(y, 1) == 1.0);
+  cr_assert_eq(ad_backward(ctx, ad_sum(ctx, y), NULL), AD_OK, "%s", ad_last_error(ctx));
+  cr_assert(ad_tensor_get(x->grad, 0) == 1.0 / 3.0, "grad %a", ad_tensor_get(x->grad, 0));
+  ad_tensor *xf = ad_full(ctx, AD_F32, 1, &n, 3.0);
+  ad_tensor *yf = ad_div_scalar(ctx, xf, 0.001);
+  cr_assert_not_null(yf, "%s", ad_last_error(ctx));
+  cr_assert(ad_tensor_get(yf, 0) == (double)(3.0f / 0.001f), "3 / 0.001 = %.9g, torch %.9g",
+            ad_tensor_get(yf, 0), (double)(3.0f / 0.001f));
+  ad_tensor_free(x);
+  ad_tensor_free(xf);
+}
+
+/* leaky_relu's gradient is dy where x > 0 and alpha dy elsewhere, as in
+ * PyTorch, also for an infinite or NaN alpha: the slope alpha + (1 - alpha)
+ * [x > 0] it was computed from is NaN for x > 0 then. Found by a
+ * differential test against PyTorch. */
+Test(ops_values, leaky_relu_gradient_with_non_finite_alpha) {
+  double alphas[3] = {INFINITY, -INFINITY, NAN};
+  for (int k = 0; k < 3; k++) {
+    ad_tape_reset(ctx);
+    int64_t n = 2;
+    ad_tensor *x = ad_zeros(ctx, AD_F64, 1, &n);
+    ad_tensor_set(x, 0, 2.0);
+    ad_tensor_set(x, 1, -3.0);
+    ad_tensor_set_requires_grad(x, true);
+    ad_tensor *y = ad_sum(ctx, ad_leaky_relu(ctx, x, alphas[k]));
+    cr_assert_eq(ad_backward(ctx, y, NULL), AD_OK, "%s", ad_last_error(ctx));
+    cr_assert(ad_tensor_get(x->grad, 0) == 1.0, "alpha %g: grad at 2 is %g, torch 1", alphas[k],
+              ad_tensor_get(x->grad, 0));
+    double g1 = ad_tensor_get(x->grad, 1);
+    cr_assert(isnan(alphas[k]) ? isnan(g1) : g1 == alphas[k], "alpha %g: grad at -3 is %g",
+              alphas[k], g1);
+    ad_tensor_free(x);
+  }
+}
+
+/* div's gradient in b is -dy ((a / b) / b), PyTorch's formula: 0 where
+ * a = 0 also when dy / b overflows (b subnormal), where -(dy / b)(a / b)
+ * gave inf * 0 = NaN; and the same bits as PyTorch elsewhere (values from
+ * torch 1.13). Found by a differential test against PyTorch. */
+Test(ops_values, div_gradient_in_the_divisor_as_torch) {
+  int64_t n = 3;
+  double av[3] = {0.0, 1e-200, 3.0}, bv[3] = {0x1p-1074, 1e-170, 7.0}, gv[3] = {0.5, 0.25, 0.3};
+  ad_tensor *a = ad_from_data(ctx, AD_F64, 1, &n, av);
+  ad_tensor *b = ad_from_data(ctx, AD_F64, 1, &n, bv);
+  ad_tensor *g = ad_from_data(ctx, AD_F64, 1, &n, gv);
+  ad_tensor_set_requires_grad(a, true);
+  ad_tensor_set_requires_grad(b, true);
+  cr_assert_eq(ad_backward(ctx, ad_div(ctx, a, b), g), AD_OK, "%s", ad_last_error(ctx));
+  double want[3] = {-0.0, -0x1.0cb70d24b7379p+463, -0x1.2cee3c9aa5180p-6};
+  for (int i = 0; i < 3; i++)
+    cr_assert(ad_tensor_get(b->grad, i) == want[i], "db[%d] = %a, torch %a", i,
+              ad_tensor_get(b->grad, i), want[i]);
+  cr_assert(ad_tensor_get(a->grad, 0) == 0.5 / 0x1p-1074); /* inf, as in PyTorch */
+  ad_tensor_free(a);
+  ad_tensor_free(b);
+  ad_tensor_free(g);
+}
+
+/* mean and mean_axis divide the sum by the count, as PyTorch: the mean of
+ * {5, 0, 0} is 5 / 3 = 0x1.aaaaaaaaaaaabp+0 (torch 1.13), where 5 * (1/3)
+ * is one ulp less, and the gradient is dy / n (torch: 5 / 3 for dy = 5).
+ * Found by a differential test against PyTorch. */
+Test(ops_values, mean_divides_by_the_count_as_torch) {
+  int64_t s[2] = {1, 3};
+  double v[3] = {5, 0, 0};
+  ad_tensor *x = ad_from_data(ctx, AD_F64, 2, s, v);
+  ad_tensor_set_requires_grad(x, true);
+  ad_tensor *m = ad_mean(ctx, x);
+  cr_assert(ad_tensor_item(m) == 0x1.aaaaaaaaaaaabp+0, "mean %a", ad_tensor_item(m));
+  cr_assert_eq(ad_backward(ctx, m, ad_scalar(ctx, AD_F64, 5.0)), AD_OK, "%s", ad_last_error(ctx));
+  cr_assert(ad_tensor_get(x->grad, 0) == 0x1.aaaaaaaaaaaabp+0, "grad %a",
+            ad_tensor_get(x->grad, 0));
+  ad_tensor *ma = ad_mean_axis(ctx, x, 1, false);
+  cr_assert(ad_tensor_get(ma, 0) == 0x1.aaaaaaaaaaaabp+0, "mean_axis %a", ad_tensor_get(ma, 0));
+  int64_t z = 0;
+  ad_tensor *e = ad_zeros(ctx, AD_F64, 1, &z);
+  cr_assert(isnan(ad_tensor_item(ad_mean(ctx, e))), "the mean of nothing is NaN");
+  ad_tensor_free(x);
+  ad_tensor_free(e);
+}

@@ -753,7 +753,8 @@ NN_API ad_tensor *nn_mse_loss(ad_ctx *ctx, ad_tensor *pred, ad_tensor *target, n
 
 /** Binary cross-entropy from probabilities pred in [0,1]:
  * -(t log p + (1-t) log(1-p)), each log clamped at -100 as in PyTorch.
- * Targets as in nn_mse_loss. */
+ * Targets as in nn_mse_loss. A prediction outside [0, 1], or NaN, is
+ * refused (AD_ERR_ARG naming it and its element), as PyTorch refuses it. */
 NN_API ad_tensor *nn_bce_loss(ad_ctx *ctx, ad_tensor *pred, ad_tensor *target, nn_reduction red);
 
 /** Binary cross-entropy from logits z, stable for any z:
@@ -765,7 +766,8 @@ NN_API ad_tensor *nn_bce_with_logits_loss(ad_ctx *ctx, ad_tensor *logits, ad_ten
  * labels [N] in 0..C-1 (through the fused, stable ad_softmax_cross_entropy)
  * or float [N,C] one-hot or probability rows: -sum_c t log_softmax(z).
  * Errors name bad labels: "cross_entropy_loss: label 12 of sample 3 is
- * outside 0..9". */
+ * outside 0..9". An empty batch (N = 0) gives NaN with NN_MEAN and 0 with
+ * NN_SUM, as in PyTorch (nn_nll_loss likewise). */
 NN_API ad_tensor *nn_cross_entropy_loss(ad_ctx *ctx, ad_tensor *logits, ad_tensor *target,
                                         nn_reduction red);
 
@@ -903,8 +905,7 @@ NN_API ad_status nn_optimizer_step(nn_optimizer *opt);
  * the parameters and end with nn_optimizer_step's result; each holds the
  * optimizer state of its own ranges only. AD_ERR_NULL (NULL lo or hi),
  * AD_ERR_ARG naming the parameter for a range outside [0, its size]. */
-NN_API ad_status nn_optimizer_step_ranges(nn_optimizer *opt, const int64_t *lo,
-                                          const int64_t *hi);
+NN_API ad_status nn_optimizer_step_ranges(nn_optimizer *opt, const int64_t *lo, const int64_t *hi);
 
 /** Zeroes the gradients of the optimizer's parameters (as
  * nn_params_zero_grad). A step never clears a gradient (the clipping its

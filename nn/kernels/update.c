@@ -40,6 +40,11 @@
  * with Adam's default eps of 1e-8, below the last bit of any parameter
  * larger than about 1e-25. Second moments (denominators) are never
  * flushed: with eps = 0 a 0 there would divide by zero. */
+/* g + wd p, the L2 term, added only when wd != 0 as torch.optim does (its
+ * `if weight_decay != 0`): with 0 wd, an infinite parameter would
+ * otherwise make 0 * inf = NaN of its gradient, and so of its state. */
+#define NN_L2(l2, p, g, FMA) ((l2) != 0 ? FMA(l2, p, g) : (g))
+
 #define NN_FLUSH(x, TMIN) ((x) < (TMIN) && (x) > -(TMIN) ? 0 : (x))
 
 #define DEFINE_UPDATE(T, TMIN, SQRT, FMA, SFX, ATTR)                                               \
@@ -48,22 +53,22 @@
     T nlr = (T)-c->lr, l2 = (T)c->weight_decay, mom = (T)c->momentum;                              \
     T damp = (T)(1.0 - c->dampening);                                                              \
     if (!b) {                                                                                      \
-      for (int64_t i = 0; i < n; i++) p[i] = FMA(nlr, FMA(l2, p[i], gr[i]), p[i]);                 \
+      for (int64_t i = 0; i < n; i++) p[i] = FMA(nlr, NN_L2(l2, p[i], gr[i], FMA), p[i]);          \
     } else if (t == 1) { /* the buffer starts as the parameter's first gradient */                 \
       for (int64_t i = 0; i < n; i++) {                                                            \
-        T g = FMA(l2, p[i], gr[i]);                                                                \
+        T g = NN_L2(l2, p[i], gr[i], FMA);                                                         \
         b[i] = g;                                                                                  \
         p[i] = FMA(nlr, c->nesterov ? FMA(mom, g, g) : g, p[i]);                                   \
       }                                                                                            \
     } else if (c->nesterov) {                                                                      \
       for (int64_t i = 0; i < n; i++) {                                                            \
-        T g = FMA(l2, p[i], gr[i]);                                                                \
+        T g = NN_L2(l2, p[i], gr[i], FMA);                                                         \
         b[i] = NN_FLUSH(FMA(damp, g, mom * b[i]), TMIN);                                           \
         p[i] = FMA(nlr, FMA(mom, b[i], g), p[i]);                                                  \
       }                                                                                            \
     } else {                                                                                       \
       for (int64_t i = 0; i < n; i++) {                                                            \
-        b[i] = NN_FLUSH(FMA(damp, FMA(l2, p[i], gr[i]), mom * b[i]), TMIN);                        \
+        b[i] = NN_FLUSH(FMA(damp, NN_L2(l2, p[i], gr[i], FMA), mom * b[i]), TMIN);                 \
         p[i] = FMA(nlr, b[i], p[i]);                                                               \
       }                                                                                            \
     }                                                                                              \
@@ -74,7 +79,7 @@
     T nclr = (T)(-c->lr / (1.0 + (double)(t - 1) * c->lr_decay));                                  \
     T l2 = (T)c->weight_decay, eps = (T)c->eps;                                                    \
     for (int64_t i = 0; i < n; i++) {                                                              \
-      T g = FMA(l2, p[i], gr[i]);                                                                  \
+      T g = NN_L2(l2, p[i], gr[i], FMA);                                                           \
       s[i] = FMA(g, g, s[i]);                                                                      \
       p[i] += nclr * g / (SQRT(s[i]) + eps);                                                       \
     }                                                                                              \
@@ -86,7 +91,7 @@
     T nlr = (T)-c->lr, l2 = (T)c->weight_decay, eps = (T)c->eps, mom = (T)c->momentum;             \
     T a = (T)c->alpha, a1 = (T)(1.0 - c->alpha);                                                   \
     for (int64_t i = 0; i < n; i++) {                                                              \
-      T g = FMA(l2, p[i], gr[i]);                                                                  \
+      T g = NN_L2(l2, p[i], gr[i], FMA);                                                           \
       v[i] = FMA(a1 * g, g, a * v[i]);                                                             \
       T var = v[i];                                                                                \
       if (m) {                                                                                     \
@@ -116,7 +121,7 @@
       l2 = 0;                                                                                      \
     }                                                                                              \
     for (int64_t i = 0; i < n; i++) {                                                              \
-      T g = FMA(l2, p[i], gr[i]);                                                                  \
+      T g = NN_L2(l2, p[i], gr[i], FMA);                                                           \
       m[i] = NN_FLUSH(FMA(a1, g, b1 * m[i]), TMIN);                                                \
       v[i] = FMA(a2 * g, g, b2 * v[i]);                                                            \
       p[i] += nstep * m[i] / (SQRT(v[i]) / bc2 + eps);                                             \
