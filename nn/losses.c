@@ -2,7 +2,6 @@
  * tape), and the accuracy count. */
 #include "nn_internal.h"
 
-#include <float.h>
 #include <math.h>
 #include <stdio.h>
 
@@ -50,20 +49,9 @@ ad_tensor *nn_mse_loss(ad_ctx *ctx, ad_tensor *pred, ad_tensor *target, nn_reduc
   return reduce(ctx, ad_square(ctx, ad_sub(ctx, pred, t)), red, "mse_loss");
 }
 
-/* log(x) clamped at -100 as PyTorch's BCE does, with a zero (not NaN)
- * gradient where clamped: where(x <= lo, -100, log(max(x, lo))). lo is
- * e^-100, or in f32 the smallest normal float, so 1/lo stays finite. A NaN
- * x is not <= lo and stays NaN (maximum propagates it), as in PyTorch. */
-static ad_tensor *clamped_log(ad_ctx *ctx, ad_tensor *x) {
-  if (!x) return NULL;
-  double lo = x->dtype == AD_F32 ? (double)FLT_MIN : exp(-100.0);
-  ad_tensor *los = ad_scalar(ctx, x->dtype, lo);
-  ad_tensor *safe = ad_log(ctx, ad_maximum(ctx, x, los));
-  ad_tensor *clamp = ad_le(ctx, x, los);
-  return ad_where(ctx, clamp, ad_scalar(ctx, x->dtype, -100.0), safe);
-}
-
-/* l = -(t log p + (1 - t) log(1 - p)), each log clamped at -100. */
+/* l = -(t log p + (1 - t) log(1 - p)), each log clamped at -100, through
+ * ad_binary_cross_entropy: PyTorch's gradient, large (not 0) at a confident
+ * wrong p of 0 or 1. */
 ad_tensor *nn_bce_loss(ad_ctx *ctx, ad_tensor *pred, ad_tensor *target, nn_reduction red) {
   ad_tensor *t = match_target(ctx, "bce_loss", pred, target);
   if (!t) return NULL;
@@ -80,11 +68,7 @@ ad_tensor *nn_bce_loss(ad_ctx *ctx, ad_tensor *pred, ad_tensor *target, nn_reduc
       return NULL;
     }
   }
-  ad_tensor *lp = clamped_log(ctx, pred);
-  ad_tensor *lq = clamped_log(ctx, ad_rsub_scalar(ctx, pred, 1.0));
-  ad_tensor *l =
-      ad_neg(ctx, ad_add(ctx, ad_mul(ctx, t, lp), ad_mul(ctx, ad_rsub_scalar(ctx, t, 1.0), lq)));
-  return reduce(ctx, l, red, "bce_loss");
+  return reduce(ctx, ad_binary_cross_entropy(ctx, pred, t), red, "bce_loss");
 }
 
 /* l = softplus(z) - t z  (= max(z,0) - t z + log(1 + e^-|z|), stable) */

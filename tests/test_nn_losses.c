@@ -343,3 +343,71 @@ Test(losses, empty_batch_as_torch) {
         ad_tensor_free(t);
       }
 }
+
+/* Reproduction from a differential test against PyTorch 1.13: the gradient
+ * of BCE came from the clamped logs, so a confident wrong prediction (p = 0
+ * for t = 1, p = 1 for t = 0) got 0 and p = 1e-13 got -1e13; torch's is
+ * (p - t) / max(p (1 - p), 1e-12) (its bound, the float 1e-12). Targets
+ * that require a gradient get torch's log(1 - p) - log p. Values from
+ * torch 1.13, f64 and f32, reduction 'sum'. */
+static void expect_close(double got, double want, double rtol, const char *what, int i) {
+  if (isinf(want) || want == 0)
+    cr_assert(got == want, "%s %d: %.17g, torch %.17g", what, i, got, want);
+  else
+    cr_assert(fabs(got - want) <= rtol * fabs(want), "%s %d: %.17g, torch %.17g", what, i, got,
+              want);
+}
+
+Test(losses, bce_gradient_at_saturated_predictions_as_pytorch) {
+  const double p[4] = {0, 1, 1e-13, 1}, t[4] = {1, 0, 1, 1};
+  static const struct {
+    ad_dtype dt;
+    double rtol, loss, dp[4], dt_[4];
+  } want[2] = {
+      {AD_F64,
+       1e-13,
+       229.93360620892258,
+       {-1000000003995.8029, 1000000003995.8029, -1000000003995.7028, 0.0},
+       {INFINITY, -INFINITY, 29.933606208922495, -INFINITY}},
+      {AD_F32,
+       1e-6,
+       229.93360900878906,
+       {-999999995904.0, 999999995904.0, -999999995904.0, 0.0},
+       {INFINITY, -INFINITY, 29.93360710144043, -INFINITY}},
+  };
+  for (int k = 0; k < 2; k++) {
+    ad_tape_reset(ctx);
+    ad_tensor *pt = make(ctx, want[k].dt, 1, 4, p), *tt = make(ctx, want[k].dt, 1, 4, t);
+    ad_tensor_set_requires_grad(pt, true);
+    ad_tensor_set_requires_grad(tt, true);
+    ad_tensor *l = nn_bce_loss(ctx, pt, tt, NN_SUM);
+    cr_assert_not_null(l, "%s", ad_last_error(ctx));
+    expect_close(ad_tensor_item(l), want[k].loss, want[k].rtol, "loss", 0);
+    cr_assert_eq(ad_backward(ctx, l, NULL), AD_OK, "%s", ad_last_error(ctx));
+    for (int i = 0; i < 4; i++) {
+      expect_close(ad_tensor_get(pt->grad, i), want[k].dp[i], want[k].rtol, "dp", i);
+      expect_close(ad_tensor_get(tt->grad, i), want[k].dt_[i], want[k].rtol, "dt", i);
+    }
+    ad_tensor_free(pt), ad_tensor_free(tt);
+  }
+}
+
+/* The op behind nn_bce_loss reports the elementwise rule's errors by its
+ * name, and gives NaN (as log does) for a p outside [0, 1], which
+ * nn_bce_loss refuses before. */
+Test(losses, binary_cross_entropy_op_errors) {
+  const double v[3] = {0.25, 0.5, 1.5};
+  ad_tensor *p = make(ctx, AD_F64, 1, 3, v), *t2 = make(ctx, AD_F64, 1, 2, v);
+  ad_tensor *tf = ad_zeros(ctx, AD_F32, 2, (int64_t[]){1, 3});
+  expect_error(ctx, ad_binary_cross_entropy(ctx, p, t2), AD_ERR_SHAPE,
+               "binary_cross_entropy: shapes do not broadcast: [1,3] and [1,2]");
+  cr_assert_null(ad_binary_cross_entropy(ctx, p, tf));
+  cr_assert_eq(ad_last_status(ctx), AD_ERR_DTYPE, "%s", ad_last_error(ctx));
+  cr_assert_not_null(strstr(ad_last_error(ctx), "binary_cross_entropy"), "%s", ad_last_error(ctx));
+  ad_clear_error(ctx);
+  ad_tensor *l = ad_binary_cross_entropy(ctx, p, p);
+  cr_assert_not_null(l, "%s", ad_last_error(ctx));
+  cr_assert_float_eq(ad_tensor_get(l, 0), -(0.25 * log(0.25) + 0.75 * log(0.75)), 1e-15);
+  cr_assert(isnan(ad_tensor_get(l, 2)), "p = 1.5 gave %g", ad_tensor_get(l, 2));
+  ad_tensor_free(p), ad_tensor_free(t2), ad_tensor_free(tf);
+}

@@ -183,6 +183,52 @@ BINARY = {
     "minimum": (torch.minimum, (-2, 2), (-2, 2)),
 }
 
+# binary_cross_entropy (nn_bce_loss's op), torch's elementwise BCE
+# (reduction 'none') on p in (0.05, 0.95) and t in [0, 1], the pair
+# broadcast first (F's function wants one shape; broadcast_tensors' backward
+# sums down as the engine does). Value: F.binary_cross_entropy. Gradients:
+# torch's formulas, dp = dy (p - t) / max((1 - p) p, 1e-12f) and
+# dt = dy (log(1 - p) - log p), written with torch ops: bit for bit what
+# F's backward gives (asserted below), and differentiable exactly; torch's
+# own double backward is another formula, off by up to ~5e-9 relative in
+# float64 (measured against 50-digit arithmetic), beyond the tolerance.
+class _BCE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, p, t):
+        ctx.save_for_backward(p, t)
+        return F.binary_cross_entropy(p, t, reduction="none")
+
+    @staticmethod
+    def backward(ctx, g):
+        p, t = ctx.saved_tensors
+        eps = torch.tensor(float(np.float32(1e-12)), dtype=p.dtype)
+        return (g * (p - t) / torch.maximum((1 - p) * p, eps),
+                g * (torch.log(1 - p) - torch.log(p)))
+
+
+def _bce(a, b):
+    a, b = torch.broadcast_tensors(a, b)
+    if not torch.is_grad_enabled() or not a.requires_grad:
+        return _BCE.apply(a, b)
+    ref = [x.detach().requires_grad_() for x in (a, b)]
+    seed = torch.linspace(-1, 1, a.numel(), dtype=a.dtype).reshape(a.shape)
+    want = torch.autograd.grad(F.binary_cross_entropy(*ref, reduction="none"), ref, seed)
+    got = torch.autograd.grad(_BCE.apply(*ref), ref, seed)
+    assert all(torch.equal(w, g) for w, g in zip(want, got)), "bce: formula is not torch's"
+    return _BCE.apply(a, b)
+
+
+BINARY["binary_cross_entropy"] = (_bce, (0.05, 0.95), (0, 1))
+
+# binary_cross_entropy where a log is clamped at -100: a confident wrong p
+# (0 for t = 1, 1 for t = 0) gets torch's (p - t) / max(p (1 - p), 1e-12),
+# not the clamped log's 0; t gets log(1 - p) - log p, infinite there.
+# F's own backward, first order only (ad-gradcheck checks second order)
+add("binary_cross_entropy_saturated", "binary_cross_entropy",
+    const([("in", f32r([0.0, 1.0, 1e-13, 1.0, 0.0, 0.5])),
+           ("in", f32r([1.0, 0.0, 1.0, 1.0, 0.0, 0.25]))]),
+    lambda t: F.binary_cross_entropy(t[0], t[1], reduction="none"), second=False)
+
 # a binary op of the table without an entry above: torch.NAME on the usual ranges
 for name in table_ops("B2"):
     if name not in BINARY and name not in ("index_select", "softmax_cross_entropy"):

@@ -635,6 +635,18 @@ typedef struct ad_cross_entropy_opts {
 AD_API ad_tensor *ad_softmax_cross_entropy_ext(ad_ctx *ctx, ad_tensor *logits, ad_tensor *labels,
                                                const ad_cross_entropy_opts *opts);
 
+/** Binary cross-entropy of probabilities p and targets t, elementwise with
+ * broadcasting, as PyTorch's F.binary_cross_entropy with reduction='none':
+ * -(t max(log p, -100) + (1 - t) max(log(1 - p), -100)). Gradients:
+ * dp = dy (p - t) / max(p (1 - p), 1e-12) (PyTorch's bound, the float
+ * 1e-12 in both dtypes), so a confident wrong p of 0 or 1 gets a large
+ * gradient, not 0; dt = dy (log(1 - p) - log p), unclamped (infinite at
+ * p = 0 or 1), as in PyTorch 1.13. Both are made of ops, so differentiable
+ * again. p is meant to be in [0, 1]; outside it the result is NaN, as log
+ * gives (nn_bce_loss refuses such p). Errors: AD_ERR_DTYPE (not one float
+ * dtype), AD_ERR_SHAPE (shapes that do not broadcast). */
+AD_API ad_tensor *ad_binary_cross_entropy(ad_ctx *ctx, ad_tensor *p, ad_tensor *t);
+
 /** Batch normalisation, PyTorch's F.batch_norm: x [N, C, ...] (2-D [N, C]
  * or more dims, e.g. NCHW) normalised per channel (dim 1) over every other
  * dim, then scaled by weight [C] and shifted by bias [C] (either NULL for

@@ -752,9 +752,15 @@ typedef ad_tensor *(*nn_loss_fn)(ad_ctx *ctx, ad_tensor *pred, ad_tensor *target
 NN_API ad_tensor *nn_mse_loss(ad_ctx *ctx, ad_tensor *pred, ad_tensor *target, nn_reduction red);
 
 /** Binary cross-entropy from probabilities pred in [0,1]:
- * -(t log p + (1-t) log(1-p)), each log clamped at -100 as in PyTorch.
- * Targets as in nn_mse_loss. A prediction outside [0, 1], or NaN, is
- * refused (AD_ERR_ARG naming it and its element), as PyTorch refuses it. */
+ * -(t log p + (1-t) log(1-p)), each log clamped at -100 as in PyTorch
+ * (the op ad_binary_cross_entropy, then the reduction). The gradient is
+ * PyTorch's, dp = (p - t) / max(p (1 - p), 1e-12) per element, not that
+ * of the clamped logs: a confident wrong prediction (p = 0 for t = 1, or
+ * p = 1 for t = 0) gets about -1e12 or 1e12 (times 1/N for NN_MEAN), not
+ * 0. A target that requires a gradient gets log(1-p) - log p (infinite at
+ * p = 0 or 1), as in PyTorch 1.13. Targets as in nn_mse_loss. A prediction
+ * outside [0, 1], or NaN, is refused (AD_ERR_ARG naming it and its
+ * element), as PyTorch refuses it. */
 NN_API ad_tensor *nn_bce_loss(ad_ctx *ctx, ad_tensor *pred, ad_tensor *target, nn_reduction red);
 
 /** Binary cross-entropy from logits z, stable for any z:
