@@ -1,6 +1,7 @@
 /* op_elementwise.c: elementwise ops: binary (NumPy broadcasting), scalar
  * forms, unary, and the fused gradients of activations. The machinery they
- * share comes first; then one block per op, in ops.def order: kernel,
+ * share comes first (the binary kernels' macros are in ops.h, for other
+ * families too); then one block per op, in ops.def order: kernel,
  * backward, builders, sample, and last its definition, which holds the
  * math. Backward formulas use the engine's own ops so they can be recorded. */
 #include "ops.h"
@@ -13,67 +14,11 @@
  * threads (ad_set_num_threads): tens of microseconds of work. */
 #define ELEM_GRAIN 32768
 
-/* Binary kernels. NAME_rows computes len elements of the output from oy on,
- * reading a from oa with stride sa and b from ob with stride sb. */
-typedef void (*rows_fn)(const ad_call *c, int64_t oa, int64_t sa, int64_t ob, int64_t sb,
-                        int64_t oy, int64_t len);
-
-/* The three stride patterns the inner loop meets (both contiguous, one
- * broadcast scalar), for one type. */
-#define BINARY_LOOP(T, EXPR)                                                                       \
-  do {                                                                                             \
-    const T *A = (const T *)c->in[0]->data + oa, *B = (const T *)c->in[1]->data + ob;              \
-    T *Y = (T *)c->out->data + oy;                                                                 \
-    if (len == 1) { /* scalars: skip the vector loop's set-up */                                   \
-      T x0 = A[0], x1 = B[0];                                                                      \
-      Y[0] = (T)(EXPR);                                                                            \
-    } else if (sa == 1 && sb == 1)                                                                 \
-      for (int64_t i = 0; i < len; i++) {                                                          \
-        T x0 = A[i], x1 = B[i];                                                                    \
-        Y[i] = (T)(EXPR);                                                                          \
-      }                                                                                            \
-    else if (sa == 1)                                                                              \
-      for (int64_t i = 0; i < len; i++) {                                                          \
-        T x0 = A[i], x1 = B[0];                                                                    \
-        Y[i] = (T)(EXPR);                                                                          \
-      }                                                                                            \
-    else                                                                                           \
-      for (int64_t i = 0; i < len; i++) {                                                          \
-        T x0 = A[i * sa], x1 = B[i * sb];                                                          \
-        Y[i] = (T)(EXPR);                                                                          \
-      }                                                                                            \
-  } while (0)
-
-/* Defines NAME_rows and NAME_fwd computing y = EXPR(x0, x1), x0 from a and
- * x1 from b, for both float types; EXPR may read the call's attributes as
- * c->attrs. */
-#define DEFINE_BINARY(NAME, EXPR)                                                                  \
-  static void NAME##_rows(const ad_call *c, int64_t oa, int64_t sa, int64_t ob, int64_t sb,        \
-                          int64_t oy, int64_t len) {                                               \
-    if (c->out->dtype == AD_F32)                                                                   \
-      BINARY_LOOP(float, EXPR);                                                                    \
-    else                                                                                           \
-      BINARY_LOOP(double, EXPR);                                                                   \
-  }                                                                                                \
-  static void NAME##_fwd(const ad_call *c) {                                                       \
-    if (c->out->size == 1) { /* then a and b hold one element each: no row walk, no kernel call */ \
-      if (c->out->dtype == AD_F32) {                                                               \
-        float x0 = *(const float *)c->in[0]->data, x1 = *(const float *)c->in[1]->data;            \
-        *(float *)c->out->data = (float)(EXPR);                                                    \
-      } else {                                                                                     \
-        double x0 = *(const double *)c->in[0]->data, x1 = *(const double *)c->in[1]->data;         \
-        *(double *)c->out->data = (EXPR);                                                          \
-      }                                                                                            \
-      return;                                                                                      \
-    }                                                                                              \
-    binary_run(c, NAME##_rows);                                                                    \
-  }
-
 /* A binary op's work, cut into ranges of elements (same shapes, or b a
  * scalar) or of rows (broadcasting) for ad_parallel_for. */
 typedef struct binary_job {
   const ad_call *c;
-  rows_fn f;
+  ad_rows_fn f;
   int64_t sb;      /* b's stride in the flat case: 1 or 0 */
   bool row_vector; /* a is out's shape, b one row of it (a bias): no offset arithmetic */
   ad_bc_rows it;
@@ -96,7 +41,7 @@ static void binary_rows(void *ud, int64_t b, int64_t e) {
   }
 }
 
-static void binary_run(const ad_call *c, rows_fn f) {
+void ad_binary_run(const ad_call *c, ad_rows_fn f) {
   const ad_tensor *a = c->in[0], *b = c->in[1], *out = c->out;
   bool same = ad_same_shape(a, b);
   if (same || (b->size == 1 && a->size == out->size)) {

@@ -353,30 +353,9 @@ static inline float bce_f32(float p, float t) {
   return (t - 1.0f) * lq - t * lp;
 }
 
-/* Row by row over the broadcast output: p's and t's offsets from
- * ad_bc_row, their strides along the row (0 where broadcast). */
-static void bce_fwd(const ad_call *c) {
-  const ad_tensor *out = c->out;
-  ad_bc_rows it;
-  ad_bc_init(&it, 2, c->in, out);
-  int last = out->ndim - 1;
-  int64_t sp = last >= 0 ? it.st[0][last] : 0, st = last >= 0 ? it.st[1][last] : 0;
-  for (int64_t r = 0; r < it.rows; r++) {
-    int64_t off[2];
-    ad_bc_row(&it, out, r, off);
-    if (out->dtype == AD_F32) {
-      const float *p = (const float *)c->in[0]->data + off[0];
-      const float *t = (const float *)c->in[1]->data + off[1];
-      float *y = (float *)out->data + r * it.len;
-      for (int64_t j = 0; j < it.len; j++) y[j] = bce_f32(p[j * sp], t[j * st]);
-    } else {
-      const double *p = (const double *)c->in[0]->data + off[0];
-      const double *t = (const double *)c->in[1]->data + off[1];
-      double *y = (double *)out->data + r * it.len;
-      for (int64_t j = 0; j < it.len; j++) y[j] = bce_f64(p[j * sp], t[j * st]);
-    }
-  }
-}
+/* the elementwise kernel of op_elementwise.c's binary ops, per dtype */
+#define BCE_OF(p, t) _Generic((p), float : bce_f32, double : bce_f64)(p, t)
+DEFINE_BINARY(bce, BCE_OF(x0, x1))
 
 /* Both gradients from ops (so gradgradcheck passes); the engine sums a
  * broadcast input's contribution down. */

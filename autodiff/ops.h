@@ -59,6 +59,67 @@ static inline const char *ad_coords_str(const ad_tensor *t, int64_t i, char *buf
   return buf;
 }
 
+/* Binary kernels (op_elementwise.c's, and any op of two broadcast
+ * operands). NAME_rows computes len elements of the output from oy on,
+ * reading a from oa with stride sa and b from ob with stride sb. */
+typedef void (*ad_rows_fn)(const ad_call *c, int64_t oa, int64_t sa, int64_t ob, int64_t sb,
+                           int64_t oy, int64_t len);
+
+/* The three stride patterns the inner loop meets (both contiguous, one
+ * broadcast scalar), for one type. */
+#define BINARY_LOOP(T, EXPR)                                                                       \
+  do {                                                                                             \
+    const T *A = (const T *)c->in[0]->data + oa, *B = (const T *)c->in[1]->data + ob;              \
+    T *Y = (T *)c->out->data + oy;                                                                 \
+    if (len == 1) { /* scalars: skip the vector loop's set-up */                                   \
+      T x0 = A[0], x1 = B[0];                                                                      \
+      Y[0] = (T)(EXPR);                                                                            \
+    } else if (sa == 1 && sb == 1)                                                                 \
+      for (int64_t i = 0; i < len; i++) {                                                          \
+        T x0 = A[i], x1 = B[i];                                                                    \
+        Y[i] = (T)(EXPR);                                                                          \
+      }                                                                                            \
+    else if (sa == 1)                                                                              \
+      for (int64_t i = 0; i < len; i++) {                                                          \
+        T x0 = A[i], x1 = B[0];                                                                    \
+        Y[i] = (T)(EXPR);                                                                          \
+      }                                                                                            \
+    else                                                                                           \
+      for (int64_t i = 0; i < len; i++) {                                                          \
+        T x0 = A[i * sa], x1 = B[i * sb];                                                          \
+        Y[i] = (T)(EXPR);                                                                          \
+      }                                                                                            \
+  } while (0)
+
+/* Defines NAME_rows and NAME_fwd computing y = EXPR(x0, x1), x0 from a and
+ * x1 from b, for both float types; EXPR may read the call's attributes as
+ * c->attrs. */
+#define DEFINE_BINARY(NAME, EXPR)                                                                  \
+  static void NAME##_rows(const ad_call *c, int64_t oa, int64_t sa, int64_t ob, int64_t sb,        \
+                          int64_t oy, int64_t len) {                                               \
+    if (c->out->dtype == AD_F32)                                                                   \
+      BINARY_LOOP(float, EXPR);                                                                    \
+    else                                                                                           \
+      BINARY_LOOP(double, EXPR);                                                                   \
+  }                                                                                                \
+  static void NAME##_fwd(const ad_call *c) {                                                       \
+    if (c->out->size == 1) { /* then a and b hold one element each: no row walk, no kernel call */ \
+      if (c->out->dtype == AD_F32) {                                                               \
+        float x0 = *(const float *)c->in[0]->data, x1 = *(const float *)c->in[1]->data;            \
+        *(float *)c->out->data = (float)(EXPR);                                                    \
+      } else {                                                                                     \
+        double x0 = *(const double *)c->in[0]->data, x1 = *(const double *)c->in[1]->data;         \
+        *(double *)c->out->data = (EXPR);                                                          \
+      }                                                                                            \
+      return;                                                                                      \
+    }                                                                                              \
+    ad_binary_run(c, NAME##_rows);                                                                 \
+  }
+
+/* Runs a binary op's rows over the broadcast output (flat when the shapes
+ * allow, split over the library's threads when large): op_elementwise.c. */
+void ad_binary_run(const ad_call *c, ad_rows_fn f);
+
 /* Applies op id with attrs; shorthand used by the public builders. */
 static inline ad_tensor *ad_apply1(ad_ctx *ctx, int op, ad_tensor *x, const ad_attrs *attrs) {
   return ad_op_apply(ctx, op, 1, &x, attrs);

@@ -120,7 +120,7 @@ ad_tensor *nn_cross_entropy_loss(ad_ctx *ctx, ad_tensor *logits, ad_tensor *targ
   const char *fn = "cross_entropy_loss";
   if (ctx && target && target->dtype == AD_I32) {
     if (!check_labels(ctx, fn, logits, target)) return NULL;
-    if (red != NN_MEAN && red != NN_SUM) return reduce(ctx, logits, red, fn);
+    if (red != NN_MEAN && red != NN_SUM) return reduce(ctx, logits, red, fn); /* its error */
     /* the sum summed (N times the mean was NaN for N = 0, and rounded) */
     ad_cross_entropy_opts o = {.sum = red == NN_SUM};
     return ad_softmax_cross_entropy_ext(ctx, logits, target, &o);
