@@ -36,6 +36,10 @@ enum {
 /* The flags of a dead node: its data is kept until ad_tape_reset, because
  * an op of the current tape (or a view) may still read it. */
 #define AD_DEAD_KEEPS_DATA 1
+/* Bits of a persistent leaf's op field (leaves have no op): its data is
+ * the caller's memory (ad_tensor_set_data_buffer, ad_tensor_set_grad_buffer),
+ * never freed by the engine. */
+#define AD_LEAF_EXTERNAL 1
 
 /* Every tensor is a node; the public view comes first. Kept small: a
  * scalar chain allocates a few of these per op, and is bound by the memory
@@ -54,7 +58,7 @@ typedef struct ad_src_list { /* the inputs of an op with more than AD_INLINE_SRC
 typedef struct ad_node {
   ad_tensor t;
   uint32_t magic;
-  uint16_t op; /* op id; meaningless for leaves */
+  uint16_t op; /* op id; for a persistent leaf, AD_LEAF_* bits */
   uint8_t flags;
   uint8_t nsrc;     /* inputs: 0..AD_INLINE_SRC in src.in, or AD_NSRC_LIST */
   uint32_t epoch;   /* tape generation it was made in (temporaries) */

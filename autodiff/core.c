@@ -500,7 +500,8 @@ static ad_node *node_alloc(ad_ctx *ctx) {
 
 /* Frees a dead node's data. */
 static void dead_data_free(ad_ctx *ctx, ad_node *n) {
-  ad_free(ctx, n->t.data, (size_t)n->t.size * ad_dsize(n->t.dtype));
+  if (!(n->op & AD_LEAF_EXTERNAL))
+    ad_free(ctx, n->t.data, (size_t)n->t.size * ad_dsize(n->t.dtype));
   n->t.data = NULL;
   n->t.size = 0; /* accessors that miss the magic find nothing to read */
   n->flags = 0;
@@ -547,7 +548,9 @@ void ad_nodes_free_all(ad_ctx *ctx) {
     int used = sl == ctx->slabs ? ctx->slab_used : AD_SLAB_NODES;
     for (int i = 0; i < used; i++) {
       ad_node *n = &sl->nodes[i];
-      if (n->magic == AD_NODE_MAGIC || (n->magic == AD_NODE_DEAD && n->flags == AD_DEAD_KEEPS_DATA))
+      bool live =
+          n->magic == AD_NODE_MAGIC || (n->magic == AD_NODE_DEAD && n->flags == AD_DEAD_KEEPS_DATA);
+      if (live && !(n->op & AD_LEAF_EXTERNAL))
         ad_free(ctx, n->t.data, (size_t)n->t.size * ad_dsize(n->t.dtype));
       n->magic = 0;
     }
@@ -864,6 +867,111 @@ ad_tensor *ad_leaf_grad_take(ad_ctx *ctx, ad_node *n) {
   g = ad_tensor_new_uninit(ctx, n->t.dtype, n->t.ndim, n->t.shape);
   if (g) ad_node_of(g)->flags |= AD_NF_OWNED;
   return g;
+}
+
+/* The checks of the two buffer setters: t a live persistent tensor and
+ * buf aligned for its dtype. Returns t's node, or NULL with the error in
+ * *st (recorded on the context where there is one). */
+static ad_node *buffer_target(ad_tensor *t, const void *buf, const char *fn, ad_status *st) {
+  *st = AD_ERR_NULL;
+  if (!t) return NULL;
+  ad_node *n = ad_node_of(t);
+  if (n->magic == AD_NODE_DEAD) {
+    *st = ad_set_error(n->ctx, AD_ERR_STATE, "%s: the tensor was freed", fn);
+    return NULL;
+  }
+  *st = AD_ERR_ARG;
+  if (n->magic != AD_NODE_MAGIC) return NULL;
+  if (!(n->flags & AD_NF_PERSISTENT)) {
+    *st = ad_set_error(n->ctx, AD_ERR_STATE,
+                       "%s: a temporary (made by an op) keeps its data in the tape's arena", fn);
+    return NULL;
+  }
+  if (n->flags & AD_NF_OWNED) {
+    *st = ad_set_error(n->ctx, AD_ERR_STATE,
+                       "%s: this tensor is another tensor's gradient; bind that tensor's "
+                       "with ad_tensor_set_grad_buffer",
+                       fn);
+    return NULL;
+  }
+  if ((uintptr_t)buf % ad_dsize(t->dtype)) {
+    *st = ad_set_error(n->ctx, AD_ERR_ARG, "%s: buf %p is not aligned for %s elements", fn, buf,
+                       ad_dtype_name(t->dtype));
+    return NULL;
+  }
+  *st = AD_OK;
+  return n;
+}
+
+/* Points persistent node g's data at buf (NULL: memory of its own, with
+ * the values when keep). The old memory is freed when it was the
+ * engine's. AD_ERR_OOM leaves g unchanged. */
+static ad_status rebind(ad_node *g, void *buf, bool keep) {
+  ad_ctx *ctx = g->ctx;
+  size_t bytes = (size_t)g->t.size * ad_dsize(g->t.dtype);
+  bool ext = g->op & AD_LEAF_EXTERNAL;
+  if (!buf) {
+    if (!ext) return AD_OK;
+    void *mine = ad_malloc(ctx, bytes);
+    if (!mine) return AD_ERR_OOM;
+    if (keep && bytes) memcpy(mine, g->t.data, bytes);
+    g->t.data = mine;
+    g->op &= (uint16_t)~AD_LEAF_EXTERNAL;
+    return AD_OK;
+  }
+  if (keep && buf != g->t.data && bytes) memmove(buf, g->t.data, bytes);
+  if (!ext) ad_free(ctx, g->t.data, bytes);
+  g->t.data = buf;
+  g->op |= AD_LEAF_EXTERNAL;
+  return AD_OK;
+}
+
+ad_status ad_tensor_set_data_buffer(ad_tensor *t, void *buf, bool copy) {
+  ad_status st;
+  ad_node *n = buffer_target(t, buf, "set_data_buffer", &st);
+  if (!n) return st;
+  if (n->epoch == n->ctx->epoch)
+    return ad_set_error(n->ctx, AD_ERR_STATE,
+                        "set_data_buffer: an op of the current tape used the tensor (its "
+                        "backward or a view may still read the old memory); bind it after "
+                        "ad_tape_reset");
+  st = rebind(n, buf, copy || !buf);
+  return st == AD_OK ? AD_OK : ad_set_error(n->ctx, st, "set_data_buffer: out of memory");
+}
+
+ad_status ad_tensor_set_grad_buffer(ad_tensor *t, void *buf, bool copy) {
+  ad_status st;
+  ad_node *n = buffer_target(t, buf, "set_grad_buffer", &st);
+  if (!n) return st;
+  ad_ctx *ctx = n->ctx;
+  if (!ad_is_float(t->dtype))
+    return ad_set_error(ctx, AD_ERR_DTYPE, "set_grad_buffer: %s tensors have no gradient",
+                        ad_dtype_name(t->dtype));
+  ad_tensor *g = t->grad ? t->grad : n->src.spare_grad;
+  if (g && ad_node_of(g)->epoch == ctx->epoch)
+    return ad_set_error(ctx, AD_ERR_STATE,
+                        "set_grad_buffer: an op of the current tape used the gradient; bind it "
+                        "after ad_tape_reset");
+  if (!g && !buf) return AD_OK; /* no gradient and no buffer: engine memory when one comes */
+  if (!g) {                     /* a header for the caller's memory */
+    ad_node *h = node_alloc(ctx);
+    if (!h) return ad_set_error(ctx, AD_ERR_OOM, "set_grad_buffer: out of memory");
+    ad_node_init(h, ctx, t->dtype, t->ndim, t->shape, t->size);
+    h->epoch = 0;
+    h->flags = AD_NF_LEAF | AD_NF_PERSISTENT | AD_NF_OWNED;
+    h->src.spare_grad = NULL;
+    h->t.data = buf;
+    h->op = AD_LEAF_EXTERNAL;
+    g = &h->t;
+    n->src.spare_grad = g;
+  } else if ((st = rebind(ad_node_of(g), buf, (copy || !buf) && t->grad)) != AD_OK) {
+    return ad_set_error(ctx, st, "set_grad_buffer: out of memory");
+  }
+  if (buf && !copy && !t->grad) { /* buf's contents are the gradient now */
+    t->grad = g;
+    n->src.spare_grad = NULL;
+  }
+  return AD_OK;
 }
 
 double ad_tensor_get(const ad_tensor *t, int64_t i) {

@@ -268,6 +268,40 @@ AD_API ad_status ad_tensor_retain_grad(ad_tensor *t);
  * grad: no-op. */
 AD_API void ad_tensor_zero_grad(ad_tensor *t);
 
+/** Caller-provided storage for a persistent tensor's values or gradient,
+ * so that data can live in memory the caller manages (a window shared
+ * between processes, a buffer another library fills) without a copy each
+ * step. buf holds t->size elements of t's dtype, aligned to the element
+ * size; the caller owns it (the engine never frees or reallocates it) and
+ * keeps it valid until t is freed or bound elsewhere. Binding again
+ * re-points t (e.g. a buffer per step); buf NULL moves the values back to
+ * memory the engine allocates (copied; copy is then ignored).
+ *
+ * ad_tensor_set_data_buffer: t->data becomes buf; with copy, t's values
+ * are copied into it first, else buf's contents become t's values (several
+ * tensors, in one process or in processes sharing memory, may then hold one
+ * copy). Refused (AD_ERR_STATE) when an op of the current tape used t: its
+ * backward and its views read t->data; bind between ad_tape_reset and the
+ * first use.
+ *
+ * ad_tensor_set_grad_buffer: buf becomes where t's gradient is stored:
+ * t->grad->data == buf. With copy, a gradient t has now is copied into buf
+ * (with none, t->grad stays NULL and the next backward that reaches t
+ * stores its gradient in buf: the first contribution written, later ones
+ * added); without copy, buf's contents become t's gradient (t->grad is set
+ * also where it was NULL). ad_tensor_zero_grad releases t->grad as always
+ * and keeps buf for the next backward. Refused (AD_ERR_STATE) when an op of
+ * the current tape used t->grad. The caller must not write buf while a
+ * backward runs.
+ *
+ * Both: AD_ERR_NULL (t NULL), AD_ERR_STATE (t freed, a temporary, or a
+ * gradient itself; the tape rules above), AD_ERR_ARG (not a tensor; buf
+ * misaligned), AD_ERR_DTYPE (grad of an AD_I32 tensor), AD_ERR_OOM (buf
+ * NULL and no memory: t unchanged). @{ */
+AD_API ad_status ad_tensor_set_data_buffer(ad_tensor *t, void *buf, bool copy);
+AD_API ad_status ad_tensor_set_grad_buffer(ad_tensor *t, void *buf, bool copy);
+/** @} */
+
 /** Names t (the name is copied) for error messages, anomaly reports, graph
  * dumps and traces: nn names its parameters as PyTorch does ("0.weight").
  * NULL or "" removes the name. A name lasts as long as the tensor: until

@@ -1,0 +1,204 @@
+/* test_buffers.c: caller-provided storage for a persistent tensor's values
+ * and gradient (ad_tensor_set_data_buffer, ad_tensor_set_grad_buffer). */
+#include "test_alloc.h"
+
+#include <criterion/criterion.h>
+#include <math.h>
+#include <string.h>
+
+TEST_CTX_SUITE(buffers);
+
+/* w = [1, 2, 3] (f64, requires grad); the backward of sum(w * w) gives
+ * 2 w. */
+static ad_tensor *leaf3(ad_ctx *c) {
+  const double v[3] = {1, 2, 3};
+  int64_t s = 3;
+  ad_tensor *w = ad_from_data(c, AD_F64, 1, &s, v);
+  cr_assert_not_null(w);
+  cr_assert_eq(ad_tensor_set_requires_grad(w, true), AD_OK);
+  return w;
+}
+
+static void backward_sq(ad_ctx *c, ad_tensor *w) {
+  ad_tape_reset(c);
+  cr_assert_eq(ad_backward(c, ad_sum(c, ad_mul(c, w, w)), NULL), AD_OK, "%s", ad_last_error(c));
+}
+
+Test(buffers, grad_stored_added_and_rewritten_in_the_buffer) {
+  ad_tensor *w = leaf3(ctx);
+  double buf[3] = {99, 99, 99}; /* the first contribution is written, not added */
+  cr_assert_eq(ad_tensor_set_grad_buffer(w, buf, true), AD_OK);
+  cr_assert_null(w->grad, "no gradient yet: none made by binding with copy");
+  backward_sq(ctx, w);
+  cr_assert_eq(w->grad->data, (void *)buf);
+  for (int i = 0; i < 3; i++) cr_assert_eq(buf[i], 2.0 * (i + 1));
+  backward_sq(ctx, w); /* accumulates */
+  for (int i = 0; i < 3; i++) cr_assert_eq(buf[i], 4.0 * (i + 1));
+  ad_tensor_zero_grad(w);
+  cr_assert_null(w->grad);
+  buf[0] = buf[1] = buf[2] = -7;
+  backward_sq(ctx, w);
+  cr_assert_eq(w->grad->data, (void *)buf, "zero_grad keeps the binding");
+  for (int i = 0; i < 3; i++) cr_assert_eq(buf[i], 2.0 * (i + 1));
+  /* back to engine memory: the values move, the buffer is left alone */
+  cr_assert_eq(ad_tensor_set_grad_buffer(w, NULL, false), AD_OK);
+  cr_assert_neq(w->grad->data, (void *)buf);
+  buf[0] = 123;
+  backward_sq(ctx, w);
+  cr_assert_eq(buf[0], 123);
+  for (int i = 0; i < 3; i++) cr_assert_eq(ad_tensor_get(w->grad, i), 4.0 * (i + 1));
+  ad_tensor_free(w);
+}
+
+Test(buffers, grad_rebound_per_step_and_freed_without_the_buffer) {
+  test_alloc ta = {0};
+  ad_ctx *c = ad_ctx_new_with_alloc(test_alloc_fn, &ta);
+  cr_assert_not_null(c);
+  ad_tensor *w = leaf3(c);
+  double a[3], b[3];
+  for (int step = 0; step < 4; step++) {
+    double *buf = step % 2 ? b : a;
+    ad_tensor_zero_grad(w);
+    cr_assert_eq(ad_tensor_set_grad_buffer(w, buf, true), AD_OK, "%s", ad_last_error(c));
+    backward_sq(c, w);
+    cr_assert_eq(w->grad->data, (void *)buf);
+    for (int i = 0; i < 3; i++) cr_assert_eq(buf[i], 2.0 * (i + 1));
+  }
+  /* a gradient present when bound with copy moves into the new buffer */
+  double d[3] = {0};
+  cr_assert_eq(ad_tensor_set_grad_buffer(w, d, true), AD_OK);
+  cr_assert_eq(w->grad->data, (void *)d);
+  for (int i = 0; i < 3; i++) cr_assert_eq(d[i], 2.0 * (i + 1));
+  ad_tensor_free(w); /* frees the engine's memory, not d (the allocator counts) */
+  ad_tape_reset(c);
+  cr_assert_eq(ad_ctx_live_tensors(c), 0);
+  ad_ctx_free(c);
+  cr_assert_eq(ta.live, 0, "%ld blocks left: the engine's gradient memory leaked", ta.live);
+}
+
+Test(buffers, grad_without_copy_takes_the_buffers_contents) {
+  ad_tensor *w = leaf3(ctx);
+  double buf[3] = {5, 6, 7};
+  cr_assert_eq(ad_tensor_set_grad_buffer(w, buf, false), AD_OK);
+  cr_assert_not_null(w->grad, "the buffer's contents are the gradient now");
+  cr_assert_eq(ad_tensor_get(w->grad, 2), 7);
+  backward_sq(ctx, w);
+  cr_assert_eq(buf[0], 7); /* 5 + 2 */
+  double other[3] = {1, 1, 1};
+  cr_assert_eq(ad_tensor_set_grad_buffer(w, other, false), AD_OK);
+  cr_assert_eq(ad_tensor_get(w->grad, 1), 1, "rebinding without copy: the new contents");
+  cr_assert_eq(buf[1], 10, "the old buffer is left as it was");
+  /* the optimizer-style fast path (matmul writes the weight gradient
+   * straight into the leaf's buffer) reaches the caller's memory too */
+  float x[6] = {1, 2, 3, 4, 5, 6}, wv[6] = {1, -1, 0.5f, 2, 0, 1}, g[6], ref[6];
+  int64_t sx[2] = {2, 3}, sw[2] = {3, 2};
+  for (int round = 0; round < 2; round++) {
+    ad_tape_reset(ctx);
+    ad_tensor *xx = ad_from_data(ctx, AD_F32, 2, sx, x), *ww = ad_from_data(ctx, AD_F32, 2, sw, wv);
+    ad_tensor_set_requires_grad(ww, true);
+    if (round) cr_assert_eq(ad_tensor_set_grad_buffer(ww, g, true), AD_OK);
+    cr_assert_eq(
+        ad_backward(ctx, ad_sum(ctx, ad_tanh(ctx, ad_matmul(ctx, xx, ww, false, false))), NULL),
+        AD_OK);
+    if (round) {
+      cr_assert_eq(ww->grad->data, (void *)g);
+      cr_assert_eq(memcmp(g, ref, sizeof g), 0, "the same bits as in engine memory");
+    } else {
+      memcpy(ref, ww->grad->data, sizeof ref);
+    }
+    ad_tensor_free(xx);
+    ad_tensor_free(ww);
+  }
+  ad_tensor_free(w);
+}
+
+Test(buffers, data_in_the_callers_memory) {
+  test_alloc ta = {0};
+  ad_ctx *c = ad_ctx_new_with_alloc(test_alloc_fn, &ta);
+  cr_assert_not_null(c);
+  ad_tensor *w = leaf3(c);
+  double buf[3] = {0};
+  cr_assert_eq(ad_tensor_set_data_buffer(w, buf, true), AD_OK);
+  cr_assert_eq(w->data, (void *)buf);
+  cr_assert_eq(buf[2], 3, "copy: the values moved into the buffer");
+  buf[1] = 10; /* the caller's writes are the tensor's values */
+  ad_tensor *s = ad_sum(c, ad_mul(c, w, w));
+  cr_assert_eq(ad_tensor_item(s), 1 + 100 + 9);
+  /* a tensor the current tape used cannot move: its backward reads it */
+  double other[3] = {4, 5, 6};
+  cr_assert_eq(ad_tensor_set_data_buffer(w, other, false), AD_ERR_STATE);
+  test_expect_error(c, AD_ERR_STATE, "set_data_buffer", "current tape", NULL);
+  cr_assert_eq(w->data, (void *)buf);
+  cr_assert_eq(ad_backward(c, s, NULL), AD_OK);
+  cr_assert_eq(ad_tensor_get(w->grad, 1), 20);
+  ad_tape_reset(c);
+  /* without copy: the buffer's contents are the values; two tensors can
+   * hold one copy */
+  ad_tensor *v = leaf3(c);
+  cr_assert_eq(ad_tensor_set_data_buffer(w, other, false), AD_OK);
+  cr_assert_eq(ad_tensor_set_data_buffer(v, other, false), AD_OK);
+  cr_assert_eq(ad_tensor_get(w, 0), 4);
+  other[0] = -1;
+  cr_assert_eq(ad_tensor_get(v, 0), -1);
+  cr_assert_eq(buf[1], 10, "the old buffer is left alone");
+  /* back to engine memory, values kept */
+  cr_assert_eq(ad_tensor_set_data_buffer(w, NULL, false), AD_OK);
+  other[1] = 0;
+  cr_assert_eq(ad_tensor_get(w, 1), 5);
+  cr_assert_eq(ad_tensor_get(v, 1), 0);
+  ad_tensor_free(w);
+  ad_tensor_free(v); /* its data is other's: not freed by the engine */
+  ad_ctx_free(c);
+  cr_assert_eq(ta.live, 0, "%ld blocks left", ta.live);
+}
+
+Test(buffers, context_free_leaves_the_callers_memory) {
+  test_alloc ta = {0};
+  ad_ctx *c = ad_ctx_new_with_alloc(test_alloc_fn, &ta);
+  cr_assert_not_null(c);
+  ad_tensor *w = leaf3(c);
+  double data[3], grad[3];
+  cr_assert_eq(ad_tensor_set_data_buffer(w, data, true), AD_OK);
+  cr_assert_eq(ad_tensor_set_grad_buffer(w, grad, true), AD_OK);
+  backward_sq(c, w);
+  cr_assert_eq(grad[2], 6);
+  ad_ctx_free(c); /* w still live: the context frees it, not the buffers */
+  cr_assert_eq(ta.live, 0, "%ld blocks left", ta.live);
+  cr_assert_eq(data[0], 1);
+}
+
+Test(buffers, bad_arguments) {
+  cr_assert_eq(ad_tensor_set_data_buffer(NULL, NULL, true), AD_ERR_NULL);
+  cr_assert_eq(ad_tensor_set_grad_buffer(NULL, NULL, true), AD_ERR_NULL);
+  ad_tensor *w = leaf3(ctx);
+  char raw[64];
+  cr_assert_eq(ad_tensor_set_data_buffer(w, raw + 1, true), AD_ERR_ARG);
+  test_expect_error(ctx, AD_ERR_ARG, "set_data_buffer", "not aligned", "f64", NULL);
+  cr_assert_eq(ad_tensor_set_grad_buffer(w, raw + 4, true), AD_ERR_ARG);
+  test_expect_error(ctx, AD_ERR_ARG, "set_grad_buffer", "not aligned", NULL);
+  ad_tensor *tmp = ad_mul(ctx, w, w);
+  double buf[3];
+  cr_assert_eq(ad_tensor_set_data_buffer(tmp, buf, true), AD_ERR_STATE);
+  test_expect_error(ctx, AD_ERR_STATE, "set_data_buffer", "temporary", NULL);
+  cr_assert_eq(ad_backward(ctx, ad_sum(ctx, tmp), NULL), AD_OK);
+  cr_assert_eq(ad_tensor_set_data_buffer(w->grad, buf, true), AD_ERR_STATE);
+  test_expect_error(ctx, AD_ERR_STATE, "another tensor's gradient", NULL);
+  int64_t s = 3;
+  ad_tensor *idx = ad_zeros(ctx, AD_I32, 1, &s);
+  int32_t ib[3];
+  cr_assert_eq(ad_tensor_set_grad_buffer(idx, ib, true), AD_ERR_DTYPE);
+  test_expect_error(ctx, AD_ERR_DTYPE, "set_grad_buffer", "i32", NULL);
+  cr_assert_eq(ad_tensor_set_data_buffer(idx, ib, true), AD_OK, "values of any dtype");
+  /* a gradient an op of the current tape read cannot move */
+  ad_tape_reset(ctx);
+  ad_tensor *n2 = ad_sum(ctx, ad_mul(ctx, w->grad, w->grad));
+  cr_assert_not_null(n2);
+  cr_assert_eq(ad_tensor_set_grad_buffer(w, buf, true), AD_ERR_STATE);
+  test_expect_error(ctx, AD_ERR_STATE, "set_grad_buffer", "current tape", NULL);
+  ad_tape_reset(ctx);
+  cr_assert_eq(ad_tensor_set_grad_buffer(w, buf, true), AD_OK);
+  ad_tensor_free(idx);
+  ad_tensor_free(w);
+  cr_assert_eq(ad_tensor_set_grad_buffer(w, buf, true), AD_ERR_STATE);
+  test_expect_error(ctx, AD_ERR_STATE, "freed", NULL);
+}
