@@ -86,7 +86,15 @@ typedef struct bucket {
  * are several), and sets reduced[k]; every rank then copies the slices
  * into its gradients. The halves alternate by step: a rank can be at most
  * one step ahead of another (the status exchange is collective), so it
- * never writes the half another still reads. */
+ * never writes the half another still reads.
+ *
+ * Zero-copy (zc, when a node has several ranks): the gradients themselves
+ * live in the rank's segment (ad_tensor_set_grad_buffer), so the backward
+ * writes them there unscaled and nothing is packed; each rank publishes its
+ * scale in its segment's head, sums its slice times the ranks' scales into
+ * the node's reduced buffer (the first rank's segment, after its regions:
+ * one per parity), and every rank then takes that buffer as its gradients
+ * (bound without a copy: one copy per node, which the ranks only read). */
 typedef struct shm {
   MPI_Comm node, cross; /* cross: MPI_COMM_NULL on one node */
   int lrank, lsize, nodes;
@@ -99,7 +107,9 @@ typedef struct shm {
   int regions; /* of half bytes each: the two parities, [the shared copy] */
   int64_t step;
   int next_red, next_unp;
-  uint8_t *copied;     /* per parameter: copied back in this step */
+  bool zc;             /* zero-copy gradients (above) for this layout */
+  size_t red;          /* zc: byte offset of the reduced buffer in segment 0 */
+  uint8_t *copied;     /* per parameter: copied back (zc: bound to the sum) in this step */
   int64_t *lo, *hi;    /* per parameter: the elements of this rank's slices */
   nn_optimizer *stale; /* sharded steps left its state whole only in slices */
   char dir[4096];      /* the node's first rank: MPI's backing directory (backing_directory) */
@@ -144,6 +154,7 @@ struct nn_dist {
 static ad_status grad_begin(void *ud, nn_params *p, ad_tensor *loss, int64_t rows,
                             int64_t global_rows);
 static ad_status grad_end(void *ud, nn_params *p, ad_status st);
+static bool bind_grad(nn_dist *d, ad_tensor *t, void *buf, bool copy);
 static ad_status ops_step(void *ud, nn_optimizer *opt);
 static ad_status gather_state(nn_dist *d, nn_optimizer *opt);
 static ad_status ops_sync(void *ud, nn_model *m, nn_optimizer *opt) {
@@ -263,6 +274,8 @@ static void layout_free(nn_dist *d) {
   if (h->on) {
     int done = 0;
     MPI_Finalized(&done);
+    if (!done && h->zc) /* the gradients back to the engine's memory, values kept */
+      for (int i = 0; i < d->np; i++) bind_grad(d, d->t[i], NULL, false);
     if (!done) {
       MPI_Win_unlock_all(h->win);
       MPI_Win_free(&h->win);
@@ -548,17 +561,21 @@ static ad_status shm_build(nn_dist *d) {
     d->b[k].soff = half;
     half += round_up64((size_t)d->b[k].count * ad_dtype_size(d->b[k].dtype));
   }
-  h->head = round_up64(2 * (size_t)d->nb * sizeof(atomic_llong));
+  /* the flags, then the rank's scale of each parity (zc) */
+  h->head = round_up64(2 * (size_t)d->nb * sizeof(atomic_llong) + 2 * sizeof(double));
   h->regions = d->o.shard_optimizer ? 3 : 2; /* the third: parameters and state to share */
   h->half = half;
+  h->zc = h->lsize > 1;
   h->seg = ad_malloc(d->ctx, (size_t)h->lsize * sizeof *h->seg);
   h->copied = ad_malloc(d->ctx, d->np ? (size_t)d->np : 1);
   h->lo = ad_malloc(d->ctx, (d->np ? (size_t)d->np : 1) * sizeof *h->lo);
   h->hi = ad_malloc(d->ctx, (d->np ? (size_t)d->np : 1) * sizeof *h->hi);
   if (!h->seg || !h->copied || !h->lo || !h->hi) return AD_ERR_OOM; /* the caller aborts */
   size_t seg_bytes = h->head + (size_t)h->regions * half;
-  if (seg_bytes == 0) seg_bytes = 64; /* no buckets: a window still, so the path stays on */
-  int room = h->lrank == 0 ? backing_room(h->dir, seg_bytes * (size_t)h->lsize) : 1;
+  h->red = seg_bytes;
+  size_t red_bytes = h->zc ? 2 * half : 0; /* the first rank's: the reduced buffers */
+  if (seg_bytes == 0) seg_bytes = 64;      /* no buckets: a window still, so the path stays on */
+  int room = h->lrank == 0 ? backing_room(h->dir, seg_bytes * (size_t)h->lsize + red_bytes) : 1;
   MPI_Bcast(&room, 1, MPI_INT, 0, h->node);
   MPI_Allreduce(MPI_IN_PLACE, &room, 1, MPI_INT, MPI_MIN, d->comm);
   if (!room) return AD_OK; /* every rank on the MPI-collective path for this layout */
@@ -566,8 +583,8 @@ static ad_status shm_build(nn_dist *d) {
   MPI_Info_create(&info);
   MPI_Info_set(info, "alloc_shared_noncontig", "true"); /* each segment on its own pages */
   void *base = NULL;
-  int ok =
-      MPI_Win_allocate_shared((MPI_Aint)seg_bytes, 1, info, h->node, &base, &h->win) == MPI_SUCCESS;
+  int ok = MPI_Win_allocate_shared((MPI_Aint)(seg_bytes + (h->lrank == 0 ? red_bytes : 0)), 1, info,
+                                   h->node, &base, &h->win) == MPI_SUCCESS;
   MPI_Info_free(&info);
   for (int s = 0; ok && s < h->lsize; s++) {
     MPI_Aint bytes;
@@ -703,6 +720,37 @@ static void scale_f64(double *restrict dst, const double *restrict src, int64_t 
     for (int64_t e = 0; e < n; e++) dst[e] = src[e] * scale;
 }
 
+/* acc[e] = src[e] * scale (add: acc[e] += it), each product rounded as
+ * scale_f32 and scale_f64 round it, so the zero-copy sum has the bits of
+ * the packed one. */
+static void scaled_f32(float *restrict acc, const float *restrict src, int64_t n, double scale,
+                       bool add) {
+  if (scale == 1) {
+    if (add)
+      for (int64_t e = 0; e < n; e++) acc[e] += src[e];
+    else
+      memcpy(acc, src, (size_t)n * sizeof *acc);
+  } else if ((double)(float)scale == scale) {
+    float f = (float)scale;
+    if (add)
+      for (int64_t e = 0; e < n; e++) acc[e] += src[e] * f;
+    else
+      for (int64_t e = 0; e < n; e++) acc[e] = src[e] * f;
+  } else if (add) {
+    for (int64_t e = 0; e < n; e++) acc[e] += (float)((double)src[e] * scale);
+  } else {
+    for (int64_t e = 0; e < n; e++) acc[e] = (float)((double)src[e] * scale);
+  }
+}
+
+static void scaled_f64(double *restrict acc, const double *restrict src, int64_t n, double scale,
+                       bool add) {
+  if (add)
+    for (int64_t e = 0; e < n; e++) acc[e] += scale == 1 ? src[e] : src[e] * scale;
+  else
+    for (int64_t e = 0; e < n; e++) acc[e] = scale == 1 ? src[e] : src[e] * scale;
+}
+
 /* Packs bucket k into buf: each gradient times the shard's share, zeros
  * for none; records which parameters have a gradient here. */
 static void pack(nn_dist *d, int k, char *buf) {
@@ -715,6 +763,8 @@ static void pack(nn_dist *d, int k, char *buf) {
     char *dst = buf + (size_t)d->offset[i] * es;
     if (!g)
       memset(dst, 0, (size_t)d->t[i]->size * es);
+    else if (d->sh.on && d->sh.zc)                 /* unscaled: the sum applies the ranks' scales */
+      memmove(dst, g->data, (size_t)g->size * es); /* in place unless the binding was refused */
     else if (b->dtype == AD_F64)
       scale_f64((double *)(void *)dst, g->data, g->size, d->scale);
     else
@@ -742,12 +792,54 @@ static char *shm_bucket(const nn_dist *d, int s, int k) {
   return shm_region(d, s, k, (int)(d->sh.step & 1));
 }
 
+/* zc: segment s's scale for this step (its rank's share of the batch). */
+static double *scale_slot(const nn_dist *d, int s) {
+  return (double *)(void *)(d->sh.seg[s] + 2 * (size_t)d->nb * sizeof(atomic_llong)) +
+         (d->sh.step & 1);
+}
+
+/* zc: bucket k of the node's reduced buffer of this step's parity. */
+static char *red_bucket(const nn_dist *d, int k) {
+  const shm *h = &d->sh;
+  return h->seg[0] + h->red + (size_t)(h->step & 1) * h->half + d->b[k].soff;
+}
+
+/* ad_tensor_set_grad_buffer without leaving an error behind: a refusal
+ * (an op of the tape read the gradient) costs only the copy it saves. */
+static bool bind_grad(nn_dist *d, ad_tensor *t, void *buf, bool copy) {
+  bool clean = ad_last_status(d->ctx) == AD_OK;
+  if (ad_tensor_set_grad_buffer(t, buf, copy) == AD_OK) return true;
+  if (clean) ad_clear_error(d->ctx);
+  return false;
+}
+
+/* zc: the gradients of this step go to this rank's segment. */
+static void bind_step(nn_dist *d) {
+  for (int i = 0; i < d->np; i++) {
+    ad_tensor *t = d->t[i];
+    if (!ad_tensor_requires_grad(t)) continue;
+    size_t es = ad_dtype_size(t->dtype);
+    bind_grad(d, t, shm_bucket(d, d->sh.lrank, d->bucket_of[i]) + (size_t)d->offset[i] * es, true);
+  }
+}
+
+/* zc: parameter i (of bucket k) takes the node's reduced gradient, bound
+ * without a copy (copied where the binding is refused). */
+static void take_reduced(nn_dist *d, int k, int i) {
+  ad_tensor *t = d->t[i];
+  size_t es = ad_dtype_size(t->dtype);
+  char *r = red_bucket(d, k) + (size_t)d->offset[i] * es;
+  if (bind_grad(d, t, r, false)) return;
+  if (t->grad) memcpy(t->grad->data, r, (size_t)t->size * es);
+}
+
 /* Packs bucket k and starts its reduction: published in the shared
  * segment, or an MPI collective. */
 static void launch(nn_dist *d, int k, bool from_hook) {
   bucket *b = &d->b[k];
   if (d->sh.on) {
     pack(d, k, shm_bucket(d, d->sh.lrank, k));
+    if (d->sh.zc) *scale_slot(d, d->sh.lrank) = d->scale; /* published by the flag */
     atomic_store_explicit(packed_flag(d, d->sh.lrank, k), d->sh.step, memory_order_release);
   } else {
     pack(d, k, b->buf);
@@ -776,6 +868,30 @@ static void reduce_slice(nn_dist *d, int k) {
   if (L == 1) return;
   int64_t lo = slice_lo(b->count, h->lrank, L), hi = slice_lo(b->count, h->lrank + 1, L);
   enum { BLK = 1024 };
+  if (h->zc) { /* the scaled sum into the reduced buffer */
+    if (b->dtype == AD_F64) {
+      double *dst = (double *)(void *)red_bucket(d, k);
+      for (int64_t e0 = lo; e0 < hi; e0 += BLK) {
+        int64_t n = hi - e0 < BLK ? hi - e0 : BLK;
+        double acc[BLK];
+        for (int s = 0; s < L; s++)
+          scaled_f64(acc, (const double *)(void *)shm_bucket(d, s, k) + e0, n, *scale_slot(d, s),
+                     s > 0);
+        memcpy(dst + e0, acc, (size_t)n * sizeof *acc);
+      }
+    } else {
+      float *dst = (float *)(void *)red_bucket(d, k);
+      for (int64_t e0 = lo; e0 < hi; e0 += BLK) {
+        int64_t n = hi - e0 < BLK ? hi - e0 : BLK;
+        float acc[BLK];
+        for (int s = 0; s < L; s++)
+          scaled_f32(acc, (const float *)(void *)shm_bucket(d, s, k) + e0, n, *scale_slot(d, s),
+                     s > 0);
+        memcpy(dst + e0, acc, (size_t)n * sizeof *acc);
+      }
+    }
+    return;
+  }
   if (b->dtype == AD_F64) {
     for (int64_t e0 = lo; e0 < hi; e0 += BLK) {
       int64_t n = hi - e0 < BLK ? hi - e0 : BLK;
@@ -844,7 +960,8 @@ static bool shm_progress(nn_dist *d) {
     if (h->cross != MPI_COMM_NULL) {
       int64_t lo = slice_lo(b->count, h->lrank, h->lsize);
       int n = (int)(slice_lo(b->count, h->lrank + 1, h->lsize) - lo);
-      char *p = shm_bucket(d, h->lrank, k) + (size_t)lo * ad_dtype_size(b->dtype);
+      char *p = (h->zc ? red_bucket(d, k) : shm_bucket(d, h->lrank, k)) +
+                (size_t)lo * ad_dtype_size(b->dtype);
       MPI_Iallreduce(MPI_IN_PLACE, p, n, mpi_type(b->dtype), MPI_SUM, h->cross, &b->xreq);
       b->xlaunched = true;
     } else {
@@ -872,7 +989,10 @@ static bool shm_progress(nn_dist *d) {
       int i = d->ord[j];
       ad_tensor *g = d->t[i]->grad;
       if (!d->flags[2 + i] || !g) continue;
-      copy_param(d, k, i, g->data);
+      if (h->zc)
+        take_reduced(d, k, i);
+      else
+        copy_param(d, k, i, g->data);
       h->copied[i] = 1;
     }
     h->next_unp++;
@@ -1102,6 +1222,7 @@ static ad_status grad_begin(void *ud, nn_params *p, ad_tensor *loss, int64_t row
   if (d->size == 1) return AD_OK; /* one rank: its gradients are the sums */
   if (!layout_current(d, p) && layout_build(d, p) != AD_OK) die(d, "gradient buckets");
   step_reset(d);
+  if (d->sh.on && d->sh.zc) bind_step(d);
   d->begun = true;
   d->scale = global_rows > 0 ? (double)rows / (double)global_rows : 0;
   if (!loss || d->o.no_overlap) return AD_OK;
@@ -1208,12 +1329,17 @@ static ad_status grad_end(void *ud, nn_params *p, ad_status st) {
     if (d->rank == root) return st;
     return ad_set_error(d->ctx, (ad_status)code, "dist: rank %d stopped: %s", root, msg);
   }
-  ensure_grads(d);
-  if (d->sh.on) { /* the gradients that were not here before ensure_grads */
+  if (d->sh.on && d->sh.zc) { /* another rank's gradient where this one has none */
+    for (int i = 0; i < d->np; i++)
+      if (d->flags[2 + i] && !d->sh.copied[i] && ad_tensor_requires_grad(d->t[i]))
+        take_reduced(d, d->bucket_of[i], i);
+  } else if (d->sh.on) { /* the gradients that were not here before ensure_grads */
+    ensure_grads(d);
     for (int i = 0; i < d->np; i++)
       if (d->flags[2 + i] && d->t[i]->grad && !d->sh.copied[i])
         copy_param(d, d->bucket_of[i], i, d->t[i]->grad->data);
   } else {
+    ensure_grads(d);
     for (int k = 0; k < d->nb; k++) unpack(d, k);
   }
   if (d->model) { /* buffers (BatchNorm's running statistics) follow rank 0 */

@@ -365,7 +365,9 @@ static void wide_variadic_op(ad_ctx *c) {
 }
 
 /* The last rank runs out of memory inside backward (its first gradient
- * cannot be allocated) while the others reduce: every rank still reaches
+ * allocation is refused: a leaf outside the parameters, U, whose gradient
+ * the engine allocates also where the parameters' gradients live in the
+ * shared window) while the others reduce: every rank still reaches
  * the status exchange (the failed rank packs zeros for what it lacks), and
  * every rank returns its error, the others with its message; nothing
  * waits for ever. Then a good step on the same buckets works. */
@@ -376,15 +378,18 @@ static void failure_inside_backward(ad_ctx *c) {
     const nn_dist_ops *ops = nn_dist_fit_ops(d);
     int64_t s[1] = {5};
     ad_tensor *W = ad_ones(c, AD_F32, 1, s), *V = ad_ones(c, AD_F32, 1, s);
+    ad_tensor *U = ad_ones(c, AD_F32, 1, s);
     ad_tensor_set_requires_grad(W, true);
     ad_tensor_set_requires_grad(V, true);
+    ad_tensor_set_requires_grad(U, true);
     nn_params *p = nn_params_new(c);
     nn_params_add(p, "W", W, false);
     nn_params_add(p, "V", V, false);
     ad_status st[2];
     double gw = NAN, gv = NAN;
     for (int step = 0; step < 2; step++) {
-      ad_tensor *loss = ad_sum(c, ad_mul(c, ad_mul_scalar(c, W, 2.0), V));
+      ad_tensor *loss = ad_add(c, ad_sum(c, ad_mul(c, ad_mul_scalar(c, W, 2.0), V)),
+                               ad_sum(c, ad_mul_scalar(c, U, 0.0)));
       st[step] = ops->grad_begin(ops->ud, p, loss, 1, size);
       if (step == 0 && rank == size - 1) fail_in = 1;
       if (st[step] == AD_OK) st[step] = ad_backward(c, loss, NULL);
@@ -406,6 +411,7 @@ static void failure_inside_backward(ad_ctx *c) {
       }
       ad_tape_reset(c);
       nn_params_zero_grad(p);
+      ad_tensor_zero_grad(U);
     }
     snprintf(why, sizeof why, "status %s, dW %g, dV %g", ad_status_str(st[1]), gw, gv);
     check(st[1] == AD_OK && fabs(gw - 2) < 1e-6 && fabs(gv - 2) < 1e-6,
@@ -413,6 +419,7 @@ static void failure_inside_backward(ad_ctx *c) {
     nn_params_free(p);
     ad_tensor_free(W);
     ad_tensor_free(V);
+    ad_tensor_free(U);
     nn_dist_free(d);
   }
 }
