@@ -215,13 +215,19 @@ static void topology(nn_dist *d) {
   MPI_Allreduce(MPI_IN_PLACE, &h->nodes, 1, MPI_INT, MPI_SUM, d->comm);
   /* what the ranks must agree on (options given differently on some rank
    * would otherwise leave them in different exchanges): any rank's no_shm,
-   * deterministic, or a rank without shard_optimizer counts for all */
-  int v[5] = {h->lsize, -h->lsize, !SHM_POSSIBLE || d->o.no_shm, d->o.deterministic,
-              !d->o.shard_optimizer};
-  MPI_Allreduce(MPI_IN_PLACE, v, 5, MPI_INT, MPI_MAX, d->comm);
+   * deterministic, private_gradients, or a rank without shard_optimizer
+   * counts for all */
+  int v[6] = {h->lsize,
+              -h->lsize,
+              !SHM_POSSIBLE || d->o.no_shm,
+              d->o.deterministic,
+              !d->o.shard_optimizer,
+              d->o.private_gradients};
+  MPI_Allreduce(MPI_IN_PLACE, v, 6, MPI_INT, MPI_MAX, d->comm);
   bool equal = v[0] == -v[1];
   d->o.deterministic = v[3] != 0;
   d->o.shard_optimizer = v[4] == 0;
+  d->o.private_gradients = v[5] != 0;
   h->wanted = !v[2] && (h->nodes == 1 || (equal && !d->o.deterministic));
   h->cross = MPI_COMM_NULL;
   if (h->wanted && h->nodes > 1) MPI_Comm_split(d->comm, h->lrank, d->rank, &h->cross);
@@ -565,7 +571,7 @@ static ad_status shm_build(nn_dist *d) {
   h->head = round_up64(2 * (size_t)d->nb * sizeof(atomic_llong) + 2 * sizeof(double));
   h->regions = d->o.shard_optimizer ? 3 : 2; /* the third: parameters and state to share */
   h->half = half;
-  h->zc = h->lsize > 1;
+  h->zc = h->lsize > 1 && !d->o.private_gradients;
   h->seg = ad_malloc(d->ctx, (size_t)h->lsize * sizeof *h->seg);
   h->copied = ad_malloc(d->ctx, d->np ? (size_t)d->np : 1);
   h->lo = ad_malloc(d->ctx, (d->np ? (size_t)d->np : 1) * sizeof *h->lo);
@@ -820,6 +826,22 @@ static void bind_step(nn_dist *d) {
     if (!ad_tensor_requires_grad(t)) continue;
     size_t es = ad_dtype_size(t->dtype);
     bind_grad(d, t, shm_bucket(d, d->sh.lrank, d->bucket_of[i]) + (size_t)d->offset[i] * es, true);
+  }
+}
+
+/* zc: each rank's own copy of the reduced gradients, in its segment (whose
+ * unscaled gradients every rank has summed by the time grad_end returns),
+ * for code that changes them in place: the node's buffer is every rank's. */
+static void privatize(nn_dist *d) {
+  shm *h = &d->sh;
+  if (!h->on || !h->zc) return;
+  for (int i = 0; i < d->np; i++) {
+    ad_tensor *t = d->t[i];
+    if (!t->grad) continue;
+    size_t es = ad_dtype_size(t->dtype);
+    char *own = shm_bucket(d, h->lrank, d->bucket_of[i]) + (size_t)d->offset[i] * es;
+    if (t->grad->data != own && !bind_grad(d, t, own, true))
+      die(d, "a private copy of the gradients"); /* refused only after an op read it */
   }
 }
 
@@ -1086,6 +1108,8 @@ static ad_status gather_state(nn_dist *d, nn_optimizer *opt) {
 static ad_status ops_step(void *ud, nn_optimizer *opt) {
   nn_dist *d = ud;
   shm *h = &d->sh;
+  const nn_opt_config *cfg = opt ? nn_optimizer_config(opt) : NULL;
+  if (cfg && (cfg->clip_value > 0 || cfg->clip_norm > 0)) privatize(d); /* clipped in place */
   if (!opt || !d->o.shard_optimizer || !h->on || h->lsize == 1 ||
       nn_optimizer_params(opt) != d->p || !layout_current(d, d->p))
     return nn_optimizer_step(opt);

@@ -132,6 +132,8 @@ typedef struct run {
   nn_dist_stats stats;
 } run;
 
+static const nn_opt_config *train_cfg; /* non-NULL: train's optimizer */
+
 /* Trains a fresh model on n rows, batch bs, for epochs; dist NULL: one
  * process on everything. */
 static run train(ad_ctx *c, ad_dtype dt, int kind, bool adam, int64_t n, int64_t bs, int epochs,
@@ -140,8 +142,9 @@ static run train(ad_ctx *c, ad_dtype dt, int kind, bool adam, int64_t n, int64_t
   ad_tensor *x, *y;
   make_data(c, dt, n, &x, &y);
   r.m = make_model(c, dt, 8, kind, 5);
-  r.opt = adam ? nn_adam_new(nn_model_params(r.m), 0.01)
-               : nn_sgd_new(nn_model_params(r.m), 0.1, 0.9, false, 0);
+  r.opt = train_cfg ? nn_optimizer_new(nn_model_params(r.m), train_cfg)
+          : adam    ? nn_adam_new(nn_model_params(r.m), 0.01)
+                    : nn_sgd_new(nn_model_params(r.m), 0.1, 0.9, false, 0);
   nn_dist *d = dist ? dist_new(c, dopts) : NULL;
   nn_fit_opts fo = {.epochs = epochs,
                     .batch_size = bs,
@@ -225,6 +228,32 @@ static void equals_single(ad_ctx *c, ad_dtype dt, bool adam, size_t bucket, doub
   }
   run_free(&one);
   run_free(&dd);
+}
+
+/* An optimizer that clips the gradients in place (clip_value, then
+ * clip_norm small enough to scale every step) equals one process: on the
+ * shared-memory path the reduced gradients are one buffer per node, so
+ * each rank clips a private copy; with private_gradients each has its own
+ * from the start. */
+static void clipping(ad_ctx *c) {
+  nn_opt_config cfg = nn_opt_defaults(NN_OPT_ADAM, 0.01);
+  cfg.clip_value = 0.05;
+  cfg.clip_norm = 0.02;
+  train_cfg = &cfg;
+  for (int priv = 0; priv < 2; priv++) {
+    nn_dist_opts o = {.bucket_bytes = 8, .private_gradients = priv};
+    run one = train(c, AD_F64, PLAIN, true, 50, 16, 3, NULL, false);
+    run dd = train(c, AD_F64, PLAIN, true, 50, 16, 3, &o, true);
+    double rel = max_rel(nn_model_params(dd.m), nn_model_params(one.m));
+    snprintf(why, sizeof why, "status %s, max relative difference %g", ad_status_str(dd.st), rel);
+    check(dd.st == AD_OK && rel <= 1e-12 && same_bits_as_rank0(nn_model_params(dd.m)),
+          priv ? "an optimizer that clips equals one process (private_gradients)"
+               : "an optimizer that clips equals one process (gradients shared on a node)",
+          why);
+    run_free(&one);
+    run_free(&dd);
+  }
+  train_cfg = NULL;
 }
 
 static void deterministic(ad_ctx *c) {
@@ -859,6 +888,7 @@ int main(int argc, char **argv) {
   equals_single(c, AD_F64, false, 8, 1e-12, "f64 sgd, a bucket per parameter");
   equals_single(c, AD_F64, true, 0, 1e-12, "f64 adam, one bucket");
   equals_single(c, AD_F32, true, 8, 1e-5, "f32 adam, a bucket per parameter");
+  clipping(c);
   deterministic(c);
   if (size > 1) mismatch(c); /* (these need another rank to differ) */
   broadcast_start(c);

@@ -20,9 +20,11 @@
  *     hook (ad_set_backward_hook) as soon as every op that uses its
  *     parameters has been differentiated. The ranks of one machine (a
  *     node) sum through an MPI-3 shared window (MPI_Win_allocate_shared):
- *     each rank packs into its own segment, sums its slice of each bucket
- *     over the node's segments in rank order, and copies the others'
- *     slices back. Across nodes (of equal rank counts) each slice is then
+ *     the backward writes each rank's gradients straight into its own
+ *     segment (ad_tensor_set_grad_buffer), each rank sums its slice of
+ *     each bucket over the node's segments in rank order into one reduced
+ *     buffer of the node, and every rank's gradients then are that buffer
+ *     (see private_gradients). Across nodes (of equal rank counts) each slice is then
  *     allreduced among the ranks of that local rank (MPI_Iallreduce).
  *     Without a shared window (MPI cannot give one, its backing directory
  *     has no room for it, no_shm, nodes of unequal size) the buckets are
@@ -84,8 +86,8 @@ NN_API ad_status nn_dist_init(int *argc, char ***argv);
 NN_API void nn_dist_finalize(void);
 
 /** Options of nn_dist_new. All-zero means the defaults. Every rank should
- * pass the same; deterministic and no_shm set on any rank count for every
- * rank, shard_optimizer only when every rank sets it, and the largest
+ * pass the same; deterministic, no_shm and private_gradients set on any
+ * rank count for every rank, shard_optimizer only when every rank sets it, and the largest
  * ranks_per_node for every rank. */
 typedef struct nn_dist_opts {
   size_t bucket_bytes; /**< gradient bytes per allreduce; default 4 MiB. A
@@ -117,6 +119,19 @@ typedef struct nn_dist_opts {
                           Off by default: with 2 ranks of the
                           wide MLP it measured within noise of the whole step
                           (docs/distributed.md) */
+  bool private_gradients; /**< on the shared-memory path with several ranks
+                          on a node, the backward writes each gradient
+                          straight into the rank's segment of the window and
+                          every rank then reads the reduced gradients from
+                          one buffer of the node, shared (no packing, no
+                          copying back). Until the next step's grad_begin
+                          those gradients are then the node's: read them,
+                          but do not write them (the optimizer's clip_value
+                          and clip_norm work on a private copy made by
+                          nn_dist_ops.step). Set this on any rank to give
+                          every rank its own copy after each reduction
+                          instead, for code that changes gradients in place
+                          between grad_end and the step */
 } nn_dist_opts;
 
 typedef struct nn_dist nn_dist;
