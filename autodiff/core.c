@@ -930,10 +930,10 @@ ad_status ad_tensor_set_data_buffer(ad_tensor *t, void *buf, bool copy) {
   ad_status st;
   ad_node *n = buffer_target(t, buf, "set_data_buffer", &st);
   if (!n) return st;
-  if (n->epoch == n->ctx->epoch)
+  if (n->epoch == n->ctx->epoch && !(n->op & AD_LEAF_EXTERNAL))
     return ad_set_error(n->ctx, AD_ERR_STATE,
                         "set_data_buffer: an op of the current tape used the tensor (its "
-                        "backward or a view may still read the old memory); bind it after "
+                        "views may still read the memory this would free); bind it after "
                         "ad_tape_reset");
   st = rebind(n, buf, copy || !buf);
   return st == AD_OK ? AD_OK : ad_set_error(n->ctx, st, "set_data_buffer: out of memory");

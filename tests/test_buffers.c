@@ -124,13 +124,26 @@ Test(buffers, data_in_the_callers_memory) {
   buf[1] = 10; /* the caller's writes are the tensor's values */
   ad_tensor *s = ad_sum(c, ad_mul(c, w, w));
   cr_assert_eq(ad_tensor_item(s), 1 + 100 + 9);
-  /* a tensor the current tape used cannot move: its backward reads it */
+  /* a tensor in engine memory that the current tape used cannot move: its
+   * views would read freed memory */
   double other[3] = {4, 5, 6};
-  cr_assert_eq(ad_tensor_set_data_buffer(w, other, false), AD_ERR_STATE);
+  ad_tensor *e = leaf3(c);
+  cr_assert_not_null(ad_reshape(c, e, 1, (int64_t[]){3}));
+  cr_assert_eq(ad_tensor_set_data_buffer(e, other, false), AD_ERR_STATE);
   test_expect_error(c, AD_ERR_STATE, "set_data_buffer", "current tape", NULL);
-  cr_assert_eq(w->data, (void *)buf);
+  cr_assert_neq(e->data, (void *)other);
+  ad_tensor_free(e);
   cr_assert_eq(ad_backward(c, s, NULL), AD_OK);
   cr_assert_eq(ad_tensor_get(w->grad, 1), 20);
+  /* from the caller's memory a used tensor may move: nothing is freed, and
+   * the tape's views keep reading the old buffer */
+  ad_tensor *view = ad_reshape(c, w, 1, (int64_t[]){3});
+  double moved[3];
+  cr_assert_eq(ad_tensor_set_data_buffer(w, moved, true), AD_OK);
+  cr_assert_eq(w->data, (void *)moved);
+  cr_assert_eq(moved[1], 10);
+  cr_assert_eq(view->data, (void *)buf, "the view still reads the old buffer");
+  cr_assert_eq(ad_tensor_set_data_buffer(w, buf, true), AD_OK);
   ad_tape_reset(c);
   /* without copy: the buffer's contents are the values; two tensors can
    * hold one copy */

@@ -280,9 +280,11 @@ AD_API void ad_tensor_zero_grad(ad_tensor *t);
  * ad_tensor_set_data_buffer: t->data becomes buf; with copy, t's values
  * are copied into it first, else buf's contents become t's values (several
  * tensors, in one process or in processes sharing memory, may then hold one
- * copy). Refused (AD_ERR_STATE) when an op of the current tape used t: its
- * backward and its views read t->data; bind between ad_tape_reset and the
- * first use.
+ * copy). When an op of the current tape used t, its views of t (reshape,
+ * detach) keep reading the memory t had then: so while t's memory is the
+ * engine's, that is refused (AD_ERR_STATE: bind between ad_tape_reset and
+ * the first use); from the caller's memory it is allowed, and the caller
+ * keeps the old buffer valid until the tape is reset.
  *
  * ad_tensor_set_grad_buffer: buf becomes where t's gradient is stored:
  * t->grad->data == buf. With copy, a gradient t has now is copied into buf
