@@ -471,7 +471,11 @@ static ad_status fit(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor 
   bool lines = o.verbose >= 0;
   double thr = nn_loss_threshold(loss);
   int64_t nb = nn_batcher_batches(tb);
-  if (st == AD_OK && dist) st = dist->sync(dist->ud, m, opt);
+  if (st == AD_OK && dist) { /* on a clean tape, so that the sync may move the parameters
+                               (nn_dist's shared ones); each step resets it anyway */
+    ad_tape_reset(nn_model_ctx(m));
+    st = dist->sync(dist->ud, m, opt);
+  }
   for (int e = 0; e < o.epochs && st == AD_OK; e++) {
     double t0 = nn_now(), last_draw = 0, sum = 0;
     double lr = nn_optimizer_lr(opt);

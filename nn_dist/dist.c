@@ -113,6 +113,14 @@ typedef struct shm {
   int64_t *lo, *hi;    /* per parameter: the elements of this rank's slices */
   nn_optimizer *stale; /* sharded steps left its state whole only in slices */
   char dir[4096];      /* the node's first rank: MPI's backing directory (backing_directory) */
+  /* with shard_optimizer: the parameters of the last sync, one copy per
+   * node in a window of their own (the first rank's memory), which each
+   * rank's sharded step updates in its slices (params_share) */
+  MPI_Win pwin;
+  bool pon;
+  nn_params *pp;
+  int pn;
+  ad_tensor **pt;
 } shm;
 
 typedef struct lookup {
@@ -155,6 +163,11 @@ static ad_status grad_begin(void *ud, nn_params *p, ad_tensor *loss, int64_t row
                             int64_t global_rows);
 static ad_status grad_end(void *ud, nn_params *p, ad_status st);
 static bool bind_grad(nn_dist *d, ad_tensor *t, void *buf, bool copy);
+static void node_barrier(shm *h);
+static void win_barrier(shm *h, MPI_Win w);
+static void params_unshare(nn_dist *d);
+static size_t round_up64(size_t n);
+static bool backing_room(const char *dir, size_t bytes);
 static ad_status ops_step(void *ud, nn_optimizer *opt);
 static ad_status gather_state(nn_dist *d, nn_optimizer *opt);
 static ad_status ops_sync(void *ud, nn_model *m, nn_optimizer *opt) {
@@ -309,6 +322,10 @@ static void layout_free(nn_dist *d) {
 void nn_dist_free(nn_dist *d) {
   if (!d) return;
   if (d->hooked) ad_set_backward_hook(d->ctx, d->prev, d->prev_ud);
+  if (d->sh.pon) {
+    ad_tape_reset(d->ctx); /* its views of the parameters read the window */
+    params_unshare(d);
+  }
   layout_free(d);
   ad_free(d->ctx, d->seen, d->walk_cap);
   ad_free(d->ctx, d->stack, d->walk_cap * sizeof *d->stack);
@@ -328,6 +345,7 @@ const nn_dist_ops *nn_dist_fit_ops(nn_dist *d) { return d ? &d->ops : NULL; }
 
 void nn_dist_get_stats(nn_dist *d, nn_dist_stats *stats, bool reset) {
   if (!d) return;
+  d->stats.shared_params = d->sh.pon;
   if (stats) *stats = d->stats;
   if (reset) {
     nn_dist_stats keep = d->stats;
@@ -449,6 +467,99 @@ static void bcast_list(nn_dist *d, int n, ad_tensor *const *ts) {
     bcast_bytes(d, ts[i]->data, (size_t)ts[i]->size * ad_dtype_size(ts[i]->dtype), 0);
 }
 
+/* Gives the parameters in the node's window back to each rank's memory
+ * (values kept: the ranks read the window at once, nobody writes it). The
+ * tape's views of them keep reading the window until reset (see
+ * nn_dist_free). */
+static void params_unshare(nn_dist *d) {
+  shm *h = &d->sh;
+  if (!h->pon) return;
+  bool clean = ad_last_status(d->ctx) == AD_OK;
+  for (int i = 0; i < h->pn; i++) /* a parameter freed since: AD_ERR_STATE, nothing to do */
+    if (ad_tensor_set_data_buffer(h->pt[i], NULL, false) == AD_ERR_OOM)
+      die(d, "parameters back from the shared window");
+  if (clean) ad_clear_error(d->ctx);
+  win_barrier(h, h->pwin); /* nobody writes the window again before all have read it */
+  int done = 0;
+  MPI_Finalized(&done);
+  if (!done) {
+    MPI_Win_unlock_all(h->pwin);
+    MPI_Win_free(&h->pwin);
+  }
+  ad_free(d->ctx, h->pt, (size_t)h->pn * sizeof *h->pt);
+  h->pt = NULL, h->pn = 0, h->pp = NULL, h->pon = false;
+}
+
+/* With shard_optimizer on a node of several ranks: parameters p (the same
+ * values on every rank) become one copy in the first rank's memory,
+ * which every rank's tensors use (ad_tensor_set_data_buffer), so a sharded
+ * step writes each rank's slices where every rank reads them, without the
+ * exchange. Collective; where MPI or the tape does not allow it on some
+ * rank, every rank keeps its own copy. */
+static void params_share(nn_dist *d, nn_params *p) {
+  shm *h = &d->sh;
+  if (!h->wanted || h->lsize == 1 || !d->o.shard_optimizer || !p) return;
+  int n = nn_params_count(p);
+  ad_tensor *const *ts = nn_params_tensors(p);
+  size_t bytes = 0;
+  for (int i = 0; i < n; i++)
+    bytes += round_up64((size_t)ts[i]->size * ad_dtype_size(ts[i]->dtype));
+  h->pt = ad_malloc(d->ctx, (n ? (size_t)n : 1) * sizeof *h->pt);
+  int ok = h->pt != NULL && (h->lrank != 0 || backing_room(h->dir, bytes ? bytes : 64));
+  MPI_Allreduce(MPI_IN_PLACE, &ok, 1, MPI_INT, MPI_MIN, d->comm);
+  if (!ok) {
+    ad_free(d->ctx, h->pt, (n ? (size_t)n : 1) * sizeof *h->pt);
+    h->pt = NULL;
+    return;
+  }
+  MPI_Info info;
+  MPI_Info_create(&info);
+  MPI_Info_set(info, "alloc_shared_noncontig", "true");
+  void *base = NULL;
+  MPI_Aint mine = h->lrank == 0 ? (MPI_Aint)(bytes ? bytes : 64) : 0;
+  ok = MPI_Win_allocate_shared(mine, 1, info, h->node, &base, &h->pwin) == MPI_SUCCESS;
+  MPI_Info_free(&info);
+  char *win = NULL;
+  if (ok) {
+    MPI_Aint sz;
+    int unit;
+    ok = MPI_Win_shared_query(h->pwin, 0, &sz, &unit, &win) == MPI_SUCCESS && win;
+    if (ok) MPI_Win_lock_all(MPI_MODE_NOCHECK, h->pwin);
+  }
+  int all = ok;
+  MPI_Allreduce(MPI_IN_PLACE, &all, 1, MPI_INT, MPI_MIN, d->comm);
+  if (!all) {
+    if (ok) {
+      MPI_Win_unlock_all(h->pwin);
+      MPI_Win_free(&h->pwin);
+    }
+    ad_free(d->ctx, h->pt, (n ? (size_t)n : 1) * sizeof *h->pt);
+    h->pt = NULL;
+    return;
+  }
+  /* the first rank's values into the window, then every rank takes it */
+  size_t off = 0;
+  for (int i = 0; i < n; i++) {
+    size_t b = (size_t)ts[i]->size * ad_dtype_size(ts[i]->dtype);
+    if (h->lrank == 0 && b) memcpy(win + off, ts[i]->data, b);
+    off += round_up64(b);
+  }
+  win_barrier(h, h->pwin);
+  bool clean = ad_last_status(d->ctx) == AD_OK;
+  int bound = 0;
+  off = 0;
+  for (int i = 0; i < n; i++, bound++) {
+    if (ad_tensor_set_data_buffer(ts[i], win + off, false) != AD_OK) break; /* the tape used it */
+    h->pt[i] = ts[i];
+    off += round_up64((size_t)ts[i]->size * ad_dtype_size(ts[i]->dtype));
+  }
+  if (clean) ad_clear_error(d->ctx);
+  h->pon = true, h->pp = p, h->pn = bound;
+  all = bound == n;
+  MPI_Allreduce(MPI_IN_PLACE, &all, 1, MPI_INT, MPI_MIN, d->comm);
+  if (!all) params_unshare(d); /* some rank could not: every rank its own copy */
+}
+
 ad_status nn_dist_sync(nn_dist *d, nn_model *m, nn_optimizer *opt) {
   if (!d) return AD_ERR_NULL;
   ad_ctx *c = d->ctx;
@@ -491,11 +602,13 @@ ad_status nn_dist_sync(nn_dist *d, nn_model *m, nn_optimizer *opt) {
   }
   if (d->sh.stale && d->sh.stale != opt) d->sh.stale = NULL; /* another optimizer's: gone */
   if (opt) gather_state(d, opt); /* after sharded steps: whole before rank 0's is sent */
+  params_unshare(d);             /* each rank receives into its own memory */
   nn_params *p = nn_model_params(m), *b = nn_model_buffers(m);
   bcast_list(d, nn_params_count(p), nn_params_tensors(p));
   bcast_list(d, nn_params_count(b), nn_params_tensors(b));
   if (opt) bcast_list(d, nn_optimizer_state_count(opt), nn_optimizer_state_tensors(opt));
   d->model = m;
+  params_share(d, p);
   return AD_OK;
 }
 
@@ -1040,10 +1153,13 @@ static void own_ranges(nn_dist *d) {
 /* A barrier over the node that also orders the window's loads and stores
  * (MPI_Barrier alone is not a memory fence in the standard: the unified
  * model's pattern is sync, barrier, sync). */
-static void node_barrier(shm *h) {
-  MPI_Win_sync(h->win);
+static void node_barrier(shm *h) { win_barrier(h, h->win); }
+
+/* The same over window w. */
+static void win_barrier(shm *h, MPI_Win w) {
+  MPI_Win_sync(w);
   MPI_Barrier(h->node);
-  MPI_Win_sync(h->win);
+  MPI_Win_sync(w);
 }
 
 /* Every rank of the node gives the others its slices of the per-parameter
@@ -1118,7 +1234,10 @@ static ad_status ops_step(void *ud, nn_optimizer *opt) {
   if (st != AD_OK) die(d, "the sharded optimizer step"); /* ranges from the layout: never */
   h->stale = opt;
   d->stats.sharded_steps++;
-  share_slices(d, d->t, false); /* the step's status exchange already separates the uses */
+  if (h->pon && h->pp == d->p && h->pn == d->np)
+    win_barrier(h, h->pwin); /* the slices were written where every rank reads them */
+  else
+    share_slices(d, d->t, false); /* the step's status exchange already separates the uses */
   return AD_OK;
 }
 

@@ -209,6 +209,9 @@ static void equals_single(ad_ctx *c, ad_dtype dt, bool adam, size_t bucket, doub
   check(sharded ? dd.stats.sharded_steps == dd.stats.steps && dd.stats.steps > 0
                 : dd.stats.sharded_steps == 0,
         n1, why);
+  snprintf(n1, sizeof n1, "%s: the parameters are %s", name,
+           sharded ? "one copy per node" : "each rank's own");
+  check(dd.stats.shared_params == sharded, n1, NULL);
   double l1 = nn_history_get(one.h, "loss", 2), l2 = nn_history_get(dd.h, "loss", 2);
   double a1 = nn_history_get(one.h, "accuracy", 2), a2 = nn_history_get(dd.h, "accuracy", 2);
   snprintf(why, sizeof why, "loss %.17g vs %.17g, accuracy %g vs %g", l2, l1, a2, a1);
@@ -762,6 +765,35 @@ static void memory_returns(ad_ctx *c) {
   run_free(&warm);
 }
 
+/* The model and optimizer freed before nn_dist_free (as bench/dist_mlp
+ * does): the bindings of their gradients and (sharded, on a node of
+ * several ranks) parameters to the windows are dropped without an error. */
+static void model_freed_first(ad_ctx *c) {
+  nn_dist_opts o = {.bucket_bytes = 8, .shard_optimizer = true};
+  own_shard = true;
+  ad_tensor *x, *y;
+  make_data(c, AD_F64, 48, &x, &y);
+  nn_model *m = make_model(c, AD_F64, 8, PLAIN, 5);
+  nn_optimizer *opt = nn_adam_new(nn_model_params(m), 0.01);
+  nn_dist *d = dist_new(c, &o);
+  nn_fit_opts fo = {.epochs = 1, .batch_size = 12, .verbose = -1, .dist = nn_dist_fit_ops(d)};
+  ad_status st = nn_fit(m, opt, nn_cross_entropy_loss, x, y, &fo, NULL);
+  nn_dist_stats stats;
+  nn_dist_get_stats(d, &stats, false);
+  nn_optimizer_free(opt);
+  nn_model_free(m);
+  nn_dist_free(d);
+  snprintf(why, sizeof why, "status %s, shared parameters %d, then \"%s\"", ad_status_str(st),
+           stats.shared_params, ad_last_error(c));
+  check(st == AD_OK && ad_last_status(c) == AD_OK &&
+            stats.shared_params == (expect_shm && size / expect_nodes > 1),
+        "nn_dist_free after the model was freed", why);
+  ad_clear_error(c);
+  ad_tensor_free(x);
+  ad_tensor_free(y);
+  own_shard = false;
+}
+
 /* --kill DIR: trains for ever, rank 0 saving DIR/kill.safetensors after
  * every epoch (nn_dist_save); after the save of epoch 4 the last rank
  * kills itself (SIGKILL). mpirun must then end the job, non-zero
@@ -904,6 +936,7 @@ int main(int argc, char **argv) {
   dropout_and_batchnorm(c);
   checkpoints(c);
   memory_returns(c);
+  model_freed_first(c);
   ad_ctx_free(c);
   if (rank == 0) printf("1..%d\n", ntest);
   nn_dist_finalize();

@@ -35,7 +35,7 @@
  *     model's buffers (BatchNorm's running statistics) are broadcast from
  *     rank 0. With shard_optimizer, on the shared-memory path, the
  *     optimizer step is then sharded: each rank of a node updates only
- *     its slices and the ranks share the parameters.
+ *     its slices of the parameters, which are one copy per node.
  *   - Deterministic mode: on one node the shared-memory sum is already in
  *     rank order; across nodes the buckets are gathered (MPI_Iallgather)
  *     and every rank sums the ranks' contributions in rank order itself,
@@ -105,7 +105,17 @@ typedef struct nn_dist_opts {
                           updates only the elements of its slices (the
                           optimizer's sweep is cut n ways, as ZeRO stage 1)
                           and the ranks then share the parameters; same bits
-                          as the whole step. Each rank holds the optimizer
+                          as the whole step. From nn_dist_sync (which nn_fit
+                          calls) to nn_dist_free the parameters of the
+                          synced model are one copy per node in shared
+                          memory (ad_tensor_set_data_buffer; where MPI or
+                          the tape does not allow it, the updated slices are
+                          exchanged instead): a rank that changes a
+                          parameter changes it for every rank of its node,
+                          so change them on rank 0 and call nn_dist_sync,
+                          or load with nn_dist_load. nn_dist_free gives each
+                          rank its own copy back and resets the tape (its
+                          views of the parameters read the shared memory). Each rank holds the optimizer
                           state of its slices only until it is gathered: at
                           the end of every epoch of nn_fit and when a step
                           fails (so it is whole when nn_fit returns and in
@@ -143,7 +153,10 @@ typedef struct nn_dist nn_dist;
  * Free with nn_dist_free before nn_dist_finalize. */
 NN_API nn_dist *nn_dist_new(ad_ctx *ctx, const nn_dist_opts *opts);
 
-/** Frees the handle (collective: frees its communicator). NULL is a no-op. */
+/** Frees the handle (collective: frees its communicator and windows). The
+ * gradients, and with shard_optimizer the parameters, that lived in its
+ * shared memory move back to each rank's own (values kept); with shared
+ * parameters the context's tape is reset. NULL is a no-op. */
 NN_API void nn_dist_free(nn_dist *d);
 
 /** This process's rank and the number of processes; 0 and 1 for NULL. */
@@ -195,6 +208,9 @@ typedef struct nn_dist_stats {
                           through an MPI-3 shared window (else MPI collectives) */
   int64_t sharded_steps; /**< optimizer steps cut between the ranks of a node
                           (nn_dist_opts.shard_optimizer) */
+  bool shared_params;    /**< with shard_optimizer on a node of several
+                          ranks: the parameters are one copy per node in
+                          shared memory, now (see nn_dist_opts) */
 } nn_dist_stats;
 
 /** The counters; reset zeroes them after reading (stats may be NULL). */
