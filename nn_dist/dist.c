@@ -1004,27 +1004,20 @@ static void reduce_slice(nn_dist *d, int k) {
   int64_t lo = slice_lo(b->count, h->lrank, L), hi = slice_lo(b->count, h->lrank + 1, L);
   enum { BLK = 1024 };
   if (h->zc) { /* the scaled sum into the reduced buffer */
+#define SCALED_SUM(T, scaled)                                                                      \
+  for (int64_t e0 = lo; e0 < hi; e0 += BLK) {                                                      \
+    int64_t n = hi - e0 < BLK ? hi - e0 : BLK;                                                     \
+    T acc[BLK];                                                                                    \
+    for (int s = 0; s < L; s++)                                                                    \
+      scaled(acc, (const T *)(void *)shm_bucket(d, s, k) + e0, n, *scale_slot(d, s), s > 0);       \
+    memcpy((T *)(void *)red_bucket(d, k) + e0, acc, (size_t)n * sizeof *acc);                      \
+  }
     if (b->dtype == AD_F64) {
-      double *dst = (double *)(void *)red_bucket(d, k);
-      for (int64_t e0 = lo; e0 < hi; e0 += BLK) {
-        int64_t n = hi - e0 < BLK ? hi - e0 : BLK;
-        double acc[BLK];
-        for (int s = 0; s < L; s++)
-          scaled_f64(acc, (const double *)(void *)shm_bucket(d, s, k) + e0, n, *scale_slot(d, s),
-                     s > 0);
-        memcpy(dst + e0, acc, (size_t)n * sizeof *acc);
-      }
+      SCALED_SUM(double, scaled_f64)
     } else {
-      float *dst = (float *)(void *)red_bucket(d, k);
-      for (int64_t e0 = lo; e0 < hi; e0 += BLK) {
-        int64_t n = hi - e0 < BLK ? hi - e0 : BLK;
-        float acc[BLK];
-        for (int s = 0; s < L; s++)
-          scaled_f32(acc, (const float *)(void *)shm_bucket(d, s, k) + e0, n, *scale_slot(d, s),
-                     s > 0);
-        memcpy(dst + e0, acc, (size_t)n * sizeof *acc);
-      }
+      SCALED_SUM(float, scaled_f32)
     }
+#undef SCALED_SUM
     return;
   }
   if (b->dtype == AD_F64) {

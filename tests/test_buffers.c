@@ -19,6 +19,13 @@ static ad_tensor *leaf3(ad_ctx *c) {
   return w;
 }
 
+/* A context whose allocations ta counts. */
+static ad_ctx *counted_ctx(test_alloc *ta) {
+  ad_ctx *c = ad_ctx_new_with_alloc(test_alloc_fn, ta);
+  cr_assert_not_null(c);
+  return c;
+}
+
 static void backward_sq(ad_ctx *c, ad_tensor *w) {
   ad_tape_reset(c);
   cr_assert_eq(ad_backward(c, ad_sum(c, ad_mul(c, w, w)), NULL), AD_OK, "%s", ad_last_error(c));
@@ -52,8 +59,7 @@ Test(buffers, grad_stored_added_and_rewritten_in_the_buffer) {
 
 Test(buffers, grad_rebound_per_step_and_freed_without_the_buffer) {
   test_alloc ta = {0};
-  ad_ctx *c = ad_ctx_new_with_alloc(test_alloc_fn, &ta);
-  cr_assert_not_null(c);
+  ad_ctx *c = counted_ctx(&ta);
   ad_tensor *w = leaf3(c);
   double a[3], b[3];
   for (int step = 0; step < 4; step++) {
@@ -114,8 +120,7 @@ Test(buffers, grad_without_copy_takes_the_buffers_contents) {
 
 Test(buffers, data_in_the_callers_memory) {
   test_alloc ta = {0};
-  ad_ctx *c = ad_ctx_new_with_alloc(test_alloc_fn, &ta);
-  cr_assert_not_null(c);
+  ad_ctx *c = counted_ctx(&ta);
   ad_tensor *w = leaf3(c);
   double buf[3] = {0};
   cr_assert_eq(ad_tensor_set_data_buffer(w, buf, true), AD_OK);
@@ -167,8 +172,7 @@ Test(buffers, data_in_the_callers_memory) {
 
 Test(buffers, context_free_leaves_the_callers_memory) {
   test_alloc ta = {0};
-  ad_ctx *c = ad_ctx_new_with_alloc(test_alloc_fn, &ta);
-  cr_assert_not_null(c);
+  ad_ctx *c = counted_ctx(&ta);
   ad_tensor *w = leaf3(c);
   double data[3], grad[3];
   cr_assert_eq(ad_tensor_set_data_buffer(w, data, true), AD_OK);
