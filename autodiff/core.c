@@ -948,10 +948,10 @@ ad_status ad_tensor_set_grad_buffer(ad_tensor *t, void *buf, bool copy) {
     return ad_set_error(ctx, AD_ERR_DTYPE, "set_grad_buffer: %s tensors have no gradient",
                         ad_dtype_name(t->dtype));
   ad_tensor *g = t->grad ? t->grad : n->src.spare_grad;
-  if (g && ad_node_of(g)->epoch == ctx->epoch)
+  if (g && ad_node_of(g)->epoch == ctx->epoch && !(ad_node_of(g)->op & AD_LEAF_EXTERNAL))
     return ad_set_error(ctx, AD_ERR_STATE,
-                        "set_grad_buffer: an op of the current tape used the gradient; bind it "
-                        "after ad_tape_reset");
+                        "set_grad_buffer: an op of the current tape used the gradient (its views "
+                        "may still read the memory this would free); bind it after ad_tape_reset");
   if (!g && !buf) return AD_OK; /* no gradient and no buffer: engine memory when one comes */
   if (!g) {                     /* a header for the caller's memory */
     ad_node *h = node_alloc(ctx);

@@ -214,6 +214,13 @@ Test(buffers, bad_arguments) {
   test_expect_error(ctx, AD_ERR_STATE, "set_grad_buffer", "current tape", NULL);
   ad_tape_reset(ctx);
   cr_assert_eq(ad_tensor_set_grad_buffer(w, buf, true), AD_OK);
+  /* from the caller's memory it may move, used or not */
+  cr_assert_not_null(ad_sum(ctx, w->grad));
+  double buf2[3];
+  cr_assert_eq(ad_tensor_set_grad_buffer(w, buf2, true), AD_OK, "%s", ad_last_error(ctx));
+  cr_assert_eq(w->grad->data, (void *)buf2);
+  cr_assert_eq(buf2[0], buf[0]);
+  ad_tape_reset(ctx);
   ad_tensor_free(idx);
   ad_tensor_free(w);
   cr_assert_eq(ad_tensor_set_grad_buffer(w, buf, true), AD_ERR_STATE);

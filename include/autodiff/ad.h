@@ -292,9 +292,10 @@ AD_API void ad_tensor_zero_grad(ad_tensor *t);
  * stores its gradient in buf: the first contribution written, later ones
  * added); without copy, buf's contents become t's gradient (t->grad is set
  * also where it was NULL). ad_tensor_zero_grad releases t->grad as always
- * and keeps buf for the next backward. Refused (AD_ERR_STATE) when an op of
- * the current tape used t->grad. The caller must not write buf while a
- * backward runs.
+ * and keeps buf for the next backward. As for the values, while an op of
+ * the current tape used t->grad, moving it out of engine memory is refused
+ * (AD_ERR_STATE) and out of the caller's is allowed. The caller must not
+ * write buf while a backward runs.
  *
  * Both: AD_ERR_NULL (t NULL), AD_ERR_STATE (t freed, a temporary, or a
  * gradient itself; the tape rules above), AD_ERR_ARG (not a tensor; buf
