@@ -930,6 +930,11 @@ ad_status ad_tensor_set_data_buffer(ad_tensor *t, void *buf, bool copy) {
   ad_status st;
   ad_node *n = buffer_target(t, buf, "set_data_buffer", &st);
   if (!n) return st;
+  if (buf && buf == t->data && !(n->op & AD_LEAF_EXTERNAL)) /* rebind would free it */
+    return ad_set_error(n->ctx, AD_ERR_ARG,
+                        "set_data_buffer: buf %p is the engine's memory of the tensor, not "
+                        "the caller's",
+                        buf);
   if (n->epoch == n->ctx->epoch && !(n->op & AD_LEAF_EXTERNAL))
     return ad_set_error(n->ctx, AD_ERR_STATE,
                         "set_data_buffer: an op of the current tape used the tensor (its "
@@ -948,6 +953,11 @@ ad_status ad_tensor_set_grad_buffer(ad_tensor *t, void *buf, bool copy) {
     return ad_set_error(ctx, AD_ERR_DTYPE, "set_grad_buffer: %s tensors have no gradient",
                         ad_dtype_name(t->dtype));
   ad_tensor *g = t->grad ? t->grad : n->src.spare_grad;
+  if (buf && g && buf == g->data && !(ad_node_of(g)->op & AD_LEAF_EXTERNAL))
+    return ad_set_error(ctx, AD_ERR_ARG,
+                        "set_grad_buffer: buf %p is the engine's memory of the gradient, not "
+                        "the caller's",
+                        buf);
   if (g && ad_node_of(g)->epoch == ctx->epoch)
     return ad_set_error(ctx, AD_ERR_STATE,
                         "set_grad_buffer: an op of the current tape used the gradient; bind it "

@@ -215,3 +215,33 @@ Test(buffers, bad_arguments) {
   cr_assert_eq(ad_tensor_set_grad_buffer(w, buf, true), AD_ERR_STATE);
   test_expect_error(ctx, AD_ERR_STATE, "freed", NULL);
 }
+
+/* The engine's own memory of the tensor given back as buf: binding it
+ * would free it and keep using it (the tensor's values, or gradient, in
+ * freed memory). Refused; the tensor is unchanged. */
+Test(buffers, the_engines_own_memory_is_refused) {
+  test_alloc ta = {0};
+  ad_ctx *c = ad_ctx_new_with_alloc(test_alloc_fn, &ta);
+  cr_assert_not_null(c);
+  ad_tensor *w = leaf3(c);
+  void *mine = w->data;
+  cr_assert_eq(ad_tensor_set_data_buffer(w, mine, true), AD_ERR_ARG);
+  test_expect_error(c, AD_ERR_ARG, "set_data_buffer", "engine", NULL);
+  cr_assert_eq(w->data, mine);
+  for (int i = 0; i < 3; i++) cr_assert_eq(ad_tensor_get(w, i), i + 1.0);
+  backward_sq(c, w);
+  void *g = w->grad->data;
+  cr_assert_eq(ad_tensor_set_grad_buffer(w, g, false), AD_ERR_ARG);
+  test_expect_error(c, AD_ERR_ARG, "set_grad_buffer", "engine", NULL);
+  cr_assert_eq(w->grad->data, g);
+  for (int i = 0; i < 3; i++) cr_assert_eq(ad_tensor_get(w->grad, i), 2.0 * (i + 1));
+  /* a caller's buffer bound twice is fine (a no-op) */
+  double buf[3];
+  ad_tape_reset(c);
+  cr_assert_eq(ad_tensor_set_data_buffer(w, buf, true), AD_OK);
+  cr_assert_eq(ad_tensor_set_data_buffer(w, buf, true), AD_OK);
+  for (int i = 0; i < 3; i++) cr_assert_eq(buf[i], i + 1.0);
+  ad_tensor_free(w);
+  ad_ctx_free(c);
+  cr_assert_eq(ta.live, 0, "every byte returned (%zu live)", (size_t)ta.live);
+}

@@ -298,8 +298,9 @@ AD_API void ad_tensor_zero_grad(ad_tensor *t);
  *
  * Both: AD_ERR_NULL (t NULL), AD_ERR_STATE (t freed, a temporary, or a
  * gradient itself; the tape rules above), AD_ERR_ARG (not a tensor; buf
- * misaligned), AD_ERR_DTYPE (grad of an AD_I32 tensor), AD_ERR_OOM (buf
- * NULL and no memory: t unchanged). @{ */
+ * misaligned; buf the memory the engine holds t's values or gradient in),
+ * AD_ERR_DTYPE (grad of an AD_I32 tensor), AD_ERR_OOM (buf NULL and no
+ * memory: t unchanged). @{ */
 AD_API ad_status ad_tensor_set_data_buffer(ad_tensor *t, void *buf, bool copy);
 AD_API ad_status ad_tensor_set_grad_buffer(ad_tensor *t, void *buf, bool copy);
 /** @} */
