@@ -117,7 +117,8 @@ typedef struct shm {
    * node in a window of their own (the first rank's memory), which each
    * rank's sharded step updates in its slices (params_share) */
   MPI_Win pwin;
-  bool pon;
+  bool pon;   /* the parameters are in pwin */
+  bool plive; /* pwin exists (the parameters may have left it: params_leave) */
   nn_params *pp;
   int pn;
   ad_tensor **pt;
@@ -166,6 +167,7 @@ static bool bind_grad(nn_dist *d, ad_tensor *t, void *buf, bool copy);
 static void node_barrier(shm *h);
 static void win_barrier(shm *h, MPI_Win w);
 static void params_unshare(nn_dist *d);
+static void params_leave(nn_dist *d);
 static size_t round_up64(size_t n);
 static bool backing_room(const char *dir, size_t bytes);
 static ad_status ops_step(void *ud, nn_optimizer *opt);
@@ -322,7 +324,7 @@ static void layout_free(nn_dist *d) {
 void nn_dist_free(nn_dist *d) {
   if (!d) return;
   if (d->hooked) ad_set_backward_hook(d->ctx, d->prev, d->prev_ud);
-  if (d->sh.pon) {
+  if (d->sh.plive) {
     ad_tape_reset(d->ctx); /* its views of the parameters read the window */
     params_unshare(d);
   }
@@ -467,11 +469,11 @@ static void bcast_list(nn_dist *d, int n, ad_tensor *const *ts) {
     bcast_bytes(d, ts[i]->data, (size_t)ts[i]->size * ad_dtype_size(ts[i]->dtype), 0);
 }
 
-/* Gives the parameters in the node's window back to each rank's memory
- * (values kept: the ranks read the window at once, nobody writes it). The
- * tape's views of them keep reading the window until reset (see
- * nn_dist_free). */
-static void params_unshare(nn_dist *d) {
+/* Gives the parameters in the node's window back to this rank's memory
+ * (values kept), leaving the window itself until params_unshare: the
+ * tape's views of them keep reading it. Not collective; nobody may write
+ * the window from then on. */
+static void params_leave(nn_dist *d) {
   shm *h = &d->sh;
   if (!h->pon) return;
   bool clean = ad_last_status(d->ctx) == AD_OK;
@@ -479,15 +481,26 @@ static void params_unshare(nn_dist *d) {
     if (ad_tensor_set_data_buffer(h->pt[i], NULL, false) == AD_ERR_OOM)
       die(d, "parameters back from the shared window");
   if (clean) ad_clear_error(d->ctx);
-  win_barrier(h, h->pwin); /* nobody writes the window again before all have read it */
+  ad_free(d->ctx, h->pt, (size_t)h->pn * sizeof *h->pt);
+  h->pt = NULL, h->pn = 0, h->pp = NULL, h->pon = false;
+}
+
+/* Gives the parameters in the node's window back to each rank's memory
+ * (values kept: the ranks read the window at once, nobody writes it) and
+ * frees the window. The tape's views of them read the window: reset it
+ * first (see nn_dist_free). */
+static void params_unshare(nn_dist *d) {
+  shm *h = &d->sh;
+  if (!h->plive) return;
+  params_leave(d);
   int done = 0;
   MPI_Finalized(&done);
   if (!done) {
+    win_barrier(h, h->pwin); /* nobody writes the window again before all have read it */
     MPI_Win_unlock_all(h->pwin);
     MPI_Win_free(&h->pwin);
   }
-  ad_free(d->ctx, h->pt, (size_t)h->pn * sizeof *h->pt);
-  h->pt = NULL, h->pn = 0, h->pp = NULL, h->pon = false;
+  h->plive = false;
 }
 
 /* With shard_optimizer on a node of several ranks: parameters p (the same
@@ -554,7 +567,7 @@ static void params_share(nn_dist *d, nn_params *p) {
     off += round_up64((size_t)ts[i]->size * ad_dtype_size(ts[i]->dtype));
   }
   if (clean) ad_clear_error(d->ctx);
-  h->pon = true, h->pp = p, h->pn = bound;
+  h->pon = h->plive = true, h->pp = p, h->pn = bound;
   all = bound == n;
   MPI_Allreduce(MPI_IN_PLACE, &all, 1, MPI_INT, MPI_MIN, d->comm);
   if (!all) params_unshare(d); /* some rank could not: every rank its own copy */
@@ -1226,15 +1239,18 @@ static ad_status ops_step(void *ud, nn_optimizer *opt) {
   shm *h = &d->sh;
   const nn_opt_config *cfg = opt ? nn_optimizer_config(opt) : NULL;
   if (cfg && (cfg->clip_value > 0 || cfg->clip_norm > 0)) privatize(d); /* clipped in place */
-  if (!opt || !d->o.shard_optimizer || !h->on || h->lsize == 1 ||
-      nn_optimizer_params(opt) != d->p || !layout_current(d, d->p))
-    return nn_optimizer_step(opt);
+  bool shard = opt && d->o.shard_optimizer && h->on && h->lsize > 1 &&
+               nn_optimizer_params(opt) == d->p && layout_current(d, d->p);
+  /* a whole step on every rank (or an exchange of the slices) on one copy
+   * of the parameters would take it once per rank: each its own copy */
+  if (h->pon && !(shard && h->pp == d->p && h->pn == d->np)) params_leave(d);
+  if (!shard) return nn_optimizer_step(opt);
   own_ranges(d);
   ad_status st = nn_optimizer_step_ranges(opt, h->lo, h->hi);
   if (st != AD_OK) die(d, "the sharded optimizer step"); /* ranges from the layout: never */
   h->stale = opt;
   d->stats.sharded_steps++;
-  if (h->pon && h->pp == d->p && h->pn == d->np)
+  if (h->pon)
     win_barrier(h, h->pwin); /* the slices were written where every rank reads them */
   else
     share_slices(d, d->t, false); /* the step's status exchange already separates the uses */

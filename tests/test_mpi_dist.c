@@ -765,6 +765,45 @@ static void memory_returns(ad_ctx *c) {
   run_free(&warm);
 }
 
+/* An optimizer over its own list of the model's parameters (not
+ * nn_model_params itself): nn_dist_ops.step cannot shard it, so every rank
+ * takes the whole step; with shard_optimizer the parameters must then still
+ * be each rank's own (one copy per node would take the step once per rank). */
+static void optimizer_own_list(ad_ctx *c) {
+  ad_tensor *x, *y;
+  make_data(c, AD_F64, 48, &x, &y);
+  nn_model *m[2];
+  nn_optimizer *opt[2];
+  nn_params *lists[2];
+  for (int k = 0; k < 2; k++) {
+    m[k] = make_model(c, AD_F64, 8, PLAIN, 5);
+    nn_params *mp = nn_model_params(m[k]);
+    lists[k] = nn_params_new(c);
+    for (int i = 0; i < nn_params_count(mp); i++)
+      nn_params_add(lists[k], nn_params_name(mp, i), nn_params_tensor(mp, i), false);
+    opt[k] = nn_sgd_new(lists[k], 0.1, 0.9, false, 0);
+  }
+  nn_dist_opts o = {.bucket_bytes = 8};
+  nn_dist *d = dist_new(c, &o);
+  nn_fit_opts fo = {.epochs = 2, .batch_size = 12, .seed = 3, .verbose = -1};
+  ad_status s1 = nn_fit(m[0], opt[0], nn_cross_entropy_loss, x, y, &fo, NULL);
+  fo.dist = nn_dist_fit_ops(d);
+  ad_status s2 = nn_fit(m[1], opt[1], nn_cross_entropy_loss, x, y, &fo, NULL);
+  double rel = max_rel(nn_model_params(m[1]), nn_model_params(m[0]));
+  snprintf(why, sizeof why, "status %s %s, max relative difference %g", ad_status_str(s1),
+           ad_status_str(s2), rel);
+  check(s1 == AD_OK && s2 == AD_OK && rel <= 1e-12,
+        "an optimizer over its own list of the parameters equals one process", why);
+  nn_dist_free(d);
+  for (int k = 0; k < 2; k++) {
+    nn_optimizer_free(opt[k]);
+    nn_params_free(lists[k]);
+    nn_model_free(m[k]);
+  }
+  ad_tensor_free(x);
+  ad_tensor_free(y);
+}
+
 /* The model and optimizer freed before nn_dist_free (as bench/dist_mlp
  * does): the bindings of their gradients and (sharded, on a node of
  * several ranks) parameters to the windows are dropped without an error. */
@@ -937,6 +976,7 @@ int main(int argc, char **argv) {
   checkpoints(c);
   memory_returns(c);
   model_freed_first(c);
+  optimizer_own_list(c);
   ad_ctx_free(c);
   if (rank == 0) printf("1..%d\n", ntest);
   nn_dist_finalize();

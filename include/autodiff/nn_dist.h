@@ -110,7 +110,10 @@ typedef struct nn_dist_opts {
                           synced model are one copy per node in shared
                           memory (ad_tensor_set_data_buffer; where MPI or
                           the tape does not allow it, the updated slices are
-                          exchanged instead): a rank that changes a
+                          exchanged instead; from a step that cannot be
+                          sharded, e.g. of an optimizer over another list
+                          than the model's, each rank has its own copy
+                          again until the next nn_dist_sync): a rank that changes a
                           parameter changes it for every rank of its node,
                           so change them on rank 0 and call nn_dist_sync,
                           or load with nn_dist_load. nn_dist_free gives each
