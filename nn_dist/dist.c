@@ -120,7 +120,7 @@ typedef struct shm {
   bool pon;   /* the parameters are in pwin */
   bool plive; /* pwin exists (the parameters may have left it: params_leave) */
   nn_params *pp;
-  int pn;
+  int pn, pcap; /* pt: pn bound of pcap allocated */
   ad_tensor **pt;
 } shm;
 
@@ -481,8 +481,8 @@ static void params_leave(nn_dist *d) {
     if (ad_tensor_set_data_buffer(h->pt[i], NULL, false) == AD_ERR_OOM)
       die(d, "parameters back from the shared window");
   if (clean) ad_clear_error(d->ctx);
-  ad_free(d->ctx, h->pt, (size_t)h->pn * sizeof *h->pt);
-  h->pt = NULL, h->pn = 0, h->pp = NULL, h->pon = false;
+  ad_free(d->ctx, h->pt, (size_t)h->pcap * sizeof *h->pt);
+  h->pt = NULL, h->pn = h->pcap = 0, h->pp = NULL, h->pon = false;
 }
 
 /* Gives the parameters in the node's window back to each rank's memory
@@ -567,7 +567,7 @@ static void params_share(nn_dist *d, nn_params *p) {
     off += round_up64((size_t)ts[i]->size * ad_dtype_size(ts[i]->dtype));
   }
   if (clean) ad_clear_error(d->ctx);
-  h->pon = h->plive = true, h->pp = p, h->pn = bound;
+  h->pon = h->plive = true, h->pp = p, h->pn = bound, h->pcap = n ? n : 1;
   all = bound == n;
   MPI_Allreduce(MPI_IN_PLACE, &all, 1, MPI_INT, MPI_MIN, d->comm);
   if (!all) params_unshare(d); /* some rank could not: every rank its own copy */

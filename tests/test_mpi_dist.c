@@ -765,6 +765,35 @@ static void memory_returns(ad_ctx *c) {
   run_free(&warm);
 }
 
+/* nn_dist_sync on a tape that used the parameters (a forward, no reset):
+ * they cannot move to the shared window (ad_tensor_set_data_buffer refuses
+ * memory of the engine's that the tape read), so each rank keeps its own
+ * copy; nn_dist_free still returns every byte. */
+static void sync_on_a_used_tape(ad_ctx *c) {
+  nn_dist_opts o = {.bucket_bytes = 8};
+  ad_tensor *x, *y;
+  make_data(c, AD_F64, 12, &x, &y);
+  nn_model *m = make_model(c, AD_F64, 8, PLAIN, 5);
+  nn_optimizer *opt = nn_adam_new(nn_model_params(m), 0.01);
+  ad_tape_reset(c);
+  long long before = live_bytes;
+  nn_dist *d = dist_new(c, &o);
+  ad_tensor *pred = nn_model_forward(m, x);
+  ad_status st = pred ? nn_dist_sync(d, m, opt) : AD_ERR_ARG;
+  nn_dist_stats stats;
+  nn_dist_get_stats(d, &stats, false);
+  nn_dist_free(d);
+  ad_tape_reset(c);
+  snprintf(why, sizeof why, "status %s, shared parameters %d; %lld bytes before, %lld after",
+           ad_status_str(st), stats.shared_params, before, live_bytes);
+  check(st == AD_OK && !stats.shared_params && live_bytes == before,
+        "nn_dist_sync on a used tape: parameters each rank's own, every byte returned", why);
+  nn_optimizer_free(opt);
+  nn_model_free(m);
+  ad_tensor_free(x);
+  ad_tensor_free(y);
+}
+
 /* An optimizer over its own list of the model's parameters (not
  * nn_model_params itself): nn_dist_ops.step cannot shard it, so every rank
  * takes the whole step; with shard_optimizer the parameters must then still
@@ -977,6 +1006,7 @@ int main(int argc, char **argv) {
   memory_returns(c);
   model_freed_first(c);
   optimizer_own_list(c);
+  sync_on_a_used_tape(c);
   ad_ctx_free(c);
   if (rank == 0) printf("1..%d\n", ntest);
   nn_dist_finalize();
