@@ -614,8 +614,9 @@ ad_status nn_dist_sync(nn_dist *d, nn_model *m, nn_optimizer *opt) {
     return ad_set_error(c, AD_ERR_SHAPE, "dist: rank %d differs from rank 0: %s", root, msg);
   }
   if (d->sh.stale && d->sh.stale != opt) d->sh.stale = NULL; /* another optimizer's: gone */
-  if (opt) gather_state(d, opt); /* after sharded steps: whole before rank 0's is sent */
-  params_unshare(d);             /* each rank receives into its own memory */
+  if (opt) gather_state(d, opt);     /* after sharded steps: whole before rank 0's is sent */
+  if (d->sh.plive) ad_tape_reset(c); /* its views of the parameters read the window */
+  params_unshare(d);                 /* each rank receives into its own memory */
   nn_params *p = nn_model_params(m), *b = nn_model_buffers(m);
   bcast_list(d, nn_params_count(p), nn_params_tensors(p));
   bcast_list(d, nn_params_count(b), nn_params_tensors(b));

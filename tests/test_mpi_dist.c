@@ -794,6 +794,38 @@ static void sync_on_a_used_tape(ad_ctx *c) {
   ad_tensor_free(y);
 }
 
+/* nn_dist_sync again while the tape holds a view of a parameter (reshape
+ * shares the parameter's memory): with shard_optimizer the first sync put
+ * the parameters in a shared window, which the second frees; so it resets
+ * the tape (as nn_dist_free does), and a backward through the view is
+ * refused instead of reading the freed window. */
+static void sync_resets_views(ad_ctx *c) {
+  nn_dist_opts o = {.bucket_bytes = 8};
+  nn_model *m = make_model(c, AD_F64, 8, PLAIN, 5);
+  nn_optimizer *opt = nn_adam_new(nn_model_params(m), 0.01);
+  nn_dist *d = dist_new(c, &o);
+  ad_tape_reset(c);
+  ad_status st = nn_dist_sync(d, m, opt);
+  ad_tensor *w = nn_params_tensor(nn_model_params(m), 0);
+  int64_t n = w->size;
+  ad_tensor *v = ad_reshape(c, w, 1, &n);
+  ad_tensor *loss = ad_sum(c, ad_mul(c, v, v)); /* its backward reads v */
+  if (st == AD_OK) st = nn_dist_sync(d, m, opt);
+  bool shared = base.shard_optimizer && expect_shm && size / expect_nodes > 1;
+  ad_status bst = loss ? ad_backward(c, loss, NULL) : AD_ERR_NULL;
+  snprintf(why, sizeof why, "sync %s, backward %s (\"%s\")", ad_status_str(st), ad_status_str(bst),
+           ad_last_error(c));
+  check(st == AD_OK &&
+            (shared ? bst == AD_ERR_STATE && strstr(ad_last_error(c), "reset") : bst == AD_OK),
+        "nn_dist_sync with the parameters shared resets the tape (its views read the window)", why);
+  ad_clear_error(c);
+  nn_dist_free(d);
+  ad_tape_reset(c);
+  nn_params_zero_grad(nn_model_params(m));
+  nn_optimizer_free(opt);
+  nn_model_free(m);
+}
+
 /* An optimizer over its own list of the model's parameters (not
  * nn_model_params itself): nn_dist_ops.step cannot shard it, so every rank
  * takes the whole step; with shard_optimizer the parameters must then still
@@ -1007,6 +1039,7 @@ int main(int argc, char **argv) {
   model_freed_first(c);
   optimizer_own_list(c);
   sync_on_a_used_tape(c);
+  sync_resets_views(c);
   ad_ctx_free(c);
   if (rank == 0) printf("1..%d\n", ntest);
   nn_dist_finalize();

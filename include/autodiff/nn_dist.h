@@ -178,7 +178,10 @@ NN_API const nn_dist_ops *nn_dist_fit_ops(nn_dist *d);
  * '1.weight' f32 [10,32] on rank 0" (or the counts, "3 parameters, 0
  * buffers, 7 optimizer state tensors", a buffer, an optimizer state
  * tensor). A NULL m on some rank: every rank fails, the others with "dist:
- * rank R failed: dist_sync: model is NULL". nn_fit calls it first. */
+ * rank R failed: dist_sync: model is NULL". nn_fit calls it first. With
+ * the parameters in shared memory (nn_dist_opts.shard_optimizer) it gives
+ * them back before receiving, and so resets the context's tape, whose
+ * views of them read that memory (as nn_dist_free). */
 NN_API ad_status nn_dist_sync(nn_dist *d, nn_model *m, nn_optimizer *opt);
 
 /** Sums n doubles over the ranks, in place (in rank order in the
