@@ -940,6 +940,11 @@ ad_status ad_tensor_set_data_buffer(ad_tensor *t, void *buf, bool copy) {
                         "set_data_buffer: an op of the current tape used the tensor (its "
                         "views may still read the memory this would free); bind it after "
                         "ad_tape_reset");
+  if (n->epoch == n->ctx->epoch && buf && buf != t->data && !copy)
+    return ad_set_error(n->ctx, AD_ERR_STATE,
+                        "set_data_buffer: an op of the current tape used the tensor (its "
+                        "backward reads the values where they are); move it with copy, or "
+                        "bind it after ad_tape_reset");
   st = rebind(n, buf, copy || !buf);
   return st == AD_OK ? AD_OK : ad_set_error(n->ctx, st, "set_data_buffer: out of memory");
 }

@@ -283,8 +283,10 @@ AD_API void ad_tensor_zero_grad(ad_tensor *t);
  * copy). When an op of the current tape used t, its views of t (reshape,
  * detach) keep reading the memory t had then: so while t's memory is the
  * engine's, that is refused (AD_ERR_STATE: bind between ad_tape_reset and
- * the first use); from the caller's memory it is allowed, and the caller
- * keeps the old buffer valid until the tape is reset.
+ * the first use); from the caller's memory it is allowed with copy (or
+ * buf NULL: the ops' backwards read the values where they are now, so they
+ * must not change), and the caller keeps the old buffer valid until the
+ * tape is reset.
  *
  * ad_tensor_set_grad_buffer: buf becomes where t's gradient is stored:
  * t->grad->data == buf. With copy, a gradient t has now is copied into buf
