@@ -324,10 +324,10 @@ static void layout_free(nn_dist *d) {
 void nn_dist_free(nn_dist *d) {
   if (!d) return;
   if (d->hooked) ad_set_backward_hook(d->ctx, d->prev, d->prev_ud);
-  if (d->sh.plive) {
-    ad_tape_reset(d->ctx); /* its views of the parameters read the window */
-    params_unshare(d);
-  }
+  /* the tape's views of the parameters, and of the gradients, read the
+   * windows; and a gradient an op of the tape read cannot move out */
+  if (d->sh.plive || (d->sh.on && d->sh.zc)) ad_tape_reset(d->ctx);
+  params_unshare(d);
   layout_free(d);
   ad_free(d->ctx, d->seen, d->walk_cap);
   ad_free(d->ctx, d->stack, d->walk_cap * sizeof *d->stack);

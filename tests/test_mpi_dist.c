@@ -826,6 +826,37 @@ static void sync_resets_views(ad_ctx *c) {
   nn_model_free(m);
 }
 
+/* After nn_fit on the shared-memory path the gradients are the node's
+ * reduced buffer in the window; an op that reads one (a norm computed with
+ * ops) keeps it from moving on this tape. nn_dist_free must still leave the
+ * gradients readable (in each rank's memory, the reduced values). */
+static void free_after_an_op_read_a_gradient(ad_ctx *c) {
+  nn_dist_opts o = {.bucket_bytes = 8};
+  ad_tensor *x, *y;
+  make_data(c, AD_F64, 24, &x, &y);
+  nn_model *m = make_model(c, AD_F64, 8, PLAIN, 5);
+  nn_optimizer *opt = nn_sgd_new(nn_model_params(m), 0.1, 0, false, 0);
+  nn_dist *d = dist_new(c, &o);
+  nn_fit_opts fo = {.epochs = 1, .batch_size = 12, .verbose = -1, .dist = nn_dist_fit_ops(d)};
+  ad_status st = nn_fit(m, opt, nn_cross_entropy_loss, x, y, &fo, NULL);
+  ad_tensor *g = nn_params_tensor(nn_model_params(m), 0)->grad;
+  ad_tensor *sq = g ? ad_sum(c, ad_mul(c, g, g)) : NULL;
+  double want = sq ? ad_tensor_item(sq) : NAN;
+  nn_dist_free(d);
+  g = nn_params_tensor(nn_model_params(m), 0)->grad;
+  double got = 0;
+  for (int64_t i = 0; g && i < g->size; i++) got += ad_tensor_get(g, i) * ad_tensor_get(g, i);
+  snprintf(why, sizeof why, "status %s, sum of squares %.17g then %.17g", ad_status_str(st), want,
+           got);
+  check(st == AD_OK && got == want,
+        "nn_dist_free after an op read a gradient: the gradients stay readable", why);
+  ad_tape_reset(c);
+  nn_optimizer_free(opt);
+  nn_model_free(m);
+  ad_tensor_free(x);
+  ad_tensor_free(y);
+}
+
 /* An optimizer over its own list of the model's parameters (not
  * nn_model_params itself): nn_dist_ops.step cannot shard it, so every rank
  * takes the whole step; with shard_optimizer the parameters must then still
@@ -1040,6 +1071,7 @@ int main(int argc, char **argv) {
   optimizer_own_list(c);
   sync_on_a_used_tape(c);
   sync_resets_views(c);
+  free_after_an_op_read_a_gradient(c);
   ad_ctx_free(c);
   if (rank == 0) printf("1..%d\n", ntest);
   nn_dist_finalize();
