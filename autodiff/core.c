@@ -930,11 +930,21 @@ ad_status ad_tensor_set_data_buffer(ad_tensor *t, void *buf, bool copy) {
   ad_status st;
   ad_node *n = buffer_target(t, buf, "set_data_buffer", &st);
   if (!n) return st;
-  if (n->epoch == n->ctx->epoch && !(n->op & AD_LEAF_EXTERNAL))
+  if (buf && buf == t->data && !(n->op & AD_LEAF_EXTERNAL)) /* rebind would free it */
+    return ad_set_error(n->ctx, AD_ERR_ARG,
+                        "set_data_buffer: buf %p is the engine's memory of the tensor, not "
+                        "the caller's",
+                        buf);
+  if (n->epoch == n->ctx->epoch && buf && !(n->op & AD_LEAF_EXTERNAL))
     return ad_set_error(n->ctx, AD_ERR_STATE,
                         "set_data_buffer: an op of the current tape used the tensor (its "
                         "views may still read the memory this would free); bind it after "
                         "ad_tape_reset");
+  if (n->epoch == n->ctx->epoch && buf && buf != t->data && !copy)
+    return ad_set_error(n->ctx, AD_ERR_STATE,
+                        "set_data_buffer: an op of the current tape used the tensor (its "
+                        "backward reads the values where they are); move it with copy, or "
+                        "bind it after ad_tape_reset");
   st = rebind(n, buf, copy || !buf);
   return st == AD_OK ? AD_OK : ad_set_error(n->ctx, st, "set_data_buffer: out of memory");
 }
@@ -948,7 +958,18 @@ ad_status ad_tensor_set_grad_buffer(ad_tensor *t, void *buf, bool copy) {
     return ad_set_error(ctx, AD_ERR_DTYPE, "set_grad_buffer: %s tensors have no gradient",
                         ad_dtype_name(t->dtype));
   ad_tensor *g = t->grad ? t->grad : n->src.spare_grad;
-  if (g && ad_node_of(g)->epoch == ctx->epoch && !(ad_node_of(g)->op & AD_LEAF_EXTERNAL))
+  if (buf && g && buf == g->data && !(ad_node_of(g)->op & AD_LEAF_EXTERNAL))
+    return ad_set_error(ctx, AD_ERR_ARG,
+                        "set_grad_buffer: buf %p is the engine's memory of the gradient, not "
+                        "the caller's",
+                        buf);
+  bool used = g && ad_node_of(g)->epoch == ctx->epoch;
+  if (used && buf && buf != g->data && !copy && t->grad)
+    return ad_set_error(ctx, AD_ERR_STATE,
+                        "set_grad_buffer: an op of the current tape used the gradient (its "
+                        "backward reads the values where they are); move it with copy, or bind "
+                        "it after ad_tape_reset");
+  if (used && buf && !(ad_node_of(g)->op & AD_LEAF_EXTERNAL))
     return ad_set_error(ctx, AD_ERR_STATE,
                         "set_grad_buffer: an op of the current tape used the gradient (its views "
                         "may still read the memory this would free); bind it after ad_tape_reset");

@@ -117,9 +117,10 @@ typedef struct shm {
    * node in a window of their own (the first rank's memory), which each
    * rank's sharded step updates in its slices (params_share) */
   MPI_Win pwin;
-  bool pon;
+  bool pon;   /* the parameters are in pwin */
+  bool plive; /* pwin exists (the parameters may have left it: params_leave) */
   nn_params *pp;
-  int pn;
+  int pn, pcap; /* pt: pn bound of pcap allocated */
   ad_tensor **pt;
 } shm;
 
@@ -166,6 +167,7 @@ static bool bind_grad(nn_dist *d, ad_tensor *t, void *buf, bool copy);
 static void node_barrier(shm *h);
 static void win_barrier(shm *h, MPI_Win w);
 static void params_unshare(nn_dist *d);
+static void params_leave(nn_dist *d);
 static size_t round_up64(size_t n);
 static bool backing_room(const char *dir, size_t bytes);
 static ad_status ops_step(void *ud, nn_optimizer *opt);
@@ -322,10 +324,10 @@ static void layout_free(nn_dist *d) {
 void nn_dist_free(nn_dist *d) {
   if (!d) return;
   if (d->hooked) ad_set_backward_hook(d->ctx, d->prev, d->prev_ud);
-  if (d->sh.pon) {
-    ad_tape_reset(d->ctx); /* its views of the parameters read the window */
-    params_unshare(d);
-  }
+  /* the tape's views of the parameters, and of the gradients, read the
+   * windows; and a gradient an op of the tape read cannot move out */
+  if (d->sh.plive || (d->sh.on && d->sh.zc)) ad_tape_reset(d->ctx);
+  params_unshare(d);
   layout_free(d);
   ad_free(d->ctx, d->seen, d->walk_cap);
   ad_free(d->ctx, d->stack, d->walk_cap * sizeof *d->stack);
@@ -467,11 +469,11 @@ static void bcast_list(nn_dist *d, int n, ad_tensor *const *ts) {
     bcast_bytes(d, ts[i]->data, (size_t)ts[i]->size * ad_dtype_size(ts[i]->dtype), 0);
 }
 
-/* Gives the parameters in the node's window back to each rank's memory
- * (values kept: the ranks read the window at once, nobody writes it). The
- * tape's views of them keep reading the window until reset (see
- * nn_dist_free). */
-static void params_unshare(nn_dist *d) {
+/* Gives the parameters in the node's window back to this rank's memory
+ * (values kept), leaving the window itself until params_unshare: the
+ * tape's views of them keep reading it. Not collective; nobody may write
+ * the window from then on. */
+static void params_leave(nn_dist *d) {
   shm *h = &d->sh;
   if (!h->pon) return;
   bool clean = ad_last_status(d->ctx) == AD_OK;
@@ -479,15 +481,26 @@ static void params_unshare(nn_dist *d) {
     if (ad_tensor_set_data_buffer(h->pt[i], NULL, false) == AD_ERR_OOM)
       die(d, "parameters back from the shared window");
   if (clean) ad_clear_error(d->ctx);
-  win_barrier(h, h->pwin); /* nobody writes the window again before all have read it */
+  ad_free(d->ctx, h->pt, (size_t)h->pcap * sizeof *h->pt);
+  h->pt = NULL, h->pn = h->pcap = 0, h->pp = NULL, h->pon = false;
+}
+
+/* Gives the parameters in the node's window back to each rank's memory
+ * (values kept: the ranks read the window at once, nobody writes it) and
+ * frees the window. The tape's views of them read the window: reset it
+ * first (see nn_dist_free). */
+static void params_unshare(nn_dist *d) {
+  shm *h = &d->sh;
+  if (!h->plive) return;
+  params_leave(d);
   int done = 0;
   MPI_Finalized(&done);
   if (!done) {
+    win_barrier(h, h->pwin); /* nobody writes the window again before all have read it */
     MPI_Win_unlock_all(h->pwin);
     MPI_Win_free(&h->pwin);
   }
-  ad_free(d->ctx, h->pt, (size_t)h->pn * sizeof *h->pt);
-  h->pt = NULL, h->pn = 0, h->pp = NULL, h->pon = false;
+  h->plive = false;
 }
 
 /* With shard_optimizer on a node of several ranks: parameters p (the same
@@ -554,7 +567,7 @@ static void params_share(nn_dist *d, nn_params *p) {
     off += round_up64((size_t)ts[i]->size * ad_dtype_size(ts[i]->dtype));
   }
   if (clean) ad_clear_error(d->ctx);
-  h->pon = true, h->pp = p, h->pn = bound;
+  h->pon = h->plive = true, h->pp = p, h->pn = bound, h->pcap = n ? n : 1;
   all = bound == n;
   MPI_Allreduce(MPI_IN_PLACE, &all, 1, MPI_INT, MPI_MIN, d->comm);
   if (!all) params_unshare(d); /* some rank could not: every rank its own copy */
@@ -601,8 +614,9 @@ ad_status nn_dist_sync(nn_dist *d, nn_model *m, nn_optimizer *opt) {
     return ad_set_error(c, AD_ERR_SHAPE, "dist: rank %d differs from rank 0: %s", root, msg);
   }
   if (d->sh.stale && d->sh.stale != opt) d->sh.stale = NULL; /* another optimizer's: gone */
-  if (opt) gather_state(d, opt); /* after sharded steps: whole before rank 0's is sent */
-  params_unshare(d);             /* each rank receives into its own memory */
+  if (opt) gather_state(d, opt);     /* after sharded steps: whole before rank 0's is sent */
+  if (d->sh.plive) ad_tape_reset(c); /* its views of the parameters read the window */
+  params_unshare(d);                 /* each rank receives into its own memory */
   nn_params *p = nn_model_params(m), *b = nn_model_buffers(m);
   bcast_list(d, nn_params_count(p), nn_params_tensors(p));
   bcast_list(d, nn_params_count(b), nn_params_tensors(b));
@@ -974,7 +988,8 @@ static void launch(nn_dist *d, int k, bool from_hook) {
   bucket *b = &d->b[k];
   if (d->sh.on) {
     pack(d, k, shm_bucket(d, d->sh.lrank, k));
-    if (d->sh.zc) *scale_slot(d, d->sh.lrank) = d->scale; /* published by the flag */
+    if (d->sh.zc && k == 0) /* buckets launch in order: bucket 0's flag publishes it */
+      *scale_slot(d, d->sh.lrank) = d->scale;
     atomic_store_explicit(packed_flag(d, d->sh.lrank, k), d->sh.step, memory_order_release);
   } else {
     pack(d, k, b->buf);
@@ -1219,15 +1234,18 @@ static ad_status ops_step(void *ud, nn_optimizer *opt) {
   shm *h = &d->sh;
   const nn_opt_config *cfg = opt ? nn_optimizer_config(opt) : NULL;
   if (cfg && (cfg->clip_value > 0 || cfg->clip_norm > 0)) privatize(d); /* clipped in place */
-  if (!opt || !d->o.shard_optimizer || !h->on || h->lsize == 1 ||
-      nn_optimizer_params(opt) != d->p || !layout_current(d, d->p))
-    return nn_optimizer_step(opt);
+  bool shard = opt && d->o.shard_optimizer && h->on && h->lsize > 1 &&
+               nn_optimizer_params(opt) == d->p && layout_current(d, d->p);
+  /* a whole step on every rank (or an exchange of the slices) on one copy
+   * of the parameters would take it once per rank: each its own copy */
+  if (h->pon && !(shard && h->pp == d->p && h->pn == d->np)) params_leave(d);
+  if (!shard) return nn_optimizer_step(opt);
   own_ranges(d);
   ad_status st = nn_optimizer_step_ranges(opt, h->lo, h->hi);
   if (st != AD_OK) die(d, "the sharded optimizer step"); /* ranges from the layout: never */
   h->stale = opt;
   d->stats.sharded_steps++;
-  if (h->pon && h->pp == d->p && h->pn == d->np)
+  if (h->pon)
     win_barrier(h, h->pwin); /* the slices were written where every rank reads them */
   else
     share_slices(d, d->t, false); /* the step's status exchange already separates the uses */

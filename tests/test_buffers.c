@@ -226,3 +226,55 @@ Test(buffers, bad_arguments) {
   cr_assert_eq(ad_tensor_set_grad_buffer(w, buf, true), AD_ERR_STATE);
   test_expect_error(ctx, AD_ERR_STATE, "freed", NULL);
 }
+
+/* The engine's own memory of the tensor given back as buf: binding it
+ * would free it and keep using it (the tensor's values, or gradient, in
+ * freed memory). Refused; the tensor is unchanged. */
+Test(buffers, the_engines_own_memory_is_refused) {
+  test_alloc ta = {0};
+  ad_ctx *c = ad_ctx_new_with_alloc(test_alloc_fn, &ta);
+  cr_assert_not_null(c);
+  ad_tensor *w = leaf3(c);
+  void *mine = w->data;
+  cr_assert_eq(ad_tensor_set_data_buffer(w, mine, true), AD_ERR_ARG);
+  test_expect_error(c, AD_ERR_ARG, "set_data_buffer", "engine", NULL);
+  cr_assert_eq(w->data, mine);
+  for (int i = 0; i < 3; i++) cr_assert_eq(ad_tensor_get(w, i), i + 1.0);
+  backward_sq(c, w);
+  void *g = w->grad->data;
+  cr_assert_eq(ad_tensor_set_grad_buffer(w, g, false), AD_ERR_ARG);
+  test_expect_error(c, AD_ERR_ARG, "set_grad_buffer", "engine", NULL);
+  cr_assert_eq(w->grad->data, g);
+  for (int i = 0; i < 3; i++) cr_assert_eq(ad_tensor_get(w->grad, i), 2.0 * (i + 1));
+  /* a caller's buffer bound twice is fine (a no-op) */
+  double buf[3];
+  ad_tape_reset(c);
+  cr_assert_eq(ad_tensor_set_data_buffer(w, buf, true), AD_OK);
+  cr_assert_eq(ad_tensor_set_data_buffer(w, buf, true), AD_OK);
+  for (int i = 0; i < 3; i++) cr_assert_eq(buf[i], i + 1.0);
+  ad_tensor_free(w);
+  ad_ctx_free(c);
+  cr_assert_eq(ta.live, 0, "every byte returned (%zu live)", (size_t)ta.live);
+}
+
+/* A tensor in the caller's memory that an op of the current tape used
+ * moves only with its values: the backward of that op reads the tensor's
+ * values where they are now, so other values (copy false) would give it
+ * the gradient of another function. */
+Test(buffers, a_used_tensor_moves_only_with_its_values) {
+  double a[3] = {1, 2, 3}, b[3] = {10, 20, 30};
+  int64_t s = 3;
+  ad_tensor *w = ad_zeros(ctx, AD_F64, 1, &s);
+  cr_assert_eq(ad_tensor_set_requires_grad(w, true), AD_OK);
+  cr_assert_eq(ad_tensor_set_data_buffer(w, a, false), AD_OK);
+  ad_tensor *l = ad_sum(ctx, ad_mul(ctx, w, w));
+  cr_assert_eq(ad_tensor_set_data_buffer(w, b, false), AD_ERR_STATE);
+  test_expect_error(ctx, AD_ERR_STATE, "set_data_buffer", "current tape", "copy", NULL);
+  cr_assert_eq(w->data, (void *)a);
+  cr_assert_eq(ad_tensor_set_data_buffer(w, a, false), AD_OK, "the same buffer: nothing moves");
+  cr_assert_eq(ad_tensor_set_data_buffer(w, b, true), AD_OK);
+  cr_assert_eq(ad_backward(ctx, l, NULL), AD_OK);
+  for (int i = 0; i < 3; i++) cr_assert_eq(ad_tensor_get(w->grad, i), 2.0 * (i + 1));
+  ad_tape_reset(ctx);
+  ad_tensor_free(w);
+}

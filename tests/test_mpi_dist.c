@@ -765,6 +765,137 @@ static void memory_returns(ad_ctx *c) {
   run_free(&warm);
 }
 
+/* nn_dist_sync on a tape that used the parameters (a forward, no reset):
+ * they cannot move to the shared window (ad_tensor_set_data_buffer refuses
+ * memory of the engine's that the tape read), so each rank keeps its own
+ * copy; nn_dist_free still returns every byte. */
+static void sync_on_a_used_tape(ad_ctx *c) {
+  nn_dist_opts o = {.bucket_bytes = 8};
+  ad_tensor *x, *y;
+  make_data(c, AD_F64, 12, &x, &y);
+  nn_model *m = make_model(c, AD_F64, 8, PLAIN, 5);
+  nn_optimizer *opt = nn_adam_new(nn_model_params(m), 0.01);
+  ad_tape_reset(c);
+  long long before = live_bytes;
+  nn_dist *d = dist_new(c, &o);
+  ad_tensor *pred = nn_model_forward(m, x);
+  ad_status st = pred ? nn_dist_sync(d, m, opt) : AD_ERR_ARG;
+  nn_dist_stats stats;
+  nn_dist_get_stats(d, &stats, false);
+  nn_dist_free(d);
+  ad_tape_reset(c);
+  snprintf(why, sizeof why, "status %s, shared parameters %d; %lld bytes before, %lld after",
+           ad_status_str(st), stats.shared_params, before, live_bytes);
+  check(st == AD_OK && !stats.shared_params && live_bytes == before,
+        "nn_dist_sync on a used tape: parameters each rank's own, every byte returned", why);
+  nn_optimizer_free(opt);
+  nn_model_free(m);
+  ad_tensor_free(x);
+  ad_tensor_free(y);
+}
+
+/* nn_dist_sync again while the tape holds a view of a parameter (reshape
+ * shares the parameter's memory): with shard_optimizer the first sync put
+ * the parameters in a shared window, which the second frees; so it resets
+ * the tape (as nn_dist_free does), and a backward through the view is
+ * refused instead of reading the freed window. */
+static void sync_resets_views(ad_ctx *c) {
+  nn_dist_opts o = {.bucket_bytes = 8};
+  nn_model *m = make_model(c, AD_F64, 8, PLAIN, 5);
+  nn_optimizer *opt = nn_adam_new(nn_model_params(m), 0.01);
+  nn_dist *d = dist_new(c, &o);
+  ad_tape_reset(c);
+  ad_status st = nn_dist_sync(d, m, opt);
+  ad_tensor *w = nn_params_tensor(nn_model_params(m), 0);
+  int64_t n = w->size;
+  ad_tensor *v = ad_reshape(c, w, 1, &n);
+  ad_tensor *loss = ad_sum(c, ad_mul(c, v, v)); /* its backward reads v */
+  if (st == AD_OK) st = nn_dist_sync(d, m, opt);
+  bool shared = base.shard_optimizer && expect_shm && size / expect_nodes > 1;
+  ad_status bst = loss ? ad_backward(c, loss, NULL) : AD_ERR_NULL;
+  snprintf(why, sizeof why, "sync %s, backward %s (\"%s\")", ad_status_str(st), ad_status_str(bst),
+           ad_last_error(c));
+  check(st == AD_OK &&
+            (shared ? bst == AD_ERR_STATE && strstr(ad_last_error(c), "reset") : bst == AD_OK),
+        "nn_dist_sync with the parameters shared resets the tape (its views read the window)", why);
+  ad_clear_error(c);
+  nn_dist_free(d);
+  ad_tape_reset(c);
+  nn_params_zero_grad(nn_model_params(m));
+  nn_optimizer_free(opt);
+  nn_model_free(m);
+}
+
+/* After nn_fit on the shared-memory path the gradients are the node's
+ * reduced buffer in the window; an op that reads one (a norm computed with
+ * ops) keeps it from moving on this tape. nn_dist_free must still leave the
+ * gradients readable (in each rank's memory, the reduced values). */
+static void free_after_an_op_read_a_gradient(ad_ctx *c) {
+  nn_dist_opts o = {.bucket_bytes = 8};
+  ad_tensor *x, *y;
+  make_data(c, AD_F64, 24, &x, &y);
+  nn_model *m = make_model(c, AD_F64, 8, PLAIN, 5);
+  nn_optimizer *opt = nn_sgd_new(nn_model_params(m), 0.1, 0, false, 0);
+  nn_dist *d = dist_new(c, &o);
+  nn_fit_opts fo = {.epochs = 1, .batch_size = 12, .verbose = -1, .dist = nn_dist_fit_ops(d)};
+  ad_status st = nn_fit(m, opt, nn_cross_entropy_loss, x, y, &fo, NULL);
+  ad_tensor *g = nn_params_tensor(nn_model_params(m), 0)->grad;
+  ad_tensor *sq = g ? ad_sum(c, ad_mul(c, g, g)) : NULL;
+  double want = sq ? ad_tensor_item(sq) : NAN;
+  nn_dist_free(d);
+  g = nn_params_tensor(nn_model_params(m), 0)->grad;
+  double got = 0;
+  for (int64_t i = 0; g && i < g->size; i++) got += ad_tensor_get(g, i) * ad_tensor_get(g, i);
+  snprintf(why, sizeof why, "status %s, sum of squares %.17g then %.17g", ad_status_str(st), want,
+           got);
+  check(st == AD_OK && got == want,
+        "nn_dist_free after an op read a gradient: the gradients stay readable", why);
+  ad_tape_reset(c);
+  nn_optimizer_free(opt);
+  nn_model_free(m);
+  ad_tensor_free(x);
+  ad_tensor_free(y);
+}
+
+/* An optimizer over its own list of the model's parameters (not
+ * nn_model_params itself): nn_dist_ops.step cannot shard it, so every rank
+ * takes the whole step; with shard_optimizer the parameters must then still
+ * be each rank's own (one copy per node would take the step once per rank). */
+static void optimizer_own_list(ad_ctx *c) {
+  ad_tensor *x, *y;
+  make_data(c, AD_F64, 48, &x, &y);
+  nn_model *m[2];
+  nn_optimizer *opt[2];
+  nn_params *lists[2];
+  for (int k = 0; k < 2; k++) {
+    m[k] = make_model(c, AD_F64, 8, PLAIN, 5);
+    nn_params *mp = nn_model_params(m[k]);
+    lists[k] = nn_params_new(c);
+    for (int i = 0; i < nn_params_count(mp); i++)
+      nn_params_add(lists[k], nn_params_name(mp, i), nn_params_tensor(mp, i), false);
+    opt[k] = nn_sgd_new(lists[k], 0.1, 0.9, false, 0);
+  }
+  nn_dist_opts o = {.bucket_bytes = 8};
+  nn_dist *d = dist_new(c, &o);
+  nn_fit_opts fo = {.epochs = 2, .batch_size = 12, .seed = 3, .verbose = -1};
+  ad_status s1 = nn_fit(m[0], opt[0], nn_cross_entropy_loss, x, y, &fo, NULL);
+  fo.dist = nn_dist_fit_ops(d);
+  ad_status s2 = nn_fit(m[1], opt[1], nn_cross_entropy_loss, x, y, &fo, NULL);
+  double rel = max_rel(nn_model_params(m[1]), nn_model_params(m[0]));
+  snprintf(why, sizeof why, "status %s %s, max relative difference %g", ad_status_str(s1),
+           ad_status_str(s2), rel);
+  check(s1 == AD_OK && s2 == AD_OK && rel <= 1e-12,
+        "an optimizer over its own list of the parameters equals one process", why);
+  nn_dist_free(d);
+  for (int k = 0; k < 2; k++) {
+    nn_optimizer_free(opt[k]);
+    nn_params_free(lists[k]);
+    nn_model_free(m[k]);
+  }
+  ad_tensor_free(x);
+  ad_tensor_free(y);
+}
+
 /* The model and optimizer freed before nn_dist_free (as bench/dist_mlp
  * does): the bindings of their gradients and (sharded, on a node of
  * several ranks) parameters to the windows are dropped without an error. */
@@ -937,6 +1068,10 @@ int main(int argc, char **argv) {
   checkpoints(c);
   memory_returns(c);
   model_freed_first(c);
+  optimizer_own_list(c);
+  sync_on_a_used_tape(c);
+  sync_resets_views(c);
+  free_after_an_op_read_a_gradient(c);
   ad_ctx_free(c);
   if (rank == 0) printf("1..%d\n", ntest);
   nn_dist_finalize();

@@ -283,8 +283,10 @@ AD_API void ad_tensor_zero_grad(ad_tensor *t);
  * copy). When an op of the current tape used t, its views of t (reshape,
  * detach) keep reading the memory t had then: so while t's memory is the
  * engine's, that is refused (AD_ERR_STATE: bind between ad_tape_reset and
- * the first use); from the caller's memory it is allowed, and the caller
- * keeps the old buffer valid until the tape is reset.
+ * the first use); from the caller's memory it is allowed with copy (or
+ * buf NULL: the ops' backwards read the values where they are now, so they
+ * must not change), and the caller keeps the old buffer valid until the
+ * tape is reset.
  *
  * ad_tensor_set_grad_buffer: buf becomes where t's gradient is stored:
  * t->grad->data == buf. With copy, a gradient t has now is copied into buf
@@ -294,13 +296,14 @@ AD_API void ad_tensor_zero_grad(ad_tensor *t);
  * also where it was NULL). ad_tensor_zero_grad releases t->grad as always
  * and keeps buf for the next backward. As for the values, while an op of
  * the current tape used t->grad, moving it out of engine memory is refused
- * (AD_ERR_STATE) and out of the caller's is allowed. The caller must not
- * write buf while a backward runs.
+ * (AD_ERR_STATE) and out of the caller's is allowed with copy (or buf
+ * NULL). The caller must not write buf while a backward runs.
  *
  * Both: AD_ERR_NULL (t NULL), AD_ERR_STATE (t freed, a temporary, or a
  * gradient itself; the tape rules above), AD_ERR_ARG (not a tensor; buf
- * misaligned), AD_ERR_DTYPE (grad of an AD_I32 tensor), AD_ERR_OOM (buf
- * NULL and no memory: t unchanged). @{ */
+ * misaligned; buf the memory the engine holds t's values or gradient in),
+ * AD_ERR_DTYPE (grad of an AD_I32 tensor), AD_ERR_OOM (buf NULL and no
+ * memory: t unchanged). @{ */
 AD_API ad_status ad_tensor_set_data_buffer(ad_tensor *t, void *buf, bool copy);
 AD_API ad_status ad_tensor_set_grad_buffer(ad_tensor *t, void *buf, bool copy);
 /** @} */

@@ -110,7 +110,10 @@ typedef struct nn_dist_opts {
                           synced model are one copy per node in shared
                           memory (ad_tensor_set_data_buffer; where MPI or
                           the tape does not allow it, the updated slices are
-                          exchanged instead): a rank that changes a
+                          exchanged instead; from a step that cannot be
+                          sharded, e.g. of an optimizer over another list
+                          than the model's, each rank has its own copy
+                          again until the next nn_dist_sync): a rank that changes a
                           parameter changes it for every rank of its node,
                           so change them on rank 0 and call nn_dist_sync,
                           or load with nn_dist_load. nn_dist_free gives each
@@ -136,9 +139,11 @@ typedef struct nn_dist_opts {
                           one buffer of the node, shared (no packing, no
                           copying back). Until the next step's grad_begin
                           those gradients are then the node's: read them,
-                          but do not write them (the optimizer's clip_value
+                          but do not write them, nor run a backward that
+                          reaches the parameters before zeroing them (it
+                          would add into them). The optimizer's clip_value
                           and clip_norm work on a private copy made by
-                          nn_dist_ops.step). Set this on any rank to give
+                          nn_dist_ops.step. Set this on any rank to give
                           every rank its own copy after each reduction
                           instead, for code that changes gradients in place
                           between grad_end and the step */
@@ -155,8 +160,9 @@ NN_API nn_dist *nn_dist_new(ad_ctx *ctx, const nn_dist_opts *opts);
 
 /** Frees the handle (collective: frees its communicator and windows). The
  * gradients, and with shard_optimizer the parameters, that lived in its
- * shared memory move back to each rank's own (values kept); with shared
- * parameters the context's tape is reset. NULL is a no-op. */
+ * shared memory move back to each rank's own (values kept); when any did,
+ * the context's tape is reset (its views of them read that memory). NULL
+ * is a no-op. */
 NN_API void nn_dist_free(nn_dist *d);
 
 /** This process's rank and the number of processes; 0 and 1 for NULL. */
@@ -175,7 +181,10 @@ NN_API const nn_dist_ops *nn_dist_fit_ops(nn_dist *d);
  * '1.weight' f32 [10,32] on rank 0" (or the counts, "3 parameters, 0
  * buffers, 7 optimizer state tensors", a buffer, an optimizer state
  * tensor). A NULL m on some rank: every rank fails, the others with "dist:
- * rank R failed: dist_sync: model is NULL". nn_fit calls it first. */
+ * rank R failed: dist_sync: model is NULL". nn_fit calls it first. With
+ * the parameters in shared memory (nn_dist_opts.shard_optimizer) it gives
+ * them back before receiving, and so resets the context's tape, whose
+ * views of them read that memory (as nn_dist_free). */
 NN_API ad_status nn_dist_sync(nn_dist *d, nn_model *m, nn_optimizer *opt);
 
 /** Sums n doubles over the ranks, in place (in rank order in the
