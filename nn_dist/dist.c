@@ -19,6 +19,27 @@
 
 #define MSG_LEN 512
 
+/* The context's error (or none) before calls that may fail harmlessly (a
+ * binding the tape refuses, a parameter freed since), to put back after
+ * them: the caller's own error must not turn into theirs. */
+typedef struct err_saved {
+  ad_status st;
+  char msg[MSG_LEN];
+} err_saved;
+
+static void err_keep(ad_ctx *c, err_saved *e) {
+  e->st = ad_last_status(c);
+  e->msg[0] = 0;
+  if (e->st != AD_OK) snprintf(e->msg, sizeof e->msg, "%s", ad_last_error(c));
+}
+
+static void err_restore(ad_ctx *c, const err_saved *e) {
+  if (e->st == AD_OK)
+    ad_clear_error(c);
+  else
+    ad_set_error(c, e->st, "%s", e->msg);
+}
+
 /* ---------------------------------------------------------- init, handle */
 
 static bool we_initialised;
@@ -476,11 +497,15 @@ static void bcast_list(nn_dist *d, int n, ad_tensor *const *ts) {
 static void params_leave(nn_dist *d) {
   shm *h = &d->sh;
   if (!h->pon) return;
-  bool clean = ad_last_status(d->ctx) == AD_OK;
-  for (int i = 0; i < h->pn; i++) /* a parameter freed since: AD_ERR_STATE, nothing to do */
-    if (ad_tensor_set_data_buffer(h->pt[i], NULL, false) == AD_ERR_OOM)
-      die(d, "parameters back from the shared window");
-  if (clean) ad_clear_error(d->ctx);
+  err_saved e;
+  err_keep(d->ctx, &e);
+  bool failed = false;
+  for (int i = 0; i < h->pn; i++) { /* a parameter freed since: AD_ERR_STATE, nothing to do */
+    ad_status st = ad_tensor_set_data_buffer(h->pt[i], NULL, false);
+    if (st == AD_ERR_OOM) die(d, "parameters back from the shared window");
+    failed |= st != AD_OK;
+  }
+  if (failed) err_restore(d->ctx, &e);
   ad_free(d->ctx, h->pt, (size_t)h->pcap * sizeof *h->pt);
   h->pt = NULL, h->pn = h->pcap = 0, h->pp = NULL, h->pon = false;
 }
@@ -558,15 +583,18 @@ static void params_share(nn_dist *d, nn_params *p) {
     off += round_up64(b);
   }
   win_barrier(h, h->pwin);
-  bool clean = ad_last_status(d->ctx) == AD_OK;
+  err_saved e;
+  err_keep(d->ctx, &e);
   int bound = 0;
   off = 0;
   for (int i = 0; i < n; i++, bound++) {
-    if (ad_tensor_set_data_buffer(ts[i], win + off, false) != AD_OK) break; /* the tape used it */
+    if (ad_tensor_set_data_buffer(ts[i], win + off, false) != AD_OK) { /* the tape used it */
+      err_restore(d->ctx, &e);
+      break;
+    }
     h->pt[i] = ts[i];
     off += round_up64((size_t)ts[i]->size * ad_dtype_size(ts[i]->dtype));
   }
-  if (clean) ad_clear_error(d->ctx);
   h->pon = h->plive = true, h->pp = p, h->pn = bound, h->pcap = n ? n : 1;
   all = bound == n;
   MPI_Allreduce(MPI_IN_PLACE, &all, 1, MPI_INT, MPI_MIN, d->comm);
@@ -940,9 +968,10 @@ static char *red_bucket(const nn_dist *d, int k) {
 /* ad_tensor_set_grad_buffer without leaving an error behind: a refusal
  * (an op of the tape read the gradient) costs only the copy it saves. */
 static bool bind_grad(nn_dist *d, ad_tensor *t, void *buf, bool copy) {
-  bool clean = ad_last_status(d->ctx) == AD_OK;
+  err_saved e;
+  err_keep(d->ctx, &e);
   if (ad_tensor_set_grad_buffer(t, buf, copy) == AD_OK) return true;
-  if (clean) ad_clear_error(d->ctx);
+  err_restore(d->ctx, &e);
   return false;
 }
 
