@@ -150,9 +150,10 @@ int main(int argc, char **argv) {
            (long long)ds.steps, (long long)ds.buckets, bucket_kb, (long long)ds.overlapped,
            (long long)(ds.steps * ds.buckets));
     printf("allreduced_bytes_per_step: %.0f\n", (double)ds.bytes / (double)ds.steps);
-    printf("reduction: %s, %d node(s); sharded optimizer steps: %lld\n",
+    printf("reduction: %s, %d node(s); sharded optimizer steps: %lld; parameters: %s\n",
            ds.shared_memory ? "shared memory on each node (MPI-3 window)" : "MPI collectives",
-           ds.nodes, (long long)ds.sharded_steps);
+           ds.nodes, (long long)ds.sharded_steps,
+           ds.shared_params ? "one copy per node (shared window)" : "each rank's own");
     printf("wait_ms_per_step: %.3f (not hidden by backward; largest over ranks; step %.3f ms)\n",
            1e3 * wait, 1e3 * secs / (double)ds.steps);
     printf("allreduce_alone_ms: %.3f for %.0f bytes (bus bandwidth 2K(N-1)/N/t: %.2f GB/s)\n",
