@@ -116,6 +116,14 @@ typedef struct bucket {
  * the node's reduced buffer (the first rank's segment, after its regions:
  * one per parity), and every rank then takes that buffer as its gradients
  * (bound without a copy: one copy per node, which the ranks only read). */
+/* A parameter in the shared window, and where its values are there: a
+ * tensor whose data is elsewhere by now (freed: NULL; its header reused;
+ * bound by the caller) is left alone. */
+typedef struct shared_param {
+  ad_tensor *t;
+  void *at;
+} shared_param;
+
 typedef struct shm {
   MPI_Comm node, cross; /* cross: MPI_COMM_NULL on one node */
   int lrank, lsize, nodes;
@@ -142,7 +150,7 @@ typedef struct shm {
   bool plive; /* pwin exists (the parameters may have left it: params_leave) */
   nn_params *pp;
   int pn, pcap; /* pt: pn bound of pcap allocated */
-  ad_tensor **pt;
+  shared_param *pt;
 } shm;
 
 typedef struct lookup {
@@ -316,8 +324,9 @@ static void layout_free(nn_dist *d) {
   if (h->on) {
     int done = 0;
     MPI_Finalized(&done);
-    if (!done && h->zc) /* the gradients back to the engine's memory, values kept */
-      for (int i = 0; i < d->np; i++) bind_grad(d, d->t[i], NULL, false);
+    if (!done && h->zc)               /* the gradients back to the engine's memory, values kept */
+      for (int i = 0; i < d->np; i++) /* not for a parameter freed since */
+        if (ad_tensor_requires_grad(d->t[i])) bind_grad(d, d->t[i], NULL, false);
     if (!done) {
       MPI_Win_unlock_all(h->win);
       MPI_Win_free(&h->win);
@@ -500,8 +509,9 @@ static void params_leave(nn_dist *d) {
   err_saved e;
   err_keep(d->ctx, &e);
   bool failed = false;
-  for (int i = 0; i < h->pn; i++) { /* a parameter freed since: AD_ERR_STATE, nothing to do */
-    ad_status st = ad_tensor_set_data_buffer(h->pt[i], NULL, false);
+  for (int i = 0; i < h->pn; i++) { /* not one freed or moved since (see shared_param) */
+    if (h->pt[i].t->data != h->pt[i].at) continue;
+    ad_status st = ad_tensor_set_data_buffer(h->pt[i].t, NULL, false);
     if (st == AD_ERR_OOM) die(d, "parameters back from the shared window");
     failed |= st != AD_OK;
   }
@@ -592,7 +602,7 @@ static void params_share(nn_dist *d, nn_params *p) {
       err_restore(d->ctx, &e);
       break;
     }
-    h->pt[i] = ts[i];
+    h->pt[i] = (shared_param){ts[i], win + off};
     off += round_up64((size_t)ts[i]->size * ad_dtype_size(ts[i]->dtype));
   }
   h->pon = h->plive = true, h->pp = p, h->pn = bound, h->pcap = n ? n : 1;

@@ -913,8 +913,27 @@ static void model_freed_first(ad_ctx *c) {
   nn_dist_get_stats(d, &stats, false);
   nn_optimizer_free(opt);
   nn_model_free(m);
+  /* new tensors in the freed parameters' headers, with values in the
+   * caller's memory: not nn_dist's to move. Headers are reused oldest
+   * first while more than 64 are dead: 80 more dead ones push the
+   * parameters' out of that reserve, and enough new tensors reach them. */
+  enum { MINE = 6000 };
+  int64_t one = 1;
+  for (int i = 0; i < 80; i++) ad_tensor_free(ad_zeros(c, AD_F64, 1, &one));
+  static ad_tensor *mine[MINE];
+  static double vals[MINE];
+  bool bound = true;
+  for (int i = 0; i < MINE; i++) {
+    mine[i] = ad_zeros(c, AD_F64, 1, &one);
+    bound &= mine[i] && ad_tensor_set_data_buffer(mine[i], &vals[i], true) == AD_OK;
+  }
   ad_set_error(c, AD_ERR_ARG, "the caller's own error"); /* kept by nn_dist_free */
   nn_dist_free(d);
+  for (int i = 0; i < MINE; i++) {
+    bound &= mine[i]->data == (void *)&vals[i];
+    ad_tensor_free(mine[i]);
+  }
+  check(bound, "nn_dist_free leaves tensors made in freed parameters' headers alone", NULL);
   snprintf(why, sizeof why, "status %s, shared parameters %d, then \"%s\"", ad_status_str(st),
            stats.shared_params, ad_last_error(c));
   check(st == AD_OK && ad_last_status(c) == AD_ERR_ARG &&
