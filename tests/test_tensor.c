@@ -536,6 +536,30 @@ Test(tensor, narrow_takes_a_negative_start) {
   ad_tensor_free(seed);
 }
 
+/* As torch.expand: -1 keeps the size of x's dim it aligns with; the
+ * gradient sums over the broadcast dims. -1 in a new leading dim has no
+ * size to keep: refused. */
+Test(tensor, expand_keeps_a_dim_given_as_minus_one) {
+  ad_tensor *x = ad_arange(ctx, AD_F64, 1, 4, 1);
+  ad_tensor_set_requires_grad(x, true);
+  ad_tensor *x2 = ad_reshape(ctx, x, 2, (int64_t[2]){3, 1});
+  ad_tensor *y = ad_expand(ctx, x2, 3, (int64_t[3]){2, -1, 4});
+  cr_assert_not_null(y, "%s", ad_last_error(ctx));
+  cr_assert_eq(y->ndim, 3);
+  cr_assert_eq(y->shape[0], 2);
+  cr_assert_eq(y->shape[1], 3);
+  cr_assert_eq(y->shape[2], 4);
+  for (int64_t i = 0; i < 24; i++) cr_assert_eq(ad_tensor_get(y, i), 1 + (i / 4) % 3);
+  cr_assert_eq(ad_backward(ctx, ad_sum(ctx, y), NULL), AD_OK, "%s", ad_last_error(ctx));
+  double want[3] = {8, 8, 8};
+  assert_values(x->grad, want, 3, 0);
+  cr_assert_null(ad_expand(ctx, x2, 3, (int64_t[3]){-1, 3, 1}));
+  cr_assert_eq(ad_last_status(ctx), AD_ERR_SHAPE);
+  cr_assert_null(ad_expand(ctx, x2, 2, (int64_t[2]){3, -2}));
+  cr_assert_eq(ad_last_status(ctx), AD_ERR_SHAPE);
+  ad_tensor_free(x);
+}
+
 /* ------------------------------------------------------------- printing */
 
 /* Prints t into a string (caller frees). */
