@@ -164,10 +164,11 @@ static ad_status permute_shape(const ad_call *c) {
                         at->ndim, x->ndim);
   bool seen[AD_MAX_DIMS] = {0};
   for (int k = 0; k < x->ndim; k++) {
-    int p = at->perm[k];
-    if (p < 0 || p >= x->ndim || seen[p])
-      return ad_set_error(c->ctx, AD_ERR_ARG, "%s: axis list is not a permutation of 0..%d",
-                          c->name, x->ndim - 1);
+    int p = ad_norm_axis(at->perm[k], x->ndim); /* negative counts from the end */
+    if (p < 0 || seen[p])
+      return ad_set_error(c->ctx, AD_ERR_ARG,
+                          "%s: axis list is not a permutation of 0..%d (or -%d..-1)", c->name,
+                          x->ndim - 1, x->ndim);
     seen[p] = true;
     c->out->shape[k] = x->shape[p];
   }
@@ -183,7 +184,7 @@ static void permute_fwd(const ad_call *c) {
   int64_t xst[AD_MAX_DIMS], st[AD_MAX_DIMS], idx[AD_MAX_DIMS] = {0};
   int64_t s = 1;
   for (int k = nd - 1; k >= 0; s *= x->shape[k], k--) xst[k] = s;
-  for (int k = 0; k < nd; k++) st[k] = xst[c->attrs->permute.perm[k]];
+  for (int k = 0; k < nd; k++) st[k] = xst[ad_norm_axis(c->attrs->permute.perm[k], nd)];
   size_t es = ad_dsize(x->dtype);
   int64_t off = 0;
   for (int64_t o = 0; o < out->size; o++) {
@@ -200,7 +201,7 @@ static void permute_fwd(const ad_call *c) {
 static ad_status permute_bwd(const ad_call *c) {
   const ad_permute_attrs *at = &c->attrs->permute;
   int inv[AD_MAX_DIMS];
-  for (int k = 0; k < at->ndim; k++) inv[at->perm[k]] = k;
+  for (int k = 0; k < at->ndim; k++) inv[ad_norm_axis(at->perm[k], at->ndim)] = k;
   return ad_call_set_grad(c, 0, ad_permute(c->ctx, c->gout, inv));
 }
 
@@ -258,6 +259,9 @@ static ad_status expand_shape(const ad_call *c) {
   ad_tensor *o = c->out;
   ad_status st = target_shape(c);
   if (st != AD_OK) return st;
+  int lead = o->ndim - x->ndim; /* new leading dims */
+  for (int k = lead < 0 ? o->ndim : lead; k < o->ndim; k++)
+    if (o->shape[k] == -1) o->shape[k] = x->shape[k - lead]; /* torch.expand: -1 keeps x's */
   int64_t b[AD_MAX_DIMS];
   int nb;
   bool ok = ad_broadcast_shape(x->ndim, x->shape, o->ndim, o->shape, &nb, b) && nb == o->ndim;
@@ -386,6 +390,9 @@ static ad_status sum_to_shape(const ad_call *c) {
   ad_tensor *o = c->out;
   ad_status st = target_shape(c);
   if (st != AD_OK) return st;
+  int lead = o->ndim - x->ndim; /* new leading dims */
+  for (int k = lead < 0 ? o->ndim : lead; k < o->ndim; k++)
+    if (o->shape[k] == -1) o->shape[k] = x->shape[k - lead]; /* torch.expand: -1 keeps x's */
   int64_t b[AD_MAX_DIMS];
   int nb;
   bool ok = ad_broadcast_shape(x->ndim, x->shape, o->ndim, o->shape, &nb, b) && nb == x->ndim;
@@ -572,6 +579,12 @@ const ad_op_def ad_def_sum_to = {
 
 /* --------------------------------------------------------------- narrow */
 
+/* The first index taken along an axis of length n: as torch.narrow, a
+ * start in -n..-1 counts from the end. */
+static int64_t narrow_start(const ad_narrow_attrs *at, int64_t n) {
+  return at->start < 0 ? at->start + n : at->start;
+}
+
 static ad_status narrow_shape(const ad_call *c) {
   const ad_tensor *x = c->in[0];
   const ad_narrow_attrs *at = &c->attrs->narrow;
@@ -579,12 +592,13 @@ static ad_status narrow_shape(const ad_call *c) {
   ad_status st = axis_arg(c, at->axis, &ax);
   if (st != AD_OK) return st;
   /* start + len is never formed: it may overflow */
-  if (at->start < 0 || at->len < 0 || at->start > x->shape[ax] ||
-      at->len > x->shape[ax] - at->start) {
+  int64_t n = x->shape[ax];
+  if (at->start < -n || at->start > n || at->len < 0 || at->len > n - narrow_start(at, n)) {
     char a[64];
     return ad_set_error(c->ctx, AD_ERR_ARG,
-                        "%s: start %lld, length %lld is outside 0..%lld of axis %d of %s", c->name,
-                        (long long)at->start, (long long)at->len, (long long)x->shape[ax], ax,
+                        "%s: start %lld, length %lld is outside 0..%lld of axis %d of %s (a "
+                        "negative start counts from the end)",
+                        c->name, (long long)at->start, (long long)at->len, (long long)n, ax,
                         ad_shape_str(x, a, sizeof a));
   }
   c->out->ndim = x->ndim;
@@ -598,16 +612,16 @@ static void narrow_fwd(const ad_call *c) {
   const ad_tensor *x = c->in[0];
   const ad_narrow_attrs *at = &c->attrs->narrow;
   int ax = ad_norm_axis(at->axis, x->ndim);
-  copy_axis(x, x->shape[ax], at->start, c->out, at->len, 0, at->len, span(x, 0, ax),
-            span(x, ax + 1, x->ndim));
+  copy_axis(x, x->shape[ax], narrow_start(at, x->shape[ax]), c->out, at->len, 0, at->len,
+            span(x, 0, ax), span(x, ax + 1, x->ndim));
 }
 
 static ad_status narrow_bwd(const ad_call *c) {
   const ad_tensor *x = c->in[0];
   const ad_narrow_attrs *at = &c->attrs->narrow;
   int ax = ad_norm_axis(at->axis, x->ndim);
-  return ad_call_set_grad(
-      c, 0, ad_pad(c->ctx, c->gout, ax, at->start, x->shape[ax] - at->start - at->len));
+  int64_t start = narrow_start(at, x->shape[ax]);
+  return ad_call_set_grad(c, 0, ad_pad(c->ctx, c->gout, ax, start, x->shape[ax] - start - at->len));
 }
 
 ad_tensor *ad_narrow(ad_ctx *ctx, ad_tensor *x, int axis, int64_t start, int64_t len) {

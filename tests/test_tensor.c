@@ -471,6 +471,95 @@ Test(tensor, reshape_carries_the_gradient) {
   ad_tensor_free(w);
 }
 
+/* As torch.permute: a negative axis counts from the end, so {-1, 0, -2}
+ * is {2, 0, 1}; the values and the gradient (permuted back) are the same.
+ * A list naming an axis twice, or one out of range, is still refused. */
+Test(tensor, permute_takes_negative_axes) {
+  int64_t s[3] = {2, 3, 4};
+  ad_tensor *x = ad_arange(ctx, AD_F64, 0, 24, 1);
+  ad_tensor_set_requires_grad(x, true);
+  ad_tensor *x3 = ad_reshape(ctx, x, 3, s);
+  int neg[3] = {-1, 0, -2}, pos[3] = {2, 0, 1};
+  ad_tensor *a = ad_permute(ctx, x3, neg);
+  cr_assert_not_null(a, "%s", ad_last_error(ctx));
+  ad_tensor *b = ad_permute(ctx, x3, pos);
+  cr_assert_not_null(b);
+  cr_assert_eq(a->shape[0], 4);
+  cr_assert_eq(a->shape[1], 2);
+  cr_assert_eq(a->shape[2], 3);
+  for (int64_t i = 0; i < 24; i++) cr_assert_eq(ad_tensor_get(a, i), ad_tensor_get(b, i));
+  ad_tensor *w = ad_arange(ctx, AD_F64, 100, 124, 1);
+  ad_tensor *wr = ad_reshape(ctx, w, 3, (int64_t[3]){4, 2, 3});
+  cr_assert_eq(ad_backward(ctx, ad_sum(ctx, ad_mul(ctx, a, wr)), NULL), AD_OK, "%s",
+               ad_last_error(ctx));
+  /* dx[i, j, k] = w[k, i, j] */
+  for (int i = 0; i < 2; i++)
+    for (int j = 0; j < 3; j++)
+      for (int k = 0; k < 4; k++)
+        cr_assert_eq(ad_tensor_get(x->grad, (i * 3 + j) * 4 + k), 100 + (k * 2 + i) * 3 + j);
+  int twice[3] = {-1, 2, 0}, out[3] = {0, 1, -4};
+  cr_assert_null(ad_permute(ctx, x3, twice));
+  cr_assert_str_eq(ad_last_error(ctx),
+                   "permute: axis list is not a permutation of 0..2 (or -3..-1)");
+  cr_assert_null(ad_permute(ctx, x3, out));
+  cr_assert_eq(ad_last_status(ctx), AD_ERR_ARG);
+  ad_tensor_free(x);
+  ad_tensor_free(w);
+}
+
+/* As torch.narrow: a start in -n..-1 counts from the end of the axis; the
+ * gradient lands where the slice came from. Outside -n..n is refused. */
+Test(tensor, narrow_takes_a_negative_start) {
+  ad_tensor *x = ad_arange(ctx, AD_F64, 0, 12, 1);
+  ad_tensor_set_requires_grad(x, true);
+  ad_tensor *x2 = ad_reshape(ctx, x, 2, (int64_t[2]){3, 4});
+  ad_tensor *y = ad_narrow(ctx, x2, -1, -3, 2); /* columns 1 and 2 */
+  cr_assert_not_null(y, "%s", ad_last_error(ctx));
+  cr_assert_eq(y->shape[0], 3);
+  cr_assert_eq(y->shape[1], 2);
+  double want[6] = {1, 2, 5, 6, 9, 10};
+  assert_values(y, want, 6, 0);
+  ad_tensor *seed = ad_arange(ctx, AD_F64, 1, 7, 1);
+  ad_tensor *s2 = ad_reshape(ctx, seed, 2, (int64_t[2]){3, 2});
+  cr_assert_eq(ad_backward(ctx, y, s2), AD_OK, "%s", ad_last_error(ctx));
+  double dx[12] = {0, 1, 2, 0, 0, 3, 4, 0, 0, 5, 6, 0};
+  assert_values(x->grad, dx, 12, 0);
+  ad_tensor *all = ad_narrow(ctx, x2, 0, -3, 3);
+  cr_assert_not_null(all, "%s", ad_last_error(ctx));
+  cr_assert_eq(all->size, 12);
+  cr_assert_null(ad_narrow(ctx, x2, 1, -5, 1));
+  cr_assert_str_eq(ad_last_error(ctx), "narrow: start -5, length 1 is outside 0..4 of axis 1 of "
+                                       "[3,4] (a negative start counts from the end)");
+  cr_assert_null(ad_narrow(ctx, x2, 1, -1, 2));
+  cr_assert_eq(ad_last_status(ctx), AD_ERR_ARG);
+  ad_tensor_free(x);
+  ad_tensor_free(seed);
+}
+
+/* As torch.expand: -1 keeps the size of x's dim it aligns with; the
+ * gradient sums over the broadcast dims. -1 in a new leading dim has no
+ * size to keep: refused. */
+Test(tensor, expand_keeps_a_dim_given_as_minus_one) {
+  ad_tensor *x = ad_arange(ctx, AD_F64, 1, 4, 1);
+  ad_tensor_set_requires_grad(x, true);
+  ad_tensor *x2 = ad_reshape(ctx, x, 2, (int64_t[2]){3, 1});
+  ad_tensor *y = ad_expand(ctx, x2, 3, (int64_t[3]){2, -1, 4});
+  cr_assert_not_null(y, "%s", ad_last_error(ctx));
+  cr_assert_eq(y->ndim, 3);
+  cr_assert_eq(y->shape[0], 2);
+  cr_assert_eq(y->shape[1], 3);
+  cr_assert_eq(y->shape[2], 4);
+  for (int64_t i = 0; i < 24; i++) cr_assert_eq(ad_tensor_get(y, i), 1 + (i / 4) % 3);
+  cr_assert_eq(ad_backward(ctx, ad_sum(ctx, y), NULL), AD_OK, "%s", ad_last_error(ctx));
+  double want[3] = {8, 8, 8};
+  assert_values(x->grad, want, 3, 0);
+  cr_assert_null(ad_expand(ctx, x2, 3, (int64_t[3]){-1, 3, 1}));
+  cr_assert_eq(ad_last_status(ctx), AD_ERR_SHAPE);
+  cr_assert_null(ad_expand(ctx, x2, 2, (int64_t[2]){3, -2}));
+  cr_assert_eq(ad_last_status(ctx), AD_ERR_SHAPE);
+  ad_tensor_free(x);
+}
+
 /* ------------------------------------------------------------- printing */
 
 /* Prints t into a string (caller frees). */

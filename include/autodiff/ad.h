@@ -536,17 +536,26 @@ AD_API ad_tensor *ad_matmul(ad_ctx *ctx, ad_tensor *a, ad_tensor *b, bool trans_
 /* shape ops */
 /** A view with a new shape of the same size; one entry may be -1. */
 AD_API ad_tensor *ad_reshape(ad_ctx *ctx, ad_tensor *x, int ndim, const int64_t *shape);
-/** Output dim i is input dim perm[i]. Copies. */
+/** Output dim i is input dim perm[i], as torch.permute: an entry in
+ * -ndim..-1 counts from the end. Copies. AD_ERR_ARG when perm is not a
+ * permutation of the dims. */
 AD_API ad_tensor *ad_permute(ad_ctx *ctx, ad_tensor *x, const int *perm);
 /** Swaps two dims (negative counts from the end). */
 AD_API ad_tensor *ad_transpose(ad_ctx *ctx, ad_tensor *x, int d0, int d1);
-/** Broadcasts x to shape (NumPy rules). */
+/** Broadcasts x to shape (NumPy rules). As in torch.expand, an entry -1
+ * keeps the size of the dim of x it aligns with (from the right); in a new
+ * leading dim it is refused (AD_ERR_SHAPE, as any negative size). */
 AD_API ad_tensor *ad_expand(ad_ctx *ctx, ad_tensor *x, int ndim, const int64_t *shape);
 /** Sums x down to shape, the inverse of a broadcast (the gradient of expand). */
 AD_API ad_tensor *ad_sum_to(ad_ctx *ctx, ad_tensor *x, int ndim, const int64_t *shape);
-/** Elements start..start+len-1 along axis. */
+/** Elements start..start+len-1 along axis (negative counts from the end),
+ * as torch.narrow: start may be negative, -n..-1 counting from the end of
+ * the axis's n elements. AD_ERR_ARG for start outside -n..n or a slice
+ * past the end. */
 AD_API ad_tensor *ad_narrow(ad_ctx *ctx, ad_tensor *x, int axis, int64_t start, int64_t len);
-/** Zero-pads before and after along axis (the gradient of narrow). */
+/** Zero-pads before and after along axis (the gradient of narrow). before
+ * and after are >= 0: a negative amount is AD_ERR_ARG (it does not crop as
+ * in torch.nn.functional.pad; crop with ad_narrow). */
 AD_API ad_tensor *ad_pad(ad_ctx *ctx, ad_tensor *x, int axis, int64_t before, int64_t after);
 /** Joins n >= 1 tensors along axis (negative counts from the end), as
  * torch.cat: one float dtype, the same shape off the axis. Any n, bounded
