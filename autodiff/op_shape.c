@@ -390,9 +390,6 @@ static ad_status sum_to_shape(const ad_call *c) {
   ad_tensor *o = c->out;
   ad_status st = target_shape(c);
   if (st != AD_OK) return st;
-  int lead = o->ndim - x->ndim; /* new leading dims */
-  for (int k = lead < 0 ? o->ndim : lead; k < o->ndim; k++)
-    if (o->shape[k] == -1) o->shape[k] = x->shape[k - lead]; /* torch.expand: -1 keeps x's */
   int64_t b[AD_MAX_DIMS];
   int nb;
   bool ok = ad_broadcast_shape(x->ndim, x->shape, o->ndim, o->shape, &nb, b) && nb == x->ndim;
