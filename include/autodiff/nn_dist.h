@@ -15,20 +15,21 @@
  *     are rank 0's (else every rank fails with a message naming the first
  *     difference), then takes rank 0's values.
  *   - Each step: gradients are scaled by the shard's share of the global
- *     batch and summed in buckets: parameters in reverse order packed into
- *     flat buffers of about bucket_bytes, each launched from the backward
- *     hook (ad_set_backward_hook) as soon as every op that uses its
- *     parameters has been differentiated. The ranks of one machine (a
+ *     batch and summed in buckets: parameters in reverse order, about
+ *     bucket_bytes each, each bucket's reduction launched from the
+ *     backward hook (ad_set_backward_hook) as soon as every op that uses
+ *     its parameters has been differentiated. The ranks of one machine (a
  *     node) sum through an MPI-3 shared window (MPI_Win_allocate_shared):
  *     the backward writes each rank's gradients straight into its own
  *     segment (ad_tensor_set_grad_buffer), each rank sums its slice of
  *     each bucket over the node's segments in rank order into one reduced
  *     buffer of the node, and every rank's gradients then are that buffer
- *     (see private_gradients). Across nodes (of equal rank counts) each slice is then
- *     allreduced among the ranks of that local rank (MPI_Iallreduce).
- *     Without a shared window (MPI cannot give one, its backing directory
- *     has no room for it, no_shm, nodes of unequal size) the buckets are
- *     allreduced over all ranks instead.
+ *     (see private_gradients). Across nodes (of equal rank counts) each
+ *     slice is then allreduced among the ranks of that local rank
+ *     (MPI_Iallreduce). Without a shared window (MPI cannot give one, its
+ *     backing directory has no room for it, no_shm, nodes of unequal size)
+ *     each bucket is packed into a flat buffer and allreduced over all
+ *     ranks instead.
  *     Non-blocking collectives are driven with MPI_Test while backward goes
  *     on. After the backward the rest is waited for, a status is exchanged
  *     (a rank that failed makes every rank return its message), and the
