@@ -324,9 +324,9 @@ static void layout_free(nn_dist *d) {
   if (h->on) {
     int done = 0;
     MPI_Finalized(&done);
-    if (!done && h->zc)               /* the gradients back to the engine's memory, values kept */
-      for (int i = 0; i < d->np; i++) /* not for a parameter freed since */
-        if (ad_tensor_requires_grad(d->t[i])) bind_grad(d, d->t[i], NULL, false);
+    if (!done && h->zc) /* the gradients back to the engine's memory, values kept (also of a
+                           parameter frozen since; one freed since refuses, quietly) */
+      for (int i = 0; i < d->np; i++) bind_grad(d, d->t[i], NULL, false);
     if (!done) {
       MPI_Win_unlock_all(h->win);
       MPI_Win_free(&h->win);

@@ -946,6 +946,36 @@ static void model_freed_first(ad_ctx *c) {
   own_shard = false;
 }
 
+/* A parameter frozen after training, then nn_dist_free, then trained
+ * again: its gradient buffer was in the freed window unless nn_dist_free
+ * moved it out whether or not the parameter still required a gradient. */
+static void frozen_then_freed(ad_ctx *c) {
+  ad_tensor *x, *y;
+  make_data(c, AD_F64, 48, &x, &y);
+  nn_model *m = make_model(c, AD_F64, 8, PLAIN, 5);
+  nn_optimizer *opt = nn_adam_new(nn_model_params(m), 0.01);
+  nn_dist *d = dist_new(c, NULL);
+  nn_fit_opts fo = {.epochs = 1, .batch_size = 12, .verbose = -1, .dist = nn_dist_fit_ops(d)};
+  ad_status st = nn_fit(m, opt, nn_cross_entropy_loss, x, y, &fo, NULL);
+  ad_tensor *w = nn_params_tensors(nn_model_params(m))[0];
+  ad_tensor_set_requires_grad(w, false);
+  nn_dist_free(d);
+  ad_tensor_set_requires_grad(w, true);
+  nn_params_zero_grad(nn_model_params(m));
+  ad_tape_reset(c);
+  ad_tensor *l = nn_cross_entropy_loss(c, nn_model_forward(m, x), y, NN_MEAN);
+  ad_status bs = l ? ad_backward(c, l, NULL) : AD_ERR_ARG;
+  snprintf(why, sizeof why, "fit %s, backward %s: %s", ad_status_str(st), ad_status_str(bs),
+           ad_last_error(c));
+  check(st == AD_OK && bs == AD_OK && w->grad && isfinite(ad_tensor_get(w->grad, 0)),
+        "a parameter frozen before nn_dist_free trains again afterwards", why);
+  ad_tape_reset(c);
+  nn_optimizer_free(opt);
+  nn_model_free(m);
+  ad_tensor_free(x);
+  ad_tensor_free(y);
+}
+
 /* --kill DIR: trains for ever, rank 0 saving DIR/kill.safetensors after
  * every epoch (nn_dist_save); after the save of epoch 4 the last rank
  * kills itself (SIGKILL). mpirun must then end the job, non-zero
@@ -1089,6 +1119,7 @@ int main(int argc, char **argv) {
   checkpoints(c);
   memory_returns(c);
   model_freed_first(c);
+  frozen_then_freed(c);
   optimizer_own_list(c);
   sync_on_a_used_tape(c);
   sync_resets_views(c);
