@@ -869,31 +869,11 @@ static ad_status layout_build(nn_dist *d, nn_params *p) {
 
 static MPI_Datatype mpi_type(ad_dtype t) { return t == AD_F64 ? MPI_DOUBLE : MPI_FLOAT; }
 
-/* dst[e] = src[e] * scale, rounded as the product in double. When scale is
- * a float the float product rounds the same exact value once (two 24-bit
- * significands multiply exactly in double's 53), so it gives the same bits
- * and vectorises. */
-static void scale_f32(float *restrict dst, const float *restrict src, int64_t n, double scale) {
-  if (scale == 1) {
-    memcpy(dst, src, (size_t)n * sizeof *dst);
-  } else if ((double)(float)scale == scale) {
-    float s = (float)scale;
-    for (int64_t e = 0; e < n; e++) dst[e] = src[e] * s;
-  } else {
-    for (int64_t e = 0; e < n; e++) dst[e] = (float)((double)src[e] * scale);
-  }
-}
-
-static void scale_f64(double *restrict dst, const double *restrict src, int64_t n, double scale) {
-  if (scale == 1)
-    memcpy(dst, src, (size_t)n * sizeof *dst);
-  else
-    for (int64_t e = 0; e < n; e++) dst[e] = src[e] * scale;
-}
-
-/* acc[e] = src[e] * scale (add: acc[e] += it), each product rounded as
- * scale_f32 and scale_f64 round it, so the zero-copy sum has the bits of
- * the packed one. */
+/* acc[e] = src[e] * scale (add: acc[e] += it), the product rounded as in
+ * double. When scale is a float the float product rounds the same exact
+ * value once (two 24-bit significands multiply exactly in double's 53), so
+ * it gives the same bits and vectorises. The packed path and the zero-copy
+ * sum both scale through these, so they give the same bits. */
 static void scaled_f32(float *restrict acc, const float *restrict src, int64_t n, double scale,
                        bool add) {
   if (scale == 1) {
@@ -937,9 +917,9 @@ static void pack(nn_dist *d, int k, char *buf) {
     else if (d->sh.on && d->sh.zc)                 /* unscaled: the sum applies the ranks' scales */
       memmove(dst, g->data, (size_t)g->size * es); /* in place unless the binding was refused */
     else if (b->dtype == AD_F64)
-      scale_f64((double *)(void *)dst, g->data, g->size, d->scale);
+      scaled_f64((double *)(void *)dst, g->data, g->size, d->scale, false);
     else
-      scale_f32((float *)(void *)dst, g->data, g->size, d->scale);
+      scaled_f32((float *)(void *)dst, g->data, g->size, d->scale, false);
   }
 }
 
@@ -985,14 +965,16 @@ static bool bind_grad(nn_dist *d, ad_tensor *t, void *buf, bool copy) {
   return false;
 }
 
+/* zc: parameter i's place in this rank's segment, for this step. */
+static char *own_slot(const nn_dist *d, int i) {
+  return shm_bucket(d, d->sh.lrank, d->bucket_of[i]) +
+         (size_t)d->offset[i] * ad_dtype_size(d->t[i]->dtype);
+}
+
 /* zc: the gradients of this step go to this rank's segment. */
 static void bind_step(nn_dist *d) {
-  for (int i = 0; i < d->np; i++) {
-    ad_tensor *t = d->t[i];
-    if (!ad_tensor_requires_grad(t)) continue;
-    size_t es = ad_dtype_size(t->dtype);
-    bind_grad(d, t, shm_bucket(d, d->sh.lrank, d->bucket_of[i]) + (size_t)d->offset[i] * es, true);
-  }
+  for (int i = 0; i < d->np; i++)
+    if (ad_tensor_requires_grad(d->t[i])) bind_grad(d, d->t[i], own_slot(d, i), true);
 }
 
 /* zc: each rank's own copy of the reduced gradients, in its segment (whose
@@ -1004,8 +986,7 @@ static void privatize(nn_dist *d) {
   for (int i = 0; i < d->np; i++) {
     ad_tensor *t = d->t[i];
     if (!t->grad) continue;
-    size_t es = ad_dtype_size(t->dtype);
-    char *own = shm_bucket(d, h->lrank, d->bucket_of[i]) + (size_t)d->offset[i] * es;
+    char *own = own_slot(d, i);
     if (t->grad->data != own && !bind_grad(d, t, own, true))
       die(d, "a private copy of the gradients"); /* refused only after an op read it */
   }
