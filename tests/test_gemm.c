@@ -342,6 +342,37 @@ Test(gemm, kernel_avx2) { one_kernel(2, "this CPU lacks AVX2 and FMA"); }
 Test(gemm, kernel_portable) { one_kernel(1, "this compiler builds no portable vector kernel"); }
 Test(gemm, kernel_blas) { one_kernel(-2, "this build has no BLAS (-Dblas=disabled)"); }
 
+/* ad_transpose_rows's kernels (the transposition back of a product
+ * computed transposed): every kernel this CPU has, tiles whole and ragged,
+ * a range of rows; rows outside it are left alone. */
+Test(gemm, transpose_every_kernel) {
+  static const int64_t shapes[][4] = {{1, 1, 0, 1},      {16, 16, 0, 16}, {37, 29, 3, 35},
+                                      {64, 100, 16, 48}, {33, 17, 0, 33}, {8, 40, 1, 7}};
+  static const int tk[] = {-1, 1, 2, 3};
+  int ran = 0;
+  for (int q = 0; q < 4; q++)
+    for (ad_dtype dt = AD_F32; dt <= AD_F64; dt++)
+      for (int i = 0; i < (int)(sizeof shapes / sizeof *shapes); i++) {
+        int64_t m = shapes[i][0], n = shapes[i][1], i0 = shapes[i][2], i1 = shapes[i][3];
+        void *t = alloc_elems(dt, m * n), *y = alloc_elems(dt, m * n);
+        for (int64_t e = 0; e < m * n; e++) set(dt, t, e, (double)e + 0.5), set(dt, y, e, SENTINEL);
+        if (!ad_transpose_builtin(tk[q], dt, m, n, t, y, i0, i1)) {
+          free(t), free(y);
+          continue;
+        }
+        ran++;
+        for (int64_t r = 0; r < m; r++)
+          for (int64_t c = 0; c < n; c++) {
+            double want = r >= i0 && r < i1 ? get(dt, t, c * m + r) : SENTINEL;
+            cr_assert_eq(get(dt, y, r * n + c), want,
+                         "kernel %d, %s, %lld x %lld, element %lld, %lld", tk[q], ad_dtype_name(dt),
+                         (long long)m, (long long)n, (long long)r, (long long)c);
+          }
+        free(t), free(y);
+      }
+  cr_assert_geq(ran, 12); /* the plain loop and the portable kernel at least */
+}
+
 /* The kernel names, and NULL for a kernel that does not exist. */
 Test(gemm, kernel_names) {
   const char *best =

@@ -102,6 +102,37 @@ Test(matmul, broadcast_gives_the_bits_of_expanded_copies) {
   }
 }
 
+/* X W^T with few rows and a wide, deep W is computed as (W X^T)^T where
+ * that packs less (kernels/matmul.c): the same sums in the same order, so
+ * the bits of the product with W^T given as a matrix, on one thread and
+ * split over three (the transposition back too), rows a multiple of 32 or
+ * not, under and over the 4M multiply-adds of the first rule. */
+Test(matmul, x_wt_computed_transposed_gives_the_bits_of_the_plain_product) {
+  cr_assert_eq(ad_rng_seed(&rng, 13), AD_OK);
+  static const int64_t shapes[][3] = {{32, 64, 784},   {64, 512, 512},  {96, 1024, 784},
+                                      {128, 512, 768}, {100, 512, 784}, {48, 1024, 300}};
+  for (int d = 0; d < 2; d++)
+    for (int i = 0; i < (int)(sizeof shapes / sizeof *shapes); i++)
+      for (int threads = 1; threads <= 3; threads += 2) {
+        ad_dtype dt = d ? AD_F64 : AD_F32;
+        cr_assert_eq(ad_set_num_threads(threads), AD_OK);
+        int64_t sx[2] = {shapes[i][0], shapes[i][2]}, sw[2] = {shapes[i][1], shapes[i][2]};
+        ad_tensor *x = rand_tensor(dt, 2, sx, false), *w = rand_tensor(dt, 2, sw, false);
+        ad_tensor *y = ad_matmul(ctx, x, w, false, true);
+        ad_tensor *ye = ad_matmul(ctx, x, ad_transpose(ctx, w, 0, 1), false, false);
+        cr_assert(y && ye, "%s", ad_last_error(ctx));
+        cr_assert_eq(y->size, shapes[i][0] * shapes[i][1]);
+        cr_assert_eq(memcmp(y->data, ye->data, (size_t)y->size * ad_dtype_size(dt)), 0,
+                     "%lld x %lld x %lld %s, %d threads: X W^T and X (W^T) differ",
+                     (long long)shapes[i][0], (long long)shapes[i][1], (long long)shapes[i][2],
+                     ad_dtype_name(dt), threads);
+        ad_tape_reset(ctx);
+        ad_tensor_free(x);
+        ad_tensor_free(w);
+      }
+  ad_set_num_threads(1);
+}
+
 /* A 1-D operand's flag changes nothing; 1-D x 1-D is the dot product, 1-D
  * x 2-D the row times the matrix (hand-computed). */
 Test(matmul, vectors_and_their_ignored_flags) {

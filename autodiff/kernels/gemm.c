@@ -95,8 +95,28 @@
       }                                                                                            \
       GEMM_UNROLL for (int i = 0; i < (VL); i++) { *(V *)(d + (p + i) * NR + h * (VL)) = r[i]; }   \
     }
+/* Inside S_xpose: y[i, j] = t[j, i] for a VL x VL tile, rows ib.. of y and
+ * columns jb.. (t has m columns, y has n): VL rows of t loaded as vectors,
+ * transposed by the zips above, stored as VL rows of y. */
+#define GEMM_XPOSE(VL)                                                                             \
+  {                                                                                                \
+    V r[VL], q[VL];                                                                                \
+    GEMM_UNROLL for (int i = 0; i < (VL); i++) r[i] = *(const V *)(t + (jb + i) * m + ib);         \
+    GEMM_UNROLL for (int round = 1; round < (VL); round *= 2) {                                    \
+      GEMM_UNROLL for (int i = 0; i < (VL) / 2; i++) {                                             \
+        q[2 * i] = __builtin_shufflevector(r[i], r[i + (VL) / 2], GEMM_ZIPLO_##VL);                \
+        q[2 * i + 1] = __builtin_shufflevector(r[i], r[i + (VL) / 2], GEMM_ZIPHI_##VL);            \
+      }                                                                                            \
+      GEMM_UNROLL for (int i = 0; i < (VL); i++) r[i] = q[i];                                      \
+    }                                                                                              \
+    GEMM_UNROLL for (int i = 0; i < (VL); i++) * (V *)(y + (ib + i) * n + jb) = r[i];              \
+  }
+#define GEMM_SHUFFLE_ON 1
 #else
 #define GEMM_TPOSE(VL, HALVES)
+#define GEMM_XPOSE(VL)                                                                             \
+  {}
+#define GEMM_SHUFFLE_ON 0
 #endif
 
 /* Thread exit frees the packing buffer when C11 threads are in libc. */
@@ -400,6 +420,20 @@ static void *gemm_scratch(size_t bytes) {
       }                                                                                            \
     }                                                                                              \
   }                                                                                                \
+  /* y[i, j] = t[j, i] (y m x n, t n x m) for rows [i0, i1) of y: VL x VL tiles in registers, the  \
+   * edges one by one */                                                                           \
+  static ATTR void S##_xpose(int64_t m, int64_t n, const T *t, T *y, int64_t i0, int64_t i1) {     \
+    typedef S##_v V;                                                                               \
+    int64_t ib = i0;                                                                               \
+    for (; GEMM_SHUFFLE_ON && ib + (VL) <= i1; ib += (VL)) {                                       \
+      int64_t jb = 0;                                                                              \
+      for (; jb + (VL) <= n; jb += (VL)) GEMM_XPOSE(VL)                                            \
+      for (int64_t i = ib; i < ib + (VL); i++)                                                     \
+        for (int64_t j = jb; j < n; j++) y[i * n + j] = t[j * m + i];                              \
+    }                                                                                              \
+    for (int64_t i = ib; i < i1; i++)                                                              \
+      for (int64_t j = 0; j < n; j++) y[i * n + j] = t[j * m + i];                                 \
+  }                                                                                                \
   /* op(A)[0:mc, 0:kc] (a at its first element) into panels of 6 rows: element (6r + i, p) at      \
    * dst[6r kc + 6p + i]; the last panel has the mc % 6 rows left (same strides). */               \
   static ATTR void S##_pack_a(bool ta, int64_t mc, int64_t kc, const T *a, int64_t lda, T *dst) {  \
@@ -529,6 +563,11 @@ typedef void (*gemm_pack_f32_fn)(bool tb, int64_t k, int64_t n, const float *b, 
 typedef void (*gemm_pack_f64_fn)(bool tb, int64_t k, int64_t n, const double *b, int64_t ldb,
                                  double *dst);
 
+typedef void (*gemm_xpose_f32_fn)(int64_t m, int64_t n, const float *t, float *y, int64_t i0,
+                                  int64_t i1);
+typedef void (*gemm_xpose_f64_fn)(int64_t m, int64_t n, const double *t, double *y, int64_t i0,
+                                  int64_t i1);
+
 /* Indexed by the kernel number of ad_gemm_builtin (1..3); NULL: not built. */
 static const struct {
   gemm_f32_fn f32;
@@ -537,19 +576,22 @@ static const struct {
   gemm_size_fn size_f32, size_f64;
   gemm_pack_f32_fn pack_f32;
   gemm_pack_f64_fn pack_f64;
+  gemm_xpose_f32_fn xpose_f32;
+  gemm_xpose_f64_fn xpose_f64;
 } kernels[4] = {
-    {NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL},
 #ifdef GEMM_VEC
     {gen_f32_gemm, gen_f64_gemm, "builtin-generic-6x8", "builtin-generic-6x4", gen_f32_packed_size,
-     gen_f64_packed_size, gen_f32_pack_all, gen_f64_pack_all},
+     gen_f64_packed_size, gen_f32_pack_all, gen_f64_pack_all, gen_f32_xpose, gen_f64_xpose},
 #else
-    {NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL},
 #endif
 #ifdef GEMM_X86
     {avx2_f32_gemm, avx2_f64_gemm, "builtin-avx2-6x16", "builtin-avx2-6x8", avx2_f32_packed_size,
-     avx2_f64_packed_size, avx2_f32_pack_all, avx2_f64_pack_all},
+     avx2_f64_packed_size, avx2_f32_pack_all, avx2_f64_pack_all, avx2_f32_xpose, avx2_f64_xpose},
     {avx512_f32_gemm, avx512_f64_gemm, "builtin-avx512-6x32", "builtin-avx512-6x16",
-     avx512_f32_packed_size, avx512_f64_packed_size, avx512_f32_pack_all, avx512_f64_pack_all},
+     avx512_f32_packed_size, avx512_f64_packed_size, avx512_f32_pack_all, avx512_f64_pack_all,
+     avx512_f32_xpose, avx512_f64_xpose},
 #endif
 };
 
@@ -797,6 +839,37 @@ static void blas_f64(bool ta, bool tb, int64_t m, int64_t n, int64_t k, double a
              (int)m, (int)n, (int)k, alpha, a, (int)lda, b, (int)ldb, beta, c, (int)ldc);
 }
 #endif
+
+bool ad_transpose_builtin(int kernel, ad_dtype dt, int64_t m, int64_t n, const void *t, void *y,
+                          int64_t i0, int64_t i1) {
+  if (kernel == K_AUTO) kernel = kernel_best();
+  if (!kernel_available(kernel)) return false;
+  if (kernel >= 1 && dt == AD_F32)
+    kernels[kernel].xpose_f32(m, n, t, y, i0, i1);
+  else if (kernel >= 1)
+    kernels[kernel].xpose_f64(m, n, t, y, i0, i1);
+  else if (dt == AD_F32)
+    for (int64_t i = i0; i < i1; i++)
+      for (int64_t j = 0; j < n; j++) ((float *)y)[i * n + j] = ((const float *)t)[j * m + i];
+  else
+    for (int64_t i = i0; i < i1; i++)
+      for (int64_t j = 0; j < n; j++) ((double *)y)[i * n + j] = ((const double *)t)[j * m + i];
+  return true;
+}
+
+void ad_transpose_rows(ad_dtype dt, int64_t m, int64_t n, const void *t, void *y, int64_t i0,
+                       int64_t i1) {
+  ad_transpose_builtin(K_AUTO, dt, m, n, t, y, i0, i1);
+}
+
+bool ad_gemm_is_builtin(int64_t m, int64_t n, int64_t k) {
+#ifdef AD_HAVE_BLAS
+  if (use_blas(m, n, k, k, k, n)) return false;
+#else
+  (void)m, (void)n, (void)k;
+#endif
+  return kernel_best() >= 1;
+}
 
 const char *ad_gemm_builtin(int kernel, ad_dtype dt, bool ta, bool tb, int64_t m, int64_t n,
                             int64_t k, double alpha, const void *a, int64_t lda, const void *b,

@@ -32,6 +32,19 @@ typedef struct ad_gemm_rule {
 } ad_gemm_rule;
 ad_gemm_rule ad_gemm_decide(int cpu, const char *core, bool have_blas);
 
+/* Whether ad_gemm gives an m x n x k product to a built-in vector kernel
+ * (not BLAS, not the reference loop): the rule above for this process. */
+bool ad_gemm_is_builtin(int64_t m, int64_t n, int64_t k);
+
+/* y[i, j] = t[j, i] for the rows [i0, i1) of y (m x n; t is n x m, both
+ * dense), with the best vector kernel's in-register transposes; and with
+ * a given kernel, numbered as for ad_gemm_builtin (-1 the plain loop;
+ * false, nothing done, when the CPU or build lacks it). */
+void ad_transpose_rows(ad_dtype dt, int64_t m, int64_t n, const void *t, void *y, int64_t i0,
+                       int64_t i1);
+bool ad_transpose_builtin(int kernel, ad_dtype dt, int64_t m, int64_t n, const void *t, void *y,
+                          int64_t i0, int64_t i1);
+
 /* Keeps BLAS (OpenBLAS) at one thread, now if it is loaded, else as soon as
  * it is: the engine splits large products over its own threads. */
 void ad_blas_single_thread(void);

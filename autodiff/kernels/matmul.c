@@ -96,20 +96,44 @@ void ad_gemm_packed_run(const ad_gemm_packed *p, bool ta, int64_t m, const void 
  * transposed (the same products, summed in the same order). That pays
  * only when the packing saved, of n x k values rather than m x k, clearly
  * outweighs the extra pass over the m x n result: for n >= 2m and
- * k >= 256. BLAS-sized products (above gemm.c's 4M multiply-adds) go to
- * OpenBLAS, which packs both sides anyway. */
+ * k >= 256, for products of at most gemm.c's 4M multiply-adds; larger
+ * ones when the built-in kernel computes them (BLAS packs both sides
+ * anyway), with m a multiple of 32 (whole column panels of W X^T for every
+ * kernel: a partial panel wastes more than the packing saves), n >= 4m,
+ * and m <= 64 with k >= 512 or m <= 128 with k >= 768: the shapes where
+ * it won with cold caches on the AVX-512 and AVX2 kernels, f32 and f64
+ * alike (docs/performance.md, "GEMM dispatch"). */
 bool ad_matmul_xwt_pays(bool ta, bool tb, int64_t m, int64_t n, int64_t k) {
-  return !ta && tb && m <= 64 && n >= 2 * m && k >= 256 &&
-         (double)m * (double)n * (double)k <= 4194304.0;
+  if (ta || !tb) return false;
+  if (m <= 64 && n >= 2 * m && k >= 256 && (double)m * (double)n * (double)k <= 4194304.0)
+    return true;
+  return m % 32 == 0 && m > 0 && n >= 4 * m && (m <= 64 ? k >= 512 : m <= 128 && k >= 768) &&
+         ad_gemm_is_builtin(n, m, k);
+}
+
+/* The transposition back, its rows split over the threads when there are
+ * enough of them (at least 16 rows a part). */
+typedef struct xwt_job {
+  ad_dtype dt;
+  int64_t m, n, parts;
+  const void *t;
+  void *y;
+} xwt_job;
+
+static void xwt_rows(void *ud, int64_t lo, int64_t hi) {
+  const xwt_job *x = ud;
+  for (int64_t p = lo; p < hi; p++)
+    ad_transpose_rows(x->dt, x->m, x->n, x->t, x->y, x->m * p / x->parts,
+                      x->m * (p + 1) / x->parts);
 }
 
 void ad_matmul_xwt(ad_dtype dt, int64_t m, int64_t n, int64_t k, const void *x, const void *w,
                    void *t, void *y) {
   ad_gemm_split(dt, false, true, n, m, k, w, k, x, k, 0.0, t, m); /* t = W X^T, n x m */
-  if (dt == AD_F32)
-    for (int64_t i = 0; i < m; i++)
-      for (int64_t j = 0; j < n; j++) ((float *)y)[i * n + j] = ((const float *)t)[j * m + i];
+  int64_t threads = ad_num_threads(), parts = m / 16 < threads ? m / 16 : threads;
+  xwt_job j = {dt, m, n, parts > 1 && m * n >= 65536 ? parts : 1, t, y};
+  if (j.parts == 1)
+    xwt_rows(&j, 0, 1);
   else
-    for (int64_t i = 0; i < m; i++)
-      for (int64_t j = 0; j < n; j++) ((double *)y)[i * n + j] = ((const double *)t)[j * m + i];
+    ad_parallel_for(j.parts, 1, xwt_rows, &j);
 }
