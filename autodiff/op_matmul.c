@@ -108,7 +108,7 @@ static void matmul_fwd(const ad_call *c) {
   int64_t batches = ad_shape_size(l.nb, l.batch);
   size_t es = ad_dsize(out->dtype);
   void *t;
-  if (batches == 1 && ad_matmul_xwt_pays(ta, tb, m, nn, k) &&
+  if (batches == 1 && ad_matmul_xwt_pays(out->dtype, ta, tb, m, nn, k) &&
       (t = ad_arena_alloc(c->ctx, (size_t)(m * nn) * es))) {
     ad_matmul_xwt(out->dtype, m, nn, k, a->data, b->data, t, out->data);
     return;

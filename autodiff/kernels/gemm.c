@@ -862,13 +862,13 @@ void ad_transpose_rows(ad_dtype dt, int64_t m, int64_t n, const void *t, void *y
   ad_transpose_builtin(K_AUTO, dt, m, n, t, y, i0, i1);
 }
 
-bool ad_gemm_is_builtin(int64_t m, int64_t n, int64_t k) {
+int ad_gemm_kernel_of(int64_t m, int64_t n, int64_t k) {
 #ifdef AD_HAVE_BLAS
-  if (use_blas(m, n, k, k, k, n)) return false;
+  if (use_blas(m, n, k, k, k, n)) return K_BLAS;
 #else
   (void)m, (void)n, (void)k;
 #endif
-  return kernel_best() >= 1;
+  return kernel_best();
 }
 
 const char *ad_gemm_builtin(int kernel, ad_dtype dt, bool ta, bool tb, int64_t m, int64_t n,

@@ -32,9 +32,10 @@ typedef struct ad_gemm_rule {
 } ad_gemm_rule;
 ad_gemm_rule ad_gemm_decide(int cpu, const char *core, bool have_blas);
 
-/* Whether ad_gemm gives an m x n x k product to a built-in vector kernel
- * (not BLAS, not the reference loop): the rule above for this process. */
-bool ad_gemm_is_builtin(int64_t m, int64_t n, int64_t k);
+/* The kernel ad_gemm gives an m x n x k product in this process (the rule
+ * above), numbered as for ad_gemm_builtin: -2 BLAS, -1 the reference loop,
+ * 1 portable, 2 AVX2, 3 AVX-512. */
+int ad_gemm_kernel_of(int64_t m, int64_t n, int64_t k);
 
 /* y[i, j] = t[j, i] for the rows [i0, i1) of y (m x n; t is n x m, both
  * dense), with the best vector kernel's in-register transposes; and with
@@ -81,7 +82,7 @@ int64_t ad_gemm_packed_macs(const ad_gemm_packed *p, int64_t m);
 /* Whether Y = X W^T (m x n, X m x k, W n x k, row-major) is cheaper as
  * (W X^T)^T: ad_matmul_xwt then computes it with scratch of m * n
  * elements. */
-bool ad_matmul_xwt_pays(bool ta, bool tb, int64_t m, int64_t n, int64_t k);
+bool ad_matmul_xwt_pays(ad_dtype dt, bool ta, bool tb, int64_t m, int64_t n, int64_t k);
 void ad_matmul_xwt(ad_dtype dt, int64_t m, int64_t n, int64_t k, const void *x, const void *w,
                    void *scratch, void *y);
 

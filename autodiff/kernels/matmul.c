@@ -97,18 +97,22 @@ void ad_gemm_packed_run(const ad_gemm_packed *p, bool ta, int64_t m, const void 
  * only when the packing saved, of n x k values rather than m x k, clearly
  * outweighs the extra pass over the m x n result: for n >= 2m and
  * k >= 256, for products of at most gemm.c's 4M multiply-adds; larger
- * ones when the built-in kernel computes them (BLAS packs both sides
- * anyway), with m a multiple of 32 (whole column panels of W X^T for every
- * kernel: a partial panel wastes more than the packing saves), n >= 4m,
- * and m <= 64 with k >= 512 or m <= 128 with k >= 768: the shapes where
- * it won with cold caches on the AVX-512 and AVX2 kernels, f32 and f64
- * alike (docs/performance.md, "GEMM dispatch"). */
-bool ad_matmul_xwt_pays(bool ta, bool tb, int64_t m, int64_t n, int64_t k) {
+ * ones when a built-in kernel computes them (BLAS packs both sides anyway),
+ * with m a multiple of 32 (whole column panels of W X^T for every kernel:
+ * a partial panel wastes more than the packing saves) and n >= 4m: with
+ * any kernel for m <= 64 with k >= 512 or m <= 128 with k >= 768; with the
+ * AVX-512 kernel in f32, whose W^T packing costs most, for m <= 512 with
+ * k >= 512. Those are the shapes where it won with cold caches on every
+ * kernel and dtype measured (docs/performance.md, "GEMM dispatch"). */
+bool ad_matmul_xwt_pays(ad_dtype dt, bool ta, bool tb, int64_t m, int64_t n, int64_t k) {
   if (ta || !tb) return false;
   if (m <= 64 && n >= 2 * m && k >= 256 && (double)m * (double)n * (double)k <= 4194304.0)
     return true;
-  return m % 32 == 0 && m > 0 && n >= 4 * m && (m <= 64 ? k >= 512 : m <= 128 && k >= 768) &&
-         ad_gemm_is_builtin(n, m, k);
+  if (m <= 0 || m % 32 != 0 || n < 4 * m || k < 512 || m > 512) return false;
+  int kernel = ad_gemm_kernel_of(n, m, k);
+  if (kernel < 1) return false;
+  if (kernel == 3 && dt == AD_F32) return true;
+  return m <= 64 || (m <= 128 && k >= 768);
 }
 
 /* The transposition back, its rows split over the threads when there are
