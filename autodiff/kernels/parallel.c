@@ -25,7 +25,10 @@
  *
  * Idle workers poll for about IDLE_SPIN_NS (a training step issues its
  * parallel loops microseconds apart), then sleep on a condition variable
- * until the next job. With OpenBLAS, ad_set_num_threads sets it to one
+ * until the next job. While they poll they yield the core now and then:
+ * a worker that shares its core with the caller (a CPU quota, taskset)
+ * would otherwise always be runnable and take half the core from the
+ * caller, polling, and two threads would run at half the speed of one. With OpenBLAS, ad_set_num_threads sets it to one
  * thread: the library splits large products over its own threads instead,
  * so BLAS threads never spin beside these. */
 #include "kernels.h"
@@ -167,7 +170,10 @@ static void *worker(void *arg) {
       uint64_t w = atomic_load_explicit(&pool.word, memory_order_acquire);
       if (work_available(w) && index < atomic_load_explicit(&pool.active, memory_order_relaxed))
         break;
-      cpu_relax();
+      if ((spins & 63) == 63)
+        sched_yield(); /* a thread of ours on this core (the caller) runs instead */
+      else
+        cpu_relax();
       if ((spins & 255) == 255 && now_ns() - t0 > IDLE_SPIN_NS) {
         pthread_mutex_lock(&pool.sleep_mu);
         atomic_fetch_add(&pool.sleepers, 1);
