@@ -77,6 +77,16 @@
 #define GEMM_ZIPHI_8  4, 12, 5, 13, 6, 14, 7, 15
 #define GEMM_ZIPLO_16 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23
 #define GEMM_ZIPHI_16 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31
+/* r[0..VL) (VL vectors of VL lanes, q a scratch of as many) transposed in
+ * registers: log2(VL) rounds of zips of the low and high halves. */
+#define GEMM_ZIPS(VL)                                                                              \
+  GEMM_UNROLL for (int round = 1; round < (VL); round *= 2) {                                      \
+    GEMM_UNROLL for (int i = 0; i < (VL) / 2; i++) {                                               \
+      q[2 * i] = __builtin_shufflevector(r[i], r[i + (VL) / 2], GEMM_ZIPLO_##VL);                  \
+      q[2 * i + 1] = __builtin_shufflevector(r[i], r[i + (VL) / 2], GEMM_ZIPHI_##VL);              \
+    }                                                                                              \
+    GEMM_UNROLL for (int i = 0; i < (VL); i++) r[i] = q[i];                                        \
+  }
 /* Inside S_pack_b: the first HALVES * VL rows of B^T at s, columns p.. (whole blocks of VL), as
  * VL x VL blocks transposed by log2(VL) rounds of zips into d; p ends after the last block. */
 #define GEMM_TPOSE(VL, HALVES)                                                                     \
@@ -86,13 +96,7 @@
       GEMM_UNROLL for (int i = 0; i < (VL); i++) {                                                 \
         r[i] = *(const V *)(s + (h * (VL) + i) * ldb + p);                                         \
       }                                                                                            \
-      GEMM_UNROLL for (int round = 1; round < (VL); round *= 2) {                                  \
-        GEMM_UNROLL for (int i = 0; i < (VL) / 2; i++) {                                           \
-          q[2 * i] = __builtin_shufflevector(r[i], r[i + (VL) / 2], GEMM_ZIPLO_##VL);              \
-          q[2 * i + 1] = __builtin_shufflevector(r[i], r[i + (VL) / 2], GEMM_ZIPHI_##VL);          \
-        }                                                                                          \
-        GEMM_UNROLL for (int i = 0; i < (VL); i++) r[i] = q[i];                                    \
-      }                                                                                            \
+      GEMM_ZIPS(VL)                                                                                \
       GEMM_UNROLL for (int i = 0; i < (VL); i++) { *(V *)(d + (p + i) * NR + h * (VL)) = r[i]; }   \
     }
 /* Inside S_xpose: y[i, j] = t[j, i] for a VL x VL tile, rows ib.. of y and
@@ -102,13 +106,7 @@
   {                                                                                                \
     V r[VL], q[VL];                                                                                \
     GEMM_UNROLL for (int i = 0; i < (VL); i++) r[i] = *(const V *)(t + (jb + i) * m + ib);         \
-    GEMM_UNROLL for (int round = 1; round < (VL); round *= 2) {                                    \
-      GEMM_UNROLL for (int i = 0; i < (VL) / 2; i++) {                                             \
-        q[2 * i] = __builtin_shufflevector(r[i], r[i + (VL) / 2], GEMM_ZIPLO_##VL);                \
-        q[2 * i + 1] = __builtin_shufflevector(r[i], r[i + (VL) / 2], GEMM_ZIPHI_##VL);            \
-      }                                                                                            \
-      GEMM_UNROLL for (int i = 0; i < (VL); i++) r[i] = q[i];                                      \
-    }                                                                                              \
+    GEMM_ZIPS(VL)                                                                                  \
     GEMM_UNROLL for (int i = 0; i < (VL); i++) * (V *)(y + (ib + i) * n + jb) = r[i];              \
   }
 #define GEMM_SHUFFLE_ON 1
