@@ -28,9 +28,10 @@
  * until the next job. While they poll they yield the core now and then:
  * a worker that shares its core with the caller (a CPU quota, taskset)
  * would otherwise always be runnable and take half the core from the
- * caller, polling, and two threads would run at half the speed of one. With OpenBLAS, ad_set_num_threads sets it to one
- * thread: the library splits large products over its own threads instead,
- * so BLAS threads never spin beside these. */
+ * caller, polling, and two threads would run at half the speed of one.
+ * With OpenBLAS, ad_set_num_threads sets it to one thread: the library
+ * splits large products over its own threads instead, so BLAS threads
+ * never spin beside these. */
 #include "kernels.h"
 
 #include <pthread.h>
