@@ -342,7 +342,7 @@ Test(gemm, kernel_avx2) { one_kernel(2, "this CPU lacks AVX2 and FMA"); }
 Test(gemm, kernel_portable) { one_kernel(1, "this compiler builds no portable vector kernel"); }
 Test(gemm, kernel_blas) { one_kernel(-2, "this build has no BLAS (-Dblas=disabled)"); }
 
-/* ad_transpose_rows's kernels (the transposition back of a product
+/* ad_transpose_builtin's kernels (the transposition back of a product
  * computed transposed): every kernel this CPU has, tiles whole and ragged,
  * a range of rows; rows outside it are left alone. */
 Test(gemm, transpose_every_kernel) {

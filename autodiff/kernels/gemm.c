@@ -855,11 +855,6 @@ bool ad_transpose_builtin(int kernel, ad_dtype dt, int64_t m, int64_t n, const v
   return true;
 }
 
-void ad_transpose_rows(ad_dtype dt, int64_t m, int64_t n, const void *t, void *y, int64_t i0,
-                       int64_t i1) {
-  ad_transpose_builtin(K_AUTO, dt, m, n, t, y, i0, i1);
-}
-
 int ad_gemm_kernel_of(int64_t m, int64_t n, int64_t k) {
 #ifdef AD_HAVE_BLAS
   if (use_blas(m, n, k, k, k, n)) return K_BLAS;

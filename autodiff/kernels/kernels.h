@@ -38,11 +38,9 @@ ad_gemm_rule ad_gemm_decide(int cpu, const char *core, bool have_blas);
 int ad_gemm_kernel_of(int64_t m, int64_t n, int64_t k);
 
 /* y[i, j] = t[j, i] for the rows [i0, i1) of y (m x n; t is n x m, both
- * dense), with the best vector kernel's in-register transposes; and with
- * a given kernel, numbered as for ad_gemm_builtin (-1 the plain loop;
- * false, nothing done, when the CPU or build lacks it). */
-void ad_transpose_rows(ad_dtype dt, int64_t m, int64_t n, const void *t, void *y, int64_t i0,
-                       int64_t i1);
+ * dense) with a kernel's in-register transposes, numbered as for
+ * ad_gemm_builtin (0 the best this CPU has, -1 the plain loop; false,
+ * nothing done, when the CPU or build lacks it). */
 bool ad_transpose_builtin(int kernel, ad_dtype dt, int64_t m, int64_t n, const void *t, void *y,
                           int64_t i0, int64_t i1);
 

@@ -127,8 +127,8 @@ typedef struct xwt_job {
 static void xwt_rows(void *ud, int64_t lo, int64_t hi) {
   const xwt_job *x = ud;
   for (int64_t p = lo; p < hi; p++)
-    ad_transpose_rows(x->dt, x->m, x->n, x->t, x->y, x->m * p / x->parts,
-                      x->m * (p + 1) / x->parts);
+    ad_transpose_builtin(0, x->dt, x->m, x->n, x->t, x->y, x->m * p / x->parts,
+                         x->m * (p + 1) / x->parts);
 }
 
 void ad_matmul_xwt(ad_dtype dt, int64_t m, int64_t n, int64_t k, const void *x, const void *w,
