@@ -12,7 +12,15 @@
  * The engine's gradients are checked once against a hand-written reverse
  * pass in plain doubles.
  *
- *   scalar_chain [--ops N] [--reps N] [--dtype f32|f64] */
+ * Subnormal floats are flushed to zero (ad_set_flush_denormal), as nn_fit
+ * does while it trains: the gradient with respect to x0 shrinks by about
+ * 0.7 per tanh, reaches the smallest subnormal after about 4,000 ops and
+ * stays there (0.7 times it rounds back to it), so without the flush every
+ * later op's backward multiplies subnormals, which Intel cores do in
+ * microcode at tens of nanoseconds each: the figure would time that, not
+ * the tape. --keep-denormals keeps them (the mode is printed).
+ *
+ *   scalar_chain [--ops N] [--reps N] [--dtype f32|f64] [--keep-denormals] */
 #include "ad.h"
 
 #include <errno.h>
@@ -122,6 +130,7 @@ static long parse_long(const char *opt, const char *v, long lo) {
 int main(int argc, char **argv) {
   long nops = 1000000, reps = 5;
   ad_dtype dt = AD_F64;
+  bool keep_denormals = false;
   for (int i = 1; i < argc; i++) {
     const char *v = i + 1 < argc ? argv[i + 1] : NULL;
     if (strcmp(argv[i], "--ops") == 0) {
@@ -133,8 +142,11 @@ int main(int argc, char **argv) {
     } else if (strcmp(argv[i], "--dtype") == 0 && v && (!strcmp(v, "f32") || !strcmp(v, "f64"))) {
       dt = strcmp(v, "f32") == 0 ? AD_F32 : AD_F64;
       i++;
+    } else if (strcmp(argv[i], "--keep-denormals") == 0) {
+      keep_denormals = true;
     } else {
-      fprintf(stderr, "usage: scalar_chain [--ops N] [--reps N] [--dtype f32|f64]\n");
+      fprintf(stderr,
+              "usage: scalar_chain [--ops N] [--reps N] [--dtype f32|f64] [--keep-denormals]\n");
       return strcmp(argv[i], "--help") == 0 ? 0 : 2;
     }
   }
@@ -149,10 +161,14 @@ int main(int argc, char **argv) {
   ad_tensor_set_requires_grad(x0, true);
   ad_tensor_set_requires_grad(a, true);
   ad_tensor_set_requires_grad(b, true);
+  bool flushed = !keep_denormals && ad_set_flush_denormal(true);
 
   printf("scalar_chain: %ld ops (x = tanh(x * a + b) repeated) on 0-d %s tensors, %ld reps + 1 "
-         "warm-up\n",
-         nops, ad_dtype_name(dt), reps);
+         "warm-up; subnormals %s\n",
+         nops, ad_dtype_name(dt), reps,
+         flushed          ? "flushed to zero (--keep-denormals keeps them)"
+         : keep_denormals ? "kept"
+                          : "kept (this CPU cannot flush them)");
 
   /* warm-up, and the correctness check */
   timing t;
