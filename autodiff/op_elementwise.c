@@ -866,12 +866,35 @@ const ad_op_def ad_def_cos = {
     .grads = {"-dy * sin(x)"},
 };
 
+/* The activations' grad_into (tanh, sigmoid, relu): a new gradient is the
+ * kernel of their backward op (declared here, defined in its own block
+ * below) run on (dy, second) straight into grad, the same bits as the
+ * backward's op; adding to an existing one is declined (the ordinary path
+ * adds the op's result). */
+static void tanh_backward_fwd(const ad_call *c);
+static void sigmoid_backward_fwd(const ad_call *c);
+static void relu_backward_fwd(const ad_call *c);
+
+static bool activation_grad_into(const ad_call *c, ad_forward_fn kernel, ad_tensor *second,
+                                 ad_tensor *grad, bool overwrite) {
+  if (!overwrite) return false;
+  ad_tensor *in[2] = {c->gout, second};
+  ad_call k = {.ctx = c->ctx, .name = c->name, .n = 2, .in = in, .attrs = c->attrs, .out = grad};
+  kernel(&k);
+  return true;
+}
+
 /* ----------------------------------------------------------------- tanh */
 
 DEFINE_UNARY(tanh, tanhf(x), tanh(x))
 
 static ad_status tanh_bwd(const ad_call *c) {
   return ad_call_set_grad(c, 0, ad_apply2(c->ctx, AD_OP_TANH_BACKWARD, c->gout, c->out, NULL));
+}
+
+static bool tanh_grad_into(const ad_call *c, int k, ad_tensor *grad, bool overwrite) {
+  (void)k;
+  return activation_grad_into(c, tanh_backward_fwd, c->out, grad, overwrite);
 }
 
 ad_tensor *ad_tanh(ad_ctx *ctx, ad_tensor *x) { return ad_apply1(ctx, AD_OP_TANH, x, NULL); }
@@ -882,6 +905,7 @@ const ad_op_def ad_def_tanh = {
     .flags = AD_OP_ELEMENTWISE,
     .forward = tanh_fwd,
     .backward = tanh_bwd,
+    .grad_into = tanh_grad_into,
     .sample = sample_unary,
     .math = "y = tanh(x)",
     .inputs = {"x"},
@@ -904,6 +928,11 @@ static ad_status sigmoid_bwd(const ad_call *c) {
   return ad_call_set_grad(c, 0, ad_apply2(c->ctx, AD_OP_SIGMOID_BACKWARD, c->gout, c->out, NULL));
 }
 
+static bool sigmoid_grad_into(const ad_call *c, int k, ad_tensor *grad, bool overwrite) {
+  (void)k;
+  return activation_grad_into(c, sigmoid_backward_fwd, c->out, grad, overwrite);
+}
+
 ad_tensor *ad_sigmoid(ad_ctx *ctx, ad_tensor *x) { return ad_apply1(ctx, AD_OP_SIGMOID, x, NULL); }
 
 const ad_op_def ad_def_sigmoid = {
@@ -912,6 +941,7 @@ const ad_op_def ad_def_sigmoid = {
     .flags = AD_OP_ELEMENTWISE,
     .forward = sigmoid_fwd,
     .backward = sigmoid_bwd,
+    .grad_into = sigmoid_grad_into,
     .sample = sample_unary,
     .math = "y = 1 / (1 + exp(-x))",
     .inputs = {"x"},
@@ -926,6 +956,11 @@ static ad_status relu_bwd(const ad_call *c) {
   return ad_call_set_grad(c, 0, ad_apply2(c->ctx, AD_OP_RELU_BACKWARD, c->gout, c->in[0], NULL));
 }
 
+static bool relu_grad_into(const ad_call *c, int k, ad_tensor *grad, bool overwrite) {
+  (void)k;
+  return activation_grad_into(c, relu_backward_fwd, c->in[0], grad, overwrite);
+}
+
 ad_tensor *ad_relu(ad_ctx *ctx, ad_tensor *x) { return ad_apply1(ctx, AD_OP_RELU, x, NULL); }
 
 const ad_op_def ad_def_relu = {
@@ -934,6 +969,7 @@ const ad_op_def ad_def_relu = {
     .flags = AD_OP_ELEMENTWISE,
     .forward = relu_fwd,
     .backward = relu_bwd,
+    .grad_into = relu_grad_into,
     .sample = sample_nonzero,
     .math = "y = max(x, 0)  (NaN for NaN)",
     .inputs = {"x"},

@@ -592,9 +592,14 @@ static void clear_touched(ad_ctx *ctx) {
 
 /* Runs def's grad_into fast path for every persistent input of call c that
  * needs a gradient: a new gradient (none yet, or released) is stored into
- * the input's buffer; with add, an existing one is added to. Each input so
- * served has needs[k] cleared (the backward skips it) and direct[k] set.
- * Returns whether some input still needs the backward. */
+ * the input's buffer; with add, an existing one is added to. With add (no
+ * hook looks), also for a recorded input shaped like the output that has
+ * no gradient yet in this pass: its first contribution is stored into a
+ * new temporary, which becomes its accumulator, as the backward's own
+ * result would (a chain of elementwise ops then runs no op per step of its
+ * backward). Each input so served has needs[k] cleared (the backward skips
+ * it) and direct[k] set. Returns whether some input still needs the
+ * backward. */
 #if defined(__GNUC__)
 __attribute__((always_inline))
 #endif
@@ -623,6 +628,19 @@ grad_into(ad_ctx *ctx, const ad_op_def *def, const ad_call *c, ad_node *const *s
         direct[k] = true;
       } else if (fresh) {
         s->src.spare_grad = g; /* unused: the ordinary path takes it again */
+      }
+    } else if (needs[k] && add && !s->gacc &&
+               (s->flags & (AD_NF_RECORDED | AD_NF_PERSISTENT)) == AD_NF_RECORDED &&
+               ad_same_shape(&s->t, c->gout)) {
+      ad_tensor *g = ad_tmp_like(ctx, &s->t);
+      if (!g) {
+        *st = ctx->status ? ctx->status : AD_ERR_OOM;
+        return false;
+      }
+      if (def->grad_into(c, k, g, true)) { /* else g stays unused until the reset */
+        s->gacc = g;
+        needs[k] = false;
+        direct[k] = true;
       }
     }
     any |= needs[k];

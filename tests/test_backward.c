@@ -738,3 +738,79 @@ Test(backward, fast_paths_same_bits_with_and_without_hook) {
   ad_tensor_free(w[1]);
   ad_tensor_free(c);
 }
+
+static void quiet_hook(void *ud, const ad_backward_step *st) {
+  (void)st;
+  ++*(int *)ud;
+}
+
+/* The first contribution to an intermediate shaped like its op's output
+ * is stored into a new accumulator by the op's grad_into (mul, tanh,
+ * sigmoid, relu) when no hook looks: the same bits as the ordinary path,
+ * which a hook forces, in both dtypes, for a scalar, a small tensor and
+ * one large enough for the threads; with an intermediate used twice (u *
+ * u), a retained one, a broadcast mul (declined: the backward runs) and a
+ * second contribution to an intermediate (the ordinary add). */
+Test(backward, intermediate_fast_paths_same_bits_as_the_ordinary_path) {
+  const int64_t sizes[3] = {1, 7, 100003};
+  OK(ad_set_num_threads(2));
+  for (int d = 0; d < 2; d++) {
+    ad_dtype dt = d ? AD_F64 : AD_F32;
+    for (int si = 0; si < 3; si++) {
+      int64_t n = sizes[si], one = 1;
+      ad_rng rng;
+      OK(ad_rng_seed(&rng, 42 + (uint64_t)si));
+      ad_tensor *x = ad_rand(ctx, &rng, dt, 1, &n, -2, 2),
+                *w = ad_rand(ctx, &rng, dt, 1, &n, -1, 1),
+                *b = ad_rand(ctx, &rng, dt, 1, &one, -1, 1);
+      cr_assert(x && w && b);
+      OK(ad_tensor_set_requires_grad(x, true));
+      OK(ad_tensor_set_requires_grad(w, true));
+      OK(ad_tensor_set_requires_grad(b, true));
+      ad_tensor *got[2][4]; /* [hook][x, w, b grads, the retained h's grad] */
+      for (int h = 0; h < 2; h++) {
+        int calls = 0;
+        ad_tape_reset(ctx);
+        ad_tensor_zero_grad(x);
+        ad_tensor_zero_grad(w);
+        ad_tensor_zero_grad(b);
+        if (h) ad_set_backward_hook(ctx, quiet_hook, &calls);
+        ad_tensor *u = ad_tanh(ctx, ad_mul(ctx, x, w));     /* mul of two leaves, tanh */
+        ad_tensor *hh = ad_sigmoid(ctx, ad_mul(ctx, u, u)); /* u used twice */
+        OK(ad_tensor_retain_grad(hh));
+        ad_tensor *r = ad_relu(ctx, ad_mul(ctx, hh, b));  /* broadcast: declined */
+        ad_tensor *s = ad_add(ctx, ad_mul(ctx, r, x), u); /* u's second contribution */
+        OK(ad_backward(ctx, ad_sum(ctx, s), NULL));
+        ad_set_backward_hook(ctx, NULL, NULL);
+        cr_assert_eq(calls > 0, h == 1);
+        got[h][0] = ad_tensor_clone(ctx, x->grad);
+        got[h][1] = ad_tensor_clone(ctx, w->grad);
+        got[h][2] = ad_tensor_clone(ctx, b->grad);
+        got[h][3] = ad_tensor_clone(ctx, hh->grad);
+      }
+      size_t es = dt == AD_F64 ? 8 : 4;
+      for (int k = 0; k < 4; k++) {
+        cr_assert(got[0][k] && got[1][k]);
+        cr_assert(memcmp(got[0][k]->data, got[1][k]->data, (size_t)got[0][k]->size * es) == 0,
+                  "%s, size %lld: gradient %d differs from the ordinary path's", ad_dtype_name(dt),
+                  (long long)n, k);
+        ad_tensor_free(got[0][k]);
+        ad_tensor_free(got[1][k]);
+      }
+      if (n == 1) { /* and the values, by hand */
+        double xv = ad_tensor_item(x), wv = ad_tensor_item(w), bv = ad_tensor_item(b);
+        double uv = tanh(xv * wv), hv = 1 / (1 + exp(-uv * uv)), pre = hv * bv;
+        double dr = pre > 0 ? xv : 0, dh = dr * bv, du = 1 + dh * hv * (1 - hv) * 2 * uv;
+        double dx = (pre > 0 ? pre : 0) + du * (1 - uv * uv) * wv;
+        double tol = dt == AD_F64 ? 1e-12 : 1e-5;
+        ad_tensor *t = ad_tensor_clone(ctx, x->grad);
+        assert_close(t, &dx, 1, tol);
+        ad_tensor_free(t);
+      }
+      ad_tensor_free(x);
+      ad_tensor_free(w);
+      ad_tensor_free(b);
+    }
+  }
+  OK(ad_set_num_threads(1));
+}

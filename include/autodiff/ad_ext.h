@@ -307,7 +307,10 @@ typedef ad_status (*ad_backward_fn)(const ad_call *c);
  * GEMM with beta = 1, which rounds differently). The engine calls it only in
  * ad_backward (never under create_graph), for a persistent input that
  * requires a gradient, and without overwrite only when no backward hook
- * would need the contribution. Must not fail: a kernel's own scratch with a
+ * would need the contribution; and, with overwrite and no hook, for an
+ * input made by an op, shaped like the output, that has no gradient yet
+ * in the pass (grad is then a new temporary, which becomes that input's
+ * accumulated gradient). Must not fail: a kernel's own scratch with a
  * fallback is fine, an error to report is not. */
 typedef bool (*ad_grad_into_fn)(const ad_call *c, int k, ad_tensor *grad, bool overwrite);
 
