@@ -758,6 +758,7 @@ sweep_node(ad_ctx *ctx, const sweep_opts *sw, ad_node *n, ad_tensor *gout, ad_te
     any = grad_into(ctx, def, &c, src, needs, into_grad, sw->into_add, &st);
     some_into = true; /* into_grad[] is set for every input */
     if (st != AD_OK) return st;
+    if (!any && !ctx->hook) return AD_OK; /* every input served: nothing sent */
   }
   if (any && (st = def->backward(&c)) != AD_OK) {
     if (ctx->nerrors == sw->nerrors) /* else the op that failed inside said why */
