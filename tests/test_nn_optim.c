@@ -743,3 +743,53 @@ Test(optim, infinite_parameter_without_weight_decay_stays_infinite) {
       nn_params_free(ps);
     }
 }
+
+/* Adam's f32 bias correction sqrt(v) / bc2 is computed as a product in
+ * double rounded to float (nn/kernels/update.c, NN_DIVC): the bits of the
+ * float division, checked against a reference that divides, over 300 steps
+ * (300 divisors bc2) and gradients spread over 2^-70 .. 2^40, so that the
+ * quotient meets every binade on the way, and at beta2 = 0.9 (divisors far
+ * from 1). */
+Test(optim, adam_f32_bias_correction_is_the_division_bits) {
+  enum { N = 4096, STEPS = 300 };
+  const double beta2s[2] = {0.999, 0.9};
+  for (int bi = 0; bi < 2; bi++) {
+    static float p0[N], rp[N], rm[N], rv[N], g[N];
+    ad_rng rng;
+    cr_assert_eq(ad_rng_seed(&rng, 7 + (uint64_t)bi), AD_OK);
+    for (int i = 0; i < N; i++) p0[i] = rp[i] = (float)ad_rng_normal(&rng), rm[i] = rv[i] = 0;
+    int64_t s = N;
+    ad_tensor *w = ad_from_data(ctx, AD_F32, 1, &s, p0);
+    nn_params *pa = nn_params_new(ctx);
+    cr_assert(w && pa);
+    cr_assert_eq(nn_params_add(pa, "w", w, false), AD_OK);
+    nn_opt_config cfg = nn_opt_defaults(NN_OPT_ADAM, 1e-3);
+    cfg.beta2 = beta2s[bi];
+    nn_optimizer *adam = nn_optimizer_new(pa, &cfg);
+    cr_assert(adam, "%s", ad_last_error(ctx));
+    cr_assert_eq(ad_backward(ctx, ad_sum(ctx, ad_mul(ctx, w, w)), NULL), AD_OK); /* a grad */
+    for (int t = 1; t <= STEPS; t++) {
+      for (int i = 0; i < N; i++) {
+        double e = -70 + 110 * ad_rng_uniform(&rng);
+        g[i] = (float)((ad_rng_uniform(&rng) < 0.5 ? -1 : 1) *
+                       ldexp(1 + ad_rng_uniform(&rng), (int)e));
+      }
+      memcpy(w->grad->data, g, sizeof g);
+      cr_assert_eq(nn_optimizer_step(adam), AD_OK);
+      float nstep = (float)(-1e-3 / (1.0 - pow(0.9, t)));
+      float bc2 = (float)sqrt(1.0 - pow(beta2s[bi], t));
+      float a2 = (float)(1.0 - beta2s[bi]), b2 = (float)beta2s[bi];
+      for (int i = 0; i < N; i++) {
+        rm[i] = fmaf((float)(1 - 0.9), g[i], 0.9f * rm[i]);
+        if (rm[i] < FLT_MIN && rm[i] > -FLT_MIN) rm[i] = 0;
+        rv[i] = fmaf(a2 * g[i], g[i], b2 * rv[i]);
+        rp[i] += nstep * rm[i] / (sqrtf(rv[i]) / bc2 + 1e-8f);
+      }
+      cr_assert(memcmp(w->data, rp, sizeof rp) == 0, "beta2 %g, step %d: parameters differ",
+                beta2s[bi], t);
+    }
+    nn_optimizer_free(adam);
+    nn_params_free(pa);
+    ad_tensor_free(w);
+  }
+}

@@ -47,6 +47,24 @@
 
 #define NN_FLUSH(x, TMIN) ((x) < (TMIN) && (x) > -(TMIN) ? 0 : (x))
 
+/* x / c for Adam's bias correction c = sqrt(1 - beta2^t) in (0, 1], the
+ * same for the whole loop, with inv = 1.0 / (double)c. For float it is the
+ * product x * inv in double, rounded to float: exactly the correctly
+ * rounded float quotient, for a multiplier's cost instead of a pass through
+ * the divider (which bounds the loop: a square root and two divisions per
+ * element). Why exactly: inv and the product are each within 2^-53
+ * relative, so the double D is within 2^-51.9 of q = x / c; for floats x =
+ * X 2^a, c = C 2^b (X, C < 2^24 integers) and a midpoint m = M 2^e between
+ * two floats (M odd, at most 25 bits), x - c m is a nonzero multiple of
+ * 2^(b+e), so |q - m| >= 2^e / C > 2^-49 m (subnormal results: a coarser
+ * grid, a wider margin), and q is never a midpoint itself for c <= 1 (odd(C)
+ * M would have to divide X times a power of two), so D rounds to float as q
+ * does. Checked exhaustively (every float x, 72 divisors) and by a test
+ * (tests/test_nn_optim.c). For double there is no wider type: the
+ * division. */
+#define NN_DIVC_float(x, c, inv)  ((float)((double)(x) * (inv)))
+#define NN_DIVC_double(x, c, inv) ((void)(inv), (x) / (c))
+
 #define DEFINE_UPDATE(T, TMIN, SQRT, FMA, SFX, ATTR)                                               \
   ATTR static void sgd_##T##SFX(const nn_opt_config *c, int64_t n, T *restrict p,                  \
                                 const T *restrict gr, T *restrict b, int64_t t) {                  \
@@ -114,6 +132,7 @@
     T a1 = (T)(1.0 - c->beta1), a2 = (T)(1.0 - c->beta2);                                          \
     T nstep = (T)(-c->lr / (1.0 - pow(c->beta1, (double)t)));                                      \
     T bc2 = (T)sqrt(1.0 - pow(c->beta2, (double)t));                                               \
+    double ibc2 = 1.0 / (double)bc2;                                                               \
     T l2 = (T)c->weight_decay;                                                                     \
     if (c->kind == NN_OPT_ADAMW) { /* decoupled decay, then no L2 term */                          \
       T decay = (T)(1.0 - c->lr * c->weight_decay);                                                \
@@ -124,7 +143,7 @@
       T g = NN_L2(l2, p[i], gr[i], FMA);                                                           \
       m[i] = NN_FLUSH(FMA(a1, g, b1 * m[i]), TMIN);                                                \
       v[i] = FMA(a2 * g, g, b2 * v[i]);                                                            \
-      p[i] += nstep * m[i] / (SQRT(v[i]) / bc2 + eps);                                             \
+      p[i] += nstep * m[i] / (NN_DIVC_##T(SQRT(v[i]), bc2, ibc2) + eps);                           \
     }                                                                                              \
   }                                                                                                \
                                                                                                    \
