@@ -698,6 +698,63 @@ static const void *mask_ptr(const ad_tensor *m, int64_t t) {
   return m ? (const char *)m->data + (size_t)(t * m->shape[1]) * ad_dsize(m->dtype) : NULL;
 }
 
+/* A whole sequence on the library's threads. Row r of every step depends
+ * only on row r of the step before (the product h_{t-1} w^T, dG_t w, and
+ * the cells' rows), so with W packed once (pk) the batch's rows are cut
+ * into blocks (at least 8 rows each) and each block runs all T steps on
+ * one thread: one parallel job for the sequence instead of two per step,
+ * whose waits the recurrence's small steps could not hide. A row's values
+ * do not depend on the rows computed beside it, so the bits are those of
+ * one block. Without pk, or with one block, the steps run one after the
+ * other, each product and each step's rows split over the threads. */
+typedef struct seq_steps seq_steps;
+struct seq_steps {
+  const ad_call *c;
+  const ad_gemm_packed *pk;
+  int64_t T, N, H, parts;
+  void (*steps)(const seq_steps *s, int64_t r0, int64_t r1); /* all steps of rows r0..r1 */
+  ad_tensor *dY, *dG, *dB, *dh, *dc, *db;                    /* the backward's */
+  bool hdy, sum_db; /* sum_db: db summed step by step (one block) */
+};
+
+static void seq_steps_range(void *ud, int64_t p0, int64_t p1) {
+  const seq_steps *s = ud;
+  for (int64_t p = p0; p < p1; p++) s->steps(s, s->N * p / s->parts, s->N * (p + 1) / s->parts);
+}
+
+static void seq_steps_run(seq_steps *s) {
+  int threads = ad_num_threads();
+  s->parts = s->pk && threads < s->N / 8 ? threads : s->pk ? s->N / 8 : 1;
+  if (s->parts < 1) s->parts = 1;
+  s->sum_db = s->parts == 1;
+  if (s->parts == 1)
+    s->steps(s, 0, s->N);
+  else
+    ad_parallel_for(s->parts, 1, seq_steps_range, s);
+}
+
+/* One step's product C = A op(w) + beta C for rows r0..r1 (a block's, on
+ * this thread) or, with one block, for all rows (step_gemm: split over the
+ * threads). */
+static void seq_product(const seq_steps *s, int64_t r0, int64_t r1, bool tw, int64_t k, int64_t n,
+                        const void *a, int64_t lda, const void *w, double beta, void *c,
+                        int64_t ldc) {
+  if (s->parts > 1)
+    ad_gemm_packed_rows(s->pk, false, r0, r1, a, lda, w, s->H, beta, c, ldc);
+  else
+    step_gemm(s->c->out->dtype, s->pk, tw, s->N, k, n, a, lda, w, s->H, beta, c, ldc);
+}
+
+/* One step's cell rows r0..r1 (a block's), or all of them over the threads. */
+static void seq_rows(const seq_steps *s, ad_range_fn f32, ad_range_fn f64, seq_job *j, int64_t r0,
+                     int64_t r1) {
+  ad_dtype dt = s->c->out->dtype;
+  if (s->parts > 1)
+    (dt == AD_F32 ? f32 : f64)(j, r0, r1);
+  else
+    seq_run(f32, f64, dt, s->N, j);
+}
+
 /* dw = sum_t dG_t^T h_{t-1} (dG like xp, y like Y: the time axis tax, ly
  * elements per row of y), as one product over all rows: the h_{t-1} are
  * gathered into hp first (h0 at t = 0), laid out as dG's rows. */
@@ -761,6 +818,31 @@ CELL_CLONES static void seq_sum_rows(ad_dtype dt, const void *rows, int64_t ld, 
   }
 }
 
+/* db += the rows of every step of x (x's layout, tax), in the order the
+ * steps' sums add them one block at a time (t from T - 1 down, rows in
+ * order): the same bits. Columns split over the threads. */
+typedef struct sum_steps_job {
+  const ad_tensor *x;
+  int tax;
+  void *db;
+} sum_steps_job;
+
+static void sum_steps_range(void *ud, int64_t k0, int64_t k1) {
+  const sum_steps_job *j = ud;
+  ad_dtype dt = j->x->dtype;
+  size_t es = ad_dsize(dt);
+  int64_t T = j->x->shape[j->tax], N = j->x->shape[1 - j->tax], ld;
+  for (int64_t t = T - 1; t >= 0; t--) {
+    const char *rows = step_ptr(j->x, j->tax, t, &ld) + (size_t)k0 * es;
+    seq_sum_rows(dt, rows, ld, N, k1 - k0, (char *)j->db + (size_t)k0 * es);
+  }
+}
+
+static void sum_steps(const ad_tensor *x, int tax, void *db) {
+  sum_steps_job j = {x, tax, db};
+  ad_parallel_for(x->shape[2], 256, sum_steps_range, &j);
+}
+
 /* -------------------------------------------------------------- lstm_seq */
 
 static ad_status lstm_seq_shape(const ad_call *c) {
@@ -770,14 +852,13 @@ static ad_status lstm_seq_shape(const ad_call *c) {
   return st;
 }
 
-static void lstm_seq_fwd(const ad_call *c) {
+static void lstm_fwd_steps(const seq_steps *s, int64_t r0, int64_t r1) {
+  const ad_call *c = s->c;
   const ad_tensor *xp = c->in[0], *w = c->in[1], *mask = c->n > 5 ? c->in[5] : NULL;
   int tax = c->attrs->axis;
-  ad_dtype dt = xp->dtype;
-  size_t es = ad_dsize(dt);
-  int64_t T = xp->shape[tax], N = xp->shape[1 - tax], H = w->shape[1];
-  ad_gemm_packed *pk = ad_gemm_pack(dt, true, N, H, 4 * H, w->data, H);
-  for (int64_t t = 0; t < T; t++) {
+  size_t es = ad_dsize(xp->dtype);
+  int64_t H = s->H;
+  for (int64_t t = 0; t < s->T; t++) {
     seq_job j = {.mask = mask_ptr(mask, t), .H = H};
     char *y = j.y = step_ptr(c->out, tax, t, &j.ldy);
     j.x = step_ptr(xp, tax, t, &j.ldg);
@@ -786,10 +867,20 @@ static void lstm_seq_fwd(const ad_call *c) {
     j.cp = t ? (const char *)j.hp + (size_t)H * es : c->in[4]->data;
     j.ldp = t ? j.ldy : H;
     /* h_{t-1} w^T in Y_t's activation blocks; the rows add xp_t + b */
-    step_gemm(dt, pk, true, N, H, 4 * H, j.hp, j.ldp, w->data, H, 0.0, y + (size_t)(2 * H) * es,
-              j.ldy);
-    seq_run(lstm_seq_fwd_f32, lstm_seq_fwd_f64, dt, N, &j);
+    seq_product(s, r0, r1, true, H, 4 * H, j.hp, j.ldp, w->data, 0.0, y + (size_t)(2 * H) * es,
+                j.ldy);
+    seq_rows(s, lstm_seq_fwd_f32, lstm_seq_fwd_f64, &j, r0, r1);
   }
+}
+
+static void lstm_seq_fwd(const ad_call *c) {
+  const ad_tensor *xp = c->in[0], *w = c->in[1];
+  int tax = c->attrs->axis;
+  int64_t T = xp->shape[tax], N = xp->shape[1 - tax], H = w->shape[1];
+  seq_steps s = {.c = c, .T = T, .N = N, .H = H, .steps = lstm_fwd_steps};
+  ad_gemm_packed *pk = ad_gemm_pack(xp->dtype, true, N, H, 4 * H, w->data, H);
+  s.pk = pk;
+  seq_steps_run(&s);
   ad_gemm_packed_free(pk);
 }
 
@@ -852,10 +943,33 @@ static ad_status lstm_seq_bwd_ops(const ad_call *c) {
   return st;
 }
 
+static void lstm_bwd_steps(const seq_steps *s, int64_t r0, int64_t r1) {
+  const ad_call *c = s->c;
+  const ad_tensor *w = c->in[1], *mask = c->n > 5 ? c->in[5] : NULL;
+  int tax = c->attrs->axis;
+  ad_dtype dt = w->dtype;
+  size_t es = ad_dsize(dt);
+  int64_t H = s->H;
+  for (int64_t t = s->T - 1; t >= 0; t--) {
+    seq_job j = {
+        .mask = mask_ptr(mask, t), .dh = s->dh->data, .dc = s->dc->data, .hdy = s->hdy, .H = H};
+    j.y = step_ptr(c->out, tax, t, &j.ldy);
+    j.dy = step_ptr(s->dY, tax, t, &j.lddy);
+    j.dg = step_ptr(s->dG, tax, t, &j.ldg);
+    j.cp = t ? step_ptr(c->out, tax, t - 1, NULL) + (size_t)H * es : c->in[4]->data;
+    j.ldp = t ? j.ldy : H;
+    seq_rows(s, lstm_seq_bwd_f32, lstm_seq_bwd_f64, &j, r0, r1);
+    if (s->db && s->sum_db) /* db += dG_t's rows, while they are in the cache */
+      seq_sum_rows(dt, j.dg, j.ldg, s->N, 4 * H, s->db->data);
+    if (t > 0 || c->needs[3]) /* dh_{t-1} += dG_t w */
+      seq_product(s, r0, r1, false, 4 * H, H, j.dg, j.ldg, w->data, 1.0, s->dh->data, H);
+  }
+}
+
 static ad_status lstm_seq_bwd(const ad_call *c) {
   if (c->ctx->grad_enabled) return lstm_seq_bwd_ops(c);
   ad_ctx *ctx = c->ctx;
-  const ad_tensor *w = c->in[1], *h0 = c->in[3], *mask = c->n > 5 ? c->in[5] : NULL;
+  const ad_tensor *w = c->in[1], *h0 = c->in[3];
   int tax = c->attrs->axis;
   ad_dtype dt = w->dtype;
   size_t es = ad_dsize(dt);
@@ -871,20 +985,11 @@ static ad_status lstm_seq_bwd(const ad_call *c) {
   memset(dc->data, 0, (size_t)(N * H) * es);
   if (db) memset(db->data, 0, (size_t)(4 * H) * es);
   ad_gemm_packed *pk = ad_gemm_pack(dt, false, N, 4 * H, H, w->data, H);
-  for (int64_t t = T - 1; t >= 0; t--) {
-    seq_job j = {.mask = mask_ptr(mask, t), .dh = dh->data, .dc = dc->data, .hdy = hdy, .H = H};
-    j.y = step_ptr(c->out, tax, t, &j.ldy);
-    j.dy = step_ptr(dY, tax, t, &j.lddy);
-    j.dg = step_ptr(dG, tax, t, &j.ldg);
-    j.cp = t ? step_ptr(c->out, tax, t - 1, NULL) + (size_t)H * es : c->in[4]->data;
-    j.ldp = t ? j.ldy : H;
-    seq_run(lstm_seq_bwd_f32, lstm_seq_bwd_f64, dt, N, &j);
-    if (db) /* db += dG_t's rows, while they are in the cache */
-      seq_sum_rows(dt, j.dg, j.ldg, N, 4 * H, db->data);
-    if (t > 0 || c->needs[3]) /* dh_{t-1} += dG_t w */
-      step_gemm(dt, pk, false, N, 4 * H, H, j.dg, j.ldg, w->data, H, 1.0, dh->data, H);
-  }
+  seq_steps s = {.c = c, .pk = pk, .T = T, .N = N, .H = H, .steps = lstm_bwd_steps};
+  s.dY = dY, s.dG = dG, s.dh = dh, s.dc = dc, s.db = db, s.hdy = hdy;
+  seq_steps_run(&s);
   ad_gemm_packed_free(pk);
+  if (db && !s.sum_db) sum_steps(dG, tax, db->data);
   if (c->needs[1]) {
     ad_tensor *dw = ad_tmp_new(ctx, dt, 2, w->shape), *hp = seq_hp_new(ctx, dG, H);
     if (!dw || !hp) return ad_last_status(ctx);
@@ -967,15 +1072,14 @@ static ad_status gru_seq_shape(const ad_call *c) {
   return st;
 }
 
-static void gru_seq_fwd(const ad_call *c) {
+static void gru_fwd_steps(const seq_steps *s, int64_t r0, int64_t r1) {
+  const ad_call *c = s->c;
   const ad_tensor *xa = c->in[0], *w = c->in[1], *bx = c->in[2], *b = c->in[3];
   const ad_tensor *mask = c->n > 5 ? c->in[5] : NULL;
   int tax = c->attrs->axis;
-  ad_dtype dt = xa->dtype;
-  size_t es = ad_dsize(dt);
-  int64_t T = xa->shape[tax], N = xa->shape[1 - tax], H = w->shape[1];
-  ad_gemm_packed *pk = ad_gemm_pack(dt, true, N, H, 3 * H, w->data, H);
-  for (int64_t t = 0; t < T; t++) {
+  size_t es = ad_dsize(xa->dtype);
+  int64_t H = s->H;
+  for (int64_t t = 0; t < s->T; t++) {
     seq_job j = {.mask = mask_ptr(mask, t), .H = H};
     char *y = j.y = step_ptr(c->out, tax, t, &j.ldy);
     j.x = step_ptr(xa, tax, t, &j.ldg);
@@ -983,9 +1087,19 @@ static void gru_seq_fwd(const ad_call *c) {
     j.hp = t ? step_ptr(c->out, tax, t - 1, NULL) : c->in[4]->data;
     j.ldp = t ? j.ldy : H;
     /* h_{t-1} w^T in Y_t's activation blocks; the rows add b, and b_ih to xp_t */
-    step_gemm(dt, pk, true, N, H, 3 * H, j.hp, j.ldp, w->data, H, 0.0, y + (size_t)H * es, j.ldy);
-    seq_run(gru_seq_fwd_f32, gru_seq_fwd_f64, dt, N, &j);
+    seq_product(s, r0, r1, true, H, 3 * H, j.hp, j.ldp, w->data, 0.0, y + (size_t)H * es, j.ldy);
+    seq_rows(s, gru_seq_fwd_f32, gru_seq_fwd_f64, &j, r0, r1);
   }
+}
+
+static void gru_seq_fwd(const ad_call *c) {
+  const ad_tensor *xa = c->in[0], *w = c->in[1];
+  int tax = c->attrs->axis;
+  int64_t T = xa->shape[tax], N = xa->shape[1 - tax], H = w->shape[1];
+  seq_steps s = {.c = c, .T = T, .N = N, .H = H, .steps = gru_fwd_steps};
+  ad_gemm_packed *pk = ad_gemm_pack(xa->dtype, true, N, H, 3 * H, w->data, H);
+  s.pk = pk;
+  seq_steps_run(&s);
   ad_gemm_packed_free(pk);
 }
 
@@ -1051,10 +1165,33 @@ static ad_status gru_seq_bwd_ops(const ad_call *c) {
   return st;
 }
 
+/* (s->dc and s->db carry b_ih's and b_hh's gradients, dbx and dbh.) */
+static void gru_bwd_steps(const seq_steps *s, int64_t r0, int64_t r1) {
+  const ad_call *c = s->c;
+  const ad_tensor *w = c->in[1], *h0 = c->in[4], *mask = c->n > 5 ? c->in[5] : NULL;
+  int tax = c->attrs->axis;
+  ad_dtype dt = w->dtype;
+  int64_t H = s->H;
+  for (int64_t t = s->T - 1; t >= 0; t--) {
+    seq_job j = {.mask = mask_ptr(mask, t), .dh = s->dh->data, .hdy = s->hdy, .H = H};
+    j.y = step_ptr(c->out, tax, t, &j.ldy);
+    j.dy = step_ptr(s->dY, tax, t, &j.lddy);
+    j.dg = step_ptr(s->dG, tax, t, &j.ldg);
+    j.db = step_ptr(s->dB, tax, t, NULL);
+    j.hp = t ? step_ptr(c->out, tax, t - 1, NULL) : h0->data;
+    j.ldp = t ? j.ldy : H;
+    seq_rows(s, gru_seq_bwd_f32, gru_seq_bwd_f64, &j, r0, r1);
+    if (s->dc && s->sum_db) seq_sum_rows(dt, j.dg, j.ldg, s->N, 3 * H, s->dc->data);
+    if (s->db && s->sum_db) seq_sum_rows(dt, j.db, j.ldg, s->N, 3 * H, s->db->data);
+    if (t > 0 || c->needs[4]) /* dh_{t-1} += db_t w */
+      seq_product(s, r0, r1, false, 3 * H, H, j.db, j.ldg, w->data, 1.0, s->dh->data, H);
+  }
+}
+
 static ad_status gru_seq_bwd(const ad_call *c) {
   if (c->ctx->grad_enabled) return gru_seq_bwd_ops(c);
   ad_ctx *ctx = c->ctx;
-  const ad_tensor *w = c->in[1], *h0 = c->in[4], *mask = c->n > 5 ? c->in[5] : NULL;
+  const ad_tensor *w = c->in[1], *h0 = c->in[4];
   int tax = c->attrs->axis;
   ad_dtype dt = w->dtype;
   size_t es = ad_dsize(dt);
@@ -1073,21 +1210,12 @@ static ad_status gru_seq_bwd(const ad_call *c) {
   if (dbx) memset(dbx->data, 0, (size_t)(3 * H) * es);
   if (dbh) memset(dbh->data, 0, (size_t)(3 * H) * es);
   ad_gemm_packed *pk = ad_gemm_pack(dt, false, N, 3 * H, H, w->data, H);
-  for (int64_t t = T - 1; t >= 0; t--) {
-    seq_job j = {.mask = mask_ptr(mask, t), .dh = dh->data, .hdy = hdy, .H = H};
-    j.y = step_ptr(c->out, tax, t, &j.ldy);
-    j.dy = step_ptr(dY, tax, t, &j.lddy);
-    j.dg = step_ptr(dA, tax, t, &j.ldg);
-    j.db = step_ptr(dB, tax, t, NULL);
-    j.hp = t ? step_ptr(c->out, tax, t - 1, NULL) : h0->data;
-    j.ldp = t ? j.ldy : H;
-    seq_run(gru_seq_bwd_f32, gru_seq_bwd_f64, dt, N, &j);
-    if (dbx) seq_sum_rows(dt, j.dg, j.ldg, N, 3 * H, dbx->data);
-    if (dbh) seq_sum_rows(dt, j.db, j.ldg, N, 3 * H, dbh->data);
-    if (t > 0 || c->needs[4]) /* dh_{t-1} += db_t w */
-      step_gemm(dt, pk, false, N, 3 * H, H, j.db, j.ldg, w->data, H, 1.0, dh->data, H);
-  }
+  seq_steps s = {.c = c, .pk = pk, .T = T, .N = N, .H = H, .steps = gru_bwd_steps};
+  s.dY = dY, s.dG = dA, s.dB = dB, s.dh = dh, s.dc = dbx, s.db = dbh, s.hdy = hdy;
+  seq_steps_run(&s);
   ad_gemm_packed_free(pk);
+  if (dbx && !s.sum_db) sum_steps(dA, tax, dbx->data);
+  if (dbh && !s.sum_db) sum_steps(dB, tax, dbh->data);
   if (c->needs[1]) {
     ad_tensor *dw = ad_tmp_new(ctx, dt, 2, w->shape), *hp = seq_hp_new(ctx, dB, H);
     if (!dw || !hp) return ad_last_status(ctx);
