@@ -733,6 +733,20 @@ static void seq_steps_run(seq_steps *s) {
     ad_parallel_for(s->parts, 1, seq_steps_range, s);
 }
 
+/* A sequence op's forward: w_hh (in[1], [gates H, H]) packed once, then
+ * steps over the row blocks. */
+static void seq_fwd_run(const ad_call *c, int gates,
+                        void (*steps)(const seq_steps *s, int64_t r0, int64_t r1)) {
+  const ad_tensor *x = c->in[0], *w = c->in[1];
+  int tax = c->attrs->axis;
+  int64_t T = x->shape[tax], N = x->shape[1 - tax], H = w->shape[1];
+  seq_steps s = {.c = c, .T = T, .N = N, .H = H, .steps = steps};
+  ad_gemm_packed *pk = ad_gemm_pack(x->dtype, true, N, H, gates * H, w->data, H);
+  s.pk = pk;
+  seq_steps_run(&s);
+  ad_gemm_packed_free(pk);
+}
+
 /* One step's product C = A op(w) + beta C for rows r0..r1 (a block's, on
  * this thread) or, with one block, for all rows (step_gemm: split over the
  * threads). */
@@ -873,16 +887,7 @@ static void lstm_fwd_steps(const seq_steps *s, int64_t r0, int64_t r1) {
   }
 }
 
-static void lstm_seq_fwd(const ad_call *c) {
-  const ad_tensor *xp = c->in[0], *w = c->in[1];
-  int tax = c->attrs->axis;
-  int64_t T = xp->shape[tax], N = xp->shape[1 - tax], H = w->shape[1];
-  seq_steps s = {.c = c, .T = T, .N = N, .H = H, .steps = lstm_fwd_steps};
-  ad_gemm_packed *pk = ad_gemm_pack(xp->dtype, true, N, H, 4 * H, w->data, H);
-  s.pk = pk;
-  seq_steps_run(&s);
-  ad_gemm_packed_free(pk);
-}
+static void lstm_seq_fwd(const ad_call *c) { seq_fwd_run(c, 4, lstm_fwd_steps); }
 
 /* The gradients built from ops, for a recorded backward. */
 static ad_status lstm_seq_bwd_ops(const ad_call *c) {
@@ -1092,16 +1097,7 @@ static void gru_fwd_steps(const seq_steps *s, int64_t r0, int64_t r1) {
   }
 }
 
-static void gru_seq_fwd(const ad_call *c) {
-  const ad_tensor *xa = c->in[0], *w = c->in[1];
-  int tax = c->attrs->axis;
-  int64_t T = xa->shape[tax], N = xa->shape[1 - tax], H = w->shape[1];
-  seq_steps s = {.c = c, .T = T, .N = N, .H = H, .steps = gru_fwd_steps};
-  ad_gemm_packed *pk = ad_gemm_pack(xa->dtype, true, N, H, 3 * H, w->data, H);
-  s.pk = pk;
-  seq_steps_run(&s);
-  ad_gemm_packed_free(pk);
-}
+static void gru_seq_fwd(const ad_call *c) { seq_fwd_run(c, 3, gru_fwd_steps); }
 
 static ad_status gru_seq_bwd_ops(const ad_call *c) {
   ad_ctx *ctx = c->ctx;
