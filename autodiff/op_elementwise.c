@@ -338,7 +338,7 @@ ad_tensor *ad_mul(ad_ctx *ctx, ad_tensor *a, ad_tensor *b) {
 const ad_op_def ad_def_mul = {
     .name = "mul",
     .arity = 2,
-    .flags = AD_OP_ELEMENTWISE,
+    .flags = AD_OP_ELEMENTWISE | AD_OP_GRAD_INTO_TEMPS,
     .forward = mul_fwd,
     .backward = mul_bwd,
     .grad_into = mul_grad_into,
@@ -902,7 +902,7 @@ ad_tensor *ad_tanh(ad_ctx *ctx, ad_tensor *x) { return ad_apply1(ctx, AD_OP_TANH
 const ad_op_def ad_def_tanh = {
     .name = "tanh",
     .arity = 1,
-    .flags = AD_OP_ELEMENTWISE,
+    .flags = AD_OP_ELEMENTWISE | AD_OP_GRAD_INTO_TEMPS,
     .forward = tanh_fwd,
     .backward = tanh_bwd,
     .grad_into = tanh_grad_into,
@@ -938,7 +938,7 @@ ad_tensor *ad_sigmoid(ad_ctx *ctx, ad_tensor *x) { return ad_apply1(ctx, AD_OP_S
 const ad_op_def ad_def_sigmoid = {
     .name = "sigmoid",
     .arity = 1,
-    .flags = AD_OP_ELEMENTWISE,
+    .flags = AD_OP_ELEMENTWISE | AD_OP_GRAD_INTO_TEMPS,
     .forward = sigmoid_fwd,
     .backward = sigmoid_bwd,
     .grad_into = sigmoid_grad_into,
@@ -966,7 +966,7 @@ ad_tensor *ad_relu(ad_ctx *ctx, ad_tensor *x) { return ad_apply1(ctx, AD_OP_RELU
 const ad_op_def ad_def_relu = {
     .name = "relu",
     .arity = 1,
-    .flags = AD_OP_ELEMENTWISE,
+    .flags = AD_OP_ELEMENTWISE | AD_OP_GRAD_INTO_TEMPS,
     .forward = relu_fwd,
     .backward = relu_bwd,
     .grad_into = relu_grad_into,

@@ -713,8 +713,9 @@ struct seq_steps {
   const ad_gemm_packed *pk;
   int64_t T, N, H, parts;
   void (*steps)(const seq_steps *s, int64_t r0, int64_t r1); /* all steps of rows r0..r1 */
-  ad_tensor *dY, *dG, *dB, *dh, *dc, *db;                    /* the backward's */
-  bool hdy, sum_db; /* sum_db: db summed step by step (one block) */
+  ad_tensor *dY, *dG, *dB, *dh, *dc; /* the backward's: dY, the gates', the states' */
+  ad_tensor *dbias[2];               /* the biases': lstm b's; gru b_ih's, b_hh's */
+  bool hdy, sum_db;                  /* sum_db: db summed step by step (one block) */
 };
 
 static void seq_steps_range(void *ud, int64_t p0, int64_t p1) {
@@ -724,7 +725,8 @@ static void seq_steps_range(void *ud, int64_t p0, int64_t p1) {
 
 static void seq_steps_run(seq_steps *s) {
   int threads = ad_num_threads();
-  s->parts = s->pk && threads < s->N / 8 ? threads : s->pk ? s->N / 8 : 1;
+  int64_t most = s->N / 8; /* blocks of at least 8 rows */
+  s->parts = !s->pk ? 1 : threads < most ? threads : most;
   if (s->parts < 1) s->parts = 1;
   s->sum_db = s->parts == 1;
   if (s->parts == 1)
@@ -964,8 +966,8 @@ static void lstm_bwd_steps(const seq_steps *s, int64_t r0, int64_t r1) {
     j.cp = t ? step_ptr(c->out, tax, t - 1, NULL) + (size_t)H * es : c->in[4]->data;
     j.ldp = t ? j.ldy : H;
     seq_rows(s, lstm_seq_bwd_f32, lstm_seq_bwd_f64, &j, r0, r1);
-    if (s->db && s->sum_db) /* db += dG_t's rows, while they are in the cache */
-      seq_sum_rows(dt, j.dg, j.ldg, s->N, 4 * H, s->db->data);
+    if (s->dbias[0] && s->sum_db) /* db += dG_t's rows, while they are in the cache */
+      seq_sum_rows(dt, j.dg, j.ldg, s->N, 4 * H, s->dbias[0]->data);
     if (t > 0 || c->needs[3]) /* dh_{t-1} += dG_t w */
       seq_product(s, r0, r1, false, 4 * H, H, j.dg, j.ldg, w->data, 1.0, s->dh->data, H);
   }
@@ -991,7 +993,7 @@ static ad_status lstm_seq_bwd(const ad_call *c) {
   if (db) memset(db->data, 0, (size_t)(4 * H) * es);
   ad_gemm_packed *pk = ad_gemm_pack(dt, false, N, 4 * H, H, w->data, H);
   seq_steps s = {.c = c, .pk = pk, .T = T, .N = N, .H = H, .steps = lstm_bwd_steps};
-  s.dY = dY, s.dG = dG, s.dh = dh, s.dc = dc, s.db = db, s.hdy = hdy;
+  s.dY = dY, s.dG = dG, s.dh = dh, s.dc = dc, s.dbias[0] = db, s.hdy = hdy;
   seq_steps_run(&s);
   ad_gemm_packed_free(pk);
   if (db && !s.sum_db) sum_steps(dG, tax, db->data);
@@ -1161,7 +1163,6 @@ static ad_status gru_seq_bwd_ops(const ad_call *c) {
   return st;
 }
 
-/* (s->dc and s->db carry b_ih's and b_hh's gradients, dbx and dbh.) */
 static void gru_bwd_steps(const seq_steps *s, int64_t r0, int64_t r1) {
   const ad_call *c = s->c;
   const ad_tensor *w = c->in[1], *h0 = c->in[4], *mask = c->n > 5 ? c->in[5] : NULL;
@@ -1177,8 +1178,8 @@ static void gru_bwd_steps(const seq_steps *s, int64_t r0, int64_t r1) {
     j.hp = t ? step_ptr(c->out, tax, t - 1, NULL) : h0->data;
     j.ldp = t ? j.ldy : H;
     seq_rows(s, gru_seq_bwd_f32, gru_seq_bwd_f64, &j, r0, r1);
-    if (s->dc && s->sum_db) seq_sum_rows(dt, j.dg, j.ldg, s->N, 3 * H, s->dc->data);
-    if (s->db && s->sum_db) seq_sum_rows(dt, j.db, j.ldg, s->N, 3 * H, s->db->data);
+    if (s->dbias[0] && s->sum_db) seq_sum_rows(dt, j.dg, j.ldg, s->N, 3 * H, s->dbias[0]->data);
+    if (s->dbias[1] && s->sum_db) seq_sum_rows(dt, j.db, j.ldg, s->N, 3 * H, s->dbias[1]->data);
     if (t > 0 || c->needs[4]) /* dh_{t-1} += db_t w */
       seq_product(s, r0, r1, false, 3 * H, H, j.db, j.ldg, w->data, 1.0, s->dh->data, H);
   }
@@ -1207,7 +1208,7 @@ static ad_status gru_seq_bwd(const ad_call *c) {
   if (dbh) memset(dbh->data, 0, (size_t)(3 * H) * es);
   ad_gemm_packed *pk = ad_gemm_pack(dt, false, N, 3 * H, H, w->data, H);
   seq_steps s = {.c = c, .pk = pk, .T = T, .N = N, .H = H, .steps = gru_bwd_steps};
-  s.dY = dY, s.dG = dA, s.dB = dB, s.dh = dh, s.dc = dbx, s.db = dbh, s.hdy = hdy;
+  s.dY = dY, s.dG = dA, s.dB = dB, s.dh = dh, s.dbias[0] = dbx, s.dbias[1] = dbh, s.hdy = hdy;
   seq_steps_run(&s);
   ad_gemm_packed_free(pk);
   if (dbx && !s.sum_db) sum_steps(dA, tax, dbx->data);

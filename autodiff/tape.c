@@ -54,6 +54,11 @@ int ad_op_register(ad_ctx *ctx, const ad_op_def *def) {
                  "AD_OP_ELEMENTWISE flag)");
     return -1;
   }
+  if ((def->flags & AD_OP_GRAD_INTO_TEMPS) && !def->grad_into) {
+    ad_set_error(ctx, AD_ERR_ARG, "op_register: %s: AD_OP_GRAD_INTO_TEMPS needs a grad_into",
+                 def->name);
+    return -1;
+  }
   if ((int)def->attrs < 0 || def->attrs >= AD_ATTRS_KIND_COUNT) {
     ad_set_error(ctx, AD_ERR_ARG, "op_register: %s: attrs kind %d out of range", def->name,
                  (int)def->attrs);
@@ -592,21 +597,30 @@ static void clear_touched(ad_ctx *ctx) {
 
 /* Runs def's grad_into fast path for every persistent input of call c that
  * needs a gradient: a new gradient (none yet, or released) is stored into
- * the input's buffer; with add, an existing one is added to. With add (no
- * hook looks), also for a recorded input shaped like the output that has
- * no gradient yet in this pass: its first contribution is stored into a
- * new temporary, which becomes its accumulator, as the backward's own
- * result would (a chain of elementwise ops then runs no op per step of its
- * backward). Each input so served has needs[k] cleared (the backward skips
- * it) and direct[k] set. Returns whether some input still needs the
- * backward. */
+ * the input's buffer; with add, an existing one is added to. For an op
+ * flagged AD_OP_GRAD_INTO_TEMPS and with add (no hook looks), also for a
+ * recorded input shaped like the output that has no gradient yet in this
+ * pass and is not an earlier input of the call too: its first contribution
+ * is stored into a new temporary, which becomes its accumulator, as the
+ * backward's own result would (a chain of elementwise ops then runs no op
+ * per step of its backward; the later contributions are added in the
+ * inputs' order, as before). A temporary the op declines is given back.
+ * Each input so served has needs[k] cleared (the backward skips it) and
+ * direct[k] set. Returns whether some input still needs the backward. */
+/* Whether src[k] is also one of src[0..k-1]. */
+static inline bool earlier_input(ad_node *const *src, int k) {
+  for (int j = 0; j < k; j++)
+    if (src[j] == src[k]) return true;
+  return false;
+}
+
 #if defined(__GNUC__)
 __attribute__((always_inline))
 #endif
 static inline bool
 grad_into(ad_ctx *ctx, const ad_op_def *def, const ad_call *c, ad_node *const *src, bool *needs,
           bool *direct, bool add, ad_status *st) {
-  bool any = false;
+  bool any = false, temps = (def->flags & AD_OP_GRAD_INTO_TEMPS) != 0;
   for (int k = 0; k < c->n; k++) {
     ad_node *s = src[k];
     direct[k] = false;
@@ -629,18 +643,21 @@ grad_into(ad_ctx *ctx, const ad_op_def *def, const ad_call *c, ad_node *const *s
       } else if (fresh) {
         s->src.spare_grad = g; /* unused: the ordinary path takes it again */
       }
-    } else if (needs[k] && add && !s->gacc &&
+    } else if (needs[k] && add && temps && !s->gacc &&
                (s->flags & (AD_NF_RECORDED | AD_NF_PERSISTENT)) == AD_NF_RECORDED &&
-               ad_same_shape(&s->t, c->gout)) {
+               ad_same_shape(&s->t, c->gout) && !earlier_input(src, k)) {
+      ad_arena_mark m = ad_arena_mark_get(ctx);
       ad_tensor *g = ad_tmp_like(ctx, &s->t);
       if (!g) {
         *st = ctx->status ? ctx->status : AD_ERR_OOM;
         return false;
       }
-      if (def->grad_into(c, k, g, true)) { /* else g stays unused until the reset */
+      if (def->grad_into(c, k, g, true)) {
         s->gacc = g;
         needs[k] = false;
         direct[k] = true;
+      } else {
+        ad_arena_rewind(ctx, &m); /* declined: the backward makes its own */
       }
     }
     any |= needs[k];
@@ -791,7 +808,8 @@ sweep_node(ad_ctx *ctx, const sweep_opts *sw, ad_node *n, ad_tensor *gout, ad_te
  * small ops these are cache misses in a row, as many as the ops, which the
  * hardware prefetcher does not see coming (the nodes are found through the
  * tape's pointers). The header of the node SWEEP_AHEAD places down the
- * tape is asked for early: its 160-byte block spans three lines. */
+ * tape is asked for early: every line it touches (three or four, as it
+ * falls). */
 #define SWEEP_AHEAD 8
 static inline void prefetch_node(const ad_node *n) {
 #if defined(__GNUC__)
@@ -799,6 +817,7 @@ static inline void prefetch_node(const ad_node *n) {
   __builtin_prefetch(p);
   __builtin_prefetch(p + 64);
   __builtin_prefetch(p + 128);
+  __builtin_prefetch(p + sizeof(ad_node) - 1);
 #else
   (void)n;
 #endif
@@ -855,10 +874,10 @@ static ad_status sweep(ad_ctx *ctx, ad_node *root, const ad_tensor *seed, bool c
   ctx->grad_enabled = create_graph;
   ctx->anomaly_fwd = false; /* the gradients sent are checked instead */
   ctx->sweeps++;
-  /* ops' grad_into fast paths: only where the result goes to leaves' grad
-   * fields; adding into an existing grad only while no hook would miss the
-   * contribution (storing a new one leaves it in the grad for the hook);
-   * either way the bits are those of the ordinary path */
+  /* ops' grad_into fast paths: where the result goes to leaves' grad fields
+   * (and, without a hook, to an intermediate's first accumulator); adding into an existing grad
+   * only while no hook would miss the contribution (storing a new one leaves it in the grad for the
+   * hook); either way the bits are those of the ordinary path */
   bool into = direct && !create_graph && !anomaly, into_add = into && !ctx->hook;
   /* a failing op breaks the loop at once, so the count of recorded errors
    * is the same before every backward that runs */

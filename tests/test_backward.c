@@ -748,9 +748,11 @@ static void quiet_hook(void *ud, const ad_backward_step *st) {
  * is stored into a new accumulator by the op's grad_into (mul, tanh,
  * sigmoid, relu) when no hook looks: the same bits as the ordinary path,
  * which a hook forces, in both dtypes, for a scalar, a small tensor and
- * one large enough for the threads; with an intermediate used twice (u *
- * u), a retained one, a broadcast mul (declined: the backward runs) and a
- * second contribution to an intermediate (the ordinary add). */
+ * one large enough for the threads; with an intermediate that is both
+ * inputs of its only consumer (v * v: the first served, the second added),
+ * one used twice after another consumer (u * u), a retained one, a
+ * broadcast mul (declined: the backward runs) and a second contribution to
+ * an intermediate (the ordinary add). */
 Test(backward, intermediate_fast_paths_same_bits_as_the_ordinary_path) {
   const int64_t sizes[3] = {1, 7, 100003};
   OK(ad_set_num_threads(2));
@@ -778,8 +780,10 @@ Test(backward, intermediate_fast_paths_same_bits_as_the_ordinary_path) {
         ad_tensor *u = ad_tanh(ctx, ad_mul(ctx, x, w));     /* mul of two leaves, tanh */
         ad_tensor *hh = ad_sigmoid(ctx, ad_mul(ctx, u, u)); /* u used twice */
         OK(ad_tensor_retain_grad(hh));
-        ad_tensor *r = ad_relu(ctx, ad_mul(ctx, hh, b));  /* broadcast: declined */
-        ad_tensor *s = ad_add(ctx, ad_mul(ctx, r, x), u); /* u's second contribution */
+        ad_tensor *r = ad_relu(ctx, ad_mul(ctx, hh, b));            /* broadcast: declined */
+        ad_tensor *s = ad_add(ctx, ad_mul(ctx, r, x), u);           /* u's second contribution */
+        ad_tensor *v = ad_sigmoid(ctx, x), *vv = ad_mul(ctx, v, v); /* v's only use: v * v */
+        s = ad_add(ctx, s, vv);
         OK(ad_backward(ctx, ad_sum(ctx, s), NULL));
         ad_set_backward_hook(ctx, NULL, NULL);
         cr_assert_eq(calls > 0, h == 1);
@@ -801,7 +805,8 @@ Test(backward, intermediate_fast_paths_same_bits_as_the_ordinary_path) {
         double xv = ad_tensor_item(x), wv = ad_tensor_item(w), bv = ad_tensor_item(b);
         double uv = tanh(xv * wv), hv = 1 / (1 + exp(-uv * uv)), pre = hv * bv;
         double dr = pre > 0 ? xv : 0, dh = dr * bv, du = 1 + dh * hv * (1 - hv) * 2 * uv;
-        double dx = (pre > 0 ? pre : 0) + du * (1 - uv * uv) * wv;
+        double sv = 1 / (1 + exp(-xv)); /* and v * v, v = sigmoid(x) */
+        double dx = (pre > 0 ? pre : 0) + du * (1 - uv * uv) * wv + 2 * sv * sv * (1 - sv);
         double tol = dt == AD_F64 ? 1e-12 : 1e-5;
         ad_tensor *t = ad_tensor_clone(ctx, x->grad);
         assert_close(t, &dx, 1, tol);
@@ -813,4 +818,48 @@ Test(backward, intermediate_fast_paths_same_bits_as_the_ordinary_path) {
     }
   }
   OK(ad_set_num_threads(1));
+}
+
+/* A grad_into that declines (mul with a broadcast operand) gives back the
+ * accumulator it was offered: the pass uses the arena the ordinary path
+ * uses, measured against the same pass with a hook (which never offers). */
+Test(backward, declined_intermediate_fast_path_takes_no_arena) {
+  int64_t n = 4096, one = 1;
+  ad_rng rng;
+  OK(ad_rng_seed(&rng, 5));
+  ad_tensor *p = ad_rand(ctx, &rng, AD_F32, 1, &n, -1, 1),
+            *sc = ad_rand(ctx, &rng, AD_F32, 1, &one, 1, 2);
+  OK(ad_tensor_set_requires_grad(p, true));
+  OK(ad_tensor_set_requires_grad(sc, true));
+  size_t used[2];
+  for (int h = 0; h < 2; h++) {
+    int calls = 0;
+    ad_tape_reset(ctx);
+    ad_tensor_zero_grad(p);
+    ad_tensor_zero_grad(sc);
+    if (h) ad_set_backward_hook(ctx, quiet_hook, &calls);
+    ad_tensor *y = ad_mul(ctx, ad_tanh(ctx, p), sc); /* tanh(p) broadcast by sc: declined */
+    size_t before = ad_arena_used(ctx);
+    OK(ad_backward(ctx, ad_sum(ctx, y), NULL));
+    used[h] = ad_arena_used(ctx) - before;
+    ad_set_backward_hook(ctx, NULL, NULL);
+  }
+  cr_assert_eq(used[0], used[1], "backward took %zu bytes of arena, %zu with the ordinary path",
+               used[0], used[1]);
+  ad_tensor_free(p);
+  ad_tensor_free(sc);
+}
+
+static void two_fwd(const ad_call *c) { (void)c; }
+
+/* AD_OP_GRAD_INTO_TEMPS promises a grad_into: a definition without one is
+ * refused, naming the op. */
+Test(backward, grad_into_temps_flag_needs_a_grad_into) {
+  ad_op_def d = {.name = "no_into",
+                 .arity = 1,
+                 .flags = AD_OP_ELEMENTWISE | AD_OP_GRAD_INTO_TEMPS,
+                 .forward = two_fwd};
+  cr_assert_eq(ad_op_register(ctx, &d), -1);
+  cr_assert(strstr(ad_last_error(ctx), "no_into") && strstr(ad_last_error(ctx), "grad_into"), "%s",
+            ad_last_error(ctx));
 }

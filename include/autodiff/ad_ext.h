@@ -298,7 +298,8 @@ typedef void (*ad_forward_fn)(const ad_call *c);
  * Returns AD_OK or the status of the op that failed. */
 typedef ad_status (*ad_backward_fn)(const ad_call *c);
 /** Optional fast path: puts input k's contribution straight into grad
- * (shaped and typed like in[k]; the input's own gradient, not a temporary)
+ * (shaped and typed like in[k]: the input's own gradient, or with
+ * AD_OP_GRAD_INTO_TEMPS a new accumulator; never write in[k]->grad itself)
  * and returns true, or returns false, having done nothing, where it has no
  * such path (e.g. broadcasting). With overwrite, grad holds nothing yet
  * (a new gradient) and the contribution is stored, as a GEMM with beta = 0
@@ -307,11 +308,12 @@ typedef ad_status (*ad_backward_fn)(const ad_call *c);
  * GEMM with beta = 1, which rounds differently). The engine calls it only in
  * ad_backward (never under create_graph), for a persistent input that
  * requires a gradient, and without overwrite only when no backward hook
- * would need the contribution; and, with overwrite and no hook, for an
- * input made by an op, shaped like the output, that has no gradient yet
- * in the pass (grad is then a new temporary, which becomes that input's
- * accumulated gradient). Must not fail: a kernel's own scratch with a
- * fallback is fine, an error to report is not. */
+ * would need the contribution; and, for an op flagged
+ * AD_OP_GRAD_INTO_TEMPS, with overwrite and no hook, for an input made by
+ * an op, shaped like the output, that has no gradient yet in the pass
+ * (grad is then a new temporary, which becomes that input's accumulated
+ * gradient). Must not fail: a kernel's own scratch with a fallback is
+ * fine, an error to report is not. */
 typedef bool (*ad_grad_into_fn)(const ad_call *c, int k, ad_tensor *grad, bool overwrite);
 
 /** Slots a sample function may fill: a fixed arity's AD_MAX_SRC, or for a
@@ -343,12 +345,19 @@ typedef int (*ad_sample_fn)(const ad_sample_call *s);
  * in[0] without calling the shape function. Graph traces show the local
  * derivative of such ops element by element. */
 #define AD_OP_ELEMENTWISE 2
+/** The op's grad_into (required with this flag) may also store the first
+ * gradient of an input made by another op, shaped like the output, into a
+ * new temporary (overwrite, no backward hook): a chain of such ops then
+ * runs no op per step of its backward. Set it only where that is as fast
+ * as the backward (matmul leaves it unset: its backward may compute a
+ * product transposed) and gives its bits. */
+#define AD_OP_GRAD_INTO_TEMPS 4
 
 /** The definition of an op (see the op registry above). */
 typedef struct ad_op_def {
   const char *name;          /**< unique, e.g. "tanh" */
   int arity;                 /**< inputs (1..AD_MAX_SRC), or -1: variadic, one or more */
-  int flags;                 /**< AD_OP_VIEW, AD_OP_ELEMENTWISE */
+  int flags;                 /**< AD_OP_VIEW, AD_OP_ELEMENTWISE, AD_OP_GRAD_INTO_TEMPS */
   ad_attrs_kind attrs;       /**< the member of ad_attrs it reads */
   ad_shape_fn shape;         /**< required, unless AD_OP_ELEMENTWISE */
   ad_forward_fn forward;     /**< required */
