@@ -715,7 +715,7 @@ struct seq_steps {
   void (*steps)(const seq_steps *s, int64_t r0, int64_t r1); /* all steps of rows r0..r1 */
   ad_tensor *dY, *dG, *dB, *dh, *dc; /* the backward's: dY, the gates', the states' */
   ad_tensor *dbias[2];               /* the biases': lstm b's; gru b_ih's, b_hh's */
-  bool hdy, sum_db;                  /* sum_db: db summed step by step (one block) */
+  bool hdy;
 };
 
 static void seq_steps_range(void *ud, int64_t p0, int64_t p1) {
@@ -728,7 +728,6 @@ static void seq_steps_run(seq_steps *s) {
   int64_t most = s->N / 8; /* blocks of at least 8 rows */
   s->parts = !s->pk ? 1 : threads < most ? threads : most;
   if (s->parts < 1) s->parts = 1;
-  s->sum_db = s->parts == 1;
   if (s->parts == 1)
     s->steps(s, 0, s->N);
   else
@@ -966,7 +965,7 @@ static void lstm_bwd_steps(const seq_steps *s, int64_t r0, int64_t r1) {
     j.cp = t ? step_ptr(c->out, tax, t - 1, NULL) + (size_t)H * es : c->in[4]->data;
     j.ldp = t ? j.ldy : H;
     seq_rows(s, lstm_seq_bwd_f32, lstm_seq_bwd_f64, &j, r0, r1);
-    if (s->dbias[0] && s->sum_db) /* db += dG_t's rows, while they are in the cache */
+    if (s->dbias[0] && s->parts == 1) /* db += dG_t's rows, while they are in the cache */
       seq_sum_rows(dt, j.dg, j.ldg, s->N, 4 * H, s->dbias[0]->data);
     if (t > 0 || c->needs[3]) /* dh_{t-1} += dG_t w */
       seq_product(s, r0, r1, false, 4 * H, H, j.dg, j.ldg, w->data, 1.0, s->dh->data, H);
@@ -996,7 +995,7 @@ static ad_status lstm_seq_bwd(const ad_call *c) {
   s.dY = dY, s.dG = dG, s.dh = dh, s.dc = dc, s.dbias[0] = db, s.hdy = hdy;
   seq_steps_run(&s);
   ad_gemm_packed_free(pk);
-  if (db && !s.sum_db) sum_steps(dG, tax, db->data);
+  if (db && s.parts > 1) sum_steps(dG, tax, db->data); /* the blocks could not */
   if (c->needs[1]) {
     ad_tensor *dw = ad_tmp_new(ctx, dt, 2, w->shape), *hp = seq_hp_new(ctx, dG, H);
     if (!dw || !hp) return ad_last_status(ctx);
@@ -1178,8 +1177,8 @@ static void gru_bwd_steps(const seq_steps *s, int64_t r0, int64_t r1) {
     j.hp = t ? step_ptr(c->out, tax, t - 1, NULL) : h0->data;
     j.ldp = t ? j.ldy : H;
     seq_rows(s, gru_seq_bwd_f32, gru_seq_bwd_f64, &j, r0, r1);
-    if (s->dbias[0] && s->sum_db) seq_sum_rows(dt, j.dg, j.ldg, s->N, 3 * H, s->dbias[0]->data);
-    if (s->dbias[1] && s->sum_db) seq_sum_rows(dt, j.db, j.ldg, s->N, 3 * H, s->dbias[1]->data);
+    if (s->dbias[0] && s->parts == 1) seq_sum_rows(dt, j.dg, j.ldg, s->N, 3 * H, s->dbias[0]->data);
+    if (s->dbias[1] && s->parts == 1) seq_sum_rows(dt, j.db, j.ldg, s->N, 3 * H, s->dbias[1]->data);
     if (t > 0 || c->needs[4]) /* dh_{t-1} += db_t w */
       seq_product(s, r0, r1, false, 3 * H, H, j.db, j.ldg, w->data, 1.0, s->dh->data, H);
   }
@@ -1211,8 +1210,8 @@ static ad_status gru_seq_bwd(const ad_call *c) {
   s.dY = dY, s.dG = dA, s.dB = dB, s.dh = dh, s.dbias[0] = dbx, s.dbias[1] = dbh, s.hdy = hdy;
   seq_steps_run(&s);
   ad_gemm_packed_free(pk);
-  if (dbx && !s.sum_db) sum_steps(dA, tax, dbx->data);
-  if (dbh && !s.sum_db) sum_steps(dB, tax, dbh->data);
+  if (dbx && s.parts > 1) sum_steps(dA, tax, dbx->data); /* the blocks could not */
+  if (dbh && s.parts > 1) sum_steps(dB, tax, dbh->data);
   if (c->needs[1]) {
     ad_tensor *dw = ad_tmp_new(ctx, dt, 2, w->shape), *hp = seq_hp_new(ctx, dB, H);
     if (!dw || !hp) return ad_last_status(ctx);

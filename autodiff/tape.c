@@ -595,6 +595,13 @@ static void clear_touched(ad_ctx *ctx) {
   ctx->touched_len = 0;
 }
 
+/* Whether src[k] is also one of src[0..k-1]. */
+static inline bool earlier_input(ad_node *const *src, int k) {
+  for (int j = 0; j < k; j++)
+    if (src[j] == src[k]) return true;
+  return false;
+}
+
 /* Runs def's grad_into fast path for every persistent input of call c that
  * needs a gradient: a new gradient (none yet, or released) is stored into
  * the input's buffer; with add, an existing one is added to. For an op
@@ -607,13 +614,6 @@ static void clear_touched(ad_ctx *ctx) {
  * inputs' order, as before). A temporary the op declines is given back.
  * Each input so served has needs[k] cleared (the backward skips it) and
  * direct[k] set. Returns whether some input still needs the backward. */
-/* Whether src[k] is also one of src[0..k-1]. */
-static inline bool earlier_input(ad_node *const *src, int k) {
-  for (int j = 0; j < k; j++)
-    if (src[j] == src[k]) return true;
-  return false;
-}
-
 #if defined(__GNUC__)
 __attribute__((always_inline))
 #endif
@@ -874,10 +874,11 @@ static ad_status sweep(ad_ctx *ctx, ad_node *root, const ad_tensor *seed, bool c
   ctx->grad_enabled = create_graph;
   ctx->anomaly_fwd = false; /* the gradients sent are checked instead */
   ctx->sweeps++;
-  /* ops' grad_into fast paths: where the result goes to leaves' grad fields
-   * (and, without a hook, to an intermediate's first accumulator); adding into an existing grad
-   * only while no hook would miss the contribution (storing a new one leaves it in the grad for the
-   * hook); either way the bits are those of the ordinary path */
+  /* ops' grad_into fast paths: where the result goes to leaves' grad
+   * fields (and, without a hook, to an intermediate's first accumulator);
+   * adding into an existing grad only while no hook would miss the
+   * contribution (storing a new one leaves it in the grad for the hook);
+   * either way the bits are those of the ordinary path */
   bool into = direct && !create_graph && !anomaly, into_add = into && !ctx->hook;
   /* a failing op breaks the loop at once, so the count of recorded errors
    * is the same before every backward that runs */
