@@ -48,7 +48,6 @@
 
 #define NN_FLUSH(x, TMIN) ((x) < (TMIN) && (x) > -(TMIN) ? 0 : (x))
 
-
 #define DEFINE_UPDATE(T, TMIN, SQRT, FMA, SFX, ATTR)                                               \
   ATTR static void sgd_##T##SFX(const nn_opt_config *c, int64_t n, T *restrict p,                  \
                                 const T *restrict gr, T *restrict b, int64_t t) {                  \
