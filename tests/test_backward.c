@@ -808,9 +808,7 @@ Test(backward, intermediate_fast_paths_same_bits_as_the_ordinary_path) {
         double sv = 1 / (1 + exp(-xv)); /* and v * v, v = sigmoid(x) */
         double dx = (pre > 0 ? pre : 0) + du * (1 - uv * uv) * wv + 2 * sv * sv * (1 - sv);
         double tol = dt == AD_F64 ? 1e-12 : 1e-5;
-        ad_tensor *t = ad_tensor_clone(ctx, x->grad);
-        assert_close(t, &dx, 1, tol);
-        ad_tensor_free(t);
+        assert_close(x->grad, &dx, 1, tol);
       }
       ad_tensor_free(x);
       ad_tensor_free(w);
@@ -850,7 +848,7 @@ Test(backward, declined_intermediate_fast_path_takes_no_arena) {
   ad_tensor_free(sc);
 }
 
-static void two_fwd(const ad_call *c) { (void)c; }
+static void noop_fwd(const ad_call *c) { (void)c; }
 
 /* AD_OP_GRAD_INTO_TEMPS promises a grad_into: a definition without one is
  * refused, naming the op. */
@@ -858,7 +856,7 @@ Test(backward, grad_into_temps_flag_needs_a_grad_into) {
   ad_op_def d = {.name = "no_into",
                  .arity = 1,
                  .flags = AD_OP_ELEMENTWISE | AD_OP_GRAD_INTO_TEMPS,
-                 .forward = two_fwd};
+                 .forward = noop_fwd};
   cr_assert_eq(ad_op_register(ctx, &d), -1);
   cr_assert(strstr(ad_last_error(ctx), "no_into") && strstr(ad_last_error(ctx), "grad_into"), "%s",
             ad_last_error(ctx));
