@@ -28,6 +28,17 @@ the seed model: end to end (a -Dblas=disabled build's bench/mlp, given
 with --builtin-mlp, against the default build's) and per product
 (bench/ops: the seed step's eight matrix products, time-weighted).
 
+Before every round of a configuration and after its last one, bench/cores
+measures whether the two CPUs are two cores at that moment (a virtual
+machine's two CPUs can be hyperthreads of one core, or share it with another
+guest, and the host moves them between the two from one second to the next;
+then two threads get half a core each): its pair efficiency, about 1 for two
+cores and 0.5 for one, is printed per configuration with the range of one
+CPU's multiply-add GFLOPS alone (which moves too when another guest shares
+the core), and each speed-up verdict says whether every probe around its
+two-thread runs found two cores, and gives the speed-up over the runs that
+did. A probe is a snapshot: the state can change during a run.
+
 Each process is fresh, so every run pays its own warm-up, as a user's
 script does. PyTorch runs at its best: where OpenBLAS misdetects the CPU
 (generic kernels on an AVX-512 or AVX2 CPU it does not know), its
@@ -165,6 +176,24 @@ def run(cmd, env=None, cpus=None):
     return p.stdout
 
 
+def cores_probe(exe):
+    """bench/cores now: (pair efficiency, about 1 when the first two CPUs
+    are two cores and 0.5 when they share one; a CPU's multiply-add GFLOPS
+    alone, the mean of the two), or None when it cannot run."""
+    if not os.path.exists(exe):
+        return None
+    p = subprocess.run([exe], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    if p.returncode != 0:
+        return None
+    alone = [float(v) for v in next(l for l in p.stdout.splitlines()
+                                    if l.startswith("alone_gflops:")).split()[1:]]
+    return last_value(p.stdout, "pair_efficiency"), sum(alone) / len(alone)
+
+
+# a probe below this: the two CPUs were not two whole cores
+TWO_CORES = 0.85
+
+
 def find_torch_python(explicit):
     """An interpreter that imports torch, or None."""
     cands = [explicit] if explicit else [sys.executable, "/usr/bin/python3"]
@@ -294,6 +323,29 @@ def gemm_products(ops_exe):
     return (tb, to, rows) if rows else None
 
 
+def two_cores_note(one, two, tgt):
+    """What bench/cores found around the two-thread runs of res entry two,
+    and the speed-up over those of its runs that two probes (before and
+    after) saw on two whole cores."""
+    runs, probes = two[5], two[6]
+    if not probes or any(p is None for p in probes):
+        return "two cores: not probed"
+    probes = [p[0] for p in probes]
+    if min(probes) >= TWO_CORES:
+        return "every probe found two cores (pair efficiency >= %.2f)" % min(probes)
+    good = [t for i, t in enumerate(runs) if min(probes[i], probes[i + 1]) >= TWO_CORES]
+    note = ("the two CPUs shared a core during part of it (pair efficiency %.2f-%.2f): "
+            "the figure says little about the code" % (min(probes), max(probes)))
+    if good:
+        sp = one[0] / med(good)
+        note += "; over the %d of %d runs between two-core probes: %.2fx" % (len(good), len(runs), sp)
+        if tgt:
+            note += " (%s)" % ("met" if sp >= tgt else "MISSED")
+    else:
+        note += "; no run fell between two-core probes"
+    return note
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--build", default=os.path.join(ROOT, "build"),
@@ -308,6 +360,7 @@ def main():
     mlp = os.path.join(a.build, "bench", "mlp")
     chain = os.path.join(a.build, "bench", "scalar_chain")
     ops = os.path.join(a.build, "bench", "ops")
+    cores = os.path.join(a.build, "bench", "cores")
     if not os.path.exists(mlp):
         sys.exit("compare.py: %s not found (build first, or pass --build)" % mlp)
     py, tv = find_torch_python(a.python)
@@ -334,8 +387,9 @@ def main():
     res = {}
     try:
         for cfg in configs:
-            ours, theirs, ours_rss, their_rss, gflops = [], [], [], [], []
+            ours, theirs, ours_rss, their_rss, gflops, probes = [], [], [], [], [], []
             for r in range(a.repeats):
+                probes.append(cores_probe(cores))
                 order = ["ours", "torch"] if r % 2 == 0 else ["torch", "ours"]
                 for who in order:
                     if who == "ours":
@@ -347,10 +401,15 @@ def main():
                         out = run(torch_cmd(py, script, cfg), env=torch_env(cfg[5], coretype))
                         theirs.append(last_value(out, "train_s"))
                         their_rss.append(last_value(out, "peak_rss_mb"))
+            probes.append(cores_probe(cores))
             res[cfg[0]] = (med(ours), med(theirs), max(ours_rss), max(their_rss) if their_rss else None,
-                           med(gflops))
-            print("  %-15s ours %s  torch %s" % (cfg[0], " ".join("%.3f" % v for v in ours),
-                                                 " ".join("%.3f" % v for v in theirs)), flush=True)
+                           med(gflops), ours, probes)
+            got = [v for v in probes if v]
+            print("  %-15s ours %s  torch %s  cores %s%s" % (
+                cfg[0], " ".join("%.3f" % v for v in ours), " ".join("%.3f" % v for v in theirs),
+                " ".join("-" if v is None else "%.2f" % v[0] for v in probes),
+                ", one CPU alone %.0f-%.0f GFLOPS" % (min(v[1] for v in got), max(v[1] for v in got))
+                if got else ""), flush=True)
     finally:
         if script:
             os.unlink(script)
@@ -361,7 +420,7 @@ def main():
     print("| config | ours s | torch s | ratio | target | ours GFLOPS | ours RSS MB | torch RSS MB |")
     print("|---|---:|---:|---:|---|---:|---:|---:|")
     for cfg in configs:
-        o, t, orss, trss, gf = res[cfg[0]]
+        o, t, orss, trss, gf = res[cfg[0]][:5]
         ratio = o / t if py else float("nan")
         tgt = cfg[6]
         verdict = "-"
@@ -383,6 +442,7 @@ def main():
             line += " (target >= %.2fx: %s)" % (tgt, "met" if one[0] / two[0] >= tgt else "MISSED")
         else:
             line += " (target: not slower: %s)" % ("met" if two[0] <= one[0] * 1.02 else "MISSED")
+        line += "; " + two_cores_note(one, two, tgt)
         print(line)
     seed = res.get("seed 1 thread")
     if seed:
