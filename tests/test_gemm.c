@@ -172,9 +172,10 @@ Test(gemm, random_shapes_f32, .timeout = 300) { random_shapes(AD_F32, 1, 400); }
 Test(gemm, random_shapes_f64, .timeout = 300) { random_shapes(AD_F64, 2, 400); }
 
 /* Every transpose combination and edge of the register tile around the tile
- * sizes (6 rows; 8..64 columns depending on the kernel). */
+ * sizes (6 or 8 rows; 8..64 columns depending on the kernel): whole tiles,
+ * a tail of every size, and the 1-3 rows that join the last whole tile. */
 static void tile_edges(ad_dtype dt) {
-  static const int64_t ms[] = {1, 5, 6, 7, 12, 13};
+  static const int64_t ms[] = {1, 5, 6, 7, 8, 9, 10, 11, 12, 13, 15, 16, 17, 19};
   static const int64_t ns[] = {1, 3, 4, 8, 9, 16, 17, 31, 32, 33, 64, 65};
   ad_rng rng;
   ad_rng_seed(&rng, 3);
