@@ -292,6 +292,45 @@ Test(gemm, across_blocks, .timeout = 300) {
     }
 }
 
+/* Packing A or reading it in place is the kernels' choice (by shape, see
+ * gemm.c); it must never change a bit: each kernel, on shapes on both sides
+ * of every branch of the rule (A^T in place with a small panel, packed
+ * for many columns, packed for few columns with rows far apart, in place
+ * for tiny k), gives the same bits with A packed, in place, and as it
+ * chooses. */
+Test(gemm, a_in_place_or_packed_same_bits, .timeout = 300) {
+  static const mshape shapes[] = {
+      {64, 300, 32, true, false},  {64, 784, 64, true, false}, {600, 300, 80, true, false},
+      {600, 40, 80, true, false},  {600, 40, 40, true, false}, {520, 40, 80, true, false},
+      {70, 300, 90, false, false}, {40, 50, 600, true, true},
+  };
+  ad_rng rng;
+  ad_rng_seed(&rng, 11);
+  for (int kern = 1; kern <= 3; kern++)
+    for (ad_dtype dt = AD_F32; dt <= AD_F64; dt++)
+      for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++) {
+        const mshape *s = &shapes[i];
+        if (!ad_gemm_builtin(kern, dt, false, false, 0, 0, 0, 1, NULL, 1, NULL, 1, 0, NULL, 1))
+          continue; /* not on this CPU */
+        int64_t lda = (s->ta ? s->m : s->k) + 1, ldb = (s->tb ? s->k : s->n) + 2, ldc = s->n;
+        int64_t na = (s->ta ? s->k : s->m) * lda, nb = (s->tb ? s->n : s->k) * ldb;
+        void *a = alloc_elems(dt, na), *b = alloc_elems(dt, nb), *c[3];
+        for (int64_t e = 0; e < na; e++) set(dt, a, e, ad_rng_uniform(&rng) - 0.5);
+        for (int64_t e = 0; e < nb; e++) set(dt, b, e, ad_rng_uniform(&rng) - 0.5);
+        for (int v = 0; v < 3; v++) {
+          c[v] = alloc_elems(dt, s->m * ldc);
+          ad_gemm_builtin(kern + 16 * v, dt, s->ta, s->tb, s->m, s->n, s->k, 1, a, lda, b, ldb, 0,
+                          c[v], ldc);
+        }
+        size_t bytes = (size_t)(s->m * ldc) * ad_dtype_size(dt);
+        cr_assert(!memcmp(c[0], c[1], bytes) && !memcmp(c[0], c[2], bytes),
+                  "kernel %d, %s, %lld x %lld x %lld%s: packing A changed bits", kern,
+                  ad_dtype_name(dt), (long long)s->m, (long long)s->n, (long long)s->k,
+                  s->ta ? " A^T" : "");
+        free(a), free(b), free(c[0]), free(c[1]), free(c[2]);
+      }
+}
+
 /* Two threads at once, each with its own packing buffer. */
 #if !defined(__STDC_NO_THREADS__)
 typedef struct thread_job {

@@ -524,9 +524,16 @@ static void *gemm_scratch(size_t bytes) {
     const int NR = 2 * (VL);                                                                       \
     int64_t nkb = (k + (KC)-1) / (KC), kcs = (k + nkb - 1) / nkb;                                  \
     int64_t ncs = n < (NC) ? n : (NC);                                                             \
-    /* packing A pays off over many column panels: measured, for A^T always, for A in f64 */       \
-    bool pack_a =                                                                                  \
-        pack == GEMM_PACK_AUTO ? n >= 256 && (ta || sizeof(T) == 8) : pack == GEMM_PACK_ALWAYS;    \
+    /* packing A pays off over many column panels: measured, for A^T always, for A in f64. The     \
+     * AVX-512 kernels (8-row tiles) read A^T in place while a block's kc rows of it take at most  \
+     * 16 KiB (they stay in L1), and also pack it for fewer columns when its rows are more than 2  \
+     * KiB apart (each step of k would touch another page) and k is not tiny: measured on an       \
+     * Intel core, docs/performance.md. A's layout changes no sum: the same bits either way. */    \
+    size_t arow = (size_t)lda * sizeof(T);                                                         \
+    bool auto_a = (MR) == 8 && ta ? (size_t)kcs * arow > 16384 &&                                  \
+                                        (n >= 256 || (n >= 32 && k >= 64 && arow > 2048))          \
+                                  : n >= 256 && (ta || sizeof(T) == 8);                            \
+    bool pack_a = pack == GEMM_PACK_AUTO ? auto_a : pack == GEMM_PACK_ALWAYS;                      \
     size_t bsize = (size_t)(kcs * ((ncs + NR - 1) / NR * NR) + 15) / 16 * 16;                      \
     size_t asize = pack_a ? (size_t)((MC)*kcs) : 0;                                                \
     T *bp = gemm_scratch((bsize + asize) * sizeof(T));                                             \
