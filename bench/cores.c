@@ -22,11 +22,13 @@
  * 100), so a probe takes about 3 x that.
  *
  * Exit status 77 (a skip to meson's test runner) when the process may use
- * only one CPU.
+ * only one CPU, or its threads may not be pinned; 1 when a CPU given with
+ * --cpus is not one the process may use. Linux only (thread affinity).
  *
  *   cores [--ms MS] [--cpus A,B]   (default: the first two CPUs allowed) */
 #define _GNU_SOURCE
 #include <pthread.h>
+#include <stdbool.h>
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -127,35 +129,51 @@ static int usage(void) {
   return 2;
 }
 
+/* A CPU number from text (the whole of it, with no sign), or -1. */
+static int cpu_number(const char *s, const char *stop) {
+  if (s == stop || *s < '0' || *s > '9') return -1;
+  char *end;
+  long v = strtol(s, &end, 10);
+  return end == stop && v >= 0 && v < CPU_SETSIZE ? (int)v : -1;
+}
+
 int main(int argc, char **argv) {
   double ms = 100;
   int cpu[2] = {-1, -1};
+  bool chosen = false;
   for (int i = 1; i < argc; i++) {
     char *end;
     if (!strcmp(argv[i], "--ms") && i + 1 < argc) {
       ms = strtod(argv[++i], &end);
-      if (*end || !(ms > 0 && ms <= 60000)) return usage();
+      if (*end || !(ms >= 1 && ms <= 60000)) return usage();
     } else if (!strcmp(argv[i], "--cpus") && i + 1 < argc) {
-      if (sscanf(argv[++i], "%d,%d", &cpu[0], &cpu[1]) != 2 || cpu[0] < 0 || cpu[1] < 0 ||
-          cpu[0] == cpu[1] || cpu[0] >= CPU_SETSIZE || cpu[1] >= CPU_SETSIZE)
-        return usage();
+      const char *a = argv[++i], *comma = strchr(a, ',');
+      if (!comma) return usage();
+      cpu[0] = cpu_number(a, comma), cpu[1] = cpu_number(comma + 1, comma + 1 + strlen(comma + 1));
+      if (cpu[0] < 0 || cpu[1] < 0 || cpu[0] == cpu[1]) return usage();
+      chosen = true;
     } else {
       return usage();
     }
   }
-  if (cpu[0] < 0) { /* the first two CPUs this process may use */
-    cpu_set_t set;
-    if (sched_getaffinity(0, sizeof set, &set)) {
-      perror("cores: sched_getaffinity");
-      return 1;
-    }
+  cpu_set_t allowed;
+  if (sched_getaffinity(0, sizeof allowed, &allowed)) {
+    perror("cores: sched_getaffinity");
+    return 1;
+  }
+  if (!chosen) { /* the first two CPUs this process may use */
     for (int c = 0, k = 0; c < CPU_SETSIZE && k < 2; c++)
-      if (CPU_ISSET(c, &set)) cpu[k++] = c;
+      if (CPU_ISSET(c, &allowed)) cpu[k++] = c;
     if (cpu[1] < 0) { /* 77: "skipped" to meson's test runner */
       fprintf(stderr, "cores: this process may use only one CPU: nothing to compare\n");
       return 77;
     }
   }
+  for (int k = 0; k < 2; k++)
+    if (!CPU_ISSET(cpu[k], &allowed)) {
+      fprintf(stderr, "cores: this process may not run on CPU %d\n", cpu[k]);
+      return 1;
+    }
   const char *isa;
   chains_fn fn = pick_chains(&isa);
   worker alone[2], both[2];
@@ -179,9 +197,9 @@ int main(int argc, char **argv) {
   pthread_join(th, NULL);
   pthread_barrier_destroy(&start);
   for (int k = 0; k < 2; k++)
-    if (alone[k].err || both[k].err) {
-      fprintf(stderr, "cores: cannot run on CPU %d\n", cpu[k]);
-      return 1;
+    if (alone[k].err || both[k].err) { /* allowed, yet pinning was refused: the environment */
+      fprintf(stderr, "cores: cannot pin a thread to CPU %d\n", cpu[k]);
+      return chosen ? 1 : 77;
     }
   if (!(alone[0].gflops > 0 && alone[1].gflops > 0 && both[0].gflops > 0 && both[1].gflops > 0)) {
     fprintf(stderr, "cores: a phase measured no work (clock?)\n");

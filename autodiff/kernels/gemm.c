@@ -19,14 +19,18 @@
  * SSE) and 8 with AVX-512's 32: batches are mostly multiples of 8 (16, 32,
  * 64, 256 rows fill whole 8-row tiles, where 6 rows left tails of 4 or 2
  * rows), and 16 multiply-adds share 10 loads instead of 12 sharing 8. Every
- * element is the same sum in the same order whatever the tile, so the
- * tile's size never changes a result bit. B is packed so that each step of k reads NR
- * contiguous values, whatever the transpose flag (B^T is transposed in
- * registers, VL x VL at a time). A is mostly read in place: a broadcast is a
- * scalar load, so any layout works through two strides, and small products
- * save the packing. A feeding many column panels is packed when that
- * measured faster: transposed (its in-place rows would be a page apart and
- * fight over L1 sets), and in f64.
+ * element is the same sum in the same order whatever the tile, so neither
+ * the tile's size nor where a row falls in it, nor whether A is packed,
+ * changes a result bit, for the engine's calls (alpha 1, beta 0 or 1). With
+ * another alpha and beta, a compiler may contract alpha x + beta c into one
+ * FMA for some rows of a tile and not others (clang does): then a row's
+ * bits can depend on its place in the tile. B is packed so that each step
+ * of k reads NR contiguous values, whatever the transpose flag (B^T is
+ * transposed in registers, VL x VL at a time). A is mostly read in place: a
+ * broadcast is a scalar load, so any layout works through two strides, and
+ * small products save the packing. A feeding many column panels is packed
+ * when that measured faster (see S_gemm's rule): A^T, whose rows in place
+ * are far apart, and A in f64.
  *
  * The kernel is plain C with GCC vector extensions. It is instantiated per
  * instruction set (AVX-512, AVX2+FMA, baseline) with target attributes, and
@@ -473,8 +477,8 @@ static void *gemm_scratch(size_t bytes) {
     for (int64_t i = ib; i < i1; i++)                                                              \
       for (int64_t j = 0; j < n; j++) y[i * n + j] = t[j * m + i];                                 \
   }                                                                                                \
-  /* op(A)[0:mc, 0:kc] (a at its first element) into panels of 6 rows: element (6r + i, p) at      \
-   * dst[6r kc + 6p + i]; the last panel has the mc % 6 rows left (same strides). */               \
+  /* op(A)[0:mc, 0:kc] (a at its first element) into panels of MR rows: element (MR r + i, p) at   \
+   * dst[MR r kc + MR p + i]; the last panel has the mc % MR rows left (same strides). */          \
   static ATTR void S##_pack_a(bool ta, int64_t mc, int64_t kc, const T *a, int64_t lda, T *dst) {  \
     if (ta) {                                                                                      \
       for (int64_t p = 0; p < kc; p++) {                                                           \
@@ -525,10 +529,12 @@ static void *gemm_scratch(size_t bytes) {
     int64_t nkb = (k + (KC)-1) / (KC), kcs = (k + nkb - 1) / nkb;                                  \
     int64_t ncs = n < (NC) ? n : (NC);                                                             \
     /* packing A pays off over many column panels: measured, for A^T always, for A in f64. The     \
-     * AVX-512 kernels (8-row tiles) read A^T in place while a block's kc rows of it take at most  \
-     * 16 KiB (they stay in L1), and also pack it for fewer columns when its rows are more than 2  \
-     * KiB apart (each step of k would touch another page) and k is not tiny: measured on an       \
-     * Intel core, docs/performance.md. A's layout changes no sum: the same bits either way. */    \
+     * AVX-512 kernels (8-row tiles) read A^T in place while the kc rows a block reads span at     \
+     * most 16 KiB of memory (kc times A^T's row step: close rows share lines and pages), and also \
+     * pack it for fewer columns when its rows are more than 2 KiB apart (at most two share a 4    \
+     * KiB page) and k is not tiny: measured on an Intel core, docs/performance.md. A's layout     \
+     * changes no sum (see the top of the file). */                                                \
+    _Static_assert((MC) % (MR) == 0, "a packed A block holds whole MR-row panels");                \
     size_t arow = (size_t)lda * sizeof(T);                                                         \
     bool auto_a = (MR) == 8 && ta ? (size_t)kcs * arow > 16384 &&                                  \
                                         (n >= 256 || (n >= 32 && k >= 64 && arow > 2048))          \
@@ -562,7 +568,7 @@ static void *gemm_scratch(size_t bytes) {
             int nr = nc - jr < NR ? (int)(nc - jr) : NR;                                           \
             const T *bpanel = bk + jr * kc, *ai = ac;                                              \
             T *ci = c + ic * ldc + jc + jr;                                                        \
-            /* whole panels of 6 rows; in place, a tail of 1-3 rows joins the last panel and       \
+            /* whole panels of MR rows; in place, a tail of 1-3 rows joins the last panel and      \
              * the two are split evenly (a 1-3 row kernel waits on FMA latency) */                 \
             int64_t full = mc / (MR), tail = mc % (MR);                                            \
             if (!pack_a && full > 0 && tail > 0 && tail < 4) full--, tail += (MR);                 \
