@@ -44,7 +44,7 @@ static int usage(const char *prog) {
 }
 
 static bool parse(int argc, char **argv, options *o) {
-  for (int i = 1; i < argc; i++) {
+  for (int i = 1; i < argc; i += 2) { /* flag, value */
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
     if (!v) return false;
     char *end;
@@ -65,7 +65,6 @@ static bool parse(int argc, char **argv, options *o) {
     else
       return false;
     if (*end) return false;
-    i++;
   }
   return o->epochs >= 0 && o->batch >= 1 && o->lr > 0;
 }

@@ -114,7 +114,12 @@ static inline int teach_find(const teach_table *t, const char *name) {
 /* The column whose name is the printf-style fmt: an existing one, or a
  * new one filled with NaN (a point that is never set is not drawn and
  * reads "nan" in the CSV). */
-static inline double *teach_col(teach_table *t, const char *fmt, ...) {
+#if defined(__GNUC__)
+#define TEACH_PRINTF(f, a) __attribute__((format(printf, f, a)))
+#else
+#define TEACH_PRINTF(f, a)
+#endif
+static inline TEACH_PRINTF(2, 3) double *teach_col(teach_table *t, const char *fmt, ...) {
   char name[48];
   va_list ap;
   va_start(ap, fmt);
