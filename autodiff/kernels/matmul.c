@@ -102,16 +102,20 @@ void ad_gemm_packed_run(const ad_gemm_packed *p, bool ta, int64_t m, const void 
  * a partial panel wastes more than the packing saves) and n >= 4m: with
  * any kernel for m <= 64 with k >= 512 or m <= 128 with k >= 768; with the
  * AVX-512 kernel in f32, whose W^T packing costs most, for m <= 512 with
- * k >= 512. Those are the shapes where it won with cold caches on every
- * kernel and dtype measured (docs/performance.md, "GEMM dispatch"). */
+ * k >= 512, and for m <= 128 already from n >= 2m (measured later, in one
+ * process: 4-15% faster for 32 x 64 x 4608 up to 128 x 256 x 4096; 256 x
+ * 512 x 784 tied). Those are the shapes where it won on every kernel and
+ * dtype measured (docs/performance.md, "GEMM dispatch"). */
 bool ad_matmul_xwt_pays(ad_dtype dt, bool ta, bool tb, int64_t m, int64_t n, int64_t k) {
   if (ta || !tb) return false;
   if (m <= 64 && n >= 2 * m && k >= 256 && (double)m * (double)n * (double)k <= 4194304.0)
     return true;
-  if (m <= 0 || m % 32 != 0 || n < 4 * m || k < 512 || m > 512) return false;
+  if (m <= 0 || m % 32 != 0 || k < 512 || m > 512) return false;
   int kernel = ad_gemm_kernel_of(n, m, k);
   if (kernel < 1) return false;
-  if (kernel == 3 && dt == AD_F32) return true;
+  bool avx512_f32 = kernel == 3 && dt == AD_F32;
+  if (n < 4 * m) return avx512_f32 && m <= 128 && n >= 2 * m;
+  if (avx512_f32) return true;
   return m <= 64 || (m <= 128 && k >= 768);
 }
 
