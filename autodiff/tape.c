@@ -17,6 +17,17 @@
  * arrays from the arena. */
 #define AD_SWEEP_INLINE 8
 
+/* The tape_idx of an accumulator that grad_into made (below) and that only
+ * its node's gacc holds. Once that node's backward is done, nothing reads it:
+ * the sweep hands it back (sweep_opts.spare) and grad_into stores the next
+ * first contribution of that dtype and shape into it. A chain's backward then
+ * writes into one hot block instead of a new arena block per op (on a long
+ * tape those are cache misses, as many as the ops). The mark is dropped
+ * (-1) where gout may be shared: given to an op's backward (which may pass
+ * it on, as add's does) or handed on by lead_pass. retain and ad_grad's
+ * inputs keep theirs (AD_NF_RETAIN, AD_NF_KEEP): never reused. */
+#define GACC_OWN (-2)
+
 /* ------------------------------------------------------------ registry */
 
 struct ad_op_entry {
@@ -495,6 +506,7 @@ static bool lead_pass(ad_ctx *ctx, ad_node *n, ad_tensor *dy) {
       at->len >= x->t.shape[last])
     return false;
   x->gacc = dy;
+  if (ad_node_of(dy)->tape_idx == GACC_OWN) ad_node_of(dy)->tape_idx = -1; /* see sweep_node */
   ctx->lead_node = x;
   return true;
 }
@@ -608,7 +620,8 @@ static inline bool earlier_input(ad_node *const *src, int k) {
  * flagged AD_OP_GRAD_INTO_TEMPS and with add (no hook looks), also for a
  * recorded input shaped like the output that has no gradient yet in this
  * pass and is not an earlier input of the call too: its first contribution
- * is stored into a new temporary, which becomes its accumulator, as the
+ * is stored into a new temporary (or *spare, when it fits; GACC_OWN), which
+ * becomes its accumulator, as the
  * backward's own result would (a chain of elementwise ops then runs no op
  * per step of its backward; the later contributions are added in the
  * inputs' order, as before). A temporary the op declines is given back.
@@ -619,7 +632,7 @@ __attribute__((always_inline))
 #endif
 static inline bool
 grad_into(ad_ctx *ctx, const ad_op_def *def, const ad_call *c, ad_node *const *src, bool *needs,
-          bool *direct, bool add, ad_status *st) {
+          bool *direct, bool add, ad_node **spare, ad_status *st) {
   bool any = false, temps = (def->flags & AD_OP_GRAD_INTO_TEMPS) != 0;
   for (int k = 0; k < c->n; k++) {
     ad_node *s = src[k];
@@ -647,17 +660,25 @@ grad_into(ad_ctx *ctx, const ad_op_def *def, const ad_call *c, ad_node *const *s
                (s->flags & (AD_NF_RECORDED | AD_NF_PERSISTENT)) == AD_NF_RECORDED &&
                ad_same_shape(&s->t, c->gout) && !earlier_input(src, k)) {
       ad_arena_mark m = ad_arena_mark_get(ctx);
-      ad_tensor *g = ad_tmp_like(ctx, &s->t);
-      if (!g) {
+      ad_node *sp = *spare;
+      bool reused = sp && sp->t.dtype == s->t.dtype && ad_same_shape(&sp->t, &s->t);
+      ad_tensor *g;
+      if (reused) {
+        g = &sp->t; /* a done node's accumulator, made here too: same dtype, shape, fields */
+        *spare = NULL;
+      } else if (!(g = ad_tmp_like(ctx, &s->t))) {
         *st = ctx->status ? ctx->status : AD_ERR_OOM;
         return false;
       }
       if (def->grad_into(c, k, g, true)) {
         s->gacc = g;
+        ad_node_of(g)->tape_idx = GACC_OWN;
         needs[k] = false;
         direct[k] = true;
+      } else if (reused) {
+        *spare = sp; /* declined: the backward makes its own */
       } else {
-        ad_arena_rewind(ctx, &m); /* declined: the backward makes its own */
+        ad_arena_rewind(ctx, &m);
       }
     }
     any |= needs[k];
@@ -675,6 +696,7 @@ static ad_status retain(ad_ctx *ctx, ad_node *n, ad_tensor *gout) {
     gout = copy;
   }
   if (!n->t.grad) {
+    if (ad_node_of(gout)->tape_idx == GACC_OWN) ad_node_of(gout)->tape_idx = -1; /* kept */
     n->t.grad = gout;
     return AD_OK;
   }
@@ -737,7 +759,45 @@ typedef struct sweep_opts {
   bool into, into_add, direct, anomaly, lead;
   uint32_t nerrors; /* errors recorded before the sweep */
   const char *who;
+  ad_node *spare; /* an accumulator grad_into may reuse (GACC_OWN), or NULL */
 } sweep_opts;
+
+/* Node n's backward is done and sent nothing that reads its accumulator
+ * gout: if only n held it (GACC_OWN), it is the sweep's spare now. */
+static inline void release(sweep_opts *sw, const ad_node *n, ad_tensor *gout) {
+  if (ad_node_of(gout)->tape_idx == GACC_OWN && !(n->flags & (AD_NF_KEEP | AD_NF_RETAIN)))
+    sw->spare = ad_node_of(gout);
+}
+
+/* Whether t's data lies in g's (a view of it, as a reshape makes). */
+static bool inside(const ad_tensor *t, const ad_tensor *g) {
+  uintptr_t p = (uintptr_t)t->data, b = (uintptr_t)g->data;
+  return p >= b && p - b < (size_t)g->size * ad_dsize(g->dtype);
+}
+
+/* After node n's backward ran with gout, which only n held (GACC_OWN), and
+ * its gradients gin were accumulated: where gout went. Sent as it is (a
+ * pass-through: add's gradient) to one recorded input that took it as its
+ * accumulator, that input now holds it alone: the mark moves with it. Sent
+ * nowhere, or only added into other buffers, nothing holds it: the spare.
+ * A gradient that is a view of gout (or gout kept twice) leaves it unmarked. */
+static void pass_on(sweep_opts *sw, const ad_node *n, ad_tensor *gout, ad_node *const *src,
+                    ad_tensor *const *gin, int nsrc) {
+  int holders = 0;
+  for (int k = 0; k < nsrc; k++) {
+    if (!gin[k]) continue;
+    if (gin[k] != gout) {
+      if (inside(gin[k], gout)) return;
+    } else if (src[k]->gacc == gout) {
+      if (!(src[k]->flags & AD_NF_RECORDED) || earlier_input(src, k)) return;
+      holders++;
+    }
+  }
+  if (holders == 1)
+    ad_node_of(gout)->tape_idx = GACC_OWN;
+  else if (holders == 0 && !(n->flags & (AD_NF_KEEP | AD_NF_RETAIN)))
+    sw->spare = ad_node_of(gout);
+}
 
 /* Runs the backward of node n (gradient gout) and accumulates what it
  * sends into its inputs; arrays of the node's input count for the call
@@ -748,7 +808,7 @@ typedef struct sweep_opts {
 __attribute__((always_inline))
 #endif
 static inline ad_status
-sweep_node(ad_ctx *ctx, const sweep_opts *sw, ad_node *n, ad_tensor *gout, ad_tensor **in,
+sweep_node(ad_ctx *ctx, sweep_opts *sw, ad_node *n, ad_tensor *gout, ad_tensor **in,
            ad_tensor **gin, ad_tensor **seen, bool *needs, bool *into_grad) {
   const ad_op_def *def = &ctx->ops[n->op];
   int nsrc = ad_node_nsrc(n);
@@ -760,7 +820,10 @@ sweep_node(ad_ctx *ctx, const sweep_opts *sw, ad_node *n, ad_tensor *gout, ad_te
     needs[k] = (src[k]->flags & AD_NF_REQUIRES_GRAD) != 0;
     any |= needs[k];
   }
-  if (!any) return AD_OK;
+  if (!any) {
+    release(sw, n, gout);
+    return AD_OK;
+  }
   ad_call c = {.ctx = ctx,
                .name = def->name,
                .n = nsrc,
@@ -772,11 +835,17 @@ sweep_node(ad_ctx *ctx, const sweep_opts *sw, ad_node *n, ad_tensor *gout, ad_te
                .gin = gin};
   ad_status st = AD_OK;
   if (sw->into && def->grad_into) {
-    any = grad_into(ctx, def, &c, src, needs, into_grad, sw->into_add, &st);
+    any = grad_into(ctx, def, &c, src, needs, into_grad, sw->into_add, &sw->spare, &st);
     some_into = true; /* into_grad[] is set for every input */
     if (st != AD_OK) return st;
-    if (!any && !ctx->hook) return AD_OK; /* every input served: nothing sent */
+    if (!any && !ctx->hook) { /* every input served: nothing sent */
+      release(sw, n, gout);
+      return AD_OK;
+    }
   }
+  /* the backward may pass gout on (add's does): see pass_on */
+  bool own = ad_node_of(gout)->tape_idx == GACC_OWN;
+  if (own) ad_node_of(gout)->tape_idx = -1;
   if (any && (st = def->backward(&c)) != AD_OK) {
     if (ctx->nerrors == sw->nerrors) /* else the op that failed inside said why */
       ad_set_error(ctx, st, "%s: backward of %s failed", sw->who, def->name);
@@ -793,6 +862,7 @@ sweep_node(ad_ctx *ctx, const sweep_opts *sw, ad_node *n, ad_tensor *gout, ad_te
     if (sw->anomaly && (st = anomaly_backward(ctx, def, n, k, gk)) != AD_OK) return st;
     if ((st = accumulate(ctx, src[k], gk, sw->direct)) != AD_OK) return st;
   }
+  if (own && sw->into_add) pass_on(sw, n, gout, src, gin, nsrc);
   if (ctx->hook) {
     for (int k = 0; k < nsrc; k++) seen[k] = caller_input(src[k]); /* not the saved copies */
     if (!some_into)

@@ -848,6 +848,144 @@ Test(backward, declined_intermediate_fast_path_takes_no_arena) {
   ad_tensor_free(sc);
 }
 
+/* One random graph of ops on [6]-vectors, built from rng: chains, fan-out,
+ * pass-throughs (add, sub, a reshape there and back, which makes views), an
+ * op whose two inputs are one tensor, a leaf without a gradient, retained
+ * intermediates (up to 8, returned in kept). Returns the loss. */
+static ad_tensor *random_graph(ad_rng *rng, ad_tensor *const *leaves, int nleaves, ad_tensor **kept,
+                               int *nkept) {
+  ad_tensor *pool[64];
+  int np = 0;
+  for (int i = 0; i < nleaves; i++) pool[np++] = leaves[i];
+  int nops = 4 + (int)ad_rng_below(rng, 40);
+  *nkept = 0;
+  for (int o = 0; o < nops && np < 64; o++) {
+    /* mostly one of the last few made (chains), at times any */
+    int recent = np < 3 ? np : 3;
+    ad_tensor *p = ad_rng_below(rng, 4) ? pool[np - 1 - (int)ad_rng_below(rng, (uint64_t)recent)]
+                                        : pool[ad_rng_below(rng, (uint64_t)np)];
+    ad_tensor *q = pool[ad_rng_below(rng, (uint64_t)np)], *y = NULL;
+    int64_t mat[2] = {2, 3}, flat = 6;
+    switch (ad_rng_below(rng, 10)) {
+    case 0:
+      y = ad_tanh(ctx, p);
+      break;
+    case 1:
+      y = ad_sigmoid(ctx, p);
+      break;
+    case 2:
+      y = ad_relu(ctx, p);
+      break;
+    case 3:
+      y = ad_add(ctx, p, q);
+      break;
+    case 4:
+      y = ad_mul(ctx, p, q);
+      break;
+    case 5:
+      y = ad_sub(ctx, p, q);
+      break;
+    case 6:
+      y = ad_reshape(ctx, ad_reshape(ctx, p, 2, mat), 1, &flat);
+      break;
+    case 7:
+      y = ad_rng_below(rng, 2) ? ad_mul(ctx, p, p) : ad_add(ctx, p, p);
+      break;
+    case 8:
+      y = ad_neg(ctx, p);
+      break;
+    default:
+      y = ad_mul(ctx, ad_tanh(ctx, p), q);
+      break;
+    }
+    cr_assert_not_null(y, "%s", ad_last_error(ctx));
+    pool[np++] = y;
+    if (*nkept < 8 && ad_rng_below(rng, 8) == 0 && ad_tensor_op(y) >= 0) {
+      OK(ad_tensor_retain_grad(y));
+      kept[(*nkept)++] = y;
+    }
+  }
+  ad_tensor *s = ad_add(ctx, pool[np - 1], ad_tanh(ctx, leaves[0])); /* needs a gradient */
+  for (int k = 1 + (int)ad_rng_below(rng, 3); k > 0; k--)
+    s = ad_add(ctx, s, ad_tanh(ctx, pool[ad_rng_below(rng, (uint64_t)np)]));
+  return ad_sum(ctx, s);
+}
+
+/* The sweep reuses an accumulator that grad_into made once its node's
+ * backward is done and nothing else holds it (also after a pass-through
+ * such as add's hands it to a single input): 300 random graphs (two dtypes)
+ * give the bits of the ordinary path, which a hook forces, for every
+ * leaf's and retained intermediate's gradient. A reuse of a gradient that
+ * another node still holds (add sending one to both inputs, a reshape's
+ * view of it, x + x) would change them. */
+Test(backward, reused_accumulators_same_bits_as_the_ordinary_path) {
+  int64_t n = 6;
+  for (int d = 0; d < 2; d++) {
+    ad_dtype dt = d ? AD_F64 : AD_F32;
+    size_t es = d ? 8 : 4;
+    for (uint64_t gi = 0; gi < 150; gi++) {
+      ad_rng rng;
+      OK(ad_rng_seed(&rng, 1000 + gi));
+      ad_tensor *leaves[4];
+      for (int i = 0; i < 4; i++) {
+        leaves[i] = ad_rand(ctx, &rng, dt, 1, &n, -1.5, 1.5);
+        cr_assert_not_null(leaves[i]);
+        if (i < 3) OK(ad_tensor_set_requires_grad(leaves[i], true)); /* the 4th: a constant */
+      }
+      ad_tensor *got[2][11];
+      int nkept[2];
+      for (int h = 0; h < 2; h++) {
+        int calls = 0;
+        ad_rng g = rng; /* the same graph twice */
+        ad_tape_reset(ctx);
+        for (int i = 0; i < 3; i++) ad_tensor_zero_grad(leaves[i]);
+        ad_tensor *kept[8];
+        ad_tensor *L = random_graph(&g, leaves, 4, kept, &nkept[h]);
+        if (h) ad_set_backward_hook(ctx, quiet_hook, &calls);
+        OK(ad_backward(ctx, L, NULL));
+        ad_set_backward_hook(ctx, NULL, NULL);
+        for (int i = 0; i < 3; i++)
+          got[h][i] = leaves[i]->grad ? ad_tensor_clone(ctx, leaves[i]->grad) : NULL;
+        for (int i = 0; i < nkept[h]; i++)
+          got[h][3 + i] = kept[i]->grad ? ad_tensor_clone(ctx, kept[i]->grad) : NULL;
+      }
+      cr_assert_eq(nkept[0], nkept[1]);
+      for (int k = 0; k < 3 + nkept[0]; k++) {
+        cr_assert_eq(got[0][k] == NULL, got[1][k] == NULL, "graph %llu: gradient %d",
+                     (unsigned long long)gi, k);
+        if (got[0][k])
+          cr_assert(memcmp(got[0][k]->data, got[1][k]->data, (size_t)n * es) == 0,
+                    "%s, graph %llu: gradient %d differs from the ordinary path's",
+                    ad_dtype_name(dt), (unsigned long long)gi, k);
+        ad_tensor_free(got[0][k]);
+        ad_tensor_free(got[1][k]);
+      }
+      ad_tape_reset(ctx);
+      for (int i = 0; i < 4; i++) ad_tensor_free(leaves[i]);
+    }
+  }
+}
+
+/* A chain's backward takes no arena per op: each node's accumulator is
+ * reused for the next first contribution (the pass-through of add
+ * included), where it took a block per op before. */
+Test(backward, chain_backward_reuses_its_accumulators) {
+  double one = 0.5;
+  ad_tensor *x0 = vec(&one, 1), *a = vec(&one, 1), *b = vec(&one, 1);
+  for (int len = 300; len <= 3000; len *= 10) {
+    ad_tape_reset(ctx);
+    ad_tensor *x = x0;
+    for (int k = 0; k < len; k++) x = ad_tanh(ctx, ad_add(ctx, ad_mul(ctx, x, a), b));
+    size_t before = ad_arena_used(ctx);
+    OK(ad_backward(ctx, ad_sum(ctx, x), NULL));
+    size_t used = ad_arena_used(ctx) - before;
+    cr_assert(used <= 2048, "a chain of %d ops took %zu bytes of arena in backward", 3 * len, used);
+  }
+  ad_tensor_free(x0);
+  ad_tensor_free(a);
+  ad_tensor_free(b);
+}
+
 static void noop_fwd(const ad_call *c) { (void)c; }
 
 /* AD_OP_GRAD_INTO_TEMPS promises a grad_into: a definition without one is
