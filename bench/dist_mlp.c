@@ -115,8 +115,9 @@ int main(int argc, char **argv) {
   }
   nn_dist_stats ds;
   nn_dist_get_stats(d, &ds, true);
-  double wait = ds.wait_seconds / (double)ds.steps;
+  double wait = ds.wait_seconds / (double)ds.steps, wait_min = wait;
   MPI_Allreduce(MPI_IN_PLACE, &wait, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+  MPI_Allreduce(MPI_IN_PLACE, &wait_min, 1, MPI_DOUBLE, MPI_MIN, MPI_COMM_WORLD);
   MPI_Allreduce(MPI_IN_PLACE, &secs, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
   double cpu_max = cpu;
   MPI_Allreduce(MPI_IN_PLACE, &cpu, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
@@ -156,6 +157,9 @@ int main(int argc, char **argv) {
            ds.shared_params ? "one copy per node (shared window)" : "each rank's own");
     printf("wait_ms_per_step: %.3f (not hidden by backward; largest over ranks; step %.3f ms)\n",
            1e3 * wait, 1e3 * secs / (double)ds.steps);
+    /* the rank that waits least is the one the others wait for: a gap
+     * between the two is imbalance (a slower CPU), not communication */
+    printf("wait_ms_per_step_least: %.3f (the rank the others waited for)\n", 1e3 * wait_min);
     printf("allreduce_alone_ms: %.3f for %.0f bytes (bus bandwidth 2K(N-1)/N/t: %.2f GB/s)\n",
            1e3 * best, k, size > 1 ? 2 * k * (size - 1) / size / best * 1e-9 : 0.0);
     printf("cpu_s: %.3f summed over ranks, %.3f the busiest rank (user + system: less "
