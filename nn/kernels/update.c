@@ -162,22 +162,69 @@ DEFINE_UPDATE(double, DBL_MIN, sqrt, fma, , )
 #define NN_OPT_AVX2 1
 DEFINE_UPDATE(float, FLT_MIN, sqrtf, fmaf, _avx2, __attribute__((target("avx2,fma"))))
 DEFINE_UPDATE(double, DBL_MIN, sqrt, fma, _avx2, __attribute__((target("avx2,fma"))))
-
+/* And the float loops for AVX-512: twice the lanes again for everything
+ * but the divider (a square root or a division costs the same per element
+ * at either width), and in float the rest of the instructions bound these
+ * loops more than the divider does; in double the divider bounds them at
+ * either width, so double keeps the AVX2 loops. Same operations, same
+ * bits. */
+#define NN_OPT_AVX512 1
+DEFINE_UPDATE(float, FLT_MIN, sqrtf, fmaf, _avx512,
+              __attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma"))))
 #endif
 
-void nn_update(const nn_opt_config *c, ad_dtype dt, int64_t t, int64_t n, void *p, const void *g,
-               void *s0, void *s1, void *s2) {
+static bool path_available(nn_update_path path) {
+  switch (path) {
+  case NN_UPDATE_BASELINE:
+    return true;
+  case NN_UPDATE_AVX2:
 #ifdef NN_OPT_AVX2
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+    return false;
+#endif
+  case NN_UPDATE_AVX512:
+#ifdef NN_OPT_AVX512
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512dq") && path_available(NN_UPDATE_AVX2);
+#else
+    return false;
+#endif
+  default:
+    return false;
+  }
+}
+
+bool nn_update_on(nn_update_path path, const nn_opt_config *c, ad_dtype dt, int64_t t, int64_t n,
+                  void *p, const void *g, void *s0, void *s1, void *s2) {
+  if (path == NN_UPDATE_BEST)
+    path = path_available(NN_UPDATE_AVX512) ? NN_UPDATE_AVX512
+           : path_available(NN_UPDATE_AVX2) ? NN_UPDATE_AVX2
+                                            : NN_UPDATE_BASELINE;
+  if (!path_available(path)) return false;
+#ifdef NN_OPT_AVX512
+  if (path == NN_UPDATE_AVX512 && dt == AD_F32) {
+    update_float_avx512(c, t, n, p, g, s0, s1, s2);
+    return true;
+  }
+#endif
+#ifdef NN_OPT_AVX2
+  if (path >= NN_UPDATE_AVX2) { /* AVX-512 in double: the AVX2 loops */
     if (dt == AD_F32)
       update_float_avx2(c, t, n, p, g, s0, s1, s2);
     else
       update_double_avx2(c, t, n, p, g, s0, s1, s2);
-    return;
+    return true;
   }
 #endif
   if (dt == AD_F32)
     update_float(c, t, n, p, g, s0, s1, s2);
   else
     update_double(c, t, n, p, g, s0, s1, s2);
+  return true;
+}
+
+void nn_update(const nn_opt_config *c, ad_dtype dt, int64_t t, int64_t n, void *p, const void *g,
+               void *s0, void *s1, void *s2) {
+  nn_update_on(NN_UPDATE_BEST, c, dt, t, n, p, g, s0, s1, s2);
 }

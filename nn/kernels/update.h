@@ -13,4 +13,18 @@
 void nn_update(const nn_opt_config *c, ad_dtype dt, int64_t t, int64_t n, void *p, const void *g,
                void *s0, void *s1, void *s2);
 
+/* The compiled versions of those loops; nn_update runs the best one this
+ * CPU has (AVX-512 for float, AVX2 and FMA, or the baseline build). */
+typedef enum nn_update_path {
+  NN_UPDATE_BEST,
+  NN_UPDATE_BASELINE,
+  NN_UPDATE_AVX2,
+  NN_UPDATE_AVX512
+} nn_update_path;
+
+/* nn_update on the given path (for tests, which compare the paths' bits).
+ * Returns false, changing nothing, when this build or CPU lacks it. */
+bool nn_update_on(nn_update_path path, const nn_opt_config *c, ad_dtype dt, int64_t t, int64_t n,
+                  void *p, const void *g, void *s0, void *s1, void *s2);
+
 #endif
