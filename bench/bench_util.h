@@ -95,4 +95,93 @@ static inline void bench_report(const nn_history *h, int epochs, const nn_params
   printf("train_s: %.4f\n", secs);
 }
 
+/* --alternate K (bench/mlp, bench/rnn): the training loop runs blocks of K
+ * steps on one thread and on --threads threads in turn, in one process, so
+ * that both see the same moments of a shared machine (whole runs a minute
+ * apart can differ by more than the speed-up measured). The bits do not
+ * depend on the thread count, so the training is the same. bench_alt_report
+ * prints each mode's median time per step and the median over neighbouring
+ * blocks (one thread, then threads) of their ratio. */
+typedef struct bench_alt {
+  int k, threads; /* k == 0: off */
+  int n, cap;     /* blocks timed, room for */
+  double *secs;   /* block i's seconds: even i one thread, odd i threads */
+  double t0;
+  bool failed; /* out of memory for the blocks, or the pool refused a count */
+} bench_alt;
+
+/* Starts the first block (one thread). */
+static inline void bench_alt_begin(bench_alt *a) {
+  if (!a->k) return;
+  a->failed = ad_set_num_threads(1) != AD_OK;
+  a->t0 = bench_now_s();
+}
+
+/* After step number done (1-based): ends a block every k steps and
+ * switches the thread count for the next. */
+static inline void bench_alt_step(bench_alt *a, long done) {
+  if (!a->k || done % a->k) return;
+  double t = bench_now_s();
+  if (a->n == a->cap) {
+    int cap = a->cap ? 2 * a->cap : 64;
+    double *p = realloc(a->secs, (size_t)cap * sizeof *p);
+    if (!p) {
+      a->failed = true;
+      return;
+    }
+    a->secs = p;
+    a->cap = cap;
+  }
+  a->secs[a->n++] = t - a->t0;
+  if (ad_set_num_threads(a->n % 2 ? a->threads : 1) != AD_OK) a->failed = true;
+  a->t0 = bench_now_s();
+}
+
+static inline int bench_cmp_double(const void *p, const void *q) {
+  double x = *(const double *)p, y = *(const double *)q;
+  return (x > y) - (x < y);
+}
+
+/* The median of v[0..n-1] (sorts v). */
+static inline double bench_median(double *v, int n) {
+  qsort(v, (size_t)n, sizeof *v, bench_cmp_double);
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/* Prints the comparison (nothing when off), restores --threads threads
+ * and frees the blocks. The first pair (a warm-up) is left out. Returns
+ * false, saying why, when there was none to print. */
+static inline bool bench_alt_report(bench_alt *a) {
+  if (!a->k) return true;
+  int pairs = a->n / 2 - 1;
+  bool ok = false;
+  if (a->failed || pairs < 1) {
+    printf("alternate: %s\n", a->failed ? "failed (memory, or the thread pool)"
+                                        : "too few steps for two pairs of blocks");
+  } else {
+    double *one = malloc(3 * (size_t)pairs * sizeof *one), *many = one + pairs,
+           *ratio = many + pairs;
+    if (one) {
+      for (int i = 0; i < pairs; i++) {
+        one[i] = a->secs[2 * i + 2];
+        many[i] = a->secs[2 * i + 3];
+        ratio[i] = one[i] / many[i];
+      }
+      double r = bench_median(ratio, pairs), lo = ratio[pairs / 4], hi = ratio[(3 * pairs) / 4];
+      printf("alternate_ms_per_step: 1 thread %.3f, %d threads %.3f (medians of %d blocks of %d "
+             "steps each)\n",
+             1e3 * bench_median(one, pairs) / a->k, a->threads,
+             1e3 * bench_median(many, pairs) / a->k, pairs, a->k);
+      printf("alternate_speedup: %.3f (median over %d neighbouring pairs; middle half %.3f-%.3f)\n",
+             r, pairs, lo, hi);
+      free(one);
+      ok = true;
+    }
+  }
+  free(a->secs);
+  a->secs = NULL;
+  ad_set_num_threads(a->threads);
+  return ok;
+}
+
 #endif

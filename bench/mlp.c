@@ -46,7 +46,11 @@
  * optimizer step), and prints the wall microseconds per step of each phase
  * ("phase_us: NAME US"): where a step's time goes inside training, with the
  * caches in the state training leaves them, to set against bench/ops's
- * figures for each part alone. */
+ * figures for each part alone.
+ * --alternate K (with --threads 2 or more; implies --phases): that loop
+ * runs its steps in blocks of K on one thread and on --threads in turn and
+ * prints the speed-up of neighbouring blocks (bench_util.h): a two-thread
+ * speed-up measured in the same moments of a shared machine. */
 #include "ad_ext.h"
 #include "nn.h"
 #include "bench_util.h"
@@ -63,7 +67,7 @@ typedef struct options {
   int nl; /* number of widths */
   int64_t widths[MAX_LAYERS + 1];
   int64_t batch, samples;
-  int epochs, threads;
+  int epochs, threads, alternate;
   nn_opt_kind optim;
   ad_dtype dtype;
   unsigned long long seed;
@@ -73,7 +77,8 @@ typedef struct options {
 static int usage(void) {
   fprintf(stderr, "usage: mlp [--layers 784,64,64,10] [--batch 32] [--epochs 5] [--samples 8000]\n"
                   "           [--threads 1] [--optim adam|sgd] [--dtype f32|f64] [--seed 1]\n"
-                  "           [--phases] [--anomaly] [--keep-denormals] [--grad-norms]\n");
+                  "           [--phases] [--anomaly] [--keep-denormals] [--grad-norms]\n"
+                  "           [--alternate K (with --threads 2 or more)]\n");
   return 2;
 }
 
@@ -119,6 +124,9 @@ static bool parse(int argc, char **argv, options *o) {
       o->samples = n;
     } else if (strcmp(a, "--threads") == 0 && bench_parse_int(v, 1, &n)) {
       o->threads = (int)n;
+    } else if (strcmp(a, "--alternate") == 0 && bench_parse_int(v, 1, &n) && n <= 1000000) {
+      o->alternate = (int)n;
+      o->phases = true;
     } else if (strcmp(a, "--seed") == 0 && bench_parse_int(v, 0, &n)) {
       o->seed = (unsigned long long)n;
     } else if (strcmp(a, "--optim") == 0 && (!strcmp(v, "adam") || !strcmp(v, "sgd"))) {
@@ -185,6 +193,8 @@ static bool time_phases(ad_ctx *ctx, nn_model *m, nn_optimizer *opt, ad_tensor *
   double sum[NPH] = {0};
   long steps = 0;
   bool ok = true;
+  bench_alt alt = {.k = o->alternate, .threads = o->threads};
+  bench_alt_begin(&alt);
   for (int e = 0; e < o->epochs && ok; e++) {
     for (;;) {
       ad_tensor *xb, *yb;
@@ -207,8 +217,10 @@ static bool time_phases(ad_ctx *ctx, nn_model *m, nn_optimizer *opt, ad_tensor *
       if (!ok) break;
       for (int i = 0; i < NPH; i++) sum[i] += t[i + 1] - t[i];
       steps++;
+      bench_alt_step(&alt, steps);
     }
   }
+  ok = bench_alt_report(&alt) && ok;
   nn_batcher_free(b);
   ad_tape_reset(ctx);
   if (!ok || !steps) return false;
@@ -231,7 +243,7 @@ int main(int argc, char **argv) {
                .optim = NN_OPT_ADAM,
                .dtype = AD_F32,
                .seed = 1};
-  if (!parse(argc, argv, &o)) return usage();
+  if (!parse(argc, argv, &o) || (o.alternate && o.threads < 2)) return usage();
   if (!bench_set_threads(o.threads)) {
     fprintf(stderr, "mlp: cannot start %d threads\n", o.threads);
     return 1;

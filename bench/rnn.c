@@ -3,6 +3,7 @@
  *
  *   rnn [--cell lstm|gru|rnn] [--hidden 256] [--seq 64] [--batch 32]
  *       [--steps 50] [--threads 1] [--seed 1] [--composed 0|1] [--per-step 0|1]
+ *       [--alternate K]
  *
  * Model: Embedding(64 -> 64), a one-layer recurrent layer (LSTM by default,
  * 64 -> hidden, batch first), Dense(hidden -> 64) at every step; softmax
@@ -23,7 +24,9 @@
  * gradients alike, and the input gradients (of the hidden state, of the
  * output layer's input, and of the embedded input, which the embedding's
  * scatter then adds into its rows). The report is bench_util.h's, last
- * line "train_s: S". */
+ * line "train_s: S". --alternate K (with --threads 2 or more) runs the steps
+ * in blocks of K on one thread and on --threads in turn and prints the
+ * speed-up of neighbouring blocks (bench_util.h); train_s then covers both. */
 #include "bench_util.h"
 
 #include <string.h>
@@ -33,7 +36,7 @@ enum { VOCAB = 64, EMBED = 64, SEQS = 1024 };
 typedef struct options {
   const char *cell;
   int64_t hidden, seq, batch;
-  int steps, threads;
+  int steps, threads, alternate;
   bool composed, per_step;
   unsigned long long seed;
 } options;
@@ -47,9 +50,12 @@ static bool parse(int argc, char **argv, options *o) {
       o->cell = v;
       continue;
     }
-    if (!bench_parse_int(
-            v, !strcmp(a, "--seed") || !strcmp(a, "--composed") || !strcmp(a, "--per-step") ? 0 : 1,
-            &n))
+    if (!bench_parse_int(v,
+                         !strcmp(a, "--seed") || !strcmp(a, "--composed") ||
+                                 !strcmp(a, "--per-step") || !strcmp(a, "--alternate")
+                             ? 0
+                             : 1,
+                         &n))
       return false;
     if (!strcmp(a, "--hidden"))
       o->hidden = n;
@@ -61,6 +67,8 @@ static bool parse(int argc, char **argv, options *o) {
       o->steps = (int)n;
     else if (!strcmp(a, "--threads"))
       o->threads = (int)n;
+    else if (!strcmp(a, "--alternate") && n <= 1000000)
+      o->alternate = (int)n;
     else if (!strcmp(a, "--seed"))
       o->seed = (unsigned long long)n;
     else if (!strcmp(a, "--composed") && n <= 1)
@@ -101,10 +109,10 @@ static bool make_data(ad_ctx *ctx, const options *o, ad_tensor **x, ad_tensor **
 int main(int argc, char **argv) {
   options o = {
       .cell = "lstm", .hidden = 256, .seq = 64, .batch = 32, .steps = 50, .threads = 1, .seed = 1};
-  if (!parse(argc, argv, &o) || o.batch > SEQS) {
+  if (!parse(argc, argv, &o) || o.batch > SEQS || (o.alternate && o.threads < 2)) {
     fprintf(stderr, "usage: rnn [--cell lstm|gru|rnn] [--hidden 256] [--seq 64] [--batch 32 "
                     "(at most 1024)] [--steps 50] [--threads 1] [--seed 1] [--composed 0|1] "
-                    "[--per-step 0|1]\n");
+                    "[--per-step 0|1] [--alternate K (with --threads 2 or more)]\n");
     return 2;
   }
   if (!bench_set_threads(o.threads)) {
@@ -143,7 +151,9 @@ int main(int argc, char **argv) {
   printf("parameters: %lld\n", (long long)nn_params_numel(params));
 
   nn_sequence_ce_opts ce = {.class_last = true};
+  bench_alt alt = {.k = o.alternate, .threads = o.threads};
   double first = 0, last = 0, c0 = bench_cpu_s(), t0 = bench_now_s();
+  bench_alt_begin(&alt);
   for (int s = 0; s < o.steps; s++) {
     int64_t row = (int64_t)s * o.batch % (SEQS - o.batch + 1);
     ad_tensor *xb = ad_narrow(ctx, x, 0, row, o.batch), *yb = ad_narrow(ctx, y, 0, row, o.batch);
@@ -155,8 +165,10 @@ int main(int argc, char **argv) {
     nn_clip_grad_norm(params, 1.0);
     if (nn_optimizer_step(opt) != AD_OK) break;
     ad_tape_reset(ctx);
+    bench_alt_step(&alt, s + 1);
   }
   double secs = bench_now_s() - t0, cpu = bench_cpu_s() - c0;
+  if (!bench_alt_report(&alt)) return 1;
   if (ad_last_status(ctx) != AD_OK) {
     fprintf(stderr, "rnn: %s\n", ad_last_error(ctx));
     return 1;
