@@ -21,7 +21,9 @@ and theirs within each configuration, REPEATS times, and prints medians:
                    bench/mlp.c for how they are counted)
   RSS              peak resident set of our process and of the torch one
 
-then the thread scaling (1 -> 2 threads), bench/scalar_chain's ns per op
+then the thread scaling (1 -> 2 threads; for the wide model, the LSTM and
+the GRU also measured inside one process, with blocks of 4 steps on 1 and 2
+threads in turn: --alternate of bench/mlp and bench/rnn), bench/scalar_chain's ns per op
 (median of REPEATS processes; subnormals flushed, as nn_fit trains, and,
 printed beside it, kept), and the built-in GEMM against OpenBLAS on
 the seed model: end to end (a -Dblas=disabled build's bench/mlp, given
@@ -53,6 +55,7 @@ GEMM dispatch decided. PyTorch is skipped with a message when it cannot be impor
 """
 import argparse
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -325,6 +328,32 @@ def gemm_products(ops_exe):
     return (tb, to, rows) if rows else None
 
 
+# In-process alternation (--alternate K of bench/mlp and bench/rnn): blocks
+# of K steps on 1 and 2 threads in turn, so both see the same moments.
+ALTERNATE = {
+    "wide": ["--layers", "784,1024,1024,10", "--batch", "256", "--epochs", "2", "--samples", "8000",
+             "--threads", "2", "--alternate", "4"],
+    "lstm": ["--cell", "lstm", "--steps", "200", "--threads", "2", "--alternate", "4"],
+    "gru": ["--cell", "gru", "--steps", "200", "--threads", "2", "--alternate", "4"],
+}
+
+
+def alternate_speedup(mlp, model):
+    """(speed-up, low, high of the middle half, pairs) of bench/mlp or
+    bench/rnn alternating 1 and 2 threads inside one process, or None."""
+    args = ALTERNATE.get(model)
+    if not args:
+        return None
+    exe = mlp if model == "wide" else os.path.join(os.path.dirname(mlp), "rnn")
+    try:
+        out = run([exe] + args, env=ours_env())
+    except (RuntimeError, OSError):
+        return None
+    m = re.search(r"^alternate_speedup: ([0-9.]+) \(median over (\d+) neighbouring pairs; "
+                  r"middle half ([0-9.]+)-([0-9.]+)\)", out, re.M)
+    return (float(m.group(1)), float(m.group(3)), float(m.group(4)), int(m.group(2))) if m else None
+
+
 def two_cores_note(one, two, tgt):
     """What bench/cores found around the two-thread runs of res entry two,
     and the speed-up over those of its runs that two probes (before and
@@ -450,6 +479,13 @@ def main():
             line += " (target: not slower: %s)" % ("met" if two[0] <= one[0] * 1.02 else "MISSED")
         line += "; " + two_cores_note(one, two, tgt)
         print(line)
+        alt = alternate_speedup(mlp, model)
+        if alt:
+            print("  %s in one process, 1 and 2 threads alternating every 4 steps: %.2fx "
+                  "(median of %d neighbouring pairs, middle half %.2f-%.2f)%s" % (
+                      model, alt[0], alt[3], alt[1], alt[2],
+                      " (target >= %.2fx: %s)" % (tgt, "met" if alt[0] >= tgt else "MISSED")
+                      if tgt else ""))
     seed = res.get("seed 1 thread")
     if seed:
         # Two threads on one core (a container's CPU quota, taskset, a core
