@@ -701,12 +701,21 @@ static const void *mask_ptr(const ad_tensor *m, int64_t t) {
 /* A whole sequence on the library's threads. Row r of every step depends
  * only on row r of the step before (the product h_{t-1} w^T, dG_t w, and
  * the cells' rows), so with W packed once (pk) the batch's rows are cut
- * into blocks (at least 8 rows each) and each block runs all T steps on
- * one thread: one parallel job for the sequence instead of two per step,
- * whose waits the recurrence's small steps could not hide. A row's values
- * do not depend on the rows computed beside it, so the bits are those of
- * one block. Without pk, or with one block, the steps run one after the
- * other, each product and each step's rows split over the threads. */
+ * into blocks of whole SEQ_GROUP-row groups (at least 8 rows each) and
+ * each block runs all T steps on one thread: one parallel job for the
+ * sequence instead of two per step, whose waits the recurrence's small
+ * steps could not hide. A row's values do not depend on the rows computed
+ * beside it, so the bits are those of one block. Without pk, or with one
+ * block, the steps run one after the other, each product and each step's
+ * rows split over the threads.
+ *
+ * The biases' gradients (the sum of every step's gate-gradient rows) are
+ * summed per group of SEQ_GROUP rows while each step's rows are in the
+ * cache: group g's partial sum part[g] adds its rows step by step (t from
+ * T - 1 down, rows in order), and the bias gradient is then the groups'
+ * partial sums added in group order. A group never straddles two blocks,
+ * so that order, and the bits, are the same on any number of threads. */
+#define SEQ_GROUP 8
 typedef struct seq_steps seq_steps;
 struct seq_steps {
   const ad_call *c;
@@ -715,17 +724,24 @@ struct seq_steps {
   void (*steps)(const seq_steps *s, int64_t r0, int64_t r1); /* all steps of rows r0..r1 */
   ad_tensor *dY, *dG, *dB, *dh, *dc; /* the backward's: dY, the gates', the states' */
   ad_tensor *dbias[2];               /* the biases': lstm b's; gru b_ih's, b_hh's */
+  void *part[2];                     /* their groups' partial sums, [groups, len] */
   bool hdy;
 };
 
+/* The first row of block p of parts: whole groups, as evenly as they go. */
+static int64_t seq_block_row(const seq_steps *s, int64_t p) {
+  int64_t groups = (s->N + SEQ_GROUP - 1) / SEQ_GROUP, r = SEQ_GROUP * (groups * p / s->parts);
+  return r < s->N ? r : s->N;
+}
+
 static void seq_steps_range(void *ud, int64_t p0, int64_t p1) {
   const seq_steps *s = ud;
-  for (int64_t p = p0; p < p1; p++) s->steps(s, s->N * p / s->parts, s->N * (p + 1) / s->parts);
+  for (int64_t p = p0; p < p1; p++) s->steps(s, seq_block_row(s, p), seq_block_row(s, p + 1));
 }
 
 static void seq_steps_run(seq_steps *s) {
   int threads = ad_num_threads();
-  int64_t most = s->N / 8; /* blocks of at least 8 rows */
+  int64_t most = s->N / 8; /* blocks of at least 8 rows (the last group may be short) */
   s->parts = !s->pk ? 1 : threads < most ? threads : most;
   if (s->parts < 1) s->parts = 1;
   if (s->parts == 1)
@@ -833,29 +849,35 @@ CELL_CLONES static void seq_sum_rows(ad_dtype dt, const void *rows, int64_t ld, 
   }
 }
 
-/* db += the rows of every step of x (x's layout, tax), in the order the
- * steps' sums add them one block at a time (t from T - 1 down, rows in
- * order): the same bits. Columns split over the threads. */
-typedef struct sum_steps_job {
-  const ad_tensor *x;
-  int tax;
-  void *db;
-} sum_steps_job;
-
-static void sum_steps_range(void *ud, int64_t k0, int64_t k1) {
-  const sum_steps_job *j = ud;
-  ad_dtype dt = j->x->dtype;
+/* Bias k's groups' partial sums += rows r0..r1 of one step (rows, ld
+ * apart, len elements each): each row into its group's sum. */
+static void seq_sum_groups(const seq_steps *s, int k, const void *rows, int64_t ld, int64_t r0,
+                           int64_t r1, int64_t len) {
+  ad_dtype dt = s->c->out->dtype;
   size_t es = ad_dsize(dt);
-  int64_t T = j->x->shape[j->tax], N = j->x->shape[1 - j->tax], ld;
-  for (int64_t t = T - 1; t >= 0; t--) {
-    const char *rows = step_ptr(j->x, j->tax, t, &ld) + (size_t)k0 * es;
-    seq_sum_rows(dt, rows, ld, N, k1 - k0, (char *)j->db + (size_t)k0 * es);
+  for (int64_t r = r0; r < r1;) {
+    int64_t g = r / SEQ_GROUP, e = (g + 1) * SEQ_GROUP < r1 ? (g + 1) * SEQ_GROUP : r1;
+    seq_sum_rows(dt, (const char *)rows + (size_t)(r * ld) * es, ld, e - r, len,
+                 (char *)s->part[k] + (size_t)(g * len) * es);
+    r = e;
   }
 }
 
-static void sum_steps(const ad_tensor *x, int tax, void *db) {
-  sum_steps_job j = {x, tax, db};
-  ad_parallel_for(x->shape[2], 256, sum_steps_range, &j);
+/* Zeroed partial sums of len elements for every group of bias k (arena):
+ * false when out of memory. */
+static bool seq_parts_new(ad_ctx *ctx, seq_steps *s, int k, int64_t len) {
+  int64_t groups = (s->N + SEQ_GROUP - 1) / SEQ_GROUP;
+  size_t bytes = (size_t)(groups * len) * ad_dsize(s->c->out->dtype);
+  if (!(s->part[k] = ad_arena_alloc(ctx, bytes))) return false;
+  memset(s->part[k], 0, bytes);
+  return true;
+}
+
+/* Bias k's gradient (zeroed) += its groups' partial sums, in group order. */
+static void seq_parts_sum(const seq_steps *s, int k, int64_t len) {
+  if (!s->part[k]) return;
+  int64_t groups = (s->N + SEQ_GROUP - 1) / SEQ_GROUP;
+  seq_sum_rows(s->c->out->dtype, s->part[k], len, groups, len, s->dbias[k]->data);
 }
 
 /* -------------------------------------------------------------- lstm_seq */
@@ -965,8 +987,8 @@ static void lstm_bwd_steps(const seq_steps *s, int64_t r0, int64_t r1) {
     j.cp = t ? step_ptr(c->out, tax, t - 1, NULL) + (size_t)H * es : c->in[4]->data;
     j.ldp = t ? j.ldy : H;
     seq_rows(s, lstm_seq_bwd_f32, lstm_seq_bwd_f64, &j, r0, r1);
-    if (s->dbias[0] && s->parts == 1) /* db += dG_t's rows, while they are in the cache */
-      seq_sum_rows(dt, j.dg, j.ldg, s->N, 4 * H, s->dbias[0]->data);
+    if (s->part[0]) /* db's groups += dG_t's rows, while they are in the cache */
+      seq_sum_groups(s, 0, j.dg, j.ldg, r0, r1, 4 * H);
     if (t > 0 || c->needs[3]) /* dh_{t-1} += dG_t w */
       seq_product(s, r0, r1, false, 4 * H, H, j.dg, j.ldg, w->data, 1.0, s->dh->data, H);
   }
@@ -993,9 +1015,13 @@ static ad_status lstm_seq_bwd(const ad_call *c) {
   ad_gemm_packed *pk = ad_gemm_pack(dt, false, N, 4 * H, H, w->data, H);
   seq_steps s = {.c = c, .pk = pk, .T = T, .N = N, .H = H, .steps = lstm_bwd_steps};
   s.dY = dY, s.dG = dG, s.dh = dh, s.dc = dc, s.dbias[0] = db, s.hdy = hdy;
+  if (db && !seq_parts_new(ctx, &s, 0, 4 * H)) {
+    ad_gemm_packed_free(pk);
+    return ad_last_status(ctx);
+  }
   seq_steps_run(&s);
   ad_gemm_packed_free(pk);
-  if (db && s.parts > 1) sum_steps(dG, tax, db->data); /* the blocks could not */
+  seq_parts_sum(&s, 0, 4 * H);
   if (c->needs[1]) {
     ad_tensor *dw = ad_tmp_new(ctx, dt, 2, w->shape), *hp = seq_hp_new(ctx, dG, H);
     if (!dw || !hp) return ad_last_status(ctx);
@@ -1166,7 +1192,6 @@ static void gru_bwd_steps(const seq_steps *s, int64_t r0, int64_t r1) {
   const ad_call *c = s->c;
   const ad_tensor *w = c->in[1], *h0 = c->in[4], *mask = c->n > 5 ? c->in[5] : NULL;
   int tax = c->attrs->axis;
-  ad_dtype dt = w->dtype;
   int64_t H = s->H;
   for (int64_t t = s->T - 1; t >= 0; t--) {
     seq_job j = {.mask = mask_ptr(mask, t), .dh = s->dh->data, .hdy = s->hdy, .H = H};
@@ -1177,8 +1202,8 @@ static void gru_bwd_steps(const seq_steps *s, int64_t r0, int64_t r1) {
     j.hp = t ? step_ptr(c->out, tax, t - 1, NULL) : h0->data;
     j.ldp = t ? j.ldy : H;
     seq_rows(s, gru_seq_bwd_f32, gru_seq_bwd_f64, &j, r0, r1);
-    if (s->dbias[0] && s->parts == 1) seq_sum_rows(dt, j.dg, j.ldg, s->N, 3 * H, s->dbias[0]->data);
-    if (s->dbias[1] && s->parts == 1) seq_sum_rows(dt, j.db, j.ldg, s->N, 3 * H, s->dbias[1]->data);
+    if (s->part[0]) seq_sum_groups(s, 0, j.dg, j.ldg, r0, r1, 3 * H);
+    if (s->part[1]) seq_sum_groups(s, 1, j.db, j.ldg, r0, r1, 3 * H);
     if (t > 0 || c->needs[4]) /* dh_{t-1} += db_t w */
       seq_product(s, r0, r1, false, 3 * H, H, j.db, j.ldg, w->data, 1.0, s->dh->data, H);
   }
@@ -1208,10 +1233,14 @@ static ad_status gru_seq_bwd(const ad_call *c) {
   ad_gemm_packed *pk = ad_gemm_pack(dt, false, N, 3 * H, H, w->data, H);
   seq_steps s = {.c = c, .pk = pk, .T = T, .N = N, .H = H, .steps = gru_bwd_steps};
   s.dY = dY, s.dG = dA, s.dB = dB, s.dh = dh, s.dbias[0] = dbx, s.dbias[1] = dbh, s.hdy = hdy;
+  if ((dbx && !seq_parts_new(ctx, &s, 0, 3 * H)) || (dbh && !seq_parts_new(ctx, &s, 1, 3 * H))) {
+    ad_gemm_packed_free(pk);
+    return ad_last_status(ctx);
+  }
   seq_steps_run(&s);
   ad_gemm_packed_free(pk);
-  if (dbx && s.parts > 1) sum_steps(dA, tax, dbx->data); /* the blocks could not */
-  if (dbh && s.parts > 1) sum_steps(dB, tax, dbh->data);
+  seq_parts_sum(&s, 0, 3 * H);
+  seq_parts_sum(&s, 1, 3 * H);
   if (c->needs[1]) {
     ad_tensor *dw = ad_tmp_new(ctx, dt, 2, w->shape), *hp = seq_hp_new(ctx, dB, H);
     if (!dw || !hp) return ad_last_status(ctx);

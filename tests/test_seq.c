@@ -458,11 +458,12 @@ Test(seq, null_arguments) {
  * step on their own thread (op_rnn.c, seq_steps): on 1, 2 and 3 threads
  * the output and every gradient are the same bits, with a mask that stops
  * some rows part-way, time first and batch first, f32 and f64; in two
- * variants: 40 rows (blocks of 20, and of 13, 13, 14: the kernel's 6-row
- * panels split differently) and the whole output's gradient; 33 rows
- * (blocks of 16 and 17, and of 11) with only the h block read (the
- * narrowed gradient the layers pass) and no gradient wanted for the
- * initial states or the second bias. (Where the dispatch gives these
+ * variants: 40 rows (blocks of 16 and 24, and of 8, 16, 16: the biases'
+ * 8-row groups' partial sums made on different threads) and the whole
+ * output's gradient; 33 rows (blocks of 16 and 17, and of 8, 16, 9: a
+ * short last group) with only the h block read (the narrowed gradient the
+ * layers pass) and no gradient wanted for the initial states or the
+ * second bias. (Where the dispatch gives these
  * products to BLAS the op runs one block and the runs compare one path.) */
 Test(seq, sequence_ops_row_blocks_same_bits_on_any_threads) {
   enum { T = 5, H = 24 };
