@@ -115,9 +115,13 @@ int main(int argc, char **argv) {
   }
   nn_dist_stats ds;
   nn_dist_get_stats(d, &ds, true);
-  double wait = ds.wait_seconds / (double)ds.steps, wait_min = wait;
+  double wait = ds.wait_seconds / (double)ds.steps;
+  struct {
+    double v;
+    int rank;
+  } least = {wait, rank};
   MPI_Allreduce(MPI_IN_PLACE, &wait, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
-  MPI_Allreduce(MPI_IN_PLACE, &wait_min, 1, MPI_DOUBLE, MPI_MIN, MPI_COMM_WORLD);
+  MPI_Allreduce(MPI_IN_PLACE, &least, 1, MPI_DOUBLE_INT, MPI_MINLOC, MPI_COMM_WORLD);
   MPI_Allreduce(MPI_IN_PLACE, &secs, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
   double cpu_max = cpu;
   MPI_Allreduce(MPI_IN_PLACE, &cpu, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
@@ -159,7 +163,8 @@ int main(int argc, char **argv) {
            1e3 * wait, 1e3 * secs / (double)ds.steps);
     /* the rank that waits least is the one the others wait for: a gap
      * between the two is imbalance (a slower CPU), not communication */
-    printf("wait_ms_per_step_least: %.3f (the rank the others waited for)\n", 1e3 * wait_min);
+    printf("wait_ms_per_step_least: %.3f (rank %d: the rank the others waited for)\n",
+           1e3 * least.v, least.rank);
     printf("allreduce_alone_ms: %.3f for %.0f bytes (bus bandwidth 2K(N-1)/N/t: %.2f GB/s)\n",
            1e3 * best, k, size > 1 ? 2 * k * (size - 1) / size / best * 1e-9 : 0.0);
     printf("cpu_s: %.3f summed over ranks, %.3f the busiest rank (user + system: less "
