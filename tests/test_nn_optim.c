@@ -797,13 +797,14 @@ Test(optim, adam_f32_bias_correction_is_the_division_bits) {
 /* Every compiled version of the update loops (baseline, AVX2, AVX-512)
  * gives the baseline's bits, for every optimizer and option that changes
  * the loop, in both dtypes, over lengths that leave every kind of vector
- * tail, through 4 steps from the same state. A path this CPU lacks is
- * reported in the log, not silently passed. */
+ * tail, through 4 steps from the same state: zero state, and state of
+ * every magnitude (subnormal to 1e30), with subnormals kept and flushed. A
+ * path this CPU lacks is reported in the log, not silently passed. */
 #include "kernels/update.h"
 
 Test(optim, update_paths_same_bits) {
   static const char *const names[] = {"best", "baseline", "AVX2", "AVX-512"};
-  nn_opt_config cfgs[10];
+  nn_opt_config cfgs[11];
   int nc = 0;
   cfgs[nc++] = nn_opt_defaults(NN_OPT_SGD, 0.1);
   cfgs[nc] = nn_opt_defaults(NN_OPT_SGD, 0.1), cfgs[nc].momentum = 0.9,
@@ -816,51 +817,61 @@ Test(optim, update_paths_same_bits) {
   cfgs[nc++] = nn_opt_defaults(NN_OPT_ADAM, 1e-3);
   cfgs[nc] = nn_opt_defaults(NN_OPT_ADAM, 1e-3), cfgs[nc++].weight_decay = 0.1;
   cfgs[nc++] = nn_opt_defaults(NN_OPT_ADAMW, 1e-3);
+  /* eps 0: the update is m / sqrt(v) alone, so a square root or a division
+   * rounded differently shows in p */
+  cfgs[nc] = nn_opt_defaults(NN_OPT_ADAM, 1e-3), cfgs[nc++].eps = 0;
   const int64_t lens[] = {1, 7, 15, 16, 17, 33, 1001};
   enum { N = 1001 };
   int ran[4] = {0};
-  for (int d = 0; d < 2; d++) {
-    ad_dtype dt = d ? AD_F64 : AD_F32;
-    size_t es = d ? 8 : 4;
-    for (int ci = 0; ci < nc; ci++)
-      for (size_t li = 0; li < sizeof lens / sizeof *lens; li++) {
-        int64_t n = lens[li];
-        /* [path][p, s0, s1, s2] */
-        static double buf[4][4][N], grad[N];
-        ad_rng rng;
-        cr_assert_eq(ad_rng_seed(&rng, (uint64_t)(100 * ci + li)), AD_OK);
-        for (int64_t i = 0; i < n; i++) {
-          double p = 2 * ad_rng_uniform(&rng) - 1, g = 2 * ad_rng_uniform(&rng) - 1;
-          if (i % 5 == 4) g = 0; /* moments that decay towards the flush */
-          for (int path = 0; path < 4; path++) {
-            if (d) {
-              buf[path][0][i] = p;
-              for (int k = 1; k < 4; k++) buf[path][k][i] = 0;
-            } else {
-              ((float *)buf[path][0])[i] = (float)p;
-              for (int k = 1; k < 4; k++) ((float *)buf[path][k])[i] = 0;
+  for (int mode = 0; mode < 4; mode++) {
+    bool wide = mode & 1;
+    ad_set_flush_denormal(mode & 2);
+    for (int d = 0; d < 2; d++) {
+      ad_dtype dt = d ? AD_F64 : AD_F32;
+      size_t es = d ? 8 : 4;
+      for (int ci = 0; ci < nc; ci++)
+        for (size_t li = 0; li < sizeof lens / sizeof *lens; li++) {
+          int64_t n = lens[li];
+          /* [path][p, s0, s1, s2] */
+          static double buf[4][4][N], grad[N];
+          ad_rng rng;
+          cr_assert_eq(ad_rng_seed(&rng, (uint64_t)(1000 * mode + 100 * ci + li)), AD_OK);
+          for (int64_t i = 0; i < n; i++) {
+            double p = 2 * ad_rng_uniform(&rng) - 1, g = 2 * ad_rng_uniform(&rng) - 1, st[3] = {0};
+            if (i % 5 == 4) g = 0;              /* moments that decay towards the flush */
+            for (int k = 0; wide && k < 3; k++) /* 2^-160 .. 2^100: zeros and subnormals in f32 */
+              st[k] = ldexp(1 + ad_rng_uniform(&rng), (int)ad_rng_below(&rng, 261) - 160);
+            for (int path = 0; path < 4; path++) {
+              if (d) {
+                buf[path][0][i] = p;
+                for (int k = 1; k < 4; k++) buf[path][k][i] = st[k - 1];
+              } else {
+                ((float *)buf[path][0])[i] = (float)p;
+                for (int k = 1; k < 4; k++) ((float *)buf[path][k])[i] = (float)st[k - 1];
+              }
             }
+            if (d)
+              grad[i] = g;
+            else
+              ((float *)grad)[i] = (float)(g * 1e-3);
           }
-          if (d)
-            grad[i] = g;
-          else
-            ((float *)grad)[i] = (float)(g * 1e-3);
+          for (int path = 1; path < 4; path++) {
+            bool ok = true;
+            for (int64_t t = 1; t <= 4 && ok; t++)
+              ok = nn_update_on((nn_update_path)path, &cfgs[ci], dt, t, n, buf[path][0], grad,
+                                buf[path][1], buf[path][2], buf[path][3]);
+            if (!ok) continue;
+            ran[path]++;
+            for (int k = 0; k < 4; k++)
+              cr_assert(memcmp(buf[path][k], buf[1][k], (size_t)n * es) == 0,
+                        "%s, config %d, length %lld, mode %d: the %s loops' array %d differs "
+                        "from the baseline's",
+                        ad_dtype_name(dt), ci, (long long)n, mode, names[path], k);
+          }
         }
-        for (int path = 1; path < 4; path++) {
-          bool ok = true;
-          for (int64_t t = 1; t <= 4 && ok; t++)
-            ok = nn_update_on((nn_update_path)path, &cfgs[ci], dt, t, n, buf[path][0], grad,
-                              buf[path][1], buf[path][2], buf[path][3]);
-          if (!ok) continue;
-          ran[path]++;
-          for (int k = 0; k < 4; k++)
-            cr_assert(memcmp(buf[path][k], buf[1][k], (size_t)n * es) == 0,
-                      "%s, config %d, length %lld: the %s loops' array %d differs from the "
-                      "baseline's",
-                      ad_dtype_name(dt), ci, (long long)n, names[path], k);
-        }
-      }
+    }
   }
+  ad_set_flush_denormal(false);
   cr_assert_gt(ran[1], 0);
   for (int path = 2; path < 4; path++)
     if (!ran[path])
