@@ -7,7 +7,7 @@
  *            built-in kernel (whatever the backend) and ad_matmul; "ratio" is
  *            built-in / OpenBLAS.
  *   elementwise   GB/s of add, mul, relu, tanh, exp on 1M elements.
- *   reduce   GB/s of sum and max along an axis.
+ *   reduce   GB/s of sum, max and softmax along an axis (input bytes).
  *   softmax_ce    ns per call of softmax cross-entropy, forward and
  *            forward + backward, on [32,10] and [256,10].
  *   optim    µs per nn_optimizer_step (Adam) over the parameters of the
@@ -283,7 +283,7 @@ typedef struct ew_case {
   int kind, axis;
 } ew_case;
 
-enum { EW_ADD, EW_MUL, EW_RELU, EW_TANH, EW_EXP, RD_SUM, RD_MAX, SCE_FWD, SCE_FWDBWD };
+enum { EW_ADD, EW_MUL, EW_RELU, EW_TANH, EW_EXP, RD_SUM, RD_MAX, RD_SOFTMAX, SCE_FWD, SCE_FWDBWD };
 
 static void run_ew(void *ud) {
   ew_case *q = ud;
@@ -310,6 +310,9 @@ static void run_ew(void *ud) {
     break;
   case RD_MAX:
     r = ad_max_axis(ctx, q->x, q->axis, false);
+    break;
+  case RD_SOFTMAX:
+    r = ad_softmax(ctx, q->x, q->axis);
     break;
   case SCE_FWD:
     r = ad_softmax_cross_entropy(ctx, q->x, q->lab);
@@ -376,7 +379,7 @@ static void bench_reduce(ad_ctx *ctx, ad_rng *rng) {
   static const struct {
     const char *name;
     int kind;
-  } ops[] = {{"sum", RD_SUM}, {"max", RD_MAX}};
+  } ops[] = {{"sum", RD_SUM}, {"max", RD_MAX}, {"softmax", RD_SOFTMAX}};
   bool header = false;
   for (int d = 0; d < 2; d++) {
     ad_dtype dt = d == 0 ? AD_F32 : AD_F64;
@@ -390,7 +393,7 @@ static void bench_reduce(ad_ctx *ctx, ad_rng *rng) {
                    ops[oi].name, (long long)shapes[si].rows, (long long)shapes[si].cols, axis);
           if (!selected(name)) continue;
           if (!header) {
-            printf("\n# reductions along an axis: GB/s (input), ns per call\n");
+            printf("\n# reductions and softmax along an axis: GB/s (input), ns per call\n");
             printf("%-34s %9s %11s\n", "name", "GB/s", "ns/call");
             header = true;
           }

@@ -264,6 +264,87 @@ Test(parallel, sum_to_middle_axes_of_empty_batch) {
   ad_tensor_free(x), ad_tensor_free(b);
 }
 
+/* Reductions and softmax along an axis that is not the last: the lanes are
+ * interleaved and taken a block at a time (op_reduce.c). Each must give
+ * the bits of the same op along the last axis of the permuted copy, whose
+ * lanes are read one at a time, on 1 and on 3 threads, for lane counts
+ * around the block's 64, empty and one-element axes, and NaN (payloads
+ * told apart), infinities and signed zeros in the lanes. */
+typedef ad_tensor *(*axis_fn)(ad_ctx *, ad_tensor *, int);
+static ad_tensor *ax_sum(ad_ctx *c, ad_tensor *x, int a) { return ad_sum_axis(c, x, a, false); }
+static ad_tensor *ax_max(ad_ctx *c, ad_tensor *x, int a) { return ad_max_axis(c, x, a, false); }
+static ad_tensor *ax_lse(ad_ctx *c, ad_tensor *x, int a) { return ad_logsumexp(c, x, a, false); }
+
+/* The same bits in a and b, but a NaN's payload and sign only where
+ * payload: arithmetic on two NaNs returns either (the compiler may swap
+ * the operands of an addition), a selection (max) the one it picks. */
+static void same_bits(const ad_tensor *a, const ad_tensor *b, bool payload, const char *what) {
+  cr_assert(a && b, "%s: %s", what, ad_last_error(ctx));
+  cr_assert_eq(a->size, b->size, "%s", what);
+  size_t ds = ad_dtype_size(a->dtype);
+  for (int64_t i = 0; i < a->size; i++) {
+    const char *p = (const char *)a->data + (size_t)i * ds,
+               *q = (const char *)b->data + (size_t)i * ds;
+    if (!payload && isnan(ad_tensor_get(a, i)) && isnan(ad_tensor_get(b, i))) continue;
+    cr_assert(memcmp(p, q, ds) == 0, "%s: element %lld is %.17g, want %.17g", what, (long long)i,
+              ad_tensor_get(a, i), ad_tensor_get(b, i));
+  }
+}
+
+Test(parallel, reductions_across_lanes_same_bits_as_one_lane) {
+  static const int64_t lanes[] = {2, 7, 63, 64, 65, 129, 200}, ns[] = {0, 1, 3, 17};
+  static const axis_fn red[] = {ax_sum, ax_max, ax_lse};
+  static const char *red_name[] = {"sum", "max", "logsumexp"};
+  static const int to_last[3] = {0, 2, 1};
+  ad_rng rng;
+  ad_rng_seed(&rng, 11);
+  for (int d = 0; d < 2; d++) {
+    ad_dtype dt = d ? AD_F64 : AD_F32;
+    for (size_t li = 0; li < sizeof lanes / sizeof *lanes; li++)
+      for (size_t ni = 0; ni < sizeof ns / sizeof *ns; ni++) {
+        int64_t shape[3] = {3, ns[ni], lanes[li]};
+        ad_tensor *x = ad_rand(ctx, &rng, dt, 3, shape, -30, 30);
+        cr_assert(x, "%s", ad_last_error(ctx));
+        /* specials in a few lanes: two NaNs of other payloads in one lane
+         * (the last one seen is the maximum), an infinity, zeros of both
+         * signs in a lane of zeros */
+        if (x->size > 0) {
+          int64_t I = lanes[li], n = ns[ni];
+          double nan2 = -NAN;
+          ad_tensor_set(x, 0 * n * I + 0 * I + 1, NAN);
+          ad_tensor_set(x, (n - 1) * I + 1, nan2);
+          ad_tensor_set(x, 2 * n * I + 0 * I + 0, INFINITY);
+          ad_tensor_set(x, n * I + (n - 1) * I + 0, -INFINITY);
+          for (int64_t k = 0; k < n; k++)
+            ad_tensor_set(x, 2 * n * I + k * I + I - 1, (k & 1) ? -0.0 : 0.0);
+        }
+        for (int threads = 1; threads <= 3; threads += 2) {
+          cr_assert_eq(ad_set_num_threads(threads), AD_OK);
+          ad_tensor *xt = ad_permute(ctx, x, to_last); /* [3, I, n], contiguous */
+          cr_assert(xt, "%s", ad_last_error(ctx));
+          char what[96];
+          for (int r = 0; r < 3; r++) {
+            if (r == 1 && ns[ni] == 0) continue; /* the max of nothing is refused */
+            snprintf(what, sizeof what, "%s %s [3,%lld,%lld] %d threads", red_name[r],
+                     ad_dtype_name(dt), (long long)ns[ni], (long long)lanes[li], threads);
+            same_bits(red[r](ctx, x, 1), red[r](ctx, xt, 2), r == 1, what);
+          }
+          for (int lg = 0; lg < 2; lg++) {
+            snprintf(what, sizeof what, "%s %s [3,%lld,%lld] %d threads",
+                     lg ? "log_softmax" : "softmax", ad_dtype_name(dt), (long long)ns[ni],
+                     (long long)lanes[li], threads);
+            ad_tensor *y = lg ? ad_log_softmax(ctx, x, 1) : ad_softmax(ctx, x, 1);
+            ad_tensor *yt = lg ? ad_log_softmax(ctx, xt, 2) : ad_softmax(ctx, xt, 2);
+            same_bits(y, ad_permute(ctx, yt, to_last), false, what);
+          }
+          ad_tape_reset(ctx);
+        }
+        ad_set_num_threads(1);
+        ad_tensor_free(x);
+      }
+  }
+}
+
 Test(parallel, matmul_split_matches) {
   ad_rng rng;
   ad_rng_seed(&rng, 8);
