@@ -36,23 +36,6 @@ static inline double sig_d(double x) {
   return x >= 0 ? 1.0 / (1.0 + exp(-x)) : exp(x) / (1.0 + exp(x));
 }
 
-/* float32 sigmoid and tanh without calls or branches (exp_v: vexp.h), so
- * that a row loop vectorizes: tanh as (1 - e^-2|x|) / (1 + e^-2|x|), or
- * its Taylor series to x^9 for |x| < 0.25 where that would cancel (about
- * 3 ulp either way). The fused cells agree with the composed ones (libm's
- * expf and tanhf) within 1e-6 relative; float64 uses libm. */
-static inline float sig_v(float x) { return 1.0f / (1.0f + exp_v(-x)); }
-static inline float tanh_v(float x) {
-  float a = fabsf(x), x2 = x * x;
-  float e = exp_v(-2.0f * a);
-  float big = (1.0f - e) / (1.0f + e);
-  float q = FMA_F(x2, 62.0f / 2835, -17.0f / 315);
-  q = FMA_F(q, x2, 2.0f / 15);
-  q = FMA_F(q, x2, -1.0f / 3);
-  float small = FMA_F(a * x2, q, a);
-  return copysignf(a < 0.25f ? small : big, x);
-}
-
 /* What one parallel row loop of a cell reads and writes. */
 typedef struct cell_job {
   const void *a, *b, *s; /* lstm: a, -, c; gru: a, b, h */

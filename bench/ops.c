@@ -6,7 +6,7 @@
  *            the library does), OpenBLAS directly (when built with it), the
  *            built-in kernel (whatever the backend) and ad_matmul; "ratio" is
  *            built-in / OpenBLAS.
- *   elementwise   GB/s of add, mul, relu, tanh, exp on 1M elements.
+ *   elementwise   GB/s of add, mul, relu, tanh, sigmoid, exp on 1M elements.
  *   reduce   GB/s of sum, max and softmax along an axis (input bytes).
  *   softmax_ce    ns per call of softmax cross-entropy, forward and
  *            forward + backward, on [32,10] and [256,10].
@@ -283,7 +283,19 @@ typedef struct ew_case {
   int kind, axis;
 } ew_case;
 
-enum { EW_ADD, EW_MUL, EW_RELU, EW_TANH, EW_EXP, RD_SUM, RD_MAX, RD_SOFTMAX, SCE_FWD, SCE_FWDBWD };
+enum {
+  EW_ADD,
+  EW_MUL,
+  EW_RELU,
+  EW_TANH,
+  EW_SIGMOID,
+  EW_EXP,
+  RD_SUM,
+  RD_MAX,
+  RD_SOFTMAX,
+  SCE_FWD,
+  SCE_FWDBWD
+};
 
 static void run_ew(void *ud) {
   ew_case *q = ud;
@@ -301,6 +313,9 @@ static void run_ew(void *ud) {
     break;
   case EW_TANH:
     r = ad_tanh(ctx, q->x);
+    break;
+  case EW_SIGMOID:
+    r = ad_sigmoid(ctx, q->x);
     break;
   case EW_EXP:
     r = ad_exp(ctx, q->x);
@@ -332,11 +347,8 @@ static void bench_elementwise(ad_ctx *ctx, ad_rng *rng) {
   static const struct {
     const char *name;
     int kind, inputs;
-  } ops[] = {{"add", EW_ADD, 2},
-             {"mul", EW_MUL, 2},
-             {"relu", EW_RELU, 1},
-             {"tanh", EW_TANH, 1},
-             {"exp", EW_EXP, 1}};
+  } ops[] = {{"add", EW_ADD, 2},   {"mul", EW_MUL, 2},         {"relu", EW_RELU, 1},
+             {"tanh", EW_TANH, 1}, {"sigmoid", EW_SIGMOID, 1}, {"exp", EW_EXP, 1}};
   int64_t n[1] = {1 << 20};
   bool header = false;
   for (int d = 0; d < 2; d++) {

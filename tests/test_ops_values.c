@@ -1365,3 +1365,89 @@ Test(ops_values, mean_divides_by_the_count_as_torch) {
   ad_tensor_free(x);
   ad_tensor_free(e);
 }
+
+/* float32 exp, tanh and sigmoid run on the vectorized exp_v (vexp.h), with
+ * libm where exp_v clamps. Over a sweep of each function's range and its
+ * edges: within a bound in ulps of the float64 result (exp 1.5, tanh 1.5,
+ * sigmoid 2.5: its libm form's own error reaches 2.4), the special values
+ * exact, the element of a 1-element tensor (computed alone) the same bits
+ * as inside a long one, and 1 and 3 threads the same bits. */
+static double sigmoid64(double x) {
+  return x >= 0 ? 1.0 / (1.0 + exp(-x)) : exp(x) / (1.0 + exp(x));
+}
+
+/* |got - want| in units of the spacing of floats at want rounded to float
+ * (the subnormal spacing below FLT_MIN); 0 for equal values, a NaN for a
+ * NaN in one and not the other. */
+static double ulps32(float got, double want) {
+  float w = (float)want;
+  if (isnan(w) || isnan(got)) return isnan(w) && isnan(got) ? 0 : NAN;
+  if (isinf(w) || isinf(got)) return got == w ? 0 : NAN;
+  float a = fabsf(w), up = nextafterf(a, INFINITY);
+  return fabs((double)got - want) / ((double)up - (double)a);
+}
+
+Test(ops_values, float32_exp_tanh_sigmoid_within_ulps) {
+  static const struct {
+    const char *name;
+    ad_tensor *(*op)(ad_ctx *, ad_tensor *);
+    double (*ref)(double);
+    double lo, hi, bound;
+  } fns[] = {{"exp", ad_exp, exp, -110, 95, 1.5},
+             {"tanh", ad_tanh, tanh, -12, 12, 1.5},
+             {"sigmoid", ad_sigmoid, sigmoid64, -110, 40, 2.5}};
+  static const float specials[] = {0.0f,        -0.0f,      INFINITY,    -INFINITY, NAN,    1e-30f,
+                                   -1e-30f,     1e-45f,     -87.3f,      -87.31f,   88.3f,  88.31f,
+                                   88.72f,      88.73f,     -103.9f,     -104.0f,   0.625f, -0.625f,
+                                   0.62499994f, 2.8902831f, -2.8902831f, 0.25f,     1e-4f};
+  enum { SWEEP = 100000 };
+  int64_t n = SWEEP + (int64_t)(sizeof specials / sizeof *specials);
+  ad_tensor *x = ad_zeros(ctx, AD_F32, 1, &n);
+  cr_assert_not_null(x, "%s", ad_last_error(ctx));
+  float *xv = x->data;
+  for (size_t f = 0; f < sizeof fns / sizeof *fns; f++) {
+    for (int64_t i = 0; i < SWEEP; i++)
+      xv[i] = (float)(fns[f].lo + (fns[f].hi - fns[f].lo) * (double)i / (SWEEP - 1));
+    memcpy(xv + SWEEP, specials, sizeof specials);
+    ad_tensor *y = fns[f].op(ctx, x);
+    cr_assert_not_null(y, "%s: %s", fns[f].name, ad_last_error(ctx));
+    double worst = 0;
+    int64_t at = 0;
+    for (int64_t i = 0; i < n; i++) {
+      double u = ulps32(((const float *)y->data)[i], fns[f].ref((double)xv[i]));
+      cr_assert(!isnan(u), "%s(%a) = %a, want %a", fns[f].name, xv[i], ((const float *)y->data)[i],
+                fns[f].ref((double)xv[i]));
+      if (u > worst) worst = u, at = i;
+    }
+    cr_assert(worst <= fns[f].bound, "%s: %.3f ulp at x = %.9g", fns[f].name, worst, xv[at]);
+    /* the special values: exact where float64 rounds to an exact float */
+    const float *yv = y->data;
+    for (size_t k = 0; k < sizeof specials / sizeof *specials; k++) {
+      float xs = specials[k], ys = yv[SWEEP + (int64_t)k];
+      bool exact = xs == 0 || isinf(xs) || isnan(xs) || (f == 0 && (xs < -103.9f || xs > 88.72f));
+      if (!exact) continue;
+      float want = (float)fns[f].ref((double)xs);
+      cr_assert(isnan(want) ? isnan(ys) : memcmp(&ys, &want, sizeof ys) == 0,
+                "%s(%a) = %a, want %a", fns[f].name, xs, ys, want);
+    }
+    /* each element alone, as a 1-element tensor */
+    for (int64_t i = 0; i < n; i += i < SWEEP ? 997 : 1) {
+      int64_t one = 1;
+      ad_tensor *xi = ad_full(ctx, AD_F32, 1, &one, xv[i]);
+      ad_tensor *yi = fns[f].op(ctx, xi);
+      cr_assert_not_null(yi, "%s", ad_last_error(ctx));
+      float a = ((const float *)yi->data)[0], b = yv[i];
+      cr_assert(memcmp(&a, &b, sizeof a) == 0, "%s(%a): alone %a, in a tensor %a", fns[f].name,
+                xv[i], a, b);
+      ad_tensor_free(xi);
+    }
+    /* on 3 threads */
+    cr_assert_eq(ad_set_num_threads(3), AD_OK);
+    ad_tensor *y3 = fns[f].op(ctx, x);
+    ad_set_num_threads(1);
+    cr_assert(y3 && memcmp(y3->data, y->data, (size_t)n * sizeof(float)) == 0,
+              "%s: 3 threads give other bits", fns[f].name);
+    ad_tape_reset(ctx);
+  }
+  ad_tensor_free(x);
+}
