@@ -177,25 +177,83 @@ static ad_status permute_shape(const ad_call *c) {
   return AD_OK;
 }
 
+/* permute's copy, as rows: out is walked in order through n dims (size-1
+ * dims dropped; neighbours that stay neighbours in x, st[k-1] = st[k] *
+ * size[k], merged), the last of which, len elements long, is a row read
+ * from x with stride st[n-1]: a memcpy where that is 1 (a head split,
+ * [B, T, H, d] -> [B, H, T, d], copies runs of d), else a gather of one
+ * element type. It was an odometer step and a memcpy call per element. */
+typedef struct permute_job {
+  const char *x;
+  char *y;
+  size_t es;
+  int n;
+  int64_t size[AD_MAX_DIMS], st[AD_MAX_DIMS];
+} permute_job;
+
+#define GATHER_ROW(T, y, x, len, s)                                                                \
+  do {                                                                                             \
+    T *Y_ = (T *)(y);                                                                              \
+    const T *X_ = (const T *)(x);                                                                  \
+    for (int64_t i_ = 0; i_ < (len); i_++) Y_[i_] = X_[i_ * (s)];                                  \
+  } while (0)
+
+static void permute_rows(void *ud, int64_t b, int64_t e) {
+  const permute_job *j = ud;
+  int n = j->n;
+  int64_t len = j->size[n - 1], s = j->st[n - 1], idx[AD_MAX_DIMS] = {0}, off = 0;
+  for (int64_t k = n - 2, rest = b; k >= 0; rest /= j->size[k], k--) { /* row b's place in x */
+    idx[k] = rest % j->size[k];
+    off += idx[k] * j->st[k];
+  }
+  for (int64_t row = b; row < e; row++) {
+    char *y = j->y + (size_t)(row * len) * j->es;
+    const char *x = j->x + (size_t)off * j->es;
+    if (s == 1)
+      memcpy(y, x, (size_t)len * j->es);
+    else if (j->es == 4)
+      GATHER_ROW(uint32_t, y, x, len, s);
+    else if (j->es == 8)
+      GATHER_ROW(uint64_t, y, x, len, s);
+    else
+      for (int64_t i = 0; i < len; i++)
+        memcpy(y + (size_t)i * j->es, x + (size_t)(i * s) * j->es, j->es);
+    for (int k = n - 2; k >= 0; k--) { /* odometer over the rows */
+      off += j->st[k];
+      if (++idx[k] < j->size[k]) break;
+      off -= j->st[k] * idx[k];
+      idx[k] = 0;
+    }
+  }
+}
+
 static void permute_fwd(const ad_call *c) {
   const ad_tensor *x = c->in[0];
   ad_tensor *out = c->out;
   int nd = x->ndim;
-  int64_t xst[AD_MAX_DIMS], st[AD_MAX_DIMS], idx[AD_MAX_DIMS] = {0};
+  if (out->size == 0) return;
+  int64_t xst[AD_MAX_DIMS];
   int64_t s = 1;
   for (int k = nd - 1; k >= 0; s *= x->shape[k], k--) xst[k] = s;
-  for (int k = 0; k < nd; k++) st[k] = xst[ad_norm_axis(c->attrs->permute.perm[k], nd)];
-  size_t es = ad_dsize(x->dtype);
-  int64_t off = 0;
-  for (int64_t o = 0; o < out->size; o++) {
-    memcpy((char *)out->data + (size_t)o * es, (const char *)x->data + (size_t)off * es, es);
-    for (int k = nd - 1; k >= 0; k--) { /* odometer over out's index */
-      off += st[k];
-      if (++idx[k] < out->shape[k]) break;
-      off -= st[k] * idx[k];
-      idx[k] = 0;
+  permute_job j = {x->data, out->data, ad_dsize(x->dtype), 0, {0}, {0}};
+  for (int k = 0; k < nd; k++) {
+    int64_t size = out->shape[k], st = xst[ad_norm_axis(c->attrs->permute.perm[k], nd)];
+    if (size == 1) continue;
+    if (j.n > 0 && j.st[j.n - 1] == st * size) { /* still x's neighbour: one dim */
+      j.size[j.n - 1] *= size;
+      j.st[j.n - 1] = st;
+    } else {
+      j.size[j.n] = size;
+      j.st[j.n++] = st;
     }
   }
+  if (j.n == 0) j.size[j.n] = 1, j.st[j.n++] = 1; /* one element */
+  int64_t len = j.size[j.n - 1], rows = out->size / len;
+  int64_t grain = (32768 + len - 1) / len;
+  if (rows <= grain)
+    permute_rows(&j, 0, rows);
+  else
+    ad_parallel_for(rows, grain, permute_rows, &j);
 }
 
 static ad_status permute_bwd(const ad_call *c) {
