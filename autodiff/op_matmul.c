@@ -96,6 +96,19 @@ static ad_status matmul_shape(const ad_call *c) {
   return AD_OK;
 }
 
+/* Whether B is broadcast along every batch dim of the product and A, not
+ * transposed, holds all of them: then A's batches are one matrix of
+ * batches x m rows (a [N, T, E] input times a [E', E] weight), as
+ * torch.matmul folds them, one GEMM instead of a product of m rows per
+ * batch (and, for B's gradient, one product of depth batches x m instead
+ * of a product per batch and their sum). */
+static bool mm_folds(const mm_layout *l, const ad_tensor *a) {
+  if (l->ta || l->nb == 0 || a->ndim != l->nb + 2) return false;
+  for (int d = 0; d < l->nb; d++)
+    if (l->batch[d] != 1 && l->sb[d] != 0) return false;
+  return true;
+}
+
 /* Y = op(A) op(B), one GEMM per output batch; a broadcast operand's batch
  * step is 0, so it is read in place for every batch it meets. */
 static void matmul_fwd(const ad_call *c) {
@@ -108,6 +121,8 @@ static void matmul_fwd(const ad_call *c) {
   int64_t batches = ad_shape_size(l.nb, l.batch);
   size_t es = ad_dsize(out->dtype);
   void *t;
+  if (batches > 1 && mm_folds(&l, a)) /* each row's bits as in its own batch's product */
+    m *= batches, batches = 1;
   if (batches == 1 && ad_matmul_xwt_pays(out->dtype, ta, tb, m, nn, k) &&
       (t = ad_arena_alloc(c->ctx, (size_t)(m * nn) * es))) {
     ad_matmul_xwt(out->dtype, m, nn, k, a->data, b->data, t, out->data);
@@ -165,6 +180,13 @@ static ad_status matmul_bwd(const ad_call *c) {
     ad_tensor *g = !ta ? ad_matmul(ctx, dy, b2, false, !tb) : ad_matmul(ctx, b2, dy, tb, true);
     ad_status st = ad_call_set_grad(c, 0, grad_like(ctx, g, a2, a));
     if (st != AD_OK) return st;
+  }
+  if (c->needs[1] && mm_folds(&l, a)) { /* one product over every batch's rows */
+    int64_t rows = ad_shape_size(l.nb, l.batch) * l.m, sa[2] = {rows, l.k}, sy[2] = {rows, l.n};
+    ad_tensor *a1 = ad_reshape(ctx, a, 2, sa), *dy1 = ad_reshape(ctx, dy, 2, sy);
+    ad_tensor *g =
+        !tb ? ad_matmul(ctx, a1, dy1, true, false) : ad_matmul(ctx, dy1, a1, true, false);
+    return ad_call_set_grad(c, 1, g ? ad_reshape(ctx, g, b->ndim, b->shape) : NULL);
   }
   if (c->needs[1]) {
     ad_tensor *g = !tb ? ad_matmul(ctx, a2, dy, !ta, false) : ad_matmul(ctx, dy, a2, true, ta);

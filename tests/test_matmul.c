@@ -3,7 +3,8 @@
  * output shapes of broadcast batches, differing batch ranks and 1-D
  * operands; broadcasting read in place gives the bits of the product of
  * expanded copies; flags on a 1-D operand are ignored; the gradient of a
- * broadcast operand is summed over its batch (hand-computed); first and
+ * broadcast operand is summed over its batch (hand-computed, also where
+ * A's batches fold into one product's rows); first and
  * second derivatives of compositions in f32 and f64; bad input and its
  * messages. */
 #include "test_alloc.h"
@@ -38,6 +39,10 @@ static const mm_case cases[] = {
     {1, 3, 2, {4}, {2, 4, 5}, {2, 5}, false, false},
     {4, 1, 3, {2, 3, 5, 4}, {4}, {2, 3, 5}, false, false},
     {3, 3, 3, {2, 3, 4}, {2, 4, 5}, {2, 3, 5}, false, false},
+    /* B broadcast along every batch dim of A: A's batches fold into rows */
+    {3, 2, 3, {7, 3, 4}, {5, 4}, {7, 3, 5}, false, true},
+    {3, 3, 3, {2, 3, 4}, {1, 4, 5}, {2, 3, 5}, false, false},
+    {3, 3, 3, {1, 3, 4}, {1, 5, 4}, {1, 3, 5}, false, true},
 };
 #define NCASES ((int)(sizeof cases / sizeof *cases))
 
@@ -215,6 +220,50 @@ Test(matmul, broadcast_gradient_is_summed_over_the_batch) {
       }
   ad_tensor_free(a);
   ad_tensor_free(b);
+}
+
+/* A [N, T, K] times a weight broadcast over its batch (torch.matmul's
+ * folded case): B's gradient is the sum over the batch of A_n^T dY_n (one
+ * product of depth N T), A's is dY_n B^T per batch; against those sums
+ * computed here, f64, with and without B transposed, B 2-D and [1, K, M]. */
+Test(matmul, folded_batch_gradients_are_the_batch_sums) {
+  cr_assert_eq(ad_rng_seed(&rng, 15), AD_OK);
+  enum { N = 3, T = 5, K = 4, M = 6 };
+  for (int v = 0; v < 3; v++) {
+    bool tb = v == 1;
+    int64_t sa[3] = {N, T, K}, sb2[2] = {tb ? M : K, tb ? K : M}, sb3[3] = {1, K, M};
+    ad_tensor *a = rand_tensor(AD_F64, 3, sa, true);
+    ad_tensor *b = v == 2 ? rand_tensor(AD_F64, 3, sb3, true) : rand_tensor(AD_F64, 2, sb2, true);
+    int64_t sy[3] = {N, T, M};
+    ad_tensor *w = rand_tensor(AD_F64, 3, sy, false); /* dL/dY */
+    ad_tensor *y = ad_matmul(ctx, a, b, false, tb);
+    cr_assert_not_null(y, "%s", ad_last_error(ctx));
+    cr_assert_eq(ad_backward(ctx, ad_sum(ctx, ad_mul(ctx, y, w)), NULL), AD_OK, "%s",
+                 ad_last_error(ctx));
+    for (int k = 0; k < K; k++)
+      for (int m = 0; m < M; m++) {
+        double want = 0;
+        for (int n = 0; n < N; n++)
+          for (int t = 0; t < T; t++)
+            want += ad_tensor_get(a, (n * T + t) * K + k) * ad_tensor_get(w, (n * T + t) * M + m);
+        double got = ad_tensor_get(b->grad, tb ? m * K + k : k * M + m);
+        cr_assert(fabs(got - want) <= 1e-13, "variant %d: dB[%d,%d] = %.17g, want %.17g", v, k, m,
+                  got, want);
+      }
+    for (int n = 0; n < N; n++)
+      for (int t = 0; t < T; t++)
+        for (int k = 0; k < K; k++) {
+          double want = 0;
+          for (int m = 0; m < M; m++)
+            want += ad_tensor_get(w, (n * T + t) * M + m) *
+                    ad_tensor_get(b, tb ? m * K + k : k * M + m);
+          double got = ad_tensor_get(a->grad, (n * T + t) * K + k);
+          cr_assert(fabs(got - want) <= 1e-13, "variant %d: dA[%d,%d,%d] = %.17g, want %.17g", v, n,
+                    t, k, got, want);
+        }
+    ad_tape_reset(ctx);
+    ad_tensor_free(a), ad_tensor_free(b), ad_tensor_free(w);
+  }
 }
 
 /* f(A, B) = tanh(A) B: the product inside a composition, so the second
