@@ -236,8 +236,59 @@ static ad_status shape_softmax(const ad_call *c) {
     }                                                                                              \
   }
 
-#define SOFTMAX_ONE(T)     SOFTMAX_BODY(T, 0)
-#define LOG_SOFTMAX_ONE(T) SOFTMAX_BODY(T, 1)
+/* softmax (log_softmax when LOG) of one contiguous float32 lane of n
+ * elements, vectorized: 16 partial maxima (a NaN in any is the maximum:
+ * the lane is all NaN, as in SOFTMAX_BODY; which zero is the maximum
+ * changes no x - m), e = exp_v(x - m) (vexp.h) with libm's expf where
+ * x - m < -87.3 (exp_v's clamp: e is subnormal or 0 there), and 16 partial
+ * double sums. The other lanes' loop (SOFTMAX_BODY) takes expf and one
+ * sum in order: the results differ in the last bits, within 2 ulp. */
+CELL_CLONES static void softmax_row_f32(const float *x, float *y, int64_t n, bool log_) {
+  float pm[16];
+  for (int k = 0; k < 16; k++) pm[k] = -INFINITY;
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    for (int k = 0; k < 16; k++) pm[k] = AD_MAX_NAN(x[i + k], pm[k]);
+  for (; i < n; i++) pm[0] = AD_MAX_NAN(x[i], pm[0]);
+  float m = pm[0];
+  for (int k = 1; k < 16; k++) m = AD_MAX_NAN(pm[k], m);
+  double ps[16] = {0};
+  for (i = 0; i < n; i += 16) {
+    int64_t len = n - i < 16 ? n - i : 16;
+    float e[16];
+    int low = 0;
+    for (int k = 0; k < len; k++) {
+      float d = x[i + k] - m;
+      e[k] = exp_v(d);
+      low |= d < -87.3f;
+    }
+    if (low)
+      for (int k = 0; k < len; k++)
+        if (x[i + k] - m < -87.3f) e[k] = expf(x[i + k] - m);
+    for (int k = 0; k < len; k++) ps[k] += (double)e[k];
+    if (!log_)
+      for (int k = 0; k < len; k++) y[i + k] = e[k];
+  }
+  double s = 0;
+  for (int k = 0; k < 16; k++) s += ps[k];
+  if (log_) {
+    double ls = log(s);
+    for (i = 0; i < n; i++) y[i] = (float)(((double)x[i] - (double)m) - ls);
+  } else {
+    double inv = 1 / s; /* e * (1/s) in double: rounded to float, e / s but for ties */
+    for (i = 0; i < n; i++) y[i] = (float)((double)y[i] * inv);
+  }
+}
+
+/* A contiguous float32 lane (a softmax along the last axis) on the vector
+ * path above, any other lane SOFTMAX_BODY's. */
+#define SOFTMAX_LANE(T, LOG)                                                                       \
+  if (sizeof(T) == sizeof(float) && S == 1)                                                        \
+    softmax_row_f32((const float *)(const void *)X, (float *)(void *)Y, N, LOG);                   \
+  else                                                                                             \
+    SOFTMAX_BODY(T, LOG)
+#define SOFTMAX_ONE(T)     SOFTMAX_LANE(T, 0)
+#define LOG_SOFTMAX_ONE(T) SOFTMAX_LANE(T, 1)
 /* SOFTMAX_BODY for nb lanes at once (LANES_FN). */
 #define SOFTMAX_BLOCK(T, LOG)                                                                      \
   {                                                                                                \

@@ -1451,3 +1451,62 @@ Test(ops_values, float32_exp_tanh_sigmoid_within_ulps) {
   }
   ad_tensor_free(x);
 }
+
+/* float32 softmax and log_softmax along the last axis (a vector path:
+ * partial maxima and sums, exp_v with libm below its clamp) against the
+ * same in float64: lanes of 1 to 100 elements (tails of the 16-wide
+ * loop), spreads up to 300 (outputs that are subnormal or 0; x - max is
+ * rounded to float first, as in PyTorch, an error growing with it), and lanes
+ * holding a NaN, +inf or only -inf (all NaN, as in PyTorch); on 1 and 3
+ * threads the same bits. */
+Test(ops_values, float32_softmax_last_axis_against_float64) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 21);
+  for (int64_t len = 1; len <= 100; len += len < 20 ? 1 : 9) {
+    int64_t sh[2] = {7, len};
+    ad_tensor *x = ad_zeros(ctx, AD_F32, 2, sh);
+    cr_assert_not_null(x, "%s", ad_last_error(ctx));
+    for (int64_t r = 0; r < 7; r++)
+      for (int64_t i = 0; i < len; i++) {
+        double spread = r < 3 ? 3 : 300;
+        ad_tensor_set(x, r * len + i, (ad_rng_uniform(&rng) - 0.5) * spread);
+      }
+    ad_tensor_set(x, 3 * len + len / 2, NAN);
+    ad_tensor_set(x, 4 * len + len / 3, INFINITY);
+    for (int64_t i = 0; i < len; i++) ad_tensor_set(x, 5 * len + i, -INFINITY);
+    for (int lg = 0; lg < 2; lg++) {
+      ad_tensor *y = lg ? ad_log_softmax(ctx, x, -1) : ad_softmax(ctx, x, -1);
+      cr_assert_not_null(y, "%s", ad_last_error(ctx));
+      for (int64_t r = 0; r < 7; r++) {
+        double m = -INFINITY, sum = 0;
+        bool nan = false;
+        for (int64_t i = 0; i < len; i++) {
+          double v = ad_tensor_get(x, r * len + i);
+          nan |= isnan(v);
+          m = v > m ? v : m;
+        }
+        for (int64_t i = 0; i < len; i++) sum += exp(ad_tensor_get(x, r * len + i) - m);
+        for (int64_t i = 0; i < len; i++) {
+          double v = ad_tensor_get(x, r * len + i), got = ad_tensor_get(y, r * len + i);
+          double want = lg ? (v - m) - log(sum) : exp(v - m) / sum;
+          if (nan || isinf(m)) { /* exp(inf - inf) in the sum: all NaN, as in PyTorch */
+            cr_assert(isnan(got), "len %lld row %lld [%lld] %s: %g, want NaN", (long long)len,
+                      (long long)r, (long long)i, lg ? "log_softmax" : "softmax", got);
+            continue;
+          }
+          double tol = lg ? 3 * 0x1p-24 * (fabs(v - m) + fabs(log(sum)) + 1)
+                          : 3 * 0x1p-24 * fabs(want) * (1 + fabs(v - m)) + 0x1p-149;
+          QUICK_ASSERT(fabs(got - want) <= tol,
+                       "len %lld row %lld [%lld] %s: %.9g, want %.9g (x %.9g)", (long long)len,
+                       (long long)r, (long long)i, lg ? "log_softmax" : "softmax", got, want, v);
+        }
+      }
+      cr_assert_eq(ad_set_num_threads(3), AD_OK);
+      ad_tensor *y3 = lg ? ad_log_softmax(ctx, x, -1) : ad_softmax(ctx, x, -1);
+      ad_set_num_threads(1);
+      cr_assert(y3 && memcmp(y3->data, y->data, (size_t)y->size * sizeof(float)) == 0);
+    }
+    ad_tape_reset(ctx);
+    ad_tensor_free(x);
+  }
+}
