@@ -367,6 +367,60 @@ Test(parallel, reductions_across_lanes_same_bits_as_one_lane) {
   }
 }
 
+/* Sums of long contiguous lanes (a loss's mean, a sum of everything) are
+ * cut into chunks fixed by the length alone and summed in interleaved
+ * partials (op_reduce.c): the same bits on 1 and 3 threads, a long lane
+ * alone (its chunks split over threads) and as one row of several (its
+ * chunks on the row's thread) agree, and the value is within a few ulp of
+ * the exact sum (a double-double sum here), for lengths around the
+ * thresholds, including one long enough that the chunks grow. */
+static double exact_sum(const ad_tensor *x, int64_t lo, int64_t n) {
+  double hi = 0, lo_part = 0; /* Kahan-Babuska (Neumaier) in double */
+  for (int64_t i = 0; i < n; i++) {
+    double v = ad_tensor_get(x, lo + i), t = hi + v;
+    lo_part += fabs(hi) >= fabs(v) ? (hi - t) + v : (v - t) + hi;
+    hi = t;
+  }
+  return hi + lo_part;
+}
+
+Test(parallel, long_sums_are_deterministic_and_accurate) {
+  static const int64_t lens[] = {255, 256, 257, 4095, 4096, 4097, 100003, 5000000};
+  ad_rng rng;
+  ad_rng_seed(&rng, 13);
+  for (int d = 0; d < 2; d++) {
+    ad_dtype dt = d ? AD_F64 : AD_F32;
+    for (size_t li = 0; li < sizeof lens / sizeof *lens; li++) {
+      int64_t n = lens[li], sh[2] = {2, n};
+      ad_tensor *x = ad_rand(ctx, &rng, dt, 2, sh, -1, 3);
+      cr_assert_not_null(x, "%s", ad_last_error(ctx));
+      ad_tensor *row = ad_narrow(ctx, x, 0, 1, 1); /* [1, n]: one lane alone */
+      double sums[2][3];
+      for (int t = 0; t < 2; t++) {
+        cr_assert_eq(ad_set_num_threads(t ? 3 : 1), AD_OK);
+        ad_tensor *rows = ad_sum_axis(ctx, x, 1, false), *all = ad_sum(ctx, row);
+        cr_assert(rows && all, "%s", ad_last_error(ctx));
+        sums[t][0] = ad_tensor_get(rows, 0), sums[t][1] = ad_tensor_get(rows, 1);
+        sums[t][2] = ad_tensor_get(all, 0);
+      }
+      ad_set_num_threads(1);
+      for (int k = 0; k < 3; k++)
+        cr_assert(memcmp(&sums[0][k], &sums[1][k], sizeof(double)) == 0,
+                  "%s n %lld: 1 and 3 threads differ (%d)", ad_dtype_name(dt), (long long)n, k);
+      cr_assert(sums[0][1] == sums[0][2], "%s n %lld: a row %.17g, the lane alone %.17g",
+                ad_dtype_name(dt), (long long)n, sums[0][1], sums[0][2]);
+      for (int r = 0; r < 2; r++) {
+        double want = exact_sum(x, r * n, n), got = sums[0][r];
+        double ulp = d ? ldexp(fabs(want), -52) : ldexp(fabs(want), -23);
+        cr_assert(fabs(got - want) <= (d ? 64 : 1) * ulp, "%s n %lld row %d: %.17g, exact %.17g",
+                  ad_dtype_name(dt), (long long)n, r, got, want);
+      }
+      ad_tape_reset(ctx);
+      ad_tensor_free(x);
+    }
+  }
+}
+
 Test(parallel, matmul_split_matches) {
   ad_rng rng;
   ad_rng_seed(&rng, 8);
