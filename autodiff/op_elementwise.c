@@ -114,7 +114,7 @@ typedef struct unary_job {
     else                                                                                           \
       ad_parallel_for(c->out->size, ELEM_GRAIN, NAME##_range, &j);                                 \
   }
-#define DEFINE_UNARY(NAME, EXPR32, EXPR64)   UNARY_KERNEL(NAME, NO_S, EXPR32, EXPR64)
+#define DEFINE_UNARY(NAME, EXPR32, EXPR64) UNARY_KERNEL(NAME, NO_S, EXPR32, EXPR64)
 
 /* A unary op whose float32 form vectorizes: V32(x), an expression without
  * calls or branches (vexp.h), for every x but those where OUT32(x) holds,
@@ -595,25 +595,69 @@ static ad_status where_shape(const ad_call *c) {
   return AD_OK;
 }
 
-static void where_fwd(const ad_call *c) {
-  ad_tensor *const *in = c->in;
-  ad_tensor *out = c->out;
+/* where over rows of out, for ad_parallel_for: each row's cond, a and b
+ * read with their strides in loops of their types (it read cond through
+ * ad_tensor_get, a call and a dtype switch per element, on one thread). A
+ * cond that is NaN holds (NaN != 0). */
+typedef struct where_job {
+  const ad_call *c;
   ad_bc_rows it;
-  ad_bc_init(&it, 3, in, out);
+} where_job;
+
+#define WHERE_ROW(TC, T)                                                                           \
+  do {                                                                                             \
+    const TC *C_ = (const TC *)j->c->in[0]->data + off[0];                                         \
+    const T *A_ = (const T *)j->c->in[1]->data + off[1],                                           \
+            *B_ = (const T *)j->c->in[2]->data + off[2];                                           \
+    T *Y_ = (T *)j->c->out->data + r * len;                                                        \
+    if (s[0] == 1 && s[1] == 1 && s[2] == 1) /* both loads, then a select: it vectorizes */        \
+      for (int64_t i = 0; i < len; i++) {                                                          \
+        T av = A_[i], bv = B_[i];                                                                  \
+        Y_[i] = C_[i] != 0 ? av : bv;                                                              \
+      }                                                                                            \
+    else if (s[0] == 1 && s[1] == 1 && s[2] == 0)                                                  \
+      for (int64_t i = 0; i < len; i++) {                                                          \
+        T av = A_[i], bv = B_[0];                                                                  \
+        Y_[i] = C_[i] != 0 ? av : bv;                                                              \
+      }                                                                                            \
+    else                                                                                           \
+      for (int64_t i = 0; i < len; i++) Y_[i] = C_[i * s[0]] != 0 ? A_[i * s[1]] : B_[i * s[2]];   \
+  } while (0)
+#define WHERE_ROWS_OF(T)                                                                           \
+  do {                                                                                             \
+    if (cd == AD_F32)                                                                              \
+      WHERE_ROW(float, T);                                                                         \
+    else if (cd == AD_F64)                                                                         \
+      WHERE_ROW(double, T);                                                                        \
+    else                                                                                           \
+      WHERE_ROW(int32_t, T);                                                                       \
+  } while (0)
+
+static void where_rows(void *ud, int64_t b, int64_t e) {
+  const where_job *j = ud;
+  const ad_tensor *out = j->c->out;
+  ad_dtype cd = j->c->in[0]->dtype;
   int last = out->ndim - 1;
-  for (int64_t r = 0; r < it.rows; r++) {
-    int64_t off[3], s[3];
-    ad_bc_row(&it, out, r, off);
-    for (int k = 0; k < 3; k++) s[k] = last >= 0 ? it.st[k][last] : 0;
-    for (int64_t i = 0; i < it.len; i++) {
-      int src = ad_tensor_get(in[0], off[0] + i * s[0]) != 0 ? 1 : 2; /* a where cond holds */
-      int64_t o = r * it.len + i;
-      if (out->dtype == AD_F32)
-        ((float *)out->data)[o] = ((const float *)in[src]->data)[off[src] + i * s[src]];
-      else
-        ((double *)out->data)[o] = ((const double *)in[src]->data)[off[src] + i * s[src]];
-    }
+  int64_t s[3], len = j->it.len;
+  for (int k = 0; k < 3; k++) s[k] = last >= 0 ? j->it.st[k][last] : 0;
+  for (int64_t r = b; r < e; r++) {
+    int64_t off[3];
+    ad_bc_row(&j->it, out, r, off);
+    if (out->dtype == AD_F32)
+      WHERE_ROWS_OF(float);
+    else
+      WHERE_ROWS_OF(double);
   }
+}
+
+static void where_fwd(const ad_call *c) {
+  where_job j = {c, {0}};
+  ad_bc_init(&j.it, 3, c->in, c->out);
+  int64_t grain = j.it.len ? (ELEM_GRAIN + j.it.len - 1) / j.it.len : 1;
+  if (j.it.rows <= grain)
+    where_rows(&j, 0, j.it.rows);
+  else
+    ad_parallel_for(j.it.rows, grain, where_rows, &j);
 }
 
 static ad_status where_bwd(const ad_call *c) {

@@ -421,6 +421,50 @@ Test(parallel, long_sums_are_deterministic_and_accurate) {
   }
 }
 
+/* where reads cond, a and b in loops of their dtypes, rows split over
+ * threads: cond of each dtype (a NaN cond holds), broadcast patterns (a
+ * column of conds, a row of a, a scalar b), float32 and float64 values,
+ * against the rule element by element, on 1 and 3 threads. */
+Test(parallel, where_by_dtype_and_broadcast) {
+  static const ad_dtype cds[3] = {AD_F32, AD_F64, AD_I32};
+  ad_rng rng;
+  ad_rng_seed(&rng, 17);
+  for (int v = 0; v < 2; v++) {
+    ad_dtype dt = v ? AD_F64 : AD_F32;
+    for (int ci = 0; ci < 3; ci++)
+      for (int pat = 0; pat < 3; pat++) {
+        int64_t R = 700, M = 90, sc[2] = {R, pat == 1 ? 1 : M}, sa[2] = {pat == 2 ? 1 : R, M};
+        ad_tensor *cond = ad_zeros(ctx, cds[ci], 2, sc);
+        ad_tensor *a = ad_rand(ctx, &rng, dt, 2, sa, -1, 1);
+        ad_tensor *b = pat == 0 ? ad_rand(ctx, &rng, dt, 2, (int64_t[2]){R, M}, -1, 1)
+                                : ad_full(ctx, dt, 0, NULL, -7.5);
+        cr_assert(cond && a && b, "%s", ad_last_error(ctx));
+        for (int64_t i = 0; i < cond->size; i++)
+          ad_tensor_set(cond, i, ad_rng_below(&rng, 3) == 0 ? 0.0 : (double)ad_rng_below(&rng, 5));
+        if (cds[ci] != AD_I32) ad_tensor_set(cond, 3, NAN);
+        ad_tensor *y[2];
+        for (int t = 0; t < 2; t++) {
+          cr_assert_eq(ad_set_num_threads(t ? 3 : 1), AD_OK);
+          y[t] = ad_where(ctx, cond, a, b);
+          cr_assert_not_null(y[t], "%s", ad_last_error(ctx));
+        }
+        ad_set_num_threads(1);
+        cr_assert(memcmp(y[0]->data, y[1]->data, (size_t)y[0]->size * ad_dtype_size(dt)) == 0);
+        for (int64_t r = 0; r < R; r++)
+          for (int64_t m = 0; m < M; m++) {
+            double cv = ad_tensor_get(cond, pat == 1 ? r : r * M + m);
+            double want = cv != 0 ? ad_tensor_get(a, pat == 2 ? m : r * M + m)
+                                  : ad_tensor_get(b, pat == 0 ? r * M + m : 0);
+            QUICK_ASSERT(ad_tensor_get(y[0], r * M + m) == want,
+                         "%s cond %d pattern %d [%lld,%lld]: %g, want %g", ad_dtype_name(dt), ci,
+                         pat, (long long)r, (long long)m, ad_tensor_get(y[0], r * M + m), want);
+          }
+        ad_tape_reset(ctx);
+        ad_tensor_free(cond), ad_tensor_free(a), ad_tensor_free(b);
+      }
+  }
+}
+
 Test(parallel, matmul_split_matches) {
   ad_rng rng;
   ad_rng_seed(&rng, 8);
