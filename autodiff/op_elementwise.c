@@ -1136,7 +1136,14 @@ const ad_op_def ad_def_leaky_relu = {
 
 #define SQRT1_2 0.70710678118654752440
 
-DEFINE_UNARY(gelu, 0.5f * x * (1.0f + erff(x * (float)SQRT1_2)), 0.5 * x * (1.0 + erf(x * SQRT1_2)))
+/* float32: gelu_v (vexp.h) for |x| <= 13, whose negative tail is computed
+ * as erfc, not 1 + erf (which lost every digit below about -6, as
+ * PyTorch's form does); beyond and for NaN the same tail form in double
+ * (libm's erfc; in float the rounding of x / sqrt 2 alone costs 177 ulp
+ * at -13). float64: libm's erf (its tail cancels as before). */
+static inline float gelu_f(float x) { return (float)(0.5 * x * erfc(-x * SQRT1_2)); }
+#define GELU_OUT32(x) (!((x) >= -13.0f && (x) <= 13.0f))
+UNARY_KERNEL_V(gelu, gelu_v, GELU_OUT32, gelu_f, 0.5 * x * (1.0 + erf(x * SQRT1_2)))
 
 /* phi(x) = exp(-x^2/2) / sqrt(2 pi), the standard normal density */
 static ad_status gelu_bwd(const ad_call *c) {
@@ -1193,7 +1200,10 @@ const ad_op_def ad_def_softplus = {
 
 /* ------------------------------------------------------------------ erf */
 
-DEFINE_UNARY(erf, erff(x), erf(x))
+/* float32: erf_v (vexp.h, within 1.07 ulp) for |x| <= 9; libm's erff
+ * beyond (where erf is +-1 in float) and for NaN. */
+#define ERF_OUT32(x) (!((x) >= -9.0f && (x) <= 9.0f))
+UNARY_KERNEL_V(erf, erf_v, ERF_OUT32, erff, erf(x))
 
 static ad_status erf_bwd(const ad_call *c) {
   ad_ctx *ctx = c->ctx;

@@ -1368,12 +1368,17 @@ Test(ops_values, mean_divides_by_the_count_as_torch) {
 }
 
 /* float32 exp, tanh and sigmoid run on the vectorized exp_v (vexp.h), with
- * libm where exp_v clamps, and log on log_v, with libm outside the
- * positive normal floats. Over a sweep of each function's range and its
- * edges: within a bound in ulps of the float64 result (exp 1.5, tanh 1.5,
- * sigmoid 2.5: its libm form's own error reaches 2.4; log 1), the special values
+ * libm where exp_v clamps, log on log_v, with libm outside the positive
+ * normal floats, erf and GELU on erf_parts, libm beyond |x| 9 and 13.
+ * Over a sweep of each function's range and its edges: within a bound in
+ * ulps of the float64 result (exp 1.5, tanh 1.5, sigmoid 2.5: its libm
+ * form's own error reaches 2.4; log 1; erf 1.5; GELU 6: 4.3 where 1 - erf
+ * cancels near -1.27, as the old form did, and 5.2 down the negative tail,
+ * where the old form lost every digit below -6), the special values
  * exact, the element of a 1-element tensor (computed alone) the same bits
  * as inside a long one, and 1 and 3 threads the same bits. */
+/* x Phi(x) with the tail as erfc, accurate on both sides */
+static double gelu64(double x) { return 0.5 * x * erfc(-x / sqrt(2.0)); }
 static double sigmoid64(double x) {
   return x >= 0 ? 1.0 / (1.0 + exp(-x)) : exp(x) / (1.0 + exp(x));
 }
@@ -1389,7 +1394,7 @@ static double ulps32(float got, double want) {
   return fabs((double)got - want) / ((double)up - (double)a);
 }
 
-Test(ops_values, float32_exp_tanh_sigmoid_log_within_ulps) {
+Test(ops_values, float32_transcendentals_within_ulps) {
   static const struct {
     const char *name;
     ad_tensor *(*op)(ad_ctx *, ad_tensor *);
@@ -1398,7 +1403,9 @@ Test(ops_values, float32_exp_tanh_sigmoid_log_within_ulps) {
   } fns[] = {{"exp", ad_exp, exp, -110, 95, 1.5},
              {"tanh", ad_tanh, tanh, -12, 12, 1.5},
              {"sigmoid", ad_sigmoid, sigmoid64, -110, 40, 2.5},
-             {"log", ad_log, log, 1e-7, 1e4, 1.0}};
+             {"log", ad_log, log, 1e-7, 1e4, 1.0},
+             {"erf", ad_erf, erf, -6, 6, 1.5},
+             {"gelu", ad_gelu, gelu64, -16, 16, 6.0}};
   static const float specials[] = {
       0.0f,    -0.0f,   INFINITY,    -INFINITY,   NAN,         1e-30f, -1e-30f, 1e-45f,
       -87.3f,  -87.31f, 88.3f,       88.31f,      88.72f,      88.73f, -103.9f, -104.0f,

@@ -1202,13 +1202,17 @@ def fmt_attr(attr):
 # and rounded to float32 (the correctly rounded values, the same on every
 # machine); the test compares them with float32's tolerance.
 BLAS_OPS = {"matmul", "conv2d", "conv_transpose2d", "conv2d_weight", "conv1d"}
+# Likewise ops whose torch float32 kernel is far from the correctly rounded
+# value: torch 1.13's float32 GELU is 30-100 ulp off at x = -2.7 (its
+# vectorised erf), beyond the engine's own error (under 6 ulp).
+F64_REF_OPS = BLAS_OPS | {"gelu"}
 
 
 def run_case(c, dtname):
     dt = TORCH_DT[dtname]
     # the dtype torch computes in, and what the file shows: dt, or for a
     # BLAS op in float32, float64 rounded to float32
-    calc = torch.float64 if c["op"] in BLAS_OPS and dt == torch.float32 else dt
+    calc = torch.float64 if c["op"] in F64_REF_OPS and dt == torch.float32 else dt
 
     def shown(t):
         return t.to(dt) if calc != dt else t
