@@ -181,11 +181,12 @@ static ad_status permute_shape(const ad_call *c) {
  * dims dropped; neighbours that stay neighbours in x, st[k-1] = st[k] *
  * size[k], merged), the last of which, len elements long, is a row read
  * from x with stride st[n-1]: a memcpy where that is 1 (a head split,
- * [B, T, H, d] -> [B, H, T, d], copies runs of d), else a gather of one
- * element type. It was an odometer step and a memcpy call per element. */
+ * [B, T, H, d] -> [B, H, T, d], copies runs of d), else a gather in the
+ * dtype's own C type. It was an odometer step and a memcpy call per element. */
 typedef struct permute_job {
   const char *x;
   char *y;
+  ad_dtype dt;
   size_t es;
   int n;
   int64_t size[AD_MAX_DIMS], st[AD_MAX_DIMS];
@@ -211,10 +212,12 @@ static void permute_rows(void *ud, int64_t b, int64_t e) {
     const char *x = j->x + (size_t)off * j->es;
     if (s == 1)
       memcpy(y, x, (size_t)len * j->es);
-    else if (j->es == 4)
-      GATHER_ROW(uint32_t, y, x, len, s);
-    else if (j->es == 8)
-      GATHER_ROW(uint64_t, y, x, len, s);
+    else if (j->dt == AD_F32) /* each dtype through its own type: no aliasing */
+      GATHER_ROW(float, y, x, len, s);
+    else if (j->dt == AD_F64)
+      GATHER_ROW(double, y, x, len, s);
+    else if (j->dt == AD_I32)
+      GATHER_ROW(int32_t, y, x, len, s);
     else
       for (int64_t i = 0; i < len; i++)
         memcpy(y + (size_t)i * j->es, x + (size_t)(i * s) * j->es, j->es);
@@ -235,7 +238,7 @@ static void permute_fwd(const ad_call *c) {
   int64_t xst[AD_MAX_DIMS];
   int64_t s = 1;
   for (int k = nd - 1; k >= 0; s *= x->shape[k], k--) xst[k] = s;
-  permute_job j = {x->data, out->data, ad_dsize(x->dtype), 0, {0}, {0}};
+  permute_job j = {x->data, out->data, x->dtype, ad_dsize(x->dtype), 0, {0}, {0}};
   for (int k = 0; k < nd; k++) {
     int64_t size = out->shape[k], st = xst[ad_norm_axis(c->attrs->permute.perm[k], nd)];
     if (size == 1) continue;
