@@ -833,10 +833,11 @@ const ad_op_def ad_def_neg = {
 
 /* ------------------------------------------------------------------ exp */
 
-/* float32: exp_v (vexp.h, within 1.01 ulp of e^x; glibc's expf is
+/* float32: exp_v (vexp.h, within 1.02 ulp of e^x; glibc's expf is
  * correctly rounded but a call per element, 4-5 ns against well under
- * one), libm where exp_v clamps: below -87.3 (subnormal results and 0)
- * and above 88.3 (up to overflow to inf); NaN stays NaN either way. */
+ * one), libm where exp_v clamps: below -87.3 (results near FLT_MIN and
+ * below: subnormals and 0) and above 88.3 (up to overflow to inf); NaN
+ * stays NaN either way. */
 #define EXP_OUT32(x) (!((x) >= -87.3f && (x) <= 88.3f))
 UNARY_KERNEL_V(exp, exp_v, EXP_OUT32, expf, exp(x))
 
@@ -1034,8 +1035,8 @@ static inline float sigmoid_f(float x) {
   return x >= 0 ? 1.0f / (1.0f + expf(-x)) : expf(x) / (1.0f + expf(x));
 }
 /* float32 in the loops: the same form on exp_v, e = e^-|x| in (0, 1];
- * below -87.3, where exp_v clamps (the result is subnormal or 0), libm's
- * form. */
+ * below -87.3, where exp_v clamps (the result is near FLT_MIN or below:
+ * subnormal or 0), libm's form. */
 static inline float sigmoid_v(float x) {
   float e = exp_v(-fabsf(x));
   return x >= 0 ? 1.0f / (1.0f + e) : e / (1.0f + e);

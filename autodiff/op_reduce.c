@@ -242,7 +242,9 @@ static ad_status shape_softmax(const ad_call *c) {
  * changes no x - m), e = exp_v(x - m) (vexp.h) with libm's expf where
  * x - m < -87.3 (exp_v's clamp: e is subnormal or 0 there), and 16 partial
  * double sums. The other lanes' loop (SOFTMAX_BODY) takes expf and one
- * sum in order: the results differ in the last bits, within 2 ulp. */
+ * sum in order: the results differ in the last bits, within 2 ulp, but
+ * for a log_softmax near 0 (-log of a sum near 1), where the two sums'
+ * last double bits show, as between any two summation orders. */
 CELL_CLONES static void softmax_row_f32(const float *x, float *y, int64_t n, bool log_) {
   float pm[16];
   for (int k = 0; k < 16; k++) pm[k] = -INFINITY;

@@ -1373,7 +1373,7 @@ Test(ops_values, mean_divides_by_the_count_as_torch) {
  * Over a sweep of each function's range and its edges: within a bound in
  * ulps of the float64 result (exp 1.5, tanh 1.5, sigmoid 2.5: its libm
  * form's own error reaches 2.4; log 1; erf 1.5; GELU 6: 4.3 where 1 - erf
- * cancels near -1.27, as the old form did, and 5.2 down the negative tail,
+ * cancels near -1.27, as the old form did, and 5.7 down the negative tail,
  * where the old form lost every digit below -6), the special values
  * exact, the element of a 1-element tensor (computed alone) the same bits
  * as inside a long one, and 1 and 3 threads the same bits. */
