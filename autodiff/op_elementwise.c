@@ -77,32 +77,27 @@ typedef struct unary_job {
  * scalar attribute as the double s: it keeps or drops that declaration. */
 #define NO_S(decl)
 #define WITH_S(decl) decl
-#define UNARY_KERNEL(NAME, S, EXPR32, EXPR64)                                                      \
-  static void NAME##_range(void *ud, int64_t b, int64_t e) {                                       \
-    const unary_job *j = ud;                                                                       \
-    S(const double s = j->at->scalar;)                                                             \
-    if (j->y->dtype == AD_F32) {                                                                   \
-      const float *X = j->x->data;                                                                 \
-      float *Y = j->y->data;                                                                       \
-      for (int64_t i = b; i < e; i++) {                                                            \
-        float x = X[i];                                                                            \
-        Y[i] = (float)(EXPR32);                                                                    \
-      }                                                                                            \
-    } else {                                                                                       \
-      const double *X = j->x->data;                                                                \
-      double *Y = j->y->data;                                                                      \
-      for (int64_t i = b; i < e; i++) {                                                            \
-        double x = X[i];                                                                           \
-        Y[i] = (EXPR64);                                                                           \
-      }                                                                                            \
+/* Y = EXPR64 of x over elements [b, e) of j's float64 tensors. */
+#define UNARY_LOOP64(EXPR64)                                                                       \
+  do {                                                                                             \
+    const double *X = j->x->data;                                                                  \
+    double *Y = j->y->data;                                                                        \
+    for (int64_t i = b; i < e; i++) {                                                              \
+      double x = X[i];                                                                             \
+      Y[i] = (EXPR64);                                                                             \
     }                                                                                              \
-  }                                                                                                \
+  } while (0)
+
+/* NAME_fwd: a one-element tensor computed here (SCALAR32 or EXPR64 of x,
+ * no job, no loop set-up), else NAME_range over the elements, split over
+ * the library's threads when there are more than ELEM_GRAIN. */
+#define UNARY_FWD(NAME, S, SCALAR32, EXPR64)                                                       \
   static void NAME##_fwd(const ad_call *c) {                                                       \
-    if (c->out->size == 1) { /* a scalar: no job, no loop set-up */                                \
+    if (c->out->size == 1) {                                                                       \
       S(const double s = c->attrs->scalar;)                                                        \
       if (c->out->dtype == AD_F32) {                                                               \
         float x = *(const float *)c->in[0]->data;                                                  \
-        *(float *)c->out->data = (float)(EXPR32);                                                  \
+        *(float *)c->out->data = SCALAR32;                                                         \
       } else {                                                                                     \
         double x = *(const double *)c->in[0]->data;                                                \
         *(double *)c->out->data = (EXPR64);                                                        \
@@ -115,6 +110,22 @@ typedef struct unary_job {
     else                                                                                           \
       ad_parallel_for(c->out->size, ELEM_GRAIN, NAME##_range, &j);                                 \
   }
+#define UNARY_KERNEL(NAME, S, EXPR32, EXPR64)                                                      \
+  static void NAME##_range(void *ud, int64_t b, int64_t e) {                                       \
+    const unary_job *j = ud;                                                                       \
+    S(const double s = j->at->scalar;)                                                             \
+    if (j->y->dtype == AD_F32) {                                                                   \
+      const float *X = j->x->data;                                                                 \
+      float *Y = j->y->data;                                                                       \
+      for (int64_t i = b; i < e; i++) {                                                            \
+        float x = X[i];                                                                            \
+        Y[i] = (float)(EXPR32);                                                                    \
+      }                                                                                            \
+    } else {                                                                                       \
+      UNARY_LOOP64(EXPR64);                                                                        \
+    }                                                                                              \
+  }                                                                                                \
+  UNARY_FWD(NAME, S, (float)(EXPR32), EXPR64)
 #define DEFINE_UNARY(NAME, EXPR32, EXPR64) UNARY_KERNEL(NAME, NO_S, EXPR32, EXPR64)
 
 /* A unary op whose float32 form vectorizes: V32(x), an expression without
@@ -145,31 +156,10 @@ typedef struct unary_job {
     if (j->y->dtype == AD_F32) {                                                                   \
       NAME##_rows32(j->x->data, j->y->data, b, e);                                                 \
     } else {                                                                                       \
-      const double *X = j->x->data;                                                                \
-      double *Y = j->y->data;                                                                      \
-      for (int64_t i = b; i < e; i++) {                                                            \
-        double x = X[i];                                                                           \
-        Y[i] = (EXPR64);                                                                           \
-      }                                                                                            \
+      UNARY_LOOP64(EXPR64);                                                                        \
     }                                                                                              \
   }                                                                                                \
-  static void NAME##_fwd(const ad_call *c) {                                                       \
-    if (c->out->size == 1) { /* a scalar: no job, no loop set-up */                                \
-      if (c->out->dtype == AD_F32) {                                                               \
-        float x = *(const float *)c->in[0]->data;                                                  \
-        *(float *)c->out->data = OUT32(x) ? FIX32(x) : V32(x);                                     \
-      } else {                                                                                     \
-        double x = *(const double *)c->in[0]->data;                                                \
-        *(double *)c->out->data = (EXPR64);                                                        \
-      }                                                                                            \
-      return;                                                                                      \
-    }                                                                                              \
-    unary_job j = {c->in[0], c->out, c->attrs};                                                    \
-    if (c->out->size <= ELEM_GRAIN)                                                                \
-      NAME##_range(&j, 0, c->out->size);                                                           \
-    else                                                                                           \
-      ad_parallel_for(c->out->size, ELEM_GRAIN, NAME##_range, &j);                                 \
-  }
+  UNARY_FWD(NAME, NO_S, (OUT32(x) ? FIX32(x) : V32(x)), EXPR64)
 #define DEFINE_UNARY_S(NAME, EXPR32, EXPR64) UNARY_KERNEL(NAME, WITH_S, EXPR32, EXPR64)
 
 /* maximum and minimum send dy to a unless a loses (lose(a, b): ad_lt for
