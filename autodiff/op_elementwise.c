@@ -824,8 +824,8 @@ const ad_op_def ad_def_neg = {
 /* ------------------------------------------------------------------ exp */
 
 /* float32: exp_v (vexp.h, within 1.02 ulp of e^x; glibc's expf is
- * correctly rounded but a call per element, 4-5 ns against well under
- * one), libm where exp_v clamps: below -87.3 (results near FLT_MIN and
+ * correctly rounded but a call per element, which does not vectorize),
+ * libm where exp_v clamps: below -87.3 (results near FLT_MIN and
  * below: subnormals and 0) and above 88.3 (up to overflow to inf); NaN
  * stays NaN either way. */
 #define EXP_OUT32(x) (!((x) >= -87.3f && (x) <= 88.3f))
@@ -852,8 +852,8 @@ const ad_op_def ad_def_exp = {
 /* ------------------------------------------------------------------ log */
 
 /* float32: log_v (vexp.h, within 0.92 ulp of ln x on every positive
- * normal float; glibc's logf, a call of 4-8 ns an element, where x is 0, a
- * subnormal, negative, infinite or NaN). */
+ * normal float); glibc's logf, a call per element, where x is 0, a
+ * subnormal, negative, infinite or NaN. */
 #define LOG_OUT32(x) (!((x) >= FLT_MIN && (x) <= FLT_MAX))
 UNARY_KERNEL_V(log, log_v, LOG_OUT32, logf, log(x))
 
@@ -988,7 +988,7 @@ static bool activation_grad_into(const ad_call *c, ad_forward_fn kernel, ad_tens
 /* ----------------------------------------------------------------- tanh */
 
 /* float32: tanh_v (vexp.h: at most 1.46 ulp; glibc's tanhf 2.16, and a
- * call of 12-20 ns per element), defined on every float. */
+ * call per element), defined on every float. */
 UNARY_KERNEL_V(tanh, tanh_v, NEVER_OUT32, tanhf, tanh(x))
 
 static ad_status tanh_bwd(const ad_call *c) {

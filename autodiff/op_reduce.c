@@ -29,12 +29,12 @@ static red_dims red_of(const ad_tensor *x, uint32_t axes) {
 
 /* The lanes of a reduction are its outer x inner sequences of n elements,
  * inner apart. Where inner > 1 they are interleaved, and a lane read alone
- * strides inner elements (a cache line per element: a [1024,1024] sum
- * along axis 0 ran at under 1 GB/s), so they are taken LANE_BLOCK at a
- * time: k outside, the block's lanes inside, x read row by row. Each lane
- * still sees its elements in order k = 0..n-1 through the same operations
- * as one lane alone, so the result is that loop's bits; and a lane belongs
- * to one thread, so the thread count changes no bit. */
+ * strides inner elements (a cache line per element), so they are taken
+ * LANE_BLOCK at a time: k outside, the block's lanes inside, x read row
+ * by row. Each lane still sees its elements in order k = 0..n-1 through
+ * the same operations as one lane alone, so the result is that loop's
+ * bits; and a lane belongs to one thread, so the thread count changes no
+ * bit. */
 enum { LANE_BLOCK = 64 };
 
 /* nb lanes (1 <= nb <= LANE_BLOCK) starting at x (NULL when n = 0) and
@@ -339,10 +339,10 @@ static int sample_softmax(const ad_sample_call *s) {
 /* ----------------------------------------------------------------- sum */
 
 /* A long contiguous lane (SUM_LONG elements or more: a loss's mean, a
- * sum of everything) was one chain of double additions, bound by the
- * adder's latency (3-6 GB/s). It is now cut into chunks, each summed in 32
- * interleaved double partials added in a fixed tree (sum_chunk), and the
- * chunks' sums added in order. The chunks depend on n alone (SUM_CHUNK
+ * sum of everything) summed as one chain of double additions would be
+ * bound by the adder's latency. It is cut into chunks instead, each
+ * summed in 32 interleaved double partials added in a fixed tree
+ * (sum_chunk), and the chunks' sums added in order. The chunks depend on n alone (SUM_CHUNK
  * elements, more when that would make over SUM_MAX_CHUNKS of them), so
  * the bits do not depend on the thread count, and one long lane's chunks
  * are summed on the library's threads. Shorter lanes keep the chain. */
