@@ -828,7 +828,7 @@ const ad_op_def ad_def_neg = {
  * libm where exp_v clamps: below -87.3 (results near FLT_MIN and
  * below: subnormals and 0) and above 88.3 (up to overflow to inf); NaN
  * stays NaN either way. */
-#define EXP_OUT32(x) (!((x) >= -87.3f && (x) <= 88.3f))
+#define EXP_OUT32(x) (!((x) >= EXP_V_MIN && (x) <= EXP_V_MAX))
 UNARY_KERNEL_V(exp, exp_v, EXP_OUT32, expf, exp(x))
 
 static ad_status exp_bwd(const ad_call *c) {
@@ -1031,7 +1031,7 @@ static inline float sigmoid_v(float x) {
   float e = exp_v(-fabsf(x));
   return x >= 0 ? 1.0f / (1.0f + e) : e / (1.0f + e);
 }
-#define SIGMOID_OUT32(x) ((x) < -87.3f)
+#define SIGMOID_OUT32(x) ((x) < EXP_V_MIN)
 
 UNARY_KERNEL_V(sigmoid, sigmoid_v, SIGMOID_OUT32, sigmoid_f, sigmoid_d(x))
 

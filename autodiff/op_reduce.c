@@ -240,8 +240,8 @@ static ad_status shape_softmax(const ad_call *c) {
  * elements, vectorized: 16 partial maxima (a NaN in any is the maximum:
  * the lane is all NaN, as in SOFTMAX_BODY; which zero is the maximum
  * changes no x - m), e = exp_v(x - m) (vexp.h) with libm's expf where
- * x - m < -87.3 (exp_v's clamp: e is subnormal or 0 there), and 16 partial
- * double sums. The other lanes' loop (SOFTMAX_BODY) takes expf and one
+ * x - m < EXP_V_MIN (exp_v's clamp: e is near FLT_MIN or below), and 16
+ * partial double sums. The other lanes' loop (SOFTMAX_BODY) takes expf and one
  * sum in order: the results differ in the last bits, within 2 ulp, but
  * for a log_softmax near 0 (-log of a sum near 1), where the two sums'
  * last double bits show, as between any two summation orders. */
@@ -262,11 +262,11 @@ CELL_CLONES static void softmax_row_f32(const float *x, float *y, int64_t n, boo
     for (int k = 0; k < len; k++) {
       float d = x[i + k] - m;
       e[k] = exp_v(d);
-      low |= d < -87.3f;
+      low |= d < EXP_V_MIN;
     }
     if (low)
       for (int k = 0; k < len; k++)
-        if (x[i + k] - m < -87.3f) e[k] = expf(x[i + k] - m);
+        if (x[i + k] - m < EXP_V_MIN) e[k] = expf(x[i + k] - m);
     for (int k = 0; k < len; k++) ps[k] += (double)e[k];
     if (!log_)
       for (int k = 0; k < len; k++) y[i + k] = e[k];

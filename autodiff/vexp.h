@@ -49,12 +49,17 @@
  * so the same bits on every clone, inline where the CPU has FMA, a libm
  * call on x86-64 CPUs older than Haswell); the rest of a row loop is not
  * contracted. */
+/* exp_v's clamp: outside it the result is not e^x (below, results near
+ * FLT_MIN and under: subnormals and 0; above, up to overflow), and the
+ * callers that need those take libm's expf there. */
+#define EXP_V_MIN (-87.3f)
+#define EXP_V_MAX 88.3f
 static inline float exp_v(float xin) {
   /* a NaN is carried through as 0 (converting it to an integer below is
    * undefined) and returned as it came */
   float x = xin == xin ? xin : 0.0f;
-  x = x < -87.3f ? -87.3f : x;
-  x = x > 88.3f ? 88.3f : x;
+  x = x < EXP_V_MIN ? EXP_V_MIN : x;
+  x = x > EXP_V_MAX ? EXP_V_MAX : x;
   float n = FMA_F(x, 1.44269504f, 12582912.0f) - 12582912.0f; /* round to nearest */
   float r = FMA_F(n, -0.693359375f, x);
   r = FMA_F(n, 2.12194440e-4f, r);
