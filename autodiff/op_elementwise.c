@@ -761,7 +761,57 @@ const ad_op_def ad_def_mul_scalar = {
 
 /* ----------------------------------------------------------- pow_scalar */
 
-DEFINE_UNARY_S(pow_scalar, powf(x, (float)s), pow(x, s))
+/* x^p with PyTorch's special exponents: 2, 3, -1 and -2 are products and
+ * a quotient, 0.5 and -0.5 are sqrt and 1 / sqrt (so sqrt's rules hold,
+ * not pow's: -0 gives -0 and -inf, -inf gives NaN, as in PyTorch), 1 is
+ * x; any other p is libm's pow. Float32's x^3, x^-2, sqrt and 1 / sqrt
+ * are computed in double and rounded to float at the end (x * x and 1 / x
+ * in float are correctly rounded already). A loop over a tensor takes its
+ * exponent's case once (POW_CASES), a single element the same functions. */
+#define POW_CASES(T, E)                                                                            \
+  E(2.0, T, x *x)                                                                                  \
+  E(3.0, T, (T)((double)x * x * x))                                                                \
+  E(-1.0, T, (T)1 / x)                                                                             \
+  E(-2.0, T, (T)(1.0 / ((double)x * x)))                                                           \
+  E(0.5, T, (T)sqrt(x))                                                                            \
+  E(-0.5, T, (T)(1.0 / sqrt(x)))                                                                   \
+  E(1.0, T, x)
+/* one element: the case's expression, else libm's */
+#define POW_ONE(P, T, EXPR)                                                                        \
+  if (p == (P)) return (EXPR);
+static float pow_scalar_f(float x, double p) {
+  POW_CASES(float, POW_ONE)
+  return powf(x, (float)p);
+}
+static double pow_scalar_d(double x, double p) {
+  POW_CASES(double, POW_ONE)
+  return pow(x, p);
+}
+/* a loop of elements [b, e) per case */
+#define POW_LOOP(P, T, EXPR)                                                                       \
+  if (p == (P)) {                                                                                  \
+    for (int64_t i = b; i < e; i++) {                                                              \
+      T x = X[i];                                                                                  \
+      Y[i] = (EXPR);                                                                               \
+    }                                                                                              \
+    return;                                                                                        \
+  }
+#define POW_ROWS(NAME, T, POWF)                                                                    \
+  CELL_CLONES static void NAME(const T *X, T *Y, int64_t b, int64_t e, double p) {                 \
+    POW_CASES(T, POW_LOOP)                                                                         \
+    for (int64_t i = b; i < e; i++) Y[i] = POWF(X[i], p);                                          \
+  }
+POW_ROWS(pow_rows32, float, pow_scalar_f)
+POW_ROWS(pow_rows64, double, pow_scalar_d)
+
+static void pow_scalar_range(void *ud, int64_t b, int64_t e) {
+  const unary_job *j = ud;
+  if (j->y->dtype == AD_F32)
+    pow_rows32(j->x->data, j->y->data, b, e, j->at->scalar);
+  else
+    pow_rows64(j->x->data, j->y->data, b, e, j->at->scalar);
+}
+UNARY_FWD(pow_scalar, WITH_S, pow_scalar_f(x, s), pow_scalar_d(x, s))
 
 /* p = 0: y = 1 is constant, so no gradient (an exact 0), also at x = 0
  * where p x^(p-1) would be 0 * inf: PyTorch's rule. */
@@ -924,7 +974,10 @@ const ad_op_def ad_def_abs = {
 
 /* ------------------------------------------------------------------ sin */
 
-DEFINE_UNARY(sin, sinf(x), sin(x))
+/* float32: trig_v (vexp.h, within 0.5001 ulp) for |x| <= 2^20, libm's
+ * beyond and for infinities and NaN; float64: libm's. */
+#define TRIG_OUT32(x) (!(fabsf(x) <= TRIG_V_MAX))
+UNARY_KERNEL_V(sin, sin_v, TRIG_OUT32, sinf, sin(x))
 
 static ad_status sin_bwd(const ad_call *c) {
   return ad_call_set_grad(c, 0, ad_mul(c->ctx, c->gout, ad_cos(c->ctx, c->in[0])));
@@ -946,7 +999,7 @@ const ad_op_def ad_def_sin = {
 
 /* ------------------------------------------------------------------ cos */
 
-DEFINE_UNARY(cos, cosf(x), cos(x))
+UNARY_KERNEL_V(cos, cos_v, TRIG_OUT32, cosf, cos(x))
 
 static ad_status cos_bwd(const ad_call *c) {
   ad_ctx *ctx = c->ctx;
@@ -1167,7 +1220,9 @@ const ad_op_def ad_def_gelu = {
 static inline double softplus_d(double x) { return (x > 0 ? x : 0) + log1p(exp(-fabs(x))); }
 static inline float softplus_f(float x) { return (x > 0 ? x : 0) + log1pf(expf(-fabsf(x))); }
 
-DEFINE_UNARY(softplus, softplus_f(x), softplus_d(x))
+/* float32: softplus_v (vexp.h) from EXP_V_MIN up, libm below and for NaN */
+#define SOFTPLUS_OUT32(x) (!((x) >= EXP_V_MIN))
+UNARY_KERNEL_V(softplus, softplus_v, SOFTPLUS_OUT32, softplus_f, softplus_d(x))
 
 static ad_status softplus_bwd(const ad_call *c) {
   return ad_call_set_grad(c, 0, ad_mul(c->ctx, c->gout, ad_sigmoid(c->ctx, c->in[0])));
@@ -1241,7 +1296,10 @@ const ad_op_def ad_def_square = {
 
 /* ----------------------------------------------------------------- atan */
 
-DEFINE_UNARY(atan, atanf(x), atan(x))
+/* float32: atan_v (vexp.h, within 0.5001 ulp) but for NaN, which libm's
+ * atanf returns as it came */
+#define NAN_OUT32(x) ((x) != (x))
+UNARY_KERNEL_V(atan, atan_v, NAN_OUT32, atanf, atan(x))
 
 static ad_status atan_bwd(const ad_call *c) {
   ad_ctx *ctx = c->ctx;

@@ -39,8 +39,10 @@
 #if defined(__FMA__) || defined(__aarch64__) ||                                                    \
     (defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__ELF__))
 #define FMA_F(a, b, c) fmaf(a, b, c)
+#define FMA_D(a, b, c) fma(a, b, c)
 #else
 #define FMA_F(a, b, c) ((a) * (b) + (c))
+#define FMA_D(a, b, c) ((a) * (b) + (c))
 #endif
 
 /* exp_v: exp as 2^n e^r with |r| <= ln2/2 and a degree-6 polynomial
@@ -206,6 +208,90 @@ CELL_ROW float gelu_v(float x) {
   erf_parts(a, z, zl, &s, &b);
   float v = x >= 0 ? (a < 0.9f ? 1.0f + s : 2.0f - b) : (a < 0.9f ? 1.0f - s : b);
   return h * v;
+}
+
+/* float32 sin and cos for |x| <= 2^20 (the callers take libm beyond, and
+ * for infinities and NaN), in double without calls or branches: x = k
+ * pi/2 + r with k an integer (even for sin, odd for cos) and |r| <= pi/2,
+ * where k pi/2 is taken off in two parts (PIO2_HI has 32 significant
+ * bits, so k PIO2_HI is exact for |k| < 2^21, and so is x - k PIO2_HI
+ * where r is small; PIO2_LO carries the next 53 bits), then sin r by its
+ * Taylor series to r^17 (the terms left out are below 5e-14) and the sign
+ * of sin(k pi/2 + r) = +-sin r, from the low bits of t (no conversion of
+ * a float to an integer, which is undefined for NaN). One rounding to
+ * float at the end: every float in [-2^20, 2^20] is within 0.5001 ulp
+ * (checked against sin and cos in double in the tests). */
+#define TRIG_V_MAX 0x1p20f
+CELL_ROW float trig_v(float xf, int cosine) {
+  const double PIO2_HI = 0x1.921fb544p0, PIO2_LO = 0x1.0b4611a626331p-34, SHIFT = 0x1.8p52;
+  double x = xf;
+  /* m = round(x / pi) for sin, round(x / pi - 1/2) for cos: k = 2m + cosine */
+  double t = FMA_D(x, 0.31830988618379067, cosine ? -0.5 : 0.0) + SHIFT, m = t - SHIFT;
+  double k = 2.0 * m + cosine;
+  double r = FMA_D(k, -PIO2_LO, FMA_D(k, -PIO2_HI, x)), z = r * r;
+  uint64_t tb;
+  memcpy(&tb, &t, sizeof tb);
+  /* sin(2m pi/2 + r) = (-1)^m sin r; cos(x) = sin((2m+1) pi/2 + r) is (-1)^(m+1) sin r */
+  int neg = (int)((tb + (uint64_t)cosine) & 1);
+  double p = 1.0 / 355687428096000;
+  p = FMA_D(p, z, -1.0 / 1307674368000);
+  p = FMA_D(p, z, 1.0 / 6227020800);
+  p = FMA_D(p, z, -1.0 / 39916800);
+  p = FMA_D(p, z, 1.0 / 362880);
+  p = FMA_D(p, z, -1.0 / 5040);
+  p = FMA_D(p, z, 1.0 / 120);
+  p = FMA_D(p, z, -1.0 / 6);
+  double v = FMA_D(r * z, p, r);
+  return (float)(neg ? -v : v);
+}
+/* sin(-0) is -0 (the sum r + r^3 p gives +0) */
+CELL_ROW float sin_v(float x) { return x == 0 ? x : trig_v(x, 0); }
+CELL_ROW float cos_v(float x) { return trig_v(x, 1); }
+
+/* float32 atan without calls or branches, in double: a = |x| is taken to
+ * u in [-tan(pi/8), tan(pi/8)] by one quotient, u = a (a <= tan(pi/8)),
+ * (a - 1) / (a + 1) (up to tan(3pi/8); atan a = pi/4 + atan u) or -1 / a
+ * (beyond, infinity too; atan a = pi/2 + atan u), then atan u = u + u
+ * u^2 P(u^2), P of degree 6 fitted to atan in double on [0, tan^2(pi/8)]
+ * (least squares reweighted towards the largest error: within 8e-13
+ * relative), and x's sign. The quotient is num times 1/den, the float reciprocal (one
+ * division of 16 lanes, not of 8) taken to double accuracy by two Newton
+ * steps (relative error 2^-24, then 2^-48, then below 2^-52). One rounding
+ * to float: within 0.5001 ulp on every float (checked in the tests). NaN
+ * gives NaN; the caller takes libm's, for its payload. */
+CELL_ROW float atan_v(float xf) {
+  double a = fabs((double)xf);
+  int low = a <= 0.41421356237309503, mid = a <= 2.4142135623730949;
+  double num = low ? a : mid ? a - 1.0 : -1.0, den = low ? 1.0 : mid ? a + 1.0 : a;
+  double off = low ? 0.0 : mid ? 0.78539816339744831 : 1.5707963267948966;
+  double u = num / den, z = u * u;
+  double p = FMA_D(-0.037957320580678987, z, 0.069931796413843991);
+  p = FMA_D(p, z, -0.089972962143278393);
+  p = FMA_D(p, z, 0.11104056014812838);
+  p = FMA_D(p, z, -0.14285426635814041);
+  p = FMA_D(p, z, 0.19999994406438032);
+  p = FMA_D(p, z, -0.3333333329643528);
+  return copysignf((float)(off + FMA_D(u * z, p, u)), xf);
+}
+
+/* float32 softplus, log(1 + e^x) = max(x, 0) + log1p(e) with e = e^-|x|,
+ * without calls or branches, for x >= EXP_V_MIN (the caller takes libm
+ * below, where the result is e^x near FLT_MIN and under, and for NaN): e
+ * from exp_v (about 1 ulp; above -EXP_V_MIN its clamp adds nothing that a
+ * float x + log1p(e) can show), log1p(e) in double as 2 atanh(s) with s =
+ * e / (2 + e) <= 1/3 and atanh s = s + s^3 P(s^2), P of degree 5
+ * fitted in double on [0, 1/9] (least squares reweighted towards the
+ * largest error: within 3e-12 relative), one rounding to float at the
+ * end: within 1.5 ulp (exp_v's error, passed on), checked in the tests. */
+CELL_ROW float softplus_v(float x) {
+  double e = exp_v(-fabsf(x)), s = e / (2.0 + e), z = s * s;
+  double p = FMA_D(0.1089659501088369, z, 0.085738055187282558);
+  p = FMA_D(p, z, 0.11150763419704887);
+  p = FMA_D(p, z, 0.14284197378253483);
+  p = FMA_D(p, z, 0.20000026514567243);
+  p = FMA_D(p, z, 0.33333333179465285);
+  double l1p = 2.0 * FMA_D(s * z, p, s);
+  return (float)((x > 0 ? (double)x : 0.0) + l1p);
 }
 
 #endif

@@ -6,7 +6,8 @@
  *            the library does), OpenBLAS directly (when built with it), the
  *            built-in kernel (whatever the backend) and ad_matmul; "ratio" is
  *            built-in / OpenBLAS.
- *   elementwise   GB/s of add, mul, relu, tanh, sigmoid, exp on 1M elements.
+ *   elementwise   GB/s of add, mul, relu, tanh, sigmoid, exp, sin, atan,
+ *            softplus, x^2 and x^3 (pow_scalar) on 1M elements.
  *   reduce   GB/s of sum, max and softmax along an axis (input bytes).
  *   softmax_ce    ns per call of softmax cross-entropy, forward and
  *            forward + backward, on [32,10] and [256,10].
@@ -290,6 +291,11 @@ enum {
   EW_TANH,
   EW_SIGMOID,
   EW_EXP,
+  EW_SIN,
+  EW_ATAN,
+  EW_SOFTPLUS,
+  EW_POW2,
+  EW_POW3,
   RD_SUM,
   RD_MAX,
   RD_SOFTMAX,
@@ -320,6 +326,21 @@ static void run_ew(void *ud) {
   case EW_EXP:
     r = ad_exp(ctx, q->x);
     break;
+  case EW_SIN:
+    r = ad_sin(ctx, q->x);
+    break;
+  case EW_ATAN:
+    r = ad_atan(ctx, q->x);
+    break;
+  case EW_SOFTPLUS:
+    r = ad_softplus(ctx, q->x);
+    break;
+  case EW_POW2:
+    r = ad_pow_scalar(ctx, q->x, 2.0);
+    break;
+  case EW_POW3:
+    r = ad_pow_scalar(ctx, q->x, 3.0);
+    break;
   case RD_SUM:
     r = ad_sum_axis(ctx, q->x, q->axis, false);
     break;
@@ -348,7 +369,9 @@ static void bench_elementwise(ad_ctx *ctx, ad_rng *rng) {
     const char *name;
     int kind, inputs;
   } ops[] = {{"add", EW_ADD, 2},   {"mul", EW_MUL, 2},         {"relu", EW_RELU, 1},
-             {"tanh", EW_TANH, 1}, {"sigmoid", EW_SIGMOID, 1}, {"exp", EW_EXP, 1}};
+             {"tanh", EW_TANH, 1}, {"sigmoid", EW_SIGMOID, 1}, {"exp", EW_EXP, 1},
+             {"sin", EW_SIN, 1},   {"atan", EW_ATAN, 1},       {"softplus", EW_SOFTPLUS, 1},
+             {"pow2", EW_POW2, 1}, {"pow3", EW_POW3, 1}};
   int64_t n[1] = {1 << 20};
   bool header = false;
   for (int d = 0; d < 2; d++) {

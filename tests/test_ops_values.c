@@ -1374,11 +1374,14 @@ Test(ops_values, mean_divides_by_the_count_as_torch) {
  * ulps of the float64 result (exp 1.5, tanh 1.5, sigmoid 2.5: its libm
  * form's own error reaches 2.4; log 1; erf 1.5; GELU 6: 4.3 where 1 - erf
  * cancels near -1.27, as the old form did, and 5.7 down the negative tail,
- * where the old form lost every digit below -6), the special values
+ * where the old form lost every digit below -6; sin, cos and atan, computed
+ * in double, 0.501, beyond 2^20 libm's; softplus 1.5, exp_v's error
+ * passed on, libm's below exp_v's clamp), the special values
  * exact, the element of a 1-element tensor (computed alone) the same bits
  * as inside a long one, and 1 and 3 threads the same bits. */
 /* x Phi(x) with the tail as erfc, accurate on both sides */
 static double gelu64(double x) { return 0.5 * x * erfc(-x / sqrt(2.0)); }
+static double softplus64(double x) { return (x > 0 ? x : 0) + log1p(exp(-fabs(x))); }
 static double sigmoid64(double x) {
   return x >= 0 ? 1.0 / (1.0 + exp(-x)) : exp(x) / (1.0 + exp(x));
 }
@@ -1405,12 +1408,18 @@ Test(ops_values, float32_transcendentals_within_ulps) {
              {"sigmoid", ad_sigmoid, sigmoid64, -110, 40, 2.5},
              {"log", ad_log, log, 1e-7, 1e4, 1.0},
              {"erf", ad_erf, erf, -6, 6, 1.5},
-             {"gelu", ad_gelu, gelu64, -16, 16, 6.0}};
+             {"gelu", ad_gelu, gelu64, -16, 16, 6.0},
+             {"sin", ad_sin, sin, -40, 40, 0.501},
+             {"cos", ad_cos, cos, -1.04e6, 1.04e6, 0.501},
+             {"atan", ad_atan, atan, -50, 50, 0.501},
+             {"softplus", ad_softplus, softplus64, -100, 40, 1.5}};
   static const float specials[] = {
-      0.0f,    -0.0f,   INFINITY,    -INFINITY,   NAN,         1e-30f, -1e-30f, 1e-45f,
-      -87.3f,  -87.31f, 88.3f,       88.31f,      88.72f,      88.73f, -103.9f, -104.0f,
-      0.625f,  -0.625f, 0.62499994f, 2.8902831f,  -2.8902831f, 0.25f,  1e-4f,   -1.0f,
-      FLT_MIN, FLT_MAX, 1.0f,        0.70710677f, 1.4142135f};
+      0.0f,        -0.0f,       INFINITY,   -INFINITY,      NAN,         1e-30f,     -1e-30f,
+      1e-45f,      -87.3f,      -87.31f,    88.3f,          88.31f,      88.72f,     88.73f,
+      -103.9f,     -104.0f,     0.625f,     -0.625f,        0.62499994f, 2.8902831f, -2.8902831f,
+      0.25f,       1e-4f,       -1.0f,      FLT_MIN,        FLT_MAX,     1.0f,       0.70710677f,
+      1.4142135f,  0x1p20f,     -0x1p20f,   0x1.000002p20f, 1e30f,       -1e30f,     3.14159274f,
+      1.57079637f, 0.41421357f, 2.4142137f, 2.4142134f};
   enum { SWEEP = 100000 };
   int64_t n = SWEEP + (int64_t)(sizeof specials / sizeof *specials);
   ad_tensor *x = ad_zeros(ctx, AD_F32, 1, &n);
@@ -1461,6 +1470,79 @@ Test(ops_values, float32_transcendentals_within_ulps) {
     ad_tape_reset(ctx);
   }
   ad_tensor_free(x);
+}
+
+/* pow_scalar's special exponents, PyTorch's: 2, 3, -1 and -2 products and
+ * a quotient, 0.5 and -0.5 sqrt and 1 / sqrt (so -0 gives -0 and -inf,
+ * -inf gives NaN, as in torch.pow, not C's pow), 1 the identity, others
+ * libm's. The special inputs against what torch 1.13 prints for them;
+ * a sweep of each dtype within 0.501 ulp (float32, computed in double) or
+ * 1 ulp (float64) of pow in double; one element alone the same bits as in
+ * a tensor; 3 threads the same bits. */
+Test(ops_values, pow_scalar_special_exponents_as_pytorch) {
+  static const double xs[] = {-0.0, 0.0, -INFINITY, INFINITY, -4.0, NAN};
+  static const struct {
+    double p, want[6];
+  } cases[] = {
+      {0.5, {-0.0, 0.0, NAN, INFINITY, NAN, NAN}},
+      {-0.5, {-INFINITY, INFINITY, NAN, 0.0, NAN, NAN}},
+      {2.0, {0.0, 0.0, INFINITY, INFINITY, 16.0, NAN}},
+      {-1.0, {-INFINITY, INFINITY, -0.0, 0.0, -0.25, NAN}},
+      {3.0, {-0.0, 0.0, -INFINITY, INFINITY, -64.0, NAN}},
+      {-2.0, {INFINITY, INFINITY, 0.0, 0.0, 0.0625, NAN}},
+      {1.0, {-0.0, 0.0, -INFINITY, INFINITY, -4.0, NAN}},
+      {0.0, {1.0, 1.0, 1.0, 1.0, 1.0, 1.0}},
+      {2.5, {0.0, 0.0, INFINITY, INFINITY, NAN, NAN}},
+  };
+  enum { SWEEP = 70000 }; /* over two ELEM_GRAIN: split over threads */
+  int64_t n = SWEEP + 6;
+  for (int d = 0; d < 2; d++) {
+    ad_dtype dt = d ? AD_F64 : AD_F32;
+    ad_tensor *x = ad_zeros(ctx, dt, 1, &n);
+    cr_assert_not_null(x, "%s", ad_last_error(ctx));
+    for (int64_t i = 0; i < SWEEP; i++) /* magnitudes 1e-12 to 1e12, both signs */
+      ad_tensor_set(x, i, (i % 2 ? -1 : 1) * pow(10.0, -12.0 + 24.0 * (double)i / (SWEEP - 1)));
+    for (int k = 0; k < 6; k++) ad_tensor_set(x, SWEEP + k, xs[k]);
+    for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+      double p = cases[c].p;
+      ad_tensor *y = ad_pow_scalar(ctx, x, p);
+      cr_assert_not_null(y, "%s", ad_last_error(ctx));
+      for (int k = 0; k < 6; k++) {
+        double got = ad_tensor_get(y, SWEEP + k), want = cases[c].want[k];
+        cr_assert(isnan(want) ? isnan(got) : got == want && signbit(got) == signbit(want),
+                  "%s pow(%g, %g) = %g, want %g", ad_dtype_name(dt), xs[k], p, got, want);
+      }
+      for (int64_t i = 0; i < SWEEP; i++) {
+        double xi = ad_tensor_get(x, i), got = ad_tensor_get(y, i), want = pow(xi, p);
+        if (p == 0.5 || p == -0.5 || p == 2.5) want = xi < 0 ? NAN : want;
+        if (isnan(want) || (dt == AD_F32 && isinf((float)want))) {
+          cr_assert(isnan(want) ? isnan(got) : got == (float)want, "pow(%g, %g) = %g", xi, p, got);
+          continue;
+        }
+        double u = dt == AD_F32 ? ulps32((float)got, want)
+                                : fabs(got - want) / (nextafter(fabs(want), INFINITY) - fabs(want));
+        double bound = dt == AD_F32 ? (p == 2.5 ? 1.0 : 0.501) : 1.0;
+        cr_assert(u <= bound, "%s pow(%a, %g) = %a: %.3f ulp", ad_dtype_name(dt), xi, p, got, u);
+      }
+      for (int64_t i = 0; i < n; i += i < SWEEP ? 1001 : 1) {
+        int64_t one = 1;
+        ad_tensor *xi = ad_full(ctx, dt, 1, &one, ad_tensor_get(x, i));
+        ad_tensor *yi = ad_pow_scalar(ctx, xi, p);
+        cr_assert_not_null(yi, "%s", ad_last_error(ctx));
+        double a = ad_tensor_get(yi, 0), b = ad_tensor_get(y, i);
+        cr_assert(memcmp(&a, &b, sizeof a) == 0 || (isnan(a) && isnan(b)),
+                  "pow(%a, %g): alone %a, in a tensor %a", ad_tensor_get(x, i), p, a, b);
+        ad_tensor_free(xi);
+      }
+      cr_assert_eq(ad_set_num_threads(3), AD_OK);
+      ad_tensor *y3 = ad_pow_scalar(ctx, x, p);
+      ad_set_num_threads(1);
+      cr_assert(y3 && memcmp(y3->data, y->data, (size_t)n * ad_dtype_size(dt)) == 0,
+                "pow %g: 3 threads give other bits", p);
+      ad_tape_reset(ctx);
+    }
+    ad_tensor_free(x);
+  }
 }
 
 /* float32 softmax and log_softmax along the last axis (a vector path:
