@@ -1032,6 +1032,28 @@ double ad_tensor_item(const ad_tensor *t) {
   return ad_tensor_get(t, 0);
 }
 
+/* dst[i] = src[i] for a float dst of another dtype than src (the values
+ * ad_tensor_set(dst, i, ad_tensor_get(src, i)) stores: a float64 rounded
+ * once to float32, the others exact), in loops of the two C types. */
+static void convert_to_float(ad_tensor *dst, const ad_tensor *src) {
+  int64_t n = src->size;
+#define CONVERT(TD, TS)                                                                            \
+  do {                                                                                             \
+    TD *d = dst->data;                                                                             \
+    const TS *x = src->data;                                                                       \
+    for (int64_t i = 0; i < n; i++) d[i] = (TD)x[i];                                               \
+  } while (0)
+  if (dst->dtype == AD_F32 && src->dtype == AD_F64)
+    CONVERT(float, double);
+  else if (dst->dtype == AD_F32)
+    CONVERT(float, int32_t);
+  else if (src->dtype == AD_F32)
+    CONVERT(double, float);
+  else
+    CONVERT(double, int32_t);
+#undef CONVERT
+}
+
 ad_status ad_tensor_copy_data(ad_tensor *dst, const ad_tensor *src) {
   if (!dst || !src) return AD_ERR_NULL;
   if (freed(dst, "copy_data") || freed(src, "copy_data")) return AD_ERR_STATE;
@@ -1045,7 +1067,7 @@ ad_status ad_tensor_copy_data(ad_tensor *dst, const ad_tensor *src) {
   if (dst->dtype == src->dtype)
     memmove(dst->data, src->data, (size_t)src->size * ad_dsize(src->dtype));
   else if (dst->dtype != AD_I32)
-    for (int64_t i = 0; i < src->size; i++) ad_tensor_set(dst, i, ad_tensor_get(src, i));
+    convert_to_float(dst, src);
   else /* checked first: a refused copy leaves dst as it was */
     for (int pass = 0; pass < 2; pass++)
       for (int64_t i = 0; i < src->size; i++) {
@@ -1058,9 +1080,16 @@ ad_status ad_tensor_copy_data(ad_tensor *dst, const ad_tensor *src) {
 
 bool ad_tensor_has_nonfinite(const ad_tensor *t) {
   if (!t || !ad_is_float(t->dtype)) return false;
-  for (int64_t i = 0; i < t->size; i++)
-    if (!isfinite(ad_tensor_get(t, i))) return true;
-  return false;
+  if (ad_node_of(t)->magic == AD_NODE_DEAD) return t->size > 0; /* ad_tensor_get's NaNs */
+  int bad = 0; /* an OR over the whole tensor: no early exit, so the loops vectorize */
+  if (t->dtype == AD_F32) {
+    const float *x = t->data;
+    for (int64_t i = 0; i < t->size; i++) bad |= !isfinite(x[i]);
+  } else {
+    const double *x = t->data;
+    for (int64_t i = 0; i < t->size; i++) bad |= !isfinite(x[i]);
+  }
+  return bad != 0;
 }
 
 /* ------------------------------------------------------------- printing */

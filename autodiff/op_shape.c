@@ -230,6 +230,80 @@ static void permute_rows(void *ud, int64_t b, int64_t e) {
   }
 }
 
+/* A permute whose last dim is strided in x (a transpose) gathers across x's
+ * rows: each output row reads one element from every x row it crosses, a
+ * cache line per element once x outgrows the cache. permute_tiled copies
+ * it in tiles of TILE x TILE elements instead, between dim q (the dim with
+ * x's smallest stride, its innermost) and the last dim: a tile reads TILE
+ * runs of x's consecutive elements (along q) and writes TILE runs of y's.
+ * The other dims (planes) and q's tiles are split over threads. */
+enum { TILE = 32 };
+typedef struct tile_job {
+  const permute_job *p;
+  int q;                   /* the tiled dim besides the last */
+  int64_t ys[AD_MAX_DIMS]; /* y's strides of the merged dims */
+  int64_t qtiles;          /* tiles along q per plane */
+} tile_job;
+
+#define TILE_COPY(T)                                                                               \
+  do {                                                                                             \
+    const T *X_ = (const T *)(const void *)x;                                                      \
+    T *Y_ = (T *)(void *)y;                                                                        \
+    for (int64_t l0 = 0; l0 < len; l0 += TILE) {                                                   \
+      int64_t l1 = len - l0 < TILE ? len : l0 + TILE;                                              \
+      for (int64_t iq = q0; iq < q1; iq++)                                                         \
+        for (int64_t il = l0; il < l1; il++) Y_[iq * yq + il] = X_[iq * xq + il * s];              \
+    }                                                                                              \
+  } while (0)
+
+static void permute_tiles(void *ud, int64_t b, int64_t e) {
+  const tile_job *t = ud;
+  const permute_job *j = t->p;
+  int n = j->n, q = t->q;
+  int64_t len = j->size[n - 1], s = j->st[n - 1], xq = j->st[q], yq = t->ys[q];
+  for (int64_t u = b; u < e; u++) {
+    int64_t plane = u / t->qtiles, q0 = u % t->qtiles * TILE;
+    int64_t q1 = j->size[q] - q0 < TILE ? j->size[q] : q0 + TILE;
+    int64_t xo = 0, yo = 0;
+    for (int k = n - 2; k >= 0; k--) { /* the plane's place in x and y */
+      if (k == q) continue;
+      xo += plane % j->size[k] * j->st[k];
+      yo += plane % j->size[k] * t->ys[k];
+      plane /= j->size[k];
+    }
+    const char *x = j->x + (size_t)xo * j->es;
+    char *y = j->y + (size_t)yo * j->es;
+    if (j->dt == AD_F32) /* each dtype through its own type, as permute_rows */
+      TILE_COPY(float);
+    else if (j->dt == AD_F64)
+      TILE_COPY(double);
+    else if (j->dt == AD_I32)
+      TILE_COPY(int32_t);
+    else
+      for (int64_t iq = q0; iq < q1; iq++)
+        for (int64_t il = 0; il < len; il++)
+          memcpy(y + (size_t)(iq * yq + il) * j->es, x + (size_t)(iq * xq + il * s) * j->es, j->es);
+  }
+}
+
+/* Runs j's copy tiled when that pays: the last dim strided and another dim
+ * at least TILE long with a smaller stride in x. Returns whether it ran. */
+static bool permute_tiled(const permute_job *j, int64_t size) {
+  int n = j->n, q = -1;
+  for (int k = 0; k < n - 1; k++)
+    if (j->size[k] >= TILE && j->st[k] < j->st[n - 1] && (q < 0 || j->st[k] < j->st[q])) q = k;
+  if (q < 0 || j->size[n - 1] < TILE) return false;
+  tile_job t = {j, q, {0}, (j->size[q] + TILE - 1) / TILE};
+  for (int64_t k = n - 1, st = 1; k >= 0; st *= j->size[k], k--) t.ys[k] = st;
+  int64_t planes = size / (j->size[q] * j->size[n - 1]), items = planes * t.qtiles;
+  int64_t per = TILE * j->size[n - 1], grain = (32768 + per - 1) / per;
+  if (items <= grain)
+    permute_tiles(&t, 0, items);
+  else
+    ad_parallel_for(items, grain, permute_tiles, &t);
+  return true;
+}
+
 static void permute_fwd(const ad_call *c) {
   const ad_tensor *x = c->in[0];
   ad_tensor *out = c->out;
@@ -251,6 +325,7 @@ static void permute_fwd(const ad_call *c) {
     }
   }
   if (j.n == 0) j.size[j.n] = 1, j.st[j.n++] = 1; /* one element */
+  if (j.st[j.n - 1] != 1 && permute_tiled(&j, out->size)) return;
   int64_t len = j.size[j.n - 1], rows = out->size / len;
   int64_t grain = (32768 + len - 1) / len;
   if (rows <= grain)

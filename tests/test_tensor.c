@@ -398,6 +398,55 @@ Test(tensor, copy_data_across_dtypes) {
   ad_tensor_free(back);
 }
 
+/* Float conversions of every pair of dtypes into a float tensor, bit for
+ * bit as C converts one value (a float64 rounded once to float32, with
+ * overflow to infinity, NaN kept NaN, signed zeros; int32 beyond 2^24
+ * rounded to float32); ad_cast's float64 to float32 the same bits. */
+Test(tensor, copy_data_converts_like_c) {
+  /* 0x1.ffffffp127, halfway from FLT_MAX to 2^128, rounds to infinity; 0x1.000001p0, a tie, to 1 */
+  static const double d64[] = {0.1,      -0.0,       1e300,  -1e300,         NAN,
+                               INFINITY, 16777217.0, 1e-310, 0x1.ffffffp127, 0x1.000001p0};
+  static const int32_t i32[] = {16777217, -16777219, INT32_MAX, INT32_MIN, 0, 7};
+  int64_t n = 4096;
+  ad_tensor *d = ad_zeros(ctx, AD_F64, 1, &n), *i = ad_zeros(ctx, AD_I32, 1, &n);
+  ad_tensor *f = ad_zeros(ctx, AD_F32, 1, &n), *back = ad_zeros(ctx, AD_F64, 1, &n);
+  cr_assert(d && i && f && back);
+  for (int64_t k = 0; k < n; k++) {
+    ((double *)d->data)[k] = k < 10 ? d64[k] : (double)k * 0.3 - 500.0;
+    ((int32_t *)i->data)[k] = k < 6 ? i32[k] : (int32_t)(k * 40009 - 80000000);
+  }
+  cr_assert_eq(ad_tensor_copy_data(f, d), AD_OK);
+  for (int64_t k = 0; k < n; k++) {
+    float want = (float)((const double *)d->data)[k], got = ((const float *)f->data)[k];
+    cr_assert(memcmp(&got, &want, sizeof got) == 0 || (isnan(got) && isnan(want)),
+              "f64 %a -> f32 %a, want %a", ((const double *)d->data)[k], got, want);
+  }
+  cr_assert_eq(ad_tensor_copy_data(back, f), AD_OK);
+  for (int64_t k = 0; k < n; k++) {
+    double want = ((const float *)f->data)[k], got = ((const double *)back->data)[k];
+    cr_assert(memcmp(&got, &want, sizeof got) == 0 || (isnan(got) && isnan(want)));
+  }
+  ad_tensor *fi = ad_zeros(ctx, AD_F32, 1, &n), *di = ad_zeros(ctx, AD_F64, 1, &n);
+  cr_assert_eq(ad_tensor_copy_data(fi, i), AD_OK);
+  cr_assert_eq(ad_tensor_copy_data(di, i), AD_OK);
+  for (int64_t k = 0; k < n; k++) {
+    int32_t v = ((const int32_t *)i->data)[k];
+    cr_assert_eq(((const float *)fi->data)[k], (float)v, "i32 %d -> f32 %a", v,
+                 ((const float *)fi->data)[k]);
+    cr_assert_eq(((const double *)di->data)[k], (double)v);
+  }
+  ad_tensor *fd = ad_cast(ctx, d, AD_F32);
+  cr_assert(fd && memcmp(fd->data, f->data, (size_t)n * sizeof(float)) == 0,
+            "ad_cast and copy_data differ");
+  ad_tape_reset(ctx);
+  ad_tensor_free(d);
+  ad_tensor_free(i);
+  ad_tensor_free(f);
+  ad_tensor_free(back);
+  ad_tensor_free(fi);
+  ad_tensor_free(di);
+}
+
 Test(tensor, has_nonfinite) {
   int64_t n = 3;
   ad_tensor *t = ad_zeros(ctx, AD_F32, 1, &n);
@@ -508,8 +557,10 @@ Test(tensor, permute_takes_negative_axes) {
 }
 
 /* permute copies rows (merged dims, a memcpy where the last dim stays
- * contiguous, else a gather per element type, split over threads): on
- * random shapes of 1 to 6 dims with dims of length 1, random
+ * contiguous, else a gather per element type, or 32 x 32 tiles where the
+ * last dim and another are 32 long or more, split over threads): on
+ * random shapes of 1 to 6 dims (up to 300 long in 2, 70 in 3, with tails
+ * of the tiles) with dims of length 1, random
  * permutations, f32, f64 and int32, on 1 and 3 threads, every element is
  * where the index rule puts it, out[i_0..] = x[i at perm]. */
 Test(tensor, permute_matches_the_index_rule) {
@@ -521,7 +572,9 @@ Test(tensor, permute_matches_the_index_rule) {
     int64_t shape[AD_MAX_DIMS], n = 1;
     for (int k = 0; k < nd; k++) {
       shape[k] = trial % 3 == 0 ? 1 + (int64_t)ad_rng_below(&rng, 3)
-                                : 1 + (int64_t)ad_rng_below(&rng, nd <= 2 ? 300 : 9);
+                                : 1 + (int64_t)ad_rng_below(&rng, nd <= 2   ? 300
+                                                                  : nd == 3 ? 70
+                                                                            : 9);
       n *= shape[k];
     }
     int perm[AD_MAX_DIMS];
