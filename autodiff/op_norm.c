@@ -6,6 +6,7 @@
  * are ops (a loop per row each), whose derivatives are made of the two and
  * of sums, so they differentiate to any order. */
 #include "ops.h"
+#include "vexp.h"
 
 #include <math.h>
 
@@ -217,26 +218,39 @@ static int64_t ln_rows(const ad_tensor *x, const ad_layer_norm_attrs *at, int64_
   return *M ? x->size / *M : 0;
 }
 
-/* The sum of f(i) for i in 0..n-1 in double, in four interleaved partial
- * sums added in a fixed order: the adds run at the adder's throughput, not
- * its latency (a row loop is otherwise bound by it), with the same bits on
- * every run. f reads the index i. */
+/* The sum of f(i) for i in 0..n-1 in double, in 16 interleaved partial
+ * sums (element i in partial i mod 16) added in order at the end: the
+ * loop over the 16 vectorizes, in the row functions' clones for AVX-512
+ * and AVX2 (CELL_CLONES, vexp.h) as in the baseline, with the same bits on
+ * each and on every run. f reads the index i. */
 #define LN_SUM(out, n, f)                                                                          \
   do {                                                                                             \
-    double a0_ = 0, a1_ = 0, a2_ = 0, a3_ = 0;                                                     \
+    double p_[16] = {0};                                                                           \
     int64_t b_ = 0;                                                                                \
-    for (; b_ + 4 <= (n); b_ += 4) {                                                               \
-      int64_t i = b_;                                                                              \
-      a0_ += (f);                                                                                  \
-      i = b_ + 1;                                                                                  \
-      a1_ += (f);                                                                                  \
-      i = b_ + 2;                                                                                  \
-      a2_ += (f);                                                                                  \
-      i = b_ + 3;                                                                                  \
-      a3_ += (f);                                                                                  \
-    }                                                                                              \
-    for (int64_t i = b_; i < (n); i++) a0_ += (f);                                                 \
-    (out) = (a0_ + a1_) + (a2_ + a3_);                                                             \
+    for (; b_ + 16 <= (n); b_ += 16)                                                               \
+      for (int k_ = 0; k_ < 16; k_++) {                                                            \
+        int64_t i = b_ + k_;                                                                       \
+        p_[k_] += (f);                                                                             \
+      }                                                                                            \
+    for (int64_t i = b_; i < (n); i++) p_[i - b_] += (f);                                          \
+    (out) = p_[0];                                                                                 \
+    for (int k_ = 1; k_ < 16; k_++) (out) += p_[k_];                                               \
+  } while (0)
+
+/* LN_SUM of f and of g in one pass. */
+#define LN_SUM2(outf, outg, n, f, g)                                                               \
+  do {                                                                                             \
+    double p_[16] = {0}, q_[16] = {0};                                                             \
+    int64_t b_ = 0;                                                                                \
+    for (; b_ + 16 <= (n); b_ += 16)                                                               \
+      for (int k_ = 0; k_ < 16; k_++) {                                                            \
+        int64_t i = b_ + k_;                                                                       \
+        p_[k_] += (f);                                                                             \
+        q_[k_] += (g);                                                                             \
+      }                                                                                            \
+    for (int64_t i = b_; i < (n); i++) p_[i - b_] += (f), q_[i - b_] += (g);                       \
+    (outf) = p_[0], (outg) = q_[0];                                                                \
+    for (int k_ = 1; k_ < 16; k_++) (outf) += p_[k_], (outg) += q_[k_];                            \
   } while (0)
 
 /* The mean and 1 / sqrt(var + eps) of a row of M values, in double (two
@@ -250,23 +264,30 @@ static int64_t ln_rows(const ad_tensor *x, const ad_layer_norm_attrs *at, int64_
     (s) = 1.0 / sqrt(q_ / (double)(M) + (eps));                                                    \
   } while (0)
 
-/* y = (x - mu) s [* w] [+ b], row by row. */
+/* y = (x - mu) s [* w [+ b]], row by row (a bias comes with a weight:
+ * ad_layer_norm adds a bias alone after the op): the affine parts chosen
+ * per call, not per element, so that the loop vectorizes. */
+#define LN_ROWS(T, EXPR)                                                                           \
+  for (int64_t r = r0; r < r1; r++) {                                                              \
+    const T *xr = X + r * M;                                                                       \
+    T *yr = Y + r * M;                                                                             \
+    double mu, s;                                                                                  \
+    LN_STATS(xr, M, at->eps, mu, s);                                                               \
+    for (int64_t i = 0; i < M; i++) {                                                              \
+      double v = ((double)xr[i] - mu) * s;                                                         \
+      yr[i] = (T)(EXPR);                                                                           \
+    }                                                                                              \
+  }
 #define LN_FWD(T)                                                                                  \
   do {                                                                                             \
     const T *X = x->data, *W = w ? w->data : NULL, *B = b ? b->data : NULL;                        \
     T *Y = c->out->data;                                                                           \
-    for (int64_t r = r0; r < r1; r++) {                                                            \
-      const T *xr = X + r * M;                                                                     \
-      T *yr = Y + r * M;                                                                           \
-      double mu, s;                                                                                \
-      LN_STATS(xr, M, at->eps, mu, s);                                                             \
-      for (int64_t i = 0; i < M; i++) {                                                            \
-        double v = ((double)xr[i] - mu) * s;                                                       \
-        if (W) v *= (double)W[i];                                                                  \
-        if (B) v += (double)B[i];                                                                  \
-        yr[i] = (T)v;                                                                              \
-      }                                                                                            \
-    }                                                                                              \
+    if (W && B)                                                                                    \
+      LN_ROWS(T, v *(double)W[i] + (double)B[i])                                                   \
+    else if (W)                                                                                    \
+      LN_ROWS(T, v *(double)W[i])                                                                  \
+    else                                                                                           \
+      LN_ROWS(T, v)                                                                                \
   } while (0)
 
 /* Rows [r0, r1) of an op of the family (a range of ad_parallel_for). */
@@ -285,7 +306,7 @@ static void ln_run(int64_t rows, int64_t M, ad_range_fn fn, ln_job *job) {
     ad_parallel_for(rows, grain, fn, job);
 }
 
-static void layer_norm_rows(void *ud, int64_t r0, int64_t r1) {
+CELL_CLONES static void layer_norm_rows(void *ud, int64_t r0, int64_t r1) {
   const ln_job *j = ud;
   const ad_call *c = j->c;
   const ad_tensor *x = c->in[0], *w = c->n > 1 ? c->in[1] : NULL, *b = c->n > 2 ? c->in[2] : NULL;
@@ -412,27 +433,30 @@ const ad_op_def ad_def_layer_norm = {
 
 static ad_status layer_norm_backward_shape(const ad_call *c) { return ln_shape(c, 1); }
 
+/* Rows [r0, r1) with gw = GW, the incoming gradient times the weight or
+ * not (chosen per call, so that the loops vectorize). */
+#define LNB_ROWS(T, GW)                                                                            \
+  for (int64_t r = r0; r < r1; r++) {                                                              \
+    const T *xr = X + r * M, *gr = G + r * M;                                                      \
+    T *yr = Y + r * M;                                                                             \
+    double mu, s, mg, mgx;                                                                         \
+    LN_STATS(xr, M, at->eps, mu, s);                                                               \
+    LN_SUM2(mg, mgx, M, GW, (GW) * ((double)xr[i] - mu));                                          \
+    mg /= (double)M;                                                                               \
+    mgx *= s / (double)M;                                                                          \
+    for (int64_t i = 0; i < M; i++) yr[i] = (T)(s * ((GW)-mg - ((double)xr[i] - mu) * s * mgx));   \
+  }
 #define LNB_FWD(T)                                                                                 \
   do {                                                                                             \
     const T *G = g->data, *X = x->data, *W = w ? w->data : NULL;                                   \
     T *Y = c->out->data;                                                                           \
-    for (int64_t r = r0; r < r1; r++) {                                                            \
-      const T *xr = X + r * M, *gr = G + r * M;                                                    \
-      T *yr = Y + r * M;                                                                           \
-      double mu, s, mg, mgx;                                                                       \
-      LN_STATS(xr, M, at->eps, mu, s);                                                             \
-      LN_SUM(mg, M, W ? (double)gr[i] * (double)W[i] : (double)gr[i]);                             \
-      LN_SUM(mgx, M, (W ? (double)gr[i] * (double)W[i] : (double)gr[i]) * ((double)xr[i] - mu));   \
-      mg /= (double)M;                                                                             \
-      mgx *= s / (double)M;                                                                        \
-      for (int64_t i = 0; i < M; i++) {                                                            \
-        double gw = W ? (double)gr[i] * (double)W[i] : (double)gr[i];                              \
-        yr[i] = (T)(s * (gw - mg - ((double)xr[i] - mu) * s * mgx));                               \
-      }                                                                                            \
-    }                                                                                              \
+    if (W)                                                                                         \
+      LNB_ROWS(T, (double)gr[i] * (double)W[i])                                                    \
+    else                                                                                           \
+      LNB_ROWS(T, (double)gr[i])                                                                   \
   } while (0)
 
-static void layer_norm_backward_rows(void *ud, int64_t r0, int64_t r1) {
+CELL_CLONES static void layer_norm_backward_rows(void *ud, int64_t r0, int64_t r1) {
   const ln_job *j = ud;
   const ad_call *c = j->c;
   const ad_tensor *g = c->in[0], *x = c->in[1], *w = c->n > 2 ? c->in[2] : NULL;

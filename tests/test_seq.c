@@ -167,6 +167,78 @@ Test(seq, layer_norm_matches_definition) {
   layer_norm_matches_definition(AD_F32, 1e-6);
 }
 
+/* Rows long enough for the 16-wide partial sums, with tails (M = 16, 37,
+ * 100, 1024), every affine combination (each is its own loop), both
+ * dtypes: y, and dx, dweight, dbias of sum(y * g) for a random g, against
+ * the definition in double (dx = s (gw - mean(gw) - xhat mean(gw xhat)),
+ * gw = g w), within 1e-12 relative (float64) and 1e-5 (float32, against
+ * the float32 inputs). */
+Test(seq, layer_norm_long_rows_match_the_definition) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 17);
+  static const int64_t Ms[4] = {16, 37, 100, 1024};
+  for (int d = 0; d < 2; d++) {
+    ad_dtype dt = d ? AD_F32 : AD_F64;
+    double tol = d ? 1e-5 : 1e-12;
+    for (int m = 0; m < 4; m++)
+      for (int aff = 0; aff < 4; aff++) {
+        int64_t M = Ms[m], R = 3, xs[2] = {R, M};
+        bool hw = aff & 1, hb = aff & 2;
+        ad_tensor *x = randt(&rng, dt, 2, xs, -3, 40, true),
+                  *g = randt(&rng, dt, 2, xs, -1, 1, false);
+        ad_tensor *w = hw ? randt(&rng, dt, 1, &M, 0.5, 1.5, true) : NULL;
+        ad_tensor *b = hb ? randt(&rng, dt, 1, &M, -1, 1, true) : NULL;
+        ad_tensor *y = ad_layer_norm(ctx, x, 1, &M, w, b, 1e-5);
+        cr_assert_not_null(y, "%s", ad_last_error(ctx));
+        cr_assert_eq(ad_backward(ctx, ad_sum(ctx, ad_mul(ctx, y, g)), NULL), AD_OK, "%s",
+                     ad_last_error(ctx));
+        double *dw = calloc((size_t)M, sizeof *dw), *db = calloc((size_t)M, sizeof *db);
+        cr_assert(dw && db);
+        for (int64_t r = 0; r < R; r++) {
+          double mu = 0, var = 0, mg = 0, mgx = 0;
+          for (int64_t i = 0; i < M; i++) mu += ad_tensor_get(x, r * M + i);
+          mu /= (double)M;
+          for (int64_t i = 0; i < M; i++) var += pow(ad_tensor_get(x, r * M + i) - mu, 2);
+          double s = 1 / sqrt(var / (double)M + 1e-5);
+          for (int64_t i = 0; i < M; i++) {
+            double xh = (ad_tensor_get(x, r * M + i) - mu) * s;
+            double gw = ad_tensor_get(g, r * M + i) * (w ? ad_tensor_get(w, i) : 1);
+            mg += gw / (double)M, mgx += gw * xh / (double)M;
+            dw[i] += ad_tensor_get(g, r * M + i) * xh, db[i] += ad_tensor_get(g, r * M + i);
+          }
+          for (int64_t i = 0; i < M; i++) {
+            double xh = (ad_tensor_get(x, r * M + i) - mu) * s;
+            double gw = ad_tensor_get(g, r * M + i) * (w ? ad_tensor_get(w, i) : 1);
+            double want = xh * (w ? ad_tensor_get(w, i) : 1) + (b ? ad_tensor_get(b, i) : 0);
+            double got = ad_tensor_get(y, r * M + i);
+            cr_assert(fabs(got - want) <= tol * (1 + fabs(want)),
+                      "%s M %lld affine %d: y[%lld,%lld] %.17g, want %.17g", ad_dtype_name(dt),
+                      (long long)M, aff, (long long)r, (long long)i, got, want);
+            want = s * (gw - mg - xh * mgx), got = ad_tensor_get(x->grad, r * M + i);
+            cr_assert(fabs(got - want) <= tol * (1 + fabs(want)),
+                      "%s M %lld affine %d: dx[%lld,%lld] %.17g, want %.17g", ad_dtype_name(dt),
+                      (long long)M, aff, (long long)r, (long long)i, got, want);
+          }
+        }
+        for (int64_t i = 0; i < M; i++) {
+          if (w)
+            cr_assert(fabs(ad_tensor_get(w->grad, i) - dw[i]) <= tol * (1 + fabs(dw[i])) * 4,
+                      "dweight[%lld]", (long long)i);
+          if (b)
+            cr_assert(fabs(ad_tensor_get(b->grad, i) - db[i]) <= tol * (1 + fabs(db[i])) * 4,
+                      "dbias[%lld]", (long long)i);
+        }
+        free(dw);
+        free(db);
+        ad_tape_reset(ctx);
+        ad_tensor_free(x);
+        ad_tensor_free(g);
+        ad_tensor_free(w);
+        ad_tensor_free(b);
+      }
+  }
+}
+
 typedef struct ln_case {
   int k;
   int64_t ns[2];
