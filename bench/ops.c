@@ -8,7 +8,8 @@
  *            built-in / OpenBLAS.
  *   elementwise   GB/s of add, mul, relu, tanh, sigmoid, exp, sin, atan,
  *            softplus, x^2 and x^3 (pow_scalar) on 1M elements.
- *   reduce   GB/s of sum, max and softmax along an axis (input bytes).
+ *   reduce   GB/s of sum, max, softmax, log_softmax and logsumexp along an
+ *            axis (input bytes).
  *   softmax_ce    ns per call of softmax cross-entropy, forward and
  *            forward + backward, on [32,10] and [256,10].
  *   optim    µs per nn_optimizer_step (Adam) over the parameters of the
@@ -299,6 +300,8 @@ enum {
   RD_SUM,
   RD_MAX,
   RD_SOFTMAX,
+  RD_LOG_SOFTMAX,
+  RD_LSE,
   SCE_FWD,
   SCE_FWDBWD
 };
@@ -349,6 +352,12 @@ static void run_ew(void *ud) {
     break;
   case RD_SOFTMAX:
     r = ad_softmax(ctx, q->x, q->axis);
+    break;
+  case RD_LOG_SOFTMAX:
+    r = ad_log_softmax(ctx, q->x, q->axis);
+    break;
+  case RD_LSE:
+    r = ad_logsumexp(ctx, q->x, q->axis, false);
     break;
   case SCE_FWD:
     r = ad_softmax_cross_entropy(ctx, q->x, q->lab);
@@ -414,7 +423,11 @@ static void bench_reduce(ad_ctx *ctx, ad_rng *rng) {
   static const struct {
     const char *name;
     int kind;
-  } ops[] = {{"sum", RD_SUM}, {"max", RD_MAX}, {"softmax", RD_SOFTMAX}};
+  } ops[] = {{"sum", RD_SUM},
+             {"max", RD_MAX},
+             {"softmax", RD_SOFTMAX},
+             {"log_softmax", RD_LOG_SOFTMAX},
+             {"logsumexp", RD_LSE}};
   bool header = false;
   for (int d = 0; d < 2; d++) {
     ad_dtype dt = d == 0 ? AD_F32 : AD_F64;
@@ -429,7 +442,7 @@ static void bench_reduce(ad_ctx *ctx, ad_rng *rng) {
           if (!selected(name)) continue;
           if (!header) {
             printf("\n# reductions and softmax along an axis: GB/s (input), ns per call\n");
-            printf("%-34s %9s %11s\n", "name", "GB/s", "ns/call");
+            printf("%-40s %9s %11s\n", "name", "GB/s", "ns/call");
             header = true;
           }
           if (!x) {
@@ -443,7 +456,7 @@ static void bench_reduce(ad_ctx *ctx, ad_rng *rng) {
           double sec;
           time_calls(1, fn, ud, &sec);
           double bytes = (double)x->size * (double)ad_dtype_size(dt);
-          printf("%-34s %9.2f %11.0f\n", name, bytes / sec * 1e-9, sec * 1e9);
+          printf("%-40s %9.2f %11.0f\n", name, bytes / sec * 1e-9, sec * 1e9);
           fflush(stdout);
         }
       ad_tensor_free(x);
