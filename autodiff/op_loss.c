@@ -1,7 +1,7 @@
 /* op_loss.c: fused softmax cross-entropy with integer class labels, and
  * binary cross-entropy of probabilities. */
 #include "ops.h"
-#include "vexp.h"
+#include "softmax_exp.h"
 
 #include <math.h>
 
@@ -192,7 +192,38 @@ static void softmax_ce_fwd(const ad_call *c) {
 /* The plain backward (no create_graph) in one pass per position: e =
  * exp(z - max) into dz, then dz = (e / sum e - onehot) * (dy s), each step
  * rounded as the ops of the recorded form round it (softmax, sub, where,
- * mul_scalar, mul), so both give the same bits. */
+ * mul_scalar, mul), so both give the same bits. A position's C logits
+ * (and gradients) are T apart; l is its label. */
+static void ce_bwd_lane_double(const double *zr, double *dr, int64_t T, int64_t C, int32_t l,
+                               double gs) {
+  double m = AD_LANE_MAX(zr, T, C), s = 0;
+  for (int64_t k = 0; k < C; k++) {
+    double e = exp(zr[k * T] - m);
+    dr[k * T] = e;
+    s += e;
+  }
+  for (int64_t k = 0; k < C; k++) dr[k * T] = (dr[k * T] / s - (double)(k == l)) * gs;
+}
+
+/* float32 (here T > 1: the softmax op's lanes are then a block's,
+ * op_reduce.c's exp_lanes_f32): e^(z - m) as exp_diff and EXP_FIX
+ * (softmax_exp.h), summed in order, and e (1 + lo) * (1 / sum). */
+static void ce_bwd_lane_float(const float *zr, float *dr, int64_t T, int64_t C, int32_t l,
+                              float gs) {
+  float m = (float)AD_LANE_MAX(zr, T, C), e, lo;
+  double s = 0;
+  for (int64_t k = 0; k < C; k++) {
+    exp_diff(zr + k * T, &m, 0, 1, &e, &lo);
+    dr[k * T] = e;
+    s += EXP_FIX(e, lo);
+  }
+  double inv = 1 / s;
+  for (int64_t k = 0; k < C; k++) {
+    float x = zr[k * T], p = (float)(EXP_FIX(dr[k * T], diff_err(x, m, x - m)) * inv);
+    dr[k * T] = (p - (float)(k == l)) * gs;
+  }
+}
+
 #define CE_BWD(T_)                                                                                 \
   do {                                                                                             \
     const T_ *Z = z->data;                                                                         \
@@ -206,14 +237,7 @@ static void softmax_ce_fwd(const ad_call *c) {
           for (int64_t k = 0; k < C; k++) dr[k * T] = (T_)0 * gs;                                  \
           continue;                                                                                \
         }                                                                                          \
-        double m = AD_LANE_MAX(zr, T, C), s = 0;                                                   \
-        for (int64_t k = 0; k < C; k++) {                                                          \
-          double e = EXP_OF(T_, (double)zr[k * T] - m);                                            \
-          dr[k * T] = (T_)e;                                                                       \
-          s += e;                                                                                  \
-        }                                                                                          \
-        for (int64_t k = 0; k < C; k++)                                                            \
-          dr[k * T] = ((T_)((double)dr[k * T] / s) - (T_)(k == l)) * gs;                           \
+        ce_bwd_lane_##T_(zr, dr, T, C, l, gs);                                                     \
       }                                                                                            \
   } while (0)
 

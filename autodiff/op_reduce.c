@@ -1,7 +1,7 @@
 /* op_reduce.c: sum, max, logsumexp over a run of adjacent axes; softmax
  * and log_softmax along an axis; the mean as a composite. */
 #include "ops.h"
-#include "vexp.h"
+#include "softmax_exp.h"
 
 #include <math.h>
 
@@ -101,10 +101,50 @@ static void run_lanes(const ad_tensor *x, ad_tensor *out, red_dims r, int64_t ys
     for (int64_t j = 0; j < nb; j++) m[j] = AD_MAX_NAN((double)row[j], m[j]);                      \
   }
 
-/* exp(x) for a lane of T: in float arithmetic for float tensors (glibc's
- * expf is several times faster than exp and within an ulp of float), in
- * double for double ones. Sums and logs stay in double. */
-#define EXP_OF(T, x) (sizeof(T) == sizeof(float) ? (double)expf((float)(x)) : exp(x))
+/* ------------------------------------------ float32 softmax family lanes */
+
+/* The float32 lanes of softmax, log_softmax and logsumexp take e^(x - m)
+ * as exp_diff and EXP_FIX (softmax_exp.h). The loops vectorize across
+ * the lanes of a block (elements k S + j) or along one contiguous lane,
+ * in double for the sums, and are compiled for each instruction set
+ * (CELL_CLONES) with the same bits on each. */
+
+enum { EXP_SOFTMAX, EXP_LOG_SOFTMAX, EXP_LSE };
+
+/* SOFTMAX_BODY (EXP_SOFTMAX, EXP_LOG_SOFTMAX) and LSE_BODY (EXP_LSE, y
+ * at Y[0..nb-1]) for nb float32 lanes of a block (or one strided lane),
+ * element k of lane j at X[k S + j], the sums of each lane in order k = 0
+ * .. N-1. softmax keeps e in y between its passes and multiplies it by 1
+ * / sum in double (e / sum but for ties), as softmax_row_f32. */
+CELL_ROW void exp_lanes_f32(const float *X, float *Y, int64_t S, int64_t N, int64_t nb, int kind) {
+  float m[LANE_BLOCK], e[LANE_BLOCK], lo[LANE_BLOCK];
+  double s[LANE_BLOCK];
+  for (int64_t j = 0; j < nb; j++) m[j] = -INFINITY, s[j] = 0;
+  for (int64_t k = 0; k < N; k++)
+    for (int64_t j = 0; j < nb; j++) m[j] = AD_MAX_NAN(X[k * S + j], m[j]);
+  for (int64_t k = 0; k < N; k++) {
+    exp_diff(X + k * S, m, 1, nb, e, lo);
+    for (int64_t j = 0; j < nb; j++) s[j] += EXP_FIX(e[j], lo[j]);
+    if (kind == EXP_SOFTMAX)
+      for (int64_t j = 0; j < nb; j++) Y[k * S + j] = e[j];
+  }
+  if (kind == EXP_LSE) {
+    for (int64_t j = 0; j < nb; j++)
+      Y[j] = (float)(isfinite(m[j]) ? (double)m[j] + log(s[j]) : (double)m[j]);
+  } else if (kind == EXP_LOG_SOFTMAX) {
+    for (int64_t j = 0; j < nb; j++) s[j] = log(s[j]);
+    for (int64_t k = 0; k < N; k++)
+      for (int64_t j = 0; j < nb; j++)
+        Y[k * S + j] = (float)(((double)X[k * S + j] - (double)m[j]) - s[j]);
+  } else {
+    for (int64_t j = 0; j < nb; j++) s[j] = 1 / s[j];
+    for (int64_t k = 0; k < N; k++)
+      for (int64_t j = 0; j < nb; j++) {
+        float x = X[k * S + j], d = x - m[j];
+        Y[k * S + j] = (float)(EXP_FIX(Y[k * S + j], diff_err(x, m[j], d)) * s[j]);
+      }
+  }
+}
 
 /* x's shape with the reduced dims set to 1 (keepdim form). */
 static void keep_shape(const ad_tensor *x, uint32_t axes, int64_t *shape) {
@@ -213,7 +253,8 @@ static ad_status shape_softmax(const ad_call *c) {
 }
 
 /* log_softmax when LOG (y = x - lse), else softmax: y = e / sum e with
- * e = exp(x - max) kept in y between the two passes, one exp per element.
+ * e = exp(x - max) kept in y between the two passes, one exp per element
+ * (float64 lanes: float32 ones take exp_lanes_f32 or softmax_row_f32).
  * log_softmax is (x - max) - log(sum e), as PyTorch's: x - (max + log(sum
  * e)) would round log(sum e) to max's precision first, losing a near-0
  * result (a confident class) and all of it for logits beyond ~1e16.
@@ -223,12 +264,12 @@ static ad_status shape_softmax(const ad_call *c) {
   {                                                                                                \
     double m = AD_LANE_MAX(X, S, N), s = 0;                                                        \
     if (LOG) {                                                                                     \
-      for (int64_t k = 0; k < N; k++) s += EXP_OF(T, (double)X[k * S] - m);                        \
+      for (int64_t k = 0; k < N; k++) s += exp((double)X[k * S] - m);                              \
       double ls = log(s);                                                                          \
       for (int64_t k = 0; k < N; k++) Y[k * S] = (T)(((double)X[k * S] - m) - ls);                 \
     } else {                                                                                       \
       for (int64_t k = 0; k < N; k++) {                                                            \
-        double e = EXP_OF(T, (double)X[k * S] - m);                                                \
+        double e = exp((double)X[k * S] - m);                                                      \
         Y[k * S] = (T)e;                                                                           \
         s += e;                                                                                    \
       }                                                                                            \
@@ -237,14 +278,13 @@ static ad_status shape_softmax(const ad_call *c) {
   }
 
 /* softmax (log_softmax when LOG) of one contiguous float32 lane of n
- * elements, vectorized: 16 partial maxima (a NaN in any is the maximum:
- * the lane is all NaN, as in SOFTMAX_BODY; which zero is the maximum
- * changes no x - m), e = exp_v(x - m) (vexp.h) with libm's expf where
- * x - m < EXP_V_MIN (exp_v's clamp: e is near FLT_MIN or below), and 16
- * partial double sums. The other lanes' loop (SOFTMAX_BODY) takes expf and one
- * sum in order: the results differ in the last bits, within 2 ulp, but
- * for a log_softmax near 0 (-log of a sum near 1), where the two sums'
- * last double bits show, as between any two summation orders. */
+ * elements, vectorized along it: 16 partial maxima (a NaN in any is the
+ * maximum: the lane is all NaN, as in SOFTMAX_BODY; which zero is the
+ * maximum changes no x - m), e^(x - m) as exp_diff and EXP_FIX, and 16
+ * partial double sums. The lanes of a block (exp_lanes_f32) sum in order:
+ * the results differ in the last bits, within 2 ulp, but for a
+ * log_softmax near 0 (-log of a sum near 1), where the two sums' last
+ * double bits show, as between any two summation orders. */
 CELL_CLONES static void softmax_row_f32(const float *x, float *y, int64_t n, bool log_) {
   float pm[16];
   for (int k = 0; k < 16; k++) pm[k] = -INFINITY;
@@ -257,17 +297,9 @@ CELL_CLONES static void softmax_row_f32(const float *x, float *y, int64_t n, boo
   double ps[16] = {0};
   for (i = 0; i < n; i += 16) {
     int64_t len = n - i < 16 ? n - i : 16;
-    float e[16];
-    int low = 0;
-    for (int k = 0; k < len; k++) {
-      float d = x[i + k] - m;
-      e[k] = exp_v(d);
-      low |= d < EXP_V_MIN;
-    }
-    if (low)
-      for (int k = 0; k < len; k++)
-        if (x[i + k] - m < EXP_V_MIN) e[k] = expf(x[i + k] - m);
-    for (int k = 0; k < len; k++) ps[k] += (double)e[k];
+    float e[16], lo[16];
+    exp_diff(x + i, &m, 0, len, e, lo);
+    for (int k = 0; k < len; k++) ps[k] += EXP_FIX(e[k], lo[k]);
     if (!log_)
       for (int k = 0; k < len; k++) y[i + k] = e[k];
   }
@@ -278,19 +310,12 @@ CELL_CLONES static void softmax_row_f32(const float *x, float *y, int64_t n, boo
     for (i = 0; i < n; i++) y[i] = (float)(((double)x[i] - (double)m) - ls);
   } else {
     double inv = 1 / s; /* e * (1/s) in double: rounded to float, e / s but for ties */
-    for (i = 0; i < n; i++) y[i] = (float)((double)y[i] * inv);
+    for (i = 0; i < n; i++) y[i] = (float)(EXP_FIX(y[i], diff_err(x[i], m, x[i] - m)) * inv);
   }
 }
 
-/* A contiguous float32 lane (a softmax along the last axis) on the vector
- * path above, any other lane SOFTMAX_BODY's. */
-#define SOFTMAX_LANE(T, LOG)                                                                       \
-  if (sizeof(T) == sizeof(float) && S == 1)                                                        \
-    softmax_row_f32((const float *)(const void *)X, (float *)(void *)Y, N, LOG);                   \
-  else                                                                                             \
-    SOFTMAX_BODY(T, LOG)
-#define SOFTMAX_ONE(T)     SOFTMAX_LANE(T, 0)
-#define LOG_SOFTMAX_ONE(T) SOFTMAX_LANE(T, 1)
+#define SOFTMAX_ONE(T)     SOFTMAX_BODY(T, 0)
+#define LOG_SOFTMAX_ONE(T) SOFTMAX_BODY(T, 1)
 /* SOFTMAX_BODY for nb lanes at once (LANES_FN). */
 #define SOFTMAX_BLOCK(T, LOG)                                                                      \
   {                                                                                                \
@@ -299,14 +324,14 @@ CELL_CLONES static void softmax_row_f32(const float *x, float *y, int64_t n, boo
     for (int64_t j = 0; j < nb; j++) s[j] = 0;                                                     \
     if (LOG) {                                                                                     \
       for (int64_t k = 0; k < N; k++)                                                              \
-        for (int64_t j = 0; j < nb; j++) s[j] += EXP_OF(T, (double)X[k * S + j] - m[j]);           \
+        for (int64_t j = 0; j < nb; j++) s[j] += exp((double)X[k * S + j] - m[j]);                 \
       for (int64_t j = 0; j < nb; j++) s[j] = log(s[j]);                                           \
       for (int64_t k = 0; k < N; k++)                                                              \
         for (int64_t j = 0; j < nb; j++) Y[k * S + j] = (T)(((double)X[k * S + j] - m[j]) - s[j]); \
     } else {                                                                                       \
       for (int64_t k = 0; k < N; k++)                                                              \
         for (int64_t j = 0; j < nb; j++) {                                                         \
-          double e = EXP_OF(T, (double)X[k * S + j] - m[j]);                                       \
+          double e = exp((double)X[k * S + j] - m[j]);                                             \
           Y[k * S + j] = (T)e;                                                                     \
           s[j] += e;                                                                               \
         }                                                                                          \
@@ -316,8 +341,25 @@ CELL_CLONES static void softmax_row_f32(const float *x, float *y, int64_t n, boo
   }
 #define SOFTMAX_BLOCK0(T) SOFTMAX_BLOCK(T, 0)
 #define SOFTMAX_BLOCK1(T) SOFTMAX_BLOCK(T, 1)
-LANES_FNS(softmax_lanes, SOFTMAX_ONE, SOFTMAX_BLOCK0, )
-LANES_FNS(log_softmax_lanes, LOG_SOFTMAX_ONE, SOFTMAX_BLOCK1, )
+LANES_FN(softmax_lanes_f64, double, SOFTMAX_ONE, SOFTMAX_BLOCK0, )
+LANES_FN(log_softmax_lanes_f64, double, LOG_SOFTMAX_ONE, SOFTMAX_BLOCK1, )
+
+/* float32 lanes: a contiguous one (a softmax along the last axis) on
+ * softmax_row_f32, a block's or a strided one on exp_lanes_f32. */
+CELL_CLONES static void softmax_lanes_f32(const void *x, void *y, int64_t S, int64_t N,
+                                          int64_t nb) {
+  if (nb == 1 && S == 1)
+    softmax_row_f32(x, y, N, false);
+  else
+    exp_lanes_f32(x, y, S, N, nb, EXP_SOFTMAX);
+}
+CELL_CLONES static void log_softmax_lanes_f32(const void *x, void *y, int64_t S, int64_t N,
+                                              int64_t nb) {
+  if (nb == 1 && S == 1)
+    softmax_row_f32(x, y, N, true);
+  else
+    exp_lanes_f32(x, y, S, N, nb, EXP_LOG_SOFTMAX);
+}
 
 /* y's lanes lie where x's do: n * inner elements apart for each o. */
 static void softmax_run(const ad_call *c, bool log_) {
@@ -535,23 +577,44 @@ const ad_op_def ad_def_max = {
     if (!isfinite(m)) {                                                                            \
       *Y = (T)m;                                                                                   \
     } else {                                                                                       \
-      for (int64_t k = 0; k < N; k++) s += EXP_OF(T, (double)X[k * S] - m);                        \
+      for (int64_t k = 0; k < N; k++) s += exp((double)X[k * S] - m);                              \
       *Y = (T)(m + log(s));                                                                        \
     }                                                                                              \
   }
 
 /* LSE_BODY for nb lanes: the sums of a lane whose maximum is not finite
- * are taken and not used. */
+ * are taken and not used (float64 lanes). */
 #define LSE_BLOCK(T)                                                                               \
   {                                                                                                \
     double m[LANE_BLOCK], s[LANE_BLOCK];                                                           \
     BLOCK_MAX(T, m)                                                                                \
     for (int64_t j = 0; j < nb; j++) s[j] = 0;                                                     \
     for (int64_t k = 0; k < N; k++)                                                                \
-      for (int64_t j = 0; j < nb; j++) s[j] += EXP_OF(T, (double)X[k * S + j] - m[j]);             \
+      for (int64_t j = 0; j < nb; j++) s[j] += exp((double)X[k * S + j] - m[j]);                   \
     for (int64_t j = 0; j < nb; j++) Y[j] = (T)(isfinite(m[j]) ? m[j] + log(s[j]) : m[j]);         \
   }
-LANES_FNS(lse_lanes, LSE_BODY, LSE_BLOCK, )
+LANES_FN(lse_lanes_f64, double, LSE_BODY, LSE_BLOCK, )
+
+/* float32 lanes on exp_lanes_f32; a contiguous one (logsumexp along the
+ * last axis) with its operations on each element and its sum in the same
+ * order, so the same bits as the lane in a block, but its exponentials
+ * LANE_BLOCK at a time along the lane. */
+CELL_CLONES static void lse_lanes_f32(const void *xv, void *yv, int64_t S, int64_t N, int64_t nb) {
+  if (nb > 1 || S != 1) {
+    exp_lanes_f32(xv, yv, S, N, nb, EXP_LSE);
+    return;
+  }
+  const float *x = xv;
+  float m = (float)AD_LANE_MAX(x, 1, N), e[LANE_BLOCK], lo[LANE_BLOCK];
+  double s = 0;
+  if (isfinite(m))
+    for (int64_t i = 0; i < N; i += LANE_BLOCK) {
+      int64_t len = N - i < LANE_BLOCK ? N - i : LANE_BLOCK;
+      exp_diff(x + i, &m, 0, len, e, lo);
+      for (int64_t k = 0; k < len; k++) s += EXP_FIX(e[k], lo[k]);
+    }
+  *(float *)yv = (float)(isfinite(m) ? (double)m + log(s) : (double)m);
+}
 
 static void logsumexp_fwd(const ad_call *c) {
   red_dims r = red_of(c->in[0], c->attrs->reduce.axes);

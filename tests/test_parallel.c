@@ -367,6 +367,106 @@ Test(parallel, reductions_across_lanes_same_bits_as_one_lane) {
   }
 }
 
+/* float32 softmax, log_softmax and logsumexp (exp_v with a correction for
+ * the rounding of x - max, libm below exp_v's clamp: op_reduce.c) against
+ * float64 references computed here from the same inputs: within 2 ulp of
+ * the reference (log_softmax plus 2^-50: near 0, -log of a sum near 1
+ * keeps the double sum's last bit), NaN where it is NaN, and the same bits
+ * on 1 and on 3 threads. Along axis 1 of [3, n, I] (the lanes of blocks of
+ * 64, a tail of fewer, one strided lane when I = 65) and along the last
+ * axis (one contiguous lane), with lanes of length 1, values over
+ * [-100, 100], a NaN, +inf, -inf in a finite lane, lanes of -inf alone,
+ * and lanes whose values lie below exp_v's clamp relative to the maximum
+ * (e subnormal or 0) or around it. */
+static double ulp_f32(double v) {
+  int e = 0;
+  if (v != 0) frexp(v, &e);
+  return ldexp(1, v != 0 && e - 24 > -149 ? e - 24 : -149);
+}
+
+/* The reference of lane (X[0], X[st], ... X[(n-1) st]): softmax (op 0),
+ * log_softmax (1) of element k, logsumexp (2). */
+static double softmax_ref(const float *X, int64_t st, int64_t n, int op, int64_t k) {
+  double m = -INFINITY, s = 0;
+  for (int64_t i = 0; i < n; i++) m = isnan(X[i * st]) || isnan(m) ? NAN : fmax(m, X[i * st]);
+  if (!isfinite(m)) return op == 2 ? m : NAN;
+  for (int64_t i = 0; i < n; i++) s += exp((double)X[i * st] - m);
+  double x = X[k * st];
+  return op == 0 ? exp(x - m) / s : op == 1 ? (x - m) - log(s) : m + log(s);
+}
+
+/* Special lanes of x [3, n, I] (lanes along axis 1 at (o, j), along axis
+ * 2 at (o, k)). */
+static void softmax_specials(float *X, int64_t n, int64_t I, ad_rng *rng) {
+#define AT(o, k, j) X[((o)*n + (k)) * I + (j)]
+  AT(0, n - 1, 0) = NAN;
+  if (I > 1) AT(0, 0, 1) = INFINITY;
+  if (I > 2) AT(0, n / 2, 2) = -INFINITY;
+  for (int64_t k = 0; I > 3 && k < n; k++) AT(0, k, 3) = -INFINITY;
+  for (int64_t k = 0; I > 4 && k < n; k++) /* 0, then -80 .. -105 */
+    AT(0, k, 4) = k ? -80.0f - 25.0f * (float)ad_rng_uniform(rng) : 0.0f;
+  for (int64_t k = 0; k < n; k++) /* around the clamp: 60, then 60 - 87.0 .. 60 - 87.6 */
+    AT(1, k, I - 1) = k < n - 1 ? 60.0f - 87.0f - 0.6f * (float)ad_rng_uniform(rng) : 60.0f;
+  for (int64_t j = 0; j < I; j++) AT(2, 0, j) = -INFINITY;
+  for (int64_t j = 0; n > 1 && j < I; j++)
+    AT(2, n - 1, j) = j ? 5.0f - 80.0f - 25.0f * (float)ad_rng_uniform(rng) : 5.0f;
+#undef AT
+}
+
+Test(parallel, softmax_family_f32_within_2_ulp_of_f64) {
+  static const int64_t lanes[] = {1, 2, 7, 63, 64, 65, 130}, ns[] = {1, 2, 5, 40, 300};
+  static const char *op_name[] = {"softmax", "log_softmax", "logsumexp"};
+  ad_rng rng;
+  ad_rng_seed(&rng, 17);
+  for (size_t li = 0; li < sizeof lanes / sizeof *lanes; li++)
+    for (size_t ni = 0; ni < sizeof ns / sizeof *ns; ni++) {
+      int64_t I = lanes[li], n = ns[ni], shape[3] = {3, n, I};
+      ad_tensor *x = ad_rand(ctx, &rng, AD_F32, 3, shape, -100, 100);
+      cr_assert(x, "%s", ad_last_error(ctx));
+      softmax_specials(x->data, n, I, &rng);
+      const float *X = x->data;
+      for (int axis = 1; axis <= 2; axis++)
+        for (int op = 0; op < 3; op++) {
+          ad_tensor *y[2];
+          for (int t = 0; t < 2; t++) {
+            cr_assert_eq(ad_set_num_threads(t ? 3 : 1), AD_OK);
+            y[t] = op == 0   ? ad_softmax(ctx, x, axis)
+                   : op == 1 ? ad_log_softmax(ctx, x, axis)
+                             : ad_logsumexp(ctx, x, axis, false);
+            cr_assert(y[t], "%s", ad_last_error(ctx));
+          }
+          ad_set_num_threads(1);
+          char what[96];
+          snprintf(what, sizeof what, "%s [3,%lld,%lld] axis %d", op_name[op], (long long)n,
+                   (long long)I, axis);
+          cr_assert(memcmp(y[0]->data, y[1]->data, (size_t)y[0]->size * sizeof(float)) == 0,
+                    "%s: 1 and 3 threads differ", what);
+          /* lane q of o: len elements st apart from x's element base */
+          const float *Y = y[0]->data;
+          int64_t L = axis == 1 ? I : n, len = axis == 1 ? n : I, st = axis == 1 ? I : 1;
+          for (int64_t o = 0; o < 3; o++)
+            for (int64_t q = 0; q < L; q++) {
+              int64_t base = axis == 1 ? o * n * I + q : (o * n + q) * I;
+              for (int64_t k = 0; k < (op == 2 ? 1 : len); k++) {
+                int64_t i = op == 2 ? o * L + q : base + k * st;
+                double want = softmax_ref(X + base, st, len, op, k), got = Y[i];
+                if (isnan(want)) {
+                  cr_assert(isnan(got), "%s: element %lld is %g, want NaN", what, (long long)i,
+                            got);
+                  continue;
+                }
+                double tol = 2 * ulp_f32(want) + (op == 1 ? 0x1p-50 : 0);
+                cr_assert(got == want || fabs(got - want) <= tol,
+                          "%s: element %lld is %.9g, want %.17g (%.2f ulp)", what, (long long)i,
+                          got, want, fabs(got - want) / ulp_f32(want));
+              }
+            }
+        }
+      ad_tape_reset(ctx);
+      ad_tensor_free(x);
+    }
+}
+
 /* Sums of long contiguous lanes (a loss's mean, a sum of everything) are
  * cut into chunks fixed by the length alone and summed in interleaved
  * partials (op_reduce.c): the same bits on 1 and 3 threads, a long lane
