@@ -31,16 +31,30 @@ enum {
 
 /* The maximum of the n elements x[0], x[s], ..., x[(n-1) s] (NaN if one is
  * NaN), as a double; -inf for n = 0, so a lane of no elements is never
- * read. */
-static inline double ad_lane_max_f32(const float *x, int64_t s, int64_t n) {
+ * read. The rule is this chain of comparisons: of several NaNs the last is
+ * the maximum, of zeros of both signs the first. */
+static inline double ad_lane_max_chain_f32(const float *x, int64_t s, int64_t n) {
   double m = -INFINITY;
   for (int64_t k = 0; k < n; k++) m = AD_MAX_NAN((double)x[k * s], m);
   return m;
 }
-static inline double ad_lane_max_f64(const double *x, int64_t s, int64_t n) {
+static inline double ad_lane_max_chain_f64(const double *x, int64_t s, int64_t n) {
   double m = -INFINITY;
   for (int64_t k = 0; k < n; k++) m = AD_MAX_NAN(x[k * s], m);
   return m;
+}
+
+/* The chain's result for a contiguous run of n >= AD_RUN_MAX elements,
+ * vectorized (op_reduce.c): what ad_lane_max takes for such a lane. */
+enum { AD_RUN_MAX = 32 };
+double ad_run_max_f32(const float *x, int64_t n);
+double ad_run_max_f64(const double *x, int64_t n);
+
+static inline double ad_lane_max_f32(const float *x, int64_t s, int64_t n) {
+  return s == 1 && n >= AD_RUN_MAX ? ad_run_max_f32(x, n) : ad_lane_max_chain_f32(x, s, n);
+}
+static inline double ad_lane_max_f64(const double *x, int64_t s, int64_t n) {
+  return s == 1 && n >= AD_RUN_MAX ? ad_run_max_f64(x, n) : ad_lane_max_chain_f64(x, s, n);
 }
 #define AD_LANE_MAX(x, s, n)                                                                       \
   _Generic((x), const float * : ad_lane_max_f32, const double * : ad_lane_max_f64)(x, s, n)

@@ -467,6 +467,83 @@ Test(parallel, softmax_family_f32_within_2_ulp_of_f64) {
     }
 }
 
+/* max along the last axis (a contiguous lane: vector partial maxima, the
+ * chain of comparisons again where the maximum is NaN or a zero,
+ * op_reduce.c) gives the chain's bits: of several NaNs the last one seen
+ * (payload and sign), of zeros of both signs the first, -inf for a lane of
+ * -inf alone and for an empty lane (logsumexp's maximum: the empty sum's
+ * log). Lanes of every length 0..300 hold random values, NaNs of random
+ * payloads (float32 signalling ones too), zeros of both signs, infinities,
+ * against the chain computed here, on 1 and 3 threads. */
+static double chain_max(const ad_tensor *x, int64_t row, int64_t n) {
+  double m = -INFINITY;
+  for (int64_t k = 0; k < n; k++) {
+    double v = ad_tensor_get(x, row * n + k);
+    m = v > m || v != v ? v : m;
+  }
+  return m;
+}
+
+/* element i of a lane of kind kind: 0 random values in [-1, 1), 1 any of
+ * those and NaN, zeros, infinities, 2 negative values and zeros of both
+ * signs (the maximum a zero), 3 all but NaN, 4 -inf alone */
+static void set_special(ad_tensor *x, int64_t i, int kind, ad_rng *rng) {
+  uint64_t r = ad_rng_next(rng);
+  int what = (int)(r % 8); /* 0-2 a value, 3 NaN, 4 +0, 5 -0, 6 -inf, 7 +inf */
+  if (kind == 0 || (kind == 3 && what == 3)) what = 0;
+  if (kind == 2) what = what == 4 || what == 5 ? what : 1;
+  if (kind == 4) what = 6;
+  double v = what == 1 ? -1 - ad_rng_uniform(rng) : ad_rng_uniform(rng) * 2 - 1;
+  v = what == 4 ? 0.0 : what == 5 ? -0.0 : what == 6 ? -INFINITY : what == 7 ? INFINITY : v;
+  if (x->dtype == AD_F32) {
+    float *p = (float *)x->data + i;
+    uint32_t b = (r >> 32 & 1) << 31 | 0x7f800000u | (uint32_t)(r >> 8 & 0x7fffff);
+    if (what == 3 && !(b & 0x7fffff)) b |= 1;
+    float f = (float)v;
+    if (what == 3) memcpy(&f, &b, sizeof f);
+    *p = f;
+  } else {
+    double *p = (double *)x->data + i;
+    uint64_t b = (r >> 63) << 63 | 0x7ff8000000000000u | (r >> 13 & 0x7ffffffffffffu);
+    if (what == 3) memcpy(&v, &b, sizeof v);
+    *p = v;
+  }
+}
+
+Test(parallel, max_of_contiguous_lanes_same_bits_as_the_chain) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 19);
+  enum { KINDS = 5, REPS = 3 };
+  for (int d = 0; d < 2; d++) {
+    ad_dtype dt = d ? AD_F64 : AD_F32;
+    size_t ds = ad_dtype_size(dt);
+    for (int64_t n = 0; n <= 300; n++) {
+      int64_t shape[2] = {KINDS * REPS, n};
+      ad_tensor *x = ad_zeros(ctx, dt, 2, shape);
+      cr_assert(x, "%s", ad_last_error(ctx));
+      for (int64_t row = 0; row < shape[0]; row++)
+        for (int64_t k = 0; k < n; k++) set_special(x, row * n + k, (int)(row % KINDS), &rng);
+      for (int threads = 1; threads <= 3; threads += 2) {
+        cr_assert_eq(ad_set_num_threads(threads), AD_OK);
+        ad_tensor *y = n ? ad_max_axis(ctx, x, 1, false) : ad_logsumexp(ctx, x, 1, false);
+        cr_assert(y, "%s", ad_last_error(ctx));
+        for (int64_t row = 0; row < shape[0]; row++) {
+          double want = chain_max(x, row, n);
+          float wf = (float)want;
+          const void *w = dt == AD_F32 ? (const void *)&wf : (const void *)&want;
+          cr_assert(memcmp((const char *)y->data + (size_t)row * ds, w, ds) == 0,
+                    "%s n %lld row %lld (kind %d), %d threads: %.17g, the chain %.17g",
+                    ad_dtype_name(dt), (long long)n, (long long)row, (int)(row % KINDS), threads,
+                    ad_tensor_get(y, row), want);
+        }
+        ad_tape_reset(ctx);
+      }
+      ad_set_num_threads(1);
+      ad_tensor_free(x);
+    }
+  }
+}
+
 /* Sums of long contiguous lanes (a loss's mean, a sum of everything) are
  * cut into chunks fixed by the length alone and summed in interleaved
  * partials (op_reduce.c): the same bits on 1 and 3 threads, a long lane
