@@ -280,11 +280,15 @@ static ad_status shape_softmax(const ad_call *c) {
 /* softmax (log_softmax when LOG) of one contiguous float32 lane of n
  * elements, vectorized along it: 16 partial maxima (a NaN in any is the
  * maximum: the lane is all NaN, as in SOFTMAX_BODY; which zero is the
- * maximum changes no x - m), e^(x - m) as exp_diff and EXP_FIX, and 16
- * partial double sums. The lanes of a block (exp_lanes_f32) sum in order:
- * the results differ in the last bits, within 2 ulp, but for a
- * log_softmax near 0 (-log of a sum near 1), where the two sums' last
- * double bits show, as between any two summation orders. */
+ * maximum changes no x - m); e^(x - m) in float as exp_v_lo of d = x - m
+ * rounded and its rounding error (diff_err, softmax_exp.h; below exp_v's
+ * clamp, expf(d) times 1 + the error), which spares the second pass
+ * exp_diff's and EXP_FIX's work (the block path keeps their product in
+ * double); and 16 partial double sums. The lanes of a block
+ * (exp_lanes_f32) sum in order: the results differ in the last bits,
+ * within 2 ulp, but for a log_softmax near 0 (-log of a sum near 1),
+ * where the two sums' last double bits show, as between any two
+ * summation orders. */
 CELL_CLONES static void softmax_row_f32(const float *x, float *y, int64_t n, bool log_) {
   float pm[16];
   for (int k = 0; k < 16; k++) pm[k] = -INFINITY;
@@ -297,9 +301,19 @@ CELL_CLONES static void softmax_row_f32(const float *x, float *y, int64_t n, boo
   double ps[16] = {0};
   for (i = 0; i < n; i += 16) {
     int64_t len = n - i < 16 ? n - i : 16;
-    float e[16], lo[16];
-    exp_diff(x + i, &m, 0, len, e, lo);
-    for (int k = 0; k < len; k++) ps[k] += EXP_FIX(e[k], lo[k]);
+    float e[16];
+    int low = 0;
+    for (int k = 0; k < len; k++) {
+      float d = x[i + k] - m;
+      e[k] = exp_v_lo(d, diff_err(x[i + k], m, d));
+      low |= d < EXP_V_MIN;
+    }
+    if (low)
+      for (int k = 0; k < len; k++) {
+        float d = x[i + k] - m;
+        if (d < EXP_V_MIN) e[k] = (float)EXP_FIX(expf(d), diff_err(x[i + k], m, d));
+      }
+    for (int k = 0; k < len; k++) ps[k] += (double)e[k];
     if (!log_)
       for (int k = 0; k < len; k++) y[i + k] = e[k];
   }
@@ -310,7 +324,7 @@ CELL_CLONES static void softmax_row_f32(const float *x, float *y, int64_t n, boo
     for (i = 0; i < n; i++) y[i] = (float)(((double)x[i] - (double)m) - ls);
   } else {
     double inv = 1 / s; /* e * (1/s) in double: rounded to float, e / s but for ties */
-    for (i = 0; i < n; i++) y[i] = (float)(EXP_FIX(y[i], diff_err(x[i], m, x[i] - m)) * inv);
+    for (i = 0; i < n; i++) y[i] = (float)((double)y[i] * inv);
   }
 }
 

@@ -56,27 +56,34 @@
  * callers that need those take libm's expf there. */
 #define EXP_V_MIN (-87.3f)
 #define EXP_V_MAX 88.3f
-static inline float exp_v(float xin) {
-  /* a NaN is carried through as 0 (converting it to an integer below is
-   * undefined) and returned as it came */
-  float x = xin == xin ? xin : 0.0f;
-  x = x < EXP_V_MIN ? EXP_V_MIN : x;
-  x = x > EXP_V_MAX ? EXP_V_MAX : x;
-  float n = FMA_F(x, 1.44269504f, 12582912.0f) - 12582912.0f; /* round to nearest */
-  float r = FMA_F(n, -0.693359375f, x);
-  r = FMA_F(n, 2.12194440e-4f, r);
-  float p = 1.9875691500e-4f;
-  p = FMA_F(p, r, 1.3981999507e-3f);
-  p = FMA_F(p, r, 8.3334519073e-3f);
-  p = FMA_F(p, r, 4.1665795894e-2f);
-  p = FMA_F(p, r, 1.6666665459e-1f);
-  p = FMA_F(p, r, 5.0000001201e-1f);
-  p = FMA_F(p * r, r, r) + 1.0f;
-  int32_t bits = ((int32_t)n + 127) * (1 << 23); /* n in [-126, 127] */
-  float scale;
-  memcpy(&scale, &bits, sizeof scale);
+/* exp_v's body for xin, with lo added to the reduced argument (LO_ADD:
+ * nothing, or + lo). */
+#define EXP_V_BODY(xin, LO_ADD)                                                                    \
+  /* a NaN is carried through as 0 (converting it to an integer below is                           \
+   * undefined) and returned as it came */                                                         \
+  float x = xin == xin ? xin : 0.0f;                                                               \
+  x = x < EXP_V_MIN ? EXP_V_MIN : x;                                                               \
+  x = x > EXP_V_MAX ? EXP_V_MAX : x;                                                               \
+  float n = FMA_F(x, 1.44269504f, 12582912.0f) - 12582912.0f; /* round to nearest */               \
+  float r = FMA_F(n, -0.693359375f, x);                                                            \
+  r = FMA_F(n, 2.12194440e-4f, r) LO_ADD;                                                          \
+  float p = 1.9875691500e-4f;                                                                      \
+  p = FMA_F(p, r, 1.3981999507e-3f);                                                               \
+  p = FMA_F(p, r, 8.3334519073e-3f);                                                               \
+  p = FMA_F(p, r, 4.1665795894e-2f);                                                               \
+  p = FMA_F(p, r, 1.6666665459e-1f);                                                               \
+  p = FMA_F(p, r, 5.0000001201e-1f);                                                               \
+  p = FMA_F(p * r, r, r) + 1.0f;                                                                   \
+  int32_t bits = ((int32_t)n + 127) * (1 << 23); /* n in [-126, 127] */                            \
+  float scale;                                                                                     \
+  memcpy(&scale, &bits, sizeof scale);                                                             \
   return xin == xin ? p * scale : xin;
-}
+static inline float exp_v(float xin) { EXP_V_BODY(xin, ) }
+/* exp_v(x + lo) for lo the rounding error of x as a difference (|lo| <=
+ * 2^-24 |x|, and x not below the clamp): lo joins the reduced argument,
+ * so e^(x + lo) is within exp_v's error, not off by lo relative (a
+ * softmax's x - max, softmax_exp.h). */
+static inline float exp_v_lo(float xin, float lo) { EXP_V_BODY(xin, +lo) }
 
 /* float32 sigmoid and tanh without calls or branches, on exp_v, so that
  * a row loop vectorizes (the fused recurrent cells, op_rnn.c; the tanh
