@@ -1028,6 +1028,7 @@ const ad_op_def ad_def_cos = {
 static void tanh_backward_fwd(const ad_call *c);
 static void sigmoid_backward_fwd(const ad_call *c);
 static void relu_backward_fwd(const ad_call *c);
+static void gelu_backward_fwd(const ad_call *c);
 
 static bool activation_grad_into(const ad_call *c, ad_forward_fn kernel, ad_tensor *second,
                                  ad_tensor *grad, bool overwrite) {
@@ -1189,15 +1190,13 @@ static inline float gelu_f(float x) { return (float)(0.5 * x * erfc(-x * SQRT1_2
 #define GELU_OUT32(x) (!((x) >= -13.0f && (x) <= 13.0f))
 UNARY_KERNEL_V(gelu, gelu_v, GELU_OUT32, gelu_f, 0.5 * x * (1.0 + erf(x * SQRT1_2)))
 
-/* phi(x) = exp(-x^2/2) / sqrt(2 pi), the standard normal density */
 static ad_status gelu_bwd(const ad_call *c) {
-  ad_ctx *ctx = c->ctx;
-  ad_tensor *x = c->in[0];
-  ad_tensor *Phi =
-      ad_mul_scalar(ctx, ad_add_scalar(ctx, ad_erf(ctx, ad_mul_scalar(ctx, x, SQRT1_2)), 1.0), 0.5);
-  ad_tensor *phi = ad_mul_scalar(ctx, ad_exp(ctx, ad_mul_scalar(ctx, ad_square(ctx, x), -0.5)),
-                                 0.3989422804014327);
-  return ad_call_set_grad(c, 0, ad_mul(ctx, c->gout, ad_add(ctx, Phi, ad_mul(ctx, x, phi))));
+  return ad_call_set_grad(c, 0, ad_apply2(c->ctx, AD_OP_GELU_BACKWARD, c->gout, c->in[0], NULL));
+}
+
+static bool gelu_grad_into(const ad_call *c, int k, ad_tensor *grad, bool overwrite) {
+  (void)k;
+  return activation_grad_into(c, gelu_backward_fwd, c->in[0], grad, overwrite);
 }
 
 ad_tensor *ad_gelu(ad_ctx *ctx, ad_tensor *x) { return ad_apply1(ctx, AD_OP_GELU, x, NULL); }
@@ -1205,13 +1204,14 @@ ad_tensor *ad_gelu(ad_ctx *ctx, ad_tensor *x) { return ad_apply1(ctx, AD_OP_GELU
 const ad_op_def ad_def_gelu = {
     .name = "gelu",
     .arity = 1,
-    .flags = AD_OP_ELEMENTWISE,
+    .flags = AD_OP_ELEMENTWISE | AD_OP_GRAD_INTO_TEMPS,
     .forward = gelu_fwd,
     .backward = gelu_bwd,
+    .grad_into = gelu_grad_into,
     .sample = sample_unary,
     .math = "y = x Phi(x), Phi(x) = (1 + erf(x/sqrt 2))/2",
     .inputs = {"x"},
-    .grads = {"dy * (Phi(x) + x exp(-x^2/2) / sqrt(2 pi))"},
+    .grads = {"gelu_backward(dy, x) = dy * (Phi(x) + x phi(x))"},
 };
 
 /* ------------------------------------------------------------- softplus */
@@ -1404,6 +1404,83 @@ const ad_op_def ad_def_relu_backward = {
     .math = "y = g, 0 where x <= 0",
     .inputs = {"g", "x"},
     .grads = {"dy, 0 where x <= 0", NULL},
+};
+
+/* -------------------------------------------------------- gelu_backward */
+
+/* g GELU'(x), GELU'(x) = Phi(x) + x phi(x) with phi(x) = e^(-x^2/2) /
+ * sqrt(2 pi) the standard normal density: one pass instead of the eleven
+ * ops of its composition. Float64: Phi's tail as erfc (libm), accurate
+ * where 1 + erf cancels. Float32: gelu_grad_v (vexp.h) for |x| <= 13,
+ * where g and x are rows of unit stride (a gelu's own gradient), out of
+ * range the float64 form rounded once; other strides (a broadcast
+ * operand) take the same functions element by element. */
+static inline double gelu_grad_d(double x) {
+  return 0.5 * erfc(-x * SQRT1_2) + x * exp(-0.5 * x * x) * 0.3989422804014327;
+}
+#define GELU_GRAD_OUT32(x) (!((x) >= -13.0f && (x) <= 13.0f))
+CELL_CLONES static void gelu_backward_row32(const float *G, const float *X, float *Y, int64_t len) {
+  for (int64_t c0 = 0; c0 < len; c0 += 256) {
+    int64_t c1 = len - c0 < 256 ? len : c0 + 256;
+    int out = 0;
+    for (int64_t i = c0; i < c1; i++) {
+      Y[i] = G[i] * gelu_grad_v(X[i]);
+      out |= GELU_GRAD_OUT32(X[i]);
+    }
+    if (out)
+      for (int64_t i = c0; i < c1; i++)
+        if (GELU_GRAD_OUT32(X[i])) Y[i] = (float)((double)G[i] * gelu_grad_d(X[i]));
+  }
+}
+
+static void gelu_backward_rows(const ad_call *c, int64_t oa, int64_t sa, int64_t ob, int64_t sb,
+                               int64_t oy, int64_t len) {
+  if (c->out->dtype == AD_F32 && sa == 1 && sb == 1) {
+    gelu_backward_row32((const float *)c->in[0]->data + oa, (const float *)c->in[1]->data + ob,
+                        (float *)c->out->data + oy, len);
+  } else if (c->out->dtype == AD_F32) {
+    const float *G = (const float *)c->in[0]->data + oa, *X = (const float *)c->in[1]->data + ob;
+    float *Y = (float *)c->out->data + oy;
+    for (int64_t i = 0; i < len; i++)
+      Y[i] = GELU_GRAD_OUT32(X[i * sb]) ? (float)((double)G[i * sa] * gelu_grad_d(X[i * sb]))
+                                        : G[i * sa] * gelu_grad_v(X[i * sb]);
+  } else {
+    const double *G = (const double *)c->in[0]->data + oa, *X = (const double *)c->in[1]->data + ob;
+    double *Y = (double *)c->out->data + oy;
+    for (int64_t i = 0; i < len; i++) Y[i] = G[i * sa] * gelu_grad_d(X[i * sb]);
+  }
+}
+
+static void gelu_backward_fwd(const ad_call *c) { ad_binary_run(c, gelu_backward_rows); }
+
+/* dg = dy GELU'(x), this op again; dx = dy g GELU''(x), GELU''(x) =
+ * phi(x) (2 - x^2), of ops. */
+static ad_status gelu_backward_bwd(const ad_call *c) {
+  ad_ctx *ctx = c->ctx;
+  ad_tensor *g = c->in[0], *x = c->in[1];
+  ad_status st = AD_OK;
+  if (c->needs[0])
+    st = ad_call_set_grad(c, 0, ad_apply2(ctx, AD_OP_GELU_BACKWARD, c->gout, x, NULL));
+  if (st == AD_OK && c->needs[1]) {
+    ad_tensor *x2 = ad_square(ctx, x);
+    ad_tensor *phi =
+        ad_mul_scalar(ctx, ad_exp(ctx, ad_mul_scalar(ctx, x2, -0.5)), 0.3989422804014327);
+    ad_tensor *d2 = ad_mul(ctx, phi, ad_add_scalar(ctx, ad_neg(ctx, x2), 2.0));
+    st = ad_call_set_grad(c, 1, ad_mul(ctx, ad_mul(ctx, c->gout, g), d2));
+  }
+  return st;
+}
+
+const ad_op_def ad_def_gelu_backward = {
+    .name = "gelu_backward",
+    .arity = 2,
+    .flags = AD_OP_ELEMENTWISE,
+    .forward = gelu_backward_fwd,
+    .backward = gelu_backward_bwd,
+    .sample = sample_binary,
+    .math = "y = g (Phi(x) + x phi(x))  (g incoming gradient; phi = e^(-x^2/2)/sqrt(2 pi))",
+    .inputs = {"g", "x"},
+    .grads = {"dy (Phi(x) + x phi(x))", "dy g phi(x) (2 - x^2)"},
 };
 
 /* ----------------------------------------------------------------- cast */

@@ -217,6 +217,17 @@ CELL_ROW float gelu_v(float x) {
   return h * v;
 }
 
+/* float32 GELU'(x) = Phi(x) + x phi(x) for |x| <= 13 (the caller takes
+ * libm beyond, and for NaN): Phi as in gelu_v (its negative tail as erfc),
+ * phi(x) = e^(-x^2/2) / sqrt(2 pi) from the same exact square (z + zl). */
+CELL_ROW float gelu_grad_v(float x) {
+  float h = 0.5f * x, z = h * x, zl = FMA_F(h, x, -z), a = fabsf(x) * 0.70710677f, s, b;
+  erf_parts(a, z, zl, &s, &b);
+  float v = x >= 0 ? (a < 0.9f ? 1.0f + s : 2.0f - b) : (a < 0.9f ? 1.0f - s : b);
+  float phi = exp_v(-z) * (1.0f - zl) * 0.39894228f;
+  return FMA_F(x, phi, 0.5f * v);
+}
+
 /* float32 sin and cos for |x| <= 2^20 (the callers take libm beyond, and
  * for infinities and NaN), in double without calls or branches: x = k
  * pi/2 + r with k an integer (even for sin, odd for cos) and |r| <= pi/2,

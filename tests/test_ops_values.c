@@ -1472,6 +1472,56 @@ Test(ops_values, float32_transcendentals_within_ulps) {
   ad_tensor_free(x);
 }
 
+/* gelu's gradient, one op (gelu_backward): float32 against float64's
+ * Phi(x) + x phi(x) (Phi's tail as erfc) on a sweep of [-16, 16] (beyond
+ * 13 the float64 form) and the edges, within 4 float32 ulps of the larger
+ * of the two terms (where they cancel, near x = -0.75, no relative bound
+ * holds); 0 and the infinities exact, NaN kept; one element alone the same
+ * bits as in a tensor. */
+static double gelu_grad64(double x) {
+  return 0.5 * erfc(-x / sqrt(2.0)) + x * exp(-0.5 * x * x) * 0.3989422804014327;
+}
+Test(ops_values, gelu_gradient_float32_against_float64) {
+  enum { SWEEP = 64001 };
+  static const float edges[] = {0.0f,   -0.0f,      INFINITY,    -INFINITY,   NAN,    13.0f,
+                                -13.0f, 13.000001f, -13.000001f, -0.7517915f, 1e-30f, -5.3f};
+  int64_t n = SWEEP + (int64_t)(sizeof edges / sizeof *edges);
+  ad_tensor *x = ad_zeros(ctx, AD_F32, 1, &n);
+  cr_assert_not_null(x, "%s", ad_last_error(ctx));
+  float *xv = x->data;
+  for (int64_t i = 0; i < SWEEP; i++) xv[i] = (float)(-16.0 + 32.0 * (double)i / (SWEEP - 1));
+  memcpy(xv + SWEEP, edges, sizeof edges);
+  cr_assert_eq(ad_tensor_set_requires_grad(x, true), AD_OK);
+  ad_tensor *g = NULL;
+  cr_assert_eq(ad_grad(ctx, ad_sum(ctx, ad_gelu(ctx, x)), NULL, 1, &x, &g, false), AD_OK, "%s",
+               ad_last_error(ctx));
+  const float *gv = g->data;
+  for (int64_t i = 0; i < n; i++) {
+    double want = gelu_grad64((double)xv[i]), got = gv[i];
+    if (isnan(want) || isinf(xv[i]) || xv[i] == 0) {
+      cr_assert(isnan(want) ? isnan(got) : got == (float)want, "gelu'(%a) = %a, want %a", xv[i],
+                got, want);
+      continue;
+    }
+    double scale = fmax(0.5 * erfc(-xv[i] / sqrt(2.0)), fabs(xv[i]) * exp(-0.5 * xv[i] * xv[i]));
+    double err = fabs(got - want) / (scale * 0x1p-23);
+    cr_assert(err <= 4.0 || fabs(got - want) <= 0x1p-149, "gelu'(%.9g) = %.9g, want %.17g (%.2f)",
+              xv[i], got, want, err);
+  }
+  for (int64_t i = 0; i < n; i += i < SWEEP ? 1999 : 1) {
+    int64_t one = 1;
+    ad_tensor *xi = ad_full(ctx, AD_F32, 1, &one, xv[i]), *gi = NULL;
+    ad_tensor_set_requires_grad(xi, true);
+    cr_assert_eq(ad_grad(ctx, ad_sum(ctx, ad_gelu(ctx, xi)), NULL, 1, &xi, &gi, false), AD_OK);
+    float a = ((const float *)gi->data)[0], b = gv[i];
+    cr_assert(memcmp(&a, &b, sizeof a) == 0 || (isnan(a) && isnan(b)),
+              "gelu'(%a): alone %a, in a tensor %a", xv[i], a, b);
+    ad_tensor_free(xi);
+  }
+  ad_tape_reset(ctx);
+  ad_tensor_free(x);
+}
+
 /* pow_scalar's special exponents, PyTorch's: 2, 3, -1 and -2 products and
  * a quotient, 0.5 and -0.5 sqrt and 1 / sqrt (so -0 gives -0 and -inf,
  * -inf gives NaN, as in torch.pow, not C's pow), 1 the identity, others

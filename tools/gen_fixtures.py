@@ -370,12 +370,13 @@ add("leaky_relu_2d", "leaky_relu", lambda rng: [("in", U(rng, (3, 4)))],
     lambda t: F.leaky_relu(t[0], 0.2), attr=("scalar", 0.2))
 
 # fused activation gradients: y = g * f'(.) from the saved tanh / sigmoid
-# output or relu input; torch's aten ops of the same names (relu's is
+# output or relu / gelu input; torch's aten ops of the same names (relu's is
 # threshold_backward at 0, which gives its second input no gradient either)
 FUSED = {
     "tanh_backward": (torch.ops.aten.tanh_backward, (-0.95, 0.95)),
     "sigmoid_backward": (torch.ops.aten.sigmoid_backward, (0.02, 0.98)),
     "relu_backward": (lambda g, x: torch.ops.aten.threshold_backward(g, x, 0.0), (-2, 2)),
+    "gelu_backward": (torch.ops.aten.gelu_backward, (-4, 4)),
 }
 for name, (fn, (lo, hi)) in FUSED.items():
     for tag, sg, st in (("same", (3, 4), (3, 4)), ("row", (3, 4), (4,)), ("col", (2, 3), (2, 1))):
@@ -1204,8 +1205,9 @@ def fmt_attr(attr):
 BLAS_OPS = {"matmul", "conv2d", "conv_transpose2d", "conv2d_weight", "conv1d"}
 # Likewise ops whose torch float32 kernel is far from the correctly rounded
 # value: torch 1.13's float32 GELU is 30-100 ulp off at x = -2.7 (its
-# vectorised erf), beyond the engine's own error (under 6 ulp).
-F64_REF_OPS = BLAS_OPS | {"gelu"}
+# vectorised erf), beyond the engine's own error (under 6 ulp), and its
+# gradient (gelu_backward) with it.
+F64_REF_OPS = BLAS_OPS | {"gelu", "gelu_backward"}
 
 
 def run_case(c, dtname):
