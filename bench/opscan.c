@@ -1,0 +1,229 @@
+/* opscan: every op family's forward and backward, timed one case each, so
+ * that an op many times slower than PyTorch's (a cliff: a libm call or a
+ * library call per element, a strided gather, a serial chain) shows beside
+ * the others. bench/opscan.py runs it with PyTorch's same cases and prints
+ * the ratios.
+ *
+ *   build/bench/opscan [--filter SUBSTR] [--reps N] [--threads T]
+ *
+ * Each case builds its op's output from fixed float32 inputs (the shapes
+ * below: [256,1024] for the elementwise and row ops), then sums it and runs
+ * backward to every input; of --reps runs (default 15) it prints the
+ * least forward time and the least sum + backward time, in microseconds:
+ *
+ *   opscan/NAME fwd_us F bwd_us B
+ *
+ * The inputs that need a gradient have one; their gradients are freed
+ * (zeroed) before each run, as PyTorch's loop sets them to None. An op
+ * that fails ends the program with its error (exit 1). Not a test: the
+ * machine's other load moves the times. */
+#include "ad_ext.h"
+#include "bench_util.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static ad_ctx *ctx;
+/* The inputs: a, b [256,1024] N(0,1); p [256,1024] in [0.5, 2); q [256,1024]
+ * in [-2, 2); sq [1024,1024]; bias, gamma, beta [1024]; idx 256 rows of sq;
+ * emb [1000,256] and its indices [32,64]; logits [256,1000] and labels;
+ * prob in [0.01, 0.99) and target in [0, 1) [256,1024]; img [32,64,32,32]
+ * and a 3x3 kernel w [64,64,3,3]. */
+static ad_tensor *a, *b, *p, *q, *sq, *bias, *gamma_, *beta, *idx, *emb, *eidx, *logits, *labels,
+    *prob, *target, *img, *w;
+
+static ad_tensor *c_div(void) { return ad_div(ctx, a, p); }
+static ad_tensor *c_pow(void) { return ad_pow(ctx, p, q); }
+static ad_tensor *c_maximum(void) { return ad_maximum(ctx, a, b); }
+static ad_tensor *c_where_lt(void) { return ad_where(ctx, ad_lt(ctx, a, b), a, b); }
+static ad_tensor *c_sqrt(void) { return ad_sqrt(ctx, p); }
+static ad_tensor *c_abs(void) { return ad_abs(ctx, a); }
+static ad_tensor *c_leaky_relu(void) { return ad_leaky_relu(ctx, a, 0.01); }
+static ad_tensor *c_gelu(void) { return ad_gelu(ctx, a); }
+static ad_tensor *c_relu(void) { return ad_relu(ctx, a); }
+static ad_tensor *c_tanh(void) { return ad_tanh(ctx, a); }
+static ad_tensor *c_sigmoid(void) { return ad_sigmoid(ctx, a); }
+static ad_tensor *c_exp(void) { return ad_exp(ctx, a); }
+static ad_tensor *c_log(void) { return ad_log(ctx, p); }
+static ad_tensor *c_sin(void) { return ad_sin(ctx, a); }
+static ad_tensor *c_atan(void) { return ad_atan(ctx, a); }
+static ad_tensor *c_softplus(void) { return ad_softplus(ctx, a); }
+static ad_tensor *c_erf(void) { return ad_erf(ctx, a); }
+static ad_tensor *c_square(void) { return ad_pow_scalar(ctx, a, 2.0); }
+static ad_tensor *c_mul(void) { return ad_mul(ctx, a, b); }
+static ad_tensor *c_bias_add(void) { return ad_add(ctx, a, bias); }
+static ad_tensor *c_cast64(void) { return ad_cast(ctx, a, AD_F64); }
+static ad_tensor *c_transpose(void) { return ad_transpose(ctx, sq, 0, 1); }
+static ad_tensor *c_narrow(void) { return ad_narrow(ctx, a, 1, 100, 800); }
+static ad_tensor *c_pad(void) { return ad_pad(ctx, a, 1, 3, 5); }
+static ad_tensor *c_concat(void) { return ad_concat(ctx, 2, (ad_tensor *[]){a, b}, 1); }
+static ad_tensor *c_index_select(void) { return ad_index_select(ctx, sq, idx); }
+static ad_tensor *c_embedding(void) { return ad_embedding(ctx, emb, eidx, AD_NO_PADDING); }
+static ad_tensor *c_sum0(void) { return ad_sum_axis(ctx, a, 0, false); }
+static ad_tensor *c_sum1(void) { return ad_sum_axis(ctx, a, 1, false); }
+static ad_tensor *c_max0(void) { return ad_max_axis(ctx, a, 0, false); }
+static ad_tensor *c_max1(void) { return ad_max_axis(ctx, a, 1, false); }
+static ad_tensor *c_logsumexp1(void) { return ad_logsumexp(ctx, a, 1, false); }
+static ad_tensor *c_softmax0(void) { return ad_softmax(ctx, a, 0); }
+static ad_tensor *c_softmax1(void) { return ad_softmax(ctx, a, 1); }
+static ad_tensor *c_log_softmax1(void) { return ad_log_softmax(ctx, a, 1); }
+static ad_tensor *c_cross_entropy(void) { return ad_softmax_cross_entropy(ctx, logits, labels); }
+static ad_tensor *c_bce(void) { return ad_binary_cross_entropy(ctx, prob, target); }
+static ad_tensor *c_max_pool(void) { return ad_max_pool2d(ctx, img, 2, 2, &(ad_pool2d_opts){0}); }
+static ad_tensor *c_avg_pool(void) { return ad_avg_pool2d(ctx, img, 2, 2, &(ad_pool2d_opts){0}); }
+static ad_tensor *c_layer_norm(void) {
+  return ad_layer_norm(ctx, a, 1, (const int64_t[]){1024}, gamma_, beta, 1e-5);
+}
+static ad_tensor *c_conv3x3(void) {
+  return ad_conv2d(ctx, img, w, NULL, &(ad_conv_opts){.padding = {1, 1, 1, 1}});
+}
+static ad_tensor *c_matmul(void) { return ad_matmul(ctx, a, sq, false, false); }
+
+static const struct {
+  const char *name;
+  ad_tensor *(*fn)(void);
+} cases[] = {
+    {"div", c_div},
+    {"pow", c_pow},
+    {"maximum", c_maximum},
+    {"where_lt", c_where_lt},
+    {"sqrt", c_sqrt},
+    {"abs", c_abs},
+    {"leaky_relu", c_leaky_relu},
+    {"gelu", c_gelu},
+    {"relu", c_relu},
+    {"tanh", c_tanh},
+    {"sigmoid", c_sigmoid},
+    {"exp", c_exp},
+    {"log", c_log},
+    {"sin", c_sin},
+    {"atan", c_atan},
+    {"softplus", c_softplus},
+    {"erf", c_erf},
+    {"square", c_square},
+    {"mul", c_mul},
+    {"bias_add", c_bias_add},
+    {"cast64", c_cast64},
+    {"transpose", c_transpose},
+    {"narrow", c_narrow},
+    {"pad", c_pad},
+    {"concat", c_concat},
+    {"index_select", c_index_select},
+    {"embedding", c_embedding},
+    {"sum0", c_sum0},
+    {"sum1", c_sum1},
+    {"max0", c_max0},
+    {"max1", c_max1},
+    {"logsumexp1", c_logsumexp1},
+    {"softmax0", c_softmax0},
+    {"softmax1", c_softmax1},
+    {"log_softmax1", c_log_softmax1},
+    {"cross_entropy", c_cross_entropy},
+    {"bce", c_bce},
+    {"max_pool", c_max_pool},
+    {"avg_pool", c_avg_pool},
+    {"layer_norm", c_layer_norm},
+    {"conv3x3", c_conv3x3},
+    {"matmul", c_matmul},
+};
+
+/* A float32 leaf of shape [n0, n1] (n1 = 0: 1-D), uniform in [lo, hi) or
+ * N(0, 1) when lo = hi, needing a gradient when grad. */
+static ad_tensor *input(ad_rng *rng, int nd, const int64_t *shape, double lo, double hi,
+                        bool grad) {
+  ad_tensor *t = lo == hi ? ad_randn(ctx, rng, AD_F32, nd, shape, 0, 1)
+                          : ad_rand(ctx, rng, AD_F32, nd, shape, lo, hi);
+  if (!t || (grad && ad_tensor_set_requires_grad(t, true) != AD_OK)) {
+    fprintf(stderr, "opscan: inputs: %s\n", ad_last_error(ctx));
+    exit(1);
+  }
+  return t;
+}
+
+/* int32 indices (k * mul) % mod of the given shape. */
+static ad_tensor *indices(int nd, const int64_t *shape, int64_t mul, int64_t mod) {
+  ad_tensor *t = ad_zeros(ctx, AD_I32, nd, shape);
+  if (!t) {
+    fprintf(stderr, "opscan: inputs: %s\n", ad_last_error(ctx));
+    exit(1);
+  }
+  for (int64_t k = 0; k < t->size; k++) ((int32_t *)t->data)[k] = (int32_t)(k * mul % mod);
+  return t;
+}
+
+static void make_inputs(void) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 1);
+  const int64_t s2[2] = {256, 1024}, s_sq[2] = {1024, 1024}, s1[1] = {1024}, s_emb[2] = {1000, 256};
+  const int64_t s_ei[2] = {32, 64}, s_lg[2] = {256, 1000}, s_idx[1] = {256},
+                s_img[4] = {32, 64, 32, 32};
+  const int64_t s_w[4] = {64, 64, 3, 3};
+  a = input(&rng, 2, s2, 0, 0, true), b = input(&rng, 2, s2, 0, 0, true);
+  p = input(&rng, 2, s2, 0.5, 2, true), q = input(&rng, 2, s2, -2, 2, true);
+  sq = input(&rng, 2, s_sq, 0, 0, true);
+  bias = input(&rng, 1, s1, 0, 0, true), gamma_ = input(&rng, 1, s1, 0.5, 1.5, true);
+  beta = input(&rng, 1, s1, 0, 0, true);
+  idx = indices(1, s_idx, 37, 1024);
+  emb = input(&rng, 2, s_emb, 0, 0, true), eidx = indices(2, s_ei, 7919, 1000);
+  logits = input(&rng, 2, s_lg, 0, 0, true), labels = indices(1, s_idx, 13, 1000);
+  prob = input(&rng, 2, s2, 0.01, 0.99, true), target = input(&rng, 2, s2, 0, 1, false);
+  img = input(&rng, 4, s_img, 0, 0, true), w = input(&rng, 4, s_w, -0.1, 0.1, true);
+}
+
+static void clear_grads(void) {
+  ad_tensor *leaves[] = {a, b, p, q, sq, bias, gamma_, beta, emb, logits, prob, img, w};
+  for (size_t k = 0; k < sizeof leaves / sizeof *leaves; k++) ad_tensor_zero_grad(leaves[k]);
+}
+
+int main(int argc, char **argv) {
+  long long reps = 15, threads = 1;
+  const char *filter = NULL;
+  for (int i = 1; i < argc; i++) {
+    const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+    bool ok = true;
+    if (!strcmp(argv[i], "--filter") && v)
+      filter = v, i++;
+    else if (!strcmp(argv[i], "--reps"))
+      ok = bench_parse_int(v, 1, &reps), i++;
+    else if (!strcmp(argv[i], "--threads"))
+      ok = bench_parse_int(v, 1, &threads), i++;
+    else
+      ok = false;
+    if (!ok) {
+      fprintf(stderr, "usage: opscan [--filter SUBSTR] [--reps N] [--threads T]\n");
+      return 2;
+    }
+  }
+  ctx = ad_ctx_new();
+  if (!ctx || !bench_set_threads((int)threads)) {
+    fprintf(stderr, "opscan: no context or threads\n");
+    return 1;
+  }
+  make_inputs();
+  printf("# opscan: float32, %lld engine thread(s), least of %lld runs, microseconds\n", threads,
+         reps);
+  for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+    if (filter && !strstr(cases[c].name, filter)) continue;
+    double fwd = 1e30, bwd = 1e30;
+    for (long long r = 0; r < reps; r++) {
+      clear_grads();
+      double t0 = bench_now_s();
+      ad_tensor *y = cases[c].fn();
+      double t1 = bench_now_s();
+      ad_status st = y ? ad_backward(ctx, ad_sum(ctx, y), NULL) : ad_last_status(ctx);
+      double t2 = bench_now_s();
+      if (st != AD_OK) {
+        fprintf(stderr, "opscan/%s: %s\n", cases[c].name, ad_last_error(ctx));
+        return 1;
+      }
+      ad_tape_reset(ctx);
+      fwd = t1 - t0 < fwd ? t1 - t0 : fwd;
+      bwd = t2 - t1 < bwd ? t2 - t1 : bwd;
+    }
+    printf("opscan/%s fwd_us %.1f bwd_us %.1f\n", cases[c].name, fwd * 1e6, bwd * 1e6);
+    fflush(stdout);
+  }
+  ad_ctx_free(ctx);
+  return 0;
+}

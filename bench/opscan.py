@@ -1,0 +1,161 @@
+#!/usr/bin/env python3
+"""opscan.py: bench/opscan's op cases beside PyTorch's, to find cliffs.
+
+Runs build/bench/opscan (every op family's forward, and sum + backward, on
+one float32 case each: see bench/opscan.c) and the same cases in PyTorch,
+in turn, ROUNDS times, each run printing the least of REPS timings per case;
+then prints, per case, the least of the rounds for each side and the ratio
+ours / torch of the forward and of the backward, and marks "cliff" where a
+ratio exceeds --cliff (default 2). One thread on both sides
+(torch.set_num_threads(1), OPENBLAS_NUM_THREADS=1; OpenBLAS's core type
+forced where it misdetects the CPU, as in compare.py).
+
+  bench/opscan.py [--build DIR] [--rounds 3] [--reps 15] [--filter SUBSTR]
+                  [--python EXE] [--cliff 2]
+
+The torch side is this file run by an interpreter with torch (this one or
+/usr/bin/python3) with --torch-side. Exit status 0 whatever the ratios: a
+measurement, not a test.
+"""
+import argparse
+import os
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def torch_cases():
+    """The cases of bench/opscan.c, the same names, shapes and inputs'
+    ranges (other random values)."""
+    import torch
+    import torch.nn.functional as F
+
+    def leaf(*shape, lo=None, hi=None):
+        t = torch.randn(*shape) if lo is None else torch.rand(*shape) * (hi - lo) + lo
+        return t.requires_grad_()
+
+    a, b = leaf(256, 1024), leaf(256, 1024)
+    p, q = leaf(256, 1024, lo=0.5, hi=2), leaf(256, 1024, lo=-2, hi=2)
+    sq = leaf(1024, 1024)
+    bias, gamma, beta = leaf(1024), leaf(1024, lo=0.5, hi=1.5), leaf(1024)
+    idx = torch.tensor([k * 37 % 1024 for k in range(256)])
+    emb = leaf(1000, 256)
+    eidx = torch.tensor([k * 7919 % 1000 for k in range(2048)]).view(32, 64)
+    logits = leaf(256, 1000)
+    labels = torch.tensor([k * 13 % 1000 for k in range(256)])
+    prob, target = leaf(256, 1024, lo=0.01, hi=0.99), torch.rand(256, 1024)
+    img, w = leaf(32, 64, 32, 32), leaf(64, 64, 3, 3, lo=-0.1, hi=0.1)
+    leaves = [a, b, p, q, sq, bias, gamma, beta, emb, logits, prob, img, w]
+    cases = [
+        ("div", lambda: a / p), ("pow", lambda: torch.pow(p, q)),
+        ("maximum", lambda: torch.maximum(a, b)), ("where_lt", lambda: torch.where(a < b, a, b)),
+        ("sqrt", lambda: torch.sqrt(p)), ("abs", lambda: torch.abs(a)),
+        ("leaky_relu", lambda: F.leaky_relu(a, 0.01)), ("gelu", lambda: F.gelu(a)),
+        ("relu", lambda: F.relu(a)), ("tanh", lambda: torch.tanh(a)),
+        ("sigmoid", lambda: torch.sigmoid(a)), ("exp", lambda: torch.exp(a)),
+        ("log", lambda: torch.log(p)), ("sin", lambda: torch.sin(a)),
+        ("atan", lambda: torch.atan(a)), ("softplus", lambda: F.softplus(a)),
+        ("erf", lambda: torch.erf(a)), ("square", lambda: torch.pow(a, 2.0)),
+        ("mul", lambda: a * b), ("bias_add", lambda: a + bias),
+        ("cast64", lambda: a.double()), ("transpose", lambda: sq.t().contiguous()),
+        ("narrow", lambda: a.narrow(1, 100, 800)), ("pad", lambda: F.pad(a, (3, 5))),
+        ("concat", lambda: torch.cat([a, b], 1)), ("index_select", lambda: sq.index_select(0, idx)),
+        ("embedding", lambda: F.embedding(eidx, emb)), ("sum0", lambda: a.sum(0)),
+        ("sum1", lambda: a.sum(1)), ("max0", lambda: a.amax(0)), ("max1", lambda: a.amax(1)),
+        ("logsumexp1", lambda: torch.logsumexp(a, 1)), ("softmax0", lambda: torch.softmax(a, 0)),
+        ("softmax1", lambda: torch.softmax(a, 1)),
+        ("log_softmax1", lambda: torch.log_softmax(a, 1)),
+        ("cross_entropy", lambda: F.cross_entropy(logits, labels)),
+        ("bce", lambda: F.binary_cross_entropy(prob, target)),
+        ("max_pool", lambda: F.max_pool2d(img, 2)), ("avg_pool", lambda: F.avg_pool2d(img, 2)),
+        ("layer_norm", lambda: F.layer_norm(a, (1024,), gamma, beta, 1e-5)),
+        ("conv3x3", lambda: F.conv2d(img, w, padding=1)), ("matmul", lambda: a @ sq),
+    ]
+    return cases, leaves
+
+
+def torch_side(reps, filt):
+    """Prints the torch timings in bench/opscan's format."""
+    import time
+    import torch
+    torch.set_num_threads(1)
+    torch.manual_seed(1)
+    cases, leaves = torch_cases()
+    print("# opscan (PyTorch %s): float32, 1 thread, least of %d runs, microseconds"
+          % (torch.__version__, reps))
+    for name, fn in cases:
+        if filt and filt not in name:
+            continue
+        fwd = bwd = float("inf")
+        for _ in range(reps):
+            for t in leaves:
+                t.grad = None
+            t0 = time.perf_counter()
+            y = fn()
+            t1 = time.perf_counter()
+            y.sum().backward()
+            t2 = time.perf_counter()
+            fwd, bwd = min(fwd, t1 - t0), min(bwd, t2 - t1)
+        print("opscan/%s fwd_us %.1f bwd_us %.1f" % (name, fwd * 1e6, bwd * 1e6), flush=True)
+
+
+def parse(out):
+    """{name: (fwd_us, bwd_us)} from opscan's lines."""
+    res = {}
+    for line in out.splitlines():
+        f = line.split()
+        if len(f) == 5 and f[0].startswith("opscan/"):
+            res[f[0][len("opscan/"):]] = (float(f[2]), float(f[4]))
+    return res
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--build", default=os.path.join(ROOT, "build"))
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--filter")
+    ap.add_argument("--python", help="interpreter with torch (default: this one, /usr/bin/python3)")
+    ap.add_argument("--cliff", type=float, default=2.0)
+    ap.add_argument("--torch-side", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.torch_side:
+        torch_side(args.reps, args.filter)
+        return 0
+    sys.path.insert(0, HERE)
+    import compare  # its PyTorch-at-its-best settings
+    exe = os.path.join(args.build, "bench", "opscan")
+    if not os.path.exists(exe):
+        sys.exit("opscan.py: %s is missing: build first (ninja -C %s)" % (exe, args.build))
+    py, ver = compare.find_torch_python(args.python)
+    coretype = compare.torch_coretype(compare.cpu_isa(), compare.openblas_core())
+    print("# ours: %s; PyTorch: %s; OPENBLAS_CORETYPE for PyTorch: %s" %
+          (exe, ver or "not found", coretype or "(its own choice)"))
+    common = ["--reps", str(args.reps)] + (["--filter", args.filter] if args.filter else [])
+    ours, theirs = {}, {}
+    for _ in range(args.rounds):
+        for k, v in parse(compare.run([exe] + common, env=compare.ours_env())).items():
+            ours[k] = tuple(map(min, zip(ours.get(k, v), v)))
+        if py:
+            out = compare.run([py, os.path.abspath(__file__), "--torch-side"] + common,
+                              env=compare.torch_env(1, coretype))
+            for k, v in parse(out).items():
+                theirs[k] = tuple(map(min, zip(theirs.get(k, v), v)))
+    print("%-14s %10s %10s %6s %10s %10s %6s" %
+          ("case", "ours fwd", "torch fwd", "ratio", "ours bwd", "torch bwd", "ratio"))
+    cliffs = []
+    for name, (of, ob) in ours.items():
+        tf, tb = theirs.get(name, (float("nan"), float("nan")))
+        rf, rb = of / tf, ob / tb
+        mark = "  cliff" if rf > args.cliff or rb > args.cliff else ""
+        if mark:
+            cliffs.append(name)
+        print("%-14s %10.1f %10.1f %6.2f %10.1f %10.1f %6.2f%s" % (name, of, tf, rf, ob, tb, rb, mark))
+    print("cliffs (ratio > %g): %s" % (args.cliff, " ".join(cliffs) if cliffs else "none"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
