@@ -7,14 +7,17 @@
  *   build/bench/opscan [--filter SUBSTR] [--reps N] [--threads T]
  *
  * Each case builds its op's output from fixed float32 inputs (the shapes
- * below: [256,1024] for the elementwise and row ops), then sums it and runs
- * backward to every input; of --reps runs (default 15) it prints the
- * least forward time and the least sum + backward time, in microseconds:
+ * below: [256,1024] for the elementwise and row ops), then runs backward
+ * from it to every input with a seed gradient of ones (the op's backward
+ * alone: a sum as the root would add its own expand); of --reps runs
+ * (default 15) it prints the least forward time and the least backward
+ * time, in microseconds:
  *
  *   opscan/NAME fwd_us F bwd_us B
  *
- * The inputs that need a gradient have one; their gradients are freed
- * (zeroed) before each run, as PyTorch's loop sets them to None. An op
+ * The inputs that need a gradient have one; their gradients are released
+ * (ad_tensor_zero_grad) before each run, as PyTorch's loop sets them to
+ * None. An op
  * that fails ends the program with its error (exit 1). Not a test: the
  * machine's other load moves the times. */
 #include "ad_ext.h"
@@ -206,12 +209,14 @@ int main(int argc, char **argv) {
   for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
     if (filter && !strstr(cases[c].name, filter)) continue;
     double fwd = 1e30, bwd = 1e30;
+    ad_tensor *seed = NULL; /* ones of the output's shape, made at the first run */
     for (long long r = 0; r < reps; r++) {
       clear_grads();
       double t0 = bench_now_s();
       ad_tensor *y = cases[c].fn();
       double t1 = bench_now_s();
-      ad_status st = y ? ad_backward(ctx, ad_sum(ctx, y), NULL) : ad_last_status(ctx);
+      if (y && !seed) seed = ad_full(ctx, y->dtype, y->ndim, y->shape, 1.0);
+      ad_status st = y && seed ? ad_backward(ctx, y, seed) : ad_last_status(ctx);
       double t2 = bench_now_s();
       if (st != AD_OK) {
         fprintf(stderr, "opscan/%s: %s\n", cases[c].name, ad_last_error(ctx));
@@ -221,6 +226,7 @@ int main(int argc, char **argv) {
       fwd = t1 - t0 < fwd ? t1 - t0 : fwd;
       bwd = t2 - t1 < bwd ? t2 - t1 : bwd;
     }
+    ad_tensor_free(seed);
     printf("opscan/%s fwd_us %.1f bwd_us %.1f\n", cases[c].name, fwd * 1e6, bwd * 1e6);
     fflush(stdout);
   }

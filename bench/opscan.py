@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """opscan.py: bench/opscan's op cases beside PyTorch's, to find cliffs.
 
-Runs build/bench/opscan (every op family's forward, and sum + backward, on
-one float32 case each: see bench/opscan.c) and the same cases in PyTorch,
+Runs build/bench/opscan (every op family's forward, and backward from a
+seed of ones, on one float32 case each: see bench/opscan.c) and the same cases in PyTorch,
 in turn, ROUNDS times, each run printing the least of REPS timings per case;
 then prints, per case, the least of the rounds for each side and the ratio
 ours / torch of the forward and of the backward, and marks "cliff" where a
@@ -95,7 +95,7 @@ def torch_side(reps, filt):
             t0 = time.perf_counter()
             y = fn()
             t1 = time.perf_counter()
-            y.sum().backward()
+            y.backward(torch.ones_like(y))
             t2 = time.perf_counter()
             fwd, bwd = min(fwd, t1 - t0), min(bwd, t2 - t1)
         print("opscan/%s fwd_us %.1f bwd_us %.1f" % (name, fwd * 1e6, bwd * 1e6), flush=True)
