@@ -686,9 +686,8 @@ const ad_op_def ad_def_logsumexp = {
 static void softmax_fwd(const ad_call *c) { softmax_run(c, false); }
 
 static ad_status softmax_bwd(const ad_call *c) {
-  ad_ctx *ctx = c->ctx;
-  ad_tensor *s = ad_sum_axis(ctx, ad_mul(ctx, c->gout, c->out), c->attrs->axis, true);
-  return ad_call_set_grad(c, 0, ad_mul(ctx, c->out, ad_sub(ctx, c->gout, s)));
+  ad_tensor *in[2] = {c->gout, c->out};
+  return ad_call_set_grad(c, 0, ad_op_apply(c->ctx, AD_OP_SOFTMAX_BACKWARD, 2, in, c->attrs));
 }
 
 ad_tensor *ad_softmax(ad_ctx *ctx, ad_tensor *x, int axis) {
@@ -706,7 +705,125 @@ const ad_op_def ad_def_softmax = {
     .sample = sample_softmax,
     .math = "y = exp(x - lse(x)) along axis",
     .inputs = {"x"},
-    .grads = {"y * (dy - sum_axis(dy * y))"},
+    .grads = {"softmax_backward(dy, y) = y * (dy - sum_axis(dy * y))"},
+};
+
+/* ---------------------------------------------------- softmax_backward
+ *
+ *   out = y (g - s),  s = sum_axis(g y)   (softmax's dx for its dy = g)
+ *   dg = softmax_backward(dy, y)          (the map g -> out is self-adjoint)
+ *   dy_ = dy (g - s) - g sum_axis(dy y)   (of ops)
+ *
+ * One pass a lane for s and one for out, s in double, out computed in
+ * double and rounded once; softmax's gradient was four ops (a product, a
+ * sum, a difference, a product), each a pass over the tensor. */
+
+/* g and y (same shape, float) along axis; out of their shape. */
+static ad_status shape_softmax_backward(const ad_call *c) {
+  char a[64], b[64];
+  if (ad_check_float_same(c->ctx, c->name, 2, c->in) != AD_OK) return ad_last_status(c->ctx);
+  if (!ad_same_shape(c->in[0], c->in[1]))
+    return ad_set_error(c->ctx, AD_ERR_SHAPE, "%s: g %s and y %s differ", c->name,
+                        ad_shape_str(c->in[0], a, sizeof a), ad_shape_str(c->in[1], b, sizeof b));
+  return shape_softmax(c);
+}
+
+typedef struct smb_job {
+  const ad_call *c;
+  red_dims r;
+} smb_job;
+
+/* The lanes of outer blocks [b, e): out = y (g - sum(g y)) along the
+ * reduced dim, element k of lane j at k * inner + j; a contiguous lane
+ * (inner 1) sums in 16 interleaved partials, the lanes of a block of 64
+ * side by side (vectorized across them). */
+#define SMB_LANES(T)                                                                               \
+  do {                                                                                             \
+    const T *G = c->in[0]->data, *Y = c->in[1]->data;                                              \
+    T *O = c->out->data;                                                                           \
+    for (int64_t u = b; u < e; u++) {                                                              \
+      int64_t o = u / blocks, j0 = u % blocks * LANE_BLOCK;                                        \
+      int64_t nb = inner - j0 < LANE_BLOCK ? inner - j0 : LANE_BLOCK;                              \
+      const T *g = G + o * n * inner + j0, *y = Y + o * n * inner + j0;                            \
+      T *out = O + o * n * inner + j0;                                                             \
+      if (inner == 1) {                                                                            \
+        double p[16] = {0}, sum = 0;                                                               \
+        int64_t k = 0;                                                                             \
+        for (; k + 16 <= n; k += 16)                                                               \
+          for (int q = 0; q < 16; q++) p[q] += (double)g[k + q] * (double)y[k + q];                \
+        for (; k < n; k++) p[k % 16] += (double)g[k] * (double)y[k];                               \
+        for (int q = 0; q < 16; q++) sum += p[q];                                                  \
+        for (k = 0; k < n; k++) out[k] = (T)((double)y[k] * ((double)g[k] - sum));                 \
+      } else {                                                                                     \
+        double sj[LANE_BLOCK];                                                                     \
+        for (int64_t j = 0; j < nb; j++) sj[j] = 0;                                                \
+        for (int64_t k = 0; k < n; k++)                                                            \
+          for (int64_t j = 0; j < nb; j++)                                                         \
+            sj[j] += (double)g[k * inner + j] * (double)y[k * inner + j];                          \
+        for (int64_t k = 0; k < n; k++)                                                            \
+          for (int64_t j = 0; j < nb; j++)                                                         \
+            out[k * inner + j] =                                                                   \
+                (T)((double)y[k * inner + j] * ((double)g[k * inner + j] - sj[j]));                \
+      }                                                                                            \
+    }                                                                                              \
+  } while (0)
+
+CELL_CLONES static void smb_range(void *ud, int64_t b, int64_t e) {
+  const smb_job *job = ud;
+  const ad_call *c = job->c;
+  int64_t n = job->r.n, inner = job->r.inner, blocks = (inner + LANE_BLOCK - 1) / LANE_BLOCK;
+  if (c->out->dtype == AD_F32)
+    SMB_LANES(float);
+  else
+    SMB_LANES(double);
+}
+
+static void softmax_backward_fwd(const ad_call *c) {
+  if (c->out->size == 0) return;
+  smb_job j = {c, red_of(c->in[1], 1u << ad_norm_axis(c->attrs->axis, c->in[1]->ndim))};
+  int64_t blocks = (j.r.inner + LANE_BLOCK - 1) / LANE_BLOCK;
+  int64_t per = j.r.n * (j.r.inner < LANE_BLOCK ? j.r.inner : LANE_BLOCK);
+  ad_parallel_for(j.r.outer * blocks, (32768 + per - 1) / per, smb_range, &j);
+}
+
+static ad_status softmax_backward_bwd(const ad_call *c) {
+  ad_ctx *ctx = c->ctx;
+  ad_tensor *g = c->in[0], *y = c->in[1], *dy = c->gout;
+  int axis = c->attrs->axis;
+  ad_status st = AD_OK;
+  if (c->needs[0]) {
+    ad_tensor *in[2] = {dy, y};
+    st = ad_call_set_grad(c, 0, ad_op_apply(ctx, AD_OP_SOFTMAX_BACKWARD, 2, in, c->attrs));
+  }
+  if (st == AD_OK && c->needs[1]) {
+    ad_tensor *s = ad_sum_axis(ctx, ad_mul(ctx, g, y), axis, true);
+    ad_tensor *t = ad_sum_axis(ctx, ad_mul(ctx, dy, y), axis, true);
+    st = ad_call_set_grad(c, 1, ad_sub(ctx, ad_mul(ctx, dy, ad_sub(ctx, g, s)), ad_mul(ctx, g, t)));
+  }
+  return st;
+}
+
+/* g any, y a softmax of random values, along the last axis or axis 1 */
+static int sample_softmax_backward(const ad_sample_call *s) {
+  if (s->variant > 1) return 0;
+  int64_t shape[3] = {2, 3, 4};
+  s->attrs->axis = s->variant ? 1 : -1;
+  s->in[0] = ad_sample_tensor(s, 3, shape, -2, 2, true);
+  s->in[1] = ad_sample_tensor(s, 3, shape, 0.05, 0.5, true);
+  return s->in[0] && s->in[1] ? 2 : -1;
+}
+
+const ad_op_def ad_def_softmax_backward = {
+    .name = "softmax_backward",
+    .arity = 2,
+    .attrs = AD_ATTRS_AXIS,
+    .shape = shape_softmax_backward,
+    .forward = softmax_backward_fwd,
+    .backward = softmax_backward_bwd,
+    .sample = sample_softmax_backward,
+    .math = "y_out = y * (g - sum_axis(g * y))  (g incoming gradient, y = softmax(x))",
+    .inputs = {"g", "y"},
+    .grads = {"softmax_backward(dy, y)", "dy * (g - sum_axis(g y)) - g * sum_axis(dy y)"},
 };
 
 /* --------------------------------------------------------- log_softmax */

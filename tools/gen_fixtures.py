@@ -636,6 +636,15 @@ for name, fn in (("softmax", torch.softmax), ("log_softmax", torch.log_softmax))
         add(f"{name}_{tag}", name, lambda rng, s=shape: [("in", U(rng, s))],
             lambda t, fn=fn, ax=axis: fn(t[0], ax), attr=("axis", axis))
 
+# softmax's gradient as one op: y (g - sum(g y)) along the axis, torch's
+# _softmax_backward_data of the same inputs (y any values here, as the op
+# takes them; a softmax output in use)
+for tag, shape, axis in (("last", (2, 3, 4), -1), ("mid", (2, 3, 4), 1), ("first", (3, 4), 0)):
+    add(f"softmax_backward_{tag}", "softmax_backward",
+        lambda rng, s=shape: [("in", U(rng, s)), ("in", U(rng, s, 0.05, 0.5))],
+        lambda t, ax=axis: torch.ops.aten._softmax_backward_data(t[0], t[1], ax, t[1].dtype),
+        attr=("axis", axis))
+
 # ------------------------------------------------------------------ losses
 
 
