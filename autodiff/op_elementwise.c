@@ -1411,7 +1411,8 @@ const ad_op_def ad_def_relu_backward = {
 /* g GELU'(x), GELU'(x) = Phi(x) + x phi(x) with phi(x) = e^(-x^2/2) /
  * sqrt(2 pi) the standard normal density: one pass instead of the eleven
  * ops of its composition. Float64: Phi's tail as erfc (libm), accurate
- * where 1 + erf cancels. Float32: gelu_grad_v (vexp.h) for |x| <= 13,
+ * where 1 + erf cancels. Float32: gelu_grad_v (vexp.h, within 4.5 ulp of
+ * the larger term) for |x| <= 13,
  * where g and x are rows of unit stride (a gelu's own gradient), out of
  * range the float64 form rounded once; other strides (a broadcast
  * operand) take the same functions element by element. */

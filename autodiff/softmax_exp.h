@@ -1,7 +1,9 @@
 /* softmax_exp.h: e^(x - m) for float32 x and m, as the softmax family
  * takes it (softmax, log_softmax and logsumexp, op_reduce.c; the plain
- * backward of softmax cross-entropy, op_loss.c, which must give the
- * softmax op's bits): exp_v(d) (vexp.h; libm's expf where d < EXP_V_MIN,
+ * backward of softmax cross-entropy with the classes first, [N, C, d1,
+ * ...], op_loss.c, which must give the softmax op's bits; with the classes
+ * last, [N, C], cross-entropy still takes exp_v of the rounded difference,
+ * as PyTorch does): exp_v(d) (vexp.h; libm's expf where d < EXP_V_MIN,
  * exp_v's clamp, e^d near FLT_MIN or below) for d = x - m rounded to
  * float, times 1 + lo in double, lo = (x - m) - d being the rounding error
  * of the difference. Without lo, d's rounding (up to 2^-25 |d|) enters e^d

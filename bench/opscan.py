@@ -6,12 +6,13 @@ seed of ones, on one float32 case each: see bench/opscan.c) and the same cases i
 in turn, ROUNDS times, each run printing the least of REPS timings per case;
 then prints, per case, the least of the rounds for each side and the ratio
 ours / torch of the forward and of the backward, and marks "cliff" where a
-ratio exceeds --cliff (default 2). One thread on both sides
-(torch.set_num_threads(1), OPENBLAS_NUM_THREADS=1; OpenBLAS's core type
-forced where it misdetects the CPU, as in compare.py).
+ratio exceeds --cliff (default 2). --threads T on both sides (default 1:
+torch.set_num_threads(T), OPENBLAS_NUM_THREADS=T; OpenBLAS's core type
+forced where it misdetects the CPU, as in compare.py): with 2, an op that
+runs on one thread where PyTorch's runs on two shows.
 
   bench/opscan.py [--build DIR] [--rounds 3] [--reps 15] [--filter SUBSTR]
-                  [--python EXE] [--cliff 2]
+                  [--threads 1] [--python EXE] [--cliff 2]
 
 The torch side is this file run by an interpreter with torch (this one or
 /usr/bin/python3) with --torch-side. Exit status 0 whatever the ratios: a
@@ -76,15 +77,15 @@ def torch_cases():
     return cases, leaves
 
 
-def torch_side(reps, filt):
+def torch_side(reps, filt, threads):
     """Prints the torch timings in bench/opscan's format."""
     import time
     import torch
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     torch.manual_seed(1)
     cases, leaves = torch_cases()
-    print("# opscan (PyTorch %s): float32, 1 thread, least of %d runs, microseconds"
-          % (torch.__version__, reps))
+    print("# opscan (PyTorch %s): float32, %d thread(s), least of %d runs, microseconds"
+          % (torch.__version__, threads, reps))
     for name, fn in cases:
         if filt and filt not in name:
             continue
@@ -117,12 +118,13 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--filter")
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--python", help="interpreter with torch (default: this one, /usr/bin/python3)")
     ap.add_argument("--cliff", type=float, default=2.0)
     ap.add_argument("--torch-side", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.torch_side:
-        torch_side(args.reps, args.filter)
+        torch_side(args.reps, args.filter, args.threads)
         return 0
     sys.path.insert(0, HERE)
     import compare  # its PyTorch-at-its-best settings
@@ -133,14 +135,15 @@ def main():
     coretype = compare.torch_coretype(compare.cpu_isa(), compare.openblas_core())
     print("# ours: %s; PyTorch: %s; OPENBLAS_CORETYPE for PyTorch: %s" %
           (exe, ver or "not found", coretype or "(its own choice)"))
-    common = ["--reps", str(args.reps)] + (["--filter", args.filter] if args.filter else [])
+    common = ["--reps", str(args.reps), "--threads", str(args.threads)]
+    common += ["--filter", args.filter] if args.filter else []
     ours, theirs = {}, {}
     for _ in range(args.rounds):
         for k, v in parse(compare.run([exe] + common, env=compare.ours_env())).items():
             ours[k] = tuple(map(min, zip(ours.get(k, v), v)))
         if py:
             out = compare.run([py, os.path.abspath(__file__), "--torch-side"] + common,
-                              env=compare.torch_env(1, coretype))
+                              env=compare.torch_env(args.threads, coretype))
             for k, v in parse(out).items():
                 theirs[k] = tuple(map(min, zip(theirs.get(k, v), v)))
     print("%-14s %10s %10s %6s %10s %10s %6s" %
