@@ -320,7 +320,9 @@ CELL_CLONES static void layer_norm_rows(void *ud, int64_t r0, int64_t r1) {
 
 static void layer_norm_fwd(const ad_call *c) {
   ln_job j = {c, 0};
-  ln_run(ln_rows(c->in[0], &c->attrs->layer_norm, &j.M), j.M, layer_norm_rows, &j);
+  int64_t rows =
+      ln_rows(c->in[0], &c->attrs->layer_norm, &j.M); /* sets j.M: before ln_run reads it */
+  ln_run(rows, j.M, layer_norm_rows, &j);
 }
 
 /* dx by the partner op; xhat (for the weight) is layer_norm without affine. */
@@ -470,7 +472,8 @@ CELL_CLONES static void layer_norm_backward_rows(void *ud, int64_t r0, int64_t r
 
 static void layer_norm_backward_fwd(const ad_call *c) {
   ln_job j = {c, 0};
-  ln_run(ln_rows(c->in[1], &c->attrs->layer_norm, &j.M), j.M, layer_norm_backward_rows, &j);
+  int64_t rows = ln_rows(c->in[1], &c->attrs->layer_norm, &j.M); /* sets j.M first */
+  ln_run(rows, j.M, layer_norm_backward_rows, &j);
 }
 
 static ad_status layer_norm_backward_bwd(const ad_call *c) {

@@ -789,3 +789,36 @@ Test(parallel, softmax_backward_against_its_formula) {
       ad_tensor_free(seed);
     }
 }
+
+/* layer_norm and its backward split their rows over threads (100 rows of
+ * 1024: over the 33-row grain), with the same bits on 1 and 3 threads. */
+Test(parallel, layer_norm_rows_on_threads_same_bits) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 35);
+  int64_t xs[2] = {100, 1024}, ns[1] = {1024};
+  ad_tensor *x = ad_rand(ctx, &rng, AD_F32, 2, xs, -2, 5),
+            *seed = ad_rand(ctx, &rng, AD_F32, 2, xs, -1, 1);
+  ad_tensor *w = ad_rand(ctx, &rng, AD_F32, 1, ns, 0.5, 1.5),
+            *b = ad_rand(ctx, &rng, AD_F32, 1, ns, -1, 1);
+  cr_assert(x && seed && w && b, "%s", ad_last_error(ctx));
+  ad_tensor_set_requires_grad(x, true);
+  ad_tensor_set_requires_grad(w, true);
+  ad_tensor *y[2], *g[2][2];
+  for (int t = 0; t < 2; t++) {
+    cr_assert_eq(ad_set_num_threads(t ? 3 : 1), AD_OK);
+    y[t] = ad_layer_norm(ctx, x, 1, ns, w, b, 1e-5);
+    ad_tensor *in[2] = {x, w};
+    cr_assert_eq(ad_grad(ctx, y[t], seed, 2, in, g[t], false), AD_OK, "%s", ad_last_error(ctx));
+  }
+  ad_set_num_threads(1);
+  size_t bytes = (size_t)x->size * sizeof(float);
+  cr_assert(memcmp(y[0]->data, y[1]->data, bytes) == 0, "y differs on 3 threads");
+  cr_assert(memcmp(g[0][0]->data, g[1][0]->data, bytes) == 0, "dx differs on 3 threads");
+  cr_assert(memcmp(g[0][1]->data, g[1][1]->data, 1024 * sizeof(float)) == 0,
+            "dweight differs on 3 threads");
+  ad_tape_reset(ctx);
+  ad_tensor_free(x);
+  ad_tensor_free(seed);
+  ad_tensor_free(w);
+  ad_tensor_free(b);
+}
