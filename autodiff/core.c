@@ -1034,14 +1034,21 @@ double ad_tensor_item(const ad_tensor *t) {
 
 /* dst[i] = src[i] for a float dst of another dtype than src (the values
  * ad_tensor_set(dst, i, ad_tensor_get(src, i)) stores: a float64 rounded
- * once to float32, the others exact), in loops of the two C types. */
-static void convert_to_float(ad_tensor *dst, const ad_tensor *src) {
-  int64_t n = src->size;
+ * once to float32, the others exact), in loops of the two C types, over
+ * elements [b, e) (for ad_parallel_for). */
+typedef struct convert_job {
+  ad_tensor *dst;
+  const ad_tensor *src;
+} convert_job;
+static void convert_range(void *ud, int64_t b, int64_t e) {
+  const convert_job *j = ud;
+  ad_tensor *dst = j->dst;
+  const ad_tensor *src = j->src;
 #define CONVERT(TD, TS)                                                                            \
   do {                                                                                             \
     TD *d = dst->data;                                                                             \
     const TS *x = src->data;                                                                       \
-    for (int64_t i = 0; i < n; i++) d[i] = (TD)x[i];                                               \
+    for (int64_t i = b; i < e; i++) d[i] = (TD)x[i];                                               \
   } while (0)
   if (dst->dtype == AD_F32 && src->dtype == AD_F64)
     CONVERT(float, double);
@@ -1066,9 +1073,10 @@ ad_status ad_tensor_copy_data(ad_tensor *dst, const ad_tensor *src) {
   }
   if (dst->dtype == src->dtype)
     memmove(dst->data, src->data, (size_t)src->size * ad_dsize(src->dtype));
-  else if (dst->dtype != AD_I32)
-    convert_to_float(dst, src);
-  else /* checked first: a refused copy leaves dst as it was */
+  else if (dst->dtype != AD_I32) {
+    convert_job j = {dst, src};
+    ad_parallel_for(src->size, 32768, convert_range, &j);
+  } else /* checked first: a refused copy leaves dst as it was */
     for (int pass = 0; pass < 2; pass++)
       for (int64_t i = 0; i < src->size; i++) {
         double v = ad_tensor_get(src, i);

@@ -45,15 +45,46 @@ static ad_status axis_arg(const ad_call *c, int axis, int *ax) {
   return AD_OK;
 }
 
+/* copy_axis's work: outer blocks of blk elements, each cut into pieces
+ * of at most piece elements, for ad_parallel_for over outer * pieces. */
+typedef struct copy_job {
+  const char *src;
+  char *dst;
+  size_t es;
+  int64_t sstride, dstride, blk, piece, pieces; /* in elements */
+} copy_job;
+
+static void copy_pieces(void *ud, int64_t b, int64_t e) {
+  const copy_job *j = ud;
+  for (int64_t u = b; u < e; u++) {
+    int64_t o = u / j->pieces, p0 = u % j->pieces * j->piece;
+    int64_t len = j->blk - p0 < j->piece ? j->blk - p0 : j->piece;
+    memcpy(j->dst + (size_t)(o * j->dstride + p0) * j->es,
+           j->src + (size_t)(o * j->sstride + p0) * j->es, (size_t)len * j->es);
+  }
+}
+
 /* Copies a block along axis: for each outer index, len*inner elements from
- * src at soff to dst at doff (offsets along axis). */
+ * src at soff to dst at doff (offsets along axis); split over the
+ * library's threads in pieces of 32768 elements or more. */
 static void copy_axis(const ad_tensor *src, int64_t sn, int64_t soff, ad_tensor *dst, int64_t dn,
                       int64_t doff, int64_t len, int64_t outer, int64_t inner) {
-  size_t es = ad_dsize(src->dtype);
-  for (int64_t o = 0; o < outer; o++)
-    memcpy((char *)dst->data + (size_t)((o * dn + doff) * inner) * es,
-           (const char *)src->data + (size_t)((o * sn + soff) * inner) * es,
-           (size_t)(len * inner) * es);
+  enum { PIECE = 32768 };
+  int64_t blk = len * inner;
+  if (blk == 0 || outer == 0) return;
+  copy_job j = {(const char *)src->data + (size_t)(soff * inner) * ad_dsize(src->dtype),
+                (char *)dst->data + (size_t)(doff * inner) * ad_dsize(src->dtype),
+                ad_dsize(src->dtype),
+                sn * inner,
+                dn * inner,
+                blk,
+                blk < PIECE ? blk : PIECE,
+                (blk + PIECE - 1) / PIECE};
+  int64_t items = outer * j.pieces, grain = (PIECE + j.piece - 1) / j.piece;
+  if (outer * blk <= PIECE)
+    copy_pieces(&j, 0, items);
+  else
+    ad_parallel_for(items, grain, copy_pieces, &j);
 }
 
 /* Checks the indices of index_select / index_add: i32, each in 0..rows-1. */

@@ -891,3 +891,43 @@ Test(tensor, six_dims_mul_and_axis_sum) {
   ad_tensor_free(a);
   ad_tensor_free(b);
 }
+
+/* narrow, pad and concat copy blocks split into pieces of 32768 elements
+ * over threads (copy_axis), and cast converts in ranges: blocks of one
+ * piece, several pieces with a tail, and one long block (outer 1), on 3
+ * threads, every element where the index rule puts it. */
+Test(tensor, block_copies_on_threads) {
+  cr_assert_eq(ad_set_num_threads(3), AD_OK);
+  int64_t sa[2] = {3, 70001}, sb[2] = {3, 5};
+  ad_tensor *a0 = ad_arange(ctx, AD_F32, 0, 3 * 70001, 1), *b0 = ad_arange(ctx, AD_F32, -15, 0, 1);
+  cr_assert(a0 && b0, "%s", ad_last_error(ctx));
+  ad_tensor *a = ad_reshape(ctx, a0, 2, sa), *b = ad_reshape(ctx, b0, 2, sb);
+  ad_tensor *cat1 = ad_concat(ctx, 2, (ad_tensor *[]){b, a}, 1); /* [3, 70006] */
+  ad_tensor *cat0 = ad_concat(ctx, 2, (ad_tensor *[]){a, a}, 0); /* outer 1: one long block */
+  ad_tensor *nar = ad_narrow(ctx, a, 1, 7, 69990);
+  ad_tensor *pad = ad_pad(ctx, a, 1, 2, 3);
+  ad_tensor *c64 = ad_cast(ctx, cat1, AD_F64);
+  cr_assert(cat1 && cat0 && nar && pad && c64, "%s", ad_last_error(ctx));
+  ad_set_num_threads(1);
+  for (int64_t r = 0; r < 3; r++) {
+    for (int64_t k = 0; k < 70006; k++) {
+      double want = k < 5 ? (double)(r * 5 + k) - 15 : (double)(r * 70001 + k - 5);
+      QUICK_ASSERT(ad_tensor_get(cat1, r * 70006 + k) == want, "cat1[%lld,%lld]", (long long)r,
+                   (long long)k);
+      QUICK_ASSERT(ad_tensor_get(c64, r * 70006 + k) == want, "cast[%lld,%lld]", (long long)r,
+                   (long long)k);
+    }
+    for (int64_t k = 0; k < 69990; k++)
+      QUICK_ASSERT(ad_tensor_get(nar, r * 69990 + k) == (double)(r * 70001 + k + 7), "narrow");
+    for (int64_t k = 0; k < 70006; k++) {
+      double want = k < 2 || k >= 70003 ? 0.0 : (double)(r * 70001 + k - 2);
+      QUICK_ASSERT(ad_tensor_get(pad, r * 70006 + k) == want, "pad[%lld,%lld]", (long long)r,
+                   (long long)k);
+    }
+  }
+  for (int64_t i = 0; i < 2 * 3 * 70001; i++)
+    QUICK_ASSERT(ad_tensor_get(cat0, i) == (double)(i % (3 * 70001)), "cat0[%lld]", (long long)i);
+  ad_tape_reset(ctx);
+  ad_tensor_free(a0);
+  ad_tensor_free(b0);
+}
