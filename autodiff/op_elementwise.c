@@ -952,10 +952,7 @@ const ad_op_def ad_def_sqrt = {
 DEFINE_UNARY(abs, fabsf(x), fabs(x))
 
 static ad_status abs_bwd(const ad_call *c) {
-  ad_ctx *ctx = c->ctx;
-  ad_tensor *zero = ad_scalar(ctx, c->gout->dtype, 0.0);
-  ad_tensor *sign = ad_sub(ctx, ad_gt(ctx, c->in[0], zero), ad_lt(ctx, c->in[0], zero));
-  return ad_call_set_grad(c, 0, ad_mul(ctx, c->gout, sign));
+  return ad_call_set_grad(c, 0, ad_apply2(c->ctx, AD_OP_ABS_BACKWARD, c->gout, c->in[0], NULL));
 }
 
 ad_tensor *ad_abs(ad_ctx *ctx, ad_tensor *x) { return ad_apply1(ctx, AD_OP_ABS, x, NULL); }
@@ -969,7 +966,7 @@ const ad_op_def ad_def_abs = {
     .sample = sample_nonzero,
     .math = "y = |x|",
     .inputs = {"x"},
-    .grads = {"dy * sign(x)  (sign(0) = 0)"},
+    .grads = {"abs_backward(dy, x) = dy * sign(x)  (sign(0) = 0)"},
 };
 
 /* ------------------------------------------------------------------ sin */
@@ -1146,12 +1143,8 @@ const ad_op_def ad_def_relu = {
 DEFINE_UNARY_S(leaky_relu, x > 0 ? x : (float)s * x, x > 0 ? x : s * x)
 
 static ad_status leaky_relu_bwd(const ad_call *c) {
-  ad_ctx *ctx = c->ctx;
-  double alpha = c->attrs->scalar;
-  ad_tensor *mask = ad_gt(ctx, c->in[0], ad_scalar(ctx, c->gout->dtype, 0.0));
-  /* x > 0 ? dy : alpha dy, as PyTorch: a slope alpha + (1 - alpha) [x > 0]
-   * is NaN for x > 0 when alpha is infinite or NaN */
-  return ad_call_set_grad(c, 0, ad_where(ctx, mask, c->gout, ad_mul_scalar(ctx, c->gout, alpha)));
+  return ad_call_set_grad(
+      c, 0, ad_apply2(c->ctx, AD_OP_LEAKY_RELU_BACKWARD, c->gout, c->in[0], c->attrs));
 }
 
 ad_tensor *ad_leaky_relu(ad_ctx *ctx, ad_tensor *x, double alpha) {
@@ -1174,7 +1167,7 @@ const ad_op_def ad_def_leaky_relu = {
     .sample = leaky_relu_sample,
     .math = "y = x > 0 ? x : alpha x",
     .inputs = {"x"},
-    .grads = {"dy * (x > 0 ? 1 : alpha)  (alpha at 0)"},
+    .grads = {"leaky_relu_backward(dy, x) = dy * (x > 0 ? 1 : alpha)  (alpha at 0)"},
 };
 
 /* ----------------------------------------------------------------- gelu */
@@ -1482,6 +1475,77 @@ const ad_op_def ad_def_gelu_backward = {
     .math = "y = g (Phi(x) + x phi(x))  (g incoming gradient; phi = e^(-x^2/2)/sqrt(2 pi))",
     .inputs = {"g", "x"},
     .grads = {"dy (Phi(x) + x phi(x))", "dy g phi(x) (2 - x^2)"},
+};
+
+/* --------------------------------------------------------- abs_backward */
+
+/* g sign(x), sign(x) = [x > 0] - [x < 0] in x's dtype (0 at 0 and NaN): the
+ * same arithmetic as the comparisons, difference and product it replaces,
+ * one pass instead of four. x gets no gradient (sign is piecewise
+ * constant). */
+DEFINE_BINARY(abs_backward, x0 *((x1 > 0) - (x1 < 0)))
+
+static ad_status abs_backward_bwd(const ad_call *c) {
+  if (!c->needs[0]) return AD_OK;
+  return ad_call_set_grad(c, 0, ad_apply2(c->ctx, AD_OP_ABS_BACKWARD, c->gout, c->in[1], NULL));
+}
+
+const ad_op_def ad_def_abs_backward = {
+    .name = "abs_backward",
+    .arity = 2,
+    .flags = AD_OP_ELEMENTWISE,
+    .forward = abs_backward_fwd,
+    .backward = abs_backward_bwd,
+    .sample = relu_backward_sample,
+    .math = "y = g * sign(x)  (sign(0) = 0, sign(NaN) = 0)",
+    .inputs = {"g", "x"},
+    .grads = {"dy * sign(x)", NULL},
+};
+
+/* -------------------------------------------------- leaky_relu_backward */
+
+/* x > 0 ? g : alpha g (alpha = attrs.scalar, rounded to the dtype as
+ * leaky_relu rounds it), as PyTorch's: a slope alpha + (1 - alpha) [x > 0]
+ * would be NaN for x > 0 when alpha is infinite or NaN. NaN x takes alpha
+ * g. One pass instead of a comparison, a product and a where. x gets no
+ * gradient. */
+static void leaky_relu_backward_rows(const ad_call *c, int64_t oa, int64_t sa, int64_t ob,
+                                     int64_t sb, int64_t oy, int64_t len) {
+  const double s = c->attrs->scalar;
+  if (c->out->dtype == AD_F32) {
+    const float a = (float)s;
+    BINARY_LOOP(float, x1 > 0 ? x0 : x0 * a);
+  } else {
+    BINARY_LOOP(double, x1 > 0 ? x0 : x0 * s);
+  }
+}
+
+static void leaky_relu_backward_fwd(const ad_call *c) {
+  ad_binary_run(c, leaky_relu_backward_rows);
+}
+
+static ad_status leaky_relu_backward_bwd(const ad_call *c) {
+  if (!c->needs[0]) return AD_OK;
+  return ad_call_set_grad(
+      c, 0, ad_apply2(c->ctx, AD_OP_LEAKY_RELU_BACKWARD, c->gout, c->in[1], c->attrs));
+}
+
+static int leaky_relu_backward_sample(const ad_sample_call *s) {
+  s->attrs->scalar = 0.2;
+  return relu_backward_sample(s);
+}
+
+const ad_op_def ad_def_leaky_relu_backward = {
+    .name = "leaky_relu_backward",
+    .arity = 2,
+    .flags = AD_OP_ELEMENTWISE,
+    .attrs = AD_ATTRS_SCALAR,
+    .forward = leaky_relu_backward_fwd,
+    .backward = leaky_relu_backward_bwd,
+    .sample = leaky_relu_backward_sample,
+    .math = "y = x > 0 ? g : alpha g",
+    .inputs = {"g", "x"},
+    .grads = {"dy, alpha dy where x <= 0 or NaN", NULL},
 };
 
 /* ----------------------------------------------------------------- cast */

@@ -1527,6 +1527,51 @@ Test(ops_values, gelu_gradient_float32_against_float64) {
   ad_tensor_free(x);
 }
 
+/* abs's and leaky_relu's gradients, one op each (abs_backward,
+ * leaky_relu_backward): the same bits as the compositions they replace
+ * (dy * ([x > 0] - [x < 0]); where(x > 0, dy, dy * alpha)), in both
+ * dtypes, for x and dy over special values (signed zeros, infinities,
+ * NaN) and a sweep, and alpha 0.2 and a negative one. */
+Test(ops_values, abs_and_leaky_relu_gradients_as_their_compositions) {
+  static const double sp[] = {0.0, -0.0, INFINITY, -INFINITY, NAN, 1e-30, -2.5, 3.0};
+  enum { K = 8, N = K * K + 1000 };
+  int64_t n = N;
+  for (int d = 0; d < 2; d++) {
+    ad_dtype dt = d ? AD_F64 : AD_F32;
+    ad_tensor *x = ad_zeros(ctx, dt, 1, &n), *g = ad_zeros(ctx, dt, 1, &n);
+    cr_assert(x && g, "%s", ad_last_error(ctx));
+    for (int64_t i = 0; i < N; i++) {
+      ad_tensor_set(x, i, i < K * K ? sp[i % K] : sin((double)i) * 3);
+      ad_tensor_set(g, i, i < K * K ? sp[i / K] : cos((double)i) * 2);
+    }
+    ad_tensor_set_requires_grad(x, true);
+    ad_tensor *zero = ad_scalar(ctx, dt, 0.0), *ga = NULL;
+    cr_assert_eq(ad_grad(ctx, ad_abs(ctx, x), g, 1, &x, &ga, false), AD_OK, "%s",
+                 ad_last_error(ctx));
+    ad_tensor *want = ad_mul(ctx, g, ad_sub(ctx, ad_gt(ctx, x, zero), ad_lt(ctx, x, zero)));
+    cr_assert(memcmp(ga->data, want->data, (size_t)N * ad_dtype_size(dt)) == 0,
+              "%s abs: other bits than the composition", ad_dtype_name(dt));
+    for (int a = 0; a < 2; a++) {
+      double alpha = a ? -0.3 : 0.2;
+      ad_tensor *gl = NULL;
+      cr_assert_eq(ad_grad(ctx, ad_leaky_relu(ctx, x, alpha), g, 1, &x, &gl, false), AD_OK, "%s",
+                   ad_last_error(ctx));
+      ad_tensor *wl = ad_where(ctx, ad_gt(ctx, x, zero), g, ad_mul_scalar(ctx, g, alpha));
+      const char *p = gl->data, *q = wl->data;
+      for (int64_t i = 0; i < N; i++) {
+        size_t es = ad_dtype_size(dt);
+        QUICK_ASSERT(memcmp(p + (size_t)i * es, q + (size_t)i * es, es) == 0,
+                     "%s leaky_relu(alpha %g): dx[%lld] for x %g, dy %g: %g, want %g",
+                     ad_dtype_name(dt), alpha, (long long)i, ad_tensor_get(x, i),
+                     ad_tensor_get(g, i), ad_tensor_get(gl, i), ad_tensor_get(wl, i));
+      }
+    }
+    ad_tape_reset(ctx);
+    ad_tensor_free(x);
+    ad_tensor_free(g);
+  }
+}
+
 /* pow_scalar's special exponents, PyTorch's: 2, 3, -1 and -2 products and
  * a quotient, 0.5 and -0.5 sqrt and 1 / sqrt (so -0 gives -0 and -inf,
  * -inf gives NaN, as in torch.pow, not C's pow), 1 the identity, others

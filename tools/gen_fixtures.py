@@ -377,12 +377,20 @@ FUSED = {
     "sigmoid_backward": (torch.ops.aten.sigmoid_backward, (0.02, 0.98)),
     "relu_backward": (lambda g, x: torch.ops.aten.threshold_backward(g, x, 0.0), (-2, 2)),
     "gelu_backward": (torch.ops.aten.gelu_backward, (-4, 4)),
+    "abs_backward": (lambda g, x: g * torch.sgn(x.detach()), (-2, 2)),
 }
 for name, (fn, (lo, hi)) in FUSED.items():
     for tag, sg, st in (("same", (3, 4), (3, 4)), ("row", (3, 4), (4,)), ("col", (2, 3), (2, 1))):
         add(f"{name}_{tag}", name,
             lambda rng, sg=sg, st=st, lo=lo, hi=hi: [("in", U(rng, sg)), ("in", U(rng, st, lo, hi))],
             lambda t, fn=fn: fn(t[0], t[1]))
+for tag, sg, st in (("same", (3, 4), (3, 4)), ("row", (3, 4), (4,))):
+    add(f"leaky_relu_backward_{tag}", "leaky_relu_backward",
+        lambda rng, sg=sg, st=st: [("in", U(rng, sg)), ("in", U(rng, st, -2, 2))],
+        lambda t: torch.where(t[1] > 0, t[0], t[0] * 0.2), attr=("scalar", 0.2))
+add("abs_backward_edges", "abs_backward",
+    const([("in", f32r([0.5, -1.5, 2.0, 1.0])), ("in", f32r([0.0, -0.0, NAN, -3.0]))]),
+    lambda t: t[0] * torch.sgn(t[1].detach()))
 add("relu_backward_at_zero", "relu_backward",
     const([("in", f32r([0.5, -1.5, 2.0, 1.0])), ("in", f32r([0.0, 1.0, -0.5, -0.0]))]),
     lambda t: torch.ops.aten.threshold_backward(t[0], t[1], 0.0))
