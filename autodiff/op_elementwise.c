@@ -435,9 +435,40 @@ const ad_op_def ad_def_div = {
 
 /* ------------------------------------------------------------------ pow */
 
+/* Float64: libm's pow. Float32: pow in double rounded to float, which
+ * pow_v (vexp.h) computes without calls where a is a positive normal
+ * float and b finite, for rows of unit stride (libm's where not: zero,
+ * subnormal, negative, infinite or NaN a, infinite or NaN b, and for other
+ * strides). */
 static inline double pow_d(double a, double b) { return pow(a, b); }
+#define POW_OUT32(a, b) (!((a) >= FLT_MIN && (a) <= FLT_MAX && fabsf(b) <= FLT_MAX))
+CELL_CLONES static void pow_row32(const float *A, const float *B, float *Y, int64_t len) {
+  for (int64_t c0 = 0; c0 < len; c0 += 256) {
+    int64_t c1 = len - c0 < 256 ? len : c0 + 256;
+    int out = 0;
+    for (int64_t i = c0; i < c1; i++) {
+      Y[i] = pow_v(A[i], B[i]);
+      out |= POW_OUT32(A[i], B[i]);
+    }
+    if (out)
+      for (int64_t i = c0; i < c1; i++)
+        if (POW_OUT32(A[i], B[i])) Y[i] = (float)pow_d(A[i], B[i]);
+  }
+}
 
-DEFINE_BINARY(pow, pow_d(x0, x1))
+static void pow_rows(const ad_call *c, int64_t oa, int64_t sa, int64_t ob, int64_t sb, int64_t oy,
+                     int64_t len) {
+  if (c->out->dtype == AD_F32 && sa == 1 && sb == 1) {
+    pow_row32((const float *)c->in[0]->data + oa, (const float *)c->in[1]->data + ob,
+              (float *)c->out->data + oy, len);
+  } else if (c->out->dtype == AD_F32) {
+    BINARY_LOOP(float, POW_OUT32(x0, x1) ? (float)pow_d(x0, x1) : pow_v(x0, x1));
+  } else {
+    BINARY_LOOP(double, pow_d(x0, x1));
+  }
+}
+
+static void pow_fwd(const ad_call *c) { ad_binary_run(c, pow_rows); }
 
 /* PyTorch's masks at a zero base: d/da is 0 where b = 0 (at a = 0,
  * b a^(b-1) would be 0 * inf), d/db is 0 where a = 0 and b >= 0 (a^b log a

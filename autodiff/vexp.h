@@ -312,4 +312,66 @@ CELL_ROW float softplus_v(float x) {
   return (float)((x > 0 ? (double)x : 0.0) + l1p);
 }
 
+/* float32 a^b for a positive normal finite a and a finite b (the caller
+ * takes pow in double for the rest: zero, subnormal, negative, infinite or
+ * NaN a, infinite or NaN b), in double without calls or branches: a = 2^e
+ * m with m in [sqrt(1/2), sqrt 2) as in log_v, log m = 2 atanh(s), s = (m
+ * - 1) / (m + 1), by its series to s^21 (the terms left out are below
+ * 1e-17 relative), log a = e ln 2 + log m; t = b log a, clamped to [-110,
+ * 100] (e^t is then 0 or infinite as a float either way, and 2^n below
+ * stays in double's range); e^t = 2^n e^r, |r| <= ln2 / 2, by its Taylor
+ * series to r^13 (below 1e-17 left out); one rounding to float, which also
+ * makes the float's overflow and subnormals. t carries about 1e-16 of
+ * relative error, so the result is the float64 power rounded but within
+ * about 1e-14 of a tie. */
+CELL_ROW float pow_v(float a, float b) {
+  const double LN2_HI = 0x1.62e42fefa3800p-1, LN2_LO = 0x1.ef35793c7673p-45, SHIFT = 0x1.8p52;
+  uint32_t bits;
+  memcpy(&bits, &a, sizeof bits);
+  int32_t e = (int32_t)(bits - 0x3f3504f3u) >> 23;
+  uint32_t mb = bits - ((uint32_t)e << 23);
+  float mf;
+  memcpy(&mf, &mb, sizeof mf);
+  double f = (double)mf - 1.0, s = f / (2.0 + f), z = s * s;
+  double p = FMA_D(1.0 / 21, z, 1.0 / 19);
+  p = FMA_D(p, z, 1.0 / 17);
+  p = FMA_D(p, z, 1.0 / 15);
+  p = FMA_D(p, z, 1.0 / 13);
+  p = FMA_D(p, z, 1.0 / 11);
+  p = FMA_D(p, z, 1.0 / 9);
+  p = FMA_D(p, z, 1.0 / 7);
+  p = FMA_D(p, z, 1.0 / 5);
+  p = FMA_D(p, z, 1.0 / 3);
+  double lm = 2.0 * FMA_D(s * z, p, s), de = (double)e;
+  double la = FMA_D(de, LN2_HI, FMA_D(de, LN2_LO, lm));
+  double t = (double)b * la;
+  t = t == t ? t : 0.0; /* NaN (a lane the caller replaces): no undefined conversion below */
+  t = t < -110.0 ? -110.0 : t;
+  t = t > 100.0 ? 100.0 : t;
+  double ns = FMA_D(t, 1.4426950408889634, SHIFT), n = ns - SHIFT;
+  double r = FMA_D(n, -LN2_LO, FMA_D(n, -LN2_HI, t));
+  double q = 1.0 / 6227020800;
+  q = FMA_D(q, r, 1.0 / 479001600);
+  q = FMA_D(q, r, 1.0 / 39916800);
+  q = FMA_D(q, r, 1.0 / 3628800);
+  q = FMA_D(q, r, 1.0 / 362880);
+  q = FMA_D(q, r, 1.0 / 40320);
+  q = FMA_D(q, r, 1.0 / 5040);
+  q = FMA_D(q, r, 1.0 / 720);
+  q = FMA_D(q, r, 1.0 / 120);
+  q = FMA_D(q, r, 1.0 / 24);
+  q = FMA_D(q, r, 1.0 / 6);
+  q = FMA_D(q, r, 0.5);
+  q = FMA_D(q, r, 1.0);
+  q = FMA_D(q, r, 1.0);
+  /* 2^n from ns's bits (SHIFT's plus n: no conversion to an integer, which
+   * AVX-512F and AVX2 cannot vectorize for 64 bits), n in [-159, 145] */
+  uint64_t sb;
+  memcpy(&sb, &ns, sizeof sb);
+  sb = (sb - UINT64_C(0x4338000000000000) + 1023) << 52;
+  double scale;
+  memcpy(&scale, &sb, sizeof scale);
+  return (float)(q * scale);
+}
+
 #endif

@@ -1572,6 +1572,74 @@ Test(ops_values, abs_and_leaky_relu_gradients_as_their_compositions) {
   }
 }
 
+/* float32 pow of two tensors: pow in double rounded to float, which
+ * pow_v computes without libm for positive normal bases and finite
+ * exponents: the same bits as (float)pow((double)a, (double)b) over a
+ * random sweep (results that overflow, underflow to subnormals and 0, and
+ * exact powers), edge operands (zeros, subnormals, negatives, infinities,
+ * NaN, 1 and 0 exponents), one element alone and a broadcast exponent
+ * (the strided path), on 1 and 3 threads. */
+Test(ops_values, pow_float32_is_float64_pow_rounded) {
+  static const float edge[] = {0.0f, -0.0f, 1e-40f, -2.0f,   INFINITY, -INFINITY,
+                               NAN,  1.0f,  2.0f,   FLT_MAX, FLT_MIN,  0.5f};
+  enum { E = sizeof edge / sizeof *edge, N = 100000 + E * E };
+  int64_t n = N;
+  ad_tensor *a = ad_zeros(ctx, AD_F32, 1, &n), *b = ad_zeros(ctx, AD_F32, 1, &n);
+  cr_assert(a && b, "%s", ad_last_error(ctx));
+  float *av = a->data, *bv = b->data;
+  ad_rng rng;
+  ad_rng_seed(&rng, 41);
+  for (int64_t i = 0; i < N; i++) {
+    if (i < E * E) {
+      av[i] = edge[i % E], bv[i] = edge[i / E] == 0.5f ? -3.0f : edge[i / E];
+    } else {
+      av[i] = (float)(ad_rng_uniform(&rng) * (i % 2 ? 3.0 : 1e4));
+      bv[i] = (float)((ad_rng_uniform(&rng) - 0.5) * (i % 3 ? 20.0 : 400.0));
+      if (i % 7 == 0) bv[i] = (float)(int)bv[i]; /* integer exponents: exact powers */
+    }
+  }
+  ad_tensor *y = NULL, *y3 = NULL;
+  for (int t = 0; t < 2; t++) {
+    cr_assert_eq(ad_set_num_threads(t ? 3 : 1), AD_OK);
+    ad_tensor *r = ad_pow(ctx, a, b);
+    cr_assert_not_null(r, "%s", ad_last_error(ctx));
+    if (t)
+      y3 = r;
+    else
+      y = r;
+  }
+  ad_set_num_threads(1);
+  cr_assert(memcmp(y->data, y3->data, (size_t)N * sizeof(float)) == 0, "3 threads: other bits");
+  const float *yv = y->data;
+  for (int64_t i = 0; i < N; i++) {
+    float want = (float)pow((double)av[i], (double)bv[i]);
+    QUICK_ASSERT(memcmp(&yv[i], &want, sizeof want) == 0 || (isnan(yv[i]) && isnan(want)),
+                 "pow(%a, %a) = %a, want %a", av[i], bv[i], yv[i], want);
+  }
+  int64_t one = 1, row = 7;
+  for (int64_t i = 0; i < N; i += i < E * E ? 1 : 4999) {
+    ad_tensor *ai = ad_full(ctx, AD_F32, 1, &one, av[i]),
+              *bi = ad_full(ctx, AD_F32, 1, &one, bv[i]);
+    float got = ((const float *)ad_pow(ctx, ai, bi)->data)[0];
+    cr_assert(memcmp(&got, &yv[i], sizeof got) == 0 || (isnan(got) && isnan(yv[i])),
+              "pow(%a, %a): alone %a, in a tensor %a", av[i], bv[i], got, yv[i]);
+    ad_tensor_free(ai);
+    ad_tensor_free(bi);
+  }
+  /* a row of bases against one exponent (stride 0): the strided path */
+  ad_tensor *ar = ad_narrow(ctx, a, 0, E * E, 7), *e1 = ad_full(ctx, AD_F32, 1, &one, 2.5);
+  ad_tensor *yr = ad_pow(ctx, ad_reshape(ctx, ar, 1, &row), e1);
+  cr_assert_not_null(yr, "%s", ad_last_error(ctx));
+  for (int64_t i = 0; i < 7; i++) {
+    float want = (float)pow((double)av[E * E + i], 2.5);
+    cr_assert(((const float *)yr->data)[i] == want, "broadcast pow(%a, 2.5)", av[E * E + i]);
+  }
+  ad_tape_reset(ctx);
+  ad_tensor_free(a);
+  ad_tensor_free(b);
+  ad_tensor_free(e1);
+}
+
 /* pow_scalar's special exponents, PyTorch's: 2, 3, -1 and -2 products and
  * a quotient, 0.5 and -0.5 sqrt and 1 / sqrt (so -0 gives -0 and -inf,
  * -inf gives NaN, as in torch.pow, not C's pow), 1 the identity, others
