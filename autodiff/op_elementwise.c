@@ -162,6 +162,40 @@ typedef struct unary_job {
   UNARY_FWD(NAME, NO_S, (OUT32(x) ? FIX32(x) : V32(x)), EXPR64)
 #define DEFINE_UNARY_S(NAME, EXPR32, EXPR64) UNARY_KERNEL(NAME, WITH_S, EXPR32, EXPR64)
 
+/* The binary form of UNARY_KERNEL_V: V32, OUT32, FIX32 and EXPR64 are
+ * expressions of x0 and x1 (the two operands). Rows where both are of unit
+ * stride take V32 in chunks of 256 and FIX32 where OUT32 holds, after the
+ * chunk (NAME_row32, vectorized); other strides (a broadcast operand) the
+ * same expressions element by element; float64 EXPR64. */
+#define BINARY_KERNEL_V(NAME, V32, OUT32, FIX32, EXPR64)                                           \
+  CELL_CLONES static void NAME##_row32(const float *A, const float *B, float *Y, int64_t len) {    \
+    for (int64_t c0 = 0; c0 < len; c0 += 256) {                                                    \
+      int64_t c1 = len - c0 < 256 ? len : c0 + 256;                                                \
+      int out = 0;                                                                                 \
+      for (int64_t i = c0; i < c1; i++) {                                                          \
+        float x0 = A[i], x1 = B[i];                                                                \
+        Y[i] = V32;                                                                                \
+        out |= OUT32;                                                                              \
+      }                                                                                            \
+      if (out)                                                                                     \
+        for (int64_t i = c0; i < c1; i++) {                                                        \
+          float x0 = A[i], x1 = B[i];                                                              \
+          if (OUT32) Y[i] = FIX32;                                                                 \
+        }                                                                                          \
+    }                                                                                              \
+  }                                                                                                \
+  static void NAME##_rows(const ad_call *c, int64_t oa, int64_t sa, int64_t ob, int64_t sb,        \
+                          int64_t oy, int64_t len) {                                               \
+    if (c->out->dtype == AD_F32 && sa == 1 && sb == 1)                                             \
+      NAME##_row32((const float *)c->in[0]->data + oa, (const float *)c->in[1]->data + ob,         \
+                   (float *)c->out->data + oy, len);                                               \
+    else if (c->out->dtype == AD_F32)                                                              \
+      BINARY_LOOP(float, (OUT32) ? (FIX32) : (V32));                                               \
+    else                                                                                           \
+      BINARY_LOOP(double, EXPR64);                                                                 \
+  }                                                                                                \
+  static void NAME##_fwd(const ad_call *c) { ad_binary_run(c, NAME##_rows); }
+
 /* maximum and minimum send dy to a unless a loses (lose(a, b): ad_lt for
  * maximum, ad_gt for minimum), halved where a = b; likewise to b. This is
  * PyTorch's rule: ties split dy in half, and where a or b is NaN (y is
@@ -437,38 +471,11 @@ const ad_op_def ad_def_div = {
 
 /* Float64: libm's pow. Float32: pow in double rounded to float, which
  * pow_v (vexp.h) computes without calls where a is a positive normal
- * float and b finite, for rows of unit stride (libm's where not: zero,
- * subnormal, negative, infinite or NaN a, infinite or NaN b, and for other
- * strides). */
+ * float and b finite (libm's pow in double for the rest: zero, subnormal,
+ * negative, infinite or NaN a, infinite or NaN b). */
 static inline double pow_d(double a, double b) { return pow(a, b); }
 #define POW_OUT32(a, b) (!((a) >= FLT_MIN && (a) <= FLT_MAX && fabsf(b) <= FLT_MAX))
-CELL_CLONES static void pow_row32(const float *A, const float *B, float *Y, int64_t len) {
-  for (int64_t c0 = 0; c0 < len; c0 += 256) {
-    int64_t c1 = len - c0 < 256 ? len : c0 + 256;
-    int out = 0;
-    for (int64_t i = c0; i < c1; i++) {
-      Y[i] = pow_v(A[i], B[i]);
-      out |= POW_OUT32(A[i], B[i]);
-    }
-    if (out)
-      for (int64_t i = c0; i < c1; i++)
-        if (POW_OUT32(A[i], B[i])) Y[i] = (float)pow_d(A[i], B[i]);
-  }
-}
-
-static void pow_rows(const ad_call *c, int64_t oa, int64_t sa, int64_t ob, int64_t sb, int64_t oy,
-                     int64_t len) {
-  if (c->out->dtype == AD_F32 && sa == 1 && sb == 1) {
-    pow_row32((const float *)c->in[0]->data + oa, (const float *)c->in[1]->data + ob,
-              (float *)c->out->data + oy, len);
-  } else if (c->out->dtype == AD_F32) {
-    BINARY_LOOP(float, POW_OUT32(x0, x1) ? (float)pow_d(x0, x1) : pow_v(x0, x1));
-  } else {
-    BINARY_LOOP(double, pow_d(x0, x1));
-  }
-}
-
-static void pow_fwd(const ad_call *c) { ad_binary_run(c, pow_rows); }
+BINARY_KERNEL_V(pow, pow_v(x0, x1), POW_OUT32(x0, x1), (float)pow_d(x0, x1), pow_d(x0, x1))
 
 /* PyTorch's masks at a zero base: d/da is 0 where b = 0 (at a = 0,
  * b a^(b-1) would be 0 * inf), d/db is 0 where a = 0 and b >= 0 (a^b log a
@@ -1436,47 +1443,14 @@ const ad_op_def ad_def_relu_backward = {
  * sqrt(2 pi) the standard normal density: one pass instead of the eleven
  * ops of its composition. Float64: Phi's tail as erfc (libm), accurate
  * where 1 + erf cancels. Float32: gelu_grad_v (vexp.h, within 4.5 ulp of
- * the larger term) for |x| <= 13,
- * where g and x are rows of unit stride (a gelu's own gradient), out of
- * range the float64 form rounded once; other strides (a broadcast
- * operand) take the same functions element by element. */
+ * the larger term) for |x| <= 13, beyond it and for NaN the float64 form
+ * rounded once. */
 static inline double gelu_grad_d(double x) {
   return 0.5 * erfc(-x * SQRT1_2) + x * exp(-0.5 * x * x) * 0.3989422804014327;
 }
 #define GELU_GRAD_OUT32(x) (!((x) >= -13.0f && (x) <= 13.0f))
-CELL_CLONES static void gelu_backward_row32(const float *G, const float *X, float *Y, int64_t len) {
-  for (int64_t c0 = 0; c0 < len; c0 += 256) {
-    int64_t c1 = len - c0 < 256 ? len : c0 + 256;
-    int out = 0;
-    for (int64_t i = c0; i < c1; i++) {
-      Y[i] = G[i] * gelu_grad_v(X[i]);
-      out |= GELU_GRAD_OUT32(X[i]);
-    }
-    if (out)
-      for (int64_t i = c0; i < c1; i++)
-        if (GELU_GRAD_OUT32(X[i])) Y[i] = (float)((double)G[i] * gelu_grad_d(X[i]));
-  }
-}
-
-static void gelu_backward_rows(const ad_call *c, int64_t oa, int64_t sa, int64_t ob, int64_t sb,
-                               int64_t oy, int64_t len) {
-  if (c->out->dtype == AD_F32 && sa == 1 && sb == 1) {
-    gelu_backward_row32((const float *)c->in[0]->data + oa, (const float *)c->in[1]->data + ob,
-                        (float *)c->out->data + oy, len);
-  } else if (c->out->dtype == AD_F32) {
-    const float *G = (const float *)c->in[0]->data + oa, *X = (const float *)c->in[1]->data + ob;
-    float *Y = (float *)c->out->data + oy;
-    for (int64_t i = 0; i < len; i++)
-      Y[i] = GELU_GRAD_OUT32(X[i * sb]) ? (float)((double)G[i * sa] * gelu_grad_d(X[i * sb]))
-                                        : G[i * sa] * gelu_grad_v(X[i * sb]);
-  } else {
-    const double *G = (const double *)c->in[0]->data + oa, *X = (const double *)c->in[1]->data + ob;
-    double *Y = (double *)c->out->data + oy;
-    for (int64_t i = 0; i < len; i++) Y[i] = G[i * sa] * gelu_grad_d(X[i * sb]);
-  }
-}
-
-static void gelu_backward_fwd(const ad_call *c) { ad_binary_run(c, gelu_backward_rows); }
+BINARY_KERNEL_V(gelu_backward, x0 *gelu_grad_v(x1), GELU_GRAD_OUT32(x1),
+                (float)((double)x0 *gelu_grad_d(x1)), x0 *gelu_grad_d(x1))
 
 /* dg = dy GELU'(x), this op again; dx = dy g GELU''(x), GELU''(x) =
  * phi(x) (2 - x^2), of ops. */
