@@ -466,7 +466,13 @@ static double sum_long(const void *x, bool f32, int64_t n, bool split) {
   {                                                                                                \
     double acc[LANE_BLOCK];                                                                        \
     for (int64_t j = 0; j < nb; j++) acc[j] = 0;                                                   \
-    for (int64_t k = 0; k < N; k++)                                                                \
+    int64_t k = 0;                                                                                 \
+    for (; k + 4 <= N; k += 4) {                                                                   \
+      const T *r0 = X + k * S, *r1 = r0 + S, *r2 = r1 + S, *r3 = r2 + S;                           \
+      for (int64_t j = 0; j < nb; j++)                                                             \
+        acc[j] = (((acc[j] + r0[j]) + r1[j]) + r2[j]) + r3[j];                                     \
+    }                                                                                              \
+    for (; k < N; k++)                                                                             \
       for (int64_t j = 0; j < nb; j++) acc[j] += X[k * S + j];                                     \
     for (int64_t j = 0; j < nb; j++) Y[j] = (T)acc[j];                                             \
   }
