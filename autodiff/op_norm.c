@@ -253,6 +253,23 @@ static int64_t ln_rows(const ad_tensor *x, const ad_layer_norm_attrs *at, int64_
     for (int k_ = 1; k_ < 16; k_++) (outf) += p_[k_], (outg) += q_[k_];                            \
   } while (0)
 
+/* LN_SUM of f, g and h in one pass. */
+#define LN_SUM3(outf, outg, outh, n, f, g, h)                                                      \
+  do {                                                                                             \
+    double p_[16] = {0}, q_[16] = {0}, u_[16] = {0};                                               \
+    int64_t b_ = 0;                                                                                \
+    for (; b_ + 16 <= (n); b_ += 16)                                                               \
+      for (int k_ = 0; k_ < 16; k_++) {                                                            \
+        int64_t i = b_ + k_;                                                                       \
+        p_[k_] += (f);                                                                             \
+        q_[k_] += (g);                                                                             \
+        u_[k_] += (h);                                                                             \
+      }                                                                                            \
+    for (int64_t i = b_; i < (n); i++) p_[i - b_] += (f), q_[i - b_] += (g), u_[i - b_] += (h);    \
+    (outf) = p_[0], (outg) = q_[0], (outh) = u_[0];                                                \
+    for (int k_ = 1; k_ < 16; k_++) (outf) += p_[k_], (outg) += q_[k_], (outh) += u_[k_];          \
+  } while (0)
+
 /* The mean and 1 / sqrt(var + eps) of a row of M values, in double (two
  * passes: no cancellation in the variance). */
 #define LN_STATS(xr, M, eps, mu, s)                                                                \
@@ -325,12 +342,18 @@ static void layer_norm_fwd(const ad_call *c) {
   ln_run(rows, j.M, layer_norm_rows, &j);
 }
 
-/* dx by the partner op; xhat (for the weight) is layer_norm without affine. */
+static bool ln_plain_fits(const ad_call *c);
+static ad_status layer_norm_bwd_plain(const ad_call *c);
+
+/* dx by the partner op; xhat (for the weight) is layer_norm without affine.
+ * The plain backward (no create_graph) of an affine layer_norm takes all
+ * three in one pass instead where it can (layer_norm_bwd_plain). */
 static ad_status layer_norm_bwd(const ad_call *c) {
   ad_ctx *ctx = c->ctx;
   ad_tensor *x = c->in[0], *w = c->n > 1 ? c->in[1] : NULL, *dy = c->gout;
   const ad_layer_norm_attrs *at = &c->attrs->layer_norm;
   ad_status st = AD_OK;
+  if (!ctx->grad_enabled && w && c->needs[1] && ln_plain_fits(c)) return layer_norm_bwd_plain(c);
   if (c->needs[0]) {
     ad_tensor *in[3] = {dy, x, w};
     st = ad_call_set_grad(c, 0,
@@ -437,16 +460,26 @@ static ad_status layer_norm_backward_shape(const ad_call *c) { return ln_shape(c
 
 /* Rows [r0, r1) with gw = GW, the incoming gradient times the weight or
  * not (chosen per call, so that the loops vectorize). */
-#define LNB_ROWS(T, GW)                                                                            \
+#define LNB_ROWS(T, GW) LNB_ROWS_ACC(T, GW, )
+/* LNB_ROWS with the statement ACC after each element's dx (xh: its xhat
+ * in double, i its index, r its row in scope). */
+#define LNB_ROWS_ACC(T, GW, ACC)                                                                   \
   for (int64_t r = r0; r < r1; r++) {                                                              \
     const T *xr = X + r * M, *gr = G + r * M;                                                      \
     T *yr = Y + r * M;                                                                             \
-    double mu, s, mg, mgx;                                                                         \
-    LN_STATS(xr, M, at->eps, mu, s);                                                               \
-    LN_SUM2(mg, mgx, M, GW, (GW) * ((double)xr[i] - mu));                                          \
+    double mu, s, dev, mg, mgx;                                                                    \
+    LN_SUM(mu, M, (double)xr[i]);                                                                  \
+    mu /= (double)M;                                                                               \
+    LN_SUM3(dev, mg, mgx, M, ((double)xr[i] - mu) * ((double)xr[i] - mu), GW,                      \
+            (GW) * ((double)xr[i] - mu));                                                          \
+    s = 1.0 / sqrt(dev / (double)M + at->eps);                                                     \
     mg /= (double)M;                                                                               \
     mgx *= s / (double)M;                                                                          \
-    for (int64_t i = 0; i < M; i++) yr[i] = (T)(s * ((GW)-mg - ((double)xr[i] - mu) * s * mgx));   \
+    for (int64_t i = 0; i < M; i++) {                                                              \
+      double xh = ((double)xr[i] - mu) * s;                                                        \
+      yr[i] = (T)(s * ((GW)-mg - xh * mgx));                                                       \
+      ACC                                                                                          \
+    }                                                                                              \
   }
 #define LNB_FWD(T)                                                                                 \
   do {                                                                                             \
@@ -474,6 +507,111 @@ static void layer_norm_backward_fwd(const ad_call *c) {
   ln_job j = {c, 0};
   int64_t rows = ln_rows(c->in[1], &c->attrs->layer_norm, &j.M); /* sets j.M first */
   ln_run(rows, j.M, layer_norm_backward_rows, &j);
+}
+
+/* The plain backward of an affine layer_norm in one pass over the rows:
+ * dx as layer_norm_backward computes it (the same expressions, so the
+ * same bits), and dweight = sum over rows of dy xhat, dbias = sum of dy,
+ * in double from xhat in double (the recorded form rounds xhat and the
+ * product to the dtype first: the two differ in the last bits). Rows go
+ * in groups of LN_GROUP (fewer where there are few rows, more where there
+ * are many, so that the partials stay within LN_MAX_GROUPS x 2 M doubles:
+ * the groups depend on the shape alone); each group sums its rows' dy
+ * xhat and dy into its own partials while the row is in cache, and the groups'
+ * partials are added in order at the end, so the bits do not depend on
+ * the thread count. Used where a group's partials (2 M doubles) fit in
+ * the first-level cache beside the rows, M <= LN_PLAIN_MAX_M; the others
+ * take the ops. */
+enum { LN_GROUP = 16, LN_MAX_GROUPS = 256, LN_PLAIN_MAX_M = 2048 };
+
+typedef struct ln_plain_job {
+  const ad_call *c;
+  int64_t M, rows, group; /* rows per group */
+  void *dx;               /* NULL: dx is not needed */
+  double *part;           /* [groups][2][M]: sums of dy xhat, of dy */
+} ln_plain_job;
+
+static bool ln_plain_fits(const ad_call *c) {
+  int64_t M, rows = ln_rows(c->in[0], &c->attrs->layer_norm, &M);
+  return M > 0 && M <= LN_PLAIN_MAX_M && rows > 0;
+}
+
+#define LNB_PLAIN(T)                                                                               \
+  do {                                                                                             \
+    const T *G = c->gout->data, *X = c->in[0]->data, *W = c->in[1]->data;                          \
+    for (int64_t q = q0; q < q1; q++) {                                                            \
+      int64_t r0 = q * j->group, r1 = r0 + j->group < j->rows ? r0 + j->group : j->rows;           \
+      double *pw = j->part + q * 2 * M, *pb = pw + M;                                              \
+      for (int64_t i = 0; i < 2 * M; i++) pw[i] = 0;                                               \
+      if (j->dx) {                                                                                 \
+        T *Y = j->dx;                                                                              \
+        LNB_ROWS_ACC(T, (double)gr[i] * (double)W[i], pw[i] += (double)gr[i] * xh;                 \
+                     pb[i] += (double)gr[i];)                                                      \
+      } else {                                                                                     \
+        for (int64_t r = r0; r < r1; r++) {                                                        \
+          const T *xr = X + r * M, *gr = G + r * M;                                                \
+          double mu, s;                                                                            \
+          LN_STATS(xr, M, at->eps, mu, s);                                                         \
+          for (int64_t i = 0; i < M; i++) {                                                        \
+            pw[i] += (double)gr[i] * (((double)xr[i] - mu) * s);                                   \
+            pb[i] += (double)gr[i];                                                                \
+          }                                                                                        \
+        }                                                                                          \
+      }                                                                                            \
+    }                                                                                              \
+  } while (0)
+
+CELL_CLONES static void ln_plain_groups(void *ud, int64_t q0, int64_t q1) {
+  const ln_plain_job *j = ud;
+  const ad_call *c = j->c;
+  const ad_layer_norm_attrs *at = &c->attrs->layer_norm;
+  int64_t M = j->M;
+  if (c->in[0]->dtype == AD_F32)
+    LNB_PLAIN(float);
+  else
+    LNB_PLAIN(double);
+}
+
+static ad_status layer_norm_bwd_plain(const ad_call *c) {
+  ad_ctx *ctx = c->ctx;
+  const ad_tensor *x = c->in[0], *w = c->in[1];
+  ln_plain_job j = {c, 0, 0, LN_GROUP, NULL, NULL};
+  j.rows = ln_rows(x, &c->attrs->layer_norm, &j.M);
+  if (j.rows < 8 * LN_GROUP) /* at least 8 groups where there are 8 rows */
+    j.group = (j.rows + 7) / 8;
+  else if (j.rows > LN_MAX_GROUPS * LN_GROUP) /* the partials at most LN_MAX_GROUPS x 2 M */
+    j.group = (j.rows + LN_MAX_GROUPS - 1) / LN_MAX_GROUPS;
+  int64_t groups = (j.rows + j.group - 1) / j.group;
+  ad_tensor *dx = c->needs[0] ? ad_tmp_like(ctx, x) : NULL;
+  ad_tensor *dw = ad_tmp_like(ctx, w);
+  ad_tensor *db = c->n > 2 && c->needs[2] ? ad_tmp_like(ctx, c->in[2]) : NULL;
+  int64_t pshape[1] = {groups * 2 * j.M};
+  ad_tensor *part = ad_tmp_new(ctx, AD_F64, 1, pshape);
+  if ((c->needs[0] && !dx) || !dw || (c->n > 2 && c->needs[2] && !db) || !part)
+    return ad_last_status(ctx);
+  j.dx = dx ? dx->data : NULL;
+  j.part = part->data;
+  int64_t grain = (32768 + j.group * j.M - 1) / (j.group * j.M);
+  if (groups <= grain)
+    ln_plain_groups(&j, 0, groups);
+  else
+    ad_parallel_for(groups, grain, ln_plain_groups, &j);
+  double *sum = j.part; /* the groups' partials added in order into the first's */
+  for (int64_t q = 1; q < groups; q++)
+    for (int64_t i = 0; i < 2 * j.M; i++) sum[i] += j.part[q * 2 * j.M + i];
+  for (int64_t i = 0; i < j.M; i++) {
+    if (x->dtype == AD_F32) {
+      ((float *)dw->data)[i] = (float)sum[i];
+      if (db) ((float *)db->data)[i] = (float)sum[j.M + i];
+    } else {
+      ((double *)dw->data)[i] = sum[i];
+      if (db) ((double *)db->data)[i] = sum[j.M + i];
+    }
+  }
+  ad_status st = dx ? ad_call_set_grad(c, 0, dx) : AD_OK;
+  if (st == AD_OK) st = ad_call_set_grad(c, 1, dw);
+  if (st == AD_OK && db) st = ad_call_set_grad(c, 2, db);
+  return st;
 }
 
 static ad_status layer_norm_backward_bwd(const ad_call *c) {

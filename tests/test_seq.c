@@ -239,6 +239,93 @@ Test(seq, layer_norm_long_rows_match_the_definition) {
   }
 }
 
+/* The plain backward of an affine layer_norm is one pass (dx, dweight and
+ * dbias together, the weights' sums per group of rows); the recorded one
+ * (create_graph) is made of ops. Both against each other on row counts
+ * around the group sizes (1, 5, 16, 130: groups of 16 and a tail of 2,
+ * 300, 4100: groups of 17), row lengths up to and past the one-pass limit (3000 takes the
+ * ops both ways), with and without bias and a gradient for x, both dtypes:
+ * dx against the recorded dx, dweight and dbias of the one pass against
+ * their sums in double rounded once (the recorded sums round every product and partial
+ * sum to the dtype); and the plain pass gives the same bits on 1 and 3
+ * threads. */
+Test(seq, layer_norm_plain_backward_as_the_recorded_one) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 23);
+  static const int64_t Rs[6] = {1, 5, 16, 130, 300, 4100}, Ms[4] = {7, 64, 1024, 3000};
+  for (int d = 0; d < 2; d++)
+    for (int ri = 0; ri < 6; ri++)
+      for (int mi = 0; mi < 4; mi++)
+        for (int v = 0; v < 2; v++) {
+          ad_dtype dt = d ? AD_F32 : AD_F64;
+          int64_t R = Rs[ri], M = Ms[mi], xs[2] = {R, M};
+          if (R * M > 300000) continue;
+          bool bias = v == 0, xgrad = v == 0 || ri % 2;
+          ad_tensor *x = randt(&rng, dt, 2, xs, -3, 8, xgrad),
+                    *seed = randt(&rng, dt, 2, xs, -1, 1, false);
+          ad_tensor *w = randt(&rng, dt, 1, &M, 0.5, 1.5, true);
+          ad_tensor *b = bias ? randt(&rng, dt, 1, &M, -1, 1, true) : NULL;
+          ad_tensor *in[3] = {w}, *plain[2][3], *rec[3];
+          int n = 1;
+          if (b) in[n++] = b;
+          if (xgrad) in[n++] = x;
+          for (int t = 0; t < 2; t++) {
+            cr_assert_eq(ad_set_num_threads(t ? 3 : 1), AD_OK);
+            ad_tensor *y = ad_layer_norm(ctx, x, 1, &M, w, b, 1e-5);
+            cr_assert_eq(ad_grad(ctx, y, seed, n, in, plain[t], false), AD_OK, "%s",
+                         ad_last_error(ctx));
+          }
+          ad_set_num_threads(1);
+          ad_tensor *y = ad_layer_norm(ctx, x, 1, &M, w, b, 1e-5);
+          cr_assert_eq(ad_grad(ctx, y, seed, n, in, rec, true), AD_OK, "%s", ad_last_error(ctx));
+          /* dweight and dbias against sums in double of xhat and dy, dx
+           * against the recorded form */
+          double *sw = calloc((size_t)M, sizeof *sw), *sb = calloc((size_t)M, sizeof *sb),
+                 *ab = calloc((size_t)M, sizeof *ab);
+          cr_assert(sw && sb && ab);
+          for (int64_t r = 0; r < R; r++) {
+            double mu = 0, var = 0;
+            for (int64_t i = 0; i < M; i++) mu += ad_tensor_get(x, r * M + i) / (double)M;
+            for (int64_t i = 0; i < M; i++) var += pow(ad_tensor_get(x, r * M + i) - mu, 2);
+            double sd = 1 / sqrt(var / (double)M + 1e-5);
+            for (int64_t i = 0; i < M; i++) {
+              double g = ad_tensor_get(seed, r * M + i),
+                     xh = (ad_tensor_get(x, r * M + i) - mu) * sd;
+              sw[i] += g * xh, sb[i] += g, ab[i] += fabs(g);
+            }
+          }
+          for (int k = 0; k < n; k++) {
+            cr_assert(memcmp(plain[0][k]->data, plain[1][k]->data,
+                             (size_t)plain[0][k]->size * ad_dtype_size(dt)) == 0,
+                      "%s R %lld M %lld: gradient %d differs on 3 threads", ad_dtype_name(dt),
+                      (long long)R, (long long)M, k);
+            double big = 0;
+            for (int64_t i = 0; i < rec[k]->size; i++)
+              big = fmax(big, fabs(ad_tensor_get(rec[k], i)));
+            for (int64_t i = 0; i < rec[k]->size; i++) {
+              double got = ad_tensor_get(plain[0][k], i), want = ad_tensor_get(rec[k], i),
+                     tol = (d ? 2e-6 : 1e-12) * (big + 1);
+              if (in[k] != x && M <= 2048) { /* the sum in double, rounded once */
+                want = in[k] == w ? sw[i] : sb[i];
+                tol = (d ? 6e-8 : 1e-15) * fabs(want) + 1e-13 * ab[i]; /* x - mu's rounding */
+              }
+              QUICK_ASSERT(fabs(got - want) <= tol,
+                           "%s R %lld M %lld bias %d: gradient %d [%lld] %.17g, want %.17g",
+                           ad_dtype_name(dt), (long long)R, (long long)M, bias, k, (long long)i,
+                           got, want);
+            }
+          }
+          free(sw);
+          free(sb);
+          free(ab);
+          ad_tape_reset(ctx);
+          ad_tensor_free(x);
+          ad_tensor_free(seed);
+          ad_tensor_free(w);
+          ad_tensor_free(b);
+        }
+}
+
 typedef struct ln_case {
   int k;
   int64_t ns[2];
