@@ -162,40 +162,6 @@ typedef struct unary_job {
   UNARY_FWD(NAME, NO_S, (OUT32(x) ? FIX32(x) : V32(x)), EXPR64)
 #define DEFINE_UNARY_S(NAME, EXPR32, EXPR64) UNARY_KERNEL(NAME, WITH_S, EXPR32, EXPR64)
 
-/* The binary form of UNARY_KERNEL_V: V32, OUT32, FIX32 and EXPR64 are
- * expressions of x0 and x1 (the two operands). Rows where both are of unit
- * stride take V32 in chunks of 256 and FIX32 where OUT32 holds, after the
- * chunk (NAME_row32, vectorized); other strides (a broadcast operand) the
- * same expressions element by element; float64 EXPR64. */
-#define BINARY_KERNEL_V(NAME, V32, OUT32, FIX32, EXPR64)                                           \
-  CELL_CLONES static void NAME##_row32(const float *A, const float *B, float *Y, int64_t len) {    \
-    for (int64_t c0 = 0; c0 < len; c0 += 256) {                                                    \
-      int64_t c1 = len - c0 < 256 ? len : c0 + 256;                                                \
-      int out = 0;                                                                                 \
-      for (int64_t i = c0; i < c1; i++) {                                                          \
-        float x0 = A[i], x1 = B[i];                                                                \
-        Y[i] = V32;                                                                                \
-        out |= OUT32;                                                                              \
-      }                                                                                            \
-      if (out)                                                                                     \
-        for (int64_t i = c0; i < c1; i++) {                                                        \
-          float x0 = A[i], x1 = B[i];                                                              \
-          if (OUT32) Y[i] = FIX32;                                                                 \
-        }                                                                                          \
-    }                                                                                              \
-  }                                                                                                \
-  static void NAME##_rows(const ad_call *c, int64_t oa, int64_t sa, int64_t ob, int64_t sb,        \
-                          int64_t oy, int64_t len) {                                               \
-    if (c->out->dtype == AD_F32 && sa == 1 && sb == 1)                                             \
-      NAME##_row32((const float *)c->in[0]->data + oa, (const float *)c->in[1]->data + ob,         \
-                   (float *)c->out->data + oy, len);                                               \
-    else if (c->out->dtype == AD_F32)                                                              \
-      BINARY_LOOP(float, (OUT32) ? (FIX32) : (V32));                                               \
-    else                                                                                           \
-      BINARY_LOOP(double, EXPR64);                                                                 \
-  }                                                                                                \
-  static void NAME##_fwd(const ad_call *c) { ad_binary_run(c, NAME##_rows); }
-
 /* maximum and minimum send dy to a unless a loses (lose(a, b): ad_lt for
  * maximum, ad_gt for minimum), halved where a = b; likewise to b. This is
  * PyTorch's rule: ties split dy in half, and where a or b is NaN (y is

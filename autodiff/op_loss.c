@@ -3,6 +3,7 @@
 #include "ops.h"
 #include "softmax_exp.h"
 
+#include <float.h>
 #include <math.h>
 
 /* ------------------------------------------------ softmax_cross_entropy
@@ -377,15 +378,70 @@ static inline float bce_f32(float p, float t) {
   return (t - 1.0f) * lq - t * lp;
 }
 
-/* the elementwise kernel of op_elementwise.c's binary ops, per dtype */
-#define BCE_OF(p, t) _Generic((p), float : bce_f32, double : bce_f64)(p, t)
-DEFINE_BINARY(bce, BCE_OF(x0, x1))
+/* float32 without calls: log_v (vexp.h, within 0.92 ulp) of p and 1 - p
+ * where both are normal floats (no log reaches -100 there); bce_f32 (libm
+ * and the clamps) for the others: p of 0, 1, a subnormal, outside [0, 1]
+ * or NaN. */
+static inline float bce_v(float p, float t) { return (t - 1.0f) * log_v(1.0f - p) - t * log_v(p); }
+#define BCE_OUT32(p) (!((p) >= FLT_MIN && 1.0f - (p) >= FLT_MIN))
+BINARY_KERNEL_V(bce, bce_v(x0, x1), BCE_OUT32(x0), bce_f32(x0, x1), bce_f64(x0, x1))
+
+/* The log op's float32 value (op_elementwise.c's log kernel). */
+static inline float bce_log32(float x) { return x >= FLT_MIN && x <= FLT_MAX ? log_v(x) : logf(x); }
+
+/* The plain backward (no create_graph) of p, t and dy of one shape in one
+ * pass, each step rounded as the recorded ops below round it (rsub, mul,
+ * maximum, sub, div; log as the log op), so both give the same bits. */
+typedef struct bce_job {
+  const ad_call *c;
+  void *dp, *dt; /* NULL: not needed */
+} bce_job;
+
+#define BCE_BWD_RANGE(T, LOG)                                                                      \
+  do {                                                                                             \
+    const T *P = c->in[0]->data, *Tt = c->in[1]->data, *G = c->gout->data;                         \
+    T *DP = j->dp, *DT = j->dt, eps = (T)BCE_EPS;                                                  \
+    if (DP)                                                                                        \
+      for (int64_t i = b; i < e; i++) {                                                            \
+        T den = ((T)1 - P[i]) * P[i];                                                              \
+        DP[i] = G[i] * (P[i] - Tt[i]) / AD_MAX_NAN(den, eps);                                      \
+      }                                                                                            \
+    if (DT)                                                                                        \
+      for (int64_t i = b; i < e; i++) DT[i] = G[i] * (LOG((T)1 - P[i]) - LOG(P[i]));               \
+  } while (0)
+
+CELL_CLONES static void bce_bwd_range(void *ud, int64_t b, int64_t e) {
+  const bce_job *j = ud;
+  const ad_call *c = j->c;
+  if (c->out->dtype == AD_F32)
+    BCE_BWD_RANGE(float, bce_log32);
+  else
+    BCE_BWD_RANGE(double, log);
+}
+
+static ad_status bce_bwd_plain(const ad_call *c) {
+  ad_ctx *ctx = c->ctx;
+  ad_tensor *dp = c->needs[0] ? ad_tmp_like(ctx, c->in[0]) : NULL;
+  ad_tensor *dt = c->needs[1] ? ad_tmp_like(ctx, c->in[1]) : NULL;
+  if ((c->needs[0] && !dp) || (c->needs[1] && !dt)) return ad_last_status(ctx);
+  bce_job j = {c, dp ? dp->data : NULL, dt ? dt->data : NULL};
+  int64_t n = c->out->size;
+  if (n <= 16384)
+    bce_bwd_range(&j, 0, n);
+  else
+    ad_parallel_for(n, 16384, bce_bwd_range, &j);
+  ad_status st = dp ? ad_call_set_grad(c, 0, dp) : AD_OK;
+  return st == AD_OK && dt ? ad_call_set_grad(c, 1, dt) : st;
+}
 
 /* Both gradients from ops (so gradgradcheck passes); the engine sums a
- * broadcast input's contribution down. */
+ * broadcast input's contribution down. Without create_graph and without
+ * broadcasting, bce_bwd_plain instead. */
 static ad_status bce_bwd(const ad_call *c) {
   ad_ctx *ctx = c->ctx;
   ad_tensor *p = c->in[0], *t = c->in[1];
+  if (!ctx->grad_enabled && ad_same_shape(p, c->out) && ad_same_shape(t, c->out))
+    return bce_bwd_plain(c);
   if (c->needs[0]) {
     ad_tensor *den = ad_maximum(ctx, ad_mul(ctx, ad_rsub_scalar(ctx, p, 1.0), p),
                                 ad_scalar(ctx, p->dtype, BCE_EPS));
