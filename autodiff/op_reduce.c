@@ -284,7 +284,8 @@ static ad_status shape_softmax(const ad_call *c) {
  * rounded and its rounding error (diff_err, softmax_exp.h; below exp_v's
  * clamp, expf(d) times 1 + the error), which spares the second pass
  * exp_diff's and EXP_FIX's work (the block path keeps their product in
- * double); and 16 partial double sums. The lanes of a block
+ * double), into y 256 at a time (one loop without a per-vector branch);
+ * and 16 partial double sums of those, element i in partial i mod 16. The lanes of a block
  * (exp_lanes_f32) sum in order: the results differ in the last bits,
  * within 2 ulp, but for a log_softmax near 0 (-log of a sum near 1),
  * where the two sums' last double bits show, as between any two
@@ -299,23 +300,22 @@ CELL_CLONES static void softmax_row_f32(const float *x, float *y, int64_t n, boo
   float m = pm[0];
   for (int k = 1; k < 16; k++) m = AD_MAX_NAN(pm[k], m);
   double ps[16] = {0};
-  for (i = 0; i < n; i += 16) {
-    int64_t len = n - i < 16 ? n - i : 16;
-    float e[16];
+  for (int64_t c0 = 0; c0 < n; c0 += 256) { /* e into y a chunk at a time, then its sums */
+    int64_t c1 = n - c0 < 256 ? n : c0 + 256;
     int low = 0;
-    for (int k = 0; k < len; k++) {
-      float d = x[i + k] - m;
-      e[k] = exp_v_lo(d, diff_err(x[i + k], m, d));
+    for (i = c0; i < c1; i++) {
+      float d = x[i] - m;
+      y[i] = exp_v_lo(d, diff_err(x[i], m, d));
       low |= d < EXP_V_MIN;
     }
     if (low)
-      for (int k = 0; k < len; k++) {
-        float d = x[i + k] - m;
-        if (d < EXP_V_MIN) e[k] = (float)EXP_FIX(expf(d), diff_err(x[i + k], m, d));
+      for (i = c0; i < c1; i++) {
+        float d = x[i] - m;
+        if (d < EXP_V_MIN) y[i] = (float)EXP_FIX(expf(d), diff_err(x[i], m, d));
       }
-    for (int k = 0; k < len; k++) ps[k] += (double)e[k];
-    if (!log_)
-      for (int k = 0; k < len; k++) y[i + k] = e[k];
+    for (i = c0; i + 16 <= c1; i += 16) /* element i + k into partial k, as i is a multiple of 16 */
+      for (int k = 0; k < 16; k++) ps[k] += (double)y[i + k];
+    for (int k = 0; i + k < c1; k++) ps[k] += (double)y[i + k];
   }
   double s = 0;
   for (int k = 0; k < 16; k++) s += ps[k];
@@ -469,8 +469,7 @@ static double sum_long(const void *x, bool f32, int64_t n, bool split) {
     int64_t k = 0;                                                                                 \
     for (; k + 4 <= N; k += 4) {                                                                   \
       const T *r0 = X + k * S, *r1 = r0 + S, *r2 = r1 + S, *r3 = r2 + S;                           \
-      for (int64_t j = 0; j < nb; j++)                                                             \
-        acc[j] = (((acc[j] + r0[j]) + r1[j]) + r2[j]) + r3[j];                                     \
+      for (int64_t j = 0; j < nb; j++) acc[j] = (((acc[j] + r0[j]) + r1[j]) + r2[j]) + r3[j];      \
     }                                                                                              \
     for (; k < N; k++)                                                                             \
       for (int64_t j = 0; j < nb; j++) acc[j] += X[k * S + j];                                     \
