@@ -277,21 +277,22 @@ static ad_status shape_softmax(const ad_call *c) {
     }                                                                                              \
   }
 
-/* softmax (log_softmax when LOG) of one contiguous float32 lane of n
- * elements, vectorized along it: 16 partial maxima (a NaN in any is the
- * maximum: the lane is all NaN, as in SOFTMAX_BODY; which zero is the
- * maximum changes no x - m); e^(x - m) in float as exp_v_lo of d = x - m
- * rounded and its rounding error (diff_err, softmax_exp.h; below exp_v's
- * clamp, expf(d) times 1 + the error), which spares the second pass
- * exp_diff's and EXP_FIX's work (the block path keeps their product in
- * double), into y 256 at a time (one loop without a per-vector branch);
- * and 16 partial double sums of those, element i in partial i mod 16. The lanes of a block
- * (exp_lanes_f32) sum in order: the results differ in the last bits,
- * within 2 ulp, but for a log_softmax near 0 (-log of a sum near 1),
- * where the two sums' last double bits show, as between any two
+/* One contiguous float32 lane of n elements, vectorized along it: its
+ * maximum *mp from 16 partial maxima (a NaN in any is the maximum: the
+ * lane is all NaN, as in SOFTMAX_BODY; which zero is the maximum changes
+ * no x - m), and the sum of e^(x - m) it returns. Each exponential is
+ * exp_v_lo of d = x - m rounded and its rounding error (diff_err,
+ * softmax_exp.h; below exp_v's clamp, expf(d) times 1 + the error), which
+ * spares exp_diff's and EXP_FIX's second pass (the block path keeps their
+ * product in double); they go into e (n elements; NULL: a buffer here)
+ * 256 at a time (one loop without a per-vector branch), then into 16
+ * partial double sums, element i into partial i mod 16. The lanes of a
+ * block (exp_lanes_f32) sum in order: the results differ in the last
+ * bits, within 2 ulp, but for a log_softmax near 0 (-log of a sum near
+ * 1), where the two sums' last double bits show, as between any two
  * summation orders. */
-CELL_CLONES static void softmax_row_f32(const float *x, float *y, int64_t n, bool log_) {
-  float pm[16];
+CELL_ROW double exp_row_f32(const float *x, float *e, int64_t n, float *mp) {
+  float pm[16], buf[256];
   for (int k = 0; k < 16; k++) pm[k] = -INFINITY;
   int64_t i = 0;
   for (; i + 16 <= n; i += 16)
@@ -300,31 +301,42 @@ CELL_CLONES static void softmax_row_f32(const float *x, float *y, int64_t n, boo
   float m = pm[0];
   for (int k = 1; k < 16; k++) m = AD_MAX_NAN(pm[k], m);
   double ps[16] = {0};
-  for (int64_t c0 = 0; c0 < n; c0 += 256) { /* e into y a chunk at a time, then its sums */
-    int64_t c1 = n - c0 < 256 ? n : c0 + 256;
+  for (int64_t c0 = 0; c0 < n; c0 += 256) {
+    int64_t len = n - c0 < 256 ? n - c0 : 256, j = 0;
+    const float *xc = x + c0;
+    float *ec = e ? e + c0 : buf;
     int low = 0;
-    for (i = c0; i < c1; i++) {
-      float d = x[i] - m;
-      y[i] = exp_v_lo(d, diff_err(x[i], m, d));
+    for (j = 0; j < len; j++) {
+      float d = xc[j] - m;
+      ec[j] = exp_v_lo(d, diff_err(xc[j], m, d));
       low |= d < EXP_V_MIN;
     }
     if (low)
-      for (i = c0; i < c1; i++) {
-        float d = x[i] - m;
-        if (d < EXP_V_MIN) y[i] = (float)EXP_FIX(expf(d), diff_err(x[i], m, d));
+      for (j = 0; j < len; j++) {
+        float d = xc[j] - m;
+        if (d < EXP_V_MIN) ec[j] = (float)EXP_FIX(expf(d), diff_err(xc[j], m, d));
       }
-    for (i = c0; i + 16 <= c1; i += 16) /* element i + k into partial k, as i is a multiple of 16 */
-      for (int k = 0; k < 16; k++) ps[k] += (double)y[i + k];
-    for (int k = 0; i + k < c1; k++) ps[k] += (double)y[i + k];
+    for (j = 0; j + 16 <= len; j += 16) /* c0 is a multiple of 16: element c0 + j + k into k */
+      for (int k = 0; k < 16; k++) ps[k] += (double)ec[j + k];
+    for (int k = 0; j + k < len; k++) ps[k] += (double)ec[j + k];
   }
   double s = 0;
   for (int k = 0; k < 16; k++) s += ps[k];
+  *mp = m;
+  return s;
+}
+
+/* softmax (log_softmax when log_) of one contiguous float32 lane, on
+ * exp_row_f32 (e into y). */
+CELL_CLONES static void softmax_row_f32(const float *x, float *y, int64_t n, bool log_) {
+  float m;
+  double s = exp_row_f32(x, y, n, &m);
   if (log_) {
     double ls = log(s);
-    for (i = 0; i < n; i++) y[i] = (float)(((double)x[i] - (double)m) - ls);
+    for (int64_t i = 0; i < n; i++) y[i] = (float)(((double)x[i] - (double)m) - ls);
   } else {
     double inv = 1 / s; /* e * (1/s) in double: rounded to float, e / s but for ties */
-    for (i = 0; i < n; i++) y[i] = (float)((double)y[i] * inv);
+    for (int64_t i = 0; i < n; i++) y[i] = (float)((double)y[i] * inv);
   }
 }
 
@@ -636,23 +648,15 @@ const ad_op_def ad_def_max = {
 LANES_FN(lse_lanes_f64, double, LSE_BODY, LSE_BLOCK, )
 
 /* float32 lanes on exp_lanes_f32; a contiguous one (logsumexp along the
- * last axis) with its operations on each element and its sum in the same
- * order, so the same bits as the lane in a block, but its exponentials
- * LANE_BLOCK at a time along the lane. */
+ * last axis) on exp_row_f32, whose sum differs from a block lane's in the
+ * last bits (see there). */
 CELL_CLONES static void lse_lanes_f32(const void *xv, void *yv, int64_t S, int64_t N, int64_t nb) {
   if (nb > 1 || S != 1) {
     exp_lanes_f32(xv, yv, S, N, nb, EXP_LSE);
     return;
   }
-  const float *x = xv;
-  float m = (float)AD_LANE_MAX(x, 1, N), e[LANE_BLOCK], lo[LANE_BLOCK];
-  double s = 0;
-  if (isfinite(m))
-    for (int64_t i = 0; i < N; i += LANE_BLOCK) {
-      int64_t len = N - i < LANE_BLOCK ? N - i : LANE_BLOCK;
-      exp_diff(x + i, &m, 0, len, e, lo);
-      for (int64_t k = 0; k < len; k++) s += EXP_FIX(e[k], lo[k]);
-    }
+  float m;
+  double s = exp_row_f32(xv, NULL, N, &m); /* m not finite: the sum is not used */
   *(float *)yv = (float)(isfinite(m) ? (double)m + log(s) : (double)m);
 }
 
