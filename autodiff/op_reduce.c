@@ -421,7 +421,7 @@ enum { SUM_LONG = 256, SUM_CHUNK = 4096, SUM_MAX_CHUNKS = 1024 };
     double acc[32] = {0};                                                                          \
     int64_t i = 0;                                                                                 \
     for (; i + 32 <= n; i += 32)                                                                   \
-      for (int k = 0; k < 32; k++) acc[k] += x[i + k];                                             \
+      AD_UNROLL_FULL for (int k = 0; k < 32; k++) acc[k] += x[i + k];                              \
     for (int k = 0; i < n; i++, k++) acc[k] += x[i];                                               \
     for (int w = 16; w >= 1; w /= 2)                                                               \
       for (int k = 0; k < w; k++) acc[k] += acc[k + w];                                            \

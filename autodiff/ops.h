@@ -27,6 +27,16 @@ enum {
  * NaN propagates as in PyTorch and NumPy. A bare a > b ? a : b would drop a
  * NaN in a and keep one in b. Ties give b. */
 #define AD_MAX_NAN(a, b) ((a) > (b) || (a) != (a) ? (a) : (b))
+
+/* Before a loop of a few iterations over an array of partial sums: full
+ * unrolling, so that the array lives in registers, not in memory loaded
+ * and stored at every step (which adds a store's forwarding latency to
+ * each partial's chain). */
+#if defined(__clang__)
+#define AD_UNROLL_FULL _Pragma("unroll")
+#else
+#define AD_UNROLL_FULL _Pragma("GCC unroll 64")
+#endif
 #define AD_MIN_NAN(a, b) ((a) < (b) || (a) != (a) ? (a) : (b))
 
 /* The maximum of the n elements x[0], x[s], ..., x[(n-1) s] (NaN if one is
