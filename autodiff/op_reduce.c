@@ -420,8 +420,7 @@ enum { SUM_LONG = 256, SUM_CHUNK = 4096, SUM_MAX_CHUNKS = 1024 };
   CELL_CLONES static double NAME(const T *x, int64_t n) {                                          \
     double acc[32] = {0};                                                                          \
     int64_t i = 0;                                                                                 \
-    for (; i + 32 <= n; i += 32)                                                                   \
-      AD_UNROLL_FULL for (int k = 0; k < 32; k++) acc[k] += x[i + k];                              \
+    for (; i + 32 <= n; i += 32) AD_UNROLL_FULL for (int k = 0; k < 32; k++) acc[k] += x[i + k];   \
     for (int k = 0; i < n; i++, k++) acc[k] += x[i];                                               \
     for (int w = 16; w >= 1; w /= 2)                                                               \
       for (int k = 0; k < w; k++) acc[k] += acc[k + w];                                            \
@@ -839,8 +838,68 @@ const ad_op_def ad_def_softmax_backward = {
 
 static void log_softmax_fwd(const ad_call *c) { softmax_run(c, true); }
 
+/* The plain backward (no create_graph) along the last axis, a row at a
+ * time: s = the row's sum of dy as the sum op takes it (sum_long's chunks
+ * from SUM_LONG elements, the chain below) rounded to the dtype, then
+ * dy - exp(y) s with exp as the exp op's (exp_v in float32 but outside
+ * its range) and each step rounded as the recorded ops round it: the
+ * same bits as the recorded form, in one pass instead of four ops. */
+typedef struct lsm_job {
+  const ad_call *c;
+  int64_t n;
+  void *dx;
+} lsm_job;
+
+#define LSM_ROW_SUM(T)                                                                             \
+  const T *G = (const T *)j->c->gout->data + r * n, *Y = (const T *)j->c->out->data + r * n;       \
+  T *D = (T *)j->dx + r * n;                                                                       \
+  double sum = 0;                                                                                  \
+  if (n >= SUM_LONG)                                                                               \
+    sum = sum_long(G, sizeof(T) == sizeof(float), n, false);                                       \
+  else                                                                                             \
+    for (int64_t k = 0; k < n; k++) sum += G[k];                                                   \
+  T s = (T)sum;
+#define LSM_OUT32(y) (!((y) >= EXP_V_MIN && (y) <= EXP_V_MAX))
+
+CELL_CLONES static void lsm_bwd_rows(void *ud, int64_t r0, int64_t r1) {
+  const lsm_job *j = ud;
+  int64_t n = j->n;
+  for (int64_t r = r0; r < r1; r++) {
+    if (j->c->out->dtype == AD_F64) {
+      LSM_ROW_SUM(double)
+      for (int64_t k = 0; k < n; k++) D[k] = G[k] - exp(Y[k]) * s;
+      continue;
+    }
+    LSM_ROW_SUM(float)
+    for (int64_t c0 = 0; c0 < n; c0 += 256) { /* exp_v, then expf where it is out of range */
+      int64_t c1 = n - c0 < 256 ? n : c0 + 256;
+      int out = 0;
+      for (int64_t k = c0; k < c1; k++) {
+        D[k] = G[k] - exp_v(Y[k]) * s;
+        out |= LSM_OUT32(Y[k]);
+      }
+      if (out)
+        for (int64_t k = c0; k < c1; k++)
+          if (LSM_OUT32(Y[k])) D[k] = G[k] - expf(Y[k]) * s;
+    }
+  }
+}
+
 static ad_status log_softmax_bwd(const ad_call *c) {
   ad_ctx *ctx = c->ctx;
+  const ad_tensor *y = c->out;
+  if (!ctx->grad_enabled && ad_norm_axis(c->attrs->axis, y->ndim) == y->ndim - 1 &&
+      y->shape[y->ndim - 1] > 0) {
+    ad_tensor *dx = ad_tmp_like(ctx, y);
+    if (!dx) return ad_last_status(ctx);
+    lsm_job j = {c, y->shape[y->ndim - 1], dx->data};
+    int64_t rows = y->size / j.n, grain = (32768 + j.n - 1) / j.n;
+    if (rows <= grain)
+      lsm_bwd_rows(&j, 0, rows);
+    else
+      ad_parallel_for(rows, grain, lsm_bwd_rows, &j);
+    return ad_call_set_grad(c, 0, dx);
+  }
   ad_tensor *s = ad_sum_axis(ctx, c->gout, c->attrs->axis, true);
   return ad_call_set_grad(c, 0, ad_sub(ctx, c->gout, ad_mul(ctx, ad_exp(ctx, c->out), s)));
 }
