@@ -1001,6 +1001,18 @@ static ad_status index_select_bwd(const ad_call *c) {
   return ad_call_set_grad(c, 0, ad_index_add(c->ctx, c->gout, c->in[1], c->in[0]->shape[0]));
 }
 
+static void scatter_rows(ad_tensor *out, const ad_tensor *src, const ad_tensor *idx, int64_t skip);
+
+/* x's first gradient of a pass straight into its buffer (no temporary
+ * index_add output copied in): the same bits. An addition into a
+ * gradient already there is declined (repeated indices would round in
+ * another order). */
+static bool index_select_grad_into(const ad_call *c, int k, ad_tensor *grad, bool overwrite) {
+  if (k != 0 || !overwrite) return false;
+  scatter_rows(grad, c->gout, c->in[1], -1);
+  return true;
+}
+
 ad_tensor *ad_index_select(ad_ctx *ctx, ad_tensor *x, ad_tensor *idx) {
   return ad_apply2(ctx, AD_OP_INDEX_SELECT, x, idx, NULL);
 }
@@ -1020,6 +1032,7 @@ const ad_op_def ad_def_index_select = {
     .shape = index_select_shape,
     .forward = index_select_fwd,
     .backward = index_select_bwd,
+    .grad_into = index_select_grad_into,
     .sample = index_select_sample,
     .math = "y[j] = x[idx[j]] (rows)",
     .inputs = {"x", "idx"},
@@ -1050,13 +1063,16 @@ static ad_status index_add_shape(const ad_call *c) {
   return AD_OK;
 }
 
-static void index_add_fwd(const ad_call *c) {
-  const ad_tensor *src = c->in[0], *idx = c->in[1];
-  ad_tensor *out = c->out;
+/* out = 0, then row i of src added into row idx[i] of out, in order of
+ * i, but for the rows whose index is skip (-1: none). Adding those would
+ * add zeros (embedding's padding row), which change no bit here: a sum
+ * that starts at +0 is never -0 in round-to-nearest, so + 0 keeps it. */
+static void scatter_rows(ad_tensor *out, const ad_tensor *src, const ad_tensor *idx, int64_t skip) {
   int64_t row = span(out, 1, out->ndim);
   const int32_t *p = idx->data;
   memset(out->data, 0, (size_t)out->size * ad_dsize(out->dtype));
   for (int64_t i = 0; i < idx->size; i++) {
+    if (p[i] == skip) continue;
     if (out->dtype == AD_F32) {
       float *d = (float *)out->data + p[i] * row;
       const float *s = (const float *)src->data + i * row;
@@ -1068,6 +1084,8 @@ static void index_add_fwd(const ad_call *c) {
     }
   }
 }
+
+static void index_add_fwd(const ad_call *c) { scatter_rows(c->out, c->in[0], c->in[1], -1); }
 
 static ad_status index_add_bwd(const ad_call *c) {
   if (!c->needs[0]) return AD_OK;
@@ -1305,6 +1323,14 @@ static ad_status embedding_bwd(const ad_call *c) {
   return ad_call_set_grad(c, 0, ad_index_add(ctx, g, idx, w->shape[0]));
 }
 
+/* As index_select's, the padding row's dy left out (scatter_rows: the
+ * same bits as the zeros the backward puts there). */
+static bool embedding_grad_into(const ad_call *c, int k, ad_tensor *grad, bool overwrite) {
+  if (k != 0 || !overwrite) return false;
+  scatter_rows(grad, c->gout, c->in[1], padding_row(&c->attrs->embedding, c->in[0]->shape[0]));
+  return true;
+}
+
 ad_tensor *ad_embedding(ad_ctx *ctx, ad_tensor *weight, ad_tensor *indices, int64_t padding_idx) {
   ad_attrs at = {.embedding = {.padding = padding_idx != AD_NO_PADDING,
                                .padding_idx = padding_idx == AD_NO_PADDING ? 0 : padding_idx}};
@@ -1334,6 +1360,7 @@ const ad_op_def ad_def_embedding = {
     .shape = embedding_shape,
     .forward = embedding_fwd,
     .backward = embedding_bwd,
+    .grad_into = embedding_grad_into,
     .sample = embedding_sample,
     .math = "y[j] = w[idx[j]] (rows)",
     .inputs = {"w", "idx"},

@@ -74,6 +74,51 @@ Test(seq, embedding_padding_row_gets_exactly_no_gradient) {
   padding_row_gets_nothing(AD_F32, -3);
 }
 
+/* ad_backward stores a persistent weight's first gradient of the pass
+ * straight into its buffer (grad_into: no index_add output copied in),
+ * for embedding (with and without a padding row, a NaN in a padded dy)
+ * and index_select, with repeated indices: the same bits as ad_grad's
+ * recorded index_add. A second use of the weight in the same pass adds
+ * its contribution the ordinary way (grad_into declines): the same bits
+ * as ad_grad too. */
+Test(seq, lookup_gradients_into_the_weight_as_index_add) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 13);
+  int64_t ws[2] = {9, 70}, is[2] = {4, 6}, flat = 24;
+  int32_t iv[24];
+  for (int k = 0; k < 24; k++) iv[k] = (int32_t)((k * 7) % 9 % 5); /* rows 0..4, repeated */
+  for (int d = 0; d < 2; d++)
+    for (int v = 0; v < 4; v++) {
+      ad_dtype dt = d ? AD_F32 : AD_F64;
+      bool twice = v == 3;
+      ad_tensor *w = randt(&rng, dt, 2, ws, -1, 1, true);
+      ad_tensor *idx = v == 2 ? ad_from_data(ctx, AD_I32, 1, &flat, iv) : ints(2, is, iv);
+      cr_assert_not_null(idx, "%s", ad_last_error(ctx));
+      ad_tensor *y = v == 2 ? ad_index_select(ctx, w, idx)
+                            : ad_embedding(ctx, w, idx, v == 1 ? 2 : AD_NO_PADDING);
+      if (twice) y = ad_add(ctx, y, ad_mul(ctx, ad_embedding(ctx, w, idx, 3), y));
+      cr_assert_not_null(y, "%s", ad_last_error(ctx));
+      ad_tensor *seed = randt(&rng, dt, y->ndim, y->shape, -1, 1, false), *g;
+      ad_tensor_set(seed, 0, NAN);          /* position 0 looks up row 0 */
+      ad_tensor_set(seed, 70 * 2 + 5, NAN); /* position 2 looks up row 2, padding in case 1 */
+      cr_assert_eq(ad_grad(ctx, y, seed, 1, &w, &g, false), AD_OK, "%s", ad_last_error(ctx));
+      for (int pass = 0; pass < 2; pass++) { /* a new buffer, then the one zero_grad keeps */
+        ad_tensor_zero_grad(w);
+        cr_assert_eq(ad_backward(ctx, y, seed), AD_OK, "%s", ad_last_error(ctx));
+        for (int64_t i = 0; i < w->size; i++) {
+          double a = ad_tensor_get(w->grad, i), b = ad_tensor_get(g, i);
+          QUICK_ASSERT(a == b ? signbit(a) == signbit(b) : a != a && b != b,
+                       "%s case %d pass %d: grad[%lld] %.17g, index_add's %.17g", ad_dtype_name(dt),
+                       v, pass, (long long)i, a, b);
+        }
+      }
+      ad_tape_reset(ctx);
+      ad_tensor_free(seed);
+      ad_tensor_free(w);
+      ad_tensor_free(idx);
+    }
+}
+
 /* Without padding_idx the same lookups send every row its dy; first and
  * second order through gradcheck, with a 3-D index tensor. */
 static ad_tensor *emb_fn(ad_ctx *c, int n, ad_tensor *const *in, void *ud) {
