@@ -568,11 +568,27 @@ static ad_status shape_max(const ad_call *c) {
                       c->name, (unsigned)c->attrs->reduce.axes, ad_shape_str(x, a, sizeof a));
 }
 
+/* In T (a maximum is exact), four rows per pass over the block's maxima:
+ * each lane still takes its elements in order k = 0..N-1, so the same
+ * value as BLOCK_MAX's chain, and its NaN (a signalling one quieted, as
+ * the chain's conversion to double does). */
 #define MAX_BLOCK(T)                                                                               \
   {                                                                                                \
-    double m[LANE_BLOCK];                                                                          \
-    BLOCK_MAX(T, m)                                                                                \
-    for (int64_t j = 0; j < nb; j++) Y[j] = (T)m[j];                                               \
+    T m[LANE_BLOCK];                                                                               \
+    for (int64_t j = 0; j < nb; j++) m[j] = -INFINITY;                                             \
+    int64_t k = 0;                                                                                 \
+    for (; k + 4 <= N; k += 4) {                                                                   \
+      const T *r0 = X + k * S, *r1 = r0 + S, *r2 = r1 + S, *r3 = r2 + S;                           \
+      for (int64_t j = 0; j < nb; j++) {                                                           \
+        T v = AD_MAX_NAN(r0[j], m[j]);                                                             \
+        v = AD_MAX_NAN(r1[j], v);                                                                  \
+        v = AD_MAX_NAN(r2[j], v);                                                                  \
+        m[j] = AD_MAX_NAN(r3[j], v);                                                               \
+      }                                                                                            \
+    }                                                                                              \
+    for (; k < N; k++)                                                                             \
+      for (int64_t j = 0; j < nb; j++) m[j] = AD_MAX_NAN(X[k * S + j], m[j]);                      \
+    for (int64_t j = 0; j < nb; j++) Y[j] = m[j] != m[j] ? m[j] + m[j] : m[j]; /* NaN quieted */   \
   }
 LANES_FNS(max_lanes, MAX_BODY, MAX_BLOCK, CELL_CLONES)
 

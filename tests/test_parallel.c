@@ -589,6 +589,49 @@ Test(parallel, max_of_contiguous_lanes_same_bits_as_the_chain) {
   }
 }
 
+/* The same along the first axis: lanes L apart, taken in blocks four rows
+ * at a time in the dtype (op_reduce.c's MAX_BLOCK): the chain's bits, a
+ * signalling NaN quieted as the chain's double quiets it. */
+Test(parallel, max_across_rows_same_bits_as_the_chain) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 23);
+  enum { KINDS = 5 };
+  static const int64_t Ls[] = {1, 5, 64, 70, 130};
+  for (int d = 0; d < 2; d++) {
+    ad_dtype dt = d ? AD_F64 : AD_F32;
+    size_t ds = ad_dtype_size(dt);
+    for (size_t li = 0; li < sizeof Ls / sizeof *Ls; li++)
+      for (int64_t n = 1; n <= 13; n++) {
+        int64_t L = Ls[li], shape[2] = {n, L};
+        ad_tensor *x = ad_zeros(ctx, dt, 2, shape);
+        cr_assert(x, "%s", ad_last_error(ctx));
+        for (int64_t k = 0; k < n; k++)
+          for (int64_t j = 0; j < L; j++) set_special(x, k * L + j, (int)(j % KINDS), &rng);
+        for (int threads = 1; threads <= 3; threads += 2) {
+          cr_assert_eq(ad_set_num_threads(threads), AD_OK);
+          ad_tensor *y = ad_max_axis(ctx, x, 0, false);
+          cr_assert(y, "%s", ad_last_error(ctx));
+          for (int64_t j = 0; j < L; j++) {
+            double want = -INFINITY;
+            for (int64_t k = 0; k < n; k++) {
+              double v = ad_tensor_get(x, k * L + j);
+              want = v > want || v != v ? v : want;
+            }
+            float wf = (float)want;
+            const void *w = dt == AD_F32 ? (const void *)&wf : (const void *)&want;
+            cr_assert(memcmp((const char *)y->data + (size_t)j * ds, w, ds) == 0,
+                      "%s [%lld,%lld] lane %lld (kind %d), %d threads: %.17g, the chain %.17g",
+                      ad_dtype_name(dt), (long long)n, (long long)L, (long long)j, (int)(j % KINDS),
+                      threads, ad_tensor_get(y, j), want);
+          }
+          ad_tape_reset(ctx);
+        }
+        ad_set_num_threads(1);
+        ad_tensor_free(x);
+      }
+  }
+}
+
 /* Sums of long contiguous lanes (a loss's mean, a sum of everything) are
  * cut into chunks fixed by the length alone and summed in interleaved
  * partials (op_reduce.c): the same bits on 1 and 3 threads, a long lane
