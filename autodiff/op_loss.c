@@ -391,7 +391,9 @@ static inline float bce_log32(float x) { return x >= FLT_MIN && x <= FLT_MAX ? l
 
 /* The plain backward (no create_graph) of p, t and dy of one shape in one
  * pass, each step rounded as the recorded ops below round it (rsub, mul,
- * maximum, sub, div; log as the log op), so both give the same bits. */
+ * maximum, sub, div; log as the log op), so both give the same bits, but
+ * for the sign of a NaN (C compilers keep no NaN's sign: -p + 1, the
+ * recorded rsub, may become 1 - p). */
 typedef struct bce_job {
   const ad_call *c;
   void *dp, *dt; /* NULL: not needed */

@@ -570,8 +570,8 @@ static ad_status shape_max(const ad_call *c) {
 
 /* In T (a maximum is exact), four rows per pass over the block's maxima:
  * each lane still takes its elements in order k = 0..N-1, so the same
- * value as BLOCK_MAX's chain, and its NaN (a signalling one quieted, as
- * the chain's conversion to double does). */
+ * value as BLOCK_MAX's chain, and its NaN (in float32 a signalling one
+ * quieted, as BLOCK_MAX's conversion to double did). */
 #define MAX_BLOCK(T)                                                                               \
   {                                                                                                \
     T m[LANE_BLOCK];                                                                               \
@@ -588,7 +588,8 @@ static ad_status shape_max(const ad_call *c) {
     }                                                                                              \
     for (; k < N; k++)                                                                             \
       for (int64_t j = 0; j < nb; j++) m[j] = AD_MAX_NAN(X[k * S + j], m[j]);                      \
-    for (int64_t j = 0; j < nb; j++) Y[j] = m[j] != m[j] ? m[j] + m[j] : m[j]; /* NaN quieted */   \
+    for (int64_t j = 0; j < nb; j++) /* float32: a signalling NaN quieted, as (double) did */      \
+      Y[j] = sizeof(T) == sizeof(float) && m[j] != m[j] ? m[j] + m[j] : m[j];                      \
   }
 LANES_FNS(max_lanes, MAX_BODY, MAX_BLOCK, CELL_CLONES)
 

@@ -392,7 +392,8 @@ Test(losses, bce_gradient_at_saturated_predictions_as_pytorch) {
   }
 }
 
-/* True when a and b are the same bits, or both NaN. */
+/* True when a and b are the same value and sign, or both NaN (of any sign:
+ * C compilers keep no NaN's sign). */
 static bool same_value(double a, double b) {
   return a == b ? signbit(a) == signbit(b) : a != a && b != b;
 }
