@@ -237,22 +237,6 @@ static int64_t ln_rows(const ad_tensor *x, const ad_layer_norm_attrs *at, int64_
     for (int k_ = 1; k_ < 16; k_++) (out) += p_[k_];                                               \
   } while (0)
 
-/* LN_SUM of f and of g in one pass. */
-#define LN_SUM2(outf, outg, n, f, g)                                                               \
-  do {                                                                                             \
-    double p_[16] = {0}, q_[16] = {0};                                                             \
-    int64_t b_ = 0;                                                                                \
-    for (; b_ + 16 <= (n); b_ += 16)                                                               \
-      for (int k_ = 0; k_ < 16; k_++) {                                                            \
-        int64_t i = b_ + k_;                                                                       \
-        p_[k_] += (f);                                                                             \
-        q_[k_] += (g);                                                                             \
-      }                                                                                            \
-    for (int64_t i = b_; i < (n); i++) p_[i - b_] += (f), q_[i - b_] += (g);                       \
-    (outf) = p_[0], (outg) = q_[0];                                                                \
-    for (int k_ = 1; k_ < 16; k_++) (outf) += p_[k_], (outg) += q_[k_];                            \
-  } while (0)
-
 /* LN_SUM of f, g and h in one pass. */
 #define LN_SUM3(outf, outg, outh, n, f, g, h)                                                      \
   do {                                                                                             \
