@@ -337,7 +337,8 @@ static ad_status layer_norm_bwd(const ad_call *c) {
   ad_tensor *x = c->in[0], *w = c->n > 1 ? c->in[1] : NULL, *dy = c->gout;
   const ad_layer_norm_attrs *at = &c->attrs->layer_norm;
   ad_status st = AD_OK;
-  if (!ctx->grad_enabled && w && c->needs[1] && ln_plain_fits(c)) return layer_norm_bwd_plain(c);
+  if (!ctx->grad_enabled && w && (c->needs[1] || (c->n > 2 && c->needs[2])) && ln_plain_fits(c))
+    return layer_norm_bwd_plain(c);
   if (c->needs[0]) {
     ad_tensor *in[3] = {dy, x, w};
     st = ad_call_set_grad(c, 0,
@@ -493,7 +494,8 @@ static void layer_norm_backward_fwd(const ad_call *c) {
   ln_run(rows, j.M, layer_norm_backward_rows, &j);
 }
 
-/* The plain backward of an affine layer_norm in one pass over the rows:
+/* The plain backward of an affine layer_norm (the weight's or the bias's
+ * gradient wanted, a frozen weight's too) in one pass over the rows:
  * dx as layer_norm_backward computes it (the same expressions, so the
  * same bits), and dweight = sum over rows of dy xhat, dbias = sum of dy,
  * in double from xhat in double (the recorded form rounds xhat and the
@@ -567,11 +569,11 @@ static ad_status layer_norm_bwd_plain(const ad_call *c) {
     j.group = (j.rows + LN_MAX_GROUPS - 1) / LN_MAX_GROUPS;
   int64_t groups = (j.rows + j.group - 1) / j.group;
   ad_tensor *dx = c->needs[0] ? ad_tmp_like(ctx, x) : NULL;
-  ad_tensor *dw = ad_tmp_like(ctx, w);
+  ad_tensor *dw = c->needs[1] ? ad_tmp_like(ctx, w) : NULL;
   ad_tensor *db = c->n > 2 && c->needs[2] ? ad_tmp_like(ctx, c->in[2]) : NULL;
   int64_t pshape[1] = {groups * 2 * j.M};
   ad_tensor *part = ad_tmp_new(ctx, AD_F64, 1, pshape);
-  if ((c->needs[0] && !dx) || !dw || (c->n > 2 && c->needs[2] && !db) || !part)
+  if ((c->needs[0] && !dx) || (c->needs[1] && !dw) || (c->n > 2 && c->needs[2] && !db) || !part)
     return ad_last_status(ctx);
   j.dx = dx ? dx->data : NULL;
   j.part = part->data;
@@ -585,15 +587,15 @@ static ad_status layer_norm_bwd_plain(const ad_call *c) {
     for (int64_t i = 0; i < 2 * j.M; i++) sum[i] += j.part[q * 2 * j.M + i];
   for (int64_t i = 0; i < j.M; i++) {
     if (x->dtype == AD_F32) {
-      ((float *)dw->data)[i] = (float)sum[i];
+      if (dw) ((float *)dw->data)[i] = (float)sum[i];
       if (db) ((float *)db->data)[i] = (float)sum[j.M + i];
     } else {
-      ((double *)dw->data)[i] = sum[i];
+      if (dw) ((double *)dw->data)[i] = sum[i];
       if (db) ((double *)db->data)[i] = sum[j.M + i];
     }
   }
   ad_status st = dx ? ad_call_set_grad(c, 0, dx) : AD_OK;
-  if (st == AD_OK) st = ad_call_set_grad(c, 1, dw);
+  if (st == AD_OK && dw) st = ad_call_set_grad(c, 1, dw);
   if (st == AD_OK && db) st = ad_call_set_grad(c, 2, db);
   return st;
 }
