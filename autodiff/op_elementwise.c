@@ -882,8 +882,7 @@ const ad_op_def ad_def_neg = {
  * libm where exp_v clamps: below -87.3 (results near FLT_MIN and
  * below: subnormals and 0) and above 88.3 (up to overflow to inf); NaN
  * stays NaN either way. */
-#define EXP_OUT32(x) (!((x) >= EXP_V_MIN && (x) <= EXP_V_MAX))
-UNARY_KERNEL_V(exp, exp_v, EXP_OUT32, expf, exp(x))
+UNARY_KERNEL_V(exp, exp_v, EXP_V_OUT, expf, exp(x))
 
 static ad_status exp_bwd(const ad_call *c) {
   return ad_call_set_grad(c, 0, ad_mul(c->ctx, c->gout, c->out));
@@ -908,8 +907,7 @@ const ad_op_def ad_def_exp = {
 /* float32: log_v (vexp.h, within 0.92 ulp of ln x on every positive
  * normal float); glibc's logf, a call per element, where x is 0, a
  * subnormal, negative, infinite or NaN. */
-#define LOG_OUT32(x) (!((x) >= FLT_MIN && (x) <= FLT_MAX))
-UNARY_KERNEL_V(log, log_v, LOG_OUT32, logf, log(x))
+UNARY_KERNEL_V(log, log_v, LOG_V_OUT, logf, log(x))
 
 static ad_status log_bwd(const ad_call *c) {
   return ad_call_set_grad(c, 0, ad_div(c->ctx, c->gout, c->in[0]));

@@ -387,7 +387,7 @@ static inline float bce_v(float p, float t) { return (t - 1.0f) * log_v(1.0f - p
 BINARY_KERNEL_V(bce, bce_v(x0, x1), BCE_OUT32(x0), bce_f32(x0, x1), bce_f64(x0, x1))
 
 /* The log op's float32 value (op_elementwise.c's log kernel). */
-static inline float bce_log32(float x) { return x >= FLT_MIN && x <= FLT_MAX ? log_v(x) : logf(x); }
+static inline float bce_log32(float x) { return LOG_V_OUT(x) ? logf(x) : log_v(x); }
 
 /* The plain backward (no create_graph) of p, t and dy of one shape in one
  * pass, each step rounded as the recorded ops below round it (rsub, mul,

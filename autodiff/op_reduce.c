@@ -876,7 +876,6 @@ typedef struct lsm_job {
   else                                                                                             \
     for (int64_t k = 0; k < n; k++) sum += G[k];                                                   \
   T s = (T)sum;
-#define LSM_OUT32(y) (!((y) >= EXP_V_MIN && (y) <= EXP_V_MAX))
 
 CELL_CLONES static void lsm_bwd_rows(void *ud, int64_t r0, int64_t r1) {
   const lsm_job *j = ud;
@@ -893,11 +892,11 @@ CELL_CLONES static void lsm_bwd_rows(void *ud, int64_t r0, int64_t r1) {
       int out = 0;
       for (int64_t k = c0; k < c1; k++) {
         D[k] = G[k] - exp_v(Y[k]) * s;
-        out |= LSM_OUT32(Y[k]);
+        out |= EXP_V_OUT(Y[k]);
       }
       if (out)
         for (int64_t k = c0; k < c1; k++)
-          if (LSM_OUT32(Y[k])) D[k] = G[k] - expf(Y[k]) * s;
+          if (EXP_V_OUT(Y[k])) D[k] = G[k] - expf(Y[k]) * s;
     }
   }
 }

@@ -27,6 +27,7 @@ enum {
  * NaN propagates as in PyTorch and NumPy. A bare a > b ? a : b would drop a
  * NaN in a and keep one in b. Ties give b. */
 #define AD_MAX_NAN(a, b) ((a) > (b) || (a) != (a) ? (a) : (b))
+#define AD_MIN_NAN(a, b) ((a) < (b) || (a) != (a) ? (a) : (b))
 
 /* Before a loop of a few iterations over an array of partial sums: full
  * unrolling, so that the array lives in registers, not in memory loaded
@@ -37,7 +38,6 @@ enum {
 #else
 #define AD_UNROLL_FULL _Pragma("GCC unroll 64")
 #endif
-#define AD_MIN_NAN(a, b) ((a) < (b) || (a) != (a) ? (a) : (b))
 
 /* The maximum of the n elements x[0], x[s], ..., x[(n-1) s] (NaN if one is
  * NaN), as a double; -inf for n = 0, so a lane of no elements is never
@@ -142,10 +142,10 @@ typedef void (*ad_rows_fn)(const ad_call *c, int64_t oa, int64_t sa, int64_t ob,
 
 /* The binary form of op_elementwise.c's UNARY_KERNEL_V (needs vexp.h's
  * CELL_CLONES): V32, OUT32, FIX32 and EXPR64 are expressions of x0 and x1
- * (the two operands). Rows where both are of unit
- * stride take V32 in chunks of 256 and FIX32 where OUT32 holds, after the
- * chunk (NAME_row32, vectorized); other strides (a broadcast operand) the
- * same expressions element by element; float64 EXPR64. */
+ * (the two operands). Rows where both are of unit stride take V32 in
+ * chunks of 256 and FIX32 where OUT32 holds, after the chunk (NAME_row32,
+ * vectorized); other strides (a broadcast operand) the same expressions
+ * element by element; float64 EXPR64. */
 #define BINARY_KERNEL_V(NAME, V32, OUT32, FIX32, EXPR64)                                           \
   CELL_CLONES static void NAME##_row32(const float *A, const float *B, float *Y, int64_t len) {    \
     for (int64_t c0 = 0; c0 < len; c0 += 256) {                                                    \

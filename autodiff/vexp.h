@@ -59,6 +59,9 @@
  * callers that need those take libm's expf there. */
 #define EXP_V_MIN (-87.3f)
 #define EXP_V_MAX 88.3f
+/* Where a caller of exp_v takes libm's expf instead: outside the clamp,
+ * and NaN. */
+#define EXP_V_OUT(x) (!((x) >= EXP_V_MIN && (x) <= EXP_V_MAX))
 /* exp_v's body for xin, with lo added to the reduced argument (LO_ADD:
  * nothing, or + lo). */
 #define EXP_V_BODY(xin, LO_ADD)                                                                    \
@@ -123,6 +126,7 @@ static inline float tanh_v(float x) {
  * normal float: at most 0.92 ulp, 0.58% not correctly rounded. Zero,
  * subnormals, negatives, infinities and NaN give garbage (no trap, no
  * undefined behaviour): the caller replaces them with libm's. */
+#define LOG_V_OUT(x) (!((x) >= 0x1p-126f && (x) <= 0x1.fffffep127f)) /* libm's logf there */
 static inline float log_v(float x) {
   /* in unsigned arithmetic: the loop runs this on every x, negative ones
    * too (libm then replaces them), whose bits overflow a signed difference */
