@@ -127,16 +127,23 @@ static inline float tanh_v(float x) {
  * subnormals, negatives, infinities and NaN give garbage (no trap, no
  * undefined behaviour): the caller replaces them with libm's. */
 #define LOG_V_OUT(x) (!((x) >= 0x1p-126f && (x) <= 0x1.fffffep127f)) /* libm's logf there */
-static inline float log_v(float x) {
-  /* in unsigned arithmetic: the loop runs this on every x, negative ones
-   * too (libm then replaces them), whose bits overflow a signed difference */
+/* x = 2^*e m with m in [sqrt(1/2), sqrt(2)), for a positive normal x (log_v,
+ * pow_v), from the bits alone. In unsigned arithmetic: the loops run this
+ * on every x, negative ones too (libm then replaces them), whose bits
+ * overflow a signed difference. */
+static inline float split_sqrt2(float x, int32_t *e) {
   uint32_t bits;
   memcpy(&bits, &x, sizeof bits);
-  int32_t e = (int32_t)(bits - 0x3f3504f3u) >> 23;
-  uint32_t mb = bits - ((uint32_t)e << 23);
+  *e = (int32_t)(bits - 0x3f3504f3u) >> 23;
+  uint32_t mb = bits - ((uint32_t)*e << 23);
   float m;
   memcpy(&m, &mb, sizeof m);
-  float f = m - 1.0f;
+  return m;
+}
+
+static inline float log_v(float x) {
+  int32_t e;
+  float f = split_sqrt2(x, &e) - 1.0f;
   float s = f / (2.0f + f), z = s * s;
   float r = FMA_F(z, 2.0f / 9, 2.0f / 7);
   r = FMA_F(r, z, 2.0f / 5);
@@ -339,13 +346,8 @@ CELL_ROW float softplus_v(float x) {
  * about 1e-14 of a tie. */
 CELL_ROW float pow_v(float a, float b) {
   const double LN2_HI = 0x1.62e42fefa3800p-1, LN2_LO = 0x1.ef35793c7673p-45, SHIFT = 0x1.8p52;
-  uint32_t bits;
-  memcpy(&bits, &a, sizeof bits);
-  int32_t e = (int32_t)(bits - 0x3f3504f3u) >> 23;
-  uint32_t mb = bits - ((uint32_t)e << 23);
-  float mf;
-  memcpy(&mf, &mb, sizeof mf);
-  double f = (double)mf - 1.0, s = f / (2.0 + f), z = s * s;
+  int32_t e;
+  double f = (double)split_sqrt2(a, &e) - 1.0, s = f / (2.0 + f), z = s * s;
   double p = FMA_D(1.0 / 21, z, 1.0 / 19);
   p = FMA_D(p, z, 1.0 / 17);
   p = FMA_D(p, z, 1.0 / 15);
