@@ -572,25 +572,41 @@ static ad_status sum_to_shape(const ad_call *c) {
 
 /* sum_to where every row of x adds into all of out ([R,C] -> [C], a bias
  * gradient): columns [b, e) of every row, rows in order as in the serial
- * loop, so a split over columns changes no result. */
+ * loop, so a split over columns changes no result. float32 columns are
+ * summed in double, a block of SUM_COLS_BLK at a time (four rows added
+ * in pairs, then into the block's sums), and rounded once:
+ * a float running sum over a few hundred rows drifts by several ulp (more
+ * than PyTorch's cascaded sum), a double one cannot at these sizes. */
 typedef struct cols_job {
   const ad_tensor *x;
   ad_tensor *out;
   int64_t rows, len;
 } cols_job;
 
+enum { SUM_COLS_BLK = 256 };
+
 static void sum_cols(void *ud, int64_t b, int64_t e) {
   const cols_job *j = ud;
-  for (int64_t r = 0; r < j->rows; r++) {
-    if (j->x->dtype == AD_F32) {
-      const float *X = (const float *)j->x->data + r * j->len;
-      float *Y = j->out->data;
-      for (int64_t i = b; i < e; i++) Y[i] += X[i];
-    } else {
-      const double *X = (const double *)j->x->data + r * j->len;
-      double *Y = j->out->data;
-      for (int64_t i = b; i < e; i++) Y[i] += X[i];
+  if (j->x->dtype == AD_F32) {
+    for (int64_t c0 = b; c0 < e; c0 += SUM_COLS_BLK) {
+      int64_t n = e - c0 < SUM_COLS_BLK ? e - c0 : SUM_COLS_BLK;
+      double acc[SUM_COLS_BLK] = {0};
+      const float *X = (const float *)j->x->data + c0;
+      int64_t r = 0, L = j->len;
+      for (; r + 4 <= j->rows; r += 4, X += 4 * L) /* four rows per pass over acc */
+        for (int64_t i = 0; i < n; i++)
+          acc[i] += ((double)X[i] + X[L + i]) + ((double)X[2 * L + i] + X[3 * L + i]);
+      for (; r < j->rows; r++, X += L)
+        for (int64_t i = 0; i < n; i++) acc[i] += X[i];
+      float *Y = (float *)j->out->data + c0;
+      for (int64_t i = 0; i < n; i++) Y[i] = (float)acc[i];
     }
+    return;
+  }
+  for (int64_t r = 0; r < j->rows; r++) {
+    const double *X = (const double *)j->x->data + r * j->len;
+    double *Y = j->out->data;
+    for (int64_t i = b; i < e; i++) Y[i] += X[i];
   }
 }
 
