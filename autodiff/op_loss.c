@@ -106,66 +106,58 @@ static ad_status softmax_ce_shape(const ad_call *c) {
   } while (0)
 
 /* float32 logits whose C classes are contiguous ([P, C]: T = 1, the
- * sequence loss's layout), in vector loops: the largest of a position's
- * logits (four partial maxima), and e = exp_v(z - m) (vexp.h) into
- * e[0..C-1] with their sum (four double partial sums). A NaN logit makes
- * the sum NaN, as exp of the other forms does. */
-CELL_ROW float ce_max_f32(const float *restrict z, int64_t C) {
-  float m4[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
-  int64_t k = 0;
-  for (; k + 4 <= C; k += 4)
-    for (int q = 0; q < 4; q++) m4[q] = z[k + q] > m4[q] ? z[k + q] : m4[q];
-  for (int q = 0; k < C; k++, q++) m4[q] = z[k] > m4[q] ? z[k] : m4[q];
-  float m01 = m4[0] > m4[1] ? m4[0] : m4[1], m23 = m4[2] > m4[3] ? m4[2] : m4[3];
-  return m01 > m23 ? m01 : m23;
-}
-CELL_ROW double ce_exp_f32(const float *restrict z, int64_t C, float m, float *restrict e) {
-  for (int64_t k = 0; k < C; k++) e[k] = exp_v(z[k] - m);
-  double s4[4] = {0, 0, 0, 0};
-  int64_t k = 0;
-  for (; k + 4 <= C; k += 4)
-    for (int q = 0; q < 4; q++) s4[q] += e[k + q];
-  for (int q = 0; k < C; k++, q++) s4[q] += e[k];
-  return (s4[0] + s4[1]) + (s4[2] + s4[3]);
-}
+ * classifier's and the sequence loss's layout), each position's row as
+ * the softmax op takes a last-axis row (exp_row_f32, softmax_exp.h): the
+ * forward is (max - z[label]) + log(sum e), the log_softmax op's formula
+ * negated and kept in double;
+ * the plain backward gives the softmax op's probabilities, then the
+ * recorded form's sub and mul, so both forms give the same bits. A NaN
+ * logit makes the position's loss and gradients NaN. */
+enum { CE_ROWS = 64 }; /* positions of a block of the float32 loops */
 
-enum { CE_ROW_MAX = 1024 }; /* classes of the float32 forward's row buffer */
-
-/* The float32 [P, C] forward (C <= CE_ROW_MAX): the sum over kept
- * positions of lse - z[label], their count in *kept. */
 CELL_CLONES static double ce_fwd_f32(const float *z, const int32_t *lab, int64_t P, int64_t C,
                                      const ad_cross_entropy_attrs *at, int64_t *kept) {
-  float e[CE_ROW_MAX];
-  double total = 0;
-  int64_t n = 0;
-  for (int64_t r = 0; r < P; r++) {
-    int32_t l = lab[r];
-    if (!counted(at, l)) continue;
-    const float *zr = z + r * C;
-    float m = ce_max_f32(zr, C);
-    total += ((double)m - (double)zr[l]) + log(ce_exp_f32(zr, C, m, e));
-    n++;
+  double total = 0, s[CE_ROWS];
+  float m[CE_ROWS], e[256];
+  int64_t n = 0, step = C < 16 ? 256 / C : 1; /* rows a block: e holds them (C < 16) */
+  step = step > CE_ROWS ? CE_ROWS : step;
+  for (int64_t r0 = 0; r0 < P; r0 += step) {
+    int64_t nr = P - r0 < step ? P - r0 : step;
+    if (C < 16)
+      exp_rows_f32(z + r0 * C, e, nr, C, m, s);
+    else
+      s[0] = exp_row_f32(z + r0 * C, NULL, C, &m[0]);
+    for (int64_t r = 0; r < nr; r++) {
+      int32_t l = lab[r0 + r];
+      if (!counted(at, l)) continue;
+      total += ((double)m[r] - (double)z[(r0 + r) * C + l]) + log(s[r]);
+      n++;
+    }
   }
   *kept = n;
   return total;
 }
 
-/* The float32 [P, C] backward: dz = (e / sum e - onehot) dy s, 0 dy s at
- * an ignored position. */
+/* dz = (e * (1 / sum e) - onehot) gs, 0 gs at an ignored position. */
 CELL_CLONES static void ce_bwd_f32(const float *z, const int32_t *lab, int64_t P, int64_t C,
                                    const ad_cross_entropy_attrs *at, float gs, float *dz) {
-  for (int64_t r = 0; r < P; r++) {
-    int32_t l = lab[r];
-    float *dr = dz + r * C;
-    if (!counted(at, l)) {
-      for (int64_t k = 0; k < C; k++) dr[k] = 0.0f * gs;
-      continue;
+  double s[CE_ROWS];
+  float m[CE_ROWS];
+  for (int64_t r0 = 0; r0 < P; r0 += CE_ROWS) {
+    int64_t nr = P - r0 < CE_ROWS ? P - r0 : CE_ROWS;
+    exp_rows_f32(z + r0 * C, dz + r0 * C, nr, C, m, s);
+    for (int64_t r = 0; r < nr; r++) {
+      int32_t l = lab[r0 + r];
+      float *dr = dz + (r0 + r) * C;
+      if (!counted(at, l)) {
+        for (int64_t k = 0; k < C; k++) dr[k] = 0.0f * gs;
+        continue;
+      }
+      double inv = 1 / s[r];
+      float pl = (float)((double)dr[l] * inv);
+      for (int64_t k = 0; k < C; k++) dr[k] = (float)((double)dr[k] * inv) * gs;
+      dr[l] = (pl - 1.0f) * gs;
     }
-    const float *zr = z + r * C;
-    float inv = (float)(1.0 / ce_exp_f32(zr, C, ce_max_f32(zr, C), dr));
-    float pl = dr[l] * inv;
-    for (int64_t k = 0; k < C; k++) dr[k] = dr[k] * inv * gs;
-    dr[l] = (pl - 1.0f) * gs;
   }
 }
 
@@ -175,7 +167,7 @@ static void softmax_ce_fwd(const ad_call *c) {
   const int32_t *lab = c->in[1]->data;
   ad_tensor *out = c->out;
   int64_t N = z->shape[0], C = z->shape[1], T = trailing(z);
-  if (out->dtype == AD_F32 && T == 1 && C <= CE_ROW_MAX) {
+  if (out->dtype == AD_F32 && T == 1) {
     int64_t kept = 0;
     double total = ce_fwd_f32(z->data, lab, N, C, at, &kept);
     *(float *)out->data = (float)(at->sum ? total : kept ? total / (double)kept : NAN);

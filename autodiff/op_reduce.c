@@ -277,55 +277,6 @@ static ad_status shape_softmax(const ad_call *c) {
     }                                                                                              \
   }
 
-/* One contiguous float32 lane of n elements, vectorized along it: its
- * maximum *mp from 16 partial maxima (a NaN in any is the maximum: the
- * lane is all NaN, as in SOFTMAX_BODY; which zero is the maximum changes
- * no x - m), and the sum of e^(x - m) it returns. Each exponential is
- * exp_v_lo of d = x - m rounded and its rounding error (diff_err,
- * softmax_exp.h; below exp_v's clamp, expf(d) times 1 + the error), which
- * spares exp_diff's and EXP_FIX's second pass (the block path keeps their
- * product in double); they go into e (n elements; NULL: a buffer here)
- * 256 at a time (one loop without a per-vector branch), then into 16
- * partial double sums, element i into partial i mod 16. The lanes of a
- * block (exp_lanes_f32) sum in order: the results differ in the last
- * bits, within 2 ulp, but for a log_softmax near 0 (-log of a sum near
- * 1), where the two sums' last double bits show, as between any two
- * summation orders. */
-CELL_ROW double exp_row_f32(const float *x, float *e, int64_t n, float *mp) {
-  float pm[16], buf[256];
-  for (int k = 0; k < 16; k++) pm[k] = -INFINITY;
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16)
-    for (int k = 0; k < 16; k++) pm[k] = AD_MAX_NAN(x[i + k], pm[k]);
-  for (; i < n; i++) pm[0] = AD_MAX_NAN(x[i], pm[0]);
-  float m = pm[0];
-  for (int k = 1; k < 16; k++) m = AD_MAX_NAN(pm[k], m);
-  double ps[16] = {0};
-  for (int64_t c0 = 0; c0 < n; c0 += 256) {
-    int64_t len = n - c0 < 256 ? n - c0 : 256, j = 0;
-    const float *xc = x + c0;
-    float *ec = e ? e + c0 : buf;
-    int low = 0;
-    for (j = 0; j < len; j++) {
-      float d = xc[j] - m;
-      ec[j] = exp_v_lo(d, diff_err(xc[j], m, d));
-      low |= d < EXP_V_MIN;
-    }
-    if (low)
-      for (j = 0; j < len; j++) {
-        float d = xc[j] - m;
-        if (d < EXP_V_MIN) ec[j] = (float)EXP_FIX(expf(d), diff_err(xc[j], m, d));
-      }
-    for (j = 0; j + 16 <= len; j += 16) /* c0 is a multiple of 16: element c0 + j + k into k */
-      for (int k = 0; k < 16; k++) ps[k] += (double)ec[j + k];
-    for (int k = 0; j + k < len; k++) ps[k] += (double)ec[j + k];
-  }
-  double s = 0;
-  for (int k = 0; k < 16; k++) s += ps[k];
-  *mp = m;
-  return s;
-}
-
 /* softmax (log_softmax when log_) of one contiguous float32 lane, on
  * exp_row_f32 (e into y). */
 CELL_CLONES static void softmax_row_f32(const float *x, float *y, int64_t n, bool log_) {

@@ -1,17 +1,17 @@
 /* softmax_exp.h: e^(x - m) for float32 x and m, as the softmax family
- * takes it (softmax, log_softmax and logsumexp, op_reduce.c; the plain
- * backward of softmax cross-entropy with the classes first, [N, C, d1,
- * ...], op_loss.c, which must give the softmax op's bits; with the classes
- * last, [N, C], cross-entropy still takes exp_v of the rounded difference,
- * as PyTorch does): exp_v(d) (vexp.h; libm's expf where d < EXP_V_MIN,
- * exp_v's clamp, e^d near FLT_MIN or below) for d = x - m rounded to
- * float, times 1 + lo in double, lo = (x - m) - d being the rounding error
- * of the difference. Without lo, d's rounding (up to 2^-25 |d|) enters e^d
- * as a relative error of the same size: 33 ulp of a softmax for inputs in
- * [-30, 30]. Internal to the op layer. */
+ * takes it (softmax, log_softmax and logsumexp, op_reduce.c; softmax
+ * cross-entropy, op_loss.c, whose plain backward must give the softmax
+ * op's bits): exp_v(d) (vexp.h; libm's expf where d < EXP_V_MIN, exp_v's
+ * clamp, e^d near FLT_MIN or below) for d = x - m rounded to float, times
+ * 1 + lo, lo = (x - m) - d being the rounding error of the difference (in
+ * double, or folded into exp_v's reduced argument: exp_v_lo). Without lo,
+ * d's rounding (up to 2^-25 |d|) enters e^d as a relative error of the
+ * same size: 33 ulp of a softmax for inputs in [-30, 30], which PyTorch
+ * accepts. Internal to the op layer. */
 #ifndef AD_SOFTMAX_EXP_H
 #define AD_SOFTMAX_EXP_H
 
+#include "ops.h"
 #include "vexp.h"
 
 #include <stdint.h>
@@ -42,6 +42,99 @@ CELL_ROW void exp_diff(const float *x, const float *m, int ms, int64_t len, floa
   if (low)
     for (int64_t j = 0; j < len; j++)
       if (x[j] - m[j * ms] < EXP_V_MIN) e[j] = expf(x[j] - m[j * ms]);
+}
+
+/* One contiguous float32 lane of n elements, vectorized along it: its
+ * maximum *mp from 16 partial maxima (a NaN in any is the maximum: the
+ * lane is all NaN, as in SOFTMAX_BODY; which zero is the maximum changes
+ * no x - m), and the sum of e^(x - m) it returns. Each exponential is
+ * exp_v_lo of d = x - m rounded and its rounding error (diff_err
+ * above; below exp_v's clamp, expf(d) times 1 + the error), which
+ * spares exp_diff's and EXP_FIX's second pass (the block path keeps their
+ * product in double); they go into e (n elements; NULL: a buffer here)
+ * 256 at a time (one loop without a per-vector branch), then into 16
+ * partial double sums, element i into partial i mod 16. The lanes of a
+ * block (exp_lanes_f32) sum in order: the results differ in the last
+ * bits, within 2 ulp, but for a log_softmax near 0 (-log of a sum near
+ * 1), where the two sums' last double bits show, as between any two
+ * summation orders. */
+CELL_ROW double exp_row_f32(const float *x, float *e, int64_t n, float *mp) {
+  float pm[16], buf[256];
+  for (int k = 0; k < 16; k++) pm[k] = -INFINITY;
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    for (int k = 0; k < 16; k++) pm[k] = AD_MAX_NAN(x[i + k], pm[k]);
+  for (; i < n; i++) pm[0] = AD_MAX_NAN(x[i], pm[0]);
+  float m = pm[0];
+  for (int k = 1; k < 16; k++) m = AD_MAX_NAN(pm[k], m);
+  double ps[16] = {0};
+  for (int64_t c0 = 0; c0 < n; c0 += 256) {
+    int64_t len = n - c0 < 256 ? n - c0 : 256, j = 0;
+    const float *xc = x + c0;
+    float *ec = e ? e + c0 : buf;
+    int low = 0;
+    for (j = 0; j < len; j++) {
+      float d = xc[j] - m;
+      ec[j] = exp_v_lo(d, diff_err(xc[j], m, d));
+      low |= d < EXP_V_MIN;
+    }
+    if (low)
+      for (j = 0; j < len; j++) {
+        float d = xc[j] - m;
+        if (d < EXP_V_MIN) ec[j] = (float)EXP_FIX(expf(d), diff_err(xc[j], m, d));
+      }
+    for (j = 0; j + 16 <= len; j += 16) /* c0 is a multiple of 16: element c0 + j + k into k */
+      for (int k = 0; k < 16; k++) ps[k] += (double)ec[j + k];
+    for (int k = 0; j + k < len; k++) ps[k] += (double)ec[j + k];
+  }
+  double s = 0;
+  for (int k = 0; k < 16; k++) s += ps[k];
+  *mp = m;
+  return s;
+}
+
+/* exp_row_f32 of each of the rows contiguous rows of n elements (x and e
+ * [rows, n]; e may not be NULL): their maxima into m[r] and sums into
+ * s[r], the same bits as a call per row. Rows shorter than 16 (a
+ * classifier's few classes), which exp_row_f32 would take one scalar
+ * element at a time, are taken 256 / n at a time as one run of elements
+ * with each row's maximum repeated beside them, so that the exponentials
+ * vectorize across rows; their sums are then the in-order sums that
+ * exp_row_f32's 16 partials come to for n < 16. */
+CELL_ROW void exp_rows_f32(const float *x, float *e, int64_t rows, int64_t n, float *m, double *s) {
+  if (n >= 16 || n == 0) {
+    for (int64_t r = 0; r < rows; r++) s[r] = exp_row_f32(x + r * n, e + r * n, n, &m[r]);
+    return;
+  }
+  float mrep[256];
+  int64_t per = 256 / n;
+  for (int64_t r0 = 0; r0 < rows; r0 += per) {
+    int64_t nr = rows - r0 < per ? rows - r0 : per, len = nr * n;
+    const float *xc = x + r0 * n;
+    float *ec = e + r0 * n;
+    for (int64_t r = 0; r < nr; r++) {
+      float mr = -INFINITY;
+      for (int64_t k = 0; k < n; k++) mr = AD_MAX_NAN(xc[r * n + k], mr);
+      m[r0 + r] = mr;
+      for (int64_t k = 0; k < n; k++) mrep[r * n + k] = mr;
+    }
+    int low = 0;
+    for (int64_t j = 0; j < len; j++) {
+      float d = xc[j] - mrep[j];
+      ec[j] = exp_v_lo(d, diff_err(xc[j], mrep[j], d));
+      low |= d < EXP_V_MIN;
+    }
+    if (low)
+      for (int64_t j = 0; j < len; j++) {
+        float d = xc[j] - mrep[j];
+        if (d < EXP_V_MIN) ec[j] = (float)EXP_FIX(expf(d), diff_err(xc[j], mrep[j], d));
+      }
+    for (int64_t r = 0; r < nr; r++) {
+      double sr = 0;
+      for (int64_t k = 0; k < n; k++) sr += (double)ec[r * n + k];
+      s[r0 + r] = sr;
+    }
+  }
 }
 
 #endif
