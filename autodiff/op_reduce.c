@@ -338,11 +338,53 @@ CELL_CLONES static void log_softmax_lanes_f32(const void *x, void *y, int64_t S,
     exp_lanes_f32(x, y, S, N, nb, EXP_LOG_SOFTMAX);
 }
 
+/* float32 rows of fewer than 16 elements along the last axis (a
+ * classifier's classes, attention over a short sequence): rows [b, e) up
+ * to 64 at a time through exp_rows_f32, which gives each row
+ * exp_row_f32's bits with the exponentials vectorized across rows; then
+ * softmax_row_f32's last loop per row. The same bits as a row at a time. */
+typedef struct small_rows_job {
+  const float *x;
+  float *y;
+  int64_t n;
+  bool log_;
+} small_rows_job;
+
+CELL_CLONES static void softmax_small_rows(void *ud, int64_t b, int64_t e) {
+  const small_rows_job *j = ud;
+  enum { ROWS = 64 };
+  float m[ROWS];
+  double s[ROWS];
+  int64_t n = j->n;
+  for (int64_t r0 = b; r0 < e; r0 += ROWS) {
+    int64_t nr = e - r0 < ROWS ? e - r0 : ROWS;
+    const float *x = j->x + r0 * n;
+    float *y = j->y + r0 * n;
+    exp_rows_f32(x, y, nr, n, m, s);
+    for (int64_t r = 0; r < nr; r++) {
+      const float *xr = x + r * n;
+      float *yr = y + r * n;
+      if (j->log_) {
+        double ls = log(s[r]);
+        for (int64_t i = 0; i < n; i++) yr[i] = (float)(((double)xr[i] - (double)m[r]) - ls);
+      } else {
+        double inv = 1 / s[r];
+        for (int64_t i = 0; i < n; i++) yr[i] = (float)((double)yr[i] * inv);
+      }
+    }
+  }
+}
+
 /* y's lanes lie where x's do: n * inner elements apart for each o. */
 static void softmax_run(const ad_call *c, bool log_) {
   const ad_tensor *x = c->in[0];
   red_dims r = red_of(x, 1u << ad_norm_axis(c->attrs->axis, x->ndim));
   bool f32 = c->out->dtype == AD_F32;
+  if (f32 && r.inner == 1 && r.n > 0 && r.n < 16 && r.outer > 1) {
+    small_rows_job j = {x->data, c->out->data, r.n, log_};
+    ad_parallel_for(r.outer, (32768 + r.n - 1) / r.n, softmax_small_rows, &j);
+    return;
+  }
   run_lanes(x, c->out, r, r.n * r.inner,
             log_ ? (f32 ? log_softmax_lanes_f32 : log_softmax_lanes_f64)
                  : (f32 ? softmax_lanes_f32 : softmax_lanes_f64));

@@ -113,8 +113,17 @@ CELL_ROW void exp_rows_f32(const float *x, float *e, int64_t rows, int64_t n, fl
     const float *xc = x + r0 * n;
     float *ec = e + r0 * n;
     for (int64_t r = 0; r < nr; r++) {
+      /* the larger of two compiles to a max instruction, the NaN test
+       * beside it to a flag: no branch that random logits mispredict; a
+       * row with a NaN takes the chain again for its NaN's bits */
       float mr = -INFINITY;
-      for (int64_t k = 0; k < n; k++) mr = AD_MAX_NAN(xc[r * n + k], mr);
+      int nan = 0;
+      for (int64_t k = 0; k < n; k++) {
+        float v = xc[r * n + k];
+        mr = v > mr ? v : mr;
+        nan |= v != v;
+      }
+      for (int64_t k = 0; nan && k < n; k++) mr = AD_MAX_NAN(xc[r * n + k], k ? mr : -INFINITY);
       m[r0 + r] = mr;
       for (int64_t k = 0; k < n; k++) mrep[r * n + k] = mr;
     }

@@ -512,6 +512,41 @@ Test(parallel, softmax_family_f32_within_2_ulp_of_f64) {
     }
 }
 
+/* float32 softmax and log_softmax of rows shorter than 16 along the last
+ * axis (taken many rows at a time, op_reduce.c) give the bits of each row
+ * alone (a [1, n] tensor: the one-row path), with NaN, infinities, rows of
+ * -inf and values below exp_v's clamp among them, on 1 and 3 threads. */
+Test(parallel, short_softmax_rows_same_bits_as_one_row) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 31);
+  for (int64_t n = 1; n < 17; n++) {
+    int64_t R = 300, sh[2] = {R, n}, one[2] = {1, n};
+    ad_tensor *x = ad_rand(ctx, &rng, AD_F32, 2, sh, -40, 40);
+    cr_assert(x, "%s", ad_last_error(ctx));
+    float *X = x->data;
+    X[3 * n] = NAN, X[5 * n + n - 1] = INFINITY, X[7 * n] = -INFINITY;
+    for (int64_t k = 0; k < n; k++) X[9 * n + k] = -INFINITY, X[11 * n + k] = k ? -95.0f : 0.0f;
+    for (int op = 0; op < 2; op++)
+      for (int t = 0; t < 2; t++) {
+        cr_assert_eq(ad_set_num_threads(t ? 3 : 1), AD_OK);
+        ad_tensor *y = op ? ad_log_softmax(ctx, x, 1) : ad_softmax(ctx, x, 1);
+        cr_assert(y, "%s", ad_last_error(ctx));
+        for (int64_t r = 0; r < R; r++) {
+          ad_tensor *xr = ad_from_data(ctx, AD_F32, 2, one, X + r * n);
+          ad_tensor *yr = op ? ad_log_softmax(ctx, xr, 1) : ad_softmax(ctx, xr, 1);
+          cr_assert(yr, "%s", ad_last_error(ctx));
+          cr_assert(memcmp(yr->data, (float *)y->data + r * n, (size_t)n * sizeof(float)) == 0,
+                    "%s n %lld row %lld: not the row's own bits", op ? "log_softmax" : "softmax",
+                    (long long)n, (long long)r);
+          ad_tensor_free(xr);
+        }
+        ad_tape_reset(ctx);
+      }
+    ad_set_num_threads(1);
+    ad_tensor_free(x);
+  }
+}
+
 /* Softmax cross-entropy on float32 [N, C] logits spread over [-30, 30]
  * (each row's e^(z - max) as the softmax op takes it): the mean loss
  * within 2 ulp of the float64 op's on the same values, and every element
