@@ -119,11 +119,11 @@ CELL_CLONES static double ce_fwd_f32(const float *z, const int32_t *lab, int64_t
                                      const ad_cross_entropy_attrs *at, int64_t *kept) {
   double total = 0, s[CE_ROWS];
   float m[CE_ROWS], e[256];
-  int64_t n = 0, step = C < 16 ? 256 / C : 1; /* rows a block: e holds them (C < 16) */
+  int64_t n = 0, step = C < EXP_ROWS_SHORT ? 256 / C : 1; /* rows a block: e holds them */
   step = step > CE_ROWS ? CE_ROWS : step;
   for (int64_t r0 = 0; r0 < P; r0 += step) {
     int64_t nr = P - r0 < step ? P - r0 : step;
-    if (C < 16)
+    if (C < EXP_ROWS_SHORT)
       exp_rows_f32(z + r0 * C, e, nr, C, m, s);
     else
       s[0] = exp_row_f32(z + r0 * C, NULL, C, &m[0]);

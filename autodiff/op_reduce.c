@@ -338,7 +338,7 @@ CELL_CLONES static void log_softmax_lanes_f32(const void *x, void *y, int64_t S,
     exp_lanes_f32(x, y, S, N, nb, EXP_LOG_SOFTMAX);
 }
 
-/* float32 rows of fewer than 16 elements along the last axis (a
+/* float32 rows shorter than EXP_ROWS_SHORT along the last axis (a
  * classifier's classes, attention over a short sequence): rows [b, e) up
  * to 64 at a time through exp_rows_f32, which gives each row
  * exp_row_f32's bits with the exponentials vectorized across rows; then
@@ -380,7 +380,7 @@ static void softmax_run(const ad_call *c, bool log_) {
   const ad_tensor *x = c->in[0];
   red_dims r = red_of(x, 1u << ad_norm_axis(c->attrs->axis, x->ndim));
   bool f32 = c->out->dtype == AD_F32;
-  if (f32 && r.inner == 1 && r.n > 0 && r.n < 16 && r.outer > 1) {
+  if (f32 && r.inner == 1 && r.n > 0 && r.n < EXP_ROWS_SHORT && r.outer > 1) {
     small_rows_job j = {x->data, c->out->data, r.n, log_};
     ad_parallel_for(r.outer, (32768 + r.n - 1) / r.n, softmax_small_rows, &j);
     return;

@@ -58,13 +58,22 @@ CELL_ROW void exp_diff(const float *x, const float *m, int ms, int64_t len, floa
  * bits, within 2 ulp, but for a log_softmax near 0 (-log of a sum near
  * 1), where the two sums' last double bits show, as between any two
  * summation orders. */
+/* The larger of a and b where neither is NaN: a max instruction. */
+#define MAX_NO_NAN(a, b) ((a) > (b) ? (a) : (b))
+
 CELL_ROW double exp_row_f32(const float *x, float *e, int64_t n, float *mp) {
   float pm[16], buf[256];
   for (int k = 0; k < 16; k++) pm[k] = -INFINITY;
   int64_t i = 0;
   for (; i + 16 <= n; i += 16)
     for (int k = 0; k < 16; k++) pm[k] = AD_MAX_NAN(x[i + k], pm[k]);
-  for (; i < n; i++) pm[0] = AD_MAX_NAN(x[i], pm[0]);
+  float p0 = pm[0]; /* the tail into partial 0: without a branch (MAX_NO_NAN) unless a NaN */
+  int bad = 0;
+  for (int64_t t = i; t < n; t++) {
+    pm[0] = MAX_NO_NAN(x[t], pm[0]);
+    bad |= x[t] != x[t];
+  }
+  for (pm[0] = bad ? p0 : pm[0]; bad && i < n; i++) pm[0] = AD_MAX_NAN(x[i], pm[0]);
   float m = pm[0];
   for (int k = 1; k < 16; k++) m = AD_MAX_NAN(pm[k], m);
   double ps[16] = {0};
@@ -93,37 +102,75 @@ CELL_ROW double exp_row_f32(const float *x, float *e, int64_t n, float *mp) {
   return s;
 }
 
+/* Rows shorter than this go through exp_rows_f32's run of rows. */
+#define EXP_ROWS_SHORT 64
+
+/* The maximum of a row of n elements as exp_row_f32 takes it: element i
+ * into partial i mod 16, a tail of fewer than 16 into partial 0, the
+ * partials combined in order. MAX(a, b) is the larger of new value a and
+ * partial b: AD_MAX_NAN, or a > b ? a : b where no NaN is present (the
+ * same result; a max instruction, not a branch that random values
+ * mispredict). Sets bad where a NaN is seen. */
+#define ROW_MAX_16(xr, n, full, MAX, mr, bad)                                                      \
+  do {                                                                                             \
+    if (n < 16) {                                                                                  \
+      for (int64_t i = 0; i < n; i++) {                                                            \
+        float v = xr[i];                                                                           \
+        mr = MAX(v, mr);                                                                           \
+        bad |= v != v;                                                                             \
+      }                                                                                            \
+      break;                                                                                       \
+    }                                                                                              \
+    float pm[16];                                                                                  \
+    for (int k = 0; k < 16; k++) pm[k] = -INFINITY;                                                \
+    for (int64_t i = 0; i < full; i += 16)                                                         \
+      for (int k = 0; k < 16; k++) {                                                               \
+        float v = xr[i + k];                                                                       \
+        pm[k] = MAX(v, pm[k]);                                                                     \
+        bad |= v != v;                                                                             \
+      }                                                                                            \
+    for (int64_t i = full; i < n; i++) {                                                           \
+      float v = xr[i];                                                                             \
+      pm[0] = MAX(v, pm[0]);                                                                       \
+      bad |= v != v;                                                                               \
+    }                                                                                              \
+    mr = pm[0];                                                                                    \
+    for (int k = 1; k < 16; k++) mr = MAX(pm[k], mr);                                              \
+  } while (0)
+
+/* Rows shorter than this go through exp_rows_f32's run of rows. */
+#define EXP_ROWS_SHORT 64
+
 /* exp_row_f32 of each of the rows contiguous rows of n elements (x and e
  * [rows, n]; e may not be NULL): their maxima into m[r] and sums into
- * s[r], the same bits as a call per row. Rows shorter than 16 (a
- * classifier's few classes), which exp_row_f32 would take one scalar
- * element at a time, are taken 256 / n at a time as one run of elements
- * with each row's maximum repeated beside them, so that the exponentials
- * vectorize across rows; their sums are then the in-order sums that
- * exp_row_f32's 16 partials come to for n < 16. */
+ * s[r], the same bits as a call per row. Rows shorter than
+ * EXP_ROWS_SHORT (a classifier's classes, attention over a short
+ * sequence), whose vector loops in exp_row_f32 would barely run, are taken
+ * 256 / n at a time as one run of elements with each row's maximum
+ * repeated beside them, so that the exponentials vectorize across rows;
+ * maxima and sums take exp_row_f32's partials (ROW_MAX_16; the sum of
+ * element i in partial i mod 16, in order for n < 16), the maximum without
+ * a branch unless the row holds a NaN. */
 CELL_ROW void exp_rows_f32(const float *x, float *e, int64_t rows, int64_t n, float *m, double *s) {
-  if (n >= 16 || n == 0) {
+  if (n >= EXP_ROWS_SHORT || n == 0) {
     for (int64_t r = 0; r < rows; r++) s[r] = exp_row_f32(x + r * n, e + r * n, n, &m[r]);
     return;
   }
   float mrep[256];
-  int64_t per = 256 / n;
+  int64_t per = 256 / n, full = n / 16 * 16;
   for (int64_t r0 = 0; r0 < rows; r0 += per) {
     int64_t nr = rows - r0 < per ? rows - r0 : per, len = nr * n;
     const float *xc = x + r0 * n;
     float *ec = e + r0 * n;
     for (int64_t r = 0; r < nr; r++) {
-      /* the larger of two compiles to a max instruction, the NaN test
-       * beside it to a flag: no branch that random logits mispredict; a
-       * row with a NaN takes the chain again for its NaN's bits */
+      const float *xr = xc + r * n;
       float mr = -INFINITY;
-      int nan = 0;
-      for (int64_t k = 0; k < n; k++) {
-        float v = xc[r * n + k];
-        mr = v > mr ? v : mr;
-        nan |= v != v;
+      int bad = 0;
+      ROW_MAX_16(xr, n, full, MAX_NO_NAN, mr, bad);
+      if (bad) { /* the NaN that exp_row_f32 keeps */
+        mr = -INFINITY;
+        ROW_MAX_16(xr, n, full, AD_MAX_NAN, mr, bad);
       }
-      for (int64_t k = 0; nan && k < n; k++) mr = AD_MAX_NAN(xc[r * n + k], k ? mr : -INFINITY);
       m[r0 + r] = mr;
       for (int64_t k = 0; k < n; k++) mrep[r * n + k] = mr;
     }
@@ -139,8 +186,17 @@ CELL_ROW void exp_rows_f32(const float *x, float *e, int64_t rows, int64_t n, fl
         if (d < EXP_V_MIN) ec[j] = (float)EXP_FIX(expf(d), diff_err(xc[j], mrep[j], d));
       }
     for (int64_t r = 0; r < nr; r++) {
+      const float *er = ec + r * n;
       double sr = 0;
-      for (int64_t k = 0; k < n; k++) sr += (double)ec[r * n + k];
+      if (n < 16) {
+        for (int64_t i = 0; i < n; i++) sr += (double)er[i];
+      } else {
+        double ps[16] = {0};
+        for (int64_t i = 0; i < full; i += 16)
+          for (int k = 0; k < 16; k++) ps[k] += (double)er[i + k];
+        for (int64_t i = full; i < n; i++) ps[i - full] += (double)er[i];
+        for (int k = 0; k < 16; k++) sr += ps[k];
+      }
       s[r0 + r] = sr;
     }
   }

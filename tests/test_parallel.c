@@ -512,19 +512,20 @@ Test(parallel, softmax_family_f32_within_2_ulp_of_f64) {
     }
 }
 
-/* float32 softmax and log_softmax of rows shorter than 16 along the last
- * axis (taken many rows at a time, op_reduce.c) give the bits of each row
+/* float32 softmax and log_softmax of short rows along the last axis
+ * (taken many rows at a time below 64 elements, op_reduce.c) give the bits of each row
  * alone (a [1, n] tensor: the one-row path), with NaN, infinities, rows of
  * -inf and values below exp_v's clamp among them, on 1 and 3 threads. */
 Test(parallel, short_softmax_rows_same_bits_as_one_row) {
   ad_rng rng;
   ad_rng_seed(&rng, 31);
-  for (int64_t n = 1; n < 17; n++) {
+  for (int64_t n = 1; n < 70; n += n < 20 ? 1 : 7) {
     int64_t R = 300, sh[2] = {R, n}, one[2] = {1, n};
     ad_tensor *x = ad_rand(ctx, &rng, AD_F32, 2, sh, -40, 40);
     cr_assert(x, "%s", ad_last_error(ctx));
     float *X = x->data;
-    X[3 * n] = NAN, X[5 * n + n - 1] = INFINITY, X[7 * n] = -INFINITY;
+    X[3 * n] = NAN, X[5 * n + n - 1] = INFINITY, X[7 * n] = -INFINITY, X[13 * n + n / 2] = NAN;
+    X[15 * n + n / 3] = 0.0f, X[15 * n + n - 1] = -0.0f; /* zeros of both signs, maybe the max */
     for (int64_t k = 0; k < n; k++) X[9 * n + k] = -INFINITY, X[11 * n + k] = k ? -95.0f : 0.0f;
     for (int op = 0; op < 2; op++)
       for (int t = 0; t < 2; t++) {
@@ -552,15 +553,16 @@ Test(parallel, short_softmax_rows_same_bits_as_one_row) {
  * within 2 ulp of the float64 op's on the same values, and every element
  * of its gradient within 2 ulp of the float64 gradient (and 2 ulp of the
  * probability, which the label's p - 1 cancels), for class counts below
- * 16 (rows taken 256 / C at a time) and above a row chunk of 256, plain
+ * 64 (rows taken 256 / C at a time) and above a row chunk of 256, plain
  * and recorded backward alike (the same bits). A
  * NaN logit makes its row's gradients NaN. */
 Test(parallel, float32_cross_entropy_within_2_ulp_of_f64) {
-  static const int64_t classes[] = {2, 10, 37, 300, 1500};
+  static const int64_t classes[] = {2, 10, 17, 37, 300, 1500};
   ad_rng rng;
   ad_rng_seed(&rng, 23);
   for (size_t ci = 0; ci < sizeof classes / sizeof *classes; ci++) {
-    int64_t C = classes[ci], N = C < 16 ? 70 : 6, zs[2] = {N, C}, n1 = N; /* > 256 / C rows */
+    int64_t C = classes[ci], N = C < 64 ? 70 : 6, zs[2] = {N, C},
+            n1 = N; /* past a block of 64 rows */
     ad_tensor *z = ad_rand(ctx, &rng, AD_F32, 2, zs, -30, 30), *lab = ad_zeros(ctx, AD_I32, 1, &n1);
     cr_assert(z && lab, "%s", ad_last_error(ctx));
     for (int64_t r = 0; r < N; r++)
