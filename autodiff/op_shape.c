@@ -610,13 +610,14 @@ static void sum_cols(void *ud, int64_t b, int64_t e) {
   }
 }
 
-/* The sum of a row of n values in 8 interleaved partial sums, added in a
- * fixed order: a row reduced to one value (a channel's sum: the bias
- * gradient of a convolution) runs at the adder's throughput, not its
- * latency, and gives the same bits on every run. */
+/* The sum of a row of n values in 8 interleaved partial sums in double,
+ * added in a fixed order: a row reduced to one value (a channel's sum: the
+ * bias gradient of a convolution) runs at the adder's throughput, not its
+ * latency, gives the same bits on every run, and a float32 row is not
+ * rounded on the way. */
 #define SUM_ROW_FN(NAME, T)                                                                        \
-  static T NAME(const T *x, int64_t n) {                                                           \
-    T acc[8] = {0};                                                                                \
+  static double NAME(const T *x, int64_t n) {                                                      \
+    double acc[8] = {0};                                                                           \
     int64_t i = 0;                                                                                 \
     for (; i + 8 <= n; i += 8)                                                                     \
       for (int k = 0; k < 8; k++) acc[k] += x[i + k];                                              \
@@ -641,9 +642,9 @@ static void sum_mid(void *ud, int64_t begin, int64_t end) {
   for (int64_t c = begin; c < end; c++) {
     if (j->x->dtype == AD_F32) {
       const float *X = (const float *)j->x->data + c * j->b;
-      float acc = 0;
+      double acc = 0; /* rounded once */
       for (int64_t a = 0; a < j->a; a++) acc += sum_row_f32(X + a * j->c * j->b, j->b);
-      ((float *)j->out->data)[c] = acc;
+      ((float *)j->out->data)[c] = (float)acc;
     } else {
       const double *X = (const double *)j->x->data + c * j->b;
       double acc = 0;
@@ -680,6 +681,13 @@ static bool sum_to_mid(const ad_tensor *x, const ad_tensor *out, int64_t *a, int
 static void sum_to_fwd(const ad_call *c) {
   const ad_tensor *x = c->in[0];
   ad_tensor *out = c->out;
+  if (out->size == 1 && x->size > 0) { /* everything into one (a bias of one output): one row */
+    if (out->dtype == AD_F32)
+      *(float *)out->data = (float)sum_row_f32(x->data, x->size);
+    else
+      *(double *)out->data = sum_row_f64(x->data, x->size);
+    return;
+  }
   mid_job mj = {x, out, 1, 1, 1};
   if (sum_to_mid(x, out, &mj.a, &mj.c, &mj.b)) {
     int64_t grain = (32768 + mj.a * mj.b - 1) / (mj.a * mj.b);
@@ -707,7 +715,7 @@ static void sum_to_fwd(const ad_call *c) {
       const float *X = (const float *)x->data + r * it.len;
       float *Y = (float *)out->data + off;
       if (s == 0)
-        Y[0] += sum_row_f32(X, it.len);
+        Y[0] = (float)((double)Y[0] + sum_row_f32(X, it.len));
       else
         for (int64_t i = 0; i < it.len; i++) Y[i * s] += X[i];
     } else {

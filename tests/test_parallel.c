@@ -784,41 +784,64 @@ Test(parallel, long_sums_are_deterministic_and_accurate) {
   }
 }
 
-/* A float32 bias gradient (sum_to [R, C] -> [C]) is the column's sum
- * rounded once: within half an ulp of the exact sum (and a hair for the
- * double's own rounding), for row counts with and without a tail of the
- * four-row passes and columns past a block of 256, on 1 and 3 threads.
- * A float running sum misses this by several ulp at a few hundred rows. */
+/* A float32 bias gradient (sum_to [R, C] -> [C], also of one output,
+ * [R, 1] -> [1], and a convolution's [N, C, H, W] -> [C, 1, 1]) is the
+ * column's sum rounded once: within half an ulp of the exact sum (and a
+ * hair for the double's own rounding), for row counts with and without a
+ * tail of the four-row passes and columns past a block of 256, on 1 and 3
+ * threads. A float running sum misses this by several ulp at a few hundred
+ * rows. */
 Test(parallel, float32_bias_gradient_is_the_rounded_column_sum) {
-  static const int64_t rows[] = {1, 3, 4, 257, 300, 1031};
+  static const int64_t rows[] = {1, 3, 4, 257, 300, 1031}, cols[] = {1, 1000};
   ad_rng rng;
   ad_rng_seed(&rng, 21);
-  for (size_t ri = 0; ri < sizeof rows / sizeof *rows; ri++) {
-    int64_t R = rows[ri], C = 1000, sh[2] = {R, C};
-    ad_tensor *x = ad_rand(ctx, &rng, AD_F32, 2, sh, -1, 3);
-    cr_assert_not_null(x, "%s", ad_last_error(ctx));
-    ad_tensor *col = ad_permute(ctx, x, (const int[]){1, 0}); /* [C, R]: each column a row */
-    cr_assert_not_null(col, "%s", ad_last_error(ctx));
-    ad_tensor *got[2];
-    for (int t = 0; t < 2; t++) {
-      cr_assert_eq(ad_set_num_threads(t ? 3 : 1), AD_OK);
-      got[t] = ad_sum_to(ctx, x, 1, &C);
-      cr_assert_not_null(got[t], "%s", ad_last_error(ctx));
+  for (size_t ci = 0; ci < 2; ci++)
+    for (size_t ri = 0; ri < sizeof rows / sizeof *rows; ri++) {
+      int64_t R = rows[ri], C = cols[ci], sh[2] = {R, C};
+      ad_tensor *x = ad_rand(ctx, &rng, AD_F32, 2, sh, -1, 3);
+      cr_assert_not_null(x, "%s", ad_last_error(ctx));
+      ad_tensor *col = ad_permute(ctx, x, (const int[]){1, 0}); /* [C, R]: each column a row */
+      cr_assert_not_null(col, "%s", ad_last_error(ctx));
+      ad_tensor *got[2];
+      for (int t = 0; t < 2; t++) {
+        cr_assert_eq(ad_set_num_threads(t ? 3 : 1), AD_OK);
+        got[t] = ad_sum_to(ctx, x, 1, &C);
+        cr_assert_not_null(got[t], "%s", ad_last_error(ctx));
+      }
+      ad_set_num_threads(1);
+      cr_assert(memcmp(got[0]->data, got[1]->data, (size_t)C * sizeof(float)) == 0,
+                "rows %lld: 1 and 3 threads differ", (long long)R);
+      double worst = 0;
+      for (int64_t c = 0; c < C; c++) {
+        double want = exact_sum(col, c * R, R), ulp = ldexp(1, ilogb(want) - 23);
+        double err = fabs(ad_tensor_get(got[0], c) - want) / ulp;
+        if (err > worst) worst = err;
+      }
+      cr_assert(worst <= 0.5 + 1e-6, "[%lld,%lld]: %.3f ulp off the exact column sum", (long long)R,
+                (long long)C, worst);
+      ad_tape_reset(ctx);
+      ad_tensor_free(x);
     }
-    ad_set_num_threads(1);
-    cr_assert(memcmp(got[0]->data, got[1]->data, (size_t)C * sizeof(float)) == 0,
-              "rows %lld: 1 and 3 threads differ", (long long)R);
-    double worst = 0;
-    for (int64_t c = 0; c < C; c++) {
-      double want = exact_sum(col, c * R, R), ulp = ldexp(1, ilogb(want) - 23);
-      double err = fabs(ad_tensor_get(got[0], c) - want) / ulp;
-      if (err > worst) worst = err;
-    }
-    cr_assert(worst <= 0.5 + 1e-6, "rows %lld: %.3f ulp off the exact column sum", (long long)R,
-              worst);
-    ad_tape_reset(ctx);
-    ad_tensor_free(x);
+  /* a convolution's bias gradient: [N, C, H, W] -> [C, 1, 1], each
+   * channel's sum rounded once */
+  int64_t cs[4] = {9, 3, 23, 17}, keep[3] = {3, 1, 1};
+  ad_tensor *x = ad_rand(ctx, &rng, AD_F32, 4, cs, -1, 3);
+  cr_assert_not_null(x, "%s", ad_last_error(ctx));
+  ad_tensor *y = ad_sum_to(ctx, x, 3, keep);
+  cr_assert_not_null(y, "%s", ad_last_error(ctx));
+  for (int64_t c = 0; c < 3; c++) {
+    double hi = 0, lo = 0; /* Neumaier over the channel's elements */
+    for (int64_t n = 0; n < 9; n++)
+      for (int64_t i = 0; i < 23 * 17; i++) {
+        double v = ad_tensor_get(x, (n * 3 + c) * 23 * 17 + i), t = hi + v;
+        lo += fabs(hi) >= fabs(v) ? (hi - t) + v : (v - t) + hi;
+        hi = t;
+      }
+    double want = hi + lo, err = fabs(ad_tensor_get(y, c) - want) / ldexp(1, ilogb(want) - 23);
+    cr_assert(err <= 0.5 + 1e-6, "channel %lld: %.3f ulp off", (long long)c, err);
   }
+  ad_tape_reset(ctx);
+  ad_tensor_free(x);
 }
 
 /* where reads cond, a and b in loops of their dtypes, rows split over
