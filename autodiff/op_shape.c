@@ -591,13 +591,15 @@ static void sum_cols(void *ud, int64_t b, int64_t e) {
     for (int64_t c0 = b; c0 < e; c0 += SUM_COLS_BLK) {
       int64_t n = e - c0 < SUM_COLS_BLK ? e - c0 : SUM_COLS_BLK;
       double acc[SUM_COLS_BLK] = {0};
-      const float *X = (const float *)j->x->data + c0;
+      const float *X0 = (const float *)j->x->data + c0;
       int64_t r = 0, L = j->len;
-      for (; r + 4 <= j->rows; r += 4, X += 4 * L) /* four rows per pass over acc */
+      for (; r + 4 <= j->rows; r += 4) { /* four rows per pass over acc */
+        const float *X = X0 + r * L;
         for (int64_t i = 0; i < n; i++)
           acc[i] += ((double)X[i] + X[L + i]) + ((double)X[2 * L + i] + X[3 * L + i]);
-      for (; r < j->rows; r++, X += L)
-        for (int64_t i = 0; i < n; i++) acc[i] += X[i];
+      }
+      for (; r < j->rows; r++)
+        for (int64_t i = 0; i < n; i++) acc[i] += X0[r * L + i];
       float *Y = (float *)j->out->data + c0;
       for (int64_t i = 0; i < n; i++) Y[i] = (float)acc[i];
     }
