@@ -318,14 +318,22 @@ ad_tensor *ad_reduce_to(ad_ctx *ctx, ad_tensor *g, const ad_tensor *x);
 /* Strides of x seen through out's (broadcast) shape: 0 along broadcast dims. */
 void ad_bc_strides(const ad_tensor *x, const ad_tensor *out, int64_t *st);
 /* Visits out row by row (its last dim); for row r, ad_bc_row gives each
- * input's element offset; st[i][ndim-1] is its stride along the row. */
+ * input's element offset; st[i][ndim-1] is its stride along the row. nd:
+ * out's dims outside a row (ndim - 1, fewer after ad_bc_merge). */
 typedef struct ad_bc_rows {
-  int nin;
+  int nin, nd;
   int64_t st[3][AD_MAX_DIMS];
   int64_t rows, len;
 } ad_bc_rows;
 void ad_bc_init(ad_bc_rows *it, int nin, ad_tensor *const *in, const ad_tensor *out);
 void ad_bc_row(const ad_bc_rows *it, const ad_tensor *out, int64_t r, int64_t *off);
+/* Merges out's trailing dims into the rows while every input continues
+ * along them as along the row (its stride there the row's stride times
+ * the row's length: contiguous, or broadcast across all of them), so that
+ * short last dims ([N, H, T, T] + [T, T], [N, C, H, W] * [C, 1, 1]) are
+ * walked as long rows; each input's stride along a row is unchanged. For
+ * elementwise kernels only: a row then spans several of out's dims. */
+void ad_bc_merge(ad_bc_rows *it, const ad_tensor *out);
 /* A temporary header whose data pointer is set by the caller (views). */
 ad_tensor *ad_tmp_header(ad_ctx *ctx, ad_dtype dtype, int ndim, const int64_t *shape);
 /* A persistent sample input for gradcheck: uniform in [lo, hi), with

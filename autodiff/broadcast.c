@@ -71,11 +71,25 @@ void ad_bc_init(ad_bc_rows *it, int nin, ad_tensor *const *in, const ad_tensor *
   for (int i = 0; i < nin; i++) ad_bc_strides(in[i], out, it->st[i]);
   it->len = out->ndim ? out->shape[out->ndim - 1] : 1;
   it->rows = it->len ? out->size / it->len : 0;
+  it->nd = out->ndim > 0 ? out->ndim - 1 : 0;
+}
+
+void ad_bc_merge(ad_bc_rows *it, const ad_tensor *out) {
+  int last = out->ndim - 1, d = it->nd - 1;
+  if (last < 0) return;
+  for (; d >= 0 && it->len > 0; d--) {
+    bool ok = true;
+    for (int i = 0; i < it->nin; i++) ok &= it->st[i][d] == it->st[i][last] * it->len;
+    if (!ok) break;
+    it->len *= out->shape[d];
+  }
+  it->nd = d + 1;
+  it->rows = it->len ? out->size / it->len : 0;
 }
 
 void ad_bc_row(const ad_bc_rows *it, const ad_tensor *out, int64_t r, int64_t *off) {
   for (int i = 0; i < it->nin; i++) off[i] = 0;
-  for (int d = out->ndim - 2; d >= 0; d--) {
+  for (int d = it->nd - 1; d >= 0; d--) {
     int64_t idx = r % out->shape[d];
     r /= out->shape[d];
     for (int i = 0; i < it->nin; i++) off[i] += idx * it->st[i][d];

@@ -61,6 +61,7 @@ void ad_binary_run(const ad_call *c, ad_rows_fn f) {
   int last = out->ndim - 1;
   j.row_vector = last >= 0 && a->size == out->size && b->size == j.it.len &&
                  j.it.st[0][last] == 1 && j.it.st[1][last] == 1;
+  if (!j.row_vector) ad_bc_merge(&j.it, out);
   int64_t grain = j.it.len ? (ELEM_GRAIN + j.it.len - 1) / j.it.len : 1;
   ad_parallel_for(j.it.rows, grain, binary_rows, &j);
 }
@@ -649,6 +650,7 @@ static void where_rows(void *ud, int64_t b, int64_t e) {
 static void where_fwd(const ad_call *c) {
   where_job j = {c, {0}};
   ad_bc_init(&j.it, 3, c->in, c->out);
+  ad_bc_merge(&j.it, c->out);
   int64_t grain = j.it.len ? (ELEM_GRAIN + j.it.len - 1) / j.it.len : 1;
   if (j.it.rows <= grain)
     where_rows(&j, 0, j.it.rows);

@@ -844,6 +844,54 @@ Test(parallel, float32_bias_gradient_is_the_rounded_column_sum) {
   ad_tensor_free(x);
 }
 
+/* A broadcasting binary op whose trailing dims merge into long rows
+ * (attention's [N, H, T, T] + [T, T], a channel scale [N, C, H, W] * [C,
+ * 1, 1], either side broadcast) gives the bits of the same op on its
+ * operands expanded to the output's shape (the flat path), for a plain
+ * kernel (sub), a vectorized one (pow) and where, both dtypes, 1 and 3
+ * threads. */
+Test(parallel, broadcast_rows_merged_same_bits_as_expanded) {
+  static const int64_t shapes[][2][4] = {
+      {{2, 3, 5, 5}, {1, 1, 5, 5}}, {{2, 3, 4, 5}, {1, 3, 1, 1}}, {{1, 1, 5, 5}, {2, 3, 5, 5}},
+      {{4, 1, 3, 2}, {1, 5, 3, 2}}, {{6, 7, 1, 9}, {1, 7, 8, 1}}, {{3, 64, 33, 17}, {1, 64, 1, 1}}};
+  ad_rng rng;
+  ad_rng_seed(&rng, 37);
+  for (int d = 0; d < 2; d++)
+    for (size_t k = 0; k < sizeof shapes / sizeof *shapes; k++) {
+      ad_dtype dt = d ? AD_F64 : AD_F32;
+      ad_tensor *a = ad_rand(ctx, &rng, dt, 4, shapes[k][0], 0.5, 2);
+      ad_tensor *b = ad_rand(ctx, &rng, dt, 4, shapes[k][1], -1.5, 1.5);
+      cr_assert(a && b, "%s", ad_last_error(ctx));
+      ad_tensor *cond = ad_rand(ctx, &rng, dt, 4, shapes[k][1], -1, 1); /* b's shape */
+      cr_assert(cond, "%s", ad_last_error(ctx));
+      for (int64_t i = 0; i < cond->size; i += 2) ad_tensor_set(cond, i, 0.0); /* half false */
+      for (int op = 0; op < 3; op++)
+        for (int t = 0; t < 2; t++) {
+          cr_assert_eq(ad_set_num_threads(t ? 3 : 1), AD_OK);
+          ad_tensor *y = op == 2 ? ad_where(ctx, cond, a, b)
+                         : op    ? ad_pow(ctx, a, b)
+                                 : ad_sub(ctx, a, b);
+          cr_assert(y, "%s", ad_last_error(ctx));
+          ad_tensor *ae = ad_expand(ctx, a, y->ndim, y->shape),
+                    *be = ad_expand(ctx, b, y->ndim, y->shape),
+                    *ce = ad_expand(ctx, cond, y->ndim, y->shape);
+          ad_tensor *w = op == 2 ? ad_where(ctx, ce, ae, be)
+                         : op    ? ad_pow(ctx, ae, be)
+                                 : ad_sub(ctx, ae, be);
+          cr_assert(w, "%s", ad_last_error(ctx));
+          cr_assert(memcmp(y->data, w->data, (size_t)y->size * ad_dtype_size(dt)) == 0,
+                    "%s %s case %zu: not the expanded operands' bits", ad_dtype_name(dt),
+                    op == 2 ? "where"
+                    : op    ? "pow"
+                            : "sub",
+                    k);
+          ad_tape_reset(ctx);
+        }
+      ad_set_num_threads(1);
+      ad_tensor_free(a), ad_tensor_free(b), ad_tensor_free(cond);
+    }
+}
+
 /* where reads cond, a and b in loops of their dtypes, rows split over
  * threads: cond of each dtype (a NaN cond holds), broadcast patterns (a
  * column of conds, a row of a, a scalar b), float32 and float64 values,
