@@ -700,6 +700,7 @@ static void sum_to_fwd(const ad_call *c) {
   /* walk x row by row; out is seen through x's shape */
   ad_bc_rows it;
   ad_bc_init(&it, 1, &c->out, x);
+  ad_bc_merge(&it, x); /* [N, H, T, T] -> [T, T]: rows of T T, the column sums below */
   int64_t s = x->ndim ? it.st[0][x->ndim - 1] : 0;
   if (s == 1 && out->size == it.len) {
     cols_job j = {x, out, it.rows, it.len};

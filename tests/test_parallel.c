@@ -785,7 +785,8 @@ Test(parallel, long_sums_are_deterministic_and_accurate) {
 }
 
 /* A float32 bias gradient (sum_to [R, C] -> [C], also of one output,
- * [R, 1] -> [1], and a convolution's [N, C, H, W] -> [C, 1, 1]) is the
+ * [R, 1] -> [1], of several trailing dims, and a convolution's [N, C, H,
+ * W] -> [C, 1, 1]) is the
  * column's sum rounded once: within half an ulp of the exact sum (and a
  * hair for the double's own rounding), for row counts with and without a
  * tail of the four-row passes and columns past a block of 256, on 1 and 3
@@ -822,6 +823,29 @@ Test(parallel, float32_bias_gradient_is_the_rounded_column_sum) {
       ad_tape_reset(ctx);
       ad_tensor_free(x);
     }
+  /* the gradient of an addend broadcast over leading dims, [40, 8, 9, 7]
+   * -> [9, 7] (its trailing dims merge into rows of 63: column sums) */
+  int64_t ls[4] = {40, 8, 9, 7}, lk[2] = {9, 7};
+  ad_tensor *xl = ad_rand(ctx, &rng, AD_F32, 4, ls, -1, 3), *yl[2];
+  cr_assert_not_null(xl, "%s", ad_last_error(ctx));
+  for (int t = 0; t < 2; t++) {
+    cr_assert_eq(ad_set_num_threads(t ? 3 : 1), AD_OK);
+    yl[t] = ad_sum_to(ctx, xl, 2, lk);
+    cr_assert_not_null(yl[t], "%s", ad_last_error(ctx));
+  }
+  ad_set_num_threads(1);
+  cr_assert(memcmp(yl[0]->data, yl[1]->data, 63 * sizeof(float)) == 0);
+  for (int64_t o = 0; o < 63; o++) {
+    double hi = 0, lo = 0; /* Neumaier over the 320 addends of element o */
+    for (int64_t r = 0; r < 320; r++) {
+      double v = ad_tensor_get(xl, r * 63 + o), t = hi + v;
+      lo += fabs(hi) >= fabs(v) ? (hi - t) + v : (v - t) + hi;
+      hi = t;
+    }
+    double want = hi + lo, err = fabs(ad_tensor_get(yl[0], o) - want) / ldexp(1, ilogb(want) - 23);
+    cr_assert(err <= 0.5 + 1e-6, "[9,7] element %lld: %.3f ulp off", (long long)o, err);
+  }
+  ad_tensor_free(xl);
   /* a convolution's bias gradient: [N, C, H, W] -> [C, 1, 1], each
    * channel's sum rounded once */
   int64_t cs[4] = {9, 3, 23, 17}, keep[3] = {3, 1, 1};
