@@ -78,6 +78,12 @@ void ad_bc_merge(ad_bc_rows *it, const ad_tensor *out) {
   int last = out->ndim - 1, d = it->nd - 1;
   if (last < 0) return;
   for (; d >= 0 && it->len > 0; d--) {
+    if (out->shape[d] == 1) continue; /* its index is always 0 */
+    if (it->len == 1) {               /* a row of one: dim d's strides become the row's */
+      for (int i = 0; i < it->nin; i++) it->st[i][last] = it->st[i][d];
+      it->len = out->shape[d];
+      continue;
+    }
     bool ok = true;
     for (int i = 0; i < it->nin; i++) ok &= it->st[i][d] == it->st[i][last] * it->len;
     if (!ok) break;

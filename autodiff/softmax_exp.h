@@ -44,6 +44,9 @@ CELL_ROW void exp_diff(const float *x, const float *m, int ms, int64_t len, floa
       if (x[j] - m[j * ms] < EXP_V_MIN) e[j] = expf(x[j] - m[j * ms]);
 }
 
+/* The larger of a and b where neither is NaN: a max instruction. */
+#define MAX_NO_NAN(a, b) ((a) > (b) ? (a) : (b))
+
 /* One contiguous float32 lane of n elements, vectorized along it: its
  * maximum *mp from 16 partial maxima (a NaN in any is the maximum: the
  * lane is all NaN, as in SOFTMAX_BODY; which zero is the maximum changes
@@ -58,9 +61,6 @@ CELL_ROW void exp_diff(const float *x, const float *m, int ms, int64_t len, floa
  * bits, within 2 ulp, but for a log_softmax near 0 (-log of a sum near
  * 1), where the two sums' last double bits show, as between any two
  * summation orders. */
-/* The larger of a and b where neither is NaN: a max instruction. */
-#define MAX_NO_NAN(a, b) ((a) > (b) ? (a) : (b))
-
 CELL_ROW double exp_row_f32(const float *x, float *e, int64_t n, float *mp) {
   float pm[16], buf[256];
   for (int k = 0; k < 16; k++) pm[k] = -INFINITY;
@@ -101,9 +101,6 @@ CELL_ROW double exp_row_f32(const float *x, float *e, int64_t n, float *mp) {
   *mp = m;
   return s;
 }
-
-/* Rows shorter than this go through exp_rows_f32's run of rows. */
-#define EXP_ROWS_SHORT 64
 
 /* The maximum of a row of n elements as exp_row_f32 takes it: element i
  * into partial i mod 16, a tail of fewer than 16 into partial 0, the

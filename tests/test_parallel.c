@@ -824,28 +824,34 @@ Test(parallel, float32_bias_gradient_is_the_rounded_column_sum) {
       ad_tensor_free(x);
     }
   /* the gradient of an addend broadcast over leading dims, [40, 8, 9, 7]
-   * -> [9, 7] (its trailing dims merge into rows of 63: column sums) */
-  int64_t ls[4] = {40, 8, 9, 7}, lk[2] = {9, 7};
-  ad_tensor *xl = ad_rand(ctx, &rng, AD_F32, 4, ls, -1, 3), *yl[2];
-  cr_assert_not_null(xl, "%s", ad_last_error(ctx));
-  for (int t = 0; t < 2; t++) {
-    cr_assert_eq(ad_set_num_threads(t ? 3 : 1), AD_OK);
-    yl[t] = ad_sum_to(ctx, xl, 2, lk);
-    cr_assert_not_null(yl[t], "%s", ad_last_error(ctx));
-  }
-  ad_set_num_threads(1);
-  cr_assert(memcmp(yl[0]->data, yl[1]->data, 63 * sizeof(float)) == 0);
-  for (int64_t o = 0; o < 63; o++) {
-    double hi = 0, lo = 0; /* Neumaier over the 320 addends of element o */
-    for (int64_t r = 0; r < 320; r++) {
-      double v = ad_tensor_get(xl, r * 63 + o), t = hi + v;
-      lo += fabs(hi) >= fabs(v) ? (hi - t) + v : (v - t) + hi;
-      hi = t;
+   * -> [9, 7] (its trailing dims merge into rows of 63: column sums), with
+   * a dim of 1 in between ([9, 1, 7]) and a last dim of 1 ([63, 1]) */
+  static const int64_t ls[3][5] = {{40, 8, 9, 7}, {40, 8, 9, 1, 7}, {40, 8, 63, 1}};
+  static const int64_t lk[3][3] = {{9, 7}, {9, 1, 7}, {63, 1}};
+  static const int lnd[3] = {4, 5, 4}, lkd[3] = {2, 3, 2};
+  for (int v = 0; v < 3; v++) {
+    ad_tensor *xl = ad_rand(ctx, &rng, AD_F32, lnd[v], ls[v], -1, 3), *yl[2];
+    cr_assert_not_null(xl, "%s", ad_last_error(ctx));
+    for (int t = 0; t < 2; t++) {
+      cr_assert_eq(ad_set_num_threads(t ? 3 : 1), AD_OK);
+      yl[t] = ad_sum_to(ctx, xl, lkd[v], lk[v]);
+      cr_assert_not_null(yl[t], "%s", ad_last_error(ctx));
     }
-    double want = hi + lo, err = fabs(ad_tensor_get(yl[0], o) - want) / ldexp(1, ilogb(want) - 23);
-    cr_assert(err <= 0.5 + 1e-6, "[9,7] element %lld: %.3f ulp off", (long long)o, err);
+    ad_set_num_threads(1);
+    cr_assert(memcmp(yl[0]->data, yl[1]->data, 63 * sizeof(float)) == 0);
+    for (int64_t o = 0; o < 63; o++) {
+      double hi = 0, lo = 0; /* Neumaier over the 320 addends of element o */
+      for (int64_t r = 0; r < 320; r++) {
+        double x = ad_tensor_get(xl, r * 63 + o), t = hi + x;
+        lo += fabs(hi) >= fabs(x) ? (hi - t) + x : (x - t) + hi;
+        hi = t;
+      }
+      double want = hi + lo,
+             err = fabs(ad_tensor_get(yl[0], o) - want) / ldexp(1, ilogb(want) - 23);
+      cr_assert(err <= 0.5 + 1e-6, "case %d element %lld: %.3f ulp off", v, (long long)o, err);
+    }
+    ad_tensor_free(xl);
   }
-  ad_tensor_free(xl);
   /* a convolution's bias gradient: [N, C, H, W] -> [C, 1, 1], each
    * channel's sum rounded once */
   int64_t cs[4] = {9, 3, 23, 17}, keep[3] = {3, 1, 1};
