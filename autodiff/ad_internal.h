@@ -331,8 +331,10 @@ void ad_bc_row(const ad_bc_rows *it, const ad_tensor *out, int64_t r, int64_t *o
  * along them as along the row (its stride there the row's stride times
  * the row's length: contiguous, or broadcast across all of them), so that
  * short last dims ([N, H, T, T] + [T, T], [N, C, H, W] * [C, 1, 1]) are
- * walked as long rows; each input's stride along a row is unchanged. For
- * elementwise kernels only: a row then spans several of out's dims. */
+ * walked as long rows. Dims of size 1 are skipped; a row of one element
+ * takes the next dim's strides as the row's (st[i][ndim-1]); otherwise
+ * each input's stride along a row is unchanged. For elementwise walks
+ * only: a row then spans several of out's dims. */
 void ad_bc_merge(ad_bc_rows *it, const ad_tensor *out);
 /* A temporary header whose data pointer is set by the caller (views). */
 ad_tensor *ad_tmp_header(ad_ctx *ctx, ad_dtype dtype, int ndim, const int64_t *shape);

@@ -109,10 +109,10 @@ static ad_status softmax_ce_shape(const ad_call *c) {
  * classifier's and the sequence loss's layout), each position's row as
  * the softmax op takes a last-axis row (exp_row_f32, softmax_exp.h): the
  * forward is (max - z[label]) + log(sum e), the log_softmax op's formula
- * negated and kept in double;
- * the plain backward gives the softmax op's probabilities, then the
- * recorded form's sub and mul, so both forms give the same bits. A NaN
- * logit makes the position's loss and gradients NaN. */
+ * negated and kept in double; the plain backward gives the softmax op's
+ * probabilities, then the recorded form's sub and mul, so both forms give
+ * the same bits. A NaN logit makes the position's loss and gradients NaN.
+ * Rows shorter than EXP_ROWS_SHORT go many at a time (exp_rows_f32). */
 enum { CE_ROWS = 64 }; /* positions of a block of the float32 loops */
 
 CELL_CLONES static double ce_fwd_f32(const float *z, const int32_t *lab, int64_t P, int64_t C,

@@ -571,8 +571,8 @@ static ad_status sum_to_shape(const ad_call *c) {
 }
 
 /* sum_to where every row of x adds into all of out ([R,C] -> [C], a bias
- * gradient): columns [b, e) of every row, rows in order as in the serial
- * loop, so a split over columns changes no result. float32 columns are
+ * gradient): columns [b, e) of every row, the rows in a fixed order, so a
+ * split over columns changes no result. float32 columns are
  * summed in double, a block of SUM_COLS_BLK at a time (four rows added
  * in pairs, then into the block's sums), and rounded once:
  * a float running sum over a few hundred rows drifts by several ulp (more
