@@ -47,64 +47,10 @@ CELL_ROW void exp_diff(const float *x, const float *m, int ms, int64_t len, floa
 /* The larger of a and b where neither is NaN: a max instruction. */
 #define MAX_NO_NAN(a, b) ((a) > (b) ? (a) : (b))
 
-/* One contiguous float32 lane of n elements, vectorized along it: its
- * maximum *mp from 16 partial maxima (a NaN in any is the maximum: the
- * lane is all NaN, as in SOFTMAX_BODY; which zero is the maximum changes
- * no x - m), and the sum of e^(x - m) it returns. Each exponential is
- * exp_v_lo of d = x - m rounded and its rounding error (diff_err
- * above; below exp_v's clamp, expf(d) times 1 + the error), which
- * spares exp_diff's and EXP_FIX's second pass (the block path keeps their
- * product in double); they go into e (n elements; NULL: a buffer here)
- * 256 at a time (one loop without a per-vector branch), then into 16
- * partial double sums, element i into partial i mod 16. The lanes of a
- * block (exp_lanes_f32) sum in order: the results differ in the last
- * bits, within 2 ulp, but for a log_softmax near 0 (-log of a sum near
- * 1), where the two sums' last double bits show, as between any two
- * summation orders. */
-CELL_ROW double exp_row_f32(const float *x, float *e, int64_t n, float *mp) {
-  float pm[16], buf[256];
-  for (int k = 0; k < 16; k++) pm[k] = -INFINITY;
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16)
-    for (int k = 0; k < 16; k++) pm[k] = AD_MAX_NAN(x[i + k], pm[k]);
-  float p0 = pm[0]; /* the tail into partial 0: without a branch (MAX_NO_NAN) unless a NaN */
-  int bad = 0;
-  for (int64_t t = i; t < n; t++) {
-    pm[0] = MAX_NO_NAN(x[t], pm[0]);
-    bad |= x[t] != x[t];
-  }
-  for (pm[0] = bad ? p0 : pm[0]; bad && i < n; i++) pm[0] = AD_MAX_NAN(x[i], pm[0]);
-  float m = pm[0];
-  for (int k = 1; k < 16; k++) m = AD_MAX_NAN(pm[k], m);
-  double ps[16] = {0};
-  for (int64_t c0 = 0; c0 < n; c0 += 256) {
-    int64_t len = n - c0 < 256 ? n - c0 : 256, j = 0;
-    const float *xc = x + c0;
-    float *ec = e ? e + c0 : buf;
-    int low = 0;
-    for (j = 0; j < len; j++) {
-      float d = xc[j] - m;
-      ec[j] = exp_v_lo(d, diff_err(xc[j], m, d));
-      low |= d < EXP_V_MIN;
-    }
-    if (low)
-      for (j = 0; j < len; j++) {
-        float d = xc[j] - m;
-        if (d < EXP_V_MIN) ec[j] = (float)EXP_FIX(expf(d), diff_err(xc[j], m, d));
-      }
-    for (j = 0; j + 16 <= len; j += 16) /* c0 is a multiple of 16: element c0 + j + k into k */
-      for (int k = 0; k < 16; k++) ps[k] += (double)ec[j + k];
-    for (int k = 0; j + k < len; k++) ps[k] += (double)ec[j + k];
-  }
-  double s = 0;
-  for (int k = 0; k < 16; k++) s += ps[k];
-  *mp = m;
-  return s;
-}
-
-/* The maximum of a row of n elements as exp_row_f32 takes it: element i
- * into partial i mod 16, a tail of fewer than 16 into partial 0, the
- * partials combined in order. MAX(a, b) is the larger of new value a and
+/* The maximum of a row of n elements as exp_row_f32 takes it (into mr,
+ * -inf before): element i into partial i mod 16 (full: n rounded down to
+ * a multiple of 16), a tail of fewer than 16 into partial 0, the partials
+ * combined in order. MAX(a, b) is the larger of new value a and
  * partial b: AD_MAX_NAN, or a > b ? a : b where no NaN is present (the
  * same result; a max instruction, not a branch that random values
  * mispredict). Sets bad where a NaN is seen. */
@@ -135,6 +81,54 @@ CELL_ROW double exp_row_f32(const float *x, float *e, int64_t n, float *mp) {
     for (int k = 1; k < 16; k++) mr = MAX(pm[k], mr);                                              \
   } while (0)
 
+/* One contiguous float32 lane of n elements, vectorized along it: its
+ * maximum *mp from 16 partial maxima (a NaN in any is the maximum: the
+ * lane is all NaN, as in SOFTMAX_BODY; which zero is the maximum changes
+ * no x - m), and the sum of e^(x - m) it returns. Each exponential is
+ * exp_v_lo of d = x - m rounded and its rounding error (diff_err
+ * above; below exp_v's clamp, expf(d) times 1 + the error), which
+ * spares exp_diff's and EXP_FIX's second pass (the block path keeps their
+ * product in double); they go into e (n elements; NULL: a buffer here)
+ * 256 at a time (one loop without a per-vector branch), then into 16
+ * partial double sums, element i into partial i mod 16. The lanes of a
+ * block (exp_lanes_f32) sum in order: the results differ in the last
+ * bits, within 2 ulp, but for a log_softmax near 0 (-log of a sum near
+ * 1), where the two sums' last double bits show, as between any two
+ * summation orders. */
+CELL_ROW double exp_row_f32(const float *x, float *e, int64_t n, float *mp) {
+  float buf[256], m = -INFINITY;
+  int bad = 0;
+  ROW_MAX_16(x, n, n / 16 * 16, MAX_NO_NAN, m, bad);
+  if (bad) { /* the NaN the chain keeps */
+    m = -INFINITY;
+    ROW_MAX_16(x, n, n / 16 * 16, AD_MAX_NAN, m, bad);
+  }
+  double ps[16] = {0};
+  for (int64_t c0 = 0; c0 < n; c0 += 256) {
+    int64_t len = n - c0 < 256 ? n - c0 : 256, j = 0;
+    const float *xc = x + c0;
+    float *ec = e ? e + c0 : buf;
+    int low = 0;
+    for (j = 0; j < len; j++) {
+      float d = xc[j] - m;
+      ec[j] = exp_v_lo(d, diff_err(xc[j], m, d));
+      low |= d < EXP_V_MIN;
+    }
+    if (low)
+      for (j = 0; j < len; j++) {
+        float d = xc[j] - m;
+        if (d < EXP_V_MIN) ec[j] = (float)EXP_FIX(expf(d), diff_err(xc[j], m, d));
+      }
+    for (j = 0; j + 16 <= len; j += 16) /* c0 is a multiple of 16: element c0 + j + k into k */
+      for (int k = 0; k < 16; k++) ps[k] += (double)ec[j + k];
+    for (int k = 0; j + k < len; k++) ps[k] += (double)ec[j + k];
+  }
+  double s = 0;
+  for (int k = 0; k < 16; k++) s += ps[k];
+  *mp = m;
+  return s;
+}
+
 /* Rows shorter than this go through exp_rows_f32's run of rows. */
 #define EXP_ROWS_SHORT 64
 
@@ -146,8 +140,7 @@ CELL_ROW double exp_row_f32(const float *x, float *e, int64_t n, float *mp) {
  * 256 / n at a time as one run of elements with each row's maximum
  * repeated beside them, so that the exponentials vectorize across rows;
  * maxima and sums take exp_row_f32's partials (ROW_MAX_16; the sum of
- * element i in partial i mod 16, in order for n < 16), the maximum without
- * a branch unless the row holds a NaN. */
+ * element i in partial i mod 16, in order for n < 16). */
 CELL_ROW void exp_rows_f32(const float *x, float *e, int64_t rows, int64_t n, float *m, double *s) {
   if (n >= EXP_ROWS_SHORT || n == 0) {
     for (int64_t r = 0; r < rows; r++) s[r] = exp_row_f32(x + r * n, e + r * n, n, &m[r]);
@@ -164,7 +157,7 @@ CELL_ROW void exp_rows_f32(const float *x, float *e, int64_t rows, int64_t n, fl
       float mr = -INFINITY;
       int bad = 0;
       ROW_MAX_16(xr, n, full, MAX_NO_NAN, mr, bad);
-      if (bad) { /* the NaN that exp_row_f32 keeps */
+      if (bad) { /* the NaN the chain keeps */
         mr = -INFINITY;
         ROW_MAX_16(xr, n, full, AD_MAX_NAN, mr, bad);
       }
