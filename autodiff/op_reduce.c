@@ -279,9 +279,9 @@ static ad_status shape_softmax(const ad_call *c) {
 
 /* softmax (log_softmax when log_) of one contiguous float32 lane, on
  * exp_row_f32 (e into y). */
-CELL_CLONES static void softmax_row_f32(const float *x, float *y, int64_t n, bool log_) {
-  float m;
-  double s = exp_row_f32(x, y, n, &m);
+/* A row's softmax from its maximum m, sum s and exponentials in y. */
+CELL_ROW void softmax_finish_f32(const float *x, float *y, int64_t n, float m, double s,
+                                 bool log_) {
   if (log_) {
     double ls = log(s);
     for (int64_t i = 0; i < n; i++) y[i] = (float)(((double)x[i] - (double)m) - ls);
@@ -289,6 +289,12 @@ CELL_CLONES static void softmax_row_f32(const float *x, float *y, int64_t n, boo
     double inv = 1 / s; /* e * (1/s) in double: rounded to float, e / s but for ties */
     for (int64_t i = 0; i < n; i++) y[i] = (float)((double)y[i] * inv);
   }
+}
+
+CELL_CLONES static void softmax_row_f32(const float *x, float *y, int64_t n, bool log_) {
+  float m;
+  double s = exp_row_f32(x, y, n, &m);
+  softmax_finish_f32(x, y, n, m, s, log_);
 }
 
 #define SOFTMAX_ONE(T)     SOFTMAX_BODY(T, 0)
@@ -342,7 +348,7 @@ CELL_CLONES static void log_softmax_lanes_f32(const void *x, void *y, int64_t S,
  * classifier's classes, attention over a short sequence): rows [b, e) up
  * to 64 at a time through exp_rows_f32, which gives each row
  * exp_row_f32's bits with the exponentials vectorized across rows; then
- * softmax_row_f32's last loop per row. The same bits as a row at a time. */
+ * softmax_finish_f32 per row. The same bits as a row at a time. */
 typedef struct small_rows_job {
   const float *x;
   float *y;
@@ -361,17 +367,8 @@ CELL_CLONES static void softmax_small_rows(void *ud, int64_t b, int64_t e) {
     const float *x = j->x + r0 * n;
     float *y = j->y + r0 * n;
     exp_rows_f32(x, y, nr, n, m, s);
-    for (int64_t r = 0; r < nr; r++) {
-      const float *xr = x + r * n;
-      float *yr = y + r * n;
-      if (j->log_) {
-        double ls = log(s[r]);
-        for (int64_t i = 0; i < n; i++) yr[i] = (float)(((double)xr[i] - (double)m[r]) - ls);
-      } else {
-        double inv = 1 / s[r];
-        for (int64_t i = 0; i < n; i++) yr[i] = (float)((double)yr[i] * inv);
-      }
-    }
+    for (int64_t r = 0; r < nr; r++)
+      softmax_finish_f32(x + r * n, y + r * n, n, m[r], s[r], j->log_);
   }
 }
 

@@ -683,13 +683,6 @@ static bool sum_to_mid(const ad_tensor *x, const ad_tensor *out, int64_t *a, int
 static void sum_to_fwd(const ad_call *c) {
   const ad_tensor *x = c->in[0];
   ad_tensor *out = c->out;
-  if (out->size == 1 && x->size > 0) { /* everything into one (a bias of one output): one row */
-    if (out->dtype == AD_F32)
-      *(float *)out->data = (float)sum_row_f32(x->data, x->size);
-    else
-      *(double *)out->data = sum_row_f64(x->data, x->size);
-    return;
-  }
   mid_job mj = {x, out, 1, 1, 1};
   if (sum_to_mid(x, out, &mj.a, &mj.c, &mj.b)) {
     int64_t grain = (32768 + mj.a * mj.b - 1) / (mj.a * mj.b);
@@ -700,7 +693,9 @@ static void sum_to_fwd(const ad_call *c) {
   /* walk x row by row; out is seen through x's shape */
   ad_bc_rows it;
   ad_bc_init(&it, 1, &c->out, x);
-  ad_bc_merge(&it, x); /* [N, H, T, T] -> [T, T]: rows of T T, the column sums below */
+  /* merged rows: [N, H, T, T] -> [T, T] is rows of T T (the column sums
+   * below), anything -> [1] one row (summed once) */
+  ad_bc_merge(&it, x);
   int64_t s = x->ndim ? it.st[0][x->ndim - 1] : 0;
   if (s == 1 && out->size == it.len) {
     cols_job j = {x, out, it.rows, it.len};
