@@ -32,13 +32,19 @@ static void copy_range(void *ud, int64_t b, int64_t e) {
            (const char *)j->src->data + (size_t)j->rows[i] * j->rb, j->rb);
 }
 
+/* A batch of fewer bytes is gathered by the calling thread alone: the
+ * batch then waits in its cache for the forward pass, which a worker's
+ * share would have to cross cores for (docs/performance.md, "Threads"). */
+#define GATHER_SPLIT_MIN (1 << 20)
+
 /* Gathers rows: latency-bound when the rows are out of cache, so with the
- * library's threads (ad_set_num_threads) each takes a share of the rows
- * and more misses are in flight at once. */
+ * library's threads (ad_set_num_threads) a large batch is shared out and
+ * more misses are in flight at once. */
 static void copy_rows(ad_tensor *dst, const ad_tensor *src, int64_t n, const int64_t *rows) {
   rows_job j = {dst, src, rows, row_bytes(src)};
   if (!j.rb) return;
-  ad_parallel_for(n, (int64_t)(32768 / j.rb) + 1, copy_range, &j);
+  bool small = (double)n * (double)j.rb < GATHER_SPLIT_MIN;
+  ad_parallel_for(n, small ? n : (int64_t)(32768 / j.rb) + 1, copy_range, &j);
 }
 
 /* Asks the memory system for the rows[0..n-1] of x that copy_rows will

@@ -318,6 +318,11 @@ static void step_range(void *ud, int64_t begin, int64_t end) {
 
 /* Elements per chunk of a parallel sweep: a few microseconds of Adam. */
 #define SWEEP_GRAIN 16384
+/* Sweeps of fewer elements stay on the calling thread: their parameters,
+ * gradients and state (up to 4 MB with Adam's moments) are in its cache,
+ * and a worker pulling its share across cores takes longer than the
+ * update it saves (docs/performance.md, "Threads"). */
+#define SWEEP_SPLIT_MIN 262144
 
 /* The step over the elements [lo[i], hi[i]) of each parameter (lo NULL:
  * all of them). */
@@ -334,7 +339,7 @@ static ad_status step_some(nn_optimizer *o, const int64_t *lo, const int64_t *hi
     total += lo ? hi[i] - lo[i] : sl->p->size;
     if (sl->t) ((double *)sl->t->data)[0] += 1; /* counts only the steps it takes part in */
   }
-  ad_parallel_for(total, SWEEP_GRAIN, step_range, &j);
+  ad_parallel_for(total, total < SWEEP_SPLIT_MIN ? total : SWEEP_GRAIN, step_range, &j);
   steps[0] = (double)j.t;
   return AD_OK;
 }

@@ -446,6 +446,7 @@ Test(gemm, dispatch_rule) {
       {2, "Prescott", true, false, false, "Prescott, a generic core"},
       {2, "Cooperlake", true, false, false, "AVX-512 kernel for every product"},
       {2, "SkylakeX", true, false, false, "measured slower"},
+      {2, "Haswell", true, false, false, "Haswell: its AVX2 kernels, measured slower"},
       {1, "Haswell", true, false, true, "OpenBLAS (Haswell) above"},
       {1, "zen", true, false, true, "above"},
       {1, "Prescott", true, false, false, "AVX2 kernel for every product"},

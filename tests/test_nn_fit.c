@@ -138,6 +138,41 @@ Test(data, batcher_visits_every_row_once_per_epoch) {
   ad_tensor_free(x), ad_tensor_free(y);
 }
 
+/* A batch of 1 MB or more is gathered by the library's threads: every row
+ * lands where one thread puts it (400 rows of 1000 floats, batches of 300
+ * (1.2 MB) and the short last one, shuffled; 1, 2 and 3 threads). */
+Test(data, large_batches_gathered_on_threads_hold_their_rows) {
+  int64_t s[2] = {400, 1000};
+  ad_tensor *x = ad_zeros(ctx, AD_F32, 2, s);
+  cr_assert_not_null(x);
+  float *xv = x->data;
+  for (int64_t e = 0; e < x->size; e++) xv[e] = (float)e;
+  for (int threads = 1; threads <= 3; threads++) {
+    cr_assert_eq(ad_set_num_threads(threads), AD_OK);
+    nn_batcher *b = nn_batcher_new(ctx, x, NULL, 300, true, 5);
+    ad_tensor *xb;
+    bool seen[400] = {0};
+    int rows = 0;
+    while (nn_batcher_next(b, &xb, NULL)) {
+      const float *v = xb->data;
+      for (int64_t i = 0; i < xb->shape[0]; i++, rows++) {
+        int64_t row = (int64_t)v[i * 1000] / 1000;
+        cr_assert(row >= 0 && row < 400 && !seen[row], "%d threads: row %lld", threads,
+                  (long long)row);
+        seen[row] = true;
+        for (int64_t k = 0; k < 1000; k++)
+          if (v[i * 1000 + k] != (float)(row * 1000 + k))
+            cr_assert_fail("%d threads: batch row %lld element %lld is %g", threads, (long long)i,
+                           (long long)k, (double)v[i * 1000 + k]);
+      }
+    }
+    cr_assert_eq(rows, 400);
+    nn_batcher_free(b);
+  }
+  ad_set_num_threads(1);
+  ad_tensor_free(x);
+}
+
 /* ------------------------------------------------------------------ fit */
 
 /* A small classification problem: 3 Gaussian blobs in 4-d, f64. */

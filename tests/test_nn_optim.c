@@ -7,6 +7,8 @@
 #include <criterion/criterion.h>
 #include <float.h>
 #include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 TEST_CTX_SUITE(optim);
@@ -877,4 +879,76 @@ Test(optim, update_paths_same_bits) {
     if (!ran[path])
       cr_log_warn("update paths: %s not run (this CPU or build lacks it)", names[path]);
   cr_log_info("update paths compared with the baseline: AVX2 %d cases, AVX-512 %d", ran[2], ran[3]);
+}
+
+/* One Adam run over three parameters of 300,001, 7 and 40,000 elements
+ * (above the sweep's split minimum, so on two or more threads the chunks
+ * cross parameter boundaries), two steps, the gradients fixed; with
+ * ranges (as nn_dist's sharded step) or all elements. Returns the
+ * parameters and the moments, concatenated, in a malloc'ed array. */
+static float *adam_on_threads(int threads, bool ranges) {
+  static const int64_t sizes[3] = {300001, 7, 40000};
+  enum { TOTAL = 340008 };
+  cr_assert_eq(ad_set_num_threads(threads), AD_OK);
+  nn_params *ps = nn_params_new(ctx);
+  ad_tensor *p[3], *g[3];
+  for (int i = 0; i < 3; i++) {
+    p[i] = ad_zeros(ctx, AD_F32, 1, &sizes[i]);
+    g[i] = ad_zeros(ctx, AD_F32, 1, &sizes[i]);
+    float *pv = p[i]->data, *gv = g[i]->data;
+    for (int64_t e = 0; e < sizes[i]; e++) {
+      pv[e] = (float)sin(0.37 * (double)(e + 11 * i));
+      gv[e] = (float)cos(0.91 * (double)(e + 5 * i)) * (float)(1 + i);
+    }
+    char name[8];
+    snprintf(name, sizeof name, "p%d", i);
+    cr_assert_eq(nn_params_add(ps, name, p[i], true), AD_OK);
+  }
+  nn_optimizer *o = nn_adam_new(ps, 1e-2);
+  cr_assert_not_null(o);
+  const int64_t lo[3] = {3, 0, 1}, hi[3] = {299990, 7, 40000};
+  for (int t = 0; t < 2; t++) {
+    ad_tape_reset(ctx);
+    nn_params_zero_grad(ps);
+    ad_tensor *l = ad_add(
+        ctx, ad_sum(ctx, ad_mul(ctx, p[0], g[0])),
+        ad_add(ctx, ad_sum(ctx, ad_mul(ctx, p[1], g[1])), ad_sum(ctx, ad_mul(ctx, p[2], g[2]))));
+    cr_assert_eq(ad_backward(ctx, l, NULL), AD_OK, "%s", ad_last_error(ctx));
+    cr_assert_eq(ranges ? nn_optimizer_step_ranges(o, lo, hi) : nn_optimizer_step(o), AD_OK);
+  }
+  float *out = malloc(3 * TOTAL * sizeof *out), *at = out;
+  cr_assert_not_null(out);
+  for (int i = 0; i < 3; i++, at += sizes[i - 1])
+    memcpy(at, p[i]->data, (size_t)sizes[i] * sizeof *at);
+  for (int k = 0; k < nn_optimizer_state_count(o); k++) {
+    const ad_tensor *s = nn_optimizer_state_tensors(o)[k];
+    if (nn_optimizer_state_param(o, k) < 0) continue;
+    memcpy(at, s->data, (size_t)s->size * sizeof *at);
+    at += s->size;
+  }
+  cr_assert_eq(at - out, 3 * TOTAL, "parameters, m and v");
+  ad_tape_reset(ctx);
+  nn_optimizer_free(o);
+  nn_params_free(ps);
+  for (int i = 0; i < 3; i++) ad_tensor_free(p[i]), ad_tensor_free(g[i]);
+  ad_set_num_threads(1);
+  return out;
+}
+
+/* The optimizer's sweep cut into chunks over threads updates every element
+ * once, with the same bits as one thread, all elements or ranges. */
+Test(optim, sweep_on_threads_same_bits_as_one_thread) {
+  for (int ranges = 0; ranges < 2; ranges++) {
+    float *one = adam_on_threads(1, ranges);
+    for (int threads = 2; threads <= 3; threads++) {
+      float *many = adam_on_threads(threads, ranges);
+      for (int64_t e = 0; e < 3 * 340008; e++)
+        if (memcmp(&one[e], &many[e], sizeof *one) != 0)
+          cr_assert_fail("%s, %d threads: value %lld is %.9g, one thread %.9g",
+                         ranges ? "ranges" : "all", threads, (long long)e, (double)many[e],
+                         (double)one[e]);
+      free(many);
+    }
+    free(one);
+  }
 }

@@ -976,10 +976,14 @@ Test(parallel, matmul_split_matches) {
     ad_tensor *dy = rand_tensor(&rng, dt, 256, 1000);
     cr_assert_leq(compare_threads(op_mm, x, w), tol);     /* forward: split over columns */
     cr_assert_leq(compare_threads(op_mm_ta, dy, x), tol); /* weight gradient: over rows */
+    /* the seed model's first product (under the split's 4M multiply-adds)
+     * and one just over it */
     ad_tensor *xs = rand_tensor(&rng, dt, 32, 784), *ws = rand_tensor(&rng, dt, 64, 784);
-    cr_assert_leq(compare_threads(op_mm, xs, ws), tol); /* the seed model's first product */
+    cr_assert_leq(compare_threads(op_mm, xs, ws), tol);
+    ad_tensor *xo = rand_tensor(&rng, dt, 32, 260), *wo = rand_tensor(&rng, dt, 512, 260);
+    cr_assert_leq(compare_threads(op_mm, xo, wo), tol);
     ad_tensor_free(x), ad_tensor_free(w), ad_tensor_free(dy), ad_tensor_free(xs),
-        ad_tensor_free(ws);
+        ad_tensor_free(ws), ad_tensor_free(xo), ad_tensor_free(wo);
   }
 }
 

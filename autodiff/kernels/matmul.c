@@ -5,9 +5,13 @@
 /* ------------------------------------------------------------ split */
 
 /* Products of at least this many multiply-adds are split over the
- * library's threads (ad_set_num_threads): enough work per part to dwarf
- * the cost of handing the parts out (docs/performance.md). */
-#define SPLIT_MACS 1000000.0
+ * library's threads (ad_set_num_threads). A part pays for its hand-over
+ * and, more, for pulling its operands out of the caller's cache (the layer
+ * before wrote them there): on CPUs whose cores multiply fast and pass
+ * cache lines slowly, smaller products ran slower on two threads than on
+ * one (docs/performance.md, "Threads"). The split keeps every element's
+ * sum as it is, so it never changes a result's bits. */
+#define SPLIT_MACS 4194304.0
 
 /* One product cut into parts along the larger of m and n; each part is an
  * independent GEMM on a block of C's rows or columns, at a multiple of 16
