@@ -35,7 +35,7 @@ static void copy_range(void *ud, int64_t b, int64_t e) {
 /* A batch of fewer bytes is gathered by the calling thread alone: the
  * batch then waits in its cache for the forward pass, which a worker's
  * share would have to cross cores for (docs/performance.md, "Threads"). */
-#define GATHER_SPLIT_MIN (1 << 20)
+#define GATHER_SPLIT_MIN (1 << 18)
 
 /* Gathers rows: latency-bound when the rows are out of cache, so with the
  * library's threads (ad_set_num_threads) a large batch is shared out and

@@ -138,7 +138,7 @@ Test(data, batcher_visits_every_row_once_per_epoch) {
   ad_tensor_free(x), ad_tensor_free(y);
 }
 
-/* A batch of 1 MB or more is gathered by the library's threads: every row
+/* A batch of 256 KB or more is gathered by the library's threads: every row
  * lands where one thread puts it (400 rows of 1000 floats, batches of 300
  * (1.2 MB) and the short last one, shuffled; 1, 2 and 3 threads). */
 Test(data, large_batches_gathered_on_threads_hold_their_rows) {
