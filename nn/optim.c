@@ -319,9 +319,9 @@ static void step_range(void *ud, int64_t begin, int64_t end) {
 /* Elements per chunk of a parallel sweep: a few microseconds of Adam. */
 #define SWEEP_GRAIN 16384
 /* Sweeps of fewer elements stay on the calling thread: their parameters,
- * gradients and state (up to 4 MB with Adam's moments) are in its cache,
- * and a worker pulling its share across cores takes longer than the
- * update it saves (docs/performance.md, "Threads"). */
+ * gradients and state (under 4 MB in float32 with Adam's moments) are
+ * mostly in its caches, and a worker pulling its share across cores takes
+ * longer than the update it saves (docs/performance.md, "Threads"). */
 #define SWEEP_SPLIT_MIN 262144
 
 /* The step over the elements [lo[i], hi[i]) of each parameter (lo NULL:
