@@ -114,8 +114,10 @@ typedef struct unary_job {
 /* The float32 rows are compiled for AVX-512 and AVX2 besides the baseline
  * (CELL_CLONES): EXPR32 is one IEEE operation per element (a sign, a
  * square root, a product, a comparison), rounded the same on each, so the
- * clones give the same bits; the baseline's 4-wide SSE loop ran sqrt and
- * relu at about half PyTorch's speed. */
+ * clones give the same bits, provided that no EXPR32 meets two NaNs in
+ * one operation (which one x86 returns depends on the operands' order,
+ * which the compiler may choose per clone); the baseline's 4-wide SSE loop
+ * ran sqrt and relu at about half PyTorch's speed. */
 #define UNARY_KERNEL(NAME, S, EXPR32, EXPR64)                                                      \
   CELL_CLONES static void NAME##_rows32(const float *X, float *Y, int64_t b, int64_t e,            \
                                         double s_) {                                               \
@@ -709,7 +711,10 @@ const ad_op_def ad_def_where = {
 
 /* ----------------------------------------------------------- add_scalar */
 
-DEFINE_UNARY_S(add_scalar, x + (float)s, x + s)
+/* A NaN x gives its own NaN (quieted: x + x), whatever the scalar: with
+ * both NaN, x + s keeps whichever operand the compiler put first, which
+ * differs between the clones of the loop. */
+DEFINE_UNARY_S(add_scalar, x != x ? x + x : x + (float)s, x != x ? x + x : x + s)
 
 static ad_status add_scalar_bwd(const ad_call *c) {
   c->gin[0] = c->gout;
@@ -739,7 +744,8 @@ const ad_op_def ad_def_add_scalar = {
 
 /* ----------------------------------------------------------- mul_scalar */
 
-DEFINE_UNARY_S(mul_scalar, x *(float)s, x *s)
+/* A NaN x gives its own NaN, as add_scalar's. */
+DEFINE_UNARY_S(mul_scalar, x != x ? x + x : x * (float)s, x != x ? x + x : x * s)
 
 static ad_status mul_scalar_bwd(const ad_call *c) {
   return ad_call_set_grad(c, 0, ad_mul_scalar(c->ctx, c->gout, c->attrs->scalar));
@@ -1153,7 +1159,14 @@ const ad_op_def ad_def_relu = {
 
 /* ----------------------------------------------------------- leaky_relu */
 
-DEFINE_UNARY_S(leaky_relu, x > 0 ? x : (float)s * x, x > 0 ? x : s * x)
+/* A NaN x gives its own NaN, as add_scalar's. */
+DEFINE_UNARY_S(leaky_relu,
+               x > 0    ? x
+               : x != x ? x + x
+                        : (float)s * x,
+               x > 0    ? x
+               : x != x ? x + x
+                        : s * x)
 
 static ad_status leaky_relu_bwd(const ad_call *c) {
   return ad_call_set_grad(

@@ -625,9 +625,10 @@ Test(rnn, cell_ops_bad_input_is_named) {
 }
 
 /* The whole-sequence layer gives the same bits on two threads as on one:
- * its per-step products (2.1M multiply-adds, W_hh packed once) split their
- * rows, the cells a step's rows, and every product stays in the built-in
- * kernel's size class on any CPU (at most 4M multiply-adds). */
+ * the batch's rows are cut into blocks that run every step on one thread
+ * (the per-step products, 2.1M multiply-adds with W_hh packed once, and
+ * the cells, each on its block's rows), and every product stays in the
+ * built-in kernel's size class on any CPU (at most 4M multiply-adds). */
 Test(rnn, sequence_layer_bits_do_not_depend_on_threads) {
   for (int cell = NN_RNN_LSTM; cell <= NN_RNN_GRU; cell++) {
     ad_tensor *res[2][12];

@@ -1771,3 +1771,56 @@ Test(ops_values, float32_softmax_last_axis_against_float64) {
     ad_tensor_free(x);
   }
 }
+
+/* add_scalar, mul_scalar and leaky_relu with a NaN x give x's own NaN,
+ * quieted, whatever the scalar (a NaN one too): the same bits from every
+ * clone of the float32 loop, from a long tensor and from one element
+ * (whose path is not the loop's). Payloads differ per element, signalling
+ * NaNs among them. */
+Test(ops_values, scalar_ops_keep_the_nan_of_x) {
+  enum { N = 1000 };
+  for (int d = 0; d < 2; d++) {
+    ad_dtype dt = d ? AD_F64 : AD_F32;
+    for (int op = 0; op < 3; op++)
+      for (int si = 0; si < 2; si++) {
+        double s = si ? NAN : 0.25;
+        for (int64_t n = 1; n <= N; n += N - 1) {
+          ad_tensor *x = ad_zeros(ctx, dt, 1, &n);
+          cr_assert_not_null(x);
+          for (int64_t i = 0; i < n; i++) {
+            uint64_t pay = (uint64_t)(i % 97) + 1, quiet = i % 3 != 0;
+            if (dt == AD_F32) {
+              uint32_t b = 0x7f800000u | (uint32_t)(quiet << 22) | (uint32_t)pay;
+              memcpy((float *)x->data + i, &b, 4);
+            } else {
+              uint64_t b = 0x7ff0000000000000ull | (quiet << 51) | pay;
+              memcpy((double *)x->data + i, &b, 8);
+            }
+          }
+          ad_tensor *y = op == 0   ? ad_add_scalar(ctx, x, s)
+                         : op == 1 ? ad_mul_scalar(ctx, x, s)
+                                   : ad_leaky_relu(ctx, x, s);
+          cr_assert_not_null(y, "%s", ad_last_error(ctx));
+          for (int64_t i = 0; i < n; i++) {
+            uint64_t got = 0, want = 0;
+            if (dt == AD_F32) {
+              uint32_t g, w;
+              memcpy(&g, (const float *)y->data + i, 4);
+              memcpy(&w, (const float *)x->data + i, 4);
+              got = g, want = w | 0x00400000u;
+            } else {
+              memcpy(&got, (const double *)y->data + i, 8);
+              memcpy(&want, (const double *)x->data + i, 8);
+              want |= 1ull << 51;
+            }
+            if (got != want)
+              cr_assert_fail("%s op %d, scalar %g, n %lld: element %lld is 0x%llx, not 0x%llx",
+                             ad_dtype_name(dt), op, s, (long long)n, (long long)i,
+                             (unsigned long long)got, (unsigned long long)want);
+          }
+          ad_tape_reset(ctx);
+          ad_tensor_free(x);
+        }
+      }
+  }
+}

@@ -9,8 +9,10 @@
  * and, more, for pulling its operands out of the caller's cache (the layer
  * before wrote them there): on CPUs whose cores multiply fast and pass
  * cache lines slowly, smaller products ran slower on two threads than on
- * one (docs/performance.md, "Threads"). The split keeps every element's
- * sum as it is, so it never changes a result's bits. */
+ * one (docs/performance.md, "Threads"). With the built-in kernels the
+ * split keeps every element's sum as it is, so the bits do not change;
+ * OpenBLAS (where the dispatch rule picks it for the whole product but
+ * not for a part) may round a part differently in the last bits. */
 #define SPLIT_MACS 4194304.0
 
 /* One product cut into parts along the larger of m and n; each part is an
