@@ -982,8 +982,12 @@ Test(parallel, matmul_split_matches) {
     cr_assert_leq(compare_threads(op_mm, xs, ws), tol);
     ad_tensor *xo = rand_tensor(&rng, dt, 32, 260), *wo = rand_tensor(&rng, dt, 512, 260);
     cr_assert_leq(compare_threads(op_mm, xo, wo), tol);
+    /* a layer of 10 outputs: 2.6M multiply-adds, split as a tile-wide 8.4M */
+    ad_tensor *xn = rand_tensor(&rng, dt, 256, 1024), *wn = rand_tensor(&rng, dt, 10, 1024);
+    cr_assert_leq(compare_threads(op_mm, xn, wn), tol);
     ad_tensor_free(x), ad_tensor_free(w), ad_tensor_free(dy), ad_tensor_free(xs),
-        ad_tensor_free(ws), ad_tensor_free(xo), ad_tensor_free(wo);
+        ad_tensor_free(ws), ad_tensor_free(xo), ad_tensor_free(wo), ad_tensor_free(xn),
+        ad_tensor_free(wn);
   }
 }
 

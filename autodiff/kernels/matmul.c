@@ -15,6 +15,15 @@
  * not for a part) may round a part differently in the last bits. */
 #define SPLIT_MACS 4194304.0
 
+/* A product's work as the kernels do it, in multiply-adds: its narrower
+ * side (m or n) and its depth k count as at least 32, since a kernel's
+ * register tile is that wide and a narrower product leaves part of it idle
+ * (a layer of 10 outputs runs at under a third of the kernel's rate). */
+static double split_work(int64_t m, int64_t n, int64_t k) {
+  int64_t lo = m < n ? m : n, hi = m < n ? n : m;
+  return (double)((lo + 31) / 32 * 32) * (double)hi * (double)(k > 32 ? k : 32);
+}
+
 /* One product cut into parts along the larger of m and n; each part is an
  * independent GEMM on a block of C's rows or columns, at a multiple of 16
  * (the micro-kernels' width) from the start. */
@@ -50,7 +59,7 @@ void ad_gemm_split(ad_dtype dt, bool ta, bool tb, int64_t m, int64_t n, int64_t 
   int threads = ad_num_threads();
   bool by_rows = m > n;
   int64_t dim = by_rows ? m : n;
-  if (threads <= 1 || (double)m * (double)n * (double)k < SPLIT_MACS || dim < 32) {
+  if (threads <= 1 || split_work(m, n, k) < SPLIT_MACS || dim < 32) {
     ad_gemm(dt, ta, tb, m, n, k, a, lda, b, ldb, beta, c, ldc);
     return;
   }
