@@ -16,9 +16,11 @@
 #define SPLIT_MACS 4194304.0
 
 /* A product's work as the kernels do it, in multiply-adds: its narrower
- * side (m or n) and its depth k count as at least 32, since a kernel's
- * register tile is that wide and a narrower product leaves part of it idle
- * (a layer of 10 outputs runs at under a third of the kernel's rate). */
+ * side (m or n) counts as at least 32, a kernel's register tile being that
+ * wide (a narrower product leaves part of it idle: a layer of 10 outputs
+ * runs at under a third of the kernel's rate), and its depth k as at least
+ * 32, below which loading and storing C's tiles outweighs the
+ * multiply-adds. */
 static double split_work(int64_t m, int64_t n, int64_t k) {
   int64_t lo = m < n ? m : n, hi = m < n ? n : m;
   return (double)((lo + 31) / 32 * 32) * (double)hi * (double)(k > 32 ? k : 32);
