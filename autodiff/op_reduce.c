@@ -521,31 +521,17 @@ const ad_op_def ad_def_sum = {
 /* ----------------------------------------------------------------- max */
 
 /* A contiguous run's maximum (ad_lane_max, ops.h) in W partial maxima, one
- * vector of AVX-512, each taken with a max instruction (MAX_NO_NAN, a > b ?
- * a : b: no branch that random values mispredict); the chain of
- * comparisons runs instead for a run that holds a NaN (bad) or whose
- * maximum is a zero: only there can the partials pick another element
- * than the chain (another NaN, the other zero). Any other value names one
- * bit pattern, so the same bits as the chain. */
+ * vector of AVX-512, each taken with a max instruction (ROW_MAX_W with
+ * MAX_NO_NAN, softmax_exp.h: no branch that random values mispredict); the
+ * chain of comparisons runs instead for a run that holds a NaN (bad) or
+ * whose maximum is a zero: only there can the partials pick another
+ * element than the chain (another NaN, the other zero). Any other value
+ * names one bit pattern, so the same bits as the chain. */
 #define RUN_MAX_FN(NAME, T, W, CHAIN)                                                              \
   CELL_CLONES double NAME(const T *x, int64_t n) {                                                 \
-    T pm[W];                                                                                       \
-    for (int k = 0; k < W; k++) pm[k] = -INFINITY;                                                 \
+    T m = -INFINITY;                                                                               \
     int bad = 0;                                                                                   \
-    int64_t i = 0;                                                                                 \
-    for (; i + W <= n; i += W)                                                                     \
-      for (int k = 0; k < W; k++) {                                                                \
-        T v = x[i + k];                                                                            \
-        pm[k] = MAX_NO_NAN(v, pm[k]);                                                              \
-        bad |= v != v;                                                                             \
-      }                                                                                            \
-    for (; i < n; i++) {                                                                           \
-      T v = x[i];                                                                                  \
-      pm[0] = MAX_NO_NAN(v, pm[0]);                                                                \
-      bad |= v != v;                                                                               \
-    }                                                                                              \
-    T m = pm[0];                                                                                   \
-    for (int k = 1; k < W; k++) m = MAX_NO_NAN(pm[k], m);                                          \
+    ROW_MAX_W(T, W, x, n, n / W * W, MAX_NO_NAN, m, bad);                                          \
     return bad || m == 0 ? CHAIN(x, 1, n) : (double)m;                                             \
   }
 RUN_MAX_FN(ad_run_max_f32, float, 16, ad_lane_max_chain_f32)

@@ -47,39 +47,41 @@ CELL_ROW void exp_diff(const float *x, const float *m, int ms, int64_t len, floa
 /* The larger of a and b where neither is NaN: a max instruction. */
 #define MAX_NO_NAN(a, b) ((a) > (b) ? (a) : (b))
 
-/* The maximum of a row of n elements as exp_row_f32 takes it (into mr,
- * -inf before): element i into partial i mod 16 (full: n rounded down to
- * a multiple of 16), a tail of fewer than 16 into partial 0, the partials
- * combined in order. MAX(a, b) is the larger of new value a and
- * partial b: AD_MAX_NAN, or a > b ? a : b where no NaN is present (the
- * same result; a max instruction, not a branch that random values
- * mispredict). Sets bad where a NaN is seen. */
-#define ROW_MAX_16(xr, n, full, MAX, mr, bad)                                                      \
+/* The maximum of a row of n elements of type T as exp_row_f32 takes it
+ * (into mr, -inf before): element i into partial i mod W (full: n rounded
+ * down to a multiple of W), a tail of fewer than W into partial 0, the
+ * partials combined in order; fewer than W elements, one by one. MAX(a,
+ * b) is the larger of new value a and partial b: AD_MAX_NAN, or a > b ?
+ * a : b where no NaN is present (the same result; a max instruction, not
+ * a branch that random values mispredict). Sets bad where a NaN is seen.
+ * Also the run maximum's (op_reduce.c), with W elements a vector. */
+#define ROW_MAX_W(T, W, xr, n, full, MAX, mr, bad)                                                 \
   do {                                                                                             \
-    if (n < 16) {                                                                                  \
+    if (n < W) {                                                                                   \
       for (int64_t i = 0; i < n; i++) {                                                            \
-        float v = xr[i];                                                                           \
+        T v = xr[i];                                                                               \
         mr = MAX(v, mr);                                                                           \
         bad |= v != v;                                                                             \
       }                                                                                            \
       break;                                                                                       \
     }                                                                                              \
-    float pm[16];                                                                                  \
-    for (int k = 0; k < 16; k++) pm[k] = -INFINITY;                                                \
-    for (int64_t i = 0; i < full; i += 16)                                                         \
-      for (int k = 0; k < 16; k++) {                                                               \
-        float v = xr[i + k];                                                                       \
+    T pm[W];                                                                                       \
+    for (int k = 0; k < W; k++) pm[k] = -INFINITY;                                                 \
+    for (int64_t i = 0; i < full; i += W)                                                          \
+      for (int k = 0; k < W; k++) {                                                                \
+        T v = xr[i + k];                                                                           \
         pm[k] = MAX(v, pm[k]);                                                                     \
         bad |= v != v;                                                                             \
       }                                                                                            \
     for (int64_t i = full; i < n; i++) {                                                           \
-      float v = xr[i];                                                                             \
+      T v = xr[i];                                                                                 \
       pm[0] = MAX(v, pm[0]);                                                                       \
       bad |= v != v;                                                                               \
     }                                                                                              \
     mr = pm[0];                                                                                    \
-    for (int k = 1; k < 16; k++) mr = MAX(pm[k], mr);                                              \
+    for (int k = 1; k < W; k++) mr = MAX(pm[k], mr);                                               \
   } while (0)
+#define ROW_MAX_16(xr, n, full, MAX, mr, bad) ROW_MAX_W(float, 16, xr, n, full, MAX, mr, bad)
 
 /* One contiguous float32 lane of n elements, vectorized along it: its
  * maximum *mp from 16 partial maxima (a NaN in any is the maximum: the
