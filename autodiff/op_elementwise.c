@@ -711,10 +711,13 @@ const ad_op_def ad_def_where = {
 
 /* ----------------------------------------------------------- add_scalar */
 
-/* A NaN x gives its own NaN (quieted: x + x), whatever the scalar: with
- * both NaN, x + s keeps whichever operand the compiler put first, which
- * differs between the clones of the loop. */
-DEFINE_UNARY_S(add_scalar, x != x ? x + x : x + (float)s, x != x ? x + x : x + s)
+/* e, or for a NaN x its own NaN (quieted: x + x), whatever the scalar:
+ * with both NaN, x + s keeps whichever operand the compiler put first,
+ * which differs between the clones of the loop (add_scalar, mul_scalar,
+ * leaky_relu). */
+#define KEEP_NAN(x, e) ((x) != (x) ? (x) + (x) : (e))
+
+DEFINE_UNARY_S(add_scalar, KEEP_NAN(x, x + (float)s), KEEP_NAN(x, x + s))
 
 static ad_status add_scalar_bwd(const ad_call *c) {
   c->gin[0] = c->gout;
@@ -744,8 +747,7 @@ const ad_op_def ad_def_add_scalar = {
 
 /* ----------------------------------------------------------- mul_scalar */
 
-/* A NaN x gives its own NaN, as add_scalar's. */
-DEFINE_UNARY_S(mul_scalar, x != x ? x + x : x * (float)s, x != x ? x + x : x * s)
+DEFINE_UNARY_S(mul_scalar, KEEP_NAN(x, x *(float)s), KEEP_NAN(x, x *s))
 
 static ad_status mul_scalar_bwd(const ad_call *c) {
   return ad_call_set_grad(c, 0, ad_mul_scalar(c->ctx, c->gout, c->attrs->scalar));
@@ -1159,14 +1161,7 @@ const ad_op_def ad_def_relu = {
 
 /* ----------------------------------------------------------- leaky_relu */
 
-/* A NaN x gives its own NaN, as add_scalar's. */
-DEFINE_UNARY_S(leaky_relu,
-               x > 0    ? x
-               : x != x ? x + x
-                        : (float)s * x,
-               x > 0    ? x
-               : x != x ? x + x
-                        : s * x)
+DEFINE_UNARY_S(leaky_relu, x > 0 ? x : KEEP_NAN(x, (float)s *x), x > 0 ? x : KEEP_NAN(x, s *x))
 
 static ad_status leaky_relu_bwd(const ad_call *c) {
   return ad_call_set_grad(
