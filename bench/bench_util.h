@@ -55,6 +55,27 @@ static inline bool bench_set_threads(int n) {
  * to name its core, which a training run on AVX-512 never maps. */
 static inline void bench_print_threads(void) { printf("%d engine threads\n", ad_num_threads()); }
 
+/* Where the threads' time went in the timed run (ad_thread_stats): call
+ * bench_threads_begin as it starts and bench_threads_end with its wall
+ * seconds and --threads as it ends, which prints one "threads_time:" line when there is
+ * more than one thread. The workers' idle time is the run's serial part
+ * (code on the calling thread alone) plus their waits for work; the
+ * caller's wait is time lost at the ends of loops to a slower or late
+ * worker. Alternating runs (--alternate) leave the workers idle in their
+ * one-thread blocks, which the line then says. */
+static inline void bench_threads_begin(void) { ad_thread_stats_get(NULL, true); }
+static inline void bench_threads_end(double secs, int threads, bool alternating) {
+  int workers = threads - 1;
+  if (workers < 1 || secs <= 0) return;
+  ad_thread_stats st;
+  ad_thread_stats_get(&st, false);
+  printf("threads_time: workers busy %.1f%% of the run%s, the caller %.3f s in its own chunks "
+         "and %.3f s (%.1f%%) waiting at loop ends for the workers', %lld loops\n",
+         100.0 * st.worker_busy_s / (workers * secs),
+         alternating ? " (which alternates with one thread)" : "", st.caller_busy_s,
+         st.caller_wait_s, 100.0 * st.caller_wait_s / secs, (long long)st.loops);
+}
+
 /* FNV-1a over the bytes of every parameter: equal across runs, thread
  * counts and GEMM paths exactly when training computed the same bits. */
 static inline unsigned long long bench_params_hash(const nn_params *p) {

@@ -290,8 +290,10 @@ int main(int argc, char **argv) {
                     .grad_norms = o.grad_norms};
   nn_history *h = NULL;
   double c0 = bench_cpu_s(), t0 = bench_now_s();
+  bench_threads_begin();
   ad_status st = nn_fit(m, opt, nn_cross_entropy_loss, x, y, &fo, &h);
   double secs = bench_now_s() - t0, cpu = bench_cpu_s() - c0;
+  bench_threads_end(secs, o.threads, false);
   if (st != AD_OK) {
     fprintf(stderr, "mlp: %s\n", ad_last_error(ctx));
     return 1;

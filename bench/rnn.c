@@ -153,6 +153,7 @@ int main(int argc, char **argv) {
   nn_sequence_ce_opts ce = {.class_last = true};
   bench_alt alt = {.k = o.alternate, .threads = o.threads};
   double first = 0, last = 0, c0 = bench_cpu_s(), t0 = bench_now_s();
+  bench_threads_begin();
   bench_alt_begin(&alt);
   for (int s = 0; s < o.steps; s++) {
     int64_t row = (int64_t)s * o.batch % (SEQS - o.batch + 1);
@@ -168,6 +169,7 @@ int main(int argc, char **argv) {
     bench_alt_step(&alt, s + 1);
   }
   double secs = bench_now_s() - t0, cpu = bench_cpu_s() - c0;
+  bench_threads_end(secs, o.threads, o.alternate > 0);
   if (!bench_alt_report(&alt)) return 1;
   if (ad_last_status(ctx) != AD_OK) {
     fprintf(stderr, "rnn: %s\n", ad_last_error(ctx));

@@ -78,6 +78,62 @@ Test(parallel, many_loops) {
   ad_set_num_threads(1);
 }
 
+/* ad_thread_stats: loops handed out count, with the workers' time in their
+ * chunks and the caller's; a reset zeroes them; a loop that runs whole in
+ * the caller (one thread) counts nowhere. Each chunk sleeps, so a worker
+ * has the time to claim some. */
+static void sleepy(void *ud, int64_t b, int64_t e) {
+  (void)ud;
+  struct timespec ts = {0, 300000 * (long)(e - b)};
+  nanosleep(&ts, NULL);
+}
+
+static double wall_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+Test(parallel, thread_stats_count_the_workers_and_the_caller) {
+  ad_thread_stats st;
+  cr_assert_eq(ad_set_num_threads(1), AD_OK);
+  ad_thread_stats_get(NULL, true);
+  ad_parallel_for(16, 1, sleepy, NULL);
+  ad_thread_stats_get(&st, false);
+  cr_assert(st.loops == 0 && st.chunks == 0 && st.worker_busy_s == 0 && st.caller_busy_s == 0 &&
+                st.caller_wait_s == 0,
+            "one thread: nothing handed out, got %lld loops", (long long)st.loops);
+
+  cr_assert_eq(ad_set_num_threads(2), AD_OK);
+  double t0 = wall_s();
+  int loops = 0;
+  do { /* until a worker has run a chunk (a loaded machine may start it late) */
+    ad_parallel_for(16, 1, sleepy, NULL);
+    loops++;
+    ad_thread_stats_get(&st, false);
+  } while (st.chunks == 0 && loops < 200);
+  double wall = wall_s() - t0;
+  cr_assert_eq(st.loops, loops);
+  cr_assert(st.chunks >= 1 && st.chunks <= 16LL * loops, "%lld chunks", (long long)st.chunks);
+  /* each chunk sleeps 0.3 ms or more: at least that much per chunk run */
+  cr_assert(st.worker_busy_s >= 0.0003 * (double)st.chunks && st.worker_busy_s <= wall,
+            "worker busy %g s for %lld chunks in %g s", st.worker_busy_s, (long long)st.chunks,
+            wall);
+  cr_assert(st.caller_busy_s > 0 && st.caller_busy_s <= wall, "caller %g s", st.caller_busy_s);
+  cr_assert(st.caller_wait_s >= 0 && st.caller_busy_s + st.caller_wait_s <= wall,
+            "caller wait %g s", st.caller_wait_s);
+
+  ad_thread_stats again;
+  ad_thread_stats_get(&again, true); /* the same, then zeroed */
+  cr_assert(again.loops == st.loops && again.chunks == st.chunks);
+  ad_thread_stats_get(&st, false);
+  cr_assert(st.loops == 0 && st.chunks == 0 && st.worker_busy_s == 0 && st.caller_busy_s == 0 &&
+                st.caller_wait_s == 0,
+            "after the reset: %lld loops", (long long)st.loops);
+  ad_thread_stats_get(NULL, false); /* NULL: nothing to fill */
+  ad_set_num_threads(1);
+}
+
 /* A loop inside a loop runs in the thread that calls it, in one range. */
 typedef struct nest {
   _Atomic int inner_calls, inner_ranges_of_all;

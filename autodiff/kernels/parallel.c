@@ -81,6 +81,8 @@ static struct {
   unsigned flush; /* the caller's denormal bits (fp_flush_bits), for the workers */
   /* stall backoff (see ad_parallel_for), used under the submit lock */
   int64_t serial_until, backoff, last_stall; /* ns */
+  /* ad_thread_stats, in ns */
+  _Atomic int64_t st_loops, st_chunks, st_worker_ns, st_caller_ns, st_wait_ns;
 } pool = {.submit = PTHREAD_MUTEX_INITIALIZER,
           .sleep_mu = PTHREAD_MUTEX_INITIALIZER,
           .wake = PTHREAD_COND_INITIALIZER,
@@ -141,11 +143,12 @@ bool ad_set_flush_denormal(bool on) {
 
 bool ad_flush_denormal(void) { return FLUSH_BITS && fp_flush_bits() == FLUSH_BITS; }
 
-/* Claims and runs chunks of the current job until none is left. */
-static void run_chunks(void) {
+/* Claims and runs chunks of the current job until none is left; returns
+ * how many it ran. */
+static int64_t run_chunks(void) {
   uint64_t w = atomic_load_explicit(&pool.word, memory_order_acquire);
-  for (;;) {
-    if (W_NEXT(w) >= W_COUNT(w)) return;
+  for (int64_t ran = 0;; ran++) {
+    if (W_NEXT(w) >= W_COUNT(w)) return ran;
     if (!atomic_compare_exchange_weak_explicit(&pool.word, &w, w + (UINT64_C(1) << W_BITS),
                                                memory_order_acq_rel, memory_order_acquire))
       continue; /* w was reloaded */
@@ -185,7 +188,11 @@ static void *worker(void *arg) {
         break;
       }
     }
-    run_chunks();
+    int64_t b0 = now_ns(), ran = run_chunks();
+    if (ran) {
+      atomic_fetch_add_explicit(&pool.st_worker_ns, now_ns() - b0, memory_order_relaxed);
+      atomic_fetch_add_explicit(&pool.st_chunks, ran, memory_order_relaxed);
+    }
   }
   return NULL;
 }
@@ -215,6 +222,17 @@ ad_status ad_set_num_threads(int n) {
   atomic_store(&pool.threads, threads);
   pthread_mutex_unlock(&pool.submit);
   return st;
+}
+
+void ad_thread_stats_get(ad_thread_stats *out, bool reset) {
+  int64_t loops = reset ? atomic_exchange(&pool.st_loops, 0) : atomic_load(&pool.st_loops);
+  int64_t chunks = reset ? atomic_exchange(&pool.st_chunks, 0) : atomic_load(&pool.st_chunks);
+  int64_t wk = reset ? atomic_exchange(&pool.st_worker_ns, 0) : atomic_load(&pool.st_worker_ns);
+  int64_t cl = reset ? atomic_exchange(&pool.st_caller_ns, 0) : atomic_load(&pool.st_caller_ns);
+  int64_t wt = reset ? atomic_exchange(&pool.st_wait_ns, 0) : atomic_load(&pool.st_wait_ns);
+  if (out)
+    *out =
+        (ad_thread_stats){loops, chunks, (double)wk * 1e-9, (double)cl * 1e-9, (double)wt * 1e-9};
 }
 
 int ad_num_threads(void) { return atomic_load_explicit(&pool.threads, memory_order_relaxed); }
@@ -263,6 +281,9 @@ void ad_parallel_for(int64_t n, int64_t grain, ad_range_fn fn, void *ud) {
       sched_yield();
   }
   int64_t t2 = now_ns();
+  atomic_fetch_add_explicit(&pool.st_loops, 1, memory_order_relaxed);
+  atomic_fetch_add_explicit(&pool.st_caller_ns, t1 - t0, memory_order_relaxed);
+  atomic_fetch_add_explicit(&pool.st_wait_ns, t2 - t1, memory_order_relaxed);
   if (t2 - t1 > STALL_NS && t2 - t1 > 2 * (t1 - t0)) {
     pool.backoff = pool.backoff < BACKOFF_MIN_NS       ? BACKOFF_MIN_NS
                    : 2 * pool.backoff > BACKOFF_MAX_NS ? BACKOFF_MAX_NS

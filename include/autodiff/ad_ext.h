@@ -533,6 +533,27 @@ typedef void (*ad_range_fn)(void *ud, int64_t begin, int64_t end);
  * disjoint ranges and must not use a context. */
 AD_API void ad_parallel_for(int64_t n, int64_t grain, ad_range_fn fn, void *ud);
 
+/** Where the threads' time went, since the process started or the last
+ * reset, for loops that ad_parallel_for handed to the workers (loops it
+ * ran whole in the caller count nowhere). With W seconds of wall time and
+ * one worker, W - worker_busy_s is what the worker spent idle: in code
+ * that runs on the caller alone, or waiting for work. caller_wait_s is
+ * what callers spent at the ends of loops, waiting for chunks that
+ * workers had claimed and not finished: a slow or late worker. The
+ * benchmarks print these to show why two threads are not twice as fast. */
+typedef struct ad_thread_stats {
+  int64_t loops;        /**< loops handed to the workers */
+  int64_t chunks;       /**< chunks the workers ran, of those loops */
+  double worker_busy_s; /**< summed over the workers: time in chunks */
+  double caller_busy_s; /**< time callers spent handing out loops and in their chunks */
+  double caller_wait_s; /**< time callers waited for the workers' chunks */
+} ad_thread_stats;
+
+/** The statistics so far into *out (when not NULL); reset sets them to 0
+ * afterwards. Call it between loops: a loop running meanwhile may count
+ * partly before and partly after a reset. */
+AD_API void ad_thread_stats_get(ad_thread_stats *out, bool reset);
+
 /* ------------------------------------------------------------- GEMM */
 
 /** C = alpha * op(A) op(B) + beta * C, row-major; op transposes when trans_*.
