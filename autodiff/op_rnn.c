@@ -772,18 +772,35 @@ static void seq_rows(const seq_steps *s, ad_range_fn f32, ad_range_fn f64, seq_j
 /* dw = sum_t dG_t^T h_{t-1} (dG like xp, y like Y: the time axis tax, ly
  * elements per row of y), as one product over all rows: the h_{t-1} are
  * gathered into hp first (h0 at t = 0), laid out as dG's rows. */
-static void seq_weight_grad(int tax, const ad_tensor *dG, const ad_tensor *y, const ad_tensor *h0,
-                            ad_tensor *hp, ad_tensor *dw) {
-  ad_dtype dt = dG->dtype;
-  size_t es = ad_dsize(dt);
-  int64_t T = dG->shape[tax], N = dG->shape[1 - tax], GH = dG->shape[2], H = h0->shape[1];
-  for (int64_t t = 0; t < T; t++) {
+typedef struct hp_job {
+  int tax;
+  const ad_tensor *y, *h0;
+  ad_tensor *hp;
+} hp_job;
+
+/* hp's steps t0..t1: h0, then y's h block one step back. */
+static void hp_steps(void *ud, int64_t t0, int64_t t1) {
+  const hp_job *j = ud;
+  size_t es = ad_dsize(j->hp->dtype);
+  int64_t N = j->hp->shape[1 - j->tax], H = j->h0->shape[1];
+  for (int64_t t = t0; t < t1; t++) {
     int64_t ldy = H, ldh;
-    const char *src = t ? step_ptr(y, tax, t - 1, &ldy) : (const char *)h0->data;
-    char *dst = step_ptr(hp, tax, t, &ldh);
+    const char *src = t ? step_ptr(j->y, j->tax, t - 1, &ldy) : (const char *)j->h0->data;
+    char *dst = step_ptr(j->hp, j->tax, t, &ldh);
     for (int64_t n = 0; n < N; n++)
       memcpy(dst + (size_t)(n * ldh) * es, src + (size_t)(n * ldy) * es, (size_t)H * es);
   }
+}
+
+static void seq_weight_grad(int tax, const ad_tensor *dG, const ad_tensor *y, const ad_tensor *h0,
+                            ad_tensor *hp, ad_tensor *dw) {
+  ad_dtype dt = dG->dtype;
+  int64_t T = dG->shape[tax], N = dG->shape[1 - tax], GH = dG->shape[2], H = h0->shape[1];
+  /* the copy on the threads from 256 KB (a step's N x H each) */
+  int64_t step_bytes = N * H * (int64_t)ad_dsize(dt);
+  hp_job j = {tax, y, h0, hp};
+  ad_parallel_for(T, step_bytes >= 262144 ? 1 : 262144 / (step_bytes > 0 ? step_bytes : 1),
+                  hp_steps, &j);
   ad_gemm_split(dt, true, false, GH, H, T * N, dG->data, GH, hp->data, H, 0.0, dw->data, H);
 }
 

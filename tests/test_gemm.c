@@ -512,7 +512,8 @@ Test(gemm, blas_loaded_only_when_needed) {
 /* A B packed once (ad_gemm_pack) gives, product after product, the bits of
  * ad_gemm, at the recurrent layers' shapes and across the kernel's blocks
  * (k past KC = 256, n past NC = 2048), with B transposed or not, A
- * transposed or not, beta 0 and 1, on one thread and two (rows split). */
+ * transposed or not, beta 0 and 1, on one thread and two (rows split),
+ * with B packed on one thread and on three (a large B's units split). */
 static void packed_case(ad_dtype dt, bool ta, bool tb, int64_t m, int64_t n, int64_t k,
                         ad_rng *rng) {
   int64_t lda = ta ? m + 3 : k + 1, ldb = tb ? k + 2 : n + 5, ldc = n + 1;
@@ -520,36 +521,38 @@ static void packed_case(ad_dtype dt, bool ta, bool tb, int64_t m, int64_t n, int
   void *a = alloc_elems(dt, sa), *b = alloc_elems(dt, sb), *c = alloc_elems(dt, sc);
   void *want = alloc_elems(dt, sc);
   for (int64_t i = 0; i < sa; i++) set(dt, a, i, ad_rng_uniform(rng) * 2 - 1);
-  for (int64_t i = 0; i < sb; i++) set(dt, b, i, ad_rng_uniform(rng) * 2 - 1);
-  ad_gemm_packed *p = ad_gemm_pack(dt, tb, m, k, n, b, ldb);
-  /* NULL where the dispatch rule gives the product to BLAS (AVX2 with
-   * OpenBLAS, above 4M multiply-adds); the small shapes run everywhere */
-  cr_assert(p || (double)m * (double)n * (double)k > 4194304.0, "ad_gemm_pack %lldx%lldx%lld",
-            (long long)m, (long long)n, (long long)k);
-  if (!p) {
-    free(a), free(b), free(c), free(want);
-    return;
-  }
-  for (int beta = 0; beta < 2; beta++)
-    for (int threads = 1; threads <= 2; threads++) {
-      ad_set_num_threads(threads);
-      for (int64_t i = 0; i < sc; i++) {
-        double v = ad_rng_uniform(rng);
-        set(dt, c, i, v), set(dt, want, i, v);
+  for (int packers = 1; packers <= 3; packers += 2) { /* a large B is packed on threads */
+    /* a new B each time: a packing that missed a unit would show the last one's */
+    for (int64_t i = 0; i < sb; i++) set(dt, b, i, ad_rng_uniform(rng) * 2 - 1);
+    ad_set_num_threads(packers);
+    ad_gemm_packed *p = ad_gemm_pack(dt, tb, m, k, n, b, ldb);
+    /* NULL where the dispatch rule gives the product to BLAS (AVX2 with
+     * OpenBLAS, above 4M multiply-adds); the small shapes run everywhere */
+    cr_assert(p || (double)m * (double)n * (double)k > 4194304.0, "ad_gemm_pack %lldx%lldx%lld",
+              (long long)m, (long long)n, (long long)k);
+    if (!p) break;
+    for (int beta = 0; beta < 2; beta++)
+      for (int threads = 1; threads <= 2; threads++) {
+        ad_set_num_threads(threads);
+        for (int64_t i = 0; i < sc; i++) {
+          double v = ad_rng_uniform(rng);
+          set(dt, c, i, v), set(dt, want, i, v);
+        }
+        ad_gemm(dt, ta, tb, m, n, k, a, lda, b, ldb, beta, want, ldc);
+        ad_gemm_packed_run(p, ta, m, a, lda, b, ldb, beta, c, ldc);
+        for (int64_t i = 0; i < m; i++)
+          for (int64_t j = 0; j < n; j++)
+            if (get(dt, c, i * ldc + j) != get(dt, want, i * ldc + j))
+              cr_assert_fail(
+                  "%s ta %d tb %d %lldx%lldx%lld beta %d threads %d [%lld,%lld]: packed %.17g, "
+                  "ad_gemm %.17g",
+                  ad_dtype_name(dt), ta, tb, (long long)m, (long long)n, (long long)k, beta,
+                  threads, (long long)i, (long long)j, get(dt, c, i * ldc + j),
+                  get(dt, want, i * ldc + j));
       }
-      ad_gemm(dt, ta, tb, m, n, k, a, lda, b, ldb, beta, want, ldc);
-      ad_gemm_packed_run(p, ta, m, a, lda, b, ldb, beta, c, ldc);
-      for (int64_t i = 0; i < m; i++)
-        for (int64_t j = 0; j < n; j++)
-          if (get(dt, c, i * ldc + j) != get(dt, want, i * ldc + j))
-            cr_assert_fail(
-                "%s ta %d tb %d %lldx%lldx%lld beta %d threads %d [%lld,%lld]: packed %.17g, "
-                "ad_gemm %.17g",
-                ad_dtype_name(dt), ta, tb, (long long)m, (long long)n, (long long)k, beta, threads,
-                (long long)i, (long long)j, get(dt, c, i * ldc + j), get(dt, want, i * ldc + j));
-    }
+    ad_gemm_packed_free(p);
+  }
   ad_set_num_threads(1);
-  ad_gemm_packed_free(p);
   free(a), free(b), free(c), free(want);
 }
 

@@ -668,15 +668,23 @@ Test(seq, null_arguments) {
  * output's gradient; 33 rows (blocks of 16 and 17, and of 8, 16, 9: a
  * short last group) with only the h block read (the narrowed gradient the
  * layers pass) and no gradient wanted for the initial states or the
- * second bias. (Where the dispatch gives these
- * products to BLAS the op runs one block and the runs compare one path.) */
+ * second bias; and as the second, 128 steps of 128 rows of H = 8, whose
+ * copy of every step's h_{t-1} for the weight gradient (over 256 KB) is
+ * cut into chunks of steps on the threads. Before each run on threads, a
+ * decoy run on one thread, of other inputs at the same shapes, lays the
+ * arena's scratch out as the run will, with other values: a part the run left unwritten would
+ * show them rather than the one-thread run's. (Where the dispatch gives these
+ * products to BLAS the op runs one block and the runs compare one path;
+ * every product stays within the built-in kernel's 4M multiply-adds.) */
 Test(seq, sequence_ops_row_blocks_same_bits_on_any_threads) {
-  enum { T = 5, H = 24 };
-  for (int variant = 0; variant < 2; variant++)
+  for (int variant = 0; variant < 3; variant++)
     for (int gru = 0; gru < 2; gru++)
       for (int d = 0; d < 2; d++)
         for (int bf = 0; bf < 2; bf++) {
-          int64_t N = variant ? 33 : 40;
+          int64_t N = variant == 2 ? 128
+                      : variant    ? 33
+                                   : 40,
+                  T = variant == 2 ? 128 : 5, H = variant == 2 ? 8 : 24;
           ad_dtype dt = d ? AD_F64 : AD_F32;
           size_t es = d ? 8 : 4;
           int64_t G = gru ? 3 * H : 4 * H, xs[3] = {bf ? N : T, bf ? T : N, G}, ws[2] = {G, H},
@@ -688,11 +696,22 @@ Test(seq, sequence_ops_row_blocks_same_bits_on_any_threads) {
                     *b = randt(&rng, dt, 1, bs, -1, 1, true),
                     *b2 = randt(&rng, dt, 1, bs, -1, 1, !variant),
                     *h0 = randt(&rng, dt, 2, hs, -1, 1, !variant),
-                    *c0 = randt(&rng, dt, 2, hs, -1, 1, !variant), *mask = ad_ones(ctx, dt, 2, ms);
+                    *c0 = randt(&rng, dt, 2, hs, -1, 1, !variant), *mask = ad_ones(ctx, dt, 2, ms),
+                    *xd = randt(&rng, dt, 3, xs, -2, 2, true);
           for (int n = 0; n < N; n += 3) ad_tensor_set(mask, (int64_t)(n % T) * N + n, 0.0);
           ad_tensor *in[6] = {xp, w, b, b2, h0, c0};
           void *ref[7] = {0};
           for (int threads = 1; threads <= 3; threads++) {
+            if (threads > 1) { /* a decoy on one thread: other values in the same scratch */
+              cr_assert_eq(ad_set_num_threads(1), AD_OK);
+              ad_tensor *yd = gru ? ad_gru_seq(ctx, xd, w, b, b2, h0, mask, bf)
+                                  : ad_lstm_seq(ctx, xd, w, b, h0, c0, mask, bf);
+              cr_assert_not_null(yd, "%s", ad_last_error(ctx));
+              ad_tensor *od = variant ? ad_narrow(ctx, yd, 2, 0, H) : yd;
+              cr_assert_eq(ad_backward(ctx, ad_sum(ctx, ad_mul(ctx, od, od)), NULL), AD_OK, "%s",
+                           ad_last_error(ctx));
+              ad_tape_reset(ctx);
+            }
             cr_assert_eq(ad_set_num_threads(threads), AD_OK);
             for (int k = 0; k < 6; k++) ad_tensor_zero_grad(in[k]);
             ad_tensor *y = gru ? ad_gru_seq(ctx, xp, w, b, b2, h0, mask, bf)
@@ -727,7 +746,7 @@ Test(seq, sequence_ops_row_blocks_same_bits_on_any_threads) {
           }
           cr_assert_eq(ad_set_num_threads(1), AD_OK);
           for (int k = 0; k < 7; k++) free(ref[k]);
-          ad_tensor *all[7] = {xp, w, b, b2, h0, c0, mask};
-          for (int k = 0; k < 7; k++) ad_tensor_free(all[k]);
+          ad_tensor *all[8] = {xp, w, b, b2, h0, c0, mask, xd};
+          for (int k = 0; k < 8; k++) ad_tensor_free(all[k]);
         }
 }

@@ -236,6 +236,9 @@ static void *gemm_scratch(size_t bytes) {
  * MC (rows, a multiple of MR), NC (columns). Defines
  *   static int S_gemm(pack, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
  * returning 0 when the packing buffer cannot be had (nothing written). */
+/* Micro-panels per unit of a packing that threads share (S_pack_part). */
+#define GEMM_UNIT_PANELS 4
+
 #define GEMM_KERNEL(S, ATTR, T, VL, KC, MC, NC, MR)                                                \
   typedef T S##_v __attribute__((vector_size((VL) * sizeof(T)), aligned(sizeof(T))));              \
                                                                                                    \
@@ -500,7 +503,8 @@ static void *gemm_scratch(size_t bytes) {
     }                                                                                              \
   }                                                                                                \
                                                                                                    \
-  /* op(B) of every (jc, pc) block, packed in loop order into dst (S##_packed_size elements) */    \
+  /* op(B) of every (jc, pc) block, packed in loop order (S##_pack_part), takes this many          \
+   * elements */                                                                                   \
   static ATTR size_t S##_packed_size(int64_t k, int64_t n) {                                       \
     int64_t nkb = (k + (KC)-1) / (KC), kcs = (k + nkb - 1) / nkb, ncs = n < (NC) ? n : (NC);       \
     size_t size = 0;                                                                               \
@@ -511,12 +515,29 @@ static void *gemm_scratch(size_t bytes) {
       }                                                                                            \
     return size;                                                                                   \
   }                                                                                                \
-  static ATTR void S##_pack_all(bool tb, int64_t k, int64_t n, const T *b, int64_t ldb, T *dst) {  \
+  /* That packing in units that threads can share: each (jc, pc) block's micro-panels in groups    \
+   * of GEMM_UNIT_PANELS, numbered in loop order; S##_pack_part packs units [u0, u1) into dst,     \
+   * each where the whole packing has it. */                                                       \
+  static ATTR int64_t S##_pack_units(int64_t k, int64_t n) {                                       \
     int64_t nkb = (k + (KC)-1) / (KC), kcs = (k + nkb - 1) / nkb, ncs = n < (NC) ? n : (NC);       \
+    int64_t cols = GEMM_UNIT_PANELS * 2 * (VL), units = 0;                                         \
     for (int64_t jc = 0; jc < n; jc += ncs)                                                        \
-      for (int64_t pc = 0; pc < k; pc += kcs) {                                                    \
+      for (int64_t pc = 0; pc < k; pc += kcs)                                                      \
+        units += ((n - jc < ncs ? n - jc : ncs) + cols - 1) / cols;                                \
+    return units;                                                                                  \
+  }                                                                                                \
+  static ATTR void S##_pack_part(bool tb, int64_t k, int64_t n, const T *b, int64_t ldb, T *dst,   \
+                                 int64_t u0, int64_t u1) {                                         \
+    int64_t nkb = (k + (KC)-1) / (KC), kcs = (k + nkb - 1) / nkb, ncs = n < (NC) ? n : (NC);       \
+    int64_t cols = GEMM_UNIT_PANELS * 2 * (VL), u = 0;                                             \
+    for (int64_t jc = 0; jc < n && u < u1; jc += ncs)                                              \
+      for (int64_t pc = 0; pc < k && u < u1; pc += kcs) {                                          \
         int64_t nc = n - jc < ncs ? n - jc : ncs, kc = k - pc < kcs ? k - pc : kcs;                \
-        S##_pack_b(tb, kc, nc, tb ? b + jc *ldb + pc : b + pc * ldb + jc, ldb, dst);               \
+        const T *src = tb ? b + jc * ldb + pc : b + pc * ldb + jc;                                 \
+        for (int64_t j0 = 0; j0 < nc; j0 += cols, u++)                                             \
+          if (u >= u0 && u < u1)                                                                   \
+            S##_pack_b(tb, kc, nc - j0 < cols ? nc - j0 : cols, src + (tb ? j0 * ldb : j0), ldb,   \
+                       dst + j0 * kc);                                                             \
         dst += kc * ((nc + 2 * (VL)-1) / (2 * (VL)) * 2 * (VL));                                   \
       }                                                                                            \
   }                                                                                                \
@@ -613,10 +634,12 @@ typedef int (*gemm_f64_fn)(int pack, bool ta, bool tb, int64_t m, int64_t n, int
                            double beta, double *c, int64_t ldc, const double *pb);
 
 typedef size_t (*gemm_size_fn)(int64_t k, int64_t n);
-typedef void (*gemm_pack_f32_fn)(bool tb, int64_t k, int64_t n, const float *b, int64_t ldb,
-                                 float *dst);
-typedef void (*gemm_pack_f64_fn)(bool tb, int64_t k, int64_t n, const double *b, int64_t ldb,
-                                 double *dst);
+
+typedef int64_t (*gemm_units_fn)(int64_t k, int64_t n);
+typedef void (*gemm_part_f32_fn)(bool tb, int64_t k, int64_t n, const float *b, int64_t ldb,
+                                 float *dst, int64_t u0, int64_t u1);
+typedef void (*gemm_part_f64_fn)(bool tb, int64_t k, int64_t n, const double *b, int64_t ldb,
+                                 double *dst, int64_t u0, int64_t u1);
 
 typedef void (*gemm_xpose_f32_fn)(int64_t m, int64_t n, const float *t, float *y, int64_t i0,
                                   int64_t i1);
@@ -629,24 +652,27 @@ static const struct {
   gemm_f64_fn f64;
   const char *name_f32, *name_f64;
   gemm_size_fn size_f32, size_f64;
-  gemm_pack_f32_fn pack_f32;
-  gemm_pack_f64_fn pack_f64;
   gemm_xpose_f32_fn xpose_f32;
   gemm_xpose_f64_fn xpose_f64;
+  gemm_units_fn units_f32, units_f64;
+  gemm_part_f32_fn part_f32;
+  gemm_part_f64_fn part_f64;
 } kernels[4] = {
-    {NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL},
+    {0},
 #ifdef GEMM_VEC
     {gen_f32_gemm, gen_f64_gemm, "builtin-generic-6x8", "builtin-generic-6x4", gen_f32_packed_size,
-     gen_f64_packed_size, gen_f32_pack_all, gen_f64_pack_all, gen_f32_xpose, gen_f64_xpose},
+     gen_f64_packed_size, gen_f32_xpose, gen_f64_xpose, gen_f32_pack_units, gen_f64_pack_units,
+     gen_f32_pack_part, gen_f64_pack_part},
 #else
-    {NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL},
+    {0},
 #endif
 #ifdef GEMM_X86
     {avx2_f32_gemm, avx2_f64_gemm, "builtin-avx2-6x16", "builtin-avx2-6x8", avx2_f32_packed_size,
-     avx2_f64_packed_size, avx2_f32_pack_all, avx2_f64_pack_all, avx2_f32_xpose, avx2_f64_xpose},
+     avx2_f64_packed_size, avx2_f32_xpose, avx2_f64_xpose, avx2_f32_pack_units, avx2_f64_pack_units,
+     avx2_f32_pack_part, avx2_f64_pack_part},
     {avx512_f32_gemm, avx512_f64_gemm, "builtin-avx512-8x32", "builtin-avx512-8x16",
-     avx512_f32_packed_size, avx512_f64_packed_size, avx512_f32_pack_all, avx512_f64_pack_all,
-     avx512_f32_xpose, avx512_f64_xpose},
+     avx512_f32_packed_size, avx512_f64_packed_size, avx512_f32_xpose, avx512_f64_xpose,
+     avx512_f32_pack_units, avx512_f64_pack_units, avx512_f32_pack_part, avx512_f64_pack_part},
 #endif
 };
 
@@ -1004,6 +1030,33 @@ struct ad_gemm_packed {
 
 int64_t ad_gemm_packed_macs(const ad_gemm_packed *p, int64_t m) { return m * p->n * p->k; }
 
+/* A packing of at least this many bytes is split over the library's
+ * threads (in units of GEMM_UNIT_PANELS micro-panels; the bits do not
+ * depend on who packs what). */
+#define PACK_SPLIT_MIN ((size_t)256 << 10)
+
+typedef struct pack_job {
+  const ad_gemm_packed *p;
+  const void *b;
+  int64_t ldb;
+} pack_job;
+
+static void pack_units(void *ud, int64_t u0, int64_t u1) {
+  const pack_job *j = ud;
+  const ad_gemm_packed *p = j->p;
+  if (p->dt == AD_F64)
+    kernels[p->kernel].part_f64(p->tb, p->k, p->n, j->b, j->ldb, p->p, u0, u1);
+  else
+    kernels[p->kernel].part_f32(p->tb, p->k, p->n, j->b, j->ldb, p->p, u0, u1);
+}
+
+/* Elements in one packing unit (at most: a block's depth may be less). */
+static int64_t unit_elems(int kernel, ad_dtype dt, int64_t k) {
+  int64_t nr = kernel == K_AVX512 ? 32 : kernel == K_AVX2 ? 16 : 8; /* 2 VL of f32 */
+  if (dt == AD_F64) nr /= 2;
+  return GEMM_UNIT_PANELS * nr * (k < 256 ? k : 256); /* KC is 256 for every kernel */
+}
+
 ad_gemm_packed *ad_gemm_pack(ad_dtype dt, bool tb, int64_t m, int64_t k, int64_t n, const void *b,
                              int64_t ldb) {
   if (m <= 0 || k <= 0 || n <= 0) return NULL;
@@ -1021,10 +1074,12 @@ ad_gemm_packed *ad_gemm_pack(ad_dtype dt, bool tb, int64_t m, int64_t k, int64_t
     return NULL;
   }
   *p = (ad_gemm_packed){dt, kernel, tb, k, n, buf};
-  if (dt == AD_F64)
-    kernels[kernel].pack_f64(tb, k, n, b, ldb, buf);
-  else
-    kernels[kernel].pack_f32(tb, k, n, b, ldb, buf);
+  int64_t units = dt == AD_F64 ? kernels[kernel].units_f64(k, n) : kernels[kernel].units_f32(k, n);
+  pack_job j = {p, b, ldb};
+  ad_parallel_for(units,
+                  (PACK_SPLIT_MIN + es * unit_elems(kernel, dt, k) - 1) /
+                      (es * unit_elems(kernel, dt, k)),
+                  pack_units, &j);
   return p;
 }
 
