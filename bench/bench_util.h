@@ -65,12 +65,13 @@ static inline void bench_print_threads(void) { printf("%d engine threads\n", ad_
  * one-thread blocks, which the line then says. */
 static inline void bench_threads_begin(void) { ad_thread_stats_get(NULL, true); }
 static inline void bench_threads_end(double secs, int threads, bool alternating) {
-  int workers = threads - 1;
+  int workers = (threads < 64 ? threads : 64) - 1; /* ad_set_num_threads caps it at 64 */
   if (workers < 1 || secs <= 0) return;
   ad_thread_stats st;
   ad_thread_stats_get(&st, false);
-  printf("threads_time: workers busy %.1f%% of the run%s, the caller %.3f s in its own chunks "
-         "and %.3f s (%.1f%%) waiting at loop ends for the workers', %lld loops\n",
+  printf("threads_time: workers busy %.1f%% of the run%s, the caller %.3f s handing out loops "
+         "and in its own chunks and %.3f s (%.1f%%) waiting at loop ends for the workers', %lld "
+         "loops\n",
          100.0 * st.worker_busy_s / (workers * secs),
          alternating ? " (which alternates with one thread)" : "", st.caller_busy_s,
          st.caller_wait_s, 100.0 * st.caller_wait_s / secs, (long long)st.loops);

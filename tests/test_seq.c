@@ -697,15 +697,17 @@ Test(seq, sequence_ops_row_blocks_same_bits_on_any_threads) {
                     *b2 = randt(&rng, dt, 1, bs, -1, 1, !variant),
                     *h0 = randt(&rng, dt, 2, hs, -1, 1, !variant),
                     *c0 = randt(&rng, dt, 2, hs, -1, 1, !variant), *mask = ad_ones(ctx, dt, 2, ms),
-                    *xd = randt(&rng, dt, 3, xs, -2, 2, true);
+                    *xd = randt(&rng, dt, 3, xs, -2, 2, true),
+                    *hd = randt(&rng, dt, 2, hs, -1, 1, !variant),
+                    *cd = randt(&rng, dt, 2, hs, -1, 1, !variant);
           for (int n = 0; n < N; n += 3) ad_tensor_set(mask, (int64_t)(n % T) * N + n, 0.0);
           ad_tensor *in[6] = {xp, w, b, b2, h0, c0};
           void *ref[7] = {0};
           for (int threads = 1; threads <= 3; threads++) {
             if (threads > 1) { /* a decoy on one thread: other values in the same scratch */
               cr_assert_eq(ad_set_num_threads(1), AD_OK);
-              ad_tensor *yd = gru ? ad_gru_seq(ctx, xd, w, b, b2, h0, mask, bf)
-                                  : ad_lstm_seq(ctx, xd, w, b, h0, c0, mask, bf);
+              ad_tensor *yd = gru ? ad_gru_seq(ctx, xd, w, b, b2, hd, mask, bf)
+                                  : ad_lstm_seq(ctx, xd, w, b, hd, cd, mask, bf);
               cr_assert_not_null(yd, "%s", ad_last_error(ctx));
               ad_tensor *od = variant ? ad_narrow(ctx, yd, 2, 0, H) : yd;
               cr_assert_eq(ad_backward(ctx, ad_sum(ctx, ad_mul(ctx, od, od)), NULL), AD_OK, "%s",
@@ -746,7 +748,7 @@ Test(seq, sequence_ops_row_blocks_same_bits_on_any_threads) {
           }
           cr_assert_eq(ad_set_num_threads(1), AD_OK);
           for (int k = 0; k < 7; k++) free(ref[k]);
-          ad_tensor *all[8] = {xp, w, b, b2, h0, c0, mask, xd};
-          for (int k = 0; k < 8; k++) ad_tensor_free(all[k]);
+          ad_tensor *all[10] = {xp, w, b, b2, h0, c0, mask, xd, hd, cd};
+          for (int k = 0; k < 10; k++) ad_tensor_free(all[k]);
         }
 }

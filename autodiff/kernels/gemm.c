@@ -516,11 +516,13 @@ static void *gemm_scratch(size_t bytes) {
     return size;                                                                                   \
   }                                                                                                \
   /* That packing in units that threads can share: each (jc, pc) block's micro-panels in groups    \
-   * of GEMM_UNIT_PANELS, numbered in loop order; S##_pack_part packs units [u0, u1) into dst,     \
-   * each where the whole packing has it. */                                                       \
-  static ATTR int64_t S##_pack_units(int64_t k, int64_t n) {                                       \
+   * of GEMM_UNIT_PANELS, numbered in loop order (S##_pack_units counts them and gives the size    \
+   * of the largest); S##_pack_part packs units [u0, u1) into dst, each where the whole packing    \
+   * has it. */                                                                                    \
+  static ATTR int64_t S##_pack_units(int64_t k, int64_t n, int64_t *unit_elems) {                  \
     int64_t nkb = (k + (KC)-1) / (KC), kcs = (k + nkb - 1) / nkb, ncs = n < (NC) ? n : (NC);       \
     int64_t cols = GEMM_UNIT_PANELS * 2 * (VL), units = 0;                                         \
+    *unit_elems = cols * kcs; /* the largest unit's */                                             \
     for (int64_t jc = 0; jc < n; jc += ncs)                                                        \
       for (int64_t pc = 0; pc < k; pc += kcs)                                                      \
         units += ((n - jc < ncs ? n - jc : ncs) + cols - 1) / cols;                                \
@@ -542,7 +544,7 @@ static void *gemm_scratch(size_t bytes) {
       }                                                                                            \
   }                                                                                                \
                                                                                                    \
-  /* pb: op(B) packed by S##_pack_all, or NULL to pack it here */                                  \
+  /* pb: op(B) packed whole by S##_pack_part, or NULL to pack it here */                           \
   static ATTR int S##_gemm(int pack, bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha,   \
                            const T *a, int64_t lda, const T *b, int64_t ldb, T beta, T *c,         \
                            int64_t ldc, const T *pb) {                                             \
@@ -635,7 +637,7 @@ typedef int (*gemm_f64_fn)(int pack, bool ta, bool tb, int64_t m, int64_t n, int
 
 typedef size_t (*gemm_size_fn)(int64_t k, int64_t n);
 
-typedef int64_t (*gemm_units_fn)(int64_t k, int64_t n);
+typedef int64_t (*gemm_units_fn)(int64_t k, int64_t n, int64_t *unit_elems);
 typedef void (*gemm_part_f32_fn)(bool tb, int64_t k, int64_t n, const float *b, int64_t ldb,
                                  float *dst, int64_t u0, int64_t u1);
 typedef void (*gemm_part_f64_fn)(bool tb, int64_t k, int64_t n, const double *b, int64_t ldb,
@@ -1050,13 +1052,6 @@ static void pack_units(void *ud, int64_t u0, int64_t u1) {
     kernels[p->kernel].part_f32(p->tb, p->k, p->n, j->b, j->ldb, p->p, u0, u1);
 }
 
-/* Elements in one packing unit (at most: a block's depth may be less). */
-static int64_t unit_elems(int kernel, ad_dtype dt, int64_t k) {
-  int64_t nr = kernel == K_AVX512 ? 32 : kernel == K_AVX2 ? 16 : 8; /* 2 VL of f32 */
-  if (dt == AD_F64) nr /= 2;
-  return GEMM_UNIT_PANELS * nr * (k < 256 ? k : 256); /* KC is 256 for every kernel */
-}
-
 ad_gemm_packed *ad_gemm_pack(ad_dtype dt, bool tb, int64_t m, int64_t k, int64_t n, const void *b,
                              int64_t ldb) {
   if (m <= 0 || k <= 0 || n <= 0) return NULL;
@@ -1074,12 +1069,11 @@ ad_gemm_packed *ad_gemm_pack(ad_dtype dt, bool tb, int64_t m, int64_t k, int64_t
     return NULL;
   }
   *p = (ad_gemm_packed){dt, kernel, tb, k, n, buf};
-  int64_t units = dt == AD_F64 ? kernels[kernel].units_f64(k, n) : kernels[kernel].units_f32(k, n);
+  int64_t unit, units = dt == AD_F64 ? kernels[kernel].units_f64(k, n, &unit)
+                                     : kernels[kernel].units_f32(k, n, &unit);
+  size_t unit_bytes = (size_t)unit * es;
   pack_job j = {p, b, ldb};
-  ad_parallel_for(units,
-                  (PACK_SPLIT_MIN + es * unit_elems(kernel, dt, k) - 1) /
-                      (es * unit_elems(kernel, dt, k)),
-                  pack_units, &j);
+  ad_parallel_for(units, (int64_t)((PACK_SPLIT_MIN + unit_bytes - 1) / unit_bytes), pack_units, &j);
   return p;
 }
 

@@ -81,8 +81,12 @@ static struct {
   unsigned flush; /* the caller's denormal bits (fp_flush_bits), for the workers */
   /* stall backoff (see ad_parallel_for), used under the submit lock */
   int64_t serial_until, backoff, last_stall; /* ns */
-  /* ad_thread_stats, in ns */
-  _Atomic int64_t st_loops, st_chunks, st_worker_ns, st_caller_ns, st_wait_ns;
+  /* ad_thread_stats (ns), on their own cache line: the workers write them
+   * while others read the job's fields */
+  struct {
+    _Alignas(64) _Atomic int64_t loops;
+    _Atomic int64_t chunks, worker_ns, caller_ns, wait_ns;
+  } st;
 } pool = {.submit = PTHREAD_MUTEX_INITIALIZER,
           .sleep_mu = PTHREAD_MUTEX_INITIALIZER,
           .wake = PTHREAD_COND_INITIALIZER,
@@ -143,21 +147,27 @@ bool ad_set_flush_denormal(bool on) {
 
 bool ad_flush_denormal(void) { return FLUSH_BITS && fp_flush_bits() == FLUSH_BITS; }
 
-/* Claims and runs chunks of the current job until none is left; returns
- * how many it ran. */
-static int64_t run_chunks(void) {
+/* Claims and runs chunks of the current job until none is left. A worker
+ * adds each chunk's time to the statistics before it counts the chunk
+ * done, so that they are complete when the caller returns. */
+static void run_chunks(bool worker) {
   uint64_t w = atomic_load_explicit(&pool.word, memory_order_acquire);
-  for (int64_t ran = 0;; ran++) {
-    if (W_NEXT(w) >= W_COUNT(w)) return ran;
+  for (;;) {
+    if (W_NEXT(w) >= W_COUNT(w)) return;
     if (!atomic_compare_exchange_weak_explicit(&pool.word, &w, w + (UINT64_C(1) << W_BITS),
                                                memory_order_acq_rel, memory_order_acquire))
       continue; /* w was reloaded */
     int64_t i = (int64_t)W_NEXT(w);
     int64_t b = i * pool.chunk, e = b + pool.chunk < pool.n ? b + pool.chunk : pool.n;
     fp_set_flush_bits(pool.flush); /* the caller's: a no-op for the caller itself */
+    int64_t t0 = worker ? now_ns() : 0;
     in_task = true;
     pool.fn(pool.ud, b, e);
     in_task = false;
+    if (worker) {
+      atomic_fetch_add_explicit(&pool.st.worker_ns, now_ns() - t0, memory_order_relaxed);
+      atomic_fetch_add_explicit(&pool.st.chunks, 1, memory_order_relaxed);
+    }
     atomic_fetch_add_explicit(&pool.done, 1, memory_order_release);
     w = atomic_load_explicit(&pool.word, memory_order_acquire);
   }
@@ -188,11 +198,7 @@ static void *worker(void *arg) {
         break;
       }
     }
-    int64_t b0 = now_ns(), ran = run_chunks();
-    if (ran) {
-      atomic_fetch_add_explicit(&pool.st_worker_ns, now_ns() - b0, memory_order_relaxed);
-      atomic_fetch_add_explicit(&pool.st_chunks, ran, memory_order_relaxed);
-    }
+    run_chunks(true);
   }
   return NULL;
 }
@@ -225,11 +231,11 @@ ad_status ad_set_num_threads(int n) {
 }
 
 void ad_thread_stats_get(ad_thread_stats *out, bool reset) {
-  int64_t loops = reset ? atomic_exchange(&pool.st_loops, 0) : atomic_load(&pool.st_loops);
-  int64_t chunks = reset ? atomic_exchange(&pool.st_chunks, 0) : atomic_load(&pool.st_chunks);
-  int64_t wk = reset ? atomic_exchange(&pool.st_worker_ns, 0) : atomic_load(&pool.st_worker_ns);
-  int64_t cl = reset ? atomic_exchange(&pool.st_caller_ns, 0) : atomic_load(&pool.st_caller_ns);
-  int64_t wt = reset ? atomic_exchange(&pool.st_wait_ns, 0) : atomic_load(&pool.st_wait_ns);
+  int64_t loops = reset ? atomic_exchange(&pool.st.loops, 0) : atomic_load(&pool.st.loops);
+  int64_t chunks = reset ? atomic_exchange(&pool.st.chunks, 0) : atomic_load(&pool.st.chunks);
+  int64_t wk = reset ? atomic_exchange(&pool.st.worker_ns, 0) : atomic_load(&pool.st.worker_ns);
+  int64_t cl = reset ? atomic_exchange(&pool.st.caller_ns, 0) : atomic_load(&pool.st.caller_ns);
+  int64_t wt = reset ? atomic_exchange(&pool.st.wait_ns, 0) : atomic_load(&pool.st.wait_ns);
   if (out)
     *out =
         (ad_thread_stats){loops, chunks, (double)wk * 1e-9, (double)cl * 1e-9, (double)wt * 1e-9};
@@ -270,7 +276,7 @@ void ad_parallel_for(int64_t n, int64_t grain, ad_range_fn fn, void *ud) {
     pthread_cond_broadcast(&pool.wake);
     pthread_mutex_unlock(&pool.sleep_mu);
   }
-  run_chunks();
+  run_chunks(false);
   /* wait for the chunks other threads claimed */
   int64_t t1 = now_ns();
   for (unsigned spins = 0; atomic_load_explicit(&pool.done, memory_order_acquire) < count;
@@ -281,9 +287,9 @@ void ad_parallel_for(int64_t n, int64_t grain, ad_range_fn fn, void *ud) {
       sched_yield();
   }
   int64_t t2 = now_ns();
-  atomic_fetch_add_explicit(&pool.st_loops, 1, memory_order_relaxed);
-  atomic_fetch_add_explicit(&pool.st_caller_ns, t1 - t0, memory_order_relaxed);
-  atomic_fetch_add_explicit(&pool.st_wait_ns, t2 - t1, memory_order_relaxed);
+  atomic_fetch_add_explicit(&pool.st.loops, 1, memory_order_relaxed);
+  atomic_fetch_add_explicit(&pool.st.caller_ns, t1 - t0, memory_order_relaxed);
+  atomic_fetch_add_explicit(&pool.st.wait_ns, t2 - t1, memory_order_relaxed);
   if (t2 - t1 > STALL_NS && t2 - t1 > 2 * (t1 - t0)) {
     pool.backoff = pool.backoff < BACKOFF_MIN_NS       ? BACKOFF_MIN_NS
                    : 2 * pool.backoff > BACKOFF_MAX_NS ? BACKOFF_MAX_NS

@@ -550,8 +550,9 @@ typedef struct ad_thread_stats {
 } ad_thread_stats;
 
 /** The statistics so far into *out (when not NULL); reset sets them to 0
- * afterwards. Call it between loops: a loop running meanwhile may count
- * partly before and partly after a reset. */
+ * afterwards. A loop's counts are all in when its ad_parallel_for returns;
+ * a loop that another thread runs meanwhile may count partly before and
+ * partly after a reset. */
 AD_API void ad_thread_stats_get(ad_thread_stats *out, bool reset);
 
 /* ------------------------------------------------------------- GEMM */
