@@ -769,9 +769,6 @@ static void seq_rows(const seq_steps *s, ad_range_fn f32, ad_range_fn f64, seq_j
     seq_run(f32, f64, dt, s->N, j);
 }
 
-/* dw = sum_t dG_t^T h_{t-1} (dG like xp, y like Y: the time axis tax, ly
- * elements per row of y), as one product over all rows: the h_{t-1} are
- * gathered into hp first (h0 at t = 0), laid out as dG's rows. */
 typedef struct hp_job {
   int tax;
   const ad_tensor *y, *h0;
@@ -792,11 +789,14 @@ static void hp_steps(void *ud, int64_t t0, int64_t t1) {
   }
 }
 
+/* dw = sum_t dG_t^T h_{t-1} (dG like xp, y like Y: the time axis tax, ly
+ * elements per row of y), as one product over all rows: the h_{t-1} are
+ * gathered into hp first (h0 at t = 0), laid out as dG's rows. */
 static void seq_weight_grad(int tax, const ad_tensor *dG, const ad_tensor *y, const ad_tensor *h0,
                             ad_tensor *hp, ad_tensor *dw) {
   ad_dtype dt = dG->dtype;
   int64_t T = dG->shape[tax], N = dG->shape[1 - tax], GH = dG->shape[2], H = h0->shape[1];
-  /* the copy on the threads from 256 KB (a step's N x H each) */
+  /* the copy on the threads in runs of steps of at least 256 KB (N x H a step) */
   int64_t step_bytes = N * H * (int64_t)ad_dsize(dt);
   hp_job j = {tax, y, h0, hp};
   ad_parallel_for(T, step_bytes >= 262144 ? 1 : 262144 / (step_bytes > 0 ? step_bytes : 1),

@@ -57,8 +57,8 @@ static inline void bench_print_threads(void) { printf("%d engine threads\n", ad_
 
 /* Where the threads' time went in the timed run (ad_thread_stats): call
  * bench_threads_begin as it starts and bench_threads_end with its wall
- * seconds and --threads as it ends, which prints one "threads_time:" line when there is
- * more than one thread. The workers' idle time is the run's serial part
+ * seconds and --threads as it ends, which prints one "threads_time:" line
+ * when there is more than one thread. The workers' idle time is the run's serial part
  * (code on the calling thread alone) plus their waits for work; the
  * caller's wait is time lost at the ends of loops to a slower or late
  * worker. Alternating runs (--alternate) leave the workers idle in their

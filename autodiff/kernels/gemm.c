@@ -230,15 +230,17 @@ static void *gemm_scratch(size_t bytes) {
 
 /* ------------------------------------------------------- blocked kernel */
 
+/* Micro-panels per unit of a packing that threads share (S_pack_part). */
+#define GEMM_UNIT_PANELS 4
+
 /* One instruction set S for element type T: VL lanes per vector, tiles of
  * MR x 2VL (MR 6, or 8 where there are 32 vector registers: the tile's 2MR
  * accumulators, two vectors of B and a broadcast must fit), blocks KC (k),
  * MC (rows, a multiple of MR), NC (columns). Defines
  *   static int S_gemm(pack, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
- * returning 0 when the packing buffer cannot be had (nothing written). */
-/* Micro-panels per unit of a packing that threads share (S_pack_part). */
-#define GEMM_UNIT_PANELS 4
-
+ * returning 0 when the packing buffer cannot be had (nothing written), and
+ * the packing of op(B) once for many products (S_packed_size, S_pack_units,
+ * S_pack_part). */
 #define GEMM_KERNEL(S, ATTR, T, VL, KC, MC, NC, MR)                                                \
   typedef T S##_v __attribute__((vector_size((VL) * sizeof(T)), aligned(sizeof(T))));              \
                                                                                                    \
