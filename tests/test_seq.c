@@ -668,14 +668,29 @@ Test(seq, null_arguments) {
  * output's gradient; 33 rows (blocks of 16 and 17, and of 8, 16, 9: a
  * short last group) with only the h block read (the narrowed gradient the
  * layers pass) and no gradient wanted for the initial states or the
- * second bias; and as the second, 128 steps of 128 rows of H = 8, whose
- * copy of every step's h_{t-1} for the weight gradient (over 256 KB) is
- * cut into chunks of steps on the threads. Before each run on threads, a
- * decoy run on one thread, of other inputs at the same shapes, lays the
- * arena's scratch out as the run will, with other values: a part the run left unwritten would
- * show them rather than the one-thread run's. (Where the dispatch gives these
- * products to BLAS the op runs one block and the runs compare one path;
- * every product stays within the built-in kernel's 4M multiply-adds.) */
+ * second bias; and a third variant like the second, of 128 steps of 128
+ * rows of H = 8, whose copy of every step's h_{t-1} for the weight
+ * gradient (over 256 KB) is cut into chunks of steps on the threads.
+ * Before each run on threads, a decoy run on one thread, of other inputs
+ * at the same shapes, lays the arena's scratch out as the run will, with
+ * other values: a part the run left unwritten would show them rather than
+ * the one-thread run's. (Where the dispatch gives these products to BLAS
+ * the op runs one block and the runs compare one path; every product stays
+ * within the built-in kernel's 4M multiply-adds.) */
+/* The op and its backward through sum(o^2), o = Y or (variants 1 and 2)
+ * its h block; returns Y. */
+static ad_tensor *row_blocks_run(int gru, int variant, int64_t H, ad_tensor *xp, ad_tensor *w,
+                                 ad_tensor *b, ad_tensor *b2, ad_tensor *h0, ad_tensor *c0,
+                                 ad_tensor *mask, int bf) {
+  ad_tensor *y = gru ? ad_gru_seq(ctx, xp, w, b, b2, h0, mask, bf)
+                     : ad_lstm_seq(ctx, xp, w, b, h0, c0, mask, bf);
+  cr_assert_not_null(y, "%s", ad_last_error(ctx));
+  ad_tensor *o = variant ? ad_narrow(ctx, y, 2, 0, H) : y;
+  cr_assert_eq(ad_backward(ctx, ad_sum(ctx, ad_mul(ctx, o, o)), NULL), AD_OK, "%s",
+               ad_last_error(ctx));
+  return y;
+}
+
 Test(seq, sequence_ops_row_blocks_same_bits_on_any_threads) {
   for (int variant = 0; variant < 3; variant++)
     for (int gru = 0; gru < 2; gru++)
@@ -706,22 +721,12 @@ Test(seq, sequence_ops_row_blocks_same_bits_on_any_threads) {
           for (int threads = 1; threads <= 3; threads++) {
             if (threads > 1) { /* a decoy on one thread: other values in the same scratch */
               cr_assert_eq(ad_set_num_threads(1), AD_OK);
-              ad_tensor *yd = gru ? ad_gru_seq(ctx, xd, w, b, b2, hd, mask, bf)
-                                  : ad_lstm_seq(ctx, xd, w, b, hd, cd, mask, bf);
-              cr_assert_not_null(yd, "%s", ad_last_error(ctx));
-              ad_tensor *od = variant ? ad_narrow(ctx, yd, 2, 0, H) : yd;
-              cr_assert_eq(ad_backward(ctx, ad_sum(ctx, ad_mul(ctx, od, od)), NULL), AD_OK, "%s",
-                           ad_last_error(ctx));
+              row_blocks_run(gru, variant, H, xd, w, b, b2, hd, cd, mask, bf);
               ad_tape_reset(ctx);
             }
             cr_assert_eq(ad_set_num_threads(threads), AD_OK);
             for (int k = 0; k < 6; k++) ad_tensor_zero_grad(in[k]);
-            ad_tensor *y = gru ? ad_gru_seq(ctx, xp, w, b, b2, h0, mask, bf)
-                               : ad_lstm_seq(ctx, xp, w, b, h0, c0, mask, bf);
-            cr_assert_not_null(y, "%s", ad_last_error(ctx));
-            ad_tensor *o = variant ? ad_narrow(ctx, y, 2, 0, H) : y;
-            ad_tensor *l = ad_sum(ctx, ad_mul(ctx, o, o));
-            cr_assert_eq(ad_backward(ctx, l, NULL), AD_OK, "%s", ad_last_error(ctx));
+            ad_tensor *y = row_blocks_run(gru, variant, H, xp, w, b, b2, h0, c0, mask, bf);
             const ad_tensor *got[7] = {y,
                                        xp->grad,
                                        w->grad,
