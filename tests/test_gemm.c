@@ -292,21 +292,24 @@ Test(gemm, across_blocks, .timeout = 300) {
     }
 }
 
-/* Packing A or reading it in place is the kernels' choice (by shape, see
- * gemm.c); for the engine's calls (alpha 1, beta 0 or 1) it must never
- * change a bit. Each kernel, on shapes at every branch of the rule (A^T in
- * place with close rows, packed for many columns, packed for few columns
- * with rows far apart, in place for tiny k) and with row counts whose 1-3
- * row tail joins the last whole tile when A is read in place (but not when
- * packed), several k blocks and both betas, gives the same bits with A
- * packed, in place, and as it chooses. (With another alpha, clang's FMA
- * contraction can differ between rows of a tile: gemm.c's top comment.) */
-Test(gemm, a_in_place_or_packed_same_bits, .timeout = 300) {
+/* Packing A or reading it in place, and packing op(B) or reading B in
+ * place, are the kernels' choices (by shape, see gemm.c); for the engine's
+ * calls (alpha 1, beta 0 or 1) they must never change a bit. Each kernel,
+ * on shapes at every branch of the rules (A^T in place with close rows,
+ * packed for many columns, packed for few columns with rows far apart, in
+ * place for tiny k; B in place for few rows, with a partial last panel,
+ * over several k blocks, and packed for many rows) and with row counts
+ * whose 1-3 row tail joins the last whole tile when A is read in place (but
+ * not when packed), several k blocks and both betas, gives the same bits
+ * with both packed, both in place where they can be, and as it chooses. (With another alpha,
+ * clang's FMA contraction can differ between rows of a tile: gemm.c's top comment.) */
+Test(gemm, in_place_or_packed_same_bits, .timeout = 300) {
   static const mshape shapes[] = {
       {64, 300, 32, true, false},   {65, 784, 64, true, false},  {600, 300, 80, true, false},
       {601, 40, 80, true, false},   {600, 40, 40, true, false},  {520, 40, 80, true, false},
       {105, 300, 90, false, false}, {9, 50, 600, true, true},    {17, 70, 300, true, false},
-      {99, 33, 530, false, true},   {195, 40, 270, true, false},
+      {99, 33, 530, false, true},   {195, 40, 270, true, false}, {40, 75, 600, false, false},
+      {7, 33, 300, false, false},   {120, 70, 200, true, false}, {64, 50, 31, true, false},
   };
   ad_rng rng;
   ad_rng_seed(&rng, 11);
@@ -332,7 +335,7 @@ Test(gemm, a_in_place_or_packed_same_bits, .timeout = 300) {
                           beta, c[v], ldc);
         }
         cr_assert(!memcmp(c[0], c[1], bytes) && !memcmp(c[0], c[2], bytes),
-                  "kernel %d, %s, %lld x %lld x %lld%s, beta %g: packing A changed bits", kern,
+                  "kernel %d, %s, %lld x %lld x %lld%s, beta %g: packing A or B changed bits", kern,
                   ad_dtype_name(dt), (long long)s->m, (long long)s->n, (long long)s->k,
                   s->ta ? " A^T" : "", beta);
         free(a), free(b), free(c0), free(c[0]), free(c[1]), free(c[2]);

@@ -185,7 +185,8 @@ GEMM_REF(double, gemm_ref_f64)
 GEMM_SCALE(float, gemm_scale_f32)
 GEMM_SCALE(double, gemm_scale_f64)
 
-/* Whether a kernel packs A: by its own rule, always, never (for tests). */
+/* Whether a kernel packs A, and op(B) where it may read B in place: by its
+ * own rule, always, never (for tests). */
 enum { GEMM_PACK_AUTO, GEMM_PACK_ALWAYS, GEMM_PACK_NEVER };
 
 /* ------------------------------------------------------- packing buffer */
@@ -257,11 +258,12 @@ static void *gemm_scratch(size_t bytes) {
     }                                                                                              \
   }                                                                                                \
                                                                                                    \
-  /* MR_ x 2VL tile: C[i][j] = alpha sum_p A[i*ars + p*acs] B[p*2VL + j] + beta C; only the first  \
-   * mr (== MR_) rows and nr columns are written. */                                               \
+  /* MR_ x 2VL tile: C[i][j] = alpha sum_p A[i*ars + p*acs] B[p*bcs + j] + beta C (bcs: 2VL for a  \
+   * packed panel, B's row step in place); only the first mr (== MR_) rows and nr columns are      \
+   * written. */                                                                                   \
   static inline __attribute__((always_inline))                                                     \
   ATTR void S##_body(const int MR_, int64_t kc, const T *a, int64_t ars, int64_t acs, const T *b,  \
-                     T *c, int64_t ldc, int nr, T alpha, T beta) {                                 \
+                     int64_t bcs, T *c, int64_t ldc, int nr, T alpha, T beta) {                    \
     typedef S##_v V;                                                                               \
     V z = {0}, c00 = z, c01 = z, c10 = z, c11 = z, c20 = z, c21 = z, c30 = z, c31 = z, c40 = z,    \
       c41 = z, c50 = z, c51 = z, c60 = z, c61 = z, c70 = z, c71 = z;                               \
@@ -306,7 +308,7 @@ static void *gemm_scratch(size_t bytes) {
         c71 += x * b1;                                                                             \
       }                                                                                            \
       a += acs;                                                                                    \
-      b += 2 * (VL);                                                                               \
+      b += bcs;                                                                                    \
     }                                                                                              \
     if (nr == 2 * (VL)) {                                                                          \
       V *r;                                                                                        \
@@ -353,66 +355,67 @@ static void *gemm_scratch(size_t bytes) {
                                                                                                    \
   /* 7 and 8 rows: only where MR is 8 */                                                           \
   __attribute__((unused)) static ATTR void S##_k8(int64_t kc, const T *a, int64_t ars,             \
-                                                  int64_t acs, const T *b, T *c, int64_t ldc,      \
-                                                  int nr, T alpha, T beta) {                       \
-    S##_body(8, kc, a, ars, acs, b, c, ldc, nr, alpha, beta);                                      \
+                                                  int64_t acs, const T *b, int64_t bcs, T *c,      \
+                                                  int64_t ldc, int nr, T alpha, T beta) {          \
+    S##_body(8, kc, a, ars, acs, b, bcs, c, ldc, nr, alpha, beta);                                 \
   }                                                                                                \
   __attribute__((unused)) static ATTR void S##_k7(int64_t kc, const T *a, int64_t ars,             \
-                                                  int64_t acs, const T *b, T *c, int64_t ldc,      \
-                                                  int nr, T alpha, T beta) {                       \
-    S##_body(7, kc, a, ars, acs, b, c, ldc, nr, alpha, beta);                                      \
+                                                  int64_t acs, const T *b, int64_t bcs, T *c,      \
+                                                  int64_t ldc, int nr, T alpha, T beta) {          \
+    S##_body(7, kc, a, ars, acs, b, bcs, c, ldc, nr, alpha, beta);                                 \
   }                                                                                                \
-  static ATTR void S##_k6(int64_t kc, const T *a, int64_t ars, int64_t acs, const T *b, T *c,      \
-                          int64_t ldc, int nr, T alpha, T beta) {                                  \
-    S##_body(6, kc, a, ars, acs, b, c, ldc, nr, alpha, beta);                                      \
+  static ATTR void S##_k6(int64_t kc, const T *a, int64_t ars, int64_t acs, const T *b,            \
+                          int64_t bcs, T *c, int64_t ldc, int nr, T alpha, T beta) {               \
+    S##_body(6, kc, a, ars, acs, b, bcs, c, ldc, nr, alpha, beta);                                 \
   }                                                                                                \
-  static ATTR void S##_k5(int64_t kc, const T *a, int64_t ars, int64_t acs, const T *b, T *c,      \
-                          int64_t ldc, int nr, T alpha, T beta) {                                  \
-    S##_body(5, kc, a, ars, acs, b, c, ldc, nr, alpha, beta);                                      \
+  static ATTR void S##_k5(int64_t kc, const T *a, int64_t ars, int64_t acs, const T *b,            \
+                          int64_t bcs, T *c, int64_t ldc, int nr, T alpha, T beta) {               \
+    S##_body(5, kc, a, ars, acs, b, bcs, c, ldc, nr, alpha, beta);                                 \
   }                                                                                                \
-  static ATTR void S##_k4(int64_t kc, const T *a, int64_t ars, int64_t acs, const T *b, T *c,      \
-                          int64_t ldc, int nr, T alpha, T beta) {                                  \
-    S##_body(4, kc, a, ars, acs, b, c, ldc, nr, alpha, beta);                                      \
+  static ATTR void S##_k4(int64_t kc, const T *a, int64_t ars, int64_t acs, const T *b,            \
+                          int64_t bcs, T *c, int64_t ldc, int nr, T alpha, T beta) {               \
+    S##_body(4, kc, a, ars, acs, b, bcs, c, ldc, nr, alpha, beta);                                 \
   }                                                                                                \
-  static ATTR void S##_k3(int64_t kc, const T *a, int64_t ars, int64_t acs, const T *b, T *c,      \
-                          int64_t ldc, int nr, T alpha, T beta) {                                  \
-    S##_body(3, kc, a, ars, acs, b, c, ldc, nr, alpha, beta);                                      \
+  static ATTR void S##_k3(int64_t kc, const T *a, int64_t ars, int64_t acs, const T *b,            \
+                          int64_t bcs, T *c, int64_t ldc, int nr, T alpha, T beta) {               \
+    S##_body(3, kc, a, ars, acs, b, bcs, c, ldc, nr, alpha, beta);                                 \
   }                                                                                                \
-  static ATTR void S##_k2(int64_t kc, const T *a, int64_t ars, int64_t acs, const T *b, T *c,      \
-                          int64_t ldc, int nr, T alpha, T beta) {                                  \
-    S##_body(2, kc, a, ars, acs, b, c, ldc, nr, alpha, beta);                                      \
+  static ATTR void S##_k2(int64_t kc, const T *a, int64_t ars, int64_t acs, const T *b,            \
+                          int64_t bcs, T *c, int64_t ldc, int nr, T alpha, T beta) {               \
+    S##_body(2, kc, a, ars, acs, b, bcs, c, ldc, nr, alpha, beta);                                 \
   }                                                                                                \
-  static ATTR void S##_k1(int64_t kc, const T *a, int64_t ars, int64_t acs, const T *b, T *c,      \
-                          int64_t ldc, int nr, T alpha, T beta) {                                  \
-    S##_body(1, kc, a, ars, acs, b, c, ldc, nr, alpha, beta);                                      \
+  static ATTR void S##_k1(int64_t kc, const T *a, int64_t ars, int64_t acs, const T *b,            \
+                          int64_t bcs, T *c, int64_t ldc, int nr, T alpha, T beta) {               \
+    S##_body(1, kc, a, ars, acs, b, bcs, c, ldc, nr, alpha, beta);                                 \
   }                                                                                                \
   /* the kernel for mr (0..MR) rows */                                                             \
   static inline ATTR void S##_krows(int mr, int64_t kc, const T *a, int64_t ars, int64_t acs,      \
-                                    const T *b, T *c, int64_t ldc, int nr, T alpha, T beta) {      \
+                                    const T *b, int64_t bcs, T *c, int64_t ldc, int nr, T alpha,   \
+                                    T beta) {                                                      \
     switch (mr) {                                                                                  \
     case 8:                                                                                        \
-      S##_k8(kc, a, ars, acs, b, c, ldc, nr, alpha, beta);                                         \
+      S##_k8(kc, a, ars, acs, b, bcs, c, ldc, nr, alpha, beta);                                    \
       break;                                                                                       \
     case 7:                                                                                        \
-      S##_k7(kc, a, ars, acs, b, c, ldc, nr, alpha, beta);                                         \
+      S##_k7(kc, a, ars, acs, b, bcs, c, ldc, nr, alpha, beta);                                    \
       break;                                                                                       \
     case 6:                                                                                        \
-      S##_k6(kc, a, ars, acs, b, c, ldc, nr, alpha, beta);                                         \
+      S##_k6(kc, a, ars, acs, b, bcs, c, ldc, nr, alpha, beta);                                    \
       break;                                                                                       \
     case 5:                                                                                        \
-      S##_k5(kc, a, ars, acs, b, c, ldc, nr, alpha, beta);                                         \
+      S##_k5(kc, a, ars, acs, b, bcs, c, ldc, nr, alpha, beta);                                    \
       break;                                                                                       \
     case 4:                                                                                        \
-      S##_k4(kc, a, ars, acs, b, c, ldc, nr, alpha, beta);                                         \
+      S##_k4(kc, a, ars, acs, b, bcs, c, ldc, nr, alpha, beta);                                    \
       break;                                                                                       \
     case 3:                                                                                        \
-      S##_k3(kc, a, ars, acs, b, c, ldc, nr, alpha, beta);                                         \
+      S##_k3(kc, a, ars, acs, b, bcs, c, ldc, nr, alpha, beta);                                    \
       break;                                                                                       \
     case 2:                                                                                        \
-      S##_k2(kc, a, ars, acs, b, c, ldc, nr, alpha, beta);                                         \
+      S##_k2(kc, a, ars, acs, b, bcs, c, ldc, nr, alpha, beta);                                    \
       break;                                                                                       \
     case 1:                                                                                        \
-      S##_k1(kc, a, ars, acs, b, c, ldc, nr, alpha, beta);                                         \
+      S##_k1(kc, a, ars, acs, b, bcs, c, ldc, nr, alpha, beta);                                    \
       break;                                                                                       \
     default:                                                                                       \
       break;                                                                                       \
@@ -558,13 +561,21 @@ static void *gemm_scratch(size_t bytes) {
      * most 16 KiB of memory (kc times A^T's row step: close rows share lines and pages), and also \
      * pack it for fewer columns when its rows are more than 2 KiB apart (at most two share a 4    \
      * KiB page) and k is not tiny: measured on an Intel core, docs/performance.md. A's layout     \
-     * changes no sum (see the top of the file). */                                                \
+     * changes no sum (see the top of the file). B (not transposed, nor packed beforehand) is read \
+     * in place, but for a last partial panel, when few row tiles reuse each panel: m <= 64, or m  \
+     * <= 128 with one k block; and B at most 8 MiB (a larger one comes from memory, where the     \
+     * packing's reads in row order ran as fast or faster). Packing a panel that four or eight     \
+     * tiles read costs about what they do (docs/performance.md, "B in place"). */                 \
     _Static_assert((MC) % (MR) == 0, "a packed A block holds whole MR-row panels");                \
     size_t arow = (size_t)lda * sizeof(T);                                                         \
     bool auto_a = (MR) == 8 && ta ? (size_t)kcs * arow > 16384 &&                                  \
                                         (n >= 256 || (n >= 32 && k >= 64 && arow > 2048))          \
                                   : n >= 256 && (ta || sizeof(T) == 8);                            \
     bool pack_a = pack == GEMM_PACK_AUTO ? auto_a : pack == GEMM_PACK_ALWAYS;                      \
+    bool direct_b =                                                                                \
+        !pb && !tb && pack != GEMM_PACK_ALWAYS &&                                                  \
+        (pack == GEMM_PACK_NEVER || ((m <= 64 || (m <= 128 && k <= 256)) &&                        \
+                                     (size_t)k * (size_t)n * sizeof(T) <= ((size_t)8 << 20)));     \
     size_t bsize = (size_t)(kcs * ((ncs + NR - 1) / NR * NR) + 15) / 16 * 16;                      \
     size_t asize = pack_a ? (size_t)((MC)*kcs) : 0;                                                \
     T *bp = gemm_scratch((bsize + asize) * sizeof(T));                                             \
@@ -574,11 +585,14 @@ static void *gemm_scratch(size_t bytes) {
       int64_t nc = n - jc < ncs ? n - jc : ncs;                                                    \
       for (int64_t pc = 0; pc < k; pc += kcs) {                                                    \
         int64_t kc = k - pc < kcs ? k - pc : kcs;                                                  \
-        const T *bk = pb ? pb : bp;                                                                \
+        const T *bk = pb ? pb : bp, *bsrc = tb ? b + jc * ldb + pc : b + pc * ldb + jc;            \
+        int64_t nfull = nc / NR * NR;                                                              \
         if (pb)                                                                                    \
           pb += kc * ((nc + NR - 1) / NR * NR);                                                    \
-        else                                                                                       \
-          S##_pack_b(tb, kc, nc, tb ? b + jc *ldb + pc : b + pc * ldb + jc, ldb, bp);              \
+        else if (!direct_b)                                                                        \
+          S##_pack_b(tb, kc, nc, bsrc, ldb, bp);                                                   \
+        else if (nfull < nc) /* only the last, partial panel, where the packing puts it */         \
+          S##_pack_b(tb, kc, nc - nfull, bsrc + nfull, ldb, bp + nfull * kc);                      \
         T be = pc == 0 ? beta : (T)1;                                                              \
         for (int64_t ic = 0; ic < m; ic += (MC)) {                                                 \
           int64_t mc = m - ic < (MC) ? m - ic : (MC);                                              \
@@ -592,6 +606,8 @@ static void *gemm_scratch(size_t bytes) {
           for (int64_t jr = 0; jr < nc; jr += NR) {                                                \
             int nr = nc - jr < NR ? (int)(nc - jr) : NR;                                           \
             const T *bpanel = bk + jr * kc, *ai = ac;                                              \
+            int64_t bcs = NR;                                                                      \
+            if (direct_b && jr < nfull) bpanel = bsrc + jr, bcs = ldb;                             \
             T *ci = c + ic * ldc + jc + jr;                                                        \
             /* whole panels of MR rows; in place, a tail of 1-3 rows joins the last panel and      \
              * the two are split evenly (a 1-3 row kernel waits on FMA latency) */                 \
@@ -599,15 +615,15 @@ static void *gemm_scratch(size_t bytes) {
             if (!pack_a && full > 0 && tail > 0 && tail < 4) full--, tail += (MR);                 \
             for (int64_t ir = 0; ir < full; ir++, ai += pstep, ci += (MR)*ldc)                     \
               if ((MR) == 8)                                                                       \
-                S##_k8(kc, ai, ars, acs, bpanel, ci, ldc, nr, alpha, be);                          \
+                S##_k8(kc, ai, ars, acs, bpanel, bcs, ci, ldc, nr, alpha, be);                     \
               else                                                                                 \
-                S##_k6(kc, ai, ars, acs, bpanel, ci, ldc, nr, alpha, be);                          \
+                S##_k6(kc, ai, ars, acs, bpanel, bcs, ci, ldc, nr, alpha, be);                     \
             if (tail > (MR)) {                                                                     \
               int t1 = (int)(tail + 1) / 2;                                                        \
-              S##_krows(t1, kc, ai, ars, acs, bpanel, ci, ldc, nr, alpha, be);                     \
+              S##_krows(t1, kc, ai, ars, acs, bpanel, bcs, ci, ldc, nr, alpha, be);                \
               ai += t1 * ars, ci += t1 * ldc, tail -= t1;                                          \
             }                                                                                      \
-            S##_krows((int)tail, kc, ai, ars, acs, bpanel, ci, ldc, nr, alpha, be);                \
+            S##_krows((int)tail, kc, ai, ars, acs, bpanel, bcs, ci, ldc, nr, alpha, be);           \
           }                                                                                        \
         }                                                                                          \
       }                                                                                            \
