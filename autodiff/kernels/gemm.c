@@ -20,13 +20,15 @@
  * 64, 256 rows fill whole 8-row tiles, where 6 rows left tails of 4 or 2
  * rows), and 16 multiply-adds share 10 loads instead of 12 sharing 8. Every
  * element is the same sum in the same order whatever the tile, so neither
- * the tile's size nor where a row falls in it, nor whether A is packed,
- * changes a result bit, for the engine's calls (alpha 1, beta 0 or 1). With
- * another alpha and beta, a compiler may contract alpha x + beta c into one
- * FMA for some rows of a tile and not others (clang does): then a row's
- * bits can depend on its place in the tile. B is packed so that each step
+ * the tile's size nor where a row falls in it, nor whether A or B is
+ * packed, changes a result bit, for the engine's calls (alpha 1, beta 0 or
+ * 1). With another alpha and beta, a compiler may contract alpha x + beta c
+ * into one FMA for some rows of a tile and not others (clang does): then a
+ * row's bits can depend on its place in the tile. B is packed so that each step
  * of k reads NR contiguous values, whatever the transpose flag (B^T is
- * transposed in registers, VL x VL at a time). A is mostly read in place: a
+ * transposed in registers, VL x VL at a time); B not transposed has them
+ * contiguous already, and a product with few row tiles reads its whole
+ * panels in place (S_gemm's rule). A is mostly read in place: a
  * broadcast is a scalar load, so any layout works through two strides, and
  * small products save the packing. A feeding many column panels is packed
  * when that measured faster (see S_gemm's rule): A^T, whose rows in place
