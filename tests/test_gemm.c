@@ -25,8 +25,8 @@ typedef struct gcase {
   double alpha, beta;
 } gcase;
 
-/* -2 BLAS, -1 reference loop, 0 best, 1 portable, 2 AVX2, 3 AVX-512; + 16 always packs A, + 32
- * never; and the public call */
+/* -2 BLAS, -1 reference loop, 0 best, 1 portable, 2 AVX2, 3 AVX-512; + 16 always packs A and
+ * op(B), + 32 never (B not transposed read in place); and the public call */
 static const int kernels[] = {-2, -1, 1, 2, 3, 17, 18, 19, 33, 34, 35, 0, K_PUBLIC};
 
 static bool kernel_available(int kernel) {
@@ -301,8 +301,9 @@ Test(gemm, across_blocks, .timeout = 300) {
  * over several k blocks, and packed for many rows) and with row counts
  * whose 1-3 row tail joins the last whole tile when A is read in place (but
  * not when packed), several k blocks and both betas, gives the same bits
- * with both packed, both in place where they can be, and as it chooses. (With another alpha,
- * clang's FMA contraction can differ between rows of a tile: gemm.c's top comment.) */
+ * with both packed, both in place where they can be, and as it chooses.
+ * (With another alpha, clang's FMA contraction can differ between rows of a
+ * tile: gemm.c's top comment.) */
 Test(gemm, in_place_or_packed_same_bits, .timeout = 300) {
   static const mshape shapes[] = {
       {64, 300, 32, true, false},   {65, 784, 64, true, false},  {600, 300, 80, true, false},

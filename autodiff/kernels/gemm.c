@@ -6,7 +6,7 @@
  *
  *   for jc over n in blocks of NC                 C panel of NC columns
  *     for pc over k in blocks of KC (balanced)    rank-KC update
- *       pack op(B)[pc:pc+kc, jc:jc+nc] into NR-wide micro-panels
+ *       pack op(B)[pc:pc+kc, jc:jc+nc] into NR-wide micro-panels (or not)
  *       for ic over m in blocks of MC             A block stays in L2
  *         for jr over nc in steps of NR           B micro-panel stays in L1
  *           for ir over mc in steps of MR
@@ -565,9 +565,10 @@ static void *gemm_scratch(size_t bytes) {
      * KiB page) and k is not tiny: measured on an Intel core, docs/performance.md. A's layout     \
      * changes no sum (see the top of the file). B (not transposed, nor packed beforehand) is read \
      * in place, but for a last partial panel, when few row tiles reuse each panel: m <= 64, or m  \
-     * <= 128 with one k block; and B at most 8 MiB (a larger one comes from memory, where the     \
-     * packing's reads in row order ran as fast or faster). Packing a panel that four or eight     \
-     * tiles read costs about what they do (docs/performance.md, "B in place"). */                 \
+     * <= 128 with one k block (m of this call: ad_gemm_split's parts count alone); and B's rows   \
+     * span at most 8 MiB (a larger B comes from memory, where the packing's reads in row order    \
+     * ran as fast or faster). Packing a panel that four or eight tiles read costs about what they \
+     * do (docs/performance.md, "B in place"). */                                                  \
     _Static_assert((MC) % (MR) == 0, "a packed A block holds whole MR-row panels");                \
     size_t arow = (size_t)lda * sizeof(T);                                                         \
     bool auto_a = (MR) == 8 && ta ? (size_t)kcs * arow > 16384 &&                                  \
@@ -576,8 +577,9 @@ static void *gemm_scratch(size_t bytes) {
     bool pack_a = pack == GEMM_PACK_AUTO ? auto_a : pack == GEMM_PACK_ALWAYS;                      \
     bool direct_b =                                                                                \
         !pb && !tb && pack != GEMM_PACK_ALWAYS &&                                                  \
-        (pack == GEMM_PACK_NEVER || ((m <= 64 || (m <= 128 && k <= 256)) &&                        \
-                                     (size_t)k * (size_t)n * sizeof(T) <= ((size_t)8 << 20)));     \
+        (pack == GEMM_PACK_NEVER ||                                                                \
+         ((m <= 64 || (m <= 128 && k <= (KC))) &&                                                  \
+          ((size_t)(k - 1) * (size_t)ldb + (size_t)n) * sizeof(T) <= ((size_t)8 << 20)));          \
     size_t bsize = (size_t)(kcs * ((ncs + NR - 1) / NR * NR) + 15) / 16 * 16;                      \
     size_t asize = pack_a ? (size_t)((MC)*kcs) : 0;                                                \
     T *bp = gemm_scratch((bsize + asize) * sizeof(T));                                             \
