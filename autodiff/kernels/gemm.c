@@ -565,10 +565,10 @@ static void *gemm_scratch(size_t bytes) {
      * KiB page) and k is not tiny: measured on an Intel core, docs/performance.md. A's layout     \
      * changes no sum (see the top of the file). B (not transposed, nor packed beforehand) is read \
      * in place, but for a last partial panel, when few row tiles reuse each panel: m <= 64, or m  \
-     * <= 128 with one k block (m of this call: ad_gemm_split's parts count alone); and B's rows   \
-     * span at most 8 MiB (a larger B comes from memory, where the packing's reads in row order    \
-     * ran as fast or faster). Packing a panel that four or eight tiles read costs about what they \
-     * do (docs/performance.md, "B in place"). */                                                  \
+     * <= 128 with one k block (the m of this call: each part of a product that ad_gemm_split cuts \
+     * by rows is judged by its own); and B's rows span at most 8 MiB (a larger B comes from       \
+     * memory, where the packing's reads in row order ran as fast or faster). Packing a panel that \
+     * four or eight tiles read costs about what they do (docs/performance.md, "B in place"). */   \
     _Static_assert((MC) % (MR) == 0, "a packed A block holds whole MR-row panels");                \
     size_t arow = (size_t)lda * sizeof(T);                                                         \
     bool auto_a = (MR) == 8 && ta ? (size_t)kcs * arow > 16384 &&                                  \
