@@ -1,9 +1,15 @@
 /* core.c: errors, allocator, arena, RNG and tensors: the bottom layer,
  * which calls nothing else of the library. */
+#if defined(__linux__) && !defined(_DEFAULT_SOURCE)
+#define _DEFAULT_SOURCE /* MADV_HUGEPAGE of <sys/mman.h> */
+#endif
 #include "ad_internal.h"
 
 #include <math.h>
 #include <stdlib.h>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 /* uthash (the tensor names) allocates through the context's allocator and
  * reports failure through the entry, as in tape.c */
@@ -25,15 +31,36 @@ _Noreturn void ad_internal_abort(const char *file, int line, const char *cond, c
 
 /* ---------------------------------------------------------- allocator */
 
-/* Default allocator: 64-byte aligned blocks for AVX-512 loads. */
+/* Default allocator: 64-byte aligned blocks for AVX-512 loads. A block of
+ * AD_HUGE_PAGE bytes or more is aligned to AD_HUGE_PAGE and, on Linux, its
+ * whole 2 MiB pages are advised for transparent huge pages (MADV_HUGEPAGE:
+ * taken where the system's THP mode is "madvise" or "always", ignored
+ * under "never"; the advice only, so its failure changes nothing). A
+ * training step's arena chunks, its gradients and the optimizer's state are
+ * such blocks, and the first step is what touches them: one page fault per
+ * 4 KiB page there becomes one per 2 MiB (docs/performance.md, "Huge
+ * pages"). A partial last page stays in small pages, so a block that is
+ * written whole is no larger in memory than before. */
+#define AD_HUGE_PAGE ((size_t)2 << 20)
+
 void *ad_default_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   (void)ud;
   if (nsize == 0) {
     free(ptr);
     return NULL;
   }
+  if (nsize > SIZE_MAX - 63) return NULL; /* the rounding would wrap */
   size_t rounded = (nsize + 63) & ~(size_t)63;
-  void *p = aligned_alloc(64, rounded);
+  void *p = NULL;
+  if (rounded < AD_HUGE_PAGE) {
+    p = aligned_alloc(64, rounded);
+  } else if (posix_memalign(&p, AD_HUGE_PAGE, rounded) != 0) {
+    p = NULL;
+  } else {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    (void)madvise(p, rounded & ~(AD_HUGE_PAGE - 1), MADV_HUGEPAGE);
+#endif
+  }
   if (p && ptr) {
     memcpy(p, ptr, osize < nsize ? osize : nsize);
     free(ptr);

@@ -4,6 +4,7 @@
 
 #include <criterion/criterion.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -930,4 +931,57 @@ Test(tensor, block_copies_on_threads) {
   ad_tape_reset(ctx);
   ad_tensor_free(a0);
   ad_tensor_free(b0);
+}
+
+/* ------------------------------------------------ the default allocator */
+
+/* The VmFlags of the mapping of /proc/self/smaps holding address a, into
+ * out; false when none holds it or the file cannot be read. */
+static bool vm_flags_at(const void *a, char *out, size_t n) {
+  FILE *f = fopen("/proc/self/smaps", "r");
+  if (!f) return false;
+  char line[512];
+  bool inside = false, found = false;
+  uintptr_t x = (uintptr_t)a;
+  while (!found && fgets(line, sizeof line, f)) {
+    unsigned long lo, hi;
+    if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, '-') < strchr(line, ' '))
+      inside = x >= lo && x < hi;
+    else if (inside && !strncmp(line, "VmFlags:", 8))
+      found = snprintf(out, n, "%s", line + 8) > 0;
+  }
+  fclose(f);
+  return found;
+}
+
+/* Blocks of 2 MiB and more come 2 MiB aligned with their whole 2 MiB pages
+ * advised for transparent huge pages (the "hg" flag the kernel shows for
+ * MADV_HUGEPAGE), and the partial page after them not; smaller blocks stay
+ * 64-byte aligned. A size whose rounding would wrap is refused. */
+Test(tensor, default_allocator_large_blocks_on_huge_pages) {
+  ad_alloc_fn fn;
+  void *ud;
+  ad_get_allocator(ctx, &fn, &ud);
+  cr_assert_null(fn(ud, NULL, 0, SIZE_MAX));
+  cr_assert_null(fn(ud, NULL, 0, SIZE_MAX - 10));
+  int64_t small = 1000, big = (3 << 20) / 4; /* 3 MiB of floats */
+  ad_tensor *a = ad_zeros(ctx, AD_F32, 1, &small), *b = ad_ones(ctx, AD_F32, 1, &big);
+  cr_assert(a && b);
+  cr_assert_eq((uintptr_t)a->data % 64, 0);
+  cr_assert_eq((uintptr_t)b->data % ((uintptr_t)2 << 20), 0, "a 3 MiB block at %p", b->data);
+  cr_assert_eq(ad_tensor_get(b, big - 1), 1.0);
+#if defined(__linux__)
+  FILE *thp = fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
+  if (!thp) cr_skip_test("this kernel has no transparent huge pages");
+  fclose(thp);
+  char head[512], tail[512];
+  cr_assert(vm_flags_at(b->data, head, sizeof head), "no mapping holds %p", b->data);
+  cr_assert(vm_flags_at((char *)b->data + (5 << 19), tail, sizeof tail));
+  cr_assert_not_null(strstr(head, " hg"), "first 2 MiB: VmFlags%s", head);
+  cr_assert_null(strstr(tail, " hg"), "the partial page after them: VmFlags%s", tail);
+#else
+  cr_skip_test("huge pages are advised on Linux only");
+#endif
+  ad_tensor_free(a);
+  ad_tensor_free(b);
 }
