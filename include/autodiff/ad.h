@@ -139,7 +139,11 @@ typedef struct ad_rng {
 /* ------------------------------------------------------- context, errors */
 
 /** Creates a context with the default allocator. Returns NULL only when the
- * system is out of memory. Free with ad_ctx_free. */
+ * system is out of memory. Free with ad_ctx_free. The default allocator
+ * aligns blocks to 64 bytes, and blocks of 2 MiB or more to 2 MiB with
+ * their whole 2 MiB pages advised for transparent huge pages on Linux
+ * (fewer page faults when a run first touches its tensors); a program
+ * that wants other memory passes its own (ad_ctx_new_with_alloc). */
 AD_API ad_ctx *ad_ctx_new(void);
 
 /** Frees the context, its arena, its registry and every persistent tensor
