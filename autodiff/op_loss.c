@@ -115,41 +115,82 @@ static ad_status softmax_ce_shape(const ad_call *c) {
  * Rows shorter than EXP_ROWS_SHORT go many at a time (exp_rows_f32). */
 enum { CE_ROWS = 64 }; /* positions of a block of the float32 loops */
 
-CELL_CLONES static double ce_fwd_f32(const float *z, const int32_t *lab, int64_t P, int64_t C,
-                                     const ad_cross_entropy_attrs *at, int64_t *kept) {
-  double total = 0, s[CE_ROWS];
-  float m[CE_ROWS], e[256];
-  int64_t n = 0, step = C < EXP_ROWS_SHORT ? 256 / C : 1; /* rows a block: e holds them */
-  step = step > CE_ROWS ? CE_ROWS : step;
-  for (int64_t r0 = 0; r0 < P; r0 += step) {
-    int64_t nr = P - r0 < step ? P - r0 : step;
+/* The float32 loops' work in blocks of rows, the blocks shared among the
+ * threads (ad_parallel_for): every block's arithmetic is the same wherever
+ * it runs, and the forward's sum stays one pass in position order, so the
+ * bits do not depend on the number of threads. */
+typedef struct ce_job {
+  const float *z;
+  const int32_t *lab;
+  int64_t P, C, step; /* positions, classes, positions of a block */
+  const ad_cross_entropy_attrs *at;
+  double *loss; /* forward: the positions' losses, from position first */
+  int64_t first;
+  float gs; /* backward: the gradient's scale, and dz */
+  float *dz;
+} ce_job;
+
+/* Blocks a loop of P positions hands out at least at a time: about 16K
+ * logits, so that a small loss stays on the calling thread. */
+static int64_t ce_grain(int64_t step, int64_t C) {
+  int64_t per = step * (C > 0 ? C : 1);
+  return per >= 16384 ? 1 : 16384 / per;
+}
+
+/* Forward, blocks [b, e) of the positions from j->first: each counted
+ * position's (max - z[label]) + log(sum e) into j->loss. */
+CELL_CLONES static void ce_fwd_blocks_f32(void *ud, int64_t b, int64_t e) {
+  const ce_job *j = ud;
+  double s[CE_ROWS];
+  float m[CE_ROWS], ex[256];
+  int64_t C = j->C, end = j->first + e * j->step;
+  end = end < j->P ? end : j->P;
+  for (int64_t r0 = j->first + b * j->step; r0 < end; r0 += j->step) {
+    int64_t nr = end - r0 < j->step ? end - r0 : j->step;
     if (C < EXP_ROWS_SHORT)
-      exp_rows_f32(z + r0 * C, e, nr, C, m, s);
+      exp_rows_f32(j->z + r0 * C, ex, nr, C, m, s);
     else
-      s[0] = exp_row_f32(z + r0 * C, NULL, C, &m[0]);
+      s[0] = exp_row_f32(j->z + r0 * C, NULL, C, &m[0]);
     for (int64_t r = 0; r < nr; r++) {
-      int32_t l = lab[r0 + r];
-      if (!counted(at, l)) continue;
-      total += ((double)m[r] - (double)z[(r0 + r) * C + l]) + log(s[r]);
-      n++;
+      int32_t l = j->lab[r0 + r];
+      if (counted(j->at, l))
+        j->loss[r0 + r - j->first] = ((double)m[r] - (double)j->z[(r0 + r) * C + l]) + log(s[r]);
     }
+  }
+}
+
+static double ce_fwd_f32(const float *z, const int32_t *lab, int64_t P, int64_t C,
+                         const ad_cross_entropy_attrs *at, int64_t *kept) {
+  enum { CHUNK = 4096 }; /* positions whose losses wait in loss[] for the sum */
+  double total = 0, loss[CHUNK];
+  int64_t n = 0, step = C < EXP_ROWS_SHORT ? 256 / C : 1; /* rows a block: ex holds them */
+  step = step > CE_ROWS ? CE_ROWS : step;
+  int64_t chunk = CHUNK / step * step; /* whole blocks, so they start where a serial loop's do */
+  ce_job j = {.z = z, .lab = lab, .P = P, .C = C, .step = step, .at = at, .loss = loss};
+  for (j.first = 0; j.first < P; j.first += chunk) {
+    int64_t rows = P - j.first < chunk ? P - j.first : chunk;
+    ad_parallel_for((rows + step - 1) / step, ce_grain(step, C), ce_fwd_blocks_f32, &j);
+    for (int64_t r = 0; r < rows; r++)
+      if (counted(at, lab[j.first + r])) total += loss[r], n++;
   }
   *kept = n;
   return total;
 }
 
-/* dz = (e * (1 / sum e) - onehot) gs, 0 gs at an ignored position. */
-CELL_CLONES static void ce_bwd_f32(const float *z, const int32_t *lab, int64_t P, int64_t C,
-                                   const ad_cross_entropy_attrs *at, float gs, float *dz) {
+/* Backward, blocks [b, e) of CE_ROWS positions: dz = (e * (1 / sum e) -
+ * onehot) gs, 0 gs at an ignored position. */
+CELL_CLONES static void ce_bwd_blocks_f32(void *ud, int64_t b, int64_t e) {
+  const ce_job *j = ud;
   double s[CE_ROWS];
-  float m[CE_ROWS];
-  for (int64_t r0 = 0; r0 < P; r0 += CE_ROWS) {
-    int64_t nr = P - r0 < CE_ROWS ? P - r0 : CE_ROWS;
-    exp_rows_f32(z + r0 * C, dz + r0 * C, nr, C, m, s);
+  float m[CE_ROWS], gs = j->gs;
+  int64_t C = j->C, end = e * CE_ROWS < j->P ? e * CE_ROWS : j->P;
+  for (int64_t r0 = b * CE_ROWS; r0 < end; r0 += CE_ROWS) {
+    int64_t nr = end - r0 < CE_ROWS ? end - r0 : CE_ROWS;
+    exp_rows_f32(j->z + r0 * C, j->dz + r0 * C, nr, C, m, s);
     for (int64_t r = 0; r < nr; r++) {
-      int32_t l = lab[r0 + r];
-      float *dr = dz + (r0 + r) * C;
-      if (!counted(at, l)) {
+      int32_t l = j->lab[r0 + r];
+      float *dr = j->dz + (r0 + r) * C;
+      if (!counted(j->at, l)) {
         for (int64_t k = 0; k < C; k++) dr[k] = 0.0f * gs;
         continue;
       }
@@ -159,6 +200,13 @@ CELL_CLONES static void ce_bwd_f32(const float *z, const int32_t *lab, int64_t P
       dr[l] = (pl - 1.0f) * gs;
     }
   }
+}
+
+static void ce_bwd_f32(const float *z, const int32_t *lab, int64_t P, int64_t C,
+                       const ad_cross_entropy_attrs *at, float gs, float *dz) {
+  ce_job j = {.z = z, .lab = lab, .P = P, .C = C, .step = CE_ROWS, .at = at, .gs = gs, .dz = dz};
+  if (P > 0)
+    ad_parallel_for((P + CE_ROWS - 1) / CE_ROWS, ce_grain(CE_ROWS, C), ce_bwd_blocks_f32, &j);
 }
 
 static void softmax_ce_fwd(const ad_call *c) {

@@ -666,6 +666,53 @@ Test(parallel, float32_cross_entropy_within_2_ulp_of_f64) {
   }
 }
 
+/* The float32 cross-entropy's blocks of positions on 1 and 3 threads:
+ * the same loss and gradient bits, with ignored positions, for class
+ * counts below and above the short-row path, and position counts that end
+ * mid-block and span several of the forward's runs of 4096 positions
+ * (3 classes: blocks of 85, runs of 4080). The loss is also checked
+ * against the float64 op, so that a run dropped or counted twice shows on
+ * one thread too. */
+Test(parallel, float32_cross_entropy_blocks_on_threads_same_bits) {
+  static const int64_t shapes[][2] = {{9001, 3}, {70, 10}, {4500, 17}, {2048, 64}, {300, 300}};
+  ad_rng rng;
+  ad_rng_seed(&rng, 29);
+  ad_cross_entropy_opts o = {.ignore = true, .ignore_index = -100};
+  for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++) {
+    int64_t N = shapes[si][0], C = shapes[si][1], zs[2] = {N, C};
+    ad_tensor *z = ad_rand(ctx, &rng, AD_F32, 2, zs, -8, 8), *lab = ad_zeros(ctx, AD_I32, 1, &N);
+    ad_tensor *z64 = ad_zeros(ctx, AD_F64, 2, zs);
+    cr_assert(z && lab && z64, "%s", ad_last_error(ctx));
+    for (int64_t r = 0; r < N; r++)
+      ((int32_t *)lab->data)[r] =
+          ad_rng_below(&rng, 7) == 0 ? -100 : (int32_t)ad_rng_below(&rng, (uint64_t)C);
+    for (int64_t i = 0; i < z->size; i++) ad_tensor_set(z64, i, ad_tensor_get(z, i));
+    ad_tensor_set_requires_grad(z, true);
+    double want = ad_tensor_item(ad_softmax_cross_entropy_ext(ctx, z64, lab, &o));
+    float loss[2];
+    ad_tensor *g[2];
+    for (int k = 0; k < 2; k++) {
+      cr_assert_eq(ad_set_num_threads(k ? 3 : 1), AD_OK);
+      ad_tensor *l = ad_softmax_cross_entropy_ext(ctx, z, lab, &o);
+      cr_assert(l, "%s", ad_last_error(ctx));
+      loss[k] = *(const float *)l->data;
+      cr_assert_eq(ad_grad(ctx, l, NULL, 1, &z, &g[k], false), AD_OK, "%s", ad_last_error(ctx));
+    }
+    ad_set_num_threads(1);
+    cr_assert(memcmp(&loss[0], &loss[1], sizeof(float)) == 0, "N %lld C %lld: loss %.9g, %.9g",
+              (long long)N, (long long)C, loss[0], loss[1]);
+    cr_assert(fabs(loss[0] - want) <= 2 * ulp_f32(want), "N %lld C %lld: loss %.9g, want %.17g",
+              (long long)N, (long long)C, loss[0], want);
+    cr_assert(memcmp(g[0]->data, g[1]->data, (size_t)z->size * sizeof(float)) == 0,
+              "N %lld C %lld: the gradients on 1 and 3 threads differ", (long long)N, (long long)C);
+    for (int64_t r = 0; r < N; r += 97) /* an ignored position: exactly 0 */
+      if (((int32_t *)lab->data)[r] == -100)
+        cr_assert(ad_tensor_get(g[0], r * C) == 0 && ad_tensor_get(g[0], r * C + C - 1) == 0);
+    ad_tape_reset(ctx);
+    ad_tensor_free(z), ad_tensor_free(z64), ad_tensor_free(lab);
+  }
+}
+
 /* max along the last axis (a contiguous lane: vector partial maxima, the
  * chain of comparisons again where the maximum is NaN or a zero,
  * op_reduce.c) gives the chain's bits: of several NaNs the last one seen
