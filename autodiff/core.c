@@ -39,31 +39,52 @@ _Noreturn void ad_internal_abort(const char *file, int line, const char *cond, c
  * training step's arena chunks, its gradients and the optimizer's state are
  * such blocks, and the first step is what touches them: one page fault per
  * 4 KiB page there becomes one per 2 MiB (docs/performance.md, "Huge
- * pages"). A partial last page stays in small pages, so a block that is
- * written whole is no larger in memory than before. */
+ * pages"). The block's partial last page is not advised. What it costs: a
+ * write anywhere in an advised 2 MiB page makes all of it resident, so a
+ * large block written only in places takes more memory than before. The
+ * advice is taken back when the block is freed (by its size, osize), so
+ * that the C library's reuse of the memory for other blocks is not
+ * advised. */
 #define AD_HUGE_PAGE ((size_t)2 << 20)
+
+/* The part of a block of n bytes at p (AD_HUGE_PAGE-aligned) that is
+ * advised: its whole 2 MiB pages. */
+static void advise_huge(void *p, size_t n, bool on) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  if (p && n >= AD_HUGE_PAGE)
+    (void)madvise(p, n & ~(AD_HUGE_PAGE - 1), on ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
+#else
+  (void)p, (void)n, (void)on;
+#endif
+}
+
+/* A block of osize bytes is large when its 64-byte rounding is; such a
+ * block is AD_HUGE_PAGE-aligned, which is checked before the advice is
+ * taken back (a caller's wrong osize then changes nothing). */
+static void free_block(void *ptr, size_t osize) {
+  if (osize >= AD_HUGE_PAGE - 63 && osize <= SIZE_MAX - 63 && (uintptr_t)ptr % AD_HUGE_PAGE == 0)
+    advise_huge(ptr, (osize + 63) & ~(size_t)63, false);
+  free(ptr);
+}
 
 void *ad_default_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   (void)ud;
   if (nsize == 0) {
-    free(ptr);
+    free_block(ptr, osize);
     return NULL;
   }
   if (nsize > SIZE_MAX - 63) return NULL; /* the rounding would wrap */
   size_t rounded = (nsize + 63) & ~(size_t)63;
   void *p = NULL;
-  if (rounded < AD_HUGE_PAGE) {
+  if (rounded < AD_HUGE_PAGE)
     p = aligned_alloc(64, rounded);
-  } else if (posix_memalign(&p, AD_HUGE_PAGE, rounded) != 0) {
+  else if (posix_memalign(&p, AD_HUGE_PAGE, rounded) == 0)
+    advise_huge(p, rounded, true);
+  else
     p = NULL;
-  } else {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-    (void)madvise(p, rounded & ~(AD_HUGE_PAGE - 1), MADV_HUGEPAGE);
-#endif
-  }
   if (p && ptr) {
     memcpy(p, ptr, osize < nsize ? osize : nsize);
-    free(ptr);
+    free_block(ptr, osize);
   }
   return p;
 }

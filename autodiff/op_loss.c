@@ -118,7 +118,9 @@ enum { CE_ROWS = 64 }; /* positions of a block of the float32 loops */
 /* The float32 loops' work in blocks of rows, the blocks shared among the
  * threads (ad_parallel_for): every block's arithmetic is the same wherever
  * it runs, and the forward's sum stays one pass in position order, so the
- * bits do not depend on the number of threads. */
+ * bits do not depend on the number of threads. (Of two NaN losses of
+ * different signs, which one the sum keeps is the compiler's choice of
+ * operand order, here as in any C sum.) */
 typedef struct ce_job {
   const float *z;
   const int32_t *lab;
@@ -161,7 +163,7 @@ CELL_CLONES static void ce_fwd_blocks_f32(void *ud, int64_t b, int64_t e) {
 
 static double ce_fwd_f32(const float *z, const int32_t *lab, int64_t P, int64_t C,
                          const ad_cross_entropy_attrs *at, int64_t *kept) {
-  enum { CHUNK = 4096 }; /* positions whose losses wait in loss[] for the sum */
+  enum { CHUNK = 1024 }; /* positions whose losses wait in loss[] for the sum */
   double total = 0, loss[CHUNK];
   int64_t n = 0, step = C < EXP_ROWS_SHORT ? 256 / C : 1; /* rows a block: ex holds them */
   step = step > CE_ROWS ? CE_ROWS : step;

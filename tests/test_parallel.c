@@ -668,13 +668,15 @@ Test(parallel, float32_cross_entropy_within_2_ulp_of_f64) {
 
 /* The float32 cross-entropy's blocks of positions on 1 and 3 threads:
  * the same loss and gradient bits, with ignored positions, for class
- * counts below and above the short-row path, and position counts that end
- * mid-block and span several of the forward's runs of 4096 positions
- * (3 classes: blocks of 85, runs of 4080). The loss is also checked
- * against the float64 op, so that a run dropped or counted twice shows on
- * one thread too. */
+ * counts below and above the short-row path (17 classes: blocks of 15
+ * positions, the forward's runs of 1020), and position counts that end
+ * mid-block and span several of the forward's runs; the larger shapes
+ * must hand their loops to the workers. The loss is also checked against
+ * the float64 op, so that a run dropped or counted twice shows on one
+ * thread too. */
 Test(parallel, float32_cross_entropy_blocks_on_threads_same_bits) {
-  static const int64_t shapes[][2] = {{9001, 3}, {70, 10}, {4500, 17}, {2048, 64}, {300, 300}};
+  static const int64_t shapes[][2] = {{9001, 3},  {70, 10},   {4500, 17}, {12289, 17},
+                                      {2048, 64}, {9000, 64}, {300, 300}};
   ad_rng rng;
   ad_rng_seed(&rng, 29);
   ad_cross_entropy_opts o = {.ignore = true, .ignore_index = -100};
@@ -693,10 +695,18 @@ Test(parallel, float32_cross_entropy_blocks_on_threads_same_bits) {
     ad_tensor *g[2];
     for (int k = 0; k < 2; k++) {
       cr_assert_eq(ad_set_num_threads(k ? 3 : 1), AD_OK);
+      ad_thread_stats st[2];
+      ad_thread_stats_get(NULL, true);
       ad_tensor *l = ad_softmax_cross_entropy_ext(ctx, z, lab, &o);
       cr_assert(l, "%s", ad_last_error(ctx));
+      ad_thread_stats_get(&st[0], true);
       loss[k] = *(const float *)l->data;
       cr_assert_eq(ad_grad(ctx, l, NULL, 1, &z, &g[k], false), AD_OK, "%s", ad_last_error(ctx));
+      ad_thread_stats_get(&st[1], false);
+      if (k && N * C >= 100000) /* runs of the forward past the first, and the backward */
+        cr_assert(st[0].loops >= 2 && st[1].loops >= 1,
+                  "N %lld C %lld: %lld forward and %lld backward loops on the workers",
+                  (long long)N, (long long)C, (long long)st[0].loops, (long long)st[1].loops);
     }
     ad_set_num_threads(1);
     cr_assert(memcmp(&loss[0], &loss[1], sizeof(float)) == 0, "N %lld C %lld: loss %.9g, %.9g",

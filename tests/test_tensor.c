@@ -1,5 +1,8 @@
 /* test_tensor.c: constructors, element access, views, printing, names and
  * the RNG of the autodiff core. */
+#if defined(__linux__) && !defined(_DEFAULT_SOURCE)
+#define _DEFAULT_SOURCE /* MADV_HUGEPAGE, MAP_ANONYMOUS of <sys/mman.h> */
+#endif
 #include "test_alloc.h"
 
 #include <criterion/criterion.h>
@@ -7,6 +10,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 TEST_CTX_SUITE(tensor);
 
@@ -956,29 +965,44 @@ static bool vm_flags_at(const void *a, char *out, size_t n) {
 
 /* Blocks of 2 MiB and more come 2 MiB aligned with their whole 2 MiB pages
  * advised for transparent huge pages (the "hg" flag the kernel shows for
- * MADV_HUGEPAGE), and the partial page after them not; smaller blocks stay
- * 64-byte aligned. A size whose rounding would wrap is refused. */
+ * MADV_HUGEPAGE), and the partial page after them not; freeing a block
+ * takes the advice back (checked on blocks the C library carves from its
+ * heap, which stays mapped after a free: glibc's threshold for mapping a
+ * block on its own is raised for that). Smaller blocks stay 64-byte
+ * aligned. A size whose rounding would wrap is refused. Skipped, naming
+ * why, where the kernel has no huge pages to advise or shows no VmFlags. */
 Test(tensor, default_allocator_large_blocks_on_huge_pages) {
   ad_alloc_fn fn;
   void *ud;
   ad_get_allocator(ctx, &fn, &ud);
   cr_assert_null(fn(ud, NULL, 0, SIZE_MAX));
   cr_assert_null(fn(ud, NULL, 0, SIZE_MAX - 10));
+#if defined(__GLIBC__)
+  (void)mallopt(M_MMAP_THRESHOLD, 64 << 20); /* a sanitizer's allocator may refuse it */
+#endif
   int64_t small = 1000, big = (3 << 20) / 4; /* 3 MiB of floats */
   ad_tensor *a = ad_zeros(ctx, AD_F32, 1, &small), *b = ad_ones(ctx, AD_F32, 1, &big);
   cr_assert(a && b);
   cr_assert_eq((uintptr_t)a->data % 64, 0);
   cr_assert_eq((uintptr_t)b->data % ((uintptr_t)2 << 20), 0, "a 3 MiB block at %p", b->data);
   cr_assert_eq(ad_tensor_get(b, big - 1), 1.0);
-#if defined(__linux__)
-  FILE *thp = fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
-  if (!thp) cr_skip_test("this kernel has no transparent huge pages");
-  fclose(thp);
-  char head[512], tail[512];
-  cr_assert(vm_flags_at(b->data, head, sizeof head), "no mapping holds %p", b->data);
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  size_t probe_n = (size_t)4 << 20;
+  void *probe = mmap(NULL, probe_n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  cr_assert(probe != MAP_FAILED);
+  int advised = madvise(probe, probe_n, MADV_HUGEPAGE);
+  munmap(probe, probe_n);
+  if (advised != 0) cr_skip_test("this kernel takes no MADV_HUGEPAGE advice");
+  char head[512], tail[512], after[512];
+  if (!vm_flags_at(b->data, head, sizeof head)) cr_skip_test("/proc/self/smaps shows no VmFlags");
   cr_assert(vm_flags_at((char *)b->data + (5 << 19), tail, sizeof tail));
   cr_assert_not_null(strstr(head, " hg"), "first 2 MiB: VmFlags%s", head);
   cr_assert_null(strstr(tail, " hg"), "the partial page after them: VmFlags%s", tail);
+  void *at = b->data;
+  ad_tensor_free(b);
+  b = NULL;
+  if (vm_flags_at(at, after, sizeof after)) /* still mapped: the heap's */
+    cr_assert_null(strstr(after, " hg"), "freed, still advised: VmFlags%s", after);
 #else
   cr_skip_test("huge pages are advised on Linux only");
 #endif
