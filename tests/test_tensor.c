@@ -944,6 +944,7 @@ Test(tensor, block_copies_on_threads) {
 
 /* ------------------------------------------------ the default allocator */
 
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
 /* The VmFlags of the mapping of /proc/self/smaps holding address a, into
  * out; false when none holds it or the file cannot be read. */
 static bool vm_flags_at(const void *a, char *out, size_t n) {
@@ -962,6 +963,7 @@ static bool vm_flags_at(const void *a, char *out, size_t n) {
   fclose(f);
   return found;
 }
+#endif
 
 /* Blocks of 2 MiB and more come 2 MiB aligned with their whole 2 MiB pages
  * advised for transparent huge pages (the "hg" flag the kernel shows for
