@@ -235,21 +235,6 @@ static void *gemm_scratch(size_t bytes) {
 
 /* ------------------------------------------------------- blocked kernel */
 
-/* The cases of S_nrows: the narrow tile for each row count (1..8). */
-#define GEMM_NCASE(S, R)                                                                           \
-  case R:                                                                                          \
-    S##_nbody(R, kc, a, ars, acs, b, bcs, c, ldc, nr, alpha, beta);                                \
-    break;
-#define GEMM_NCASES(S)                                                                             \
-  GEMM_NCASE(S, 8)                                                                                 \
-  GEMM_NCASE(S, 7)                                                                                 \
-  GEMM_NCASE(S, 6)                                                                                 \
-  GEMM_NCASE(S, 5)                                                                                 \
-  GEMM_NCASE(S, 4)                                                                                 \
-  GEMM_NCASE(S, 3)                                                                                 \
-  GEMM_NCASE(S, 2)                                                                                 \
-  GEMM_NCASE(S, 1)
-
 /* Micro-panels per unit of a packing that threads share (S_pack_part). */
 #define GEMM_UNIT_PANELS 4
 
@@ -463,7 +448,30 @@ static void *gemm_scratch(size_t bytes) {
   static ATTR void S##_nrows(int mr, int64_t kc, const T *a, int64_t ars, int64_t acs, const T *b, \
                              int64_t bcs, T *c, int64_t ldc, int nr, T alpha, T beta) {            \
     switch (mr) {                                                                                  \
-      GEMM_NCASES(S)                                                                               \
+    case 8:                                                                                        \
+      S##_nbody(8, kc, a, ars, acs, b, bcs, c, ldc, nr, alpha, beta);                              \
+      break;                                                                                       \
+    case 7:                                                                                        \
+      S##_nbody(7, kc, a, ars, acs, b, bcs, c, ldc, nr, alpha, beta);                              \
+      break;                                                                                       \
+    case 6:                                                                                        \
+      S##_nbody(6, kc, a, ars, acs, b, bcs, c, ldc, nr, alpha, beta);                              \
+      break;                                                                                       \
+    case 5:                                                                                        \
+      S##_nbody(5, kc, a, ars, acs, b, bcs, c, ldc, nr, alpha, beta);                              \
+      break;                                                                                       \
+    case 4:                                                                                        \
+      S##_nbody(4, kc, a, ars, acs, b, bcs, c, ldc, nr, alpha, beta);                              \
+      break;                                                                                       \
+    case 3:                                                                                        \
+      S##_nbody(3, kc, a, ars, acs, b, bcs, c, ldc, nr, alpha, beta);                              \
+      break;                                                                                       \
+    case 2:                                                                                        \
+      S##_nbody(2, kc, a, ars, acs, b, bcs, c, ldc, nr, alpha, beta);                              \
+      break;                                                                                       \
+    case 1:                                                                                        \
+      S##_nbody(1, kc, a, ars, acs, b, bcs, c, ldc, nr, alpha, beta);                              \
+      break;                                                                                       \
     default:                                                                                       \
       break;                                                                                       \
     }                                                                                              \
