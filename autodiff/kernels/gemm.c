@@ -672,28 +672,22 @@ static void *gemm_scratch(size_t bytes) {
              * the two are split evenly (a 1-3 row kernel waits on FMA latency) */                 \
             int64_t full = mc / (MR), tail = mc % (MR);                                            \
             if (!pack_a && full > 0 && tail > 0 && tail < 4) full--, tail += (MR);                 \
-            if (nr <= (VL) && !wide_only) { /* the narrow tile, in the same row tiles */           \
-              for (int64_t ir = 0; ir < full; ir++, ai += pstep, ci += (MR)*ldc)                   \
-                S##_nrows((MR), kc, ai, ars, acs, bpanel, bcs, ci, ldc, nr, alpha, be);            \
-              if (tail > (MR)) {                                                                   \
-                int t1 = (int)(tail + 1) / 2;                                                      \
-                S##_nrows(t1, kc, ai, ars, acs, bpanel, bcs, ci, ldc, nr, alpha, be);              \
-                ai += t1 * ars, ci += t1 * ldc, tail -= t1;                                        \
-              }                                                                                    \
-              S##_nrows((int)tail, kc, ai, ars, acs, bpanel, bcs, ci, ldc, nr, alpha, be);         \
-              continue;                                                                            \
-            }                                                                                      \
+            bool thin = nr <= (VL) && !wide_only;                                                  \
             for (int64_t ir = 0; ir < full; ir++, ai += pstep, ci += (MR)*ldc)                     \
-              if ((MR) == 8)                                                                       \
+              if (thin)                                                                            \
+                S##_nrows((MR), kc, ai, ars, acs, bpanel, bcs, ci, ldc, nr, alpha, be);            \
+              else if ((MR) == 8)                                                                  \
                 S##_k8(kc, ai, ars, acs, bpanel, bcs, ci, ldc, nr, alpha, be);                     \
               else                                                                                 \
                 S##_k6(kc, ai, ars, acs, bpanel, bcs, ci, ldc, nr, alpha, be);                     \
-            if (tail > (MR)) {                                                                     \
-              int t1 = (int)(tail + 1) / 2;                                                        \
-              S##_krows(t1, kc, ai, ars, acs, bpanel, bcs, ci, ldc, nr, alpha, be);                \
-              ai += t1 * ars, ci += t1 * ldc, tail -= t1;                                          \
+            while (tail > 0) { /* a tail over MR rows: two halves */                               \
+              int t = tail > (MR) ? (int)(tail + 1) / 2 : (int)tail;                               \
+              if (thin)                                                                            \
+                S##_nrows(t, kc, ai, ars, acs, bpanel, bcs, ci, ldc, nr, alpha, be);               \
+              else                                                                                 \
+                S##_krows(t, kc, ai, ars, acs, bpanel, bcs, ci, ldc, nr, alpha, be);               \
+              ai += t * ars, ci += t * ldc, tail -= t;                                             \
             }                                                                                      \
-            S##_krows((int)tail, kc, ai, ars, acs, bpanel, bcs, ci, ldc, nr, alpha, be);           \
           }                                                                                        \
         }                                                                                          \
       }                                                                                            \
