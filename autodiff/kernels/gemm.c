@@ -188,10 +188,8 @@ GEMM_SCALE(float, gemm_scale_f32)
 GEMM_SCALE(double, gemm_scale_f64)
 
 /* Whether a kernel packs A, and op(B) where it may read B in place: by its
- * own rule, always, never (for tests); GEMM_WIDE_ONLY (a flag beside them,
- * for tests) keeps the 2VL-wide tile also for panels of VL columns or
- * fewer, which the narrow tile otherwise takes (S_nbody). */
-enum { GEMM_PACK_AUTO, GEMM_PACK_ALWAYS, GEMM_PACK_NEVER, GEMM_WIDE_ONLY = 4 };
+ * own rule, always, never (for tests). */
+enum { GEMM_PACK_AUTO, GEMM_PACK_ALWAYS, GEMM_PACK_NEVER };
 
 /* ------------------------------------------------------- packing buffer */
 
@@ -426,57 +424,6 @@ static void *gemm_scratch(size_t bytes) {
     }                                                                                              \
   }                                                                                                \
                                                                                                    \
-  /* MR_ x VL tile, for a panel of nr <= VL columns (a narrow product, or the last panel of one    \
-   * whose width leaves so few): S##_body with one vector per row, so half the multiply-adds of a  \
-   * 2VL-wide tile are not spent on padding. The same products summed in the same order and        \
-   * stored by S##_store, as S##_body stores a partial panel: the same bits. */                    \
-  static inline __attribute__((always_inline))                                                     \
-  ATTR void S##_nbody(const int MR_, int64_t kc, const T *a, int64_t ars, int64_t acs, const T *b, \
-                      int64_t bcs, T *c, int64_t ldc, int nr, T alpha, T beta) {                   \
-    typedef S##_v V;                                                                               \
-    V z = {0}, acc[8] = {z, z, z, z, z, z, z, z}, tile[16];                                        \
-    for (int64_t p = 0; p < kc; p++) {                                                             \
-      V b0 = *(const V *)b;                                                                        \
-      GEMM_UNROLL for (int i = 0; i < MR_; i++) acc[i] += a[i * ars] * b0;                         \
-      a += acs;                                                                                    \
-      b += bcs;                                                                                    \
-    }                                                                                              \
-    GEMM_UNROLL for (int i = 0; i < MR_; i++) tile[2 * i] = acc[i];                                \
-    S##_store((const T *)tile, MR_, nr, c, ldc, alpha, beta);                                      \
-  }                                                                                                \
-  /* the narrow tile for mr (0..MR) rows */                                                        \
-  static ATTR void S##_nrows(int mr, int64_t kc, const T *a, int64_t ars, int64_t acs, const T *b, \
-                             int64_t bcs, T *c, int64_t ldc, int nr, T alpha, T beta) {            \
-    switch (mr) {                                                                                  \
-    case 8:                                                                                        \
-      S##_nbody(8, kc, a, ars, acs, b, bcs, c, ldc, nr, alpha, beta);                              \
-      break;                                                                                       \
-    case 7:                                                                                        \
-      S##_nbody(7, kc, a, ars, acs, b, bcs, c, ldc, nr, alpha, beta);                              \
-      break;                                                                                       \
-    case 6:                                                                                        \
-      S##_nbody(6, kc, a, ars, acs, b, bcs, c, ldc, nr, alpha, beta);                              \
-      break;                                                                                       \
-    case 5:                                                                                        \
-      S##_nbody(5, kc, a, ars, acs, b, bcs, c, ldc, nr, alpha, beta);                              \
-      break;                                                                                       \
-    case 4:                                                                                        \
-      S##_nbody(4, kc, a, ars, acs, b, bcs, c, ldc, nr, alpha, beta);                              \
-      break;                                                                                       \
-    case 3:                                                                                        \
-      S##_nbody(3, kc, a, ars, acs, b, bcs, c, ldc, nr, alpha, beta);                              \
-      break;                                                                                       \
-    case 2:                                                                                        \
-      S##_nbody(2, kc, a, ars, acs, b, bcs, c, ldc, nr, alpha, beta);                              \
-      break;                                                                                       \
-    case 1:                                                                                        \
-      S##_nbody(1, kc, a, ars, acs, b, bcs, c, ldc, nr, alpha, beta);                              \
-      break;                                                                                       \
-    default:                                                                                       \
-      break;                                                                                       \
-    }                                                                                              \
-  }                                                                                                \
-                                                                                                   \
   /* op(B)[0:kc, 0:nc] (b points at its first element) into micro-panels of 2VL columns, each kc   \
    * rows of 2VL contiguous values, the last one zero-padded. B is read row by row (B) or in VL x  \
    * VL blocks transposed in registers (B^T). */                                                   \
@@ -627,8 +574,6 @@ static void *gemm_scratch(size_t bytes) {
     bool auto_a = (MR) == 8 && ta ? (size_t)kcs * arow > 16384 &&                                  \
                                         (n >= 256 || (n >= 32 && k >= 64 && arow > 2048))          \
                                   : n >= 256 && (ta || sizeof(T) == 8);                            \
-    bool wide_only = (pack & GEMM_WIDE_ONLY) != 0; /* tests: no narrow tile (S##_nbody) */         \
-    pack &= ~GEMM_WIDE_ONLY;                                                                       \
     bool pack_a = pack == GEMM_PACK_AUTO ? auto_a : pack == GEMM_PACK_ALWAYS;                      \
     bool direct_b =                                                                                \
         !pb && !tb && pack != GEMM_PACK_ALWAYS &&                                                  \
@@ -672,22 +617,17 @@ static void *gemm_scratch(size_t bytes) {
              * the two are split evenly (a 1-3 row kernel waits on FMA latency) */                 \
             int64_t full = mc / (MR), tail = mc % (MR);                                            \
             if (!pack_a && full > 0 && tail > 0 && tail < 4) full--, tail += (MR);                 \
-            bool thin = nr <= (VL) && !wide_only;                                                  \
             for (int64_t ir = 0; ir < full; ir++, ai += pstep, ci += (MR)*ldc)                     \
-              if (thin)                                                                            \
-                S##_nrows((MR), kc, ai, ars, acs, bpanel, bcs, ci, ldc, nr, alpha, be);            \
-              else if ((MR) == 8)                                                                  \
+              if ((MR) == 8)                                                                       \
                 S##_k8(kc, ai, ars, acs, bpanel, bcs, ci, ldc, nr, alpha, be);                     \
               else                                                                                 \
                 S##_k6(kc, ai, ars, acs, bpanel, bcs, ci, ldc, nr, alpha, be);                     \
-            while (tail > 0) { /* a tail over MR rows: two halves */                               \
-              int t = tail > (MR) ? (int)(tail + 1) / 2 : (int)tail;                               \
-              if (thin)                                                                            \
-                S##_nrows(t, kc, ai, ars, acs, bpanel, bcs, ci, ldc, nr, alpha, be);               \
-              else                                                                                 \
-                S##_krows(t, kc, ai, ars, acs, bpanel, bcs, ci, ldc, nr, alpha, be);               \
-              ai += t * ars, ci += t * ldc, tail -= t;                                             \
+            if (tail > (MR)) {                                                                     \
+              int t1 = (int)(tail + 1) / 2;                                                        \
+              S##_krows(t1, kc, ai, ars, acs, bpanel, bcs, ci, ldc, nr, alpha, be);                \
+              ai += t1 * ars, ci += t1 * ldc, tail -= t1;                                          \
             }                                                                                      \
+            S##_krows((int)tail, kc, ai, ars, acs, bpanel, bcs, ci, ldc, nr, alpha, be);           \
           }                                                                                        \
         }                                                                                          \
       }                                                                                            \
@@ -1054,11 +994,9 @@ const char *ad_gemm_builtin(int kernel, ad_dtype dt, bool ta, bool tb, int64_t m
     return NULL;
 #endif
   }
-  int pack = kernel >= 0 ? (kernel >> 4) & 3 : GEMM_PACK_AUTO;
-  if (kernel >= 0 && (kernel & 64)) pack |= GEMM_WIDE_ONLY;
-  if (kernel >= 0 && (kernel & ~(15 | 48 | 64))) return NULL;
+  int pack = kernel >= 0 ? kernel >> 4 : GEMM_PACK_AUTO;
   if (kernel >= 0) kernel &= 15;
-  if ((pack & 3) > GEMM_PACK_NEVER) return NULL;
+  if (pack > GEMM_PACK_NEVER) return NULL;
   if (kernel == K_AUTO) kernel = kernel_best();
   if (!kernel_available(kernel)) return NULL;
   if (dt == AD_F32)
