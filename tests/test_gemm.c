@@ -343,6 +343,64 @@ Test(gemm, in_place_or_packed_same_bits, .timeout = 300) {
       }
 }
 
+/* The narrow tile (one vector per row) runs the panels of one vector's
+ * width or less: a narrow product (a classifier's 10 outputs) and the last
+ * panel of some wider ones. For the engine's calls (alpha 1, beta 0 or 1)
+ * it must give the bits of the two-vector tile it replaced there (kernel
+ * + 64 keeps that tile): widths around one and two vectors of each kernel,
+ * row counts with tails of every size (and the 1-3 rows that join the last
+ * tile), up to several k blocks, each transpose, A and B packed and in
+ * place. Both tiles write their update as the FMA intrinsic, so the clang
+ * build of the CI's misuse suite (which kept the narrow tile's accumulators
+ * in memory under ASan and did not fuse them) is held to it as well. The
+ * portable kernel (1) has no narrow tile: its runs compare a tile with
+ * itself. */
+Test(gemm, narrow_tile_same_bits, .timeout = 300) {
+  static const int64_t ns[] = {1, 2, 3, 4, 5, 7, 8, 9, 10, 15, 16, 17, 33, 40, 42, 48, 49, 1000};
+  static const int64_t ms[] = {1, 3, 8, 9, 11, 13, 32, 70, 256};
+  static const int64_t ks[] = {1, 10, 64, 300, 1100};
+  ad_rng rng;
+  ad_rng_seed(&rng, 12);
+  int narrow_runs = 0;
+  for (int kern = 1; kern <= 3; kern++)
+    for (ad_dtype dt = AD_F32; dt <= AD_F64; dt++) {
+      if (!ad_gemm_builtin(kern, dt, false, false, 0, 0, 0, 1, NULL, 1, NULL, 1, 0, NULL, 1)) {
+        cr_log_info("narrow_tile_same_bits: kernel %d skipped: not on this CPU or build", kern);
+        break;
+      }
+      for (size_t i = 0; i < sizeof ms / sizeof *ms; i++)
+        for (size_t j = 0; j < sizeof ns / sizeof *ns; j++) {
+          int64_t m = ms[i], n = ns[j], k = ks[(i + j) % 5];
+          while (m * n * k > 400000 && k > 1) k /= 2;
+          bool ta = (i + j) % 2, tb = (i / 2 + j) % 2;
+          int64_t lda = (ta ? m : k) + 1, ldb = (tb ? k : n) + 3, ldc = n + 2;
+          int64_t na = (ta ? k : m) * lda, nb = (tb ? n : k) * ldb, nc = m * ldc;
+          double beta = (i + 2 * j) % 3 ? 0 : 1;
+          void *a = alloc_elems(dt, na), *b = alloc_elems(dt, nb), *c[6];
+          for (int64_t e = 0; e < na; e++) set(dt, a, e, ad_rng_uniform(&rng) - 0.5);
+          for (int64_t e = 0; e < nb; e++) set(dt, b, e, ad_rng_uniform(&rng) - 0.5);
+          c[0] = alloc_elems(dt, nc);
+          for (int64_t e = 0; e < nc; e++) set(dt, c[0], e, ad_rng_uniform(&rng) - 0.5);
+          size_t bytes = (size_t)nc * ad_dtype_size(dt);
+          for (int v = 1; v < 6; v++) c[v] = alloc_elems(dt, nc), memcpy(c[v], c[0], bytes);
+          /* narrow and wide tiles, with the kernel's own choice of packing, all packed, and
+           * nothing packed that can be read in place */
+          for (int v = 0; v < 6; v++)
+            ad_gemm_builtin(kern + (v & 1) * 64 + (v >> 1) * 16, dt, ta, tb, m, n, k, 1, a, lda, b,
+                            ldb, beta, c[v], ldc);
+          cr_assert(!memcmp(c[0], c[1], bytes) && !memcmp(c[2], c[3], bytes) &&
+                        !memcmp(c[4], c[5], bytes),
+                    "kernel %d, %s, %lld x %lld x %lld%s%s, beta %g: the narrow tile changed bits",
+                    kern, ad_dtype_name(dt), (long long)m, (long long)n, (long long)k,
+                    ta ? " A^T" : "", tb ? " B^T" : "", beta);
+          narrow_runs++;
+          free(a), free(b);
+          for (int v = 0; v < 6; v++) free(c[v]);
+        }
+    }
+  cr_assert_gt(narrow_runs, 0);
+}
+
 /* Two threads at once, each with its own packing buffer. */
 #if !defined(__STDC_NO_THREADS__)
 typedef struct thread_job {

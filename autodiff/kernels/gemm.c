@@ -15,7 +15,9 @@
  * The micro-kernel keeps the MR x NR tile in registers (MR rows of two
  * vectors, NR = 2 vector lengths) and per step of k broadcasts MR elements
  * of A and loads two vectors of B; edge rows get kernels of fewer rows,
- * edge columns a zero-padded panel. MR is 6 with 16 vector registers (AVX2,
+ * edge columns a zero-padded panel, of which a panel of at most one vector's
+ * width (a classifier's ten outputs) runs on a tile of one vector per row
+ * (S_nbody) rather than spend most of the lanes on padding. MR is 6 with 16 vector registers (AVX2,
  * SSE) and 8 with AVX-512's 32: batches are mostly multiples of 8 (16, 32,
  * 64, 256 rows fill whole 8-row tiles, where 6 rows left tails of 4 or 2
  * rows), and 16 multiply-adds share 10 loads instead of 12 sharing 8. Every
@@ -34,7 +36,8 @@
  * when that measured faster (see S_gemm's rule): A^T, whose rows in place
  * are far apart, and A in f64.
  *
- * The kernel is plain C with GCC vector extensions. It is instantiated per
+ * The kernel is plain C with GCC vector extensions (and the FMA intrinsic for
+ * its update where the instruction set has one). It is instantiated per
  * instruction set (AVX-512, AVX2+FMA, baseline) with target attributes, and
  * the best one the CPU has is picked at run time, so the default build needs
  * no -march flag. The packing buffer is per thread and grows once. If it
@@ -69,6 +72,25 @@
 #endif
 #if defined(__GNUC__)
 #define GEMM_VEC 1
+#endif
+/* acc + x b (x a scalar, acc and b vectors of type V), the micro-kernels'
+ * one update. Where the instruction set has FMA it is written as the FMA
+ * intrinsic, so every tile rounds each update once whatever the compiler
+ * decides about contraction (clang under the sanitizers and GCC can differ
+ * on that, and two tiles that must give the same bits cannot). The portable
+ * kernel leaves it to the compiler: without FMA instructions there is none
+ * to contract into, and it has only the one tile shape. */
+#define GEMM_FMA_PLAIN(V, acc, x, b) ((acc) + (x) * (b))
+#ifdef GEMM_X86
+#include <immintrin.h>
+#define GEMM_FMA_256_PS(V, acc, x, b)                                                              \
+  ((V)_mm256_fmadd_ps(_mm256_set1_ps(x), (__m256)(b), (__m256)(acc)))
+#define GEMM_FMA_256_PD(V, acc, x, b)                                                              \
+  ((V)_mm256_fmadd_pd(_mm256_set1_pd(x), (__m256d)(b), (__m256d)(acc)))
+#define GEMM_FMA_512_PS(V, acc, x, b)                                                              \
+  ((V)_mm512_fmadd_ps(_mm512_set1_ps(x), (__m512)(b), (__m512)(acc)))
+#define GEMM_FMA_512_PD(V, acc, x, b)                                                              \
+  ((V)_mm512_fmadd_pd(_mm512_set1_pd(x), (__m512d)(b), (__m512d)(acc)))
 #endif
 #if defined(__clang__)
 #define GEMM_UNROLL _Pragma("unroll")
@@ -188,8 +210,10 @@ GEMM_SCALE(float, gemm_scale_f32)
 GEMM_SCALE(double, gemm_scale_f64)
 
 /* Whether a kernel packs A, and op(B) where it may read B in place: by its
- * own rule, always, never (for tests). */
-enum { GEMM_PACK_AUTO, GEMM_PACK_ALWAYS, GEMM_PACK_NEVER };
+ * own rule, always, never (for tests); GEMM_WIDE_ONLY (a flag beside them,
+ * for tests) keeps the 2VL-wide tile also for panels of VL columns or
+ * fewer, which the narrow tile otherwise takes (S_nbody). */
+enum { GEMM_PACK_AUTO, GEMM_PACK_ALWAYS, GEMM_PACK_NEVER, GEMM_WIDE_ONLY = 4 };
 
 /* ------------------------------------------------------- packing buffer */
 
@@ -233,18 +257,35 @@ static void *gemm_scratch(size_t bytes) {
 
 /* ------------------------------------------------------- blocked kernel */
 
+/* The cases of S_nrows: the narrow tile for each row count (1..8). */
+#define GEMM_NCASE(S, R)                                                                           \
+  case R:                                                                                          \
+    S##_nbody(R, kc, a, ars, acs, b, bcs, c, ldc, nr, alpha, beta);                                \
+    break;
+#define GEMM_NCASES(S)                                                                             \
+  GEMM_NCASE(S, 8)                                                                                 \
+  GEMM_NCASE(S, 7)                                                                                 \
+  GEMM_NCASE(S, 6)                                                                                 \
+  GEMM_NCASE(S, 5)                                                                                 \
+  GEMM_NCASE(S, 4)                                                                                 \
+  GEMM_NCASE(S, 3)                                                                                 \
+  GEMM_NCASE(S, 2)                                                                                 \
+  GEMM_NCASE(S, 1)
+
 /* Micro-panels per unit of a packing that threads share (S_pack_part). */
 #define GEMM_UNIT_PANELS 4
 
 /* One instruction set S for element type T: VL lanes per vector, tiles of
  * MR x 2VL (MR 6, or 8 where there are 32 vector registers: the tile's 2MR
  * accumulators, two vectors of B and a broadcast must fit), blocks KC (k),
- * MC (rows, a multiple of MR), NC (columns). Defines
+ * MC (rows, a multiple of MR), NC (columns); FMA the update (GEMM_FMA_*),
+ * NARROW whether panels of VL columns or fewer take the one-vector tile
+ * (S_nbody: only where FMA is an intrinsic, so both tiles round alike). Defines
  *   static int S_gemm(pack, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
  * returning 0 when the packing buffer cannot be had (nothing written), and
  * the packing of op(B) once for many products (S_packed_size, S_pack_units,
  * S_pack_part). */
-#define GEMM_KERNEL(S, ATTR, T, VL, KC, MC, NC, MR)                                                \
+#define GEMM_KERNEL(S, ATTR, T, VL, KC, MC, NC, MR, FMA, NARROW)                                   \
   typedef T S##_v __attribute__((vector_size((VL) * sizeof(T)), aligned(sizeof(T))));              \
                                                                                                    \
   /* tile[i][j] (i < mr, j < nr) into C: C = alpha tile + beta C */                                \
@@ -272,42 +313,42 @@ static void *gemm_scratch(size_t bytes) {
     for (int64_t p = 0; p < kc; p++) {                                                             \
       V b0 = *(const V *)b, b1 = *(const V *)(b + (VL));                                           \
       T x = a[0];                                                                                  \
-      c00 += x * b0;                                                                               \
-      c01 += x * b1;                                                                               \
+      c00 = FMA(V, c00, x, b0);                                                                    \
+      c01 = FMA(V, c01, x, b1);                                                                    \
       if (MR_ > 1) {                                                                               \
         x = a[ars];                                                                                \
-        c10 += x * b0;                                                                             \
-        c11 += x * b1;                                                                             \
+        c10 = FMA(V, c10, x, b0);                                                                  \
+        c11 = FMA(V, c11, x, b1);                                                                  \
       }                                                                                            \
       if (MR_ > 2) {                                                                               \
         x = a[2 * ars];                                                                            \
-        c20 += x * b0;                                                                             \
-        c21 += x * b1;                                                                             \
+        c20 = FMA(V, c20, x, b0);                                                                  \
+        c21 = FMA(V, c21, x, b1);                                                                  \
       }                                                                                            \
       if (MR_ > 3) {                                                                               \
         x = a[3 * ars];                                                                            \
-        c30 += x * b0;                                                                             \
-        c31 += x * b1;                                                                             \
+        c30 = FMA(V, c30, x, b0);                                                                  \
+        c31 = FMA(V, c31, x, b1);                                                                  \
       }                                                                                            \
       if (MR_ > 4) {                                                                               \
         x = a[4 * ars];                                                                            \
-        c40 += x * b0;                                                                             \
-        c41 += x * b1;                                                                             \
+        c40 = FMA(V, c40, x, b0);                                                                  \
+        c41 = FMA(V, c41, x, b1);                                                                  \
       }                                                                                            \
       if (MR_ > 5) {                                                                               \
         x = a[5 * ars];                                                                            \
-        c50 += x * b0;                                                                             \
-        c51 += x * b1;                                                                             \
+        c50 = FMA(V, c50, x, b0);                                                                  \
+        c51 = FMA(V, c51, x, b1);                                                                  \
       }                                                                                            \
       if (MR_ > 6) {                                                                               \
         x = a[6 * ars];                                                                            \
-        c60 += x * b0;                                                                             \
-        c61 += x * b1;                                                                             \
+        c60 = FMA(V, c60, x, b0);                                                                  \
+        c61 = FMA(V, c61, x, b1);                                                                  \
       }                                                                                            \
       if (MR_ > 7) {                                                                               \
         x = a[7 * ars];                                                                            \
-        c70 += x * b0;                                                                             \
-        c71 += x * b1;                                                                             \
+        c70 = FMA(V, c70, x, b0);                                                                  \
+        c71 = FMA(V, c71, x, b1);                                                                  \
       }                                                                                            \
       a += acs;                                                                                    \
       b += bcs;                                                                                    \
@@ -419,6 +460,35 @@ static void *gemm_scratch(size_t bytes) {
     case 1:                                                                                        \
       S##_k1(kc, a, ars, acs, b, bcs, c, ldc, nr, alpha, beta);                                    \
       break;                                                                                       \
+    default:                                                                                       \
+      break;                                                                                       \
+    }                                                                                              \
+  }                                                                                                \
+                                                                                                   \
+  /* MR_ x VL tile, for a panel of nr <= VL columns (a narrow product, or the last panel of one    \
+   * whose width leaves so few): S##_body with one vector per row, so half the multiply-adds of a  \
+   * 2VL-wide tile are not spent on padding. The same products summed in the same order and        \
+   * stored by S##_store, as S##_body stores a partial panel: the same bits. */                    \
+  static inline __attribute__((always_inline))                                                     \
+  ATTR void S##_nbody(const int MR_, int64_t kc, const T *a, int64_t ars, int64_t acs, const T *b, \
+                      int64_t bcs, T *c, int64_t ldc, int nr, T alpha, T beta) {                   \
+    typedef S##_v V;                                                                               \
+    V z = {0}, acc[8] = {z, z, z, z, z, z, z, z}, tile[16];                                        \
+    for (int64_t p = 0; p < kc; p++) {                                                             \
+      V b0 = *(const V *)b;                                                                        \
+      GEMM_UNROLL for (int i = 0; i < MR_; i++) acc[i] = FMA(V, acc[i], a[i * ars], b0);           \
+      a += acs;                                                                                    \
+      b += bcs;                                                                                    \
+    }                                                                                              \
+    GEMM_UNROLL for (int i = 0; i < MR_; i++) tile[2 * i] = acc[i];                                \
+    S##_store((const T *)tile, MR_, nr, c, ldc, alpha, beta);                                      \
+  }                                                                                                \
+  /* the narrow tile for mr (0..MR) rows */                                                        \
+  __attribute__((unused)) static ATTR void S##_nrows(int mr, int64_t kc, const T *a, int64_t ars,  \
+                                                     int64_t acs, const T *b, int64_t bcs, T *c,   \
+                                                     int64_t ldc, int nr, T alpha, T beta) {       \
+    switch (mr) {                                                                                  \
+      GEMM_NCASES(S)                                                                               \
     default:                                                                                       \
       break;                                                                                       \
     }                                                                                              \
@@ -574,6 +644,8 @@ static void *gemm_scratch(size_t bytes) {
     bool auto_a = (MR) == 8 && ta ? (size_t)kcs * arow > 16384 &&                                  \
                                         (n >= 256 || (n >= 32 && k >= 64 && arow > 2048))          \
                                   : n >= 256 && (ta || sizeof(T) == 8);                            \
+    bool wide_only = (pack & GEMM_WIDE_ONLY) != 0; /* tests: no narrow tile (S##_nbody) */         \
+    pack &= ~GEMM_WIDE_ONLY;                                                                       \
     bool pack_a = pack == GEMM_PACK_AUTO ? auto_a : pack == GEMM_PACK_ALWAYS;                      \
     bool direct_b =                                                                                \
         !pb && !tb && pack != GEMM_PACK_ALWAYS &&                                                  \
@@ -617,6 +689,18 @@ static void *gemm_scratch(size_t bytes) {
              * the two are split evenly (a 1-3 row kernel waits on FMA latency) */                 \
             int64_t full = mc / (MR), tail = mc % (MR);                                            \
             if (!pack_a && full > 0 && tail > 0 && tail < 4) full--, tail += (MR);                 \
+            if ((NARROW) && nr <= (VL) &&                                                          \
+                !wide_only) { /* the narrow tile, in the same row tiles */                         \
+              for (int64_t ir = 0; ir < full; ir++, ai += pstep, ci += (MR)*ldc)                   \
+                S##_nrows((MR), kc, ai, ars, acs, bpanel, bcs, ci, ldc, nr, alpha, be);            \
+              if (tail > (MR)) {                                                                   \
+                int t1 = (int)(tail + 1) / 2;                                                      \
+                S##_nrows(t1, kc, ai, ars, acs, bpanel, bcs, ci, ldc, nr, alpha, be);              \
+                ai += t1 * ars, ci += t1 * ldc, tail -= t1;                                        \
+              }                                                                                    \
+              S##_nrows((int)tail, kc, ai, ars, acs, bpanel, bcs, ci, ldc, nr, alpha, be);         \
+              continue;                                                                            \
+            }                                                                                      \
             for (int64_t ir = 0; ir < full; ir++, ai += pstep, ci += (MR)*ldc)                     \
               if ((MR) == 8)                                                                       \
                 S##_k8(kc, ai, ars, acs, bpanel, bcs, ci, ldc, nr, alpha, be);                     \
@@ -636,15 +720,15 @@ static void *gemm_scratch(size_t bytes) {
   }
 
 #define GEMM_ATTR_GENERIC
-GEMM_KERNEL(gen_f32, GEMM_ATTR_GENERIC, float, 4, 256, 96, 2048, 6)
-GEMM_KERNEL(gen_f64, GEMM_ATTR_GENERIC, double, 2, 256, 96, 2048, 6)
+GEMM_KERNEL(gen_f32, GEMM_ATTR_GENERIC, float, 4, 256, 96, 2048, 6, GEMM_FMA_PLAIN, 0)
+GEMM_KERNEL(gen_f64, GEMM_ATTR_GENERIC, double, 2, 256, 96, 2048, 6, GEMM_FMA_PLAIN, 0)
 #ifdef GEMM_X86
 #define GEMM_ATTR_AVX2 __attribute__((target("avx2,fma")))
-GEMM_KERNEL(avx2_f32, GEMM_ATTR_AVX2, float, 8, 256, 96, 2048, 6)
-GEMM_KERNEL(avx2_f64, GEMM_ATTR_AVX2, double, 4, 256, 96, 2048, 6)
+GEMM_KERNEL(avx2_f32, GEMM_ATTR_AVX2, float, 8, 256, 96, 2048, 6, GEMM_FMA_256_PS, 1)
+GEMM_KERNEL(avx2_f64, GEMM_ATTR_AVX2, double, 4, 256, 96, 2048, 6, GEMM_FMA_256_PD, 1)
 #define GEMM_ATTR_AVX512 __attribute__((target("avx512f,avx2,fma")))
-GEMM_KERNEL(avx512_f32, GEMM_ATTR_AVX512, float, 16, 256, 96, 2048, 8)
-GEMM_KERNEL(avx512_f64, GEMM_ATTR_AVX512, double, 8, 256, 96, 2048, 8)
+GEMM_KERNEL(avx512_f32, GEMM_ATTR_AVX512, float, 16, 256, 96, 2048, 8, GEMM_FMA_512_PS, 1)
+GEMM_KERNEL(avx512_f64, GEMM_ATTR_AVX512, double, 8, 256, 96, 2048, 8, GEMM_FMA_512_PD, 1)
 #endif
 #endif /* GEMM_VEC */
 
@@ -994,9 +1078,11 @@ const char *ad_gemm_builtin(int kernel, ad_dtype dt, bool ta, bool tb, int64_t m
     return NULL;
 #endif
   }
-  int pack = kernel >= 0 ? kernel >> 4 : GEMM_PACK_AUTO;
+  int pack = kernel >= 0 ? (kernel >> 4) & 3 : GEMM_PACK_AUTO;
+  if (kernel >= 0 && (kernel & 64)) pack |= GEMM_WIDE_ONLY;
+  if (kernel >= 0 && (kernel & ~(15 | 48 | 64))) return NULL;
   if (kernel >= 0) kernel &= 15;
-  if (pack > GEMM_PACK_NEVER) return NULL;
+  if ((pack & 3) > GEMM_PACK_NEVER) return NULL;
   if (kernel == K_AUTO) kernel = kernel_best();
   if (!kernel_available(kernel)) return NULL;
   if (dt == AD_F32)
