@@ -354,10 +354,10 @@ Test(gemm, in_place_or_packed_same_bits, .timeout = 300) {
  * build of the CI's misuse suite (which kept the narrow tile's accumulators
  * in memory under ASan and did not fuse them) is held to it as well. The
  * portable kernel (1) has no narrow tile: its runs compare a tile with
- * itself. */
+ * itself, and a CPU with none but it reports the test skipped. */
 Test(gemm, narrow_tile_same_bits, .timeout = 300) {
   static const int64_t ns[] = {1, 2, 3, 4, 5, 7, 8, 9, 10, 15, 16, 17, 33, 40, 42, 48, 49, 1000};
-  static const int64_t ms[] = {1, 3, 8, 9, 11, 13, 32, 70, 256};
+  static const int64_t ms[] = {1, 3, 8, 9, 10, 11, 13, 15, 32, 70, 256};
   static const int64_t ks[] = {1, 10, 64, 300, 1100};
   ad_rng rng;
   ad_rng_seed(&rng, 12);
@@ -393,12 +393,13 @@ Test(gemm, narrow_tile_same_bits, .timeout = 300) {
                     "kernel %d, %s, %lld x %lld x %lld%s%s, beta %g: the narrow tile changed bits",
                     kern, ad_dtype_name(dt), (long long)m, (long long)n, (long long)k,
                     ta ? " A^T" : "", tb ? " B^T" : "", beta);
-          narrow_runs++;
+          int64_t vl = (kern == 3 ? 64 : 32) / (int64_t)ad_dtype_size(dt), last = n % (2 * vl);
+          if (kern >= 2 && last > 0 && last <= vl) narrow_runs++; /* the narrow tile ran */
           free(a), free(b);
           for (int v = 0; v < 6; v++) free(c[v]);
         }
     }
-  cr_assert_gt(narrow_runs, 0);
+  if (!narrow_runs) cr_skip_test("narrow_tile_same_bits: no kernel with a narrow tile here");
 }
 
 /* Two threads at once, each with its own packing buffer. */

@@ -15,12 +15,13 @@
  * The micro-kernel keeps the MR x NR tile in registers (MR rows of two
  * vectors, NR = 2 vector lengths) and per step of k broadcasts MR elements
  * of A and loads two vectors of B; edge rows get kernels of fewer rows,
- * edge columns a zero-padded panel, of which a panel of at most one vector's
- * width (a classifier's ten outputs) runs on a tile of one vector per row
- * (S_nbody) rather than spend most of the lanes on padding. MR is 6 with 16 vector registers (AVX2,
- * SSE) and 8 with AVX-512's 32: batches are mostly multiples of 8 (16, 32,
- * 64, 256 rows fill whole 8-row tiles, where 6 rows left tails of 4 or 2
- * rows), and 16 multiply-adds share 10 loads instead of 12 sharing 8. Every
+ * edge columns a zero-padded panel, of which a panel of at most one
+ * vector's width (a classifier's ten outputs) runs on a tile of one vector
+ * per row (S_nbody) rather than spend most of the lanes on padding. MR is 6
+ * with 16 vector registers (AVX2, SSE) and 8 with AVX-512's 32: batches are
+ * mostly multiples of 8 (16, 32, 64, 256 rows fill whole 8-row tiles, where
+ * 6 rows left tails of 4 or 2 rows), and 16 multiply-adds share 10 loads
+ * instead of 12 sharing 8. Every
  * element is the same sum in the same order whatever the tile, so neither
  * the tile's size nor where a row falls in it, nor whether A or B is
  * packed, changes a result bit, for the engine's calls (alpha 1, beta 0 or
@@ -78,8 +79,9 @@
  * intrinsic, so every tile rounds each update once whatever the compiler
  * decides about contraction (clang under the sanitizers and GCC can differ
  * on that, and two tiles that must give the same bits cannot). The portable
- * kernel leaves it to the compiler: without FMA instructions there is none
- * to contract into, and it has only the one tile shape. */
+ * kernel leaves it to the compiler (fp-contract above; on a target with FMA
+ * instructions it may fuse): it has only the one tile shape, so no second
+ * tile can round otherwise. */
 #define GEMM_FMA_PLAIN(V, acc, x, b) ((acc) + (x) * (b))
 #ifdef GEMM_X86
 #include <immintrin.h>
