@@ -6,7 +6,9 @@ epochs, samples, Adam lr 1e-3, float32, torch.set_num_threads(T) and
 OPENBLAS_NUM_THREADS=OMP_NUM_THREADS=T, since torch's products run in
 OpenBLAS, whose thread count set_num_threads does not change; only the
 training loop is timed, on synthetic data held in memory), alternating ours
-and theirs within each configuration, REPEATS times, and prints medians:
+and theirs within each configuration, REPEATS times (a model's 1- and
+2-thread configurations interleaved, each repeat running both, in turn
+first), and prints medians:
 
   config           the issues' targets: the seed model (784-64-64-10, batch
                    32, 5 epochs x 8000), the wide one (784-1024-1024-10,
@@ -421,32 +423,51 @@ def main():
     print("compare.py: %d repeats, ours and torch alternating; medians; torch %s (%s); "
           "1-min load average before %.2f" % (a.repeats, tv or "absent", py or "-",
                                                os.getloadavg()[0]))
+    # A model's configurations (1 and 2 threads) run interleaved: each
+    # repeat runs all of them, in turn first, so that the speed-up compares
+    # runs made in the same minutes (run back to back, the second process of
+    # a pair often runs a few percent slower, docs/performance.md).
+    groups = []
+    for cfg in configs:
+        model = cfg[0].split()[0]
+        if groups and groups[-1][0] == model:
+            groups[-1][1].append(cfg)
+        else:
+            groups.append((model, [cfg]))
     res = {}
     try:
-        for cfg in configs:
-            ours, theirs, ours_rss, their_rss, gflops, probes = [], [], [], [], [], []
+        for model, cfgs in groups:
+            runs = {c[0]: ([], [], [], [], []) for c in cfgs}  # ours, theirs, RSS both, GFLOPS
+            probes = []
             for r in range(a.repeats):
                 probes.append(cores_probe(cores))
-                order = ["ours", "torch"] if r % 2 == 0 else ["torch", "ours"]
-                for who in order:
-                    if who == "ours":
-                        out = run(ours_cmd(mlp, cfg), env=ours_env())
-                        ours.append(last_value(out, "train_s"))
-                        ours_rss.append(last_value(out, "peak_rss_mb"))
-                        gflops.append(last_value(out, "gflops"))
-                    elif py:
-                        out = run(torch_cmd(py, script, cfg), env=torch_env(cfg[5], coretype))
-                        theirs.append(last_value(out, "train_s"))
-                        their_rss.append(last_value(out, "peak_rss_mb"))
+                shift = r % len(cfgs)
+                for cfg in cfgs[shift:] + cfgs[:shift]:
+                    ours, theirs, ours_rss, their_rss, gflops = runs[cfg[0]]
+                    order = ["ours", "torch"] if r % 2 == 0 else ["torch", "ours"]
+                    for who in order:
+                        if who == "ours":
+                            out = run(ours_cmd(mlp, cfg), env=ours_env())
+                            ours.append(last_value(out, "train_s"))
+                            ours_rss.append(last_value(out, "peak_rss_mb"))
+                            gflops.append(last_value(out, "gflops"))
+                        elif py:
+                            out = run(torch_cmd(py, script, cfg), env=torch_env(cfg[5], coretype))
+                            theirs.append(last_value(out, "train_s"))
+                            their_rss.append(last_value(out, "peak_rss_mb"))
             probes.append(cores_probe(cores))
-            res[cfg[0]] = (med(ours), med(theirs), max(ours_rss), max(their_rss) if their_rss else None,
-                           med(gflops), ours, probes)
             got = [v for v in probes if v]
-            print("  %-15s ours %s  torch %s  cores %s%s" % (
-                cfg[0], " ".join("%.3f" % v for v in ours), " ".join("%.3f" % v for v in theirs),
-                " ".join("-" if v is None else "%.2f" % v[0] for v in probes),
-                ", one CPU alone %.0f-%.0f GFLOPS" % (min(v[1] for v in got), max(v[1] for v in got))
-                if got else ""), flush=True)
+            for cfg in cfgs:
+                ours, theirs, ours_rss, their_rss, gflops = runs[cfg[0]]
+                res[cfg[0]] = (med(ours), med(theirs), max(ours_rss),
+                               max(their_rss) if their_rss else None, med(gflops), ours, probes)
+                print("  %-15s ours %s  torch %s  cores %s%s" % (
+                    cfg[0], " ".join("%.3f" % v for v in ours),
+                    " ".join("%.3f" % v for v in theirs),
+                    " ".join("-" if v is None else "%.2f" % v[0] for v in probes),
+                    ", one CPU alone %.0f-%.0f GFLOPS" % (min(v[1] for v in got),
+                                                          max(v[1] for v in got))
+                    if got else ""), flush=True)
     finally:
         if script:
             os.unlink(script)
