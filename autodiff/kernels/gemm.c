@@ -21,21 +21,20 @@
  * with 16 vector registers (AVX2, SSE) and 8 with AVX-512's 32: batches are
  * mostly multiples of 8 (16, 32, 64, 256 rows fill whole 8-row tiles, where
  * 6 rows left tails of 4 or 2 rows), and 16 multiply-adds share 10 loads
- * instead of 12 sharing 8. Every
- * element is the same sum in the same order whatever the tile, so neither
- * the tile's size nor where a row falls in it, nor whether A or B is
- * packed, changes a result bit, for the engine's calls (alpha 1, beta 0 or
- * 1). With another alpha and beta, a compiler may contract alpha x + beta c
- * into one FMA for some rows of a tile and not others (clang does): then a
- * row's bits can depend on its place in the tile. B is packed so that each step
- * of k reads NR contiguous values, whatever the transpose flag (B^T is
- * transposed in registers, VL x VL at a time); B not transposed has them
- * contiguous already, and a product with few row tiles reads its whole
- * panels in place (S_gemm's rule). A is mostly read in place: a
- * broadcast is a scalar load, so any layout works through two strides, and
- * small products save the packing. A feeding many column panels is packed
- * when that measured faster (see S_gemm's rule): A^T, whose rows in place
- * are far apart, and A in f64.
+ * instead of 12 sharing 8. Every element is the same sum in the same order
+ * whatever the tile, so neither the tile's size (nor its width) nor where a
+ * row falls in it, nor whether A or B is packed, changes a result bit, for
+ * the engine's calls (alpha 1, beta 0 or 1). With another alpha and beta, a
+ * compiler may contract alpha x + beta c into one FMA for some rows of a
+ * tile and not others (clang does): then a row's bits can depend on its
+ * place in the tile. B is packed so that each step of k reads NR contiguous
+ * values, whatever the transpose flag (B^T is transposed in registers, VL x
+ * VL at a time); B not transposed has them contiguous already, and a
+ * product with few row tiles reads its whole panels in place (S_gemm's
+ * rule). A is mostly read in place: a broadcast is a scalar load, so any
+ * layout works through two strides, and small products save the packing. A
+ * feeding many column panels is packed when that measured faster (see
+ * S_gemm's rule): A^T, whose rows in place are far apart, and A in f64.
  *
  * The kernel is plain C with GCC vector extensions (and the FMA intrinsic for
  * its update where the instruction set has one). It is instantiated per
@@ -282,7 +281,8 @@ static void *gemm_scratch(size_t bytes) {
  * accumulators, two vectors of B and a broadcast must fit), blocks KC (k),
  * MC (rows, a multiple of MR), NC (columns); FMA the update (GEMM_FMA_*),
  * NARROW whether panels of VL columns or fewer take the one-vector tile
- * (S_nbody: only where FMA is an intrinsic, so both tiles round alike). Defines
+ * (S_nbody: only where FMA is an intrinsic, so both tiles round alike).
+ * Defines
  *   static int S_gemm(pack, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
  * returning 0 when the packing buffer cannot be had (nothing written), and
  * the packing of op(B) once for many products (S_packed_size, S_pack_units,
