@@ -276,6 +276,19 @@ static void *gemm_scratch(size_t bytes) {
 /* Micro-panels per unit of a packing that threads share (S_pack_part). */
 #define GEMM_UNIT_PANELS 4
 
+/* Inside S_gemm: the row tiles of one column panel, by FULL (a tile of MR
+ * rows) and ROWS (a tile of the rows given first): whole tiles, then the
+ * tail, in two tiles when it is longer than MR (see S_gemm). */
+#define GEMM_ROW_TILES(MR, FULL, ROWS)                                                             \
+  for (int64_t ir = 0; ir < full; ir++, ai += pstep, ci += (MR)*ldc)                               \
+    FULL(kc, ai, ars, acs, bpanel, bcs, ci, ldc, nr, alpha, be);                                   \
+  if (tail > (MR)) {                                                                               \
+    int t1 = (int)(tail + 1) / 2;                                                                  \
+    ROWS(t1, kc, ai, ars, acs, bpanel, bcs, ci, ldc, nr, alpha, be);                               \
+    ai += t1 * ars, ci += t1 * ldc, tail -= t1;                                                    \
+  }                                                                                                \
+  ROWS((int)tail, kc, ai, ars, acs, bpanel, bcs, ci, ldc, nr, alpha, be);
+
 /* One instruction set S for element type T: VL lanes per vector, tiles of
  * MR x 2VL (MR 6, or 8 where there are 32 vector registers: the tile's 2MR
  * accumulators, two vectors of B and a broadcast must fit), blocks KC (k),
@@ -496,6 +509,21 @@ static void *gemm_scratch(size_t bytes) {
     }                                                                                              \
   }                                                                                                \
                                                                                                    \
+  /* whole tiles of MR rows, of either width */                                                    \
+  static inline __attribute__((always_inline))                                                     \
+  ATTR void S##_kfull(int64_t kc, const T *a, int64_t ars, int64_t acs, const T *b, int64_t bcs,   \
+                      T *c, int64_t ldc, int nr, T alpha, T beta) {                                \
+    if ((MR) == 8)                                                                                 \
+      S##_k8(kc, a, ars, acs, b, bcs, c, ldc, nr, alpha, beta);                                    \
+    else                                                                                           \
+      S##_k6(kc, a, ars, acs, b, bcs, c, ldc, nr, alpha, beta);                                    \
+  }                                                                                                \
+  static inline __attribute__((always_inline))                                                     \
+  ATTR void S##_nfull(int64_t kc, const T *a, int64_t ars, int64_t acs, const T *b, int64_t bcs,   \
+                      T *c, int64_t ldc, int nr, T alpha, T beta) {                                \
+    S##_nrows((MR), kc, a, ars, acs, b, bcs, c, ldc, nr, alpha, beta);                             \
+  }                                                                                                \
+                                                                                                   \
   /* op(B)[0:kc, 0:nc] (b points at its first element) into micro-panels of 2VL columns, each kc   \
    * rows of 2VL contiguous values, the last one zero-padded. B is read row by row (B) or in VL x  \
    * VL blocks transposed in registers (B^T). */                                                   \
@@ -691,29 +719,11 @@ static void *gemm_scratch(size_t bytes) {
              * the two are split evenly (a 1-3 row kernel waits on FMA latency) */                 \
             int64_t full = mc / (MR), tail = mc % (MR);                                            \
             if (!pack_a && full > 0 && tail > 0 && tail < 4) full--, tail += (MR);                 \
-            if ((NARROW) && nr <= (VL) &&                                                          \
-                !wide_only) { /* the narrow tile, in the same row tiles */                         \
-              for (int64_t ir = 0; ir < full; ir++, ai += pstep, ci += (MR)*ldc)                   \
-                S##_nrows((MR), kc, ai, ars, acs, bpanel, bcs, ci, ldc, nr, alpha, be);            \
-              if (tail > (MR)) {                                                                   \
-                int t1 = (int)(tail + 1) / 2;                                                      \
-                S##_nrows(t1, kc, ai, ars, acs, bpanel, bcs, ci, ldc, nr, alpha, be);              \
-                ai += t1 * ars, ci += t1 * ldc, tail -= t1;                                        \
-              }                                                                                    \
-              S##_nrows((int)tail, kc, ai, ars, acs, bpanel, bcs, ci, ldc, nr, alpha, be);         \
-              continue;                                                                            \
+            if ((NARROW) && nr <= (VL) && !wide_only) { /* the narrow tile, same row tiles */      \
+              GEMM_ROW_TILES(MR, S##_nfull, S##_nrows)                                             \
+            } else {                                                                               \
+              GEMM_ROW_TILES(MR, S##_kfull, S##_krows)                                             \
             }                                                                                      \
-            for (int64_t ir = 0; ir < full; ir++, ai += pstep, ci += (MR)*ldc)                     \
-              if ((MR) == 8)                                                                       \
-                S##_k8(kc, ai, ars, acs, bpanel, bcs, ci, ldc, nr, alpha, be);                     \
-              else                                                                                 \
-                S##_k6(kc, ai, ars, acs, bpanel, bcs, ci, ldc, nr, alpha, be);                     \
-            if (tail > (MR)) {                                                                     \
-              int t1 = (int)(tail + 1) / 2;                                                        \
-              S##_krows(t1, kc, ai, ars, acs, bpanel, bcs, ci, ldc, nr, alpha, be);                \
-              ai += t1 * ars, ci += t1 * ldc, tail -= t1;                                          \
-            }                                                                                      \
-            S##_krows((int)tail, kc, ai, ars, acs, bpanel, bcs, ci, ldc, nr, alpha, be);           \
           }                                                                                        \
         }                                                                                          \
       }                                                                                            \
