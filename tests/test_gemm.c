@@ -528,6 +528,30 @@ Test(gemm, dispatch_rule) {
   }
 }
 
+/* Which dense-layer products X W^T are computed as (W X^T)^T
+ * (kernels/matmul.c): rows a multiple of 32 on every built-in kernel, other
+ * row counts up to 160 only on the AVX-512 kernel in f32, never with W^T
+ * narrower than 4m there, nor past 512 rows. The built-in kernel for the
+ * shape decides, so the cases that need AVX-512 skip elsewhere. */
+Test(gemm, transposed_product_rule) {
+  cr_assert(ad_matmul_xwt_pays(AD_F32, false, true, 32, 64, 784));      /* small: any kernel */
+  cr_assert_not(ad_matmul_xwt_pays(AD_F32, false, false, 32, 64, 784)); /* X W: no */
+  cr_assert_not(ad_matmul_xwt_pays(AD_F32, true, true, 32, 64, 784));
+  cr_assert_not(ad_matmul_xwt_pays(AD_F32, false, true, 120, 1024, 256)); /* k < 512 */
+  cr_assert_not(ad_matmul_xwt_pays(AD_F32, false, true, 544, 4096, 784)); /* m > 512 */
+  if (ad_gemm_kernel_of(1024, 120, 784) != 3)
+    cr_skip_test("the AVX-512 kernel does not compute these shapes here (%d)",
+                 ad_gemm_kernel_of(1024, 120, 784));
+  cr_assert(ad_matmul_xwt_pays(AD_F32, false, true, 256, 1024, 784));
+  cr_assert(ad_matmul_xwt_pays(AD_F32, false, true, 120, 1024, 784));
+  cr_assert(ad_matmul_xwt_pays(AD_F32, false, true, 100, 400, 512));
+  cr_assert(ad_matmul_xwt_pays(AD_F32, false, true, 160, 640, 512));
+  cr_assert_not(ad_matmul_xwt_pays(AD_F32, false, true, 168, 1024, 784)); /* past 160 */
+  cr_assert_not(ad_matmul_xwt_pays(AD_F32, false, true, 120, 479, 784));  /* n < 4m */
+  cr_assert_not(ad_matmul_xwt_pays(AD_F64, false, true, 120, 1024, 784)); /* f64 */
+  cr_assert(ad_matmul_xwt_pays(AD_F64, false, true, 128, 1024, 784));
+}
+
 /* Run with OPENBLAS_CORETYPE=Prescott (the meson test 'gemm_generic_core'
  * does): OpenBLAS then runs its generic kernels, as it does on a CPU it
  * does not know, and every product must stay on the built-in kernel. */

@@ -111,12 +111,14 @@ Test(matmul, broadcast_gives_the_bits_of_expanded_copies) {
  * that packs less (kernels/matmul.c): the same sums in the same order, so
  * the bits of the product with W^T given as a matrix, on one thread and
  * split over three (the transposition back too), rows a multiple of 32 or
- * not, under and over the 4M multiply-adds of the first rule. */
+ * not (also where only the AVX-512 kernel takes that path in f32), under and
+ * over the 4M multiply-adds of the first rule. */
 Test(matmul, x_wt_computed_transposed_gives_the_bits_of_the_plain_product) {
   cr_assert_eq(ad_rng_seed(&rng, 13), AD_OK);
   static const int64_t shapes[][3] = {
-      {32, 64, 784},   {64, 512, 512},   {96, 1024, 784}, {128, 512, 768}, {100, 512, 784},
-      {48, 1024, 300}, {256, 1024, 512}, {64, 128, 600},  {128, 256, 520}, {32, 64, 4608}};
+      {32, 64, 784},    {64, 512, 512},    {96, 1024, 784}, {128, 512, 768}, {100, 512, 784},
+      {48, 1024, 300},  {256, 1024, 512},  {64, 128, 600},  {128, 256, 520}, {32, 64, 4608},
+      {120, 1024, 784}, {136, 1024, 1024}, {40, 168, 784}};
   for (int d = 0; d < 2; d++)
     for (int i = 0; i < (int)(sizeof shapes / sizeof *shapes); i++)
       for (int threads = 1; threads <= 3; threads += 2) {

@@ -122,15 +122,19 @@ void ad_gemm_packed_run(const ad_gemm_packed *p, bool ta, int64_t m, const void 
  * k >= 512, and for m <= 128 already from n >= 2m (measured later, in one
  * process: 4-15% faster for 32 x 64 x 4608 up to 128 x 256 x 4096; 256 x
  * 512 x 784 tied). Those are the shapes where it won on every kernel and
- * dtype measured (docs/performance.md, "GEMM dispatch"). */
+ * dtype measured (docs/performance.md, "GEMM dispatch"). Since the narrow
+ * tile runs a last panel of at most 16 columns at full width, the AVX-512
+ * kernel in f32 also wins for other row counts up to 160 with n >= 4m (a
+ * batch of 100, or a rank's uneven shard); past 160 rows it ties. */
 bool ad_matmul_xwt_pays(ad_dtype dt, bool ta, bool tb, int64_t m, int64_t n, int64_t k) {
   if (ta || !tb) return false;
   if (m <= 64 && n >= 2 * m && k >= 256 && (double)m * (double)n * (double)k <= 4194304.0)
     return true;
-  if (m <= 0 || m % 32 != 0 || k < 512 || m > 512) return false;
+  if (m <= 0 || k < 512 || m > 512) return false;
   int kernel = ad_gemm_kernel_of(n, m, k);
   if (kernel < 1) return false;
   bool avx512_f32 = kernel == 3 && dt == AD_F32;
+  if (m % 32 != 0) return avx512_f32 && m <= 160 && n >= 4 * m;
   if (n < 4 * m) return avx512_f32 && m <= 128 && n >= 2 * m;
   if (avx512_f32) return true;
   return m <= 64 || (m <= 128 && k >= 768);
