@@ -869,37 +869,59 @@ static ad_status layout_build(nn_dist *d, nn_params *p) {
 
 static MPI_Datatype mpi_type(ad_dtype t) { return t == AD_F64 ? MPI_DOUBLE : MPI_FLOAT; }
 
-/* acc[e] = src[e] * scale (add: acc[e] += it), the product rounded as in
- * double. When scale is a float the float product rounds the same exact
- * value once (two 24-bit significands multiply exactly in double's 53), so
- * it gives the same bits and vectorises. The packed path and the zero-copy
- * sum both scale through these, so they give the same bits. */
-static void scaled_f32(float *restrict acc, const float *restrict src, int64_t n, double scale,
-                       bool add) {
+/* The sums below are compiled for AVX-512 and AVX2 besides the baseline
+ * (SSE2 on x86-64), and the CPU's best is picked when the library loads
+ * (GCC's target_clones, as the engine's row loops are). They run on the
+ * whole gradient every step (a rank's slice of each bucket over every
+ * segment of its node), from caches the products have just written. The
+ * file is compiled without contraction into FMA, so every clone gives the
+ * same bits. Not under ThreadSanitizer: a clone's resolver runs while the
+ * dynamic loader relocates the library, before TSan's runtime is set up. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__ELF__) &&         \
+    !defined(__SANITIZE_THREAD__)
+#define SUM_CLONES __attribute__((target_clones("avx512f", "arch=haswell", "default")))
+#else
+#define SUM_CLONES
+#endif
+
+/* dst[e] = src[e] * scale, or with acc, acc[e] + src[e] * scale; the
+ * product rounded as in double. When scale is a float the float product
+ * rounds the same exact value once (two 24-bit significands multiply
+ * exactly in double's 53), so it gives the same bits and vectorises. The
+ * packed path and the zero-copy sum both scale through these, so they give
+ * the same bits. dst, acc and src do not overlap. */
+SUM_CLONES static void scaled_f32(float *restrict dst, const float *restrict acc,
+                                  const float *restrict src, int64_t n, double scale) {
   if (scale == 1) {
-    if (add)
-      for (int64_t e = 0; e < n; e++) acc[e] += src[e];
+    if (acc)
+      for (int64_t e = 0; e < n; e++) dst[e] = acc[e] + src[e];
     else
-      memcpy(acc, src, (size_t)n * sizeof *acc);
+      memcpy(dst, src, (size_t)n * sizeof *dst);
   } else if ((double)(float)scale == scale) {
     float f = (float)scale;
-    if (add)
-      for (int64_t e = 0; e < n; e++) acc[e] += src[e] * f;
+    if (acc)
+      for (int64_t e = 0; e < n; e++) dst[e] = acc[e] + src[e] * f;
     else
-      for (int64_t e = 0; e < n; e++) acc[e] = src[e] * f;
-  } else if (add) {
-    for (int64_t e = 0; e < n; e++) acc[e] += (float)((double)src[e] * scale);
+      for (int64_t e = 0; e < n; e++) dst[e] = src[e] * f;
+  } else if (acc) {
+    for (int64_t e = 0; e < n; e++) dst[e] = acc[e] + (float)((double)src[e] * scale);
   } else {
-    for (int64_t e = 0; e < n; e++) acc[e] = (float)((double)src[e] * scale);
+    for (int64_t e = 0; e < n; e++) dst[e] = (float)((double)src[e] * scale);
   }
 }
 
-static void scaled_f64(double *restrict acc, const double *restrict src, int64_t n, double scale,
-                       bool add) {
-  if (add)
-    for (int64_t e = 0; e < n; e++) acc[e] += scale == 1 ? src[e] : src[e] * scale;
-  else
-    for (int64_t e = 0; e < n; e++) acc[e] = scale == 1 ? src[e] : src[e] * scale;
+SUM_CLONES static void scaled_f64(double *restrict dst, const double *restrict acc,
+                                  const double *restrict src, int64_t n, double scale) {
+  if (scale == 1) {
+    if (acc)
+      for (int64_t e = 0; e < n; e++) dst[e] = acc[e] + src[e];
+    else
+      memcpy(dst, src, (size_t)n * sizeof *dst);
+  } else if (acc) {
+    for (int64_t e = 0; e < n; e++) dst[e] = acc[e] + src[e] * scale;
+  } else {
+    for (int64_t e = 0; e < n; e++) dst[e] = src[e] * scale;
+  }
 }
 
 /* Packs bucket k into buf: each gradient times the shard's share, zeros
@@ -917,9 +939,9 @@ static void pack(nn_dist *d, int k, char *buf) {
     else if (d->sh.on && d->sh.zc)                 /* unscaled: the sum applies the ranks' scales */
       memmove(dst, g->data, (size_t)g->size * es); /* in place unless the binding was refused */
     else if (b->dtype == AD_F64)
-      scaled_f64((double *)(void *)dst, g->data, g->size, d->scale, false);
+      scaled_f64((double *)(void *)dst, NULL, g->data, g->size, d->scale);
     else
-      scaled_f32((float *)(void *)dst, g->data, g->size, d->scale, false);
+      scaled_f32((float *)(void *)dst, NULL, g->data, g->size, d->scale);
   }
 }
 
@@ -1029,8 +1051,11 @@ static void launch(nn_dist *d, int k, bool from_hook) {
 static int64_t slice_lo(int64_t count, int r, int n) { return count * r / n; }
 
 /* Sums this rank's slice of bucket k over the node's segments in rank
- * order, into its own segment (blocks of a few KiB, so that the sum stays
- * in registers and cache and vectorises). */
+ * order: with zero-copy gradients each segment's values times its rank's
+ * share, into the reduced buffer, the last segment's term added on the
+ * way there; otherwise into its own segment. In blocks of a few KiB, so
+ * that the partial sums stay in cache and vectorise; two blocks take
+ * turns, so that no sum reads the block it writes. */
 static void reduce_slice(nn_dist *d, int k) {
   shm *h = &d->sh;
   bucket *b = &d->b[k];
@@ -1042,10 +1067,13 @@ static void reduce_slice(nn_dist *d, int k) {
 #define SCALED_SUM(T, scaled)                                                                      \
   for (int64_t e0 = lo; e0 < hi; e0 += BLK) {                                                      \
     int64_t n = hi - e0 < BLK ? hi - e0 : BLK;                                                     \
-    T acc[BLK];                                                                                    \
-    for (int s = 0; s < L; s++)                                                                    \
-      scaled(acc, (const T *)(void *)shm_bucket(d, s, k) + e0, n, *scale_slot(d, s), s > 0);       \
-    memcpy((T *)(void *)red_bucket(d, k) + e0, acc, (size_t)n * sizeof *acc);                      \
+    T part[2][BLK];                                                                                \
+    const T *acc = NULL;                                                                           \
+    for (int s = 0; s < L; s++) {                                                                  \
+      T *out = s == L - 1 ? (T *)(void *)red_bucket(d, k) + e0 : part[s & 1];                      \
+      scaled(out, acc, (const T *)(void *)shm_bucket(d, s, k) + e0, n, *scale_slot(d, s));         \
+      acc = out;                                                                                   \
+    }                                                                                              \
   }
     if (b->dtype == AD_F64) {
       SCALED_SUM(double, scaled_f64)
