@@ -28,9 +28,11 @@ static inline double bench_peak_now(void) {
 }
 
 /* Measures the peak: for each kernel, the best of `reps` products (one
- * warm-up first). BLAS is held to one thread (ad_set_num_threads does so
- * without changing the library's own count). About 0.1 s per product on a
- * core near 100 GFLOPS. */
+ * warm-up first), the kernels taking turns product by product, so that a
+ * busy moment of a shared machine slows one round of each rather than all
+ * of one kernel's (which made the slower kernel's best the "peak"). BLAS is
+ * held to one thread (ad_set_num_threads does so without changing the
+ * library's own count). About 0.1 s per product on a core near 100 GFLOPS. */
 static inline bench_peak bench_sgemm_peak(int reps) {
   enum { N = 1024 };
   bench_peak best = {0, "none"};
@@ -43,17 +45,18 @@ static inline bench_peak bench_sgemm_peak(int reps) {
   }
   ad_set_num_threads(ad_num_threads()); /* OpenBLAS to one thread */
   const int kernels[2] = {0, -2};       /* the best built-in, BLAS */
-  for (int k = 0; k < 2; k++) {
-    const char *name =
+  const char *names[2];
+  for (int k = 0; k < 2; k++) /* the warm-up; NULL: not in this build or CPU */
+    names[k] =
         ad_gemm_builtin(kernels[k], AD_F32, false, false, N, N, N, 1.0, a, N, b, N, 0.0, c, N);
-    if (!name) continue; /* not in this build or CPU */
-    for (int r = 0; r < reps; r++) {
+  for (int r = 0; r < reps; r++)
+    for (int k = 0; k < 2; k++) {
+      if (!names[k]) continue;
       double t0 = bench_peak_now();
       ad_gemm_builtin(kernels[k], AD_F32, false, false, N, N, N, 1.0, a, N, b, N, 0.0, c, N);
       double gf = 2.0 * N * N * N * 1e-9 / (bench_peak_now() - t0);
-      if (gf > best.gflops) best = (bench_peak){gf, name};
+      if (gf > best.gflops) best = (bench_peak){gf, names[k]};
     }
-  }
 done:
   free(a), free(b), free(c);
   return best;
