@@ -884,6 +884,15 @@ static MPI_Datatype mpi_type(ad_dtype t) { return t == AD_F64 ? MPI_DOUBLE : MPI
 #define SUM_CLONES
 #endif
 
+/* dst[e] = X, or with acc, acc[e] + X, for the element e's term X */
+#define SCALED_LOOP(X)                                                                             \
+  do {                                                                                             \
+    if (acc)                                                                                       \
+      for (int64_t e = 0; e < n; e++) dst[e] = acc[e] + (X);                                       \
+    else                                                                                           \
+      for (int64_t e = 0; e < n; e++) dst[e] = (X);                                                \
+  } while (0)
+
 /* dst[e] = src[e] * scale, or with acc, acc[e] + src[e] * scale; the
  * product rounded as in double. When scale is a float the float product
  * rounds the same exact value once (two 24-bit significands multiply
@@ -892,37 +901,23 @@ static MPI_Datatype mpi_type(ad_dtype t) { return t == AD_F64 ? MPI_DOUBLE : MPI
  * the same bits. dst, acc and src do not overlap. */
 SUM_CLONES static void scaled_f32(float *restrict dst, const float *restrict acc,
                                   const float *restrict src, int64_t n, double scale) {
-  if (scale == 1) {
-    if (acc)
-      for (int64_t e = 0; e < n; e++) dst[e] = acc[e] + src[e];
-    else
-      memcpy(dst, src, (size_t)n * sizeof *dst);
-  } else if ((double)(float)scale == scale) {
-    float f = (float)scale;
-    if (acc)
-      for (int64_t e = 0; e < n; e++) dst[e] = acc[e] + src[e] * f;
-    else
-      for (int64_t e = 0; e < n; e++) dst[e] = src[e] * f;
-  } else if (acc) {
-    for (int64_t e = 0; e < n; e++) dst[e] = acc[e] + (float)((double)src[e] * scale);
-  } else {
-    for (int64_t e = 0; e < n; e++) dst[e] = (float)((double)src[e] * scale);
-  }
+  float f = (float)scale;
+  if (scale == 1)
+    SCALED_LOOP(src[e]);
+  else if ((double)f == scale)
+    SCALED_LOOP(src[e] * f);
+  else
+    SCALED_LOOP((float)((double)src[e] * scale));
 }
 
 SUM_CLONES static void scaled_f64(double *restrict dst, const double *restrict acc,
                                   const double *restrict src, int64_t n, double scale) {
-  if (scale == 1) {
-    if (acc)
-      for (int64_t e = 0; e < n; e++) dst[e] = acc[e] + src[e];
-    else
-      memcpy(dst, src, (size_t)n * sizeof *dst);
-  } else if (acc) {
-    for (int64_t e = 0; e < n; e++) dst[e] = acc[e] + src[e] * scale;
-  } else {
-    for (int64_t e = 0; e < n; e++) dst[e] = src[e] * scale;
-  }
+  if (scale == 1)
+    SCALED_LOOP(src[e]);
+  else
+    SCALED_LOOP(src[e] * scale);
 }
+#undef SCALED_LOOP
 
 /* Packs bucket k into buf: each gradient times the shard's share, zeros
  * for none; records which parameters have a gradient here. */
