@@ -1448,7 +1448,9 @@ static void ensure_grads(nn_dist *d) {
 }
 
 /* Copies bucket k's reduced values into the gradients (the deterministic
- * mode sums the gathered contributions in rank order). */
+ * mode sums the gathered contributions in rank order, from rank 0's term
+ * as the shared-memory sum does: starting from +0 would turn a sum of -0
+ * terms into +0). */
 static void unpack(nn_dist *d, int k) {
   bucket *b = &d->b[k];
   for (int j = b->first; j < b->last; j++) {
@@ -1464,8 +1466,8 @@ static void unpack(nn_dist *d, int k) {
       }
       const double *all = b->gath;
       for (int64_t e = 0; e < n; e++) {
-        double s = 0;
-        for (int r = 0; r < d->size; r++)
+        double s = all[off + e];
+        for (int r = 1; r < d->size; r++)
           s += all[(size_t)r * (size_t)b->count + (size_t)(off + e)];
         dst[e] = s;
       }
@@ -1477,8 +1479,8 @@ static void unpack(nn_dist *d, int k) {
       }
       const float *all = b->gath;
       for (int64_t e = 0; e < n; e++) {
-        float s = 0;
-        for (int r = 0; r < d->size; r++)
+        float s = all[off + e];
+        for (int r = 1; r < d->size; r++)
           s += all[(size_t)r * (size_t)b->count + (size_t)(off + e)];
         dst[e] = s;
       }

@@ -291,33 +291,42 @@ static void deterministic(ad_ctx *c) {
   run_free(&one);
 }
 
-/* One node's shared-memory sum gives the bits of the deterministic MPI
- * path (gathered, summed in rank order): both round each rank's scaled
- * gradient, then each sum, once; neither contracts into FMA in any of the
- * vectorised clones. In f32 and f64, with even shards (a share of 1/2 or
- * 1/4, a float) and uneven ones (5/16, 6/16 of a batch of 16 in three;
- * 3/7 and 4/7 of a batch of 7 in two: not floats), and a hidden layer of
- * 400 so that each rank's slice spans several of the sum's blocks. */
+/* One node's shared-memory sums give the bits of the deterministic MPI
+ * path (gathered, summed in rank order from rank 0's term): each rounds
+ * every rank's scaled gradient, then each partial sum, once; none contracts
+ * into FMA in the vectorised clone this CPU runs. Both shared-memory sums:
+ * the zero-copy one (scaled as it sums) and, with private_gradients, the
+ * one over gradients each rank scaled as it packed them. In f32 and f64,
+ * with batches of 16 (shares that are floats: 1/2, exact products, in two
+ * ranks; 5/16 and 6/16 in three) and of 7 (3/7 and 4/7; 2/7 and 3/7: not
+ * floats), and a hidden layer of 400 so that each rank's slice spans
+ * several of the sum's blocks. */
 static void paths_same_bits(ad_ctx *c) {
   if (size < 2 || !expect_shm || expect_nodes != 1 || base.no_shm) return;
   train_hidden = 400;
-  for (int k = 0; k < 4; k++) {
-    ad_dtype dt = k < 2 ? AD_F32 : AD_F64;
+  nn_dist_opts mpi_o = {.deterministic = true, .no_shm = true};
+  for (int k = 0; k < 8; k++) {
+    ad_dtype dt = k % 4 < 2 ? AD_F32 : AD_F64;
     int64_t bs = k % 2 ? 7 : 16;
-    nn_dist_opts shm_o = {.deterministic = true}, mpi_o = {.deterministic = true, .no_shm = true};
+    bool priv = k >= 4;
+    nn_dist_opts shm_o = {.deterministic = true, .private_gradients = priv};
     run a = train(c, dt, PLAIN, true, 50, bs, 2, &shm_o, true);
     run b = train(c, dt, PLAIN, true, 50, bs, 2, &mpi_o, true);
     bool same = a.st == AD_OK && b.st == AD_OK && a.stats.shared_memory && !b.stats.shared_memory;
     nn_params *pa = nn_model_params(a.m), *pb = nn_model_params(b.m);
+    int differs = -1;
     for (int i = 0; same && i < nn_params_count(pa); i++) {
       ad_tensor *s = nn_params_tensor(pa, i), *t = nn_params_tensor(pb, i);
-      same = memcmp(s->data, t->data, (size_t)s->size * ad_dtype_size(dt)) == 0;
+      if (memcmp(s->data, t->data, (size_t)s->size * ad_dtype_size(dt)) != 0) differs = i;
+      same = differs < 0;
     }
-    char n1[160];
-    snprintf(why, sizeof why, "status %s / %s, shared memory %d / %d", ad_status_str(a.st),
-             ad_status_str(b.st), a.stats.shared_memory, b.stats.shared_memory);
-    snprintf(n1, sizeof n1, "%s, batch %lld: the shared-memory sum gives the MPI path's bits",
-             dt == AD_F32 ? "f32" : "f64", (long long)bs);
+    char n1[200];
+    snprintf(why, sizeof why, "status %s / %s, shared memory %d / %d, first parameter differing %d",
+             ad_status_str(a.st), ad_status_str(b.st), a.stats.shared_memory, b.stats.shared_memory,
+             differs);
+    snprintf(n1, sizeof n1, "%s, batch %lld: the shared-memory sum%s gives the MPI path's bits",
+             dt == AD_F32 ? "f32" : "f64", (long long)bs,
+             priv ? " (private gradients)" : " (zero-copy)");
     check(same, n1, why);
     run_free(&a);
     run_free(&b);
