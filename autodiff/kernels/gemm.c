@@ -590,14 +590,16 @@ static void *gemm_scratch(size_t bytes) {
   /* op(A)[0:mc, 0:kc] (a at its first element) into panels of MR rows: element (MR r + i, p) at   \
    * dst[MR r kc + MR p + i]; the last panel has the mc % MR rows left (same strides). */          \
   static ATTR void S##_pack_a(bool ta, int64_t mc, int64_t kc, const T *a, int64_t lda, T *dst) {  \
-    if (ta) {                                                                                      \
-      for (int64_t p = 0; p < kc; p++) {                                                           \
-        const T *s = a + p * lda;                                                                  \
-        T *d = dst + p * (MR);                                                                     \
+    if (ta) { /* 8 rows of A^T at a time, so that each panel gets whole lines */                   \
+      for (int64_t p0 = 0; p0 < kc; p0 += 8) {                                                     \
+        int pb = kc - p0 < 8 ? (int)(kc - p0) : 8;                                                 \
+        T *d = dst + p0 * (MR);                                                                    \
         int64_t i0 = 0;                                                                            \
         for (; i0 + (MR) <= mc; i0 += (MR), d += (MR)*kc)                                          \
-          for (int i = 0; i < (MR); i++) d[i] = s[i0 + i];                                         \
-        for (int i = 0; i < mc - i0; i++) d[i] = s[i0 + i];                                        \
+          for (int q = 0; q < pb; q++)                                                             \
+            for (int i = 0; i < (MR); i++) d[q * (MR) + i] = a[(p0 + q) * lda + i0 + i];           \
+        for (int q = 0; q < pb; q++)                                                               \
+          for (int i = 0; i < mc - i0; i++) d[q * (MR) + i] = a[(p0 + q) * lda + i0 + i];          \
       }                                                                                            \
       return;                                                                                      \
     }                                                                                              \
