@@ -297,10 +297,10 @@ static void deterministic(ad_ctx *c) {
  * into FMA in the vectorised clone this CPU runs. Both shared-memory sums:
  * the zero-copy one (scaled as it sums) and, with private_gradients, the
  * one over gradients each rank scaled as it packed them. In f32 and f64,
- * with batches of 16 (shares that are floats: 1/2, exact products, in two
- * ranks; 5/16 and 6/16 in three) and of 7 (3/7 and 4/7; 2/7 and 3/7: not
- * floats), and a hidden layer of 400 so that each rank's slice spans
- * several of the sum's blocks. */
+ * with batches of 16 (shares that are floats: 1/2 and 1/4, exact products,
+ * in two and four ranks; 5/16 and 6/16 in three) and of 7 (3/7 and 4/7;
+ * 2/7 and 3/7; 1/7 and 2/7: not floats), and a hidden layer of 400 so that
+ * each rank's slice spans several of the sum's blocks. */
 static void paths_same_bits(ad_ctx *c) {
   if (size < 2 || !expect_shm || expect_nodes != 1 || base.no_shm) return;
   train_hidden = 400;
