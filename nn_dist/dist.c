@@ -1048,61 +1048,38 @@ static int64_t slice_lo(int64_t count, int r, int n) { return count * r / n; }
 /* Sums this rank's slice of bucket k over the node's segments in rank
  * order: with zero-copy gradients each segment's values times its rank's
  * share, into the reduced buffer, the last segment's term added on the
- * way there; otherwise into its own segment. In blocks of a few KiB, so
- * that the partial sums stay in cache and vectorise; two blocks take
- * turns, so that no sum reads the block it writes. */
+ * way there; otherwise the segments' values (scaled as they were packed)
+ * into its own segment, one of the terms, so through a block and a copy.
+ * In blocks of a few KiB, so that the partial sums stay in cache and
+ * vectorise; two blocks take turns, so that no sum reads the block it
+ * writes. */
 static void reduce_slice(nn_dist *d, int k) {
   shm *h = &d->sh;
   bucket *b = &d->b[k];
   int L = h->lsize;
   if (L == 1) return;
   int64_t lo = slice_lo(b->count, h->lrank, L), hi = slice_lo(b->count, h->lrank + 1, L);
+  char *dst = h->zc ? red_bucket(d, k) : shm_bucket(d, h->lrank, k);
   enum { BLK = 1024 };
-  if (h->zc) { /* the scaled sum into the reduced buffer */
 #define SCALED_SUM(T, scaled)                                                                      \
   for (int64_t e0 = lo; e0 < hi; e0 += BLK) {                                                      \
     int64_t n = hi - e0 < BLK ? hi - e0 : BLK;                                                     \
     T part[2][BLK];                                                                                \
     const T *acc = NULL;                                                                           \
     for (int s = 0; s < L; s++) {                                                                  \
-      T *out = s == L - 1 ? (T *)(void *)red_bucket(d, k) + e0 : part[s & 1];                      \
-      scaled(out, acc, (const T *)(void *)shm_bucket(d, s, k) + e0, n, *scale_slot(d, s));         \
+      T *out = h->zc && s == L - 1 ? (T *)(void *)dst + e0 : part[s & 1];                          \
+      scaled(out, acc, (const T *)(void *)shm_bucket(d, s, k) + e0, n,                             \
+             h->zc ? *scale_slot(d, s) : 1);                                                       \
       acc = out;                                                                                   \
     }                                                                                              \
-  }
-    if (b->dtype == AD_F64) {
-      SCALED_SUM(double, scaled_f64)
-    } else {
-      SCALED_SUM(float, scaled_f32)
-    }
-#undef SCALED_SUM
-    return;
+    if (!h->zc) memcpy((T *)(void *)dst + e0, acc, (size_t)n * sizeof(T));                         \
   }
   if (b->dtype == AD_F64) {
-    for (int64_t e0 = lo; e0 < hi; e0 += BLK) {
-      int64_t n = hi - e0 < BLK ? hi - e0 : BLK;
-      double acc[BLK];
-      const double *src = (const double *)(void *)shm_bucket(d, 0, k) + e0;
-      for (int64_t e = 0; e < n; e++) acc[e] = src[e];
-      for (int s = 1; s < L; s++) {
-        src = (const double *)(void *)shm_bucket(d, s, k) + e0;
-        for (int64_t e = 0; e < n; e++) acc[e] += src[e];
-      }
-      memcpy((double *)(void *)shm_bucket(d, h->lrank, k) + e0, acc, (size_t)n * sizeof *acc);
-    }
+    SCALED_SUM(double, scaled_f64)
   } else {
-    for (int64_t e0 = lo; e0 < hi; e0 += BLK) {
-      int64_t n = hi - e0 < BLK ? hi - e0 : BLK;
-      float acc[BLK];
-      const float *src = (const float *)(void *)shm_bucket(d, 0, k) + e0;
-      for (int64_t e = 0; e < n; e++) acc[e] = src[e];
-      for (int s = 1; s < L; s++) {
-        src = (const float *)(void *)shm_bucket(d, s, k) + e0;
-        for (int64_t e = 0; e < n; e++) acc[e] += src[e];
-      }
-      memcpy((float *)(void *)shm_bucket(d, h->lrank, k) + e0, acc, (size_t)n * sizeof *acc);
-    }
+    SCALED_SUM(float, scaled_f32)
   }
+#undef SCALED_SUM
 }
 
 /* Copies parameter i's reduced gradient (bucket k) from the slices'
