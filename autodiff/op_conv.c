@@ -168,6 +168,12 @@ static ad_status conv_check_inputs(const ad_call *c, const char *wlayout) {
   if (w->shape[2] < 1 || w->shape[3] < 1)
     return ad_set_error(c->ctx, AD_ERR_SHAPE, "%s: the kernel of w %s is empty", c->name,
                         ad_shape_str(w, sw, sizeof sw));
+  /* as PyTorch: an empty batch or channel count is fine, an empty image is
+   * not (padding would make an output whose backward has no input size) */
+  if (x->shape[2] < 1 || x->shape[3] < 1)
+    return ad_set_error(c->ctx, AD_ERR_SHAPE,
+                        "%s: the image of x %s is empty (H and W must be >= 1)", c->name,
+                        ad_shape_str(x, sx, sizeof sx));
   return AD_OK;
 }
 

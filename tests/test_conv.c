@@ -404,6 +404,28 @@ Test(conv, transpose_weight_and_conv1d_refuse_bad_input) {
   for (size_t k = 0; k < sizeof ts / sizeof *ts; k++) ad_tensor_free(ts[k]);
 }
 
+/* An empty image is refused, as PyTorch does (an empty batch is not, see
+ * empty_batch): with padding the output would not be empty, and its
+ * backward would have no input size to come back to. */
+Test(conv, empty_image_is_refused) {
+  ad_tensor *x = ones4(ctx, 1, 2, 0, 5), *xw = ones4(ctx, 1, 2, 5, 0), *w = ones4(ctx, 3, 2, 3, 3),
+            *wt = ones4(ctx, 2, 3, 3, 3);
+  ad_conv_opts o = {.padding = {2, 2, 2, 2}};
+  EXPECT_FAIL(ad_conv2d(ctx, x, w, NULL, &o), AD_ERR_SHAPE, "conv2d, no rows", "conv2d",
+              "the image of x [1,2,0,5] is empty");
+  EXPECT_FAIL(ad_conv2d(ctx, xw, w, NULL, &o), AD_ERR_SHAPE, "conv2d, no columns",
+              "x [1,2,5,0] is empty");
+  EXPECT_FAIL(ad_conv_transpose2d(ctx, x, wt, NULL, NULL), AD_ERR_SHAPE, "conv_transpose2d",
+              "conv_transpose2d", "x [1,2,0,5] is empty");
+  int64_t s3[3] = {1, 2, 0}, sw3[3] = {3, 2, 3};
+  ad_tensor *x1 = ad_ones(ctx, AD_F64, 3, s3), *w1 = ad_ones(ctx, AD_F64, 3, sw3);
+  ad_conv1d_opts o1 = {.padding = {2, 2}};
+  EXPECT_FAIL(ad_conv1d(ctx, x1, w1, NULL, &o1), AD_ERR_SHAPE, "conv1d", "conv1d", "is empty");
+  ad_tape_reset(ctx);
+  ad_tensor *ts[] = {x, xw, w, wt, x1, w1};
+  for (size_t k = 0; k < sizeof ts / sizeof *ts; k++) ad_tensor_free(ts[k]);
+}
+
 /* An op's min_arity must lie in 1..arity, for a fixed arity. */
 static void noop_fwd(const ad_call *c) { (void)c; }
 static ad_status noop_shape(const ad_call *c) {
