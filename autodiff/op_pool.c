@@ -311,13 +311,17 @@ static bool select_fast_f64(const pool_geom *g, const void *gx, const void *x, v
   /* best[k], arg[k]: the maximum and argmax of window (oy, ox0 + k), k < n */                     \
   static void argmax_block_##SUF(const T *X, const pool_geom *g, int64_t oy, int64_t ox0,          \
                                  int64_t n, T *best, int64_t *arg) {                               \
-    int64_t y0 = oy * g->sh - g->ph, ylo, yhi;                                                     \
+    int64_t y0 = oy * g->sh - g->ph, ylo, yhi, ulo, uhi, skip;                                     \
     const int64_t sw = g->sw, iw = g->iw;                                                          \
     pool_taps(y0, g->kh, g->dh, g->ih, &ylo, &yhi);                                                \
+    /* the taps inside the input for some window of the block: from the */                         \
+    /* last window's first, to the first window's last */                                          \
+    pool_taps((ox0 + n - 1) * sw - g->pw, g->kw, g->dw, iw, &ulo, &skip);                          \
+    pool_taps(ox0 *sw - g->pw, g->kw, g->dw, iw, &skip, &uhi);                                     \
     for (int64_t k = 0; k < n; k++) best[k] = (T)-INFINITY, arg[k] = -1;                           \
     for (int64_t t = ylo; t < yhi; t++) {                                                          \
       const int64_t row = (y0 + t * g->dh) * iw;                                                   \
-      for (int64_t u = 0; u < g->kw; u++) {                                                        \
+      for (int64_t u = ulo; u < uhi; u++) {                                                        \
         /* tap u of window ox reads column ox sw + off, inside for ox in [lo, hi) */               \
         const int64_t off = u * g->dw - g->pw;                                                     \
         int64_t lo = off >= 0 ? 0 : (-off + sw - 1) / sw;                                          \
@@ -476,8 +480,10 @@ static void pool_run(const ad_call *c, const pool_geom *g, plane_fn f32, plane_f
       .bsz = (size_t)(g->ih * g->iw) * es,
       .osz = (size_t)oin * es,
   };
-  int64_t work = g->oh * g->ow * g->kh * g->kw + g->ih * g->iw;
-  int64_t grain = work >= POOL_GRAIN ? 1 : POOL_GRAIN / (work > 0 ? work : 1);
+  /* in double: a kernel of up to 2^30 squared times the output overflows */
+  double work =
+      (double)g->oh * (double)g->ow * (double)g->kh * (double)g->kw + (double)g->ih * (double)g->iw;
+  int64_t grain = work >= POOL_GRAIN ? 1 : POOL_GRAIN / (work >= 1 ? (int64_t)work : 1);
   ad_parallel_for(g->planes, grain, pool_range, &j);
 }
 

@@ -232,6 +232,29 @@ Test(pool, avg_pool_divisors) {
  * partial last window but not one that would start in the right padding
  * (5 + 2 - 1 - 1 = 5 over stride 2 is 3.5: 4 windows by the ceiling, the
  * last starting at 6 - 1 = 5, past the input, so 3). */
+/* Kernels of the largest size the attributes allow, mostly over padding:
+ * every window covers the whole 16 x 16 image. No overflow in the work
+ * estimate (UBSan), and the max kernels visit only the taps inside the
+ * input (a loop over all 2^30 columns of each window row took minutes). */
+Test(pool, huge_kernels_over_padding, .timeout = 60) {
+  int64_t xs[4] = {1, 1, 16, 16}, os[4] = {1, 1, 17, 17}, k = INT64_C(1) << 30;
+  ad_tensor *x = param(ctx, 4, xs, NULL);
+  for (int64_t i = 0; i < x->size; i++) ad_tensor_set(x, i, (double)i);
+  ad_pool2d_opts o = {.padding = {k / 2, k / 2}, .stride = {1, 1}};
+  ad_tensor *m = ad_max_pool2d(ctx, x, k, k, &o);
+  expect_shape(m, 4, os, "max_pool2d");
+  for (int64_t i = 0; i < m->size; i++) cr_assert_eq(ad_tensor_get(m, i), 255.0);
+  cr_assert_eq(ad_backward(ctx, ad_sum(ctx, m), NULL), AD_OK, "%s", ad_last_error(ctx));
+  for (int64_t i = 0; i < x->size; i++)
+    cr_assert_eq(ad_tensor_get(x->grad, i), i == 255 ? 289.0 : 0.0, "grad[%lld]", (long long)i);
+  o.exclude_pad = true;
+  ad_tensor *a = ad_avg_pool2d(ctx, x, k, k, &o);
+  expect_shape(a, 4, os, "avg_pool2d");
+  for (int64_t i = 0; i < a->size; i++) cr_assert_eq(ad_tensor_get(a, i), 127.5);
+  ad_tape_reset(ctx);
+  ad_tensor_free(x);
+}
+
 Test(pool, output_sizes_and_defaults) {
   int64_t s[4] = {2, 3, 24, 24}, s12[4] = {2, 3, 12, 12};
   ad_tensor *x = param(ctx, 4, s, NULL);
