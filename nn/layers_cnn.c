@@ -96,7 +96,7 @@ static nn_layer *conv_new(ad_ctx *ctx, bool transpose, int64_t in, int64_t out, 
   /* PyTorch's layouts: Conv2d [out, in/groups, kh, kw], ConvTranspose2d
    * [in, out/groups, kh, kw]; fan_in is dim 1 times the kernel */
   int64_t ws[4] = {transpose ? in : out, (transpose ? out : in) / groups, kh, kw}, bs[1] = {out};
-  double bound = 1.0 / sqrt((double)(ws[1] * kh * kw));
+  double bound = 1.0 / sqrt((double)ws[1] * (double)kh * (double)kw); /* sizes checked below */
   nn_params *p = nn_layer_params(l);
   bool ok = (s->w = conv_param(p, "weight", ctx, o.dtype, 4, ws, o.weight_init, bound, rng));
   if (ok && !o.no_bias)

@@ -196,6 +196,12 @@ Test(cnn, bad_input_names_the_layer) {
   expect_msg(ctx, AD_ERR_DTYPE, "conv2d: parameters must be float, got i32");
   cr_assert_null(nn_conv2d_new(ctx, 3, 4, 3, 3, NULL, NULL));
   expect_msg(ctx, AD_ERR_NULL, "rng");
+  /* a kernel too large: the error, without overflow first (UBSan) */
+  int64_t big = INT64_C(1) << 32;
+  cr_assert_null(nn_conv2d_new(ctx, 1, 1, big, big, &rng, NULL));
+  expect_msg(ctx, AD_ERR_ARG, "is too large");
+  cr_assert_null(nn_conv_transpose2d_new(ctx, 1, 1, big, big, &rng, NULL));
+  expect_msg(ctx, AD_ERR_ARG, "is too large");
   cr_assert_null(nn_max_pool2d_new(ctx, 0, 2, NULL));
   expect_msg(ctx, AD_ERR_ARG, "max_pool2d: kernel 0x2");
   nn_model *m = nn_sequential_new(ctx);
