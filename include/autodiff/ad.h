@@ -948,7 +948,8 @@ typedef struct ad_conv_opts {
  * [O] or NULL for none; y [N, O, Ho, Wo] with Ho = floor((H + top + bottom
  * - dilation (kH - 1) - 1) / stride) + 1 (Wo likewise), as torch.nn.
  * functional.conv2d. A NULL x or w is an error (AD_ERR_NULL); a NULL bias
- * means none. Differentiable in x, w and bias to any order (the gradients
+ * means none. N or C may be 0, H and W may not (AD_ERR_SHAPE, as PyTorch;
+ * also for conv_transpose2d and conv1d's L). Differentiable in x, w and bias to any order (the gradients
  * are conv_transpose2d, conv2d_weight and a sum). */
 AD_API ad_tensor *ad_conv2d(ad_ctx *ctx, ad_tensor *x, ad_tensor *w, ad_tensor *bias,
                             const ad_conv_opts *opts);
