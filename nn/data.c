@@ -174,6 +174,9 @@ nn_batcher *nn_batcher_new_range(ad_ctx *ctx, ad_tensor *x, ad_tensor *y, int64_
                                  int64_t end, int64_t batch_size, bool shuffle, uint64_t seed) {
   if (!ctx) return NULL;
   if (!check_xy(ctx, "batcher", x, y)) return NULL;
+  if (nn_check_persistent(ctx, "batcher", "x", x) != AD_OK ||
+      nn_check_persistent(ctx, "batcher", "y", y) != AD_OK)
+    return NULL;
   if (begin < 0 || end < begin || end > x->shape[0] || batch_size < 1) {
     ad_set_error(ctx, AD_ERR_ARG, "batcher: rows [%lld, %lld) of %lld, batch size %lld",
                  (long long)begin, (long long)end, (long long)x->shape[0], (long long)batch_size);

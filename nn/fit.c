@@ -285,9 +285,12 @@ ad_status nn_evaluate(nn_model *m, nn_loss_fn loss, ad_tensor *x, ad_tensor *y, 
   ad_ctx *ctx = nn_model_ctx(m);
   if (!ctx) return AD_ERR_NULL;
   if (!loss || !x || !y) return nn_null_arg(ctx, "evaluate", !loss ? "loss" : !x ? "x" : "y");
+  ad_status st = nn_check_persistent(ctx, "evaluate", "x", x);
+  if (st == AD_OK) st = nn_check_persistent(ctx, "evaluate", "y", y);
+  if (st != AD_OK) return st;
   nn_batcher *b = nn_batcher_new(ctx, x, y, batch_size > 0 ? batch_size : 32, false, 0);
   if (!b) return fail(ctx, AD_ERR_OOM);
-  ad_status st = eval_batches(m, loss, b, loss_out, accuracy);
+  st = eval_batches(m, loss, b, loss_out, accuracy);
   nn_batcher_free(b);
   return st;
 }
@@ -304,6 +307,8 @@ ad_tensor *nn_predict(nn_model *m, ad_tensor *x, int64_t batch_size) {
     ad_set_error(ctx, AD_ERR_ARG, "predict: x %s has no rows", ad_shape_str(x, a, sizeof a));
     return NULL;
   }
+  if (nn_check_persistent(ctx, "predict", "x", x) != AD_OK) return NULL;
+  int64_t rows = x->shape[0]; /* read before any tape reset */
   nn_batcher *b = nn_batcher_new(ctx, x, NULL, batch_size > 0 ? batch_size : 32, false, 0);
   if (!b) return NULL;
   bool old_grad = ad_set_grad_enabled(ctx, false);
@@ -332,7 +337,7 @@ ad_tensor *nn_predict(nn_model *m, ad_tensor *x, int64_t batch_size) {
       }
       int64_t s[AD_MAX_DIMS];
       memcpy(s, pred->shape, sizeof s);
-      s[0] = x->shape[0];
+      s[0] = rows;
       if (!(out = ad_zeros(ctx, pred->dtype, pred->ndim, s))) {
         ok = false;
         continue;
@@ -405,6 +410,13 @@ static ad_status fit(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor 
                                : "y");
   nn_fit_opts o = {0};
   if (opts) o = *opts;
+  /* the tape is reset before every step while batches are still gathered
+   * from these: a temporary's memory would be reused under them */
+  ad_status pst = nn_check_persistent(ctx, "fit", "x", x);
+  if (pst == AD_OK) pst = nn_check_persistent(ctx, "fit", "y", y);
+  if (pst == AD_OK) pst = nn_check_persistent(ctx, "fit", "val_x", o.val_x);
+  if (pst == AD_OK) pst = nn_check_persistent(ctx, "fit", "val_y", o.val_y);
+  if (pst != AD_OK) return pst;
   if (o.epochs == 0) o.epochs = 1;
   if (o.batch_size == 0) o.batch_size = 32;
   if (!o.out) o.out = stdout;

@@ -15,6 +15,12 @@
  * after a failed op) and that message is kept. ctx may be NULL. */
 ad_status nn_null_arg(ad_ctx *ctx, const char *fn, const char *what);
 
+/* The one way nn entry points that reset the tape while reading t refuse a
+ * temporary (an op's result, freed by the reset): records "<fn>: <what> is
+ * a temporary ..." on ctx and returns AD_ERR_ARG; AD_OK for a persistent
+ * tensor or NULL t. */
+ad_status nn_check_persistent(ad_ctx *ctx, const char *fn, const char *what, const ad_tensor *t);
+
 /* The context of m, else that of opt's parameters; NULL if neither has
  * one (entry points given a NULL model still report to opt's context). */
 ad_ctx *nn_ctx_of(const nn_model *m, const nn_optimizer *opt);

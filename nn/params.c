@@ -17,6 +17,16 @@ ad_status nn_null_arg(ad_ctx *ctx, const char *fn, const char *what) {
   return ad_set_null_error(ctx, "%s: %s is NULL", fn, what);
 }
 
+ad_status nn_check_persistent(ad_ctx *ctx, const char *fn, const char *what, const ad_tensor *t) {
+  if (!t || !ad_tensor_is_temporary(t)) return AD_OK;
+  char a[64];
+  return ad_set_error(ctx, AD_ERR_ARG,
+                      "%s: %s %s is a temporary made by an op, freed by the next ad_tape_reset "
+                      "while rows are still read from it; pass a persistent tensor "
+                      "(ad_tensor_clone copies one)",
+                      fn, what, ad_shape_str(t, a, sizeof a));
+}
+
 ad_ctx *nn_ctx_of(const nn_model *m, const nn_optimizer *opt) {
   ad_ctx *ctx = nn_model_ctx(m);
   return ctx ? ctx : nn_params_ctx(nn_optimizer_params(opt));

@@ -462,6 +462,57 @@ Test(fit, binary_logits_with_l2) {
   ad_tensor_free(x), ad_tensor_free(y);
 }
 
+/* An op's result as data: nn_fit, nn_evaluate, nn_predict and the batcher
+ * reset the tape while still reading rows from it, so they refuse it before
+ * any step (they used to train on, or predict from, reused memory). */
+Test(fit, temporary_data_is_refused) {
+  ad_tensor *x, *y;
+  blobs(ctx, 64, 9, &x, &y);
+  nn_model *m = mlp(ctx, 1, 0);
+  nn_optimizer *o = nn_sgd_new(nn_model_params(m), 0.1, 0, false, 0);
+  ad_tensor *w = nn_params_find(nn_model_params(m), "0.weight");
+  double w0 = ad_tensor_get(w, 0);
+  ad_tensor *xt = ad_mul_scalar(ctx, x, 1.0), *yt = ad_reshape(ctx, y, 1, (int64_t[]){64});
+  cr_assert(xt && yt && ad_tensor_is_temporary(xt) && ad_tensor_is_temporary(yt));
+  nn_fit_opts fo = {.epochs = 2, .batch_size = 16, .verbose = -1, .no_shuffle = true};
+  cr_assert_eq(nn_fit(m, o, nn_cross_entropy_loss, xt, y, &fo, NULL), AD_ERR_ARG);
+  expect_msg(ctx, AD_ERR_ARG, "fit: x [64,4] is a temporary made by an op");
+  cr_assert_eq(nn_fit(m, o, nn_cross_entropy_loss, x, yt, &fo, NULL), AD_ERR_ARG);
+  expect_msg(ctx, AD_ERR_ARG, "fit: y [64] is a temporary");
+  fo.val_x = xt, fo.val_y = y;
+  cr_assert_eq(nn_fit(m, o, nn_cross_entropy_loss, x, y, &fo, NULL), AD_ERR_ARG);
+  expect_msg(ctx, AD_ERR_ARG, "fit: val_x [64,4] is a temporary");
+  fo.val_x = x, fo.val_y = yt;
+  cr_assert_eq(nn_fit(m, o, nn_cross_entropy_loss, x, y, &fo, NULL), AD_ERR_ARG);
+  expect_msg(ctx, AD_ERR_ARG, "fit: val_y [64] is a temporary");
+  cr_assert_eq(ad_tensor_get(w, 0), w0, "no step was taken");
+  cr_assert_eq(nn_optimizer_steps(o), 0);
+  double loss = 0;
+  cr_assert_eq(nn_evaluate(m, nn_cross_entropy_loss, xt, y, 8, &loss, NULL), AD_ERR_ARG);
+  expect_msg(ctx, AD_ERR_ARG, "evaluate: x [64,4] is a temporary");
+  cr_assert_eq(nn_evaluate(m, nn_cross_entropy_loss, x, yt, 8, &loss, NULL), AD_ERR_ARG);
+  expect_msg(ctx, AD_ERR_ARG, "evaluate: y [64] is a temporary");
+  cr_assert_null(nn_predict(m, xt, 8));
+  expect_msg(ctx, AD_ERR_ARG, "predict: x [64,4] is a temporary");
+  cr_assert_null(nn_batcher_new(ctx, xt, NULL, 8, false, 0));
+  expect_msg(ctx, AD_ERR_ARG, "batcher: x [64,4] is a temporary");
+  cr_assert_null(nn_batcher_new_range(ctx, x, yt, 0, 32, 8, false, 0));
+  expect_msg(ctx, AD_ERR_ARG, "batcher: y [64] is a temporary");
+  /* a persistent copy is the way */
+  ad_tensor *xc = ad_tensor_clone(ctx, xt);
+  fo.val_x = fo.val_y = NULL;
+  cr_assert_eq(nn_fit(m, o, nn_cross_entropy_loss, xc, y, &fo, NULL), AD_OK, "%s",
+               ad_last_error(ctx));
+  cr_assert_eq(nn_evaluate(m, nn_cross_entropy_loss, xc, y, 8, &loss, NULL), AD_OK);
+  cr_assert(isfinite(loss));
+  ad_tensor *p = nn_predict(m, xc, 8);
+  cr_assert(p && p->shape[0] == 64 && p->shape[1] == 3);
+  ad_tensor_free(p), ad_tensor_free(xc);
+  nn_optimizer_free(o);
+  nn_model_free(m);
+  ad_tensor_free(x), ad_tensor_free(y);
+}
+
 /* ------------------------------------------------------------ checkpoints */
 
 /* Training 2 epochs straight equals 1 epoch, a checkpoint of the model and

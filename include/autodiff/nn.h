@@ -1025,7 +1025,10 @@ typedef struct nn_batcher nn_batcher;
  * the order of nn_permutation drawn from an ad_rng seeded once with seed
  * (so epoch e's order depends on seed and e). Batches have batch_size rows
  * except the last of an epoch, which holds the rest. Rows are copied into
- * persistent buffers allocated here, so iteration allocates nothing.
+ * persistent buffers allocated here, so iteration allocates nothing. x and
+ * y are read at every batch, so they must be persistent tensors: a
+ * temporary (ad_tensor_is_temporary, an op's result) is freed by the next
+ * ad_tape_reset and is refused with AD_ERR_ARG.
  * NULL with AD_ERR_NULL / AD_ERR_SHAPE / AD_ERR_ARG / AD_ERR_OOM. */
 NN_API nn_batcher *nn_batcher_new_range(ad_ctx *ctx, ad_tensor *x, ad_tensor *y, int64_t begin,
                                         int64_t end, int64_t batch_size, bool shuffle,
@@ -1198,7 +1201,10 @@ typedef struct nn_fit_opts {
  * With opts->early_stopping.monitor set, training may stop early (see
  * nn_early_stopping); a monitor that this run does not record (say
  * "val_loss" without validation data), a negative min_delta or patience
- * or an unknown mode is AD_ERR_ARG before any step.
+ * or an unknown mode is AD_ERR_ARG before any step. x, y, val_x and val_y
+ * must be persistent tensors: the tape is reset at every step while rows
+ * are still read from them, so a temporary (ad_tensor_is_temporary) is
+ * AD_ERR_ARG before any step (ad_tensor_clone makes a persistent copy).
  * Returns AD_OK or the error that stopped training. */
 NN_API ad_status nn_fit(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor *x, ad_tensor *y,
                         const nn_fit_opts *opts, nn_history **history);
@@ -1245,14 +1251,16 @@ NN_API void nn_history_free(nn_history *h);
 
 /** Mean loss (sample-weighted over batches of batch_size, 0 meaning 32) and,
  * if accuracy is not NULL, the fraction correct, of m on x, y in evaluation
- * and no-grad mode. Resets the tape; restores m's mode. Returns AD_OK or the
- * error. */
+ * and no-grad mode. Resets the tape; restores m's mode. x and y must be
+ * persistent tensors (a temporary is AD_ERR_ARG, as in nn_fit). Returns
+ * AD_OK or the error. */
 NN_API ad_status nn_evaluate(nn_model *m, nn_loss_fn loss, ad_tensor *x, ad_tensor *y,
                              int64_t batch_size, double *loss_out, double *accuracy);
 
 /** The outputs of m for every row of x, in evaluation and no-grad mode, in
  * batches (0 means 32), as a new persistent tensor [rows, ...] the caller
- * frees. Resets the tape; restores m's mode. NULL on error. */
+ * frees. Resets the tape; restores m's mode. x must be a persistent tensor
+ * (a temporary is AD_ERR_ARG, as in nn_fit). NULL on error. */
 NN_API ad_tensor *nn_predict(nn_model *m, ad_tensor *x, int64_t batch_size);
 
 /* ========================================================== checkpoints */
