@@ -109,7 +109,11 @@ int main(int argc, char **argv) {
       fprintf(stderr, "mnist_mlp: %s\n", ad_last_error(ctx));
       return 1;
     }
-    if (has_opt && o.lr_given) nn_optimizer_set_lr(opt, o.lr); /* over the saved rate */
+    /* --lr goes over the saved rate */
+    if (has_opt && o.lr_given && nn_optimizer_set_lr(opt, o.lr) != AD_OK) {
+      fprintf(stderr, "mnist_mlp: %s\n", ad_last_error(ctx));
+      return 1;
+    }
     printf("loaded %s%s\n", o.load, has_opt ? " (weights and optimizer state)" : " (weights)");
   }
 

@@ -585,7 +585,7 @@ static ad_status fit(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor 
       fprintf(f, tty ? "\033[K\n" : "\n");
       fflush(f);
     }
-    nn_optimizer_schedule_step(opt);
+    if ((st = nn_optimizer_schedule_step(opt)) != AD_OK) break;
     bool stop = nn_stopper_update(&es, m, h, e);
     bool go_on = !o.on_epoch_end || o.on_epoch_end(e, h, o.ud);
     if (dist && o.on_epoch_end) { /* one rank asking to stop stops every rank */

@@ -387,12 +387,17 @@ const nn_opt_config *nn_optimizer_config(const nn_optimizer *o) {
 
 double nn_optimizer_lr(const nn_optimizer *o) { return o ? scalar_get(o->lr) : NAN; }
 
-void nn_optimizer_set_lr(nn_optimizer *o, double lr) {
-  if (!o) return;
+ad_status nn_optimizer_set_lr(nn_optimizer *o, double lr) {
+  if (!o) return AD_ERR_NULL;
+  if (!(isfinite(lr) && lr >= 0)) /* what a checkpoint may hold (nn_optimizer_state_check) */
+    return ad_set_error(o->ctx, AD_ERR_ARG,
+                        "optimizer %s: set_lr: lr must be finite and >= 0, got %g",
+                        kind_names[o->cfg.kind], lr);
   o->cfg.lr = lr;
   scalar_set(o->lr, lr);
   scalar_set(o->lr0, lr);
   scalar_set(o->epoch, 0);
+  return AD_OK;
 }
 
 int64_t nn_optimizer_steps(const nn_optimizer *o) {
@@ -440,17 +445,35 @@ void nn_optimizer_state_restored(nn_optimizer *o, const bool *present) {
 
 /* -------------------------------------------------------------- schedules */
 
+/* Why s's settings are bad, or NULL when they are good: every rate they
+ * give from a base rate that is finite and >= 0 is >= 0 (and finite unless
+ * gamma > 1 overflows it). */
+static const char *sched_problem(const nn_schedule *s) {
+  switch (s->kind) {
+  case NN_SCHED_CONSTANT:
+    return NULL;
+  case NN_SCHED_STEP:
+    if (s->step_size < 1) return "step_size must be >= 1";
+    /* fall through */
+  case NN_SCHED_EXPONENTIAL:
+    return isfinite(s->gamma) && s->gamma > 0 ? NULL : "gamma must be finite and > 0";
+  case NN_SCHED_COSINE:
+    if (s->t_max < 1) return "t_max must be >= 1";
+    return isfinite(s->eta_min) && s->eta_min >= 0 ? NULL : "eta_min must be finite and >= 0";
+  }
+  return "unknown kind";
+}
+
 double nn_schedule_lr(const nn_schedule *s, double lr0, int64_t t) {
-  if (!s || t < 0) return NAN;
+  if (!s || t < 0 || sched_problem(s)) return NAN;
   switch (s->kind) {
   case NN_SCHED_CONSTANT:
     return lr0;
   case NN_SCHED_STEP:
-    return s->step_size < 1 ? NAN : lr0 * pow(s->gamma, (double)(t / s->step_size));
+    return lr0 * pow(s->gamma, (double)(t / s->step_size));
   case NN_SCHED_EXPONENTIAL:
     return lr0 * pow(s->gamma, (double)t);
   case NN_SCHED_COSINE:
-    if (s->t_max < 1) return NAN;
     if (t >= s->t_max) return s->eta_min;
     return s->eta_min +
            (lr0 - s->eta_min) * (1 + cos(3.141592653589793 * (double)t / (double)s->t_max)) / 2;
@@ -464,10 +487,13 @@ ad_status nn_optimizer_set_schedule(nn_optimizer *o, const nn_schedule *s) {
     o->has_sched = false;
     return AD_OK;
   }
-  if (isnan(nn_schedule_lr(s, 1.0, 0)))
+  const char *why = sched_problem(s);
+  if (why)
     return ad_set_error(o->ctx, AD_ERR_ARG,
-                        "optimizer: bad schedule (kind %d, step_size %lld, t_max %lld)",
-                        (int)s->kind, (long long)s->step_size, (long long)s->t_max);
+                        "optimizer: bad schedule: %s (kind %d, step_size %lld, gamma %g, t_max "
+                        "%lld, eta_min %g)",
+                        why, (int)s->kind, (long long)s->step_size, s->gamma, (long long)s->t_max,
+                        s->eta_min);
   o->sched = *s;
   o->has_sched = true;
   scalar_set(o->lr0, scalar_get(o->lr));
@@ -475,10 +501,18 @@ ad_status nn_optimizer_set_schedule(nn_optimizer *o, const nn_schedule *s) {
   return AD_OK;
 }
 
-void nn_optimizer_schedule_step(nn_optimizer *o) {
-  if (!o || !o->has_sched) return;
+ad_status nn_optimizer_schedule_step(nn_optimizer *o) {
+  if (!o) return AD_ERR_NULL;
+  if (!o->has_sched) return AD_OK;
   double epoch = scalar_get(o->epoch) + 1;
+  double lr = nn_schedule_lr(&o->sched, scalar_get(o->lr0), (int64_t)epoch);
+  if (!(isfinite(lr) && lr >= 0)) /* gamma > 1 overflowing: keep a rate that can be saved */
+    return ad_set_error(o->ctx, AD_ERR_NAN,
+                        "optimizer %s: the schedule's learning rate at epoch %.0f is %g (base "
+                        "rate %g); it must be finite and >= 0",
+                        kind_names[o->cfg.kind], epoch, lr, scalar_get(o->lr0));
   scalar_set(o->epoch, epoch);
-  o->cfg.lr = nn_schedule_lr(&o->sched, scalar_get(o->lr0), (int64_t)epoch);
-  scalar_set(o->lr, o->cfg.lr);
+  o->cfg.lr = lr;
+  scalar_set(o->lr, lr);
+  return AD_OK;
 }

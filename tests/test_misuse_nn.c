@@ -173,6 +173,75 @@ Test(misuse_nn, checkpoint_without_schedule_state_keeps_the_optimizers) {
   nn_model_free(a);
 }
 
+/* A schedule or nn_optimizer_set_lr cannot make the rate negative, NaN or
+ * infinite (they did, and nn_model_save then wrote a checkpoint that
+ * nn_model_load refused): the bad settings are refused, the optimizer kept
+ * as it was, and its checkpoint still loads. */
+Test(misuse_nn, learning_rate_stays_finite_and_non_negative) {
+  nn_model *a = small_model(3);
+  nn_optimizer *oa = nn_sgd_new(nn_model_params(a), 0.1, 0.9, false, 0);
+  const struct {
+    nn_schedule s;
+    const char *why;
+  } bad[] = {
+      {{.kind = NN_SCHED_EXPONENTIAL, .gamma = -0.5}, "gamma must be finite and > 0"},
+      {{.kind = NN_SCHED_EXPONENTIAL, .gamma = 0}, "gamma must be finite and > 0"},
+      {{.kind = NN_SCHED_EXPONENTIAL, .gamma = INFINITY}, "gamma must be finite and > 0"},
+      {{.kind = NN_SCHED_STEP, .step_size = 1, .gamma = NAN}, "gamma must be finite and > 0"},
+      {{.kind = NN_SCHED_STEP, .step_size = 0, .gamma = 0.5}, "step_size must be >= 1"},
+      {{.kind = NN_SCHED_COSINE, .t_max = 5, .eta_min = -0.01}, "eta_min must be finite and >= 0"},
+      {{.kind = NN_SCHED_COSINE, .t_max = 5, .eta_min = NAN}, "eta_min must be finite and >= 0"},
+      {{.kind = NN_SCHED_COSINE, .t_max = 0}, "t_max must be >= 1"},
+      {{.kind = (nn_sched_kind)9}, "unknown kind"},
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    cr_assert_eq(nn_optimizer_set_schedule(oa, &bad[i].s), AD_ERR_ARG, "case %zu", i);
+    test_expect_error(ctx, AD_ERR_ARG, "optimizer: bad schedule: ", bad[i].why, NULL);
+    cr_assert(isnan(nn_schedule_lr(&bad[i].s, 0.1, 1)), "case %zu", i);
+    cr_assert_eq(nn_optimizer_schedule_step(oa), AD_OK); /* none attached */
+    cr_assert_eq(nn_optimizer_lr(oa), 0.1, "case %zu: lr %g", i, nn_optimizer_lr(oa));
+  }
+  const double bad_lr[] = {NAN, -0.1, INFINITY, -INFINITY};
+  for (size_t i = 0; i < sizeof bad_lr / sizeof bad_lr[0]; i++) {
+    cr_assert_eq(nn_optimizer_set_lr(oa, bad_lr[i]), AD_ERR_ARG);
+    test_expect_error(ctx, AD_ERR_ARG, "optimizer sgd: set_lr: lr must be finite and >= 0", NULL);
+    cr_assert_eq(nn_optimizer_lr(oa), 0.1);
+    cr_assert_eq(nn_optimizer_config(oa)->lr, 0.1);
+  }
+  cr_assert_eq(nn_optimizer_set_lr(NULL, 0.1), AD_ERR_NULL);
+  cr_assert_eq(nn_optimizer_set_lr(oa, 0), AD_OK);
+  cr_assert_eq(nn_optimizer_set_lr(oa, 1), AD_OK);
+  /* gamma > 1 is allowed (as in PyTorch) until the rate would overflow */
+  nn_schedule grow = {.kind = NN_SCHED_EXPONENTIAL, .gamma = 1e200};
+  cr_assert_eq(nn_optimizer_set_schedule(oa, &grow), AD_OK);
+  cr_assert_eq(nn_optimizer_schedule_step(oa), AD_OK);
+  cr_assert_eq(nn_optimizer_lr(oa), 1e200);
+  cr_assert_eq(nn_optimizer_schedule_step(oa), AD_ERR_NAN);
+  test_expect_error(ctx, AD_ERR_NAN, "learning rate at epoch 2 is inf", NULL);
+  cr_assert_eq(nn_optimizer_lr(oa), 1e200, "the rate of epoch 1 stays");
+  cr_assert_eq(nn_optimizer_schedule_step(NULL), AD_ERR_NULL);
+  /* what is left saves and loads */
+  const char *path = test_path("lr.safetensors");
+  cr_assert_eq(nn_model_save(a, oa, path), AD_OK, "%s", ad_last_error(ctx));
+  cr_assert_eq(nn_optimizer_set_lr(oa, 0.5), AD_OK);
+  cr_assert_eq(nn_model_load(a, oa, path), AD_OK, "%s", ad_last_error(ctx));
+  cr_assert_eq(nn_optimizer_lr(oa), 1e200);
+  cr_assert_eq(ad_tensor_item(state_named(oa, "sgd.schedule.epoch")), 1.0);
+  /* nn_fit stops with the error: from base rate 0, 0 * 1e200^2 is NaN */
+  ad_tensor *x = batch(1, 3), *y = batch(2, 2);
+  cr_assert_eq(nn_optimizer_set_lr(oa, 0), AD_OK);
+  nn_fit_opts fo = {.epochs = 4, .verbose = -1};
+  nn_history *h;
+  cr_assert_eq(nn_fit(a, oa, nn_mse_loss, x, y, &fo, &h), AD_ERR_NAN);
+  test_expect_error(ctx, AD_ERR_NAN, "learning rate at epoch 2 is ", "nan (base rate 0)", NULL);
+  cr_assert_eq(nn_history_epochs(h), 2);
+  cr_assert_eq(nn_optimizer_lr(oa), 0);
+  nn_history_free(h);
+  ad_tensor_free(x), ad_tensor_free(y);
+  nn_optimizer_free(oa);
+  nn_model_free(a);
+}
+
 /* A count or a rate that cannot be one fails the load before anything is
  * written. */
 Test(misuse_nn, bad_optimizer_scalars_are_refused) {

@@ -925,9 +925,11 @@ NN_API void nn_optimizer_zero_grad(nn_optimizer *opt);
 NN_API const nn_opt_config *nn_optimizer_config(const nn_optimizer *opt);
 
 /** Current learning rate; setting it also makes it the schedule's base and
- * restarts the schedule at epoch 0. @{ */
+ * restarts the schedule at epoch 0. nn_optimizer_set_lr returns AD_OK,
+ * AD_ERR_NULL (opt NULL) or AD_ERR_ARG (lr not finite and >= 0, the rates
+ * a checkpoint may hold; the optimizer unchanged). @{ */
 NN_API double nn_optimizer_lr(const nn_optimizer *opt);
-NN_API void nn_optimizer_set_lr(nn_optimizer *opt, double lr);
+NN_API ad_status nn_optimizer_set_lr(nn_optimizer *opt, double lr);
 /** @} */
 
 /** Steps taken (restored by loading the state). */
@@ -982,19 +984,24 @@ typedef struct nn_schedule {
 } nn_schedule;
 
 /** The learning rate at epoch t for base rate lr0. NAN for bad settings
- * (step_size or t_max < 1, unknown kind). */
+ * (step_size or t_max < 1; gamma of step or exponential not finite and
+ * > 0; eta_min of cosine not finite and >= 0; unknown kind) or t < 0. */
 NN_API double nn_schedule_lr(const nn_schedule *s, double lr0, int64_t t);
 
 /** Attaches a copy of s (NULL detaches); the current lr becomes lr0 and the
- * epoch 0. Returns AD_ERR_ARG for bad settings. The settings are not part
+ * epoch 0. Returns AD_ERR_ARG for bad settings (see nn_schedule_lr), the
+ * optimizer unchanged, so a rate never turns negative or NaN (which no
+ * checkpoint may hold: nn_model_load refuses it). The settings are not part
  * of the optimizer's state (as a PyTorch scheduler is not part of its
  * optimizer): to resume from a checkpoint, attach the same schedule, then
  * load (nn_model_load restores lr0, the epoch and the rate). */
 NN_API ad_status nn_optimizer_set_schedule(nn_optimizer *opt, const nn_schedule *s);
 
 /** Advances the schedule one epoch and sets lr from it (no-op without a
- * schedule). nn_fit calls it after every epoch. */
-NN_API void nn_optimizer_schedule_step(nn_optimizer *opt);
+ * schedule). nn_fit calls it after every epoch. Returns AD_OK, AD_ERR_NULL
+ * (opt NULL) or AD_ERR_NAN when the new rate would not be finite (gamma > 1
+ * overflowing after many epochs; the optimizer unchanged). */
+NN_API ad_status nn_optimizer_schedule_step(nn_optimizer *opt);
 
 /* ================================================================== data */
 
