@@ -2,6 +2,7 @@
  * nn_evaluate and nn_predict. */
 #include "nn_internal.h"
 
+#include <float.h>
 #include <math.h>
 #include <unistd.h>
 
@@ -396,6 +397,16 @@ static void history_print(FILE *f, const nn_history *h, int e) {
     if (h->has[keys[i]]) fprintf(f, " - %s %.4f", hist_keys[keys[i]], h->vals[keys[i]][e]);
 }
 
+/* Keras' validation split: floor(rows * (1 - split)) rows train. The
+ * product is taken as the whole number it is within rounding error of,
+ * which its inputs carry (split's binary value, the subtraction): 10 rows
+ * with split 0.9 train on 1, though 10 * (1 - 0.9) is 0.99999999999999978. */
+static int64_t split_train_rows(int64_t rows, double split) {
+  double t = (double)rows * (1.0 - split), r = nearbyint(t);
+  if (fabs(t - r) <= 4 * DBL_EPSILON * (double)rows) return (int64_t)r;
+  return (int64_t)floor(t);
+}
+
 /* nn_fit without its floating-point mode. */
 static ad_status fit(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor *x, ad_tensor *y,
                      const nn_fit_opts *opts, nn_history **history) {
@@ -434,8 +445,15 @@ static ad_status fit(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor 
       return ad_set_error(ctx, AD_ERR_NULL, "fit: validation data needs both val_x and val_y");
     val = true;
   } else if (o.validation_split > 0) {
-    n_train = rows - (int64_t)floor((double)rows * o.validation_split);
-    val = n_train < rows;
+    n_train = split_train_rows(rows, o.validation_split);
+    if (n_train < 1 || n_train >= rows)
+      return ad_set_error(ctx, AD_ERR_ARG,
+                          "fit: validation split %g of %lld rows leaves %lld to train on and %lld "
+                          "to validate; each needs at least one (floor(rows * (1 - split)) train, "
+                          "as in Keras)",
+                          o.validation_split, (long long)rows, (long long)n_train,
+                          (long long)(rows - n_train));
+    val = true;
   }
   if (n_train == 0)
     return ad_set_error(ctx, AD_ERR_ARG, "fit: no rows to train on (%lld rows, split %g)",

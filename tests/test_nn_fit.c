@@ -353,6 +353,73 @@ Test(fit, validation_split_and_evaluate_agree) {
   ad_tensor_free(x), ad_tensor_free(y), ad_tensor_free(xv), ad_tensor_free(yv);
 }
 
+/* A model y = x * w that counts the rows it sees in training mode and in
+ * evaluation mode. */
+static int64_t rows_trained, rows_validated;
+static ad_tensor *counting_forward(nn_model *m, ad_tensor *x, void *ud) {
+  (void)ud;
+  *(nn_model_training(m) ? &rows_trained : &rows_validated) += x->shape[0];
+  return ad_mul(nn_model_ctx(m), x, nn_model_param(m, "w"));
+}
+
+/* As Keras: floor(rows * (1 - split)) rows train, the rest validate, and a
+ * split that leaves either part empty is an error (it held out
+ * floor(rows * split) rows and skipped validation when that was 0). */
+Test(fit, validation_split_follows_keras) {
+  const struct {
+    int64_t rows;
+    double split;
+    int64_t train; /* -1: refused */
+  } cases[] = {
+      {10, 0.25, 7}, {3, 0.1, 2},       {7, 0.2, 5}, {100, 0.25, 75}, {10, 0.9, 1}, {10, 0.3, 7},
+      {10, 0.7, 3},  {1000, 0.07, 930}, {3, 0.5, 1}, {1, 0.5, -1},    {3, 0.7, -1}, {10, 1e-16, -1},
+  };
+  int64_t one[1] = {1};
+  for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+    nn_model *m = nn_model_new(ctx, counting_forward, NULL);
+    cr_assert_not_null(
+        nn_model_add_param(m, "w", AD_F32, 1, one, nn_init_make(NN_INIT_CONSTANT, 1, 0), NULL));
+    nn_optimizer *o = nn_sgd_new(nn_model_params(m), 0, 0, false, 0);
+    int64_t s[2] = {cases[c].rows, 1};
+    ad_tensor *x = ad_zeros(ctx, AD_F32, 2, s), *y = ad_zeros(ctx, AD_F32, 2, s);
+    rows_trained = rows_validated = 0;
+    nn_fit_opts fo = {
+        .epochs = 1, .batch_size = 1000, .verbose = -1, .validation_split = cases[c].split};
+    nn_history *h;
+    ad_status st = nn_fit(m, o, nn_mse_loss, x, y, &fo, &h);
+    if (cases[c].train < 0) {
+      cr_assert_eq(st, AD_ERR_ARG, "%lld rows, split %g", (long long)cases[c].rows, cases[c].split);
+      expect_msg(ctx, AD_ERR_ARG, "each needs at least one");
+      cr_assert_eq(rows_trained + rows_validated, 0);
+    } else {
+      cr_assert_eq(st, AD_OK, "%s", ad_last_error(ctx));
+      cr_assert_eq(rows_trained, cases[c].train, "%lld rows, split %g: %lld trained",
+                   (long long)cases[c].rows, cases[c].split, (long long)rows_trained);
+      cr_assert_eq(rows_validated, cases[c].rows - cases[c].train,
+                   "%lld rows, split %g: %lld validated", (long long)cases[c].rows, cases[c].split,
+                   (long long)rows_validated);
+      cr_assert(!isnan(nn_history_get(h, "val_loss", 0)));
+    }
+    nn_history_free(h);
+    ad_tensor_free(x), ad_tensor_free(y);
+    nn_optimizer_free(o);
+    nn_model_free(m);
+  }
+  /* the message names the numbers */
+  nn_model *m = nn_model_new(ctx, counting_forward, NULL);
+  nn_model_add_param(m, "w", AD_F32, 1, one, nn_init_make(NN_INIT_CONSTANT, 1, 0), NULL);
+  nn_optimizer *o = nn_sgd_new(nn_model_params(m), 0, 0, false, 0);
+  int64_t s[2] = {3, 1};
+  ad_tensor *x = ad_zeros(ctx, AD_F32, 2, s), *y = ad_zeros(ctx, AD_F32, 2, s);
+  nn_fit_opts fo = {.verbose = -1, .validation_split = 0.7};
+  cr_assert_eq(nn_fit(m, o, nn_mse_loss, x, y, &fo, NULL), AD_ERR_ARG);
+  expect_msg(ctx, AD_ERR_ARG,
+             "fit: validation split 0.7 of 3 rows leaves 0 to train on and 3 to validate");
+  ad_tensor_free(x), ad_tensor_free(y);
+  nn_optimizer_free(o);
+  nn_model_free(m);
+}
+
 static bool stop_after_two(int epoch, const nn_history *h, void *ud) {
   (void)h, (void)ud;
   return epoch < 1;

@@ -1169,7 +1169,7 @@ typedef struct nn_fit_opts {
   int64_t batch_size;       /**< default 32 */
   uint64_t seed;            /**< of the shuffling */
   bool no_shuffle;          /**< keep row order */
-  double validation_split;  /**< in [0,1): the last fraction of rows, not trained on */
+  double validation_split;  /**< in [0,1): the last rows are held out (see nn_fit) */
   ad_tensor *val_x;         /**< validation data given explicitly (wins over the split) */
   ad_tensor *val_y;         /**< its labels or targets */
   bool accuracy;            /**< also compute accuracy (see nn_count_correct) */
@@ -1196,9 +1196,13 @@ typedef struct nn_fit_opts {
  * opts->epochs epochs of mini-batches: per batch, nn_train_step. The epoch's
  * "loss" (and "accuracy") are sample-weighted means over its batches, taken
  * in training mode as the batches go (like Keras); "val_loss" and
- * "val_accuracy" are computed after the epoch by nn_evaluate. The
- * validation split takes the last floor(rows * split) rows, before
- * shuffling (like Keras). Accuracy thresholds at 0 for
+ * "val_accuracy" are computed after the epoch by nn_evaluate. With a
+ * validation split > 0 (and no val_x), as in Keras, the first
+ * floor(rows * (1 - split)) rows train and the rest validate, split before
+ * shuffling; the product is taken as the whole number it is within
+ * rounding error of (10 rows with split 0.9 train on 1). A split that
+ * leaves no row to train on or none to validate is AD_ERR_ARG before any
+ * step. Accuracy thresholds at 0 for
  * nn_bce_with_logits_loss, else 0.5. After each epoch the optimizer's
  * schedule advances. On a terminal (isatty) the progress bar shows batches
  * done, loss, samples/s and ETA, redrawn with a carriage return. A non-finite loss stops
