@@ -64,7 +64,13 @@ ad_status nn_model_add_named(nn_model *m, const char *name, nn_layer *layer) {
   if (nn_layer_adopted(layer)) /* not ours: do not free it */
     return ad_set_error(ctx, AD_ERR_ARG, "model_add: %s '%s' already belongs to a model",
                         nn_layer_kind(layer), nn_layer_name(layer));
-  if (!name || !name[0] || strchr(name, '.') || strlen(name) >= 200)
+  ad_ctx *lctx = nn_layer_ctx(layer);
+  if (lctx != ctx) /* its tensors would be trained and saved through the wrong context */
+    st = ad_set_error(ctx, AD_ERR_ARG,
+                      "model_add: %s layer was made on context %p and the model on context %p; "
+                      "a model takes layers of its own context",
+                      nn_layer_kind(layer), (void *)lctx, (void *)ctx);
+  else if (!name || !name[0] || strchr(name, '.') || strlen(name) >= 200)
     st = ad_set_error(ctx, AD_ERR_ARG,
                       "model_add: layer name '%.40s' must be non-empty, without '.', under 200 "
                       "bytes",

@@ -171,6 +171,11 @@ static ad_status list_add(nn_params *p, const char *fn, const char *name, ad_ten
     st = ad_set_null_error(ctx, "%s: tensor '%s' is NULL", fn, name ? name : "?");
   else if (!name || !name[0])
     st = ad_set_error(ctx, AD_ERR_ARG, "%s: a %s needs a non-empty name", fn, what);
+  else if (ad_tensor_ctx(t) && ad_tensor_ctx(t) != ctx) /* NULL: freed, refused below */
+    st = ad_set_error(ctx, AD_ERR_ARG,
+                      "%s: '%s' was made on context %p and the list on context %p; a %s list "
+                      "takes tensors of its own context",
+                      fn, name, (void *)ad_tensor_ctx(t), (void *)ctx, what);
   else if (ad_tensor_is_temporary(t))
     st = ad_set_error(ctx, AD_ERR_ARG,
                       "%s: '%s' is a temporary made by an op; %ss must be persistent tensors", fn,

@@ -470,6 +470,48 @@ static ad_tensor *forward_null(nn_model *m, ad_tensor *x, void *ud) {
   return NULL;
 }
 
+/* A layer or a tensor made on another context is refused by the model and
+ * the lists (it used to join, and the model then trained and saved
+ * tensors of a context it did not own); the layer or an owned tensor is
+ * freed as on every failure. */
+Test(misuse_nn, another_contexts_layers_and_tensors_are_refused) {
+  ad_ctx *other = ad_ctx_new();
+  ad_rng rng;
+  ad_rng_seed(&rng, 1);
+  nn_model *m = nn_sequential_new(ctx);
+  size_t live = ad_ctx_live_tensors(other);
+  cr_assert_eq(nn_model_add(m, nn_dense_new(other, 4, 1, &rng, NULL)), AD_ERR_ARG);
+  char want[160];
+  snprintf(want, sizeof want,
+           "model_add: dense layer was made on context %p and the model on "
+           "context %p",
+           (void *)other, (void *)ctx);
+  test_expect_error(ctx, AD_ERR_ARG, want, NULL);
+  cr_assert_eq(nn_model_layer_count(m), 0);
+  cr_assert_eq(nn_params_count(nn_model_params(m)), 0);
+  cr_assert_eq(ad_ctx_live_tensors(other), live, "the layer was freed");
+  /* the same layer kind of the model's context joins */
+  cr_assert_eq(nn_model_add(m, nn_dense_new(ctx, 4, 1, &rng, NULL)), AD_OK, "%s",
+               ad_last_error(ctx));
+  cr_assert_str_eq(nn_layer_kind(nn_model_layer(m, 0)), "dense");
+
+  int64_t s[1] = {2};
+  nn_params *p = nn_params_new(ctx), *b = nn_buffers_new(ctx);
+  ad_tensor *t = ad_zeros(other, AD_F32, 1, s);
+  cr_assert_eq(nn_params_add(p, "w", t, false), AD_ERR_ARG);
+  test_expect_error(ctx, AD_ERR_ARG, "params_add: 'w' was made on context", "list on context",
+                    NULL);
+  cr_assert_eq(nn_params_count(p), 0);
+  cr_assert(!ad_tensor_requires_grad(t), "t is left as it was");
+  cr_assert_eq(nn_buffers_add(b, "n", t, true, NN_STORE_NATIVE), AD_ERR_ARG);
+  test_expect_error(ctx, AD_ERR_ARG, "buffers_add: 'n' was made on context", NULL);
+  cr_assert_eq(nn_params_count(b), 0);
+  cr_assert_eq(ad_ctx_live_tensors(other), live, "an owned tensor is freed on failure");
+  nn_params_free(p), nn_params_free(b);
+  nn_model_free(m);
+  ad_ctx_free(other);
+}
+
 /* Every nn entry point given a NULL tensor or object (with a context to
  * report to) returns the error with a message naming the function and the
  * argument; and a NULL that an earlier failure produced keeps that

@@ -131,7 +131,8 @@ NN_API void nn_params_free(nn_params *p);
  * latest list to add t names it). With own, the list frees t
  * in nn_params_free, also when this call fails; without, the caller keeps
  * ownership. Returns AD_OK, AD_ERR_NULL, AD_ERR_ARG (empty or duplicate
- * name, a temporary tensor), AD_ERR_DTYPE (not float) or AD_ERR_OOM. */
+ * name, a temporary tensor, a tensor of another context than the list's),
+ * AD_ERR_DTYPE (not float) or AD_ERR_OOM. */
 NN_API ad_status nn_params_add(nn_params *p, const char *name, ad_tensor *t, bool own);
 
 /** The tensor named name, or NULL (no error recorded). O(1). */
@@ -195,8 +196,8 @@ NN_API nn_params *nn_buffers_new(ad_ctx *ctx);
  * non-empty, unique), stored in checkpoints as store says (NN_STORE_I64
  * for PyTorch's int64 counters). Ownership as nn_params_add. Returns AD_OK,
  * AD_ERR_NULL, AD_ERR_ARG (b is a parameter list, empty or duplicate name,
- * a temporary tensor, a tensor that requires grad, an unknown store) or
- * AD_ERR_OOM. nn_params_add on a buffer list is nn_buffers_add with
+ * a temporary tensor, a tensor of another context, a tensor that requires
+ * grad, an unknown store) or AD_ERR_OOM. nn_params_add on a buffer list is nn_buffers_add with
  * NN_STORE_NATIVE. */
 NN_API ad_status nn_buffers_add(nn_params *b, const char *name, ad_tensor *t, bool own,
                                 nn_store store);
@@ -680,7 +681,8 @@ NN_API void nn_model_free(nn_model *m);
  * "<index>.weight", "<index>.bias", its buffers the model's buffer list as
  * "<index>.running_mean", ... Returns AD_OK, AD_ERR_NULL (NULL
  * layer: the error that made it NULL is kept), AD_ERR_ARG (duplicate name,
- * or a parameter or buffer name the model already has;
+ * or a parameter or buffer name the model already has; a layer made on
+ * another context than the model's;
  * or a layer that already belongs to a model, which is then left alone) or
  * AD_ERR_OOM. */
 NN_API ad_status nn_model_add(nn_model *m, nn_layer *layer);
