@@ -132,10 +132,21 @@ static bool uses_param_steps(const nn_opt_config *c) {
   return c->kind != NN_OPT_RMSPROP && (c->kind != NN_OPT_SGD || c->momentum > 0);
 }
 
-static ad_status add_state(nn_optimizer *o, const char *name, ad_tensor *t, bool optional) {
+/* Lists state tensor t (owned by the optimizer from here on, also when
+ * this fails) under the name "a.b", or "a.b.c" when c is not NULL: built
+ * at its full length, as a parameter name has no bound. */
+static ad_status add_state(nn_optimizer *o, ad_tensor *t, bool optional, const char *a,
+                           const char *b, const char *c) {
   ad_ctx *ctx = o->ctx;
   if (!t) return ad_last_status(ctx);
-  char *copy = nn_strdup(ctx, name);
+  size_t n = strlen(a) + 1 + strlen(b) + (c ? 1 + strlen(c) : 0) + 1; /* freed by nn_strfree */
+  char *copy = ad_malloc(ctx, n);
+  if (copy) {
+    if (c)
+      snprintf(copy, n, "%s.%s.%s", a, b, c);
+    else
+      snprintf(copy, n, "%s.%s", a, b);
+  }
   if (!copy ||
       !nn_grow(ctx, (void **)&o->state_names, &o->names_cap, o->nstate + 1, sizeof(char *)) ||
       !nn_grow(ctx, (void **)&o->state_tensors, &o->tensors_cap, o->nstate + 1,
@@ -186,10 +197,8 @@ nn_optimizer *nn_optimizer_new(nn_params *params, const nn_opt_config *cfg) {
   memset(o->slots, 0, (size_t)n * sizeof *o->slots);
   o->nslots = n;
   const char *kind = kind_names[cfg->kind];
-  char name[512];
-  snprintf(name, sizeof name, "%s.step", kind);
   o->step = ad_zeros(ctx, AD_F64, 0, NULL);
-  if (add_state(o, name, o->step, false) != AD_OK) {
+  if (add_state(o, o->step, false, kind, "step", NULL) != AD_OK) {
     o->step = NULL;
     nn_optimizer_free(o);
     return NULL;
@@ -201,20 +210,18 @@ nn_optimizer *nn_optimizer_new(nn_params *params, const nn_opt_config *cfg) {
     o->slots[i].p = p;
     for (int k = 0; k < MAX_SLOT_STATE; k++) {
       if (!kinds[k]) continue;
-      snprintf(name, sizeof name, "%s.%s.%s", kind, kinds[k], nn_params_name(params, i));
       double init = cfg->kind == NN_OPT_ADAGRAD ? cfg->initial_accumulator : 0.0;
       ad_tensor *s = ad_full(ctx, p->dtype, p->ndim, p->shape, init);
-      if (add_state(o, name, s, false) != AD_OK) {
+      if (add_state(o, s, false, kind, kinds[k], nn_params_name(params, i)) != AD_OK) {
         nn_optimizer_free(o);
         return NULL;
       }
       o->slots[i].s[k] = s;
     }
     if (uses_param_steps(cfg)) {
-      snprintf(name, sizeof name, "%s.step.%s", kind, nn_params_name(params, i));
       o->slots[i].t_index = o->nstate;
       o->slots[i].t = ad_zeros(ctx, AD_F64, 0, NULL);
-      if (add_state(o, name, o->slots[i].t, true) != AD_OK) {
+      if (add_state(o, o->slots[i].t, true, kind, "step", nn_params_name(params, i)) != AD_OK) {
         o->slots[i].t = NULL;
         nn_optimizer_free(o);
         return NULL;
@@ -225,9 +232,8 @@ nn_optimizer *nn_optimizer_new(nn_params *params, const nn_opt_config *cfg) {
   static const char *const lr_names[3] = {"lr", "schedule.lr0", "schedule.epoch"};
   ad_tensor **lr_state[3] = {&o->lr, &o->lr0, &o->epoch};
   for (int k = 0; k < 3; k++) {
-    snprintf(name, sizeof name, "%s.%s", kind, lr_names[k]);
     ad_tensor *t = ad_full(ctx, AD_F64, 0, NULL, k == 2 ? 0.0 : cfg->lr);
-    if (add_state(o, name, t, true) != AD_OK) {
+    if (add_state(o, t, true, kind, lr_names[k], NULL) != AD_OK) {
       nn_optimizer_free(o);
       return NULL;
     }

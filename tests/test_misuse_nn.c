@@ -242,6 +242,49 @@ Test(misuse_nn, learning_rate_stays_finite_and_non_negative) {
   nn_model_free(a);
 }
 
+static ad_tensor *identity_forward(nn_model *m, ad_tensor *x, void *ud) {
+  (void)m, (void)ud;
+  return x;
+}
+
+/* Optimizer state names are as long as the parameter names need: two
+ * 600-byte names that differ in their last byte give distinct state names
+ * (cut at 511 bytes they collided, and nn_model_save refused the
+ * duplicate), and the checkpoint round-trips. */
+Test(misuse_nn, long_parameter_names_keep_their_state_names_apart) {
+  char a[601], b[601];
+  memset(a, 'p', 600), a[600] = 0;
+  memcpy(b, a, sizeof a);
+  a[599] = 'A', b[599] = 'B';
+  int64_t s[1] = {2};
+  nn_model *m = nn_model_new(ctx, identity_forward, NULL);
+  ad_tensor *ta =
+      nn_model_add_param(m, a, AD_F32, 1, s, nn_init_make(NN_INIT_CONSTANT, 1, 0), NULL);
+  ad_tensor *tb =
+      nn_model_add_param(m, b, AD_F32, 1, s, nn_init_make(NN_INIT_CONSTANT, 2, 0), NULL);
+  cr_assert(ta && tb, "%s", ad_last_error(ctx));
+  nn_optimizer *o = nn_adam_new(nn_model_params(m), 0.01);
+  cr_assert_not_null(o, "%s", ad_last_error(ctx));
+  char want[700];
+  snprintf(want, sizeof want, "adam.m.%s", b);
+  ad_tensor *mb = state_named(o, want);
+  cr_assert_not_null(mb, "no state named adam.m.<b>");
+  snprintf(want, sizeof want, "adam.step.%s", a);
+  cr_assert_not_null(state_named(o, want), "no state named adam.step.<a>");
+  for (int i = 0; i < nn_optimizer_state_count(o); i++)
+    for (int j = 0; j < i; j++)
+      cr_assert_str_neq(nn_optimizer_state_names(o)[i], nn_optimizer_state_names(o)[j]);
+  ad_tensor_fill(mb, 0.25);
+  const char *path = test_path("long.safetensors");
+  cr_assert_eq(nn_model_save(m, o, path), AD_OK, "%s", ad_last_error(ctx));
+  ad_tensor_fill(mb, 0), ad_tensor_fill(tb, 0);
+  cr_assert_eq(nn_model_load(m, o, path), AD_OK, "%s", ad_last_error(ctx));
+  cr_assert_eq(ad_tensor_get(mb, 1), 0.25);
+  cr_assert_eq(ad_tensor_get(tb, 1), 2);
+  nn_optimizer_free(o);
+  nn_model_free(m);
+}
+
 /* A count or a rate that cannot be one fails the load before anything is
  * written. */
 Test(misuse_nn, bad_optimizer_scalars_are_refused) {
