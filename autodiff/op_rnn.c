@@ -44,8 +44,9 @@ typedef struct cell_job {
   int64_t H;
 } cell_job;
 
-/* Rows per range of the parallel loops: about 16k elements of work. */
-static int64_t cell_grain(int64_t H) { return H >= 16384 ? 1 : 16384 / H; }
+/* Rows per range of the parallel loops: about 16k elements of work (H < 1
+ * is refused by the shape rules; the guard keeps this a total function). */
+static int64_t cell_grain(int64_t H) { return H >= 16384 ? 1 : H < 1 ? 16384 : 16384 / H; }
 
 /* The row loops, written once per element type: a function per row whose
  * arrays are restrict parameters (so that GCC vectorizes it), and the
@@ -177,6 +178,12 @@ static ad_status cell_shape(const ad_call *c, int m, int64_t *H) {
                         "%s: gates %s and %s and state %s must be [N, %d H], [N, %d H] and [N, H]",
                         c->name, ad_shape_str(c->in[0], a, sizeof a),
                         ad_shape_str(c->in[1], b, sizeof b), ad_shape_str(s, d, sizeof d), m, m);
+  }
+  if (s->shape[1] < 1) { /* as seq_shape: an empty state is no cell */
+    char a[64], b[64];
+    return ad_set_error(c->ctx, AD_ERR_SHAPE,
+                        "%s: gates %s and state %s: the state size H is 0; it must be >= 1",
+                        c->name, ad_shape_str(c->in[0], a, sizeof a), ad_shape_str(s, b, sizeof b));
   }
   *H = s->shape[1];
   return AD_OK;

@@ -619,9 +619,18 @@ Test(rnn, cell_ops_bad_input_is_named) {
   expect_msg(
       ctx, AD_ERR_SHAPE,
       "gru_cell: gates [2,3] and [3,6] and state [2,1] must be [N, 3 H], [N, 3 H] and [N, H]");
+  /* a state of size 0 is refused (the parallel loop's grain divided by H:
+   * SIGFPE) */
+  int64_t s20[2] = {2, 0};
+  ad_tensor *z = ad_zeros(ctx, AD_F32, 2, s20);
+  cr_assert_null(ad_lstm_cell(ctx, z, z));
+  expect_msg(ctx, AD_ERR_SHAPE,
+             "lstm_cell: gates [2,0] and state [2,0]: the state size H is 0; it must be >= 1");
+  cr_assert_null(ad_gru_cell(ctx, z, z, z));
+  expect_msg(ctx, AD_ERR_SHAPE, "gru_cell: gates [2,0] and state [2,0]: the state size H is 0");
   ad_tape_reset(ctx);
-  ad_tensor *all[] = {a, c, c1, b, d};
-  for (size_t i = 0; i < 5; i++) ad_tensor_free(all[i]);
+  ad_tensor *all[] = {a, c, c1, b, d, z};
+  for (size_t i = 0; i < 6; i++) ad_tensor_free(all[i]);
 }
 
 /* The whole-sequence layer gives the same bits on two threads as on one:

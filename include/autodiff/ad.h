@@ -753,8 +753,9 @@ AD_API ad_tensor *ad_layer_norm(ad_ctx *ctx, ad_tensor *x, int ndim,
  * outputs like the others. Differentiable in both inputs to any order: a
  * plain backward runs one loop per row; a recorded one (create_graph)
  * builds the same gradient from ops. A tape temporary. NULL on error:
- * AD_ERR_SHAPE (gates not [N, 4H] or c not [N, H] for the same N, naming
- * both shapes), AD_ERR_DTYPE (not float, or dtypes differ), AD_ERR_NULL. */
+ * AD_ERR_SHAPE (gates not [N, 4H] or c not [N, H] for the same N, or
+ * H = 0, naming both shapes), AD_ERR_DTYPE (not float, or dtypes differ),
+ * AD_ERR_NULL. */
 AD_API ad_tensor *ad_lstm_cell(ad_ctx *ctx, ad_tensor *gates, ad_tensor *c);
 /** One GRU step's elementwise part, fused, with PyTorch's formula: a is
  * [N, 3H] = x W_ih^T + b_ih, b is [N, 3H] = h W_hh^T + b_hh (gate order r,
