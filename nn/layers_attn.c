@@ -230,10 +230,11 @@ nn_layer *nn_multihead_attention_new(ad_ctx *ctx, int64_t embed_dim, int64_t num
   if (!ctx) return NULL;
   nn_mha_opts o = {0};
   if (opts) o = *opts;
-  if (embed_dim < 1 || num_heads < 1 || embed_dim % num_heads) {
+  /* the bound nn_rnn_new puts on sizes, checked before 3 * embed_dim is taken */
+  if (embed_dim < 1 || num_heads < 1 || embed_dim > (INT64_C(1) << 32) || embed_dim % num_heads) {
     ad_set_error(ctx, AD_ERR_ARG,
-                 MHA_KIND ": embed_dim %lld and num_heads %lld must be >= 1, and num_heads must "
-                          "divide embed_dim",
+                 MHA_KIND ": embed_dim %lld and num_heads %lld must be >= 1, embed_dim at most "
+                          "2^32, and num_heads must divide embed_dim",
                  (long long)embed_dim, (long long)num_heads);
     return NULL;
   }

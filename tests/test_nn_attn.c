@@ -486,6 +486,16 @@ Test(mha, bad_input) {
   ad_rng_seed(&rng, 1);
   cr_assert_null(nn_multihead_attention_new(ctx, 6, 4, &rng, NULL));
   expect_msg(ctx, AD_ERR_ARG, "embed_dim 6 and num_heads 4");
+  /* sizes past nn_rnn_new's bound are refused before 3 * embed_dim (which
+   * overflowed int64 for the last two) */
+  const int64_t huge[] = {(INT64_C(1) << 32) + 1, INT64_C(1) << 40, INT64_C(1) << 62, INT64_MAX};
+  for (size_t i = 0; i < sizeof huge / sizeof huge[0]; i++) {
+    cr_assert_null(nn_multihead_attention_new(ctx, huge[i], 1, &rng, NULL));
+    char want[96];
+    snprintf(want, sizeof want, "embed_dim %lld and num_heads 1", (long long)huge[i]);
+    cr_assert(strstr(ad_last_error(ctx), want), "%s", ad_last_error(ctx));
+    expect_msg(ctx, AD_ERR_ARG, "embed_dim at most 2^32");
+  }
   nn_mha_opts od = {.dropout = 1.5};
   cr_assert_null(nn_multihead_attention_new(ctx, 6, 2, &rng, &od));
   expect_msg(ctx, AD_ERR_ARG, "dropout 1.5 is outside [0, 1)");

@@ -591,8 +591,8 @@ typedef struct nn_mha_opts {
  * with dropout in training mode and causal when opts say so; use
  * nn_multihead_attention for separate inputs, masks or the weights. opts
  * may be NULL. Returns the layer, or NULL with AD_ERR_ARG (embed_dim or
- * num_heads < 1, num_heads not dividing embed_dim, dropout outside
- * [0, 1)), AD_ERR_DTYPE, AD_ERR_NULL (rng) or AD_ERR_OOM. */
+ * num_heads < 1, embed_dim above 2^32, num_heads not dividing embed_dim,
+ * dropout outside [0, 1)), AD_ERR_DTYPE, AD_ERR_NULL (rng) or AD_ERR_OOM. */
 NN_API nn_layer *nn_multihead_attention_new(ad_ctx *ctx, int64_t embed_dim, int64_t num_heads,
                                             ad_rng *rng, const nn_mha_opts *opts);
 
