@@ -286,6 +286,9 @@ ad_status nn_evaluate(nn_model *m, nn_loss_fn loss, ad_tensor *x, ad_tensor *y, 
   ad_ctx *ctx = nn_model_ctx(m);
   if (!ctx) return AD_ERR_NULL;
   if (!loss || !x || !y) return nn_null_arg(ctx, "evaluate", !loss ? "loss" : !x ? "x" : "y");
+  if (batch_size < 0)
+    return ad_set_error(ctx, AD_ERR_ARG, "evaluate: batch size %lld; it must be >= 1 (0: 32)",
+                        (long long)batch_size);
   ad_status st = nn_check_persistent(ctx, "evaluate", "x", x);
   if (st == AD_OK) st = nn_check_persistent(ctx, "evaluate", "y", y);
   if (st != AD_OK) return st;
@@ -306,6 +309,11 @@ ad_tensor *nn_predict(nn_model *m, ad_tensor *x, int64_t batch_size) {
   }
   if (x->ndim < 1 || x->shape[0] == 0) {
     ad_set_error(ctx, AD_ERR_ARG, "predict: x %s has no rows", ad_shape_str(x, a, sizeof a));
+    return NULL;
+  }
+  if (batch_size < 0) {
+    ad_set_error(ctx, AD_ERR_ARG, "predict: batch size %lld; it must be >= 1 (0: 32)",
+                 (long long)batch_size);
     return NULL;
   }
   if (nn_check_persistent(ctx, "predict", "x", x) != AD_OK) return NULL;

@@ -497,6 +497,17 @@ Test(fit, errors_and_nan) {
                ad_last_error(ctx));
   cr_assert_null(nn_predict(m, NULL, 4));
   expect_msg(ctx, AD_ERR_NULL, "predict");
+  /* a negative batch size is an error (it was taken for the default 32) */
+  double el = 0;
+  cr_assert_eq(nn_evaluate(m, nn_cross_entropy_loss, x, y, -8, &el, NULL), AD_ERR_ARG);
+  expect_msg(ctx, AD_ERR_ARG, "evaluate: batch size -8; it must be >= 1 (0: 32)");
+  cr_assert_null(nn_predict(m, x, -1));
+  expect_msg(ctx, AD_ERR_ARG, "predict: batch size -1; it must be >= 1 (0: 32)");
+  cr_assert_eq(nn_evaluate(m, nn_cross_entropy_loss, x, y, 0, &el, NULL), AD_OK, "%s",
+               ad_last_error(ctx));
+  ad_tensor *p0 = nn_predict(m, x, 0);
+  cr_assert_not_null(p0, "%s", ad_last_error(ctx));
+  ad_tensor_free(p0);
   cr_assert_eq(nn_evaluate(m, nn_mse_loss, x, y, 8, NULL, NULL), AD_ERR_DTYPE);
   expect_msg(ctx, AD_ERR_DTYPE, "mse_loss: target [8] is i32");
   nn_optimizer_free(o);

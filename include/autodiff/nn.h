@@ -1262,18 +1262,19 @@ NN_API ad_status nn_history_write_csv(const nn_history *h, const char *path);
 /** NULL is a no-op. */
 NN_API void nn_history_free(nn_history *h);
 
-/** Mean loss (sample-weighted over batches of batch_size, 0 meaning 32) and,
- * if accuracy is not NULL, the fraction correct, of m on x, y in evaluation
- * and no-grad mode. Resets the tape; restores m's mode. x and y must be
- * persistent tensors (a temporary is AD_ERR_ARG, as in nn_fit). Returns
- * AD_OK or the error. */
+/** Mean loss (sample-weighted over batches of batch_size, 0 meaning 32; a
+ * negative one is AD_ERR_ARG) and, if accuracy is not NULL, the fraction
+ * correct, of m on x, y in evaluation and no-grad mode. Resets the tape;
+ * restores m's mode. x and y must be persistent tensors (a temporary is
+ * AD_ERR_ARG, as in nn_fit). Returns AD_OK or the error. */
 NN_API ad_status nn_evaluate(nn_model *m, nn_loss_fn loss, ad_tensor *x, ad_tensor *y,
                              int64_t batch_size, double *loss_out, double *accuracy);
 
 /** The outputs of m for every row of x, in evaluation and no-grad mode, in
- * batches (0 means 32), as a new persistent tensor [rows, ...] the caller
- * frees. Resets the tape; restores m's mode. x must be a persistent tensor
- * (a temporary is AD_ERR_ARG, as in nn_fit). NULL on error. */
+ * batches (0 means 32; negative is AD_ERR_ARG), as a new persistent tensor
+ * [rows, ...] the caller frees. Resets the tape; restores m's mode. x must
+ * be a persistent tensor (a temporary is AD_ERR_ARG, as in nn_fit). NULL
+ * on error. */
 NN_API ad_tensor *nn_predict(nn_model *m, ad_tensor *x, int64_t batch_size);
 
 /* ========================================================== checkpoints */
