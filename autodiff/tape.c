@@ -1049,13 +1049,16 @@ ad_status ad_grad(ad_ctx *ctx, ad_tensor *root, const ad_tensor *seed, int n,
   }
   for (int i = 0; i < n; i++) ad_node_of(inputs[i])->flags |= AD_NF_KEEP;
   st = sweep(ctx, ad_node_of(root), seed, create_graph, false, "grad");
+  /* an input listed twice gets its gradient in both places (as PyTorch's
+   * autograd.grad): every out[i] is read before any accumulator is cleared */
+  for (int i = 0; i < n && st == AD_OK; i++) {
+    ad_node *in = ad_node_of(inputs[i]);
+    out[i] = in->gacc ? in->gacc
+                      : ad_tmp_full(ctx, inputs[i]->dtype, inputs[i]->ndim, inputs[i]->shape, 0.0);
+    if (!out[i]) st = ctx->status ? ctx->status : AD_ERR_OOM;
+  }
   for (int i = 0; i < n; i++) {
     ad_node *in = ad_node_of(inputs[i]);
-    if (st == AD_OK)
-      out[i] = in->gacc
-                   ? in->gacc
-                   : ad_tmp_full(ctx, inputs[i]->dtype, inputs[i]->ndim, inputs[i]->shape, 0.0);
-    if (st == AD_OK && !out[i]) st = ctx->status ? ctx->status : AD_ERR_OOM;
     in->flags &= (uint8_t)~AD_NF_KEEP;
     in->gacc = NULL;
   }

@@ -282,6 +282,22 @@ Test(backward, grad_wrt_intermediate_and_unused_input) {
   ad_tensor_free(u);
 }
 
+Test(backward, grad_with_an_input_listed_twice_fills_both_outputs) {
+  /* PyTorch's autograd.grad(y, [x, x]) returns dy/dx twice */
+  double vx[3] = {1, 2, 3}, w[3] = {2, 4, 6}, wh[3] = {1, 1, 1};
+  ad_tensor *x = vec(vx, 3);
+  ad_tensor *h = ad_square(ctx, x);
+  ad_tensor *L = ad_sum(ctx, h);
+  ad_tensor *in[4] = {x, h, x, h}, *out[4];
+  OK(ad_grad(ctx, L, NULL, 4, in, out, false));
+  assert_close(out[0], w, 3, 0);
+  assert_close(out[1], wh, 3, 0);
+  assert_close(out[2], w, 3, 0);
+  assert_close(out[3], wh, 3, 0);
+  cr_assert_null(x->grad, "ad_grad leaves the grad fields alone");
+  ad_tensor_free(x);
+}
+
 /* ---------------------------------------------------------- higher order */
 
 Test(backward, hessian_vector_product_diagonal) {

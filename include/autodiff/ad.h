@@ -408,7 +408,8 @@ AD_API ad_status ad_backward(ad_ctx *ctx, ad_tensor *root, const ad_tensor *seed
 
 /** Gradients of root with respect to n inputs (leaves or intermediates),
  * returned in out[0..n-1] as arena tensors (zeros for an input root does not
- * depend on). seed as in ad_backward. Leaves' grad fields are not touched.
+ * depend on; an input listed twice gets its gradient in both places). seed
+ * as in ad_backward. Leaves' grad fields are not touched.
  * With create_graph the backward pass is recorded, so out[i] can be
  * differentiated again (Hessian-vector products, gradient penalties). */
 AD_API ad_status ad_grad(ad_ctx *ctx, ad_tensor *root, const ad_tensor *seed, int n,
