@@ -310,9 +310,14 @@ static inline bool ad_same_shape(const ad_tensor *a, const ad_tensor *b) {
 }
 int ad_norm_axis(int axis, int ndim); /* -1 when out of range */
 /* The buffer for a persistent leaf's new gradient (n->t.grad is NULL): the
- * one ad_tensor_zero_grad kept, or a new one. Uninitialized; the caller
- * stores into it, then sets n->t.grad. NULL (and an error) on OOM. */
+ * one ad_tensor_zero_grad kept unless an op of the current tape used it
+ * (then that one stays kept), or a new one. Uninitialized; the caller
+ * stores into it, then sets n->t.grad, or gives it back with
+ * ad_leaf_grad_untake. NULL (and an error) on OOM. */
 ad_tensor *ad_leaf_grad_take(ad_ctx *ctx, ad_node *n);
+/* Gives back a buffer of ad_leaf_grad_take left unused: kept for n, or
+ * freed when n keeps another one. */
+void ad_leaf_grad_untake(ad_node *n, ad_tensor *g);
 /* Makes gradient g fit input x: sum_to over broadcast dims, or NULL. */
 ad_tensor *ad_reduce_to(ad_ctx *ctx, ad_tensor *g, const ad_tensor *x);
 /* Strides of x seen through out's (broadcast) shape: 0 along broadcast dims. */

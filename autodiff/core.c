@@ -900,21 +900,40 @@ void ad_tensor_zero_grad(ad_tensor *t) {
   if (!is_node(t) || !t->grad) return;
   ad_node *n = ad_node_of(t);
   if (n->flags & AD_NF_PERSISTENT) { /* keep the buffer for the next pass */
-    if (n->src.spare_grad) persistent_free(ad_node_of(n->src.spare_grad)); /* never both */
-    n->src.spare_grad = t->grad;
+    ad_tensor *spare = n->src.spare_grad, *g = t->grad;
+    if (spare) { /* both (ad_leaf_grad_take declined the spare): one is kept */
+      bool bound = ad_node_of(spare)->op & AD_LEAF_EXTERNAL,
+           gbound = ad_node_of(g)->op & AD_LEAF_EXTERNAL;
+      if (bound && !gbound) { /* the caller's buffer stays bound */
+        g = spare;
+        spare = t->grad;
+      }
+      persistent_free(ad_node_of(spare));
+    }
+    n->src.spare_grad = g;
   }
   t->grad = NULL; /* a retained intermediate's grad is arena memory */
 }
 
 ad_tensor *ad_leaf_grad_take(ad_ctx *ctx, ad_node *n) {
   ad_tensor *g = n->src.spare_grad;
-  if (g) {
+  /* an op of the current tape used the kept buffer (g = W->grad;
+   * zero_grad(W); ... g * W): its backward may still read the values, so
+   * they are not overwritten; the buffer stays kept for a later pass */
+  if (g && ad_node_of(g)->epoch != ctx->epoch) {
     n->src.spare_grad = NULL;
     return g;
   }
   g = ad_tensor_new_uninit(ctx, n->t.dtype, n->t.ndim, n->t.shape);
   if (g) ad_node_of(g)->flags |= AD_NF_OWNED;
   return g;
+}
+
+void ad_leaf_grad_untake(ad_node *n, ad_tensor *g) {
+  if (n->src.spare_grad)
+    persistent_free(ad_node_of(g)); /* a new one: the tape has not used it */
+  else
+    n->src.spare_grad = g;
 }
 
 /* The checks of the two buffer setters: t a live persistent tensor and

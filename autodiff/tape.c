@@ -654,7 +654,7 @@ grad_into(ad_ctx *ctx, const ad_op_def *def, const ad_call *c, ad_node *const *s
         needs[k] = false;
         direct[k] = true;
       } else if (fresh) {
-        s->src.spare_grad = g; /* unused: the ordinary path takes it again */
+        ad_leaf_grad_untake(s, g); /* unused: the ordinary path takes it again */
       }
     } else if (needs[k] && add && temps && !s->gacc &&
                (s->flags & (AD_NF_RECORDED | AD_NF_PERSISTENT)) == AD_NF_RECORDED &&

@@ -215,6 +215,42 @@ Test(backward, grads_accumulate_and_zero_grad_resets) {
   ad_tensor_free(a);
 }
 
+Test(backward, zero_grad_kept_buffer_read_by_the_tape_is_not_overwritten) {
+  /* g = W->grad; zero_grad(W); z = sum(g * W) + sum(W * K): dz/dW = g + K
+   * (PyTorch, set_to_none). The buffer zero_grad keeps is g itself, read by
+   * the backward of g * W after the one of W * K has run: the pass stores
+   * its gradient elsewhere. Anomaly mode takes the ordinary path, without
+   * the ops' direct writes into leaves' grads. */
+  for (int anomaly = 0; anomaly < 2; anomaly++) {
+    ad_set_anomaly_mode(ctx, anomaly);
+    double wv[3] = {1, 2, 3}, kv[3] = {10, 20, 30}, w2[3] = {2, 4, 6}, want[3] = {12, 24, 36};
+    ad_tensor *W = vec(wv, 3);
+    int64_t n = 3;
+    ad_tensor *K = ad_from_data(ctx, AD_F64, 1, &n, kv);
+    size_t live = ad_ctx_live_tensors(ctx);
+    OK(ad_backward(ctx, ad_sum(ctx, ad_mul(ctx, W, W)), NULL));
+    ad_tape_reset(ctx);
+    ad_tensor *g = W->grad;
+    ad_tensor_zero_grad(W);
+    ad_tensor *s1 = ad_sum(ctx, ad_mul(ctx, g, W));
+    ad_tensor *s2 = ad_sum(ctx, ad_mul(ctx, W, K));
+    OK(ad_backward(ctx, ad_add(ctx, s1, s2), NULL));
+    assert_close(W->grad, want, 3, 0);
+    assert_close(g, w2, 3, 0);
+    ad_tensor *fresh = W->grad;
+    cr_assert_neq(fresh, g);
+    /* one buffer is kept: the newest; the next step stores into it */
+    ad_tensor_zero_grad(W);
+    ad_tape_reset(ctx);
+    cr_assert_eq(ad_ctx_live_tensors(ctx), live + 1, "the buffer zero_grad replaced is freed");
+    OK(ad_backward(ctx, ad_sum(ctx, ad_mul(ctx, W, W)), NULL));
+    assert_close(W->grad, w2, 3, 0);
+    cr_assert_eq(W->grad, fresh, "the kept buffer is reused after the reset");
+    ad_tensor_free(W);
+    ad_tensor_free(K);
+  }
+}
+
 Test(backward, no_grad_mode_records_nothing) {
   double v[3] = {1, 2, 3};
   ad_tensor *a = vec(v, 3);

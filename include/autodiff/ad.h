@@ -266,7 +266,11 @@ AD_API ad_status ad_tensor_retain_grad(ad_tensor *t);
  * default (set_to_none): t->grad becomes NULL, in O(1). The buffer is kept
  * for t: the next backward that reaches t stores its gradient there (its
  * first contribution is written, not added to zeros), so a training loop
- * neither allocates nor clears gradients. Code that reads t->grad between
+ * neither allocates nor clears gradients. A backward whose tape used the
+ * released tensor (read as a value after zero_grad) stores into a new
+ * buffer instead and leaves the released one as it was; the next zero_grad
+ * keeps one of the two (a buffer bound by ad_tensor_set_grad_buffer if
+ * either is) and frees the other. Code that reads t->grad between
  * a zero_grad and the next backward finds NULL, meaning zero; to keep a
  * zeroed buffer instead, fill it: ad_tensor_fill(t->grad, 0). NULL t or no
  * grad: no-op. */
