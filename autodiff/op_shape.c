@@ -1077,6 +1077,13 @@ static ad_status index_add_shape(const ad_call *c) {
                         "%s: source %s does not start with the index shape %s", c->name,
                         ad_shape_str(src, a, sizeof a), ad_shape_str(idx, b, sizeof b));
   }
+  if (src->ndim - idx->ndim + 1 > AD_MAX_DIMS) { /* a 0-d index adds a dim */
+    char a[64], b[64];
+    return ad_set_error(c->ctx, AD_ERR_SHAPE,
+                        "%s: source %s with index %s gives a result of %d dims; at most %d",
+                        c->name, ad_shape_str(src, a, sizeof a), ad_shape_str(idx, b, sizeof b),
+                        src->ndim - idx->ndim + 1, AD_MAX_DIMS);
+  }
   if ((st = check_idx(c, idx, rows)) != AD_OK) return st;
   o->ndim = src->ndim - idx->ndim + 1;
   o->shape[0] = rows;

@@ -445,6 +445,18 @@ Test(errors, index_select_out_of_range) {
   ad_tensor_free(i2);
 }
 
+Test(errors, index_add_result_beyond_max_dims) {
+  /* a 0-d index adds the rows dim in front: an 8-d source would give 9 */
+  int64_t s8[AD_MAX_DIMS] = {2, 1, 1, 1, 1, 1, 1, 1};
+  ad_tensor *src = ad_ones(ctx, AD_F64, AD_MAX_DIMS, s8);
+  int32_t one = 1;
+  ad_tensor *idx = ad_from_data(ctx, AD_I32, 0, NULL, &one);
+  cr_assert_null(ad_index_add(ctx, src, idx, 3));
+  expect_error(AD_ERR_SHAPE, "index_add", "[2,1,1,1,1,1,1,1]", "[]", "9 dims", "at most 8", NULL);
+  ad_tensor_free(src);
+  ad_tensor_free(idx);
+}
+
 Test(errors, labels_out_of_range) {
   int64_t s[2] = {3, 3}, n = 3, m = 2;
   ad_tensor *z = grad_tensor(AD_F64, 2, s);
