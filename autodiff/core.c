@@ -695,14 +695,17 @@ ad_status ad_tensor_fill(ad_tensor *t, double v) {
 
 ad_tensor *ad_tmp_full(ad_ctx *ctx, ad_dtype dt, int ndim, const int64_t *shape, double v) {
   ad_tensor *t = ad_tmp_new(ctx, dt, ndim, shape);
-  if (!t) return NULL;
-  ad_tensor_fill(t, v);
-  ad_node_of(t)->flags |= AD_NF_LEAF; /* a constant, not made by an op */
+  if (!t || ad_tensor_fill(t, v) != AD_OK) return NULL; /* the arena takes it back at the reset */
+  ad_node_of(t)->flags |= AD_NF_LEAF;                   /* a constant, not made by an op */
   return t;
 }
 
 ad_tensor *ad_scalar(ad_ctx *ctx, ad_dtype dt, double v) {
   if (!check_new(ctx, "scalar", dt, 0, NULL)) return NULL;
+  if (dt == AD_I32 && !i32_fits(v)) {
+    ad_set_error(ctx, AD_ERR_ARG, "scalar: %g cannot be stored in an i32 tensor", v);
+    return NULL;
+  }
   return ad_tmp_full(ctx, dt, 0, NULL, v);
 }
 

@@ -86,6 +86,17 @@ Test(misuse_core, narrow_start_near_int64_max_is_refused) {
 
 /* ------------------------------------------- values an i32 cannot hold */
 
+Test(misuse_core, scalar_refuses_an_i32_value_it_cannot_hold) {
+  /* a builder returns NULL on error, not a tensor with an unwritten value */
+  cr_assert_null(ad_scalar(ctx, AD_I32, NAN));
+  expect_error(AD_ERR_ARG, "scalar: nan cannot be stored in an i32 tensor", NULL);
+  cr_assert_null(ad_scalar(ctx, AD_I32, 1e10));
+  expect_error(AD_ERR_ARG, "scalar: 1e+10 cannot be stored", NULL);
+  ad_tensor *sc = ad_scalar(ctx, AD_I32, -7.9); /* truncated toward zero */
+  cr_assert_not_null(sc, "%s", ad_last_error(ctx));
+  cr_assert_eq(((int32_t *)sc->data)[0], -7);
+}
+
 Test(misuse_core, i32_stores_refuse_nan_and_out_of_range) {
   int64_t s[1] = {3};
   ad_tensor *t = ad_zeros(ctx, AD_I32, 1, s);

@@ -238,7 +238,8 @@ AD_API ad_tensor *ad_tensor_clone(ad_ctx *ctx, const ad_tensor *t);
  * it fails with AD_ERR_STATE before writing any gradient. */
 AD_API void ad_tensor_free(ad_tensor *t);
 
-/** A scalar (0-d) constant in the arena; freed by ad_tape_reset. */
+/** A scalar (0-d) constant in the arena; freed by ad_tape_reset. NULL with
+ * AD_ERR_ARG for an AD_I32 value int32 cannot hold (NaN, out of range). */
 AD_API ad_tensor *ad_scalar(ad_ctx *ctx, ad_dtype dtype, double value);
 /** A constant with x's dtype and shape, every element value (zeros_like: 0),
  * as torch.full_like / zeros_like: a temporary of the tape like an op's
