@@ -919,6 +919,16 @@ static ad_status concat_shape(const ad_call *c) {
                           c->name, k, ad_shape_str(in[k], b, sizeof b),
                           ad_shape_str(in[0], a, sizeof a), ax);
     }
+    /* each length is at most AD_MAX_ELEMS (a tensor's), so stopping once
+     * the sum passes it keeps the sum, and concat's offsets, in int64 */
+    if (in[k]->shape[ax] > AD_MAX_ELEMS - o->shape[ax]) {
+      char a[64];
+      return ad_set_error(c->ctx, AD_ERR_SHAPE,
+                          "%s: the lengths along axis %d add up to more than 2^40: %lld by "
+                          "input %d, whose shape is %s (of %d inputs)",
+                          c->name, ax, (long long)o->shape[ax], k, ad_shape_str(in[k], a, sizeof a),
+                          c->n);
+    }
     o->shape[ax] += in[k]->shape[ax];
   }
   o->dtype = in[0]->dtype;

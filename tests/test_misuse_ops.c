@@ -408,3 +408,31 @@ Test(misuse_ops, composites_check_inputs_first) {
   ad_tensor_free(q), ad_tensor_free(t), ad_tensor_free(foreign), ad_tensor_free(z);
   ad_ctx_free(other);
 }
+
+/* ------------------------------------------ concat's length along axis */
+
+/* 2^24 empty [2^40, 0] inputs: their lengths along axis 0 add up to 2^64,
+ * which int64 cannot hold (it wrapped to 0 and the result was accepted as
+ * [0, 0]). The sum is refused once it passes a tensor's largest length,
+ * 2^40; two inputs already do. */
+Test(misuse_ops, concat_length_beyond_the_limit) {
+  int64_t s[2] = {INT64_C(1) << 40, 0};
+  ad_tensor *e = ad_zeros(ctx, AD_F64, 2, s);
+  cr_assert_not_null(e, "%s", ad_last_error(ctx));
+  int n = 1 << 24;
+  ad_tensor **xs = malloc(sizeof *xs * (size_t)n);
+  cr_assert_not_null(xs);
+  for (int i = 0; i < n; i++) xs[i] = e;
+  cr_assert_null(ad_concat(ctx, n, xs, 0));
+  expect_error(AD_ERR_SHAPE, "concat: the lengths along axis 0 add up to more than 2^40",
+               "1099511627776 by input 1", "[1099511627776,0]", "of 16777216 inputs", NULL);
+  cr_assert_null(ad_concat(ctx, 2, xs, -2));
+  expect_error(AD_ERR_SHAPE, "concat", "more than 2^40", NULL);
+  cr_assert_eq(ad_tape_size(ctx), 0);
+  /* up to the limit it is an empty tensor */
+  ad_tensor *y = ad_concat(ctx, 1, xs, 0);
+  cr_assert_not_null(y, "%s", ad_last_error(ctx));
+  cr_assert(y->ndim == 2 && y->shape[0] == s[0] && y->shape[1] == 0 && y->size == 0);
+  free(xs);
+  ad_tensor_free(e);
+}
