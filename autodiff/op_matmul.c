@@ -114,6 +114,7 @@ static bool mm_folds(const mm_layout *l, const ad_tensor *a) {
 static void matmul_fwd(const ad_call *c) {
   const ad_tensor *a = c->in[0], *b = c->in[1];
   ad_tensor *out = c->out;
+  if (out->size == 0) return; /* nothing to write, however many (empty) batches */
   mm_layout l;
   mm_layout_of(&l, a, b, c->attrs->matmul.trans_a, c->attrs->matmul.trans_b);
   bool ta = l.ta, tb = l.tb;
@@ -166,6 +167,13 @@ static ad_tensor *grad_like(ad_ctx *ctx, ad_tensor *g, const ad_tensor *x2, cons
 static ad_status matmul_bwd(const ad_call *c) {
   ad_ctx *ctx = c->ctx;
   ad_tensor *a = c->in[0], *b = c->in[1], *dy = c->gout;
+  if (dy->size == 0) { /* an empty product: no input reaches it, both gradients are zeros */
+    for (int i = 0; i < 2; i++) {
+      ad_status st = c->needs[i] ? ad_call_set_grad(c, i, ad_zeros_like(ctx, c->in[i])) : AD_OK;
+      if (st != AD_OK) return st;
+    }
+    return AD_OK;
+  }
   mm_layout l;
   mm_layout_of(&l, a, b, c->attrs->matmul.trans_a, c->attrs->matmul.trans_b);
   bool ta = l.ta, tb = l.tb;
