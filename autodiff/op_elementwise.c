@@ -1559,7 +1559,15 @@ static ad_status cast_bwd(const ad_call *c) {
 }
 
 ad_tensor *ad_cast(ad_ctx *ctx, ad_tensor *x, ad_dtype dtype) {
-  if (x && x->dtype == dtype) return x;
+  if (x && x->dtype == dtype) { /* x itself, once it passes the checks of the op */
+    if (!ctx || !ad_arg_ok(ctx, "cast", "input 0", x)) return NULL;
+    if (!ad_is_float(dtype)) {
+      ad_set_error(ctx, AD_ERR_DTYPE, "cast: input 0 is %s; a float dtype is needed",
+                   ad_dtype_name(dtype));
+      return NULL;
+    }
+    return x;
+  }
   ad_attrs at = {.dtype = dtype};
   return ad_apply1(ctx, AD_OP_CAST, x, &at);
 }

@@ -165,6 +165,27 @@ Test(misuse_core, an_op_refuses_a_tensor_of_another_context) {
   ad_ctx_free(other);
 }
 
+/* ad_cast to x's own dtype is x itself, but only once x passes the checks
+ * any cast does: another context's, a freed or an i32 tensor is refused. */
+Test(misuse_core, cast_to_the_same_dtype_checks_its_input) {
+  ad_ctx *other = ad_ctx_new();
+  int64_t s[1] = {3};
+  ad_tensor *a = leaf(AD_F64, 1, s, 1), *b = ad_full(other, AD_F64, 1, s, 2);
+  cr_assert_eq(ad_cast(ctx, a, AD_F64), a, "%s", ad_last_error(ctx));
+  cr_assert_null(ad_cast(ctx, b, AD_F64));
+  expect_error(AD_ERR_ARG, "cast: input 0 belongs to another context", NULL);
+  ad_tensor *i = ad_zeros(ctx, AD_I32, 1, s);
+  cr_assert_null(ad_cast(ctx, i, AD_I32));
+  expect_error(AD_ERR_DTYPE, "cast: input 0 is i32; a float dtype is needed", NULL);
+  ad_tensor_free(a);
+  cr_assert_null(ad_cast(ctx, a, AD_F64));
+  expect_error(AD_ERR_STATE, "cast: input 0 was freed", NULL);
+  cr_assert_null(ad_cast(NULL, b, AD_F64));
+  ad_tensor_free(i);
+  ad_tensor_free(b);
+  ad_ctx_free(other);
+}
+
 Test(misuse_core, backward_and_grad_refuse_another_context) {
   ad_ctx *other = ad_ctx_new();
   int64_t s[1] = {2};

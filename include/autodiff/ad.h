@@ -511,7 +511,8 @@ AD_API ad_tensor *ad_erf(ad_ctx *ctx, ad_tensor *x);
 AD_API ad_tensor *ad_square(ad_ctx *ctx, ad_tensor *x);
 AD_API ad_tensor *ad_atan(ad_ctx *ctx, ad_tensor *x);
 /** @} */
-/** Converts to another float dtype; the gradient is converted back. */
+/** Converts to another float dtype; the gradient is converted back. To x's
+ * own dtype it returns x itself, after the checks of any op's input. */
 AD_API ad_tensor *ad_cast(ad_ctx *ctx, ad_tensor *x, ad_dtype dtype);
 
 /** comparisons: 1 where true, 0 elsewhere (a NaN compares false), in a's
