@@ -865,6 +865,7 @@ void ad_tensor_free(ad_tensor *t) {
 }
 
 ad_status ad_tensor_set_requires_grad(ad_tensor *t, bool on) {
+  if (t && freed(t, "set_requires_grad")) return AD_ERR_STATE;
   if (!is_node(t)) return AD_ERR_NULL;
   ad_node *n = ad_node_of(t);
   if (!(n->flags & AD_NF_LEAF))
@@ -890,6 +891,7 @@ bool ad_tensor_requires_grad(const ad_tensor *t) {
 }
 
 ad_status ad_tensor_retain_grad(ad_tensor *t) {
+  if (t && freed(t, "retain_grad")) return AD_ERR_STATE;
   if (!is_node(t)) return AD_ERR_NULL;
   ad_node_of(t)->flags |= AD_NF_RETAIN;
   return AD_OK;
@@ -900,6 +902,7 @@ bool ad_tensor_is_temporary(const ad_tensor *t) {
 }
 
 void ad_tensor_zero_grad(ad_tensor *t) {
+  if (t && freed(t, "zero_grad")) return;
   if (!is_node(t) || !t->grad) return;
   ad_node *n = ad_node_of(t);
   if (n->flags & AD_NF_PERSISTENT) { /* keep the buffer for the next pass */

@@ -310,6 +310,26 @@ Test(misuse_core, a_freed_tensor_is_refused_without_reading_freed_memory) {
   expect_error(AD_ERR_STATE, "backward: root was freed", NULL);
 }
 
+/* The gradient settings of a freed tensor are reported on its context, as
+ * ad_tensor_free promises for every accessor. */
+Test(misuse_core, gradient_settings_of_a_freed_tensor_are_reported) {
+  int64_t s[1] = {3};
+  ad_tensor *a = leaf(AD_F64, 1, s, 1);
+  ad_tensor_free(a);
+  ad_clear_error(ctx);
+  cr_assert_eq(ad_tensor_set_requires_grad(a, true), AD_ERR_STATE);
+  expect_error(AD_ERR_STATE, "set_requires_grad: the tensor was freed", NULL);
+  cr_assert_eq(ad_tensor_set_requires_grad(a, false), AD_ERR_STATE);
+  expect_error(AD_ERR_STATE, "set_requires_grad: the tensor was freed", NULL);
+  cr_assert_eq(ad_tensor_retain_grad(a), AD_ERR_STATE);
+  expect_error(AD_ERR_STATE, "retain_grad: the tensor was freed", NULL);
+  ad_tensor_zero_grad(a);
+  expect_error(AD_ERR_STATE, "zero_grad: the tensor was freed", NULL);
+  cr_assert_not(ad_tensor_requires_grad(a));
+  cr_assert_eq(ad_tensor_set_requires_grad(NULL, true), AD_ERR_NULL);
+  cr_assert_eq(ad_tensor_retain_grad(NULL), AD_ERR_NULL);
+}
+
 Test(misuse_core, a_leaf_freed_before_backward_is_reported_by_backward) {
   int64_t s[1] = {3};
   ad_tensor *w = leaf(AD_F64, 1, s, 1), *x = leaf(AD_F64, 1, s, 2);

@@ -48,9 +48,12 @@
  *     tensor, freeing it twice, or freeing a leaf that a recorded op still
  *     needs before its backward is reported, not undefined (see
  *     ad_tensor_free for how long that is detected).
- *   - Op results live until ad_tape_reset. An op or backward given one from
- *     before the reset is refused; other uses of such a pointer cannot be
- *     checked: do not keep them past the reset.
+ *   - Op results live until ad_tape_reset and must not be used after it.
+ *     An op or backward given one from before the reset is refused when
+ *     that can be told: once the arena has handed the memory to a new
+ *     result, the stale pointer names that result and C cannot tell them
+ *     apart. Other uses of such a pointer are not checked: do not keep
+ *     them past the reset.
  *   - ad_ctx_free frees every tensor still live; nothing of the context
  *     (tensors, nn models and optimizers) may be used or freed after it:
  *     free those first. ad_ctx_live_tensors counts what is still live.
@@ -254,13 +257,15 @@ AD_API ad_tensor *ad_zeros_like(ad_ctx *ctx, const ad_tensor *x);
 /** @} */
 
 /** Marks a leaf as needing a gradient; backward accumulates into t->grad.
- * Returns AD_ERR_STATE for a tensor made by an op, AD_ERR_DTYPE for AD_I32. @{ */
+ * Returns AD_ERR_NULL for NULL t, AD_ERR_STATE for a tensor made by an op
+ * or a freed one, AD_ERR_DTYPE for AD_I32. @{ */
 AD_API ad_status ad_tensor_set_requires_grad(ad_tensor *t, bool on);
 AD_API bool ad_tensor_requires_grad(const ad_tensor *t);
 /** @} */
 
 /** Asks backward to keep the gradient of an intermediate in t->grad (in the
- * arena, valid until ad_tape_reset). */
+ * arena, valid until ad_tape_reset). Returns AD_ERR_NULL for NULL t,
+ * AD_ERR_STATE for a freed tensor. */
 AD_API ad_status ad_tensor_retain_grad(ad_tensor *t);
 
 /** Zeroes t's gradient by releasing it, as PyTorch's zero_grad() does by
@@ -274,7 +279,7 @@ AD_API ad_status ad_tensor_retain_grad(ad_tensor *t);
  * either is) and frees the other. Code that reads t->grad between
  * a zero_grad and the next backward finds NULL, meaning zero; to keep a
  * zeroed buffer instead, fill it: ad_tensor_fill(t->grad, 0). NULL t or no
- * grad: no-op. */
+ * grad: no-op; a freed t is reported (AD_ERR_STATE on its context). */
 AD_API void ad_tensor_zero_grad(ad_tensor *t);
 
 /** Caller-provided storage for a persistent tensor's values or gradient,
@@ -360,7 +365,8 @@ AD_API void ad_tensor_print(FILE *f, const char *name, const ad_tensor *t);
 
 /** Frees every intermediate and empties the tape in O(1). Tensors made by ops
  * before the reset must not be used after it; ad_backward detects a root
- * from an earlier tape and returns AD_ERR_STATE. */
+ * from an earlier tape and returns AD_ERR_STATE, as far as that can be told
+ * (not once a new result took its arena memory: see Ownership above). */
 AD_API void ad_tape_reset(ad_ctx *ctx);
 
 /** Number of recorded ops; bytes the arena holds; bytes in use now. @{ */
