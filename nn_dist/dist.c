@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/statvfs.h>
+#include <time.h>
 
 #define MSG_LEN 512
 
@@ -79,6 +80,18 @@ void nn_dist_finalize(void) {
 #define SHM_POSSIBLE 0
 #endif
 
+/* Seconds on the machine's monotonic clock: the same clock for every process
+ * of a node (MPI_Wtime counts from each process's start). */
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* dyn (see struct shm): elements in a claimed chunk of a sum (a multiple of
+ * the sums' blocks), and the bytes of a bucket's pair of chunk counters. */
+enum { CHUNK = 16384, CTR_BYTES = 64 };
+
 /* One bucket: parameters ord[first..last) of the reverse order, packed
  * into buf (count elements of dtype); gath holds size * count for the
  * deterministic mode. On the shared-memory path buf and gath are unused:
@@ -93,21 +106,23 @@ typedef struct bucket {
   int pending; /* parameters whose gradient is not final yet */
   bool launched, done;
   bool xlaunched, xdone; /* shared-memory path: the allreduce between nodes */
+  int64_t mine;          /* dyn: chunks this rank summed in this step */
 } bucket;
 
 /* The shared-memory reduction among the lsize ranks of a node (a machine,
  * or a group forced by ranks_per_node). Each rank owns one segment of an
  * MPI-3 shared window: 2 nb flags (packed[k], reduced[k]: the step id that
- * last wrote them), then the buckets twice (step parity; a bucket k at byte
- * soff of each half). Rank r packs its scaled gradients into its segment
- * and sets packed[k]; when every rank of the node packed bucket k, rank r
- * sums slice r of it ([count r / lsize, count (r+1) / lsize)) over the
- * segments in rank order into its own segment, allreduces that slice with
- * the ranks of the same local rank on the other nodes (cross, when there
- * are several), and sets reduced[k]; every rank then copies the slices
- * into its gradients. The halves alternate by step: a rank can be at most
- * one step ahead of another (the status exchange is collective), so it
- * never writes the half another still reads.
+ * last wrote them) and the other small fields below, then the buckets
+ * twice (step parity; a bucket k at byte soff of each half). Rank r packs
+ * its scaled gradients into its segment and sets packed[k]; when every
+ * rank of the node packed bucket k, rank r sums slice r of it
+ * ([count r / lsize, count (r+1) / lsize)) over the segments in rank order
+ * into its own segment, allreduces that slice with the ranks of the same
+ * local rank on the other nodes (cross, when there are several), and sets
+ * reduced[k]; every rank then copies the slices into its gradients. The
+ * halves alternate by step: a rank can be at most one step ahead of
+ * another (the status exchange is collective), so it never writes the
+ * half another still reads.
  *
  * Zero-copy (zc, when a node has several ranks): the gradients themselves
  * live in the rank's segment (ad_tensor_set_grad_buffer), so the backward
@@ -115,7 +130,20 @@ typedef struct bucket {
  * scale in its segment's head, sums its slice times the ranks' scales into
  * the node's reduced buffer (the first rank's segment, after its regions:
  * one per parity), and every rank then takes that buffer as its gradients
- * (bound without a copy: one copy per node, which the ranks only read). */
+ * (bound without a copy: one copy per node, which the ranks only read).
+ *
+ * Claimed chunks (dyn: zc on a single node, the default there): the sums
+ * are not cut into one slice per rank but into chunks of CHUNK elements,
+ * which the ranks claim from a counter per bucket in the first segment's
+ * head as they come free, counting each chunk summed in a second counter.
+ * Each rank also publishes when it packed each bucket. In its backward's
+ * hooks a rank sums at most its share of a bucket's chunks: more than
+ * 1/lsize for a rank that packed it early, less for a late one, so that
+ * the ranks reach grad_end together; there, all claim whatever is left.
+ * The bits are the same whoever sums a chunk: every element is still
+ * summed over the segments in rank order. Between nodes each rank's slice
+ * is allreduced with the same slice on the other nodes, which needs fixed
+ * slices: no chunks there. */
 /* A parameter in the shared window, and where its values are there: a
  * tensor whose data is elsewhere by now (freed: NULL; its header reused;
  * bound by the caller) is left alone. */
@@ -137,6 +165,9 @@ typedef struct shm {
   int64_t step;
   int next_red, next_unp;
   bool zc;             /* zero-copy gradients (above) for this layout */
+  bool dyn;            /* zc on one node: chunks of the sums claimed by whoever is free */
+  size_t ctr;          /* dyn: byte offset of the chunk counters in segment 0 */
+  double chunk_s;      /* dyn: seconds this rank takes for a chunk (smoothed; 0: not yet) */
   size_t red;          /* zc: byte offset of the reduced buffer in segment 0 */
   uint8_t *copied;     /* per parameter: copied back (zc: bound to the sum) in this step */
   int64_t *lo, *hi;    /* per parameter: the elements of this rank's slices */
@@ -194,6 +225,7 @@ static ad_status grad_begin(void *ud, nn_params *p, ad_tensor *loss, int64_t row
 static ad_status grad_end(void *ud, nn_params *p, ad_status st);
 static bool bind_grad(nn_dist *d, ad_tensor *t, void *buf, bool copy);
 static void node_barrier(shm *h);
+static atomic_llong *chunk_ctr(const nn_dist *d, int s, int k, int which);
 static void win_barrier(shm *h, MPI_Win w);
 static void params_unshare(nn_dist *d);
 static void params_leave(nn_dist *d);
@@ -732,11 +764,15 @@ static ad_status shm_build(nn_dist *d) {
     d->b[k].soff = half;
     half += round_up64((size_t)d->b[k].count * ad_dtype_size(d->b[k].dtype));
   }
-  /* the flags, then the rank's scale of each parity (zc) */
-  h->head = round_up64(2 * (size_t)d->nb * sizeof(atomic_llong) + 2 * sizeof(double));
-  h->regions = d->o.shard_optimizer ? 3 : 2; /* the third: parameters and state to share */
+  /* the flags, the rank's scale of each parity (zc) and when it packed
+   * each bucket (dyn), then the chunk counters (dyn) */
+  h->ctr =
+      round_up64(2 * (size_t)d->nb * sizeof(atomic_llong) + (2 + (size_t)d->nb) * sizeof(double));
+  h->head = h->ctr + (size_t)d->nb * CTR_BYTES; /* a line of its own for each bucket's pair */
+  h->regions = d->o.shard_optimizer ? 3 : 2;    /* the third: parameters and state to share */
   h->half = half;
   h->zc = h->lsize > 1 && !d->o.private_gradients;
+  h->dyn = h->zc && h->cross == MPI_COMM_NULL;
   h->seg = ad_malloc(d->ctx, (size_t)h->lsize * sizeof *h->seg);
   h->copied = ad_malloc(d->ctx, d->np ? (size_t)d->np : 1);
   h->lo = ad_malloc(d->ctx, (d->np ? (size_t)d->np : 1) * sizeof *h->lo);
@@ -767,6 +803,10 @@ static ad_status shm_build(nn_dist *d) {
   if (ok) {
     atomic_llong *f = (atomic_llong *)(void *)h->seg[h->lrank];
     for (int k = 0; k < 2 * d->nb; k++) atomic_init(&f[k], 0);
+    for (int k = 0; k < d->nb; k++) { /* every segment has them; the first's are used */
+      atomic_init(chunk_ctr(d, h->lrank, k, 0), 0);
+      atomic_init(chunk_ctr(d, h->lrank, k, 1), 0);
+    }
   }
   /* every rank's window (layout_build checked that the ranks' buckets,
    * and so their segments' layouts, are the same) */
@@ -948,6 +988,18 @@ static atomic_llong *reduced_flag(const nn_dist *d, int s, int k) {
   return (atomic_llong *)(void *)d->sh.seg[s] + d->nb + k;
 }
 
+/* dyn: when segment s's rank packed bucket k (now_s). */
+static double *pack_time(const nn_dist *d, int s, int k) {
+  return (double *)(void *)(d->sh.seg[s] + 2 * (size_t)d->nb * sizeof(atomic_llong)) + 2 + k;
+}
+
+/* dyn: bucket k's counter of claimed chunks (which 0) or of summed ones
+ * (1) in segment s. Each holds (step tag << 32) | count: a tag other than
+ * this step's counts as zero, so no one resets them between steps. */
+static atomic_llong *chunk_ctr(const nn_dist *d, int s, int k, int which) {
+  return (atomic_llong *)(void *)(d->sh.seg[s] + d->sh.ctr + (size_t)k * CTR_BYTES) + which;
+}
+
 /* Bucket k in segment s, in region r (0, 1: the steps' halves, 2: the
  * shared copy of parameters and optimizer state). */
 static char *shm_region(const nn_dist *d, int s, int k, int r) {
@@ -1027,6 +1079,7 @@ static void launch(nn_dist *d, int k, bool from_hook) {
     pack(d, k, shm_bucket(d, d->sh.lrank, k));
     if (d->sh.zc && k == 0) /* buckets launch in order: bucket 0's flag publishes it */
       *scale_slot(d, d->sh.lrank) = d->scale;
+    if (d->sh.dyn) *pack_time(d, d->sh.lrank, k) = now_s(); /* published with the flag */
     atomic_store_explicit(packed_flag(d, d->sh.lrank, k), d->sh.step, memory_order_release);
   } else {
     pack(d, k, b->buf);
@@ -1045,20 +1098,18 @@ static void launch(nn_dist *d, int k, bool from_hook) {
 /* Slice r of a bucket of count elements among n ranks: [lo, hi). */
 static int64_t slice_lo(int64_t count, int r, int n) { return count * r / n; }
 
-/* Sums this rank's slice of bucket k over the node's segments in rank
+/* Sums elements [lo, hi) of bucket k over the node's segments in rank
  * order: with zero-copy gradients each segment's values times its rank's
  * share, into the reduced buffer, the last segment's term added on the
  * way there; otherwise the segments' values (scaled as they were packed)
- * into its own segment, one of the terms, so through a block and a copy.
- * In blocks of a few KiB, so that the partial sums stay in cache and
+ * into this rank's own segment, one of the terms, so through a block and a
+ * copy. In blocks of a few KiB, so that the partial sums stay in cache and
  * vectorise; two blocks take turns, so that no sum reads the block it
  * writes. */
-static void reduce_slice(nn_dist *d, int k) {
+static void reduce_range(nn_dist *d, int k, int64_t lo, int64_t hi) {
   shm *h = &d->sh;
   bucket *b = &d->b[k];
   int L = h->lsize;
-  if (L == 1) return;
-  int64_t lo = slice_lo(b->count, h->lrank, L), hi = slice_lo(b->count, h->lrank + 1, L);
   char *dst = h->zc ? red_bucket(d, k) : shm_bucket(d, h->lrank, k);
   enum { BLK = 1024 };
 #define SCALED_SUM(T, scaled)                                                                      \
@@ -1081,6 +1132,79 @@ static void reduce_slice(nn_dist *d, int k) {
   }
 #undef SCALED_SUM
 }
+
+/* Sums this rank's slice of bucket k (see struct shm). */
+static void reduce_slice(nn_dist *d, int k) {
+  const shm *h = &d->sh;
+  int64_t count = d->b[k].count;
+  if (h->lsize > 1)
+    reduce_range(d, k, slice_lo(count, h->lrank, h->lsize),
+                 slice_lo(count, h->lrank + 1, h->lsize));
+}
+
+/* dyn: chunks of bucket k, and this step's tag in its counters. */
+static int64_t chunks_of(const bucket *b) { return (b->count + CHUNK - 1) / CHUNK; }
+static long long step_tag(const shm *h) { return (long long)(h->step & 0x7fffffff) << 32; }
+#define CTR_COUNT(w, tag) (((w) & ~0xffffffffLL) == (tag) ? (w)&0xffffffffLL : 0)
+
+/* dyn: adds one to counter which of bucket k (this step's count) and
+ * returns the count before, or -1 when it has reached limit already. */
+static long long ctr_add(nn_dist *d, int k, int which, long long limit, memory_order order) {
+  atomic_llong *c = chunk_ctr(d, 0, k, which);
+  long long tag = step_tag(&d->sh), w = atomic_load_explicit(c, memory_order_relaxed);
+  for (;;) {
+    long long n = CTR_COUNT(w, tag);
+    if (n >= limit) return -1;
+    if (atomic_compare_exchange_weak_explicit(c, &w, tag | (n + 1), order, memory_order_relaxed))
+      return n;
+  }
+}
+
+/* dyn: sums chunks of bucket k that nobody has claimed yet, claiming each
+ * first, until this rank has summed limit of them in this step or none is
+ * left; each summed chunk is counted (release: its values before the
+ * count). Returns whether every chunk is claimed. */
+static bool reduce_chunks(nn_dist *d, int k, int64_t limit) {
+  shm *h = &d->sh;
+  bucket *b = &d->b[k];
+  int64_t n = chunks_of(b);
+  while (b->mine < limit) {
+    long long c = ctr_add(d, k, 0, n, memory_order_relaxed);
+    if (c < 0) return true;
+    int64_t lo = (int64_t)c * CHUNK, hi = lo + CHUNK < b->count ? lo + CHUNK : b->count;
+    double t0 = now_s();
+    reduce_range(d, k, lo, hi);
+    double t = (now_s() - t0) * (double)CHUNK / (double)(hi - lo);
+    h->chunk_s = h->chunk_s > 0 ? 0.9 * h->chunk_s + 0.1 * t : t;
+    ctr_add(d, k, 1, n, memory_order_release);
+    b->mine++;
+  }
+  long long w = atomic_load_explicit(chunk_ctr(d, 0, k, 0), memory_order_relaxed);
+  return CTR_COUNT(w, step_tag(h)) == n;
+}
+
+/* dyn: how many chunks of bucket k (which every rank packed) this rank sums
+ * in its backward: n / lsize, plus the chunks it can sum in the time by
+ * which it packed the bucket before the ranks' mean. Then the ranks reach
+ * grad_end together, if the rest of their backward takes them as long. */
+static int64_t chunk_share(nn_dist *d, int k) {
+  const shm *h = &d->sh;
+  int64_t n = chunks_of(&d->b[k]);
+  double mean = 0, mine = *pack_time(d, h->lrank, k);
+  for (int s = 0; s < h->lsize; s++) mean += *pack_time(d, s, k);
+  mean /= h->lsize;
+  double q = (double)n / h->lsize + (h->chunk_s > 0 ? (mean - mine) / h->chunk_s : 0);
+  return q <= 0 ? 0 : q >= (double)n ? n : (int64_t)(q + 0.5);
+}
+
+/* dyn: whether every chunk of bucket k is summed (acquire: their values
+ * are visible then). */
+static bool chunks_summed(const nn_dist *d, int k) {
+  int64_t n = chunks_of(&d->b[k]);
+  long long w = atomic_load_explicit(chunk_ctr(d, 0, k, 1), memory_order_acquire);
+  return n == 0 || CTR_COUNT(w, step_tag(&d->sh)) == n;
+}
+#undef CTR_COUNT
 
 /* Copies parameter i's reduced gradient (bucket k) from the slices'
  * owners into dst. */
@@ -1109,10 +1233,18 @@ static void copy_param(nn_dist *d, int k, int i, char *dst) {
  * nodes needs), moves those allreduces along, and copies the buckets whose
  * slices are all reduced into the gradients that exist here. Returns
  * whether every bucket is copied. */
-static bool shm_progress(nn_dist *d) {
+static bool shm_progress(nn_dist *d, bool all) {
   shm *h = &d->sh;
   int64_t t = h->step;
-  while (h->next_red < d->next) {
+  for (int k = h->next_red; h->dyn && k < d->next; k++) {
+    bool ready = true;
+    for (int s = 0; s < h->lsize && ready; s++)
+      ready = atomic_load_explicit(packed_flag(d, s, k), memory_order_acquire) >= t;
+    if (!ready) break;
+    bool claimed = reduce_chunks(d, k, all ? INT64_MAX : chunk_share(d, k));
+    if (claimed && k == h->next_red) h->next_red++;
+  }
+  while (!h->dyn && h->next_red < d->next) {
     int k = h->next_red;
     bool ready = true;
     for (int s = 0; s < h->lsize && ready; s++)
@@ -1144,8 +1276,11 @@ static bool shm_progress(nn_dist *d) {
   while (h->next_unp < h->next_red) {
     int k = h->next_unp;
     bool ready = true;
-    for (int s = 0; s < h->lsize && ready; s++)
-      ready = atomic_load_explicit(reduced_flag(d, s, k), memory_order_acquire) >= t;
+    if (h->dyn)
+      ready = chunks_summed(d, k);
+    else
+      for (int s = 0; s < h->lsize && ready; s++)
+        ready = atomic_load_explicit(reduced_flag(d, s, k), memory_order_acquire) >= t;
     if (!ready) break;
     bucket *b = &d->b[k];
     for (int j = b->first; j < b->last; j++) {
@@ -1278,7 +1413,7 @@ static ad_status ops_step(void *ud, nn_optimizer *opt) {
  * waits for are always set; a rank that dies ends the job (mpirun). */
 static void shm_wait(nn_dist *d) {
   unsigned spins = 0;
-  while (!shm_progress(d))
+  while (!shm_progress(d, true))
     if (++spins > 64) sched_yield();
 }
 
@@ -1292,7 +1427,7 @@ static void launch_ready(nn_dist *d, bool from_hook) {
  * thread: a non-blocking collective advances inside MPI calls). */
 static void progress(nn_dist *d) {
   if (d->sh.on) {
-    shm_progress(d);
+    shm_progress(d, false);
     return;
   }
   for (int k = 0; k < d->next; k++) {
@@ -1380,6 +1515,7 @@ static void step_reset(nn_dist *d) {
     bucket *b = &d->b[k];
     b->pending = 0;
     b->launched = b->done = b->xlaunched = b->xdone = false;
+    b->mine = 0;
   }
   for (int i = 0; i < d->np; i++) d->flags[2 + i] = 0;
   d->next = 0;

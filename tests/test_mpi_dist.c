@@ -299,11 +299,13 @@ static void deterministic(ad_ctx *c) {
  * one over gradients each rank scaled as it packed them. In f32 and f64,
  * with batches of 16 (shares that are floats: 1/2 and 1/4, exact products,
  * in two and four ranks; 5/16 and 6/16 in three) and of 7 (3/7 and 4/7;
- * 2/7 and 3/7; 1/7 and 2/7: not floats), and a hidden layer of 400 so that
- * each rank's slice spans several of the sum's blocks. */
+ * 2/7 and 3/7; 1/7 and 2/7: not floats), and a hidden layer of 10000 so
+ * that the one bucket (80003 parameters) spans several of the claimed
+ * chunks of the zero-copy sum and each rank's slice of the other sum
+ * several of its blocks. */
 static void paths_same_bits(ad_ctx *c) {
   if (size < 2 || !expect_shm || expect_nodes != 1 || base.no_shm) return;
-  train_hidden = 400;
+  train_hidden = 10000;
   nn_dist_opts mpi_o = {.deterministic = true, .no_shm = true};
   for (int k = 0; k < 8; k++) {
     ad_dtype dt = k % 4 < 2 ? AD_F32 : AD_F64;
