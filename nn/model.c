@@ -87,9 +87,15 @@ ad_status nn_model_add_named(nn_model *m, const char *name, nn_layer *layer) {
   int np = nn_params_count(lp), nb = nn_params_count(lb);
   char full[256];
   for (int i = 0; i < np + nb && st == AD_OK; i++) {
-    snprintf(full, sizeof full, "%s.%s", name,
-             i < np ? nn_params_name(lp, i) : nn_params_name(lb, i - np));
-    if (nn_params_find(m->params, full) || nn_params_find(m->buffers, full))
+    const char *own = i < np ? nn_params_name(lp, i) : nn_params_name(lb, i - np);
+    int len = snprintf(full, sizeof full, "%s.%s", name, own);
+    if (len < 0 || (size_t)len >= sizeof full) /* cut, it could collide with another */
+      st = ad_set_error(ctx, AD_ERR_ARG,
+                        "model_add: %s '%.40s...' of the %s layer makes a name of %d bytes, "
+                        "'%s.<name>'; at most %d",
+                        i < np ? "parameter" : "buffer", own, nn_layer_kind(layer),
+                        (int)(strlen(name) + 1 + strlen(own)), name, (int)sizeof full - 1);
+    else if (nn_params_find(m->params, full) || nn_params_find(m->buffers, full))
       st = ad_set_error(ctx, AD_ERR_ARG, "model_add: a %s named '%s' exists",
                         nn_params_find(m->params, full) ? "parameter" : "buffer", full);
   }

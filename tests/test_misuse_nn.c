@@ -285,6 +285,27 @@ Test(misuse_nn, long_parameter_names_keep_their_state_names_apart) {
   nn_model_free(m);
 }
 
+static ad_tensor *pass_through(ad_ctx *c, ad_tensor *x, bool training, void *ud) {
+  (void)c, (void)training, (void)ud;
+  return x;
+}
+
+/* A layer's parameter name that would make a model name too long to keep
+ * whole is refused, not cut (two such names could become one). */
+Test(misuse_nn, a_layer_parameter_name_too_long_for_the_model_is_refused) {
+  char a[301];
+  memset(a, 'p', 300), a[300] = 0;
+  int64_t s[1] = {2};
+  nn_layer *l = nn_lambda_new(ctx, "custom", pass_through, NULL);
+  cr_assert_not_null(l);
+  cr_assert_eq(nn_params_add(nn_layer_params(l), a, ad_zeros(ctx, AD_F32, 1, s), true), AD_OK);
+  nn_model *m = nn_sequential_new(ctx);
+  cr_assert_eq(nn_model_add(m, l), AD_ERR_ARG);
+  cr_assert(strstr(ad_last_error(ctx), "makes a name of 302 bytes"), "%s", ad_last_error(ctx));
+  cr_assert_eq(nn_params_count(nn_model_params(m)), 0);
+  nn_model_free(m);
+}
+
 /* A count or a rate that cannot be one fails the load before anything is
  * written. */
 Test(misuse_nn, bad_optimizer_scalars_are_refused) {

@@ -682,9 +682,9 @@ NN_API void nn_model_free(nn_model *m);
  * "<index>.running_mean", ... Returns AD_OK, AD_ERR_NULL (NULL
  * layer: the error that made it NULL is kept), AD_ERR_ARG (duplicate name,
  * or a parameter or buffer name the model already has; a layer made on
- * another context than the model's;
- * or a layer that already belongs to a model, which is then left alone) or
- * AD_ERR_OOM. */
+ * another context than the model's; a parameter or buffer name that makes
+ * "<layer>.<name>" longer than 255 bytes; or a layer that already belongs to a model, which is then
+ * left alone) or AD_ERR_OOM. */
 NN_API ad_status nn_model_add(nn_model *m, nn_layer *layer);
 
 /** nn_model_add with a chosen name (non-empty, no '.', shorter than 200
