@@ -81,16 +81,19 @@ void nn_dist_finalize(void) {
 #endif
 
 /* Seconds on the machine's monotonic clock: the same clock for every process
- * of a node (MPI_Wtime counts from each process's start). */
+ * of a node (MPI_Wtime counts from each process's start), unless they live
+ * in different time namespaces, which would only skew the chunk shares. */
 static double now_s(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-/* dyn (see struct shm): elements in a claimed chunk of a sum (a multiple of
- * the sums' blocks), and the bytes of a bucket's pair of chunk counters. */
-enum { CHUNK = 16384, CTR_BYTES = 64 };
+/* The sums' blocks of elements (see reduce_range); dyn (see struct shm):
+ * elements in a claimed chunk of a sum, and the bytes of a bucket's pair of
+ * chunk counters. */
+enum { SUM_BLK = 1024, CHUNK = 16384, CTR_BYTES = 64 };
+_Static_assert(CHUNK % SUM_BLK == 0, "a chunk is whole blocks of the sum");
 
 /* One bucket: parameters ord[first..last) of the reverse order, packed
  * into buf (count elements of dtype); gath holds size * count for the
@@ -167,7 +170,7 @@ typedef struct shm {
   bool zc;             /* zero-copy gradients (above) for this layout */
   bool dyn;            /* zc on one node: chunks of the sums claimed by whoever is free */
   size_t ctr;          /* dyn: byte offset of the chunk counters in segment 0 */
-  double chunk_s;      /* dyn: seconds this rank takes for a chunk (smoothed; 0: not yet) */
+  double byte_s;       /* dyn: seconds this rank's sums take a byte (smoothed; 0: not yet) */
   size_t red;          /* zc: byte offset of the reduced buffer in segment 0 */
   uint8_t *copied;     /* per parameter: copied back (zc: bound to the sum) in this step */
   int64_t *lo, *hi;    /* per parameter: the elements of this rank's slices */
@@ -1111,11 +1114,10 @@ static void reduce_range(nn_dist *d, int k, int64_t lo, int64_t hi) {
   bucket *b = &d->b[k];
   int L = h->lsize;
   char *dst = h->zc ? red_bucket(d, k) : shm_bucket(d, h->lrank, k);
-  enum { BLK = 1024 };
 #define SCALED_SUM(T, scaled)                                                                      \
-  for (int64_t e0 = lo; e0 < hi; e0 += BLK) {                                                      \
-    int64_t n = hi - e0 < BLK ? hi - e0 : BLK;                                                     \
-    T part[2][BLK];                                                                                \
+  for (int64_t e0 = lo; e0 < hi; e0 += SUM_BLK) {                                                  \
+    int64_t n = hi - e0 < SUM_BLK ? hi - e0 : SUM_BLK;                                             \
+    T part[2][SUM_BLK];                                                                            \
     const T *acc = NULL;                                                                           \
     for (int s = 0; s < L; s++) {                                                                  \
       T *out = h->zc && s == L - 1 ? (T *)(void *)dst + e0 : part[s & 1];                          \
@@ -1174,8 +1176,9 @@ static bool reduce_chunks(nn_dist *d, int k, int64_t limit) {
     int64_t lo = (int64_t)c * CHUNK, hi = lo + CHUNK < b->count ? lo + CHUNK : b->count;
     double t0 = now_s();
     reduce_range(d, k, lo, hi);
-    double t = (now_s() - t0) * (double)CHUNK / (double)(hi - lo);
-    h->chunk_s = h->chunk_s > 0 ? 0.9 * h->chunk_s + 0.1 * t : t;
+    /* per byte: f32 and f64 buckets share it */
+    double t = (now_s() - t0) / ((double)(hi - lo) * (double)ad_dtype_size(b->dtype));
+    h->byte_s = h->byte_s > 0 ? 0.9 * h->byte_s + 0.1 * t : t;
     ctr_add(d, k, 1, n, memory_order_release);
     b->mine++;
   }
@@ -1184,16 +1187,20 @@ static bool reduce_chunks(nn_dist *d, int k, int64_t limit) {
 }
 
 /* dyn: how many chunks of bucket k (which every rank packed) this rank sums
- * in its backward: n / lsize, plus the chunks it can sum in the time by
- * which it packed the bucket before the ranks' mean. Then the ranks reach
+ * in its backward: its slice's worth (the lsize slices of n add up to n),
+ * plus the chunks it can sum in the time by which it packed the bucket
+ * before the ranks' mean (fewer for a late rank). Then the ranks reach
  * grad_end together, if the rest of their backward takes them as long. */
 static int64_t chunk_share(nn_dist *d, int k) {
   const shm *h = &d->sh;
-  int64_t n = chunks_of(&d->b[k]);
+  const bucket *b = &d->b[k];
+  int64_t n = chunks_of(b);
   double mean = 0, mine = *pack_time(d, h->lrank, k);
   for (int s = 0; s < h->lsize; s++) mean += *pack_time(d, s, k);
   mean /= h->lsize;
-  double q = (double)n / h->lsize + (h->chunk_s > 0 ? (mean - mine) / h->chunk_s : 0);
+  double chunk_s = h->byte_s * (double)CHUNK * (double)ad_dtype_size(b->dtype);
+  double q = (double)(slice_lo(n, h->lrank + 1, h->lsize) - slice_lo(n, h->lrank, h->lsize)) +
+             (chunk_s > 0 ? (mean - mine) / chunk_s : 0);
   return q <= 0 ? 0 : q >= (double)n ? n : (int64_t)(q + 0.5);
 }
 
@@ -1228,11 +1235,12 @@ static void copy_param(nn_dist *d, int k, int i, char *dst) {
 }
 
 /* The shared-memory reduction, as far as the other ranks let it go now
- * (never waits): sums this rank's slices of the buckets that every rank
- * of the node packed (in bucket order, the order the allreduce between
- * nodes needs), moves those allreduces along, and copies the buckets whose
- * slices are all reduced into the gradients that exist here. Returns
- * whether every bucket is copied. */
+ * (never waits): sums this rank's part of the buckets that every rank of
+ * the node packed (dyn: chunks, at most its share of each unless all;
+ * else its slices, in bucket order, the order the allreduce between nodes
+ * needs), moves those allreduces along, and takes or copies the buckets
+ * that are wholly reduced into the gradients that exist here. Returns
+ * whether every bucket is. */
 static bool shm_progress(nn_dist *d, bool all) {
   shm *h = &d->sh;
   int64_t t = h->step;

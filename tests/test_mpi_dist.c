@@ -302,16 +302,19 @@ static void deterministic(ad_ctx *c) {
  * 2/7 and 3/7; 1/7 and 2/7: not floats), and a hidden layer of 10000 so
  * that the one bucket (80003 parameters) spans several of the claimed
  * chunks of the zero-copy sum and each rank's slice of the other sum
- * several of its blocks. */
+ * several of its blocks. Twice more with buckets of 64 KiB: then the
+ * first bucket (2 chunks in f32) is summed in the backward's hooks, where
+ * each rank sums its share, and the second (4) in grad_end. */
 static void paths_same_bits(ad_ctx *c) {
   if (size < 2 || !expect_shm || expect_nodes != 1 || base.no_shm) return;
   train_hidden = 10000;
   nn_dist_opts mpi_o = {.deterministic = true, .no_shm = true};
-  for (int k = 0; k < 8; k++) {
-    ad_dtype dt = k % 4 < 2 ? AD_F32 : AD_F64;
+  for (int k = 0; k < 10; k++) {
+    ad_dtype dt = (k < 8 ? k % 4 < 2 : k == 8) ? AD_F32 : AD_F64;
     int64_t bs = k % 2 ? 7 : 16;
-    bool priv = k >= 4;
-    nn_dist_opts shm_o = {.deterministic = true, .private_gradients = priv};
+    bool priv = k >= 4 && k < 8;
+    nn_dist_opts shm_o = {
+        .deterministic = true, .private_gradients = priv, .bucket_bytes = k >= 8 ? 65536 : 0};
     run a = train(c, dt, PLAIN, true, 50, bs, 2, &shm_o, true);
     run b = train(c, dt, PLAIN, true, 50, bs, 2, &mpi_o, true);
     bool same = a.st == AD_OK && b.st == AD_OK && a.stats.shared_memory && !b.stats.shared_memory;
@@ -328,7 +331,9 @@ static void paths_same_bits(ad_ctx *c) {
              differs);
     snprintf(n1, sizeof n1, "%s, batch %lld: the shared-memory sum%s gives the MPI path's bits",
              dt == AD_F32 ? "f32" : "f64", (long long)bs,
-             priv ? " (private gradients)" : " (zero-copy)");
+             priv     ? " (private gradients)"
+             : k >= 8 ? " (zero-copy, 64 KiB buckets)"
+                      : " (zero-copy)");
     check(same, n1, why);
     run_free(&a);
     run_free(&b);

@@ -21,10 +21,12 @@
  *     its parameters has been differentiated. The ranks of one machine (a
  *     node) sum through an MPI-3 shared window (MPI_Win_allocate_shared):
  *     the backward writes each rank's gradients straight into its own
- *     segment (ad_tensor_set_grad_buffer), each rank sums its slice of
- *     each bucket over the node's segments in rank order into one reduced
- *     buffer of the node, and every rank's gradients then are that buffer
- *     (see private_gradients). Across nodes (of equal rank counts) each
+ *     segment (ad_tensor_set_grad_buffer), the ranks sum each bucket over
+ *     the node's segments in rank order into one reduced buffer of the
+ *     node (in chunks they claim as they come free, a rank ahead in its
+ *     backward taking more; across nodes, in one slice per rank), and
+ *     every rank's gradients then are that buffer (see private_gradients).
+ *     Across nodes (of equal rank counts) each
  *     slice is then allreduced among the ranks of that local rank
  *     (MPI_Iallreduce). Without a shared window (MPI cannot give one, its
  *     backing directory has no room for it, no_shm, nodes of unequal size)
