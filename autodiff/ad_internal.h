@@ -318,6 +318,19 @@ ad_tensor *ad_leaf_grad_take(ad_ctx *ctx, ad_node *n);
 /* Gives back a buffer of ad_leaf_grad_take left unused: kept for n, or
  * freed when n keeps another one. */
 void ad_leaf_grad_untake(ad_node *n, ad_tensor *g);
+/* Persistent leaf n's grad (n->t.grad set) when an op of the current tape
+ * used it (its epoch stamp): the backward may still read those values, so
+ * a contribution is not added into them. Gives n a new grad buffer holding
+ * the same values and returns it; the old one stays intact, kept for n as
+ * ad_tensor_zero_grad keeps a released grad. NULL (and an error) on OOM,
+ * n unchanged. */
+ad_tensor *ad_leaf_grad_fork(ad_ctx *ctx, ad_node *n);
+/* n->t.grad, where a backward may add into it in place: a copy (above)
+ * when an op of the current tape used it. NULL on OOM. */
+static inline ad_tensor *ad_leaf_grad_add_target(ad_ctx *ctx, ad_node *n) {
+  ad_tensor *g = n->t.grad;
+  return ad_node_of(g)->epoch != ctx->epoch ? g : ad_leaf_grad_fork(ctx, n);
+}
 /* Makes gradient g fit input x: sum_to over broadcast dims, or NULL. */
 ad_tensor *ad_reduce_to(ad_ctx *ctx, ad_tensor *g, const ad_tensor *x);
 /* Strides of x seen through out's (broadcast) shape: 0 along broadcast dims. */

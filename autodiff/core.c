@@ -901,24 +901,39 @@ bool ad_tensor_is_temporary(const ad_tensor *t) {
   return is_node(t) && !(ad_node_of(t)->flags & AD_NF_PERSISTENT);
 }
 
+/* Keeps g, a gradient buffer persistent leaf n no longer uses as its grad,
+ * for n's next pass. When n keeps one already (ad_leaf_grad_take declined
+ * it, or ad_leaf_grad_fork replaced the grad), one of the two is kept, the
+ * caller's bound buffer if either is, else g, and the other freed: its data
+ * stays until ad_tape_reset when the tape used it. */
+static void keep_spare(ad_node *n, ad_tensor *g) {
+  ad_tensor *spare = n->src.spare_grad;
+  if (spare) {
+    if ((ad_node_of(spare)->op & AD_LEAF_EXTERNAL) && !(ad_node_of(g)->op & AD_LEAF_EXTERNAL)) {
+      spare = g; /* the caller's buffer stays bound */
+      g = n->src.spare_grad;
+    }
+    persistent_free(ad_node_of(spare));
+  }
+  n->src.spare_grad = g;
+}
+
 void ad_tensor_zero_grad(ad_tensor *t) {
   if (t && freed(t, "zero_grad")) return;
   if (!is_node(t) || !t->grad) return;
   ad_node *n = ad_node_of(t);
-  if (n->flags & AD_NF_PERSISTENT) { /* keep the buffer for the next pass */
-    ad_tensor *spare = n->src.spare_grad, *g = t->grad;
-    if (spare) { /* both (ad_leaf_grad_take declined the spare): one is kept */
-      bool bound = ad_node_of(spare)->op & AD_LEAF_EXTERNAL,
-           gbound = ad_node_of(g)->op & AD_LEAF_EXTERNAL;
-      if (bound && !gbound) { /* the caller's buffer stays bound */
-        g = spare;
-        spare = t->grad;
-      }
-      persistent_free(ad_node_of(spare));
-    }
-    n->src.spare_grad = g;
-  }
+  if (n->flags & AD_NF_PERSISTENT) keep_spare(n, t->grad); /* for the next pass */
   t->grad = NULL; /* a retained intermediate's grad is arena memory */
+}
+
+ad_tensor *ad_leaf_grad_fork(ad_ctx *ctx, ad_node *n) {
+  ad_tensor *old = n->t.grad, *g = ad_tensor_new_uninit(ctx, n->t.dtype, n->t.ndim, n->t.shape);
+  if (!g) return NULL;
+  ad_node_of(g)->flags |= AD_NF_OWNED;
+  memcpy(g->data, old->data, (size_t)old->size * ad_dsize(old->dtype));
+  n->t.grad = g;
+  keep_spare(n, old);
+  return g;
 }
 
 ad_tensor *ad_leaf_grad_take(ad_ctx *ctx, ad_node *n) {

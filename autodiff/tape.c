@@ -484,7 +484,9 @@ static inline void add_into(ad_tensor *dst, const ad_tensor *src) {
  * ad_backward (direct), leaves take it straight into their persistent grad:
  * no temporary per contribution. A leaf without a grad (none yet, or
  * released by ad_tensor_zero_grad) stores g: zero plus g, without the
- * zeros. */
+ * zeros. A grad that an op of this tape read as a value is not added into
+ * (a backward may read it still): the leaf takes a copy first
+ * (ad_leaf_grad_add_target). */
 /* A narrowed gradient, kept so in a plain backward (no create_graph, hook
  * or anomaly mode): the narrow y = x[..., 0:len] of the last axis sends dy
  * to x's gacc as it is, instead of padding it with zeros to x's shape,
@@ -526,7 +528,9 @@ static ad_status lead_full(ad_ctx *ctx, ad_node *n) {
 static ad_status accumulate_slow(ad_ctx *ctx, ad_node *n, ad_tensor *g, bool direct) {
   if (direct && (n->flags & AD_NF_PERSISTENT)) {
     if (n->t.grad) {
-      add_into(n->t.grad, g);
+      ad_tensor *dst = ad_leaf_grad_add_target(ctx, n);
+      if (!dst) return ctx->status ? ctx->status : AD_ERR_OOM;
+      add_into(dst, g);
       return AD_OK;
     }
     ad_tensor *buf = ad_leaf_grad_take(ctx, n);
@@ -558,7 +562,8 @@ static ad_status accumulate_slow(ad_ctx *ctx, ad_node *n, ad_tensor *g, bool dir
 /* accumulate_slow's two common cases inline: a leaf whose grad exists, and
  * the first contribution to a recorded node (the only one, in a chain). */
 static inline ad_status accumulate(ad_ctx *ctx, ad_node *n, ad_tensor *g, bool direct) {
-  if (direct && (n->flags & AD_NF_PERSISTENT) && n->t.grad) {
+  if (direct && (n->flags & AD_NF_PERSISTENT) && n->t.grad &&
+      ad_node_of(n->t.grad)->epoch != ctx->epoch) { /* else the tape reads it: slow */
     add_into(n->t.grad, g);
     return AD_OK;
   }
@@ -616,7 +621,8 @@ static inline bool earlier_input(ad_node *const *src, int k) {
 
 /* Runs def's grad_into fast path for every persistent input of call c that
  * needs a gradient: a new gradient (none yet, or released) is stored into
- * the input's buffer; with add, an existing one is added to. For an op
+ * the input's buffer; with add, an existing one is added to (a copy of it,
+ * when an op of this tape read it: ad_leaf_grad_add_target). For an op
  * flagged AD_OP_GRAD_INTO_TEMPS and with add (no hook looks), also for a
  * recorded input shaped like the output that has no gradient yet in this
  * pass and is not an earlier input of the call too: its first contribution
@@ -645,7 +651,7 @@ grad_into(ad_ctx *ctx, const ad_op_def *def, const ad_call *c, ad_node *const *s
     if (needs[k] && (s->flags & AD_NF_PERSISTENT) && (add || (!s->t.grad && !twice))) {
       ad_tensor *g = s->t.grad;
       bool fresh = !g;
-      if (fresh && !(g = ad_leaf_grad_take(ctx, s))) {
+      if (!(g = fresh ? ad_leaf_grad_take(ctx, s) : ad_leaf_grad_add_target(ctx, s))) {
         *st = ctx->status ? ctx->status : AD_ERR_OOM;
         return false;
       }

@@ -251,6 +251,85 @@ Test(backward, zero_grad_kept_buffer_read_by_the_tape_is_not_overwritten) {
   }
 }
 
+Test(backward, grad_read_by_the_tape_is_accumulated_out_of_place) {
+  /* g = W->grad (no zero_grad); z = sum(g * W) + sum(W * K): dz/dW = g + K,
+   * added to the gradient W has: 2 g + K (PyTorch, whose AccumulateGrad adds
+   * out of place while g is referenced). The backward of W * K runs before
+   * the one of g * W reads g, which is W->grad: the pass adds into a new
+   * buffer and leaves g as the tape read it. Anomaly mode takes the ordinary
+   * path, without the ops' direct writes into leaves' grads. */
+  for (int anomaly = 0; anomaly < 2; anomaly++) {
+    ad_set_anomaly_mode(ctx, anomaly);
+    double wv[3] = {1, 2, 3}, kv[3] = {10, 20, 30}, w2[3] = {2, 4, 6}, want[3] = {14, 28, 42};
+    ad_tensor *W = vec(wv, 3);
+    int64_t n = 3;
+    ad_tensor *K = ad_from_data(ctx, AD_F64, 1, &n, kv);
+    size_t live = ad_ctx_live_tensors(ctx);
+    OK(ad_backward(ctx, ad_sum(ctx, ad_mul(ctx, W, W)), NULL));
+    ad_tape_reset(ctx);
+    ad_tensor *g = W->grad;
+    ad_tensor *s1 = ad_sum(ctx, ad_mul(ctx, g, W));
+    ad_tensor *s2 = ad_sum(ctx, ad_mul(ctx, W, K));
+    OK(ad_backward(ctx, ad_add(ctx, s1, s2), NULL));
+    assert_close(W->grad, want, 3, 0);
+    assert_close(g, w2, 3, 0);
+    ad_tensor *fresh = W->grad;
+    cr_assert_neq(fresh, g);
+    /* the training loop's path: after the reset the backward adds into the
+     * new buffer in place, without another one */
+    ad_tape_reset(ctx);
+    size_t before = ad_ctx_live_tensors(ctx);
+    OK(ad_backward(ctx, ad_sum(ctx, ad_mul(ctx, W, W)), NULL));
+    double want2[3] = {16, 32, 48};
+    assert_close(W->grad, want2, 3, 0);
+    cr_assert_eq(W->grad, fresh, "a buffer the tape did not use is added into in place");
+    cr_assert_eq(ad_ctx_live_tensors(ctx), before, "no new buffer");
+    /* g is kept for W until the next zero_grad keeps one of the two */
+    ad_tensor_zero_grad(W);
+    ad_tape_reset(ctx);
+    cr_assert_eq(ad_ctx_live_tensors(ctx), live + 1, "the replaced buffer is freed");
+    OK(ad_backward(ctx, ad_sum(ctx, ad_mul(ctx, W, W)), NULL));
+    assert_close(W->grad, w2, 3, 0);
+    cr_assert_eq(W->grad, fresh, "the kept buffer is reused after the reset");
+    ad_tensor_free(W);
+    ad_tensor_free(K);
+    cr_assert_eq(ad_ctx_live_tensors(ctx), live - 2, "W's buffers go with it");
+  }
+}
+
+Test(backward, grad_read_by_the_tape_copy_out_of_memory_leaves_it) {
+  /* the copy of W->grad that the pass adds into is refused: nothing is
+   * written, and once memory comes back the same backward gives 2 g + K */
+  test_alloc ta = {0};
+  ad_ctx *c = ad_ctx_new_with_alloc(test_alloc_fn, &ta);
+  cr_assert_not_null(c);
+  double wv[3] = {1, 2, 3}, kv[3] = {10, 20, 30};
+  int64_t n = 3;
+  ad_tensor *W = ad_from_data(c, AD_F64, 1, &n, wv), *K = ad_from_data(c, AD_F64, 1, &n, kv);
+  cr_assert_eq(ad_tensor_set_requires_grad(W, true), AD_OK);
+  cr_assert_eq(ad_backward(c, ad_sum(c, ad_mul(c, W, W)), NULL), AD_OK);
+  ad_tape_reset(c);
+  ad_tensor *g = W->grad;
+  ad_tensor *s1 = ad_sum(c, ad_mul(c, g, W));
+  ad_tensor *z = ad_add(c, s1, ad_sum(c, ad_mul(c, W, K)));
+  cr_assert_not_null(z);
+  test_alloc_refuse_after(&ta, 0);
+  cr_assert_eq(ad_backward(c, z, NULL), AD_ERR_OOM);
+  test_expect_error(c, AD_ERR_OOM, "allocating 24 bytes", NULL); /* the copy's data */
+  cr_assert_eq(W->grad, g);
+  for (int i = 0; i < 3; i++) cr_assert_eq(ad_tensor_get(g, i), 2.0 * (i + 1));
+  test_alloc_grant_all(&ta);
+  cr_assert_eq(ad_backward(c, z, NULL), AD_OK, "%s", ad_last_error(c));
+  for (int i = 0; i < 3; i++) {
+    cr_assert_eq(ad_tensor_get(W->grad, i), 14.0 * (i + 1));
+    cr_assert_eq(ad_tensor_get(g, i), 2.0 * (i + 1));
+  }
+  ad_tensor_free(W);
+  ad_tensor_free(K);
+  ad_ctx_free(c);
+  cr_assert_eq(ta.live, 0, "%ld blocks left", ta.live);
+}
+
 Test(backward, no_grad_mode_records_nothing) {
   double v[3] = {1, 2, 3};
   ad_tensor *a = vec(v, 3);

@@ -274,9 +274,10 @@ AD_API ad_status ad_tensor_retain_grad(ad_tensor *t);
  * first contribution is written, not added to zeros), so a training loop
  * neither allocates nor clears gradients. A backward whose tape used the
  * released tensor (read as a value after zero_grad) stores into a new
- * buffer instead and leaves the released one as it was; the next zero_grad
- * keeps one of the two (a buffer bound by ad_tensor_set_grad_buffer if
- * either is) and frees the other. Code that reads t->grad between
+ * buffer instead and leaves the released one as it was, as one that adds
+ * into a grad the tape used (ad_backward); the next zero_grad keeps one of
+ * the two (a buffer bound by ad_tensor_set_grad_buffer if either is) and
+ * frees the other. Code that reads t->grad between
  * a zero_grad and the next backward finds NULL, meaning zero; to keep a
  * zeroed buffer instead, fill it: ad_tensor_fill(t->grad, 0). NULL t or no
  * grad: no-op; a freed t is reported (AD_ERR_STATE on its context). */
@@ -308,10 +309,13 @@ AD_API void ad_tensor_zero_grad(ad_tensor *t);
  * stores its gradient in buf: the first contribution written, later ones
  * added); without copy, buf's contents become t's gradient (t->grad is set
  * also where it was NULL). ad_tensor_zero_grad releases t->grad as always
- * and keeps buf for the next backward. As for the values, while an op of
- * the current tape used t->grad, moving it out of engine memory is refused
- * (AD_ERR_STATE) and out of the caller's is allowed with copy (or buf
- * NULL). The caller must not write buf while a backward runs.
+ * and keeps buf for the next backward. A backward whose tape read t->grad
+ * as a value leaves buf as the tape read it and gives t->grad a new buffer
+ * (t->grad->data != buf: ad_backward); the next ad_tensor_zero_grad keeps
+ * buf, and the backward after it stores there again. As for the values,
+ * while an op of the current tape used t->grad, moving it out of engine
+ * memory is refused (AD_ERR_STATE) and out of the caller's is allowed with
+ * copy (or buf NULL). The caller must not write buf while a backward runs.
  *
  * Both: AD_ERR_NULL (t NULL), AD_ERR_STATE (t freed, a temporary, or a
  * gradient itself; the tape rules above), AD_ERR_ARG (not a tensor; buf
@@ -412,9 +416,18 @@ AD_API bool ad_anomaly_mode(const ad_ctx *ctx);
  * needs a root of one element. Gradients are added (+=) into the grad of
  * every leaf that requires one (a NULL grad counts as zero: the pass's
  * gradient is stored into a buffer kept by ad_tensor_zero_grad, or a new
- * one) and into retained intermediates. Returns AD_ERR_STATE if root was not recorded (no
- * input requires grad) or is from a reset tape, AD_ERR_SHAPE for a non-scalar
- * root without seed or a seed of the wrong shape. */
+ * one) and into retained intermediates. A leaf's grad that an op of the
+ * current tape read as a value (g = w->grad; ... ad_mul(ctx, g, w)) is not
+ * added into, since the backward reads it: w->grad becomes a new tensor
+ * holding the sum, g keeps its values (as PyTorch's out-of-place
+ * accumulation while g is referenced), and w keeps g until its next
+ * ad_tensor_zero_grad, which frees one of the two (a buffer w kept already
+ * is freed at once, or g when that one is bound; data a tape used stays
+ * until ad_tape_reset). After ad_tape_reset the grad is added into in place
+ * again. Returns
+ * AD_ERR_STATE if root was not recorded (no input requires grad) or is from
+ * a reset tape, AD_ERR_SHAPE for a non-scalar root without seed or a seed
+ * of the wrong shape, AD_ERR_OOM. */
 AD_API ad_status ad_backward(ad_ctx *ctx, ad_tensor *root, const ad_tensor *seed);
 
 /** Gradients of root with respect to n inputs (leaves or intermediates),
