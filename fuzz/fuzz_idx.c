@@ -8,9 +8,13 @@
  *     same byte values (converted and scaled as the contract says);
  *   - a loaded tensor has 1..AD_MAX_DIMS dims whose product is its size;
  *     for a raw (not gzip) input the file is exactly the header and those
- *     bytes, and the elements are the bytes;
+ *     bytes, and the elements are the bytes; a gzip input is gzip members
+ *     and nothing after them (zlib's gzread would skip trailing bytes),
+ *     which inflate to exactly the header and the elements;
  *   - everything allocated through the context is freed. */
 #include "fuzz_common.h"
+
+#include <zlib.h>
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -61,12 +65,42 @@ static void check_loaded(const ad_tensor *t, ad_dtype dt, const ad_tensor *ref, 
   }
 }
 
+/* A gzip input that loaded as t (AD_I32), inflated here on its own. */
+static void check_gzip(const ad_tensor *t, const uint8_t *data, size_t size) {
+  size_t head = 4 + 4 * (size_t)t->ndim, want = head + (size_t)t->size;
+  unsigned char *out = malloc(want + 1);
+  FUZZ_CHECK(out != NULL, "out of memory");
+  z_stream zs;
+  memset(&zs, 0, sizeof zs);
+  FUZZ_CHECK(inflateInit2(&zs, 15 + 16) == Z_OK, "inflateInit2");
+  zs.next_in = (Bytef *)(uintptr_t)data;
+  zs.avail_in = (uInt)size;
+  zs.next_out = out;
+  zs.avail_out = (uInt)(want + 1); /* room for one byte too many */
+  int ret;
+  while ((ret = inflate(&zs, Z_NO_FLUSH)) == Z_STREAM_END && zs.avail_in) inflateReset(&zs);
+  FUZZ_CHECK(ret == Z_STREAM_END && !zs.avail_in,
+             "a gzip input loaded that is not gzip members only (inflate %d, %u bytes left)", ret,
+             zs.avail_in);
+  size_t n = want + 1 - zs.avail_out;
+  FUZZ_CHECK(n == want, "a gzip input of %zu data bytes gave %d dims and %lld elements", n, t->ndim,
+             (long long)t->size);
+  FUZZ_CHECK(out[0] == 0 && out[1] == 0 && out[2] == 0x08 && out[3] == t->ndim,
+             "a gzip input with magic %02x %02x %02x %02x loaded", out[0], out[1], out[2], out[3]);
+  for (int64_t i = 0; i < t->size; i++)
+    FUZZ_CHECK(((const int32_t *)t->data)[i] == out[head + (size_t)i],
+               "element %lld differs from the inflated data", (long long)i);
+  inflateEnd(&zs);
+  free(out);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   fuzz_input_write("fuzz_idx", data, size);
   ad_tensor *ti = nn_idx_load(fuzz_ctx, fuzz_path, AD_I32, 0);
-  if (ti)
+  if (ti) {
     check_loaded(ti, AD_I32, NULL, data, size);
-  else
+    if (size >= 2 && data[0] == 0x1f && data[1] == 0x8b) check_gzip(ti, data, size);
+  } else
     fuzz_check_error("nn_idx_load(AD_I32)");
   ad_clear_error(fuzz_ctx);
   ad_tensor *td = nn_idx_load(fuzz_ctx, fuzz_path, AD_F64, 1);

@@ -70,9 +70,12 @@ static void gen_idx(void) {
   n = make_idx(b, sizeof b, 2, (const uint32_t[]){4, 5});
   write_gzip(out_path("idx", "images-2d.idx.gz"), b, n);
   write_prefix(out_path("idx", "images-2d.idx.gz"), out_path("idx", "truncated.idx.gz"), 30);
-  /* Intact gzip files around wrong IDX contents. zlib checks a small
-   * file's CRC on the first read, so a mutated gzip file fails there;
-   * these reach the checks behind it. */
+  /* an intact member with bytes after it (refused; zlib's gzread skips them) */
+  write_gzip(out_path("idx", "gz-trailing-bytes.idx.gz"), b, n);
+  FILE *f = fopen(out_path("idx", "gz-trailing-bytes.idx.gz"), "ab");
+  FUZZ_CHECK(f && fwrite("junk", 1, 4, f) == 4 && fclose(f) == 0, "cannot append");
+  /* Intact gzip files around wrong IDX contents: a mutated gzip file most
+   * often fails in inflate or at its CRC; these reach the IDX checks. */
   write_gzip(out_path("idx", "gz-short-data.idx.gz"), b, n - 5);
   b[n] = 0;
   write_gzip(out_path("idx", "gz-extra-data.idx.gz"), b, n + 1);

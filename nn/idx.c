@@ -3,8 +3,11 @@
  * Layout: a magic of four bytes 00 00 T D (T the element type code, D the
  * number of dims), D big-endian uint32 dims, then the elements row-major.
  * Only T = 0x08 (unsigned byte) is read. gzip is recognized by the magic
- * bytes 1f 8b; both kinds are read through zlib (which passes raw files
- * through unchanged), so the checks are the same for both. */
+ * bytes 1f 8b and inflated here with zlib's inflate, member after member
+ * (as gzip -d reads them); a raw file is read as it is. Both go through
+ * idx_read, so the checks are the same for both. gzread is not used: it
+ * skips whatever follows the last member, where a raw file with bytes
+ * after its data is refused. */
 #ifndef _POSIX_C_SOURCE
 #define _POSIX_C_SOURCE 200809L /* fseeko, fsync, O_CLOEXEC */
 #endif
@@ -14,6 +17,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <stddef.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/types.h>
@@ -26,10 +30,14 @@
 typedef struct idx_file {
   ad_ctx *ctx;
   const char *path;
-  gzFile gz;
+  int fd;
   bool gzip;
+  bool done; /* gzip: the last member ended at the end of the file */
   uint64_t fsize;
-  ad_status st; /* the error of the last failed idx_read */
+  uint64_t got;           /* bytes read from fd */
+  ad_status st;           /* the error of the last failed idx_read */
+  z_stream zs;            /* gzip: inflate's state (inflateInit2 done) */
+  unsigned char in[8192]; /* gzip: input read from fd, at zs.next_in */
 } idx_file;
 
 static const char *type_name(unsigned code) {
@@ -51,28 +59,93 @@ static const char *type_name(unsigned code) {
   }
 }
 
-/* Reads up to n bytes; returns the count read, or -1 after recording the
- * zlib error (a corrupt or truncated gzip stream, or a read error). */
+/* read(2) into buf: the count (0 at the end of the file), or -1 after
+ * recording the error. */
+static int64_t fd_read(idx_file *f, void *buf, size_t n) {
+  ssize_t r;
+  while ((r = read(f->fd, buf, n)) < 0 && errno == EINTR) {
+  }
+  if (r < 0) {
+    f->st = ad_set_error(f->ctx, AD_ERR_IO, "idx %s: read error: %s", f->path, strerror(errno));
+    return -1;
+  }
+  f->got += (uint64_t)r;
+  return r;
+}
+
+/* gzip: after a member's end, reads on when at least two more bytes follow
+ * and they start another member; returns 0 (go on), 1 (the end of the
+ * file, done set) or -1 after recording the error: any other byte after a
+ * member is refused, as a raw file's bytes after its data are. */
+static int next_member(idx_file *f) {
+  z_stream *zs = &f->zs;
+  if (zs->avail_in < 2) { /* read behind what is left */
+    if (zs->avail_in) f->in[0] = zs->next_in[0];
+    int64_t r = fd_read(f, f->in + zs->avail_in, sizeof f->in - zs->avail_in);
+    if (r < 0) return -1;
+    zs->next_in = f->in;
+    zs->avail_in += (uInt)r;
+  }
+  if (!zs->avail_in) {
+    f->done = true;
+    return 1;
+  }
+  if (zs->avail_in < 2 || zs->next_in[0] != 0x1f || zs->next_in[1] != 0x8b) {
+    uint64_t used = f->got - zs->avail_in;
+    f->st = ad_set_error(f->ctx, AD_ERR_FORMAT,
+                         "idx %s: %" PRIu64 " bytes after the end of the gzip stream (a gzip "
+                         "file holds gzip members only)",
+                         f->path, f->fsize > used ? f->fsize - used : (uint64_t)zs->avail_in);
+    return -1;
+  }
+  inflateReset(zs);
+  return 0;
+}
+
+/* gzip: inflates up to n bytes into buf; the count, or -1 after recording
+ * the error (a corrupt or truncated stream, bytes after it, a read
+ * error). */
+static int64_t gz_read(idx_file *f, unsigned char *buf, size_t n) {
+  z_stream *zs = &f->zs;
+  zs->next_out = buf;
+  zs->avail_out = (uInt)n;
+  while (zs->avail_out && !f->done) {
+    if (!zs->avail_in) {
+      int64_t r = fd_read(f, f->in, sizeof f->in);
+      if (r < 0) return -1;
+      if (!r) {
+        f->st = ad_set_error(f->ctx, AD_ERR_FORMAT,
+                             "idx %s: truncated gzip stream (unexpected end of file)", f->path);
+        return -1;
+      }
+      zs->next_in = f->in;
+      zs->avail_in = (uInt)r;
+    }
+    int ret = inflate(zs, Z_NO_FLUSH);
+    if (ret == Z_STREAM_END) {
+      if (next_member(f) < 0) return -1;
+    } else if (ret == Z_MEM_ERROR) {
+      f->st = ad_set_error(f->ctx, AD_ERR_OOM, "idx %s: out of memory inflating the gzip stream",
+                           f->path);
+      return -1;
+    } else if (ret != Z_OK && !(ret == Z_BUF_ERROR && !zs->avail_in)) {
+      f->st = ad_set_error(f->ctx, AD_ERR_FORMAT, "idx %s: corrupt gzip stream: %s", f->path,
+                           zs->msg ? zs->msg : "unknown zlib error");
+      return -1;
+    }
+  }
+  return (int64_t)(n - zs->avail_out);
+}
+
+/* Reads up to n bytes (fewer only at the end of the data); returns the
+ * count read, or -1 after recording the error. */
 static int64_t idx_read(idx_file *f, void *buf, size_t n) {
   size_t got = 0;
   while (got < n) {
     size_t m = n - got > (1u << 20) ? (1u << 20) : n - got;
-    int r = gzread(f->gz, (unsigned char *)buf + got, (unsigned)m);
-    int errnum = Z_OK;
-    const char *msg = gzerror(f->gz, &errnum);
-    /* zlib prefixes the message with "<fd:N>: " for a gzdopen'ed file */
-    if (msg && strncmp(msg, "<fd:", 4) == 0 && strstr(msg, ": ")) msg = strstr(msg, ": ") + 2;
-    if (r < 0 || (errnum != Z_OK && errnum != Z_STREAM_END)) {
-      if (errnum == Z_ERRNO)
-        f->st = ad_set_error(f->ctx, AD_ERR_IO, "idx %s: read error: %s", f->path, strerror(errno));
-      else if (errnum == Z_BUF_ERROR)
-        f->st = ad_set_error(f->ctx, AD_ERR_FORMAT, "idx %s: truncated gzip stream (%s)", f->path,
-                             msg ? msg : "unexpected end of file");
-      else
-        f->st = ad_set_error(f->ctx, AD_ERR_FORMAT, "idx %s: corrupt %s: %s", f->path,
-                             f->gzip ? "gzip stream" : "file", msg ? msg : "unknown zlib error");
-      return -1;
-    }
+    int64_t r = f->gzip ? gz_read(f, (unsigned char *)buf + got, m)
+                        : fd_read(f, (unsigned char *)buf + got, m);
+    if (r < 0) return -1;
     if (r == 0) break;
     got += (size_t)r;
   }
@@ -202,7 +275,10 @@ ad_tensor *nn_idx_load(ad_ctx *ctx, const char *path, ad_dtype dtype, double sca
                  (int)dtype);
     return NULL;
   }
-  idx_file f = {ctx, path, NULL, false, 0, AD_OK};
+  idx_file f;
+  memset(&f, 0, offsetof(idx_file, in)); /* the input buffer is filled before it is read */
+  f.ctx = ctx;
+  f.path = path;
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     ad_set_error(ctx, AD_ERR_IO, "idx %s: cannot open: %s", path, strerror(errno));
@@ -229,7 +305,8 @@ ad_tensor *nn_idx_load(ad_ctx *ctx, const char *path, ad_dtype dtype, double sca
     close(fd);
     return NULL;
   }
-  if (!(f.gz = gzdopen(fd, "rb"))) {
+  f.fd = fd;
+  if (f.gzip && inflateInit2(&f.zs, 15 + 16) != Z_OK) { /* a gzip header and trailer */
     ad_set_error(ctx, AD_ERR_OOM, "idx %s: out of memory opening the file", path);
     close(fd);
     return NULL;
@@ -254,6 +331,7 @@ ad_tensor *nn_idx_load(ad_ctx *ctx, const char *path, ad_dtype dtype, double sca
       t = NULL;
     }
   }
-  gzclose(f.gz);
+  if (f.gzip) inflateEnd(&f.zs);
+  close(fd);
   return t;
 }

@@ -335,6 +335,65 @@ Test(idx, truncated_everywhere) {
   free(z);
 }
 
+/* A raw file with bytes after the data is refused (dims_and_size_mismatch),
+ * and so is a gzip file with bytes after its last member, which zlib's
+ * gzread skips: junk of any length, even one that starts like a member. */
+Test(idx, gzip_trailing_bytes) {
+  uint32_t dims[2] = {3, 5};
+  size_t n, zn;
+  unsigned char *b = make_idx(0x08, 2, dims, &n);
+  unsigned char *z = gzip_bytes(b, n, &zn);
+  const char *path = test_path("junk.gz");
+  const char junk[] = "\x1f\x8b?junk after the stream\n";
+  unsigned char *zj = malloc(zn + sizeof junk);
+  memcpy(zj, z, zn);
+  memcpy(zj + zn, junk, sizeof junk);
+  test_write_file(path, zj, zn + sizeof junk);
+  expect_load_fails(path, AD_ERR_FORMAT, "corrupt gzip stream"); /* a bad member header */
+  for (size_t len = 1; len <= sizeof junk - 2; len++) {
+    memcpy(zj + zn, junk + 2, len); /* "?junk...": not a member */
+    test_write_file(path, zj, zn + len);
+    char want[80];
+    snprintf(want, sizeof want, "%zu bytes after the end of the gzip stream", len);
+    expect_load_fails(path, AD_ERR_FORMAT, want);
+  }
+  zj[zn] = 0x1f; /* the first byte of a member, alone */
+  test_write_file(path, zj, zn + 1);
+  expect_load_fails(path, AD_ERR_FORMAT, "1 bytes after the end of the gzip stream");
+  /* members one after the other are one stream (gzip -d reads them so): the
+   * data split over two loads, and so does an empty member after the data */
+  size_t z1n, z2n;
+  unsigned char *z1 = gzip_bytes(b, 10, &z1n), *z2 = gzip_bytes(b + 10, n - 10, &z2n);
+  unsigned char *two = malloc(z1n + z2n);
+  memcpy(two, z1, z1n);
+  memcpy(two + z1n, z2, z2n);
+  test_write_file(path, two, z1n + z2n);
+  ad_tensor *t = nn_idx_load(ctx, path, AD_I32, 1);
+  cr_assert_not_null(t, "%s", ad_last_error(ctx));
+  for (int i = 0; i < 15; i++) cr_assert_eq(((int32_t *)t->data)[i], i);
+  ad_tensor_free(t);
+  free(z2);
+  z2 = gzip_bytes(b, 0, &z2n);
+  memcpy(zj + zn, z2, z2n);
+  test_write_file(path, zj, zn + z2n);
+  t = nn_idx_load(ctx, path, AD_I32, 1);
+  cr_assert_not_null(t, "%s", ad_last_error(ctx));
+  ad_tensor_free(t);
+  /* a member with data after the full data: too much data, as before */
+  free(two);
+  two = malloc(zn + z1n);
+  memcpy(two, z, zn);
+  memcpy(two + zn, z1, z1n);
+  test_write_file(path, two, zn + z1n);
+  expect_load_fails(path, AD_ERR_FORMAT, "more data than dims [3,5] describe");
+  free(two);
+  free(z1);
+  free(z2);
+  free(zj);
+  free(z);
+  free(b);
+}
+
 Test(idx, gzip_corrupt) {
   uint32_t dims[2] = {20, 20};
   size_t n, zn;

@@ -64,15 +64,19 @@ extern "C" {
 
 /** Reads an IDX file into a new persistent tensor (free with ad_tensor_free).
  * The file may be raw or gzip'd: gzip is recognized by its magic bytes
- * 1f 8b, not by the name. Only unsigned-byte data (type code 0x08) is
- * supported. dtype AD_F32 or AD_F64 gives byte * scale (e.g. 1/255.), AD_I32
- * the byte values as integers (scale is ignored). The shape is the file's
+ * 1f 8b, not by the name; gzip members one after the other are read as one
+ * stream (as gzip -d does), and any other byte after the last member is
+ * refused, as bytes after the data of a raw file are. Only unsigned-byte
+ * data (type code 0x08) is supported. dtype AD_F32 or AD_F64 gives byte *
+ * scale (e.g. 1/255.), AD_I32 the byte values as integers (scale is
+ * ignored). The shape is the file's
  * dims (1..AD_MAX_DIMS of them).
  * Returns NULL and records AD_ERR_NULL (NULL path), AD_ERR_ARG (bad dtype),
  * AD_ERR_IO (cannot open or read), AD_ERR_FORMAT (bad magic, unsupported
  * type code, too many dims, dims that overflow or do not match the amount
  * of data, a 0 among dims whose others multiply to more elements than a
- * tensor may have, truncated file, corrupt gzip stream) or AD_ERR_OOM. */
+ * tensor may have, truncated file, corrupt gzip stream, bytes after the last
+ * gzip member) or AD_ERR_OOM. */
 NN_API ad_tensor *nn_idx_load(ad_ctx *ctx, const char *path, ad_dtype dtype, double scale);
 
 /* ----------------------------------------------------------- checkpoints */
