@@ -215,86 +215,65 @@ Test(backward, grads_accumulate_and_zero_grad_resets) {
   ad_tensor_free(a);
 }
 
-Test(backward, zero_grad_kept_buffer_read_by_the_tape_is_not_overwritten) {
-  /* g = W->grad; zero_grad(W); z = sum(g * W) + sum(W * K): dz/dW = g + K
-   * (PyTorch, set_to_none). The buffer zero_grad keeps is g itself, read by
-   * the backward of g * W after the one of W * K has run: the pass stores
-   * its gradient elsewhere. Anomaly mode takes the ordinary path, without
-   * the ops' direct writes into leaves' grads. */
-  for (int anomaly = 0; anomaly < 2; anomaly++) {
-    ad_set_anomaly_mode(ctx, anomaly);
-    double wv[3] = {1, 2, 3}, kv[3] = {10, 20, 30}, w2[3] = {2, 4, 6}, want[3] = {12, 24, 36};
-    ad_tensor *W = vec(wv, 3);
-    int64_t n = 3;
-    ad_tensor *K = ad_from_data(ctx, AD_F64, 1, &n, kv);
-    size_t live = ad_ctx_live_tensors(ctx);
-    OK(ad_backward(ctx, ad_sum(ctx, ad_mul(ctx, W, W)), NULL));
-    ad_tape_reset(ctx);
-    ad_tensor *g = W->grad;
-    ad_tensor_zero_grad(W);
-    ad_tensor *s1 = ad_sum(ctx, ad_mul(ctx, g, W));
-    ad_tensor *s2 = ad_sum(ctx, ad_mul(ctx, W, K));
-    OK(ad_backward(ctx, ad_add(ctx, s1, s2), NULL));
-    assert_close(W->grad, want, 3, 0);
-    assert_close(g, w2, 3, 0);
-    ad_tensor *fresh = W->grad;
-    cr_assert_neq(fresh, g);
-    /* one buffer is kept: the newest; the next step stores into it */
-    ad_tensor_zero_grad(W);
-    ad_tape_reset(ctx);
-    cr_assert_eq(ad_ctx_live_tensors(ctx), live + 1, "the buffer zero_grad replaced is freed");
-    OK(ad_backward(ctx, ad_sum(ctx, ad_mul(ctx, W, W)), NULL));
-    assert_close(W->grad, w2, 3, 0);
-    cr_assert_eq(W->grad, fresh, "the kept buffer is reused after the reset");
-    ad_tensor_free(W);
-    ad_tensor_free(K);
-  }
+/* W's gradient after backward(sum(W * W)), read as a value g by the next
+ * tape (released by zero_grad first, or not): backward(sum(g * W) +
+ * sum(W * K)). Returns g. */
+static ad_tensor *backward_reading_the_grad(ad_tensor *W, ad_tensor *K, bool zero_first) {
+  OK(ad_backward(ctx, ad_sum(ctx, ad_mul(ctx, W, W)), NULL));
+  ad_tape_reset(ctx);
+  ad_tensor *g = W->grad;
+  if (zero_first) ad_tensor_zero_grad(W);
+  ad_tensor *s1 = ad_sum(ctx, ad_mul(ctx, g, W));
+  ad_tensor *s2 = ad_sum(ctx, ad_mul(ctx, W, K));
+  OK(ad_backward(ctx, ad_add(ctx, s1, s2), NULL));
+  return g;
 }
 
-Test(backward, grad_read_by_the_tape_is_accumulated_out_of_place) {
-  /* g = W->grad (no zero_grad); z = sum(g * W) + sum(W * K): dz/dW = g + K,
-   * added to the gradient W has: 2 g + K (PyTorch, whose AccumulateGrad adds
-   * out of place while g is referenced). The backward of W * K runs before
-   * the one of g * W reads g, which is W->grad: the pass adds into a new
-   * buffer and leaves g as the tape read it. Anomaly mode takes the ordinary
-   * path, without the ops' direct writes into leaves' grads. */
-  for (int anomaly = 0; anomaly < 2; anomaly++) {
-    ad_set_anomaly_mode(ctx, anomaly);
-    double wv[3] = {1, 2, 3}, kv[3] = {10, 20, 30}, w2[3] = {2, 4, 6}, want[3] = {14, 28, 42};
-    ad_tensor *W = vec(wv, 3);
-    int64_t n = 3;
-    ad_tensor *K = ad_from_data(ctx, AD_F64, 1, &n, kv);
-    size_t live = ad_ctx_live_tensors(ctx);
-    OK(ad_backward(ctx, ad_sum(ctx, ad_mul(ctx, W, W)), NULL));
-    ad_tape_reset(ctx);
-    ad_tensor *g = W->grad;
-    ad_tensor *s1 = ad_sum(ctx, ad_mul(ctx, g, W));
-    ad_tensor *s2 = ad_sum(ctx, ad_mul(ctx, W, K));
-    OK(ad_backward(ctx, ad_add(ctx, s1, s2), NULL));
-    assert_close(W->grad, want, 3, 0);
-    assert_close(g, w2, 3, 0);
-    ad_tensor *fresh = W->grad;
-    cr_assert_neq(fresh, g);
-    /* the training loop's path: after the reset the backward adds into the
-     * new buffer in place, without another one */
-    ad_tape_reset(ctx);
-    size_t before = ad_ctx_live_tensors(ctx);
-    OK(ad_backward(ctx, ad_sum(ctx, ad_mul(ctx, W, W)), NULL));
-    double want2[3] = {16, 32, 48};
-    assert_close(W->grad, want2, 3, 0);
-    cr_assert_eq(W->grad, fresh, "a buffer the tape did not use is added into in place");
-    cr_assert_eq(ad_ctx_live_tensors(ctx), before, "no new buffer");
-    /* g is kept for W until the next zero_grad keeps one of the two */
-    ad_tensor_zero_grad(W);
-    ad_tape_reset(ctx);
-    cr_assert_eq(ad_ctx_live_tensors(ctx), live + 1, "the replaced buffer is freed");
-    OK(ad_backward(ctx, ad_sum(ctx, ad_mul(ctx, W, W)), NULL));
-    assert_close(W->grad, w2, 3, 0);
-    cr_assert_eq(W->grad, fresh, "the kept buffer is reused after the reset");
-    ad_tensor_free(W);
-    ad_tensor_free(K);
-    cr_assert_eq(ad_ctx_live_tensors(ctx), live - 2, "W's buffers go with it");
-  }
+/* g = W->grad, read by the next tape as a value: z = sum(g * W) + sum(W *
+ * K), dz/dW = g + K. Released by zero_grad first (PyTorch's set_to_none),
+ * W's gradient is g + K; kept, the gradient W had is added: 2 g + K (as
+ * PyTorch's AccumulateGrad adds out of place while g is referenced). The
+ * backward of W * K runs before the one of g * W reads g: the pass writes
+ * elsewhere (a new buffer) and leaves g as the tape read it. Anomaly mode
+ * takes the ordinary path, without the ops' direct writes into leaves'
+ * grads. */
+Test(backward, grad_read_by_the_tape_is_not_written_in_place) {
+  for (int zero_first = 0; zero_first < 2; zero_first++)
+    for (int anomaly = 0; anomaly < 2; anomaly++) {
+      ad_set_anomaly_mode(ctx, anomaly);
+      double wv[3] = {1, 2, 3}, kv[3] = {10, 20, 30}, w2[3] = {2, 4, 6};
+      double want[3] = {14, 28, 42}, want0[3] = {12, 24, 36};
+      ad_tensor *W = vec(wv, 3);
+      int64_t n = 3;
+      ad_tensor *K = ad_from_data(ctx, AD_F64, 1, &n, kv);
+      size_t live = ad_ctx_live_tensors(ctx);
+      ad_tensor *g = backward_reading_the_grad(W, K, zero_first);
+      assert_close(W->grad, zero_first ? want0 : want, 3, 0);
+      assert_close(g, w2, 3, 0);
+      ad_tensor *fresh = W->grad;
+      cr_assert_neq(fresh, g);
+      if (!zero_first) { /* the training loop's path: after the reset the
+                            backward adds into the new buffer in place */
+        ad_tape_reset(ctx);
+        size_t before = ad_ctx_live_tensors(ctx);
+        OK(ad_backward(ctx, ad_sum(ctx, ad_mul(ctx, W, W)), NULL));
+        double want2[3] = {16, 32, 48};
+        assert_close(W->grad, want2, 3, 0);
+        cr_assert_eq(W->grad, fresh, "a buffer the tape did not use is added into in place");
+        cr_assert_eq(ad_ctx_live_tensors(ctx), before, "no new buffer");
+      }
+      /* g is kept for W until the next zero_grad keeps one of the two: the
+       * newest, which the next step stores into */
+      ad_tensor_zero_grad(W);
+      ad_tape_reset(ctx);
+      cr_assert_eq(ad_ctx_live_tensors(ctx), live + 1, "the replaced buffer is freed");
+      OK(ad_backward(ctx, ad_sum(ctx, ad_mul(ctx, W, W)), NULL));
+      assert_close(W->grad, w2, 3, 0);
+      cr_assert_eq(W->grad, fresh, "the kept buffer is reused after the reset");
+      ad_tensor_free(W);
+      ad_tensor_free(K);
+      cr_assert_eq(ad_ctx_live_tensors(ctx), live - 2, "W's buffers go with it");
+    }
 }
 
 Test(backward, grad_read_by_the_tape_copy_out_of_memory_leaves_it) {
