@@ -664,21 +664,27 @@ static ad_status header_open(ad_ctx *ctx, const char *path, header *h, FILE **fo
   h->ctx = ctx;
   h->path = path;
   if (fout) *fout = NULL;
-  FILE *f = fopen(path, "rb");
-  if (!f)
+  /* O_NONBLOCK: opening a FIFO without a writer would wait forever; it is
+   * cleared again for the reads */
+  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0)
     return ad_set_error(ctx, AD_ERR_IO, "checkpoint %s: cannot open: %s", path, strerror(errno));
+  struct stat sb;
+  if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+    close(fd);
+    return ad_set_error(ctx, AD_ERR_IO, "checkpoint %s: not a regular file", path);
+  }
+  int fl = fcntl(fd, F_GETFL);
+  if (fl != -1) (void)fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+  FILE *f = fdopen(fd, "rb");
+  if (!f) {
+    int err = errno;
+    close(fd);
+    return ad_set_error(ctx, AD_ERR_IO, "checkpoint %s: cannot open: %s", path, strerror(err));
+  }
   ad_status st = AD_OK;
   unsigned char *json = NULL;
-  struct stat sb;
   unsigned char b8[8];
-  if (fstat(fileno(f), &sb) != 0) {
-    st = ad_set_error(ctx, AD_ERR_IO, "checkpoint %s: cannot stat: %s", path, strerror(errno));
-    goto done;
-  }
-  if (!S_ISREG(sb.st_mode)) {
-    st = ad_set_error(ctx, AD_ERR_IO, "checkpoint %s: not a regular file", path);
-    goto done;
-  }
   h->fsize = (uint64_t)sb.st_size;
   if (h->fsize < 8) {
     st = ad_set_error(ctx, AD_ERR_FORMAT,

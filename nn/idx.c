@@ -279,7 +279,9 @@ ad_tensor *nn_idx_load(ad_ctx *ctx, const char *path, ad_dtype dtype, double sca
   memset(&f, 0, offsetof(idx_file, in)); /* the input buffer is filled before it is read */
   f.ctx = ctx;
   f.path = path;
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  /* O_NONBLOCK: opening a FIFO without a writer would wait forever; it is
+   * cleared again for the reads */
+  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) {
     ad_set_error(ctx, AD_ERR_IO, "idx %s: cannot open: %s", path, strerror(errno));
     return NULL;
@@ -290,6 +292,8 @@ ad_tensor *nn_idx_load(ad_ctx *ctx, const char *path, ad_dtype dtype, double sca
     close(fd);
     return NULL;
   }
+  int fl = fcntl(fd, F_GETFL);
+  if (fl != -1) (void)fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
   f.fsize = (uint64_t)sb.st_size;
   unsigned char m[2];
   ssize_t got = 0, r;

@@ -947,3 +947,17 @@ Test(checkpoint, bad_header_lengths) {
   ad_tensor_free(t);
   cr_assert_eq(LIVE_BLOCKS(), live_base);
 }
+
+Test(checkpoint, fifo_is_refused_without_waiting, .timeout = 20) {
+  /* opening a FIFO that has no writer blocked forever */
+  const char *path = test_path("fifo.st");
+  cr_assert_eq(mkfifo(path, 0600), 0);
+  cr_assert_null(nn_checkpoint_info_read(ctx, path));
+  expect_error(AD_ERR_IO, path, "not a regular file", NULL);
+  ad_tensor *t = ad_zeros(ctx, AD_F32, 0, NULL);
+  const char *name = "x";
+  cr_assert_eq(nn_checkpoint_load(ctx, path, 1, &name, &t), AD_ERR_IO);
+  expect_error(AD_ERR_IO, path, "not a regular file", NULL);
+  ad_tensor_free(t);
+  cr_assert_eq(LIVE_BLOCKS(), live_base);
+}

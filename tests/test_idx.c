@@ -215,6 +215,14 @@ Test(idx, bad_arguments) {
   expect_error(AD_ERR_IO, tmpdir, "not a readable regular file", NULL);
 }
 
+Test(idx, fifo_is_refused_without_waiting, .timeout = 20) {
+  /* opening a FIFO that has no writer blocked forever */
+  const char *path = test_path("fifo");
+  cr_assert_eq(mkfifo(path, 0600), 0);
+  cr_assert_null(nn_idx_load(ctx, path, AD_I32, 1));
+  expect_error(AD_ERR_IO, path, "not a readable regular file", NULL);
+}
+
 Test(idx, bad_magic_and_type) {
   const char *path = test_path("bad");
   test_write_file(path, "hello world, not an idx file", 28);
