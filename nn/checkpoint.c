@@ -803,6 +803,14 @@ static const char *split_path(const char *path, char *dir) {
   return slash ? slash + 1 : path;
 }
 
+/* Whether path (through symlinks) is a device, FIFO or socket: a save
+ * must not rename a file over it (over /dev/null, as root, it would
+ * replace the device node). */
+static bool special_target(const char *path) {
+  struct stat sb;
+  return stat(path, &sb) == 0 && !S_ISREG(sb.st_mode) && !S_ISDIR(sb.st_mode);
+}
+
 /* Best effort: removes path's temporary files whose writer is gone (see
  * above). Errors (unreadable folder, a path of PATH_MAX bytes or more)
  * leave them. */
@@ -1228,6 +1236,12 @@ ad_status nn_checkpoint_save_as(ad_ctx *ctx, const char *path, int n, const char
     return ad_set_error(ctx, AD_ERR_ARG, "checkpoint %s: duplicate metadata key '%s'", path,
                         meta_keys[mdup]);
 
+  if (special_target(path))
+    return ad_set_error(ctx, AD_ERR_IO,
+                        "checkpoint %s: not a regular file (a device, FIFO or socket is not "
+                        "replaced)",
+                        path);
+
   /* the header, padded with spaces to a multiple of 8 */
   sbuf sb = {NULL, 0, 0};
   emit_header(&sb, n, names, tensors, stores, n_meta, meta_keys, meta_values);
@@ -1303,6 +1317,10 @@ done:
 }
 
 bool nn_write_file_atomic(ad_ctx *ctx, const char *path, const void *buf, size_t len) {
+  if (special_target(path)) {
+    errno = EINVAL;
+    return false;
+  }
   size_t tcap = strlen(path) + 48, bcap = tcap + strlen(path) + 2;
   char *tmp = ad_malloc(ctx, bcap);
   if (!tmp) {

@@ -40,7 +40,8 @@ ad_tensor *nn_tmp_tensor(ad_ctx *ctx, ad_dtype dtype, int ndim, const int64_t *s
 /* checkpoint.c: writes len bytes of buf to path as checkpoints are
  * written (a locked temporary file next to path, fsync, rename over path).
  * Returns false with errno set on failure (ENOMEM when ctx's allocator
- * refuses); path is then left as it was. */
+ * refuses, EINVAL when path is a device, FIFO or socket, which is not
+ * replaced); path is then left as it was. */
 bool nn_write_file_atomic(ad_ctx *ctx, const char *path, const void *buf, size_t len);
 
 /* fit.c: the context of a history, and the best epoch of early stopping. */

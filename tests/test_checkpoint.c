@@ -605,6 +605,30 @@ Test(checkpoint, unwritable_directory) {
   ad_tensor_free(t);
 }
 
+Test(checkpoint, special_file_target_is_not_replaced) {
+  /* a FIFO, and a symlink to it, stand for any device (/dev/null): the
+   * rename replaced the node itself with a regular file */
+  const char *fifo = test_path("fifo"), *link = test_path("link");
+  cr_assert_eq(mkfifo(fifo, 0600), 0);
+  cr_assert_eq(symlink("fifo", link), 0);
+  int64_t s[1] = {3};
+  ad_tensor *t = ad_ones(ctx, AD_F32, 1, s);
+  const char *name = "t";
+  const char *targets[2] = {fifo, link};
+  for (int i = 0; i < 2; i++) {
+    cr_assert_eq(nn_checkpoint_save(ctx, targets[i], 1, &name, &t), AD_ERR_IO);
+    expect_error(AD_ERR_IO, targets[i], "not a regular file", NULL);
+    struct stat sb;
+    cr_assert_eq(stat(targets[i], &sb), 0);
+    cr_assert(S_ISFIFO(sb.st_mode), "%s was replaced", targets[i]);
+    cr_assert_eq(lstat(link, &sb), 0);
+    cr_assert(S_ISLNK(sb.st_mode), "the link was replaced");
+  }
+  cr_assert_eq(count_entries(tmpdir), 2, "no temporary file is left");
+  ad_tensor_free(t);
+  cr_assert_eq(LIVE_BLOCKS(), live_base);
+}
+
 Test(checkpoint, out_of_memory_everywhere) {
   /* save, load and info with the allocator failing from request k on, for
    * every k up to success: errors are OOM, nothing leaks, the old file and

@@ -205,6 +205,13 @@ Test(history, csv_has_a_header_and_one_line_per_epoch) {
   snprintf(path, sizeof path, "%s/no/h.csv", dir);
   cr_assert_eq(nn_history_write_csv(h, path), AD_ERR_IO);
   expect_msg(ctx, AD_ERR_IO, "history_write_csv /tmp/nn_history_");
+  /* a FIFO (as a device such as /dev/null) is not replaced by a file */
+  snprintf(path, sizeof path, "%s/fifo.csv", dir);
+  cr_assert_eq(mkfifo(path, 0600), 0);
+  cr_assert_eq(nn_history_write_csv(h, path), AD_ERR_IO);
+  expect_msg(ctx, AD_ERR_IO, "not a regular file");
+  struct stat sb;
+  cr_assert(stat(path, &sb) == 0 && S_ISFIFO(sb.st_mode), "the FIFO was replaced");
   cr_assert_eq(nn_history_write_csv(h, NULL), AD_ERR_NULL);
   expect_msg(ctx, AD_ERR_NULL, "history_write_csv: path is NULL");
   cr_assert_eq(nn_history_write_csv(NULL, "x.csv"), AD_ERR_NULL);
