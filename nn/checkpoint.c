@@ -755,7 +755,8 @@ static const nn_checkpoint_entry *header_find(const header *h, const char *name)
 
 /* ------------------------------------------------------ temporary files
  *
- * A save writes "<path>.tmp.<pid>.<16 hex digits>" next to path and renames
+ * A save writes "<path>.tmp.<pid>.<16 hex digits>" (path's last component
+ * cut to TMP_BASE_MAX bytes) next to path and renames
  * it over path. While it writes, it holds an exclusive flock on the file
  * (locks of open file descriptions: they conflict between threads of one
  * process too, and the kernel drops them when the writer dies). A save or
@@ -766,6 +767,19 @@ static const nn_checkpoint_entry *header_find(const header *h, const char *name)
  * process). */
 
 #define TMP_TAG ".tmp."
+
+/* The temporary name keeps at most this many bytes of path's last
+ * component, so that it fits NAME_MAX (255) whenever that component
+ * does: ".tmp.", the pid and ".<16 hex digits>" add at most 34. */
+#define TMP_BASE_MAX 200
+
+/* The length of path up to the end of the part of its last component that
+ * a temporary name keeps. */
+static size_t temp_prefix_len(const char *path) {
+  const char *slash = strrchr(path, '/'), *base = slash ? slash + 1 : path;
+  size_t blen = strlen(base);
+  return (size_t)(base - path) + (blen > TMP_BASE_MAX ? TMP_BASE_MAX : blen);
+}
 
 /* Whether name is base + ".tmp.<digits>.<16 hex digits>"; *pid gets the
  * digits' value. */
@@ -819,7 +833,7 @@ static void remove_stale_temps(const char *path) {
   size_t fcap = sizeof full;
   if (strlen(path) >= PATH_MAX) return;
   const char *base = split_path(path, dir);
-  size_t blen = strlen(base), dlen = (size_t)(base - path); /* path's prefix up to the base */
+  size_t dlen = (size_t)(base - path), blen = temp_prefix_len(path) - dlen; /* the kept part */
   DIR *d = blen ? opendir(dir) : NULL;
   struct dirent *e;
   long pid;
@@ -852,7 +866,8 @@ static int open_temp(const char *path, char *tmp, size_t cap) {
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
     z ^= z >> 31;
-    snprintf(tmp, cap, "%s" TMP_TAG "%ld.%016" PRIx64, path, (long)getpid(), z);
+    snprintf(tmp, cap, "%.*s" TMP_TAG "%ld.%016" PRIx64, (int)temp_prefix_len(path), path,
+             (long)getpid(), z);
     int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
     if (fd < 0) {
       if (errno == EEXIST) continue;

@@ -605,6 +605,28 @@ Test(checkpoint, unwritable_directory) {
   ad_tensor_free(t);
 }
 
+Test(checkpoint, longest_file_name) {
+  /* a 255-byte name: "<name>.tmp.<pid>.<hex>" was too long to create */
+  char base[256], stale[600];
+  memset(base, 'n', 255);
+  base[255] = 0;
+  char path[512];
+  snprintf(path, sizeof path, "%s", test_path(base));
+  /* a killed save's file: the name's first 200 bytes, unlocked */
+  snprintf(stale, sizeof stale, "%s/%.200s.tmp.999999.0123456789abcdef", tmpdir, base);
+  test_write_file(stale, "x", 1);
+  int64_t s[1] = {3};
+  ad_tensor *t = filled(AD_F64, 1, s, 5), *back = zeros_like(t);
+  const char *name = "t";
+  cr_assert_eq(nn_checkpoint_save(ctx, path, 1, &name, &t), AD_OK, "%s", ad_last_error(ctx));
+  cr_assert_eq(count_entries(tmpdir), 1, "the save and the stale file's removal leave one file");
+  cr_assert_eq(nn_checkpoint_load(ctx, path, 1, &name, &back), AD_OK, "%s", ad_last_error(ctx));
+  cr_assert(same_bits(t, back));
+  ad_tensor_free(t);
+  ad_tensor_free(back);
+  cr_assert_eq(LIVE_BLOCKS(), live_base);
+}
+
 Test(checkpoint, special_file_target_is_not_replaced) {
   /* a FIFO, and a symlink to it, stand for any device (/dev/null): the
    * rename replaced the node itself with a regular file */

@@ -86,11 +86,13 @@ NN_API ad_tensor *nn_idx_load(ad_ctx *ctx, const char *path, ad_dtype dtype, dou
  * AD_I32 are written as "F32", "F64" and "I32", in the given order, with
  * the header padded with spaces to a multiple of 8 bytes.
  * The save is atomic: everything is validated first, then written to a
- * temporary file in path's directory, "<path>.tmp.<pid>.<16 hex digits>",
- * flushed, fsync'ed and renamed over path. On any failure the temporary
- * file is removed and an existing file at path is left untouched. n may be
- * 0 (an empty checkpoint). A path that is (or links to) a device, FIFO or
- * socket is AD_ERR_IO: it is never replaced by a file.
+ * temporary file in path's directory, "<path>.tmp.<pid>.<16 hex digits>"
+ * (path's last component cut to its first 200 bytes, so that any name of
+ * up to 255 bytes can be saved), flushed, fsync'ed and renamed over path.
+ * On any failure the temporary file is removed and an existing file at
+ * path is left untouched. n may be 0 (an empty checkpoint). A path that is
+ * (or links to) a device, FIFO or socket is AD_ERR_IO: it is never
+ * replaced by a file.
  * The writer holds an exclusive flock(2) on its temporary file until the
  * rename. A process killed while saving leaves its file behind, unlocked:
  * the next save or load of the same path removes every such file of path
