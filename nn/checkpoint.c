@@ -853,8 +853,17 @@ static void remove_stale_temps(const char *path) {
   if (d) closedir(d);
 }
 
-/* Creates path's temporary file (its name into tmp, of cap bytes) and locks
- * it. Returns the descriptor, -1 with errno on error. */
+/* Gives fd the permission bits of the regular file at path, if there is
+ * one (best effort): a save must not widen a private checkpoint's mode to
+ * the umask's default. */
+static void keep_mode(const char *path, int fd) {
+  struct stat sb;
+  if (stat(path, &sb) == 0 && S_ISREG(sb.st_mode)) (void)fchmod(fd, sb.st_mode & 0777);
+}
+
+/* Creates path's temporary file (its name into tmp, of cap bytes) with the
+ * mode of the file at path (keep_mode) and locks it. Returns the
+ * descriptor, -1 with errno on error. */
 static int open_temp(const char *path, char *tmp, size_t cap) {
   static atomic_uint counter; /* distinct names across threads */
   struct timespec ts;
@@ -873,6 +882,7 @@ static int open_temp(const char *path, char *tmp, size_t cap) {
       if (errno == EEXIST) continue;
       return -1;
     }
+    keep_mode(path, fd);
     if (flock(fd, LOCK_EX) != 0) {
       if (errno == EINTR) { /* try again under another name */
         unlink(tmp);

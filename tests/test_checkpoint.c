@@ -627,6 +627,27 @@ Test(checkpoint, longest_file_name) {
   cr_assert_eq(LIVE_BLOCKS(), live_base);
 }
 
+Test(checkpoint, overwrite_keeps_the_mode) {
+  /* the new file had the umask's default mode (0644), so a save made a
+   * private checkpoint readable by everyone */
+  const char *path = test_path("private.st");
+  int64_t s[1] = {3};
+  ad_tensor *t = ad_ones(ctx, AD_F32, 1, s);
+  const char *name = "t";
+  mode_t old_mask = umask(022);
+  cr_assert_eq(nn_checkpoint_save(ctx, path, 1, &name, &t), AD_OK, "%s", ad_last_error(ctx));
+  struct stat sb;
+  cr_assert_eq(stat(path, &sb), 0);
+  cr_assert_eq(sb.st_mode & 0777, 0644, "a new file gets the umask's mode");
+  cr_assert_eq(chmod(path, 0600), 0);
+  cr_assert_eq(nn_checkpoint_save(ctx, path, 1, &name, &t), AD_OK, "%s", ad_last_error(ctx));
+  umask(old_mask);
+  cr_assert_eq(stat(path, &sb), 0);
+  cr_assert_eq(sb.st_mode & 0777, 0600, "mode %o after the save", (unsigned)(sb.st_mode & 0777));
+  ad_tensor_free(t);
+  cr_assert_eq(LIVE_BLOCKS(), live_base);
+}
+
 Test(checkpoint, special_file_target_is_not_replaced) {
   /* a FIFO, and a symlink to it, stand for any device (/dev/null): the
    * rename replaced the node itself with a regular file */

@@ -90,7 +90,8 @@ NN_API ad_tensor *nn_idx_load(ad_ctx *ctx, const char *path, ad_dtype dtype, dou
  * (path's last component cut to its first 200 bytes, so that any name of
  * up to 255 bytes can be saved), flushed, fsync'ed and renamed over path.
  * On any failure the temporary file is removed and an existing file at
- * path is left untouched. n may be 0 (an empty checkpoint). A path that is
+ * path is left untouched; the new file gets the permission bits of the
+ * file it replaces. n may be 0 (an empty checkpoint). A path that is
  * (or links to) a device, FIFO or socket is AD_ERR_IO: it is never
  * replaced by a file.
  * The writer holds an exclusive flock(2) on its temporary file until the
