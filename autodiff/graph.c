@@ -308,15 +308,39 @@ static void put_tensor(FILE *f, const ad_tensor *t, int indent) {
   put_vals(f, &(vview){t, NULL, V_PLAIN}, t, indent);
 }
 
-/* Writes s, escaped for a DOT double-quoted string when esc. */
+/* The length of the well-formed UTF-8 character at s (1 to 4 bytes), or 0
+ * when s starts none (a stray byte, an overlong form, a surrogate). */
+static int utf8_len(const unsigned char *s) {
+  unsigned c = s[0];
+  if (c < 0x80) return 1;
+  int n = c >= 0xC2 && c <= 0xDF ? 2 : c >= 0xE0 && c <= 0xEF ? 3 : c >= 0xF0 && c <= 0xF4 ? 4 : 0;
+  unsigned lo = c == 0xE0 ? 0xA0 : c == 0xF0 ? 0x90 : 0x80;
+  unsigned hi = c == 0xED ? 0x9F : c == 0xF4 ? 0x8F : 0xBF;
+  if (!n || s[1] < lo || s[1] > hi) return 0;
+  for (int k = 2; k < n; k++)
+    if (s[k] < 0x80 || s[k] > 0xBF) return 0;
+  return n;
+}
+
+/* Writes s, escaped for a DOT double-quoted string when esc: a newline
+ * ends a line; a control character or a byte that is not UTF-8, which
+ * Graphviz would refuse or pass on into an invalid SVG, is shown as
+ * "\xNN". */
 static void put_str(FILE *f, const char *s, bool esc) {
-  for (; *s; s++) {
-    if (esc && (*s == '"' || *s == '\\'))
-      fputc('\\', f), fputc(*s, f);
-    else if (esc && *s == '\n')
-      fputs("\\l", f);
+  if (!esc) {
+    fputs(s, f);
+    return;
+  }
+  for (const unsigned char *p = (const unsigned char *)s; *p;) {
+    int n = utf8_len(p);
+    if (*p == '"' || *p == '\\')
+      fputc('\\', f), fputc(*p++, f);
+    else if (*p == '\n')
+      fputs("\\l", f), p++;
+    else if (!n || *p < 0x20 || *p == 0x7f)
+      fprintf(f, "\\\\x%02X", *p++);
     else
-      fputc(*s, f);
+      fwrite(p, 1, (size_t)n, f), p += n;
   }
 }
 
@@ -370,11 +394,11 @@ static void put_rule_k(FILE *f, const rule_map *rm, int k, bool esc) {
     fputs("(the op gives no rule)", f);
     return;
   }
+  fputs(grad ? "d" : "no gradient to ", f);
+  put_str(f, var, esc);
   if (grad) {
-    fprintf(f, "d%s += ", var);
+    fputs(" += ", f);
     put_str(f, grad, esc);
-  } else {
-    fprintf(f, "no gradient to %s", var);
   }
 }
 
@@ -678,8 +702,7 @@ static void trace_step(ad_graph *g, const ad_tensor *out, const ad_tensor *gout,
   rule_map rm;
   rule_map_of(def, nin, &rm);
   char ob[64], ib[64], sb[64];
-  char oname[64];
-  snprintf(oname, sizeof oname, "%s", tensor_name(g, out, ob, sizeof ob));
+  const char *oname = tensor_name(g, out, ob, sizeof ob);
 
   if (g->step == 0)
     fprintf(f, "%sbackward pass %d: from %s, ops in reverse tape order\n", g->pass > 1 ? "\n" : "",
@@ -730,8 +753,7 @@ static void trace_step(ad_graph *g, const ad_tensor *out, const ad_tensor *gout,
   for (int i = 0; w && i < 9 && w->text[i]; i++)
     fprintf(f, "  %-10s %s\n", i ? "" : "in words", w->text[i]);
   for (int k = 0; k < nin; k++) {
-    char iname[64];
-    snprintf(iname, sizeof iname, "%s", tensor_name(g, in[k], ib, sizeof ib));
+    const char *iname = tensor_name(g, in[k], ib, sizeof ib);
     if (!gin[k]) {
       fprintf(f, "  -> %-7s no gradient (%s)\n", iname,
               ad_tensor_requires_grad(in[k]) ? "the op sends none" : "none needed");
@@ -902,7 +924,9 @@ static void dot_node(FILE *f, ad_graph *g, const ad_tensor *t, ad_tensor *const 
   put_esc(f, name);
   if (k == K_OP) {
     const ad_op_def *def = ad_op_get(ad_tensor_ctx(t), ad_tensor_op(t));
-    fprintf(f, " = %s(", def ? def->name : "?");
+    fputs(" = ", f);
+    put_esc(f, def ? def->name : "?");
+    fputc('(', f);
     for (int i = 0; i < nin; i++) {
       if (i) fputs(", ", f);
       put_esc(f, tensor_name(g, in[i], ib, sizeof ib));
@@ -937,14 +961,18 @@ static void dot_edge(FILE *f, ad_graph *g, const ad_tensor *out, ad_tensor *cons
   rule_map_of(def, n, &rm);
   fprintf(f, "  n%d -> n%d", from, to);
   if (!(flags & AD_DOT_BACKWARD)) {
-    if (n > 1 && rm_var(&rm, k)) fprintf(f, " [label=\" %s \"]", rm_var(&rm, k));
+    if (n > 1 && rm_var(&rm, k)) {
+      fputs(" [label=\" ", f);
+      put_esc(f, rm_var(&rm, k));
+      fputs(" \"]", f);
+    }
     fputs(";\n", f);
     return;
   }
   const step_rec *s = rec_of(g, out);
   const ad_tensor *gin = s && k < s->n ? s->in[k].gin : NULL;
-  char ob[64], ib[64], oname[64];
-  snprintf(oname, sizeof oname, "%s", tensor_name(g, out, ob, sizeof ob));
+  char ob[64], ib[64];
+  const char *oname = tensor_name(g, out, ob, sizeof ob);
   const char *iname = tensor_name(g, in[k], ib, sizeof ib);
   fputs(" [dir=back, color=\"#b03020\", fontcolor=\"#b03020\", label=\"", f);
   put_rule_k(f, &rm, k, true);
@@ -1103,7 +1131,8 @@ static void dot_box(FILE *f, ad_ctx *ctx, const group *gs, int gi, int ind, cons
   fprintf(f, "\\l%d op%s:", nops, nops == 1 ? "" : "s");
   for (int k = 0; k < nk; k++) {
     const ad_op_def *def = ad_op_get(ctx, op[k]);
-    fprintf(f, "%s %s", k ? "," : "", def ? def->name : "?");
+    fputs(k ? ", " : " ", f);
+    put_esc(f, def ? def->name : "?");
     if (cnt[k] > 1) fprintf(f, " x%d", cnt[k]);
   }
   fprintf(f, "%s\\l\"];\n", more ? ", ..." : "");

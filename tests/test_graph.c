@@ -559,6 +559,81 @@ Test(graph, argument_errors) {
   ad_tensor_free(x);
 }
 
+/* ------------------------------------------------ names Graphviz minds */
+
+/* y = 2x, a user op whose name and input name need escaping in DOT */
+static void twice_fwd(const ad_call *c) {
+  for (int64_t i = 0; i < c->out->size; i++)
+    ad_tensor_set(c->out, i, 2 * ad_tensor_get(c->in[0], i));
+}
+static ad_status twice_bwd(const ad_call *c) {
+  return ad_call_set_grad(c, 0, ad_mul_scalar(c->ctx, c->gout, 2));
+}
+
+/* Names are the user's bytes: quotes, backslashes, DOT's escapes, record
+ * and HTML characters, control characters, bytes that are not UTF-8, and
+ * long UTF-8 names; so are a user op's name and input names. Every dump
+ * must still render without a word from dot, hold no control character,
+ * and show a long name whole. */
+Test(graph, any_name_gives_valid_dot) {
+  static const ad_op_def twice = {.name = "tw\"ice<|>",
+                                  .arity = 1,
+                                  .flags = AD_OP_ELEMENTWISE,
+                                  .forward = twice_fwd,
+                                  .backward = twice_bwd,
+                                  .math = "y = 2 x",
+                                  .inputs = {"x\"1"},
+                                  .grads = {"2 dy"}};
+  int id = ad_op_register(ctx, &twice);
+  cr_assert(id >= 0, "%s", ad_last_error(ctx));
+  char longname[2 * 40 + 1] = ""; /* 40 e-acute: 80 bytes */
+  for (int i = 0; i < 40; i++) strcat(longname, "\xc3\xa9");
+  const char *names[] = {"a\"b\\c\\l\\N{x}", "<b>|{r}|&amp;", "tab\there\rcr\x01\x7f",
+                         "bad \xff\xfe utf8 \xc3", "surrogate \xed\xa0\x80 overlong \xc0\xaf"};
+  int64_t s3 = 3;
+  double v[3] = {0.5, -1, 2};
+  ad_tensor *x = param(1, &s3, v);
+  ad_graph *g = ad_graph_new(ctx);
+  OK(ad_scope_push(ctx, "scope \"\xff\x02"));
+  ad_tensor *a = ad_op_apply(ctx, id, 1, &x, NULL);
+  ad_tensor *b = ad_tanh(ctx, a);
+  OK(ad_scope_pop(ctx));
+  ad_tensor *c = ad_sin(ctx, b);
+  ad_tensor *L = ad_sum(ctx, ad_mul(ctx, c, x));
+  cr_assert_not_null(L, "%s", ad_last_error(ctx));
+  OK(ad_graph_name(g, x, names[0]));
+  OK(ad_tensor_set_name(a, names[1]));
+  OK(ad_graph_name(g, a, names[2]));
+  OK(ad_graph_name(g, b, names[3]));
+  OK(ad_tensor_set_name(L, names[4]));
+  OK(ad_graph_name(g, c, longname));
+  free(trace_backward(g, L, NULL, NULL));
+  for (int flags = 0; flags < 4; flags++) {
+    mem m;
+    mem_open(&m);
+    OK(ad_graph_dot(g, m.f, L, flags));
+    char *s = mem_close(&m);
+    for (const char *p = s; *p; p++)
+      cr_assert(*p == '\n' || ((unsigned char)*p >= 0x20 && *p != 0x7f),
+                "flags %d: control byte 0x%02x in the dump", flags, (unsigned char)*p);
+    cr_assert(strstr(s, "bad \\\\xFF\\\\xFE utf8 \\\\xC3"), "%s", s);
+    char local[128];
+    snprintf(local, sizeof local, "local d%s/d", longname);
+    if (flags == AD_DOT_BACKWARD) /* the local derivative of sin names c whole */
+      cr_assert(strstr(s, local), "%s", s);
+    if (have_dot()) {
+      char *e = render(s);
+      cr_assert(e, "flags %d: dot failed on:\n%s", flags, s);
+      cr_assert_str_empty(e, "flags %d: dot says %s", flags, e);
+      free(e);
+    }
+    free(s);
+  }
+  ad_graph_free(g);
+  ad_tape_reset(ctx);
+  ad_tensor_free(x);
+}
+
 /* ------------------------------------------------------------- hooks */
 
 static int user_calls;

@@ -1193,10 +1193,12 @@ AD_API ad_status ad_graph_trace_end(ad_graph *g);
  * another, labelled "N tensors" when more than one crosses; boxes sit in
  * the clusters of their enclosing scopes. Leaves, constants and ops
  * outside every scope are drawn as usual either way, and a graph without
- * scopes is drawn the same with or without AD_DOT_COLLAPSE. g may be
- * NULL (no names, no trace). Returns AD_ERR_NULL, AD_ERR_ARG (not a tensor,
- * or another context's graph), AD_ERR_STATE (root from a reset tape),
- * AD_ERR_OOM or AD_ERR_IO; never changes a tensor. */
+ * scopes is drawn the same with or without AD_DOT_COLLAPSE. Names, labels
+ * and a user op's strings are escaped: a control character or a byte that
+ * is not UTF-8 is shown as "\\xNN". g may be NULL (no names, no trace).
+ * Returns AD_ERR_NULL, AD_ERR_ARG (not a tensor, or another context's
+ * graph), AD_ERR_STATE (root from a reset tape), AD_ERR_OOM or AD_ERR_IO;
+ * never changes a tensor. */
 AD_API ad_status ad_graph_dot(ad_graph *g, FILE *f, ad_tensor *root, int flags);
 
 /* ---------------------------------- end of graph dumps and traces */
