@@ -79,6 +79,14 @@ static ad_status state_init(check_state *s, ad_ctx *ctx, ad_check_fn fn, void *u
   s->in = in;
   if (!fn || (n > 0 && !in)) return ad_set_error(ctx, AD_ERR_NULL, "gradcheck: fn or inputs NULL");
   if (n < 1) return ad_set_error(ctx, AD_ERR_ARG, "gradcheck: %d inputs (at least 1)", n);
+  /* a negative or NaN setting is not a zero: it must not pass as the
+   * default, nor an infinite one make every gradient pass */
+  if (opts && !(isfinite(opts->eps) && opts->eps >= 0 && isfinite(opts->atol) && opts->atol >= 0 &&
+                isfinite(opts->rtol) && opts->rtol >= 0))
+    return ad_set_error(ctx, AD_ERR_ARG,
+                        "gradcheck: eps %g, atol %g, rtol %g: each must be finite and >= 0 (0 "
+                        "for the default)",
+                        opts->eps, opts->atol, opts->rtol);
   ad_dtype dt = AD_F64;
   int nchecked = 0;
   for (int i = 0; i < n; i++) {

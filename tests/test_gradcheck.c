@@ -387,6 +387,16 @@ static void error_cases(checker check, const char *name) {
   r.passed = true;
   expect_error(ctx, WHAT("fn returns i32"), check(ctx, fn_int_output, lab, 1, &x, NULL, &r),
                AD_ERR_DTYPE, "i32", &r);
+  /* a setting that is not finite and >= 0 is refused, not taken for the
+   * default (negative, NaN) nor allowed to pass anything (infinite) */
+  const ad_check_opts bad_opts[] = {{.eps = -1e-6},      {.eps = NAN},  {.eps = INFINITY},
+                                    {.atol = -1},        {.atol = NAN}, {.atol = INFINITY},
+                                    {.rtol = -INFINITY}, {.rtol = NAN}};
+  for (size_t k = 0; k < sizeof bad_opts / sizeof *bad_opts; k++) {
+    r.passed = true;
+    expect_error(ctx, WHAT("bad opts"), check(ctx, fn_tanh, NULL, 1, &x, &bad_opts[k], &r),
+                 AD_ERR_ARG, "must be finite and >= 0", &r);
+  }
 #undef WHAT
   cr_assert_eq(check(NULL, fn_tanh, NULL, 1, &x, NULL, &r), AD_ERR_NULL, "%s: NULL ctx", name);
   /* after the errors, the same context still checks correctly */

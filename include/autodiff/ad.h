@@ -1019,7 +1019,7 @@ AD_API ad_tensor *ad_conv1d(ad_ctx *ctx, ad_tensor *x, ad_tensor *w, ad_tensor *
 typedef ad_tensor *(*ad_check_fn)(ad_ctx *ctx, int n, ad_tensor *const *in, void *ud);
 
 /** Options of ad_gradcheck and ad_gradgradcheck; zero (or NULL) means the
- * default. */
+ * default. eps, atol and rtol must be finite and >= 0 (else AD_ERR_ARG). */
 typedef struct ad_check_opts {
   double eps;    /**< central-difference step (default 1e-6) */
   double atol;   /**< pass if |a-n| <= atol + rtol*|n| (defaults 1e-5, 1e-4) */
