@@ -879,6 +879,7 @@ ad_status ad_graph_trace_end(ad_graph *g) {
       }
     }
   }
+  bool io = g->trace && ferror(g->trace); /* the hook flushed every step */
   g->tracing = false;
   g->trace = NULL;
   g->prev_hook = NULL;
@@ -889,6 +890,7 @@ ad_status ad_graph_trace_end(ad_graph *g) {
                         "graph_trace_end: out of memory; some steps were not "
                         "recorded for ad_graph_dot");
   }
+  if (io) return ad_set_error(ctx, AD_ERR_IO, "graph_trace_end: write error on the trace");
   return AD_OK;
 }
 
@@ -1355,7 +1357,7 @@ ad_status ad_graph_dot(ad_graph *g, FILE *f, ad_tensor *root, int flags) {
     fputs("}\n", f);
     if (st != AD_OK)
       ad_set_error(ctx, st, "graph_dot: out of memory");
-    else if (ferror(f))
+    else if (fflush(f) != 0 || ferror(f)) /* a full disk shows when the buffer goes out */
       st = ad_set_error(ctx, AD_ERR_IO, "graph_dot: write error");
   } else {
     ad_set_error(ctx, AD_ERR_OOM, "graph_dot: out of memory");

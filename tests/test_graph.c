@@ -634,6 +634,32 @@ Test(graph, any_name_gives_valid_dot) {
   ad_tensor_free(x);
 }
 
+/* A full disk: the dump's and the trace's writes fail when the stream's
+ * buffer goes out, which may be after the last byte is handed over; both
+ * must report it, not return AD_OK for a file that is not there. */
+Test(graph, write_errors_are_reported) {
+  FILE *full = fopen("/dev/full", "w");
+  if (!full) cr_skip_test("no /dev/full");
+  int64_t s2 = 2;
+  double v[2] = {1, 2};
+  ad_tensor *x = param(1, &s2, v);
+  ad_tensor *L = ad_sum(ctx, ad_tanh(ctx, x));
+  ad_graph *g = ad_graph_new(ctx);
+  cr_assert_eq(ad_graph_dot(g, full, L, 0), AD_ERR_IO);
+  cr_assert(strstr(ad_last_error(ctx), "graph_dot: write error"), "%s", ad_last_error(ctx));
+  ad_clear_error(ctx);
+  clearerr(full);
+  OK(ad_graph_trace_begin(g, full));
+  OK(ad_backward(ctx, L, NULL));
+  cr_assert_eq(ad_graph_trace_end(g), AD_ERR_IO);
+  cr_assert(strstr(ad_last_error(ctx), "graph_trace_end: write error"), "%s", ad_last_error(ctx));
+  ad_clear_error(ctx);
+  fclose(full);
+  ad_graph_free(g);
+  ad_tape_reset(ctx);
+  ad_tensor_free(x);
+}
+
 /* ------------------------------------------------------------- hooks */
 
 static int user_calls;

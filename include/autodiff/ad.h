@@ -1160,8 +1160,8 @@ AD_API ad_status ad_graph_trace_begin(ad_graph *g, FILE *f);
 
 /** Stops the trace and restores the previous hook. Returns AD_ERR_OOM if a
  * step could not be recorded for ad_graph_dot (the text trace and the
- * computation are unaffected), else AD_OK. Records stay for ad_graph_dot
- * until ad_tape_reset. */
+ * computation are unaffected), AD_ERR_IO if writing the trace to f failed,
+ * else AD_OK. Records stay for ad_graph_dot until ad_tape_reset. */
 AD_API ad_status ad_graph_trace_end(ad_graph *g);
 
 /** ad_graph_dot flags: draw the backward view; draw each scope's ops as
@@ -1197,8 +1197,9 @@ AD_API ad_status ad_graph_trace_end(ad_graph *g);
  * and a user op's strings are escaped: a control character or a byte that
  * is not UTF-8 is shown as "\\xNN". g may be NULL (no names, no trace).
  * Returns AD_ERR_NULL, AD_ERR_ARG (not a tensor, or another context's
- * graph), AD_ERR_STATE (root from a reset tape), AD_ERR_OOM or AD_ERR_IO;
- * never changes a tensor. */
+ * graph), AD_ERR_STATE (root from a reset tape), AD_ERR_OOM or AD_ERR_IO
+ * (f is flushed, so a write that fails then counts); never changes a
+ * tensor. */
 AD_API ad_status ad_graph_dot(ad_graph *g, FILE *f, ad_tensor *root, int flags);
 
 /* ---------------------------------- end of graph dumps and traces */
