@@ -32,7 +32,7 @@ run() {
   rc=$?
 }
 
-echo "1..22"
+echo "1..24"
 
 run "$GC" --help
 ok $rc "--help exits 0"
@@ -56,6 +56,14 @@ ok $? "a bad --dtype exits 2"
 run "$GC" --seed x12
 [ $rc -eq 2 ]
 ok $? "a bad --seed exits 2"
+
+run "$GC" --seed " -5" --op tanh
+[ $rc -eq 2 ] && grep -q "'  *-5' is not a non-negative integer" "$TMP/err"
+ok $? "a negative --seed after a space exits 2"
+
+run "$GC" --seed 010 --op tanh --first-only --dtype f64
+[ $rc -eq 0 ] && grep -q '^ad-gradcheck: seed 10,' "$TMP/out"
+ok $? "--seed 010 is seed 10 (decimal)"
 
 run "$GC" --op tanh --seed 3
 [ $rc -eq 0 ] && [ "$(tail -n 1 "$TMP/out")" = "1 passed, 0 failed" ]

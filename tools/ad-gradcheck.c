@@ -13,6 +13,7 @@
  * passes, 1 when one fails, 2 for a usage error. */
 #include "ad_ext.h"
 
+#include <ctype.h>
 #include <dlfcn.h>
 #include <errno.h>
 #include <inttypes.h>
@@ -46,7 +47,7 @@ static void usage(FILE *f) {
           "                 of the built-in ones; repeatable (up to %d libraries)\n"
           "  --op NAME      check only this op, built in or loaded (an unknown name is\n"
           "                 an error)\n"
-          "  --seed N       seed of the random sample inputs (default 1)\n"
+          "  --seed N       seed of the random sample inputs, in decimal (default 1)\n"
           "  --dtype T      check only dtype T: f32 or f64 (default both)\n"
           "  --first-only   skip the second-order (gradgradcheck) pass\n"
           "  --help         show this help\n"
@@ -95,8 +96,9 @@ static int parse_args(int argc, char **argv, options *o) {
     } else if ((v = opt_value(argc, argv, &i, "--seed", &missing))) {
       char *end;
       errno = 0;
-      unsigned long long s = strtoull(v, &end, 0);
-      if (!*v || *end || errno || v[0] == '-') {
+      unsigned long long s = strtoull(v, &end, 10);
+      /* digits only: strtoull would take " -5" as 2^64 - 5 and 010 as 8 */
+      if (!isdigit((unsigned char)v[0]) || *end || errno) {
         fprintf(stderr, "ad-gradcheck: --seed: '%s' is not a non-negative integer\n", v);
         return 2;
       }
