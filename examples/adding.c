@@ -19,6 +19,7 @@
  *   "test mse: lstm 0.0012 gru 0.0009 rnn 0.1663"
  * (the cells in the order given). With --check X it exits non-zero unless
  * every gated cell (LSTM, GRU) reaches a test MSE below X. */
+#include "args.h"
 #include <autodiff/nn.h>
 
 #include <math.h>
@@ -37,26 +38,26 @@ typedef struct options {
 static bool parse(int argc, char **argv, options *o) {
   for (int i = 1; i + 1 < argc; i += 2) {
     const char *a = argv[i], *v = argv[i + 1];
-    char *end = (char *)"";
+    bool ok = true;
     if (!strcmp(a, "--len"))
-      o->len = strtoll(v, &end, 10);
+      ok = arg_i64(v, &o->len);
     else if (!strcmp(a, "--steps"))
-      o->steps = strtoll(v, &end, 10);
+      ok = arg_i64(v, &o->steps);
     else if (!strcmp(a, "--batch"))
-      o->batch = strtoll(v, &end, 10);
+      ok = arg_i64(v, &o->batch);
     else if (!strcmp(a, "--hidden"))
-      o->hidden = strtoll(v, &end, 10);
+      ok = arg_i64(v, &o->hidden);
     else if (!strcmp(a, "--lr"))
-      o->lr = strtod(v, &end);
+      ok = arg_double(v, &o->lr);
     else if (!strcmp(a, "--seed"))
-      o->seed = strtoull(v, &end, 10);
+      ok = arg_u64(v, &o->seed);
     else if (!strcmp(a, "--check"))
-      o->check = strtod(v, &end);
+      ok = arg_double(v, &o->check);
     else if (!strcmp(a, "--cells") && strlen(v) < sizeof o->cells)
       strcpy(o->cells, v);
     else
       return false;
-    if (*end) return false;
+    if (!ok) return false;
   }
   return argc % 2 == 1 && o->len >= 2 && o->steps >= 0 && o->batch >= 1 && o->hidden >= 1 &&
          o->lr > 0 && o->check >= 0;

@@ -29,6 +29,7 @@
  * Usage: attention [--steps N] [--len N] [--batch N] [--seed N]
  * The last line printed is exactly "accuracy: NN.NN%" (the fraction of
  * test sequences reversed without a mistake). */
+#include "args.h"
 #include <autodiff/nn.h>
 
 #include <stdio.h>
@@ -117,9 +118,8 @@ int main(int argc, char **argv) {
   long long steps = 600, n = 8, batch = 64, seed = 1;
   for (int i = 1; i < argc; i += 2) {
     if (i + 1 >= argc) return usage(argv[0]);
-    char *end;
-    long long v = strtoll(argv[i + 1], &end, 10);
-    if (*end || v < 0) return usage(argv[0]);
+    long long v;
+    if (!arg_ll(argv[i + 1], 0, LLONG_MAX, &v)) return usage(argv[0]);
     if (strcmp(argv[i], "--steps") == 0)
       steps = v;
     else if (strcmp(argv[i], "--len") == 0)

@@ -36,6 +36,7 @@
  *                 [--threads N] [--words FILE]
  * --max-words N uses the first N words of the list only (0: all).
  * The last line printed is exactly "validation bits per character: N.NN". */
+#include "args.h"
 #include <autodiff/nn.h>
 
 #include <math.h>
@@ -57,36 +58,36 @@ typedef struct options {
 static bool parse(int argc, char **argv, options *o) {
   for (int i = 1; i + 1 < argc; i += 2) {
     const char *a = argv[i], *v = argv[i + 1];
-    char *end = (char *)"";
+    bool ok = true;
     if (!strcmp(a, "--epochs"))
-      o->epochs = (int)strtol(v, &end, 10);
+      ok = arg_int(v, &o->epochs);
     else if (!strcmp(a, "--hidden"))
-      o->hidden = strtoll(v, &end, 10);
+      ok = arg_i64(v, &o->hidden);
     else if (!strcmp(a, "--embed"))
-      o->embed = strtoll(v, &end, 10);
+      ok = arg_i64(v, &o->embed);
     else if (!strcmp(a, "--batch"))
-      o->batch = strtoll(v, &end, 10);
+      ok = arg_i64(v, &o->batch);
     else if (!strcmp(a, "--bptt"))
-      o->bptt = strtoll(v, &end, 10);
+      ok = arg_i64(v, &o->bptt);
     else if (!strcmp(a, "--lr"))
-      o->lr = strtod(v, &end);
+      ok = arg_double(v, &o->lr);
     else if (!strcmp(a, "--clip"))
-      o->clip = strtod(v, &end);
+      ok = arg_double(v, &o->clip);
     else if (!strcmp(a, "--seed"))
-      o->seed = strtoull(v, &end, 10);
+      ok = arg_u64(v, &o->seed);
     else if (!strcmp(a, "--temperature"))
-      o->temperature = strtod(v, &end);
+      ok = arg_double(v, &o->temperature);
     else if (!strcmp(a, "--samples"))
-      o->samples = (int)strtol(v, &end, 10);
+      ok = arg_int(v, &o->samples);
     else if (!strcmp(a, "--max-words"))
-      o->max_words = strtoll(v, &end, 10);
+      ok = arg_i64(v, &o->max_words);
     else if (!strcmp(a, "--threads"))
-      o->threads = (int)strtol(v, &end, 10);
+      ok = arg_int(v, &o->threads);
     else if (!strcmp(a, "--words"))
       o->words = v;
     else
       return false;
-    if (*end) return false;
+    if (!ok) return false;
   }
   return argc % 2 == 1 && o->epochs >= 0 && o->hidden >= 1 && o->embed >= 1 && o->batch >= 1 &&
          o->bptt >= 1 && o->lr > 0 && o->clip > 0 && o->temperature > 0 && o->samples >= 0 &&

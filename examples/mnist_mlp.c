@@ -19,6 +19,7 @@
  * Usage: mnist_mlp [--epochs N] [--batch N] [--seed N] [--lr X] [--data DIR]
  *                  [--save FILE] [--load FILE]
  * The last line printed is exactly "test accuracy: NN.NN%". */
+#include "args.h"
 #include "mnist_data.h"
 #include <autodiff/nn.h>
 
@@ -47,24 +48,24 @@ static bool parse(int argc, char **argv, options *o) {
   for (int i = 1; i < argc; i += 2) { /* flag, value */
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
     if (!v) return false;
-    char *end;
+    bool ok = true;
     if (strcmp(a, "--epochs") == 0)
-      o->epochs = (int)strtol(v, &end, 10);
+      ok = arg_int(v, &o->epochs);
     else if (strcmp(a, "--batch") == 0)
-      o->batch = strtoll(v, &end, 10);
+      ok = arg_i64(v, &o->batch);
     else if (strcmp(a, "--seed") == 0)
-      o->seed = strtoull(v, &end, 10);
+      ok = arg_u64(v, &o->seed);
     else if (strcmp(a, "--lr") == 0)
-      o->lr = strtod(v, &end), o->lr_given = true;
+      ok = arg_double(v, &o->lr), o->lr_given = true;
     else if (strcmp(a, "--data") == 0)
-      o->data = v, end = (char *)"";
+      o->data = v;
     else if (strcmp(a, "--save") == 0)
-      o->save = v, end = (char *)"";
+      o->save = v;
     else if (strcmp(a, "--load") == 0)
-      o->load = v, end = (char *)"";
+      o->load = v;
     else
       return false;
-    if (*end) return false;
+    if (!ok) return false;
   }
   return o->epochs >= 0 && o->batch >= 1 && o->lr > 0;
 }

@@ -11,6 +11,7 @@
  * per rank. Rank 0 prints the progress; every rank evaluates the test set
  * (identical models) and rank 0 prints its last line, exactly
  * "test accuracy: NN.NN%". --save writes the checkpoint from rank 0. */
+#include "args.h"
 #include "mnist_data.h"
 #include <autodiff/nn_dist.h>
 
@@ -25,22 +26,23 @@ int main(int argc, char **argv) {
   unsigned long long seed = 42;
   const char *save = NULL;
   nn_dist_opts dopts = {0};
+  bool bad = false;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
     if (strcmp(a, "--deterministic") == 0)
       dopts.deterministic = true;
-    else if (strcmp(a, "--epochs") == 0 && v)
-      epochs = atoi(argv[++i]);
-    else if (strcmp(a, "--batch") == 0 && v)
-      batch = atoll(argv[++i]);
-    else if (strcmp(a, "--seed") == 0 && v)
-      seed = strtoull(argv[++i], NULL, 10);
+    else if (strcmp(a, "--epochs") == 0 && arg_int(v, &epochs))
+      i++;
+    else if (strcmp(a, "--batch") == 0 && arg_i64(v, &batch))
+      i++;
+    else if (strcmp(a, "--seed") == 0 && arg_u64(v, &seed))
+      i++;
     else if (strcmp(a, "--save") == 0 && v)
       save = argv[++i];
     else
-      epochs = -1;
+      bad = true; /* and stays so, whatever follows */
   }
-  if (epochs < 0 || batch < 1) {
+  if (bad || epochs < 0 || batch < 1) {
     fprintf(stderr,
             "usage: mpirun -np N %s [--epochs N] [--batch N] [--seed N] "
             "[--deterministic] [--save FILE]\n",

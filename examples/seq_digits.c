@@ -25,6 +25,7 @@
  *                   [--lr X] [--clip X] [--threads N] [--data DIR]
  *                   [--save FILE]
  * The last line printed is exactly "test accuracy: NN.NN%". */
+#include "args.h"
 #include "mnist_data.h"
 #include <autodiff/nn.h>
 
@@ -45,28 +46,28 @@ typedef struct options {
 static bool parse(int argc, char **argv, options *o) {
   for (int i = 1; i + 1 < argc; i += 2) {
     const char *a = argv[i], *v = argv[i + 1];
-    char *end = (char *)"";
+    bool ok = true;
     if (!strcmp(a, "--epochs"))
-      o->epochs = (int)strtol(v, &end, 10);
+      ok = arg_int(v, &o->epochs);
     else if (!strcmp(a, "--batch"))
-      o->batch = strtoll(v, &end, 10);
+      ok = arg_i64(v, &o->batch);
     else if (!strcmp(a, "--hidden"))
-      o->hidden = strtoll(v, &end, 10);
+      ok = arg_i64(v, &o->hidden);
     else if (!strcmp(a, "--seed"))
-      o->seed = strtoull(v, &end, 10);
+      ok = arg_u64(v, &o->seed);
     else if (!strcmp(a, "--lr"))
-      o->lr = strtod(v, &end);
+      ok = arg_double(v, &o->lr);
     else if (!strcmp(a, "--clip"))
-      o->clip = strtod(v, &end);
+      ok = arg_double(v, &o->clip);
     else if (!strcmp(a, "--threads"))
-      o->threads = (int)strtol(v, &end, 10);
+      ok = arg_int(v, &o->threads);
     else if (!strcmp(a, "--data"))
       o->data = v;
     else if (!strcmp(a, "--save"))
       o->save = v;
     else
       return false;
-    if (*end) return false;
+    if (!ok) return false;
   }
   return argc % 2 == 1 && o->epochs >= 0 && o->batch >= 1 && o->hidden >= 1 && o->lr > 0 &&
          o->clip > 0 && o->threads >= 1;

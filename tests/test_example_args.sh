@@ -1,0 +1,46 @@
+#!/bin/sh
+# The examples' command lines, reported as TAP: a value that is not a
+# number of the flag's kind (empty, blank-led, trailing text, out of the
+# variable's range, a negative seed, a non-finite real) is a usage error:
+# exit status 2 and a usage line on stderr, before the example does any
+# work. Run by meson (suite 'nn'):
+#   sh tests/test_example_args.sh EXAMPLES_BUILD_DIR
+set -u
+DIR=$1
+TMP=${TMPDIR:-/tmp}/test_example_args.$$
+mkdir -p "$TMP" || exit 1
+trap 'rm -rf "$TMP"' EXIT
+n=0
+fails=0
+
+# bad EXAMPLE ARGS...: expects exit 2 and "usage" on stderr
+bad() {
+  exe=$1
+  shift
+  n=$((n + 1))
+  "$DIR/$exe" "$@" >"$TMP/out" 2>"$TMP/err"
+  rc=$?
+  if [ $rc -eq 2 ] && grep -q 'usage' "$TMP/err"; then
+    echo "ok $n - $exe $* is a usage error"
+  else
+    echo "not ok $n - $exe $* exited $rc: $(head -c 200 "$TMP/err")"
+    fails=$((fails + 1))
+  fi
+}
+
+echo "1..14"
+bad mnist_mlp --epochs ""
+bad mnist_mlp --epochs 4294967297
+bad mnist_mlp --seed -1
+bad mnist_mlp --lr inf
+bad mnist_cnn --threads 4294967297
+bad mnist_cnn --batch " 8"
+bad attention --steps 99999999999999999999
+bad attention --len ""
+bad adding --lr nan
+bad adding --seed " -3"
+bad char_rnn --samples 4294967296
+bad char_rnn --clip 1e999
+bad seq_digits --hidden 99999999999999999999
+bad seq_digits --epochs 1.5
+[ $fails -eq 0 ]
