@@ -10,6 +10,7 @@
  * exits 0 when the final loss is below 0.01, 1 otherwise.
  *
  * Usage: xor [--epochs N] [--lr X] [--seed N] */
+#include "args.h"
 #include <autodiff/nn.h>
 
 #include <stdio.h>
@@ -36,12 +37,13 @@ int main(int argc, char **argv) {
   double lr = 2.0;
   unsigned long long seed = 1;
   for (int i = 1; i < argc; i++) {
-    if (i + 1 < argc && strcmp(argv[i], "--epochs") == 0)
-      epochs = atoi(argv[++i]);
-    else if (i + 1 < argc && strcmp(argv[i], "--lr") == 0)
-      lr = atof(argv[++i]);
-    else if (i + 1 < argc && strcmp(argv[i], "--seed") == 0)
-      seed = strtoull(argv[++i], NULL, 10);
+    const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+    if (strcmp(argv[i], "--epochs") == 0 && arg_int(v, &epochs))
+      i++;
+    else if (strcmp(argv[i], "--lr") == 0 && arg_double(v, &lr))
+      i++;
+    else if (strcmp(argv[i], "--seed") == 0 && arg_u64(v, &seed))
+      i++;
     else
       return usage(argv[0]);
   }

@@ -28,7 +28,7 @@ bad() {
   fi
 }
 
-echo "1..14"
+echo "1..17"
 bad mnist_mlp --epochs ""
 bad mnist_mlp --epochs 4294967297
 bad mnist_mlp --seed -1
@@ -43,4 +43,7 @@ bad char_rnn --samples 4294967296
 bad char_rnn --clip 1e999
 bad seq_digits --hidden 99999999999999999999
 bad seq_digits --epochs 1.5
+bad xor --epochs 10abc
+bad xor --lr 2x
+bad xor --seed -1
 [ $fails -eq 0 ]
