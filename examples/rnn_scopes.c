@@ -9,8 +9,8 @@
  * the forward view with one box per step. --lstm-dot writes the collapsed
  * forward view of a 2-layer LSTM layer (nn_lstm_new) over 6 steps, run
  * step by step (nn_rnn_opts.per_step), whose nn_rnn_forward opens the
- * scopes itself ("lstm.l0", "t=0", ...; docs/img/rnn_scopes_lstm.svg). Prints the loss and dL/dW; the last line
- * is "dL/dW: a b c d". */
+ * scopes itself ("lstm.l0", "t=0", ...; docs/img/rnn_scopes_lstm.svg). Prints the loss and dL/dW;
+ * the last line is "dL/dW: a b c d". */
 #include <autodiff/nn.h>
 
 #include <stdio.h>
@@ -18,14 +18,16 @@
 
 #define STEPS 5
 
-static int dump(ad_graph *g, ad_tensor *root, const char *path, int flags) {
+static int dump(ad_ctx *ctx, ad_graph *g, ad_tensor *root, const char *path, int flags) {
   FILE *f = fopen(path, "w");
   if (!f) {
     fprintf(stderr, "rnn_scopes: cannot write %s\n", path);
     return 1;
   }
   ad_status st = ad_graph_dot(g, f, root, flags);
+  const char *why = st != AD_OK ? ad_last_error(ctx) : "write error";
   if (fclose(f) != 0 && st == AD_OK) st = AD_ERR_IO;
+  if (st != AD_OK) fprintf(stderr, "rnn_scopes: %s: %s\n", path, why); /* not silently */
   return st != AD_OK;
 }
 
@@ -47,7 +49,7 @@ static int lstm_dump(ad_ctx *ctx, const char *path) {
     ad_graph *g = ad_graph_new(ctx);
     ad_graph_name(g, x, "x");
     ad_graph_name(g, L, "L");
-    rc = dump(g, L, path, AD_DOT_COLLAPSE);
+    rc = dump(ctx, g, L, path, AD_DOT_COLLAPSE);
     ad_graph_free(g);
   }
   ad_tape_reset(ctx);
@@ -108,8 +110,8 @@ int main(int argc, char **argv) {
     fprintf(stderr, "rnn_scopes: %s\n", ad_last_error(ctx));
     rc = 1;
   } else {
-    if (dot) rc |= dump(g, L, dot, AD_DOT_BACKWARD);
-    if (collapsed) rc |= dump(g, L, collapsed, AD_DOT_COLLAPSE);
+    if (dot) rc |= dump(ctx, g, L, dot, AD_DOT_BACKWARD);
+    if (collapsed) rc |= dump(ctx, g, L, collapsed, AD_DOT_COLLAPSE);
     printf("L = %.6f\n", ad_tensor_get(L, 0));
     printf("dL/dW: %.6f %.6f %.6f %.6f\n", ad_tensor_get(W->grad, 0), ad_tensor_get(W->grad, 1),
            ad_tensor_get(W->grad, 2), ad_tensor_get(W->grad, 3));
