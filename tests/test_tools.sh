@@ -32,7 +32,7 @@ run() {
   rc=$?
 }
 
-echo "1..24"
+echo "1..25"
 
 run "$GC" --help
 ok $rc "--help exits 0"
@@ -64,6 +64,10 @@ ok $? "a negative --seed after a space exits 2"
 run "$GC" --seed 010 --op tanh --first-only --dtype f64
 [ $rc -eq 0 ] && grep -q '^ad-gradcheck: seed 10,' "$TMP/out"
 ok $? "--seed 010 is seed 10 (decimal)"
+
+"$GC" --op tanh --first-only --dtype f64 >/dev/full 2>"$TMP/err"
+[ $? -eq 2 ] && grep -q 'write error on standard output' "$TMP/err"
+ok $? "a report that cannot be written exits 2, not 0"
 
 run "$GC" --op tanh --seed 3
 [ $rc -eq 0 ] && [ "$(tail -n 1 "$TMP/out")" = "1 passed, 0 failed" ]

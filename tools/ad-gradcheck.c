@@ -10,7 +10,8 @@
  * the worst absolute and relative error and where it was (input k, flat
  * index i). Ops without a backward are listed as skipped. The last line is
  * "N passed, M failed", counting ops. Exit status: 0 when every check
- * passes, 1 when one fails, 2 for a usage error. */
+ * passes, 1 when one fails, 2 for a usage error or output that cannot be
+ * written. */
 #include "ad_ext.h"
 
 #include <ctype.h>
@@ -53,8 +54,9 @@ static void usage(FILE *f) {
           "  --help         show this help\n"
           "\n"
           "Prints one line per op and ends with \"N passed, M failed\". Exit status 0\n"
-          "when everything passes, 1 when a check fails, 2 for a usage error or a\n"
-          "library that cannot be loaded or registers nothing.\n",
+          "when everything passes, 1 when a check fails, 2 for a usage error, a\n"
+          "library that cannot be loaded or registers nothing, or output that\n"
+          "cannot be written.\n",
           MAX_LOADS);
 }
 
@@ -194,6 +196,7 @@ static bool load_plugin(ad_ctx *ctx, const char *path) {
 int main(int argc, char **argv) {
   options o;
   int rc = parse_args(argc, argv, &o);
+  if (rc == 1 && (fflush(stdout) != 0 || ferror(stdout))) rc = 2; /* --help went nowhere */
   if (rc) return rc == 1 ? 0 : 2;
 
   ad_ctx *ctx = ad_ctx_new();
@@ -244,5 +247,9 @@ int main(int argc, char **argv) {
   if (skipped) printf("%d skipped\n", skipped);
   printf("%d passed, %d failed\n", passed, failed);
   ad_ctx_free(ctx);
+  if (fflush(stdout) != 0 || ferror(stdout)) { /* a report that went nowhere is no pass */
+    fprintf(stderr, "ad-gradcheck: write error on standard output\n");
+    return 2;
+  }
   return failed ? 1 : 0;
 }
