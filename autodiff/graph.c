@@ -199,6 +199,9 @@ ad_status ad_graph_name(ad_graph *g, const ad_tensor *t, const char *name) {
   if (!t) return ad_set_null_error(g->ctx, "graph_name: tensor is NULL");
   if (!ad_tensor_is_valid(t))
     return ad_set_error(g->ctx, AD_ERR_ARG, "graph_name: not a tensor (freed?)");
+  /* its address could later be one of g's context's tensors */
+  if (ad_tensor_ctx(t) != g->ctx)
+    return ad_set_error(g->ctx, AD_ERR_ARG, "graph_name: the tensor belongs to another context");
   if (!name || !name[0]) {
     name_ent *e = name_find(g, t);
     if (e) free_name(g->ctx, e);

@@ -552,6 +552,10 @@ Test(graph, argument_errors) {
   ad_graph *g2 = ad_graph_new(other);
   cr_assert_eq(ad_graph_dot(g2, stdout, x, 0), AD_ERR_ARG);
   cr_assert(strstr(ad_last_error(ctx), "another context"));
+  ad_clear_error(ctx);
+  cr_assert_eq(ad_graph_name(g2, x, "x"), AD_ERR_ARG);
+  cr_assert(strstr(ad_last_error(other), "graph_name: the tensor belongs to another context"), "%s",
+            ad_last_error(other));
   ad_graph_free(g2);
   ad_ctx_free(other);
   ad_graph_free(g);

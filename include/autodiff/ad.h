@@ -1137,7 +1137,8 @@ AD_API void ad_graph_free(ad_graph *g);
  * leaves, "param1", "input1", "const1" in order of appearance. A name on
  * an op's output lasts until ad_tape_reset; on a persistent tensor until
  * g is freed, so remove it before freeing a tensor that g may outlive (a
- * new tensor could get the same address). AD_ERR_OOM on failure. */
+ * new tensor could get the same address). Returns AD_ERR_NULL, AD_ERR_ARG
+ * (a freed tensor, or one of another context) or AD_ERR_OOM. */
 AD_API ad_status ad_graph_name(ad_graph *g, const ad_tensor *t, const char *name);
 
 /** Starts observing backward passes on g's context (ad_backward and
