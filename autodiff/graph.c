@@ -1289,6 +1289,10 @@ ad_status ad_graph_dot(ad_graph *g, FILE *f, ad_tensor *root, int flags) {
   if (g && g->ctx != ctx)
     return ad_set_error(ctx, AD_ERR_ARG, "graph_dot: the graph belongs to another context");
   if (!f) return ad_set_error(ctx, AD_ERR_NULL, "graph_dot: file is NULL");
+  if (flags & ~(AD_DOT_BACKWARD | AD_DOT_COLLAPSE))
+    return ad_set_error(ctx, AD_ERR_ARG,
+                        "graph_dot: unknown flags 0x%x (AD_DOT_BACKWARD, AD_DOT_COLLAPSE)",
+                        (unsigned)flags);
   if (ad_tensor_is_temporary(root) && ad_tensor_generation(root) != ad_tape_generation(ctx))
     return ad_set_error(ctx, AD_ERR_STATE, "graph_dot: the root is from a tape that was reset");
 

@@ -539,6 +539,9 @@ Test(graph, argument_errors) {
   cr_assert_eq(ad_graph_dot(g, NULL, x, 0), AD_ERR_NULL);
   cr_assert(strstr(ad_last_error(ctx), "graph_dot: file is NULL"));
   ad_clear_error(ctx);
+  cr_assert_eq(ad_graph_dot(g, stdout, x, 4), AD_ERR_ARG); /* nothing written */
+  cr_assert(strstr(ad_last_error(ctx), "graph_dot: unknown flags 0x4"), "%s", ad_last_error(ctx));
+  ad_clear_error(ctx);
   cr_assert_eq(ad_graph_name(g, NULL, "a"), AD_ERR_NULL);
   ad_clear_error(ctx);
   OK(ad_graph_trace_begin(g, NULL));

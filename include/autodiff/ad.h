@@ -1197,10 +1197,10 @@ AD_API ad_status ad_graph_trace_end(ad_graph *g);
  * scopes is drawn the same with or without AD_DOT_COLLAPSE. Names, labels
  * and a user op's strings are escaped: a control character or a byte that
  * is not UTF-8 is shown as "\\xNN". g may be NULL (no names, no trace).
- * Returns AD_ERR_NULL, AD_ERR_ARG (not a tensor, or another context's
- * graph), AD_ERR_STATE (root from a reset tape), AD_ERR_OOM or AD_ERR_IO
- * (f is flushed, so a write that fails then counts); never changes a
- * tensor. */
+ * Returns AD_ERR_NULL, AD_ERR_ARG (not a tensor, another context's graph,
+ * or a flag other than these two), AD_ERR_STATE (root from a reset tape),
+ * AD_ERR_OOM or AD_ERR_IO (f is flushed, so a write that fails then
+ * counts); never changes a tensor. */
 AD_API ad_status ad_graph_dot(ad_graph *g, FILE *f, ad_tensor *root, int flags);
 
 /* ---------------------------------- end of graph dumps and traces */
