@@ -344,6 +344,9 @@ ad_status ad_op_check(ad_ctx *ctx, int id, ad_dtype dtype, bool second, uint64_t
   if (!report) return ad_set_error(ctx, AD_ERR_NULL, "op_check: report is NULL");
   if (!def->backward)
     return ad_set_error(ctx, AD_ERR_ARG, "op_check: %s has no gradient to check", def->name);
+  if (dtype != AD_F32 && dtype != AD_F64) /* a sample would make inputs that need no gradient */
+    return ad_set_error(ctx, AD_ERR_DTYPE, "op_check: %s: dtype %s has no gradient (f32 or f64)",
+                        def->name, ad_dtype_name(dtype));
   memset(report, 0, sizeof *report);
   report->passed = true;
   report->input = -1;

@@ -416,6 +416,13 @@ Test(gradcheck, op_check_error_paths) {
                AD_ERR_ARG, "no op with id", NULL);
   expect_error(ctx, "negative id", ad_op_check(ctx, -1, AD_F64, false, SEED, &r), AD_ERR_ARG,
                "no op with id", NULL);
+  /* a dtype without gradients is named as the cause, not "no input
+   * requires grad" from inside the check */
+  int tanh_id = ad_op_find(ctx, "tanh");
+  expect_error(ctx, "i32 dtype", ad_op_check(ctx, tanh_id, AD_I32, false, SEED, &r), AD_ERR_DTYPE,
+               "op_check: tanh: dtype i32 has no gradient", NULL);
+  expect_error(ctx, "dtype 99", ad_op_check(ctx, tanh_id, (ad_dtype)99, true, SEED, &r),
+               AD_ERR_DTYPE, "has no gradient", NULL);
   expect_error(ctx, "NULL report",
                ad_op_check(ctx, ad_op_find(ctx, "tanh"), AD_F64, false, SEED, NULL), AD_ERR_NULL,
                "report", NULL);

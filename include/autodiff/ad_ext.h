@@ -416,8 +416,9 @@ AD_API int ad_tensor_inputs(const ad_tensor *t, ad_tensor **srcs, int max);
  * NULL for a leaf, an unrecorded tensor or an op that takes none. */
 AD_API const ad_attrs *ad_tensor_attrs(const ad_tensor *t);
 
-/** Checks a registered op through its sample function for one dtype, all
- * variants, first (and with second, second) order. Prints nothing. */
+/** Checks a registered op through its sample function for one dtype (AD_F32
+ * or AD_F64; another is AD_ERR_DTYPE), all variants, first (and with
+ * second, second) order. Prints nothing. */
 AD_API ad_status ad_op_check(ad_ctx *ctx, int id, ad_dtype dtype, bool second, uint64_t seed,
                              ad_check_report *report);
 
