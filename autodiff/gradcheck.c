@@ -126,6 +126,17 @@ static ad_tensor *run(check_state *s, ad_tensor *const *in) {
                  ad_dtype_name(y->dtype));
     return NULL;
   }
+  /* v has the first output's shape; an output of another shape would be
+   * compared against a cotangent that does not fit it */
+  if (y && s->v &&
+      (y->ndim != s->v->ndim ||
+       memcmp(y->shape, s->v->shape, (size_t)y->ndim * sizeof *y->shape))) {
+    char a[64], b[64];
+    ad_set_error(s->ctx, AD_ERR_SHAPE,
+                 "gradcheck: fn returned shape %s after %s: it must give the same shape every call",
+                 ad_shape_str(y, a, sizeof a), ad_shape_str(s->v, b, sizeof b));
+    return NULL;
+  }
   return y;
 }
 

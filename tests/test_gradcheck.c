@@ -333,6 +333,13 @@ static ad_tensor *fn_bad_matmul(ad_ctx *c, int n, ad_tensor *const *in, void *ud
   return ad_matmul(c, in[0], in[0], false, false); /* [2,3] x [2,3] */
 }
 
+/* tanh the first call, its sum after: an output whose shape changes */
+static ad_tensor *fn_shape_changes(ad_ctx *c, int n, ad_tensor *const *in, void *ud) {
+  (void)n;
+  int *calls = ud;
+  return (*calls)++ ? ad_sum(c, ad_tanh(c, in[0])) : ad_tanh(c, in[0]);
+}
+
 static ad_tensor *fn_int_output(ad_ctx *c, int n, ad_tensor *const *in, void *ud) {
   (void)c, (void)n, (void)in;
   return ud; /* an i32 tensor */
@@ -387,6 +394,11 @@ static void error_cases(checker check, const char *name) {
   r.passed = true;
   expect_error(ctx, WHAT("fn returns i32"), check(ctx, fn_int_output, lab, 1, &x, NULL, &r),
                AD_ERR_DTYPE, "i32", &r);
+  r.passed = true;
+  int calls = 0;
+  expect_error(ctx, WHAT("fn changes its output's shape"),
+               check(ctx, fn_shape_changes, &calls, 1, &x, NULL, &r), AD_ERR_SHAPE,
+               "gradcheck: fn returned shape [] after [2,3]", &r);
   /* a setting that is not finite and >= 0 is refused, not taken for the
    * default (negative, NaN) nor allowed to pass anything (infinite) */
   const ad_check_opts bad_opts[] = {{.eps = -1e-6},      {.eps = NAN},  {.eps = INFINITY},
