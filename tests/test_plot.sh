@@ -20,7 +20,7 @@ ok() { # ok CONDITION-STATUS DESCRIPTION
   n=$((n + 1))
   if [ "$1" -eq 0 ]; then echo "ok $n - $2"; else echo "not ok $n - $2"; fails=$((fails + 1)); fi
 }
-echo "1..11"
+echo "1..12"
 printf 'epoch,loss,"val_loss",grad_norm/0.weight,grad_norm/2.weight\n1,2.5,2.6,0.5,1\n2,1.25,nan,0.05,1\n3,0.5,0.9,0.005,1\n4,0.25,1,0.0005,1\n' >"$TMP/h.csv"
 "$PLOT" -o "$TMP/a.svg" --title 'Loss & more' --xlabel epoch --ylabel loss --logy \
   "$TMP/h.csv:loss" "$TMP/h.csv:val_loss=validation" "$TMP/h.csv:grad_norm/*"
@@ -44,6 +44,10 @@ ok $? "a missing column fails with its name"
 "$PLOT" "$TMP/h.csv:loss" 2>"$TMP/err"
 [ $? -eq 2 ] && grep -q '^usage: plot' "$TMP/err"
 ok $? "no -o prints the usage"
+ln -s /dev/stdout "$TMP/link"
+"$PLOT" -o "$TMP/link" "$TMP/h.csv:loss" | cat >"$TMP/d.svg"
+[ -L "$TMP/link" ] && grep -q '<path ' "$TMP/d.svg"
+ok $? "-o /dev/stdout (here a link to it) writes to the pipe and leaves the link"
 mkdir -p "$TMP/src/docs/img" "$TMP/src/examples" "$TMP/src/tools/plot"
 cp "$ROOT"/docs/img/plots.sha256 "$ROOT"/docs/img/*.csv "$ROOT"/docs/img/*.svg "$TMP/src/docs/img/" &&
   cp "$ROOT"/examples/*.c "$ROOT"/examples/teach.h "$TMP/src/examples/" &&

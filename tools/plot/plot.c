@@ -1,10 +1,14 @@
 /* plot.c: the SVG line-chart writer of plot.h. */
+#ifndef _POSIX_C_SOURCE
+#define _POSIX_C_SOURCE 200809L /* stat */
+#endif
 #include "plot.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 /* Line colours, in series order (then again). */
 static const char *const colours[] = {"#1b6ac9", "#d43d1a", "#2a9d3f", "#e69b00", "#7b4bb7",
@@ -220,6 +224,21 @@ int plot_svg(FILE *f, const plot_opts *o, int ns, const plot_series *s, const ch
 
 int plot_svg_file(const char *path, const plot_opts *o, int ns, const plot_series *s,
                   const char **why) {
+  struct stat sb;
+  if (stat(path, &sb) == 0 && !S_ISREG(sb.st_mode) && !S_ISDIR(sb.st_mode)) {
+    /* a device or FIFO (-o /dev/stdout): written to, never renamed over */
+    FILE *f = fopen(path, "w");
+    if (!f) {
+      if (why) *why = "cannot open the file";
+      return -1;
+    }
+    int rc = plot_svg(f, o, ns, s, why);
+    if (fclose(f) != 0 && rc == 0) {
+      rc = -1;
+      if (why) *why = "write error";
+    }
+    return rc;
+  }
   size_t n = strlen(path) + 5;
   char *tmp = malloc(n);
   if (!tmp) {

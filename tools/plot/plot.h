@@ -34,7 +34,8 @@ typedef struct plot_opts {
 int plot_svg(FILE *f, const plot_opts *o, int ns, const plot_series *s, const char **why);
 
 /* plot_svg into the file path (written as path.tmp, then renamed over
- * path). Returns 0 or -1 with a message in *why (may be NULL). */
+ * path; a device or FIFO, such as /dev/stdout, is written to directly).
+ * Returns 0 or -1 with a message in *why (may be NULL). */
 int plot_svg_file(const char *path, const plot_opts *o, int ns, const plot_series *s,
                   const char **why);
 
