@@ -6,7 +6,10 @@
 #include <time.h>
 
 /* uthash reports an allocation failure through the entry instead of exiting;
- * its bucket arrays come from malloc (entries and names from the context). */
+ * its table and bucket arrays come from the list's context, as the entries
+ * and names do (every use below has the list in p). */
+#define uthash_malloc(sz)          ad_malloc(p->ctx, sz)
+#define uthash_free(ptr, sz)       ad_free(p->ctx, ptr, sz)
 #define HASH_NONFATAL_OOM          1
 #define uthash_nonfatal_oom(entry) ((entry)->oom = true)
 #include <uthash.h>

@@ -78,6 +78,56 @@ Test(params, names_lookup_and_ownership) {
   nn_params_free(NULL);
 }
 
+/* Each allocation of a list's growth refused once in turn, the name map's
+ * table among them (it comes from the context's allocator, as the rest of
+ * the list): every failed add is AD_ERR_OOM with a message and frees the
+ * tensor it owned, the list keeps the names added so far and takes more,
+ * and nothing leaks (no tensor stays live; once the context is freed, no
+ * block of its allocator). */
+Test(params, every_allocation_refused_once) {
+  enum { NAMES = 40 };
+  test_alloc ta = {0};
+  ad_ctx *c = ad_ctx_new_with_alloc(test_alloc_fn, &ta);
+  cr_assert_not_null(c);
+  bool map_refused = false, granted_all = false;
+  char name[32];
+  for (long k = 0; !granted_all; k++) {
+    nn_params *p = nn_params_new(c);
+    cr_assert_not_null(p);
+    int added = 0;
+    test_alloc_refuse_after(&ta, k); /* refuses request k from here on, and only that one */
+    ta.refuse = TEST_ALLOC_REFUSE_ONLY;
+    long refused = ta.refused;
+    for (int i = 0; i < NAMES; i++) {
+      snprintf(name, sizeof name, "p%d", i);
+      ad_tensor *t = ad_zeros(c, AD_F32, 0, NULL);
+      if (!t) {
+        test_expect_error(c, AD_ERR_OOM, "out of memory", NULL);
+        continue;
+      }
+      ad_status st = nn_params_add(p, name, t, true);
+      if (st != AD_OK) {
+        cr_assert_eq(st, AD_ERR_OOM, "k %ld, name %d: %s", k, i, ad_last_error(c));
+        map_refused |= strstr(ad_last_error(c), "name map") != NULL;
+        test_expect_error(c, AD_ERR_OOM, "out of memory", NULL);
+        continue;
+      }
+      cr_assert_eq(nn_params_find(p, name), t, "k %ld: '%s' not found", k, name);
+      added++;
+    }
+    test_alloc_grant_all(&ta);
+    granted_all = ta.refused == refused;
+    cr_assert_eq(nn_params_count(p), added);
+    for (int i = 0; i < added; i++)
+      cr_assert_eq(nn_params_find(p, nn_params_name(p, i)), nn_params_tensor(p, i), "k %ld", k);
+    nn_params_free(p);
+    cr_assert_eq(ad_ctx_live_tensors(c), 0, "k %ld: tensors leaked", k);
+  }
+  cr_assert(map_refused, "no refusal reached the name map");
+  ad_ctx_free(c);
+  cr_assert_eq(ta.live, 0, "%ld blocks leaked", ta.live);
+}
+
 /* ----------------------------------------------------------- initializers */
 
 static void moments(const ad_tensor *t, double *mean, double *var, double *lo, double *hi) {
