@@ -1,6 +1,7 @@
 /* test_errors.c: every user-facing error is returned, not aborted on, and
  * its message names the op and the shapes. Out-of-memory is injected through
- * the pluggable allocator at every allocation of a small training program. */
+ * the pluggable allocator at every allocation of a small training program,
+ * and of one small program per op family (also under an arena cap). */
 #include "ad_ext.h"
 #include "test_alloc.h"
 
@@ -862,4 +863,263 @@ Test(errors, oom_once_then_recover) {
     cr_assert_eq(fa.live, 0, "N=%ld: %ld blocks leaked", n, fa.live);
   }
   grads_free(&one);
+}
+
+/* ------------------------------------------- out of memory: op families */
+
+/* One small program for each family of ops the MLP above does not reach:
+ * convolutions (Winograd's f32 path, a transposed and a grouped f64 one),
+ * pooling, batch and layer norm, the fused LSTM and GRU cells and sequence
+ * ops, attention, the losses. A step is forward and backward, or with
+ * `second` ad_grad(create_graph) and a backward through the gradients. */
+enum { FAM_CONV, FAM_POOL, FAM_NORM, FAM_RNN, FAM_ATTN, FAM_LOSS, NFAM, FAM_MAXP = 10 };
+
+typedef struct fam_prog {
+  ad_ctx *c;
+  int fam, np, nk;
+  bool second;
+  ad_tensor *p[FAM_MAXP], *k[2]; /* parameters; constants (running stats, masks) */
+} fam_prog;
+
+static ad_tensor *fam_tensor(fam_prog *g, ad_rng *rng, bool param, ad_dtype dt, int ndim, int64_t a,
+                             int64_t b, int64_t c, int64_t d) {
+  int64_t s[4] = {a, b, c, d};
+  ad_tensor *t = ad_randn(g->c, rng, dt, ndim, s, 0, 0.5);
+  if (!t) return NULL;
+  if (param) {
+    ad_tensor_set_requires_grad(t, true);
+    g->p[g->np++] = t;
+  } else {
+    g->k[g->nk++] = t;
+  }
+  return t;
+}
+
+static void fam_free(fam_prog *g) {
+  for (int i = 0; i < g->np; i++) ad_tensor_free(g->p[i]);
+  for (int i = 0; i < g->nk; i++) ad_tensor_free(g->k[i]);
+  ad_ctx_free(g->c);
+}
+
+static ad_status fam_init(fam_prog *g, test_alloc *ta, int fam, bool second) {
+  memset(g, 0, sizeof *g);
+  g->fam = fam;
+  g->second = second;
+  if (!(g->c = ad_ctx_new_with_alloc(test_alloc_fn, ta))) return AD_ERR_OOM;
+  ad_rng rng;
+  ad_rng_seed(&rng, 11 + (uint64_t)fam);
+  bool ok = true;
+#define T(...) ok = ok && fam_tensor(g, &rng, __VA_ARGS__)
+  switch (fam) {
+  case FAM_CONV: /* x, w, bias (Winograd: f32, 3x3, 16 channels); w of convT; f64 x, w */
+    T(true, AD_F32, 4, 2, 16, 6, 6), T(true, AD_F32, 4, 16, 16, 3, 3),
+        T(true, AD_F32, 1, 16, 0, 0, 0);
+    T(true, AD_F32, 4, 16, 4, 3, 3), T(true, AD_F64, 4, 2, 4, 5, 5), T(true, AD_F64, 4, 6, 2, 3, 3);
+    break;
+  case FAM_POOL:
+    T(true, AD_F64, 4, 2, 3, 8, 8);
+    break;
+  case FAM_NORM: /* x, weight, bias, layer norm's weight; running mean and var */
+    T(true, AD_F64, 4, 4, 3, 5, 5), T(true, AD_F64, 1, 3, 0, 0, 0), T(true, AD_F64, 1, 3, 0, 0, 0);
+    T(true, AD_F64, 2, 5, 5, 0, 0), T(false, AD_F64, 1, 3, 0, 0, 0),
+        T(false, AD_F64, 1, 3, 0, 0, 0);
+    break;
+  case FAM_RNN: /* lstm gates, state; gru a, b; lstm_seq xp, w_hh, b; gru_seq ...; mask */
+    T(true, AD_F64, 2, 3, 16, 0, 0), T(true, AD_F64, 2, 3, 4, 0, 0),
+        T(true, AD_F64, 2, 3, 12, 0, 0);
+    T(true, AD_F64, 2, 3, 12, 0, 0), T(true, AD_F64, 3, 5, 3, 16, 0),
+        T(true, AD_F64, 2, 16, 4, 0, 0);
+    T(true, AD_F64, 1, 16, 0, 0, 0), T(true, AD_F64, 3, 5, 3, 12, 0),
+        T(true, AD_F64, 2, 12, 4, 0, 0);
+    T(true, AD_F64, 1, 12, 0, 0, 0), T(false, AD_F64, 2, 5, 3, 0, 0);
+    break;
+  case FAM_ATTN: /* q, k, v; an additive mask */
+    T(true, AD_F64, 4, 2, 2, 5, 4), T(true, AD_F64, 4, 2, 2, 6, 4), T(true, AD_F64, 4, 2, 2, 6, 3);
+    T(false, AD_F64, 2, 5, 6, 0, 0);
+    break;
+  case FAM_LOSS:
+    T(true, AD_F64, 2, 6, 5, 0, 0), T(true, AD_F64, 2, 6, 5, 0, 0);
+    break;
+  }
+#undef T
+  if (!ok) return ad_last_status(g->c);
+  if (fam == FAM_NORM) /* a variance */
+    for (int64_t i = 0; i < 3; i++)
+      ad_tensor_set(g->k[1], i, 0.5 + fabs(ad_tensor_get(g->k[1], i)));
+  if (fam == FAM_RNN) /* a 0/1 mask */
+    for (int64_t i = 0; i < 15; i++) ad_tensor_set(g->k[0], i, i % 4 != 3);
+  return AD_OK;
+}
+
+static ad_tensor *sum_sq(ad_ctx *c, ad_tensor *x) { return ad_sum(c, ad_mul(c, x, x)); }
+
+static ad_tensor *fam_forward(fam_prog *g) {
+  ad_ctx *c = g->c;
+  ad_tensor **p = g->p, **k = g->k;
+  switch (g->fam) {
+  case FAM_CONV: {
+    ad_conv_opts same = {.padding = {1, 1, 1, 1}};
+    ad_conv_opts up = {.stride = {2, 2}, .padding = {1, 1, 1, 1}, .output_padding = {1, 1}};
+    ad_conv_opts grouped = {.groups = 2, .stride = {2, 1}};
+    ad_tensor *y = ad_tanh(c, ad_conv2d(c, p[0], p[1], p[2], &same));
+    ad_tensor *z = ad_conv_transpose2d(c, y, p[3], NULL, &up);
+    ad_tensor *u = ad_conv2d(c, p[4], p[5], NULL, &grouped);
+    ad_tensor *v = ad_conv_transpose2d(c, u, p[5], NULL, &grouped);
+    return ad_add(c, ad_cast(c, sum_sq(c, z), AD_F64), ad_add(c, sum_sq(c, u), sum_sq(c, v)));
+  }
+  case FAM_POOL: {
+    ad_pool2d_opts ceil = {.stride = {2, 2}, .padding = {1, 1}, .ceil_mode = true};
+    ad_pool2d_opts dil = {.dilation = {2, 2}};
+    ad_pool2d_opts excl = {.stride = {2, 2}, .padding = {1, 1}, .exclude_pad = true};
+    ad_tensor *a = ad_max_pool2d(c, p[0], 3, 3, &ceil), *b = ad_max_pool2d(c, p[0], 2, 2, &dil);
+    ad_tensor *d = ad_avg_pool2d(c, ad_tanh(c, p[0]), 3, 3, &excl);
+    ad_tensor *e = ad_global_avg_pool2d(c, ad_mul(c, p[0], p[0]));
+    return ad_add(c, ad_add(c, sum_sq(c, a), sum_sq(c, b)), ad_add(c, sum_sq(c, d), sum_sq(c, e)));
+  }
+  case FAM_NORM: {
+    int64_t ns[2] = {5, 5};
+    ad_tensor *y = ad_batch_norm(c, p[0], p[1], p[2], k[0], k[1], true, 0.1, 1e-5);
+    ad_tensor *z = ad_layer_norm(c, ad_tanh(c, y), 2, ns, p[3], NULL, 1e-5);
+    ad_tensor *w = ad_batch_norm(c, z, NULL, NULL, NULL, NULL, true, 0.1, 1e-5);
+    return ad_add(c, sum_sq(c, ad_mul(c, z, p[0])), sum_sq(c, ad_sin(c, w)));
+  }
+  case FAM_RNN: {
+    ad_tensor *a = ad_lstm_cell(c, p[0], p[1]), *b = ad_gru_cell(c, p[2], p[3], p[1]);
+    ad_tensor *s = ad_lstm_seq(c, p[4], p[5], p[6], p[1], p[1], k[0], false);
+    ad_tensor *u = ad_gru_seq(c, p[7], p[8], p[9], p[9], p[1], k[0], false);
+    return ad_add(
+        c, ad_add(c, sum_sq(c, ad_narrow(c, a, 1, 0, 8)), sum_sq(c, ad_narrow(c, b, 1, 0, 4))),
+        ad_add(c, sum_sq(c, ad_narrow(c, s, 2, 0, 8)), sum_sq(c, ad_narrow(c, u, 2, 0, 4))));
+  }
+  case FAM_ATTN: {
+    ad_tensor *w = NULL;
+    ad_attention_opts masked = {.mask = k[0], .weights = &w},
+                      causal = {.causal = true, .scale = 0.3};
+    ad_tensor *y = ad_scaled_dot_product_attention(c, p[0], p[1], p[2], &masked);
+    ad_tensor *y2 = ad_scaled_dot_product_attention(c, p[0], p[0], p[0], &causal);
+    return ad_add(c, ad_add(c, sum_sq(c, y), sum_sq(c, w)), sum_sq(c, y2));
+  }
+  default: {
+    int64_t n = 6;
+    int32_t lv[6] = {0, 1, 4, 2, -100, 3};
+    ad_tensor *labels = ad_from_data(c, AD_I32, 1, &n, lv);
+    ad_cross_entropy_opts ignore = {.ignore = true, .ignore_index = -100};
+    ad_tensor *a = ad_softmax_cross_entropy_ext(c, p[0], labels, &ignore);
+    ad_tensor *b = ad_sum(c, ad_binary_cross_entropy(c, ad_sigmoid(c, p[0]), ad_sigmoid(c, p[1])));
+    ad_tensor *d = ad_sum(c, ad_logsumexp(c, p[1], 1, false));
+    ad_tensor *e = ad_sum(c, ad_log_softmax(c, p[1], 1));
+    ad_tensor_free(labels);
+    return ad_add(c, ad_add(c, a, b), ad_add(c, d, e));
+  }
+  }
+}
+
+/* Runs a step; returns the context's status (a builder given an earlier
+ * failure's NULL keeps it). */
+static ad_status fam_step(fam_prog *g) {
+  ad_ctx *c = g->c;
+  ad_tensor *loss = fam_forward(g);
+  if (!g->second) {
+    if (loss) ad_backward(c, loss, NULL);
+    return ad_last_status(c);
+  }
+  ad_tensor *gr[FAM_MAXP];
+  if (!loss || ad_grad(c, loss, NULL, g->np, g->p, gr, true) != AD_OK) return ad_last_status(c);
+  ad_tensor *s = ad_cast(c, loss, AD_F64);
+  for (int i = 0; i < g->np; i++) s = ad_add(c, s, ad_cast(c, sum_sq(c, gr[i]), AD_F64));
+  if (s) ad_backward(c, s, NULL);
+  return ad_last_status(c);
+}
+
+/* The parameters' gradients, in order, into v (n doubles at most). */
+static int fam_grads(const fam_prog *g, double *v, int n) {
+  int m = 0;
+  for (int i = 0; i < g->np; i++) {
+    cr_assert_not_null(g->p[i]->grad, "family %d: parameter %d has no gradient", g->fam, i);
+    for (int64_t j = 0; j < g->p[i]->size; j++) {
+      cr_assert_lt(m, n);
+      v[m++] = ad_tensor_get(g->p[i]->grad, j);
+    }
+  }
+  return m;
+}
+
+/* After a failed step: the context works again and gives ref's bits. */
+static void fam_recover(fam_prog *g, const double *ref, int nref, const char *what, long n) {
+  static double got[8192];
+  ad_clear_error(g->c);
+  ad_tape_reset(g->c);
+  for (int i = 0; i < g->np; i++) ad_tensor_zero_grad(g->p[i]);
+  cr_assert_eq(fam_step(g), AD_OK, "family %d %s %ld: after recovery: %s", g->fam, what, n,
+               ad_last_error(g->c));
+  cr_assert_eq(fam_grads(g, got, 8192), nref);
+  cr_assert(memcmp(got, ref, (size_t)nref * sizeof *ref) == 0,
+            "family %d %s %ld: other gradients after recovery", g->fam, what, n);
+  ad_tape_reset(g->c);
+}
+
+/* Every allocation a step makes refused, once and from there on, on one
+ * thread and on two: each failure is AD_ERR_OOM with "out of memory",
+ * nothing leaks, and the context then gives the undisturbed run's bits.
+ * Then the arena capped at 12 sizes up to what the step uses: the same,
+ * with the cap's message (the convolutions may take their scratch-free
+ * paths under a cap, whose bits differ: only those are not compared). */
+Test(errors, oom_in_every_op_family) {
+  static double ref[8192];
+  for (int threads = 1; threads <= 2; threads++) {
+    cr_assert_eq(ad_set_num_threads(threads), AD_OK);
+    for (int fam = 0; fam < NFAM; fam++)
+      for (int second = 0; second < 2; second++) {
+        test_alloc ta = {0};
+        fam_prog g;
+        cr_assert_eq(fam_init(&g, &ta, fam, second), AD_OK);
+        long first = ta.requests; /* the step's requests come after these */
+        cr_assert_eq(fam_step(&g), AD_OK, "family %d: %s", fam, ad_last_error(g.c));
+        long last = ta.requests;
+        cr_assert_gt(last, first, "family %d: the step allocates nothing", fam);
+        size_t used = ad_arena_used(g.c);
+        int nref = fam_grads(&g, ref, 8192);
+        fam_free(&g);
+        cr_assert_eq(ta.live, 0);
+        for (long n = first; n < last; n++)
+          for (int only = 0; only < 2; only++) {
+            test_alloc tb = {.refuse = only ? TEST_ALLOC_REFUSE_ONLY : TEST_ALLOC_REFUSE_FROM,
+                             .fail_at = n};
+            cr_assert_eq(fam_init(&g, &tb, fam, second), AD_OK);
+            ad_status st = fam_step(&g);
+            if (st != AD_OK) {
+              cr_assert_eq(st, AD_ERR_OOM, "family %d, request %ld: %s", fam, n,
+                           ad_last_error(g.c));
+              cr_assert(strstr(ad_last_error(g.c), "out of memory"), "%s", ad_last_error(g.c));
+              if (only) fam_recover(&g, ref, nref, "request", n);
+            } else {
+              cr_assert(only, "family %d: request %ld refused, yet no error", fam, n);
+            }
+            fam_free(&g);
+            cr_assert_eq(tb.live, 0, "family %d, request %ld: %ld blocks leaked", fam, n, tb.live);
+          }
+        int capped = 0; /* caps the step failed under */
+        for (int i = 1; i <= 12; i++) {
+          size_t cap = used * (size_t)i / 12 + 16;
+          test_alloc tb = {0};
+          cr_assert_eq(fam_init(&g, &tb, fam, second), AD_OK);
+          ad_set_arena_limit(g.c, cap);
+          if (fam_step(&g) != AD_OK) {
+            capped++;
+            test_expect_error(g.c, AD_ERR_OOM, "ad_set_arena_limit", NULL);
+            ad_set_arena_limit(g.c, 0);
+            fam_recover(&g, ref, nref, "cap", (long)cap);
+          } else if (fam != FAM_CONV) {
+            static double got[8192];
+            cr_assert_eq(fam_grads(&g, got, 8192), nref);
+            cr_assert(memcmp(got, ref, (size_t)nref * sizeof *ref) == 0, "family %d, cap %zu", fam,
+                      cap);
+          }
+          fam_free(&g);
+          cr_assert_eq(tb.live, 0, "family %d, cap %zu: %ld blocks leaked", fam, cap, tb.live);
+        }
+        cr_assert_gt(capped, 0, "family %d: no cap was too small", fam);
+      }
+  }
+  cr_assert_eq(ad_set_num_threads(1), AD_OK);
 }
