@@ -84,11 +84,12 @@ ad_status nn_history_write_csv(const nn_history *h, const char *path) {
   }
   ad_status st = AD_OK;
   if (!nn_write_file_atomic(ctx, path, buf, (size_t)(w - buf)))
-    st = ad_set_error(ctx, errno == ENOMEM ? AD_ERR_OOM : AD_ERR_IO, "history_write_csv %s: %s",
-                      path,
-                      errno == EINVAL ? "not a regular file (a device, FIFO or socket is not "
-                                        "replaced)"
-                                      : strerror(errno));
+    st = errno == ENOMEM /* "out of memory", as every other OOM error says */
+             ? ad_set_error(ctx, AD_ERR_OOM, "history_write_csv %s: out of memory", path)
+             : ad_set_error(ctx, AD_ERR_IO, "history_write_csv %s: %s", path,
+                            errno == EINVAL ? "not a regular file (a device, FIFO or socket is "
+                                              "not replaced)"
+                                            : strerror(errno));
   ad_free(ctx, buf, cap);
   return st;
 }

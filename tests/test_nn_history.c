@@ -223,6 +223,56 @@ Test(history, csv_has_a_header_and_one_line_per_epoch) {
   ad_tensor_free(x), ad_tensor_free(y);
 }
 
+/* Each allocation of nn_history_write_csv refused in turn: AD_ERR_OOM saying
+ * "out of memory" (not strerror's "Cannot allocate memory"), the file
+ * written earlier kept whole, no temporary file left, nothing leaked. */
+Test(history, csv_out_of_memory_everywhere) {
+  test_alloc ta = {0};
+  ad_ctx *c = ad_ctx_new_with_alloc(test_alloc_fn, &ta);
+  cr_assert_not_null(c);
+  ad_tensor *x, *y;
+  blobs(c, 12, 2, &x, &y);
+  nn_model *m = mlp(c, 5);
+  nn_optimizer *o = nn_adam_new(nn_model_params(m), 0.01);
+  nn_fit_opts fo = {.epochs = 2, .batch_size = 6, .verbose = -1};
+  nn_history *h;
+  cr_assert_eq(nn_fit(m, o, nn_cross_entropy_loss, x, y, &fo, &h), AD_OK, "%s", ad_last_error(c));
+  char dir[] = "/tmp/nn_history_XXXXXX", path[64], cmd[128];
+  cr_assert_not_null(mkdtemp(dir));
+  snprintf(path, sizeof path, "%s/h.csv", dir);
+  cr_assert_eq(nn_history_write_csv(h, path), AD_OK, "%s", ad_last_error(c));
+  char *want = strdup(read_all(path)); /* read_all's buffer is reused */
+  long live = ta.live;
+  bool written = false;
+  for (long k = 0; !written; k++) {
+    test_alloc_refuse_after(&ta, k);
+    ta.refuse = TEST_ALLOC_REFUSE_ONLY;
+    long refused = ta.refused;
+    ad_status st = nn_history_write_csv(h, path);
+    test_alloc_grant_all(&ta);
+    written = ta.refused == refused;
+    if (written) {
+      cr_assert_eq(st, AD_OK, "%s", ad_last_error(c));
+    } else {
+      cr_assert_eq(st, AD_ERR_OOM, "k %ld: %s", k, ad_last_error(c));
+      expect_msg(c, AD_ERR_OOM, "out of memory");
+    }
+    cr_assert_str_eq(read_all(path), want, "k %ld: the file changed", k);
+    snprintf(cmd, sizeof cmd, "test $(ls %s | wc -l) = 1", dir);
+    cr_assert_eq(system(cmd), 0, "k %ld: a temporary file was left in %s", k, dir);
+    cr_assert_eq(ta.live, live, "k %ld: %ld blocks leaked", k, ta.live - live);
+  }
+  free(want);
+  snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+  cr_assert_eq(system(cmd), 0);
+  nn_history_free(h);
+  nn_optimizer_free(o);
+  nn_model_free(m);
+  ad_tensor_free(x), ad_tensor_free(y);
+  ad_ctx_free(c);
+  cr_assert_eq(ta.live, 0);
+}
+
 /* ---------------------------------------------------------- early stopping */
 
 /* The weights after each epoch, kept by on_epoch_end. */
