@@ -164,6 +164,10 @@ static inline void *ad_arena_alloc(ad_ctx *ctx, size_t bytes) {
   }
   return ad_arena_alloc_slow(ctx, bytes);
 }
+/* Arena memory for scratch that has a path without it: NULL when the arena
+ * cannot give it, recording no error (the caller's op succeeds by the other
+ * path) and leaving the arena as it was. */
+void *ad_arena_try(ad_ctx *ctx, size_t bytes);
 void ad_arena_free_all(ad_ctx *ctx);
 /* A point in the arena to return to: ad_arena_rewind gives back what was
  * allocated after ad_arena_mark_get (whole chunks stay, for reuse). Only

@@ -256,6 +256,25 @@ void *ad_arena_alloc_slow(ad_ctx *ctx, size_t bytes) {
   return chunk_base(n);
 }
 
+void *ad_arena_try(ad_ctx *ctx, size_t bytes) {
+  if (bytes > SIZE_MAX / 2) return NULL; /* no arena holds it; rounding up must not wrap */
+  if (bytes && (size_t)(ctx->bump_end - ctx->bump) >= align_up(bytes, AD_GRAIN))
+    return ad_arena_alloc(ctx, bytes);
+  ad_status st = ctx->status;
+  uint32_t nerr = ctx->nerrors;
+  char err[sizeof ctx->err];
+  memcpy(err, ctx->err, sizeof err);
+  ad_arena_mark m = ad_arena_mark_get(ctx);
+  void *p = ad_arena_alloc(ctx, bytes);
+  if (!p) {
+    ad_arena_rewind(ctx, &m); /* a failed walk must not leave the chunks it skipped */
+    ctx->status = st;
+    ctx->nerrors = nerr;
+    memcpy(ctx->err, err, sizeof err);
+  }
+  return p;
+}
+
 size_t ad_arena_used(const ad_ctx *ctx) {
   if (!ctx || !ctx->cur) return 0;
   return ctx->arena_used_before_cur + (size_t)(ctx->bump - chunk_base(ctx->cur));

@@ -422,26 +422,8 @@ static char *slot_col(const conv_job *j, int s) {
  * back to a path without it): 64-byte aligned. */
 static void *conv_scratch(ad_ctx *ctx, size_t bytes) {
   if (bytes > SIZE_MAX / 2) return NULL; /* no arena holds it; bytes + 64 must not wrap */
-  size_t want = bytes + 64;
-  void *p;
-  if ((size_t)(ctx->bump_end - ctx->bump) >= ((want + 15) & ~(size_t)15)) {
-    p = ad_arena_alloc(ctx, want);
-  } else {
-    ad_status st = ctx->status;
-    uint32_t nerr = ctx->nerrors;
-    char err[sizeof ctx->err];
-    memcpy(err, ctx->err, sizeof err);
-    ad_arena_mark m = ad_arena_mark_get(ctx);
-    p = ad_arena_alloc(ctx, want);
-    if (!p) {
-      ad_arena_rewind(ctx, &m); /* a failed walk must not leave the chunks it skipped */
-      ctx->status = st;
-      ctx->nerrors = nerr;
-      memcpy(ctx->err, err, sizeof err);
-      return NULL;
-    }
-  }
-  return (void *)(((uintptr_t)p + 63) & ~(uintptr_t)63);
+  void *p = ad_arena_try(ctx, bytes + 64);
+  return p ? (void *)(((uintptr_t)p + 63) & ~(uintptr_t)63) : NULL;
 }
 
 /* j's slots of bytes each (rounded up to 64); false when the arena has no

@@ -125,7 +125,7 @@ static void matmul_fwd(const ad_call *c) {
   if (batches > 1 && mm_folds(&l, a)) /* each row's bits as in its own batch's product */
     m *= batches, batches = 1;
   if (batches == 1 && ad_matmul_xwt_pays(out->dtype, ta, tb, m, nn, k) &&
-      (t = ad_arena_alloc(c->ctx, (size_t)(m * nn) * es))) {
+      (t = ad_arena_try(c->ctx, (size_t)(m * nn) * es))) { /* else the plain product */
     ad_matmul_xwt(out->dtype, m, nn, k, a->data, b->data, t, out->data);
     return;
   }

@@ -141,6 +141,43 @@ Test(matmul, x_wt_computed_transposed_gives_the_bits_of_the_plain_product) {
   ad_set_num_threads(1);
 }
 
+/* X W^T's transposed path takes scratch from the arena; under a cap that
+ * leaves room for the result but not for it, the plain product runs: the
+ * same bits, and no error is left behind by a call that succeeded (it was
+ * left as AD_ERR_OOM). A cap too small for the result is the cap's error. */
+Test(matmul, x_wt_without_room_for_its_scratch_records_no_error) {
+  int64_t sx[2] = {8, 256}, sw[2] = {64, 256};
+  cr_assert_eq(ad_rng_seed(&rng, 5), AD_OK);
+  ad_tensor *x = rand_tensor(AD_F64, 2, sx, false), *w = rand_tensor(AD_F64, 2, sw, false);
+  ad_tensor *want = ad_matmul(ctx, x, w, false, true);
+  cr_assert_not_null(want, "%s", ad_last_error(ctx));
+  size_t used = ad_arena_used(ctx);
+  int plain = 0;
+  for (size_t cap = 16; cap <= used; cap += 16) {
+    ad_ctx *c = ad_ctx_new();
+    ad_tensor *cx = ad_tensor_clone(c, x), *cw = ad_tensor_clone(c, w);
+    cr_assert(cx && cw);
+    cr_assert_eq(ad_set_arena_limit(c, cap), AD_OK);
+    ad_tensor *y = ad_matmul(c, cx, cw, false, true);
+    if (y) {
+      cr_assert_eq(ad_last_status(c), AD_OK, "cap %zu: a result and the error \"%s\"", cap,
+                   ad_last_error(c));
+      cr_assert_eq(memcmp(y->data, want->data, (size_t)y->size * sizeof(double)), 0, "cap %zu",
+                   cap);
+      plain += ad_arena_used(c) < used;
+    } else {
+      test_expect_error(c, AD_ERR_OOM, "ad_set_arena_limit", NULL);
+    }
+    ad_tape_reset(c);
+    ad_tensor_free(cx);
+    ad_tensor_free(cw);
+    ad_ctx_free(c);
+  }
+  cr_assert_gt(plain, 0, "no cap left room for the result only");
+  ad_tensor_free(x);
+  ad_tensor_free(w);
+}
+
 /* A 1-D operand's flag changes nothing; 1-D x 1-D is the dot product, 1-D
  * x 2-D the row times the matrix (hand-computed). */
 Test(matmul, vectors_and_their_ignored_flags) {
