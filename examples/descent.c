@@ -24,8 +24,8 @@ static const int64_t shapes[4][2] = {{3, 2}, {3, 1}, {1, 3}, {1, 1}}; /* W1, b1,
 int main(int argc, char **argv) {
   int steps = 1000;
   teach_opts o;
-  teach_flag flags[] = {{"--steps", 'i', &steps}};
-  if (!teach_parse(argc, argv, 1, flags, &o) || steps < 1) return 2;
+  teach_flag flags[] = {{"--steps", 'i', &steps, 1, 0}};
+  if (!teach_parse(argc, argv, 1, flags, &o)) return 2;
   ad_ctx *ctx = ad_ctx_new();
   ad_tensor *x = ad_from_data(ctx, AD_F64, 2, (int64_t[]){2, 1}, (double[]){1, 2});
   ad_tensor *y = ad_from_data(ctx, AD_F64, 2, (int64_t[]){1, 1}, (double[]){1});

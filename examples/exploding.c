@@ -48,8 +48,9 @@ int main(int argc, char **argv) {
   int steps = 300;
   double lr = 0.01, gain = 1.2;
   teach_opts o;
-  teach_flag flags[] = {{"--steps", 'i', &steps}, {"--lr", 'd', &lr}, {"--gain", 'd', &gain}};
-  if (!teach_parse(argc, argv, 3, flags, &o) || steps < 2) return 2;
+  teach_flag flags[] = {
+      {"--steps", 'i', &steps, 2, 0}, {"--lr", 'd', &lr, 0, 0}, {"--gain", 'd', &gain, 0, 0}};
+  if (!teach_parse(argc, argv, 3, flags, &o)) return 2;
   ad_ctx *ctx = ad_ctx_new();
   ad_set_anomaly_mode(ctx, true); /* stop at the first NaN or infinity */
   ad_tensor *x, *labels, *y = ad_zeros(ctx, AD_F32, 2, (int64_t[]){256, 1});

@@ -24,8 +24,9 @@
 int main(int argc, char **argv) {
   int epochs = 15, range_steps = 200;
   teach_opts o;
-  teach_flag flags[] = {{"--epochs", 'i', &epochs}, {"--range-steps", 'i', &range_steps}};
-  if (!teach_parse(argc, argv, 2, flags, &o) || epochs < 1 || range_steps < 10) return 2;
+  teach_flag flags[] = {{"--epochs", 'i', &epochs, 1, 0},
+                        {"--range-steps", 'i', &range_steps, 10, 0}};
+  if (!teach_parse(argc, argv, 2, flags, &o)) return 2;
   ad_ctx *ctx = ad_ctx_new();
   ad_tensor *x, *y;
   teach_blobs(ctx, 1024, 32, 3, (uint64_t)o.seed, &x, &y);

@@ -36,11 +36,10 @@ static nn_model *net(ad_ctx *ctx, bool dropout, uint64_t seed) {
 int main(int argc, char **argv) {
   int n_train = 500, n_val = 1000, epochs = 60;
   teach_opts o;
-  teach_flag flags[] = {
-      {"--train", 'i', &n_train}, {"--val", 'i', &n_val}, {"--epochs", 'i', &epochs}};
-  if (!teach_parse(argc, argv, 3, flags, &o) || n_train < 1 || n_train > 8000 || n_val < 1 ||
-      n_val > 2000 || epochs < 1)
-    return 2;
+  teach_flag flags[] = {{"--train", 'i', &n_train, 1, 8000},
+                        {"--val", 'i', &n_val, 1, 2000},
+                        {"--epochs", 'i', &epochs, 1, 0}};
+  if (!teach_parse(argc, argv, 3, flags, &o)) return 2;
   ad_ctx *ctx = ad_ctx_new();
   mnist_data d; /* the first n_train training and n_val test digits */
   bool ok = mnist_load(ctx, NULL, (uint64_t)o.seed, 2, &d);

@@ -19,6 +19,9 @@
 #include <autodiff/nn.h>
 #include <plot.h>
 
+#include "args.h"
+
+#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -26,11 +29,13 @@
 #include <string.h>
 
 /* One command-line flag: "--name VALUE" (int, double, string) or "--name"
- * alone (bool). */
+ * alone (bool). An int must lie in [lo, hi] (hi 0: up to INT_MAX), so
+ * that a flag left at {name, 'i', &v} takes only numbers >= 0. */
 typedef struct teach_flag {
   const char *name;
   char kind; /* 'i' int, 'd' double, 's' string, 'b' bool */
   void *val;
+  int lo, hi;
 } teach_flag;
 
 /* The flags every example has. */
@@ -49,28 +54,46 @@ static inline void *teach_alloc(size_t n) {
   return p;
 }
 
-/* Parses argv into the n flags f and the common flags o. Prints the usage
- * and returns false on an unknown flag or a missing or bad value. */
+/* Parses argv into the n flags f and the common flags o. On an unknown
+ * flag or a missing or bad value, says which and prints the usage, then
+ * returns false. */
 static inline bool teach_parse(int argc, char **argv, int n, const teach_flag *f, teach_opts *o) {
   *o = (teach_opts){1, ".", false};
-  teach_flag all[24] = {
-      {"--seed", 'i', &o->seed}, {"--out", 's', &o->out}, {"--plot", 'b', &o->plot}};
+  teach_flag all[24] = {{"--seed", 'i', &o->seed, 0, 0},
+                        {"--out", 's', &o->out, 0, 0},
+                        {"--plot", 'b', &o->plot, 0, 0}};
   int na = 3;
   for (int k = 0; k < n && na < 24; k++) all[na++] = f[k];
   for (int i = 1; i < argc; i++) {
     int k = 0;
     while (k < na && strcmp(argv[i], all[k].name) != 0) k++;
-    char *end = NULL;
-    if (k < na && all[k].kind == 'b') {
+    if (k == na) {
+      fprintf(stderr, "%s: unknown flag %s\n", argv[0], argv[i]);
+      goto bad;
+    }
+    if (all[k].kind == 'b') {
       *(bool *)all[k].val = true;
       continue;
     }
-    if (k == na || i + 1 == argc) goto bad;
-    const char *v = argv[++i];
-    if (all[k].kind == 'i') *(int *)all[k].val = (int)strtol(v, &end, 10);
-    if (all[k].kind == 'd') *(double *)all[k].val = strtod(v, &end);
+    if (i + 1 == argc) {
+      fprintf(stderr, "%s: %s needs a value\n", argv[0], argv[i]);
+      goto bad;
+    }
+    const char *v = argv[++i]; /* numbers read strictly (args.h) */
+    long long x, hi = all[k].hi ? all[k].hi : INT_MAX;
+    if (all[k].kind == 'i') {
+      if (!arg_ll(v, all[k].lo, hi, &x)) {
+        fprintf(stderr, "%s: %s '%s': want an integer in [%d, %lld]\n", argv[0], all[k].name, v,
+                all[k].lo, hi);
+        goto bad;
+      }
+      *(int *)all[k].val = (int)x;
+    }
+    if (all[k].kind == 'd' && !arg_double(v, all[k].val)) {
+      fprintf(stderr, "%s: %s '%s': want a finite number\n", argv[0], all[k].name, v);
+      goto bad;
+    }
     if (all[k].kind == 's') *(const char **)all[k].val = v;
-    if (end && (end == v || *end)) goto bad;
   }
   return true;
 bad:

@@ -25,8 +25,8 @@ int main(int argc, char **argv) {
   int steps = 200;
   double lr = 0.1;
   teach_opts o;
-  teach_flag flags[] = {{"--steps", 'i', &steps}, {"--lr", 'd', &lr}};
-  if (!teach_parse(argc, argv, 2, flags, &o) || steps < 1) return 2;
+  teach_flag flags[] = {{"--steps", 'i', &steps, 1, 0}, {"--lr", 'd', &lr, 0, 0}};
+  if (!teach_parse(argc, argv, 2, flags, &o)) return 2;
   ad_ctx *ctx = ad_ctx_new();
   ad_tensor *x, *y;
   teach_blobs(ctx, 256, 32, 3, (uint64_t)o.seed, &x, &y);

@@ -28,6 +28,8 @@
 #include <autodiff/nn.h>
 #include <plot.h>
 
+#include "args.h"
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,26 +52,26 @@ static bool parse(int argc, char **argv, options *o) {
     }
     if (i + 1 >= argc) return false;
     const char *a = argv[i], *v = argv[i + 1];
-    char *end = (char *)"";
+    bool ok; /* numbers read strictly (args.h) */
     if (!strcmp(a, "--len"))
-      o->len = strtoll(v, &end, 10);
+      ok = arg_i64(v, &o->len);
     else if (!strcmp(a, "--hidden"))
-      o->hidden = strtoll(v, &end, 10);
+      ok = arg_i64(v, &o->hidden);
     else if (!strcmp(a, "--batch"))
-      o->batch = strtoll(v, &end, 10);
+      ok = arg_i64(v, &o->batch);
     else if (!strcmp(a, "--train"))
-      o->train = strtoll(v, &end, 10);
+      ok = arg_i64(v, &o->train);
     else if (!strcmp(a, "--lr"))
-      o->lr = strtod(v, &end);
+      ok = arg_double(v, &o->lr);
     else if (!strcmp(a, "--seed"))
-      o->seed = strtoull(v, &end, 10);
+      ok = arg_u64(v, &o->seed);
     else if (!strcmp(a, "--check"))
-      o->check = strtod(v, &end);
+      ok = arg_double(v, &o->check);
     else if (!strcmp(a, "--out"))
-      o->out = v;
+      ok = (o->out = v) != NULL;
     else
       return false;
-    if (*end) return false;
+    if (!ok) return false;
   }
   return o->len >= 2 && o->len <= 100000 && o->hidden >= 1 && o->batch >= 1 && o->train >= 0 &&
          o->lr > 0 && o->check >= 0;

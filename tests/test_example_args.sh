@@ -1,9 +1,9 @@
 #!/bin/sh
 # The examples' command lines, reported as TAP: a value that is not a
 # number of the flag's kind (empty, blank-led, trailing text, out of the
-# variable's range, a negative seed, a non-finite real) is a usage error:
-# exit status 2 and a usage line on stderr, before the example does any
-# work. Run by meson (suite 'nn'):
+# variable's or the flag's range, a negative seed, a non-finite real) is a
+# usage error: exit status 2 and a usage line on stderr, before the
+# example does any work. Run by meson (suite 'nn'):
 #   sh tests/test_example_args.sh EXAMPLES_BUILD_DIR
 set -u
 DIR=$1
@@ -28,7 +28,7 @@ bad() {
   fi
 }
 
-echo "1..17"
+echo "1..26"
 bad mnist_mlp --epochs ""
 bad mnist_mlp --epochs 4294967297
 bad mnist_mlp --seed -1
@@ -46,4 +46,13 @@ bad seq_digits --epochs 1.5
 bad xor --epochs 10abc
 bad xor --lr 2x
 bad xor --seed -1
+bad descent --steps 0
+bad descent --steps 4294967297
+bad descent --seed -1
+bad exploding --lr inf
+bad optimizers --steps 9
+bad overfitting --train 9000
+bad learning_rate --range-steps 2x
+bad vanishing_rnn --len 99999999999999999999
+bad vanishing_rnn --lr nan
 [ $fails -eq 0 ]
