@@ -11,6 +11,7 @@
  * empty) break the line. Exit status 0, 1 on bad data, 2 on bad usage. */
 #include "plot.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -77,15 +78,36 @@ static int read_csv(const char *path, table *t) {
           rc = -1;
           break;
         }
-        t->names[t->ncol++] = strdup(field(&p));
+        if (!(t->names[t->ncol] = strdup(field(&p)))) {
+          fprintf(stderr, "%s: out of memory\n", path);
+          rc = -1;
+          break;
+        }
+        t->ncol++;
         if (!*p) break;
       }
+      if (rc) break;
       continue;
     }
     if (!*line) continue;
     if (t->nrow == cap_rows) {
+      if (cap_rows > INT_MAX / 2) {
+        fprintf(stderr, "%s: more than %d rows\n", path, cap_rows);
+        rc = -1;
+        break;
+      }
       cap_rows = cap_rows ? 2 * cap_rows : 64;
-      for (int c = 0; c < t->ncol; c++) t->cols[c] = realloc(t->cols[c], cap_rows * sizeof(double));
+      for (int c = 0; c < t->ncol && !rc; c++) {
+        double *grown = realloc(t->cols[c], (size_t)cap_rows * sizeof(double));
+        if (grown)
+          t->cols[c] = grown; /* else the old block stays in t, freed with it */
+        else
+          rc = -1;
+      }
+      if (rc) {
+        fprintf(stderr, "%s: out of memory\n", path);
+        break;
+      }
     }
     for (int c = 0; c < t->ncol; c++) {
       char *v = field(&p), *end;
@@ -137,7 +159,12 @@ int main(int argc, char **argv) {
       break;
     } else {
       /* FILE:COLUMN[=LABEL] */
-      char *spec = specs[nt] = strdup(a), *colon = strrchr(spec, ':');
+      char *spec = specs[nt] = strdup(a), *colon = spec ? strrchr(spec, ':') : NULL;
+      if (!spec) {
+        fputs("plot: out of memory\n", stderr);
+        rc = 1;
+        break;
+      }
       *colon = 0;
       char *col = colon + 1, *label = strchr(col, '=');
       if (label) *label++ = 0;
