@@ -624,7 +624,7 @@ typedef struct nn_mha_args {
  * gives NaN, as in PyTorch. Returns NULL (and *weights NULL) with
  * AD_ERR_NULL, AD_ERR_ARG (l is another kind of layer), AD_ERR_SHAPE
  * (ranks, E, batch sizes or lengths that do not fit, a mask of the wrong
- * shape; naming the layer and the shapes) or AD_ERR_DTYPE. */
+ * shape; naming the layer and the shapes), AD_ERR_DTYPE or AD_ERR_OOM. */
 NN_API ad_tensor *nn_multihead_attention(nn_layer *l, ad_tensor *query, ad_tensor *key,
                                          ad_tensor *value, const nn_mha_args *args,
                                          ad_tensor **weights);
@@ -1020,8 +1020,8 @@ NN_API ad_tensor *nn_take_rows(ad_ctx *ctx, const ad_tensor *x, int64_t n, const
  * seeded with seed (the first rows of the permutation train); without, the
  * last n_test rows are the test set. The four outputs are new persistent
  * tensors the caller frees (y_* stay NULL when y is NULL). Returns AD_OK,
- * AD_ERR_NULL, AD_ERR_SHAPE (row counts differ) or AD_ERR_ARG (n_test
- * outside 0..rows). */
+ * AD_ERR_NULL, AD_ERR_SHAPE (row counts differ), AD_ERR_ARG (n_test
+ * outside 0..rows) or AD_ERR_OOM (then every output is NULL). */
 NN_API ad_status nn_train_test_split(ad_ctx *ctx, ad_tensor *x, ad_tensor *y, int64_t n_test,
                                      bool shuffle, uint64_t seed, ad_tensor **x_train,
                                      ad_tensor **y_train, ad_tensor **x_test, ad_tensor **y_test);
