@@ -62,6 +62,7 @@ ad_status nn_history_write_csv(const nn_history *h, const char *path) {
   if (!h) return AD_ERR_NULL;
   ad_ctx *ctx = nn_history_ctx(h);
   if (!path) return ad_set_error(ctx, AD_ERR_NULL, "history_write_csv: path is NULL");
+  if (!*path) return ad_set_error(ctx, AD_ERR_ARG, "history_write_csv: path is empty");
   int nk = nn_history_key_count(h);
   size_t cap = 16; /* "epoch", line ends, the terminator */
   for (int i = 0; i < nk; i++) cap += 2 * strlen(nn_history_key(h, i)) + 3;

@@ -214,6 +214,8 @@ Test(history, csv_has_a_header_and_one_line_per_epoch) {
   cr_assert(stat(path, &sb) == 0 && S_ISFIFO(sb.st_mode), "the FIFO was replaced");
   cr_assert_eq(nn_history_write_csv(h, NULL), AD_ERR_NULL);
   expect_msg(ctx, AD_ERR_NULL, "history_write_csv: path is NULL");
+  cr_assert_eq(nn_history_write_csv(h, ""), AD_ERR_ARG); /* as the checkpoints' saves */
+  expect_msg(ctx, AD_ERR_ARG, "history_write_csv: path is empty");
   cr_assert_eq(nn_history_write_csv(NULL, "x.csv"), AD_ERR_NULL);
   snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
   cr_assert_eq(system(cmd), 0);
