@@ -20,7 +20,7 @@ ok() { # ok CONDITION-STATUS DESCRIPTION
   n=$((n + 1))
   if [ "$1" -eq 0 ]; then echo "ok $n - $2"; else echo "not ok $n - $2"; fails=$((fails + 1)); fi
 }
-echo "1..12"
+echo "1..13"
 printf 'epoch,loss,"val_loss",grad_norm/0.weight,grad_norm/2.weight\n1,2.5,2.6,0.5,1\n2,1.25,nan,0.05,1\n3,0.5,0.9,0.005,1\n4,0.25,1,0.0005,1\n' >"$TMP/h.csv"
 "$PLOT" -o "$TMP/a.svg" --title 'Loss & more' --xlabel epoch --ylabel loss --logy \
   "$TMP/h.csv:loss" "$TMP/h.csv:val_loss=validation" "$TMP/h.csv:grad_norm/*"
@@ -48,6 +48,10 @@ ln -s /dev/stdout "$TMP/link"
 "$PLOT" -o "$TMP/link" "$TMP/h.csv:loss" | cat >"$TMP/d.svg"
 [ -L "$TMP/link" ] && grep -q '<path ' "$TMP/d.svg"
 ok $? "-o /dev/stdout (here a link to it) writes to the pipe and leaves the link"
+printf 'epoch,big\n1,1e308\n2,-1e308\n' >"$TMP/big.csv"
+"$PLOT" -o "$TMP/e.svg" "$TMP/big.csv:big" 2>"$TMP/err"
+[ $? -eq 1 ] && grep -q 'span more than a double holds' "$TMP/err" && [ ! -e "$TMP/e.svg" ]
+ok $? "values spanning more than a double fail with a message, writing nothing"
 mkdir -p "$TMP/src/docs/img" "$TMP/src/examples" "$TMP/src/tools/plot"
 cp "$ROOT"/docs/img/plots.sha256 "$ROOT"/docs/img/*.csv "$ROOT"/docs/img/*.svg "$TMP/src/docs/img/" &&
   cp "$ROOT"/examples/*.c "$ROOT"/examples/teach.h "$TMP/src/examples/" &&

@@ -119,6 +119,10 @@ int plot_svg(FILE *f, const plot_opts *o, int ns, const plot_series *s, const ch
   }
   axis_fit(&ax, xmn, xmx, xwhole);
   axis_fit(&ay, ymn, ymx, false);
+  if (!(isfinite(ax.hi - ax.lo) && isfinite(ay.hi - ay.lo) && ax.step > 0 && ay.step > 0)) {
+    if (why) *why = "the values span more than a double holds (about 1e308)"; /* else nan pixels */
+    return -1;
+  }
 
   /* margins: y tick labels on the left, the legend on the right */
   char buf[64];
