@@ -1298,7 +1298,11 @@ NN_API ad_status nn_model_save(const nn_model *m, const nn_optimizer *opt, const
  * and >= 0, else AD_ERR_FORMAT and nothing changes. Checkpoints of earlier versions load: a
  * parameter's step count ("adam.step.<p>") may be missing, and is then the optimizer's step counter
  * (those versions advanced every parameter at every step); the rate and the schedule's state may be
- * missing, and the optimizer's own are then kept (those versions did not save them). */
+ * missing, and the optimizer's own are then kept (those versions did not save them). Entries of
+ * the file that m and opt do not name are ignored (an optimizer's state when opt is NULL, tensors
+ * of other programs): unlike PyTorch's load_state_dict(strict=True), which reports unexpected
+ * keys, a checkpoint of a model with more layers loads into one made of its first layers; compare
+ * nn_checkpoint_info_read's entries with nn_model_params to refuse that. */
 NN_API ad_status nn_model_load(nn_model *m, nn_optimizer *opt, const char *path);
 
 #ifdef __cplusplus
