@@ -1538,6 +1538,10 @@ static ad_status grad_begin(void *ud, nn_params *p, ad_tensor *loss, int64_t row
                             int64_t global_rows) {
   nn_dist *d = ud;
   if (d->size == 1) return AD_OK; /* one rank: its gradients are the sums */
+  if (d->begun)                   /* its reductions may still be in flight, and its hook is set */
+    return ad_set_error(d->ctx, AD_ERR_STATE,
+                        "dist: grad_begin before the last step's grad_end (call grad_end after "
+                        "every grad_begin, also after an error)");
   if (!layout_current(d, p) && layout_build(d, p) != AD_OK) die(d, "gradient buckets");
   step_reset(d);
   if (d->sh.on && d->sh.zc) bind_step(d);

@@ -674,6 +674,67 @@ static void empty_list_keeps_path(ad_ctx *c) {
   nn_dist_free(d);
 }
 
+/* One step of m over rows [b, e) of x, y driven through ops: grad_begin,
+ * backward, grad_end (on every rank, also after an error). */
+static ad_status ops_step_rows(const nn_dist_ops *ops, nn_model *m, ad_tensor *x, ad_tensor *y,
+                               int64_t b, int64_t e, int64_t n, bool begin_twice) {
+  ad_ctx *c = nn_model_ctx(m);
+  nn_params *p = nn_model_params(m);
+  ad_tape_reset(c);
+  nn_params_zero_grad(p);
+  ad_tensor *l = NULL;
+  if (e > b)
+    l = nn_cross_entropy_loss(c, nn_model_forward(m, ad_narrow(c, x, 0, b, e - b)),
+                              ad_narrow(c, y, 0, b, e - b), NN_MEAN);
+  ad_status st = ops->grad_begin(ops->ud, p, l, e - b, n);
+  if (begin_twice) {
+    ad_status again = ops->grad_begin(ops->ud, p, l, e - b, n);
+    bool want = size > 1
+                    ? again == AD_ERR_STATE &&
+                          strstr(ad_last_error(c), "grad_begin before the last step's grad_end")
+                    : again == AD_OK;
+    ad_clear_error(c);
+    if (st == AD_OK && !want)
+      st = ad_set_error(c, AD_ERR_STATE, "second grad_begin: %s", ad_status_str(again));
+  }
+  if (st == AD_OK && l) st = ad_backward(c, l, NULL);
+  return ops->grad_end(ops->ud, p, st);
+}
+
+/* A grad_begin before the last one's grad_end (code driving nn_dist_ops
+ * itself): AD_ERR_STATE, and the step goes on as the first grad_begin
+ * started it. It once took its own backward hook for the caller's, which
+ * then called itself until the stack overflowed. */
+static void grad_begin_twice(ad_ctx *c) {
+  ad_tensor *x, *y;
+  make_data(c, AD_F64, 24, &x, &y);
+  nn_model *m = make_model(c, AD_F64, 8, PLAIN, 5);
+  nn_dist *d = dist_new(c, NULL);
+  const nn_dist_ops *ops = nn_dist_fit_ops(d);
+  int64_t b = 24 * rank / size, e = 24 * (rank + 1) / size;
+  ad_status st = nn_dist_sync(d, m, NULL);
+  ad_status st2 = st == AD_OK ? ops_step_rows(ops, m, x, y, b, e, 24, true) : st;
+  nn_params *p = nn_model_params(m);
+  ad_tensor *g = nn_params_tensors(p)[0]->grad;
+  ad_tensor *g1 = g ? ad_tensor_clone(c, g) : NULL;
+  ad_status st3 = st2 == AD_OK ? ops_step_rows(ops, m, x, y, b, e, 24, false) : st2;
+  g = nn_params_tensors(p)[0]->grad;
+  bool same = g1 && g && memcmp(g1->data, g->data, (size_t)g->size * sizeof(double)) == 0;
+  nn_dist_free(d);
+  ad_tape_reset(c); /* a backward after nn_dist_free: no hook of d's is left */
+  ad_tensor *l = nn_cross_entropy_loss(c, nn_model_forward(m, x), y, NN_MEAN);
+  ad_status st4 = l ? ad_backward(c, l, NULL) : AD_ERR_OOM;
+  snprintf(why, sizeof why, "statuses %s %s %s, gradients the same %d: %s", ad_status_str(st2),
+           ad_status_str(st3), ad_status_str(st4), same, ad_last_error(c));
+  check(st2 == AD_OK && st3 == AD_OK && st4 == AD_OK && same,
+        "grad_begin twice is AD_ERR_STATE, and the step goes on", why);
+  ad_clear_error(c);
+  ad_tensor_free(g1);
+  nn_model_free(m);
+  ad_tensor_free(x);
+  ad_tensor_free(y);
+}
+
 /* Sharded steps driven through nn_dist_ops, then an nn_dist_load that
  * fails (no file): the optimizer state is still in slices, and the next
  * nn_dist_sync must gather it (it once took rank 0's slices-only state for
@@ -1165,6 +1226,7 @@ int main(int argc, char **argv) {
   failure_leaves_state_whole(c);
   options_disagree(c);
   empty_list_keeps_path(c);
+  grad_begin_twice(c);
   failed_load_keeps_state_to_gather(c);
   partial_decisions(c);
   dropout_and_batchnorm(c);

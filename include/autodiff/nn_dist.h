@@ -172,7 +172,10 @@ NN_API void nn_dist_free(nn_dist *d);
 NN_API int nn_dist_rank(const nn_dist *d);
 NN_API int nn_dist_size(const nn_dist *d);
 
-/** The interface nn_fit uses (nn_fit_opts.dist), owned by d. */
+/** The interface nn_fit uses (nn_fit_opts.dist), owned by d. Code that
+ * drives it itself calls grad_end after every grad_begin, also after an
+ * error (grad_end is where the ranks agree on the step's status); a
+ * grad_begin before the last one's grad_end is AD_ERR_STATE. */
 NN_API const nn_dist_ops *nn_dist_fit_ops(nn_dist *d);
 
 /** Checks that every rank's model m (parameters and buffers) and optimizer
