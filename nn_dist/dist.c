@@ -317,16 +317,41 @@ static void topology(nn_dist *d) {
   d->stats.nodes = h->nodes;
 }
 
+static int rank_in_world(void) {
+  int r = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &r);
+  return r;
+}
+
+static int size_of_world(void) {
+  int n = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &n);
+  return n;
+}
+
 nn_dist *nn_dist_new(ad_ctx *ctx, const nn_dist_opts *opts) {
-  if (!ctx) return NULL;
   int on = 0;
   MPI_Initialized(&on);
   if (!on) {
-    ad_set_error(ctx, AD_ERR_STATE, "dist: MPI is not initialised (call nn_dist_init first)");
+    if (ctx)
+      ad_set_error(ctx, AD_ERR_STATE, "dist: MPI is not initialised (call nn_dist_init first)");
     return NULL;
   }
-  nn_dist *d = ad_malloc(ctx, sizeof *d);
-  if (!d) return NULL;
+  nn_dist *d = ctx ? ad_malloc(ctx, sizeof *d) : NULL;
+  /* collective: a rank that returned here alone would leave the others
+   * waiting in MPI_Comm_dup */
+  int code = d ? 0 : size_of_world() - rank_in_world();
+  MPI_Allreduce(MPI_IN_PLACE, &code, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+  if (code) {
+    int root = size_of_world() - code, st = ctx ? AD_ERR_OOM : AD_ERR_NULL;
+    MPI_Bcast(&st, 1, MPI_INT, root, MPI_COMM_WORLD);
+    if (d) {
+      ad_free(ctx, d, sizeof *d);
+      ad_set_error(ctx, (ad_status)st, "dist: rank %d failed: nn_dist_new: %s", root,
+                   st == AD_ERR_NULL ? "ctx is NULL" : "out of memory");
+    }
+    return NULL;
+  }
   memset(d, 0, sizeof *d);
   d->ctx = ctx;
   if (opts) d->o = *opts;

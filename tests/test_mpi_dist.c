@@ -701,6 +701,38 @@ static ad_status ops_step_rows(const nn_dist_ops *ops, nn_model *m, ad_tensor *x
   return ops->grad_end(ops->ud, p, st);
 }
 
+/* nn_dist_new is collective: an allocation refused on the last rank, or a
+ * NULL context on rank 0, makes it NULL on every rank (the others once
+ * waited for ever in MPI_Comm_dup), and the next one works. */
+static void new_fails_on_one_rank(ad_ctx *c) {
+  char want[96];
+  bool ok = true;
+  for (int k = 0; k < 2; k++) { /* k = 0: out of memory, 1: NULL context */
+    int root = k == 0 ? size - 1 : 0;
+    if (k == 0 && rank == root) fail_in = 1;
+    nn_dist *d = nn_dist_new(k == 1 && rank == root ? NULL : c, NULL);
+    fail_in = 0;
+    snprintf(want, sizeof want, "dist: rank %d failed: nn_dist_new: %s", root,
+             k == 0 ? "out of memory" : "ctx is NULL");
+    ad_status st = ad_last_status(c);
+    const char *msg = ad_last_error(c);
+    bool here = d == NULL &&
+                (rank != root ? st == (k == 0 ? AD_ERR_OOM : AD_ERR_NULL) && strcmp(msg, want) == 0
+                 : k == 0     ? st == AD_ERR_OOM && strstr(msg, "out of memory")
+                              : true);
+    if (!here)
+      snprintf(why, sizeof why, "case %d: handle %p, status %s, message: %s", k, (void *)d,
+               ad_status_str(st), msg);
+    ok &= here;
+    nn_dist_free(d);
+    ad_clear_error(c);
+  }
+  nn_dist *d = dist_new(c, NULL);
+  check(ok && d != NULL, "nn_dist_new failing on one rank is NULL on every rank (no hang)",
+        ok ? "the next nn_dist_new failed" : why);
+  nn_dist_free(d);
+}
+
 /* A grad_begin before the last one's grad_end (code driving nn_dist_ops
  * itself): AD_ERR_STATE, and the step goes on as the first grad_begin
  * started it. It once took its own backward hook for the caller's, which
@@ -1227,6 +1259,7 @@ int main(int argc, char **argv) {
   options_disagree(c);
   empty_list_keeps_path(c);
   grad_begin_twice(c);
+  new_fails_on_one_rank(c);
   failed_load_keeps_state_to_gather(c);
   partial_decisions(c);
   dropout_and_batchnorm(c);
