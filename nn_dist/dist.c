@@ -46,7 +46,12 @@ static void err_restore(ad_ctx *c, const err_saved *e) {
 static bool we_initialised;
 
 ad_status nn_dist_init(int *argc, char ***argv) {
-  int on = 0, provided = 0;
+  int on = 0, provided = 0, done = 0;
+  MPI_Finalized(&done);
+  if (done) { /* MPI allows no call but a few then, and no second MPI_Init */
+    fprintf(stderr, "nn_dist_init: MPI is finalised already; it cannot start again\n");
+    return AD_ERR_STATE;
+  }
   MPI_Initialized(&on);
   if (on) {
     MPI_Query_thread(&provided);
@@ -330,11 +335,13 @@ static int size_of_world(void) {
 }
 
 nn_dist *nn_dist_new(ad_ctx *ctx, const nn_dist_opts *opts) {
-  int on = 0;
+  int on = 0, done = 0;
   MPI_Initialized(&on);
-  if (!on) {
+  MPI_Finalized(&done);
+  if (!on || done) {
     if (ctx)
-      ad_set_error(ctx, AD_ERR_STATE, "dist: MPI is not initialised (call nn_dist_init first)");
+      ad_set_error(ctx, AD_ERR_STATE, "dist: MPI is %s",
+                   done ? "finalised already" : "not initialised (call nn_dist_init first)");
     return NULL;
   }
   nn_dist *d = ctx ? ad_malloc(ctx, sizeof *d) : NULL;

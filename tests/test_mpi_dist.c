@@ -1198,6 +1198,26 @@ static int buckets_mode(ad_ctx *c) {
   return 0;
 }
 
+/* After nn_dist_finalize, nn_dist_new and nn_dist_init are AD_ERR_STATE
+ * (both called MPI after MPI_Finalize, which ended the job). No MPI to
+ * agree through: each rank checks its own, rank 0 prints, and a rank that
+ * fails makes its exit status (and so mpirun's) non-zero. */
+static void after_finalize(void) {
+  ad_ctx *c = ad_ctx_new();
+  nn_dist *d = nn_dist_new(c, NULL);
+  bool ok = d == NULL && ad_last_status(c) == AD_ERR_STATE &&
+            strstr(ad_last_error(c), "finalised") != NULL;
+  ok &= nn_dist_init(NULL, NULL) == AD_ERR_STATE;
+  if (!ok) fprintf(stderr, "rank %d: after nn_dist_finalize: %s\n", rank, ad_last_error(c));
+  ntest++;
+  nfail += !ok;
+  if (rank == 0)
+    printf(
+        "%sok %d - nn_dist_new and nn_dist_init after nn_dist_finalize are AD_ERR_STATE (np %d)\n",
+        ok ? "" : "not ", ntest, size);
+  ad_ctx_free(c);
+}
+
 int main(int argc, char **argv) {
   if (nn_dist_init(&argc, &argv) != AD_OK) return 1;
   if (argc > 1 && strcmp(argv[1], "--buckets") == 0) { /* [--no-shm] */
@@ -1272,7 +1292,8 @@ int main(int argc, char **argv) {
   sync_resets_views(c);
   free_after_an_op_read_a_gradient(c);
   ad_ctx_free(c);
-  if (rank == 0) printf("1..%d\n", ntest);
   nn_dist_finalize();
+  after_finalize();
+  if (rank == 0) printf("1..%d\n", ntest);
   return nfail ? 1 : 0;
 }

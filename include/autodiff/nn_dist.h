@@ -81,7 +81,8 @@ extern "C" {
 /** Initialises MPI (MPI_Init_thread, MPI_THREAD_FUNNELED) unless it is
  * already; argc and argv may be NULL. Returns AD_OK, or AD_ERR_STATE when
  * MPI cannot be initialised or gives less than funneled threading (the
- * reason is printed to stderr: there is no context yet). */
+ * reason is printed to stderr: there is no context yet), also once MPI
+ * is finalised (it cannot start again). */
 NN_API ad_status nn_dist_init(int *argc, char ***argv);
 
 /** Finalises MPI if nn_dist_init initialised it and nothing finalised it
@@ -157,9 +158,10 @@ typedef struct nn_dist nn_dist;
 /** A handle over all the processes of MPI_COMM_WORLD (a duplicate of it),
  * reporting errors on ctx. Collective: it also finds the nodes (ranks that
  * share memory, MPI_COMM_TYPE_SHARED). opts may be NULL. NULL with
- * AD_ERR_STATE (MPI not initialised: call nn_dist_init) or AD_ERR_OOM; a
- * rank out of memory (or with a NULL ctx) makes it NULL on every rank, the
- * others' message "dist: rank R failed: nn_dist_new: out of memory".
+ * AD_ERR_STATE (MPI not initialised: call nn_dist_init; or finalised) or
+ * AD_ERR_OOM; a rank out of memory (or with a NULL ctx) makes it NULL on
+ * every rank, the others' message "dist: rank R failed: nn_dist_new: out
+ * of memory".
  * Free with nn_dist_free before nn_dist_finalize. */
 NN_API nn_dist *nn_dist_new(ad_ctx *ctx, const nn_dist_opts *opts);
 
