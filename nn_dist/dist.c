@@ -688,6 +688,11 @@ ad_status nn_dist_sync(nn_dist *d, nn_model *m, nn_optimizer *opt) {
   long long tlen = 0;
   if (!m) {
     failed = true, st = ad_set_error(c, AD_ERR_NULL, "dist_sync: model is NULL");
+  } else if (nn_model_ctx(m) != c) {
+    /* its backward would not run the hook, nor could ensure_grads make
+     * its gradients on c (that aborted the job) */
+    failed = true;
+    st = ad_set_error(c, AD_ERR_ARG, "dist_sync: the model is on another context than the nn_dist");
   } else {
     mlen = describe(NULL, 0, m, opt) + 1;
     if (!(mine = ad_malloc(c, mlen)))
@@ -698,6 +703,8 @@ ad_status nn_dist_sync(nn_dist *d, nn_model *m, nn_optimizer *opt) {
   ad_status other;
   if (agree(d, failed, st, "failed", &other) >= 0) {
     ad_free(c, mine, mlen);
+    if (m && nn_model_ctx(m) != c) /* where nn_fit looks for it */
+      ad_set_error(nn_model_ctx(m), failed ? st : other, "%s", ad_last_error(c));
     return failed ? st : other;
   }
   tlen = (long long)mlen;

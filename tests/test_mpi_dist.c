@@ -733,6 +733,35 @@ static void new_fails_on_one_rank(ad_ctx *c) {
   nn_dist_free(d);
 }
 
+/* An nn_dist on another context than the model's: nn_fit fails before any
+ * step on every rank, with the message on the model's context. Training
+ * went on without the backward hook, and with private gradients or MPI
+ * collectives a rank without rows (batches of 1) aborted the job making
+ * zero gradients on the nn_dist's context. */
+static void model_on_another_context(ad_ctx *c) {
+  ad_ctx *c2 = ad_ctx_new();
+  ad_tensor *x, *y;
+  make_data(c, AD_F64, 6, &x, &y);
+  nn_model *m = make_model(c, AD_F64, 8, PLAIN, 5);
+  nn_optimizer *opt = nn_sgd_new(nn_model_params(m), 0.1, 0, false, 0);
+  nn_dist_opts o = {.private_gradients = true};
+  nn_dist *d = dist_new(c2, &o);
+  nn_fit_opts fo = {.epochs = 1, .batch_size = 1, .verbose = -1, .dist = nn_dist_fit_ops(d)};
+  ad_status st = nn_fit(m, opt, nn_cross_entropy_loss, x, y, &fo, NULL);
+  snprintf(why, sizeof why, "status %s, %lld steps, message: %s", ad_status_str(st),
+           (long long)nn_optimizer_steps(opt), ad_last_error(c));
+  check(st == AD_ERR_ARG && nn_optimizer_steps(opt) == 0 &&
+            strstr(ad_last_error(c), "dist_sync: the model is on another context") != NULL,
+        "a model on another context than the nn_dist's fails before any step", why);
+  ad_clear_error(c);
+  nn_dist_free(d);
+  nn_optimizer_free(opt);
+  nn_model_free(m);
+  ad_tensor_free(x);
+  ad_tensor_free(y);
+  ad_ctx_free(c2);
+}
+
 /* A grad_begin before the last one's grad_end (code driving nn_dist_ops
  * itself): AD_ERR_STATE, and the step goes on as the first grad_begin
  * started it. It once took its own backward hook for the caller's, which
@@ -1280,6 +1309,7 @@ int main(int argc, char **argv) {
   empty_list_keeps_path(c);
   grad_begin_twice(c);
   new_fails_on_one_rank(c);
+  model_on_another_context(c);
   failed_load_keeps_state_to_gather(c);
   partial_decisions(c);
   dropout_and_batchnorm(c);

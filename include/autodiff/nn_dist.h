@@ -191,7 +191,9 @@ NN_API const nn_dist_ops *nn_dist_fit_ops(nn_dist *d);
  * '1.weight' f32 [10,32] on rank 0" (or the counts, "3 parameters, 0
  * buffers, 7 optimizer state tensors", a buffer, an optimizer state
  * tensor). A NULL m on some rank: every rank fails, the others with "dist:
- * rank R failed: dist_sync: model is NULL". nn_fit calls it first. With
+ * rank R failed: dist_sync: model is NULL"; so with a model on another
+ * context than d's (AD_ERR_ARG, the message also on the model's context).
+ * nn_fit calls it first. With
  * the parameters in shared memory (nn_dist_opts.shard_optimizer) it gives
  * them back before receiving, and so resets the context's tape, whose
  * views of them read that memory (as nn_dist_free). */
