@@ -517,14 +517,18 @@ ad_status nn_dist_sum(nn_dist *d, double *v, int n) {
 
 /* ------------------------------------------------------------- start-up */
 
-/* The description of a state list, one line per tensor. */
+/* The description of a state list, one line per tensor; a parameter that
+ * takes no gradient is "frozen" (one frozen on some ranks only would take
+ * only the other ranks' gradient there, and the ranks' copies drift apart). */
 static size_t describe_list(char *out, size_t cap, const char *kind, int n,
                             const char *const *names, ad_tensor *const *ts) {
   size_t len = 0;
+  bool params = strcmp(kind, "parameter") == 0;
   for (int i = 0; i < n; i++) {
     char s[96];
-    int k = snprintf(out ? out + len : NULL, out ? cap - len : 0, "%s %d '%s' %s %s\n", kind, i,
-                     names[i], ad_dtype_name(ts[i]->dtype), ad_shape_str(ts[i], s, sizeof s));
+    int k = snprintf(out ? out + len : NULL, out ? cap - len : 0, "%s %d '%s' %s %s%s\n", kind, i,
+                     names[i], ad_dtype_name(ts[i]->dtype), ad_shape_str(ts[i], s, sizeof s),
+                     params && !ad_tensor_requires_grad(ts[i]) ? " frozen" : "");
     len += (size_t)k;
   }
   return len;

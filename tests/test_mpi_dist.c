@@ -370,6 +370,31 @@ static void mismatch(ad_ctx *c) {
   nn_dist_free(d);
   nn_optimizer_free(opt);
   nn_model_free(m);
+  /* a parameter frozen on the last rank only: it took only the other
+   * ranks' gradient there, and the ranks' copies drifted apart */
+  ad_tensor *x, *y;
+  make_data(c, AD_F64, 24, &x, &y);
+  m = make_model(c, AD_F64, 8, PLAIN, 5);
+  opt = nn_sgd_new(nn_model_params(m), 0.1, 0, false, 0);
+  if (rank == size - 1)
+    ad_tensor_set_requires_grad(nn_params_tensors(nn_model_params(m))[2], false);
+  d = dist_new(c, NULL);
+  nn_fit_opts fo = {.epochs = 1, .batch_size = 12, .verbose = -1, .dist = nn_dist_fit_ops(d)};
+  st = nn_fit(m, opt, nn_cross_entropy_loss, x, y, &fo, NULL);
+  snprintf(want, sizeof want,
+           "dist: rank %d differs from rank 0: parameter 2 '1.weight' f64 [3,8] frozen on rank %d, "
+           "parameter 2 '1.weight' f64 [3,8] on rank 0",
+           size - 1, size - 1);
+  snprintf(why, sizeof why, "status %s, %lld steps, message: %s", ad_status_str(st),
+           (long long)nn_optimizer_steps(opt), ad_last_error(c));
+  check(st == AD_ERR_SHAPE && nn_optimizer_steps(opt) == 0 && strcmp(ad_last_error(c), want) == 0,
+        "a parameter frozen on one rank only: every rank gets the difference", why);
+  ad_clear_error(c);
+  nn_dist_free(d);
+  nn_optimizer_free(opt);
+  nn_model_free(m);
+  ad_tensor_free(x);
+  ad_tensor_free(y);
 }
 
 /* Different initial values: rank 0's are broadcast. */

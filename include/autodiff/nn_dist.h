@@ -184,8 +184,9 @@ NN_API const nn_dist_ops *nn_dist_fit_ops(nn_dist *d);
 
 /** Checks that every rank's model m (parameters and buffers) and optimizer
  * opt (may be NULL on every rank) have the same names, dtypes and shapes
- * in the same order as rank 0's, then broadcasts rank 0's values of all of
- * them. Collective. On a difference every rank returns AD_ERR_SHAPE with
+ * in the same order as rank 0's, and the same parameters frozen (no
+ * requires_grad: "... [10,64] frozen on rank R"), then broadcasts rank
+ * 0's values of all of them. Collective. On a difference every rank returns AD_ERR_SHAPE with
  * the first one, of the lowest rank that differs: "dist: rank R differs
  * from rank 0: parameter 2 '1.weight' f32 [10,64] on rank R, parameter 2
  * '1.weight' f32 [10,32] on rank 0" (or the counts, "3 parameters, 0
