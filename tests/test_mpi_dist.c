@@ -787,6 +787,42 @@ static void model_on_another_context(ad_ctx *c) {
   ad_ctx_free(c2);
 }
 
+/* The last rank with its own part of the data (as with PyTorch's
+ * DistributedSampler), or shuffling with a seed of its own: nn_fit fails
+ * on every rank before any step, naming what differs. The ranks once made as
+ * many steps as their own batches and waited for each other for ever (or
+ * trained on rows of unrelated batches). */
+static void batches_differ(ad_ctx *c) {
+  bool ok = true;
+  for (int k = 0; k < 2 && size > 1; k++) { /* k = 0: rows, 1: seed */
+    ad_tensor *x, *y;
+    make_data(c, AD_F64, k == 0 && rank == size - 1 ? 30 : 24, &x, &y);
+    nn_model *m = make_model(c, AD_F64, 8, PLAIN, 5);
+    nn_optimizer *opt = nn_sgd_new(nn_model_params(m), 0.1, 0, false, 0);
+    nn_dist *d = dist_new(c, NULL);
+    nn_fit_opts fo = {.epochs = 1,
+                      .batch_size = 12,
+                      .seed = k == 1 ? (uint64_t)rank << 40 : 0,
+                      .verbose = -1,
+                      .dist = nn_dist_fit_ops(d)};
+    ad_status st = nn_fit(m, opt, nn_cross_entropy_loss, x, y, &fo, NULL);
+    const char *want = k == 0 ? "fit: the ranks' rows to train on differ (here: "
+                              : "fit: the ranks' shuffles (seed or no_shuffle) differ";
+    bool here = st == AD_ERR_ARG && nn_optimizer_steps(opt) == 0 && strstr(ad_last_error(c), want);
+    if (!here)
+      snprintf(why, sizeof why, "case %d: status %s, %lld steps, message: %s", k, ad_status_str(st),
+               (long long)nn_optimizer_steps(opt), ad_last_error(c));
+    ok &= here;
+    ad_clear_error(c);
+    nn_dist_free(d);
+    nn_optimizer_free(opt);
+    nn_model_free(m);
+    ad_tensor_free(x);
+    ad_tensor_free(y);
+  }
+  check(ok, "other data or seed on one rank: nn_fit fails on every rank (no hang)", why);
+}
+
 /* A grad_begin before the last one's grad_end (code driving nn_dist_ops
  * itself): AD_ERR_STATE, and the step goes on as the first grad_begin
  * started it. It once took its own backward hook for the caller's, which
@@ -1335,6 +1371,7 @@ int main(int argc, char **argv) {
   grad_begin_twice(c);
   new_fails_on_one_rank(c);
   model_on_another_context(c);
+  batches_differ(c);
   failed_load_keeps_state_to_gather(c);
   partial_decisions(c);
   dropout_and_batchnorm(c);

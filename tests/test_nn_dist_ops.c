@@ -69,7 +69,10 @@ static ad_status f_end(void *ud, nn_params *p, ad_status st) {
 }
 static ad_status f_sum(void *ud, double *v, int n) {
   fake *f = ud;
-  cr_assert_eq(n, 3);
+  if (n != 3) { /* nn_fit's start-up check: as if every rank had the same data */
+    for (int i = 0; i < n; i++) v[i] *= f->ops.size;
+    return AD_OK;
+  }
   memcpy(f->epoch_v[f->sums++], v, sizeof f->epoch_v[0]);
   v[0] *= 2, v[1] *= 2, v[2] *= 2; /* as if another rank had the same sums */
   return AD_OK;

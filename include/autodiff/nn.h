@@ -1190,7 +1190,10 @@ typedef struct nn_fit_opts {
    * more pass over the gradients per step; off by default */
   bool grad_norms;
   /** NULL: one process; else data-parallel training as one of several
-   * processes (see nn_dist_ops; batch_size is then global) */
+   * processes (see nn_dist_ops; batch_size is then global): every process
+   * passes the same x, y and options, else nn_fit fails on every one
+   * before the first step (AD_ERR_ARG: rows to train on, batch size,
+   * epochs or shuffle seed differ) */
   const nn_dist_ops *dist;
 } nn_fit_opts;
 
