@@ -203,7 +203,8 @@ struct nn_dist {
   int rank, size;
   nn_dist_opts o;
   nn_dist_ops ops;
-  nn_model *model; /* of the last sync: its buffers follow rank 0 */
+  nn_model *model;    /* of the last sync: its buffers follow rank 0 */
+  nn_params *mparams; /* its parameters, compared (the model may be freed since) */
   /* the layout, for the parameter list p of np tensors t */
   nn_params *p;
   int np;
@@ -738,6 +739,7 @@ ad_status nn_dist_sync(nn_dist *d, nn_model *m, nn_optimizer *opt) {
   bcast_list(d, nn_params_count(b), nn_params_tensors(b));
   if (opt) bcast_list(d, nn_optimizer_state_count(opt), nn_optimizer_state_tensors(opt));
   d->model = m;
+  d->mparams = p;
   params_share(d, p);
   return AD_OK;
 }
@@ -1709,7 +1711,10 @@ static ad_status grad_end(void *ud, nn_params *p, ad_status st) {
     ensure_grads(d);
     for (int k = 0; k < d->nb; k++) unpack(d, k);
   }
-  if (d->model) { /* buffers (BatchNorm's running statistics) follow rank 0 */
+  /* buffers (BatchNorm's running statistics) follow rank 0: of the synced
+   * model, in a step over its parameters (not a list of the caller's, made
+   * perhaps after that model was freed) */
+  if (d->model && p == d->mparams) {
     nn_params *b = nn_model_buffers(d->model);
     bcast_list(d, nn_params_count(b), nn_params_tensors(b));
   }

@@ -823,6 +823,41 @@ static void batches_differ(ad_ctx *c) {
   check(ok, "other data or seed on one rank: nn_fit fails on every rank (no hang)", why);
 }
 
+/* nn_fit (which syncs a model with batch norm), the model freed, then a
+ * step through nn_dist_ops over a list of the caller's: grad_end once
+ * broadcast the freed model's buffers (a use after free). */
+static void step_after_synced_model_freed(ad_ctx *c) {
+  ad_tensor *x, *y;
+  make_data(c, AD_F64, 24, &x, &y);
+  nn_model *m = make_model(c, AD_F64, 8, BATCHNORM, 5);
+  nn_optimizer *opt = nn_sgd_new(nn_model_params(m), 0.1, 0, false, 0);
+  nn_dist *d = dist_new(c, NULL);
+  nn_fit_opts fo = {.epochs = 1, .batch_size = 12, .verbose = -1, .dist = nn_dist_fit_ops(d)};
+  ad_status st = nn_fit(m, opt, nn_cross_entropy_loss, x, y, &fo, NULL);
+  nn_optimizer_free(opt);
+  nn_model_free(m);
+  const nn_dist_ops *ops = nn_dist_fit_ops(d);
+  nn_params *p = nn_params_new(c);
+  int64_t shape[1] = {5};
+  ad_tensor *w = ad_zeros(c, AD_F64, 1, shape);
+  if (st == AD_OK) st = p && w ? nn_params_add(p, "w", w, true) : AD_ERR_OOM;
+  if (st == AD_OK) st = ad_tensor_set_requires_grad(w, true);
+  ad_tensor *l = st == AD_OK ? ad_sum(c, w) : NULL;
+  if (st == AD_OK) st = ops->grad_begin(ops->ud, p, l, 1, size);
+  if (st == AD_OK) st = ad_backward(c, l, NULL);
+  st = ops->grad_end(ops->ud, p, st);
+  bool ones = st == AD_OK && w->grad;
+  for (int64_t i = 0; ones && i < 5; i++) ones = ad_tensor_get(w->grad, i) == 1;
+  snprintf(why, sizeof why, "status %s: %s", ad_status_str(st), ad_last_error(c));
+  check(st == AD_OK && ones, "a step over another list after the synced model was freed", why);
+  ad_clear_error(c);
+  nn_dist_free(d);
+  ad_tape_reset(c);
+  nn_params_free(p);
+  ad_tensor_free(x);
+  ad_tensor_free(y);
+}
+
 /* A grad_begin before the last one's grad_end (code driving nn_dist_ops
  * itself): AD_ERR_STATE, and the step goes on as the first grad_begin
  * started it. It once took its own backward hook for the caller's, which
@@ -1372,6 +1407,7 @@ int main(int argc, char **argv) {
   new_fails_on_one_rank(c);
   model_on_another_context(c);
   batches_differ(c);
+  step_after_synced_model_freed(c);
   failed_load_keeps_state_to_gather(c);
   partial_decisions(c);
   dropout_and_batchnorm(c);

@@ -194,7 +194,9 @@ NN_API const nn_dist_ops *nn_dist_fit_ops(nn_dist *d);
  * tensor). A NULL m on some rank: every rank fails, the others with "dist:
  * rank R failed: dist_sync: model is NULL"; so with a model on another
  * context than d's (AD_ERR_ARG, the message also on the model's context).
- * nn_fit calls it first. With
+ * nn_fit calls it first. Steps through nn_dist_fit_ops over m's
+ * parameters then broadcast m's buffers from rank 0; m must live until
+ * the next sync or nn_dist_free while such steps are taken. With
  * the parameters in shared memory (nn_dist_opts.shard_optimizer) it gives
  * them back before receiving, and so resets the context's tape, whose
  * views of them read that memory (as nn_dist_free). */
