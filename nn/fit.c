@@ -224,38 +224,50 @@ static ad_status dist_train_step(nn_model *m, nn_optimizer *opt, nn_loss_fn loss
   return d->step ? d->step(d->ud, opt) : nn_optimizer_step(opt);
 }
 
-/* With dist: whether every rank draws the same global batches (the rows
- * to train on, batch size, epochs and shuffle seed), which the sharding
- * assumes. Collective: one d->sum of each value and its square, in 12-bit
- * pieces so that the sums are exact; the values are the same on every rank
- * exactly when size * sum(x^2) == sum(x)^2 (Cauchy-Schwarz). A rank with
- * other data (its own part, as with PyTorch's DistributedSampler) or
- * options took as many steps as its own batches: the ranks then waited for
- * each other for ever, or trained on rows of unrelated batches. */
-static ad_status dist_same_batches(ad_ctx *ctx, const nn_dist_ops *d, int64_t n_train,
-                                   const nn_fit_opts *o) {
+/* With dist, before the start-up sync: whether some rank failed to set up
+ * (own: this rank's status; out of memory, early-stopping options) and
+ * whether every rank draws the same global batches (the rows to train on,
+ * batch size, epochs and shuffle seed), which the sharding assumes.
+ * Collective: one d->sum of the failures and of each value and its
+ * square, in 12-bit pieces so that the sums are exact; the values are the
+ * same on every rank exactly when size * sum(x^2) == sum(x)^2
+ * (Cauchy-Schwarz). A rank that failed alone returned while the others
+ * waited in the sync; one with other data (its own part, as with PyTorch's
+ * DistributedSampler) or options took as many steps as its own batches:
+ * the ranks then waited for each other for ever, or trained on rows of
+ * unrelated batches. */
+static ad_status dist_agree_start(ad_ctx *ctx, const nn_dist_ops *d, int64_t n_train,
+                                  const nn_fit_opts *o, ad_status own) {
   enum { F = 4, PIECES = 6, N = F * PIECES };
   uint64_t field[F] = {(uint64_t)n_train, (uint64_t)o->batch_size, (uint64_t)o->epochs,
                        o->no_shuffle ? UINT64_MAX : o->seed}; /* the seed, where it is used */
-  if (d->size > 16384) return AD_OK; /* the sums' squares would not be exact */
-  double v[2 * N];
+  double v[1 + 2 * N];
+  v[0] = own != AD_OK;
   for (int f = 0; f < F; f++)
     for (int k = 0; k < PIECES; k++) {
       double x = (double)((field[f] >> (12 * k)) & 0xfff);
-      v[f * PIECES + k] = x, v[N + f * PIECES + k] = x * x;
+      v[1 + f * PIECES + k] = x, v[1 + N + f * PIECES + k] = x * x;
     }
-  ad_status st = d->sum(d->ud, v, 2 * N);
-  static const char *const what[F] = {"rows to train on", "batch sizes", "epochs",
-                                      "shuffles (seed or no_shuffle)"};
-  for (int i = 0; st == AD_OK && i < N; i++)
-    if ((double)d->size * v[N + i] != v[i] * v[i])
-      st = ad_set_error(ctx, AD_ERR_ARG,
-                        "fit: the ranks' %s differ (here: %lld rows to train on, batch size "
-                        "%lld, %d epochs, seed %llu%s): every rank passes the same data and "
-                        "options, nn_fit shards each global batch",
-                        what[i / PIECES], (long long)n_train, (long long)o->batch_size, o->epochs,
-                        (unsigned long long)o->seed, o->no_shuffle ? ", no_shuffle" : "");
-  return st;
+  ad_status st = d->sum(d->ud, v, 1 + 2 * N);
+  if (own != AD_OK) return own;
+  if (st != AD_OK) return st;
+  if (v[0] > 0)
+    return ad_set_error(ctx, AD_ERR_STATE, "fit: %g other rank(s) failed before the first step",
+                        v[0]);
+  bool exact = d->size <= 16384; /* else the sums' squares might not be */
+  for (int i = 0; exact && i < N; i++)
+    if ((double)d->size * v[1 + N + i] != v[1 + i] * v[1 + i])
+      return ad_set_error(ctx, AD_ERR_ARG,
+                          "fit: the ranks' %s differ (here: %lld rows to train on, batch size "
+                          "%lld, %d epochs, seed %llu%s): every rank passes the same data and "
+                          "options, nn_fit shards each global batch",
+                          i / PIECES == 0   ? "rows to train on"
+                          : i / PIECES == 1 ? "batch sizes"
+                          : i / PIECES == 2 ? "epochs"
+                                            : "shuffles (seed or no_shuffle)",
+                          (long long)n_train, (long long)o->batch_size, o->epochs,
+                          (unsigned long long)o->seed, o->no_shuffle ? ", no_shuffle" : "");
+  return AD_OK;
 }
 
 ad_status nn_train_step(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor *x, ad_tensor *y,
@@ -521,7 +533,9 @@ static ad_status fit(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor 
   if (!h) {
     nn_batcher_free(tb);
     nn_batcher_free(vb);
-    return fail(ctx, AD_ERR_OOM);
+    ad_status oom = fail(ctx, AD_ERR_OOM);
+    if (dist && dist->size > 1) dist_agree_start(ctx, dist, n_train, &o, oom); /* the others wait */
+    return oom;
   }
   h->has[H_LOSS] = h->has[H_LR] = h->has[H_SECONDS] = true;
   h->has[H_ACC] = o.accuracy;
@@ -543,11 +557,11 @@ static ad_status fit(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor 
   bool lines = o.verbose >= 0;
   double thr = nn_loss_threshold(loss);
   int64_t nb = nn_batcher_batches(tb);
+  if (dist && dist->size > 1) st = dist_agree_start(ctx, dist, n_train, &o, st);
   if (st == AD_OK && dist) { /* on a clean tape, so that the sync may move the parameters
                                (nn_dist's shared ones); each step resets it anyway */
     ad_tape_reset(nn_model_ctx(m));
     st = dist->sync(dist->ud, m, opt);
-    if (st == AD_OK && dist->size > 1) st = dist_same_batches(ctx, dist, n_train, &o);
   }
   for (int e = 0; e < o.epochs && st == AD_OK; e++) {
     double t0 = nn_now(), last_draw = 0, sum = 0;

@@ -823,6 +823,36 @@ static void batches_differ(ad_ctx *c) {
   check(ok, "other data or seed on one rank: nn_fit fails on every rank (no hang)", why);
 }
 
+/* nn_fit out of memory on the last rank before the start-up sync (its
+ * first allocation, the batcher's): that rank returned alone while the
+ * others waited in the sync for ever; now every rank stops there. */
+static void fit_setup_fails_on_one_rank(ad_ctx *c) {
+  ad_tensor *x, *y;
+  make_data(c, AD_F64, 24, &x, &y);
+  nn_model *m = make_model(c, AD_F64, 8, PLAIN, 5);
+  nn_optimizer *opt = nn_sgd_new(nn_model_params(m), 0.1, 0, false, 0);
+  nn_dist *d = dist_new(c, NULL);
+  nn_fit_opts fo = {.epochs = 1, .batch_size = 12, .verbose = -1, .dist = nn_dist_fit_ops(d)};
+  if (rank == size - 1) fail_in = 1;
+  ad_status st = nn_fit(m, opt, nn_cross_entropy_loss, x, y, &fo, NULL);
+  fail_in = 0;
+  bool ok =
+      nn_optimizer_steps(opt) == 0 &&
+      (rank == size - 1 ? st == AD_ERR_OOM
+                        : st == AD_ERR_STATE &&
+                              strcmp(ad_last_error(c),
+                                     "fit: 1 other rank(s) failed before the first step") == 0);
+  snprintf(why, sizeof why, "status %s, %lld steps, message: %s", ad_status_str(st),
+           (long long)nn_optimizer_steps(opt), ad_last_error(c));
+  check(ok, "nn_fit out of memory on one rank before the first step stops every rank", why);
+  ad_clear_error(c);
+  nn_dist_free(d);
+  nn_optimizer_free(opt);
+  nn_model_free(m);
+  ad_tensor_free(x);
+  ad_tensor_free(y);
+}
+
 /* nn_fit (which syncs a model with batch norm), the model freed, then a
  * step through nn_dist_ops over a list of the caller's: grad_end once
  * broadcast the freed model's buffers (a use after free). */
@@ -1407,6 +1437,7 @@ int main(int argc, char **argv) {
   new_fails_on_one_rank(c);
   model_on_another_context(c);
   batches_differ(c);
+  fit_setup_fails_on_one_rank(c);
   step_after_synced_model_freed(c);
   failed_load_keeps_state_to_gather(c);
   partial_decisions(c);
