@@ -714,10 +714,11 @@ ad_status nn_dist_sync(nn_dist *d, nn_model *m, nn_optimizer *opt) {
   }
   tlen = (long long)mlen;
   MPI_Bcast(&tlen, 1, MPI_LONG_LONG, 0, d->comm);
-  if (d->rank == 0)
-    theirs = mine;
-  else if (!(theirs = ad_malloc(c, (size_t)tlen)))
-    die(d, "dist_sync");
+  theirs = d->rank == 0 ? mine : ad_malloc(c, (size_t)tlen);
+  if (agree(d, !theirs, AD_ERR_OOM, "failed", &other) >= 0) { /* every rank still in step */
+    ad_free(c, mine, mlen);
+    return theirs ? other : AD_ERR_OOM;
+  }
   bcast_bytes(d, theirs, (size_t)tlen, 0);
   char msg[MSG_LEN];
   bool differs = d->rank != 0 && first_difference(mine, theirs, d->rank, msg, sizeof msg);

@@ -823,6 +823,28 @@ static void batches_differ(ad_ctx *c) {
   check(ok, "other data or seed on one rank: nn_fit fails on every rank (no hang)", why);
 }
 
+/* nn_dist_sync out of memory on the last rank for rank 0's description
+ * (its second allocation): every rank fails with that rank's message (it
+ * aborted the job), and the next sync works. */
+static void sync_out_of_memory(ad_ctx *c) {
+  if (size == 1) return;
+  nn_model *m = make_model(c, AD_F64, 8, PLAIN, 5);
+  nn_dist *d = dist_new(c, NULL);
+  if (rank == size - 1) fail_in = 2;
+  ad_status st = nn_dist_sync(d, m, NULL);
+  fail_in = 0;
+  char want[64];
+  snprintf(want, sizeof want, "dist: rank %d failed: out of memory", size - 1);
+  bool ok = st == AD_ERR_OOM && (rank == size - 1 ? strstr(ad_last_error(c), "out of memory")
+                                                  : strstr(ad_last_error(c), want));
+  snprintf(why, sizeof why, "status %s, message: %s", ad_status_str(st), ad_last_error(c));
+  ad_clear_error(c);
+  ad_status again = nn_dist_sync(d, m, NULL);
+  check(ok && again == AD_OK, "nn_dist_sync out of memory on one rank fails on every rank", why);
+  nn_dist_free(d);
+  nn_model_free(m);
+}
+
 /* nn_fit out of memory on the last rank before the start-up sync (its
  * first allocation, the batcher's): that rank returned alone while the
  * others waited in the sync for ever; now every rank stops there. */
@@ -1438,6 +1460,7 @@ int main(int argc, char **argv) {
   model_on_another_context(c);
   batches_differ(c);
   fit_setup_fails_on_one_rank(c);
+  sync_out_of_memory(c);
   step_after_synced_model_freed(c);
   failed_load_keeps_state_to_gather(c);
   partial_decisions(c);
