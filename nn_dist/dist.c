@@ -497,15 +497,21 @@ static int agree(nn_dist *d, bool failed, ad_status own, const char *what, ad_st
 ad_status nn_dist_sum(nn_dist *d, double *v, int n) {
   if (!d) return AD_ERR_NULL;
   if (n <= 0) return AD_OK;
-  ad_status st = !v ? ad_set_error(d->ctx, AD_ERR_NULL, "dist_sum: v is NULL") : AD_OK, other;
-  if (agree(d, st != AD_OK, st, "failed", &other) >= 0) return st != AD_OK ? st : other;
+  size_t bytes = (size_t)n * (size_t)d->size * sizeof(double);
+  double *all = NULL; /* the deterministic mode's, allocated before the ranks agree */
+  ad_status st = AD_OK, other;
+  if (!v)
+    st = ad_set_error(d->ctx, AD_ERR_NULL, "dist_sum: v is NULL");
+  else if (d->o.deterministic && !(all = ad_malloc(d->ctx, bytes)))
+    st = AD_ERR_OOM;
+  if (agree(d, st != AD_OK, st, "failed", &other) >= 0) {
+    ad_free(d->ctx, all, bytes);
+    return st != AD_OK ? st : other;
+  }
   if (!d->o.deterministic) {
     MPI_Allreduce(MPI_IN_PLACE, v, n, MPI_DOUBLE, MPI_SUM, d->comm);
     return AD_OK;
   }
-  size_t bytes = (size_t)n * (size_t)d->size * sizeof(double);
-  double *all = ad_malloc(d->ctx, bytes);
-  if (!all) die(d, "dist_sum");
   MPI_Allgather(v, n, MPI_DOUBLE, all, n, MPI_DOUBLE, d->comm);
   for (int i = 0; i < n; i++) {
     double s = 0;

@@ -823,6 +823,28 @@ static void batches_differ(ad_ctx *c) {
   check(ok, "other data or seed on one rank: nn_fit fails on every rank (no hang)", why);
 }
 
+/* nn_dist_sum in the deterministic mode out of memory on the last rank
+ * (for the gathered values): every rank fails with that rank's message
+ * (it aborted the job), and the next sum works. */
+static void sum_out_of_memory(ad_ctx *c) {
+  nn_dist_opts o = {.deterministic = true};
+  nn_dist *d = dist_new(c, &o);
+  double v[3] = {1, 2, rank};
+  if (rank == size - 1) fail_in = 1;
+  ad_status st = nn_dist_sum(d, v, 3);
+  fail_in = 0;
+  char want[64];
+  snprintf(want, sizeof want, "dist: rank %d failed: out of memory", size - 1);
+  bool ok = st == AD_ERR_OOM && (rank == size - 1 ? strstr(ad_last_error(c), "out of memory")
+                                                  : strstr(ad_last_error(c), want));
+  snprintf(why, sizeof why, "status %s, message: %s", ad_status_str(st), ad_last_error(c));
+  ad_clear_error(c);
+  ad_status again = nn_dist_sum(d, v, 3);
+  ok &= again == AD_OK && v[0] == size && v[2] == size * (size - 1) / 2.0;
+  check(ok, "deterministic nn_dist_sum out of memory on one rank fails on every rank", why);
+  nn_dist_free(d);
+}
+
 /* nn_dist_sync out of memory on the last rank for rank 0's description
  * (its second allocation): every rank fails with that rank's message (it
  * aborted the job), and the next sync works. */
@@ -1461,6 +1483,7 @@ int main(int argc, char **argv) {
   batches_differ(c);
   fit_setup_fails_on_one_rank(c);
   sync_out_of_memory(c);
+  sum_out_of_memory(c);
   step_after_synced_model_freed(c);
   failed_load_keeps_state_to_gather(c);
   partial_decisions(c);
