@@ -461,6 +461,17 @@ static int64_t split_train_rows(int64_t rows, double split) {
   return (int64_t)floor(t);
 }
 
+/* An error in nn_fit's checks, returned; with dist, after telling the
+ * other ranks (dist_agree_start), which would otherwise wait for this one
+ * in the start-up for ever. */
+static ad_status fit_early(ad_ctx *ctx, const nn_fit_opts *o, ad_status st) {
+  const nn_dist_ops *d = o->dist;
+  if (d && d->size > 1 && d->rank >= 0 && d->rank < d->size && d->sync && d->grad_begin &&
+      d->grad_end && d->sum)
+    dist_agree_start(ctx, d, 0, o, st);
+  return st;
+}
+
 /* nn_fit without its floating-point mode. */
 static ad_status fit(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor *x, ad_tensor *y,
                      const nn_fit_opts *opts, nn_history **history) {
@@ -481,37 +492,46 @@ static ad_status fit(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor 
   if (pst == AD_OK) pst = nn_check_persistent(ctx, "fit", "y", y);
   if (pst == AD_OK) pst = nn_check_persistent(ctx, "fit", "val_x", o.val_x);
   if (pst == AD_OK) pst = nn_check_persistent(ctx, "fit", "val_y", o.val_y);
-  if (pst != AD_OK) return pst;
+  if (pst != AD_OK) return fit_early(ctx, &o, pst);
   if (o.epochs == 0) o.epochs = 1;
   if (o.batch_size == 0) o.batch_size = 32;
   if (!o.out) o.out = stdout;
   if (o.epochs < 0 || o.batch_size < 0 || !(o.validation_split >= 0 && o.validation_split < 1))
-    return ad_set_error(ctx, AD_ERR_ARG, "fit: epochs %d, batch size %lld, validation split %g",
-                        o.epochs, (long long)o.batch_size, o.validation_split);
+    return fit_early(ctx, &o,
+                     ad_set_error(ctx, AD_ERR_ARG,
+                                  "fit: epochs %d, batch size %lld, validation split %g", o.epochs,
+                                  (long long)o.batch_size, o.validation_split));
   char a[64], b[64];
   if (x->ndim < 1 || y->ndim < 1 || x->shape[0] != y->shape[0])
-    return ad_set_error(ctx, AD_ERR_SHAPE, "fit: x %s and y %s have different numbers of rows",
-                        ad_shape_str(x, a, sizeof a), ad_shape_str(y, b, sizeof b));
+    return fit_early(ctx, &o,
+                     ad_set_error(ctx, AD_ERR_SHAPE,
+                                  "fit: x %s and y %s have different numbers of rows",
+                                  ad_shape_str(x, a, sizeof a), ad_shape_str(y, b, sizeof b)));
   int64_t rows = x->shape[0], n_train = rows;
   bool val = false;
   if (o.val_x || o.val_y) {
     if (!o.val_x || !o.val_y)
-      return ad_set_error(ctx, AD_ERR_NULL, "fit: validation data needs both val_x and val_y");
+      return fit_early(
+          ctx, &o,
+          ad_set_error(ctx, AD_ERR_NULL, "fit: validation data needs both val_x and val_y"));
     val = true;
   } else if (o.validation_split > 0) {
     n_train = split_train_rows(rows, o.validation_split);
     if (n_train < 1 || n_train >= rows)
-      return ad_set_error(ctx, AD_ERR_ARG,
-                          "fit: validation split %g of %lld rows leaves %lld to train on and %lld "
-                          "to validate; each needs at least one (floor(rows * (1 - split)) train, "
-                          "as in Keras)",
-                          o.validation_split, (long long)rows, (long long)n_train,
-                          (long long)(rows - n_train));
+      return fit_early(
+          ctx, &o,
+          ad_set_error(ctx, AD_ERR_ARG,
+                       "fit: validation split %g of %lld rows leaves %lld to train on and %lld "
+                       "to validate; each needs at least one (floor(rows * (1 - split)) train, "
+                       "as in Keras)",
+                       o.validation_split, (long long)rows, (long long)n_train,
+                       (long long)(rows - n_train)));
     val = true;
   }
   if (n_train == 0)
-    return ad_set_error(ctx, AD_ERR_ARG, "fit: no rows to train on (%lld rows, split %g)",
-                        (long long)rows, o.validation_split);
+    return fit_early(ctx, &o,
+                     ad_set_error(ctx, AD_ERR_ARG, "fit: no rows to train on (%lld rows, split %g)",
+                                  (long long)rows, o.validation_split));
   const nn_dist_ops *dist = o.dist;
   if (dist && (dist->size < 1 || dist->rank < 0 || dist->rank >= dist->size || !dist->sync ||
                !dist->grad_begin || !dist->grad_end || !dist->sum))

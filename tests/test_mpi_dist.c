@@ -867,29 +867,38 @@ static void sync_out_of_memory(ad_ctx *c) {
   nn_model_free(m);
 }
 
-/* nn_fit out of memory on the last rank before the start-up sync (its
- * first allocation, the batcher's): that rank returned alone while the
- * others waited in the sync for ever; now every rank stops there. */
+/* nn_fit failing on the last rank before the start-up sync (out of memory
+ * for its first allocation, the batcher's; a bad batch size in its
+ * checks): that rank returned alone while the others waited in the sync
+ * for ever; now every rank stops there. */
 static void fit_setup_fails_on_one_rank(ad_ctx *c) {
   ad_tensor *x, *y;
   make_data(c, AD_F64, 24, &x, &y);
   nn_model *m = make_model(c, AD_F64, 8, PLAIN, 5);
   nn_optimizer *opt = nn_sgd_new(nn_model_params(m), 0.1, 0, false, 0);
   nn_dist *d = dist_new(c, NULL);
-  nn_fit_opts fo = {.epochs = 1, .batch_size = 12, .verbose = -1, .dist = nn_dist_fit_ops(d)};
-  if (rank == size - 1) fail_in = 1;
-  ad_status st = nn_fit(m, opt, nn_cross_entropy_loss, x, y, &fo, NULL);
-  fail_in = 0;
-  bool ok =
-      nn_optimizer_steps(opt) == 0 &&
-      (rank == size - 1 ? st == AD_ERR_OOM
-                        : st == AD_ERR_STATE &&
-                              strcmp(ad_last_error(c),
-                                     "fit: 1 other rank(s) failed before the first step") == 0);
-  snprintf(why, sizeof why, "status %s, %lld steps, message: %s", ad_status_str(st),
-           (long long)nn_optimizer_steps(opt), ad_last_error(c));
-  check(ok, "nn_fit out of memory on one rank before the first step stops every rank", why);
-  ad_clear_error(c);
+  bool ok = true;
+  for (int k = 0; k < 2; k++) { /* k = 0: out of memory, 1: a bad batch size (its checks) */
+    nn_fit_opts fo = {.epochs = 1,
+                      .batch_size = k == 1 && rank == size - 1 ? -1 : 12,
+                      .verbose = -1,
+                      .dist = nn_dist_fit_ops(d)};
+    if (k == 0 && rank == size - 1) fail_in = 1;
+    ad_status st = nn_fit(m, opt, nn_cross_entropy_loss, x, y, &fo, NULL);
+    fail_in = 0;
+    bool here =
+        nn_optimizer_steps(opt) == 0 &&
+        (rank == size - 1 ? st == (k == 0 ? AD_ERR_OOM : AD_ERR_ARG)
+                          : st == AD_ERR_STATE &&
+                                strcmp(ad_last_error(c),
+                                       "fit: 1 other rank(s) failed before the first step") == 0);
+    if (!here)
+      snprintf(why, sizeof why, "case %d: status %s, %lld steps, message: %s", k, ad_status_str(st),
+               (long long)nn_optimizer_steps(opt), ad_last_error(c));
+    ok &= here;
+    ad_clear_error(c);
+  }
+  check(ok, "nn_fit failing on one rank before the first step stops every rank", why);
   nn_dist_free(d);
   nn_optimizer_free(opt);
   nn_model_free(m);
