@@ -477,15 +477,16 @@ static ad_status fit(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor 
                      const nn_fit_opts *opts, nn_history **history) {
   if (history) *history = NULL;
   ad_ctx *ctx = nn_ctx_of(m, opt);
-  if (!m || !opt || !loss || !x || !y)
-    return nn_null_arg(ctx, "fit",
-                       !m      ? "model"
-                       : !opt  ? "optimizer"
-                       : !loss ? "loss"
-                       : !x    ? "x"
-                               : "y");
   nn_fit_opts o = {0};
   if (opts) o = *opts;
+  if (!m || !opt || !loss || !x || !y) /* with dist, the other ranks learn of it too */
+    return fit_early(ctx, &o,
+                     nn_null_arg(ctx, "fit",
+                                 !m      ? "model"
+                                 : !opt  ? "optimizer"
+                                 : !loss ? "loss"
+                                 : !x    ? "x"
+                                         : "y"));
   /* the tape is reset before every step while batches are still gathered
    * from these: a temporary's memory would be reused under them */
   ad_status pst = nn_check_persistent(ctx, "fit", "x", x);

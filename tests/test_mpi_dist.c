@@ -869,7 +869,7 @@ static void sync_out_of_memory(ad_ctx *c) {
 
 /* nn_fit failing on the last rank before the start-up sync (out of memory
  * for its first allocation, the batcher's; a bad batch size in its
- * checks): that rank returned alone while the others waited in the sync
+ * checks; x NULL): that rank returned alone while the others waited in the sync
  * for ever; now every rank stops there. */
 static void fit_setup_fails_on_one_rank(ad_ctx *c) {
   ad_tensor *x, *y;
@@ -878,17 +878,21 @@ static void fit_setup_fails_on_one_rank(ad_ctx *c) {
   nn_optimizer *opt = nn_sgd_new(nn_model_params(m), 0.1, 0, false, 0);
   nn_dist *d = dist_new(c, NULL);
   bool ok = true;
-  for (int k = 0; k < 2; k++) { /* k = 0: out of memory, 1: a bad batch size (its checks) */
+  for (int k = 0; k < 3;
+       k++) { /* k = 0: out of memory, 1: a bad batch size (its checks), 2: no x */
     nn_fit_opts fo = {.epochs = 1,
                       .batch_size = k == 1 && rank == size - 1 ? -1 : 12,
                       .verbose = -1,
                       .dist = nn_dist_fit_ops(d)};
     if (k == 0 && rank == size - 1) fail_in = 1;
-    ad_status st = nn_fit(m, opt, nn_cross_entropy_loss, x, y, &fo, NULL);
+    ad_status st =
+        nn_fit(m, opt, nn_cross_entropy_loss, k == 2 && rank == size - 1 ? NULL : x, y, &fo, NULL);
     fail_in = 0;
     bool here =
         nn_optimizer_steps(opt) == 0 &&
-        (rank == size - 1 ? st == (k == 0 ? AD_ERR_OOM : AD_ERR_ARG)
+        (rank == size - 1 ? st == (k == 0   ? AD_ERR_OOM
+                                   : k == 1 ? AD_ERR_ARG
+                                            : AD_ERR_NULL)
                           : st == AD_ERR_STATE &&
                                 strcmp(ad_last_error(c),
                                        "fit: 1 other rank(s) failed before the first step") == 0);
