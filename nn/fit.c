@@ -4,6 +4,7 @@
 
 #include <float.h>
 #include <math.h>
+#include <string.h>
 #include <unistd.h>
 
 /* --------------------------------------------------------------- history */
@@ -224,23 +225,57 @@ static ad_status dist_train_step(nn_model *m, nn_optimizer *opt, nn_loss_fn loss
   return d->step ? d->step(d->ud, opt) : nn_optimizer_step(opt);
 }
 
+/* FNV-1a over n bytes, continuing from h: a fingerprint of options that
+ * are not numbers (the early-stopping ones) for dist_agree_start. */
+static uint64_t fnv(uint64_t h, const void *p, size_t n) {
+  for (size_t i = 0; i < n; i++) h = (h ^ ((const unsigned char *)p)[i]) * 0x100000001b3ull;
+  return h;
+}
+
 /* With dist, before the start-up sync: whether some rank failed to set up
- * (own: this rank's status; out of memory, early-stopping options) and
- * whether every rank draws the same global batches (the rows to train on,
- * batch size, epochs and shuffle seed), which the sharding assumes.
- * Collective: one d->sum of the failures and of each value and its
- * square, in 12-bit pieces so that the sums are exact; the values are the
- * same on every rank exactly when size * sum(x^2) == sum(x)^2
- * (Cauchy-Schwarz). A rank that failed alone returned while the others
- * waited in the sync; one with other data (its own part, as with PyTorch's
- * DistributedSampler) or options took as many steps as its own batches:
- * the ranks then waited for each other for ever, or trained on rows of
- * unrelated batches. */
-static ad_status dist_agree_start(ad_ctx *ctx, const nn_dist_ops *d, int64_t n_train,
+ * (own: this rank's status; a NULL argument, out of memory, early-stopping
+ * options) and whether every rank draws the same global batches and runs
+ * the same collectives (the rows to train on, batch size, epochs and
+ * shuffle seed, which the sharding assumes; whether there is validation
+ * data and an on_epoch_end, each one more sum per epoch; the early
+ * stopping, which decides the epoch the ranks stop at; lambda_l2, part of
+ * every gradient). Collective: one d->sum of the failures and of each
+ * value and its square, in 12-bit pieces so that the sums are exact; the
+ * values are the same on every rank exactly when size * sum(x^2) ==
+ * sum(x)^2 (Cauchy-Schwarz). A rank that failed alone returned while the
+ * others waited in the sync; one with other data (its own part, as with
+ * PyTorch's DistributedSampler) or options took as many steps, or sums,
+ * as its own: the ranks then waited for each other for ever, or trained
+ * on rows of unrelated batches. */
+static ad_status dist_agree_start(ad_ctx *ctx, const nn_dist_ops *d, int64_t n_train, bool val,
                                   const nn_fit_opts *o, ad_status own) {
-  enum { F = 4, PIECES = 6, N = F * PIECES };
-  uint64_t field[F] = {(uint64_t)n_train, (uint64_t)o->batch_size, (uint64_t)o->epochs,
-                       o->no_shuffle ? UINT64_MAX : o->seed}; /* the seed, where it is used */
+  enum { F = 8, PIECES = 6, N = F * PIECES };
+  static const char *const what[F] = {"rows to train on",
+                                      "batch sizes",
+                                      "epochs",
+                                      "shuffles (seed or no_shuffle)",
+                                      "validation (data or split, or none)",
+                                      "on_epoch_end (set or NULL)",
+                                      "early-stopping options",
+                                      "lambda_l2"};
+  const nn_early_stopping *es = &o->early_stopping;
+  uint64_t esh = 0, l2 = 0;
+  if (es->monitor) {
+    esh = fnv(0xcbf29ce484222325ull, es->monitor, strlen(es->monitor));
+    esh = fnv(esh, &es->mode, sizeof es->mode);
+    esh = fnv(esh, &es->min_delta, sizeof es->min_delta);
+    esh = fnv(esh, &es->patience, sizeof es->patience);
+    esh = fnv(esh, &es->restore_best_weights, sizeof es->restore_best_weights);
+  }
+  memcpy(&l2, &o->lambda_l2, sizeof l2);
+  uint64_t field[F] = {(uint64_t)n_train,
+                       (uint64_t)o->batch_size,
+                       (uint64_t)o->epochs,
+                       o->no_shuffle ? UINT64_MAX : o->seed, /* the seed, where it is used */
+                       val,
+                       o->on_epoch_end != NULL,
+                       esh,
+                       l2};
   double v[1 + 2 * N];
   v[0] = own != AD_OK;
   for (int f = 0; f < F; f++)
@@ -259,14 +294,12 @@ static ad_status dist_agree_start(ad_ctx *ctx, const nn_dist_ops *d, int64_t n_t
     if ((double)d->size * v[1 + N + i] != v[1 + i] * v[1 + i])
       return ad_set_error(ctx, AD_ERR_ARG,
                           "fit: the ranks' %s differ (here: %lld rows to train on, batch size "
-                          "%lld, %d epochs, seed %llu%s): every rank passes the same data and "
-                          "options, nn_fit shards each global batch",
-                          i / PIECES == 0   ? "rows to train on"
-                          : i / PIECES == 1 ? "batch sizes"
-                          : i / PIECES == 2 ? "epochs"
-                                            : "shuffles (seed or no_shuffle)",
-                          (long long)n_train, (long long)o->batch_size, o->epochs,
-                          (unsigned long long)o->seed, o->no_shuffle ? ", no_shuffle" : "");
+                          "%lld, %d epochs, seed %llu%s%s%s%s, lambda_l2 %g): every rank passes "
+                          "the same data and options, nn_fit shards each global batch",
+                          what[i / PIECES], (long long)n_train, (long long)o->batch_size, o->epochs,
+                          (unsigned long long)o->seed, o->no_shuffle ? ", no_shuffle" : "",
+                          val ? ", validation" : "", o->on_epoch_end ? ", on_epoch_end" : "",
+                          es->monitor ? ", early stopping" : "", o->lambda_l2);
   return AD_OK;
 }
 
@@ -468,7 +501,7 @@ static ad_status fit_early(ad_ctx *ctx, const nn_fit_opts *o, ad_status st) {
   const nn_dist_ops *d = o->dist;
   if (d && d->size > 1 && d->rank >= 0 && d->rank < d->size && d->sync && d->grad_begin &&
       d->grad_end && d->sum)
-    dist_agree_start(ctx, d, 0, o, st);
+    dist_agree_start(ctx, d, 0, false, o, st);
   return st;
 }
 
@@ -555,7 +588,8 @@ static ad_status fit(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor 
     nn_batcher_free(tb);
     nn_batcher_free(vb);
     ad_status oom = fail(ctx, AD_ERR_OOM);
-    if (dist && dist->size > 1) dist_agree_start(ctx, dist, n_train, &o, oom); /* the others wait */
+    if (dist && dist->size > 1)
+      dist_agree_start(ctx, dist, n_train, val, &o, oom); /* the others wait */
     return oom;
   }
   h->has[H_LOSS] = h->has[H_LR] = h->has[H_SECONDS] = true;
@@ -578,7 +612,7 @@ static ad_status fit(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor 
   bool lines = o.verbose >= 0;
   double thr = nn_loss_threshold(loss);
   int64_t nb = nn_batcher_batches(tb);
-  if (dist && dist->size > 1) st = dist_agree_start(ctx, dist, n_train, &o, st);
+  if (dist && dist->size > 1) st = dist_agree_start(ctx, dist, n_train, val, &o, st);
   if (st == AD_OK && dist) { /* on a clean tape, so that the sync may move the parameters
                                (nn_dist's shared ones); each step resets it anyway */
     ad_tape_reset(nn_model_ctx(m));

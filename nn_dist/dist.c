@@ -722,6 +722,7 @@ ad_status nn_dist_sync(nn_dist *d, nn_model *m, nn_optimizer *opt) {
   MPI_Bcast(&tlen, 1, MPI_LONG_LONG, 0, d->comm);
   theirs = d->rank == 0 ? mine : ad_malloc(c, (size_t)tlen);
   if (agree(d, !theirs, AD_ERR_OOM, "failed", &other) >= 0) { /* every rank still in step */
+    if (d->rank != 0) ad_free(c, theirs, (size_t)tlen);       /* NULL where it failed */
     ad_free(c, mine, mlen);
     return theirs ? other : AD_ERR_OOM;
   }

@@ -25,7 +25,8 @@ static const char *tmpdir = "/tmp";
 static nn_dist_opts base;      /* --no-shm, --ranks-per-node */
 static bool expect_shm = true; /* --expect */
 static int expect_nodes = 1;
-static int fail_in = 0; /* > 0: count_alloc fails the fail_in-th allocation from now */
+static int fail_in = 0;      /* > 0: count_alloc fails the fail_in-th allocation from now */
+static long long live_bytes; /* what count_alloc has handed out and not taken back */
 
 static bool own_shard; /* dist_new keeps o's shard_optimizer */
 
@@ -794,20 +795,30 @@ static void model_on_another_context(ad_ctx *c) {
  * trained on rows of unrelated batches). */
 static void batches_differ(ad_ctx *c) {
   bool ok = true;
-  for (int k = 0; k < 2 && size > 1; k++) { /* k = 0: rows, 1: seed */
+  /* k = 0: rows, 1: seed, 2: validation data on the last rank only (one
+   * more sum per epoch there), 3: early stopping's patience */
+  static const char *const wants[4] = {"fit: the ranks' rows to train on differ (here: ",
+                                       "fit: the ranks' shuffles (seed or no_shuffle) differ",
+                                       "fit: the ranks' validation (data or split, or none) differ",
+                                       "fit: the ranks' early-stopping options differ"};
+  for (int k = 0; k < 4 && size > 1; k++) {
     ad_tensor *x, *y;
-    make_data(c, AD_F64, k == 0 && rank == size - 1 ? 30 : 24, &x, &y);
+    bool last = rank == size - 1;
+    make_data(c, AD_F64, k == 0 && last ? 30 : 24, &x, &y);
     nn_model *m = make_model(c, AD_F64, 8, PLAIN, 5);
     nn_optimizer *opt = nn_sgd_new(nn_model_params(m), 0.1, 0, false, 0);
     nn_dist *d = dist_new(c, NULL);
-    nn_fit_opts fo = {.epochs = 1,
-                      .batch_size = 12,
-                      .seed = k == 1 ? (uint64_t)rank << 40 : 0,
-                      .verbose = -1,
-                      .dist = nn_dist_fit_ops(d)};
+    nn_fit_opts fo = {
+        .epochs = 2,
+        .batch_size = 12,
+        .seed = k == 1 ? (uint64_t)rank << 40 : 0,
+        .val_x = k == 2 && last ? x : NULL,
+        .val_y = k == 2 && last ? y : NULL,
+        .early_stopping = {.monitor = k == 3 ? "loss" : NULL, .patience = k == 3 && last ? 2 : 0},
+        .verbose = -1,
+        .dist = nn_dist_fit_ops(d)};
     ad_status st = nn_fit(m, opt, nn_cross_entropy_loss, x, y, &fo, NULL);
-    const char *want = k == 0 ? "fit: the ranks' rows to train on differ (here: "
-                              : "fit: the ranks' shuffles (seed or no_shuffle) differ";
+    const char *want = wants[k];
     bool here = st == AD_ERR_ARG && nn_optimizer_steps(opt) == 0 && strstr(ad_last_error(c), want);
     if (!here)
       snprintf(why, sizeof why, "case %d: status %s, %lld steps, message: %s", k, ad_status_str(st),
@@ -820,7 +831,7 @@ static void batches_differ(ad_ctx *c) {
     ad_tensor_free(x);
     ad_tensor_free(y);
   }
-  check(ok, "other data or seed on one rank: nn_fit fails on every rank (no hang)", why);
+  check(ok, "other data or options on one rank: nn_fit fails on every rank (no hang)", why);
 }
 
 /* nn_dist_sum in the deterministic mode out of memory on the last rank
@@ -852,9 +863,11 @@ static void sync_out_of_memory(ad_ctx *c) {
   if (size == 1) return;
   nn_model *m = make_model(c, AD_F64, 8, PLAIN, 5);
   nn_dist *d = dist_new(c, NULL);
+  long long before = live_bytes; /* every rank gets back what the failed sync took */
   if (rank == size - 1) fail_in = 2;
   ad_status st = nn_dist_sync(d, m, NULL);
   fail_in = 0;
+  bool kept = live_bytes == before;
   char want[64];
   snprintf(want, sizeof want, "dist: rank %d failed: out of memory", size - 1);
   bool ok = st == AD_ERR_OOM && (rank == size - 1 ? strstr(ad_last_error(c), "out of memory")
@@ -862,7 +875,9 @@ static void sync_out_of_memory(ad_ctx *c) {
   snprintf(why, sizeof why, "status %s, message: %s", ad_status_str(st), ad_last_error(c));
   ad_clear_error(c);
   ad_status again = nn_dist_sync(d, m, NULL);
-  check(ok && again == AD_OK, "nn_dist_sync out of memory on one rank fails on every rank", why);
+  if (!kept) snprintf(why, sizeof why, "%lld bytes kept by the failed sync", live_bytes - before);
+  check(ok && kept && again == AD_OK, "nn_dist_sync out of memory on one rank fails on every rank",
+        why);
   nn_dist_free(d);
   nn_model_free(m);
 }
@@ -1081,7 +1096,6 @@ static void checkpoints(ad_ctx *c) {
 
 /* A counting allocator (64-byte aligned blocks, as the contract asks): the
  * bytes nn_dist holds go back to the context when it is freed. */
-static long long live_bytes;
 
 static void *count_alloc(void *ud, void *p, size_t os, size_t ns) {
   (void)ud;
