@@ -1082,13 +1082,13 @@ typedef struct nn_history nn_history;
  * struct with MPI (nn_dist_fit_ops), and a test can fill it in-process.
  *
  * With opts->dist set, nn_fit on every rank:
- *   - first calls sum(ud, v, 49) once, also when its own checks failed,
+ *   - first calls sum(ud, v, n) once, also when its own checks failed,
  *     so that an error on one rank (a NULL argument, bad options, out of
  *     memory) or other data or options (rows to train on, batch size,
- *     epochs, shuffle) stop every rank before the first step instead of
- *     leaving the others waiting (AD_ERR_STATE "fit: N other rank(s)
- *     failed before the first step", AD_ERR_ARG "fit: the ranks' ...
- *     differ");
+ *     epochs, shuffle, validation data, on_epoch_end, early stopping,
+ *     lambda_l2) stop every rank before the first step instead of leaving
+ *     the others waiting (AD_ERR_STATE "fit: N other rank(s) failed
+ *     before the first step", AD_ERR_ARG "fit: the ranks' ... differ");
  *   - calls sync(ud, m, opt) once before training (nn_dist: make every
  *     rank's parameters, buffers and optimizer state rank 0's, after
  *     checking that the models match);
