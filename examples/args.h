@@ -15,6 +15,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 static inline bool arg_ll(const char *v, long long lo, long long hi, long long *out) {
   if (!v || !(isdigit((unsigned char)v[0]) || (v[0] == '-' && isdigit((unsigned char)v[1]))))
@@ -53,7 +54,8 @@ static inline bool arg_u64(const char *v, unsigned long long *out) {
 }
 
 static inline bool arg_double(const char *v, double *out) {
-  if (!v || !*v || isspace((unsigned char)v[0])) return false;
+  /* strtod also reads hexadecimal ("0x10" is 16): decimal only here */
+  if (!v || !*v || isspace((unsigned char)v[0]) || strpbrk(v, "xX")) return false;
   char *end;
   errno = 0;
   double x = strtod(v, &end);

@@ -670,7 +670,12 @@ static ad_status header_open(ad_ctx *ctx, const char *path, header *h, FILE **fo
   if (fd < 0)
     return ad_set_error(ctx, AD_ERR_IO, "checkpoint %s: cannot open: %s", path, strerror(errno));
   struct stat sb;
-  if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+  if (fstat(fd, &sb) != 0) {
+    int err = errno;
+    close(fd);
+    return ad_set_error(ctx, AD_ERR_IO, "checkpoint %s: cannot stat: %s", path, strerror(err));
+  }
+  if (!S_ISREG(sb.st_mode)) {
     close(fd);
     return ad_set_error(ctx, AD_ERR_IO, "checkpoint %s: not a regular file", path);
   }
@@ -817,10 +822,7 @@ static const char *split_path(const char *path, char *dir) {
   return slash ? slash + 1 : path;
 }
 
-/* Whether path (through symlinks) is a device, FIFO or socket: a save
- * must not rename a file over it (over /dev/null, as root, it would
- * replace the device node). */
-static bool special_target(const char *path) {
+bool nn_special_target(const char *path) {
   struct stat sb;
   return stat(path, &sb) == 0 && !S_ISREG(sb.st_mode) && !S_ISDIR(sb.st_mode);
 }
@@ -1261,7 +1263,7 @@ ad_status nn_checkpoint_save_as(ad_ctx *ctx, const char *path, int n, const char
     return ad_set_error(ctx, AD_ERR_ARG, "checkpoint %s: duplicate metadata key '%s'", path,
                         meta_keys[mdup]);
 
-  if (special_target(path))
+  if (nn_special_target(path))
     return ad_set_error(ctx, AD_ERR_IO,
                         "checkpoint %s: not a regular file (a device, FIFO or socket is not "
                         "replaced)",
@@ -1342,7 +1344,7 @@ done:
 }
 
 bool nn_write_file_atomic(ad_ctx *ctx, const char *path, const void *buf, size_t len) {
-  if (special_target(path)) {
+  if (nn_special_target(path)) {
     errno = EINVAL;
     return false;
   }

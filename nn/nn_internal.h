@@ -43,6 +43,10 @@ ad_tensor *nn_tmp_tensor(ad_ctx *ctx, ad_dtype dtype, int ndim, const int64_t *s
  * refuses, EINVAL when path is a device, FIFO or socket, which is not
  * replaced); path is then left as it was. */
 bool nn_write_file_atomic(ad_ctx *ctx, const char *path, const void *buf, size_t len);
+/* checkpoint.c: whether path (through symlinks) is a device, FIFO or
+ * socket, which a save must not rename a file over (over /dev/null, as
+ * root, it would replace the device node). */
+bool nn_special_target(const char *path);
 
 /* fit.c: the context of a history, and the best epoch of early stopping. */
 ad_ctx *nn_history_ctx(const nn_history *h);

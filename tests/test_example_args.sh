@@ -28,7 +28,7 @@ bad() {
   fi
 }
 
-echo "1..26"
+echo "1..27"
 bad mnist_mlp --epochs ""
 bad mnist_mlp --epochs 4294967297
 bad mnist_mlp --seed -1
@@ -55,4 +55,5 @@ bad overfitting --train 9000
 bad learning_rate --range-steps 2x
 bad vanishing_rnn --len 99999999999999999999
 bad vanishing_rnn --lr nan
+bad mnist_mlp --lr 0x10
 [ $fails -eq 0 ]

@@ -120,7 +120,9 @@ int plot_svg(FILE *f, const plot_opts *o, int ns, const plot_series *s, const ch
   axis_fit(&ax, xmn, xmx, xwhole);
   axis_fit(&ay, ymn, ymx, false);
   if (!(isfinite(ax.hi - ax.lo) && isfinite(ay.hi - ay.lo) && ax.step > 0 && ay.step > 0)) {
-    if (why) *why = "the values span more than a double holds (about 1e308)"; /* else nan pixels */
+    /* else NaN pixels: a span past 1e308, or subnormal values whose
+     * range underflows to 0 */
+    if (why) *why = "the values' range cannot be drawn in doubles (it overflows or underflows)";
     return -1;
   }
 

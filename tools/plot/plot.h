@@ -30,8 +30,8 @@ typedef struct plot_opts {
 
 /* Writes the chart of the ns series to f. Returns 0, or -1 when there is
  * no point to draw (every point non-finite or outside a log axis), the
- * values span more than a double holds (1e308 and -1e308), or writing
- * fails; *why (may be NULL) then gets a static message. */
+ * values' range cannot be computed in doubles (1e308 and -1e308; a
+ * constant subnormal), or writing fails; *why (may be NULL) then gets a static message. */
 int plot_svg(FILE *f, const plot_opts *o, int ns, const plot_series *s, const char **why);
 
 /* plot_svg into the file path (written as path.tmp, then renamed over
