@@ -822,7 +822,10 @@ static const char *split_path(const char *path, char *dir) {
   return slash ? slash + 1 : path;
 }
 
-bool nn_special_target(const char *path) {
+/* Whether path (through symlinks) is a device, FIFO or socket, which a
+ * save must not rename a file over (over /dev/null, as root, it would
+ * replace the device node). */
+static bool special_target(const char *path) {
   struct stat sb;
   return stat(path, &sb) == 0 && !S_ISREG(sb.st_mode) && !S_ISDIR(sb.st_mode);
 }
@@ -1263,7 +1266,7 @@ ad_status nn_checkpoint_save_as(ad_ctx *ctx, const char *path, int n, const char
     return ad_set_error(ctx, AD_ERR_ARG, "checkpoint %s: duplicate metadata key '%s'", path,
                         meta_keys[mdup]);
 
-  if (nn_special_target(path))
+  if (special_target(path))
     return ad_set_error(ctx, AD_ERR_IO,
                         "checkpoint %s: not a regular file (a device, FIFO or socket is not "
                         "replaced)",
@@ -1343,17 +1346,16 @@ done:
   return st;
 }
 
-bool nn_write_file_atomic(ad_ctx *ctx, const char *path, const void *buf, size_t len) {
-  if (nn_special_target(path)) {
-    errno = EINVAL;
-    return false;
-  }
+ad_status nn_write_file_atomic(ad_ctx *ctx, const char *what, const char *path, const void *buf,
+                               size_t len) {
+  if (special_target(path))
+    return ad_set_error(ctx, AD_ERR_IO,
+                        "%s %s: not a regular file (a device, FIFO or socket is not replaced)",
+                        what, path);
   size_t tcap = strlen(path) + 48, bcap = tcap + strlen(path) + 2;
   char *tmp = ad_malloc(ctx, bcap);
-  if (!tmp) {
-    errno = ENOMEM;
-    return false;
-  }
+  if (!tmp) /* "out of memory", as every other OOM error says */
+    return ad_set_error(ctx, AD_ERR_OOM, "%s %s: out of memory", what, path);
   remove_stale_temps(path);
   int fd = open_temp(path, tmp, tcap), lock_fd = -1;
   bool ok = fd >= 0;
@@ -1380,8 +1382,7 @@ bool nn_write_file_atomic(ad_ctx *ctx, const char *path, const void *buf, size_t
   int err = errno;
   if (lock_fd >= 0) close(lock_fd);
   ad_free(ctx, tmp, bcap);
-  errno = err;
-  return ok;
+  return ok ? AD_OK : ad_set_error(ctx, AD_ERR_IO, "%s %s: %s", what, path, strerror(err));
 }
 
 ad_status nn_checkpoint_save_meta(ad_ctx *ctx, const char *path, int n, const char *const *names,

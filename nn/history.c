@@ -2,7 +2,6 @@
  * itself lives in fit.c): gradient norms, CSV output, early stopping. */
 #include "nn_internal.h"
 
-#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 
@@ -63,11 +62,6 @@ ad_status nn_history_write_csv(const nn_history *h, const char *path) {
   ad_ctx *ctx = nn_history_ctx(h);
   if (!path) return ad_set_error(ctx, AD_ERR_NULL, "history_write_csv: path is NULL");
   if (!*path) return ad_set_error(ctx, AD_ERR_ARG, "history_write_csv: path is empty");
-  if (nn_special_target(path))
-    return ad_set_error(ctx, AD_ERR_IO,
-                        "history_write_csv %s: not a regular file (a device, FIFO or socket is "
-                        "not replaced)",
-                        path);
   int nk = nn_history_key_count(h);
   size_t cap = 16; /* "epoch", line ends, the terminator */
   for (int i = 0; i < nk; i++) cap += 2 * strlen(nn_history_key(h, i)) + 3;
@@ -88,11 +82,7 @@ ad_status nn_history_write_csv(const nn_history *h, const char *path) {
     }
     *w++ = '\n';
   }
-  ad_status st = AD_OK;
-  if (!nn_write_file_atomic(ctx, path, buf, (size_t)(w - buf)))
-    st = errno == ENOMEM /* "out of memory", as every other OOM error says */
-             ? ad_set_error(ctx, AD_ERR_OOM, "history_write_csv %s: out of memory", path)
-             : ad_set_error(ctx, AD_ERR_IO, "history_write_csv %s: %s", path, strerror(errno));
+  ad_status st = nn_write_file_atomic(ctx, "history_write_csv", path, buf, (size_t)(w - buf));
   ad_free(ctx, buf, cap);
   return st;
 }

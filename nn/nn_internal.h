@@ -39,14 +39,12 @@ ad_tensor *nn_tmp_tensor(ad_ctx *ctx, ad_dtype dtype, int ndim, const int64_t *s
 
 /* checkpoint.c: writes len bytes of buf to path as checkpoints are
  * written (a locked temporary file next to path, fsync, rename over path).
- * Returns false with errno set on failure (ENOMEM when ctx's allocator
- * refuses, EINVAL when path is a device, FIFO or socket, which is not
- * replaced); path is then left as it was. */
-bool nn_write_file_atomic(ad_ctx *ctx, const char *path, const void *buf, size_t len);
-/* checkpoint.c: whether path (through symlinks) is a device, FIFO or
- * socket, which a save must not rename a file over (over /dev/null, as
- * root, it would replace the device node). */
-bool nn_special_target(const char *path);
+ * Returns AD_OK, or on ctx "<what> <path>: <reason>" with AD_ERR_OOM (the
+ * allocator refused) or AD_ERR_IO (path is a device, FIFO or socket, which
+ * is not replaced; or a system call's error); path is then left as it
+ * was. */
+ad_status nn_write_file_atomic(ad_ctx *ctx, const char *what, const char *path, const void *buf,
+                               size_t len);
 
 /* fit.c: the context of a history, and the best epoch of early stopping. */
 ad_ctx *nn_history_ctx(const nn_history *h);
