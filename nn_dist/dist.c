@@ -479,10 +479,15 @@ static void bcast_bytes(nn_dist *d, void *p, size_t n, int root) {
 /* Makes every rank agree on a failure: failed says whether this rank
  * failed (its message is on the context). Returns the lowest failing
  * rank, or -1; on ranks other than it, sets the message "dist: rank R
- * <what>: <its message>" with its status. *status gets that status. */
-static int agree(nn_dist *d, bool failed, ad_status own, const char *what, ad_status *status) {
-  int code = failed ? d->size - d->rank : 0;
-  MPI_Allreduce(MPI_IN_PLACE, &code, 1, MPI_INT, MPI_MAX, d->comm);
+ * <what>: <its message>" with its status. *status gets that status. In
+ * the same exchange, range[0] and range[1] (range may be NULL) get the
+ * smallest and the largest of the ranks' n. */
+static int agree_n(nn_dist *d, bool failed, ad_status own, const char *what, ad_status *status,
+                   long long n, long long *range) {
+  long long v[3] = {failed ? d->size - d->rank : 0, -n, n};
+  MPI_Allreduce(MPI_IN_PLACE, v, 3, MPI_LONG_LONG, MPI_MAX, d->comm);
+  if (range) range[0] = -v[1], range[1] = v[2];
+  int code = (int)v[0];
   if (code == 0) return -1;
   int root = d->size - code, st = own;
   char msg[MSG_LEN] = {0};
@@ -494,20 +499,37 @@ static int agree(nn_dist *d, bool failed, ad_status own, const char *what, ad_st
   return root;
 }
 
+static int agree(nn_dist *d, bool failed, ad_status own, const char *what, ad_status *status) {
+  return agree_n(d, failed, own, what, status, 0, NULL);
+}
+
+/* Every rank takes part in the first exchange whatever its n (also 0), so
+ * that a rank whose n differs makes every rank fail instead of leaving
+ * the others in a sum of another length (which MPI ends the job for). */
 ad_status nn_dist_sum(nn_dist *d, double *v, int n) {
   if (!d) return AD_ERR_NULL;
-  if (n <= 0) return AD_OK;
-  size_t bytes = (size_t)n * (size_t)d->size * sizeof(double);
+  size_t bytes = n > 0 ? (size_t)n * (size_t)d->size * sizeof(double) : 0;
   double *all = NULL; /* the deterministic mode's, allocated before the ranks agree */
   ad_status st = AD_OK, other;
-  if (!v)
+  long long range[2];
+  if (n < 0)
+    st = ad_set_error(d->ctx, AD_ERR_ARG, "dist_sum: n is %d", n);
+  else if (n > 0 && !v)
     st = ad_set_error(d->ctx, AD_ERR_NULL, "dist_sum: v is NULL");
-  else if (d->o.deterministic && !(all = ad_malloc(d->ctx, bytes)))
+  else if (n > 0 && d->o.deterministic && !(all = ad_malloc(d->ctx, bytes)))
     st = AD_ERR_OOM;
-  if (agree(d, st != AD_OK, st, "failed", &other) >= 0) {
+  if (agree_n(d, st != AD_OK, st, "failed", &other, n, range) >= 0) {
     ad_free(d->ctx, all, bytes);
     return st != AD_OK ? st : other;
   }
+  if (range[0] != range[1]) {
+    ad_free(d->ctx, all, bytes);
+    return ad_set_error(d->ctx, AD_ERR_SHAPE,
+                        "dist_sum: the ranks pass different n (from %lld to %lld); every rank "
+                        "sums the same number of values",
+                        range[0], range[1]);
+  }
+  if (n == 0) return AD_OK;
   if (!d->o.deterministic) {
     MPI_Allreduce(MPI_IN_PLACE, v, n, MPI_DOUBLE, MPI_SUM, d->comm);
     return AD_OK;

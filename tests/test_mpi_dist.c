@@ -433,6 +433,28 @@ static void sums(ad_ctx *c) {
             (rank == 1 || strstr(ad_last_error(c), "dist: rank 1 failed: ")),
         "nn_dist_sum with a NULL array on one rank fails on every rank", why);
   ad_clear_error(c);
+  /* a length that differs on one rank (also 0, also in rank order): every
+   * rank fails, none waits in a sum the others never join, v is kept */
+  for (int k = 0; k < 4; k++) {
+    nn_dist *dd = k & 1 ? det : d;
+    int mine = rank == 1 ? (k < 2 ? 1 : 0) : 2;
+    v[0] = 7, v[1] = 8;
+    st = nn_dist_sum(dd, v, mine);
+    snprintf(why, sizeof why, "case %d: status %s, message: %s", k, ad_status_str(st),
+             ad_last_error(c));
+    check(st == AD_ERR_SHAPE && strstr(ad_last_error(c), "the ranks pass different n (from ") &&
+              v[0] == 7 && v[1] == 8,
+          "nn_dist_sum with another n on one rank fails on every rank", why);
+    ad_clear_error(c);
+  }
+  st = nn_dist_sum(d, rank == 1 ? v : NULL, rank == 1 ? -1 : 0);
+  snprintf(why, sizeof why, "status %s, message: %s", ad_status_str(st), ad_last_error(c));
+  check(st == AD_ERR_ARG && strstr(ad_last_error(c), "dist_sum: n is -1") &&
+            (rank == 1 || strstr(ad_last_error(c), "dist: rank 1 failed: ")),
+        "nn_dist_sum with a negative n on one rank fails on every rank", why);
+  ad_clear_error(c);
+  st = nn_dist_sum(det, NULL, 0);
+  check(st == AD_OK, "nn_dist_sum of 0 values on every rank sums nothing", ad_last_error(c));
   nn_dist_free(d);
   nn_dist_free(det);
 }

@@ -203,9 +203,12 @@ NN_API const nn_dist_ops *nn_dist_fit_ops(nn_dist *d);
 NN_API ad_status nn_dist_sync(nn_dist *d, nn_model *m, nn_optimizer *opt);
 
 /** Sums n doubles over the ranks, in place (in rank order in the
- * deterministic mode). Collective, with the same n on every rank. A NULL v
- * (with n > 0) on some rank: AD_ERR_NULL on every rank, the others' message
- * "dist: rank R failed: dist_sum: v is NULL". */
+ * deterministic mode). Collective, also with n = 0 (which sums nothing).
+ * Every rank must pass the same n: where they differ, every rank returns
+ * AD_ERR_SHAPE ("dist_sum: the ranks pass different n (from 2 to 3) ...")
+ * and v is unchanged. A NULL v (with n > 0) on some rank: AD_ERR_NULL on
+ * every rank, the others' message "dist: rank R failed: dist_sum: v is
+ * NULL"; a negative n so, with AD_ERR_ARG. */
 NN_API ad_status nn_dist_sum(nn_dist *d, double *v, int n);
 
 /** nn_model_save on rank 0 only (atomically, as nn_model_save), its status
