@@ -830,6 +830,49 @@ static bool special_target(const char *path) {
   return stat(path, &sb) == 0 && !S_ISREG(sb.st_mode) && !S_ISDIR(sb.st_mode);
 }
 
+/* The most links followed at the end of a path, as Linux's own limit. */
+#define MAX_LINKS 40
+
+/* The file a save at path replaces: path with the symbolic links at its
+ * end followed, as open(2) follows them to write a file (and as torch.save
+ * writes through them), so that a link stays a link, to the new file; a
+ * link to a name that is not there yet gives that name (open would create
+ * it). A link's relative target is taken from the link's folder. Into out,
+ * of PATH_MAX bytes. Returns 0, or an errno: ELOOP after MAX_LINKS links,
+ * ENAMETOOLONG for a path of PATH_MAX bytes or more, or readlink's. */
+static int follow_links(const char *path, char *out) {
+  size_t n = strlen(path);
+  if (n >= PATH_MAX) return ENAMETOOLONG;
+  memcpy(out, path, n + 1);
+  char link[PATH_MAX];
+  for (int hops = 0;; hops++) {
+    struct stat sb;
+    if (lstat(out, &sb) != 0 || !S_ISLNK(sb.st_mode)) return 0; /* a new name, or no link */
+    if (hops == MAX_LINKS) return ELOOP;
+    ssize_t k = readlink(out, link, sizeof link);
+    if (k < 0) return errno;
+    if (k == 0) return ENOENT;
+    const char *slash = strrchr(out, '/');
+    size_t dlen = link[0] == '/' || !slash ? 0 : (size_t)(slash - out) + 1;
+    if ((size_t)k >= PATH_MAX - dlen) return ENAMETOOLONG;
+    memcpy(out + dlen, link, (size_t)k); /* after the link's folder, kept in place */
+    out[dlen + (size_t)k] = 0;
+  }
+}
+
+/* follow_links for a save called what ("checkpoint") into out (PATH_MAX
+ * bytes), with its errors as the caller's (AD_ERR_IO with the reason),
+ * and a target that is a device, FIFO or socket refused (special_target). */
+static ad_status save_target(ad_ctx *ctx, const char *what, const char *path, char *out) {
+  int err = follow_links(path, out);
+  if (err) return ad_set_error(ctx, AD_ERR_IO, "%s %s: %s", what, path, strerror(err));
+  if (special_target(out))
+    return ad_set_error(ctx, AD_ERR_IO,
+                        "%s %s: not a regular file (a device, FIFO or socket is not replaced)",
+                        what, path);
+  return AD_OK;
+}
+
 /* Best effort: removes path's temporary files whose writer is gone (see
  * above). Errors (unreadable folder, a path of PATH_MAX bytes or more)
  * leave them. */
@@ -941,7 +984,8 @@ ad_status nn_checkpoint_load_as(ad_ctx *ctx, const char *path, int n, const char
   if (!ctx) return AD_ERR_NULL;
   ad_status st = check_args(ctx, "checkpoint", path, n, names, tensors, stores);
   if (st) return st;
-  remove_stale_temps(path);
+  char real[PATH_MAX]; /* a save through a link left its temporary files beside the target */
+  if (follow_links(path, real) == 0) remove_stale_temps(real);
   header h;
   FILE *f;
   if ((st = header_open(ctx, path, &h, &f))) return st;
@@ -1266,12 +1310,6 @@ ad_status nn_checkpoint_save_as(ad_ctx *ctx, const char *path, int n, const char
     return ad_set_error(ctx, AD_ERR_ARG, "checkpoint %s: duplicate metadata key '%s'", path,
                         meta_keys[mdup]);
 
-  if (special_target(path))
-    return ad_set_error(ctx, AD_ERR_IO,
-                        "checkpoint %s: not a regular file (a device, FIFO or socket is not "
-                        "replaced)",
-                        path);
-
   /* the header, padded with spaces to a multiple of 8 */
   sbuf sb = {NULL, 0, 0};
   emit_header(&sb, n, names, tensors, stores, n_meta, meta_keys, meta_values);
@@ -1281,6 +1319,9 @@ ad_status nn_checkpoint_save_as(ad_ctx *ctx, const char *path, int n, const char
                         "checkpoint %s: the header would be %zu bytes, more than the limit of "
                         "%" PRIu64,
                         path, hlen, HEADER_MAX);
+  /* the file to replace: path's link target, if it is a link */
+  char real[PATH_MAX];
+  if ((st = save_target(ctx, "checkpoint", path, real))) return st;
   sb.buf = ad_malloc(ctx, hlen);
   if (!sb.buf) return AD_ERR_OOM;
   sb.cap = hlen;
@@ -1289,15 +1330,15 @@ ad_status nn_checkpoint_save_as(ad_ctx *ctx, const char *path, int n, const char
   memset(sb.buf + jlen, ' ', hlen - jlen);
 
   /* the temporary file's name, then room for the directory's name */
-  size_t tcap = strlen(path) + 48, bcap = tcap + strlen(path) + 2;
+  size_t tcap = strlen(real) + 48, bcap = tcap + strlen(real) + 2;
   char *tmp = ad_malloc(ctx, bcap);
   if (!tmp) {
     ad_free(ctx, sb.buf, hlen);
     return AD_ERR_OOM;
   }
   FILE *f = NULL;
-  remove_stale_temps(path);
-  int fd = open_temp(path, tmp, tcap), lock_fd = -1;
+  remove_stale_temps(real);
+  int fd = open_temp(real, tmp, tcap), lock_fd = -1;
   if (fd < 0) {
     st = ad_set_error(ctx, AD_ERR_IO, "checkpoint %s: cannot create a temporary file: %s", path,
                       strerror(errno));
@@ -1330,12 +1371,12 @@ ad_status nn_checkpoint_save_as(ad_ctx *ctx, const char *path, int n, const char
     st = ad_set_error(ctx, AD_ERR_IO, "checkpoint %s: cannot write: %s", path, strerror(err));
     goto fail;
   }
-  if (rename(tmp, path) != 0) {
+  if (rename(tmp, real) != 0) {
     st = ad_set_error(ctx, AD_ERR_IO, "checkpoint %s: cannot replace the file: %s", path,
                       strerror(errno));
     goto fail;
   }
-  sync_dir(path, tmp + tcap);
+  sync_dir(real, tmp + tcap);
   goto done;
 fail:
   unlink(tmp);
@@ -1348,16 +1389,15 @@ done:
 
 ad_status nn_write_file_atomic(ad_ctx *ctx, const char *what, const char *path, const void *buf,
                                size_t len) {
-  if (special_target(path))
-    return ad_set_error(ctx, AD_ERR_IO,
-                        "%s %s: not a regular file (a device, FIFO or socket is not replaced)",
-                        what, path);
-  size_t tcap = strlen(path) + 48, bcap = tcap + strlen(path) + 2;
+  char real[PATH_MAX];
+  ad_status st = save_target(ctx, what, path, real);
+  if (st) return st;
+  size_t tcap = strlen(real) + 48, bcap = tcap + strlen(real) + 2;
   char *tmp = ad_malloc(ctx, bcap);
   if (!tmp) /* "out of memory", as every other OOM error says */
     return ad_set_error(ctx, AD_ERR_OOM, "%s %s: out of memory", what, path);
-  remove_stale_temps(path);
-  int fd = open_temp(path, tmp, tcap), lock_fd = -1;
+  remove_stale_temps(real);
+  int fd = open_temp(real, tmp, tcap), lock_fd = -1;
   bool ok = fd >= 0;
   FILE *f = NULL;
   if (ok) { /* the lock stays held through lock_fd until the rename */
@@ -1374,8 +1414,8 @@ ad_status nn_write_file_atomic(ad_ctx *ctx, const char *what, const char *path, 
     ok = fwrite(buf, 1, len, f) == len && fflush(f) == 0 && fsync(fileno(f)) == 0;
     int err = errno;
     if (fclose(f) != 0 && ok) err = errno, ok = false;
-    if (ok && rename(tmp, path) != 0) err = errno, ok = false;
-    if (ok) sync_dir(path, tmp + tcap);
+    if (ok && rename(tmp, real) != 0) err = errno, ok = false;
+    if (ok) sync_dir(real, tmp + tcap);
     if (!ok) unlink(tmp);
     errno = err;
   }

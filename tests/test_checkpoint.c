@@ -672,6 +672,61 @@ Test(checkpoint, special_file_target_is_not_replaced) {
   cr_assert_eq(LIVE_BLOCKS(), live_base);
 }
 
+Test(checkpoint, saves_write_through_symbolic_links) {
+  /* as torch.save does: the link stays, its target gets the new file (a
+   * save replaced the link itself with a regular file, next to it) */
+  cr_assert_eq(mkdir(test_path("sub"), 0700), 0);
+  char target[512], link[512], chain[512], dangling[512], loop1[512], loop2[512];
+  snprintf(target, sizeof target, "%s", test_path("sub/target.st"));
+  snprintf(link, sizeof link, "%s", test_path("link.st"));
+  snprintf(chain, sizeof chain, "%s", test_path("chain.st"));
+  snprintf(dangling, sizeof dangling, "%s", test_path("dangling.st"));
+  snprintf(loop1, sizeof loop1, "%s", test_path("loop1"));
+  snprintf(loop2, sizeof loop2, "%s", test_path("loop2"));
+  cr_assert_eq(symlink("sub/target.st", link), 0);
+  cr_assert_eq(symlink("link.st", chain), 0); /* a link to a link, both relative */
+  cr_assert_eq(symlink("sub/new.st", dangling), 0);
+  cr_assert_eq(symlink("loop2", loop1), 0);
+  cr_assert_eq(symlink("loop1", loop2), 0);
+  int64_t s[1] = {3};
+  ad_tensor *t = filled(AD_F32, 1, s, 1), *u = filled(AD_F32, 1, s, 2), *back = zeros_like(t);
+  const char *name = "t";
+  cr_assert_eq(nn_checkpoint_save(ctx, target, 1, &name, &t), AD_OK, "%s", ad_last_error(ctx));
+  cr_assert_eq(chmod(target, 0600), 0);
+  const char *through[2] = {link, chain};
+  for (int i = 0; i < 2; i++) {
+    ad_tensor *w = i ? t : u;
+    cr_assert_eq(nn_checkpoint_save(ctx, through[i], 1, &name, &w), AD_OK, "%s",
+                 ad_last_error(ctx));
+    struct stat sb;
+    cr_assert_eq(lstat(through[i], &sb), 0);
+    cr_assert(S_ISLNK(sb.st_mode), "%s was replaced by a file", through[i]);
+    cr_assert_eq(lstat(link, &sb), 0);
+    cr_assert(S_ISLNK(sb.st_mode), "the inner link was replaced by a file");
+    cr_assert_eq(stat(target, &sb), 0);
+    cr_assert_eq(sb.st_mode & 0777, 0600, "the target's mode is kept");
+    cr_assert_eq(nn_checkpoint_load(ctx, target, 1, &name, &back), AD_OK, "%s", ad_last_error(ctx));
+    cr_assert(same_bits(w, back), "save %d did not reach the target", i);
+  }
+  /* a link to a name not there yet: the file is created there */
+  cr_assert_eq(nn_checkpoint_save(ctx, dangling, 1, &name, &u), AD_OK, "%s", ad_last_error(ctx));
+  struct stat sb;
+  cr_assert_eq(lstat(dangling, &sb), 0);
+  cr_assert(S_ISLNK(sb.st_mode));
+  cr_assert_eq(nn_checkpoint_load(ctx, test_path("sub/new.st"), 1, &name, &back), AD_OK, "%s",
+               ad_last_error(ctx));
+  cr_assert(same_bits(u, back));
+  /* a loop: an error, nothing written */
+  cr_assert_eq(nn_checkpoint_save(ctx, loop1, 1, &name, &u), AD_ERR_IO);
+  expect_error(AD_ERR_IO, loop1, "symbolic links", NULL);
+  cr_assert_eq(count_entries(tmpdir), 6, "the 5 links, sub and nothing else");
+  cr_assert_eq(count_entries(test_path("sub")), 2, "the two files, no temporary");
+  ad_tensor_free(t);
+  ad_tensor_free(u);
+  ad_tensor_free(back);
+  cr_assert_eq(LIVE_BLOCKS(), live_base);
+}
+
 Test(checkpoint, out_of_memory_everywhere) {
   /* save, load and info with the allocator failing from request k on, for
    * every k up to success: errors are OOM, nothing leaks, the old file and

@@ -200,6 +200,18 @@ Test(history, csv_has_a_header_and_one_line_per_epoch) {
   char cmd[128];
   snprintf(cmd, sizeof cmd, "test $(ls %s | wc -l) = 1", dir);
   cr_assert_eq(system(cmd), 0, "a temporary file was left in %s", dir);
+  /* through a symbolic link: the link stays, its target is rewritten */
+  char link[80];
+  snprintf(link, sizeof link, "%s/link.csv", dir);
+  cr_assert_eq(symlink("h.csv", link), 0);
+  char *want = strdup(read_all(path)); /* read_all's buffer is reused */
+  cr_assert_eq(truncate(path, 0), 0);
+  cr_assert_eq(nn_history_write_csv(h, link), AD_OK, "%s", ad_last_error(ctx));
+  struct stat lb;
+  cr_assert(lstat(link, &lb) == 0 && S_ISLNK(lb.st_mode), "the link was replaced by a file");
+  cr_assert_str_eq(read_all(path), want, "the target was not rewritten");
+  free(want);
+  cr_assert_eq(unlink(link), 0);
 
   /* errors: a folder that does not exist, NULL arguments */
   snprintf(path, sizeof path, "%s/no/h.csv", dir);

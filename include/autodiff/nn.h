@@ -1265,7 +1265,8 @@ NN_API int nn_history_best_epoch(const nn_history *h);
  * counted from 1, values with 17 significant digits ("nan" when absent).
  * Written to a temporary file next to path and renamed over it, as
  * checkpoints are: path holds the old or the new file, never a part (a
- * device, FIFO or socket at path is AD_ERR_IO, never replaced).
+ * symbolic link is written through, its target replaced; a device, FIFO
+ * or socket at path is AD_ERR_IO, never replaced).
  * Returns AD_OK, AD_ERR_NULL (h or path NULL), AD_ERR_ARG (path empty),
  * AD_ERR_OOM, or AD_ERR_IO with the path and the reason on h's context. */
 NN_API ad_status nn_history_write_csv(const nn_history *h, const char *path);
