@@ -22,7 +22,7 @@ NINJA_ARGS=${NINJA_ARGS:-}
 # what the library and the demo need; the test suite adds the rest
 DEMO_PKGS=(gcc meson ninja-build pkg-config uthash-dev libopenblas-dev zlib1g-dev)
 TEST_PKGS=("${DEMO_PKGS[@]}" libcriterion-dev python3 graphviz doxygen libopenmpi-dev openmpi-bin
-           wamerican)
+           wamerican qemu-user)
 
 install_missing() {
   local missing=() p sudo=

@@ -36,7 +36,7 @@ grep -qx '  apt-get update && apt-get install -y gcc meson ninja-build pkg-confi
 ok $? "demo prints the apt-get line of the demo's packages only"
 
 run -j 1 test
-[ $rc -eq 1 ] && grep -q 'install -y .*libcriterion-dev python3 graphviz doxygen libopenmpi-dev openmpi-bin wamerican$' "$TMP/err"
+[ $rc -eq 1 ] && grep -q 'install -y .*libcriterion-dev python3 graphviz doxygen libopenmpi-dev openmpi-bin wamerican qemu-user$' "$TMP/err"
 ok $? "-j 1 test asks for the test suite's packages too"
 
 run -j

@@ -1,0 +1,386 @@
+/* isa_probe.c: prints one line per check, "<name> <hash>", the FNV-1a
+ * hash of the result bits (every NaN as one value: see report) of the
+ * engine's row loops: the float32
+ * elementwise ops of vexp.h and the others (forward and first gradient),
+ * softmax, log_softmax, logsumexp and cross-entropy rows, the fused LSTM
+ * and GRU cells, layer norm, and every optimizer's update over a few
+ * steps. Inputs are seeded and hold the special values (zeros of both
+ * signs, infinities, NaN, subnormals, the largest floats, exp's clamp
+ * bounds) besides random ones of many scales.
+ *
+ * These loops are compiled for several instruction sets (GCC's
+ * target_clones: AVX-512, AVX2 with FMA, the x86-64 baseline; the
+ * optimizers' AVX2 and AVX-512 paths), the CPU's best picked when the
+ * library loads, and the engine promises the same bits from each (see
+ * vexp.h and nn/kernels/update.c). tests/test_isa_clones.sh runs this
+ * program on this CPU and under qemu's user-mode emulation of CPUs
+ * without AVX-512 and without AVX2, where the other clones are taken,
+ * and compares the lines. No matrix product takes part: which kernel runs
+ * a product (the built-in AVX-512, AVX2 or portable one, or OpenBLAS) is
+ * the CPU's (docs/performance.md, "GEMM dispatch"), and their sums are not
+ * promised to be the same bits.
+ *
+ * --list prints the instruction sets the CPU reports first, as a comment
+ * line ("# cpu: avx512f avx2 fma"). */
+#include "ad_ext.h"
+#include "nn.h"
+
+#include <float.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static ad_ctx *ctx;
+static int failures;
+
+static void fail(const char *what) {
+  fprintf(stderr, "isa_probe: %s: %s\n", what, ad_last_error(ctx));
+  failures++;
+}
+
+static uint64_t fnv(const void *p, size_t n, uint64_t h) {
+  const unsigned char *b = p;
+  for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 1099511628211ull;
+  return h;
+}
+
+/* The hash of t's bits, every NaN counted as one value: which of two NaN
+ * operands an SSE or AVX instruction returns (the first) is what qemu 7.2
+ * does not emulate (it applies the x87 rule, the larger significand), so
+ * a NaN's sign and payload cannot be compared under it. Where the NaNs
+ * are is compared. */
+static void report(const char *name, const ad_tensor *t) {
+  if (!t) {
+    fail(name);
+    return;
+  }
+  uint64_t h = 1469598103934665603ull;
+  const float *v = t->data;
+  for (int64_t i = 0; i < t->size; i++) {
+    float f = isnan(v[i]) ? NAN : v[i];
+    h = fnv(&f, sizeof f, h);
+  }
+  printf("%s %016llx\n", name, (unsigned long long)h);
+}
+
+/* n floats: the specials first, then random values of many scales. */
+static ad_tensor *inputs(int64_t n, uint64_t seed, float lo_bound) {
+  static const float special[] = {
+      0.0f,    -0.0f,   INFINITY, -INFINITY, NAN,       -NAN,   FLT_MIN, -FLT_MIN, 1e-45f,
+      -1e-45f, FLT_MAX, -FLT_MAX, 88.72f,    88.3f,     -87.3f, -87.4f,  -103.9f,  89.0f,
+      1e-8f,   -1e-8f,  0.5f,     -0.5f,     1.0f,      -1.0f,  10.0f,   -10.0f,   20.0f,
+      -20.0f,  50.0f,   -50.0f,   3.14159f,  -3.14159f, 1e6f,   -1e6f,   1e30f,    -1e30f};
+  int64_t shape[1] = {n};
+  ad_tensor *x = ad_zeros(ctx, AD_F32, 1, shape);
+  if (!x) return NULL;
+  float *v = x->data;
+  ad_rng rng;
+  ad_rng_seed(&rng, seed);
+  int64_t ns = (int64_t)(sizeof special / sizeof special[0]);
+  for (int64_t i = 0; i < n; i++) {
+    double u = ad_rng_uniform(&rng), g = ad_rng_normal(&rng);
+    float f;
+    if (i < ns)
+      f = special[i];
+    else if (i % 4 == 0)
+      f = (float)g;
+    else if (i % 4 == 1)
+      f = (float)(g * 10);
+    else if (i % 4 == 2)
+      f = (float)((u - 0.5) * 200);
+    else
+      f = (float)(ldexp(1.0, (int)(u * 60) - 30) * (g < 0 ? -1 : 1));
+    v[i] = f < lo_bound ? -f : f;
+  }
+  return x;
+}
+
+typedef ad_tensor *(*unary_fn)(ad_ctx *, ad_tensor *);
+
+static ad_tensor *leaky(ad_ctx *c, ad_tensor *x) { return ad_leaky_relu(c, x, 0.01); }
+static ad_tensor *pow25(ad_ctx *c, ad_tensor *x) { return ad_pow_scalar(c, x, 2.5); }
+static ad_tensor *pow3(ad_ctx *c, ad_tensor *x) { return ad_pow_scalar(c, x, 3); }
+static ad_tensor *powm1(ad_ctx *c, ad_tensor *x) { return ad_pow_scalar(c, x, -1); }
+static ad_tensor *adds(ad_ctx *c, ad_tensor *x) { return ad_add_scalar(c, x, 0.3); }
+static ad_tensor *muls(ad_ctx *c, ad_tensor *x) { return ad_mul_scalar(c, x, -1.7); }
+
+/* y = f(x) and the gradient of sum(y w) with respect to x. */
+static void unary(const char *name, unary_fn f, int64_t n, bool positive) {
+  char buf[96];
+  ad_tensor *x = inputs(n, 11, positive ? 0.0f : -INFINITY), *w = inputs(n, 12, -INFINITY);
+  if (!x || !w) {
+    fail(name);
+    return;
+  }
+  for (int64_t i = 0; i < n; i++) /* finite weights: the gradient's own bits, not inf * 0 */
+    if (!isfinite(((float *)w->data)[i])) ((float *)w->data)[i] = 0.5f;
+  ad_tensor_set_requires_grad(x, true);
+  ad_tensor *y = f(ctx, x);
+  snprintf(buf, sizeof buf, "%s/forward/%lld", name, (long long)n);
+  report(buf, y);
+  ad_tensor *loss = y ? ad_sum(ctx, ad_mul(ctx, y, w)) : NULL;
+  if (!loss || ad_backward(ctx, loss, NULL) != AD_OK)
+    fail(name);
+  else {
+    snprintf(buf, sizeof buf, "%s/grad/%lld", name, (long long)n);
+    report(buf, x->grad);
+  }
+  ad_tape_reset(ctx);
+  ad_tensor_free(x);
+  ad_tensor_free(w);
+}
+
+typedef ad_tensor *(*binary_fn)(ad_ctx *, ad_tensor *, ad_tensor *);
+
+/* y = f(a, b) and the gradients of sum(y w) with respect to a and b; b of
+ * a's shape, of one element, or a column broadcast along a's rows. Where
+ * a holds a NaN, b holds one of the other sign: which of two NaNs an
+ * operation gives is part of the bits compared. */
+static void binary(const char *name, binary_fn f, int64_t n, int bshape) {
+  char buf[96];
+  int64_t shape[2] = {n / 8, 8}, bs[2] = {bshape == 1 ? 1 : n / 8, bshape == 0 ? 8 : 1};
+  ad_tensor *a0 = inputs(n, 51, -INFINITY), *b0 = inputs(n, 52, -INFINITY);
+  ad_tensor *w0 = inputs(n, 53, -INFINITY);
+  ad_tensor *a = a0 ? ad_reshape(ctx, a0, 2, shape) : NULL,
+            *w = w0 ? ad_reshape(ctx, w0, 2, shape) : NULL;
+  a = a ? ad_tensor_clone(ctx, a) : NULL;
+  w = w ? ad_tensor_clone(ctx, w) : NULL;
+  ad_tensor *b = b0 ? ad_zeros(ctx, AD_F32, 2, bs) : NULL;
+  ad_tape_reset(ctx);
+  if (!a || !b || !w) {
+    fail(name);
+    return;
+  }
+  for (int64_t i = 0; i < b->size; i++) ((float *)b->data)[i] = ((float *)b0->data)[(i * 7) % n];
+  for (int64_t i = 0; i < n; i++) {
+    float *av = a->data, *wv = w->data;
+    if (!isfinite(wv[i])) wv[i] = 0.5f;
+    if (i < b->size && isnan(av[i])) ((float *)b->data)[i] = -av[i];
+  }
+  ad_tensor_set_requires_grad(a, true);
+  ad_tensor_set_requires_grad(b, true);
+  ad_tensor *y = f(ctx, a, b);
+  snprintf(buf, sizeof buf, "%s/forward/%lld/%d", name, (long long)n, bshape);
+  report(buf, y);
+  ad_tensor *loss = y ? ad_sum(ctx, ad_mul(ctx, y, w)) : NULL;
+  if (!loss || ad_backward(ctx, loss, NULL) != AD_OK) {
+    fail(name);
+  } else {
+    snprintf(buf, sizeof buf, "%s/grad_a/%lld/%d", name, (long long)n, bshape);
+    report(buf, a->grad);
+    snprintf(buf, sizeof buf, "%s/grad_b/%lld/%d", name, (long long)n, bshape);
+    report(buf, b->grad);
+  }
+  ad_tape_reset(ctx);
+  ad_tensor_free(a);
+  ad_tensor_free(b);
+  ad_tensor_free(w);
+  ad_tensor_free(a0);
+  ad_tensor_free(b0);
+  ad_tensor_free(w0);
+}
+
+/* Row ops over [rows, cols] along the last axis, and their gradients. */
+static void rows(int64_t r, int64_t c) {
+  char buf[96];
+  int64_t shape[2] = {r, c};
+  ad_tensor *flat = inputs(r * c, 21, -INFINITY), *w = inputs(r * c, 22, -INFINITY);
+  if (!flat || !w) {
+    fail("rows");
+    return;
+  }
+  float *v = flat->data, *wv = w->data;
+  for (int64_t i = 0; i < r * c; i++) { /* finite rows but for a few, of moderate scale */
+    if (!isfinite(v[i]) || fabsf(v[i]) > 1e4f) v[i] = (float)(i % 13) - 6;
+    if (!isfinite(wv[i]) || fabsf(wv[i]) > 1e4f) wv[i] = 0.25f;
+  }
+  v[c] = INFINITY, v[2 * c + 1] = -INFINITY, v[3 * c + 2] = NAN; /* rows 1-3 */
+  ad_tensor *x = ad_reshape(ctx, flat, 2, shape), *w2 = ad_reshape(ctx, w, 2, shape);
+  x = x ? ad_tensor_clone(ctx, x) : NULL;
+  w2 = w2 ? ad_tensor_clone(ctx, w2) : NULL;
+  ad_tape_reset(ctx);
+  if (!x || !w2) {
+    fail("rows");
+    return;
+  }
+  ad_tensor_set_requires_grad(x, true);
+  const char *names[4] = {"softmax", "log_softmax", "logsumexp", "cross_entropy"};
+  for (int k = 0; k < 4; k++) {
+    ad_tensor *y;
+    if (k == 0)
+      y = ad_softmax(ctx, x, -1);
+    else if (k == 1)
+      y = ad_log_softmax(ctx, x, -1);
+    else if (k == 2)
+      y = ad_logsumexp(ctx, x, -1, false);
+    else {
+      int64_t ls[1] = {r};
+      ad_tensor *labels = ad_zeros(ctx, AD_I32, 1, ls);
+      for (int64_t i = 0; labels && i < r; i++) ((int32_t *)labels->data)[i] = (int32_t)(i % c);
+      y = labels ? ad_softmax_cross_entropy(ctx, x, labels) : NULL;
+      ad_tensor_free(labels);
+    }
+    snprintf(buf, sizeof buf, "%s/forward/%lldx%lld", names[k], (long long)r, (long long)c);
+    report(buf, y);
+    ad_tensor *loss = !y ? NULL : k < 2 ? ad_sum(ctx, ad_mul(ctx, y, w2)) : ad_sum(ctx, y);
+    if (!loss || ad_backward(ctx, loss, NULL) != AD_OK) {
+      fail(names[k]);
+    } else {
+      snprintf(buf, sizeof buf, "%s/grad/%lldx%lld", names[k], (long long)r, (long long)c);
+      report(buf, x->grad);
+    }
+    ad_tensor_set_requires_grad(x, false); /* drops the gradient */
+    ad_tensor_set_requires_grad(x, true);
+    ad_tape_reset(ctx);
+  }
+  ad_tensor_free(x);
+  ad_tensor_free(w2);
+  ad_tensor_free(flat);
+  ad_tensor_free(w);
+}
+
+/* The fused recurrent cells and layer norm, forward and gradients. */
+static void cells(int64_t n, int64_t h) {
+  char buf[96];
+  ad_rng rng;
+  ad_rng_seed(&rng, 31);
+  int64_t s4[2] = {n, 4 * h}, s3[2] = {n, 3 * h}, s1[2] = {n, h}, sh[1] = {h};
+  ad_tensor *gates = ad_randn(ctx, &rng, AD_F32, 2, s4, 0, 3);
+  ad_tensor *c = ad_randn(ctx, &rng, AD_F32, 2, s1, 0, 1);
+  ad_tensor *a = ad_randn(ctx, &rng, AD_F32, 2, s3, 0, 3);
+  ad_tensor *b = ad_randn(ctx, &rng, AD_F32, 2, s3, 0, 3);
+  ad_tensor *hs = ad_randn(ctx, &rng, AD_F32, 2, s1, 0, 1);
+  ad_tensor *lw = ad_randn(ctx, &rng, AD_F32, 1, sh, 1, 0.2);
+  ad_tensor *lb = ad_randn(ctx, &rng, AD_F32, 1, sh, 0, 0.2);
+  ad_tensor *all[7] = {gates, c, a, b, hs, lw, lb};
+  for (int i = 0; i < 7; i++) {
+    if (!all[i]) {
+      fail("cells");
+      return;
+    }
+    ad_tensor_set_requires_grad(all[i], true);
+  }
+  ((float *)gates->data)[1] = 40, ((float *)gates->data)[2] = -40; /* saturated gates */
+  ((float *)a->data)[0] = 60, ((float *)b->data)[1] = -60;
+  for (int k = 0; k < 3; k++) {
+    const char *name = k == 0 ? "lstm_cell" : k == 1 ? "gru_cell" : "layer_norm";
+    ad_tensor *y = k == 0   ? ad_lstm_cell(ctx, gates, c)
+                   : k == 1 ? ad_gru_cell(ctx, a, b, hs)
+                            : ad_layer_norm(ctx, hs, 1, sh, lw, lb, 1e-5);
+    snprintf(buf, sizeof buf, "%s/forward/%lldx%lld", name, (long long)n, (long long)h);
+    report(buf, y);
+    ad_tensor *loss = y ? ad_sum(ctx, ad_mul(ctx, y, ad_sin(ctx, y))) : NULL;
+    if (!loss || ad_backward(ctx, loss, NULL) != AD_OK) {
+      fail(name);
+    } else {
+      for (int i = 0; i < 7; i++) {
+        if (!all[i]->grad) continue;
+        snprintf(buf, sizeof buf, "%s/grad%d/%lldx%lld", name, i, (long long)n, (long long)h);
+        report(buf, all[i]->grad);
+        ad_tensor_set_requires_grad(all[i], false);
+        ad_tensor_set_requires_grad(all[i], true);
+      }
+    }
+    ad_tape_reset(ctx);
+  }
+  for (int i = 0; i < 7; i++) ad_tensor_free(all[i]);
+}
+
+/* Five steps of each optimizer (weight decay, momentum and the other
+ * options on) over parameters whose gradients are set by a backward of
+ * sum(p w): w itself, changed every step. */
+static void optimizers(int64_t n) {
+  static const char *kinds[5] = {"sgd", "adagrad", "rmsprop", "adam", "adamw"};
+  for (int kind = 0; kind < 5; kind++)
+    for (int variant = 0; variant < 2; variant++) {
+      char buf[96];
+      ad_rng rng;
+      ad_rng_seed(&rng, 41);
+      int64_t shape[1] = {n};
+      ad_tensor *p = ad_randn(ctx, &rng, AD_F32, 1, shape, 0, 1);
+      nn_params *ps = nn_params_new(ctx);
+      nn_opt_config cfg = nn_opt_defaults((nn_opt_kind)kind, 1e-2);
+      if (variant) {
+        cfg.weight_decay = 0.01, cfg.momentum = kind == 0 || kind == 2 ? 0.9 : 0;
+        cfg.nesterov = kind == 0, cfg.centered = kind == 2, cfg.lr_decay = kind == 1 ? 0.1 : 0;
+        cfg.clip_norm = 5;
+      }
+      if (!p || !ps || nn_params_add(ps, "p", p, false) != AD_OK) {
+        fail("optimizer set-up");
+        return;
+      }
+      ad_tensor_set_requires_grad(p, true);
+      nn_optimizer *o = nn_optimizer_new(ps, &cfg);
+      for (int step = 0; o && step < 5; step++) {
+        ad_tensor *w = ad_randn(ctx, &rng, AD_F32, 1, shape, 0, step == 3 ? 1e-3 : 1);
+        if (w && step == 2) ((float *)w->data)[0] = 0, ((float *)w->data)[1] = 1e-42f;
+        nn_optimizer_zero_grad(o);
+        ad_tensor *loss = w ? ad_sum(ctx, ad_mul(ctx, p, w)) : NULL;
+        if (!loss || ad_backward(ctx, loss, NULL) != AD_OK || nn_optimizer_step(o) != AD_OK)
+          fail(kinds[kind]);
+        ad_tape_reset(ctx);
+        ad_tensor_free(w);
+      }
+      if (!o) fail(kinds[kind]);
+      snprintf(buf, sizeof buf, "%s%s/params/%lld", kinds[kind], variant ? "+options" : "",
+               (long long)n);
+      report(buf, p);
+      int ns = o ? nn_optimizer_state_count(o) : 0;
+      ad_tensor *const *st = o ? nn_optimizer_state_tensors(o) : NULL;
+      for (int i = 0; i < ns; i++) {
+        snprintf(buf, sizeof buf, "%s%s/%s", kinds[kind], variant ? "+options" : "",
+                 nn_optimizer_state_names(o)[i]);
+        report(buf, st[i]);
+      }
+      nn_optimizer_free(o);
+      nn_params_free(ps);
+      ad_tensor_free(p);
+    }
+}
+
+int main(int argc, char **argv) {
+  if (argc > 1 && strcmp(argv[1], "--list") == 0) {
+    __builtin_cpu_init();
+    printf("# cpu:%s%s%s\n", __builtin_cpu_supports("avx512f") ? " avx512f" : "",
+           __builtin_cpu_supports("avx2") ? " avx2" : "",
+           __builtin_cpu_supports("fma") ? " fma" : "");
+  }
+  ctx = ad_ctx_new();
+  if (!ctx) return 1;
+  static const struct {
+    const char *name;
+    unary_fn f;
+    bool positive;
+  } ops[] = {{"exp", ad_exp, false},           {"log", ad_log, true},
+             {"sqrt", ad_sqrt, true},          {"tanh", ad_tanh, false},
+             {"sigmoid", ad_sigmoid, false},   {"relu", ad_relu, false},
+             {"leaky_relu", leaky, false},     {"gelu", ad_gelu, false},
+             {"softplus", ad_softplus, false}, {"erf", ad_erf, false},
+             {"sin", ad_sin, false},           {"cos", ad_cos, false},
+             {"atan", ad_atan, false},         {"abs", ad_abs, false},
+             {"square", ad_square, false},     {"neg", ad_neg, false},
+             {"pow2.5", pow25, true},          {"pow3", pow3, false},
+             {"pow-1", powm1, false},          {"add_scalar", adds, false},
+             {"mul_scalar", muls, false}};
+  int64_t lens[3] = {1, 37, 5003}; /* one element, a short tail, the vector loop */
+  for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++)
+    for (int l = 0; l < 3; l++) unary(ops[i].name, ops[i].f, lens[l], ops[i].positive);
+  static const struct {
+    const char *name;
+    binary_fn f;
+  } bops[] = {{"add", ad_add}, {"sub", ad_sub},         {"mul", ad_mul},        {"div", ad_div},
+              {"pow", ad_pow}, {"maximum", ad_maximum}, {"minimum", ad_minimum}};
+  for (size_t i = 0; i < sizeof bops / sizeof bops[0]; i++)
+    for (int l = 0; l < 2; l++)
+      for (int bshape = 0; bshape < 3; bshape++)
+        binary(bops[i].name, bops[i].f, l ? 5000 : 40, bshape);
+  rows(8, 10);
+  rows(40, 1000);
+  cells(3, 5);
+  cells(32, 64);
+  optimizers(37);
+  optimizers(5003);
+  ad_ctx_free(ctx);
+  return failures ? 1 : 0;
+}

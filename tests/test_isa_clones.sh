@@ -1,0 +1,44 @@
+#!/bin/sh
+# test_isa_clones.sh PROBE QEMU: runs tests/isa_probe.c's PROBE on this CPU
+# and under QEMU (qemu-x86_64, user mode) emulating a CPU without AVX-512
+# (Haswell) and one without AVX2 (Nehalem), so that the other instruction
+# sets' clones of the row loops run, and compares their lines (TAP). QEMU
+# empty, or a CPU other than x86-64: skipped, with the reason.
+probe=$1
+qemu=$2
+if [ "$(uname -m)" != x86_64 ]; then
+  echo "1..0 # SKIP the clones are x86-64's (this is $(uname -m))"
+  exit 0
+fi
+if [ -z "$qemu" ]; then
+  echo "1..0 # SKIP qemu-x86_64 not found (apt-get install qemu-user): only this CPU's clones ran"
+  exit 0
+fi
+dir=$(mktemp -d) || exit 1
+trap 'rm -rf "$dir"' EXIT
+if ! "$probe" --list >"$dir/native" 2>"$dir/native.err"; then
+  sed 's/^/# /' "$dir/native.err"
+  echo "Bail out! the probe failed on this CPU"
+  exit 1
+fi
+here=$(head -n 1 "$dir/native" | sed 's/^# //')
+tail -n +2 "$dir/native" >"$dir/native.body"
+echo "1..2"
+n=0
+for cpu in Haswell-v4 Nehalem-v2; do
+  n=$((n + 1))
+  if ! "$qemu" -cpu "$cpu" "$probe" --list >"$dir/$cpu" 2>"$dir/$cpu.err"; then
+    # qemu warns of CPU features its translator lacks (TSX and the like)
+    grep -v "TCG doesn't support" "$dir/$cpu.err" | sed 's/^/# /'
+    echo "not ok $n - the probe failed under qemu -cpu $cpu"
+    continue
+  fi
+  there=$(head -n 1 "$dir/$cpu" | sed 's/^# //')
+  tail -n +2 "$dir/$cpu" >"$dir/$cpu.body"
+  if cmp -s "$dir/native.body" "$dir/$cpu.body"; then
+    echo "ok $n - $(wc -l <"$dir/native.body") results: the same bits under qemu -cpu $cpu ($there) as here ($here)"
+  else
+    diff "$dir/native.body" "$dir/$cpu.body" | grep '^[<>]' | head -n 40 | sed 's/^/# /'
+    echo "not ok $n - results differ under qemu -cpu $cpu ($there) from this CPU's ($here)"
+  fi
+done
