@@ -1,0 +1,202 @@
+/* contexts_threads.c: separate contexts on separate application threads
+ * are independent (ad.h, "Threading"), also while they share the
+ * library's worker threads. Two models, an MLP (dense, batch norm,
+ * dropout) and a CNN (convolutions, pooling, dropout), each trained by
+ * nn_fit on a context of its own: first one after the other on the main
+ * thread, then both at once on two threads, then again at once while a
+ * third thread fills its own context with errors. The parameters must be
+ * the same bits each time (nn_fit's results do not depend on how many
+ * workers a loop got), and no thread sees another's error.
+ *
+ * A plain program speaking TAP, not a Criterion suite, so that CI can run
+ * it under ThreadSanitizer too (Criterion cannot start there).
+ *   contexts_threads [--small] [--threads N]
+ * --small: fewer samples (the sanitizer builds); --threads: the library's
+ * threads (default 2). */
+#include "ad_ext.h"
+#include "nn.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static int64_t samples = 2048;
+static int tests;
+static int failed;
+
+static void ok(bool pass, const char *what, const char *why) {
+  printf("%s %d - %s\n", pass ? "ok" : "not ok", ++tests, what);
+  if (!pass) {
+    failed++;
+    if (why && *why) printf("# %s\n", why);
+  }
+}
+
+typedef struct job {
+  int kind;          /* 0: the MLP, 1: the CNN */
+  double start, end; /* of the training, in seconds */
+  unsigned long long hash;
+  char err[256];
+  ad_status st;
+} job;
+
+static double now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static unsigned long long params_hash(const nn_params *p) {
+  unsigned long long h = 1469598103934665603ull;
+  for (int i = 0; i < nn_params_count(p); i++) {
+    const ad_tensor *t = nn_params_tensor(p, i);
+    const unsigned char *b = t->data;
+    for (size_t k = 0; k < (size_t)t->size * ad_dtype_size(t->dtype); k++)
+      h = (h ^ b[k]) * 1099511628211ull;
+  }
+  return h;
+}
+
+/* Trains model j->kind on a new context of its own; its parameters' hash
+ * and status (with the message on failure) into j. */
+static void *train(void *arg) {
+  job *j = arg;
+  ad_ctx *ctx = ad_ctx_new();
+  j->st = AD_ERR_OOM;
+  snprintf(j->err, sizeof j->err, "no context");
+  if (!ctx) return NULL;
+  ad_rng rng;
+  ad_rng_seed(&rng, 7 + (uint64_t)j->kind);
+  int64_t xs_mlp[2] = {samples, 64}, xs_cnn[4] = {samples, 1, 12, 12}, ys[1] = {samples};
+  ad_tensor *x = j->kind ? ad_randn(ctx, &rng, AD_F32, 4, xs_cnn, 0, 1)
+                         : ad_randn(ctx, &rng, AD_F32, 2, xs_mlp, 0, 1);
+  ad_tensor *y = ad_zeros(ctx, AD_I32, 1, ys);
+  for (int64_t i = 0; x && y && i < samples; i++) /* a learnable rule: the sign of two inputs */
+    ((int32_t *)y->data)[i] = (((float *)x->data)[i * x->size / samples] > 0) +
+                              2 * (((float *)x->data)[i * x->size / samples + 1] > 0);
+  nn_model *m = nn_sequential_new(ctx);
+  if (j->kind == 0) {
+    nn_model_add(m, nn_dense_new(ctx, 64, 256, &rng, NULL));
+    nn_model_add(m, nn_batch_norm1d_new(ctx, 256, NULL));
+    nn_model_add(m, nn_activation_new(ctx, NN_ACT_RELU));
+    nn_model_add(m, nn_dropout_new(ctx, 0.2, 3));
+    nn_model_add(m, nn_dense_new(ctx, 256, 256, &rng, NULL));
+    nn_model_add(m, nn_activation_new(ctx, NN_ACT_TANH));
+    nn_model_add(m, nn_dense_new(ctx, 256, 4, &rng, NULL));
+  } else {
+    nn_model_add(m, nn_conv2d_new(ctx, 1, 8, 3, 3, &rng, NULL));
+    nn_model_add(m, nn_activation_new(ctx, NN_ACT_RELU));
+    nn_model_add(m, nn_conv2d_new(ctx, 8, 8, 3, 3, &rng, NULL));
+    nn_model_add(m, nn_activation_new(ctx, NN_ACT_RELU));
+    nn_model_add(m, nn_max_pool2d_new(ctx, 2, 2, NULL));
+    nn_model_add(m, nn_dropout_new(ctx, 0.2, 4));
+    nn_model_add(m, nn_flatten_new(ctx));
+    nn_model_add(m, nn_dense_new(ctx, 8 * 4 * 4, 4, &rng, NULL));
+  }
+  nn_optimizer *opt = m ? nn_adam_new(nn_model_params(m), 1e-3) : NULL;
+  nn_fit_opts fo = {.epochs = 2, .batch_size = 64, .seed = 5, .verbose = -1};
+  j->start = now();
+  j->st = x && y && opt ? nn_fit(m, opt, nn_cross_entropy_loss, x, y, &fo, NULL) : AD_ERR_OOM;
+  j->end = now();
+  snprintf(j->err, sizeof j->err, "%s", ad_last_error(ctx));
+  j->hash = j->st == AD_OK ? params_hash(nn_model_params(m)) : 0;
+  nn_optimizer_free(opt);
+  nn_model_free(m);
+  ad_tensor_free(x);
+  ad_tensor_free(y);
+  ad_ctx_free(ctx);
+  return NULL;
+}
+
+/* Makes errors on a context of its own until told to stop: each must be
+ * its own, with its own message. */
+static atomic_bool stop;
+static atomic_int bad_errors, errors_made;
+
+static void *make_errors(void *arg) {
+  (void)arg;
+  ad_ctx *ctx = ad_ctx_new();
+  if (!ctx) {
+    atomic_fetch_add(&bad_errors, 1);
+    return NULL;
+  }
+  int64_t a[2] = {3, 4}, b[2] = {5, 6};
+  while (!atomic_load(&stop)) {
+    ad_tensor *x = ad_zeros(ctx, AD_F32, 2, a), *w = ad_zeros(ctx, AD_F32, 2, b);
+    ad_tensor *y = ad_matmul(ctx, x, w, false, false); /* [3,4] x [5,6]: a shape error */
+    if (y || ad_last_status(ctx) != AD_ERR_SHAPE || !strstr(ad_last_error(ctx), "[3,4]"))
+      atomic_fetch_add(&bad_errors, 1);
+    ad_clear_error(ctx);
+    ad_tensor_free(x);
+    ad_tensor_free(w);
+    atomic_fetch_add(&errors_made, 1);
+  }
+  ad_ctx_free(ctx);
+  return NULL;
+}
+
+int main(int argc, char **argv) {
+  int threads = 2;
+  for (int i = 1; i < argc; i++) {
+    if (strcmp(argv[i], "--small") == 0)
+      samples = 256;
+    else if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc)
+      threads = atoi(argv[++i]);
+    else {
+      fprintf(stderr, "usage: contexts_threads [--small] [--threads N]\n");
+      return 2;
+    }
+  }
+  if (ad_set_num_threads(threads) != AD_OK) {
+    fprintf(stderr, "contexts_threads: cannot use %d threads\n", threads);
+    return 2;
+  }
+  printf("1..7\n");
+  job solo[2] = {{.kind = 0}, {.kind = 1}};
+  for (int k = 0; k < 2; k++) train(&solo[k]);
+  char why[600];
+  for (int k = 0; k < 2; k++) {
+    snprintf(why, sizeof why, "status %s: %s", ad_status_str(solo[k].st), solo[k].err);
+    ok(solo[k].st == AD_OK, k ? "the CNN trains on its own" : "the MLP trains on its own", why);
+  }
+  for (int round = 0; round < 2; round++) {
+    job both[2] = {{.kind = 0}, {.kind = 1}};
+    pthread_t t[2], e;
+    atomic_store(&stop, false);
+    bool noisy = round == 1, started = !noisy || pthread_create(&e, NULL, make_errors, NULL) == 0;
+    bool own[2];
+    for (int k = 0; k < 2; k++) own[k] = pthread_create(&t[k], NULL, train, &both[k]) == 0;
+    for (int k = 0; k < 2; k++) {
+      if (own[k])
+        pthread_join(t[k], NULL);
+      else
+        train(&both[k]); /* no thread: at least the result is checked */
+    }
+    atomic_store(&stop, true);
+    if (noisy && started) pthread_join(e, NULL);
+    double lo = both[0].start > both[1].start ? both[0].start : both[1].start;
+    double hi = both[0].end < both[1].end ? both[0].end : both[1].end;
+    printf("# round %d: the trainings overlapped for %.3f s of %.3f and %.3f\n", round + 1,
+           hi > lo ? hi - lo : 0.0, both[0].end - both[0].start, both[1].end - both[1].start);
+    for (int k = 0; k < 2; k++) {
+      snprintf(why, sizeof why, "status %s: %s; hash %016llx, alone %016llx",
+               ad_status_str(both[k].st), both[k].err, both[k].hash, solo[k].hash);
+      char what[160];
+      snprintf(what, sizeof what, "%s trained beside the %s%s: the same bits as alone",
+               k ? "the CNN" : "the MLP", k ? "MLP" : "CNN",
+               noisy ? " and a thread making errors" : "");
+      ok(both[k].st == AD_OK && both[k].hash == solo[k].hash && !both[k].err[0], what, why);
+    }
+    if (noisy) {
+      snprintf(why, sizeof why, "%d of %d errors were not the thread's own",
+               atomic_load(&bad_errors), atomic_load(&errors_made));
+      ok(started && atomic_load(&bad_errors) == 0 && atomic_load(&errors_made) > 0,
+         "each context keeps its own error", why);
+    }
+  }
+  ad_set_num_threads(1);
+  return failed ? 1 : 0;
+}
