@@ -4,9 +4,10 @@
  * elementwise ops of vexp.h and the others (forward and first gradient),
  * softmax, log_softmax, logsumexp and cross-entropy rows, the fused LSTM
  * and GRU cells, layer norm, and every optimizer's update over a few
- * steps. Inputs are seeded and hold the special values (zeros of both
- * signs, infinities, NaN, subnormals, the largest floats, exp's clamp
- * bounds) besides random ones of many scales.
+ * steps, in float32 and in float64. Inputs are seeded and hold the
+ * special values (zeros of both signs, infinities, NaN, subnormals, the
+ * largest numbers, exp's clamp bounds) besides random ones of many scales,
+ * made without libm (whose exp, log, sin and cos glibc picks per CPU).
  *
  * These loops are compiled for several instruction sets (GCC's
  * target_clones: AVX-512, AVX2 with FMA, the x86-64 baseline; the
@@ -33,6 +34,16 @@
 
 static ad_ctx *ctx;
 static int failures;
+static ad_dtype dt;     /* of this pass: AD_F32, then AD_F64 */
+static const char *pre; /* "f32" or "f64", before every name */
+
+static double get(const ad_tensor *t, int64_t i) { return ad_tensor_get(t, i); }
+/* (A double past float's range becomes an infinity here, not in an
+ * undefined conversion.) */
+static void set(ad_tensor *t, int64_t i, double v) {
+  if (t->dtype == AD_F32 && isfinite(v) && fabs(v) > FLT_MAX) v = copysign(INFINITY, v);
+  ad_tensor_set(t, i, v);
+}
 
 static void fail(const char *what) {
   fprintf(stderr, "isa_probe: %s: %s\n", what, ad_last_error(ctx));
@@ -56,42 +67,52 @@ static void report(const char *name, const ad_tensor *t) {
     return;
   }
   uint64_t h = 1469598103934665603ull;
-  const float *v = t->data;
   for (int64_t i = 0; i < t->size; i++) {
-    float f = isnan(v[i]) ? NAN : v[i];
-    h = fnv(&f, sizeof f, h);
+    if (t->dtype == AD_F32) {
+      float f = ((const float *)t->data)[i];
+      f = isnan(f) ? NAN : f;
+      h = fnv(&f, sizeof f, h);
+    } else {
+      double d = ((const double *)t->data)[i];
+      d = isnan(d) ? (double)NAN : d;
+      h = fnv(&d, sizeof d, h);
+    }
   }
-  printf("%s %016llx\n", name, (unsigned long long)h);
+  printf("%s/%s %016llx\n", pre, name, (unsigned long long)h);
 }
 
-/* n floats: the specials first, then random values of many scales. */
-static ad_tensor *inputs(int64_t n, uint64_t seed, float lo_bound) {
-  static const float special[] = {
-      0.0f,    -0.0f,   INFINITY, -INFINITY, NAN,       -NAN,   FLT_MIN, -FLT_MIN, 1e-45f,
-      -1e-45f, FLT_MAX, -FLT_MAX, 88.72f,    88.3f,     -87.3f, -87.4f,  -103.9f,  89.0f,
-      1e-8f,   -1e-8f,  0.5f,     -0.5f,     1.0f,      -1.0f,  10.0f,   -10.0f,   20.0f,
-      -20.0f,  50.0f,   -50.0f,   3.14159f,  -3.14159f, 1e6f,   -1e6f,   1e30f,    -1e30f};
+/* n values of the pass's dtype: the specials first (in float those past
+ * its range become infinities or zeros), then random values of many
+ * scales; below lo_bound, negated. */
+static ad_tensor *inputs(int64_t n, uint64_t seed, double lo_bound) {
+  static const double special[] = {
+      0.0,     -0.0,     INFINITY, -INFINITY, NAN,      -NAN,   FLT_MIN, -FLT_MIN, 1e-45,
+      -1e-45,  FLT_MAX,  -FLT_MAX, 88.72,     88.3,     -87.3,  -87.4,   -103.9,   89.0,
+      1e-8,    -1e-8,    0.5,      -0.5,      1.0,      -1.0,   10.0,    -10.0,    20.0,
+      -20.0,   50.0,     -50.0,    3.14159,   -3.14159, 1e6,    -1e6,    1e30,     -1e30,
+      DBL_MIN, -DBL_MIN, 4.9e-324, DBL_MAX,   709.78,   -745.1, 1e300,   -1e-300};
   int64_t shape[1] = {n};
-  ad_tensor *x = ad_zeros(ctx, AD_F32, 1, shape);
+  ad_tensor *x = ad_zeros(ctx, dt, 1, shape);
   if (!x) return NULL;
-  float *v = x->data;
   ad_rng rng;
   ad_rng_seed(&rng, seed);
   int64_t ns = (int64_t)(sizeof special / sizeof special[0]);
   for (int64_t i = 0; i < n; i++) {
-    double u = ad_rng_uniform(&rng), g = ad_rng_normal(&rng);
-    float f;
+    /* no libm here: glibc picks its own exp, log, sin and cos for the CPU
+     * (FMA or not), and one last bit of an input would change every hash */
+    double u = ad_rng_uniform(&rng), g = 0, f;
+    for (int k = 0; k < 4; k++) g += ad_rng_uniform(&rng) - 0.5; /* about normal, sd 0.58 */
     if (i < ns)
       f = special[i];
     else if (i % 4 == 0)
-      f = (float)g;
+      f = g;
     else if (i % 4 == 1)
-      f = (float)(g * 10);
+      f = g * 10;
     else if (i % 4 == 2)
-      f = (float)((u - 0.5) * 200);
+      f = (u - 0.5) * 200;
     else
-      f = (float)(ldexp(1.0, (int)(u * 60) - 30) * (g < 0 ? -1 : 1));
-    v[i] = f < lo_bound ? -f : f;
+      f = ldexp(1.0, (int)(u * 60) - 30) * (g < 0 ? -1 : 1);
+    set(x, i, f < lo_bound ? -f : f);
   }
   return x;
 }
@@ -108,13 +129,13 @@ static ad_tensor *muls(ad_ctx *c, ad_tensor *x) { return ad_mul_scalar(c, x, -1.
 /* y = f(x) and the gradient of sum(y w) with respect to x. */
 static void unary(const char *name, unary_fn f, int64_t n, bool positive) {
   char buf[96];
-  ad_tensor *x = inputs(n, 11, positive ? 0.0f : -INFINITY), *w = inputs(n, 12, -INFINITY);
+  ad_tensor *x = inputs(n, 11, positive ? 0.0 : -INFINITY), *w = inputs(n, 12, -INFINITY);
   if (!x || !w) {
     fail(name);
     return;
   }
   for (int64_t i = 0; i < n; i++) /* finite weights: the gradient's own bits, not inf * 0 */
-    if (!isfinite(((float *)w->data)[i])) ((float *)w->data)[i] = 0.5f;
+    if (!isfinite(get(w, i))) set(w, i, 0.5);
   ad_tensor_set_requires_grad(x, true);
   ad_tensor *y = f(ctx, x);
   snprintf(buf, sizeof buf, "%s/forward/%lld", name, (long long)n);
@@ -146,17 +167,16 @@ static void binary(const char *name, binary_fn f, int64_t n, int bshape) {
             *w = w0 ? ad_reshape(ctx, w0, 2, shape) : NULL;
   a = a ? ad_tensor_clone(ctx, a) : NULL;
   w = w ? ad_tensor_clone(ctx, w) : NULL;
-  ad_tensor *b = b0 ? ad_zeros(ctx, AD_F32, 2, bs) : NULL;
+  ad_tensor *b = b0 ? ad_zeros(ctx, dt, 2, bs) : NULL;
   ad_tape_reset(ctx);
   if (!a || !b || !w) {
     fail(name);
     return;
   }
-  for (int64_t i = 0; i < b->size; i++) ((float *)b->data)[i] = ((float *)b0->data)[(i * 7) % n];
+  for (int64_t i = 0; i < b->size; i++) set(b, i, get(b0, (i * 7) % n));
   for (int64_t i = 0; i < n; i++) {
-    float *av = a->data, *wv = w->data;
-    if (!isfinite(wv[i])) wv[i] = 0.5f;
-    if (i < b->size && isnan(av[i])) ((float *)b->data)[i] = -av[i];
+    if (!isfinite(get(w, i))) set(w, i, 0.5);
+    if (i < b->size && isnan(get(a, i))) set(b, i, -get(a, i));
   }
   ad_tensor_set_requires_grad(a, true);
   ad_tensor_set_requires_grad(b, true);
@@ -190,12 +210,11 @@ static void rows(int64_t r, int64_t c) {
     fail("rows");
     return;
   }
-  float *v = flat->data, *wv = w->data;
   for (int64_t i = 0; i < r * c; i++) { /* finite rows but for a few, of moderate scale */
-    if (!isfinite(v[i]) || fabsf(v[i]) > 1e4f) v[i] = (float)(i % 13) - 6;
-    if (!isfinite(wv[i]) || fabsf(wv[i]) > 1e4f) wv[i] = 0.25f;
+    if (!isfinite(get(flat, i)) || fabs(get(flat, i)) > 1e4) set(flat, i, (double)(i % 13) - 6);
+    if (!isfinite(get(w, i)) || fabs(get(w, i)) > 1e4) set(w, i, 0.25);
   }
-  v[c] = INFINITY, v[2 * c + 1] = -INFINITY, v[3 * c + 2] = NAN; /* rows 1-3 */
+  set(flat, c, INFINITY), set(flat, 2 * c + 1, -INFINITY), set(flat, 3 * c + 2, NAN); /* rows 1-3 */
   ad_tensor *x = ad_reshape(ctx, flat, 2, shape), *w2 = ad_reshape(ctx, w, 2, shape);
   x = x ? ad_tensor_clone(ctx, x) : NULL;
   w2 = w2 ? ad_tensor_clone(ctx, w2) : NULL;
@@ -240,19 +259,85 @@ static void rows(int64_t r, int64_t c) {
   ad_tensor_free(w);
 }
 
+/* Reductions and the softmax family along the first axis and the last of
+ * [r, c] (the first is the lanes loops' case), and binary cross-entropy,
+ * with their gradients. */
+static void axes(int64_t r, int64_t c) {
+  char buf[96];
+  int64_t shape[2] = {r, c};
+  ad_tensor *flat = inputs(r * c, 61, -INFINITY), *w = inputs(r * c, 62, -INFINITY);
+  ad_tensor *x = flat ? ad_reshape(ctx, flat, 2, shape) : NULL;
+  x = x ? ad_tensor_clone(ctx, x) : NULL;
+  ad_tape_reset(ctx);
+  if (!x || !w) {
+    fail("axes");
+    return;
+  }
+  for (int64_t i = 0; i < r * c; i++) {
+    if (i > 8 && (!isfinite(get(x, i)) || fabs(get(x, i)) > 1e4)) set(x, i, (double)(i % 11) - 5);
+    if (!isfinite(get(w, i))) set(w, i, 0.5);
+  }
+  ad_tensor_set_requires_grad(x, true);
+  static const char *names[7] = {"sum",     "mean",        "max", "logsumexp",
+                                 "softmax", "log_softmax", "bce"};
+  for (int k = 0; k < 7; k++)
+    for (int axis = 0; axis < (k == 6 ? 1 : 2); axis++) {
+      ad_tensor *y = NULL, *target = NULL;
+      if (k == 0)
+        y = ad_sum_axis(ctx, x, axis, false);
+      else if (k == 1)
+        y = ad_mean_axis(ctx, x, axis, true);
+      else if (k == 2)
+        y = ad_max_axis(ctx, x, axis, false);
+      else if (k == 3)
+        y = ad_logsumexp(ctx, x, axis, false);
+      else if (k == 4)
+        y = ad_softmax(ctx, x, axis);
+      else if (k == 5)
+        y = ad_log_softmax(ctx, x, axis);
+      else { /* probabilities from x, 0 and 1 among them; targets in [0, 1] */
+        ad_tensor *pr = ad_sigmoid(ctx, ad_mul_scalar(ctx, x, 0.3));
+        target = ad_zeros(ctx, dt, 2, shape);
+        for (int64_t i = 0; target && i < r * c; i++) set(target, i, (double)(i % 5) / 4);
+        y = pr && target ? ad_binary_cross_entropy(ctx, pr, target) : NULL;
+      }
+      snprintf(buf, sizeof buf, "%s/forward/%lldx%lld/axis%d", names[k], (long long)r, (long long)c,
+               axis);
+      report(buf, y);
+      ad_tensor *ww =
+          y ? ad_narrow(ctx, ad_reshape(ctx, w, 1, (int64_t[]){r * c}), 0, 0, y->size) : NULL;
+      ad_tensor *loss =
+          ww ? ad_sum(ctx, ad_mul(ctx, ad_reshape(ctx, y, 1, (int64_t[]){y->size}), ww)) : NULL;
+      if (!loss || ad_backward(ctx, loss, NULL) != AD_OK) {
+        fail(names[k]);
+      } else {
+        snprintf(buf, sizeof buf, "%s/grad/%lldx%lld/axis%d", names[k], (long long)r, (long long)c,
+                 axis);
+        report(buf, x->grad);
+      }
+      ad_tensor_set_requires_grad(x, false);
+      ad_tensor_set_requires_grad(x, true);
+      ad_tape_reset(ctx);
+      ad_tensor_free(target);
+    }
+  ad_tensor_free(x);
+  ad_tensor_free(flat);
+  ad_tensor_free(w);
+}
+
 /* The fused recurrent cells and layer norm, forward and gradients. */
 static void cells(int64_t n, int64_t h) {
   char buf[96];
   ad_rng rng;
   ad_rng_seed(&rng, 31);
   int64_t s4[2] = {n, 4 * h}, s3[2] = {n, 3 * h}, s1[2] = {n, h}, sh[1] = {h};
-  ad_tensor *gates = ad_randn(ctx, &rng, AD_F32, 2, s4, 0, 3);
-  ad_tensor *c = ad_randn(ctx, &rng, AD_F32, 2, s1, 0, 1);
-  ad_tensor *a = ad_randn(ctx, &rng, AD_F32, 2, s3, 0, 3);
-  ad_tensor *b = ad_randn(ctx, &rng, AD_F32, 2, s3, 0, 3);
-  ad_tensor *hs = ad_randn(ctx, &rng, AD_F32, 2, s1, 0, 1);
-  ad_tensor *lw = ad_randn(ctx, &rng, AD_F32, 1, sh, 1, 0.2);
-  ad_tensor *lb = ad_randn(ctx, &rng, AD_F32, 1, sh, 0, 0.2);
+  ad_tensor *gates = ad_rand(ctx, &rng, dt, 2, s4, -6, 6);
+  ad_tensor *c = ad_rand(ctx, &rng, dt, 2, s1, -2, 2);
+  ad_tensor *a = ad_rand(ctx, &rng, dt, 2, s3, -6, 6);
+  ad_tensor *b = ad_rand(ctx, &rng, dt, 2, s3, -6, 6);
+  ad_tensor *hs = ad_rand(ctx, &rng, dt, 2, s1, -2, 2);
+  ad_tensor *lw = ad_rand(ctx, &rng, dt, 1, sh, 0.6, 1.4);
+  ad_tensor *lb = ad_rand(ctx, &rng, dt, 1, sh, -0.4, 0.4);
   ad_tensor *all[7] = {gates, c, a, b, hs, lw, lb};
   for (int i = 0; i < 7; i++) {
     if (!all[i]) {
@@ -261,8 +346,8 @@ static void cells(int64_t n, int64_t h) {
     }
     ad_tensor_set_requires_grad(all[i], true);
   }
-  ((float *)gates->data)[1] = 40, ((float *)gates->data)[2] = -40; /* saturated gates */
-  ((float *)a->data)[0] = 60, ((float *)b->data)[1] = -60;
+  set(gates, 1, 40), set(gates, 2, -40); /* saturated gates */
+  set(a, 0, 60), set(b, 1, -60);
   for (int k = 0; k < 3; k++) {
     const char *name = k == 0 ? "lstm_cell" : k == 1 ? "gru_cell" : "layer_norm";
     ad_tensor *y = k == 0   ? ad_lstm_cell(ctx, gates, c)
@@ -298,7 +383,7 @@ static void optimizers(int64_t n) {
       ad_rng rng;
       ad_rng_seed(&rng, 41);
       int64_t shape[1] = {n};
-      ad_tensor *p = ad_randn(ctx, &rng, AD_F32, 1, shape, 0, 1);
+      ad_tensor *p = ad_rand(ctx, &rng, dt, 1, shape, -2, 2);
       nn_params *ps = nn_params_new(ctx);
       nn_opt_config cfg = nn_opt_defaults((nn_opt_kind)kind, 1e-2);
       if (variant) {
@@ -313,8 +398,9 @@ static void optimizers(int64_t n) {
       ad_tensor_set_requires_grad(p, true);
       nn_optimizer *o = nn_optimizer_new(ps, &cfg);
       for (int step = 0; o && step < 5; step++) {
-        ad_tensor *w = ad_randn(ctx, &rng, AD_F32, 1, shape, 0, step == 3 ? 1e-3 : 1);
-        if (w && step == 2) ((float *)w->data)[0] = 0, ((float *)w->data)[1] = 1e-42f;
+        ad_tensor *w =
+            ad_rand(ctx, &rng, dt, 1, shape, step == 3 ? -2e-3 : -2, step == 3 ? 2e-3 : 2);
+        if (w && step == 2) set(w, 0, 0), set(w, 1, dt == AD_F32 ? 1e-42 : 1e-320);
         nn_optimizer_zero_grad(o);
         ad_tensor *loss = w ? ad_sum(ctx, ad_mul(ctx, p, w)) : NULL;
         if (!loss || ad_backward(ctx, loss, NULL) != AD_OK || nn_optimizer_step(o) != AD_OK)
@@ -363,24 +449,30 @@ int main(int argc, char **argv) {
              {"pow2.5", pow25, true},          {"pow3", pow3, false},
              {"pow-1", powm1, false},          {"add_scalar", adds, false},
              {"mul_scalar", muls, false}};
-  int64_t lens[3] = {1, 37, 5003}; /* one element, a short tail, the vector loop */
-  for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++)
-    for (int l = 0; l < 3; l++) unary(ops[i].name, ops[i].f, lens[l], ops[i].positive);
-  static const struct {
-    const char *name;
-    binary_fn f;
-  } bops[] = {{"add", ad_add}, {"sub", ad_sub},         {"mul", ad_mul},        {"div", ad_div},
-              {"pow", ad_pow}, {"maximum", ad_maximum}, {"minimum", ad_minimum}};
-  for (size_t i = 0; i < sizeof bops / sizeof bops[0]; i++)
-    for (int l = 0; l < 2; l++)
-      for (int bshape = 0; bshape < 3; bshape++)
-        binary(bops[i].name, bops[i].f, l ? 5000 : 40, bshape);
-  rows(8, 10);
-  rows(40, 1000);
-  cells(3, 5);
-  cells(32, 64);
-  optimizers(37);
-  optimizers(5003);
+  for (int d = 0; d < 2; d++) {
+    dt = d ? AD_F64 : AD_F32;
+    pre = d ? "f64" : "f32";
+    int64_t lens[3] = {1, 37, 5003}; /* one element, a short tail, the vector loop */
+    for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++)
+      for (int l = 0; l < 3; l++) unary(ops[i].name, ops[i].f, lens[l], ops[i].positive);
+    static const struct {
+      const char *name;
+      binary_fn f;
+    } bops[] = {{"add", ad_add}, {"sub", ad_sub},         {"mul", ad_mul},        {"div", ad_div},
+                {"pow", ad_pow}, {"maximum", ad_maximum}, {"minimum", ad_minimum}};
+    for (size_t i = 0; i < sizeof bops / sizeof bops[0]; i++)
+      for (int l = 0; l < 2; l++)
+        for (int bshape = 0; bshape < 3; bshape++)
+          binary(bops[i].name, bops[i].f, l ? 5000 : 40, bshape);
+    rows(8, 10);
+    rows(40, 1000);
+    cells(3, 5);
+    cells(32, 64);
+    optimizers(37);
+    optimizers(5003);
+    axes(8, 10);
+    axes(300, 70);
+  }
   ad_ctx_free(ctx);
   return failures ? 1 : 0;
 }
