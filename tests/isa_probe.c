@@ -21,8 +21,10 @@
  * the CPU's (docs/performance.md, "GEMM dispatch"), and their sums are not
  * promised to be the same bits.
  *
- * --list prints the instruction sets the CPU reports first, as a comment
- * line ("# cpu: avx512f avx2 fma"). */
+ * --list prints first, as a comment line, the instruction sets the CPU
+ * reports and the GEMM dispatch's decision there ("# cpu: avx512f avx2
+ * fma; gemm: the built-in AVX-512 kernel for every product ..."): the
+ * test's log then says which kernels each emulated CPU would take. */
 #include "ad_ext.h"
 #include "nn.h"
 
@@ -428,9 +430,9 @@ static void optimizers(int64_t n) {
 int main(int argc, char **argv) {
   if (argc > 1 && strcmp(argv[1], "--list") == 0) {
     __builtin_cpu_init();
-    printf("# cpu:%s%s%s\n", __builtin_cpu_supports("avx512f") ? " avx512f" : "",
+    printf("# cpu:%s%s%s; gemm: %s\n", __builtin_cpu_supports("avx512f") ? " avx512f" : "",
            __builtin_cpu_supports("avx2") ? " avx2" : "",
-           __builtin_cpu_supports("fma") ? " fma" : "");
+           __builtin_cpu_supports("fma") ? " fma" : "", ad_gemm_backend());
   }
   ctx = ad_ctx_new();
   if (!ctx) return 1;
