@@ -846,11 +846,12 @@ static int follow_links(const char *path, char *out) {
   memcpy(out, path, n + 1);
   char link[PATH_MAX];
   for (int hops = 0;; hops++) {
-    struct stat sb;
-    if (lstat(out, &sb) != 0 || !S_ISLNK(sb.st_mode)) return 0; /* a new name, or no link */
-    if (hops == MAX_LINKS) return ELOOP;
+    /* readlink alone (no lstat first, which a rename between the two
+     * could make a lie): not a link (EINVAL), a new name (ENOENT), or an
+     * error that creating the file there will report */
     ssize_t k = readlink(out, link, sizeof link);
-    if (k < 0) return errno;
+    if (k < 0) return 0;
+    if (hops == MAX_LINKS) return ELOOP;
     if (k == 0) return ENOENT;
     const char *slash = strrchr(out, '/');
     size_t dlen = link[0] == '/' || !slash ? 0 : (size_t)(slash - out) + 1;
@@ -860,16 +861,27 @@ static int follow_links(const char *path, char *out) {
   }
 }
 
+/* The name a save's messages give: path, or "path (a link to target)". */
+typedef struct shown_name {
+  char text[2 * PATH_MAX + 16];
+} shown_name;
+
 /* follow_links for a save called what ("checkpoint") into out (PATH_MAX
  * bytes), with its errors as the caller's (AD_ERR_IO with the reason),
- * and a target that is a device, FIFO or socket refused (special_target). */
-static ad_status save_target(ad_ctx *ctx, const char *what, const char *path, char *out) {
+ * and a target that is a device, FIFO or socket refused (special_target);
+ * the name for the messages into shown. */
+static ad_status save_target(ad_ctx *ctx, const char *what, const char *path, char *out,
+                             shown_name *shown) {
   int err = follow_links(path, out);
   if (err) return ad_set_error(ctx, AD_ERR_IO, "%s %s: %s", what, path, strerror(err));
+  if (strcmp(out, path) == 0)
+    snprintf(shown->text, sizeof shown->text, "%s", path);
+  else
+    snprintf(shown->text, sizeof shown->text, "%s (a link to %s)", path, out);
   if (special_target(out))
     return ad_set_error(ctx, AD_ERR_IO,
                         "%s %s: not a regular file (a device, FIFO or socket is not replaced)",
-                        what, path);
+                        what, shown->text);
   return AD_OK;
 }
 
@@ -1321,7 +1333,8 @@ ad_status nn_checkpoint_save_as(ad_ctx *ctx, const char *path, int n, const char
                         path, hlen, HEADER_MAX);
   /* the file to replace: path's link target, if it is a link */
   char real[PATH_MAX];
-  if ((st = save_target(ctx, "checkpoint", path, real))) return st;
+  shown_name shown;
+  if ((st = save_target(ctx, "checkpoint", path, real, &shown))) return st;
   sb.buf = ad_malloc(ctx, hlen);
   if (!sb.buf) return AD_ERR_OOM;
   sb.cap = hlen;
@@ -1340,8 +1353,8 @@ ad_status nn_checkpoint_save_as(ad_ctx *ctx, const char *path, int n, const char
   remove_stale_temps(real);
   int fd = open_temp(real, tmp, tcap), lock_fd = -1;
   if (fd < 0) {
-    st = ad_set_error(ctx, AD_ERR_IO, "checkpoint %s: cannot create a temporary file: %s", path,
-                      strerror(errno));
+    st = ad_set_error(ctx, AD_ERR_IO, "checkpoint %s: cannot create a temporary file: %s",
+                      shown.text, strerror(errno));
     goto done;
   }
   /* a second descriptor of the same open file keeps the lock held after
@@ -1350,7 +1363,7 @@ ad_status nn_checkpoint_save_as(ad_ctx *ctx, const char *path, int n, const char
   if (lock_fd < 0 || !(f = fdopen(fd, "wb"))) {
     int err = errno;
     close(fd);
-    st = ad_set_error(ctx, AD_ERR_IO, "checkpoint %s: cannot write: %s", path, strerror(err));
+    st = ad_set_error(ctx, AD_ERR_IO, "checkpoint %s: cannot write: %s", shown.text, strerror(err));
     goto fail;
   }
   unsigned char b8[8];
@@ -1368,11 +1381,11 @@ ad_status nn_checkpoint_save_as(ad_ctx *ctx, const char *path, int n, const char
     err = errno;
   }
   if (!ok) {
-    st = ad_set_error(ctx, AD_ERR_IO, "checkpoint %s: cannot write: %s", path, strerror(err));
+    st = ad_set_error(ctx, AD_ERR_IO, "checkpoint %s: cannot write: %s", shown.text, strerror(err));
     goto fail;
   }
   if (rename(tmp, real) != 0) {
-    st = ad_set_error(ctx, AD_ERR_IO, "checkpoint %s: cannot replace the file: %s", path,
+    st = ad_set_error(ctx, AD_ERR_IO, "checkpoint %s: cannot replace the file: %s", shown.text,
                       strerror(errno));
     goto fail;
   }
@@ -1390,7 +1403,8 @@ done:
 ad_status nn_write_file_atomic(ad_ctx *ctx, const char *what, const char *path, const void *buf,
                                size_t len) {
   char real[PATH_MAX];
-  ad_status st = save_target(ctx, what, path, real);
+  shown_name shown;
+  ad_status st = save_target(ctx, what, path, real, &shown);
   if (st) return st;
   size_t tcap = strlen(real) + 48, bcap = tcap + strlen(real) + 2;
   char *tmp = ad_malloc(ctx, bcap);
@@ -1422,7 +1436,7 @@ ad_status nn_write_file_atomic(ad_ctx *ctx, const char *what, const char *path, 
   int err = errno;
   if (lock_fd >= 0) close(lock_fd);
   ad_free(ctx, tmp, bcap);
-  return ok ? AD_OK : ad_set_error(ctx, AD_ERR_IO, "%s %s: %s", what, path, strerror(err));
+  return ok ? AD_OK : ad_set_error(ctx, AD_ERR_IO, "%s %s: %s", what, shown.text, strerror(err));
 }
 
 ad_status nn_checkpoint_save_meta(ad_ctx *ctx, const char *path, int n, const char *const *names,

@@ -35,6 +35,9 @@ static void ok(bool pass, const char *what, const char *why) {
   }
 }
 
+/* Both trainings of a round start together (NULL: alone). */
+static pthread_barrier_t *start_line;
+
 typedef struct job {
   int kind;          /* 0: the MLP, 1: the CNN */
   double start, end; /* of the training, in seconds */
@@ -98,6 +101,7 @@ static void *train(void *arg) {
   }
   nn_optimizer *opt = m ? nn_adam_new(nn_model_params(m), 1e-3) : NULL;
   nn_fit_opts fo = {.epochs = 2, .batch_size = 64, .seed = 5, .verbose = -1};
+  if (start_line) pthread_barrier_wait(start_line);
   j->start = now();
   j->st = x && y && opt ? nn_fit(m, opt, nn_cross_entropy_loss, x, y, &fo, NULL) : AD_ERR_OOM;
   j->end = now();
@@ -124,7 +128,7 @@ static void *make_errors(void *arg) {
     return NULL;
   }
   int64_t a[2] = {3, 4}, b[2] = {5, 6};
-  while (!atomic_load(&stop)) {
+  do { /* at least one, however late this thread starts */
     ad_tensor *x = ad_zeros(ctx, AD_F32, 2, a), *w = ad_zeros(ctx, AD_F32, 2, b);
     ad_tensor *y = ad_matmul(ctx, x, w, false, false); /* [3,4] x [5,6]: a shape error */
     if (y || ad_last_status(ctx) != AD_ERR_SHAPE || !strstr(ad_last_error(ctx), "[3,4]"))
@@ -133,7 +137,7 @@ static void *make_errors(void *arg) {
     ad_tensor_free(x);
     ad_tensor_free(w);
     atomic_fetch_add(&errors_made, 1);
-  }
+  } while (!atomic_load(&stop));
   ad_ctx_free(ctx);
   return NULL;
 }
@@ -168,15 +172,19 @@ int main(int argc, char **argv) {
     atomic_store(&stop, false);
     bool noisy = round == 1, started = !noisy || pthread_create(&e, NULL, make_errors, NULL) == 0;
     bool own[2];
+    pthread_barrier_t line;
+    bool barrier = pthread_barrier_init(&line, NULL, 2) == 0;
+    start_line = barrier ? &line : NULL;
     for (int k = 0; k < 2; k++) own[k] = pthread_create(&t[k], NULL, train, &both[k]) == 0;
-    for (int k = 0; k < 2; k++) {
-      if (own[k])
-        pthread_join(t[k], NULL);
-      else
-        train(&both[k]); /* no thread: at least the result is checked */
-    }
+    if (barrier && own[0] != own[1]) pthread_barrier_wait(&line); /* the one thread's partner */
+    for (int k = 0; k < 2; k++)
+      if (own[k]) pthread_join(t[k], NULL);
+    start_line = NULL;
+    for (int k = 0; k < 2; k++)
+      if (!own[k]) train(&both[k]); /* no thread: at least the result is checked */
     atomic_store(&stop, true);
     if (noisy && started) pthread_join(e, NULL);
+    if (barrier) pthread_barrier_destroy(&line);
     double lo = both[0].start > both[1].start ? both[0].start : both[1].start;
     double hi = both[0].end < both[1].end ? both[0].end : both[1].end;
     printf("# round %d: the trainings overlapped for %.3f s of %.3f and %.3f\n", round + 1,

@@ -158,8 +158,8 @@ typedef ad_tensor *(*binary_fn)(ad_ctx *, ad_tensor *, ad_tensor *);
 
 /* y = f(a, b) and the gradients of sum(y w) with respect to a and b; b of
  * a's shape, of one element, or a column broadcast along a's rows. Where
- * a holds a NaN, b holds one of the other sign: which of two NaNs an
- * operation gives is part of the bits compared. */
+ * a holds a NaN, b holds one of the other sign (which of the two a result
+ * keeps is not compared: see report). */
 static void binary(const char *name, binary_fn f, int64_t n, int bshape) {
   char buf[96];
   int64_t shape[2] = {n / 8, 8}, bs[2] = {bshape == 1 ? 1 : n / 8, bshape == 0 ? 8 : 1};

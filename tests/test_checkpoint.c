@@ -727,6 +727,45 @@ Test(checkpoint, saves_write_through_symbolic_links) {
   cr_assert_eq(LIVE_BLOCKS(), live_base);
 }
 
+Test(checkpoint, symbolic_link_edge_cases) {
+  /* a target up a folder, 40 links followed and 41 refused (as open(2)),
+   * a link to a folder or into a missing one: errors name the target */
+  cr_assert_eq(mkdir(test_path("sub"), 0700), 0);
+  cr_assert_eq(mkdir(test_path("dir"), 0700), 0);
+  cr_assert_eq(symlink("../up.st", test_path("sub/up")), 0);
+  cr_assert_eq(symlink("dir", test_path("todir")), 0);
+  cr_assert_eq(symlink("nodir/x.st", test_path("tonowhere")), 0);
+  for (int i = 0; i < 41; i++) { /* c0 -> c1 -> ... -> c41, which is not there */
+    char from[32], to[32];
+    snprintf(from, sizeof from, "c%d", i);
+    snprintf(to, sizeof to, "c%d", i + 1);
+    cr_assert_eq(symlink(to, test_path(from)), 0);
+  }
+  int64_t s[1] = {3};
+  ad_tensor *t = filled(AD_F64, 1, s, 3), *back = zeros_like(t);
+  const char *name = "t";
+  cr_assert_eq(nn_checkpoint_save(ctx, test_path("sub/up"), 1, &name, &t), AD_OK, "%s",
+               ad_last_error(ctx));
+  cr_assert_eq(nn_checkpoint_load(ctx, test_path("up.st"), 1, &name, &back), AD_OK, "%s",
+               ad_last_error(ctx));
+  cr_assert(same_bits(t, back));
+  cr_assert_eq(nn_checkpoint_save(ctx, test_path("c1"), 1, &name, &t), AD_OK, "40 links: %s",
+               ad_last_error(ctx));
+  cr_assert_eq(nn_checkpoint_load(ctx, test_path("c41"), 1, &name, &back), AD_OK, "%s",
+               ad_last_error(ctx));
+  cr_assert_eq(nn_checkpoint_save(ctx, test_path("c0"), 1, &name, &t), AD_ERR_IO);
+  expect_error(AD_ERR_IO, "Too many levels of symbolic links", NULL);
+  cr_assert_eq(nn_checkpoint_save(ctx, test_path("todir"), 1, &name, &t), AD_ERR_IO);
+  expect_error(AD_ERR_IO, "(a link to ", "/dir)", NULL);
+  cr_assert_eq(nn_checkpoint_save(ctx, test_path("tonowhere"), 1, &name, &t), AD_ERR_IO);
+  expect_error(AD_ERR_IO, "tonowhere (a link to ", "nodir/x.st): cannot create", NULL);
+  cr_assert_eq(count_entries(test_path("dir")), 0, "no temporary file in the folder");
+  cr_assert_eq(count_entries(tmpdir), 47, "sub, dir, todir, tonowhere, up.st, c0-c41");
+  ad_tensor_free(t);
+  ad_tensor_free(back);
+  cr_assert_eq(LIVE_BLOCKS(), live_base);
+}
+
 Test(checkpoint, out_of_memory_everywhere) {
   /* save, load and info with the allocator failing from request k on, for
    * every k up to success: errors are OOM, nothing leaks, the old file and

@@ -35,6 +35,10 @@ fi
 here=$(head -n 1 "$dir/native" | sed 's/^# //')
 tail -n +2 "$dir/native" >"$dir/native.body"
 echo "1..2"
+case "$here" in
+*avx512f*) ;;
+*) echo "# this CPU has no AVX-512: its AVX-512 clones do not run here, and the AVX2 ones are compared with themselves" ;;
+esac
 n=0
 for cpu in Haswell-v4 Nehalem-v2; do
   n=$((n + 1))
@@ -48,6 +52,15 @@ for cpu in Haswell-v4 Nehalem-v2; do
   fi
   there=$(head -n 1 "$dir/$cpu" | sed 's/^# //')
   tail -n +2 "$dir/$cpu" >"$dir/$cpu.body"
+  # qemu before 7.2 has no AVX2 or FMA, and drops them from -cpu Haswell
+  # with only a warning: the run would then be the baseline's
+  case "$cpu:$there" in
+  Haswell*:"cpu: avx2 fma;"* | Nehalem*:"cpu:;"*) ;;
+  *)
+    echo "ok $n # SKIP qemu did not emulate $cpu's instruction sets ($there; AVX2 needs qemu 7.2)"
+    continue
+    ;;
+  esac
   also=
   [ $ref = nofma ] && also=", glibc's SSE2 variants"
   if cmp -s "$dir/$ref.body" "$dir/$cpu.body"; then

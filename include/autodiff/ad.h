@@ -69,14 +69,15 @@
  *   The same inputs give the same bits on any number of threads
  *   (ad_set_num_threads, but for products OpenBLAS splits) and on any
  *   instruction set of the engine's own loops: they are compiled for
- *   AVX-512, AVX2 and the x86-64 baseline with the same bits on each (the
- *   test isa_clones runs the other two under emulation), NaNs aside, whose
- *   sign and payload IEEE 754 leaves open. Not the same bits from one CPU
- *   to another: matrix products (which kernel, or OpenBLAS, runs one is
- *   the CPU's) and what goes through float64 exp, log, tanh, sin, cos,
- *   atan, erf or pow (softmax, cross-entropy and the recurrent cells in
- *   float64 too), which come from the C library, whose variants for CPUs
- *   with and without FMA may differ in the last bit.
+ *   AVX-512, AVX2 and the x86-64 baseline with the same bits on each (on
+ *   an AVX-512 machine the test isa_clones runs the other two under
+ *   emulation), NaNs aside, whose sign and payload IEEE 754 leaves open.
+ *   Not the same bits from one CPU to another: matrix products (which
+ *   kernel, or OpenBLAS, runs one is the CPU's) and what goes through
+ *   float64 exp, log, tanh, sin, cos, atan, erf or pow (softmax,
+ *   cross-entropy and the recurrent cells in float64 too), which come from
+ *   the C library, whose variants for CPUs with and without FMA may differ
+ *   in the last bit.
  */
 #ifndef AD_H
 #define AD_H

@@ -92,10 +92,16 @@ NN_API ad_tensor *nn_idx_load(ad_ctx *ctx, const char *path, ad_dtype dtype, dou
  * On any failure the temporary file is removed and an existing file at
  * path is left untouched; the new file gets the permission bits of the
  * file it replaces. n may be 0 (an empty checkpoint). A path that is a
- * symbolic link is written through, as torch.save writes: the file the
- * link points to (through further links; a name not there yet is created)
- * is the one replaced, its temporary file made in its folder, and the link
- * stays (a loop of links is AD_ERR_IO). A path that is (or links to) a
+ * symbolic link is written through, as torch.save writes through one: the
+ * file the link points to (through further links; a name not there yet is
+ * created) is the one replaced, its temporary file made in its folder, and
+ * the link stays (a loop of links is AD_ERR_IO; messages name both,
+ * "x.st (a link to runs/3/x.st)"). Unlike torch.save, which overwrites
+ * the file in place, a save replaces it with a new file: it needs write
+ * permission on the file's folder, a hard link to the old file keeps the
+ * old contents, only the permission bits carry over (not the owner, ACLs
+ * or extended attributes), and a link changed while the save runs may
+ * leave the new file at its old target. A path that is (or links to) a
  * device, FIFO or socket is AD_ERR_IO: it is never replaced by a file.
  * The writer holds an exclusive flock(2) on its temporary file until the
  * rename. A process killed while saving leaves its file behind, unlocked:
