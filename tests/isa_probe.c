@@ -119,6 +119,17 @@ static ad_tensor *inputs(int64_t n, uint64_t seed, double lo_bound) {
   return x;
 }
 
+/* inputs() as an [r, c] matrix, a persistent tensor of its own. */
+static ad_tensor *matrix(int64_t r, int64_t c, uint64_t seed) {
+  int64_t shape[2] = {r, c};
+  ad_tensor *flat = inputs(r * c, seed, -INFINITY);
+  ad_tensor *m = flat ? ad_reshape(ctx, flat, 2, shape) : NULL;
+  m = m ? ad_tensor_clone(ctx, m) : NULL;
+  ad_tape_reset(ctx);
+  ad_tensor_free(flat);
+  return m;
+}
+
 typedef ad_tensor *(*unary_fn)(ad_ctx *, ad_tensor *);
 
 static ad_tensor *leaky(ad_ctx *c, ad_tensor *x) { return ad_leaky_relu(c, x, 0.01); }
@@ -162,15 +173,9 @@ typedef ad_tensor *(*binary_fn)(ad_ctx *, ad_tensor *, ad_tensor *);
  * keeps is not compared: see report). */
 static void binary(const char *name, binary_fn f, int64_t n, int bshape) {
   char buf[96];
-  int64_t shape[2] = {n / 8, 8}, bs[2] = {bshape == 1 ? 1 : n / 8, bshape == 0 ? 8 : 1};
-  ad_tensor *a0 = inputs(n, 51, -INFINITY), *b0 = inputs(n, 52, -INFINITY);
-  ad_tensor *w0 = inputs(n, 53, -INFINITY);
-  ad_tensor *a = a0 ? ad_reshape(ctx, a0, 2, shape) : NULL,
-            *w = w0 ? ad_reshape(ctx, w0, 2, shape) : NULL;
-  a = a ? ad_tensor_clone(ctx, a) : NULL;
-  w = w ? ad_tensor_clone(ctx, w) : NULL;
+  int64_t bs[2] = {bshape == 1 ? 1 : n / 8, bshape == 0 ? 8 : 1};
+  ad_tensor *a = matrix(n / 8, 8, 51), *w = matrix(n / 8, 8, 53), *b0 = inputs(n, 52, -INFINITY);
   ad_tensor *b = b0 ? ad_zeros(ctx, dt, 2, bs) : NULL;
-  ad_tape_reset(ctx);
   if (!a || !b || !w) {
     fail(name);
     return;
@@ -198,33 +203,22 @@ static void binary(const char *name, binary_fn f, int64_t n, int bshape) {
   ad_tensor_free(a);
   ad_tensor_free(b);
   ad_tensor_free(w);
-  ad_tensor_free(a0);
   ad_tensor_free(b0);
-  ad_tensor_free(w0);
 }
 
 /* Row ops over [rows, cols] along the last axis, and their gradients. */
 static void rows(int64_t r, int64_t c) {
   char buf[96];
-  int64_t shape[2] = {r, c};
-  ad_tensor *flat = inputs(r * c, 21, -INFINITY), *w = inputs(r * c, 22, -INFINITY);
-  if (!flat || !w) {
-    fail("rows");
-    return;
-  }
-  for (int64_t i = 0; i < r * c; i++) { /* finite rows but for a few, of moderate scale */
-    if (!isfinite(get(flat, i)) || fabs(get(flat, i)) > 1e4) set(flat, i, (double)(i % 13) - 6);
-    if (!isfinite(get(w, i)) || fabs(get(w, i)) > 1e4) set(w, i, 0.25);
-  }
-  set(flat, c, INFINITY), set(flat, 2 * c + 1, -INFINITY), set(flat, 3 * c + 2, NAN); /* rows 1-3 */
-  ad_tensor *x = ad_reshape(ctx, flat, 2, shape), *w2 = ad_reshape(ctx, w, 2, shape);
-  x = x ? ad_tensor_clone(ctx, x) : NULL;
-  w2 = w2 ? ad_tensor_clone(ctx, w2) : NULL;
-  ad_tape_reset(ctx);
+  ad_tensor *x = matrix(r, c, 21), *w2 = matrix(r, c, 22);
   if (!x || !w2) {
     fail("rows");
     return;
   }
+  for (int64_t i = 0; i < r * c; i++) { /* finite rows but for a few, of moderate scale */
+    if (!isfinite(get(x, i)) || fabs(get(x, i)) > 1e4) set(x, i, (double)(i % 13) - 6);
+    if (!isfinite(get(w2, i)) || fabs(get(w2, i)) > 1e4) set(w2, i, 0.25);
+  }
+  set(x, c, INFINITY), set(x, 2 * c + 1, -INFINITY), set(x, 3 * c + 2, NAN); /* rows 1-3 */
   ad_tensor_set_requires_grad(x, true);
   const char *names[4] = {"softmax", "log_softmax", "logsumexp", "cross_entropy"};
   for (int k = 0; k < 4; k++) {
@@ -257,8 +251,6 @@ static void rows(int64_t r, int64_t c) {
   }
   ad_tensor_free(x);
   ad_tensor_free(w2);
-  ad_tensor_free(flat);
-  ad_tensor_free(w);
 }
 
 /* Reductions and the softmax family along the first axis and the last of
@@ -267,10 +259,7 @@ static void rows(int64_t r, int64_t c) {
 static void axes(int64_t r, int64_t c) {
   char buf[96];
   int64_t shape[2] = {r, c};
-  ad_tensor *flat = inputs(r * c, 61, -INFINITY), *w = inputs(r * c, 62, -INFINITY);
-  ad_tensor *x = flat ? ad_reshape(ctx, flat, 2, shape) : NULL;
-  x = x ? ad_tensor_clone(ctx, x) : NULL;
-  ad_tape_reset(ctx);
+  ad_tensor *x = matrix(r, c, 61), *w = inputs(r * c, 62, -INFINITY);
   if (!x || !w) {
     fail("axes");
     return;
@@ -323,7 +312,6 @@ static void axes(int64_t r, int64_t c) {
       ad_tensor_free(target);
     }
   ad_tensor_free(x);
-  ad_tensor_free(flat);
   ad_tensor_free(w);
 }
 
