@@ -839,7 +839,8 @@ static bool special_target(const char *path) {
  * link to a name that is not there yet gives that name (open would create
  * it). A link's relative target is taken from the link's folder. Into out,
  * of PATH_MAX bytes. Returns 0, or an errno: ELOOP after MAX_LINKS links,
- * ENAMETOOLONG for a path of PATH_MAX bytes or more, or readlink's. */
+ * ENAMETOOLONG for a path (given, or made of a link's folder and its
+ * target) of PATH_MAX bytes or more, ENOENT for an empty link. */
 static int follow_links(const char *path, char *out) {
   size_t n = strlen(path);
   if (n >= PATH_MAX) return ENAMETOOLONG;
