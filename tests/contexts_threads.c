@@ -1,10 +1,11 @@
 /* contexts_threads.c: separate contexts on separate application threads
  * are independent (ad.h, "Threading"), also while they share the
- * library's worker threads. Two models, an MLP (dense, batch norm,
- * dropout) and a CNN (convolutions, pooling, dropout), each trained by
- * nn_fit on a context of its own: first one after the other on the main
- * thread, then both at once on two threads, then again at once while a
- * third thread fills its own context with errors. The parameters must be
+ * library's worker threads. Three models, an MLP (dense, batch norm,
+ * dropout), a CNN (convolutions, pooling, dropout) and an LSTM (the fused
+ * sequence op), each trained by nn_fit on a context of its own: first one
+ * after the other on the main thread, then all at once on three threads,
+ * then again at once while a fourth thread fills its own context with
+ * errors. The parameters must be
  * the same bits each time (nn_fit's results do not depend on how many
  * workers a loop got), and no thread sees another's error.
  *
@@ -39,12 +40,22 @@ static void ok(bool pass, const char *what, const char *why) {
 static pthread_barrier_t *start_line;
 
 typedef struct job {
-  int kind;          /* 0: the MLP, 1: the CNN */
+  int kind;          /* 0: the MLP, 1: the CNN, 2: the LSTM */
   double start, end; /* of the training, in seconds */
   unsigned long long hash;
   char err[256];
   ad_status st;
 } job;
+
+enum { MODELS = 3 };
+static const char *const model_name[MODELS] = {"the MLP", "the CNN", "the LSTM"};
+
+/* The LSTM's last step, [N, T, H] -> [N, H]. */
+static ad_tensor *last_step(ad_ctx *ctx, ad_tensor *x, bool training, void *ud) {
+  (void)training, (void)ud;
+  int64_t s[2] = {x->shape[0], x->shape[2]};
+  return ad_reshape(ctx, ad_narrow(ctx, x, 1, x->shape[1] - 1, 1), 2, s);
+}
 
 static double now(void) {
   struct timespec ts;
@@ -74,8 +85,10 @@ static void *train(void *arg) {
   ad_rng rng;
   ad_rng_seed(&rng, 7 + (uint64_t)j->kind);
   int64_t xs_mlp[2] = {samples, 64}, xs_cnn[4] = {samples, 1, 12, 12}, ys[1] = {samples};
-  ad_tensor *x = j->kind ? ad_randn(ctx, &rng, AD_F32, 4, xs_cnn, 0, 1)
-                         : ad_randn(ctx, &rng, AD_F32, 2, xs_mlp, 0, 1);
+  int64_t xs_lstm[3] = {samples, 8, 6};
+  ad_tensor *x = j->kind == 0   ? ad_randn(ctx, &rng, AD_F32, 2, xs_mlp, 0, 1)
+                 : j->kind == 1 ? ad_randn(ctx, &rng, AD_F32, 4, xs_cnn, 0, 1)
+                                : ad_randn(ctx, &rng, AD_F32, 3, xs_lstm, 0, 1);
   ad_tensor *y = ad_zeros(ctx, AD_I32, 1, ys);
   for (int64_t i = 0; x && y && i < samples; i++) /* a learnable rule: the sign of two inputs */
     ((int32_t *)y->data)[i] = (((float *)x->data)[i * x->size / samples] > 0) +
@@ -89,7 +102,7 @@ static void *train(void *arg) {
     nn_model_add(m, nn_dense_new(ctx, 256, 256, &rng, NULL));
     nn_model_add(m, nn_activation_new(ctx, NN_ACT_TANH));
     nn_model_add(m, nn_dense_new(ctx, 256, 4, &rng, NULL));
-  } else {
+  } else if (j->kind == 1) {
     nn_model_add(m, nn_conv2d_new(ctx, 1, 8, 3, 3, &rng, NULL));
     nn_model_add(m, nn_activation_new(ctx, NN_ACT_RELU));
     nn_model_add(m, nn_conv2d_new(ctx, 8, 8, 3, 3, &rng, NULL));
@@ -98,6 +111,10 @@ static void *train(void *arg) {
     nn_model_add(m, nn_dropout_new(ctx, 0.2, 4));
     nn_model_add(m, nn_flatten_new(ctx));
     nn_model_add(m, nn_dense_new(ctx, 8 * 4 * 4, 4, &rng, NULL));
+  } else {
+    nn_model_add(m, nn_lstm_new(ctx, 6, 64, &rng, &(nn_rnn_opts){.batch_first = true}));
+    nn_model_add(m, nn_lambda_new(ctx, "last_step", last_step, NULL));
+    nn_model_add(m, nn_dense_new(ctx, 64, 4, &rng, NULL));
   }
   nn_optimizer *opt = m ? nn_adam_new(nn_model_params(m), 1e-3) : NULL;
   nn_fit_opts fo = {.epochs = 2, .batch_size = 64, .seed = 5, .verbose = -1};
@@ -158,45 +175,57 @@ int main(int argc, char **argv) {
     fprintf(stderr, "contexts_threads: cannot use %d threads\n", threads);
     return 2;
   }
-  printf("1..7\n");
-  job solo[2] = {{.kind = 0}, {.kind = 1}};
-  for (int k = 0; k < 2; k++) train(&solo[k]);
-  char why[600];
-  for (int k = 0; k < 2; k++) {
+  printf("1..%d\n", 3 * MODELS + 1);
+  job solo[MODELS];
+  for (int k = 0; k < MODELS; k++) solo[k] = (job){.kind = k}, train(&solo[k]);
+  char why[600], what[160];
+  for (int k = 0; k < MODELS; k++) {
     snprintf(why, sizeof why, "status %s: %s", ad_status_str(solo[k].st), solo[k].err);
-    ok(solo[k].st == AD_OK, k ? "the CNN trains on its own" : "the MLP trains on its own", why);
+    snprintf(what, sizeof what, "%s trains on its own", model_name[k]);
+    ok(solo[k].st == AD_OK, what, why);
   }
   for (int round = 0; round < 2; round++) {
-    job both[2] = {{.kind = 0}, {.kind = 1}};
-    pthread_t t[2], e;
+    job all[MODELS];
+    pthread_t t[MODELS], e;
     atomic_store(&stop, false);
     bool noisy = round == 1, started = !noisy || pthread_create(&e, NULL, make_errors, NULL) == 0;
-    bool own[2];
+    bool own[MODELS];
+    int started_models = 0;
     pthread_barrier_t line;
-    bool barrier = pthread_barrier_init(&line, NULL, 2) == 0;
+    bool barrier = pthread_barrier_init(&line, NULL, MODELS) == 0;
     start_line = barrier ? &line : NULL;
-    for (int k = 0; k < 2; k++) own[k] = pthread_create(&t[k], NULL, train, &both[k]) == 0;
-    if (barrier && own[0] != own[1]) pthread_barrier_wait(&line); /* the one thread's partner */
-    for (int k = 0; k < 2; k++)
+    for (int k = 0; k < MODELS; k++) {
+      all[k] = (job){.kind = k};
+      own[k] = pthread_create(&t[k], NULL, train, &all[k]) == 0;
+      started_models += own[k];
+    }
+    /* threads that could not start: the main thread stands in at the
+     * barrier for them, then trains their models after the others */
+    for (int k = started_models; barrier && started_models > 0 && k < MODELS; k++)
+      pthread_barrier_wait(&line);
+    for (int k = 0; k < MODELS; k++)
       if (own[k]) pthread_join(t[k], NULL);
     start_line = NULL;
-    for (int k = 0; k < 2; k++)
-      if (!own[k]) train(&both[k]); /* no thread: at least the result is checked */
+    for (int k = 0; k < MODELS; k++)
+      if (!own[k]) train(&all[k]); /* no thread: at least the result is checked */
     atomic_store(&stop, true);
     if (noisy && started) pthread_join(e, NULL);
     if (barrier) pthread_barrier_destroy(&line);
-    double lo = both[0].start > both[1].start ? both[0].start : both[1].start;
-    double hi = both[0].end < both[1].end ? both[0].end : both[1].end;
-    printf("# round %d: the trainings overlapped for %.3f s of %.3f and %.3f\n", round + 1,
-           hi > lo ? hi - lo : 0.0, both[0].end - both[0].start, both[1].end - both[1].start);
-    for (int k = 0; k < 2; k++) {
+    double lo = all[0].start, hi = all[0].end;
+    for (int k = 1; k < MODELS; k++) {
+      lo = all[k].start > lo ? all[k].start : lo;
+      hi = all[k].end < hi ? all[k].end : hi;
+    }
+    printf("# round %d: all %d trainings at once for %.3f s; they took", round + 1, MODELS,
+           hi > lo ? hi - lo : 0.0);
+    for (int k = 0; k < MODELS; k++) printf(" %.3f", all[k].end - all[k].start);
+    printf(" s\n");
+    for (int k = 0; k < MODELS; k++) {
       snprintf(why, sizeof why, "status %s: %s; hash %016llx, alone %016llx",
-               ad_status_str(both[k].st), both[k].err, both[k].hash, solo[k].hash);
-      char what[160];
-      snprintf(what, sizeof what, "%s trained beside the %s%s: the same bits as alone",
-               k ? "the CNN" : "the MLP", k ? "MLP" : "CNN",
-               noisy ? " and a thread making errors" : "");
-      ok(both[k].st == AD_OK && both[k].hash == solo[k].hash && !both[k].err[0], what, why);
+               ad_status_str(all[k].st), all[k].err, all[k].hash, solo[k].hash);
+      snprintf(what, sizeof what, "%s trained beside the other models%s: the same bits as alone",
+               model_name[k], noisy ? " and a thread making errors" : "");
+      ok(all[k].st == AD_OK && all[k].hash == solo[k].hash && !all[k].err[0], what, why);
     }
     if (noisy) {
       snprintf(why, sizeof why, "%d of %d errors were not the thread's own",
