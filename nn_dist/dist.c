@@ -212,12 +212,20 @@ struct nn_dist {
   int *ord;        /* reverse parameter order */
   int *bucket_of;  /* parameter -> bucket */
   int64_t *offset; /* parameter -> element offset in its bucket */
+  int64_t *tsize;  /* parameter -> its elements when the layout was built */
   int *remaining;  /* uses by ops not yet differentiated in this backward */
-  int *flags;      /* [failed rank code, unused, has grad per parameter] */
+  int *flags;      /* [failed rank code, unused, has a gradient per parameter, lacks one
+                      that it requires per parameter] */
   lookup *look;    /* sorted by key */
   bucket *b;
   int nb, next;
   double scale;
+  ad_tensor **gath_ts; /* gather_state's per-parameter tensors and counts (no */
+  int *gath_cnt;       /* allocation inside its collectives) */
+  /* an error every rank agreed on in grad_begin, which its grad_end returns
+   * without an exchange (every rank's step ended there) */
+  ad_status begin_st;
+  char begin_msg[MSG_LEN];
   /* the walk over the recorded graph */
   uint8_t *seen;
   ad_tensor **stack;
@@ -401,22 +409,26 @@ static void layout_free(nn_dist *d) {
     }
     h->on = false;
   }
+  size_t n1 = np ? np : 1; /* the sizes layout_build allocated */
   ad_free(c, h->seg, (size_t)h->lsize * sizeof *h->seg);
-  size_t n1 = np ? np : 1;
   ad_free(c, h->copied, n1);
   ad_free(c, h->lo, n1 * sizeof *h->lo);
   ad_free(c, h->hi, n1 * sizeof *h->hi);
   h->seg = NULL, h->copied = NULL, h->lo = h->hi = NULL;
-  ad_free(c, d->b, (size_t)d->nb * sizeof *d->b);
+  ad_free(c, d->b, n1 * sizeof *d->b);
   ad_free(c, d->t, np * sizeof *d->t);
   ad_free(c, d->ord, np * sizeof *d->ord);
   ad_free(c, d->bucket_of, np * sizeof *d->bucket_of);
   ad_free(c, d->offset, np * sizeof *d->offset);
+  ad_free(c, d->tsize, np * sizeof *d->tsize);
   ad_free(c, d->remaining, np * sizeof *d->remaining);
-  ad_free(c, d->flags, (np + 2) * sizeof *d->flags);
+  ad_free(c, d->flags, (2 * np + 2) * sizeof *d->flags);
   ad_free(c, d->look, np * sizeof *d->look);
+  ad_free(c, d->gath_ts, n1 * sizeof *d->gath_ts);
+  ad_free(c, d->gath_cnt, n1 * sizeof *d->gath_cnt);
   d->b = NULL, d->t = NULL, d->ord = d->bucket_of = d->remaining = d->flags = NULL;
-  d->offset = NULL, d->look = NULL, d->nb = d->np = 0, d->p = NULL;
+  d->offset = d->tsize = NULL, d->look = NULL, d->nb = d->np = 0, d->p = NULL;
+  d->gath_ts = NULL, d->gath_cnt = NULL;
 }
 
 void nn_dist_free(nn_dist *d) {
@@ -456,9 +468,10 @@ void nn_dist_get_stats(nn_dist *d, nn_dist_stats *stats, bool reset) {
   }
 }
 
-/* A failure that leaves the ranks unable to take part in the same
- * collectives (out of memory while building a bucket): print and end the
- * job (documented in docs/distributed.md). */
+/* A failure on one rank with no exchange after it to carry it to the
+ * others (out of memory moving the parameters out of the shared window),
+ * or a broken invariant: print and end the job (documented in
+ * docs/distributed.md). */
 static void die(nn_dist *d, const char *what) {
   fprintf(stderr, "dist: rank %d: %s: %s; aborting every rank\n", d->rank, what,
           ad_last_error(d->ctx));
@@ -806,12 +819,16 @@ static int find(const nn_dist *d, const ad_tensor *t) {
   return r ? r->idx : -1;
 }
 
-/* Whether the layout is for p as it is now. */
+/* Whether the layout is for p as it is now. The sizes and dtypes too: a
+ * list and tensors freed since may come back at the same addresses (the
+ * engine reuses a freed tensor's header) with other shapes. */
 static bool layout_current(const nn_dist *d, nn_params *p) {
   if (d->p != p || d->np != nn_params_count(p)) return false;
   ad_tensor *const *ts = nn_params_tensors(p);
   for (int i = 0; i < d->np; i++)
-    if (ts[i] != d->t[i]) return false;
+    if (ts[i] != d->t[i] || ts[i]->size != d->tsize[i] ||
+        ts[i]->dtype != d->b[d->bucket_of[i]].dtype)
+      return false;
   return true;
 }
 
@@ -831,11 +848,12 @@ static bool backing_room(const char *dir, size_t bytes) {
   return avail >= (double)bytes * 1.25 + (double)(4 << 20);
 }
 
-/* The shared window of the current buckets (see struct shm). Collective
- * over every rank: a window that MPI cannot give on some rank (no shared
- * memory support) leaves every rank on the MPI-collective path for good.
- * AD_ERR_OOM when the small arrays cannot be allocated. */
-static ad_status shm_build(nn_dist *d) {
+/* The shared window of the current buckets (see struct shm), whose small
+ * arrays layout_build allocated. Collective over every rank: a window that
+ * MPI cannot give on some rank (no shared memory support) leaves every
+ * rank on the MPI-collective path for good; no room for it in the backing
+ * directory, for this layout. */
+static void shm_build(nn_dist *d) {
   shm *h = &d->sh;
   size_t half = 0;
   for (int k = 0; k < d->nb; k++) {
@@ -851,11 +869,6 @@ static ad_status shm_build(nn_dist *d) {
   h->half = half;
   h->zc = h->lsize > 1 && !d->o.private_gradients;
   h->dyn = h->zc && h->cross == MPI_COMM_NULL;
-  h->seg = ad_malloc(d->ctx, (size_t)h->lsize * sizeof *h->seg);
-  h->copied = ad_malloc(d->ctx, d->np ? (size_t)d->np : 1);
-  h->lo = ad_malloc(d->ctx, (d->np ? (size_t)d->np : 1) * sizeof *h->lo);
-  h->hi = ad_malloc(d->ctx, (d->np ? (size_t)d->np : 1) * sizeof *h->hi);
-  if (!h->seg || !h->copied || !h->lo || !h->hi) return AD_ERR_OOM; /* the caller aborts */
   size_t seg_bytes = h->head + (size_t)h->regions * half;
   h->red = seg_bytes;
   size_t red_bytes = h->zc ? 2 * half : 0; /* the first rank's: the reduced buffers */
@@ -863,7 +876,7 @@ static ad_status shm_build(nn_dist *d) {
   int room = h->lrank == 0 ? backing_room(h->dir, seg_bytes * (size_t)h->lsize + red_bytes) : 1;
   MPI_Bcast(&room, 1, MPI_INT, 0, h->node);
   MPI_Allreduce(MPI_IN_PLACE, &room, 1, MPI_INT, MPI_MIN, d->comm);
-  if (!room) return AD_OK; /* every rank on the MPI-collective path for this layout */
+  if (!room) return; /* every rank on the MPI-collective path for this layout */
   MPI_Info info;
   MPI_Info_create(&info);
   MPI_Info_set(info, "alloc_shared_noncontig", "true"); /* each segment on its own pages */
@@ -895,36 +908,46 @@ static ad_status shm_build(nn_dist *d) {
     h->wanted = false;
     if (h->cross != MPI_COMM_NULL) MPI_Comm_free(&h->cross);
     h->cross = MPI_COMM_NULL;
-    return AD_OK;
+    return;
   }
   MPI_Win_lock_all(MPI_MODE_NOCHECK, h->win); /* a passive epoch for loads and stores */
   h->on = true;
-  return AD_OK;
 }
 
-/* Buckets over p: parameters in reverse order, a new bucket when the
- * dtype changes or the bucket holds bucket_bytes. */
-static ad_status layout_build(nn_dist *d, nn_params *p) {
-  if (d->sh.stale) gather_state(d, d->sh.stale); /* while the old layout is there */
-  layout_free(d);
+/* The allocations and buckets of a layout over p, on this rank alone:
+ * parameters in reverse order, a new bucket when the dtype changes or the
+ * bucket holds bucket_bytes. Its error on the context. */
+static ad_status layout_local(nn_dist *d, nn_params *p) {
   ad_ctx *c = d->ctx;
   int np = nn_params_count(p);
-  size_t n = (size_t)np;
+  size_t n = (size_t)np, n1 = n ? n : 1;
+  shm *h = &d->sh;
   d->np = np;
   d->p = p;
   d->t = ad_malloc(c, n * sizeof *d->t);
   d->ord = ad_malloc(c, n * sizeof *d->ord);
   d->bucket_of = ad_malloc(c, n * sizeof *d->bucket_of);
   d->offset = ad_malloc(c, n * sizeof *d->offset);
+  d->tsize = ad_malloc(c, n * sizeof *d->tsize);
   d->remaining = ad_malloc(c, n * sizeof *d->remaining);
-  d->flags = ad_malloc(c, (n + 2) * sizeof *d->flags);
+  d->flags = ad_malloc(c, (2 * n + 2) * sizeof *d->flags);
   d->look = ad_malloc(c, n * sizeof *d->look);
-  d->b = ad_malloc(c, (n ? n : 1) * sizeof *d->b);
+  d->b = ad_malloc(c, n1 * sizeof *d->b);
+  d->gath_ts = ad_malloc(c, n1 * sizeof *d->gath_ts);
+  d->gath_cnt = ad_malloc(c, n1 * sizeof *d->gath_cnt);
   d->nb = 0;
-  if ((n && (!d->t || !d->ord || !d->bucket_of || !d->offset || !d->remaining || !d->look)) ||
-      !d->flags || !d->b)
+  if ((n && (!d->t || !d->ord || !d->bucket_of || !d->offset || !d->tsize || !d->remaining ||
+             !d->look)) ||
+      !d->flags || !d->b || !d->gath_ts || !d->gath_cnt)
     return AD_ERR_OOM;
-  memset(d->b, 0, (n ? n : 1) * sizeof *d->b);
+  if (h->wanted) { /* shm_build's, allocated before its collectives */
+    h->seg = ad_malloc(c, (size_t)h->lsize * sizeof *h->seg);
+    h->copied = ad_malloc(c, n1);
+    h->lo = ad_malloc(c, n1 * sizeof *h->lo);
+    h->hi = ad_malloc(c, n1 * sizeof *h->hi);
+    if (!h->seg || !h->copied || !h->lo || !h->hi) return AD_ERR_OOM;
+  }
+  memset(d->b, 0, n1 * sizeof *d->b);
   ad_tensor *const *ts = nn_params_tensors(p);
   size_t bytes = 0;
   for (int j = 0; j < np; j++) {
@@ -942,6 +965,7 @@ static ad_status layout_build(nn_dist *d, nn_params *p) {
     }
     d->bucket_of[i] = d->nb - 1;
     d->offset[i] = cur->count;
+    d->tsize[i] = t->size;
     cur->count += t->size;
     cur->last = j + 1;
     bytes += (size_t)t->size * ad_dtype_size(t->dtype);
@@ -951,6 +975,23 @@ static ad_status layout_build(nn_dist *d, nn_params *p) {
     if (d->b[k].count > INT32_MAX)
       return ad_set_error(c, AD_ERR_ARG, "dist: a gradient bucket of %lld elements is too large",
                           (long long)d->b[k].count);
+  return AD_OK;
+}
+
+/* The layout of p: its buckets, then the shared window or the buckets'
+ * buffers. Collective, and every rank returns the same: a failure on one
+ * rank (out of memory, buckets that differ) fails it on every rank, the
+ * others with "dist: rank R could not build its gradient buckets: ...",
+ * and leaves no layout (the next call builds it again). */
+static ad_status layout_build(nn_dist *d, nn_params *p) {
+  if (d->sh.stale) gather_state(d, d->sh.stale); /* while the old layout is there */
+  layout_free(d);
+  ad_ctx *c = d->ctx;
+  ad_status own = layout_local(d, p), st = AD_OK;
+  if (agree(d, own != AD_OK, own, "could not build its gradient buckets", &st) >= 0) {
+    layout_free(d);
+    return st;
+  }
   /* the same buckets on every rank, on either path (an allreduce of
    * buckets that differ would sum unrelated gradients, or fail in MPI) */
   unsigned long long hh = 1469598103934665603ull; /* FNV-1a over the bucket sizes and dtypes */
@@ -963,22 +1004,25 @@ static ad_status layout_build(nn_dist *d, nn_params *p) {
   long long hash = (long long)(hh >> 2); /* >= 0: its negation fits */
   long long v[6] = {total, -total, d->nb, -d->nb, hash, -hash};
   MPI_Allreduce(MPI_IN_PLACE, v, 6, MPI_LONG_LONG, MPI_MAX, d->comm);
-  if (v[0] != -v[1] || v[2] != -v[3] || v[4] != -v[5])
+  if (v[0] != -v[1] || v[2] != -v[3] || v[4] != -v[5]) {
+    layout_free(d);
     return ad_set_error(c, AD_ERR_SHAPE,
                         "dist: the ranks' gradient buckets differ (%lld to %lld bytes, %lld to "
                         "%lld buckets): the same parameters and bucket_bytes on every rank",
                         -v[1], v[0], -v[3], v[2]);
-  if (d->sh.wanted) {
-    ad_status st = shm_build(d);
-    if (st != AD_OK) return st;
   }
+  if (d->sh.wanted) shm_build(d);
   if (d->sh.on) return AD_OK;
-  for (int k = 0; k < d->nb; k++) {
+  for (int k = 0; k < d->nb && own == AD_OK; k++) {
     bucket *b = &d->b[k];
     size_t bb = (size_t)b->count * ad_dtype_size(b->dtype);
-    if (!(b->buf = ad_malloc(c, bb ? bb : 1))) return AD_ERR_OOM;
-    if (d->o.deterministic && !(b->gath = ad_malloc(c, (bb ? bb : 1) * (size_t)d->size)))
-      return AD_ERR_OOM;
+    if (!(b->buf = ad_malloc(c, bb ? bb : 1)) ||
+        (d->o.deterministic && !(b->gath = ad_malloc(c, (bb ? bb : 1) * (size_t)d->size))))
+      own = AD_ERR_OOM;
+  }
+  if (agree(d, own != AD_OK, own, "could not allocate its gradient buckets", &st) >= 0) {
+    layout_free(d);
+    return st;
   }
   return AD_OK;
 }
@@ -1429,37 +1473,29 @@ static void share_slices(nn_dist *d, ad_tensor *const *ts, bool first_barrier) {
 }
 
 /* Makes opt's state whole on every rank after sharded steps (each rank's
- * slices of every per-parameter state tensor). Collective. */
+ * slices of every per-parameter state tensor). Collective; allocates
+ * nothing (the layout's scratch arrays), so it cannot fail on one rank. */
 static ad_status gather_state(nn_dist *d, nn_optimizer *opt) {
   shm *h = &d->sh;
   if (!h->stale || h->stale != opt || !h->on) return AD_OK;
   h->stale = NULL;
   int ns = nn_optimizer_state_count(opt);
-  size_t n1 = d->np ? (size_t)d->np : 1, s1 = ns ? (size_t)ns : 1;
-  ad_tensor **ts = ad_malloc(d->ctx, n1 * sizeof *ts);
-  int *par = ad_malloc(d->ctx, s1 * sizeof *par), *nth = ad_malloc(d->ctx, s1 * sizeof *nth);
-  int *cnt = ad_malloc(d->ctx, n1 * sizeof *cnt);
-  if (!ts || !par || !nth || !cnt) die(d, "gathering the optimizer state");
-  memset(cnt, 0, n1 * sizeof *cnt);
-  for (int j = 0; j < ns; j++) { /* state j is the nth[j]-th of parameter par[j] */
-    par[j] = nn_optimizer_state_param(opt, j);
-    if (par[j] >= d->np) par[j] = -1;
-    nth[j] = par[j] >= 0 ? cnt[par[j]]++ : -1;
-  }
+  size_t n1 = d->np ? (size_t)d->np : 1;
+  ad_tensor **ts = d->gath_ts;
+  int *cnt = d->gath_cnt;
   ad_tensor *const *st = nn_optimizer_state_tensors(opt);
   own_ranges(d);
   for (int kind = 0;; kind++) { /* one exchange per kind: m of every parameter, then v ... */
     memset(ts, 0, n1 * sizeof *ts);
+    memset(cnt, 0, n1 * sizeof *cnt);
     int found = 0;
-    for (int j = 0; j < ns; j++)
-      if (nth[j] == kind) ts[par[j]] = st[j], found++;
+    for (int j = 0; j < ns; j++) { /* state j is the cnt-th of its parameter */
+      int i = nn_optimizer_state_param(opt, j);
+      if (i >= 0 && i < d->np && cnt[i]++ == kind) ts[i] = st[j], found++;
+    }
     if (!found) break; /* the same on every rank: the same optimizer */
     share_slices(d, ts, true);
   }
-  ad_free(d->ctx, ts, n1 * sizeof *ts);
-  ad_free(d->ctx, par, s1 * sizeof *par);
-  ad_free(d->ctx, nth, s1 * sizeof *nth);
-  ad_free(d->ctx, cnt, n1 * sizeof *cnt);
   return AD_OK;
 }
 
@@ -1617,13 +1653,26 @@ static ad_status grad_begin(void *ud, nn_params *p, ad_tensor *loss, int64_t row
     return ad_set_error(d->ctx, AD_ERR_STATE,
                         "dist: grad_begin before the last step's grad_end (call grad_end after "
                         "every grad_begin, also after an error)");
-  if (!layout_current(d, p) && layout_build(d, p) != AD_OK) die(d, "gradient buckets");
+  d->begin_st = AD_OK;
+  if (!layout_current(d, p)) {
+    ad_status st = layout_build(d, p);
+    if (st != AD_OK) { /* on every rank: their steps end here, also in grad_end */
+      d->begin_st = st;
+      snprintf(d->begin_msg, sizeof d->begin_msg, "%s", ad_last_error(d->ctx));
+      return st;
+    }
+  }
   step_reset(d);
   if (d->sh.on && d->sh.zc) bind_step(d);
   d->begun = true;
   d->scale = global_rows > 0 ? (double)rows / (double)global_rows : 0;
   if (!loss || d->o.no_overlap) return AD_OK;
-  if (count_uses(d, loss) != AD_OK) die(d, "gradient buckets");
+  err_saved e;
+  err_keep(d->ctx, &e);
+  if (count_uses(d, loss) != AD_OK) { /* no memory for the walk: no overlap in this step */
+    err_restore(d->ctx, &e);
+    return AD_OK;
+  }
   for (int i = 0; i < d->np; i++)
     if (d->remaining[i] > 0) d->b[d->bucket_of[i]].pending++;
   ad_get_backward_hook(d->ctx, &d->prev, &d->prev_ud);
@@ -1635,16 +1684,19 @@ static ad_status grad_begin(void *ud, nn_params *p, ad_tensor *loss, int64_t row
 
 /* Gives a zero gradient to the parameters that have none here but a
  * reduced one (another rank's): the backward of 0 * sum(p), one parameter
- * at a time (their dtypes may differ). */
-static void ensure_grads(nn_dist *d) {
+ * at a time (their dtypes may differ). Its error (out of memory) on the
+ * context. */
+static ad_status ensure_grads(nn_dist *d) {
   bool old = ad_set_grad_enabled(d->ctx, true);
-  for (int i = 0; i < d->np; i++) {
+  ad_status st = AD_OK;
+  for (int i = 0; i < d->np && st == AD_OK; i++) {
     ad_tensor *t = d->t[i];
     if (!d->flags[2 + i] || t->grad || !ad_tensor_requires_grad(t)) continue;
     ad_tensor *z = ad_mul(d->ctx, ad_sum(d->ctx, t), ad_scalar(d->ctx, t->dtype, 0.0));
-    if (!z || ad_backward(d->ctx, z, NULL) != AD_OK) die(d, "zero gradients");
+    st = z ? ad_backward(d->ctx, z, NULL) : ad_last_status(d->ctx);
   }
   ad_set_grad_enabled(d->ctx, old);
+  return st;
 }
 
 /* Copies bucket k's reduced values into the gradients (the deterministic
@@ -1699,8 +1751,16 @@ static ad_status grad_end(void *ud, nn_params *p, ad_status st) {
     ad_set_backward_hook(d->ctx, d->prev, d->prev_ud);
     d->hooked = false;
   }
+  if (d->begin_st != AD_OK) { /* every rank's step ended in grad_begin */
+    ad_status st0 = d->begin_st;
+    d->begin_st = AD_OK;
+    return ad_set_error(d->ctx, st0, "%s", d->begin_msg);
+  }
   if (!d->begun) { /* the step failed before grad_begin */
-    if (!layout_current(d, p) && layout_build(d, p) != AD_OK) die(d, "gradient buckets");
+    if (!layout_current(d, p)) {
+      ad_status lst = layout_build(d, p); /* the others build it in grad_begin or here */
+      if (lst != AD_OK) return lst;       /* on every rank: their steps end there */
+    }
     step_reset(d);
   }
   d->begun = false;
@@ -1713,7 +1773,9 @@ static ad_status grad_end(void *ud, nn_params *p, ad_status st) {
   /* the status with the has-gradient flags: a rank that failed stops all */
   d->flags[0] = st != AD_OK ? d->size - d->rank : 0;
   d->flags[1] = 0;
-  MPI_Allreduce(MPI_IN_PLACE, d->flags, d->np + 2, MPI_INT, MPI_MAX, d->comm);
+  for (int i = 0; i < d->np; i++)
+    d->flags[2 + d->np + i] = !d->flags[2 + i] && ad_tensor_requires_grad(d->t[i]);
+  MPI_Allreduce(MPI_IN_PLACE, d->flags, 2 * d->np + 2, MPI_INT, MPI_MAX, d->comm);
   d->stats.steps++;
   d->stats.buckets = d->nb;
   d->stats.shared_memory = d->sh.on;
@@ -1732,14 +1794,24 @@ static ad_status grad_end(void *ud, nn_params *p, ad_status st) {
     for (int i = 0; i < d->np; i++)
       if (d->flags[2 + i] && !d->sh.copied[i] && ad_tensor_requires_grad(d->t[i]))
         take_reduced(d, d->bucket_of[i], i);
-  } else if (d->sh.on) { /* the gradients that were not here before ensure_grads */
-    ensure_grads(d);
-    for (int i = 0; i < d->np; i++)
-      if (d->flags[2 + i] && d->t[i]->grad && !d->sh.copied[i])
-        copy_param(d, d->bucket_of[i], i, d->t[i]->grad->data);
   } else {
-    ensure_grads(d);
-    for (int k = 0; k < d->nb; k++) unpack(d, k);
+    /* zero gradients where a rank has none and another has one: an
+     * exchange when some rank makes them, since that may fail */
+    bool made = false;
+    for (int i = 0; i < d->np; i++) made |= d->flags[2 + i] && d->flags[2 + d->np + i];
+    ad_status zst = ensure_grads(d);
+    if (made && agree(d, zst != AD_OK, zst, "could not make zero gradients", &zst) >= 0) {
+      if (d->sh.stale) gather_state(d, d->sh.stale); /* as above */
+      d->stats.wait_seconds += MPI_Wtime() - t0;
+      return zst;
+    }
+    if (d->sh.on) { /* the gradients that were not here before ensure_grads */
+      for (int i = 0; i < d->np; i++)
+        if (d->flags[2 + i] && d->t[i]->grad && !d->sh.copied[i])
+          copy_param(d, d->bucket_of[i], i, d->t[i]->grad->data);
+    } else {
+      for (int k = 0; k < d->nb; k++) unpack(d, k);
+    }
   }
   /* buffers (BatchNorm's running statistics) follow rank 0: of the synced
    * model, in a step over its parameters (not a list of the caller's, made

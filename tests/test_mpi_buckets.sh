@@ -1,9 +1,10 @@
 #!/bin/sh
 # test_mpi_buckets.sh MPIRUN TEST_MPI_DIST DIR: ranks whose gradient buckets
 # differ (test_mpi_dist --buckets: another bucket_bytes on rank 0), on the
-# shared-memory path and on MPI collectives (--no-shm): the job ends
-# non-zero within 30 s with a message that names the difference, instead of
-# summing mismatched segments or allreducing buckets of other sizes. TAP.
+# shared-memory path and on MPI collectives (--no-shm): nn_fit fails on
+# every rank within 30 s with a message that names the difference, instead
+# of summing mismatched segments or allreducing buckets of other sizes, and
+# the same job then trains with buckets that agree (every rank exits 0). TAP.
 MPIRUN=$1 EXE=$2 DIR=$3
 echo "1..2"
 n=0
@@ -14,10 +15,11 @@ for path in "" --no-shm; do
   rc=$?
   secs=$(($(date +%s) - start))
   sed 's/^/# /' "$DIR/buckets.log" | head -12
-  name="differing gradient buckets end the job with a message (${path:-shared memory})"
-  if [ $rc -ne 0 ] && [ $rc -ne 124 ] && [ $secs -le 30 ] &&
-    grep -q "the ranks' gradient buckets differ" "$DIR/buckets.log"; then
-    echo "ok $n - $name ($rc, $secs s)"
+  name="differing gradient buckets fail every rank with a message (${path:-shared memory})"
+  if [ $rc -eq 0 ] && [ $secs -le 30 ] &&
+    [ "$(grep -c "nn_fit returned shape mismatch: .*the ranks' gradient buckets differ" "$DIR/buckets.log")" -eq 2 ] &&
+    [ "$(grep -c ": as expected$" "$DIR/buckets.log")" -eq 2 ]; then
+    echo "ok $n - $name ($secs s)"
   else
     echo "not ok $n - $name (status $rc, $secs s)"
   fi
