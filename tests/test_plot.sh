@@ -2,7 +2,8 @@
 # The chart tool tools/plot (plot.h), reported as TAP: the same CSV gives
 # the same SVG bytes; series, legend, title and axis labels are drawn; a
 # log axis gets decade ticks; a non-number breaks a line (a new "M"); bad
-# usage and a missing column fail with a message.
+# usage and a missing column fail with a message; -o through a symbolic
+# link writes its target.
 # Then tools/plots.py check on a copy of the pictures' inputs: it passes on
 # the copy and fails, naming the file, once a CSV or the chart writer
 # changes.
@@ -20,7 +21,7 @@ ok() { # ok CONDITION-STATUS DESCRIPTION
   n=$((n + 1))
   if [ "$1" -eq 0 ]; then echo "ok $n - $2"; else echo "not ok $n - $2"; fails=$((fails + 1)); fi
 }
-echo "1..13"
+echo "1..15"
 printf 'epoch,loss,"val_loss",grad_norm/0.weight,grad_norm/2.weight\n1,2.5,2.6,0.5,1\n2,1.25,nan,0.05,1\n3,0.5,0.9,0.005,1\n4,0.25,1,0.0005,1\n' >"$TMP/h.csv"
 "$PLOT" -o "$TMP/a.svg" --title 'Loss & more' --xlabel epoch --ylabel loss --logy \
   "$TMP/h.csv:loss" "$TMP/h.csv:val_loss=validation" "$TMP/h.csv:grad_norm/*"
@@ -48,6 +49,16 @@ ln -s /dev/stdout "$TMP/link"
 "$PLOT" -o "$TMP/link" "$TMP/h.csv:loss" | cat >"$TMP/d.svg"
 [ -L "$TMP/link" ] && grep -q '<path ' "$TMP/d.svg"
 ok $? "-o /dev/stdout (here a link to it) writes to the pipe and leaves the link"
+mkdir "$TMP/runs" && echo old >"$TMP/runs/f.svg" && chmod 640 "$TMP/runs/f.svg" &&
+  ln -s runs/f.svg "$TMP/flink.svg"
+"$PLOT" -o "$TMP/flink.svg" "$TMP/h.csv:loss"
+[ $? -eq 0 ] && [ -L "$TMP/flink.svg" ] && grep -q '<path ' "$TMP/runs/f.svg" &&
+  [ "$(stat -c %a "$TMP/runs/f.svg")" = 640 ] && [ "$(ls "$TMP/runs")" = f.svg ]
+ok $? "-o a link to a file writes that file (its mode kept, no temporary left) and leaves the link"
+ln -s nowhere/g.svg "$TMP/dangling.svg"
+"$PLOT" -o "$TMP/dangling.svg" "$TMP/h.csv:loss" 2>"$TMP/err"
+[ $? -eq 1 ] && grep -q 'cannot follow the symbolic link' "$TMP/err" && [ -L "$TMP/dangling.svg" ]
+ok $? "-o a dangling link fails with a message"
 printf 'epoch,big\n1,1e308\n2,-1e308\n' >"$TMP/big.csv"
 "$PLOT" -o "$TMP/e.svg" "$TMP/big.csv:big" 2>"$TMP/err"
 [ $? -eq 1 ] && grep -q 'cannot be drawn in doubles' "$TMP/err" && [ ! -e "$TMP/e.svg" ]

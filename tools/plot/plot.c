@@ -1,6 +1,9 @@
 /* plot.c: the SVG line-chart writer of plot.h. */
 #ifndef _POSIX_C_SOURCE
-#define _POSIX_C_SOURCE 200809L /* stat */
+#define _POSIX_C_SOURCE 200809L /* stat, lstat, mkstemp, fchmod */
+#endif
+#ifndef _XOPEN_SOURCE
+#define _XOPEN_SOURCE 700 /* realpath */
 #endif
 #include "plot.h"
 
@@ -9,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 /* Line colours, in series order (then again). */
 static const char *const colours[] = {"#1b6ac9", "#d43d1a", "#2a9d3f", "#e69b00", "#7b4bb7",
@@ -34,7 +38,7 @@ static double to_px(const axis *a, double v) {
 }
 
 /* 1, 2 or 5 x 10^k, the first at least raw. */
-static double nice(double raw) {
+static double nice_step(double raw) {
   double p = pow(10, floor(log10(raw))), f = raw / p;
   return (f <= 1 ? 1 : f <= 2 ? 2 : f <= 5 ? 5 : 10) * p;
 }
@@ -54,7 +58,7 @@ static void axis_fit(axis *a, double mn, double mx, bool whole) {
     double d = mn != 0 ? fabs(mn) * 0.1 : 1;
     mn -= d, mx += d;
   }
-  a->step = nice((mx - mn) / 6);
+  a->step = nice_step((mx - mn) / 6);
   if (whole && a->step < 1) a->step = 1;
   a->lo = floor(mn / a->step) * a->step;
   a->hi = ceil(mx / a->step) * a->step;
@@ -231,7 +235,8 @@ int plot_svg(FILE *f, const plot_opts *o, int ns, const plot_series *s, const ch
 int plot_svg_file(const char *path, const plot_opts *o, int ns, const plot_series *s,
                   const char **why) {
   struct stat sb;
-  if (stat(path, &sb) == 0 && !S_ISREG(sb.st_mode) && !S_ISDIR(sb.st_mode)) {
+  bool exists = stat(path, &sb) == 0; /* through links */
+  if (exists && !S_ISREG(sb.st_mode) && !S_ISDIR(sb.st_mode)) {
     /* a device or FIFO (-o /dev/stdout): written to, never renamed over */
     FILE *f = fopen(path, "w");
     if (!f) {
@@ -245,29 +250,56 @@ int plot_svg_file(const char *path, const plot_opts *o, int ns, const plot_serie
     }
     return rc;
   }
-  size_t n = strlen(path) + 5;
+  char *real = NULL; /* a symbolic link's target: written, the link stays */
+  if (lstat(path, &sb) == 0 && S_ISLNK(sb.st_mode)) {
+    if (!(real = realpath(path, NULL))) {
+      if (why) *why = "cannot follow the symbolic link (dangling, a loop, or no access)";
+      return -1;
+    }
+    path = real;
+    exists = stat(path, &sb) == 0;
+  }
+  /* a temporary of its own beside path, renamed over it once complete:
+   * the file is the old one or the whole new one, never a part */
+  size_t n = strlen(path) + 8;
   char *tmp = malloc(n);
   if (!tmp) {
     if (why) *why = "out of memory";
+    free(real);
     return -1;
   }
-  snprintf(tmp, n, "%s.tmp", path);
-  FILE *f = fopen(tmp, "w");
+  snprintf(tmp, n, "%s.XXXXXX", path);
+  int fd = mkstemp(tmp);
+  FILE *f = NULL;
   int rc = -1;
-  if (!f) {
+  if (fd < 0) {
     if (why) *why = "cannot create the file";
   } else {
-    rc = plot_svg(f, o, ns, s, why);
-    if (fclose(f) != 0 && rc == 0) {
-      rc = -1;
-      if (why) *why = "write error";
+    mode_t mode;
+    if (exists && S_ISREG(sb.st_mode)) {
+      mode = sb.st_mode & 07777; /* the file's own */
+    } else {
+      mode_t mask = umask(0); /* (read, then put back) a new file's usual mode */
+      umask(mask);
+      mode = 0666 & ~mask;
     }
-    if (rc == 0 && rename(tmp, path) != 0) {
-      rc = -1;
-      if (why) *why = "cannot replace the file";
+    if (fchmod(fd, mode) != 0 || !(f = fdopen(fd, "w"))) {
+      if (why) *why = "cannot create the file";
+      close(fd);
+    } else {
+      rc = plot_svg(f, o, ns, s, why);
+      if (fclose(f) != 0 && rc == 0) {
+        rc = -1;
+        if (why) *why = "write error";
+      }
+      if (rc == 0 && rename(tmp, path) != 0) {
+        rc = -1;
+        if (why) *why = "cannot replace the file";
+      }
     }
     if (rc != 0) remove(tmp);
   }
   free(tmp);
+  free(real);
   return rc;
 }

@@ -34,9 +34,12 @@ typedef struct plot_opts {
  * constant subnormal), or writing fails; *why (may be NULL) then gets a static message. */
 int plot_svg(FILE *f, const plot_opts *o, int ns, const plot_series *s, const char **why);
 
-/* plot_svg into the file path (written as path.tmp, then renamed over
- * path; a device or FIFO, such as /dev/stdout, is written to directly).
- * Returns 0 or -1 with a message in *why (may be NULL). */
+/* plot_svg into the file path: written to a temporary file of its own
+ * beside it, then renamed over it, so a reader sees the old file or the
+ * whole new one (an existing file's mode is kept). A symbolic link is
+ * followed and its target written; the link stays (a dangling one is
+ * refused). A device or FIFO, such as /dev/stdout, is written to
+ * directly. Returns 0 or -1 with a message in *why (may be NULL). */
 int plot_svg_file(const char *path, const plot_opts *o, int ns, const plot_series *s,
                   const char **why);
 
