@@ -226,6 +226,7 @@ struct nn_dist {
    * without an exchange (every rank's step ended there) */
   ad_status begin_st;
   char begin_msg[MSG_LEN];
+  bool layout_stale; /* nn_dist_sync: the next step builds the layout again */
   /* the walk over the recorded graph */
   uint8_t *seen;
   ad_tensor **stack;
@@ -246,6 +247,7 @@ static atomic_llong *chunk_ctr(const nn_dist *d, int s, int k, int which);
 static void win_barrier(shm *h, MPI_Win w);
 static void params_unshare(nn_dist *d);
 static void params_leave(nn_dist *d);
+static void die(nn_dist *d, const char *what);
 static size_t round_up64(size_t n);
 static bool backing_room(const char *dir, size_t bytes);
 static ad_status ops_step(void *ud, nn_optimizer *opt);
@@ -402,7 +404,14 @@ static void layout_free(nn_dist *d) {
     MPI_Finalized(&done);
     if (!done && h->zc) /* the gradients back to the engine's memory, values kept (also of a
                            parameter frozen since; one freed since refuses, quietly) */
-      for (int i = 0; i < d->np; i++) bind_grad(d, d->t[i], NULL, false);
+      for (int i = 0; i < d->np; i++) {
+        err_saved e;
+        err_keep(d->ctx, &e);
+        ad_status st = ad_tensor_set_grad_buffer(d->t[i], NULL, false);
+        if (st == AD_ERR_OOM) /* it would point into the window freed below */
+          die(d, "gradients back from the shared window");
+        if (st != AD_OK) err_restore(d->ctx, &e);
+      }
     if (!done) {
       MPI_Win_unlock_all(h->win);
       MPI_Win_free(&h->win);
@@ -469,9 +478,9 @@ void nn_dist_get_stats(nn_dist *d, nn_dist_stats *stats, bool reset) {
 }
 
 /* A failure on one rank with no exchange after it to carry it to the
- * others (out of memory moving the parameters out of the shared window),
- * or a broken invariant: print and end the job (documented in
- * docs/distributed.md). */
+ * others (out of memory moving the parameters or the gradients out of the
+ * shared windows), or a broken invariant: print and end the job
+ * (documented in docs/distributed.md). */
 static void die(nn_dist *d, const char *what) {
   fprintf(stderr, "dist: rank %d: %s: %s; aborting every rank\n", d->rank, what,
           ad_last_error(d->ctx));
@@ -777,6 +786,10 @@ ad_status nn_dist_sync(nn_dist *d, nn_model *m, nn_optimizer *opt) {
   if (opt) gather_state(d, opt);     /* after sharded steps: whole before rank 0's is sent */
   if (d->sh.plive) ad_tape_reset(c); /* its views of the parameters read the window */
   params_unshare(d);                 /* each rank receives into its own memory */
+  /* the next step builds the layout again on every rank: whether a list
+   * is the last layout's, each rank judges by addresses alone, which new
+   * tensors may share with freed ones on one rank and not another */
+  d->layout_stale = true;
   nn_params *p = nn_model_params(m), *b = nn_model_buffers(m);
   bcast_list(d, nn_params_count(p), nn_params_tensors(p));
   bcast_list(d, nn_params_count(b), nn_params_tensors(b));
@@ -823,7 +836,7 @@ static int find(const nn_dist *d, const ad_tensor *t) {
  * list and tensors freed since may come back at the same addresses (the
  * engine reuses a freed tensor's header) with other shapes. */
 static bool layout_current(const nn_dist *d, nn_params *p) {
-  if (d->p != p || d->np != nn_params_count(p)) return false;
+  if (d->layout_stale || d->p != p || d->np != nn_params_count(p)) return false;
   ad_tensor *const *ts = nn_params_tensors(p);
   for (int i = 0; i < d->np; i++)
     if (ts[i] != d->t[i] || ts[i]->size != d->tsize[i] ||
@@ -986,6 +999,7 @@ static ad_status layout_local(nn_dist *d, nn_params *p) {
 static ad_status layout_build(nn_dist *d, nn_params *p) {
   if (d->sh.stale) gather_state(d, d->sh.stale); /* while the old layout is there */
   layout_free(d);
+  d->layout_stale = false;
   ad_ctx *c = d->ctx;
   ad_status own = layout_local(d, p), st = AD_OK;
   if (agree(d, own != AD_OK, own, "could not build its gradient buckets", &st) >= 0) {
@@ -994,8 +1008,12 @@ static ad_status layout_build(nn_dist *d, nn_params *p) {
   }
   /* the same buckets on every rank, on either path (an allreduce of
    * buckets that differ would sum unrelated gradients, or fail in MPI) */
-  unsigned long long hh = 1469598103934665603ull; /* FNV-1a over the bucket sizes and dtypes */
+  /* FNV-1a over the parameters' sizes and the buckets' sizes and dtypes
+   * (lists of [5, 5] and [10] make the same bucket) */
+  unsigned long long hh = 1469598103934665603ull;
   long long total = 0;
+  hh = (hh ^ (unsigned long long)d->np) * 1099511628211ull;
+  for (int i = 0; i < d->np; i++) hh = (hh ^ (unsigned long long)d->tsize[i]) * 1099511628211ull;
   for (int k = 0; k < d->nb; k++) {
     hh = (hh ^ (unsigned long long)d->b[k].count) * 1099511628211ull;
     hh = (hh ^ (unsigned long long)d->b[k].dtype) * 1099511628211ull;
@@ -1790,28 +1808,34 @@ static ad_status grad_end(void *ud, nn_params *p, ad_status st) {
     if (d->rank == root) return st;
     return ad_set_error(d->ctx, (ad_status)code, "dist: rank %d stopped: %s", root, msg);
   }
-  if (d->sh.on && d->sh.zc) { /* another rank's gradient where this one has none */
+  /* a gradient where this rank has none and another has one (taken from
+   * the sum, or a zero gradient made): an exchange when some rank makes
+   * one, since that may fail for want of memory */
+  bool made = false;
+  for (int i = 0; i < d->np; i++) made |= d->flags[2 + i] && d->flags[2 + d->np + i];
+  ad_status zst = AD_OK;
+  if (d->sh.on && d->sh.zc) {
     for (int i = 0; i < d->np; i++)
-      if (d->flags[2 + i] && !d->sh.copied[i] && ad_tensor_requires_grad(d->t[i]))
+      if (d->flags[2 + i] && !d->sh.copied[i] && ad_tensor_requires_grad(d->t[i])) {
         take_reduced(d, d->bucket_of[i], i);
+        if (!d->t[i]->grad && zst == AD_OK)
+          zst = ad_set_error(d->ctx, AD_ERR_OOM, "dist: out of memory for the gradient of %s",
+                             nn_params_name(p, i));
+      }
   } else {
-    /* zero gradients where a rank has none and another has one: an
-     * exchange when some rank makes them, since that may fail */
-    bool made = false;
-    for (int i = 0; i < d->np; i++) made |= d->flags[2 + i] && d->flags[2 + d->np + i];
-    ad_status zst = ensure_grads(d);
-    if (made && agree(d, zst != AD_OK, zst, "could not make zero gradients", &zst) >= 0) {
-      if (d->sh.stale) gather_state(d, d->sh.stale); /* as above */
-      d->stats.wait_seconds += MPI_Wtime() - t0;
-      return zst;
-    }
-    if (d->sh.on) { /* the gradients that were not here before ensure_grads */
-      for (int i = 0; i < d->np; i++)
-        if (d->flags[2 + i] && d->t[i]->grad && !d->sh.copied[i])
-          copy_param(d, d->bucket_of[i], i, d->t[i]->grad->data);
-    } else {
-      for (int k = 0; k < d->nb; k++) unpack(d, k);
-    }
+    zst = ensure_grads(d);
+  }
+  if (made && agree(d, zst != AD_OK, zst, "could not make zero gradients", &zst) >= 0) {
+    if (d->sh.stale) gather_state(d, d->sh.stale); /* as above */
+    d->stats.wait_seconds += MPI_Wtime() - t0;
+    return zst;
+  }
+  if (d->sh.on && !d->sh.zc) { /* the gradients that were not here before ensure_grads */
+    for (int i = 0; i < d->np; i++)
+      if (d->flags[2 + i] && d->t[i]->grad && !d->sh.copied[i])
+        copy_param(d, d->bucket_of[i], i, d->t[i]->grad->data);
+  } else if (!d->sh.on) {
+    for (int k = 0; k < d->nb; k++) unpack(d, k);
   }
   /* buffers (BatchNorm's running statistics) follow rank 0: of the synced
    * model, in a step over its parameters (not a list of the caller's, made

@@ -199,7 +199,13 @@ NN_API const nn_dist_ops *nn_dist_fit_ops(nn_dist *d);
  * the next sync or nn_dist_free while such steps are taken. With
  * the parameters in shared memory (nn_dist_opts.shard_optimizer) it gives
  * them back before receiving, and so resets the context's tape, whose
- * views of them read that memory (as nn_dist_free). */
+ * views of them read that memory (as nn_dist_free). The next step builds
+ * the gradient buckets again on every rank. Code that replaces parameter
+ * tensors and drives nn_dist_fit_ops itself must keep every rank's steps
+ * over the same list object of the same tensors, or call nn_dist_sync
+ * after the change: each rank judges alone, by addresses, sizes and
+ * dtypes, whether a list is the one of its last step, and a new tensor
+ * may take a freed one's address on one rank and not on another. */
 NN_API ad_status nn_dist_sync(nn_dist *d, nn_model *m, nn_optimizer *opt);
 
 /** Sums n doubles over the ranks, in place (in rank order in the
