@@ -994,8 +994,8 @@ static ad_status layout_local(nn_dist *d, nn_params *p) {
 /* The layout of p: its buckets, then the shared window or the buckets'
  * buffers. Collective, and every rank returns the same: a failure on one
  * rank (out of memory, buckets that differ) fails it on every rank, the
- * others with "dist: rank R could not build its gradient buckets: ...",
- * and leaves no layout (the next call builds it again). */
+ * others with "dist: rank R could not build (or: allocate) its gradient
+ * buckets: ...", and leaves no layout (the next call builds it again). */
 static ad_status layout_build(nn_dist *d, nn_params *p) {
   if (d->sh.stale) gather_state(d, d->sh.stale); /* while the old layout is there */
   layout_free(d);
