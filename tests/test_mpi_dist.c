@@ -559,7 +559,7 @@ static void failure_inside_backward(ad_ctx *c) {
 }
 
 /* One step of out_of_memory_anywhere on a fresh layout: rank `failer`
- * has its k-th allocation from here refused (k 0: none); with early, it
+ * has its k-th allocation from here refused (k <= 0: none); with early, it
  * fails before grad_begin instead (its forward, say) while rank 0 has the
  * allocation refused. The last rank's loss does not use V, so grad_end
  * gives it a zero gradient where rank 0 has one. *used: the refusal
@@ -588,7 +588,8 @@ static ad_status oom_step(ad_ctx *c, const nn_dist_ops *ops, nn_params *p, ad_te
 /* Out of memory at each allocation of a step in turn (building the
  * gradient buckets, the shared window's arrays, the deterministic mode's
  * buffers, the walk over the graph, the backward, zero gradients in
- * grad_end), on one rank, on a fresh nn_dist: every rank ends the step with
+ * grad_end), on one rank, on a fresh layout (new parameters each time, one
+ * nn_dist for each set of options): every rank ends the step with
  * the same status, the others with the failing rank's message; nothing
  * waits for ever; every byte nn_dist took comes back; and the next step on
  * the same nn_dist reduces correctly. Also with the failing rank's
