@@ -402,6 +402,60 @@ Test(gemm, narrow_tile_same_bits, .timeout = 300) {
   if (!narrow_runs) cr_skip_test("narrow_tile_same_bits: no kernel with a narrow tile here");
 }
 
+/* The row strips (gemm.c: one row tile at a time across all the panels,
+ * which the kernels take for shallow blocks of C with rows 4 KiB apart)
+ * compute the same tiles as the panels' order: the same bits, with every
+ * packing, for row counts that leave each kind of tail, shallow and deep
+ * blocks, and C's rows 4 KiB apart (where the rule takes the strips by
+ * itself) or not. */
+Test(gemm, row_strips_same_bits, .timeout = 300) {
+  static const int64_t ms[] = {1, 3, 8, 9, 11, 15, 16, 17, 19, 23, 70, 256};
+  static const int64_t ns[] = {1, 10, 33, 128, 300};
+  static const int64_t ks[] = {1, 5, 10, 32, 33, 300};
+  ad_rng rng;
+  ad_rng_seed(&rng, 13);
+  int ran = 0;
+  for (int kern = 1; kern <= 3; kern++)
+    for (ad_dtype dt = AD_F32; dt <= AD_F64; dt++) {
+      if (!ad_gemm_builtin(kern, dt, false, false, 0, 0, 0, 1, NULL, 1, NULL, 1, 0, NULL, 1)) {
+        cr_log_info("row_strips_same_bits: kernel %d skipped: not on this CPU or build", kern);
+        break;
+      }
+      for (size_t i = 0; i < sizeof ms / sizeof *ms; i++)
+        for (size_t j = 0; j < sizeof ns / sizeof *ns; j++) {
+          int64_t m = ms[i], n = ns[j], k = ks[(i + j) % 6];
+          while (m * n * k > 400000 && k > 1) k /= 2;
+          bool ta = (i + j) % 2, tb = (i / 3 + j) % 2;
+          int64_t lda = (ta ? m : k) + 1, ldb = (tb ? k : n) + 3;
+          int64_t ldc = (i + j) % 3 ? 4096 / (int64_t)ad_dtype_size(dt) : n + 2; /* 4 KiB or not */
+          int64_t na = (ta ? k : m) * lda, nb = (tb ? n : k) * ldb, nc = m * ldc;
+          double beta = (i + 2 * j) % 3 ? 0 : 1;
+          void *a = alloc_elems(dt, na), *b = alloc_elems(dt, nb), *c[6];
+          for (int64_t e = 0; e < na; e++) set(dt, a, e, ad_rng_uniform(&rng) - 0.5);
+          for (int64_t e = 0; e < nb; e++) set(dt, b, e, ad_rng_uniform(&rng) - 0.5);
+          c[0] = alloc_elems(dt, nc);
+          for (int64_t e = 0; e < nc; e++) set(dt, c[0], e, ad_rng_uniform(&rng) - 0.5);
+          size_t bytes = (size_t)nc * ad_dtype_size(dt);
+          for (int v = 1; v < 6; v++) c[v] = alloc_elems(dt, nc), memcpy(c[v], c[0], bytes);
+          /* the kernel's own order and the strips, with its own choice of packing, all packed,
+           * and nothing packed that can be read in place */
+          for (int v = 0; v < 6; v++)
+            ad_gemm_builtin(kern + (v & 1) * 128 + (v >> 1) * 16, dt, ta, tb, m, n, k, 1, a, lda, b,
+                            ldb, beta, c[v], ldc);
+          cr_assert(!memcmp(c[0], c[1], bytes) && !memcmp(c[2], c[3], bytes) &&
+                        !memcmp(c[4], c[5], bytes),
+                    "kernel %d, %s, %lld x %lld x %lld%s%s, ldc %lld, beta %g: the row strips "
+                    "changed bits",
+                    kern, ad_dtype_name(dt), (long long)m, (long long)n, (long long)k,
+                    ta ? " A^T" : "", tb ? " B^T" : "", (long long)ldc, beta);
+          ran++;
+          free(a), free(b);
+          for (int v = 0; v < 6; v++) free(c[v]);
+        }
+    }
+  if (!ran) cr_skip_test("row_strips_same_bits: no built-in kernel here");
+}
+
 /* Two threads at once, each with its own packing buffer. */
 #if !defined(__STDC_NO_THREADS__)
 typedef struct thread_job {

@@ -211,10 +211,12 @@ GEMM_SCALE(float, gemm_scale_f32)
 GEMM_SCALE(double, gemm_scale_f64)
 
 /* Whether a kernel packs A, and op(B) where it may read B in place: by its
- * own rule, always, never (for tests); GEMM_WIDE_ONLY (a flag beside them,
- * for tests) keeps the 2VL-wide tile also for panels of VL columns or
- * fewer, which the narrow tile otherwise takes (S_nbody). */
-enum { GEMM_PACK_AUTO, GEMM_PACK_ALWAYS, GEMM_PACK_NEVER, GEMM_WIDE_ONLY = 4 };
+ * own rule, always, never (for tests); flags beside them, for tests:
+ * GEMM_WIDE_ONLY keeps the 2VL-wide tile also for panels of VL columns or
+ * fewer, which the narrow tile otherwise takes (S_nbody); GEMM_STRIPS runs
+ * every block one row tile at a time across the panels, which S_gemm does
+ * by its own rule only for shallow blocks of C with rows 4 KiB apart. */
+enum { GEMM_PACK_AUTO, GEMM_PACK_ALWAYS, GEMM_PACK_NEVER, GEMM_WIDE_ONLY = 4, GEMM_STRIPS = 8 };
 
 /* ------------------------------------------------------- packing buffer */
 
@@ -677,11 +679,11 @@ static void *gemm_scratch(size_t bytes) {
                                         (n >= 256 || (n >= 32 && k >= 64 && arow > 2048))          \
                                   : n >= 256 && (ta || sizeof(T) == 8);                            \
     bool wide_only = (pack & GEMM_WIDE_ONLY) != 0; /* tests: no narrow tile (S##_nbody) */         \
-    pack &= ~GEMM_WIDE_ONLY;                                                                       \
-    bool pack_a = pack == GEMM_PACK_AUTO ? auto_a : pack == GEMM_PACK_ALWAYS;                      \
+    int how = pack & 3;                                                                            \
+    bool pack_a = how == GEMM_PACK_AUTO ? auto_a : how == GEMM_PACK_ALWAYS;                        \
     bool direct_b =                                                                                \
-        !pb && !tb && pack != GEMM_PACK_ALWAYS &&                                                  \
-        (pack == GEMM_PACK_NEVER ||                                                                \
+        !pb && !tb && how != GEMM_PACK_ALWAYS &&                                                   \
+        (how == GEMM_PACK_NEVER ||                                                                 \
          ((m <= 64 || (m <= 128 && k <= (KC))) &&                                                  \
           ((size_t)(k - 1) * (size_t)ldb + (size_t)n) * sizeof(T) <= ((size_t)8 << 20)));          \
     size_t bsize = (size_t)(kcs * ((ncs + NR - 1) / NR * NR) + 15) / 16 * 16;                      \
@@ -702,8 +704,15 @@ static void *gemm_scratch(size_t bytes) {
         else if (nfull < nc) /* only the last, partial panel, where the packing puts it */         \
           S##_pack_b(tb, kc, nc - nfull, bsrc + nfull, ldb, bp + nfull * kc);                      \
         T be = pc == 0 ? beta : (T)1;                                                              \
-        for (int64_t ic = 0; ic < m; ic += (MC)) {                                                 \
-          int64_t mc = m - ic < (MC) ? m - ic : (MC);                                              \
+        /* C's rows 4 KiB apart (a power-of-two width) and a shallow block (kc <= 32): a panel's   \
+         * tiles would store into one L1 set row after row (lines 4 KiB apart share it), faster    \
+         * than so few multiply-adds hide. Then one row tile at a time crosses all the panels      \
+         * instead, storing C row by row (a last block of fewer than 2MR rows stays whole, split   \
+         * as always). Each element is the same chain of multiply-adds: the same bits. */          \
+        bool strips = (pack & GEMM_STRIPS) ||                                                      \
+                      (kc <= 32 && nc >= 4 * NR && (size_t)ldc * sizeof(T) % 4096 == 0);           \
+        for (int64_t ic = 0, mc; ic < m; ic += mc) {                                               \
+          mc = strips ? (m - ic < 2 * (MR) ? m - ic : (MR)) : (m - ic < (MC) ? m - ic : (MC));     \
           /* A in place (ars, acs: strides of a row and a column of op(A)) or packed */            \
           int64_t ars = ta ? 1 : lda, acs = ta ? lda : 1, pstep = (MR)*ars;                        \
           const T *ac = ta ? a + pc * lda + ic : a + ic * lda + pc;                                \
@@ -1094,7 +1103,8 @@ const char *ad_gemm_builtin(int kernel, ad_dtype dt, bool ta, bool tb, int64_t m
   }
   int pack = kernel >= 0 ? (kernel >> 4) & 3 : GEMM_PACK_AUTO;
   if (kernel >= 0 && (kernel & 64)) pack |= GEMM_WIDE_ONLY;
-  if (kernel >= 0 && (kernel & ~(15 | 48 | 64))) return NULL;
+  if (kernel >= 0 && (kernel & 128)) pack |= GEMM_STRIPS;
+  if (kernel >= 0 && (kernel & ~(15 | 48 | 64 | 128))) return NULL;
   if (kernel >= 0) kernel &= 15;
   if ((pack & 3) > GEMM_PACK_NEVER) return NULL;
   if (kernel == K_AUTO) kernel = kernel_best();

@@ -17,8 +17,10 @@ void ad_gemm(ad_dtype dt, bool ta, bool tb, int64_t m, int64_t n, int64_t k, con
 /* One GEMM kernel, whatever ad_gemm_f32/f64 would pick (tests, bench): kernel 0 the best built-in
  * for the CPU, 1 portable, 2 AVX2, 3 AVX-512, -1 reference loop, -2 BLAS; + 16 always packs A
  * and op(B), + 32 never packs A and reads B (not transposed) in place whatever its size; + 64
- * keeps the two-vector tile for panels of one vector's width or less (gemm.c, S_nbody). Returns
- * the kernel's name; NULL (nothing done) if the CPU or build lacks it. */
+ * keeps the two-vector tile for panels of one vector's width or less (gemm.c, S_nbody); + 128
+ * runs one row tile at a time across all the panels (gemm.c's row strips, which it otherwise
+ * takes only for shallow products into C with rows 4 KiB apart). Returns the kernel's name;
+ * NULL (nothing done) if the CPU or build lacks it. */
 const char *ad_gemm_builtin(int kernel, ad_dtype dt, bool ta, bool tb, int64_t m, int64_t n,
                             int64_t k, double alpha, const void *a, int64_t lda, const void *b,
                             int64_t ldb, double beta, void *c, int64_t ldc);
