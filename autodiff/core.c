@@ -1099,6 +1099,13 @@ ad_status ad_tensor_set_grad_buffer(ad_tensor *t, void *buf, bool copy) {
     t->grad = g;
     n->src.spare_grad = NULL;
   }
+  /* unbound while a backward that read t->grad as a value keeps the caller's buffer aside for
+   * the next pass (keep_spare): released too, or that pass would store into it */
+  ad_tensor *kept = n->src.spare_grad;
+  if (!buf && t->grad && kept && (ad_node_of(kept)->op & AD_LEAF_EXTERNAL)) {
+    n->src.spare_grad = NULL;
+    persistent_free(ad_node_of(kept)); /* the header: the memory is the caller's */
+  }
   return AD_OK;
 }
 

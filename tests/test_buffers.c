@@ -310,3 +310,43 @@ Test(buffers, a_used_tensor_moves_only_with_its_values) {
   ad_tape_reset(ctx);
   ad_tensor_free(w);
 }
+
+/* The binding ends with set_grad_buffer(w, NULL), or moves to another
+ * buffer, also while a backward that read w->grad as a value left buf kept
+ * aside for the next pass (w->grad then in the engine's memory): the
+ * passes after it never store into buf again, so the caller may free it. */
+Test(buffers, unbinding_releases_the_kept_buffer) {
+  for (int v = 0; v < 8; v++) {
+    int zero_first = v & 1, reset = v & 2;               /* reset: the tape that read buf is gone */
+    double other[3] = {0}, *next = v & 4 ? other : NULL; /* bound elsewhere, or unbound */
+    ad_tensor *w = leaf3(ctx);
+    double buf[3] = {0}, kv[3] = {10, 20, 30};
+    int64_t s = 3;
+    ad_tensor *k = ad_from_data(ctx, AD_F64, 1, &s, kv);
+    cr_assert_eq(ad_tensor_set_grad_buffer(w, buf, true), AD_OK);
+    backward_sq(ctx, w);
+    ad_tensor *g = w->grad;
+    if (zero_first) ad_tensor_zero_grad(w);
+    ad_tape_reset(ctx);
+    ad_tensor *z = ad_add(ctx, ad_sum(ctx, ad_mul(ctx, g, w)), ad_sum(ctx, ad_mul(ctx, w, k)));
+    cr_assert_eq(ad_backward(ctx, z, NULL), AD_OK, "%s", ad_last_error(ctx));
+    cr_assert_neq(w->grad->data, (void *)buf);
+    if (reset) ad_tape_reset(ctx);
+    cr_assert_eq(ad_tensor_set_grad_buffer(w, next, true), AD_OK, "%s", ad_last_error(ctx));
+    for (int i = 0; i < 3; i++)
+      cr_assert_eq(ad_tensor_get(w->grad, i), (zero_first ? 12.0 : 14.0) * (i + 1));
+    buf[0] = buf[1] = buf[2] = -1;
+    ad_tensor_zero_grad(w);
+    backward_sq(ctx, w);
+    if (next)
+      cr_assert_eq(w->grad->data, (void *)other, "bound to the other buffer");
+    else
+      cr_assert_neq(w->grad->data, (void *)buf, "unbound: the gradient is the engine's");
+    for (int i = 0; i < 3; i++) {
+      cr_assert_eq(ad_tensor_get(w->grad, i), 2.0 * (i + 1));
+      cr_assert_eq(buf[i], -1, "unbound: the buffer is left alone");
+    }
+    ad_tensor_free(k);
+    ad_tensor_free(w);
+  }
+}

@@ -326,7 +326,9 @@ AD_API void ad_tensor_zero_grad(ad_tensor *t);
  * and keeps buf for the next backward. A backward whose tape read t->grad
  * as a value leaves buf as the tape read it and gives t->grad a new buffer
  * (t->grad->data != buf: ad_backward); the next ad_tensor_zero_grad keeps
- * buf, and the backward after it stores there again. As for the values,
+ * buf, and the backward after it stores there again, unless the binding
+ * ends first (buf NULL, or another buffer): nothing is stored into buf
+ * after that. As for the values,
  * while an op of the current tape used t->grad, moving it out of engine
  * memory is refused (AD_ERR_STATE) and out of the caller's is allowed with
  * copy (or buf NULL). The caller must not write buf while a backward runs.
@@ -990,8 +992,8 @@ typedef struct ad_conv_opts {
  * - dilation (kH - 1) - 1) / stride) + 1 (Wo likewise), as torch.nn.
  * functional.conv2d. A NULL x or w is an error (AD_ERR_NULL); a NULL bias
  * means none. N or C may be 0, H and W may not (AD_ERR_SHAPE, as PyTorch;
- * also for conv_transpose2d and conv1d's L). Differentiable in x, w and bias to any order (the gradients
- * are conv_transpose2d, conv2d_weight and a sum). */
+ * also for conv_transpose2d and conv1d's L). Differentiable in x, w and bias to any order (the
+ * gradients are conv_transpose2d, conv2d_weight and a sum). */
 AD_API ad_tensor *ad_conv2d(ad_ctx *ctx, ad_tensor *x, ad_tensor *w, ad_tensor *bias,
                             const ad_conv_opts *opts);
 /** The transposed convolution (torch.nn.functional.conv_transpose2d), the
