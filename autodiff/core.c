@@ -1011,16 +1011,18 @@ static ad_node *buffer_target(ad_tensor *t, const void *buf, const char *fn, ad_
 }
 
 /* Points persistent node g's data at buf (NULL: memory of its own, with
- * the values when keep). The old memory is freed when it was the
- * engine's. AD_ERR_OOM leaves g unchanged. */
-static ad_status rebind(ad_node *g, void *buf, bool keep) {
+ * the values when keep: *home when home is given, which is then NULL, else
+ * allocated now). The old memory is freed when it was the engine's.
+ * AD_ERR_OOM leaves g unchanged. */
+static ad_status rebind(ad_node *g, void *buf, bool keep, void **home) {
   ad_ctx *ctx = g->ctx;
   size_t bytes = (size_t)g->t.size * ad_dsize(g->t.dtype);
   bool ext = g->op & AD_LEAF_EXTERNAL;
   if (!buf) {
     if (!ext) return AD_OK;
-    void *mine = ad_malloc(ctx, bytes);
+    void *mine = home ? *home : ad_malloc(ctx, bytes);
     if (!mine) return AD_ERR_OOM;
+    if (home) *home = NULL;
     if (keep && bytes) memcpy(mine, g->t.data, bytes);
     g->t.data = mine;
     g->op &= (uint16_t)~AD_LEAF_EXTERNAL;
@@ -1052,17 +1054,26 @@ ad_status ad_tensor_set_data_buffer(ad_tensor *t, void *buf, bool copy) {
                         "set_data_buffer: an op of the current tape used the tensor (its "
                         "backward reads the values where they are); move it with copy, or "
                         "bind it after ad_tape_reset");
-  st = rebind(n, buf, copy || !buf);
+  st = rebind(n, buf, copy || !buf, NULL);
   return st == AD_OK ? AD_OK : ad_set_error(n->ctx, st, "set_data_buffer: out of memory");
 }
 
-ad_status ad_tensor_set_grad_buffer(ad_tensor *t, void *buf, bool copy) {
+ad_status ad_tensor_adopt_data(ad_tensor *t, void **mem) {
+  if (t && (!mem || !*mem)) t = NULL; /* nothing to move into */
   ad_status st;
-  ad_node *n = buffer_target(t, buf, "set_grad_buffer", &st);
+  ad_node *n = buffer_target(t, mem ? *mem : NULL, "adopt_data", &st);
+  return n ? rebind(n, NULL, true, mem) : st; /* never short of memory */
+}
+
+/* ad_tensor_set_grad_buffer, and with buf NULL and home given
+ * ad_tensor_adopt_grad (fn the caller's name). */
+static ad_status set_grad(ad_tensor *t, void *buf, bool copy, void **home, const char *fn) {
+  ad_status st;
+  ad_node *n = buffer_target(t, home ? *home : buf, fn, &st);
   if (!n) return st;
   ad_ctx *ctx = n->ctx;
   if (!ad_is_float(t->dtype))
-    return ad_set_error(ctx, AD_ERR_DTYPE, "set_grad_buffer: %s tensors have no gradient",
+    return ad_set_error(ctx, AD_ERR_DTYPE, "%s: %s tensors have no gradient", fn,
                         ad_dtype_name(t->dtype));
   ad_tensor *g = t->grad ? t->grad : n->src.spare_grad;
   if (buf && g && buf == g->data && !(ad_node_of(g)->op & AD_LEAF_EXTERNAL))
@@ -1092,8 +1103,8 @@ ad_status ad_tensor_set_grad_buffer(ad_tensor *t, void *buf, bool copy) {
     h->op = AD_LEAF_EXTERNAL;
     g = &h->t;
     n->src.spare_grad = g;
-  } else if ((st = rebind(ad_node_of(g), buf, (copy || !buf) && t->grad)) != AD_OK) {
-    return ad_set_error(ctx, st, "set_grad_buffer: out of memory");
+  } else if ((st = rebind(ad_node_of(g), buf, (copy || !buf) && t->grad, home)) != AD_OK) {
+    return ad_set_error(ctx, st, "%s: out of memory", fn);
   }
   if (buf && !copy && !t->grad) { /* buf's contents are the gradient now */
     t->grad = g;
@@ -1107,6 +1118,15 @@ ad_status ad_tensor_set_grad_buffer(ad_tensor *t, void *buf, bool copy) {
     persistent_free(ad_node_of(kept)); /* the header: the memory is the caller's */
   }
   return AD_OK;
+}
+
+ad_status ad_tensor_set_grad_buffer(ad_tensor *t, void *buf, bool copy) {
+  return set_grad(t, buf, copy, NULL, "set_grad_buffer");
+}
+
+ad_status ad_tensor_adopt_grad(ad_tensor *t, void **mem) {
+  if (t && (!mem || !*mem)) t = NULL; /* nothing to move into */
+  return set_grad(t, NULL, false, mem, "adopt_grad");
 }
 
 double ad_tensor_get(const ad_tensor *t, int64_t i) {

@@ -350,3 +350,94 @@ Test(buffers, unbinding_releases_the_kept_buffer) {
     ad_tensor_free(w);
   }
 }
+
+/* ad_tensor_adopt_data and ad_tensor_adopt_grad move out of the caller's
+ * memory into blocks allocated beforehand: with every later allocation
+ * refused they still succeed (where the setters with a NULL buffer run out
+ * of memory), the engine takes the blocks and frees them with the tensor,
+ * and where there is nothing to move the block stays the caller's. */
+Test(buffers, adopt_moves_into_memory_allocated_before) {
+  test_alloc ta = {0};
+  ad_ctx *c = counted_ctx(&ta);
+  ad_tensor *w = leaf3(c);
+  double dbuf[3], gbuf[3];
+  cr_assert_eq(ad_tensor_set_data_buffer(w, dbuf, true), AD_OK);
+  cr_assert_eq(ad_tensor_set_grad_buffer(w, gbuf, true), AD_OK);
+  backward_sq(c, w);
+  ad_tape_reset(c);
+  void *hd = ad_malloc(c, 3 * sizeof(double)), *hg = ad_malloc(c, 3 * sizeof(double));
+  cr_assert(hd && hg);
+  ta.refuse = TEST_ALLOC_REFUSE_FROM, ta.fail_at = ta.requests; /* no more memory */
+  cr_assert_eq(ad_tensor_set_data_buffer(w, NULL, false), AD_ERR_OOM, "the setter allocates");
+  cr_assert_eq(w->data, (void *)dbuf);
+  cr_assert_eq(ad_tensor_adopt_data(w, &hd), AD_OK, "%s", ad_last_error(c));
+  cr_assert_eq(ad_tensor_adopt_grad(w, &hg), AD_OK, "%s", ad_last_error(c));
+  cr_assert(!hd && !hg, "the engine took both blocks");
+  cr_assert(w->data != (void *)dbuf && w->grad->data != (void *)gbuf);
+  dbuf[0] = gbuf[0] = -9;
+  for (int i = 0; i < 3; i++) {
+    cr_assert_eq(ad_tensor_get(w, i), i + 1.0, "the values moved");
+    cr_assert_eq(ad_tensor_get(w->grad, i), 2.0 * (i + 1), "the gradient moved");
+  }
+  /* nothing left to move: the blocks stay the caller's */
+  void *more = NULL;
+  ta.refuse = TEST_ALLOC_GRANT;
+  more = ad_malloc(c, 3 * sizeof(double));
+  cr_assert_not_null(more);
+  void *kept = more;
+  cr_assert_eq(ad_tensor_adopt_data(w, &more), AD_OK);
+  cr_assert_eq(ad_tensor_adopt_grad(w, &more), AD_OK);
+  cr_assert_eq(more, kept, "already the engine's: the block is left to the caller");
+  ad_tensor *fresh = leaf3(c); /* no gradient yet */
+  cr_assert_eq(ad_tensor_adopt_grad(fresh, &more), AD_OK);
+  cr_assert_eq(more, kept);
+  /* errors: the block stays the caller's */
+  void *none = NULL, *odd = (char *)more + 1;
+  cr_assert_eq(ad_tensor_adopt_data(NULL, &more), AD_ERR_NULL);
+  cr_assert_eq(ad_tensor_adopt_data(w, NULL), AD_ERR_NULL);
+  cr_assert_eq(ad_tensor_adopt_grad(w, &none), AD_ERR_NULL);
+  cr_assert_eq(ad_tensor_adopt_data(w, &odd), AD_ERR_ARG);
+  test_expect_error(c, AD_ERR_ARG, "adopt_data", "not aligned", NULL);
+  ad_tensor *tmp = ad_mul(c, w, w);
+  cr_assert_eq(ad_tensor_adopt_data(tmp, &more), AD_ERR_STATE);
+  test_expect_error(c, AD_ERR_STATE, "adopt_data", "temporary", NULL);
+  int64_t s = 2;
+  ad_tensor *idx = ad_zeros(c, AD_I32, 1, &s);
+  cr_assert_eq(ad_tensor_adopt_grad(idx, &more), AD_ERR_DTYPE);
+  test_expect_error(c, AD_ERR_DTYPE, "adopt_grad", "i32", NULL);
+  cr_assert_eq(more, kept);
+  ad_free(c, more, 3 * sizeof(double));
+  ad_tensor_free(idx);
+  ad_tensor_free(fresh);
+  ad_tensor_free(w);
+  ad_tape_reset(c);
+  ad_ctx_free(c);
+  cr_assert_eq(ta.live, 0, "%ld blocks left: an adopted block leaked", ta.live);
+}
+
+/* adopt_grad in the state a backward that read w->grad as a value leaves
+ * (w->grad the engine's, the caller's buffer kept aside): nothing to move,
+ * the block stays the caller's, and the kept buffer is released. */
+Test(buffers, adopt_grad_releases_the_kept_buffer) {
+  ad_tensor *w = leaf3(ctx);
+  double buf[3] = {0}, kv[3] = {10, 20, 30};
+  int64_t s = 3;
+  ad_tensor *k = ad_from_data(ctx, AD_F64, 1, &s, kv);
+  cr_assert_eq(ad_tensor_set_grad_buffer(w, buf, true), AD_OK);
+  backward_sq(ctx, w);
+  ad_tensor *g = w->grad;
+  ad_tape_reset(ctx);
+  ad_tensor *z = ad_add(ctx, ad_sum(ctx, ad_mul(ctx, g, w)), ad_sum(ctx, ad_mul(ctx, w, k)));
+  cr_assert_eq(ad_backward(ctx, z, NULL), AD_OK, "%s", ad_last_error(ctx));
+  void *home = ad_malloc(ctx, sizeof buf), *was = home;
+  cr_assert_eq(ad_tensor_adopt_grad(w, &home), AD_OK, "%s", ad_last_error(ctx));
+  cr_assert_eq(home, was, "w->grad was the engine's already");
+  ad_free(ctx, home, sizeof buf);
+  buf[0] = buf[1] = buf[2] = -1;
+  ad_tensor_zero_grad(w);
+  backward_sq(ctx, w);
+  cr_assert_neq(w->grad->data, (void *)buf);
+  for (int i = 0; i < 3; i++) cr_assert_eq(buf[i], -1, "the kept buffer was released");
+  ad_tensor_free(k);
+  ad_tensor_free(w);
+}

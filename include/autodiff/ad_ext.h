@@ -56,6 +56,28 @@ AD_API void ad_get_allocator(const ad_ctx *ctx, ad_alloc_fn *fn, void **ud);
 AD_API void ad_free(ad_ctx *ctx, void *ptr, size_t size);
 /** @} */
 
+/** Moves t's values (ad_tensor_adopt_data) or its gradient
+ * (ad_tensor_adopt_grad) out of the caller's memory they were bound to
+ * (ad_tensor_set_data_buffer, ad_tensor_set_grad_buffer) into the engine's,
+ * as those setters do with a NULL buffer, but into *mem, allocated
+ * beforehand, so that the move itself cannot run out of memory: code that
+ * must not fail at that point (nn_dist, moving tensors out of a shared
+ * window it is about to free) allocates first, where a failure can still
+ * be reported, and moves later. *mem: a block of ad_malloc(ctx, t->size *
+ * ad_dtype_size(t->dtype)) on t's context. When the values (the gradient)
+ * were in the caller's memory the engine takes the block: *mem becomes
+ * NULL and the block is freed with t (its gradient). Otherwise (already in
+ * the engine's memory, no gradient yet, or an error) *mem is left as it was
+ * and the block stays the caller's. Unbinding the gradient also releases a
+ * buffer of the caller's kept aside, as ad_tensor_set_grad_buffer does.
+ * Returns AD_OK also when there was nothing to move; AD_ERR_NULL (t, mem or
+ * *mem NULL), AD_ERR_STATE (t freed, a temporary, or a gradient itself),
+ * AD_ERR_ARG (not a tensor; *mem misaligned), AD_ERR_DTYPE (the gradient
+ * of an AD_I32 tensor); never AD_ERR_OOM. @{ */
+AD_API ad_status ad_tensor_adopt_data(ad_tensor *t, void **mem);
+AD_API ad_status ad_tensor_adopt_grad(ad_tensor *t, void **mem);
+/** @} */
+
 /* ------------------------------------------------------------ errors */
 
 /** Records an error (printf-style message), replacing the one recorded
