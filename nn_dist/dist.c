@@ -158,6 +158,8 @@ typedef struct bucket {
 typedef struct shared_param {
   ad_tensor *t;
   void *at;
+  void *home;   /* the memory its values move back into (ad_tensor_adopt_data) */
+  size_t bytes; /* of home */
 } shared_param;
 
 typedef struct shm {
@@ -213,6 +215,8 @@ struct nn_dist {
   int *bucket_of;  /* parameter -> bucket */
   int64_t *offset; /* parameter -> element offset in its bucket */
   int64_t *tsize;  /* parameter -> its elements when the layout was built */
+  void **ghome;    /* zc: parameter -> the memory its gradient moves back into, allocated with
+                      the layout so that leaving the window cannot run out of memory */
   int *remaining;  /* uses by ops not yet differentiated in this backward */
   int *flags;      /* [failed rank code, unused, has a gradient per parameter, lacks one
                       that it requires per parameter] */
@@ -249,6 +253,7 @@ static void params_unshare(nn_dist *d);
 static void params_leave(nn_dist *d);
 static void die(nn_dist *d, const char *what);
 static size_t round_up64(size_t n);
+static size_t home_bytes(const nn_dist *d, int i);
 static bool backing_room(const char *dir, size_t bytes);
 static ad_status ops_step(void *ud, nn_optimizer *opt);
 static ad_status gather_state(nn_dist *d, nn_optimizer *opt);
@@ -402,15 +407,13 @@ static void layout_free(nn_dist *d) {
   if (h->on) {
     int done = 0;
     MPI_Finalized(&done);
-    if (!done && h->zc) /* the gradients back to the engine's memory, values kept (also of a
-                           parameter frozen since; one freed since refuses, quietly) */
+    if (!done && h->zc && d->ghome) /* the gradients back to the engine's memory, into the
+                                       blocks set aside for them, values kept (also of a
+                                       parameter frozen since; one freed since refuses, quietly) */
       for (int i = 0; i < d->np; i++) {
         err_saved e;
         err_keep(d->ctx, &e);
-        ad_status st = ad_tensor_set_grad_buffer(d->t[i], NULL, false);
-        if (st == AD_ERR_OOM) /* it would point into the window freed below */
-          die(d, "gradients back from the shared window");
-        if (st != AD_OK) err_restore(d->ctx, &e);
+        if (ad_tensor_adopt_grad(d->t[i], &d->ghome[i]) != AD_OK) err_restore(d->ctx, &e);
       }
     if (!done) {
       MPI_Win_unlock_all(h->win);
@@ -419,6 +422,12 @@ static void layout_free(nn_dist *d) {
     h->on = false;
   }
   size_t n1 = np ? np : 1; /* the sizes layout_build allocated */
+  if (d->ghome) {          /* the blocks no gradient took */
+    for (size_t i = 0; i < np; i++)
+      if (d->ghome[i]) ad_free(c, d->ghome[i], home_bytes(d, (int)i));
+    ad_free(c, d->ghome, np * sizeof *d->ghome);
+    d->ghome = NULL;
+  }
   ad_free(c, h->seg, (size_t)h->lsize * sizeof *h->seg);
   ad_free(c, h->copied, n1);
   ad_free(c, h->lo, n1 * sizeof *h->lo);
@@ -477,10 +486,9 @@ void nn_dist_get_stats(nn_dist *d, nn_dist_stats *stats, bool reset) {
   }
 }
 
-/* A failure on one rank with no exchange after it to carry it to the
- * others (out of memory moving the parameters or the gradients out of the
- * shared windows), or a broken invariant: print and end the job
- * (documented in docs/distributed.md). */
+/* A broken invariant on one rank, with no exchange after it to carry it
+ * to the others (a gradient binding refused where the tape rules allow it,
+ * a sharded step's ranges from the layout refused): print and end the job. */
 static void die(nn_dist *d, const char *what) {
   fprintf(stderr, "dist: rank %d: %s: %s; aborting every rank\n", d->rank, what,
           ad_last_error(d->ctx));
@@ -621,8 +629,19 @@ static void bcast_list(nn_dist *d, int n, ad_tensor *const *ts) {
     bcast_bytes(d, ts[i]->data, (size_t)ts[i]->size * ad_dtype_size(ts[i]->dtype), 0);
 }
 
+/* Frees the pt array and the homes no parameter took. */
+static void params_free(nn_dist *d) {
+  shm *h = &d->sh;
+  if (!h->pt) return;
+  for (int i = 0; i < h->pcap; i++)
+    if (h->pt[i].home) ad_free(d->ctx, h->pt[i].home, h->pt[i].bytes);
+  ad_free(d->ctx, h->pt, (size_t)h->pcap * sizeof *h->pt);
+  h->pt = NULL, h->pn = h->pcap = 0;
+}
+
 /* Gives the parameters in the node's window back to this rank's memory
- * (values kept), leaving the window itself until params_unshare: the
+ * (values kept), into the homes params_share set aside, so that it cannot
+ * run out of memory; the window itself stays until params_unshare: the
  * tape's views of them keep reading it. Not collective; nobody may write
  * the window from then on. */
 static void params_leave(nn_dist *d) {
@@ -633,13 +652,11 @@ static void params_leave(nn_dist *d) {
   bool failed = false;
   for (int i = 0; i < h->pn; i++) { /* not one freed or moved since (see shared_param) */
     if (h->pt[i].t->data != h->pt[i].at) continue;
-    ad_status st = ad_tensor_set_data_buffer(h->pt[i].t, NULL, false);
-    if (st == AD_ERR_OOM) die(d, "parameters back from the shared window");
-    failed |= st != AD_OK;
+    failed |= ad_tensor_adopt_data(h->pt[i].t, &h->pt[i].home) != AD_OK;
   }
   if (failed) err_restore(d->ctx, &e);
-  ad_free(d->ctx, h->pt, (size_t)h->pcap * sizeof *h->pt);
-  h->pt = NULL, h->pn = h->pcap = 0, h->pp = NULL, h->pon = false;
+  params_free(d);
+  h->pp = NULL, h->pon = false;
 }
 
 /* Gives the parameters in the node's window back to each rank's memory
@@ -674,12 +691,20 @@ static void params_share(nn_dist *d, nn_params *p) {
   size_t bytes = 0;
   for (int i = 0; i < n; i++)
     bytes += round_up64((size_t)ts[i]->size * ad_dtype_size(ts[i]->dtype));
-  h->pt = ad_malloc(d->ctx, (n ? (size_t)n : 1) * sizeof *h->pt);
-  int ok = h->pt != NULL && (h->lrank != 0 || backing_room(h->dir, bytes ? bytes : 64));
+  /* with the memory each parameter moves back into (params_leave), so that
+   * leaving cannot fail: a rank without it shares nothing, nor do the others */
+  h->pcap = n ? n : 1;
+  h->pt = ad_malloc(d->ctx, (size_t)h->pcap * sizeof *h->pt);
+  int ok = h->pt != NULL;
+  if (ok) memset(h->pt, 0, (size_t)h->pcap * sizeof *h->pt);
+  for (int i = 0; ok && i < n; i++) {
+    h->pt[i].bytes = (size_t)ts[i]->size * ad_dtype_size(ts[i]->dtype);
+    ok = (h->pt[i].home = ad_malloc(d->ctx, h->pt[i].bytes)) != NULL;
+  }
+  ok = ok && (h->lrank != 0 || backing_room(h->dir, bytes ? bytes : 64));
   MPI_Allreduce(MPI_IN_PLACE, &ok, 1, MPI_INT, MPI_MIN, d->comm);
   if (!ok) {
-    ad_free(d->ctx, h->pt, (n ? (size_t)n : 1) * sizeof *h->pt);
-    h->pt = NULL;
+    params_free(d);
     return;
   }
   MPI_Info info;
@@ -703,8 +728,7 @@ static void params_share(nn_dist *d, nn_params *p) {
       MPI_Win_unlock_all(h->pwin);
       MPI_Win_free(&h->pwin);
     }
-    ad_free(d->ctx, h->pt, (n ? (size_t)n : 1) * sizeof *h->pt);
-    h->pt = NULL;
+    params_free(d);
     return;
   }
   /* the first rank's values into the window, then every rank takes it */
@@ -724,10 +748,10 @@ static void params_share(nn_dist *d, nn_params *p) {
       err_restore(d->ctx, &e);
       break;
     }
-    h->pt[i] = (shared_param){ts[i], win + off};
+    h->pt[i].t = ts[i], h->pt[i].at = win + off;
     off += round_up64((size_t)ts[i]->size * ad_dtype_size(ts[i]->dtype));
   }
-  h->pon = h->plive = true, h->pp = p, h->pn = bound, h->pcap = n ? n : 1;
+  h->pon = h->plive = true, h->pp = p, h->pn = bound;
   all = bound == n;
   MPI_Allreduce(MPI_IN_PLACE, &all, 1, MPI_INT, MPI_MIN, d->comm);
   if (!all) params_unshare(d); /* some rank could not: every rank its own copy */
@@ -846,6 +870,12 @@ static bool layout_current(const nn_dist *d, nn_params *p) {
 }
 
 static size_t round_up64(size_t n) { return (n + 63) / 64 * 64; }
+
+/* The bytes of parameter i's gradient reserve (d->ghome), from the layout:
+ * the tensor itself may have been freed since. */
+static size_t home_bytes(const nn_dist *d, int i) {
+  return (size_t)d->tsize[i] * ad_dtype_size(d->b[d->bucket_of[i]].dtype);
+}
 
 /* Whether the backing directory has room for a node's window of bytes
  * (with a quarter and 4 MiB to spare: MPI's own segments live there too).
@@ -988,6 +1018,13 @@ static ad_status layout_local(nn_dist *d, nn_params *p) {
     if (d->b[k].count > INT32_MAX)
       return ad_set_error(c, AD_ERR_ARG, "dist: a gradient bucket of %lld elements is too large",
                           (long long)d->b[k].count);
+  if (h->wanted && h->lsize > 1 && !d->o.private_gradients && n) { /* zc, as shm_build decides */
+    d->ghome = ad_malloc(c, n * sizeof *d->ghome);
+    if (!d->ghome) return AD_ERR_OOM;
+    memset(d->ghome, 0, n * sizeof *d->ghome);
+    for (int i = 0; i < np; i++)
+      if (!(d->ghome[i] = ad_malloc(c, home_bytes(d, i)))) return AD_ERR_OOM;
+  }
   return AD_OK;
 }
 

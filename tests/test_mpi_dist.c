@@ -27,6 +27,7 @@ static bool expect_shm = true; /* --expect */
 static int expect_nodes = 1;
 static int fail_in = 0;      /* > 0: count_alloc fails the fail_in-th allocation from now */
 static long long live_bytes; /* what count_alloc has handed out and not taken back */
+static bool refuse_all;      /* count_alloc refuses every allocation */
 static bool parking;         /* count_alloc keeps the last block freed, */
 static void *parked;         /* gives it to the next allocation of its size */
 static size_t parked_size;
@@ -1357,7 +1358,7 @@ static void checkpoints(ad_ctx *c) {
 
 static void *count_alloc(void *ud, void *p, size_t os, size_t ns) {
   (void)ud;
-  if (ns > 0 && fail_in > 0 && --fail_in == 0) return NULL;
+  if (ns > 0 && (refuse_all || (fail_in > 0 && --fail_in == 0))) return NULL;
   if (ns == 0) {
     if (p) live_bytes -= (long long)os;
     if (p && parking) { /* kept for the next allocation of its size, as malloc may */
@@ -1400,6 +1401,68 @@ static void memory_returns(ad_ctx *c) {
   ad_tensor_free(x);
   ad_tensor_free(y);
   run_free(&warm);
+}
+
+/* Leaving the node's windows needs no memory: nn_dist_free moves the
+ * gradients (zero-copy) and the parameters (sharded optimizer) back into
+ * blocks set aside when they went in. With every allocation refused from
+ * nn_dist_free on, it used to call MPI_Abort; now every value comes back
+ * with its bits, the windows go, and training on without nn_dist (which
+ * would write a freed window otherwise) gives the same parameters on every
+ * rank. */
+static void leaving_needs_no_memory(ad_ctx *c) {
+  nn_dist_opts o = {.shard_optimizer = true};
+  ad_tensor *x, *y;
+  make_data(c, AD_F64, 24, &x, &y);
+  nn_model *m = make_model(c, AD_F64, 8, PLAIN, 5);
+  nn_optimizer *opt = nn_adam_new(nn_model_params(m), 0.01);
+  ad_tape_reset(c);
+  nn_dist *d = dist_new(c, &o);
+  nn_fit_opts fo = {.epochs = 2, .batch_size = 6, .verbose = -1, .dist = nn_dist_fit_ops(d)};
+  ad_status st = nn_fit(m, opt, nn_cross_entropy_loss, x, y, &fo, NULL);
+  nn_dist_stats stats;
+  nn_dist_get_stats(d, &stats, false);
+  /* each value and gradient now, to compare after the move */
+  nn_params *p = nn_model_params(m);
+  int n = nn_params_count(p);
+  ad_tensor *const *ts = nn_params_tensors(p);
+  double sum0 = 0, gsum0 = 0;
+  for (int i = 0; i < n; i++)
+    for (int64_t e = 0; e < ts[i]->size; e++) {
+      sum0 += ad_tensor_get(ts[i], e) * (double)(e + i + 1);
+      if (ts[i]->grad) gsum0 += ad_tensor_get(ts[i]->grad, e) * (double)(e + i + 1);
+    }
+  ad_tape_reset(c);
+  refuse_all = true;
+  nn_dist_free(d); /* MPI_Abort here before */
+  refuse_all = false;
+  double sum1 = 0, gsum1 = 0;
+  for (int i = 0; i < n; i++)
+    for (int64_t e = 0; e < ts[i]->size; e++) {
+      sum1 += ad_tensor_get(ts[i], e) * (double)(e + i + 1);
+      if (ts[i]->grad) gsum1 += ad_tensor_get(ts[i]->grad, e) * (double)(e + i + 1);
+    }
+  /* on without nn_dist: the same data and steps on every rank */
+  nn_fit_opts solo = {.epochs = 1, .batch_size = 6, .verbose = -1};
+  ad_status st2 = nn_fit(m, opt, nn_cross_entropy_loss, x, y, &solo, NULL);
+  double h = 0;
+  for (int i = 0; i < n; i++)
+    for (int64_t e = 0; e < ts[i]->size; e++) h += ad_tensor_get(ts[i], e) * (double)(e + 1);
+  double lo = h, hi = h;
+  MPI_Allreduce(MPI_IN_PLACE, &lo, 1, MPI_DOUBLE, MPI_MIN, MPI_COMM_WORLD);
+  MPI_Allreduce(MPI_IN_PLACE, &hi, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+  snprintf(why, sizeof why,
+           "status %s then %s; %lld sharded steps; values %.17g then %.17g, gradients %.17g then "
+           "%.17g; after: ranks from %.17g to %.17g",
+           ad_status_str(st), ad_status_str(st2), (long long)stats.sharded_steps, sum0, sum1, gsum0,
+           gsum1, lo, hi);
+  check(st == AD_OK && st2 == AD_OK && sum0 == sum1 && gsum0 == gsum1 && lo == hi &&
+            (!(expect_shm && size / expect_nodes > 1) || stats.sharded_steps > 0),
+        "nn_dist_free moves parameters and gradients out of the windows without memory", why);
+  nn_optimizer_free(opt);
+  nn_model_free(m);
+  ad_tensor_free(x);
+  ad_tensor_free(y);
 }
 
 /* nn_dist_sync on a tape that used the parameters (a forward, no reset):
@@ -1802,6 +1865,7 @@ int main(int argc, char **argv) {
   dropout_and_batchnorm(c);
   checkpoints(c);
   memory_returns(c);
+  leaving_needs_no_memory(c);
   model_freed_first(c);
   frozen_then_freed(c);
   optimizer_own_list(c);
