@@ -167,9 +167,10 @@ NN_API nn_dist *nn_dist_new(ad_ctx *ctx, const nn_dist_opts *opts);
 
 /** Frees the handle (collective: frees its communicator and windows). The
  * gradients, and with shard_optimizer the parameters, that lived in its
- * shared memory move back to each rank's own (values kept); when any did,
- * the context's tape is reset (its views of them read that memory). NULL
- * is a no-op. */
+ * shared memory move back to each rank's own (values kept), into memory
+ * set aside when they moved in: it allocates nothing and cannot fail. When
+ * any moved, the context's tape is reset (its views of them read that
+ * memory). NULL is a no-op. */
 NN_API void nn_dist_free(nn_dist *d);
 
 /** This process's rank and the number of processes; 0 and 1 for NULL. */
