@@ -1082,7 +1082,7 @@ static ad_status set_grad(ad_tensor *t, void *buf, bool copy, void **home, const
                         "the caller's",
                         buf);
   bool used = g && ad_node_of(g)->epoch == ctx->epoch;
-  if (used && buf && buf != g->data && !copy && t->grad)
+  if (used && buf && buf != g->data && !copy)
     return ad_set_error(ctx, AD_ERR_STATE,
                         "set_grad_buffer: an op of the current tape used the gradient (its "
                         "backward reads the values where they are); move it with copy, or bind "
@@ -1103,7 +1103,8 @@ static ad_status set_grad(ad_tensor *t, void *buf, bool copy, void **home, const
     h->op = AD_LEAF_EXTERNAL;
     g = &h->t;
     n->src.spare_grad = g;
-  } else if ((st = rebind(ad_node_of(g), buf, (copy || !buf) && t->grad, home)) != AD_OK) {
+  } else if ((st = rebind(ad_node_of(g), buf, (copy || !buf) && (t->grad || used), home)) !=
+             AD_OK) { /* a kept buffer the tape read keeps its values too */
     return ad_set_error(ctx, st, "%s: out of memory", fn);
   }
   if (buf && !copy && !t->grad) { /* buf's contents are the gradient now */

@@ -441,3 +441,37 @@ Test(buffers, adopt_grad_releases_the_kept_buffer) {
   ad_tensor_free(k);
   ad_tensor_free(w);
 }
+
+/* g = w->grad (bound to buf), released by zero_grad and read by the
+ * current tape as a value: moving the binding keeps the values where the
+ * tape reads them (unbound, adopted or bound elsewhere with copy), and
+ * binding another buffer without copy, which would change them under the
+ * tape, is refused. d/dw sum(g * w) = g = (2, 4, 6). */
+Test(buffers, kept_buffer_read_by_the_tape_keeps_its_values) {
+  for (int v = 0; v < 4; v++) {
+    ad_tensor *w = leaf3(ctx);
+    double buf[3] = {0}, other[3] = {-5, -5, -5};
+    cr_assert_eq(ad_tensor_set_grad_buffer(w, buf, true), AD_OK);
+    backward_sq(ctx, w);
+    ad_tensor *g = w->grad;
+    ad_tensor_zero_grad(w); /* g kept aside, w->grad NULL */
+    ad_tape_reset(ctx);
+    ad_tensor *z = ad_sum(ctx, ad_mul(ctx, g, w));
+    cr_assert_not_null(z);
+    cr_assert_eq(ad_tensor_set_grad_buffer(w, other, false), AD_ERR_STATE,
+                 "the tape reads g's values: not replaced by other's");
+    test_expect_error(ctx, AD_ERR_STATE, "set_grad_buffer", "current tape", NULL);
+    void *home = ad_malloc(ctx, sizeof buf);
+    ad_status st = v == 0   ? ad_tensor_set_grad_buffer(w, NULL, false)
+                   : v == 1 ? ad_tensor_adopt_grad(w, &home)
+                   : v == 2 ? ad_tensor_set_grad_buffer(w, other, true)
+                            : AD_OK;
+    cr_assert_eq(st, AD_OK, "%s", ad_last_error(ctx));
+    if (home) ad_free(ctx, home, sizeof buf);
+    cr_assert_eq(ad_backward(ctx, z, NULL), AD_OK, "%s", ad_last_error(ctx));
+    for (int i = 0; i < 3; i++)
+      cr_assert_eq(ad_tensor_get(w->grad, i), 2.0 * (i + 1), "move %d: the tape read g's values",
+                   v);
+    ad_tensor_free(w);
+  }
+}

@@ -64,12 +64,14 @@ AD_API void ad_free(ad_ctx *ctx, void *ptr, size_t size);
  * must not fail at that point (nn_dist, moving tensors out of a shared
  * window it is about to free) allocates first, where a failure can still
  * be reported, and moves later. *mem: a block of ad_malloc(ctx, t->size *
- * ad_dtype_size(t->dtype)) on t's context. When the values (the gradient)
- * were in the caller's memory the engine takes the block: *mem becomes
- * NULL and the block is freed with t (its gradient). Otherwise (already in
- * the engine's memory, no gradient yet, or an error) *mem is left as it was
- * and the block stays the caller's. Unbinding the gradient also releases a
- * buffer of the caller's kept aside, as ad_tensor_set_grad_buffer does.
+ * ad_dtype_size(t->dtype)) on t's context. When the values were in the
+ * caller's memory (for the gradient: t->grad, or with t->grad NULL the
+ * buffer bound for the next backward) the engine takes the block: *mem
+ * becomes NULL and the block is freed with t (its gradient). Otherwise
+ * (already in the engine's memory, no gradient and none bound, or an error)
+ * *mem is left as it was and the block stays the caller's. Unbinding the
+ * gradient also releases a buffer of the caller's kept aside, as
+ * ad_tensor_set_grad_buffer does.
  * Returns AD_OK also when there was nothing to move; AD_ERR_NULL (t, mem or
  * *mem NULL), AD_ERR_STATE (t freed, a temporary, or a gradient itself),
  * AD_ERR_ARG (not a tensor; *mem misaligned), AD_ERR_DTYPE (the gradient
