@@ -254,6 +254,8 @@ static void params_leave(nn_dist *d);
 static void die(nn_dist *d, const char *what);
 static size_t round_up64(size_t n);
 static size_t home_bytes(const nn_dist *d, int i);
+static bool zc_wanted(const nn_dist *d);
+static void ghome_free(nn_dist *d);
 static bool backing_room(const char *dir, size_t bytes);
 static ad_status ops_step(void *ud, nn_optimizer *opt);
 static ad_status gather_state(nn_dist *d, nn_optimizer *opt);
@@ -411,9 +413,13 @@ static void layout_free(nn_dist *d) {
                                        blocks set aside for them, values kept (also of a
                                        parameter frozen since; one freed since refuses, quietly) */
       for (int i = 0; i < d->np; i++) {
+        /* a header freed and reused by a tensor of another size or dtype is not ours (and
+         * would not fit its block) */
+        ad_tensor *t = d->t[i];
+        if (t->size != d->tsize[i] || t->dtype != d->b[d->bucket_of[i]].dtype) continue;
         err_saved e;
         err_keep(d->ctx, &e);
-        if (ad_tensor_adopt_grad(d->t[i], &d->ghome[i]) != AD_OK) err_restore(d->ctx, &e);
+        if (ad_tensor_adopt_grad(t, &d->ghome[i]) != AD_OK) err_restore(d->ctx, &e);
       }
     if (!done) {
       MPI_Win_unlock_all(h->win);
@@ -422,12 +428,7 @@ static void layout_free(nn_dist *d) {
     h->on = false;
   }
   size_t n1 = np ? np : 1; /* the sizes layout_build allocated */
-  if (d->ghome) {          /* the blocks no gradient took */
-    for (size_t i = 0; i < np; i++)
-      if (d->ghome[i]) ad_free(c, d->ghome[i], home_bytes(d, (int)i));
-    ad_free(c, d->ghome, np * sizeof *d->ghome);
-    d->ghome = NULL;
-  }
+  ghome_free(d);           /* the blocks no gradient took */
   ad_free(c, h->seg, (size_t)h->lsize * sizeof *h->seg);
   ad_free(c, h->copied, n1);
   ad_free(c, h->lo, n1 * sizeof *h->lo);
@@ -871,6 +872,19 @@ static bool layout_current(const nn_dist *d, nn_params *p) {
 
 static size_t round_up64(size_t n) { return (n + 63) / 64 * 64; }
 
+/* Frees the gradients' reserve (d->ghome) and the blocks still in it. */
+static void ghome_free(nn_dist *d) {
+  if (!d->ghome) return;
+  for (int i = 0; i < d->np; i++)
+    if (d->ghome[i]) ad_free(d->ctx, d->ghome[i], home_bytes(d, i));
+  ad_free(d->ctx, d->ghome, (size_t)d->np * sizeof *d->ghome);
+  d->ghome = NULL;
+}
+
+/* Whether a shared window's layout binds the gradients to it (zc); layout_local reserves their
+ * memory for the way back (d->ghome) by the same rule. */
+static bool zc_wanted(const nn_dist *d) { return d->sh.lsize > 1 && !d->o.private_gradients; }
+
 /* The bytes of parameter i's gradient reserve (d->ghome), from the layout:
  * the tensor itself may have been freed since. */
 static size_t home_bytes(const nn_dist *d, int i) {
@@ -910,7 +924,7 @@ static void shm_build(nn_dist *d) {
   h->head = h->ctr + (size_t)d->nb * CTR_BYTES; /* a line of its own for each bucket's pair */
   h->regions = d->o.shard_optimizer ? 3 : 2;    /* the third: parameters and state to share */
   h->half = half;
-  h->zc = h->lsize > 1 && !d->o.private_gradients;
+  h->zc = zc_wanted(d);
   h->dyn = h->zc && h->cross == MPI_COMM_NULL;
   size_t seg_bytes = h->head + (size_t)h->regions * half;
   h->red = seg_bytes;
@@ -1018,7 +1032,7 @@ static ad_status layout_local(nn_dist *d, nn_params *p) {
     if (d->b[k].count > INT32_MAX)
       return ad_set_error(c, AD_ERR_ARG, "dist: a gradient bucket of %lld elements is too large",
                           (long long)d->b[k].count);
-  if (h->wanted && h->lsize > 1 && !d->o.private_gradients && n) { /* zc, as shm_build decides */
+  if (h->wanted && zc_wanted(d) && n) {
     d->ghome = ad_malloc(c, n * sizeof *d->ghome);
     if (!d->ghome) return AD_ERR_OOM;
     memset(d->ghome, 0, n * sizeof *d->ghome);
@@ -1068,6 +1082,7 @@ static ad_status layout_build(nn_dist *d, nn_params *p) {
   }
   if (d->sh.wanted) shm_build(d);
   if (d->sh.on) return AD_OK;
+  ghome_free(d); /* no window: the gradients stay in the engine's memory */
   for (int k = 0; k < d->nb && own == AD_OK; k++) {
     bucket *b = &d->b[k];
     size_t bb = (size_t)b->count * ad_dtype_size(b->dtype);
