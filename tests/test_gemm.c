@@ -343,6 +343,32 @@ Test(gemm, in_place_or_packed_same_bits, .timeout = 300) {
       }
 }
 
+/* One product on random data, m x n x k with op(A) and op(B) rows one and
+ * three elements longer than needed, by kernel kern alone and with the flag
+ * `alt` added (a way of computing that must not change the bits), each
+ * with the kernel's own choice of packing, all packed, and nothing packed
+ * that can be read in place: returns whether each pair gave the same bits. */
+static bool same_bits_with(int kern, int alt, ad_dtype dt, bool ta, bool tb, int64_t m, int64_t n,
+                           int64_t k, int64_t ldc, double beta, ad_rng *rng) {
+  int64_t lda = (ta ? m : k) + 1, ldb = (tb ? k : n) + 3;
+  int64_t na = (ta ? k : m) * lda, nb = (tb ? n : k) * ldb, nc = m * ldc;
+  void *a = alloc_elems(dt, na), *b = alloc_elems(dt, nb), *c[6];
+  for (int64_t e = 0; e < na; e++) set(dt, a, e, ad_rng_uniform(rng) - 0.5);
+  for (int64_t e = 0; e < nb; e++) set(dt, b, e, ad_rng_uniform(rng) - 0.5);
+  c[0] = alloc_elems(dt, nc);
+  for (int64_t e = 0; e < nc; e++) set(dt, c[0], e, ad_rng_uniform(rng) - 0.5);
+  size_t bytes = (size_t)nc * ad_dtype_size(dt);
+  for (int v = 1; v < 6; v++) c[v] = alloc_elems(dt, nc), memcpy(c[v], c[0], bytes);
+  for (int v = 0; v < 6; v++)
+    ad_gemm_builtin(kern + (v & 1) * alt + (v >> 1) * 16, dt, ta, tb, m, n, k, 1, a, lda, b, ldb,
+                    beta, c[v], ldc);
+  bool same =
+      !memcmp(c[0], c[1], bytes) && !memcmp(c[2], c[3], bytes) && !memcmp(c[4], c[5], bytes);
+  free(a), free(b);
+  for (int v = 0; v < 6; v++) free(c[v]);
+  return same;
+}
+
 /* The narrow tile (one vector per row) runs the panels of one vector's
  * width or less: a narrow product (a classifier's 10 outputs) and the last
  * panel of some wider ones. For the engine's calls (alpha 1, beta 0 or 1)
@@ -373,30 +399,14 @@ Test(gemm, narrow_tile_same_bits, .timeout = 300) {
           int64_t m = ms[i], n = ns[j], k = ks[(i + j) % 5];
           while (m * n * k > 400000 && k > 1) k /= 2;
           bool ta = (i + j) % 2, tb = (i / 2 + j) % 2;
-          int64_t lda = (ta ? m : k) + 1, ldb = (tb ? k : n) + 3, ldc = n + 2;
-          int64_t na = (ta ? k : m) * lda, nb = (tb ? n : k) * ldb, nc = m * ldc;
           double beta = (i + 2 * j) % 3 ? 0 : 1;
-          void *a = alloc_elems(dt, na), *b = alloc_elems(dt, nb), *c[6];
-          for (int64_t e = 0; e < na; e++) set(dt, a, e, ad_rng_uniform(&rng) - 0.5);
-          for (int64_t e = 0; e < nb; e++) set(dt, b, e, ad_rng_uniform(&rng) - 0.5);
-          c[0] = alloc_elems(dt, nc);
-          for (int64_t e = 0; e < nc; e++) set(dt, c[0], e, ad_rng_uniform(&rng) - 0.5);
-          size_t bytes = (size_t)nc * ad_dtype_size(dt);
-          for (int v = 1; v < 6; v++) c[v] = alloc_elems(dt, nc), memcpy(c[v], c[0], bytes);
-          /* narrow and wide tiles, with the kernel's own choice of packing, all packed, and
-           * nothing packed that can be read in place */
-          for (int v = 0; v < 6; v++)
-            ad_gemm_builtin(kern + (v & 1) * 64 + (v >> 1) * 16, dt, ta, tb, m, n, k, 1, a, lda, b,
-                            ldb, beta, c[v], ldc);
-          cr_assert(!memcmp(c[0], c[1], bytes) && !memcmp(c[2], c[3], bytes) &&
-                        !memcmp(c[4], c[5], bytes),
+          /* narrow and wide tiles (+ 64: the wide one only) */
+          cr_assert(same_bits_with(kern, 64, dt, ta, tb, m, n, k, n + 2, beta, &rng),
                     "kernel %d, %s, %lld x %lld x %lld%s%s, beta %g: the narrow tile changed bits",
                     kern, ad_dtype_name(dt), (long long)m, (long long)n, (long long)k,
                     ta ? " A^T" : "", tb ? " B^T" : "", beta);
           int64_t vl = (kern == 3 ? 64 : 32) / (int64_t)ad_dtype_size(dt), last = n % (2 * vl);
           if (kern >= 2 && last > 0 && last <= vl) narrow_runs++; /* the narrow tile ran */
-          free(a), free(b);
-          for (int v = 0; v < 6; v++) free(c[v]);
         }
     }
   if (!narrow_runs) cr_skip_test("narrow_tile_same_bits: no kernel with a narrow tile here");
@@ -426,31 +436,15 @@ Test(gemm, row_strips_same_bits, .timeout = 300) {
           int64_t m = ms[i], n = ns[j], k = ks[(i + j) % 6];
           while (m * n * k > 400000 && k > 1) k /= 2;
           bool ta = (i + j) % 2, tb = (i / 3 + j) % 2;
-          int64_t lda = (ta ? m : k) + 1, ldb = (tb ? k : n) + 3;
           int64_t ldc = (i + j) % 3 ? 4096 / (int64_t)ad_dtype_size(dt) : n + 2; /* 4 KiB or not */
-          int64_t na = (ta ? k : m) * lda, nb = (tb ? n : k) * ldb, nc = m * ldc;
           double beta = (i + 2 * j) % 3 ? 0 : 1;
-          void *a = alloc_elems(dt, na), *b = alloc_elems(dt, nb), *c[6];
-          for (int64_t e = 0; e < na; e++) set(dt, a, e, ad_rng_uniform(&rng) - 0.5);
-          for (int64_t e = 0; e < nb; e++) set(dt, b, e, ad_rng_uniform(&rng) - 0.5);
-          c[0] = alloc_elems(dt, nc);
-          for (int64_t e = 0; e < nc; e++) set(dt, c[0], e, ad_rng_uniform(&rng) - 0.5);
-          size_t bytes = (size_t)nc * ad_dtype_size(dt);
-          for (int v = 1; v < 6; v++) c[v] = alloc_elems(dt, nc), memcpy(c[v], c[0], bytes);
-          /* the kernel's own order and the strips, with its own choice of packing, all packed,
-           * and nothing packed that can be read in place */
-          for (int v = 0; v < 6; v++)
-            ad_gemm_builtin(kern + (v & 1) * 128 + (v >> 1) * 16, dt, ta, tb, m, n, k, 1, a, lda, b,
-                            ldb, beta, c[v], ldc);
-          cr_assert(!memcmp(c[0], c[1], bytes) && !memcmp(c[2], c[3], bytes) &&
-                        !memcmp(c[4], c[5], bytes),
+          /* the kernel's own order and the strips (+ 128: forced) */
+          cr_assert(same_bits_with(kern, 128, dt, ta, tb, m, n, k, ldc, beta, &rng),
                     "kernel %d, %s, %lld x %lld x %lld%s%s, ldc %lld, beta %g: the row strips "
                     "changed bits",
                     kern, ad_dtype_name(dt), (long long)m, (long long)n, (long long)k,
                     ta ? " A^T" : "", tb ? " B^T" : "", (long long)ldc, beta);
           ran++;
-          free(a), free(b);
-          for (int v = 0; v < 6; v++) free(c[v]);
         }
     }
   if (!ran) cr_skip_test("row_strips_same_bits: no built-in kernel here");
