@@ -78,6 +78,88 @@ Test(parallel, many_loops) {
   ad_set_num_threads(1);
 }
 
+/* Homes: a loop's ranges are dealt in runs of consecutive ranges, one per
+ * thread (the caller's first); each thread runs its own run from the front,
+ * then takes the other runs' last ranges, from the back. Every chunk sleeps,
+ * so that all threads take part and interleave. Whatever the timing, in
+ * each run the thread of its first range ran a prefix of it, in order and
+ * one after the other, and every other range of the run went to a thread
+ * that took its ranges there from the back (in descending order). */
+#define DEAL_MAX 64
+
+static double wall_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+typedef struct deal_rec {
+  int64_t begin;
+  int thread, seq; /* who ran it; the how-manieth range of that thread's in this loop */
+} deal_rec;
+
+typedef struct deal {
+  int loop;
+  _Atomic int count;
+  deal_rec rec[DEAL_MAX];
+} deal;
+
+static _Atomic int deal_threads;
+static _Thread_local int deal_tid = -1, deal_loop = -1, deal_seq;
+
+static void dealt(void *ud, int64_t b, int64_t e) {
+  deal *d = ud;
+  (void)e;
+  if (deal_tid < 0) deal_tid = atomic_fetch_add(&deal_threads, 1);
+  if (deal_loop != d->loop) deal_loop = d->loop, deal_seq = 0;
+  int k = atomic_fetch_add(&d->count, 1);
+  if (k < DEAL_MAX) d->rec[k] = (deal_rec){b, deal_tid, deal_seq++};
+  struct timespec ts = {0, 100000};
+  nanosleep(&ts, NULL);
+}
+
+static int by_begin(const void *p, const void *q) {
+  int64_t a = ((const deal_rec *)p)->begin, b = ((const deal_rec *)q)->begin;
+  return (a > b) - (a < b);
+}
+
+Test(parallel, each_thread_runs_its_own_ranges_first) {
+  static const int threads[] = {2, 3, 4};
+  int loop = 0;
+  for (size_t t = 0; t < sizeof threads / sizeof threads[0]; t++) {
+    int T = threads[t], dealt_loops = 0;
+    cr_assert_eq(ad_set_num_threads(T), AD_OK);
+    double t0 = wall_s();
+    for (int r = 0; dealt_loops < 30 && wall_s() - t0 < 20; r++, loop++) {
+      deal d = {.loop = loop};
+      ad_parallel_for(64, 1, dealt, &d);
+      int count = atomic_load(&d.count);
+      if (count == 1) continue; /* run by the caller alone, backing off after a stall */
+      dealt_loops++;
+      cr_assert(count >= 2 * T && count <= DEAL_MAX, "%d threads: %d ranges", T, count);
+      qsort(d.rec, (size_t)count, sizeof d.rec[0], by_begin);
+      int caller = deal_tid;
+      for (int h = 0; h < T; h++) {
+        int s = count * h / T, e = count * (h + 1) / T, x = s + 1;
+        if (h == 0)
+          cr_assert(d.rec[s].thread != caller || d.rec[s].seq == 0,
+                    "%d threads, loop %d: the caller's first range is not its run's first", T, r);
+        while (x < e && d.rec[x].thread == d.rec[s].thread && d.rec[x].seq == d.rec[x - 1].seq + 1)
+          x++;
+        for (int i = x; i < e; i++)
+          for (int j = i + 1; j < e; j++)
+            cr_assert(d.rec[i].thread != d.rec[j].thread || d.rec[i].seq > d.rec[j].seq,
+                      "%d threads, loop %d, run %d (ranges %d-%d): ranges %d and %d taken in "
+                      "ascending order by one thread after the owner's prefix (%d-%d)",
+                      T, r, h, s, e - 1, i, j, s, x - 1);
+      }
+    }
+    cr_assert(dealt_loops >= 5, "%d threads: %d loops dealt to the threads in 20 s", T,
+              dealt_loops);
+  }
+  ad_set_num_threads(1);
+}
+
 /* ad_thread_stats: loops handed out count, with the workers' time in their
  * chunks and the caller's; a reset zeroes them; a loop that runs whole in
  * the caller (one thread) counts nowhere. Each chunk sleeps, so a worker
@@ -86,12 +168,6 @@ static void sleepy(void *ud, int64_t b, int64_t e) {
   (void)ud;
   struct timespec ts = {0, 300000 * (long)(e - b)};
   nanosleep(&ts, NULL);
-}
-
-static double wall_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
 Test(parallel, thread_stats_count_the_workers_and_the_caller) {
@@ -1168,6 +1244,10 @@ static void note_flush_mode(void *ud, int64_t b, int64_t e) {
   volatile float tiny = 1e-20f, r = tiny * tiny; /* 1e-40: subnormal, or 0 when flushing */
   if ((r == 0.0f) != fs->want) atomic_fetch_add(&fs->wrong, 1);
   if (!pthread_equal(pthread_self(), fs->caller)) atomic_fetch_add(&fs->worker_chunks, 1);
+  /* ~20 us per chunk: the worker joins while the caller runs its own
+   * chunks (chunks of nanoseconds would all be done before it looks) */
+  for (double t0 = wall_s(); wall_s() - t0 < 20e-6;) {
+  }
 }
 
 Test(parallel, workers_follow_the_callers_flush_mode) {
@@ -1178,8 +1258,8 @@ Test(parallel, workers_follow_the_callers_flush_mode) {
     cr_assert_eq(ad_flush_denormal(), flush == 1);
     flush_seen fs = {.caller = pthread_self(), .want = flush == 1};
     /* until the worker took some chunks (on a busy machine the pool may
-     * run loops in the caller alone for a while), at most ~10 s */
-    for (int rep = 0; rep < 100000 && atomic_load(&fs.worker_chunks) < 8; rep++) {
+     * run loops in the caller alone for a while), at most ~12 s */
+    for (int rep = 0; rep < 10000 && atomic_load(&fs.worker_chunks) < 8; rep++) {
       ad_parallel_for(64, 1, note_flush_mode, &fs);
       if (rep % 100 == 99) nanosleep(&(struct timespec){0, 100000000}, NULL);
     }

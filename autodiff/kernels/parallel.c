@@ -1,20 +1,31 @@
 /* parallel.c: the library's worker threads and ad_parallel_for.
  *
  * One process-wide pool of n - 1 workers (ad_set_num_threads(n)); the
- * calling thread is the n-th. A parallel loop is cut into chunks that
- * threads claim one at a time from a shared counter, the caller included,
- * so a worker that is slow to wake (descheduled on a busy machine) never
- * holds the loop up: the threads that are running take its chunks, and the
- * caller waits only for chunks already claimed. This is the reason for a
- * pool of our own rather than OpenMP, whose loops end in a barrier that
- * waits for every thread of the team, running or not.
+ * calling thread is the n-th. A parallel loop is cut into chunks, and the
+ * chunks into one run of consecutive chunks per thread, its home: the
+ * caller's is the first, worker i's the (i + 2)-th. Each thread claims its
+ * own chunks from the front, one at a time; a thread that has run out
+ * takes the other threads' last chunks, from the back. So a worker that is
+ * slow to wake (descheduled on a busy machine) never holds the loop up: the
+ * threads that are running take its chunks, and the caller waits only for
+ * chunks already claimed. This is the reason for a pool of our own rather
+ * than OpenMP, whose loops end in a barrier that waits for every thread of
+ * the team, running or not.
  *
- * The claim counter packs the job's generation, the next chunk and the
- * chunk count in one 64-bit atomic: a claim is a compare-and-swap on all
- * three, so a worker that wakes late can never take a chunk of a finished
- * job, and it reads the job's description only after a successful claim,
+ * Homes keep data on a core: while the threads keep pace, consecutive loops
+ * over one range give each thread the same part of it, so what a chunk
+ * wrote, the next loop's chunk finds in its own core's cache instead of
+ * pulling it from another core (on CPUs whose cores pass cache lines
+ * slowly, that costs more than reading memory). Claims from one shared
+ * counter gave each chunk to whichever thread came first
+ * (docs/performance.md, "Threads").
+ *
+ * Each home is one 64-bit atomic that packs the job's generation, the next
+ * chunk and the end of the run: a claim is a compare-and-swap on all three,
+ * and a thread reads the job's description only after a successful claim,
  * when the caller is still waiting for that chunk (the description cannot
- * change under it).
+ * change under it). Homes sit on cache lines of their own, so an owner's
+ * claims stay in its core while nobody takes from it.
  *
  * A worker descheduled in the middle of a chunk (another process wants the
  * core) still stalls the caller until it runs again, for up to a scheduler
@@ -54,21 +65,21 @@
 #define BACKOFF_MIN_NS 10000000
 #define BACKOFF_MAX_NS 160000000
 
-/* claim word: generation (24 bits) | next chunk (20) | chunk count (20) */
-#define W_BITS     20
-#define W_MASK     ((UINT64_C(1) << W_BITS) - 1)
-#define W_NEXT(w)  (((w) >> W_BITS) & W_MASK)
-#define W_COUNT(w) ((w)&W_MASK)
-#define W_GEN(w)   ((w) >> (2 * W_BITS))
-#define W_MAKE(g, i, c)                                                                            \
-  (((uint64_t)(g) << (2 * W_BITS)) | ((uint64_t)(i) << W_BITS) | (uint64_t)(c))
+/* a home's word: generation (24 bits) | next chunk (20) | end (20) */
+#define W_BITS    20
+#define W_MASK    ((UINT64_C(1) << W_BITS) - 1)
+#define W_NEXT(w) (((w) >> W_BITS) & W_MASK)
+#define W_END(w)  ((w)&W_MASK)
+#define W_GEN(w)  ((w) >> (2 * W_BITS))
+#define W_MAKE(g, i, e)                                                                            \
+  (((uint64_t)(g) << (2 * W_BITS)) | ((uint64_t)(i) << W_BITS) | (uint64_t)(e))
 #define MAX_CHUNKS ((int64_t)W_MASK)
 
 static struct {
   pthread_mutex_t submit; /* one caller at a time */
   pthread_mutex_t sleep_mu;
   pthread_cond_t wake;
-  _Atomic uint64_t word;
+  _Atomic uint64_t job; /* W_MAKE(the current job's generation, 0, 0): a new one wakes workers */
   _Atomic int64_t done; /* chunks finished of the current job */
   _Atomic int sleepers;
   _Atomic int active;  /* workers allowed to claim: threads - 1 */
@@ -87,6 +98,10 @@ static struct {
     _Alignas(64) _Atomic int64_t loops;
     _Atomic int64_t chunks, worker_ns, caller_ns, wait_ns;
   } st;
+  /* the threads' homes: 0 the caller's, i + 1 worker i's (see the top) */
+  struct {
+    _Alignas(64) _Atomic uint64_t word;
+  } home[MAX_THREADS];
 } pool = {.submit = PTHREAD_MUTEX_INITIALIZER,
           .sleep_mu = PTHREAD_MUTEX_INITIALIZER,
           .wake = PTHREAD_COND_INITIALIZER,
@@ -147,43 +162,68 @@ bool ad_set_flush_denormal(bool on) {
 
 bool ad_flush_denormal(void) { return FLUSH_BITS && fp_flush_bits() == FLUSH_BITS; }
 
-/* Claims and runs chunks of the current job until none is left. A worker
- * adds each chunk's time to the statistics before it counts the chunk
- * done, so that they are complete when the caller returns. */
-static void run_chunks(bool worker) {
-  uint64_t w = atomic_load_explicit(&pool.word, memory_order_acquire);
-  for (;;) {
-    if (W_NEXT(w) >= W_COUNT(w)) return;
-    if (!atomic_compare_exchange_weak_explicit(&pool.word, &w, w + (UINT64_C(1) << W_BITS),
-                                               memory_order_acq_rel, memory_order_acquire))
-      continue; /* w was reloaded */
-    int64_t i = (int64_t)W_NEXT(w);
-    int64_t b = i * pool.chunk, e = b + pool.chunk < pool.n ? b + pool.chunk : pool.n;
-    fp_set_flush_bits(pool.flush); /* the caller's: a no-op for the caller itself */
-    int64_t t0 = worker ? now_ns() : 0;
-    in_task = true;
-    pool.fn(pool.ud, b, e);
-    in_task = false;
-    if (worker) {
-      atomic_fetch_add_explicit(&pool.st.worker_ns, now_ns() - t0, memory_order_relaxed);
-      atomic_fetch_add_explicit(&pool.st.chunks, 1, memory_order_relaxed);
-    }
-    atomic_fetch_add_explicit(&pool.done, 1, memory_order_release);
-    w = atomic_load_explicit(&pool.word, memory_order_acquire);
+/* Claims a chunk of home h: from the front (its owner) or from the back
+ * (another thread). False when the home has none left. */
+static bool claim(int h, bool front, int64_t *chunk) {
+  _Atomic uint64_t *word = &pool.home[h].word;
+  uint64_t w = atomic_load_explicit(word, memory_order_acquire);
+  while (W_NEXT(w) < W_END(w)) {
+    uint64_t claimed = front ? w + (UINT64_C(1) << W_BITS) : w - 1;
+    if (atomic_compare_exchange_weak_explicit(word, &w, claimed, memory_order_acq_rel,
+                                              memory_order_acquire)) {
+      *chunk = (int64_t)(front ? W_NEXT(w) : W_END(w) - 1);
+      return true;
+    } /* else w was reloaded */
   }
+  return false;
 }
 
-static bool work_available(uint64_t w) { return W_NEXT(w) < W_COUNT(w); }
+/* Runs chunk i of the current job. A worker adds the chunk's time to the
+ * statistics before it counts the chunk done, so that they are complete
+ * when the caller returns. */
+static void run_chunk(int64_t i, bool worker) {
+  int64_t b = i * pool.chunk, e = b + pool.chunk < pool.n ? b + pool.chunk : pool.n;
+  fp_set_flush_bits(pool.flush); /* the caller's: a no-op for the caller itself */
+  int64_t t0 = worker ? now_ns() : 0;
+  in_task = true;
+  pool.fn(pool.ud, b, e);
+  in_task = false;
+  if (worker) {
+    atomic_fetch_add_explicit(&pool.st.worker_ns, now_ns() - t0, memory_order_relaxed);
+    atomic_fetch_add_explicit(&pool.st.chunks, 1, memory_order_relaxed);
+  }
+  atomic_fetch_add_explicit(&pool.done, 1, memory_order_release);
+}
+
+/* Runs home h's chunks from the front, then the other homes' from the back
+ * (the next thread's first) until no chunk of the job is left. */
+static void run_chunks(int h) {
+  bool worker = h > 0;
+  int64_t i;
+  while (claim(h, true, &i)) run_chunk(i, worker);
+  /* Read before any claim, this count may be a later job's: homes beyond
+   * a job's count are empty (their last job is complete), and a claim
+   * from a later job is as right as one from this job. */
+  int homes = atomic_load_explicit(&pool.threads, memory_order_relaxed);
+  for (int k = 1; k < homes; k++)
+    while (claim((h + k) % homes, false, &i)) run_chunk(i, worker);
+}
+
+/* A job that this worker has not joined (its generation is not seen), and
+ * the worker may take part. */
+static bool job_open(int index, uint64_t seen) {
+  return W_GEN(atomic_load_explicit(&pool.job, memory_order_acquire)) != seen &&
+         index < atomic_load_explicit(&pool.active, memory_order_relaxed);
+}
 
 static void *worker(void *arg) {
   int index = (int)(intptr_t)arg;
+  uint64_t seen = W_GEN(atomic_load(&pool.job)); /* the last job joined */
   for (;;) {
     /* poll for a while, then sleep until a job is published */
     int64_t t0 = now_ns();
     for (unsigned spins = 0;; spins++) {
-      uint64_t w = atomic_load_explicit(&pool.word, memory_order_acquire);
-      if (work_available(w) && index < atomic_load_explicit(&pool.active, memory_order_relaxed))
-        break;
+      if (job_open(index, seen)) break;
       if ((spins & 63) == 63)
         sched_yield(); /* a thread of ours on this core (the caller) runs instead */
       else
@@ -191,14 +231,14 @@ static void *worker(void *arg) {
       if ((spins & 255) == 255 && now_ns() - t0 > IDLE_SPIN_NS) {
         pthread_mutex_lock(&pool.sleep_mu);
         atomic_fetch_add(&pool.sleepers, 1);
-        while (!work_available(atomic_load(&pool.word)) || index >= atomic_load(&pool.active))
-          pthread_cond_wait(&pool.wake, &pool.sleep_mu);
+        while (!job_open(index, seen)) pthread_cond_wait(&pool.wake, &pool.sleep_mu);
         atomic_fetch_sub(&pool.sleepers, 1);
         pthread_mutex_unlock(&pool.sleep_mu);
         break;
       }
     }
-    run_chunks(true);
+    seen = W_GEN(atomic_load(&pool.job));
+    run_chunks(index + 1);
   }
   return NULL;
 }
@@ -269,14 +309,18 @@ void ad_parallel_for(int64_t n, int64_t grain, ad_range_fn fn, void *ud) {
   pool.chunk = chunk;
   pool.flush = fp_flush_bits();
   atomic_store_explicit(&pool.done, 0, memory_order_relaxed);
-  uint64_t old = atomic_load_explicit(&pool.word, memory_order_relaxed);
-  atomic_store(&pool.word, W_MAKE((W_GEN(old) + 1) & 0xFFFFFF, 0, count));
+  uint64_t gen = (W_GEN(atomic_load_explicit(&pool.job, memory_order_relaxed)) + 1) & 0xFFFFFF;
+  for (int h = 0; h < threads; h++) /* the last job's homes are all empty */
+    atomic_store_explicit(&pool.home[h].word,
+                          W_MAKE(gen, count * h / threads, count * (h + 1) / threads),
+                          memory_order_release);
+  atomic_store(&pool.job, W_MAKE(gen, 0, 0));
   if (atomic_load(&pool.sleepers) > 0) {
     pthread_mutex_lock(&pool.sleep_mu);
     pthread_cond_broadcast(&pool.wake);
     pthread_mutex_unlock(&pool.sleep_mu);
   }
-  run_chunks(false);
+  run_chunks(0);
   /* wait for the chunks other threads claimed */
   int64_t t1 = now_ns();
   for (unsigned spins = 0; atomic_load_explicit(&pool.done, memory_order_acquire) < count;

@@ -550,12 +550,17 @@ typedef void (*ad_range_fn)(void *ud, int64_t begin, int64_t end);
 
 /** Calls fn over disjoint ranges that cover [0, n), each of at least grain
  * iterations (except the last), on the library's threads and the calling
- * thread, and returns when all have run. A range is claimed by whichever
- * thread is free, so a worker that is slow to start does not delay the
- * loop. Runs fn(ud, 0, n) in the caller when there is one thread, n <=
- * grain, from inside another ad_parallel_for, or while another thread's
- * loop occupies the workers. fn must be safe to run concurrently on
- * disjoint ranges and must not use a context. */
+ * thread, and returns when all have run. The ranges are dealt in order, a
+ * run of consecutive ranges to each thread (the caller's first); a thread
+ * runs its own from the front, then takes the others' last ranges, so a
+ * worker that is slow to start does not delay the loop, and while the
+ * threads keep pace, loops over the same n give each thread the same part
+ * of it (what one loop wrote, the next finds in that core's cache). Runs
+ * fn(ud, 0, n) in the caller when there is one thread, n <= grain, from
+ * inside another ad_parallel_for, while another thread's loop occupies the
+ * workers, or for a while after a worker fell far behind (descheduled).
+ * fn must be safe to run concurrently on disjoint ranges and must not use
+ * a context. */
 AD_API void ad_parallel_for(int64_t n, int64_t grain, ad_range_fn fn, void *ud);
 
 /** Where the threads' time went, since the process started or the last
