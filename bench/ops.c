@@ -37,11 +37,18 @@
  * Set OPENBLAS_NUM_THREADS=1 for single-thread figures.
  *
  *   ops [--filter SUBSTR] [--reps N] [--sample-ms MS] [--dtype f32|f64|all]
- *       [--clock wall|cpu]
+ *       [--clock wall|cpu] [--threads N]
+ *
+ * --threads N runs the rows with ad_set_num_threads(N): the ops (ad_matmul,
+ * the elementwise ops, reductions, softmax cross-entropy, Adam, the batch
+ * gather, convolutions, pooling) split over the threads as in training, so
+ * a row's ratio to its one-thread run is its scaling. The ad_gemm,
+ * openblas and builtin columns are plain calls on one thread whatever N
+ * (and "%peak" is ad_gemm's).
  *
  * --clock cpu times with this thread's CPU clock, which ignores time spent
  * descheduled on a busy machine (valid when the work runs in this thread,
- * e.g. OPENBLAS_NUM_THREADS=1).
+ * e.g. OPENBLAS_NUM_THREADS=1; refused with --threads above 1).
  * --filter keeps the rows whose name (e.g. "matmul/f32/seed.fwd1",
  * "elementwise/tanh", "softmax_ce/256x10") contains SUBSTR. */
 #include "ad_ext.h"
@@ -77,7 +84,8 @@ static struct {
   int reps;
   double sample_s;
   bool f32, f64;
-} opt = {NULL, 15, 0.02, true, false};
+  int threads;
+} opt = {NULL, 15, 0.02, true, false, 1};
 
 static int rows_selected;
 
@@ -757,6 +765,8 @@ int main(int argc, char **argv) {
       opt.reps = (int)parse_long(v, a, 1, MAX_REPS), i++;
     else if (!strcmp(a, "--sample-ms"))
       opt.sample_s = (double)parse_long(v, a, 1, 10000) * 1e-3, i++;
+    else if (!strcmp(a, "--threads"))
+      opt.threads = (int)parse_long(v, a, 1, 256), i++;
     else if (!strcmp(a, "--clock") && v && (!strcmp(v, "wall") || !strcmp(v, "cpu")))
       clock_id = !strcmp(v, "cpu") ? CLOCK_THREAD_CPUTIME_ID : CLOCK_MONOTONIC, i++;
     else if (!strcmp(a, "--dtype") && v) {
@@ -770,18 +780,27 @@ int main(int argc, char **argv) {
     } else {
       fprintf(stderr,
               "usage: ops [--filter SUBSTR] [--reps N] [--sample-ms MS] [--dtype f32|f64|all] "
-              "[--clock wall|cpu]\n");
+              "[--clock wall|cpu] [--threads N]\n");
       return strcmp(a, "--help") && strcmp(a, "-h") ? 2 : 0;
     }
   }
+  if (opt.threads > 1 && clock_id != CLOCK_MONOTONIC) {
+    fprintf(stderr, "ops: --clock cpu counts this thread's time alone: it needs --threads 1\n");
+    return 2;
+  }
   const char *th = getenv("OPENBLAS_NUM_THREADS");
-  printf("# ops: median of %d samples of ~%.0f ms (%s clock); OPENBLAS_NUM_THREADS=%s\n", opt.reps,
-         opt.sample_s * 1e3, clock_id == CLOCK_MONOTONIC ? "wall" : "thread CPU",
-         th ? th : "(unset)");
+  printf("# ops: median of %d samples of ~%.0f ms (%s clock); engine threads %d; "
+         "OPENBLAS_NUM_THREADS=%s\n",
+         opt.reps, opt.sample_s * 1e3, clock_id == CLOCK_MONOTONIC ? "wall" : "thread CPU",
+         opt.threads, th ? th : "(unset)");
   bench_peak pk = bench_sgemm_peak(5);
   peak_gflops = pk.gflops > 0 ? pk.gflops : 1;
   printf("# sgemm peak of one core: %.1f GFLOPS (1024^3 f32, %s); GEMM dispatch: %s\n", pk.gflops,
          pk.kernel, ad_gemm_backend());
+  if (opt.threads > 1 && ad_set_num_threads(opt.threads) != AD_OK) {
+    fprintf(stderr, "ops: cannot start %d threads\n", opt.threads);
+    return 1;
+  }
   ad_ctx *ctx = ad_ctx_new();
   if (!ctx) return 1;
   ad_rng rng;
