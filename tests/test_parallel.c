@@ -84,7 +84,9 @@ Test(parallel, many_loops) {
  * so that all threads take part and interleave. Whatever the timing, in
  * each run the thread of its first range ran a prefix of it, in order and
  * one after the other, and every other range of the run went to a thread
- * that took its ranges there from the back (in descending order). */
+ * that took its ranges there from the back (in descending order). And a
+ * run's first range goes to one thread (its owner) in most loops: what
+ * keeps a thread's part of a tensor in its core's cache. */
 #define DEAL_MAX 64
 
 static double wall_s(void) {
@@ -128,6 +130,7 @@ Test(parallel, each_thread_runs_its_own_ranges_first) {
   int loop = 0;
   for (size_t t = 0; t < sizeof threads / sizeof threads[0]; t++) {
     int T = threads[t], dealt_loops = 0;
+    int first_by[4][8] = {{0}}; /* [run][thread]: loops whose run's first range it ran */
     cr_assert_eq(ad_set_num_threads(T), AD_OK);
     double t0 = wall_s();
     for (int r = 0; dealt_loops < 30 && wall_s() - t0 < 20; r++, loop++) {
@@ -140,7 +143,8 @@ Test(parallel, each_thread_runs_its_own_ranges_first) {
       qsort(d.rec, (size_t)count, sizeof d.rec[0], by_begin);
       int caller = deal_tid;
       for (int h = 0; h < T; h++) {
-        int s = count * h / T, e = count * (h + 1) / T, x = s + 1;
+        int s = (count * h + T - 1) / T, e = (count * (h + 1) + T - 1) / T, x = s + 1;
+        if (d.rec[s].thread < 8) first_by[h][d.rec[s].thread]++;
         if (h == 0)
           cr_assert(d.rec[s].thread != caller || d.rec[s].seq == 0,
                     "%d threads, loop %d: the caller's first range is not its run's first", T, r);
@@ -156,6 +160,18 @@ Test(parallel, each_thread_runs_its_own_ranges_first) {
     }
     cr_assert(dealt_loops >= 5, "%d threads: %d loops dealt to the threads in 20 s", T,
               dealt_loops);
+    for (int h = 0; h < T; h++) {
+      int most = 0, owner = -1;
+      for (int k = 0; k < 8; k++)
+        if (first_by[h][k] > most) most = first_by[h][k], owner = k;
+      cr_assert(2 * most > dealt_loops,
+                "%d threads, run %d: no thread ran its first range in most loops (at most %d of "
+                "%d)",
+                T, h, most, dealt_loops);
+      cr_assert(h == 0 ? owner == deal_tid : owner != deal_tid,
+                "%d threads, run %d: mostly started by %s", T, h,
+                h == 0 ? "a worker, not the caller" : "the caller, not its worker");
+    }
   }
   ad_set_num_threads(1);
 }
@@ -240,6 +256,38 @@ static void *two_callers(void *arg) {
   (void)arg;
   for (int r = 0; r < 300; r++) check_cover(1000, 10);
   return NULL;
+}
+
+/* ad_set_num_threads on one thread while another runs loops: each loop is
+ * dealt over the thread count it reads under the pool's lock (one read
+ * before it dealt to workers that had stopped taking part, and its caller
+ * waited for their chunks for ever: the timeout catches that). */
+static void count_range(void *ud, int64_t b, int64_t e) {
+  atomic_fetch_add((_Atomic int64_t *)ud, e - b);
+}
+
+static void *toggle_threads(void *arg) {
+  _Atomic bool *stop = arg;
+  for (int r = 0; !atomic_load(stop); r++) ad_set_num_threads(r % 2 ? 2 : 4);
+  return NULL;
+}
+
+Test(parallel, thread_count_changed_during_loops, .timeout = 60) {
+  cr_assert_eq(ad_set_num_threads(4), AD_OK);
+  _Atomic bool stop = false;
+  pthread_t t;
+  cr_assert_eq(pthread_create(&t, NULL, toggle_threads, &stop), 0);
+  double t0 = wall_s();
+  for (int r = 0; wall_s() - t0 < 2; r++) {
+    _Atomic int64_t covered = 0;
+    ad_parallel_for(64, 1, count_range, &covered);
+    QUICK_ASSERT(atomic_load(&covered) == 64, "loop %d covered %lld of 64", r,
+                 (long long)atomic_load(&covered));
+  }
+  for (int r = 0; r < 100; r++) check_cover(1000, 1);
+  atomic_store(&stop, true);
+  pthread_join(t, NULL);
+  ad_set_num_threads(1);
 }
 
 Test(parallel, concurrent_callers) {

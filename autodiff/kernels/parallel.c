@@ -195,24 +195,28 @@ static void run_chunk(int64_t i, bool worker) {
   atomic_fetch_add_explicit(&pool.done, 1, memory_order_release);
 }
 
-/* Runs home h's chunks from the front, then the other homes' from the back
- * (the next thread's first) until no chunk of the job is left. */
-static void run_chunks(int h) {
+/* Runs home h's chunks from the front, then those of homes 0 .. homes - 1
+ * from the back (the next thread's first) until none is left. The caller
+ * passes the count it dealt, so that it leaves no chunk behind; a worker
+ * passes the thread count it reads, which may be a later job's: homes
+ * beyond a job's count are empty (their last job is complete), a claim
+ * from a later job is as right as one from this job, and a home the worker
+ * does not visit the caller does. */
+static void run_chunks(int h, int homes) {
   bool worker = h > 0;
   int64_t i;
   while (claim(h, true, &i)) run_chunk(i, worker);
-  /* Read before any claim, this count may be a later job's: homes beyond
-   * a job's count are empty (their last job is complete), and a claim
-   * from a later job is as right as one from this job. */
-  int homes = atomic_load_explicit(&pool.threads, memory_order_relaxed);
   for (int k = 1; k < homes; k++)
     while (claim((h + k) % homes, false, &i)) run_chunk(i, worker);
 }
 
 /* A job that this worker has not joined (its generation is not seen), and
- * the worker may take part. */
-static bool job_open(int index, uint64_t seen) {
-  return W_GEN(atomic_load_explicit(&pool.job, memory_order_acquire)) != seen &&
+ * the worker may take part. The check before sleeping reads the job with
+ * seq_cst order: with the caller's seq_cst store of the job and load of
+ * pool.sleepers, either the caller sees this worker asleep or the worker
+ * sees the job (acquire alone allows both to miss). */
+static bool job_open(int index, uint64_t seen, memory_order order) {
+  return W_GEN(atomic_load_explicit(&pool.job, order)) != seen &&
          index < atomic_load_explicit(&pool.active, memory_order_relaxed);
 }
 
@@ -223,7 +227,7 @@ static void *worker(void *arg) {
     /* poll for a while, then sleep until a job is published */
     int64_t t0 = now_ns();
     for (unsigned spins = 0;; spins++) {
-      if (job_open(index, seen)) break;
+      if (job_open(index, seen, memory_order_acquire)) break;
       if ((spins & 63) == 63)
         sched_yield(); /* a thread of ours on this core (the caller) runs instead */
       else
@@ -231,14 +235,15 @@ static void *worker(void *arg) {
       if ((spins & 255) == 255 && now_ns() - t0 > IDLE_SPIN_NS) {
         pthread_mutex_lock(&pool.sleep_mu);
         atomic_fetch_add(&pool.sleepers, 1);
-        while (!job_open(index, seen)) pthread_cond_wait(&pool.wake, &pool.sleep_mu);
+        while (!job_open(index, seen, memory_order_seq_cst))
+          pthread_cond_wait(&pool.wake, &pool.sleep_mu);
         atomic_fetch_sub(&pool.sleepers, 1);
         pthread_mutex_unlock(&pool.sleep_mu);
         break;
       }
     }
     seen = W_GEN(atomic_load(&pool.job));
-    run_chunks(index + 1);
+    run_chunks(index + 1, atomic_load_explicit(&pool.threads, memory_order_relaxed));
   }
   return NULL;
 }
@@ -286,13 +291,16 @@ int ad_num_threads(void) { return atomic_load_explicit(&pool.threads, memory_ord
 void ad_parallel_for(int64_t n, int64_t grain, ad_range_fn fn, void *ud) {
   if (n <= 0 || !fn) return;
   if (grain < 1) grain = 1;
-  int threads = ad_num_threads();
-  if (threads <= 1 || n <= grain || in_task || pthread_mutex_trylock(&pool.submit) != 0) {
+  if (ad_num_threads() <= 1 || n <= grain || in_task || pthread_mutex_trylock(&pool.submit) != 0) {
     fn(ud, 0, n);
     return;
   }
+  /* read under the lock: ad_set_num_threads may have changed it since the
+   * check above, and a count larger than pool.threads would deal chunks to
+   * workers that no longer take part */
+  int threads = ad_num_threads();
   int64_t t0 = now_ns();
-  if (t0 < pool.serial_until) { /* backing off after a stall */
+  if (threads <= 1 || t0 < pool.serial_until) { /* one thread, or backing off after a stall */
     pthread_mutex_unlock(&pool.submit);
     fn(ud, 0, n);
     return;
@@ -310,17 +318,20 @@ void ad_parallel_for(int64_t n, int64_t grain, ad_range_fn fn, void *ud) {
   pool.flush = fp_flush_bits();
   atomic_store_explicit(&pool.done, 0, memory_order_relaxed);
   uint64_t gen = (W_GEN(atomic_load_explicit(&pool.job, memory_order_relaxed)) + 1) & 0xFFFFFF;
-  for (int h = 0; h < threads; h++) /* the last job's homes are all empty */
-    atomic_store_explicit(&pool.home[h].word,
-                          W_MAKE(gen, count * h / threads, count * (h + 1) / threads),
-                          memory_order_release);
+  /* the last job's homes are all empty; with fewer chunks than threads,
+   * the last homes get none (bounds rounded up) */
+  for (int h = 0; h < threads; h++)
+    atomic_store_explicit(
+        &pool.home[h].word,
+        W_MAKE(gen, (count * h + threads - 1) / threads, (count * (h + 1) + threads - 1) / threads),
+        memory_order_release);
   atomic_store(&pool.job, W_MAKE(gen, 0, 0));
   if (atomic_load(&pool.sleepers) > 0) {
     pthread_mutex_lock(&pool.sleep_mu);
     pthread_cond_broadcast(&pool.wake);
     pthread_mutex_unlock(&pool.sleep_mu);
   }
-  run_chunks(0);
+  run_chunks(0, threads);
   /* wait for the chunks other threads claimed */
   int64_t t1 = now_ns();
   for (unsigned spins = 0; atomic_load_explicit(&pool.done, memory_order_acquire) < count;
