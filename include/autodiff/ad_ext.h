@@ -560,8 +560,8 @@ typedef void (*ad_range_fn)(void *ud, int64_t begin, int64_t end);
  * inside another ad_parallel_for, while another thread's loop occupies the
  * workers, or for a while after a worker fell far behind (descheduled).
  * Another thread may call ad_set_num_threads meanwhile: a loop uses the
- * thread count of its start. fn must be safe to run concurrently on disjoint ranges and must not
- * use a context. */
+ * thread count of its start. fn must be safe to run concurrently on
+ * disjoint ranges and must not use a context. */
 AD_API void ad_parallel_for(int64_t n, int64_t grain, ad_range_fn fn, void *ud);
 
 /** Where the threads' time went, since the process started or the last
