@@ -273,21 +273,32 @@ static ad_status ops_sum(void *ud, double *v, int n) {
 /* The directory MPI keeps a shared window's backing file in, into dir:
  * Open MPI's MCA variable osc_sm_backing_directory, read through the MPI
  * tool interface; /dev/shm where there is no such variable (another MPI
- * library). */
+ * library). Read once per process and kept: starting the tool interface
+ * opens all of Open MPI's components and stopping it closes them (about a
+ * fifth of a second, which every nn_dist_new paid before), and the
+ * variable is fixed when MPI starts. Only the thread that initialised MPI
+ * calls here (MPI_THREAD_FUNNELED), so the copy needs no lock. */
 static void backing_directory(char *dir, size_t cap) {
-  int provided, idx, count = 0;
-  snprintf(dir, cap, "/dev/shm");
-  if (MPI_T_init_thread(MPI_THREAD_SINGLE, &provided) != MPI_SUCCESS) return;
-  MPI_T_cvar_handle h;
-  if (MPI_T_cvar_get_index("osc_sm_backing_directory", &idx) == MPI_SUCCESS &&
-      MPI_T_cvar_handle_alloc(idx, NULL, &h, &count) == MPI_SUCCESS) {
-    char *v = count > 0 ? calloc((size_t)count + 1, 1) : NULL;
-    if (v && MPI_T_cvar_read(h, v) == MPI_SUCCESS && v[0] && strlen(v) < cap)
-      memcpy(dir, v, strlen(v) + 1);
-    free(v);
-    MPI_T_cvar_handle_free(&h);
+  static char kept[4096];
+  static bool read;
+  if (!read) {
+    int provided, idx, count = 0;
+    snprintf(kept, sizeof kept, "/dev/shm");
+    if (MPI_T_init_thread(MPI_THREAD_SINGLE, &provided) == MPI_SUCCESS) {
+      MPI_T_cvar_handle h;
+      if (MPI_T_cvar_get_index("osc_sm_backing_directory", &idx) == MPI_SUCCESS &&
+          MPI_T_cvar_handle_alloc(idx, NULL, &h, &count) == MPI_SUCCESS) {
+        char *v = count > 0 ? calloc((size_t)count + 1, 1) : NULL;
+        if (v && MPI_T_cvar_read(h, v) == MPI_SUCCESS && v[0] && strlen(v) < sizeof kept)
+          memcpy(kept, v, strlen(v) + 1);
+        free(v);
+        MPI_T_cvar_handle_free(&h);
+      }
+      MPI_T_finalize();
+    }
+    read = true;
   }
-  MPI_T_finalize();
+  snprintf(dir, cap, "%s", kept);
 }
 
 /* The nodes: ranks that share memory (MPI_COMM_TYPE_SHARED), cut into
@@ -333,9 +344,8 @@ static void topology(nn_dist *d) {
   h->wanted = !v[2] && (h->nodes == 1 || (equal && !d->o.deterministic));
   h->cross = MPI_COMM_NULL;
   if (h->wanted && h->nodes > 1) MPI_Comm_split(d->comm, h->lrank, d->rank, &h->cross);
-  /* read once, here: the tool interface takes a fifth of a second to start
-   * (Open MPI opens all its components), which the first training step
-   * paid at every layout before */
+  /* here rather than at every layout (the first read starts MPI's tool
+   * interface, see backing_directory) */
   if (h->wanted && h->lrank == 0) backing_directory(h->dir, sizeof h->dir);
   d->stats.nodes = h->nodes;
 }
