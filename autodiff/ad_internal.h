@@ -113,6 +113,7 @@ struct ad_ctx {
   ad_node *dead_head, *dead_tail; /* freed nodes, oldest first */
   size_t dead_len, live_nodes;
   ad_node *deferred; /* freed nodes the tape may still read: data kept until reset */
+  uint64_t serials;  /* serials given to persistent tensors (ad_tensor_serial) */
   /* tensor names (core.c): looked up only for nodes flagged AD_NF_NAMED,
    * so unnamed tensors cost nothing; temporaries' entries go at reset */
   struct ad_name_ent *names;

@@ -539,9 +539,16 @@ char *ad_tensor_describe(const ad_tensor *t, char *buf, size_t n) {
 #define AD_SLAB_NODES 32
 #define AD_QUARANTINE 64
 
+/* A persistent node: the node and its serial (ad_tensor_serial), which
+ * temporaries, made by the thousand per step, do without. */
+typedef struct ad_pnode {
+  ad_node n;
+  uint64_t serial;
+} ad_pnode;
+
 typedef struct ad_node_slab {
   struct ad_node_slab *next;
-  ad_node nodes[AD_SLAB_NODES];
+  ad_pnode nodes[AD_SLAB_NODES];
 } ad_node_slab;
 
 /* A header for a new persistent tensor, or NULL (AD_ERR_OOM recorded). */
@@ -559,10 +566,18 @@ static ad_node *node_alloc(ad_ctx *ctx) {
       ctx->slabs = sl;
       ctx->slab_used = 0;
     }
-    n = &ctx->slabs->nodes[ctx->slab_used++];
+    n = &ctx->slabs->nodes[ctx->slab_used++].n;
   }
+  ((ad_pnode *)(void *)n)->serial = ++ctx->serials; /* a reused header too: a new tensor */
   ctx->live_nodes++;
   return n;
+}
+
+uint64_t ad_tensor_serial(const ad_tensor *t) {
+  if (!t) return 0;
+  const ad_node *n = ad_node_of(t);
+  if (n->magic != AD_NODE_MAGIC || !(n->flags & AD_NF_PERSISTENT)) return 0;
+  return ((const ad_pnode *)(const void *)n)->serial;
 }
 
 /* Frees a dead node's data. */
@@ -614,7 +629,7 @@ void ad_nodes_free_all(ad_ctx *ctx) {
     next = sl->next;
     int used = sl == ctx->slabs ? ctx->slab_used : AD_SLAB_NODES;
     for (int i = 0; i < used; i++) {
-      ad_node *n = &sl->nodes[i];
+      ad_node *n = &sl->nodes[i].n;
       bool live =
           n->magic == AD_NODE_MAGIC || (n->magic == AD_NODE_DEAD && n->flags == AD_DEAD_KEEPS_DATA);
       if (live && !(n->op & AD_LEAF_EXTERNAL))

@@ -359,6 +359,39 @@ Test(misuse_core, freed_headers_are_not_reused_at_once) {
   for (int i = 0; i < 20; i++) ad_tensor_free(fresh[i]);
 }
 
+/* Once a freed header is reused (after the quarantine) its address names
+ * the new tensor; the serial tells the two apart. Serials rise in the
+ * order tensors are made, gradients included, and are 0 for NULL, a
+ * temporary and a freed tensor. */
+Test(misuse_core, a_reused_header_gets_a_new_serial) {
+  int64_t s[1] = {2};
+  cr_assert_eq(ad_tensor_serial(NULL), 0);
+  ad_tensor *a = leaf(AD_F32, 1, s, 1), *b = leaf(AD_F32, 1, s, 2);
+  uint64_t sa = ad_tensor_serial(a), sb = ad_tensor_serial(b);
+  cr_assert(sa > 0 && sb > sa, "serials %llu, %llu", (unsigned long long)sa,
+            (unsigned long long)sb);
+  ad_tensor *y = ad_sum(ctx, ad_mul(ctx, a, a));
+  cr_assert_eq(ad_tensor_serial(y), 0, "a temporary has none");
+  cr_assert_eq(ad_backward(ctx, y, NULL), AD_OK);
+  cr_assert_gt(ad_tensor_serial(a->grad), sb, "a gradient is a new tensor");
+  ad_tape_reset(ctx);
+  void *old = a;
+  ad_tensor_free(a);
+  cr_assert_eq(ad_tensor_serial(old), 0, "a freed tensor has none");
+  ad_tensor *fill[70]; /* made first, then freed: past the quarantine */
+  for (int i = 0; i < 70; i++) fill[i] = leaf(AD_F32, 1, s, 0);
+  for (int i = 0; i < 70; i++) ad_tensor_free(fill[i]);
+  ad_tensor *again = NULL, *taken[400];
+  int n = 0;
+  while (n < 400 && (again = leaf(AD_F32, 1, s, 3)) && (void *)again != old) taken[n++] = again;
+  cr_assert_eq((void *)again, old, "the header came back after %d tensors", n);
+  cr_assert_gt(ad_tensor_serial(again), sb, "the same address, a new serial");
+  for (int i = 0; i < n; i++) cr_assert_neq(ad_tensor_serial(taken[i]), ad_tensor_serial(again));
+  for (int i = 0; i < n; i++) ad_tensor_free(taken[i]);
+  ad_tensor_free(again);
+  ad_tensor_free(b);
+}
+
 Test(misuse_core, a_gradient_is_freed_with_its_tensor_only) {
   int64_t s[1] = {2};
   ad_tensor *w = leaf(AD_F64, 1, s, 3);

@@ -511,6 +511,15 @@ AD_API void ad_set_backward_hook(ad_ctx *ctx, ad_backward_hook fn, void *ud);
 /** True when t is a tensor: live, or an op's result from an earlier tape
  * generation (ad_tensor_generation tells which). */
 AD_API bool ad_tensor_is_valid(const ad_tensor *t);
+/** A number that names the persistent tensor t among all the tensors its
+ * context has made, for code that keeps tensors between calls and must
+ * know whether it is handed the same ones again: an address cannot tell,
+ * since a freed tensor's header is reused by a later tensor (see
+ * ad_tensor_free). Serials count from 1 in each context, in the order the
+ * tensors were made (gradients included); a context never gives one
+ * twice. 0 for NULL, a temporary (an op's result) and a freed tensor of a
+ * live context (whose header is read, as ad_tensor_is_valid does). */
+AD_API uint64_t ad_tensor_serial(const ad_tensor *t);
 /** The context t was made in; NULL for NULL or a freed tensor. */
 AD_API ad_ctx *ad_tensor_ctx(const ad_tensor *t);
 /** t's position on the tape, in execution order, or -1 when t is not on
