@@ -157,6 +157,7 @@ typedef struct bucket {
  * bound by the caller) is left alone. */
 typedef struct shared_param {
   ad_tensor *t;
+  uint64_t serial; /* t's (ad_tensor_serial) */
   void *at;
   void *home;   /* the memory its values move back into (ad_tensor_adopt_data) */
   size_t bytes; /* of home */
@@ -187,12 +188,20 @@ typedef struct shm {
    * node in a window of their own (the first rank's memory), which each
    * rank's sharded step updates in its slices (params_share) */
   MPI_Win pwin;
-  bool pon;   /* the parameters are in pwin */
-  bool plive; /* pwin exists (the parameters may have left it: params_leave) */
-  nn_params *pp;
+  bool pon;     /* the parameters are in pwin */
+  bool plive;   /* pwin exists (the parameters may have left it: params_leave) */
   int pn, pcap; /* pt: pn bound of pcap allocated */
   shared_param *pt;
 } shm;
+
+/* The model of a sync, known by its tensors' serials, as it may be freed
+ * since and another made at its addresses: a step over its parameters
+ * broadcasts its buffers (BatchNorm's running statistics) from rank 0. */
+typedef struct synced {
+  uint64_t *ser;   /* np parameters' serials, then nb buffers' */
+  ad_tensor **buf; /* the buffers */
+  int np, nb;
+} synced;
 
 typedef struct lookup {
   uintptr_t key;
@@ -205,12 +214,12 @@ struct nn_dist {
   int rank, size;
   nn_dist_opts o;
   nn_dist_ops ops;
-  nn_model *model;    /* of the last sync: its buffers follow rank 0 */
-  nn_params *mparams; /* its parameters, compared (the model may be freed since) */
-  /* the layout, for the parameter list p of np tensors t */
-  nn_params *p;
+  synced ms; /* the model of the last sync */
+  /* the layout, for a parameter list of np tensors t, known by their
+   * serials (tser): a list is the layout's when it holds those tensors */
   int np;
   ad_tensor **t;
+  uint64_t *tser;
   int *ord;        /* reverse parameter order */
   int *bucket_of;  /* parameter -> bucket */
   int64_t *offset; /* parameter -> element offset in its bucket */
@@ -250,6 +259,7 @@ static void node_barrier(shm *h);
 static atomic_llong *chunk_ctr(const nn_dist *d, int s, int k, int which);
 static void win_barrier(shm *h, MPI_Win w);
 static void params_unshare(nn_dist *d);
+static void synced_free(ad_ctx *c, synced *ms);
 static void params_leave(nn_dist *d);
 static void die(nn_dist *d, const char *what);
 static size_t round_up64(size_t n);
@@ -423,10 +433,9 @@ static void layout_free(nn_dist *d) {
                                        blocks set aside for them, values kept (also of a
                                        parameter frozen since; one freed since refuses, quietly) */
       for (int i = 0; i < d->np; i++) {
-        /* a header freed and reused by a tensor of another size or dtype is not ours (and
-         * would not fit its block) */
+        /* a tensor freed since is not ours, nor one made in its header */
         ad_tensor *t = d->t[i];
-        if (t->size != d->tsize[i] || t->dtype != d->b[d->bucket_of[i]].dtype) continue;
+        if (ad_tensor_serial(t) != d->tser[i]) continue;
         err_saved e;
         err_keep(d->ctx, &e);
         if (ad_tensor_adopt_grad(t, &d->ghome[i]) != AD_OK) err_restore(d->ctx, &e);
@@ -450,13 +459,14 @@ static void layout_free(nn_dist *d) {
   ad_free(c, d->bucket_of, np * sizeof *d->bucket_of);
   ad_free(c, d->offset, np * sizeof *d->offset);
   ad_free(c, d->tsize, np * sizeof *d->tsize);
+  ad_free(c, d->tser, np * sizeof *d->tser);
   ad_free(c, d->remaining, np * sizeof *d->remaining);
   ad_free(c, d->flags, (2 * np + 2) * sizeof *d->flags);
   ad_free(c, d->look, np * sizeof *d->look);
   ad_free(c, d->gath_ts, n1 * sizeof *d->gath_ts);
   ad_free(c, d->gath_cnt, n1 * sizeof *d->gath_cnt);
   d->b = NULL, d->t = NULL, d->ord = d->bucket_of = d->remaining = d->flags = NULL;
-  d->offset = d->tsize = NULL, d->look = NULL, d->nb = d->np = 0, d->p = NULL;
+  d->offset = d->tsize = NULL, d->tser = NULL, d->look = NULL, d->nb = d->np = 0;
   d->gath_ts = NULL, d->gath_cnt = NULL;
 }
 
@@ -468,6 +478,7 @@ void nn_dist_free(nn_dist *d) {
   if (d->sh.plive || (d->sh.on && d->sh.zc)) ad_tape_reset(d->ctx);
   params_unshare(d);
   layout_free(d);
+  synced_free(d->ctx, &d->ms);
   ad_free(d->ctx, d->seen, d->walk_cap);
   ad_free(d->ctx, d->stack, d->walk_cap * sizeof *d->stack);
   int done = 0;
@@ -667,7 +678,7 @@ static void params_leave(nn_dist *d) {
   }
   if (failed) err_restore(d->ctx, &e);
   params_free(d);
-  h->pp = NULL, h->pon = false;
+  h->pon = false;
 }
 
 /* Gives the parameters in the node's window back to each rank's memory
@@ -759,13 +770,58 @@ static void params_share(nn_dist *d, nn_params *p) {
       err_restore(d->ctx, &e);
       break;
     }
-    h->pt[i].t = ts[i], h->pt[i].at = win + off;
+    h->pt[i].t = ts[i], h->pt[i].serial = ad_tensor_serial(ts[i]), h->pt[i].at = win + off;
     off += round_up64((size_t)ts[i]->size * ad_dtype_size(ts[i]->dtype));
   }
-  h->pon = h->plive = true, h->pp = p, h->pn = bound;
+  h->pon = h->plive = true, h->pn = bound;
   all = bound == n;
   MPI_Allreduce(MPI_IN_PLACE, &all, 1, MPI_INT, MPI_MIN, d->comm);
   if (!all) params_unshare(d); /* some rank could not: every rank its own copy */
+}
+
+/* The bytes of a record's arrays (at least one element each). */
+static size_t ser_bytes(int np, int nb) {
+  return (size_t)(np + nb ? np + nb : 1) * sizeof(uint64_t);
+}
+static size_t buf_bytes(int nb) { return (size_t)(nb ? nb : 1) * sizeof(ad_tensor *); }
+
+static void synced_free(ad_ctx *c, synced *ms) {
+  if (ms->ser) ad_free(c, ms->ser, ser_bytes(ms->np, ms->nb));
+  if (ms->buf) ad_free(c, ms->buf, buf_bytes(ms->nb));
+  *ms = (synced){0};
+}
+
+/* m's record; false when out of memory (nothing kept). */
+static bool synced_new(ad_ctx *c, nn_model *m, synced *ms) {
+  nn_params *p = nn_model_params(m), *b = nn_model_buffers(m);
+  int np = nn_params_count(p), nb = nn_params_count(b);
+  *ms = (synced){.ser = ad_malloc(c, ser_bytes(np, nb)),
+                 .buf = ad_malloc(c, buf_bytes(nb)),
+                 .np = np,
+                 .nb = nb};
+  if (!ms->ser || !ms->buf) {
+    synced_free(c, ms);
+    return false;
+  }
+  for (int i = 0; i < np; i++) ms->ser[i] = ad_tensor_serial(nn_params_tensor(p, i));
+  for (int i = 0; i < nb; i++) {
+    ms->buf[i] = nn_params_tensor(b, i);
+    ms->ser[np + i] = ad_tensor_serial(ms->buf[i]);
+  }
+  return true;
+}
+
+/* Whether a step over p is over the synced model's parameters, that model
+ * still live: p holds its parameters (by serial) and its buffers are
+ * there. */
+static bool synced_step(const nn_dist *d, const nn_params *p) {
+  const synced *ms = &d->ms;
+  if (!ms->ser || nn_params_count(p) != ms->np) return false;
+  for (int i = 0; i < ms->np; i++)
+    if (ad_tensor_serial(nn_params_tensor(p, i)) != ms->ser[i]) return false;
+  for (int i = 0; i < ms->nb; i++)
+    if (ad_tensor_serial(ms->buf[i]) != ms->ser[ms->np + i]) return false;
+  return true;
 }
 
 ad_status nn_dist_sync(nn_dist *d, nn_model *m, nn_optimizer *opt) {
@@ -776,6 +832,7 @@ ad_status nn_dist_sync(nn_dist *d, nn_model *m, nn_optimizer *opt) {
   char *mine = NULL, *theirs = NULL;
   size_t mlen = 0;
   long long tlen = 0;
+  synced ms = {0};
   if (!m) {
     failed = true, st = ad_set_error(c, AD_ERR_NULL, "dist_sync: model is NULL");
   } else if (nn_model_ctx(m) != c) {
@@ -785,13 +842,14 @@ ad_status nn_dist_sync(nn_dist *d, nn_model *m, nn_optimizer *opt) {
     st = ad_set_error(c, AD_ERR_ARG, "dist_sync: the model is on another context than the nn_dist");
   } else {
     mlen = describe(NULL, 0, m, opt) + 1;
-    if (!(mine = ad_malloc(c, mlen)))
+    if (!(mine = ad_malloc(c, mlen)) || !synced_new(c, m, &ms))
       failed = true, st = AD_ERR_OOM;
     else
       describe(mine, mlen, m, opt);
   }
   ad_status other;
   if (agree(d, failed, st, "failed", &other) >= 0) {
+    synced_free(c, &ms);
     ad_free(c, mine, mlen);
     if (m && nn_model_ctx(m) != c) /* where nn_fit looks for it */
       ad_set_error(nn_model_ctx(m), failed ? st : other, "%s", ad_last_error(c));
@@ -803,6 +861,7 @@ ad_status nn_dist_sync(nn_dist *d, nn_model *m, nn_optimizer *opt) {
   if (agree(d, !theirs, AD_ERR_OOM, "failed", &other) >= 0) { /* every rank still in step */
     if (d->rank != 0) ad_free(c, theirs, (size_t)tlen);       /* NULL where it failed */
     ad_free(c, mine, mlen);
+    synced_free(c, &ms);
     return theirs ? other : AD_ERR_OOM;
   }
   bcast_bytes(d, theirs, (size_t)tlen, 0);
@@ -813,6 +872,7 @@ ad_status nn_dist_sync(nn_dist *d, nn_model *m, nn_optimizer *opt) {
   int code = differs ? d->size - d->rank : 0;
   MPI_Allreduce(MPI_IN_PLACE, &code, 1, MPI_INT, MPI_MAX, d->comm);
   if (code) {
+    synced_free(c, &ms);
     int root = d->size - code;
     MPI_Bcast(msg, MSG_LEN, MPI_CHAR, root, d->comm);
     return ad_set_error(c, AD_ERR_SHAPE, "dist: rank %d differs from rank 0: %s", root, msg);
@@ -821,16 +881,15 @@ ad_status nn_dist_sync(nn_dist *d, nn_model *m, nn_optimizer *opt) {
   if (opt) gather_state(d, opt);     /* after sharded steps: whole before rank 0's is sent */
   if (d->sh.plive) ad_tape_reset(c); /* its views of the parameters read the window */
   params_unshare(d);                 /* each rank receives into its own memory */
-  /* the next step builds the layout again on every rank: whether a list
-   * is the last layout's, each rank judges by addresses alone, which new
-   * tensors may share with freed ones on one rank and not another */
+  /* the next step builds the layout again on every rank (the parameters
+   * may be the layout's, but the window's state is gone) */
   d->layout_stale = true;
   nn_params *p = nn_model_params(m), *b = nn_model_buffers(m);
   bcast_list(d, nn_params_count(p), nn_params_tensors(p));
   bcast_list(d, nn_params_count(b), nn_params_tensors(b));
   if (opt) bcast_list(d, nn_optimizer_state_count(opt), nn_optimizer_state_tensors(opt));
-  d->model = m;
-  d->mparams = p;
+  synced_free(c, &d->ms);
+  d->ms = ms;
   params_share(d, p);
   return AD_OK;
 }
@@ -867,14 +926,17 @@ static int find(const nn_dist *d, const ad_tensor *t) {
   return r ? r->idx : -1;
 }
 
-/* Whether the layout is for p as it is now. The sizes and dtypes too: a
- * list and tensors freed since may come back at the same addresses (the
- * engine reuses a freed tensor's header) with other shapes. */
-static bool layout_current(const nn_dist *d, nn_params *p) {
-  if (d->layout_stale || d->p != p || d->np != nn_params_count(p)) return false;
+/* Whether the layout is for p as it is now: p holds the layout's tensors
+ * in its order (by serial: a tensor made in a freed one's header is
+ * another, which an address cannot tell), of the sizes and dtypes it was
+ * built for. Any list object will do (a list made again in a freed one's
+ * place, or another list of the same tensors): every rank that runs the
+ * same code judges alike, whatever its allocator gave it. */
+static bool layout_current(const nn_dist *d, const nn_params *p) {
+  if (d->layout_stale || !d->b || !p || d->np != nn_params_count(p)) return false;
   ad_tensor *const *ts = nn_params_tensors(p);
   for (int i = 0; i < d->np; i++)
-    if (ts[i] != d->t[i] || ts[i]->size != d->tsize[i] ||
+    if (ad_tensor_serial(ts[i]) != d->tser[i] || ts[i]->size != d->tsize[i] ||
         ts[i]->dtype != d->b[d->bucket_of[i]].dtype)
       return false;
   return true;
@@ -990,8 +1052,8 @@ static ad_status layout_local(nn_dist *d, nn_params *p) {
   size_t n = (size_t)np, n1 = n ? n : 1;
   shm *h = &d->sh;
   d->np = np;
-  d->p = p;
   d->t = ad_malloc(c, n * sizeof *d->t);
+  d->tser = ad_malloc(c, n * sizeof *d->tser);
   d->ord = ad_malloc(c, n * sizeof *d->ord);
   d->bucket_of = ad_malloc(c, n * sizeof *d->bucket_of);
   d->offset = ad_malloc(c, n * sizeof *d->offset);
@@ -1003,8 +1065,8 @@ static ad_status layout_local(nn_dist *d, nn_params *p) {
   d->gath_ts = ad_malloc(c, n1 * sizeof *d->gath_ts);
   d->gath_cnt = ad_malloc(c, n1 * sizeof *d->gath_cnt);
   d->nb = 0;
-  if ((n && (!d->t || !d->ord || !d->bucket_of || !d->offset || !d->tsize || !d->remaining ||
-             !d->look)) ||
+  if ((n && (!d->t || !d->tser || !d->ord || !d->bucket_of || !d->offset || !d->tsize ||
+             !d->remaining || !d->look)) ||
       !d->flags || !d->b || !d->gath_ts || !d->gath_cnt)
     return AD_ERR_OOM;
   if (h->wanted) { /* shm_build's, allocated before its collectives */
@@ -1021,6 +1083,7 @@ static ad_status layout_local(nn_dist *d, nn_params *p) {
     int i = np - 1 - j;
     ad_tensor *t = ts[i];
     d->t[i] = t;
+    d->tser[i] = ad_tensor_serial(t);
     d->ord[j] = i;
     d->look[i] = (lookup){(uintptr_t)t, i};
     bucket *cur = d->nb ? &d->b[d->nb - 1] : NULL;
@@ -1579,6 +1642,18 @@ static ad_status gather_state(nn_dist *d, nn_optimizer *opt) {
   return AD_OK;
 }
 
+/* Whether the parameters in the node's window (params_share) are the
+ * layout's, in its order, each the same tensor (by serial: one made in a
+ * freed one's header is another) with its values still there. */
+static bool window_holds_layout(const nn_dist *d) {
+  const shm *h = &d->sh;
+  if (h->pn != d->np) return false;
+  for (int i = 0; i < d->np; i++)
+    if (h->pt[i].t != d->t[i] || h->pt[i].serial != d->tser[i] || d->t[i]->data != h->pt[i].at)
+      return false;
+  return true;
+}
+
 /* nn_dist_ops.step: with shard_optimizer, on the shared-memory path each
  * rank updates only the elements of its slices (the optimizer's sweep over
  * parameters, gradients and state is cut n ways on a node), then the ranks
@@ -1589,10 +1664,12 @@ static ad_status ops_step(void *ud, nn_optimizer *opt) {
   const nn_opt_config *cfg = opt ? nn_optimizer_config(opt) : NULL;
   if (cfg && (cfg->clip_value > 0 || cfg->clip_norm > 0)) privatize(d); /* clipped in place */
   bool shard = opt && d->o.shard_optimizer && h->on && h->lsize > 1 &&
-               nn_optimizer_params(opt) == d->p && layout_current(d, d->p);
+               layout_current(d, nn_optimizer_params(opt));
   /* a whole step on every rank (or an exchange of the slices) on one copy
-   * of the parameters would take it once per rank: each its own copy */
-  if (h->pon && !(shard && h->pp == d->p && h->pn == d->np)) params_leave(d);
+   * of the parameters would take it once per rank: each its own copy; and
+   * a sharded step over tensors not in the window (of a model made again
+   * in a freed one's place, say) would leave each rank its own slices */
+  if (h->pon && !(shard && window_holds_layout(d))) params_leave(d);
   if (!shard) return nn_optimizer_step(opt);
   own_ranges(d);
   ad_status st = nn_optimizer_step_ranges(opt, h->lo, h->hi);
@@ -1902,10 +1979,7 @@ static ad_status grad_end(void *ud, nn_params *p, ad_status st) {
   /* buffers (BatchNorm's running statistics) follow rank 0: of the synced
    * model, in a step over its parameters (not a list of the caller's, made
    * perhaps after that model was freed) */
-  if (d->model && p == d->mparams) {
-    nn_params *b = nn_model_buffers(d->model);
-    bcast_list(d, nn_params_count(b), nn_params_tensors(b));
-  }
+  if (synced_step(d, p)) bcast_list(d, d->ms.nb, d->ms.buf);
   d->stats.wait_seconds += MPI_Wtime() - t0;
   return AD_OK;
 }

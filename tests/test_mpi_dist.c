@@ -28,11 +28,25 @@ static int expect_nodes = 1;
 static int fail_in = 0;      /* > 0: count_alloc fails the fail_in-th allocation from now */
 static long long live_bytes; /* what count_alloc has handed out and not taken back */
 static bool refuse_all;      /* count_alloc refuses every allocation */
-static bool parking;         /* count_alloc keeps the last block freed, */
-static void *parked;         /* gives it to the next allocation of its size */
-static size_t parked_size;
+/* While parking, count_alloc keeps the blocks freed and gives each to a
+ * later allocation of its size, the last freed first, as malloc's caches
+ * may (glibc's tcache): so a block freed last comes back at once. */
+enum { PARK_MAX = 4096 };
+static bool parking;
+static void *parked[PARK_MAX];
+static size_t parked_size[PARK_MAX];
+static int nparked;
 
 static bool own_shard; /* dist_new keeps o's shard_optimizer */
+
+static ad_status ops_step_rows(const nn_dist_ops *ops, nn_model *m, ad_tensor *x, ad_tensor *y,
+                               int64_t b, int64_t e, int64_t n, bool begin_twice);
+
+/* Frees the blocks parked and not taken again. */
+static void unpark(void) {
+  for (int i = 0; i < nparked; i++) free(parked[i]);
+  nparked = 0;
+}
 
 /* nn_dist_new with the run's options added to o (may be NULL). */
 static nn_dist *dist_new(ad_ctx *c, const nn_dist_opts *o) {
@@ -734,6 +748,7 @@ static void layout_after_params_replaced(ad_ctx *c) {
     p = nn_params_new(c);
     nn_params_add(p, "W", W, false);
     nn_params_add(p, "V", V, false);
+    unpark();
     same_place += round > 0 && (void *)p == old_p && (void *)W == old_w && (void *)V == old_v;
     /* sum(2 W) + sum(3 V) on every rank: gradients 2 and 3 */
     ad_tensor *loss =
@@ -756,6 +771,125 @@ static void layout_after_params_replaced(ad_ctx *c) {
   ad_tensor_free(W);
   ad_tensor_free(V);
   nn_dist_free(d);
+}
+
+/* A model freed, another of the same architecture made in its place (its
+ * blocks at the freed one's addresses, its parameter list too) and
+ * stepped through nn_dist_fit_ops without nn_dist_sync, with the sharded
+ * optimizer: the parameters in the node's window were the freed model's,
+ * so the step leaves the window and exchanges the updated slices. Before,
+ * the list at the old address passed for the synced one: each rank
+ * updated only its own slices of its own copy, and the ranks' parameters
+ * differed after one step. The step equals one process's. */
+static void model_made_again_in_place(ad_ctx *c) {
+  nn_dist_opts o = {.shard_optimizer = true};
+  own_shard = true;
+  ad_tensor *x, *y;
+  make_data(c, AD_F64, 24, &x, &y);
+  nn_model *m = make_model(c, AD_F64, 8, PLAIN, 5);
+  nn_optimizer *opt = nn_sgd_new(nn_model_params(m), 0.1, 0, false, 0);
+  nn_dist *d = dist_new(c, &o);
+  nn_fit_opts fo = {.epochs = 1, .batch_size = 12, .verbose = -1, .dist = nn_dist_fit_ops(d)};
+  ad_status st = nn_fit(m, opt, nn_cross_entropy_loss, x, y, &fo, NULL);
+  nn_dist_stats stats;
+  nn_dist_get_stats(d, &stats, false);
+  void *old_list = nn_model_params(m);
+  nn_optimizer_free(opt);
+  parking = true;
+  nn_model_free(m);
+  parking = false;
+  /* the new model's parameter list at the freed one's address: lists are
+   * made until that block comes back, which is then freed last, under
+   * as many other lists' blocks as the new model's allocations of that
+   * size take before its list (its own struct may be one) */
+  nn_model *m2 = NULL;
+  for (int decoys = 0; decoys < 4 && !m2; decoys++) {
+    nn_params *lists[64], *back = NULL, *decoy[4];
+    int nl = 0;
+    while (nl < 64 && (back = nn_params_new(c)) && (void *)back != old_list) lists[nl++] = back;
+    for (int k = 0; k < decoys; k++) decoy[k] = nn_params_new(c);
+    parking = true;
+    nn_params_free(back);
+    for (int k = 0; k < decoys; k++) nn_params_free(decoy[k]);
+    parking = false;
+    m2 = make_model(c, AD_F64, 8, PLAIN, 6);
+    for (int i = 0; i < nl; i++) nn_params_free(lists[i]);
+    if (decoys < 3 && (void *)nn_model_params(m2) != old_list) { /* again, one more under it */
+      parking = true;
+      nn_model_free(m2);
+      parking = false;
+      m2 = NULL;
+    }
+  }
+  unpark();
+  bool same_place = (void *)nn_model_params(m2) == old_list;
+  nn_model *ref = make_model(c, AD_F64, 8, PLAIN, 6);
+  nn_optimizer *o2 = nn_sgd_new(nn_model_params(m2), 0.1, 0, false, 0);
+  nn_optimizer *oref = nn_sgd_new(nn_model_params(ref), 0.1, 0, false, 0);
+  const nn_dist_ops *ops = nn_dist_fit_ops(d);
+  if (st == AD_OK)
+    st = ops_step_rows(ops, m2, x, y, 24 * rank / size, 24 * (rank + 1) / size, 24, false);
+  if (st == AD_OK) st = ops->step(ops->ud, o2);
+  ad_tape_reset(c); /* the same step in one process, on all 24 rows */
+  nn_params_zero_grad(nn_model_params(ref));
+  ad_status rst =
+      ad_backward(c, nn_cross_entropy_loss(c, nn_model_forward(ref, x), y, NN_MEAN), NULL);
+  if (rst == AD_OK) rst = nn_optimizer_step(oref);
+  double rel = max_rel(nn_model_params(m2), nn_model_params(ref));
+  bool same = same_bits_as_rank0(nn_model_params(m2));
+  snprintf(why, sizeof why,
+           "status %s (%s), reference %s, list at the old address %d, shared parameters %d, "
+           "bit-identical on every rank %d, largest relative difference from one process %.3g",
+           ad_status_str(st), ad_last_error(c), ad_status_str(rst), same_place, stats.shared_params,
+           same, rel);
+  check(st == AD_OK && rst == AD_OK && same_place && same && rel <= 1e-12,
+        "a model made again in a freed one's place steps as one process (sharded)", why);
+  ad_clear_error(c);
+  nn_dist_free(d);
+  ad_tape_reset(c);
+  nn_optimizer_free(o2);
+  nn_optimizer_free(oref);
+  nn_model_free(m2);
+  nn_model_free(ref);
+  ad_tensor_free(x);
+  ad_tensor_free(y);
+  own_shard = false;
+}
+
+/* Rank 0 steps over another list object holding the same tensors, the
+ * others over the first list: every rank judges by the tensors that the
+ * layout is current. Before, rank 0 alone judged by the list's address and
+ * built the layout again, a collective the others never entered. */
+static void another_list_of_the_same_tensors(ad_ctx *c) {
+  if (size == 1) return;
+  nn_dist *d = dist_new(c, NULL);
+  const nn_dist_ops *ops = nn_dist_fit_ops(d);
+  int64_t s5[1] = {5};
+  ad_tensor *W = ad_ones(c, AD_F32, 1, s5);
+  ad_tensor_set_requires_grad(W, true);
+  nn_params *p = nn_params_new(c), *q = nn_params_new(c);
+  nn_params_add(p, "W", W, false);
+  nn_params_add(q, "W", W, false);
+  bool ok = true;
+  ad_status st = AD_OK;
+  for (int k = 0; k < 2 && st == AD_OK; k++) {
+    nn_params *list = k == 1 && rank == 0 ? q : p;
+    ad_tape_reset(c);
+    nn_params_zero_grad(list);
+    ad_tensor *loss = ad_sum(c, ad_mul_scalar(c, W, 2.0));
+    st = ops->grad_begin(ops->ud, list, loss, 1, size);
+    if (st == AD_OK) st = ad_backward(c, loss, NULL);
+    st = ops->grad_end(ops->ud, list, st);
+    for (int64_t e = 0; st == AD_OK && e < 5; e++) ok &= W->grad && ad_tensor_get(W->grad, e) == 2;
+  }
+  snprintf(why, sizeof why, "status %s (%s)", ad_status_str(st), ad_last_error(c));
+  check(st == AD_OK && ok, "a step over another list of the same tensors on one rank", why);
+  ad_clear_error(c);
+  nn_dist_free(d);
+  ad_tape_reset(c);
+  nn_params_free(p);
+  nn_params_free(q);
+  ad_tensor_free(W);
 }
 
 /* Lists that make the same bucket from other parameters ([5, 5] on rank
@@ -1361,19 +1495,24 @@ static void *count_alloc(void *ud, void *p, size_t os, size_t ns) {
   if (ns > 0 && (refuse_all || (fail_in > 0 && --fail_in == 0))) return NULL;
   if (ns == 0) {
     if (p) live_bytes -= (long long)os;
-    if (p && parking) { /* kept for the next allocation of its size, as malloc may */
-      free(parked);
-      parked = p, parked_size = os;
+    if (p && parking && nparked < PARK_MAX) {
+      parked[nparked] = p, parked_size[nparked++] = os;
       return NULL;
     }
     free(p);
     return NULL;
   }
   void *q = NULL;
-  if (!p && parked && !parking && ns == parked_size)
-    q = parked, parked = NULL;
-  else
-    q = aligned_alloc(64, (ns + 63) / 64 * 64);
+  for (int i = nparked - 1; !p && !parking && i >= 0; i--)
+    if (parked_size[i] == ns) {
+      q = parked[i];
+      memmove(&parked[i], &parked[i + 1], (size_t)(nparked - i - 1) * sizeof *parked);
+      memmove(&parked_size[i], &parked_size[i + 1],
+              (size_t)(nparked - i - 1) * sizeof *parked_size);
+      nparked--;
+      break;
+    }
+  if (!q) q = aligned_alloc(64, (ns + 63) / 64 * 64);
   if (!q) return NULL;
   if (p) {
     memcpy(q, p, os < ns ? os : ns);
@@ -1863,6 +2002,8 @@ int main(int argc, char **argv) {
   out_of_memory_anywhere(c);
   layout_after_params_replaced(c);
   same_bucket_other_params(c);
+  model_made_again_in_place(c);
+  another_list_of_the_same_tensors(c);
   failing_rank(c);
   failure_leaves_state_whole(c);
   options_disagree(c);

@@ -196,17 +196,21 @@ NN_API const nn_dist_ops *nn_dist_fit_ops(nn_dist *d);
  * rank R failed: dist_sync: model is NULL"; so with a model on another
  * context than d's (AD_ERR_ARG, the message also on the model's context).
  * nn_fit calls it first. Steps through nn_dist_fit_ops over m's
- * parameters then broadcast m's buffers from rank 0; m must live until
- * the next sync or nn_dist_free while such steps are taken. With
+ * parameters then broadcast m's buffers from rank 0 (none once m is
+ * freed). With
  * the parameters in shared memory (nn_dist_opts.shard_optimizer) it gives
  * them back before receiving, and so resets the context's tape, whose
  * views of them read that memory (as nn_dist_free). The next step builds
- * the gradient buckets again on every rank. Code that replaces parameter
- * tensors and drives nn_dist_fit_ops itself must keep every rank's steps
- * over the same list object of the same tensors, or call nn_dist_sync
- * after the change: each rank judges alone, by addresses, sizes and
- * dtypes, whether a list is the one of its last step, and a new tensor
- * may take a freed one's address on one rank and not on another. */
+ * the gradient buckets again on every rank. Code that drives
+ * nn_dist_fit_ops itself may step over any list object: each rank judges
+ * alone whether a step's parameters are its last step's, by the tensors
+ * themselves (ad_tensor_serial, so a tensor made in a freed one's header
+ * is another; which list object holds them does not matter) with their
+ * sizes and dtypes, so ranks that run the same code judge alike. A model freed and another
+ * made in its place without nn_dist_sync is stepped correctly, each rank
+ * with its own copy of the parameters until the next sync; but ranks that
+ * step over different tensors (replaced on some ranks only) disagree and
+ * may wait for each other for ever. */
 NN_API ad_status nn_dist_sync(nn_dist *d, nn_model *m, nn_optimizer *opt);
 
 /** Sums n doubles over the ranks, in place (in rank order in the
