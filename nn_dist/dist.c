@@ -817,8 +817,10 @@ static bool synced_new(ad_ctx *c, nn_model *m, synced *ms) {
 static bool synced_step(const nn_dist *d, const nn_params *p) {
   const synced *ms = &d->ms;
   if (!ms->ser || nn_params_count(p) != ms->np) return false;
-  for (int i = 0; i < ms->np; i++)
-    if (ad_tensor_serial(nn_params_tensor(p, i)) != ms->ser[i]) return false;
+  for (int i = 0; i < ms->np; i++) {
+    ad_tensor *t = nn_params_tensor(p, i); /* (serials count in each context) */
+    if (ad_tensor_ctx(t) != d->ctx || ad_tensor_serial(t) != ms->ser[i]) return false;
+  }
   for (int i = 0; i < ms->nb; i++)
     if (ad_tensor_serial(ms->buf[i]) != ms->ser[ms->np + i]) return false;
   return true;
@@ -927,16 +929,16 @@ static int find(const nn_dist *d, const ad_tensor *t) {
 }
 
 /* Whether the layout is for p as it is now: p holds the layout's tensors
- * in its order (by serial: a tensor made in a freed one's header is
- * another, which an address cannot tell), of the sizes and dtypes it was
- * built for. Any list object will do (a list made again in a freed one's
- * place, or another list of the same tensors): every rank that runs the
+ * in its order (by address and serial: a tensor made in a freed one's
+ * header is another, which an address alone cannot tell, and serials
+ * count in each context), of the sizes and dtypes it was built for. Any list object will do (a list
+ * made again in a freed one's place, or another list of the same tensors): every rank that runs the
  * same code judges alike, whatever its allocator gave it. */
 static bool layout_current(const nn_dist *d, const nn_params *p) {
   if (d->layout_stale || !d->b || !p || d->np != nn_params_count(p)) return false;
   ad_tensor *const *ts = nn_params_tensors(p);
   for (int i = 0; i < d->np; i++)
-    if (ad_tensor_serial(ts[i]) != d->tser[i] || ts[i]->size != d->tsize[i] ||
+    if (ts[i] != d->t[i] || ad_tensor_serial(ts[i]) != d->tser[i] || ts[i]->size != d->tsize[i] ||
         ts[i]->dtype != d->b[d->bucket_of[i]].dtype)
       return false;
   return true;
@@ -1622,6 +1624,11 @@ static ad_status gather_state(nn_dist *d, nn_optimizer *opt) {
   shm *h = &d->sh;
   if (!h->stale || h->stale != opt || !h->on) return AD_OK;
   h->stale = NULL;
+  /* the sharded steps' parameters freed since (a tensor without the
+   * serial it had): their optimizer is gone too, or holds state for
+   * tensors that are; opt, perhaps a new one at its address, is not read */
+  for (int i = 0; i < d->np; i++)
+    if (ad_tensor_serial(d->t[i]) != d->tser[i]) return AD_OK;
   int ns = nn_optimizer_state_count(opt);
   size_t n1 = d->np ? (size_t)d->np : 1;
   ad_tensor **ts = d->gath_ts;

@@ -42,6 +42,13 @@ static bool own_shard; /* dist_new keeps o's shard_optimizer */
 static ad_status ops_step_rows(const nn_dist_ops *ops, nn_model *m, ad_tensor *x, ad_tensor *y,
                                int64_t b, int64_t e, int64_t n, bool begin_twice);
 
+/* Reports a check that cannot be made: the same on every rank. */
+static void skip(const char *name, const char *why) {
+  ntest++;
+  if (rank == 0) printf("ok %d - %s (np %d) # SKIP %s\n", ntest, name, size, why);
+  fflush(stdout);
+}
+
 /* Frees the blocks parked and not taken again. */
 static void unpark(void) {
   for (int i = 0; i < nparked; i++) free(parked[i]);
@@ -787,15 +794,19 @@ static void model_made_again_in_place(ad_ctx *c) {
   ad_tensor *x, *y;
   make_data(c, AD_F64, 24, &x, &y);
   nn_model *m = make_model(c, AD_F64, 8, PLAIN, 5);
-  nn_optimizer *opt = nn_sgd_new(nn_model_params(m), 0.1, 0, false, 0);
+  nn_optimizer *opt = nn_adam_new(nn_model_params(m), 0.01);
   nn_dist *d = dist_new(c, &o);
-  nn_fit_opts fo = {.epochs = 1, .batch_size = 12, .verbose = -1, .dist = nn_dist_fit_ops(d)};
-  ad_status st = nn_fit(m, opt, nn_cross_entropy_loss, x, y, &fo, NULL);
+  const nn_dist_ops *ops = nn_dist_fit_ops(d);
+  int64_t lo = 24 * rank / size, hi = 24 * (rank + 1) / size;
+  /* a sharded step by hand: its optimizer state is left in slices */
+  ad_status st = nn_dist_sync(d, m, opt);
+  if (st == AD_OK) st = ops_step_rows(ops, m, x, y, lo, hi, 24, false);
+  if (st == AD_OK) st = ops->step(ops->ud, opt);
   nn_dist_stats stats;
   nn_dist_get_stats(d, &stats, false);
-  void *old_list = nn_model_params(m);
+  void *old_list = nn_model_params(m), *old_opt = opt;
+  parking = true; /* (their blocks poisoned: nothing may read them) */
   nn_optimizer_free(opt);
-  parking = true;
   nn_model_free(m);
   parking = false;
   /* the new model's parameter list at the freed one's address: lists are
@@ -821,15 +832,16 @@ static void model_made_again_in_place(ad_ctx *c) {
       m2 = NULL;
     }
   }
+  int same_place = (void *)nn_model_params(m2) == old_list;
+  MPI_Allreduce(MPI_IN_PLACE, &same_place, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+  /* the new layout is built while the freed optimizer's blocks are still
+   * poisoned (its sharded state, once gathered there, read them) */
+  if (st == AD_OK) st = ops_step_rows(ops, m2, x, y, lo, hi, 24, false);
+  nn_optimizer *o2 = nn_adam_new(nn_model_params(m2), 0.01); /* perhaps at opt's address */
   unpark();
-  bool same_place = (void *)nn_model_params(m2) == old_list;
-  nn_model *ref = make_model(c, AD_F64, 8, PLAIN, 6);
-  nn_optimizer *o2 = nn_sgd_new(nn_model_params(m2), 0.1, 0, false, 0);
-  nn_optimizer *oref = nn_sgd_new(nn_model_params(ref), 0.1, 0, false, 0);
-  const nn_dist_ops *ops = nn_dist_fit_ops(d);
-  if (st == AD_OK)
-    st = ops_step_rows(ops, m2, x, y, 24 * rank / size, 24 * (rank + 1) / size, 24, false);
   if (st == AD_OK) st = ops->step(ops->ud, o2);
+  nn_model *ref = make_model(c, AD_F64, 8, PLAIN, 6);
+  nn_optimizer *oref = nn_adam_new(nn_model_params(ref), 0.01);
   ad_tape_reset(c); /* the same step in one process, on all 24 rows */
   nn_params_zero_grad(nn_model_params(ref));
   ad_status rst =
@@ -838,12 +850,15 @@ static void model_made_again_in_place(ad_ctx *c) {
   double rel = max_rel(nn_model_params(m2), nn_model_params(ref));
   bool same = same_bits_as_rank0(nn_model_params(m2));
   snprintf(why, sizeof why,
-           "status %s (%s), reference %s, list at the old address %d, shared parameters %d, "
+           "status %s (%s), reference %s, shared parameters %d, optimizer at the old address %d, "
            "bit-identical on every rank %d, largest relative difference from one process %.3g",
-           ad_status_str(st), ad_last_error(c), ad_status_str(rst), same_place, stats.shared_params,
-           same, rel);
-  check(st == AD_OK && rst == AD_OK && same_place && same && rel <= 1e-12,
-        "a model made again in a freed one's place steps as one process (sharded)", why);
+           ad_status_str(st), ad_last_error(c), ad_status_str(rst), stats.shared_params,
+           (void *)o2 == old_opt, same, rel);
+  const char *name = "a model made again in a freed one's place steps as one process (sharded)";
+  if (same_place)
+    check(st == AD_OK && rst == AD_OK && same && rel <= 1e-12, name, why);
+  else /* (where nn's allocations take that block, the case is not made) */
+    skip(name, "the new list did not come back at the freed one's address");
   ad_clear_error(c);
   nn_dist_free(d);
   ad_tape_reset(c);
@@ -1496,6 +1511,7 @@ static void *count_alloc(void *ud, void *p, size_t os, size_t ns) {
   if (ns == 0) {
     if (p) live_bytes -= (long long)os;
     if (p && parking && nparked < PARK_MAX) {
+      memset(p, 0x5A, os); /* what was there is gone (counts read from it are large) */
       parked[nparked] = p, parked_size[nparked++] = os;
       return NULL;
     }

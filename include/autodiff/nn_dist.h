@@ -115,8 +115,8 @@ typedef struct nn_dist_opts {
                           memory (ad_tensor_set_data_buffer; where MPI or
                           the tape does not allow it, the updated slices are
                           exchanged instead; from a step that cannot be
-                          sharded, e.g. of an optimizer over another list
-                          than the model's, each rank has its own copy
+                          sharded, e.g. of an optimizer over other tensors
+                          than the model's or in another order, each rank has its own copy
                           again until the next nn_dist_sync): a rank that changes a
                           parameter changes it for every rank of its node,
                           so change them on rank 0 and call nn_dist_sync,
@@ -206,11 +206,15 @@ NN_API const nn_dist_ops *nn_dist_fit_ops(nn_dist *d);
  * alone whether a step's parameters are its last step's, by the tensors
  * themselves (ad_tensor_serial, so a tensor made in a freed one's header
  * is another; which list object holds them does not matter) with their
- * sizes and dtypes, so ranks that run the same code judge alike. A model freed and another
- * made in its place without nn_dist_sync is stepped correctly, each rank
- * with its own copy of the parameters until the next sync; but ranks that
- * step over different tensors (replaced on some ranks only) disagree and
- * may wait for each other for ever. */
+ * sizes and dtypes, so ranks that run the same code judge alike. A model
+ * freed and another made in its place without nn_dist_sync has its steps
+ * reduced and applied alike on every rank, each rank with its own copy of
+ * the parameters (with shard_optimizer, the sharded state of the freed
+ * model's optimizer is dropped, not gathered); but its parameters do not
+ * take rank 0's values, nor are its buffers broadcast, until nn_dist_sync:
+ * ranks that made it differently stay different. Ranks that step over
+ * different tensors (replaced on some ranks only) disagree and may wait
+ * for each other for ever. */
 NN_API ad_status nn_dist_sync(nn_dist *d, nn_model *m, nn_optimizer *opt);
 
 /** Sums n doubles over the ranks, in place (in rank order in the
