@@ -1084,6 +1084,13 @@ static ad_status layout_local(nn_dist *d, nn_params *p) {
   for (int j = 0; j < np; j++) {
     int i = np - 1 - j;
     ad_tensor *t = ts[i];
+    /* a tensor of another context would take gradient memory of this
+     * one's allocator and free it through its own */
+    if (ad_tensor_ctx(t) != c)
+      return ad_set_error(c, ad_tensor_ctx(t) ? AD_ERR_ARG : AD_ERR_STATE,
+                          "dist: parameter %d '%s' %s", i, nn_params_name(p, i),
+                          ad_tensor_ctx(t) ? "is on another context than the nn_dist"
+                                           : "was freed");
     d->t[i] = t;
     d->tser[i] = ad_tensor_serial(t);
     d->ord[j] = i;

@@ -871,6 +871,55 @@ static void model_made_again_in_place(ad_ctx *c) {
   own_shard = false;
 }
 
+/* A step over a list whose parameter is on another context (on the last
+ * rank only): every rank's step fails, that rank's naming the parameter
+ * (its gradient would take memory of the nn_dist's context, freed through
+ * the other's allocator); a freed parameter likewise. The next step over
+ * a good list works. */
+static void list_on_another_context(ad_ctx *c) {
+  if (size == 1) return; /* (one rank has no layout to build) */
+  nn_dist *d = dist_new(c, NULL);
+  const nn_dist_ops *ops = nn_dist_fit_ops(d);
+  ad_ctx *other = ad_ctx_new();
+  int64_t s5[1] = {5};
+  bool ok = true;
+  for (int k = 0; k < 3; k++) { /* another context, a freed tensor, then good */
+    bool odd = rank == size - 1 && k < 2;
+    ad_ctx *tc = odd && k == 0 ? other : c;
+    ad_tensor *W = ad_ones(tc, AD_F32, 1, s5), *gone = NULL;
+    ad_tensor_set_requires_grad(W, true);
+    nn_params *p = nn_params_new(tc); /* (a list takes only its own context's tensors) */
+    if (odd && k == 1) {
+      gone = ad_ones(c, AD_F32, 1, s5);
+      nn_params_add(p, "W", gone, false);
+      ad_tensor_free(gone);
+    } else {
+      nn_params_add(p, "W", W, false);
+    }
+    ad_tensor *loss = ad_sum(tc, W);
+    ad_status st = ops->grad_begin(ops->ud, p, loss, 1, size);
+    if (st == AD_OK) st = ad_backward(tc, loss, NULL);
+    st = ops->grad_end(ops->ud, p, st);
+    const char *want = k == 2                       ? NULL
+                       : rank == size - 1 && k == 0 ? "parameter 0 'W' is on another context"
+                       : rank == size - 1           ? "parameter 0 'W' was freed"
+                                                    : "could not build its gradient buckets";
+    bool good = want ? st != AD_OK && strstr(ad_last_error(c), want)
+                     : st == AD_OK && W->grad && ad_tensor_get(W->grad, 0) == 1;
+    if (!good && ok)
+      snprintf(why, sizeof why, "case %d: status %s (%s)", k, ad_status_str(st), ad_last_error(c));
+    ok &= good;
+    ad_clear_error(c);
+    ad_tape_reset(c);
+    ad_tape_reset(tc);
+    nn_params_free(p);
+    ad_tensor_free(W);
+  }
+  check(ok, "a parameter of another context, or freed, fails every rank's step", why);
+  nn_dist_free(d);
+  ad_ctx_free(other);
+}
+
 /* Rank 0 steps over another list object holding the same tensors, the
  * others over the first list: every rank judges by the tensors that the
  * layout is current. Before, rank 0 alone judged by the list's address and
@@ -2020,6 +2069,7 @@ int main(int argc, char **argv) {
   same_bucket_other_params(c);
   model_made_again_in_place(c);
   another_list_of_the_same_tensors(c);
+  list_on_another_context(c);
   failing_rank(c);
   failure_leaves_state_whole(c);
   options_disagree(c);

@@ -180,7 +180,11 @@ NN_API int nn_dist_size(const nn_dist *d);
 /** The interface nn_fit uses (nn_fit_opts.dist), owned by d. Code that
  * drives it itself calls grad_end after every grad_begin, also after an
  * error (grad_end is where the ranks agree on the step's status); a
- * grad_begin before the last one's grad_end is AD_ERR_STATE. */
+ * grad_begin before the last one's grad_end is AD_ERR_STATE. A step over
+ * a list holding a tensor of another context than d's (AD_ERR_ARG) or a
+ * freed one (AD_ERR_STATE) fails on every rank, that rank's message naming
+ * the parameter ("dist: parameter 0 'W' is on another context than the
+ * nn_dist"). */
 NN_API const nn_dist_ops *nn_dist_fit_ops(nn_dist *d);
 
 /** Checks that every rank's model m (parameters and buffers) and optimizer
