@@ -854,11 +854,11 @@ static void model_made_again_in_place(ad_ctx *c) {
            "bit-identical on every rank %d, largest relative difference from one process %.3g",
            ad_status_str(st), ad_last_error(c), ad_status_str(rst), stats.shared_params,
            (void *)o2 == old_opt, same, rel);
-  const char *name = "a model made again in a freed one's place steps as one process (sharded)";
-  if (same_place)
-    check(st == AD_OK && rst == AD_OK && same && rel <= 1e-12, name, why);
-  else /* (where nn's allocations take that block, the case is not made) */
-    skip(name, "the new list did not come back at the freed one's address");
+  check(st == AD_OK && rst == AD_OK && same && rel <= 1e-12,
+        "a model made again in a freed one's place steps as one process (sharded)", why);
+  if (!same_place) /* (where nn's allocations take that block, the case above is not made) */
+    skip("the new model's list at the freed one's address",
+         "nn's allocations took that block elsewhere");
   ad_clear_error(c);
   nn_dist_free(d);
   ad_tape_reset(c);

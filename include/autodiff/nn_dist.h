@@ -129,7 +129,9 @@ typedef struct nn_dist_opts {
                           on_epoch_end), and by nn_dist_sync and
                           nn_dist_save with that optimizer. Code that drives
                           nn_dist_fit_ops itself calls nn_dist_sync(d, m,
-                          opt) before it reads or frees opt: a sync with
+                          opt) before it reads or frees opt, unless it frees
+                          opt's parameters with it (then the slices are
+                          dropped: see nn_dist_sync): a sync with
                           another optimizer (or NULL) takes the first one
                           for freed and forgets its slices, after which
                           each rank's state is current only in its own.
@@ -180,11 +182,13 @@ NN_API int nn_dist_size(const nn_dist *d);
 /** The interface nn_fit uses (nn_fit_opts.dist), owned by d. Code that
  * drives it itself calls grad_end after every grad_begin, also after an
  * error (grad_end is where the ranks agree on the step's status); a
- * grad_begin before the last one's grad_end is AD_ERR_STATE. A step over
- * a list holding a tensor of another context than d's (AD_ERR_ARG) or a
- * freed one (AD_ERR_STATE) fails on every rank, that rank's message naming
- * the parameter ("dist: parameter 0 'W' is on another context than the
- * nn_dist"). */
+ * grad_begin before the last one's grad_end is AD_ERR_STATE. With more
+ * than one rank (one has nothing to reduce: its steps do not look at the
+ * list), a step over a list holding a tensor of another context than d's
+ * (AD_ERR_ARG) or a freed one (AD_ERR_STATE, as long as the freed header
+ * is told apart: see ad_tensor_free) fails on every rank, that rank's
+ * message naming the parameter ("dist: parameter 0 'W' is on another
+ * context than the nn_dist"). */
 NN_API const nn_dist_ops *nn_dist_fit_ops(nn_dist *d);
 
 /** Checks that every rank's model m (parameters and buffers) and optimizer
@@ -211,10 +215,12 @@ NN_API const nn_dist_ops *nn_dist_fit_ops(nn_dist *d);
  * themselves (ad_tensor_serial, so a tensor made in a freed one's header
  * is another; which list object holds them does not matter) with their
  * sizes and dtypes, so ranks that run the same code judge alike. A model
- * freed and another made in its place without nn_dist_sync has its steps
- * reduced and applied alike on every rank, each rank with its own copy of
- * the parameters (with shard_optimizer, the sharded state of the freed
- * model's optimizer is dropped, not gathered); but its parameters do not
+ * freed (with its optimizer) and another made in its place without
+ * nn_dist_sync has its steps reduced and applied alike on every rank,
+ * each rank with its own copy of the parameters (with shard_optimizer, the
+ * sharded state of the freed parameters is dropped, not gathered, and the
+ * freed optimizer not read; an optimizer freed while its parameters live
+ * needs the sync first, see shard_optimizer); but its parameters do not
  * take rank 0's values, nor are its buffers broadcast, until nn_dist_sync:
  * ranks that made it differently stay different. Ranks that step over
  * different tensors (replaced on some ranks only) disagree and may wait
