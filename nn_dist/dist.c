@@ -152,6 +152,15 @@ typedef struct bucket {
  * summed over the segments in rank order. Between nodes each rank's slice
  * is allreduced with the same slice on the other nodes, which needs fixed
  * slices: no chunks there. */
+/* A state tensor of the optimizer of the last sharded steps: which
+ * parameter's, and its kind (the kind-th state tensor of that parameter:
+ * Adam's m, then v). */
+typedef struct stale_state {
+  ad_tensor *t;
+  uint64_t serial;
+  int param, kind;
+} stale_state;
+
 /* A parameter in the shared window, and where its values are there: a
  * tensor whose data is elsewhere by now (freed: NULL; its header reused;
  * bound by the caller) is left alone. */
@@ -175,15 +184,21 @@ typedef struct shm {
   int regions; /* of half bytes each: the two parities, [the shared copy] */
   int64_t step;
   int next_red, next_unp;
-  bool zc;             /* zero-copy gradients (above) for this layout */
-  bool dyn;            /* zc on one node: chunks of the sums claimed by whoever is free */
-  size_t ctr;          /* dyn: byte offset of the chunk counters in segment 0 */
-  double byte_s;       /* dyn: seconds this rank's sums take a byte (smoothed; 0: not yet) */
-  size_t red;          /* zc: byte offset of the reduced buffer in segment 0 */
-  uint8_t *copied;     /* per parameter: copied back (zc: bound to the sum) in this step */
-  int64_t *lo, *hi;    /* per parameter: the elements of this rank's slices */
-  nn_optimizer *stale; /* sharded steps left its state whole only in slices */
-  char dir[4096];      /* the node's first rank: MPI's backing directory (backing_directory) */
+  bool zc;          /* zero-copy gradients (above) for this layout */
+  bool dyn;         /* zc on one node: chunks of the sums claimed by whoever is free */
+  size_t ctr;       /* dyn: byte offset of the chunk counters in segment 0 */
+  double byte_s;    /* dyn: seconds this rank's sums take a byte (smoothed; 0: not yet) */
+  size_t red;       /* zc: byte offset of the reduced buffer in segment 0 */
+  uint8_t *copied;  /* per parameter: copied back (zc: bound to the sum) in this step */
+  int64_t *lo, *hi; /* per parameter: the elements of this rank's slices */
+  /* sharded steps left an optimizer's state whole only in slices: its
+   * per-parameter state tensors, known by serial, so that the optimizer
+   * itself is never read again (it may be freed since, and another made
+   * at its address); the record is allocated with the layout */
+  bool stale;
+  stale_state *st;
+  int nst, stcap;
+  char dir[4096]; /* the node's first rank: MPI's backing directory (backing_directory) */
   /* with shard_optimizer: the parameters of the last sync, one copy per
    * node in a window of their own (the first rank's memory), which each
    * rank's sharded step updates in its slices (params_share) */
@@ -233,7 +248,7 @@ struct nn_dist {
   bucket *b;
   int nb, next;
   double scale;
-  ad_tensor **gath_ts; /* gather_state's per-parameter tensors and counts (no */
+  ad_tensor **gath_ts; /* gather_stale's per-parameter tensors and counts (no */
   int *gath_cnt;       /* allocation inside its collectives) */
   /* an error every rank agreed on in grad_begin, which its grad_end returns
    * without an exchange (every rank's step ended there) */
@@ -268,7 +283,8 @@ static bool zc_wanted(const nn_dist *d);
 static void ghome_free(nn_dist *d);
 static bool backing_room(const char *dir, size_t bytes);
 static ad_status ops_step(void *ud, nn_optimizer *opt);
-static ad_status gather_state(nn_dist *d, nn_optimizer *opt);
+static ad_status gather_stale(nn_dist *d);
+static bool stale_is(const nn_dist *d, const nn_optimizer *opt);
 static ad_status ops_sync(void *ud, nn_model *m, nn_optimizer *opt) {
   return nn_dist_sync(ud, m, opt);
 }
@@ -276,7 +292,7 @@ static ad_status ops_sync(void *ud, nn_model *m, nn_optimizer *opt) {
  * first, so that it is whole between epochs (on_epoch_end may save it). */
 static ad_status ops_sum(void *ud, double *v, int n) {
   nn_dist *d = ud;
-  if (d->sh.stale) gather_state(d, d->sh.stale);
+  gather_stale(d);
   return nn_dist_sum(ud, v, n);
 }
 
@@ -465,6 +481,8 @@ static void layout_free(nn_dist *d) {
   ad_free(c, d->look, np * sizeof *d->look);
   ad_free(c, d->gath_ts, n1 * sizeof *d->gath_ts);
   ad_free(c, d->gath_cnt, n1 * sizeof *d->gath_cnt);
+  ad_free(c, h->st, (size_t)h->stcap * sizeof *h->st);
+  h->st = NULL, h->stcap = h->nst = 0, h->stale = false;
   d->b = NULL, d->t = NULL, d->ord = d->bucket_of = d->remaining = d->flags = NULL;
   d->offset = d->tsize = NULL, d->tser = NULL, d->look = NULL, d->nb = d->np = 0;
   d->gath_ts = NULL, d->gath_cnt = NULL;
@@ -879,8 +897,10 @@ ad_status nn_dist_sync(nn_dist *d, nn_model *m, nn_optimizer *opt) {
     MPI_Bcast(msg, MSG_LEN, MPI_CHAR, root, d->comm);
     return ad_set_error(c, AD_ERR_SHAPE, "dist: rank %d differs from rank 0: %s", root, msg);
   }
-  if (d->sh.stale && d->sh.stale != opt) d->sh.stale = NULL; /* another optimizer's: gone */
-  if (opt) gather_state(d, opt);     /* after sharded steps: whole before rank 0's is sent */
+  if (stale_is(d, opt))
+    gather_stale(d); /* after sharded steps: whole before rank 0's is sent */
+  else
+    d->sh.stale = false;             /* another optimizer's (or none): taken for freed */
   if (d->sh.plive) ad_tape_reset(c); /* its views of the parameters read the window */
   params_unshare(d);                 /* each rank receives into its own memory */
   /* the next step builds the layout again on every rank (the parameters
@@ -900,7 +920,7 @@ ad_status nn_dist_sync(nn_dist *d, nn_model *m, nn_optimizer *opt) {
 
 ad_status nn_dist_save(nn_dist *d, const nn_model *m, const nn_optimizer *opt, const char *path) {
   if (!d) return AD_ERR_NULL;
-  if (opt) gather_state(d, (nn_optimizer *)opt); /* the object itself is never const */
+  if (stale_is(d, opt)) gather_stale(d);
   ad_status st = d->rank == 0 ? nn_model_save(m, opt, path) : AD_OK, other = AD_OK;
   agree(d, st != AD_OK, st, "could not save", &other);
   return st != AD_OK ? st : other;
@@ -911,7 +931,7 @@ ad_status nn_dist_load(nn_dist *d, nn_model *m, nn_optimizer *opt, const char *p
   ad_status st = d->rank == 0 ? nn_model_load(m, opt, path) : AD_OK, other = AD_OK;
   agree(d, st != AD_OK, st, "could not load", &other);
   if (st != AD_OK || other != AD_OK) return st != AD_OK ? st : other; /* still in slices */
-  if (opt && d->sh.stale == opt) d->sh.stale = NULL;                  /* rank 0 loaded it whole */
+  if (stale_is(d, opt)) d->sh.stale = false;                          /* rank 0 loaded it whole */
   return nn_dist_sync(d, m, opt);
 }
 
@@ -1066,10 +1086,14 @@ static ad_status layout_local(nn_dist *d, nn_params *p) {
   d->b = ad_malloc(c, n1 * sizeof *d->b);
   d->gath_ts = ad_malloc(c, n1 * sizeof *d->gath_ts);
   d->gath_cnt = ad_malloc(c, n1 * sizeof *d->gath_cnt);
+  /* the sharded steps' record of optimizer state: nn's optimizers keep at
+   * most three state tensors and a step counter per parameter */
+  h->stcap = 4 * np + 4;
+  h->st = ad_malloc(c, (size_t)h->stcap * sizeof *h->st);
   d->nb = 0;
   if ((n && (!d->t || !d->tser || !d->ord || !d->bucket_of || !d->offset || !d->tsize ||
              !d->remaining || !d->look)) ||
-      !d->flags || !d->b || !d->gath_ts || !d->gath_cnt)
+      !d->flags || !d->b || !d->gath_ts || !d->gath_cnt || !h->st)
     return AD_ERR_OOM;
   if (h->wanted) { /* shm_build's, allocated before its collectives */
     h->seg = ad_malloc(c, (size_t)h->lsize * sizeof *h->seg);
@@ -1130,7 +1154,7 @@ static ad_status layout_local(nn_dist *d, nn_params *p) {
  * others with "dist: rank R could not build (or: allocate) its gradient
  * buckets: ...", and leaves no layout (the next call builds it again). */
 static ad_status layout_build(nn_dist *d, nn_params *p) {
-  if (d->sh.stale) gather_state(d, d->sh.stale); /* while the old layout is there */
+  gather_stale(d); /* while the old layout is there */
   layout_free(d);
   d->layout_stale = false;
   ad_ctx *c = d->ctx;
@@ -1624,33 +1648,63 @@ static void share_slices(nn_dist *d, ad_tensor *const *ts, bool first_barrier) {
     if (ts[i]) copy_from(d, d->bucket_of[i], i, ts[i]->data, 2, h->lrank);
 }
 
-/* Makes opt's state whole on every rank after sharded steps (each rank's
- * slices of every per-parameter state tensor). Collective; allocates
- * nothing (the layout's scratch arrays), so it cannot fail on one rank. */
-static ad_status gather_state(nn_dist *d, nn_optimizer *opt) {
+/* Records opt's per-parameter state tensors after a sharded step (the
+ * record has room: ops_step shards only then). */
+static void stale_record(nn_dist *d, const nn_optimizer *opt) {
   shm *h = &d->sh;
-  if (!h->stale || h->stale != opt || !h->on) return AD_OK;
-  h->stale = NULL;
-  /* the sharded steps' parameters freed since (a tensor without the
-   * serial it had): their optimizer is gone too, or holds state for
-   * tensors that are; opt, perhaps a new one at its address, is not read */
+  int ns = nn_optimizer_state_count(opt);
+  ad_tensor *const *st = nn_optimizer_state_tensors(opt);
+  memset(d->gath_cnt, 0, (d->np ? (size_t)d->np : 1) * sizeof *d->gath_cnt);
+  h->nst = 0;
+  for (int j = 0; j < ns && h->nst < h->stcap; j++) {
+    int i = nn_optimizer_state_param(opt, j);
+    if (i >= 0 && i < d->np)
+      h->st[h->nst++] = (stale_state){st[j], ad_tensor_serial(st[j]), i, d->gath_cnt[i]++};
+  }
+  h->stale = true;
+}
+
+/* Whether opt (live: the caller's) is the optimizer of the record: its
+ * per-parameter state tensors are the record's, by address and serial. */
+static bool stale_is(const nn_dist *d, const nn_optimizer *opt) {
+  const shm *h = &d->sh;
+  if (!h->stale || !opt) return false;
+  int ns = nn_optimizer_state_count(opt), k = 0;
+  ad_tensor *const *st = nn_optimizer_state_tensors(opt);
+  for (int j = 0; j < ns; j++) {
+    int i = nn_optimizer_state_param(opt, j);
+    if (i < 0 || i >= d->np) continue;
+    if (k >= h->nst || st[j] != h->st[k].t || ad_tensor_serial(st[j]) != h->st[k].serial)
+      return false;
+    k++;
+  }
+  return k == h->nst;
+}
+
+/* Gathers the recorded optimizer state: each rank's slices of every state
+ * tensor to every rank of the node, one exchange per kind. Collective.
+ * Dropped instead when the sharded steps' parameters or the state tensors
+ * were freed since (a tensor without the serial it had): the optimizer is
+ * then gone, or holds state for tensors that are. Every rank that runs the
+ * same code decides alike. Allocates nothing (the layout's scratch
+ * arrays), so it cannot fail on one rank. */
+static ad_status gather_stale(nn_dist *d) {
+  shm *h = &d->sh;
+  if (!h->stale || !h->on) return AD_OK;
+  h->stale = false;
   for (int i = 0; i < d->np; i++)
     if (ad_tensor_serial(d->t[i]) != d->tser[i]) return AD_OK;
-  int ns = nn_optimizer_state_count(opt);
+  for (int k = 0; k < h->nst; k++)
+    if (ad_tensor_serial(h->st[k].t) != h->st[k].serial) return AD_OK;
   size_t n1 = d->np ? (size_t)d->np : 1;
   ad_tensor **ts = d->gath_ts;
-  int *cnt = d->gath_cnt;
-  ad_tensor *const *st = nn_optimizer_state_tensors(opt);
   own_ranges(d);
-  for (int kind = 0;; kind++) { /* one exchange per kind: m of every parameter, then v ... */
+  for (int kind = 0;; kind++) {
     memset(ts, 0, n1 * sizeof *ts);
-    memset(cnt, 0, n1 * sizeof *cnt);
     int found = 0;
-    for (int j = 0; j < ns; j++) { /* state j is the cnt-th of its parameter */
-      int i = nn_optimizer_state_param(opt, j);
-      if (i >= 0 && i < d->np && cnt[i]++ == kind) ts[i] = st[j], found++;
-    }
-    if (!found) break; /* the same on every rank: the same optimizer */
+    for (int k = 0; k < h->nst; k++)
+      if (h->st[k].kind == kind) ts[h->st[k].param] = h->st[k].t, found++;
+    if (!found) break; /* the same on every rank: the same record */
     share_slices(d, ts, true);
   }
   return AD_OK;
@@ -1678,7 +1732,8 @@ static ad_status ops_step(void *ud, nn_optimizer *opt) {
   const nn_opt_config *cfg = opt ? nn_optimizer_config(opt) : NULL;
   if (cfg && (cfg->clip_value > 0 || cfg->clip_norm > 0)) privatize(d); /* clipped in place */
   bool shard = opt && d->o.shard_optimizer && h->on && h->lsize > 1 &&
-               layout_current(d, nn_optimizer_params(opt));
+               layout_current(d, nn_optimizer_params(opt)) &&
+               nn_optimizer_state_count(opt) <= h->stcap; /* (room to record it) */
   /* a whole step on every rank (or an exchange of the slices) on one copy
    * of the parameters would take it once per rank: each its own copy; and
    * a sharded step over tensors not in the window (of a model made again
@@ -1688,7 +1743,7 @@ static ad_status ops_step(void *ud, nn_optimizer *opt) {
   own_ranges(d);
   ad_status st = nn_optimizer_step_ranges(opt, h->lo, h->hi);
   if (st != AD_OK) die(d, "the sharded optimizer step"); /* ranges from the layout: never */
-  h->stale = opt;
+  stale_record(d, opt);
   d->stats.sharded_steps++;
   if (h->pon)
     win_barrier(h, h->pwin); /* the slices were written where every rank reads them */
@@ -1956,7 +2011,7 @@ static ad_status grad_end(void *ud, nn_params *p, ad_status st) {
     if (d->rank == root) snprintf(msg, sizeof msg, "%s", ad_last_error(d->ctx));
     MPI_Bcast(&code, 1, MPI_INT, root, d->comm);
     MPI_Bcast(msg, MSG_LEN, MPI_CHAR, root, d->comm);
-    if (d->sh.stale) gather_state(d, d->sh.stale); /* nn_fit stops here: leave it whole */
+    gather_stale(d); /* nn_fit stops here: leave it whole */
     d->stats.wait_seconds += MPI_Wtime() - t0;
     if (d->rank == root) return st;
     return ad_set_error(d->ctx, (ad_status)code, "dist: rank %d stopped: %s", root, msg);
@@ -1979,7 +2034,7 @@ static ad_status grad_end(void *ud, nn_params *p, ad_status st) {
     zst = ensure_grads(d);
   }
   if (made && agree(d, zst != AD_OK, zst, "could not make zero gradients", &zst) >= 0) {
-    if (d->sh.stale) gather_state(d, d->sh.stale); /* as above */
+    gather_stale(d); /* as above */
     d->stats.wait_seconds += MPI_Wtime() - t0;
     return zst;
   }

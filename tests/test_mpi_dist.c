@@ -920,6 +920,57 @@ static void list_on_another_context(ad_ctx *c) {
   ad_ctx_free(other);
 }
 
+/* A sharded step by hand, then the optimizer freed alone (its blocks
+ * poisoned) without a sync while its model lives; then nn_fit's sum, a
+ * sync with a new optimizer (perhaps made at the old one's address) and a
+ * step with it. The slices of the freed optimizer's state are dropped
+ * (its state tensors lost their serials), never read through the freed
+ * optimizer (which crashed), and the new optimizer is not taken for the
+ * old one. */
+static void optimizer_freed_alone(ad_ctx *c) {
+  nn_dist_opts o = {.shard_optimizer = true};
+  own_shard = true;
+  ad_tensor *x, *y;
+  make_data(c, AD_F64, 24, &x, &y);
+  nn_model *m = make_model(c, AD_F64, 8, PLAIN, 5);
+  nn_optimizer *opt = nn_adam_new(nn_model_params(m), 0.01);
+  nn_dist *d = dist_new(c, &o);
+  const nn_dist_ops *ops = nn_dist_fit_ops(d);
+  int64_t lo = 24 * rank / size, hi = 24 * (rank + 1) / size;
+  ad_status st = nn_dist_sync(d, m, opt);
+  if (st == AD_OK) st = ops_step_rows(ops, m, x, y, lo, hi, 24, false);
+  if (st == AD_OK) st = ops->step(ops->ud, opt);
+  void *old_opt = opt;
+  parking = true;
+  nn_optimizer_free(opt);
+  parking = false;
+  double v = 1;
+  if (st == AD_OK) st = ops->sum(ops->ud, &v, 1);
+  nn_optimizer *o2 = nn_adam_new(nn_model_params(m), 0.01);
+  unpark();
+  if (st == AD_OK) st = nn_dist_sync(d, m, o2);
+  if (st == AD_OK) st = ops_step_rows(ops, m, x, y, lo, hi, 24, false);
+  if (st == AD_OK) st = ops->step(ops->ud, o2);
+  if (st == AD_OK) st = nn_dist_sync(d, m, o2); /* gathers o2's slices */
+  bool same = same_bits_as_rank0(nn_model_params(m));
+  int nst = nn_optimizer_state_count(o2);
+  same &= same_bits_tensors(nn_optimizer_state_tensors(o2), nst);
+  snprintf(why, sizeof why,
+           "status %s (%s), sum %g, new optimizer at the old address %d, parameters and state "
+           "bit-identical on every rank %d",
+           ad_status_str(st), ad_last_error(c), v, (void *)o2 == old_opt, same);
+  check(st == AD_OK && v == size && same,
+        "an optimizer freed alone after sharded steps: its slices are dropped", why);
+  ad_clear_error(c);
+  nn_dist_free(d);
+  ad_tape_reset(c);
+  nn_optimizer_free(o2);
+  nn_model_free(m);
+  ad_tensor_free(x);
+  ad_tensor_free(y);
+  own_shard = false;
+}
+
 /* Rank 0 steps over another list object holding the same tensors, the
  * others over the first list: every rank judges by the tensors that the
  * layout is current. Before, rank 0 alone judged by the list's address and
@@ -2070,6 +2121,7 @@ int main(int argc, char **argv) {
   model_made_again_in_place(c);
   another_list_of_the_same_tensors(c);
   list_on_another_context(c);
+  optimizer_freed_alone(c);
   failing_rank(c);
   failure_leaves_state_whole(c);
   options_disagree(c);

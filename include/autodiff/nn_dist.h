@@ -129,9 +129,12 @@ typedef struct nn_dist_opts {
                           on_epoch_end), and by nn_dist_sync and
                           nn_dist_save with that optimizer. Code that drives
                           nn_dist_fit_ops itself calls nn_dist_sync(d, m,
-                          opt) before it reads or frees opt, unless it frees
-                          opt's parameters with it (then the slices are
-                          dropped: see nn_dist_sync): a sync with
+                          opt) before it reads opt's state, or before it
+                          frees opt if it wants that state whole first (an
+                          optimizer freed after sharded steps, or its
+                          parameters, has its slices dropped: nn_dist
+                          knows its state tensors by serial and never
+                          reads a freed optimizer): a sync with
                           another optimizer (or NULL) takes the first one
                           for freed and forgets its slices, after which
                           each rank's state is current only in its own.
@@ -218,9 +221,8 @@ NN_API const nn_dist_ops *nn_dist_fit_ops(nn_dist *d);
  * freed (with its optimizer) and another made in its place without
  * nn_dist_sync has its steps reduced and applied alike on every rank,
  * each rank with its own copy of the parameters (with shard_optimizer, the
- * sharded state of the freed parameters is dropped, not gathered, and the
- * freed optimizer not read; an optimizer freed while its parameters live
- * needs the sync first, see shard_optimizer); but its parameters do not
+ * sharded state of the freed optimizer is dropped, not gathered); but its
+ * parameters do not
  * take rank 0's values, nor are its buffers broadcast, until nn_dist_sync:
  * ranks that made it differently stay different. Ranks that step over
  * different tensors (replaced on some ranks only) disagree and may wait
