@@ -158,7 +158,7 @@ typedef struct bucket {
 typedef struct stale_state {
   ad_tensor *t;
   uint64_t serial;
-  int param, kind;
+  int j, param, kind; /* its index among the optimizer's state tensors */
 } stale_state;
 
 /* A parameter in the shared window, and where its values are there: a
@@ -198,6 +198,7 @@ typedef struct shm {
   bool stale;
   stale_state *st;
   int nst, stcap;
+  int st_count;   /* the optimizer's state tensors, all of them */
   char dir[4096]; /* the node's first rank: MPI's backing directory (backing_directory) */
   /* with shard_optimizer: the parameters of the last sync, one copy per
    * node in a window of their own (the first rank's memory), which each
@@ -482,7 +483,7 @@ static void layout_free(nn_dist *d) {
   ad_free(c, d->gath_ts, n1 * sizeof *d->gath_ts);
   ad_free(c, d->gath_cnt, n1 * sizeof *d->gath_cnt);
   ad_free(c, h->st, (size_t)h->stcap * sizeof *h->st);
-  h->st = NULL, h->stcap = h->nst = 0, h->stale = false;
+  h->st = NULL, h->stcap = h->nst = h->st_count = 0, h->stale = false;
   d->b = NULL, d->t = NULL, d->ord = d->bucket_of = d->remaining = d->flags = NULL;
   d->offset = d->tsize = NULL, d->tser = NULL, d->look = NULL, d->nb = d->np = 0;
   d->gath_ts = NULL, d->gath_cnt = NULL;
@@ -1088,7 +1089,7 @@ static ad_status layout_local(nn_dist *d, nn_params *p) {
   d->gath_cnt = ad_malloc(c, n1 * sizeof *d->gath_cnt);
   /* the sharded steps' record of optimizer state: nn's optimizers keep at
    * most three state tensors and a step counter per parameter */
-  h->stcap = 4 * np + 4;
+  h->stcap = 4 * np + 16;
   h->st = ad_malloc(c, (size_t)h->stcap * sizeof *h->st);
   d->nb = 0;
   if ((n && (!d->t || !d->tser || !d->ord || !d->bucket_of || !d->offset || !d->tsize ||
@@ -1648,37 +1649,37 @@ static void share_slices(nn_dist *d, ad_tensor *const *ts, bool first_barrier) {
     if (ts[i]) copy_from(d, d->bucket_of[i], i, ts[i]->data, 2, h->lrank);
 }
 
-/* Records opt's per-parameter state tensors after a sharded step (the
- * record has room: ops_step shards only then). */
+/* Whether opt (live: the caller's) is the optimizer of the record: the
+ * same number of state tensors, the record's at their places (by address
+ * and serial: another optimizer, also one made at a freed one's address,
+ * has other state tensors). */
+static bool stale_is(const nn_dist *d, const nn_optimizer *opt) {
+  const shm *h = &d->sh;
+  if (!h->stale || !opt || nn_optimizer_state_count(opt) != h->st_count) return false;
+  ad_tensor *const *st = nn_optimizer_state_tensors(opt);
+  for (int k = 0; k < h->nst; k++)
+    if (st[h->st[k].j] != h->st[k].t || ad_tensor_serial(st[h->st[k].j]) != h->st[k].serial)
+      return false;
+  return true;
+}
+
+/* Records opt's per-parameter state tensors after a sharded step, unless
+ * the record is opt's already (the steps between two gathers). The record
+ * has room: ops_step shards only then. */
 static void stale_record(nn_dist *d, const nn_optimizer *opt) {
   shm *h = &d->sh;
+  if (stale_is(d, opt)) return;
   int ns = nn_optimizer_state_count(opt);
   ad_tensor *const *st = nn_optimizer_state_tensors(opt);
   memset(d->gath_cnt, 0, (d->np ? (size_t)d->np : 1) * sizeof *d->gath_cnt);
   h->nst = 0;
+  h->st_count = ns;
   for (int j = 0; j < ns && h->nst < h->stcap; j++) {
     int i = nn_optimizer_state_param(opt, j);
     if (i >= 0 && i < d->np)
-      h->st[h->nst++] = (stale_state){st[j], ad_tensor_serial(st[j]), i, d->gath_cnt[i]++};
+      h->st[h->nst++] = (stale_state){st[j], ad_tensor_serial(st[j]), j, i, d->gath_cnt[i]++};
   }
   h->stale = true;
-}
-
-/* Whether opt (live: the caller's) is the optimizer of the record: its
- * per-parameter state tensors are the record's, by address and serial. */
-static bool stale_is(const nn_dist *d, const nn_optimizer *opt) {
-  const shm *h = &d->sh;
-  if (!h->stale || !opt) return false;
-  int ns = nn_optimizer_state_count(opt), k = 0;
-  ad_tensor *const *st = nn_optimizer_state_tensors(opt);
-  for (int j = 0; j < ns; j++) {
-    int i = nn_optimizer_state_param(opt, j);
-    if (i < 0 || i >= d->np) continue;
-    if (k >= h->nst || st[j] != h->st[k].t || ad_tensor_serial(st[j]) != h->st[k].serial)
-      return false;
-    k++;
-  }
-  return k == h->nst;
 }
 
 /* Gathers the recorded optimizer state: each rank's slices of every state
@@ -1733,7 +1734,7 @@ static ad_status ops_step(void *ud, nn_optimizer *opt) {
   if (cfg && (cfg->clip_value > 0 || cfg->clip_norm > 0)) privatize(d); /* clipped in place */
   bool shard = opt && d->o.shard_optimizer && h->on && h->lsize > 1 &&
                layout_current(d, nn_optimizer_params(opt)) &&
-               nn_optimizer_state_count(opt) <= h->stcap; /* (room to record it) */
+               nn_optimizer_state_count(opt) <= h->stcap; /* (room to record its state) */
   /* a whole step on every rank (or an exchange of the slices) on one copy
    * of the parameters would take it once per rank: each its own copy; and
    * a sharded step over tensors not in the window (of a model made again
