@@ -117,6 +117,15 @@ typedef struct bucket {
   int64_t mine;          /* dyn: chunks this rank summed in this step */
 } bucket;
 
+/* A state tensor of the optimizer of the last sharded steps: its index j
+ * among the optimizer's state tensors, which parameter's, and its kind
+ * (the kind-th state tensor of that parameter: Adam's m, then v). */
+typedef struct stale_state {
+  ad_tensor *t;
+  uint64_t serial;
+  int j, param, kind;
+} stale_state;
+
 /* The shared-memory reduction among the lsize ranks of a node (a machine,
  * or a group forced by ranks_per_node). Each rank owns one segment of an
  * MPI-3 shared window: 2 nb flags (packed[k], reduced[k]: the step id that
@@ -152,15 +161,6 @@ typedef struct bucket {
  * summed over the segments in rank order. Between nodes each rank's slice
  * is allreduced with the same slice on the other nodes, which needs fixed
  * slices: no chunks there. */
-/* A state tensor of the optimizer of the last sharded steps: which
- * parameter's, and its kind (the kind-th state tensor of that parameter:
- * Adam's m, then v). */
-typedef struct stale_state {
-  ad_tensor *t;
-  uint64_t serial;
-  int j, param, kind; /* its index among the optimizer's state tensors */
-} stale_state;
-
 /* A parameter in the shared window, and where its values are there: a
  * tensor whose data is elsewhere by now (freed: NULL; its header reused;
  * bound by the caller) is left alone. */
@@ -301,10 +301,9 @@ static ad_status ops_sum(void *ud, double *v, int n) {
  * Open MPI's MCA variable osc_sm_backing_directory, read through the MPI
  * tool interface; /dev/shm where there is no such variable (another MPI
  * library). Read once per process and kept: starting the tool interface
- * opens all of Open MPI's components and stopping it closes them (about a
- * fifth of a second, which every nn_dist_new paid before), and the
- * variable is fixed when MPI starts. Only the thread that initialised MPI
- * calls here (MPI_THREAD_FUNNELED), so the copy needs no lock. */
+ * opens all of Open MPI's components and stopping it closes them (slow:
+ * docs/distributed.md), and the variable is fixed when MPI starts. Only the thread that initialised
+ * MPI calls here (MPI_THREAD_FUNNELED), so the copy needs no lock. */
 static void backing_directory(char *dir, size_t cap) {
   static char kept[4096];
   static bool read;
@@ -951,10 +950,11 @@ static int find(const nn_dist *d, const ad_tensor *t) {
 
 /* Whether the layout is for p as it is now: p holds the layout's tensors
  * in its order (by address and serial: a tensor made in a freed one's
- * header is another, which an address alone cannot tell, and serials
- * count in each context), of the sizes and dtypes it was built for. Any list object will do (a list
- * made again in a freed one's place, or another list of the same tensors): every rank that runs the
- * same code judges alike, whatever its allocator gave it. */
+ * header is another, which an address alone cannot tell, and serials count
+ * in each context), of the sizes and dtypes it was built for. Any list
+ * object will do (a list made again in a freed one's place, or another
+ * list of the same tensors): every rank that runs the same code judges
+ * alike, whatever its allocator gave it. */
 static bool layout_current(const nn_dist *d, const nn_params *p) {
   if (d->layout_stale || !d->b || !p || d->np != nn_params_count(p)) return false;
   ad_tensor *const *ts = nn_params_tensors(p);
