@@ -780,6 +780,54 @@ static void layout_after_params_replaced(ad_ctx *c) {
   nn_dist_free(d);
 }
 
+/* A sharded step driven by hand (shard_optimizer, Adam, 24 rows of which
+ * each rank takes its own): its optimizer state is left in slices. */
+typedef struct by_hand {
+  ad_tensor *x, *y;
+  nn_model *m;
+  nn_optimizer *opt;
+  nn_dist *d;
+  const nn_dist_ops *ops;
+  int64_t lo, hi; /* this rank's rows */
+  ad_status st;
+} by_hand;
+
+static by_hand sharded_by_hand(ad_ctx *c) {
+  nn_dist_opts o = {.shard_optimizer = true};
+  own_shard = true;
+  by_hand b;
+  make_data(c, AD_F64, 24, &b.x, &b.y);
+  b.m = make_model(c, AD_F64, 8, PLAIN, 5);
+  b.opt = nn_adam_new(nn_model_params(b.m), 0.01);
+  b.d = dist_new(c, &o);
+  b.ops = nn_dist_fit_ops(b.d);
+  b.lo = 24 * rank / size, b.hi = 24 * (rank + 1) / size;
+  b.st = nn_dist_sync(b.d, b.m, b.opt);
+  if (b.st == AD_OK) b.st = ops_step_rows(b.ops, b.m, b.x, b.y, b.lo, b.hi, 24, false);
+  if (b.st == AD_OK) b.st = b.ops->step(b.ops->ud, b.opt);
+  return b;
+}
+
+/* Frees what sharded_by_hand made but the model and optimizers, which the
+ * tests free (or replace) themselves, first. */
+static void by_hand_end(ad_ctx *c, by_hand *b) {
+  ad_clear_error(c);
+  nn_dist_free(b->d);
+  ad_tape_reset(c);
+  ad_tensor_free(b->x);
+  ad_tensor_free(b->y);
+  own_shard = false;
+}
+
+/* The same step in one process, on all of x's rows. */
+static ad_status one_process_step(ad_ctx *c, nn_model *m, nn_optimizer *opt, ad_tensor *x,
+                                  ad_tensor *y) {
+  ad_tape_reset(c);
+  nn_params_zero_grad(nn_model_params(m));
+  ad_status st = ad_backward(c, nn_cross_entropy_loss(c, nn_model_forward(m, x), y, NN_MEAN), NULL);
+  return st == AD_OK ? nn_optimizer_step(opt) : st;
+}
+
 /* A model freed, another of the same architecture made in its place (its
  * blocks at the freed one's addresses, its parameter list too) and
  * stepped through nn_dist_fit_ops without nn_dist_sync, with the sharded
@@ -789,19 +837,14 @@ static void layout_after_params_replaced(ad_ctx *c) {
  * updated only its own slices of its own copy, and the ranks' parameters
  * differed after one step. The step equals one process's. */
 static void model_made_again_in_place(ad_ctx *c) {
-  nn_dist_opts o = {.shard_optimizer = true};
-  own_shard = true;
-  ad_tensor *x, *y;
-  make_data(c, AD_F64, 24, &x, &y);
-  nn_model *m = make_model(c, AD_F64, 8, PLAIN, 5);
-  nn_optimizer *opt = nn_adam_new(nn_model_params(m), 0.01);
-  nn_dist *d = dist_new(c, &o);
-  const nn_dist_ops *ops = nn_dist_fit_ops(d);
-  int64_t lo = 24 * rank / size, hi = 24 * (rank + 1) / size;
-  /* a sharded step by hand: its optimizer state is left in slices */
-  ad_status st = nn_dist_sync(d, m, opt);
-  if (st == AD_OK) st = ops_step_rows(ops, m, x, y, lo, hi, 24, false);
-  if (st == AD_OK) st = ops->step(ops->ud, opt);
+  by_hand b = sharded_by_hand(c);
+  ad_tensor *x = b.x, *y = b.y;
+  nn_model *m = b.m;
+  nn_optimizer *opt = b.opt;
+  nn_dist *d = b.d;
+  const nn_dist_ops *ops = b.ops;
+  int64_t lo = b.lo, hi = b.hi;
+  ad_status st = b.st;
   nn_dist_stats stats;
   nn_dist_get_stats(d, &stats, false);
   void *old_list = nn_model_params(m), *old_opt = opt;
@@ -842,11 +885,7 @@ static void model_made_again_in_place(ad_ctx *c) {
   if (st == AD_OK) st = ops->step(ops->ud, o2);
   nn_model *ref = make_model(c, AD_F64, 8, PLAIN, 6);
   nn_optimizer *oref = nn_adam_new(nn_model_params(ref), 0.01);
-  ad_tape_reset(c); /* the same step in one process, on all 24 rows */
-  nn_params_zero_grad(nn_model_params(ref));
-  ad_status rst =
-      ad_backward(c, nn_cross_entropy_loss(c, nn_model_forward(ref, x), y, NN_MEAN), NULL);
-  if (rst == AD_OK) rst = nn_optimizer_step(oref);
+  ad_status rst = one_process_step(c, ref, oref, x, y);
   double rel = max_rel(nn_model_params(m2), nn_model_params(ref));
   bool same = same_bits_as_rank0(nn_model_params(m2));
   snprintf(why, sizeof why,
@@ -859,16 +898,11 @@ static void model_made_again_in_place(ad_ctx *c) {
   if (!same_place) /* (where nn's allocations take that block, the case above is not made) */
     skip("the new model's list at the freed one's address",
          "nn's allocations took that block elsewhere");
-  ad_clear_error(c);
-  nn_dist_free(d);
-  ad_tape_reset(c);
+  by_hand_end(c, &b);
   nn_optimizer_free(o2);
   nn_optimizer_free(oref);
   nn_model_free(m2);
   nn_model_free(ref);
-  ad_tensor_free(x);
-  ad_tensor_free(y);
-  own_shard = false;
 }
 
 /* A step over a list whose parameter is on another context (on the last
@@ -928,18 +962,14 @@ static void list_on_another_context(ad_ctx *c) {
  * optimizer (which crashed), and the new optimizer is not taken for the
  * old one. */
 static void optimizer_freed_alone(ad_ctx *c) {
-  nn_dist_opts o = {.shard_optimizer = true};
-  own_shard = true;
-  ad_tensor *x, *y;
-  make_data(c, AD_F64, 24, &x, &y);
-  nn_model *m = make_model(c, AD_F64, 8, PLAIN, 5);
-  nn_optimizer *opt = nn_adam_new(nn_model_params(m), 0.01);
-  nn_dist *d = dist_new(c, &o);
-  const nn_dist_ops *ops = nn_dist_fit_ops(d);
-  int64_t lo = 24 * rank / size, hi = 24 * (rank + 1) / size;
-  ad_status st = nn_dist_sync(d, m, opt);
-  if (st == AD_OK) st = ops_step_rows(ops, m, x, y, lo, hi, 24, false);
-  if (st == AD_OK) st = ops->step(ops->ud, opt);
+  by_hand b = sharded_by_hand(c);
+  ad_tensor *x = b.x, *y = b.y;
+  nn_model *m = b.m;
+  nn_optimizer *opt = b.opt;
+  nn_dist *d = b.d;
+  const nn_dist_ops *ops = b.ops;
+  int64_t lo = b.lo, hi = b.hi;
+  ad_status st = b.st;
   void *old_opt = opt;
   parking = true;
   nn_optimizer_free(opt);
@@ -958,11 +988,7 @@ static void optimizer_freed_alone(ad_ctx *c) {
   if (st == AD_OK) st = ops_step_rows(ops, m, x, y, lo, hi, 24, false);
   if (st == AD_OK) st = ops->step(ops->ud, o2);
   if (st == AD_OK) st = nn_dist_sync(d, m, o2); /* gathers o2's slices (then rank 0's sent) */
-  ad_tape_reset(c);
-  nn_params_zero_grad(pr);
-  ad_status rst =
-      ad_backward(c, nn_cross_entropy_loss(c, nn_model_forward(ref, x), y, NN_MEAN), NULL);
-  if (rst == AD_OK) rst = nn_optimizer_step(oref);
+  ad_status rst = one_process_step(c, ref, oref, x, y);
   int nst = nn_optimizer_state_count(o2);
   double rel = fmax(max_rel(pm, pr), max_rel_tensors(nn_optimizer_state_tensors(o2),
                                                      nn_optimizer_state_tensors(oref), nst));
@@ -976,14 +1002,9 @@ static void optimizer_freed_alone(ad_ctx *c) {
         why);
   nn_optimizer_free(oref);
   nn_model_free(ref);
-  ad_clear_error(c);
-  nn_dist_free(d);
-  ad_tape_reset(c);
+  by_hand_end(c, &b);
   nn_optimizer_free(o2);
   nn_model_free(m);
-  ad_tensor_free(x);
-  ad_tensor_free(y);
-  own_shard = false;
 }
 
 /* Rank 0 steps over another list object holding the same tensors, the
