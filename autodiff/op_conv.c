@@ -72,7 +72,9 @@ static int64_t convt_out_len(int64_t n, int64_t p0, int64_t p1, int64_t k, int64
                              int64_t op) {
   int64_t t = n > 0 ? sat_mul(n - 1, s) : -s, span = conv_span(k, d);
   if (t >= CONV_SAT || span > CONV_SAT) return CONV_SAT; /* too large for a tensor */
-  return t - p0 - p1 + span + op;
+  /* t + span < 2^63; padding and output_padding are at most 2^40 each */
+  int64_t r = t + span;
+  return r >= CONV_SAT ? CONV_SAT : r - p0 - p1 + op;
 }
 
 /* a with 'same' replaced by its padding for a kh x kw kernel: the total
@@ -103,8 +105,8 @@ static ad_status conv_check_attrs(const ad_call *c, int kind, int64_t kh, int64_
   if (a->dilation[0] < 1 || a->dilation[1] < 1)
     return ad_set_error(ctx, AD_ERR_ARG, "%s: dilation (%lld, %lld) must be at least 1", nm,
                         (long long)a->dilation[0], (long long)a->dilation[1]);
-  if (a->groups < 1)
-    return ad_set_error(ctx, AD_ERR_ARG, "%s: groups %lld must be at least 1", nm,
+  if (a->groups < 1 || a->groups > CONV_ATTR_MAX)
+    return ad_set_error(ctx, AD_ERR_ARG, "%s: groups %lld must be in 1..2^40", nm,
                         (long long)a->groups);
   for (int k = 0; k < 4; k++)
     if (a->padding[k] < 0)
@@ -714,13 +716,15 @@ static ad_status conv2d_shape(const ad_call *c) {
                         "channels %lld: x %s, w %s",
                         c->name, (long long)g, (long long)C, (long long)O,
                         ad_shape_str(x, sx, sizeof sx), ad_shape_str(w, sw, sizeof sw));
-  if (w->shape[1] != C / g)
+  if (w->shape[1] != C / g) {
+    int64_t takes = sat_mul(w->shape[1], g); /* both up to 2^40 */
     return ad_set_error(c->ctx, AD_ERR_SHAPE,
                         "%s: x %s has %lld channels, but w %s takes %lld per group x %lld "
-                        "groups = %lld",
+                        "groups = %s%lld",
                         c->name, ad_shape_str(x, sx, sizeof sx), (long long)C,
                         ad_shape_str(w, sw, sizeof sw), (long long)w->shape[1], (long long)g,
-                        (long long)(w->shape[1] * g));
+                        takes >= CONV_SAT ? "at least " : "", (long long)takes);
+  }
   if ((st = conv_check_bias(c, O)) != AD_OK) return st;
   ad_conv_attrs r = conv_resolved(&c->attrs->conv, kh, kw);
   int64_t oh =
@@ -772,6 +776,10 @@ static void conv2d_range(void *ud, int64_t begin, int64_t end) {
 
 static void conv2d_compute(const ad_call *c) {
   const ad_tensor *x = c->in[0], *w = c->in[1];
+  /* An empty output has nothing to compute. This also bounds the loops
+   * over groups by the output's size: with no channels, any groups divides
+   * them. */
+  if (c->out->size == 0) return;
   ad_conv_attrs r = conv_resolved(&c->attrs->conv, w->shape[2], w->shape[3]);
   conv_job j = {.g = conv_geom_of(x->dtype, x->shape, c->out->shape, w->shape[2], w->shape[3], &r),
                 .x = x->data,
@@ -930,6 +938,7 @@ static void convt_range(void *ud, int64_t begin, int64_t end) {
  * under r into out (image side, shaped img): conv2d's input gradient. */
 static void convt_compute(ad_ctx *ctx, const ad_tensor *y, const ad_tensor *w, const void *bias,
                           const ad_conv_attrs *r, ad_tensor *out) {
+  if (out->size == 0) return; /* see conv2d_compute */
   conv_job j = {.g = conv_geom_of(y->dtype, out->shape, y->shape, w->shape[2], w->shape[3], r),
                 .w = w->data,
                 .y = y->data,
@@ -1128,6 +1137,7 @@ static void convw_reduce(void *ud, int64_t begin, int64_t end) {
 static void convw_compute(const ad_call *c) {
   const ad_tensor *x = c->in[0], *dy = c->in[1];
   ad_tensor *out = c->out;
+  if (out->size == 0) return; /* see conv2d_compute */
   ad_conv_attrs r = conv_resolved(&c->attrs->conv, out->shape[2], out->shape[3]);
   conv_job j = {.g = conv_geom_of(x->dtype, x->shape, dy->shape, out->shape[2], out->shape[3], &r),
                 .x = x->data,

@@ -404,6 +404,55 @@ Test(conv, transpose_weight_and_conv1d_refuse_bad_input) {
   for (size_t k = 0; k < sizeof ts / sizeof *ts; k++) ad_tensor_free(ts[k]);
 }
 
+/* Channels of 0 on both sides make every groups count divide them: the
+ * work must be bounded by the output, not by groups (2^40 groups spun in
+ * the loop over groups for ever), and groups above 2^40 are refused like
+ * any other attribute. The sizes that a transposed convolution computes
+ * from 2^40-sized attributes stay in range (no signed overflow: UBSan
+ * builds would report it), and a channel count that overflows when
+ * multiplied out in a message is printed as a bound. */
+Test(conv, huge_groups_and_attributes_are_bounded) {
+  ad_tensor *x0 = ones4(ctx, 1, 0, 4, 4), *w0 = ones4(ctx, 0, 0, 3, 3);
+  ad_tensor_set_requires_grad(x0, true), ad_tensor_set_requires_grad(w0, true);
+  ad_conv_opts big = {.groups = INT64_C(1) << 40};
+  ad_tensor *y = ad_conv2d(ctx, x0, w0, NULL, &big);
+  cr_assert(y, "conv2d: %s", ad_last_error(ctx));
+  cr_assert(y->size == 0 && y->shape[1] == 0 && y->shape[2] == 2);
+  cr_assert_eq(ad_backward(ctx, ad_sum(ctx, y), NULL), AD_OK, "%s", ad_last_error(ctx));
+  ad_tensor *t = ad_conv_transpose2d(ctx, x0, w0, NULL, &big);
+  cr_assert(t, "conv_transpose2d: %s", ad_last_error(ctx));
+  cr_assert(t->size == 0 && t->shape[2] == 6);
+  ad_tensor *dw = ad_conv2d_weight(ctx, x0, y, 3, 3, &big);
+  cr_assert(dw, "conv2d_weight: %s", ad_last_error(ctx));
+  cr_assert(dw->size == 0);
+
+  ad_conv_opts over = {.groups = (INT64_C(1) << 40) + 1};
+  EXPECT_FAIL(ad_conv2d(ctx, x0, w0, NULL, &over), AD_ERR_ARG, "groups > 2^40", "groups",
+              "must be in 1..2^40");
+  EXPECT_FAIL(ad_conv_transpose2d(ctx, x0, w0, NULL, &over), AD_ERR_ARG, "convt groups > 2^40",
+              "must be in 1..2^40");
+
+  ad_tensor *w5 = ones4(ctx, 0, 5, 3, 3);
+  big.groups = INT64_C(1) << 40;
+  EXPECT_FAIL(ad_conv2d(ctx, x0, w5, NULL, &big), AD_ERR_SHAPE, "channels x groups overflow",
+              "takes 5 per group x 1099511627776 groups = 5497558138880");
+  int64_t sw[4] = {0, INT64_C(1) << 30, 1, 1};
+  ad_tensor *wh = ad_zeros(ctx, AD_F32, 4, sw), *x0f = ad_zeros(ctx, AD_F32, 4, x0->shape);
+  EXPECT_FAIL(ad_conv2d(ctx, x0f, wh, NULL, &big), AD_ERR_SHAPE, "saturated product",
+              "groups = at least 4611686018427387904");
+
+  /* 2^22 + 1 columns, stride and dilation 2^40 - 1: t + span + output_padding
+   * passed INT64_MAX */
+  int64_t L = (INT64_C(1) << 22) + 1, m = (INT64_C(1) << 40) - 1, sx[4] = {1, 1, 1, L};
+  ad_tensor *xl = ad_zeros(ctx, AD_F32, 4, sx), *wl = ad_zeros(ctx, AD_F32, 4, sx);
+  ad_conv_opts o = {.stride = {1, m}, .dilation = {1, m}, .output_padding = {0, m - 1}};
+  EXPECT_FAIL(ad_conv_transpose2d(ctx, xl, wl, NULL, &o), AD_ERR_SHAPE, "convt overflow",
+              "conv_transpose2d", "too large");
+  ad_tape_reset(ctx);
+  ad_tensor *ts[] = {x0, w0, w5, wh, x0f, xl, wl};
+  for (size_t k = 0; k < sizeof ts / sizeof *ts; k++) ad_tensor_free(ts[k]);
+}
+
 /* An empty image is refused, as PyTorch does (an empty batch is not, see
  * empty_batch): with padding the output would not be empty, and its
  * backward would have no input size to come back to. */
