@@ -295,11 +295,11 @@ static inline ad_tensor *ad_tmp_like(ad_ctx *ctx, const ad_tensor *x) {
   return &n->t;
 }
 
-/* Checks that in[0..n-1] are float and share a dtype; records an error. */
 /* Whether x can be an input of fn: not NULL, a live tensor of ctx, not from
  * a tape that was reset (ad_op_apply's checks, for functions that read a
  * shape before they apply an op); records an error naming fn and what. */
 bool ad_arg_ok(ad_ctx *ctx, const char *fn, const char *what, const ad_tensor *x);
+/* Checks that in[0..n-1] are float and share a dtype; records an error. */
 ad_status ad_check_float_same(ad_ctx *ctx, const char *op, int n, ad_tensor *const *in);
 /* The shape rule of AD_OP_ELEMENTWISE ops: float inputs of one dtype whose
  * shapes broadcast; out gets that dtype and the broadcast shape. */

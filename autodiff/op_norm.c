@@ -28,12 +28,21 @@ static ad_tensor *per_channel(ad_ctx *ctx, ad_tensor *t, int ndim, int64_t c) {
   return ad_reshape(ctx, t, ndim, shape);
 }
 
-/* Checks an optional per-channel tensor: [C], x's dtype. */
-static bool check_vec(ad_ctx *ctx, const ad_tensor *t, const char *what, const ad_tensor *x) {
+/* Checks an optional per-channel tensor: a live tensor of ctx, [C], x's
+ * dtype. A running statistic that training updates must also be
+ * persistent (a buffer): the update writes it in place, outside the tape,
+ * so ad_op_apply's checks never see it, and a temporary's memory may hold
+ * another tensor after a reset, or be saved for a backward pass. */
+static bool check_vec(ad_ctx *ctx, const ad_tensor *t, const char *what, const ad_tensor *x,
+                      bool updated) {
   char a[64], b[64];
   if (!t) return true;
-  if (!ad_tensor_is_valid(t)) {
-    ad_set_error(ctx, AD_ERR_STATE, "batch_norm: %s was freed", what);
+  if (!ad_arg_ok(ctx, "batch_norm", what, t)) return false;
+  if (updated && !(ad_node_of(t)->flags & AD_NF_PERSISTENT)) {
+    ad_set_error(ctx, AD_ERR_ARG,
+                 "batch_norm: %s is updated in place in training mode, so it must be a "
+                 "persistent tensor (a buffer), not an op's result",
+                 what);
     return false;
   }
   if (t->ndim != 1 || t->shape[0] != x->shape[1]) {
@@ -80,10 +89,7 @@ ad_tensor *ad_batch_norm(ad_ctx *ctx, ad_tensor *x, ad_tensor *weight, ad_tensor
                          ad_tensor *running_mean, ad_tensor *running_var, bool training,
                          double momentum, double eps) {
   if (!ctx) return NULL;
-  if (!x) {
-    ad_set_null_error(ctx, "batch_norm: x is NULL");
-    return NULL;
-  }
+  if (!ad_arg_ok(ctx, "batch_norm", "x", x)) return NULL;
   char a[64];
   if (!ad_is_float(x->dtype) || x->ndim < 2) {
     ad_set_error(ctx, x->ndim < 2 ? AD_ERR_SHAPE : AD_ERR_DTYPE,
@@ -91,9 +97,9 @@ ad_tensor *ad_batch_norm(ad_ctx *ctx, ad_tensor *x, ad_tensor *weight, ad_tensor
                  ad_shape_str(x, a, sizeof a), ad_dtype_name(x->dtype));
     return NULL;
   }
-  if (!check_vec(ctx, weight, "weight", x) || !check_vec(ctx, bias, "bias", x) ||
-      !check_vec(ctx, running_mean, "running_mean", x) ||
-      !check_vec(ctx, running_var, "running_var", x))
+  if (!check_vec(ctx, weight, "weight", x, false) || !check_vec(ctx, bias, "bias", x, false) ||
+      !check_vec(ctx, running_mean, "running_mean", x, training) ||
+      !check_vec(ctx, running_var, "running_var", x, training))
     return NULL;
   if (!(eps >= 0) || !isfinite(eps) || !(momentum >= 0 && momentum <= 1)) {
     ad_set_error(ctx, AD_ERR_ARG,
@@ -103,6 +109,14 @@ ad_tensor *ad_batch_norm(ad_ctx *ctx, ad_tensor *x, ad_tensor *weight, ad_tensor
   }
   if ((running_mean == NULL) != (running_var == NULL)) {
     ad_set_error(ctx, AD_ERR_ARG, "batch_norm: give both running statistics or neither");
+    return NULL;
+  }
+  if (training && running_mean &&
+      (running_mean == running_var || running_mean == x || running_mean == weight ||
+       running_mean == bias || running_var == x || running_var == weight || running_var == bias)) {
+    ad_set_error(ctx, AD_ERR_ARG,
+                 "batch_norm: the running statistics are updated in place in training mode, so "
+                 "they must be two tensors other than x, weight and bias");
     return NULL;
   }
   int nd = x->ndim;

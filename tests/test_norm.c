@@ -220,3 +220,60 @@ Test(norm, batch_norm_bad_input) {
   ad_tensor_free(x), ad_tensor_free(w), ad_tensor_free(w4), ad_tensor_free(w64);
   ad_tensor_free(x1), ad_tensor_free(vec);
 }
+
+/* The running statistics are written in place, outside the tape, so
+ * ad_op_apply's checks never see them in training mode: batch_norm checks
+ * them itself. Another context's tensors were updated, and a temporary
+ * from a reset tape wrote into whatever tensor had its memory since. */
+Test(norm, running_statistics_must_be_buffers_of_this_context) {
+  int64_t s[2] = {4, 3}, sc[1] = {3};
+  ad_tensor *x = ad_full(ctx, AD_F32, 2, s, 1.0), *w = ad_ones(ctx, AD_F32, 1, sc);
+  for (int64_t i = 0; i < x->size; i++) ad_tensor_set(x, i, (double)(i % 5));
+  ad_ctx *other = ad_ctx_new();
+  cr_assert_not_null(other);
+  ad_tensor *om = ad_zeros(other, AD_F32, 1, sc), *ov = ad_ones(other, AD_F32, 1, sc);
+  cr_assert_null(ad_batch_norm(ctx, x, NULL, NULL, om, ov, true, 0.1, 1e-5));
+  expect_error(AD_ERR_ARG, "batch_norm: running_mean belongs to another context", NULL);
+  for (int64_t c = 0; c < 3; c++) cr_assert_eq(ad_tensor_get(om, c), 0.0, "changed");
+
+  /* temporaries of a tape that was reset; their memory now holds victim */
+  ad_tensor *base = ad_zeros(ctx, AD_F32, 1, sc);
+  ad_tensor *rm = ad_add_scalar(ctx, base, 0), *rv = ad_add_scalar(ctx, base, 1);
+  cr_assert(rm && rv, "%s", ad_last_error(ctx));
+  ad_tape_reset(ctx);
+  ad_tensor *victim = ad_add_scalar(ctx, base, 7.0);
+  cr_assert_not_null(victim, "%s", ad_last_error(ctx));
+  cr_assert_null(ad_batch_norm(ctx, x, NULL, NULL, rm, rv, true, 0.5, 1e-5));
+  /* rm's header may be victim's now (a current temporary: not a buffer) */
+  ad_status st = ad_last_status(ctx);
+  cr_assert(st == AD_ERR_STATE || st == AD_ERR_ARG, "%s", ad_last_error(ctx));
+  expect_error(st, "batch_norm: running_mean", NULL);
+  for (int64_t c = 0; c < 3; c++) cr_assert_eq(ad_tensor_get(victim, c), 7.0, "victim written");
+
+  /* a temporary of this tape: training refuses it, evaluation reads it */
+  ad_tensor *tm = ad_add_scalar(ctx, base, 0), *tv = ad_add_scalar(ctx, base, 1);
+  cr_assert_null(ad_batch_norm(ctx, x, NULL, NULL, tm, tv, true, 0.1, 1e-5));
+  expect_error(AD_ERR_ARG, "running_mean is updated in place in training mode",
+               "must be a persistent tensor", NULL);
+  cr_assert(ad_batch_norm(ctx, x, NULL, NULL, tm, tv, false, 0.1, 1e-5), "%s", ad_last_error(ctx));
+
+  /* one tensor in two roles */
+  ad_tensor *pm = ad_zeros(ctx, AD_F32, 1, sc), *pv = ad_ones(ctx, AD_F32, 1, sc);
+  cr_assert_null(ad_batch_norm(ctx, x, w, NULL, w, pv, true, 0.1, 1e-5));
+  expect_error(AD_ERR_ARG, "must be two tensors other than x, weight and bias", NULL);
+  cr_assert_null(ad_batch_norm(ctx, x, NULL, NULL, pm, pm, true, 0.1, 1e-5));
+  expect_error(AD_ERR_ARG, "must be two tensors other than x, weight and bias", NULL);
+  cr_assert_eq(ad_tensor_get(w, 0), 1.0, "weight changed");
+  cr_assert(ad_batch_norm(ctx, x, w, NULL, pm, pv, true, 0.1, 1e-5), "%s", ad_last_error(ctx));
+  cr_assert_neq(ad_tensor_get(pm, 0), 0.0, "control: not updated");
+
+  /* a freed x is named */
+  ad_tensor *gone = ad_zeros(ctx, AD_F32, 2, s);
+  ad_tensor_free(gone);
+  cr_assert_null(ad_batch_norm(ctx, gone, NULL, NULL, NULL, NULL, true, 0.1, 1e-5));
+  expect_error(AD_ERR_STATE, "batch_norm: x was freed", NULL);
+  ad_tape_reset(ctx);
+  ad_tensor_free(om), ad_tensor_free(ov), ad_ctx_free(other);
+  ad_tensor_free(x), ad_tensor_free(w), ad_tensor_free(base), ad_tensor_free(pm),
+      ad_tensor_free(pv);
+}

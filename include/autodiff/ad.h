@@ -757,11 +757,15 @@ AD_API ad_tensor *ad_binary_cross_entropy(ad_ctx *ctx, ad_tensor *p, ad_tensor *
  * are (PyTorch too). A composite of the
  * engine's ops: differentiable to any order in every float input (the
  * running statistics are buffers, not differentiated). Errors:
- * AD_ERR_SHAPE (x under 2 dims, a vector not [C], training with exactly
- * one value per channel), AD_ERR_DTYPE (not float, or dtypes differ), AD_ERR_ARG
- * (eps < 0 or not finite, momentum outside [0, 1], one running statistic
- * without the other, evaluation without them). The running statistics are
- * updated only when the call succeeds. */
+ * AD_ERR_NULL (x NULL), AD_ERR_SHAPE (x under 2 dims, a vector not [C],
+ * training with exactly one value per channel), AD_ERR_DTYPE (not float,
+ * or dtypes differ), AD_ERR_ARG (eps < 0 or not finite, momentum outside
+ * [0, 1], one running statistic without the other, evaluation without
+ * them, a tensor of another context; in training mode, running
+ * statistics that are not persistent tensors, are the same tensor, or are
+ * x, weight or bias), AD_ERR_STATE (a freed tensor, or a temporary from a
+ * tape that was reset). The running statistics are updated only when the
+ * call succeeds. */
 AD_API ad_tensor *ad_batch_norm(ad_ctx *ctx, ad_tensor *x, ad_tensor *weight, ad_tensor *bias,
                                 ad_tensor *running_mean, ad_tensor *running_var, bool training,
                                 double momentum, double eps);
