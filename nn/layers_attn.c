@@ -47,6 +47,9 @@ static ad_tensor *mha_mask(ad_ctx *ctx, const char *who, const mha_state *s, ad_
   char b1[64];
   ad_tensor *am = a ? a->attn_mask : NULL, *kpm = a ? a->key_padding_mask : NULL, *out = NULL;
   *none = !am && !kpm;
+  if ((am && nn_check_input(ctx, who, "attn_mask", am) != AD_OK) ||
+      (kpm && nn_check_input(ctx, who, "key_padding_mask", kpm) != AD_OK))
+    return NULL;
   if (am) {
     bool two = am->ndim == 2 && am->shape[0] == L && am->shape[1] == S;
     bool three =

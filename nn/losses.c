@@ -13,6 +13,9 @@ static ad_tensor *match_target(ad_ctx *ctx, const char *fn, ad_tensor *pred, ad_
     nn_null_arg(ctx, fn, pred ? "target" : "prediction");
     return NULL;
   }
+  if (nn_check_input(ctx, fn, "prediction", pred) != AD_OK ||
+      nn_check_input(ctx, fn, "target", target) != AD_OK)
+    return NULL;
   if (pred->dtype != AD_F32 && pred->dtype != AD_F64) {
     ad_set_error(ctx, AD_ERR_DTYPE, "%s: prediction %s is %s; a float dtype is needed", fn,
                  ad_shape_str(pred, a, sizeof a), ad_dtype_name(pred->dtype));
@@ -87,6 +90,9 @@ static bool check_labels(ad_ctx *ctx, const char *fn, const ad_tensor *z, const 
     nn_null_arg(ctx, fn, z ? "labels" : "scores");
     return false;
   }
+  if (nn_check_input(ctx, fn, "scores", z) != AD_OK ||
+      nn_check_input(ctx, fn, "labels", lab) != AD_OK)
+    return false;
   if (z->dtype != AD_F32 && z->dtype != AD_F64) {
     ad_set_error(ctx, AD_ERR_DTYPE, "%s: scores %s are %s; a float dtype is needed", fn,
                  ad_shape_str(z, a, sizeof a), ad_dtype_name(z->dtype));
@@ -127,10 +133,20 @@ ad_tensor *nn_cross_entropy_loss(ad_ctx *ctx, ad_tensor *logits, ad_tensor *targ
   }
   ad_tensor *t = match_target(ctx, fn, logits, target);
   if (!t) return NULL;
-  char a[64];
+  char a[64], b[64];
   if (logits->ndim != 2 || logits->shape[1] == 0) {
     ad_set_error(ctx, AD_ERR_SHAPE, "%s: logits %s must be [N,C] with C >= 1", fn,
                  ad_shape_str(logits, a, sizeof a));
+    return NULL;
+  }
+  /* rows of class probabilities: the logits' own shape, as PyTorch asks
+   * (match_target took any shape of as many elements: [N] float class
+   * indices against [N,1] logits gave a loss of 0) */
+  if (t != target) {
+    ad_set_error(ctx, AD_ERR_SHAPE,
+                 "%s: a float target %s must have the logits' shape %s (class labels are i32 "
+                 "[N])",
+                 fn, ad_shape_str(target, a, sizeof a), ad_shape_str(logits, b, sizeof b));
     return NULL;
   }
   ad_tensor *l =
@@ -180,6 +196,9 @@ ad_tensor *nn_sequence_cross_entropy_loss(ad_ctx *ctx, ad_tensor *logits, ad_ten
     nn_null_arg(ctx, fn, logits ? "labels" : "logits");
     return NULL;
   }
+  if (nn_check_input(ctx, fn, "logits", logits) != AD_OK ||
+      nn_check_input(ctx, fn, "labels", labels) != AD_OK)
+    return NULL;
   nn_sequence_ce_opts o = {0};
   if (opts) o = *opts;
   if (logits->dtype != AD_F32 && logits->dtype != AD_F64) {
@@ -249,7 +268,9 @@ static int64_t argmax_row(const ad_tensor *t, int64_t r, int64_t c) {
 }
 
 int64_t nn_count_correct(const ad_tensor *pred, const ad_tensor *target, double threshold) {
-  if (!pred || !target || pred->ndim < 1 || target->ndim < 1 || pred->ndim > 2) return -1;
+  if (!ad_tensor_is_valid(pred) || !ad_tensor_is_valid(target) || pred->ndim < 1 ||
+      target->ndim < 1 || pred->ndim > 2)
+    return -1;
   int64_t n = pred->shape[0], c = pred->ndim == 2 ? pred->shape[1] : 1;
   if (target->shape[0] != n || c < 1) return -1;
   int64_t correct = 0;

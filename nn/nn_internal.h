@@ -15,6 +15,14 @@
  * after a failed op) and that message is kept. ctx may be NULL. */
 ad_status nn_null_arg(ad_ctx *ctx, const char *fn, const char *what);
 
+/* Checks a tensor that an nn entry point reads itself (its data, or its
+ * shape to build other tensors) before any op sees it: not NULL, live, of
+ * ctx, and not a temporary from a tape that was reset; the same errors and
+ * messages as an op's inputs get ("<fn>: <what> was freed", "... belongs
+ * to another context", "... is from a tape that was reset"). ctx must not
+ * be NULL. */
+ad_status nn_check_input(ad_ctx *ctx, const char *fn, const char *what, const ad_tensor *t);
+
 /* The one way nn entry points that reset the tape while reading t refuse a
  * temporary (an op's result, freed by the reset): records "<fn>: <what> is
  * a temporary ..." on ctx and returns AD_ERR_ARG; AD_OK for a persistent

@@ -20,6 +20,17 @@ ad_status nn_null_arg(ad_ctx *ctx, const char *fn, const char *what) {
   return ad_set_null_error(ctx, "%s: %s is NULL", fn, what);
 }
 
+ad_status nn_check_input(ad_ctx *ctx, const char *fn, const char *what, const ad_tensor *t) {
+  if (!t) return nn_null_arg(ctx, fn, what);
+  if (!ad_tensor_is_valid(t))
+    return ad_set_error(ctx, AD_ERR_STATE, "%s: %s was freed (or is not a tensor)", fn, what);
+  if (ad_tensor_ctx(t) != ctx)
+    return ad_set_error(ctx, AD_ERR_ARG, "%s: %s belongs to another context", fn, what);
+  if (ad_tensor_is_temporary(t) && ad_tensor_generation(t) != ad_tape_generation(ctx))
+    return ad_set_error(ctx, AD_ERR_STATE, "%s: %s is from a tape that was reset", fn, what);
+  return AD_OK;
+}
+
 ad_status nn_check_persistent(ad_ctx *ctx, const char *fn, const char *what, const ad_tensor *t) {
   if (!t || !ad_tensor_is_temporary(t)) return AD_OK;
   char a[64];

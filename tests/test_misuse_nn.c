@@ -576,6 +576,80 @@ Test(misuse_nn, another_contexts_layers_and_tensors_are_refused) {
   ad_ctx_free(other);
 }
 
+/* The losses and multi-head attention read labels, targets and i32 masks
+ * themselves before any op sees them: they must check them as an op
+ * checks its inputs. Freed labels were dereferenced (data NULL), a freed
+ * i32 mask read as "no mask", another context's labels and masks were
+ * used; and a float target of another shape than the logits was reshaped
+ * into a wrong loss. */
+Test(misuse_nn, tensors_the_losses_and_attention_read_are_checked) {
+  ad_ctx *other = ad_ctx_new();
+  ad_rng rng;
+  ad_rng_seed(&rng, 3);
+  int64_t zs[2] = {4, 3}, ls[1] = {4};
+  ad_tensor *z = ad_rand(ctx, &rng, AD_F32, 2, zs, -1, 1);
+  ad_tensor *gone = ad_zeros(ctx, AD_I32, 1, ls), *far = ad_zeros(other, AD_I32, 1, ls);
+  ad_tensor_free(gone);
+  nn_loss_fn label_losses[2] = {nn_cross_entropy_loss, nn_nll_loss};
+  for (int k = 0; k < 2; k++) {
+    cr_assert_null(label_losses[k](ctx, z, gone, NN_MEAN));
+    test_expect_error(ctx, AD_ERR_STATE, "labels was freed", NULL);
+    cr_assert_null(label_losses[k](ctx, z, far, NN_MEAN));
+    test_expect_error(ctx, AD_ERR_ARG, "labels belongs to another context", NULL);
+  }
+  cr_assert_null(nn_sequence_cross_entropy_loss(ctx, z, gone, NN_MEAN, NULL));
+  test_expect_error(ctx, AD_ERR_STATE, "sequence_cross_entropy_loss: labels was freed", NULL);
+  ad_tensor *fz = ad_zeros(other, AD_F32, 2, zs);
+  cr_assert_null(nn_mse_loss(ctx, z, fz, NN_MEAN));
+  test_expect_error(ctx, AD_ERR_ARG, "mse_loss: target belongs to another context", NULL);
+  /* a prediction from a tape that was reset (bce_loss reads its values) */
+  ad_tensor *p = ad_sigmoid(ctx, z);
+  ad_tape_reset(ctx);
+  ad_tensor *t = ad_zeros(ctx, AD_F32, 2, zs);
+  cr_assert_null(nn_bce_loss(ctx, p, t, NN_MEAN));
+  test_expect_error(ctx, AD_ERR_STATE, "bce_loss: prediction is from a tape that was reset", NULL);
+
+  /* float targets: the logits' shape, not just their size */
+  int64_t ts[2] = {3, 4}, z1[2] = {4, 1};
+  ad_tensor *tt = ad_zeros(ctx, AD_F32, 2, ts), *z4 = ad_zeros(ctx, AD_F32, 2, z1);
+  cr_assert_null(nn_cross_entropy_loss(ctx, z, tt, NN_MEAN));
+  test_expect_error(ctx, AD_ERR_SHAPE, "a float target [3,4] must have the logits' shape [4,3]",
+                    NULL);
+  ad_tensor *idx = ad_zeros(ctx, AD_F32, 1, ls);
+  cr_assert_null(nn_cross_entropy_loss(ctx, z4, idx, NN_MEAN));
+  test_expect_error(ctx, AD_ERR_SHAPE, "a float target [4] must have the logits' shape [4,1]",
+                    "class labels are i32", NULL);
+  ad_tensor *onehot = ad_zeros(ctx, AD_F32, 2, zs);
+  cr_assert(nn_cross_entropy_loss(ctx, z, onehot, NN_MEAN), "control: %s", ad_last_error(ctx));
+  cr_assert_eq(nn_count_correct(z, gone, 0.5), -1);
+
+  /* i32 masks of multi-head attention */
+  nn_layer *l = nn_multihead_attention_new(ctx, 4, 1, &rng, NULL);
+  cr_assert_not_null(l, "%s", ad_last_error(ctx));
+  int64_t qs[3] = {3, 1, 4}, ms[2] = {3, 3}, ks[2] = {1, 3};
+  ad_tensor *q = ad_rand(ctx, &rng, AD_F32, 3, qs, -1, 1);
+  ad_tensor *m = ad_zeros(ctx, AD_I32, 2, ms), *fm = ad_zeros(other, AD_I32, 2, ms);
+  ad_tensor *kp = ad_zeros(other, AD_I32, 2, ks);
+  ad_tensor *w = NULL;
+  nn_mha_args a = {.attn_mask = m};
+  cr_assert(nn_multihead_attention(l, q, q, q, &a, &w), "control: %s", ad_last_error(ctx));
+  ad_tensor_free(m);
+  cr_assert_null(nn_multihead_attention(l, q, q, q, &a, &w));
+  test_expect_error(ctx, AD_ERR_STATE, "attn_mask was freed", NULL);
+  a.attn_mask = fm;
+  cr_assert_null(nn_multihead_attention(l, q, q, q, &a, &w));
+  test_expect_error(ctx, AD_ERR_ARG, "attn_mask belongs to another context", NULL);
+  a = (nn_mha_args){.key_padding_mask = kp};
+  cr_assert_null(nn_multihead_attention(l, q, q, q, &a, &w));
+  test_expect_error(ctx, AD_ERR_ARG, "key_padding_mask belongs to another context", NULL);
+  ad_tape_reset(ctx);
+  nn_layer_free(l);
+  ad_tensor *own[] = {z, t, tt, z4, idx, onehot, q};
+  for (size_t k = 0; k < sizeof own / sizeof *own; k++) ad_tensor_free(own[k]);
+  ad_tensor_free(far), ad_tensor_free(fz), ad_tensor_free(fm), ad_tensor_free(kp);
+  ad_ctx_free(other);
+}
+
 /* Every nn entry point given a NULL tensor or object (with a context to
  * report to) returns the error with a message naming the function and the
  * argument; and a NULL that an earlier failure produced keeps that

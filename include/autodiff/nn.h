@@ -622,7 +622,8 @@ typedef struct nn_mha_args {
  * unbatched), or per head [N, H, L, S], after dropout, as PyTorch's. Self-
  * attention passes one tensor three times. A row whose keys are all masked
  * gives NaN, as in PyTorch. Returns NULL (and *weights NULL) with
- * AD_ERR_NULL, AD_ERR_ARG (l is another kind of layer), AD_ERR_SHAPE
+ * AD_ERR_NULL, AD_ERR_ARG (l is another kind of layer, a mask of another
+ * context), AD_ERR_STATE (a freed mask), AD_ERR_SHAPE
  * (ranks, E, batch sizes or lengths that do not fit, a mask of the wrong
  * shape; naming the layer and the shapes), AD_ERR_DTYPE or AD_ERR_OOM. */
 NN_API ad_tensor *nn_multihead_attention(nn_layer *l, ad_tensor *query, ad_tensor *key,
@@ -746,7 +747,9 @@ typedef enum nn_reduction {
 
 /** Every loss: a scalar on the tape from a prediction and a target, or NULL
  * with an error naming the loss and the shapes. pred and target share a
- * float dtype unless stated. */
+ * float dtype unless stated. Both are checked as an op's inputs are: a
+ * freed tensor or a temporary from a tape that was reset is AD_ERR_STATE,
+ * another context's AD_ERR_ARG, NULL AD_ERR_NULL. */
 typedef ad_tensor *(*nn_loss_fn)(ad_ctx *ctx, ad_tensor *pred, ad_tensor *target, nn_reduction red);
 
 /** (pred - target)^2. target has pred's shape, or its size (e.g. [N] for
@@ -772,10 +775,11 @@ NN_API ad_tensor *nn_bce_with_logits_loss(ad_ctx *ctx, ad_tensor *logits, ad_ten
 
 /** Categorical cross-entropy from logits [N,C]. target is either AD_I32
  * labels [N] in 0..C-1 (through the fused, stable ad_softmax_cross_entropy)
- * or float [N,C] one-hot or probability rows: -sum_c t log_softmax(z).
- * Errors name bad labels: "cross_entropy_loss: label 12 of sample 3 is
- * outside 0..9". An empty batch (N = 0) gives NaN with NN_MEAN and 0 with
- * NN_SUM, as in PyTorch (nn_nll_loss likewise). */
+ * or float [N,C] one-hot or probability rows: -sum_c t log_softmax(z); a
+ * float target of another shape is refused (AD_ERR_SHAPE), also one of as
+ * many elements, as PyTorch refuses it. Errors name bad labels:
+ * "cross_entropy_loss: label 12 of sample 3 is outside 0..9". An empty batch (N = 0) gives NaN with
+ * NN_MEAN and 0 with NN_SUM, as in PyTorch (nn_nll_loss likewise). */
 NN_API ad_tensor *nn_cross_entropy_loss(ad_ctx *ctx, ad_tensor *logits, ad_tensor *target,
                                         nn_reduction red);
 
@@ -811,7 +815,8 @@ NN_API ad_tensor *nn_sequence_cross_entropy_loss(ad_ctx *ctx, ad_tensor *logits,
  * and pred [N,C], argmax (first maximum) equals the label; with float
  * targets [N,C], C > 1, the argmaxes agree; with one column (or 1-d), pred
  * > threshold agrees with target > 0.5 (threshold 0.5 for probabilities, 0
- * for logits). -1 when the shapes do not fit. */
+ * for logits). -1 when the shapes do not fit, or pred or target is NULL
+ * or freed. */
 NN_API int64_t nn_count_correct(const ad_tensor *pred, const ad_tensor *target, double threshold);
 
 /* ============================================================ optimizers */
