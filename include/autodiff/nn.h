@@ -798,7 +798,8 @@ typedef struct nn_sequence_ce_opts {
 
 /** Cross-entropy for sequence models, PyTorch's F.cross_entropy(logits,
  * labels, ignore_index=..., reduction=...) on K-dim logits: logits [N, C,
- * T...] (or with class_last [N, T..., C]; ad_permute makes the copy) and
+ * T...] (or with class_last [N, T..., C], read as rows of C: a view, no
+ * copy) and
  * AD_I32 labels [N, T...] in 0..C-1 or ignore_index, through
  * ad_softmax_cross_entropy_ext. NN_MEAN is the mean over the positions not
  * ignored (NaN when all are), NN_SUM their sum; ignored positions add
