@@ -79,6 +79,7 @@ ad_tensor *nn_take_rows(ad_ctx *ctx, const ad_tensor *x, int64_t n, const int64_
     nn_null_arg(ctx, "take_rows", x ? "rows" : "tensor");
     return NULL;
   }
+  if (nn_check_input(ctx, "take_rows", "tensor", x) != AD_OK) return NULL;
   char a[64];
   if (x->ndim < 1 || n < 0) {
     ad_set_error(ctx, AD_ERR_ARG, "take_rows: cannot take %lld rows of %s", (long long)n,
@@ -99,10 +100,8 @@ ad_tensor *nn_take_rows(ad_ctx *ctx, const ad_tensor *x, int64_t n, const int64_
 /* Checks x (and y) for row-wise use; records an error naming fn. */
 static bool check_xy(ad_ctx *ctx, const char *fn, const ad_tensor *x, const ad_tensor *y) {
   char a[64], b[64];
-  if (!x) {
-    nn_null_arg(ctx, fn, "x");
+  if (nn_check_input(ctx, fn, "x", x) != AD_OK || (y && nn_check_input(ctx, fn, "y", y) != AD_OK))
     return false;
-  }
   if (x->ndim < 1 || (y && y->ndim < 1)) {
     ad_set_error(ctx, AD_ERR_SHAPE, "%s: x %s and y %s need a row axis", fn,
                  ad_shape_str(x, a, sizeof a), ad_shape_str(y, b, sizeof b));

@@ -26,7 +26,8 @@ ad_status nn_check_input(ad_ctx *ctx, const char *fn, const char *what, const ad
 /* The one way nn entry points that reset the tape while reading t refuse a
  * temporary (an op's result, freed by the reset): records "<fn>: <what> is
  * a temporary ..." on ctx and returns AD_ERR_ARG; AD_OK for a persistent
- * tensor or NULL t. */
+ * tensor or NULL t. Checks t with nn_check_input first (a freed tensor
+ * would be read as no rows of data). */
 ad_status nn_check_persistent(ad_ctx *ctx, const char *fn, const char *what, const ad_tensor *t);
 
 /* The context of m, else that of opt's parameters; NULL if neither has

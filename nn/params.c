@@ -32,7 +32,9 @@ ad_status nn_check_input(ad_ctx *ctx, const char *fn, const char *what, const ad
 }
 
 ad_status nn_check_persistent(ad_ctx *ctx, const char *fn, const char *what, const ad_tensor *t) {
-  if (!t || !ad_tensor_is_temporary(t)) return AD_OK;
+  if (!t) return AD_OK;
+  ad_status st = nn_check_input(ctx, fn, what, t);
+  if (st != AD_OK || !ad_tensor_is_temporary(t)) return st;
   char a[64];
   return ad_set_error(ctx, AD_ERR_ARG,
                       "%s: %s %s is a temporary made by an op, freed by the next ad_tape_reset "

@@ -650,6 +650,36 @@ Test(misuse_nn, tensors_the_losses_and_attention_read_are_checked) {
   ad_ctx_free(other);
 }
 
+/* A freed tensor keeps its shape with no data: the data functions read it
+ * as rows of nothing and trained on zeros. They now refuse it, and
+ * another context's tensors, as ops do. */
+Test(misuse_nn, data_functions_refuse_freed_and_foreign_tensors) {
+  ad_ctx *other = ad_ctx_new();
+  int64_t s[2] = {8, 3}, rows[2] = {0, 1};
+  ad_tensor *x = ad_ones(ctx, AD_F32, 2, s), *y = ad_ones(ctx, AD_F32, 2, s);
+  ad_tensor *gone = ad_ones(ctx, AD_F32, 2, s), *far = ad_ones(other, AD_F32, 2, s);
+  ad_tensor_free(gone);
+  cr_assert_null(nn_take_rows(ctx, gone, 2, rows));
+  test_expect_error(ctx, AD_ERR_STATE, "take_rows: tensor was freed", NULL);
+  cr_assert_null(nn_batcher_new(ctx, x, far, 4, false, 0));
+  test_expect_error(ctx, AD_ERR_ARG, "batcher: y belongs to another context", NULL);
+  ad_tensor *a, *b, *c, *d;
+  cr_assert_eq(nn_train_test_split(ctx, gone, y, 2, true, 1, &a, &b, &c, &d), AD_ERR_STATE);
+  test_expect_error(ctx, AD_ERR_STATE, "train_test_split: x was freed", NULL);
+  nn_model *m = small_model(1);
+  nn_opt_config cfg = nn_opt_defaults(NN_OPT_SGD, 0.1);
+  nn_optimizer *opt = nn_optimizer_new(nn_model_params(m), &cfg);
+  nn_fit_opts fo = {.epochs = 1, .batch_size = 4, .verbose = -1};
+  cr_assert_eq(nn_fit(m, opt, nn_mse_loss, gone, y, &fo, NULL), AD_ERR_STATE);
+  test_expect_error(ctx, AD_ERR_STATE, "fit: x was freed", NULL);
+  double l;
+  cr_assert_eq(nn_evaluate(m, nn_mse_loss, x, far, 4, &l, NULL), AD_ERR_ARG);
+  test_expect_error(ctx, AD_ERR_ARG, "evaluate: y belongs to another context", NULL);
+  nn_optimizer_free(opt), nn_model_free(m);
+  ad_tensor_free(x), ad_tensor_free(y), ad_tensor_free(far);
+  ad_ctx_free(other);
+}
+
 /* Every nn entry point given a NULL tensor or object (with a context to
  * report to) returns the error with a message naming the function and the
  * argument; and a NULL that an earlier failure produced keeps that
