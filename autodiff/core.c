@@ -694,12 +694,34 @@ ad_tensor *ad_tmp_header(ad_ctx *ctx, ad_dtype dt, int ndim, const int64_t *shap
   return &n->t;
 }
 
-/* Whether t is a freed tensor; if so, records that fn was given one. */
-static bool freed(const ad_tensor *t, const char *fn) {
+/* Whether the data of t (not NULL) may be read or written: a live tensor,
+ * and for an op's result one of the current tape (after ad_tape_reset its
+ * memory, header included, belongs to later temporaries). */
+static bool usable(const ad_tensor *t) {
   const ad_node *n = ad_node_of(t);
-  if (n->magic != AD_NODE_DEAD) return false;
-  ad_set_error(n->ctx, AD_ERR_STATE, "%s: the tensor was freed", fn);
+  return n->magic == AD_NODE_MAGIC && ((n->flags & AD_NF_PERSISTENT) || n->epoch == n->ctx->epoch);
+}
+
+/* Whether t (not NULL) is unusable; if so, records on its context that fn
+ * was given a freed tensor or one from a tape that was reset (a header
+ * that is no tensor's has no context to record on) and sets *st. */
+static bool unusable(const ad_tensor *t, const char *fn, ad_status *st) {
+  if (usable(t)) return false;
+  const ad_node *n = ad_node_of(t);
+  if (n->magic == AD_NODE_DEAD)
+    *st = ad_set_error(n->ctx, AD_ERR_STATE, "%s: the tensor was freed", fn);
+  else if (n->magic == AD_NODE_MAGIC)
+    *st = ad_set_error(n->ctx, AD_ERR_STATE, "%s: the tensor is from a tape that was reset", fn);
+  else
+    *st = AD_ERR_ARG;
   return true;
+}
+
+/* Whether t (not NULL) was freed; if so, records that fn was given it (for
+ * functions that only touch t's flags, which a temporary keeps). */
+static bool freed(const ad_tensor *t, const char *fn) {
+  ad_status st;
+  return ad_node_of(t)->magic == AD_NODE_DEAD && unusable(t, fn, &st);
 }
 
 /* Whether v converts to int32_t (truncated toward zero, as C and PyTorch
@@ -715,8 +737,9 @@ static ad_status i32_error(const ad_tensor *t, const char *fn, double v) {
 }
 
 ad_status ad_tensor_fill(ad_tensor *t, double v) {
+  ad_status st;
   if (!t) return AD_ERR_NULL;
-  if (freed(t, "tensor_fill")) return AD_ERR_STATE;
+  if (unusable(t, "tensor_fill", &st)) return st;
   if (t->dtype == AD_I32 && !i32_fits(v)) return i32_error(t, "tensor_fill", v);
   if (t->dtype == AD_F32)
     for (int64_t i = 0; i < t->size; i++) ((float *)t->data)[i] = (float)v;
@@ -811,11 +834,31 @@ ad_tensor *ad_from_data(ad_ctx *ctx, ad_dtype dt, int ndim, const int64_t *shape
 /* Fills new tensor t with a + b * x_i, x_i = i (kind 0), uniform in [0, 1)
  * (1) or standard normal (2) from rng; frees it and returns NULL when a
  * value does not fit an i32 tensor. NULL t stays NULL. */
+/* A uniform draw v in [lo, hi) as the float dtype dt stores it: rounding
+ * can carry a draw just under hi onto hi (lo + (hi - lo) x rounds up for x
+ * near 1; in float32 every x above 1 - 2^-25 of [0, 1) does), which
+ * [lo, hi) excludes, as PyTorch's uniform_ does; such a value is moved to
+ * the largest one of dt below hi, but not below lo. */
+static double below_hi(double v, double lo, double hi, ad_dtype dt) {
+  if (dt == AD_F32) {
+    float f = (float)v;
+    while ((double)f >= hi) {
+      float g = nextafterf(f, -INFINITY);
+      if ((double)g < lo) break;
+      f = g;
+    }
+    return f;
+  }
+  if (dt == AD_F64 && v >= hi && lo < hi) return nextafter(hi, -INFINITY);
+  return v;
+}
+
 static ad_tensor *fill_values(ad_tensor *t, const char *fn, double a, double b, ad_rng *rng,
                               int kind) {
   for (int64_t i = 0; t && i < t->size; i++) {
     double x = kind == 0 ? (double)i : kind == 1 ? ad_rng_uniform(rng) : ad_rng_normal(rng);
     double v = a + b * x;
+    if (kind == 1) v = below_hi(v, a, a + b, t->dtype);
     if (t->dtype == AD_I32 && !i32_fits(v)) {
       i32_error(t, fn, v);
       ad_tensor_free(t);
@@ -849,6 +892,10 @@ ad_tensor *ad_rand(ad_ctx *ctx, ad_rng *rng, ad_dtype dt, int ndim, const int64_
     ad_set_error(ctx, AD_ERR_NULL, "rand: rng is NULL");
     return NULL;
   }
+  if (ctx && !(isfinite(lo) && isfinite(hi) && lo <= hi && isfinite(hi - lo))) {
+    ad_set_error(ctx, AD_ERR_ARG, "rand: [%g, %g) is not a finite range with lo <= hi", lo, hi);
+    return NULL;
+  }
   return fill_values(persistent_new(ctx, "rand", dt, ndim, shape), "rand", lo, hi - lo, rng, 1);
 }
 
@@ -856,6 +903,10 @@ ad_tensor *ad_randn(ad_ctx *ctx, ad_rng *rng, ad_dtype dt, int ndim, const int64
                     double mean, double std) {
   if (ctx && !rng) {
     ad_set_error(ctx, AD_ERR_NULL, "randn: rng is NULL");
+    return NULL;
+  }
+  if (ctx && !(isfinite(mean) && isfinite(std) && std >= 0)) {
+    ad_set_error(ctx, AD_ERR_ARG, "randn: mean %g and std %g must be finite, std >= 0", mean, std);
     return NULL;
   }
   return fill_values(persistent_new(ctx, "randn", dt, ndim, shape), "randn", mean, std, rng, 2);
@@ -867,7 +918,11 @@ ad_tensor *ad_tensor_clone(ad_ctx *ctx, const ad_tensor *t) {
     ad_set_null_error(ctx, "clone: tensor is NULL");
     return NULL;
   }
-  if (freed(t, "clone")) return NULL;
+  ad_status st;
+  if (unusable(t, "clone", &st)) {
+    if (st == AD_ERR_ARG) ad_set_error(ctx, st, "clone: the tensor is not a tensor");
+    return NULL;
+  }
   return ad_from_data(ctx, t->dtype, t->ndim, t->shape, t->data);
 }
 
@@ -1146,7 +1201,7 @@ ad_status ad_tensor_adopt_grad(ad_tensor *t, void **mem) {
 }
 
 double ad_tensor_get(const ad_tensor *t, int64_t i) {
-  if (t && ad_node_of(t)->magic == AD_NODE_DEAD) return NAN;
+  if (t && !usable(t)) return NAN;
   if (!t || i < 0 || i >= t->size) return 0.0;
   switch (t->dtype) {
   case AD_F32:
@@ -1159,8 +1214,9 @@ double ad_tensor_get(const ad_tensor *t, int64_t i) {
 }
 
 ad_status ad_tensor_set(ad_tensor *t, int64_t i, double v) {
+  ad_status st;
   if (!t) return AD_ERR_NULL;
-  if (freed(t, "tensor_set")) return AD_ERR_STATE;
+  if (unusable(t, "tensor_set", &st)) return st;
   if (i < 0 || i >= t->size) return AD_ERR_ARG;
   switch (t->dtype) {
   case AD_F32:
@@ -1178,7 +1234,7 @@ ad_status ad_tensor_set(ad_tensor *t, int64_t i, double v) {
 }
 
 double ad_tensor_item(const ad_tensor *t) {
-  if (!t || t->size != 1) return NAN;
+  if (!t || !usable(t) || t->size != 1) return NAN;
   return ad_tensor_get(t, 0);
 }
 
@@ -1212,8 +1268,9 @@ static void convert_range(void *ud, int64_t b, int64_t e) {
 }
 
 ad_status ad_tensor_copy_data(ad_tensor *dst, const ad_tensor *src) {
+  ad_status st;
   if (!dst || !src) return AD_ERR_NULL;
-  if (freed(dst, "copy_data") || freed(src, "copy_data")) return AD_ERR_STATE;
+  if (unusable(dst, "copy_data", &st) || unusable(src, "copy_data", &st)) return st;
   if (dst->size != src->size) {
     char a[64], b[64];
     return ad_set_error(ad_node_of(dst)->ctx, AD_ERR_SHAPE,
@@ -1237,8 +1294,9 @@ ad_status ad_tensor_copy_data(ad_tensor *dst, const ad_tensor *src) {
 }
 
 bool ad_tensor_has_nonfinite(const ad_tensor *t) {
-  if (!t || !ad_is_float(t->dtype)) return false;
-  if (ad_node_of(t)->magic == AD_NODE_DEAD) return t->size > 0; /* ad_tensor_get's NaNs */
+  if (!t) return false;
+  if (!usable(t)) return true; /* ad_tensor_get's NaNs */
+  if (!ad_is_float(t->dtype)) return false;
   int bad = 0; /* an OR over the whole tensor: no early exit, so the loops vectorize */
   if (t->dtype == AD_F32) {
     const float *x = t->data;
@@ -1289,6 +1347,14 @@ void ad_tensor_print(FILE *f, const char *name, const ad_tensor *t) {
   if (name) fprintf(f, "%s: ", name);
   if (!t) {
     fprintf(f, "(null)\n");
+    return;
+  }
+  if (!usable(t)) {
+    const ad_node *n = ad_node_of(t);
+    fprintf(f, "(%s)\n",
+            n->magic == AD_NODE_DEAD    ? "freed"
+            : n->magic == AD_NODE_MAGIC ? "from a tape that was reset"
+                                        : "not a tensor");
     return;
   }
   fprintf(f, "%s %s\n", ad_shape_str(t, buf, sizeof buf), ad_dtype_name(t->dtype));

@@ -102,6 +102,25 @@ static void free_snaps(ad_ctx *ctx, step_rec *r) {
   }
 }
 
+/* The grad field of a snapshot, which is a plain view (no node of the
+ * engine's behind it, so ad_tensor_get refuses it): value_at reads it. */
+static ad_tensor snap_tag;
+
+/* Value i of t: a snapshot's straight from its copy; an engine tensor's
+ * through ad_tensor_get (NaN once freed or from a tape that was reset). */
+static double value_at(const ad_tensor *t, int64_t i) {
+  if (t->grad != &snap_tag) return ad_tensor_get(t, i);
+  if (i < 0 || i >= t->size) return 0.0;
+  switch (t->dtype) {
+  case AD_F32:
+    return ((const float *)t->data)[i];
+  case AD_F64:
+    return ((const double *)t->data)[i];
+  default:
+    return ((const int32_t *)t->data)[i];
+  }
+}
+
 /* A copy of grad's values in r's snapshot k; NULL if none can be made. */
 static const ad_tensor *snapshot(ad_ctx *ctx, step_rec *r, int k, const ad_tensor *grad) {
   size_t bytes = (size_t)grad->size * ad_dtype_size(grad->dtype);
@@ -110,7 +129,7 @@ static const ad_tensor *snapshot(ad_ctx *ctx, step_rec *r, int k, const ad_tenso
   memcpy(p, grad->data, bytes);
   r->in[k].snap = *grad;
   r->in[k].snap.data = p;
-  r->in[k].snap.grad = NULL;
+  r->in[k].snap.grad = &snap_tag;
   r->in[k].snap_bytes = bytes;
   return &r->in[k].snap;
 }
@@ -246,9 +265,9 @@ enum { V_PLAIN, V_RATIO, V_RATIO_SCALAR };
 /* A local derivative (gin / gout) of 0 prints as 0, never -0: the sign of
  * a zero ratio is the incoming gradient's, not the derivative's. */
 static double vget(const vview *v, int64_t i) {
-  double x = ad_tensor_get(v->a, i);
+  double x = value_at(v->a, i);
   if (v->mode == V_PLAIN) return x;
-  double r = x / ad_tensor_get(v->b, v->mode == V_RATIO ? i : 0);
+  double r = x / value_at(v->b, v->mode == V_RATIO ? i : 0);
   return r == 0 ? 0.0 : r;
 }
 
@@ -467,14 +486,14 @@ static void put_rule(FILE *f, const ad_op_def *def, const rule_map *rm, int n, b
 static int local_mode(const ad_op_def *def, const ad_tensor *in, const ad_tensor *gout,
                       const ad_tensor *gin) {
   if (!gin || !gout) return V_PLAIN;
-  if (gout->size == 1) return ad_tensor_get(gout, 0) != 0 ? V_RATIO_SCALAR : V_PLAIN;
+  if (gout->size == 1) return value_at(gout, 0) != 0 ? V_RATIO_SCALAR : V_PLAIN;
   bool elementwise = def && (def->flags & AD_OP_ELEMENTWISE);
   if (!elementwise || in->ndim != gout->ndim ||
       memcmp(in->shape, gout->shape, (size_t)in->ndim * sizeof *in->shape) ||
       gin->size != gout->size)
     return V_PLAIN;
   for (int64_t i = 0; i < gout->size; i++)
-    if (ad_tensor_get(gout, i) == 0) return V_PLAIN;
+    if (value_at(gout, i) == 0) return V_PLAIN;
   return V_RATIO;
 }
 

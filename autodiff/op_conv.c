@@ -1232,6 +1232,7 @@ ad_tensor *ad_conv1d(ad_ctx *ctx, ad_tensor *x, ad_tensor *w, ad_tensor *bias,
     ad_set_null_error(ctx, "conv1d: %s is NULL", x ? "w" : "x");
     return NULL;
   }
+  if (!ad_arg_ok(ctx, "conv1d", "x", x) || !ad_arg_ok(ctx, "conv1d", "w", w)) return NULL;
   char sx[64], sw[64];
   if (x->ndim != 3 || w->ndim != 3) {
     ad_set_error(ctx, AD_ERR_SHAPE,

@@ -200,6 +200,7 @@ static uint32_t all_axes(const ad_tensor *x) {
  * attribute; a NULL ctx or x, and an x that is not float (whose dtype is
  * reported first), go on to ad_op_apply, which reports them. */
 static ad_tensor *reduce_axis(ad_ctx *ctx, int op, ad_tensor *x, int axis, bool keepdim) {
+  if (ctx && x && !ad_arg_ok(ctx, ad_op_get(ctx, op)->name, "input 0", x)) return NULL;
   int k = ctx && x ? ad_norm_axis(axis, x->ndim) : 0;
   if (k < 0 && ad_is_float(x->dtype)) {
     char s[64];

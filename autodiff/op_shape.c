@@ -374,6 +374,7 @@ static ad_status permute_bwd(const ad_call *c) {
 
 ad_tensor *ad_permute(ad_ctx *ctx, ad_tensor *x, const int *perm) {
   if (!x || !ctx) return ad_apply1(ctx, AD_OP_PERMUTE, x, NULL);
+  if (!ad_arg_ok(ctx, "permute", "input 0", x)) return NULL; /* before x->ndim is read */
   if (!perm) {
     ad_set_error(ctx, AD_ERR_NULL, "permute: perm is NULL");
     return NULL;
@@ -385,6 +386,7 @@ ad_tensor *ad_permute(ad_ctx *ctx, ad_tensor *x, const int *perm) {
 
 ad_tensor *ad_transpose(ad_ctx *ctx, ad_tensor *x, int d0, int d1) {
   if (!x || !ctx) return ad_apply1(ctx, AD_OP_PERMUTE, x, NULL);
+  if (!ad_arg_ok(ctx, "transpose", "input 0", x)) return NULL;
   int a = ad_norm_axis(d0, x->ndim), b = ad_norm_axis(d1, x->ndim);
   if (a < 0 || b < 0) {
     ad_set_error(ctx, AD_ERR_ARG, "transpose: axes %d, %d out of range for %d dims", d0, d1,
@@ -555,8 +557,9 @@ const ad_op_def ad_def_expand = {
 static ad_status sum_to_shape(const ad_call *c) {
   const ad_tensor *x = c->in[0];
   ad_tensor *o = c->out;
-  ad_status st = target_shape(c);
+  ad_status st = ad_check_float_same(c->ctx, c->name, 1, c->in); /* its loops are float's */
   if (st != AD_OK) return st;
+  if ((st = target_shape(c)) != AD_OK) return st;
   int64_t b[AD_MAX_DIMS];
   int nb;
   bool ok = ad_broadcast_shape(x->ndim, x->shape, o->ndim, o->shape, &nb, b) && nb == x->ndim;

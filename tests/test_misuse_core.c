@@ -7,8 +7,10 @@
 #include "test_alloc.h"
 
 #include <criterion/criterion.h>
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdio.h>
 
 TEST_CTX_SUITE(misuse_core);
 
@@ -308,6 +310,107 @@ Test(misuse_core, a_freed_tensor_is_refused_without_reading_freed_memory) {
   cr_assert_not(ad_tensor_is_valid(a));
   cr_assert_eq(ad_backward(ctx, a, NULL), AD_ERR_STATE);
   expect_error(AD_ERR_STATE, "backward: root was freed", NULL);
+}
+
+/* A temporary of a tape that was reset: its memory, header included,
+ * belongs to later temporaries. The accessors read and wrote it (writes
+ * landed in whatever tensor got the memory next), and functions that read
+ * its ndim before applying an op walked past their stack arrays once a
+ * later tensor's data covered the header. */
+Test(misuse_core, a_temporary_of_a_reset_tape_is_refused) {
+  int64_t s[2] = {2, 3};
+  ad_tensor *p = leaf(AD_F32, 2, s, 1), *b = leaf(AD_F32, 2, s, 2);
+  ad_tensor *x = ad_neg(ctx, p), *x0 = ad_sum(ctx, p);
+  cr_assert(x && x0, "%s", ad_last_error(ctx));
+  ad_tape_reset(ctx);
+  cr_assert(isnan(ad_tensor_get(x, 0)));
+  cr_assert(isnan(ad_tensor_item(x0)));
+  cr_assert_eq(ad_tensor_set(x, 0, 42), AD_ERR_STATE);
+  expect_error(AD_ERR_STATE, "tensor_set: the tensor is from a tape that was reset", NULL);
+  cr_assert_eq(ad_tensor_fill(x, 1), AD_ERR_STATE);
+  expect_error(AD_ERR_STATE, "tensor_fill: the tensor is from a tape that was reset", NULL);
+  cr_assert_eq(ad_tensor_copy_data(b, x), AD_ERR_STATE);
+  expect_error(AD_ERR_STATE, "copy_data: the tensor is from a tape that was reset", NULL);
+  cr_assert_null(ad_tensor_clone(ctx, x));
+  expect_error(AD_ERR_STATE, "clone: the tensor is from a tape that was reset", NULL);
+  cr_assert(ad_tensor_has_nonfinite(x));
+  char buf[128] = "";
+  FILE *f = fmemopen(buf, sizeof buf, "w");
+  cr_assert_not_null(f);
+  ad_tensor_print(f, "x", x);
+  fclose(f);
+  cr_assert_str_eq(buf, "x: (from a tape that was reset)\n");
+  cr_assert_null(ad_transpose(ctx, x, 0, 1));
+  expect_error(AD_ERR_STATE, "transpose: input 0 is from a tape that was reset", NULL);
+  cr_assert_null(ad_permute(ctx, x, (const int[]){1, 0}));
+  expect_error(AD_ERR_STATE, "permute: input 0 is from a tape that was reset", NULL);
+  cr_assert_null(ad_sum_axis(ctx, x, 1, false));
+  expect_error(AD_ERR_STATE, "sum: input 0 is from a tape that was reset", NULL);
+
+  /* a later temporary's data over x's header: ndim reads 1000 */
+  ad_tape_reset(ctx);
+  int64_t n = 4096;
+  ad_tensor *big = ad_zeros(ctx, AD_I32, 1, &n);
+  ad_tensor *cover = ad_full_like(ctx, big, 1000);
+  cr_assert_not_null(cover, "%s", ad_last_error(ctx));
+  for (int k = 0; k < 3; k++) {
+    ad_tensor *r = k == 0   ? ad_transpose(ctx, x, 0, 1)
+                   : k == 1 ? ad_permute(ctx, x, (const int[]){1, 0})
+                            : ad_sum_axis(ctx, x, 100, false);
+    cr_assert_null(r, "call %d", k);
+    cr_assert_neq(ad_last_status(ctx), AD_OK);
+    ad_clear_error(ctx);
+  }
+  ad_tape_reset(ctx);
+  ad_tensor_free(p), ad_tensor_free(b), ad_tensor_free(big);
+}
+
+/* sum_to's loops are float's: an i32 input was read as doubles, past its
+ * end. */
+Test(misuse_core, sum_to_refuses_i32) {
+  int64_t s[2] = {4, 3}, t[1] = {3};
+  ad_tensor *x = ad_full(ctx, AD_I32, 2, s, 1);
+  cr_assert_null(ad_sum_to(ctx, x, 1, t));
+  expect_error(AD_ERR_DTYPE, "sum_to", NULL);
+  ad_tensor_free(x);
+}
+
+/* Uniform values lie in [lo, hi) also once rounded to float32 (draws just
+ * under 1 rounded onto hi); bounds and spreads that make no range are
+ * refused, as PyTorch refuses them. */
+Test(misuse_core, rand_stays_below_hi_and_refuses_bad_ranges) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 1);
+  int64_t n = 400000;
+  ad_tensor *u = ad_rand(ctx, &rng, AD_F32, 1, &n, 0, 1);
+  cr_assert_not_null(u, "%s", ad_last_error(ctx));
+  double lo = 1, hi = 0;
+  for (int64_t i = 0; i < n; i++) {
+    double v = ad_tensor_get(u, i);
+    lo = v < lo ? v : lo, hi = v > hi ? v : hi;
+  }
+  cr_assert(lo >= 0 && hi < 1, "values in [%.9g, %.9g]", lo, hi);
+  cr_assert_gt(hi, 0.99999);
+  ad_tensor_free(u);
+  ad_rng_seed(&rng, 1);
+  u = ad_rand(ctx, &rng, AD_F32, 1, &n, 5, 6);
+  for (int64_t i = 0; i < n; i++)
+    cr_assert_lt(ad_tensor_get(u, i), 6.0, "element %lld", (long long)i);
+  ad_tensor_free(u);
+  int64_t one = 1;
+  u = ad_rand(ctx, &rng, AD_F64, 1, &one, 2, 2);
+  cr_assert(u && ad_tensor_get(u, 0) == 2.0, "lo == hi gives lo");
+  ad_tensor_free(u);
+  cr_assert_null(ad_rand(ctx, &rng, AD_F32, 1, &one, 1, 0));
+  expect_error(AD_ERR_ARG, "rand: [1, 0) is not a finite range", NULL);
+  cr_assert_null(ad_rand(ctx, &rng, AD_F32, 1, &one, NAN, 1));
+  expect_error(AD_ERR_ARG, "rand:", NULL);
+  cr_assert_null(ad_rand(ctx, &rng, AD_F64, 1, &one, -DBL_MAX, DBL_MAX));
+  expect_error(AD_ERR_ARG, "rand:", NULL);
+  cr_assert_null(ad_randn(ctx, &rng, AD_F32, 1, &one, 0, -1));
+  expect_error(AD_ERR_ARG, "randn: mean 0 and std -1", NULL);
+  cr_assert_null(ad_randn(ctx, &rng, AD_F32, 1, &one, NAN, 1));
+  expect_error(AD_ERR_ARG, "randn:", NULL);
 }
 
 /* The gradient settings of a freed tensor are reported on its context, as

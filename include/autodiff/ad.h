@@ -233,13 +233,17 @@ AD_API ad_tensor *ad_from_data(ad_ctx *ctx, ad_dtype dtype, int ndim, const int6
  * AD_ERR_ARG for a zero or non-finite step or bound, or more than 2^40
  * elements. */
 AD_API ad_tensor *ad_arange(ad_ctx *ctx, ad_dtype dtype, double start, double stop, double step);
-/** Uniform in [lo, hi) / normal(mean, std), drawn from rng in row-major order. @{ */
+/** Uniform in [lo, hi) / normal(mean, std), drawn from rng in row-major
+ * order. Every uniform value is below hi also after rounding to the dtype
+ * (lo == hi gives lo). AD_ERR_ARG for a non-finite bound, lo > hi, a
+ * non-finite mean or std, or std < 0 (PyTorch refuses these too). @{ */
 AD_API ad_tensor *ad_rand(ad_ctx *ctx, ad_rng *rng, ad_dtype dtype, int ndim, const int64_t *shape,
                           double lo, double hi);
 AD_API ad_tensor *ad_randn(ad_ctx *ctx, ad_rng *rng, ad_dtype dtype, int ndim, const int64_t *shape,
                            double mean, double std);
 /** @} */
-/** A persistent deep copy of t's data (not its grad or history). */
+/** A persistent deep copy of t's data (not its grad or history). NULL with
+ * AD_ERR_STATE for a freed tensor or a temporary of a tape that was reset. */
 AD_API ad_tensor *ad_tensor_clone(ad_ctx *ctx, const ad_tensor *t);
 
 /** Frees a persistent tensor and its grad. NULL is a no-op. Tensors made by
@@ -356,13 +360,17 @@ AD_API const char *ad_tensor_name(const ad_tensor *t);
 AD_API bool ad_tensor_is_temporary(const ad_tensor *t);
 
 /** Element i (row-major flat index) as a double; 0 if out of range, NaN for
- * a freed tensor. The setters below return AD_ERR_STATE for a freed one. */
+ * a freed tensor or a temporary of a tape that was reset (ad_tape_reset
+ * gives its memory to later temporaries). The setters, ad_tensor_copy_data
+ * and ad_tensor_clone return AD_ERR_STATE for either, recorded on t's
+ * context. */
 AD_API double ad_tensor_get(const ad_tensor *t, int64_t i);
 /** Sets element i; returns AD_ERR_ARG when i is out of range, or when t is
  * AD_I32 and v is NaN or outside the int32 range (recorded, t unchanged);
  * other values are truncated toward zero, as a C cast does. */
 AD_API ad_status ad_tensor_set(ad_tensor *t, int64_t i, double v);
-/** The single element of a size-1 tensor; NAN otherwise. */
+/** The single element of a size-1 tensor; NAN otherwise (and as
+ * ad_tensor_get). */
 AD_API double ad_tensor_item(const ad_tensor *t);
 /** Copies src's values into dst (same size; dtypes may differ). Into an
  * AD_I32 dst, a NaN or out-of-range value is AD_ERR_ARG and dst is left
@@ -371,14 +379,17 @@ AD_API ad_status ad_tensor_copy_data(ad_tensor *dst, const ad_tensor *src);
 /** Fills every element with v. AD_ERR_NULL for NULL t; AD_ERR_ARG (t
  * unchanged) when t is AD_I32 and v is NaN or outside the int32 range. */
 AD_API ad_status ad_tensor_fill(ad_tensor *t, double v);
-/** True when some element is NaN or infinite. */
+/** True when some element is NaN or infinite, or (as ad_tensor_get reads
+ * NaN from it) for a freed tensor or a temporary of a reset tape. */
 AD_API bool ad_tensor_has_nonfinite(const ad_tensor *t);
 /** Bytes per element of a dtype (4, 8, 4). */
 AD_API size_t ad_dtype_size(ad_dtype dtype);
 AD_API const char *ad_dtype_name(ad_dtype dtype); /**< "f32", "f64", "i32" */
 
 /** Prints "name: shape dtype" then the values, numpy-style, summarizing
- * dimensions longer than 6 with "...". name may be NULL. */
+ * dimensions longer than 6 with "...". name may be NULL. A freed tensor
+ * prints as "name: (freed)", a temporary of a reset tape as "name: (from a
+ * tape that was reset)". */
 AD_API void ad_tensor_print(FILE *f, const char *name, const ad_tensor *t);
 
 /* ---------------------------------------------------------------- tape */
