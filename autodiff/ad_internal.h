@@ -307,6 +307,19 @@ ad_status ad_shape_elementwise(const ad_call *c);
 /* NumPy broadcast of two shapes into out; AD_ERR_SHAPE when they clash. */
 bool ad_broadcast_shape(int na, const int64_t *sa, int nb, const int64_t *sb, int *nout,
                         int64_t *out);
+/* Element i of t's data as a double, 0 outside [0, size): no check of
+ * what t is (ad_tensor_get checks, then reads with this). */
+static inline double ad_value_at(const ad_tensor *t, int64_t i) {
+  if (i < 0 || i >= t->size) return 0.0;
+  switch (t->dtype) {
+  case AD_F32:
+    return ((const float *)t->data)[i];
+  case AD_F64:
+    return ((const double *)t->data)[i];
+  default:
+    return ((const int32_t *)t->data)[i];
+  }
+}
 static inline bool ad_same_shape(const ad_tensor *a, const ad_tensor *b) {
   if (a->ndim != b->ndim) return false;
   for (int i = 0; i < a->ndim; i++)

@@ -1201,16 +1201,8 @@ ad_status ad_tensor_adopt_grad(ad_tensor *t, void **mem) {
 }
 
 double ad_tensor_get(const ad_tensor *t, int64_t i) {
-  if (t && !usable(t)) return NAN;
-  if (!t || i < 0 || i >= t->size) return 0.0;
-  switch (t->dtype) {
-  case AD_F32:
-    return ((const float *)t->data)[i];
-  case AD_F64:
-    return ((const double *)t->data)[i];
-  default:
-    return ((const int32_t *)t->data)[i];
-  }
+  if (!t) return 0.0;
+  return usable(t) ? ad_value_at(t, i) : NAN;
 }
 
 ad_status ad_tensor_set(ad_tensor *t, int64_t i, double v) {

@@ -102,31 +102,25 @@ static void free_snaps(ad_ctx *ctx, step_rec *r) {
   }
 }
 
-/* The grad field of a snapshot, which is a plain view (no node of the
- * engine's behind it, so ad_tensor_get refuses it): value_at reads it. */
+/* The grad field of a snapshot: a plain view (no node of the engine's
+ * behind it, which ad_tensor_get would refuse) whose data holds the
+ * gradient's values as doubles, whatever its dtype field says (kept for
+ * display). */
 static ad_tensor snap_tag;
 
-/* Value i of t: a snapshot's straight from its copy; an engine tensor's
- * through ad_tensor_get (NaN once freed or from a tape that was reset). */
+/* Value i of t: a snapshot's from its doubles, an engine tensor's through
+ * ad_tensor_get (NaN once freed or from a tape that was reset). */
 static double value_at(const ad_tensor *t, int64_t i) {
   if (t->grad != &snap_tag) return ad_tensor_get(t, i);
-  if (i < 0 || i >= t->size) return 0.0;
-  switch (t->dtype) {
-  case AD_F32:
-    return ((const float *)t->data)[i];
-  case AD_F64:
-    return ((const double *)t->data)[i];
-  default:
-    return ((const int32_t *)t->data)[i];
-  }
+  return i >= 0 && i < t->size ? ((const double *)t->data)[i] : 0.0;
 }
 
 /* A copy of grad's values in r's snapshot k; NULL if none can be made. */
 static const ad_tensor *snapshot(ad_ctx *ctx, step_rec *r, int k, const ad_tensor *grad) {
-  size_t bytes = (size_t)grad->size * ad_dtype_size(grad->dtype);
-  void *p = galloc(ctx, bytes);
+  size_t bytes = (size_t)grad->size * sizeof(double);
+  double *p = galloc(ctx, bytes);
   if (!p) return NULL;
-  memcpy(p, grad->data, bytes);
+  for (int64_t i = 0; i < grad->size; i++) p[i] = ad_tensor_get(grad, i);
   r->in[k].snap = *grad;
   r->in[k].snap.data = p;
   r->in[k].snap.grad = &snap_tag;
