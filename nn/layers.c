@@ -86,15 +86,28 @@ static nn_layer *layer_new(ad_ctx *ctx, layer_type type, const char *kind) {
     nn_layer_free(l);
     return NULL;
   }
+  nn_params_hold(l->params);
+  nn_params_hold(l->buffers);
   return l;
 }
 
 void nn_layer_free(nn_layer *l) {
   if (!l) return;
+  if (nn_layer_adopted(l)) {
+    ad_set_error(l->ctx, AD_ERR_STATE,
+                 "layer_free: %s '%s' belongs to a model and is freed with it (nn_model_free)",
+                 l->kind, l->name);
+    return;
+  }
+  nn_layer_destroy(l);
+}
+
+void nn_layer_destroy(nn_layer *l) {
+  if (!l) return;
   ad_ctx *ctx = l->ctx;
   if (l->ops && l->ops->free) l->ops->free(l);
-  nn_params_free(l->params);
-  nn_params_free(l->buffers);
+  nn_params_release(l->params);
+  nn_params_release(l->buffers);
   nn_strfree(ctx, l->kind);
   nn_strfree(ctx, l->name);
   ad_free(ctx, l, sizeof *l);
@@ -345,6 +358,8 @@ ad_tensor *nn_layer_forward(nn_layer *l, ad_tensor *x, bool training) {
     nn_null_arg(l->ctx, who(l, c, sizeof c), "x");
     return NULL;
   }
+  /* some layers return x itself (flatten, an identity, dropout in eval) */
+  if (nn_check_input(l->ctx, who(l, c, sizeof c), "x", x) != AD_OK) return NULL;
   switch (l->type) {
   case L_DENSE:
     return dense_forward(l, x);

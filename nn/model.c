@@ -23,10 +23,12 @@ static nn_model *model_new(ad_ctx *ctx, nn_forward_fn forward, void *ud) {
   m->ud = ud;
   m->training = true;
   if (!(m->params = nn_params_new(ctx)) || !(m->buffers = nn_buffers_new(ctx))) {
-    nn_params_free(m->params);
+    nn_params_release(m->params);
     ad_free(ctx, m, sizeof *m);
     return NULL;
   }
+  nn_params_hold(m->params);
+  nn_params_hold(m->buffers);
   return m;
 }
 
@@ -43,9 +45,9 @@ nn_model *nn_model_new(ad_ctx *ctx, nn_forward_fn forward, void *ud) {
 void nn_model_free(nn_model *m) {
   if (!m) return;
   ad_ctx *ctx = m->ctx;
-  nn_params_free(m->params); /* first: they borrow the layers' tensors */
-  nn_params_free(m->buffers);
-  for (int i = 0; i < m->nlayers; i++) nn_layer_free(m->layers[i]);
+  nn_params_release(m->params); /* first: they borrow the layers' tensors */
+  nn_params_release(m->buffers);
+  for (int i = 0; i < m->nlayers; i++) nn_layer_destroy(m->layers[i]);
   ad_free(ctx, m->layers, (size_t)m->cap * sizeof *m->layers);
   ad_free(ctx, m, sizeof *m);
 }
@@ -183,6 +185,7 @@ ad_tensor *nn_model_forward(nn_model *m, ad_tensor *x) {
     nn_null_arg(m->ctx, "model_forward", "x");
     return NULL;
   }
+  if (nn_check_input(m->ctx, "model_forward", "x", x) != AD_OK) return NULL;
   if (m->forward) {
     ad_tensor *y = m->forward(m, x, m->ud);
     if (!y && ad_last_status(m->ctx) == AD_OK) /* a NULL must come with a message */

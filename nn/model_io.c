@@ -107,6 +107,11 @@ static ad_status check_scalars(ad_ctx *ctx, const nn_optimizer *opt, const char 
 static ad_status model_io(nn_model *m, nn_optimizer *opt, const char *path, bool save) {
   if (!m) return nn_null_arg(nn_ctx_of(m, opt), save ? "model_save" : "model_load", "model");
   ad_ctx *ctx = nn_model_ctx(m);
+  const char *fn = save ? "model_save" : "model_load";
+  if (opt && nn_params_ctx(nn_optimizer_params(opt)) != ctx)
+    return ad_set_error(ctx, AD_ERR_ARG,
+                        "%s: the optimizer is of another context than the model (%p, %p)", fn,
+                        (void *)nn_params_ctx(nn_optimizer_params(opt)), (void *)ctx);
   entries e;
   int n = gather(m, opt, &e);
   if (n < 0) return AD_ERR_OOM;

@@ -30,6 +30,15 @@ ad_status nn_check_input(ad_ctx *ctx, const char *fn, const char *what, const ad
  * would be read as no rows of data). */
 ad_status nn_check_persistent(ad_ctx *ctx, const char *fn, const char *what, const ad_tensor *t);
 
+/* Marks p as a layer's or a model's own list: the public nn_params_free
+ * then refuses it (AD_ERR_STATE), and its owner frees it with
+ * nn_params_release, which frees any list. */
+void nn_params_hold(nn_params *p);
+void nn_params_release(nn_params *p);
+/* Frees layer l whether or not a model adopted it (nn_model_free's way;
+ * the public nn_layer_free refuses an adopted layer). */
+void nn_layer_destroy(nn_layer *l);
+
 /* The context of m, else that of opt's parameters; NULL if neither has
  * one (entry points given a NULL model still report to opt's context). */
 ad_ctx *nn_ctx_of(const nn_model *m, const nn_optimizer *opt);

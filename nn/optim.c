@@ -14,6 +14,7 @@
 
 typedef struct slot {
   ad_tensor *p;
+  uint64_t serial;              /* p's (ad_tensor_serial): 0 once p is freed */
   ad_tensor *s[MAX_SLOT_STATE]; /* per kind, see state_kinds */
   ad_tensor *t;                 /* 0-d f64: this parameter's steps, if its update uses them */
   int t_index;                  /* t's position among the state tensors */
@@ -101,11 +102,13 @@ static ad_status check_config(ad_ctx *ctx, const nn_opt_config *c) {
 #define REQUIRE(cond, what, v)                                                                     \
   if (!(cond)) return ad_set_error(ctx, AD_ERR_ARG, "optimizer %s: %s, got %g", k, what, v)
   REQUIRE(c->lr >= 0 && isfinite(c->lr), "lr must be >= 0", c->lr);
-  REQUIRE(c->momentum >= 0, "momentum must be >= 0", c->momentum);
+  REQUIRE(c->momentum >= 0 && isfinite(c->momentum), "momentum must be finite and >= 0",
+          c->momentum);
   REQUIRE(c->dampening >= 0 && c->dampening <= 1, "dampening must be in [0,1]", c->dampening);
-  REQUIRE(c->weight_decay >= 0, "weight_decay must be >= 0", c->weight_decay);
-  REQUIRE(c->eps >= 0, "eps must be >= 0", c->eps);
-  REQUIRE(c->clip_norm >= 0, "clip_norm must be >= 0", c->clip_norm);
+  REQUIRE(c->weight_decay >= 0 && isfinite(c->weight_decay), "weight_decay must be finite and >= 0",
+          c->weight_decay);
+  REQUIRE(c->eps >= 0 && isfinite(c->eps), "eps must be finite and >= 0", c->eps);
+  REQUIRE(c->clip_norm >= 0, "clip_norm must be >= 0", c->clip_norm); /* inf: no clipping */
   REQUIRE(c->clip_value >= 0, "clip_value must be >= 0", c->clip_value);
   if (c->kind == NN_OPT_ADAM || c->kind == NN_OPT_ADAMW) {
     REQUIRE(c->beta1 >= 0 && c->beta1 < 1, "beta1 must be in [0,1)", c->beta1);
@@ -114,9 +117,10 @@ static ad_status check_config(ad_ctx *ctx, const nn_opt_config *c) {
   if (c->kind == NN_OPT_RMSPROP)
     REQUIRE(c->alpha >= 0 && c->alpha <= 1, "alpha must be in [0,1]", c->alpha);
   if (c->kind == NN_OPT_ADAGRAD) {
-    REQUIRE(c->lr_decay >= 0, "lr_decay must be >= 0", c->lr_decay);
-    REQUIRE(c->initial_accumulator >= 0, "initial_accumulator must be >= 0",
-            c->initial_accumulator);
+    REQUIRE(c->lr_decay >= 0 && isfinite(c->lr_decay), "lr_decay must be finite and >= 0",
+            c->lr_decay);
+    REQUIRE(c->initial_accumulator >= 0 && isfinite(c->initial_accumulator),
+            "initial_accumulator must be finite and >= 0", c->initial_accumulator);
   }
   if (c->kind == NN_OPT_SGD && c->nesterov)
     REQUIRE(c->momentum > 0 && c->dampening == 0, "nesterov needs momentum > 0 and dampening 0",
@@ -208,6 +212,7 @@ nn_optimizer *nn_optimizer_new(nn_params *params, const nn_opt_config *cfg) {
   for (int i = 0; i < n; i++) {
     ad_tensor *p = nn_params_tensor(params, i);
     o->slots[i].p = p;
+    o->slots[i].serial = ad_tensor_serial(p);
     for (int k = 0; k < MAX_SLOT_STATE; k++) {
       if (!kinds[k]) continue;
       double init = cfg->kind == NN_OPT_ADAGRAD ? cfg->initial_accumulator : 0.0;
@@ -332,6 +337,19 @@ static void step_range(void *ud, int64_t begin, int64_t end) {
 
 /* The step over the elements [lo[i], hi[i]) of each parameter (lo NULL:
  * all of them). */
+/* AD_OK when every parameter o steps is still the tensor it was made over;
+ * else (its model or list freed it, and perhaps another tensor took its
+ * header) an error naming fn, before the list is read: it may be freed. */
+static ad_status params_live(const nn_optimizer *o, const char *fn) {
+  for (int i = 0; i < o->nslots; i++)
+    if (ad_tensor_serial(o->slots[i].p) != o->slots[i].serial)
+      return ad_set_error(o->ctx, AD_ERR_STATE,
+                          "%s: parameter %d was freed (its model or parameter list must outlive "
+                          "the optimizer)",
+                          fn, i);
+  return AD_OK;
+}
+
 static ad_status step_some(nn_optimizer *o, const int64_t *lo, const int64_t *hi) {
   if (o->cfg.clip_value > 0) nn_clip_grad_value(o->params, o->cfg.clip_value);
   if (o->cfg.clip_norm > 0) nn_clip_grad_norm(o->params, o->cfg.clip_norm);
@@ -352,7 +370,8 @@ static ad_status step_some(nn_optimizer *o, const int64_t *lo, const int64_t *hi
 
 ad_status nn_optimizer_step(nn_optimizer *o) {
   if (!o) return AD_ERR_NULL;
-  return step_some(o, NULL, NULL);
+  ad_status st = params_live(o, "optimizer_step");
+  return st != AD_OK ? st : step_some(o, NULL, NULL);
 }
 
 ad_status nn_optimizer_step_ranges(nn_optimizer *o, const int64_t *lo, const int64_t *hi) {
@@ -360,6 +379,8 @@ ad_status nn_optimizer_step_ranges(nn_optimizer *o, const int64_t *lo, const int
   if (!lo || !hi)
     return ad_set_error(o->ctx, AD_ERR_NULL, "optimizer_step_ranges: %s is NULL",
                         !lo ? "lo" : "hi");
+  ad_status st = params_live(o, "optimizer_step_ranges");
+  if (st != AD_OK) return st;
   for (int i = 0; i < o->nslots; i++)
     if (lo[i] < 0 || lo[i] > hi[i] || hi[i] > o->slots[i].p->size)
       return ad_set_error(o->ctx, AD_ERR_ARG,

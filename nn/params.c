@@ -98,6 +98,7 @@ typedef struct param_entry {
 struct nn_params {
   ad_ctx *ctx;
   bool buffers; /* a buffer list (nn_buffers_new) */
+  bool held;    /* a layer's or a model's own list: freed with it, not alone */
   int n, cap;
   char **names;        /* n names (the entries' strings) */
   ad_tensor **tensors; /* n tensors */
@@ -115,7 +116,22 @@ nn_params *nn_params_new(ad_ctx *ctx) {
   return p;
 }
 
+void nn_params_hold(nn_params *p) {
+  if (p) p->held = true;
+}
+
 void nn_params_free(nn_params *p) {
+  if (!p) return;
+  if (p->held) {
+    ad_set_error(p->ctx, AD_ERR_STATE,
+                 "params_free: the list belongs to a layer or a model and is freed with it "
+                 "(nn_layer_free, nn_model_free)");
+    return;
+  }
+  nn_params_release(p);
+}
+
+void nn_params_release(nn_params *p) {
   if (!p) return;
   ad_ctx *ctx = p->ctx;
   HASH_CLEAR(hh, p->by_name);
@@ -332,6 +348,10 @@ static double sum_squares(const ad_tensor *g) {
 double nn_clip_grad_norm(nn_params *p, double max_norm) {
   double sq = 0;
   if (p && p->buffers) return 0; /* buffers have no gradient */
+  if (p && !(max_norm >= 0)) {   /* a negative factor would flip every gradient */
+    ad_set_error(p->ctx, AD_ERR_ARG, "clip_grad_norm: max_norm %g must be >= 0", max_norm);
+    return NAN;
+  }
   for (int i = 0; p && i < p->n; i++)
     if (p->tensors[i]->grad) sq += sum_squares(p->tensors[i]->grad);
   double norm = sqrt(sq);
@@ -350,6 +370,10 @@ double nn_clip_grad_norm(nn_params *p, double max_norm) {
 
 void nn_clip_grad_value(nn_params *p, double clip) {
   if (p && p->buffers) return; /* buffers have no gradient */
+  if (p && !(clip >= 0)) {     /* [-clip, clip] would be empty */
+    ad_set_error(p->ctx, AD_ERR_ARG, "clip_grad_value: clip %g must be >= 0", clip);
+    return;
+  }
   for (int i = 0; p && i < p->n; i++) {
     ad_tensor *g = p->tensors[i]->grad;
     if (!g) continue;
@@ -422,22 +446,28 @@ ad_status nn_init_tensor(ad_ctx *ctx, ad_tensor *t, nn_init init, ad_rng *rng) {
     ad_tensor_fill(t, 0.0);
     return AD_OK;
   case NN_INIT_CONSTANT:
+    if (!isfinite(init.a))
+      return ad_set_error(ctx, AD_ERR_ARG, "init: constant %g is not finite", init.a);
     ad_tensor_fill(t, init.a);
     return AD_OK;
   case NN_INIT_UNIFORM:
-    if (!(init.b >= init.a))
-      return ad_set_error(ctx, AD_ERR_ARG, "init: uniform needs a <= b, got [%g, %g)", init.a,
-                          init.b);
+    if (!(init.b >= init.a && isfinite(init.a) && isfinite(init.b) && isfinite(init.b - init.a)))
+      return ad_set_error(ctx, AD_ERR_ARG, "init: uniform needs finite a <= b, got [%g, %g)",
+                          init.a, init.b);
     lo = init.a, hi = init.b;
     break;
   case NN_INIT_NORMAL:
-    if (!(init.b >= 0))
-      return ad_set_error(ctx, AD_ERR_ARG, "init: normal needs std >= 0, got %g", init.b);
+    if (!(init.b >= 0 && isfinite(init.b) && isfinite(init.a)))
+      return ad_set_error(ctx, AD_ERR_ARG,
+                          "init: normal needs a finite mean and std >= 0, got "
+                          "%g and %g",
+                          init.a, init.b);
     uniform = false, mean = init.a, sd = init.b;
     break;
   case NN_INIT_XAVIER_UNIFORM:
   case NN_INIT_XAVIER_NORMAL: {
     double gain = init.a ? init.a : 1.0;
+    if (!isfinite(gain)) return ad_set_error(ctx, AD_ERR_ARG, "init: gain %g is not finite", gain);
     if (fan_in + fan_out == 0)
       return ad_set_error(ctx, AD_ERR_ARG, "init: xavier needs a non-empty fan");
     double base = 2.0 / (double)(fan_in + fan_out);
@@ -449,6 +479,7 @@ ad_status nn_init_tensor(ad_ctx *ctx, ad_tensor *t, nn_init init, ad_rng *rng) {
   case NN_INIT_HE_UNIFORM:
   case NN_INIT_HE_NORMAL: {
     double gain = init.a ? init.a : sqrt(2.0);
+    if (!isfinite(gain)) return ad_set_error(ctx, AD_ERR_ARG, "init: gain %g is not finite", gain);
     if (fan_in == 0) return ad_set_error(ctx, AD_ERR_ARG, "init: he needs fan_in > 0");
     uniform = init.kind == NN_INIT_HE_UNIFORM;
     sd = gain / sqrt((double)fan_in);

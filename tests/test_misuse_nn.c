@@ -680,6 +680,89 @@ Test(misuse_nn, data_functions_refuse_freed_and_foreign_tensors) {
   ad_ctx_free(other);
 }
 
+/* Misuse of the objects' lifetimes and of the settings, found by review:
+ * each was accepted without an error, and the lifetimes ended in a
+ * use-after-free or a double free. */
+Test(misuse_nn, lifetimes_and_settings_are_checked) {
+  ad_ctx *other = ad_ctx_new();
+  /* a model's layer and lists are freed with it, not alone */
+  nn_model *m = small_model(1);
+  nn_layer *l = nn_model_layer(m, 0);
+  nn_layer_free(l);
+  test_expect_error(ctx, AD_ERR_STATE, "layer_free: dense", "belongs to a model", NULL);
+  nn_params_free(nn_model_params(m));
+  test_expect_error(ctx, AD_ERR_STATE, "params_free: the list belongs to a layer or a model", NULL);
+  nn_params_free(nn_layer_params(l));
+  test_expect_error(ctx, AD_ERR_STATE, "params_free", NULL);
+  cr_assert_eq(nn_params_count(nn_model_params(m)), 2, "the list is intact");
+
+  /* an optimizer whose model was freed: no step reads the freed list */
+  nn_opt_config cfg = nn_opt_defaults(NN_OPT_ADAM, 0.01);
+  cfg.clip_norm = 1;
+  nn_optimizer *opt = nn_optimizer_new(nn_model_params(m), &cfg);
+  cr_assert_not_null(opt, "%s", ad_last_error(ctx));
+  nn_model_free(m);
+  cr_assert_eq(nn_optimizer_step(opt), AD_ERR_STATE);
+  test_expect_error(ctx, AD_ERR_STATE, "optimizer_step: parameter 0 was freed", NULL);
+  nn_optimizer_free(opt);
+
+  /* infinite settings */
+  m = small_model(2);
+  double *fields[3];
+  nn_opt_config c = nn_opt_defaults(NN_OPT_SGD, 0.1);
+  fields[0] = &c.momentum, fields[1] = &c.weight_decay, fields[2] = &c.eps;
+  const char *names[3] = {"momentum", "weight_decay", "eps"};
+  for (int k = 0; k < 3; k++) {
+    c = nn_opt_defaults(NN_OPT_SGD, 0.1);
+    *fields[k] = INFINITY;
+    cr_assert_null(nn_optimizer_new(nn_model_params(m), &c), "%s", names[k]);
+    test_expect_error(ctx, AD_ERR_ARG, names[k], "must be finite", NULL);
+  }
+  c = nn_opt_defaults(NN_OPT_ADAGRAD, 0.1);
+  c.lr_decay = INFINITY;
+  cr_assert_null(nn_optimizer_new(nn_model_params(m), &c));
+  test_expect_error(ctx, AD_ERR_ARG, "lr_decay must be finite", NULL);
+
+  /* clip thresholds given directly */
+  ad_tensor *x = batch(3, 3);
+  ad_tensor *y = nn_model_forward(m, x);
+  cr_assert_eq(ad_backward(ctx, ad_sum(ctx, y), NULL), AD_OK, "%s", ad_last_error(ctx));
+  ad_tensor *w = nn_params_tensor(nn_model_params(m), 0);
+  double g0 = ad_tensor_get(w->grad, 0);
+  cr_assert(isnan(nn_clip_grad_norm(nn_model_params(m), -1)));
+  test_expect_error(ctx, AD_ERR_ARG, "clip_grad_norm: max_norm -1 must be >= 0", NULL);
+  nn_clip_grad_value(nn_model_params(m), NAN);
+  test_expect_error(ctx, AD_ERR_ARG, "clip_grad_value: clip nan must be >= 0", NULL);
+  cr_assert_eq(ad_tensor_get(w->grad, 0), g0, "gradients unchanged");
+
+  /* layers that would return x itself check it */
+  ad_tape_reset(ctx);
+  ad_tensor *gone = batch(4, 3);
+  ad_tensor_free(gone);
+  nn_layer *flat = nn_flatten_new(ctx);
+  cr_assert_null(nn_layer_forward(flat, gone, false));
+  test_expect_error(ctx, AD_ERR_STATE, "x was freed", NULL);
+  cr_assert_null(nn_model_forward(m, gone));
+  test_expect_error(ctx, AD_ERR_STATE, "model_forward: x was freed", NULL);
+  nn_layer_free(flat);
+
+  /* an optimizer of another context's model */
+  ad_rng rng;
+  ad_rng_seed(&rng, 5);
+  nn_model *mo = nn_sequential_new(other);
+  cr_assert_eq(nn_model_add(mo, nn_dense_new(other, 3, 2, &rng, NULL)), AD_OK);
+  nn_opt_config ca = nn_opt_defaults(NN_OPT_ADAM, 0.01);
+  nn_optimizer *oo = nn_optimizer_new(nn_model_params(mo), &ca);
+  cr_assert_not_null(oo);
+  const char *path = test_path("ctx.safetensors");
+  cr_assert_eq(nn_model_save(m, oo, path), AD_ERR_ARG);
+  test_expect_error(ctx, AD_ERR_ARG, "model_save: the optimizer is of another context", NULL);
+  cr_assert_eq(nn_model_load(m, oo, path), AD_ERR_ARG);
+  test_expect_error(ctx, AD_ERR_ARG, "model_load: the optimizer is of another context", NULL);
+  nn_optimizer_free(oo), nn_model_free(mo), nn_model_free(m), ad_tensor_free(x);
+  ad_ctx_free(other);
+}
+
 /* Every nn entry point given a NULL tensor or object (with a context to
  * report to) returns the error with a message naming the function and the
  * argument; and a NULL that an earlier failure produced keeps that

@@ -216,7 +216,20 @@ Test(init, fans_and_errors) {
   cr_assert_eq(nn_init_tensor(ctx, conv, nn_init_make(NN_INIT_DEFAULT, 0, 0), &rng), AD_ERR_ARG);
   expect_msg(ctx, AD_ERR_ARG, "unknown or default initializer");
   cr_assert_eq(nn_init_tensor(ctx, conv, nn_init_make(NN_INIT_NORMAL, 0, -1), &rng), AD_ERR_ARG);
-  expect_msg(ctx, AD_ERR_ARG, "normal needs std >= 0");
+  expect_msg(ctx, AD_ERR_ARG, "normal needs a finite mean and std >= 0");
+  /* non-finite numbers made NaN or infinite weights without an error */
+  nn_init bad[6] = {nn_init_make(NN_INIT_UNIFORM, -INFINITY, INFINITY),
+                    nn_init_make(NN_INIT_UNIFORM, 0, INFINITY),
+                    nn_init_make(NN_INIT_NORMAL, NAN, 1),
+                    nn_init_make(NN_INIT_NORMAL, 0, INFINITY),
+                    nn_init_make(NN_INIT_XAVIER_UNIFORM, NAN, 0),
+                    nn_init_make(NN_INIT_HE_NORMAL, INFINITY, 0)};
+  for (int k = 0; k < 6; k++) {
+    cr_assert_eq(nn_init_tensor(ctx, conv, bad[k], &rng), AD_ERR_ARG, "initializer %d", k);
+    expect_msg(ctx, AD_ERR_ARG, "init:");
+  }
+  cr_assert_eq(nn_init_tensor(ctx, conv, nn_init_make(NN_INIT_CONSTANT, NAN, 0), &rng), AD_ERR_ARG);
+  expect_msg(ctx, AD_ERR_ARG, "constant nan is not finite");
   ad_tensor *ids = ad_zeros(ctx, AD_I32, 1, s4);
   cr_assert_eq(nn_init_tensor(ctx, ids, nn_init_make(NN_INIT_ZEROS, 0, 0), &rng), AD_ERR_DTYPE);
   ad_tensor_free(conv), ad_tensor_free(vec), ad_tensor_free(ids);

@@ -122,7 +122,9 @@ typedef struct nn_params nn_params;
 NN_API nn_params *nn_params_new(ad_ctx *ctx);
 
 /** Frees the list, and the tensors it owns (see nn_params_add). Borrowed
- * tensors are left alone. NULL is a no-op. */
+ * tensors are left alone. A layer's or a model's own list
+ * (nn_layer_params, nn_model_params, their buffers) is freed with its
+ * owner: here it is refused (AD_ERR_STATE). NULL is a no-op. */
 NN_API void nn_params_free(nn_params *p);
 
 /** Appends persistent float tensor t under name (copied; non-empty, unique in
@@ -162,10 +164,12 @@ NN_API void nn_params_zero_grad(nn_params *p);
 
 /** Scales every gradient so that their global L2 norm is at most max_norm
  * (torch.nn.utils.clip_grad_norm_: factor max_norm / (norm + 1e-6) when it
- * is below 1). Returns the norm before clipping; 0 with no gradients. */
+ * is below 1). Returns the norm before clipping; 0 with no gradients; NaN
+ * with AD_ERR_ARG, nothing changed, for a max_norm below 0 or NaN. */
 NN_API double nn_clip_grad_norm(nn_params *p, double max_norm);
 
-/** Clamps every gradient element to [-clip, clip]. */
+/** Clamps every gradient element to [-clip, clip]; a clip below 0 or NaN
+ * is AD_ERR_ARG (on the list's context), nothing changed. */
 NN_API void nn_clip_grad_value(nn_params *p, double clip);
 
 /** lambda * sum over the list's tensors that require grad of sum(w^2), as a
@@ -630,8 +634,9 @@ NN_API ad_tensor *nn_multihead_attention(nn_layer *l, ad_tensor *query, ad_tenso
                                          ad_tensor *value, const nn_mha_args *args,
                                          ad_tensor **weights);
 
-/** Frees a layer and its parameters. Do not free a layer owned by a model.
- * NULL is a no-op. */
+/** Frees a layer and its parameters. A layer owned by a model is freed
+ * with the model: here it is refused (AD_ERR_STATE on its context, the
+ * layer left as it is). NULL is a no-op. */
 NN_API void nn_layer_free(nn_layer *l);
 
 /** Runs the layer on x (training selects dropout's mode). Returns a tape
@@ -907,7 +912,9 @@ NN_API void nn_optimizer_free(nn_optimizer *opt);
  * dtype is stored as 0 (a subnormal one would stay for ever on a weight
  * whose gradient is 0, and slow every step); with Adam's default lr and
  * eps that changes a float parameter only if it is itself below about
- * 1e-25. Returns AD_OK, or AD_ERR_NULL. */
+ * 1e-25. Returns AD_OK, AD_ERR_NULL, or AD_ERR_STATE (nothing read or
+ * changed) when a parameter was freed since nn_optimizer_new: its model or
+ * list must outlive the optimizer. */
 NN_API ad_status nn_optimizer_step(nn_optimizer *opt);
 
 /** The step nn_optimizer_step takes (clipping over every gradient, the
