@@ -612,6 +612,32 @@ static void clear_touched(ad_ctx *ctx) {
   ctx->touched_len = 0;
 }
 
+/* Checks what a backward gave input k: x's dtype, and x's shape or one x
+ * broadcasts to (reduced by ad_reduce_to), as the backward contract asks.
+ * A registered op's backward could give another dtype, read then as x's
+ * past the end of its data, or another shape of the same size, which the
+ * reduction would only reshape. */
+static ad_status check_contribution(ad_ctx *ctx, const char *who, const ad_op_def *def, int k,
+                                    const ad_tensor *g, const ad_tensor *x) {
+  char a[64], b[64];
+  if (g->dtype != x->dtype)
+    return ad_set_error(ctx, AD_ERR_DTYPE,
+                        "%s: the backward of %s gave input %d a %s gradient; the input is %s", who,
+                        def->name, k, ad_dtype_name(g->dtype), ad_dtype_name(x->dtype));
+  if (ad_same_shape(g, x)) return AD_OK;
+  int64_t bs[AD_MAX_DIMS];
+  int nb;
+  bool ok = ad_broadcast_shape(x->ndim, x->shape, g->ndim, g->shape, &nb, bs) && nb == g->ndim;
+  for (int d = 0; ok && d < nb; d++) ok = bs[d] == g->shape[d];
+  if (!ok)
+    return ad_set_error(ctx, AD_ERR_SHAPE,
+                        "%s: the backward of %s gave input %d a gradient %s; the input is %s, "
+                        "which does not broadcast to it",
+                        who, def->name, k, ad_shape_str(g, a, sizeof a),
+                        ad_shape_str(x, b, sizeof b));
+  return AD_OK;
+}
+
 /* Whether src[k] is also one of src[0..k-1]. */
 static inline bool earlier_input(ad_node *const *src, int k) {
   for (int j = 0; j < k; j++)
@@ -862,6 +888,7 @@ sweep_node(ad_ctx *ctx, sweep_opts *sw, ad_node *n, ad_tensor *gout, ad_tensor *
       gin[k] = NULL;
       continue;
     }
+    if ((st = check_contribution(ctx, sw->who, def, k, gin[k], in[k])) != AD_OK) return st;
     ad_tensor *gk = ad_same_shape(gin[k], in[k]) ? gin[k] : ad_reduce_to(ctx, gin[k], in[k]);
     if (!gk) return ctx->status ? ctx->status : AD_ERR_OOM;
     gin[k] = gk;
@@ -933,6 +960,11 @@ static ad_status sweep(ad_ctx *ctx, ad_node *root, const ad_tensor *seed, bool c
       return ad_set_error(ctx, AD_ERR_DTYPE, "%s: seed is %s, root is %s", who,
                           ad_dtype_name(seed->dtype), ad_dtype_name(root->t.dtype));
     g = (ad_tensor *)seed;
+    /* a persistent seed (a leaf's grad buffer, say) is read by the whole
+     * pass: stamped as used, as ad_op_apply stamps inputs, so that a
+     * gradient stored into that buffer forks it instead of writing into
+     * the seed the later steps still read */
+    if (ad_node_of(seed)->flags & AD_NF_PERSISTENT) ad_node_of(seed)->epoch = ctx->epoch;
   } else {
     if (root->t.size != 1)
       return ad_set_error(ctx, AD_ERR_SHAPE,

@@ -1109,3 +1109,74 @@ Test(backward, grad_into_temps_flag_needs_a_grad_into) {
   cr_assert(strstr(ad_last_error(ctx), "no_into") && strstr(ad_last_error(ctx), "grad_into"), "%s",
             ad_last_error(ctx));
 }
+
+/* A seed that is a leaf's own gradient buffer: the pass stores w's
+ * gradient into that buffer while x's step still reads the seed. It wrote
+ * into the seed (x's gradient came out of the seed's new values); the seed
+ * is now stamped as used, so w's store forks the buffer, and x.grad is
+ * seed * w, as PyTorch gives, with or without zero_grad. */
+Test(backward, a_seed_that_is_a_leafs_gradient_is_not_overwritten) {
+  int64_t s[1] = {3};
+  for (int zero = 0; zero < 2; zero++) {
+    ad_tensor *w = ad_from_data(ctx, AD_F64, 1, s, (const double[]){1, 2, 3});
+    ad_tensor *x = ad_from_data(ctx, AD_F64, 1, s, (const double[]){10, 20, 30});
+    ad_tensor_set_requires_grad(w, true), ad_tensor_set_requires_grad(x, true);
+    cr_assert_eq(ad_backward(ctx, ad_sum(ctx, w), NULL), AD_OK, "%s", ad_last_error(ctx));
+    ad_tensor *g = w->grad;
+    for (int64_t i = 0; i < 3; i++) ad_tensor_set(g, i, (double)(i + 1));
+    if (zero) ad_tensor_zero_grad(w);
+    cr_assert_eq(ad_backward(ctx, ad_mul(ctx, w, x), g), AD_OK, "%s", ad_last_error(ctx));
+    for (int64_t i = 0; i < 3; i++) { /* seed (i + 1) times w (i + 1); w's adds seed x */
+      double want = (double)((i + 1) * (i + 1)), ww = (double)(i + 1) * (10.0 * (double)(i + 1));
+      cr_assert_eq(ad_tensor_get(x->grad, i), want, "zero %d: x.grad[%lld] %g", zero, (long long)i,
+                   ad_tensor_get(x->grad, i));
+      cr_assert_eq(ad_tensor_get(w->grad, i), ww + (zero ? 0.0 : (double)(i + 1)),
+                   "zero %d: w.grad[%lld] %g", zero, (long long)i, ad_tensor_get(w->grad, i));
+      cr_assert_eq(ad_tensor_get(g, i), (double)(i + 1), "the seed changed");
+    }
+    ad_tape_reset(ctx);
+    ad_tensor_free(w), ad_tensor_free(x);
+  }
+}
+
+/* A registered op's backward must give each input a gradient of its dtype
+ * and of its shape (or one it broadcasts to). An f32 gradient for an f64
+ * input was read as f64 past its end, and a [3,2] one for a [2,3] input
+ * was reshaped: both went into the gradient without an error. */
+static void copy_fwd(const ad_call *c) {
+  memcpy(c->out->data, c->in[0]->data, (size_t)c->out->size * ad_dtype_size(c->out->dtype));
+}
+static ad_status cast_bwd(const ad_call *c) {
+  return ad_call_set_grad(c, 0, ad_cast(c->ctx, c->gout, AD_F32));
+}
+static ad_status transposed_bwd(const ad_call *c) {
+  return ad_call_set_grad(c, 0, ad_transpose(c->ctx, c->gout, 0, 1));
+}
+
+Test(backward, a_contribution_of_another_dtype_or_shape_is_refused) {
+  ad_op_def d = {.name = "bad_cast",
+                 .arity = 1,
+                 .flags = AD_OP_ELEMENTWISE,
+                 .forward = copy_fwd,
+                 .backward = cast_bwd};
+  int cast_id = ad_op_register(ctx, &d);
+  d.name = "bad_shape", d.backward = transposed_bwd;
+  int shape_id = ad_op_register(ctx, &d);
+  cr_assert(cast_id >= 0 && shape_id >= 0, "%s", ad_last_error(ctx));
+  int64_t s[2] = {2, 3};
+  ad_tensor *x = ad_ones(ctx, AD_F64, 2, s);
+  ad_tensor_set_requires_grad(x, true);
+  ad_tensor *y = ad_op_apply(ctx, cast_id, 1, &x, NULL);
+  cr_assert_eq(ad_backward(ctx, ad_sum(ctx, y), NULL), AD_ERR_DTYPE);
+  cr_assert(strstr(ad_last_error(ctx), "the backward of bad_cast gave input 0 a f32 gradient"),
+            "%s", ad_last_error(ctx));
+  ad_clear_error(ctx);
+  ad_tape_reset(ctx);
+  y = ad_op_apply(ctx, shape_id, 1, &x, NULL);
+  cr_assert_eq(ad_backward(ctx, ad_sum(ctx, y), NULL), AD_ERR_SHAPE);
+  cr_assert(strstr(ad_last_error(ctx), "gave input 0 a gradient [3,2]; the input is [2,3]"), "%s",
+            ad_last_error(ctx));
+  ad_clear_error(ctx);
+  ad_tape_reset(ctx);
+  ad_tensor_free(x);
+}

@@ -367,7 +367,12 @@ AD_API bool ad_tensor_is_temporary(const ad_tensor *t);
 AD_API double ad_tensor_get(const ad_tensor *t, int64_t i);
 /** Sets element i; returns AD_ERR_ARG when i is out of range, or when t is
  * AD_I32 and v is NaN or outside the int32 range (recorded, t unchanged);
- * other values are truncated toward zero, as a C cast does. */
+ * other values are truncated toward zero, as a C cast does. Not detected
+ * (PyTorch's version counters refuse it at backward): writing, with this,
+ * ad_tensor_fill or ad_tensor_copy_data, a tensor that an op of the
+ * current tape used changes the values its backward reads, so the
+ * gradient is taken at the new values. Write between ad_backward and
+ * ad_tape_reset or after the reset, as an optimizer does. */
 AD_API ad_status ad_tensor_set(ad_tensor *t, int64_t i, double v);
 /** The single element of a size-1 tensor; NAN otherwise (and as
  * ad_tensor_get). */
