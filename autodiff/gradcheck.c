@@ -37,9 +37,16 @@ static void fill_defaults(ad_check_opts *o, const ad_check_opts *user, ad_dtype 
   }
 }
 
+/* The first slot before i that holds input i's tensor again, or -1. */
+static int same_as(ad_tensor *const *in, int i) {
+  for (int j = 0; j < i; j++)
+    if (in[j] == in[i]) return j;
+  return -1;
+}
+
 static void state_free(check_state *s) {
   for (int i = 0; s->x64 && i < s->n; i++) {
-    ad_tensor_free(s->x64[i]);
+    if (same_as(s->in, i) < 0) ad_tensor_free(s->x64[i]); /* else shared, freed there */
     ad_tensor_free(s->r[i]);
     if (s->analytic[i]) ad_free(s->ctx, s->analytic[i], (size_t)s->in[i]->size * sizeof(double));
   }
@@ -102,6 +109,14 @@ static ad_status state_init(check_state *s, ad_ctx *ctx, ad_check_fn fn, void *u
   if (st != AD_OK) return st;
   s->n = n;
   for (int i = 0; i < n; i++) {
+    /* a tensor given twice (f(x, x)) is one variable, as in PyTorch's
+     * gradcheck: one copy, perturbed once for both uses, and checked in
+     * its first slot against the gradient of both uses */
+    int j = same_as(in, i);
+    if (j >= 0) {
+      s->x64[i] = s->x64[j];
+      continue;
+    }
     ad_dtype d = ad_is_float(in[i]->dtype) ? AD_F64 : in[i]->dtype;
     s->x64[i] = ad_zeros(ctx, d, in[i]->ndim, in[i]->shape);
     if (!s->x64[i]) return ctx->status;
@@ -187,7 +202,7 @@ static ad_tensor *second_h(check_state *s, ad_tensor *const *in, bool create_gra
   ad_tensor **g = s->g1, *h = NULL;
   if (first_grads(s, in, create_graph, g, NULL) != AD_OK) return NULL;
   for (int i = 0; i < s->n; i++) {
-    if (!g[i]) continue;
+    if (!g[i] || !s->r[i]) continue; /* no r: a repeated slot, checked in its first */
     ad_tensor *r = s->r[i];
     ad_tensor *ri = r;
     if (r->dtype != g[i]->dtype) ri = ad_cast(s->ctx, r, g[i]->dtype);

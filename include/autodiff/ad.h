@@ -1078,7 +1078,9 @@ typedef struct ad_check_report {
 /** Compares the analytic gradient of <v, fn(in)> (v a random cotangent)
  * with central differences computed in float64: inputs of another dtype are
  * copied to float64 for the numeric side. Only inputs with requires_grad
- * are checked (AD_ERR_ARG when none has it). opts may be NULL. Resets the
+ * are checked (AD_ERR_ARG when none has it). A tensor given in more than
+ * one slot (f(x, x)) is one variable, as in PyTorch: perturbed in all its
+ * slots at once and reported under its first. opts may be NULL. Resets the
  * tape. Returns AD_OK when the check ran (see report->passed) or the error
  * that stopped it. */
 AD_API ad_status ad_gradcheck(ad_ctx *ctx, ad_check_fn fn, void *ud, int n, ad_tensor *const *in,
