@@ -831,9 +831,6 @@ ad_tensor *ad_from_data(ad_ctx *ctx, ad_dtype dt, int ndim, const int64_t *shape
   return t;
 }
 
-/* Fills new tensor t with a + b * x_i, x_i = i (kind 0), uniform in [0, 1)
- * (1) or standard normal (2) from rng; frees it and returns NULL when a
- * value does not fit an i32 tensor. NULL t stays NULL. */
 /* A uniform draw v in [lo, hi) as the float dtype dt stores it: rounding
  * can carry a draw just under hi onto hi (lo + (hi - lo) x rounds up for x
  * near 1; in float32 every x above 1 - 2^-25 of [0, 1) does), which
@@ -853,6 +850,10 @@ static double below_hi(double v, double lo, double hi, ad_dtype dt) {
   return v;
 }
 
+/* Fills new tensor t with a + b * x_i, x_i = i (kind 0), uniform in [0, 1)
+ * (1, kept below a + b by below_hi) or standard normal (2) from rng; frees
+ * it and returns NULL when a value does not fit an i32 tensor. NULL t
+ * stays NULL. */
 static ad_tensor *fill_values(ad_tensor *t, const char *fn, double a, double b, ad_rng *rng,
                               int kind) {
   for (int64_t i = 0; t && i < t->size; i++) {
