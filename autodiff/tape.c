@@ -613,7 +613,8 @@ static void clear_touched(ad_ctx *ctx) {
 }
 
 /* Checks what a backward gave input k: x's dtype, and x's shape or one x
- * broadcasts to (reduced by ad_reduce_to), as the backward contract asks.
+ * broadcasts to (reduced by ad_reduce_to), as the backward contract asks
+ * (called only when the dtype or the shape differs from x's).
  * A registered op's backward could give another dtype, read then as x's
  * past the end of its data, or another shape of the same size, which the
  * reduction would only reshape. */
@@ -888,8 +889,11 @@ sweep_node(ad_ctx *ctx, sweep_opts *sw, ad_node *n, ad_tensor *gout, ad_tensor *
       gin[k] = NULL;
       continue;
     }
-    if ((st = check_contribution(ctx, sw->who, def, k, gin[k], in[k])) != AD_OK) return st;
-    ad_tensor *gk = ad_same_shape(gin[k], in[k]) ? gin[k] : ad_reduce_to(ctx, gin[k], in[k]);
+    bool same = ad_same_shape(gin[k], in[k]);
+    if ((!same || gin[k]->dtype != in[k]->dtype) &&
+        (st = check_contribution(ctx, sw->who, def, k, gin[k], in[k])) != AD_OK)
+      return st;
+    ad_tensor *gk = same ? gin[k] : ad_reduce_to(ctx, gin[k], in[k]);
     if (!gk) return ctx->status ? ctx->status : AD_ERR_OOM;
     gin[k] = gk;
     if (sw->anomaly && (st = anomaly_backward(ctx, def, n, k, gk)) != AD_OK) return st;
