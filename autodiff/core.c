@@ -301,6 +301,12 @@ void ad_arena_free_all(ad_ctx *ctx) {
 
 void ad_tape_reset(ad_ctx *ctx) {
   if (!ctx) return;
+  if (ctx->sweeps) { /* a backward hook: the running pass reads the tape and the arena */
+    ad_set_error(ctx, AD_ERR_STATE,
+                 "tape_reset: called during a backward pass (from a backward hook); the tape "
+                 "was kept");
+    return;
+  }
   if (ctx->temp_names) names_clear(ctx, false);
   if (ctx->deferred) deferred_free(ctx);
   if (ctx->chunks) arena_enter(ctx, ctx->chunks);

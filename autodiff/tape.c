@@ -1051,6 +1051,11 @@ static ad_status sweep(ad_ctx *ctx, ad_node *root, const ad_tensor *seed, bool c
 
 static ad_status check_root(ad_ctx *ctx, ad_tensor *root, const char *who) {
   if (!ctx) return AD_ERR_NULL;
+  if (ctx->sweeps) /* from a hook: the running pass owns every node's accumulator */
+    return ad_set_error(ctx, AD_ERR_STATE,
+                        "%s: called during a backward pass (from a backward hook); run it after "
+                        "the pass returns",
+                        who);
   if (!root) return ad_set_null_error(ctx, "%s: root is NULL", who);
   if (ad_node_of(root)->magic == AD_NODE_DEAD)
     return ad_set_error(ctx, AD_ERR_STATE, "%s: root was freed", who);

@@ -1180,3 +1180,60 @@ Test(backward, a_contribution_of_another_dtype_or_shape_is_refused) {
   ad_tape_reset(ctx);
   ad_tensor_free(x);
 }
+
+/* A hook that, at its first call, resets the tape or starts a second
+ * backward: both would pull the running pass's nodes from under it. */
+typedef struct reentry {
+  ad_tensor *root;
+  int calls;
+  ad_status nested;
+  size_t tape_after;
+} reentry;
+static void reset_hook(void *ud, const ad_backward_step *step) {
+  (void)step;
+  reentry *r = ud;
+  if (r->calls++) return;
+  ad_tape_reset(ctx);
+  r->tape_after = ad_tape_size(ctx);
+}
+static void nested_hook(void *ud, const ad_backward_step *step) {
+  (void)step;
+  reentry *r = ud;
+  if (!r->calls++) r->nested = ad_backward(ctx, r->root, NULL);
+}
+
+Test(backward, a_hook_cannot_reset_the_tape_or_start_another_pass) {
+  double v[3] = {0.3, -0.5, 0.9};
+  ad_tensor *w = vec(v, 3);
+  ad_tensor *y = w;
+  for (int i = 0; i < 4; i++) y = ad_tanh(ctx, ad_mul(ctx, y, w));
+  ad_tensor *root = ad_sum(ctx, y);
+  cr_assert_not_null(root);
+  OK(ad_backward(ctx, root, NULL)); /* the gradient without any hook */
+  double want[3];
+  for (int i = 0; i < 3; i++) want[i] = ad_tensor_get(w->grad, i);
+  size_t len = ad_tape_size(ctx);
+
+  reentry r = {.root = root};
+  ad_tensor_zero_grad(w);
+  ad_set_backward_hook(ctx, reset_hook, &r);
+  OK(ad_backward(ctx, root, NULL));
+  cr_assert_eq(r.tape_after, len, "the reset was refused: the tape keeps its %zu ops", len);
+  cr_assert(strstr(ad_last_error(ctx), "tape_reset: called during a backward pass"), "%s",
+            ad_last_error(ctx));
+  assert_close(w->grad, want, 3, 0); /* the pass ran to the end, unchanged */
+  ad_clear_error(ctx);
+
+  r = (reentry){.root = root};
+  ad_tensor_zero_grad(w);
+  ad_set_backward_hook(ctx, nested_hook, &r);
+  OK(ad_backward(ctx, root, NULL));
+  cr_assert_eq(r.nested, AD_ERR_STATE);
+  cr_assert(strstr(ad_last_error(ctx), "backward: called during a backward pass"), "%s",
+            ad_last_error(ctx));
+  assert_close(w->grad, want, 3, 0); /* counted once, not twice */
+  ad_set_backward_hook(ctx, NULL, NULL);
+  ad_clear_error(ctx);
+  ad_tape_reset(ctx);
+  ad_tensor_free(w);
+}

@@ -402,7 +402,9 @@ AD_API void ad_tensor_print(FILE *f, const char *name, const ad_tensor *t);
 /** Frees every intermediate and empties the tape in O(1). Tensors made by ops
  * before the reset must not be used after it; ad_backward detects a root
  * from an earlier tape and returns AD_ERR_STATE, as far as that can be told
- * (not once a new result took its arena memory: see Ownership above). */
+ * (not once a new result took its arena memory: see Ownership above).
+ * Called during a backward pass (from a backward hook) it records
+ * AD_ERR_STATE on ctx and does nothing. */
 AD_API void ad_tape_reset(ad_ctx *ctx);
 
 /** Number of recorded ops; bytes the arena holds; bytes in use now. @{ */
@@ -457,8 +459,9 @@ AD_API bool ad_anomaly_mode(const ad_ctx *ctx);
  * is freed at once, or g when that one is bound; data a tape used stays
  * until ad_tape_reset). After ad_tape_reset the grad is added into in place
  * again. Returns
- * AD_ERR_STATE if root was not recorded (no input requires grad) or is from
- * a reset tape, AD_ERR_SHAPE for a non-scalar root without seed or a seed
+ * AD_ERR_STATE if root was not recorded (no input requires grad), is from
+ * a reset tape, or a pass is already running (called from a backward
+ * hook), AD_ERR_SHAPE for a non-scalar root without seed or a seed
  * of the wrong shape, AD_ERR_OOM. */
 AD_API ad_status ad_backward(ad_ctx *ctx, ad_tensor *root, const ad_tensor *seed);
 
@@ -467,7 +470,9 @@ AD_API ad_status ad_backward(ad_ctx *ctx, ad_tensor *root, const ad_tensor *seed
  * depend on; an input listed twice gets its gradient in both places). seed
  * as in ad_backward. Leaves' grad fields are not touched.
  * With create_graph the backward pass is recorded, so out[i] can be
- * differentiated again (Hessian-vector products, gradient penalties). */
+ * differentiated again (Hessian-vector products, gradient penalties).
+ * Errors as ad_backward's, and AD_ERR_STATE for a freed input or one of a
+ * reset tape. */
 AD_API ad_status ad_grad(ad_ctx *ctx, ad_tensor *root, const ad_tensor *seed, int n,
                          ad_tensor *const *inputs, ad_tensor **out, bool create_graph);
 

@@ -490,7 +490,10 @@ typedef struct ad_backward_step {
 
 /** Observes a backward pass: called once per op that backward differentiates,
  * in the order it runs (reverse tape order), after the op's contributions
- * are added into its inputs' gradients. The hook must not run ops on ctx. */
+ * are added into its inputs' gradients. The hook must not run ops on ctx.
+ * ad_backward and ad_grad called from a hook return AD_ERR_STATE, and
+ * ad_tape_reset records that error and keeps the tape: the running pass
+ * reads both. */
 typedef void (*ad_backward_hook)(void *ud, const ad_backward_step *step);
 
 /** Installs (fn != NULL) or removes the hook. A hook never changes what
