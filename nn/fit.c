@@ -319,7 +319,7 @@ ad_status nn_train_step(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tens
 /* Mean loss and accuracy over one pass of b, in evaluation and no-grad mode.
  * acc may be NULL. */
 static ad_status eval_batches(nn_model *m, nn_loss_fn loss, nn_batcher *b, double *loss_out,
-                              double *acc) {
+                              double *acc, double sums[3]) {
   ad_ctx *ctx = nn_model_ctx(m);
   bool old_grad = ad_set_grad_enabled(ctx, false);
   bool old_train = nn_model_set_training(m, false);
@@ -357,6 +357,7 @@ static ad_status eval_batches(nn_model *m, nn_loss_fn loss, nn_batcher *b, doubl
   if (st != AD_OK) return st;
   if (loss_out) *loss_out = seen ? sum / (double)seen : NAN;
   if (acc) *acc = seen ? (double)correct / (double)seen : NAN;
+  if (sums) sums[0] = sum, sums[1] = (double)correct, sums[2] = (double)seen;
   return AD_OK;
 }
 
@@ -373,7 +374,7 @@ ad_status nn_evaluate(nn_model *m, nn_loss_fn loss, ad_tensor *x, ad_tensor *y, 
   if (st != AD_OK) return st;
   nn_batcher *b = nn_batcher_new(ctx, x, y, batch_size > 0 ? batch_size : 32, false, 0);
   if (!b) return fail(ctx, AD_ERR_OOM);
-  st = eval_batches(m, loss, b, loss_out, accuracy);
+  st = eval_batches(m, loss, b, loss_out, accuracy, NULL);
   nn_batcher_free(b);
   return st;
 }
@@ -687,16 +688,25 @@ static ad_status fit(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor 
     }
     h->vals[H_VAL_LOSS][e] = h->vals[H_VAL_ACC][e] = NAN;
     if (val) {
-      st = eval_batches(m, loss, vb, &h->vals[H_VAL_LOSS][e],
-                        o.accuracy ? &h->vals[H_VAL_ACC][e] : NULL);
-      if (dist) { /* a rank that failed here alone must not leave the others waiting */
-        double failed = st != AD_OK;
-        ad_status s2 = dist->sum(dist->ud, &failed, 1);
+      double *vl = &h->vals[H_VAL_LOSS][e], *va = &h->vals[H_VAL_ACC][e];
+      double v[4] = {0}; /* failed, then the sums of the loss, correct rows, rows */
+      st = eval_batches(m, loss, vb, vl, o.accuracy ? va : NULL, v + 1);
+      if (dist) {
+        /* a rank that failed here alone must not leave the others waiting;
+         * the metrics are those of every rank's validation rows together,
+         * so that ranks with other data (their own parts, say) see the same
+         * values, and early stopping stops them at the same epoch and
+         * restores the same weights */
+        if ((v[0] = st != AD_OK)) v[1] = v[2] = v[3] = 0;
+        ad_status s2 = dist->sum(dist->ud, v, 4);
         if (st == AD_OK && s2 != AD_OK) st = s2;
-        if (st == AD_OK && failed > 0)
-          st =
-              ad_set_error(ctx, AD_ERR_STATE,
-                           "fit: validation failed on %g other rank(s) at epoch %d", failed, e + 1);
+        if (st == AD_OK && v[0] > 0)
+          st = ad_set_error(ctx, AD_ERR_STATE,
+                            "fit: validation failed on %g other rank(s) at epoch %d", v[0], e + 1);
+        if (st == AD_OK && v[3] > 0) {
+          *vl = v[1] / v[3];
+          if (o.accuracy) *va = v[2] / v[3];
+        }
       }
       if (st != AD_OK) break;
     }

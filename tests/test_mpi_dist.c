@@ -1378,6 +1378,60 @@ static void batches_differ(ad_ctx *c) {
   check(ok, "other data or options on one rank: nn_fit fails on every rank (no hang)", why);
 }
 
+/* Each rank validates on its own part of the validation rows (rank r on
+ * 2 + r of them, as with PyTorch's DistributedSampler), with early
+ * stopping on val_loss: the metrics are those of all the parts together,
+ * so every rank stops at the same epoch with the same weights (a rank
+ * that stopped alone left the others waiting in the next step's sum). */
+static void validation_parts(ad_ctx *c) {
+  ad_tensor *x, *y;
+  int64_t total = 0, first = 0;
+  for (int r = 0; r < size; r++) total += 2 + r, first += r < rank ? 2 + r : 0;
+  make_data(c, AD_F64, 24 + total, &x, &y);
+  int64_t rows[64];
+  for (int64_t i = 0; i < 2 + rank; i++) rows[i] = 24 + first + i;
+  ad_tensor *vx = nn_take_rows(c, x, 2 + rank, rows), *vy = nn_take_rows(c, y, 2 + rank, rows);
+  for (int64_t i = 0; i < total; i++) rows[i] = 24 + i;
+  ad_tensor *ax = nn_take_rows(c, x, total, rows), *ay = nn_take_rows(c, y, total, rows);
+  for (int64_t i = 0; i < 24; i++) rows[i] = i;
+  ad_tensor *tx = nn_take_rows(c, x, 24, rows), *ty = nn_take_rows(c, y, 24, rows);
+  nn_model *m = make_model(c, AD_F64, 8, PLAIN, 5);
+  nn_optimizer *opt = nn_sgd_new(nn_model_params(m), 2.0, 0.9, false, 0); /* overshoots */
+  nn_dist *d = dist_new(c, NULL);
+  nn_fit_opts fo = {.epochs = 12,
+                    .batch_size = 8,
+                    .seed = 1,
+                    .accuracy = true,
+                    .val_x = vx,
+                    .val_y = vy,
+                    .early_stopping = {.monitor = "val_loss", .patience = 1},
+                    .verbose = -1,
+                    .dist = nn_dist_fit_ops(d)};
+  nn_history *h = NULL;
+  ad_status st = nn_fit(m, opt, nn_cross_entropy_loss, tx, ty, &fo, &h);
+  double all = NAN, mine[2] = {nn_history_epochs(h), 0};
+  if (st == AD_OK) mine[1] = nn_history_get(h, "val_loss", nn_history_epochs(h) - 1);
+  double theirs[2];
+  memcpy(theirs, mine, sizeof mine);
+  MPI_Bcast(theirs, 2, MPI_DOUBLE, 0, MPI_COMM_WORLD);
+  ad_status se = nn_evaluate(m, nn_cross_entropy_loss, ax, ay, 0, &all, NULL);
+  snprintf(why, sizeof why,
+           "status %s (%s), %g epochs (rank 0: %g), val_loss %.17g (rank 0: %.17g, "
+           "all the parts: %.17g)",
+           ad_status_str(st), ad_last_error(c), mine[0], theirs[0], mine[1], theirs[1], all);
+  check(st == AD_OK && se == AD_OK && mine[0] == theirs[0] && mine[0] < 12 &&
+            mine[1] == theirs[1] && fabs(mine[1] - all) <= 1e-12 * fabs(all) &&
+            same_bits_as_rank0(nn_model_params(m)),
+        "own validation parts: metrics over all parts, every rank stops at the same epoch", why);
+  ad_clear_error(c);
+  nn_history_free(h);
+  nn_dist_free(d);
+  nn_optimizer_free(opt);
+  nn_model_free(m);
+  ad_tensor *ts[8] = {x, y, vx, vy, ax, ay, tx, ty};
+  for (int i = 0; i < 8; i++) ad_tensor_free(ts[i]);
+}
+
 /* nn_dist_sum in the deterministic mode out of memory on the last rank
  * (for the gathered values): every rank fails with that rank's message
  * (it aborted the job), and the next sum works. */
@@ -2166,6 +2220,7 @@ int main(int argc, char **argv) {
   new_fails_on_one_rank(c);
   model_on_another_context(c);
   batches_differ(c);
+  validation_parts(c);
   fit_setup_fails_on_one_rank(c);
   sync_out_of_memory(c);
   sum_out_of_memory(c);

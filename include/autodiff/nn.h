@@ -1127,7 +1127,9 @@ typedef struct nn_history nn_history;
  *   - at the end of an epoch calls sum(ud, v, 3) on the epoch's sums
  *     (loss times rows, rows, correct predictions), so the history's loss
  *     and accuracy cover the whole epoch on every rank. Validation runs
- *     whole on every rank (identical models give identical values);
+ *     on each rank's own val_x / val_y (or split), and its loss and
+ *     accuracy are summed over ranks alike (one sum of 4 values): the
+ *     same on every rank, those of all the ranks' rows together;
  *   - prints progress on rank 0 only (other ranks are silent); the live
  *     bar shows rank 0's shards, the epoch lines the reduced values.
  * nn_train_step, nn_evaluate and nn_predict do not use it.
