@@ -528,6 +528,10 @@ ad_status nn_optimizer_set_schedule(nn_optimizer *o, const nn_schedule *s) {
   return AD_OK;
 }
 
+const nn_schedule *nn_optimizer_schedule(const nn_optimizer *o) {
+  return o && o->has_sched ? &o->sched : NULL;
+}
+
 ad_status nn_optimizer_schedule_step(nn_optimizer *o) {
   if (!o) return AD_ERR_NULL;
   if (!o->has_sched) return AD_OK;

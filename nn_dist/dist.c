@@ -633,6 +633,15 @@ static size_t describe_list(char *out, size_t cap, const char *kind, int n,
   return len;
 }
 
+/* v in the fewest digits that read back as v (%.17g prints 0.9 as
+ * 0.90000000000000002). */
+static void exact(double v, char out[32]) {
+  for (int p = 15; p <= 17; p++) {
+    snprintf(out, 32, "%.*g", p, v);
+    if (strtod(out, NULL) == v || v != v) return;
+  }
+}
+
 static size_t describe(char *out, size_t cap, nn_model *m, nn_optimizer *opt) {
   nn_params *p = nn_model_params(m), *b = nn_model_buffers(m);
   int np = nn_params_count(p), nb = nn_params_count(b);
@@ -646,6 +655,28 @@ static size_t describe(char *out, size_t cap, nn_model *m, nn_optimizer *opt) {
   if (ns)
     len += describe_list(out ? out + len : NULL, out ? cap - len : 0, "optimizer state", ns,
                          nn_optimizer_state_names(opt), nn_optimizer_state_tensors(opt));
+  if (opt) { /* the settings the state does not hold (the rate it does: rank 0's is sent) */
+    const nn_opt_config *o = nn_optimizer_config(opt);
+    const nn_schedule *sc = nn_optimizer_schedule(opt);
+    nn_schedule none = {0};
+    if (!sc) sc = &none;
+    double v[] = {
+        o->momentum, o->dampening, o->weight_decay,        o->beta1,     o->beta2,      o->alpha,
+        o->eps,      o->lr_decay,  o->initial_accumulator, o->clip_norm, o->clip_value, sc->gamma,
+        sc->eta_min};
+    enum { NV = sizeof v / sizeof v[0] };
+    char f[NV][32];
+    for (int i = 0; i < NV; i++) exact(v[i], f[i]);
+    len += (size_t)snprintf(out ? out + len : NULL, out ? cap - len : 0,
+                            "optimizer settings: momentum %s, dampening %s, nesterov %d, "
+                            "weight_decay %s, betas %s %s, alpha %s, centered %d, eps %s, "
+                            "lr_decay %s, initial_accumulator %s, clip_norm %s, clip_value %s\n"
+                            "learning-rate schedule: kind %d, step_size %lld, gamma %s, t_max "
+                            "%lld, eta_min %s\n",
+                            f[0], f[1], o->nesterov, f[2], f[3], f[4], f[5], o->centered, f[6],
+                            f[7], f[8], f[9], f[10], (int)sc->kind, (long long)sc->step_size, f[11],
+                            (long long)sc->t_max, f[12]);
+  }
   return len;
 }
 

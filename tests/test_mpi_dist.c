@@ -419,6 +419,33 @@ static void mismatch(ad_ctx *c) {
   nn_dist_free(d);
   nn_optimizer_free(opt);
   nn_model_free(m);
+  /* optimizers whose settings differ on the last rank (the state, which
+   * rank 0 sends, is alike): each rank stepped with its own, and the
+   * copies drifted apart; so with a schedule on one rank only */
+  for (int k = 0; k < 2; k++) {
+    bool last = rank == size - 1;
+    m = make_model(c, AD_F64, 8, PLAIN, 5);
+    opt = nn_sgd_new(nn_model_params(m), 0.1, k == 0 && last ? 0.5 : 0.9, false, 0);
+    nn_schedule sched = {.kind = NN_SCHED_STEP, .step_size = 2, .gamma = 0.5};
+    if (k == 1 && last) nn_optimizer_set_schedule(opt, &sched);
+    d = dist_new(c, NULL);
+    fo = (nn_fit_opts){.epochs = 1, .batch_size = 12, .verbose = -1, .dist = nn_dist_fit_ops(d)};
+    st = nn_fit(m, opt, nn_cross_entropy_loss, x, y, &fo, NULL);
+    snprintf(want, sizeof want, "dist: rank %d differs from rank 0: %s", size - 1,
+             k == 0 ? "optimizer settings: momentum 0.5, dampening 0, nesterov 0"
+                    : "learning-rate schedule: kind 1, step_size 2, gamma 0.5, t_max 0");
+    snprintf(why, sizeof why, "case %d: status %s, %lld steps, message: %s", k, ad_status_str(st),
+             (long long)nn_optimizer_steps(opt), ad_last_error(c));
+    check(st == AD_ERR_SHAPE && nn_optimizer_steps(opt) == 0 &&
+              strncmp(ad_last_error(c), want, strlen(want)) == 0,
+          k == 0 ? "optimizer settings differ on one rank: every rank gets the difference"
+                 : "a schedule on one rank only: every rank gets the difference",
+          why);
+    ad_clear_error(c);
+    nn_dist_free(d);
+    nn_optimizer_free(opt);
+    nn_model_free(m);
+  }
   ad_tensor_free(x);
   ad_tensor_free(y);
 }

@@ -1012,6 +1012,11 @@ NN_API double nn_schedule_lr(const nn_schedule *s, double lr0, int64_t t);
  * load (nn_model_load restores lr0, the epoch and the rate). */
 NN_API ad_status nn_optimizer_set_schedule(nn_optimizer *opt, const nn_schedule *s);
 
+/** The schedule set by nn_optimizer_set_schedule (owned by opt, valid
+ * until the next set or nn_optimizer_free), or NULL when there is none or
+ * opt is NULL. */
+NN_API const nn_schedule *nn_optimizer_schedule(const nn_optimizer *opt);
+
 /** Advances the schedule one epoch and sets lr from it (no-op without a
  * schedule). nn_fit calls it after every epoch. Returns AD_OK, AD_ERR_NULL
  * (opt NULL) or AD_ERR_NAN when the new rate would not be finite (gamma > 1

@@ -197,13 +197,16 @@ NN_API const nn_dist_ops *nn_dist_fit_ops(nn_dist *d);
 /** Checks that every rank's model m (parameters and buffers) and optimizer
  * opt (may be NULL on every rank) have the same names, dtypes and shapes
  * in the same order as rank 0's, and the same parameters frozen (no
- * requires_grad: "... [10,64] frozen on rank R"), then broadcasts rank
- * 0's values of all of them. Collective. On a difference every rank returns AD_ERR_SHAPE with
+ * requires_grad: "... [10,64] frozen on rank R"), and opt the same
+ * settings (nn_optimizer_config but lr, which is state) and schedule
+ * (nn_optimizer_schedule), then broadcasts rank 0's values of all of them
+ * (the learning rate and the schedule's epoch included). Collective. On a difference every rank returns AD_ERR_SHAPE with
  * the first one, of the lowest rank that differs: "dist: rank R differs
  * from rank 0: parameter 2 '1.weight' f32 [10,64] on rank R, parameter 2
  * '1.weight' f32 [10,32] on rank 0" (or the counts, "3 parameters, 0
  * buffers, 7 optimizer state tensors", a buffer, an optimizer state
- * tensor). A NULL m on some rank: every rank fails, the others with "dist:
+ * tensor, "optimizer settings: momentum 0.5, ..." or "learning-rate
+ * schedule: ..."). A NULL m on some rank: every rank fails, the others with "dist:
  * rank R failed: dist_sync: model is NULL"; so with a model on another
  * context than d's (AD_ERR_ARG, the message also on the model's context).
  * nn_fit calls it first. Steps through nn_dist_fit_ops over m's
