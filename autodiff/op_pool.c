@@ -833,7 +833,9 @@ const ad_op_def ad_def_avg_pool2d_backward = {
 
 /* ------------------------------------- global_avg_pool2d (a composite) */
 
-/* sum over H, W (keepdim), times 1 / (H W): adaptive_avg_pool2d(x, 1) */
+/* sum over H, W (keepdim), divided by H W: adaptive_avg_pool2d(x, 1). A
+ * division, as ad_mean's, not a product with 1 / (H W), which rounds twice
+ * (f32 {5, 0, 0}: 1.6666667461 where PyTorch and ad_mean give 1.6666666269) */
 ad_tensor *ad_global_avg_pool2d(ad_ctx *ctx, ad_tensor *x) {
   int nd = 0;
   if (ctx && x && ad_tensor_is_valid(x)) {
@@ -860,5 +862,6 @@ ad_tensor *ad_global_avg_pool2d(ad_ctx *ctx, ad_tensor *x) {
   /* otherwise ad_op_apply reports the NULL or freed input */
   ad_attrs at = {.reduce = {nd ? 3u << (nd - 2) : 0, true}};
   ad_tensor *s = ad_apply1(ctx, AD_OP_SUM, x, &at);
-  return s ? ad_mul_scalar(ctx, s, 1.0 / (double)(x->shape[nd - 2] * x->shape[nd - 1])) : NULL;
+  return s ? ad_div(ctx, s, ad_scalar(ctx, s->dtype, (double)(x->shape[nd - 2] * x->shape[nd - 1])))
+           : NULL;
 }

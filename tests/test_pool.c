@@ -228,6 +228,21 @@ Test(pool, avg_pool_divisors) {
   ad_tensor_free(x);
 }
 
+/* global_avg_pool2d divides the sum by H W, as ad_mean and PyTorch's
+ * adaptive_avg_pool2d(x, 1) do: f32 {5, 0, 0} gives 1.6666666269 (5 / 3
+ * rounded once), not 1.6666667461 (5 times 1/3 rounded). */
+Test(pool, global_avg_pool_divides_as_mean_does) {
+  int64_t s[3] = {1, 1, 3};
+  ad_tensor *x = ad_zeros(ctx, AD_F32, 3, s);
+  ad_tensor_set(x, 0, 5);
+  ad_tensor *y = ad_global_avg_pool2d(ctx, x), *m = ad_mean(ctx, x);
+  cr_assert(y && m, "%s", ad_last_error(ctx));
+  cr_assert_eq(ad_tensor_item(y), (double)(5.0f / 3.0f), "%.10f", ad_tensor_item(y));
+  cr_assert_eq(ad_tensor_item(y), ad_tensor_item(m));
+  ad_tape_reset(ctx);
+  ad_tensor_free(x);
+}
+
 /* Output sizes: the default stride is the kernel; ceil_mode counts a
  * partial last window but not one that would start in the right padding
  * (5 + 2 - 1 - 1 = 5 over stride 2 is 3.5: 4 windows by the ceiling, the
