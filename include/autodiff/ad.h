@@ -953,7 +953,7 @@ AD_API ad_tensor *ad_avg_pool2d(ad_ctx *ctx, ad_tensor *x, int64_t kh, int64_t k
                                 const ad_pool2d_opts *opts);
 /** The mean over H, W, keeping them: [N, C, H, W] -> [N, C, 1, 1] ([C, H,
  * W] -> [C, 1, 1]), PyTorch's adaptive_avg_pool2d(x, 1). A composite: a
- * sum over H, W (keepdim) times 1 / (H W). Errors: not 3-D or 4-D, or H or
+ * sum over H, W (keepdim) divided by H W. Errors: not 3-D or 4-D, or H or
  * W of 0 (AD_ERR_SHAPE); not float (AD_ERR_DTYPE). */
 AD_API ad_tensor *ad_global_avg_pool2d(ad_ctx *ctx, ad_tensor *x);
 
