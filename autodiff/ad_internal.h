@@ -130,6 +130,11 @@ struct ad_ctx {
   /* backward scratch: leaves touched by the running pass */
   ad_node **touched;
   size_t touched_len, touched_cap;
+  /* tensors the current tape used that were written since (ad_note_write),
+   * each with the tape's length at its last write: an op recorded before
+   * that has its backward refused (tape.c, precheck). Emptied at reset. */
+  struct ad_write *writes;
+  size_t nwrites, writes_cap;
   ad_backward_hook hook;
   void *hook_ud;
   /* ops the tape applies while differentiating (accumulating an
@@ -150,6 +155,35 @@ struct ad_ctx {
   /* scopes (scope.c): NULL until the first ad_scope_push */
   struct ad_scope_state *scopes;
 };
+
+/* The tape_idx of a temporary made now and not recorded: -3 - the tape's
+ * length (-1 when that does not fit; -2 is tape.c's GACC_OWN), so that a
+ * write into it can tell whether an op was recorded since. */
+static inline int32_t ad_fresh_idx(const ad_ctx *ctx) {
+  return ctx->tape_len <= (size_t)INT32_MAX - 3 ? -3 - (int32_t)ctx->tape_len : -1;
+}
+
+/* A write into a tensor the current tape used (ctx->writes). */
+typedef struct ad_write {
+  ad_node *n;
+  size_t pos; /* ctx->tape_len at the write: ops recorded before it read the old values */
+} ad_write;
+
+/* Records that live tensor n's data is about to be written in place: when
+ * an op of the current tape may read it (n is a persistent tensor an op
+ * used, ad_op_apply having stamped its epoch, or an op's recorded result),
+ * a backward through an op recorded before now refuses (tape.c). Returns
+ * AD_OK, or AD_ERR_OOM recorded on the context (fn names the caller). A
+ * branch or two for a tensor no op of the tape read. */
+ad_status ad_note_write_slow(ad_node *n, const char *fn);
+static inline ad_status ad_note_write(ad_node *n, const char *fn) {
+  ad_ctx *ctx = n->ctx;
+  if (!ctx->tape_len || n->epoch != ctx->epoch) /* nothing recorded; unused since the reset */
+    return AD_OK;
+  if (!(n->flags & (AD_NF_PERSISTENT | AD_NF_RECORDED)) && n->tape_idx == ad_fresh_idx(ctx))
+    return AD_OK; /* a temporary no op recorded since it was made can have read */
+  return ad_note_write_slow(n, fn);
+}
 
 /* The default allocator: 64-byte aligned blocks (core.c). */
 void *ad_default_alloc(void *ud, void *ptr, size_t osize, size_t nsize);

@@ -28,6 +28,7 @@ void ad_ctx_free(ad_ctx *ctx) {
   ad_arena_free_all(ctx);
   ad_free(ctx, ctx->tape, ctx->tape_cap * sizeof *ctx->tape);
   ad_free(ctx, ctx->touched, ctx->touched_cap * sizeof *ctx->touched);
+  ad_free(ctx, ctx->writes, ctx->writes_cap * sizeof *ctx->writes);
   ad_registry_free(ctx);
   ad_scope_free(ctx);
   ctx->alloc(ctx->alloc_ud, ctx, sizeof *ctx, 0);

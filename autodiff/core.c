@@ -312,6 +312,7 @@ void ad_tape_reset(ad_ctx *ctx) {
   if (ctx->chunks) arena_enter(ctx, ctx->chunks);
   ctx->arena_used_before_cur = 0;
   ctx->tape_len = 0;
+  ctx->nwrites = 0;
   ctx->epoch++;
 }
 
@@ -688,6 +689,7 @@ ad_tensor *ad_tmp_new(ad_ctx *ctx, ad_dtype dt, int ndim, const int64_t *shape) 
   if (!p) return NULL;
   ad_node *n = (ad_node *)p;
   ad_node_init(n, ctx, dt, ndim, shape, size);
+  n->tape_idx = ad_fresh_idx(ctx);
   n->t.data = ad_tmp_data(p, bytes);
   return &n->t;
 }
@@ -696,6 +698,7 @@ ad_tensor *ad_tmp_header(ad_ctx *ctx, ad_dtype dt, int ndim, const int64_t *shap
   ad_node *n = ad_arena_alloc(ctx, sizeof(ad_node));
   if (!n) return NULL;
   ad_node_init(n, ctx, dt, ndim, shape, ad_shape_size(ndim, shape));
+  n->tape_idx = ad_fresh_idx(ctx);
   n->t.data = NULL;
   return &n->t;
 }
@@ -747,6 +750,7 @@ ad_status ad_tensor_fill(ad_tensor *t, double v) {
   if (!t) return AD_ERR_NULL;
   if (unusable(t, "tensor_fill", &st)) return st;
   if (t->dtype == AD_I32 && !i32_fits(v)) return i32_error(t, "tensor_fill", v);
+  if ((st = ad_note_write(ad_node_of(t), "tensor_fill")) != AD_OK) return st;
   if (t->dtype == AD_F32)
     for (int64_t i = 0; i < t->size; i++) ((float *)t->data)[i] = (float)v;
   else if (t->dtype == AD_F64)
@@ -1207,6 +1211,34 @@ ad_status ad_tensor_adopt_grad(ad_tensor *t, void **mem) {
   return set_grad(t, NULL, false, mem, "adopt_grad");
 }
 
+ad_status ad_note_write_slow(ad_node *n, const char *fn) {
+  ad_ctx *ctx = n->ctx;
+  if (ctx->nwrites && ctx->writes[ctx->nwrites - 1].n == n) { /* a loop of writes into n */
+    ctx->writes[ctx->nwrites - 1].pos = ctx->tape_len;
+    return AD_OK;
+  }
+  if (ctx->nwrites == ctx->writes_cap) {
+    size_t cap = ctx->writes_cap ? ctx->writes_cap * 2 : 16;
+    ad_write *w =
+        ctx->alloc(ctx->alloc_ud, ctx->writes, ctx->writes_cap * sizeof *w, cap * sizeof *w);
+    if (!w)
+      return ad_set_error(ctx, AD_ERR_OOM,
+                          "%s: out of memory (to note that a tensor the tape used was written)",
+                          fn);
+    ctx->writes = w;
+    ctx->writes_cap = cap;
+  }
+  ctx->writes[ctx->nwrites++] = (ad_write){n, ctx->tape_len};
+  return AD_OK;
+}
+
+ad_status ad_tensor_mark_modified(ad_tensor *t) {
+  ad_status st;
+  if (!t) return AD_ERR_NULL;
+  if (unusable(t, "tensor_mark_modified", &st)) return st;
+  return ad_note_write(ad_node_of(t), "tensor_mark_modified");
+}
+
 double ad_tensor_get(const ad_tensor *t, int64_t i) {
   if (!t) return 0.0;
   return usable(t) ? ad_value_at(t, i) : NAN;
@@ -1217,6 +1249,8 @@ ad_status ad_tensor_set(ad_tensor *t, int64_t i, double v) {
   if (!t) return AD_ERR_NULL;
   if (unusable(t, "tensor_set", &st)) return st;
   if (i < 0 || i >= t->size) return AD_ERR_ARG;
+  if (t->dtype == AD_I32 && !i32_fits(v)) return i32_error(t, "tensor_set", v);
+  if ((st = ad_note_write(ad_node_of(t), "tensor_set")) != AD_OK) return st;
   switch (t->dtype) {
   case AD_F32:
     ((float *)t->data)[i] = (float)v;
@@ -1225,7 +1259,6 @@ ad_status ad_tensor_set(ad_tensor *t, int64_t i, double v) {
     ((double *)t->data)[i] = v;
     break;
   default:
-    if (!i32_fits(v)) return i32_error(t, "tensor_set", v);
     ((int32_t *)t->data)[i] = (int32_t)v;
     break;
   }
@@ -1277,18 +1310,20 @@ ad_status ad_tensor_copy_data(ad_tensor *dst, const ad_tensor *src) {
                         ad_shape_str(dst, a, sizeof a), (long long)dst->size,
                         ad_shape_str(src, b, sizeof b), (long long)src->size);
   }
+  if (dst->dtype == AD_I32 && src->dtype != AD_I32) /* checked first: a refused copy leaves dst */
+    for (int64_t i = 0; i < src->size; i++) {
+      double v = ad_value_at(src, i);
+      if (!i32_fits(v)) return i32_error(dst, "copy_data", v);
+    }
+  if ((st = ad_note_write(ad_node_of(dst), "copy_data")) != AD_OK) return st;
   if (dst->dtype == src->dtype)
     memmove(dst->data, src->data, (size_t)src->size * ad_dsize(src->dtype));
   else if (dst->dtype != AD_I32) {
     convert_job j = {dst, src};
     ad_parallel_for(src->size, 32768, convert_range, &j);
-  } else /* checked first: a refused copy leaves dst as it was */
-    for (int pass = 0; pass < 2; pass++)
-      for (int64_t i = 0; i < src->size; i++) {
-        double v = ad_tensor_get(src, i);
-        if (pass == 0 && !i32_fits(v)) return i32_error(dst, "copy_data", v);
-        if (pass == 1) ((int32_t *)dst->data)[i] = (int32_t)v;
-      }
+  } else
+    for (int64_t i = 0; i < src->size; i++)
+      ((int32_t *)dst->data)[i] = (int32_t)ad_value_at(src, i);
   return AD_OK;
 }
 

@@ -740,19 +740,63 @@ static ad_status retain(ad_ctx *ctx, ad_node *n, ad_tensor *gout) {
   return AD_OK;
 }
 
+static int cmp_write(const void *a, const void *b) {
+  uintptr_t x = (uintptr_t)((const ad_write *)a)->n, y = (uintptr_t)((const ad_write *)b)->n;
+  return (x > y) - (x < y);
+}
+
+/* Sorts ctx->writes by node, one entry per node with its last write;
+ * returns the latest write's position. */
+static size_t writes_merge(ad_ctx *ctx) {
+  ad_write *w = ctx->writes;
+  qsort(w, ctx->nwrites, sizeof *w, cmp_write);
+  size_t k = 0, top = 0;
+  for (size_t i = 0; i < ctx->nwrites; i++) {
+    if (k && w[k - 1].n == w[i].n) {
+      if (w[i].pos > w[k - 1].pos) w[k - 1].pos = w[i].pos;
+    } else {
+      w[k++] = w[i];
+    }
+    if (w[i].pos > top) top = w[i].pos;
+  }
+  ctx->nwrites = k;
+  return top;
+}
+
+/* The tape's length at the last write into n (ctx->writes merged), 0 if
+ * none: an op recorded at index i read values written since when this is
+ * above i. */
+static size_t written_at(const ad_ctx *ctx, const ad_node *n) {
+  ad_write key = {(ad_node *)n, 0};
+  const ad_write *w = bsearch(&key, ctx->writes, ctx->nwrites, sizeof key, cmp_write);
+  return w ? w->pos : 0;
+}
+
 /* Whether an op that the backward from root reaches has an input freed
- * since it was recorded: checked before the pass writes anything, so a
- * failed pass leaves no partial gradient. Only a tensor the tape used keeps
- * its data and header after ad_tensor_free, so this runs only when one was
- * freed. Reached nodes are marked through gacc (NULL outside a pass). */
-static ad_status freed_inputs(ad_ctx *ctx, ad_node *root, const char *who) {
+ * since it was recorded, or an input or result written since (its
+ * backward would read other values than its forward did, or differentiate
+ * a function the program no longer computes): checked before the pass
+ * writes anything, so a failed pass leaves no partial gradient. Only a
+ * tensor the tape used keeps its data and header after ad_tensor_free,
+ * and only such a tensor's writes are noted, so this runs only when one
+ * was freed or written. Reached nodes are marked through gacc (NULL
+ * outside a pass). */
+static ad_status precheck(ad_ctx *ctx, ad_node *root, const char *who) {
   static ad_tensor reached;
   ad_status st = AD_OK;
+  size_t top = ctx->nwrites ? writes_merge(ctx) : 0; /* ops from here on read the last values */
+  char d[160];
   root->gacc = &reached;
   for (size_t i = (size_t)root->tape_idx + 1; i-- > 0;) {
     ad_node *n = ctx->tape[i];
     if (n->gacc != &reached) continue;
     n->gacc = NULL;
+    if (st == AD_OK && i < top && written_at(ctx, n) > i)
+      st = ad_set_error(ctx, AD_ERR_STATE,
+                        "%s: the result of %s (%s) was written after the op was recorded, so "
+                        "the tape no longer computes the values used; write tensors after the "
+                        "backward passes that use them, or run the ops again",
+                        who, ctx->ops[n->op].name, ad_tensor_describe(&n->t, d, sizeof d));
     ad_node *const *src = ad_node_src(n);
     for (int k = 0, nsrc = ad_node_nsrc(n); st == AD_OK && k < nsrc; k++) {
       if (src[k]->magic != AD_NODE_MAGIC)
@@ -760,6 +804,13 @@ static ad_status freed_inputs(ad_ctx *ctx, ad_node *root, const char *who) {
                           "%s: input %d of %s was freed after the op was recorded; free "
                           "tensors after the backward passes that use them",
                           who, k, ctx->ops[n->op].name);
+      else if (i < top && written_at(ctx, src[k]) > i)
+        st = ad_set_error(ctx, AD_ERR_STATE,
+                          "%s: input %d of %s (%s) was written after the op was recorded, and "
+                          "its backward would use the new values; write tensors after the "
+                          "backward passes that use them, or run the ops again",
+                          who, k, ctx->ops[n->op].name,
+                          ad_tensor_describe(caller_input(src[k]), d, sizeof d));
       else if (src[k]->flags & AD_NF_RECORDED)
         src[k]->gacc = &reached;
     }
@@ -945,8 +996,9 @@ static ad_status sweep(ad_ctx *ctx, ad_node *root, const ad_tensor *seed, bool c
       (root->epoch != ctx->epoch || root->tape_idx < 0 || (size_t)root->tape_idx >= ctx->tape_len ||
        ctx->tape[root->tape_idx] != root))
     return ad_set_error(ctx, AD_ERR_STATE, "%s: the root is from a tape that was reset", who);
-  if (ctx->deferred && (root->flags & AD_NF_RECORDED)) { /* a tensor used by this tape was freed */
-    ad_status st = freed_inputs(ctx, root, who);
+  if ((ctx->deferred || ctx->nwrites) && (root->flags & AD_NF_RECORDED)) {
+    /* a tensor used by this tape was freed, or written */
+    ad_status st = precheck(ctx, root, who);
     if (st != AD_OK) return st;
   }
   ad_tensor *g;

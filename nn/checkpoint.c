@@ -1078,6 +1078,8 @@ ad_status nn_checkpoint_load_as(ad_ctx *ctx, const char *path, int n, const char
     }
     off += (size_t)e->nbytes;
   }
+  for (int i = 0; i < n; i++) /* written through their data below (ad_tensor_set's notes) */
+    if (ents[i]->nbytes && (st = ad_tensor_mark_modified(tensors[i])) != AD_OK) goto done;
   off = 0;
   for (int i = 0; i < n; i++) {
     const nn_checkpoint_entry *e = ents[i];

@@ -351,6 +351,12 @@ static ad_status params_live(const nn_optimizer *o, const char *fn) {
 }
 
 static ad_status step_some(nn_optimizer *o, const int64_t *lo, const int64_t *hi) {
+  /* the parameters are written through their data: a backward through
+   * ops recorded before this step would read the new values (tape.c) */
+  for (int i = 0; i < o->nslots; i++) {
+    ad_status st = takes_part(&o->slots[i]) ? ad_tensor_mark_modified(o->slots[i].p) : AD_OK;
+    if (st != AD_OK) return st;
+  }
   if (o->cfg.clip_value > 0) nn_clip_grad_value(o->params, o->cfg.clip_value);
   if (o->cfg.clip_norm > 0) nn_clip_grad_norm(o->params, o->cfg.clip_norm);
   o->cfg.lr = scalar_get(o->lr); /* a loaded checkpoint may have changed it */

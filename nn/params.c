@@ -491,6 +491,8 @@ ad_status nn_init_tensor(ad_ctx *ctx, ad_tensor *t, nn_init init, ad_rng *rng) {
                         (int)init.kind);
   }
   if (!rng) return ad_set_error(ctx, AD_ERR_NULL, "init: a random initializer needs an rng");
+  ad_status marked = ad_tensor_mark_modified(t); /* written through its data below */
+  if (marked != AD_OK) return marked;
   if (t->dtype == AD_F32) {
     float *d = t->data;
     for (int64_t i = 0; i < t->size; i++)

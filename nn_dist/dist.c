@@ -897,6 +897,12 @@ ad_status nn_dist_sync(nn_dist *d, nn_model *m, nn_optimizer *opt) {
       failed = true, st = AD_ERR_OOM;
     else
       describe(mine, mlen, m, opt);
+    /* the broadcast writes the parameters and buffers through their data:
+     * a backward through ops recorded before reads the new values */
+    nn_params *lists[2] = {nn_model_params(m), nn_model_buffers(m)};
+    for (int l = 0; l < 2 && !failed; l++)
+      for (int i = 0; i < nn_params_count(lists[l]) && !failed; i++)
+        if ((st = ad_tensor_mark_modified(nn_params_tensors(lists[l])[i])) != AD_OK) failed = true;
   }
   ad_status other;
   if (agree(d, failed, st, "failed", &other) >= 0) {

@@ -1237,3 +1237,117 @@ Test(backward, a_hook_cannot_reset_the_tape_or_start_another_pass) {
   ad_tape_reset(ctx);
   ad_tensor_free(w);
 }
+
+/* ------------------------------------------ writes into tensors in use */
+
+/* Writing a tensor that a recorded op took as input, or an op's result,
+ * after the op was recorded: a backward through that op refuses before it
+ * changes any gradient (PyTorch's version counters refuse the same). */
+Test(backward, writes_into_tensors_the_tape_used_are_refused) {
+  double wv[3] = {0.5, -1.0, 2.0}, xv[3] = {1, 2, 3};
+  int64_t n = 3;
+  ad_tensor *w = vec(wv, 3), *x = ad_from_data(ctx, AD_F64, 1, &n, xv);
+  ad_tensor_set_name(x, "x");
+  /* an input, with each writer */
+  for (int k = 0; k < 4; k++) {
+    ad_tensor *root = ad_sum(ctx, ad_mul(ctx, x, w));
+    cr_assert_not_null(root);
+    if (k == 0) OK(ad_tensor_set(x, 0, 5));
+    if (k == 1) OK(ad_tensor_fill(x, 5));
+    if (k == 2) OK(ad_tensor_copy_data(x, w));
+    if (k == 3) { /* through the data, announced */
+      ((double *)x->data)[1] = 7;
+      OK(ad_tensor_mark_modified(x));
+    }
+    cr_assert_eq(ad_backward(ctx, root, NULL), AD_ERR_STATE, "writer %d", k);
+    cr_assert(strstr(ad_last_error(ctx), "backward: input 0 of mul ('x' [3]) was written "
+                                         "after the op was recorded"),
+              "writer %d: %s", k, ad_last_error(ctx));
+    cr_assert_null(w->grad, "writer %d: no gradient was changed", k);
+    ad_tensor *out[1];
+    cr_assert_eq(ad_grad(ctx, root, NULL, 1, &w, out, false), AD_ERR_STATE);
+    ad_clear_error(ctx);
+    ad_tape_reset(ctx); /* forgets the writes */
+    OK(ad_tensor_copy_data(x, ad_from_data(ctx, AD_F64, 1, &n, xv)));
+  }
+  /* written before the ops that use it: the gradient of the new values */
+  OK(ad_tensor_set(x, 0, 4));
+  ad_tensor *root = ad_sum(ctx, ad_mul(ctx, x, w));
+  OK(ad_backward(ctx, root, NULL));
+  assert_close(w->grad, (double[]){4, 2, 3}, 3, 0);
+  /* written, then used again: only the ops recorded since are reached */
+  OK(ad_tensor_set(x, 0, 1));
+  ad_tensor_zero_grad(w);
+  OK(ad_backward(ctx, ad_sum(ctx, ad_mul(ctx, x, w)), NULL));
+  assert_close(w->grad, (double[]){1, 2, 3}, 3, 0);
+  /* ops off the root's path may have read it: nothing to refuse */
+  ad_tensor *side = ad_exp(ctx, ad_mul(ctx, x, w));
+  root = ad_sum(ctx, ad_sin(ctx, w));
+  cr_assert(side && root);
+  OK(ad_tensor_set(x, 2, 0));
+  OK(ad_backward(ctx, root, NULL));
+  ad_tape_reset(ctx);
+  ad_tensor_zero_grad(w);
+  /* an op's result, written after it was recorded: the tape no longer
+   * computes what the program does (refused at its first consumer) */
+  ad_tensor *e = ad_exp(ctx, w);
+  root = ad_sum(ctx, e);
+  OK(ad_tensor_set(e, 1, 0));
+  cr_assert_eq(ad_backward(ctx, root, NULL), AD_ERR_STATE);
+  cr_assert(strstr(ad_last_error(ctx), "backward: input 0 of sum ([3]) was written after the op "
+                                       "was recorded"),
+            "%s", ad_last_error(ctx));
+  ad_clear_error(ctx);
+  /* the root itself */
+  root = ad_sum(ctx, ad_exp(ctx, w));
+  OK(ad_tensor_set(root, 0, 1));
+  cr_assert_eq(ad_backward(ctx, root, NULL), AD_ERR_STATE);
+  cr_assert(strstr(ad_last_error(ctx), "backward: the result of sum ("), "%s", ad_last_error(ctx));
+  cr_assert(strstr(ad_last_error(ctx), ") was written after the op was recorded"), "%s",
+            ad_last_error(ctx));
+  ad_clear_error(ctx);
+  ad_tape_reset(ctx);
+  /* a temporary no op records (x needs no gradient), read by a recorded
+   * op, then written */
+  ad_tensor *c = ad_exp(ctx, x);
+  root = ad_sum(ctx, ad_mul(ctx, c, w));
+  OK(ad_tensor_fill(c, 1));
+  cr_assert_eq(ad_backward(ctx, root, NULL), AD_ERR_STATE);
+  cr_assert(strstr(ad_last_error(ctx), "input 0 of mul ([3]) was written"), "%s",
+            ad_last_error(ctx));
+  ad_clear_error(ctx);
+  ad_tape_reset(ctx);
+  /* a temporary written as soon as it is made (a mask built by hand) */
+  c = ad_exp(ctx, x);
+  for (int i = 0; i < 3; i++) OK(ad_tensor_set(c, i, i));
+  OK(ad_backward(ctx, ad_sum(ctx, ad_mul(ctx, c, w)), NULL));
+  assert_close(w->grad, (double[]){0, 1, 2}, 3, 0);
+  cr_assert_eq(ad_tensor_mark_modified(NULL), AD_ERR_NULL);
+  ad_tape_reset(ctx);
+  ad_tensor_free(w);
+  ad_tensor_free(x);
+}
+
+/* The note of a write is refused memory: the write is refused too (t
+ * unchanged), so that no write goes unnoted. */
+Test(backward, a_write_that_cannot_be_noted_is_refused) {
+  test_alloc ta = {0};
+  ad_ctx *c = ad_ctx_new_with_alloc(test_alloc_fn, &ta);
+  cr_assert_not_null(c);
+  int64_t n = 3;
+  ad_tensor *w = ad_ones(c, AD_F64, 1, &n);
+  ad_tensor_set_requires_grad(w, true);
+  ad_tensor *root = ad_sum(c, ad_mul(c, w, w));
+  cr_assert_not_null(root);
+  test_alloc_refuse_after(&ta, 0);
+  cr_assert_eq(ad_tensor_set(w, 0, 3), AD_ERR_OOM);
+  test_expect_error(c, AD_ERR_OOM, "tensor_set: out of memory", NULL);
+  cr_assert_eq(ad_tensor_get(w, 0), 1.0);
+  test_alloc_grant_all(&ta);
+
+  cr_assert_eq(ad_backward(c, root, NULL), AD_OK, "%s", ad_last_error(c));
+  cr_assert_eq(ad_tensor_get(w->grad, 0), 2.0);
+  ad_tensor_free(w);
+  ad_ctx_free(c);
+  cr_assert_eq(ta.live, 0, "%ld blocks left", ta.live);
+}

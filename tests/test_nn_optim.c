@@ -952,3 +952,40 @@ Test(optim, sweep_on_threads_same_bits_as_one_thread) {
     free(one);
   }
 }
+
+/* A step between forward and backward (the GAN pattern of PyTorch's
+ * "modified by an inplace operation"): the backward of the ops recorded
+ * before the step would read the stepped weights, and refuses; so does one
+ * after nn_init_tensor re-initialises a weight. After the tape is reset and
+ * the forward run again, it works. */
+Test(optim, a_step_before_the_backward_of_earlier_ops_is_refused) {
+  ad_rng r;
+  ad_rng_seed(&r, 3);
+  nn_layer *l = nn_dense_new(ctx, 3, 2, &r, NULL);
+  nn_params *p = nn_layer_params(l);
+  nn_optimizer *opt = nn_sgd_new(p, 0.1, 0, false, 0);
+  int64_t s[2] = {4, 3};
+  ad_tensor *x = ad_randn(ctx, &r, AD_F32, 2, s, 0, 1);
+  ad_tensor *loss = ad_sum(ctx, nn_layer_forward(l, x, true));
+  cr_assert_eq(ad_backward(ctx, loss, NULL), AD_OK, "%s", ad_last_error(ctx));
+  cr_assert_eq(nn_optimizer_step(opt), AD_OK);
+  cr_assert_eq(ad_backward(ctx, loss, NULL), AD_ERR_STATE);
+  cr_assert(strstr(ad_last_error(ctx), "was written after the op was recorded"), "%s",
+            ad_last_error(ctx));
+  ad_clear_error(ctx);
+  ad_tape_reset(ctx);
+  loss = ad_sum(ctx, nn_layer_forward(l, x, true));
+  cr_assert_eq(
+      nn_init_tensor(ctx, nn_params_tensors(p)[0], (nn_init){NN_INIT_HE_UNIFORM, 0, 0}, &r), AD_OK);
+  cr_assert_eq(ad_backward(ctx, loss, NULL), AD_ERR_STATE);
+  ad_clear_error(ctx);
+  ad_tape_reset(ctx);
+  nn_optimizer_zero_grad(opt);
+  loss = ad_sum(ctx, nn_layer_forward(l, x, true));
+  cr_assert_eq(ad_backward(ctx, loss, NULL), AD_OK, "%s", ad_last_error(ctx));
+  cr_assert_eq(nn_optimizer_step(opt), AD_OK);
+  ad_tape_reset(ctx);
+  nn_optimizer_free(opt);
+  nn_layer_free(l);
+  ad_tensor_free(x);
+}

@@ -367,22 +367,42 @@ AD_API bool ad_tensor_is_temporary(const ad_tensor *t);
 AD_API double ad_tensor_get(const ad_tensor *t, int64_t i);
 /** Sets element i; returns AD_ERR_ARG when i is out of range, or when t is
  * AD_I32 and v is NaN or outside the int32 range (recorded, t unchanged);
- * other values are truncated toward zero, as a C cast does. Not detected
- * (PyTorch's version counters refuse it at backward): writing, with this,
- * ad_tensor_fill or ad_tensor_copy_data, a tensor that an op of the
- * current tape used changes the values its backward reads, so the
- * gradient is taken at the new values. Write between ad_backward and
- * ad_tape_reset or after the reset, as an optimizer does. */
+ * other values are truncated toward zero, as a C cast does.
+ *
+ * Writes into a tensor the tape uses: writing, with this, ad_tensor_fill
+ * or ad_tensor_copy_data, a tensor that an op of the current tape took as
+ * input, or an op's result, after that op was recorded is noted (as
+ * PyTorch's version counters do): a later ad_backward or ad_grad whose
+ * pass reaches the op returns AD_ERR_STATE naming the op and the tensor,
+ * before it changes any gradient, instead of taking the gradient at the
+ * new values (or of a function the program no longer computes). This
+ * holds whether or not that op's backward reads the value (PyTorch refuses
+ * only where it does). Write between ad_backward and ad_tape_reset (as an
+ * optimizer does) or after the reset. Not seen: writes through t->data
+ * (announce them with ad_tensor_mark_modified) and through another tensor
+ * sharing the memory (a reshape's result and its input, or a buffer bound
+ * to two tensors). AD_ERR_OOM when the note cannot be kept (t unchanged). */
 AD_API ad_status ad_tensor_set(ad_tensor *t, int64_t i, double v);
+
+/** Tells the engine that t's data was changed in place other than through
+ * ad_tensor_set, ad_tensor_fill or ad_tensor_copy_data (through t->data,
+ * say, as nn's optimizers do): a backward that reaches an op recorded
+ * before the change, with t as its input or result, then refuses as
+ * described at ad_tensor_set. Costs a branch when no op of the current
+ * tape used t. Returns AD_OK, AD_ERR_NULL, AD_ERR_STATE (a freed tensor or
+ * a temporary of a reset tape), AD_ERR_OOM. */
+AD_API ad_status ad_tensor_mark_modified(ad_tensor *t);
 /** The single element of a size-1 tensor; NAN otherwise (and as
  * ad_tensor_get). */
 AD_API double ad_tensor_item(const ad_tensor *t);
 /** Copies src's values into dst (same size; dtypes may differ). Into an
  * AD_I32 dst, a NaN or out-of-range value is AD_ERR_ARG and dst is left
- * unchanged. */
+ * unchanged. A write into a tensor the tape uses is noted as
+ * ad_tensor_set's. */
 AD_API ad_status ad_tensor_copy_data(ad_tensor *dst, const ad_tensor *src);
 /** Fills every element with v. AD_ERR_NULL for NULL t; AD_ERR_ARG (t
- * unchanged) when t is AD_I32 and v is NaN or outside the int32 range. */
+ * unchanged) when t is AD_I32 and v is NaN or outside the int32 range. A
+ * write into a tensor the tape uses is noted as ad_tensor_set's. */
 AD_API ad_status ad_tensor_fill(ad_tensor *t, double v);
 /** True when some element is NaN or infinite, or (as ad_tensor_get reads
  * NaN from it) for a freed tensor or a temporary of a reset tape. */
