@@ -11,6 +11,7 @@
 #include "ad_ext.h"
 
 #include <ctype.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -297,7 +298,9 @@ static void put_rec(FILE *f, const vview *v, const ad_tensor *shp, int dim, int6
 }
 
 /* Values of v laid out in shp's shape: in full up to FULL_MAX elements,
- * else the first few, then min, max and mean. */
+ * else the first few, then min, max and mean. A NaN anywhere makes min and
+ * max NaN (as torch.min and torch.max propagate it), so the summary never
+ * hides one. */
 static void put_vals(FILE *f, const vview *v, const ad_tensor *shp, int indent) {
   if (shp->ndim == 0) {
     fprintf(f, "%.6g", vget(v, 0));
@@ -309,8 +312,9 @@ static void put_vals(FILE *f, const vview *v, const ad_tensor *shp, int indent) 
     double lo = vget(v, 0), hi = lo, sum = 0;
     for (int64_t i = 0; i < shp->size; i++) {
       double x = vget(v, i);
-      lo = x < lo ? x : lo;
-      hi = x > hi ? x : hi;
+      /* once NaN, lo and hi stay NaN: every comparison with it is false */
+      lo = x < lo || isnan(x) ? x : lo;
+      hi = x > hi || isnan(x) ? x : hi;
       sum += x;
     }
     fprintf(f, "[%.6g, %.6g, %.6g, %.6g, ...]", vget(v, 0), vget(v, 1), vget(v, 2), vget(v, 3));

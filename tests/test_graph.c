@@ -528,6 +528,29 @@ Test(graph, no_graph_and_leaf_root) {
   ad_tensor_free(x);
 }
 
+/* A tensor of more than 16 elements is summarised; a NaN anywhere in it
+ * shows as min and max nan (as torch.min and torch.max), not only when it
+ * is the first element. */
+Test(graph, summary_shows_a_nan) {
+  int64_t s20 = 20;
+  ad_tensor *x = ad_zeros(ctx, AD_F64, 1, &s20);
+  cr_assert_not_null(x);
+  double *v = x->data;
+  for (int i = 0; i < 20; i++) v[i] = i;
+  const char *want[] = {"(20 values: min 0, max 19, mean 9.5)",
+                        "(20 values: min nan, max nan, mean nan)"};
+  for (int k = 0; k < 2; k++) {
+    if (k) v[7] = NAN; /* neither first nor last */
+    mem m;
+    mem_open(&m);
+    OK(ad_graph_dot(NULL, m.f, x, 0));
+    char *s = mem_close(&m);
+    cr_assert(strstr(s, want[k]), "want %s in:\n%s", want[k], s);
+    free(s);
+  }
+  ad_tensor_free(x);
+}
+
 Test(graph, argument_errors) {
   ad_graph *g = ad_graph_new(ctx);
   cr_assert_null(ad_graph_new(NULL));
