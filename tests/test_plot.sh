@@ -21,7 +21,7 @@ ok() { # ok CONDITION-STATUS DESCRIPTION
   n=$((n + 1))
   if [ "$1" -eq 0 ]; then echo "ok $n - $2"; else echo "not ok $n - $2"; fails=$((fails + 1)); fi
 }
-echo "1..15"
+echo "1..16"
 printf 'epoch,loss,"val_loss",grad_norm/0.weight,grad_norm/2.weight\n1,2.5,2.6,0.5,1\n2,1.25,nan,0.05,1\n3,0.5,0.9,0.005,1\n4,0.25,1,0.0005,1\n' >"$TMP/h.csv"
 "$PLOT" -o "$TMP/a.svg" --title 'Loss & more' --xlabel epoch --ylabel loss --logy \
   "$TMP/h.csv:loss" "$TMP/h.csv:val_loss=validation" "$TMP/h.csv:grad_norm/*"
@@ -63,6 +63,16 @@ printf 'epoch,big\n1,1e308\n2,-1e308\n' >"$TMP/big.csv"
 "$PLOT" -o "$TMP/e.svg" "$TMP/big.csv:big" 2>"$TMP/err"
 [ $? -eq 1 ] && grep -q 'cannot be drawn in doubles' "$TMP/err" && [ ! -e "$TMP/e.svg" ]
 ok $? "values spanning more than a double fail with a message, writing nothing"
+printf 'epoch,"w\r\n""x"",\ny",loss\r\n1,4,1\r\n2,2,0.5\r\n3,1,0.25\r\n' >"$TMP/q.csv"
+printf 'epoch,wabcdefgh,loss\n1,4,1\n2,2,0.5\n3,1,0.25\n' >"$TMP/p.csv"
+"$PLOT" -o "$TMP/q.svg" "$TMP/q.csv:loss" "$TMP/q.csv:w*" &&
+  "$PLOT" -o "$TMP/p.svg" "$TMP/p.csv:loss" "$TMP/p.csv:w*" &&
+  [ "$(grep -c '<path ' "$TMP/q.svg")" -eq 2 ] &&
+  [ "$(grep '<path ' "$TMP/q.svg")" = "$(grep '<path ' "$TMP/p.svg")" ] &&
+  "$PY" -c 'import sys, xml.etree.ElementTree as E
+t = [e.text for e in E.parse(sys.argv[1]).iter("{http://www.w3.org/2000/svg}text")]
+sys.exit("w\n\"x\",\ny" not in t)' "$TMP/q.svg"
+ok $? "a quoted column name holding a quote, a comma and line breaks is one column (RFC 4180)"
 mkdir -p "$TMP/src/docs/img" "$TMP/src/examples" "$TMP/src/tools/plot"
 cp "$ROOT"/docs/img/plots.sha256 "$ROOT"/docs/img/*.csv "$ROOT"/docs/img/*.svg "$TMP/src/docs/img/" &&
   cp "$ROOT"/examples/*.c "$ROOT"/examples/teach.h "$TMP/src/examples/" &&

@@ -4,7 +4,8 @@
  *        [--x COLUMN] FILE.csv:COLUMN[=LABEL] ...
  *
  * Each series is a column of a CSV file with a header line (such as
- * nn_history_write_csv writes); a COLUMN ending in '*' stands for every
+ * nn_history_write_csv writes; RFC 4180: a quoted field may hold commas,
+ * line breaks and quotes, doubled); a COLUMN ending in '*' stands for every
  * column starting with what precedes it ("grad_norm/" then a star), each labelled with
  * its name. x is the column --x of the same file (default "epoch" when the
  * file has it, else 1, 2, ...). Values that do not parse as numbers ("nan",
@@ -33,8 +34,9 @@ static int usage(void) {
   return 2;
 }
 
-/* The next field of the line at *p (quotes removed, "" unescaped), in
- * place; *p moves past it and its comma. */
+/* The next field of the record at *p (quotes removed, "" unescaped), in
+ * place; *p moves past it and its comma. A quoted field may hold commas
+ * and line breaks. */
 static char *field(char **p) {
   char *s = *p, *w = s, *start = s;
   bool q = *s == '"';
@@ -57,6 +59,41 @@ static char *field(char **p) {
   return start;
 }
 
+/* Reads the next record of f into *buf (of *cap bytes, grown as needed)
+ * as RFC 4180 has it: a line, or several when a quoted field holds line
+ * breaks (nn_history_write_csv quotes a key with one, such as a layer's
+ * name). The record's own line break, LF or CR LF, is dropped. Returns 1,
+ * 0 at the end of the file or on a read error (ferror tells), or -1 when
+ * out of memory. */
+static int read_record(FILE *f, char **buf, size_t *cap) {
+  size_t n = 0;
+  /* as field() reads it: a quote opens a field's quotes only at its
+   * start; inside, a quote closes them, and one right after that ("")
+   * reopens them; elsewhere it is a character */
+  bool start = true, inq = false, closed = false;
+  int c;
+  while (true) {
+    if (n + 2 > *cap) { /* room for c and the terminator */
+      size_t grown_cap = *cap ? 2 * *cap : 256;
+      char *grown = realloc(*buf, grown_cap);
+      if (!grown) return -1;
+      *buf = grown, *cap = grown_cap;
+    }
+    if ((c = getc(f)) == EOF || (c == '\n' && !inq)) break;
+    (*buf)[n++] = (char)c;
+    bool toggle = c == '"' && (start || inq || closed);
+    if (toggle) inq = !inq;
+    closed = toggle && !inq;
+    start = c == ',' && !inq;
+  }
+  if (c == EOF && n == 0) return 0;
+  /* a CR before the break is outside quotes: inside, the LF would not
+   * have ended the record */
+  if (n && (*buf)[n - 1] == '\r') n--;
+  (*buf)[n] = 0;
+  return 1;
+}
+
 /* Reads path into t. Returns 0, or -1 after printing why. */
 static int read_csv(const char *path, table *t) {
   FILE *f = fopen(path, "r");
@@ -67,9 +104,8 @@ static int read_csv(const char *path, table *t) {
   memset(t, 0, sizeof *t);
   char *line = NULL;
   size_t cap = 0;
-  int cap_rows = 0, rc = 0;
-  for (int ln = 0; getline(&line, &cap, f) > 0; ln++) {
-    line[strcspn(line, "\r\n")] = 0;
+  int cap_rows = 0, rc = 0, got;
+  for (int ln = 0; (got = read_record(f, &line, &cap)) > 0; ln++) {
     char *p = line;
     if (ln == 0) {
       while (*p || t->ncol == 0) {
@@ -115,6 +151,13 @@ static int read_csv(const char *path, table *t) {
       t->cols[c][t->nrow] = end != v && *end == 0 ? d : NAN;
     }
     t->nrow++;
+  }
+  if (rc == 0 && got < 0) {
+    fprintf(stderr, "%s: out of memory\n", path);
+    rc = -1;
+  } else if (rc == 0 && ferror(f)) {
+    fprintf(stderr, "%s: read error\n", path);
+    rc = -1;
   }
   free(line);
   fclose(f);
