@@ -20,6 +20,11 @@ static const char *const colours[] = {"#1b6ac9", "#d43d1a", "#2a9d3f", "#e69b00"
 #define N_COLOURS (int)(sizeof colours / sizeof colours[0])
 #define CHAR_W    7.5 /* approximate width of a 12 px sans-serif character */
 
+/* plot_svg_file's temporary name keeps at most this many bytes of the
+ * path's last component, so that it fits NAME_MAX (255) whenever that
+ * component does: ".XXXXXX" adds 7 (as nn/checkpoint.c's temporaries). */
+#define TMP_BASE_MAX 200
+
 /* One axis: the data range mapped to [p0, p1] pixels. */
 typedef struct axis {
   bool log;
@@ -260,15 +265,18 @@ int plot_svg_file(const char *path, const plot_opts *o, int ns, const plot_serie
     exists = stat(path, &sb) == 0;
   }
   /* a temporary of its own beside path, renamed over it once complete:
-   * the file is the old one or the whole new one, never a part */
-  size_t n = strlen(path) + 8;
-  char *tmp = malloc(n);
+   * the file is the old one or the whole new one, never a part. Its name
+   * keeps at most TMP_BASE_MAX bytes of path's last component. */
+  const char *slash = strrchr(path, '/'), *base = slash ? slash + 1 : path;
+  size_t blen = strlen(base);
+  size_t keep = (size_t)(base - path) + (blen > TMP_BASE_MAX ? TMP_BASE_MAX : blen);
+  char *tmp = malloc(keep + 8);
   if (!tmp) {
     if (why) *why = "out of memory";
     free(real);
     return -1;
   }
-  snprintf(tmp, n, "%s.XXXXXX", path);
+  snprintf(tmp, keep + 8, "%.*s.XXXXXX", (int)keep, path);
   int fd = mkstemp(tmp);
   FILE *f = NULL;
   int rc = -1;
