@@ -21,7 +21,7 @@ ok() { # ok CONDITION-STATUS DESCRIPTION
   n=$((n + 1))
   if [ "$1" -eq 0 ]; then echo "ok $n - $2"; else echo "not ok $n - $2"; fails=$((fails + 1)); fi
 }
-echo "1..17"
+echo "1..18"
 printf 'epoch,loss,"val_loss",grad_norm/0.weight,grad_norm/2.weight\n1,2.5,2.6,0.5,1\n2,1.25,nan,0.05,1\n3,0.5,0.9,0.005,1\n4,0.25,1,0.0005,1\n' >"$TMP/h.csv"
 "$PLOT" -o "$TMP/a.svg" --title 'Loss & more' --xlabel epoch --ylabel loss --logy \
   "$TMP/h.csv:loss" "$TMP/h.csv:val_loss=validation" "$TMP/h.csv:grad_norm/*"
@@ -84,6 +84,14 @@ else
   n=$((n + 1))
   echo "ok $n - # SKIP the file system refuses a 252-byte name"
 fi
+printf 'epoch,a\001b\n1,0.5\n2,0.25\n' >"$TMP/ctl.csv"
+"$PLOT" -o "$TMP/ctl.svg" --xlabel "$(printf 'x\033')" "$TMP/ctl.csv:a*" \
+  --title "$(printf 't\377\tu\357\277\277\303\251\360\237\230\200\342\202v')" &&
+  "$PY" -c 'import sys, xml.etree.ElementTree as E
+t = [e.text for e in E.parse(sys.argv[1]).iter("{http://www.w3.org/2000/svg}text")]
+want = ("t\ufffd\tu\ufffd\xe9\U0001f600\ufffd\ufffdv", "x\ufffd", "a\ufffdb")
+sys.exit(not all(w in t for w in want))' "$TMP/ctl.svg"
+ok $? "control characters, U+FFFF and bytes that are not UTF-8 become U+FFFD: well-formed XML"
 mkdir -p "$TMP/src/docs/img" "$TMP/src/examples" "$TMP/src/tools/plot"
 cp "$ROOT"/docs/img/plots.sha256 "$ROOT"/docs/img/*.csv "$ROOT"/docs/img/*.svg "$TMP/src/docs/img/" &&
   cp "$ROOT"/examples/*.c "$ROOT"/examples/teach.h "$TMP/src/examples/" &&

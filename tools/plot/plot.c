@@ -82,24 +82,43 @@ static void tick_label(const axis *a, double t, char *buf, size_t n) {
     snprintf(buf, n, "%.*f", a->decimals, fabs(t) < a->step * 1e-9 ? 0.0 : t);
 }
 
-/* text with &, <, > and " escaped for XML */
+/* The length of the well-formed UTF-8 character at s (1 to 4 bytes), or 0
+ * when s starts none (a stray byte, an overlong form, a surrogate). As
+ * autodiff/graph.c's, which plot does not link. */
+static int utf8_len(const unsigned char *s) {
+  unsigned c = s[0];
+  if (c < 0x80) return 1;
+  int n = c >= 0xC2 && c <= 0xDF ? 2 : c >= 0xE0 && c <= 0xEF ? 3 : c >= 0xF0 && c <= 0xF4 ? 4 : 0;
+  unsigned lo = c == 0xE0 ? 0xA0 : c == 0xF0 ? 0x90 : 0x80;
+  unsigned hi = c == 0xED ? 0x9F : c == 0xF4 ? 0x8F : 0xBF;
+  if (!n || s[1] < lo || s[1] > hi) return 0;
+  for (int k = 2; k < n; k++)
+    if (s[k] < 0x80 || s[k] > 0xBF) return 0;
+  return n;
+}
+
+/* Text as XML character data: &, <, > and " escaped, and what XML 1.0
+ * does not allow in a document (a control character other than tab, LF
+ * and CR; U+FFFE and U+FFFF; a byte that is not UTF-8) replaced by U+FFFD,
+ * so that the SVG is well-formed whatever a label holds. */
 static void put_text(FILE *f, const char *s) {
-  for (; s && *s; s++) switch (*s) {
-    case '&':
+  for (const unsigned char *p = (const unsigned char *)s; p && *p;) {
+    int n = utf8_len(p);
+    if (!n || (*p < 0x20 && *p != '\t' && *p != '\n' && *p != '\r') ||
+        (n == 3 && p[0] == 0xEF && p[1] == 0xBF && p[2] >= 0xBE))
+      fputs("\xEF\xBF\xBD", f); /* U+FFFD in UTF-8 */
+    else if (*p == '&')
       fputs("&amp;", f);
-      break;
-    case '<':
+    else if (*p == '<')
       fputs("&lt;", f);
-      break;
-    case '>':
+    else if (*p == '>')
       fputs("&gt;", f);
-      break;
-    case '"':
+    else if (*p == '"')
       fputs("&quot;", f);
-      break;
-    default:
-      fputc(*s, f);
-    }
+    else
+      fwrite(p, 1, (size_t)n, f);
+    p += n ? n : 1; /* a stray byte is replaced alone */
+  }
 }
 
 static int nticks(const axis *a) { return (int)floor((a->hi - a->lo) / a->step + 1e-9) + 1; }

@@ -5,7 +5,10 @@
  * One chart: several series of (x, y) points drawn as lines, labelled axes
  * with "nice" ticks (1, 2, 5 x 10^k; decades on a log axis), a legend, an
  * optional title and log scale on either axis. Non-finite points (and,
- * on a log axis, points <= 0) break a line rather than end the chart. The
+ * on a log axis, points <= 0) break a line rather than end the chart.
+ * Labels and the title are UTF-8: a byte that is not, or a character XML
+ * does not allow (a control character other than tab, LF and CR; U+FFFE,
+ * U+FFFF), is drawn as U+FFFD, so the SVG is always well-formed. The
  * output depends only on the input: fixed size, fixed colours, numbers
  * printed with a fixed number of decimals, no date or random ids, so a
  * picture regenerated from the same data is the same file. */
