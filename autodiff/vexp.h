@@ -99,9 +99,15 @@ static inline float exp_v_lo(float xin, float lo) { EXP_V_BODY(xin, +lo) }
  * left out are 5e-8 relative at 0.625, under half an ulp). Against tanh in double on
  * every third float: at most 1.46 ulp, 0.13% of them not correctly
  * rounded (glibc's tanhf: 2.16 ulp); tanh_v(+-inf) = +-1, NaN stays NaN.
- * sig_v(x) for x below -87.3 is exp_v's clamp, 1.2e-38, not e^x: fine for
- * a gate, not for the sigmoid op (which takes libm there). */
-static inline float sig_v(float x) { return 1.0f / (1.0f + exp_v(-x)); }
+ * sig_v(x) below -EXP_V_MAX is 0, as 1 / (1 + expf(-x)) is (PyTorch's
+ * float sigmoid) once expf overflows at -88.72; between the two it is a
+ * subnormal there, 0 here (flushed anyway under ad_set_flush_denormal).
+ * Not exp_v's clamp, 1.2e-38: a saturated gate times an infinite state
+ * would be inf, not NaN, and times 1e38 about 1, not about 0. */
+static inline float sig_v(float x) {
+  float s = 1.0f / (1.0f + exp_v(-x));
+  return x < -EXP_V_MAX ? 0.0f : s;
+}
 static inline float tanh_v(float x) {
   float a = fabsf(x), x2 = x * x;
   float e = exp_v(-2.0f * a);

@@ -1050,3 +1050,41 @@ Test(rnn, sequence_op_gradients_odd_shapes) {
           ad_tensor_free(mask);
         }
 }
+
+/* A saturated float32 gate is 0, as PyTorch's float sigmoid gives below
+ * -88.7: with a forget-gate pre-activation of -1000, an infinite cell
+ * state gives NaN (0 * inf) in every mode and dtype, as in PyTorch, and a
+ * state of 1e38 with -100 gives c' = 0 on the fused paths (a gate of
+ * 1.2e-38, the fused exp's clamp, gave inf and a finite h', or c' about
+ * 0.45). Likewise a GRU whose reset gate saturates on an infinite b_hn. */
+Test(rnn, saturated_float32_gates_are_zero) {
+  for (int cell = 0; cell < 2; cell++)
+    for (int mode = 0; mode < 3; mode++)
+      for (int big = 0; big < 2 - cell; big++) {
+        ad_rng rng;
+        ad_rng_seed(&rng, 1);
+        nn_rnn_opts o = {.dtype = AD_F32, .per_step = mode == 1, .composed = mode == 2};
+        nn_layer *l = cell ? nn_gru_new(ctx, 1, 1, &rng, &o) : nn_lstm_new(ctx, 1, 1, &rng, &o);
+        nn_params *p = nn_layer_params(l);
+        for (int i = 0; i < nn_params_count(p); i++) ad_tensor_fill(nn_params_tensor(p, i), 0);
+        /* LSTM: row 1 is the forget gate; GRU: row 0 the reset gate, b_hn row 2 */
+        ad_tensor_set(nn_params_find(p, "weight_ih_l0"), cell ? 0 : 1, big ? -100.0 : -1000.0);
+        if (cell) ad_tensor_set(nn_params_find(p, "bias_hh_l0"), 2, INFINITY);
+        int64_t s[3] = {1, 1, 1};
+        ad_tensor *x = ad_full(ctx, AD_F32, 3, s, 1.0), *h0 = ad_zeros(ctx, AD_F32, 3, s);
+        ad_tensor *c0 = cell ? NULL : ad_full(ctx, AD_F32, 3, s, big ? 1e38 : INFINITY);
+        ad_tensor *hn, *cn = NULL;
+        ad_tensor *y = nn_rnn_forward(l, x, h0, c0, NULL, 0, false, &hn, cell ? NULL : &cn);
+        cr_assert_not_null(y, "%s", ad_last_error(ctx));
+        double h = ad_tensor_get(y, 0), c = cn ? ad_tensor_get(cn, 0) : NAN;
+        if (!big)
+          cr_assert(isnan(h) && (cell || isnan(c)), "%s mode %d: h' = %g, c' = %g (want NaN)",
+                    cell ? "gru" : "lstm", mode, h, c);
+        else /* composed: the sigmoid op, a subnormal 3.8e-44 */
+          cr_assert(fabs(c) < 1e-5 && fabs(h) < 1e-5, "lstm mode %d: h' = %g, c' = %g (want ~0)",
+                    mode, h, c);
+        ad_tape_reset(ctx);
+        ad_tensor_free(x), ad_tensor_free(h0), ad_tensor_free(c0);
+        nn_layer_free(l);
+      }
+}
