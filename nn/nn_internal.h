@@ -103,6 +103,17 @@ double nn_now(void);
 /* The context of a parameter list. */
 ad_ctx *nn_params_ctx(const nn_params *p);
 
+/* The index of the first entry of p (below i) that holds tensor t, or -1:
+ * a tensor listed twice (tied weights) is stepped, clipped, counted and
+ * penalised once, as PyTorch's module.parameters() lists it once. Costs
+ * nothing for an existing entry i of a list without repeats. */
+int nn_params_repeat(const nn_params *p, int i, const ad_tensor *t);
+
+/* nn_clip_grad_norm and nn_clip_grad_value over n tensors (the checks
+ * done); with dedupe a tensor met again is skipped. */
+double nn_clip_norm_tensors(ad_tensor *const *ts, int n, bool dedupe, double max_norm);
+void nn_clip_value_tensors(ad_tensor *const *ts, int n, double clip);
+
 /* Sets the name of a layer when a model adopts it (copied). */
 ad_status nn_layer_adopt(nn_layer *l, const char *name);
 bool nn_layer_adopted(const nn_layer *l);

@@ -18,6 +18,7 @@ typedef struct slot {
   ad_tensor *s[MAX_SLOT_STATE]; /* per kind, see state_kinds */
   ad_tensor *t;                 /* 0-d f64: this parameter's steps, if its update uses them */
   int t_index;                  /* t's position among the state tensors */
+  bool repeat;                  /* p is an earlier slot's (tied weights): no state, no step */
 } slot;
 
 struct nn_optimizer {
@@ -26,6 +27,8 @@ struct nn_optimizer {
   nn_opt_config cfg;
   int nslots;
   slot *slots;
+  int nts;
+  ad_tensor **ts;  /* the slots' distinct tensors, which clipping reads */
   ad_tensor *step; /* 0-d f64: steps taken */
   int nstate, names_cap, tensors_cap, optional_cap;
   char **state_names;
@@ -200,6 +203,10 @@ nn_optimizer *nn_optimizer_new(nn_params *params, const nn_opt_config *cfg) {
   }
   memset(o->slots, 0, (size_t)n * sizeof *o->slots);
   o->nslots = n;
+  if (!(o->ts = ad_malloc(ctx, (size_t)n * sizeof *o->ts))) {
+    nn_optimizer_free(o);
+    return NULL;
+  }
   const char *kind = kind_names[cfg->kind];
   o->step = ad_zeros(ctx, AD_F64, 0, NULL);
   if (add_state(o, o->step, false, kind, "step", NULL) != AD_OK) {
@@ -213,6 +220,8 @@ nn_optimizer *nn_optimizer_new(nn_params *params, const nn_opt_config *cfg) {
     ad_tensor *p = nn_params_tensor(params, i);
     o->slots[i].p = p;
     o->slots[i].serial = ad_tensor_serial(p);
+    if ((o->slots[i].repeat = nn_params_repeat(params, i, p) >= 0)) continue; /* once */
+    o->ts[o->nts++] = p;
     for (int k = 0; k < MAX_SLOT_STATE; k++) {
       if (!kinds[k]) continue;
       double init = cfg->kind == NN_OPT_ADAGRAD ? cfg->initial_accumulator : 0.0;
@@ -288,6 +297,7 @@ void nn_optimizer_free(nn_optimizer *o) {
   ad_free(ctx, o->state_tensors, (size_t)o->tensors_cap * sizeof(ad_tensor *));
   ad_free(ctx, o->state_optional, (size_t)o->optional_cap * sizeof(bool));
   ad_free(ctx, o->slots, (size_t)o->nslots * sizeof *o->slots);
+  ad_free(ctx, o->ts, (size_t)o->nslots * sizeof *o->ts);
   ad_free(ctx, o, sizeof *o);
 }
 
@@ -302,7 +312,7 @@ typedef struct step_job {
 } step_job;
 
 static bool takes_part(const slot *sl) {
-  return sl->p->grad && ad_tensor_requires_grad(sl->p) && sl->p->size > 0;
+  return !sl->repeat && sl->p->grad && ad_tensor_requires_grad(sl->p) && sl->p->size > 0;
 }
 
 static void step_range(void *ud, int64_t begin, int64_t end) {
@@ -357,8 +367,9 @@ static ad_status step_some(nn_optimizer *o, const int64_t *lo, const int64_t *hi
     ad_status st = takes_part(&o->slots[i]) ? ad_tensor_mark_modified(o->slots[i].p) : AD_OK;
     if (st != AD_OK) return st;
   }
-  if (o->cfg.clip_value > 0) nn_clip_grad_value(o->params, o->cfg.clip_value);
-  if (o->cfg.clip_norm > 0) nn_clip_grad_norm(o->params, o->cfg.clip_norm);
+  /* the tensors it steps: not those added to its list since */
+  if (o->cfg.clip_value > 0) nn_clip_value_tensors(o->ts, o->nts, o->cfg.clip_value);
+  if (o->cfg.clip_norm > 0) nn_clip_norm_tensors(o->ts, o->nts, false, o->cfg.clip_norm);
   o->cfg.lr = scalar_get(o->lr); /* a loaded checkpoint may have changed it */
   double *steps = o->step->data;
   step_job j = {o, (int64_t)steps[0] + 1, lo, hi};

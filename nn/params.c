@@ -99,6 +99,7 @@ struct nn_params {
   ad_ctx *ctx;
   bool buffers; /* a buffer list (nn_buffers_new) */
   bool held;    /* a layer's or a model's own list: freed with it, not alone */
+  bool repeats; /* a tensor is listed twice (tied weights): see nn_params_repeat */
   int n, cap;
   char **names;        /* n names (the entries' strings) */
   ad_tensor **tensors; /* n tensors */
@@ -223,8 +224,14 @@ static ad_status list_add(nn_params *p, const char *fn, const char *name, ad_ten
     st = ad_set_error(ctx, AD_ERR_ARG, "%s: '%s' has unknown store %d", fn, name, (int)store);
   else if (nn_params_find(p, name))
     st = ad_set_error(ctx, AD_ERR_ARG, "%s: a %s named '%s' exists", fn, what, name);
+  int first = st == AD_OK ? nn_params_repeat(p, p->n, t) : -1;
+  if (first >= 0 && own)
+    st = ad_set_error(ctx, AD_ERR_ARG,
+                      "%s: '%s' is the tensor listed as '%s'; a tensor listed twice (tied "
+                      "weights) is owned by one entry at most, and not by the second",
+                      fn, name, p->names[first]);
   if (st != AD_OK) {
-    if (own) ad_tensor_free(t);
+    if (own && first < 0) ad_tensor_free(t); /* not one the list holds */
     return st;
   }
   /* the tensor takes the name, for messages and graph dumps: a layer's
@@ -254,12 +261,20 @@ static ad_status list_add(nn_params *p, const char *fn, const char *name, ad_ten
     return ad_set_error(ctx, AD_ERR_OOM, "%s: out of memory growing the name map", fn);
   }
   if (!p->buffers) ad_tensor_set_requires_grad(t, true);
+  p->repeats |= first >= 0;
   p->names[p->n] = copy;
   p->tensors[p->n] = t;
   p->owned[p->n] = own;
   p->entries[p->n] = e;
   p->n++;
   return AD_OK;
+}
+
+int nn_params_repeat(const nn_params *p, int i, const ad_tensor *t) {
+  if (!p || (i < p->n && !p->repeats)) return -1; /* the common list: no tensor twice */
+  for (int j = 0; j < i && j < p->n; j++)
+    if (p->tensors[j] == t) return j;
+  return -1;
 }
 
 ad_status nn_params_add(nn_params *p, const char *name, ad_tensor *t, bool own) {
@@ -314,7 +329,8 @@ ad_tensor *const *nn_params_tensors(const nn_params *p) { return p ? p->tensors 
 
 int64_t nn_params_numel(const nn_params *p) {
   int64_t n = 0;
-  for (int i = 0; p && i < p->n; i++) n += p->tensors[i]->size;
+  for (int i = 0; p && i < p->n; i++)
+    if (nn_params_repeat(p, i, p->tensors[i]) < 0) n += p->tensors[i]->size;
   return n;
 }
 
@@ -345,21 +361,23 @@ static double sum_squares(const ad_tensor *g) {
   return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
 }
 
-double nn_clip_grad_norm(nn_params *p, double max_norm) {
+/* Whether ts[i] is an earlier ts[j]'s tensor (checked when dedupe). */
+static bool seen_before(ad_tensor *const *ts, int i, bool dedupe) {
+  for (int j = 0; dedupe && j < i; j++)
+    if (ts[j] == ts[i]) return true;
+  return false;
+}
+
+double nn_clip_norm_tensors(ad_tensor *const *ts, int n, bool dedupe, double max_norm) {
   double sq = 0;
-  if (p && p->buffers) return 0; /* buffers have no gradient */
-  if (p && !(max_norm >= 0)) {   /* a negative factor would flip every gradient */
-    ad_set_error(p->ctx, AD_ERR_ARG, "clip_grad_norm: max_norm %g must be >= 0", max_norm);
-    return NAN;
-  }
-  for (int i = 0; p && i < p->n; i++)
-    if (p->tensors[i]->grad) sq += sum_squares(p->tensors[i]->grad);
+  for (int i = 0; i < n; i++)
+    if (ts[i]->grad && !seen_before(ts, i, dedupe)) sq += sum_squares(ts[i]->grad);
   double norm = sqrt(sq);
   double coef = max_norm / (norm + 1e-6);
   if (coef >= 1.0) return norm;
-  for (int i = 0; p && i < p->n; i++) {
-    ad_tensor *g = p->tensors[i]->grad;
-    if (!g) continue;
+  for (int i = 0; i < n; i++) {
+    ad_tensor *g = ts[i]->grad;
+    if (!g || seen_before(ts, i, dedupe)) continue;
     if (g->dtype == AD_F32)
       for (int64_t k = 0; k < g->size; k++) ((float *)g->data)[k] *= (float)coef;
     else
@@ -368,14 +386,9 @@ double nn_clip_grad_norm(nn_params *p, double max_norm) {
   return norm;
 }
 
-void nn_clip_grad_value(nn_params *p, double clip) {
-  if (p && p->buffers) return; /* buffers have no gradient */
-  if (p && !(clip >= 0)) {     /* [-clip, clip] would be empty */
-    ad_set_error(p->ctx, AD_ERR_ARG, "clip_grad_value: clip %g must be >= 0", clip);
-    return;
-  }
-  for (int i = 0; p && i < p->n; i++) {
-    ad_tensor *g = p->tensors[i]->grad;
+void nn_clip_value_tensors(ad_tensor *const *ts, int n, double clip) {
+  for (int i = 0; i < n; i++) { /* idempotent: a tensor listed twice is clipped alike */
+    ad_tensor *g = ts[i]->grad;
     if (!g) continue;
     if (g->dtype == AD_F32) {
       float *d = g->data, c = (float)clip;
@@ -387,6 +400,24 @@ void nn_clip_grad_value(nn_params *p, double clip) {
   }
 }
 
+double nn_clip_grad_norm(nn_params *p, double max_norm) {
+  if (!p || p->buffers) return 0; /* buffers have no gradient */
+  if (!(max_norm >= 0)) {         /* a negative factor would flip every gradient */
+    ad_set_error(p->ctx, AD_ERR_ARG, "clip_grad_norm: max_norm %g must be >= 0", max_norm);
+    return NAN;
+  }
+  return nn_clip_norm_tensors(p->tensors, p->n, p->repeats, max_norm);
+}
+
+void nn_clip_grad_value(nn_params *p, double clip) {
+  if (!p || p->buffers) return; /* buffers have no gradient */
+  if (!(clip >= 0)) {           /* [-clip, clip] would be empty */
+    ad_set_error(p->ctx, AD_ERR_ARG, "clip_grad_value: clip %g must be >= 0", clip);
+    return;
+  }
+  nn_clip_value_tensors(p->tensors, p->n, clip);
+}
+
 ad_tensor *nn_l2_penalty(ad_ctx *ctx, const nn_params *p, double lambda) {
   if (!ctx) return NULL;
   if (!p) {
@@ -396,7 +427,7 @@ ad_tensor *nn_l2_penalty(ad_ctx *ctx, const nn_params *p, double lambda) {
   ad_tensor *total = NULL;
   for (int i = 0; i < p->n; i++) {
     ad_tensor *w = p->tensors[i];
-    if (!ad_tensor_requires_grad(w)) continue;
+    if (!ad_tensor_requires_grad(w) || nn_params_repeat(p, i, w) >= 0) continue; /* once */
     if (total && w->dtype != total->dtype) {
       ad_set_error(ctx, AD_ERR_DTYPE, "l2_penalty: parameters mix %s and %s ('%s')",
                    ad_dtype_name(total->dtype), ad_dtype_name(w->dtype), p->names[i]);

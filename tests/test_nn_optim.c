@@ -989,3 +989,60 @@ Test(optim, a_step_before_the_backward_of_earlier_ops_is_refused) {
   nn_layer_free(l);
   ad_tensor_free(x);
 }
+
+/* One tensor under two names (tied weights, as a language model's input
+ * and output embeddings): PyTorch's module.parameters() lists it once, so
+ * it is stepped, clipped, counted and penalised once. It was stepped and
+ * scaled twice. A second entry may not own it (it would be freed twice). */
+Test(optim, a_tensor_listed_twice_is_stepped_once) {
+  int64_t n = 2;
+  ad_tensor *w = ad_zeros(ctx, AD_F64, 1, &n), *b = ad_zeros(ctx, AD_F64, 1, &n);
+  ad_tensor_set(w, 0, 1), ad_tensor_set(w, 1, 2);
+  nn_params *p = nn_params_new(ctx);
+  cr_assert_eq(nn_params_add(p, "embed.weight", w, false), AD_OK);
+  cr_assert_eq(nn_params_add(p, "bias", b, true), AD_OK);
+  cr_assert_eq(nn_params_add(p, "head.weight", w, true), AD_ERR_ARG);
+  cr_assert(strstr(ad_last_error(ctx), "'head.weight' is the tensor listed as 'embed.weight'"),
+            "%s", ad_last_error(ctx));
+  ad_clear_error(ctx);
+  cr_assert_eq(nn_params_add(p, "head.weight", w, false), AD_OK, "%s", ad_last_error(ctx));
+  cr_assert_eq(nn_params_count(p), 3);
+  cr_assert_eq(nn_params_numel(p), 4);
+  ad_tensor *l2 = nn_l2_penalty(ctx, p, 1.0);
+  cr_assert_eq(ad_tensor_item(l2), 5.0, "penalty %g", ad_tensor_item(l2)); /* 1 + 4, once */
+  ad_tensor *loss =
+      ad_add(ctx, ad_sum(ctx, ad_mul(ctx, w, ad_from_data(ctx, AD_F64, 1, &n, (double[]){3, 4}))),
+             ad_sum(ctx, b));
+  cr_assert_eq(ad_backward(ctx, loss, NULL), AD_OK, "%s", ad_last_error(ctx));
+  ad_tape_reset(ctx);
+  nn_optimizer *opt = nn_sgd_new(p, 1.0, 0.9, false, 0);
+  /* step, lr, the schedule's lr0 and epoch, and a momentum and a step
+   * count per tensor, under its first name: 8, not 10 */
+  cr_assert_eq(nn_optimizer_state_count(opt), 8);
+  cr_assert_str_eq(nn_optimizer_state_names(opt)[1], "sgd.momentum.embed.weight");
+  /* gradients (3, 4) and the bias's (1, 1): norm sqrt(27), w counted once */
+  double norm = nn_clip_grad_norm(p, 1.0), want = sqrt(27.0);
+  cr_assert_float_eq(norm, want, 1e-12, "norm %.17g", norm);
+  double g0 = ad_tensor_get(w->grad, 0);
+  cr_assert_float_eq(g0, 3.0 / (want + 1e-6), 1e-15, "scaled once: %.17g", g0);
+  cr_assert_eq(nn_optimizer_step(opt), AD_OK);
+  double g1 = ad_tensor_get(w->grad, 1);
+  cr_assert_eq(ad_tensor_get(w, 0), 1 - g0, "stepped once: %g", ad_tensor_get(w, 0));
+  cr_assert_eq(ad_tensor_get(w, 1), 2 - g1);
+  /* a parameter added after the optimizer: neither stepped nor clipped by
+   * it (it was clipped, not stepped) */
+  nn_optimizer_free(opt);
+  opt = nn_optimizer_new(p, &(nn_opt_config){.kind = NN_OPT_SGD, .lr = 0, .clip_norm = 1e-3});
+  cr_assert_not_null(opt, "%s", ad_last_error(ctx));
+  ad_tensor *late = ad_zeros(ctx, AD_F64, 1, &n);
+  cr_assert_eq(nn_params_add(p, "late", late, true), AD_OK);
+  loss = ad_sum(ctx, ad_mul_scalar(ctx, late, 100.0));
+  cr_assert_eq(ad_backward(ctx, loss, NULL), AD_OK);
+  ad_tape_reset(ctx);
+  cr_assert_eq(nn_optimizer_step(opt), AD_OK);
+  double gl = ad_tensor_get(late->grad, 0);
+  cr_assert_eq(gl, 100.0, "the late parameter's gradient was clipped: %g", gl);
+  nn_optimizer_free(opt);
+  nn_params_free(p);
+  ad_tensor_free(w);
+}

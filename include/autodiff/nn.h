@@ -132,7 +132,11 @@ NN_API void nn_params_free(nn_params *p);
  * error messages, anomaly reports and graph dumps show "0.weight"; the
  * latest list to add t names it). With own, the list frees t
  * in nn_params_free, also when this call fails; without, the caller keeps
- * ownership. Returns AD_OK, AD_ERR_NULL, AD_ERR_ARG (empty or duplicate
+ * ownership. A tensor already in the list may be added again under another
+ * name (tied weights: a checkpoint holds it under both, as PyTorch's
+ * state_dict), but not with own (refused, t left to the list); optimizers,
+ * clipping, nn_params_numel and nn_l2_penalty take it once, as PyTorch's
+ * module.parameters(). Returns AD_OK, AD_ERR_NULL, AD_ERR_ARG (empty or duplicate
  * name, a temporary tensor, a tensor of another context than the list's),
  * AD_ERR_DTYPE (not float) or AD_ERR_OOM. */
 NN_API ad_status nn_params_add(nn_params *p, const char *name, ad_tensor *t, bool own);
@@ -154,7 +158,8 @@ NN_API const char *const *nn_params_names(const nn_params *p);
 NN_API ad_tensor *const *nn_params_tensors(const nn_params *p);
 /** @} */
 
-/** Total number of elements over all tensors. */
+/** Total number of elements over all tensors (a tensor listed twice counted
+ * once, see nn_params_add). */
 NN_API int64_t nn_params_numel(const nn_params *p);
 
 /** Zeroes every parameter's gradient with ad_tensor_zero_grad: O(1) per
@@ -164,15 +169,15 @@ NN_API void nn_params_zero_grad(nn_params *p);
 
 /** Scales every gradient so that their global L2 norm is at most max_norm
  * (torch.nn.utils.clip_grad_norm_: factor max_norm / (norm + 1e-6) when it
- * is below 1). Returns the norm before clipping; 0 with no gradients; NaN
- * with AD_ERR_ARG, nothing changed, for a max_norm below 0 or NaN. */
+ * is below 1); a tensor listed twice counts and is scaled once. Returns the norm before clipping; 0
+ * with no gradients; NaN with AD_ERR_ARG, nothing changed, for a max_norm below 0 or NaN. */
 NN_API double nn_clip_grad_norm(nn_params *p, double max_norm);
 
 /** Clamps every gradient element to [-clip, clip]; a clip below 0 or NaN
  * is AD_ERR_ARG (on the list's context), nothing changed. */
 NN_API void nn_clip_grad_value(nn_params *p, double clip);
 
-/** lambda * sum over the list's tensors that require grad of sum(w^2), as a
+/** lambda * sum over the list's tensors that require grad (each once) of sum(w^2), as a
  * scalar on the tape (Keras' l2 regularizer; its gradient is 2 lambda w).
  * Add it to a loss. NULL on error (empty list, mixed dtypes). */
 NN_API ad_tensor *nn_l2_penalty(ad_ctx *ctx, const nn_params *p, double lambda);
@@ -881,7 +886,10 @@ typedef struct nn_opt_config {
 NN_API nn_opt_config nn_opt_defaults(nn_opt_kind kind, double lr);
 
 /** An optimizer over the tensors of params at the time of the call (the list
- * must outlive it). Its state tensors (zeros, one per parameter and kind of
+ * must outlive it; tensors added to it later are neither stepped nor
+ * clipped by this optimizer). A tensor listed twice (tied weights) is
+ * stepped once, with state under its first name, as PyTorch's optimizers
+ * over module.parameters(). Its state tensors (zeros, one per parameter and kind of
  * state, plus a step counter) are allocated here. Returns NULL with
  * AD_ERR_NULL or AD_ERR_ARG (a setting out of range, naming it) or
  * AD_ERR_OOM. Free with nn_optimizer_free. */
