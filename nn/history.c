@@ -110,7 +110,8 @@ ad_status nn_stopper_init(nn_stopper *s, nn_model *m, const nn_history *h,
     return ad_set_error(nn_history_ctx(h), AD_ERR_ARG,
                         "fit: early stopping monitors \"%s\", which this run does not record",
                         es->monitor);
-  if (!(es->min_delta >= 0) || es->patience < 0 || (unsigned)es->mode > NN_MODE_MAX)
+  if (!(es->min_delta >= 0 && isfinite(es->min_delta)) || es->patience < 0 ||
+      (unsigned)es->mode > NN_MODE_MAX)
     return ad_set_error(nn_history_ctx(h), AD_ERR_ARG,
                         "fit: early stopping with min_delta %g, patience %d, mode %d",
                         es->min_delta, es->patience, (int)es->mode);

@@ -251,6 +251,10 @@ nn_layer *nn_activation_new(ad_ctx *ctx, nn_act act) {
 }
 
 nn_layer *nn_leaky_relu_new(ad_ctx *ctx, double alpha) {
+  if (ctx && !isfinite(alpha)) { /* every negative input would give NaN or an infinity */
+    ad_set_error(ctx, AD_ERR_ARG, "leaky_relu: slope %g is not finite", alpha);
+    return NULL;
+  }
   nn_layer *l = nn_activation_new(ctx, NN_ACT_LEAKY_RELU);
   if (l) l->alpha = alpha;
   return l;

@@ -418,6 +418,9 @@ Test(early_stopping, errors) {
   fo.early_stopping = (nn_early_stopping){.monitor = "loss", .min_delta = NAN};
   cr_assert_eq(nn_fit(m, o, nn_cross_entropy_loss, x, y, &fo, NULL), AD_ERR_ARG);
   expect_msg(ctx, AD_ERR_ARG, "min_delta nan");
+  fo.early_stopping = (nn_early_stopping){.monitor = "loss", .min_delta = INFINITY};
+  cr_assert_eq(nn_fit(m, o, nn_cross_entropy_loss, x, y, &fo, NULL), AD_ERR_ARG);
+  expect_msg(ctx, AD_ERR_ARG, "min_delta inf"); /* no change could count: it stopped at once */
   fo.early_stopping = (nn_early_stopping){.monitor = "loss", .mode = (nn_monitor_mode)7};
   cr_assert_eq(nn_fit(m, o, nn_cross_entropy_loss, x, y, &fo, NULL), AD_ERR_ARG);
   expect_msg(ctx, AD_ERR_ARG, "mode 7");

@@ -353,6 +353,18 @@ Test(activations, match_torch) {
 }
 
 /* sigmoid' = s (1 - s) through the layer, checked against the closed form. */
+/* A slope that is not finite would make every negative input NaN or an
+ * infinity: refused when the layer is made. */
+Test(activations, leaky_relu_slope_must_be_finite) {
+  cr_assert_null(nn_leaky_relu_new(ctx, NAN));
+  expect_msg(ctx, AD_ERR_ARG, "leaky_relu: slope nan is not finite");
+  cr_assert_null(nn_leaky_relu_new(ctx, -INFINITY));
+  expect_msg(ctx, AD_ERR_ARG, "leaky_relu: slope -inf is not finite");
+  nn_layer *l = nn_leaky_relu_new(ctx, -0.5); /* any finite slope, as PyTorch */
+  cr_assert_not_null(l);
+  nn_layer_free(l);
+}
+
 Test(activations, sigmoid_derivative_closed_form) {
   ad_tensor *x = make(ctx, AD_F64, 2, 5, act_x);
   ad_tensor_set_requires_grad(x, true);

@@ -315,7 +315,8 @@ NN_API nn_layer *nn_dense_new(ad_ctx *ctx, int64_t in, int64_t out, ad_rng *rng,
  * AD_ERR_ARG for an unknown act. */
 NN_API nn_layer *nn_activation_new(ad_ctx *ctx, nn_act act);
 
-/** leaky_relu with slope alpha as a layer. */
+/** leaky_relu with slope alpha as a layer. NULL with AD_ERR_ARG for a
+ * slope that is not finite. */
 NN_API nn_layer *nn_leaky_relu_new(ad_ctx *ctx, double alpha);
 
 /** Inverted dropout: in training mode each element is zeroed with
@@ -1195,7 +1196,7 @@ typedef enum nn_monitor_mode {
 typedef struct nn_early_stopping {
   const char *monitor;       /**< a history key: "val_loss", "loss", "val_accuracy", ... */
   nn_monitor_mode mode;      /**< which way is better */
-  double min_delta;          /**< >= 0: the smallest change that counts as an improvement */
+  double min_delta;          /**< >= 0, finite: the smallest change that counts as an improvement */
   int patience;              /**< >= 0: epochs without improvement before stopping */
   bool restore_best_weights; /**< put the best epoch's weights back on stopping */
 } nn_early_stopping;
@@ -1251,7 +1252,7 @@ typedef struct nn_fit_opts {
  * the epochs completed), freed by the caller with nn_history_free.
  * With opts->early_stopping.monitor set, training may stop early (see
  * nn_early_stopping); a monitor that this run does not record (say
- * "val_loss" without validation data), a negative min_delta or patience
+ * "val_loss" without validation data), a negative or infinite min_delta, a negative patience
  * or an unknown mode is AD_ERR_ARG before any step. x, y, val_x and val_y
  * must be persistent tensors: the tape is reset at every step while rows
  * are still read from them, so a temporary (ad_tensor_is_temporary) is
