@@ -355,8 +355,7 @@ nn_layer *nn_lambda_new(ad_ctx *ctx, const char *kind, nn_layer_fn fn, void *ud)
 
 /* ---------------------------------------------------------------- forward */
 
-ad_tensor *nn_layer_forward(nn_layer *l, ad_tensor *x, bool training) {
-  if (!l) return NULL;
+static ad_tensor *layer_forward(nn_layer *l, ad_tensor *x, bool training) {
   char c[96];
   if (!x) {
     nn_null_arg(l->ctx, who(l, c, sizeof c), "x");
@@ -377,7 +376,18 @@ ad_tensor *nn_layer_forward(nn_layer *l, ad_tensor *x, bool training) {
       return NULL;
     }
     if (x->ndim == 2) return x;
-    int64_t s[2] = {x->shape[0], x->shape[0] ? x->size / x->shape[0] : 0};
+    /* the product of the other dimensions, also for an empty batch ([0, 3,
+     * 4] is [0, 12], as PyTorch's, so that a dense layer after it takes it) */
+    int64_t s[2] = {x->shape[0], 1};
+    for (int i = 1; i < x->ndim; i++) {
+      if (x->shape[i] && s[1] > INT64_MAX / x->shape[i]) {
+        char b[64];
+        ad_set_error(l->ctx, AD_ERR_SHAPE, "%s: %s flattens to more than 2^63 - 1 features",
+                     who(l, c, sizeof c), ad_shape_str(x, b, sizeof b));
+        return NULL;
+      }
+      s[1] *= x->shape[i];
+    }
     return ad_reshape(l->ctx, x, 2, s);
   }
   case L_LAMBDA: {
@@ -389,6 +399,23 @@ ad_tensor *nn_layer_forward(nn_layer *l, ad_tensor *x, bool training) {
   }
   case L_EXT:
     return l->ops->forward(l, x, training);
+  }
+  return NULL;
+}
+
+ad_tensor *nn_layer_forward(nn_layer *l, ad_tensor *x, bool training) {
+  if (!l) return NULL;
+  ad_tensor *y = layer_forward(l, x, training);
+  ad_status st = y ? AD_OK : ad_last_status(l->ctx);
+  if (st == AD_OK) return y;
+  /* an op's error passed through ("max_pool2d: input [3,5] must be 4-D"),
+   * or a user layer's: named like the layers' own, "max_pool2d '1': ..." */
+  char c[96], msg[512];
+  size_t n = strlen(who(l, c, sizeof c));
+  const char *m = ad_last_error(l->ctx);
+  if (strncmp(m, c, n) != 0 || m[n] != ':') {
+    snprintf(msg, sizeof msg, "%s", m);
+    ad_set_error(l->ctx, st, "%s: %s", c, msg);
   }
   return NULL;
 }

@@ -77,6 +77,32 @@ static nn_layer *conv_new(ad_ctx *ctx, bool transpose, int64_t in, int64_t out, 
                  ad_dtype_name(o.dtype));
     return NULL;
   }
+  /* what the op would refuse at the first forward, and what PyTorch's
+   * constructors refuse, said now */
+  const char *bad = NULL;
+  for (int k = 0; k < 2 && !bad; k++) {
+    int64_t st = o.stride[k] ? o.stride[k] : 1, di = o.dilation[k] ? o.dilation[k] : 1;
+    if (o.stride[k] < 0 || o.dilation[k] < 0)
+      bad = "stride and dilation must be >= 1 (0 means 1)";
+    else if (o.padding[k] < 0 || o.output_padding[k] < 0)
+      bad = "padding and output_padding must be >= 0";
+    else if (!transpose && o.output_padding[k])
+      bad = "output_padding is for conv_transpose2d only";
+    else if (transpose && o.output_padding[k] >= (st > di ? st : di))
+      bad = "output_padding must be smaller than the stride or the dilation";
+    else if (o.same && (transpose || st != 1))
+      bad = transpose ? "padding 'same' is for conv2d only" : "padding 'same' needs stride 1";
+  }
+  if (bad) {
+    ad_set_error(ctx, AD_ERR_ARG,
+                 "%s: %s (stride %lldx%lld, padding %lldx%lld, dilation %lldx%lld, "
+                 "output_padding %lldx%lld%s)",
+                 kind, bad, (long long)o.stride[0], (long long)o.stride[1], (long long)o.padding[0],
+                 (long long)o.padding[1], (long long)o.dilation[0], (long long)o.dilation[1],
+                 (long long)o.output_padding[0], (long long)o.output_padding[1],
+                 o.same ? ", same" : "");
+    return NULL;
+  }
   conv_state *s = ad_malloc(ctx, sizeof *s);
   if (!s) return NULL;
   *s = (conv_state){.transpose = transpose, .in = in, .out = out, .kh = kh, .kw = kw};

@@ -224,13 +224,14 @@ void nn_model_summary(const nn_model *m, FILE *f) {
   /* parameters the model owns directly (custom models) */
   for (int i = 0; i < nn_params_count(m->params); i++) {
     const char *name = nn_params_name(m->params, i);
-    bool in_layer = false;
+    ad_tensor *t = nn_params_tensor(m->params, i);
+    bool in_layer = false; /* by the tensor: the model may own "enc.scale" beside layer "enc" */
     for (int k = 0; k < m->nlayers && !in_layer; k++) {
-      size_t n = strlen(nn_layer_name(m->layers[k]));
-      in_layer = strncmp(name, nn_layer_name(m->layers[k]), n) == 0 && name[n] == '.';
+      nn_params *lp = nn_layer_params(m->layers[k]);
+      for (int j = 0; j < nn_params_count(lp) && !in_layer; j++)
+        in_layer = nn_params_tensor(lp, j) == t;
     }
     if (in_layer) continue;
-    ad_tensor *t = nn_params_tensor(m->params, i);
     fprintf(f, "%-12s %-12s %-32s %10lld\n", name, "param", ad_shape_str(t, buf, sizeof buf),
             (long long)t->size);
   }

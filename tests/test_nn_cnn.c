@@ -204,6 +204,35 @@ Test(cnn, bad_input_names_the_layer) {
   expect_msg(ctx, AD_ERR_ARG, "is too large");
   cr_assert_null(nn_max_pool2d_new(ctx, 0, 2, NULL));
   expect_msg(ctx, AD_ERR_ARG, "max_pool2d: kernel 0x2");
+  /* options the op would refuse at the first forward, or PyTorch's
+   * constructors refuse, are refused when the layer is made */
+  static const struct {
+    bool transpose;
+    nn_conv2d_opts o;
+    const char *want;
+  } opts[] = {
+      {false,
+       {.stride = {-1, 1}},
+       "conv2d: stride and dilation must be >= 1 (0 means 1) (stride -1x1"},
+      {false, {.dilation = {1, -2}}, "stride and dilation must be >= 1"},
+      {false, {.padding = {-1, 0}}, "conv2d: padding and output_padding must be >= 0"},
+      {false, {.output_padding = {1, 1}}, "conv2d: output_padding is for conv_transpose2d only"},
+      {false, {.same = true, .stride = {2, 2}}, "conv2d: padding 'same' needs stride 1"},
+      {true, {.same = true}, "conv_transpose2d: padding 'same' is for conv2d only"},
+      {true,
+       {.stride = {2, 2}, .output_padding = {2, 0}},
+       "conv_transpose2d: output_padding must be smaller than the stride or the dilation"},
+  };
+  for (size_t k = 0; k < sizeof opts / sizeof opts[0]; k++) {
+    nn_layer *l = opts[k].transpose ? nn_conv_transpose2d_new(ctx, 2, 2, 3, 3, &rng, &opts[k].o)
+                                    : nn_conv2d_new(ctx, 2, 2, 3, 3, &rng, &opts[k].o);
+    cr_assert_null(l, "case %zu", k);
+    expect_msg(ctx, AD_ERR_ARG, opts[k].want);
+  }
+  nn_layer *ok = nn_conv_transpose2d_new(
+      ctx, 2, 2, 3, 3, &rng, &(nn_conv2d_opts){.stride = {2, 1}, .output_padding = {1, 0}});
+  cr_assert_not_null(ok, "%s", ad_last_error(ctx));
+  nn_layer_free(ok);
   nn_model *m = nn_sequential_new(ctx);
   nn_model_add(m, nn_conv2d_new(ctx, 3, 4, 3, 3, &rng, NULL));
   int64_t s1[4] = {2, 1, 8, 8}, s2[2] = {2, 3}, s3[4] = {2, 3, 2, 2};
@@ -215,6 +244,13 @@ Test(cnn, bad_input_names_the_layer) {
   expect_msg(ctx, AD_ERR_SHAPE, "conv2d '0': input [2,3] must be [N, 3, H, W]");
   cr_assert_null(nn_model_forward(m, x3)); /* a 3x3 kernel on 2x2 */
   expect_msg(ctx, AD_ERR_SHAPE, "conv2d");
+  nn_model_free(m);
+  /* an op's error passed through is named with the layer, as the layers'
+   * own: a pool and an activation given an input they refuse */
+  m = nn_sequential_new(ctx);
+  nn_model_add(m, nn_max_pool2d_new(ctx, 2, 2, NULL));
+  cr_assert_null(nn_model_forward(m, x2));
+  expect_msg(ctx, AD_ERR_SHAPE, "max_pool2d '0': max_pool2d: input [2,3] must be 4-D");
   nn_model_free(m);
   ad_tensor_free(x1), ad_tensor_free(x2), ad_tensor_free(x3);
 }

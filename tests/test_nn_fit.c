@@ -490,7 +490,8 @@ Test(fit, errors_and_nan) {
   ad_set_anomaly_mode(ctx, true);
   cr_assert_eq(nn_fit(m, o, nn_cross_entropy_loss, x, y, &fo, NULL), AD_ERR_NAN);
   expect_msg(ctx, AD_ERR_NAN,
-             "fit: at epoch 1, batch 1: matmul: input 0 ([30,4]) carries a non-finite value (nan "
+             "fit: at epoch 1, batch 1: dense '0': matmul: input 0 ([30,4]) carries a "
+             "non-finite value (nan "
              "at element 0)");
   ad_set_anomaly_mode(ctx, false);
   /* the model works again afterwards */
@@ -719,7 +720,7 @@ Test(fit, anomaly_reports_name_the_parameters) {
   ad_set_anomaly_mode(ctx, true);
   cr_assert_eq(nn_fit(m, o, nn_cross_entropy_loss, x, y, &fo, NULL), AD_ERR_NAN);
   expect_msg(ctx, AD_ERR_NAN,
-             "fit: at epoch 1, batch 1: matmul: input 1 ('2.weight' [3,16]) carries a "
+             "fit: at epoch 1, batch 1: dense '2': matmul: input 1 ('2.weight' [3,16]) carries a "
              "non-finite value (inf at element 4)");
   ad_set_anomaly_mode(ctx, false);
   nn_optimizer_free(o);

@@ -475,6 +475,13 @@ Test(layers, flatten_and_lambda) {
   nn_layer *f = nn_flatten_new(ctx);
   ad_tensor *y = nn_layer_forward(f, x, true);
   cr_assert(y->ndim == 2 && y->shape[0] == 2 && y->shape[1] == 12);
+  /* an empty batch keeps its features ([0, 12], as PyTorch), so a dense
+   * layer after it takes it */
+  int64_t s0[3] = {0, 3, 4};
+  ad_tensor *x0 = ad_ones(ctx, AD_F32, 3, s0), *y0 = nn_layer_forward(f, x0, true);
+  cr_assert(y0 && y0->ndim == 2 && y0->shape[0] == 0 && y0->shape[1] == 12, "%s",
+            ad_last_error(ctx));
+  ad_tensor_free(x0);
   int calls = 0;
   nn_layer *l = nn_lambda_new(ctx, "double", double_it, &calls);
   cr_assert_str_eq(nn_layer_kind(l), "double");
@@ -631,6 +638,15 @@ Test(models, custom_model_with_layers) {
   cr_assert_eq(ad_backward(ctx, ad_sum(ctx, y), NULL), AD_OK);
   cr_assert_not_null(nn_model_param(m, "scale")->grad);
   cr_assert_not_null(nn_model_param(m, "fc.weight")->grad);
+  /* a parameter of the model's own named like the layer's ("fc.gain") is
+   * shown: it was taken for the layer's by its name, and left out */
+  cr_assert_not_null(
+      nn_model_add_param(m, "fc.gain", AD_F32, 1, one, nn_init_make(NN_INIT_CONSTANT, 1, 0), NULL));
+  char buf[2048] = {0};
+  FILE *f = fmemopen(buf, sizeof buf - 1, "w");
+  nn_model_summary(m, f);
+  fclose(f);
+  cr_assert(strstr(buf, "fc.gain ") && strstr(buf, "total parameters: 14"), "%s", buf);
   ad_tensor_free(x);
   nn_model_free(m);
 }

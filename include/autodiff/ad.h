@@ -482,7 +482,13 @@ AD_API bool ad_anomaly_mode(const ad_ctx *ctx);
  * AD_ERR_STATE if root was not recorded (no input requires grad), is from
  * a reset tape, or a pass is already running (called from a backward
  * hook), AD_ERR_SHAPE for a non-scalar root without seed or a seed
- * of the wrong shape, AD_ERR_OOM. */
+ * of the wrong shape, AD_ERR_OOM. These errors, and a freed or written
+ * input (see ad_tensor_free, ad_tensor_set), are found before the pass
+ * changes any gradient. An error during the pass (out of memory, an op's
+ * backward failing, a non-finite gradient in anomaly mode) stops it with
+ * the gradients of the leaves it reached already added, as in PyTorch:
+ * zero them (ad_tensor_zero_grad, nn_optimizer_zero_grad) before running
+ * the step again, or the retried pass adds those contributions twice. */
 AD_API ad_status ad_backward(ad_ctx *ctx, ad_tensor *root, const ad_tensor *seed);
 
 /** Gradients of root with respect to n inputs (leaves or intermediates),

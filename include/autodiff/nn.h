@@ -329,7 +329,9 @@ NN_API nn_layer *nn_leaky_relu_new(ad_ctx *ctx, double alpha);
  * threads. p in [0, 1), else NULL with AD_ERR_ARG. */
 NN_API nn_layer *nn_dropout_new(ad_ctx *ctx, double p, uint64_t seed);
 
-/** Reshapes [N, d1, d2, ...] to [N, d1 * d2 * ...] (a view). */
+/** Reshapes [N, d1, d2, ...] to [N, d1 * d2 * ...] (a view), N = 0
+ * included; a 1-D [N] becomes [N, 1] (as Keras' Flatten; PyTorch's refuses
+ * it), a scalar is AD_ERR_SHAPE. */
 NN_API nn_layer *nn_flatten_new(ad_ctx *ctx);
 
 /** The function of a lambda layer: returns a tape tensor or NULL with the
@@ -405,7 +407,9 @@ typedef struct nn_conv2d_opts {
  * within 1/sqrt(fan_in), fan_in = in/groups * kh * kw (kaiming_uniform
  * with a = sqrt(5)), drawn from rng (weight first). opts may be NULL.
  * Returns the layer, or NULL with AD_ERR_ARG (a count < 1, groups not
- * dividing the channels, a bad initializer), AD_ERR_DTYPE, AD_ERR_NULL
+ * dividing the channels, a negative stride, dilation or padding, an
+ * output_padding, same with a stride above 1, a bad initializer),
+ * AD_ERR_DTYPE, AD_ERR_NULL
  * (rng for a random init) or AD_ERR_OOM. Its forward refuses an input that
  * is not [N, in, H, W] (AD_ERR_SHAPE naming the layer), and otherwise
  * reports ad_conv2d's errors (a kernel larger than the padded input). */
@@ -415,7 +419,8 @@ NN_API nn_layer *nn_conv2d_new(ad_ctx *ctx, int64_t in, int64_t out, int64_t kh,
 /** A transposed convolution layer, PyTorch's nn.ConvTranspose2d, through
  * ad_conv_transpose2d: weight [in, out/groups, kh, kw], bias [out]; fan_in
  * for the initialisation is out/groups * kh * kw, as PyTorch computes it.
- * Otherwise as nn_conv2d_new ('same' is refused by the op). */
+ * Otherwise as nn_conv2d_new; 'same' is refused, and an output_padding
+ * not smaller than the stride or the dilation (AD_ERR_ARG). */
 NN_API nn_layer *nn_conv_transpose2d_new(ad_ctx *ctx, int64_t in, int64_t out, int64_t kh,
                                          int64_t kw, ad_rng *rng, const nn_conv2d_opts *opts);
 
