@@ -25,14 +25,20 @@ static ad_tensor *conv_forward(nn_layer *l, ad_tensor *x, bool training) {
   conv_state *s = nn_layer_state(l);
   ad_ctx *ctx = nn_layer_ctx(l);
   char who[96], a[64];
-  if (x->ndim != 4 || x->shape[1] != s->in) {
+  bool one = x->ndim == 3 && x->shape[0] == s->in; /* unbatched [C, H, W], as PyTorch takes */
+  if (!one && (x->ndim != 4 || x->shape[1] != s->in)) {
     nn_layer_who(l, who, sizeof who);
-    ad_set_error(ctx, AD_ERR_SHAPE, "%s: input %s must be [N, %lld, H, W]", who,
-                 ad_shape_str(x, a, sizeof a), (long long)s->in);
+    ad_set_error(ctx, AD_ERR_SHAPE, "%s: input %s must be [N, %lld, H, W] or [%lld, H, W]", who,
+                 ad_shape_str(x, a, sizeof a), (long long)s->in, (long long)s->in);
     return NULL;
   }
-  return s->transpose ? ad_conv_transpose2d(ctx, x, s->w, s->b, &s->o)
-                      : ad_conv2d(ctx, x, s->w, s->b, &s->o);
+  if (one) { /* a batch of one, viewed */
+    int64_t b[4] = {1, x->shape[0], x->shape[1], x->shape[2]};
+    x = ad_reshape(ctx, x, 4, b);
+  }
+  ad_tensor *y = s->transpose ? ad_conv_transpose2d(ctx, x, s->w, s->b, &s->o)
+                              : ad_conv2d(ctx, x, s->w, s->b, &s->o);
+  return one && y ? ad_reshape(ctx, y, 3, y->shape + 1) : y;
 }
 
 static void conv_free(nn_layer *l) {

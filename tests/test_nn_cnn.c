@@ -185,6 +185,38 @@ Test(cnn, pooling_layers_run_their_ops) {
   ad_tensor_free(x);
 }
 
+/* An unbatched [C, H, W] input, as PyTorch's Conv2d and ConvTranspose2d
+ * take: the batch of one's values and gradients, without the batch axis. */
+Test(cnn, unbatched_input_is_a_batch_of_one) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 4);
+  for (int tr = 0; tr < 2; tr++) {
+    nn_conv2d_opts o = {.stride = {2, 1}, .padding = {1, 0}, .dtype = AD_F64};
+    nn_layer *l = tr ? nn_conv_transpose2d_new(ctx, 3, 2, 3, 2, &rng, &o)
+                     : nn_conv2d_new(ctx, 3, 2, 3, 2, &rng, &o);
+    cr_assert_not_null(l, "%s", ad_last_error(ctx));
+    int64_t s3[3] = {3, 5, 4}, s4[4] = {1, 3, 5, 4};
+    ad_tensor *x3 = ad_randn(ctx, &rng, AD_F64, 3, s3, 0, 1), *x4 = ad_tensor_clone(ctx, x3);
+    ad_tensor_set_requires_grad(x3, true);
+    ad_tensor *x4v = ad_reshape(ctx, x4, 4, s4);
+    ad_tensor *y3 = nn_layer_forward(l, x3, true), *y4 = nn_layer_forward(l, x4v, true);
+    cr_assert(y3 && y4, "%s", ad_last_error(ctx));
+    cr_assert_eq(y3->ndim, 3);
+    cr_assert(y3->shape[0] == y4->shape[1] && y3->shape[1] == y4->shape[2] &&
+              y3->shape[2] == y4->shape[3]);
+    for (int64_t i = 0; i < y3->size; i++)
+      cr_assert_eq(ad_tensor_get(y3, i), ad_tensor_get(y4, i), "%s element %lld", nn_layer_kind(l),
+                   (long long)i);
+    cr_assert_eq(ad_backward(ctx, ad_sum(ctx, ad_mul(ctx, y3, y3)), NULL), AD_OK, "%s",
+                 ad_last_error(ctx));
+    cr_assert_not_null(x3->grad);
+    cr_assert_not_null(nn_params_tensor(nn_layer_params(l), 0)->grad);
+    ad_tape_reset(ctx);
+    ad_tensor_free(x3), ad_tensor_free(x4);
+    nn_layer_free(l);
+  }
+}
+
 Test(cnn, bad_input_names_the_layer) {
   ad_rng rng;
   ad_rng_seed(&rng, 3);

@@ -410,8 +410,9 @@ typedef struct nn_conv2d_opts {
  * dividing the channels, a negative stride, dilation or padding, an
  * output_padding, same with a stride above 1, a bad initializer),
  * AD_ERR_DTYPE, AD_ERR_NULL
- * (rng for a random init) or AD_ERR_OOM. Its forward refuses an input that
- * is not [N, in, H, W] (AD_ERR_SHAPE naming the layer), and otherwise
+ * (rng for a random init) or AD_ERR_OOM. Its forward takes [N, in, H, W]
+ * or, as PyTorch, an unbatched [in, H, W] (giving [out, Ho, Wo]); it
+ * refuses other inputs (AD_ERR_SHAPE naming the layer), and otherwise
  * reports ad_conv2d's errors (a kernel larger than the padded input). */
 NN_API nn_layer *nn_conv2d_new(ad_ctx *ctx, int64_t in, int64_t out, int64_t kh, int64_t kw,
                                ad_rng *rng, const nn_conv2d_opts *opts);
