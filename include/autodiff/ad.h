@@ -895,7 +895,9 @@ AD_API ad_tensor *ad_gru_seq(ad_ctx *ctx, ad_tensor *xp, ad_tensor *w_hh, ad_ten
  * pointer) means: scale 1/sqrt(E), no causal mask, no mask, no dropout. */
 typedef struct ad_attention_opts {
   double scale; /**< multiplies q k^T; 0 means 1/sqrt(E) (E = q's last dim), PyTorch's scale=None;
-                   PyTorch's scale=0.0 (uniform weights) has no spelling here */
+                   PyTorch's scale=0.0 (uniform weights) has no spelling here. With E = 0
+                   (q k^T all 0) it is 1, so the weights are uniform, where PyTorch's
+                   1/sqrt(0) = inf gives 0 * inf = NaN everywhere */
   bool causal;  /**< query i attends to keys j <= i only */
   ad_tensor *mask;     /**< additive float mask broadcastable to [..., L, S]
                           (-inf entries allowed; cast to q's dtype), or
