@@ -171,8 +171,16 @@ int main(int argc, char **argv) {
          n, BLOCKS, HEADS, DIM, (long long)nn_params_numel(nn_model_params(m)));
 
   /* training on fresh sequences */
+  if (batch > INT64_MAX / (2 * n)) { /* batch * 2n symbols would overflow */
+    fprintf(stderr, "attention: --batch %lld is too large\n", batch);
+    return 1;
+  }
   int64_t ss[2] = {batch, 2 * n}, ys[1] = {batch * n};
   ad_tensor *s = ad_zeros(ctx, AD_I32, 2, ss), *y = ad_zeros(ctx, AD_I32, 1, ys);
+  if (!s || !y) {
+    fprintf(stderr, "attention: %s\n", ad_last_error(ctx));
+    return 1;
+  }
   clock_t t0 = clock();
   double avg = 0;
   for (long long step = 1; step <= steps; step++) {

@@ -37,6 +37,7 @@
  * --max-words N uses the first N words of the list only (0: all).
  * The last line printed is exactly "validation bits per character: N.NN". */
 #include "args.h"
+#include <autodiff/ad_ext.h> /* ad_set_error */
 #include <autodiff/nn.h>
 
 #include <math.h>
@@ -257,8 +258,13 @@ static ad_status pass(ad_ctx *ctx, const model *m, nn_optimizer *opt, const opti
   if (seg < 1) B = 1, seg = len - 1;
   int64_t sh[3] = {1, B, o->hidden};
   ad_tensor *h = ad_zeros(ctx, AD_F32, 3, sh), *c = ad_zeros(ctx, AD_F32, 3, sh);
-  int32_t *buf = malloc(2 * (size_t)(B * o->bptt) * sizeof *buf);
-  ad_status st = h && c && buf ? AD_OK : AD_ERR_OOM;
+  /* a chunk is at most seg symbols long: B * chunk <= len, whatever --bptt is */
+  int64_t chunk = o->bptt < seg ? o->bptt : seg;
+  int32_t *buf = malloc(2 * (size_t)(B * chunk) * sizeof *buf);
+  ad_status st = h && c ? AD_OK : AD_ERR_OOM;
+  if (st == AD_OK && !buf)
+    st = ad_set_error(ctx, AD_ERR_OOM, "out of memory for %lld x %lld symbols", (long long)B,
+                      (long long)chunk);
   double sum = 0;
   int64_t count = 0;
   nn_sequence_ce_opts ce = {.class_last = true};

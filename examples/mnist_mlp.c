@@ -12,9 +12,10 @@
  *
  * The parameters are named as in PyTorch's nn.Sequential(Linear, ReLU,
  * Linear, ReLU, Linear): "0.weight", "0.bias", "2.weight", ... so --save
- * writes a safetensors file that torch's load_state_dict accepts, and --load
- * reads one (plus the Adam state, when the file has it, to resume: with the
- * saved learning rate, unless --lr is given).
+ * writes a safetensors file whose model tensors torch's load_state_dict
+ * takes (with strict=False: the file also holds the Adam state, under
+ * "adam.*"), and --load reads one (plus the Adam state, when the file has
+ * it, to resume: with the saved learning rate, unless --lr is given).
  *
  * Usage: mnist_mlp [--epochs N] [--batch N] [--seed N] [--lr X] [--data DIR]
  *                  [--save FILE] [--load FILE]

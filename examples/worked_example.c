@@ -22,7 +22,9 @@
  * forward view with values only (drawn before backward runs). Exit status 0, 1 on an error, 2 for a
  * usage error. */
 #include <autodiff/ad.h>
+#include <autodiff/ad_ext.h> /* ad_set_error */
 
+#include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -57,16 +59,16 @@ static int usage(void) {
   return 2;
 }
 
-/* Writes the graph of L to path; returns false on error. */
+/* Writes the graph of L to path; returns false on error, recorded on ctx
+ * (main prints it). */
 static bool write_dot(ad_ctx *ctx, ad_graph *g, ad_tensor *L, const char *path, int flags) {
   FILE *f = fopen(path, "w");
   if (!f) {
-    fprintf(stderr, "worked_example: cannot write %s\n", path);
+    ad_set_error(ctx, AD_ERR_IO, "cannot write %s: %s", path, strerror(errno));
     return false;
   }
   ad_status st = ad_graph_dot(g, f, L, flags);
-  if (fclose(f) != 0 && st == AD_OK) st = AD_ERR_IO;
-  if (st != AD_OK) fprintf(stderr, "worked_example: %s\n", ad_last_error(ctx));
+  if (fclose(f) != 0 && st == AD_OK) st = ad_set_error(ctx, AD_ERR_IO, "cannot write %s", path);
   return st == AD_OK;
 }
 

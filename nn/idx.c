@@ -17,6 +17,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <math.h>
 #include <stddef.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -273,6 +274,10 @@ ad_tensor *nn_idx_load(ad_ctx *ctx, const char *path, ad_dtype dtype, double sca
   if (dtype != AD_F32 && dtype != AD_F64 && dtype != AD_I32) {
     ad_set_error(ctx, AD_ERR_ARG, "idx %s: dtype %d is not AD_F32, AD_F64 or AD_I32", path,
                  (int)dtype);
+    return NULL;
+  }
+  if (dtype != AD_I32 && !isfinite(scale)) { /* every pixel would be NaN or an infinity */
+    ad_set_error(ctx, AD_ERR_ARG, "idx %s: scale %g is not finite", path, scale);
     return NULL;
   }
   idx_file f;

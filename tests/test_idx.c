@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <stdarg.h>
 #include <stdlib.h>
+#include <math.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <zlib.h>
@@ -153,6 +154,15 @@ Test(idx, raw_file) {
   ad_tensor *s = nn_idx_load(ctx, path, AD_F32, 1.0 / 255);
   cr_assert_not_null(s, "%s", ad_last_error(ctx));
   for (int i = 0; i < 24; i++) cr_assert_eq(((float *)s->data)[i], (float)(i / 255.0));
+  /* a scale that is not finite would make every value NaN or infinite */
+  cr_assert_null(nn_idx_load(ctx, path, AD_F32, NAN));
+  cr_assert(strstr(ad_last_error(ctx), "scale nan is not finite"), "%s", ad_last_error(ctx));
+  cr_assert_null(nn_idx_load(ctx, path, AD_F64, INFINITY));
+  cr_assert_eq(ad_last_status(ctx), AD_ERR_ARG);
+  ad_clear_error(ctx);
+  ad_tensor *i = nn_idx_load(ctx, path, AD_I32, NAN); /* ignored for i32 */
+  cr_assert_not_null(i, "%s", ad_last_error(ctx));
+  ad_tensor_free(i);
   ad_tensor_free(t);
   ad_tensor_free(d);
   ad_tensor_free(s);

@@ -71,7 +71,8 @@ extern "C" {
  * scale (e.g. 1/255.), AD_I32 the byte values as integers (scale is
  * ignored). The shape is the file's
  * dims (1..AD_MAX_DIMS of them).
- * Returns NULL and records AD_ERR_NULL (NULL path), AD_ERR_ARG (bad dtype),
+ * Returns NULL and records AD_ERR_NULL (NULL path), AD_ERR_ARG (bad dtype,
+ * a float dtype with a scale that is not finite),
  * AD_ERR_IO (cannot open or read), AD_ERR_FORMAT (bad magic, unsupported
  * type code, too many dims, dims that overflow or do not match the amount
  * of data, a 0 among dims whose others multiply to more elements than a
