@@ -62,7 +62,8 @@ typedef struct ad_node {
   uint8_t flags;
   uint8_t nsrc;     /* inputs: 0..AD_INLINE_SRC in src.in, or AD_NSRC_LIST */
   uint32_t epoch;   /* tape generation it was made in (temporaries) */
-  int32_t tape_idx; /* position on the tape, -1 if not recorded */
+  int32_t tape_idx; /* position on the tape; not recorded: -1, or for a temporary
+                       ad_fresh_idx when made (-2 is tape.c's GACC_OWN) */
   ad_ctx *ctx;
   const ad_attrs *attrs;               /* NULL when all zero */
   ad_tensor *gacc;                     /* gradient accumulated during backward */
@@ -166,7 +167,9 @@ static inline int32_t ad_fresh_idx(const ad_ctx *ctx) {
 /* A write into a tensor the current tape used (ctx->writes). */
 typedef struct ad_write {
   ad_node *n;
-  size_t pos; /* ctx->tape_len at the write: ops recorded before it read the old values */
+  size_t pos;       /* ctx->tape_len at the write: ops recorded before it read the old values */
+  uintptr_t lo, hi; /* set by the backward's check: n's data [lo, hi), */
+  uintptr_t reach;  /* and the largest hi of the entries sorted before it */
 } ad_write;
 
 /* Records that live tensor n's data is about to be written in place: when

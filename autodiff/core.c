@@ -698,8 +698,7 @@ ad_tensor *ad_tmp_header(ad_ctx *ctx, ad_dtype dt, int ndim, const int64_t *shap
   ad_node *n = ad_arena_alloc(ctx, sizeof(ad_node));
   if (!n) return NULL;
   ad_node_init(n, ctx, dt, ndim, shape, ad_shape_size(ndim, shape));
-  n->tape_idx = ad_fresh_idx(ctx);
-  n->t.data = NULL;
+  n->t.data = NULL; /* a view's, often: memory ops may have read, so no ad_fresh_idx */
   return &n->t;
 }
 
@@ -1213,10 +1212,13 @@ ad_status ad_tensor_adopt_grad(ad_tensor *t, void **mem) {
 
 ad_status ad_note_write_slow(ad_node *n, const char *fn) {
   ad_ctx *ctx = n->ctx;
-  if (ctx->nwrites && ctx->writes[ctx->nwrites - 1].n == n) { /* a loop of writes into n */
-    ctx->writes[ctx->nwrites - 1].pos = ctx->tape_len;
-    return AD_OK;
-  }
+  /* a loop of writes into n, or into a few tensors in turn (a batch norm's
+   * two statistics): the entry is there already */
+  for (size_t i = ctx->nwrites, k = 0; i-- > 0 && k < 8; k++)
+    if (ctx->writes[i].n == n) {
+      ctx->writes[i].pos = ctx->tape_len;
+      return AD_OK;
+    }
   if (ctx->nwrites == ctx->writes_cap) {
     size_t cap = ctx->writes_cap ? ctx->writes_cap * 2 : 16;
     ad_write *w =
@@ -1228,7 +1230,7 @@ ad_status ad_note_write_slow(ad_node *n, const char *fn) {
     ctx->writes = w;
     ctx->writes_cap = cap;
   }
-  ctx->writes[ctx->nwrites++] = (ad_write){n, ctx->tape_len};
+  ctx->writes[ctx->nwrites++] = (ad_write){.n = n, .pos = ctx->tape_len};
   return AD_OK;
 }
 

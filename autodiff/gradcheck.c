@@ -241,8 +241,8 @@ static ad_status numeric_pass(check_state *s, bool second, ad_check_report *rep)
     for (int64_t j = 0; j < x->size && st == AD_OK; j++) {
       double orig = ad_tensor_get(x, j), f[2];
       for (int k = 0; k < 2 && st == AD_OK; k++) {
+        ad_tape_reset(s->ctx); /* first: a write into a tensor no tape uses notes nothing */
         ad_tensor_set(x, j, orig + (k ? -s->o.eps : s->o.eps));
-        ad_tape_reset(s->ctx);
         if (second) {
           ad_tensor *h = second_h(s, s->x64, false);
           if (!h)
@@ -257,6 +257,7 @@ static ad_status numeric_pass(check_state *s, bool second, ad_check_report *rep)
             f[k] = dot_v(s, y);
         }
       }
+      ad_tape_reset(s->ctx); /* f[] holds the values */
       ad_tensor_set(x, j, orig);
       if (st == AD_OK)
         compare(s, i, j, s->analytic[i][j], (f[0] - f[1]) / (2 * s->o.eps), rep, &score);

@@ -150,6 +150,11 @@ ad_tensor *ad_batch_norm(ad_ctx *ctx, ad_tensor *x, ad_tensor *weight, ad_tensor
   if (weight) y = ad_mul(ctx, y, per_channel(ctx, weight, nd, C));
   if (bias) y = ad_add(ctx, y, per_channel(ctx, bias, nd, C));
   if (y && stats && running_mean) { /* buffers: in place, not recorded; only on success */
+    /* noted first (an op of this tape may have read them: tape.c's check),
+     * so that the writes below cannot fail */
+    if (ad_note_write(ad_node_of(running_mean), "batch_norm") != AD_OK ||
+        ad_note_write(ad_node_of(running_var), "batch_norm") != AD_OK)
+      return NULL;
     update_running(running_mean, mu, momentum, 1.0);
     update_running(running_var, var, momentum, (double)M / (double)(M - 1));
   }

@@ -741,35 +741,53 @@ static ad_status retain(ad_ctx *ctx, ad_node *n, ad_tensor *gout) {
 }
 
 static int cmp_write(const void *a, const void *b) {
-  uintptr_t x = (uintptr_t)((const ad_write *)a)->n, y = (uintptr_t)((const ad_write *)b)->n;
+  uintptr_t x = ((const ad_write *)a)->lo, y = ((const ad_write *)b)->lo;
   return (x > y) - (x < y);
 }
 
-/* Sorts ctx->writes by node, one entry per node with its last write;
- * returns the latest write's position. */
+/* The bytes [lo, hi) of t's data (lo == hi: none). */
+static void data_range(const ad_tensor *t, uintptr_t *lo, uintptr_t *hi) {
+  *lo = (uintptr_t)t->data;
+  *hi = t->data ? *lo + (size_t)t->size * ad_dsize(t->dtype) : *lo;
+}
+
+/* Sorts ctx->writes by where the written data lies, and returns the
+ * latest write's position. A write is matched by memory, not by tensor:
+ * an op may read a tensor through a view that no op recorded (conv1d's or
+ * a dense layer's reshape of a data input that needs no gradient). */
 static size_t writes_merge(ad_ctx *ctx) {
   ad_write *w = ctx->writes;
-  qsort(w, ctx->nwrites, sizeof *w, cmp_write);
   size_t k = 0, top = 0;
   for (size_t i = 0; i < ctx->nwrites; i++) {
-    if (k && w[k - 1].n == w[i].n) {
-      if (w[i].pos > w[k - 1].pos) w[k - 1].pos = w[i].pos;
-    } else {
-      w[k++] = w[i];
-    }
+    data_range(&w[i].n->t, &w[i].lo, &w[i].hi);
     if (w[i].pos > top) top = w[i].pos;
+    if (w[i].hi > w[i].lo) w[k++] = w[i]; /* an empty tensor's write changed nothing */
   }
   ctx->nwrites = k;
+  qsort(w, k, sizeof *w, cmp_write);
+  for (size_t i = 0; i < k; i++)
+    w[i].reach = i && w[i - 1].reach > w[i].hi ? w[i - 1].reach : w[i].hi;
   return top;
 }
 
-/* The tape's length at the last write into n (ctx->writes merged), 0 if
- * none: an op recorded at index i read values written since when this is
- * above i. */
-static size_t written_at(const ad_ctx *ctx, const ad_node *n) {
-  ad_write key = {(ad_node *)n, 0};
-  const ad_write *w = bsearch(&key, ctx->writes, ctx->nwrites, sizeof key, cmp_write);
-  return w ? w->pos : 0;
+/* Whether memory of t was written after the op at tape index i was
+ * recorded (ctx->writes merged). */
+static bool written_after(const ad_ctx *ctx, const ad_tensor *t, size_t i) {
+  uintptr_t a, b;
+  data_range(t, &a, &b);
+  if (a == b) return false;
+  const ad_write *w = ctx->writes;
+  size_t l = 0, r = ctx->nwrites; /* the entries starting below b: [0, l) */
+  while (l < r) {
+    size_t m = l + (r - l) / 2;
+    if (w[m].lo < b)
+      l = m + 1;
+    else
+      r = m;
+  }
+  for (size_t j = l; j-- > 0 && w[j].reach > a;) /* reach: none before j ends above a */
+    if (w[j].hi > a && w[j].pos > i) return true;
+  return false;
 }
 
 /* Whether an op that the backward from root reaches has an input freed
@@ -791,12 +809,6 @@ static ad_status precheck(ad_ctx *ctx, ad_node *root, const char *who) {
     ad_node *n = ctx->tape[i];
     if (n->gacc != &reached) continue;
     n->gacc = NULL;
-    if (st == AD_OK && i < top && written_at(ctx, n) > i)
-      st = ad_set_error(ctx, AD_ERR_STATE,
-                        "%s: the result of %s (%s) was written after the op was recorded, so "
-                        "the tape no longer computes the values used; write tensors after the "
-                        "backward passes that use them, or run the ops again",
-                        who, ctx->ops[n->op].name, ad_tensor_describe(&n->t, d, sizeof d));
     ad_node *const *src = ad_node_src(n);
     for (int k = 0, nsrc = ad_node_nsrc(n); st == AD_OK && k < nsrc; k++) {
       if (src[k]->magic != AD_NODE_MAGIC)
@@ -804,7 +816,7 @@ static ad_status precheck(ad_ctx *ctx, ad_node *root, const char *who) {
                           "%s: input %d of %s was freed after the op was recorded; free "
                           "tensors after the backward passes that use them",
                           who, k, ctx->ops[n->op].name);
-      else if (i < top && written_at(ctx, src[k]) > i)
+      else if (i < top && written_after(ctx, &src[k]->t, i))
         st = ad_set_error(ctx, AD_ERR_STATE,
                           "%s: input %d of %s (%s) was written after the op was recorded, and "
                           "its backward would use the new values; write tensors after the "
@@ -814,6 +826,12 @@ static ad_status precheck(ad_ctx *ctx, ad_node *root, const char *who) {
       else if (src[k]->flags & AD_NF_RECORDED)
         src[k]->gacc = &reached;
     }
+    if (st == AD_OK && i < top && written_after(ctx, &n->t, i))
+      st = ad_set_error(ctx, AD_ERR_STATE,
+                        "%s: the result of %s (%s) was written after the op was recorded, so "
+                        "the tape no longer computes the values used; write tensors after the "
+                        "backward passes that use them, or run the ops again",
+                        who, ctx->ops[n->op].name, ad_tensor_describe(&n->t, d, sizeof d));
   }
   return st; /* after an error the loop still ran to the bottom, clearing marks */
 }

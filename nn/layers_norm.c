@@ -63,7 +63,8 @@ static ad_tensor *bn_forward(nn_layer *l, ad_tensor *x, bool training) {
   if (training && s->running_mean && s->cumulative) momentum = 1.0 / (seen + 1);
   ad_tensor *y = ad_batch_norm(ctx, x, s->weight, s->bias, s->running_mean, s->running_var,
                                batch_stats, momentum, s->eps);
-  if (y && training && s->nbt) ad_tensor_set(s->nbt, 0, seen + 1);
+  if (y && training && s->nbt && ad_tensor_set(s->nbt, 0, seen + 1) != AD_OK)
+    return NULL; /* out of memory noting the write */
   return y;
 }
 

@@ -474,13 +474,11 @@ ad_status nn_init_tensor(ad_ctx *ctx, ad_tensor *t, nn_init init, ad_rng *rng) {
   double lo = 0, hi = 0, mean = 0, sd = 0;
   switch (init.kind) {
   case NN_INIT_ZEROS:
-    ad_tensor_fill(t, 0.0);
-    return AD_OK;
+    return ad_tensor_fill(t, 0.0); /* AD_ERR_OOM when the write cannot be noted */
   case NN_INIT_CONSTANT:
     if (!isfinite(init.a))
       return ad_set_error(ctx, AD_ERR_ARG, "init: constant %g is not finite", init.a);
-    ad_tensor_fill(t, init.a);
-    return AD_OK;
+    return ad_tensor_fill(t, init.a);
   case NN_INIT_UNIFORM:
     if (!(init.b >= init.a && isfinite(init.a) && isfinite(init.b) && isfinite(init.b - init.a)))
       return ad_set_error(ctx, AD_ERR_ARG, "init: uniform needs finite a <= b, got [%g, %g)",

@@ -1351,3 +1351,39 @@ Test(backward, a_write_that_cannot_be_noted_is_refused) {
   ad_ctx_free(c);
   cr_assert_eq(ta.live, 0, "%ld blocks left", ta.live);
 }
+
+/* A write is matched by memory: an op that reads a data input through a
+ * view no op recorded (a reshape of a tensor that needs no gradient, as
+ * conv1d and a dense layer on 3-D input make) is refused as well, and so
+ * is a write through such a view into a tensor an op read. */
+Test(backward, writes_are_matched_through_views) {
+  int64_t s2[2] = {2, 3}, s1[1] = {6}, sw[2] = {3, 2};
+  ad_tensor *x = ad_ones(ctx, AD_F64, 2, s2), *w = ad_ones(ctx, AD_F64, 2, sw);
+  ad_tensor_set_requires_grad(w, true);
+  ad_tensor *v = ad_reshape(ctx, x, 1, s1); /* a view of x, made before any op is recorded */
+  ad_tensor *root = ad_sum(ctx, ad_matmul(ctx, ad_reshape(ctx, v, 2, s2), w, false, false));
+  cr_assert_not_null(root, "%s", ad_last_error(ctx));
+  OK(ad_tensor_fill(x, 100)); /* x itself; the product read it through two views */
+  cr_assert_eq(ad_backward(ctx, root, NULL), AD_ERR_STATE);
+  cr_assert(strstr(ad_last_error(ctx), "input 0 of matmul ([2,3]) was written"), "%s",
+            ad_last_error(ctx));
+  ad_clear_error(ctx);
+  ad_tape_reset(ctx);
+  root = ad_sum(ctx, ad_matmul(ctx, x, w, false, false));
+  v = ad_reshape(ctx, x, 1, s1);
+  OK(ad_tensor_set(v, 5, 7)); /* through a view made after the product was recorded */
+  cr_assert_eq(ad_backward(ctx, root, NULL), AD_ERR_STATE);
+  cr_assert(strstr(ad_last_error(ctx), "input 0 of matmul ([2,3]) was written"), "%s",
+            ad_last_error(ctx));
+  ad_clear_error(ctx);
+  ad_tape_reset(ctx);
+  /* other memory is not matched: a tensor beside x, written */
+  ad_tensor *other = ad_ones(ctx, AD_F64, 2, s2);
+  root = ad_sum(ctx, ad_matmul(ctx, x, w, false, false));
+  ad_tensor *side = ad_exp(ctx, other);
+  OK(ad_tensor_fill(other, 2));
+  OK(ad_backward(ctx, root, NULL));
+  cr_assert_not_null(side);
+  ad_tape_reset(ctx);
+  ad_tensor_free(x), ad_tensor_free(w), ad_tensor_free(other);
+}

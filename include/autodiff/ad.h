@@ -378,9 +378,11 @@ AD_API double ad_tensor_get(const ad_tensor *t, int64_t i);
  * new values (or of a function the program no longer computes). This
  * holds whether or not that op's backward reads the value (PyTorch refuses
  * only where it does). Write between ad_backward and ad_tape_reset (as an
- * optimizer does) or after the reset. Not seen: writes through t->data
- * (announce them with ad_tensor_mark_modified) and through another tensor
- * sharing the memory (a reshape's result and its input, or a buffer bound
+ * optimizer does) or after the reset. Writes are matched by memory, so a
+ * write into x is seen by an op that read a view of it (a reshape) and
+ * the other way round. Not seen: writes through t->data (announce them
+ * with ad_tensor_mark_modified), and through a persistent tensor no op of
+ * the tape used that shares its buffer with one an op used (a buffer bound
  * to two tensors). AD_ERR_OOM when the note cannot be kept (t unchanged). */
 AD_API ad_status ad_tensor_set(ad_tensor *t, int64_t i, double v);
 
