@@ -1046,3 +1046,23 @@ Test(optim, a_tensor_listed_twice_is_stepped_once) {
   nn_params_free(p);
   ad_tensor_free(w);
 }
+
+/* An initializer's write into a weight the tape used must be noted (the
+ * backward's check); with no memory for the note it fails, weight
+ * unchanged, rather than report success without writing. */
+Test(optim, an_init_whose_write_cannot_be_noted_fails) {
+  test_alloc ta = {0};
+  ad_ctx *c = ad_ctx_new_with_alloc(test_alloc_fn, &ta);
+  int64_t n = 2;
+  ad_tensor *w = ad_full(c, AD_F64, 1, &n, 5.0);
+  ad_tensor_set_requires_grad(w, true);
+  cr_assert_not_null(ad_sum(c, ad_mul(c, w, w)));
+  test_alloc_refuse_after(&ta, 0);
+  ad_status st = nn_init_tensor(c, w, nn_init_make(NN_INIT_ZEROS, 0, 0), NULL);
+  cr_assert_eq(st, AD_ERR_OOM, "%s", ad_status_str(st));
+  cr_assert_eq(ad_tensor_get(w, 0), 5.0);
+  test_alloc_grant_all(&ta);
+  ad_tape_reset(c);
+  ad_tensor_free(w);
+  ad_ctx_free(c);
+}
