@@ -174,8 +174,10 @@ typedef struct ad_write {
 
 /* Records that live tensor n's data is about to be written in place: when
  * an op of the current tape may read it (n is a persistent tensor an op
- * used, ad_op_apply having stamped its epoch, or an op's recorded result),
- * a backward through an op recorded before now refuses (tape.c). Returns
+ * used, ad_op_apply having stamped its epoch, an op's recorded result, or
+ * a temporary made before the last recorded op or a view, ad_fresh_idx
+ * telling), a backward through an op recorded before now that read that
+ * memory refuses (tape.c). Returns
  * AD_OK, or AD_ERR_OOM recorded on the context (fn names the caller). A
  * branch or two for a tensor no op of the tape read. */
 ad_status ad_note_write_slow(ad_node *n, const char *fn);

@@ -796,9 +796,9 @@ static bool written_after(const ad_ctx *ctx, const ad_tensor *t, size_t i) {
  * a function the program no longer computes): checked before the pass
  * writes anything, so a failed pass leaves no partial gradient. Only a
  * tensor the tape used keeps its data and header after ad_tensor_free,
- * and only such a tensor's writes are noted, so this runs only when one
- * was freed or written. Reached nodes are marked through gacc (NULL
- * outside a pass). */
+ * and only writes into memory the tape may have read are noted
+ * (ad_note_write), so this runs only when such a tensor was freed or
+ * written. Reached nodes are marked through gacc (NULL outside a pass). */
 static ad_status precheck(ad_ctx *ctx, ad_node *root, const char *who) {
   static ad_tensor reached;
   ad_status st = AD_OK;
