@@ -32,7 +32,7 @@ run() {
   rc=$?
 }
 
-echo "1..25"
+echo "1..28"
 
 run "$GC" --help
 ok $rc "--help exits 0"
@@ -79,6 +79,22 @@ run "$GC" --op=matmul --dtype f32 --first-only
 grep '^matmul ' "$TMP/out" | grep -q 'f32/1 PASS' &&
   ! grep -q 'f64/\|f32/2' "$TMP/out"
 ok $? "--dtype f32 --first-only runs exactly one check"
+
+run "$GC" --op mul --op=add --op mul --dtype f64 --first-only
+[ $rc -eq 0 ] && [ "$(grep -c ' f64/1 PASS' "$TMP/out")" -eq 2 ] &&
+  [ "$(sed -n 2p "$TMP/out" | cut -d' ' -f1)" = mul ] &&
+  [ "$(sed -n 3p "$TMP/out" | cut -d' ' -f1)" = add ] &&
+  [ "$(tail -n 1 "$TMP/out")" = "2 passed, 0 failed" ]
+ok $? "--op is repeatable: each op once, in the order given"
+
+run "$GC" --op mul --op no_such_op
+[ $rc -eq 2 ] && grep -q "unknown op 'no_such_op'" "$TMP/err" && [ ! -s "$TMP/out" ]
+ok $? "an unknown name among several --op exits 2 before checking any"
+
+run "$GC" --op relu --dtype f32 --dtype f64 --dtype f32 --first-only
+grep -q '^ad-gradcheck: .*dtypes f32 f64$' "$TMP/out" &&
+  grep '^relu ' "$TMP/out" | grep -q 'f32/1 PASS.*f64/1 PASS'
+ok $? "--dtype is repeatable: each dtype once, in the order given"
 
 run "$GC" --op compare
 [ $rc -eq 0 ] && grep -q '^compare .*skipped' "$TMP/out" &&

@@ -3,7 +3,7 @@
  * the sample function of each op; with --load, the ops of a user's shared
  * library (a plugin: it exports ad_plugin_register, see ad_ext.h).
  *
- *   ad-gradcheck [--load PATH.so]... [--op NAME] [--seed N] [--dtype f32|f64]
+ *   ad-gradcheck [--load PATH.so]... [--op NAME]... [--seed N] [--dtype f32|f64]...
  *                [--first-only]
  *
  * One line per op: its name, then for each dtype and order PASS or FAIL with
@@ -22,9 +22,11 @@
 #include <string.h>
 
 #define MAX_LOADS 16
+#define MAX_OPS   64
 
 typedef struct options {
-  const char *op; /* NULL: every op (with --load: every op the plugins registered) */
+  const char *op[MAX_OPS]; /* none: every op (with --load: every op the plugins registered) */
+  int nop;
   const char *load[MAX_LOADS];
   int nload;
   uint64_t seed;
@@ -35,8 +37,8 @@ typedef struct options {
 
 static void usage(FILE *f) {
   fprintf(f,
-          "usage: ad-gradcheck [--load PATH.so]... [--op NAME] [--seed N] [--dtype f32|f64]\n"
-          "                    [--first-only]\n"
+          "usage: ad-gradcheck [--load PATH.so]... [--op NAME]... [--seed N]\n"
+          "                    [--dtype f32|f64]... [--first-only]\n"
           "\n"
           "Gradient-checks every registered op that has a backward, against central\n"
           "differences in float64, first and second order, in f64 and f32.\n"
@@ -47,9 +49,10 @@ static void usage(FILE *f) {
           "                 (see ad_ext.h), and check every op it registered instead\n"
           "                 of the built-in ones; repeatable (up to %d libraries)\n"
           "  --op NAME      check only this op, built in or loaded (an unknown name is\n"
-          "                 an error)\n"
+          "                 an error); repeatable (up to %d ops, checked in the order\n"
+          "                 given, each once)\n"
           "  --seed N       seed of the random sample inputs, in decimal (default 1)\n"
-          "  --dtype T      check only dtype T: f32 or f64 (default both)\n"
+          "  --dtype T      check only dtype T: f32 or f64 (default both); repeatable\n"
           "  --first-only   skip the second-order (gradgradcheck) pass\n"
           "  --help         show this help\n"
           "\n"
@@ -57,7 +60,7 @@ static void usage(FILE *f) {
           "when everything passes, 1 when a check fails, 2 for a usage error, a\n"
           "library that cannot be loaded or registers nothing, or output that\n"
           "cannot be written.\n",
-          MAX_LOADS);
+          MAX_LOADS, MAX_OPS);
 }
 
 /* The value of option name: "--name=V" or "--name V" (consuming argv[*i+1]).
@@ -78,7 +81,8 @@ static const char *opt_value(int argc, char **argv, int *i, const char *name, bo
 /* Parses the command line; returns 0 to run, 1 after --help, 2 on error. */
 static int parse_args(int argc, char **argv, options *o) {
   *o = (options){
-      .op = NULL, .nload = 0, .seed = 1, .ndtypes = 2, .dtypes = {AD_F64, AD_F32}, .second = true};
+      .nop = 0, .nload = 0, .seed = 1, .ndtypes = 2, .dtypes = {AD_F64, AD_F32}, .second = true};
+  bool dtype_given = false;
   for (int i = 1; i < argc; i++) {
     const char *v;
     bool missing = false;
@@ -94,7 +98,11 @@ static int parse_args(int argc, char **argv, options *o) {
       }
       o->load[o->nload++] = v;
     } else if ((v = opt_value(argc, argv, &i, "--op", &missing))) {
-      o->op = v;
+      if (o->nop == MAX_OPS) {
+        fprintf(stderr, "ad-gradcheck: --op: at most %d ops\n", MAX_OPS);
+        return 2;
+      }
+      o->op[o->nop++] = v;
     } else if ((v = opt_value(argc, argv, &i, "--seed", &missing))) {
       char *end;
       errno = 0;
@@ -106,15 +114,18 @@ static int parse_args(int argc, char **argv, options *o) {
       }
       o->seed = (uint64_t)s;
     } else if ((v = opt_value(argc, argv, &i, "--dtype", &missing))) {
-      o->ndtypes = 1;
+      ad_dtype dt;
       if (strcmp(v, "f64") == 0) {
-        o->dtypes[0] = AD_F64;
+        dt = AD_F64;
       } else if (strcmp(v, "f32") == 0) {
-        o->dtypes[0] = AD_F32;
+        dt = AD_F32;
       } else {
         fprintf(stderr, "ad-gradcheck: --dtype: '%s' is not f32 or f64\n", v);
         return 2;
       }
+      if (!dtype_given) o->ndtypes = 0; /* the first --dtype replaces the default pair */
+      dtype_given = true;
+      if (o->ndtypes == 0 || o->dtypes[0] != dt) o->dtypes[o->ndtypes++] = dt;
     } else {
       if (missing)
         fprintf(stderr, "ad-gradcheck: %s needs a value\n", argv[i]);
@@ -211,19 +222,32 @@ int main(int argc, char **argv) {
       return 2;
     }
   }
-  /* with --load, the plugins' ops; else every op */
-  int first = o.nload ? builtin : 0, last = ad_op_count(ctx);
-  if (o.op) {
-    int id = ad_op_find(ctx, o.op);
-    if (id < 0) {
-      fprintf(stderr, "ad-gradcheck: unknown op '%s'; registered ops:", o.op);
-      for (int i = 0; i < ad_op_count(ctx); i++) fprintf(stderr, " %s", ad_op_get(ctx, i)->name);
-      fprintf(stderr, "\n");
-      ad_ctx_free(ctx);
-      return 2;
+  /* the ops named by --op, in the order given (each once); else, with
+   * --load, the plugins' ops; else every op */
+  int first = o.nload ? builtin : 0, nids = ad_op_count(ctx) - first;
+  int *ids = malloc((size_t)(nids > o.nop ? nids : o.nop > 0 ? o.nop : 1) * sizeof *ids);
+  if (!ids) {
+    fprintf(stderr, "ad-gradcheck: out of memory\n");
+    ad_ctx_free(ctx);
+    return 1;
+  }
+  for (int i = 0; i < nids; i++) ids[i] = first + i;
+  if (o.nop) {
+    nids = 0;
+    for (int k = 0; k < o.nop; k++) {
+      int id = ad_op_find(ctx, o.op[k]);
+      if (id < 0) {
+        fprintf(stderr, "ad-gradcheck: unknown op '%s'; registered ops:", o.op[k]);
+        for (int i = 0; i < ad_op_count(ctx); i++) fprintf(stderr, " %s", ad_op_get(ctx, i)->name);
+        fprintf(stderr, "\n");
+        free(ids);
+        ad_ctx_free(ctx);
+        return 2;
+      }
+      bool seen = false;
+      for (int i = 0; i < nids; i++) seen = seen || ids[i] == id;
+      if (!seen) ids[nids++] = id;
     }
-    first = id;
-    last = id + 1;
   }
 
   printf("ad-gradcheck: seed %" PRIu64 ", %s order%s, dtype%s", o.seed,
@@ -232,7 +256,8 @@ int main(int argc, char **argv) {
   printf("\n");
 
   int passed = 0, failed = 0, skipped = 0;
-  for (int id = first; id < last; id++) {
+  for (int i = 0; i < nids; i++) {
+    int id = ids[i];
     const ad_op_def *def = ad_op_get(ctx, id);
     if (!def->backward) {
       printf("%-22s  skipped (no backward: the output carries no gradient)\n", def->name);
@@ -246,6 +271,7 @@ int main(int argc, char **argv) {
   }
   if (skipped) printf("%d skipped\n", skipped);
   printf("%d passed, %d failed\n", passed, failed);
+  free(ids);
   ad_ctx_free(ctx);
   if (fflush(stdout) != 0 || ferror(stdout)) { /* a report that went nowhere is no pass */
     fprintf(stderr, "ad-gradcheck: write error on standard output\n");
