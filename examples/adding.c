@@ -63,6 +63,31 @@ static bool parse(int argc, char **argv, options *o) {
          o->lr > 0 && o->check >= 0;
 }
 
+/* The cells named in list (comma-separated, at most 8) into cells; their
+ * count, or 0 (after a message) for an unknown name, more than 8, or none
+ * at all ("" or ","), where nothing would run and --check would pass. */
+static int parse_cells(char *list, nn_rnn_cell cells[8]) {
+  int n = 0;
+  for (char *c = strtok(list, ","); c; c = strtok(NULL, ",")) {
+    if (n == 8) {
+      fprintf(stderr, "adding: --cells: at most 8 cells\n");
+      return 0;
+    }
+    if (!strcmp(c, "lstm"))
+      cells[n++] = NN_RNN_LSTM;
+    else if (!strcmp(c, "gru"))
+      cells[n++] = NN_RNN_GRU;
+    else if (!strcmp(c, "rnn"))
+      cells[n++] = NN_RNN_TANH;
+    else {
+      fprintf(stderr, "adding: unknown cell '%s' (lstm, gru or rnn)\n", c);
+      return 0;
+    }
+  }
+  if (n == 0) fprintf(stderr, "adding: --cells names no cell (lstm, gru or rnn)\n");
+  return n;
+}
+
 static const char *cell_name(nn_rnn_cell c) {
   return c == NN_RNN_LSTM ? "lstm" : c == NN_RNN_GRU ? "gru" : "rnn";
 }
@@ -164,27 +189,14 @@ int main(int argc, char **argv) {
                .lr = 0.005,
                .seed = 1,
                .cells = "lstm,gru,rnn"};
-  if (!parse(argc, argv, &o)) {
+  nn_rnn_cell cells[8];
+  int ncells = parse(argc, argv, &o) ? parse_cells(o.cells, cells) : 0;
+  if (ncells <= 0) {
     fprintf(stderr,
             "usage: %s [--len T] [--steps N] [--batch N] [--hidden H] [--lr X] [--seed N] "
             "[--cells lstm,gru,rnn] [--check X]\n",
             argv[0]);
     return 2;
-  }
-  nn_rnn_cell cells[8];
-  int ncells = 0;
-  for (char *c = strtok(o.cells, ","); c; c = strtok(NULL, ",")) {
-    if (ncells == 8) break;
-    if (!strcmp(c, "lstm"))
-      cells[ncells++] = NN_RNN_LSTM;
-    else if (!strcmp(c, "gru"))
-      cells[ncells++] = NN_RNN_GRU;
-    else if (!strcmp(c, "rnn"))
-      cells[ncells++] = NN_RNN_TANH;
-    else {
-      fprintf(stderr, "adding: unknown cell '%s' (lstm, gru or rnn)\n", c);
-      return 2;
-    }
   }
   ad_set_flush_denormal(true);
   ad_ctx *ctx = ad_ctx_new();

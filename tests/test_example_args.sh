@@ -28,7 +28,7 @@ bad() {
   fi
 }
 
-echo "1..27"
+echo "1..32"
 bad mnist_mlp --epochs ""
 bad mnist_mlp --epochs 4294967297
 bad mnist_mlp --seed -1
@@ -39,6 +39,9 @@ bad attention --steps 99999999999999999999
 bad attention --len ""
 bad adding --lr nan
 bad adding --seed " -3"
+bad adding --cells ""
+bad adding --cells ,
+bad adding --cells lstm,gru,rnn,lstm,gru,rnn,lstm,gru,rnn
 bad char_rnn --samples 4294967296
 bad char_rnn --clip 1e999
 bad seq_digits --hidden 99999999999999999999
@@ -56,4 +59,23 @@ bad learning_rate --range-steps 2x
 bad vanishing_rnn --len 99999999999999999999
 bad vanishing_rnn --lr nan
 bad mnist_mlp --lr 0x10
+
+# rows STEPS: exploding's table lists each step once, ending at STEPS (exit
+# status 1 is the demo's own verdict: too few steps for the loss to blow up)
+rows() {
+  n=$((n + 1))
+  "$DIR/exploding" --steps "$1" --out "$TMP" >"$TMP/out" 2>"$TMP/err"
+  rc=$?
+  steps=$(awk '$1 ~ /^[0-9]+$/ {print $1}' "$TMP/out")
+  if [ $rc -le 1 ] && [ "$(echo "$steps" | tail -n 1)" = "$1" ] &&
+    [ "$(echo "$steps" | sort -n | uniq -d)" = "" ]; then
+    echo "ok $n - exploding --steps $1 prints each step once"
+  else
+    echo "not ok $n - exploding --steps $1 exited $rc, steps: $(echo $steps)"
+    fails=$((fails + 1))
+  fi
+}
+rows 5
+rows 9
+
 [ $fails -eq 0 ]
