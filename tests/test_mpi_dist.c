@@ -200,6 +200,11 @@ static void run_free(run *r) {
 
 static char why[600];
 
+/* Whether a reduced gradient v is want: exact with shares that are powers
+ * of two, within rounding with 1/3 or 1/5 (5 ranks: 12 * (1/5) summed five
+ * times is 12.000000000000002). */
+static bool near(double v, double want) { return fabs(v - want) <= 1e-12 * fabs(want); }
+
 /* Data parallel equals one process on the global batches: 50 rows in
  * batches of 16 (16 = 8 + 8 = 5 + 5 + 6, the last batch of 2 leaves rank
  * 0 of 3 without rows). */
@@ -536,7 +541,7 @@ static void wide_variadic_op(ad_ctx *c) {
     double g0 = W->grad ? ((double *)W->grad->data)[0] : NAN;
     double g1 = W->grad ? ((double *)W->grad->data)[1] : NAN;
     snprintf(why, sizeof why, "status %s, dW = [%g %g]", ad_status_str(st), g0, g1);
-    check(st == AD_OK && g0 == 12 && g1 == 12,
+    check(st == AD_OK && near(g0, 12) && near(g1, 12),
           overlap ? "a 12-input op's parameter is reduced whole (overlap)"
                   : "a 12-input op's parameter is reduced whole (no overlap)",
           why);
@@ -791,8 +796,8 @@ static void layout_after_params_replaced(ad_ctx *c) {
     if (st == AD_OK) st = ad_backward(c, loss, NULL);
     st = ops->grad_end(ops->ud, p, st);
     bool good = st == AD_OK && W->grad && V->grad;
-    for (int64_t e = 0; good && e < W->size; e++) good &= ad_tensor_get(W->grad, e) == 2;
-    for (int64_t e = 0; good && e < V->size; e++) good &= ad_tensor_get(V->grad, e) == 3;
+    for (int64_t e = 0; good && e < W->size; e++) good &= near(ad_tensor_get(W->grad, e), 2);
+    for (int64_t e = 0; good && e < V->size; e++) good &= near(ad_tensor_get(V->grad, e), 3);
     if (!good && ok)
       snprintf(why, sizeof why, "round %d: status %s (%s)", round, ad_status_str(st),
                ad_last_error(c));
@@ -1058,7 +1063,8 @@ static void another_list_of_the_same_tensors(ad_ctx *c) {
     st = ops->grad_begin(ops->ud, list, loss, 1, size);
     if (st == AD_OK) st = ad_backward(c, loss, NULL);
     st = ops->grad_end(ops->ud, list, st);
-    for (int64_t e = 0; st == AD_OK && e < 5; e++) ok &= W->grad && ad_tensor_get(W->grad, e) == 2;
+    for (int64_t e = 0; st == AD_OK && e < 5; e++)
+      ok &= W->grad && near(ad_tensor_get(W->grad, e), 2);
   }
   snprintf(why, sizeof why, "status %s (%s)", ad_status_str(st), ad_last_error(c));
   check(st == AD_OK && ok, "a step over another list of the same tensors on one rank", why);
