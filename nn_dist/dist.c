@@ -184,13 +184,14 @@ typedef struct shm {
   int regions; /* of half bytes each: the two parities, [the shared copy] */
   int64_t step;
   int next_red, next_unp;
-  bool zc;          /* zero-copy gradients (above) for this layout */
-  bool dyn;         /* zc on one node: chunks of the sums claimed by whoever is free */
-  size_t ctr;       /* dyn: byte offset of the chunk counters in segment 0 */
-  double byte_s;    /* dyn: seconds this rank's sums take a byte (smoothed; 0: not yet) */
-  size_t red;       /* zc: byte offset of the reduced buffer in segment 0 */
-  uint8_t *copied;  /* per parameter: copied back (zc: bound to the sum) in this step */
-  int64_t *lo, *hi; /* per parameter: the elements of this rank's slices */
+  bool zc;            /* zero-copy gradients (above) for this layout */
+  bool dyn;           /* zc on one node: chunks of the sums claimed by whoever is free */
+  size_t ctr;         /* dyn: byte offset of the chunk counters in segment 0 */
+  double byte_s;      /* dyn: seconds this rank's sums take a byte (smoothed; 0: not yet) */
+  size_t red;         /* zc: byte offset of the reduced buffer in segment 0 */
+  uint8_t *copied;    /* per parameter: copied back (zc: bound to the sum) in this step */
+  int64_t *lo, *hi;   /* per parameter: the elements of this rank's slices */
+  int64_t *flo, *fhi; /* the same per entry of the list (none for a repeat), for the optimizer */
   /* sharded steps left an optimizer's state whole only in slices: its
    * per-parameter state tensors, known by serial, so that the optimizer
    * itself is never read again (it may be freed since, and another made
@@ -231,9 +232,13 @@ struct nn_dist {
   nn_dist_opts o;
   nn_dist_ops ops;
   synced ms; /* the model of the last sync */
-  /* the layout, for a parameter list of np tensors t, known by their
-   * serials (tser): a list is the layout's when it holds those tensors */
-  int np;
+  /* the layout, for a parameter list of nfull entries holding np distinct
+   * tensors t, known by their serials (tser): a list is the layout's when
+   * it holds those tensors. A tensor listed twice (tied weights) is one
+   * parameter here, as in nn's optimizers: uidx maps each entry of the list
+   * to its tensor's index, first_of each tensor to its first entry. */
+  int np, nfull;
+  int *uidx, *first_of;
   ad_tensor **t;
   uint64_t *tser;
   int *ord;        /* reverse parameter order */
@@ -440,7 +445,7 @@ static void layout_free(nn_dist *d) {
     if (d->b[i].buf) ad_free(c, d->b[i].buf, bytes ? bytes : 1);
     if (d->b[i].gath) ad_free(c, d->b[i].gath, (bytes ? bytes : 1) * (size_t)d->size);
   }
-  size_t np = (size_t)d->np;
+  size_t np = (size_t)d->nfull; /* the per-parameter arrays' capacity: entries of the list */
   shm *h = &d->sh;
   if (h->on) {
     int done = 0;
@@ -468,7 +473,9 @@ static void layout_free(nn_dist *d) {
   ad_free(c, h->copied, n1);
   ad_free(c, h->lo, n1 * sizeof *h->lo);
   ad_free(c, h->hi, n1 * sizeof *h->hi);
-  h->seg = NULL, h->copied = NULL, h->lo = h->hi = NULL;
+  ad_free(c, h->flo, n1 * sizeof *h->flo);
+  ad_free(c, h->fhi, n1 * sizeof *h->fhi);
+  h->seg = NULL, h->copied = NULL, h->lo = h->hi = h->flo = h->fhi = NULL;
   ad_free(c, d->b, n1 * sizeof *d->b);
   ad_free(c, d->t, np * sizeof *d->t);
   ad_free(c, d->ord, np * sizeof *d->ord);
@@ -479,12 +486,15 @@ static void layout_free(nn_dist *d) {
   ad_free(c, d->remaining, np * sizeof *d->remaining);
   ad_free(c, d->flags, (2 * np + 2) * sizeof *d->flags);
   ad_free(c, d->look, np * sizeof *d->look);
+  ad_free(c, d->uidx, np * sizeof *d->uidx);
+  ad_free(c, d->first_of, np * sizeof *d->first_of);
   ad_free(c, d->gath_ts, n1 * sizeof *d->gath_ts);
   ad_free(c, d->gath_cnt, n1 * sizeof *d->gath_cnt);
   ad_free(c, h->st, (size_t)h->stcap * sizeof *h->st);
   h->st = NULL, h->stcap = h->nst = h->st_count = 0, h->stale = false;
   d->b = NULL, d->t = NULL, d->ord = d->bucket_of = d->remaining = d->flags = NULL;
   d->offset = d->tsize = NULL, d->tser = NULL, d->look = NULL, d->nb = d->np = 0;
+  d->uidx = d->first_of = NULL, d->nfull = 0;
   d->gath_ts = NULL, d->gath_cnt = NULL;
 }
 
@@ -757,20 +767,26 @@ static void params_unshare(nn_dist *d) {
 static void params_share(nn_dist *d, nn_params *p) {
   shm *h = &d->sh;
   if (!h->wanted || h->lsize == 1 || !d->o.shard_optimizer || !p) return;
-  int n = nn_params_count(p);
-  ad_tensor *const *ts = nn_params_tensors(p);
-  size_t bytes = 0;
-  for (int i = 0; i < n; i++)
-    bytes += round_up64((size_t)ts[i]->size * ad_dtype_size(ts[i]->dtype));
+  int nf = nn_params_count(p), n = 0;
+  ad_tensor *const *pts = nn_params_tensors(p);
   /* with the memory each parameter moves back into (params_leave), so that
    * leaving cannot fail: a rank without it shares nothing, nor do the others */
-  h->pcap = n ? n : 1;
+  h->pcap = nf ? nf : 1;
   h->pt = ad_malloc(d->ctx, (size_t)h->pcap * sizeof *h->pt);
   int ok = h->pt != NULL;
   if (ok) memset(h->pt, 0, (size_t)h->pcap * sizeof *h->pt);
-  for (int i = 0; ok && i < n; i++) {
-    h->pt[i].bytes = (size_t)ts[i]->size * ad_dtype_size(ts[i]->dtype);
-    ok = (h->pt[i].home = ad_malloc(d->ctx, h->pt[i].bytes)) != NULL;
+  /* each tensor once, in the list's order: a tied weight, listed twice,
+   * has one place in the window (and one index in the layout: layout_local) */
+  size_t bytes = 0;
+  for (int f = 0; ok && f < nf; f++) {
+    bool seen = false;
+    for (int j = 0; j < n && !seen; j++) seen = h->pt[j].t == pts[f];
+    if (seen) continue;
+    h->pt[n].t = pts[f];
+    h->pt[n].bytes = (size_t)pts[f]->size * ad_dtype_size(pts[f]->dtype);
+    bytes += round_up64(h->pt[n].bytes);
+    ok = (h->pt[n].home = ad_malloc(d->ctx, h->pt[n].bytes)) != NULL;
+    n++;
   }
   ok = ok && (h->lrank != 0 || backing_room(h->dir, bytes ? bytes : 64));
   MPI_Allreduce(MPI_IN_PLACE, &ok, 1, MPI_INT, MPI_MIN, d->comm);
@@ -805,8 +821,8 @@ static void params_share(nn_dist *d, nn_params *p) {
   /* the first rank's values into the window, then every rank takes it */
   size_t off = 0;
   for (int i = 0; i < n; i++) {
-    size_t b = (size_t)ts[i]->size * ad_dtype_size(ts[i]->dtype);
-    if (h->lrank == 0 && b) memcpy(win + off, ts[i]->data, b);
+    size_t b = h->pt[i].bytes;
+    if (h->lrank == 0 && b) memcpy(win + off, h->pt[i].t->data, b);
     off += round_up64(b);
   }
   win_barrier(h, h->pwin);
@@ -815,12 +831,13 @@ static void params_share(nn_dist *d, nn_params *p) {
   int bound = 0;
   off = 0;
   for (int i = 0; i < n; i++, bound++) {
-    if (ad_tensor_set_data_buffer(ts[i], win + off, false) != AD_OK) { /* the tape used it */
+    ad_tensor *t = h->pt[i].t;
+    if (ad_tensor_set_data_buffer(t, win + off, false) != AD_OK) { /* the tape used it */
       err_restore(d->ctx, &e);
       break;
     }
-    h->pt[i].t = ts[i], h->pt[i].serial = ad_tensor_serial(ts[i]), h->pt[i].at = win + off;
-    off += round_up64((size_t)ts[i]->size * ad_dtype_size(ts[i]->dtype));
+    h->pt[i].serial = ad_tensor_serial(t), h->pt[i].at = win + off;
+    off += round_up64(h->pt[i].bytes);
   }
   h->pon = h->plive = true, h->pn = bound;
   all = bound == n;
@@ -979,6 +996,14 @@ static int cmp_lookup(const void *a, const void *b) {
   return x < y ? -1 : x > y;
 }
 
+/* By address, then by index: a tensor's first entry in a list first. */
+static int cmp_lookup_idx(const void *a, const void *b) {
+  int c = cmp_lookup(a, b);
+  return c ? c
+           : (((const lookup *)a)->idx > ((const lookup *)b)->idx) -
+                 (((const lookup *)a)->idx < ((const lookup *)b)->idx);
+}
+
 static int find(const nn_dist *d, const ad_tensor *t) {
   lookup k = {(uintptr_t)t, 0};
   const lookup *r = bsearch(&k, d->look, (size_t)d->np, sizeof k, cmp_lookup);
@@ -993,12 +1018,14 @@ static int find(const nn_dist *d, const ad_tensor *t) {
  * list of the same tensors): every rank that runs the same code judges
  * alike, whatever its allocator gave it. */
 static bool layout_current(const nn_dist *d, const nn_params *p) {
-  if (d->layout_stale || !d->b || !p || d->np != nn_params_count(p)) return false;
+  if (d->layout_stale || !d->b || !p || d->nfull != nn_params_count(p)) return false;
   ad_tensor *const *ts = nn_params_tensors(p);
-  for (int i = 0; i < d->np; i++)
-    if (ts[i] != d->t[i] || ad_tensor_serial(ts[i]) != d->tser[i] || ts[i]->size != d->tsize[i] ||
-        ts[i]->dtype != d->b[d->bucket_of[i]].dtype)
+  for (int f = 0; f < d->nfull; f++) {
+    int i = d->uidx[f];
+    if (ts[f] != d->t[i] || ad_tensor_serial(ts[f]) != d->tser[i] || ts[f]->size != d->tsize[i] ||
+        ts[f]->dtype != d->b[d->bucket_of[i]].dtype)
       return false;
+  }
   return true;
 }
 
@@ -1105,13 +1132,16 @@ static void shm_build(nn_dist *d) {
 
 /* The allocations and buckets of a layout over p, on this rank alone:
  * parameters in reverse order, a new bucket when the dtype changes or the
- * bucket holds bucket_bytes. Its error on the context. */
+ * bucket holds bucket_bytes; a tensor listed twice (tied weights) is one
+ * parameter, at its first entry. The per-parameter arrays hold one element
+ * per entry of p (layout_free's sizes). Its error on the context. */
 static ad_status layout_local(nn_dist *d, nn_params *p) {
   ad_ctx *c = d->ctx;
-  int np = nn_params_count(p);
-  size_t n = (size_t)np, n1 = n ? n : 1;
+  int nf = nn_params_count(p);
+  size_t n = (size_t)nf, n1 = n ? n : 1;
   shm *h = &d->sh;
-  d->np = np;
+  d->nfull = nf;
+  d->np = 0;
   d->t = ad_malloc(c, n * sizeof *d->t);
   d->tser = ad_malloc(c, n * sizeof *d->tser);
   d->ord = ad_malloc(c, n * sizeof *d->ord);
@@ -1121,16 +1151,18 @@ static ad_status layout_local(nn_dist *d, nn_params *p) {
   d->remaining = ad_malloc(c, n * sizeof *d->remaining);
   d->flags = ad_malloc(c, (2 * n + 2) * sizeof *d->flags);
   d->look = ad_malloc(c, n * sizeof *d->look);
+  d->uidx = ad_malloc(c, n * sizeof *d->uidx);
+  d->first_of = ad_malloc(c, n * sizeof *d->first_of);
   d->b = ad_malloc(c, n1 * sizeof *d->b);
   d->gath_ts = ad_malloc(c, n1 * sizeof *d->gath_ts);
   d->gath_cnt = ad_malloc(c, n1 * sizeof *d->gath_cnt);
   /* the sharded steps' record of optimizer state: nn's optimizers keep at
    * most three state tensors and a step counter per parameter */
-  h->stcap = 4 * np + 16;
+  h->stcap = 4 * nf + 16;
   h->st = ad_malloc(c, (size_t)h->stcap * sizeof *h->st);
   d->nb = 0;
   if ((n && (!d->t || !d->tser || !d->ord || !d->bucket_of || !d->offset || !d->tsize ||
-             !d->remaining || !d->look)) ||
+             !d->remaining || !d->look || !d->uidx || !d->first_of)) ||
       !d->flags || !d->b || !d->gath_ts || !d->gath_cnt || !h->st)
     return AD_ERR_OOM;
   if (h->wanted) { /* shm_build's, allocated before its collectives */
@@ -1138,25 +1170,48 @@ static ad_status layout_local(nn_dist *d, nn_params *p) {
     h->copied = ad_malloc(c, n1);
     h->lo = ad_malloc(c, n1 * sizeof *h->lo);
     h->hi = ad_malloc(c, n1 * sizeof *h->hi);
-    if (!h->seg || !h->copied || !h->lo || !h->hi) return AD_ERR_OOM;
+    h->flo = ad_malloc(c, n1 * sizeof *h->flo);
+    h->fhi = ad_malloc(c, n1 * sizeof *h->fhi);
+    if (!h->seg || !h->copied || !h->lo || !h->hi || !h->flo || !h->fhi) return AD_ERR_OOM;
   }
   memset(d->b, 0, n1 * sizeof *d->b);
   ad_tensor *const *ts = nn_params_tensors(p);
+  for (int f = 0; f < nf; f++) {
+    /* a tensor of another context would take gradient memory of this
+     * one's allocator and free it through its own */
+    if (ad_tensor_ctx(ts[f]) != c)
+      return ad_set_error(c, ad_tensor_ctx(ts[f]) ? AD_ERR_ARG : AD_ERR_STATE,
+                          "dist: parameter %d '%s' %s", f, nn_params_name(p, f),
+                          ad_tensor_ctx(ts[f]) ? "is on another context than the nn_dist"
+                                               : "was freed");
+    d->look[f] = (lookup){(uintptr_t)ts[f], f};
+  }
+  /* each entry's first entry of its tensor (sorted by address, then
+   * index), then the tensors numbered in the list's order */
+  qsort(d->look, n, sizeof *d->look, cmp_lookup_idx);
+  for (int k = 0, first = 0; k < nf; k++) {
+    if (k == 0 || d->look[k].key != d->look[k - 1].key) first = d->look[k].idx;
+    d->uidx[d->look[k].idx] = first;
+  }
+  for (int f = 0; f < nf; f++) {
+    if (d->uidx[f] != f) {
+      d->uidx[f] = d->uidx[d->uidx[f]]; /* the first entry's, numbered already */
+      continue;
+    }
+    int i = d->np++;
+    d->uidx[f] = i;
+    d->first_of[i] = f;
+    d->t[i] = ts[f];
+    d->tser[i] = ad_tensor_serial(ts[f]);
+    d->look[i] = (lookup){(uintptr_t)ts[f], i}; /* (entries below i are read already) */
+  }
+  int np = d->np;
+  qsort(d->look, (size_t)np, sizeof *d->look, cmp_lookup);
   size_t bytes = 0;
   for (int j = 0; j < np; j++) {
     int i = np - 1 - j;
-    ad_tensor *t = ts[i];
-    /* a tensor of another context would take gradient memory of this
-     * one's allocator and free it through its own */
-    if (ad_tensor_ctx(t) != c)
-      return ad_set_error(c, ad_tensor_ctx(t) ? AD_ERR_ARG : AD_ERR_STATE,
-                          "dist: parameter %d '%s' %s", i, nn_params_name(p, i),
-                          ad_tensor_ctx(t) ? "is on another context than the nn_dist"
-                                           : "was freed");
-    d->t[i] = t;
-    d->tser[i] = ad_tensor_serial(t);
+    ad_tensor *t = d->t[i];
     d->ord[j] = i;
-    d->look[i] = (lookup){(uintptr_t)t, i};
     bucket *cur = d->nb ? &d->b[d->nb - 1] : NULL;
     if (!cur || cur->dtype != t->dtype || bytes >= d->o.bucket_bytes) {
       cur = &d->b[d->nb++];
@@ -1171,15 +1226,14 @@ static ad_status layout_local(nn_dist *d, nn_params *p) {
     cur->last = j + 1;
     bytes += (size_t)t->size * ad_dtype_size(t->dtype);
   }
-  qsort(d->look, n, sizeof *d->look, cmp_lookup);
   for (int k = 0; k < d->nb; k++)
     if (d->b[k].count > INT32_MAX)
       return ad_set_error(c, AD_ERR_ARG, "dist: a gradient bucket of %lld elements is too large",
                           (long long)d->b[k].count);
-  if (h->wanted && zc_wanted(d) && n) {
-    d->ghome = ad_malloc(c, n * sizeof *d->ghome);
+  if (h->wanted && zc_wanted(d) && np) {
+    d->ghome = ad_malloc(c, (size_t)np * sizeof *d->ghome);
     if (!d->ghome) return AD_ERR_OOM;
-    memset(d->ghome, 0, n * sizeof *d->ghome);
+    memset(d->ghome, 0, (size_t)np * sizeof *d->ghome);
     for (int i = 0; i < np; i++)
       if (!(d->ghome[i] = ad_malloc(c, home_bytes(d, i)))) return AD_ERR_OOM;
   }
@@ -1208,6 +1262,7 @@ static ad_status layout_build(nn_dist *d, nn_params *p) {
   unsigned long long hh = 1469598103934665603ull;
   long long total = 0;
   hh = (hh ^ (unsigned long long)d->np) * 1099511628211ull;
+  hh = (hh ^ (unsigned long long)d->nfull) * 1099511628211ull;
   for (int i = 0; i < d->np; i++) hh = (hh ^ (unsigned long long)d->tsize[i]) * 1099511628211ull;
   for (int k = 0; k < d->nb; k++) {
     hh = (hh ^ (unsigned long long)d->b[k].count) * 1099511628211ull;
@@ -1652,6 +1707,11 @@ static void own_ranges(nn_dist *d) {
     z = z < 0 ? 0 : z > n ? n : z;
     h->lo[i] = a, h->hi[i] = z > a ? z : a;
   }
+  for (int f = 0; f < d->nfull; f++) { /* a repeat of a tensor: nothing (the optimizer skips it) */
+    int i = d->uidx[f];
+    bool first = d->first_of[i] == f;
+    h->flo[f] = first ? h->lo[i] : 0, h->fhi[f] = first ? h->hi[i] : 0;
+  }
 }
 
 /* A barrier over the node that also orders the window's loads and stores
@@ -1712,8 +1772,9 @@ static void stale_record(nn_dist *d, const nn_optimizer *opt) {
   h->nst = 0;
   h->st_count = ns;
   for (int j = 0; j < ns && h->nst < h->stcap; j++) {
-    int i = nn_optimizer_state_param(opt, j);
-    if (i >= 0 && i < d->np)
+    int f = nn_optimizer_state_param(opt, j); /* an entry of the list: its tensor's index */
+    int i = f >= 0 && f < d->nfull ? d->uidx[f] : -1;
+    if (i >= 0)
       h->st[h->nst++] = (stale_state){st[j], ad_tensor_serial(st[j]), j, i, d->gath_cnt[i]++};
   }
   h->stale = true;
@@ -1779,7 +1840,7 @@ static ad_status ops_step(void *ud, nn_optimizer *opt) {
   if (h->pon && !(shard && window_holds_layout(d))) params_leave(d);
   if (!shard) return nn_optimizer_step(opt);
   own_ranges(d);
-  ad_status st = nn_optimizer_step_ranges(opt, h->lo, h->hi);
+  ad_status st = nn_optimizer_step_ranges(opt, h->flo, h->fhi);
   if (st != AD_OK) die(d, "the sharded optimizer step"); /* ranges from the layout: never */
   stale_record(d, opt);
   d->stats.sharded_steps++;
@@ -2066,7 +2127,7 @@ static ad_status grad_end(void *ud, nn_params *p, ad_status st) {
         take_reduced(d, d->bucket_of[i], i);
         if (!d->t[i]->grad && zst == AD_OK)
           zst = ad_set_error(d->ctx, AD_ERR_OOM, "dist: out of memory for the gradient of %s",
-                             nn_params_name(p, i));
+                             nn_params_name(p, d->first_of[i]));
       }
   } else {
     zst = ensure_grads(d);

@@ -89,13 +89,34 @@ static void make_data(ad_ctx *c, ad_dtype dt, int64_t n, ad_tensor **x, ad_tenso
   }
 }
 
-enum { PLAIN, DROPOUT, BATCHNORM };
+enum { PLAIN, DROPOUT, BATCHNORM, TIED };
+
+/* TIED's forward: x W, tanh, times W again, tanh, times V. */
+static ad_tensor *tied_forward(nn_model *m, ad_tensor *x, void *ud) {
+  (void)ud;
+  ad_ctx *c = nn_model_ctx(m);
+  ad_tensor *W = nn_model_param(m, "W"), *V = nn_model_param(m, "V");
+  ad_tensor *h = ad_tanh(c, ad_matmul(c, x, W, false, false));
+  h = ad_tanh(c, ad_matmul(c, h, W, false, false));
+  return ad_matmul(c, h, V, false, false);
+}
 
 /* 4 -> hidden (tanh) [-> dropout | batch norm] -> 3, initialised from seed
- * 5 on every rank unless init_seed says otherwise. */
+ * 5 on every rank unless init_seed says otherwise; TIED: tied_forward, its
+ * W [4, 4] listed a second time as "W_again" (tied weights: one tensor
+ * twice in the list, which the optimizers step once). */
 static nn_model *make_model(ad_ctx *c, ad_dtype dt, int hidden, int kind, uint64_t init_seed) {
   ad_rng r;
   ad_rng_seed(&r, init_seed);
+  if (kind == TIED) {
+    nn_model *m = nn_model_new(c, tied_forward, NULL);
+    int64_t sw[2] = {4, 4}, sv[2] = {4, 3};
+    nn_init xav = {.kind = NN_INIT_XAVIER_UNIFORM};
+    ad_tensor *W = nn_model_add_param(m, "W", dt, 2, sw, xav, &r);
+    nn_model_add_param(m, "V", dt, 2, sv, xav, &r);
+    nn_params_add(nn_model_params(m), "W_again", W, false);
+    return m;
+  }
   nn_model *m = nn_sequential_new(c);
   nn_dense_opts o = {.activation = NN_ACT_TANH, .dtype = dt};
   nn_model_add(m, nn_dense_new(c, 4, hidden, &r, &o));
@@ -263,6 +284,41 @@ static void equals_single(ad_ctx *c, ad_dtype dt, bool adam, size_t bucket, doub
   }
   run_free(&one);
   run_free(&dd);
+}
+
+/* Tied weights (a tensor listed twice, and used twice) train as in one
+ * process, on every path: the reduction, the sharded optimizer step and
+ * the shared parameters take the tensor once. Before, on a node of several
+ * ranks, its gradient was bound and packed at both places (a bucket could
+ * be summed while the backward still wrote it) and the sharded step took
+ * its slices twice: wrong parameters, other bits on each rank. */
+static void tied_weights(ad_ctx *c) {
+  for (int several = 0; several < 2; several++) {
+    nn_dist_opts o = {.bucket_bytes = several ? 8 : 0};
+    run one = train(c, AD_F64, TIED, true, 50, 16, 3, NULL, false);
+    run dd = train(c, AD_F64, TIED, true, 50, 16, 3, &o, true);
+    double rel = max_rel(nn_model_params(dd.m), nn_model_params(one.m));
+    int ns = nn_optimizer_state_count(one.opt);
+    double srel = max_rel_tensors(nn_optimizer_state_tensors(dd.opt),
+                                  nn_optimizer_state_tensors(one.opt), ns);
+    bool sharded = base.shard_optimizer && expect_shm && size / expect_nodes > 1;
+    snprintf(why, sizeof why,
+             "status %s (%s), parameters rel %g, state rel %g (sync %s), %lld sharded steps of "
+             "%lld, %lld buckets",
+             ad_status_str(dd.st), ad_last_error(c), rel, srel, ad_status_str(dd.sync_st),
+             (long long)dd.stats.sharded_steps, (long long)dd.stats.steps,
+             (long long)dd.stats.buckets);
+    bool ok = dd.st == AD_OK && one.st == AD_OK && rel <= 1e-12 && dd.sync_st == AD_OK &&
+              srel <= 1e-12 && dd.state_same && same_bits_as_rank0(nn_model_params(dd.m)) &&
+              (sharded ? dd.stats.sharded_steps == dd.stats.steps : dd.stats.sharded_steps == 0) &&
+              (size == 1 || dd.stats.buckets == (several ? 2 : 1));
+    check(ok,
+          several ? "tied weights equal one process, bit-identical on every rank (a bucket each)"
+                  : "tied weights equal one process, bit-identical on every rank (one bucket)",
+          why);
+    run_free(&one);
+    run_free(&dd);
+  }
 }
 
 /* An optimizer that clips the gradients in place (clip_value, then
@@ -2235,6 +2291,7 @@ int main(int argc, char **argv) {
   equals_single(c, AD_F64, true, 0, 1e-12, "f64 adam, one bucket");
   equals_single(c, AD_F32, true, 8, 1e-5, "f32 adam, a bucket per parameter");
   clipping(c);
+  tied_weights(c);
   deterministic(c);
   paths_same_bits(c);
   if (size > 1) mismatch(c); /* (these need another rank to differ) */
