@@ -228,6 +228,10 @@ bool nn_batcher_next(nn_batcher *b, ad_tensor **xb, ad_tensor **yb) {
   }
   int64_t n = b->rows - b->pos < b->batch ? b->rows - b->pos : b->batch;
   ad_tensor *tx = n == b->batch ? b->bx : b->rx, *ty = n == b->batch ? b->by : b->ry;
+  /* the batch tensors are overwritten in place: an op of the tape may have
+   * read the last batch (a loss summed over batches before one backward) */
+  if (ad_tensor_mark_modified(tx) != AD_OK || (b->y && ad_tensor_mark_modified(ty) != AD_OK))
+    return false;
   copy_rows(tx, b->x, n, b->order + b->pos);
   if (b->y) copy_rows(ty, b->y, n, b->order + b->pos);
   b->pos += n;

@@ -90,6 +90,44 @@ Test(data, train_test_split) {
   for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) ad_tensor_free(all[i]);
 }
 
+/* The batch tensors are overwritten in place by the next call: a loss
+ * summed over two batches, then one backward, would differentiate the
+ * first batch's ops at the second batch's rows (d/dw 14 for rows 1..4, not
+ * 10). The overwrite is noted, so that backward refuses; a batch kept with
+ * ad_tensor_clone gives the true gradient. */
+Test(data, a_backward_over_an_overwritten_batch_is_refused) {
+  int64_t xs[2] = {4, 1}, ws[2] = {1, 1};
+  ad_tensor *x = ad_zeros(ctx, AD_F64, 2, xs), *w = ad_ones(ctx, AD_F64, 2, ws);
+  for (int i = 0; i < 4; i++) ad_tensor_set(x, i, i + 1);
+  ad_tensor_set_requires_grad(w, true);
+  nn_batcher *b = nn_batcher_new(ctx, x, NULL, 2, false, 0);
+  for (int keep = 0; keep < 2; keep++) {
+    ad_tensor *xb, *total = NULL, *kept[2] = {NULL, NULL};
+    for (int k = 0; k < 2; k++) {
+      cr_assert(nn_batcher_next(b, &xb, NULL));
+      if (keep) xb = kept[k] = ad_tensor_clone(ctx, xb);
+      ad_tensor *l = ad_sum(ctx, ad_matmul(ctx, xb, w, false, false));
+      total = total ? ad_add(ctx, total, l) : l;
+    }
+    cr_assert(!nn_batcher_next(b, &xb, NULL)); /* the epoch's end */
+    cr_assert_float_eq(ad_tensor_item(total), 10.0, 1e-12);
+    if (!keep) {
+      cr_assert_eq(ad_backward(ctx, total, NULL), AD_ERR_STATE);
+      expect_msg(ctx, AD_ERR_STATE, "input 0 of matmul ([2,1]) was written after the op");
+      cr_assert_null(w->grad);
+    } else {
+      cr_assert_eq(ad_backward(ctx, total, NULL), AD_OK, "%s", ad_last_error(ctx));
+      cr_assert_float_eq(ad_tensor_get(w->grad, 0), 10.0, 1e-12);
+    }
+    ad_tape_reset(ctx);
+    ad_tensor_free(kept[0]);
+    ad_tensor_free(kept[1]);
+  }
+  nn_batcher_free(b);
+  ad_tensor_free(x);
+  ad_tensor_free(w);
+}
+
 Test(data, batcher_visits_every_row_once_per_epoch) {
   ad_tensor *x, *y;
   make_rows(ctx, 23, &x, &y);

@@ -1083,7 +1083,12 @@ NN_API nn_batcher *nn_batcher_new(ad_ctx *ctx, ad_tensor *x, ad_tensor *y, int64
 /** Fills *xb (and *yb when y was given; yb may be NULL) with the next batch
  * and returns true; returns false once the epoch is done (the next call
  * starts a new one, reshuffled). The tensors belong to the batcher and are
- * overwritten by the next call. */
+ * overwritten by the next call, a write as ad_tensor_set's: a backward
+ * through ops recorded before it that read the last batch (a loss summed
+ * over batches, then one backward) refuses with AD_ERR_STATE instead of
+ * using the new rows; copy a batch (ad_tensor_clone) to keep it. Returns
+ * false, the batch unchanged, with AD_ERR_OOM recorded when the write
+ * cannot be noted. */
 NN_API bool nn_batcher_next(nn_batcher *b, ad_tensor **xb, ad_tensor **yb);
 
 /** Batches per epoch and rows per epoch. @{ */
