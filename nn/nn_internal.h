@@ -110,9 +110,13 @@ ad_ctx *nn_params_ctx(const nn_params *p);
 int nn_params_repeat(const nn_params *p, int i, const ad_tensor *t);
 
 /* nn_clip_grad_norm and nn_clip_grad_value over n tensors (the checks
- * done); with dedupe a tensor met again is skipped. */
-double nn_clip_norm_tensors(ad_tensor *const *ts, int n, bool dedupe, double max_norm);
-void nn_clip_value_tensors(ad_tensor *const *ts, int n, double clip);
+ * done); with dedupe a tensor met again is skipped. The gradients they
+ * change are noted as written (ad_tensor_mark_modified) first; when that
+ * fails (AD_ERR_OOM, recorded), nothing is changed: NaN and *st (else
+ * AD_OK), or the status. */
+double nn_clip_norm_tensors(ad_tensor *const *ts, int n, bool dedupe, double max_norm,
+                            ad_status *st);
+ad_status nn_clip_value_tensors(ad_tensor *const *ts, int n, double clip);
 
 /* Sets the name of a layer when a model adopts it (copied). */
 ad_status nn_layer_adopt(nn_layer *l, const char *name);

@@ -368,8 +368,11 @@ static ad_status step_some(nn_optimizer *o, const int64_t *lo, const int64_t *hi
     if (st != AD_OK) return st;
   }
   /* the tensors it steps: not those added to its list since */
-  if (o->cfg.clip_value > 0) nn_clip_value_tensors(o->ts, o->nts, o->cfg.clip_value);
-  if (o->cfg.clip_norm > 0) nn_clip_norm_tensors(o->ts, o->nts, false, o->cfg.clip_norm);
+  ad_status st = AD_OK;
+  if (o->cfg.clip_value > 0) st = nn_clip_value_tensors(o->ts, o->nts, o->cfg.clip_value);
+  if (st == AD_OK && o->cfg.clip_norm > 0)
+    nn_clip_norm_tensors(o->ts, o->nts, false, o->cfg.clip_norm, &st);
+  if (st != AD_OK) return st;
   o->cfg.lr = scalar_get(o->lr); /* a loaded checkpoint may have changed it */
   double *steps = o->step->data;
   step_job j = {o, (int64_t)steps[0] + 1, lo, hi};

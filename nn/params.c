@@ -368,13 +368,34 @@ static bool seen_before(ad_tensor *const *ts, int i, bool dedupe) {
   return false;
 }
 
-double nn_clip_norm_tensors(ad_tensor *const *ts, int n, bool dedupe, double max_norm) {
+/* Whether clamping g to [-clip, clip] changes an element (NaN stays). */
+static bool outside(const ad_tensor *g, double clip) {
+  if (g->dtype == AD_F32) {
+    const float *d = g->data;
+    float c = (float)clip;
+    for (int64_t k = 0; k < g->size; k++)
+      if (d[k] > c || d[k] < -c) return true;
+  } else {
+    const double *d = g->data;
+    for (int64_t k = 0; k < g->size; k++)
+      if (d[k] > clip || d[k] < -clip) return true;
+  }
+  return false;
+}
+
+double nn_clip_norm_tensors(ad_tensor *const *ts, int n, bool dedupe, double max_norm,
+                            ad_status *st) {
   double sq = 0;
+  *st = AD_OK;
   for (int i = 0; i < n; i++)
     if (ts[i]->grad && !seen_before(ts, i, dedupe)) sq += sum_squares(ts[i]->grad);
   double norm = sqrt(sq);
   double coef = max_norm / (norm + 1e-6);
   if (coef >= 1.0) return norm;
+  /* the gradients are scaled through their data: an op of the tape may
+   * have read one as a value (its backward would use the new values) */
+  for (int i = 0; i < n; i++)
+    if (ts[i]->grad && (*st = ad_tensor_mark_modified(ts[i]->grad)) != AD_OK) return NAN;
   for (int i = 0; i < n; i++) {
     ad_tensor *g = ts[i]->grad;
     if (!g || seen_before(ts, i, dedupe)) continue;
@@ -386,7 +407,12 @@ double nn_clip_norm_tensors(ad_tensor *const *ts, int n, bool dedupe, double max
   return norm;
 }
 
-void nn_clip_value_tensors(ad_tensor *const *ts, int n, double clip) {
+ad_status nn_clip_value_tensors(ad_tensor *const *ts, int n, double clip) {
+  for (int i = 0; i < n; i++) { /* noted as nn_clip_norm_tensors' writes, when they change */
+    ad_status st =
+        ts[i]->grad && outside(ts[i]->grad, clip) ? ad_tensor_mark_modified(ts[i]->grad) : AD_OK;
+    if (st != AD_OK) return st;
+  }
   for (int i = 0; i < n; i++) { /* idempotent: a tensor listed twice is clipped alike */
     ad_tensor *g = ts[i]->grad;
     if (!g) continue;
@@ -398,6 +424,7 @@ void nn_clip_value_tensors(ad_tensor *const *ts, int n, double clip) {
       for (int64_t k = 0; k < g->size; k++) d[k] = d[k] > clip ? clip : d[k] < -clip ? -clip : d[k];
     }
   }
+  return AD_OK;
 }
 
 double nn_clip_grad_norm(nn_params *p, double max_norm) {
@@ -406,7 +433,8 @@ double nn_clip_grad_norm(nn_params *p, double max_norm) {
     ad_set_error(p->ctx, AD_ERR_ARG, "clip_grad_norm: max_norm %g must be >= 0", max_norm);
     return NAN;
   }
-  return nn_clip_norm_tensors(p->tensors, p->n, p->repeats, max_norm);
+  ad_status st;
+  return nn_clip_norm_tensors(p->tensors, p->n, p->repeats, max_norm, &st);
 }
 
 void nn_clip_grad_value(nn_params *p, double clip) {

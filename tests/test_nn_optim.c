@@ -953,6 +953,51 @@ Test(optim, sweep_on_threads_same_bits_as_one_thread) {
   }
 }
 
+/* Clipping scales the gradients through their data: an op that read a
+ * gradient as a value (a penalty on it, say) would be differentiated at the
+ * clipped values (d/dv 1, not the 6 it read) without a word. The writes are
+ * noted, as PyTorch's clip_grad_norm_ bumps the gradient's version; value
+ * clipping that changes nothing is no write. The optimizer's clip_norm
+ * too. */
+Test(optim, clipping_a_gradient_an_op_read_is_a_write) {
+  int64_t s[1] = {1};
+  ad_tensor *w = ad_zeros(ctx, AD_F64, 1, s), *v = ad_ones(ctx, AD_F64, 1, s);
+  ad_tensor_set(w, 0, 3.0);
+  ad_tensor_set_requires_grad(w, true);
+  ad_tensor_set_requires_grad(v, true);
+  nn_params *p = nn_params_new(ctx);
+  cr_assert_eq(nn_params_add(p, "w", w, false), AD_OK);
+  nn_opt_config cfg = nn_opt_defaults(NN_OPT_SGD, 0.0);
+  cfg.clip_norm = 1.0;
+  nn_optimizer *opt = nn_optimizer_new(p, &cfg);
+  for (int how = 0; how < 4; how++) {
+    ad_tape_reset(ctx);
+    ad_tensor_zero_grad(w);
+    ad_tensor_zero_grad(v);
+    cr_assert_eq(ad_backward(ctx, ad_sum(ctx, ad_mul(ctx, w, w)), NULL), AD_OK); /* w.grad 6 */
+    ad_tensor *l = ad_sum(ctx, ad_mul(ctx, v, w->grad));
+    if (how == 0) cr_assert_float_eq(nn_clip_grad_norm(p, 1.0), 6.0, 1e-12);
+    if (how == 1) nn_clip_grad_value(p, 1.0);
+    if (how == 2) cr_assert_eq(nn_optimizer_step(opt), AD_OK);
+    if (how == 3) nn_clip_grad_value(p, 10.0); /* changes nothing */
+    cr_assert_float_eq(ad_tensor_get(w->grad, 0), how == 3 ? 6.0 : 1.0, 1e-6);
+    if (how == 3) {
+      cr_assert_eq(ad_backward(ctx, l, NULL), AD_OK, "%s", ad_last_error(ctx));
+      cr_assert_float_eq(ad_tensor_get(v->grad, 0), 6.0, 1e-12);
+      continue;
+    }
+    cr_assert_eq(ad_backward(ctx, l, NULL), AD_ERR_STATE, "clipping %d", how);
+    cr_assert(strstr(ad_last_error(ctx), "input 1 of mul ([1]) was written after the op"), "%s",
+              ad_last_error(ctx));
+    ad_clear_error(ctx);
+    cr_assert_null(v->grad);
+  }
+  nn_optimizer_free(opt);
+  nn_params_free(p);
+  ad_tensor_free(w);
+  ad_tensor_free(v);
+}
+
 /* A step between forward and backward (the GAN pattern of PyTorch's
  * "modified by an inplace operation"): the backward of the ops recorded
  * before the step would read the stepped weights, and refuses; so does one

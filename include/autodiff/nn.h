@@ -170,11 +170,17 @@ NN_API void nn_params_zero_grad(nn_params *p);
 /** Scales every gradient so that their global L2 norm is at most max_norm
  * (torch.nn.utils.clip_grad_norm_: factor max_norm / (norm + 1e-6) when it
  * is below 1); a tensor listed twice counts and is scaled once. Returns the norm before clipping; 0
- * with no gradients; NaN with AD_ERR_ARG, nothing changed, for a max_norm below 0 or NaN. */
+ * with no gradients; NaN with AD_ERR_ARG, nothing changed, for a max_norm below 0 or NaN.
+ * The scaling is a write as ad_tensor_set's: a backward through an op
+ * recorded before it that read a gradient as a value refuses (AD_ERR_STATE),
+ * as PyTorch's; NaN with AD_ERR_OOM, nothing changed, when it cannot be
+ * noted. */
 NN_API double nn_clip_grad_norm(nn_params *p, double max_norm);
 
 /** Clamps every gradient element to [-clip, clip]; a clip below 0 or NaN
- * is AD_ERR_ARG (on the list's context), nothing changed. */
+ * is AD_ERR_ARG (on the list's context), nothing changed. A gradient it
+ * changes is written as by nn_clip_grad_norm (AD_ERR_OOM, nothing changed,
+ * when that cannot be noted). */
 NN_API void nn_clip_grad_value(nn_params *p, double clip);
 
 /** lambda * sum over the list's tensors that require grad (each once) of sum(w^2), as a
