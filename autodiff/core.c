@@ -1210,6 +1210,11 @@ ad_status ad_tensor_adopt_grad(ad_tensor *t, void **mem) {
   return set_grad(t, NULL, false, mem, "adopt_grad");
 }
 
+static int cmp_write_node(const void *a, const void *b) {
+  uintptr_t x = (uintptr_t)((const ad_write *)a)->n, y = (uintptr_t)((const ad_write *)b)->n;
+  return (x > y) - (x < y);
+}
+
 ad_status ad_note_write_slow(ad_node *n, const char *fn) {
   ad_ctx *ctx = n->ctx;
   /* a loop of writes into n, or into a few tensors in turn (a batch norm's
@@ -1219,16 +1224,42 @@ ad_status ad_note_write_slow(ad_node *n, const char *fn) {
       ctx->writes[i].pos = ctx->tape_len;
       return AD_OK;
     }
+  /* full: first merge the entries of one tensor (writes into more tensors
+   * in turn than the scan above sees), so that the list grows with the
+   * tensors written, not with the writes; grown when that leaves it a
+   * quarter full or more, so the merges cost O(log) per write */
   if (ctx->nwrites == ctx->writes_cap) {
-    size_t cap = ctx->writes_cap ? ctx->writes_cap * 2 : 16;
-    ad_write *w =
-        ctx->alloc(ctx->alloc_ud, ctx->writes, ctx->writes_cap * sizeof *w, cap * sizeof *w);
-    if (!w)
-      return ad_set_error(ctx, AD_ERR_OOM,
-                          "%s: out of memory (to note that a tensor the tape used was written)",
-                          fn);
-    ctx->writes = w;
-    ctx->writes_cap = cap;
+    if (ctx->nwrites) {
+      qsort(ctx->writes, ctx->nwrites, sizeof *ctx->writes, cmp_write_node);
+      size_t k = 0;
+      for (size_t i = 0; i < ctx->nwrites; i++)
+        if (k && ctx->writes[k - 1].n == ctx->writes[i].n) {
+          if (ctx->writes[i].pos > ctx->writes[k - 1].pos)
+            ctx->writes[k - 1].pos = ctx->writes[i].pos;
+        } else {
+          ctx->writes[k++] = ctx->writes[i];
+        }
+      ctx->nwrites = k;
+      for (size_t i = 0; i < k; i++)
+        if (ctx->writes[i].n == n) { /* to the end, which the scan above reads first */
+          ad_write e = ctx->writes[i];
+          memmove(&ctx->writes[i], &ctx->writes[i + 1], (k - i - 1) * sizeof e);
+          e.pos = ctx->tape_len;
+          ctx->writes[k - 1] = e;
+          return AD_OK;
+        }
+    }
+    if (ctx->nwrites >= ctx->writes_cap / 4) {
+      size_t cap = ctx->writes_cap ? ctx->writes_cap * 2 : 16;
+      ad_write *w =
+          ctx->alloc(ctx->alloc_ud, ctx->writes, ctx->writes_cap * sizeof *w, cap * sizeof *w);
+      if (!w)
+        return ad_set_error(ctx, AD_ERR_OOM,
+                            "%s: out of memory (to note that a tensor the tape used was written)",
+                            fn);
+      ctx->writes = w;
+      ctx->writes_cap = cap;
+    }
   }
   ctx->writes[ctx->nwrites++] = (ad_write){.n = n, .pos = ctx->tape_len};
   return AD_OK;

@@ -1352,6 +1352,44 @@ Test(backward, a_write_that_cannot_be_noted_is_refused) {
   cr_assert_eq(ta.live, 0, "%ld blocks left", ta.live);
 }
 
+/* Writes into more tensors in turn than the notes' short scan sees (a
+ * hand-written update, element by element across a dozen parameters):
+ * the notes grow with the tensors written, not with the writes (they grew
+ * by 40 bytes a write, and the backward's check then sorted them all), and
+ * the check still finds every write, the early ones included. */
+Test(backward, notes_of_many_writes_stay_as_many_as_the_tensors) {
+  test_alloc ta = {0};
+  ad_ctx *c = ad_ctx_new_with_alloc(test_alloc_fn, &ta);
+  cr_assert_not_null(c);
+  enum { P = 12 };
+  int64_t n = 1;
+  ad_tensor *x = ad_ones(c, AD_F64, 1, &n), *p[P], *sum = NULL, *early = ad_ones(c, AD_F64, 1, &n);
+  ad_tensor_set_requires_grad(x, true);
+  cr_assert_eq(ad_tensor_set_name(early, "early"), AD_OK);
+  ad_tensor *first = ad_sum(c, ad_mul(c, early, x));
+  for (int i = 0; i < P; i++) {
+    p[i] = ad_ones(c, AD_F64, 1, &n);
+    ad_tensor *t = ad_mul(c, p[i], x);
+    sum = sum ? ad_add(c, sum, t) : t;
+  }
+  ad_tensor *other = ad_sum(c, ad_mul(c, x, x));
+  cr_assert_eq(ad_tensor_set(early, 0, 2), AD_OK);
+  long long before = ta.live_bytes;
+  for (int r = 0; r < 20000; r++)
+    for (int i = 0; i < P; i++) QUICK_ASSERT(ad_tensor_set(p[i], 0, r) == AD_OK, "write %d", r);
+  cr_assert_lt(ta.live_bytes - before, 4096, "the notes took %lld bytes", ta.live_bytes - before);
+  cr_assert_eq(ad_backward(c, other, NULL), AD_OK, "%s", ad_last_error(c));
+  cr_assert_eq(ad_backward(c, first, NULL), AD_ERR_STATE);
+  test_expect_error(c, AD_ERR_STATE, "input 0 of mul ('early' [1]) was written after the op", NULL);
+  cr_assert_eq(ad_backward(c, ad_sum(c, sum), NULL), AD_ERR_STATE);
+  test_expect_error(c, AD_ERR_STATE, "input 0 of mul ([1]) was written after the op", NULL);
+  ad_tape_reset(c);
+  ad_tensor_free(x), ad_tensor_free(early);
+  for (int i = 0; i < P; i++) ad_tensor_free(p[i]);
+  ad_ctx_free(c);
+  cr_assert_eq(ta.live, 0, "%ld blocks left", ta.live);
+}
+
 /* A write is matched by memory: an op that reads a data input through a
  * view no op recorded (a reshape of a tensor that needs no gradient, as
  * conv1d and a dense layer on 3-D input make) is refused as well, and so
