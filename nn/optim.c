@@ -468,12 +468,16 @@ bool nn_optimizer_state_optional(const nn_optimizer *o, int i) {
 ad_status nn_optimizer_state_check(const nn_optimizer *o, int i, double v, const char *path) {
   if (!o || i < 0 || i >= o->nstate || o->state_tensors[i]->ndim != 0) return AD_OK;
   const ad_tensor *t = o->state_tensors[i];
+  /* the counts: the optimizer's steps, the schedule's epoch and each
+   * parameter's steps; a 0-d parameter's moments are values, any double */
+  bool count = t == o->step || t == o->epoch;
+  for (int k = 0; k < o->nslots && !count; k++) count = o->slots[k].t == t;
   if (t == o->lr || t == o->lr0) {
     if (!(isfinite(v) && v >= 0))
       return ad_set_error(o->ctx, AD_ERR_FORMAT,
                           "checkpoint %s: learning rate '%s' is %g; it must be finite and >= 0",
                           path, o->state_names[i], v);
-  } else if (!(v >= 0 && v <= 9007199254740992.0 && v == floor(v))) { /* a count, <= 2^53 */
+  } else if (count && !(v >= 0 && v <= 9007199254740992.0 && v == floor(v))) { /* <= 2^53 */
     return ad_set_error(o->ctx, AD_ERR_FORMAT,
                         "checkpoint %s: '%s' is %g; a count must be a whole number >= 0", path,
                         o->state_names[i], v);

@@ -343,6 +343,36 @@ Test(misuse_nn, bad_optimizer_scalars_are_refused) {
   nn_model_free(a);
 }
 
+/* A 0-d parameter (a learned scalar, PyTorch's nn.Parameter(torch.tensor(1.)))
+ * has 0-d moments: values, not counts, so any double loads back. */
+Test(misuse_nn, a_scalar_parameters_optimizer_state_loads) {
+  const char *path = test_path("scalar.safetensors");
+  nn_model *m = nn_sequential_new(ctx);
+  ad_tensor *w =
+      nn_model_add_param(m, "temp", AD_F32, 0, NULL, nn_init_make(NN_INIT_DEFAULT, 0, 0), NULL);
+  cr_assert_not_null(w, "%s", ad_last_error(ctx));
+  nn_opt_config rms = nn_opt_defaults(NN_OPT_RMSPROP, 0.1);
+  rms.momentum = 0.5, rms.centered = true;
+  nn_optimizer *opts[4] = {
+      nn_adam_new(nn_model_params(m), 0.1), nn_sgd_new(nn_model_params(m), 0.1, 0.9, false, 0),
+      nn_optimizer_new(nn_model_params(m), &rms), nn_adagrad_new(nn_model_params(m), 0.1)};
+  for (int k = 0; k < 4; k++) {
+    nn_optimizer *o = opts[k];
+    cr_assert_not_null(o, "%s", ad_last_error(ctx));
+    for (int i = 0; i < nn_optimizer_state_count(o); i++) { /* every moment -0.21 */
+      ad_tensor *t = nn_optimizer_state_tensors(o)[i];
+      if (nn_optimizer_state_param(o, i) >= 0) ad_tensor_set(t, 0, -0.21);
+    }
+    cr_assert_eq(nn_model_save(m, o, path), AD_OK, "%s", ad_last_error(ctx));
+    cr_assert_eq(nn_model_load(m, o, path), AD_OK, "optimizer %d: %s", k, ad_last_error(ctx));
+    for (int i = 0; i < nn_optimizer_state_count(o); i++)
+      if (nn_optimizer_state_param(o, i) >= 0)
+        cr_assert_float_eq(ad_tensor_item(nn_optimizer_state_tensors(o)[i]), -0.21, 1e-6);
+    nn_optimizer_free(o);
+  }
+  nn_model_free(m);
+}
+
 /* ------------------------------------------------------- killed saves */
 
 /* Number of entries of tmpdir whose name starts with prefix. */
