@@ -10,6 +10,11 @@
  *   2. nn_checkpoint_load of every entry the engine has a dtype for, into
  *      tensors of the shapes info reported: it must succeed, and each
  *      tensor must hold the bytes of its data_offsets;
+ *   2b. nn_checkpoint_load_as with NN_STORE_I64 of every "I64" entry,
+ *      into an AD_F64 and an AD_I32 tensor of its shape, one at a time: it
+ *      must succeed exactly when every value fits the dtype exactly
+ *      (+-2^53, the int32 range), giving the values; else AD_ERR_FORMAT
+ *      and the tensor unchanged;
  *   3. nn_model_load into fuzz_model_new's model and Adam optimizer: it
  *      must succeed exactly when info lists every name with the right
  *      dtype and shape; on success each tensor holds its bytes of the
@@ -110,6 +115,58 @@ static void load_all(const nn_checkpoint_info *info, const uint8_t *data) {
   free((void *)ents);
 }
 
+/* The int64 at p (little-endian, as the file stores it). */
+static int64_t le_i64(const uint8_t *p) {
+  uint64_t u = 0;
+  for (int k = 7; k >= 0; k--) u = u << 8 | p[k];
+  int64_t v;
+  memcpy(&v, &u, sizeof v);
+  return v;
+}
+
+/* Loads each "I64" entry (NN_STORE_I64) into an AD_F64 and an AD_I32
+ * tensor of its shape: all values fit exactly, or AD_ERR_FORMAT and the
+ * tensor keeps its zeros. */
+static void load_i64(const nn_checkpoint_info *info, const uint8_t *data) {
+  static const ad_dtype dts[2] = {AD_F64, AD_I32};
+  const nn_store store = NN_STORE_I64;
+  for (int i = 0; i < info->n; i++) {
+    const nn_checkpoint_entry *e = &info->entries[i];
+    if (strcmp(e->dtype_name, "I64") != 0) continue;
+    for (int k = 0; k < 2; k++) {
+      ad_tensor *t = ad_zeros(fuzz_ctx, dts[k], e->ndim, e->shape);
+      if (!t && ad_last_status(fuzz_ctx) == AD_ERR_ARG) { /* see load_all */
+        ad_clear_error(fuzz_ctx);
+        continue;
+      }
+      FUZZ_CHECK(t, "entry '%s': ad_zeros: %s", e->name, ad_last_error(fuzz_ctx));
+      const uint8_t *bytes = entry_data(info, e, data);
+      int64_t lo = dts[k] == AD_F64 ? -((int64_t)1 << 53) : INT32_MIN;
+      int64_t hi = dts[k] == AD_F64 ? (int64_t)1 << 53 : INT32_MAX;
+      bool fits = true;
+      for (int64_t j = 0; j < t->size; j++) {
+        int64_t v = le_i64(bytes + 8 * j);
+        fits = fits && v >= lo && v <= hi;
+      }
+      ad_status st = nn_checkpoint_load_as(fuzz_ctx, fuzz_path, 1, &e->name, &t, &store);
+      FUZZ_CHECK((st == AD_OK) == fits, "I64 entry '%s' into %s: load %s, values %s: %s", e->name,
+                 ad_dtype_name(dts[k]), st == AD_OK ? "worked" : "failed",
+                 fits ? "fit" : "do not fit", ad_last_error(fuzz_ctx));
+      if (st != AD_OK) {
+        FUZZ_CHECK(st == AD_ERR_FORMAT, "I64 entry '%s': status %d", e->name, (int)st);
+        fuzz_check_error("nn_checkpoint_load_as");
+        ad_clear_error(fuzz_ctx);
+      }
+      for (int64_t j = 0; j < t->size; j++) {
+        double want = st == AD_OK ? (double)le_i64(bytes + 8 * j) : 0;
+        FUZZ_CHECK(ad_tensor_get(t, j) == want, "I64 entry '%s' element %lld into %s: %g, not %g",
+                   e->name, (long long)j, ad_dtype_name(dts[k]), ad_tensor_get(t, j), want);
+      }
+      ad_tensor_free(t);
+    }
+  }
+}
+
 /* Would nn_model_load find every name with the tensor's dtype and shape? */
 static bool model_fits(const nn_checkpoint_info *info, int n, const char *const *names,
                        ad_tensor *const *ts) {
@@ -189,6 +246,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (info) {
     check_info(info, size);
     load_all(info, data);
+    load_i64(info, data);
   } else {
     fuzz_check_error("nn_checkpoint_info_read");
   }

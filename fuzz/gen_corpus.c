@@ -117,6 +117,35 @@ static void save_model(ad_ctx *ctx, int64_t hidden, const char *name) {
   nn_model_free(m);
 }
 
+/* fuzz_model_new(FUZZ_HIDDEN)'s model and optimizer as checkpoints of
+ * earlier versions were: without the optional state (per-parameter step
+ * counts, the learning rate and the schedule's state), which nn_model_load
+ * then sets from the optimizer. */
+static void save_model_legacy(ad_ctx *ctx, const char *name) {
+  enum { CAP = 32 };
+  nn_optimizer *opt = NULL;
+  nn_model *m = fuzz_model_new(ctx, FUZZ_HIDDEN, &opt);
+  FUZZ_CHECK(m, "%s", ad_last_error(ctx));
+  nn_params *p = nn_model_params(m);
+  const char *names[CAP];
+  ad_tensor *ts[CAP];
+  int n = 0;
+  for (int i = 0; i < nn_params_count(p); i++, n++)
+    names[n] = nn_params_name(p, i), ts[n] = nn_params_tensor(p, i);
+  for (int i = 0; i < nn_optimizer_state_count(opt); i++) {
+    const char *sn = nn_optimizer_state_names(opt)[i];
+    if (!strncmp(sn, "adam.step.", 10) || !strcmp(sn, "adam.lr") ||
+        !strncmp(sn, "adam.schedule.", 14))
+      continue;
+    FUZZ_CHECK(n < CAP, "too many tensors");
+    names[n] = nn_optimizer_state_names(opt)[i], ts[n++] = nn_optimizer_state_tensors(opt)[i];
+  }
+  FUZZ_CHECK(nn_checkpoint_save(ctx, out_path("checkpoint", name), n, names, ts) == AD_OK, "%s",
+             ad_last_error(ctx));
+  nn_optimizer_free(opt);
+  nn_model_free(m);
+}
+
 /* A header written by hand: a tensor with more dims than the engine has. */
 static void write_nine_dims(const char *path) {
   static const char json[] =
@@ -129,7 +158,80 @@ static void write_nine_dims(const char *path) {
   write_bytes(path, b, 8 + jl + 4);
 }
 
+/* A small model with a BatchNorm (its num_batches_tracked stored as I64)
+ * and a weight listed twice (tied), trained by optimizer cfg with a step
+ * schedule for two steps, saved as file name: every kind of state a
+ * checkpoint of nn_model_save holds. On a context of its own (training
+ * leaves blocks in the context for the next tape). */
+static void save_model_opt(const nn_opt_config *cfg, const char *name) {
+  ad_ctx *ctx = ad_ctx_new();
+  FUZZ_CHECK(ctx, "cannot create a context");
+  ad_rng rng;
+  ad_rng_seed(&rng, 11);
+  nn_model *m = nn_sequential_new(ctx);
+  FUZZ_CHECK(m && nn_model_add(m, nn_dense_new(ctx, 3, 2, &rng, NULL)) == AD_OK &&
+                 nn_model_add(m, nn_batch_norm1d_new(ctx, 2, NULL)) == AD_OK,
+             "%s", ad_last_error(ctx));
+  nn_params *p = nn_model_params(m);
+  FUZZ_CHECK(nn_params_add(p, "tied.weight", nn_params_find(p, "0.weight"), false) == AD_OK, "%s",
+             ad_last_error(ctx));
+  nn_optimizer *opt = nn_optimizer_new(p, cfg);
+  const nn_schedule sched = {.kind = NN_SCHED_STEP, .step_size = 1, .gamma = 0.5};
+  FUZZ_CHECK(opt && nn_optimizer_set_schedule(opt, &sched) == AD_OK, "%s", ad_last_error(ctx));
+  ad_tensor *x = ad_zeros(ctx, AD_F32, 2, (const int64_t[]){4, 3});
+  FUZZ_CHECK(x, "%s", ad_last_error(ctx));
+  for (int64_t i = 0; i < x->size; i++) ad_tensor_set(x, i, (double)(i % 7) - 3);
+  for (int s = 0; s < 2; s++) {
+    ad_tensor *y = nn_model_forward(m, x);
+    ad_tensor *l = y ? ad_sum(ctx, ad_mul(ctx, y, y)) : NULL;
+    FUZZ_CHECK(l && ad_backward(ctx, l, NULL) == AD_OK && nn_optimizer_step(opt) == AD_OK &&
+                   nn_optimizer_schedule_step(opt) == AD_OK,
+               "%s", ad_last_error(ctx));
+    nn_optimizer_zero_grad(opt);
+    ad_tape_reset(ctx);
+  }
+  FUZZ_CHECK(nn_model_save(m, opt, out_path("checkpoint", name)) == AD_OK, "%s",
+             ad_last_error(ctx));
+  ad_tensor_free(x);
+  nn_optimizer_free(opt);
+  nn_model_free(m);
+  ad_ctx_free(ctx);
+}
+
+/* Tensors stored as I64 (nn_checkpoint_save_as), with the values at the
+ * edges of what AD_F64 and AD_I32 hold exactly. */
+static void write_i64(ad_ctx *ctx, const char *path) {
+  ad_tensor *t[2] = {ad_zeros(ctx, AD_F64, 1, (const int64_t[]){4}),
+                     ad_zeros(ctx, AD_I32, 2, (const int64_t[]){1, 2})};
+  FUZZ_CHECK(t[0] && t[1], "%s", ad_last_error(ctx));
+  const double f[4] = {0, -1, 9007199254740992.0, -9007199254740992.0};
+  for (int i = 0; i < 4; i++) ad_tensor_set(t[0], i, f[i]);
+  ad_tensor_set(t[1], 0, INT32_MIN), ad_tensor_set(t[1], 1, INT32_MAX);
+  const char *names[2] = {"counts", "ids"};
+  const nn_store stores[2] = {NN_STORE_I64, NN_STORE_I64};
+  FUZZ_CHECK(nn_checkpoint_save_as(ctx, path, 2, names, t, stores, 0, NULL, NULL) == AD_OK, "%s",
+             ad_last_error(ctx));
+  ad_tensor_free(t[0]);
+  ad_tensor_free(t[1]);
+}
+
 static void gen_checkpoint(ad_ctx *ctx) {
+  /* every optimizer's state, schedules, tied weights, an I64 buffer */
+  static const struct {
+    nn_opt_kind kind;
+    const char *file;
+  } opts[] = {{NN_OPT_SGD, "model-bn-sgd.safetensors"},
+              {NN_OPT_ADAGRAD, "model-bn-adagrad.safetensors"},
+              {NN_OPT_RMSPROP, "model-bn-rmsprop.safetensors"},
+              {NN_OPT_ADAMW, "model-bn-adamw.safetensors"}};
+  for (size_t i = 0; i < sizeof opts / sizeof opts[0]; i++) {
+    nn_opt_config cfg = nn_opt_defaults(opts[i].kind, 0.1);
+    if (opts[i].kind != NN_OPT_ADAGRAD && opts[i].kind != NN_OPT_ADAMW) cfg.momentum = 0.9;
+    cfg.centered = true;
+    save_model_opt(&cfg, opts[i].file);
+  }
+  write_i64(ctx, out_path("checkpoint", "i64.safetensors"));
+
   /* the model fuzz_checkpoint loads into, whole and cut; and one with
    * the same names but other shapes (another architecture's checkpoint) */
   save_model(ctx, FUZZ_HIDDEN, "model-adam.safetensors");
@@ -138,6 +240,7 @@ static void gen_checkpoint(ad_ctx *ctx) {
   write_prefix(model, out_path("checkpoint", "truncated-data.safetensors"), 1100);
   write_prefix(model, out_path("checkpoint", "truncated-header.safetensors"), 300);
   save_model(ctx, 1, "model-other-shapes.safetensors");
+  save_model_legacy(ctx, "model-adam-legacy.safetensors");
 
   ad_tensor *t[4] = {
       filled(ctx, AD_F64, 2, (const int64_t[]){2, 2}),
