@@ -192,6 +192,9 @@ static void save_model_opt(const nn_opt_config *cfg, const char *name) {
   }
   FUZZ_CHECK(nn_model_save(m, opt, out_path("checkpoint", name)) == AD_OK, "%s",
              ad_last_error(ctx));
+  /* what the library writes, it loads */
+  FUZZ_CHECK(nn_model_load(m, opt, out_path("checkpoint", name)) == AD_OK, "%s",
+             ad_last_error(ctx));
   ad_tensor_free(x);
   nn_optimizer_free(opt);
   nn_model_free(m);
