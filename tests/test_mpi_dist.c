@@ -1429,15 +1429,21 @@ static void model_on_another_context(ad_ctx *c) {
 static void batches_differ(ad_ctx *c) {
   bool ok = true;
   /* k = 0: rows, 1: seed, 2: validation data on the last rank only (one
-   * more sum per epoch there), 3: early stopping's patience */
-  static const char *const wants[4] = {"fit: the ranks' rows to train on differ (here: ",
+   * more sum per epoch there), 3: early stopping's patience; as many rows
+   * but 4: one feature, 5: one label other on the last rank (its own part
+   * of the data, as a DistributedSampler would give it) */
+  static const char *const wants[6] = {"fit: the ranks' rows to train on differ (here: ",
                                        "fit: the ranks' shuffles (seed or no_shuffle) differ",
                                        "fit: the ranks' validation (data or split, or none) differ",
-                                       "fit: the ranks' early-stopping options differ"};
-  for (int k = 0; k < 4 && size > 1; k++) {
+                                       "fit: the ranks' early-stopping options differ",
+                                       "fit: the ranks' training data (x) differ",
+                                       "fit: the ranks' training targets (y) differ"};
+  for (int k = 0; k < 6 && size > 1; k++) {
     ad_tensor *x, *y;
     bool last = rank == size - 1;
     make_data(c, AD_F64, k == 0 && last ? 30 : 24, &x, &y);
+    if (k == 4 && last) ad_tensor_set(x, 4 * 23 + 3, ad_tensor_get(x, 4 * 23 + 3) + 1e-9);
+    if (k == 5 && last) ad_tensor_set(y, 7, ((int)ad_tensor_get(y, 7) + 1) % 3);
     nn_model *m = make_model(c, AD_F64, 8, PLAIN, 5);
     nn_optimizer *opt = nn_sgd_new(nn_model_params(m), 0.1, 0, false, 0);
     nn_dist *d = dist_new(c, NULL);

@@ -1245,8 +1245,9 @@ typedef struct nn_fit_opts {
   /** NULL: one process; else data-parallel training as one of several
    * processes (see nn_dist_ops; batch_size is then global): every process
    * passes the same x, y and options, else nn_fit fails on every one
-   * before the first step (AD_ERR_ARG: rows to train on, batch size,
-   * epochs or shuffle seed differ) */
+   * before the first step (AD_ERR_ARG: rows to train on, their values
+   * (a fingerprint of x's and y's training rows, one pass over them),
+   * batch size, epochs or shuffle seed differ) */
   const nn_dist_ops *dist;
 } nn_fit_opts;
 
