@@ -151,6 +151,11 @@ static bool corpus_load(corpus *c, const char *path, int64_t max_words, unsigned
   bool ok = true;
   while (ok && fgets(line, sizeof line, f) && (!max_words || c->n < max_words)) {
     size_t len = strcspn(line, "\r\n");
+    if (!line[len] && !feof(f)) { /* a line longer than the buffer: no word; skip all of it */
+      int ch;
+      while ((ch = fgetc(f)) != EOF && ch != '\n') continue;
+      continue;
+    }
     line[len] = 0;
     bool ascii = true;
     for (size_t i = 0; i < len; i++) ascii &= line[i] > ' ' && line[i] <= '~';

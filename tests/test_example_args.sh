@@ -28,7 +28,7 @@ bad() {
   fi
 }
 
-echo "1..32"
+echo "1..33"
 bad mnist_mlp --epochs ""
 bad mnist_mlp --epochs 4294967297
 bad mnist_mlp --seed -1
@@ -77,5 +77,23 @@ rows() {
 }
 rows 5
 rows 9
+
+# char_rnn's word list: a line longer than its 255-byte buffer is no word
+# (it was read as two or more)
+n=$((n + 1))
+i=0
+: >"$TMP/words"
+while [ $i -lt 25 ]; do
+  echo "w${i}abc" >>"$TMP/words"
+  [ $i -eq 5 ] && printf '%0300d\n' 0 | tr 0 x >>"$TMP/words"
+  i=$((i + 1))
+done
+"$DIR/char_rnn" --words "$TMP/words" --epochs 1 --samples 1 >"$TMP/out" 2>"$TMP/err"
+if [ $? -eq 0 ] && grep -q '^char_rnn: 25 words from' "$TMP/out"; then
+  echo "ok $n - char_rnn skips a word-list line longer than its buffer"
+else
+  echo "not ok $n - char_rnn: $(grep words "$TMP/out" | head -n 1) $(head -c 200 "$TMP/err")"
+  fails=$((fails + 1))
+fi
 
 [ $fails -eq 0 ]
