@@ -60,7 +60,16 @@ static ad_tensor *bn_forward(nn_layer *l, ad_tensor *x, bool training) {
   }
   double momentum = s->momentum;
   double seen = s->nbt ? ad_tensor_item(s->nbt) : 0;
-  if (training && s->running_mean && s->cumulative) momentum = 1.0 / (seen + 1);
+  if (training && s->running_mean && s->cumulative) {
+    if (!(seen >= 0 && seen < 9007199254740992.0)) { /* (a checkpoint's I64 may hold -1) */
+      ad_set_error(ctx, AD_ERR_ARG,
+                   "%s: num_batches_tracked is %g; the cumulative average (momentum None) needs a "
+                   "count >= 0",
+                   who, seen);
+      return NULL;
+    }
+    momentum = 1.0 / (seen + 1);
+  }
   ad_tensor *y = ad_batch_norm(ctx, x, s->weight, s->bias, s->running_mean, s->running_var,
                                batch_stats, momentum, s->eps);
   if (y && training && s->nbt && ad_tensor_set(s->nbt, 0, seen + 1) != AD_OK)

@@ -451,6 +451,27 @@ Test(batchnorm, cumulative_average_on_3d_input_matches_pytorch) {
   ad_tensor_free(x2);
 }
 
+/* A negative num_batches_tracked (a checkpoint's I64 may hold -1) gives
+ * the cumulative average a momentum of 1 / 0: refused by name, statistics
+ * untouched (it blamed a momentum "inf" the user never set). */
+Test(batchnorm, cumulative_average_refuses_a_negative_count) {
+  nn_batch_norm_opts o = {.cumulative = true, .dtype = AD_F64};
+  nn_layer *l = nn_batch_norm1d_new(ctx, 3, &o);
+  nn_params *bf = nn_layer_buffers(l);
+  cr_assert_eq(ad_tensor_set(nn_params_find(bf, "num_batches_tracked"), 0, -1), AD_OK);
+  int64_t s[2] = {4, 3};
+  ad_tensor *x = tensor_of(ctx, AD_F64, 2, s, bc_x1);
+  ad_tensor *y = nn_layer_forward(l, x, true);
+  const char *msg = ad_last_error(ctx);
+  cr_expect_null(y);
+  cr_expect(strstr(msg, "num_batches_tracked is -1") != NULL, "%s", msg);
+  double rm = ad_tensor_get(nn_params_find(bf, "running_mean"), 0);
+  cr_expect_eq(rm, 0.0);
+  ad_clear_error(ctx);
+  nn_layer_free(l);
+  ad_tensor_free(x);
+}
+
 /* Dense, BatchNorm1d and dropout together through nn_fit: the loss falls,
  * the statistics move, and predictions in evaluation mode are repeatable. */
 Test(batchnorm, fit_with_dropout_and_dense) {
