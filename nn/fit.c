@@ -766,7 +766,8 @@ static ad_status fit(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor 
     }
     if (!go_on) break;
     if (stop) {
-      if (es.snap && h->best_epoch >= 0) nn_model_state_copy(m, es.snap, false);
+      if (es.snap && h->best_epoch >= 0 && (st = nn_model_state_restore(m, es.snap)) != AD_OK)
+        break;
       if (lines)
         fprintf(f, "early stopping: %s did not improve for %d epochs; best epoch %d%s\n",
                 es.monitor, es.wait, h->best_epoch + 1,

@@ -89,6 +89,17 @@ ad_status nn_history_write_csv(const nn_history *h, const char *path) {
 
 /* --------------------------------------------------------- early stopping */
 
+ad_status nn_model_state_restore(nn_model *m, const unsigned char *buf) {
+  nn_params *lists[2] = {nn_model_params(m), nn_model_buffers(m)};
+  for (int l = 0; l < 2; l++) /* every note first: all written, or none */
+    for (int i = 0; i < nn_params_count(lists[l]); i++) {
+      ad_status st = ad_tensor_mark_modified(nn_params_tensor(lists[l], i));
+      if (st != AD_OK) return st;
+    }
+  nn_model_state_copy(m, (unsigned char *)buf, false);
+  return AD_OK;
+}
+
 size_t nn_model_state_copy(nn_model *m, unsigned char *buf, bool save) {
   nn_params *lists[2] = {nn_model_params(m), nn_model_buffers(m)};
   size_t off = 0;

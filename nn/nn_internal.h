@@ -97,6 +97,12 @@ bool nn_stopper_update(nn_stopper *s, nn_model *m, nn_history *h, int e);
  * returns the bytes they take (buf NULL: only counts). */
 size_t nn_model_state_copy(nn_model *m, unsigned char *buf, bool save);
 
+/* Writes buf (nn_model_state_copy's) back into m's parameters and buffers,
+ * noting the writes first (ad_tensor_mark_modified: a backward through
+ * ops recorded before then refuses); AD_ERR_OOM, nothing written, when a
+ * note cannot be kept. */
+ad_status nn_model_state_restore(nn_model *m, const unsigned char *buf);
+
 /* Seconds from a monotonic clock. */
 double nn_now(void);
 

@@ -352,6 +352,54 @@ Test(early_stopping, stops_after_patience_and_restores_the_best_weights_exactly)
   ad_tensor_free(x), ad_tensor_free(y);
 }
 
+/* on_epoch_end records an op over the weights (grad enabled) and keeps
+ * it; restoring the best weights after early stopping writes them, so a
+ * backward through that op afterwards is refused (it would otherwise take
+ * the restored values for the ones the op saw). */
+typedef struct recorded {
+  nn_model *m;
+  ad_tensor *sum; /* of the first parameter, recorded at the last epoch end */
+} recorded;
+
+static bool record_sum(int epoch, const nn_history *h, void *ud) {
+  (void)epoch, (void)h;
+  recorded *r = ud;
+  bool old = ad_set_grad_enabled(ctx, true);
+  ad_tensor *w = nn_params_tensor(nn_model_params(r->m), 0);
+  r->sum = ad_sum(ctx, ad_mul(ctx, w, w));
+  ad_set_grad_enabled(ctx, old);
+  return true;
+}
+
+Test(early_stopping, restoring_the_best_weights_is_a_write) {
+  ad_tensor *x, *y;
+  blobs(ctx, 60, 4, &x, &y);
+  nn_model *m = mlp(ctx, 7);
+  nn_optimizer *o = nn_adam_new(nn_model_params(m), 0.01);
+  recorded r = {.m = m};
+  nn_fit_opts fo = {
+      .epochs = 8,
+      .batch_size = 10,
+      .seed = 1,
+      .verbose = -1,
+      .on_epoch_end = record_sum,
+      .ud = &r,
+      .early_stopping = {
+          .monitor = "loss", .mode = NN_MODE_MAX, .patience = 2, .restore_best_weights = true}};
+  cr_assert_eq(nn_fit(m, o, nn_cross_entropy_loss, x, y, &fo, NULL), AD_OK, "%s",
+               ad_last_error(ctx));
+  cr_assert_not_null(r.sum);
+  ad_status st = ad_backward(ctx, r.sum, NULL);
+  const char *msg = ad_last_error(ctx);
+  cr_expect_eq(st, AD_ERR_STATE, "status %s: %s", ad_status_str(st), msg);
+  cr_expect(strstr(msg, "was written after the op was recorded") != NULL, "%s", msg);
+  ad_clear_error(ctx);
+  ad_tape_reset(ctx);
+  nn_optimizer_free(o);
+  nn_model_free(m);
+  ad_tensor_free(x), ad_tensor_free(y);
+}
+
 /* min_delta: an improvement smaller than it does not count. In NN_MODE_MIN
  * ("loss" in AUTO) with a huge min_delta nothing after epoch 1 improves;
  * with patience 0 training stops after epoch 2 (as Keras: never after the
