@@ -21,7 +21,7 @@ ok() { # ok CONDITION-STATUS DESCRIPTION
   n=$((n + 1))
   if [ "$1" -eq 0 ]; then echo "ok $n - $2"; else echo "not ok $n - $2"; fails=$((fails + 1)); fi
 }
-echo "1..18"
+echo "1..21"
 printf 'epoch,loss,"val_loss",grad_norm/0.weight,grad_norm/2.weight\n1,2.5,2.6,0.5,1\n2,1.25,nan,0.05,1\n3,0.5,0.9,0.005,1\n4,0.25,1,0.0005,1\n' >"$TMP/h.csv"
 "$PLOT" -o "$TMP/a.svg" --title 'Loss & more' --xlabel epoch --ylabel loss --logy \
   "$TMP/h.csv:loss" "$TMP/h.csv:val_loss=validation" "$TMP/h.csv:grad_norm/*"
@@ -45,6 +45,14 @@ ok $? "a missing column fails with its name"
 "$PLOT" "$TMP/h.csv:loss" 2>"$TMP/err"
 [ $? -eq 2 ] && grep -q '^usage: plot' "$TMP/err"
 ok $? "no -o prints the usage"
+# names with ':' and '=' (a layer named "enc:1"; a file named "run:2.csv")
+printf 'epoch,grad_norm/enc:1.weight,a=b\n1,3,4\n2,2,3\n' >"$TMP/run:2.csv"
+"$PLOT" -o "$TMP/colon.svg" "$TMP/run:2.csv:grad_norm/enc:1.weight" && grep -q '>grad_norm/enc:1.weight</text>' "$TMP/colon.svg"
+ok $? "a file and a column whose names hold ':'"
+"$PLOT" -o "$TMP/colon.svg" "$TMP/run:2.csv:a=b" && grep -q '>a=b</text>' "$TMP/colon.svg"
+ok $? "a column whose name holds '='"
+"$PLOT" -o "$TMP/colon.svg" "$TMP/run:2.csv:a=b=the a=b column" && grep -q '>the a=b column</text>' "$TMP/colon.svg"
+ok $? "and that column with a label holding '='"
 ln -s /dev/stdout "$TMP/link"
 "$PLOT" -o "$TMP/link" "$TMP/h.csv:loss" | cat >"$TMP/d.svg"
 [ -L "$TMP/link" ] && grep -q '<path ' "$TMP/d.svg"

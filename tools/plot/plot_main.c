@@ -7,9 +7,12 @@
  * nn_history_write_csv writes; RFC 4180: a quoted field may hold commas,
  * line breaks and quotes, doubled); a COLUMN ending in '*' stands for every
  * column starting with what precedes it ("grad_norm/" then a star), each labelled with
- * its name. x is the column --x of the same file (default "epoch" when the
- * file has it, else 1, 2, ...). Values that do not parse as numbers ("nan",
- * empty) break the line. Exit status 0, 1 on bad data, 2 on bad usage. */
+ * its name. A file name or column name may hold ':' and '=' (a layer named
+ * "enc:1"): FILE is the shortest prefix of the argument before a ':' that
+ * names a file that can be opened, and COLUMN[=LABEL] splits at the first
+ * '=' whose left side names a column (the whole when it is one). x is the column --x of the same
+ * file (default "epoch" when the file has it, else 1, 2, ...). Values that do not parse as numbers
+ * ("nan", empty) break the line. Exit status 0, 1 on bad data, 2 on bad usage. */
 #include "plot.h"
 
 #include <limits.h>
@@ -174,6 +177,32 @@ static int find_col(const table *t, const char *name) {
   return -1;
 }
 
+/* Whether col (a name, or a prefix ending in '*') selects a column of t. */
+static bool selects(const table *t, const char *col) {
+  size_t cl = strlen(col);
+  if (cl && col[cl - 1] == '*') {
+    for (int c = 0; c < t->ncol; c++)
+      if (strncmp(t->names[c], col, cl - 1) == 0) return true;
+    return false;
+  }
+  return find_col(t, col) >= 0;
+}
+
+/* The ':' of spec that ends its file name: the first whose prefix names a
+ * file that opens; else the last (read_csv then says why it fails). */
+static char *file_colon(char *spec) {
+  for (char *c = strchr(spec, ':'); c; c = strchr(c + 1, ':')) {
+    *c = 0;
+    FILE *f = fopen(spec, "r");
+    *c = ':';
+    if (f) {
+      fclose(f);
+      return c;
+    }
+  }
+  return strrchr(spec, ':');
+}
+
 int main(int argc, char **argv) {
   plot_opts o = {0};
   const char *out = NULL, *xcol = NULL;
@@ -202,19 +231,26 @@ int main(int argc, char **argv) {
       break;
     } else {
       /* FILE:COLUMN[=LABEL] */
-      char *spec = specs[nt] = strdup(a), *colon = spec ? strrchr(spec, ':') : NULL;
+      char *spec = specs[nt] = strdup(a), *colon = spec ? file_colon(spec) : NULL;
       if (!spec) {
         fputs("plot: out of memory\n", stderr);
         rc = 1;
         break;
       }
       *colon = 0;
-      char *col = colon + 1, *label = strchr(col, '=');
-      if (label) *label++ = 0;
       table *t = &tables[nt++];
       if (read_csv(spec, t) != 0) {
         rc = 1;
         break;
+      }
+      char *col = colon + 1, *label = NULL;
+      for (char *eq = strchr(col, '='); eq && !selects(t, col); eq = strchr(eq + 1, '=')) {
+        *eq = 0; /* COLUMN=LABEL, if the left side names a column */
+        if (selects(t, col)) {
+          label = eq + 1;
+          break;
+        }
+        *eq = '=';
       }
       int xc = find_col(t, xcol ? xcol : "epoch");
       if (xcol && xc < 0) {
