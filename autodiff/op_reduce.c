@@ -528,13 +528,17 @@ const ad_op_def ad_def_sum = {
  * whose maximum is a zero: only there can the partials pick another
  * element than the chain (another NaN, the other zero). Any other value
  * names one bit pattern, so the same bits as the chain. */
+/* The clones are static behind a plain function: GCC exports an extern
+ * target_clones function (its ifunc and resolver) from the shared library
+ * whatever its visibility, which made these internals part of the ABI. */
 #define RUN_MAX_FN(NAME, T, W, CHAIN)                                                              \
-  CELL_CLONES double NAME(const T *x, int64_t n) {                                                 \
+  CELL_CLONES static double NAME##_cells(const T *x, int64_t n) {                                  \
     T m = -INFINITY;                                                                               \
     int bad = 0;                                                                                   \
     ROW_MAX_W(T, W, x, n, n / W * W, MAX_NO_NAN, m, bad);                                          \
     return bad || m == 0 ? CHAIN(x, 1, n) : (double)m;                                             \
-  }
+  }                                                                                                \
+  double NAME(const T *x, int64_t n) { return NAME##_cells(x, n); }
 RUN_MAX_FN(ad_run_max_f32, float, 16, ad_lane_max_chain_f32)
 RUN_MAX_FN(ad_run_max_f64, double, 8, ad_lane_max_chain_f64)
 

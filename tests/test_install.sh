@@ -21,7 +21,7 @@ ok() { # ok CONDITION-STATUS DESCRIPTION
   if [ "$1" -eq 0 ]; then echo "ok $n - $2"; else echo "not ok $n - $2"; fails=$((fails + 1)); fi
 }
 
-echo "1..8"
+echo "1..9"
 
 # no sanitizer or werror settings of the enclosing build: a user's build
 "$MESON" setup "$TMP/build" "$SRC" --prefix="$PREFIX" --buildtype=debug -Dtests=false \
@@ -91,6 +91,19 @@ ok $? "ad-gradcheck is installed in bin/"
 r=$?
 ok $r "a plugin built with pkg-config passes the installed ad-gradcheck --load"
 [ $r -eq 0 ] || sed 's/^/# /' "$TMP/cc3.log" "$TMP/gc.log"
+
+# the shared libraries export the installed headers' functions and nothing
+# else (an internal symbol exported becomes part of the ABI)
+: >"$TMP/leaked"
+for lib in "$LIBDIR"/lib*.so; do
+  nm -D --defined-only "$lib" | awk '{print $3}' | while read -r sym; do
+    grep -qwF -- "$sym" "$PREFIX"/include/autodiff/*.h || echo "$(basename "$lib"): $sym"
+  done >>"$TMP/leaked"
+done
+[ ! -s "$TMP/leaked" ] && [ -n "$(nm -D --defined-only "$LIBDIR/libautodiff.so")" ]
+r=$?
+ok $r "the shared libraries export only what the installed headers declare"
+[ $r -eq 0 ] || sed 's/^/# /' "$TMP/leaked"
 
 ! grep -rq "openblas" "$LIBDIR/pkgconfig"
 ok $? "the pkg-config files name no OpenBLAS"
