@@ -3,12 +3,14 @@
 # tests, examples and benchmarks off), then builds the README's example
 # with pkg-config exactly as the README says for a custom prefix and runs
 # it; also the same with nn. Reported as TAP. Run by meson (suite
-# 'install'): sh tests/test_install.sh MESON SOURCE_ROOT CC
+# 'install'): sh tests/test_install.sh MESON SOURCE_ROOT CC [CC_ARGS...]
+# (the compiler as meson runs it: "ccache cc" when meson found ccache)
 set -u
 
 MESON=$1
 SRC=$2
-CC=$3
+shift 2
+CC=$* # split again where it is run
 TMP=${TMPDIR:-/tmp}/test_install.$$
 mkdir -p "$TMP" || exit 1
 trap 'rm -rf "$TMP"' EXIT
@@ -49,8 +51,8 @@ awk '/^## A 20-line example/ {on = 1} on && /^```c$/ {getline; b = 1} b && /^```
   "$SRC/README.md" >"$TMP/example.c"
 lines=$(wc -l <"$TMP/example.c")
 [ "$lines" -ge 10 ] && [ "$lines" -le 20 ] &&
-  # shellcheck disable=SC2046
-  "$CC" -o "$TMP/example" "$TMP/example.c" $(pkg-config --cflags --libs autodiff) \
+  # shellcheck disable=SC2046,SC2086
+  $CC -o "$TMP/example" "$TMP/example.c" $(pkg-config --cflags --libs autodiff) \
     -Wl,-rpath,"$LIBDIR" >"$TMP/cc.log" 2>&1 &&
   "$TMP/example" >"$TMP/run.log" 2>&1 && grep -q "dL/dw" "$TMP/run.log"
 r=$?
@@ -71,8 +73,8 @@ int main(void) {
   return !ok;
 }
 C
-# shellcheck disable=SC2046
-"$CC" -o "$TMP/nn_example" "$TMP/nn_example.c" $(pkg-config --cflags --libs nn) \
+# shellcheck disable=SC2046,SC2086
+$CC -o "$TMP/nn_example" "$TMP/nn_example.c" $(pkg-config --cflags --libs nn) \
   -Wl,-rpath,"$LIBDIR" >"$TMP/cc2.log" 2>&1 && "$TMP/nn_example" | grep -q "nn ok"
 r=$?
 ok $r "a program using nn.h and nn_io.h builds with pkg-config nn and runs"
@@ -83,8 +85,8 @@ ok $? "ad-gradcheck is installed in bin/"
 
 # a user's op library (examples/swish_op.c) against the installed headers,
 # checked by the installed tool (LD_LIBRARY_PATH: a custom prefix)
-# shellcheck disable=SC2046
-"$CC" -shared -fPIC -o "$TMP/libswish.so" -I"$SRC/examples" "$SRC/examples/swish_op.c" \
+# shellcheck disable=SC2046,SC2086
+$CC -shared -fPIC -o "$TMP/libswish.so" -I"$SRC/examples" "$SRC/examples/swish_op.c" \
   $(pkg-config --cflags --libs autodiff) >"$TMP/cc3.log" 2>&1 &&
   LD_LIBRARY_PATH="$LIBDIR" "$PREFIX/bin/ad-gradcheck" --load "$TMP/libswish.so" >"$TMP/gc.log" 2>&1 &&
   [ "$(tail -n 1 "$TMP/gc.log")" = "1 passed, 0 failed" ]
