@@ -303,7 +303,8 @@ void ad_tape_reset(ad_ctx *ctx) {
   if (!ctx) return;
   if (ctx->sweeps) { /* a backward hook: the running pass reads the tape and the arena */
     ad_set_error(ctx, AD_ERR_STATE,
-                 "tape_reset: called during a backward pass (from a backward hook); the tape "
+                 "tape_reset: called during a backward pass (from a backward hook or an op's "
+                 "backward); the tape "
                  "was kept");
     return;
   }

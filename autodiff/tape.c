@@ -639,6 +639,25 @@ static ad_status check_contribution(ad_ctx *ctx, const char *who, const ad_op_de
   return AD_OK;
 }
 
+/* Checks that what a backward gave input k is a live tensor of ctx (a
+ * registered op's backward could give a freed tensor, another context's,
+ * or a temporary of a tape that was reset, whose memory now holds other
+ * values), as ad_op_apply checks its inputs. */
+static ad_status check_gin(ad_ctx *ctx, const char *who, const ad_op_def *def, int k,
+                           const ad_tensor *g) {
+  const ad_node *n = ad_node_of(g);
+  const char *why = n->magic == AD_NODE_DEAD    ? "a freed tensor"
+                    : n->magic != AD_NODE_MAGIC ? "something that is not a tensor"
+                    : n->ctx != ctx             ? "a tensor of another context"
+                    : n->epoch != ctx->epoch && !(n->flags & AD_NF_PERSISTENT)
+                        ? "a temporary of a tape that was reset"
+                        : NULL;
+  if (!why) return AD_OK;
+  return ad_set_error(ctx, n->magic == AD_NODE_MAGIC && n->ctx == ctx ? AD_ERR_STATE : AD_ERR_ARG,
+                      "%s: the backward of %s gave input %d %s as its gradient", who, def->name, k,
+                      why);
+}
+
 /* Whether src[k] is also one of src[0..k-1]. */
 static inline bool earlier_input(ad_node *const *src, int k) {
   for (int j = 0; j < k; j++)
@@ -859,7 +878,6 @@ static ad_status anomaly_backward(ad_ctx *ctx, const ad_op_def *def, const ad_no
 /* What every node of one sweep shares. */
 typedef struct sweep_opts {
   bool into, into_add, direct, anomaly, lead;
-  uint32_t nerrors; /* errors recorded before the sweep */
   const char *who;
   ad_node *spare; /* an accumulator grad_into may reuse (GACC_OWN), or NULL */
 } sweep_opts;
@@ -948,16 +966,22 @@ sweep_node(ad_ctx *ctx, sweep_opts *sw, ad_node *n, ad_tensor *gout, ad_tensor *
   /* the backward may pass gout on (add's does): see pass_on */
   bool own = ad_node_of(gout)->tape_idx == GACC_OWN;
   if (own) ad_node_of(gout)->tape_idx = -1;
+  uint32_t nerrors = ctx->nerrors;
   if (any && (st = def->backward(&c)) != AD_OK) {
-    if (ctx->nerrors == sw->nerrors) /* else the op that failed inside said why */
+    if (ctx->nerrors == nerrors) /* else the op that failed inside said why */
       ad_set_error(ctx, st, "%s: backward of %s failed", sw->who, def->name);
     return st;
   }
+  /* a backward that returned AD_OK although an error was recorded during
+   * it (an op it ran failed, and its NULL was stored as a zero gradient)
+   * must not pass for a success: the error stands */
+  if (ctx->nerrors != nerrors && ctx->status != AD_OK) return ctx->status;
   for (int k = 0; k < nsrc; k++) {
     if (!needs[k] || !gin[k]) {
       gin[k] = NULL;
       continue;
     }
+    if ((st = check_gin(ctx, sw->who, def, k, gin[k])) != AD_OK) return st;
     bool same = ad_same_shape(gin[k], in[k]);
     if ((!same || gin[k]->dtype != in[k]->dtype) &&
         (st = check_contribution(ctx, sw->who, def, k, gin[k], in[k])) != AD_OK)
@@ -1062,9 +1086,6 @@ static ad_status sweep(ad_ctx *ctx, ad_node *root, const ad_tensor *seed, bool c
    * contribution (storing a new one leaves it in the grad for the hook);
    * either way the bits are those of the ordinary path */
   bool into = direct && !create_graph && !anomaly, into_add = into && !ctx->hook;
-  /* a failing op breaks the loop at once, so the count of recorded errors
-   * is the same before every backward that runs */
-  uint32_t nerrors = ctx->nerrors;
   ctx->touched_len = 0;
   ad_node *outer_lead = ctx->lead_node; /* a hook's sweep inside another's keeps it */
   ctx->lead_node = NULL;
@@ -1073,7 +1094,6 @@ static ad_status sweep(ad_ctx *ctx, ad_node *root, const ad_tensor *seed, bool c
                    .lead = !create_graph && !anomaly && !ctx->hook,
                    .direct = direct,
                    .anomaly = anomaly,
-                   .nerrors = nerrors,
                    .who = who};
   ad_status st = accumulate(ctx, root, g, direct);
   size_t top = root->flags & AD_NF_RECORDED ? (size_t)root->tape_idx + 1 : 0;
@@ -1123,7 +1143,8 @@ static ad_status check_root(ad_ctx *ctx, ad_tensor *root, const char *who) {
   if (!ctx) return AD_ERR_NULL;
   if (ctx->sweeps) /* from a hook: the running pass owns every node's accumulator */
     return ad_set_error(ctx, AD_ERR_STATE,
-                        "%s: called during a backward pass (from a backward hook); run it after "
+                        "%s: called during a backward pass (from a backward hook or an op's "
+                        "backward); run it after "
                         "the pass returns",
                         who);
   if (!root) return ad_set_null_error(ctx, "%s: root is NULL", who);

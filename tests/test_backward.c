@@ -1425,3 +1425,79 @@ Test(backward, writes_are_matched_through_views) {
   ad_tape_reset(ctx);
   ad_tensor_free(x), ad_tensor_free(w), ad_tensor_free(other);
 }
+
+/* ------------------------------------ what a registered op's backward returns */
+
+static void user_copy_fwd(const ad_call *c) {
+  for (int64_t i = 0; i < c->out->size; i++) ad_tensor_set(c->out, i, ad_tensor_get(c->in[0], i));
+}
+
+/* stores the NULL of a failed op and returns AD_OK (the 0.1 idiom without
+ * its check) */
+static ad_status silent_fail_bwd(const ad_call *c) {
+  int64_t seven = 7;
+  ad_tensor *bad = ad_zeros(c->ctx, c->gout->dtype, 1, &seven);
+  c->gin[0] = ad_mul(c->ctx, c->gout, bad); /* [2,3] * [7]: NULL */
+  ad_tensor_free(bad);
+  return AD_OK;
+}
+
+static ad_status freed_bwd(const ad_call *c) {
+  ad_tensor *g = ad_full(c->ctx, c->in[0]->dtype, c->in[0]->ndim, c->in[0]->shape, 3.0);
+  ad_tensor_free(g); /* freed too early */
+  return ad_call_set_grad(c, 0, g);
+}
+
+static ad_ctx *other_ctx;
+static ad_status other_ctx_bwd(const ad_call *c) { /* a temporary of another context */
+  ad_tensor *t = ad_full(other_ctx, c->in[0]->dtype, c->in[0]->ndim, c->in[0]->shape, 1.0);
+  ad_tensor *g = ad_mul_scalar(other_ctx, t, 2.0);
+  ad_tensor_free(t);
+  return ad_call_set_grad(c, 0, g);
+}
+
+static ad_status run_user_op(ad_backward_fn bwd, const char *name, bool grad) {
+  ad_op_def d = {.name = name,
+                 .arity = 1,
+                 .flags = AD_OP_ELEMENTWISE,
+                 .forward = user_copy_fwd,
+                 .backward = bwd};
+  int id = ad_op_register(ctx, &d);
+  cr_assert_geq(id, 0, "%s", ad_last_error(ctx));
+  int64_t s[2] = {2, 3};
+  ad_tensor *x = ad_full(ctx, AD_F64, 2, s, 0.5);
+  cr_assert_not_null(x);
+  OK(ad_tensor_set_requires_grad(x, true));
+  ad_tensor *L = ad_sum(ctx, ad_op_apply(ctx, id, 1, &x, NULL));
+  cr_assert_not_null(L, "%s", ad_last_error(ctx));
+  ad_tensor *gx = NULL;
+  ad_status st = grad ? ad_grad(ctx, L, NULL, 1, &x, &gx, false) : ad_backward(ctx, L, NULL);
+  cr_assert_null(x->grad, "a failed pass leaves no gradient");
+  cr_assert_null(gx);
+  ad_tape_reset(ctx);
+  ad_tensor_free(x);
+  return st;
+}
+
+Test(backward, a_backward_that_stored_a_failed_ops_null_fails_the_pass) {
+  ad_status st = run_user_op(silent_fail_bwd, "silent_fail", false);
+  cr_assert_eq(st, AD_ERR_SHAPE, "%s", ad_status_str(st));
+  cr_assert(strstr(ad_last_error(ctx), "mul: shapes do not broadcast"), "%s", ad_last_error(ctx));
+  ad_clear_error(ctx);
+}
+
+Test(backward, a_backward_that_returns_a_freed_or_foreign_tensor_fails_the_pass) {
+  for (int grad = 0; grad <= 1; grad++) {
+    ad_status st = run_user_op(freed_bwd, grad ? "freed_g" : "freed_b", grad);
+    cr_assert_eq(st, AD_ERR_ARG, "%s", ad_status_str(st));
+    cr_assert(strstr(ad_last_error(ctx), "gave input 0 a freed tensor"), "%s", ad_last_error(ctx));
+    other_ctx = ad_ctx_new();
+    cr_assert_not_null(other_ctx);
+    st = run_user_op(other_ctx_bwd, grad ? "other_g" : "other_b", grad);
+    ad_ctx_free(other_ctx);
+    cr_assert_eq(st, AD_ERR_ARG, "%s", ad_status_str(st));
+    cr_assert(strstr(ad_last_error(ctx), "gave input 0 a tensor of another context"), "%s",
+              ad_last_error(ctx));
+    ad_clear_error(ctx);
+  }
+}
