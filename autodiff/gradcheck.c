@@ -387,10 +387,16 @@ ad_status ad_op_check(ad_ctx *ctx, int id, ad_dtype dtype, bool second, uint64_t
     c.id = id;
     ad_tensor *in[AD_SAMPLE_MAX_IN] = {0};
     ad_sample_call sc = {ctx, &rng, dtype, v, in, &c.attrs};
+    uint32_t nerrors = ctx->nerrors;
     int n = def->sample ? def->sample(&sc) : generic_sample(def, &sc);
     if (n == 0) break;
-    if (n < 0) {
-      st = ctx->status ? ctx->status : AD_ERR_ARG;
+    if (n < 0) { /* the sample's own error, not one recorded before the check */
+      st = ctx->nerrors != nerrors && ctx->status != AD_OK
+               ? ctx->status
+               : ad_set_error(ctx, AD_ERR_ARG,
+                              "op_check: %s's sample failed (variant %d) without recording an "
+                              "error",
+                              def->name, v);
     } else if (n > AD_SAMPLE_MAX_IN) {
       st = ad_set_error(ctx, AD_ERR_ARG, "op_check: %s's sample gave %d inputs; at most %d",
                         def->name, n, AD_SAMPLE_MAX_IN);

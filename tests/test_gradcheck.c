@@ -465,3 +465,31 @@ Test(gradcheck, a_tensor_given_twice_is_one_variable) {
   cr_assert(rep.passed, "second order: input %d", rep.input);
   ad_tensor_free(x);
 }
+
+/* A sample that returns -1 without recording an error: op_check names it,
+ * instead of returning an error recorded before the check (with its
+ * unrelated message) or AD_ERR_ARG with an empty one. */
+static void copy_forward(const ad_call *c) {
+  for (int64_t i = 0; i < c->out->size; i++) ad_tensor_set(c->out, i, ad_tensor_get(c->in[0], i));
+}
+static ad_status copy_backward(const ad_call *c) { return ad_call_set_grad(c, 0, c->gout); }
+static int failing_sample(const ad_sample_call *s) {
+  (void)s;
+  return -1;
+}
+
+Test(gradcheck, op_check_names_a_sample_that_failed_silently) {
+  const ad_op_def d = {.name = "copy_bad_sample",
+                       .arity = 1,
+                       .flags = AD_OP_ELEMENTWISE,
+                       .forward = copy_forward,
+                       .backward = copy_backward,
+                       .sample = failing_sample};
+  int id = ad_op_register(ctx, &d);
+  cr_assert_geq(id, 0, "%s", ad_last_error(ctx));
+  ad_set_error(ctx, AD_ERR_IO, "an earlier, unrelated error");
+  ad_check_report r;
+  expect_error(ctx, "sample -1", ad_op_check(ctx, id, AD_F64, false, SEED, &r), AD_ERR_ARG,
+               "copy_bad_sample's sample failed (variant 0)", NULL);
+  cr_assert(!r.passed);
+}
