@@ -88,6 +88,11 @@ int ad_op_register(ad_ctx *ctx, const ad_op_def *def) {
     ad_set_error(ctx, AD_ERR_ARG, "op_register: an op named '%s' exists", def->name);
     return -1;
   }
+  if (ctx->nops > UINT16_MAX) { /* a node keeps its op's id in 16 bits (ad_node.op) */
+    ad_set_error(ctx, AD_ERR_ARG, "op_register: %s: a context holds at most %d ops", def->name,
+                 UINT16_MAX + 1);
+    return -1;
+  }
   if (ctx->nops == ctx->ops_cap) {
     int cap = ctx->ops_cap ? ctx->ops_cap * 2 : 64;
     ad_op_def *ops = ad_malloc(ctx, (size_t)cap * sizeof *ops);

@@ -493,3 +493,31 @@ Test(gradcheck, op_check_names_a_sample_that_failed_silently) {
                "copy_bad_sample's sample failed (variant 0)", NULL);
   cr_assert(!r.passed);
 }
+
+/* A node keeps its op's id in 16 bits: the 65537th op would be recorded as
+ * op (id mod 65536), a built-in, whose backward would then run on it. */
+Test(gradcheck, op_register_refuses_ids_a_node_cannot_hold) {
+  char name[32];
+  int id = 0;
+  for (int i = 0; ad_op_count(ctx) <= 65535; i++) {
+    snprintf(name, sizeof name, "copy%d", i);
+    const ad_op_def d = {.name = name,
+                         .arity = 1,
+                         .flags = AD_OP_ELEMENTWISE,
+                         .forward = copy_forward,
+                         .backward = copy_backward};
+    id = ad_op_register(ctx, &d);
+    cr_assert_geq(id, 0, "%s", ad_last_error(ctx));
+  }
+  cr_assert_eq(id, 65535);
+  const ad_op_def d = {.name = "one_too_many",
+                       .arity = 1,
+                       .flags = AD_OP_ELEMENTWISE,
+                       .forward = copy_forward,
+                       .backward = copy_backward};
+  cr_assert_eq(ad_op_register(ctx, &d), -1);
+  cr_assert_eq(ad_last_status(ctx), AD_ERR_ARG);
+  cr_assert(strstr(ad_last_error(ctx), "at most 65536 ops"), "%s", ad_last_error(ctx));
+  cr_assert_eq(ad_op_find(ctx, "one_too_many"), -1);
+  ad_clear_error(ctx);
+}

@@ -415,7 +415,8 @@ static inline ad_status ad_call_set_grad(const ad_call *c, int k, ad_tensor *g) 
 /** Registers a new op under def->name. The definition and its name are
  * copied; its other strings (math, inputs, grads) must outlive the
  * context. Returns its id, or -1 with AD_ERR_ARG (a missing function, an
- * arity or attrs kind out of range, a name already taken) or AD_ERR_OOM. */
+ * arity or attrs kind out of range, a name already taken, 65536 ops
+ * registered already) or AD_ERR_OOM. */
 AD_API int ad_op_register(ad_ctx *ctx, const ad_op_def *def);
 /** Looks up an op by name; -1 if none. */
 AD_API int ad_op_find(const ad_ctx *ctx, const char *name);
