@@ -441,6 +441,7 @@ ad_tensor *ad_op_apply(ad_ctx *ctx, int id, int n, ad_tensor *const *in, const a
   c.out = elementwise_same(def, n, in) ? ad_tmp_like(ctx, in[0]) : apply_shape(ctx, def, &c);
   if (!c.out) return NULL;
   def->forward(&c);
+  def = &ctx->ops[id]; /* a forward that registered an op may have moved the table */
   if (ctx->anomaly_fwd && anomaly_forward(ctx, &c) != AD_OK) return NULL;
   ad_node *node = ad_node_of(c.out);
   node->op = (uint16_t)id;
@@ -972,7 +973,9 @@ sweep_node(ad_ctx *ctx, sweep_opts *sw, ad_node *n, ad_tensor *gout, ad_tensor *
   bool own = ad_node_of(gout)->tape_idx == GACC_OWN;
   if (own) ad_node_of(gout)->tape_idx = -1;
   uint32_t nerrors = ctx->nerrors;
-  if (any && (st = def->backward(&c)) != AD_OK) {
+  st = any ? def->backward(&c) : AD_OK;
+  def = &ctx->ops[n->op]; /* a backward that registered an op may have moved the table */
+  if (st != AD_OK) {
     if (ctx->nerrors == nerrors) /* else the op that failed inside said why */
       ad_set_error(ctx, st, "%s: backward of %s failed", sw->who, def->name);
     return st;

@@ -1501,3 +1501,28 @@ Test(backward, a_backward_that_returns_a_freed_or_foreign_tensor_fails_the_pass)
     ad_clear_error(ctx);
   }
 }
+
+/* A backward that registers its partner ops on first use grows the op
+ * table, which moves it: the sweep read the op's definition before the
+ * call and named the op from the freed table when reporting a bad
+ * gradient (a use after free under -Db_sanitize=address). */
+static ad_status lazy_bwd(const ad_call *c) {
+  if (ad_op_find(c->ctx, "lazy_partner0") < 0)
+    for (int i = 0; i < 200; i++) {
+      char name[32];
+      snprintf(name, sizeof name, "lazy_partner%d", i);
+      ad_op_def d = {
+          .name = name, .arity = 1, .flags = AD_OP_ELEMENTWISE, .forward = user_copy_fwd};
+      if (ad_op_register(c->ctx, &d) < 0) return ad_last_status(c->ctx);
+    }
+  int64_t seven = 7; /* a wrong shape, which the engine reports naming the op */
+  return ad_call_set_grad(c, 0, ad_zeros(c->ctx, c->in[0]->dtype, 1, &seven));
+}
+
+Test(backward, a_backward_that_registers_ops_is_reported_by_its_name) {
+  ad_status st = run_user_op(lazy_bwd, "lazy", false);
+  cr_assert_eq(st, AD_ERR_SHAPE, "%s", ad_status_str(st));
+  cr_assert(strstr(ad_last_error(ctx), "the backward of lazy gave input 0 a gradient [7]"), "%s",
+            ad_last_error(ctx));
+  ad_clear_error(ctx);
+}

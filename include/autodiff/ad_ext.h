@@ -422,7 +422,8 @@ AD_API int ad_op_register(ad_ctx *ctx, const ad_op_def *def);
 AD_API int ad_op_find(const ad_ctx *ctx, const char *name);
 /** Number of registered ops; ids run 0..count-1. */
 AD_API int ad_op_count(const ad_ctx *ctx);
-/** The definition of op id (owned by the context), NULL if out of range. */
+/** The definition of op id (owned by the context, valid until the next
+ * ad_op_register on it), NULL if out of range. */
 AD_API const ad_op_def *ad_op_get(const ad_ctx *ctx, int id);
 /** Runs op id on n inputs (attrs may be NULL for none), recording it when
  * an input requires a gradient and grad mode is on. n: the op's arity (or
