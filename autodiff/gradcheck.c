@@ -401,6 +401,16 @@ ad_status ad_op_check(ad_ctx *ctx, int id, ad_dtype dtype, bool second, uint64_t
       st = ad_set_error(ctx, AD_ERR_ARG, "op_check: %s's sample gave %d inputs; at most %d",
                         def->name, n, AD_SAMPLE_MAX_IN);
     } else {
+      /* an input to check in another dtype (a sample that ignores
+       * s->dtype) would report a check of dtype that never ran */
+      for (int i = 0; i < n && st == AD_OK; i++)
+        if (in[i] && ad_tensor_requires_grad(in[i]) && in[i]->dtype != dtype)
+          st = ad_set_error(ctx, AD_ERR_DTYPE,
+                            "op_check: %s's sample (variant %d) made input %d %s for a check in "
+                            "%s; make the inputs to check in s->dtype",
+                            def->name, v, i, ad_dtype_name(in[i]->dtype), ad_dtype_name(dtype));
+    }
+    if (st == AD_OK && n > 0) {
       ad_check_report r;
       st = second ? ad_gradgradcheck(ctx, call_op, &c, n, in, NULL, &r)
                   : ad_gradcheck(ctx, call_op, &c, n, in, NULL, &r);

@@ -521,3 +521,30 @@ Test(gradcheck, op_register_refuses_ids_a_node_cannot_hold) {
   cr_assert_eq(ad_op_find(ctx, "one_too_many"), -1);
   ad_clear_error(ctx);
 }
+
+/* A sample that makes float64 inputs whatever dtype the check asks for:
+ * op_check reported a PASS "in f32" for a check that ran in float64 (an
+ * error of the backward only in float32 went unseen). */
+static int f64_only_sample(const ad_sample_call *s) {
+  int64_t n = 4;
+  if (s->variant > 0) return 0;
+  s->in[0] = ad_full(s->ctx, AD_F64, 1, &n, 0.5);
+  return s->in[0] && ad_tensor_set_requires_grad(s->in[0], true) == AD_OK ? 1 : -1;
+}
+
+Test(gradcheck, op_check_refuses_a_sample_of_another_dtype) {
+  const ad_op_def d = {.name = "copy_f64_sample",
+                       .arity = 1,
+                       .flags = AD_OP_ELEMENTWISE,
+                       .forward = copy_forward,
+                       .backward = copy_backward,
+                       .sample = f64_only_sample};
+  int id = ad_op_register(ctx, &d);
+  cr_assert_geq(id, 0, "%s", ad_last_error(ctx));
+  ad_check_report r;
+  cr_assert_eq(ad_op_check(ctx, id, AD_F64, false, SEED, &r), AD_OK, "%s", ad_last_error(ctx));
+  cr_assert(r.passed);
+  expect_error(ctx, "f64 sample, f32 check", ad_op_check(ctx, id, AD_F32, false, SEED, &r),
+               AD_ERR_DTYPE, "made input 0 f64 for a check in f32", NULL);
+  cr_assert(!r.passed);
+}
