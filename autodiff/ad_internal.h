@@ -152,6 +152,7 @@ struct ad_ctx {
   /* registry */
   ad_op_def *ops;
   int nops, ops_cap;
+  int nbuiltin; /* ops[0 .. nbuiltin) are the engine's own; above, a user's (ad_op_register) */
   ad_op_entry *by_name;
   /* scopes (scope.c): NULL until the first ad_scope_push */
   struct ad_scope_state *scopes;

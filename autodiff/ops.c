@@ -19,6 +19,7 @@ ad_status ad_builtin_register(ad_ctx *ctx) {
     }
     AD_ASSERT(id == i, "built-in ops register in table order into a new context (a name twice?)");
   }
+  ctx->nbuiltin = AD_OP_BUILTIN_COUNT;
   ctx->op_add = AD_OP_ADD;
   ctx->op_reshape = AD_OP_RESHAPE;
   ctx->op_sum_to = AD_OP_SUM_TO;

@@ -441,7 +441,7 @@ ad_tensor *ad_op_apply(ad_ctx *ctx, int id, int n, ad_tensor *const *in, const a
   c.out = elementwise_same(def, n, in) ? ad_tmp_like(ctx, in[0]) : apply_shape(ctx, def, &c);
   if (!c.out) return NULL;
   def->forward(&c);
-  def = &ctx->ops[id]; /* a forward that registered an op may have moved the table */
+  if (id >= ctx->nbuiltin) def = &ctx->ops[id]; /* a user's forward may have moved the table */
   if (ctx->anomaly_fwd && anomaly_forward(ctx, &c) != AD_OK) return NULL;
   ad_node *node = ad_node_of(c.out);
   node->op = (uint16_t)id;
@@ -884,6 +884,7 @@ static ad_status anomaly_backward(ad_ctx *ctx, const ad_op_def *def, const ad_no
 /* What every node of one sweep shares. */
 typedef struct sweep_opts {
   bool into, into_add, direct, anomaly, lead;
+  uint32_t nerrors; /* errors recorded before the next backward runs (kept current) */
   const char *who;
   ad_node *spare; /* an accumulator grad_into may reuse (GACC_OWN), or NULL */
 } sweep_opts;
@@ -972,24 +973,26 @@ sweep_node(ad_ctx *ctx, sweep_opts *sw, ad_node *n, ad_tensor *gout, ad_tensor *
   /* the backward may pass gout on (add's does): see pass_on */
   bool own = ad_node_of(gout)->tape_idx == GACC_OWN;
   if (own) ad_node_of(gout)->tape_idx = -1;
-  uint32_t nerrors = ctx->nerrors;
   st = any ? def->backward(&c) : AD_OK;
-  def = &ctx->ops[n->op]; /* a backward that registered an op may have moved the table */
-  if (st != AD_OK) {
-    if (ctx->nerrors == nerrors) /* else the op that failed inside said why */
-      ad_set_error(ctx, st, "%s: backward of %s failed", sw->who, def->name);
-    return st;
+  /* a user's op (the built-in ones are the engine's own): its backward may
+   * have registered an op, moving the table, and what it gives is checked */
+  bool user = n->op >= ctx->nbuiltin;
+  if (user) def = &ctx->ops[n->op];
+  if (ctx->nerrors != sw->nerrors) { /* an error was recorded during the backward */
+    if (st == AD_OK && ctx->status != AD_OK)
+      return ctx->status; /* returned AD_OK after an op it ran failed (a NULL taken for a zero
+                             gradient): the error stands */
+    if (st == AD_OK) sw->nerrors = ctx->nerrors; /* recorded and cleared: handled */
+  } else if (st != AD_OK) {
+    ad_set_error(ctx, st, "%s: backward of %s failed", sw->who, def->name); /* it said nothing */
   }
-  /* a backward that returned AD_OK although an error was recorded during
-   * it (an op it ran failed, and its NULL was stored as a zero gradient)
-   * must not pass for a success: the error stands */
-  if (ctx->nerrors != nerrors && ctx->status != AD_OK) return ctx->status;
+  if (st != AD_OK) return st;
   for (int k = 0; k < nsrc; k++) {
     if (!needs[k] || !gin[k]) {
       gin[k] = NULL;
       continue;
     }
-    if ((st = check_gin(ctx, sw->who, def, k, gin[k])) != AD_OK) return st;
+    if (user && (st = check_gin(ctx, sw->who, def, k, gin[k])) != AD_OK) return st;
     bool same = ad_same_shape(gin[k], in[k]);
     if ((!same || gin[k]->dtype != in[k]->dtype) &&
         (st = check_contribution(ctx, sw->who, def, k, gin[k], in[k])) != AD_OK)
@@ -1007,6 +1010,7 @@ sweep_node(ad_ctx *ctx, sweep_opts *sw, ad_node *n, ad_tensor *gout, ad_tensor *
       for (int k = 0; k < nsrc; k++) into_grad[k] = false;
     ad_backward_step step = {&n->t, gout, nsrc, seen, gin, into_grad};
     ctx->hook(ctx->hook_ud, &step);
+    sw->nerrors = ctx->nerrors; /* what the hook recorded (and cleared) is not the next op's */
   }
   return AD_OK;
 }
@@ -1102,6 +1106,7 @@ static ad_status sweep(ad_ctx *ctx, ad_node *root, const ad_tensor *seed, bool c
                    .lead = !create_graph && !anomaly && !ctx->hook,
                    .direct = direct,
                    .anomaly = anomaly,
+                   .nerrors = ctx->nerrors,
                    .who = who};
   ad_status st = accumulate(ctx, root, g, direct);
   size_t top = root->flags & AD_NF_RECORDED ? (size_t)root->tape_idx + 1 : 0;
