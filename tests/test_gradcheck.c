@@ -548,3 +548,47 @@ Test(gradcheck, op_check_refuses_a_sample_of_another_dtype) {
                AD_ERR_DTYPE, "made input 0 f64 for a check in f32", NULL);
   cr_assert(!r.passed);
 }
+
+/* A backward wrong by 0.5% in float32 only (its float64 path right): the
+ * f32 check holds an op to atol 1e-5, rtol 1e-3 (the numeric side is f64),
+ * so it fails; at ad_gradcheck's general f32 tolerance (1e-3, 1e-2) it
+ * passed. The copy itself passes in both dtypes. */
+static ad_status copy_backward_f32_off(const ad_call *c) {
+  ad_tensor *g = c->gout;
+  if (g->dtype == AD_F32) g = ad_mul_scalar(c->ctx, g, 1.005);
+  return ad_call_set_grad(c, 0, g);
+}
+
+static int copy_sample(const ad_sample_call *s) {
+  int64_t n = 5;
+  if (s->variant > 0) return 0;
+  s->in[0] = ad_rand(s->ctx, s->rng, s->dtype, 1, &n, -2, 2);
+  return s->in[0] && ad_tensor_set_requires_grad(s->in[0], true) == AD_OK ? 1 : -1;
+}
+
+Test(gradcheck, op_check_in_f32_catches_a_backward_off_by_half_a_percent) {
+  const ad_op_def good = {.name = "copy_good",
+                          .arity = 1,
+                          .flags = AD_OP_ELEMENTWISE,
+                          .forward = copy_forward,
+                          .backward = copy_backward,
+                          .sample = copy_sample};
+  const ad_op_def off = {.name = "copy_f32_off",
+                         .arity = 1,
+                         .flags = AD_OP_ELEMENTWISE,
+                         .forward = copy_forward,
+                         .backward = copy_backward_f32_off,
+                         .sample = copy_sample};
+  int ig = ad_op_register(ctx, &good), io = ad_op_register(ctx, &off);
+  cr_assert(ig >= 0 && io >= 0, "%s", ad_last_error(ctx));
+  ad_check_report r;
+  for (int dt = 0; dt < 2; dt++) {
+    ad_dtype d = dt ? AD_F32 : AD_F64;
+    cr_assert_eq(ad_op_check(ctx, ig, d, false, SEED, &r), AD_OK, "%s", ad_last_error(ctx));
+    cr_expect(r.passed, "copy_good in %s: abs %g rel %g", ad_dtype_name(d), r.abs_err, r.rel_err);
+    cr_assert_eq(ad_op_check(ctx, io, d, false, SEED, &r), AD_OK, "%s", ad_last_error(ctx));
+    bool want = d == AD_F64;
+    cr_expect_eq(r.passed, want, "copy_f32_off in %s: abs %g rel %g", ad_dtype_name(d), r.abs_err,
+                 r.rel_err);
+  }
+}

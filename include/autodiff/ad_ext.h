@@ -444,7 +444,10 @@ AD_API const ad_attrs *ad_tensor_attrs(const ad_tensor *t);
 
 /** Checks a registered op through its sample function for one dtype (AD_F32
  * or AD_F64; another is AD_ERR_DTYPE), all variants, first (and with
- * second, second) order. Prints nothing. */
+ * second, second) order, at ad_gradcheck's default tolerance in f64 and at
+ * atol 1e-5, rtol 1e-3 in f32 (the numeric side is computed in f64). The
+ * sample must make the inputs to check in dtype (else AD_ERR_DTYPE).
+ * Prints nothing. */
 AD_API ad_status ad_op_check(ad_ctx *ctx, int id, ad_dtype dtype, bool second, uint64_t seed,
                              ad_check_report *report);
 
