@@ -692,6 +692,7 @@ static inline bool
 grad_into(ad_ctx *ctx, const ad_op_def *def, const ad_call *c, ad_node *const *src, bool *needs,
           bool *direct, bool add, ad_node **spare, ad_status *st) {
   bool any = false, temps = (def->flags & AD_OP_GRAD_INTO_TEMPS) != 0;
+  ad_grad_into_fn into = def->grad_into; /* a user's may register ops, moving the table (def) */
   for (int k = 0; k < c->n; k++) {
     ad_node *s = src[k];
     direct[k] = false;
@@ -707,7 +708,7 @@ grad_into(ad_ctx *ctx, const ad_op_def *def, const ad_call *c, ad_node *const *s
         *st = ctx->status ? ctx->status : AD_ERR_OOM;
         return false;
       }
-      if (def->grad_into(c, k, g, fresh)) {
+      if (into(c, k, g, fresh)) {
         if (fresh) s->t.grad = g;
         needs[k] = false;
         direct[k] = true;
@@ -728,7 +729,7 @@ grad_into(ad_ctx *ctx, const ad_op_def *def, const ad_call *c, ad_node *const *s
         *st = ctx->status ? ctx->status : AD_ERR_OOM;
         return false;
       }
-      if (def->grad_into(c, k, g, true)) {
+      if (into(c, k, g, true)) {
         s->gacc = g;
         ad_node_of(g)->tape_idx = GACC_OWN;
         needs[k] = false;
@@ -963,7 +964,8 @@ sweep_node(ad_ctx *ctx, sweep_opts *sw, ad_node *n, ad_tensor *gout, ad_tensor *
   ad_status st = AD_OK;
   if (sw->into && def->grad_into) {
     any = grad_into(ctx, def, &c, src, needs, into_grad, sw->into_add, &sw->spare, &st);
-    some_into = true; /* into_grad[] is set for every input */
+    some_into = true;                                   /* into_grad[] is set for every input */
+    if (n->op >= ctx->nbuiltin) def = &ctx->ops[n->op]; /* as after the backward, below */
     if (st != AD_OK) return st;
     if (!any && !ctx->hook) { /* every input served: nothing sent */
       release(sw, n, gout);

@@ -1526,3 +1526,60 @@ Test(backward, a_backward_that_registers_ops_is_reported_by_its_name) {
             ad_last_error(ctx));
   ad_clear_error(ctx);
 }
+
+/* The same from an op's grad_into (the fast path into a leaf's grad): one
+ * that registers ops and then declines moved the table under the sweep,
+ * which then called the backward through the freed table. Freed blocks
+ * are poisoned here, so the stale read calls a garbage pointer. */
+static void *poison_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  (void)ud;
+  void *p = NULL;
+  if (nsize) {
+    if (!(p = aligned_alloc(64, (nsize + 63) & ~(size_t)63))) return NULL;
+    if (ptr) memcpy(p, ptr, osize < nsize ? osize : nsize);
+  }
+  if (ptr) {
+    memset(ptr, 0x5A, osize); /* what was there is gone */
+    free(ptr);
+  }
+  return p;
+}
+
+static bool lazy_grad_into(const ad_call *c, int k, ad_tensor *g, bool overwrite) {
+  (void)k, (void)g, (void)overwrite;
+  if (ad_op_find(c->ctx, "gi_partner0") < 0)
+    for (int i = 0; i < 200; i++) {
+      char name[32];
+      snprintf(name, sizeof name, "gi_partner%d", i);
+      ad_op_def d = {
+          .name = name, .arity = 1, .flags = AD_OP_ELEMENTWISE, .forward = user_copy_fwd};
+      if (ad_op_register(c->ctx, &d) < 0) return false;
+    }
+  return false; /* declined: the backward runs */
+}
+
+static ad_status pass_bwd(const ad_call *c) { return ad_call_set_grad(c, 0, c->gout); }
+
+Test(backward, a_grad_into_that_registers_ops_leaves_the_sweep_a_live_definition) {
+  ad_ctx *c = ad_ctx_new_with_alloc(poison_alloc, NULL);
+  cr_assert_not_null(c);
+  ad_op_def d = {.name = "lazy_into",
+                 .arity = 1,
+                 .flags = AD_OP_ELEMENTWISE,
+                 .forward = user_copy_fwd,
+                 .backward = pass_bwd,
+                 .grad_into = lazy_grad_into};
+  int id = ad_op_register(c, &d);
+  cr_assert_geq(id, 0, "%s", ad_last_error(c));
+  int64_t s[1] = {3};
+  ad_tensor *x = ad_full(c, AD_F64, 1, s, 0.5);
+  cr_assert_not_null(x);
+  cr_assert_eq(ad_tensor_set_requires_grad(x, true), AD_OK);
+  ad_tensor *L = ad_sum(c, ad_op_apply(c, id, 1, &x, NULL));
+  cr_assert_not_null(L, "%s", ad_last_error(c));
+  cr_assert_eq(ad_backward(c, L, NULL), AD_OK, "%s", ad_last_error(c));
+  cr_assert_not_null(x->grad);
+  for (int64_t i = 0; i < 3; i++) cr_assert_eq(ad_tensor_get(x->grad, i), 1.0);
+  ad_tensor_free(x);
+  ad_ctx_free(c);
+}
