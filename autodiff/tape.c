@@ -255,11 +255,13 @@ static inline bool elementwise_same(const ad_op_def *def, int n, ad_tensor *cons
 
 /* The output of any other call: its shape rule describes it (and reports),
  * the engine checks the description and sizes the output. */
-static ad_tensor *apply_shape(ad_ctx *ctx, const ad_op_def *def, ad_call *c) {
+static ad_tensor *apply_shape(ad_ctx *ctx, int id, ad_call *c) {
+  const ad_op_def *def = &ctx->ops[id];
   ad_tensor d = {.dtype = c->in[0]->dtype};
   c->out = &d;
   uint32_t nerrors = ctx->nerrors;
   ad_status st = def->shape ? def->shape(c) : ad_shape_elementwise(c);
+  def = &ctx->ops[id]; /* a user's shape rule may have registered ops, moving the table */
   c->out = NULL;
   if (st != AD_OK) {
     if (ctx->nerrors == nerrors) /* a user's shape rule that said nothing */
@@ -438,8 +440,9 @@ ad_tensor *ad_op_apply(ad_ctx *ctx, int id, int n, ad_tensor *const *in, const a
   }
   ad_call c = {
       .ctx = ctx, .name = def->name, .n = n, .in = in, .attrs = attrs ? attrs : &zero_attrs};
-  c.out = elementwise_same(def, n, in) ? ad_tmp_like(ctx, in[0]) : apply_shape(ctx, def, &c);
+  c.out = elementwise_same(def, n, in) ? ad_tmp_like(ctx, in[0]) : apply_shape(ctx, id, &c);
   if (!c.out) return NULL;
+  if (id >= ctx->nbuiltin) def = &ctx->ops[id]; /* (apply_shape) */
   def->forward(&c);
   if (id >= ctx->nbuiltin) def = &ctx->ops[id]; /* a user's forward may have moved the table */
   if (ctx->anomaly_fwd && anomaly_forward(ctx, &c) != AD_OK) return NULL;

@@ -1531,6 +1531,15 @@ Test(backward, a_backward_that_registers_ops_is_reported_by_its_name) {
  * that registers ops and then declines moved the table under the sweep,
  * which then called the backward through the freed table. Freed blocks
  * are poisoned here, so the stale read calls a garbage pointer. */
+/* Freed blocks are poisoned and kept (quarantine) until the test ends, so
+ * that no later allocation reuses one and hides a stale read. */
+static void *quarantine[4096];
+static size_t nquarantine;
+
+static void quarantine_free(void) {
+  while (nquarantine) free(quarantine[--nquarantine]);
+}
+
 static void *poison_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   (void)ud;
   void *p = NULL;
@@ -1540,7 +1549,10 @@ static void *poison_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   }
   if (ptr) {
     memset(ptr, 0x5A, osize); /* what was there is gone */
-    free(ptr);
+    if (nquarantine < sizeof quarantine / sizeof *quarantine)
+      quarantine[nquarantine++] = ptr;
+    else
+      free(ptr);
   }
   return p;
 }
@@ -1582,4 +1594,38 @@ Test(backward, a_grad_into_that_registers_ops_leaves_the_sweep_a_live_definition
   for (int64_t i = 0; i < 3; i++) cr_assert_eq(ad_tensor_get(x->grad, i), 1.0);
   ad_tensor_free(x);
   ad_ctx_free(c);
+  quarantine_free();
+}
+
+/* And from an op's shape rule: ad_op_apply then read the op's flags and
+ * called its forward through the freed table. */
+static ad_status lazy_shape(const ad_call *c) {
+  if (ad_op_find(c->ctx, "sh_partner0") < 0)
+    for (int i = 0; i < 200; i++) {
+      char name[32];
+      snprintf(name, sizeof name, "sh_partner%d", i);
+      ad_op_def d = {
+          .name = name, .arity = 1, .flags = AD_OP_ELEMENTWISE, .forward = user_copy_fwd};
+      if (ad_op_register(c->ctx, &d) < 0) return ad_last_status(c->ctx);
+    }
+  c->out->ndim = c->in[0]->ndim;
+  for (int i = 0; i < c->in[0]->ndim; i++) c->out->shape[i] = c->in[0]->shape[i];
+  return AD_OK;
+}
+
+Test(backward, a_shape_rule_that_registers_ops_leaves_apply_a_live_definition) {
+  ad_ctx *c = ad_ctx_new_with_alloc(poison_alloc, NULL);
+  cr_assert_not_null(c);
+  ad_op_def d = {.name = "lazy_shape", .arity = 1, .shape = lazy_shape, .forward = user_copy_fwd};
+  int id = ad_op_register(c, &d);
+  cr_assert_geq(id, 0, "%s", ad_last_error(c));
+  int64_t s[1] = {3};
+  ad_tensor *x = ad_full(c, AD_F64, 1, s, 0.5);
+  cr_assert_not_null(x);
+  ad_tensor *y = ad_op_apply(c, id, 1, &x, NULL);
+  cr_assert_not_null(y, "%s", ad_last_error(c));
+  for (int64_t i = 0; i < 3; i++) cr_assert_eq(ad_tensor_get(y, i), 0.5);
+  ad_tensor_free(x);
+  ad_ctx_free(c);
+  quarantine_free();
 }
