@@ -21,7 +21,7 @@ ok() { # ok CONDITION-STATUS DESCRIPTION
   n=$((n + 1))
   if [ "$1" -eq 0 ]; then echo "ok $n - $2"; else echo "not ok $n - $2"; fails=$((fails + 1)); fi
 }
-echo "1..21"
+echo "1..22"
 printf 'epoch,loss,"val_loss",grad_norm/0.weight,grad_norm/2.weight\n1,2.5,2.6,0.5,1\n2,1.25,nan,0.05,1\n3,0.5,0.9,0.005,1\n4,0.25,1,0.0005,1\n' >"$TMP/h.csv"
 "$PLOT" -o "$TMP/a.svg" --title 'Loss & more' --xlabel epoch --ylabel loss --logy \
   "$TMP/h.csv:loss" "$TMP/h.csv:val_loss=validation" "$TMP/h.csv:grad_norm/*"
@@ -53,6 +53,8 @@ ok $? "a file and a column whose names hold ':'"
 ok $? "a column whose name holds '='"
 "$PLOT" -o "$TMP/colon.svg" "$TMP/run:2.csv:a=b=the a=b column" && grep -q '>the a=b column</text>' "$TMP/colon.svg"
 ok $? "and that column with a label holding '='"
+mkdir "$TMP/run" && "$PLOT" -o "$TMP/colon.svg" "$TMP/run:2.csv:a=b" && grep -q '>a=b</text>' "$TMP/colon.svg"
+ok $? "a directory named as the file name's part before its ':' is not taken for the file"
 ln -s /dev/stdout "$TMP/link"
 "$PLOT" -o "$TMP/link" "$TMP/h.csv:loss" | cat >"$TMP/d.svg"
 [ -L "$TMP/link" ] && grep -q '<path ' "$TMP/d.svg"

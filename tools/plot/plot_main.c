@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #define MAX_COLS   256
 #define MAX_SERIES 64
@@ -189,11 +190,13 @@ static bool selects(const table *t, const char *col) {
 }
 
 /* The ':' of spec that ends its file name: the first whose prefix names a
- * file that opens; else the last (read_csv then says why it fails). */
+ * file that opens and is not a directory (fopen opens one: "run" beside
+ * "run:1.csv"); else the last (read_csv then says why it fails). */
 static char *file_colon(char *spec) {
   for (char *c = strchr(spec, ':'); c; c = strchr(c + 1, ':')) {
     *c = 0;
-    FILE *f = fopen(spec, "r");
+    struct stat sb;
+    FILE *f = stat(spec, &sb) == 0 && !S_ISDIR(sb.st_mode) ? fopen(spec, "r") : NULL;
     *c = ':';
     if (f) {
       fclose(f);
