@@ -32,7 +32,7 @@ run() {
   rc=$?
 }
 
-echo "1..28"
+echo "1..29"
 
 run "$GC" --help
 ok $rc "--help exits 0"
@@ -95,6 +95,9 @@ run "$GC" --op relu --dtype f32 --dtype f64 --dtype f32 --first-only
 grep -q '^ad-gradcheck: .*dtypes f32 f64$' "$TMP/out" &&
   grep '^relu ' "$TMP/out" | grep -q 'f32/1 PASS.*f64/1 PASS'
 ok $? "--dtype is repeatable: each dtype once, in the order given"
+run "$GC" --op relu --dtype f64 --dtype f32 --dtype f32 --dtype f32 --first-only
+grep -q '^ad-gradcheck: .*dtypes f64 f32$' "$TMP/out"
+ok $? "a dtype given again after the other is still checked once (dtypes holds two)"
 
 run "$GC" --op compare
 [ $rc -eq 0 ] && grep -q '^compare .*skipped' "$TMP/out" &&

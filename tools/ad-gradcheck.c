@@ -125,7 +125,9 @@ static int parse_args(int argc, char **argv, options *o) {
       }
       if (!dtype_given) o->ndtypes = 0; /* the first --dtype replaces the default pair */
       dtype_given = true;
-      if (o->ndtypes == 0 || o->dtypes[0] != dt) o->dtypes[o->ndtypes++] = dt;
+      bool dup = false; /* each once: dtypes holds two */
+      for (int k = 0; k < o->ndtypes; k++) dup |= o->dtypes[k] == dt;
+      if (!dup) o->dtypes[o->ndtypes++] = dt;
     } else {
       if (missing)
         fprintf(stderr, "ad-gradcheck: %s needs a value\n", argv[i]);
