@@ -440,9 +440,13 @@ ad_tensor *ad_op_apply(ad_ctx *ctx, int id, int n, ad_tensor *const *in, const a
   }
   ad_call c = {
       .ctx = ctx, .name = def->name, .n = n, .in = in, .attrs = attrs ? attrs : &zero_attrs};
-  c.out = elementwise_same(def, n, in) ? ad_tmp_like(ctx, in[0]) : apply_shape(ctx, id, &c);
+  if (elementwise_same(def, n, in)) {
+    c.out = ad_tmp_like(ctx, in[0]);
+  } else {
+    c.out = apply_shape(ctx, id, &c);
+    def = &ctx->ops[id]; /* a user's shape rule may have registered ops, moving the table */
+  }
   if (!c.out) return NULL;
-  if (id >= ctx->nbuiltin) def = &ctx->ops[id]; /* (apply_shape) */
   def->forward(&c);
   if (id >= ctx->nbuiltin) def = &ctx->ops[id]; /* a user's forward may have moved the table */
   if (ctx->anomaly_fwd && anomaly_forward(ctx, &c) != AD_OK) return NULL;
@@ -967,13 +971,13 @@ sweep_node(ad_ctx *ctx, sweep_opts *sw, ad_node *n, ad_tensor *gout, ad_tensor *
   ad_status st = AD_OK;
   if (sw->into && def->grad_into) {
     any = grad_into(ctx, def, &c, src, needs, into_grad, sw->into_add, &sw->spare, &st);
-    some_into = true;                                   /* into_grad[] is set for every input */
-    if (n->op >= ctx->nbuiltin) def = &ctx->ops[n->op]; /* as after the backward, below */
+    some_into = true; /* into_grad[] is set for every input */
     if (st != AD_OK) return st;
     if (!any && !ctx->hook) { /* every input served: nothing sent */
       release(sw, n, gout);
       return AD_OK;
     }
+    def = &ctx->ops[n->op]; /* a user's grad_into may have moved the table, as below */
   }
   /* the backward may pass gout on (add's does): see pass_on */
   bool own = ad_node_of(gout)->tape_idx == GACC_OWN;
