@@ -265,7 +265,8 @@ static uint64_t rows_fingerprint(const ad_tensor *t, int64_t rows) {
  * shuffle seed, which the sharding assumes; whether there is validation
  * data and an on_epoch_end, each one more sum per epoch; the early
  * stopping, which decides the epoch the ranks stop at; lambda_l2, part of
- * every gradient). Collective: one d->sum of the failures and of each
+ * every gradient; x's and y's training rows, by rows_fingerprint, or x and
+ * y NULL for none). Collective: one d->sum of the failures and of each
  * value and its square, in 12-bit pieces so that the sums are exact; the
  * values are the same on every rank exactly when size * sum(x^2) ==
  * sum(x)^2 (Cauchy-Schwarz). A rank that failed alone returned while the
