@@ -23,7 +23,7 @@ ok() { # ok CONDITION-STATUS DESCRIPTION
   if [ "$1" -eq 0 ]; then echo "ok $n - $2"; else echo "not ok $n - $2"; fails=$((fails + 1)); fi
 }
 
-echo "1..9"
+echo "1..10"
 
 # no sanitizer or werror settings of the enclosing build: a user's build
 "$MESON" setup "$TMP/build" "$SRC" --prefix="$PREFIX" --buildtype=debug -Dtests=false \
@@ -110,4 +110,22 @@ ok $r "the shared libraries export only what the installed headers declare"
 ! grep -rq "openblas" "$LIBDIR/pkgconfig"
 ok $? "the pkg-config files name no OpenBLAS"
 
+# a parent project that takes nn as a meson subproject and asks for the
+# static libraries (README, "As a meson subproject")
+mkdir -p "$TMP/parent/subprojects" && ln -s "$SRC" "$TMP/parent/subprojects/autodiff" &&
+  cp "$TMP/nn_example.c" "$TMP/parent/p.c" &&
+  cat >"$TMP/parent/meson.build" <<'M'
+project('parent', 'c')
+nn = dependency('nn', fallback: 'autodiff',
+                default_options: ['tests=false', 'examples=false', 'bench=false',
+                                  'default_library=static'])
+executable('p', 'p.c', dependencies: nn)
+M
+"$MESON" setup "$TMP/parent/build" "$TMP/parent" --buildtype=debug --force-fallback-for=nn >"$TMP/psetup.log" 2>&1 &&
+  ninja -C "$TMP/parent/build" p >"$TMP/pbuild.log" 2>&1 &&
+  ! readelf -d "$TMP/parent/build/p" | grep -E "NEEDED.*lib(autodiff|nn)" &&
+  "$TMP/parent/build/p" | grep -q "nn ok"
+r=$?
+ok $r "a parent project links nn statically as a subproject (default_library=static) and runs"
+[ $r -eq 0 ] || tail -n 20 "$TMP/psetup.log" "$TMP/pbuild.log" | sed 's/^/# /'
 [ $fails -eq 0 ]
