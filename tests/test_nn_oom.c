@@ -1,0 +1,721 @@
+/* test_nn_oom.c: out of memory in the nn layer. Each entry point runs with
+ * the allocator refusing request k only, then request k and every later
+ * one, for k = 0, 1, ... until a run sees no refusal. After each refused
+ * run: the status is AD_ERR_OOM with "out of memory" in the message, no
+ * tensor or block leaked, and the context still works (the same run with
+ * memory granted succeeds and gives what a run never refused gives). */
+#include "nn.h"
+#include "nn_io.h"
+#include "test_alloc.h"
+
+#include <criterion/criterion.h>
+#include <dirent.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static void set_threads(void) {
+  const char *e = getenv("NN_OOM_THREADS");
+  ad_set_num_threads(e ? atoi(e) : 1);
+}
+TestSuite(nn_oom, .init = set_threads);
+
+/* What a scenario builds and runs on; teardown frees what is not NULL. */
+typedef struct world {
+  ad_ctx *c;
+  nn_model *m;
+  nn_layer *l;
+  nn_optimizer *opt;
+  nn_params *p;
+  nn_batcher *b;
+  nn_history *h;
+  ad_tensor *x, *y, *vx, *vy, *t[6];
+  ad_tensor *out; /* a result on the tape, not freed */
+  char dir[64], path[96];
+  int kind; /* the scenario's variant */
+} world;
+
+typedef struct scenario {
+  const char *name;
+  void (*setup)(world *w);          /* memory granted */
+  ad_status (*run)(world *w);       /* the entry point under test */
+  unsigned long (*print)(world *w); /* state after run; 0: not compared */
+  bool atomic;                      /* a refused run leaves print() as it was */
+  bool again; /* after a refusal, run again on the same world (else a new one) */
+} scenario;
+
+static unsigned long hash_tensor(unsigned long h, const ad_tensor *t) {
+  if (!t) return h * 31;
+  const unsigned char *d = t->data;
+  size_t n = (size_t)t->size * ad_dtype_size(t->dtype);
+  for (size_t i = 0; i < n; i++) h = (h ^ d[i]) * 1099511628211ul;
+  return h;
+}
+
+static unsigned long hash_params(unsigned long h, const nn_params *p) {
+  for (int i = 0; p && i < nn_params_count(p); i++) h = hash_tensor(h, nn_params_tensor(p, i));
+  return h;
+}
+
+/* The model's parameters and buffers and the optimizer's state. */
+static unsigned long print_model(world *w) {
+  unsigned long h = 14695981039346656037ul;
+  if (w->m) {
+    h = hash_params(h, nn_model_params(w->m));
+    h = hash_params(h, nn_model_buffers(w->m));
+  }
+  if (w->l) {
+    h = hash_params(h, nn_layer_params(w->l));
+    h = hash_params(h, nn_layer_buffers(w->l));
+  }
+  if (w->opt) {
+    ad_tensor *const *s = nn_optimizer_state_tensors(w->opt);
+    for (int i = 0; i < nn_optimizer_state_count(w->opt); i++) h = hash_tensor(h, s[i]);
+  }
+  return h;
+}
+
+static void teardown(world *w) {
+  nn_history_free(w->h);
+  nn_batcher_free(w->b);
+  nn_optimizer_free(w->opt);
+  nn_model_free(w->m);
+  nn_layer_free(w->l);
+  nn_params_free(w->p);
+  ad_tensor_free(w->x);
+  ad_tensor_free(w->y);
+  ad_tensor_free(w->vx);
+  ad_tensor_free(w->vy);
+  for (int i = 0; i < 6; i++) ad_tensor_free(w->t[i]);
+  ad_tape_reset(w->c);
+  w->h = NULL, w->b = NULL, w->opt = NULL, w->m = NULL, w->l = NULL, w->p = NULL;
+  w->x = w->y = w->vx = w->vy = NULL;
+  for (int i = 0; i < 6; i++) w->t[i] = NULL;
+}
+
+static int count_entries(const char *dir) {
+  DIR *d = opendir(dir);
+  int n = 0;
+  for (struct dirent *e; d && (e = readdir(d));) n += e->d_name[0] != '.';
+  if (d) closedir(d);
+  return n;
+}
+
+/* Runs s once with the allocator refusing as mode says from request k on
+ * (counted from the run's start); returns whether a refusal happened. */
+static bool run_once(const scenario *s, test_alloc_refusal mode, long k, size_t limit,
+                     unsigned long want) {
+  test_alloc ta = {0};
+  world w = {.c = ad_ctx_new_with_alloc(test_alloc_fn, &ta)};
+  cr_assert_not_null(w.c);
+  s->setup(&w);
+  cr_assert_eq(ad_last_status(w.c), AD_OK, "%s: setup: %s", s->name, ad_last_error(w.c));
+  bool keep_tape = w.out != NULL; /* the run goes on from the setup's tape */
+  if (!keep_tape) ad_tape_reset(w.c);
+  size_t tensors = ad_ctx_live_tensors(w.c);
+  unsigned long before = s->print ? s->print(&w) : 0;
+  int files = w.dir[0] ? count_entries(w.dir) : 0;
+  ta.refuse = mode;
+  ta.fail_at = ta.requests + k;
+  if (limit) ad_set_arena_limit(w.c, ad_arena_capacity(w.c) + limit);
+  ad_status st = s->run(&w);
+  test_alloc_grant_all(&ta);
+  ad_set_arena_limit(w.c, 0);
+  bool refused = limit ? st != AD_OK : ta.refused > 0;
+  const char *how = limit ? "arena limit" : mode == TEST_ALLOC_REFUSE_ONLY ? "only" : "from";
+  if (limit) k = (long)limit;
+  if (!refused) {
+    cr_assert_eq(st, AD_OK, "%s: %s", s->name, ad_last_error(w.c));
+  } else if (st == AD_OK) {
+    /* a refusal survived: fine only if the result is the right one */
+    if (s->print)
+      cr_assert_eq(s->print(&w), want, "%s: refuse %s %ld: AD_OK but another result", s->name, how,
+                   k);
+  } else {
+    cr_assert_eq(st, AD_ERR_OOM, "%s: refuse %s %ld: status %s: %s", s->name, how, k,
+                 ad_status_str(st), ad_last_error(w.c));
+    cr_assert_eq(ad_last_status(w.c), AD_ERR_OOM, "%s: refuse %s %ld: last status %s", s->name, how,
+                 k, ad_status_str(ad_last_status(w.c)));
+    cr_assert(strstr(ad_last_error(w.c), limit ? "ad_set_arena_limit" : "out of memory"),
+              "%s: refuse %s %ld: message \"%s\"", s->name, how, k, ad_last_error(w.c));
+    if (s->atomic)
+      cr_assert_eq(s->print(&w), before, "%s: refuse %s %ld: a refused run changed the state",
+                   s->name, how, k);
+    if (w.dir[0])
+      cr_assert_eq(count_entries(w.dir), files, "%s: refuse %s %ld: files left behind", s->name,
+                   how, k);
+    ad_clear_error(w.c);
+    if (!keep_tape) ad_tape_reset(w.c);
+    if (s->again) {
+      st = s->run(&w);
+      cr_assert_eq(st, AD_OK, "%s: refuse %s %ld: the run again: %s", s->name, how, k,
+                   ad_last_error(w.c));
+      goto done;
+    }
+    /* the context still works: the whole run again, memory granted */
+    teardown(&w);
+    cr_assert_eq(ad_ctx_live_tensors(w.c), 0, "%s: refuse %s %ld: %zu tensors leaked", s->name, how,
+                 k, ad_ctx_live_tensors(w.c));
+    char dir[64];
+    memcpy(dir, w.dir, sizeof dir);
+    w = (world){.c = w.c};
+    memcpy(w.dir, dir, sizeof dir);
+    s->setup(&w);
+    ad_tape_reset(w.c);
+    cr_assert_eq(ad_ctx_live_tensors(w.c), tensors);
+    st = s->run(&w);
+    cr_assert_eq(st, AD_OK, "%s: refuse %s %ld: the run again: %s", s->name, how, k,
+                 ad_last_error(w.c));
+  }
+done:
+  if (s->print && st == AD_OK)
+    cr_assert_eq(s->print(&w), want, "%s: refuse %s %ld: another result", s->name, how, k);
+  teardown(&w);
+  cr_assert_eq(ad_ctx_live_tensors(w.c), 0, "%s: refuse %s %ld: %zu tensors leaked", s->name, how,
+               k, ad_ctx_live_tensors(w.c));
+  if (w.dir[0]) {
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", w.dir);
+    cr_assert_eq(system(cmd), 0);
+  }
+  ad_ctx_free(w.c);
+  cr_assert_eq(ta.live, 0, "%s: refuse %s %ld: %ld blocks leaked", s->name, how, k, ta.live);
+  return refused;
+}
+
+static void sweep(const scenario *s) {
+  unsigned long want = 0;
+  size_t used = 0;
+  {
+    test_alloc ta = {0};
+    world w = {.c = ad_ctx_new_with_alloc(test_alloc_fn, &ta)};
+    s->setup(&w);
+    if (!w.out) ad_tape_reset(w.c);
+    size_t cap0 = ad_arena_capacity(w.c);
+    cr_assert_eq(s->run(&w), AD_OK, "%s: %s", s->name, ad_last_error(w.c));
+    want = s->print ? s->print(&w) : 0;
+    used = ad_arena_used(w.c);
+    if (!used) used = ad_arena_capacity(w.c) - cap0;
+    teardown(&w);
+    if (w.dir[0]) {
+      char cmd[128];
+      snprintf(cmd, sizeof cmd, "rm -rf %s", w.dir);
+      cr_assert_eq(system(cmd), 0);
+    }
+    ad_ctx_free(w.c);
+  }
+  long n = 0;
+  while (run_once(s, TEST_ALLOC_REFUSE_ONLY, n, 0, want)) n++;
+  for (long k = 0; run_once(s, TEST_ALLOC_REFUSE_FROM, k, 0, want); k++) continue;
+  /* the arena capped at sizes up to what the run grows it by */
+  for (int i = 0; i < 24 && used; i++)
+    run_once(s, TEST_ALLOC_GRANT, 0, used * (size_t)i / 24 + 16, want);
+  for (size_t lim = 256; lim < used; lim += lim / 2) run_once(s, TEST_ALLOC_GRANT, 0, lim, want);
+}
+
+/* ------------------------------------------------------------ helpers */
+
+static ad_tensor *data(ad_ctx *c, int ndim, const int64_t *shape, uint64_t seed) {
+  ad_tensor *t = ad_zeros(c, AD_F32, ndim, shape);
+  if (!t) return NULL;
+  ad_rng rng;
+  ad_rng_seed(&rng, seed);
+  for (int64_t i = 0; i < t->size; i++) ad_tensor_set(t, i, ad_rng_normal(&rng));
+  ad_tensor_set_requires_grad(t, true);
+  return t;
+}
+
+/* forward in training mode, sum of squares, backward */
+static ad_status fwd_bwd(world *w, nn_layer *l, ad_tensor *x) {
+  ad_tensor *y = nn_layer_forward(l, x, true);
+  ad_tensor *loss = ad_sum(w->c, ad_mul(w->c, y, y));
+  if (!loss) return ad_last_status(w->c);
+  return ad_backward(w->c, loss, NULL);
+}
+
+/* ------------------------------------------------------------- layers */
+
+enum {
+  DENSE,
+  CONV2D,
+  CONVT2D,
+  MAXPOOL,
+  AVGPOOL,
+  GAP,
+  BN1D,
+  BN2D,
+  LN,
+  DROPOUT,
+  EMB,
+  RNN,
+  LSTM,
+  GRU,
+  LSTM_STEP,
+  GRU_COMPOSED,
+  MHA,
+  N_LAYERS
+};
+
+static const char *layer_names[N_LAYERS] = {"dense",        "conv2d",       "conv_transpose2d",
+                                            "max_pool2d",   "avg_pool2d",   "global_avg_pool2d",
+                                            "batch_norm1d", "batch_norm2d", "layer_norm",
+                                            "dropout",      "embedding",    "rnn",
+                                            "lstm",         "gru",          "lstm per_step",
+                                            "gru composed", "mha"};
+
+static bool build_only;
+
+static ad_status run_layer(world *w) {
+  ad_ctx *c = w->c;
+  ad_rng rng;
+  ad_rng_seed(&rng, 7);
+  int64_t s2[2] = {3, 4}, s4[4] = {2, 2, 5, 5}, s3[3] = {3, 2, 4}, ln = 4;
+  ad_tensor *x = NULL;
+  switch (w->kind) {
+  case DENSE:
+    w->l = nn_dense_new(c, 4, 3, &rng, NULL);
+    x = w->x = data(c, 2, s2, 1);
+    break;
+  case CONV2D:
+    w->l = nn_conv2d_new(c, 2, 3, 3, 3, &rng, &(nn_conv2d_opts){.padding = {1, 1}});
+    x = w->x = data(c, 4, s4, 1);
+    break;
+  case CONVT2D:
+    w->l = nn_conv_transpose2d_new(c, 2, 3, 3, 3, &rng, &(nn_conv2d_opts){.stride = {2, 2}});
+    x = w->x = data(c, 4, s4, 1);
+    break;
+  case MAXPOOL:
+    w->l = nn_max_pool2d_new(c, 2, 2, NULL);
+    x = w->x = data(c, 4, s4, 1);
+    break;
+  case AVGPOOL:
+    w->l = nn_avg_pool2d_new(c, 2, 2, NULL);
+    x = w->x = data(c, 4, s4, 1);
+    break;
+  case GAP:
+    w->l = nn_global_avg_pool2d_new(c);
+    x = w->x = data(c, 4, s4, 1);
+    break;
+  case BN1D:
+    w->l = nn_batch_norm1d_new(c, 4, NULL);
+    x = w->x = data(c, 2, s2, 1);
+    break;
+  case BN2D:
+    w->l = nn_batch_norm2d_new(c, 2, NULL);
+    x = w->x = data(c, 4, s4, 1);
+    break;
+  case LN:
+    w->l = nn_layer_norm_new(c, 1, &ln, NULL);
+    x = w->x = data(c, 2, s2, 1);
+    break;
+  case DROPOUT:
+    w->l = nn_dropout_new(c, 0.5, 3);
+    x = w->x = data(c, 2, s2, 1);
+    break;
+  case EMB: {
+    w->l = nn_embedding_new(c, 5, 3, &rng, &(nn_embedding_opts){.padding = true, .padding_idx = 0});
+    int64_t n = 4;
+    x = w->x = ad_zeros(c, AD_I32, 1, &n);
+    for (int i = 0; x && i < 4; i++) ad_tensor_set(x, i, i);
+    break;
+  }
+  case RNN:
+  case LSTM:
+  case GRU:
+  case LSTM_STEP:
+  case GRU_COMPOSED:
+    w->l = nn_rnn_new(c,
+                      w->kind == RNN                            ? NN_RNN_TANH
+                      : w->kind == LSTM || w->kind == LSTM_STEP ? NN_RNN_LSTM
+                                                                : NN_RNN_GRU,
+                      4, 3, &rng,
+                      &(nn_rnn_opts){.num_layers = 2,
+                                     .dropout = 0.5,
+                                     .per_step = w->kind == LSTM_STEP,
+                                     .composed = w->kind == GRU_COMPOSED});
+    x = w->x = data(c, 3, s3, 1);
+    break;
+  case MHA:
+    w->l = nn_multihead_attention_new(c, 4, 2, &rng, &(nn_mha_opts){.dropout = 0.25, .seed = 1});
+    x = w->x = data(c, 3, s3, 1);
+    break;
+  }
+  if (!w->l || !x) return ad_last_status(c);
+  if (build_only) return AD_OK;
+  ad_status st = fwd_bwd(w, w->l, x);
+  if (st != AD_OK) return st;
+  if (w->kind >= RNN && w->kind <= GRU_COMPOSED) {
+    /* with lengths and states out */
+    int64_t len[2] = {3, 1};
+    ad_tensor *hn, *cn;
+    ad_tensor *y = nn_rnn_forward(w->l, x, NULL, NULL, len, 2, true, &hn, &cn);
+    ad_tensor *loss = ad_sum(c, ad_add(c, ad_sum(c, y), ad_sum(c, hn)));
+    if (!loss) return ad_last_status(c);
+    return ad_backward(c, loss, NULL);
+  }
+  if (w->kind == MHA) {
+    ad_tensor *wt;
+    int64_t ms[2] = {3, 3};
+    ad_tensor *mask = w->t[0] = ad_zeros(c, AD_I32, 2, ms);
+    if (!mask) return ad_last_status(c);
+    ad_tensor_set(mask, 1, 1);
+    int64_t ks[2] = {2, 3};
+    ad_tensor *kpm = w->t[1] = ad_zeros(c, AD_I32, 2, ks);
+    if (!kpm) return ad_last_status(c);
+    ad_tensor_set(kpm, 2, 1);
+    ad_tensor *y = nn_multihead_attention(w->l, x, x, x,
+                                          &(nn_mha_args){.attn_mask = mask,
+                                                         .key_padding_mask = kpm,
+                                                         .causal = true,
+                                                         .training = true,
+                                                         .per_head_weights = true},
+                                          &wt);
+    ad_tensor *loss = ad_sum(c, ad_add(c, ad_sum(c, y), ad_sum(c, wt)));
+    if (!loss) return ad_last_status(c);
+    return ad_backward(c, loss, NULL);
+  }
+  return AD_OK;
+}
+
+/* The layer's parameters and gradients. */
+static unsigned long print_layer(world *w) {
+  unsigned long h = print_model(w);
+  nn_params *p = nn_layer_params(w->l);
+  for (int i = 0; p && i < nn_params_count(p); i++)
+    h = hash_tensor(h, nn_params_tensor(p, i)->grad);
+  return h;
+}
+
+static int g_kind;
+static void setup_kind(world *w) { w->kind = g_kind; }
+
+/* The layer built and its input made, nothing run yet. */
+static void setup_layer(world *w) {
+  w->kind = g_kind;
+  build_only = true;
+  run_layer(w);
+  build_only = false;
+}
+
+static ad_status run_backward(world *w) {
+  nn_params_zero_grad(nn_layer_params(w->l));
+  ad_tensor_zero_grad(w->x);
+  return ad_backward(w->c, w->out, NULL);
+}
+
+static void setup_backward(world *w) {
+  setup_layer(w);
+  ad_tensor *y = nn_layer_forward(w->l, w->x, true);
+  w->out = ad_sum(w->c, ad_mul(w->c, y, y));
+}
+
+static unsigned long print_backward(world *w) {
+  return hash_tensor(print_layer(w), w->x ? w->x->grad : NULL);
+}
+
+/* A refused backward, then the backward again: the gradients of an
+ * undisturbed one. */
+Test(nn_oom, every_layer_backward_again) {
+  for (g_kind = 0; g_kind < N_LAYERS; g_kind++) {
+    char name[64];
+    snprintf(name, sizeof name, "backward %s", layer_names[g_kind]);
+    sweep(&(scenario){name, setup_backward, run_backward, print_backward, false, true});
+  }
+}
+
+Test(nn_oom, every_layer_built_and_run_forward_backward) {
+  for (g_kind = 0; g_kind < N_LAYERS; g_kind++) {
+    char name[64];
+    snprintf(name, sizeof name, "layer %s", layer_names[g_kind]);
+    sweep(&(scenario){name, setup_kind, run_layer, print_layer, false, false});
+  }
+}
+
+/* ------------------------------------------------ models and training */
+
+/* A small classifier: conv, batch norm, pool, flatten, dropout, dense. */
+static nn_model *small_model(ad_ctx *c) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 3);
+  nn_model *m = nn_sequential_new(c);
+  nn_model_add(m, nn_conv2d_new(c, 1, 2, 3, 3, &rng, &(nn_conv2d_opts){.padding = {1, 1}}));
+  nn_model_add(m, nn_batch_norm2d_new(c, 2, NULL));
+  nn_model_add_named(m, "act", nn_activation_new(c, NN_ACT_RELU));
+  nn_model_add(m, nn_max_pool2d_new(c, 2, 2, NULL));
+  nn_model_add(m, nn_flatten_new(c));
+  nn_model_add(m, nn_dropout_new(c, 0.25, 5));
+  nn_model_add(m, nn_dense_new(c, 8, 3, &rng, NULL));
+  return m;
+}
+
+static void make_data(world *w, int64_t n) {
+  int64_t s[4] = {n, 1, 4, 4};
+  w->x = data(w->c, 4, s, 11);
+  w->y = ad_zeros(w->c, AD_I32, 1, s);
+  for (int64_t i = 0; i < n; i++) ad_tensor_set(w->y, i, (double)(i % 3));
+}
+
+static void setup_data(world *w) { make_data(w, 6); }
+
+static ad_status run_model_build(world *w) {
+  w->m = small_model(w->c);
+  if (!w->m || ad_last_status(w->c) != AD_OK) return ad_last_status(w->c);
+  nn_model_set_training(w->m, true);
+  ad_tensor *loss = nn_cross_entropy_loss(w->c, nn_model_forward(w->m, w->x), w->y, NN_MEAN);
+  if (!loss) return ad_last_status(w->c);
+  return ad_backward(w->c, loss, NULL);
+}
+
+Test(nn_oom, sequential_model_built_and_run_forward_backward) {
+  sweep(&(scenario){"sequential", setup_data, run_model_build, print_model, false, false});
+}
+
+/* The model and an optimizer of kind g_kind (with clipping, weight decay,
+ * momentum where it applies), the gradients of one batch in place. */
+static void setup_opt(world *w) {
+  make_data(w, 6);
+  w->m = small_model(w->c);
+  nn_opt_config cfg = nn_opt_defaults((nn_opt_kind)(g_kind % 5), 0.01);
+  cfg.momentum = cfg.kind == NN_OPT_SGD || cfg.kind == NN_OPT_RMSPROP ? 0.9 : 0;
+  cfg.centered = true;
+  cfg.weight_decay = 0.01;
+  if (g_kind >= 5) cfg.clip_norm = 0.5, cfg.clip_value = 0.1;
+  w->opt = nn_optimizer_new(nn_model_params(w->m), &cfg);
+  nn_model_set_training(w->m, true);
+  ad_backward(w->c, nn_cross_entropy_loss(w->c, nn_model_forward(w->m, w->x), w->y, NN_MEAN), NULL);
+}
+
+static ad_status run_opt_steps(world *w) {
+  ad_status st = AD_OK;
+  for (int i = 0; i < 3 && st == AD_OK; i++) st = nn_optimizer_step(w->opt);
+  return st;
+}
+
+Test(nn_oom, optimizer_steps) {
+  static const char *names[5] = {"sgd", "adagrad", "rmsprop", "adam", "adamw"};
+  for (g_kind = 0; g_kind < 10; g_kind++) {
+    char name[64];
+    snprintf(name, sizeof name, "step %s%s", names[g_kind % 5], g_kind >= 5 ? " clipped" : "");
+    sweep(&(scenario){name, setup_opt, run_opt_steps, print_model, false, false});
+  }
+}
+
+static ad_status run_opt_new(world *w) {
+  nn_opt_config cfg = nn_opt_defaults((nn_opt_kind)(g_kind % 5), 0.01);
+  w->opt = nn_optimizer_new(nn_model_params(w->m), &cfg);
+  return w->opt ? AD_OK : ad_last_status(w->c);
+}
+
+static void setup_model(world *w) {
+  make_data(w, 6);
+  w->m = small_model(w->c);
+}
+
+Test(nn_oom, optimizer_new) {
+  for (g_kind = 0; g_kind < 5; g_kind++)
+    sweep(&(scenario){"optimizer_new", setup_model, run_opt_new, print_model, false, false});
+}
+
+static void setup_train(world *w) {
+  setup_model(w);
+  w->opt = nn_adam_new(nn_model_params(w->m), 0.01);
+}
+
+static ad_status run_train_steps(world *w) {
+  ad_status st = AD_OK;
+  for (int i = 0; i < 2 && st == AD_OK; i++)
+    st = nn_train_step(w->m, w->opt, nn_cross_entropy_loss, w->x, w->y, 0.01, NULL);
+  return st;
+}
+
+Test(nn_oom, train_step) {
+  sweep(&(scenario){"train_step", setup_train, run_train_steps, print_model, false, false});
+}
+
+static void setup_fit(world *w) {
+  setup_train(w);
+  int64_t s[4] = {3, 1, 4, 4};
+  w->vx = data(w->c, 4, s, 12);
+  w->vy = ad_zeros(w->c, AD_I32, 1, s);
+}
+
+static ad_status run_fit(world *w) {
+  nn_fit_opts fo = {
+      .epochs = 3,
+      .batch_size = 4,
+      .verbose = -1,
+      .accuracy = true,
+      .lambda_l2 = 0.001,
+      .grad_norms = true,
+      .early_stopping = {
+          .monitor = "val_loss", .patience = 1, .min_delta = 1e3, .restore_best_weights = true}};
+  if (g_kind == 0)
+    fo.val_x = w->vx, fo.val_y = w->vy;
+  else
+    fo.validation_split = 0.34;
+  ad_status st = nn_fit(w->m, w->opt, nn_cross_entropy_loss, w->x, w->y, &fo, &w->h);
+  if (st == AD_OK) /* early stopping stopped it and restored epoch 0's weights */
+    cr_assert_eq(nn_history_epochs(w->h), 2);
+  return st;
+}
+
+Test(nn_oom, fit_with_validation_history_and_early_stopping) {
+  for (g_kind = 0; g_kind < 2; g_kind++)
+    sweep(&(scenario){"fit", setup_fit, run_fit, print_model, false, false});
+}
+
+static ad_status run_eval(world *w) {
+  double loss, acc;
+  ad_status st = nn_evaluate(w->m, nn_cross_entropy_loss, w->x, w->y, 4, &loss, &acc);
+  if (st != AD_OK) return st;
+  w->t[0] = nn_predict(w->m, w->x, 4);
+  return w->t[0] ? AD_OK : ad_last_status(w->c);
+}
+
+Test(nn_oom, evaluate_and_predict) {
+  sweep(&(scenario){"evaluate", setup_model, run_eval, print_model, false, false});
+}
+
+/* ------------------------------------------------------- checkpoints */
+
+/* The model and its optimizer after one step, saved to w->path; then the
+ * model trained one step further (so a load has something to change). */
+static void setup_ckpt(world *w) {
+  if (!w->dir[0]) {
+    snprintf(w->dir, sizeof w->dir, "/tmp/nn_oom-XXXXXX");
+    cr_assert_not_null(mkdtemp(w->dir));
+  }
+  snprintf(w->path, sizeof w->path, "%s/m.safetensors", w->dir);
+  setup_train(w);
+  cr_assert_eq(nn_train_step(w->m, w->opt, nn_cross_entropy_loss, w->x, w->y, 0, NULL), AD_OK);
+  cr_assert_eq(nn_model_save(w->m, w->opt, w->path), AD_OK, "%s", ad_last_error(w->c));
+  cr_assert_eq(nn_train_step(w->m, w->opt, nn_cross_entropy_loss, w->x, w->y, 0, NULL), AD_OK);
+}
+
+static unsigned long hash_file(const char *path) {
+  FILE *f = fopen(path, "rb");
+  cr_assert_not_null(f, "%s", path);
+  unsigned long h = 14695981039346656037ul;
+  for (int ch; (ch = fgetc(f)) != EOF;) h = (h ^ (unsigned)ch) * 1099511628211ul;
+  fclose(f);
+  return h;
+}
+
+/* the file on disk */
+static unsigned long print_file(world *w) { return hash_file(w->path); }
+
+/* the model, the optimizer and the file */
+static unsigned long print_all(world *w) { return print_model(w) ^ print_file(w); }
+
+static ad_status run_save(world *w) { return nn_model_save(w->m, w->opt, w->path); }
+static ad_status run_load(world *w) { return nn_model_load(w->m, w->opt, w->path); }
+
+Test(nn_oom, model_save_is_atomic) {
+  sweep(&(scenario){"save", setup_ckpt, run_save, print_file, true, false});
+}
+
+Test(nn_oom, model_load_is_atomic) {
+  sweep(&(scenario){"load", setup_ckpt, run_load, print_all, true, false});
+}
+
+/* ------------------------------------------------------------- data */
+
+static ad_status run_batcher(world *w) {
+  w->b = nn_batcher_new(w->c, w->x, w->y, 4, true, 9);
+  if (!w->b) return ad_last_status(w->c);
+  ad_tensor *xb, *yb;
+  for (int e = 0; e < 2; e++) {
+    while (nn_batcher_next(w->b, &xb, &yb)) {
+      ad_tensor *t = ad_sum(w->c, xb); /* a read, so the next batch's write is noted */
+      if (!t) return ad_last_status(w->c);
+    }
+    if (ad_last_status(w->c) != AD_OK) return ad_last_status(w->c);
+  }
+  return AD_OK;
+}
+
+Test(nn_oom, batcher) {
+  sweep(&(scenario){"batcher", setup_data, run_batcher, NULL, false, false});
+}
+
+static ad_status run_split(world *w) {
+  return nn_train_test_split(w->c, w->x, w->y, 2, true, 4, &w->t[0], &w->t[1], &w->t[2], &w->t[3]);
+}
+
+static unsigned long print_split(world *w) {
+  unsigned long h = 1;
+  for (int i = 0; i < 4; i++) h = hash_tensor(h, w->t[i]);
+  return h;
+}
+
+Test(nn_oom, train_test_split) {
+  sweep(&(scenario){"split", setup_data, run_split, print_split, false, false});
+}
+
+static ad_status run_take(world *w) {
+  int64_t rows[3] = {4, 0, 4};
+  w->t[0] = nn_take_rows(w->c, w->x, 3, rows);
+  return w->t[0] ? AD_OK : ad_last_status(w->c);
+}
+
+Test(nn_oom, take_rows) {
+  sweep(&(scenario){"take_rows", setup_data, run_take, print_split, false, false});
+}
+
+/* ----------------------------------------------------------- losses */
+
+static ad_status run_losses(world *w) {
+  ad_ctx *c = w->c;
+  int64_t s[2] = {3, 4}, s3[3] = {2, 3, 4};
+  ad_tensor *p = w->t[0] = data(c, 2, s, 1), *q = w->t[1] = data(c, 2, s, 2);
+  ad_tensor *p3 = w->t[2] = data(c, 3, s3, 3);
+  ad_tensor *lab = w->t[3] = ad_zeros(c, AD_I32, 1, s);
+  if (!p || !q || !p3 || !lab) return ad_last_status(c);
+  ad_tensor_set(lab, 1, 2);
+  int64_t ls[2] = {2, 4};
+  ad_tensor *lab2 = w->t[4] = ad_full(c, AD_I32, 2, ls, 1);
+  ad_tensor *prob = ad_sigmoid(c, p), *tgt = ad_sigmoid(c, q);
+  ad_tensor *l = nn_mse_loss(c, p, q, NN_MEAN);
+  l = ad_add(c, l, nn_bce_loss(c, prob, tgt, NN_SUM));
+  l = ad_add(c, l, nn_bce_with_logits_loss(c, p, tgt, NN_MEAN));
+  l = ad_add(c, l, nn_cross_entropy_loss(c, p, lab, NN_MEAN));
+  l = ad_add(c, l, nn_cross_entropy_loss(c, p, ad_softmax(c, q, 1), NN_MEAN));
+  l = ad_add(c, l, nn_nll_loss(c, ad_log_softmax(c, p, 1), lab, NN_SUM));
+  l = ad_add(
+      c, l,
+      nn_sequence_cross_entropy_loss(c, p3, lab2, NN_MEAN, &(nn_sequence_ce_opts){.ignore = true}));
+  if (!l) return ad_last_status(c);
+  return ad_backward(c, l, NULL);
+}
+
+static unsigned long print_grads(world *w) {
+  unsigned long h = 1;
+  for (int i = 0; i < 3; i++) h = hash_tensor(h, w->t[i] ? w->t[i]->grad : NULL);
+  return h;
+}
+
+Test(nn_oom, losses) {
+  sweep(&(scenario){"losses", setup_kind, run_losses, print_grads, false, false});
+}
+
+/* ------------------------------------------------------------ idx */
+
+static void setup_idx(world *w) {
+  snprintf(w->dir, sizeof w->dir, "/tmp/nn_oom-XXXXXX");
+  cr_assert_not_null(mkdtemp(w->dir));
+  snprintf(w->path, sizeof w->path, "%s/d.idx", w->dir);
+  FILE *f = fopen(w->path, "wb");
+  unsigned char head[12] = {0, 0, 8, 2, 0, 0, 0, 3, 0, 0, 0, 4};
+  fwrite(head, 1, sizeof head, f);
+  for (int i = 0; i < 12; i++) fputc(i * 20, f);
+  fclose(f);
+}
+
+static ad_status run_idx(world *w) {
+  w->t[0] = nn_idx_load(w->c, w->path, AD_F32, 1.0 / 255);
+  return w->t[0] ? AD_OK : ad_last_status(w->c);
+}
+
+Test(nn_oom, idx_load) { sweep(&(scenario){"idx", setup_idx, run_idx, print_split, false, false}); }
