@@ -325,6 +325,7 @@ static ad_tensor *dropout_forward(nn_layer *l, ad_tensor *x, bool training) {
   }
   ad_tensor *m = nn_tmp_tensor(ctx, x->dtype, x->ndim, x->shape);
   if (!m) return NULL;
+  ad_rng before = l->rng; /* a call that fails takes no draw */
   drop_job j = {.m = m->data,
                 .dtype = m->dtype,
                 .n = m->size,
@@ -332,7 +333,9 @@ static ad_tensor *dropout_forward(nn_layer *l, ad_tensor *x, bool training) {
                 .thr = (uint64_t)ceil(l->p * 0x1p53),
                 .keep = 1.0 / (1.0 - l->p)};
   ad_parallel_for((m->size + DROP_CHUNK - 1) / DROP_CHUNK, DROP_GRAIN, drop_range, &j);
-  return ad_mul(ctx, x, m);
+  ad_tensor *y = ad_mul(ctx, x, m);
+  if (!y) l->rng = before;
+  return y;
 }
 
 /* ------------------------------------------------------- flatten, lambda */

@@ -113,8 +113,8 @@ static ad_tensor *project(ad_ctx *ctx, ad_tensor *x, ad_tensor *w, ad_tensor *b,
   return b ? ad_add(ctx, y, ad_narrow(ctx, b, 0, r0, e)) : y;
 }
 
-ad_tensor *nn_multihead_attention(nn_layer *l, ad_tensor *query, ad_tensor *key, ad_tensor *value,
-                                  const nn_mha_args *args, ad_tensor **weights) {
+static ad_tensor *mha_call(nn_layer *l, ad_tensor *query, ad_tensor *key, ad_tensor *value,
+                           const nn_mha_args *args, ad_tensor **weights) {
   if (weights) *weights = NULL;
   if (!l) return NULL;
   ad_ctx *ctx = nn_layer_ctx(l);
@@ -199,6 +199,15 @@ ad_tensor *nn_multihead_attention(nn_layer *l, ad_tensor *query, ad_tensor *key,
     if (!w) return NULL;
     *weights = w;
   }
+  return o;
+}
+
+ad_tensor *nn_multihead_attention(nn_layer *l, ad_tensor *query, ad_tensor *key, ad_tensor *value,
+                                  const nn_mha_args *args, ad_tensor **weights) {
+  mha_state *s = l && strcmp(nn_layer_kind(l), MHA_KIND) == 0 ? nn_layer_state(l) : NULL;
+  ad_rng before = s ? s->rng : (ad_rng){0}; /* a call that fails takes no dropout draws */
+  ad_tensor *o = mha_call(l, query, key, value, args, weights);
+  if (!o && s) s->rng = before;
   return o;
 }
 

@@ -431,7 +431,8 @@ ad_tensor *nn_rnn_forward(nn_layer *l, ad_tensor *x, ad_tensor *h0, ad_tensor *c
   ad_tensor **scratch = ad_malloc(ctx, bytes);
   if (!scratch) return NULL;
   ad_tensor *hn = NULL, *cn = NULL, *y = NULL;
-  if (unbatched) { /* add the batch axis, and take it away from the results */
+  ad_rng before = s->rng; /* a call that fails takes no dropout draws */
+  if (unbatched) {        /* add the batch axis, and take it away from the results */
     int64_t xs[3] = {T, 1, s->in}, ss[3] = {s->layers, 1, s->hidden};
     if (s->batch_first) xs[0] = 1, xs[1] = T;
     x = ad_reshape(ctx, x, 3, xs);
@@ -450,6 +451,7 @@ ad_tensor *nn_rnn_forward(nn_layer *l, ad_tensor *x, ad_tensor *h0, ad_tensor *c
     if (cn) cn = ad_reshape(ctx, cn, 2, ss);
     if ((h_n && !hn) || (c_n && s->cell == NN_RNN_LSTM && !cn)) y = NULL;
   }
+  if (!y) s->rng = before;
   if (y && h_n) *h_n = hn;
   if (y && c_n) *c_n = cn;
   return y;

@@ -399,10 +399,29 @@ static void setup_layer(world *w) {
   build_only = false;
 }
 
+static ad_status run_forward(world *w) {
+  w->out = nn_layer_forward(w->l, w->x, true);
+  return w->out ? AD_OK : ad_last_status(w->c);
+}
+
+/* the layer's parameters, buffers and output */
+static unsigned long print_forward(world *w) { return hash_tensor(print_model(w), w->out); }
+
 static ad_status run_backward(world *w) {
   nn_params_zero_grad(nn_layer_params(w->l));
   ad_tensor_zero_grad(w->x);
   return ad_backward(w->c, w->out, NULL);
+}
+
+/* A refused forward changes nothing: the running statistics and the
+ * dropout draws included, so the next forward is the one an undisturbed
+ * run takes. */
+Test(nn_oom, every_layer_forward_again) {
+  for (g_kind = 0; g_kind < N_LAYERS; g_kind++) {
+    char name[64];
+    snprintf(name, sizeof name, "forward %s", layer_names[g_kind]);
+    sweep(&(scenario){name, setup_layer, run_forward, print_forward, true, true});
+  }
 }
 
 static void setup_backward(world *w) {
