@@ -328,11 +328,12 @@ NN_API nn_layer *nn_leaky_relu_new(ad_ctx *ctx, double alpha);
 /** Inverted dropout: in training mode each element is zeroed with
  * probability p and the rest are scaled by 1 / (1 - p); in evaluation mode
  * it is the identity. The masks come from an ad_rng seeded with seed: each
- * call takes one draw k of it (a call that fails takes none), and element i (row-major) is kept when the
- * (i mod 4096)-th draw of an ad_rng seeded with k + i / 4096 (integer
- * division), as ad_rng_uniform, is >= p. The chunks of 4096 elements are
- * drawn on the library's threads; a mask is the same on any number of
- * threads. p in [0, 1), else NULL with AD_ERR_ARG. */
+ * call takes one draw k of it (a call that fails takes none), and element
+ * i (row-major) is kept when the (i mod 4096)-th draw of an ad_rng seeded
+ * with k + i / 4096 (integer division), as ad_rng_uniform, is >= p. The
+ * chunks of 4096 elements are drawn on the library's threads; a mask is
+ * the same on any number of threads. p in [0, 1), else NULL with
+ * AD_ERR_ARG. */
 NN_API nn_layer *nn_dropout_new(ad_ctx *ctx, double p, uint64_t seed);
 
 /** Reshapes [N, d1, d2, ...] to [N, d1 * d2 * ...] (a view), N = 0
