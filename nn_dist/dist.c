@@ -260,6 +260,10 @@ struct nn_dist {
    * without an exchange (every rank's step ended there) */
   ad_status begin_st;
   char begin_msg[MSG_LEN];
+  /* a note of a write into a gradient (note_grad) that failed in this
+   * step, inside the backward's hook: grad_end fails the step with it */
+  ad_status note_st;
+  char note_msg[MSG_LEN];
   bool layout_stale; /* nn_dist_sync: the next step builds the layout again */
   /* the walk over the recorded graph */
   uint8_t *seen;
@@ -1452,14 +1456,31 @@ static void privatize(nn_dist *d) {
   }
 }
 
+/* Notes that gradient g is about to be written in place through its data
+ * (ad_tensor_mark_modified, as nn's clipping does), so that a backward
+ * through an op recorded before, which read this rank's own gradient,
+ * refuses instead of using the sum. A branch when no op of the tape read
+ * g. Where the note cannot be kept (out of memory; possibly inside the
+ * backward's hook, which cannot return it) it returns false, g is not to
+ * be written, and grad_end fails the step on every rank with the message. */
+static bool note_grad(nn_dist *d, ad_tensor *g) {
+  if (d->note_st != AD_OK) return false;
+  ad_status st = ad_tensor_mark_modified(g);
+  if (st == AD_OK) return true;
+  d->note_st = st;
+  snprintf(d->note_msg, sizeof d->note_msg, "dist: %s", ad_last_error(d->ctx));
+  return false;
+}
+
 /* zc: parameter i (of bucket k) takes the node's reduced gradient, bound
- * without a copy (copied where the binding is refused). */
-static void take_reduced(nn_dist *d, int k, int i) {
+ * without a copy (copied where the binding is refused: an op read it; the
+ * write noted unless noted already). */
+static void take_reduced(nn_dist *d, int k, int i, bool noted) {
   ad_tensor *t = d->t[i];
   size_t es = ad_dtype_size(t->dtype);
   char *r = red_bucket(d, k) + (size_t)d->offset[i] * es;
   if (bind_grad(d, t, r, false)) return;
-  if (t->grad) memcpy(t->grad->data, r, (size_t)t->size * es);
+  if (t->grad && (noted || note_grad(d, t->grad))) memcpy(t->grad->data, r, (size_t)t->size * es);
 }
 
 /* Packs bucket k and starts its reduction: published in the shared
@@ -1684,8 +1705,8 @@ static bool shm_progress(nn_dist *d, bool all) {
       ad_tensor *g = d->t[i]->grad;
       if (!d->flags[2 + i] || !g) continue;
       if (h->zc)
-        take_reduced(d, k, i);
-      else
+        take_reduced(d, k, i, false);
+      else if (note_grad(d, g))
         copy_param(d, k, i, g->data);
       h->copied[i] = 1;
     }
@@ -1963,6 +1984,7 @@ static void step_reset(nn_dist *d) {
   }
   for (int i = 0; i < d->np; i++) d->flags[2 + i] = 0;
   d->next = 0;
+  d->note_st = AD_OK;
   if (d->sh.on) {
     d->sh.step++;
     d->sh.next_red = d->sh.next_unp = 0;
@@ -2065,6 +2087,24 @@ static void unpack(nn_dist *d, int k) {
   }
 }
 
+/* Notes the writes grad_end makes after the status exchange (where a
+ * failure could no longer be agreed on): the gradients not yet taken from
+ * the sum, and on ranks other than 0, with bufs, the buffers that rank 0's
+ * overwrite. AD_OK, or the failure of a note (also one in the hook). */
+static ad_status note_rest(nn_dist *d, bool bufs) {
+  for (int i = 0; i < d->np; i++) {
+    ad_tensor *g = d->t[i]->grad;
+    if (g && !(d->sh.on && d->sh.copied[i])) note_grad(d, g);
+  }
+  for (int i = 0; bufs && d->rank != 0 && i < d->ms.nb && d->note_st == AD_OK; i++)
+    if (ad_tensor_mark_modified(d->ms.buf[i]) != AD_OK) {
+      d->note_st = ad_last_status(d->ctx);
+      snprintf(d->note_msg, sizeof d->note_msg, "dist: %s", ad_last_error(d->ctx));
+    }
+  if (d->note_st == AD_OK) return AD_OK;
+  return ad_set_error(d->ctx, d->note_st, "%s", d->note_msg);
+}
+
 static ad_status grad_end(void *ud, nn_params *p, ad_status st) {
   nn_dist *d = ud;
   if (d->size == 1) {
@@ -2089,12 +2129,19 @@ static ad_status grad_end(void *ud, nn_params *p, ad_status st) {
     step_reset(d);
   }
   d->begun = false;
+  err_saved e; /* the caller's failure: its message, not a note's that failed since */
+  if (st != AD_OK) err_keep(d->ctx, &e);
   while (d->next < d->nb) launch(d, d->next++, false);
   if (d->sh.on)
     shm_wait(d);
   else
     for (int k = 0; k < d->nb; k++)
       if (!d->b[k].done) MPI_Wait(&d->b[k].req, MPI_STATUS_IGNORE);
+  bool bufs = synced_step(d, p);
+  if (st == AD_OK)
+    st = note_rest(d, bufs);
+  else if (d->note_st != AD_OK)
+    err_restore(d->ctx, &e);
   /* the status with the has-gradient flags: a rank that failed stops all */
   d->flags[0] = st != AD_OK ? d->size - d->rank : 0;
   d->flags[1] = 0;
@@ -2124,7 +2171,7 @@ static ad_status grad_end(void *ud, nn_params *p, ad_status st) {
   if (d->sh.on && d->sh.zc) {
     for (int i = 0; i < d->np; i++)
       if (d->flags[2 + i] && !d->sh.copied[i] && ad_tensor_requires_grad(d->t[i])) {
-        take_reduced(d, d->bucket_of[i], i);
+        take_reduced(d, d->bucket_of[i], i, true);
         if (!d->t[i]->grad && zst == AD_OK)
           zst = ad_set_error(d->ctx, AD_ERR_OOM, "dist: out of memory for the gradient of %s",
                              nn_params_name(p, d->first_of[i]));
@@ -2147,7 +2194,7 @@ static ad_status grad_end(void *ud, nn_params *p, ad_status st) {
   /* buffers (BatchNorm's running statistics) follow rank 0: of the synced
    * model, in a step over its parameters (not a list of the caller's, made
    * perhaps after that model was freed) */
-  if (synced_step(d, p)) bcast_list(d, d->ms.nb, d->ms.buf);
+  if (bufs) bcast_list(d, d->ms.nb, d->ms.buf); /* (noted by note_rest) */
   d->stats.wait_seconds += MPI_Wtime() - t0;
   return AD_OK;
 }

@@ -1985,6 +1985,91 @@ static void sync_resets_views(ad_ctx *c) {
   nn_model_free(m);
 }
 
+/* An op that read this rank's own gradient (or buffer) before grad_end
+ * wrote the sum (rank 0's running statistics) over it: a backward through
+ * that op then refuses, as after nn_clip_grad_norm in one process, instead
+ * of differentiating with values the op did not read. The buckets launch
+ * in grad_end (no_overlap), so the op reads the gradient before any write;
+ * one rank has nothing to write (its gradients are the sums). With
+ * oom, the last rank's note of the write runs out of memory (a context of
+ * its own, whose list of writes is not there yet): every rank fails the
+ * step with its message. */
+static void reduced_writes_noted(bool oom) {
+  ad_ctx *c = ad_ctx_new_with_alloc(count_alloc, NULL);
+  nn_dist_opts o = {.bucket_bytes = 8, .no_overlap = true};
+  ad_tensor *x, *y;
+  make_data(c, AD_F64, 12, &x, &y);
+  nn_model *m = make_model(c, AD_F64, 8, BATCHNORM, 5);
+  nn_optimizer *opt = nn_sgd_new(nn_model_params(m), 0.1, 0, false, 0);
+  nn_dist *d = dist_new(c, &o);
+  const nn_dist_ops *ops = nn_dist_fit_ops(d);
+  nn_params *p = nn_model_params(m);
+  ad_status st = ops->sync(ops->ud, m, opt);
+  ad_tensor *w = nn_params_tensor(p, 0), *rm = nn_params_tensor(nn_model_buffers(m), 0);
+  int64_t b = 12 * rank / size, e = 12 * (rank + 1) / size;
+  ad_tape_reset(c);
+  nn_params_zero_grad(p);
+  ad_tensor *l = nn_cross_entropy_loss(c, nn_model_forward(m, ad_narrow(c, x, 0, b, e - b)),
+                                       ad_narrow(c, y, 0, b, e - b), NN_MEAN);
+  if (st == AD_OK) st = ops->grad_begin(ops->ud, p, l, e - b, 12);
+  if (st == AD_OK) st = ad_backward(c, l, NULL);
+  ad_tensor *vs[2] = {NULL, NULL}, *read[2] = {w->grad, rm}, *z[2] = {NULL, NULL};
+  double was[2] = {NAN, NAN};
+  for (int k = 0; k < 2 && st == AD_OK; k++) { /* sum(read * v): its backward reads read */
+    vs[k] = ad_ones(c, AD_F64, read[k]->ndim, read[k]->shape);
+    ad_tensor_set_requires_grad(vs[k], true);
+    z[k] = ad_sum(c, ad_mul(c, read[k], vs[k]));
+    was[k] = ad_tensor_get(read[k], 0);
+  }
+  if (oom && rank == size - 1) fail_in = 1;
+  st = ops->grad_end(ops->ud, p, st);
+  fail_in = 0;
+  char msg[256];
+  snprintf(msg, sizeof msg, "%s", ad_last_error(c));
+  bool ok = true;
+  int refused = 0;
+  for (int k = 0; k < 2 && !oom; k++) {
+    bool changed = ad_tensor_get(read[k], 0) != was[k];
+    ad_status bst = z[k] ? ad_backward(c, z[k], NULL) : AD_ERR_NULL;
+    bool here = changed ? bst == AD_ERR_STATE &&
+                              strstr(ad_last_error(c), "was written after the op was recorded")
+                        : bst == AD_OK && ad_tensor_get(vs[k]->grad, 0) == was[k];
+    refused += changed;
+    if (!here)
+      snprintf(why, sizeof why, "%s: grad_end %s, changed %d, backward %s (%s)",
+               k ? "running mean" : "gradient", ad_status_str(st), changed, ad_status_str(bst),
+               ad_last_error(c));
+    ok &= here;
+    ad_clear_error(c);
+  }
+  if (oom) {
+    char want[64];
+    snprintf(want, sizeof want, "dist: rank %d stopped: dist: ", size - 1);
+    ok = size == 1 ? st == AD_OK
+                   : st == AD_ERR_OOM && strstr(msg, "out of memory (to note") &&
+                         (rank == size - 1 ? strncmp(msg, "dist: ", 6) == 0
+                                           : strncmp(msg, want, strlen(want)) == 0);
+    snprintf(why, sizeof why, "grad_end %s: %s", ad_status_str(st), msg);
+  } else {
+    /* ranks other than 0 take rank 0's statistics; every rank the sum */
+    ok &= size == 1 ? refused == 0 : refused == (rank == 0 ? 1 : 2);
+    if (!ok && why[0] == 0) snprintf(why, sizeof why, "%d refused", refused);
+  }
+  check(st == (oom && size > 1 ? AD_ERR_OOM : AD_OK) && ok,
+        oom ? "a note of a reduced gradient's write out of memory fails the step on every rank"
+            : "a backward through an op that read a gradient or buffer grad_end wrote refuses",
+        why);
+  why[0] = 0;
+  ad_tape_reset(c);
+  nn_dist_free(d);
+  for (int k = 0; k < 2; k++) ad_tensor_free(vs[k]);
+  nn_optimizer_free(opt);
+  nn_model_free(m);
+  ad_tensor_free(x);
+  ad_tensor_free(y);
+  ad_ctx_free(c);
+}
+
 /* After nn_fit on the shared-memory path the gradients are the node's
  * reduced buffer in the window; an op that reads one (a norm computed with
  * ops) keeps it from moving on this tape. nn_dist_free must still leave the
@@ -2337,6 +2422,8 @@ int main(int argc, char **argv) {
   sync_on_a_used_tape(c);
   sync_resets_views(c);
   free_after_an_op_read_a_gradient(c);
+  reduced_writes_noted(false);
+  reduced_writes_noted(true);
   ad_ctx_free(c);
   nn_dist_finalize();
   after_finalize();
