@@ -632,19 +632,38 @@ ad_status nn_dist_sum(nn_dist *d, double *v, int n) {
 
 /* The description of a state list, one line per tensor; a parameter that
  * takes no gradient is "frozen" (one frozen on some ranks only would take
- * only the other ranks' gradient there, and the ranks' copies drift apart). */
+ * only the other ranks' gradient there, and the ranks' copies drift apart).
+ * first (NULL: none): each entry's first entry of its tensor, an entry that
+ * repeats one (tied weights) described as "tied to <kind> j": lists that
+ * tie other entries ([a, b, a] and [a, b, b]) would compute other
+ * functions, and the broadcast by entry would give b a's values. */
 static size_t describe_list(char *out, size_t cap, const char *kind, int n,
-                            const char *const *names, ad_tensor *const *ts) {
+                            const char *const *names, ad_tensor *const *ts, const int *first) {
   size_t len = 0;
   bool params = strcmp(kind, "parameter") == 0;
   for (int i = 0; i < n; i++) {
-    char s[96];
-    int k = snprintf(out ? out + len : NULL, out ? cap - len : 0, "%s %d '%s' %s %s%s\n", kind, i,
+    char s[96], tie[48] = "";
+    if (first && first[i] != i) snprintf(tie, sizeof tie, " tied to %s %d", kind, first[i]);
+    int k = snprintf(out ? out + len : NULL, out ? cap - len : 0, "%s %d '%s' %s %s%s%s\n", kind, i,
                      names[i], ad_dtype_name(ts[i]->dtype), ad_shape_str(ts[i], s, sizeof s),
-                     params && !ad_tensor_requires_grad(ts[i]) ? " frozen" : "");
+                     params && !ad_tensor_requires_grad(ts[i]) ? " frozen" : "", tie);
     len += (size_t)k;
   }
   return len;
+}
+
+static int cmp_lookup_idx(const void *a, const void *b);
+
+/* first[i]: the first of the n entries ts that holds ts[i]'s tensor (i
+ * itself for most), through look (n entries of scratch): sorted by
+ * address, then index. */
+static void first_entries(int n, ad_tensor *const *ts, lookup *look, int *first) {
+  for (int i = 0; i < n; i++) look[i] = (lookup){(uintptr_t)ts[i], i};
+  qsort(look, (size_t)n, sizeof *look, cmp_lookup_idx);
+  for (int k = 0, f = 0; k < n; k++) {
+    if (k == 0 || look[k].key != look[k - 1].key) f = look[k].idx;
+    first[look[k].idx] = f;
+  }
 }
 
 /* v in the fewest digits that read back as v (%.17g prints 0.9 as
@@ -656,19 +675,20 @@ static void exact(double v, char out[32]) {
   }
 }
 
-static size_t describe(char *out, size_t cap, nn_model *m, nn_optimizer *opt) {
+/* first: the parameters' first entries, then the buffers' (first_entries). */
+static size_t describe(char *out, size_t cap, nn_model *m, nn_optimizer *opt, const int *first) {
   nn_params *p = nn_model_params(m), *b = nn_model_buffers(m);
   int np = nn_params_count(p), nb = nn_params_count(b);
   int ns = opt ? nn_optimizer_state_count(opt) : 0;
   size_t len = (size_t)snprintf(
       out, out ? cap : 0, "%d parameters, %d buffers, %d optimizer state tensors\n", np, nb, ns);
   len += describe_list(out ? out + len : NULL, out ? cap - len : 0, "parameter", np,
-                       nn_params_names(p), nn_params_tensors(p));
+                       nn_params_names(p), nn_params_tensors(p), first);
   len += describe_list(out ? out + len : NULL, out ? cap - len : 0, "buffer", nb,
-                       nn_params_names(b), nn_params_tensors(b));
+                       nn_params_names(b), nn_params_tensors(b), first + np);
   if (ns)
     len += describe_list(out ? out + len : NULL, out ? cap - len : 0, "optimizer state", ns,
-                         nn_optimizer_state_names(opt), nn_optimizer_state_tensors(opt));
+                         nn_optimizer_state_names(opt), nn_optimizer_state_tensors(opt), NULL);
   if (opt) { /* the settings the state does not hold (the rate it does: rank 0's is sent) */
     const nn_opt_config *o = nn_optimizer_config(opt);
     const nn_schedule *sc = nn_optimizer_schedule(opt);
@@ -913,11 +933,22 @@ ad_status nn_dist_sync(nn_dist *d, nn_model *m, nn_optimizer *opt) {
     failed = true;
     st = ad_set_error(c, AD_ERR_ARG, "dist_sync: the model is on another context than the nn_dist");
   } else {
-    mlen = describe(NULL, 0, m, opt) + 1;
-    if (!(mine = ad_malloc(c, mlen)) || !synced_new(c, m, &ms))
+    nn_params *mp = nn_model_params(m), *mb = nn_model_buffers(m);
+    int np = nn_params_count(mp), nb = nn_params_count(mb);
+    size_t nn = (size_t)(np > nb ? np : nb) + 1;
+    lookup *look = ad_malloc(c, nn * sizeof *look);
+    int *first = look ? ad_malloc(c, (size_t)(np + nb + 1) * sizeof *first) : NULL;
+    if (first) {
+      first_entries(np, nn_params_tensors(mp), look, first);
+      first_entries(nb, nn_params_tensors(mb), look, first + np);
+      mlen = describe(NULL, 0, m, opt, first) + 1;
+    }
+    if (!first || !(mine = ad_malloc(c, mlen)) || !synced_new(c, m, &ms))
       failed = true, st = AD_ERR_OOM;
     else
-      describe(mine, mlen, m, opt);
+      describe(mine, mlen, m, opt, first);
+    if (first) ad_free(c, first, (size_t)(np + nb + 1) * sizeof *first);
+    if (look) ad_free(c, look, nn * sizeof *look);
     /* the broadcast writes the parameters and buffers through their data:
      * a backward through ops recorded before reads the new values */
     nn_params *lists[2] = {nn_model_params(m), nn_model_buffers(m)};
@@ -1244,6 +1275,44 @@ static ad_status layout_local(nn_dist *d, nn_params *p) {
   return AD_OK;
 }
 
+/* After the ranks' layouts were found to differ: the first line where
+ * this rank's description of p (as nn_dist_sync's, with the entries that
+ * are one tensor) differs from rank 0's, of the lowest rank with one, into
+ * msg on every rank, which returns that rank; -1 when they read alike
+ * (bucket_bytes differs) or a rank has no memory for the descriptions.
+ * Collective. */
+static int layout_difference(nn_dist *d, nn_params *p, char *msg, size_t cap) {
+  ad_ctx *c = d->ctx;
+  err_saved e;
+  err_keep(c, &e);
+  int nf = d->nfull;
+  for (int f = 0; f < nf; f++) d->remaining[f] = d->first_of[d->uidx[f]]; /* (scratch here) */
+  size_t len = describe_list(NULL, 0, "parameter", nf, nn_params_names(p), nn_params_tensors(p),
+                             d->remaining) +
+               1;
+  char *mine = ad_malloc(c, len), *theirs = NULL;
+  if (mine)
+    describe_list(mine, len, "parameter", nf, nn_params_names(p), nn_params_tensors(p),
+                  d->remaining);
+  long long tlen = mine ? (long long)len : 0;
+  MPI_Bcast(&tlen, 1, MPI_LONG_LONG, 0, d->comm);
+  int ok = mine && tlen > 0 && (d->rank == 0 || (theirs = ad_malloc(c, (size_t)tlen)));
+  MPI_Allreduce(MPI_IN_PLACE, &ok, 1, MPI_INT, MPI_MIN, d->comm);
+  int code = 0;
+  if (ok) {
+    if (d->rank == 0) theirs = mine;
+    bcast_bytes(d, theirs, (size_t)tlen, 0);
+    code =
+        d->rank != 0 && first_difference(mine, theirs, d->rank, msg, cap) ? d->size - d->rank : 0;
+    MPI_Allreduce(MPI_IN_PLACE, &code, 1, MPI_INT, MPI_MAX, d->comm);
+    if (code) MPI_Bcast(msg, (int)cap, MPI_CHAR, d->size - code, d->comm);
+  }
+  if (theirs && theirs != mine) ad_free(c, theirs, (size_t)tlen);
+  ad_free(c, mine, len);
+  err_restore(c, &e);
+  return code ? d->size - code : -1;
+}
+
 /* The layout of p: its buckets, then the shared window or the buckets'
  * buffers. Collective, and every rank returns the same: a failure on one
  * rank (out of memory, buckets that differ) fails it on every rank, the
@@ -1261,13 +1330,16 @@ static ad_status layout_build(nn_dist *d, nn_params *p) {
   }
   /* the same buckets on every rank, on either path (an allreduce of
    * buckets that differ would sum unrelated gradients, or fail in MPI) */
-  /* FNV-1a over the parameters' sizes and the buckets' sizes and dtypes
-   * (lists of [5, 5] and [10] make the same bucket) */
+  /* FNV-1a over the parameters' sizes, which entries of the list are one
+   * tensor (lists [a, b, a] and [a, b, b] make the same buckets, but other
+   * models), and the buckets' sizes and dtypes (lists of [5, 5] and [10]
+   * make the same bucket) */
   unsigned long long hh = 1469598103934665603ull;
   long long total = 0;
   hh = (hh ^ (unsigned long long)d->np) * 1099511628211ull;
   hh = (hh ^ (unsigned long long)d->nfull) * 1099511628211ull;
   for (int i = 0; i < d->np; i++) hh = (hh ^ (unsigned long long)d->tsize[i]) * 1099511628211ull;
+  for (int f = 0; f < d->nfull; f++) hh = (hh ^ (unsigned long long)d->uidx[f]) * 1099511628211ull;
   for (int k = 0; k < d->nb; k++) {
     hh = (hh ^ (unsigned long long)d->b[k].count) * 1099511628211ull;
     hh = (hh ^ (unsigned long long)d->b[k].dtype) * 1099511628211ull;
@@ -1277,7 +1349,14 @@ static ad_status layout_build(nn_dist *d, nn_params *p) {
   long long v[6] = {total, -total, d->nb, -d->nb, hash, -hash};
   MPI_Allreduce(MPI_IN_PLACE, v, 6, MPI_LONG_LONG, MPI_MAX, d->comm);
   if (v[0] != -v[1] || v[2] != -v[3] || v[4] != -v[5]) {
+    char msg[MSG_LEN];
+    int root = layout_difference(d, p, msg, sizeof msg);
     layout_free(d);
+    if (root >= 0)
+      return ad_set_error(c, AD_ERR_SHAPE,
+                          "dist: the ranks' gradient buckets differ: rank %d differs from rank 0: "
+                          "%s (the same parameters on every rank)",
+                          root, msg);
     return ad_set_error(c, AD_ERR_SHAPE,
                         "dist: the ranks' gradient buckets differ (%lld to %lld bytes, %lld to "
                         "%lld buckets): the same parameters and bucket_bytes on every rank",

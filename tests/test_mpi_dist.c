@@ -428,6 +428,69 @@ static void paths_same_bits(ad_ctx *c) {
   train_hidden = 8;
 }
 
+/* TIES' forward: x A, tanh, times B, tanh, times the list's entry "C" (A
+ * or B), tanh, times "out". */
+static ad_tensor *ties_forward(nn_model *m, ad_tensor *x, void *ud) {
+  (void)ud;
+  ad_ctx *c = nn_model_ctx(m);
+  ad_tensor *h = ad_tanh(c, ad_matmul(c, x, nn_model_param(m, "A"), false, false));
+  h = ad_tanh(c, ad_matmul(c, h, nn_model_param(m, "B"), false, false));
+  h = ad_tanh(c, ad_matmul(c, h, nn_model_param(m, "C"), false, false));
+  return ad_matmul(c, h, nn_model_param(m, "out"), false, false);
+}
+
+/* Lists that tie other entries: [A, B, A, out] on every rank but the last,
+ * [A, B, B, out] there (same names, dtypes and shapes). Their models
+ * compute other functions; the start-up check passed them, and the
+ * broadcast by entry gave the last rank's B rank 0's A. Now nn_fit fails
+ * on every rank before a step, naming the entry; so does a step driven
+ * without nn_dist_sync (the layouts' check), on every rank, without a
+ * wait. */
+static void ties_differ(ad_ctx *c) {
+  ad_tensor *x, *y;
+  make_data(c, AD_F64, 24, &x, &y);
+  for (int k = 0; k < 2; k++) { /* 0: nn_fit, 1: the ops without sync */
+    ad_rng r;
+    ad_rng_seed(&r, 5);
+    nn_model *m = nn_model_new(c, ties_forward, NULL);
+    int64_t s4[2] = {4, 4}, s3[2] = {4, 3};
+    nn_init xav = {.kind = NN_INIT_XAVIER_UNIFORM};
+    ad_tensor *A = nn_model_add_param(m, "A", AD_F64, 2, s4, xav, &r);
+    ad_tensor *B = nn_model_add_param(m, "B", AD_F64, 2, s4, xav, &r);
+    nn_params_add(nn_model_params(m), "C", rank == size - 1 ? B : A, false);
+    nn_model_add_param(m, "out", AD_F64, 2, s3, xav, &r);
+    nn_optimizer *opt = nn_sgd_new(nn_model_params(m), 0.1, 0, false, 0);
+    nn_dist *d = dist_new(c, NULL);
+    ad_status st;
+    if (k == 0) {
+      nn_fit_opts fo = {.epochs = 1, .batch_size = 12, .verbose = -1, .dist = nn_dist_fit_ops(d)};
+      st = nn_fit(m, opt, nn_cross_entropy_loss, x, y, &fo, NULL);
+    } else {
+      st = ops_step_rows(nn_dist_fit_ops(d), m, x, y, 12 * rank / size, 12 * (rank + 1) / size, 12,
+                         false);
+    }
+    char want[300];
+    snprintf(want, sizeof want,
+             "dist: %srank %d differs from rank 0: parameter 2 'C' f64 [4,4] tied to parameter 1 "
+             "on rank %d, parameter 2 'C' f64 [4,4] tied to parameter 0 on rank 0",
+             k ? "the ranks' gradient buckets differ: " : "", size - 1, size - 1);
+    snprintf(why, sizeof why, "case %d: status %s, %lld steps, message: %s", k, ad_status_str(st),
+             (long long)nn_optimizer_steps(opt), ad_last_error(c));
+    check(st == AD_ERR_SHAPE && nn_optimizer_steps(opt) == 0 &&
+              strncmp(ad_last_error(c), want, strlen(want)) == 0,
+          k ? "lists that tie other entries: a step without sync fails on every rank"
+            : "lists that tie other entries: every rank gets the first difference",
+          why);
+    ad_clear_error(c);
+    ad_tape_reset(c);
+    nn_dist_free(d);
+    nn_optimizer_free(opt);
+    nn_model_free(m);
+  }
+  ad_tensor_free(x);
+  ad_tensor_free(y);
+}
+
 /* The last rank builds a wider hidden layer: every rank fails, naming it. */
 static void mismatch(ad_ctx *c) {
   nn_model *m = make_model(c, AD_F64, rank == size - 1 ? 9 : 8, PLAIN, 5);
@@ -2386,6 +2449,7 @@ int main(int argc, char **argv) {
   deterministic(c);
   paths_same_bits(c);
   if (size > 1) mismatch(c); /* (these need another rank to differ) */
+  if (size > 1) ties_differ(c);
   broadcast_start(c);
   sums(c);
   wide_variadic_op(c);
