@@ -949,12 +949,16 @@ ad_status nn_dist_sync(nn_dist *d, nn_model *m, nn_optimizer *opt) {
       describe(mine, mlen, m, opt, first);
     if (first) ad_free(c, first, (size_t)(np + nb + 1) * sizeof *first);
     if (look) ad_free(c, look, nn * sizeof *look);
-    /* the broadcast writes the parameters and buffers through their data:
-     * a backward through ops recorded before reads the new values */
+    /* the broadcast writes the parameters, buffers and optimizer state
+     * through their data (as nn_model_load, which notes them all): a
+     * backward through ops recorded before would read the new values */
     nn_params *lists[2] = {nn_model_params(m), nn_model_buffers(m)};
     for (int l = 0; l < 2 && !failed; l++)
       for (int i = 0; i < nn_params_count(lists[l]) && !failed; i++)
         if ((st = ad_tensor_mark_modified(nn_params_tensors(lists[l])[i])) != AD_OK) failed = true;
+    for (int i = 0; opt && i < nn_optimizer_state_count(opt) && !failed; i++)
+      if ((st = ad_tensor_mark_modified(nn_optimizer_state_tensors(opt)[i])) != AD_OK)
+        failed = true;
   }
   ad_status other;
   if (agree(d, failed, st, "failed", &other) >= 0) {

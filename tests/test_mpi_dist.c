@@ -2012,6 +2012,38 @@ static void sync_on_a_used_tape(ad_ctx *c) {
   ad_tensor_free(y);
 }
 
+/* nn_dist_sync writes rank 0's optimizer state (here the learning rate,
+ * 0.1 on rank 0 and 0.2 elsewhere) through its data, as nn_model_load
+ * does in one process: an op that read it before then refuses its
+ * backward, as after nn_model_load, instead of taking dz/dv = 0.1 for a z
+ * computed with 0.2. */
+static void sync_notes_optimizer_state(ad_ctx *c) {
+  nn_model *m = make_model(c, AD_F64, 8, PLAIN, 5);
+  nn_optimizer *opt = nn_sgd_new(nn_model_params(m), rank == 0 ? 0.1 : 0.2, 0.9, false, 0);
+  ad_tensor *lr = NULL;
+  for (int k = 0; k < nn_optimizer_state_count(opt); k++)
+    if (strcmp(nn_optimizer_state_names(opt)[k], "sgd.lr") == 0)
+      lr = nn_optimizer_state_tensors(opt)[k];
+  nn_dist *d = dist_new(c, NULL);
+  ad_tape_reset(c);
+  ad_tensor *v = lr ? ad_ones(c, lr->dtype, lr->ndim, lr->shape) : NULL;
+  ad_tensor_set_requires_grad(v, true);
+  ad_tensor *z = ad_sum(c, ad_mul(c, lr, v));
+  ad_status st = nn_dist_sync(d, m, opt);
+  ad_status bst = z ? ad_backward(c, z, NULL) : AD_ERR_NULL;
+  snprintf(why, sizeof why, "sync %s, lr %g, backward %s (%s)", ad_status_str(st),
+           lr ? ad_tensor_get(lr, 0) : NAN, ad_status_str(bst), ad_last_error(c));
+  check(st == AD_OK && ad_tensor_get(lr, 0) == 0.1 && bst == AD_ERR_STATE &&
+            strstr(ad_last_error(c), "was written after the op was recorded"),
+        "nn_dist_sync notes its writes into the optimizer state (as nn_model_load)", why);
+  ad_clear_error(c);
+  ad_tape_reset(c);
+  nn_dist_free(d);
+  ad_tensor_free(v);
+  nn_optimizer_free(opt);
+  nn_model_free(m);
+}
+
 /* nn_dist_sync again while the tape holds a view of a parameter (reshape
  * shares the parameter's memory): with shard_optimizer the first sync put
  * the parameters in a shared window, which the second frees; so it resets
@@ -2485,6 +2517,7 @@ int main(int argc, char **argv) {
   optimizer_own_list(c);
   sync_on_a_used_tape(c);
   sync_resets_views(c);
+  sync_notes_optimizer_state(c);
   free_after_an_op_read_a_gradient(c);
   reduced_writes_noted(false);
   reduced_writes_noted(true);
