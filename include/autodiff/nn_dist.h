@@ -36,9 +36,13 @@
  *     on. After the backward the rest is waited for, a status is exchanged
  *     (a rank that failed makes every rank return its message), and the
  *     model's buffers (BatchNorm's running statistics) are broadcast from
- *     rank 0. With shard_optimizer, on the shared-memory path, the
- *     optimizer step is then sharded: each rank of a node updates only
- *     its slices of the parameters, which are one copy per node.
+ *     rank 0. The sums and rank 0's buffers are written over the rank's
+ *     own as nn's clipping writes gradients: a backward through an op
+ *     recorded before, which read the rank's own values, returns
+ *     AD_ERR_STATE (see ad_tensor_set) instead of using the new ones.
+ *     With shard_optimizer, on the shared-memory path, the optimizer step
+ *     is then sharded: each rank of a node updates only its slices of the
+ *     parameters, which are one copy per node.
  *   - Deterministic mode: on one node the shared-memory sum is already in
  *     rank order; across nodes the buckets are gathered (MPI_Iallgather)
  *     and every rank sums the ranks' contributions in rank order itself,
