@@ -45,6 +45,15 @@ struct nn_optimizer {
 static double scalar_get(const ad_tensor *t) { return ((const double *)t->data)[0]; }
 static void scalar_set(ad_tensor *t, double v) { ((double *)t->data)[0] = v; }
 
+/* Notes the writes of the 0-d state tensors a, b and c (NULL: none) before
+ * they are made (see step_some). */
+static ad_status scalars_noted(ad_tensor *a, ad_tensor *b, ad_tensor *c) {
+  ad_status st = ad_tensor_mark_modified(a);
+  if (st == AD_OK && b) st = ad_tensor_mark_modified(b);
+  if (st == AD_OK && c) st = ad_tensor_mark_modified(c);
+  return st;
+}
+
 static const char *const kind_names[] = {"sgd", "adagrad", "rmsprop", "adam", "adamw"};
 
 nn_opt_config nn_opt_defaults(nn_opt_kind kind, double lr) {
@@ -361,14 +370,20 @@ static ad_status params_live(const nn_optimizer *o, const char *fn) {
 }
 
 static ad_status step_some(nn_optimizer *o, const int64_t *lo, const int64_t *hi) {
-  /* the parameters are written through their data: a backward through
-   * ops recorded before this step would read the new values (tape.c) */
-  for (int i = 0; i < o->nslots; i++) {
-    ad_status st = takes_part(&o->slots[i]) ? ad_tensor_mark_modified(o->slots[i].p) : AD_OK;
-    if (st != AD_OK) return st;
+  /* the parameters and the state are written through their data: a
+   * backward through ops recorded before this step would read the new
+   * values (tape.c) */
+  ad_status st = ad_tensor_mark_modified(o->step);
+  for (int i = 0; i < o->nslots && st == AD_OK; i++) {
+    const slot *sl = &o->slots[i];
+    if (!takes_part(sl)) continue;
+    st = ad_tensor_mark_modified(sl->p);
+    for (int k = 0; k < MAX_SLOT_STATE && st == AD_OK; k++)
+      if (sl->s[k]) st = ad_tensor_mark_modified(sl->s[k]);
+    if (st == AD_OK && sl->t) st = ad_tensor_mark_modified(sl->t);
   }
+  if (st != AD_OK) return st;
   /* the tensors it steps: not those added to its list since */
-  ad_status st = AD_OK;
   if (o->cfg.clip_value > 0) st = nn_clip_value_tensors(o->ts, o->nts, o->cfg.clip_value);
   if (st == AD_OK && o->cfg.clip_norm > 0)
     nn_clip_norm_tensors(o->ts, o->nts, false, o->cfg.clip_norm, &st);
@@ -440,6 +455,8 @@ ad_status nn_optimizer_set_lr(nn_optimizer *o, double lr) {
     return ad_set_error(o->ctx, AD_ERR_ARG,
                         "optimizer %s: set_lr: lr must be finite and >= 0, got %g",
                         kind_names[o->cfg.kind], lr);
+  ad_status st = scalars_noted(o->lr, o->lr0, o->epoch);
+  if (st != AD_OK) return st;
   o->cfg.lr = lr;
   scalar_set(o->lr, lr);
   scalar_set(o->lr0, lr);
@@ -545,6 +562,8 @@ ad_status nn_optimizer_set_schedule(nn_optimizer *o, const nn_schedule *s) {
                         "%lld, eta_min %g)",
                         why, (int)s->kind, (long long)s->step_size, s->gamma, (long long)s->t_max,
                         s->eta_min);
+  ad_status st = scalars_noted(o->lr0, o->epoch, NULL);
+  if (st != AD_OK) return st;
   o->sched = *s;
   o->has_sched = true;
   scalar_set(o->lr0, scalar_get(o->lr));
@@ -566,6 +585,8 @@ ad_status nn_optimizer_schedule_step(nn_optimizer *o) {
                         "optimizer %s: the schedule's learning rate at epoch %.0f is %g (base "
                         "rate %g); it must be finite and >= 0",
                         kind_names[o->cfg.kind], epoch, lr, scalar_get(o->lr0));
+  ad_status st = scalars_noted(o->epoch, o->lr, NULL);
+  if (st != AD_OK) return st;
   scalar_set(o->epoch, epoch);
   o->cfg.lr = lr;
   scalar_set(o->lr, lr);

@@ -998,6 +998,68 @@ Test(optim, clipping_a_gradient_an_op_read_is_a_write) {
   ad_tensor_free(v);
 }
 
+/* z = sum(s * v) for a state tensor s of opt: its backward reads s. */
+static ad_tensor *reads_state(ad_tensor *s, ad_tensor **v) {
+  ad_ctx *c = ad_tensor_ctx(s);
+  *v = ad_ones(c, s->dtype, s->ndim, s->shape);
+  ad_tensor_set_requires_grad(*v, true);
+  return ad_sum(c, ad_mul(c, s, *v));
+}
+
+/* The optimizer's own state is written in place too (the moments, the step
+ * counts; the rate by the schedule and set_lr): a backward through an op
+ * recorded before that read it refuses, as for the parameters, instead of
+ * differentiating at the new values. */
+Test(optim, a_write_of_the_state_is_noted) {
+  ad_rng r;
+  ad_rng_seed(&r, 5);
+  nn_layer *l = nn_dense_new(ctx, 3, 2, &r, NULL);
+  nn_params *p = nn_layer_params(l);
+  int64_t xs[2] = {4, 3};
+  ad_tensor *x = ad_randn(ctx, &r, AD_F32, 2, xs, 0, 1);
+  nn_opt_config cfgs[3] = {{.kind = NN_OPT_ADAM, .lr = 0.01},
+                           {.kind = NN_OPT_SGD, .lr = 0.1, .momentum = 0.9},
+                           {.kind = NN_OPT_RMSPROP, .lr = 0.01, .momentum = 0.5, .centered = true}};
+  nn_schedule sched = {.kind = NN_SCHED_STEP, .step_size = 1, .gamma = 0.5};
+  for (int c = 0; c < 3; c++) {
+    nn_optimizer *opt = nn_optimizer_new(p, &cfgs[c]);
+    cr_assert_not_null(opt, "%s", ad_last_error(ctx));
+    cr_assert_eq(nn_optimizer_set_schedule(opt, &sched), AD_OK);
+    int ns = nn_optimizer_state_count(opt);
+    for (int i = 0; i < ns; i++) {
+      const char *name = nn_optimizer_state_names(opt)[i];
+      bool rate = strstr(name, ".lr") || strstr(name, ".schedule.");
+      for (int how = 0; how < (rate ? 2 : 1); how++) {
+        ad_tape_reset(ctx);
+        nn_optimizer_zero_grad(opt);
+        ad_tensor *loss = ad_sum(ctx, nn_layer_forward(l, x, true));
+        cr_assert_eq(ad_backward(ctx, loss, NULL), AD_OK, "%s", ad_last_error(ctx));
+        ad_tensor *v;
+        ad_tensor *z = reads_state(nn_optimizer_state_tensors(opt)[i], &v);
+        cr_assert_not_null(z, "%s", ad_last_error(ctx));
+        ad_status st = !rate      ? nn_optimizer_step(opt)
+                       : how == 0 ? nn_optimizer_schedule_step(opt)
+                                  : nn_optimizer_set_lr(opt, 0.01);
+        cr_assert_eq(st, AD_OK, "%s", ad_last_error(ctx));
+        if (strstr(name, ".lr0") && how == 0) { /* schedule_step leaves the base rate alone */
+          ad_tensor_free(v);
+          continue;
+        }
+        cr_assert_eq(ad_backward(ctx, z, NULL), AD_ERR_STATE, "%d %s (%d): %s", c, name, how,
+                     ad_last_error(ctx));
+        cr_assert(strstr(ad_last_error(ctx), "was written after the op was recorded"), "%s",
+                  ad_last_error(ctx));
+        ad_clear_error(ctx);
+        ad_tensor_free(v);
+      }
+    }
+    nn_optimizer_free(opt);
+  }
+  ad_tape_reset(ctx);
+  nn_layer_free(l);
+  ad_tensor_free(x);
+}
+
 /* A step between forward and backward (the GAN pattern of PyTorch's
  * "modified by an inplace operation"): the backward of the ops recorded
  * before the step would read the stepped weights, and refuses; so does one

@@ -934,9 +934,13 @@ NN_API void nn_optimizer_free(nn_optimizer *opt);
  * dtype is stored as 0 (a subnormal one would stay for ever on a weight
  * whose gradient is 0, and slow every step); with Adam's default lr and
  * eps that changes a float parameter only if it is itself below about
- * 1e-25. Returns AD_OK, AD_ERR_NULL, or AD_ERR_STATE (nothing read or
- * changed) when a parameter was freed since nn_optimizer_new: its model or
- * list must outlive the optimizer. */
+ * 1e-25. The parameters and the state are written in place, each write
+ * noted (ad_tensor_mark_modified): a backward through ops recorded before
+ * the step that read them refuses with AD_ERR_STATE. Returns AD_OK,
+ * AD_ERR_NULL, AD_ERR_STATE (nothing read or changed) when a parameter was
+ * freed since nn_optimizer_new: its model or list must outlive the
+ * optimizer, or AD_ERR_OOM when a write cannot be noted (nothing
+ * changed). */
 NN_API ad_status nn_optimizer_step(nn_optimizer *opt);
 
 /** The step nn_optimizer_step takes (clipping over every gradient, the
@@ -963,8 +967,10 @@ NN_API const nn_opt_config *nn_optimizer_config(const nn_optimizer *opt);
 
 /** Current learning rate; setting it also makes it the schedule's base and
  * restarts the schedule at epoch 0. nn_optimizer_set_lr returns AD_OK,
- * AD_ERR_NULL (opt NULL) or AD_ERR_ARG (lr not finite and >= 0, the rates
- * a checkpoint may hold; the optimizer unchanged). @{ */
+ * AD_ERR_NULL (opt NULL), AD_ERR_ARG (lr not finite and >= 0, the rates
+ * a checkpoint may hold; the optimizer unchanged) or AD_ERR_OOM (the write
+ * of the rate's state tensors cannot be noted, as nn_optimizer_step's;
+ * unchanged). @{ */
 NN_API double nn_optimizer_lr(const nn_optimizer *opt);
 NN_API ad_status nn_optimizer_set_lr(nn_optimizer *opt, double lr);
 /** @} */
@@ -1026,8 +1032,8 @@ typedef struct nn_schedule {
 NN_API double nn_schedule_lr(const nn_schedule *s, double lr0, int64_t t);
 
 /** Attaches a copy of s (NULL detaches); the current lr becomes lr0 and the
- * epoch 0. Returns AD_ERR_ARG for bad settings (see nn_schedule_lr), the
- * optimizer unchanged, so a rate never turns negative or NaN (which no
+ * epoch 0. Returns AD_ERR_ARG for bad settings (see nn_schedule_lr) or
+ * AD_ERR_OOM (as nn_optimizer_set_lr), the optimizer unchanged, so a rate never turns negative or NaN (which no
  * checkpoint may hold: nn_model_load refuses it). The settings are not part
  * of the optimizer's state (as a PyTorch scheduler is not part of its
  * optimizer): to resume from a checkpoint, attach the same schedule, then
@@ -1041,8 +1047,9 @@ NN_API const nn_schedule *nn_optimizer_schedule(const nn_optimizer *opt);
 
 /** Advances the schedule one epoch and sets lr from it (no-op without a
  * schedule). nn_fit calls it after every epoch. Returns AD_OK, AD_ERR_NULL
- * (opt NULL) or AD_ERR_NAN when the new rate would not be finite (gamma > 1
- * overflowing after many epochs; the optimizer unchanged). */
+ * (opt NULL), AD_ERR_NAN when the new rate would not be finite (gamma > 1
+ * overflowing after many epochs) or AD_ERR_OOM (as nn_optimizer_set_lr),
+ * the optimizer unchanged. */
 NN_API ad_status nn_optimizer_schedule_step(nn_optimizer *opt);
 
 /* ================================================================== data */

@@ -202,11 +202,12 @@ NN_API const nn_dist_ops *nn_dist_fit_ops(nn_dist *d);
  * opt (may be NULL on every rank) have the same names, dtypes and shapes
  * in the same order as rank 0's, and the same parameters frozen (no
  * requires_grad: "... [10,64] frozen on rank R") and the same entries
- * tied (one tensor listed twice: "... [4,4] tied to parameter 0"), and opt the same
- * settings (nn_optimizer_config but lr, which is state) and schedule
- * (nn_optimizer_schedule), then broadcasts rank 0's values of all of them
- * (the learning rate and the schedule's epoch included). Collective. On a difference every rank returns AD_ERR_SHAPE with
- * the first one, of the lowest rank that differs: "dist: rank R differs
+ * tied (one tensor listed twice: "... [4,4] tied to parameter 0"), and
+ * opt the same settings (nn_optimizer_config but lr, which is state) and
+ * schedule (nn_optimizer_schedule), then broadcasts rank 0's values of all
+ * of them (the learning rate and the schedule's epoch included).
+ * Collective. On a difference every rank returns AD_ERR_SHAPE with the
+ * first one, of the lowest rank that differs: "dist: rank R differs
  * from rank 0: parameter 2 '1.weight' f32 [10,64] on rank R, parameter 2
  * '1.weight' f32 [10,32] on rank 0" (or the counts, "3 parameters, 0
  * buffers, 7 optimizer state tensors", a buffer, an optimizer state
