@@ -193,7 +193,7 @@ CELL_CLONES static void ce_bwd_blocks_f32(void *ud, int64_t b, int64_t e) {
       int32_t l = j->lab[r0 + r];
       float *dr = j->dz + (r0 + r) * C;
       if (!counted(j->at, l)) {
-        for (int64_t k = 0; k < C; k++) dr[k] = 0.0f * gs;
+        for (int64_t k = 0; k < C; k++) dr[k] = 0.0f;
         continue;
       }
       double inv = 1 / s[r];
@@ -229,14 +229,15 @@ static void softmax_ce_fwd(const ad_call *c) {
 }
 
 /* The labels take no gradient: they are class indices, the tape's copy of
- * those the forward checked. An ignored position gets exactly 0 (where, so
- * not even a NaN logit there sends anything); with no position kept every
- * gradient is 0, as PyTorch's. */
+ * those the forward checked. An ignored position gets exactly 0 (where,
+ * applied last, so neither a NaN logit there nor a NaN or infinite dy sends
+ * anything); with no position kept every gradient is 0, as PyTorch's. */
 /* The plain backward (no create_graph) in one pass per position: e =
  * exp(z - max) into dz, then dz = (e / sum e - onehot) * (dy s), each step
- * rounded as the ops of the recorded form round it (softmax, sub, where,
- * mul_scalar, mul), so both give the same bits. A position's C logits
- * (and gradients) are T apart; l is its label. */
+ * rounded as the ops of the recorded form round it (softmax, sub,
+ * mul_scalar, mul; where then sets an ignored position to 0), so both give
+ * the same bits. A position's C logits (and gradients) are T apart; l is its
+ * label. */
 static void ce_bwd_lane_double(const double *zr, double *dr, int64_t T, int64_t C, int32_t l,
                                double gs) {
   double m = AD_LANE_MAX(zr, T, C), s = 0;
@@ -277,7 +278,7 @@ static void ce_bwd_lane_float(const float *zr, float *dr, int64_t T, int64_t C, 
         const T_ *zr = Z + r * C * T + j;                                                          \
         T_ *dr = D + r * C * T + j;                                                                \
         if (!counted(at, l)) {                                                                     \
-          for (int64_t k = 0; k < C; k++) dr[k * T] = (T_)0 * gs;                                  \
+          for (int64_t k = 0; k < C; k++) dr[k * T] = 0;                                           \
           continue;                                                                                \
         }                                                                                          \
         ce_bwd_lane_##T_(zr, dr, T, C, l, gs);                                                     \
@@ -317,19 +318,25 @@ static ad_status softmax_ce_bwd(const ad_call *c) {
         ad_tensor_set(onehot, (r * C + lab[r * T + j]) * T + j, 1.0);
         kept++;
       }
-  ad_tensor *d = ad_sub(ctx, ad_softmax(ctx, z, 1), onehot);
+  ad_tensor *d = ad_sub(ctx, ad_softmax(ctx, z, 1), onehot), *keep = NULL;
   if (kept < N * T) {
     int64_t ks[AD_MAX_DIMS];
     memcpy(ks, z->shape, sizeof(int64_t) * (size_t)z->ndim);
     ks[1] = 1;
-    ad_tensor *keep = ad_tmp_full(ctx, z->dtype, z->ndim, ks, 1.0);
+    keep = ad_tmp_full(ctx, z->dtype, z->ndim, ks, 1.0);
     if (!keep) return ad_last_status(ctx);
     for (int64_t i = 0; i < N * T; i++)
       if (!counted(at, lab[i])) ad_tensor_set(keep, i, 0.0);
     d = ad_where(ctx, keep, d, ad_scalar(ctx, z->dtype, 0.0));
   }
   double scale = at->sum ? 1.0 : kept ? 1.0 / (double)kept : N * T != 0 ? 0.0 : NAN;
-  return ad_call_set_grad(c, 0, ad_mul(ctx, d, ad_mul_scalar(ctx, c->gout, scale)));
+  d = ad_mul(ctx, d, ad_mul_scalar(ctx, c->gout, scale));
+  /* where before the product keeps a NaN logit of an ignored position out
+   * of it (and, differentiated again, a NaN or infinite dy out of the
+   * softmax's gradient); where after it keeps out a NaN or infinite dy, as
+   * 0 * dy would be NaN */
+  if (keep) d = ad_where(ctx, keep, d, ad_scalar(ctx, z->dtype, 0.0));
+  return ad_call_set_grad(c, 0, d);
 }
 
 ad_tensor *ad_softmax_cross_entropy(ad_ctx *ctx, ad_tensor *logits, ad_tensor *labels) {

@@ -530,6 +530,57 @@ Test(seq, all_ignored) {
   ad_tensor_free(t);
 }
 
+/* A NaN or infinite dy reaches no ignored position either: its gradient is
+ * still exactly +0 (PyTorch's too), in the plain and the recorded backward,
+ * for [N, C] and [N, C, T] logits, with some or every position ignored,
+ * and in the second order too. (0 * dy made it NaN.) */
+static void nonfinite_dy(ad_dtype dt, int nd, bool sum, bool all, double dy, bool create) {
+  int64_t zs[3] = {3, 3, 2}, ts[2] = {3, 2};
+  const int32_t part[6] = {0, -100, 2, 1, -100, -100},
+                none[6] = {-100, -100, -100, -100, -100, -100};
+  const int32_t *tv = all ? none : part;
+  int64_t P = nd == 2 ? 3 : 6, T = nd == 2 ? 1 : 2;
+  int32_t lv[6];
+  for (int64_t p = 0; p < P; p++) lv[p] = tv[nd == 2 ? 2 * p + 1 : p];
+  ad_rng rng;
+  ad_rng_seed(&rng, 5);
+  ad_tensor *z = randt(&rng, dt, nd, zs, -2, 2, true), *t = ints(nd - 1, ts, lv);
+  ad_cross_entropy_opts o = {.ignore = true, .ignore_index = -100, .sum = sum};
+  ad_tensor *L = ad_softmax_cross_entropy_ext(ctx, z, t, &o);
+  cr_assert_not_null(L, "%s", ad_last_error(ctx));
+  ad_tensor *seed = ad_scalar(ctx, dt, dy), *g = NULL, *h = NULL;
+  cr_assert_eq(ad_grad(ctx, L, seed, 1, &z, &g, create), AD_OK, "%s", ad_last_error(ctx));
+  if (create) /* and the second order: d<g, 1>/dz */
+    cr_assert_eq(ad_grad(ctx, ad_sum(ctx, g), NULL, 1, &z, &h, false), AD_OK, "%s",
+                 ad_last_error(ctx));
+  for (int64_t p = 0; p < P; p++)
+    for (int64_t c = 0; c < 3; c++) {
+      int64_t i = ((p / T) * 3 + c) * T + p % T;
+      double v = ad_tensor_get(g, i), w = h ? ad_tensor_get(h, i) : 0;
+      if (lv[p] == -100)
+        cr_assert(v == 0 && !signbit(v) && w == 0,
+                  "%s %dd dy %g%s: ignored position %lld class %lld: %g, second order %g",
+                  ad_dtype_name(dt), nd, dy, create ? " (create_graph)" : "", (long long)p,
+                  (long long)c, v, w);
+    }
+  ad_tape_reset(ctx);
+  ad_tensor_free(seed);
+  ad_tensor_free(z);
+  ad_tensor_free(t);
+}
+
+Test(seq, ignored_positions_get_zero_from_a_nonfinite_dy) {
+  const double dys[3] = {NAN, INFINITY, -INFINITY};
+  for (int k = 0; k < 3; k++)
+    for (int create = 0; create < 2; create++)
+      for (int all = 0; all < 2; all++)
+        for (int sum = 0; sum < 2; sum++)
+          for (int nd = 2; nd <= 3; nd++) {
+            nonfinite_dy(AD_F32, nd, sum, all, dys[k], create);
+            nonfinite_dy(AD_F64, nd, sum, all, dys[k], create);
+          }
+}
+
 static ad_tensor *ce_fn(ad_ctx *c, int n, ad_tensor *const *in, void *ud) {
   (void)n;
   ad_tensor *t = ud;

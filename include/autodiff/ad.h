@@ -768,8 +768,9 @@ typedef struct ad_cross_entropy_opts {
  * a position is -log softmax over its C logits at its label; the result is
  * their mean over the positions counted (reduction='mean'), or with sum
  * their sum. With ignore, positions whose label is ignore_index add
- * neither loss nor gradient (their gradient is exactly 0) and are not
- * counted in the mean; when every position is ignored the mean is NaN (the
+ * neither loss nor gradient (their gradient is exactly 0, also for a NaN
+ * or infinite dy, and for NaN or infinite logits there, where PyTorch's
+ * log_softmax gives NaN) and are not counted in the mean; when every position is ignored the mean is NaN (the
  * sum 0) and every gradient 0, as in PyTorch. The same op as
  * ad_softmax_cross_entropy (which is this with opts NULL, for [N, C]
  * only): stable, differentiable to any order in the logits, labels saved
