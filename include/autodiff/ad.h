@@ -571,7 +571,9 @@ AD_API ad_tensor *ad_mul_scalar(ad_ctx *ctx, ad_tensor *x, double s);
 AD_API ad_tensor *ad_pow_scalar(ad_ctx *ctx, ad_tensor *x, double p);
 AD_API ad_tensor *ad_sub_scalar(ad_ctx *ctx, ad_tensor *x, double s);  /**< x - s */
 AD_API ad_tensor *ad_rsub_scalar(ad_ctx *ctx, ad_tensor *x, double s); /**< s - x */
-AD_API ad_tensor *ad_div_scalar(ad_ctx *ctx, ad_tensor *x, double s);  /**< x / s */
+/** x / s; s = 0 is refused (AD_ERR_ARG, "div_scalar: division by zero"),
+ * where PyTorch gives inf or NaN: ad_div by a zero tensor gives those. */
+AD_API ad_tensor *ad_div_scalar(ad_ctx *ctx, ad_tensor *x, double s);
 
 /** elementwise unary @{ */
 AD_API ad_tensor *ad_neg(ad_ctx *ctx, ad_tensor *x);
@@ -589,7 +591,10 @@ AD_API ad_tensor *ad_relu(ad_ctx *ctx, ad_tensor *x);
 AD_API ad_tensor *ad_leaky_relu(ad_ctx *ctx, ad_tensor *x, double alpha);
 /** Exact GELU: x * Phi(x), Phi the standard normal CDF. */
 AD_API ad_tensor *ad_gelu(ad_ctx *ctx, ad_tensor *x);
-/** log(1 + exp(x)), computed stably. */
+/** log(1 + exp(x)), computed stably for every x: not PyTorch's default
+ * threshold=20, above which it returns x (the two differ there by at most
+ * exp(-20) in value and gradient; the second derivative is sigmoid'(x), not
+ * 0). */
 AD_API ad_tensor *ad_softplus(ad_ctx *ctx, ad_tensor *x);
 AD_API ad_tensor *ad_erf(ad_ctx *ctx, ad_tensor *x);
 AD_API ad_tensor *ad_square(ad_ctx *ctx, ad_tensor *x);
@@ -787,9 +792,12 @@ AD_API ad_tensor *ad_softmax_cross_entropy_ext(ad_ctx *ctx, ad_tensor *logits, a
  * 1e-12 in both dtypes), so a confident wrong p of 0 or 1 gets a large
  * gradient, not 0; dt = dy (log(1 - p) - log p), unclamped (infinite at
  * p = 0 or 1), as in PyTorch 1.13. Both are made of ops, so differentiable
- * again. p is meant to be in [0, 1]; outside it the result is NaN, as log
- * gives (nn_bce_loss refuses such p). Errors: AD_ERR_DTYPE (not one float
- * dtype), AD_ERR_SHAPE (shapes that do not broadcast). */
+ * again: the second derivative is that of these formulas (dy / 1e-12 in p
+ * where the bound holds), not PyTorch's double backward, which uses another
+ * formula there (docs/derivatives.md). p is meant to be in [0, 1]; outside
+ * it the result is NaN, as log gives (nn_bce_loss refuses such p). Errors:
+ * AD_ERR_DTYPE (not one float dtype), AD_ERR_SHAPE (shapes that do not
+ * broadcast). */
 AD_API ad_tensor *ad_binary_cross_entropy(ad_ctx *ctx, ad_tensor *p, ad_tensor *t);
 
 /** Batch normalisation, PyTorch's F.batch_norm: x [N, C, ...] (2-D [N, C]
