@@ -775,8 +775,9 @@ typedef struct ad_cross_entropy_opts {
  * their sum. With ignore, positions whose label is ignore_index add
  * neither loss nor gradient (their gradient is exactly 0, also for a NaN
  * or infinite dy, and for NaN or infinite logits there, where PyTorch's
- * log_softmax gives NaN) and are not counted in the mean; when every position is ignored the mean is NaN (the
- * sum 0) and every gradient 0, as in PyTorch. The same op as
+ * log_softmax gives NaN) and are not counted in the mean; when every
+ * position is ignored the mean is NaN (the sum 0) and every gradient 0, as
+ * in PyTorch. The same op as
  * ad_softmax_cross_entropy (which is this with opts NULL, for [N, C]
  * only): stable, differentiable to any order in the logits, labels saved
  * as recorded. Errors: AD_ERR_SHAPE (the shapes above, C = 0), AD_ERR_ARG
