@@ -640,6 +640,7 @@ ad_status nn_dist_sum(nn_dist *d, double *v, int n) {
 static size_t describe_list(char *out, size_t cap, const char *kind, int n,
                             const char *const *names, ad_tensor *const *ts, const int *first) {
   size_t len = 0;
+  if (out && cap) *out = '\0'; /* an empty list: an empty string, not cap bytes unset */
   bool params = strcmp(kind, "parameter") == 0;
   for (int i = 0; i < n; i++) {
     char s[96], tie[48] = "";

@@ -491,6 +491,57 @@ static void ties_differ(ad_ctx *c) {
   ad_tensor_free(y);
 }
 
+/* An allocator whose new blocks hold 'Z's, not the zeros fresh pages
+ * give: a string left unterminated in one reads as Zs and what follows. */
+static void *z_alloc(void *ud, void *p, size_t os, size_t ns) {
+  (void)ud;
+  if (ns == 0) {
+    free(p);
+    return NULL;
+  }
+  void *q = aligned_alloc(64, (ns + 63) / 64 * 64);
+  if (!q) return NULL;
+  memset(q, 'Z', ns);
+  if (p) memcpy(q, p, os < ns ? os : ns);
+  free(p);
+  return q;
+}
+
+/* A step without nn_dist_sync where one rank passes an empty list (k = 0:
+ * the last rank, 1: rank 0) and the others one parameter: the layouts'
+ * check names "(none)" for the empty list's line, as nn_dist_sync would;
+ * its description was an unterminated block, read past its end. */
+static void empty_list_differs(void) {
+  ad_ctx *c = ad_ctx_new_with_alloc(z_alloc, NULL);
+  for (int k = 0; k < 2; k++) {
+    int empty = k == 0 ? size - 1 : 0, other = k == 0 ? 0 : 1;
+    nn_dist *d = dist_new(c, NULL);
+    const nn_dist_ops *ops = nn_dist_fit_ops(d);
+    nn_params *p = nn_params_new(c);
+    int64_t s3[1] = {3};
+    if (rank != empty) nn_params_add(p, "a", ad_zeros(c, AD_F64, 1, s3), true);
+    ad_status st = ops->grad_begin(ops->ud, p, NULL, 0, 0);
+    st = ops->grad_end(ops->ud, p, st);
+    const char *line = "parameter 0 'a' f64 [3]";
+    char want[300];
+    snprintf(want, sizeof want,
+             "dist: the ranks' gradient buckets differ: rank %d differs from rank 0: %s on rank "
+             "%d, %s on rank 0",
+             k == 0 ? empty : other, k == 0 ? "(none)" : line, k == 0 ? empty : other,
+             k == 0 ? line : "(none)");
+    snprintf(why, sizeof why, "case %d: status %s, message: %s", k, ad_status_str(st),
+             ad_last_error(c));
+    check(st == AD_ERR_SHAPE && strncmp(ad_last_error(c), want, strlen(want)) == 0,
+          k == 0 ? "a step over an empty list on the last rank names it on every rank"
+                 : "a step over an empty list on rank 0 names it on every rank",
+          why);
+    ad_clear_error(c);
+    nn_params_free(p);
+    nn_dist_free(d);
+  }
+  ad_ctx_free(c);
+}
+
 /* The last rank builds a wider hidden layer: every rank fails, naming it. */
 static void mismatch(ad_ctx *c) {
   nn_model *m = make_model(c, AD_F64, rank == size - 1 ? 9 : 8, PLAIN, 5);
@@ -2482,6 +2533,7 @@ int main(int argc, char **argv) {
   paths_same_bits(c);
   if (size > 1) mismatch(c); /* (these need another rank to differ) */
   if (size > 1) ties_differ(c);
+  if (size > 1) empty_list_differs();
   broadcast_start(c);
   sums(c);
   wide_variadic_op(c);
