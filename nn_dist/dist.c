@@ -1891,7 +1891,12 @@ static void stale_record(nn_dist *d, const nn_optimizer *opt) {
  * were freed since (a tensor without the serial it had): the optimizer is
  * then gone, or holds state for tensors that are. Every rank that runs the
  * same code decides alike. Allocates nothing (the layout's scratch
- * arrays), so it cannot fail on one rank. */
+ * arrays), so it cannot fail on one rank. The writes into the state
+ * tensors are noted (ad_tensor_mark_modified), so that a backward through
+ * an op that read this rank's stale state refuses; a note refused for
+ * memory (the engine's list of writes could not grow) leaves that write
+ * unnoted, since the gather must go on on every rank of the node, and the
+ * context's error as it was. */
 static ad_status gather_stale(nn_dist *d) {
   shm *h = &d->sh;
   if (!h->stale || !h->on) return AD_OK;
@@ -1900,6 +1905,11 @@ static ad_status gather_stale(nn_dist *d) {
     if (ad_tensor_serial(d->t[i]) != d->tser[i]) return AD_OK;
   for (int k = 0; k < h->nst; k++)
     if (ad_tensor_serial(h->st[k].t) != h->st[k].serial) return AD_OK;
+  err_saved e;
+  err_keep(d->ctx, &e);
+  bool noted = true;
+  for (int k = 0; k < h->nst; k++) noted &= ad_tensor_mark_modified(h->st[k].t) == AD_OK;
+  if (!noted) err_restore(d->ctx, &e);
   size_t n1 = d->np ? (size_t)d->np : 1;
   ad_tensor **ts = d->gath_ts;
   own_ranges(d);

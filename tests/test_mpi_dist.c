@@ -2286,6 +2286,60 @@ static void optimizer_own_list(ad_ctx *c) {
   ad_tensor_free(y);
 }
 
+/* After a sharded step each rank holds its slices of the optimizer state;
+ * nn_dist_save gathers the others' slices into its state tensors through
+ * their data. An op that read such a tensor before (here one of Adam's
+ * moments) then refuses its backward, as after nn_dist_sync, instead of
+ * differentiating at the gathered values it did not read. */
+static void gather_notes_optimizer_state(ad_ctx *c) {
+  nn_dist_opts o = {.bucket_bytes = 8, .shard_optimizer = true};
+  own_shard = true;
+  char path[512];
+  snprintf(path, sizeof path, "%s/mpi_gather_np%d.safetensors", tmpdir, size);
+  ad_tensor *x, *y;
+  make_data(c, AD_F64, 12, &x, &y);
+  nn_model *m = make_model(c, AD_F64, 8, PLAIN, 5);
+  nn_optimizer *opt = nn_adam_new(nn_model_params(m), 0.1);
+  nn_dist *d = dist_new(c, &o);
+  const nn_dist_ops *ops = nn_dist_fit_ops(d);
+  ad_status st = ops->sync(ops->ud, m, opt);
+  if (st == AD_OK)
+    st = ops_step_rows(ops, m, x, y, 12 * rank / size, 12 * (rank + 1) / size, 12, false);
+  if (st == AD_OK) st = ops->step(ops->ud, opt);
+  ad_tensor *m1 = NULL; /* the largest moment: sliced over the ranks of a node */
+  for (int k = 0; k < nn_optimizer_state_count(opt); k++) {
+    ad_tensor *t = nn_optimizer_state_tensors(opt)[k];
+    if (nn_optimizer_state_param(opt, k) >= 0 && (!m1 || t->size > m1->size)) m1 = t;
+  }
+  ad_tape_reset(c);
+  ad_tensor *v = m1 ? ad_ones(c, AD_F64, m1->ndim, m1->shape) : NULL;
+  ad_tensor_set_requires_grad(v, true);
+  ad_tensor *z = ad_sum(c, ad_mul(c, m1, v));
+  double before = 0, after = 0;
+  for (int64_t i = 0; m1 && i < m1->size; i++) before += fabs(ad_tensor_get(m1, i));
+  ad_status sst = nn_dist_save(d, m, opt, path);
+  for (int64_t i = 0; m1 && i < m1->size; i++) after += fabs(ad_tensor_get(m1, i));
+  bool changed = before != after;
+  ad_status bst = z ? ad_backward(c, z, NULL) : AD_ERR_NULL;
+  snprintf(why, sizeof why, "step %s, save %s, state changed %d, backward %s (%s)",
+           ad_status_str(st), ad_status_str(sst), changed, ad_status_str(bst), ad_last_error(c));
+  check(st == AD_OK && sst == AD_OK &&
+            (changed ? bst == AD_ERR_STATE &&
+                           strstr(ad_last_error(c), "was written after the op was recorded")
+                     : bst == AD_OK),
+        "nn_dist_save's gather of the sharded optimizer state is noted", why);
+  ad_clear_error(c);
+  if (rank == 0) remove(path);
+  ad_tape_reset(c);
+  nn_dist_free(d);
+  ad_tensor_free(v);
+  nn_optimizer_free(opt);
+  nn_model_free(m);
+  ad_tensor_free(x);
+  ad_tensor_free(y);
+  own_shard = false;
+}
+
 /* The model and optimizer freed before nn_dist_free (as bench/dist_mlp
  * does): the bindings of their gradients and (sharded, on a node of
  * several ranks) parameters to the windows are dropped without an error. */
@@ -2570,6 +2624,7 @@ int main(int argc, char **argv) {
   sync_on_a_used_tape(c);
   sync_resets_views(c);
   sync_notes_optimizer_state(c);
+  gather_notes_optimizer_state(c);
   free_after_an_op_read_a_gradient(c);
   reduced_writes_noted(false);
   reduced_writes_noted(true);
