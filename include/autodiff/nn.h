@@ -1033,8 +1033,9 @@ NN_API double nn_schedule_lr(const nn_schedule *s, double lr0, int64_t t);
 
 /** Attaches a copy of s (NULL detaches); the current lr becomes lr0 and the
  * epoch 0. Returns AD_ERR_ARG for bad settings (see nn_schedule_lr) or
- * AD_ERR_OOM (as nn_optimizer_set_lr), the optimizer unchanged, so a rate never turns negative or NaN (which no
- * checkpoint may hold: nn_model_load refuses it). The settings are not part
+ * AD_ERR_OOM (as nn_optimizer_set_lr), the optimizer unchanged, so a rate
+ * never turns negative or NaN (which no checkpoint may hold: nn_model_load
+ * refuses it). The settings are not part
  * of the optimizer's state (as a PyTorch scheduler is not part of its
  * optimizer): to resume from a checkpoint, attach the same schedule, then
  * load (nn_model_load restores lr0, the epoch and the rate). */
