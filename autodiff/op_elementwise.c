@@ -1335,6 +1335,134 @@ const ad_op_def ad_def_atan = {
     .grads = {"dy / (1 + x^2)"},
 };
 
+/* ---------------------------------------------------------------- clamp */
+
+/* min(max(x, lo), hi) as PyTorch's kernel computes it (std::min of
+ * std::max): x where it equals a bound (-0.0 stays -0.0 at a bound 0), a
+ * NaN x itself, hi everywhere when lo > hi; the bounds rounded to the
+ * dtype. Comparisons and selects only (maxps / minps in the clones), so
+ * every clone and thread count gives the same bits. A NaN bound makes
+ * every element NaN, as torch fills its result then. */
+#define CLAMP_ROWS(NAME, T)                                                                        \
+  CELL_CLONES static void NAME(const T *X, T *Y, int64_t b, int64_t e, T lo, T hi) {               \
+    for (int64_t i = b; i < e; i++) {                                                              \
+      T x = X[i], t = x < lo ? lo : x;                                                             \
+      Y[i] = hi < t ? hi : t;                                                                      \
+    }                                                                                              \
+  }
+CLAMP_ROWS(clamp_rows32, float)
+CLAMP_ROWS(clamp_rows64, double)
+
+static void clamp_range(void *ud, int64_t b, int64_t e) {
+  const unary_job *j = ud;
+  const ad_clamp_attrs *a = &j->at->clamp;
+  if (j->y->dtype == AD_F32)
+    clamp_rows32(j->x->data, j->y->data, b, e, (float)a->lo, (float)a->hi);
+  else
+    clamp_rows64(j->x->data, j->y->data, b, e, a->lo, a->hi);
+}
+
+static void clamp_fwd(const ad_call *c) {
+  const ad_clamp_attrs *a = &c->attrs->clamp;
+  ad_tensor *out = c->out;
+  if (isnan(a->lo) || isnan(a->hi)) {
+    for (int64_t i = 0; i < out->size; i++)
+      if (out->dtype == AD_F32)
+        ((float *)out->data)[i] = NAN;
+      else
+        ((double *)out->data)[i] = NAN;
+    return;
+  }
+  unary_job j = {c->in[0], out, c->attrs};
+  if (out->size <= ELEM_GRAIN)
+    clamp_range(&j, 0, out->size);
+  else
+    ad_parallel_for(out->size, ELEM_GRAIN, clamp_range, &j);
+}
+
+static ad_status clamp_bwd(const ad_call *c) {
+  return ad_call_set_grad(c, 0,
+                          ad_apply2(c->ctx, AD_OP_CLAMP_BACKWARD, c->gout, c->in[0], c->attrs));
+}
+
+/* A finite bound beyond float32's range is refused for an f32 x, as torch
+ * refuses to convert it ("value cannot be converted to type float without
+ * overflow"); infinities and NaN pass. */
+static bool clamp_bound_ok(ad_ctx *ctx, const ad_tensor *x, const char *which, double v) {
+  if (x->dtype != AD_F32 || !isfinite(v) || fabs(v) <= FLT_MAX) return true;
+  ad_set_error(ctx, AD_ERR_ARG, "clamp: %s %g is outside float32's range (x is f32)", which, v);
+  return false;
+}
+
+ad_tensor *ad_clamp(ad_ctx *ctx, ad_tensor *x, double lo, double hi) {
+  if (!ctx || !ad_arg_ok(ctx, "clamp", "x", x)) return NULL;
+  if (!clamp_bound_ok(ctx, x, "min", lo) || !clamp_bound_ok(ctx, x, "max", hi)) return NULL;
+  ad_attrs at = {.clamp = {lo, hi}};
+  return ad_apply1(ctx, AD_OP_CLAMP, x, &at);
+}
+
+/* Moves the elements of t within 0.1 of a finite bound 0.25 away from it,
+ * so that no central difference straddles a jump of the gradient. */
+static void clamp_sample_away(ad_tensor *t, double lo, double hi) {
+  for (int64_t i = 0; t && i < t->size; i++) {
+    double v = ad_tensor_get(t, i);
+    if (fabs(v - lo) < 0.1) v = lo + (v < lo ? -0.25 : 0.25);
+    if (fabs(v - hi) < 0.1) v = hi + (v < hi ? -0.25 : 0.25);
+    ad_tensor_set(t, i, v);
+  }
+}
+
+/* both bounds; a missing lower one (-inf); lo > hi (no gradient at all) */
+static const ad_clamp_attrs clamp_cases[] = {{-1.0, 1.0}, {-INFINITY, 0.5}, {1.0, -1.0}};
+
+static int clamp_sample(const ad_sample_call *s) {
+  if (s->variant >= 3) return 0;
+  s->attrs->clamp = clamp_cases[s->variant];
+  int n = sample_unary_range(s, 0.2, 2, true);
+  if (n > 0) clamp_sample_away(s->in[0], s->attrs->clamp.lo, s->attrs->clamp.hi);
+  return n;
+}
+
+const ad_op_def ad_def_clamp = {
+    .name = "clamp",
+    .arity = 1,
+    .flags = AD_OP_ELEMENTWISE,
+    .attrs = AD_ATTRS_CLAMP,
+    .forward = clamp_fwd,
+    .backward = clamp_bwd,
+    .sample = clamp_sample,
+    .math = "y = min(max(x, lo), hi)  (hi where lo > hi; NaN for a NaN bound)",
+    .inputs = {"x"},
+    .grads = {"clamp_backward(dy, x) = dy where lo <= x <= hi, else 0  (dy at a bound)"},
+};
+
+/* ----------------------------------------------------------------- sign */
+
+/* [x > 0] - [x < 0]: -1, 0 or 1; +0 for -0.0 and for NaN, as PyTorch 1.13
+ * (not NumPy's NaN). */
+DEFINE_UNARY(sign, (float)((x > 0) - (x < 0)), (double)((x > 0) - (x < 0)))
+
+/* piecewise constant: x receives no contribution (torch's zeros), whatever
+ * dy holds (NaN and infinities included) */
+static ad_status sign_bwd(const ad_call *c) {
+  (void)c;
+  return AD_OK;
+}
+
+ad_tensor *ad_sign(ad_ctx *ctx, ad_tensor *x) { return ad_apply1(ctx, AD_OP_SIGN, x, NULL); }
+
+const ad_op_def ad_def_sign = {
+    .name = "sign",
+    .arity = 1,
+    .flags = AD_OP_ELEMENTWISE,
+    .forward = sign_fwd,
+    .backward = sign_bwd,
+    .sample = sample_nonzero,
+    .math = "y = sign(x)  (sign(0) = sign(NaN) = 0)",
+    .inputs = {"x"},
+    .grads = {NULL},
+};
+
 /* -------------------------------------------------------- tanh_backward */
 
 DEFINE_BINARY(tanh_backward, x0 *(1 - x1 * x1))
@@ -1534,6 +1662,53 @@ const ad_op_def ad_def_leaky_relu_backward = {
     .math = "y = x > 0 ? g : alpha g",
     .inputs = {"g", "x"},
     .grads = {"dy, alpha dy where x <= 0 or NaN", NULL},
+};
+
+/* ------------------------------------------------------- clamp_backward */
+
+/* lo <= x <= hi ? g : 0 (the bounds rounded to the dtype, as clamp rounds
+ * them; PyTorch's clamp_backward, a where): inclusive at both bounds, 0 at
+ * NaN x or a NaN bound, and a zero chosen, not multiplied in, so a NaN or
+ * infinite g outside stays out. x gets no gradient. */
+static void clamp_backward_rows(const ad_call *c, int64_t oa, int64_t sa, int64_t ob, int64_t sb,
+                                int64_t oy, int64_t len) {
+  const ad_clamp_attrs *at = &c->attrs->clamp;
+  if (c->out->dtype == AD_F32) {
+    const float lo = (float)at->lo, hi = (float)at->hi;
+    BINARY_LOOP(float, x1 >= lo && x1 <= hi ? x0 : 0.0f);
+  } else {
+    const double lo = at->lo, hi = at->hi;
+    BINARY_LOOP(double, x1 >= lo && x1 <= hi ? x0 : 0.0);
+  }
+}
+
+static void clamp_backward_fwd(const ad_call *c) { ad_binary_run(c, clamp_backward_rows); }
+
+static ad_status clamp_backward_bwd(const ad_call *c) {
+  if (!c->needs[0]) return AD_OK;
+  return ad_call_set_grad(c, 0,
+                          ad_apply2(c->ctx, AD_OP_CLAMP_BACKWARD, c->gout, c->in[1], c->attrs));
+}
+
+static int clamp_backward_sample(const ad_sample_call *s) {
+  if (s->variant >= 2) return 0;
+  s->attrs->clamp = clamp_cases[s->variant];
+  int n = sample_binary_range(s, -2, 2, 0.2, 2, true);
+  if (n > 0) clamp_sample_away(s->in[1], s->attrs->clamp.lo, s->attrs->clamp.hi);
+  return n;
+}
+
+const ad_op_def ad_def_clamp_backward = {
+    .name = "clamp_backward",
+    .arity = 2,
+    .flags = AD_OP_ELEMENTWISE,
+    .attrs = AD_ATTRS_CLAMP,
+    .forward = clamp_backward_fwd,
+    .backward = clamp_backward_bwd,
+    .sample = clamp_backward_sample,
+    .math = "y = lo <= x <= hi ? g : 0",
+    .inputs = {"g", "x"},
+    .grads = {"dy where lo <= x <= hi, else 0", NULL},
 };
 
 /* ----------------------------------------------------------------- cast */

@@ -24,6 +24,7 @@ struct nn_layer {
   /* dense and activation */
   nn_act act;
   double alpha;
+  double lo, hi; /* hardtanh, relu6: the bounds */
   /* dropout */
   double p;
   ad_rng rng;
@@ -34,8 +35,9 @@ struct nn_layer {
 
 /* ------------------------------------------------------------ activations */
 
-static const char *const act_names[] = {"none", "sigmoid",  "tanh",    "relu",       "leaky_relu",
-                                        "gelu", "softplus", "softmax", "log_softmax"};
+static const char *const act_names[] = {"none",        "sigmoid",  "tanh",     "relu",
+                                        "leaky_relu",  "gelu",     "softplus", "softmax",
+                                        "log_softmax", "hardtanh", "relu6"};
 
 const char *nn_act_name(nn_act act) {
   return (unsigned)act < sizeof act_names / sizeof act_names[0] ? act_names[act] : "?";
@@ -65,6 +67,10 @@ ad_tensor *nn_activate(ad_ctx *ctx, ad_tensor *x, nn_act act, double alpha) {
     return ad_softmax(ctx, x, -1);
   case NN_ACT_LOG_SOFTMAX:
     return ad_log_softmax(ctx, x, -1);
+  case NN_ACT_HARDTANH:
+    return ad_clamp(ctx, x, -1.0, 1.0);
+  case NN_ACT_RELU6:
+    return ad_clamp(ctx, x, 0.0, 6.0);
   }
   ad_set_error(ctx, AD_ERR_ARG, "activate: unknown activation %d", (int)act);
   return NULL;
@@ -164,7 +170,7 @@ nn_layer *nn_dense_new(ad_ctx *ctx, int64_t in, int64_t out, ad_rng *rng,
                  ad_dtype_name(o.dtype));
     return NULL;
   }
-  if ((unsigned)o.activation > NN_ACT_LOG_SOFTMAX) {
+  if ((unsigned)o.activation > NN_ACT_RELU6) {
     ad_set_error(ctx, AD_ERR_ARG, "dense: unknown activation %d", (int)o.activation);
     return NULL;
   }
@@ -238,7 +244,7 @@ static ad_tensor *dense_forward(nn_layer *l, ad_tensor *x) {
 
 nn_layer *nn_activation_new(ad_ctx *ctx, nn_act act) {
   if (!ctx) return NULL;
-  if ((unsigned)act > NN_ACT_LOG_SOFTMAX) {
+  if ((unsigned)act > NN_ACT_RELU6) {
     ad_set_error(ctx, AD_ERR_ARG, "activation: unknown activation %d", (int)act);
     return NULL;
   }
@@ -246,6 +252,8 @@ nn_layer *nn_activation_new(ad_ctx *ctx, nn_act act) {
   if (l) {
     l->act = act;
     l->alpha = 0.01;
+    l->lo = act == NN_ACT_RELU6 ? 0.0 : -1.0; /* hardtanh's bounds */
+    l->hi = act == NN_ACT_RELU6 ? 6.0 : 1.0;
   }
   return l;
 }
@@ -259,6 +267,21 @@ nn_layer *nn_leaky_relu_new(ad_ctx *ctx, double alpha) {
   if (l) l->alpha = alpha;
   return l;
 }
+
+nn_layer *nn_hardtanh_new(ad_ctx *ctx, double min, double max) {
+  if (ctx && !(max > min)) { /* PyTorch asserts max_val > min_val */
+    ad_set_error(ctx, AD_ERR_ARG, "hardtanh: max %g is not greater than min %g", max, min);
+    return NULL;
+  }
+  nn_layer *l = nn_activation_new(ctx, NN_ACT_HARDTANH);
+  if (l) {
+    l->lo = min;
+    l->hi = max;
+  }
+  return l;
+}
+
+nn_layer *nn_relu6_new(ad_ctx *ctx) { return nn_activation_new(ctx, NN_ACT_RELU6); }
 
 /* ---------------------------------------------------------------- dropout */
 
@@ -370,6 +393,8 @@ static ad_tensor *layer_forward(nn_layer *l, ad_tensor *x, bool training) {
   case L_DENSE:
     return dense_forward(l, x);
   case L_ACT:
+    if (l->act == NN_ACT_HARDTANH || l->act == NN_ACT_RELU6)
+      return ad_clamp(l->ctx, x, l->lo, l->hi);
     return nn_activate(l->ctx, x, l->act, l->alpha);
   case L_DROPOUT:
     return dropout_forward(l, x, training);

@@ -133,6 +133,7 @@ static ad_tensor *matrix(int64_t r, int64_t c, uint64_t seed) {
 typedef ad_tensor *(*unary_fn)(ad_ctx *, ad_tensor *);
 
 static ad_tensor *leaky(ad_ctx *c, ad_tensor *x) { return ad_leaky_relu(c, x, 0.01); }
+static ad_tensor *clamp(ad_ctx *c, ad_tensor *x) { return ad_clamp(c, x, -0.5, 0.75); }
 static ad_tensor *pow25(ad_ctx *c, ad_tensor *x) { return ad_pow_scalar(c, x, 2.5); }
 static ad_tensor *pow3(ad_ctx *c, ad_tensor *x) { return ad_pow_scalar(c, x, 3); }
 static ad_tensor *powm1(ad_ctx *c, ad_tensor *x) { return ad_pow_scalar(c, x, -1); }
@@ -428,17 +429,17 @@ int main(int argc, char **argv) {
     const char *name;
     unary_fn f;
     bool positive;
-  } ops[] = {{"exp", ad_exp, false},           {"log", ad_log, true},
-             {"sqrt", ad_sqrt, true},          {"tanh", ad_tanh, false},
-             {"sigmoid", ad_sigmoid, false},   {"relu", ad_relu, false},
-             {"leaky_relu", leaky, false},     {"gelu", ad_gelu, false},
-             {"softplus", ad_softplus, false}, {"erf", ad_erf, false},
-             {"sin", ad_sin, false},           {"cos", ad_cos, false},
-             {"atan", ad_atan, false},         {"abs", ad_abs, false},
-             {"square", ad_square, false},     {"neg", ad_neg, false},
-             {"pow2.5", pow25, true},          {"pow3", pow3, false},
-             {"pow-1", powm1, false},          {"add_scalar", adds, false},
-             {"mul_scalar", muls, false}};
+  } ops[] = {{"exp", ad_exp, false},         {"log", ad_log, true},
+             {"sqrt", ad_sqrt, true},        {"tanh", ad_tanh, false},
+             {"sigmoid", ad_sigmoid, false}, {"relu", ad_relu, false},
+             {"leaky_relu", leaky, false},   {"gelu", ad_gelu, false},
+             {"clamp", clamp, false},        {"softplus", ad_softplus, false},
+             {"erf", ad_erf, false},         {"sin", ad_sin, false},
+             {"cos", ad_cos, false},         {"atan", ad_atan, false},
+             {"abs", ad_abs, false},         {"square", ad_square, false},
+             {"neg", ad_neg, false},         {"pow2.5", pow25, true},
+             {"pow3", pow3, false},          {"pow-1", powm1, false},
+             {"add_scalar", adds, false},    {"mul_scalar", muls, false}};
   for (int d = 0; d < 2; d++) {
     dt = d ? AD_F64 : AD_F32;
     pre = d ? "f64" : "f32";

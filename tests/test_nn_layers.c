@@ -365,6 +365,74 @@ Test(activations, leaky_relu_slope_must_be_finite) {
   nn_layer_free(l);
 }
 
+/* nn.Hardtanh and nn.ReLU6 (torch 1.13 values: hardtanh of [-2, -1, 0.5, 1,
+ * 2, 7] is [-1, -1, 0.5, 1, 1, 1], Hardtanh(-2, 3) [-2, -1, 0.5, 1, 2, 3],
+ * relu6 [0, 0, 0.5, 1, 2, 6]), as activation layers of kinds "hardtanh"
+ * and "relu6" with no parameters, through ad_clamp: the gradient passes
+ * at the bounds (clamp's rule). Dense takes them as its activation. */
+Test(activations, hardtanh_and_relu6) {
+  const double xv[6] = {-2, -1, 0.5, 1, 2, 7};
+  const double want[3][6] = {{-1, -1, 0.5, 1, 1, 1}, {-2, -1, 0.5, 1, 2, 3}, {0, 0, 0.5, 1, 2, 6}};
+  const double dwant[3][6] = {{0, 1, 1, 1, 0, 0}, {1, 1, 1, 1, 1, 0}, {0, 0, 1, 1, 1, 0}};
+  nn_layer *layers[4] = {nn_activation_new(ctx, NN_ACT_HARDTANH), nn_hardtanh_new(ctx, -2, 3),
+                         nn_relu6_new(ctx), nn_activation_new(ctx, NN_ACT_RELU6)};
+  const char *kinds[4] = {"hardtanh", "hardtanh", "relu6", "relu6"};
+  for (int k = 0; k < 4; k++) {
+    cr_assert_not_null(layers[k], "%s", ad_last_error(ctx));
+    cr_assert_str_eq(nn_layer_kind(layers[k]), kinds[k]);
+    cr_assert_eq(nn_params_count(nn_layer_params(layers[k])), 0);
+    for (int d = 0; d < 2; d++) {
+      ad_tensor *x = make(ctx, d ? AD_F64 : AD_F32, 1, 6, xv);
+      ad_tensor_set_requires_grad(x, true);
+      ad_tensor *y = nn_layer_forward(layers[k], x, true);
+      cr_assert_not_null(y, "%s", ad_last_error(ctx));
+      cr_assert_eq(ad_backward(ctx, ad_sum(ctx, y), NULL), AD_OK, "%s", ad_last_error(ctx));
+      for (int i = 0; i < 6; i++) {
+        cr_assert(ad_tensor_get(y, i) == want[k < 3 ? k : 2][i], "%s y[%d] = %g", kinds[k], i,
+                  ad_tensor_get(y, i));
+        cr_assert(ad_tensor_get(x->grad, i) == dwant[k < 3 ? k : 2][i], "%s dx[%d] = %g", kinds[k],
+                  i, ad_tensor_get(x->grad, i));
+      }
+      ad_tensor_free(x);
+      ad_tape_reset(ctx);
+    }
+    nn_layer_free(layers[k]);
+  }
+  cr_assert_str_eq(nn_act_name(NN_ACT_HARDTANH), "hardtanh");
+  cr_assert_str_eq(nn_act_name(NN_ACT_RELU6), "relu6");
+  ad_tensor *x = make(ctx, AD_F64, 1, 6, xv);
+  ad_tensor *y = nn_activate(ctx, x, NN_ACT_RELU6, 0);
+  cr_assert(y && ad_tensor_get(y, 5) == 6 && ad_tensor_get(y, 0) == 0);
+  y = nn_activate(ctx, x, NN_ACT_HARDTANH, 0);
+  cr_assert(y && ad_tensor_get(y, 5) == 1 && ad_tensor_get(y, 0) == -1);
+  ad_tensor_free(x);
+  ad_rng rng;
+  ad_rng_seed(&rng, 1);
+  nn_dense_opts o = {.activation = NN_ACT_RELU6, .dtype = AD_F64};
+  nn_layer *dense = nn_dense_new(ctx, 2, 3, &rng, &o);
+  cr_assert_not_null(dense, "%s", ad_last_error(ctx));
+  nn_layer_free(dense);
+}
+
+/* Hardtanh's bounds as PyTorch's constructor takes them: max > min
+ * (nn.Hardtanh(1, 1), (1, -1) and a NaN bound raise); infinite ones are
+ * fine. */
+Test(activations, hardtanh_bounds_checked) {
+  cr_assert_null(nn_hardtanh_new(ctx, 1, 1));
+  expect_msg(ctx, AD_ERR_ARG, "hardtanh: max 1 is not greater than min 1");
+  cr_assert_null(nn_hardtanh_new(ctx, 1, -1));
+  expect_msg(ctx, AD_ERR_ARG, "hardtanh: max -1 is not greater than min 1");
+  cr_assert_null(nn_hardtanh_new(ctx, NAN, 1));
+  expect_msg(ctx, AD_ERR_ARG, "hardtanh: max 1 is not greater than min nan");
+  cr_assert_null(nn_hardtanh_new(ctx, -1, NAN));
+  expect_msg(ctx, AD_ERR_ARG, "hardtanh: max nan is not greater than min -1");
+  cr_assert_null(nn_hardtanh_new(NULL, -1, 1));
+  cr_assert_null(nn_relu6_new(NULL));
+  nn_layer *l = nn_hardtanh_new(ctx, -INFINITY, INFINITY);
+  cr_assert_not_null(l, "%s", ad_last_error(ctx));
+  nn_layer_free(l);
+}
+
 Test(activations, sigmoid_derivative_closed_form) {
   ad_tensor *x = make(ctx, AD_F64, 2, 5, act_x);
   ad_tensor_set_requires_grad(x, true);

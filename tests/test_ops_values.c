@@ -78,6 +78,7 @@ static const attr_key attr_keys[] = {
     {"embedding", AD_ATTRS_EMBEDDING, 2, 2}, /* padding (0 or 1), padding_idx */
     {"layer_norm", AD_ATTRS_LAYER_NORM, 1, AD_MAX_DIMS}, /* eps (a real), normalized_shape */
     {"cross_entropy", AD_ATTRS_CROSS_ENTROPY, 3, 3},     /* ignore (0 or 1), ignore_index, sum */
+    {"clamp", AD_ATTRS_CLAMP, 0, 0},                     /* lo hi, two reals */
 };
 #define ATTR_MAX_VALUES 14 /* the most integers a key takes */
 
@@ -88,6 +89,7 @@ typedef struct fx_attr {
   bool all;            /* reduce: 'all' in place of the axis (v[0] is 0) */
   int64_t v[ATTR_MAX_VALUES];
   double scalar;
+  double scalar2; /* clamp: hi (scalar is lo) */
   ad_dtype dtype;
   ad_cmp cmp;
 } fx_attr;
@@ -358,6 +360,9 @@ static bool parse_attr(parser *ps, fx_case *c) {
     a->cmp = cmp_of[k];
     break;
   }
+  case AD_ATTRS_CLAMP:
+    if (!tok_real(ps, &a->scalar) || !tok_real(ps, &a->scalar2)) return false;
+    break;
   case AD_ATTRS_LAYER_NORM: /* eps, then the normalized shape */
     if (!tok_real(ps, &a->scalar)) return false;
     return attr_ints(ps, a);
@@ -444,6 +449,9 @@ static bool typed_attrs(parser *ps, fx_case *c) {
     break;
   case AD_ATTRS_CROSS_ENTROPY:
     at->cross_entropy = (ad_cross_entropy_attrs){v[0] != 0, (int32_t)v[1], v[2] != 0};
+    break;
+  case AD_ATTRS_CLAMP:
+    at->clamp = (ad_clamp_attrs){a->scalar, a->scalar2};
     break;
   default:
     break; /* none, or builder-only */
@@ -794,6 +802,9 @@ static ad_tensor *run_builder(ad_ctx *cx, const fx_case *c, ad_tensor **in, bool
     break;
   case AD_ATTRS_DTYPE:
     if (!strcmp(op, "cast")) return ad_cast(cx, x, a->dtype);
+    break;
+  case AD_ATTRS_CLAMP:
+    if (!strcmp(op, "clamp")) return ad_clamp(cx, x, a->scalar, a->scalar2);
     break;
   case AD_ATTRS_CMP:
     if (!strcmp(op, "compare")) {
@@ -1823,4 +1834,206 @@ Test(ops_values, scalar_ops_keep_the_nan_of_x) {
         }
       }
   }
+}
+
+/* ------------------------------------------------------- clamp and sign */
+
+/* What the value fixture cannot see (it compares values, not bits): signed
+ * zeros and NaN, as torch 1.13 gives them. clamp keeps x where it equals a
+ * bound, so -0.0 stays -0.0 at a bound 0 and +0.0 stays +0.0 at a bound
+ * -0.0 (torch: clamp([-0., 0.], 0, 1) = [-0., 0.]; clamp([-0., 0.], -0.,
+ * -0.) = [-0., 0.]); sign(-0.0) = +0.0 and sign(NaN) = +0.0 (torch.sign,
+ * not NumPy's NaN). One-element tensors too (the scalar path). */
+Test(ops_values, clamp_and_sign_signed_zeros_and_nan) {
+  for (int d = 0; d < 2; d++) {
+    ad_dtype dt = d ? AD_F64 : AD_F32;
+    for (int64_t n = 1; n <= 4; n += 3) {
+      const double v[4] = {-0.0, 0.0, NAN, -INFINITY};
+      for (int k = 0; k < (int)n; k++) {
+        ad_tensor *x = ad_full(ctx, dt, 1, &n, v[k]);
+        for (int j = 0; j < (int)n; j++) ad_tensor_set(x, j, v[(k + j) % 4]);
+        ad_tensor *a = ad_clamp(ctx, x, 0.0, 1.0), *b = ad_clamp(ctx, x, -0.0, -0.0);
+        ad_tensor *s = ad_sign(ctx, x);
+        cr_assert(a && b && s, "%s", ad_last_error(ctx));
+        for (int j = 0; j < (int)n; j++) {
+          double xv = ad_tensor_get(x, j), av = ad_tensor_get(a, j), bv = ad_tensor_get(b, j),
+                 sv = ad_tensor_get(s, j);
+          const char *dn = ad_dtype_name(dt);
+          if (isnan(xv)) {
+            cr_assert(isnan(av) && isnan(bv), "%s clamp(NaN) = %g, %g", dn, av, bv);
+            cr_assert(sv == 0 && !signbit(sv), "%s sign(NaN) = %g, torch +0", dn, sv);
+          } else if (xv == 0) {
+            cr_assert(av == 0 && signbit(av) == signbit(xv), "%s clamp(%g, 0, 1) = %g", dn, xv, av);
+            cr_assert(bv == 0 && signbit(bv) == signbit(xv), "%s clamp(%g, -0, -0) = %g", dn, xv,
+                      bv);
+            cr_assert(sv == 0 && !signbit(sv), "%s sign(%g) = %g, torch +0", dn, xv, sv);
+          } else { /* -inf */
+            cr_assert(av == 0 && !signbit(av), "%s clamp(-inf, 0, 1) = %g", dn, av);
+            cr_assert(sv == -1, "%s sign(-inf) = %g", dn, sv);
+          }
+        }
+        ad_tensor_free(x);
+        ad_tape_reset(ctx);
+      }
+    }
+  }
+}
+
+/* The forward and the gradient on a tensor large enough to be split over
+ * threads (several ELEM_GRAIN chunks), with elements exactly at the
+ * bounds, NaN, infinities and signed zeros, and a cotangent with NaN and
+ * infinities: 1 and 2 threads give the same bits, and those of the rule
+ * written out (y = x < lo ? lo : hi < x ? hi : x, NaN kept; dx = dy where
+ * lo <= x <= hi, else +0). */
+Test(ops_values, clamp_threads_bit_identical) {
+  const int64_t n = 100003;
+  const double special[] = {-1.0, 1.5, -0.0, 0.0, NAN, INFINITY, -INFINITY};
+  for (int d = 0; d < 2; d++) {
+    ad_dtype dt = d ? AD_F64 : AD_F32;
+    ad_rng rng;
+    ad_rng_seed(&rng, 7);
+    ad_tensor *x = ad_zeros(ctx, dt, 1, &n), *dy = ad_zeros(ctx, dt, 1, &n);
+    for (int64_t i = 0; i < n; i++) {
+      double u = ad_rng_uniform(&rng);
+      ad_tensor_set(x, i, u < 0.3 ? special[i % 7] : 6 * ad_rng_uniform(&rng) - 3);
+      ad_tensor_set(dy, i, i % 11 == 0 ? NAN : i % 13 == 0 ? -INFINITY : u - 0.5);
+    }
+    ad_tensor_set_requires_grad(x, true);
+    size_t bytes = (size_t)n * (dt == AD_F32 ? 4 : 8);
+    void *y1 = malloc(bytes), *g1 = malloc(bytes);
+    cr_assert(y1 && g1);
+    for (int threads = 1; threads <= 2; threads++) {
+      cr_assert_eq(ad_set_num_threads(threads), AD_OK);
+      ad_tensor *y = ad_clamp(ctx, x, -1.0, 1.5), *g = NULL;
+      cr_assert_not_null(y, "%s", ad_last_error(ctx));
+      cr_assert_eq(ad_grad(ctx, y, dy, 1, &x, &g, false), AD_OK, "%s", ad_last_error(ctx));
+      if (threads == 1) {
+        memcpy(y1, y->data, bytes);
+        memcpy(g1, g->data, bytes);
+        for (int64_t i = 0; i < n; i++) {
+          double xv = ad_tensor_get(x, i), yv = ad_tensor_get(y, i), gv = ad_tensor_get(g, i);
+          double want = xv < -1.0 ? -1.0 : 1.5 < xv ? 1.5 : xv;
+          double gw = xv >= -1.0 && xv <= 1.5 ? ad_tensor_get(dy, i) : 0.0;
+          cr_assert(isnan(want) ? isnan(yv) : (yv == want && signbit(yv) == signbit(want)),
+                    "%s y[%lld] = %g for x %g", ad_dtype_name(dt), (long long)i, yv, xv);
+          cr_assert(isnan(gw) ? isnan(gv) : (gv == gw && signbit(gv) == signbit(gw)),
+                    "%s dx[%lld] = %g for x %g, dy %g", ad_dtype_name(dt), (long long)i, gv, xv,
+                    ad_tensor_get(dy, i));
+        }
+      } else {
+        cr_assert(!memcmp(y1, y->data, bytes), "%s: forward differs on 2 threads",
+                  ad_dtype_name(dt));
+        cr_assert(!memcmp(g1, g->data, bytes), "%s: gradient differs on 2 threads",
+                  ad_dtype_name(dt));
+      }
+      ad_tape_reset(ctx);
+    }
+    ad_set_num_threads(1);
+    free(y1);
+    free(g1);
+    ad_tensor_free(x);
+    ad_tensor_free(dy);
+  }
+}
+
+/* clamp's gradient at a bound is dy (torch.clamp's rule), where the
+ * composite minimum(maximum(x, lo), hi) gives dy / 2 (torch.maximum's tie
+ * rule): the reason clamp is an op. Second order: 0, through the recorded
+ * gradient. sign's gradient is 0 everywhere, also for a NaN dy (torch:
+ * zeros). */
+Test(ops_values, clamp_gradient_at_bounds_and_sign_gradient) {
+  for (int d = 0; d < 2; d++) {
+    ad_dtype dt = d ? AD_F64 : AD_F32;
+    int64_t n = 4;
+    const double xv[4] = {-1.0, 1.0, 0.25, 2.0};
+    ad_tensor *x = ad_zeros(ctx, dt, 1, &n);
+    for (int i = 0; i < 4; i++) ad_tensor_set(x, i, xv[i]);
+    ad_tensor_set_requires_grad(x, true);
+    ad_tensor *g = NULL, *gc = NULL, *gg = NULL;
+    cr_assert_eq(ad_grad(ctx, ad_sum(ctx, ad_clamp(ctx, x, -1, 1)), NULL, 1, &x, &g, true), AD_OK,
+                 "%s", ad_last_error(ctx));
+    ad_tensor *lo = ad_scalar(ctx, dt, -1), *hi = ad_scalar(ctx, dt, 1);
+    ad_tensor *comp = ad_minimum(ctx, ad_maximum(ctx, x, lo), hi);
+    cr_assert_eq(ad_grad(ctx, ad_sum(ctx, comp), NULL, 1, &x, &gc, false), AD_OK);
+    const double want[4] = {1, 1, 1, 0}, want_comp[4] = {0.5, 0.5, 1, 0};
+    for (int i = 0; i < 4; i++) {
+      cr_assert(ad_tensor_get(g, i) == want[i], "clamp'(%g) = %g, torch %g", xv[i],
+                ad_tensor_get(g, i), want[i]);
+      cr_assert(ad_tensor_get(gc, i) == want_comp[i], "composite'(%g) = %g", xv[i],
+                ad_tensor_get(gc, i));
+    }
+    /* second order: d/dx sum(clamp'(x) * x) is clamp'(x) from the product, 0 from clamp' */
+    cr_assert_eq(ad_grad(ctx, ad_sum(ctx, ad_mul(ctx, g, x)), NULL, 1, &x, &gg, false), AD_OK, "%s",
+                 ad_last_error(ctx));
+    for (int i = 0; i < 4; i++) cr_assert(ad_tensor_get(gg, i) == want[i]);
+
+    ad_tensor *seed = ad_full(ctx, dt, 1, &n, NAN), *gs = NULL;
+    ad_tensor *s = ad_sign(ctx, x);
+    cr_assert(ad_tensor_requires_grad(s), "sign's output carries a gradient, as torch's");
+    cr_assert_eq(ad_grad(ctx, s, seed, 1, &x, &gs, false), AD_OK, "%s", ad_last_error(ctx));
+    cr_assert_not_null(gs);
+    for (int i = 0; i < 4; i++)
+      cr_assert(ad_tensor_get(gs, i) == 0, "sign' with dy NaN: %g, torch 0", ad_tensor_get(gs, i));
+    ad_tensor_free(x);
+    ad_tape_reset(ctx);
+  }
+}
+
+/* Errors, as the other unary ops': NULL, a non-float x, another context;
+ * for an f32 x a finite bound beyond float32's range, which torch refuses
+ * too ("value cannot be converted to type float without overflow");
+ * infinite and NaN bounds are fine, and any bound for f64. */
+Test(ops_values, clamp_and_sign_errors) {
+  int64_t n = 3;
+  cr_assert_null(ad_clamp(NULL, NULL, 0, 1));
+  cr_assert_null(ad_sign(NULL, NULL));
+  cr_assert_null(ad_clamp(ctx, NULL, 0, 1));
+  cr_assert_eq(ad_last_status(ctx), AD_ERR_NULL);
+  cr_assert(strstr(ad_last_error(ctx), "clamp: x is NULL"), "%s", ad_last_error(ctx));
+  ad_clear_error(ctx);
+  cr_assert_null(ad_sign(ctx, NULL));
+  cr_assert_eq(ad_last_status(ctx), AD_ERR_NULL);
+  cr_assert(strstr(ad_last_error(ctx), "sign"), "%s", ad_last_error(ctx));
+  ad_clear_error(ctx);
+  ad_tensor *i32 = ad_zeros(ctx, AD_I32, 1, &n);
+  cr_assert_null(ad_clamp(ctx, i32, 0, 1));
+  cr_assert_eq(ad_last_status(ctx), AD_ERR_DTYPE, "%s", ad_last_error(ctx));
+  cr_assert(strstr(ad_last_error(ctx), "clamp"), "%s", ad_last_error(ctx));
+  ad_clear_error(ctx);
+  cr_assert_null(ad_sign(ctx, i32));
+  cr_assert_eq(ad_last_status(ctx), AD_ERR_DTYPE, "%s", ad_last_error(ctx));
+  cr_assert(strstr(ad_last_error(ctx), "sign"), "%s", ad_last_error(ctx));
+  ad_clear_error(ctx);
+  ad_ctx *other = ad_ctx_new();
+  cr_assert_not_null(other);
+  ad_tensor *xo = ad_zeros(other, AD_F32, 1, &n);
+  cr_assert_null(ad_clamp(ctx, xo, 0, 1));
+  cr_assert_eq(ad_last_status(ctx), AD_ERR_ARG);
+  cr_assert(strstr(ad_last_error(ctx), "another context"), "%s", ad_last_error(ctx));
+  ad_clear_error(ctx);
+  cr_assert_null(ad_sign(ctx, xo));
+  cr_assert(strstr(ad_last_error(ctx), "another context"), "%s", ad_last_error(ctx));
+  ad_clear_error(ctx);
+  ad_tensor_free(xo);
+  ad_ctx_free(other);
+
+  ad_tensor *x = ad_full(ctx, AD_F32, 1, &n, 2.0);
+  cr_assert_null(ad_clamp(ctx, x, 1e300, INFINITY));
+  cr_assert_eq(ad_last_status(ctx), AD_ERR_ARG);
+  cr_assert(strstr(ad_last_error(ctx), "clamp: min 1e+300 is outside float32's range"), "%s",
+            ad_last_error(ctx));
+  ad_clear_error(ctx);
+  cr_assert_null(ad_clamp(ctx, x, 0, -1e39));
+  cr_assert(strstr(ad_last_error(ctx), "clamp: max -1e+39"), "%s", ad_last_error(ctx));
+  ad_clear_error(ctx);
+  ad_tensor *y = ad_clamp(ctx, x, -INFINITY, INFINITY);
+  cr_assert(y && ad_tensor_get(y, 0) == 2.0, "%s", ad_last_error(ctx));
+  y = ad_clamp(ctx, x, NAN, 1);
+  cr_assert(y && isnan(ad_tensor_get(y, 0)), "a NaN bound gives NaN, as torch");
+  ad_tensor *x64 = ad_full(ctx, AD_F64, 1, &n, 2.0);
+  y = ad_clamp(ctx, x64, 1e300, INFINITY);
+  cr_assert(y && ad_tensor_get(y, 0) == 1e300, "%s", ad_last_error(ctx));
+  ad_tensor_free(x);
+  ad_tensor_free(x64);
+  ad_tensor_free(i32);
 }

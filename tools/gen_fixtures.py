@@ -64,6 +64,8 @@ builder the arguments it takes:
     attr conv1d S PL PR D G SAME  conv1d: stride, padding, dilation, groups
     attr embedding PAD IDX        embedding: padding (0 or 1), padding_idx
     attr layer_norm EPS D0 ...    layer_norm: eps, the normalized shape
+    attr clamp LO HI              clamp, clamp_backward: the bounds (reals;
+                                  inf, -inf and nan as written)
     attr cross_entropy IGN IDX SUM
                                   softmax_cross_entropy: ignore (0 or 1),
                                   ignore_index, sum (0 or 1)
@@ -404,6 +406,49 @@ add("leaky_relu_nan", "leaky_relu", const([("in", NAN_IN)]), lambda t: F.leaky_r
 add("relu_backward_nan", "relu_backward",
     const([("in", f32r([0.5, -1.5, 2.0])), ("in", f32r([NAN, 1.0, -1.0]))]),
     lambda t: torch.ops.aten.threshold_backward(t[0], t[1], 0.0))
+
+# clamp: torch.clamp, bounds as the attr (inf for a missing one: the same
+# values and gradient as torch's min=None / max=None, which the one-sided
+# cases check); the gradient is dy where lo <= x <= hi, inclusive at both
+# bounds, 0 at NaN x; lo > hi gives hi; a NaN bound NaN everywhere
+CLAMP_EDGE = f32r([-1.0, 1.0, -0.0, 0.0, NAN, INF, -INF, -2.0, 2.0, 0.5])
+for tag, make in (("2d", lambda rng: [("in", U(rng, (3, 4), -3, 3))]),
+                  ("3d", lambda rng: [("in", U(rng, (2, 3, 2), -3, 3))]),
+                  ("0d", lambda rng: [("in", U(rng, (), -3, 3))]),
+                  ("edges", const([("in", CLAMP_EDGE)]))):
+    add(f"clamp_{tag}", "clamp", make, lambda t: torch.clamp(t[0], -1.0, 1.0),
+        attr=("clamp", -1.0, 1.0))
+add("clamp_min_only", "clamp", lambda rng: [("in", U(rng, (3, 4), -3, 3))],
+    lambda t: torch.clamp(t[0], min=-0.5), attr=("clamp", -0.5, INF))
+add("clamp_max_only", "clamp", const([("in", CLAMP_EDGE)]), lambda t: torch.clamp(t[0], max=0.25),
+    attr=("clamp", -INF, 0.25))
+add("clamp_inf_bounds", "clamp", const([("in", CLAMP_EDGE)]),
+    lambda t: torch.clamp(t[0], -INF, INF), attr=("clamp", -INF, INF))
+add("clamp_zero_bounds", "clamp", const([("in", f32r([-0.0, 0.0, -1.0, 1.0, 0.5]))]),
+    lambda t: torch.clamp(t[0], 0.0, 0.0), attr=("clamp", 0.0, 0.0))
+add("clamp_crossed", "clamp", const([("in", CLAMP_EDGE)]), lambda t: torch.clamp(t[0], 1.0, -1.0),
+    attr=("clamp", 1.0, -1.0))
+add("clamp_nan_min", "clamp", const([("in", CLAMP_EDGE)]), lambda t: torch.clamp(t[0], NAN, 1.0),
+    attr=("clamp", NAN, 1.0))
+add("clamp_nan_max", "clamp", const([("in", CLAMP_EDGE)]), lambda t: torch.clamp(t[0], -1.0, NAN),
+    attr=("clamp", -1.0, NAN))
+# x = float32(0.1) and max 0.1: in f32 the bound rounds to x (inside, dy
+# passes), in f64 x is above it (clamped, 0)
+add("clamp_bound_rounding", "clamp", const([("in", f32r([0.1, -0.1, 0.0]))]),
+    lambda t: torch.clamp(t[0], -0.1, 0.1), attr=("clamp", -0.1, 0.1))
+for tag, sg, st in (("same", (3, 4), (3, 4)), ("row", (3, 4), (4,))):
+    add(f"clamp_backward_{tag}", "clamp_backward",
+        lambda rng, sg=sg, st=st: [("in", U(rng, sg)), ("in", U(rng, st))],
+        lambda t: torch.where((t[1] >= -1.0) & (t[1] <= 1.0), t[0], torch.zeros(())),
+        attr=("clamp", -1.0, 1.0))
+add("clamp_backward_edges", "clamp_backward",
+    const([("in", f32r([NAN, NAN, INF, -INF, 1.5, 2.0, NAN, 0.5, -1.0, 3.0])), ("in", CLAMP_EDGE)]),
+    lambda t: torch.where((t[1] >= -1.0) & (t[1] <= 1.0), t[0], torch.zeros(())),
+    attr=("clamp", -1.0, 1.0))
+# sign: -1, 0, 1; sign(-0.0) = +0 and sign(NaN) = 0 in torch 1.13; the
+# gradient is 0 everywhere
+add("sign_edges", "sign", const([("in", f32r([-0.0, 0.0, NAN, INF, -INF, -2.0, 3.0]))]),
+    lambda t: torch.sign(t[0]))
 
 # cast: each dtype to the other; the gradient comes back in the input dtype
 # (run_case sets the target and its attr line)

@@ -599,6 +599,23 @@ AD_API ad_tensor *ad_softplus(ad_ctx *ctx, ad_tensor *x);
 AD_API ad_tensor *ad_erf(ad_ctx *ctx, ad_tensor *x);
 AD_API ad_tensor *ad_square(ad_ctx *ctx, ad_tensor *x);
 AD_API ad_tensor *ad_atan(ad_ctx *ctx, ad_tensor *x);
+/** torch.clamp(x, lo, hi): min(max(x, lo), hi), with the bounds rounded to
+ * x's dtype. A missing bound is -INFINITY / INFINITY (torch's min=None /
+ * max=None give the same values and gradient); infinite bounds are fine. As
+ * in PyTorch: lo > hi gives hi everywhere; a NaN bound gives NaN
+ * everywhere; a NaN x stays NaN; x equal to a bound keeps x (-0.0 at a 0
+ * bound stays -0.0). The gradient is dy where lo <= x <= hi (inclusive at
+ * both bounds, torch's rule, not the dy/2 that ad_maximum / ad_minimum give
+ * at a tie) and 0 elsewhere, also at NaN x and for a NaN or infinite dy
+ * outside; the second derivative is 0. No argument is refused beyond those
+ * of any op (AD_ERR_NULL, AD_ERR_DTYPE for a non-float x, AD_ERR_ARG for a
+ * tensor of another context). */
+AD_API ad_tensor *ad_clamp(ad_ctx *ctx, ad_tensor *x, double lo, double hi);
+/** torch.sign: -1, 0 or +1 in x's dtype; sign(-0.0) = +0.0 and sign(NaN)
+ * = 0, as PyTorch 1.13 gives (NumPy's np.sign gives NaN). The gradient is
+ * 0 everywhere (x receives no contribution, also for a NaN dy), as torch's
+ * zeros. */
+AD_API ad_tensor *ad_sign(ad_ctx *ctx, ad_tensor *x);
 /** @} */
 /** Converts to another float dtype; the gradient is converted back. To x's
  * own dtype it returns x itself, after the checks of any op's input. */

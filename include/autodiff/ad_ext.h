@@ -218,6 +218,13 @@ typedef struct ad_cross_entropy_attrs {
   bool sum;             /**< the sum in place of the mean */
 } ad_cross_entropy_attrs;
 
+/** clamp and clamp_backward: the bounds, rounded to the input's dtype when
+ * used; -inf / +inf for a missing bound, NaN for a NaN result */
+typedef struct ad_clamp_attrs {
+  double lo; /**< the lower bound (torch.clamp's min) */
+  double hi; /**< the upper bound (max) */
+} ad_clamp_attrs;
+
 /** Free-form attributes for an op registered at run time. */
 typedef struct ad_user_attrs {
   int64_t i[6]; /**< integers, as the op defines them */
@@ -245,6 +252,7 @@ typedef struct ad_attrs {
     ad_layer_norm_attrs layer_norm;
     ad_cross_entropy_attrs cross_entropy;
     ad_user_attrs user;
+    ad_clamp_attrs clamp;
   };
 } ad_attrs;
 
@@ -269,6 +277,7 @@ typedef enum ad_attrs_kind {
   AD_ATTRS_LAYER_NORM,
   AD_ATTRS_CROSS_ENTROPY,
   AD_ATTRS_USER,
+  AD_ATTRS_CLAMP,
   AD_ATTRS_KIND_COUNT
 } ad_attrs_kind;
 

@@ -19,7 +19,7 @@
  *                and He/Kaiming (uniform and normal), from an explicit,
  *                seeded ad_rng.
  *   layers       nn_layer: Dense, activations (sigmoid, tanh, relu,
- *                leaky_relu, gelu, softmax, ...), dropout, flatten,
+ *                leaky_relu, gelu, hardtanh, relu6, softmax, ...), dropout, flatten,
  *                BatchNorm1d / BatchNorm2d, Conv2d and pooling,
  *                Embedding, LayerNorm, recurrent layers (RNN, LSTM, GRU),
  *                multi-head attention and lambda (a C function).
@@ -286,7 +286,9 @@ typedef enum nn_act {
   NN_ACT_GELU,       /**< exact: x Phi(x) */
   NN_ACT_SOFTPLUS,
   NN_ACT_SOFTMAX,
-  NN_ACT_LOG_SOFTMAX
+  NN_ACT_LOG_SOFTMAX,
+  NN_ACT_HARDTANH, /**< clamp(x, -1, 1) (ad_clamp; nn_hardtanh_new for other bounds) */
+  NN_ACT_RELU6     /**< clamp(x, 0, 6), PyTorch's nn.ReLU6 */
 } nn_act;
 
 /** "relu", "softmax", ...; "?" for an unknown value. */
@@ -324,6 +326,18 @@ NN_API nn_layer *nn_activation_new(ad_ctx *ctx, nn_act act);
 /** leaky_relu with slope alpha as a layer. NULL with AD_ERR_ARG for a
  * slope that is not finite. */
 NN_API nn_layer *nn_leaky_relu_new(ad_ctx *ctx, double alpha);
+
+/** PyTorch's nn.Hardtanh(min, max) as a layer of kind "hardtanh":
+ * ad_clamp(x, min, max), whose gradient passes where min <= x <= max
+ * (PyTorch's F.hardtanh passes it only strictly inside; see ad_clamp).
+ * nn_activation_new(ctx, NN_ACT_HARDTANH) is nn.Hardtanh()'s -1, 1. NULL
+ * with AD_ERR_ARG unless max > min (a NaN bound included), as PyTorch's
+ * constructor asserts; infinite bounds are fine. */
+NN_API nn_layer *nn_hardtanh_new(ad_ctx *ctx, double min, double max);
+
+/** PyTorch's nn.ReLU6 as a layer of kind "relu6": ad_clamp(x, 0, 6); the
+ * same as nn_activation_new(ctx, NN_ACT_RELU6). */
+NN_API nn_layer *nn_relu6_new(ad_ctx *ctx);
 
 /** Inverted dropout: in training mode each element is zeroed with
  * probability p and the rest are scaled by 1 / (1 - p); in evaluation mode
