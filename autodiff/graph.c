@@ -626,6 +626,9 @@ static void attrs_str(const ad_op_def *def, const ad_tensor *t, sbuf *out) {
     if (a->cross_entropy.ignore) sb_put(&b, " ignore_index %d", (int)a->cross_entropy.ignore_index);
     if (a->cross_entropy.sum) sb_put(&b, " sum");
     break;
+  case AD_ATTRS_CLAMP:
+    sb_put(&b, " lo %.6g hi %.6g%s", a->clamp.lo, a->clamp.hi, a->clamp.inner ? " hardtanh" : "");
+    break;
   case AD_ATTRS_USER:
     for (int k = 0; k < 6; k++)
       if (a->user.i[k]) sb_put(&b, " i%d %lld", k, (long long)a->user.i[k]);

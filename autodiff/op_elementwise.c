@@ -1394,11 +1394,20 @@ static bool clamp_bound_ok(ad_ctx *ctx, const ad_tensor *x, const char *which, d
   return false;
 }
 
-ad_tensor *ad_clamp(ad_ctx *ctx, ad_tensor *x, double lo, double hi) {
-  if (!ctx || !ad_arg_ok(ctx, "clamp", "x", x)) return NULL;
+static ad_tensor *clamp_op(ad_ctx *ctx, ad_tensor *x, double lo, double hi, bool inner) {
+  const char *fn = inner ? "hardtanh" : "clamp";
+  if (!ctx || !ad_arg_ok(ctx, fn, "x", x)) return NULL;
   if (!clamp_bound_ok(ctx, x, "min", lo) || !clamp_bound_ok(ctx, x, "max", hi)) return NULL;
-  ad_attrs at = {.clamp = {lo, hi}};
+  ad_attrs at = {.clamp = {lo, hi, inner}};
   return ad_apply1(ctx, AD_OP_CLAMP, x, &at);
+}
+
+ad_tensor *ad_clamp(ad_ctx *ctx, ad_tensor *x, double lo, double hi) {
+  return clamp_op(ctx, x, lo, hi, false);
+}
+
+ad_tensor *ad_hardtanh(ad_ctx *ctx, ad_tensor *x, double lo, double hi) {
+  return clamp_op(ctx, x, lo, hi, true);
 }
 
 /* Moves the elements of t within 0.1 of a finite bound 0.25 away from it,
@@ -1412,11 +1421,13 @@ static void clamp_sample_away(ad_tensor *t, double lo, double hi) {
   }
 }
 
-/* both bounds; a missing lower one (-inf); lo > hi (no gradient at all) */
-static const ad_clamp_attrs clamp_cases[] = {{-1.0, 1.0}, {-INFINITY, 0.5}, {1.0, -1.0}};
+/* both bounds; a missing lower one (-inf); lo > hi (no gradient at all);
+ * hardtanh's gradient */
+static const ad_clamp_attrs clamp_cases[] = {
+    {-1.0, 1.0, false}, {-INFINITY, 0.5, false}, {1.0, -1.0, false}, {0.0, 6.0, true}};
 
 static int clamp_sample(const ad_sample_call *s) {
-  if (s->variant >= 3) return 0;
+  if (s->variant >= 4) return 0;
   s->attrs->clamp = clamp_cases[s->variant];
   int n = sample_unary_range(s, 0.2, 2, true);
   if (n > 0) clamp_sample_away(s->in[0], s->attrs->clamp.lo, s->attrs->clamp.hi);
@@ -1433,7 +1444,8 @@ const ad_op_def ad_def_clamp = {
     .sample = clamp_sample,
     .math = "y = min(max(x, lo), hi)  (hi where lo > hi; NaN for a NaN bound)",
     .inputs = {"x"},
-    .grads = {"clamp_backward(dy, x) = dy where lo <= x <= hi, else 0  (dy at a bound)"},
+    .grads = {"clamp_backward(dy, x) = dy where lo <= x <= hi, else 0  (dy at a bound; "
+              "hardtanh: where lo < x < hi)"},
 };
 
 /* ----------------------------------------------------------------- sign */
@@ -1669,16 +1681,24 @@ const ad_op_def ad_def_leaky_relu_backward = {
 /* lo <= x <= hi ? g : 0 (the bounds rounded to the dtype, as clamp rounds
  * them; PyTorch's clamp_backward, a where): inclusive at both bounds, 0 at
  * NaN x or a NaN bound, and a zero chosen, not multiplied in, so a NaN or
- * infinite g outside stays out. x gets no gradient. */
+ * infinite g outside stays out. With inner, hardtanh's lo < x < hi ? g : 0
+ * (PyTorch's hardtanh_backward, whose vectorised loop also gives a NaN x
+ * 0). x gets no gradient. */
 static void clamp_backward_rows(const ad_call *c, int64_t oa, int64_t sa, int64_t ob, int64_t sb,
                                 int64_t oy, int64_t len) {
   const ad_clamp_attrs *at = &c->attrs->clamp;
   if (c->out->dtype == AD_F32) {
     const float lo = (float)at->lo, hi = (float)at->hi;
-    BINARY_LOOP(float, x1 >= lo && x1 <= hi ? x0 : 0.0f);
+    if (at->inner)
+      BINARY_LOOP(float, x1 > lo && x1 < hi ? x0 : 0.0f);
+    else
+      BINARY_LOOP(float, x1 >= lo && x1 <= hi ? x0 : 0.0f);
   } else {
     const double lo = at->lo, hi = at->hi;
-    BINARY_LOOP(double, x1 >= lo && x1 <= hi ? x0 : 0.0);
+    if (at->inner)
+      BINARY_LOOP(double, x1 > lo && x1 < hi ? x0 : 0.0);
+    else
+      BINARY_LOOP(double, x1 >= lo && x1 <= hi ? x0 : 0.0);
   }
 }
 
@@ -1691,8 +1711,9 @@ static ad_status clamp_backward_bwd(const ad_call *c) {
 }
 
 static int clamp_backward_sample(const ad_sample_call *s) {
-  if (s->variant >= 2) return 0;
-  s->attrs->clamp = clamp_cases[s->variant];
+  static const int cases[] = {0, 1, 3}; /* (lo > hi has no gradient to check) */
+  if (s->variant >= 3) return 0;
+  s->attrs->clamp = clamp_cases[cases[s->variant]];
   int n = sample_binary_range(s, -2, 2, 0.2, 2, true);
   if (n > 0) clamp_sample_away(s->in[1], s->attrs->clamp.lo, s->attrs->clamp.hi);
   return n;
@@ -1706,7 +1727,7 @@ const ad_op_def ad_def_clamp_backward = {
     .forward = clamp_backward_fwd,
     .backward = clamp_backward_bwd,
     .sample = clamp_backward_sample,
-    .math = "y = lo <= x <= hi ? g : 0",
+    .math = "y = lo <= x <= hi ? g : 0  (hardtanh's: lo < x < hi ? g : 0)",
     .inputs = {"g", "x"},
     .grads = {"dy where lo <= x <= hi, else 0", NULL},
 };

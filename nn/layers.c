@@ -68,9 +68,9 @@ ad_tensor *nn_activate(ad_ctx *ctx, ad_tensor *x, nn_act act, double alpha) {
   case NN_ACT_LOG_SOFTMAX:
     return ad_log_softmax(ctx, x, -1);
   case NN_ACT_HARDTANH:
-    return ad_clamp(ctx, x, -1.0, 1.0);
+    return ad_hardtanh(ctx, x, -1.0, 1.0);
   case NN_ACT_RELU6:
-    return ad_clamp(ctx, x, 0.0, 6.0);
+    return ad_hardtanh(ctx, x, 0.0, 6.0);
   }
   ad_set_error(ctx, AD_ERR_ARG, "activate: unknown activation %d", (int)act);
   return NULL;
@@ -394,7 +394,7 @@ static ad_tensor *layer_forward(nn_layer *l, ad_tensor *x, bool training) {
     return dense_forward(l, x);
   case L_ACT:
     if (l->act == NN_ACT_HARDTANH || l->act == NN_ACT_RELU6)
-      return ad_clamp(l->ctx, x, l->lo, l->hi);
+      return ad_hardtanh(l->ctx, x, l->lo, l->hi);
     return nn_activate(l->ctx, x, l->act, l->alpha);
   case L_DROPOUT:
     return dropout_forward(l, x, training);

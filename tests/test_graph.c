@@ -447,6 +447,34 @@ Test(graph, attributes_only_where_they_say_something) {
   ad_tensor_free(A);
 }
 
+/* clamp's bounds appear in the dump and the trace, and hardtanh's
+ * gradient rule with them (the two are one op). */
+Test(graph, clamp_attributes) {
+  int64_t n = 3;
+  double xv[3] = {-2, 0.5, 1};
+  ad_tensor *x = param(1, &n, xv);
+  ad_graph *g = ad_graph_new(ctx);
+  OK(ad_graph_name(g, x, "x"));
+  ad_tensor *c = ad_clamp(ctx, x, -1, 0.75), *h = ad_hardtanh(ctx, x, 0, 6);
+  ad_tensor *L = ad_add(ctx, ad_sum(ctx, c), ad_sum(ctx, h));
+  cr_assert_not_null(L, "%s", ad_last_error(ctx));
+  OK(ad_graph_name(g, c, "c"));
+  OK(ad_graph_name(g, h, "h"));
+  mem fw;
+  mem_open(&fw);
+  OK(ad_graph_dot(g, fw.f, L, 0));
+  char *dot = mem_close(&fw);
+  cr_assert(strstr(dot, "c = clamp(x)\\llo -1 hi 0.75\\l"), "%s", dot);
+  cr_assert(strstr(dot, "h = clamp(x)\\llo 0 hi 6 hardtanh\\l"), "%s", dot);
+  char *trace = trace_backward(g, L, NULL, NULL);
+  cr_assert(strstr(trace, "  attrs      lo 0 hi 6 hardtanh\n"), "%s", trace);
+  free(dot);
+  free(trace);
+  ad_graph_free(g);
+  ad_tape_reset(ctx);
+  ad_tensor_free(x);
+}
+
 /* ------------------------------------------------------- names, resets */
 
 Test(graph, names_auto_removed_and_reset) {

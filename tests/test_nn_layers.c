@@ -368,12 +368,13 @@ Test(activations, leaky_relu_slope_must_be_finite) {
 /* nn.Hardtanh and nn.ReLU6 (torch 1.13 values: hardtanh of [-2, -1, 0.5, 1,
  * 2, 7] is [-1, -1, 0.5, 1, 1, 1], Hardtanh(-2, 3) [-2, -1, 0.5, 1, 2, 3],
  * relu6 [0, 0, 0.5, 1, 2, 6]), as activation layers of kinds "hardtanh"
- * and "relu6" with no parameters, through ad_clamp: the gradient passes
- * at the bounds (clamp's rule). Dense takes them as its activation. */
+ * and "relu6" with no parameters, through ad_hardtanh: PyTorch's
+ * gradient, 0 at the bounds (torch 1.13: [0, 0, 1, 0, 0, 0], [0, 1, 1, 1,
+ * 1, 0], [0, 0, 1, 1, 1, 0]). Dense takes them as its activation. */
 Test(activations, hardtanh_and_relu6) {
   const double xv[6] = {-2, -1, 0.5, 1, 2, 7};
   const double want[3][6] = {{-1, -1, 0.5, 1, 1, 1}, {-2, -1, 0.5, 1, 2, 3}, {0, 0, 0.5, 1, 2, 6}};
-  const double dwant[3][6] = {{0, 1, 1, 1, 0, 0}, {1, 1, 1, 1, 1, 0}, {0, 0, 1, 1, 1, 0}};
+  const double dwant[3][6] = {{0, 0, 1, 0, 0, 0}, {0, 1, 1, 1, 1, 0}, {0, 0, 1, 1, 1, 0}};
   nn_layer *layers[4] = {nn_activation_new(ctx, NN_ACT_HARDTANH), nn_hardtanh_new(ctx, -2, 3),
                          nn_relu6_new(ctx), nn_activation_new(ctx, NN_ACT_RELU6)};
   const char *kinds[4] = {"hardtanh", "hardtanh", "relu6", "relu6"};

@@ -451,7 +451,7 @@ static bool typed_attrs(parser *ps, fx_case *c) {
     at->cross_entropy = (ad_cross_entropy_attrs){v[0] != 0, (int32_t)v[1], v[2] != 0};
     break;
   case AD_ATTRS_CLAMP:
-    at->clamp = (ad_clamp_attrs){a->scalar, a->scalar2};
+    at->clamp = (ad_clamp_attrs){a->scalar, a->scalar2, false};
     break;
   default:
     break; /* none, or builder-only */
@@ -1977,6 +1977,55 @@ Test(ops_values, clamp_gradient_at_bounds_and_sign_gradient) {
     ad_tensor_free(x);
     ad_tape_reset(ctx);
   }
+}
+
+/* hardtanh: clamp's values with PyTorch's hardtanh gradient, dy only
+ * strictly inside the bounds (torch 1.13, F.hardtanh(x, -1, 1) of [-2, -1,
+ * -0.5, 0.5, 1, 2, NaN] and relu6 of [-1, 0, 3, 6, 7]: [0, 0, 1, 1, 0, 0,
+ * 0] and [0, 0, 1, 0, 0]; a NaN x gets 0 as in torch's vectorised loop), a
+ * NaN or infinite dy outside kept out; second order 0 through the recorded
+ * gradient. */
+Test(ops_values, hardtanh_gradient_is_open_at_the_bounds) {
+  for (int d = 0; d < 2; d++) {
+    ad_dtype dt = d ? AD_F64 : AD_F32;
+    const double xv[7] = {-2, -1, -0.5, 0.5, 1, 2, NAN}, want[7] = {0, 0, 1, 1, 0, 0, 0};
+    const double yv[7] = {-1, -1, -0.5, 0.5, 1, 1, NAN};
+    int64_t n = 7;
+    ad_tensor *x = ad_zeros(ctx, dt, 1, &n);
+    for (int i = 0; i < 7; i++) ad_tensor_set(x, i, xv[i]);
+    ad_tensor_set_requires_grad(x, true);
+    ad_tensor *y = ad_hardtanh(ctx, x, -1, 1), *g = NULL, *gg = NULL, *gi = NULL;
+    cr_assert_not_null(y, "%s", ad_last_error(ctx));
+    cr_assert_eq(ad_grad(ctx, ad_sum(ctx, y), NULL, 1, &x, &g, true), AD_OK, "%s",
+                 ad_last_error(ctx));
+    for (int i = 0; i < 7; i++) {
+      double yi = ad_tensor_get(y, i), gv = ad_tensor_get(g, i);
+      cr_assert(i == 6 ? isnan(yi) : yi == yv[i], "hardtanh(%g) = %g", xv[i], yi);
+      cr_assert(gv == want[i], "hardtanh'(%g) = %g, torch %g", xv[i], gv, want[i]);
+    }
+    cr_assert_eq(ad_grad(ctx, ad_sum(ctx, ad_mul(ctx, g, x)), NULL, 1, &x, &gg, false), AD_OK, "%s",
+                 ad_last_error(ctx));
+    for (int i = 0; i < 6; i++) cr_assert(ad_tensor_get(gg, i) == want[i], "second order %d", i);
+    ad_tensor *seed = ad_full(ctx, dt, 1, &n, INFINITY);
+    cr_assert_eq(ad_grad(ctx, ad_hardtanh(ctx, x, -1, 1), seed, 1, &x, &gi, false), AD_OK);
+    for (int i = 0; i < 7; i++)
+      cr_assert(ad_tensor_get(gi, i) == (want[i] ? INFINITY : 0), "dy inf: %g",
+                ad_tensor_get(gi, i));
+    const double rv[5] = {-1, 0, 3, 6, 7}, rwant[5] = {0, 0, 1, 0, 0};
+    int64_t m = 5;
+    ad_tensor *r = ad_zeros(ctx, dt, 1, &m), *gr = NULL;
+    for (int i = 0; i < 5; i++) ad_tensor_set(r, i, rv[i]);
+    ad_tensor_set_requires_grad(r, true);
+    cr_assert_eq(ad_grad(ctx, ad_sum(ctx, ad_hardtanh(ctx, r, 0, 6)), NULL, 1, &r, &gr, false),
+                 AD_OK);
+    for (int i = 0; i < 5; i++)
+      cr_assert(ad_tensor_get(gr, i) == rwant[i], "relu6'(%g) = %g", rv[i], ad_tensor_get(gr, i));
+    ad_tensor_free(x);
+    ad_tensor_free(r);
+    ad_tape_reset(ctx);
+  }
+  cr_assert_null(ad_hardtanh(ctx, NULL, -1, 1));
+  ad_clear_error(ctx);
 }
 
 /* Errors, as the other unary ops': NULL, a non-float x, another context;

@@ -611,6 +611,12 @@ AD_API ad_tensor *ad_atan(ad_ctx *ctx, ad_tensor *x);
  * of any op (AD_ERR_NULL, AD_ERR_DTYPE for a non-float x, AD_ERR_ARG for a
  * tensor of another context). */
 AD_API ad_tensor *ad_clamp(ad_ctx *ctx, ad_tensor *x, double lo, double hi);
+/** torch.nn.functional.hardtanh(x, lo, hi) (relu6 is lo 0, hi 6): the
+ * values of ad_clamp, but PyTorch's hardtanh gradient, dy only where lo < x
+ * < hi: 0 at the bounds (where ad_clamp passes dy) and at a NaN x. The same
+ * op as ad_clamp (its attribute inner), differentiable to any order; the
+ * same errors. */
+AD_API ad_tensor *ad_hardtanh(ad_ctx *ctx, ad_tensor *x, double lo, double hi);
 /** torch.sign: -1, 0 or +1 in x's dtype; sign(-0.0) = +0.0 and sign(NaN)
  * = 0, as PyTorch 1.13 gives (NumPy's np.sign gives NaN). The gradient is
  * 0 everywhere (x receives no contribution, also for a NaN dy), as torch's

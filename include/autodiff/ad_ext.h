@@ -221,8 +221,9 @@ typedef struct ad_cross_entropy_attrs {
 /** clamp and clamp_backward: the bounds, rounded to the input's dtype when
  * used; -inf / +inf for a missing bound, NaN for a NaN result */
 typedef struct ad_clamp_attrs {
-  double lo; /**< the lower bound (torch.clamp's min) */
-  double hi; /**< the upper bound (max) */
+  double lo;  /**< the lower bound (torch.clamp's min) */
+  double hi;  /**< the upper bound (max) */
+  bool inner; /**< hardtanh's gradient: dy only strictly inside the bounds */
 } ad_clamp_attrs;
 
 /** Free-form attributes for an op registered at run time. */

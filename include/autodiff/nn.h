@@ -287,8 +287,8 @@ typedef enum nn_act {
   NN_ACT_SOFTPLUS,
   NN_ACT_SOFTMAX,
   NN_ACT_LOG_SOFTMAX,
-  NN_ACT_HARDTANH, /**< clamp(x, -1, 1) (ad_clamp; nn_hardtanh_new for other bounds) */
-  NN_ACT_RELU6     /**< clamp(x, 0, 6), PyTorch's nn.ReLU6 */
+  NN_ACT_HARDTANH, /**< ad_hardtanh(x, -1, 1) (nn_hardtanh_new for other bounds) */
+  NN_ACT_RELU6     /**< ad_hardtanh(x, 0, 6), PyTorch's nn.ReLU6 */
 } nn_act;
 
 /** "relu", "softmax", ...; "?" for an unknown value. */
@@ -328,15 +328,14 @@ NN_API nn_layer *nn_activation_new(ad_ctx *ctx, nn_act act);
 NN_API nn_layer *nn_leaky_relu_new(ad_ctx *ctx, double alpha);
 
 /** PyTorch's nn.Hardtanh(min, max) as a layer of kind "hardtanh":
- * ad_clamp(x, min, max), whose gradient passes where min <= x <= max
- * (PyTorch's F.hardtanh passes it only strictly inside; see ad_clamp).
- * nn_activation_new(ctx, NN_ACT_HARDTANH) is nn.Hardtanh()'s -1, 1. NULL
+ * ad_hardtanh(x, min, max), with PyTorch's gradient (dy strictly inside
+ * the bounds, 0 at them). nn_activation_new(ctx, NN_ACT_HARDTANH) is nn.Hardtanh()'s -1, 1. NULL
  * with AD_ERR_ARG unless max > min (a NaN bound included), as PyTorch's
  * constructor asserts; infinite bounds are fine. */
 NN_API nn_layer *nn_hardtanh_new(ad_ctx *ctx, double min, double max);
 
-/** PyTorch's nn.ReLU6 as a layer of kind "relu6": ad_clamp(x, 0, 6); the
- * same as nn_activation_new(ctx, NN_ACT_RELU6). */
+/** PyTorch's nn.ReLU6 as a layer of kind "relu6": ad_hardtanh(x, 0, 6);
+ * the same as nn_activation_new(ctx, NN_ACT_RELU6). */
 NN_API nn_layer *nn_relu6_new(ad_ctx *ctx);
 
 /** Inverted dropout: in training mode each element is zeroed with
