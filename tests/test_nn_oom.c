@@ -33,6 +33,8 @@ typedef struct world {
   nn_history *h;
   ad_tensor *x, *y, *vx, *vy, *t[6];
   ad_tensor *out; /* a result on the tape, not freed */
+  ad_graph *g;
+  unsigned long text; /* a hash of what the run wrote */
   char dir[64], path[96];
   int kind; /* the scenario's variant */
 } world;
@@ -78,6 +80,8 @@ static unsigned long print_model(world *w) {
 }
 
 static void teardown(world *w) {
+  ad_graph_free(w->g);
+  while (ad_scope_depth(w->c) > 0) cr_assert_eq(ad_scope_pop(w->c), AD_OK);
   nn_history_free(w->h);
   nn_batcher_free(w->b);
   nn_optimizer_free(w->opt);
@@ -90,7 +94,7 @@ static void teardown(world *w) {
   ad_tensor_free(w->vy);
   for (int i = 0; i < 6; i++) ad_tensor_free(w->t[i]);
   ad_tape_reset(w->c);
-  w->h = NULL, w->b = NULL, w->opt = NULL, w->m = NULL, w->l = NULL, w->p = NULL;
+  w->g = NULL, w->h = NULL, w->b = NULL, w->opt = NULL, w->m = NULL, w->l = NULL, w->p = NULL;
   w->x = w->y = w->vx = w->vy = NULL;
   for (int i = 0; i < 6; i++) w->t[i] = NULL;
 }
@@ -738,3 +742,283 @@ static ad_status run_idx(world *w) {
 }
 
 Test(nn_oom, idx_load) { sweep(&(scenario){"idx", setup_idx, run_idx, print_split, false, false}); }
+
+/* ------------------------------------------------ graph dumps, scopes */
+
+static unsigned long hash_bytes(unsigned long h, const char *s, size_t n) {
+  for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)s[i]) * 1099511628211ul;
+  return h;
+}
+
+/* x [3,4] -> two steps of tanh(x W) in scopes "enc" / "t=0", "t=1", summed */
+static ad_status build_graph(world *w) {
+  ad_ctx *c = w->c;
+  int64_t sx[2] = {3, 4}, sw[2] = {4, 4};
+  w->x = data(c, 2, sx, 1);
+  w->t[0] = data(c, 2, sw, 2);
+  if (!w->x || !w->t[0]) return ad_last_status(c);
+  ad_status st = ad_tensor_set_name(w->t[0], "W");
+  ad_tensor *h = w->x;
+  if (st == AD_OK) st = ad_scope_push(c, "enc");
+  for (int t = 0; t < 2 && st == AD_OK; t++) {
+    char lab[8];
+    snprintf(lab, sizeof lab, "t=%d", t);
+    if ((st = ad_scope_push(c, lab)) != AD_OK) break;
+    h = ad_tanh(c, ad_matmul(c, h, w->t[0], false, false));
+    st = h ? ad_scope_pop(c) : ad_last_status(c);
+  }
+  if (st == AD_OK) st = ad_scope_pop(c);
+  if (st != AD_OK) return st;
+  w->out = ad_sum(c, ad_mul(c, h, h));
+  return w->out ? AD_OK : ad_last_status(c);
+}
+
+static ad_status run_graph(world *w) {
+  ad_ctx *c = w->c;
+  ad_status st = build_graph(w);
+  if (st != AD_OK) return st;
+  char *buf = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&buf, &len);
+  cr_assert_not_null(f);
+  if (!(w->g = ad_graph_new(c))) st = ad_last_status(c);
+  if (st == AD_OK) st = ad_graph_name(w->g, w->x, "x");
+  if (st == AD_OK) st = ad_graph_name(w->g, w->out, "L");
+  if (st == AD_OK) st = ad_graph_trace_begin(w->g, f);
+  if (st == AD_OK) {
+    ad_status b = ad_backward(c, w->out, NULL);
+    if (w->kind == 1 && b == AD_OK) { /* a second, recorded pass */
+      ad_tensor *gx;
+      b = ad_grad(c, w->out, NULL, 1, &w->x, &gx, true);
+    }
+    ad_status e = ad_graph_trace_end(w->g);
+    st = b != AD_OK ? b : e;
+  }
+  for (int flags = 0; flags < 4 && st == AD_OK; flags++) st = ad_graph_dot(w->g, f, w->out, flags);
+  fclose(f);
+  w->text = hash_bytes(14695981039346656037ul, buf, len);
+  free(buf);
+  return st;
+}
+
+/* the gradients and the text */
+static unsigned long print_graph(world *w) {
+  if (!w->x || !w->t[0]) return w->text;
+  return hash_tensor(hash_tensor(w->text, w->x->grad), w->t[0]->grad);
+}
+
+Test(nn_oom, graph_trace_and_dot) {
+  for (g_kind = 0; g_kind < 2; g_kind++)
+    sweep(&(scenario){"graph", setup_kind, run_graph, print_graph, false, false});
+}
+
+static ad_status run_scopes(world *w) {
+  ad_ctx *c = w->c;
+  int64_t s = 3;
+  ad_tensor *h = w->x = data(c, 1, &s, 1);
+  if (!h) return ad_last_status(c);
+  ad_status st = ad_scope_push(c, "outer");
+  for (int t = 0; t < 6 && st == AD_OK; t++) {
+    char lab[8];
+    snprintf(lab, sizeof lab, "t=%d", t % 3); /* the same groups again */
+    if ((st = ad_scope_push(c, lab)) != AD_OK) break;
+    h = ad_tanh(c, h);
+    if (!h) return ad_last_status(c);
+    st = ad_scope_pop(c);
+  }
+  if (st == AD_OK) st = ad_scope_pop(c);
+  if (st != AD_OK) return st;
+  unsigned long text = 1;
+  for (int i = 0; i < ad_scope_count(c); i++) {
+    const char *l = ad_scope_label(c, i);
+    text = hash_bytes(text, l, strlen(l) + 1) * 31 + (unsigned long)(ad_scope_parent(c, i) + 1);
+  }
+  w->text = text * 31 + (unsigned long)(ad_tensor_scope(h) + 1);
+  return AD_OK;
+}
+
+static unsigned long print_text(world *w) { return w->text; }
+
+Test(nn_oom, scopes) {
+  sweep(&(scenario){"scopes", setup_kind, run_scopes, print_text, false, false});
+}
+
+/* ---------------------------------------------------------- gradcheck */
+
+static ad_tensor *check_fn(ad_ctx *c, int n, ad_tensor *const *in, void *ud) {
+  (void)n, (void)ud;
+  return ad_tanh(c, ad_matmul(c, in[0], ad_sigmoid(c, in[1]), false, false));
+}
+
+static ad_tensor *param64(ad_ctx *c, int ndim, const int64_t *shape, uint64_t seed) {
+  ad_tensor *t = ad_zeros(c, AD_F64, ndim, shape);
+  ad_rng rng;
+  ad_rng_seed(&rng, seed);
+  for (int64_t i = 0; t && i < t->size; i++) ad_tensor_set(t, i, ad_rng_normal(&rng));
+  ad_tensor_set_requires_grad(t, true);
+  return t;
+}
+
+static void setup_check(world *w) {
+  w->kind = g_kind;
+  int64_t sa[2] = {2, 3}, sb[2] = {3, 2};
+  w->t[0] = param64(w->c, 2, sa, 1);
+  w->t[1] = param64(w->c, 2, sb, 2);
+}
+
+static unsigned long hash_report(unsigned long h, const ad_check_report *r) {
+  double v[4] = {r->analytic, r->numeric, r->abs_err, r->rel_err};
+  int64_t i[4] = {r->passed, r->input, r->index, r->checked};
+  return hash_bytes(hash_bytes(h, (const char *)v, sizeof v), (const char *)i, sizeof i);
+}
+
+static ad_status run_check(world *w) {
+  ad_ctx *c = w->c;
+  ad_check_report r;
+  ad_status st;
+  if (w->kind == 0) {
+    st = ad_gradcheck(c, check_fn, NULL, 2, w->t, NULL, &r);
+  } else if (w->kind == 1) {
+    st = ad_gradgradcheck(c, check_fn, NULL, 2, w->t, NULL, &r);
+  } else {
+    static const char *ops[] = {"matmul", "conv2d", "log_softmax", "concat", "lstm_cell"};
+    int id = ad_op_find(c, ops[w->kind - 2]);
+    if (id < 0) id = ad_op_find(c, "tanh");
+    st = ad_op_check(c, id, AD_F64, true, 5, &r);
+  }
+  if (st != AD_OK) return st;
+  cr_assert(r.passed);
+  w->text = hash_report(1, &r);
+  return AD_OK;
+}
+
+Test(nn_oom, gradcheck_gradgradcheck_op_check) {
+  for (g_kind = 0; g_kind < 7; g_kind++)
+    sweep(&(scenario){"check", setup_check, run_check, print_text, false, false});
+}
+
+/* ------------------------------------- lambda, model params, summary */
+
+static ad_tensor *square_fn(ad_ctx *c, ad_tensor *x, bool training, void *ud) {
+  (void)training, (void)ud;
+  return ad_mul(c, x, x);
+}
+
+static ad_status run_lambda_param(world *w) {
+  ad_ctx *c = w->c;
+  ad_rng rng;
+  ad_rng_seed(&rng, 3);
+  w->m = nn_sequential_new(c);
+  if (!w->m) return ad_last_status(c);
+  ad_status st = nn_model_add(w->m, nn_flatten_new(c));
+  if (st == AD_OK) st = nn_model_add(w->m, nn_dense_new(c, 16, 3, &rng, NULL));
+  if (st == AD_OK) st = nn_model_add_named(w->m, "sq", nn_lambda_new(c, "square", square_fn, NULL));
+  if (st != AD_OK) return st;
+  int64_t s = 3;
+  ad_tensor *scale = nn_model_add_param(w->m, "scale", AD_F32, 1, &s,
+                                        (nn_init){.kind = NN_INIT_NORMAL, .b = 1}, &rng);
+  if (!scale) return ad_last_status(c);
+  char *buf = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&buf, &len);
+  nn_model_summary(w->m, f);
+  ad_tensor_print(f, "scale", scale);
+  fclose(f);
+  w->text = hash_bytes(1, buf, len);
+  free(buf);
+  ad_tensor *y = ad_mul(c, nn_model_forward(w->m, w->x), scale);
+  ad_tensor *loss = nn_cross_entropy_loss(c, y, w->y, NN_MEAN);
+  if (!loss) return ad_last_status(c);
+  return ad_backward(c, loss, NULL);
+}
+
+static unsigned long print_model_text(world *w) {
+  unsigned long h = print_model(w) ^ w->text;
+  nn_params *p = nn_model_params(w->m);
+  for (int i = 0; p && i < nn_params_count(p); i++)
+    h = hash_tensor(h, nn_params_tensor(p, i)->grad);
+  return h;
+}
+
+Test(nn_oom, lambda_model_param_summary) {
+  sweep(&(scenario){"lambda", setup_data, run_lambda_param, print_model_text, false, false});
+}
+
+/* ---------------------------------------------------------- schedules */
+
+static void setup_sched(world *w) {
+  setup_train(w);
+  nn_model_set_training(w->m, true);
+  ad_backward(w->c, nn_cross_entropy_loss(w->c, nn_model_forward(w->m, w->x), w->y, NN_MEAN), NULL);
+}
+
+static ad_status run_sched(world *w) {
+  static const nn_schedule s[3] = {{.kind = NN_SCHED_STEP, .step_size = 2, .gamma = 0.5},
+                                   {.kind = NN_SCHED_EXPONENTIAL, .gamma = 0.9},
+                                   {.kind = NN_SCHED_COSINE, .t_max = 3, .eta_min = 0.001}};
+  ad_status st = nn_optimizer_set_schedule(w->opt, &s[w->kind]);
+  for (int i = 0; i < 4 && st == AD_OK; i++) {
+    st = nn_optimizer_step(w->opt);
+    if (st == AD_OK) st = nn_optimizer_schedule_step(w->opt);
+  }
+  return st;
+}
+
+static void setup_sched_kind(world *w) {
+  setup_sched(w);
+  w->kind = g_kind;
+}
+
+Test(nn_oom, lr_schedules) {
+  for (g_kind = 0; g_kind < 3; g_kind++)
+    sweep(&(scenario){"schedule", setup_sched_kind, run_sched, print_model, false, false});
+}
+
+/* Setting or stepping a schedule refused changes nothing. */
+static ad_status run_sched_once(world *w) {
+  static const nn_schedule s = {.kind = NN_SCHED_STEP, .step_size = 1, .gamma = 0.5};
+  if (w->kind == 0) return nn_optimizer_set_schedule(w->opt, &s);
+  return nn_optimizer_schedule_step(w->opt);
+}
+
+static void setup_sched_set(world *w) {
+  setup_sched(w);
+  w->kind = g_kind;
+  if (w->kind == 1) {
+    static const nn_schedule s = {.kind = NN_SCHED_STEP, .step_size = 1, .gamma = 0.5};
+    cr_assert_eq(nn_optimizer_set_schedule(w->opt, &s), AD_OK);
+  }
+}
+
+Test(nn_oom, lr_schedule_set_and_step_are_atomic) {
+  for (g_kind = 0; g_kind < 2; g_kind++)
+    sweep(&(scenario){"schedule once", setup_sched_set, run_sched_once, print_model, true, false});
+}
+
+/* ------------------------------------------ predict/evaluate, batches */
+
+static void setup_model_70(world *w) {
+  make_data(w, 70);
+  w->m = small_model(w->c);
+  w->kind = g_kind;
+}
+
+static ad_status run_eval_big(world *w) {
+  static const int64_t bs[3] = {0, 1000, 9}; /* 32: three batches; one; eight */
+  double loss, acc;
+  ad_status st = nn_evaluate(w->m, nn_cross_entropy_loss, w->x, w->y, bs[w->kind], &loss, &acc);
+  if (st != AD_OK) return st;
+  w->t[0] = nn_predict(w->m, w->x, bs[w->kind]);
+  if (!w->t[0]) return ad_last_status(w->c);
+  double v[2] = {loss, acc};
+  w->text = hash_bytes(hash_tensor(1, w->t[0]), (const char *)v, sizeof v);
+  return AD_OK;
+}
+
+static unsigned long print_model_and_text(world *w) { return print_model(w) ^ w->text; }
+
+Test(nn_oom, evaluate_and_predict_batches) {
+  for (g_kind = 0; g_kind < 3; g_kind++)
+    sweep(&(scenario){"evaluate batches", setup_model_70, run_eval_big, print_model_and_text, false,
+                      false});
+}
