@@ -60,6 +60,35 @@ static const char *type_name(unsigned code) {
   }
 }
 
+/* zlib's allocations go through the context's allocator, as every
+ * allocation of a context does (ad_ctx_new_with_alloc): a context that
+ * limits or counts memory sees inflate's state and window too. zfree gives
+ * no size, so each block starts with a 64-byte header holding it (which
+ * keeps the allocator's alignment for what follows). Nothing is recorded
+ * on failure: inflate reports Z_MEM_ERROR and the reader names it. */
+#define ZHEAD 64
+
+static voidpf z_alloc(voidpf opaque, uInt items, uInt size) {
+  ad_ctx *ctx = opaque;
+  if (size && items > (SIZE_MAX - ZHEAD) / size) return Z_NULL;
+  size_t n = (size_t)items * size + ZHEAD;
+  ad_alloc_fn fn;
+  void *ud;
+  ad_get_allocator(ctx, &fn, &ud);
+  unsigned char *p = fn(ud, NULL, 0, n);
+  if (!p) return Z_NULL;
+  memcpy(p, &n, sizeof n);
+  return p + ZHEAD;
+}
+
+static void z_free(voidpf opaque, voidpf address) {
+  if (!address) return;
+  unsigned char *p = (unsigned char *)address - ZHEAD;
+  size_t n;
+  memcpy(&n, p, sizeof n);
+  ad_free(opaque, p, n);
+}
+
 /* read(2) into buf: the count (0 at the end of the file), or -1 after
  * recording the error. */
 static int64_t fd_read(idx_file *f, void *buf, size_t n) {
@@ -315,6 +344,9 @@ ad_tensor *nn_idx_load(ad_ctx *ctx, const char *path, ad_dtype dtype, double sca
     return NULL;
   }
   f.fd = fd;
+  f.zs.zalloc = z_alloc;
+  f.zs.zfree = z_free;
+  f.zs.opaque = ctx;
   if (f.gzip && inflateInit2(&f.zs, 15 + 16) != Z_OK) { /* a gzip header and trailer */
     ad_set_error(ctx, AD_ERR_OOM, "idx %s: out of memory opening the file", path);
     close(fd);

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <zlib.h>
 
 static void set_threads(void) {
   const char *e = getenv("NN_OOM_THREADS");
@@ -742,6 +743,82 @@ static ad_status run_idx(world *w) {
 }
 
 Test(nn_oom, idx_load) { sweep(&(scenario){"idx", setup_idx, run_idx, print_split, false, false}); }
+
+/* ------------------------------------------------------- gzip'd idx */
+
+/* A gzip member of in[0..n) appended to f. */
+static void gzip_member(FILE *f, const unsigned char *in, size_t n) {
+  z_stream zs = {0};
+  cr_assert_eq(deflateInit2(&zs, 6, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY), Z_OK);
+  unsigned char out[1 << 15];
+  zs.next_in = (unsigned char *)in;
+  zs.avail_in = (uInt)n;
+  int ret;
+  do {
+    zs.next_out = out;
+    zs.avail_out = sizeof out;
+    ret = deflate(&zs, Z_FINISH);
+    fwrite(out, 1, sizeof out - zs.avail_out, f);
+  } while (ret == Z_OK);
+  cr_assert_eq(ret, Z_STREAM_END);
+  deflateEnd(&zs);
+}
+
+/* dims [5, 30, 30] of bytes, gzip'd as one member (kind 0) or two */
+static void setup_idx_gz(world *w) {
+  w->kind = g_kind;
+  snprintf(w->dir, sizeof w->dir, "/tmp/nn_oom-XXXXXX");
+  cr_assert_not_null(mkdtemp(w->dir));
+  snprintf(w->path, sizeof w->path, "%s/d.idx.gz", w->dir);
+  enum { N = 16 + 5 * 30 * 30 };
+  unsigned char b[N] = {0, 0, 8, 3, 0, 0, 0, 5, 0, 0, 0, 30, 0, 0, 0, 30};
+  ad_rng rng;
+  ad_rng_seed(&rng, 4);
+  for (int i = 16; i < N; i++) b[i] = (unsigned char)ad_rng_below(&rng, 7) * 31;
+  FILE *f = fopen(w->path, "wb");
+  cr_assert_not_null(f);
+  if (w->kind == 0) {
+    gzip_member(f, b, N);
+  } else {
+    gzip_member(f, b, 1000);
+    gzip_member(f, b + 1000, N - 1000);
+  }
+  cr_assert_eq(fclose(f), 0);
+}
+
+Test(nn_oom, idx_load_gzip) {
+  for (g_kind = 0; g_kind < 2; g_kind++)
+    sweep(&(scenario){"idx gzip", setup_idx_gz, run_idx, print_split, false, false});
+}
+
+/* zlib's state and window come from the context's allocator, as every
+ * allocation of a context made by ad_ctx_new_with_alloc does: a context
+ * refusing them gets AD_ERR_OOM from the gzip reader itself. */
+Test(nn_oom, idx_gzip_inflates_with_the_context_allocator) {
+  g_kind = 0;
+  bool opening = false, inflating = false;
+  for (long k = 0; k < 16; k++) {
+    test_alloc ta = {0};
+    world w = {.c = ad_ctx_new_with_alloc(test_alloc_fn, &ta)};
+    setup_idx_gz(&w);
+    ta.refuse = TEST_ALLOC_REFUSE_ONLY;
+    ta.fail_at = ta.requests + k;
+    ad_status st = run_idx(&w);
+    test_alloc_grant_all(&ta);
+    if (st != AD_OK) {
+      cr_assert_eq(st, AD_ERR_OOM, "%s", ad_last_error(w.c));
+      opening |= strstr(ad_last_error(w.c), "out of memory opening") != NULL;
+      inflating |= strstr(ad_last_error(w.c), "out of memory inflating") != NULL;
+    }
+    teardown(&w);
+    cr_assert_eq(remove(w.path), 0);
+    cr_assert_eq(rmdir(w.dir), 0);
+    ad_ctx_free(w.c);
+    cr_assert_eq(ta.live, 0, "refuse only %ld: %ld blocks leaked", k, ta.live);
+  }
+  cr_assert(opening && inflating, "zlib's allocations bypass the context: opening %d inflating %d",
+            opening, inflating);
+}
 
 /* ------------------------------------------------ graph dumps, scopes */
 
