@@ -1454,11 +1454,13 @@ const ad_op_def ad_def_clamp = {
  * (not NumPy's NaN). */
 DEFINE_UNARY(sign, (float)((x > 0) - (x < 0)), (double)((x > 0) - (x < 0)))
 
-/* piecewise constant: x receives no contribution (torch's zeros), whatever
- * dy holds (NaN and infinities included) */
+/* piecewise constant: x receives zeros, whatever dy holds (NaN and
+ * infinities included), as torch's zeros_like: a leaf reached only through
+ * sign then has a zero grad, not none, so an optimizer still applies its
+ * weight decay and momentum to it as torch's does */
 static ad_status sign_bwd(const ad_call *c) {
-  (void)c;
-  return AD_OK;
+  if (!c->needs[0]) return AD_OK;
+  return ad_call_set_grad(c, 0, ad_zeros_like(c->ctx, c->in[0]));
 }
 
 ad_tensor *ad_sign(ad_ctx *ctx, ad_tensor *x) { return ad_apply1(ctx, AD_OP_SIGN, x, NULL); }
@@ -1472,7 +1474,7 @@ const ad_op_def ad_def_sign = {
     .sample = sample_nonzero,
     .math = "y = sign(x)  (sign(0) = sign(NaN) = 0)",
     .inputs = {"x"},
-    .grads = {NULL},
+    .grads = {"0 (zeros, whatever dy holds)"},
 };
 
 /* -------------------------------------------------------- tanh_backward */

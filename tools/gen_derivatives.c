@@ -159,7 +159,7 @@ static void generate(buf *b, const ad_ctx *ctx) {
          "- `clamp(x, lo, hi)` passes `dy` where `lo <= x <= hi`, inclusive at both bounds\n"
          "  (`torch.clamp`'s rule; a `minimum(maximum(x, lo), hi)` composite gives `dy / 2`\n"
          "  there), and 0 elsewhere, all of it where `lo > hi`. `sign` is piecewise\n"
-         "  constant and sends `x` no gradient (0), also at 0.\n"
+         "  constant and sends `x` zeros (torch's `zeros_like`), also at 0.\n"
          "- `max_pool2d`: each window sends `dy` to one element, its argmax: the first\n"
          "  maximum in row-major window order (as PyTorch's CPU kernel; ties are not\n"
          "  shared), and overlapping windows add up. The argmax is piecewise constant\n"

@@ -619,8 +619,8 @@ AD_API ad_tensor *ad_clamp(ad_ctx *ctx, ad_tensor *x, double lo, double hi);
 AD_API ad_tensor *ad_hardtanh(ad_ctx *ctx, ad_tensor *x, double lo, double hi);
 /** torch.sign: -1, 0 or +1 in x's dtype; sign(-0.0) = +0.0 and sign(NaN)
  * = 0, as PyTorch 1.13 gives (NumPy's np.sign gives NaN). The gradient is
- * 0 everywhere (x receives no contribution, also for a NaN dy), as torch's
- * zeros. */
+ * 0 everywhere, also for a NaN dy: x receives zeros, as torch's zeros_like
+ * (a leaf reached only through sign gets a zero grad, not none). */
 AD_API ad_tensor *ad_sign(ad_ctx *ctx, ad_tensor *x);
 /** @} */
 /** Converts to another float dtype; the gradient is converted back. To x's
