@@ -1388,16 +1388,21 @@ static ad_status clamp_bwd(const ad_call *c) {
 /* A finite bound beyond float32's range is refused for an f32 x, as torch
  * refuses to convert it ("value cannot be converted to type float without
  * overflow"); infinities and NaN pass. */
-static bool clamp_bound_ok(ad_ctx *ctx, const ad_tensor *x, const char *which, double v) {
+static bool clamp_bound_ok(ad_ctx *ctx, const char *fn, const ad_tensor *x, const char *which,
+                           double v) {
   if (x->dtype != AD_F32 || !isfinite(v) || fabs(v) <= FLT_MAX) return true;
-  ad_set_error(ctx, AD_ERR_ARG, "clamp: %s %g is outside float32's range (x is f32)", which, v);
+  /* %.9g: 3.4028235e+38 (refused) reads apart from FLT_MAX (taken) */
+  ad_set_error(ctx, AD_ERR_ARG, "%s: %s %.9g is outside float32's range (x is f32)", fn, which, v);
   return false;
 }
 
+/* The errors name the builder called (ad_hardtanh's too, though the op
+ * that runs is clamp). */
 static ad_tensor *clamp_op(ad_ctx *ctx, ad_tensor *x, double lo, double hi, bool inner) {
   const char *fn = inner ? "hardtanh" : "clamp";
-  if (!ctx || !ad_arg_ok(ctx, fn, "x", x)) return NULL;
-  if (!clamp_bound_ok(ctx, x, "min", lo) || !clamp_bound_ok(ctx, x, "max", hi)) return NULL;
+  if (!ctx || !ad_arg_ok(ctx, fn, "x", x) || ad_check_float_same(ctx, fn, 1, &x) != AD_OK)
+    return NULL;
+  if (!clamp_bound_ok(ctx, fn, x, "min", lo) || !clamp_bound_ok(ctx, fn, x, "max", hi)) return NULL;
   ad_attrs at = {.clamp = {lo, hi, inner}};
   return ad_apply1(ctx, AD_OP_CLAMP, x, &at);
 }

@@ -2050,6 +2050,38 @@ Test(ops_values, hardtanh_gradient_is_open_at_the_bounds) {
   ad_clear_error(ctx);
 }
 
+/* ad_hardtanh's errors name hardtanh, though the op that runs is clamp: a
+ * non-float x and an f32 bound beyond float32's range (was "clamp: input 0
+ * is i32" and "clamp: min ..."); a bound just past FLT_MAX is printed so
+ * that it reads apart from FLT_MAX itself, which is taken. */
+Test(ops_values, hardtanh_errors_name_hardtanh) {
+  int64_t n = 3;
+  ad_tensor *i32 = ad_zeros(ctx, AD_I32, 1, &n), *x = ad_full(ctx, AD_F32, 1, &n, 2.0);
+  cr_assert_null(ad_hardtanh(ctx, i32, -1, 1));
+  cr_assert_eq(ad_last_status(ctx), AD_ERR_DTYPE);
+  cr_assert(strstr(ad_last_error(ctx), "hardtanh: input 0 is i32; a float dtype is needed"), "%s",
+            ad_last_error(ctx));
+  ad_clear_error(ctx);
+  cr_assert_null(ad_hardtanh(ctx, x, -1e39, 1));
+  cr_assert_eq(ad_last_status(ctx), AD_ERR_ARG);
+  cr_assert(strstr(ad_last_error(ctx), "hardtanh: min -1e+39 is outside float32's range"), "%s",
+            ad_last_error(ctx));
+  ad_clear_error(ctx);
+  cr_assert_null(ad_hardtanh(ctx, x, 0, 1e300));
+  cr_assert(strstr(ad_last_error(ctx), "hardtanh: max 1e+300 is outside"), "%s",
+            ad_last_error(ctx));
+  ad_clear_error(ctx);
+  cr_assert_null(ad_clamp(ctx, x, -1, 3.4028235e38));
+  cr_assert(strstr(ad_last_error(ctx), "clamp: max 3.4028235e+38 is outside"), "%s",
+            ad_last_error(ctx));
+  ad_clear_error(ctx);
+  ad_tensor *y = ad_clamp(ctx, x, -1, FLT_MAX);
+  cr_assert(y && ad_tensor_get(y, 0) == 2.0, "%s", ad_last_error(ctx));
+  ad_tensor_free(x);
+  ad_tensor_free(i32);
+  ad_tape_reset(ctx);
+}
+
 /* Errors, as the other unary ops': NULL, a non-float x, another context;
  * for an f32 x a finite bound beyond float32's range, which torch refuses
  * too ("value cannot be converted to type float without overflow");

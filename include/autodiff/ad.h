@@ -607,15 +607,17 @@ AD_API ad_tensor *ad_atan(ad_ctx *ctx, ad_tensor *x);
  * bound stays -0.0). The gradient is dy where lo <= x <= hi (inclusive at
  * both bounds, torch's rule, not the dy/2 that ad_maximum / ad_minimum give
  * at a tie) and 0 elsewhere, also at NaN x and for a NaN or infinite dy
- * outside; the second derivative is 0. No argument is refused beyond those
- * of any op (AD_ERR_NULL, AD_ERR_DTYPE for a non-float x, AD_ERR_ARG for a
- * tensor of another context). */
+ * outside; the second derivative is 0. Errors: those of any op
+ * (AD_ERR_NULL, AD_ERR_DTYPE for a non-float x, AD_ERR_ARG for a tensor of
+ * another context) and AD_ERR_ARG for an f32 x with a finite bound beyond
+ * float32's range (torch refuses to convert it too); infinite and NaN
+ * bounds are taken. */
 AD_API ad_tensor *ad_clamp(ad_ctx *ctx, ad_tensor *x, double lo, double hi);
 /** torch.nn.functional.hardtanh(x, lo, hi) (relu6 is lo 0, hi 6): the
  * values of ad_clamp, but PyTorch's hardtanh gradient, dy only where lo < x
  * < hi: 0 at the bounds (where ad_clamp passes dy) and at a NaN x. The same
  * op as ad_clamp (its attribute inner), differentiable to any order; the
- * same errors. */
+ * same errors, their messages naming hardtanh. */
 AD_API ad_tensor *ad_hardtanh(ad_ctx *ctx, ad_tensor *x, double lo, double hi);
 /** torch.sign: -1, 0 or +1 in x's dtype; sign(-0.0) = +0.0 and sign(NaN)
  * = 0, as PyTorch 1.13 gives (NumPy's np.sign gives NaN). The gradient is
