@@ -134,6 +134,7 @@ typedef ad_tensor *(*unary_fn)(ad_ctx *, ad_tensor *);
 
 static ad_tensor *leaky(ad_ctx *c, ad_tensor *x) { return ad_leaky_relu(c, x, 0.01); }
 static ad_tensor *clamp(ad_ctx *c, ad_tensor *x) { return ad_clamp(c, x, -0.5, 0.75); }
+static ad_tensor *hardtanh0(ad_ctx *c, ad_tensor *x) { return ad_hardtanh(c, x, 0.0, 6.0); }
 static ad_tensor *pow25(ad_ctx *c, ad_tensor *x) { return ad_pow_scalar(c, x, 2.5); }
 static ad_tensor *pow3(ad_ctx *c, ad_tensor *x) { return ad_pow_scalar(c, x, 3); }
 static ad_tensor *powm1(ad_ctx *c, ad_tensor *x) { return ad_pow_scalar(c, x, -1); }
@@ -433,7 +434,8 @@ int main(int argc, char **argv) {
              {"sqrt", ad_sqrt, true},        {"tanh", ad_tanh, false},
              {"sigmoid", ad_sigmoid, false}, {"relu", ad_relu, false},
              {"leaky_relu", leaky, false},   {"gelu", ad_gelu, false},
-             {"clamp", clamp, false},        {"softplus", ad_softplus, false},
+             {"clamp", clamp, false},        {"hardtanh", hardtanh0, false},
+             {"sign", ad_sign, false},       {"softplus", ad_softplus, false},
              {"erf", ad_erf, false},         {"sin", ad_sin, false},
              {"cos", ad_cos, false},         {"atan", ad_atan, false},
              {"abs", ad_abs, false},         {"square", ad_square, false},
