@@ -1736,7 +1736,7 @@ const ad_op_def ad_def_clamp_backward = {
     .sample = clamp_backward_sample,
     .math = "y = lo <= x <= hi ? g : 0  (hardtanh's: lo < x < hi ? g : 0)",
     .inputs = {"g", "x"},
-    .grads = {"dy where lo <= x <= hi, else 0", NULL},
+    .grads = {"dy where lo <= x <= hi (hardtanh: lo < x < hi), else 0", NULL},
 };
 
 /* ----------------------------------------------------------------- cast */
