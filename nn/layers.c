@@ -5,6 +5,9 @@
 #include "nn_internal.h"
 
 #include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
 
 typedef enum layer_type { L_DENSE, L_ACT, L_DROPOUT, L_FLATTEN, L_LAMBDA, L_EXT } layer_type;
 
@@ -31,6 +34,9 @@ struct nn_layer {
   /* lambda */
   nn_layer_fn fn;
   void *ud;
+  /* the last successful forward's output shape; out_ndim -1 before one */
+  int out_ndim;
+  int64_t out_shape[AD_MAX_DIMS];
 };
 
 /* ------------------------------------------------------------ activations */
@@ -85,6 +91,7 @@ static nn_layer *layer_new(ad_ctx *ctx, layer_type type, const char *kind) {
   memset(l, 0, sizeof *l);
   l->ctx = ctx;
   l->type = type;
+  l->out_ndim = -1;
   l->kind = nn_strdup(ctx, kind);
   l->params = l->kind ? nn_params_new(ctx) : NULL;
   l->buffers = l->params ? nn_buffers_new(ctx) : NULL;
@@ -379,6 +386,122 @@ nn_layer *nn_lambda_new(ad_ctx *ctx, const char *kind, nn_layer_fn fn, void *ud)
   return l;
 }
 
+/* ------------------------------------------------------------ description */
+
+void nn_text_add(nn_text *t, const char *fmt, ...) {
+  if (t->at + 1 >= t->n) return; /* full: the text stays cut where it was */
+  va_list ap;
+  va_start(ap, fmt);
+  int k = vsnprintf(t->buf + t->at, t->n - t->at, fmt, ap);
+  va_end(ap);
+  if (k < 0) {
+    t->buf[t->at] = '\0';
+    return;
+  }
+  t->at = (size_t)k < t->n - t->at ? t->at + (size_t)k : t->n - 1;
+}
+
+void nn_text_num(nn_text *t, double v) {
+  if (isnan(v)) {
+    nn_text_add(t, "nan");
+    return;
+  }
+  if (isinf(v)) {
+    nn_text_add(t, "%sinf", v < 0 ? "-" : "");
+    return;
+  }
+  /* the fewest significant digits that read back as v, then Python's
+   * choice between fixed and exponent notation (exponent below -4 or
+   * from 16 on) */
+  char e[40], out[64];
+  int p = 1;
+  for (; p < 17; p++) {
+    snprintf(e, sizeof e, "%.*e", p - 1, v);
+    if (strtod(e, NULL) == v) break;
+  }
+  snprintf(e, sizeof e, "%.*e", p - 1, v);
+  int x = atoi(strchr(e, 'e') + 1);
+  if (x < -4 || x >= 16) {
+    nn_text_add(t, "%s", e);
+    return;
+  }
+  int dec = p - 1 - x;
+  snprintf(out, sizeof out, "%.*f", dec > 0 ? dec : 0, v);
+  nn_text_add(t, "%s%s", out, strchr(out, '.') ? "" : ".0");
+}
+
+const char *nn_py_bool(bool b) { return b ? "True" : "False"; }
+
+static void describe_builtin(const nn_layer *l, nn_text *t) {
+  switch (l->type) {
+  case L_DENSE:
+    nn_text_add(t, "in_features=%lld, out_features=%lld, bias=%s", (long long)l->in,
+                (long long)l->out, nn_py_bool(l->b != NULL));
+    if (l->act != NN_ACT_NONE) nn_text_add(t, ", activation=%s", nn_act_name(l->act));
+    if (l->act == NN_ACT_LEAKY_RELU) {
+      nn_text_add(t, ", negative_slope=");
+      nn_text_num(t, l->alpha);
+    }
+    return;
+  case L_ACT:
+    switch (l->act) {
+    case NN_ACT_LEAKY_RELU:
+      nn_text_add(t, "negative_slope=");
+      nn_text_num(t, l->alpha);
+      return;
+    case NN_ACT_HARDTANH:
+      nn_text_add(t, "min_val=");
+      nn_text_num(t, l->lo);
+      nn_text_add(t, ", max_val=");
+      nn_text_num(t, l->hi);
+      return;
+    case NN_ACT_GELU:
+      nn_text_add(t, "approximate='none'");
+      return;
+    case NN_ACT_SOFTMAX:
+    case NN_ACT_LOG_SOFTMAX:
+      nn_text_add(t, "dim=-1");
+      return;
+    default:
+      return;
+    }
+  case L_DROPOUT:
+    nn_text_add(t, "p=");
+    nn_text_num(t, l->p);
+    return;
+  case L_FLATTEN:
+    nn_text_add(t, "start_dim=1, end_dim=-1");
+    return;
+  case L_LAMBDA:
+    return;
+  case L_EXT:
+    if (l->ops->describe) l->ops->describe(l, t);
+    return;
+  }
+}
+
+const char *nn_layer_describe(const nn_layer *l, char *buf, size_t n) {
+  if (!l || !buf || n == 0) return NULL;
+  buf[0] = '\0';
+  nn_text t = {buf, n, 0};
+  nn_text_add(&t, "%s(", l->kind);
+  describe_builtin(l, &t);
+  nn_text_add(&t, ")");
+  return buf;
+}
+
+int nn_layer_output_shape(const nn_layer *l, int64_t *shape) {
+  if (!l || l->out_ndim < 0) return -1;
+  if (shape) memcpy(shape, l->out_shape, (size_t)l->out_ndim * sizeof *shape);
+  return l->out_ndim;
+}
+
+void nn_layer_note_output(nn_layer *l, const ad_tensor *y) {
+  if (!l || !y) return;
+  l->out_ndim = y->ndim;
+  memcpy(l->out_shape, y->shape, (size_t)y->ndim * sizeof *y->shape);
+}
+
 /* ---------------------------------------------------------------- forward */
 
 static ad_tensor *layer_forward(nn_layer *l, ad_tensor *x, bool training) {
@@ -435,7 +558,10 @@ ad_tensor *nn_layer_forward(nn_layer *l, ad_tensor *x, bool training) {
   if (!l) return NULL;
   ad_tensor *y = layer_forward(l, x, training);
   ad_status st = y ? AD_OK : ad_last_status(l->ctx);
-  if (st == AD_OK) return y;
+  if (st == AD_OK) {
+    nn_layer_note_output(l, y);
+    return y;
+  }
   /* an op's error passed through ("max_pool2d: input [3,5] must be 4-D"),
    * or a user layer's: named like the layers' own, "max_pool2d '1': ..." */
   char c[96], msg[512];

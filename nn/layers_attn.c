@@ -208,6 +208,7 @@ ad_tensor *nn_multihead_attention(nn_layer *l, ad_tensor *query, ad_tensor *key,
   ad_rng before = s ? s->rng : (ad_rng){0}; /* a call that fails takes no dropout draws */
   ad_tensor *o = mha_call(l, query, key, value, args, weights);
   if (!o && s) s->rng = before;
+  if (o) nn_layer_note_output(l, o);
   return o;
 }
 
@@ -222,7 +223,21 @@ static void mha_free(nn_layer *l) {
   if (s) ad_free(nn_layer_ctx(l), s, sizeof *s);
 }
 
-static const nn_layer_ops mha_ops = {mha_forward, mha_free};
+/* The settings of PyTorch's MultiheadAttention constructor that this layer
+ * has, those that are not the defaults after the first two. */
+static void mha_describe(const nn_layer *l, nn_text *t) {
+  const mha_state *s = nn_layer_state(l);
+  nn_text_add(t, "embed_dim=%lld, num_heads=%lld", (long long)s->e, (long long)s->h);
+  if (s->dropout != 0) {
+    nn_text_add(t, ", dropout=");
+    nn_text_num(t, s->dropout);
+  }
+  if (!s->b_in) nn_text_add(t, ", bias=False");
+  if (s->batch_first) nn_text_add(t, ", batch_first=True");
+  if (s->causal) nn_text_add(t, ", causal=True");
+}
+
+static const nn_layer_ops mha_ops = {mha_forward, mha_free, mha_describe};
 
 /* A new parameter of shape filled by init, added to list under name (owned
  * by it); NULL on error. */

@@ -46,7 +46,33 @@ static void conv_free(nn_layer *l) {
   if (s) ad_free(nn_layer_ctx(l), s, sizeof *s);
 }
 
-static const nn_layer_ops conv_ops = {conv_forward, conv_free};
+/* PyTorch's Conv2d / ConvTranspose2d extra_repr: channels, kernel_size and
+ * stride always, the rest when not their defaults. */
+static void conv_describe(const nn_layer *l, nn_text *t) {
+  const conv_state *s = nn_layer_state(l);
+  const ad_conv_opts *o = &s->o;
+  int64_t st[2], di[2];
+  for (int k = 0; k < 2; k++) {
+    st[k] = o->stride[k] ? o->stride[k] : 1;
+    di[k] = o->dilation[k] ? o->dilation[k] : 1;
+  }
+  nn_text_add(t, "%lld, %lld, kernel_size=(%lld, %lld), stride=(%lld, %lld)", (long long)s->in,
+              (long long)s->out, (long long)s->kh, (long long)s->kw, (long long)st[0],
+              (long long)st[1]);
+  if (o->same)
+    nn_text_add(t, ", padding=same");
+  else if (o->padding[0] || o->padding[2])
+    nn_text_add(t, ", padding=(%lld, %lld)", (long long)o->padding[0], (long long)o->padding[2]);
+  if (di[0] != 1 || di[1] != 1)
+    nn_text_add(t, ", dilation=(%lld, %lld)", (long long)di[0], (long long)di[1]);
+  if (o->output_padding[0] || o->output_padding[1])
+    nn_text_add(t, ", output_padding=(%lld, %lld)", (long long)o->output_padding[0],
+                (long long)o->output_padding[1]);
+  if (o->groups != 1) nn_text_add(t, ", groups=%lld", (long long)o->groups);
+  if (!s->b) nn_text_add(t, ", bias=False");
+}
+
+static const nn_layer_ops conv_ops = {conv_forward, conv_free, conv_describe};
 
 /* A new parameter of shape, added to list under name (owned by it) and
  * filled by init (NN_INIT_DEFAULT: uniform within +-bound); NULL on error. */
@@ -180,7 +206,40 @@ static void pool_free(nn_layer *l) {
   if (s) ad_free(nn_layer_ctx(l), s, sizeof *s);
 }
 
-static const nn_layer_ops pool_ops = {pool_forward, pool_free};
+/* An int when both sides agree ("2"), as PyTorch prints what it was given
+ * in the common case, else a pair ("(2, 3)"). */
+static void pool_pair(nn_text *t, const char *name, int64_t h, int64_t w) {
+  if (h == w)
+    nn_text_add(t, "%s=%lld", name, (long long)h);
+  else
+    nn_text_add(t, "%s=(%lld, %lld)", name, (long long)h, (long long)w);
+}
+
+/* PyTorch's MaxPool2d and AvgPool2d extra_repr (with ceil_mode and
+ * count_include_pad also for the average when they are not the
+ * defaults); the global average is AdaptiveAvgPool2d(output_size=1). */
+static void pool_describe(const nn_layer *l, nn_text *t) {
+  const pool_state *s = nn_layer_state(l);
+  const ad_pool2d_opts *o = &s->o;
+  if (s->kind == POOL_GLOBAL_AVG) {
+    nn_text_add(t, "output_size=1");
+    return;
+  }
+  pool_pair(t, "kernel_size", s->kh, s->kw);
+  pool_pair(t, ", stride", o->stride[0] ? o->stride[0] : s->kh,
+            o->stride[1] ? o->stride[1] : s->kw);
+  pool_pair(t, ", padding", o->padding[0], o->padding[1]);
+  if (s->kind == POOL_MAX) {
+    pool_pair(t, ", dilation", o->dilation[0] ? o->dilation[0] : 1,
+              o->dilation[1] ? o->dilation[1] : 1);
+    nn_text_add(t, ", ceil_mode=%s", nn_py_bool(o->ceil_mode));
+    return;
+  }
+  if (o->ceil_mode) nn_text_add(t, ", ceil_mode=True");
+  if (o->exclude_pad) nn_text_add(t, ", count_include_pad=False");
+}
+
+static const nn_layer_ops pool_ops = {pool_forward, pool_free, pool_describe};
 
 static nn_layer *pool_new(ad_ctx *ctx, pool_kind kind, const char *name, int64_t kh, int64_t kw,
                           const ad_pool2d_opts *opts) {

@@ -82,7 +82,22 @@ static void bn_free(nn_layer *l) {
   if (s) ad_free(nn_layer_ctx(l), s, sizeof *s);
 }
 
-static const nn_layer_ops bn_ops = {bn_forward, bn_free};
+/* PyTorch's _NormBase extra_repr; momentum=None for the cumulative
+ * average. */
+static void bn_describe(const nn_layer *l, nn_text *t) {
+  const bn_state *s = nn_layer_state(l);
+  nn_text_add(t, "%lld, eps=", (long long)s->c);
+  nn_text_num(t, s->eps);
+  nn_text_add(t, ", momentum=");
+  if (s->cumulative)
+    nn_text_add(t, "None");
+  else
+    nn_text_num(t, s->momentum);
+  nn_text_add(t, ", affine=%s, track_running_stats=%s", nn_py_bool(s->weight != NULL),
+              nn_py_bool(s->running_mean != NULL));
+}
+
+static const nn_layer_ops bn_ops = {bn_forward, bn_free, bn_describe};
 
 /* A new persistent [c] (or 0-d when c is 0) tensor of dtype filled with v,
  * added to list under name (owned by it); NULL on error. */

@@ -452,6 +452,7 @@ ad_tensor *nn_rnn_forward(nn_layer *l, ad_tensor *x, ad_tensor *h0, ad_tensor *c
     if ((h_n && !hn) || (c_n && s->cell == NN_RNN_LSTM && !cn)) y = NULL;
   }
   if (!y) s->rng = before;
+  nn_layer_note_output(l, y);
   if (y && h_n) *h_n = hn;
   if (y && c_n) *c_n = cn;
   return y;
@@ -469,7 +470,21 @@ static void rnn_free(nn_layer *l) {
   ad_free(ctx, s, sizeof *s);
 }
 
-static const nn_layer_ops rnn_ops = {rnn_forward, rnn_free};
+/* PyTorch's RNNBase extra_repr: the sizes, then what is not the default
+ * (an RNN's nonlinearity is in the kind's name). */
+static void rnn_describe(const nn_layer *l, nn_text *t) {
+  const rnn_state *s = nn_layer_state(l);
+  nn_text_add(t, "%lld, %lld", (long long)s->in, (long long)s->hidden);
+  if (s->layers != 1) nn_text_add(t, ", num_layers=%d", s->layers);
+  if (!s->bias) nn_text_add(t, ", bias=False");
+  if (s->batch_first) nn_text_add(t, ", batch_first=True");
+  if (s->dropout != 0) {
+    nn_text_add(t, ", dropout=");
+    nn_text_num(t, s->dropout);
+  }
+}
+
+static const nn_layer_ops rnn_ops = {rnn_forward, rnn_free, rnn_describe};
 
 /* ------------------------------------------------------------ the layer */
 

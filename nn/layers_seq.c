@@ -37,7 +37,15 @@ static void emb_free(nn_layer *l) {
   if (s) ad_free(nn_layer_ctx(l), s, sizeof *s);
 }
 
-static const nn_layer_ops emb_ops = {emb_forward, emb_free};
+/* PyTorch's Embedding extra_repr. */
+static void emb_describe(const nn_layer *l, nn_text *t) {
+  const emb_state *s = nn_layer_state(l);
+  nn_text_add(t, "%lld, %lld", (long long)s->num, (long long)s->dim);
+  if (s->padding_idx != AD_NO_PADDING)
+    nn_text_add(t, ", padding_idx=%lld", (long long)s->padding_idx);
+}
+
+static const nn_layer_ops emb_ops = {emb_forward, emb_free, emb_describe};
 
 nn_layer *nn_embedding_new(ad_ctx *ctx, int64_t num, int64_t dim, ad_rng *rng,
                            const nn_embedding_opts *opts) {
@@ -134,7 +142,17 @@ static void ln_free(nn_layer *l) {
   if (s) ad_free(nn_layer_ctx(l), s, sizeof *s);
 }
 
-static const nn_layer_ops ln_ops = {ln_forward, ln_free};
+/* PyTorch's LayerNorm extra_repr: the normalized shape as a tuple ("(64,)"). */
+static void ln_describe(const nn_layer *l, nn_text *t) {
+  const ln_state *s = nn_layer_state(l);
+  nn_text_add(t, "(");
+  for (int k = 0; k < s->ndim; k++) nn_text_add(t, "%s%lld", k ? ", " : "", (long long)s->dims[k]);
+  nn_text_add(t, "%s), eps=", s->ndim == 1 ? "," : "");
+  nn_text_num(t, s->eps);
+  nn_text_add(t, ", elementwise_affine=%s", nn_py_bool(s->weight != NULL));
+}
+
+static const nn_layer_ops ln_ops = {ln_forward, ln_free, ln_describe};
 
 nn_layer *nn_layer_norm_new(ad_ctx *ctx, int ndim, const int64_t *normalized_shape,
                             const nn_layer_norm_opts *opts) {

@@ -201,24 +201,104 @@ ad_tensor *nn_model_forward(nn_model *m, ad_tensor *x) {
   return x;
 }
 
-void nn_model_summary(const nn_model *m, FILE *f) {
-  if (!m || !f) return;
-  char buf[64];
-  fprintf(f, "%-12s %-12s %-32s %10s\n", "layer", "kind", "parameters", "count");
+/* One row of the summary: measured into w (the columns' widths) on the
+ * first pass, printed on the second. */
+typedef struct summary_pass {
+  FILE *f;     /* NULL: measuring */
+  bool shapes; /* some layer has run: the output column is shown */
+  int w[5];
+} summary_pass;
+
+static void summary_row(summary_pass *p, const char *name, const char *kind, const char *out,
+                        const char *item, const char *count) {
+  const char *col[5] = {name, kind, out, item, count};
+  if (!p->f) {
+    for (int k = 0; k < 5; k++) {
+      int n = (int)strlen(col[k]);
+      if (n > p->w[k]) p->w[k] = n;
+    }
+    return;
+  }
+  int last = 4; /* no spaces after the last column that has text */
+  while (last > 0 && !*col[last]) last--;
+  for (int k = 0; k <= last; k++) {
+    if (k == 2 && !p->shapes) continue;
+    if (k == 4)
+      fprintf(p->f, "%*s", p->w[4], count);
+    else if (k == last)
+      fputs(col[k], p->f);
+    else
+      fprintf(p->f, "%-*s  ", p->w[k], col[k]);
+  }
+  fputc('\n', p->f);
+}
+
+/* "[32,64]" from a rank and dims, as ad_shape_str writes a tensor's. */
+static const char *dims_str(int nd, const int64_t *d, char *buf, size_t n) {
+  nn_text t = {buf, n, 0};
+  nn_text_add(&t, "[");
+  for (int k = 0; k < nd; k++) nn_text_add(&t, "%s%lld", k ? "," : "", (long long)d[k]);
+  nn_text_add(&t, "]");
+  return buf;
+}
+
+/* A layer's description cut into lines of at most KIND_WIDTH characters
+ * (a longer setting stays whole) after the commas between its settings,
+ * the later lines indented by two spaces; returns the number of lines. */
+enum { KIND_WIDTH = 56, KIND_LINES = 8 };
+
+static int wrap_desc(const char *desc, char lines[KIND_LINES][256]) {
+  int n = 0, depth = 0;
+  size_t len = 0, start = 0, at = strlen(desc);
+  lines[0][0] = '\0';
+  for (size_t i = 0; i <= at; i++) {
+    char c = desc[i];
+    if (c == '(') depth++;
+    if (c == ')') depth--;
+    if (!(c == '\0' || (c == ',' && depth == 1 && desc[i + 1] == ' '))) continue;
+    /* the setting desc[start..i], with its comma */
+    size_t piece = i - start + (c == ',');
+    if (len > 2 && len + 1 + piece > KIND_WIDTH && n + 1 < KIND_LINES) {
+      lines[++n][0] = '\0';
+      len = (size_t)snprintf(lines[n], 256, "  ");
+    } else if (len > 0 && len < 255) {
+      lines[n][len++] = ' ', lines[n][len] = '\0';
+    }
+    int k = snprintf(lines[n] + len, 256 - len, "%.*s", (int)piece, desc + start);
+    len += k > 0 && (size_t)k < 256 - len ? (size_t)k : 255 - len;
+    start = i + 2;
+  }
+  return n + 1;
+}
+
+static void summary_rows(const nn_model *m, summary_pass *p) {
+  char buf[64], item[128], desc[256], out[160], count[32], kind[KIND_LINES][256];
+  summary_row(p, "layer", "kind", "output", "parameters", "count");
   for (int i = 0; i < m->nlayers; i++) {
     nn_layer *l = m->layers[i];
     nn_params *lp = nn_layer_params(l), *lb = nn_layer_buffers(l);
     int np = nn_params_count(lp), nb = nn_params_count(lb);
-    fprintf(f, "%-12s %-12s ", nn_layer_name(l), nn_layer_kind(l));
-    if (np + nb == 0) fprintf(f, "%-32s %10d\n", "-", 0);
-    for (int k = 0; k < np + nb; k++) {
-      nn_params *list = k < np ? lp : lb;
-      int j = k < np ? k : k - np;
-      char item[128];
-      snprintf(item, sizeof item, "%s %s%s", nn_params_name(list, j),
-               ad_shape_str(nn_params_tensor(list, j), buf, sizeof buf), k < np ? "" : " (buffer)");
-      if (k) fprintf(f, "%-12s %-12s ", "", "");
-      fprintf(f, "%-32s %10lld\n", item, (long long)nn_params_tensor(list, j)->size);
+    int64_t d[AD_MAX_DIMS];
+    int nd = nn_layer_output_shape(l, d);
+    int nk = wrap_desc(nn_layer_describe(l, desc, sizeof desc), kind);
+    if (nd < 0)
+      snprintf(out, sizeof out, "-");
+    else
+      dims_str(nd, d, out, sizeof out);
+    int rows = np + nb > nk ? np + nb : nk;
+    for (int k = 0; k < rows; k++) {
+      if (k < np + nb) {
+        nn_params *list = k < np ? lp : lb;
+        int j = k < np ? k : k - np;
+        snprintf(item, sizeof item, "%s %s%s", nn_params_name(list, j),
+                 ad_shape_str(nn_params_tensor(list, j), buf, sizeof buf),
+                 k < np ? "" : " (buffer)");
+        snprintf(count, sizeof count, "%lld", (long long)nn_params_tensor(list, j)->size);
+      } else {
+        snprintf(item, sizeof item, "%s", k ? "" : "-");
+        snprintf(count, sizeof count, "%s", k ? "" : "0");
+      }
+      summary_row(p, k ? "" : nn_layer_name(l), k < nk ? kind[k] : "", k ? "" : out, item, count);
     }
   }
   /* parameters the model owns directly (custom models) */
@@ -232,9 +312,18 @@ void nn_model_summary(const nn_model *m, FILE *f) {
         in_layer = nn_params_tensor(lp, j) == t;
     }
     if (in_layer) continue;
-    fprintf(f, "%-12s %-12s %-32s %10lld\n", name, "param", ad_shape_str(t, buf, sizeof buf),
-            (long long)t->size);
+    snprintf(count, sizeof count, "%lld", (long long)t->size);
+    summary_row(p, name, "param", "-", ad_shape_str(t, buf, sizeof buf), count);
   }
+}
+
+void nn_model_summary(const nn_model *m, FILE *f) {
+  if (!m || !f) return;
+  summary_pass p = {0};
+  for (int i = 0; i < m->nlayers; i++) p.shapes |= nn_layer_output_shape(m->layers[i], NULL) >= 0;
+  summary_rows(m, &p);
+  p.f = f;
+  summary_rows(m, &p);
   fprintf(f, "total parameters: %lld\n", (long long)nn_params_numel(m->params));
   if (nn_params_count(m->buffers) > 0)
     fprintf(f, "non-trainable buffers: %lld\n", (long long)nn_params_numel(m->buffers));

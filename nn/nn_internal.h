@@ -128,13 +128,37 @@ ad_status nn_clip_value_tensors(ad_tensor *const *ts, int n, double clip);
 ad_status nn_layer_adopt(nn_layer *l, const char *name);
 bool nn_layer_adopted(const nn_layer *l);
 
+/* Text appended to a caller's buffer of n bytes at position at, cut short
+ * when it does not fit (always NUL-terminated; n > 0). */
+typedef struct nn_text {
+  char *buf;
+  size_t n, at;
+} nn_text;
+#if defined(__GNUC__)
+__attribute__((format(printf, 2, 3)))
+#endif
+void nn_text_add(nn_text *t, const char *fmt, ...);
+/* v as Python's repr writes a float ("0.5", "1e-05", "-1.0", "inf"), so
+ * that settings read as PyTorch's module reprs. */
+void nn_text_num(nn_text *t, double v);
+/* "True" or "False", Python's spelling. */
+const char *nn_py_bool(bool b);
+
 /* A layer kind defined outside layers.c (e.g. layers_norm.c): forward runs
  * it (x is not NULL); free, if not NULL, releases the state (called first
- * by nn_layer_free, while the layer's parameters and buffers still exist). */
+ * by nn_layer_free, while the layer's parameters and buffers still exist);
+ * describe appends the layer's settings as PyTorch's extra_repr writes
+ * them ("1, 32, kernel_size=(3, 3), stride=(1, 1)"), for
+ * nn_layer_describe. */
 typedef struct nn_layer_ops {
   ad_tensor *(*forward)(nn_layer *l, ad_tensor *x, bool training);
   void (*free)(nn_layer *l);
+  void (*describe)(const nn_layer *l, nn_text *t);
 } nn_layer_ops;
+
+/* Records y's shape as the layer's last output (nn_layer_output_shape);
+ * for the entry points that run a layer without nn_layer_forward. */
+void nn_layer_note_output(nn_layer *l, const ad_tensor *y);
 
 /* A new layer of kind (copied) run by ops (static storage) with state.
  * NULL on OOM, and then the caller still owns state. */

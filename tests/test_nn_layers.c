@@ -756,3 +756,200 @@ Test(dense, graph_dump_names_parameters_and_shows_attributes) {
   ad_tensor_free(x);
   nn_model_free(m);
 }
+
+/* ------------------------------------------------------------ descriptions */
+
+static ad_tensor *identity_fn(ad_ctx *c, ad_tensor *x, bool training, void *ud) {
+  (void)c, (void)training, (void)ud;
+  return x;
+}
+
+static void expect_desc(nn_layer *l, const char *want) {
+  char buf[256];
+  cr_assert_not_null(l, "%s", ad_last_error(ctx));
+  cr_assert_str_eq(nn_layer_describe(l, buf, sizeof buf), want);
+  nn_layer_free(l);
+}
+
+/* Each kind's settings as PyTorch 1.13's repr of the same module writes
+ * them (printed by torch for these arguments), under our kind's name. */
+Test(layers, describe_as_pytorch_repr) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 1);
+  nn_conv2d_opts co = {.padding = {1, 1}};
+  expect_desc(nn_conv2d_new(ctx, 1, 4, 3, 3, &rng, &co),
+              "conv2d(1, 4, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1))");
+  nn_conv2d_opts to = {
+      .stride = {2, 2}, .output_padding = {1, 1}, .no_bias = true, .groups = 2, .dilation = {1, 2}};
+  expect_desc(nn_conv_transpose2d_new(ctx, 4, 6, 3, 2, &rng, &to),
+              "conv_transpose2d(4, 6, kernel_size=(3, 2), stride=(2, 2), dilation=(1, 2), "
+              "output_padding=(1, 1), groups=2, bias=False)");
+  nn_conv2d_opts same = {.same = true};
+  expect_desc(nn_conv2d_new(ctx, 2, 2, 3, 3, &rng, &same),
+              "conv2d(2, 2, kernel_size=(3, 3), stride=(1, 1), padding=same)");
+  expect_desc(nn_batch_norm2d_new(ctx, 4, NULL),
+              "batch_norm2d(4, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True)");
+  nn_batch_norm_opts bo = {.cumulative = true, .no_affine = true, .eps = 1e-3};
+  expect_desc(nn_batch_norm1d_new(ctx, 7, &bo),
+              "batch_norm1d(7, eps=0.001, momentum=None, affine=False, track_running_stats=True)");
+  expect_desc(nn_max_pool2d_new(ctx, 2, 2, NULL),
+              "max_pool2d(kernel_size=2, stride=2, padding=0, dilation=1, ceil_mode=False)");
+  ad_pool2d_opts po = {.stride = {1, 2}, .padding = {1, 0}, .ceil_mode = true, .exclude_pad = true};
+  expect_desc(nn_avg_pool2d_new(ctx, 3, 2, &po),
+              "avg_pool2d(kernel_size=(3, 2), stride=(1, 2), padding=(1, 0), ceil_mode=True, "
+              "count_include_pad=False)");
+  expect_desc(nn_global_avg_pool2d_new(ctx), "global_avg_pool2d(output_size=1)");
+  expect_desc(nn_flatten_new(ctx), "flatten(start_dim=1, end_dim=-1)");
+  expect_desc(nn_dropout_new(ctx, 0.25, 1), "dropout(p=0.25)");
+  expect_desc(nn_dropout_new(ctx, 0.1 + 0.2, 1), "dropout(p=0.30000000000000004)");
+  expect_desc(nn_dense_new(ctx, 784, 10, &rng, NULL),
+              "dense(in_features=784, out_features=10, bias=True)");
+  nn_dense_opts dop = {.activation = NN_ACT_LEAKY_RELU, .alpha = 0.2, .no_bias = true};
+  expect_desc(nn_dense_new(ctx, 3, 2, &rng, &dop),
+              "dense(in_features=3, out_features=2, bias=False, activation=leaky_relu, "
+              "negative_slope=0.2)");
+  expect_desc(nn_hardtanh_new(ctx, -2, 2.5), "hardtanh(min_val=-2.0, max_val=2.5)");
+  expect_desc(nn_hardtanh_new(ctx, -INFINITY, 1e16), "hardtanh(min_val=-inf, max_val=1e+16)");
+  expect_desc(nn_activation_new(ctx, NN_ACT_HARDTANH), "hardtanh(min_val=-1.0, max_val=1.0)");
+  expect_desc(nn_relu6_new(ctx), "relu6()");
+  expect_desc(nn_activation_new(ctx, NN_ACT_RELU), "relu()");
+  expect_desc(nn_activation_new(ctx, NN_ACT_LOG_SOFTMAX), "log_softmax(dim=-1)");
+  expect_desc(nn_activation_new(ctx, NN_ACT_GELU), "gelu(approximate='none')");
+  expect_desc(nn_leaky_relu_new(ctx, 0.0001), "leaky_relu(negative_slope=0.0001)");
+  expect_desc(nn_leaky_relu_new(ctx, 123.0), "leaky_relu(negative_slope=123.0)");
+  nn_rnn_opts ro = {.num_layers = 2, .batch_first = true, .dropout = 0.1};
+  expect_desc(nn_lstm_new(ctx, 10, 20, &rng, &ro),
+              "lstm(10, 20, num_layers=2, batch_first=True, dropout=0.1)");
+  nn_rnn_opts nb = {.no_bias = true};
+  expect_desc(nn_rnn_new(ctx, NN_RNN_RELU, 10, 20, &rng, &nb), "rnn_relu(10, 20, bias=False)");
+  expect_desc(nn_gru_new(ctx, 3, 5, &rng, NULL), "gru(3, 5)");
+  nn_mha_opts mo = {.batch_first = true, .dropout = 0.1, .causal = true};
+  expect_desc(nn_multihead_attention_new(ctx, 16, 4, &rng, &mo),
+              "multihead_attention(embed_dim=16, num_heads=4, dropout=0.1, batch_first=True, "
+              "causal=True)");
+  nn_embedding_opts eo = {.padding = true, .padding_idx = -1};
+  expect_desc(nn_embedding_new(ctx, 100, 8, &rng, &eo), "embedding(100, 8, padding_idx=99)");
+  expect_desc(nn_embedding_new(ctx, 100, 8, &rng, NULL), "embedding(100, 8)");
+  int64_t ns[2] = {3, 4};
+  expect_desc(nn_layer_norm_new(ctx, 1, ns, NULL),
+              "layer_norm((3,), eps=1e-05, elementwise_affine=True)");
+  nn_layer_norm_opts lo = {.no_affine = true, .eps = 1e-6};
+  expect_desc(nn_layer_norm_new(ctx, 2, ns, &lo),
+              "layer_norm((3, 4), eps=1e-06, elementwise_affine=False)");
+  expect_desc(nn_lambda_new(ctx, "swish", identity_fn, NULL), "swish()");
+
+  /* cut short to fit, NUL-terminated; NULL arguments */
+  nn_layer *l = nn_dropout_new(ctx, 0.5, 1);
+  char small[8], buf[16] = "untouched";
+  cr_assert_str_eq(nn_layer_describe(l, small, sizeof small), "dropout");
+  cr_assert_null(nn_layer_describe(l, buf, 0));
+  cr_assert_null(nn_layer_describe(NULL, buf, sizeof buf));
+  cr_assert_null(nn_layer_describe(l, NULL, 4));
+  cr_assert_str_eq(buf, "untouched");
+  nn_layer_free(l);
+}
+
+/* The output shape each layer gave in its last successful pass, through
+ * every entry point that runs a layer; a failed pass leaves it. */
+Test(layers, output_shape_of_the_last_pass) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 1);
+  int64_t d[AD_MAX_DIMS];
+  nn_layer *fc = nn_dense_new(ctx, 3, 2, &rng, NULL);
+  cr_assert_eq(nn_layer_output_shape(fc, d), -1);
+  cr_assert_eq(nn_layer_output_shape(NULL, d), -1);
+  int64_t s[3] = {5, 4, 3};
+  ad_tensor *x = ad_rand(ctx, &rng, AD_F32, 3, s, -1, 1);
+  cr_assert_not_null(nn_layer_forward(fc, x, true));
+  cr_assert_eq(nn_layer_output_shape(fc, d), 3);
+  cr_assert(d[0] == 5 && d[1] == 4 && d[2] == 2);
+  cr_assert_eq(nn_layer_output_shape(fc, NULL), 3);
+  ad_tensor *bad = ad_rand(ctx, &rng, AD_F32, 2, s, -1, 1); /* [5, 4]: 4 features, not 3 */
+  cr_assert_null(nn_layer_forward(fc, bad, true));
+  ad_clear_error(ctx);
+  cr_assert_eq(nn_layer_output_shape(fc, d), 3);
+  cr_assert_eq(d[2], 2);
+  nn_layer_free(fc);
+
+  nn_rnn_opts bf = {.batch_first = true};
+  nn_layer *gru = nn_gru_new(ctx, 3, 6, &rng, &bf);
+  cr_assert_not_null(nn_rnn_forward(gru, x, NULL, NULL, NULL, 0, true, NULL, NULL));
+  cr_assert_eq(nn_layer_output_shape(gru, d), 3);
+  cr_assert(d[0] == 5 && d[1] == 4 && d[2] == 6);
+  nn_layer_free(gru);
+
+  nn_layer *mha = nn_multihead_attention_new(ctx, 3, 1, &rng, NULL);
+  int64_t ks[3] = {7, 4, 3};
+  ad_tensor *k = ad_rand(ctx, &rng, AD_F32, 3, ks, -1, 1);
+  cr_assert_not_null(nn_multihead_attention(mha, x, k, k, NULL, NULL));
+  cr_assert_eq(nn_layer_output_shape(mha, d), 3);
+  cr_assert(d[0] == 5 && d[1] == 4 && d[2] == 3);
+  nn_layer_free(mha);
+
+  nn_layer *id = nn_lambda_new(ctx, "id", identity_fn, NULL);
+  cr_assert_not_null(nn_layer_forward(id, bad, false));
+  cr_assert_eq(nn_layer_output_shape(id, d), 2);
+  nn_layer_free(id);
+  ad_tensor_free(x), ad_tensor_free(bad), ad_tensor_free(k);
+}
+
+/* The summary: settings wrapped in the kind column, the output shapes of
+ * the last pass, no spaces at the ends of lines. */
+Test(models, summary_shows_settings_and_output_shapes) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 1);
+  nn_model *m = nn_sequential_new(ctx);
+  nn_conv2d_opts co = {.padding = {1, 1}};
+  cr_assert_eq(nn_model_add(m, nn_conv2d_new(ctx, 1, 4, 3, 3, &rng, &co)), AD_OK);
+  cr_assert_eq(nn_model_add(m, nn_batch_norm2d_new(ctx, 4, NULL)), AD_OK);
+  cr_assert_eq(nn_model_add(m, nn_activation_new(ctx, NN_ACT_RELU)), AD_OK);
+  cr_assert_eq(nn_model_add(m, nn_max_pool2d_new(ctx, 2, 2, NULL)), AD_OK);
+  cr_assert_eq(nn_model_add(m, nn_flatten_new(ctx)), AD_OK);
+  cr_assert_eq(nn_model_add(m, nn_dense_new(ctx, 4 * 4 * 4, 10, &rng, NULL)), AD_OK);
+  char before[4096] = {0}, after[4096] = {0};
+  FILE *f = fmemopen(before, sizeof before - 1, "w");
+  nn_model_summary(m, f);
+  fclose(f);
+  int64_t s[4] = {2, 1, 8, 8};
+  ad_tensor *x = ad_rand(ctx, &rng, AD_F32, 4, s, 0, 1);
+  cr_assert_not_null(nn_model_forward(m, x), "%s", ad_last_error(ctx));
+  f = fmemopen(after, sizeof after - 1, "w");
+  nn_model_summary(m, f);
+  fclose(f);
+  const char *want = "layer  kind                                                   output     "
+                     "parameters                       count\n"
+                     "0      conv2d(1, 4, kernel_size=(3, 3), stride=(1, 1),        [2,4,8,8]  "
+                     "weight [4,1,3,3]                    36\n"
+                     "         padding=(1, 1))                                                 "
+                     "bias [4]                             4\n"
+                     "1      batch_norm2d(4, eps=1e-05, momentum=0.1, affine=True,  [2,4,8,8]  "
+                     "weight [4]                           4\n"
+                     "         track_running_stats=True)                                       "
+                     "bias [4]                             4\n"
+                     "                                                                         "
+                     "running_mean [4] (buffer)            4\n"
+                     "                                                                         "
+                     "running_var [4] (buffer)             4\n"
+                     "                                                                         "
+                     "num_batches_tracked [] (buffer)      1\n"
+                     "2      relu()                                                 [2,4,8,8]  -   "
+                     "                                 0\n"
+                     "3      max_pool2d(kernel_size=2, stride=2, padding=0,         [2,4,4,4]  -   "
+                     "                                 0\n"
+                     "         dilation=1, ceil_mode=False)\n"
+                     "4      flatten(start_dim=1, end_dim=-1)                       [2,64]     -   "
+                     "                                 0\n"
+                     "5      dense(in_features=64, out_features=10, bias=True)      [2,10]     "
+                     "weight [10,64]                     640\n"
+                     "                                                                         "
+                     "bias [10]                           10\n"
+                     "total parameters: 698\n"
+                     "non-trainable buffers: 9\n";
+  cr_assert_str_eq(after, want, "%s", after);
+  /* before any pass there is no output column */
+  cr_assert(strncmp(before, "layer  kind  ", 13) == 0 && strstr(before, "  parameters  ") &&
+                !strstr(before, "output") && strstr(before, "\n5      dense("),
+            "%s", before);
+  ad_tensor_free(x);
+  nn_model_free(m);
+}

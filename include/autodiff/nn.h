@@ -682,6 +682,24 @@ NN_API const char *nn_layer_kind(const nn_layer *l);
 NN_API const char *nn_layer_name(const nn_layer *l);
 /** @} */
 
+/** The layer's kind and settings written as PyTorch's repr of the same
+ * module writes them (its extra_repr), with the layer's kind for the class
+ * name: "dense(in_features=784, out_features=64, bias=True)",
+ * "conv2d(1, 32, kernel_size=(3, 3), stride=(1, 1))", "dropout(p=0.5)",
+ * "lstm(10, 20, num_layers=2)", "relu()"; settings PyTorch's module lacks
+ * are added by name (a Dense layer's ", activation=relu", an attention
+ * layer's ", causal=True"); a lambda layer's is its kind and "()". Written
+ * into buf (n bytes, NUL-terminated, cut short when it does not fit).
+ * Returns buf, or NULL (buf untouched) for a NULL l or buf or n == 0. */
+NN_API const char *nn_layer_describe(const nn_layer *l, char *buf, size_t n);
+
+/** The shape of the layer's output in its last successful forward pass
+ * (nn_layer_forward, a model's forward, nn_rnn_forward's output or
+ * nn_multihead_attention's): its dims into shape (room for AD_MAX_DIMS;
+ * may be NULL) and its rank as the result. -1 before any such pass or for
+ * a NULL l. nn_model_summary shows it. */
+NN_API int nn_layer_output_shape(const nn_layer *l, int64_t *shape);
+
 /** The layer's own parameters ("weight", "bias"), never NULL for a valid
  * layer (empty for parameterless ones). Owned by the layer. */
 NN_API nn_params *nn_layer_params(const nn_layer *l);
@@ -768,10 +786,15 @@ NN_API bool nn_model_set_training(nn_model *m, bool training);
 NN_API bool nn_model_training(const nn_model *m);
 /** @} */
 
-/** Prints a Keras-like table: each layer's name, kind and parameter shapes,
- * its buffers marked "(buffer)", then the parameter count ("total
- * parameters: N", trainable) and, when there are buffers, their element
- * count ("non-trainable buffers: M", as Keras' non-trainable params). */
+/** Prints a Keras-like table: each layer's name, its kind and settings
+ * (nn_layer_describe), the shape of its output in the last forward pass
+ * (its first dim is that pass's batch; "-" for a layer that has not run,
+ * and no such column before any layer has), and its
+ * parameters' names, shapes and sizes, its buffers marked "(buffer)";
+ * then the parameter count ("total parameters: N", trainable) and, when
+ * there are buffers, their element count ("non-trainable buffers: M", as
+ * Keras' non-trainable params). The columns are as wide as their longest
+ * entry. Nothing is printed for a NULL m or f. */
 NN_API void nn_model_summary(const nn_model *m, FILE *f);
 
 /* ================================================================ losses */
