@@ -44,6 +44,9 @@ static ad_tensor *c_sqrt(void) { return ad_sqrt(ctx, p); }
 static ad_tensor *c_abs(void) { return ad_abs(ctx, a); }
 static ad_tensor *c_leaky_relu(void) { return ad_leaky_relu(ctx, a, 0.01); }
 static ad_tensor *c_gelu(void) { return ad_gelu(ctx, a); }
+static ad_tensor *c_clamp(void) { return ad_clamp(ctx, a, -1.0, 1.0); }
+static ad_tensor *c_hardtanh(void) { return ad_hardtanh(ctx, a, -1.0, 1.0); }
+static ad_tensor *c_sign(void) { return ad_sign(ctx, a); }
 static ad_tensor *c_relu(void) { return ad_relu(ctx, a); }
 static ad_tensor *c_tanh(void) { return ad_tanh(ctx, a); }
 static ad_tensor *c_sigmoid(void) { return ad_sigmoid(ctx, a); }
@@ -95,6 +98,9 @@ static const struct {
     {"abs", c_abs},
     {"leaky_relu", c_leaky_relu},
     {"gelu", c_gelu},
+    {"clamp", c_clamp},
+    {"hardtanh", c_hardtanh},
+    {"sign", c_sign},
     {"relu", c_relu},
     {"tanh", c_tanh},
     {"sigmoid", c_sigmoid},

@@ -54,6 +54,8 @@ def torch_cases():
         ("maximum", lambda: torch.maximum(a, b)), ("where_lt", lambda: torch.where(a < b, a, b)),
         ("sqrt", lambda: torch.sqrt(p)), ("abs", lambda: torch.abs(a)),
         ("leaky_relu", lambda: F.leaky_relu(a, 0.01)), ("gelu", lambda: F.gelu(a)),
+        ("clamp", lambda: torch.clamp(a, -1.0, 1.0)), ("hardtanh", lambda: F.hardtanh(a)),
+        ("sign", lambda: torch.sign(a)),
         ("relu", lambda: F.relu(a)), ("tanh", lambda: torch.tanh(a)),
         ("sigmoid", lambda: torch.sigmoid(a)), ("exp", lambda: torch.exp(a)),
         ("log", lambda: torch.log(p)), ("sin", lambda: torch.sin(a)),
