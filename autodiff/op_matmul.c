@@ -169,7 +169,17 @@ static ad_status matmul_bwd(const ad_call *c) {
   ad_tensor *a = c->in[0], *b = c->in[1], *dy = c->gout;
   if (dy->size == 0) { /* an empty product: no input reaches it, both gradients are zeros */
     for (int i = 0; i < 2; i++) {
-      ad_status st = c->needs[i] ? ad_call_set_grad(c, i, ad_zeros_like(ctx, c->in[i])) : AD_OK;
+      if (!c->needs[i]) continue;
+      ad_tensor *x = c->in[i], *z;
+      if (!ad_grad_enabled(ctx)) {
+        z = ad_zeros_like(ctx, x);
+      } else { /* create_graph: zeros made of ops on dy and the other operand, which PyTorch's
+                * products make them of, so that they are recorded (and differentiate to
+                * zeros); an empty narrow reads none of the operand's elements */
+        ad_tensor *o = ad_narrow(ctx, c->in[1 - i], 0, 0, 0);
+        z = ad_expand(ctx, ad_add(ctx, ad_sum(ctx, dy), ad_sum(ctx, o)), x->ndim, x->shape);
+      }
+      ad_status st = ad_call_set_grad(c, i, z);
       if (st != AD_OK) return st;
     }
     return AD_OK;

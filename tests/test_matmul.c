@@ -257,6 +257,48 @@ Test(matmul, empty_product_of_many_batches_does_no_work_per_batch) {
   empty_product(AD_F64, 3, sc, true, 3, sd, false, se, 0);
 }
 
+/* The gradient of an empty product, recorded (ad_grad with create_graph,
+ * as a gradient penalty takes it) and differentiated again: zeros of each
+ * operand's shape, as PyTorch gives, where the backward refused it ("the
+ * root does not require grad") because the zeros were constants. */
+static void empty_product_twice(int na, const int64_t *sa, int nb, const int64_t *sb, bool ta) {
+  ad_tape_reset(ctx);
+  ad_tensor *a = ad_ones(ctx, AD_F64, na, sa), *b = ad_ones(ctx, AD_F64, nb, sb);
+  cr_assert(a && b, "%s", ad_last_error(ctx));
+  cr_assert_eq(ad_tensor_set_requires_grad(a, true), AD_OK);
+  cr_assert_eq(ad_tensor_set_requires_grad(b, true), AD_OK);
+  ad_tensor *y = ad_matmul(ctx, a, b, ta, false), *in[2] = {a, b}, *g[2] = {NULL, NULL};
+  cr_assert_not_null(y, "%s", ad_last_error(ctx));
+  cr_assert_eq(y->size, 0);
+  cr_assert_eq(ad_grad(ctx, y, ad_zeros_like(ctx, y), 2, in, g, true), AD_OK, "%s",
+               ad_last_error(ctx));
+  expect_shape(g[0], na, sa, "da");
+  expect_shape(g[1], nb, sb, "db");
+  ad_tensor *pen =
+      ad_add(ctx, ad_sum(ctx, ad_square(ctx, g[0])), ad_sum(ctx, ad_square(ctx, g[1])));
+  cr_assert_not_null(pen, "%s", ad_last_error(ctx));
+  cr_assert_eq(ad_backward(ctx, pen, NULL), AD_OK, "%s", ad_last_error(ctx));
+  for (int k = 0; k < 2; k++) {
+    const ad_tensor *d = in[k]->grad;
+    cr_assert_not_null(d, "input %d got no gradient", k);
+    expect_shape(d, in[k]->ndim, in[k]->shape, "second derivative");
+    for (int64_t i = 0; i < d->size; i++) cr_assert_eq(ad_tensor_get(d, i), 0.0);
+  }
+  ad_tensor_free(a);
+  ad_tensor_free(b);
+}
+
+Test(matmul, gradient_of_an_empty_product_differentiates_again) {
+  int64_t s23[2] = {2, 3}, s30[2] = {3, 0}, s03[2] = {0, 3}, s32[2] = {3, 2};
+  empty_product_twice(2, s23, 2, s30, false); /* n = 0 */
+  empty_product_twice(2, s03, 2, s32, false); /* m = 0 */
+  int64_t s3[1] = {3};
+  empty_product_twice(1, s3, 2, s30, false); /* [3] x [3, 0] -> [0] */
+  /* still no work per batch: A broadcast over 2^36 empty batches of B */
+  int64_t sc[3] = {1, 3, 4}, sd[3] = {INT64_C(1) << 36, 4, 0};
+  empty_product_twice(3, sc, 3, sd, false);
+}
+
 /* ------------------------------------------------------------- gradients */
 
 /* L = sum(A B) with A [2,1,2,3] and B [1,3,3,2]: dA[i,0,r,c] sums B's row
