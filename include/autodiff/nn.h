@@ -995,7 +995,9 @@ NN_API ad_status nn_optimizer_step_ranges(nn_optimizer *opt, const int64_t *lo, 
  * configuration asks for, clip_value and clip_norm, scales the gradients
  * in place first, as PyTorch's clip_grad_*_ do); a parameter whose
  * gradient is NULL (zeroed and not reached by backward since) is skipped,
- * its state untouched, as in PyTorch. */
+ * its state untouched, as in PyTorch with zero_grad(set_to_none=True) (the
+ * default since 2.0; 1.13's default leaves zero gradients, and its
+ * optimizers then still step such a parameter: weight decay, momentum). */
 NN_API void nn_optimizer_zero_grad(nn_optimizer *opt);
 
 /** The settings (lr is the current learning rate). */
@@ -1044,7 +1046,9 @@ NN_API int nn_optimizer_state_param(const nn_optimizer *opt, int i);
  *   step         lr0 gamma^floor(t / step_size)            (StepLR)
  *   exponential  lr0 gamma^t                               (ExponentialLR)
  *   cosine       eta_min + (lr0 - eta_min)(1 + cos(pi t / t_max)) / 2
- *                for t <= t_max, eta_min after             (CosineAnnealingLR)
+ *                for t <= t_max, eta_min after             (CosineAnnealingLR
+ *                up to t_max; PyTorch's then climbs back along the cosine,
+ *                lr0 again at 2 t_max, where this one stays at eta_min)
  *   @endcode */
 typedef enum nn_sched_kind {
   NN_SCHED_CONSTANT = 0,
