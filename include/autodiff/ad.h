@@ -287,10 +287,11 @@ AD_API bool ad_tensor_requires_grad(const ad_tensor *t);
 AD_API ad_status ad_tensor_retain_grad(ad_tensor *t);
 
 /** Zeroes t's gradient by releasing it, as PyTorch's zero_grad() does by
- * default since 2.0 (set_to_none; 1.13 fills zeros): t->grad becomes NULL, in O(1). The buffer is kept
- * for t: the next backward that reaches t stores its gradient there (its
- * first contribution is written, not added to zeros), so a training loop
- * neither allocates nor clears gradients. A backward whose tape used the
+ * default since 2.0 (set_to_none; 1.13 fills zeros): t->grad becomes
+ * NULL, in O(1). The buffer is kept for t: the next backward that
+ * reaches t stores its gradient there (its first contribution is written,
+ * not added to zeros), so a training loop neither allocates nor clears
+ * gradients. A backward whose tape used the
  * released tensor (read as a value after zero_grad) stores into a new
  * buffer instead and leaves the released one as it was, as one that adds
  * into a grad the tape used (ad_backward); the next zero_grad keeps one of
