@@ -1312,6 +1312,10 @@ static ad_status embedding_shape(const ad_call *c) {
                         c->name, ad_shape_str(w, a, sizeof a), ad_shape_str(idx, b, sizeof b),
                         AD_MAX_DIMS - 1);
   int64_t num = w->shape[0];
+  if (at->padding && num == 0)
+    return ad_set_error(c->ctx, AD_ERR_ARG,
+                        "%s: padding_idx %lld names a row of weight %s, which has none", c->name,
+                        (long long)at->padding_idx, ad_shape_str(w, a, sizeof a));
   if (at->padding && (at->padding_idx < -num || at->padding_idx >= num))
     return ad_set_error(
         c->ctx, AD_ERR_ARG, "%s: padding_idx %lld is outside -%lld..%lld for %lld embeddings",

@@ -163,6 +163,11 @@ Test(seq, embedding_bad_input) {
   expect_error(AD_ERR_ARG, "embedding", "padding_idx 10", "-10..9", NULL);
   cr_assert_null(ad_embedding(ctx, w, io, -11));
   expect_error(AD_ERR_ARG, "embedding", "padding_idx -11", NULL);
+  int64_t w0s[2] = {0, 4}, n0 = 0; /* an empty vocabulary has no padding row */
+  ad_tensor *w0 = ad_zeros(ctx, AD_F64, 2, w0s), *i0 = ints(1, &n0, ok);
+  cr_assert_null(ad_embedding(ctx, w0, i0, 0));
+  expect_error(AD_ERR_ARG, "embedding", "padding_idx 0", "weight [0,4], which has none", NULL);
+  ad_tensor_free(w0), ad_tensor_free(i0);
   cr_assert_null(ad_embedding(ctx, wb, io, AD_NO_PADDING));
   expect_error(AD_ERR_SHAPE, "embedding", "[2,5,4]", "[num_embeddings, embedding_dim]", NULL);
   cr_assert_null(ad_embedding(ctx, w, fi, AD_NO_PADDING));
