@@ -35,11 +35,17 @@ struct nn_optimizer {
   ad_tensor **state_tensors;
   bool *state_optional; /* may be missing from a checkpoint (see nn_optimizer_state_optional) */
   bool has_sched;
-  nn_schedule sched;
+  nn_schedule_ext sched;  /* its milestones: the copy below */
+  nn_schedule sched_view; /* the members nn_schedule has, for nn_optimizer_schedule */
+  int64_t *milestones;    /* owned, sched.n_milestones entries */
+  bool has_plateau;
+  nn_plateau plateau;
   /* 0-d f64 state tensors, so that checkpoints keep them: the current
    * learning rate (cfg.lr follows it before every use), the schedule's base
-   * rate and its epoch */
+   * rate and its epoch; the plateau's best value, bad epochs and cooldown
+   * counter */
   ad_tensor *lr, *lr0, *epoch;
+  ad_tensor *best, *bad_epochs, *cooldown;
 };
 
 static double scalar_get(const ad_tensor *t) { return ((const double *)t->data)[0]; }
@@ -53,6 +59,8 @@ static ad_status scalars_noted(ad_tensor *a, ad_tensor *b, ad_tensor *c) {
   if (st == AD_OK && c) st = ad_tensor_mark_modified(c);
   return st;
 }
+
+static double rate0(const nn_optimizer *o, double lr0);
 
 static const char *const kind_names[] = {"sgd", "adagrad", "rmsprop", "adam", "adamw"};
 
@@ -252,10 +260,13 @@ nn_optimizer *nn_optimizer_new(nn_params *params, const nn_opt_config *cfg) {
     }
   }
   /* last, so that the per-parameter state keeps its positions */
-  static const char *const lr_names[3] = {"lr", "schedule.lr0", "schedule.epoch"};
-  ad_tensor **lr_state[3] = {&o->lr, &o->lr0, &o->epoch};
-  for (int k = 0; k < 3; k++) {
-    ad_tensor *t = ad_full(ctx, AD_F64, 0, NULL, k == 2 ? 0.0 : cfg->lr);
+  static const char *const lr_names[6] = {
+      "lr",           "schedule.lr0",           "schedule.epoch",
+      "plateau.best", "plateau.num_bad_epochs", "plateau.cooldown_counter"};
+  ad_tensor **lr_state[6] = {&o->lr, &o->lr0, &o->epoch, &o->best, &o->bad_epochs, &o->cooldown};
+  for (int k = 0; k < 6; k++) {
+    double init = k < 2 ? cfg->lr : k == 3 ? INFINITY : 0.0;
+    ad_tensor *t = ad_full(ctx, AD_F64, 0, NULL, init);
     if (add_state(o, t, true, kind, lr_names[k], NULL) != AD_OK) {
       nn_optimizer_free(o);
       return NULL;
@@ -307,6 +318,7 @@ void nn_optimizer_free(nn_optimizer *o) {
   ad_free(ctx, o->state_optional, (size_t)o->optional_cap * sizeof(bool));
   ad_free(ctx, o->slots, (size_t)o->nslots * sizeof *o->slots);
   ad_free(ctx, o->ts, (size_t)o->nslots * sizeof *o->ts);
+  ad_free(ctx, o->milestones, (size_t)o->sched.n_milestones * sizeof *o->milestones);
   ad_free(ctx, o, sizeof *o);
 }
 
@@ -457,8 +469,9 @@ ad_status nn_optimizer_set_lr(nn_optimizer *o, double lr) {
                         kind_names[o->cfg.kind], lr);
   ad_status st = scalars_noted(o->lr, o->lr0, o->epoch);
   if (st != AD_OK) return st;
-  o->cfg.lr = lr;
-  scalar_set(o->lr, lr);
+  double rate = rate0(o, lr);
+  o->cfg.lr = rate;
+  scalar_set(o->lr, rate);
   scalar_set(o->lr0, lr);
   scalar_set(o->epoch, 0);
   return AD_OK;
@@ -487,13 +500,16 @@ ad_status nn_optimizer_state_check(const nn_optimizer *o, int i, double v, const
   const ad_tensor *t = o->state_tensors[i];
   /* the counts: the optimizer's steps, the schedule's epoch and each
    * parameter's steps; a 0-d parameter's moments are values, any double */
-  bool count = t == o->step || t == o->epoch;
+  bool count = t == o->step || t == o->epoch || t == o->bad_epochs || t == o->cooldown;
   for (int k = 0; k < o->nslots && !count; k++) count = o->slots[k].t == t;
   if (t == o->lr || t == o->lr0) {
     if (!(isfinite(v) && v >= 0))
       return ad_set_error(o->ctx, AD_ERR_FORMAT,
                           "checkpoint %s: learning rate '%s' is %g; it must be finite and >= 0",
                           path, o->state_names[i], v);
+  } else if (t == o->best && isnan(v)) { /* +-inf: none yet */
+    return ad_set_error(o->ctx, AD_ERR_FORMAT, "checkpoint %s: '%s' is NaN", path,
+                        o->state_names[i]);
   } else if (count && !(v >= 0 && v <= 9007199254740992.0 && v == floor(v))) { /* <= 2^53 */
     return ad_set_error(o->ctx, AD_ERR_FORMAT,
                         "checkpoint %s: '%s' is %g; a count must be a whole number >= 0", path,
@@ -513,10 +529,27 @@ void nn_optimizer_state_restored(nn_optimizer *o, const bool *present) {
 
 /* -------------------------------------------------------------- schedules */
 
+static bool ext_only(nn_sched_kind k) {
+  return k == NN_SCHED_MULTISTEP || k == NN_SCHED_LINEAR || k == NN_SCHED_WARMUP_COSINE;
+}
+
+static nn_schedule_ext ext_of(const nn_schedule *s) {
+  nn_schedule_ext e;
+  memset(&e, 0, sizeof e);
+  e.kind = s->kind;
+  e.step_size = s->step_size;
+  e.gamma = s->gamma;
+  e.t_max = s->t_max;
+  e.eta_min = s->eta_min;
+  return e;
+}
+
+static bool finite_pos(double v) { return isfinite(v) && v > 0; }
+
 /* Why s's settings are bad, or NULL when they are good: every rate they
  * give from a base rate that is finite and >= 0 is >= 0 (and finite unless
  * gamma > 1 overflows it). */
-static const char *sched_problem(const nn_schedule *s) {
+static const char *sched_problem(const nn_schedule_ext *s) {
   switch (s->kind) {
   case NN_SCHED_CONSTANT:
     return NULL;
@@ -524,7 +557,22 @@ static const char *sched_problem(const nn_schedule *s) {
     if (s->step_size < 1) return "step_size must be >= 1";
     /* fall through */
   case NN_SCHED_EXPONENTIAL:
-    return isfinite(s->gamma) && s->gamma > 0 ? NULL : "gamma must be finite and > 0";
+    return finite_pos(s->gamma) ? NULL : "gamma must be finite and > 0";
+  case NN_SCHED_MULTISTEP:
+    if (!finite_pos(s->gamma)) return "gamma must be finite and > 0";
+    if (s->n_milestones < 0) return "n_milestones must be >= 0";
+    if (s->n_milestones > 0 && !s->milestones) return "milestones is NULL";
+    for (int i = 0; i < s->n_milestones; i++)
+      if (s->milestones[i] < 0) return "milestones must be >= 0";
+    return NULL;
+  case NN_SCHED_LINEAR:
+  case NN_SCHED_WARMUP_COSINE:
+    if (!(s->start_factor > 0 && s->start_factor <= 1)) return "start_factor must be in (0, 1]";
+    if (s->kind == NN_SCHED_LINEAR && !(s->end_factor >= 0 && s->end_factor <= 1))
+      return "end_factor must be in [0, 1]";
+    if (s->total_iters < 1) return "total_iters must be >= 1";
+    if (s->kind == NN_SCHED_LINEAR) return NULL;
+    /* fall through */
   case NN_SCHED_COSINE:
     if (s->t_max < 1) return "t_max must be >= 1";
     return isfinite(s->eta_min) && s->eta_min >= 0 ? NULL : "eta_min must be finite and >= 0";
@@ -532,8 +580,14 @@ static const char *sched_problem(const nn_schedule *s) {
   return "unknown kind";
 }
 
-double nn_schedule_lr(const nn_schedule *s, double lr0, int64_t t) {
-  if (!s || t < 0 || sched_problem(s)) return NAN;
+static double cosine_lr(const nn_schedule_ext *s, double lr0, int64_t t) {
+  if (t >= s->t_max) return s->eta_min;
+  return s->eta_min +
+         (lr0 - s->eta_min) * (1 + cos(3.141592653589793 * (double)t / (double)s->t_max)) / 2;
+}
+
+/* s's rate, its settings good and t >= 0 */
+static double sched_lr(const nn_schedule_ext *s, double lr0, int64_t t) {
   switch (s->kind) {
   case NN_SCHED_CONSTANT:
     return lr0;
@@ -542,36 +596,114 @@ double nn_schedule_lr(const nn_schedule *s, double lr0, int64_t t) {
   case NN_SCHED_EXPONENTIAL:
     return lr0 * pow(s->gamma, (double)t);
   case NN_SCHED_COSINE:
-    if (t >= s->t_max) return s->eta_min;
-    return s->eta_min +
-           (lr0 - s->eta_min) * (1 + cos(3.141592653589793 * (double)t / (double)s->t_max)) / 2;
+    return cosine_lr(s, lr0, t);
+  case NN_SCHED_MULTISTEP: {
+    int k = 0; /* milestones passed, each as often as listed */
+    for (int i = 0; i < s->n_milestones; i++) k += s->milestones[i] <= t;
+    return lr0 * pow(s->gamma, (double)k);
+  }
+  case NN_SCHED_LINEAR: {
+    int64_t n = t < s->total_iters ? t : s->total_iters;
+    return lr0 * (s->start_factor +
+                  (s->end_factor - s->start_factor) * (double)n / (double)s->total_iters);
+  }
+  case NN_SCHED_WARMUP_COSINE:
+    if (t >= s->total_iters) return cosine_lr(s, lr0, t - s->total_iters);
+    return lr0 * (s->start_factor + (1 - s->start_factor) * (double)t / (double)s->total_iters);
   }
   return NAN;
+}
+
+double nn_schedule_lr(const nn_schedule *s, double lr0, int64_t t) {
+  if (!s || ext_only(s->kind)) return NAN;
+  nn_schedule_ext e = ext_of(s);
+  return nn_schedule_ext_lr(&e, lr0, t);
+}
+
+double nn_schedule_ext_lr(const nn_schedule_ext *s, double lr0, int64_t t) {
+  if (!s || t < 0 || sched_problem(s)) return NAN;
+  return sched_lr(s, lr0, t);
+}
+
+/* The rate at epoch 0 for base lr0: lr0 itself for the kinds of
+ * nn_schedule (as before; cosine's formula may round it) */
+static double rate0(const nn_optimizer *o, double lr0) {
+  return o->has_sched && ext_only(o->sched.kind) ? sched_lr(&o->sched, lr0, 0) : lr0;
+}
+
+static ad_status set_schedule(nn_optimizer *o, const nn_schedule_ext *s) {
+  const char *why = sched_problem(s);
+  if (why)
+    return ad_set_error(o->ctx, AD_ERR_ARG,
+                        "optimizer: bad schedule: %s (kind %d, step_size %lld, gamma %g, t_max "
+                        "%lld, eta_min %g, %d milestones, start_factor %g, end_factor %g, "
+                        "total_iters %lld)",
+                        why, (int)s->kind, (long long)s->step_size, s->gamma, (long long)s->t_max,
+                        s->eta_min, s->n_milestones, s->start_factor, s->end_factor,
+                        (long long)s->total_iters);
+  int64_t *ms = NULL;
+  int n = s->kind == NN_SCHED_MULTISTEP ? s->n_milestones : 0;
+  if (n > 0) {
+    if (!(ms = ad_malloc(o->ctx, (size_t)n * sizeof *ms))) return AD_ERR_OOM;
+    memcpy(ms, s->milestones, (size_t)n * sizeof *ms);
+  }
+  ad_status st = scalars_noted(o->lr, o->lr0, o->epoch);
+  if (st != AD_OK) {
+    ad_free(o->ctx, ms, (size_t)n * sizeof *ms);
+    return st;
+  }
+  if (o->milestones)
+    ad_free(o->ctx, o->milestones, (size_t)o->sched.n_milestones * sizeof *o->milestones);
+  o->sched = *s;
+  o->sched.milestones = o->milestones = ms;
+  o->sched.n_milestones = n;
+  o->sched_view = (nn_schedule){s->kind, s->step_size, s->gamma, s->t_max, s->eta_min};
+  o->has_sched = true;
+  double lr0 = scalar_get(o->lr), lr = rate0(o, lr0);
+  scalar_set(o->lr0, lr0);
+  scalar_set(o->epoch, 0);
+  o->cfg.lr = lr;
+  scalar_set(o->lr, lr);
+  return AD_OK;
+}
+
+static void detach_schedule(nn_optimizer *o) {
+  if (o->milestones)
+    ad_free(o->ctx, o->milestones, (size_t)o->sched.n_milestones * sizeof *o->milestones);
+  o->milestones = NULL;
+  memset(&o->sched, 0, sizeof o->sched);
+  o->has_sched = false;
 }
 
 ad_status nn_optimizer_set_schedule(nn_optimizer *o, const nn_schedule *s) {
   if (!o) return AD_ERR_NULL;
   if (!s) {
-    o->has_sched = false;
+    detach_schedule(o);
     return AD_OK;
   }
-  const char *why = sched_problem(s);
-  if (why)
+  if (ext_only(s->kind))
     return ad_set_error(o->ctx, AD_ERR_ARG,
-                        "optimizer: bad schedule: %s (kind %d, step_size %lld, gamma %g, t_max "
-                        "%lld, eta_min %g)",
-                        why, (int)s->kind, (long long)s->step_size, s->gamma, (long long)s->t_max,
-                        s->eta_min);
-  ad_status st = scalars_noted(o->lr0, o->epoch, NULL);
-  if (st != AD_OK) return st;
-  o->sched = *s;
-  o->has_sched = true;
-  scalar_set(o->lr0, scalar_get(o->lr));
-  scalar_set(o->epoch, 0);
-  return AD_OK;
+                        "optimizer: bad schedule: kind %d needs settings nn_schedule has no room "
+                        "for: use nn_optimizer_set_schedule_ext",
+                        (int)s->kind);
+  nn_schedule_ext e = ext_of(s);
+  return set_schedule(o, &e);
+}
+
+ad_status nn_optimizer_set_schedule_ext(nn_optimizer *o, const nn_schedule_ext *s) {
+  if (!o) return AD_ERR_NULL;
+  if (!s) {
+    detach_schedule(o);
+    return AD_OK;
+  }
+  return set_schedule(o, s);
 }
 
 const nn_schedule *nn_optimizer_schedule(const nn_optimizer *o) {
+  return o && o->has_sched ? &o->sched_view : NULL;
+}
+
+const nn_schedule_ext *nn_optimizer_schedule_ext(const nn_optimizer *o) {
   return o && o->has_sched ? &o->sched : NULL;
 }
 
@@ -579,7 +711,7 @@ ad_status nn_optimizer_schedule_step(nn_optimizer *o) {
   if (!o) return AD_ERR_NULL;
   if (!o->has_sched) return AD_OK;
   double epoch = scalar_get(o->epoch) + 1;
-  double lr = nn_schedule_lr(&o->sched, scalar_get(o->lr0), (int64_t)epoch);
+  double lr = sched_lr(&o->sched, scalar_get(o->lr0), (int64_t)epoch);
   if (!(isfinite(lr) && lr >= 0)) /* gamma > 1 overflowing: keep a rate that can be saved */
     return ad_set_error(o->ctx, AD_ERR_NAN,
                         "optimizer %s: the schedule's learning rate at epoch %.0f is %g (base "
@@ -590,5 +722,108 @@ ad_status nn_optimizer_schedule_step(nn_optimizer *o) {
   scalar_set(o->epoch, epoch);
   o->cfg.lr = lr;
   scalar_set(o->lr, lr);
+  return AD_OK;
+}
+
+/* ------------------------------------------------- reduce on plateau */
+
+nn_plateau nn_plateau_defaults(void) {
+  nn_plateau p;
+  memset(&p, 0, sizeof p);
+  p.mode = NN_MODE_MIN;
+  p.factor = 0.1;
+  p.patience = 10;
+  p.threshold = 1e-4;
+  p.threshold_mode = NN_THRESHOLD_REL;
+  p.min_lr = 0;
+  p.eps = 1e-8;
+  return p;
+}
+
+static const char *plateau_problem(const nn_plateau *p) {
+  if (p->mode != NN_MODE_MIN && p->mode != NN_MODE_MAX)
+    return "mode must be NN_MODE_MIN or NN_MODE_MAX";
+  if (!(p->factor >= 0 && p->factor < 1)) return "factor must be >= 0 and < 1";
+  if (p->patience < 0) return "patience must be >= 0";
+  if (!(isfinite(p->threshold) && p->threshold >= 0)) return "threshold must be finite and >= 0";
+  if (p->threshold_mode != NN_THRESHOLD_REL && p->threshold_mode != NN_THRESHOLD_ABS)
+    return "threshold_mode must be NN_THRESHOLD_REL or NN_THRESHOLD_ABS";
+  if (p->cooldown < 0) return "cooldown must be >= 0";
+  if (!(isfinite(p->min_lr) && p->min_lr >= 0)) return "min_lr must be finite and >= 0";
+  if (!(isfinite(p->eps) && p->eps >= 0)) return "eps must be finite and >= 0";
+  return NULL;
+}
+
+ad_status nn_optimizer_set_plateau(nn_optimizer *o, const nn_plateau *p) {
+  if (!o) return AD_ERR_NULL;
+  if (!p) {
+    o->has_plateau = false;
+    return AD_OK;
+  }
+  const char *why = plateau_problem(p);
+  if (why)
+    return ad_set_error(o->ctx, AD_ERR_ARG,
+                        "optimizer: bad plateau settings: %s (mode %d, factor %g, patience %d, "
+                        "threshold %g, threshold_mode %d, cooldown %d, min_lr %g, eps %g)",
+                        why, (int)p->mode, p->factor, p->patience, p->threshold,
+                        (int)p->threshold_mode, p->cooldown, p->min_lr, p->eps);
+  ad_status st = scalars_noted(o->best, o->bad_epochs, o->cooldown);
+  if (st != AD_OK) return st;
+  o->plateau = *p;
+  o->has_plateau = true;
+  scalar_set(o->best, p->mode == NN_MODE_MAX ? -INFINITY : INFINITY);
+  scalar_set(o->bad_epochs, 0);
+  scalar_set(o->cooldown, 0);
+  return AD_OK;
+}
+
+const nn_plateau *nn_optimizer_plateau(const nn_optimizer *o) {
+  return o && o->has_plateau ? &o->plateau : NULL;
+}
+
+/* PyTorch's is_better */
+static bool plateau_better(const nn_plateau *p, double a, double best) {
+  bool rel = p->threshold_mode == NN_THRESHOLD_REL;
+  if (p->mode == NN_MODE_MIN) return rel ? a < best * (1 - p->threshold) : a < best - p->threshold;
+  return rel ? a > best * (1 + p->threshold) : a > best + p->threshold;
+}
+
+ad_status nn_optimizer_plateau_step(nn_optimizer *o, double metric) {
+  if (!o) return AD_ERR_NULL;
+  if (!o->has_plateau)
+    return ad_set_error(o->ctx, AD_ERR_STATE,
+                        "optimizer %s: plateau_step: no plateau attached "
+                        "(nn_optimizer_set_plateau)",
+                        kind_names[o->cfg.kind]);
+  const nn_plateau *p = &o->plateau;
+  ad_status st = scalars_noted(o->best, o->bad_epochs, o->cooldown);
+  if (st == AD_OK) st = scalars_noted(o->lr, o->lr0, NULL);
+  if (st != AD_OK) return st;
+  double best = scalar_get(o->best), bad = scalar_get(o->bad_epochs),
+         cool = scalar_get(o->cooldown);
+  if (plateau_better(p, metric, best)) {
+    best = metric;
+    bad = 0;
+  } else {
+    bad += 1;
+  }
+  if (cool > 0) { /* bad epochs in cooldown are ignored */
+    cool -= 1;
+    bad = 0;
+  }
+  if (bad > p->patience) {
+    double old = scalar_get(o->lr), lr = fmax(old * p->factor, p->min_lr);
+    if (old - lr > p->eps) { /* so old > 0 */
+      double lr0 = scalar_get(o->lr0);
+      scalar_set(o->lr0, lr0 == old ? lr : lr0 / old * lr);
+      o->cfg.lr = lr;
+      scalar_set(o->lr, lr);
+    }
+    cool = p->cooldown;
+    bad = 0;
+  }
+  scalar_set(o->best, best);
+  scalar_set(o->bad_epochs, bad);
+  scalar_set(o->cooldown, cool);
   return AD_OK;
 }

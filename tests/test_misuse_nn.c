@@ -74,7 +74,8 @@ Test(misuse_nn, checkpoint_without_parameter_steps_loads) {
     names[n] = nn_params_name(pa, i), tensors[n++] = nn_params_tensor(pa, i);
   for (int i = 0; i < nn_optimizer_state_count(oa); i++) {
     const char *s = nn_optimizer_state_names(oa)[i];
-    if (!strncmp(s, "adam.step.", 10) || !strcmp(s, "adam.lr") || !strncmp(s, "adam.schedule.", 14))
+    if (!strncmp(s, "adam.step.", 10) || !strcmp(s, "adam.lr") ||
+        !strncmp(s, "adam.schedule.", 14) || !strncmp(s, "adam.plateau.", 13))
       continue;
     names[n] = s, tensors[n++] = nn_optimizer_state_tensors(oa)[i];
   }

@@ -270,7 +270,7 @@ Test(optim, state_tensors_are_named) {
   fixture f;
   fixture_init(&f, AD_F64);
   nn_optimizer *adam = nn_adam_new(f.params, 0.01);
-  cr_assert_eq(nn_optimizer_state_count(adam), 10);
+  cr_assert_eq(nn_optimizer_state_count(adam), 13);
   const char *const *n = nn_optimizer_state_names(adam);
   cr_assert_str_eq(n[0], "adam.step");
   cr_assert_str_eq(n[1], "adam.m.0.weight");
@@ -282,6 +282,9 @@ Test(optim, state_tensors_are_named) {
   cr_assert_str_eq(n[7], "adam.lr");
   cr_assert_str_eq(n[8], "adam.schedule.lr0");
   cr_assert_str_eq(n[9], "adam.schedule.epoch");
+  cr_assert_str_eq(n[10], "adam.plateau.best");
+  cr_assert_str_eq(n[11], "adam.plateau.num_bad_epochs");
+  cr_assert_str_eq(n[12], "adam.plateau.cooldown_counter");
   ad_tensor *const *t = nn_optimizer_state_tensors(adam);
   cr_assert_eq(t[0]->ndim, 0);
   cr_assert_eq(t[0]->dtype, AD_F64);
@@ -297,13 +300,13 @@ Test(optim, state_tensors_are_named) {
   nn_opt_config c = nn_opt_defaults(NN_OPT_RMSPROP, 0.01);
   c.centered = true, c.momentum = 0.9;
   nn_optimizer *rms = nn_optimizer_new(f.params, &c);
-  cr_assert_eq(nn_optimizer_state_count(rms), 10);
+  cr_assert_eq(nn_optimizer_state_count(rms), 13);
   cr_assert_str_eq(nn_optimizer_state_names(rms)[2], "rmsprop.grad_avg.0.weight");
   cr_assert_str_eq(nn_optimizer_state_names(rms)[3], "rmsprop.momentum.0.weight");
   nn_optimizer *sgd = nn_sgd_new(f.params, 0.1, 0.0, false, 0.0);
-  cr_assert_eq(nn_optimizer_state_count(sgd), 4); /* the step counter and the lr state */
+  cr_assert_eq(nn_optimizer_state_count(sgd), 7); /* the step counter, lr and plateau state */
   nn_optimizer *sgdm = nn_sgd_new(f.params, 0.1, 0.9, false, 0.0);
-  cr_assert_eq(nn_optimizer_state_count(sgdm), 8);
+  cr_assert_eq(nn_optimizer_state_count(sgdm), 11);
   cr_assert_str_eq(nn_optimizer_state_names(sgdm)[2], "sgd.step.0.weight");
   nn_optimizer_free(sgdm);
   nn_optimizer *ada = nn_adagrad_new(f.params, 0.1);
@@ -1025,10 +1028,13 @@ Test(optim, a_write_of_the_state_is_noted) {
     nn_optimizer *opt = nn_optimizer_new(p, &cfgs[c]);
     cr_assert_not_null(opt, "%s", ad_last_error(ctx));
     cr_assert_eq(nn_optimizer_set_schedule(opt, &sched), AD_OK);
+    nn_plateau pl = nn_plateau_defaults();
+    cr_assert_eq(nn_optimizer_set_plateau(opt, &pl), AD_OK);
     int ns = nn_optimizer_state_count(opt);
     for (int i = 0; i < ns; i++) {
       const char *name = nn_optimizer_state_names(opt)[i];
-      bool rate = strstr(name, ".lr") || strstr(name, ".schedule.");
+      bool plateau = strstr(name, ".plateau.");
+      bool rate = !plateau && (strstr(name, ".lr") || strstr(name, ".schedule."));
       for (int how = 0; how < (rate ? 2 : 1); how++) {
         ad_tape_reset(ctx);
         nn_optimizer_zero_grad(opt);
@@ -1037,7 +1043,8 @@ Test(optim, a_write_of_the_state_is_noted) {
         ad_tensor *v;
         ad_tensor *z = reads_state(nn_optimizer_state_tensors(opt)[i], &v);
         cr_assert_not_null(z, "%s", ad_last_error(ctx));
-        ad_status st = !rate      ? nn_optimizer_step(opt)
+        ad_status st = plateau    ? nn_optimizer_plateau_step(opt, 1.0)
+                       : !rate    ? nn_optimizer_step(opt)
                        : how == 0 ? nn_optimizer_schedule_step(opt)
                                   : nn_optimizer_set_lr(opt, 0.01);
         cr_assert_eq(st, AD_OK, "%s", ad_last_error(ctx));
@@ -1123,9 +1130,9 @@ Test(optim, a_tensor_listed_twice_is_stepped_once) {
   cr_assert_eq(ad_backward(ctx, loss, NULL), AD_OK, "%s", ad_last_error(ctx));
   ad_tape_reset(ctx);
   nn_optimizer *opt = nn_sgd_new(p, 1.0, 0.9, false, 0);
-  /* step, lr, the schedule's lr0 and epoch, and a momentum and a step
-   * count per tensor, under its first name: 8, not 10 */
-  cr_assert_eq(nn_optimizer_state_count(opt), 8);
+  /* step, lr, the schedule's lr0 and epoch, the plateau's three, and a
+   * momentum and a step count per tensor, under its first name: 11, not 13 */
+  cr_assert_eq(nn_optimizer_state_count(opt), 11);
   cr_assert_str_eq(nn_optimizer_state_names(opt)[1], "sgd.momentum.embed.weight");
   /* gradients (3, 4) and the bias's (1, 1): norm sqrt(27), w counted once */
   double norm = nn_clip_grad_norm(p, 1.0), want = sqrt(27.0);

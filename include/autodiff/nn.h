@@ -34,8 +34,10 @@
  *   optimizers   nn_optimizer: SGD (momentum, Nesterov, weight decay),
  *                Adagrad, RMSProp, Adam, AdamW, with PyTorch's update rules;
  *                gradient clipping by global norm or by value; learning-rate
- *                schedules (step, exponential, cosine). Their state tensors
- *                are named so that checkpoints can resume training.
+ *                schedules (step, exponential, cosine, multistep, linear
+ *                warm-up or decay, warm-up then cosine) and reduction on a
+ *                plateau of a metric. Their state tensors are named so that
+ *                checkpoints can resume training.
  *   data         nn_batcher (mini-batches with seeded shuffling) and
  *                nn_train_test_split.
  *   training     nn_fit in the spirit of Keras' model.fit (epochs, batches,
@@ -1004,7 +1006,9 @@ NN_API void nn_optimizer_zero_grad(nn_optimizer *opt);
 NN_API const nn_opt_config *nn_optimizer_config(const nn_optimizer *opt);
 
 /** Current learning rate; setting it also makes it the schedule's base and
- * restarts the schedule at epoch 0. nn_optimizer_set_lr returns AD_OK,
+ * restarts the schedule at epoch 0 (the rate is then the schedule's at
+ * epoch 0: lr start_factor for a warm-up, see nn_optimizer_set_schedule_ext;
+ * lr for the kinds of nn_schedule). nn_optimizer_set_lr returns AD_OK,
  * AD_ERR_NULL (opt NULL), AD_ERR_ARG (lr not finite and >= 0, the rates
  * a checkpoint may hold; the optimizer unchanged) or AD_ERR_OOM (the write
  * of the rate's state tensors cannot be noted, as nn_optimizer_step's;
@@ -1024,7 +1028,9 @@ NN_API int64_t nn_optimizer_steps(const nn_optimizer *opt);
  * "rmsprop.grad_avg.<p>", "rmsprop.momentum.<p>", "adamw.m.<p>"...; last
  * the learning-rate state, three 0-d f64: "<kind>.lr" (the current rate),
  * "<kind>.schedule.lr0" and "<kind>.schedule.epoch" (the schedule's base
- * rate and epoch). Arrays of nn_optimizer_state_count entries, owned by the
+ * rate and epoch); then the plateau's state (see nn_optimizer_set_plateau):
+ * "<kind>.plateau.best", "<kind>.plateau.num_bad_epochs",
+ * "<kind>.plateau.cooldown_counter". Arrays of nn_optimizer_state_count entries, owned by the
  * optimizer. Writing into them (e.g. loading a checkpoint) resumes from
  * that state: the rate and the schedule included. @{ */
 NN_API int nn_optimizer_state_count(const nn_optimizer *opt);
@@ -1054,7 +1060,10 @@ typedef enum nn_sched_kind {
   NN_SCHED_CONSTANT = 0,
   NN_SCHED_STEP,
   NN_SCHED_EXPONENTIAL,
-  NN_SCHED_COSINE
+  NN_SCHED_COSINE,
+  NN_SCHED_MULTISTEP,    /**< nn_schedule_ext only (see there) */
+  NN_SCHED_LINEAR,       /**< nn_schedule_ext only */
+  NN_SCHED_WARMUP_COSINE /**< nn_schedule_ext only */
 } nn_sched_kind;
 
 /** A learning-rate schedule (see nn_sched_kind) and its settings. */
@@ -1068,7 +1077,8 @@ typedef struct nn_schedule {
 
 /** The learning rate at epoch t for base rate lr0. NAN for bad settings
  * (step_size or t_max < 1; gamma of step or exponential not finite and
- * > 0; eta_min of cosine not finite and >= 0; unknown kind) or t < 0. */
+ * > 0; eta_min of cosine not finite and >= 0; unknown kind, or a kind of
+ * nn_schedule_ext only) or t < 0. */
 NN_API double nn_schedule_lr(const nn_schedule *s, double lr0, int64_t t);
 
 /** Attaches a copy of s (NULL detaches); the current lr becomes lr0 and the
@@ -1078,13 +1088,77 @@ NN_API double nn_schedule_lr(const nn_schedule *s, double lr0, int64_t t);
  * refuses it). The settings are not part
  * of the optimizer's state (as a PyTorch scheduler is not part of its
  * optimizer): to resume from a checkpoint, attach the same schedule, then
- * load (nn_model_load restores lr0, the epoch and the rate). */
+ * load (nn_model_load restores lr0, the epoch and the rate). A kind of
+ * nn_schedule_ext only is AD_ERR_ARG: use nn_optimizer_set_schedule_ext. */
 NN_API ad_status nn_optimizer_set_schedule(nn_optimizer *opt, const nn_schedule *s);
 
-/** The schedule set by nn_optimizer_set_schedule (owned by opt, valid
- * until the next set or nn_optimizer_free), or NULL when there is none or
- * opt is NULL. */
+/** The schedule set by nn_optimizer_set_schedule or
+ * nn_optimizer_set_schedule_ext (for the latter its kind and the settings
+ * nn_schedule has room for), owned by opt, valid until the next set or
+ * nn_optimizer_free; NULL when there is none or opt is NULL. */
 NN_API const nn_schedule *nn_optimizer_schedule(const nn_optimizer *opt);
+
+/** More schedules, which need settings nn_schedule has no room for (it
+ * keeps its size; this struct begins with the same five members). With
+ * lr0 the base rate and t = 0, 1, ... the epoch:
+ *   @code{.unparsed}
+ *   multistep      lr0 gamma^(number of milestones <= t)   (MultiStepLR; the
+ *                  milestones in any order, one listed k times counts k
+ *                  times, as PyTorch's Counter; a milestone 0 applies at once)
+ *   linear         lr0 (start_factor + (end_factor - start_factor)
+ *                  min(t, total_iters) / total_iters)      (LinearLR)
+ *   warmup_cosine  for t < total_iters: lr0 (start_factor + (1 - start_factor)
+ *                  t / total_iters) (linear warm-up to lr0), then cosine at
+ *                  t - total_iters: eta_min + (lr0 - eta_min)(1 + cos(pi (t
+ *                  - total_iters) / t_max)) / 2 up to t_max, eta_min after
+ *                  (SequentialLR([LinearLR(o, start_factor, 1, total_iters),
+ *                  CosineAnnealingLR(o, t_max, eta_min)], [total_iters]),
+ *                  up to the end of the cosine: see cosine)
+ *   @endcode
+ * The kinds of nn_schedule work here too, with the same settings. There
+ * are no defaults: set every setting the kind reads (PyTorch's LinearLR
+ * defaults are start_factor 1/3, end_factor 1, total_iters 5). */
+typedef struct nn_schedule_ext {
+  nn_sched_kind kind;        /**< the schedule */
+  int64_t step_size;         /**< step */
+  double gamma;              /**< step, exponential, multistep */
+  int64_t t_max;             /**< cosine, warmup_cosine */
+  double eta_min;            /**< cosine, warmup_cosine */
+  const int64_t *milestones; /**< multistep: n_milestones epochs >= 0 (copied by
+                                nn_optimizer_set_schedule_ext) */
+  int n_milestones;          /**< multistep: >= 0 */
+  double start_factor;       /**< linear, warmup_cosine: in (0, 1] */
+  double end_factor;         /**< linear: in [0, 1] */
+  int64_t total_iters;       /**< linear, warmup_cosine: >= 1 */
+} nn_schedule_ext;
+
+/** The learning rate at epoch t for base rate lr0 (see nn_schedule_ext).
+ * NAN for bad settings (those of nn_schedule_lr; gamma of multistep not
+ * finite and > 0; n_milestones < 0, milestones NULL with n_milestones > 0
+ * or a milestone < 0; start_factor not in (0, 1]; end_factor of linear not
+ * in [0, 1]; total_iters < 1; t_max or eta_min of warmup_cosine as
+ * cosine's), s NULL or t < 0. PyTorch 1.13 accepts start_factor 0 (and
+ * fails at its first step, dividing by zero) and total_iters 0 (then keeps
+ * lr0 start_factor for ever). */
+NN_API double nn_schedule_ext_lr(const nn_schedule_ext *s, double lr0, int64_t t);
+
+/** As nn_optimizer_set_schedule, for every kind: attaches a copy of s
+ * (with a copy of its milestones; NULL detaches); the current lr becomes
+ * lr0, the epoch 0, and the rate the schedule's at epoch 0 (lr0
+ * start_factor for linear and warmup_cosine, lr0 gamma^k for multistep
+ * with k milestones 0, else lr0), as a PyTorch scheduler sets it when made.
+ * So attaching a warm-up twice would start the second from the first's
+ * reduced rate: call nn_optimizer_set_lr(opt, base) after it to restart
+ * from base. Returns AD_OK, AD_ERR_NULL (opt NULL), AD_ERR_ARG naming the
+ * bad setting (see nn_schedule_ext_lr) or AD_ERR_OOM, the optimizer
+ * unchanged. Resuming from a checkpoint: attach the same schedule, then
+ * load. */
+NN_API ad_status nn_optimizer_set_schedule_ext(nn_optimizer *opt, const nn_schedule_ext *s);
+
+/** The schedule attached (by either function; milestones point to opt's
+ * copy), owned by opt, valid until the next set or nn_optimizer_free;
+ * NULL when there is none or opt is NULL. */
+NN_API const nn_schedule_ext *nn_optimizer_schedule_ext(const nn_optimizer *opt);
 
 /** Advances the schedule one epoch and sets lr from it (no-op without a
  * schedule). nn_fit calls it after every epoch. Returns AD_OK, AD_ERR_NULL
@@ -1271,6 +1345,78 @@ typedef struct nn_early_stopping {
   int patience;              /**< >= 0: epochs without improvement before stopping */
   bool restore_best_weights; /**< put the best epoch's weights back on stopping */
 } nn_early_stopping;
+
+/** How nn_plateau's threshold counts, as PyTorch's (also for a negative
+ * best): relative, an improvement is below best (1 - threshold) in
+ * NN_MODE_MIN, above best (1 + threshold) in NN_MODE_MAX; absolute, below
+ * best - threshold, above best + threshold. */
+typedef enum nn_threshold_mode { NN_THRESHOLD_REL = 0, NN_THRESHOLD_ABS } nn_threshold_mode;
+
+/** Reducing the learning rate when a metric stops improving (PyTorch's
+ * ReduceLROnPlateau, with its exact rules; Keras' ReduceLROnPlateau
+ * callback is the same idea). Attached to an optimizer with
+ * nn_optimizer_set_plateau and fed one value per epoch with
+ * nn_optimizer_plateau_step, typically the epoch's "val_loss" from nn_fit's
+ * on_epoch_end:
+ *   @code
+ *   static bool reduce(int epoch, const nn_history *h, void *opt) {
+ *     return nn_optimizer_plateau_step(opt, nn_history_get(h, "val_loss", epoch)) == AD_OK;
+ *   }
+ *   nn_plateau p = nn_plateau_defaults();
+ *   p.patience = 3;
+ *   nn_optimizer_set_plateau(opt, &p);
+ *   nn_fit_opts o = {.epochs = 50, .validation_split = 0.2, .on_epoch_end = reduce, .ud = opt};
+ *   @endcode
+ * A step with value v: v improves when it beats the best so far by the
+ * threshold (see nn_threshold_mode; a NaN never improves; the best starts
+ * at +inf for min, -inf for max); an improvement makes v the best and
+ * zeroes the count of bad epochs, anything else adds one. In cooldown
+ * (the cooldown counter > 0) the counter goes down by one and the bad
+ * epochs are zeroed. When the bad epochs exceed patience, the rate becomes
+ * max(lr factor, min_lr), but only if that lowers it by more than eps;
+ * the counter is then set to cooldown and the bad epochs to 0. */
+typedef struct nn_plateau {
+  nn_monitor_mode mode;             /**< NN_MODE_MIN or NN_MODE_MAX (AUTO is refused) */
+  double factor;                    /**< in [0, 1): new rate = factor * rate */
+  int patience;                     /**< >= 0: bad epochs tolerated */
+  double threshold;                 /**< finite, >= 0 */
+  nn_threshold_mode threshold_mode; /**< rel (the default) or abs */
+  int cooldown;                     /**< >= 0: epochs after a reduction that count as good */
+  double min_lr;                    /**< finite, >= 0: the floor of a reduction */
+  double eps;                       /**< finite, >= 0: smaller reductions are skipped */
+} nn_plateau;
+
+/** PyTorch's defaults: mode min, factor 0.1, patience 10, threshold 1e-4
+ * rel, cooldown 0, min_lr 0, eps 1e-8. */
+NN_API nn_plateau nn_plateau_defaults(void);
+
+/** Attaches a copy of p (NULL detaches) and resets its state (best as bad
+ * as can be, no bad epochs, no cooldown), as PyTorch's constructor. The
+ * state is part of the optimizer's: three optional 0-d f64 state tensors
+ * "<kind>.plateau.best", "<kind>.plateau.num_bad_epochs" and
+ * "<kind>.plateau.cooldown_counter" (PyTorch's names), which checkpoints
+ * save and restore; the settings are not: to resume, attach the same p,
+ * then load. Independent of the schedule: both may be attached (a warm-up,
+ * then reductions on plateaus). Returns AD_OK, AD_ERR_NULL (opt NULL),
+ * AD_ERR_ARG naming the bad setting, or AD_ERR_OOM; the optimizer
+ * unchanged on error. */
+NN_API ad_status nn_optimizer_set_plateau(nn_optimizer *opt, const nn_plateau *p);
+
+/** The settings attached (owned by opt, valid until the next set or
+ * nn_optimizer_free), or NULL when there are none or opt is NULL. */
+NN_API const nn_plateau *nn_optimizer_plateau(const nn_optimizer *opt);
+
+/** One step with the epoch's metric (see nn_plateau); call it once per
+ * epoch after nn_optimizer_schedule_step (nn_fit's on_epoch_end runs
+ * after it). A reduction from rate r to r' also scales the schedule's
+ * base rate by r' / r, so that an attached schedule goes on from the
+ * reduced rate as PyTorch's chainable schedulers do after a
+ * ReduceLROnPlateau step (exactly for step, exponential, multistep,
+ * linear and the warm-up; cosine then scales its whole curve, where
+ * PyTorch scales the distance above eta_min). Returns AD_OK, AD_ERR_NULL
+ * (opt NULL), AD_ERR_STATE (no plateau attached) or AD_ERR_OOM (as
+ * nn_optimizer_set_lr; unchanged). */
+NN_API ad_status nn_optimizer_plateau_step(nn_optimizer *opt, double metric);
 
 /** Options of nn_fit. All-zero means the defaults. */
 typedef struct nn_fit_opts {
