@@ -26,11 +26,14 @@
  *   models       nn_model: a Sequential stack of layers, or a custom model
  *                whose forward pass is a plain C function over the model's
  *                parameters and layers.
- *   losses       MSE, binary cross-entropy (from probabilities or logits),
- *                categorical cross-entropy from logits (integer labels or
- *                one-hot / probability targets), NLL on log-probabilities;
- *                mean or sum. All share the nn_loss_fn signature, except
- *                the sequence cross-entropy (per-step logits, ignore_index).
+ *   losses       MSE, L1, smooth L1, Huber, binary cross-entropy (from
+ *                probabilities or logits), categorical cross-entropy from
+ *                logits (integer labels or one-hot / probability targets),
+ *                NLL on log-probabilities, KL divergence; mean or sum (and
+ *                batchmean for KL). All share the nn_loss_fn signature,
+ *                except the sequence cross-entropy (per-step logits,
+ *                ignore_index), KL (log_target) and the smooth L1 and Huber
+ *                variants taking beta or delta.
  *   optimizers   nn_optimizer: SGD (momentum, Nesterov, weight decay),
  *                Adagrad, RMSProp, Adam, AdamW, with PyTorch's update rules;
  *                gradient clipping by global norm or by value; learning-rate
@@ -804,7 +807,10 @@ NN_API void nn_model_summary(const nn_model *m, FILE *f);
 /** How a loss reduces its per-element (or per-sample) values. */
 typedef enum nn_reduction {
   NN_MEAN = 0, /**< mean over elements (MSE, BCE) or samples (cross-entropy, NLL) */
-  NN_SUM       /**< their sum */
+  NN_SUM,      /**< their sum */
+  NN_BATCHMEAN /**< nn_kl_div_loss only: the sum over the batch size (the input's first
+                  dim), PyTorch's reduction='batchmean'; the other losses refuse it
+                  (AD_ERR_ARG naming the loss) */
 } nn_reduction;
 
 /** Every loss: a scalar on the tape from a prediction and a target, or NULL
@@ -817,6 +823,70 @@ typedef ad_tensor *(*nn_loss_fn)(ad_ctx *ctx, ad_tensor *pred, ad_tensor *target
 /** (pred - target)^2. target has pred's shape, or its size (e.g. [N] for
  * [N,1]). */
 NN_API ad_tensor *nn_mse_loss(ad_ctx *ctx, ad_tensor *pred, ad_tensor *target, nn_reduction red);
+
+/** |pred - target| (torch.nn.L1Loss). The gradient at pred == target is
+ * 0, and at a NaN difference 0 too, as PyTorch's (sign(0) = sign(NaN) =
+ * 0). Targets as in nn_mse_loss; a target that requires a gradient gets
+ * minus the prediction's. The mean of an empty tensor is NaN, the sum 0
+ * (all the losses below alike). Errors: those of every loss, and
+ * AD_ERR_ARG for a reduction other than NN_MEAN and NN_SUM. */
+NN_API ad_tensor *nn_l1_loss(ad_ctx *ctx, ad_tensor *pred, ad_tensor *target, nn_reduction red);
+
+/** Smooth L1 (torch.nn.SmoothL1Loss) with beta 1: nn_smooth_l1_loss_beta. */
+NN_API ad_tensor *nn_smooth_l1_loss(ad_ctx *ctx, ad_tensor *pred, ad_tensor *target,
+                                    nn_reduction red);
+
+/** Smooth L1 with beta >= 0: with d = pred - target, 0.5 d^2 / beta where
+ * |d| < beta, else |d| - 0.5 beta. The gradient is PyTorch 1.13's: d /
+ * beta inside, +-1 from |d| = beta on (the switch point takes the linear
+ * side; second derivative 1/beta inside, 0 from there); a NaN d gives a
+ * NaN loss and gradient. beta = 0 is the L1 loss in value, but its
+ * gradient at d = 0 is -1, for the prediction and the target alike
+ * (PyTorch's kernel: d > 0 ? 1 : -1, run on t - p for the target), not
+ * nn_l1_loss's 0; beta = infinity gives 0 for finite d. For f32 beta is
+ * rounded to float first (a beta below float's smallest is 0, as in
+ * PyTorch). Targets as in nn_mse_loss. Errors: those of every loss;
+ * AD_ERR_ARG for beta < 0 or NaN ("smooth_l1_loss: beta -1 must be >=
+ * 0"), as PyTorch refuses it, and for a reduction other than NN_MEAN and
+ * NN_SUM. */
+NN_API ad_tensor *nn_smooth_l1_loss_beta(ad_ctx *ctx, ad_tensor *pred, ad_tensor *target,
+                                         nn_reduction red, double beta);
+
+/** Huber (torch.nn.HuberLoss) with delta 1: nn_huber_loss_delta. */
+NN_API ad_tensor *nn_huber_loss(ad_ctx *ctx, ad_tensor *pred, ad_tensor *target, nn_reduction red);
+
+/** Huber with delta > 0: with d = pred - target, 0.5 d^2 where |d| <
+ * delta, else delta (|d| - 0.5 delta): delta times nn_smooth_l1_loss_beta
+ * with beta = delta. The gradient is d inside, +-delta from |d| = delta
+ * on (PyTorch 1.13's, the switch point on the linear side); NaN for a NaN
+ * d. delta = infinity is half the squared error. Targets as in
+ * nn_mse_loss. Errors: those of every loss; AD_ERR_ARG for delta <= 0 or
+ * NaN ("huber_loss: delta 0 must be positive"), as PyTorch refuses it,
+ * and for a reduction other than NN_MEAN and NN_SUM. */
+NN_API ad_tensor *nn_huber_loss_delta(ad_ctx *ctx, ad_tensor *pred, ad_tensor *target,
+                                      nn_reduction red, double delta);
+
+/** KL divergence, torch.nn.functional.kl_div(input, target, reduction,
+ * log_target): input holds log-probabilities (e.g. from
+ * NN_ACT_LOG_SOFTMAX), target probabilities, or with log_target
+ * log-probabilities. Per element: target (log target - input), 0 where
+ * target is 0 (PyTorch's xlogy), or exp(target) (target - input) with
+ * log_target. The reduction PyTorch advises is NN_BATCHMEAN: the sum over
+ * the batch size (input's first dim; the sum for a 0-d input), the
+ * divergence per sample; NN_MEAN divides by the number of elements (batch
+ * times classes), which is not the KL divergence, as PyTorch warns;
+ * NN_SUM is the sum. An empty batch gives NaN with NN_MEAN and
+ * NN_BATCHMEAN, 0 with NN_SUM. Values and gradients are PyTorch 1.13's,
+ * also at the edges: input's gradient is -target (-exp(target)); a
+ * target that requires a gradient gets log target + 1 - input (exp(target)
+ * (target - input + 1)), which is NaN where target is 0 (PyTorch's xlogy
+ * derivative holds 0/0 there); target 0 with input -inf gives a NaN loss;
+ * a negative target a NaN loss. Targets as in nn_mse_loss. Not an
+ * nn_loss_fn (it takes log_target); wrap it in one for nn_fit. Errors:
+ * those of every loss ("kl_div_loss: input [3,4] and target [3,3] differ
+ * in size"); AD_ERR_ARG for an unknown reduction. */
+NN_API ad_tensor *nn_kl_div_loss(ad_ctx *ctx, ad_tensor *input, ad_tensor *target, nn_reduction red,
+                                 bool log_target);
 
 /** Binary cross-entropy from probabilities pred in [0,1]:
  * -(t log p + (1-t) log(1-p)), each log clamped at -100 as in PyTorch
