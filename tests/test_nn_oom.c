@@ -724,6 +724,29 @@ Test(nn_oom, losses) {
   sweep(&(scenario){"losses", setup_kind, run_losses, print_grads, false, false});
 }
 
+/* The losses of losses_reg.c: every op of each, the backward of both
+ * inputs (the targets require a gradient: KL's extra term, smooth L1's
+ * beta = 0 one). */
+static ad_status run_losses_reg(world *w) {
+  ad_ctx *c = w->c;
+  int64_t s[2] = {3, 4};
+  ad_tensor *p = w->t[0] = data(c, 2, s, 1), *q = w->t[1] = data(c, 2, s, 2);
+  if (!p || !q) return ad_last_status(c);
+  ad_tensor *l = nn_l1_loss(c, p, q, NN_MEAN);
+  l = ad_add(c, l, nn_smooth_l1_loss(c, p, q, NN_SUM));
+  l = ad_add(c, l, nn_smooth_l1_loss_beta(c, p, q, NN_SUM, 0.0));
+  l = ad_add(c, l, nn_huber_loss_delta(c, p, q, NN_MEAN, 0.5));
+  ad_tensor *lp = ad_log_softmax(c, p, 1);
+  l = ad_add(c, l, nn_kl_div_loss(c, lp, ad_softmax(c, q, 1), NN_BATCHMEAN, false));
+  l = ad_add(c, l, nn_kl_div_loss(c, lp, ad_log_softmax(c, q, 1), NN_MEAN, true));
+  if (!l) return ad_last_status(c);
+  return ad_backward(c, l, NULL);
+}
+
+Test(nn_oom, losses_reg) {
+  sweep(&(scenario){"losses_reg", setup_kind, run_losses_reg, print_grads, false, false});
+}
+
 /* ------------------------------------------------------------ idx */
 
 static void setup_idx(world *w) {
