@@ -711,6 +711,31 @@ static size_t describe(char *out, size_t cap, nn_model *m, nn_optimizer *opt, co
                             f[0], f[1], o->nesterov, f[2], f[3], f[4], f[5], o->centered, f[6],
                             f[7], f[8], f[9], f[10], (int)sc->kind, (long long)sc->step_size, f[11],
                             (long long)sc->t_max, f[12]);
+    /* the settings only nn_schedule_ext holds, and the plateau's */
+    const nn_schedule_ext *se = nn_optimizer_schedule_ext(opt);
+    if (se) {
+      char sf[32], ef[32];
+      exact(se->start_factor, sf), exact(se->end_factor, ef);
+      len += (size_t)snprintf(out ? out + len : NULL, out ? cap - len : 0,
+                              "schedule's start_factor %s, end_factor %s, total_iters %lld, "
+                              "milestones",
+                              sf, ef, (long long)se->total_iters);
+      for (int i = 0; i < se->n_milestones; i++)
+        len += (size_t)snprintf(out ? out + len : NULL, out ? cap - len : 0, " %lld",
+                                (long long)se->milestones[i]);
+      len += (size_t)snprintf(out ? out + len : NULL, out ? cap - len : 0, "\n");
+    }
+    const nn_plateau *pl = nn_optimizer_plateau(opt);
+    if (pl) {
+      char pf[4][32];
+      double pv[4] = {pl->factor, pl->threshold, pl->min_lr, pl->eps};
+      for (int i = 0; i < 4; i++) exact(pv[i], pf[i]);
+      len += (size_t)snprintf(out ? out + len : NULL, out ? cap - len : 0,
+                              "plateau: mode %d, factor %s, patience %d, threshold %s, "
+                              "threshold_mode %d, cooldown %d, min_lr %s, eps %s\n",
+                              (int)pl->mode, pf[0], pl->patience, pf[1], (int)pl->threshold_mode,
+                              pl->cooldown, pf[2], pf[3]);
+    }
   }
   return len;
 }
