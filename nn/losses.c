@@ -55,7 +55,7 @@ ad_tensor *nn_mse_loss(ad_ctx *ctx, ad_tensor *pred, ad_tensor *target, nn_reduc
 /* l = -(t log p + (1 - t) log(1 - p)), each log clamped at -100, through
  * ad_binary_cross_entropy: PyTorch's gradient, large (not 0) at a confident
  * wrong p of 0 or 1. */
-ad_tensor *nn_bce_loss(ad_ctx *ctx, ad_tensor *pred, ad_tensor *target, nn_reduction red) {
+static ad_tensor *bce_elements(ad_ctx *ctx, ad_tensor *pred, ad_tensor *target) {
   ad_tensor *t = match_target(ctx, "bce_loss", pred, target);
   if (!t) return NULL;
   /* PyTorch refuses a probability outside [0, 1], NaN included */
@@ -71,7 +71,11 @@ ad_tensor *nn_bce_loss(ad_ctx *ctx, ad_tensor *pred, ad_tensor *target, nn_reduc
       return NULL;
     }
   }
-  return reduce(ctx, ad_binary_cross_entropy(ctx, pred, t), red, "bce_loss");
+  return ad_binary_cross_entropy(ctx, pred, t);
+}
+
+ad_tensor *nn_bce_loss(ad_ctx *ctx, ad_tensor *pred, ad_tensor *target, nn_reduction red) {
+  return reduce(ctx, bce_elements(ctx, pred, target), red, "bce_loss");
 }
 
 /* l = softplus(z) - t z  (= max(z,0) - t z + log(1 + e^-|z|), stable) */
@@ -249,6 +253,343 @@ ad_tensor *nn_sequence_cross_entropy_loss(ad_ctx *ctx, ad_tensor *logits, ad_ten
                                         ad_reshape(ctx, labels, 1, &P), &co);
   }
   return ad_softmax_cross_entropy_ext(ctx, logits, labels, &co);
+}
+
+/* ------------------------------------------------ losses with options */
+
+/* Checks an options tensor w (what) of a loss on x: live, of ctx, x's
+ * dtype, and, unless grad_ok, not requiring a gradient. */
+static bool check_opt_tensor(ad_ctx *ctx, const char *fn, const char *what, const ad_tensor *w,
+                             const ad_tensor *x, bool grad_ok) {
+  char a[64], b[64];
+  if (nn_check_input(ctx, fn, what, w) != AD_OK) return false;
+  if (w->dtype != x->dtype) {
+    ad_set_error(ctx, AD_ERR_DTYPE, "%s: %s %s is %s, the prediction %s is %s", fn, what,
+                 ad_shape_str(w, a, sizeof a), ad_dtype_name(w->dtype),
+                 ad_shape_str(x, b, sizeof b), ad_dtype_name(x->dtype));
+    return false;
+  }
+  if (!grad_ok && ad_tensor_requires_grad(w)) {
+    ad_set_error(ctx, AD_ERR_ARG,
+                 "%s: %s %s requires a gradient; the loss is not differentiable in it (as in "
+                 "PyTorch)",
+                 fn, what, ad_shape_str(w, a, sizeof a));
+    return false;
+  }
+  return true;
+}
+
+/* Checks logits [N,C,T...] (or class_last) and the options of a class loss;
+ * labels tells whether the target is class labels. */
+static bool check_class_opts(ad_ctx *ctx, const char *fn, const ad_tensor *z,
+                             const nn_cross_entropy_opts *o, bool labels) {
+  char a[64];
+  if (z->dtype != AD_F32 && z->dtype != AD_F64) {
+    ad_set_error(ctx, AD_ERR_DTYPE, "%s: logits %s are %s; a float dtype is needed", fn,
+                 ad_shape_str(z, a, sizeof a), ad_dtype_name(z->dtype));
+    return false;
+  }
+  int cdim = o->class_last ? z->ndim - 1 : 1;
+  if (z->ndim < 2 || z->shape[cdim] == 0) {
+    ad_set_error(ctx, AD_ERR_SHAPE, "%s: logits %s must be %s with C >= 1", fn,
+                 ad_shape_str(z, a, sizeof a), o->class_last ? "[N,T...,C]" : "[N,C,T...]");
+    return false;
+  }
+  if (!(o->label_smoothing >= 0 && o->label_smoothing <= 1)) {
+    ad_set_error(ctx, AD_ERR_ARG, "%s: label_smoothing %g is outside [0, 1]", fn,
+                 o->label_smoothing);
+    return false;
+  }
+  if (o->weight) {
+    const ad_tensor *w = o->weight;
+    if (!check_opt_tensor(ctx, fn, "weight", w, z, !labels)) return false;
+    if (w->ndim != 1 || w->shape[0] != z->shape[cdim]) {
+      ad_set_error(ctx, AD_ERR_SHAPE, "%s: weight %s must be [C] = [%lld], one per class", fn,
+                   ad_shape_str(w, a, sizeof a), (long long)z->shape[cdim]);
+      return false;
+    }
+  }
+  return true;
+}
+
+/* Checks labels against logits z (classes in cdim): AD_I32, z's shape
+ * without cdim, each in 0..C-1 or ignore_index. */
+static bool check_class_labels(ad_ctx *ctx, const char *fn, const ad_tensor *z,
+                               const ad_tensor *lab, const nn_cross_entropy_opts *o) {
+  char a[64], b[64];
+  if (lab->dtype != AD_I32) {
+    ad_set_error(ctx, AD_ERR_DTYPE, "%s: labels %s are %s; class labels must be i32", fn,
+                 ad_shape_str(lab, a, sizeof a), ad_dtype_name(lab->dtype));
+    return false;
+  }
+  int nd = z->ndim, cdim = o->class_last ? nd - 1 : 1;
+  bool ok = lab->ndim == nd - 1;
+  for (int k = 0, j = 0; ok && k < nd; k++)
+    if (k != cdim) ok = lab->shape[j++] == z->shape[k];
+  if (!ok) {
+    ad_set_error(ctx, AD_ERR_SHAPE, "%s: logits %s and labels %s: need %s and [N,T...]", fn,
+                 ad_shape_str(z, a, sizeof a), ad_shape_str(lab, b, sizeof b),
+                 o->class_last ? "[N,T...,C]" : "[N,C,T...]");
+    return false;
+  }
+  int64_t C = z->shape[cdim];
+  const int32_t *l = lab->data;
+  for (int64_t i = 0; i < lab->size; i++) {
+    if ((l[i] >= 0 && l[i] < C) || (o->ignore && l[i] == o->ignore_index)) continue;
+    char ign[48] = "";
+    if (o->ignore) snprintf(ign, sizeof ign, " and is not ignore_index %d", o->ignore_index);
+    ad_set_error(ctx, AD_ERR_ARG,
+                 "%s: label %d at position %lld (%s of labels %s) is outside 0..%lld%s", fn, l[i],
+                 (long long)i, coords_str(lab, i, a, sizeof a), ad_shape_str(lab, b, sizeof b),
+                 (long long)C - 1, ign);
+    return false;
+  }
+  return true;
+}
+
+/* The weighted, smoothed, ignoring loss over class labels as PyTorch 1.13
+ * composes it (cross_entropy_loss_label_smoothing and nll_loss in
+ * LossNLL.cpp), for z [N,C,T...] (classes in dim 1) and checked labels
+ * [N,T...]; z is logits (log_softmax taken here) or, for nll_loss,
+ * log-probabilities. With y the label, w the weights (1 without them) and
+ * W = sum of w_y over the positions kept (not ignored):
+ *   S1 = sum_p w_y (-logp_py)          (a select: other classes unread)
+ *   S2 = sum_p sum_c w_c (-logp_pc)    (label smoothing only)
+ *   loss = (1 - eps) S1 / W + eps/C S2 / W   (NN_SUM: without the / W)
+ * W is a constant (the weights are). Ignored positions are selected out,
+ * and their logits replaced by 0 before log_softmax, so that they get an
+ * exact 0 gradient even where they are not finite. */
+static ad_tensor *class_loss(ad_ctx *ctx, ad_tensor *z, const ad_tensor *lab, nn_reduction red,
+                             const nn_cross_entropy_opts *o, bool logits) {
+  int nd = z->ndim;
+  int64_t N = z->shape[0], C = z->shape[1], T = 1;
+  for (int k = 2; k < nd; k++) T *= z->shape[k];
+  int64_t ks[AD_MAX_DIMS]; /* [N,1,T...]: one entry per position */
+  for (int k = 0; k < nd; k++) ks[k] = k == 1 ? 1 : z->shape[k];
+  ad_tensor *onehot = nn_tmp_tensor(ctx, z->dtype, nd, z->shape);
+  ad_tensor *wy = nn_tmp_tensor(ctx, z->dtype, nd, ks);
+  if (!onehot || !wy) return NULL;
+  memset(onehot->data, 0, (size_t)onehot->size * ad_dtype_size(z->dtype));
+  const int32_t *l = lab->data;
+  const ad_tensor *w = o->weight;
+  double W = 0;
+  bool skipped = false;
+  for (int64_t n = 0; n < N; n++)
+    for (int64_t t = 0; t < T; t++) {
+      int64_t p = n * T + t;
+      int32_t y = l[p];
+      bool kept = !(o->ignore && y == o->ignore_index);
+      double wv = kept ? (w ? ad_tensor_get(w, y) : 1.0) : 0.0;
+      if (kept) ad_tensor_set(onehot, (n * C + y) * T + t, 1.0);
+      ad_tensor_set(wy, p, wv);
+      W += wv;
+      skipped |= !kept;
+    }
+  ad_tensor *zero = ad_scalar(ctx, z->dtype, 0.0);
+  ad_tensor *keep = NULL;
+  if (skipped) {
+    keep = nn_tmp_tensor(ctx, z->dtype, nd, ks);
+    if (!keep) return NULL;
+    for (int64_t p = 0; p < N * T; p++)
+      ad_tensor_set(keep, p, !(o->ignore && l[p] == o->ignore_index));
+  }
+  ad_tensor *logp = z;
+  if (logits) logp = ad_log_softmax(ctx, skipped ? ad_where(ctx, keep, z, zero) : z, 1);
+  ad_tensor *rows = ad_sum_axis(ctx, ad_where(ctx, onehot, logp, zero), 1, true);
+  if (w) rows = ad_mul(ctx, rows, wy);
+  ad_tensor *s1 = ad_neg(ctx, ad_sum(ctx, rows)), *s2 = NULL;
+  double eps = o->label_smoothing;
+  if (eps > 0) {
+    ad_tensor *wl = logp;
+    if (w) {
+      int64_t ws[AD_MAX_DIMS];
+      for (int k = 0; k < nd; k++) ws[k] = k == 1 ? C : 1;
+      wl = ad_mul(ctx, logp, ad_reshape(ctx, o->weight, nd, ws));
+    }
+    ad_tensor *srows = ad_sum_axis(ctx, wl, 1, true);
+    if (skipped) srows = ad_where(ctx, keep, srows, zero);
+    s2 = ad_neg(ctx, ad_sum(ctx, srows));
+  }
+  if (red == NN_MEAN) { /* W may be 0: NaN, as PyTorch's division gives */
+    ad_tensor *wsum = ad_scalar(ctx, z->dtype, W);
+    s1 = ad_div(ctx, s1, wsum);
+    if (s2) s2 = ad_div(ctx, s2, wsum);
+  }
+  if (!s2) return s1;
+  return ad_add(ctx, ad_mul_scalar(ctx, s1, 1 - eps), ad_mul_scalar(ctx, s2, eps / (double)C));
+}
+
+/* [N, T..., C] as [P, C] (a view) and its labels as [P]; *z and *lab are
+ * replaced. */
+static void rows_of_class_last(ad_ctx *ctx, ad_tensor **z, ad_tensor **lab) {
+  int64_t P = (*lab)->size, zs[2] = {P, (*z)->shape[(*z)->ndim - 1]};
+  *z = ad_reshape(ctx, *z, 2, zs);
+  *lab = ad_reshape(ctx, *lab, 1, &P);
+}
+
+ad_tensor *nn_cross_entropy_loss_ext(ad_ctx *ctx, ad_tensor *logits, ad_tensor *target,
+                                     nn_reduction red, const nn_cross_entropy_opts *opts) {
+  const char *fn = "cross_entropy_loss";
+  char a[64], b[64];
+  if (!ctx || !logits || !target) {
+    nn_null_arg(ctx, fn, logits ? "target" : "logits");
+    return NULL;
+  }
+  if (nn_check_input(ctx, fn, "logits", logits) != AD_OK ||
+      nn_check_input(ctx, fn, "target", target) != AD_OK)
+    return NULL;
+  nn_cross_entropy_opts o = {0};
+  if (opts) o = *opts;
+  bool labels = target->dtype == AD_I32;
+  if (!check_class_opts(ctx, fn, logits, &o, labels)) return NULL;
+  if (red != NN_MEAN && red != NN_SUM) {
+    ad_set_error(ctx, AD_ERR_ARG, "%s: unknown reduction %d", fn, (int)red);
+    return NULL;
+  }
+  int nd = logits->ndim, cdim = o.class_last ? nd - 1 : 1;
+  int64_t C = logits->shape[cdim];
+  if (labels) {
+    if (!check_class_labels(ctx, fn, logits, target, &o)) return NULL;
+    ad_tensor *z = logits, *lab = target;
+    if (o.class_last && nd > 2) rows_of_class_last(ctx, &z, &lab);
+    if (!o.weight && o.label_smoothing == 0) {
+      ad_cross_entropy_opts co = {
+          .ignore = o.ignore, .ignore_index = o.ignore_index, .sum = red == NN_SUM};
+      return ad_softmax_cross_entropy_ext(ctx, z, lab, &co);
+    }
+    if (!z || !lab) return NULL;
+    return class_loss(ctx, z, lab, red, &o, true);
+  }
+  /* probabilities of the logits' shape */
+  bool same = target->ndim == nd;
+  for (int k = 0; same && k < nd; k++) same = target->shape[k] == logits->shape[k];
+  if (!same) {
+    ad_set_error(ctx, AD_ERR_SHAPE,
+                 "%s: a float target %s must have the logits' shape %s (class labels are i32)", fn,
+                 ad_shape_str(target, a, sizeof a), ad_shape_str(logits, b, sizeof b));
+    return NULL;
+  }
+  if (target->dtype != logits->dtype) {
+    ad_set_error(ctx, AD_ERR_DTYPE, "%s: target %s is %s, the logits %s are %s", fn,
+                 ad_shape_str(target, a, sizeof a), ad_dtype_name(target->dtype),
+                 ad_shape_str(logits, b, sizeof b), ad_dtype_name(logits->dtype));
+    return NULL;
+  }
+  if (o.ignore) {
+    ad_set_error(ctx, AD_ERR_ARG,
+                 "%s: ignore_index applies to class labels, not to a float target %s", fn,
+                 ad_shape_str(target, a, sizeof a));
+    return NULL;
+  }
+  if (nd == 2 && !o.weight && o.label_smoothing == 0)
+    return nn_cross_entropy_loss(ctx, logits, target, red);
+  /* -sum(logp t' w) (/ N T... for the mean), t' = (1 - eps) t + eps/C, as
+   * cross_entropy_loss_prob_target in PyTorch 1.13 */
+  double eps = o.label_smoothing;
+  ad_tensor *t = target;
+  if (eps > 0) t = ad_add_scalar(ctx, ad_mul_scalar(ctx, t, 1 - eps), eps / (double)C);
+  ad_tensor *prod = ad_mul(ctx, ad_log_softmax(ctx, logits, cdim), t);
+  if (o.weight) {
+    int64_t ws[AD_MAX_DIMS];
+    for (int k = 0; k < nd; k++) ws[k] = k == cdim ? C : 1;
+    prod = ad_mul(ctx, prod, ad_reshape(ctx, o.weight, nd, ws));
+  }
+  ad_tensor *s = ad_neg(ctx, ad_sum(ctx, prod));
+  if (red == NN_SUM) return s;
+  /* NaN for no position, as PyTorch's */
+  return ad_div(ctx, s, ad_scalar(ctx, logits->dtype, (double)(logits->size / C)));
+}
+
+ad_tensor *nn_nll_loss_ext(ad_ctx *ctx, ad_tensor *logp, ad_tensor *labels, nn_reduction red,
+                           const nn_cross_entropy_opts *opts) {
+  const char *fn = "nll_loss";
+  if (!ctx || !logp || !labels) {
+    nn_null_arg(ctx, fn, logp ? "labels" : "log-probabilities");
+    return NULL;
+  }
+  if (nn_check_input(ctx, fn, "log-probabilities", logp) != AD_OK ||
+      nn_check_input(ctx, fn, "labels", labels) != AD_OK)
+    return NULL;
+  nn_cross_entropy_opts o = {0};
+  if (opts) o = *opts;
+  if (o.label_smoothing != 0) {
+    ad_set_error(ctx, AD_ERR_ARG,
+                 "%s: label_smoothing %g is given; it is an option of cross_entropy_loss", fn,
+                 o.label_smoothing);
+    return NULL;
+  }
+  if (!check_class_opts(ctx, fn, logp, &o, true) || !check_class_labels(ctx, fn, logp, labels, &o))
+    return NULL;
+  if (red != NN_MEAN && red != NN_SUM) {
+    ad_set_error(ctx, AD_ERR_ARG, "%s: unknown reduction %d", fn, (int)red);
+    return NULL;
+  }
+  ad_tensor *z = logp, *lab = labels;
+  if (o.class_last && z->ndim > 2) rows_of_class_last(ctx, &z, &lab);
+  if (!z || !lab) return NULL;
+  if (z->ndim == 2 && !o.weight && !o.ignore) return nn_nll_loss(ctx, z, lab, red);
+  return class_loss(ctx, z, lab, red, &o, false);
+}
+
+/* Checks w (what) of a binary loss: x's dtype, a constant, and broadcasting
+ * to x's shape. */
+static bool check_bce_tensor(ad_ctx *ctx, const char *fn, const char *what, const ad_tensor *w,
+                             const ad_tensor *x) {
+  char a[64], b[64];
+  if (!check_opt_tensor(ctx, fn, what, w, x, false)) return false;
+  bool ok = w->ndim <= x->ndim;
+  for (int k = 1; ok && k <= w->ndim; k++) {
+    int64_t d = w->shape[w->ndim - k];
+    ok = d == 1 || d == x->shape[x->ndim - k];
+  }
+  if (!ok) {
+    ad_set_error(ctx, AD_ERR_SHAPE, "%s: %s %s does not broadcast to the prediction's shape %s", fn,
+                 what, ad_shape_str(w, a, sizeof a), ad_shape_str(x, b, sizeof b));
+    return false;
+  }
+  return true;
+}
+
+ad_tensor *nn_bce_loss_ext(ad_ctx *ctx, ad_tensor *pred, ad_tensor *target, nn_reduction red,
+                           const nn_bce_opts *opts) {
+  const char *fn = "bce_loss";
+  nn_bce_opts o = {0};
+  if (opts) o = *opts;
+  ad_tensor *l = bce_elements(ctx, pred, target);
+  if (!l) return NULL;
+  if (o.pos_weight) {
+    ad_set_error(ctx, AD_ERR_ARG,
+                 "%s: pos_weight is given; it is an option of bce_with_logits_loss (PyTorch's "
+                 "binary_cross_entropy has none)",
+                 fn);
+    return NULL;
+  }
+  if (o.weight) {
+    if (!check_bce_tensor(ctx, fn, "weight", o.weight, pred)) return NULL;
+    l = ad_mul(ctx, l, o.weight);
+  }
+  return reduce(ctx, l, red, fn);
+}
+
+/* l = w ((1 - t) z + (1 + (pw - 1) t) softplus(-z))
+ *   = w (softplus(z) - t z + (pw - 1) t softplus(-z)) */
+ad_tensor *nn_bce_with_logits_loss_ext(ad_ctx *ctx, ad_tensor *logits, ad_tensor *target,
+                                       nn_reduction red, const nn_bce_opts *opts) {
+  const char *fn = "bce_with_logits_loss";
+  nn_bce_opts o = {0};
+  if (opts) o = *opts;
+  ad_tensor *t = match_target(ctx, fn, logits, target);
+  if (!t) return NULL;
+  if ((o.weight && !check_bce_tensor(ctx, fn, "weight", o.weight, logits)) ||
+      (o.pos_weight && !check_bce_tensor(ctx, fn, "pos_weight", o.pos_weight, logits)))
+    return NULL;
+  ad_tensor *l = ad_sub(ctx, ad_softplus(ctx, logits), ad_mul(ctx, t, logits));
+  if (o.pos_weight) {
+    ad_tensor *pt = ad_mul(ctx, ad_sub_scalar(ctx, o.pos_weight, 1.0), t);
+    l = ad_add(ctx, l, ad_mul(ctx, pt, ad_softplus(ctx, ad_neg(ctx, logits))));
+  }
+  if (o.weight) l = ad_mul(ctx, l, o.weight);
+  return reduce(ctx, l, red, fn);
 }
 
 double nn_loss_threshold(nn_loss_fn loss) { return loss == nn_bce_with_logits_loss ? 0.0 : 0.5; }

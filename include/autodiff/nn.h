@@ -944,6 +944,93 @@ typedef struct nn_sequence_ce_opts {
 NN_API ad_tensor *nn_sequence_cross_entropy_loss(ad_ctx *ctx, ad_tensor *logits, ad_tensor *labels,
                                                  nn_reduction red, const nn_sequence_ce_opts *opts);
 
+/** Options of nn_cross_entropy_loss_ext and nn_nll_loss_ext, PyTorch 1.13's
+ * arguments of F.cross_entropy and F.nll_loss. All-zero: no weights, no
+ * smoothing, nothing ignored, classes in dim 1. */
+typedef struct nn_cross_entropy_opts {
+  ad_tensor *weight;      /**< [C] class weights in the logits' dtype, or NULL. With class
+                             labels it is a constant (PyTorch refuses one that requires a
+                             gradient, and so does this); with probability targets the
+                             gradient flows to it, as in PyTorch */
+  double label_smoothing; /**< in [0, 1]; cross-entropy only (nll_loss refuses it) */
+  bool ignore;            /**< positions whose label is ignore_index count for nothing */
+  int32_t ignore_index;   /**< PyTorch's default is -100; a padding token (0) works too */
+  bool class_last;        /**< logits [N, T..., C] in place of [N, C, T...] (a view) */
+} nn_cross_entropy_opts;
+
+/** PyTorch 1.13's F.cross_entropy(logits, target, weight, ignore_index,
+ * reduction, label_smoothing). logits are [N, C, T...] (T... may be none;
+ * with class_last [N, T..., C]). target is either AD_I32 class labels
+ * [N, T...] in 0..C-1 (or ignore_index) or float probabilities of the
+ * logits' shape. Per position p, with logp = log_softmax over the classes,
+ * label y, eps = label_smoothing and w the weights (all 1 without them):
+ *   labels:        l_p = (1 - eps) w_y (-logp_y) + eps/C sum_c w_c (-logp_c)
+ *   probabilities: l_p = -sum_c w_c ((1 - eps) t_c + eps/C) logp_c
+ * NN_SUM sums l_p over the positions not ignored. NN_MEAN divides that sum,
+ * with labels, by the sum of w_y over the positions not ignored (their
+ * count without weights; NaN when it is 0: every position ignored, or only
+ * classes of weight 0 present), and with probabilities by the number of
+ * positions N T... (the weights are not summed there), exactly as PyTorch
+ * does. Ignored positions add neither loss nor gradient (also where their
+ * logits are NaN or infinite, like ad_softmax_cross_entropy_ext; PyTorch's
+ * log_softmax gives their gradient NaN there). Without weight and
+ * smoothing this is the fused ad_softmax_cross_entropy_ext (labels) or
+ * nn_cross_entropy_loss (probabilities [N,C]), same bits; otherwise a
+ * composition of ops, differentiable to any order. opts may be NULL.
+ * Errors name the loss: AD_ERR_SHAPE (logits under 2 dims or C = 0, labels
+ * not the logits' shape without the class dim, a float target not the
+ * logits' shape, a weight not [C]), AD_ERR_DTYPE (logits not float, a
+ * weight or float target of another dtype), AD_ERR_ARG (a label out of
+ * range that is not ignore_index, named with its position; label_smoothing
+ * outside [0, 1] or NaN, which PyTorch refuses above 1 and ignores below
+ * 0; ignore with probability targets, which PyTorch refuses for
+ * ignore_index >= 0; a weight that requires a gradient with labels; an
+ * unknown reduction), AD_ERR_STATE / AD_ERR_ARG for a freed weight or one
+ * of another context, AD_ERR_NULL. Not an nn_loss_fn (it takes options);
+ * wrap it in one for nn_fit. */
+NN_API ad_tensor *nn_cross_entropy_loss_ext(ad_ctx *ctx, ad_tensor *logits, ad_tensor *target,
+                                            nn_reduction red, const nn_cross_entropy_opts *opts);
+
+/** PyTorch 1.13's F.nll_loss(logp, labels, weight, ignore_index,
+ * reduction) on log-probabilities logp [N, C, T...] (or class_last) and
+ * AD_I32 labels [N, T...]: l_p = -w_y logp[p, y]; NN_MEAN divides the sum
+ * by the sum of w_y over the positions not ignored (NaN when it is 0).
+ * Only the labelled entries are read (a -inf or NaN elsewhere, a log of a
+ * zero probability, is left out of the loss and its gradient). Options and
+ * errors as nn_cross_entropy_loss_ext's; label_smoothing must be 0. Without
+ * weight and ignore on [N,C] this is nn_nll_loss, same bits. */
+NN_API ad_tensor *nn_nll_loss_ext(ad_ctx *ctx, ad_tensor *logp, ad_tensor *labels, nn_reduction red,
+                                  const nn_cross_entropy_opts *opts);
+
+/** Options of nn_bce_loss_ext and nn_bce_with_logits_loss_ext. Both
+ * tensors are in the prediction's dtype, broadcast (NumPy rules) to the
+ * prediction's shape, and constants: one that requires a gradient is
+ * refused, as PyTorch refuses it. */
+typedef struct nn_bce_opts {
+  ad_tensor *weight;     /**< multiplies each element's loss, or NULL */
+  ad_tensor *pos_weight; /**< with logits only: weights the positive term, e.g. [C]
+                            broadcast over the last dim; NULL for none */
+} nn_bce_opts;
+
+/** PyTorch 1.13's F.binary_cross_entropy(pred, target, weight, reduction):
+ * w l elementwise, l as in nn_bce_loss; NN_MEAN is the mean over the
+ * elements (not divided by the weights' sum). A pos_weight is refused
+ * (AD_ERR_ARG: PyTorch's binary_cross_entropy has none). Without a weight
+ * this is nn_bce_loss, same bits. Errors as nn_bce_loss's, and for a
+ * weight: AD_ERR_SHAPE (does not broadcast to pred's shape), AD_ERR_DTYPE,
+ * AD_ERR_ARG (requires a gradient), AD_ERR_STATE (freed). opts may be
+ * NULL. */
+NN_API ad_tensor *nn_bce_loss_ext(ad_ctx *ctx, ad_tensor *pred, ad_tensor *target, nn_reduction red,
+                                  const nn_bce_opts *opts);
+
+/** PyTorch 1.13's F.binary_cross_entropy_with_logits(z, target, weight,
+ * reduction, pos_weight): w ((1 - t) z + (1 + (pw - 1) t) softplus(-z)),
+ * which is w (softplus(z) - t z) without pos_weight; NN_MEAN is the mean
+ * over the elements. Without options this is nn_bce_with_logits_loss, same
+ * bits. Errors as nn_bce_loss_ext's. opts may be NULL. */
+NN_API ad_tensor *nn_bce_with_logits_loss_ext(ad_ctx *ctx, ad_tensor *logits, ad_tensor *target,
+                                              nn_reduction red, const nn_bce_opts *opts);
+
 /** Number of samples where pred agrees with target: with AD_I32 labels [N]
  * and pred [N,C], argmax (first maximum) equals the label; with float
  * targets [N,C], C > 1, the argmaxes agree; with one column (or 1-d), pred
