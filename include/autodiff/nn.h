@@ -32,8 +32,10 @@
  *                NLL on log-probabilities, KL divergence; mean or sum (and
  *                batchmean for KL). All share the nn_loss_fn signature,
  *                except the sequence cross-entropy (per-step logits,
- *                ignore_index), KL (log_target) and the smooth L1 and Huber
- *                variants taking beta or delta.
+ *                ignore_index), KL (log_target), the smooth L1 and Huber
+ *                variants taking beta or delta, and the _ext forms of the
+ *                cross-entropy, NLL and BCE losses (class weights, label
+ *                smoothing, ignore_index, pos_weight).
  *   optimizers   nn_optimizer: SGD (momentum, Nesterov, weight decay),
  *                Adagrad, RMSProp, Adam, AdamW, with PyTorch's update rules;
  *                gradient clipping by global norm or by value; learning-rate
