@@ -25,7 +25,15 @@
  *
  * Step by step, the sequence is cut into steps by ad_unstack and the
  * steps' outputs (and the layers' final states) are joined by ad_stack;
- * the whole-sequence ops keep padded steps inert with a [T, N] mask. */
+ * the whole-sequence ops keep padded steps inert with a [T, N] mask.
+ *
+ * Bidirectional: the reverse direction of a layer is the same machinery
+ * run on the layer's input with each sequence's valid prefix reversed
+ * (steps len_n - 1 .. 0, padding left in place) by one index_select over
+ * the [T N, F] rows (rev_index); the index is its own inverse, so the
+ * same gather puts the outputs back in step order, and the last step of
+ * the run is the state after step 0 (PyTorch's packed sequences). The two
+ * directions' outputs are concatenated on the feature axis. */
 #include "nn_internal.h"
 
 #include <limits.h>
@@ -35,11 +43,14 @@ typedef struct rnn_state {
   nn_rnn_cell cell;
   int gates; /* G: 1, 4 or 3 */
   int layers;
+  int dirs; /* 1, or 2 when bidirectional */
   int64_t in, hidden;
   bool batch_first, bias, composed, per_step;
   double dropout;
   ad_rng rng;
-  ad_tensor **p; /* 4 per layer: w_ih, w_hh, b_ih, b_hh (the biases NULL without) */
+  /* 4 per layer and direction, p + 4 (dirs k + d) for direction d of layer
+   * k: w_ih, w_hh, b_ih, b_hh (the biases NULL without) */
+  ad_tensor **p;
 } rnn_state;
 
 static const char *const cell_kinds[] = {"rnn_tanh", "rnn_relu", "lstm", "gru"};
@@ -98,22 +109,25 @@ static bool cell_step(ad_ctx *ctx, const rnn_state *s, ad_tensor *const *w, ad_t
 
 /* --------------------------------------------------------------- checks */
 
-/* A state (h0 or c0) must be [layers, N, H] of dtype, or [layers, H] for
- * an unbatched input. */
+/* A state (h0 or c0) must be [layers dirs, N, H] of dtype, or [layers
+ * dirs, H] for an unbatched input. */
 static bool check_state(ad_ctx *ctx, const char *who, const char *what, const ad_tensor *t,
                         const rnn_state *s, int64_t n, bool unbatched, ad_dtype dtype) {
-  char a[64];
+  char a[64], lead[48];
   int nd = unbatched ? 2 : 3;
-  if (t->ndim != nd || t->shape[0] != s->layers || (!unbatched && t->shape[1] != n) ||
-      t->shape[nd - 1] != s->hidden) {
+  if (t->ndim != nd || t->shape[0] != (int64_t)s->layers * s->dirs ||
+      (!unbatched && t->shape[1] != n) || t->shape[nd - 1] != s->hidden) {
+    if (s->dirs == 2)
+      snprintf(lead, sizeof lead, "num_layers*2 = %d (bidirectional)", 2 * s->layers);
+    else
+      snprintf(lead, sizeof lead, "num_layers %d", s->layers);
     if (unbatched)
       ad_set_error(ctx, AD_ERR_SHAPE,
-                   "%s: %s %s must be [num_layers %d, hidden_size %lld] for an unbatched input",
-                   who, what, ad_shape_str(t, a, sizeof a), s->layers, (long long)s->hidden);
+                   "%s: %s %s must be [%s, hidden_size %lld] for an unbatched input", who, what,
+                   ad_shape_str(t, a, sizeof a), lead, (long long)s->hidden);
     else
-      ad_set_error(ctx, AD_ERR_SHAPE,
-                   "%s: %s %s must be [num_layers %d, batch %lld, hidden_size %lld]", who, what,
-                   ad_shape_str(t, a, sizeof a), s->layers, (long long)n, (long long)s->hidden);
+      ad_set_error(ctx, AD_ERR_SHAPE, "%s: %s %s must be [%s, batch %lld, hidden_size %lld]", who,
+                   what, ad_shape_str(t, a, sizeof a), lead, (long long)n, (long long)s->hidden);
     return false;
   }
   if (t->dtype != dtype) {
@@ -222,14 +236,50 @@ static ad_tensor *drop(ad_ctx *ctx, rnn_state *s, ad_tensor *x, bool batch_major
   return ad_mul(ctx, x, m);
 }
 
+/* The reversal of each sequence's valid prefix, as the index of rows of a
+ * [T, N, F] tensor (row t N + n; batch_major: [N, T, F], row n T + t)
+ * flattened to [T N, F]: row (t, n) takes row (len_n - 1 - t, n) for t <
+ * len_n (len_n = T without lengths) and keeps its own (padding) after. An
+ * involution, so the same index reverses the reversed rows back. The
+ * caller checked that T N fits an int32. */
+static ad_tensor *rev_index(ad_ctx *ctx, int64_t T, int64_t N, const int64_t *lengths,
+                            bool batch_major) {
+  int64_t rows = T * N;
+  ad_tensor *idx = nn_tmp_tensor(ctx, AD_I32, 1, &rows);
+  if (!idx) return NULL;
+  int32_t *d = idx->data;
+  for (int64_t t = 0; t < T; t++)
+    for (int64_t n = 0; n < N; n++) {
+      int64_t len = lengths ? lengths[n] : T, src = t < len ? len - 1 - t : t;
+      d[batch_major ? n * T + t : t * N + n] = (int32_t)(batch_major ? n * T + src : src * N + n);
+    }
+  return idx;
+}
+
+/* x [A, B, F] with its rows (A B of them) gathered by idx (rev_index). */
+static ad_tensor *rev_rows(ad_ctx *ctx, ad_tensor *x, ad_tensor *idx) {
+  if (!x) return NULL;
+  int64_t sh[3] = {x->shape[0], x->shape[1], x->shape[2]}, flat[2] = {sh[0] * sh[1], sh[2]};
+  return ad_reshape(ctx, ad_index_select(ctx, ad_reshape(ctx, x, 2, flat), idx), 3, sh);
+}
+
+/* The steps a[0 .. t_run) ([N, F] each) in the order idx (time-major
+ * rev_index) gives, into b (which may be a). */
+static bool rev_steps(ad_ctx *ctx, ad_tensor **a, ad_tensor **b, int64_t t_run, ad_tensor *idx) {
+  ad_tensor *r = rev_rows(ctx, ad_stack(ctx, (int)t_run, a, 0), idx);
+  return r && ad_unstack(ctx, r, 0, b) == AD_OK;
+}
+
 /* The whole-sequence path of LSTM and GRU layers (the default): per
- * layer, the input products of all steps as one matmul [T N, in] x
- * W_ih^T, then one ad_lstm_seq or ad_gru_seq for the recurrence (which
- * adds the biases in its rows), in the input's layout (batch-major with
- * batch_first, so
- * nothing is transposed); the steps that no sequence reaches are not run,
- * as in rnn_run. Values, dropout masks and errors as rnn_run's. fin_h and
- * fin_c hold a pointer per layer. */
+ * layer and direction, the input products of all steps as one matmul [T N,
+ * in] x W_ih^T, then one ad_lstm_seq or ad_gru_seq for the recurrence
+ * (which adds the biases in its rows), in the input's layout (batch-major
+ * with batch_first, so nothing is transposed); the steps that no sequence
+ * reaches are not run, as in rnn_run. The reverse direction runs the same
+ * on the layer's input with each sequence's valid prefix reversed
+ * (rev_rows), and its outputs are reversed back the same way. Values,
+ * dropout masks and errors as rnn_run's. fin_h and fin_c hold a pointer
+ * per layer and direction. */
 static ad_tensor *rnn_run_seq(ad_ctx *ctx, rnn_state *s, const char *name, ad_tensor *x,
                               ad_tensor *h0, ad_tensor *c0, const int64_t *lengths, bool training,
                               ad_tensor **h_n, ad_tensor **c_n, ad_tensor **fin_h,
@@ -269,68 +319,85 @@ static ad_tensor *rnn_run_seq(ad_ctx *ctx, rnn_state *s, const char *name, ad_te
      * reaches neither the state nor a gradient */
     seq = ad_where(ctx, m3, seq, zero);
   }
+  ad_tensor *idx = s->dirs == 2 ? rev_index(ctx, t_run, N, lengths, tax == 1) : NULL;
   ad_tensor *out = NULL;
-  bool ok = seq != NULL;
+  bool ok = seq != NULL && (s->dirs == 1 || idx);
   for (int k = 0; k < s->layers && ok; k++) {
-    char label[96];
-    snprintf(label, sizeof label, "%s.l%d", name, k);
-    if (!(ok = ad_scope_push(ctx, label) == AD_OK)) break;
-    ad_tensor *const *w = s->p + 4 * k;
-    int64_t flat[2] = {t_run * N, seq->shape[2]}, s3[3] = {seq->shape[0], seq->shape[1], GH};
-    ad_tensor *xp = ad_matmul(ctx, ad_reshape(ctx, seq, 2, flat), w[0], false, true);
-    ad_tensor *h = state_in(ctx, h0, k, zeros), *y;
-    if (lstm) { /* the bias is added in the op's rows */
-      ad_tensor *b = w[2] ? ad_add(ctx, w[2], w[3]) : constant(ctx, dt, 1, &GH, 0.0);
-      y = ad_lstm_seq(ctx, ad_reshape(ctx, xp, 3, s3), w[1], b, h, state_in(ctx, c0, k, zeros),
-                      mask, tax == 1);
-    } else { /* b_ih and b_hh are added in the op's rows */
-      ad_tensor *zb = w[2] && w[3] ? NULL : constant(ctx, dt, 1, &GH, 0.0);
-      y = ad_gru_seq(ctx, ad_reshape(ctx, xp, 3, s3), w[1], w[2] ? w[2] : zb, w[3] ? w[3] : zb, h,
-                     mask, tax == 1);
+    ad_tensor *outs[2] = {NULL, NULL};
+    bool open = false; /* one direction: its scope holds the dropout too */
+    for (int d = 0; d < s->dirs && ok; d++) {
+      int kd = k * s->dirs + d;
+      char label[96];
+      snprintf(label, sizeof label, "%s.l%d%s", name, k, d ? "_reverse" : "");
+      if (!(ok = ad_scope_push(ctx, label) == AD_OK)) break;
+      ad_tensor *const *w = s->p + 4 * kd;
+      ad_tensor *src = d ? rev_rows(ctx, seq, idx) : seq, *y = NULL;
+      if (src) {
+        int64_t flat[2] = {t_run * N, src->shape[2]}, s3[3] = {src->shape[0], src->shape[1], GH};
+        ad_tensor *xp = ad_matmul(ctx, ad_reshape(ctx, src, 2, flat), w[0], false, true);
+        ad_tensor *h = state_in(ctx, h0, kd, zeros);
+        if (lstm) { /* the bias is added in the op's rows */
+          ad_tensor *b = w[2] ? ad_add(ctx, w[2], w[3]) : constant(ctx, dt, 1, &GH, 0.0);
+          y = ad_lstm_seq(ctx, ad_reshape(ctx, xp, 3, s3), w[1], b, h, state_in(ctx, c0, kd, zeros),
+                          mask, tax == 1);
+        } else { /* b_ih and b_hh are added in the op's rows */
+          ad_tensor *zb = w[2] && w[3] ? NULL : constant(ctx, dt, 1, &GH, 0.0);
+          y = ad_gru_seq(ctx, ad_reshape(ctx, xp, 3, s3), w[1], w[2] ? w[2] : zb, w[3] ? w[3] : zb,
+                         h, mask, tax == 1);
+        }
+      }
+      if (y) { /* the outputs, and the final states: the last step's (kept where a sequence
+                  ended); the reverse direction's last step is each sequence's step 0 */
+        int64_t sl[2] = {N, y->shape[2]};
+        ad_tensor *last = ad_reshape(ctx, ad_narrow(ctx, y, tax, t_run - 1, 1), 2, sl);
+        ad_tensor *o = ad_narrow(ctx, y, 2, 0, H);
+        if (d) o = rev_rows(ctx, o, idx);
+        if (m3) o = ad_where(ctx, m3, o, zero);
+        outs[d] = o;
+        fin_h[kd] = ad_narrow(ctx, last, 1, 0, H);
+        fin_c[kd] = lstm ? ad_narrow(ctx, last, 1, H, H) : NULL;
+        ok = o && fin_h[kd] && (!lstm || fin_c[kd]);
+      } else {
+        ok = false;
+      }
+      if (!(open = s->dirs == 1)) ad_scope_pop(ctx);
     }
-    if (y) { /* the outputs, and the final states: the last step's (kept where a sequence ended) */
-      int64_t sl[2] = {N, y->shape[2]};
-      ad_tensor *last = ad_reshape(ctx, ad_narrow(ctx, y, tax, t_run - 1, 1), 2, sl);
-      out = ad_narrow(ctx, y, 2, 0, H);
-      if (m3) out = ad_where(ctx, m3, out, zero);
-      fin_h[k] = ad_narrow(ctx, last, 1, 0, H);
-      fin_c[k] = lstm ? ad_narrow(ctx, last, 1, H, H) : NULL;
-      ok = out && fin_h[k] && (!lstm || fin_c[k]);
-    } else {
-      ok = false;
-    }
+    /* the directions' outputs side by side: [., ., dirs H] */
+    if (ok) ok = (out = s->dirs == 2 ? ad_concat(ctx, 2, outs, 2) : outs[0]) != NULL;
     if (ok && k + 1 < s->layers)
       ok = (seq = training && s->dropout > 0 ? drop(ctx, s, out, tax == 1) : out) != NULL;
-    ad_scope_pop(ctx);
+    if (open) ad_scope_pop(ctx);
   }
   if (!ok) return NULL;
+  int nfin = s->layers * s->dirs;
   if (t_run < T) { /* the steps no sequence reaches give 0 */
-    int64_t sz[3] = {T - t_run, N, H};
+    int64_t sz[3] = {T - t_run, N, s->dirs * H};
     if (tax) sz[0] = N, sz[1] = T - t_run;
     ad_tensor *parts[2] = {out, constant(ctx, dt, 3, sz, 0.0)};
     out = parts[1] ? ad_concat(ctx, 2, parts, tax) : NULL;
   }
-  if (out && h_n && !(*h_n = ad_stack(ctx, s->layers, fin_h, 0))) out = NULL;
-  if (out && c_n && lstm && !(*c_n = ad_stack(ctx, s->layers, fin_c, 0))) out = NULL;
+  if (out && h_n && !(*h_n = ad_stack(ctx, nfin, fin_h, 0))) out = NULL;
+  if (out && c_n && lstm && !(*c_n = ad_stack(ctx, nfin, fin_c, 0))) out = NULL;
   return out;
 }
 
 /* The work of nn_rnn_forward once the arguments are checked. scratch
- * holds 3 T + 2 layers pointers. */
+ * holds 4 T + 2 layers dirs pointers. */
 static ad_tensor *rnn_run(ad_ctx *ctx, rnn_state *s, const char *name, ad_tensor *x, ad_tensor *h0,
                           ad_tensor *c0, const int64_t *lengths, bool training, ad_tensor **h_n,
                           ad_tensor **c_n, ad_tensor **scratch) {
-  if ((s->cell == NN_RNN_LSTM || s->cell == NN_RNN_GRU) && !s->composed && !s->per_step)
-    return rnn_run_seq(ctx, s, name, x, h0, c0, lengths, training, h_n, c_n,
-                       scratch + 3 * x->shape[s->batch_first ? 1 : 0],
-                       scratch + 3 * x->shape[s->batch_first ? 1 : 0] + s->layers);
   int tax = s->batch_first ? 1 : 0;
   int64_t T = x->shape[tax], N = x->shape[1 - tax], NH[2] = {N, s->hidden}, N1[2] = {N, 1};
-  ad_tensor **in = scratch, **out = scratch + T, **mask = scratch + 2 * T;
-  ad_tensor **fin_h = scratch + 3 * T, **fin_c = fin_h + s->layers; /* per layer */
+  int nfin = s->layers * s->dirs;
+  ad_tensor **in = scratch, **out = scratch + T, **mask = scratch + 2 * T, **rev = scratch + 3 * T;
+  ad_tensor **fin_h = scratch + 4 * T, **fin_c = fin_h + nfin; /* per layer and direction */
+  if ((s->cell == NN_RNN_LSTM || s->cell == NN_RNN_GRU) && !s->composed && !s->per_step)
+    return rnn_run_seq(ctx, s, name, x, h0, c0, lengths, training, h_n, c_n, fin_h, fin_c);
   ad_dtype dt = x->dtype;
+  int64_t NDH[2] = {N, s->dirs * s->hidden};
   ad_tensor *zeros = constant(ctx, dt, 2, NH, 0.0), *zero = ad_scalar(ctx, dt, 0.0);
-  bool ok = zeros && zero;
+  ad_tensor *zeros_out = s->dirs == 2 ? constant(ctx, dt, 2, NDH, 0.0) : zeros;
+  bool ok = zeros && zero && zeros_out;
   /* mask[t]: 1 for the sequences that reach step t, NULL when all do;
    * t_run: the steps that some sequence reaches */
   int64_t t_run = T;
@@ -343,48 +410,66 @@ static ad_tensor *rnn_run(ad_ctx *ctx, rnn_state *s, const char *name, ad_tensor
     ok = (mask[t] = constant(ctx, dt, 2, N1, 0.0)) != NULL;
     for (int64_t i = 0; ok && i < N; i++) ad_tensor_set(mask[t], i, lengths[i] > t);
   }
+  /* the reverse direction's steps: each sequence's first lengths[n] ones
+   * reversed (time-major, as the steps are stacked) */
+  ad_tensor *idx = NULL;
+  if (ok && s->dirs == 2) ok = (idx = rev_index(ctx, t_run, N, lengths, false)) != NULL;
   /* the input's padded steps are zeroed, so that whatever they hold (NaN
    * included) reaches neither the state nor a gradient */
   ok = ok && ad_unstack(ctx, x, tax, in) == AD_OK;
   for (int64_t t = 0; t < t_run && ok; t++)
     if (mask[t]) ok = (in[t] = ad_where(ctx, mask[t], in[t], zero)) != NULL;
   for (int k = 0; k < s->layers && ok; k++) {
-    /* graph dumps group the layer's ops ("lstm.l0") and each step's ("t=3") */
-    char label[96];
-    snprintf(label, sizeof label, "%s.l%d", name, k);
-    if (!(ok = ad_scope_push(ctx, label) == AD_OK)) break;
-    ad_tensor *const *w = s->p + 4 * k;
-    ad_tensor *bias = NULL; /* b_ih + b_hh, added once per step (RNN, LSTM) */
-    if (s->cell != NN_RNN_GRU && w[2]) ok = (bias = ad_add(ctx, w[2], w[3])) != NULL;
-    ad_tensor *h = state_in(ctx, h0, k, zeros);
-    ad_tensor *c = s->cell == NN_RNN_LSTM ? state_in(ctx, c0, k, zeros) : NULL;
-    ok = ok && h && (s->cell != NN_RNN_LSTM || c);
-    for (int64_t t = 0; t < t_run && ok; t++) {
-      ad_tensor *hp = h, *cp = c;
-      snprintf(label, sizeof label, "t=%lld", (long long)t);
+    bool open = false; /* one direction: its scope holds the dropout too */
+    for (int d = 0; d < s->dirs && ok; d++) {
+      /* graph dumps group the layer's ops ("lstm.l0", "lstm.l0_reverse")
+       * and each step's ("t=3", of the reversed sequence in the latter) */
+      int kd = k * s->dirs + d;
+      char label[96];
+      snprintf(label, sizeof label, "%s.l%d%s", name, k, d ? "_reverse" : "");
       if (!(ok = ad_scope_push(ctx, label) == AD_OK)) break;
-      ok = cell_step(ctx, s, w, bias, in[t], &h, &c);
-      if (ok && mask[t]) { /* some sequence has ended: it keeps its state */
-        out[t] = ad_where(ctx, mask[t], h, zero);
-        h = ad_where(ctx, mask[t], h, hp);
-        if (cp) c = ad_where(ctx, mask[t], c, cp);
-      } else {
-        out[t] = h;
+      /* the reverse direction reads and writes rev[] (reversed in place) */
+      ad_tensor **src = d ? rev : in, **dst = d ? rev : out;
+      if (d) ok = rev_steps(ctx, in, rev, t_run, idx);
+      ad_tensor *const *w = s->p + 4 * kd;
+      ad_tensor *bias = NULL; /* b_ih + b_hh, added once per step (RNN, LSTM) */
+      if (ok && s->cell != NN_RNN_GRU && w[2]) ok = (bias = ad_add(ctx, w[2], w[3])) != NULL;
+      ad_tensor *h = state_in(ctx, h0, kd, zeros);
+      ad_tensor *c = s->cell == NN_RNN_LSTM ? state_in(ctx, c0, kd, zeros) : NULL;
+      ok = ok && h && (s->cell != NN_RNN_LSTM || c);
+      for (int64_t t = 0; t < t_run && ok; t++) {
+        ad_tensor *hp = h, *cp = c;
+        snprintf(label, sizeof label, "t=%lld", (long long)t);
+        if (!(ok = ad_scope_push(ctx, label) == AD_OK)) break;
+        ok = cell_step(ctx, s, w, bias, src[t], &h, &c);
+        if (ok && mask[t]) { /* some sequence has ended: it keeps its state */
+          dst[t] = ad_where(ctx, mask[t], h, zero);
+          h = ad_where(ctx, mask[t], h, hp);
+          if (cp) c = ad_where(ctx, mask[t], c, cp);
+        } else {
+          dst[t] = h;
+        }
+        ok = ok && dst[t] && h && (!cp || c);
+        ad_scope_pop(ctx);
       }
-      ok = ok && out[t] && h && (!cp || c);
-      ad_scope_pop(ctx);
+      fin_h[kd] = h;
+      fin_c[kd] = c;
+      if (ok && d) ok = rev_steps(ctx, rev, rev, t_run, idx);
+      if (!(open = s->dirs == 1)) ad_scope_pop(ctx);
     }
-    for (int64_t t = t_run; t < T; t++) out[t] = zeros;
-    fin_h[k] = h;
-    fin_c[k] = c;
+    for (int64_t t = 0; s->dirs == 2 && t < t_run && ok; t++) { /* [N, 2 H] per step */
+      ad_tensor *pair[2] = {out[t], rev[t]};
+      ok = (out[t] = ad_concat(ctx, 2, pair, 1)) != NULL;
+    }
+    for (int64_t t = t_run; t < T; t++) out[t] = zeros_out;
     for (int64_t t = 0; k + 1 < s->layers && t < t_run && ok; t++)
       ok = (in[t] = training && s->dropout > 0 ? drop(ctx, s, out[t], false) : out[t]) != NULL;
-    ad_scope_pop(ctx);
+    if (open) ad_scope_pop(ctx);
   }
   /* T fits an int: nn_rnn_forward checked it */
   ad_tensor *y = ok ? ad_stack(ctx, (int)T, out, tax) : NULL;
-  if (y && h_n && !(*h_n = ad_stack(ctx, s->layers, fin_h, 0))) y = NULL;
-  if (y && c_n && s->cell == NN_RNN_LSTM && !(*c_n = ad_stack(ctx, s->layers, fin_c, 0))) y = NULL;
+  if (y && h_n && !(*h_n = ad_stack(ctx, nfin, fin_h, 0))) y = NULL;
+  if (y && c_n && s->cell == NN_RNN_LSTM && !(*c_n = ad_stack(ctx, nfin, fin_c, 0))) y = NULL;
   return y;
 }
 
@@ -427,13 +512,20 @@ ad_tensor *nn_rnn_forward(nn_layer *l, ad_tensor *x, ad_tensor *h0, ad_tensor *c
     ad_set_error(ctx, AD_ERR_SHAPE, "%s: %lld steps; at most %d", who, (long long)T, INT_MAX);
     return NULL;
   }
-  size_t bytes = (size_t)(3 * T + 2 * s->layers) * sizeof(ad_tensor *);
+  if (s->dirs == 2 && T * N > INT32_MAX) { /* the reversal's row index is int32 */
+    ad_set_error(ctx, AD_ERR_SHAPE,
+                 "%s: %lld steps of %lld sequences, %lld rows in all; a bidirectional layer "
+                 "takes at most %lld",
+                 who, (long long)T, (long long)N, (long long)(T * N), (long long)INT32_MAX);
+    return NULL;
+  }
+  size_t bytes = (size_t)(4 * T + 2 * s->layers * s->dirs) * sizeof(ad_tensor *);
   ad_tensor **scratch = ad_malloc(ctx, bytes);
   if (!scratch) return NULL;
   ad_tensor *hn = NULL, *cn = NULL, *y = NULL;
   ad_rng before = s->rng; /* a call that fails takes no dropout draws */
   if (unbatched) {        /* add the batch axis, and take it away from the results */
-    int64_t xs[3] = {T, 1, s->in}, ss[3] = {s->layers, 1, s->hidden};
+    int64_t xs[3] = {T, 1, s->in}, ss[3] = {s->layers * s->dirs, 1, s->hidden};
     if (s->batch_first) xs[0] = 1, xs[1] = T;
     x = ad_reshape(ctx, x, 3, xs);
     if (!(x && (!h0 || (h0 = ad_reshape(ctx, h0, 3, ss))) &&
@@ -445,7 +537,7 @@ ad_tensor *nn_rnn_forward(nn_layer *l, ad_tensor *x, ad_tensor *h0, ad_tensor *c
                 training, h_n ? &hn : NULL, c_n ? &cn : NULL, scratch);
   ad_free(ctx, scratch, bytes);
   if (y && unbatched) {
-    int64_t ys[2] = {T, s->hidden}, ss[2] = {s->layers, s->hidden};
+    int64_t ys[2] = {T, s->dirs * s->hidden}, ss[2] = {s->layers * s->dirs, s->hidden};
     y = ad_reshape(ctx, y, 2, ys);
     if (hn) hn = ad_reshape(ctx, hn, 2, ss);
     if (cn) cn = ad_reshape(ctx, cn, 2, ss);
@@ -466,7 +558,7 @@ static void rnn_free(nn_layer *l) {
   rnn_state *s = nn_layer_state(l);
   if (!s) return;
   ad_ctx *ctx = nn_layer_ctx(l);
-  ad_free(ctx, s->p, (size_t)(4 * s->layers) * sizeof *s->p);
+  ad_free(ctx, s->p, (size_t)(4 * s->layers * s->dirs) * sizeof *s->p);
   ad_free(ctx, s, sizeof *s);
 }
 
@@ -482,6 +574,7 @@ static void rnn_describe(const nn_layer *l, nn_text *t) {
     nn_text_add(t, ", dropout=");
     nn_text_num(t, s->dropout);
   }
+  if (s->dirs == 2) nn_text_add(t, ", bidirectional=True");
 }
 
 static const nn_layer_ops rnn_ops = {rnn_forward, rnn_free, rnn_describe};
@@ -526,6 +619,7 @@ nn_layer *nn_rnn_new(ad_ctx *ctx, nn_rnn_cell cell, int64_t input_size, int64_t 
   *s = (rnn_state){.cell = cell,
                    .gates = gates,
                    .layers = layers,
+                   .dirs = o.bidirectional ? 2 : 1,
                    .in = input_size,
                    .hidden = hidden_size,
                    .batch_first = o.batch_first,
@@ -534,7 +628,7 @@ nn_layer *nn_rnn_new(ad_ctx *ctx, nn_rnn_cell cell, int64_t input_size, int64_t 
                    .per_step = o.per_step,
                    .dropout = o.dropout};
   ad_rng_seed(&s->rng, o.seed);
-  size_t pbytes = (size_t)(4 * layers) * sizeof *s->p;
+  size_t pbytes = (size_t)(4 * layers * s->dirs) * sizeof *s->p;
   if (!(s->p = ad_malloc(ctx, pbytes))) {
     ad_free(ctx, s, sizeof *s);
     return NULL;
@@ -549,18 +643,23 @@ nn_layer *nn_rnn_new(ad_ctx *ctx, nn_rnn_cell cell, int64_t input_size, int64_t 
   double bound = 1.0 / sqrt((double)hidden_size);
   nn_params *list = nn_layer_params(l);
   static const char *const pname[4] = {"weight_ih", "weight_hh", "bias_ih", "bias_hh"};
+  /* PyTorch's order: per layer, the forward direction's four, then the
+   * reverse direction's ("_reverse"); above the first layer the input is
+   * the directions' outputs side by side, dirs H wide */
   for (int k = 0; k < layers; k++)
-    for (int j = 0; j < (s->bias ? 4 : 2); j++) {
-      int64_t sh[2] = {gates * hidden_size, j == 0 ? (k ? hidden_size : input_size) : hidden_size};
-      ad_tensor *t = ad_rand(ctx, rng, o.dtype, j < 2 ? 2 : 1, sh, -bound, bound);
-      char name[48];
-      snprintf(name, sizeof name, "%s_l%d", pname[j], k);
-      if (!t || nn_params_add(list, name, t, true) != AD_OK) {
-        nn_layer_free(l);
-        return NULL;
+    for (int d = 0; d < s->dirs; d++)
+      for (int j = 0; j < (s->bias ? 4 : 2); j++) {
+        int64_t sh[2] = {gates * hidden_size,
+                         j == 0 ? (k ? s->dirs * hidden_size : input_size) : hidden_size};
+        ad_tensor *t = ad_rand(ctx, rng, o.dtype, j < 2 ? 2 : 1, sh, -bound, bound);
+        char name[48];
+        snprintf(name, sizeof name, "%s_l%d%s", pname[j], k, d ? "_reverse" : "");
+        if (!t || nn_params_add(list, name, t, true) != AD_OK) {
+          nn_layer_free(l);
+          return NULL;
+        }
+        s->p[4 * (k * s->dirs + d) + j] = t;
       }
-      s->p[4 * k + j] = t;
-    }
   return l;
 }
 

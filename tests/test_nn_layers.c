@@ -823,6 +823,11 @@ Test(layers, describe_as_pytorch_repr) {
   nn_rnn_opts nb = {.no_bias = true};
   expect_desc(nn_rnn_new(ctx, NN_RNN_RELU, 10, 20, &rng, &nb), "rnn_relu(10, 20, bias=False)");
   expect_desc(nn_gru_new(ctx, 3, 5, &rng, NULL), "gru(3, 5)");
+  nn_rnn_opts bi = {.num_layers = 2, .batch_first = true, .dropout = 0.1, .bidirectional = true};
+  expect_desc(nn_lstm_new(ctx, 10, 20, &rng, &bi),
+              "lstm(10, 20, num_layers=2, batch_first=True, dropout=0.1, bidirectional=True)");
+  nn_rnn_opts bnb = {.no_bias = true, .bidirectional = true};
+  expect_desc(nn_gru_new(ctx, 3, 5, &rng, &bnb), "gru(3, 5, bias=False, bidirectional=True)");
   nn_mha_opts mo = {.batch_first = true, .dropout = 0.1, .causal = true};
   expect_desc(nn_multihead_attention_new(ctx, 16, 4, &rng, &mo),
               "multihead_attention(embed_dim=16, num_heads=4, dropout=0.1, batch_first=True, "

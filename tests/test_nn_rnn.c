@@ -1088,3 +1088,292 @@ Test(rnn, saturated_float32_gates_are_zero) {
         nn_layer_free(l);
       }
 }
+
+/* ------------------------------------------------------ bidirectional */
+
+/* PyTorch 1.13's bidirectional=True, two layers, float64: tools/
+ * gen_rnn_bidir_ref.py built each case's module and tensors from formulas
+ * (bidir_fill below writes the same ones), ran it in PyTorch (with lengths
+ * through pack_padded_sequence / pad_packed_sequence) and wrote the
+ * outputs and the gradients of L = sum(out wy) + sum(h_n wh) [+ sum(c_n
+ * wc)] w.r.t. x, h0, c0 and every parameter into rnn_bidir_ref.h. */
+#include "rnn_bidir_ref.h"
+
+#define REF(a) a, (int64_t)(sizeof(a) / sizeof *(a))
+
+typedef struct bidir_case {
+  const char *name;
+  nn_rnn_cell cell;
+  int64_t in, hidden;
+  bool batch_first, bias;
+  int64_t t, n; /* n = 0: an unbatched input [T, I] */
+  bool state;
+  const int64_t *lengths;
+  const double *out;
+  int64_t n_out;
+  const double *hn;
+  int64_t n_hn;
+  const double *cn;
+  int64_t n_cn;
+  const double *gx;
+  int64_t n_gx;
+  const double *gh0;
+  int64_t n_gh0;
+  const double *gc0;
+  int64_t n_gc0;
+  const double *gp;
+  int64_t n_gp;
+} bidir_case;
+
+static const int64_t len_tanh[3] = {4, 2, 3}, len_lstm[3] = {2, 4, 1}, len_gru[2] = {2, 3},
+                     len_grunb[3] = {3, 1, 2};
+
+/* tools/gen_rnn_bidir_ref.py's CASES */
+static const bidir_case bidir_cases[] = {
+    {"tanh_len", NN_RNN_TANH, 3, 2, false, true, 4, 3, true, len_tanh, REF(ref_tanh_len_out),
+     REF(ref_tanh_len_hn), NULL, 0, REF(ref_tanh_len_gx), REF(ref_tanh_len_gh0), NULL, 0,
+     REF(ref_tanh_len_gp)},
+    {"lstm", NN_RNN_LSTM, 3, 2, false, true, 3, 2, false, NULL, REF(ref_lstm_out), REF(ref_lstm_hn),
+     REF(ref_lstm_cn), REF(ref_lstm_gx), NULL, 0, NULL, 0, REF(ref_lstm_gp)},
+    {"lstm_bf_len", NN_RNN_LSTM, 3, 2, true, true, 4, 3, true, len_lstm, REF(ref_lstm_bf_len_out),
+     REF(ref_lstm_bf_len_hn), REF(ref_lstm_bf_len_cn), REF(ref_lstm_bf_len_gx),
+     REF(ref_lstm_bf_len_gh0), REF(ref_lstm_bf_len_gc0), REF(ref_lstm_bf_len_gp)},
+    {"gru_bf", NN_RNN_GRU, 3, 2, true, true, 3, 2, true, NULL, REF(ref_gru_bf_out),
+     REF(ref_gru_bf_hn), NULL, 0, REF(ref_gru_bf_gx), REF(ref_gru_bf_gh0), NULL, 0,
+     REF(ref_gru_bf_gp)},
+    {"gru_len_short", NN_RNN_GRU, 2, 3, false, true, 4, 2, true, len_gru,
+     REF(ref_gru_len_short_out), REF(ref_gru_len_short_hn), NULL, 0, REF(ref_gru_len_short_gx),
+     REF(ref_gru_len_short_gh0), NULL, 0, REF(ref_gru_len_short_gp)},
+    {"gru_nb_bf_len",
+     NN_RNN_GRU,
+     2,
+     2,
+     true,
+     false,
+     3,
+     3,
+     false,
+     len_grunb,
+     REF(ref_gru_nb_bf_len_out),
+     REF(ref_gru_nb_bf_len_hn),
+     NULL,
+     0,
+     REF(ref_gru_nb_bf_len_gx),
+     NULL,
+     0,
+     NULL,
+     0,
+     REF(ref_gru_nb_bf_len_gp)},
+    {"lstm_unbatched", NN_RNN_LSTM, 3, 2, false, true, 3, 0, true, NULL,
+     REF(ref_lstm_unbatched_out), REF(ref_lstm_unbatched_hn), REF(ref_lstm_unbatched_cn),
+     REF(ref_lstm_unbatched_gx), REF(ref_lstm_unbatched_gh0), REF(ref_lstm_unbatched_gc0),
+     REF(ref_lstm_unbatched_gp)},
+    {"tanh_unbatched_bf",
+     NN_RNN_TANH,
+     2,
+     3,
+     true,
+     true,
+     3,
+     0,
+     false,
+     NULL,
+     REF(ref_tanh_unbatched_bf_out),
+     REF(ref_tanh_unbatched_bf_hn),
+     NULL,
+     0,
+     REF(ref_tanh_unbatched_bf_gx),
+     NULL,
+     0,
+     NULL,
+     0,
+     REF(ref_tanh_unbatched_bf_gp)},
+};
+
+/* A persistent tensor of shape whose flat element e is a sin(b e + c)
+ * (cosine: cosine). */
+static ad_tensor *bidir_fill(int ndim, const int64_t *shape, double a, double b, double c,
+                             bool cosine) {
+  ad_tensor *t = ad_zeros(ctx, AD_F64, ndim, shape);
+  cr_assert_not_null(t, "%s", ad_last_error(ctx));
+  for (int64_t e = 0; e < t->size; e++)
+    ad_tensor_set(t, e, a * (cosine ? cos(b * (double)e + c) : sin(b * (double)e + c)));
+  return t;
+}
+
+/* got (n elements) against PyTorch's want (nw), within 1e-12 (1 + |want|). */
+static void expect_ref(const ad_tensor *got, const double *want, int64_t nw, const char *cname,
+                       const char *mode, const char *what) {
+  cr_assert_not_null(got, "%s %s %s: NULL (%s)", cname, mode, what, ad_last_error(ctx));
+  cr_assert_eq(got->size, nw, "%s %s %s: %lld elements, PyTorch %lld", cname, mode, what,
+               (long long)got->size, (long long)nw);
+  for (int64_t i = 0; i < nw; i++) {
+    double g = ad_tensor_get(got, i);
+    QUICK_ASSERT(fabs(g - want[i]) <= 1e-12 * (1 + fabs(want[i])),
+                 "%s %s %s[%lld]: %.17g, PyTorch %.17g", cname, mode, what, (long long)i, g,
+                 want[i]);
+  }
+}
+
+/* Case c on one path (0: default, 1: composed, 2: per_step). */
+static void check_bidir(const bidir_case *c, int mode) {
+  static const char *const modes[3] = {"default", "composed", "per_step"};
+  const char *mn = modes[mode];
+  ad_rng rng;
+  ad_rng_seed(&rng, 1);
+  nn_rnn_opts o = {.num_layers = 2,
+                   .no_bias = !c->bias,
+                   .batch_first = c->batch_first,
+                   .dtype = AD_F64,
+                   .composed = mode == 1,
+                   .per_step = mode == 2,
+                   .bidirectional = true};
+  nn_layer *l = nn_rnn_new(ctx, c->cell, c->in, c->hidden, &rng, &o);
+  cr_assert_not_null(l, "%s: %s", c->name, ad_last_error(ctx));
+  nn_params *p = nn_layer_params(l);
+  cr_assert_eq(nn_params_count(p), c->bias ? 16 : 8);
+  for (int i = 0; i < nn_params_count(p); i++) {
+    ad_tensor *t = nn_params_tensor(p, i);
+    for (int64_t e = 0; e < t->size; e++)
+      ad_tensor_set(t, e, 0.4 * sin(1.7 * (i + 1) + 0.31 * (double)e));
+  }
+  bool ub = c->n == 0;
+  int64_t sx[3] = {c->t, c->n, c->in}, ss[3] = {4, c->n, c->hidden};
+  if (c->batch_first) sx[0] = c->n, sx[1] = c->t;
+  if (ub) sx[0] = c->t, sx[1] = c->in, ss[1] = c->hidden;
+  int nd = ub ? 2 : 3;
+  ad_tensor *x = bidir_fill(nd, sx, 1, 0.5, 0.2, false);
+  for (int64_t n = 0; c->lengths && n < c->n; n++) /* the padding is NaN: it must not matter */
+    for (int64_t t = c->lengths[n]; t < c->t; t++)
+      for (int64_t k = 0; k < c->in; k++)
+        ad_tensor_set(x, ((c->batch_first ? n * c->t + t : t * c->n + n) * c->in) + k, NAN);
+  ad_tensor *h0 = c->state ? bidir_fill(nd, ss, 0.5, 0.3, 0.1, true) : NULL;
+  ad_tensor *c0 =
+      c->state && c->cell == NN_RNN_LSTM ? bidir_fill(nd, ss, 0.5, 0.7, 0.4, false) : NULL;
+  ad_tensor_set_requires_grad(x, true);
+  if (h0) ad_tensor_set_requires_grad(h0, true);
+  if (c0) ad_tensor_set_requires_grad(c0, true);
+  ad_tensor *hn, *cn;
+  ad_tensor *y = nn_rnn_forward(l, x, h0, c0, c->lengths, c->lengths ? c->n : 0, true, &hn, &cn);
+  cr_assert_not_null(y, "%s %s: %s", c->name, mn, ad_last_error(ctx));
+  /* [T, N, 2H] ([N, T, 2H], unbatched [T, 2H]); states [4, N, H] ([4, H]) */
+  cr_assert_eq(y->ndim, nd);
+  cr_assert_eq(y->shape[nd - 1], 2 * c->hidden, "%s: output width", c->name);
+  for (int d = 0; d < nd - 1; d++)
+    cr_assert_eq(y->shape[d], sx[d], "%s: output dim %d", c->name, d);
+  cr_assert_eq(hn->ndim, nd);
+  for (int d = 0; d < nd; d++) cr_assert_eq(hn->shape[d], ss[d], "%s: h_n dim %d", c->name, d);
+  ad_tensor *wy = bidir_fill(y->ndim, y->shape, 1, 0.37, 0.5, true);
+  ad_tensor *wh = bidir_fill(hn->ndim, hn->shape, 1, 0.23, 0.9, false);
+  ad_tensor *wc = cn ? bidir_fill(cn->ndim, cn->shape, 1, 0.41, 1.1, true) : NULL;
+  ad_tensor *loss = ad_add(ctx, dot(y, wy), dot(hn, wh));
+  if (cn) loss = ad_add(ctx, loss, dot(cn, wc));
+  cr_assert_eq(ad_backward(ctx, loss, NULL), AD_OK, "%s: %s", c->name, ad_last_error(ctx));
+  expect_ref(y, c->out, c->n_out, c->name, mn, "out");
+  expect_ref(hn, c->hn, c->n_hn, c->name, mn, "h_n");
+  if (c->cn) expect_ref(cn, c->cn, c->n_cn, c->name, mn, "c_n");
+  expect_ref(x->grad, c->gx, c->n_gx, c->name, mn, "grad.x");
+  if (h0) expect_ref(h0->grad, c->gh0, c->n_gh0, c->name, mn, "grad.h0");
+  if (c0) expect_ref(c0->grad, c->gc0, c->n_gc0, c->name, mn, "grad.c0");
+  int64_t at = 0;
+  for (int i = 0; i < nn_params_count(p); i++) {
+    ad_tensor *g = nn_params_tensor(p, i)->grad;
+    cr_assert_not_null(g, "%s: %s has no gradient", c->name, nn_params_name(p, i));
+    cr_assert_leq(at + g->size, c->n_gp);
+    char what[64];
+    snprintf(what, sizeof what, "grad.%s", nn_params_name(p, i));
+    expect_ref(g, c->gp + at, g->size, c->name, mn, what);
+    at += g->size;
+  }
+  cr_assert_eq(at, c->n_gp, "%s: %lld parameter gradients, PyTorch %lld", c->name, (long long)at,
+               (long long)c->n_gp);
+  ad_tape_reset(ctx);
+  ad_tensor *all[] = {x, h0, c0, wy, wh, wc};
+  for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) ad_tensor_free(all[i]);
+  nn_layer_free(l);
+}
+
+/* Every case on every path: the values and gradients of PyTorch. */
+Test(rnn, bidirectional_matches_pytorch_f64) {
+  for (size_t i = 0; i < sizeof bidir_cases / sizeof bidir_cases[0]; i++)
+    for (int mode = 0; mode < 3; mode++) check_bidir(&bidir_cases[i], mode);
+}
+
+/* PyTorch's state-dict names, shapes and init order: torch.nn.LSTM(3, 5,
+ * num_layers=2, bidirectional=True).state_dict() lists these names, the
+ * second layer's weight_ih [20, 10] (its input is both directions of the
+ * first), and reset_parameters draws them in this order. */
+Test(rnn, bidirectional_names_shapes_and_init_are_pytorchs) {
+  static const char *const names[16] = {
+      "weight_ih_l0",         "weight_hh_l0",         "bias_ih_l0",         "bias_hh_l0",
+      "weight_ih_l0_reverse", "weight_hh_l0_reverse", "bias_ih_l0_reverse", "bias_hh_l0_reverse",
+      "weight_ih_l1",         "weight_hh_l1",         "bias_ih_l1",         "bias_hh_l1",
+      "weight_ih_l1_reverse", "weight_hh_l1_reverse", "bias_ih_l1_reverse", "bias_hh_l1_reverse"};
+  static const int64_t cols[16] = {3, 5, 0, 0, 3, 5, 0, 0, 10, 5, 0, 0, 10, 5, 0, 0};
+  ad_rng rng;
+  ad_rng_seed(&rng, 5);
+  nn_rnn_opts o = {.num_layers = 2, .bidirectional = true, .dtype = AD_F64};
+  nn_layer *l = nn_lstm_new(ctx, 3, 5, &rng, &o);
+  cr_assert_not_null(l, "%s", ad_last_error(ctx));
+  nn_params *p = nn_layer_params(l);
+  cr_assert_eq(nn_params_count(p), 16);
+  ad_rng_seed(&rng, 5); /* the same draws, parameter by parameter */
+  double bound = 1 / sqrt(5.0);
+  for (int i = 0; i < 16; i++) {
+    ad_tensor *t = nn_params_tensor(p, i);
+    cr_assert_str_eq(nn_params_name(p, i), names[i]);
+    cr_assert_eq(t->ndim, cols[i] ? 2 : 1, "%s", names[i]);
+    cr_assert_eq(t->shape[0], 20, "%s", names[i]);
+    if (cols[i]) cr_assert_eq(t->shape[1], cols[i], "%s", names[i]);
+    ad_tensor *want = ad_rand(ctx, &rng, AD_F64, t->ndim, t->shape, -bound, bound);
+    cr_assert_eq(memcmp(t->data, want->data, (size_t)t->size * sizeof(double)), 0,
+                 "%s is not the %d-th draw", names[i], i);
+    ad_tensor_free(want);
+  }
+  nn_layer_free(l);
+  /* without bias: the weights only, in the same order */
+  nn_rnn_opts nb = {.bidirectional = true, .no_bias = true};
+  l = nn_gru_new(ctx, 2, 4, &rng, &nb);
+  p = nn_layer_params(l);
+  cr_assert_eq(nn_params_count(p), 4);
+  cr_assert_str_eq(nn_params_name(p, 2), "weight_ih_l0_reverse");
+  cr_assert_str_eq(nn_params_name(p, 3), "weight_hh_l0_reverse");
+  nn_layer_free(l);
+}
+
+/* h0 and c0 of a bidirectional layer have num_layers*2 rows; others are
+ * refused, naming that shape. */
+Test(rnn, bidirectional_bad_state_is_named) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 1);
+  nn_rnn_opts o = {.num_layers = 2, .bidirectional = true};
+  nn_layer *l = nn_lstm_new(ctx, 3, 4, &rng, &o);
+  cr_assert_not_null(l, "%s", ad_last_error(ctx));
+  int64_t s3[3] = {5, 2, 3}, s2[2] = {5, 3}, sl[3] = {2, 2, 4}, sok[3] = {4, 2, 4},
+          sn[3] = {4, 3, 4}, su[2] = {2, 4};
+  ad_tensor *x = ad_zeros(ctx, AD_F32, 3, s3), *xu = ad_zeros(ctx, AD_F32, 2, s2);
+  ad_tensor *hl = ad_zeros(ctx, AD_F32, 3, sl), *hok = ad_zeros(ctx, AD_F32, 3, sok);
+  ad_tensor *hn3 = ad_zeros(ctx, AD_F32, 3, sn), *hu = ad_zeros(ctx, AD_F32, 2, su);
+  cr_assert_null(nn_rnn_forward(l, x, hl, NULL, NULL, 0, true, NULL, NULL));
+  expect_msg(ctx, AD_ERR_SHAPE,
+             "lstm: h0 [2,2,4] must be [num_layers*2 = 4 (bidirectional), batch 2, hidden_size "
+             "4]");
+  cr_assert_null(nn_rnn_forward(l, x, hok, hn3, NULL, 0, true, NULL, NULL));
+  expect_msg(ctx, AD_ERR_SHAPE,
+             "lstm: c0 [4,3,4] must be [num_layers*2 = 4 (bidirectional), batch 2, hidden_size "
+             "4]");
+  cr_assert_null(nn_rnn_forward(l, xu, hu, NULL, NULL, 0, true, NULL, NULL));
+  expect_msg(ctx, AD_ERR_SHAPE,
+             "lstm: h0 [2,4] must be [num_layers*2 = 4 (bidirectional), hidden_size 4] for an "
+             "unbatched input");
+  ad_tensor *hn, *cn;
+  ad_tensor *y = nn_rnn_forward(l, x, hok, hok, NULL, 0, true, &hn, &cn);
+  cr_assert_not_null(y, "%s", ad_last_error(ctx));
+  cr_assert_eq(y->shape[2], 8);
+  cr_assert_eq(hn->shape[0], 4);
+  cr_assert_eq(cn->shape[0], 4);
+  ad_tape_reset(ctx);
+  ad_tensor *ts[] = {x, xu, hl, hok, hn3, hu};
+  for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) ad_tensor_free(ts[i]);
+  nn_layer_free(l);
+}

@@ -472,21 +472,25 @@ typedef enum nn_rnn_cell {
 
 /** Options of a recurrent layer. All-zero means PyTorch's defaults. */
 typedef struct nn_rnn_opts {
-  int num_layers;   /**< stacked layers; 0 means 1 */
-  bool no_bias;     /**< bias=False: no bias_ih / bias_hh */
-  bool batch_first; /**< input and output [N, T, F]; default [T, N, F] */
-  double dropout;   /**< in [0, 1): inverted dropout on the outputs of every
-                       layer but the last, in training mode only */
-  uint64_t seed;    /**< of the dropout masks (an ad_rng seeded once) */
-  ad_dtype dtype;   /**< of the parameters and the input; default AD_F32 */
-  bool composed;    /**< LSTM and GRU steps composed of the engine's ops, so
-                       graph dumps show every gate; default: one fused op
-                       for the whole sequence (ad_lstm_seq, ad_gru_seq), same
-                       values */
-  bool per_step;    /**< LSTM and GRU (without composed): one fused cell op
-                       per step (ad_lstm_cell, ad_gru_cell) in that step's
-                       scope, so graph dumps show the recurrence step by
-                       step; same values, slower than the default */
+  int num_layers;     /**< stacked layers; 0 means 1 */
+  bool no_bias;       /**< bias=False: no bias_ih / bias_hh */
+  bool batch_first;   /**< input and output [N, T, F]; default [T, N, F] */
+  double dropout;     /**< in [0, 1): inverted dropout on the outputs of every
+                         layer but the last, in training mode only */
+  uint64_t seed;      /**< of the dropout masks (an ad_rng seeded once) */
+  ad_dtype dtype;     /**< of the parameters and the input; default AD_F32 */
+  bool composed;      /**< LSTM and GRU steps composed of the engine's ops, so
+                         graph dumps show every gate; default: one fused op
+                         for the whole sequence (ad_lstm_seq, ad_gru_seq), same
+                         values */
+  bool per_step;      /**< LSTM and GRU (without composed): one fused cell op
+                         per step (ad_lstm_cell, ad_gru_cell) in that step's
+                         scope, so graph dumps show the recurrence step by
+                         step; same values, slower than the default */
+  bool bidirectional; /**< bidirectional=True: each layer also runs over
+                           the reversed sequence, outputs 2 H wide, states
+                           num_layers*2 (nn_rnn_new, nn_rnn_forward).
+                           Added last; the struct's size is unchanged */
 } nn_rnn_opts;
 
 /** A recurrent layer with PyTorch's equations, gate order, parameter names
@@ -506,7 +510,16 @@ typedef struct nn_rnn_opts {
  * "weight_hh_l<k>" [G*H, H], "bias_ih_l<k>" [G*H], "bias_hh_l<k>" [G*H]
  * for k = 0 .. num_layers-1 (H = hidden_size; the gates' rows stacked in
  * the order above), all drawn uniform in [-1/sqrt(H), 1/sqrt(H)) from rng
- * in that order (PyTorch's reset_parameters). In nn Sequential its forward
+ * in that order (PyTorch's reset_parameters). With opts.bidirectional
+ * (D = 2 directions; D = 1 without) each layer has a second, reverse
+ * direction with its own four, named with the suffix "_reverse" and
+ * listed (and drawn) after the forward direction's of the same layer:
+ * weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0, weight_ih_l0_reverse,
+ * ..., bias_hh_l0_reverse, weight_ih_l1, ...; in_k is D*H for k >= 1 (the
+ * layer below's two directions side by side). The reverse direction runs
+ * the same equations over each sequence's steps from its last to its
+ * first, and the layer's output at step t is [forward h_t, reverse h_t]
+ * (PyTorch's bidirectional=True). In nn Sequential its forward
  * is nn_rnn_forward with zero initial state, full lengths and the model's
  * mode, and gives the output sequence. An LSTM or GRU layer runs, by
  * default, the input products x W_ih^T of all steps as one matmul and the
@@ -536,30 +549,45 @@ NN_API nn_layer *nn_gru_new(ad_ctx *ctx, int64_t input_size, int64_t hidden_size
  * H] (or [N, T, H]), a tape tensor. An unbatched x [T, I] runs as a batch
  * of one without that axis, as in PyTorch: h0, c0, h_n, c_n are then
  * [num_layers, H] and the output [T, H] (batch_first does not apply).
- *   h0, c0    initial states [num_layers, N, H] (c0 for LSTM only), or
+ * Bidirectional (D = 2, see nn_rnn_new): the output is [T, N, 2 H] ([N, T,
+ * 2 H], unbatched [T, 2 H]), the forward direction's h in [..., 0:H] and
+ * the reverse direction's in [..., H:2H], and every state below has
+ * num_layers*2 rows in the order layer 0 forward, layer 0 reverse, layer 1
+ * forward, ... (PyTorch's).
+ *   h0, c0    initial states [num_layers*D, N, H] (c0 for LSTM only), or
  *             NULL for zeros (each independently).
  *   lengths   NULL: every sequence has T steps. Else n_lengths == N
  *             entries in 1..T (any order): sequence n has lengths[n]
  *             steps and the rest of its rows in x is padding, as
  *             PyTorch's pack_padded_sequence(enforce_sorted=False) then
  *             pad_packed_sequence(total_length=T): padded steps do not
- *             change its state, get no gradient, and give output 0.
- *   training  dropout between layers (opts.dropout) applies when true.
- *   h_n, c_n  when not NULL, receive the final states [num_layers, N, H]
- *             (each sequence's state after its last step), tape tensors;
- *             *c_n is NULL for cells other than LSTM.
+ *             change its state, get no gradient, and give output 0. The
+ *             reverse direction of sequence n runs over its steps
+ *             lengths[n]-1 down to 0 (its state starts at the last valid
+ *             step, not at the padding).
+ *   training  dropout between layers (opts.dropout) applies when true,
+ *             to the layer's whole (for D = 2: concatenated) output; the
+ *             mask's elements are drawn step by step (t), within a step
+ *             sequence by sequence (n), within that the D*H features in
+ *             order (forward direction's first), on every path.
+ *   h_n, c_n  when not NULL, receive the final states [num_layers*D, N,
+ *             H] (each sequence's state after its last step; for the
+ *             reverse direction after its step 0), tape tensors; *c_n is
+ *             NULL for cells other than LSTM.
  * Graph dumps: the ops of layer k are recorded in a scope named after the
  * layer and k ("encoder.l1"; the layer's kind when the model gave it no
- * name: "lstm.l0") and, when the layer runs step by step (RNN, or
- * opts.per_step or opts.composed), those of step t in a scope "t=3" (for
- * t = 3) inside it (ad_scope_push), closed
- * again on every exit; so two scope levels must be free (AD_ERR_STATE
- * otherwise, from ad_scope_push).
+ * name: "lstm.l0"; its reverse direction's in "lstm.l0_reverse", which
+ * reverses the sequences with index_select) and, when the layer runs step
+ * by step (RNN, or opts.per_step or opts.composed), those of step t in a
+ * scope "t=3" (for t = 3; of the reversed sequence in a reverse scope)
+ * inside it (ad_scope_push), closed again on every exit; so two scope
+ * levels must be free (AD_ERR_STATE otherwise, from ad_scope_push).
  * Returns NULL with the error recorded, naming the layer and the values:
  * AD_ERR_ARG (l is not recurrent, c0 given to a cell other than LSTM,
  * lengths missing a count, a count other than N, or a length outside
  * 1..T), AD_ERR_SHAPE (x neither 3-D nor 2-D, an empty sequence or batch,
- * the wrong input size, h0 or c0 not [num_layers, N, H]), AD_ERR_DTYPE
+ * the wrong input size, h0 or c0 not [num_layers*D, N, H], or for D = 2
+ * more than 2^31 - 1 steps of all sequences together), AD_ERR_DTYPE
  * (x, h0 or c0 not of the layer's dtype), AD_ERR_NULL, AD_ERR_OOM. */
 NN_API ad_tensor *nn_rnn_forward(nn_layer *l, ad_tensor *x, ad_tensor *h0, ad_tensor *c0,
                                  const int64_t *lengths, int64_t n_lengths, bool training,
