@@ -295,13 +295,14 @@ static void params_fd(nn_layer *l, ad_tensor *const *in, int n, gc_ud *u) {
   ad_tensor_free(v);
 }
 
-static void gradcheck_cell(nn_rnn_cell cell) {
+static void gradcheck_cell(nn_rnn_cell cell, bool bidirectional) {
   ad_rng rng;
   ad_rng_seed(&rng, 21);
-  nn_rnn_opts o = {.num_layers = 2, .batch_first = true, .dtype = AD_F64};
+  nn_rnn_opts o = {
+      .num_layers = 2, .batch_first = true, .dtype = AD_F64, .bidirectional = bidirectional};
   nn_layer *l = nn_rnn_new(ctx, cell, 2, 3, &rng, &o);
   cr_assert_not_null(l, "%s", ad_last_error(ctx));
-  int64_t sx[3] = {3, 4, 2}, ss[3] = {2, 3, 3}, lengths[3] = {4, 2, 3};
+  int64_t sx[3] = {3, 4, 2}, ss[3] = {bidirectional ? 4 : 2, 3, 3}, lengths[3] = {4, 2, 3};
   ad_tensor *in[3] = {ad_rand(ctx, &rng, AD_F64, 3, sx, -1, 1),
                       ad_rand(ctx, &rng, AD_F64, 3, ss, -1, 1),
                       ad_rand(ctx, &rng, AD_F64, 3, ss, -1, 1)};
@@ -313,17 +314,24 @@ static void gradcheck_cell(nn_rnn_cell cell) {
       ad_check_report rep;
       cr_assert_eq(ad_gradcheck(ctx, gc_fn, &u, n, in, NULL, &rep), AD_OK, "%s",
                    ad_last_error(ctx));
-      cr_assert(rep.passed, "%s output %d lengths %d: input %d [%lld] analytic %g numeric %g",
-                nn_layer_kind(l), out, lens, rep.input, (long long)rep.index, rep.analytic,
-                rep.numeric);
+      cr_assert(rep.passed, "%s%s output %d lengths %d: input %d [%lld] analytic %g numeric %g",
+                nn_layer_kind(l), bidirectional ? " bidirectional" : "", out, lens, rep.input,
+                (long long)rep.index, rep.analytic, rep.numeric);
       params_fd(l, in, n, &u);
     }
   for (int i = 0; i < 3; i++) ad_tensor_free(in[i]);
   nn_layer_free(l);
 }
 
-Test(rnn, gradcheck_lstm_f64) { gradcheck_cell(NN_RNN_LSTM); }
-Test(rnn, gradcheck_gru_f64) { gradcheck_cell(NN_RNN_GRU); }
+Test(rnn, gradcheck_lstm_f64) { gradcheck_cell(NN_RNN_LSTM, false); }
+Test(rnn, gradcheck_gru_f64) { gradcheck_cell(NN_RNN_GRU, false); }
+/* bidirectional, with and without uneven lengths: input, h0, c0 and every
+ * parameter (the reverse direction's too) */
+Test(rnn, gradcheck_bidirectional_f64) {
+  gradcheck_cell(NN_RNN_TANH, true);
+  gradcheck_cell(NN_RNN_LSTM, true);
+  gradcheck_cell(NN_RNN_GRU, true);
+}
 
 /* ---------------------------------------------------- variable lengths */
 
@@ -489,11 +497,11 @@ static int fused_run(nn_layer *l, ad_tensor *const *in, int n, const int64_t *le
  * lengths with a partial step, and lengths that all end before T;
  * batch_first with biases, and time-major without; dropout between the
  * layers (the same masks on every path). */
-static void fused_vs_composed(nn_rnn_cell cell, ad_dtype dt) {
+static void fused_vs_composed(nn_rnn_cell cell, ad_dtype dt, bool bidirectional) {
   double tol = dt == AD_F64 ? 1e-12 : 1e-6;
   ad_tensor *res[3][24];
   int count[3];
-  int64_t ss[3] = {2, 3, 6}, lens[2][3] = {{5, 2, 4}, {3, 2, 4}};
+  int64_t ss[3] = {bidirectional ? 4 : 2, 3, 6}, lens[2][3] = {{5, 2, 4}, {3, 2, 4}};
   ad_rng rng;
   ad_rng_seed(&rng, 8);
   for (int layout = 0; layout < 2; layout++) {
@@ -512,7 +520,8 @@ static void fused_vs_composed(nn_rnn_cell cell, ad_dtype dt) {
                          .dropout = 0.4,
                          .seed = 3,
                          .composed = mode == 0,
-                         .per_step = mode == 1};
+                         .per_step = mode == 1,
+                         .bidirectional = bidirectional};
         ad_rng prng;
         ad_rng_seed(&prng, 9); /* the same parameters every time */
         nn_layer *l = nn_rnn_new(ctx, cell, 4, 6, &prng, &o);
@@ -531,9 +540,10 @@ static void fused_vs_composed(nn_rnn_cell cell, ad_dtype dt) {
           for (int64_t i = 0; i < a->size; i++) {
             double x = ad_tensor_get(a, i), y = ad_tensor_get(b, i);
             QUICK_ASSERT(fabs(x - y) <= tol * fmax(fabs(y), dt == AD_F64 ? 1e-3 * scale : scale),
-                         "%s %s layout %d lengths %d %s result %d [%lld]: fused %.17g, composed "
-                         "%.17g (scale %g)",
-                         cell == NN_RNN_LSTM ? "lstm" : "gru", ad_dtype_name(dt), layout, l3,
+                         "%s%s %s layout %d lengths %d %s result %d [%lld]: fused %.17g, "
+                         "composed %.17g (scale %g)",
+                         cell == NN_RNN_LSTM ? "lstm" : "gru",
+                         bidirectional ? " bidirectional" : "", ad_dtype_name(dt), layout, l3,
                          mode == 1 ? "per step" : "sequence", k, (long long)i, x, y, scale);
           }
         }
@@ -546,12 +556,19 @@ static void fused_vs_composed(nn_rnn_cell cell, ad_dtype dt) {
 }
 
 Test(rnn, fused_lstm_matches_composed) {
-  fused_vs_composed(NN_RNN_LSTM, AD_F64);
-  fused_vs_composed(NN_RNN_LSTM, AD_F32);
+  fused_vs_composed(NN_RNN_LSTM, AD_F64, false);
+  fused_vs_composed(NN_RNN_LSTM, AD_F32, false);
 }
 Test(rnn, fused_gru_matches_composed) {
-  fused_vs_composed(NN_RNN_GRU, AD_F64);
-  fused_vs_composed(NN_RNN_GRU, AD_F32);
+  fused_vs_composed(NN_RNN_GRU, AD_F64, false);
+  fused_vs_composed(NN_RNN_GRU, AD_F32, false);
+}
+/* bidirectional: the reversal and the concatenated dropout mask agree too */
+Test(rnn, fused_bidirectional_matches_composed) {
+  for (int cell = NN_RNN_LSTM; cell <= NN_RNN_GRU; cell++) {
+    fused_vs_composed((nn_rnn_cell)cell, AD_F64, true);
+    fused_vs_composed((nn_rnn_cell)cell, AD_F32, true);
+  }
 }
 
 /* Second order through the fused layer: its backward is recorded from ops. */
@@ -639,10 +656,12 @@ Test(rnn, cell_ops_bad_input_is_named) {
  * the cells, each on its block's rows), and every product stays in the
  * built-in kernel's size class on any CPU (at most 4M multiply-adds). */
 Test(rnn, sequence_layer_bits_do_not_depend_on_threads) {
-  for (int cell = NN_RNN_LSTM; cell <= NN_RNN_GRU; cell++) {
-    ad_tensor *res[2][12];
+  for (int v = 0; v < 4; v++) { /* LSTM, GRU; one direction, bidirectional */
+    int cell = NN_RNN_LSTM + (v & 1);
+    bool bidirectional = v & 2;
+    ad_tensor *res[2][24];
     int count[2];
-    int64_t sx[3] = {2, 32, 16}, ss[3] = {1, 32, 128};
+    int64_t sx[3] = {2, 32, 16}, ss[3] = {bidirectional ? 2 : 1, 32, 128};
     ad_rng rng;
     ad_rng_seed(&rng, 21);
     ad_tensor *in[3] = {ad_rand(ctx, &rng, AD_F32, 3, sx, -1, 1),
@@ -654,7 +673,8 @@ Test(rnn, sequence_layer_bits_do_not_depend_on_threads) {
       cr_assert_eq(ad_set_num_threads(threads), AD_OK);
       ad_rng prng;
       ad_rng_seed(&prng, 22);
-      nn_layer *l = nn_rnn_new(ctx, (nn_rnn_cell)cell, 16, 128, &prng, NULL);
+      nn_rnn_opts o = {.bidirectional = bidirectional};
+      nn_layer *l = nn_rnn_new(ctx, (nn_rnn_cell)cell, 16, 128, &prng, &o);
       cr_assert_not_null(l, "%s", ad_last_error(ctx));
       count[threads - 1] = fused_run(l, in, n, NULL, res[threads - 1]);
       nn_layer_free(l);
@@ -664,7 +684,8 @@ Test(rnn, sequence_layer_bits_do_not_depend_on_threads) {
     for (int k = 0; k < count[0]; k++) {
       cr_assert_eq(res[0][k]->size, res[1][k]->size);
       cr_assert_eq(memcmp(res[0][k]->data, res[1][k]->data, (size_t)res[0][k]->size * 4), 0,
-                   "%s result %d differs on two threads", cell == NN_RNN_LSTM ? "lstm" : "gru", k);
+                   "%s%s result %d differs on two threads", cell == NN_RNN_LSTM ? "lstm" : "gru",
+                   bidirectional ? " bidirectional" : "", k);
       ad_tensor_free(res[0][k]);
       ad_tensor_free(res[1][k]);
     }
