@@ -5,8 +5,11 @@
  * scalar loss w.r.t. the input, the initial states and every parameter
  * agree (f64 within 1e-10, f32 within 1e-5) for RNN tanh/relu, LSTM and
  * GRU, one and two layers, batch_first both ways, with and without initial
- * state and bias, and variable lengths. Then gradchecks, PyTorch's names and
- * initialisation, unbatched input, dropout between layers, and bad input. */
+ * state and bias, and variable lengths; bidirectional LSTM and GRU state
+ * dicts from tests/fixtures/torch_rnn_bidir.safetensors, and more
+ * bidirectional cases against constants (rnn_bidir_ref.h, at the end).
+ * Then gradchecks, PyTorch's names and initialisation, unbatched input,
+ * dropout between layers, and bad input. */
 #include "nn.h"
 #include "test_alloc.h"
 
@@ -18,9 +21,10 @@
 
 TEST_CTX_SUITE(rnn);
 
-#define RNN_FIXTURE "tests/fixtures/torch_rnn.safetensors"
+#define RNN_FIXTURE       "tests/fixtures/torch_rnn.safetensors"
+#define RNN_BIDIR_FIXTURE "tests/fixtures/torch_rnn_bidir.safetensors"
 
-/* tools/gen_rnn_fixtures.py's CASES */
+/* tools/gen_rnn_fixtures.py's CASES (and BIDIR_CASES: bidir) */
 typedef struct rnn_case {
   const char *name;
   nn_rnn_cell cell;
@@ -29,21 +33,28 @@ typedef struct rnn_case {
   bool batch_first, bias;
   int64_t t, n;
   bool state, lengths;
+  bool bidir; /* bidirectional=True, in RNN_BIDIR_FIXTURE */
 } rnn_case;
 
 static const rnn_case cases[] = {
-    {"tanh1", NN_RNN_TANH, 3, 4, 1, false, true, 4, 2, false, false},
-    {"relu2", NN_RNN_RELU, 3, 4, 2, true, true, 4, 3, true, true},
-    {"lstm1", NN_RNN_LSTM, 3, 4, 1, false, true, 5, 2, false, false},
-    {"lstm2", NN_RNN_LSTM, 3, 4, 2, true, true, 5, 3, true, true},
-    {"lstm2nb", NN_RNN_LSTM, 2, 3, 2, false, false, 4, 3, false, true},
-    {"gru1", NN_RNN_GRU, 3, 4, 1, true, true, 5, 2, false, false},
-    {"gru2", NN_RNN_GRU, 3, 4, 2, false, true, 5, 3, true, true},
-    {"gru2nb", NN_RNN_GRU, 2, 3, 2, true, false, 3, 2, true, false},
-    {"tanh2_f32", NN_RNN_TANH, 3, 4, 2, false, true, 4, 2, true, true},
-    {"lstm2_f32", NN_RNN_LSTM, 3, 4, 2, true, true, 5, 3, true, true},
-    {"gru2_f32", NN_RNN_GRU, 3, 4, 2, false, true, 5, 3, true, true},
+    {"tanh1", NN_RNN_TANH, 3, 4, 1, false, true, 4, 2, false, false, false},
+    {"relu2", NN_RNN_RELU, 3, 4, 2, true, true, 4, 3, true, true, false},
+    {"lstm1", NN_RNN_LSTM, 3, 4, 1, false, true, 5, 2, false, false, false},
+    {"lstm2", NN_RNN_LSTM, 3, 4, 2, true, true, 5, 3, true, true, false},
+    {"lstm2nb", NN_RNN_LSTM, 2, 3, 2, false, false, 4, 3, false, true, false},
+    {"gru1", NN_RNN_GRU, 3, 4, 1, true, true, 5, 2, false, false, false},
+    {"gru2", NN_RNN_GRU, 3, 4, 2, false, true, 5, 3, true, true, false},
+    {"gru2nb", NN_RNN_GRU, 2, 3, 2, true, false, 3, 2, true, false, false},
+    {"tanh2_f32", NN_RNN_TANH, 3, 4, 2, false, true, 4, 2, true, true, false},
+    {"lstm2_f32", NN_RNN_LSTM, 3, 4, 2, true, true, 5, 3, true, true, false},
+    {"gru2_f32", NN_RNN_GRU, 3, 4, 2, false, true, 5, 3, true, true, false},
+    {"lstm2bi", NN_RNN_LSTM, 3, 4, 2, true, true, 5, 3, true, true, true},
+    {"gru2bi_f32", NN_RNN_GRU, 3, 4, 2, false, true, 5, 3, true, true, true},
 };
+
+static const char *case_file(const rnn_case *c) {
+  return c->bidir ? RNN_BIDIR_FIXTURE : RNN_FIXTURE;
+}
 
 static void expect_msg(ad_ctx *c, ad_status st, const char *needle) {
   cr_assert_eq(ad_last_status(c), st, "status %s: %s", ad_status_str(ad_last_status(c)),
@@ -54,16 +65,17 @@ static void expect_msg(ad_ctx *c, ad_status st, const char *needle) {
 
 /* The fixture's tensor name (persistent, the file's dtype and shape), or
  * NULL when the file has none. */
-static ad_tensor *fixture(const nn_checkpoint_info *info, const char *cname, const char *what) {
+static ad_tensor *fixture(const nn_checkpoint_info *info, const rnn_case *c, const char *what) {
   char name[96];
-  snprintf(name, sizeof name, "%s.%s", cname, what);
+  snprintf(name, sizeof name, "%s.%s", c->name, what);
   const nn_checkpoint_entry *e = nn_checkpoint_info_find(info, name);
   if (!e) return NULL;
   cr_assert(e->has_dtype, "%s: dtype %s", name, e->dtype_name);
   ad_tensor *t = ad_zeros(ctx, e->dtype, e->ndim, e->shape);
   cr_assert_not_null(t, "%s", ad_last_error(ctx));
   const char *names[1] = {name};
-  cr_assert_eq(nn_checkpoint_load(ctx, RNN_FIXTURE, 1, names, &t), AD_OK, "%s", ad_last_error(ctx));
+  cr_assert_eq(nn_checkpoint_load(ctx, case_file(c), 1, names, &t), AD_OK, "%s",
+               ad_last_error(ctx));
   return t;
 }
 
@@ -88,8 +100,11 @@ static void expect_close(const ad_tensor *got, const ad_tensor *want, double tol
 static ad_tensor *dot(ad_tensor *a, ad_tensor *w) { return ad_sum(ctx, ad_mul(ctx, a, w)); }
 
 static nn_layer *case_layer(const rnn_case *c, ad_dtype dt, ad_rng *rng) {
-  nn_rnn_opts o = {
-      .num_layers = c->layers, .no_bias = !c->bias, .batch_first = c->batch_first, .dtype = dt};
+  nn_rnn_opts o = {.num_layers = c->layers,
+                   .no_bias = !c->bias,
+                   .batch_first = c->batch_first,
+                   .dtype = dt,
+                   .bidirectional = c->bidir};
   nn_layer *l = nn_rnn_new(ctx, c->cell, c->in, c->hidden, rng, &o);
   cr_assert_not_null(l, "%s: %s", c->name, ad_last_error(ctx));
   return l;
@@ -106,12 +121,12 @@ static void check_case(const rnn_case *c) {
   nn_model *m = nn_sequential_new(ctx);
   cr_assert_eq(nn_model_add_named(m, c->name, case_layer(c, dt, &rng)), AD_OK, "%s",
                ad_last_error(ctx));
-  cr_assert_eq(nn_model_load(m, NULL, RNN_FIXTURE), AD_OK, "%s: %s", c->name, ad_last_error(ctx));
+  cr_assert_eq(nn_model_load(m, NULL, case_file(c)), AD_OK, "%s: %s", c->name, ad_last_error(ctx));
   nn_layer *l = nn_model_layer(m, 0);
-  nn_checkpoint_info *info = nn_checkpoint_info_read(ctx, RNN_FIXTURE);
+  nn_checkpoint_info *info = nn_checkpoint_info_read(ctx, case_file(c));
   cr_assert_not_null(info, "%s", ad_last_error(ctx));
-  ad_tensor *x = fixture(info, c->name, "x"), *h0 = fixture(info, c->name, "h0");
-  ad_tensor *c0 = fixture(info, c->name, "c0"), *len = fixture(info, c->name, "lengths");
+  ad_tensor *x = fixture(info, c, "x"), *h0 = fixture(info, c, "h0");
+  ad_tensor *c0 = fixture(info, c, "c0"), *len = fixture(info, c, "lengths");
   cr_assert_eq(h0 != NULL, c->state, "%s: h0 in the fixture", c->name);
   cr_assert_eq(len != NULL, c->lengths, "%s: lengths in the fixture", c->name);
   int64_t lengths[8] = {0}, nl = 0;
@@ -123,29 +138,28 @@ static void check_case(const rnn_case *c) {
   ad_tensor *y = nn_rnn_forward(l, x, h0, c0, len ? lengths : NULL, nl, true, &hn, &cn);
   cr_assert_not_null(y, "%s: %s", c->name, ad_last_error(ctx));
   cr_assert_eq(cn != NULL, c->cell == NN_RNN_LSTM, "%s: c_n", c->name);
-  ad_tensor *wy = fixture(info, c->name, "wy"), *wh = fixture(info, c->name, "wh");
+  ad_tensor *wy = fixture(info, c, "wy"), *wh = fixture(info, c, "wh");
   ad_tensor *loss = ad_add(ctx, dot(y, wy), dot(hn, wh));
-  ad_tensor *wc = cn ? fixture(info, c->name, "wc") : NULL;
+  ad_tensor *wc = cn ? fixture(info, c, "wc") : NULL;
   if (cn) loss = ad_add(ctx, loss, dot(cn, wc));
   cr_assert_eq(ad_backward(ctx, loss, NULL), AD_OK, "%s: %s", c->name, ad_last_error(ctx));
 
-  ad_tensor *want[3] = {fixture(info, c->name, "out"), fixture(info, c->name, "h_n"),
-                        fixture(info, c->name, "c_n")};
+  ad_tensor *want[3] = {fixture(info, c, "out"), fixture(info, c, "h_n"), fixture(info, c, "c_n")};
   expect_close(y, want[0], tol, c->name, "out");
   expect_close(hn, want[1], tol, c->name, "h_n");
   if (cn) expect_close(cn, want[2], tol, c->name, "c_n");
-  ad_tensor *gx = fixture(info, c->name, "grad.x");
+  ad_tensor *gx = fixture(info, c, "grad.x");
   expect_close(x->grad, gx, tol, c->name, "grad.x");
-  ad_tensor *gh = h0 ? fixture(info, c->name, "grad.h0") : NULL;
-  ad_tensor *gc = c0 ? fixture(info, c->name, "grad.c0") : NULL;
+  ad_tensor *gh = h0 ? fixture(info, c, "grad.h0") : NULL;
+  ad_tensor *gc = c0 ? fixture(info, c, "grad.c0") : NULL;
   if (h0) expect_close(h0->grad, gh, tol, c->name, "grad.h0");
   if (c0) expect_close(c0->grad, gc, tol, c->name, "grad.c0");
   nn_params *lp = nn_layer_params(l);
-  cr_assert_eq(nn_params_count(lp), c->layers * (c->bias ? 4 : 2));
+  cr_assert_eq(nn_params_count(lp), c->layers * (c->bias ? 4 : 2) * (c->bidir ? 2 : 1));
   for (int i = 0; i < nn_params_count(lp); i++) {
     char what[64];
     snprintf(what, sizeof what, "grad.%s", nn_params_name(lp, i));
-    ad_tensor *g = fixture(info, c->name, what);
+    ad_tensor *g = fixture(info, c, what);
     expect_close(nn_params_tensor(lp, i)->grad, g, tol, c->name, what);
     ad_tensor_free(g);
   }
@@ -174,10 +188,10 @@ Test(rnn, matches_pytorch_f32) {
 /* The fixture holds every tensor the cases need and nothing the table
  * misses: each case's state dict has PyTorch's names and shapes. */
 Test(rnn, fixture_state_dicts_have_pytorch_layouts) {
-  nn_checkpoint_info *info = nn_checkpoint_info_read(ctx, RNN_FIXTURE);
-  cr_assert_not_null(info, "%s", ad_last_error(ctx));
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     const rnn_case *c = &cases[i];
+    nn_checkpoint_info *info = nn_checkpoint_info_read(ctx, case_file(c));
+    cr_assert_not_null(info, "%s", ad_last_error(ctx));
     int g = c->cell == NN_RNN_LSTM ? 4 : c->cell == NN_RNN_GRU ? 3 : 1;
     ad_rng rng;
     ad_rng_seed(&rng, 1);
@@ -194,8 +208,8 @@ Test(rnn, fixture_state_dicts_have_pytorch_layouts) {
       cr_assert_eq(t->shape[0], g * c->hidden, "%s: %lld rows", name, (long long)t->shape[0]);
     }
     nn_layer_free(l);
+    nn_checkpoint_info_free(info);
   }
-  nn_checkpoint_info_free(info);
 }
 
 /* --------------------------------------------------- names and init */

@@ -1,9 +1,14 @@
 #!/usr/bin/python3
 """Writes tests/fixtures/torch_rnn.safetensors: PyTorch's recurrent layers.
 
+With --bidir it writes BIDIR_CASES (bidirectional=True; h0, c0, wh, wc
+[2 layers, N, H], wy [., ., 2 H]) to tests/fixtures/torch_rnn_bidir.safetensors
+instead, the same way.
+
 Usage (from the repository root, with Debian's python3-torch 1.13):
 
     /usr/bin/python3 tools/gen_rnn_fixtures.py [--out FILE]
+    /usr/bin/python3 tools/gen_rnn_fixtures.py --bidir [--out FILE]
 
 For each case of CASES below (tests/test_nn_rnn.c has the same table), a
 torch.nn.RNN / LSTM / GRU with PyTorch's own initialisation (seeded), run
@@ -53,28 +58,37 @@ CASES = [
     ("gru2_f32", "gru", 3, 4, 2, False, True, 5, 3, True, [3, 5, 2]),
 ]
 
+# bidirectional=True, in tests/fixtures/torch_rnn_bidir.safetensors (a file
+# of its own, so that the first one keeps its bytes): PyTorch's own
+# initialisation, so a model loads a state dict PyTorch wrote
+BIDIR_CASES = [
+    ("lstm2bi", "lstm", 3, 4, 2, True, True, 5, 3, True, [5, 3, 1]),
+    ("gru2bi_f32", "gru", 3, 4, 2, False, True, 5, 3, True, [3, 5, 2]),
+]
 
-def make(cell, i, h, layers, batch_first, bias):
-    kw = dict(num_layers=layers, batch_first=batch_first, bias=bias)
+
+def make(cell, i, h, layers, batch_first, bias, bidirectional=False):
+    kw = dict(num_layers=layers, batch_first=batch_first, bias=bias, bidirectional=bidirectional)
     if cell in ("tanh", "relu"):
         return torch.nn.RNN(i, h, nonlinearity=cell, **kw)
     return (torch.nn.LSTM if cell == "lstm" else torch.nn.GRU)(i, h, **kw)
 
 
-def run_case(seed, name, cell, i, h, layers, bf, bias, t, n, state, lengths):
+def run_case(seed, name, cell, i, h, layers, bf, bias, t, n, state, lengths, bidir=False):
     dtype = torch.float32 if name.endswith("_f32") else torch.float64
     torch.manual_seed(seed)
-    m = make(cell, i, h, layers, bf, bias).to(dtype)
+    m = make(cell, i, h, layers, bf, bias, bidir).to(dtype)
+    d = 2 if bidir else 1
     x = torch.randn((n, t, i) if bf else (t, n, i), dtype=dtype)
     if lengths is not None:  # padding holds values, which must not matter
         for b, ln in enumerate(lengths):
             pad = x[b, ln:] if bf else x[ln:, b]
             pad.fill_(7.0)
-    h0 = torch.randn(layers, n, h, dtype=dtype) if state else None
-    c0 = torch.randn(layers, n, h, dtype=dtype) if state and cell == "lstm" else None
-    wy = torch.randn((n, t, h) if bf else (t, n, h), dtype=dtype)
-    wh = torch.randn(layers, n, h, dtype=dtype)
-    wc = torch.randn(layers, n, h, dtype=dtype)
+    h0 = torch.randn(d * layers, n, h, dtype=dtype) if state else None
+    c0 = torch.randn(d * layers, n, h, dtype=dtype) if state and cell == "lstm" else None
+    wy = torch.randn((n, t, d * h) if bf else (t, n, d * h), dtype=dtype)
+    wh = torch.randn(d * layers, n, h, dtype=dtype)
+    wc = torch.randn(d * layers, n, h, dtype=dtype)
     x.requires_grad_(True)
     for s0 in (h0, c0):
         if s0 is not None:
@@ -129,10 +143,15 @@ def main():
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                   "..", "tests", "fixtures",
                                                   "torch_rnn.safetensors"))
+    ap.add_argument("--bidir", action="store_true",
+                    help="write BIDIR_CASES (to torch_rnn_bidir.safetensors by default)")
     args = ap.parse_args()
+    cases, first = (BIDIR_CASES, 200) if args.bidir else (CASES, 100)
+    if args.bidir and args.out == ap.get_default("out"):
+        args.out = args.out.replace("torch_rnn.", "torch_rnn_bidir.")
     ts = {}
-    for seed, case in enumerate(CASES):
-        ts.update(run_case(100 + seed, *case))
+    for seed, case in enumerate(cases):
+        ts.update(run_case(first + seed, *case, bidir=args.bidir))
     data = build(ts, {"format": "pt", "torch": torch.__version__})
     with open(args.out, "wb") as f:
         f.write(data)
