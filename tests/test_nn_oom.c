@@ -259,6 +259,8 @@ enum {
   GRU,
   LSTM_STEP,
   GRU_COMPOSED,
+  LSTM_BI,
+  GRU_BI_STEP,
   MHA,
   N_LAYERS
 };
@@ -268,7 +270,8 @@ static const char *layer_names[N_LAYERS] = {"dense",        "conv2d",       "con
                                             "batch_norm1d", "batch_norm2d", "layer_norm",
                                             "dropout",      "embedding",    "rnn",
                                             "lstm",         "gru",          "lstm per_step",
-                                            "gru composed", "mha"};
+                                            "gru composed", "lstm bi",      "gru bi step",
+                                            "mha"};
 
 static bool build_only;
 
@@ -331,17 +334,23 @@ static ad_status run_layer(world *w) {
   case GRU:
   case LSTM_STEP:
   case GRU_COMPOSED:
-    w->l = nn_rnn_new(c,
-                      w->kind == RNN                            ? NN_RNN_TANH
-                      : w->kind == LSTM || w->kind == LSTM_STEP ? NN_RNN_LSTM
-                                                                : NN_RNN_GRU,
-                      4, 3, &rng,
-                      &(nn_rnn_opts){.num_layers = 2,
-                                     .dropout = 0.5,
-                                     .per_step = w->kind == LSTM_STEP,
-                                     .composed = w->kind == GRU_COMPOSED});
+  case LSTM_BI: /* bidirectional, whole-sequence ops */
+  case GRU_BI_STEP: /* bidirectional, per step */ {
+    bool lstm = w->kind == LSTM || w->kind == LSTM_STEP || w->kind == LSTM_BI;
+    w->l =
+        nn_rnn_new(c,
+                   w->kind == RNN ? NN_RNN_TANH
+                   : lstm         ? NN_RNN_LSTM
+                                  : NN_RNN_GRU,
+                   4, 3, &rng,
+                   &(nn_rnn_opts){.num_layers = 2,
+                                  .dropout = 0.5,
+                                  .per_step = w->kind == LSTM_STEP || w->kind == GRU_BI_STEP,
+                                  .composed = w->kind == GRU_COMPOSED,
+                                  .bidirectional = w->kind == LSTM_BI || w->kind == GRU_BI_STEP});
     x = w->x = data(c, 3, s3, 1);
     break;
+  }
   case MHA:
     w->l = nn_multihead_attention_new(c, 4, 2, &rng, &(nn_mha_opts){.dropout = 0.25, .seed = 1});
     x = w->x = data(c, 3, s3, 1);
@@ -351,7 +360,7 @@ static ad_status run_layer(world *w) {
   if (build_only) return AD_OK;
   ad_status st = fwd_bwd(w, w->l, x);
   if (st != AD_OK) return st;
-  if (w->kind >= RNN && w->kind <= GRU_COMPOSED) {
+  if (w->kind >= RNN && w->kind <= GRU_BI_STEP) {
     /* with lengths and states out */
     int64_t len[2] = {3, 1};
     ad_tensor *hn, *cn;
