@@ -159,3 +159,32 @@ Test(rnn_scope, inside_a_users_scope_and_closed_on_error) {
   cr_assert_eq(ad_scope_depth(ctx), AD_SCOPE_MAX_DEPTH);
   nn_layer_free(l);
 }
+
+/* Bidirectional: each direction of each layer is a cluster of its own
+ * ("lstm.l0", "lstm.l0_reverse", ...), each with its steps when run step
+ * by step, and the reverse one holds the index_select that reverses the
+ * sequences; by default each direction holds one lstm_seq. */
+Test(rnn_scope, bidirectional_directions_are_clusters) {
+  for (int per_step = 0; per_step < 2; per_step++) {
+    ad_rng rng;
+    ad_rng_seed(&rng, 1);
+    nn_rnn_opts o = {.num_layers = 2, .dtype = AD_F64, .per_step = per_step, .bidirectional = true};
+    nn_layer *l = nn_lstm_new(ctx, 2, 3, &rng, &o);
+    cr_assert_not_null(l, "%s", ad_last_error(ctx));
+    ad_tensor *L = lstm_loss(l);
+    cr_assert_eq(ad_scope_depth(ctx), 0);
+    char *text = dump(L, 0);
+    cr_assert_eq(count(text, "subgraph cluster_"), 4 + (per_step ? 4 * STEPS : 0), "%s", text);
+    static const char *const labels[4] = {"label=\"lstm.l0\"", "label=\"lstm.l0_reverse\"",
+                                          "label=\"lstm.l1\"", "label=\"lstm.l1_reverse\""};
+    for (int i = 0; i < 4; i++) cr_assert_eq(count(text, labels[i]), 1, "%s: %s", labels[i], text);
+    if (per_step)
+      cr_assert_eq(count(text, "= lstm_cell("), 4 * STEPS, "%s", text);
+    else
+      cr_assert_eq(count(text, "= lstm_seq("), 4, "%s", text);
+    cr_assert_geq(count(text, "index_select"), 2, "%s", text);
+    free(text);
+    ad_tape_reset(ctx);
+    nn_layer_free(l);
+  }
+}

@@ -577,7 +577,8 @@ NN_API nn_layer *nn_gru_new(ad_ctx *ctx, int64_t input_size, int64_t hidden_size
  * Graph dumps: the ops of layer k are recorded in a scope named after the
  * layer and k ("encoder.l1"; the layer's kind when the model gave it no
  * name: "lstm.l0"; its reverse direction's in "lstm.l0_reverse", which
- * reverses the sequences with index_select) and, when the layer runs step
+ * reverses the sequences with index_select; the directions' concat, and
+ * the dropout after it, outside both) and, when the layer runs step
  * by step (RNN, or opts.per_step or opts.composed), those of step t in a
  * scope "t=3" (for t = 3; of the reversed sequence in a reverse scope)
  * inside it (ad_scope_push), closed again on every exit; so two scope
