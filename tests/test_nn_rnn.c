@@ -592,20 +592,23 @@ static ad_tensor *gg_fn(ad_ctx *c, int n, ad_tensor *const *in, void *ud) {
 }
 
 Test(rnn, fused_cells_gradgradcheck) {
-  for (int cell = NN_RNN_LSTM; cell <= NN_RNN_GRU; cell++) {
+  for (int v = 0; v < 4; v++) { /* LSTM, GRU; one direction, bidirectional */
+    int cell = NN_RNN_LSTM + (v & 1);
+    bool bi = v & 2;
     ad_rng rng;
     ad_rng_seed(&rng, 12);
-    nn_rnn_opts o = {.dtype = AD_F64};
+    nn_rnn_opts o = {.dtype = AD_F64, .bidirectional = bi};
     nn_layer *l = nn_rnn_new(ctx, (nn_rnn_cell)cell, 2, 3, &rng, &o);
-    int64_t sx[3] = {3, 2, 2}, ss[3] = {1, 2, 3};
+    int64_t sx[3] = {3, 2, 2}, ss[3] = {bi ? 2 : 1, 2, 3};
     ad_tensor *in[2] = {ad_rand(ctx, &rng, AD_F64, 3, sx, -1, 1),
                         ad_rand(ctx, &rng, AD_F64, 3, ss, -1, 1)};
     for (int i = 0; i < 2; i++) ad_tensor_set_requires_grad(in[i], true);
     ad_check_report rep;
     cr_assert_eq(ad_gradgradcheck(ctx, gg_fn, l, 2, in, NULL, &rep), AD_OK, "%s",
                  ad_last_error(ctx));
-    cr_assert(rep.passed, "%s: input %d [%lld] analytic %g numeric %g", nn_layer_kind(l), rep.input,
-              (long long)rep.index, rep.analytic, rep.numeric);
+    cr_assert(rep.passed, "%s%s: input %d [%lld] analytic %g numeric %g", nn_layer_kind(l),
+              bi ? " bidirectional" : "", rep.input, (long long)rep.index, rep.analytic,
+              rep.numeric);
     for (int i = 0; i < 2; i++) ad_tensor_free(in[i]);
     nn_layer_free(l);
   }
