@@ -20,7 +20,8 @@
  *                seeded ad_rng.
  *   layers       nn_layer: Dense, activations (sigmoid, tanh, relu,
  *                leaky_relu, gelu, hardtanh, relu6, softmax, ...), dropout, flatten,
- *                BatchNorm1d / BatchNorm2d, Conv2d and pooling,
+ *                BatchNorm1d / BatchNorm2d, GroupNorm, InstanceNorm1d /
+ *                InstanceNorm2d, Conv2d and pooling,
  *                Embedding, LayerNorm, recurrent layers (RNN, LSTM, GRU),
  *                multi-head attention and lambda (a C function).
  *   models       nn_model: a Sequential stack of layers, or a custom model
@@ -409,6 +410,75 @@ NN_API nn_layer *nn_batch_norm1d_new(ad_ctx *ctx, int64_t num_features,
                                      const nn_batch_norm_opts *opts);
 NN_API nn_layer *nn_batch_norm2d_new(ad_ctx *ctx, int64_t num_features,
                                      const nn_batch_norm_opts *opts);
+/** @} */
+
+/** Options of a GroupNorm layer. All-zero means PyTorch's defaults. */
+typedef struct nn_group_norm_opts {
+  double eps;     /**< added to the variance; 0 means 1e-5 */
+  bool no_affine; /**< affine=False: no weight and bias */
+  ad_dtype dtype; /**< of the parameters (and of the input); default AD_F32 */
+} nn_group_norm_opts;
+
+/** Group normalisation, PyTorch's nn.GroupNorm(num_groups, num_channels):
+ * x [N, C, *] (2 dims or more) has its C channels split into num_groups
+ * groups of C / num_groups consecutive channels, each group of each sample
+ * normalised with its own mean and biased variance, y = (x - mean) /
+ * sqrt(var + eps) * weight + bias, weight and bias per channel. The same
+ * in training and evaluation mode. A composite of ad_layer_norm (over
+ * [N, G, C/G * prod(*)]) and broadcast ops, so differentiable to any
+ * order. Parameters "weight" (ones) and "bias" (zeros) [num_channels], as
+ * PyTorch's, so state dicts move both ways. opts may be NULL. Returns the
+ * layer, or NULL with AD_ERR_ARG (num_groups or num_channels < 1,
+ * num_channels not divisible by num_groups, eps < 0 or not finite),
+ * AD_ERR_DTYPE (not float) or AD_ERR_OOM. Its forward fails, naming the
+ * layer and the shapes, on an input under 2 dims, with C != num_channels
+ * (without affine, as PyTorch: C not a multiple of num_groups), or with
+ * one sample of 1 value per group (N * C / G * prod(*) = 1, which PyTorch
+ * refuses too) (AD_ERR_SHAPE), or of another dtype (AD_ERR_DTYPE). An
+ * empty input gives an empty output. */
+NN_API nn_layer *nn_group_norm_new(ad_ctx *ctx, int64_t num_groups, int64_t num_channels,
+                                   const nn_group_norm_opts *opts);
+
+/** Options of InstanceNorm layers. All-zero means PyTorch's defaults
+ * (no affine, no running statistics). */
+typedef struct nn_instance_norm_opts {
+  double eps;               /**< added to the variance; 0 means 1e-5 */
+  double momentum;          /**< of the running statistics, in (0, 1]; 0 means 0.1 */
+  bool affine;              /**< affine=True: "weight" and "bias" */
+  bool track_running_stats; /**< track_running_stats=True: the buffers */
+  ad_dtype dtype;           /**< of the parameters and the running statistics
+                               (and of the input); default AD_F32 */
+} nn_instance_norm_opts;
+
+/** Instance normalisation, PyTorch's nn.InstanceNorm1d (x [N, C, L] or
+ * unbatched [C, L]) and nn.InstanceNorm2d (x [N, C, H, W] or [C, H, W]):
+ * each channel of each sample normalised over its own values (mean and
+ * biased variance), y = (x - mean) / sqrt(var + eps) * weight + bias: the
+ * group norm with one group per channel (nn_group_norm_new), differentiable
+ * to any order. With track_running_stats, training mode also updates the
+ * running statistics in place as PyTorch's F.instance_norm does:
+ * running = (1 - momentum) running + momentum stat, averaged over the
+ * samples, with the unbiased variance for running_var; evaluation mode
+ * then normalises with them (ad_batch_norm). Without them, the instance
+ * statistics are used in both modes (PyTorch's default). Parameters
+ * "weight" (ones) and "bias" (zeros) [C] with affine; buffers
+ * "running_mean" (zeros), "running_var" (ones) [C] and
+ * "num_batches_tracked" (0-d AD_F64, stored as I64) with
+ * track_running_stats, as BatchNorm's; num_batches_tracked never counts,
+ * as in PyTorch. opts may be NULL. Returns the layer, or NULL with
+ * AD_ERR_ARG (num_features < 1, eps < 0 or not finite, momentum outside
+ * (0, 1]), AD_ERR_DTYPE (not float) or AD_ERR_OOM. Its forward fails,
+ * naming the layer and the shapes, on an input of another rank, with a
+ * channel count other than num_features when the layer has affine or
+ * running statistics (without either, any count, as PyTorch), or, where
+ * instance statistics are used, with 1 value per instance and channel
+ * (AD_ERR_SHAPE), or of another dtype (AD_ERR_DTYPE). The running
+ * statistics change only when the forward succeeds, and not for an empty
+ * batch (where PyTorch 1.13 writes NaN). @{ */
+NN_API nn_layer *nn_instance_norm1d_new(ad_ctx *ctx, int64_t num_features,
+                                        const nn_instance_norm_opts *opts);
+NN_API nn_layer *nn_instance_norm2d_new(ad_ctx *ctx, int64_t num_features,
+                                        const nn_instance_norm_opts *opts);
 /** @} */
 
 /** Options of a Conv2d or ConvTranspose2d layer. All-zero means PyTorch's
