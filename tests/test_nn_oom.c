@@ -262,6 +262,9 @@ enum {
   LSTM_BI,
   GRU_BI_STEP,
   MHA,
+  GN,
+  IN1D,
+  IN2D,
   N_LAYERS
 };
 
@@ -271,7 +274,8 @@ static const char *layer_names[N_LAYERS] = {"dense",        "conv2d",       "con
                                             "dropout",      "embedding",    "rnn",
                                             "lstm",         "gru",          "lstm per_step",
                                             "gru composed", "lstm bi",      "gru bi step",
-                                            "mha"};
+                                            "mha",          "group_norm",   "inst_norm1d",
+                                            "inst_norm2d"};
 
 static bool build_only;
 
@@ -318,6 +322,17 @@ static ad_status run_layer(world *w) {
     w->l = nn_layer_norm_new(c, 1, &ln, NULL);
     x = w->x = data(c, 2, s2, 1);
     break;
+  case GN:
+    w->l = nn_group_norm_new(c, 2, 4, NULL);
+    x = w->x = data(c, 2, s2, 1);
+    break;
+  case IN1D:
+  case IN2D: {
+    nn_instance_norm_opts o = {.affine = true, .track_running_stats = true};
+    w->l = w->kind == IN1D ? nn_instance_norm1d_new(c, 2, &o) : nn_instance_norm2d_new(c, 2, &o);
+    x = w->x = w->kind == IN1D ? data(c, 3, s3, 1) : data(c, 4, s4, 1);
+    break;
+  }
   case DROPOUT:
     w->l = nn_dropout_new(c, 0.5, 3);
     x = w->x = data(c, 2, s2, 1);
@@ -366,6 +381,17 @@ static ad_status run_layer(world *w) {
     ad_tensor *hn, *cn;
     ad_tensor *y = nn_rnn_forward(w->l, x, NULL, NULL, len, 2, true, &hn, &cn);
     ad_tensor *loss = ad_sum(c, ad_add(c, ad_sum(c, y), ad_sum(c, hn)));
+    if (!loss) return ad_last_status(c);
+    return ad_backward(c, loss, NULL);
+  }
+  if (w->kind == IN1D || w->kind == IN2D) {
+    /* unbatched, then evaluation mode (the running statistics; after the
+     * update, which would otherwise change what its backward reads) */
+    ad_tensor *xu = ad_narrow(c, x, 0, 0, 1);
+    xu = xu ? ad_reshape(c, xu, x->ndim - 1, x->shape + 1) : NULL;
+    ad_tensor *yu = xu ? nn_layer_forward(w->l, xu, true) : NULL;
+    ad_tensor *y = yu ? nn_layer_forward(w->l, x, false) : NULL;
+    ad_tensor *loss = ad_sum(c, ad_add(c, ad_sum(c, y), ad_sum(c, ad_mul(c, yu, yu))));
     if (!loss) return ad_last_status(c);
     return ad_backward(c, loss, NULL);
   }
