@@ -41,17 +41,119 @@ struct nn_layer {
 
 /* ------------------------------------------------------------ activations */
 
-static const char *const act_names[] = {"none",        "sigmoid",  "tanh",     "relu",
-                                        "leaky_relu",  "gelu",     "softplus", "softmax",
-                                        "log_softmax", "hardtanh", "relu6"};
+/* The last nn_act: every range check reads it. */
+#define ACT_LAST NN_ACT_TANHSHRINK
 
-const char *nn_act_name(nn_act act) {
-  return (unsigned)act < sizeof act_names / sizeof act_names[0] ? act_names[act] : "?";
+static const char *const act_names[] = {
+    "none",    "sigmoid",     "tanh",      "relu",        "leaky_relu", "gelu",     "softplus",
+    "softmax", "log_softmax", "hardtanh",  "relu6",       "silu",       "elu",      "selu",
+    "celu",    "mish",        "hardswish", "hardsigmoid", "logsigmoid", "softsign", "tanhshrink"};
+_Static_assert(sizeof act_names / sizeof act_names[0] == ACT_LAST + 1, "a name per nn_act");
+
+const char *nn_act_name(nn_act act) { return (unsigned)act <= ACT_LAST ? act_names[act] : "?"; }
+
+/* PyTorch's nn.SELU constants (torch/csrc: SELU_ALPHA, SELU_SCALE). */
+static const double selu_alpha = 1.6732632423543772848170429916717;
+static const double selu_scale = 1.0507009873554804934193349852946;
+
+/* A term that is -0 for every x other than NaN, so that adding it changes
+ * no value, not even the sign of a zero, whose slope is c at x == a and 0
+ * elsewhere, with no second derivative: it gives a composite PyTorch's
+ * one-sided slope at a kink. clamp(t, 0, 0) is +0 for t != 0 and t itself
+ * at t == +-0, and passes dy only at t == 0 (clamp's bounds are
+ * inclusive); t is built to be +0 there: a - x, or x + (0 - a). */
+static ad_tensor *kink(ad_ctx *ctx, ad_tensor *x, double a, double c) {
+  if (c > 0) return ad_mul_scalar(ctx, ad_clamp(ctx, ad_rsub_scalar(ctx, x, a), 0, 0), -c);
+  return ad_mul_scalar(ctx, ad_clamp(ctx, ad_add_scalar(ctx, x, 0.0 - a), 0, 0), c);
+}
+
+/* The coefficient k as PyTorch's float32 kernels hold it. */
+static double in_dtype(const ad_tensor *x, double k) {
+  return x->dtype == AD_F32 ? (double)(float)k : k;
+}
+
+/* (e^(v s) - 1) c, in PyTorch's order of operations. */
+static ad_tensor *expm1_scaled(ad_ctx *ctx, ad_tensor *v, double s, double c) {
+  if (s != 1) v = ad_mul_scalar(ctx, v, s);
+  return ad_mul_scalar(ctx, ad_sub_scalar(ctx, ad_exp(ctx, v), 1.0), c);
+}
+
+/* PyTorch's elu(x, alpha, scale, input_scale) (elu, selu, celu):
+ *   y = x <= 0 ? (e^(x is) - 1) alpha scale : x scale
+ * with its slopes: alpha scale is at 0 (the left side's) and scale at a
+ * NaN x (its scalar kernel's), and the second derivative 0 at 0 (the
+ * right side's: elu_double_backward masks x < 0). The negative side reads
+ * x through hardtanh(x, -inf, 0), whose slope is 1 below 0 only, so it
+ * adds nothing at 0 to either derivative; kink() adds the slope at 0. Its
+ * inputs are bounded (at most 0), and where passes no gradient to the
+ * side it does not take, so e^x overflows for no x. The coefficients are
+ * rounded to x's dtype and multiplied in it, as PyTorch's kernels do.
+ * PyTorch differentiates celu with input_scale 1 / float(alpha) (its
+ * derivatives.yaml: 1.0/alpha.toFloat()), not the forward's 1 / alpha:
+ * where the two differ (float64, alpha not a float32 value, e.g. 0.1,
+ * whose slope at 0 is then 0.999999985), the value comes from is on a
+ * detached x and the derivatives from bs, through G - detach(G) = +0. */
+static ad_tensor *elu_like(ad_ctx *ctx, ad_tensor *x, double alpha, double scale, double is,
+                           double bs) {
+  double nc = x->dtype == AD_F32 ? (double)((float)alpha * (float)scale) : alpha * scale;
+  double pc = in_dtype(x, scale), ic = in_dtype(x, is), bc = in_dtype(x, bs);
+  if (!isfinite(bc)) bc = ic; /* float32(alpha) is 0 (|alpha| < 1e-45): no rule to copy */
+  double slope = x->dtype == AD_F32 ? (double)((float)bc * (float)nc) : bc * nc;
+  ad_tensor *v = ad_hardtanh(ctx, x, -INFINITY, 0.0), *neg;
+  if (ic == bc) {
+    neg = expm1_scaled(ctx, v, ic, nc);
+  } else {
+    ad_tensor *g = expm1_scaled(ctx, v, bc, nc);
+    neg = ad_sub(ctx, expm1_scaled(ctx, ad_detach(ctx, v), ic, nc),
+                 ad_sub(ctx, ad_detach(ctx, g), g));
+  }
+  if (slope != 0) neg = ad_add(ctx, neg, kink(ctx, x, 0, slope));
+  ad_tensor *pos = pc == 1 ? x : ad_mul_scalar(ctx, x, pc);
+  return ad_where(ctx, ad_le(ctx, x, ad_scalar(ctx, x->dtype, 0)), neg, pos);
+}
+
+/* y = x relu6(x + 3) / 6, PyTorch's values (x clamp(x + 3, 0, 6) / 6; the
+ * clamp is taken on x, to [-3, 3], then 3 added: the same numbers, and
+ * masks at exactly x = +-3, also in float32), and its hardswish_backward's
+ * slopes: x/3 + 1/2 on [-3, 3] (-1/2 at -3 and 3/2 at 3: kink() adds what
+ * the products' masks, open at +-3, leave out), 0 below, 1 above and at a
+ * NaN x; second derivative 1/3 on (-3, 3) only, as its double backward. A
+ * NaN x takes the identity, and the product reads 0 there, so that its
+ * NaN does not reach the gradient. */
+static ad_tensor *hardswish(ad_ctx *ctx, ad_tensor *x) {
+  ad_tensor *ok = ad_eq(ctx, x, x), *z = ad_scalar(ctx, x->dtype, 0);
+  ad_tensor *xs = ad_where(ctx, ok, x, z);
+  ad_tensor *r = ad_add_scalar(ctx, ad_hardtanh(ctx, xs, -3, 3), 3);
+  ad_tensor *m = ad_div_scalar(ctx, ad_mul(ctx, xs, r), 6);
+  m = ad_add(ctx, ad_add(ctx, m, kink(ctx, xs, -3, -0.5)), kink(ctx, xs, 3, 0.5));
+  return ad_where(ctx, ok, m, x);
+}
+
+/* y = clamp(x + 3, 0, 6) / 6, PyTorch's values (the clamp on x, as in
+ * hardswish), and its slope on (-3, 3) only (0 at +-3 and at a NaN x),
+ * which PyTorch 1.13 takes as 1.0f / 6.0f, float32's 1/6, also for
+ * float64 (0.1666666716337204): r / 6 on a detached r for the value, plus
+ * that slope times r - r (+0) for the gradient. */
+static ad_tensor *hardsigmoid(ad_ctx *ctx, ad_tensor *x) {
+  ad_tensor *r = ad_add_scalar(ctx, ad_hardtanh(ctx, x, -3, 3), 3), *rd = ad_detach(ctx, r);
+  return ad_add(ctx, ad_div_scalar(ctx, rd, 6),
+                ad_mul_scalar(ctx, ad_sub(ctx, r, rd), (double)(1.0f / 6.0f)));
 }
 
 ad_tensor *nn_activate(ad_ctx *ctx, ad_tensor *x, nn_act act, double alpha) {
   if (!x) {
     nn_null_arg(ctx, "activate", "x");
+    return NULL;
+  }
+  /* the composites below read x->dtype: refuse what no op would take */
+  if ((unsigned)act > NN_ACT_RELU6 && (unsigned)act <= ACT_LAST &&
+      nn_check_input(ctx, "activate", "x", x) != AD_OK)
+    return NULL;
+  if ((unsigned)act > NN_ACT_RELU6 && (unsigned)act <= ACT_LAST && x->dtype != AD_F32 &&
+      x->dtype != AD_F64) {
+    char a[64];
+    ad_set_error(ctx, AD_ERR_DTYPE, "%s: input %s is %s; a float dtype is needed", act_names[act],
+                 ad_shape_str(x, a, sizeof a), ad_dtype_name(x->dtype));
     return NULL;
   }
   switch (act) {
@@ -77,6 +179,30 @@ ad_tensor *nn_activate(ad_ctx *ctx, ad_tensor *x, nn_act act, double alpha) {
     return ad_hardtanh(ctx, x, -1.0, 1.0);
   case NN_ACT_RELU6:
     return ad_hardtanh(ctx, x, 0.0, 6.0);
+  case NN_ACT_SILU: /* PyTorch: x / (1 + e^-x), whose tape would give inf / inf at -1000 */
+    return ad_mul(ctx, x, ad_sigmoid(ctx, x));
+  case NN_ACT_ELU:
+    return elu_like(ctx, x, alpha, 1.0, 1.0, 1.0);
+  case NN_ACT_SELU:
+    return elu_like(ctx, x, selu_alpha, selu_scale, 1.0, 1.0);
+  case NN_ACT_CELU:
+    if (alpha == 0) { /* PyTorch's input_scale is 1 / alpha */
+      ad_set_error(ctx, AD_ERR_ARG, "celu: alpha cannot be 0");
+      return NULL;
+    }
+    return elu_like(ctx, x, alpha, 1.0, 1.0 / alpha, 1.0 / (double)(float)alpha);
+  case NN_ACT_MISH: /* ad_softplus is stable: tanh(softplus(1000)) = 1 */
+    return ad_mul(ctx, x, ad_tanh(ctx, ad_softplus(ctx, x)));
+  case NN_ACT_HARDSWISH:
+    return hardswish(ctx, x);
+  case NN_ACT_HARDSIGMOID:
+    return hardsigmoid(ctx, x);
+  case NN_ACT_LOGSIGMOID: /* min(x, 0) - log1p(e^-|x|), as PyTorch's (0 - s: +0 at 1000) */
+    return ad_rsub_scalar(ctx, ad_softplus(ctx, ad_neg(ctx, x)), 0.0);
+  case NN_ACT_SOFTSIGN: /* PyTorch's own composite */
+    return ad_div(ctx, x, ad_add_scalar(ctx, ad_abs(ctx, x), 1));
+  case NN_ACT_TANHSHRINK: /* PyTorch's own composite */
+    return ad_sub(ctx, x, ad_tanh(ctx, x));
   }
   ad_set_error(ctx, AD_ERR_ARG, "activate: unknown activation %d", (int)act);
   return NULL;
@@ -177,8 +303,14 @@ nn_layer *nn_dense_new(ad_ctx *ctx, int64_t in, int64_t out, ad_rng *rng,
                  ad_dtype_name(o.dtype));
     return NULL;
   }
-  if ((unsigned)o.activation > NN_ACT_RELU6) {
+  if ((unsigned)o.activation > ACT_LAST) {
     ad_set_error(ctx, AD_ERR_ARG, "dense: unknown activation %d", (int)o.activation);
+    return NULL;
+  }
+  bool has_alpha = o.activation == NN_ACT_ELU || o.activation == NN_ACT_CELU;
+  if (has_alpha && !isfinite(o.alpha)) {
+    ad_set_error(ctx, AD_ERR_ARG, "dense: %s alpha %g is not finite", act_names[o.activation],
+                 o.alpha);
     return NULL;
   }
   if (o.weight_init.kind == NN_INIT_DEFAULT)
@@ -189,7 +321,7 @@ nn_layer *nn_dense_new(ad_ctx *ctx, int64_t in, int64_t out, ad_rng *rng,
   l->in = in;
   l->out = out;
   l->act = o.activation;
-  l->alpha = o.alpha ? o.alpha : 0.01;
+  l->alpha = o.alpha ? o.alpha : has_alpha ? 1.0 : 0.01;
   int64_t ws[2] = {out, in};
   ad_tensor *w = ad_zeros(ctx, o.dtype, 2, ws);
   if (nn_params_add(l->params, "weight", w, true) != AD_OK ||
@@ -251,14 +383,14 @@ static ad_tensor *dense_forward(nn_layer *l, ad_tensor *x) {
 
 nn_layer *nn_activation_new(ad_ctx *ctx, nn_act act) {
   if (!ctx) return NULL;
-  if ((unsigned)act > NN_ACT_RELU6) {
+  if ((unsigned)act > ACT_LAST) {
     ad_set_error(ctx, AD_ERR_ARG, "activation: unknown activation %d", (int)act);
     return NULL;
   }
   nn_layer *l = layer_new(ctx, L_ACT, nn_act_name(act));
   if (l) {
     l->act = act;
-    l->alpha = 0.01;
+    l->alpha = act == NN_ACT_ELU || act == NN_ACT_CELU ? 1.0 : 0.01;
     l->lo = act == NN_ACT_RELU6 ? 0.0 : -1.0; /* hardtanh's bounds */
     l->hi = act == NN_ACT_RELU6 ? 6.0 : 1.0;
   }
@@ -289,6 +421,26 @@ nn_layer *nn_hardtanh_new(ad_ctx *ctx, double min, double max) {
 }
 
 nn_layer *nn_relu6_new(ad_ctx *ctx) { return nn_activation_new(ctx, NN_ACT_RELU6); }
+
+nn_layer *nn_elu_new(ad_ctx *ctx, double alpha) {
+  if (ctx && !isfinite(alpha)) { /* inf (e^0 - 1) at x = 0 would be NaN */
+    ad_set_error(ctx, AD_ERR_ARG, "elu: alpha %g is not finite", alpha);
+    return NULL;
+  }
+  nn_layer *l = nn_activation_new(ctx, NN_ACT_ELU);
+  if (l) l->alpha = alpha;
+  return l;
+}
+
+nn_layer *nn_celu_new(ad_ctx *ctx, double alpha) {
+  if (ctx && !(isfinite(alpha) && alpha != 0)) {
+    ad_set_error(ctx, AD_ERR_ARG, "celu: alpha %g must be finite and not 0", alpha);
+    return NULL;
+  }
+  nn_layer *l = nn_activation_new(ctx, NN_ACT_CELU);
+  if (l) l->alpha = alpha;
+  return l;
+}
 
 /* ---------------------------------------------------------------- dropout */
 
@@ -442,6 +594,10 @@ static void describe_builtin(const nn_layer *l, nn_text *t) {
       nn_text_add(t, ", negative_slope=");
       nn_text_num(t, l->alpha);
     }
+    if (l->act == NN_ACT_ELU || l->act == NN_ACT_CELU) {
+      nn_text_add(t, ", alpha=");
+      nn_text_num(t, l->alpha);
+    }
     return;
   case L_ACT:
     switch (l->act) {
@@ -457,6 +613,11 @@ static void describe_builtin(const nn_layer *l, nn_text *t) {
       return;
     case NN_ACT_GELU:
       nn_text_add(t, "approximate='none'");
+      return;
+    case NN_ACT_ELU: /* nn.ELU(alpha=1.0), nn.CELU(alpha=1.0) */
+    case NN_ACT_CELU:
+      nn_text_add(t, "alpha=");
+      nn_text_num(t, l->alpha);
       return;
     case NN_ACT_SOFTMAX:
     case NN_ACT_LOG_SOFTMAX:

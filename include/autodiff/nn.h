@@ -19,9 +19,10 @@
  *                and He/Kaiming (uniform and normal), from an explicit,
  *                seeded ad_rng.
  *   layers       nn_layer: Dense, activations (sigmoid, tanh, relu,
- *                leaky_relu, gelu, hardtanh, relu6, softmax, ...), dropout, flatten,
- *                BatchNorm1d / BatchNorm2d, GroupNorm, InstanceNorm1d /
- *                InstanceNorm2d, Conv2d and pooling,
+ *                leaky_relu, gelu, hardtanh, relu6, silu, elu, selu, mish,
+ *                prelu, softmax, ...), dropout, flatten, BatchNorm1d /
+ *                BatchNorm2d, GroupNorm, InstanceNorm1d / InstanceNorm2d,
+ *                Conv2d and pooling,
  *                Embedding, LayerNorm, recurrent layers (RNN, LSTM, GRU),
  *                multi-head attention and lambda (a C function).
  *   models       nn_model: a Sequential stack of layers, or a custom model
@@ -296,21 +297,61 @@ typedef enum nn_act {
   NN_ACT_SOFTMAX,
   NN_ACT_LOG_SOFTMAX,
   NN_ACT_HARDTANH, /**< ad_hardtanh(x, -1, 1) (nn_hardtanh_new for other bounds) */
-  NN_ACT_RELU6     /**< ad_hardtanh(x, 0, 6), PyTorch's nn.ReLU6 */
+  NN_ACT_RELU6,    /**< ad_hardtanh(x, 0, 6), PyTorch's nn.ReLU6 */
+  /* PyTorch 1.13's values and derivatives (first and second), also at the
+   * kinks, for NaN and for large |x|; see nn_activate. */
+  NN_ACT_SILU,        /**< x sigmoid(x) (swish) */
+  NN_ACT_ELU,         /**< x > 0 ? x : alpha (e^x - 1), alpha 1 (nn_elu_new) */
+  NN_ACT_SELU,        /**< scale * elu(x, alpha), PyTorch's two constants */
+  NN_ACT_CELU,        /**< x > 0 ? x : alpha (e^(x / alpha) - 1), alpha 1 */
+  NN_ACT_MISH,        /**< x tanh(softplus(x)) */
+  NN_ACT_HARDSWISH,   /**< x relu6(x + 3) / 6 */
+  NN_ACT_HARDSIGMOID, /**< relu6(x + 3) / 6 */
+  NN_ACT_LOGSIGMOID,  /**< log(sigmoid(x)) = -softplus(-x) */
+  NN_ACT_SOFTSIGN,    /**< x / (1 + |x|) */
+  NN_ACT_TANHSHRINK   /**< x - tanh(x) */
 } nn_act;
 
 /** "relu", "softmax", ...; "?" for an unknown value. */
 NN_API const char *nn_act_name(nn_act act);
 
-/** Applies act to x (alpha is the leaky_relu slope, ignored otherwise).
- * Returns a tape tensor, or NULL on error (NULL x, unknown act). */
+/** Applies act to x. alpha is leaky_relu's slope and elu's and celu's
+ * alpha (taken as given: 0 is a slope of 0, and celu refuses it), ignored
+ * otherwise. Every activation is a chain of ad_ ops, so the tape derives
+ * its gradient to any order. The newer ones give PyTorch 1.13's values
+ * and first and second derivatives (to a few ulp where exp, tanh or
+ * sigmoid round differently; exactly at the points below), with its
+ * rules:
+ *   elu, selu, celu  (e^x - 1) alpha, computed so, as PyTorch (not expm1);
+ *                    at 0 the slope is the left one (alpha, or alpha scale
+ *                    for selu) and the second derivative the right one
+ *                    (0); celu's derivatives use 1 / float32(alpha), as
+ *                    PyTorch's do (for alpha 0.1 the slope at 0 is
+ *                    0.999999985 in float64)
+ *   hardswish        slope x/3 + 1/2 on [-3, 3] (-1/2 at -3, 3/2 at 3),
+ *                    0 below, 1 above; second derivative 1/3 on (-3, 3)
+ *   hardsigmoid      slope float32's 1/6 (0.1666666716337204, also in
+ *                    float64, as PyTorch) on (-3, 3) only: 0 at -3 and 3
+ *   NaN x            NaN, with slope NaN, except: elu, selu, celu and
+ *                    hardswish pass the slope of the linear side (1, or
+ *                    selu's scale), hardsigmoid 0
+ *                    (PyTorch 1.13's CPU kernels of elu and hardswish
+ *                    give NaN, and 1 at x = 3, for the elements they take
+ *                    a vector at a time, and the slopes here for the
+ *                    rest: this is the formula of its scalar code)
+ *   large |x|        no overflow: silu, mish at -1000 give -0 and slope
+ *                    -0 or 0, at 1000 x and 1; logsigmoid(-1000) = -1000
+ *                    with slope 1 (mish's second derivative at 1000 is 0,
+ *                    where PyTorch's is NaN)
+ * Returns a tape tensor, or NULL on error (NULL x, unknown act, celu with
+ * alpha 0). */
 NN_API ad_tensor *nn_activate(ad_ctx *ctx, ad_tensor *x, nn_act act, double alpha);
 
 /** Options of a Dense layer. All-zero means the defaults. */
 typedef struct nn_dense_opts {
   bool no_bias;        /**< false: with bias */
   nn_act activation;   /**< applied after the affine map; default none */
-  double alpha;        /**< leaky_relu slope; 0 means 0.01 */
+  double alpha;        /**< leaky_relu slope, 0 means 0.01; elu, celu alpha, 0 means 1 */
   nn_init weight_init; /**< default Xavier/Glorot uniform (Keras' default) */
   nn_init bias_init;   /**< default zeros */
   ad_dtype dtype;      /**< default AD_F32 */
@@ -323,11 +364,14 @@ typedef struct nn_dense_opts {
  * be NULL only when both initializers are deterministic); opts may be
  * NULL. Its parameters are named "weight" and "bias". Returns the layer
  * (free with nn_layer_free, or give it to a model), or NULL with
- * AD_ERR_ARG (in or out < 1, bad initializer) / AD_ERR_NULL / AD_ERR_OOM. */
+ * AD_ERR_ARG (in or out < 1, bad initializer, an unknown activation,
+ * celu's or elu's alpha not finite) /
+ * AD_ERR_NULL / AD_ERR_OOM. */
 NN_API nn_layer *nn_dense_new(ad_ctx *ctx, int64_t in, int64_t out, ad_rng *rng,
                               const nn_dense_opts *opts);
 
-/** An activation as a layer (leaky_relu with slope 0.01). NULL with
+/** An activation as a layer of kind nn_act_name(act), with PyTorch's
+ * defaults: leaky_relu's slope 0.01, elu's and celu's alpha 1. NULL with
  * AD_ERR_ARG for an unknown act. */
 NN_API nn_layer *nn_activation_new(ad_ctx *ctx, nn_act act);
 
@@ -345,6 +389,15 @@ NN_API nn_layer *nn_hardtanh_new(ad_ctx *ctx, double min, double max);
 /** PyTorch's nn.ReLU6 as a layer of kind "relu6": ad_hardtanh(x, 0, 6);
  * the same as nn_activation_new(ctx, NN_ACT_RELU6). */
 NN_API nn_layer *nn_relu6_new(ad_ctx *ctx);
+
+/** PyTorch's nn.ELU(alpha) as a layer of kind "elu". NULL with AD_ERR_ARG
+ * for an alpha that is not finite. */
+NN_API nn_layer *nn_elu_new(ad_ctx *ctx, double alpha);
+
+/** PyTorch's nn.CELU(alpha) as a layer of kind "celu". NULL with
+ * AD_ERR_ARG for alpha 0 (PyTorch: "alpha cannot be 0 for CELU") or not
+ * finite. */
+NN_API nn_layer *nn_celu_new(ad_ctx *ctx, double alpha);
 
 /** Inverted dropout: in training mode each element is zeroed with
  * probability p and the rest are scaled by 1 / (1 - p); in evaluation mode

@@ -1,0 +1,557 @@
+/* test_nn_acts.c: the activations after relu6 (silu, elu, selu, celu,
+ * mish, hardswish, hardsigmoid, logsigmoid, softsign and tanhshrink)
+ * against PyTorch 1.13: values, first and second derivatives in float64
+ * and float32, at their kinks, for NaN and at +-1000; gradcheck and
+ * gradgradcheck; describe strings, names and errors.
+ *
+ * REFS was printed by this script with /usr/bin/python3 (torch 1.13), one
+ * element per call, so that PyTorch runs its scalar kernels (its CPU
+ * kernels of elu and hardswish give NaN at a NaN x, and hardswish' 1 at 3,
+ * for the elements they take a vector at a time; the scalar code's slopes
+ * are the ones nn.h documents):
+ *
+ *   X = [-1000.0, -3.0, -2.5, -1.0, -0.5, -1e-10, 0.0, 0.5, 2.5, 3.0, 1000.0, nan]
+ *   for f in (F.silu, F.elu, elu(0.5), F.selu, F.celu, celu(2.0), celu(0.1),
+ *             F.mish, F.hardswish, F.hardsigmoid, F.logsigmoid, F.softsign,
+ *             F.tanhshrink):
+ *     for dt in (torch.float64, torch.float32):
+ *       for v in X:
+ *         t = torch.tensor([v], dtype=dt, requires_grad=True)
+ *         g, = torch.autograd.grad(f(t).sum(), t, create_graph=True)
+ *         g2, = torch.autograd.grad(g.sum(), t)  # hardsigmoid: 0 (1.13 has no
+ *                                                # double backward for it)
+ *         print(f(t).item(), g.item(), g2.item())
+ */
+#include "nn.h"
+#include "test_alloc.h"
+
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+TEST_CTX_SUITE(acts);
+
+#define NX 12
+static const double X[NX] = {-1000.0, -3.0, -2.5, -1.0, -0.5,   -1e-10,
+                             0.0,     0.5,  2.5,  3.0,  1000.0, NAN};
+
+typedef struct act_ref {
+  nn_act act;
+  double alpha;
+  ad_dtype dtype;
+  double y[NX], g[NX], g2[NX];
+} act_ref;
+
+static const act_ref REFS[] = {
+    {NN_ACT_SILU,
+     0,
+     AD_F64,
+     {-0.0, -0.14227761953270035, -0.18964545005310887, -0.2689414213699951, -0.1887703343990727,
+      -4.9999999997500004e-11, 0.0, 0.3112296656009273, 2.3103545499468914, 2.8577223804672998,
+      1000.0, NAN},
+     {-0.0, -0.08810410601516962, -0.09940111134152682, 0.07232948812851325, 0.2600388126973482,
+      0.49999999995, 0.5, 0.7399611873026519, 1.0994011113415267, 1.0881041060151693, 1.0, NAN},
+     {0.0, -0.032321404521006174, -0.008462156523368847, 0.3023661188100153, 0.44122902697702865,
+      0.5, 0.5, 0.4412290269770286, -0.008462156523368874, -0.03232140452100613, 0.0, NAN}},
+    {NN_ACT_SILU,
+     0,
+     AD_F32,
+     {-0.0, -0.14227761328220367, -0.189645454287529, -0.2689414322376251, -0.1887703388929367,
+      -5.00000006675716e-11, 0.0, 0.3112296760082245, 2.310354471206665, 2.857722520828247, 1000.0,
+      NAN},
+     {-0.0, -0.08810409903526306, -0.09940110146999359, 0.07232948392629623, 0.260038822889328, 0.5,
+      0.5, 0.7399612069129944, 1.0994011163711548, 1.0881041288375854, 1.0, NAN},
+     {0.0, -0.03232140466570854, -0.008462153375148773, 0.30236613750457764, 0.4412290155887604,
+      0.5, 0.5, 0.441228985786438, -0.008462153375148773, -0.032321393489837646, 0.0, NAN}},
+    {NN_ACT_ELU,
+     1,
+     AD_F64,
+     {-1.0, -0.950212931632136, -0.9179150013761012, -0.6321205588285577, -0.3934693402873666,
+      -1.000000082740371e-10, 0.0, 0.5, 2.5, 3.0, 1000.0, NAN},
+     {0.0, 0.049787068367863944, 0.0820849986238988, 0.36787944117144233, 0.6065306597126334,
+      0.9999999999, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0},
+     {0.0, 0.049787068367863944, 0.0820849986238988, 0.36787944117144233, 0.6065306597126334,
+      0.9999999999, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0}},
+    {NN_ACT_ELU,
+     1,
+     AD_F32,
+     {-1.0, -0.9502129554748535, -0.9179149866104126, -0.6321205496788025, -0.39346933364868164,
+      0.0, 0.0, 0.5, 2.5, 3.0, 1000.0, NAN},
+     {0.0, 0.049787066876888275, 0.08208499848842621, 0.3678794503211975, 0.6065306663513184, 1.0,
+      1.0, 1.0, 1.0, 1.0, 1.0, 1.0},
+     {0.0, 0.049787066876888275, 0.08208499848842621, 0.3678794503211975, 0.6065306663513184, 1.0,
+      0.0, 0.0, 0.0, 0.0, 0.0, 0.0}},
+    {NN_ACT_ELU,
+     0.5,
+     AD_F64,
+     {-0.5, -0.475106465816068, -0.4589575006880506, -0.31606027941427883, -0.1967346701436833,
+      -5.000000413701855e-11, 0.0, 0.5, 2.5, 3.0, 1000.0, NAN},
+     {0.0, 0.024893534183931972, 0.0410424993119494, 0.18393972058572117, 0.3032653298563167,
+      0.49999999995, 0.5, 1.0, 1.0, 1.0, 1.0, 1.0},
+     {0.0, 0.024893534183931972, 0.0410424993119494, 0.18393972058572117, 0.3032653298563167,
+      0.49999999995, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0}},
+    {NN_ACT_ELU,
+     0.5,
+     AD_F32,
+     {-0.5, -0.47510647773742676, -0.4589574933052063, -0.31606027483940125, -0.19673466682434082,
+      0.0, 0.0, 0.5, 2.5, 3.0, 1000.0, NAN},
+     {0.0, 0.024893533438444138, 0.041042499244213104, 0.18393972516059875, 0.3032653331756592, 0.5,
+      0.5, 1.0, 1.0, 1.0, 1.0, 1.0},
+     {0.0, 0.024893533438444138, 0.041042499244213104, 0.18393972516059875, 0.3032653331756592, 0.5,
+      0.0, 0.0, 0.0, 0.0, 0.0, 0.0}},
+    {NN_ACT_SELU,
+     0,
+     AD_F64,
+     {-1.7580993408473766, -1.6705687287671118, -1.6137857588732423, -1.1113307378125625,
+      -0.6917581878028713, -1.7580994863131684e-10, 0.0, 0.5253504936777402, 2.626752468388701,
+      3.1521029620664414, 1050.7009873554805, NAN},
+     {0.0, 0.08753061208026487, 0.1443135819741343, 0.646768603034814, 1.0663411530445053,
+      1.7580993406715666, 1.7580993408473766, 1.0507009873554805, 1.0507009873554805,
+      1.0507009873554805, 1.0507009873554805, 1.0507009873554805},
+     {0.0, 0.08753061208026487, 0.1443135819741343, 0.646768603034814, 1.0663411530445053,
+      1.7580993406715666, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0}},
+    {NN_ACT_SELU,
+     0,
+     AD_F32,
+     {-1.7580993175506592, -1.6705687046051025, -1.613785743713379, -1.1113307476043701,
+      -0.6917581558227539, 0.0, 0.0, 0.5253505110740662, 2.6267526149749756, 3.1521029472351074,
+      1050.7010498046875, NAN},
+     {0.0, 0.08753060549497604, 0.14431357383728027, 0.6467686295509338, 1.0663411617279053,
+      1.7580993175506592, 1.7580993175506592, 1.0507010221481323, 1.0507010221481323,
+      1.0507010221481323, 1.0507010221481323, 1.0507010221481323},
+     {0.0, 0.08753060549497604, 0.14431357383728027, 0.6467686295509338, 1.0663411617279053,
+      1.7580993175506592, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0}},
+    {NN_ACT_CELU,
+     1,
+     AD_F64,
+     {-1.0, -0.950212931632136, -0.9179150013761012, -0.6321205588285577, -0.3934693402873666,
+      -1.000000082740371e-10, 0.0, 0.5, 2.5, 3.0, 1000.0, NAN},
+     {0.0, 0.049787068367863944, 0.0820849986238988, 0.36787944117144233, 0.6065306597126334,
+      0.9999999999, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0},
+     {0.0, 0.049787068367863944, 0.0820849986238988, 0.36787944117144233, 0.6065306597126334,
+      0.9999999999, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0}},
+    {NN_ACT_CELU,
+     1,
+     AD_F32,
+     {-1.0, -0.9502129554748535, -0.9179149866104126, -0.6321205496788025, -0.39346933364868164,
+      0.0, 0.0, 0.5, 2.5, 3.0, 1000.0, NAN},
+     {0.0, 0.049787066876888275, 0.08208499848842621, 0.3678794503211975, 0.6065306663513184, 1.0,
+      1.0, 1.0, 1.0, 1.0, 1.0, 1.0},
+     {0.0, 0.049787066876888275, 0.08208499848842621, 0.3678794503211975, 0.6065306663513184, 1.0,
+      0.0, 0.0, 0.0, 0.0, 0.0, 0.0}},
+    {NN_ACT_CELU,
+     2,
+     AD_F64,
+     {-2.0, -1.5537396797031404, -1.4269904062796197, -0.7869386805747332, -0.44239843385719024,
+      -1.000000082740371e-10, 0.0, 0.5, 2.5, 3.0, 1000.0, NAN},
+     {7.124576406741286e-218, 0.22313016014842982, 0.2865047968601901, 0.6065306597126334,
+      0.7788007830714049, 0.99999999995, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0},
+     {3.562288203370643e-218, 0.11156508007421491, 0.14325239843009505, 0.3032653298563167,
+      0.38940039153570244, 0.499999999975, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0}},
+    {NN_ACT_CELU,
+     2,
+     AD_F32,
+     {-2.0, -1.5537396669387817, -1.4269903898239136, -0.7869386672973633, -0.44239842891693115,
+      0.0, 0.0, 0.5, 2.5, 3.0, 1000.0, NAN},
+     {0.0, 0.22313016653060913, 0.2865048050880432, 0.6065306663513184, 0.7788007855415344, 1.0,
+      1.0, 1.0, 1.0, 1.0, 1.0, 1.0},
+     {0.0, 0.11156508326530457, 0.1432524025440216, 0.3032653331756592, 0.3894003927707672, 0.5,
+      0.0, 0.0, 0.0, 0.0, 0.0, 0.0}},
+    {NN_ACT_CELU,
+     0.1,
+     AD_F64,
+     {-0.1, -0.09999999999999065, -0.09999999999861121, -0.09999546000702375, -0.09932620530009145,
+      -9.999999717180686e-11, 0.0, 0.5, 2.5, 3.0, 1000.0, NAN},
+     {0.0, 9.357627012584983e-14, 1.3887948831680625e-11, 4.539993585109023e-05,
+      0.006737947400698411, 0.9999999840988391, 0.999999985098839, 1.0, 1.0, 1.0, 1.0, 1.0},
+     {0.0, 9.357626873145475e-13, 1.3887948624734064e-10, 0.0004539993517457848,
+      0.06737947300295173, 9.999999691976784, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0}},
+    {NN_ACT_CELU,
+     0.1,
+     AD_F32,
+     {-0.10000000149011612, -0.10000000149011612, -0.10000000149011612, -0.099995456635952,
+      -0.09932620823383331, 0.0, 0.0, 0.5, 2.5, 3.0, 1000.0, NAN},
+     {0.0, 9.357622912219837e-14, 1.3887943746404563e-11, 4.539993096841499e-05,
+      0.0067379469983279705, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0},
+     {0.0, 9.35762318327038e-13, 1.3887943572932215e-10, 0.00045399932423606515,
+      0.06737946718931198, 10.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0}},
+    {NN_ACT_MISH,
+     0,
+     AD_F64,
+     {-0.0, -0.1456474612756246, -0.19681620390653337, -0.30340146137410895, -0.22074377465173,
+      -5.99999999968e-11, 0.0, 0.3752452113048951, 2.471392304557881, 2.9865350049679575, 1000.0,
+      NAN},
+     {0.0, -0.09339311453232084, -0.10974357275018568, 0.059216755877395, 0.28951067791351226,
+      0.5999999999360001, 0.6, 0.8864243753577273, 1.041129530131353, 1.0211069109294435, 1.0, NAN},
+     {0.0, -0.03992871324212924, -0.021145911278747737, 0.34970567367064487, 0.5639709231132665,
+      0.6400000000095999, 0.64, 0.46805337784488654, -0.050011029299785015, -0.030266496639326814,
+      NAN, NAN}},
+    {NN_ACT_MISH,
+     0,
+     AD_F32,
+     {-0.0, -0.14564746618270874, -0.19681619107723236, -0.3034014403820038, -0.22074376046657562,
+      -6.000000496442226e-11, 0.0, 0.37524524331092834, 2.4713923931121826, 2.98653507232666,
+      1000.0, NAN},
+     {0.0, -0.09339312463998795, -0.10974355041980743, 0.05921675264835358, 0.28951066732406616,
+      0.6000000238418579, 0.6000000238418579, 0.8864243626594543, 1.041129469871521,
+      1.0211069583892822, 1.0, NAN},
+     {0.0, -0.039928704500198364, -0.02114589512348175, 0.34970569610595703, 0.5639709830284119,
+      0.6399999856948853, 0.6399999856948853, 0.4680533707141876, -0.0500110387802124,
+      -0.03026661090552807, NAN, NAN}},
+    {NN_ACT_HARDSWISH,
+     0,
+     AD_F64,
+     {-0.0, -0.0, -0.20833333333333334, -0.3333333333333333, -0.20833333333333334,
+      -4.9999999998333336e-11, 0.0, 0.2916666666666667, 2.2916666666666665, 3.0, 1000.0, NAN},
+     {0.0, -0.5, -0.33333333333333337, 0.16666666666666669, 0.33333333333333337,
+      0.49999999996666666, 0.5, 0.6666666666666666, 1.3333333333333335, 1.5, 1.0, 1.0},
+     {0.0, 0.0, 0.3333333333333333, 0.3333333333333333, 0.3333333333333333, 0.3333333333333333,
+      0.3333333333333333, 0.3333333333333333, 0.3333333333333333, 0.0, 0.0, 0.0}},
+    {NN_ACT_HARDSWISH,
+     0,
+     AD_F32,
+     {-0.0, -0.0, -0.2083333283662796, -0.3333333432674408, -0.2083333283662796,
+      -5.00000006675716e-11, 0.0, 0.2916666567325592, 2.2916667461395264, 3.0, 1000.0, NAN},
+     {0.0, -0.5, -0.3333333134651184, 0.1666666567325592, 0.3333333134651184, 0.5, 0.5,
+      0.6666666865348816, 1.3333332538604736, 1.5, 1.0, 1.0},
+     {0.0, 0.0, 0.3333333432674408, 0.3333333432674408, 0.3333333432674408, 0.3333333432674408,
+      0.3333333432674408, 0.3333333432674408, 0.3333333432674408, 0.0, 0.0, 0.0}},
+    {NN_ACT_HARDSIGMOID,
+     0,
+     AD_F64,
+     {0.0, 0.0, 0.08333333333333333, 0.3333333333333333, 0.4166666666666667, 0.49999999998333333,
+      0.5, 0.5833333333333334, 0.9166666666666666, 1.0, 1.0, NAN},
+     {0.0, 0.0, 0.1666666716337204, 0.1666666716337204, 0.1666666716337204, 0.1666666716337204,
+      0.1666666716337204, 0.1666666716337204, 0.1666666716337204, 0.0, 0.0, 0.0},
+     {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0}},
+    {NN_ACT_HARDSIGMOID,
+     0,
+     AD_F32,
+     {0.0, 0.0, 0.0833333358168602, 0.3333333432674408, 0.4166666567325592, 0.5, 0.5,
+      0.5833333134651184, 0.9166666865348816, 1.0, 1.0, NAN},
+     {0.0, 0.0, 0.1666666716337204, 0.1666666716337204, 0.1666666716337204, 0.1666666716337204,
+      0.1666666716337204, 0.1666666716337204, 0.1666666716337204, 0.0, 0.0, 0.0},
+     {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0}},
+    {NN_ACT_LOGSIGMOID,
+     0,
+     AD_F64,
+     {-1000.0, -3.048587351573742, -2.5788897342925496, -1.3132616875182228, -0.9740769841801067,
+      -0.6931471806099453, -0.6931471805599453, -0.4740769841801067, -0.07888973429254963,
+      -0.04858735157374206, 0.0, NAN},
+     {1.0, 0.9525741268224333, 0.9241418199787564, 0.7310585786300049, 0.6224593312018545,
+      0.500000000025, 0.5, 0.37754066879814546, 0.07585818002124356, 0.04742587317756679, 0.0, NAN},
+     {-0.0, -0.04517665973091214, -0.07010371654510815, -0.19661193324148185, -0.2350037122015945,
+      -0.25, -0.25, -0.2350037122015945, -0.07010371654510807, -0.045176659730912, 0.0, NAN}},
+    {NN_ACT_LOGSIGMOID,
+     0,
+     AD_F32,
+     {-1000.0, -3.0485873222351074, -2.578889846801758, -1.3132617473602295, -0.9740769863128662,
+      -0.6931471824645996, -0.6931471824645996, -0.4740769863128662, -0.07888973504304886,
+      -0.04858735203742981, 0.0, NAN},
+     {1.0, 0.9525741338729858, 0.9241418242454529, 0.7310585975646973, 0.6224592924118042, 0.5, 0.5,
+      0.3775406777858734, 0.07585817575454712, 0.04742587357759476, 0.0, NAN},
+     {-0.0, -0.045176658779382706, -0.0701037123799324, -0.1966119408607483, -0.23500370979309082,
+      -0.25, -0.25, -0.23500370979309082, -0.0701037123799324, -0.04517665505409241, 0.0, NAN}},
+    {NN_ACT_SOFTSIGN,
+     0,
+     AD_F64,
+     {-0.999000999000999, -0.75, -0.7142857142857143, -0.5, -0.3333333333333333, -9.999999999e-11,
+      0.0, 0.3333333333333333, 0.7142857142857143, 0.75, 0.999000999000999, NAN},
+     {9.98002996005021e-07, 0.0625, 0.08163265306122447, 0.25, 0.4444444444444444, 0.9999999998,
+      1.0, 0.4444444444444444, 0.08163265306122447, 0.0625, 9.98002996005021e-07, NAN},
+     {1.994011980029956e-09, 0.03125, 0.046647230320699694, 0.25, 0.5925925925925926, 1.9999999994,
+      -0.0, -0.5925925925925926, -0.046647230320699694, -0.03125, -1.994011980029956e-09, NAN}},
+    {NN_ACT_SOFTSIGN,
+     0,
+     AD_F32,
+     {-0.9990010261535645, -0.75, -0.7142857313156128, -0.5, -0.3333333432674408,
+      -1.000000013351432e-10, 0.0, 0.3333333432674408, 0.7142857313156128, 0.75, 0.9990010261535645,
+      NAN},
+     {9.979121387004852e-07, 0.0625, 0.08163265883922577, 0.25, 0.444444477558136, 1.0, 1.0,
+      0.444444477558136, 0.08163265883922577, 0.0625, 9.979121387004852e-07, NAN},
+     {1.993839759961702e-09, 0.03125, 0.04664723575115204, 0.25, 0.5925925970077515, 2.0, -0.0,
+      -0.5925925970077515, -0.04664723575115204, -0.03125, -1.993839759961702e-09, NAN}},
+    {NN_ACT_TANHSHRINK,
+     0,
+     AD_F64,
+     {-999.0, -2.0049452463132695, -1.5133857018485697, -0.23840584404423515, -0.03788284273999026,
+      0.0, 0.0, 0.03788284273999026, 1.5133857018485697, 2.0049452463132695, 999.0, NAN},
+     {1.0, 0.9901339628345598, 0.9734077733168395, 0.5800256583859739, 0.2135522670340726, 0.0, 0.0,
+      0.2135522670340726, 0.9734077733168395, 0.9901339628345598, 1.0, NAN},
+     {-0.0, -0.019634494363042387, -0.052472542130580405, -0.6397000084492246, -0.7268619813835873,
+      -2e-10, 0.0, 0.7268619813835873, 0.052472542130580405, 0.019634494363042387, 0.0, NAN}},
+    {NN_ACT_TANHSHRINK,
+     0,
+     AD_F32,
+     {-999.0, -2.0049452781677246, -1.5133857727050781, -0.23840582370758057, -0.037882834672927856,
+      0.0, 0.0, 0.037882834672927856, 1.5133857727050781, 2.0049452781677246, 999.0, NAN},
+     {1.0, 0.9901340007781982, 0.9734077453613281, 0.5800256729125977, 0.2135522961616516, 0.0, 0.0,
+      0.2135522961616516, 0.9734077453613281, 0.9901340007781982, 1.0, NAN},
+     {-0.0, -0.019634384661912918, -0.05247258394956589, -0.6396999359130859, -0.7268619537353516,
+      -2.000000026702864e-10, 0.0, 0.7268619537353516, 0.05247258394956589, 0.019634384661912918,
+      0.0, NAN}},
+};
+
+static void expect_msg(ad_status st, const char *needle) {
+  cr_assert_eq(ad_last_status(ctx), st, "status %s: %s", ad_status_str(ad_last_status(ctx)),
+               ad_last_error(ctx));
+  cr_assert(strstr(ad_last_error(ctx), needle), "message: %s", ad_last_error(ctx));
+  ad_clear_error(ctx);
+}
+
+/* got == want (both NaN included), or within atol + rtol |want|. */
+static bool near(double got, double want, double atol, double rtol) {
+  if (isnan(want)) return isnan(got);
+  return got == want || fabs(got - want) <= atol + rtol * fabs(want);
+}
+
+static ad_tensor *vec(ad_dtype dt, int64_t n, const double *v) {
+  ad_tensor *t = ad_zeros(ctx, dt, 1, &n);
+  for (int64_t i = 0; i < n; i++) ad_tensor_set(t, i, v[i]);
+  return t;
+}
+
+/* y, dy/dx and d2y/dx2 of act at every X (elementwise: the gradients of
+ * sum(y) and of sum(dy/dx)), the second one recorded with create_graph. */
+static void run_act(const act_ref *r, ad_tensor **y, ad_tensor **g, ad_tensor **g2) {
+  ad_tensor *x = vec(r->dtype, NX, X);
+  ad_tensor_set_requires_grad(x, true);
+  *y = nn_activate(ctx, x, r->act, r->alpha);
+  cr_assert_not_null(*y, "%s: %s", nn_act_name(r->act), ad_last_error(ctx));
+  cr_assert_eq(ad_grad(ctx, ad_sum(ctx, *y), NULL, 1, &x, g, true), AD_OK, "%s",
+               ad_last_error(ctx));
+  cr_assert_eq(ad_grad(ctx, ad_sum(ctx, *g), NULL, 1, &x, g2, false), AD_OK, "%s",
+               ad_last_error(ctx));
+}
+
+static const char *dt_name(ad_dtype dt) { return dt == AD_F32 ? "f32" : "f64"; }
+
+Test(acts, values_and_two_derivatives_match_torch) {
+  for (size_t k = 0; k < sizeof REFS / sizeof REFS[0]; k++) {
+    const act_ref *r = &REFS[k];
+    ad_tensor *out[3];
+    run_act(r, &out[0], &out[1], &out[2]);
+    const double *want[3] = {r->y, r->g, r->g2};
+    double atol = r->dtype == AD_F64 ? 1e-15 : 1e-7, rtol = r->dtype == AD_F64 ? 1e-14 : 2e-6;
+    for (int d = 0; d < 3; d++)
+      for (int i = 0; i < NX; i++) {
+        double w = want[d][i];
+        /* PyTorch's mish double backward makes inf * 0 at 1000; the limit is 0 */
+        if (r->act == NN_ACT_MISH && d == 2 && X[i] == 1000) {
+          cr_assert(isnan(w), "the reference changed");
+          w = 0;
+        }
+        double got = ad_tensor_get(out[d], i);
+        cr_assert(near(got, w, atol, rtol),
+                  "%s(alpha=%g) %s, derivative %d at %g: %.17g, torch %.17g", nn_act_name(r->act),
+                  r->alpha, dt_name(r->dtype), d, X[i], got, w);
+        /* at the kinks, at +-1000 and for NaN: PyTorch's numbers exactly */
+        bool exact =
+            X[i] == 1000 || X[i] == -1000 || isnan(X[i]) || X[i] == 0 || X[i] == 3 || X[i] == -3;
+        bool smooth = r->act == NN_ACT_SILU || r->act == NN_ACT_MISH ||
+                      r->act == NN_ACT_LOGSIGMOID || r->act == NN_ACT_SOFTSIGN ||
+                      r->act == NN_ACT_TANHSHRINK;
+        if (smooth && !(X[i] == 1000 || X[i] == -1000 || isnan(X[i]))) exact = false;
+        if (exact)
+          cr_assert(isnan(w) ? isnan(got) : got == w,
+                    "%s(alpha=%g) %s, derivative %d at %g: %.17g, torch %.17g exactly",
+                    nn_act_name(r->act), r->alpha, dt_name(r->dtype), d, X[i], got, w);
+      }
+    ad_tape_reset(ctx);
+  }
+}
+
+/* The one-sided choices, spelled out (the table holds them too). */
+Test(acts, kinks_take_torch_sides) {
+  static const double xs[] = {0.0, -3.0, 3.0, NAN};
+  for (int d = 0; d < 2; d++) {
+    ad_dtype dt = d ? AD_F32 : AD_F64;
+    ad_tensor *x = vec(dt, 4, xs), *g;
+    ad_tensor_set_requires_grad(x, true);
+    struct {
+      nn_act act;
+      double alpha, g[4];
+    } c[] = {
+        {NN_ACT_ELU, 0.5, {0.5, 0.024893534183931972, 1, 1}},   /* left slope at 0 */
+        {NN_ACT_CELU, 2, {1, 0.22313016014842982, 1, 1}},       /* alpha / alpha */
+        {NN_ACT_HARDSWISH, 0, {0.5, -0.5, 1.5, 1}},             /* [-3, 3] closed */
+        {NN_ACT_HARDSIGMOID, 0, {0.1666666716337204, 0, 0, 0}}, /* (-3, 3) open */
+    };
+    for (size_t k = 0; k < sizeof c / sizeof c[0]; k++) {
+      ad_tensor *y = nn_activate(ctx, x, c[k].act, c[k].alpha);
+      cr_assert_eq(ad_grad(ctx, ad_sum(ctx, y), NULL, 1, &x, &g, false), AD_OK);
+      for (int i = 0; i < 4; i++)
+        cr_assert(near(ad_tensor_get(g, i), c[k].g[i], 0, dt == AD_F32 ? 1e-7 : 0),
+                  "%s %s at %g: %.17g", nn_act_name(c[k].act), dt_name(dt), xs[i],
+                  ad_tensor_get(g, i));
+      ad_tape_reset(ctx);
+    }
+  }
+}
+
+/* Large |x| gives finite values and derivatives, both dtypes, also where
+ * a naive form overflows (e^1000, x / (1 + e^-x) at -1000). */
+Test(acts, no_overflow_at_large_x) {
+  static const double xs[] = {-1000, -100, -90, 90, 100, 1000};
+  for (int d = 0; d < 2; d++)
+    for (int a = NN_ACT_SILU; a <= NN_ACT_TANHSHRINK; a++) {
+      act_ref r = {.act = (nn_act)a, .alpha = 1, .dtype = d ? AD_F32 : AD_F64};
+      ad_tensor *x = vec(r.dtype, 6, xs), *g, *g2;
+      ad_tensor_set_requires_grad(x, true);
+      ad_tensor *y = nn_activate(ctx, x, r.act, r.alpha);
+      cr_assert_eq(ad_grad(ctx, ad_sum(ctx, y), NULL, 1, &x, &g, true), AD_OK);
+      cr_assert_eq(ad_grad(ctx, ad_sum(ctx, g), NULL, 1, &x, &g2, false), AD_OK);
+      cr_assert(!ad_tensor_has_nonfinite(y) && !ad_tensor_has_nonfinite(g) &&
+                    !ad_tensor_has_nonfinite(g2),
+                "%s %s", nn_act_name(r.act), dt_name(r.dtype));
+      ad_tape_reset(ctx);
+    }
+}
+
+typedef struct act_case {
+  nn_act act;
+  double alpha;
+} act_case;
+
+static ad_tensor *act_fn(ad_ctx *c, int n, ad_tensor *const *in, void *ud) {
+  (void)n;
+  const act_case *a = ud;
+  return nn_activate(c, in[0], a->act, a->alpha);
+}
+
+/* Central differences agree with the tape, first and second order, away
+ * from the kinks (0, +-3). */
+Test(acts, gradcheck_and_gradgradcheck) {
+  double xs[21];
+  for (int i = 0; i < 21; i++) xs[i] = -3.9 + 0.37 * i;
+  act_case cs[] = {{NN_ACT_SILU, 0},       {NN_ACT_ELU, 1},       {NN_ACT_ELU, 0.5},
+                   {NN_ACT_SELU, 0},       {NN_ACT_CELU, 1},      {NN_ACT_CELU, 0.1},
+                   {NN_ACT_MISH, 0},       {NN_ACT_HARDSWISH, 0}, {NN_ACT_HARDSIGMOID, 0},
+                   {NN_ACT_LOGSIGMOID, 0}, {NN_ACT_SOFTSIGN, 0},  {NN_ACT_TANHSHRINK, 0}};
+  for (size_t k = 0; k < sizeof cs / sizeof cs[0]; k++) {
+    ad_tensor *x = vec(AD_F64, 21, xs);
+    ad_tensor_set_requires_grad(x, true);
+    ad_check_opts o = {.eps = 1e-6, .atol = 1e-7, .rtol = 1e-6, .seed = 3};
+    ad_check_report rep;
+    cr_assert_eq(ad_gradcheck(ctx, act_fn, &cs[k], 1, &x, &o, &rep), AD_OK, "%s",
+                 ad_last_error(ctx));
+    cr_assert(rep.passed && rep.checked == 21, "%s: at %lld analytic %g numeric %g",
+              nn_act_name(cs[k].act), (long long)rep.index, rep.analytic, rep.numeric);
+    cr_assert_eq(ad_gradgradcheck(ctx, act_fn, &cs[k], 1, &x, &o, &rep), AD_OK, "%s",
+                 ad_last_error(ctx));
+    cr_assert(rep.passed, "%s second order: at %lld analytic %g numeric %g", nn_act_name(cs[k].act),
+              (long long)rep.index, rep.analytic, rep.numeric);
+    ad_tensor_free(x);
+  }
+}
+
+/* The layers compute what nn_activate does, and Dense takes every one,
+ * with alpha 1 for elu and celu when opts leave it 0. */
+Test(acts, layers_and_dense) {
+  static const double xv[6] = {-2, -0.5, 0, 0.5, 3, 7};
+  int64_t s[2] = {2, 3};
+  ad_tensor *x = ad_zeros(ctx, AD_F64, 2, s);
+  for (int i = 0; i < 6; i++) ad_tensor_set(x, i, xv[i]);
+  for (int a = NN_ACT_SILU; a <= NN_ACT_TANHSHRINK; a++) {
+    nn_layer *l = nn_activation_new(ctx, (nn_act)a);
+    cr_assert_not_null(l);
+    cr_assert_str_eq(nn_layer_kind(l), nn_act_name((nn_act)a));
+    ad_tensor *y = nn_layer_forward(l, x, true), *w = nn_activate(ctx, x, (nn_act)a, 1.0);
+    for (int i = 0; i < 6; i++) cr_assert_eq(ad_tensor_get(y, i), ad_tensor_get(w, i));
+    nn_layer_free(l);
+
+    /* dense with identity weights: act(x) */
+    nn_dense_opts o = {
+        .activation = (nn_act)a, .dtype = AD_F64, .weight_init = nn_init_make(NN_INIT_ZEROS, 0, 0)};
+    nn_layer *d = nn_dense_new(ctx, 3, 3, NULL, &o);
+    cr_assert_not_null(d, "%s", ad_last_error(ctx));
+    ad_tensor *wt = nn_params_find(nn_layer_params(d), "weight");
+    for (int i = 0; i < 3; i++) ad_tensor_set(wt, i * 3 + i, 1);
+    y = nn_layer_forward(d, x, true);
+    for (int i = 0; i < 6; i++)
+      cr_assert_eq(ad_tensor_get(y, i), ad_tensor_get(w, i), "dense %s", nn_act_name((nn_act)a));
+    nn_layer_free(d);
+  }
+  nn_layer *e = nn_elu_new(ctx, 0.3), *c = nn_celu_new(ctx, 0.3);
+  ad_tensor *ye = nn_layer_forward(e, x, true), *yc = nn_layer_forward(c, x, true);
+  cr_assert_float_eq(ad_tensor_get(ye, 0), 0.3 * (exp(-2.0) - 1), 1e-16);
+  cr_assert_float_eq(ad_tensor_get(yc, 0), 0.3 * (exp(-2.0 * (1 / 0.3)) - 1), 1e-16);
+  cr_assert_eq(ad_tensor_get(ye, 5), 7);
+  nn_layer_free(e);
+  nn_layer_free(c);
+}
+
+Test(acts, names_and_describe_as_torch_repr) {
+  /* repr of nn.SiLU(), nn.ELU(), ... in torch 1.13, lower-cased */
+  static const char *want[] = {"silu()",     "elu(alpha=1.0)", "selu()",        "celu(alpha=1.0)",
+                               "mish()",     "hardswish()",    "hardsigmoid()", "logsigmoid()",
+                               "softsign()", "tanhshrink()"};
+  char buf[128];
+  for (int a = NN_ACT_SILU; a <= NN_ACT_TANHSHRINK; a++) {
+    nn_layer *l = nn_activation_new(ctx, (nn_act)a);
+    cr_assert_str_eq(nn_layer_describe(l, buf, sizeof buf), want[a - NN_ACT_SILU]);
+    nn_layer_free(l);
+  }
+  nn_layer *l = nn_elu_new(ctx, 0.5);
+  cr_assert_str_eq(nn_layer_describe(l, buf, sizeof buf), "elu(alpha=0.5)");
+  nn_layer_free(l);
+  l = nn_celu_new(ctx, 2);
+  cr_assert_str_eq(nn_layer_describe(l, buf, sizeof buf), "celu(alpha=2.0)");
+  nn_layer_free(l);
+  l = nn_dense_new(ctx, 2, 2, NULL,
+                   &(nn_dense_opts){.activation = NN_ACT_CELU,
+                                    .weight_init = nn_init_make(NN_INIT_ZEROS, 0, 0)});
+  cr_assert_str_eq(nn_layer_describe(l, buf, sizeof buf),
+                   "dense(in_features=2, out_features=2, bias=True, activation=celu, alpha=1.0)");
+  nn_layer_free(l);
+  l = nn_dense_new(ctx, 2, 2, NULL,
+                   &(nn_dense_opts){.activation = NN_ACT_ELU,
+                                    .alpha = 0.25,
+                                    .weight_init = nn_init_make(NN_INIT_ZEROS, 0, 0)});
+  cr_assert_str_eq(nn_layer_describe(l, buf, sizeof buf),
+                   "dense(in_features=2, out_features=2, bias=True, activation=elu, alpha=0.25)");
+  nn_layer_free(l);
+
+  static const char *names[] = {"silu",      "elu",         "selu",       "celu",     "mish",
+                                "hardswish", "hardsigmoid", "logsigmoid", "softsign", "tanhshrink"};
+  for (int a = NN_ACT_SILU; a <= NN_ACT_TANHSHRINK; a++)
+    cr_assert_str_eq(nn_act_name((nn_act)a), names[a - NN_ACT_SILU]);
+  cr_assert_str_eq(nn_act_name((nn_act)(NN_ACT_TANHSHRINK + 1)), "?");
+}
+
+Test(acts, errors) {
+  int64_t n = 3;
+  ad_tensor *x = ad_zeros(ctx, AD_F64, 1, &n), *xi = ad_zeros(ctx, AD_I32, 1, &n);
+  nn_act past = (nn_act)(NN_ACT_TANHSHRINK + 1);
+  char want[64];
+  snprintf(want, sizeof want, "dense: unknown activation %d", (int)past);
+  cr_assert_null(nn_activate(ctx, x, past, 0));
+  expect_msg(AD_ERR_ARG, want + 7);
+  cr_assert_null(nn_activation_new(ctx, past));
+  expect_msg(AD_ERR_ARG, want + 7);
+  cr_assert_null(nn_dense_new(ctx, 2, 2, NULL, &(nn_dense_opts){.activation = past}));
+  expect_msg(AD_ERR_ARG, want);
+  cr_assert_null(
+      nn_dense_new(ctx, 2, 2, NULL, &(nn_dense_opts){.activation = NN_ACT_ELU, .alpha = INFINITY}));
+  expect_msg(AD_ERR_ARG, "dense: elu alpha inf is not finite");
+  cr_assert_null(nn_activate(ctx, x, NN_ACT_CELU, 0));
+  expect_msg(AD_ERR_ARG, "celu: alpha cannot be 0");
+  cr_assert_null(nn_activate(ctx, xi, NN_ACT_MISH, 0));
+  expect_msg(AD_ERR_DTYPE, "mish: input [3] is i32; a float dtype is needed");
+  cr_assert_null(nn_activate(ctx, NULL, NN_ACT_SILU, 0));
+  cr_assert_eq(ad_last_status(ctx), AD_ERR_NULL);
+  ad_clear_error(ctx);
+  ad_tensor_free(xi);
+  cr_assert_null(nn_activate(ctx, xi, NN_ACT_SILU, 0));
+  expect_msg(AD_ERR_STATE, "activate: x was freed");
+  cr_assert_null(nn_elu_new(ctx, NAN));
+  expect_msg(AD_ERR_ARG, "elu: alpha nan is not finite");
+  cr_assert_null(nn_celu_new(ctx, 0));
+  expect_msg(AD_ERR_ARG, "celu: alpha 0 must be finite and not 0");
+  cr_assert_null(nn_celu_new(ctx, -INFINITY));
+  expect_msg(AD_ERR_ARG, "celu: alpha -inf must be finite and not 0");
+  cr_assert_null(nn_elu_new(NULL, 1));
+}
