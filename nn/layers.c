@@ -24,7 +24,7 @@ struct nn_layer {
   /* dense */
   int64_t in, out;
   ad_tensor *w, *b;
-  /* dense and activation */
+  /* dense and activation (prelu's weight is w) */
   nn_act act;
   double alpha;
   double lo, hi; /* hardtanh, relu6: the bounds */
@@ -42,12 +42,13 @@ struct nn_layer {
 /* ------------------------------------------------------------ activations */
 
 /* The last nn_act: every range check reads it. */
-#define ACT_LAST NN_ACT_TANHSHRINK
+#define ACT_LAST NN_ACT_PRELU
 
 static const char *const act_names[] = {
-    "none",    "sigmoid",     "tanh",      "relu",        "leaky_relu", "gelu",     "softplus",
-    "softmax", "log_softmax", "hardtanh",  "relu6",       "silu",       "elu",      "selu",
-    "celu",    "mish",        "hardswish", "hardsigmoid", "logsigmoid", "softsign", "tanhshrink"};
+    "none",       "sigmoid",  "tanh",        "relu",     "leaky_relu", "gelu",
+    "softplus",   "softmax",  "log_softmax", "hardtanh", "relu6",      "silu",
+    "elu",        "selu",     "celu",        "mish",     "hardswish",  "hardsigmoid",
+    "logsigmoid", "softsign", "tanhshrink",  "prelu"};
 _Static_assert(sizeof act_names / sizeof act_names[0] == ACT_LAST + 1, "a name per nn_act");
 
 const char *nn_act_name(nn_act act) { return (unsigned)act <= ACT_LAST ? act_names[act] : "?"; }
@@ -149,8 +150,8 @@ ad_tensor *nn_activate(ad_ctx *ctx, ad_tensor *x, nn_act act, double alpha) {
   if ((unsigned)act > NN_ACT_RELU6 && (unsigned)act <= ACT_LAST &&
       nn_check_input(ctx, "activate", "x", x) != AD_OK)
     return NULL;
-  if ((unsigned)act > NN_ACT_RELU6 && (unsigned)act <= ACT_LAST && x->dtype != AD_F32 &&
-      x->dtype != AD_F64) {
+  if ((unsigned)act > NN_ACT_RELU6 && (unsigned)act <= ACT_LAST && act != NN_ACT_PRELU &&
+      x->dtype != AD_F32 && x->dtype != AD_F64) {
     char a[64];
     ad_set_error(ctx, AD_ERR_DTYPE, "%s: input %s is %s; a float dtype is needed", act_names[act],
                  ad_shape_str(x, a, sizeof a), ad_dtype_name(x->dtype));
@@ -203,6 +204,10 @@ ad_tensor *nn_activate(ad_ctx *ctx, ad_tensor *x, nn_act act, double alpha) {
     return ad_div(ctx, x, ad_add_scalar(ctx, ad_abs(ctx, x), 1));
   case NN_ACT_TANHSHRINK: /* PyTorch's own composite */
     return ad_sub(ctx, x, ad_tanh(ctx, x));
+  case NN_ACT_PRELU:
+    ad_set_error(ctx, AD_ERR_ARG,
+                 "activate: prelu has a learnable weight; use the layer nn_prelu_new");
+    return NULL;
   }
   ad_set_error(ctx, AD_ERR_ARG, "activate: unknown activation %d", (int)act);
   return NULL;
@@ -307,6 +312,12 @@ nn_layer *nn_dense_new(ad_ctx *ctx, int64_t in, int64_t out, ad_rng *rng,
     ad_set_error(ctx, AD_ERR_ARG, "dense: unknown activation %d", (int)o.activation);
     return NULL;
   }
+  if (o.activation == NN_ACT_PRELU) {
+    ad_set_error(ctx, AD_ERR_ARG,
+                 "dense: prelu has a learnable weight, which dense does not hold; add an "
+                 "nn_prelu_new layer after it");
+    return NULL;
+  }
   bool has_alpha = o.activation == NN_ACT_ELU || o.activation == NN_ACT_CELU;
   if (has_alpha && !isfinite(o.alpha)) {
     ad_set_error(ctx, AD_ERR_ARG, "dense: %s alpha %g is not finite", act_names[o.activation],
@@ -387,6 +398,7 @@ nn_layer *nn_activation_new(ad_ctx *ctx, nn_act act) {
     ad_set_error(ctx, AD_ERR_ARG, "activation: unknown activation %d", (int)act);
     return NULL;
   }
+  if (act == NN_ACT_PRELU) return nn_prelu_new(ctx, 1, 0.25, AD_F32);
   nn_layer *l = layer_new(ctx, L_ACT, nn_act_name(act));
   if (l) {
     l->act = act;
@@ -440,6 +452,59 @@ nn_layer *nn_celu_new(ad_ctx *ctx, double alpha) {
   nn_layer *l = nn_activation_new(ctx, NN_ACT_CELU);
   if (l) l->alpha = alpha;
   return l;
+}
+
+nn_layer *nn_prelu_new(ad_ctx *ctx, int64_t num_parameters, double init, ad_dtype dtype) {
+  if (!ctx) return NULL;
+  if (num_parameters < 1 || !isfinite(init)) {
+    ad_set_error(ctx, AD_ERR_ARG, "prelu: num_parameters %lld must be >= 1 and init %g finite",
+                 (long long)num_parameters, init);
+    return NULL;
+  }
+  if (dtype != AD_F32 && dtype != AD_F64) {
+    ad_set_error(ctx, AD_ERR_DTYPE, "prelu: the weight must be float, got %s",
+                 ad_dtype_name(dtype));
+    return NULL;
+  }
+  nn_layer *l = layer_new(ctx, L_ACT, "prelu");
+  if (!l) return NULL;
+  l->act = NN_ACT_PRELU;
+  ad_tensor *w = ad_full(ctx, dtype, 1, &num_parameters, init);
+  if (nn_params_add(l->params, "weight", w, true) != AD_OK) {
+    nn_layer_free(l);
+    return NULL;
+  }
+  l->w = w;
+  return l;
+}
+
+/* y = x > 0 ? x : w x, w [C] read as [1, C, 1, ...] (a view), as
+ * PyTorch's prelu: slope w at 0 and at a NaN x, where w's gradient is x
+ * dy (0 at 0, NaN at NaN); the second derivative in x is 0. */
+static ad_tensor *prelu_forward(nn_layer *l, ad_tensor *x) {
+  ad_ctx *ctx = l->ctx;
+  char a[64], c[96];
+  if (x->dtype != l->w->dtype) {
+    ad_set_error(ctx, AD_ERR_DTYPE, "%s: input %s is %s, the weight is %s", who(l, c, sizeof c),
+                 ad_shape_str(x, a, sizeof a), ad_dtype_name(x->dtype), ad_dtype_name(l->w->dtype));
+    return NULL;
+  }
+  int64_t n = l->w->size, s[AD_MAX_DIMS];
+  if (n > 1 && (x->ndim < 2 || x->shape[1] != n)) { /* PyTorch: "Mismatch of parameter numbers
+                                                     * and input channel size" */
+    if (x->ndim < 2)
+      ad_set_error(ctx, AD_ERR_SHAPE,
+                   "%s: input %s has 1 channel (no dim 1), the layer has %lld weights",
+                   who(l, c, sizeof c), ad_shape_str(x, a, sizeof a), (long long)n);
+    else
+      ad_set_error(
+          ctx, AD_ERR_SHAPE, "%s: input %s has %lld channels (dim 1), the layer has %lld weights",
+          who(l, c, sizeof c), ad_shape_str(x, a, sizeof a), (long long)x->shape[1], (long long)n);
+    return NULL;
+  }
+  for (int k = 0; k < x->ndim; k++) s[k] = k == 1 ? n : 1;
+  ad_tensor *w = ad_reshape(ctx, l->w, x->ndim, s);
+  return ad_where(ctx, ad_gt(ctx, x, ad_scalar(ctx, x->dtype, 0)), x, ad_mul(ctx, w, x));
 }
 
 /* ---------------------------------------------------------------- dropout */
@@ -619,6 +684,9 @@ static void describe_builtin(const nn_layer *l, nn_text *t) {
       nn_text_add(t, "alpha=");
       nn_text_num(t, l->alpha);
       return;
+    case NN_ACT_PRELU: /* nn.PReLU(num_parameters=1) */
+      nn_text_add(t, "num_parameters=%lld", (long long)l->w->size);
+      return;
     case NN_ACT_SOFTMAX:
     case NN_ACT_LOG_SOFTMAX:
       nn_text_add(t, "dim=-1");
@@ -679,6 +747,7 @@ static ad_tensor *layer_forward(nn_layer *l, ad_tensor *x, bool training) {
   case L_ACT:
     if (l->act == NN_ACT_HARDTANH || l->act == NN_ACT_RELU6)
       return ad_hardtanh(l->ctx, x, l->lo, l->hi);
+    if (l->act == NN_ACT_PRELU) return prelu_forward(l, x);
     return nn_activate(l->ctx, x, l->act, l->alpha);
   case L_DROPOUT:
     return dropout_forward(l, x, training);

@@ -1,8 +1,9 @@
 /* test_nn_acts.c: the activations after relu6 (silu, elu, selu, celu,
- * mish, hardswish, hardsigmoid, logsigmoid, softsign and tanhshrink)
- * against PyTorch 1.13: values, first and second derivatives in float64
- * and float32, at their kinks, for NaN and at +-1000; gradcheck and
- * gradgradcheck; describe strings, names and errors.
+ * mish, hardswish, hardsigmoid, logsigmoid, softsign, tanhshrink and the
+ * prelu layer) against PyTorch 1.13: values, first and second derivatives
+ * in float64 and float32, at their kinks, for NaN and at +-1000; gradcheck
+ * and gradgradcheck; prelu's weight gradient; describe strings, names and
+ * errors.
  *
  * REFS was printed by this script with /usr/bin/python3 (torch 1.13), one
  * element per call, so that PyTorch runs its scalar kernels (its CPU
@@ -21,8 +22,14 @@
  *         g2, = torch.autograd.grad(g.sum(), t)  # hardsigmoid: 0 (1.13 has no
  *                                                # double backward for it)
  *         print(f(t).item(), g.item(), g2.item())
- */
+ *
+ * The PRELU_* arrays: F.prelu in float64 on x[i] = ((7 i) % 11 - 5) / 4
+ * (zeros included) of shape [2,3,2,2] and [4,3], weight [0.25] or [0.25,
+ * -0.1, 0.5], cotangent v[i] = ((5 i) % 7 - 3) / 2: Y = prelu(x, w), GX and
+ * GW = autograd.grad((y * v).sum(), (x, w), create_graph=True), HW =
+ * autograd.grad((GX * r).sum(), w) with r = v flattened and reversed. */
 #include "nn.h"
+#include "nn_io.h"
 #include "test_alloc.h"
 
 #include <criterion/criterion.h>
@@ -33,6 +40,7 @@
 #include <unistd.h>
 
 TEST_CTX_SUITE(acts);
+TEST_CTX_SUITE_ALSO(prelu);
 
 #define NX 12
 static const double X[NX] = {-1000.0, -3.0, -2.5, -1.0, -0.5,   -1e-10,
@@ -295,6 +303,37 @@ static const act_ref REFS[] = {
       0.0, NAN}},
 };
 
+static const double PRELU_4d_C1_Y[] = {
+    -0.3125, 0.5,    -0.125, 1.25, 0.25,    -0.1875, 1.0, 0.0,   -0.25, 0.75,    -0.0625, -0.3125,
+    0.5,     -0.125, 1.25,   0.25, -0.1875, 1.0,     0.0, -0.25, 0.75,  -0.0625, -0.3125, 0.5};
+static const double PRELU_4d_C1_GX[] = {-0.375, 1.0,  0.0,   -1.0,  1.5,  0.125,  -0.5, -0.375,
+                                        0.25,   0.0,  -0.25, 0.375, 0.5,  -0.125, -1.5, 1.0,
+                                        0.0,    -1.0, 0.375, 0.125, -0.5, -0.375, 0.25, 0.0};
+static const double PRELU_4d_C1_GW[] = {-2.25};
+static const double PRELU_4d_C1_HW[] = {6.0};
+static const double PRELU_4d_C3_Y[] = {
+    -0.3125, 0.5, -0.125, 1.25, 0.25, 0.07500000000000001, 1.0, -0.0, -0.5, 0.75, -0.125,
+    -0.625,  0.5, -0.125, 1.25, 0.25, 0.07500000000000001, 1.0, -0.0, 0.1,  0.75, -0.125,
+    -0.625,  0.5};
+static const double PRELU_4d_C3_GX[] = {
+    -0.375, 1.0, 0.0,    -1.0, 1.5, -0.05, -0.5, 0.15000000000000002,  0.5,   0.0,  -0.5,
+    0.75,   0.5, -0.125, -1.5, 1.0, -0.0,  -1.0, -0.15000000000000002, -0.05, -0.5, -0.75,
+    0.5,    0.0};
+static const double PRELU_4d_C3_GW[] = {2.125, -0.875, -3.5};
+static const double PRELU_4d_C3_HW[] = {0.5, 2.25, 3.25};
+static const double PRELU_2d_C1_Y[] = {-0.3125, 0.5, -0.125, 1.25, 0.25,    -0.1875,
+                                       1.0,     0.0, -0.25,  0.75, -0.0625, -0.3125};
+static const double PRELU_2d_C1_GX[] = {-0.375, 1.0,    0.0,  -1.0, 1.5,   0.125,
+                                        -0.5,   -0.375, 0.25, 0.0,  -0.25, 0.375};
+static const double PRELU_2d_C1_GW[] = {-1.125};
+static const double PRELU_2d_C1_HW[] = {-9.0};
+static const double PRELU_2d_C3_Y[] = {-0.3125, 0.5,  -0.25, 1.25, 0.25,  -0.375,
+                                       1.0,     -0.0, -0.5,  0.75, 0.025, -0.625};
+static const double PRELU_2d_C3_GX[] = {
+    -0.375, 1.0, 0.0, -1.0, 1.5, 0.25, -0.5, 0.15000000000000002, 0.5, 0.0, 0.1, 0.75};
+static const double PRELU_2d_C3_GW[] = {1.875, 0.25, -3.25};
+static const double PRELU_2d_C3_HW[] = {-2.25, -3.25, -3.5};
+
 static void expect_msg(ad_status st, const char *needle) {
   cr_assert_eq(ad_last_status(ctx), st, "status %s: %s", ad_status_str(ad_last_status(ctx)),
                ad_last_error(ctx));
@@ -397,7 +436,7 @@ Test(acts, kinks_take_torch_sides) {
 Test(acts, no_overflow_at_large_x) {
   static const double xs[] = {-1000, -100, -90, 90, 100, 1000};
   for (int d = 0; d < 2; d++)
-    for (int a = NN_ACT_SILU; a <= NN_ACT_TANHSHRINK; a++) {
+    for (int a = NN_ACT_SILU; a < NN_ACT_PRELU; a++) {
       act_ref r = {.act = (nn_act)a, .alpha = 1, .dtype = d ? AD_F32 : AD_F64};
       ad_tensor *x = vec(r.dtype, 6, xs), *g, *g2;
       ad_tensor_set_requires_grad(x, true);
@@ -448,14 +487,15 @@ Test(acts, gradcheck_and_gradgradcheck) {
   }
 }
 
-/* The layers compute what nn_activate does, and Dense takes every one,
- * with alpha 1 for elu and celu when opts leave it 0. */
+/* The layers compute what nn_activate does, and Dense takes every one but
+ * prelu (refused in acts::errors), with alpha 1 for elu and celu when opts
+ * leave it 0. */
 Test(acts, layers_and_dense) {
   static const double xv[6] = {-2, -0.5, 0, 0.5, 3, 7};
   int64_t s[2] = {2, 3};
   ad_tensor *x = ad_zeros(ctx, AD_F64, 2, s);
   for (int i = 0; i < 6; i++) ad_tensor_set(x, i, xv[i]);
-  for (int a = NN_ACT_SILU; a <= NN_ACT_TANHSHRINK; a++) {
+  for (int a = NN_ACT_SILU; a < NN_ACT_PRELU; a++) {
     nn_layer *l = nn_activation_new(ctx, (nn_act)a);
     cr_assert_not_null(l);
     cr_assert_str_eq(nn_layer_kind(l), nn_act_name((nn_act)a));
@@ -486,11 +526,19 @@ Test(acts, layers_and_dense) {
 
 Test(acts, names_and_describe_as_torch_repr) {
   /* repr of nn.SiLU(), nn.ELU(), ... in torch 1.13, lower-cased */
-  static const char *want[] = {"silu()",     "elu(alpha=1.0)", "selu()",        "celu(alpha=1.0)",
-                               "mish()",     "hardswish()",    "hardsigmoid()", "logsigmoid()",
-                               "softsign()", "tanhshrink()"};
+  static const char *want[] = {"silu()",
+                               "elu(alpha=1.0)",
+                               "selu()",
+                               "celu(alpha=1.0)",
+                               "mish()",
+                               "hardswish()",
+                               "hardsigmoid()",
+                               "logsigmoid()",
+                               "softsign()",
+                               "tanhshrink()",
+                               "prelu(num_parameters=1)"};
   char buf[128];
-  for (int a = NN_ACT_SILU; a <= NN_ACT_TANHSHRINK; a++) {
+  for (int a = NN_ACT_SILU; a <= NN_ACT_PRELU; a++) {
     nn_layer *l = nn_activation_new(ctx, (nn_act)a);
     cr_assert_str_eq(nn_layer_describe(l, buf, sizeof buf), want[a - NN_ACT_SILU]);
     nn_layer_free(l);
@@ -500,6 +548,9 @@ Test(acts, names_and_describe_as_torch_repr) {
   nn_layer_free(l);
   l = nn_celu_new(ctx, 2);
   cr_assert_str_eq(nn_layer_describe(l, buf, sizeof buf), "celu(alpha=2.0)");
+  nn_layer_free(l);
+  l = nn_prelu_new(ctx, 3, 0.1, AD_F64);
+  cr_assert_str_eq(nn_layer_describe(l, buf, sizeof buf), "prelu(num_parameters=3)");
   nn_layer_free(l);
   l = nn_dense_new(ctx, 2, 2, NULL,
                    &(nn_dense_opts){.activation = NN_ACT_CELU,
@@ -515,17 +566,18 @@ Test(acts, names_and_describe_as_torch_repr) {
                    "dense(in_features=2, out_features=2, bias=True, activation=elu, alpha=0.25)");
   nn_layer_free(l);
 
-  static const char *names[] = {"silu",      "elu",         "selu",       "celu",     "mish",
-                                "hardswish", "hardsigmoid", "logsigmoid", "softsign", "tanhshrink"};
-  for (int a = NN_ACT_SILU; a <= NN_ACT_TANHSHRINK; a++)
+  static const char *names[] = {"silu",     "elu",        "selu",        "celu",
+                                "mish",     "hardswish",  "hardsigmoid", "logsigmoid",
+                                "softsign", "tanhshrink", "prelu"};
+  for (int a = NN_ACT_SILU; a <= NN_ACT_PRELU; a++)
     cr_assert_str_eq(nn_act_name((nn_act)a), names[a - NN_ACT_SILU]);
-  cr_assert_str_eq(nn_act_name((nn_act)(NN_ACT_TANHSHRINK + 1)), "?");
+  cr_assert_str_eq(nn_act_name((nn_act)(NN_ACT_PRELU + 1)), "?");
 }
 
 Test(acts, errors) {
   int64_t n = 3;
   ad_tensor *x = ad_zeros(ctx, AD_F64, 1, &n), *xi = ad_zeros(ctx, AD_I32, 1, &n);
-  nn_act past = (nn_act)(NN_ACT_TANHSHRINK + 1);
+  nn_act past = (nn_act)(NN_ACT_PRELU + 1);
   char want[64];
   snprintf(want, sizeof want, "dense: unknown activation %d", (int)past);
   cr_assert_null(nn_activate(ctx, x, past, 0));
@@ -534,9 +586,13 @@ Test(acts, errors) {
   expect_msg(AD_ERR_ARG, want + 7);
   cr_assert_null(nn_dense_new(ctx, 2, 2, NULL, &(nn_dense_opts){.activation = past}));
   expect_msg(AD_ERR_ARG, want);
+  cr_assert_null(nn_dense_new(ctx, 2, 2, NULL, &(nn_dense_opts){.activation = NN_ACT_PRELU}));
+  expect_msg(AD_ERR_ARG, "dense: prelu has a learnable weight");
   cr_assert_null(
       nn_dense_new(ctx, 2, 2, NULL, &(nn_dense_opts){.activation = NN_ACT_ELU, .alpha = INFINITY}));
   expect_msg(AD_ERR_ARG, "dense: elu alpha inf is not finite");
+  cr_assert_null(nn_activate(ctx, x, NN_ACT_PRELU, 0.25));
+  expect_msg(AD_ERR_ARG, "activate: prelu has a learnable weight; use the layer nn_prelu_new");
   cr_assert_null(nn_activate(ctx, x, NN_ACT_CELU, 0));
   expect_msg(AD_ERR_ARG, "celu: alpha cannot be 0");
   cr_assert_null(nn_activate(ctx, xi, NN_ACT_MISH, 0));
@@ -553,5 +609,213 @@ Test(acts, errors) {
   expect_msg(AD_ERR_ARG, "celu: alpha 0 must be finite and not 0");
   cr_assert_null(nn_celu_new(ctx, -INFINITY));
   expect_msg(AD_ERR_ARG, "celu: alpha -inf must be finite and not 0");
+  cr_assert_null(nn_prelu_new(ctx, 0, 0.25, AD_F32));
+  expect_msg(AD_ERR_ARG, "prelu: num_parameters 0 must be >= 1 and init 0.25 finite");
+  cr_assert_null(nn_prelu_new(ctx, 1, NAN, AD_F32));
+  expect_msg(AD_ERR_ARG, "init nan finite");
+  cr_assert_null(nn_prelu_new(ctx, 1, 0.25, AD_I32));
+  expect_msg(AD_ERR_DTYPE, "prelu: the weight must be float, got i32");
   cr_assert_null(nn_elu_new(NULL, 1));
+  cr_assert_null(nn_prelu_new(NULL, 1, 0.25, AD_F32));
+}
+
+/* ------------------------------------------------------------------ prelu */
+
+/* x[i] = ((7 i) % 11 - 5) / 4 and v[i] = ((5 i) % 7 - 3) / 2 of shape s. */
+static ad_tensor *pattern(ad_dtype dt, int nd, const int64_t *s, int mul, int mod, double sub,
+                          double div) {
+  ad_tensor *t = ad_zeros(ctx, dt, nd, s);
+  for (int64_t i = 0; i < t->size; i++) ad_tensor_set(t, i, ((i * mul) % mod - sub) / div);
+  return t;
+}
+
+static void check_prelu(int nd, const int64_t *s, int64_t C, ad_dtype dt, const double *Y,
+                        const double *GX, const double *GW, const double *HW) {
+  static const double w3[3] = {0.25, -0.1, 0.5};
+  nn_layer *l = nn_prelu_new(ctx, C, 0.25, dt);
+  cr_assert_not_null(l, "%s", ad_last_error(ctx));
+  ad_tensor *w = nn_params_find(nn_layer_params(l), "weight");
+  cr_assert_eq(w->ndim, 1);
+  cr_assert_eq(w->shape[0], C);
+  for (int64_t c = 0; c < C; c++) ad_tensor_set(w, c, w3[c]);
+  ad_tensor *x = pattern(dt, nd, s, 7, 11, 5, 4), *v = pattern(dt, nd, s, 5, 7, 3, 2);
+  ad_tensor *r = ad_zeros_like(ctx, v);
+  for (int64_t i = 0; i < v->size; i++) ad_tensor_set(r, i, ad_tensor_get(v, v->size - 1 - i));
+  ad_tensor_set_requires_grad(x, true);
+  ad_tensor *y = nn_layer_forward(l, x, true);
+  cr_assert_not_null(y, "%s", ad_last_error(ctx));
+  ad_tensor *in[2] = {x, w}, *g[2], *hw;
+  cr_assert_eq(ad_grad(ctx, ad_sum(ctx, ad_mul(ctx, y, v)), NULL, 2, in, g, true), AD_OK);
+  cr_assert_eq(ad_grad(ctx, ad_sum(ctx, ad_mul(ctx, g[0], r)), NULL, 1, &w, &hw, false), AD_OK,
+               "%s", ad_last_error(ctx));
+  double tol = dt == AD_F64 ? 1e-15 : 1e-6;
+  for (int64_t i = 0; i < x->size; i++) {
+    cr_assert(near(ad_tensor_get(y, i), Y[i], tol, tol), "y[%lld]", (long long)i);
+    cr_assert(near(ad_tensor_get(g[0], i), GX[i], tol, tol), "dx[%lld]", (long long)i);
+  }
+  for (int64_t c = 0; c < C; c++) {
+    cr_assert(near(ad_tensor_get(g[1], c), GW[c], tol, tol), "dw[%lld] %g", (long long)c,
+              ad_tensor_get(g[1], c));
+    cr_assert(near(ad_tensor_get(hw, c), HW[c], tol, tol), "d2/dw dx[%lld]", (long long)c);
+  }
+  ad_tape_reset(ctx);
+  ad_tensor_free(x);
+  ad_tensor_free(v);
+  ad_tensor_free(r);
+  nn_layer_free(l);
+}
+
+Test(prelu, weight_gradient_matches_torch) {
+  int64_t s4[4] = {2, 3, 2, 2}, s2[2] = {4, 3};
+  for (int d = 0; d < 2; d++) {
+    ad_dtype dt = d ? AD_F32 : AD_F64;
+    check_prelu(4, s4, 1, dt, PRELU_4d_C1_Y, PRELU_4d_C1_GX, PRELU_4d_C1_GW, PRELU_4d_C1_HW);
+    check_prelu(4, s4, 3, dt, PRELU_4d_C3_Y, PRELU_4d_C3_GX, PRELU_4d_C3_GW, PRELU_4d_C3_HW);
+    check_prelu(2, s2, 1, dt, PRELU_2d_C1_Y, PRELU_2d_C1_GX, PRELU_2d_C1_GW, PRELU_2d_C1_HW);
+    check_prelu(2, s2, 3, dt, PRELU_2d_C3_Y, PRELU_2d_C3_GX, PRELU_2d_C3_GW, PRELU_2d_C3_HW);
+  }
+}
+
+/* F.prelu(x, w=[0.25]) at 0, -2, NaN, 1000, -1000: y 0, -0.5, NaN, 1000,
+ * -250; slope w but 1 at 1000; w's gradient sum x (x <= 0 or NaN) = NaN,
+ * and -1002 without the NaN. A 0-d and a 1-D input take one weight. */
+Test(prelu, kink_nan_and_small_inputs) {
+  static const double xs[5] = {0, -2, 1000, -1000, NAN};
+  nn_layer *l = nn_activation_new(ctx, NN_ACT_PRELU);
+  ad_tensor *w = nn_params_find(nn_layer_params(l), "weight");
+  cr_assert_eq(w->dtype, AD_F32);
+  cr_assert_eq(ad_tensor_get(w, 0), 0.25);
+  for (int n = 4; n <= 5; n++) {
+    ad_tensor *x = vec(AD_F32, n, xs), *g[2];
+    ad_tensor_set_requires_grad(x, true);
+    ad_tensor *y = nn_layer_forward(l, x, true), *in[2] = {x, w};
+    cr_assert_eq(ad_grad(ctx, ad_sum(ctx, y), NULL, 2, in, g, false), AD_OK);
+    static const double wy[5] = {0, -0.5, 1000, -250, NAN}, wg[5] = {0.25, 0.25, 1, 0.25, 0.25};
+    for (int i = 0; i < n; i++) {
+      cr_assert(near(ad_tensor_get(y, i), wy[i], 0, 0));
+      cr_assert(near(ad_tensor_get(g[0], i), wg[i], 0, 0));
+    }
+    cr_assert(near(ad_tensor_get(g[1], 0), n == 5 ? NAN : -1002, 0, 0));
+    ad_tape_reset(ctx);
+    ad_tensor_free(x);
+  }
+  ad_tensor *s = ad_scalar(ctx, AD_F32, -4);
+  ad_tensor *y = nn_layer_forward(l, s, false);
+  cr_assert_eq(y->ndim, 0);
+  cr_assert_eq(ad_tensor_item(y), -1);
+  ad_tape_reset(ctx);
+  ad_tensor_free(s);
+  nn_layer_free(l);
+}
+
+/* The layer's forward on in[0] (ad_gradcheck perturbs copies of its
+ * inputs, so the weight, which the layer holds, is checked by hand). */
+static ad_tensor *prelu_fn(ad_ctx *c, int n, ad_tensor *const *in, void *ud) {
+  (void)c;
+  (void)n;
+  return nn_layer_forward(ud, in[0], true);
+}
+
+static double prelu_loss(nn_layer *l, ad_tensor *x) {
+  double s = 0;
+  ad_tensor *y = nn_layer_forward(l, x, true);
+  for (int64_t i = 0; i < y->size; i++) s += ad_tensor_get(y, i) * (double)(i % 5 - 2);
+  ad_tape_reset(ctx);
+  return s;
+}
+
+Test(prelu, gradcheck_x_and_weight) {
+  int64_t s[3] = {2, 3, 4};
+  nn_layer *l = nn_prelu_new(ctx, 3, 0.25, AD_F64);
+  ad_tensor *w = nn_params_find(nn_layer_params(l), "weight");
+  ad_tensor_set(w, 1, -0.3);
+  ad_tensor *x = pattern(AD_F64, 3, s, 7, 11, 5.5, 4); /* no zeros: the kink */
+  ad_tensor_set_requires_grad(x, true);
+  ad_check_report rep;
+  ad_check_opts o = {.atol = 1e-8, .rtol = 1e-7, .seed = 4};
+  cr_assert_eq(ad_gradcheck(ctx, prelu_fn, l, 1, &x, &o, &rep), AD_OK, "%s", ad_last_error(ctx));
+  cr_assert(rep.passed && rep.checked == 24, "[%lld]: %g vs %g", (long long)rep.index, rep.analytic,
+            rep.numeric);
+  cr_assert_eq(ad_gradgradcheck(ctx, prelu_fn, l, 1, &x, &o, &rep), AD_OK, "%s",
+               ad_last_error(ctx));
+  cr_assert(rep.passed, "second order [%lld]: %g vs %g", (long long)rep.index, rep.analytic,
+            rep.numeric);
+  /* the weight: central differences of sum(y * v), v[i] = i % 5 - 2 */
+  ad_tensor *y = nn_layer_forward(l, x, true), *v = ad_zeros_like(ctx, y), *gw;
+  for (int64_t i = 0; i < v->size; i++) ad_tensor_set(v, i, (double)(i % 5 - 2));
+  cr_assert_eq(ad_grad(ctx, ad_sum(ctx, ad_mul(ctx, y, v)), NULL, 1, &w, &gw, false), AD_OK);
+  double an[3];
+  for (int c = 0; c < 3; c++) an[c] = ad_tensor_get(gw, c);
+  ad_tape_reset(ctx);
+  for (int c = 0; c < 3; c++) {
+    double w0 = ad_tensor_get(w, c), h = 1e-6;
+    ad_tensor_set(w, c, w0 + h);
+    double up = prelu_loss(l, x);
+    ad_tensor_set(w, c, w0 - h);
+    double down = prelu_loss(l, x);
+    ad_tensor_set(w, c, w0);
+    cr_assert_float_eq(an[c], (up - down) / (2 * h), 1e-7, "dw[%d] %g", c, an[c]);
+    cr_assert_neq(an[c], 0);
+  }
+  ad_tensor_free(v);
+  nn_layer_free(l);
+  ad_tensor_free(x);
+}
+
+Test(prelu, input_checks) {
+  int64_t s1 = 3, s2[2] = {2, 4}, s3[3] = {2, 3, 5};
+  nn_layer *l = nn_prelu_new(ctx, 3, 0.25, AD_F32);
+  ad_tensor *x1 = ad_zeros(ctx, AD_F32, 1, &s1), *x2 = ad_zeros(ctx, AD_F32, 2, s2);
+  ad_tensor *x3 = ad_zeros(ctx, AD_F64, 3, s3);
+  cr_assert_null(nn_layer_forward(l, x1, true));
+  expect_msg(AD_ERR_SHAPE, "prelu: input [3] has 1 channel (no dim 1), the layer has 3 weights");
+  cr_assert_null(nn_layer_forward(l, x2, true));
+  expect_msg(AD_ERR_SHAPE, "prelu: input [2,4] has 4 channels (dim 1), the layer has 3 weights");
+  cr_assert_null(nn_layer_forward(l, x3, true));
+  expect_msg(AD_ERR_DTYPE, "prelu: input [2,3,5] is f64, the weight is f32");
+  cr_assert_null(nn_layer_forward(l, NULL, true));
+  expect_msg(AD_ERR_NULL, "prelu");
+  ad_tensor_free(x1);
+  ad_tensor_free(x2);
+  ad_tensor_free(x3);
+  nn_layer_free(l);
+}
+
+/* In a model the weight is "<layer>.weight", as PyTorch's state dict names
+ * it; a checkpoint stores and restores it under that name. */
+Test(prelu, checkpoint_name) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 1);
+  nn_model *m = nn_sequential_new(ctx), *m2 = nn_sequential_new(ctx);
+  for (int k = 0; k < 2; k++) {
+    nn_model *mm = k ? m2 : m;
+    cr_assert_eq(nn_model_add(mm, nn_dense_new(ctx, 2, 3, &rng, NULL)), AD_OK);
+    cr_assert_eq(nn_model_add(mm, nn_prelu_new(ctx, 3, k ? 0.0 : 0.25, AD_F32)), AD_OK);
+  }
+  nn_params *p = nn_model_params(m);
+  cr_assert_eq(nn_params_count(p), 3);
+  cr_assert_str_eq(nn_params_name(p, 2), "1.weight");
+  ad_tensor *w = nn_params_find(p, "1.weight");
+  cr_assert_not_null(w);
+  ad_tensor_set(w, 2, -0.75);
+  char path[] = "/tmp/test_nn_acts-XXXXXX";
+  int fd = mkstemp(path);
+  cr_assert_geq(fd, 0);
+  close(fd);
+  cr_assert_eq(nn_model_save(m, NULL, path), AD_OK, "%s", ad_last_error(ctx));
+  nn_checkpoint_info *info = nn_checkpoint_info_read(ctx, path);
+  cr_assert_not_null(info);
+  const nn_checkpoint_entry *e = nn_checkpoint_info_find(info, "1.weight");
+  cr_assert_not_null(e);
+  cr_assert_str_eq(e->dtype_name, "F32");
+  cr_assert_eq(e->ndim, 1);
+  cr_assert_eq(e->shape[0], 3);
+  nn_checkpoint_info_free(info);
+  cr_assert_eq(nn_model_load(m2, NULL, path), AD_OK, "%s", ad_last_error(ctx));
+  ad_tensor *w2 = nn_params_find(nn_model_params(m2), "1.weight");
+  cr_assert_eq(ad_tensor_get(w2, 0), 0.25);
+  cr_assert_eq(ad_tensor_get(w2, 2), -0.75);
+  unlink(path);
+  nn_model_free(m);
+  nn_model_free(m2);
 }

@@ -309,7 +309,8 @@ typedef enum nn_act {
   NN_ACT_HARDSIGMOID, /**< relu6(x + 3) / 6 */
   NN_ACT_LOGSIGMOID,  /**< log(sigmoid(x)) = -softplus(-x) */
   NN_ACT_SOFTSIGN,    /**< x / (1 + |x|) */
-  NN_ACT_TANHSHRINK   /**< x - tanh(x) */
+  NN_ACT_TANHSHRINK,  /**< x - tanh(x) */
+  NN_ACT_PRELU        /**< x > 0 ? x : w x, w learnable: a layer only (nn_prelu_new) */
 } nn_act;
 
 /** "relu", "softmax", ...; "?" for an unknown value. */
@@ -334,7 +335,7 @@ NN_API const char *nn_act_name(nn_act act);
  *                    float64, as PyTorch) on (-3, 3) only: 0 at -3 and 3
  *   NaN x            NaN, with slope NaN, except: elu, selu, celu and
  *                    hardswish pass the slope of the linear side (1, or
- *                    selu's scale), hardsigmoid 0
+ *                    selu's scale), hardsigmoid 0, prelu its weight
  *                    (PyTorch 1.13's CPU kernels of elu and hardswish
  *                    give NaN, and 1 at x = 3, for the elements they take
  *                    a vector at a time, and the slopes here for the
@@ -344,7 +345,7 @@ NN_API const char *nn_act_name(nn_act act);
  *                    with slope 1 (mish's second derivative at 1000 is 0,
  *                    where PyTorch's is NaN)
  * Returns a tape tensor, or NULL on error (NULL x, unknown act, celu with
- * alpha 0). */
+ * alpha 0, prelu: its weight is learnable, use nn_prelu_new). */
 NN_API ad_tensor *nn_activate(ad_ctx *ctx, ad_tensor *x, nn_act act, double alpha);
 
 /** Options of a Dense layer. All-zero means the defaults. */
@@ -365,14 +366,16 @@ typedef struct nn_dense_opts {
  * NULL. Its parameters are named "weight" and "bias". Returns the layer
  * (free with nn_layer_free, or give it to a model), or NULL with
  * AD_ERR_ARG (in or out < 1, bad initializer, an unknown activation,
- * celu's or elu's alpha not finite) /
+ * NN_ACT_PRELU: its weight would need a parameter of its own, add an
+ * nn_prelu_new layer after it; celu's or elu's alpha not finite) /
  * AD_ERR_NULL / AD_ERR_OOM. */
 NN_API nn_layer *nn_dense_new(ad_ctx *ctx, int64_t in, int64_t out, ad_rng *rng,
                               const nn_dense_opts *opts);
 
 /** An activation as a layer of kind nn_act_name(act), with PyTorch's
- * defaults: leaky_relu's slope 0.01, elu's and celu's alpha 1. NULL with
- * AD_ERR_ARG for an unknown act. */
+ * defaults: leaky_relu's slope 0.01, elu's and celu's alpha 1, prelu one
+ * weight of 0.25 in float32 (nn_prelu_new(ctx, 1, 0.25, AD_F32)). NULL
+ * with AD_ERR_ARG for an unknown act. */
 NN_API nn_layer *nn_activation_new(ad_ctx *ctx, nn_act act);
 
 /** leaky_relu with slope alpha as a layer. NULL with AD_ERR_ARG for a
@@ -398,6 +401,18 @@ NN_API nn_layer *nn_elu_new(ad_ctx *ctx, double alpha);
  * AD_ERR_ARG for alpha 0 (PyTorch: "alpha cannot be 0 for CELU") or not
  * finite. */
 NN_API nn_layer *nn_celu_new(ad_ctx *ctx, double alpha);
+
+/** PyTorch's nn.PReLU(num_parameters, init): y = x > 0 ? x : w x, with a
+ * learnable parameter "weight" [num_parameters] of dtype (AD_F32 or AD_F64)
+ * filled with init; its channel dimension is dim 1 of the input (a weight
+ * of one element applies to any input, of more to [N, C, ...] with C =
+ * num_parameters). The slope at 0 is w and the weight's gradient there 0,
+ * as PyTorch's; a NaN x gives NaN, slope w and a NaN weight gradient. Kind
+ * "prelu". NULL with AD_ERR_ARG (num_parameters < 1, init not finite),
+ * AD_ERR_DTYPE or AD_ERR_OOM. Its forward refuses an input of another
+ * dtype (AD_ERR_DTYPE) and, for num_parameters > 1, one whose dim 1 is not
+ * num_parameters (AD_ERR_SHAPE), naming the layer. */
+NN_API nn_layer *nn_prelu_new(ad_ctx *ctx, int64_t num_parameters, double init, ad_dtype dtype);
 
 /** Inverted dropout: in training mode each element is zeroed with
  * probability p and the rest are scaled by 1 / (1 - p); in evaluation mode
