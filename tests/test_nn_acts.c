@@ -28,6 +28,7 @@
  * -0.1, 0.5], cotangent v[i] = ((5 i) % 7 - 3) / 2: Y = prelu(x, w), GX and
  * GW = autograd.grad((y * v).sum(), (x, w), create_graph=True), HW =
  * autograd.grad((GX * r).sum(), w) with r = v flattened and reversed. */
+#include "ad_ext.h"
 #include "nn.h"
 #include "nn_io.h"
 #include "test_alloc.h"
@@ -818,4 +819,51 @@ Test(prelu, checkpoint_name) {
   unlink(path);
   nn_model_free(m);
   nn_model_free(m2);
+}
+
+/* ---------------------------------------------------------------- memory */
+
+/* Forward, then first and second derivatives, with the allocator refusing
+ * request k and every later one, for k = 0, 1, ... until a run sees no
+ * refusal: each refused run fails with AD_ERR_OOM (never a crash), and
+ * after freeing the context nothing is left. a is an nn_act; prelu runs as
+ * a layer of 3 weights. (The tape's arena takes memory in large chunks, so
+ * this refuses few requests; each composite passes a NULL on through its
+ * ad_ ops, which return NULL for a NULL input.) */
+static ad_status oom_run(ad_ctx *c, int a, ad_tensor *x, nn_layer *l) {
+  ad_tensor *y = l ? nn_layer_forward(l, x, true) : nn_activate(c, x, (nn_act)a, 0.5), *g, *g2;
+  if (!y) return ad_last_status(c);
+  ad_status st = ad_grad(c, ad_sum(c, y), NULL, 1, &x, &g, true);
+  if (st == AD_OK) st = ad_grad(c, ad_sum(c, g), NULL, 1, &x, &g2, false);
+  return st;
+}
+
+Test(acts, out_of_memory) {
+  static const double xv[6] = {-3, -1, 0, NAN, 3, 1000};
+  for (int a = NN_ACT_SILU; a <= NN_ACT_PRELU; a++)
+    for (long k = 0;; k++) {
+      test_alloc ta = {0};
+      ad_ctx *c = ad_ctx_new_with_alloc(test_alloc_fn, &ta);
+      int64_t s[2] = {2, 3};
+      ad_tensor *x = ad_zeros(c, AD_F32, 2, s);
+      for (int i = 0; i < 6; i++) ad_tensor_set(x, i, xv[i]);
+      ad_tensor_set_requires_grad(x, true);
+      nn_layer *l = a == NN_ACT_PRELU ? nn_prelu_new(c, 3, 0.25, AD_F32) : NULL;
+      test_alloc_refuse_after(&ta, k);
+      ad_status st = oom_run(c, a, x, l);
+      test_alloc_grant_all(&ta);
+      bool done = ta.refused == 0;
+      cr_assert(done ? st == AD_OK : st == AD_ERR_OOM, "%s, k = %ld: %s", nn_act_name((nn_act)a), k,
+                ad_last_error(c));
+      ad_tape_reset(c);
+      nn_layer_free(l);
+      ad_tensor_free(x);
+      ad_ctx_free(c);
+      cr_assert_eq(ta.live, 0, "%s, k = %ld: %ld blocks leaked", nn_act_name((nn_act)a), k,
+                   ta.live);
+      if (done) {
+        cr_assert_gt(k, 0, "%s: the sweep refused nothing", nn_act_name((nn_act)a));
+        break;
+      }
+    }
 }
