@@ -467,9 +467,14 @@ ad_status nn_optimizer_set_lr(nn_optimizer *o, double lr) {
     return ad_set_error(o->ctx, AD_ERR_ARG,
                         "optimizer %s: set_lr: lr must be finite and >= 0, got %g",
                         kind_names[o->cfg.kind], lr);
+  double rate = rate0(o, lr);
+  if (!isfinite(rate)) /* multistep: gamma > 1 at milestones 0 overflowing */
+    return ad_set_error(o->ctx, AD_ERR_ARG,
+                        "optimizer %s: set_lr: the schedule's rate at epoch 0 from lr %g is %g; "
+                        "it must be finite",
+                        kind_names[o->cfg.kind], lr, rate);
   ad_status st = scalars_noted(o->lr, o->lr0, o->epoch);
   if (st != AD_OK) return st;
-  double rate = rate0(o, lr);
   o->cfg.lr = rate;
   scalar_set(o->lr, rate);
   scalar_set(o->lr0, lr);
@@ -641,6 +646,12 @@ static ad_status set_schedule(nn_optimizer *o, const nn_schedule_ext *s) {
                         why, (int)s->kind, (long long)s->step_size, s->gamma, (long long)s->t_max,
                         s->eta_min, s->n_milestones, s->start_factor, s->end_factor,
                         (long long)s->total_iters);
+  double lr0 = scalar_get(o->lr), lr = ext_only(s->kind) ? sched_lr(s, lr0, 0) : lr0;
+  if (!isfinite(lr)) /* multistep: gamma > 1 at milestones 0 overflowing */
+    return ad_set_error(o->ctx, AD_ERR_ARG,
+                        "optimizer: bad schedule: its rate at epoch 0 from lr %g is %g; it must "
+                        "be finite",
+                        lr0, lr);
   int64_t *ms = NULL;
   int n = s->kind == NN_SCHED_MULTISTEP ? s->n_milestones : 0;
   if (n > 0) {
@@ -659,7 +670,6 @@ static ad_status set_schedule(nn_optimizer *o, const nn_schedule_ext *s) {
   o->sched.n_milestones = n;
   o->sched_view = (nn_schedule){s->kind, s->step_size, s->gamma, s->t_max, s->eta_min};
   o->has_sched = true;
-  double lr0 = scalar_get(o->lr), lr = rate0(o, lr0);
   scalar_set(o->lr0, lr0);
   scalar_set(o->epoch, 0);
   o->cfg.lr = lr;

@@ -453,3 +453,30 @@ Test(sched, plateau_bad_settings) {
   nn_optimizer_free(o);
   nn_model_free(m);
 }
+
+/* A multistep schedule with milestones 0 and gamma > 1 whose rate at
+ * epoch 0 overflows is refused, by set_schedule_ext and set_lr alike, the
+ * optimizer unchanged (an infinite rate no checkpoint may hold). */
+Test(sched, epoch0_rate_overflow_refused) {
+  nn_model *m;
+  nn_optimizer *o = sgd(&m);
+  int64_t ms[] = {0, 0};
+  nn_schedule_ext s = {
+      .kind = NN_SCHED_MULTISTEP, .gamma = 1e300, .milestones = ms, .n_milestones = 2};
+  cr_assert_eq(nn_optimizer_set_schedule_ext(o, &s), AD_ERR_ARG);
+  test_expect_error(ctx, AD_ERR_ARG,
+                    "optimizer: bad schedule: its rate at epoch 0 from lr 0.1 is inf", NULL);
+  cr_assert_null(nn_optimizer_schedule_ext(o));
+  cr_assert_eq(nn_optimizer_lr(o), 0.1);
+  s.n_milestones = 1, s.gamma = 1e10;
+  cr_assert_eq(nn_optimizer_set_schedule_ext(o, &s), AD_OK);
+  cr_assert_eq(nn_optimizer_lr(o), 0.1 * 1e10);
+  cr_assert_eq(nn_optimizer_set_lr(o, 1e300), AD_ERR_ARG);
+  test_expect_error(ctx, AD_ERR_ARG,
+                    "optimizer sgd: set_lr: the schedule's rate at epoch 0 from lr 1e+300 is inf",
+                    NULL);
+  cr_assert_eq(nn_optimizer_lr(o), 0.1 * 1e10);
+  cr_assert_eq(ad_tensor_item(state_named(o, "sgd.schedule.lr0")), 0.1);
+  nn_optimizer_free(o);
+  nn_model_free(m);
+}

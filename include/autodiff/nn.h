@@ -1336,7 +1336,8 @@ NN_API const nn_opt_config *nn_optimizer_config(const nn_optimizer *opt);
  * epoch 0: lr start_factor for a warm-up, see nn_optimizer_set_schedule_ext;
  * lr for the kinds of nn_schedule). nn_optimizer_set_lr returns AD_OK,
  * AD_ERR_NULL (opt NULL), AD_ERR_ARG (lr not finite and >= 0, the rates
- * a checkpoint may hold; the optimizer unchanged) or AD_ERR_OOM (the write
+ * a checkpoint may hold, or the schedule's rate at epoch 0 from it not
+ * finite: multistep, gamma > 1 at milestones 0; the optimizer unchanged) or AD_ERR_OOM (the write
  * of the rate's state tensors cannot be noted, as nn_optimizer_step's;
  * unchanged). @{ */
 NN_API double nn_optimizer_lr(const nn_optimizer *opt);
@@ -1476,7 +1477,8 @@ NN_API double nn_schedule_ext_lr(const nn_schedule_ext *s, double lr0, int64_t t
  * So attaching a warm-up twice would start the second from the first's
  * reduced rate: call nn_optimizer_set_lr(opt, base) after it to restart
  * from base. Returns AD_OK, AD_ERR_NULL (opt NULL), AD_ERR_ARG naming the
- * bad setting (see nn_schedule_ext_lr) or AD_ERR_OOM, the optimizer
+ * bad setting (see nn_schedule_ext_lr; also a rate at epoch 0 that is not
+ * finite: multistep, gamma > 1 at milestones 0) or AD_ERR_OOM, the optimizer
  * unchanged. Resuming from a checkpoint: attach the same schedule, then
  * load. */
 NN_API ad_status nn_optimizer_set_schedule_ext(nn_optimizer *opt, const nn_schedule_ext *s);
