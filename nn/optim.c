@@ -825,7 +825,7 @@ ad_status nn_optimizer_plateau_step(nn_optimizer *o, double metric) {
     double old = scalar_get(o->lr), lr = fmax(old * p->factor, p->min_lr);
     if (old - lr > p->eps) { /* so old > 0 */
       double lr0 = scalar_get(o->lr0);
-      scalar_set(o->lr0, lr0 == old ? lr : lr0 / old * lr);
+      scalar_set(o->lr0, lr0 == old ? lr : lr0 * (lr / old)); /* lr / old <= 1: no overflow */
       o->cfg.lr = lr;
       scalar_set(o->lr, lr);
     }

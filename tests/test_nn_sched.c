@@ -480,3 +480,26 @@ Test(sched, epoch0_rate_overflow_refused) {
   nn_optimizer_free(o);
   nn_model_free(m);
 }
+
+/* A reduction from a tiny rate far below the schedule's base (lr0 / old
+ * beyond double's range) scales the base by new / old, not (lr0 / old)
+ * new: with factor 0 the latter was inf * 0 = NaN, a base rate no
+ * checkpoint may hold, and the next schedule step failed. */
+Test(sched, plateau_scales_base_without_overflow) {
+  nn_model *m;
+  nn_optimizer *o = sgd(&m);
+  nn_schedule_ext s = {.kind = NN_SCHED_EXPONENTIAL, .gamma = 0.5};
+  cr_assert_eq(nn_optimizer_set_schedule_ext(o, &s), AD_OK);
+  for (int i = 0; i < 1030; i++) cr_assert_eq(nn_optimizer_schedule_step(o), AD_OK);
+  nn_plateau p = nn_plateau_defaults();
+  p.patience = 0, p.factor = 0, p.eps = 0;
+  cr_assert_eq(nn_optimizer_set_plateau(o, &p), AD_OK);
+  cr_assert_eq(nn_optimizer_plateau_step(o, 1), AD_OK);
+  cr_assert_eq(nn_optimizer_plateau_step(o, 1), AD_OK);
+  double lr0 = ad_tensor_item(state_named(o, "sgd.schedule.lr0"));
+  cr_assert_eq(lr0, 0, "lr0 %g", lr0);
+  cr_assert_eq(nn_optimizer_lr(o), 0);
+  cr_assert_eq(nn_optimizer_schedule_step(o), AD_OK, "%s", ad_last_error(ctx));
+  nn_optimizer_free(o);
+  nn_model_free(m);
+}
