@@ -782,6 +782,55 @@ Test(nn_oom, losses_reg) {
   sweep(&(scenario){"losses_reg", setup_kind, run_losses_reg, print_grads, false, false});
 }
 
+/* The _ext losses with every option: class weights, label smoothing and
+ * ignore_index over labels [N,T] and class_last logits, probability
+ * targets with weights, nll_loss's weighted ignoring path, and the binary
+ * losses' weight and pos_weight; the backward of the predictions. */
+static ad_status run_losses_ext(world *w) {
+  ad_ctx *c = w->c;
+  int64_t s[3] = {2, 3, 2}, ls[2] = {2, 2}, cs[1] = {3};
+  ad_tensor *z = w->t[0] = data(c, 3, s, 1), *q = w->t[1] = data(c, 3, s, 2);
+  ad_tensor *lab = w->t[2] = ad_zeros(c, AD_I32, 2, ls), *cw = ad_full(c, AD_F32, 1, cs, 0.5);
+  if (!z || !q || !lab || !cw) {
+    ad_tensor_free(cw);
+    return ad_last_status(c);
+  }
+  ad_tensor_set_requires_grad(q, false);
+  ad_tensor_set(lab, 1, 2), ad_tensor_set(lab, 2, -100), ad_tensor_set(lab, 3, 1);
+  nn_cross_entropy_opts o = {
+      .weight = cw, .label_smoothing = 0.1, .ignore = true, .ignore_index = -100};
+  ad_tensor *l = nn_cross_entropy_loss_ext(c, z, lab, NN_MEAN, &o);
+  o.label_smoothing = 0;
+  l = ad_add(c, l, nn_nll_loss_ext(c, ad_log_softmax(c, z, 1), lab, NN_SUM, &o));
+  o.ignore = false, o.label_smoothing = 0.2;
+  l = ad_add(c, l, nn_cross_entropy_loss_ext(c, z, ad_softmax(c, q, 1), NN_MEAN, &o));
+  int64_t lz[2] = {2, 3};
+  ad_tensor *lab2 = ad_zeros(c, AD_I32, 2, lz);
+  if (!lab2) {
+    ad_tensor_free(cw);
+    return ad_last_status(c);
+  }
+  nn_cross_entropy_opts cl = {.label_smoothing = 0.3, .class_last = true};
+  int64_t zs[3] = {2, 3, 2}; /* [N,T,C]: C = 2 */
+  l = ad_add(c, l, nn_cross_entropy_loss_ext(c, ad_reshape(c, z, 3, zs), lab2, NN_MEAN, &cl));
+  ad_tensor *t01 = ad_sigmoid(c, q), *pw = ad_full(c, AD_F32, 1, &s[2], 2.0);
+  if (!pw) { /* else the loss would run without its options */
+    ad_tensor_free(cw), ad_tensor_free(lab2);
+    return ad_last_status(c);
+  }
+  nn_bce_opts bo = {.weight = pw, .pos_weight = pw};
+  l = ad_add(c, l, nn_bce_with_logits_loss_ext(c, z, t01, NN_MEAN, &bo));
+  bo.pos_weight = NULL;
+  l = ad_add(c, l, nn_bce_loss_ext(c, ad_sigmoid(c, z), t01, NN_SUM, &bo));
+  ad_status st = l ? ad_backward(c, l, NULL) : ad_last_status(c);
+  ad_tensor_free(cw), ad_tensor_free(lab2), ad_tensor_free(pw);
+  return st;
+}
+
+Test(nn_oom, losses_ext) {
+  sweep(&(scenario){"losses_ext", setup_kind, run_losses_ext, print_grads, false, false});
+}
+
 /* ------------------------------------------------------------ idx */
 
 static void setup_idx(world *w) {
@@ -1132,7 +1181,13 @@ Test(nn_oom, lr_schedules) {
 /* Setting or stepping a schedule refused changes nothing. */
 static ad_status run_sched_once(world *w) {
   static const nn_schedule s = {.kind = NN_SCHED_STEP, .step_size = 1, .gamma = 0.5};
+  static const int64_t ms[3] = {0, 2, 0};
+  static const nn_schedule_ext e = {
+      .kind = NN_SCHED_MULTISTEP, .gamma = 0.5, .milestones = ms, .n_milestones = 3};
   if (w->kind == 0) return nn_optimizer_set_schedule(w->opt, &s);
+  if (w->kind == 2) return nn_optimizer_set_schedule_ext(w->opt, &e);
+  if (w->kind == 3) return nn_optimizer_plateau_step(w->opt, 1.0); /* a reduction */
+  if (w->kind == 4) return nn_optimizer_set_lr(w->opt, 0.25);
   return nn_optimizer_schedule_step(w->opt);
 }
 
@@ -1143,10 +1198,19 @@ static void setup_sched_set(world *w) {
     static const nn_schedule s = {.kind = NN_SCHED_STEP, .step_size = 1, .gamma = 0.5};
     cr_assert_eq(nn_optimizer_set_schedule(w->opt, &s), AD_OK);
   }
+  if (w->kind >= 3) { /* a warm-up and a plateau whose next step reduces */
+    static const nn_schedule_ext e = {
+        .kind = NN_SCHED_LINEAR, .start_factor = 0.5, .end_factor = 1, .total_iters = 3};
+    cr_assert_eq(nn_optimizer_set_schedule_ext(w->opt, &e), AD_OK);
+    nn_plateau p = nn_plateau_defaults();
+    p.patience = 0;
+    cr_assert_eq(nn_optimizer_set_plateau(w->opt, &p), AD_OK);
+    cr_assert_eq(nn_optimizer_plateau_step(w->opt, 1.0), AD_OK);
+  }
 }
 
 Test(nn_oom, lr_schedule_set_and_step_are_atomic) {
-  for (g_kind = 0; g_kind < 2; g_kind++)
+  for (g_kind = 0; g_kind < 5; g_kind++)
     sweep(&(scenario){"schedule once", setup_sched_set, run_sched_once, print_model, true, false});
 }
 
