@@ -745,8 +745,17 @@ static bool first_difference(const char *mine, const char *theirs, int rank, cha
   while (*mine || *theirs) {
     size_t a = strcspn(mine, "\n"), b = strcspn(theirs, "\n");
     if (a != b || memcmp(mine, theirs, a) != 0) {
-      snprintf(msg, n, "%.*s on rank %d, %.*s on rank 0", (int)(a ? a : 6), a ? mine : "(none)",
-               rank, (int)(b ? b : 6), b ? theirs : "(none)");
+      /* a long line (many milestones) is shown from shortly before where
+       * the two first differ, each side cut to half the room, so that the
+       * difference and rank 0's side stay in msg */
+      size_t j = 0, room = (n > 64 ? n - 64 : 0) / 2, skip = 0;
+      while (j < a && j < b && mine[j] == theirs[j]) j++;
+      if ((a > room || b > room) && j > 40) skip = j - 40;
+      size_t ka = a - skip < room ? a - skip : room, kb = b - skip < room ? b - skip : room;
+      const char *dots = skip ? "..." : "";
+      snprintf(msg, n, "%s%.*s on rank %d, %s%.*s on rank 0", a ? dots : "", (int)(a ? ka : 6),
+               a ? mine + skip : "(none)", rank, b ? dots : "", (int)(b ? kb : 6),
+               b ? theirs + skip : "(none)");
       return true;
     }
     mine += a + (mine[a] == '\n');

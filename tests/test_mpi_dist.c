@@ -635,6 +635,32 @@ static void mismatch(ad_ctx *c) {
     nn_optimizer_free(opt);
     nn_model_free(m);
   }
+  /* 150 milestones, the last different on the last rank: the line is
+   * longer than the message, which shows it from near the difference, with
+   * both ranks' values */
+  if (size > 1) {
+    bool last = rank == size - 1;
+    m = make_model(c, AD_F64, 8, PLAIN, 5);
+    opt = nn_sgd_new(nn_model_params(m), 0.1, 0.9, false, 0);
+    int64_t miles[150];
+    for (int i = 0; i < 150; i++) miles[i] = 1000 + i;
+    if (last) miles[149] = 7777;
+    nn_schedule_ext multi = {
+        .kind = NN_SCHED_MULTISTEP, .gamma = 0.5, .milestones = miles, .n_milestones = 150};
+    check(nn_optimizer_set_schedule_ext(opt, &multi) == AD_OK, "150 milestones attached",
+          ad_last_error(c));
+    d = dist_new(c, NULL);
+    fo = (nn_fit_opts){.epochs = 1, .batch_size = 12, .verbose = -1, .dist = nn_dist_fit_ops(d)};
+    st = nn_fit(m, opt, nn_cross_entropy_loss, x, y, &fo, NULL);
+    snprintf(why, sizeof why, "status %s, message: %s", ad_status_str(st), ad_last_error(c));
+    check(st == AD_ERR_SHAPE && strstr(ad_last_error(c), " 1148 7777 on rank") &&
+              strstr(ad_last_error(c), " 1148 1149 on rank 0"),
+          "many milestones that differ at the end: the message shows where", why);
+    ad_clear_error(c);
+    nn_dist_free(d);
+    nn_optimizer_free(opt);
+    nn_model_free(m);
+  }
   ad_tensor_free(x);
   ad_tensor_free(y);
 }
