@@ -503,3 +503,29 @@ Test(sched, plateau_scales_base_without_overflow) {
   nn_optimizer_free(o);
   nn_model_free(m);
 }
+
+/* Reductions during the warm-up of warmup_cosine carry into its cosine
+ * (PyTorch 1.13's SequentialLR restarts the cosine from the unreduced base:
+ * 0.1 at epoch 4 of this run, its rates 0.05 0.0625 0.0375 0.021875 0.1). */
+Test(sched, plateau_reductions_carry_past_the_warmup) {
+  nn_model *m;
+  nn_optimizer *o = sgd(&m);
+  nn_schedule_ext s = {.kind = NN_SCHED_WARMUP_COSINE,
+                       .start_factor = 0.5,
+                       .total_iters = 4,
+                       .t_max = 10,
+                       .eta_min = 0.001};
+  cr_assert_eq(nn_optimizer_set_schedule_ext(o, &s), AD_OK);
+  nn_plateau p = nn_plateau_defaults();
+  p.factor = 0.5, p.patience = 0;
+  cr_assert_eq(nn_optimizer_set_plateau(o, &p), AD_OK);
+  static const double metric[4] = {1, 1, 1, 0.5}, want[5] = {0.05, 0.0625, 0.0375, 0.021875, 0.025};
+  for (int t = 0; t < 4; t++) {
+    near(nn_optimizer_lr(o), want[t], "warm-up with reductions", t);
+    cr_assert_eq(nn_optimizer_schedule_step(o), AD_OK);
+    cr_assert_eq(nn_optimizer_plateau_step(o, metric[t]), AD_OK);
+  }
+  near(nn_optimizer_lr(o), want[4], "the cosine's start, reduced", 4);
+  nn_optimizer_free(o);
+  nn_model_free(m);
+}

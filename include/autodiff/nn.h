@@ -1741,7 +1741,11 @@ NN_API const nn_plateau *nn_optimizer_plateau(const nn_optimizer *opt);
  * reduced rate as PyTorch's chainable schedulers do after a
  * ReduceLROnPlateau step (exactly for step, exponential, multistep,
  * linear and the warm-up; cosine then scales its whole curve, where
- * PyTorch scales the distance above eta_min). Returns AD_OK, AD_ERR_NULL
+ * PyTorch scales the distance above eta_min; and warmup_cosine keeps the
+ * warm-up's reductions into its cosine, where PyTorch 1.13's SequentialLR
+ * restarts the cosine from the unreduced base, dropping them: with lr 0.1,
+ * a warm-up of 4 epochs and two halvings in it, epoch 4 is 0.025 here,
+ * 0.1 in PyTorch). Returns AD_OK, AD_ERR_NULL
  * (opt NULL), AD_ERR_STATE (no plateau attached) or AD_ERR_OOM (as
  * nn_optimizer_set_lr; unchanged). */
 NN_API ad_status nn_optimizer_plateau_step(nn_optimizer *opt, double metric);
