@@ -806,9 +806,6 @@ ad_status nn_optimizer_plateau_step(nn_optimizer *o, double metric) {
                         "(nn_optimizer_set_plateau)",
                         kind_names[o->cfg.kind]);
   const nn_plateau *p = &o->plateau;
-  ad_status st = scalars_noted(o->best, o->bad_epochs, o->cooldown);
-  if (st == AD_OK) st = scalars_noted(o->lr, o->lr0, NULL);
-  if (st != AD_OK) return st;
   double best = scalar_get(o->best), bad = scalar_get(o->bad_epochs),
          cool = scalar_get(o->cooldown);
   if (plateau_better(p, metric, best)) {
@@ -821,16 +818,23 @@ ad_status nn_optimizer_plateau_step(nn_optimizer *o, double metric) {
     cool -= 1;
     bad = 0;
   }
+  double old = scalar_get(o->lr), lr = old;
   if (bad > p->patience) {
-    double old = scalar_get(o->lr), lr = fmax(old * p->factor, p->min_lr);
-    if (old - lr > p->eps) { /* so old > 0 */
-      double lr0 = scalar_get(o->lr0);
-      scalar_set(o->lr0, lr0 == old ? lr : lr0 * (lr / old)); /* lr / old <= 1: no overflow */
-      o->cfg.lr = lr;
-      scalar_set(o->lr, lr);
-    }
+    double r = fmax(old * p->factor, p->min_lr);
+    if (old - r > p->eps) lr = r; /* so old > 0 */
     cool = p->cooldown;
     bad = 0;
+  }
+  /* the rate's writes noted only when it changes: a tape that read it
+   * stays usable after a step that does not reduce */
+  ad_status st = scalars_noted(o->best, o->bad_epochs, o->cooldown);
+  if (st == AD_OK && lr != old) st = scalars_noted(o->lr, o->lr0, NULL);
+  if (st != AD_OK) return st;
+  if (lr != old) {
+    double lr0 = scalar_get(o->lr0);
+    scalar_set(o->lr0, lr0 == old ? lr : lr0 * (lr / old)); /* lr / old <= 1: no overflow */
+    o->cfg.lr = lr;
+    scalar_set(o->lr, lr);
   }
   scalar_set(o->best, best);
   scalar_set(o->bad_epochs, bad);

@@ -529,3 +529,29 @@ Test(sched, plateau_reductions_carry_past_the_warmup) {
   nn_optimizer_free(o);
   nn_model_free(m);
 }
+
+/* A plateau step that does not reduce the rate writes only the plateau's
+ * state: a backward through an op that read the rate still runs (the
+ * write of the rate is noted only when it is made). */
+Test(sched, plateau_notes_the_rate_only_when_it_reduces) {
+  nn_model *m;
+  nn_optimizer *o = sgd(&m);
+  nn_plateau p = nn_plateau_defaults();
+  p.patience = 1;
+  cr_assert_eq(nn_optimizer_set_plateau(o, &p), AD_OK);
+  ad_tensor *lr = state_named(o, "sgd.lr"), *v = ad_ones(ctx, AD_F64, 0, NULL);
+  ad_tensor_set_requires_grad(v, true);
+  for (int k = 0; k < 3; k++) { /* improving, one bad epoch, a reduction */
+    ad_tape_reset(ctx);
+    ad_tensor *z = ad_mul(ctx, lr, v);
+    cr_assert_eq(nn_optimizer_plateau_step(o, k == 0 ? 1.0 : 2.0), AD_OK);
+    ad_status st = ad_backward(ctx, z, NULL);
+    cr_assert_eq(st, k < 2 ? AD_OK : AD_ERR_STATE, "step %d: %s", k, ad_last_error(ctx));
+    ad_clear_error(ctx);
+  }
+  cr_assert_eq(nn_optimizer_lr(o), 0.1 * 0.1);
+  ad_tape_reset(ctx);
+  ad_tensor_free(v);
+  nn_optimizer_free(o);
+  nn_model_free(m);
+}
