@@ -265,7 +265,7 @@ static int wrap_desc(const char *desc, char lines[KIND_LINES][256]) {
       lines[n][len++] = ' ', lines[n][len] = '\0';
     }
     int k = snprintf(lines[n] + len, 256 - len, "%.*s", (int)piece, desc + start);
-    len += k > 0 && (size_t)k < 256 - len ? (size_t)k : 255 - len;
+    len += k >= 0 && (size_t)k < 256 - len ? (size_t)k : 255 - len;
     start = i + 2;
   }
   return n + 1;
