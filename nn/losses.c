@@ -5,36 +5,35 @@
 #include <math.h>
 #include <stdio.h>
 
-/* Checks that pred is float and target has its dtype and shape (or only its
- * size, then it is viewed with pred's shape). Returns the target to use. */
-static ad_tensor *match_target(ad_ctx *ctx, const char *fn, ad_tensor *pred, ad_tensor *target) {
+ad_tensor *nn_loss_target(ad_ctx *ctx, const char *fn, const char *first, ad_tensor *x,
+                          ad_tensor *target) {
   char a[64], b[64];
-  if (!ctx || !pred || !target) {
-    nn_null_arg(ctx, fn, pred ? "target" : "prediction");
+  if (!ctx || !x || !target) {
+    nn_null_arg(ctx, fn, x ? "target" : first);
     return NULL;
   }
-  if (nn_check_input(ctx, fn, "prediction", pred) != AD_OK ||
+  if (nn_check_input(ctx, fn, first, x) != AD_OK ||
       nn_check_input(ctx, fn, "target", target) != AD_OK)
     return NULL;
-  if (pred->dtype != AD_F32 && pred->dtype != AD_F64) {
-    ad_set_error(ctx, AD_ERR_DTYPE, "%s: prediction %s is %s; a float dtype is needed", fn,
-                 ad_shape_str(pred, a, sizeof a), ad_dtype_name(pred->dtype));
+  if (x->dtype != AD_F32 && x->dtype != AD_F64) {
+    ad_set_error(ctx, AD_ERR_DTYPE, "%s: %s %s is %s; a float dtype is needed", fn, first,
+                 ad_shape_str(x, a, sizeof a), ad_dtype_name(x->dtype));
     return NULL;
   }
-  if (target->dtype != pred->dtype) {
-    ad_set_error(ctx, AD_ERR_DTYPE, "%s: target %s is %s, the prediction %s is %s", fn,
-                 ad_shape_str(target, a, sizeof a), ad_dtype_name(target->dtype),
-                 ad_shape_str(pred, b, sizeof b), ad_dtype_name(pred->dtype));
+  if (target->dtype != x->dtype) {
+    ad_set_error(ctx, AD_ERR_DTYPE, "%s: target %s is %s, the %s %s is %s", fn,
+                 ad_shape_str(target, a, sizeof a), ad_dtype_name(target->dtype), first,
+                 ad_shape_str(x, b, sizeof b), ad_dtype_name(x->dtype));
     return NULL;
   }
-  if (target->size != pred->size) {
-    ad_set_error(ctx, AD_ERR_SHAPE, "%s: prediction %s and target %s differ in size", fn,
-                 ad_shape_str(pred, a, sizeof a), ad_shape_str(target, b, sizeof b));
+  if (target->size != x->size) {
+    ad_set_error(ctx, AD_ERR_SHAPE, "%s: %s %s and target %s differ in size", fn, first,
+                 ad_shape_str(x, a, sizeof a), ad_shape_str(target, b, sizeof b));
     return NULL;
   }
-  bool same = target->ndim == pred->ndim;
-  for (int k = 0; same && k < pred->ndim; k++) same = target->shape[k] == pred->shape[k];
-  return same ? target : ad_reshape(ctx, target, pred->ndim, pred->shape);
+  bool same = target->ndim == x->ndim;
+  for (int k = 0; same && k < x->ndim; k++) same = target->shape[k] == x->shape[k];
+  return same ? target : ad_reshape(ctx, target, x->ndim, x->shape);
 }
 
 static ad_tensor *reduce(ad_ctx *ctx, ad_tensor *l, nn_reduction red, const char *fn) {
@@ -47,7 +46,7 @@ static ad_tensor *reduce(ad_ctx *ctx, ad_tensor *l, nn_reduction red, const char
 
 /* l = (p - t)^2 */
 ad_tensor *nn_mse_loss(ad_ctx *ctx, ad_tensor *pred, ad_tensor *target, nn_reduction red) {
-  ad_tensor *t = match_target(ctx, "mse_loss", pred, target);
+  ad_tensor *t = nn_loss_target(ctx, "mse_loss", "prediction", pred, target);
   if (!t) return NULL;
   return reduce(ctx, ad_square(ctx, ad_sub(ctx, pred, t)), red, "mse_loss");
 }
@@ -56,7 +55,7 @@ ad_tensor *nn_mse_loss(ad_ctx *ctx, ad_tensor *pred, ad_tensor *target, nn_reduc
  * ad_binary_cross_entropy: PyTorch's gradient, large (not 0) at a confident
  * wrong p of 0 or 1. */
 static ad_tensor *bce_elements(ad_ctx *ctx, ad_tensor *pred, ad_tensor *target) {
-  ad_tensor *t = match_target(ctx, "bce_loss", pred, target);
+  ad_tensor *t = nn_loss_target(ctx, "bce_loss", "prediction", pred, target);
   if (!t) return NULL;
   /* PyTorch refuses a probability outside [0, 1], NaN included */
   for (int64_t i = 0; i < pred->size; i++) {
@@ -81,7 +80,7 @@ ad_tensor *nn_bce_loss(ad_ctx *ctx, ad_tensor *pred, ad_tensor *target, nn_reduc
 /* l = softplus(z) - t z  (= max(z,0) - t z + log(1 + e^-|z|), stable) */
 ad_tensor *nn_bce_with_logits_loss(ad_ctx *ctx, ad_tensor *logits, ad_tensor *target,
                                    nn_reduction red) {
-  ad_tensor *t = match_target(ctx, "bce_with_logits_loss", logits, target);
+  ad_tensor *t = nn_loss_target(ctx, "bce_with_logits_loss", "prediction", logits, target);
   if (!t) return NULL;
   ad_tensor *l = ad_sub(ctx, ad_softplus(ctx, logits), ad_mul(ctx, t, logits));
   return reduce(ctx, l, red, "bce_with_logits_loss");
@@ -135,7 +134,7 @@ ad_tensor *nn_cross_entropy_loss(ad_ctx *ctx, ad_tensor *logits, ad_tensor *targ
     ad_cross_entropy_opts o = {.sum = red == NN_SUM};
     return ad_softmax_cross_entropy_ext(ctx, logits, target, &o);
   }
-  ad_tensor *t = match_target(ctx, fn, logits, target);
+  ad_tensor *t = nn_loss_target(ctx, fn, "prediction", logits, target);
   if (!t) return NULL;
   char a[64], b[64];
   if (logits->ndim != 2 || logits->shape[1] == 0) {
@@ -144,7 +143,7 @@ ad_tensor *nn_cross_entropy_loss(ad_ctx *ctx, ad_tensor *logits, ad_tensor *targ
     return NULL;
   }
   /* rows of class probabilities: the logits' own shape, as PyTorch asks
-   * (match_target took any shape of as many elements: [N] float class
+   * (nn_loss_target takes any shape of as many elements: [N] float class
    * indices against [N,1] logits gave a loss of 0) */
   if (t != target) {
     ad_set_error(ctx, AD_ERR_SHAPE,
@@ -578,7 +577,7 @@ ad_tensor *nn_bce_with_logits_loss_ext(ad_ctx *ctx, ad_tensor *logits, ad_tensor
   const char *fn = "bce_with_logits_loss";
   nn_bce_opts o = {0};
   if (opts) o = *opts;
-  ad_tensor *t = match_target(ctx, fn, logits, target);
+  ad_tensor *t = nn_loss_target(ctx, fn, "prediction", logits, target);
   if (!t) return NULL;
   if ((o.weight && !check_bce_tensor(ctx, fn, "weight", o.weight, logits)) ||
       (o.pos_weight && !check_bce_tensor(ctx, fn, "pos_weight", o.pos_weight, logits)))

@@ -8,41 +8,6 @@
 #include <float.h>
 #include <math.h>
 
-/* Checks that the first argument (named first: "prediction", "input") is
- * float and target has its dtype and shape, or only its size (then it is
- * viewed with the first's shape), as nn_mse_loss takes them. Returns the
- * target to use, or NULL with the error recorded. */
-static ad_tensor *match_target(ad_ctx *ctx, const char *fn, const char *first, ad_tensor *x,
-                               ad_tensor *target) {
-  char a[64], b[64];
-  if (!ctx || !x || !target) {
-    nn_null_arg(ctx, fn, x ? "target" : first);
-    return NULL;
-  }
-  if (nn_check_input(ctx, fn, first, x) != AD_OK ||
-      nn_check_input(ctx, fn, "target", target) != AD_OK)
-    return NULL;
-  if (x->dtype != AD_F32 && x->dtype != AD_F64) {
-    ad_set_error(ctx, AD_ERR_DTYPE, "%s: %s %s is %s; a float dtype is needed", fn, first,
-                 ad_shape_str(x, a, sizeof a), ad_dtype_name(x->dtype));
-    return NULL;
-  }
-  if (target->dtype != x->dtype) {
-    ad_set_error(ctx, AD_ERR_DTYPE, "%s: target %s is %s, the %s %s is %s", fn,
-                 ad_shape_str(target, a, sizeof a), ad_dtype_name(target->dtype), first,
-                 ad_shape_str(x, b, sizeof b), ad_dtype_name(x->dtype));
-    return NULL;
-  }
-  if (target->size != x->size) {
-    ad_set_error(ctx, AD_ERR_SHAPE, "%s: %s %s and target %s differ in size", fn, first,
-                 ad_shape_str(x, a, sizeof a), ad_shape_str(target, b, sizeof b));
-    return NULL;
-  }
-  bool same = target->ndim == x->ndim;
-  for (int k = 0; same && k < x->ndim; k++) same = target->shape[k] == x->shape[k];
-  return same ? target : ad_reshape(ctx, target, x->ndim, x->shape);
-}
-
 /* NN_MEAN and NN_SUM, and NN_BATCHMEAN where batchmean allows it; any
  * other value is refused naming the loss (AD_ERR_ARG). */
 static bool check_reduction(ad_ctx *ctx, const char *fn, nn_reduction red, bool batchmean) {
@@ -70,7 +35,7 @@ static ad_tensor *reduce(ad_ctx *ctx, ad_tensor *l, nn_reduction red, const ad_t
  * abs (ad_abs's rule). */
 ad_tensor *nn_l1_loss(ad_ctx *ctx, ad_tensor *pred, ad_tensor *target, nn_reduction red) {
   const char *fn = "l1_loss";
-  ad_tensor *t = match_target(ctx, fn, "prediction", pred, target);
+  ad_tensor *t = nn_loss_target(ctx, fn, "prediction", pred, target);
   if (!t || !check_reduction(ctx, fn, red, false)) return NULL;
   return reduce(ctx, ad_abs(ctx, ad_sub(ctx, pred, t)), red, pred);
 }
@@ -102,7 +67,7 @@ static double in_dtype(double k, ad_dtype dt) {
  * and only d^2 (NaN) is taken, not 0/0. */
 static ad_tensor *piecewise(ad_ctx *ctx, const char *fn, ad_tensor *pred, ad_tensor *target,
                             nn_reduction red, double k, bool huber) {
-  ad_tensor *t = match_target(ctx, fn, "prediction", pred, target);
+  ad_tensor *t = nn_loss_target(ctx, fn, "prediction", pred, target);
   if (!t || !check_reduction(ctx, fn, red, false)) return NULL;
   /* PyTorch refuses beta < 0 and delta <= 0, NaN either way */
   if (huber ? !(k > 0) : !(k >= 0)) {
@@ -168,7 +133,7 @@ ad_tensor *nn_huber_loss(ad_ctx *ctx, ad_tensor *pred, ad_tensor *target, nn_red
 ad_tensor *nn_kl_div_loss(ad_ctx *ctx, ad_tensor *input, ad_tensor *target, nn_reduction red,
                           bool log_target) {
   const char *fn = "kl_div_loss";
-  ad_tensor *t = match_target(ctx, fn, "input", input, target);
+  ad_tensor *t = nn_loss_target(ctx, fn, "input", input, target);
   if (!t || !check_reduction(ctx, fn, red, true)) return NULL;
   ad_tensor *l;
   if (log_target) {

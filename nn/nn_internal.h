@@ -124,6 +124,15 @@ double nn_clip_norm_tensors(ad_tensor *const *ts, int n, bool dedupe, double max
                             ad_status *st);
 ad_status nn_clip_value_tensors(ad_tensor *const *ts, int n, double clip);
 
+/* The losses' check of a prediction-like argument x (named first in
+ * messages: "prediction", "input") and its target: x float, target of its
+ * dtype and shape, or only its size (then viewed with x's shape). Returns
+ * the target to use, or NULL with the error recorded (AD_ERR_NULL,
+ * AD_ERR_STATE / AD_ERR_ARG from nn_check_input, AD_ERR_DTYPE,
+ * AD_ERR_SHAPE), naming fn. */
+ad_tensor *nn_loss_target(ad_ctx *ctx, const char *fn, const char *first, ad_tensor *x,
+                          ad_tensor *target);
+
 /* Sets the name of a layer when a model adopts it (copied). */
 ad_status nn_layer_adopt(nn_layer *l, const char *name);
 bool nn_layer_adopted(const nn_layer *l);
