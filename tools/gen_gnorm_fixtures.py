@@ -39,6 +39,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from c_fixture import c_double_array  # noqa: E402
 from gen_safetensors_fixture import build  # noqa: E402
 
 D = torch.float64
@@ -46,18 +47,7 @@ out = []
 
 
 def emit(name, values):
-    """A C array of doubles, 17 significant digits (round-trips exactly)."""
-    flat = [float(v) for v in torch.as_tensor(values).flatten().tolist()]
-    lines, line = [], "   "
-    for v in flat:
-        item = f" {v!r},"
-        if len(line) + len(item) > 100:
-            lines.append(line)
-            line = "   "
-        line += item
-    lines.append(line)
-    body = "\n".join(lines)
-    out.append(f"static const double {name}[{len(flat)}] = {{\n{body}\n}};")
+    out.append(c_double_array(name, torch.as_tensor(values).flatten().tolist()))
 
 
 def wave(shape, a, b, scale, shift=0.0):

@@ -17,9 +17,14 @@ come from torch.manual_seed(5). The "nan" cases give per-element values
 differences. Deterministic: rerunning prints the same text.
 """
 import math
+import os
+import sys
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from c_fixture import c_double_array  # noqa: E402
 
 P_EDGE = [0.25, -1.25, 2.0, 0.5, -0.75, 1.5, 0.0, 3.125, -2.5, 0.875, 1.0, -0.25]
 T_EDGE = [0.25, -0.25, 1.0, 1.125, 0.25, -0.5, 0.75, 0.125, -1.5, 0.375, -0.5, 0.25]
@@ -50,24 +55,8 @@ LOSSES = {
 }
 
 
-def fmt(v):
-    if math.isnan(v):
-        return "NAN"
-    if math.isinf(v):
-        return "INFINITY" if v > 0 else "-INFINITY"
-    return repr(float(v))
-
-
 def emit(name, vals):
-    print("static const double %s[%d] = {" % (name, len(vals)))
-    line = "   "
-    for s in map(fmt, vals):
-        if len(line) + len(s) + 2 > 100:
-            print(line)
-            line = "   "
-        line += " " + s + ","
-    print(line)
-    print("};")
+    print(c_double_array(name, vals))
 
 
 def run(f, p, t, red, dt, shape=None):

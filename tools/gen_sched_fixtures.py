@@ -13,10 +13,15 @@ with, t = 0, 1, ...: param_groups[0]["lr"] read before scheduler.step()
 (ReduceLROnPlateau: before scheduler.step(plateau_metric[t])).
 """
 import math
+import os
+import sys
 import warnings
 
 import torch
 from torch.optim import lr_scheduler as L
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from c_fixture import c_double_array  # noqa: E402
 
 warnings.simplefilter("ignore")  # SequentialLR's step(0) deprecation warning
 torch.set_default_dtype(torch.float64)
@@ -25,18 +30,7 @@ EPOCHS = 120
 
 
 def emit(name, values):
-    """A C array of doubles, 17 significant digits (round-trips exactly)."""
-    flat = [float(v) for v in values]
-    lines, line = [], "   "
-    for v in flat:
-        item = " NAN," if v != v else " INFINITY," if v == float("inf") else f" {v!r},"
-        if len(line) + len(item) > 100:
-            lines.append(line)
-            line = "   "
-        line += item
-    lines.append(line)
-    body = "\n".join(lines)
-    out.append(f"static const double {name}[{len(flat)}] = {{\n{body}\n}};")
+    out.append(c_double_array(name, values))
 
 
 def sgd():
