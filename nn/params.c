@@ -488,6 +488,108 @@ void nn_fans(const ad_tensor *t, int64_t *fan_in, int64_t *fan_out) {
   if (fan_out) *fan_out = out;
 }
 
+/* The standard normal's quantile function, Phi^-1(p) for p in [0, 1]
+ * (-inf and inf at the ends), from its lower half by symmetry: P. J.
+ * Acklam's rational approximation (relative error below 1.2e-9) and one
+ * step of Halley's method on erfc, which brings it to double precision. */
+static double normal_quantile(double p) {
+  static const double a[6] = {-3.969683028665376e+01, 2.209460984245205e+02,
+                              -2.759285104469687e+02, 1.383577518672690e+02,
+                              -3.066479806614716e+01, 2.506628277459239e+00};
+  static const double b[5] = {-5.447609879822406e+01, 1.615858368580409e+02, -1.556989798598866e+02,
+                              6.680131188771972e+01, -1.328068155288572e+01};
+  static const double c[6] = {-7.784894002430293e-03, -3.223964580411365e-01,
+                              -2.400758277161838e+00, -2.549732539343734e+00,
+                              4.374664141464968e+00,  2.938163982698783e+00};
+  static const double d[4] = {7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e+00,
+                              3.754408661907416e+00};
+  if (!(p > 0)) return -INFINITY;
+  if (!(p < 1)) return INFINITY;
+  if (p > 0.5) return -normal_quantile(1 - p); /* 1 - p is exact; Phi(x) - p near 1 is not */
+  double x;
+  if (p < 0.02425) { /* the tail */
+    double q = sqrt(-2 * log(p));
+    x = (((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5]) /
+        ((((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1);
+  } else {
+    double q = p - 0.5, r = q * q;
+    x = (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5]) * q /
+        (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1);
+  }
+  double e = 0.5 * erfc(-x / sqrt(2.0)) - p;          /* Phi(x) - p */
+  double u = e * 2.5066282746310002 * exp(x * x / 2); /* sqrt(2 pi) */
+  return x - u / (1 + x * u / 2);
+}
+
+/* PyTorch's orthogonal_ on t seen as rows x cols (t->size > 0, rows =
+ * shape[0]): standard normal draws, row-major, form the matrix, taken
+ * transposed when rows < cols so that the factored matrix T is tall, m x n;
+ * Householder reflections give T = Q R; each column of Q is multiplied by
+ * the sign of R's diagonal entry (the factorization with R's diagonal
+ * positive, which is unique, so LAPACK's and this one agree), and Q, or
+ * its transpose, times gain is the result. Column-major work arrays, so
+ * every reflection runs along contiguous memory. t is written only once
+ * everything succeeded. */
+static ad_status init_orthogonal(ad_ctx *ctx, ad_tensor *t, double gain, ad_rng *rng) {
+  int64_t size = t->size, rows = t->shape[0], cols = size / rows;
+  bool wide = rows < cols;
+  int64_t m = wide ? cols : rows, n = wide ? rows : cols;
+  if ((uint64_t)size > SIZE_MAX / (4 * sizeof(double)))
+    return ad_set_error(ctx, AD_ERR_OOM, "init: orthogonal of %lld elements is too large",
+                        (long long)size);
+  size_t bytes = (size_t)(2 * size + 2 * n) * sizeof(double);
+  double *a = ad_malloc(ctx, bytes); /* T; then v_k from R's diagonal down */
+  if (!a) return AD_ERR_OOM;
+  double *q = a + size, *beta = q + size, *diag = beta + n; /* Q; 2 / |v_k|^2; R_kk */
+  for (int64_t r = 0; r < rows; r++)                        /* T = the draws, or their transpose */
+    for (int64_t c = 0; c < cols; c++) a[wide ? r * cols + c : c * rows + r] = ad_rng_normal(rng);
+  for (int64_t k = 0; k < n; k++) {
+    double *v = a + k * m, norm2 = 0, vnorm2 = 0;
+    for (int64_t i = k; i < m; i++) norm2 += v[i] * v[i];
+    double alpha = v[k] >= 0 ? -sqrt(norm2) : sqrt(norm2);
+    diag[k] = alpha, beta[k] = 0;
+    if (norm2 == 0) continue; /* nothing to reflect; PyTorch's sign(0) zeroes the column */
+    v[k] -= alpha;            /* v = x - alpha e_k: the reflection maps x to alpha e_k */
+    for (int64_t i = k; i < m; i++) vnorm2 += v[i] * v[i];
+    beta[k] = 2 / vnorm2;
+    for (int64_t j = k + 1; j < n; j++) {
+      double *x = a + j * m, dot = 0;
+      for (int64_t i = k; i < m; i++) dot += v[i] * x[i];
+      dot *= beta[k];
+      for (int64_t i = k; i < m; i++) x[i] -= dot * v[i];
+    }
+  }
+  /* Q = H_0 H_1 ... H_{n-1} applied to the first n columns of I, the last
+   * reflection first; H_k leaves the columns before k (still e_j) alone. */
+  memset(q, 0, (size_t)size * sizeof(double));
+  for (int64_t j = 0; j < n; j++) q[j * m + j] = 1;
+  for (int64_t k = n - 1; k >= 0; k--) {
+    const double *v = a + k * m;
+    if (beta[k] == 0) continue;
+    for (int64_t j = k; j < n; j++) {
+      double *x = q + j * m, dot = 0;
+      for (int64_t i = k; i < m; i++) dot += v[i] * x[i];
+      dot *= beta[k];
+      for (int64_t i = k; i < m; i++) x[i] -= dot * v[i];
+    }
+  }
+  ad_status marked = ad_tensor_mark_modified(t); /* written through its data below */
+  if (marked == AD_OK) {
+    for (int64_t r = 0; r < rows; r++)
+      for (int64_t c = 0; c < cols; c++) {
+        int64_t j = wide ? r : c, at = wide ? r * cols + c : c * rows + r; /* Q^T or Q */
+        double sign = diag[j] > 0 ? 1 : diag[j] < 0 ? -1 : 0;
+        double w = gain * sign * q[at];
+        if (t->dtype == AD_F32)
+          ((float *)t->data)[r * cols + c] = (float)w;
+        else
+          ((double *)t->data)[r * cols + c] = w;
+      }
+  }
+  ad_free(ctx, a, bytes);
+  return marked;
+}
+
 ad_status nn_init_tensor(ad_ctx *ctx, ad_tensor *t, nn_init init, ad_rng *rng) {
   if (!ctx) return AD_ERR_NULL;
   if (!t) return nn_null_arg(ctx, "init", "tensor");
@@ -534,14 +636,50 @@ ad_status nn_init_tensor(ad_ctx *ctx, ad_tensor *t, nn_init init, ad_rng *rng) {
     break;
   }
   case NN_INIT_HE_UNIFORM:
-  case NN_INIT_HE_NORMAL: {
+  case NN_INIT_HE_NORMAL:
+  case NN_INIT_HE_UNIFORM_FAN_OUT:
+  case NN_INIT_HE_NORMAL_FAN_OUT: {
     double gain = init.a ? init.a : sqrt(2.0);
+    bool out = init.kind == NN_INIT_HE_UNIFORM_FAN_OUT || init.kind == NN_INIT_HE_NORMAL_FAN_OUT;
+    int64_t fan = out ? fan_out : fan_in;
     if (!isfinite(gain)) return ad_set_error(ctx, AD_ERR_ARG, "init: gain %g is not finite", gain);
-    if (fan_in == 0) return ad_set_error(ctx, AD_ERR_ARG, "init: he needs fan_in > 0");
-    uniform = init.kind == NN_INIT_HE_UNIFORM;
-    sd = gain / sqrt((double)fan_in);
+    if (fan == 0)
+      return ad_set_error(ctx, AD_ERR_ARG, "init: he needs %s > 0", out ? "fan_out" : "fan_in");
+    uniform = init.kind == NN_INIT_HE_UNIFORM || init.kind == NN_INIT_HE_UNIFORM_FAN_OUT;
+    sd = gain / sqrt((double)fan);
     hi = sqrt(3.0) * sd, lo = -hi;
     break;
+  }
+  case NN_INIT_ORTHOGONAL: {
+    double gain = init.a ? init.a : 1.0;
+    if (!isfinite(gain)) return ad_set_error(ctx, AD_ERR_ARG, "init: gain %g is not finite", gain);
+    if (t->ndim < 2)
+      return ad_set_error(ctx, AD_ERR_SHAPE, "init: orthogonal needs 2 or more dimensions, got %d",
+                          t->ndim);
+    if (!rng) return ad_set_error(ctx, AD_ERR_NULL, "init: a random initializer needs an rng");
+    return t->size == 0 ? AD_OK : init_orthogonal(ctx, t, gain, rng);
+  }
+  case NN_INIT_TRUNC_NORMAL: {
+    double bound = init.b ? init.b : 2.0;
+    if (!(init.a > 0 && isfinite(init.a) && bound > 0 && isfinite(bound)))
+      return ad_set_error(ctx, AD_ERR_ARG,
+                          "init: trunc_normal needs a finite std > 0 and bound >= 0, got %g and %g",
+                          init.a, init.b);
+    if (!rng) return ad_set_error(ctx, AD_ERR_NULL, "init: a random initializer needs an rng");
+    ad_status marked = ad_tensor_mark_modified(t); /* written through its data below */
+    if (marked != AD_OK) return marked;
+    /* PyTorch's inverse transform: u uniform between Phi(-bound/std) and
+     * Phi(bound/std), x = std Phi^-1(u), clamped against rounding */
+    double cut = 0.5 * erfc(bound / init.a / sqrt(2.0)), width = 1 - 2 * cut;
+    for (int64_t i = 0; i < t->size; i++) {
+      double x = init.a * normal_quantile(cut + width * ad_rng_uniform(rng));
+      x = x < -bound ? -bound : x > bound ? bound : x;
+      if (t->dtype == AD_F32)
+        ((float *)t->data)[i] = (float)x;
+      else
+        ((double *)t->data)[i] = x;
+    }
+    return AD_OK;
   }
   default:
     return ad_set_error(ctx, AD_ERR_ARG, "init: unknown or default initializer kind %d",

@@ -237,22 +237,46 @@ NN_API nn_store nn_params_store(const nn_params *p, int i);
 
 /** The distributions of an initializer (nn_init). */
 typedef enum nn_init_kind {
-  NN_INIT_DEFAULT = 0,    /**< the layer's default (see nn_dense_opts) */
-  NN_INIT_ZEROS,          /**< 0 */
-  NN_INIT_CONSTANT,       /**< a */
-  NN_INIT_UNIFORM,        /**< U[a, b) */
-  NN_INIT_NORMAL,         /**< N(mean a, std b) */
-  NN_INIT_XAVIER_UNIFORM, /**< U[-l, l), l = gain sqrt(6 / (fan_in + fan_out)) */
-  NN_INIT_XAVIER_NORMAL,  /**< N(0, gain sqrt(2 / (fan_in + fan_out))) */
-  NN_INIT_HE_UNIFORM,     /**< U[-l, l), l = gain sqrt(3 / fan_in) */
-  NN_INIT_HE_NORMAL       /**< N(0, gain / sqrt(fan_in)) */
+  NN_INIT_DEFAULT = 0,        /**< the layer's default (see nn_dense_opts) */
+  NN_INIT_ZEROS,              /**< 0 */
+  NN_INIT_CONSTANT,           /**< a */
+  NN_INIT_UNIFORM,            /**< U[a, b) */
+  NN_INIT_NORMAL,             /**< N(mean a, std b) */
+  NN_INIT_XAVIER_UNIFORM,     /**< U[-l, l), l = gain sqrt(6 / (fan_in + fan_out)) */
+  NN_INIT_XAVIER_NORMAL,      /**< N(0, gain sqrt(2 / (fan_in + fan_out))) */
+  NN_INIT_HE_UNIFORM,         /**< U[-l, l), l = gain sqrt(3 / fan_in) */
+  NN_INIT_HE_NORMAL,          /**< N(0, gain / sqrt(fan_in)) */
+  NN_INIT_HE_UNIFORM_FAN_OUT, /**< He uniform with fan_out for fan_in */
+  NN_INIT_HE_NORMAL_FAN_OUT,  /**< He normal with fan_out for fan_in */
+  NN_INIT_ORTHOGONAL,         /**< gain a times a (semi-)orthogonal matrix */
+  NN_INIT_TRUNC_NORMAL        /**< N(0, std a) truncated to [-b, b] */
 } nn_init_kind;
 
 /** An initializer: kind plus its numbers. For Xavier and He, a is the gain;
  * 0 means the default gain: 1 for Xavier, sqrt(2) for He (relu), which
  * gives Keras' glorot_* and he_uniform and PyTorch's xavier_* and
  * kaiming_*(nonlinearity='relu'). He normal is a plain normal, as PyTorch's
- * (Keras truncates it). */
+ * (Keras truncates it). The _FAN_OUT kinds are PyTorch's kaiming_*(mode=
+ * 'fan_out'), as ResNets initialise their convolutions.
+ *
+ * NN_INIT_ORTHOGONAL is PyTorch's orthogonal_(gain=a), a = 0 meaning 1: the
+ * tensor, seen as a matrix of shape[0] rows and the other dimensions
+ * flattened into columns, gets orthonormal rows (more columns than rows)
+ * or columns (otherwise), times the gain. Its construction is PyTorch's: a
+ * matrix of standard normal draws (row-major), transposed when it has
+ * fewer rows than columns, factored as Q R with R's diagonal made
+ * positive, Q (transposed back) times the gain. A factorization is unique
+ * given the draws, so the result is PyTorch's for the same draws (our
+ * generator's draws are not torch's). Needs 2 or more dimensions; an empty
+ * tensor is left as it is. The factorization takes O(rows cols min(rows,
+ * cols)) time and 2 rows x cols doubles of memory.
+ *
+ * NN_INIT_TRUNC_NORMAL is PyTorch's trunc_normal_(mean=0, std=a, a=-b,
+ * b=b), b = 0 meaning PyTorch's default bounds, 2: a normal of mean 0 and
+ * standard deviation a > 0 restricted to [-b, b] by inverse transform
+ * sampling, as PyTorch draws it. The bounds are absolute, as PyTorch's, not
+ * in standard deviations (Keras' TruncatedNormal cuts at 2 std, which here
+ * is b = 2 a); std 0.02 with the default bounds hardly truncates. */
 typedef struct nn_init {
   nn_init_kind kind; /**< the distribution */
   double a;          /**< its first number (see nn_init_kind) */
@@ -276,7 +300,10 @@ NN_API void nn_fans(const ad_tensor *t, int64_t *fan_in, int64_t *fan_out);
 /** Fills persistent float tensor t by init, drawing from rng in row-major
  * order (rng may be NULL for zeros and constant). Returns AD_OK,
  * AD_ERR_NULL (t, or rng for a random kind), AD_ERR_ARG (NN_INIT_DEFAULT,
- * unknown kind, std < 0, b < a, empty fan) or AD_ERR_DTYPE. */
+ * unknown kind, std < 0, b < a, empty fan, a number that is not finite),
+ * AD_ERR_SHAPE (orthogonal on fewer than 2 dimensions), AD_ERR_DTYPE or
+ * AD_ERR_OOM (the orthogonal factorization's memory); t is unchanged on an
+ * error. */
 NN_API ad_status nn_init_tensor(ad_ctx *ctx, ad_tensor *t, nn_init init, ad_rng *rng);
 
 /* ================================================================ layers */

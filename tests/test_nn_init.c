@@ -1,0 +1,223 @@
+/* test_nn_init.c: the initializers PyTorch has beyond the Xavier/He family
+ * (test_nn_layers.c covers those): He with fan_out, orthogonal and the
+ * truncated normal.
+ *
+ * Orthogonal is checked against its definition rather than stored numbers:
+ * for the same standard normal draws T (transposed when wide), the result
+ * must be Q with Q^T Q = I and R = Q^T T upper triangular with a positive
+ * diagonal. That factorization is unique, and it is what PyTorch's
+ * orthogonal_ computes from its own draws. The truncated normal is checked
+ * against its distribution's moments and CDF. */
+#include "nn.h"
+#include "test_alloc.h"
+
+#include <criterion/criterion.h>
+#include <math.h>
+#include <string.h>
+
+TEST_CTX_SUITE(init_ext);
+
+/* ---------------------------------------------------------------- orthogonal */
+
+/* Checks w (rows x cols after flattening, from an rng seeded with seed)
+ * against the definition for gain; tol relative to 1. */
+static void check_orthogonal(const ad_tensor *w, uint64_t seed, double gain, double tol) {
+  int64_t rows = w->shape[0], cols = w->size / rows;
+  bool wide = rows < cols;
+  int64_t m = wide ? cols : rows, n = wide ? rows : cols;
+  double *t = calloc((size_t)(m * n), sizeof *t), *q = calloc((size_t)(m * n), sizeof *q);
+  cr_assert(t && q);
+  ad_rng rng;
+  ad_rng_seed(&rng, seed);
+  for (int64_t r = 0; r < rows; r++)
+    for (int64_t c = 0; c < cols; c++) {
+      double draw = ad_rng_normal(&rng), v = ad_tensor_get(w, r * cols + c) / gain;
+      /* T and Q as m x n, row-major */
+      int64_t at = wide ? c * n + r : r * n + c;
+      t[at] = draw, q[at] = v;
+    }
+  for (int64_t i = 0; i < n; i++)
+    for (int64_t j = 0; j < n; j++) {
+      double qq = 0, r = 0;
+      for (int64_t k = 0; k < m; k++)
+        qq += q[k * n + i] * q[k * n + j], r += q[k * n + i] * t[k * n + j];
+      cr_assert(fabs(qq - (i == j)) < tol, "%lldx%lld: (Q^T Q)[%lld][%lld] = %.17g",
+                (long long)rows, (long long)cols, (long long)i, (long long)j, qq);
+      if (i > j) /* R's entries are O(sqrt(m)) */
+        cr_assert(fabs(r) < tol * sqrt((double)m) * 4,
+                  "%lldx%lld: R[%lld][%lld] = %g below the diagonal", (long long)rows,
+                  (long long)cols, (long long)i, (long long)j, r);
+      if (i == j)
+        cr_assert(r > 0, "%lldx%lld: R[%lld][%lld] = %g is not positive", (long long)rows,
+                  (long long)cols, (long long)i, (long long)i, r);
+    }
+  free(t), free(q);
+}
+
+Test(init_ext, orthogonal_is_the_qr_factor_of_the_draws) {
+  struct {
+    int ndim;
+    int64_t shape[3];
+  } cases[] = {{2, {5, 3}},    {2, {3, 5}},    {2, {4, 4}},   {2, {1, 6}},  {2, {6, 1}},
+               {3, {6, 2, 3}}, {3, {2, 3, 4}}, {2, {40, 17}}, {2, {17, 40}}};
+  double gains[2] = {0, 2.5};
+  for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++)
+    for (int dt = 0; dt < 2; dt++)
+      for (int g = 0; g < 2; g++) {
+        ad_tensor *w = ad_zeros(ctx, dt ? AD_F32 : AD_F64, cases[k].ndim, cases[k].shape);
+        ad_rng rng, after;
+        uint64_t seed = 100 + k;
+        ad_rng_seed(&rng, seed);
+        cr_assert_eq(nn_init_tensor(ctx, w, nn_init_make(NN_INIT_ORTHOGONAL, gains[g], 0), &rng),
+                     AD_OK, "%s", ad_last_error(ctx));
+        check_orthogonal(w, seed, gains[g] ? gains[g] : 1, dt ? 2e-6 : 1e-13);
+        /* exactly one normal draw per element, as PyTorch's normal_ */
+        ad_rng_seed(&after, seed);
+        for (int64_t i = 0; i < w->size; i++) ad_rng_normal(&after);
+        cr_assert_eq(ad_rng_next(&rng), ad_rng_next(&after));
+        ad_tensor_free(w);
+      }
+}
+
+Test(init_ext, orthogonal_edges_and_errors) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 5);
+  int64_t s[2] = {0, 3}, v[1] = {4};
+  ad_tensor *empty = ad_zeros(ctx, AD_F32, 2, s), *vec = ad_zeros(ctx, AD_F32, 1, v);
+  cr_assert_eq(nn_init_tensor(ctx, empty, nn_init_make(NN_INIT_ORTHOGONAL, 0, 0), &rng), AD_OK);
+  ad_rng fresh;
+  ad_rng_seed(&fresh, 5);
+  cr_assert_eq(ad_rng_next(&rng), ad_rng_next(&fresh), "an empty tensor draws nothing");
+  cr_assert_eq(nn_init_tensor(ctx, vec, nn_init_make(NN_INIT_ORTHOGONAL, 0, 0), &rng),
+               AD_ERR_SHAPE);
+  test_expect_error(ctx, AD_ERR_SHAPE, "orthogonal needs 2 or more dimensions, got 1", NULL);
+  int64_t s2[2] = {3, 3};
+  ad_tensor *w = ad_zeros(ctx, AD_F64, 2, s2);
+  cr_assert_eq(nn_init_tensor(ctx, w, nn_init_make(NN_INIT_ORTHOGONAL, 0, 0), NULL), AD_ERR_NULL);
+  test_expect_error(ctx, AD_ERR_NULL, "needs an rng", NULL);
+  cr_assert_eq(nn_init_tensor(ctx, w, nn_init_make(NN_INIT_ORTHOGONAL, NAN, 0), &rng), AD_ERR_ARG);
+  test_expect_error(ctx, AD_ERR_ARG, "gain nan is not finite", NULL);
+  for (int64_t i = 0; i < 9; i++) cr_assert_eq(ad_tensor_get(w, i), 0, "errors leave w alone");
+  ad_tensor_free(empty), ad_tensor_free(vec), ad_tensor_free(w);
+}
+
+Test(init_ext, orthogonal_out_of_memory_leaves_the_tensor) {
+  test_alloc ta = {0};
+  ad_ctx *c = ad_ctx_new_with_alloc(test_alloc_fn, &ta);
+  cr_assert_not_null(c);
+  int64_t s[2] = {8, 6};
+  ad_tensor *w = ad_zeros(c, AD_F64, 2, s);
+  ad_rng rng, fresh;
+  ad_rng_seed(&rng, 9), ad_rng_seed(&fresh, 9);
+  test_alloc_refuse_after(&ta, 0);
+  cr_assert_eq(nn_init_tensor(c, w, nn_init_make(NN_INIT_ORTHOGONAL, 0, 0), &rng), AD_ERR_OOM);
+  test_alloc_grant_all(&ta);
+  for (int64_t i = 0; i < w->size; i++) cr_assert_eq(ad_tensor_get(w, i), 0);
+  cr_assert_eq(ad_rng_next(&rng), ad_rng_next(&fresh), "nothing drawn");
+  ad_clear_error(c);
+  ad_rng_seed(&rng, 9);
+  cr_assert_eq(nn_init_tensor(c, w, nn_init_make(NN_INIT_ORTHOGONAL, 0, 0), &rng), AD_OK);
+  check_orthogonal(w, 9, 1, 1e-13);
+  ad_tensor_free(w);
+  ad_ctx_free(c);
+  cr_assert_eq(ta.live, 0, "every block returned");
+}
+
+/* -------------------------------------------------------------- trunc normal */
+
+static double phi(double x) { return exp(-x * x / 2) / sqrt(2 * 3.14159265358979323846); }
+static double cdf(double x) { return 0.5 * erfc(-x / sqrt(2.0)); }
+
+Test(init_ext, trunc_normal_has_the_truncated_distribution) {
+  struct {
+    double std, b, bound; /* b as given; bound as meant */
+  } cases[] = {{1, 0, 2}, {1, 1, 1}, {0.5, 0.3, 0.3}, {0.02, 0, 2}, {3, 10, 10}, {1, 6, 6}};
+  int64_t s[2] = {300, 500};
+  const double n = 150000;
+  for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++)
+    for (int dt = 0; dt < 2; dt++) {
+      ad_tensor *t = ad_zeros(ctx, dt ? AD_F32 : AD_F64, 2, s);
+      ad_rng rng;
+      ad_rng_seed(&rng, 7 + k);
+      cr_assert_eq(nn_init_tensor(
+                       ctx, t, nn_init_make(NN_INIT_TRUNC_NORMAL, cases[k].std, cases[k].b), &rng),
+                   AD_OK, "%s", ad_last_error(ctx));
+      double sd = cases[k].std, c = cases[k].bound / sd, z = 2 * cdf(c) - 1;
+      double var = sd * sd * (1 - 2 * c * phi(c) / z); /* of the truncated normal */
+      double sum = 0, sum2 = 0, lo = INFINITY, hi = -INFINITY, within = 0;
+      for (int64_t i = 0; i < t->size; i++) {
+        double x = ad_tensor_get(t, i);
+        sum += x, sum2 += x * x;
+        lo = fmin(lo, x), hi = fmax(hi, x);
+        within += fabs(x) <= 0.5 * cases[k].bound;
+      }
+      double mean = sum / n, v = sum2 / n - mean * mean;
+      double bound = dt ? (double)(float)cases[k].bound : cases[k].bound;
+      cr_assert(lo >= -bound && hi <= bound, "case %zu: [%g, %g] beyond %g", k, lo, hi, bound);
+      cr_assert(fabs(mean) < 5 * sqrt(var / n), "case %zu: mean %g", k, mean);
+      cr_assert(fabs(v / var - 1) < 0.015, "case %zu: var %g, want %g", k, v, var);
+      /* P(|x| <= bound / 2), binomial error */
+      double p = (2 * cdf(c / 2) - 1) / z;
+      cr_assert(fabs(within / n - p) < 5 * sqrt(p * (1 - p) / n) + 1e-12,
+                "case %zu: P(|x| <= b/2) %g, want %g", k, within / n, p);
+      if (c < 3) cr_assert(hi > 0.99 * bound && lo < -0.99 * bound, "case %zu: range used", k);
+      ad_tensor_free(t);
+    }
+}
+
+Test(init_ext, trunc_normal_errors) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 1);
+  int64_t s[1] = {4};
+  ad_tensor *t = ad_zeros(ctx, AD_F64, 1, s);
+  nn_init bad[] = {
+      nn_init_make(NN_INIT_TRUNC_NORMAL, 0, 0),   nn_init_make(NN_INIT_TRUNC_NORMAL, -1, 0),
+      nn_init_make(NN_INIT_TRUNC_NORMAL, NAN, 0), nn_init_make(NN_INIT_TRUNC_NORMAL, INFINITY, 0),
+      nn_init_make(NN_INIT_TRUNC_NORMAL, 1, -1),  nn_init_make(NN_INIT_TRUNC_NORMAL, 1, INFINITY),
+      nn_init_make(NN_INIT_TRUNC_NORMAL, 1, NAN)};
+  for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+    cr_assert_eq(nn_init_tensor(ctx, t, bad[k], &rng), AD_ERR_ARG, "case %zu", k);
+    test_expect_error(ctx, AD_ERR_ARG, "trunc_normal needs a finite std > 0", NULL);
+  }
+  cr_assert_eq(nn_init_tensor(ctx, t, nn_init_make(NN_INIT_TRUNC_NORMAL, 1, 0), NULL), AD_ERR_NULL);
+  test_expect_error(ctx, AD_ERR_NULL, "needs an rng", NULL);
+  for (int64_t i = 0; i < 4; i++) cr_assert_eq(ad_tensor_get(t, i), 0);
+  ad_tensor_free(t);
+}
+
+/* ------------------------------------------------------------ He, fan_out */
+
+Test(init_ext, he_fan_out_uses_the_output_fan) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 3);
+  int64_t s[4] = {60, 20, 5, 5}; /* fan_in 500, fan_out 1500: 60,000 draws */
+  ad_tensor *t = ad_zeros(ctx, AD_F64, 4, s);
+  struct {
+    nn_init init;
+    double var, bound;
+  } cases[] = {{nn_init_make(NN_INIT_HE_NORMAL_FAN_OUT, 0, 0), 2.0 / 1500, 0},
+               {nn_init_make(NN_INIT_HE_UNIFORM_FAN_OUT, 0, 0), 2.0 / 1500, sqrt(6.0 / 1500)},
+               {nn_init_make(NN_INIT_HE_UNIFORM_FAN_OUT, 1, 0), 1.0 / 1500, sqrt(3.0 / 1500)},
+               {nn_init_make(NN_INIT_HE_NORMAL, 0, 0), 2.0 / 500, 0}};
+  for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+    cr_assert_eq(nn_init_tensor(ctx, t, cases[k].init, &rng), AD_OK);
+    double sum = 0, sum2 = 0, lo = INFINITY, hi = -INFINITY;
+    for (int64_t i = 0; i < t->size; i++) {
+      double x = ad_tensor_get(t, i);
+      sum += x, sum2 += x * x, lo = fmin(lo, x), hi = fmax(hi, x);
+    }
+    double var = sum2 / t->size - (sum / t->size) * (sum / t->size);
+    /* 60,000 draws: the sample variance is within 2.5% */
+    cr_assert(fabs(var / cases[k].var - 1) < 0.025, "case %zu: var %g, want %g", k, var,
+              cases[k].var);
+    if (cases[k].bound > 0)
+      cr_assert(lo >= -cases[k].bound && hi < cases[k].bound && hi > 0.99 * cases[k].bound,
+                "case %zu: [%g, %g]", k, lo, hi);
+  }
+  int64_t s0[2] = {0, 4};
+  ad_tensor *none = ad_zeros(ctx, AD_F64, 2, s0);
+  cr_assert_eq(nn_init_tensor(ctx, none, nn_init_make(NN_INIT_HE_NORMAL_FAN_OUT, 0, 0), &rng),
+               AD_ERR_ARG);
+  test_expect_error(ctx, AD_ERR_ARG, "he needs fan_out > 0", NULL);
+  ad_tensor_free(t), ad_tensor_free(none);
+}
