@@ -22,7 +22,8 @@
  *                leaky_relu, gelu, hardtanh, relu6, silu, elu, selu, mish,
  *                prelu, softmax, ...), dropout, flatten, BatchNorm1d /
  *                BatchNorm2d, GroupNorm, InstanceNorm1d / InstanceNorm2d,
- *                Conv2d and pooling,
+ *                Conv1d / Conv2d and pooling (max, average, adaptive
+ *                average),
  *                Embedding, LayerNorm, recurrent layers (RNN, LSTM, GRU),
  *                multi-head attention and lambda (a C function).
  *   models       nn_model: a Sequential stack of layers, or a custom model
@@ -625,6 +626,83 @@ NN_API nn_layer *nn_conv_transpose2d_new(ad_ctx *ctx, int64_t in, int64_t out, i
 NN_API nn_layer *nn_max_pool2d_new(ad_ctx *ctx, int64_t kh, int64_t kw, const ad_pool2d_opts *opts);
 NN_API nn_layer *nn_avg_pool2d_new(ad_ctx *ctx, int64_t kh, int64_t kw, const ad_pool2d_opts *opts);
 NN_API nn_layer *nn_global_avg_pool2d_new(ad_ctx *ctx);
+/** @} */
+
+/** Options of a Conv1d layer. All-zero means PyTorch's defaults. */
+typedef struct nn_conv1d_opts {
+  int64_t stride;      /**< 0 means 1 */
+  int64_t padding;     /**< the same on both sides; for other padding, pad
+                          the input or use ad_conv1d */
+  bool same;           /**< padding='same' (stride 1 only); padding ignored */
+  int64_t dilation;    /**< 0 means 1 */
+  int64_t groups;      /**< 0 means 1; must divide both channel counts */
+  bool no_bias;        /**< false: with bias */
+  nn_init weight_init; /**< default PyTorch's: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) */
+  nn_init bias_init;   /**< default the same bound */
+  ad_dtype dtype;      /**< default AD_F32 */
+} nn_conv1d_opts;
+
+/** A 1-D convolution layer, PyTorch's nn.Conv1d: x [N, in, L] to [N, out,
+ * Lo] through ad_conv1d, with weight [out, in/groups, kernel_size] and bias
+ * [out] (PyTorch's layout and names, "weight" and "bias", so a state dict
+ * loads unchanged). PyTorch's initialisation: both uniform within
+ * 1/sqrt(fan_in), fan_in = in/groups * kernel_size (kaiming_uniform with a
+ * = sqrt(5)), drawn from rng (weight first). opts may be NULL. Returns the
+ * layer (free with nn_layer_free, or the model that adopts it), or NULL
+ * with AD_ERR_ARG (a count < 1, groups not dividing the channels, a
+ * negative stride, dilation or padding, one above 2^40, same with a stride
+ * above 1, a kernel too large for a tensor, a bad initializer),
+ * AD_ERR_DTYPE, AD_ERR_NULL (rng for a random init) or AD_ERR_OOM. Its
+ * forward takes [N, in, L] or, as PyTorch, an unbatched [in, L] (giving
+ * [out, Lo]); it refuses other inputs (AD_ERR_SHAPE naming the layer), and
+ * otherwise reports ad_conv1d's errors (a kernel longer than the padded
+ * input). */
+NN_API nn_layer *nn_conv1d_new(ad_ctx *ctx, int64_t in, int64_t out, int64_t kernel_size,
+                               ad_rng *rng, const nn_conv1d_opts *opts);
+
+/** Options of a MaxPool1d or AvgPool1d layer. All-zero means PyTorch's
+ * defaults. */
+typedef struct nn_pool1d_opts {
+  int64_t stride;   /**< 0 means the kernel */
+  int64_t padding;  /**< on both sides; at most kernel / 2 */
+  int64_t dilation; /**< MaxPool1d only (AvgPool1d refuses one above 1); 0 means 1 */
+  bool ceil_mode;   /**< count a last, partial window */
+  bool exclude_pad; /**< AvgPool1d: PyTorch's count_include_pad=False */
+} nn_pool1d_opts;
+
+/** Pooling layers over the last axis, PyTorch's nn.MaxPool1d and
+ * nn.AvgPool1d: [N, C, L] (or unbatched [C, L]) to [N, C, Lo] through
+ * ad_max_pool2d / ad_avg_pool2d on the [N, C, 1, L] view with a 1 x
+ * kernel_size window, so the windows, divisors, ceil_mode rule and
+ * gradients (any order) are those ops'. No parameters. opts may be NULL.
+ * Returns the layer, or NULL with AD_ERR_ARG (a kernel, stride or dilation
+ * outside [1, 2^30] (0 is the default for the last two), padding < 0 or
+ * above kernel_size / 2, as PyTorch refuses, a dilation for AvgPool1d) or
+ * AD_ERR_OOM. The forward refuses an input of another rank, with L = 0
+ * (AD_ERR_SHAPE) or not float (AD_ERR_DTYPE), naming the layer and the
+ * shape, and reports an output of L < 1 as the op's error after the 1-D
+ * and 4-D shapes. @{ */
+NN_API nn_layer *nn_max_pool1d_new(ad_ctx *ctx, int64_t kernel_size, const nn_pool1d_opts *opts);
+NN_API nn_layer *nn_avg_pool1d_new(ad_ctx *ctx, int64_t kernel_size, const nn_pool1d_opts *opts);
+/** @} */
+
+/** Adaptive average pooling, PyTorch's nn.AdaptiveAvgPool1d(output_size)
+ * ([N, C, L] or [C, L] to [N, C, output_size]) and
+ * nn.AdaptiveAvgPool2d((oh, ow)) ([N, C, H, W] or [C, H, W] to [N, C, oh,
+ * ow]). Output i of an axis of length L pooled to n is the mean of x[floor(i
+ * L / n), ceil((i + 1) L / n)): PyTorch's windows, which overlap when n
+ * does not divide L (n may exceed L). A composite of public ops, so it is
+ * differentiable to any order: an output of 1 (on both axes) is
+ * ad_global_avg_pool2d, bit for bit; n dividing L (on both axes) is
+ * ad_avg_pool2d with kernel = stride = L / n; otherwise ad_matmul with a
+ * constant [L, n] averaging matrix per axis, built in the forward as an
+ * arena tensor (the sum times 1/count: within an ulp or so of PyTorch's
+ * sum / count). No parameters. Returns the layer, or NULL with AD_ERR_ARG
+ * (an output size outside [1, 2^30]) or AD_ERR_OOM. The forward refuses an
+ * input of another rank or with an empty pooled axis (AD_ERR_SHAPE) or not
+ * float (AD_ERR_DTYPE), naming the layer and the shape. @{ */
+NN_API nn_layer *nn_adaptive_avg_pool1d_new(ad_ctx *ctx, int64_t output_size);
+NN_API nn_layer *nn_adaptive_avg_pool2d_new(ad_ctx *ctx, int64_t oh, int64_t ow);
 /** @} */
 
 /** Recurrent cells, PyTorch's nn.RNN (tanh or relu), nn.LSTM and nn.GRU. */

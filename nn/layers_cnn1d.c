@@ -1,0 +1,384 @@
+/* layers_cnn1d.c: PyTorch's nn.Conv1d, nn.MaxPool1d, nn.AvgPool1d,
+ * nn.AdaptiveAvgPool1d and nn.AdaptiveAvgPool2d. Composites of public ops
+ * (ad_conv1d, ad_max_pool2d / ad_avg_pool2d over a [N, C, 1, L] view,
+ * ad_global_avg_pool2d, ad_matmul), so every gradient is the tape's and
+ * differentiable to any order; this file holds the parameters, PyTorch's
+ * initialisation and the checks that name the layer.
+ *
+ * Conv1d's initialisation is Conv2d's (layers_cnn.c): weight and bias
+ * uniform within 1/sqrt(fan_in), fan_in = in/groups * kernel_size.
+ *
+ * Adaptive average pooling: output i of an axis of length L pooled to n
+ * averages x[start, end), start = floor(i L / n), end = ceil((i + 1) L / n)
+ * (PyTorch's windows; they overlap when n does not divide L). Three ways,
+ * each exact in its windows:
+ *   n = 1 on every axis  ad_global_avg_pool2d (the same bits as the
+ *                        global average pooling layer);
+ *   n divides L on each  ad_avg_pool2d with kernel = stride = L / n (the
+ *                        windows are then disjoint and of equal size);
+ *   otherwise            a product with a constant [L, n] averaging matrix
+ *                        A (A[l, i] = 1 / (end_i - start_i) inside window
+ *                        i, else 0) per pooled axis: x A along the last
+ *                        axis, A^T x along H. A is an arena tensor built in
+ *                        each forward for the input's length (L n values,
+ *                        no parameter, no state to go stale) and freed with
+ *                        the tape. The result is the window's sum times
+ *                        1/count rounded to the dtype, so it may differ from
+ *                        PyTorch's sum / count in the last bit. */
+#include "nn_internal.h"
+
+#include <math.h>
+
+/* The ops' limits on kernel, stride and dilation of a pooling (2^30), and
+ * on a convolution's stride, dilation and padding (2^40): larger values are
+ * refused when the layer is made. */
+#define POOL_MAX_SIZE (INT64_C(1) << 30)
+#define CONV_MAX_SIZE (INT64_C(1) << 40)
+
+/* ---------------------------------------------------------------- conv1d */
+
+typedef struct conv1d_state {
+  int64_t in, out, k;
+  ad_conv1d_opts o;
+  ad_tensor *w, *b; /* b NULL without bias */
+} conv1d_state;
+
+static ad_tensor *conv1d_forward(nn_layer *l, ad_tensor *x, bool training) {
+  (void)training;
+  conv1d_state *s = nn_layer_state(l);
+  ad_ctx *ctx = nn_layer_ctx(l);
+  char who[96], a[64];
+  bool one = x->ndim == 2 && x->shape[0] == s->in; /* unbatched [C, L], as PyTorch takes */
+  if (!one && (x->ndim != 3 || x->shape[1] != s->in)) {
+    nn_layer_who(l, who, sizeof who);
+    ad_set_error(ctx, AD_ERR_SHAPE, "%s: input %s must be [N, %lld, L] or [%lld, L]", who,
+                 ad_shape_str(x, a, sizeof a), (long long)s->in, (long long)s->in);
+    return NULL;
+  }
+  if (one) { /* a batch of one, viewed */
+    int64_t b[3] = {1, x->shape[0], x->shape[1]};
+    x = ad_reshape(ctx, x, 3, b);
+  }
+  ad_tensor *y = ad_conv1d(ctx, x, s->w, s->b, &s->o);
+  return one && y ? ad_reshape(ctx, y, 2, y->shape + 1) : y;
+}
+
+static void conv1d_free(nn_layer *l) {
+  conv1d_state *s = nn_layer_state(l);
+  if (s) ad_free(nn_layer_ctx(l), s, sizeof *s);
+}
+
+/* PyTorch's Conv1d extra_repr: channels, kernel_size and stride always (as
+ * 1-tuples), the rest when not their defaults. */
+static void conv1d_describe(const nn_layer *l, nn_text *t) {
+  const conv1d_state *s = nn_layer_state(l);
+  const ad_conv1d_opts *o = &s->o;
+  nn_text_add(t, "%lld, %lld, kernel_size=(%lld,), stride=(%lld,)", (long long)s->in,
+              (long long)s->out, (long long)s->k, (long long)(o->stride ? o->stride : 1));
+  if (o->same)
+    nn_text_add(t, ", padding=same");
+  else if (o->padding[0])
+    nn_text_add(t, ", padding=(%lld,)", (long long)o->padding[0]);
+  if (o->dilation > 1) nn_text_add(t, ", dilation=(%lld,)", (long long)o->dilation);
+  if (o->groups != 1) nn_text_add(t, ", groups=%lld", (long long)o->groups);
+  if (!s->b) nn_text_add(t, ", bias=False");
+}
+
+static const nn_layer_ops conv1d_ops = {conv1d_forward, conv1d_free, conv1d_describe};
+
+/* A new parameter of shape, added to list under name (owned by it) and
+ * filled by init (NN_INIT_DEFAULT: uniform within +-bound); NULL on error. */
+static ad_tensor *conv1d_param(nn_params *list, const char *name, ad_ctx *ctx, ad_dtype dtype,
+                               int ndim, const int64_t *shape, nn_init init, double bound,
+                               ad_rng *rng) {
+  ad_tensor *t = ad_zeros(ctx, dtype, ndim, shape);
+  if (!t) return NULL;
+  if (init.kind == NN_INIT_DEFAULT) init = nn_init_make(NN_INIT_UNIFORM, -bound, bound);
+  if (nn_init_tensor(ctx, t, init, rng) != AD_OK) {
+    ad_tensor_free(t);
+    return NULL;
+  }
+  return nn_params_add(list, name, t, true) == AD_OK ? t : NULL;
+}
+
+nn_layer *nn_conv1d_new(ad_ctx *ctx, int64_t in, int64_t out, int64_t kernel_size, ad_rng *rng,
+                        const nn_conv1d_opts *opts) {
+  if (!ctx) return NULL;
+  nn_conv1d_opts o = {0};
+  if (opts) o = *opts;
+  int64_t k = kernel_size, groups = o.groups ? o.groups : 1;
+  if (in < 1 || out < 1 || k < 1 || groups < 1 || in % groups || out % groups) {
+    ad_set_error(ctx, AD_ERR_ARG,
+                 "conv1d: channels %lld -> %lld, kernel %lld and groups %lld: each must be >= 1 "
+                 "and groups must divide both channel counts",
+                 (long long)in, (long long)out, (long long)k, (long long)groups);
+    return NULL;
+  }
+  if (o.dtype != AD_F32 && o.dtype != AD_F64) {
+    ad_set_error(ctx, AD_ERR_DTYPE, "conv1d: parameters must be float, got %s",
+                 ad_dtype_name(o.dtype));
+    return NULL;
+  }
+  /* what the op would refuse at the first forward, said now */
+  const char *bad = NULL;
+  if (o.stride < 0 || o.dilation < 0)
+    bad = "stride and dilation must be >= 1 (0 means 1)";
+  else if (o.padding < 0)
+    bad = "padding must be >= 0";
+  else if (o.stride > CONV_MAX_SIZE || o.dilation > CONV_MAX_SIZE || o.padding > CONV_MAX_SIZE)
+    bad = "stride, dilation and padding must be at most 2^40";
+  else if (o.same && o.stride > 1)
+    bad = "padding 'same' needs stride 1";
+  if (bad) {
+    ad_set_error(ctx, AD_ERR_ARG, "conv1d: %s (stride %lld, padding %lld, dilation %lld%s)", bad,
+                 (long long)o.stride, (long long)o.padding, (long long)o.dilation,
+                 o.same ? ", same" : "");
+    return NULL;
+  }
+  conv1d_state *s = ad_malloc(ctx, sizeof *s);
+  if (!s) return NULL;
+  *s = (conv1d_state){.in = in, .out = out, .k = k};
+  s->o = (ad_conv1d_opts){.stride = o.stride,
+                          .padding = {o.padding, o.padding},
+                          .dilation = o.dilation,
+                          .groups = groups,
+                          .same = o.same};
+  nn_layer *l = nn_layer_new_ext(ctx, "conv1d", &conv1d_ops, s);
+  if (!l) {
+    ad_free(ctx, s, sizeof *s);
+    return NULL;
+  }
+  /* PyTorch's layout [out, in/groups, k]; a kernel too large for a tensor
+   * is refused by ad_zeros ("is too large") before any product is used */
+  int64_t ws[3] = {out, in / groups, k}, bs[1] = {out};
+  double bound = 1.0 / sqrt((double)ws[1] * (double)k);
+  nn_params *p = nn_layer_params(l);
+  bool ok = (s->w = conv1d_param(p, "weight", ctx, o.dtype, 3, ws, o.weight_init, bound, rng));
+  if (ok && !o.no_bias)
+    ok = (s->b = conv1d_param(p, "bias", ctx, o.dtype, 1, bs, o.bias_init, bound, rng));
+  if (!ok) {
+    nn_layer_free(l);
+    return NULL;
+  }
+  return l;
+}
+
+/* ------------------------------------------------------------- pool1d */
+
+typedef enum pool1d_kind { POOL1D_MAX, POOL1D_AVG, POOL1D_ADAPTIVE, POOL2D_ADAPTIVE } pool1d_kind;
+
+typedef struct pool1d_state {
+  pool1d_kind kind;
+  int64_t k;      /* max / avg: the kernel */
+  int64_t oh, ow; /* adaptive: the output size (1-D: ow, oh = 1) */
+  ad_pool2d_opts o;
+} pool1d_state;
+
+/* When the op fails on the 4-D view, its message ("max_pool2d: output
+ * 1x0 ...") is kept, after the 1-D input's shape. */
+static void view_error(ad_ctx *ctx, const ad_tensor *x, const char *as) {
+  char msg[512], a[64];
+  snprintf(msg, sizeof msg, "%s", ad_last_error(ctx));
+  ad_set_error(ctx, ad_last_status(ctx), "input %s (pooled as %s): %s",
+               ad_shape_str(x, a, sizeof a), as, msg);
+}
+
+/* The [L, n] averaging matrix of adaptive pooling (see the top of the
+ * file), an arena tensor of dtype; NULL on error. The products i L / n
+ * are formed without overflow: i L = i (L / n) n + i (L % n), i < n. */
+static ad_tensor *adaptive_matrix(ad_ctx *ctx, ad_dtype dtype, int64_t len, int64_t n) {
+  int64_t shape[2] = {len, n};
+  ad_tensor *a = nn_tmp_tensor(ctx, dtype, 2, shape);
+  if (!a) return NULL;
+  int64_t q = len / n, r = len % n;
+  memset(a->data, 0, (size_t)a->size * ad_dtype_size(dtype)); /* all-zero bits: 0.0 */
+  for (int64_t i = 0; i < n; i++) {
+    int64_t start = i * q + (i * r) / n;
+    int64_t end = (i + 1) * q + ((i + 1) * r + n - 1) / n;
+    double v = 1.0 / (double)(end - start);
+    for (int64_t l = start; l < end; l++) ad_tensor_set(a, l * n + i, v);
+  }
+  return a;
+}
+
+/* Adaptive average pooling of the last two axes of x (3-D or 4-D) to oh x
+ * ow; the three ways at the top of the file. */
+static ad_tensor *adaptive2d(ad_ctx *ctx, ad_tensor *x, int64_t oh, int64_t ow) {
+  int64_t h = x->shape[x->ndim - 2], w = x->shape[x->ndim - 1];
+  if (oh == 1 && ow == 1) return ad_global_avg_pool2d(ctx, x);
+  if (h % oh == 0 && w % ow == 0) return ad_avg_pool2d(ctx, x, h / oh, w / ow, NULL);
+  ad_tensor *y = x;
+  if (w != ow) y = ad_matmul(ctx, y, adaptive_matrix(ctx, x->dtype, w, ow), false, false);
+  if (h != oh && y) y = ad_matmul(ctx, adaptive_matrix(ctx, x->dtype, h, oh), y, true, false);
+  return y;
+}
+
+static ad_tensor *pool1d_forward(nn_layer *l, ad_tensor *x, bool training) {
+  (void)training;
+  pool1d_state *s = nn_layer_state(l);
+  ad_ctx *ctx = nn_layer_ctx(l);
+  char who[96], a[64];
+  bool two = s->kind == POOL2D_ADAPTIVE;
+  int lo = two ? 3 : 2; /* the unbatched rank */
+  if (x->ndim != lo && x->ndim != lo + 1) {
+    nn_layer_who(l, who, sizeof who);
+    ad_set_error(ctx, AD_ERR_SHAPE, "%s: input %s must be %s", who, ad_shape_str(x, a, sizeof a),
+                 two ? "[N, C, H, W] or [C, H, W]" : "[N, C, L] or [C, L]");
+    return NULL;
+  }
+  if (x->dtype != AD_F32 && x->dtype != AD_F64) {
+    nn_layer_who(l, who, sizeof who);
+    ad_set_error(ctx, AD_ERR_DTYPE, "%s: input %s must be float, got %s", who,
+                 ad_shape_str(x, a, sizeof a), ad_dtype_name(x->dtype));
+    return NULL;
+  }
+  for (int d = x->ndim - (two ? 2 : 1); d < x->ndim; d++) /* N and C may be 0 */
+    if (x->shape[d] == 0) {
+      nn_layer_who(l, who, sizeof who);
+      ad_set_error(ctx, AD_ERR_SHAPE, "%s: input %s has an empty %s", who,
+                   ad_shape_str(x, a, sizeof a), two ? "H or W" : "L");
+      return NULL;
+    }
+  if (two) return adaptive2d(ctx, x, s->oh, s->ow);
+  /* the 4-D (3-D unbatched) view with H = 1 */
+  int64_t v[4], len = x->shape[x->ndim - 1];
+  for (int d = 0; d < x->ndim - 1; d++) v[d] = x->shape[d];
+  v[x->ndim - 1] = 1;
+  v[x->ndim] = len;
+  ad_tensor *xv = ad_reshape(ctx, x, x->ndim + 1, v);
+  if (!xv) return NULL;
+  ad_tensor *y = NULL;
+  switch (s->kind) {
+  case POOL1D_MAX:
+    y = ad_max_pool2d(ctx, xv, 1, s->k, &s->o);
+    break;
+  case POOL1D_AVG:
+    y = ad_avg_pool2d(ctx, xv, 1, s->k, &s->o);
+    break;
+  default:
+    y = adaptive2d(ctx, xv, 1, s->ow);
+    break;
+  }
+  if (!y) {
+    view_error(ctx, x, ad_shape_str(xv, a, sizeof a));
+    return NULL;
+  }
+  int64_t ys[3];
+  for (int d = 0; d < x->ndim - 1; d++) ys[d] = y->shape[d];
+  ys[x->ndim - 1] = y->shape[x->ndim];
+  return ad_reshape(ctx, y, x->ndim, ys);
+}
+
+static void pool1d_free(nn_layer *l) {
+  pool1d_state *s = nn_layer_state(l);
+  if (s) ad_free(nn_layer_ctx(l), s, sizeof *s);
+}
+
+/* PyTorch's reprs: MaxPool1d prints ints ("kernel_size=2, stride=2,
+ * padding=0, dilation=1, ceil_mode=False"), AvgPool1d 1-tuples
+ * ("kernel_size=(2,), stride=(2,), padding=(0,)", with ceil_mode and
+ * count_include_pad added when not the defaults, as the 2-D layer's),
+ * AdaptiveAvgPool1d "output_size=3", AdaptiveAvgPool2d "output_size=3" or
+ * "output_size=(3, 4)". */
+static void pool1d_describe(const nn_layer *l, nn_text *t) {
+  const pool1d_state *s = nn_layer_state(l);
+  const ad_pool2d_opts *o = &s->o;
+  long long k = (long long)s->k, st = (long long)(o->stride[1] ? o->stride[1] : s->k),
+            p = (long long)o->padding[1];
+  switch (s->kind) {
+  case POOL1D_MAX:
+    nn_text_add(t, "kernel_size=%lld, stride=%lld, padding=%lld, dilation=%lld, ceil_mode=%s", k,
+                st, p, (long long)(o->dilation[1] ? o->dilation[1] : 1), nn_py_bool(o->ceil_mode));
+    break;
+  case POOL1D_AVG:
+    nn_text_add(t, "kernel_size=(%lld,), stride=(%lld,), padding=(%lld,)", k, st, p);
+    if (o->ceil_mode) nn_text_add(t, ", ceil_mode=True");
+    if (o->exclude_pad) nn_text_add(t, ", count_include_pad=False");
+    break;
+  case POOL1D_ADAPTIVE:
+    nn_text_add(t, "output_size=%lld", (long long)s->ow);
+    break;
+  case POOL2D_ADAPTIVE:
+    if (s->oh == s->ow)
+      nn_text_add(t, "output_size=%lld", (long long)s->oh);
+    else
+      nn_text_add(t, "output_size=(%lld, %lld)", (long long)s->oh, (long long)s->ow);
+    break;
+  }
+}
+
+static const nn_layer_ops pool1d_ops = {pool1d_forward, pool1d_free, pool1d_describe};
+
+static nn_layer *pool1d_layer(ad_ctx *ctx, const char *kind, const pool1d_state *init) {
+  pool1d_state *s = ad_malloc(ctx, sizeof *s);
+  if (!s) return NULL;
+  *s = *init;
+  nn_layer *l = nn_layer_new_ext(ctx, kind, &pool1d_ops, s);
+  if (!l) ad_free(ctx, s, sizeof *s);
+  return l;
+}
+
+static nn_layer *pool1d_new(ad_ctx *ctx, pool1d_kind kind, int64_t k, const nn_pool1d_opts *opts) {
+  if (!ctx) return NULL;
+  const char *name = kind == POOL1D_MAX ? "max_pool1d" : "avg_pool1d";
+  nn_pool1d_opts o = {0};
+  if (opts) o = *opts;
+  /* what the op would refuse at the first forward, or PyTorch's
+   * constructor or first forward refuses, said now */
+  const char *bad = NULL;
+  if (k < 1 || k > POOL_MAX_SIZE)
+    bad = "kernel must be in [1, 2^30]";
+  else if (o.stride < 0 || o.stride > POOL_MAX_SIZE)
+    bad = "stride must be in [1, 2^30] (0 means the kernel)";
+  else if (o.dilation < 0 || o.dilation > POOL_MAX_SIZE)
+    bad = "dilation must be in [1, 2^30] (0 means 1)";
+  else if (kind == POOL1D_AVG && o.dilation > 1)
+    bad = "dilation is for max_pool1d only";
+  else if (o.padding < 0 || o.padding > k / 2)
+    bad = "padding must be >= 0 and at most half the kernel";
+  if (bad) {
+    ad_set_error(ctx, AD_ERR_ARG, "%s: %s (kernel %lld, stride %lld, padding %lld, dilation %lld)",
+                 name, bad, (long long)k, (long long)o.stride, (long long)o.padding,
+                 (long long)o.dilation);
+    return NULL;
+  }
+  pool1d_state s = {.kind = kind, .k = k, .oh = 1};
+  s.o = (ad_pool2d_opts){.stride = {1, o.stride},
+                         .padding = {0, o.padding},
+                         .dilation = {1, o.dilation},
+                         .ceil_mode = o.ceil_mode,
+                         .exclude_pad = kind == POOL1D_AVG && o.exclude_pad};
+  return pool1d_layer(ctx, name, &s);
+}
+
+nn_layer *nn_max_pool1d_new(ad_ctx *ctx, int64_t kernel_size, const nn_pool1d_opts *opts) {
+  return pool1d_new(ctx, POOL1D_MAX, kernel_size, opts);
+}
+
+nn_layer *nn_avg_pool1d_new(ad_ctx *ctx, int64_t kernel_size, const nn_pool1d_opts *opts) {
+  return pool1d_new(ctx, POOL1D_AVG, kernel_size, opts);
+}
+
+static nn_layer *adaptive_new(ad_ctx *ctx, pool1d_kind kind, int64_t oh, int64_t ow) {
+  if (!ctx) return NULL;
+  const char *name = kind == POOL1D_ADAPTIVE ? "adaptive_avg_pool1d" : "adaptive_avg_pool2d";
+  if (oh < 1 || ow < 1 || oh > POOL_MAX_SIZE || ow > POOL_MAX_SIZE) {
+    if (kind == POOL1D_ADAPTIVE)
+      ad_set_error(ctx, AD_ERR_ARG, "%s: output size %lld must be in [1, 2^30]", name,
+                   (long long)ow);
+    else
+      ad_set_error(ctx, AD_ERR_ARG, "%s: output size %lldx%lld must be in [1, 2^30] on each side",
+                   name, (long long)oh, (long long)ow);
+    return NULL;
+  }
+  pool1d_state s = {.kind = kind, .oh = oh, .ow = ow};
+  return pool1d_layer(ctx, name, &s);
+}
+
+nn_layer *nn_adaptive_avg_pool1d_new(ad_ctx *ctx, int64_t output_size) {
+  return adaptive_new(ctx, POOL1D_ADAPTIVE, 1, output_size);
+}
+
+nn_layer *nn_adaptive_avg_pool2d_new(ad_ctx *ctx, int64_t oh, int64_t ow) {
+  return adaptive_new(ctx, POOL2D_ADAPTIVE, oh, ow);
+}
