@@ -265,6 +265,11 @@ enum {
   GN,
   IN1D,
   IN2D,
+  CONV1D,
+  MAXPOOL1D,
+  AVGPOOL1D,
+  ADAPOOL1D,
+  ADAPOOL2D,
   N_LAYERS
 };
 
@@ -275,7 +280,8 @@ static const char *layer_names[N_LAYERS] = {"dense",        "conv2d",       "con
                                             "lstm",         "gru",          "lstm per_step",
                                             "gru composed", "lstm bi",      "gru bi step",
                                             "mha",          "group_norm",   "inst_norm1d",
-                                            "inst_norm2d"};
+                                            "inst_norm2d",  "conv1d",       "max_pool1d",
+                                            "avg_pool1d",   "adaptive1d",   "adaptive2d"};
 
 static bool build_only;
 
@@ -333,6 +339,26 @@ static ad_status run_layer(world *w) {
     x = w->x = w->kind == IN1D ? data(c, 3, s3, 1) : data(c, 4, s4, 1);
     break;
   }
+  case CONV1D:
+    w->l = nn_conv1d_new(c, 2, 3, 3, &rng, &(nn_conv1d_opts){.padding = 1});
+    x = w->x = data(c, 3, s3, 1);
+    break;
+  case MAXPOOL1D:
+    w->l = nn_max_pool1d_new(c, 2, NULL);
+    x = w->x = data(c, 3, s3, 1);
+    break;
+  case AVGPOOL1D:
+    w->l = nn_avg_pool1d_new(c, 3, &(nn_pool1d_opts){.stride = 2, .padding = 1, .ceil_mode = true});
+    x = w->x = data(c, 3, s3, 1);
+    break;
+  case ADAPOOL1D: /* 4 -> 3: the averaging matrix */
+    w->l = nn_adaptive_avg_pool1d_new(c, 3);
+    x = w->x = data(c, 3, s3, 1);
+    break;
+  case ADAPOOL2D: /* 5x5 -> 2x3: a matrix on each axis */
+    w->l = nn_adaptive_avg_pool2d_new(c, 2, 3);
+    x = w->x = data(c, 4, s4, 1);
+    break;
   case DROPOUT:
     w->l = nn_dropout_new(c, 0.5, 3);
     x = w->x = data(c, 2, s2, 1);
