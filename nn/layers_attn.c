@@ -17,6 +17,9 @@
 
 #define MHA_KIND "multihead_attention"
 
+static const nn_layer_ops mha_ops; /* below; tells the layer kind apart from a
+                                      lambda of the same kind name */
+
 typedef struct mha_state {
   int64_t e, h;
   bool batch_first, causal;
@@ -120,7 +123,7 @@ static ad_tensor *mha_call(nn_layer *l, ad_tensor *query, ad_tensor *key, ad_ten
   ad_ctx *ctx = nn_layer_ctx(l);
   char who[96], b1[64], b2[64], b3[64];
   nn_layer_who(l, who, sizeof who);
-  if (strcmp(nn_layer_kind(l), MHA_KIND) != 0) {
+  if (!nn_layer_runs(l, &mha_ops)) {
     ad_set_error(ctx, AD_ERR_ARG, "multihead_attention: layer %s is not a multihead_attention",
                  who);
     return NULL;
@@ -204,7 +207,7 @@ static ad_tensor *mha_call(nn_layer *l, ad_tensor *query, ad_tensor *key, ad_ten
 
 ad_tensor *nn_multihead_attention(nn_layer *l, ad_tensor *query, ad_tensor *key, ad_tensor *value,
                                   const nn_mha_args *args, ad_tensor **weights) {
-  mha_state *s = l && strcmp(nn_layer_kind(l), MHA_KIND) == 0 ? nn_layer_state(l) : NULL;
+  mha_state *s = nn_layer_runs(l, &mha_ops) ? nn_layer_state(l) : NULL;
   ad_rng before = s ? s->rng : (ad_rng){0}; /* a call that fails takes no dropout draws */
   ad_tensor *o = mha_call(l, query, key, value, args, weights);
   if (!o && s) s->rng = before;

@@ -481,6 +481,11 @@ Test(mha, dropout_in_training_only) {
   nn_layer_free(l);
 }
 
+static ad_tensor *ident(ad_ctx *c, ad_tensor *x, bool training, void *ud) {
+  (void)c, (void)training, (void)ud;
+  return x;
+}
+
 Test(mha, bad_input) {
   ad_rng rng;
   ad_rng_seed(&rng, 1);
@@ -525,6 +530,11 @@ Test(mha, bad_input) {
   cr_assert_null(nn_multihead_attention(l, xd, xd, xd, NULL, NULL));
   expect_msg(ctx, AD_ERR_DTYPE, "the layer is f32");
   nn_layer *other = nn_flatten_new(ctx);
+  cr_assert_null(nn_multihead_attention(other, x, x, x, NULL, NULL));
+  expect_msg(ctx, AD_ERR_ARG, "is not a multihead_attention");
+  nn_layer_free(other);
+  /* a lambda may take the kind's name; it has no attention state to read */
+  other = nn_lambda_new(ctx, "multihead_attention", ident, NULL);
   cr_assert_null(nn_multihead_attention(other, x, x, x, NULL, NULL));
   expect_msg(ctx, AD_ERR_ARG, "is not a multihead_attention");
   nn_layer_free(other);
