@@ -561,6 +561,23 @@ static void drop_range(void *ud, int64_t c0, int64_t c1) {
 
 /* y = x * m, m = [u >= p] / (1 - p) with u ~ U[0,1) per element: a constant
  * mask, so dx = dy * m comes from the tape's mul. */
+ad_tensor *nn_dropout_apply(ad_ctx *ctx, ad_tensor *x, double p, ad_rng *rng) {
+  if (p == 0) return x;
+  ad_tensor *m = nn_tmp_tensor(ctx, x->dtype, x->ndim, x->shape);
+  if (!m) return NULL;
+  ad_rng before = *rng; /* a call that fails takes no draw */
+  drop_job j = {.m = m->data,
+                .dtype = m->dtype,
+                .n = m->size,
+                .key = ad_rng_next(rng),
+                .thr = (uint64_t)ceil(p * 0x1p53),
+                .keep = 1.0 / (1.0 - p)};
+  ad_parallel_for((m->size + DROP_CHUNK - 1) / DROP_CHUNK, DROP_GRAIN, drop_range, &j);
+  ad_tensor *y = ad_mul(ctx, x, m);
+  if (!y) *rng = before;
+  return y;
+}
+
 static ad_tensor *dropout_forward(nn_layer *l, ad_tensor *x, bool training) {
   if (!training || l->p == 0) return x;
   ad_ctx *ctx = l->ctx;
@@ -570,19 +587,7 @@ static ad_tensor *dropout_forward(nn_layer *l, ad_tensor *x, bool training) {
                  ad_dtype_name(x->dtype));
     return NULL;
   }
-  ad_tensor *m = nn_tmp_tensor(ctx, x->dtype, x->ndim, x->shape);
-  if (!m) return NULL;
-  ad_rng before = l->rng; /* a call that fails takes no draw */
-  drop_job j = {.m = m->data,
-                .dtype = m->dtype,
-                .n = m->size,
-                .key = ad_rng_next(&l->rng),
-                .thr = (uint64_t)ceil(l->p * 0x1p53),
-                .keep = 1.0 / (1.0 - l->p)};
-  ad_parallel_for((m->size + DROP_CHUNK - 1) / DROP_CHUNK, DROP_GRAIN, drop_range, &j);
-  ad_tensor *y = ad_mul(ctx, x, m);
-  if (!y) l->rng = before;
-  return y;
+  return nn_dropout_apply(ctx, x, l->p, &l->rng);
 }
 
 /* ------------------------------------------------------- flatten, lambda */

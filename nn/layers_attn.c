@@ -215,6 +215,11 @@ ad_tensor *nn_multihead_attention(nn_layer *l, ad_tensor *query, ad_tensor *key,
   return o;
 }
 
+ad_rng *nn_mha_rng(nn_layer *l) {
+  mha_state *s = nn_layer_runs(l, &mha_ops) ? nn_layer_state(l) : NULL;
+  return s ? &s->rng : NULL;
+}
+
 /* In a Sequential: self-attention on x, causal when the layer was made so. */
 static ad_tensor *mha_forward(nn_layer *l, ad_tensor *x, bool training) {
   nn_mha_args a = {.training = training};

@@ -165,6 +165,16 @@ typedef struct nn_layer_ops {
   void (*describe)(const nn_layer *l, nn_text *t);
 } nn_layer_ops;
 
+/* layers.c: inverted dropout with probability p (in [0, 1); 0 returns x)
+ * on float x, its mask drawn as nn_dropout_new documents from one draw of
+ * rng; a call that fails takes no draw. NULL with the error recorded. */
+ad_tensor *nn_dropout_apply(ad_ctx *ctx, ad_tensor *x, double p, ad_rng *rng);
+
+/* layers_attn.c: the generator of a multi-head attention layer's dropout
+ * draws (for a layer built on it that must undo a failed call's draws);
+ * NULL for another kind of layer. */
+ad_rng *nn_mha_rng(nn_layer *l);
+
 /* Records y's shape as the layer's last output (nn_layer_output_shape);
  * for the entry points that run a layer without nn_layer_forward. */
 void nn_layer_note_output(nn_layer *l, const ad_tensor *y);
