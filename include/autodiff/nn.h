@@ -945,6 +945,85 @@ NN_API ad_tensor *nn_multihead_attention(nn_layer *l, ad_tensor *query, ad_tenso
                                          ad_tensor *value, const nn_mha_args *args,
                                          ad_tensor **weights);
 
+/** Options of a transformer encoder layer. All-zero means PyTorch's
+ * defaults (nn.TransformerEncoderLayer(d_model, nhead)). */
+typedef struct nn_transformer_opts {
+  int64_t dim_feedforward; /**< width of the feed-forward block; 0 means 2048 */
+  double dropout;          /**< of all four dropouts, in [0, 1); 0 means 0.1 */
+  bool no_dropout;         /**< dropout=0.0 (then dropout must be left 0) */
+  nn_act activation;       /**< NN_ACT_RELU (NN_ACT_NONE means it) or NN_ACT_GELU
+                              (exact, F.gelu's) */
+  double layer_norm_eps;   /**< of norm1 and norm2, > 0; 0 means 1e-5 */
+  bool batch_first;        /**< src [N, S, E]; false: [S, N, E] (PyTorch's default) */
+  bool norm_first;         /**< pre-norm: LayerNorm before each block */
+  bool causal;             /**< every call masks causally, as
+                              nn_transformer_args.causal (for a Sequential
+                              language model; not in PyTorch 1.13's layer) */
+  uint64_t seed;           /**< of the dropout draws */
+  ad_dtype dtype;          /**< default AD_F32 */
+} nn_transformer_opts;
+
+/** A transformer encoder layer, PyTorch's nn.TransformerEncoderLayer
+ * (1.13, whose layer has no bias option: every projection has a bias).
+ * With E = d_model, F = dim_feedforward, MHA the self-attention of
+ * nn_multihead_attention_new (nhead heads, the dropout on its weights) and
+ * LN LayerNorm over E:
+ *   sa(x) = dropout1(MHA(x, x, x, masks))
+ *   ff(x) = dropout2(linear2(dropout(act(linear1(x)))))
+ *   post-norm (default):  x = norm1(x + sa(x));  y = norm2(x + ff(x))
+ *   pre-norm (norm_first): x = x + sa(norm1(x)); y = x + ff(norm2(x))
+ * Parameters, with PyTorch's names, layouts and order, so its state dict
+ * loads unchanged (in a Sequential "0.self_attn.in_proj_weight", ...):
+ * "self_attn.in_proj_weight" [3E, E], "self_attn.in_proj_bias" [3E],
+ * "self_attn.out_proj.weight" [E, E], "self_attn.out_proj.bias" [E],
+ * "linear1.weight" [F, E], "linear1.bias" [F], "linear2.weight" [E, F],
+ * "linear2.bias" [E], "norm1.weight", "norm1.bias", "norm2.weight",
+ * "norm2.bias" [E]. PyTorch's initialisation, each submodule's own, drawn
+ * from rng in that order: the attention's as nn_multihead_attention_new,
+ * the linears' weights and biases uniform within 1/sqrt(fan_in) (E for
+ * linear1, F for linear2), the norms' weights ones and biases zeros.
+ * Dropout (training mode only, p = opts.dropout everywhere): an ad_rng
+ * seeded with seed gives two draws, the seed of the attention's dropout
+ * generator and then that of the layer's own, which each call takes one
+ * draw of per dropout in the order dropout1, dropout, dropout2 (masks as
+ * nn_dropout_new's); a call that fails takes no draws. As a layer
+ * (nn_layer_forward, nn_model_add) it runs on src without masks (causal
+ * when opts say so); nn_transformer_encoder_layer takes masks. opts may be
+ * NULL. Returns the layer (kind "transformer_encoder_layer"), or NULL
+ * with AD_ERR_ARG (d_model or nhead < 1, d_model above 2^32, nhead not
+ * dividing d_model, dim_feedforward < 0 or above 2^32, dropout outside
+ * [0, 1) or given with no_dropout, layer_norm_eps < 0 or not finite, an
+ * activation other than relu and gelu), AD_ERR_DTYPE, AD_ERR_NULL (rng)
+ * or AD_ERR_OOM, the message naming the layer. */
+NN_API nn_layer *nn_transformer_encoder_layer_new(ad_ctx *ctx, int64_t d_model, int64_t nhead,
+                                                  ad_rng *rng, const nn_transformer_opts *opts);
+
+/** The arguments of one transformer encoder layer call. All-zero: no
+ * masks, evaluation mode. */
+typedef struct nn_transformer_args {
+  ad_tensor *src_mask;             /**< the attention's attn_mask (nn_mha_args):
+                                      [S, S] or [N * nhead, S, S], float added
+                                      or AD_I32 nonzero = not allowed */
+  ad_tensor *src_key_padding_mask; /**< [N, S] ([S] unbatched), AD_I32 nonzero
+                                      = a padding key, or float added */
+  bool causal;                     /**< also mask key j > query i (PyTorch 2's
+                                      is_causal with the causal src_mask) */
+  bool training;                   /**< the dropouts */
+} nn_transformer_args;
+
+/** Runs transformer encoder layer l (from nn_transformer_encoder_layer_new)
+ * on src [S, N, E] ([N, S, E] with batch_first; unbatched [S, E]) of the
+ * layer's dtype, with args (NULL: all-zero). Returns the output, shaped
+ * like src, as a tape tensor. A query row whose keys are all masked gives
+ * NaN, as PyTorch's layer computes it with autograd (its no-grad fast path
+ * differs there). Returns NULL with the error recorded, naming the layer:
+ * AD_ERR_NULL, AD_ERR_ARG (l is another kind of layer, a mask of another
+ * context), AD_ERR_STATE (a freed src or mask), AD_ERR_SHAPE (src neither
+ * 2-D nor 3-D, an empty sequence or batch, a last dim other than d_model;
+ * a mask of the wrong shape), AD_ERR_DTYPE or AD_ERR_OOM. */
+NN_API ad_tensor *nn_transformer_encoder_layer(nn_layer *l, ad_tensor *src,
+                                               const nn_transformer_args *args);
+
 /** Frees a layer and its parameters. A layer owned by a model is freed
  * with the model: here it is refused (AD_ERR_STATE on its context, the
  * layer left as it is). NULL is a no-op. */
