@@ -270,18 +270,40 @@ enum {
   AVGPOOL1D,
   ADAPOOL1D,
   ADAPOOL2D,
+  XF,
+  XF_PRE,
   N_LAYERS
 };
 
-static const char *layer_names[N_LAYERS] = {"dense",        "conv2d",       "conv_transpose2d",
-                                            "max_pool2d",   "avg_pool2d",   "global_avg_pool2d",
-                                            "batch_norm1d", "batch_norm2d", "layer_norm",
-                                            "dropout",      "embedding",    "rnn",
-                                            "lstm",         "gru",          "lstm per_step",
-                                            "gru composed", "lstm bi",      "gru bi step",
-                                            "mha",          "group_norm",   "inst_norm1d",
-                                            "inst_norm2d",  "conv1d",       "max_pool1d",
-                                            "avg_pool1d",   "adaptive1d",   "adaptive2d"};
+static const char *layer_names[N_LAYERS] = {"dense",
+                                            "conv2d",
+                                            "conv_transpose2d",
+                                            "max_pool2d",
+                                            "avg_pool2d",
+                                            "global_avg_pool2d",
+                                            "batch_norm1d",
+                                            "batch_norm2d",
+                                            "layer_norm",
+                                            "dropout",
+                                            "embedding",
+                                            "rnn",
+                                            "lstm",
+                                            "gru",
+                                            "lstm per_step",
+                                            "gru composed",
+                                            "lstm bi",
+                                            "gru bi step",
+                                            "mha",
+                                            "group_norm",
+                                            "inst_norm1d",
+                                            "inst_norm2d",
+                                            "conv1d",
+                                            "max_pool1d",
+                                            "avg_pool1d",
+                                            "adaptive1d",
+                                            "adaptive2d",
+                                            "transformer",
+                                            "transformer pre"};
 
 static bool build_only;
 
@@ -396,6 +418,17 @@ static ad_status run_layer(world *w) {
     w->l = nn_multihead_attention_new(c, 4, 2, &rng, &(nn_mha_opts){.dropout = 0.25, .seed = 1});
     x = w->x = data(c, 3, s3, 1);
     break;
+  case XF:
+  case XF_PRE:
+    w->l = nn_transformer_encoder_layer_new(
+        c, 4, 2, &rng,
+        &(nn_transformer_opts){.dim_feedforward = 6,
+                               .dropout = 0.25,
+                               .seed = 1,
+                               .norm_first = w->kind == XF_PRE,
+                               .activation = w->kind == XF_PRE ? NN_ACT_GELU : NN_ACT_RELU});
+    x = w->x = data(c, 3, s3, 1);
+    break;
   }
   if (!w->l || !x) return ad_last_status(c);
   if (build_only) return AD_OK;
@@ -439,6 +472,23 @@ static ad_status run_layer(world *w) {
                                                          .per_head_weights = true},
                                           &wt);
     ad_tensor *loss = ad_sum(c, ad_add(c, ad_sum(c, y), ad_sum(c, wt)));
+    if (!loss) return ad_last_status(c);
+    return ad_backward(c, loss, NULL);
+  }
+  if (w->kind == XF || w->kind == XF_PRE) {
+    int64_t ms[2] = {3, 3};
+    ad_tensor *mask = w->t[0] = ad_zeros(c, AD_I32, 2, ms);
+    if (!mask) return ad_last_status(c);
+    ad_tensor_set(mask, 1, 1);
+    int64_t ks[2] = {2, 3};
+    ad_tensor *kpm = w->t[1] = ad_zeros(c, AD_I32, 2, ks);
+    if (!kpm) return ad_last_status(c);
+    ad_tensor_set(kpm, 2, 1);
+    ad_tensor *y = nn_transformer_encoder_layer(
+        w->l, x,
+        &(nn_transformer_args){
+            .src_mask = mask, .src_key_padding_mask = kpm, .causal = true, .training = true});
+    ad_tensor *loss = ad_sum(c, y);
     if (!loss) return ad_last_status(c);
     return ad_backward(c, loss, NULL);
   }
