@@ -25,7 +25,8 @@
  *                Conv1d / Conv2d and pooling (max, average, adaptive
  *                average),
  *                Embedding, LayerNorm, recurrent layers (RNN, LSTM, GRU),
- *                multi-head attention and lambda (a C function).
+ *                multi-head attention, transformer encoder layer and
+ *                lambda (a C function).
  *   models       nn_model: a Sequential stack of layers, or a custom model
  *                whose forward pass is a plain C function over the model's
  *                parameters and layers.
