@@ -18,6 +18,7 @@ typedef struct slot {
   ad_tensor *s[MAX_SLOT_STATE]; /* per kind, see state_kinds */
   ad_tensor *t;                 /* 0-d f64: this parameter's steps, if its update uses them */
   int t_index;                  /* t's position among the state tensors */
+  ad_tensor *mu;                /* NAdam: 0-d, the parameter's dtype: its mu_product */
   bool repeat;                  /* p is an earlier slot's (tied weights): no state, no step */
 } slot;
 
@@ -25,6 +26,8 @@ struct nn_optimizer {
   ad_ctx *ctx;
   nn_params *params;
   nn_opt_config cfg;
+  double momentum_decay; /* NAdam's */
+  nn_opt_config_ext ext; /* for nn_optimizer_config_ext: cfg and the above */
   int nslots;
   slot *slots;
   int nts;
@@ -49,6 +52,23 @@ struct nn_optimizer {
 };
 
 static double scalar_get(const ad_tensor *t) { return ((const double *)t->data)[0]; }
+
+/* A 0-d state tensor of a parameter's dtype (NAdam's mu_product) */
+static double scalar_value(const ad_tensor *t) {
+  return t->dtype == AD_F32 ? (double)((const float *)t->data)[0] : ((const double *)t->data)[0];
+}
+
+/* NAdam's mu_product *= mu for step t of the parameter, in its dtype as
+ * PyTorch's 0-d tensor times a Python number (the number rounded to the
+ * tensor's dtype, then one rounded product) */
+static void mu_product_step(ad_tensor *mu, const nn_opt_config *c, double momentum_decay,
+                            int64_t t) {
+  double f = c->beta1 * (1.0 - 0.5 * pow(0.96, (double)t * momentum_decay));
+  if (mu->dtype == AD_F32)
+    ((float *)mu->data)[0] *= (float)f;
+  else
+    ((double *)mu->data)[0] *= f;
+}
 static void scalar_set(ad_tensor *t, double v) { ((double *)t->data)[0] = v; }
 
 /* Notes the writes of the 0-d state tensors a, b and c (NULL: none) before
@@ -62,7 +82,10 @@ static ad_status scalars_noted(ad_tensor *a, ad_tensor *b, ad_tensor *c) {
 
 static double rate0(const nn_optimizer *o, double lr0);
 
-static const char *const kind_names[] = {"sgd", "adagrad", "rmsprop", "adam", "adamw"};
+static const char *const kind_names[] = {"sgd",   "adagrad", "rmsprop", "adam",
+                                         "adamw", "adamax",  "nadam",   "radam"};
+_Static_assert(sizeof kind_names / sizeof *kind_names == NN_OPT_RADAM + 1,
+               "a name for every nn_opt_kind");
 
 nn_opt_config nn_opt_defaults(nn_opt_kind kind, double lr) {
   nn_opt_config c;
@@ -81,6 +104,9 @@ nn_opt_config nn_opt_defaults(nn_opt_kind kind, double lr) {
     c.weight_decay = 0.01;
     /* fall through */
   case NN_OPT_ADAM:
+  case NN_OPT_ADAMAX:
+  case NN_OPT_NADAM:
+  case NN_OPT_RADAM:
     c.beta1 = 0.9;
     c.beta2 = 0.999;
     c.eps = 1e-8;
@@ -89,6 +115,14 @@ nn_opt_config nn_opt_defaults(nn_opt_kind kind, double lr) {
     break;
   }
   return c;
+}
+
+nn_opt_config_ext nn_opt_defaults_ext(nn_opt_kind kind, double lr) {
+  nn_opt_config_ext e;
+  memset(&e, 0, sizeof e);
+  e.base = nn_opt_defaults(kind, lr);
+  e.momentum_decay = kind == NN_OPT_NADAM ? 4e-3 : 0.0;
+  return e;
 }
 
 /* The names of the state tensors of one parameter for the configuration;
@@ -111,12 +145,22 @@ static void state_kinds(const nn_opt_config *c, const char *names[MAX_SLOT_STATE
   case NN_OPT_ADAMW:
     names[0] = "m";
     names[1] = "v";
+    if (c->amsgrad) names[2] = "max_exp_avg_sq";
+    break;
+  case NN_OPT_ADAMAX:
+    names[0] = "exp_avg";
+    names[1] = "exp_inf";
+    break;
+  case NN_OPT_NADAM: /* and mu_product, a 0-d tensor: slot.mu */
+  case NN_OPT_RADAM:
+    names[0] = "exp_avg";
+    names[1] = "exp_avg_sq";
     break;
   }
 }
 
-static ad_status check_config(ad_ctx *ctx, const nn_opt_config *c) {
-  if ((unsigned)c->kind > NN_OPT_ADAMW)
+static ad_status check_config(ad_ctx *ctx, const nn_opt_config *c, double momentum_decay) {
+  if ((unsigned)c->kind > NN_OPT_RADAM)
     return ad_set_error(ctx, AD_ERR_ARG, "optimizer: unknown kind %d", (int)c->kind);
   const char *k = kind_names[c->kind];
 #define REQUIRE(cond, what, v)                                                                     \
@@ -130,10 +174,24 @@ static ad_status check_config(ad_ctx *ctx, const nn_opt_config *c) {
   REQUIRE(c->eps >= 0 && isfinite(c->eps), "eps must be finite and >= 0", c->eps);
   REQUIRE(c->clip_norm >= 0, "clip_norm must be >= 0", c->clip_norm); /* inf: no clipping */
   REQUIRE(c->clip_value >= 0, "clip_value must be >= 0", c->clip_value);
-  if (c->kind == NN_OPT_ADAM || c->kind == NN_OPT_ADAMW) {
+  bool adams = c->kind >= NN_OPT_ADAM; /* Adam, AdamW, Adamax, NAdam, RAdam */
+  if (adams) {
     REQUIRE(c->beta1 >= 0 && c->beta1 < 1, "beta1 must be in [0,1)", c->beta1);
     REQUIRE(c->beta2 >= 0 && c->beta2 < 1, "beta2 must be in [0,1)", c->beta2);
   }
+  REQUIRE(momentum_decay >= 0 && isfinite(momentum_decay), "momentum_decay must be finite and >= 0",
+          momentum_decay);
+  /* settings PyTorch 1.13's optimizer of this kind does not take: refused
+   * rather than ignored, so a ported script does not run another
+   * algorithm than it asks for */
+  if (c->amsgrad && c->kind != NN_OPT_ADAM && c->kind != NN_OPT_ADAMW)
+    return ad_set_error(ctx, AD_ERR_ARG,
+                        "optimizer %s: amsgrad is Adam's and AdamW's only (torch.optim's)", k);
+  if (c->maximize && (c->kind == NN_OPT_NADAM || c->kind == NN_OPT_RADAM))
+    return ad_set_error(ctx, AD_ERR_ARG,
+                        "optimizer %s: maximize is not an option of PyTorch 1.13's %s (negate "
+                        "the loss instead)",
+                        k, c->kind == NN_OPT_NADAM ? "NAdam" : "RAdam");
   if (c->kind == NN_OPT_RMSPROP)
     REQUIRE(c->alpha >= 0 && c->alpha <= 1, "alpha must be in [0,1]", c->alpha);
   if (c->kind == NN_OPT_ADAGRAD) {
@@ -187,13 +245,25 @@ static ad_status add_state(nn_optimizer *o, ad_tensor *t, bool optional, const c
 }
 
 nn_optimizer *nn_optimizer_new(nn_params *params, const nn_opt_config *cfg) {
+  if (!cfg) {
+    ad_ctx *ctx = nn_params_ctx(params);
+    if (ctx) ad_set_error(ctx, AD_ERR_NULL, "optimizer: configuration is NULL");
+    return NULL;
+  }
+  nn_opt_config_ext e = nn_opt_defaults_ext(cfg->kind, cfg->lr);
+  e.base = *cfg;
+  return nn_optimizer_new_ext(params, &e);
+}
+
+nn_optimizer *nn_optimizer_new_ext(nn_params *params, const nn_opt_config_ext *xcfg) {
   ad_ctx *ctx = nn_params_ctx(params);
   if (!ctx) return NULL;
-  if (!cfg) {
+  if (!xcfg) {
     ad_set_error(ctx, AD_ERR_NULL, "optimizer: configuration is NULL");
     return NULL;
   }
-  if (check_config(ctx, cfg) != AD_OK) return NULL;
+  const nn_opt_config *cfg = &xcfg->base;
+  if (check_config(ctx, cfg, xcfg->momentum_decay) != AD_OK) return NULL;
   if (nn_params_is_buffers(params)) {
     ad_set_error(ctx, AD_ERR_ARG,
                  "optimizer %s: the list holds buffers, which are not trained (give it "
@@ -213,6 +283,7 @@ nn_optimizer *nn_optimizer_new(nn_params *params, const nn_opt_config *cfg) {
   o->ctx = ctx;
   o->params = params;
   o->cfg = *cfg;
+  o->momentum_decay = xcfg->momentum_decay;
   o->slots = ad_malloc(ctx, (size_t)n * sizeof *o->slots);
   if (!o->slots) {
     nn_optimizer_free(o);
@@ -254,6 +325,15 @@ nn_optimizer *nn_optimizer_new(nn_params *params, const nn_opt_config *cfg) {
       o->slots[i].t = ad_zeros(ctx, AD_F64, 0, NULL);
       if (add_state(o, o->slots[i].t, true, kind, "step", nn_params_name(params, i)) != AD_OK) {
         o->slots[i].t = NULL;
+        nn_optimizer_free(o);
+        return NULL;
+      }
+    }
+    if (cfg->kind == NN_OPT_NADAM) {
+      o->slots[i].mu = ad_full(ctx, p->dtype, 0, NULL, 1.0);
+      if (add_state(o, o->slots[i].mu, false, kind, "mu_product", nn_params_name(params, i)) !=
+          AD_OK) {
+        o->slots[i].mu = NULL;
         nn_optimizer_free(o);
         return NULL;
       }
@@ -353,7 +433,8 @@ static void step_range(void *ud, int64_t begin, int64_t end) {
     void *st[MAX_SLOT_STATE];
     for (int k = 0; k < MAX_SLOT_STATE; k++) st[k] = sl->s[k] ? (char *)sl->s[k]->data + at : NULL;
     int64_t t = sl->t ? (int64_t)((const double *)sl->t->data)[0] : j->t;
-    nn_update(&o->cfg, sl->p->dtype, t, hi - lo, (char *)sl->p->data + at,
+    nn_update_aux x = {o->momentum_decay, sl->mu ? scalar_value(sl->mu) : 1.0};
+    nn_update(&o->cfg, &x, sl->p->dtype, t, hi - lo, (char *)sl->p->data + at,
               (const char *)sl->p->grad->data + at, st[0], st[1], st[2]);
   }
 }
@@ -393,6 +474,7 @@ static ad_status step_some(nn_optimizer *o, const int64_t *lo, const int64_t *hi
     for (int k = 0; k < MAX_SLOT_STATE && st == AD_OK; k++)
       if (sl->s[k]) st = ad_tensor_mark_modified(sl->s[k]);
     if (st == AD_OK && sl->t) st = ad_tensor_mark_modified(sl->t);
+    if (st == AD_OK && sl->mu) st = ad_tensor_mark_modified(sl->mu);
   }
   if (st != AD_OK) return st;
   /* the tensors it steps: not those added to its list since */
@@ -409,6 +491,10 @@ static ad_status step_some(nn_optimizer *o, const int64_t *lo, const int64_t *hi
     if (!takes_part(sl)) continue;
     total += lo ? hi[i] - lo[i] : sl->p->size;
     if (sl->t) ((double *)sl->t->data)[0] += 1; /* counts only the steps it takes part in */
+    /* once per step, not per range: every range (and rank) reads it */
+    if (sl->mu)
+      mu_product_step(sl->mu, &o->cfg, o->momentum_decay,
+                      (int64_t)((const double *)sl->t->data)[0]);
   }
   ad_parallel_for(total, total < SWEEP_SPLIT_MIN ? total : SWEEP_GRAIN, step_range, &j);
   steps[0] = (double)j.t;
@@ -457,6 +543,14 @@ const nn_opt_config *nn_optimizer_config(const nn_optimizer *o) {
   if (!o) return NULL;
   ((nn_optimizer *)o)->cfg.lr = scalar_get(o->lr); /* the object itself is never const */
   return &o->cfg;
+}
+
+const nn_opt_config_ext *nn_optimizer_config_ext(const nn_optimizer *o) {
+  if (!o) return NULL;
+  nn_optimizer *w = (nn_optimizer *)o; /* the object itself is never const */
+  w->ext.base = *nn_optimizer_config(o);
+  w->ext.momentum_decay = o->momentum_decay;
+  return &w->ext;
 }
 
 double nn_optimizer_lr(const nn_optimizer *o) { return o ? scalar_get(o->lr) : NAN; }

@@ -607,16 +607,21 @@ Test(nn_oom, sequential_model_built_and_run_forward_backward) {
   sweep(&(scenario){"sequential", setup_data, run_model_build, print_model, false, false});
 }
 
+/* The optimizer kinds; g_kind % N_OPT_KINDS picks one. */
+enum { N_OPT_KINDS = NN_OPT_RADAM + 1 };
+
 /* The model and an optimizer of kind g_kind (with clipping, weight decay,
- * momentum where it applies), the gradients of one batch in place. */
+ * momentum where it applies, Adam's amsgrad), the gradients of one batch
+ * in place. */
 static void setup_opt(world *w) {
   make_data(w, 6);
   w->m = small_model(w->c);
-  nn_opt_config cfg = nn_opt_defaults((nn_opt_kind)(g_kind % 5), 0.01);
+  nn_opt_config cfg = nn_opt_defaults((nn_opt_kind)(g_kind % N_OPT_KINDS), 0.01);
   cfg.momentum = cfg.kind == NN_OPT_SGD || cfg.kind == NN_OPT_RMSPROP ? 0.9 : 0;
   cfg.centered = true;
+  cfg.amsgrad = cfg.kind == NN_OPT_ADAM;
   cfg.weight_decay = 0.01;
-  if (g_kind >= 5) cfg.clip_norm = 0.5, cfg.clip_value = 0.1;
+  if (g_kind >= N_OPT_KINDS) cfg.clip_norm = 0.5, cfg.clip_value = 0.1;
   w->opt = nn_optimizer_new(nn_model_params(w->m), &cfg);
   nn_model_set_training(w->m, true);
   ad_backward(w->c, nn_cross_entropy_loss(w->c, nn_model_forward(w->m, w->x), w->y, NN_MEAN), NULL);
@@ -629,16 +634,19 @@ static ad_status run_opt_steps(world *w) {
 }
 
 Test(nn_oom, optimizer_steps) {
-  static const char *names[5] = {"sgd", "adagrad", "rmsprop", "adam", "adamw"};
-  for (g_kind = 0; g_kind < 10; g_kind++) {
+  static const char *names[N_OPT_KINDS] = {"sgd",   "adagrad", "rmsprop", "adam amsgrad",
+                                           "adamw", "adamax",  "nadam",   "radam"};
+  for (g_kind = 0; g_kind < 2 * N_OPT_KINDS; g_kind++) {
     char name[64];
-    snprintf(name, sizeof name, "step %s%s", names[g_kind % 5], g_kind >= 5 ? " clipped" : "");
+    snprintf(name, sizeof name, "step %s%s", names[g_kind % N_OPT_KINDS],
+             g_kind >= N_OPT_KINDS ? " clipped" : "");
     sweep(&(scenario){name, setup_opt, run_opt_steps, print_model, false, false});
   }
 }
 
 static ad_status run_opt_new(world *w) {
-  nn_opt_config cfg = nn_opt_defaults((nn_opt_kind)(g_kind % 5), 0.01);
+  nn_opt_config cfg = nn_opt_defaults((nn_opt_kind)(g_kind % N_OPT_KINDS), 0.01);
+  cfg.amsgrad = cfg.kind == NN_OPT_ADAM;
   w->opt = nn_optimizer_new(nn_model_params(w->m), &cfg);
   return w->opt ? AD_OK : ad_last_status(w->c);
 }
@@ -649,7 +657,7 @@ static void setup_model(world *w) {
 }
 
 Test(nn_oom, optimizer_new) {
-  for (g_kind = 0; g_kind < 5; g_kind++)
+  for (g_kind = 0; g_kind < N_OPT_KINDS; g_kind++)
     sweep(&(scenario){"optimizer_new", setup_model, run_opt_new, print_model, false, false});
 }
 

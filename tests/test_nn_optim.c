@@ -809,7 +809,7 @@ Test(optim, adam_f32_bias_correction_is_the_division_bits) {
 
 Test(optim, update_paths_same_bits) {
   static const char *const names[] = {"best", "baseline", "AVX2", "AVX-512"};
-  nn_opt_config cfgs[11];
+  nn_opt_config cfgs[20];
   int nc = 0;
   cfgs[nc++] = nn_opt_defaults(NN_OPT_SGD, 0.1);
   cfgs[nc] = nn_opt_defaults(NN_OPT_SGD, 0.1), cfgs[nc].momentum = 0.9,
@@ -825,6 +825,20 @@ Test(optim, update_paths_same_bits) {
   /* eps 0: the update is m / sqrt(v) alone, so a square root or a division
    * rounded differently shows in p */
   cfgs[nc] = nn_opt_defaults(NN_OPT_ADAM, 1e-3), cfgs[nc++].eps = 0;
+  /* amsgrad, maximize and the later kinds: loops of their own */
+  cfgs[nc] = nn_opt_defaults(NN_OPT_ADAM, 1e-3), cfgs[nc++].amsgrad = true;
+  cfgs[nc] = nn_opt_defaults(NN_OPT_ADAMW, 1e-3), cfgs[nc].amsgrad = true,
+  cfgs[nc++].maximize = true;
+  cfgs[nc] = nn_opt_defaults(NN_OPT_ADAM, 1e-3), cfgs[nc++].maximize = true;
+  cfgs[nc] = nn_opt_defaults(NN_OPT_SGD, 0.1), cfgs[nc].momentum = 0.9, cfgs[nc++].maximize = true;
+  cfgs[nc] = nn_opt_defaults(NN_OPT_ADAMAX, 2e-3), cfgs[nc].weight_decay = 0.1,
+  cfgs[nc++].maximize = true;
+  cfgs[nc++] = nn_opt_defaults(NN_OPT_ADAMAX, 2e-3);
+  cfgs[nc] = nn_opt_defaults(NN_OPT_NADAM, 2e-3), cfgs[nc++].weight_decay = 0.1;
+  cfgs[nc] = nn_opt_defaults(NN_OPT_RADAM, 1e-3), cfgs[nc++].weight_decay = 0.1;
+  /* beta2 0.5: r_t > 5 never, the un-rectified loop */
+  cfgs[nc] = nn_opt_defaults(NN_OPT_RADAM, 1e-3), cfgs[nc++].beta2 = 0.5;
+  const nn_update_aux aux = {4e-3, 0.8};
   const int64_t lens[] = {1, 7, 15, 16, 17, 33, 1001};
   enum { N = 1001 };
   int ran[4] = {0};
@@ -863,7 +877,7 @@ Test(optim, update_paths_same_bits) {
           for (int path = 1; path < 4; path++) {
             bool ok = true;
             for (int64_t t = 1; t <= 4 && ok; t++)
-              ok = nn_update_on((nn_update_path)path, &cfgs[ci], dt, t, n, buf[path][0], grad,
+              ok = nn_update_on((nn_update_path)path, &cfgs[ci], &aux, dt, t, n, buf[path][0], grad,
                                 buf[path][1], buf[path][2], buf[path][3]);
             if (!ok) continue;
             ran[path]++;

@@ -41,7 +41,8 @@
  *                cross-entropy, NLL and BCE losses (class weights, label
  *                smoothing, ignore_index, pos_weight).
  *   optimizers   nn_optimizer: SGD (momentum, Nesterov, weight decay),
- *                Adagrad, RMSProp, Adam, AdamW, with PyTorch's update rules;
+ *                Adagrad, RMSProp, Adam, AdamW (amsgrad), Adamax, NAdam,
+ *                RAdam, maximize, with PyTorch's update rules;
  *                gradient clipping by global norm or by value; learning-rate
  *                schedules (step, exponential, cosine, multistep, linear
  *                warm-up or decay, warm-up then cosine) and reduction on a
@@ -1404,7 +1405,10 @@ typedef enum nn_opt_kind {
   NN_OPT_ADAGRAD,
   NN_OPT_RMSPROP,
   NN_OPT_ADAM,
-  NN_OPT_ADAMW
+  NN_OPT_ADAMW,
+  NN_OPT_ADAMAX, /**< torch.optim.Adamax (added after AdamW: values never renumbered) */
+  NN_OPT_NADAM,  /**< torch.optim.NAdam; momentum_decay: nn_opt_config_ext */
+  NN_OPT_RADAM   /**< torch.optim.RAdam */
 } nn_opt_kind;
 
 /** Optimizer settings, with PyTorch's meaning; start from nn_opt_defaults.
@@ -1420,23 +1424,52 @@ typedef enum nn_opt_kind {
  *            momentum: b = momentum b + d, p -= lr b; else p -= lr d
  *   Adam     g += wd p; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
  *            p -= lr / (1-b1^t) m / (sqrt v / sqrt(1-b2^t) + eps)
+ *            amsgrad: vmax = max(vmax, v) (NaN if either is), and vmax
+ *            in place of v in the update
  *   AdamW    p *= 1 - lr wd, then Adam without the L2 term.
+ *   Adamax   g += wd p; m = b1 m + (1-b1) g; u = max(b2 u, |g| + eps);
+ *            p -= lr / (1-b1^t) m / u
+ *   NAdam    g += wd p; mu_k = b1 (1 - 0.5 0.96^(k momentum_decay));
+ *            P = P mu_t (P, "mu_product", starts at 1); m, v as Adam;
+ *            d = sqrt(v / (1-b2^t)) + eps;
+ *            p -= lr (1-mu_t) / (1-P) g / d;
+ *            p -= lr mu_{t+1} / (1 - P mu_{t+1}) m / d
+ *   RAdam    g += wd p; m, v as Adam; r_inf = 2 / (1-b2) - 1;
+ *            r_t = r_inf - 2 t b2^t / (1-b2^t); m' = m / (1-b1^t);
+ *            r_t > 5: p -= m' lr (sqrt(1-b2^t) / (sqrt v + eps)) rect,
+ *            rect = sqrt((r_t-4)(r_t-2) r_inf / ((r_inf-4)(r_inf-2) r_t));
+ *            else (the first steps, about 5 with b2 = 0.999): p -= m' lr
  *   @endcode
- * Before the update, gradients are clamped to [-clip_value, clip_value]
- * (when > 0), then scaled to global norm at most clip_norm (when > 0). */
+ * maximize (SGD, Adagrad, RMSProp, Adam, AdamW, Adamax, as PyTorch 1.13's:
+ * NAdam and RAdam refuse it) negates g first, before the L2 term, so the
+ * step ascends. Before the update, gradients are clamped to [-clip_value,
+ * clip_value] (when > 0), then scaled to global norm at most clip_norm
+ * (when > 0).
+ *
+ * Layout: amsgrad and maximize were added in what was padding after
+ * nesterov, so the struct's size and the other members' offsets are those
+ * of earlier versions. A caller that fills it member by member without
+ * nn_opt_defaults or zeroing may leave garbage there: start from
+ * nn_opt_defaults. NAdam's momentum_decay needs a double, for which the
+ * struct has no room: it is in nn_opt_config_ext (nn_optimizer_new gives
+ * PyTorch's default, 4e-3). */
 typedef struct nn_opt_config {
   nn_opt_kind kind;    /**< the algorithm */
   double lr;           /**< learning rate */
   double momentum;     /**< SGD, RMSProp */
   double dampening;    /**< SGD */
   bool nesterov;       /**< SGD: needs momentum > 0 and dampening 0 */
+  bool amsgrad;        /**< Adam, AdamW: keep vmax ("max_exp_avg_sq"); added
+                          in former padding */
+  bool maximize;       /**< all but NAdam and RAdam: ascend (see above);
+                          added in former padding */
   double weight_decay; /**< L2 added to the gradient; decoupled in AdamW */
-  /** Adam, AdamW @{ */
+  /** Adam, AdamW, Adamax, NAdam, RAdam @{ */
   double beta1, beta2;
   /** @} */
   double alpha;               /**< RMSProp smoothing constant */
   bool centered;              /**< RMSProp */
-  double eps;                 /**< added to the denominator: Adagrad, RMSProp, Adam, AdamW */
+  double eps;                 /**< added to the denominator (Adamax: to |g|) */
   double lr_decay;            /**< Adagrad */
   double initial_accumulator; /**< Adagrad */
   double clip_norm;           /**< > 0: clip the global gradient norm */
@@ -1444,9 +1477,24 @@ typedef struct nn_opt_config {
 } nn_opt_config;
 
 /** PyTorch's defaults for kind with learning rate lr: Adagrad eps 1e-10;
- * RMSProp alpha 0.99, eps 1e-8; Adam/AdamW betas (0.9, 0.999), eps 1e-8;
- * AdamW weight decay 0.01; everything else 0. */
+ * RMSProp alpha 0.99, eps 1e-8; Adam, AdamW, Adamax, NAdam and RAdam betas
+ * (0.9, 0.999), eps 1e-8; AdamW weight decay 0.01; everything else 0 and
+ * false. (PyTorch's default lr differs per kind; here it is the caller's.) */
 NN_API nn_opt_config nn_opt_defaults(nn_opt_kind kind, double lr);
+
+/** The settings nn_opt_config has no room for (its layout is fixed): a
+ * separate struct, as nn_schedule_ext is for nn_schedule, rather than a
+ * member of nn_opt_config reused under another meaning, so that every
+ * member means one thing for every kind and a configuration printed or
+ * compared shows it under its own name. Start from nn_opt_defaults_ext. */
+typedef struct nn_opt_config_ext {
+  nn_opt_config base;    /**< the settings of nn_opt_config */
+  double momentum_decay; /**< NAdam: PyTorch's momentum_decay, finite and >= 0 */
+} nn_opt_config_ext;
+
+/** nn_opt_defaults(kind, lr) as base, and momentum_decay 4e-3 for NAdam
+ * (PyTorch's), 0 for the other kinds (which do not read it). */
+NN_API nn_opt_config_ext nn_opt_defaults_ext(nn_opt_kind kind, double lr);
 
 /** An optimizer over the tensors of params at the time of the call (the list
  * must outlive it; tensors added to it later are neither stepped nor
@@ -1454,9 +1502,18 @@ NN_API nn_opt_config nn_opt_defaults(nn_opt_kind kind, double lr);
  * stepped once, with state under its first name, as PyTorch's optimizers
  * over module.parameters(). Its state tensors (zeros, one per parameter and kind of
  * state, plus a step counter) are allocated here. Returns NULL with
- * AD_ERR_NULL or AD_ERR_ARG (a setting out of range, naming it) or
+ * AD_ERR_NULL or AD_ERR_ARG (a setting out of range, naming it, as
+ * PyTorch's constructors check: lr, eps, weight decay >= 0, betas in
+ * [0,1), NaN refused; or an option PyTorch 1.13's optimizer of that kind
+ * lacks: amsgrad but on Adam and AdamW, maximize on NAdam and RAdam) or
  * AD_ERR_OOM. Free with nn_optimizer_free. */
 NN_API nn_optimizer *nn_optimizer_new(nn_params *params, const nn_opt_config *cfg);
+
+/** nn_optimizer_new with the settings of nn_opt_config_ext
+ * (nn_optimizer_new(params, &c) is nn_optimizer_new_ext with base c and
+ * nn_opt_defaults_ext's momentum_decay). AD_ERR_ARG also for a
+ * momentum_decay that is negative, infinite or NaN. */
+NN_API nn_optimizer *nn_optimizer_new_ext(nn_params *params, const nn_opt_config_ext *cfg);
 
 /** Shorthands for nn_optimizer_new with nn_opt_defaults and these settings. @{ */
 NN_API nn_optimizer *nn_sgd_new(nn_params *params, double lr, double momentum, bool nesterov,
@@ -1516,6 +1573,10 @@ NN_API void nn_optimizer_zero_grad(nn_optimizer *opt);
 /** The settings (lr is the current learning rate). */
 NN_API const nn_opt_config *nn_optimizer_config(const nn_optimizer *opt);
 
+/** The settings with those of nn_opt_config_ext (base as
+ * nn_optimizer_config's), owned by opt; NULL for NULL. */
+NN_API const nn_opt_config_ext *nn_optimizer_config_ext(const nn_optimizer *opt);
+
 /** Current learning rate; setting it also makes it the schedule's base and
  * restarts the schedule at epoch 0 (the rate is then the schedule's at
  * epoch 0: lr start_factor for a warm-up, see nn_optimizer_set_schedule_ext;
@@ -1537,7 +1598,13 @@ NN_API int64_t nn_optimizer_steps(const nn_optimizer *opt);
  * "adam.step.0.weight" (that parameter's step count, a 0-d f64, kept where
  * the update uses it: Adam, AdamW, Adagrad, SGD with momentum);
  * "sgd.momentum.<p>", "adagrad.sum.<p>", "rmsprop.square_avg.<p>",
- * "rmsprop.grad_avg.<p>", "rmsprop.momentum.<p>", "adamw.m.<p>"...; last
+ * "rmsprop.grad_avg.<p>", "rmsprop.momentum.<p>", "adamw.m.<p>"...;
+ * with amsgrad "adam.max_exp_avg_sq.<p>" after "adam.v.<p>"; the later
+ * kinds under PyTorch's state_dict names: "adamax.exp_avg.<p>",
+ * "adamax.exp_inf.<p>", "nadam.exp_avg.<p>", "nadam.exp_avg_sq.<p>",
+ * "nadam.mu_product.<p>" (0-d, in the parameter's dtype, after its step
+ * count; PyTorch keeps it in the default dtype), "radam.exp_avg.<p>",
+ * "radam.exp_avg_sq.<p>"; last
  * the learning-rate state, three 0-d f64: "<kind>.lr" (the current rate),
  * "<kind>.schedule.lr0" and "<kind>.schedule.epoch" (the schedule's base
  * rate and epoch); then the plateau's state (see nn_optimizer_set_plateau):
@@ -1556,7 +1623,8 @@ NN_API nn_params *nn_optimizer_params(const nn_optimizer *opt);
 
 /** For state tensor i: the index of the parameter it holds per-element
  * state of (of the parameter's shape: "adam.m.<p>", "adam.v.<p>", ...), or
- * -1 (counters, learning-rate state, i out of range, NULL opt). */
+ * -1 (counters, NAdam's mu_product, learning-rate state, i out of range,
+ * NULL opt). */
 NN_API int nn_optimizer_state_param(const nn_optimizer *opt, int i);
 
 /** Learning-rate schedules, as functions of the epoch t = 0, 1, ...:

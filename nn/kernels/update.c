@@ -48,51 +48,62 @@
 
 #define NN_FLUSH(x, TMIN) ((x) < (TMIN) && (x) > -(TMIN) ? 0 : (x))
 
-#define DEFINE_UPDATE(T, TMIN, SQRT, FMA, SFX, ATTR)                                               \
-  ATTR static void sgd_##T##SFX(const nn_opt_config *c, int64_t n, T *restrict p,                  \
-                                const T *restrict gr, T *restrict b, int64_t t) {                  \
+/* torch.maximum / amax: NaN when either is */
+#define NN_MAXNAN(a, b) ((a) != (a) || (a) > (b) ? (a) : (b))
+
+/* The gradient as the loops read it: negated for maximize. NEG is a
+ * literal 0 or 1 of each instantiation, so the default loops are those of
+ * a build without maximize (no sign test or multiply per element). */
+#define NN_G(NEG, x) ((NEG) ? -(x) : (x))
+
+/* The loops of the kinds with maximize (but Adam's, below), once per
+ * sign: NEG 0 and MX empty, NEG 1 and MX _max. */
+#define DEFINE_SIGNED(T, TMIN, SQRT, FMA, SFX, ATTR, NEG, MX)                                      \
+  ATTR static void sgd##MX##_##T##SFX(const nn_opt_config *c, int64_t n, T *restrict p,            \
+                                      const T *restrict gr, T *restrict b, int64_t t) {            \
     T nlr = (T)-c->lr, l2 = (T)c->weight_decay, mom = (T)c->momentum;                              \
     T damp = (T)(1.0 - c->dampening);                                                              \
     if (!b) {                                                                                      \
-      for (int64_t i = 0; i < n; i++) p[i] = FMA(nlr, NN_L2(l2, p[i], gr[i], FMA), p[i]);          \
+      for (int64_t i = 0; i < n; i++)                                                              \
+        p[i] = FMA(nlr, NN_L2(l2, p[i], NN_G(NEG, gr[i]), FMA), p[i]);                             \
     } else if (t == 1) { /* the buffer starts as the parameter's first gradient */                 \
       for (int64_t i = 0; i < n; i++) {                                                            \
-        T g = NN_L2(l2, p[i], gr[i], FMA);                                                         \
+        T g = NN_L2(l2, p[i], NN_G(NEG, gr[i]), FMA);                                              \
         b[i] = g;                                                                                  \
         p[i] = FMA(nlr, c->nesterov ? FMA(mom, g, g) : g, p[i]);                                   \
       }                                                                                            \
     } else if (c->nesterov) {                                                                      \
       for (int64_t i = 0; i < n; i++) {                                                            \
-        T g = NN_L2(l2, p[i], gr[i], FMA);                                                         \
+        T g = NN_L2(l2, p[i], NN_G(NEG, gr[i]), FMA);                                              \
         b[i] = NN_FLUSH(FMA(damp, g, mom * b[i]), TMIN);                                           \
         p[i] = FMA(nlr, FMA(mom, b[i], g), p[i]);                                                  \
       }                                                                                            \
     } else {                                                                                       \
       for (int64_t i = 0; i < n; i++) {                                                            \
-        b[i] = NN_FLUSH(FMA(damp, NN_L2(l2, p[i], gr[i], FMA), mom * b[i]), TMIN);                 \
+        b[i] = NN_FLUSH(FMA(damp, NN_L2(l2, p[i], NN_G(NEG, gr[i]), FMA), mom * b[i]), TMIN);      \
         p[i] = FMA(nlr, b[i], p[i]);                                                               \
       }                                                                                            \
     }                                                                                              \
   }                                                                                                \
                                                                                                    \
-  ATTR static void adagrad_##T##SFX(const nn_opt_config *c, int64_t n, T *restrict p,              \
-                                    const T *restrict gr, T *restrict s, int64_t t) {              \
+  ATTR static void adagrad##MX##_##T##SFX(const nn_opt_config *c, int64_t n, T *restrict p,        \
+                                          const T *restrict gr, T *restrict s, int64_t t) {        \
     T nclr = (T)(-c->lr / (1.0 + (double)(t - 1) * c->lr_decay));                                  \
     T l2 = (T)c->weight_decay, eps = (T)c->eps;                                                    \
     for (int64_t i = 0; i < n; i++) {                                                              \
-      T g = NN_L2(l2, p[i], gr[i], FMA);                                                           \
+      T g = NN_L2(l2, p[i], NN_G(NEG, gr[i]), FMA);                                                \
       s[i] = FMA(g, g, s[i]);                                                                      \
       p[i] += nclr * g / (SQRT(s[i]) + eps);                                                       \
     }                                                                                              \
   }                                                                                                \
                                                                                                    \
-  ATTR static void rmsprop_##T##SFX(const nn_opt_config *c, int64_t n, T *restrict p,              \
-                                    const T *restrict gr, T *restrict v, T *restrict m,            \
-                                    T *restrict b) {                                               \
+  ATTR static void rmsprop##MX##_##T##SFX(const nn_opt_config *c, int64_t n, T *restrict p,        \
+                                          const T *restrict gr, T *restrict v, T *restrict m,      \
+                                          T *restrict b) {                                         \
     T nlr = (T)-c->lr, l2 = (T)c->weight_decay, eps = (T)c->eps, mom = (T)c->momentum;             \
     T a = (T)c->alpha, a1 = (T)(1.0 - c->alpha);                                                   \
     for (int64_t i = 0; i < n; i++) {                                                              \
-      T g = NN_L2(l2, p[i], gr[i], FMA);                                                           \
+      T g = NN_L2(l2, p[i], NN_G(NEG, gr[i]), FMA);                                                \
       v[i] = FMA(a1 * g, g, a * v[i]);                                                             \
       T var = v[i];                                                                                \
       if (m) {                                                                                     \
@@ -109,8 +120,32 @@
     }                                                                                              \
   }                                                                                                \
                                                                                                    \
+  /* exp_avg.mul_(b1).add_(g, alpha=1-b1); exp_inf = amax(exp_inf * b2,                            \
+   * |g| + eps); p.addcdiv_(exp_avg, exp_inf, value=-lr / (1 - b1^t)) */                           \
+  ATTR static void adamax##MX##_##T##SFX(const nn_opt_config *c, int64_t n, T *restrict p,         \
+                                         const T *restrict gr, T *restrict m, T *restrict u,       \
+                                         int64_t t) {                                              \
+    T b1 = (T)c->beta1, b2 = (T)c->beta2, eps = (T)c->eps, a1 = (T)(1.0 - c->beta1);               \
+    T nclr = (T)(-c->lr / (1.0 - pow(c->beta1, (double)t)));                                       \
+    T l2 = (T)c->weight_decay;                                                                     \
+    for (int64_t i = 0; i < n; i++) {                                                              \
+      T g = NN_L2(l2, p[i], NN_G(NEG, gr[i]), FMA);                                                \
+      m[i] = NN_FLUSH(FMA(a1, g, b1 * m[i]), TMIN);                                                \
+      T d = b2 * u[i], e = (g < 0 ? -g : g) + eps;                                                 \
+      u[i] = NN_MAXNAN(d, e);                                                                      \
+      p[i] += nclr * m[i] / u[i];                                                                  \
+    }                                                                                              \
+  }
+
+#define DEFINE_UPDATE(T, TMIN, SQRT, FMA, SFX, ATTR)                                               \
+  DEFINE_SIGNED(T, TMIN, SQRT, FMA, SFX, ATTR, 0, )                                                \
+  DEFINE_SIGNED(T, TMIN, SQRT, FMA, SFX, ATTR, 1, _max)                                            \
+                                                                                                   \
+  /* amsgrad and maximize in a loop of their own, so that the default                              \
+   * loop is as it was (no per-element test, no extra array) */                                    \
   ATTR static void adam_##T##SFX(const nn_opt_config *c, int64_t n, T *restrict p,                 \
-                                 const T *restrict gr, T *restrict m, T *restrict v, int64_t t) {  \
+                                 const T *restrict gr, T *restrict m, T *restrict v,               \
+                                 T *restrict vmax, int64_t t) {                                    \
     T b1 = (T)c->beta1, b2 = (T)c->beta2, eps = (T)c->eps;                                         \
     T a1 = (T)(1.0 - c->beta1), a2 = (T)(1.0 - c->beta2);                                          \
     T nstep = (T)(-c->lr / (1.0 - pow(c->beta1, (double)t)));                                      \
@@ -122,29 +157,116 @@
       for (int64_t i = 0; i < n; i++) p[i] *= decay;                                               \
       l2 = 0;                                                                                      \
     }                                                                                              \
+    if (!vmax && !c->maximize) {                                                                   \
+      for (int64_t i = 0; i < n; i++) {                                                            \
+        T g = NN_L2(l2, p[i], gr[i], FMA);                                                         \
+        m[i] = NN_FLUSH(FMA(a1, g, b1 * m[i]), TMIN);                                              \
+        v[i] = FMA(a2 * g, g, b2 * v[i]);                                                          \
+        p[i] += nstep * m[i] / (NN_DIVC_##T(SQRT(v[i]), bc2, ibc2) + eps);                         \
+      }                                                                                            \
+    } else if (!vmax) { /* maximize: -1 g is -g, exactly */                                        \
+      for (int64_t i = 0; i < n; i++) {                                                            \
+        T g = NN_L2(l2, p[i], -gr[i], FMA);                                                        \
+        m[i] = NN_FLUSH(FMA(a1, g, b1 * m[i]), TMIN);                                              \
+        v[i] = FMA(a2 * g, g, b2 * v[i]);                                                          \
+        p[i] += nstep * m[i] / (NN_DIVC_##T(SQRT(v[i]), bc2, ibc2) + eps);                         \
+      }                                                                                            \
+    } else { /* amsgrad: torch.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq) */          \
+      T gs = c->maximize ? (T)-1 : (T)1;                                                           \
+      for (int64_t i = 0; i < n; i++) {                                                            \
+        T g = NN_L2(l2, p[i], gs * gr[i], FMA);                                                    \
+        m[i] = NN_FLUSH(FMA(a1, g, b1 * m[i]), TMIN);                                              \
+        v[i] = FMA(a2 * g, g, b2 * v[i]);                                                          \
+        vmax[i] = NN_MAXNAN(vmax[i], v[i]);                                                        \
+        p[i] += nstep * m[i] / (NN_DIVC_##T(SQRT(vmax[i]), bc2, ibc2) + eps);                      \
+      }                                                                                            \
+    }                                                                                              \
+  }                                                                                                \
+                                                                                                   \
+  /* torch.optim.NAdam's single-tensor step; mp is mu_product after this                           \
+   * step's factor, a value of T (PyTorch's 0-d state tensor), mu_product_next                     \
+   * its product with mu and mu_next in T, as torch's tensor arithmetic;                           \
+   * the step sizes in double from them, as PyTorch's .item() */                                   \
+  ATTR static void nadam_##T##SFX(const nn_opt_config *c, const nn_update_aux *x, int64_t n,       \
+                                  T *restrict p, const T *restrict gr, T *restrict m,              \
+                                  T *restrict v, int64_t t) {                                      \
+    T b1 = (T)c->beta1, b2 = (T)c->beta2, eps = (T)c->eps;                                         \
+    T a1 = (T)(1.0 - c->beta1), a2 = (T)(1.0 - c->beta2);                                          \
+    T bc2 = (T)(1.0 - pow(c->beta2, (double)t));                                                   \
+    double mu = c->beta1 * (1.0 - 0.5 * pow(0.96, (double)t * x->momentum_decay));                 \
+    double mu_next = c->beta1 * (1.0 - 0.5 * pow(0.96, (double)(t + 1) * x->momentum_decay));      \
+    T mp = (T)x->mu_product, mpn = mp * (T)mu * (T)mu_next;                                        \
+    T cg = (T)(-c->lr * (1.0 - mu) / (1.0 - (double)mp));                                          \
+    T cm = (T)(-c->lr * mu_next / (1.0 - (double)mpn));                                            \
+    T l2 = (T)c->weight_decay;                                                                     \
     for (int64_t i = 0; i < n; i++) {                                                              \
       T g = NN_L2(l2, p[i], gr[i], FMA);                                                           \
       m[i] = NN_FLUSH(FMA(a1, g, b1 * m[i]), TMIN);                                                \
       v[i] = FMA(a2 * g, g, b2 * v[i]);                                                            \
-      p[i] += nstep * m[i] / (NN_DIVC_##T(SQRT(v[i]), bc2, ibc2) + eps);                           \
+      T d = SQRT(v[i] / bc2) + eps;                                                                \
+      p[i] += cg * g / d;                                                                          \
+      p[i] += cm * m[i] / d;                                                                       \
     }                                                                                              \
   }                                                                                                \
                                                                                                    \
-  ATTR static void update_##T##SFX(const nn_opt_config *c, int64_t t, int64_t n, T *p, const T *g, \
-                                   T *s0, T *s1, T *s2) {                                          \
+  /* torch.optim.RAdam's single-tensor step: m' = exp_avg / bc1; rectified:                        \
+   * p.add_(m' * lr * (sqrt(bc2) / (sqrt(v) + eps)) * rect, alpha=-1), where                       \
+   * a Python number over a tensor is its reciprocal times the number                              \
+   * (Tensor.__rdiv__); else p.add_(m' * lr, alpha=-1) */                                          \
+  ATTR static void radam_##T##SFX(const nn_opt_config *c, int64_t n, T *restrict p,                \
+                                  const T *restrict gr, T *restrict m, T *restrict v, int64_t t) { \
+    T b1 = (T)c->beta1, b2 = (T)c->beta2, eps = (T)c->eps;                                         \
+    T a1 = (T)(1.0 - c->beta1), a2 = (T)(1.0 - c->beta2);                                          \
+    double bc1 = 1.0 - pow(c->beta1, (double)t), bc2 = 1.0 - pow(c->beta2, (double)t);             \
+    double rho_inf = 2 / (1 - c->beta2) - 1;                                                       \
+    double rho_t = rho_inf - 2 * (double)t * pow(c->beta2, (double)t) / bc2;                       \
+    T tbc1 = (T)bc1, lr = (T)c->lr, l2 = (T)c->weight_decay;                                       \
+    if (rho_t > 5) {                                                                               \
+      T rect =                                                                                     \
+          (T)sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t));  \
+      T sbc2 = (T)sqrt(bc2);                                                                       \
+      for (int64_t i = 0; i < n; i++) {                                                            \
+        T g = NN_L2(l2, p[i], gr[i], FMA);                                                         \
+        m[i] = NN_FLUSH(FMA(a1, g, b1 * m[i]), TMIN);                                              \
+        v[i] = FMA(a2 * g, g, b2 * v[i]);                                                          \
+        T alr = (T)1 / (SQRT(v[i]) + eps) * sbc2;                                                  \
+        p[i] -= m[i] / tbc1 * lr * alr * rect;                                                     \
+      }                                                                                            \
+    } else {                                                                                       \
+      for (int64_t i = 0; i < n; i++) {                                                            \
+        T g = NN_L2(l2, p[i], gr[i], FMA);                                                         \
+        m[i] = NN_FLUSH(FMA(a1, g, b1 * m[i]), TMIN);                                              \
+        v[i] = FMA(a2 * g, g, b2 * v[i]);                                                          \
+        p[i] -= m[i] / tbc1 * lr;                                                                  \
+      }                                                                                            \
+    }                                                                                              \
+  }                                                                                                \
+                                                                                                   \
+  ATTR static void update_##T##SFX(const nn_opt_config *c, const nn_update_aux *x, int64_t t,      \
+                                   int64_t n, T *p, const T *g, T *s0, T *s1, T *s2) {             \
+    bool mx = c->maximize;                                                                         \
     switch (c->kind) {                                                                             \
     case NN_OPT_SGD:                                                                               \
-      sgd_##T##SFX(c, n, p, g, s0, t);                                                             \
+      (mx ? sgd_max_##T##SFX : sgd_##T##SFX)(c, n, p, g, s0, t);                                   \
       break;                                                                                       \
     case NN_OPT_ADAGRAD:                                                                           \
-      adagrad_##T##SFX(c, n, p, g, s0, t);                                                         \
+      (mx ? adagrad_max_##T##SFX : adagrad_##T##SFX)(c, n, p, g, s0, t);                           \
       break;                                                                                       \
     case NN_OPT_RMSPROP:                                                                           \
-      rmsprop_##T##SFX(c, n, p, g, s0, s1, s2);                                                    \
+      (mx ? rmsprop_max_##T##SFX : rmsprop_##T##SFX)(c, n, p, g, s0, s1, s2);                      \
       break;                                                                                       \
     case NN_OPT_ADAM:                                                                              \
     case NN_OPT_ADAMW:                                                                             \
-      adam_##T##SFX(c, n, p, g, s0, s1, t);                                                        \
+      adam_##T##SFX(c, n, p, g, s0, s1, c->amsgrad ? s2 : NULL, t);                                \
+      break;                                                                                       \
+    case NN_OPT_ADAMAX:                                                                            \
+      (mx ? adamax_max_##T##SFX : adamax_##T##SFX)(c, n, p, g, s0, s1, t);                         \
+      break;                                                                                       \
+    case NN_OPT_NADAM:                                                                             \
+      nadam_##T##SFX(c, x, n, p, g, s0, s1, t);                                                    \
+      break;                                                                                       \
+    case NN_OPT_RADAM:                                                                             \
+      radam_##T##SFX(c, n, p, g, s0, s1, t);                                                       \
       break;                                                                                       \
     }                                                                                              \
   }
@@ -195,8 +317,8 @@ static bool path_available(nn_update_path path) {
   }
 }
 
-bool nn_update_on(nn_update_path path, const nn_opt_config *c, ad_dtype dt, int64_t t, int64_t n,
-                  void *p, const void *g, void *s0, void *s1, void *s2) {
+bool nn_update_on(nn_update_path path, const nn_opt_config *c, const nn_update_aux *x, ad_dtype dt,
+                  int64_t t, int64_t n, void *p, const void *g, void *s0, void *s1, void *s2) {
   if (path == NN_UPDATE_BEST)
     path = path_available(NN_UPDATE_AVX512) ? NN_UPDATE_AVX512
            : path_available(NN_UPDATE_AVX2) ? NN_UPDATE_AVX2
@@ -204,27 +326,27 @@ bool nn_update_on(nn_update_path path, const nn_opt_config *c, ad_dtype dt, int6
   if (!path_available(path)) return false;
 #ifdef NN_OPT_AVX512
   if (path == NN_UPDATE_AVX512 && dt == AD_F32) {
-    update_float_avx512(c, t, n, p, g, s0, s1, s2);
+    update_float_avx512(c, x, t, n, p, g, s0, s1, s2);
     return true;
   }
 #endif
 #ifdef NN_OPT_AVX2
   if (path >= NN_UPDATE_AVX2) { /* AVX-512 in double: the AVX2 loops */
     if (dt == AD_F32)
-      update_float_avx2(c, t, n, p, g, s0, s1, s2);
+      update_float_avx2(c, x, t, n, p, g, s0, s1, s2);
     else
-      update_double_avx2(c, t, n, p, g, s0, s1, s2);
+      update_double_avx2(c, x, t, n, p, g, s0, s1, s2);
     return true;
   }
 #endif
   if (dt == AD_F32)
-    update_float(c, t, n, p, g, s0, s1, s2);
+    update_float(c, x, t, n, p, g, s0, s1, s2);
   else
-    update_double(c, t, n, p, g, s0, s1, s2);
+    update_double(c, x, t, n, p, g, s0, s1, s2);
   return true;
 }
 
-void nn_update(const nn_opt_config *c, ad_dtype dt, int64_t t, int64_t n, void *p, const void *g,
-               void *s0, void *s1, void *s2) {
-  nn_update_on(NN_UPDATE_BEST, c, dt, t, n, p, g, s0, s1, s2);
+void nn_update(const nn_opt_config *c, const nn_update_aux *x, ad_dtype dt, int64_t t, int64_t n,
+               void *p, const void *g, void *s0, void *s1, void *s2) {
+  nn_update_on(NN_UPDATE_BEST, c, x, dt, t, n, p, g, s0, s1, s2);
 }

@@ -6,12 +6,20 @@
 
 #include "nn.h"
 
+/* What an update reads besides c and its arrays: NAdam's momentum_decay
+ * and the parameter's mu_product after this step's factor (a value of the
+ * parameter's dtype; nn/optim.c keeps it, once per step, not per range). */
+typedef struct nn_update_aux {
+  double momentum_decay, mu_product;
+} nn_update_aux;
+
 /* Updates p[0..n) in place from the gradient g (never written) and the
  * optimizer's state arrays s0..s2 (those its kind keeps, else NULL; in
  * the order of nn/optim.c's state_kinds), for step t (1-based), in dtype
- * dt (AD_F32 or AD_F64). Bit-identical results on every code path. */
-void nn_update(const nn_opt_config *c, ad_dtype dt, int64_t t, int64_t n, void *p, const void *g,
-               void *s0, void *s1, void *s2);
+ * dt (AD_F32 or AD_F64); x is read by NAdam only (may be NULL for the
+ * others). Bit-identical results on every code path. */
+void nn_update(const nn_opt_config *c, const nn_update_aux *x, ad_dtype dt, int64_t t, int64_t n,
+               void *p, const void *g, void *s0, void *s1, void *s2);
 
 /* The compiled versions of those loops; nn_update runs the best one this
  * CPU has (AVX-512 for float, AVX2 and FMA, or the baseline build). */
@@ -24,7 +32,7 @@ typedef enum nn_update_path {
 
 /* nn_update on the given path (for tests, which compare the paths' bits).
  * Returns false, changing nothing, when this build or CPU lacks it. */
-bool nn_update_on(nn_update_path path, const nn_opt_config *c, ad_dtype dt, int64_t t, int64_t n,
-                  void *p, const void *g, void *s0, void *s1, void *s2);
+bool nn_update_on(nn_update_path path, const nn_opt_config *c, const nn_update_aux *x, ad_dtype dt,
+                  int64_t t, int64_t n, void *p, const void *g, void *s0, void *s1, void *s2);
 
 #endif
