@@ -702,15 +702,18 @@ static size_t describe(char *out, size_t cap, nn_model *m, nn_optimizer *opt, co
     enum { NV = sizeof v / sizeof v[0] };
     char f[NV][32];
     for (int i = 0; i < NV; i++) exact(v[i], f[i]);
+    char mdf[32]; /* NAdam's, in nn_opt_config_ext */
+    exact(nn_optimizer_config_ext(opt)->momentum_decay, mdf);
     len += (size_t)snprintf(out ? out + len : NULL, out ? cap - len : 0,
                             "optimizer settings: momentum %s, dampening %s, nesterov %d, "
                             "weight_decay %s, betas %s %s, alpha %s, centered %d, eps %s, "
-                            "lr_decay %s, initial_accumulator %s, clip_norm %s, clip_value %s\n"
+                            "lr_decay %s, initial_accumulator %s, clip_norm %s, clip_value %s, "
+                            "amsgrad %d, maximize %d, momentum_decay %s\n"
                             "learning-rate schedule: kind %d, step_size %lld, gamma %s, t_max "
                             "%lld, eta_min %s\n",
                             f[0], f[1], o->nesterov, f[2], f[3], f[4], f[5], o->centered, f[6],
-                            f[7], f[8], f[9], f[10], (int)sc->kind, (long long)sc->step_size, f[11],
-                            (long long)sc->t_max, f[12]);
+                            f[7], f[8], f[9], f[10], o->amsgrad, o->maximize, mdf, (int)sc->kind,
+                            (long long)sc->step_size, f[11], (long long)sc->t_max, f[12]);
     /* the settings only nn_schedule_ext holds, and the plateau's */
     const nn_schedule_ext *se = nn_optimizer_schedule_ext(opt);
     if (se) {
