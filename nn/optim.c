@@ -52,6 +52,7 @@ struct nn_optimizer {
 };
 
 static double scalar_get(const ad_tensor *t) { return ((const double *)t->data)[0]; }
+static void scalar_set(ad_tensor *t, double v) { ((double *)t->data)[0] = v; }
 
 /* A 0-d state tensor of a parameter's dtype (NAdam's mu_product) */
 static double scalar_value(const ad_tensor *t) {
@@ -69,7 +70,6 @@ static void mu_product_step(ad_tensor *mu, const nn_opt_config *c, double moment
   else
     ((double *)mu->data)[0] *= f;
 }
-static void scalar_set(ad_tensor *t, double v) { ((double *)t->data)[0] = v; }
 
 /* Notes the writes of the 0-d state tensors a, b and c (NULL: none) before
  * they are made (see step_some). */
