@@ -36,6 +36,29 @@ ad_tensor *nn_loss_target(ad_ctx *ctx, const char *fn, const char *first, ad_ten
   return same ? target : ad_reshape(ctx, target, x->ndim, x->shape);
 }
 
+/* NN_MEAN and NN_SUM, and NN_BATCHMEAN where batchmean allows it; any
+ * other value is refused naming the loss (AD_ERR_ARG). */
+bool nn_loss_check_reduction(ad_ctx *ctx, const char *fn, nn_reduction red, bool batchmean) {
+  if (red == NN_MEAN || red == NN_SUM || (batchmean && red == NN_BATCHMEAN)) return true;
+  if (red == NN_BATCHMEAN)
+    ad_set_error(ctx, AD_ERR_ARG,
+                 "%s: reduction NN_BATCHMEAN is kl_div_loss's only; use NN_MEAN or NN_SUM", fn);
+  else
+    ad_set_error(ctx, AD_ERR_ARG, "%s: unknown reduction %d", fn, (int)red);
+  return false;
+}
+
+/* The reduction of the per-element losses l of x (checked already);
+ * NN_BATCHMEAN is their sum over x's first dim (PyTorch: sum / size(0); a
+ * 0-d x: the sum), NaN for an empty batch. */
+ad_tensor *nn_loss_reduce(ad_ctx *ctx, ad_tensor *l, nn_reduction red, const ad_tensor *x) {
+  if (!l) return NULL;
+  if (red == NN_SUM) return ad_sum(ctx, l);
+  if (red == NN_MEAN || (x->ndim > 0 && x->shape[0] == 0)) return ad_mean(ctx, l); /* 0/0 */
+  ad_tensor *s = ad_sum(ctx, l);
+  return x->ndim > 0 ? ad_div_scalar(ctx, s, (double)x->shape[0]) : s;
+}
+
 static ad_tensor *reduce(ad_ctx *ctx, ad_tensor *l, nn_reduction red, const char *fn) {
   if (!l) return NULL;
   if (red == NN_MEAN) return ad_mean(ctx, l);

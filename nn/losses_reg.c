@@ -8,36 +8,13 @@
 #include <float.h>
 #include <math.h>
 
-/* NN_MEAN and NN_SUM, and NN_BATCHMEAN where batchmean allows it; any
- * other value is refused naming the loss (AD_ERR_ARG). */
-static bool check_reduction(ad_ctx *ctx, const char *fn, nn_reduction red, bool batchmean) {
-  if (red == NN_MEAN || red == NN_SUM || (batchmean && red == NN_BATCHMEAN)) return true;
-  if (red == NN_BATCHMEAN)
-    ad_set_error(ctx, AD_ERR_ARG,
-                 "%s: reduction NN_BATCHMEAN is kl_div_loss's only; use NN_MEAN or NN_SUM", fn);
-  else
-    ad_set_error(ctx, AD_ERR_ARG, "%s: unknown reduction %d", fn, (int)red);
-  return false;
-}
-
-/* The reduction of the per-element losses l of x (checked already);
- * NN_BATCHMEAN is their sum over x's first dim (PyTorch: sum / size(0); a
- * 0-d x: the sum), NaN for an empty batch. */
-static ad_tensor *reduce(ad_ctx *ctx, ad_tensor *l, nn_reduction red, const ad_tensor *x) {
-  if (!l) return NULL;
-  if (red == NN_SUM) return ad_sum(ctx, l);
-  if (red == NN_MEAN || (x->ndim > 0 && x->shape[0] == 0)) return ad_mean(ctx, l); /* 0/0 */
-  ad_tensor *s = ad_sum(ctx, l);
-  return x->ndim > 0 ? ad_div_scalar(ctx, s, (double)x->shape[0]) : s;
-}
-
 /* l = |p - t|; d|x|/dx = sign(x), 0 at x = 0 and at NaN, as PyTorch's
  * abs (ad_abs's rule). */
 ad_tensor *nn_l1_loss(ad_ctx *ctx, ad_tensor *pred, ad_tensor *target, nn_reduction red) {
   const char *fn = "l1_loss";
   ad_tensor *t = nn_loss_target(ctx, fn, "prediction", pred, target);
-  if (!t || !check_reduction(ctx, fn, red, false)) return NULL;
-  return reduce(ctx, ad_abs(ctx, ad_sub(ctx, pred, t)), red, pred);
+  if (!t || !nn_loss_check_reduction(ctx, fn, red, false)) return NULL;
+  return nn_loss_reduce(ctx, ad_abs(ctx, ad_sub(ctx, pred, t)), red, pred);
 }
 
 /* k as a tensor of dtype dt holds it (PyTorch converts beta and delta to
@@ -68,7 +45,7 @@ static double in_dtype(double k, ad_dtype dt) {
 static ad_tensor *piecewise(ad_ctx *ctx, const char *fn, ad_tensor *pred, ad_tensor *target,
                             nn_reduction red, double k, bool huber) {
   ad_tensor *t = nn_loss_target(ctx, fn, "prediction", pred, target);
-  if (!t || !check_reduction(ctx, fn, red, false)) return NULL;
+  if (!t || !nn_loss_check_reduction(ctx, fn, red, false)) return NULL;
   /* PyTorch refuses beta < 0 and delta <= 0, NaN either way */
   if (huber ? !(k > 0) : !(k >= 0)) {
     ad_set_error(ctx, AD_ERR_ARG, "%s: %s %g must be %s", fn, huber ? "delta" : "beta", k,
@@ -98,7 +75,7 @@ static ad_tensor *piecewise(ad_ctx *ctx, const char *fn, ad_tensor *pred, ad_ten
     a = ad_mul_scalar(ctx, a, k);
   else if (k > 0)
     q = ad_div_scalar(ctx, q, k);
-  return reduce(ctx, ad_where(ctx, lin, a, q), red, pred);
+  return nn_loss_reduce(ctx, ad_where(ctx, lin, a, q), red, pred);
 }
 
 ad_tensor *nn_smooth_l1_loss_beta(ad_ctx *ctx, ad_tensor *pred, ad_tensor *target, nn_reduction red,
@@ -134,7 +111,7 @@ ad_tensor *nn_kl_div_loss(ad_ctx *ctx, ad_tensor *input, ad_tensor *target, nn_r
                           bool log_target) {
   const char *fn = "kl_div_loss";
   ad_tensor *t = nn_loss_target(ctx, fn, "input", input, target);
-  if (!t || !check_reduction(ctx, fn, red, true)) return NULL;
+  if (!t || !nn_loss_check_reduction(ctx, fn, red, true)) return NULL;
   ad_tensor *l;
   if (log_target) {
     l = ad_mul(ctx, ad_exp(ctx, t), ad_sub(ctx, t, input));
@@ -149,5 +126,5 @@ ad_tensor *nn_kl_div_loss(ad_ctx *ctx, ad_tensor *input, ad_tensor *target, nn_r
     }
     l = ad_sub(ctx, xl, ad_mul(ctx, t, input));
   }
-  return reduce(ctx, l, red, input);
+  return nn_loss_reduce(ctx, l, red, input);
 }
