@@ -1243,6 +1243,89 @@ NN_API ad_tensor *nn_huber_loss_delta(ad_ctx *ctx, ad_tensor *pred, ad_tensor *t
 NN_API ad_tensor *nn_kl_div_loss(ad_ctx *ctx, ad_tensor *input, ad_tensor *target, nn_reduction red,
                                  bool log_target);
 
+/* The likelihood, ranking and embedding losses below are PyTorch 1.13's,
+ * values and gradients, also at a margin's kink (max(0, z) at z = 0 passes
+ * the gradient, clamp_min's rule; a NaN z passes none), for NN_MEAN
+ * (the mean over the per-element or per-sample losses) and NN_SUM; each
+ * refuses other reductions (AD_ERR_ARG naming it). Arguments are checked
+ * as every loss's (AD_ERR_NULL, AD_ERR_STATE, AD_ERR_ARG for another
+ * context, AD_ERR_DTYPE for a non-float input or a second tensor of
+ * another dtype, AD_ERR_SHAPE naming both shapes; a second tensor of the
+ * first's size but another shape is viewed with its shape where stated).
+ * A NaN margin, which PyTorch takes and turns into a NaN loss, is refused
+ * (AD_ERR_ARG). None is an nn_loss_fn; wrap one for nn_fit. */
+
+/** Gaussian negative log-likelihood (torch.nn.GaussianNLLLoss): 0.5
+ * (log v + (input - target)^2 / v), plus 0.5 log(2 pi) with full, where v
+ * = max(var, eps) (eps finite, >= 0; PyTorch's default 1e-6). var has
+ * input's shape, or input's without its last dim, or input's with a last
+ * dim 1 (one variance per row: homoscedastic), as torch 1.13 takes it;
+ * target input's size. As in torch the clamp does not stop var's gradient:
+ * where var < eps, var receives 0.5 (1/eps - d^2/eps^2). A NaN var gives
+ * NaN. Errors: those above; AD_ERR_SHAPE for a var of another shape
+ * ("gaussian_nll_loss: var [3,2] is neither input's shape [3,4] nor ...");
+ * AD_ERR_ARG for a negative var element (torch's "var has negative
+ * entry"), and for eps negative, infinite or NaN (torch takes those). */
+NN_API ad_tensor *nn_gaussian_nll_loss(ad_ctx *ctx, ad_tensor *input, ad_tensor *target,
+                                       ad_tensor *var, bool full, double eps, nn_reduction red);
+
+/** Poisson negative log-likelihood (torch.nn.PoissonNLLLoss): exp(input)
+ * - target input with log_input, else input - target log(input + eps)
+ * (eps finite, >= 0; PyTorch's default 1e-8); full adds the Stirling term
+ * target log target - target + 0.5 log(2 pi target) where target > 1 (0
+ * elsewhere). target has input's size. A target that requires a gradient
+ * gets torch's: with full, NaN where target <= 0 (torch's masked Stirling
+ * term still holds log 0 there). Errors: those above; AD_ERR_ARG for a
+ * bad eps. */
+NN_API ad_tensor *nn_poisson_nll_loss(ad_ctx *ctx, ad_tensor *input, ad_tensor *target,
+                                      bool log_input, bool full, double eps, nn_reduction red);
+
+/** torch.nn.MarginRankingLoss: max(0, -y (x1 - x2) + margin) elementwise.
+ * x2 and y have x1's size; y may hold any value (torch does not check it)
+ * and gets a gradient, -(x1 - x2) where the loss is active. Errors: those
+ * above ("margin_ranking_loss: x1 [4] and x2 [3] differ in size"). */
+NN_API ad_tensor *nn_margin_ranking_loss(ad_ctx *ctx, ad_tensor *x1, ad_tensor *x2, ad_tensor *y,
+                                         double margin, nn_reduction red);
+
+/** torch.nn.HingeEmbeddingLoss: x where y = 1, max(0, margin - x) where y
+ * = -1; as torch 1.13's kernel, any other y (NaN too) gets both terms
+ * summed. y has x's size and gets no gradient. Errors: those above. */
+NN_API ad_tensor *nn_hinge_embedding_loss(ad_ctx *ctx, ad_tensor *x, ad_tensor *y, double margin,
+                                          nn_reduction red);
+
+/** torch.nn.SoftMarginLoss: log(1 + exp(-y x)), y of x's size (any value;
+ * y gets a gradient here, where torch refuses to give one). Computed as
+ * softplus(-y x) (ad_softplus): torch's value within exp(-20) relative,
+ * and finite where torch's exp overflows (-y x above about 88 in f32,
+ * 709 in f64: torch's loss inf and gradient NaN, here -y x and -y).
+ * Errors: those above. */
+NN_API ad_tensor *nn_soft_margin_loss(ad_ctx *ctx, ad_tensor *x, ad_tensor *y, nn_reduction red);
+
+/** torch.nn.CosineEmbeddingLoss: with cos the cosine similarity of the rows
+ * of x1 and x2 ([N,D] each, y [N]; or [D] each and a 0-d y), 1 - cos where
+ * y = 1, max(0, cos - margin) where y = -1, and 0 for any other y (torch
+ * 1.13's kernel). As torch, cos = x1.x2 / sqrt((|x1|^2 + 1e-12) (|x2|^2 +
+ * 1e-12)), 1e-12 taken as a float as torch does (9.99999996e-13, also in
+ * f64): a zero vector has cos 0 and a large finite gradient (about 1 /
+ * (1e-6 |x2|) for x1 = 0), not NaN. NN_MEAN is the mean over the N pairs.
+ * y gets no gradient. Errors: those above; AD_ERR_SHAPE for x1 not 1-D or
+ * 2-D, x2 of another shape, or a y that does not fit. */
+NN_API ad_tensor *nn_cosine_embedding_loss(ad_ctx *ctx, ad_tensor *x1, ad_tensor *x2, ad_tensor *y,
+                                           double margin, nn_reduction red);
+
+/** torch.nn.TripletMarginLoss: max(0, margin + d(a, pos) - d(a, neg)) per
+ * row, d torch's pairwise_distance over the last dim, ||u - v + eps||_p
+ * (eps added to the difference; PyTorch's defaults margin 1, p 2, eps
+ * 1e-6); with swap d(a, neg) is min(d(a, neg), d(pos, neg)) (a tie shares
+ * the gradient). A zero distance (eps 0, equal rows) has gradient 0, as
+ * torch's norm. anchor, positive and negative share one shape of at least
+ * 1 dim. Errors: those above; AD_ERR_SHAPE for shapes that differ;
+ * AD_ERR_ARG for p not positive and finite (torch takes p <= 0, which is
+ * no distance), and for a bad eps. */
+NN_API ad_tensor *nn_triplet_margin_loss(ad_ctx *ctx, ad_tensor *anchor, ad_tensor *positive,
+                                         ad_tensor *negative, double margin, double p, double eps,
+                                         bool swap, nn_reduction red);
+
 /** Binary cross-entropy from probabilities pred in [0,1]:
  * -(t log p + (1-t) log(1-p)), each log clamped at -100 as in PyTorch
  * (the op ad_binary_cross_entropy, then the reduction). The gradient is
