@@ -134,3 +134,390 @@ Test(losses_pair, values_and_gradients_match_torch) {
     for (int d = 0; d < 2; d++)
       for (int r = 0; r < 2; r++) check_case(&PAIR_CASES[c], d, r);
 }
+
+/* Second order through the Gaussian NLL (full, eps 1e-6, NN_SUM), one var
+ * below eps: g = (dl/dinput, dl/dvar) with create_graph, then the
+ * gradients of sum(g) for input, target and var, as torch's. Where var is
+ * clamped, torch differentiates 0.5 (1/v - d^2/v^2) at v = eps with dv/dvar
+ * = 1 (the clamp ran under no_grad), so d2l/dvar2 there is about 9e17. */
+Test(losses_pair, second_derivatives_of_gaussian_nll_match_torch) {
+  int64_t n = 4;
+  const double vv[4] = {0.5, 1e-8, 2.0, 0.25};
+  for (int d = 0; d < 2; d++) {
+    ad_dtype dt = d ? AD_F32 : AD_F64;
+    const double *want = d ? GAUSS_SECOND_F32 : GAUSS_SECOND_F64;
+    double rtol = d ? 3e-6 : 1e-13;
+    ad_tape_reset(ctx);
+    ad_tensor *x = vec(ctx, dt, 1, &n, PAIR_CASES[0].in[0].v);
+    ad_tensor *t = vec(ctx, dt, 1, &n, PAIR_CASES[0].in[1].v), *v = vec(ctx, dt, 1, &n, vv);
+    ad_tensor_set_requires_grad(x, true);
+    ad_tensor_set_requires_grad(t, true);
+    ad_tensor_set_requires_grad(v, true);
+    ad_tensor *l = nn_gaussian_nll_loss(ctx, x, t, v, true, 1e-6, NN_SUM);
+    cr_assert_not_null(l, "%s", ad_last_error(ctx));
+    ad_tensor *wrt[2] = {x, v}, *g[2];
+    cr_assert_eq(ad_grad(ctx, l, NULL, 2, wrt, g, true), AD_OK, "%s", ad_last_error(ctx));
+    for (int i = 0; i < 4; i++) {
+      expect_close(ad_tensor_get(g[0], i), want[i], rtol, 0, "dl/dinput", i);
+      expect_close(ad_tensor_get(g[1], i), want[4 + i], rtol, 0, "dl/dvar", i);
+    }
+    cr_assert_eq(ad_backward(ctx, ad_add(ctx, ad_sum(ctx, g[0]), ad_sum(ctx, g[1])), NULL), AD_OK,
+                 "%s", ad_last_error(ctx));
+    ad_tensor *in[3] = {x, t, v};
+    const char *names[3] = {"d/dinput", "d/dtarget", "d/dvar"};
+    for (int k = 0; k < 3; k++)
+      for (int i = 0; i < 4; i++)
+        expect_close(ad_tensor_get(in[k]->grad, i), want[8 + 4 * k + i], rtol, 0, names[k], i);
+    ad_tensor_free(x), ad_tensor_free(t), ad_tensor_free(v);
+  }
+}
+
+/* ------------------------------------------------------------- gradcheck */
+
+/* A gradcheck case: the loss of pc on its differentiable inputs, the
+ * others (y of hinge, soft margin, cosine) fixed in fixed[]. */
+typedef struct gc_case {
+  pair_case pc;
+  nn_reduction red;
+  ad_tensor *fixed[3];
+} gc_case;
+
+static ad_tensor *gc_fn(ad_ctx *c, int n, ad_tensor *const *in, void *ud) {
+  const gc_case *g = ud;
+  ad_tensor *all[3];
+  for (int j = 0, k = 0; j < g->pc.nin; j++) all[j] = g->fixed[j] ? g->fixed[j] : in[k++];
+  (void)n;
+  return call(c, &g->pc, all, g->red);
+}
+
+/* Random f64 inputs in [lo, hi], signs +-1 for y where asked. */
+static ad_tensor *rnd(ad_rng *rng, int ndim, const int64_t *s, double lo, double hi, bool sign) {
+  ad_tensor *t = ad_rand(ctx, rng, AD_F64, ndim, s, lo, hi);
+  cr_assert_not_null(t);
+  if (sign)
+    for (int64_t i = 0; i < t->size; i++) ad_tensor_set(t, i, ad_tensor_get(t, i) < 0 ? -1 : 1);
+  return t;
+}
+
+/* First and second order of every loss, every differentiable input, both
+ * reductions, off the kinks: the ranges keep each margin term, variance
+ * and Poisson target clear of its switch point by more than the step. */
+Test(losses_pair, gradcheck_and_gradgradcheck) {
+  const struct {
+    kind k;
+    double margin, p, eps;
+    bool f1, f2;
+    int nin;
+    double lo[3], hi[3];
+    bool fixed[3], sign[3];
+  } cases[] = {
+      {GAUSS, 0, 0, 1e-6, true, false, 3, {-2, -2, 0.3}, {2, 2, 2}, {0}, {0}},
+      {POISSON, 0, 0, 1e-8, true, true, 2, {-1, 1.5}, {1, 4}, {0}, {0}},
+      {POISSON, 0, 0, 0.5, false, true, 2, {0.2, 1.5}, {3, 4}, {0}, {0}},
+      {POISSON, 0, 0, 1e-8, false, false, 2, {0.2, -1}, {3, 4}, {0}, {0}},
+      {MR, 3, 0, 0, false, false, 3, {-1, -1, -1}, {1, 1, 1}, {0}, {0}},
+      {HINGE, 5, 0, 0, false, false, 2, {-2, -1}, {2, 1}, {false, true}, {false, true}},
+      {SOFT, 0, 0, 0, false, false, 2, {-3, -1}, {3, 1}, {false, true}, {false, true}},
+      {COS,
+       -1.5,
+       0,
+       0,
+       false,
+       false,
+       3,
+       {-1, -1, -1},
+       {1, 1, 1},
+       {false, false, true},
+       {false, false, true}},
+      {TRIP, 10, 2, 1e-6, true, false, 3, {-1, -1, -1}, {1, 1, 1}, {0}, {0}},
+      {TRIP, 10, 3, 1e-6, false, false, 3, {-1, -1, -1}, {1, 1, 1}, {0}, {0}},
+      {TRIP, 10, 1.5, 0, true, false, 3, {-1, -1, -1}, {1, 1, 1}, {0}, {0}},
+  };
+  int64_t s[2] = {4, 3};
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+    for (int r = 0; r < 2; r++) {
+      ad_rng rng;
+      ad_rng_seed(&rng, 21 + i);
+      gc_case g = {{"gc",
+                    cases[i].k,
+                    cases[i].margin,
+                    cases[i].p,
+                    cases[i].eps,
+                    cases[i].f1,
+                    cases[i].f2,
+                    cases[i].nin,
+                    {{0}},
+                    {NULL, NULL}},
+                   r ? NN_SUM : NN_MEAN,
+                   {NULL, NULL, NULL}};
+      ad_tensor *in[3], *all[3];
+      int n = 0;
+      for (int j = 0; j < cases[i].nin; j++) {
+        /* cosine's y is [4]; the rest [4,3] */
+        int nd = cases[i].k == COS && j == 2 ? 1 : 2;
+        all[j] = rnd(&rng, nd, s, cases[i].lo[j], cases[i].hi[j], cases[i].sign[j]);
+        if (cases[i].fixed[j]) {
+          g.fixed[j] = all[j];
+        } else {
+          ad_tensor_set_requires_grad(all[j], true);
+          in[n++] = all[j];
+        }
+      }
+      ad_check_report rep;
+      cr_assert_eq(ad_gradcheck(ctx, gc_fn, &g, n, in, NULL, &rep), AD_OK, "%s",
+                   ad_last_error(ctx));
+      cr_assert(rep.passed, "case %zu red %d: input %d index %lld: analytic %g numeric %g", i, r,
+                rep.input, (long long)rep.index, rep.analytic, rep.numeric);
+      cr_assert_gt(rep.checked, 0);
+      cr_assert_eq(ad_gradgradcheck(ctx, gc_fn, &g, n, in, NULL, &rep), AD_OK, "%s",
+                   ad_last_error(ctx));
+      cr_assert(rep.passed, "case %zu red %d (2nd order): input %d index %lld: %g numeric %g", i, r,
+                rep.input, (long long)rep.index, rep.analytic, rep.numeric);
+      for (int j = 0; j < cases[i].nin; j++) ad_tensor_free(all[j]);
+    }
+}
+
+/* --------------------------------------------------------- special cases */
+
+/* PyTorch: the mean of no element is NaN, the sum 0; the backward runs. */
+Test(losses_pair, empty_batches_as_torch) {
+  int64_t s0[2] = {0, 3}, n0 = 0;
+  for (int d = 0; d < 2; d++)
+    for (int k = GAUSS; k <= TRIP; k++)
+      for (int r = 0; r < 2; r++) {
+        ad_tape_reset(ctx);
+        ad_dtype dt = d ? AD_F32 : AD_F64;
+        ad_tensor *a = ad_zeros(ctx, dt, 2, s0), *b = ad_zeros(ctx, dt, 2, s0);
+        ad_tensor *c = k == COS ? ad_zeros(ctx, dt, 1, &n0) : ad_zeros(ctx, dt, 2, s0);
+        ad_tensor_set_requires_grad(a, true);
+        pair_case pc = {"empty", (kind)k, 1.0, 2.0, 1e-6, false, false, 3, {{0}}, {NULL, NULL}};
+        ad_tensor *in[3] = {a, b, c};
+        ad_tensor *l = call(ctx, &pc, in, r ? NN_SUM : NN_MEAN);
+        cr_assert_not_null(l, "kind %d: %s", k, ad_last_error(ctx));
+        double v = ad_tensor_item(l);
+        cr_assert(r ? v == 0 : isnan(v), "kind %d red %d: %g", k, r, v);
+        cr_assert_eq(ad_backward(ctx, l, NULL), AD_OK, "%s", ad_last_error(ctx));
+        cr_assert(!a->grad || a->grad->size == 0);
+        ad_tensor_free(a), ad_tensor_free(b), ad_tensor_free(c);
+      }
+}
+
+/* In anomaly mode, finite inputs make no NaN or infinity on the way: the
+ * Poisson Stirling term at targets 0 and 1 (not taken), a zero variance
+ * (clamped), a zero vector for cosine, a zero distance for triplet. A
+ * target that requires no gradient adds no NaN-gradient term. */
+Test(losses_pair, anomaly_mode_passes_finite_inputs) {
+  ad_set_anomaly_mode(ctx, true);
+  int64_t s[2] = {2, 2};
+  const double a[4] = {0, 0, 1, 2}, b[4] = {0, 1, 0.5, 2}, y[2] = {1, -1};
+  int64_t two = 2;
+  for (int k = GAUSS; k <= TRIP; k++) {
+    ad_tape_reset(ctx);
+    ad_tensor *x = vec(ctx, AD_F64, 2, s, a), *t = vec(ctx, AD_F64, 2, s, b);
+    ad_tensor *c = k == COS ? vec(ctx, AD_F64, 1, &two, y) : vec(ctx, AD_F64, 2, s, b);
+    ad_tensor_set_requires_grad(x, true);
+    /* Gaussian: var b holds 0; Poisson with log_input and full */
+    pair_case pc = {"anomaly", (kind)k, 0.5, 2.0,   k == TRIP ? 0.0 : 1e-6,
+                    true,      true,    3,   {{0}}, {NULL, NULL}};
+    ad_tensor *in[3] = {x, t, c};
+    ad_tensor *l = call(ctx, &pc, in, NN_SUM);
+    cr_assert_not_null(l, "kind %d: %s", k, ad_last_error(ctx));
+    cr_assert(isfinite(ad_tensor_item(l)), "kind %d", k);
+    cr_assert_eq(ad_backward(ctx, l, NULL), AD_OK, "kind %d: %s", k, ad_last_error(ctx));
+    cr_assert(!ad_tensor_has_nonfinite(x->grad), "kind %d", k);
+    ad_tensor_free(x), ad_tensor_free(t), ad_tensor_free(c);
+  }
+}
+
+/* Torch's NaN target gradient of Poisson's full term at t <= 0 comes only
+ * with a target that requires a gradient; the input's gradient and the
+ * value are the same either way. */
+Test(losses_pair, poisson_constant_target_takes_the_plain_path) {
+  int64_t n = 4;
+  const double xv[4] = {0.5, -1, 0.25, 2}, tv[4] = {0, -0.5, 1, 3};
+  double val[2], gx[2][4];
+  for (int rg = 0; rg < 2; rg++) {
+    ad_tape_reset(ctx);
+    ad_tensor *x = vec(ctx, AD_F64, 1, &n, xv), *t = vec(ctx, AD_F64, 1, &n, tv);
+    ad_tensor_set_requires_grad(x, true);
+    ad_tensor_set_requires_grad(t, rg);
+    ad_tensor *l = nn_poisson_nll_loss(ctx, x, t, true, true, 1e-8, NN_SUM);
+    cr_assert_not_null(l, "%s", ad_last_error(ctx));
+    val[rg] = ad_tensor_item(l);
+    cr_assert_eq(ad_backward(ctx, l, NULL), AD_OK);
+    for (int i = 0; i < 4; i++) gx[rg][i] = ad_tensor_get(x->grad, i);
+    if (rg) {
+      cr_assert(isnan(ad_tensor_get(t->grad, 0)) && isnan(ad_tensor_get(t->grad, 1)));
+      cr_assert_eq(ad_tensor_get(t->grad, 2), -0.25);
+    }
+    ad_tensor_free(x), ad_tensor_free(t);
+  }
+  cr_assert_eq(val[0], val[1]);
+  for (int i = 0; i < 4; i++) cr_assert_eq(gx[0][i], gx[1][i], "%d", i);
+}
+
+/* A second tensor of the first's size but another shape is viewed with
+ * its shape (margin ranking's x2 and y, hinge's and soft margin's y, the
+ * Gaussian target), and its gradient keeps its own shape. */
+Test(losses_pair, tensors_of_the_same_size_are_reshaped) {
+  int64_t s2[2] = {4, 1}, s1[1] = {4};
+  const double v[4] = {0.5, -1, 2, 0.25};
+  ad_tensor *x = vec(ctx, AD_F64, 2, s2, v), *t = vec(ctx, AD_F64, 1, s1, v);
+  ad_tensor *var = ad_full(ctx, AD_F64, 2, s2, 0.5);
+  ad_tensor_set_requires_grad(t, true);
+  ad_tensor *l = nn_gaussian_nll_loss(ctx, x, t, var, false, 1e-6, NN_SUM);
+  l = ad_add(ctx, l, nn_margin_ranking_loss(ctx, x, t, t, 1.0, NN_SUM));
+  l = ad_add(ctx, l, nn_soft_margin_loss(ctx, x, t, NN_SUM));
+  l = ad_add(ctx, l, nn_hinge_embedding_loss(ctx, x, t, 1.0, NN_MEAN));
+  cr_assert_not_null(l, "%s", ad_last_error(ctx));
+  cr_assert_eq(ad_backward(ctx, l, NULL), AD_OK, "%s", ad_last_error(ctx));
+  cr_assert_eq(t->grad->ndim, 1);
+  cr_assert_eq(t->grad->shape[0], 4);
+  ad_tensor_free(x), ad_tensor_free(t), ad_tensor_free(var);
+}
+
+/* ----------------------------------------------------------------- errors */
+
+Test(losses_pair, errors_name_the_loss_and_the_shapes) {
+  ad_ctx *other = ad_ctx_new();
+  int64_t s34[2] = {3, 4}, s33[2] = {3, 3}, s3[1] = {3}, s4[1] = {4}, s31[2] = {3, 1};
+  ad_tensor *p = ad_full(ctx, AD_F64, 2, s34, 0.5), *q = ad_zeros(ctx, AD_F64, 2, s33);
+  ad_tensor *pf = ad_zeros(ctx, AD_F32, 2, s34), *pi = ad_zeros(ctx, AD_I32, 2, s34);
+  ad_tensor *gone = ad_zeros(ctx, AD_F64, 2, s34), *far = ad_zeros(other, AD_F64, 2, s34);
+  ad_tensor *y3 = ad_ones(ctx, AD_F64, 1, s3), *v3 = ad_ones(ctx, AD_F64, 1, s3);
+  ad_tensor *v31 = ad_ones(ctx, AD_F64, 2, s31), *v4 = ad_ones(ctx, AD_F64, 1, s4);
+  ad_tensor_free(gone);
+  const char *names[7] = {"gaussian_nll_loss",    "poisson_nll_loss", "margin_ranking_loss",
+                          "hinge_embedding_loss", "soft_margin_loss", "cosine_embedding_loss",
+                          "triplet_margin_loss"};
+  const char *first[7] = {"input", "input", "x1", "input", "input", "x1", "anchor"};
+  const char *second[7] = {"target", "target", "x2", "target", "target", "x2", "positive"};
+  char msg[160];
+  for (int k = GAUSS; k <= TRIP; k++) {
+    pair_case pc = {"err", (kind)k, 0.5, 2.0, 1e-6, false, false, 3, {{0}}, {NULL, NULL}};
+    ad_tensor *third = k == COS ? y3 : p;
+    /* the second tensor of another size, dtype; an i32 first; NULL; freed;
+     * another context's */
+    snprintf(msg, sizeof msg, "%s: %s [3,4] and %s [3,3] differ in size", names[k], first[k],
+             second[k]);
+    cr_assert_null(call(ctx, &pc, (ad_tensor *[]){p, q, third}, NN_MEAN));
+    test_expect_error(ctx, AD_ERR_SHAPE, msg, NULL);
+    snprintf(msg, sizeof msg, "%s: %s [3,4] is f32, the %s [3,4] is f64", names[k], second[k],
+             first[k]);
+    cr_assert_null(call(ctx, &pc, (ad_tensor *[]){p, pf, third}, NN_MEAN));
+    test_expect_error(ctx, AD_ERR_DTYPE, msg, NULL);
+    snprintf(msg, sizeof msg, "%s: %s [3,4] is i32; a float dtype is needed", names[k], first[k]);
+    cr_assert_null(call(ctx, &pc, (ad_tensor *[]){pi, pi, pi}, NN_MEAN));
+    test_expect_error(ctx, AD_ERR_DTYPE, msg, NULL);
+    snprintf(msg, sizeof msg, "%s: %s is NULL", names[k], first[k]);
+    cr_assert_null(call(ctx, &pc, (ad_tensor *[]){NULL, p, third}, NN_MEAN));
+    test_expect_error(ctx, AD_ERR_NULL, msg, NULL);
+    snprintf(msg, sizeof msg, "%s: %s is NULL", names[k], second[k]);
+    cr_assert_null(call(ctx, &pc, (ad_tensor *[]){p, NULL, third}, NN_MEAN));
+    test_expect_error(ctx, AD_ERR_NULL, msg, NULL);
+    snprintf(msg, sizeof msg, "%s: %s was freed", names[k], second[k]);
+    cr_assert_null(call(ctx, &pc, (ad_tensor *[]){p, gone, third}, NN_MEAN));
+    test_expect_error(ctx, AD_ERR_STATE, msg, NULL);
+    snprintf(msg, sizeof msg, "%s: %s belongs to another context", names[k], first[k]);
+    cr_assert_null(call(ctx, &pc, (ad_tensor *[]){far, p, third}, NN_MEAN));
+    test_expect_error(ctx, AD_ERR_ARG, msg, NULL);
+    /* a NULL context: NULL, no crash */
+    cr_assert_null(call(NULL, &pc, (ad_tensor *[]){p, p, third}, NN_MEAN));
+    /* reductions */
+    const nn_reduction bad[3] = {NN_BATCHMEAN, (nn_reduction)9, (nn_reduction)-1};
+    for (int b = 0; b < 3; b++) {
+      cr_assert_null(call(ctx, &pc, (ad_tensor *[]){p, p, third}, bad[b]));
+      test_expect_error(ctx, AD_ERR_ARG, names[k], b ? "unknown reduction" : "NN_BATCHMEAN", NULL);
+    }
+    cr_assert_not_null(call(ctx, &pc, (ad_tensor *[]){p, p, third}, NN_SUM), "%s: %s", names[k],
+                       ad_last_error(ctx));
+    /* a NaN margin (the losses that take one) */
+    if (k >= MR && k != SOFT) {
+      pc.margin = NAN;
+      snprintf(msg, sizeof msg, "%s: margin is NaN", names[k]);
+      cr_assert_null(call(ctx, &pc, (ad_tensor *[]){p, p, third}, NN_MEAN));
+      test_expect_error(ctx, AD_ERR_ARG, msg, NULL);
+      pc.margin = 0.5;
+    }
+    /* eps negative, infinite or NaN (the losses that take one) */
+    if (k == GAUSS || k == POISSON || k == TRIP) {
+      const double bad_eps[3] = {-1e-6, INFINITY, NAN};
+      for (int e = 0; e < 3; e++) {
+        pc.eps = bad_eps[e];
+        cr_assert_null(call(ctx, &pc, (ad_tensor *[]){p, p, third}, NN_MEAN));
+        test_expect_error(ctx, AD_ERR_ARG, names[k], "eps", "must be finite and >= 0", NULL);
+      }
+      pc.eps = 1e-6;
+    }
+    /* the third tensor (margin ranking's y, Gaussian's var, triplet's
+     * negative): NULL, another size */
+    if (k == GAUSS || k == MR || k == TRIP) {
+      const char *tn = k == GAUSS ? "var" : k == MR ? "target" : "negative";
+      snprintf(msg, sizeof msg, "%s: %s is NULL", names[k], tn);
+      cr_assert_null(call(ctx, &pc, (ad_tensor *[]){p, p, NULL}, NN_MEAN));
+      test_expect_error(ctx, AD_ERR_NULL, msg, NULL);
+      cr_assert_null(call(ctx, &pc, (ad_tensor *[]){p, p, q}, NN_MEAN));
+      test_expect_error(ctx, AD_ERR_SHAPE, names[k], tn, "[3,3]", NULL);
+      cr_assert_null(call(ctx, &pc, (ad_tensor *[]){p, p, pf}, NN_MEAN));
+      test_expect_error(ctx, AD_ERR_DTYPE, names[k], tn, "f32", NULL);
+    }
+    /* a keep-first-error chain: a NULL from an earlier failure */
+    ad_set_error(ctx, AD_ERR_SHAPE, "matmul: first");
+    cr_assert_null(call(ctx, &pc, (ad_tensor *[]){NULL, p, third}, NN_MEAN));
+    cr_assert_str_eq(ad_last_error(ctx), "matmul: first");
+    ad_clear_error(ctx);
+  }
+  /* Gaussian: var shapes torch takes ([3], [3,1]) and not; a negative var */
+  cr_assert_not_null(nn_gaussian_nll_loss(ctx, p, p, v3, false, 1e-6, NN_MEAN));
+  cr_assert_not_null(nn_gaussian_nll_loss(ctx, p, p, v31, false, 1e-6, NN_MEAN));
+  cr_assert_null(nn_gaussian_nll_loss(ctx, p, p, v4, false, 1e-6, NN_MEAN));
+  test_expect_error(ctx, AD_ERR_SHAPE,
+                    "gaussian_nll_loss: var [4] is neither input's shape [3,4] nor that shape "
+                    "without its last dim or with a last dim 1",
+                    NULL);
+  ad_tensor *neg = ad_full(ctx, AD_F64, 2, s34, 0.5);
+  ad_tensor_set(neg, 5, -0.25);
+  cr_assert_null(nn_gaussian_nll_loss(ctx, p, p, neg, false, 1e-6, NN_MEAN));
+  test_expect_error(ctx, AD_ERR_ARG,
+                    "gaussian_nll_loss: var -0.25 at element 5 of [3,4] is negative", NULL);
+  ad_tensor_set(neg, 5, NAN); /* torch.any(var < 0) lets NaN through */
+  cr_assert_not_null(nn_gaussian_nll_loss(ctx, p, p, neg, false, 1e-6, NN_MEAN));
+  /* cosine: inputs of 3 dims, x2 of x1's size but another shape, y that
+   * does not fit */
+  int64_t s322[3] = {3, 2, 2}, s43[2] = {4, 3}, s0[1] = {1};
+  ad_tensor *p3 = ad_ones(ctx, AD_F64, 3, s322), *p43 = ad_ones(ctx, AD_F64, 2, s43);
+  ad_tensor *y1 = ad_ones(ctx, AD_F64, 1, s0), *y0 = ad_scalar(ctx, AD_F64, 1.0);
+  cr_assert_null(nn_cosine_embedding_loss(ctx, p3, p3, y3, 0, NN_MEAN));
+  test_expect_error(ctx, AD_ERR_SHAPE, "cosine_embedding_loss: x1 [3,2,2]: need [N,D]", NULL);
+  cr_assert_null(nn_cosine_embedding_loss(ctx, p, p43, y3, 0, NN_MEAN));
+  test_expect_error(ctx, AD_ERR_SHAPE,
+                    "cosine_embedding_loss: x1 [3,4] and x2 [4,3] differ in shape", NULL);
+  cr_assert_null(nn_cosine_embedding_loss(ctx, p, p, y1, 0, NN_MEAN));
+  test_expect_error(ctx, AD_ERR_SHAPE,
+                    "cosine_embedding_loss: target [1] does not fit x1 [3,4]: need [N] for [N,D]",
+                    NULL);
+  cr_assert_null(nn_cosine_embedding_loss(ctx, v4, v4, y1, 0, NN_MEAN));
+  test_expect_error(ctx, AD_ERR_SHAPE, "need a 0-d target for [D]", NULL);
+  cr_assert_not_null(nn_cosine_embedding_loss(ctx, v4, v4, y0, 0, NN_MEAN));
+  cr_assert_null(nn_cosine_embedding_loss(ctx, p, p, NULL, 0, NN_MEAN));
+  test_expect_error(ctx, AD_ERR_NULL, "cosine_embedding_loss: target is NULL", NULL);
+  cr_assert_null(nn_cosine_embedding_loss(ctx, p, p, ad_ones(ctx, AD_F32, 1, s3), 0, NN_MEAN));
+  test_expect_error(ctx, AD_ERR_DTYPE, "cosine_embedding_loss: target [3] is f32", NULL);
+  /* triplet: p not positive and finite, shapes that differ, 0-d inputs */
+  const double bad_p[4] = {0, -1, INFINITY, NAN};
+  for (int i = 0; i < 4; i++) {
+    cr_assert_null(nn_triplet_margin_loss(ctx, p, p, p, 1, bad_p[i], 1e-6, false, NN_MEAN));
+    test_expect_error(ctx, AD_ERR_ARG, "triplet_margin_loss: p", "must be positive and finite",
+                      NULL);
+  }
+  cr_assert_null(nn_triplet_margin_loss(ctx, p, p, p43, 1, 2, 1e-6, false, NN_MEAN));
+  test_expect_error(ctx, AD_ERR_SHAPE, "triplet_margin_loss: anchor [3,4] and negative [4,3]",
+                    NULL);
+  cr_assert_null(nn_triplet_margin_loss(ctx, y0, y0, y0, 1, 2, 1e-6, false, NN_MEAN));
+  test_expect_error(ctx, AD_ERR_SHAPE, "need one shape of at least 1 dim", NULL);
+  ad_tensor_free(p), ad_tensor_free(q), ad_tensor_free(pf), ad_tensor_free(pi);
+  ad_tensor_free(y3), ad_tensor_free(v3), ad_tensor_free(v31), ad_tensor_free(v4);
+  ad_tensor_free(neg), ad_tensor_free(p3), ad_tensor_free(p43), ad_tensor_free(y1);
+  ad_tensor_free(y0);
+  ad_ctx_free(other);
+}

@@ -14,7 +14,8 @@ and in float32 (the float32 inputs are the float64 ones rounded) and gives
 reduction 'mean', then the same for 'sum'. The inputs put the margins'
 kinks at exactly 0 (dyadic values), a variance below eps, at eps and at 0,
 targets 0, 1 and negative, y values other than +-1, zero vectors and NaN;
-random ones come from torch.manual_seed(7). Deterministic: rerunning
+random ones come from torch.manual_seed(7). GAUSS_SECOND_F64 / _F32 hold
+second derivatives (see the comment above their code). Deterministic: rerunning
 prints the same text. The header also holds the table of cases
 (PAIR_CASES) that the test walks; its struct is the test's pair_case.
 """
@@ -190,6 +191,17 @@ for i, c in enumerate(CASES):
         print(c_double_array(cname(i, "IN%d" % j), v))
     print(c_double_array(cname(i, "F64"), run(c, torch.float64)))
     print(c_double_array(cname(i, "F32"), run(c, torch.float32)))
+# second order through the Gaussian NLL (sum, eps 1e-6, full): with g the
+# gradients of input and var (create_graph), the gradients of sum(g) with
+# respect to input, target and var; var holds one value below eps
+for dname, dt in (("F64", torch.float64), ("F32", torch.float32)):
+    x, t, v = (torch.tensor(a, dtype=dt, requires_grad=True)
+               for a in (G_X[:4], G_T[:4], [0.5, 1e-8, 2.0, 0.25]))
+    l = F.gaussian_nll_loss(x, t, v, full=True, eps=1e-6, reduction="sum")
+    gx, gv = torch.autograd.grad(l, (x, v), create_graph=True)
+    h = torch.autograd.grad(gx.sum() + gv.sum(), (x, t, v))
+    print(c_double_array("GAUSS_SECOND_" + dname,
+                         gx.tolist() + gv.tolist() + sum((a.tolist() for a in h), [])))
 print("static const pair_case PAIR_CASES[] = {")
 for i, c in enumerate(CASES):
     name, kind, margin, p, eps, f1, f2, ins, _ = c
