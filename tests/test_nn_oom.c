@@ -866,6 +866,33 @@ Test(nn_oom, losses_reg) {
   sweep(&(scenario){"losses_reg", setup_kind, run_losses_reg, print_grads, false, false});
 }
 
+/* The losses of losses_pair.c: every op of each (the Gaussian clamp, the
+ * Poisson Stirling term with its target's NaN-gradient term, the swap of
+ * the triplet loss), the backward of all the inputs. */
+static ad_status run_losses_pair(world *w) {
+  ad_ctx *c = w->c;
+  int64_t s[2] = {3, 4};
+  ad_tensor *p = w->t[0] = data(c, 2, s, 1), *q = w->t[1] = data(c, 2, s, 2);
+  ad_tensor *r = w->t[2] = data(c, 2, s, 3);
+  if (!p || !q || !r) return ad_last_status(c);
+  ad_tensor *var = ad_square(c, r), *y = ad_sign(c, q);
+  ad_tensor *l = nn_gaussian_nll_loss(c, p, q, var, true, 1e-6, NN_MEAN);
+  l = ad_add(c, l, nn_poisson_nll_loss(c, p, q, true, true, 1e-8, NN_SUM));
+  l = ad_add(c, l, nn_margin_ranking_loss(c, p, q, y, 0.5, NN_MEAN));
+  l = ad_add(c, l, nn_hinge_embedding_loss(c, p, y, 1.0, NN_SUM));
+  l = ad_add(c, l, nn_soft_margin_loss(c, p, y, NN_MEAN));
+  ad_tensor *yc = ad_sign(c, ad_sum_axis(c, r, 1, false));
+  l = ad_add(c, l, nn_cosine_embedding_loss(c, p, q, yc, 0.1, NN_MEAN));
+  l = ad_add(c, l, nn_triplet_margin_loss(c, p, q, r, 1.0, 2.0, 1e-6, true, NN_SUM));
+  l = ad_add(c, l, nn_triplet_margin_loss(c, p, q, r, 1.0, 3.0, 1e-6, false, NN_MEAN));
+  if (!l) return ad_last_status(c);
+  return ad_backward(c, l, NULL);
+}
+
+Test(nn_oom, losses_pair) {
+  sweep(&(scenario){"losses_pair", setup_kind, run_losses_pair, print_grads, false, false});
+}
+
 /* The _ext losses with every option: class weights, label smoothing and
  * ignore_index over labels [N,T] and class_last logits, probability
  * targets with weights, nll_loss's weighted ignoring path, and the binary
