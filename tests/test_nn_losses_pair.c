@@ -521,3 +521,55 @@ Test(losses_pair, errors_name_the_loss_and_the_shapes) {
   ad_tensor_free(y0);
   ad_ctx_free(other);
 }
+
+/* ----------------------------------------------------------------- nn_fit */
+
+/* docs/custom-models.md's wrapper: pred [N,2], a mean and a log-variance. */
+static ad_tensor *gaussian_nll(ad_ctx *c, ad_tensor *pred, ad_tensor *target, nn_reduction red) {
+  ad_tensor *mean = ad_narrow(c, pred, 1, 0, 1);
+  ad_tensor *var = ad_exp(c, ad_narrow(c, pred, 1, 1, 1));
+  return nn_gaussian_nll_loss(c, mean, target, var, false, 1e-6, red);
+}
+
+/* targets y of +-1 [N,1] against one score per sample */
+static ad_tensor *soft_margin(ad_ctx *c, ad_tensor *pred, ad_tensor *target, nn_reduction red) {
+  return nn_soft_margin_loss(c, pred, target, red);
+}
+
+static ad_tensor *hinge(ad_ctx *c, ad_tensor *pred, ad_tensor *target, nn_reduction red) {
+  /* a classifier's margin: max(0, 0 - (y x - 1)), nothing from y x >= 1 on */
+  ad_tensor *yx = ad_mul(c, pred, target);
+  ad_tensor *minus1 = ad_full_like(c, yx, -1.0);
+  return nn_hinge_embedding_loss(c, ad_sub_scalar(c, yx, 1.0), minus1, 0.0, red);
+}
+
+/* A few epochs of a Dense model: the loss goes down (the Gaussian NLL
+ * learns a mean and a variance; the margins a sign). */
+Test(losses_pair, losses_train_with_nn_fit) {
+  nn_loss_fn fns[3] = {gaussian_nll, soft_margin, hinge};
+  for (int k = 0; k < 3; k++) {
+    ad_rng rng;
+    ad_rng_seed(&rng, 5);
+    int64_t xs[2] = {32, 3}, ys[2] = {32, 1};
+    ad_tensor *x = ad_rand(ctx, &rng, AD_F64, 2, xs, -1, 1);
+    ad_tensor *y = ad_zeros(ctx, AD_F64, 2, ys);
+    for (int i = 0; i < 32; i++) {
+      double v = ad_tensor_get(x, 3 * i) - 0.5 * ad_tensor_get(x, 3 * i + 1);
+      ad_tensor_set(y, i, k == 0 ? 2 * v : (v > 0 ? 1 : -1));
+    }
+    nn_model *m = nn_sequential_new(ctx);
+    nn_model_add(m, nn_dense_new(ctx, 3, k == 0 ? 2 : 1, &rng, &(nn_dense_opts){.dtype = AD_F64}));
+    nn_optimizer *opt = nn_adam_new(nn_model_params(m), 0.05);
+    nn_fit_opts fo = {.epochs = 20, .batch_size = 8, .seed = 1, .verbose = -1};
+    nn_history *h = NULL;
+    cr_assert_eq(nn_fit(m, opt, fns[k], x, y, &fo, &h), AD_OK, "loss %d: %s", k,
+                 ad_last_error(ctx));
+    const double *lv = nn_history_values(h, "loss");
+    cr_assert_not_null(lv);
+    cr_assert_lt(lv[19], lv[0] - 0.5 * fabs(lv[0]), "loss %d: %g -> %g", k, lv[0], lv[19]);
+    nn_history_free(h);
+    nn_optimizer_free(opt);
+    nn_model_free(m);
+    ad_tensor_free(x), ad_tensor_free(y);
+  }
+}

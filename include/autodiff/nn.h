@@ -33,13 +33,17 @@
  *   losses       MSE, L1, smooth L1, Huber, binary cross-entropy (from
  *                probabilities or logits), categorical cross-entropy from
  *                logits (integer labels or one-hot / probability targets),
- *                NLL on log-probabilities, KL divergence; mean or sum (and
- *                batchmean for KL). All share the nn_loss_fn signature,
- *                except the sequence cross-entropy (per-step logits,
- *                ignore_index), KL (log_target), the smooth L1 and Huber
- *                variants taking beta or delta, and the _ext forms of the
- *                cross-entropy, NLL and BCE losses (class weights, label
- *                smoothing, ignore_index, pos_weight).
+ *                NLL on log-probabilities, KL divergence, Gaussian and
+ *                Poisson NLL, margin ranking, hinge embedding, soft
+ *                margin, cosine embedding, triplet margin; mean or sum
+ *                (and batchmean for KL). All share the nn_loss_fn
+ *                signature, except the sequence cross-entropy (per-step
+ *                logits, ignore_index), KL (log_target), the smooth L1 and
+ *                Huber variants taking beta or delta, the _ext forms of
+ *                the cross-entropy, NLL and BCE losses (class weights,
+ *                label smoothing, ignore_index, pos_weight), and the
+ *                likelihood, ranking and embedding losses (their extra
+ *                tensors and parameters).
  *   optimizers   nn_optimizer: SGD (momentum, Nesterov, weight decay),
  *                Adagrad, RMSProp, Adam, AdamW (amsgrad), Adamax, NAdam,
  *                RAdam, maximize, with PyTorch's update rules;
