@@ -7,6 +7,7 @@
 #include "nn_internal.h"
 
 #include <math.h>
+#include <string.h>
 
 /* 2 pi, as torch's 2 * c10::pi<double> and 2 * math.pi */
 #define TWO_PI 6.283185307179586
@@ -325,4 +326,140 @@ ad_tensor *nn_triplet_margin_loss(ad_ctx *ctx, ad_tensor *anchor, ad_tensor *pos
   if (swap) dn = ad_minimum(ctx, dn, pdist(ctx, positive, negative, p, eps));
   ad_tensor *z = ad_sub(ctx, ad_add_scalar(ctx, dp, margin), dn);
   return nn_loss_reduce(ctx, ad_clamp(ctx, z, 0.0, INFINITY), red, dp);
+}
+
+/* ------------------------------------------------ multi-class margins */
+
+/* w broadcasts to x's shape (NumPy rules, the result x's shape). */
+static bool broadcasts_to(const ad_tensor *w, const ad_tensor *x) {
+  if (w->ndim > x->ndim) return false;
+  for (int k = 1; k <= w->ndim; k++) {
+    int64_t a = w->shape[w->ndim - k], b = x->shape[x->ndim - k];
+    if (a != 1 && a != b) return false;
+  }
+  return true;
+}
+
+/* PyTorch 1.13's F.multilabel_soft_margin_loss over the last dim (C):
+ *   l_n = -sum_c w (t log sigmoid(x) + (1 - t) log sigmoid(-x)) / C
+ * log sigmoid(x) as -softplus(-x) (ad_softplus: torch's value within
+ * exp(-20) relative). The weight broadcasts to x's shape and gets its
+ * gradient, as in torch (a composite there too). */
+ad_tensor *nn_multilabel_soft_margin_loss(ad_ctx *ctx, ad_tensor *input, ad_tensor *target,
+                                          ad_tensor *weight, nn_reduction red) {
+  const char *fn = "multilabel_soft_margin_loss";
+  char a[64], b[64];
+  ad_tensor *t = nn_loss_target(ctx, fn, "input", input, target);
+  if (!t) return NULL;
+  if (input->ndim == 0) {
+    ad_set_error(ctx, AD_ERR_SHAPE, "%s: input %s: need a class dim (the last)", fn,
+                 ad_shape_str(input, a, sizeof a));
+    return NULL;
+  }
+  if (weight) {
+    if (nn_check_input(ctx, fn, "weight", weight) != AD_OK) return NULL;
+    if (weight->dtype != input->dtype) {
+      ad_set_error(ctx, AD_ERR_DTYPE, "%s: weight %s is %s, the input %s is %s", fn,
+                   ad_shape_str(weight, a, sizeof a), ad_dtype_name(weight->dtype),
+                   ad_shape_str(input, b, sizeof b), ad_dtype_name(input->dtype));
+      return NULL;
+    }
+    if (!broadcasts_to(weight, input)) {
+      ad_set_error(ctx, AD_ERR_SHAPE, "%s: weight %s does not broadcast to input %s", fn,
+                   ad_shape_str(weight, a, sizeof a), ad_shape_str(input, b, sizeof b));
+      return NULL;
+    }
+  }
+  if (!nn_loss_check_reduction(ctx, fn, red, false)) return NULL;
+  int ax = input->ndim - 1;
+  ad_tensor *ls = ad_neg(ctx, ad_softplus(ctx, ad_neg(ctx, input))); /* log sigmoid(x) */
+  ad_tensor *lsn = ad_neg(ctx, ad_softplus(ctx, input));             /* log sigmoid(-x) */
+  ad_tensor *l = ad_add(ctx, ad_mul(ctx, t, ls), ad_mul(ctx, ad_rsub_scalar(ctx, t, 1.0), lsn));
+  l = ad_neg(ctx, l);
+  if (weight) l = ad_mul(ctx, l, weight);
+  l = ad_div_scalar(ctx, ad_sum_axis(ctx, l, ax, false), (double)input->shape[ax]);
+  return nn_loss_reduce(ctx, l, red, l);
+}
+
+/* PyTorch 1.13's multi_margin_loss kernel, per sample n with label y:
+ *   l_n = sum_{i != y} w_y h(margin - x_y + x_i) / C,  h(z) = z or z^2
+ * where z > 0 (strictly: at z = 0 neither value nor gradient, and a NaN z
+ * is skipped, value and gradient, as the kernel's test z > 0 skips it).
+ * x_y = sum(where(onehot, x, 0)), exact (an infinite x elsewhere stays
+ * out); the one-hot mask is a temporary of the tape. */
+ad_tensor *nn_multi_margin_loss(ad_ctx *ctx, ad_tensor *input, ad_tensor *labels, int p,
+                                double margin, ad_tensor *weight, nn_reduction red) {
+  const char *fn = "multi_margin_loss";
+  char a[64], b[64];
+  if (!ctx || !input || !labels) {
+    nn_null_arg(ctx, fn, input ? "labels" : "input");
+    return NULL;
+  }
+  if (nn_check_input(ctx, fn, "input", input) != AD_OK ||
+      nn_check_input(ctx, fn, "labels", labels) != AD_OK)
+    return NULL;
+  if (input->dtype != AD_F32 && input->dtype != AD_F64) {
+    ad_set_error(ctx, AD_ERR_DTYPE, "%s: input %s is %s; a float dtype is needed", fn,
+                 ad_shape_str(input, a, sizeof a), ad_dtype_name(input->dtype));
+    return NULL;
+  }
+  if (labels->dtype != AD_I32) {
+    ad_set_error(ctx, AD_ERR_DTYPE, "%s: labels %s are %s; class labels must be i32", fn,
+                 ad_shape_str(labels, a, sizeof a), ad_dtype_name(labels->dtype));
+    return NULL;
+  }
+  bool one = input->ndim == 1;
+  if ((input->ndim != 1 && input->ndim != 2) || input->shape[input->ndim - 1] == 0 ||
+      (one ? labels->size != 1 || labels->ndim > 1
+           : labels->ndim != 1 || labels->shape[0] != input->shape[0])) {
+    ad_set_error(ctx, AD_ERR_SHAPE,
+                 "%s: input %s and labels %s: need [N,C] and [N], or [C] and one", fn,
+                 ad_shape_str(input, a, sizeof a), ad_shape_str(labels, b, sizeof b));
+    return NULL;
+  }
+  int64_t C = input->shape[input->ndim - 1], N = one ? 1 : input->shape[0];
+  const int32_t *lab = labels->data;
+  for (int64_t i = 0; i < N; i++)
+    if (lab[i] < 0 || lab[i] >= C) {
+      ad_set_error(ctx, AD_ERR_ARG, "%s: label %d of sample %lld is outside 0..%lld", fn, lab[i],
+                   (long long)i, (long long)C - 1);
+      return NULL;
+    }
+  if (weight) {
+    if (nn_check_input(ctx, fn, "weight", weight) != AD_OK) return NULL;
+    if (weight->dtype != input->dtype || weight->ndim != 1 || weight->shape[0] != C) {
+      ad_set_error(ctx, weight->dtype != input->dtype ? AD_ERR_DTYPE : AD_ERR_SHAPE,
+                   "%s: weight %s %s: need [%lld] %s (one per class)", fn,
+                   ad_shape_str(weight, a, sizeof a), ad_dtype_name(weight->dtype), (long long)C,
+                   ad_dtype_name(input->dtype));
+      return NULL;
+    }
+    if (ad_tensor_requires_grad(weight)) {
+      ad_set_error(ctx, AD_ERR_ARG, "%s: weight requires a gradient; PyTorch gives it none", fn);
+      return NULL;
+    }
+  }
+  if (p != 1 && p != 2) {
+    ad_set_error(ctx, AD_ERR_ARG, "%s: p %d: only p = 1 and p = 2 are supported", fn, p);
+    return NULL;
+  }
+  if (!nn_loss_check_reduction(ctx, fn, red, false) || !not_nan(ctx, fn, "margin", margin))
+    return NULL;
+  ad_dtype dt = input->dtype;
+  int64_t s[2] = {N, C};
+  ad_tensor *x = one ? ad_reshape(ctx, input, 2, s) : input;
+  ad_tensor *oh = nn_tmp_tensor(ctx, dt, 2, s);
+  if (!x || !oh) return NULL;
+  memset(oh->data, 0, (size_t)oh->size * ad_dtype_size(dt));
+  for (int64_t i = 0; i < N; i++) ad_tensor_set(oh, i * C + lab[i], 1.0);
+  ad_tensor *zero = ad_scalar(ctx, dt, 0.0);
+  ad_tensor *xy = ad_sum_axis(ctx, ad_where(ctx, oh, x, zero), 1, true);
+  ad_tensor *z = ad_add(ctx, ad_rsub_scalar(ctx, xy, margin), x);
+  ad_tensor *on = ad_mul(ctx, ad_gt(ctx, z, zero), ad_rsub_scalar(ctx, oh, 1.0));
+  ad_tensor *h = ad_where(ctx, on, z, zero);
+  if (p == 2) h = ad_square(ctx, h);
+  if (weight) h = ad_mul(ctx, h, ad_sum_axis(ctx, ad_where(ctx, oh, weight, zero), 1, true));
+  ad_tensor *l = ad_div_scalar(ctx, ad_sum_axis(ctx, h, 1, false), (double)C);
+  if (one && l) l = ad_reshape(ctx, l, 0, s);
+  return nn_loss_reduce(ctx, l, red, l);
 }

@@ -1,5 +1,6 @@
 /* test_nn_losses_pair.c: the Gaussian and Poisson NLL, margin ranking,
- * hinge embedding, soft margin, cosine embedding and triplet margin losses
+ * hinge embedding, soft margin, cosine embedding and triplet margin losses,
+ * and the multilabel soft margin and multi-class margin losses
  * against PyTorch 1.13 (values and the gradients of every differentiable
  * input, both reductions, f64 and f32, at the margins' kinks, clamped and
  * zero variances, zero and negative targets, y other than +-1, zero
@@ -14,7 +15,7 @@
 
 TEST_CTX_SUITE(losses_pair);
 
-typedef enum kind { GAUSS, POISSON, MR, HINGE, SOFT, COS, TRIP } kind;
+typedef enum kind { GAUSS, POISSON, MR, HINGE, SOFT, COS, TRIP, MLSM, MM } kind;
 
 /* One input of a case: its shape, values and whether it requires a
  * gradient (then its gradient is in the fixture, in input order). */
@@ -64,6 +65,11 @@ static ad_tensor *call(ad_ctx *c, const pair_case *pc, ad_tensor *const *in, nn_
   case TRIP:
     return nn_triplet_margin_loss(c, in[0], in[1], in[2], pc->margin, pc->p, pc->eps, pc->flag1,
                                   red);
+  case MLSM:
+    return nn_multilabel_soft_margin_loss(c, in[0], in[1], pc->nin > 2 ? in[2] : NULL, red);
+  case MM:
+    return nn_multi_margin_loss(c, in[0], in[1], (int)pc->p, pc->margin, pc->nin > 2 ? in[2] : NULL,
+                                red);
   }
   return NULL;
 }
@@ -95,7 +101,9 @@ static void check_case(const pair_case *pc, int d, int r) {
   ad_tensor *in[3] = {NULL, NULL, NULL};
   int64_t len = 1; /* {loss, grads} of one reduction */
   for (int j = 0; j < pc->nin; j++) {
-    in[j] = vec(ctx, dt, pc->in[j].ndim, pc->in[j].shape, pc->in[j].v);
+    /* multi_margin's labels are i32 */
+    in[j] =
+        vec(ctx, pc->k == MM && j == 1 ? AD_I32 : dt, pc->in[j].ndim, pc->in[j].shape, pc->in[j].v);
     ad_tensor_set_requires_grad(in[j], pc->in[j].grad);
     if (pc->in[j].grad) len += in[j]->size;
   }
@@ -232,6 +240,10 @@ Test(losses_pair, gradcheck_and_gradgradcheck) {
       {TRIP, 10, 2, 1e-6, true, false, 3, {-1, -1, -1}, {1, 1, 1}, {0}, {0}},
       {TRIP, 10, 3, 1e-6, false, false, 3, {-1, -1, -1}, {1, 1, 1}, {0}, {0}},
       {TRIP, 10, 1.5, 0, true, false, 3, {-1, -1, -1}, {1, 1, 1}, {0}, {0}},
+      {MLSM, 0, 0, 0, false, false, 3, {-3, 0, 0.5}, {3, 1, 2}, {0}, {0}},
+      {MLSM, 0, 0, 0, false, false, 2, {-3, -1}, {3, 2}, {0}, {0}},
+      {MM, 5, 1, 0, false, false, 3, {-1, 0, 0.5}, {1, 0, 2}, {false, true, true}, {0}},
+      {MM, 5, 2, 0, false, false, 2, {-1, 0}, {1, 0}, {false, true}, {0}},
   };
   int64_t s[2] = {4, 3};
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
@@ -254,8 +266,17 @@ Test(losses_pair, gradcheck_and_gradgradcheck) {
       int n = 0;
       for (int j = 0; j < cases[i].nin; j++) {
         /* cosine's y is [4]; the rest [4,3] */
-        int nd = cases[i].k == COS && j == 2 ? 1 : 2;
-        all[j] = rnd(&rng, nd, s, cases[i].lo[j], cases[i].hi[j], cases[i].sign[j]);
+        /* cosine's y is [4], the class weights [3], multi_margin's labels
+         * i32 [4]; the rest [4,3] */
+        kind k = cases[i].k;
+        int nd = (k == COS || k == MLSM || k == MM) && j == 2 ? 1 : 2;
+        const int64_t *sh = (k == MLSM || k == MM) && j == 2 ? s + 1 : s;
+        if (k == MM && j == 1) {
+          all[j] = ad_zeros(ctx, AD_I32, 1, s);
+          for (int q = 0; q < 4; q++) ad_tensor_set(all[j], q, (2 * q + 1) % 3);
+        } else {
+          all[j] = rnd(&rng, nd, sh, cases[i].lo[j], cases[i].hi[j], cases[i].sign[j]);
+        }
         if (cases[i].fixed[j]) {
           g.fixed[j] = all[j];
         } else {
@@ -283,14 +304,17 @@ Test(losses_pair, gradcheck_and_gradgradcheck) {
 Test(losses_pair, empty_batches_as_torch) {
   int64_t s0[2] = {0, 3}, n0 = 0;
   for (int d = 0; d < 2; d++)
-    for (int k = GAUSS; k <= TRIP; k++)
+    for (int k = GAUSS; k <= MM; k++)
       for (int r = 0; r < 2; r++) {
         ad_tape_reset(ctx);
         ad_dtype dt = d ? AD_F32 : AD_F64;
         ad_tensor *a = ad_zeros(ctx, dt, 2, s0), *b = ad_zeros(ctx, dt, 2, s0);
         ad_tensor *c = k == COS ? ad_zeros(ctx, dt, 1, &n0) : ad_zeros(ctx, dt, 2, s0);
+        if (k == MM) ad_tensor_free(b), b = ad_zeros(ctx, AD_I32, 1, &n0);
         ad_tensor_set_requires_grad(a, true);
-        pair_case pc = {"empty", (kind)k, 1.0, 2.0, 1e-6, false, false, 3, {{0}}, {NULL, NULL}};
+        /* 2 inputs for the multi-class losses: no weight */
+        pair_case pc = {"empty", (kind)k,           1.0,   2.0,         1e-6, false,
+                        false,   k >= MLSM ? 2 : 3, {{0}}, {NULL, NULL}};
         ad_tensor *in[3] = {a, b, c};
         ad_tensor *l = call(ctx, &pc, in, r ? NN_SUM : NN_MEAN);
         cr_assert_not_null(l, "kind %d: %s", k, ad_last_error(ctx));
@@ -572,4 +596,76 @@ Test(losses_pair, losses_train_with_nn_fit) {
     nn_model_free(m);
     ad_tensor_free(x), ad_tensor_free(y);
   }
+}
+
+/* The multi-class losses' own errors: labels, weights, p, shapes. */
+Test(losses_pair, multi_class_errors) {
+  int64_t s34[2] = {3, 4}, s3[1] = {3}, s4[1] = {4}, s2[1] = {2}, s33[2] = {3, 3};
+  ad_tensor *x = ad_zeros(ctx, AD_F64, 2, s34), *lab = ad_zeros(ctx, AD_I32, 1, s3);
+  ad_tensor *labf = ad_zeros(ctx, AD_F64, 1, s3), *lab2 = ad_zeros(ctx, AD_I32, 1, s2);
+  ad_tensor *w4 = ad_ones(ctx, AD_F64, 1, s4), *w3 = ad_ones(ctx, AD_F64, 1, s3);
+  ad_tensor *w4f = ad_ones(ctx, AD_F32, 1, s4), *wg = ad_ones(ctx, AD_F64, 1, s4);
+  ad_tensor *xi = ad_zeros(ctx, AD_I32, 2, s34), *x33 = ad_zeros(ctx, AD_F64, 2, s33);
+  ad_tensor_set_requires_grad(wg, true);
+  cr_assert_not_null(nn_multi_margin_loss(ctx, x, lab, 1, 1.0, w4, NN_MEAN), "%s",
+                     ad_last_error(ctx));
+  cr_assert_null(nn_multi_margin_loss(ctx, x, NULL, 1, 1.0, NULL, NN_MEAN));
+  test_expect_error(ctx, AD_ERR_NULL, "multi_margin_loss: labels is NULL", NULL);
+  cr_assert_null(nn_multi_margin_loss(ctx, NULL, lab, 1, 1.0, NULL, NN_MEAN));
+  test_expect_error(ctx, AD_ERR_NULL, "multi_margin_loss: input is NULL", NULL);
+  cr_assert_null(nn_multi_margin_loss(ctx, x, labf, 1, 1.0, NULL, NN_MEAN));
+  test_expect_error(ctx, AD_ERR_DTYPE, "multi_margin_loss: labels [3] are f64", NULL);
+  cr_assert_null(nn_multi_margin_loss(ctx, xi, lab, 1, 1.0, NULL, NN_MEAN));
+  test_expect_error(ctx, AD_ERR_DTYPE, "multi_margin_loss: input [3,4] is i32", NULL);
+  cr_assert_null(nn_multi_margin_loss(ctx, x, lab2, 1, 1.0, NULL, NN_MEAN));
+  test_expect_error(ctx, AD_ERR_SHAPE,
+                    "multi_margin_loss: input [3,4] and labels [2]: need [N,C] and [N]", NULL);
+  ad_tensor_set(lab, 1, 4);
+  cr_assert_null(nn_multi_margin_loss(ctx, x, lab, 1, 1.0, NULL, NN_MEAN));
+  test_expect_error(ctx, AD_ERR_ARG, "multi_margin_loss: label 4 of sample 1 is outside 0..3",
+                    NULL);
+  ad_tensor_set(lab, 1, -1);
+  cr_assert_null(nn_multi_margin_loss(ctx, x, lab, 1, 1.0, NULL, NN_MEAN));
+  test_expect_error(ctx, AD_ERR_ARG, "label -1 of sample 1", NULL);
+  ad_tensor_set(lab, 1, 0);
+  const int bad_p[3] = {0, 3, -1};
+  for (int i = 0; i < 3; i++) {
+    cr_assert_null(nn_multi_margin_loss(ctx, x, lab, bad_p[i], 1.0, NULL, NN_MEAN));
+    test_expect_error(ctx, AD_ERR_ARG, "multi_margin_loss: p", "only p = 1 and p = 2", NULL);
+  }
+  cr_assert_null(nn_multi_margin_loss(ctx, x, lab, 2, NAN, NULL, NN_MEAN));
+  test_expect_error(ctx, AD_ERR_ARG, "multi_margin_loss: margin is NaN", NULL);
+  cr_assert_null(nn_multi_margin_loss(ctx, x, lab, 2, 1.0, w3, NN_MEAN));
+  test_expect_error(ctx, AD_ERR_SHAPE, "multi_margin_loss: weight [3] f64: need [4] f64", NULL);
+  cr_assert_null(nn_multi_margin_loss(ctx, x, lab, 2, 1.0, w4f, NN_MEAN));
+  test_expect_error(ctx, AD_ERR_DTYPE, "multi_margin_loss: weight [4] f32: need [4] f64", NULL);
+  cr_assert_null(nn_multi_margin_loss(ctx, x, lab, 2, 1.0, wg, NN_MEAN));
+  test_expect_error(ctx, AD_ERR_ARG, "multi_margin_loss: weight requires a gradient", NULL);
+  cr_assert_null(nn_multi_margin_loss(ctx, x, lab, 2, 1.0, NULL, NN_BATCHMEAN));
+  test_expect_error(ctx, AD_ERR_ARG, "multi_margin_loss: reduction NN_BATCHMEAN", NULL);
+  cr_assert_null(nn_multi_margin_loss(ctx, w4, lab, 2, 1.0, NULL, NN_SUM));
+  test_expect_error(ctx, AD_ERR_SHAPE, "need [N,C] and [N], or [C] and one", NULL);
+  /* multilabel: 0-d input, weight that does not broadcast, dtypes, sizes */
+  cr_assert_not_null(nn_multilabel_soft_margin_loss(ctx, x, x, wg, NN_MEAN), "%s",
+                     ad_last_error(ctx));
+  cr_assert_null(nn_multilabel_soft_margin_loss(ctx, x, x, w3, NN_MEAN));
+  test_expect_error(ctx, AD_ERR_SHAPE,
+                    "multilabel_soft_margin_loss: weight [3] does not broadcast to input [3,4]",
+                    NULL);
+  cr_assert_null(nn_multilabel_soft_margin_loss(ctx, x, x, w4f, NN_MEAN));
+  test_expect_error(ctx, AD_ERR_DTYPE, "multilabel_soft_margin_loss: weight [4] is f32", NULL);
+  cr_assert_null(nn_multilabel_soft_margin_loss(ctx, x, x33, NULL, NN_MEAN));
+  test_expect_error(ctx, AD_ERR_SHAPE,
+                    "multilabel_soft_margin_loss: input [3,4] and target [3,3] differ in size",
+                    NULL);
+  ad_tensor *z0 = ad_scalar(ctx, AD_F64, 0.5);
+  cr_assert_null(nn_multilabel_soft_margin_loss(ctx, z0, z0, NULL, NN_MEAN));
+  test_expect_error(ctx, AD_ERR_SHAPE, "multilabel_soft_margin_loss: input []:", "class dim", NULL);
+  cr_assert_null(nn_multilabel_soft_margin_loss(ctx, x, NULL, NULL, NN_MEAN));
+  test_expect_error(ctx, AD_ERR_NULL, "multilabel_soft_margin_loss: target is NULL", NULL);
+  cr_assert_null(nn_multilabel_soft_margin_loss(ctx, x, x, NULL, (nn_reduction)7));
+  test_expect_error(ctx, AD_ERR_ARG, "multilabel_soft_margin_loss: unknown reduction 7", NULL);
+  ad_tensor_free(x), ad_tensor_free(lab), ad_tensor_free(labf), ad_tensor_free(lab2);
+  ad_tensor_free(w4), ad_tensor_free(w3), ad_tensor_free(w4f), ad_tensor_free(wg);
+  ad_tensor_free(xi), ad_tensor_free(x33);
 }

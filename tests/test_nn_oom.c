@@ -868,13 +868,17 @@ Test(nn_oom, losses_reg) {
 
 /* The losses of losses_pair.c: every op of each (the Gaussian clamp, the
  * Poisson Stirling term with its target's NaN-gradient term, the swap of
- * the triplet loss), the backward of all the inputs. */
+ * the triplet loss, the multi-class losses' one-hot temporaries), the
+ * backward of all the inputs. */
 static ad_status run_losses_pair(world *w) {
   ad_ctx *c = w->c;
   int64_t s[2] = {3, 4};
   ad_tensor *p = w->t[0] = data(c, 2, s, 1), *q = w->t[1] = data(c, 2, s, 2);
   ad_tensor *r = w->t[2] = data(c, 2, s, 3);
-  if (!p || !q || !r) return ad_last_status(c);
+  ad_tensor *lab = w->t[3] = ad_zeros(c, AD_I32, 1, s),
+            *cw = w->t[4] = ad_ones(c, AD_F32, 1, s + 1);
+  if (!p || !q || !r || !lab || !cw) return ad_last_status(c);
+  ad_tensor_set(lab, 1, 3), ad_tensor_set(lab, 2, 1);
   ad_tensor *var = ad_square(c, r), *y = ad_sign(c, q);
   ad_tensor *l = nn_gaussian_nll_loss(c, p, q, var, true, 1e-6, NN_MEAN);
   l = ad_add(c, l, nn_poisson_nll_loss(c, p, q, true, true, 1e-8, NN_SUM));
@@ -885,6 +889,9 @@ static ad_status run_losses_pair(world *w) {
   l = ad_add(c, l, nn_cosine_embedding_loss(c, p, q, yc, 0.1, NN_MEAN));
   l = ad_add(c, l, nn_triplet_margin_loss(c, p, q, r, 1.0, 2.0, 1e-6, true, NN_SUM));
   l = ad_add(c, l, nn_triplet_margin_loss(c, p, q, r, 1.0, 3.0, 1e-6, false, NN_MEAN));
+  l = ad_add(c, l, nn_multilabel_soft_margin_loss(c, p, ad_sigmoid(c, q), cw, NN_MEAN));
+  l = ad_add(c, l, nn_multi_margin_loss(c, p, lab, 2, 1.0, cw, NN_SUM));
+  l = ad_add(c, l, nn_multi_margin_loss(c, r, lab, 1, 0.5, NULL, NN_MEAN));
   if (!l) return ad_last_status(c);
   return ad_backward(c, l, NULL);
 }

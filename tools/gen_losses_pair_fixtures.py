@@ -1,14 +1,16 @@
 #!/usr/bin/python3
 """Writes tests/losses_pair_fixtures.h: the PyTorch reference values of
 tests/test_nn_losses_pair.c (Gaussian and Poisson NLL, margin ranking,
-hinge embedding, soft margin, cosine embedding and triplet margin losses).
+hinge embedding, soft margin, cosine embedding, triplet margin, multilabel
+soft margin and multi-class margin losses).
 
 Usage (from the repository root, with Debian's python3-torch):
 
     /usr/bin/python3 tools/gen_losses_pair_fixtures.py > tests/losses_pair_fixtures.h
 
 Each case names a loss, its scalar arguments and its input tensors (values,
-shape, whether the input requires a gradient). Every case runs in float64
+shape, whether the input requires a gradient; multi_margin's labels are
+doubles here, i32 in the test). Every case runs in float64
 and in float32 (the float32 inputs are the float64 ones rounded) and gives
 {loss, the gradients of the inputs that require one, in order} for
 reduction 'mean', then the same for 'sum'. The inputs put the margins'
@@ -158,6 +160,32 @@ for p in (2.0, 1.0, 3.0):
 case("triplet 1-D", "TRIP", [(T_A[:3], [3], True), (T_P[:3], [3], True), (T_N[:3], [3], True)],
      lambda i, r: F.triplet_margin_loss(*i, margin=0.5, p=2.0, eps=1e-6, reduction=r),
      margin=0.5, p=2.0, eps=1e-6)
+
+# multilabel soft margin [4,3]; multi margin [4,3] with labels (as doubles,
+# i32 in the test): row 0 hits z = 0 at margin 1 (i = 2), row 3 holds NaN
+ML_X = [0.0, 1.5, -2.0] + rnd(9, -3, 3)
+ML_T = [1.0, 0.0, 1.0, 0.0, 0.5, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.25]
+MM_X = [0.5, 1.5, -0.5, 1.0, 0.25, 2.0, -1.0, 0.0, 0.5, 0.75, NAN, -0.25]
+MM_Y = [0.0, 2.0, 1.0, 0.0]
+MM_X2 = rnd(12, -2, 2)
+W3 = [0.5, 2.0, 1.25]
+for w in (None, (W3, [3], True), ([0.5, 1.0, 2.0, 0.25], [4, 1], True)):
+    ins = [(ML_X, [4, 3], True), (ML_T, [4, 3], True)] + ([w] if w else [])
+    case("multilabel weight %s" % (w[1] if w else None), "MLSM", ins,
+         lambda i, r: F.multilabel_soft_margin_loss(i[0], i[1], weight=i[2] if len(i) > 2 else None,
+                                                    reduction=r))
+case("multilabel 1-D", "MLSM", [(ML_X[:3], [3], True), (ML_T[:3], [3], True)],
+     f("multilabel_soft_margin_loss"))
+for p, m, w in ((1, 1.0, None), (2, 1.0, None), (1, 0.5, W3), (2, 0.25, W3)):
+    for xs, nm in ((MM_X, "edge"), (MM_X2, "rand")):
+        ins = [(xs, [4, 3], True), (MM_Y, [4], False)] + ([(w, [3], False)] if w else [])
+        case("multi_margin %s p %d margin %g%s" % (nm, p, m, " weight" if w else ""), "MM", ins,
+             lambda i, r, p=p, m=m: F.multi_margin_loss(i[0], i[1].long(), p=p, margin=m,
+                                                        weight=i[2] if len(i) > 2 else None,
+                                                        reduction=r), margin=m, p=p)
+case("multi_margin one sample", "MM", [(MM_X2[:3], [3], True), ([2.0], [], False)],
+     lambda i, r: F.multi_margin_loss(i[0], i[1].long(), margin=1.0, reduction=r),
+     margin=1.0, p=1)
 
 
 def run(c, dt):

@@ -35,7 +35,8 @@
  *                logits (integer labels or one-hot / probability targets),
  *                NLL on log-probabilities, KL divergence, Gaussian and
  *                Poisson NLL, margin ranking, hinge embedding, soft
- *                margin, cosine embedding, triplet margin; mean or sum
+ *                margin, cosine embedding, triplet margin, multilabel
+ *                soft margin, multi-class margin; mean or sum
  *                (and batchmean for KL). All share the nn_loss_fn
  *                signature, except the sequence cross-entropy (per-step
  *                logits, ignore_index), KL (log_target), the smooth L1 and
@@ -1329,6 +1330,30 @@ NN_API ad_tensor *nn_cosine_embedding_loss(ad_ctx *ctx, ad_tensor *x1, ad_tensor
 NN_API ad_tensor *nn_triplet_margin_loss(ad_ctx *ctx, ad_tensor *anchor, ad_tensor *positive,
                                          ad_tensor *negative, double margin, double p, double eps,
                                          bool swap, nn_reduction red);
+
+/** torch.nn.MultiLabelSoftMarginLoss: per sample, -sum_c w_c (t_c log
+ * sigmoid(x_c) + (1 - t_c) log sigmoid(-x_c)) / C over the last dim (C
+ * classes) of input (at least 1-D); target has input's size (multi-hot or
+ * any value; it gets a gradient). weight (NULL for none) broadcasts to
+ * input's shape, e.g. [C], and gets its gradient as in torch. log sigmoid
+ * is -softplus(-x) (within exp(-20) relative of torch's). NN_MEAN is the
+ * mean over the samples. Errors: those above; AD_ERR_SHAPE for a 0-d
+ * input or a weight that does not broadcast. */
+NN_API ad_tensor *nn_multilabel_soft_margin_loss(ad_ctx *ctx, ad_tensor *input, ad_tensor *target,
+                                                 ad_tensor *weight, nn_reduction red);
+
+/** torch.nn.MultiMarginLoss: for scores [N,C] and AD_I32 labels [N] (or
+ * [C] and one label, 0-d or [1]), per sample sum_{i != y} w_y max(0,
+ * margin - x_y + x_i)^p / C with p 1 or 2. As torch 1.13's kernel, a term
+ * counts only where margin - x_y + x_i > 0 strictly: at 0 it adds no
+ * gradient (p = 1 too), and a NaN term is skipped, value and gradient.
+ * weight (NULL, or [C] in input's dtype) is a constant: one that requires
+ * a gradient is refused, as PyTorch refuses it. Errors: those above;
+ * AD_ERR_DTYPE for labels not AD_I32; AD_ERR_SHAPE for shapes that do not
+ * fit; AD_ERR_ARG for a label outside 0..C-1 ("multi_margin_loss: label 3
+ * of sample 1 is outside 0..2") and for p other than 1 and 2. */
+NN_API ad_tensor *nn_multi_margin_loss(ad_ctx *ctx, ad_tensor *input, ad_tensor *labels, int p,
+                                       double margin, ad_tensor *weight, nn_reduction red);
 
 /** Binary cross-entropy from probabilities pred in [0,1]:
  * -(t log p + (1-t) log(1-p)), each log clamped at -100 as in PyTorch
