@@ -555,11 +555,6 @@ static ad_tensor *gaussian_nll(ad_ctx *c, ad_tensor *pred, ad_tensor *target, nn
   return nn_gaussian_nll_loss(c, mean, target, var, false, 1e-6, red);
 }
 
-/* targets y of +-1 [N,1] against one score per sample */
-static ad_tensor *soft_margin(ad_ctx *c, ad_tensor *pred, ad_tensor *target, nn_reduction red) {
-  return nn_soft_margin_loss(c, pred, target, red);
-}
-
 static ad_tensor *hinge(ad_ctx *c, ad_tensor *pred, ad_tensor *target, nn_reduction red) {
   /* a classifier's margin: max(0, 0 - (y x - 1)), nothing from y x >= 1 on */
   ad_tensor *yx = ad_mul(c, pred, target);
@@ -570,7 +565,7 @@ static ad_tensor *hinge(ad_ctx *c, ad_tensor *pred, ad_tensor *target, nn_reduct
 /* A few epochs of a Dense model: the loss goes down (the Gaussian NLL
  * learns a mean and a variance; the margins a sign). */
 Test(losses_pair, losses_train_with_nn_fit) {
-  nn_loss_fn fns[3] = {gaussian_nll, soft_margin, hinge};
+  nn_loss_fn fns[3] = {gaussian_nll, nn_soft_margin_loss, hinge}; /* y +-1 [N,1] */
   for (int k = 0; k < 3; k++) {
     ad_rng rng;
     ad_rng_seed(&rng, 5);

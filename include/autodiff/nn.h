@@ -1258,7 +1258,8 @@ NN_API ad_tensor *nn_kl_div_loss(ad_ctx *ctx, ad_tensor *input, ad_tensor *targe
  * another dtype, AD_ERR_SHAPE naming both shapes; a second tensor of the
  * first's size but another shape is viewed with its shape where stated).
  * A NaN margin, which PyTorch takes and turns into a NaN loss, is refused
- * (AD_ERR_ARG). None is an nn_loss_fn; wrap one for nn_fit. */
+ * (AD_ERR_ARG). nn_soft_margin_loss is an nn_loss_fn; the others take
+ * more arguments: wrap them in one for nn_fit. */
 
 /** Gaussian negative log-likelihood (torch.nn.GaussianNLLLoss): 0.5
  * (log v + (input - target)^2 / v), plus 0.5 log(2 pi) with full, where v
