@@ -84,9 +84,9 @@ static ad_tensor *nan_grad_at_nonpositive(ad_ctx *ctx, ad_tensor *t) {
  * (dl/dvar = 0.5 (1/v - d^2/v^2) at v = eps there). Here v = where(c =
  * var, var, c + (var - detach(var))), c = clamp(detach(var), eps): c
  * exactly where clamped, with var's gradient 1 everywhere (NaN var: NaN,
- * gradient passed, as torch). var is var's shape, or input's without its
- * last dim (viewed with a last dim 1), or input's with a last dim 1
- * (homoscedastic), as torch 1.13 takes it. */
+ * gradient passed, as torch). var has input's shape, or input's without
+ * its last dim (then viewed with a last dim 1), or input's with a last dim
+ * 1 (both homoscedastic), as torch 1.13 takes it. */
 ad_tensor *nn_gaussian_nll_loss(ad_ctx *ctx, ad_tensor *input, ad_tensor *target, ad_tensor *var,
                                 bool full, double eps, nn_reduction red) {
   const char *fn = "gaussian_nll_loss";
