@@ -55,8 +55,10 @@ static ad_tensor *ff_block(ad_ctx *ctx, xf_state *s, ad_tensor *x, bool training
   return drop(ctx, s, linear(ctx, h, s->w2, s->b2), training);
 }
 
+/* The call; *ran is set once the checks passed, so that only the errors
+ * of what runs after them are renamed after the layer. */
 static ad_tensor *xf_call(nn_layer *l, ad_tensor *src, const nn_transformer_args *a,
-                          const char *who) {
+                          const char *who, bool *ran) {
   ad_ctx *ctx = nn_layer_ctx(l);
   char b1[64];
   if (!nn_layer_runs(l, &xf_ops)) {
@@ -83,6 +85,7 @@ static ad_tensor *xf_call(nn_layer *l, ad_tensor *src, const nn_transformer_args
                  ad_dtype_name(src->dtype), ad_dtype_name(s->w1->dtype));
     return NULL;
   }
+  *ran = true;
   nn_mha_args ma = {0};
   if (a)
     ma = (nn_mha_args){.attn_mask = a->src_mask,
@@ -109,7 +112,8 @@ ad_tensor *nn_transformer_encoder_layer(nn_layer *l, ad_tensor *src,
   xf_state *s = nn_layer_runs(l, &xf_ops) ? nn_layer_state(l) : NULL;
   /* a call that fails takes no dropout draws: the attention's nor ours */
   ad_rng before = s ? s->rng : (ad_rng){0}, before_mha = s ? *nn_mha_rng(s->mha) : (ad_rng){0};
-  ad_tensor *y = xf_call(l, src, args, who);
+  bool ran = false;
+  ad_tensor *y = xf_call(l, src, args, who, &ran);
   if (y) {
     nn_layer_note_output(l, y);
     return y;
@@ -118,7 +122,10 @@ ad_tensor *nn_transformer_encoder_layer(nn_layer *l, ad_tensor *src,
     s->rng = before;
     *nn_mha_rng(s->mha) = before_mha;
   }
-  /* an op's or the attention's error, named after this layer */
+  /* the checks' messages name the layer already, and a NULL src keeps the
+   * message of the failure that made it (ad.h); an op's or the attention's
+   * error is named after this layer */
+  if (!ran) return NULL;
   char msg[512];
   size_t n = strlen(who);
   const char *m = ad_last_error(ctx);

@@ -593,8 +593,17 @@ Test(xf, bad_input) {
   expect_msg(ctx, AD_ERR_STATE, "was freed");
   nn_layer *other = nn_flatten_new(ctx);
   cr_assert_null(nn_transformer_encoder_layer(other, x, NULL));
+  cr_assert_str_eq(ad_last_error(ctx), /* not renamed "flatten: ..." */
+                   "transformer_encoder_layer: layer flatten is not a transformer_encoder_layer");
   expect_msg(ctx, AD_ERR_ARG, "layer flatten is not a transformer_encoder_layer");
   nn_layer_free(other);
+  /* a NULL src (an earlier failure) keeps that failure's message as it is */
+  cr_assert_null(ad_matmul(ctx, x, x, false, false));
+  char earlier[256];
+  snprintf(earlier, sizeof earlier, "%s", ad_last_error(ctx));
+  cr_assert_null(nn_transformer_encoder_layer(l, NULL, NULL));
+  cr_assert_str_eq(ad_last_error(ctx), earlier);
+  expect_msg(ctx, AD_ERR_SHAPE, "matmul");
   cr_assert_null(nn_transformer_encoder_layer(NULL, x, NULL));
   /* the attention inside is not reachable as a layer, and the layer is sane after errors */
   cr_assert_not_null(nn_model_forward(m, x), "%s", ad_last_error(ctx));
