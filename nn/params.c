@@ -488,11 +488,14 @@ void nn_fans(const ad_tensor *t, int64_t *fan_in, int64_t *fan_out) {
   if (fan_out) *fan_out = out;
 }
 
-/* The standard normal's quantile function, Phi^-1(p) for p in [0, 1]
- * (-inf and inf at the ends), from its lower half by symmetry: P. J.
- * Acklam's rational approximation (relative error below 1.2e-9) and one
- * step of Halley's method on erfc, which brings it to double precision. */
-static double normal_quantile(double p) {
+/* The standard normal's quantile function given the offset of p from the
+ * median, Phi^-1(1/2 + q) for q in [-1/2, 1/2] (-inf and inf at the ends),
+ * from its lower half by symmetry: P. J. Acklam's rational approximation
+ * (relative error below 1.2e-9) and one step of Halley's method, which
+ * brings it to double precision. Taking q, not p, keeps the central part
+ * exact where q is tiny: a truncated normal much wider than its bounds
+ * draws q within a few ulps of 0, which 1/2 + q would round away. */
+static double normal_quantile(double q) {
   static const double a[6] = {-3.969683028665376e+01, 2.209460984245205e+02,
                               -2.759285104469687e+02, 1.383577518672690e+02,
                               -3.066479806614716e+01, 2.506628277459239e+00};
@@ -503,20 +506,22 @@ static double normal_quantile(double p) {
                               4.374664141464968e+00,  2.938163982698783e+00};
   static const double d[4] = {7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e+00,
                               3.754408661907416e+00};
-  if (!(p > 0)) return -INFINITY;
-  if (!(p < 1)) return INFINITY;
-  if (p > 0.5) return -normal_quantile(1 - p); /* 1 - p is exact; Phi(x) - p near 1 is not */
-  double x;
-  if (p < 0.02425) { /* the tail */
-    double q = sqrt(-2 * log(p));
-    x = (((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5]) /
-        ((((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1);
+  if (!(q > -0.5)) return -INFINITY;
+  if (!(q < 0.5)) return INFINITY;
+  if (q > 0) return -normal_quantile(-q);
+  double x, e;
+  if (q < 0.02425 - 0.5) { /* the tail, p < 0.02425 */
+    double p = 0.5 + q;    /* exact: q is in [-1/2, -1/4] */
+    double t = sqrt(-2 * log(p));
+    x = (((((c[0] * t + c[1]) * t + c[2]) * t + c[3]) * t + c[4]) * t + c[5]) /
+        ((((d[0] * t + d[1]) * t + d[2]) * t + d[3]) * t + 1);
+    e = 0.5 * erfc(-x / sqrt(2.0)) - p; /* Phi(x) - p */
   } else {
-    double q = p - 0.5, r = q * q;
+    double r = q * q;
     x = (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5]) * q /
         (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1);
+    e = 0.5 * erf(x / sqrt(2.0)) - q; /* Phi(x) - p, without forming p */
   }
-  double e = 0.5 * erfc(-x / sqrt(2.0)) - p;          /* Phi(x) - p */
   double u = e * 2.5066282746310002 * exp(x * x / 2); /* sqrt(2 pi) */
   return x - u / (1 + x * u / 2);
 }
@@ -669,10 +674,13 @@ ad_status nn_init_tensor(ad_ctx *ctx, ad_tensor *t, nn_init init, ad_rng *rng) {
     ad_status marked = ad_tensor_mark_modified(t); /* written through its data below */
     if (marked != AD_OK) return marked;
     /* PyTorch's inverse transform: u uniform between Phi(-bound/std) and
-     * Phi(bound/std), x = std Phi^-1(u), clamped against rounding */
-    double cut = 0.5 * erfc(bound / init.a / sqrt(2.0)), width = 1 - 2 * cut;
+     * Phi(bound/std), x = std Phi^-1(u), clamped against rounding. u is
+     * formed as its offset from 1/2, uniform within +-h, h = Phi(bound/std)
+     * - 1/2 (through erf, exact however small): 1/2 + that offset would
+     * round to a handful of values when std is 1e14 times the bound. */
+    double h = 0.5 * erf(bound / init.a / sqrt(2.0));
     for (int64_t i = 0; i < t->size; i++) {
-      double x = init.a * normal_quantile(cut + width * ad_rng_uniform(rng));
+      double x = init.a * normal_quantile(h * (2 * ad_rng_uniform(rng) - 1));
       x = x < -bound ? -bound : x > bound ? bound : x;
       if (t->dtype == AD_F32)
         ((float *)t->data)[i] = (float)x;

@@ -13,6 +13,7 @@
 
 #include <criterion/criterion.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 TEST_CTX_SUITE(init_ext);
@@ -163,6 +164,41 @@ Test(init_ext, trunc_normal_has_the_truncated_distribution) {
       if (c < 3) cr_assert(hi > 0.99 * bound && lo < -0.99 * bound, "case %zu: range used", k);
       ad_tensor_free(t);
     }
+}
+
+/* A std far above the bounds: the truncated normal is then uniform on
+ * [-b, b] (mean 0, variance b^2 / 3), with as many distinct values as
+ * draws, not the handful that u = 1/2 + tiny rounds to. */
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+
+Test(init_ext, trunc_normal_much_wider_than_its_bounds_is_uniform) {
+  const double stds[] = {1e14, 1e17};
+  int64_t s[1] = {20000};
+  const double n = 20000;
+  for (size_t k = 0; k < sizeof stds / sizeof stds[0]; k++) {
+    ad_tensor *t = ad_zeros(ctx, AD_F64, 1, s);
+    ad_rng rng;
+    ad_rng_seed(&rng, 5);
+    cr_assert_eq(nn_init_tensor(ctx, t, nn_init_make(NN_INIT_TRUNC_NORMAL, stds[k], 1), &rng),
+                 AD_OK, "%s", ad_last_error(ctx));
+    double *v = t->data, sum = 0, sum2 = 0;
+    for (int64_t i = 0; i < t->size; i++) {
+      cr_assert(fabs(v[i]) <= 1, "std %g: %g beyond the bound", stds[k], v[i]);
+      sum += v[i], sum2 += v[i] * v[i];
+    }
+    double mean = sum / n, var = sum2 / n - mean * mean;
+    cr_assert(fabs(mean) < 5 * sqrt(1.0 / 3 / n), "std %g: mean %g", stds[k], mean);
+    cr_assert(fabs(var * 3 - 1) < 0.03, "std %g: var %g, want 1/3", stds[k], var);
+    qsort(v, (size_t)t->size, sizeof *v, cmp_double);
+    int64_t distinct = 1;
+    for (int64_t i = 1; i < t->size; i++) distinct += v[i] != v[i - 1];
+    cr_assert_gt(distinct, t->size - 10, "std %g: %lld distinct values of %lld", stds[k],
+                 (long long)distinct, (long long)t->size);
+    ad_tensor_free(t);
+  }
 }
 
 Test(init_ext, trunc_normal_errors) {
