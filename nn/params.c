@@ -545,6 +545,13 @@ static ad_status init_orthogonal(ad_ctx *ctx, ad_tensor *t, double gain, ad_rng 
   size_t bytes = (size_t)(2 * size + 2 * n) * sizeof(double);
   double *a = ad_malloc(ctx, bytes); /* T; then v_k from R's diagonal down */
   if (!a) return AD_ERR_OOM;
+  /* the write is noted before the first draw, so that a failure to note it
+   * (AD_ERR_OOM) leaves the generator as well as t untouched */
+  ad_status marked = ad_tensor_mark_modified(t); /* written through its data below */
+  if (marked != AD_OK) {
+    ad_free(ctx, a, bytes);
+    return marked;
+  }
   double *q = a + size, *beta = q + size, *diag = beta + n; /* Q; 2 / |v_k|^2; R_kk */
   for (int64_t r = 0; r < rows; r++)                        /* T = the draws, or their transpose */
     for (int64_t c = 0; c < cols; c++) a[wide ? r * cols + c : c * rows + r] = ad_rng_normal(rng);
@@ -578,21 +585,18 @@ static ad_status init_orthogonal(ad_ctx *ctx, ad_tensor *t, double gain, ad_rng 
       for (int64_t i = k; i < m; i++) x[i] -= dot * v[i];
     }
   }
-  ad_status marked = ad_tensor_mark_modified(t); /* written through its data below */
-  if (marked == AD_OK) {
-    for (int64_t r = 0; r < rows; r++)
-      for (int64_t c = 0; c < cols; c++) {
-        int64_t j = wide ? r : c, at = wide ? r * cols + c : c * rows + r; /* Q^T or Q */
-        double sign = diag[j] > 0 ? 1 : diag[j] < 0 ? -1 : 0;
-        double w = gain * sign * q[at];
-        if (t->dtype == AD_F32)
-          ((float *)t->data)[r * cols + c] = (float)w;
-        else
-          ((double *)t->data)[r * cols + c] = w;
-      }
-  }
+  for (int64_t r = 0; r < rows; r++)
+    for (int64_t c = 0; c < cols; c++) {
+      int64_t j = wide ? r : c, at = wide ? r * cols + c : c * rows + r; /* Q^T or Q */
+      double sign = diag[j] > 0 ? 1 : diag[j] < 0 ? -1 : 0;
+      double w = gain * sign * q[at];
+      if (t->dtype == AD_F32)
+        ((float *)t->data)[r * cols + c] = (float)w;
+      else
+        ((double *)t->data)[r * cols + c] = w;
+    }
   ad_free(ctx, a, bytes);
-  return marked;
+  return AD_OK;
 }
 
 ad_status nn_init_tensor(ad_ctx *ctx, ad_tensor *t, nn_init init, ad_rng *rng) {

@@ -116,6 +116,18 @@ Test(init_ext, orthogonal_out_of_memory_leaves_the_tensor) {
   for (int64_t i = 0; i < w->size; i++) cr_assert_eq(ad_tensor_get(w, i), 0);
   cr_assert_eq(ad_rng_next(&rng), ad_rng_next(&fresh), "nothing drawn");
   ad_clear_error(c);
+  /* w on the tape: its write must be noted, which may fail too; that
+   * failure also leaves the generator alone, as the other kinds' do */
+  ad_tensor_set_requires_grad(w, true);
+  cr_assert_not_null(ad_sum(c, ad_mul(c, w, w)));
+  ad_rng_seed(&rng, 9), ad_rng_seed(&fresh, 9);
+  test_alloc_refuse_after(&ta, 1); /* the work memory granted, the note refused */
+  cr_assert_eq(nn_init_tensor(c, w, nn_init_make(NN_INIT_ORTHOGONAL, 0, 0), &rng), AD_ERR_OOM);
+  test_alloc_grant_all(&ta);
+  test_expect_error(c, AD_ERR_OOM, "tensor_mark_modified", NULL);
+  for (int64_t i = 0; i < w->size; i++) cr_assert_eq(ad_tensor_get(w, i), 0);
+  cr_assert_eq(ad_rng_next(&rng), ad_rng_next(&fresh), "nothing drawn");
+  ad_tape_reset(c);
   ad_rng_seed(&rng, 9);
   cr_assert_eq(nn_init_tensor(c, w, nn_init_make(NN_INIT_ORTHOGONAL, 0, 0), &rng), AD_OK);
   check_orthogonal(w, 9, 1, 1e-13);
