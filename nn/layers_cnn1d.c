@@ -334,6 +334,8 @@ static nn_layer *pool1d_new(ad_ctx *ctx, pool1d_kind kind, int64_t k, const nn_p
     bad = "dilation must be in [1, 2^30] (0 means 1)";
   else if (kind == POOL1D_AVG && o.dilation > 1)
     bad = "dilation is for max_pool1d only";
+  else if (kind == POOL1D_MAX && o.exclude_pad)
+    bad = "exclude_pad (count_include_pad=False) is for avg_pool1d only";
   else if (o.padding < 0 || o.padding > k / 2)
     bad = "padding must be >= 0 and at most half the kernel";
   if (bad) {
@@ -347,7 +349,7 @@ static nn_layer *pool1d_new(ad_ctx *ctx, pool1d_kind kind, int64_t k, const nn_p
                          .padding = {0, o.padding},
                          .dilation = {1, o.dilation},
                          .ceil_mode = o.ceil_mode,
-                         .exclude_pad = kind == POOL1D_AVG && o.exclude_pad};
+                         .exclude_pad = o.exclude_pad};
   return pool1d_layer(ctx, name, &s);
 }
 

@@ -604,6 +604,11 @@ Test(cnn1d, bad_arguments_are_refused_when_made) {
       {true, 2, {.stride = INT64_C(1) << 31}, "avg_pool1d: stride must be in [1, 2^30]"},
       {false, 2, {.dilation = -1}, "max_pool1d: dilation must be in [1, 2^30]"},
       {true, 2, {.dilation = 2}, "avg_pool1d: dilation is for max_pool1d only"},
+      /* a setting MaxPool1d does not have was ignored without a word */
+      {false,
+       2,
+       {.exclude_pad = true},
+       "max_pool1d: exclude_pad (count_include_pad=False) is for avg_pool1d only"},
       {false, 3, {.padding = 2}, "max_pool1d: padding must be >= 0 and at most half the kernel"},
       {true, 4, {.padding = 3}, "avg_pool1d: padding must be >= 0 and at most half the kernel"},
       {true, 4, {.padding = -1}, "padding must be >= 0"},

@@ -674,7 +674,8 @@ typedef struct nn_pool1d_opts {
   int64_t padding;  /**< on both sides; at most kernel / 2 */
   int64_t dilation; /**< MaxPool1d only (AvgPool1d refuses one above 1); 0 means 1 */
   bool ceil_mode;   /**< count a last, partial window */
-  bool exclude_pad; /**< AvgPool1d: PyTorch's count_include_pad=False */
+  bool exclude_pad; /**< AvgPool1d only (MaxPool1d refuses it): PyTorch's
+                         count_include_pad=False */
 } nn_pool1d_opts;
 
 /** Pooling layers over the last axis, PyTorch's nn.MaxPool1d and
@@ -684,7 +685,8 @@ typedef struct nn_pool1d_opts {
  * gradients (any order) are those ops'. No parameters. opts may be NULL.
  * Returns the layer, or NULL with AD_ERR_ARG (a kernel, stride or dilation
  * outside [1, 2^30] (0 is the default for the last two), padding < 0 or
- * above kernel_size / 2, as PyTorch refuses, a dilation for AvgPool1d) or
+ * above kernel_size / 2, as PyTorch refuses, a dilation for AvgPool1d,
+ * exclude_pad for MaxPool1d) or
  * AD_ERR_OOM. The forward refuses an input of another rank, with L = 0
  * (AD_ERR_SHAPE) or not float (AD_ERR_DTYPE), naming the layer and the
  * shape, and reports an output of L < 1 as the op's error after the 1-D
