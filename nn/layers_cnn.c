@@ -74,19 +74,12 @@ static void conv_describe(const nn_layer *l, nn_text *t) {
 
 static const nn_layer_ops conv_ops = {conv_forward, conv_free, conv_describe};
 
-/* A new parameter of shape, added to list under name (owned by it) and
- * filled by init (NN_INIT_DEFAULT: uniform within +-bound); NULL on error. */
-static ad_tensor *conv_param(nn_params *list, const char *name, ad_ctx *ctx, ad_dtype dtype,
-                             int ndim, const int64_t *shape, nn_init init, double bound,
-                             ad_rng *rng) {
-  ad_tensor *t = ad_zeros(ctx, dtype, ndim, shape);
-  if (!t) return NULL;
+/* nn_param_new with PyTorch's default for NN_INIT_DEFAULT: uniform within
+ * +-bound. */
+static ad_tensor *conv_param(nn_params *list, const char *name, ad_dtype dtype, int ndim,
+                             const int64_t *shape, nn_init init, double bound, ad_rng *rng) {
   if (init.kind == NN_INIT_DEFAULT) init = nn_init_make(NN_INIT_UNIFORM, -bound, bound);
-  if (nn_init_tensor(ctx, t, init, rng) != AD_OK) {
-    ad_tensor_free(t);
-    return NULL;
-  }
-  return nn_params_add(list, name, t, true) == AD_OK ? t : NULL;
+  return nn_param_new(list, name, dtype, ndim, shape, init, rng);
 }
 
 static nn_layer *conv_new(ad_ctx *ctx, bool transpose, int64_t in, int64_t out, int64_t kh,
@@ -156,9 +149,9 @@ static nn_layer *conv_new(ad_ctx *ctx, bool transpose, int64_t in, int64_t out, 
   int64_t ws[4] = {transpose ? in : out, (transpose ? out : in) / groups, kh, kw}, bs[1] = {out};
   double bound = 1.0 / sqrt((double)ws[1] * (double)kh * (double)kw); /* sizes checked below */
   nn_params *p = nn_layer_params(l);
-  bool ok = (s->w = conv_param(p, "weight", ctx, o.dtype, 4, ws, o.weight_init, bound, rng));
+  bool ok = (s->w = conv_param(p, "weight", o.dtype, 4, ws, o.weight_init, bound, rng));
   if (ok && !o.no_bias)
-    ok = (s->b = conv_param(p, "bias", ctx, o.dtype, 1, bs, o.bias_init, bound, rng));
+    ok = (s->b = conv_param(p, "bias", o.dtype, 1, bs, o.bias_init, bound, rng));
   if (!ok) {
     nn_layer_free(l);
     return NULL;

@@ -86,19 +86,12 @@ static void conv1d_describe(const nn_layer *l, nn_text *t) {
 
 static const nn_layer_ops conv1d_ops = {conv1d_forward, conv1d_free, conv1d_describe};
 
-/* A new parameter of shape, added to list under name (owned by it) and
- * filled by init (NN_INIT_DEFAULT: uniform within +-bound); NULL on error. */
-static ad_tensor *conv1d_param(nn_params *list, const char *name, ad_ctx *ctx, ad_dtype dtype,
-                               int ndim, const int64_t *shape, nn_init init, double bound,
-                               ad_rng *rng) {
-  ad_tensor *t = ad_zeros(ctx, dtype, ndim, shape);
-  if (!t) return NULL;
+/* nn_param_new with PyTorch's default for NN_INIT_DEFAULT: uniform within
+ * +-bound. */
+static ad_tensor *conv1d_param(nn_params *list, const char *name, ad_dtype dtype, int ndim,
+                               const int64_t *shape, nn_init init, double bound, ad_rng *rng) {
   if (init.kind == NN_INIT_DEFAULT) init = nn_init_make(NN_INIT_UNIFORM, -bound, bound);
-  if (nn_init_tensor(ctx, t, init, rng) != AD_OK) {
-    ad_tensor_free(t);
-    return NULL;
-  }
-  return nn_params_add(list, name, t, true) == AD_OK ? t : NULL;
+  return nn_param_new(list, name, dtype, ndim, shape, init, rng);
 }
 
 nn_layer *nn_conv1d_new(ad_ctx *ctx, int64_t in, int64_t out, int64_t kernel_size, ad_rng *rng,
@@ -153,9 +146,9 @@ nn_layer *nn_conv1d_new(ad_ctx *ctx, int64_t in, int64_t out, int64_t kernel_siz
   int64_t ws[3] = {out, in / groups, k}, bs[1] = {out};
   double bound = 1.0 / sqrt((double)ws[1] * (double)k);
   nn_params *p = nn_layer_params(l);
-  bool ok = (s->w = conv1d_param(p, "weight", ctx, o.dtype, 3, ws, o.weight_init, bound, rng));
+  bool ok = (s->w = conv1d_param(p, "weight", o.dtype, 3, ws, o.weight_init, bound, rng));
   if (ok && !o.no_bias)
-    ok = (s->b = conv1d_param(p, "bias", ctx, o.dtype, 1, bs, o.bias_init, bound, rng));
+    ok = (s->b = conv1d_param(p, "bias", o.dtype, 1, bs, o.bias_init, bound, rng));
   if (!ok) {
     nn_layer_free(l);
     return NULL;

@@ -109,6 +109,13 @@ double nn_now(void);
 /* The context of a parameter list. */
 ad_ctx *nn_params_ctx(const nn_params *p);
 
+/* A layer's new parameter: a persistent tensor of dtype and shape, filled
+ * by init (NN_INIT_ZEROS leaves it as made, drawing nothing), added to list
+ * under name, which owns it from then on (also when adding fails). The
+ * tensor, or NULL with the error recorded. */
+ad_tensor *nn_param_new(nn_params *list, const char *name, ad_dtype dtype, int ndim,
+                        const int64_t *shape, nn_init init, ad_rng *rng);
+
 /* The index of the first entry of p (below i) that holds tensor t, or -1:
  * a tensor listed twice (tied weights) is stepped, clipped, counted and
  * penalised once, as PyTorch's module.parameters() lists it once. Costs

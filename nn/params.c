@@ -158,6 +158,18 @@ bool nn_params_is_buffers(const nn_params *p) { return p && p->buffers; }
 
 ad_ctx *nn_params_ctx(const nn_params *p) { return p ? p->ctx : NULL; }
 
+ad_tensor *nn_param_new(nn_params *list, const char *name, ad_dtype dtype, int ndim,
+                        const int64_t *shape, nn_init init, ad_rng *rng) {
+  ad_ctx *ctx = nn_params_ctx(list);
+  ad_tensor *t = ad_zeros(ctx, dtype, ndim, shape);
+  if (!t) return NULL;
+  if (init.kind != NN_INIT_ZEROS && nn_init_tensor(ctx, t, init, rng) != AD_OK) {
+    ad_tensor_free(t);
+    return NULL;
+  }
+  return nn_params_add(list, name, t, true) == AD_OK ? t : NULL;
+}
+
 /* Grows the four parallel arrays together. */
 static bool params_reserve(nn_params *p, int need) {
   if (need <= p->cap) return true;
