@@ -1,32 +1,47 @@
-/* layers_transformer.c: PyTorch's nn.TransformerEncoderLayer (1.13).
+/* layers_transformer.c: PyTorch's nn.TransformerEncoderLayer and
+ * nn.TransformerDecoderLayer (1.13), and the stacks nn.TransformerEncoder
+ * and nn.TransformerDecoder.
  *
- *   sa(x) = dropout1(self_attn(x, x, x, masks))
- *   ff(x) = dropout2(linear2(dropout(act(linear1(x)))))
- *   post-norm:  x = norm1(x + sa(x));   y = norm2(x + ff(x))
- *   pre-norm:   x = x + sa(norm1(x));   y = x + ff(norm2(x))
+ *   encoder layer:
+ *     sa(x) = dropout1(self_attn(x, x, x, masks))
+ *     ff(x) = dropout2(linear2(dropout(act(linear1(x)))))
+ *     post-norm:  x = norm1(x + sa(x));   y = norm2(x + ff(x))
+ *     pre-norm:   x = x + sa(norm1(x));   y = x + ff(norm2(x))
+ *   decoder layer (memory m):
+ *     sa(x) = dropout1(self_attn(x, x, x, tgt masks))
+ *     ca(x) = dropout2(multihead_attn(x, m, m, memory masks))
+ *     ff(x) = dropout3(linear2(dropout(act(linear1(x)))))
+ *     post-norm:  x = norm1(x + sa(x));  x = norm2(x + ca(x));  y = norm3(x + ff(x))
+ *     pre-norm:   x = x + sa(norm1(x));  x = x + ca(norm2(x));  y = x + ff(norm3(x))
+ *   stack:  x = layers.0(x), ..., layers.<n-1>(x);  y = norm(x) (if given)
  *
- * self_attn is a multi-head attention layer of its own (layers_attn.c: its
- * parameters, masks and the dropout on the attention weights), held by
- * this one under the name "self_attn"; this layer's parameter list lists
- * its four under "self_attn.*" (borrowed) and owns the eight of the
- * feed-forward block and the norms. The arithmetic is the engine's ops, so
- * the tape derives every gradient. */
+ * self_attn (and the decoder's multihead_attn) is a multi-head attention
+ * layer of its own (layers_attn.c: its parameters, masks and the dropout on
+ * the attention weights), held by this one under that name; this layer's
+ * parameter list lists its four under "self_attn.*" (borrowed) and owns
+ * those of the feed-forward block and the norms. A stack holds its layers
+ * under "layers.<k>" and borrows their parameters the same way. The
+ * arithmetic is the engine's ops, so the tape derives every gradient. */
 #include "nn_internal.h"
 
 #include <math.h>
 
-#define XF_KIND "transformer_encoder_layer"
+#define XF_KIND  "transformer_encoder_layer"
+#define XD_KIND  "transformer_decoder_layer"
+#define XS_KIND  "transformer_encoder"
+#define XDS_KIND "transformer_decoder"
 
-static const nn_layer_ops xf_ops;
+static const nn_layer_ops xf_ops, xd_ops;
 
 typedef struct xf_state {
   int64_t e, h, f;
   double dropout, eps;
   nn_act act;
   bool batch_first, norm_first, causal;
-  ad_rng rng; /* dropout1, dropout and dropout2 */
-  nn_layer *mha;
-  ad_tensor *w1, *b1, *w2, *b2, *g1, *be1, *g2, *be2;
+  ad_rng rng;           /* encoder: dropout1, dropout, dropout2;
+                           decoder: dropout1, dropout2, dropout, dropout3 */
+  nn_layer *mha, *xmha; /* self_attn; the decoder's multihead_attn (else NULL) */
+  ad_tensor *w1, *b1, *w2, *b2, *g1, *be1, *g2, *be2, *g3, *be3; /* norm3: decoder */
 } xf_state;
 
 /* x W^T + b over the last axis of x */
@@ -47,6 +62,12 @@ static ad_tensor *sa_block(ad_ctx *ctx, xf_state *s, ad_tensor *x, const nn_mha_
   return x ? drop(ctx, s, nn_multihead_attention(s->mha, x, x, x, ma, NULL), ma->training) : NULL;
 }
 
+/* ca(x), the decoder's attention on memory m */
+static ad_tensor *ca_block(ad_ctx *ctx, xf_state *s, ad_tensor *x, ad_tensor *m,
+                           const nn_mha_args *ma) {
+  return x ? drop(ctx, s, nn_multihead_attention(s->xmha, x, m, m, ma, NULL), ma->training) : NULL;
+}
+
 /* ff(x) */
 static ad_tensor *ff_block(ad_ctx *ctx, xf_state *s, ad_tensor *x, bool training) {
   ad_tensor *h = linear(ctx, x, s->w1, s->b1);
@@ -55,36 +76,41 @@ static ad_tensor *ff_block(ad_ctx *ctx, xf_state *s, ad_tensor *x, bool training
   return drop(ctx, s, linear(ctx, h, s->w2, s->b2), training);
 }
 
-/* The call; *ran is set once the checks passed, so that only the errors
- * of what runs after them are renamed after the layer. */
+/* Checks a sequence argument x named what (src, tgt, memory), of length
+ * letter len, against the layer: AD_OK or the error recorded. */
+static ad_status seq_check(ad_ctx *ctx, const xf_state *s, const char *who, const char *what,
+                           char len, ad_tensor *x) {
+  char b1[64], lay[48];
+  if (!x) return nn_null_arg(ctx, who, what);
+  ad_status st = nn_check_input(ctx, who, what, x);
+  if (st != AD_OK) return st;
+  int nd = x->ndim;
+  if ((nd != 2 && nd != 3) || x->shape[nd - 1] != s->e || x->shape[0] < 1 ||
+      (nd == 3 && x->shape[1] < 1)) {
+    if (s->batch_first)
+      snprintf(lay, sizeof lay, "[N, %c, E] (batch_first) or [%c, E]", len, len);
+    else
+      snprintf(lay, sizeof lay, "[%c, N, E] or [%c, E]", len, len);
+    return ad_set_error(ctx, AD_ERR_SHAPE, "%s: %s %s must be %s, %c and N >= 1, E = d_model %lld",
+                        who, what, ad_shape_str(x, b1, sizeof b1), lay, len, (long long)s->e);
+  }
+  if (x->dtype != s->w1->dtype)
+    return ad_set_error(ctx, AD_ERR_DTYPE, "%s: %s is %s; the layer is %s", who, what,
+                        ad_dtype_name(x->dtype), ad_dtype_name(s->w1->dtype));
+  return AD_OK;
+}
+
+/* The calls; *ran is set once the checks passed, so that only the errors
+ * of what runs after them are renamed after the layer (name_error). @{ */
 static ad_tensor *xf_call(nn_layer *l, ad_tensor *src, const nn_transformer_args *a,
                           const char *who, bool *ran) {
   ad_ctx *ctx = nn_layer_ctx(l);
-  char b1[64];
   if (!nn_layer_runs(l, &xf_ops)) {
     ad_set_error(ctx, AD_ERR_ARG, XF_KIND ": layer %s is not a " XF_KIND, who);
     return NULL;
   }
-  if (!src) {
-    nn_null_arg(ctx, who, "src");
-    return NULL;
-  }
-  if (nn_check_input(ctx, who, "src", src) != AD_OK) return NULL;
   xf_state *s = nn_layer_state(l);
-  int nd = src->ndim;
-  if ((nd != 2 && nd != 3) || src->shape[nd - 1] != s->e || src->shape[0] < 1 ||
-      (nd == 3 && src->shape[1] < 1)) {
-    ad_set_error(ctx, AD_ERR_SHAPE, "%s: src %s must be %s, S and N >= 1, E = d_model %lld", who,
-                 ad_shape_str(src, b1, sizeof b1),
-                 s->batch_first ? "[N, S, E] (batch_first) or [S, E]" : "[S, N, E] or [S, E]",
-                 (long long)s->e);
-    return NULL;
-  }
-  if (src->dtype != s->w1->dtype) {
-    ad_set_error(ctx, AD_ERR_DTYPE, "%s: src is %s; the layer is %s", who,
-                 ad_dtype_name(src->dtype), ad_dtype_name(s->w1->dtype));
-    return NULL;
-  }
+  if (seq_check(ctx, s, who, "src", 'S', src) != AD_OK) return NULL;
   *ran = true;
   nn_mha_args ma = {0};
   if (a)
@@ -103,29 +129,63 @@ static ad_tensor *xf_call(nn_layer *l, ad_tensor *src, const nn_transformer_args
   return x;
 }
 
-ad_tensor *nn_transformer_encoder_layer(nn_layer *l, ad_tensor *src,
-                                        const nn_transformer_args *args) {
-  if (!l) return NULL;
+static ad_tensor *xd_call(nn_layer *l, ad_tensor *tgt, ad_tensor *memory,
+                          const nn_transformer_decoder_args *a, const char *who, bool *ran) {
   ad_ctx *ctx = nn_layer_ctx(l);
-  char who[96];
-  nn_layer_who(l, who, sizeof who);
-  xf_state *s = nn_layer_runs(l, &xf_ops) ? nn_layer_state(l) : NULL;
-  /* a call that fails takes no dropout draws: the attention's nor ours */
-  ad_rng before = s ? s->rng : (ad_rng){0}, before_mha = s ? *nn_mha_rng(s->mha) : (ad_rng){0};
-  bool ran = false;
-  ad_tensor *y = xf_call(l, src, args, who, &ran);
-  if (y) {
-    nn_layer_note_output(l, y);
-    return y;
+  if (!nn_layer_runs(l, &xd_ops)) {
+    ad_set_error(ctx, AD_ERR_ARG, XD_KIND ": layer %s is not a " XD_KIND, who);
+    return NULL;
   }
-  if (s) {
-    s->rng = before;
-    *nn_mha_rng(s->mha) = before_mha;
+  xf_state *s = nn_layer_state(l);
+  if (seq_check(ctx, s, who, "tgt", 'T', tgt) != AD_OK ||
+      seq_check(ctx, s, who, "memory", 'S', memory) != AD_OK)
+    return NULL;
+  *ran = true;
+  nn_mha_args sa = {0}, ca = {0};
+  if (a) {
+    sa = (nn_mha_args){.attn_mask = a->tgt_mask,
+                       .key_padding_mask = a->tgt_key_padding_mask,
+                       .causal = a->causal,
+                       .training = a->training};
+    ca = (nn_mha_args){.attn_mask = a->memory_mask,
+                       .key_padding_mask = a->memory_key_padding_mask,
+                       .training = a->training};
   }
-  /* the checks' messages name the layer already, and a NULL src keeps the
-   * message of the failure that made it (ad.h); an op's or the attention's
-   * error is named after this layer */
-  if (!ran) return NULL;
+  bool tr = sa.training;
+  ad_tensor *x = tgt;
+  if (s->norm_first) {
+    x = ad_add(ctx, x, sa_block(ctx, s, norm(ctx, s, x, s->g1, s->be1), &sa));
+    x = ad_add(ctx, x, ca_block(ctx, s, norm(ctx, s, x, s->g2, s->be2), memory, &ca));
+    x = ad_add(ctx, x, ff_block(ctx, s, norm(ctx, s, x, s->g3, s->be3), tr));
+  } else {
+    x = norm(ctx, s, ad_add(ctx, x, sa_block(ctx, s, x, &sa)), s->g1, s->be1);
+    x = norm(ctx, s, ad_add(ctx, x, ca_block(ctx, s, x, memory, &ca)), s->g2, s->be2);
+    x = norm(ctx, s, ad_add(ctx, x, ff_block(ctx, s, x, tr)), s->g3, s->be3);
+  }
+  return x;
+}
+/** @} */
+
+/* The layer's dropout generators (its own and its attentions'), saved
+ * into r[3] or put back from it, so that a call that fails takes no
+ * draws. l may be any layer: only ours have generators. */
+static void xf_rngs(nn_layer *l, ad_rng *r, bool restore) {
+  xf_state *s = nn_layer_runs(l, &xf_ops) || nn_layer_runs(l, &xd_ops) ? nn_layer_state(l) : NULL;
+  if (!s) return;
+  ad_rng *g[3] = {&s->rng, nn_mha_rng(s->mha), s->xmha ? nn_mha_rng(s->xmha) : NULL};
+  for (int i = 0; i < 3; i++)
+    if (g[i]) {
+      if (restore)
+        *g[i] = r[i];
+      else
+        r[i] = *g[i];
+    }
+}
+
+/* After a failed call of layer l (named who): an op's or an inner layer's
+ * error, named after l. */
+static void name_error(nn_layer *l, const char *who) {
+  ad_ctx *ctx = nn_layer_ctx(l);
   char msg[512];
   size_t n = strlen(who);
   const char *m = ad_last_error(ctx);
@@ -133,6 +193,44 @@ ad_tensor *nn_transformer_encoder_layer(nn_layer *l, ad_tensor *src,
     snprintf(msg, sizeof msg, "%s", m);
     ad_set_error(ctx, ad_last_status(ctx), "%s: %s", who, msg);
   }
+}
+
+ad_tensor *nn_transformer_encoder_layer(nn_layer *l, ad_tensor *src,
+                                        const nn_transformer_args *args) {
+  if (!l) return NULL;
+  char who[96];
+  nn_layer_who(l, who, sizeof who);
+  /* a call that fails takes no dropout draws: the attention's nor ours */
+  ad_rng before[3];
+  xf_rngs(l, before, false);
+  bool ran = false;
+  ad_tensor *y = xf_call(l, src, args, who, &ran);
+  if (y) {
+    nn_layer_note_output(l, y);
+    return y;
+  }
+  xf_rngs(l, before, true);
+  /* the checks' messages name the layer already, and a NULL src keeps the
+   * message of the failure that made it (ad.h) */
+  if (ran) name_error(l, who);
+  return NULL;
+}
+
+ad_tensor *nn_transformer_decoder_layer(nn_layer *l, ad_tensor *tgt, ad_tensor *memory,
+                                        const nn_transformer_decoder_args *args) {
+  if (!l) return NULL;
+  char who[96];
+  nn_layer_who(l, who, sizeof who);
+  ad_rng before[3];
+  xf_rngs(l, before, false);
+  bool ran = false;
+  ad_tensor *y = xd_call(l, tgt, memory, args, who, &ran);
+  if (y) {
+    nn_layer_note_output(l, y);
+    return y;
+  }
+  xf_rngs(l, before, true);
+  if (ran) name_error(l, who);
   return NULL;
 }
 
@@ -140,10 +238,25 @@ static ad_tensor *xf_forward(nn_layer *l, ad_tensor *x, bool training) {
   return nn_transformer_encoder_layer(l, x, &(nn_transformer_args){.training = training});
 }
 
+/* As a layer of a Sequential the decoder has no memory: refused, rather
+ * than attending to x itself, which is not what a decoder computes. */
+static ad_tensor *xd_forward(nn_layer *l, ad_tensor *x, bool training) {
+  (void)x, (void)training;
+  char who[96];
+  ad_set_error(nn_layer_ctx(l), AD_ERR_ARG,
+               "%s: a decoder needs memory: call %s(l, tgt, memory, args), not nn_layer_forward "
+               "or a Sequential",
+               nn_layer_who(l, who, sizeof who),
+               nn_layer_runs(l, &xd_ops) ? "nn_transformer_decoder_layer"
+                                         : "nn_transformer_decoder");
+  return NULL;
+}
+
 static void xf_free(nn_layer *l) {
   xf_state *s = nn_layer_state(l);
   if (!s) return;
   nn_layer_destroy(s->mha);
+  nn_layer_destroy(s->xmha);
   ad_free(nn_layer_ctx(l), s, sizeof *s);
 }
 
@@ -168,6 +281,7 @@ static void xf_describe(const nn_layer *l, nn_text *t) {
 }
 
 static const nn_layer_ops xf_ops = {xf_forward, xf_free, xf_describe};
+static const nn_layer_ops xd_ops = {xd_forward, xf_free, xf_describe};
 
 /* A new parameter of shape filled by init (uniform within bound, or the
  * constant c when bound is 0), added to list under name (owned by it);
@@ -185,44 +299,63 @@ static ad_tensor *xf_param(nn_params *list, const char *name, ad_ctx *ctx, ad_dt
   return nn_params_add(list, name, t, true) == AD_OK ? t : NULL;
 }
 
-/* The arguments' checks; AD_OK or the error recorded. */
-static ad_status xf_check(ad_ctx *ctx, int64_t e, int64_t h, const nn_transformer_opts *o,
-                          const ad_rng *rng) {
+/* The arguments' checks; AD_OK or the error recorded naming kind. */
+static ad_status xf_check(ad_ctx *ctx, const char *kind, int64_t e, int64_t h,
+                          const nn_transformer_opts *o, const ad_rng *rng) {
   if (e < 1 || h < 1 || e > (INT64_C(1) << 32) || e % h)
     return ad_set_error(ctx, AD_ERR_ARG,
-                        XF_KIND ": d_model %lld and nhead %lld must be >= 1, d_model at most "
-                                "2^32, and nhead must divide d_model",
-                        (long long)e, (long long)h);
+                        "%s: d_model %lld and nhead %lld must be >= 1, d_model at most "
+                        "2^32, and nhead must divide d_model",
+                        kind, (long long)e, (long long)h);
   if (o->dim_feedforward < 0 || o->dim_feedforward > (INT64_C(1) << 32))
     return ad_set_error(ctx, AD_ERR_ARG,
-                        XF_KIND ": dim_feedforward %lld must be >= 1 (0: 2048) and at most 2^32",
+                        "%s: dim_feedforward %lld must be >= 1 (0: 2048) and at most 2^32", kind,
                         (long long)o->dim_feedforward);
   if (!(o->dropout >= 0 && o->dropout < 1))
-    return ad_set_error(ctx, AD_ERR_ARG, XF_KIND ": dropout %g is outside [0, 1)", o->dropout);
+    return ad_set_error(ctx, AD_ERR_ARG, "%s: dropout %g is outside [0, 1)", kind, o->dropout);
   if (o->no_dropout && o->dropout != 0)
     return ad_set_error(ctx, AD_ERR_ARG,
-                        XF_KIND ": dropout %g given with no_dropout (which means dropout 0)",
+                        "%s: dropout %g given with no_dropout (which means dropout 0)", kind,
                         o->dropout);
   if (!(o->layer_norm_eps >= 0 && isfinite(o->layer_norm_eps)))
-    return ad_set_error(ctx, AD_ERR_ARG,
-                        XF_KIND ": layer_norm_eps %g must be > 0 and finite (0: 1e-5)",
-                        o->layer_norm_eps);
+    return ad_set_error(ctx, AD_ERR_ARG, "%s: layer_norm_eps %g must be > 0 and finite (0: 1e-5)",
+                        kind, o->layer_norm_eps);
   if (o->activation != NN_ACT_NONE && o->activation != NN_ACT_RELU && o->activation != NN_ACT_GELU)
-    return ad_set_error(ctx, AD_ERR_ARG, XF_KIND ": activation %s must be relu or gelu",
+    return ad_set_error(ctx, AD_ERR_ARG, "%s: activation %s must be relu or gelu", kind,
                         nn_act_name(o->activation));
   if (o->dtype != AD_F32 && o->dtype != AD_F64)
-    return ad_set_error(ctx, AD_ERR_DTYPE, XF_KIND ": parameters must be float, got %s",
+    return ad_set_error(ctx, AD_ERR_DTYPE, "%s: parameters must be float, got %s", kind,
                         ad_dtype_name(o->dtype));
-  if (!rng) return nn_null_arg(ctx, XF_KIND, "rng");
+  if (!rng) return nn_null_arg(ctx, kind, "rng");
   return AD_OK;
 }
 
-nn_layer *nn_transformer_encoder_layer_new(ad_ctx *ctx, int64_t d_model, int64_t nhead, ad_rng *rng,
-                                           const nn_transformer_opts *opts) {
+/* A new attention of the layer, named name, its parameters listed in p
+ * under "<name>.*"; NULL on error. */
+static nn_layer *xf_attention(ad_ctx *ctx, nn_params *p, const char *name, int64_t e, int64_t h,
+                              ad_rng *rng, const nn_mha_opts *mo) {
+  nn_layer *a = nn_multihead_attention_new(ctx, e, h, rng, mo);
+  /* named, so that its errors read "multihead_attention 'self_attn': ..." */
+  bool ok = a && nn_layer_adopt(a, name) == AD_OK;
+  nn_params *mp = ok ? nn_layer_params(a) : NULL;
+  for (int i = 0; ok && i < nn_params_count(mp); i++) {
+    char full[64];
+    snprintf(full, sizeof full, "%s.%s", name, nn_params_name(mp, i));
+    ok = nn_params_add(p, full, nn_params_tensor(mp, i), false) == AD_OK;
+  }
+  if (ok) return a;
+  nn_layer_destroy(a);
+  return NULL;
+}
+
+/* The encoder layer (dec false) or the decoder layer. */
+static nn_layer *xf_new(ad_ctx *ctx, bool dec, int64_t d_model, int64_t nhead, ad_rng *rng,
+                        const nn_transformer_opts *opts) {
   if (!ctx) return NULL;
+  const char *kind = dec ? XD_KIND : XF_KIND;
   nn_transformer_opts o = {0};
   if (opts) o = *opts;
-  if (xf_check(ctx, d_model, nhead, &o, rng) != AD_OK) return NULL;
+  if (xf_check(ctx, kind, d_model, nhead, &o, rng) != AD_OK) return NULL;
   xf_state *s = ad_malloc(ctx, sizeof *s);
   if (!s) return NULL;
   ad_rng seeds;
@@ -240,7 +373,7 @@ nn_layer *nn_transformer_encoder_layer_new(ad_ctx *ctx, int64_t d_model, int64_t
                   .norm_first = o.norm_first,
                   .causal = o.causal};
   ad_rng_seed(&s->rng, ad_rng_next(&seeds));
-  nn_layer *l = nn_layer_new_ext(ctx, XF_KIND, &xf_ops, s);
+  nn_layer *l = nn_layer_new_ext(ctx, kind, dec ? &xd_ops : &xf_ops, s);
   if (!l) {
     ad_free(ctx, s, sizeof *s);
     return NULL;
@@ -250,14 +383,12 @@ nn_layer *nn_transformer_encoder_layer_new(ad_ctx *ctx, int64_t d_model, int64_t
                     .seed = mha_seed,
                     .causal = o.causal,
                     .dtype = o.dtype};
-  s->mha = nn_multihead_attention_new(ctx, d_model, nhead, rng, &mo);
-  /* named, so that its errors read "multihead_attention 'self_attn': ..." */
-  bool ok = s->mha && nn_layer_adopt(s->mha, "self_attn") == AD_OK;
-  nn_params *p = nn_layer_params(l), *mp = ok ? nn_layer_params(s->mha) : NULL;
-  for (int i = 0; ok && i < nn_params_count(mp); i++) {
-    char name[64];
-    snprintf(name, sizeof name, "self_attn.%s", nn_params_name(mp, i));
-    ok = nn_params_add(p, name, nn_params_tensor(mp, i), false) == AD_OK;
+  nn_params *p = nn_layer_params(l);
+  s->mha = xf_attention(ctx, p, "self_attn", d_model, nhead, rng, &mo);
+  bool ok = s->mha;
+  if (ok && dec) { /* the cross-attention: never causal; its seed the third draw */
+    mo.causal = false, mo.seed = ad_rng_next(&seeds);
+    ok = (s->xmha = xf_attention(ctx, p, "multihead_attn", d_model, nhead, rng, &mo));
   }
   int64_t e = d_model, f = s->f, w1[2] = {f, e}, w2[2] = {e, f};
   double k1 = 1.0 / sqrt((double)e), k2 = 1.0 / sqrt((double)f); /* nn.Linear's bounds */
@@ -270,9 +401,221 @@ nn_layer *nn_transformer_encoder_layer_new(ad_ctx *ctx, int64_t d_model, int64_t
        (s->be1 = xf_param(p, "norm1.bias", ctx, dt, 1, &e, 0, 0, rng)) &&
        (s->g2 = xf_param(p, "norm2.weight", ctx, dt, 1, &e, 0, 1, rng)) &&
        (s->be2 = xf_param(p, "norm2.bias", ctx, dt, 1, &e, 0, 0, rng));
+  ok = ok && (!dec || ((s->g3 = xf_param(p, "norm3.weight", ctx, dt, 1, &e, 0, 1, rng)) &&
+                       (s->be3 = xf_param(p, "norm3.bias", ctx, dt, 1, &e, 0, 0, rng))));
   if (!ok) {
     nn_layer_free(l);
     return NULL;
   }
   return l;
+}
+
+nn_layer *nn_transformer_encoder_layer_new(ad_ctx *ctx, int64_t d_model, int64_t nhead, ad_rng *rng,
+                                           const nn_transformer_opts *opts) {
+  return xf_new(ctx, false, d_model, nhead, rng, opts);
+}
+
+nn_layer *nn_transformer_decoder_layer_new(ad_ctx *ctx, int64_t d_model, int64_t nhead, ad_rng *rng,
+                                           const nn_transformer_opts *opts) {
+  return xf_new(ctx, true, d_model, nhead, rng, opts);
+}
+
+/* ----------------------------------------------------------------- stacks */
+
+static const nn_layer_ops xs_ops, xds_ops;
+
+typedef struct xs_state {
+  bool dec;
+  int n;
+  int64_t e;
+  double eps;
+  nn_layer **layers; /* "layers.<k>" */
+  ad_rng *saved;     /* 3 per layer: the generators of a call, for its rollback */
+  ad_tensor *g, *b;  /* the final norm; NULL without */
+} xs_state;
+
+/* A copy of layer t (copy.deepcopy): the same settings and parameter
+ * values, its dropout generators seeded from seed. NULL on error. */
+static nn_layer *xf_clone(nn_layer *t, bool dec, uint64_t seed) {
+  const xf_state *s = nn_layer_state(t);
+  nn_transformer_opts o = {.dim_feedforward = s->f,
+                           .dropout = s->dropout,
+                           .no_dropout = s->dropout == 0,
+                           .activation = s->act,
+                           .layer_norm_eps = s->eps,
+                           .batch_first = s->batch_first,
+                           .norm_first = s->norm_first,
+                           .causal = s->causal,
+                           .seed = seed,
+                           .dtype = s->w1->dtype};
+  ad_rng rng; /* its draws are overwritten by the copy */
+  ad_rng_seed(&rng, seed);
+  nn_layer *c = xf_new(nn_layer_ctx(t), dec, s->e, s->h, &rng, &o);
+  nn_params *from = nn_layer_params(t), *to = c ? nn_layer_params(c) : NULL;
+  for (int i = 0; c && i < nn_params_count(from); i++)
+    if (ad_tensor_copy_data(nn_params_tensor(to, i), nn_params_tensor(from, i)) != AD_OK) {
+      nn_layer_free(c);
+      c = NULL;
+    }
+  return c;
+}
+
+static void xs_state_free(ad_ctx *ctx, xs_state *s) {
+  for (int k = 0; s->layers && k < s->n; k++) nn_layer_destroy(s->layers[k]);
+  if (s->layers) ad_free(ctx, s->layers, (size_t)s->n * sizeof *s->layers);
+  if (s->saved) ad_free(ctx, s->saved, (size_t)s->n * 3 * sizeof *s->saved);
+  ad_free(ctx, s, sizeof *s);
+}
+
+static void xs_free(nn_layer *l) {
+  xs_state *s = nn_layer_state(l);
+  if (s) xs_state_free(nn_layer_ctx(l), s);
+}
+
+/* The layer, num_layers, and the final norm, as PyTorch's arguments. */
+static void xs_describe(const nn_layer *l, nn_text *t) {
+  const xs_state *s = nn_layer_state(l);
+  nn_text_add(t, "%s(", nn_layer_kind(s->layers[0]));
+  xf_describe(s->layers[0], t);
+  nn_text_add(t, "), num_layers=%d", s->n);
+  if (s->g) {
+    nn_text_add(t, ", norm=LayerNorm((%lld,), eps=", (long long)s->e);
+    nn_text_num(t, s->eps);
+    nn_text_add(t, ", elementwise_affine=True)");
+  }
+}
+
+static ad_tensor *xs_call(nn_layer *l, bool dec, ad_tensor *x, ad_tensor *memory,
+                          const nn_transformer_args *ea, const nn_transformer_decoder_args *da) {
+  if (!l) return NULL;
+  ad_ctx *ctx = nn_layer_ctx(l);
+  char who[96];
+  nn_layer_who(l, who, sizeof who);
+  const char *kind = dec ? XDS_KIND : XS_KIND;
+  if (!nn_layer_runs(l, dec ? &xds_ops : &xs_ops)) {
+    ad_set_error(ctx, AD_ERR_ARG, "%s: layer %s is not a %s", kind, who, kind);
+    return NULL;
+  }
+  if (!x || (dec && !memory)) { /* kept out of name_error: a NULL input keeps its message */
+    nn_null_arg(ctx, who, !x ? (dec ? "tgt" : "src") : "memory");
+    return NULL;
+  }
+  xs_state *s = nn_layer_state(l);
+  for (int k = 0; k < s->n; k++) xf_rngs(s->layers[k], s->saved + 3 * k, false);
+  ad_tensor *y = x;
+  for (int k = 0; y && k < s->n; k++)
+    y = dec ? nn_transformer_decoder_layer(s->layers[k], y, memory, da)
+            : nn_transformer_encoder_layer(s->layers[k], y, ea);
+  if (y && s->g) y = ad_layer_norm(ctx, y, 1, &s->e, s->g, s->b, s->eps);
+  if (y) {
+    nn_layer_note_output(l, y);
+    return y;
+  }
+  /* a call that fails takes no draws, also of the layers that ran */
+  for (int k = 0; k < s->n; k++) xf_rngs(s->layers[k], s->saved + 3 * k, true);
+  name_error(l, who);
+  return NULL;
+}
+
+ad_tensor *nn_transformer_encoder(nn_layer *l, ad_tensor *src, const nn_transformer_args *args) {
+  return xs_call(l, false, src, NULL, args, NULL);
+}
+
+ad_tensor *nn_transformer_decoder(nn_layer *l, ad_tensor *tgt, ad_tensor *memory,
+                                  const nn_transformer_decoder_args *args) {
+  return xs_call(l, true, tgt, memory, NULL, args);
+}
+
+static ad_tensor *xs_forward(nn_layer *l, ad_tensor *x, bool training) {
+  return nn_transformer_encoder(l, x, &(nn_transformer_args){.training = training});
+}
+
+static const nn_layer_ops xs_ops = {xs_forward, xs_free, xs_describe};
+static const nn_layer_ops xds_ops = {xd_forward, xs_free, xs_describe};
+
+/* The encoder stack (dec false) or the decoder stack of num_layers copies
+ * of layer, which it takes (freed on failure unless another owns it). */
+static nn_layer *xs_new(nn_layer *layer, bool dec, int64_t num_layers,
+                        const nn_transformer_stack_opts *opts) {
+  if (!layer) return NULL; /* its constructor's error stays recorded */
+  ad_ctx *ctx = nn_layer_ctx(layer);
+  const char *kind = dec ? XDS_KIND : XS_KIND, *lkind = dec ? XD_KIND : XF_KIND;
+  char who[96];
+  nn_layer_who(layer, who, sizeof who);
+  if (nn_layer_adopted(layer)) { /* not ours: do not free it */
+    ad_set_error(ctx, AD_ERR_ARG, "%s: %s already belongs to a model", kind, who);
+    return NULL;
+  }
+  nn_transformer_stack_opts o = {0};
+  if (opts) o = *opts;
+  ad_status st = AD_OK;
+  if (!nn_layer_runs(layer, dec ? &xd_ops : &xf_ops))
+    st = ad_set_error(ctx, AD_ERR_ARG, "%s: layer %s is not a %s", kind, who, lkind);
+  else if (num_layers < 1 || num_layers > 65536)
+    st = ad_set_error(ctx, AD_ERR_ARG, "%s: num_layers %lld must be in [1, 65536]", kind,
+                      (long long)num_layers);
+  else if (!(o.norm_eps >= 0 && isfinite(o.norm_eps)))
+    st = ad_set_error(ctx, AD_ERR_ARG, "%s: norm_eps %g must be > 0 and finite (0: the layer's)",
+                      kind, o.norm_eps);
+  else if (o.norm_eps != 0 && !o.norm)
+    st = ad_set_error(ctx, AD_ERR_ARG, "%s: norm_eps %g given without norm", kind, o.norm_eps);
+  xs_state *s = st == AD_OK ? ad_malloc(ctx, sizeof *s) : NULL;
+  if (!s) {
+    nn_layer_free(layer);
+    return NULL;
+  }
+  const xf_state *t = nn_layer_state(layer);
+  int n = (int)num_layers;
+  *s = (xs_state){.dec = dec, .n = n, .e = t->e, .eps = o.norm_eps ? o.norm_eps : t->eps};
+  s->layers = ad_malloc(ctx, (size_t)n * sizeof *s->layers);
+  s->saved = s->layers ? ad_malloc(ctx, (size_t)n * 3 * sizeof *s->saved) : NULL;
+  if (s->layers) { /* from here on the state owns layer */
+    s->layers[0] = layer;
+    for (int k = 1; k < n; k++) s->layers[k] = NULL;
+  }
+  nn_layer *l = s->saved ? nn_layer_new_ext(ctx, kind, dec ? &xds_ops : &xs_ops, s) : NULL;
+  if (!l) {
+    if (!s->layers) nn_layer_free(layer);
+    xs_state_free(ctx, s);
+    return NULL;
+  }
+  /* PyTorch deep-copies layer num_layers times: every layer starts with
+   * its values; each copy's dropout draws its own masks */
+  ad_rng seeds = t->rng;
+  bool ok = true;
+  for (int k = 1; ok && k < n; k++) ok = (s->layers[k] = xf_clone(layer, dec, ad_rng_next(&seeds)));
+  nn_params *p = nn_layer_params(l);
+  for (int k = 0; ok && k < n; k++) {
+    char name[32];
+    snprintf(name, sizeof name, "layers.%d", k);
+    ok = nn_layer_adopt(s->layers[k], name) == AD_OK;
+    nn_params *lp = nn_layer_params(s->layers[k]);
+    for (int i = 0; ok && i < nn_params_count(lp); i++) {
+      char full[96];
+      snprintf(full, sizeof full, "layers.%d.%s", k, nn_params_name(lp, i));
+      ok = nn_params_add(p, full, nn_params_tensor(lp, i), false) == AD_OK;
+    }
+  }
+  if (ok && o.norm) {
+    ad_rng unused;
+    ad_rng_seed(&unused, 0);
+    ad_dtype dt = t->w1->dtype;
+    ok = (s->g = xf_param(p, "norm.weight", ctx, dt, 1, &s->e, 0, 1, &unused)) &&
+         (s->b = xf_param(p, "norm.bias", ctx, dt, 1, &s->e, 0, 0, &unused));
+  }
+  if (!ok) {
+    nn_layer_free(l);
+    return NULL;
+  }
+  return l;
+}
+
+nn_layer *nn_transformer_encoder_new(nn_layer *encoder_layer, int64_t num_layers,
+                                     const nn_transformer_stack_opts *opts) {
+  return xs_new(encoder_layer, false, num_layers, opts);
+}
+
+nn_layer *nn_transformer_decoder_new(nn_layer *decoder_layer, int64_t num_layers,
+                                     const nn_transformer_stack_opts *opts) {
+  return xs_new(decoder_layer, true, num_layers, opts);
 }

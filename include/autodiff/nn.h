@@ -25,8 +25,9 @@
  *                Conv1d / Conv2d and pooling (max, average, adaptive
  *                average),
  *                Embedding, LayerNorm, recurrent layers (RNN, LSTM, GRU),
- *                multi-head attention, transformer encoder layer and
- *                lambda (a C function).
+ *                multi-head attention, transformer encoder and decoder
+ *                layers and their stacks (nn.TransformerEncoder,
+ *                nn.TransformerDecoder) and lambda (a C function).
  *   models       nn_model: a Sequential stack of layers, or a custom model
  *                whose forward pass is a plain C function over the model's
  *                parameters and layers.
@@ -1032,6 +1033,124 @@ typedef struct nn_transformer_args {
  * a mask of the wrong shape), AD_ERR_DTYPE or AD_ERR_OOM. */
 NN_API ad_tensor *nn_transformer_encoder_layer(nn_layer *l, ad_tensor *src,
                                                const nn_transformer_args *args);
+
+/** A transformer decoder layer, PyTorch's nn.TransformerDecoderLayer
+ * (1.13; every projection has a bias), with the options of the encoder
+ * layer (nn_transformer_opts: PyTorch's constructor has the same ones;
+ * causal applies to the self-attention). With memory m and MHA, LN,
+ * ff and E as nn_transformer_encoder_layer_new's:
+ *   sa(x) = dropout1(self_attn(x, x, x, tgt masks))
+ *   ca(x) = dropout2(multihead_attn(x, m, m, memory masks))
+ *   ff(x) = dropout3(linear2(dropout(act(linear1(x)))))
+ *   post-norm: x = norm1(x + sa(x)); x = norm2(x + ca(x)); y = norm3(x + ff(x))
+ *   pre-norm:  x = x + sa(norm1(x)); x = x + ca(norm2(x)); y = x + ff(norm3(x))
+ * Parameters, with PyTorch's names, layouts and order: "self_attn.*" and
+ * "multihead_attn.*" (each in_proj_weight [3E, E], in_proj_bias [3E],
+ * out_proj.weight [E, E], out_proj.bias [E]), "linear1.weight" [F, E],
+ * "linear1.bias" [F], "linear2.weight" [E, F], "linear2.bias" [E], and
+ * "norm1.weight", "norm1.bias", ..., "norm3.bias" [E]. Initialisation
+ * drawn from rng in that order, as the encoder layer's. Dropout: an ad_rng
+ * seeded with seed gives three draws, the seeds of self_attn's generator,
+ * of the layer's own and of multihead_attn's; a call takes one draw of the
+ * layer's own per dropout in the order dropout1, dropout2, dropout,
+ * dropout3; a call that fails takes no draws. As a layer (nn_layer_forward,
+ * a Sequential) it is refused with AD_ERR_ARG naming
+ * nn_transformer_decoder_layer: a decoder needs memory, and running on
+ * memory = x (attending to its own input twice) would compute something
+ * else without a word. opts may be NULL. Returns the layer (kind
+ * "transformer_decoder_layer"), or NULL with the errors of
+ * nn_transformer_encoder_layer_new, naming this layer. */
+NN_API nn_layer *nn_transformer_decoder_layer_new(ad_ctx *ctx, int64_t d_model, int64_t nhead,
+                                                  ad_rng *rng, const nn_transformer_opts *opts);
+
+/** The arguments of one transformer decoder layer call, PyTorch's forward
+ * arguments after tgt and memory (T the target length, S the memory's).
+ * All-zero: no masks, evaluation mode. Masks are float (added) or AD_I32
+ * (nonzero = not allowed), in nn_mha_args' layouts. */
+typedef struct nn_transformer_decoder_args {
+  ad_tensor *tgt_mask;                /**< self-attention: [T, T] or [N * nhead, T, T] */
+  ad_tensor *memory_mask;             /**< cross-attention: [T, S] or [N * nhead, T, S] */
+  ad_tensor *tgt_key_padding_mask;    /**< [N, T] ([T] unbatched) */
+  ad_tensor *memory_key_padding_mask; /**< [N, S] ([S] unbatched) */
+  bool causal;                        /**< the self-attention also masks key j >
+                                         query i (PyTorch 2's tgt_is_causal with
+                                         the causal tgt_mask) */
+  bool training;                      /**< the dropouts */
+} nn_transformer_decoder_args;
+
+/** Runs transformer decoder layer l (from nn_transformer_decoder_layer_new)
+ * on tgt [T, N, E] ([N, T, E] with batch_first; unbatched [T, E]) and
+ * memory [S, N, E] ([N, S, E]; [S, E]), both of the layer's dtype and
+ * both batched or both not, with args (NULL: all-zero). Returns the
+ * output, shaped like tgt, as a tape tensor; a query row whose keys are
+ * all masked gives NaN, as in PyTorch. Returns NULL with the errors of
+ * nn_transformer_encoder_layer for tgt and memory (and of the attentions,
+ * "multihead_attention 'multihead_attn': ..." for memory's masks and
+ * batch size), naming the layer. */
+NN_API ad_tensor *nn_transformer_decoder_layer(nn_layer *l, ad_tensor *tgt, ad_tensor *memory,
+                                               const nn_transformer_decoder_args *args);
+
+/** Options of a transformer stack (nn_transformer_encoder_new,
+ * nn_transformer_decoder_new). All-zero: PyTorch's norm=None. */
+typedef struct nn_transformer_stack_opts {
+  bool norm;       /**< a final LayerNorm over d_model, "norm.weight" (ones) and
+                      "norm.bias" (zeros): PyTorch's norm=nn.LayerNorm(d_model) */
+  double norm_eps; /**< its eps, > 0 (only with norm); 0 means the layer's
+                      layer_norm_eps (nn.Transformer's choice) */
+} nn_transformer_stack_opts;
+
+/** A stack of transformer encoder layers, PyTorch's
+ * nn.TransformerEncoder(encoder_layer, num_layers, norm): encoder_layer
+ * (from nn_transformer_encoder_layer_new) and num_layers - 1 copies of it,
+ * run in turn on src with the same masks, then the final norm if opts ask
+ * for one. PyTorch deep-copies one initialised layer (copy.deepcopy in
+ * _get_clones), so every layer starts with the SAME parameter values, and
+ * so do these: train them apart, or load a state dict. Each copy has its
+ * own dropout generator, seeded from draws of (a copy of) encoder_layer's,
+ * so the layers' dropout masks differ. Parameters, with PyTorch's names
+ * and order: "layers.0.self_attn.in_proj_weight", ..., "layers.0.norm2.bias",
+ * "layers.1.self_attn.in_proj_weight", ..., and "norm.weight", "norm.bias"
+ * with a norm; PyTorch's state dict loads unchanged. The stack takes
+ * encoder_layer, also when it fails (it frees it), unless encoder_layer
+ * already belongs to a model (refused, left to its model); a NULL
+ * encoder_layer returns NULL and keeps its constructor's error, so
+ * nn_transformer_encoder_new(nn_transformer_encoder_layer_new(...), ...)
+ * needs one check. As a layer (nn_layer_forward, a Sequential) it runs on
+ * src without masks (causal when the layer's opts say so). opts may be
+ * NULL. Returns the layer (kind "transformer_encoder"), or NULL with
+ * AD_ERR_ARG (another kind of layer, one that belongs to a model,
+ * num_layers outside [1, 65536], norm_eps < 0, not finite, or given without
+ * norm) or AD_ERR_OOM. */
+NN_API nn_layer *nn_transformer_encoder_new(nn_layer *encoder_layer, int64_t num_layers,
+                                            const nn_transformer_stack_opts *opts);
+
+/** Runs transformer encoder stack l (from nn_transformer_encoder_new) on
+ * src as nn_transformer_encoder_layer does, every layer with args (PyTorch's
+ * mask and src_key_padding_mask). A call that fails takes no dropout draws
+ * in any layer. Returns the output, shaped like src, or NULL with the
+ * errors of nn_transformer_encoder_layer, naming the stack and the layer
+ * ("transformer_encoder '0': transformer_encoder_layer 'layers.1': ..."). */
+NN_API ad_tensor *nn_transformer_encoder(nn_layer *l, ad_tensor *src,
+                                         const nn_transformer_args *args);
+
+/** A stack of transformer decoder layers, PyTorch's
+ * nn.TransformerDecoder(decoder_layer, num_layers, norm), as
+ * nn_transformer_encoder_new (copies that start equal, ownership, opts,
+ * errors) with decoder_layer from nn_transformer_decoder_layer_new and the
+ * parameters "layers.<k>.self_attn.in_proj_weight", ...,
+ * "layers.<k>.norm3.bias", "norm.weight", "norm.bias". As a layer it is
+ * refused, as the decoder layer is (it needs memory). Returns the layer
+ * (kind "transformer_decoder") or NULL. */
+NN_API nn_layer *nn_transformer_decoder_new(nn_layer *decoder_layer, int64_t num_layers,
+                                            const nn_transformer_stack_opts *opts);
+
+/** Runs transformer decoder stack l (from nn_transformer_decoder_new) on tgt
+ * and memory as nn_transformer_decoder_layer does, every layer attending
+ * to the same memory with args, then the final norm. Returns the output,
+ * shaped like tgt, or NULL with the errors of nn_transformer_decoder_layer,
+ * naming the stack and the layer; a call that fails takes no draws. */
+NN_API ad_tensor *nn_transformer_decoder(nn_layer *l, ad_tensor *tgt, ad_tensor *memory,
+                                         const nn_transformer_decoder_args *args);
 
 /** Frees a layer and its parameters. A layer owned by a model is freed
  * with the model: here it is refused (AD_ERR_STATE on its context, the
