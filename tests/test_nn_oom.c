@@ -232,9 +232,20 @@ static ad_tensor *data(ad_ctx *c, int ndim, const int64_t *shape, uint64_t seed)
   return t;
 }
 
+/* Layer l forward on x: the decoders (no nn_layer_forward) on memory
+ * w->t[2]. */
+static ad_tensor *layer_fwd(world *w, nn_layer *l, ad_tensor *x, bool training) {
+  const char *k = nn_layer_kind(l);
+  nn_transformer_decoder_args a = {.training = training};
+  if (!strcmp(k, "transformer_decoder_layer"))
+    return nn_transformer_decoder_layer(l, x, w->t[2], &a);
+  if (!strcmp(k, "transformer_decoder")) return nn_transformer_decoder(l, x, w->t[2], &a);
+  return nn_layer_forward(l, x, training);
+}
+
 /* forward in training mode, sum of squares, backward */
 static ad_status fwd_bwd(world *w, nn_layer *l, ad_tensor *x) {
-  ad_tensor *y = nn_layer_forward(l, x, true);
+  ad_tensor *y = layer_fwd(w, l, x, true);
   ad_tensor *loss = ad_sum(w->c, ad_mul(w->c, y, y));
   if (!loss) return ad_last_status(w->c);
   return ad_backward(w->c, loss, NULL);
@@ -272,6 +283,10 @@ enum {
   ADAPOOL2D,
   XF,
   XF_PRE,
+  XD,
+  XD_PRE,
+  XS,
+  XDS,
   N_LAYERS
 };
 
@@ -303,7 +318,11 @@ static const char *layer_names[N_LAYERS] = {"dense",
                                             "adaptive1d",
                                             "adaptive2d",
                                             "transformer",
-                                            "transformer pre"};
+                                            "transformer pre",
+                                            "transformer decoder",
+                                            "transformer decoder pre",
+                                            "transformer encoder stack",
+                                            "transformer decoder stack"};
 
 static bool build_only;
 
@@ -429,6 +448,29 @@ static ad_status run_layer(world *w) {
                                .activation = w->kind == XF_PRE ? NN_ACT_GELU : NN_ACT_RELU});
     x = w->x = data(c, 3, s3, 1);
     break;
+  case XD:
+  case XD_PRE:
+  case XS:
+  case XDS: {
+    nn_transformer_opts o = {.dim_feedforward = 6,
+                             .dropout = 0.25,
+                             .seed = 1,
+                             .norm_first = w->kind == XD_PRE,
+                             .activation = w->kind == XD_PRE ? NN_ACT_GELU : NN_ACT_RELU};
+    nn_transformer_stack_opts so = {.norm = true};
+    if (w->kind == XS)
+      w->l =
+          nn_transformer_encoder_new(nn_transformer_encoder_layer_new(c, 4, 2, &rng, &o), 2, &so);
+    else if (w->kind == XDS)
+      w->l =
+          nn_transformer_decoder_new(nn_transformer_decoder_layer_new(c, 4, 2, &rng, &o), 2, &so);
+    else
+      w->l = nn_transformer_decoder_layer_new(c, 4, 2, &rng, &o);
+    int64_t ms[3] = {2, 2, 4}; /* memory: S = 2 */
+    if (w->kind != XS && !(w->t[2] = data(c, 3, ms, 2))) return ad_last_status(c);
+    x = w->x = data(c, 3, s3, 1);
+    break;
+  }
   }
   if (!w->l || !x) return ad_last_status(c);
   if (build_only) return AD_OK;
@@ -492,6 +534,25 @@ static ad_status run_layer(world *w) {
     if (!loss) return ad_last_status(c);
     return ad_backward(c, loss, NULL);
   }
+  if (w->kind >= XD && w->kind <= XDS) {
+    /* with masks: causal self-attention, a padded memory key (src key) */
+    int64_t ks[2] = {2, w->kind == XS ? 3 : 2};
+    ad_tensor *kpm = w->t[1] = ad_zeros(c, AD_I32, 2, ks);
+    if (!kpm) return ad_last_status(c);
+    ad_tensor_set(kpm, 1, 1);
+    ad_tensor *y = w->kind == XS
+                       ? nn_transformer_encoder(w->l, x,
+                                                &(nn_transformer_args){.src_key_padding_mask = kpm,
+                                                                       .causal = true,
+                                                                       .training = true})
+                       : (w->kind == XDS ? nn_transformer_decoder : nn_transformer_decoder_layer)(
+                             w->l, x, w->t[2],
+                             &(nn_transformer_decoder_args){
+                                 .memory_key_padding_mask = kpm, .causal = true, .training = true});
+    ad_tensor *loss = ad_sum(c, y);
+    if (!loss) return ad_last_status(c);
+    return ad_backward(c, loss, NULL);
+  }
   return AD_OK;
 }
 
@@ -516,7 +577,7 @@ static void setup_layer(world *w) {
 }
 
 static ad_status run_forward(world *w) {
-  w->out = nn_layer_forward(w->l, w->x, true);
+  w->out = layer_fwd(w, w->l, w->x, true);
   return w->out ? AD_OK : ad_last_status(w->c);
 }
 
@@ -542,7 +603,7 @@ Test(nn_oom, every_layer_forward_again) {
 
 static void setup_backward(world *w) {
   setup_layer(w);
-  ad_tensor *y = nn_layer_forward(w->l, w->x, true);
+  ad_tensor *y = layer_fwd(w, w->l, w->x, true);
   w->out = ad_sum(w->c, ad_mul(w->c, y, y));
 }
 
