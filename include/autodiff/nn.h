@@ -955,8 +955,10 @@ NN_API ad_tensor *nn_multihead_attention(nn_layer *l, ad_tensor *query, ad_tenso
                                          ad_tensor *value, const nn_mha_args *args,
                                          ad_tensor **weights);
 
-/** Options of a transformer encoder layer. All-zero means PyTorch's
- * defaults (nn.TransformerEncoderLayer(d_model, nhead)). */
+/** Options of a transformer encoder or decoder layer. All-zero means
+ * PyTorch's defaults (nn.TransformerEncoderLayer(d_model, nhead),
+ * nn.TransformerDecoderLayer(d_model, nhead); in a decoder layer, causal
+ * masks its self-attention and layer_norm_eps is that of norm1..norm3). */
 typedef struct nn_transformer_opts {
   int64_t dim_feedforward; /**< width of the feed-forward block; 0 means 2048 */
   double dropout;          /**< of all four dropouts, in [0, 1); 0 means 0.1 */
