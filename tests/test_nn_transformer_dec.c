@@ -9,6 +9,7 @@
  * differences, the stacks' copies starting equal, dropout draws, the
  * descriptions, and the error messages. */
 #include "nn.h"
+#include "nn_io.h"
 #include "test_tmpdir.h"
 #include "transformer_dec_fixtures.h"
 
@@ -247,6 +248,36 @@ Test(xd, encoder_stack_in_a_sequential) {
   expect_close(nn_model_forward(m, src), k->out, src->size, 1e-5, "out", "sequential");
   ad_tensor_free(src);
   nn_model_free(m);
+}
+
+Test(xd, encoder_stack_checkpoint_under_pytorch_names) {
+  /* a file holding PyTorch's state dict of the stack, by its names, loads
+   * into a fresh stack of other draws, which then computes PyTorch's values */
+  const enc_case *k = &xs_cases[0];
+  nn_layer *l = enc_stack(k, AD_F64, false);
+  const char *path = test_path("stack.safetensors");
+  nn_params *p = nn_layer_params(l);
+  cr_assert_eq(nn_checkpoint_save(ctx, path, XS_NPARAMS, xs_param_names, nn_params_tensors(p)),
+               AD_OK, "%s", ad_last_error(ctx));
+  nn_layer_free(l);
+  ad_rng rng;
+  ad_rng_seed(&rng, 99);
+  nn_transformer_opts o = opts_of(k->norm_first, k->gelu, k->batch_first, AD_F64);
+  l = nn_transformer_encoder_new(nn_transformer_encoder_layer_new(ctx, XD_E, XD_H, &rng, &o),
+                                 XD_LAYERS, &(nn_transformer_stack_opts){.norm = true});
+  cr_assert_not_null(l, "%s", ad_last_error(ctx));
+  p = nn_layer_params(l);
+  cr_assert_eq(
+      nn_checkpoint_load(ctx, path, nn_params_count(p), nn_params_names(p), nn_params_tensors(p)),
+      AD_OK, "%s", ad_last_error(ctx));
+  ad_tensor *src = from(AD_F64, k->ndim, k->shape, k->src);
+  int64_t ss[2] = {XD_T, XD_T}, ns[2] = {XD_N, XD_T};
+  ad_tensor *mask = from(AD_F64, 2, ss, k->mask), *kpm = i32_mask(2, ns, k->kpm);
+  expect_close(nn_transformer_encoder(
+                   l, src, &(nn_transformer_args){.src_mask = mask, .src_key_padding_mask = kpm}),
+               k->out, src->size, 1e-12, "out", "loaded");
+  ad_tensor_free(src), ad_tensor_free(mask), ad_tensor_free(kpm);
+  nn_layer_free(l);
 }
 
 /* ------------------------------------------------------------- the copies */
