@@ -902,7 +902,8 @@ typedef struct nn_mha_opts {
 } nn_mha_opts;
 
 /** Multi-head attention, PyTorch's nn.MultiheadAttention with kdim = vdim =
- * embed_dim E and num_heads H dividing E: the inputs are projected by
+ * embed_dim E (see nn_multihead_attention_new_ext for the other
+ * constructor options) and num_heads H dividing E: the inputs are projected by
  * "in_proj_weight" [3E, E] (the query, key and value rows in that order)
  * and "in_proj_bias" [3E], split into H heads of E / H, each head attends
  * through ad_scaled_dot_product_attention (scale sqrt(H / E)), and the
@@ -921,6 +922,42 @@ typedef struct nn_mha_opts {
 NN_API nn_layer *nn_multihead_attention_new(ad_ctx *ctx, int64_t embed_dim, int64_t num_heads,
                                             ad_rng *rng, const nn_mha_opts *opts);
 
+/** The options of PyTorch's MultiheadAttention that nn_mha_opts has no
+ * room for (its layout is fixed). All-zero (with base all-zero) means
+ * PyTorch's defaults. */
+typedef struct nn_mha_opts_ext {
+  nn_mha_opts base;   /**< the options of nn_mha_opts */
+  int64_t kdim;       /**< the key's last dim; 0: embed_dim */
+  int64_t vdim;       /**< the value's last dim; 0: embed_dim */
+  bool add_bias_kv;   /**< "bias_k", "bias_v" [1, 1, E] appended to the
+                         projected keys and values (S -> S + 1) */
+  bool add_zero_attn; /**< a zero key and value appended after them
+                         (S -> S + 1 more) */
+} nn_mha_opts_ext;
+
+/** nn_multihead_attention_new with PyTorch 1.13's kdim, vdim, add_bias_kv
+ * and add_zero_attn (nn_multihead_attention_new(..., &o) is this with base
+ * o and the rest zero, the same layer). When kdim or vdim is not E the
+ * projection weights are separate, as PyTorch's: "q_proj_weight" [E, E],
+ * "k_proj_weight" [E, kdim], "v_proj_weight" [E, vdim] in place of
+ * in_proj_weight, each Xavier uniform; "in_proj_bias" [3E] stays. The
+ * parameters are listed in PyTorch's registration order, the order of its
+ * state dict: in_proj_weight (or q, k, v_proj_weight), in_proj_bias,
+ * bias_k, bias_v, out_proj.weight, out_proj.bias; the initialisations
+ * (PyTorch's: bias_k and bias_v Xavier normal, std 1/sqrt(E)) draw from rng
+ * in that order. In a call, as F.multi_head_attention_forward: the
+ * projected keys and values get bias_k and bias_v appended, then a zero
+ * key and value (per head), so the attention weights have S + 1 or S + 2
+ * columns, the last ones those keys; attn_mask and key_padding_mask (given
+ * for the S keys) are padded with visible columns, and a causal flag masks
+ * the S keys only (as PyTorch's causal attn_mask, padded). A row whose keys
+ * are all masked then attends to the added keys only (no NaN). Errors as
+ * nn_multihead_attention_new's; AD_ERR_ARG also for kdim or vdim negative
+ * or above 2^32. opts may be NULL. */
+NN_API nn_layer *nn_multihead_attention_new_ext(ad_ctx *ctx, int64_t embed_dim,
+                                                int64_t num_heads, ad_rng *rng,
+                                                const nn_mha_opts_ext *opts);
+
 /** The arguments of one multi-head attention call. All-zero: no masks,
  * evaluation mode, weights averaged over the heads. */
 typedef struct nn_mha_args {
@@ -938,13 +975,15 @@ typedef struct nn_mha_args {
                                   average_attn_weights=False) */
 } nn_mha_args;
 
-/** Runs multi-head attention layer l (from nn_multihead_attention_new) on
- * query [L, N, E], key [S, N, E] and value [S, N, E] ([N, L, E] ... with
- * batch_first; [L, E], [S, E], [S, E] unbatched, as PyTorch) with args
- * (NULL: all-zero). Returns the output, shaped like query, as a tape
- * tensor. When weights is not NULL (PyTorch's need_weights) *weights gets
- * the attention weights averaged over the heads, [N, L, S] ([L, S]
- * unbatched), or per head [N, H, L, S], after dropout, as PyTorch's. Self-
+/** Runs multi-head attention layer l (from nn_multihead_attention_new or
+ * _ext) on query [L, N, E], key [S, N, kdim] and value [S, N, vdim]
+ * ([N, L, E] ... with batch_first; [L, E], [S, kdim], [S, vdim] unbatched,
+ * as PyTorch; kdim = vdim = E but with nn_multihead_attention_new_ext)
+ * with args (NULL: all-zero). Returns the output, shaped like query, as a
+ * tape tensor. When weights is not NULL (PyTorch's need_weights) *weights
+ * gets the attention weights averaged over the heads, [N, L, S'] ([L, S']
+ * unbatched), or per head [N, H, L, S'], after dropout, as PyTorch's; S' is
+ * S, plus 1 with add_bias_kv and 1 with add_zero_attn. Self-
  * attention passes one tensor three times. A row whose keys are all masked
  * gives NaN, as in PyTorch. Returns NULL (and *weights NULL) with
  * AD_ERR_NULL, AD_ERR_ARG (l is another kind of layer, a mask of another
