@@ -287,6 +287,7 @@ enum {
   XD_PRE,
   XS,
   XDS,
+  MHA_KV,
   N_LAYERS
 };
 
@@ -322,7 +323,8 @@ static const char *layer_names[N_LAYERS] = {"dense",
                                             "transformer decoder",
                                             "transformer decoder pre",
                                             "transformer encoder stack",
-                                            "transformer decoder stack"};
+                                            "transformer decoder stack",
+                                            "mha bias_kv zero_attn"};
 
 static bool build_only;
 
@@ -437,6 +439,14 @@ static ad_status run_layer(world *w) {
     w->l = nn_multihead_attention_new(c, 4, 2, &rng, &(nn_mha_opts){.dropout = 0.25, .seed = 1});
     x = w->x = data(c, 3, s3, 1);
     break;
+  case MHA_KV: /* the added keys, the causal mask built for them */
+    w->l = nn_multihead_attention_new_ext(
+        c, 4, 2, &rng,
+        &(nn_mha_opts_ext){.base = {.dropout = 0.25, .seed = 1, .causal = true},
+                           .add_bias_kv = true,
+                           .add_zero_attn = true});
+    x = w->x = data(c, 3, s3, 1);
+    break;
   case XF:
   case XF_PRE:
     w->l = nn_transformer_encoder_layer_new(
@@ -496,7 +506,7 @@ static ad_status run_layer(world *w) {
     if (!loss) return ad_last_status(c);
     return ad_backward(c, loss, NULL);
   }
-  if (w->kind == MHA) {
+  if (w->kind == MHA || w->kind == MHA_KV) {
     ad_tensor *wt;
     int64_t ms[2] = {3, 3};
     ad_tensor *mask = w->t[0] = ad_zeros(c, AD_I32, 2, ms);
@@ -627,6 +637,51 @@ Test(nn_oom, every_layer_built_and_run_forward_backward) {
     snprintf(name, sizeof name, "layer %s", layer_names[g_kind]);
     sweep(&(scenario){name, setup_kind, run_layer, print_layer, false, false});
   }
+}
+
+/* Cross-attention through separate projections (kdim, vdim) and the
+ * added keys, with both masks, the causal flag and the weights per head:
+ * the layer built, run forward and backward. */
+static ad_status run_mha_ext(world *w) {
+  ad_ctx *c = w->c;
+  ad_rng rng;
+  ad_rng_seed(&rng, 7);
+  w->l = nn_multihead_attention_new_ext(
+      c, 4, 2, &rng,
+      &(nn_mha_opts_ext){.base = {.dropout = 0.25, .seed = 1, .batch_first = true},
+                         .kdim = 3,
+                         .vdim = 5,
+                         .add_bias_kv = true,
+                         .add_zero_attn = true});
+  if (!w->l) return ad_last_status(c);
+  ad_tensor *q = w->x = data(c, 3, (int64_t[]){2, 3, 4}, 1);
+  ad_tensor *k = w->t[0] = data(c, 3, (int64_t[]){2, 2, 3}, 2);
+  ad_tensor *v = w->t[1] = data(c, 3, (int64_t[]){2, 2, 5}, 3);
+  ad_tensor *mask = w->t[2] = ad_zeros(c, AD_F32, 2, (int64_t[]){3, 2});
+  ad_tensor *kpm = w->t[3] = ad_zeros(c, AD_I32, 2, (int64_t[]){2, 2});
+  if (!q || !k || !v || !mask || !kpm) return ad_last_status(c);
+  ad_tensor_set(kpm, 1, 1);
+  ad_tensor *wt;
+  ad_tensor *y = nn_multihead_attention(w->l, q, k, v,
+                                        &(nn_mha_args){.attn_mask = mask,
+                                                       .key_padding_mask = kpm,
+                                                       .causal = true,
+                                                       .training = true,
+                                                       .per_head_weights = true},
+                                        &wt);
+  ad_tensor *loss = ad_sum(c, ad_add(c, ad_sum(c, y), ad_sum(c, wt)));
+  if (!loss) return ad_last_status(c);
+  return ad_backward(c, loss, NULL);
+}
+
+static unsigned long print_mha_ext(world *w) {
+  unsigned long h = print_model(w);
+  for (int i = 0; i < 2; i++) h = hash_tensor(h, w->t[i] ? w->t[i]->grad : NULL);
+  return hash_tensor(h, w->x ? w->x->grad : NULL);
+}
+
+Test(nn_oom, mha_kdim_vdim_built_and_run_forward_backward) {
+  sweep(&(scenario){"mha kdim vdim", setup_kind, run_mha_ext, print_mha_ext, false, false});
 }
 
 /* ------------------------------------------------ models and training */
