@@ -305,19 +305,6 @@ static void mha_describe(const nn_layer *l, nn_text *t) {
 
 static const nn_layer_ops mha_ops = {mha_forward, mha_free, mha_describe};
 
-/* A new parameter of shape filled by init, added to list under name (owned
- * by it); NULL on error. */
-static ad_tensor *mha_param(nn_params *list, const char *name, ad_ctx *ctx, ad_dtype dtype,
-                            int ndim, const int64_t *shape, nn_init init, ad_rng *rng) {
-  ad_tensor *t = ad_zeros(ctx, dtype, ndim, shape);
-  if (!t) return NULL;
-  if (init.kind != NN_INIT_ZEROS && nn_init_tensor(ctx, t, init, rng) != AD_OK) {
-    ad_tensor_free(t);
-    return NULL;
-  }
-  return nn_params_add(list, name, t, true) == AD_OK ? t : NULL;
-}
-
 nn_layer *nn_multihead_attention_new_ext(ad_ctx *ctx, int64_t embed_dim, int64_t num_heads,
                                          ad_rng *rng, const nn_mha_opts_ext *opts) {
   if (!ctx) return NULL;
@@ -382,19 +369,19 @@ nn_layer *nn_multihead_attention_new_ext(ad_ctx *ctx, int64_t embed_dim, int64_t
           xavier_normal = nn_init_make(NN_INIT_XAVIER_NORMAL, 0, 0);
   bool ok = true;
   if (kdim == e && vdim == e)
-    ok = (s->w_in = mha_param(p, "in_proj_weight", ctx, o.dtype, 2, w_in, xavier, rng));
+    ok = (s->w_in = nn_param_new(p, "in_proj_weight", o.dtype, 2, w_in, xavier, rng));
   for (int i = 0; i < 3 && ok && !s->w_in; i++)
-    ok = (s->w_sep[i] = mha_param(p, sep_names[i], ctx, o.dtype, 2, w_sep[i], xavier, rng));
+    ok = (s->w_sep[i] = nn_param_new(p, sep_names[i], o.dtype, 2, w_sep[i], xavier, rng));
   if (ok && !o.no_bias)
-    ok = (s->b_in = mha_param(p, "in_proj_bias", ctx, o.dtype, 1, b_in, zeros, rng));
+    ok = (s->b_in = nn_param_new(p, "in_proj_bias", o.dtype, 1, b_in, zeros, rng));
   if (ok && x.add_bias_kv)
-    ok = (s->bias_k = mha_param(p, "bias_k", ctx, o.dtype, 3, b_kv, xavier_normal, rng)) &&
-         (s->bias_v = mha_param(p, "bias_v", ctx, o.dtype, 3, b_kv, xavier_normal, rng));
+    ok = (s->bias_k = nn_param_new(p, "bias_k", o.dtype, 3, b_kv, xavier_normal, rng)) &&
+         (s->bias_v = nn_param_new(p, "bias_v", o.dtype, 3, b_kv, xavier_normal, rng));
   if (ok)
-    ok = (s->w_out = mha_param(p, "out_proj.weight", ctx, o.dtype, 2, w_out,
-                               nn_init_make(NN_INIT_UNIFORM, -bound, bound), rng));
+    ok = (s->w_out = nn_param_new(p, "out_proj.weight", o.dtype, 2, w_out,
+                                  nn_init_make(NN_INIT_UNIFORM, -bound, bound), rng));
   if (ok && !o.no_bias)
-    ok = (s->b_out = mha_param(p, "out_proj.bias", ctx, o.dtype, 1, b_out, zeros, rng));
+    ok = (s->b_out = nn_param_new(p, "out_proj.bias", o.dtype, 1, b_out, zeros, rng));
   if (!ok) {
     nn_layer_free(l);
     return NULL;

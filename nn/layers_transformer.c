@@ -283,20 +283,14 @@ static void xf_describe(const nn_layer *l, nn_text *t) {
 static const nn_layer_ops xf_ops = {xf_forward, xf_free, xf_describe};
 static const nn_layer_ops xd_ops = {xd_forward, xf_free, xf_describe};
 
-/* A new parameter of shape filled by init (uniform within bound, or the
- * constant c when bound is 0), added to list under name (owned by it);
- * NULL on error. */
-static ad_tensor *xf_param(nn_params *list, const char *name, ad_ctx *ctx, ad_dtype dtype, int ndim,
+/* nn_param_new filled uniform within bound, or with the constant c when
+ * bound is 0. */
+static ad_tensor *xf_param(nn_params *list, const char *name, ad_dtype dtype, int ndim,
                            const int64_t *shape, double bound, double c, ad_rng *rng) {
-  ad_tensor *t = ad_zeros(ctx, dtype, ndim, shape);
-  if (!t) return NULL;
   nn_init init = bound > 0 ? nn_init_make(NN_INIT_UNIFORM, -bound, bound)
-                           : nn_init_make(NN_INIT_CONSTANT, c, 0);
-  if ((bound > 0 || c != 0) && nn_init_tensor(ctx, t, init, rng) != AD_OK) {
-    ad_tensor_free(t);
-    return NULL;
-  }
-  return nn_params_add(list, name, t, true) == AD_OK ? t : NULL;
+                 : c != 0  ? nn_init_make(NN_INIT_CONSTANT, c, 0)
+                           : nn_init_make(NN_INIT_ZEROS, 0, 0);
+  return nn_param_new(list, name, dtype, ndim, shape, init, rng);
 }
 
 /* The arguments' checks; AD_OK or the error recorded naming kind. */
@@ -393,16 +387,16 @@ static nn_layer *xf_new(ad_ctx *ctx, bool dec, int64_t d_model, int64_t nhead, a
   int64_t e = d_model, f = s->f, w1[2] = {f, e}, w2[2] = {e, f};
   double k1 = 1.0 / sqrt((double)e), k2 = 1.0 / sqrt((double)f); /* nn.Linear's bounds */
   ad_dtype dt = o.dtype;
-  ok = ok && (s->w1 = xf_param(p, "linear1.weight", ctx, dt, 2, w1, k1, 0, rng)) &&
-       (s->b1 = xf_param(p, "linear1.bias", ctx, dt, 1, &f, k1, 0, rng)) &&
-       (s->w2 = xf_param(p, "linear2.weight", ctx, dt, 2, w2, k2, 0, rng)) &&
-       (s->b2 = xf_param(p, "linear2.bias", ctx, dt, 1, &e, k2, 0, rng)) &&
-       (s->g1 = xf_param(p, "norm1.weight", ctx, dt, 1, &e, 0, 1, rng)) &&
-       (s->be1 = xf_param(p, "norm1.bias", ctx, dt, 1, &e, 0, 0, rng)) &&
-       (s->g2 = xf_param(p, "norm2.weight", ctx, dt, 1, &e, 0, 1, rng)) &&
-       (s->be2 = xf_param(p, "norm2.bias", ctx, dt, 1, &e, 0, 0, rng));
-  ok = ok && (!dec || ((s->g3 = xf_param(p, "norm3.weight", ctx, dt, 1, &e, 0, 1, rng)) &&
-                       (s->be3 = xf_param(p, "norm3.bias", ctx, dt, 1, &e, 0, 0, rng))));
+  ok = ok && (s->w1 = xf_param(p, "linear1.weight", dt, 2, w1, k1, 0, rng)) &&
+       (s->b1 = xf_param(p, "linear1.bias", dt, 1, &f, k1, 0, rng)) &&
+       (s->w2 = xf_param(p, "linear2.weight", dt, 2, w2, k2, 0, rng)) &&
+       (s->b2 = xf_param(p, "linear2.bias", dt, 1, &e, k2, 0, rng)) &&
+       (s->g1 = xf_param(p, "norm1.weight", dt, 1, &e, 0, 1, rng)) &&
+       (s->be1 = xf_param(p, "norm1.bias", dt, 1, &e, 0, 0, rng)) &&
+       (s->g2 = xf_param(p, "norm2.weight", dt, 1, &e, 0, 1, rng)) &&
+       (s->be2 = xf_param(p, "norm2.bias", dt, 1, &e, 0, 0, rng));
+  ok = ok && (!dec || ((s->g3 = xf_param(p, "norm3.weight", dt, 1, &e, 0, 1, rng)) &&
+                       (s->be3 = xf_param(p, "norm3.bias", dt, 1, &e, 0, 0, rng))));
   if (!ok) {
     nn_layer_free(l);
     return NULL;
@@ -600,8 +594,8 @@ static nn_layer *xs_new(nn_layer *layer, bool dec, int64_t num_layers,
     ad_rng unused;
     ad_rng_seed(&unused, 0);
     ad_dtype dt = t->w1->dtype;
-    ok = (s->g = xf_param(p, "norm.weight", ctx, dt, 1, &s->e, 0, 1, &unused)) &&
-         (s->b = xf_param(p, "norm.bias", ctx, dt, 1, &s->e, 0, 0, &unused));
+    ok = (s->g = xf_param(p, "norm.weight", dt, 1, &s->e, 0, 1, &unused)) &&
+         (s->b = xf_param(p, "norm.bias", dt, 1, &s->e, 0, 0, &unused));
   }
   if (!ok) {
     nn_layer_free(l);
