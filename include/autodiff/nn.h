@@ -715,6 +715,114 @@ NN_API nn_layer *nn_adaptive_avg_pool1d_new(ad_ctx *ctx, int64_t output_size);
 NN_API nn_layer *nn_adaptive_avg_pool2d_new(ad_ctx *ctx, int64_t oh, int64_t ow);
 /** @} */
 
+/* Resampling, padding and channel-dropout layers for image models
+ * (layers_resample.c): composites of public ops (ad_index_select,
+ * ad_transpose, ad_reshape, ad_permute, ad_pad, ad_narrow, ad_where,
+ * ad_mul), so every gradient is the tape's and differentiable to any
+ * order. None has parameters; each returns the layer (free with
+ * nn_layer_free, or the model that adopts it) or NULL with AD_ERR_ARG
+ * (bad settings, named with the layer's kind) or AD_ERR_OOM. Each forward
+ * refuses an input of another rank (AD_ERR_SHAPE) or, where it computes,
+ * not float (AD_ERR_DTYPE), naming the layer and the shape. */
+
+/** Interpolation modes of nn_upsample_new (PyTorch's mode strings). */
+typedef enum nn_upsample_mode {
+  NN_UPSAMPLE_NEAREST = 0,   /**< 'nearest': source floor(i * s), s below */
+  NN_UPSAMPLE_NEAREST_EXACT, /**< 'nearest-exact': floor((i + 0.5) * s) */
+  NN_UPSAMPLE_LINEAR,        /**< 'linear', [N, C, L] inputs only */
+  NN_UPSAMPLE_BILINEAR       /**< 'bilinear', [N, C, H, W] inputs only */
+} nn_upsample_mode;
+
+/** Options of nn_upsample_new; give size or scale_factor, not both. The
+ * zero value of the rest is PyTorch's default (mode 'nearest'). */
+typedef struct nn_upsample_opts {
+  nn_upsample_mode mode;       /**< default NN_UPSAMPLE_NEAREST */
+  int64_t size[2];             /**< output (L) or (H, W); size[1] = 0: as size[0] */
+  double scale_factor[2];      /**< of (L) or (H, W); [1] = 0: as [0] */
+  bool align_corners;          /**< linear modes only */
+  bool recompute_scale_factor; /**< with scale_factor: map by in / out */
+} nn_upsample_opts;
+
+/** PyTorch 1.13's nn.Upsample (F.interpolate): [N, C, L] or [N, C, H, W]
+ * (no unbatched input, as PyTorch's) to the output size, each spatial
+ * axis resampled in turn. The output length of an axis of length in is
+ * size, or floor(in * scale_factor). Source coordinates use s = 1 /
+ * scale_factor when one is given (and recompute_scale_factor is false),
+ * else in / out, as PyTorch's kernels: nearest takes floor(i * s) and
+ * nearest-exact floor((i + 0.5) * s), both in float and capped at in - 1
+ * (so 'nearest' is not symmetric: 5 -> 8 picks 0 0 1 1 2 3 3 4); linear
+ * modes take x = s (i + 0.5) - 0.5 clamped at 0 (align_corners false) or
+ * x = i (in - 1) / (out - 1) (true), and blend x[floor x] and the next
+ * element (the last repeats) with weights 1 - frac and frac, computed in
+ * the input's dtype. An axis whose length is unchanged is copied, as
+ * PyTorch's. Nearest is ad_index_select along the axis (the gradient adds
+ * up at the source), linear two of them times constant weights. Errors
+ * when made (AD_ERR_ARG): both or neither of size and scale_factor, a size
+ * outside [1, 2^31 - 1], a scale factor not finite and > 0, an unknown
+ * mode, align_corners with a nearest mode, recompute_scale_factor with a
+ * size. The forward refuses (AD_ERR_SHAPE) a rank other than 3 or 4 (3
+ * for linear, 4 for bilinear), two different sizes or scale factors for a
+ * 3-D input, an empty spatial axis or one above 2^31 - 1, and an output
+ * length outside [1, 2^31 - 1]. Kind "upsample". */
+NN_API nn_layer *nn_upsample_new(ad_ctx *ctx, const nn_upsample_opts *opts);
+
+/** PyTorch's nn.PixelShuffle(r): [N, C r^2, H, W] (or unbatched [C r^2,
+ * H, W]) to [N, C, H r, W r], out[n, c, h r + i, w r + j] = x[n, c r^2 +
+ * i r + j, h, w]; and nn.PixelUnshuffle(r), its inverse. Reshapes and one
+ * permute. r in [1, 2^20] (AD_ERR_ARG); the forward refuses (AD_ERR_SHAPE)
+ * a channel count not divisible by r^2 (shuffle) or H, W not divisible by
+ * r (unshuffle). Kinds "pixel_shuffle", "pixel_unshuffle". @{ */
+NN_API nn_layer *nn_pixel_shuffle_new(ad_ctx *ctx, int64_t upscale_factor);
+NN_API nn_layer *nn_pixel_unshuffle_new(ad_ctx *ctx, int64_t downscale_factor);
+/** @} */
+
+/** Padding layers, PyTorch's nn.ZeroPad2d, nn.ConstantPad1d/2d,
+ * nn.ReflectionPad1d/2d and nn.ReplicationPad1d/2d. pad is (left, right)
+ * for the 1-D layers, which take [N, C, L] or [C, L], and (left, right,
+ * top, bottom) for the 2-D layers, which take [N, C, H, W] or [C, H, W].
+ * A negative amount crops, as in PyTorch. Constant padding is ad_pad and
+ * ad_narrow, then, for value != 0, ad_where with a constant mask (the
+ * inner values are x's bits); reflection (x[1], x[0], x[1], ...: the edge
+ * not repeated) and replication (the edge repeated) are ad_index_select
+ * with the reflected or clamped indices, so gradients add up at the
+ * positions read more than once, as PyTorch's. Amounts are limited to
+ * +-2^31 - 1 (AD_ERR_ARG). The forward refuses (AD_ERR_SHAPE) an output
+ * length below 0 (constant) or 1 (the others), a reflection amount not
+ * below the axis length, and an axis above 2^31 - 1 (the others). Kinds
+ * "zero_pad2d", "constant_pad1d", ..., "replication_pad2d". @{ */
+NN_API nn_layer *nn_zero_pad2d_new(ad_ctx *ctx, const int64_t pad[4]);
+NN_API nn_layer *nn_constant_pad1d_new(ad_ctx *ctx, const int64_t pad[2], double value);
+NN_API nn_layer *nn_constant_pad2d_new(ad_ctx *ctx, const int64_t pad[4], double value);
+NN_API nn_layer *nn_reflection_pad1d_new(ad_ctx *ctx, const int64_t pad[2]);
+NN_API nn_layer *nn_reflection_pad2d_new(ad_ctx *ctx, const int64_t pad[4]);
+NN_API nn_layer *nn_replication_pad1d_new(ad_ctx *ctx, const int64_t pad[2]);
+NN_API nn_layer *nn_replication_pad2d_new(ad_ctx *ctx, const int64_t pad[4]);
+/** @} */
+
+/** Channel dropout, PyTorch's nn.Dropout1d and nn.Dropout2d: in training
+ * mode each channel (every element of x[n, c]) is zeroed with probability
+ * p and the rest scaled by 1 / (1 - p); in evaluation mode, and for p =
+ * 0, the identity. Dropout1d takes [N, C, L] or [C, L]; Dropout2d takes
+ * [N, C, H, W] and, as PyTorch 1.13's (which warns), a 3-D input as [N, C,
+ * L] (Dropout1d's behaviour, not an unbatched [C, H, W]). The mask is that
+ * of nn_dropout_new (same seed, same draws) on the leading [N, C] (or [C])
+ * elements, row-major, broadcast over the rest. p in [0, 1), else
+ * AD_ERR_ARG. Kinds "dropout1d", "dropout2d". @{ */
+NN_API nn_layer *nn_dropout1d_new(ad_ctx *ctx, double p, uint64_t seed);
+NN_API nn_layer *nn_dropout2d_new(ad_ctx *ctx, double p, uint64_t seed);
+/** @} */
+
+/** PyTorch's nn.Identity: returns its input (kind "identity"). */
+NN_API nn_layer *nn_identity_new(ad_ctx *ctx);
+
+/** PyTorch's nn.Unflatten(dim, sizes): a view that replaces axis dim
+ * (negative counts from the end) by n axes of the given sizes, whose
+ * product must be its length (one entry may be -1, inferred). n in [1,
+ * AD_MAX_DIMS] and sizes >= 1 or -1 (AD_ERR_ARG, AD_ERR_NULL for sizes);
+ * the forward refuses (AD_ERR_SHAPE) dim out of range, sizes that do not
+ * match and a result of more than AD_MAX_DIMS dims. Kind "unflatten". */
+NN_API nn_layer *nn_unflatten_new(ad_ctx *ctx, int dim, int n, const int64_t *sizes);
+
 /** Recurrent cells, PyTorch's nn.RNN (tanh or relu), nn.LSTM and nn.GRU. */
 typedef enum nn_rnn_cell {
   NN_RNN_TANH = 0, /* h' = tanh(W_ih x + b_ih + W_hh h + b_hh) */
