@@ -281,6 +281,12 @@ enum {
   AVGPOOL1D,
   ADAPOOL1D,
   ADAPOOL2D,
+  UPS_NEAREST,
+  UPS_BILINEAR,
+  PIXSHUF,
+  PAD_REFLECT,
+  PAD_CONST,
+  DROPOUT2D,
   XF,
   XF_PRE,
   XD,
@@ -318,6 +324,12 @@ static const char *layer_names[N_LAYERS] = {"dense",
                                             "avg_pool1d",
                                             "adaptive1d",
                                             "adaptive2d",
+                                            "upsample nearest",
+                                            "upsample bilinear",
+                                            "pixel_shuffle",
+                                            "reflection_pad2d",
+                                            "constant_pad2d",
+                                            "dropout2d",
                                             "transformer",
                                             "transformer pre",
                                             "transformer decoder",
@@ -400,6 +412,30 @@ static ad_status run_layer(world *w) {
     break;
   case ADAPOOL2D: /* 5x5 -> 2x3: a matrix on each axis */
     w->l = nn_adaptive_avg_pool2d_new(c, 2, 3);
+    x = w->x = data(c, 4, s4, 1);
+    break;
+  case UPS_NEAREST: /* 5x5 -> 7x7: an index vector and a gather per axis */
+    w->l = nn_upsample_new(c, &(nn_upsample_opts){.scale_factor = {1.5}});
+    x = w->x = data(c, 4, s4, 1);
+    break;
+  case UPS_BILINEAR: /* two gathers and weights per axis */
+    w->l = nn_upsample_new(c, &(nn_upsample_opts){.mode = NN_UPSAMPLE_BILINEAR, .size = {8, 3}});
+    x = w->x = data(c, 4, s4, 1);
+    break;
+  case PIXSHUF:
+    w->l = nn_pixel_shuffle_new(c, 2);
+    x = w->x = data(c, 3, (int64_t[3]){4, 3, 2}, 1);
+    break;
+  case PAD_REFLECT:
+    w->l = nn_reflection_pad2d_new(c, (int64_t[4]){2, -1, 1, 3});
+    x = w->x = data(c, 4, s4, 1);
+    break;
+  case PAD_CONST: /* crop, pad, and the mask of the value */
+    w->l = nn_constant_pad2d_new(c, (int64_t[4]){1, -2, 2, 0}, 0.5);
+    x = w->x = data(c, 4, s4, 1);
+    break;
+  case DROPOUT2D:
+    w->l = nn_dropout2d_new(c, 0.5, 3);
     x = w->x = data(c, 4, s4, 1);
     break;
   case DROPOUT:
