@@ -143,7 +143,7 @@ static ad_tensor *upsample_axis(ad_ctx *ctx, ad_tensor *x, int axis, int64_t out
                  : sf > 0         ? 1.0 / sf
                                   : (double)in / (double)out;
       double src = o->align_corners ? s * (double)i : s * ((double)i + 0.5) - 0.5;
-      if (src < 0) src = 0;
+      if (src < 0) src = 0; /* PyTorch's clamp; trunc and the lambda clamp agree anyway */
       k = (int64_t)src;
       double f = src - (double)k;
       l1 = f < 0 ? 0 : f > 1 ? 1 : f;
