@@ -546,8 +546,9 @@ nn_layer *nn_unflatten_new(ad_ctx *ctx, int dim, int n, const int64_t *sizes) {
     return NULL;
   }
   if (n < 1 || n > AD_MAX_DIMS || dim < -AD_MAX_DIMS || dim >= AD_MAX_DIMS) {
-    ad_set_error(ctx, AD_ERR_ARG, "unflatten: %d sizes at dim %d: n must be in [1, %d]", n, dim,
-                 AD_MAX_DIMS);
+    ad_set_error(ctx, AD_ERR_ARG,
+                 "unflatten: %d sizes at dim %d: n must be in [1, %d] and dim in [-%d, %d]", n, dim,
+                 AD_MAX_DIMS, AD_MAX_DIMS, AD_MAX_DIMS - 1);
     return NULL;
   }
   rs_state s = {.kind = RS_UNFLATTEN, .dim = dim, .n = n};

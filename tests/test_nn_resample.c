@@ -481,6 +481,8 @@ Test(resample, bad_arguments_are_refused_when_made) {
   expect_msg(AD_ERR_ARG, "dropout1d: p = nan is outside [0, 1)");
   cr_assert_null(nn_unflatten_new(ctx, 1, 0, (int64_t[1]){1}));
   expect_msg(AD_ERR_ARG, "unflatten: 0 sizes at dim 1");
+  cr_assert_null(nn_unflatten_new(ctx, 8, 1, (int64_t[1]){1}));
+  expect_msg(AD_ERR_ARG, "unflatten: 1 sizes at dim 8: n must be in [1, 8] and dim in [-8, 7]");
   cr_assert_null(nn_unflatten_new(ctx, 1, 2, (int64_t[2]){-1, -1}));
   expect_msg(AD_ERR_ARG, "or one -1");
   cr_assert_null(nn_unflatten_new(ctx, 1, 2, (int64_t[2]){0, 2}));
