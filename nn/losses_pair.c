@@ -458,7 +458,11 @@ ad_tensor *nn_multi_margin_loss(ad_ctx *ctx, ad_tensor *input, ad_tensor *labels
   ad_tensor *on = ad_mul(ctx, ad_gt(ctx, z, zero), ad_rsub_scalar(ctx, oh, 1.0));
   ad_tensor *h = ad_where(ctx, on, z, zero);
   if (p == 2) h = ad_square(ctx, h);
-  if (weight) h = ad_mul(ctx, h, ad_sum_axis(ctx, ad_where(ctx, oh, weight, zero), 1, true));
+  /* w_y only on the terms that count: an inactive term adds 0 also where w_y
+   * is inf or NaN (0 w_y would be NaN), as the kernel skips it */
+  if (weight)
+    h = ad_mul(ctx, h,
+               ad_where(ctx, on, ad_sum_axis(ctx, ad_where(ctx, oh, weight, zero), 1, true), zero));
   ad_tensor *l = ad_div_scalar(ctx, ad_sum_axis(ctx, h, 1, false), (double)C);
   if (one && l) l = ad_reshape(ctx, l, 0, s);
   return nn_loss_reduce(ctx, l, red, l);

@@ -380,6 +380,31 @@ Test(losses_pair, poisson_constant_target_takes_the_plain_path) {
   for (int i = 0; i < 4; i++) cr_assert_eq(gx[0][i], gx[1][i], "%d", i);
 }
 
+/* A class weight that is inf or NaN weighs only the terms that count: a
+ * sample whose margins all hold adds 0, as torch 1.13's kernel skips its
+ * terms (before, 0 * inf made the whole loss NaN). torch:
+ * F.multi_margin_loss(x, [0, 1], weight=[w0, 1, 1], reduction='sum') is
+ * 0.5666666666666668 (x.grad row 0 zeros, row 1 [1/3, -2/3, 1/3]) for w0 inf
+ * and NaN alike. */
+Test(losses_pair, multi_margin_inactive_terms_ignore_an_infinite_weight) {
+  int64_t s[2] = {2, 3}, c = 3, n = 2;
+  const double xv[6] = {2, 0, 0.5, 0, 0.2, 0.1}, gw[6] = {0, 0, 0, 1. / 3, -2. / 3, 1. / 3};
+  const int32_t lv[2] = {0, 1};
+  for (int k = 0; k < 2; k++) {
+    ad_tape_reset(ctx);
+    const double wv[3] = {k ? NAN : INFINITY, 1, 1};
+    ad_tensor *x = vec(ctx, AD_F64, 2, s, xv), *w = vec(ctx, AD_F64, 1, &c, wv);
+    ad_tensor *lab = ad_from_data(ctx, AD_I32, 1, &n, lv);
+    ad_tensor_set_requires_grad(x, true);
+    ad_tensor *l = nn_multi_margin_loss(ctx, x, lab, 1, 1.0, w, NN_SUM);
+    cr_assert_not_null(l, "%s", ad_last_error(ctx));
+    expect_close(ad_tensor_item(l), 0.5666666666666668, 1e-14, 0, "loss", k);
+    cr_assert_eq(ad_backward(ctx, l, NULL), AD_OK, "%s", ad_last_error(ctx));
+    for (int i = 0; i < 6; i++) expect_close(ad_tensor_get(x->grad, i), gw[i], 1e-14, 0, "grad", i);
+    ad_tensor_free(x), ad_tensor_free(w), ad_tensor_free(lab);
+  }
+}
+
 /* A second tensor of the first's size but another shape is viewed with
  * its shape (margin ranking's x2 and y, hinge's and soft margin's y, the
  * Gaussian target), and its gradient keeps its own shape. */
