@@ -102,23 +102,29 @@ static float nearest_scale(double sf, int64_t in, int64_t out) {
 static ad_tensor *upsample_axis(ad_ctx *ctx, ad_tensor *x, int axis, int64_t out, double sf,
                                 const nn_upsample_opts *o) {
   int64_t in = x->shape[axis];
-  if (in == out) return x; /* PyTorch's kernels copy */
+  bool nearest = o->mode == NN_UPSAMPLE_NEAREST || o->mode == NN_UPSAMPLE_NEAREST_EXACT;
+  if (in == out && !nearest) return x; /* PyTorch's linear kernels copy */
   ad_tensor *i0 = index_vec(ctx, out);
   if (!i0) return NULL;
   int32_t *a = i0->data;
-  if (o->mode == NN_UPSAMPLE_NEAREST || o->mode == NN_UPSAMPLE_NEAREST_EXACT) {
+  if (nearest) {
+    /* PyTorch's forward (upsample_nearest1d, and 2d on a [N, C, H, W]
+     * layout) has no shortcut for out = in or 2 in: with a scale factor
+     * other than 1 or 2 those lengths pick floor(i * s) too (its backward
+     * and its channels-last kernel take the shortcuts; we follow the
+     * forward, and the tape differentiates what it computed) */
     float s = nearest_scale(sf, in, out);
+    bool same = in == out;
     for (int64_t i = 0; i < out; i++) {
       int64_t k;
       if (o->mode == NN_UPSAMPLE_NEAREST_EXACT)
         k = (int64_t)floorf((float)(((double)i + 0.5) * s));
-      else if (out == 2 * in)
-        k = i >> 1;
       else
         k = (int64_t)floorf((float)i * s);
       a[i] = (int32_t)(k < in - 1 ? k : in - 1);
+      same = same && a[i] == i;
     }
-    return gather_axis(ctx, x, axis, i0, NULL, NULL, NULL);
+    return same ? x : gather_axis(ctx, x, axis, i0, NULL, NULL, NULL);
   }
   ad_tensor *i1 = index_vec(ctx, out), *w0 = weight_vec(ctx, x->dtype, x->ndim, out),
             *w1 = weight_vec(ctx, x->dtype, x->ndim, out);

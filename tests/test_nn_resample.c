@@ -241,6 +241,29 @@ Test(resample, nearest_index_rules) {
   ad_tensor_free(x5), ad_tensor_free(x7);
 }
 
+/* With a scale factor, PyTorch 1.13's nearest forward takes floor(i * s)
+ * also when the length is kept or doubled (F.interpolate(arange(10.),
+ * scale_factor=1.05) is 0 0 1 .. 8; with 2.0774 the 20 outputs start 0 0
+ * 0 1 1 2), not the copy or i / 2 its backward and channels-last kernel
+ * use; 'nearest' with scale 1 is still x itself. */
+Test(resample, nearest_scale_keeps_floor_rule) {
+  int64_t s10[3] = {1, 1, 10};
+  ad_tensor *x = ad_zeros(ctx, AD_F64, 3, s10);
+  for (int i = 0; i < 10; i++) ad_tensor_set(x, i, i);
+  nn_layer *k = nn_upsample_new(ctx, &(nn_upsample_opts){.scale_factor = {1.05}});
+  nn_layer *d = nn_upsample_new(ctx, &(nn_upsample_opts){.scale_factor = {2.0774342407552147}});
+  nn_layer *one = nn_upsample_new(ctx, &(nn_upsample_opts){.scale_factor = {1}});
+  ad_tensor *yk = nn_layer_forward(k, x, false), *yd = nn_layer_forward(d, x, false);
+  const double wk[10] = {0, 0, 1, 2, 3, 4, 5, 6, 7, 8},
+               wd[20] = {0, 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8, 9};
+  expect_close(yk, wk, 10, 0, "nearest 10 at scale 1.05");
+  cr_assert_eq(yd->shape[2], 20);
+  expect_close(yd, wd, 20, 0, "nearest 10 at scale 2.0774");
+  cr_assert_eq(nn_layer_forward(one, x, false), x);
+  nn_layer_free(k), nn_layer_free(d), nn_layer_free(one);
+  ad_tensor_free(x);
+}
+
 /* An inf reaches only the outputs that read it, as PyTorch's (a gather,
  * not a product with a matrix of mostly zeros): x[5] of 6 is read by
  * outputs 9..11 of 12 (sources 4.25, 4.75, 5.25). */

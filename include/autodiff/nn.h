@@ -754,9 +754,12 @@ typedef struct nn_upsample_opts {
  * modes take x = s (i + 0.5) - 0.5 clamped at 0 (align_corners false) or
  * x = i (in - 1) / (out - 1) (true), and blend x[floor x] and the next
  * element (the last repeats) with weights 1 - frac and frac, computed in
- * the input's dtype. An axis whose length is unchanged is left as it is
- * (PyTorch's kernels copy it, whatever the scale factor; an input with no
- * axis changed is returned itself). Nearest is ad_index_select along the axis (the gradient adds
+ * the input's dtype. In the linear modes an axis whose length is unchanged is
+ * left as it is (PyTorch's kernels copy it, whatever the scale factor);
+ * nearest keeps the floor rule for every length, as PyTorch's forward
+ * does (scale_factor 1.05 maps 10 to 10 reading 0 0 1 .. 8; its backward
+ * and its channels-last kernel differ), and an axis it reads unchanged is
+ * left as it is. An input with no axis changed is returned itself. Nearest is ad_index_select along the axis (the gradient adds
  * up at the source), linear two of them times constant weights. Errors
  * when made (AD_ERR_ARG): both or neither of size and scale_factor, a size
  * outside [1, 2^31 - 1], a scale factor not finite and > 0, an unknown
