@@ -383,7 +383,7 @@ static ad_tensor *pad_forward(nn_layer *l, rs_state *s, ad_tensor *x) {
     for (int64_t j = 0; j < m[k]; j++) d[j] = (int32_t)pad_source(s->kind, j, lo, n);
     y = gather_axis(ctx, y, axis, idx, NULL, NULL, NULL);
   }
-  if (!y || s->kind != RS_PAD_CONST || s->value == 0) return y;
+  if (!y || s->kind != RS_PAD_CONST || (s->value == 0 && !signbit(s->value))) return y;
   /* the border takes value: where(inside, y, value), inside a constant
    * [H', W'] (or [L']) mask broadcast over the leading axes */
   bool border = false;

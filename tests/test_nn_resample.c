@@ -264,6 +264,22 @@ Test(resample, nearest_scale_keeps_floor_rule) {
   ad_tensor_free(x);
 }
 
+/* ConstantPad1d((1, 1), -0.0) pads with -0.0 in PyTorch (1 / y is -inf
+ * there), not with ad_pad's +0.0. */
+Test(resample, constant_pad_keeps_negative_zero) {
+  int64_t s2[3] = {1, 1, 2};
+  ad_tensor *x = ad_ones(ctx, AD_F64, 3, s2);
+  nn_layer *l = nn_constant_pad1d_new(ctx, (int64_t[2]){1, 1}, -0.0);
+  ad_tensor *y = nn_layer_forward(l, x, false);
+  cr_assert_not_null(y, "%s", ad_last_error(ctx));
+  cr_assert_eq(y->size, 4);
+  for (int i = 0; i < 4; i++)
+    cr_assert_eq(signbit(ad_tensor_get(y, i)) != 0, i == 0 || i == 3, "y[%d] = %g", i,
+                 ad_tensor_get(y, i));
+  nn_layer_free(l);
+  ad_tensor_free(x);
+}
+
 /* An inf reaches only the outputs that read it, as PyTorch's (a gather,
  * not a product with a matrix of mostly zeros): x[5] of 6 is read by
  * outputs 9..11 of 12 (sources 4.25, 4.75, 5.25). */
