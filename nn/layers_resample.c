@@ -357,6 +357,8 @@ static ad_tensor *pad_forward(nn_layer *l, rs_state *s, ad_tensor *x) {
     const char *bad = NULL;
     if (s->kind == RS_PAD_CONST && m[k] < 0)
       bad = "gives a negative length";
+    else if (s->kind == RS_PAD_CONST && n + (lo < 0 ? lo : 0) + (hi < 0 ? hi : 0) < 0)
+      bad = "crops more than the axis length"; /* PyTorch's narrow refuses it too */
     else if (s->kind != RS_PAD_CONST && (m[k] < 1 || n > I32_MAX))
       bad = "gives a length outside [1, 2^31 - 1]";
     else if (s->kind == RS_PAD_REFLECT && (lo >= n || hi >= n))

@@ -280,6 +280,19 @@ Test(resample, constant_pad_keeps_negative_zero) {
   ad_tensor_free(x);
 }
 
+/* ConstantPad1d((2, -3)) on a length of 2: the output length 1 is not
+ * negative, but the crop takes 3 of 2 (PyTorch refuses it in its narrow);
+ * the message names the padding, not an inner narrow. */
+Test(resample, constant_pad_refuses_crop_beyond_axis) {
+  int64_t s2[3] = {1, 1, 2};
+  ad_tensor *x = ad_ones(ctx, AD_F64, 3, s2);
+  nn_layer *l = nn_constant_pad1d_new(ctx, (int64_t[2]){2, -3}, 0);
+  cr_assert_null(nn_layer_forward(l, x, false));
+  expect_msg(AD_ERR_SHAPE, "constant_pad1d: input [1,1,2]: padding (2, -3) of axis 2 crops more");
+  nn_layer_free(l);
+  ad_tensor_free(x);
+}
+
 /* An inf reaches only the outputs that read it, as PyTorch's (a gather,
  * not a product with a matrix of mostly zeros): x[5] of 6 is read by
  * outputs 9..11 of 12 (sources 4.25, 4.75, 5.25). */

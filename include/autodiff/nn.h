@@ -791,7 +791,8 @@ NN_API nn_layer *nn_pixel_unshuffle_new(ad_ctx *ctx, int64_t downscale_factor);
  * with the reflected or clamped indices, so gradients add up at the
  * positions read more than once, as PyTorch's. Amounts are limited to
  * +-2^31 - 1 (AD_ERR_ARG). The forward refuses (AD_ERR_SHAPE) an output
- * length below 0 (constant) or 1 (the others), a reflection amount not
+ * length below 0 (constant) or 1 (the others), a crop longer than the
+ * axis (constant), a reflection amount not
  * below the axis length, and an axis above 2^31 - 1 (the others). Kinds
  * "zero_pad2d", "constant_pad1d", ..., "replication_pad2d". @{ */
 NN_API nn_layer *nn_zero_pad2d_new(ad_ctx *ctx, const int64_t pad[4]);
