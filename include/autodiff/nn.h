@@ -755,12 +755,14 @@ typedef struct nn_upsample_opts {
  * x = i (in - 1) / (out - 1) (true), and blend x[floor x] and the next
  * element (the last repeats) with weights 1 - frac and frac, computed in
  * the input's dtype. In the linear modes an axis whose length is unchanged is
- * left as it is (PyTorch's kernels copy it, whatever the scale factor);
+ * left as it is (PyTorch's kernels blend x[i] 1 + x[i] 0 there, the same
+ * for finite x; an infinite element becomes NaN in PyTorch and stays
+ * infinite here);
  * nearest keeps the floor rule for every length, as PyTorch's forward
  * does (scale_factor 1.05 maps 10 to 10 reading 0 0 1 .. 8; its backward
  * and its channels-last kernel differ), and an axis it reads unchanged is
- * left as it is. An input with no axis changed is returned itself. Nearest is ad_index_select along the axis (the gradient adds
- * up at the source), linear two of them times constant weights. Errors
+ * left as it is. An input with no axis changed is returned itself. Nearest is ad_index_select along
+ * the axis (the gradient adds up at the source), linear two of them times constant weights. Errors
  * when made (AD_ERR_ARG): both or neither of size and scale_factor, a size
  * outside [1, 2^31 - 1], a scale factor not finite and > 0, an unknown
  * mode, align_corners with a nearest mode, recompute_scale_factor with a
@@ -1067,9 +1069,8 @@ typedef struct nn_mha_opts_ext {
  * are all masked then attends to the added keys only (no NaN). Errors as
  * nn_multihead_attention_new's; AD_ERR_ARG also for kdim or vdim negative
  * or above 2^32. opts may be NULL. */
-NN_API nn_layer *nn_multihead_attention_new_ext(ad_ctx *ctx, int64_t embed_dim,
-                                                int64_t num_heads, ad_rng *rng,
-                                                const nn_mha_opts_ext *opts);
+NN_API nn_layer *nn_multihead_attention_new_ext(ad_ctx *ctx, int64_t embed_dim, int64_t num_heads,
+                                                ad_rng *rng, const nn_mha_opts_ext *opts);
 
 /** The arguments of one multi-head attention call. All-zero: no masks,
  * evaluation mode, weights averaged over the heads. */
