@@ -287,6 +287,16 @@ nn_layer *nn_layer_new_ext(ad_ctx *ctx, const char *kind, const nn_layer_ops *op
   return l;
 }
 
+nn_layer *nn_layer_new_copy(ad_ctx *ctx, const char *kind, const nn_layer_ops *ops,
+                            const void *init, size_t size) {
+  void *s = ad_malloc(ctx, size);
+  if (!s) return NULL;
+  memcpy(s, init, size);
+  nn_layer *l = nn_layer_new_ext(ctx, kind, ops, s);
+  if (!l) ad_free(ctx, s, size);
+  return l;
+}
+
 void *nn_layer_state(const nn_layer *l) { return l ? l->state : NULL; }
 bool nn_layer_runs(const nn_layer *l, const nn_layer_ops *ops) { return l && l->ops == ops; }
 ad_ctx *nn_layer_ctx(const nn_layer *l) { return l ? l->ctx : NULL; }

@@ -242,13 +242,9 @@ static nn_layer *pool_new(ad_ctx *ctx, pool_kind kind, const char *name, int64_t
                  (long long)kw);
     return NULL;
   }
-  pool_state *s = ad_malloc(ctx, sizeof *s);
-  if (!s) return NULL;
-  *s = (pool_state){.kind = kind, .kh = kh, .kw = kw};
-  if (opts) s->o = *opts;
-  nn_layer *l = nn_layer_new_ext(ctx, name, &pool_ops, s);
-  if (!l) ad_free(ctx, s, sizeof *s);
-  return l;
+  pool_state s = {.kind = kind, .kh = kh, .kw = kw};
+  if (opts) s.o = *opts;
+  return nn_layer_new_copy(ctx, name, &pool_ops, &s, sizeof s);
 }
 
 nn_layer *nn_max_pool2d_new(ad_ctx *ctx, int64_t kh, int64_t kw, const ad_pool2d_opts *opts) {

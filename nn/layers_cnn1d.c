@@ -303,12 +303,7 @@ static void pool1d_describe(const nn_layer *l, nn_text *t) {
 static const nn_layer_ops pool1d_ops = {pool1d_forward, pool1d_free, pool1d_describe};
 
 static nn_layer *pool1d_layer(ad_ctx *ctx, const char *kind, const pool1d_state *init) {
-  pool1d_state *s = ad_malloc(ctx, sizeof *s);
-  if (!s) return NULL;
-  *s = *init;
-  nn_layer *l = nn_layer_new_ext(ctx, kind, &pool1d_ops, s);
-  if (!l) ad_free(ctx, s, sizeof *s);
-  return l;
+  return nn_layer_new_copy(ctx, kind, &pool1d_ops, init, sizeof *init);
 }
 
 static nn_layer *pool1d_new(ad_ctx *ctx, pool1d_kind kind, int64_t k, const nn_pool1d_opts *opts) {

@@ -677,10 +677,5 @@ static void rs_describe(const nn_layer *l, nn_text *t) {
 static const nn_layer_ops rs_ops = {rs_forward, rs_free, rs_describe};
 
 static nn_layer *rs_layer(ad_ctx *ctx, const char *kind, const rs_state *init) {
-  rs_state *s = ad_malloc(ctx, sizeof *s);
-  if (!s) return NULL;
-  *s = *init;
-  nn_layer *l = nn_layer_new_ext(ctx, kind, &rs_ops, s);
-  if (!l) ad_free(ctx, s, sizeof *s);
-  return l;
+  return nn_layer_new_copy(ctx, kind, &rs_ops, init, sizeof *init);
 }

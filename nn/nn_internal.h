@@ -197,6 +197,11 @@ void nn_layer_note_output(nn_layer *l, const ad_tensor *y);
 /* A new layer of kind (copied) run by ops (static storage) with state.
  * NULL on OOM, and then the caller still owns state. */
 nn_layer *nn_layer_new_ext(ad_ctx *ctx, const char *kind, const nn_layer_ops *ops, void *state);
+/* nn_layer_new_ext with a state of size bytes copied from init into the
+ * context's memory (ops' free releases it with ad_free and that size).
+ * NULL on OOM, nothing then allocated. */
+nn_layer *nn_layer_new_copy(ad_ctx *ctx, const char *kind, const nn_layer_ops *ops,
+                            const void *init, size_t size);
 void *nn_layer_state(const nn_layer *l);
 /* True when l is a layer run by ops (e.g. to tell a recurrent layer). */
 bool nn_layer_runs(const nn_layer *l, const nn_layer_ops *ops);
