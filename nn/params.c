@@ -538,6 +538,15 @@ static double normal_quantile(double q) {
   return x - u / (1 + x * u / 2);
 }
 
+/* x -= beta (v . x) v over the elements k..m-1: the Householder reflection
+ * I - beta v v^T applied to the column x. */
+static void reflect(const double *v, double beta, double *x, int64_t k, int64_t m) {
+  double dot = 0;
+  for (int64_t i = k; i < m; i++) dot += v[i] * x[i];
+  dot *= beta;
+  for (int64_t i = k; i < m; i++) x[i] -= dot * v[i];
+}
+
 /* PyTorch's orthogonal_ on t seen as rows x cols (t->size > 0, rows =
  * shape[0]): standard normal draws, row-major, form the matrix, taken
  * transposed when rows < cols so that the factored matrix T is tall, m x n;
@@ -576,12 +585,7 @@ static ad_status init_orthogonal(ad_ctx *ctx, ad_tensor *t, double gain, ad_rng 
     v[k] -= alpha;            /* v = x - alpha e_k: the reflection maps x to alpha e_k */
     for (int64_t i = k; i < m; i++) vnorm2 += v[i] * v[i];
     beta[k] = 2 / vnorm2;
-    for (int64_t j = k + 1; j < n; j++) {
-      double *x = a + j * m, dot = 0;
-      for (int64_t i = k; i < m; i++) dot += v[i] * x[i];
-      dot *= beta[k];
-      for (int64_t i = k; i < m; i++) x[i] -= dot * v[i];
-    }
+    for (int64_t j = k + 1; j < n; j++) reflect(v, beta[k], a + j * m, k, m);
   }
   /* Q = H_0 H_1 ... H_{n-1} applied to the first n columns of I, the last
    * reflection first; H_k leaves the columns before k (still e_j) alone. */
@@ -590,12 +594,7 @@ static ad_status init_orthogonal(ad_ctx *ctx, ad_tensor *t, double gain, ad_rng 
   for (int64_t k = n - 1; k >= 0; k--) {
     const double *v = a + k * m;
     if (beta[k] == 0) continue;
-    for (int64_t j = k; j < n; j++) {
-      double *x = q + j * m, dot = 0;
-      for (int64_t i = k; i < m; i++) dot += v[i] * x[i];
-      dot *= beta[k];
-      for (int64_t i = k; i < m; i++) x[i] -= dot * v[i];
-    }
+    for (int64_t j = k; j < n; j++) reflect(v, beta[k], q + j * m, k, m);
   }
   for (int64_t r = 0; r < rows; r++)
     for (int64_t c = 0; c < cols; c++) {
