@@ -297,6 +297,15 @@ nn_layer *nn_layer_new_copy(ad_ctx *ctx, const char *kind, const nn_layer_ops *o
   return l;
 }
 
+bool nn_layer_float_input(nn_layer *l, const ad_tensor *x) {
+  if (x->dtype == AD_F32 || x->dtype == AD_F64) return true;
+  char who[96], a[64];
+  nn_layer_who(l, who, sizeof who);
+  ad_set_error(l->ctx, AD_ERR_DTYPE, "%s: input %s must be float, got %s", who,
+               ad_shape_str(x, a, sizeof a), ad_dtype_name(x->dtype));
+  return false;
+}
+
 void *nn_layer_state(const nn_layer *l) { return l ? l->state : NULL; }
 bool nn_layer_runs(const nn_layer *l, const nn_layer_ops *ops) { return l && l->ops == ops; }
 ad_ctx *nn_layer_ctx(const nn_layer *l) { return l ? l->ctx : NULL; }

@@ -219,12 +219,7 @@ static ad_tensor *pool1d_forward(nn_layer *l, ad_tensor *x, bool training) {
                  two ? "[N, C, H, W] or [C, H, W]" : "[N, C, L] or [C, L]");
     return NULL;
   }
-  if (x->dtype != AD_F32 && x->dtype != AD_F64) {
-    nn_layer_who(l, who, sizeof who);
-    ad_set_error(ctx, AD_ERR_DTYPE, "%s: input %s must be float, got %s", who,
-                 ad_shape_str(x, a, sizeof a), ad_dtype_name(x->dtype));
-    return NULL;
-  }
+  if (!nn_layer_float_input(l, x)) return NULL;
   for (int d = x->ndim - (two ? 2 : 1); d < x->ndim; d++) /* N and C may be 0 */
     if (x->shape[d] == 0) {
       nn_layer_who(l, who, sizeof who);

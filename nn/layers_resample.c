@@ -182,12 +182,7 @@ static ad_tensor *upsample_forward(nn_layer *l, rs_state *s, ad_tensor *x) {
     ad_set_error(ctx, AD_ERR_SHAPE, "%s: input %s %s", who, ad_shape_str(x, a, sizeof a), bad);
     return NULL;
   }
-  if (x->dtype != AD_F32 && x->dtype != AD_F64) {
-    nn_layer_who(l, who, sizeof who);
-    ad_set_error(ctx, AD_ERR_DTYPE, "%s: input %s must be float, got %s", who,
-                 ad_shape_str(x, a, sizeof a), ad_dtype_name(x->dtype));
-    return NULL;
-  }
+  if (!nn_layer_float_input(l, x)) return NULL;
   int64_t out[2];
   for (int d = 0; d < sp; d++) {
     int64_t in = x->shape[2 + d];
@@ -342,12 +337,7 @@ static ad_tensor *pad_forward(nn_layer *l, rs_state *s, ad_tensor *x) {
                  sp == 1 ? "[N, C, L] or [C, L]" : "[N, C, H, W] or [C, H, W]");
     return NULL;
   }
-  if (x->dtype != AD_F32 && x->dtype != AD_F64) {
-    nn_layer_who(l, who, sizeof who);
-    ad_set_error(ctx, AD_ERR_DTYPE, "%s: input %s must be float, got %s", who,
-                 ad_shape_str(x, a, sizeof a), ad_dtype_name(x->dtype));
-    return NULL;
-  }
+  if (!nn_layer_float_input(l, x)) return NULL;
   /* pad[0..1] is the last axis, pad[2..3] the one before, as PyTorch's */
   int64_t m[2];
   for (int k = 0; k < sp; k++) {
@@ -460,12 +450,7 @@ static ad_tensor *dropout_forward(nn_layer *l, rs_state *s, ad_tensor *x, bool t
                  s->dims == 1 ? "[N, C, L] or [C, L]" : "[N, C, H, W] or [N, C, L]");
     return NULL;
   }
-  if (x->dtype != AD_F32 && x->dtype != AD_F64) {
-    nn_layer_who(l, who, sizeof who);
-    ad_set_error(ctx, AD_ERR_DTYPE, "%s: input %s must be float, got %s", who,
-                 ad_shape_str(x, a, sizeof a), ad_dtype_name(x->dtype));
-    return NULL;
-  }
+  if (!nn_layer_float_input(l, x)) return NULL;
   if (!training || s->p == 0) return x;
   int lead = x->ndim == 4 ? 2 : x->ndim - 1; /* 3-D: [N, C, L] for both */
   int64_t ms[AD_MAX_DIMS];

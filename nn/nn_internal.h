@@ -207,6 +207,10 @@ void *nn_layer_state(const nn_layer *l);
 bool nn_layer_runs(const nn_layer *l, const nn_layer_ops *ops);
 ad_ctx *nn_layer_ctx(const nn_layer *l);
 
+/* True when x is f32 or f64; else records AD_ERR_DTYPE naming layer l
+ * and x's shape ("<who>: input [2,3] must be float, got i32"). */
+bool nn_layer_float_input(nn_layer *l, const ad_tensor *x);
+
 /* "dense '2'" (kind and name) or "dense" (not in a model) into buf, for
  * error messages. */
 const char *nn_layer_who(const nn_layer *l, char *buf, size_t n);
