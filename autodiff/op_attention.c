@@ -1,10 +1,10 @@
 /* op_attention.c: scaled dot-product attention, a composite of the
- * engine's ops (matmul with trans_b, mul_scalar, where, add, softmax, mul,
- * matmul), so its first and second derivatives come from theirs and a graph
- * dump shows each step.
+ * engine's ops (matmul with trans_b, mul_scalar, add, softmax, mul,
+ * matmul), so its first and second derivatives come from theirs and a
+ * graph dump shows each step.
  *
  *   scores  = q k^T * scale                      [..., L, S]
- *   scores  = where(j <= i, scores, -inf)        (causal)
+ *   scores  = scores + (j <= i ? 0 : -inf)       (causal)
  *   scores  = scores + mask                      (additive mask)
  *   weights = softmax(scores, -1)  (* dropout)
  *   out     = weights v                          [..., L, Ev]
@@ -122,19 +122,21 @@ ad_tensor *ad_scaled_dot_product_attention(ad_ctx *ctx, ad_tensor *q, ad_tensor 
   double scale = o.scale != 0 ? o.scale : 1.0 / sqrt((double)(E > 0 ? E : 1));
   ad_tensor *s = ad_mul_scalar(ctx, ad_matmul(ctx, q, k, false, true), scale);
   if (o.causal && s) {
-    /* keep[i, j] = j <= i: the top-left lower triangle */
+    /* bias[i, j] = 0 for j <= i (the top-left lower triangle), -inf above.
+     * Added, as PyTorch adds its causal mask: a row that another mask
+     * leaves with no key then sends NaN to every score of the row, where
+     * a select would have stopped it at the causal positions. */
     int64_t ls[2] = {L, S};
-    ad_tensor *keep = ad_tmp_full(ctx, q->dtype, 2, ls, 0.0);
-    if (!keep) return NULL;
+    ad_tensor *bias = ad_tmp_full(ctx, q->dtype, 2, ls, -INFINITY);
+    if (!bias) return NULL;
     for (int64_t i = 0; i < L; i++)
       for (int64_t j = 0; j <= i && j < S; j++) {
-        if (keep->dtype == AD_F32)
-          ((float *)keep->data)[i * S + j] = 1.0f;
+        if (bias->dtype == AD_F32)
+          ((float *)bias->data)[i * S + j] = 0.0f;
         else
-          ((double *)keep->data)[i * S + j] = 1.0;
+          ((double *)bias->data)[i * S + j] = 0.0;
       }
-    ad_tensor *ninf = ad_scalar(ctx, q->dtype, -INFINITY);
-    s = ad_where(ctx, keep, s, ninf);
+    s = ad_add(ctx, s, bias);
   }
   if (o.mask)
     s = ad_add(ctx, s, o.mask->dtype == q->dtype ? o.mask : ad_cast(ctx, o.mask, q->dtype));

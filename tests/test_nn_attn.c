@@ -181,6 +181,57 @@ Test(sdpa, fully_masked_row_is_nan) {
   ad_tensor_free(q), ad_tensor_free(k), ad_tensor_free(m);
 }
 
+/* The causal flag is PyTorch's additive causal mask: with a padding mask
+ * that leaves row 2 no key, the values and the gradients of q, k and v are
+ * bit for bit those of the explicit mask (0 on and below the diagonal,
+ * -inf above), NaN for every key and value as in PyTorch (a select would
+ * have kept the keys past row 2 finite). */
+Test(sdpa, causal_flag_is_the_added_causal_mask) {
+  enum { L = 4, S = 4, E = 3 };
+  ad_rng rng;
+  ad_rng_seed(&rng, 7);
+  ad_tensor *in[2][3];
+  for (int i = 0; i < 3; i++) {
+    in[0][i] = ad_zeros(ctx, AD_F64, 2, (int64_t[]){i ? S : L, E});
+    for (int64_t e = 0; e < in[0][i]->size; e++) ad_tensor_set(in[0][i], e, ad_rng_normal(&rng));
+  }
+  ad_tensor *pad = ad_zeros(ctx, AD_F64, 2, (int64_t[]){L, S});
+  ad_tensor *both = ad_zeros(ctx, AD_F64, 2, (int64_t[]){L, S});
+  for (int64_t i = 0; i < L; i++)
+    for (int64_t j = 0; j < S; j++) {
+      double p = i == 2 && j <= 2 ? -INFINITY : 0.0; /* row 2: keys 0..2, all it sees */
+      ad_tensor_set(pad, i * S + j, p);
+      ad_tensor_set(both, i * S + j, j > i ? -INFINITY : p);
+    }
+  ad_tensor *y[2];
+  for (int r = 0; r < 2; r++) {
+    for (int i = 0; i < 3; i++) {
+      if (r) in[1][i] = ad_tensor_clone(ctx, in[0][i]);
+      ad_tensor_set_requires_grad(in[r][i], true);
+    }
+    ad_attention_opts o = {.causal = r == 0, .mask = r == 0 ? pad : both};
+    y[r] = ad_scaled_dot_product_attention(ctx, in[r][0], in[r][1], in[r][2], &o);
+    cr_assert_not_null(y[r], "%s", ad_last_error(ctx));
+    cr_assert_eq(ad_backward(ctx, ad_sum(ctx, y[r]), NULL), AD_OK, "%s", ad_last_error(ctx));
+  }
+  for (int64_t e = 0; e < y[0]->size; e++) {
+    double a = ad_tensor_get(y[0], e), b = ad_tensor_get(y[1], e);
+    cr_assert(memcmp(&a, &b, sizeof a) == 0, "y[%lld]: %g against %g", (long long)e, a, b);
+  }
+  int nan_k = 0;
+  for (int i = 0; i < 3; i++)
+    for (int64_t e = 0; e < in[0][i]->size; e++) {
+      double a = ad_tensor_get(in[0][i]->grad, e), b = ad_tensor_get(in[1][i]->grad, e);
+      cr_assert(isnan(a) == isnan(b) && (isnan(a) || a == b), "input %d grad[%lld]: %g against %g",
+                i, (long long)e, a, b);
+      nan_k += i == 1 && isnan(a);
+    }
+  cr_assert_eq(nan_k, S * E, "every key's gradient is NaN, as PyTorch's: %d of %d", nan_k, S * E);
+  for (int r = 0; r < 2; r++)
+    for (int i = 0; i < 3; i++) ad_tensor_free(in[r][i]);
+  ad_tensor_free(pad), ad_tensor_free(both);
+}
+
 /* No key (S = 0): the empty sum, zeros, as the composition in PyTorch;
  * the gradient of q is zeros too. */
 Test(sdpa, empty_source_gives_zeros) {
@@ -213,7 +264,7 @@ Test(sdpa, graph_dump_shows_the_steps) {
   ad_graph *g = ad_graph_new(ctx);
   cr_assert_eq(ad_graph_dot(g, f, y, 0), AD_OK, "%s", ad_last_error(ctx));
   fclose(f);
-  const char *steps[] = {"matmul", "mul_scalar", "where", "softmax"};
+  const char *steps[] = {"matmul", "mul_scalar", "add", "softmax"};
   for (int i = 0; i < 4; i++) cr_assert(strstr(buf, steps[i]), "no %s in:\n%s", steps[i], buf);
   free(buf);
   ad_graph_free(g);

@@ -954,13 +954,16 @@ typedef struct ad_attention_opts {
  * F.scaled_dot_product_attention: q [..., L, E], k [..., S, E],
  * v [..., S, Ev] give [..., L, Ev] =
  *   softmax(q k^T * scale + causal + mask, -1) v
- * A composite of the engine's ops (matmul, mul_scalar, where, add, softmax,
+ * A composite of the engine's ops (matmul, mul_scalar, add, softmax,
  * matmul), so a graph dump shows each step and it is differentiable to
  * any order in q, k, v (and in a mask that requires a gradient).
  * q, k and v have the same number of dims (at least 2); their batch dims
  * (all but the last two) broadcast, each equal or 1, as in ad_matmul
  * (e.g. one k, v [1, S, E] shared by a batch of queries). With causal, score (i,
- * j) is kept for j <= i and set to -inf otherwise: for L != S the triangle is aligned at the top
+ * j) is kept for j <= i and -inf is added to it otherwise (added, as
+ * PyTorch adds its causal mask, so that in a row another mask leaves with
+ * no key the gradients are NaN as PyTorch's: for every score of the row,
+ * so for every key): for L != S the triangle is aligned at the top
  * left, as PyTorch's is_causal (with L > S the rows past S see all keys;
  * with L < S the keys past L are never seen). A row whose scores are all
  * -inf (every key masked) gives NaN weights and a NaN output row, as in
