@@ -1632,6 +1632,53 @@ NN_API ad_tensor *nn_multilabel_soft_margin_loss(ad_ctx *ctx, ad_tensor *input, 
 NN_API ad_tensor *nn_multi_margin_loss(ad_ctx *ctx, ad_tensor *input, ad_tensor *labels, int p,
                                        double margin, ad_tensor *weight, nn_reduction red);
 
+/** Connectionist temporal classification, torch.nn.CTCLoss /
+ * F.ctc_loss(log_probs, targets, input_lengths, target_lengths, blank,
+ * reduction, zero_infinity) of PyTorch 1.13: per sample n, -log of the sum
+ * over all alignments of its target to its first input_lengths[n] frames
+ * (labels repeated over frames, blanks between; two equal labels in a row
+ * need a blank between them).
+ * - log_probs: [T,N,C] float log-probabilities (e.g. ad_log_softmax over
+ *   C), or [T,C] for one sample (unbatched). Frames past a sample's input
+ *   length are not read (NaN there is fine).
+ * - targets: AD_I32 labels in 0..C-1 other than blank, either padded [N,S]
+ *   (sample n's first target_lengths[n] entries; the rest is not read) or
+ *   concatenated 1-D (the targets one after another; its size the sum of
+ *   target_lengths), N = 1 for an unbatched log_probs (as PyTorch: there
+ *   1-D targets are the whole target, 2-D ones [1,S] padded).
+ * - input_lengths, target_lengths: arrays of N (1 unbatched) counts, read
+ *   during the call (PyTorch takes lists or tensors): input_lengths[n] in
+ *   0..T, target_lengths[n] >= 0 (and <= S when padded).
+ * - blank in 0..C-1 (PyTorch's default 0).
+ * - red: NN_SUM, the sum of the losses, or NN_MEAN, the mean over the
+ *   batch of each loss divided by max(target length, 1) (PyTorch's rule).
+ * - zero_infinity: an impossible sample (input shorter than its target plus
+ *   the blanks its repeated labels need, or every alignment through a
+ *   log-probability of -inf) has loss inf and, as in PyTorch, NaN gradient
+ *   on its frames; with zero_infinity its loss and gradient are 0.
+ * A composition of ops: the gradient is the true derivative, to any order.
+ * Deliberate difference: PyTorch's native backward returns exp(log_probs)
+ * - posterior for log_probs (it assumes they came from a log_softmax);
+ * here log_probs get the true -posterior. Through a log_softmax both give
+ * the same gradient of the logits (see docs/porting-from-pytorch.md).
+ * Also: a log-probability below -1e30 counts as -inf, a log-likelihood
+ * below -5e29 as impossible; an input length 0 with a non-empty target is
+ * inf (PyTorch reads out of range there). The result is a scalar on the
+ * tape. Errors (NULL returned, message naming ctc_loss): AD_ERR_NULL
+ * (ctx, a tensor or a lengths array NULL), AD_ERR_STATE / AD_ERR_ARG for a
+ * freed tensor or one of another context, AD_ERR_DTYPE (log_probs not
+ * float, targets not AD_I32), AD_ERR_SHAPE (log_probs not 2-D or 3-D or
+ * with T or C 0, targets that do not fit, concatenated targets whose size
+ * is not the lengths' sum, more elements than i32 indices reach),
+ * AD_ERR_ARG (a length out of range, named with its sample; a label out
+ * of range or equal to blank, named with its position, which PyTorch does
+ * not check; blank out of range; a reduction other than NN_MEAN and
+ * NN_SUM), AD_ERR_OOM. Cost: T steps of about 8 ops on [N, 2S+1]
+ * tensors (S the longest target). */
+NN_API ad_tensor *nn_ctc_loss(ad_ctx *ctx, ad_tensor *log_probs, ad_tensor *targets,
+                              const int64_t *input_lengths, const int64_t *target_lengths,
+                              int blank, nn_reduction red, bool zero_infinity);
+
 /** Binary cross-entropy from probabilities pred in [0,1]:
  * -(t log p + (1-t) log(1-p)), each log clamped at -100 as in PyTorch
  * (the op ad_binary_cross_entropy, then the reduction). The gradient is
