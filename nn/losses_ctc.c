@@ -170,7 +170,7 @@ static ad_tensor *ctc_per_sample(ad_ctx *ctx, ad_tensor *lp, const int32_t *lab,
     return ad_sum_axis(ctx, ad_sum_axis(ctx, x, 2, false), 0, false);
   /* scratch: the extended labels [N, L], then the constants' values */
   int64_t big = steps * N * L;
-  if (big < T * N) big = T * N;
+  if (big < T * N * C) big = T * N * C;
   if (big < 2 * N) big = 2 * N;
   size_t bytes = (size_t)(N * L) * sizeof(int32_t) + (size_t)big * sizeof(double) +
                  (size_t)(2 * steps + 1) * sizeof(ad_tensor *);
@@ -254,15 +254,24 @@ static ad_tensor *ctc_per_sample(ad_ctx *ctx, ad_tensor *lp, const int32_t *lab,
     loss = ad_where(ctx, imp, ad_scalar(ctx, dt, zero_infinity ? 0.0 : INFINITY), loss);
     /* torch's gradient there is NaN on the sample's frames (exp(-inf +
      * inf)): a term of value 0 whose derivative holds 0/0, sqrt(u)^2 at u
-     * = 0, on those frames */
+     * = 0, on those frames. Where log_probs are infinite, u is NaN: the
+     * term's value is taken from 0 there (mf) and its gradient is still
+     * NaN (0 * NaN in the product's backward). */
     if (!zero_infinity && ad_tensor_requires_grad(lp) && ad_grad_enabled(ctx)) {
+      for (int64_t t = 0; t < T; t++)
+        for (int64_t n = 0; n < N; n++)
+          for (int64_t c = 0; c < C; c++) {
+            int64_t i = (t * N + n) * C + c;
+            v[i] = t < il[n] && ad_tensor_get(imp, n) != 0 && isfinite(ad_tensor_get(x, i));
+          }
+      ad_tensor *mf = constant(ctx, dt, 3, s3, v);
       int64_t ms[3] = {T, N, 1};
       for (int64_t t = 0; t < T; t++)
         for (int64_t n = 0; n < N; n++) v[t * N + n] = t < il[n] && ad_tensor_get(imp, n) != 0;
       ad_tensor *m = constant(ctx, dt, 3, ms, v);
       ad_tensor *u = ad_where(ctx, m, ad_sub(ctx, x, ad_detach(ctx, x)), ad_scalar(ctx, dt, 1.0));
       ad_tensor *r = ad_sqrt(ctx, u);
-      ad_tensor *z = ad_where(ctx, m, ad_mul(ctx, r, r), ad_scalar(ctx, dt, 0.0));
+      ad_tensor *z = ad_where(ctx, mf, ad_mul(ctx, r, r), ad_scalar(ctx, dt, 0.0));
       loss = ad_add(ctx, loss, ad_sum_axis(ctx, ad_sum_axis(ctx, z, 2, false), 0, false));
     }
   }

@@ -101,3 +101,279 @@ Test(ctc, values_and_gradients_match_torch) {
     for (int d = 0; d < 2; d++)
       for (int r = 0; r < 2; r++) check_case(&CTC_CASES[c], d, r);
 }
+
+/* ------------------------------------------------------------- gradcheck */
+
+typedef struct gc_case {
+  int64_t T, N, C, S;
+  bool padded, zinf;
+  int blank;
+  int32_t tg[8];
+  int64_t il[3], tl[3];
+  nn_reduction red;
+  ad_tensor *targets;
+} gc_case;
+
+static ad_tensor *gc_fn(ad_ctx *c, int n, ad_tensor *const *in, void *ud) {
+  const gc_case *g = ud;
+  (void)n;
+  return nn_ctc_loss(c, in[0], g->targets, g->il, g->tl, g->blank, g->red, g->zinf);
+}
+
+/* First and second order in the log-probabilities (any values: the true
+ * derivative), and through log_softmax: padded targets with a repeat,
+ * concatenated ones, blank 2, short inputs, an empty target, and an
+ * impossible sample with zero_infinity (a constant 0). */
+Test(ctc, gradcheck_and_gradgradcheck) {
+  gc_case cases[] = {
+      {5, 2, 4, 3, true, false, 0, {1, 1, 3, 2, 0, 0}, {5, 4}, {3, 1}, NN_MEAN, NULL},
+      {5, 3, 3, 4, false, false, 2, {0, 1, 1, 0}, {5, 3, 2}, {2, 2, 0}, NN_SUM, NULL},
+      {4, 2, 3, 3, true, true, 0, {1, 1, 1, 2, 0, 0}, {4, 4}, {3, 1}, NN_MEAN, NULL},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+    for (int r = 0; r < 2; r++) {
+      gc_case *g = &cases[i];
+      g->red = r ? NN_SUM : NN_MEAN;
+      int64_t s2[2] = {g->N, g->S}, s3[3] = {g->T, g->N, g->C};
+      g->targets = g->padded ? ad_from_data(ctx, AD_I32, 2, s2, g->tg)
+                             : ad_from_data(ctx, AD_I32, 1, s2 + 1, g->tg);
+      ad_rng rng;
+      ad_rng_seed(&rng, 5 + i);
+      ad_tensor *lp = ad_rand(ctx, &rng, AD_F64, 3, s3, -3, 0);
+      cr_assert(g->targets && lp);
+      ad_tensor_set_requires_grad(lp, true);
+      ad_check_report rep;
+      cr_assert_eq(ad_gradcheck(ctx, gc_fn, g, 1, &lp, NULL, &rep), AD_OK, "%s",
+                   ad_last_error(ctx));
+      cr_assert(rep.passed, "case %zu red %d: index %lld: analytic %g numeric %g", i, r,
+                (long long)rep.index, rep.analytic, rep.numeric);
+      cr_assert_gt(rep.checked, 0);
+      cr_assert_eq(ad_gradgradcheck(ctx, gc_fn, g, 1, &lp, NULL, &rep), AD_OK, "%s",
+                   ad_last_error(ctx));
+      cr_assert(rep.passed, "case %zu red %d (2nd order): index %lld: %g numeric %g", i, r,
+                (long long)rep.index, rep.analytic, rep.numeric);
+      ad_tensor_free(lp), ad_tensor_free(g->targets);
+    }
+}
+
+/* ---------------------------------------------------------- special cases */
+
+/* Input length 0: the empty target has probability 1 (loss 0, as torch's
+ * -0), any other is impossible (inf; 0 with zero_infinity); no gradient
+ * reaches log_probs from such a sample. All lengths 0 still makes a loss
+ * on the tape whose backward gives zeros. */
+Test(ctc, input_length_zero) {
+  int64_t s3[3] = {3, 3, 4}, s2[2] = {3, 2};
+  const int32_t tv[6] = {1, 2, 1, 0, 3, 3};
+  const int64_t il[3] = {0, 0, 3}, tl[3] = {0, 1, 1}, il0[3] = {0, 0, 0};
+  for (int z = 0; z < 2; z++) {
+    ad_tape_reset(ctx);
+    ad_tensor *lp = ad_full(ctx, AD_F64, 3, s3, log(0.25)),
+              *tg = ad_from_data(ctx, AD_I32, 2, s2, tv);
+    ad_tensor_set_requires_grad(lp, true);
+    ad_tensor *l = nn_ctc_loss(ctx, lp, tg, il, tl, 0, NN_SUM, z);
+    cr_assert_not_null(l, "%s", ad_last_error(ctx));
+    /* sample 2: label 3 over 3 frames, 6 of the 64 paths: -log(6/64) */
+    double s2l = -log(6.0 / 64.0);
+    if (z)
+      cr_assert(fabs(ad_tensor_item(l) - s2l) < 1e-12, "%.17g", ad_tensor_item(l));
+    else
+      cr_assert(isinf(ad_tensor_item(l)) && ad_tensor_item(l) > 0);
+    cr_assert_eq(ad_backward(ctx, l, NULL), AD_OK, "%s", ad_last_error(ctx));
+    for (int64_t t = 0; t < 3; t++)
+      for (int64_t n = 0; n < 2; n++)
+        for (int64_t c = 0; c < 4; c++)
+          cr_assert_eq(ad_tensor_get(lp->grad, (t * 3 + n) * 4 + c), 0.0);
+    ad_tensor_zero_grad(lp);
+    const int64_t tl0[3] = {0, 0, 0};
+    l = nn_ctc_loss(ctx, lp, tg, il0, tl0, 0, NN_MEAN, z);
+    cr_assert_not_null(l, "%s", ad_last_error(ctx));
+    cr_assert_eq(ad_tensor_item(l), 0.0);
+    cr_assert_eq(ad_backward(ctx, l, NULL), AD_OK, "%s", ad_last_error(ctx));
+    for (int64_t i = 0; i < lp->size; i++) cr_assert_eq(ad_tensor_get(lp->grad, i), 0.0);
+    ad_tensor_free(lp), ad_tensor_free(tg);
+  }
+}
+
+/* A log-probability of -inf (probability 0) on some paths: the loss is
+ * that of the others and its gradient there is 0; on every path: the
+ * sample is impossible, inf with NaN gradients on its frames (torch:
+ * loss inf, gradient NaN), 0 and 0 with zero_infinity. */
+Test(ctc, log_probability_minus_infinity) {
+  int64_t s3[3] = {3, 1, 3}, one = 1;
+  const int32_t tv[1] = {1};
+  const int64_t il[1] = {3}, tl[1] = {1};
+  for (int k = 0; k < 3; k++) {
+    ad_tape_reset(ctx);
+    ad_tensor *lp = ad_full(ctx, AD_F64, 3, s3, log(1.0 / 3)),
+              *tg = ad_from_data(ctx, AD_I32, 1, &one, tv);
+    /* k = 0: label 1 impossible at frame 0 (paths: 1 at frames 1, 2 only);
+     * k > 0: label 1 impossible everywhere */
+    for (int64_t t = 0; t < (k ? 3 : 1); t++) ad_tensor_set(lp, t * 3 + 1, -INFINITY);
+    ad_tensor_set_requires_grad(lp, true);
+    ad_tensor *l = nn_ctc_loss(ctx, lp, tg, il, tl, 0, NN_SUM, k == 2);
+    cr_assert_not_null(l, "%s", ad_last_error(ctx));
+    cr_assert_eq(ad_backward(ctx, l, NULL), AD_OK, "%s", ad_last_error(ctx));
+    if (k == 0) {
+      /* alignments b11 b b1 bb1 11b 1bb 111 1 1b1: without frame-0 ones
+       * bb1 b1b b11 (3 of 27 at 1/27 each) */
+      cr_assert(fabs(ad_tensor_item(l) + log(3.0 / 27)) < 1e-12, "%.17g", ad_tensor_item(l));
+      cr_assert_eq(ad_tensor_get(lp->grad, 1), 0.0);
+      cr_assert(!ad_tensor_has_nonfinite(lp->grad));
+    } else if (k == 1) {
+      cr_assert(isinf(ad_tensor_item(l)), "%g", ad_tensor_item(l));
+      for (int64_t i = 0; i < lp->size; i++) cr_assert(isnan(ad_tensor_get(lp->grad, i)));
+    } else {
+      cr_assert_eq(ad_tensor_item(l), 0.0);
+      for (int64_t i = 0; i < lp->size; i++) cr_assert_eq(ad_tensor_get(lp->grad, i), 0.0);
+    }
+    ad_tensor_free(lp), ad_tensor_free(tg);
+  }
+}
+
+/* Learning: free logits [T,1,C] fitted by gradient descent to a target
+ * with a repeated label; the loss falls and the best path, collapsed
+ * (repeats merged, blanks dropped), spells the target. */
+Test(ctc, gradient_descent_learns_an_alignment) {
+  enum { T = 8, C = 4 };
+  int64_t s3[3] = {T, 1, C}, three = 3;
+  const int32_t tv[3] = {2, 2, 3};
+  const int64_t il[1] = {T}, tl[1] = {3};
+  ad_tensor *z = ad_zeros(ctx, AD_F64, 3, s3), *tg = ad_from_data(ctx, AD_I32, 1, &three, tv);
+  ad_tensor_set_requires_grad(z, true);
+  double first = 0, last = 0;
+  for (int it = 0; it < 60; it++) {
+    ad_tape_reset(ctx);
+    ad_tensor *l = nn_ctc_loss(ctx, ad_log_softmax(ctx, z, 2), tg, il, tl, 0, NN_MEAN, false);
+    cr_assert_not_null(l, "%s", ad_last_error(ctx));
+    last = ad_tensor_item(l);
+    if (it == 0) first = last;
+    ad_tensor_zero_grad(z);
+    cr_assert_eq(ad_backward(ctx, l, NULL), AD_OK);
+    for (int64_t i = 0; i < z->size; i++)
+      ad_tensor_set(z, i, ad_tensor_get(z, i) - 2.0 * ad_tensor_get(z->grad, i));
+  }
+  cr_assert_lt(last, 0.1 * first, "loss %g from %g", last, first);
+  int32_t out[T], n = 0, prev = -1;
+  for (int t = 0; t < T; t++) {
+    int best = 0;
+    for (int c = 1; c < C; c++)
+      if (ad_tensor_get(z, t * C + c) > ad_tensor_get(z, t * C + best)) best = c;
+    if (best != prev && best != 0) out[n++] = best;
+    prev = best;
+  }
+  cr_assert_eq(n, 3);
+  for (int i = 0; i < 3; i++) cr_assert_eq(out[i], tv[i], "label %d", i);
+  ad_tensor_free(z), ad_tensor_free(tg);
+}
+
+/* ----------------------------------------------------------------- errors */
+
+Test(ctc, errors_name_the_loss) {
+  ad_ctx *other = ad_ctx_new();
+  int64_t s3[3] = {4, 2, 3}, s2[2] = {2, 2}, s22[2] = {3, 2}, s4[1] = {4}, s1[1] = {1};
+  const int32_t tv[4] = {1, 2, 2, 0};
+  const int64_t il[2] = {4, 3}, tl[2] = {2, 1};
+  ad_tensor *lp = ad_full(ctx, AD_F64, 3, s3, -1.0), *tg = ad_from_data(ctx, AD_I32, 2, s2, tv);
+  ad_tensor *gone = ad_zeros(ctx, AD_F64, 3, s3), *far = ad_zeros(other, AD_F64, 3, s3);
+  ad_tensor *lpi = ad_zeros(ctx, AD_I32, 3, s3), *tgf = ad_zeros(ctx, AD_F64, 2, s2);
+  ad_tensor *tg3 = ad_zeros(ctx, AD_I32, 2, s22), *cat4 = ad_from_data(ctx, AD_I32, 1, s4, tv);
+  ad_tensor *lp1 = ad_zeros(ctx, AD_F64, 1, s4),
+            *t0 = ad_zeros(ctx, AD_F64, 3, (int64_t[]){0, 2, 3});
+  ad_tensor *c0 = ad_zeros(ctx, AD_F64, 3, (int64_t[]){4, 2, 0}),
+            *tg1 = ad_zeros(ctx, AD_I32, 1, s1);
+  ad_tensor_free(gone);
+  const char *F = "ctc_loss";
+  /* NULL arguments */
+  cr_assert_null(nn_ctc_loss(ctx, NULL, tg, il, tl, 0, NN_MEAN, false));
+  test_expect_error(ctx, AD_ERR_NULL, "ctc_loss: log_probs is NULL", NULL);
+  cr_assert_null(nn_ctc_loss(ctx, lp, NULL, il, tl, 0, NN_MEAN, false));
+  test_expect_error(ctx, AD_ERR_NULL, "ctc_loss: targets is NULL", NULL);
+  cr_assert_null(nn_ctc_loss(ctx, lp, tg, NULL, tl, 0, NN_MEAN, false));
+  test_expect_error(ctx, AD_ERR_NULL, "ctc_loss: input_lengths is NULL", NULL);
+  cr_assert_null(nn_ctc_loss(ctx, lp, tg, il, NULL, 0, NN_MEAN, false));
+  test_expect_error(ctx, AD_ERR_NULL, "ctc_loss: target_lengths is NULL", NULL);
+  cr_assert_null(nn_ctc_loss(NULL, lp, tg, il, tl, 0, NN_MEAN, false));
+  /* freed, another context's */
+  cr_assert_null(nn_ctc_loss(ctx, gone, tg, il, tl, 0, NN_MEAN, false));
+  test_expect_error(ctx, AD_ERR_STATE, "ctc_loss: log_probs was freed", NULL);
+  cr_assert_null(nn_ctc_loss(ctx, far, tg, il, tl, 0, NN_MEAN, false));
+  test_expect_error(ctx, AD_ERR_ARG, "ctc_loss: log_probs belongs to another context", NULL);
+  /* dtypes */
+  cr_assert_null(nn_ctc_loss(ctx, lpi, tg, il, tl, 0, NN_MEAN, false));
+  test_expect_error(ctx, AD_ERR_DTYPE, "ctc_loss: log_probs [4,2,3] is i32", NULL);
+  cr_assert_null(nn_ctc_loss(ctx, lp, tgf, il, tl, 0, NN_MEAN, false));
+  test_expect_error(ctx, AD_ERR_DTYPE, "ctc_loss: targets [2,2] are f64", NULL);
+  /* shapes */
+  ad_tensor *bad[3] = {lp1, t0, c0};
+  for (int i = 0; i < 3; i++) {
+    cr_assert_null(nn_ctc_loss(ctx, bad[i], tg, il, tl, 0, NN_MEAN, false));
+    test_expect_error(ctx, AD_ERR_SHAPE, F, "need [T,N,C]", NULL);
+  }
+  cr_assert_null(nn_ctc_loss(ctx, lp, tg3, il, tl, 0, NN_MEAN, false));
+  test_expect_error(ctx, AD_ERR_SHAPE, "ctc_loss: targets [3,2] do not fit log_probs [4,2,3]",
+                    "[2,S]", NULL);
+  cr_assert_null(nn_ctc_loss(ctx, lp, cat4, il, tl, 0, NN_MEAN, false));
+  test_expect_error(ctx, AD_ERR_SHAPE, "ctc_loss: concatenated targets [4]", "sum to 3", NULL);
+  /* unbatched: 1-D targets are the whole target (torch's rule) */
+  int64_t s2u[2] = {4, 3};
+  ad_tensor *lpu = ad_reshape(ctx, ad_narrow(ctx, lp, 1, 0, 1), 2, s2u);
+  cr_assert_null(nn_ctc_loss(ctx, lpu, cat4, il, tl, 0, NN_MEAN, false));
+  test_expect_error(ctx, AD_ERR_SHAPE, "sum to 2, not their size", NULL);
+  ad_tensor_set(tg1, 0, 2);
+  cr_assert_not_null(nn_ctc_loss(ctx, lpu, tg1, il, (int64_t[]){1}, 0, NN_MEAN, false), "%s",
+                     ad_last_error(ctx));
+  /* lengths */
+  cr_assert_null(nn_ctc_loss(ctx, lp, tg, (int64_t[]){4, 5}, tl, 0, NN_MEAN, false));
+  test_expect_error(ctx, AD_ERR_ARG, "ctc_loss: input_lengths[1] = 5 is outside 0..4", NULL);
+  cr_assert_null(nn_ctc_loss(ctx, lp, tg, (int64_t[]){-1, 2}, tl, 0, NN_MEAN, false));
+  test_expect_error(ctx, AD_ERR_ARG, "ctc_loss: input_lengths[0] = -1", NULL);
+  cr_assert_null(nn_ctc_loss(ctx, lp, tg, il, (int64_t[]){3, 1}, 0, NN_MEAN, false));
+  test_expect_error(ctx, AD_ERR_ARG, "ctc_loss: target_lengths[0] = 3 is outside 0..2", NULL);
+  cr_assert_null(nn_ctc_loss(ctx, lp, cat4, il, (int64_t[]){-1, 5}, 0, NN_MEAN, false));
+  test_expect_error(ctx, AD_ERR_ARG, "ctc_loss: target_lengths[0] = -1 is negative", NULL);
+  /* labels and blank */
+  cr_assert_null(nn_ctc_loss(ctx, lp, tg, il, (int64_t[]){2, 2}, 0, NN_MEAN, false));
+  test_expect_error(ctx, AD_ERR_ARG, "ctc_loss: label 0 (target 1 of sample 1) is the blank", NULL);
+  cr_assert_null(nn_ctc_loss(ctx, lp, tg, il, tl, 2, NN_MEAN, false));
+  test_expect_error(ctx, AD_ERR_ARG, "ctc_loss: label 2 (target 1 of sample 0) is the blank", NULL);
+  ad_tensor_set(tg, 0, 3);
+  cr_assert_null(nn_ctc_loss(ctx, lp, tg, il, tl, 0, NN_MEAN, false));
+  test_expect_error(ctx, AD_ERR_ARG, "ctc_loss: label 3 (target 0 of sample 0) is outside", NULL);
+  ad_tensor_set(tg, 0, -1);
+  cr_assert_null(nn_ctc_loss(ctx, lp, tg, il, tl, 0, NN_MEAN, false));
+  test_expect_error(ctx, AD_ERR_ARG, "ctc_loss: label -1", NULL);
+  ad_tensor_set(tg, 0, 1);
+  const int blanks[2] = {-1, 3};
+  for (int b = 0; b < 2; b++) {
+    cr_assert_null(nn_ctc_loss(ctx, lp, tg, il, tl, blanks[b], NN_MEAN, false));
+    test_expect_error(ctx, AD_ERR_ARG, F, "is outside the classes 0..2", NULL);
+  }
+  /* reductions */
+  const nn_reduction red[3] = {NN_BATCHMEAN, (nn_reduction)9, (nn_reduction)-1};
+  for (int r = 0; r < 3; r++) {
+    cr_assert_null(nn_ctc_loss(ctx, lp, tg, il, tl, 0, red[r], false));
+    test_expect_error(ctx, AD_ERR_ARG, F, r ? "unknown reduction" : "NN_BATCHMEAN", NULL);
+  }
+  /* the call that works */
+  cr_assert_not_null(nn_ctc_loss(ctx, lp, tg, il, tl, 0, NN_MEAN, false), "%s", ad_last_error(ctx));
+  ad_tensor *ts[] = {lp, lpi, tgf, tg3, cat4, lp1, t0, c0, tg, tg1};
+  for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) ad_tensor_free(ts[i]);
+  ad_ctx_free(other);
+}
+
+/* An empty batch: NaN with NN_MEAN, 0 with NN_SUM, as torch; the
+ * backward runs. */
+Test(ctc, empty_batch) {
+  int64_t s3[3] = {3, 0, 4}, s2[2] = {0, 2};
+  ad_tensor *lp = ad_zeros(ctx, AD_F64, 3, s3), *tg = ad_zeros(ctx, AD_I32, 2, s2);
+  ad_tensor_set_requires_grad(lp, true);
+  for (int r = 0; r < 2; r++) {
+    ad_tensor *l =
+        nn_ctc_loss(ctx, lp, tg, (int64_t[]){0}, (int64_t[]){0}, 0, r ? NN_SUM : NN_MEAN, false);
+    cr_assert_not_null(l, "%s", ad_last_error(ctx));
+    cr_assert(r ? ad_tensor_item(l) == 0 : isnan(ad_tensor_item(l)));
+    cr_assert_eq(ad_backward(ctx, l, NULL), AD_OK, "%s", ad_last_error(ctx));
+  }
+  ad_tensor_free(lp), ad_tensor_free(tg);
+}

@@ -1052,6 +1052,26 @@ Test(nn_oom, losses_pair) {
   sweep(&(scenario){"losses_pair", setup_kind, run_losses_pair, print_grads, false, false});
 }
 
+/* The CTC loss: its scratch block, the gather, the per-step ops, the
+ * frames past an input length, an empty target, and an impossible sample
+ * with its NaN-gradient term (and one with zero_infinity); backward. */
+static ad_status run_ctc(world *w) {
+  ad_ctx *c = w->c;
+  int64_t s[3] = {5, 3, 4}, ts[2] = {3, 3};
+  const int32_t tv[9] = {1, 1, 2, 3, 0, 0, 2, 2, 2};
+  const int64_t il[3] = {5, 3, 4}, tl[3] = {3, 0, 3};
+  ad_tensor *z = w->t[0] = data(c, 3, s, 1);
+  ad_tensor *tg = w->t[1] = ad_from_data(c, AD_I32, 2, ts, tv);
+  if (!z || !tg) return ad_last_status(c);
+  ad_tensor *lp = ad_log_softmax(c, z, 2);
+  ad_tensor *l = nn_ctc_loss(c, lp, tg, il, tl, 0, NN_MEAN, false);
+  l = ad_add(c, l, nn_ctc_loss(c, lp, tg, il, tl, 0, NN_SUM, true));
+  if (!l) return ad_last_status(c);
+  return ad_backward(c, l, NULL);
+}
+
+Test(nn_oom, ctc) { sweep(&(scenario){"ctc", setup_kind, run_ctc, print_grads, false, false}); }
+
 /* The _ext losses with every option: class weights, label smoothing and
  * ignore_index over labels [N,T] and class_last logits, probability
  * targets with weights, nll_loss's weighted ignoring path, and the binary
