@@ -37,7 +37,7 @@
  *                NLL on log-probabilities, KL divergence, Gaussian and
  *                Poisson NLL, margin ranking, hinge embedding, soft
  *                margin, cosine embedding, triplet margin, multilabel
- *                soft margin, multi-class margin; mean or sum
+ *                soft margin, multi-class margin, CTC; mean or sum
  *                (and batchmean for KL). All share the nn_loss_fn
  *                signature, except the sequence cross-entropy (per-step
  *                logits, ignore_index), KL (log_target), the smooth L1 and
@@ -45,7 +45,7 @@
  *                the cross-entropy, NLL and BCE losses (class weights,
  *                label smoothing, ignore_index, pos_weight), and the
  *                likelihood, ranking and embedding losses (their extra
- *                tensors and parameters).
+ *                tensors and parameters) and CTC (lengths, blank).
  *   optimizers   nn_optimizer: SGD (momentum, Nesterov, weight decay),
  *                Adagrad, RMSProp, Adam, AdamW (amsgrad), Adamax, NAdam,
  *                RAdam, maximize, with PyTorch's update rules;
