@@ -168,17 +168,18 @@ static ad_tensor *ctc_per_sample(ad_ctx *ctx, ad_tensor *lp, const int32_t *lab,
   ad_tensor *x = ad_reshape(ctx, lp, 3, s3);
   if (N == 0) /* torch: the mean of no sample is NaN, their sum 0 */
     return ad_sum_axis(ctx, ad_sum_axis(ctx, x, 2, false), 0, false);
-  /* scratch: the extended labels [N, L], then the constants' values */
+  /* scratch: the constants' values, the step tensors, then the extended
+   * labels [N, L] (the widest alignment first) */
   int64_t big = steps * N * L;
   if (big < T * N * C) big = T * N * C;
   if (big < 2 * N) big = 2 * N;
-  size_t bytes = (size_t)(N * L) * sizeof(int32_t) + (size_t)big * sizeof(double) +
-                 (size_t)(2 * steps + 1) * sizeof(ad_tensor *);
+  size_t bytes = (size_t)big * sizeof(double) + (size_t)(2 * steps + 1) * sizeof(ad_tensor *) +
+                 (size_t)(N * L) * sizeof(int32_t);
   unsigned char *mem = ad_malloc(ctx, bytes);
   if (!mem) return NULL;
-  int32_t *ext = (int32_t *)mem;
-  double *v = (double *)(mem + (size_t)(N * L) * sizeof(int32_t));
+  double *v = (double *)mem;
   ad_tensor **es = (ad_tensor **)(v + big), **alphas = es + steps;
+  int32_t *ext = (int32_t *)(alphas + steps + 1);
   ad_tensor *loss = NULL;
   for (int64_t n = 0, off = 0; n < N; n++) {
     const int32_t *t = lab + (d->padded ? n * d->stride : off);
