@@ -145,19 +145,10 @@ static bool ctc_check(ad_ctx *ctx, const char *fn, ad_tensor *lp, ad_tensor *tg,
   return true;
 }
 
-/* A constant [shape] tensor of the tape in dtype dt, from v (dt i32: v's
- * values rounded, which are exact). */
-static ad_tensor *constant(ad_ctx *ctx, ad_dtype dt, int ndim, const int64_t *shape,
-                           const double *v) {
-  ad_tensor *t = nn_tmp_tensor(ctx, dt, ndim, shape);
-  if (t)
-    for (int64_t i = 0; i < t->size; i++) ad_tensor_set(t, i, v[i]);
-  return t;
-}
-
 /* The per-sample losses [N] (before the reduction; NULL with the error
  * recorded): -log p(target | log_probs), inf for an impossible one (0 with
- * zero_infinity). */
+ * zero_infinity). The constants (indices, masks) are tensors of the tape,
+ * filled here. */
 static ad_tensor *ctc_per_sample(ad_ctx *ctx, ad_tensor *lp, const int32_t *lab, const int64_t *il,
                                  const int64_t *tl, int blank, bool zero_infinity,
                                  const ctc_dims *d) {
@@ -168,17 +159,11 @@ static ad_tensor *ctc_per_sample(ad_ctx *ctx, ad_tensor *lp, const int32_t *lab,
   ad_tensor *x = ad_reshape(ctx, lp, 3, s3);
   if (N == 0) /* torch: the mean of no sample is NaN, their sum 0 */
     return ad_sum_axis(ctx, ad_sum_axis(ctx, x, 2, false), 0, false);
-  /* scratch: the constants' values, the step tensors, then the extended
-   * labels [N, L] (the widest alignment first) */
-  int64_t big = steps * N * L;
-  if (big < T * N * C) big = T * N * C;
-  if (big < 2 * N) big = 2 * N;
-  size_t bytes = (size_t)big * sizeof(double) + (size_t)(2 * steps + 1) * sizeof(ad_tensor *) +
-                 (size_t)(N * L) * sizeof(int32_t);
+  /* scratch: the step tensors, then the extended labels [N, L] */
+  size_t bytes = (size_t)(2 * steps + 1) * sizeof(ad_tensor *) + (size_t)(N * L) * sizeof(int32_t);
   unsigned char *mem = ad_malloc(ctx, bytes);
   if (!mem) return NULL;
-  double *v = (double *)mem;
-  ad_tensor **es = (ad_tensor **)(v + big), **alphas = es + steps;
+  ad_tensor **es = (ad_tensor **)mem, **alphas = es + steps;
   int32_t *ext = (int32_t *)(alphas + steps + 1);
   ad_tensor *loss = NULL;
   for (int64_t n = 0, off = 0; n < N; n++) {
@@ -191,34 +176,39 @@ static ad_tensor *ctc_per_sample(ad_ctx *ctx, ad_tensor *lp, const int32_t *lab,
    * input length 0 (their values, NaN too, reach neither value nor
    * gradient, as in torch), clamped at NEG */
   int64_t es3[3] = {steps, N, L}, flat = T * N * C;
+  ad_tensor *gi = nn_tmp_tensor(ctx, AD_I32, 3, es3);
+  if (!gi) goto done;
+  int32_t *g = gi->data;
   for (int64_t t = 0; t < steps; t++)
     for (int64_t n = 0; n < N; n++)
       for (int64_t s = 0; s < L; s++)
-        v[(t * N + n) * L + s] = (double)((t * N + n) * C + ext[n * L + s]);
-  ad_tensor *e =
-      ad_index_select(ctx, ad_reshape(ctx, x, 1, &flat), constant(ctx, AD_I32, 3, es3, v));
+        g[(t * N + n) * L + s] = (int32_t)((t * N + n) * C + ext[n * L + s]);
+  ad_tensor *e = ad_index_select(ctx, ad_reshape(ctx, x, 1, &flat), gi);
   bool short_in = false;
   for (int64_t n = 0; n < N; n++) short_in |= il[n] < steps;
-  if (short_in) {
+  if (short_in && e) {
     int64_t ms[3] = {steps, N, 1};
+    ad_tensor *m = nn_tmp_tensor(ctx, dt, 3, ms);
+    if (!m) goto done;
     for (int64_t t = 0; t < steps; t++)
-      for (int64_t n = 0; n < N; n++) v[t * N + n] = t < il[n];
-    e = ad_where(ctx, constant(ctx, dt, 3, ms, v), e, ad_scalar(ctx, dt, 0.0));
+      for (int64_t n = 0; n < N; n++) ad_tensor_set(m, t * N + n, t < il[n]);
+    e = ad_where(ctx, m, e, ad_scalar(ctx, dt, 0.0));
   }
   e = ad_clamp(ctx, e, NEG, INFINITY);
   if (!e || ad_unstack(ctx, e, 0, es) != AD_OK) goto done;
   /* the start, the two-column shift and the skip mask */
   int64_t nl[2] = {N, L}, n2[2] = {N, 2};
-  for (int64_t i = 0; i < N * L; i++) v[i] = i % L ? NEG : 0.0;
-  alphas[0] = constant(ctx, dt, 2, nl, v);
-  for (int64_t i = 0; i < N * 2; i++) v[i] = NEG;
-  ad_tensor *shift = constant(ctx, dt, 2, n2, v);
+  ad_tensor *shift = nn_tmp_tensor(ctx, dt, 2, n2);
+  ad_tensor *skip = nn_tmp_tensor(ctx, dt, 2, nl), *neg = ad_scalar(ctx, dt, NEG);
+  alphas[0] = nn_tmp_tensor(ctx, dt, 2, nl);
+  if (!shift || !skip || !neg || !alphas[0]) goto done;
+  for (int64_t i = 0; i < 2 * N; i++) ad_tensor_set(shift, i, NEG);
   for (int64_t n = 0; n < N; n++)
     for (int64_t s = 0; s < L; s++) {
       const int32_t *r = ext + n * L;
-      v[n * L + s] = s >= 2 && r[s] != blank && r[s] != r[s - 2];
+      ad_tensor_set(skip, n * L + s, s >= 2 && r[s] != blank && r[s] != r[s - 2]);
+      ad_tensor_set(alphas[0], n * L + s, s ? NEG : 0.0);
     }
-  ad_tensor *skip = constant(ctx, dt, 2, nl, v), *neg = ad_scalar(ctx, dt, NEG);
   /* alpha_t = lse(alpha, alpha shifted by 1, skip ? alpha shifted by 2 : NEG) + E_t */
   for (int64_t t = 0; t < steps; t++) {
     ad_tensor *a = alphas[t];
@@ -229,29 +219,33 @@ static ad_tensor *ctc_per_sample(ad_ctx *ctx, ad_tensor *lp, const int32_t *lab,
     if (!alphas[t + 1]) goto done;
   }
   /* each sample's alpha_{T_n - 1} at 2 S_n and 2 S_n - 1 (S_n = 0: the
-   * first alone) */
+   * first alone, the second masked to NEG) */
   int64_t all = (steps + 1) * N * L;
+  ad_tensor *ri = nn_tmp_tensor(ctx, AD_I32, 2, n2), *rm = nn_tmp_tensor(ctx, dt, 2, n2);
+  if (!ri || !rm) goto done;
   bool empty = false;
   for (int64_t n = 0; n < N; n++) {
     int64_t at = (il[n] * N + n) * L + 2 * tl[n];
-    v[2 * n] = (double)at, v[2 * n + 1] = (double)(tl[n] ? at - 1 : at);
+    ((int32_t *)ri->data)[2 * n] = (int32_t)at;
+    ((int32_t *)ri->data)[2 * n + 1] = (int32_t)(tl[n] ? at - 1 : at);
+    ad_tensor_set(rm, 2 * n, 1.0), ad_tensor_set(rm, 2 * n + 1, tl[n] > 0);
     empty |= tl[n] == 0;
   }
   ad_tensor *ends =
-      ad_index_select(ctx, ad_reshape(ctx, ad_stack(ctx, (int)steps + 1, alphas, 0), 1, &all),
-                      constant(ctx, AD_I32, 2, n2, v));
-  if (empty) {
-    for (int64_t n = 0; n < N; n++) v[2 * n] = 1, v[2 * n + 1] = tl[n] > 0;
-    ends = ad_where(ctx, constant(ctx, dt, 2, n2, v), ends, neg);
-  }
+      ad_index_select(ctx, ad_reshape(ctx, ad_stack(ctx, (int)steps + 1, alphas, 0), 1, &all), ri);
+  if (empty) ends = ad_where(ctx, rm, ends, neg);
   ad_tensor *ll = ad_logsumexp(ctx, ends, 1, false);
-  if (!ll) goto done;
+  ad_tensor *imp = nn_tmp_tensor(ctx, dt, 1, &N);
+  if (!ll || !imp) goto done;
   /* impossible alignments: loss inf (torch's -log 0) or 0 */
   bool any = false;
-  for (int64_t n = 0; n < N; n++) any |= (v[n] = ad_tensor_get(ll, n) < IMPOSSIBLE) != 0;
+  for (int64_t n = 0; n < N; n++) {
+    bool no = ad_tensor_get(ll, n) < IMPOSSIBLE;
+    ad_tensor_set(imp, n, no);
+    any |= no;
+  }
   loss = ad_neg(ctx, ll);
   if (any) {
-    ad_tensor *imp = constant(ctx, dt, 1, &N, v);
     loss = ad_where(ctx, imp, ad_scalar(ctx, dt, zero_infinity ? 0.0 : INFINITY), loss);
     /* torch's gradient there is NaN on the sample's frames (exp(-inf +
      * inf)): a term of value 0 whose derivative holds 0/0, sqrt(u)^2 at u
@@ -259,17 +253,21 @@ static ad_tensor *ctc_per_sample(ad_ctx *ctx, ad_tensor *lp, const int32_t *lab,
      * term's value is taken from 0 there (mf) and its gradient is still
      * NaN (0 * NaN in the product's backward). */
     if (!zero_infinity && ad_tensor_requires_grad(lp) && ad_grad_enabled(ctx)) {
+      int64_t ms[3] = {T, N, 1};
+      ad_tensor *m = nn_tmp_tensor(ctx, dt, 3, ms), *mf = nn_tmp_tensor(ctx, dt, 3, s3);
+      if (!m || !mf) {
+        loss = NULL;
+        goto done;
+      }
       for (int64_t t = 0; t < T; t++)
-        for (int64_t n = 0; n < N; n++)
+        for (int64_t n = 0; n < N; n++) {
+          bool on = t < il[n] && ad_tensor_get(imp, n) != 0;
+          ad_tensor_set(m, t * N + n, on);
           for (int64_t c = 0; c < C; c++) {
             int64_t i = (t * N + n) * C + c;
-            v[i] = t < il[n] && ad_tensor_get(imp, n) != 0 && isfinite(ad_tensor_get(x, i));
+            ad_tensor_set(mf, i, on && isfinite(ad_tensor_get(x, i)));
           }
-      ad_tensor *mf = constant(ctx, dt, 3, s3, v);
-      int64_t ms[3] = {T, N, 1};
-      for (int64_t t = 0; t < T; t++)
-        for (int64_t n = 0; n < N; n++) v[t * N + n] = t < il[n] && ad_tensor_get(imp, n) != 0;
-      ad_tensor *m = constant(ctx, dt, 3, ms, v);
+        }
       ad_tensor *u = ad_where(ctx, m, ad_sub(ctx, x, ad_detach(ctx, x)), ad_scalar(ctx, dt, 1.0));
       ad_tensor *r = ad_sqrt(ctx, u);
       ad_tensor *z = ad_where(ctx, mf, ad_mul(ctx, r, r), ad_scalar(ctx, dt, 0.0));
