@@ -10,7 +10,8 @@
  * (ad_index_select, whose gradient adds up at a row read twice) and
  * swapped back. Nearest is one gather; linear is two, y = x[i0] w0 +
  * x[i1] w1 with constant weights of shape [out, 1, ...] (PyTorch's
- * lambda0, lambda1), so an inf or NaN reaches only the outputs that read
+ * lambda0, lambda1), bicubic four (x[k - 1 .. k + 2], clamped, times
+ * Keys' weights), so an inf or NaN reaches only the outputs that read
  * it, as in PyTorch. The index and weight tensors are arena tensors built
  * in each forward for the input's lengths (no state to go stale) and
  * freed with the tape. Reflection and replication padding are the same
@@ -37,9 +38,9 @@ typedef enum rs_kind {
 typedef struct rs_state {
   rs_kind kind;
   int dims;            /* pads and dropout: spatial dims, 1 or 2 */
-  nn_upsample_opts up; /* upsample; size[1] and scale_factor[1] filled in */
-  bool up_one;         /* upsample: size or scale_factor given as one number */
-  bool up_same;        /* upsample: the same on both axes (a 3-D input's need) */
+  nn_upsample_opts up; /* upsample */
+  int up_n;            /* upsample: entries of size or scale_factor given, 1..3 */
+  bool up_same;        /* upsample: all entries equal (any rank takes them) */
   int64_t r;           /* (un)shuffle factor */
   int64_t pad[4];      /* left, right, top, bottom */
   double value;        /* constant pad */
@@ -62,6 +63,10 @@ static const char *mode_name(nn_upsample_mode m) {
     return "linear";
   case NN_UPSAMPLE_BILINEAR:
     return "bilinear";
+  case NN_UPSAMPLE_BICUBIC:
+    return "bicubic";
+  case NN_UPSAMPLE_TRILINEAR:
+    return "trilinear";
   }
   return "?";
 }
@@ -71,14 +76,18 @@ static const char *mode_name(nn_upsample_mode m) {
 /* An arena AD_I32 vector of n indices (filled by the caller). */
 static ad_tensor *index_vec(ad_ctx *ctx, int64_t n) { return nn_tmp_tensor(ctx, AD_I32, 1, &n); }
 
-/* x with axis resampled: rows idx of axis (an AD_I32 vector). When w0 is
- * not NULL, x[idx] w0 + x[idx1] w1 (w0, w1 [n, 1, ..., 1] in the swapped
- * layout). */
-static ad_tensor *gather_axis(ad_ctx *ctx, ad_tensor *x, int axis, ad_tensor *idx, ad_tensor *idx1,
-                              ad_tensor *w0, ad_tensor *w1) {
+/* x with axis resampled: rows idx[0] of axis (an AD_I32 vector), or,
+ * when w is not NULL, x[idx[0]] w[0] + ... + x[idx[taps - 1]] w[taps - 1]
+ * summed left to right (w[j] [n, 1, ..., 1] in the swapped layout). */
+static ad_tensor *gather_axis(ad_ctx *ctx, ad_tensor *x, int axis, int taps, ad_tensor *const *idx,
+                              ad_tensor *const *w) {
   ad_tensor *xt = axis ? ad_transpose(ctx, x, 0, axis) : x;
-  ad_tensor *y = ad_index_select(ctx, xt, idx);
-  if (w0) y = ad_add(ctx, ad_mul(ctx, y, w0), ad_mul(ctx, ad_index_select(ctx, xt, idx1), w1));
+  ad_tensor *y = ad_index_select(ctx, xt, idx[0]);
+  if (w) {
+    y = ad_mul(ctx, y, w[0]);
+    for (int j = 1; j < taps; j++)
+      y = ad_add(ctx, y, ad_mul(ctx, ad_index_select(ctx, xt, idx[j]), w[j]));
+  }
   return axis && y ? ad_transpose(ctx, y, 0, axis) : y;
 }
 
@@ -97,12 +106,82 @@ static float nearest_scale(double sf, int64_t in, int64_t out) {
   return sf > 0 ? (float)(1.0 / sf) : (float)in / (float)out;
 }
 
+/* Keys' cubic convolution with A = -0.75, PyTorch's cubic_convolution1
+ * (|d| <= 1) and cubic_convolution2 (1 < |d| < 2), in float and double:
+ * w = (weights of x[k - 1], x[k], x[k + 1], x[k + 2]) at t = x - k, as
+ * get_cubic_upsample_coefficients */
+static float cubic1f(float d, float a) { return ((a + 2) * d - (a + 3)) * d * d + 1; }
+static float cubic2f(float d, float a) { return ((a * d - 5 * a) * d + 8 * a) * d - 4 * a; }
+static double cubic1d(double d, double a) { return ((a + 2) * d - (a + 3)) * d * d + 1; }
+static double cubic2d(double d, double a) { return ((a * d - 5 * a) * d + 8 * a) * d - 4 * a; }
+
+static void cubic_weights_f(float t, float w[4]) {
+  const float a = -0.75f;
+  float u = (float)(1.0 - (double)t);
+  w[0] = cubic2f((float)((double)t + 1.0), a);
+  w[1] = cubic1f(t, a);
+  w[2] = cubic1f(u, a);
+  w[3] = cubic2f((float)((double)u + 1.0), a);
+}
+
+static void cubic_weights_d(double t, double w[4]) {
+  const double a = -0.75;
+  double u = 1.0 - t;
+  w[0] = cubic2d(t + 1.0, a);
+  w[1] = cubic1d(t, a);
+  w[2] = cubic1d(u, a);
+  w[3] = cubic2d(u + 1.0, a);
+}
+
+/* Bicubic along axis (length in) to out: PyTorch 1.13's HelperInterpCubic
+ * (area_pixel_compute_source_index with cubic = true: no clamp at 0; k =
+ * floorf(x), also for double; indices k - 1 + j clamped to the axis,
+ * weights not renormalised), in the dtype's arithmetic. No shortcut for
+ * out = in: PyTorch's kernel has none (its weights are then 0 1 0 0). */
+static ad_tensor *bicubic_axis(ad_ctx *ctx, ad_tensor *x, int axis, int64_t out, double sf,
+                               const nn_upsample_opts *o) {
+  int64_t in = x->shape[axis];
+  ad_tensor *idx[4], *w[4];
+  for (int j = 0; j < 4; j++) {
+    idx[j] = index_vec(ctx, out);
+    w[j] = weight_vec(ctx, x->dtype, x->ndim, out);
+    if (!idx[j] || !w[j]) return NULL;
+  }
+  for (int64_t i = 0; i < out; i++) {
+    int64_t k;
+    double wt[4];
+    if (x->dtype == AD_F32) {
+      float s = o->align_corners ? (out > 1 ? (float)(in - 1) / (float)(out - 1) : 0.0f)
+                                 : nearest_scale(sf, in, out);
+      float src = o->align_corners ? s * (float)i : s * ((float)i + 0.5f) - 0.5f;
+      float wf[4];
+      k = (int64_t)floorf(src);
+      cubic_weights_f(src - (float)k, wf);
+      for (int j = 0; j < 4; j++) wt[j] = wf[j];
+    } else {
+      double s = o->align_corners ? (out > 1 ? (double)(in - 1) / (double)(out - 1) : 0.0)
+                 : sf > 0         ? 1.0 / sf
+                                  : (double)in / (double)out;
+      double src = o->align_corners ? s * (double)i : s * ((double)i + 0.5) - 0.5;
+      k = (int64_t)floorf((float)src);
+      cubic_weights_d(src - (double)k, wt);
+    }
+    for (int j = 0; j < 4; j++) {
+      int64_t m = k - 1 + j;
+      ((int32_t *)idx[j]->data)[i] = (int32_t)(m < 0 ? 0 : m > in - 1 ? in - 1 : m);
+      ad_tensor_set(w[j], i, wt[j]);
+    }
+  }
+  return gather_axis(ctx, x, axis, 4, idx, w);
+}
+
 /* Resamples axis (of length in) to out; sf the scale factor the kernels
  * see (0: none). NULL with the error recorded. */
 static ad_tensor *upsample_axis(ad_ctx *ctx, ad_tensor *x, int axis, int64_t out, double sf,
                                 const nn_upsample_opts *o) {
   int64_t in = x->shape[axis];
   bool nearest = o->mode == NN_UPSAMPLE_NEAREST || o->mode == NN_UPSAMPLE_NEAREST_EXACT;
+  if (o->mode == NN_UPSAMPLE_BICUBIC) return bicubic_axis(ctx, x, axis, out, sf, o);
   if (in == out && !nearest) return x; /* PyTorch's linear kernels copy */
   ad_tensor *i0 = index_vec(ctx, out);
   if (!i0) return NULL;
@@ -124,7 +203,7 @@ static ad_tensor *upsample_axis(ad_ctx *ctx, ad_tensor *x, int axis, int64_t out
       a[i] = (int32_t)(k < in - 1 ? k : in - 1);
       same = same && a[i] == i;
     }
-    return same ? x : gather_axis(ctx, x, axis, i0, NULL, NULL, NULL);
+    return same ? x : gather_axis(ctx, x, axis, 1, &i0, NULL);
   }
   ad_tensor *i1 = index_vec(ctx, out), *w0 = weight_vec(ctx, x->dtype, x->ndim, out),
             *w1 = weight_vec(ctx, x->dtype, x->ndim, out);
@@ -160,34 +239,44 @@ static ad_tensor *upsample_axis(ad_ctx *ctx, ad_tensor *x, int axis, int64_t out
     a[i] = (int32_t)k;
     b[i] = (int32_t)(k < in - 1 ? k + 1 : k);
   }
-  return gather_axis(ctx, x, axis, i0, i1, w0, w1);
+  return gather_axis(ctx, x, axis, 2, (ad_tensor *const[2]){i0, i1}, (ad_tensor *const[2]){w0, w1});
 }
 
 static ad_tensor *upsample_forward(nn_layer *l, rs_state *s, ad_tensor *x) {
   ad_ctx *ctx = nn_layer_ctx(l);
   const nn_upsample_opts *o = &s->up;
-  char who[96], a[64];
+  char who[96], a[64], bad_n[64];
+  static const char *const count[4] = {"", "one", "two", "three"};
   int sp = x->ndim - 2;
   const char *bad = NULL;
-  if (x->ndim != 3 && x->ndim != 4)
-    bad = "must be [N, C, L] or [N, C, H, W]";
+  bool four = o->mode == NN_UPSAMPLE_BILINEAR || o->mode == NN_UPSAMPLE_BICUBIC;
+  if (x->ndim < 3 || x->ndim > 5)
+    bad = "must be [N, C, L], [N, C, H, W] or [N, C, D, H, W]";
   else if (o->mode == NN_UPSAMPLE_LINEAR && x->ndim != 3)
     bad = "must be [N, C, L] for mode linear";
-  else if (o->mode == NN_UPSAMPLE_BILINEAR && x->ndim != 4)
-    bad = "must be [N, C, H, W] for mode bilinear";
-  else if (sp == 1 && !s->up_same)
-    bad = "is 1-D but the layer has two sizes or scale factors";
+  else if (four && x->ndim != 4)
+    bad = o->mode == NN_UPSAMPLE_BILINEAR ? "must be [N, C, H, W] for mode bilinear"
+                                          : "must be [N, C, H, W] for mode bicubic";
+  else if (o->mode == NN_UPSAMPLE_TRILINEAR && x->ndim != 5)
+    bad = "must be [N, C, D, H, W] for mode trilinear";
+  else if (s->up_n != sp && !s->up_same) {
+    snprintf(bad_n, sizeof bad_n, "is %d-D but the layer has %s sizes or scale factors", sp,
+             count[s->up_n]);
+    bad = bad_n;
+  }
   if (bad) {
     nn_layer_who(l, who, sizeof who);
     ad_set_error(ctx, AD_ERR_SHAPE, "%s: input %s %s", who, ad_shape_str(x, a, sizeof a), bad);
     return NULL;
   }
   if (!nn_layer_float_input(l, x)) return NULL;
-  int64_t out[2];
+  int64_t out[3];
+  double sfs[3];
   for (int d = 0; d < sp; d++) {
     int64_t in = x->shape[2 + d];
-    double sf = o->scale_factor[d];
-    double want = o->size[0] ? (double)o->size[d] : floor((double)in * sf);
+    int e = s->up_n == sp ? d : 0; /* the entry for this axis */
+    double sf = sfs[d] = o->scale_factor[e];
+    double want = o->size[0] ? (double)o->size[e] : floor((double)in * sf);
     if (in < 1 || in > I32_MAX || !(want >= 1 && want <= (double)I32_MAX)) {
       nn_layer_who(l, who, sizeof who);
       ad_set_error(ctx, AD_ERR_SHAPE,
@@ -200,7 +289,7 @@ static ad_tensor *upsample_forward(nn_layer *l, rs_state *s, ad_tensor *x) {
   }
   ad_tensor *y = x;
   for (int d = sp - 1; d >= 0 && y; d--) {
-    double sf = o->size[0] || o->recompute_scale_factor ? 0 : o->scale_factor[d];
+    double sf = o->size[0] || o->recompute_scale_factor ? 0 : sfs[d];
     y = upsample_axis(ctx, y, 2 + d, out[d], sf, o);
   }
   return y;
@@ -211,17 +300,23 @@ nn_layer *nn_upsample_new(ad_ctx *ctx, const nn_upsample_opts *opts) {
   nn_upsample_opts o = {0};
   if (opts) o = *opts;
   const char *bad = NULL;
-  bool has_size = o.size[0] || o.size[1], has_scale = o.scale_factor[0] || o.scale_factor[1];
-  if ((unsigned)o.mode > NN_UPSAMPLE_BILINEAR)
+  bool has_size = o.size[0] || o.size[1] || o.size[2],
+       has_scale = o.scale_factor[0] || o.scale_factor[1] || o.scale_factor[2];
+  bool sizes_ok = o.size[0] >= 1 && o.size[0] <= I32_MAX,
+       scales_ok = o.scale_factor[0] > 0 && isfinite(o.scale_factor[0]);
+  for (int d = 1; d < 3; d++) {
+    sizes_ok = sizes_ok && o.size[d] >= 0 && o.size[d] <= I32_MAX && (o.size[d - 1] || !o.size[d]);
+    scales_ok = scales_ok && o.scale_factor[d] >= 0 && isfinite(o.scale_factor[d]) &&
+                (o.scale_factor[d - 1] || !o.scale_factor[d]);
+  }
+  if ((unsigned)o.mode > NN_UPSAMPLE_TRILINEAR)
     bad = "unknown mode";
   else if (has_size == has_scale)
     bad = "give either size or scale_factor";
-  else if (has_size &&
-           (o.size[0] < 1 || o.size[0] > I32_MAX || o.size[1] < 0 || o.size[1] > I32_MAX))
-    bad = "sizes must be in [1, 2^31 - 1] (size[1] = 0: as size[0])";
-  else if (has_scale && !(o.scale_factor[0] > 0 && isfinite(o.scale_factor[0]) &&
-                          o.scale_factor[1] >= 0 && isfinite(o.scale_factor[1])))
-    bad = "scale factors must be finite and > 0 (scale_factor[1] = 0: as [0])";
+  else if (has_size && !sizes_ok)
+    bad = "sizes must be in [1, 2^31 - 1] (0 after the last entry given)";
+  else if (has_scale && !scales_ok)
+    bad = "scale factors must be finite and > 0 (0 after the last entry given)";
   else if (o.align_corners &&
            (o.mode == NN_UPSAMPLE_NEAREST || o.mode == NN_UPSAMPLE_NEAREST_EXACT))
     bad = "align_corners is for the linear modes only";
@@ -234,11 +329,12 @@ nn_layer *nn_upsample_new(ad_ctx *ctx, const nn_upsample_opts *opts) {
                  o.scale_factor[1], (int)o.align_corners);
     return NULL;
   }
-  rs_state s = {.kind = RS_UPSAMPLE, .up = o};
-  s.up_one = has_size ? !o.size[1] : !o.scale_factor[1];
-  if (!s.up.size[1]) s.up.size[1] = s.up.size[0];
-  if (!s.up.scale_factor[1]) s.up.scale_factor[1] = s.up.scale_factor[0];
-  s.up_same = s.up.size[1] == s.up.size[0] && s.up.scale_factor[1] == s.up.scale_factor[0];
+  rs_state s = {.kind = RS_UPSAMPLE, .up = o, .up_n = 1, .up_same = true};
+  for (int d = 1; d < 3; d++)
+    if (has_size ? o.size[d] : o.scale_factor[d]) {
+      s.up_n = d + 1;
+      s.up_same = s.up_same && o.size[d] == o.size[0] && o.scale_factor[d] == o.scale_factor[0];
+    }
   return rs_layer(ctx, "upsample", &s);
 }
 
@@ -373,7 +469,7 @@ static ad_tensor *pad_forward(nn_layer *l, rs_state *s, ad_tensor *x) {
     if (!idx) return NULL;
     int32_t *d = idx->data;
     for (int64_t j = 0; j < m[k]; j++) d[j] = (int32_t)pad_source(s->kind, j, lo, n);
-    y = gather_axis(ctx, y, axis, idx, NULL, NULL, NULL);
+    y = gather_axis(ctx, y, axis, 1, &idx, NULL);
   }
   if (!y || s->kind != RS_PAD_CONST || (s->value == 0 && !signbit(s->value))) return y;
   /* the border takes value: where(inside, y, value), inside a constant
@@ -606,21 +702,15 @@ static void rs_describe(const nn_layer *l, nn_text *t) {
   const nn_upsample_opts *o = &s->up;
   switch (s->kind) {
   case RS_UPSAMPLE:
-    if (o->size[0]) {
-      if (s->up_one)
-        nn_text_add(t, "size=%lld", (long long)o->size[0]);
+    nn_text_add(t, o->size[0] ? "size=%s" : "scale_factor=%s", s->up_n > 1 ? "(" : "");
+    for (int d = 0; d < s->up_n; d++) {
+      if (d) nn_text_add(t, ", ");
+      if (o->size[0])
+        nn_text_add(t, "%lld", (long long)o->size[d]);
       else
-        nn_text_add(t, "size=(%lld, %lld)", (long long)o->size[0], (long long)o->size[1]);
-    } else {
-      nn_text_add(t, "scale_factor=");
-      if (!s->up_one) nn_text_add(t, "(");
-      nn_text_num(t, o->scale_factor[0]);
-      if (!s->up_one) {
-        nn_text_add(t, ", ");
-        nn_text_num(t, o->scale_factor[1]);
-        nn_text_add(t, ")");
-      }
+        nn_text_num(t, o->scale_factor[d]);
     }
+    if (s->up_n > 1) nn_text_add(t, ")");
     nn_text_add(t, ", mode=%s", mode_name(o->mode));
     if (o->align_corners) nn_text_add(t, ", align_corners=True");
     break;

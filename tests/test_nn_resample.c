@@ -3,9 +3,10 @@
  * padding layers, nn_dropout1d_new, nn_dropout2d_new, nn_identity_new,
  * nn_unflatten_new). Values and input gradients (of sum(y * gy)) against
  * PyTorch 1.13 in tests/resample_fixtures.h, written by
- * tools/gen_resample_fixtures.py: float64 to 1e-12, float32 against
- * PyTorch's float32 outputs (the linear modes weigh in the input's dtype)
- * and float64 gradients at a float tolerance. Also first- and second-order
+ * tools/gen_resample_fixtures.py (upsampling in every mode on 3-D, 4-D
+ * and 5-D inputs): float64 to 1e-12, float32 against PyTorch's float32
+ * outputs (the interpolating modes weigh in the input's dtype) and
+ * float64 gradients at a float tolerance. Also first- and second-order
  * derivatives against central differences, dropout's statistics and
  * seeding, PyTorch's reprs, and bad arguments and inputs. */
 #include "nn.h"
@@ -67,14 +68,16 @@ typedef struct rcase {
   int64_t pad[4];      /* pads */
   double value;        /* CP1, CP2 */
   int nd;
-  int64_t shape[4];
+  int64_t shape[5];
   ref x, gy, y, dx, y32;
 } rcase;
 
-#define NEAREST  NN_UPSAMPLE_NEAREST
-#define EXACT    NN_UPSAMPLE_NEAREST_EXACT
-#define LINEAR   NN_UPSAMPLE_LINEAR
-#define BILINEAR NN_UPSAMPLE_BILINEAR
+#define NEAREST   NN_UPSAMPLE_NEAREST
+#define EXACT     NN_UPSAMPLE_NEAREST_EXACT
+#define LINEAR    NN_UPSAMPLE_LINEAR
+#define BILINEAR  NN_UPSAMPLE_BILINEAR
+#define BICUBIC   NN_UPSAMPLE_BICUBIC
+#define TRILINEAR NN_UPSAMPLE_TRILINEAR
 #define SIZE(m, ...)                                                                               \
   {                                                                                                \
     .mode = m, .size = { __VA_ARGS__ }                                                             \
@@ -83,6 +86,15 @@ typedef struct rcase {
   {                                                                                                \
     .mode = m, .scale_factor = { __VA_ARGS__ }                                                     \
   }
+/* an upsampling case: settings, the input's rank and shape */
+#define UPX(name, opts, nd, ...)                                                                   \
+  { #name, UP, opts, 0, {0 }, 0, nd, {__VA_ARGS__ }, REFS(name) }
+#define AC(m, ...)                                                                                 \
+  { .mode = m, .size = {__VA_ARGS__}, .align_corners = true }
+#define SCALE_AC(m, ...)                                                                           \
+  { .mode = m, .scale_factor = {__VA_ARGS__}, .align_corners = true }
+#define SCALE_RC(m, ...)                                                                           \
+  { .mode = m, .scale_factor = {__VA_ARGS__}, .recompute_scale_factor = true }
 
 /* the generator's CASES, in order */
 static const rcase cases[] = {
@@ -160,6 +172,34 @@ static const rcase cases[] = {
     {"rp2", RP2, {0}, 0, {2, 0, 1, 3}, 0, 4, {1, 2, 3, 3}, REFS(rp2)},
     {"rp2_u", RP2, {0}, 0, {1, 1, 1, 1}, 0, 3, {2, 2, 3}, REFS(rp2_u)},
     {"rp2_neg", RP2, {0}, 0, {-1, 2, 1, -1}, 0, 4, {1, 1, 4, 4}, REFS(rp2_neg)},
+    /* bicubic */
+    UPX(bc_8x7, SIZE(BICUBIC, 8, 7), 4, 2, 2, 5, 4),
+    UPX(bc_8x7_ac, AC(BICUBIC, 8, 7), 4, 2, 2, 5, 4),
+    UPX(bc_s15x06, SCALE(BICUBIC, 1.5, 0.6), 4, 1, 2, 5, 7),
+    UPX(bc_s15x06_ac, SCALE_AC(BICUBIC, 1.5, 0.6), 4, 1, 2, 5, 7),
+    UPX(bc_s13_rc, SCALE_RC(BICUBIC, 1.3), 4, 1, 2, 5, 4),
+    UPX(bc_s27, SCALE(BICUBIC, 2.7), 4, 1, 2, 2, 3),
+    UPX(bc_s2, SCALE(BICUBIC, 2.0), 4, 2, 3, 3, 3),
+    UPX(bc_3x3, SIZE(BICUBIC, 3), 4, 1, 2, 7, 7),
+    UPX(bc_same, SIZE(BICUBIC, 3, 4), 4, 2, 2, 3, 4),
+    UPX(bc_s105, SCALE(BICUBIC, 1.05, 1.3), 4, 1, 2, 10, 4),
+    UPX(bc_1x5, SIZE(BICUBIC, 3, 1), 4, 1, 2, 1, 5),
+    UPX(bc_4x1_ac, AC(BICUBIC, 1, 3), 4, 1, 2, 4, 2),
+    UPX(bc_1to3_ac, AC(BICUBIC, 3, 1), 4, 1, 2, 1, 2),
+    /* trilinear */
+    UPX(tl_4x5x6, SIZE(TRILINEAR, 4, 5, 6), 5, 1, 2, 2, 3, 4),
+    UPX(tl_4x5x6_ac, AC(TRILINEAR, 4, 5, 6), 5, 1, 2, 2, 3, 4),
+    UPX(tl_s, SCALE(TRILINEAR, 1.5, 0.6, 2.0), 5, 1, 2, 3, 5, 2),
+    UPX(tl_s_ac, SCALE_AC(TRILINEAR, 1.5, 0.6, 2.0), 5, 1, 2, 3, 5, 2),
+    UPX(tl_s17_rc, SCALE_RC(TRILINEAR, 1.7), 5, 2, 2, 2, 3, 3),
+    UPX(tl_1, SIZE(TRILINEAR, 2, 1, 4), 5, 2, 2, 1, 3, 2),
+    UPX(tl_s105, SCALE(TRILINEAR, 1.05, 2.5, 0.5), 5, 1, 2, 10, 2, 5),
+    /* nearest and nearest-exact on [N, C, D, H, W] */
+    UPX(n3_size, SIZE(NEAREST, 3, 5, 4), 5, 1, 2, 2, 3, 6),
+    UPX(n3_s, SCALE(NEAREST, 2.0, 1.5, 0.6), 5, 1, 2, 2, 3, 5),
+    UPX(n3_1, SIZE(NEAREST, 2, 3, 1), 5, 2, 2, 1, 1, 3),
+    UPX(ne3_size, SIZE(EXACT, 3, 5, 4), 5, 1, 2, 2, 3, 6),
+    UPX(ne3_s, SCALE(EXACT, 1.7, 0.5, 2.3), 5, 2, 2, 3, 4, 2),
 };
 #define N_CASES ((int)(sizeof cases / sizeof cases[0]))
 
@@ -191,9 +231,11 @@ static nn_layer *case_layer(const rcase *c) {
 
 static void cases_match(ad_dtype dt) {
   char what[96];
-  double tol = dt == AD_F64 ? 1e-12 : 2e-6;
   for (int k = 0; k < N_CASES; k++) {
     const rcase *c = &cases[k];
+    /* PyTorch's float bicubic kernel (built for AVX2) rounds differently
+     * from its source's float arithmetic, which we follow: some ulps */
+    double tol = dt == AD_F64 ? 1e-12 : c->k == UP && c->up.mode == BICUBIC ? 1e-5 : 2e-6;
     nn_layer *l = case_layer(c);
     cr_assert_not_null(l, "%s: %s", c->name, ad_last_error(ctx));
     ad_tensor *x = tensor_of(dt, c->nd, c->shape, c->x.v);
@@ -260,8 +302,23 @@ Test(resample, nearest_scale_keeps_floor_rule) {
   cr_assert_eq(yd->shape[2], 20);
   expect_close(yd, wd, 20, 0, "nearest 10 at scale 2.0774");
   cr_assert_eq(nn_layer_forward(one, x, false), x);
-  nn_layer_free(k), nn_layer_free(d), nn_layer_free(one);
-  ad_tensor_free(x);
+  /* the same on the W axis of [N, C, D, H, W] (PyTorch's [N, C, D, H, W]
+   * forward; its backward and channels-last kernel take the shortcuts);
+   * the gradient is the tape's: 2 at x[0], 0 at x[9] */
+  int64_t s5[5] = {1, 2, 1, 1, 10};
+  ad_tensor *x5 = ad_zeros(ctx, AD_F64, 5, s5);
+  for (int i = 0; i < 20; i++) ad_tensor_set(x5, i, i % 10);
+  ad_tensor_set_requires_grad(x5, true);
+  nn_layer *k5 = nn_upsample_new(ctx, &(nn_upsample_opts){.scale_factor = {1, 1, 1.05}});
+  ad_tensor *y5 = nn_layer_forward(k5, x5, true);
+  cr_assert(y5 && y5->ndim == 5 && y5->shape[4] == 10, "%s", ad_last_error(ctx));
+  expect_close(ad_narrow(ctx, y5, 1, 1, 1), wk, 10, 0, "5-D nearest at scale 1.05");
+  cr_assert_eq(ad_backward(ctx, ad_sum(ctx, y5), NULL), AD_OK, "%s", ad_last_error(ctx));
+  for (int i = 0; i < 20; i++)
+    cr_assert_eq(ad_tensor_get(x5->grad, i), i % 10 == 0 ? 2 : i % 10 == 9 ? 0 : 1, "dx[%d]", i);
+  ad_tape_reset(ctx);
+  nn_layer_free(k), nn_layer_free(d), nn_layer_free(one), nn_layer_free(k5);
+  ad_tensor_free(x), ad_tensor_free(x5);
 }
 
 /* ConstantPad1d((1, 1), -0.0) pads with -0.0 in PyTorch (1 / y is -inf
@@ -307,6 +364,58 @@ Test(resample, bilinear_keeps_nonfinite_local) {
     double v = ad_tensor_get(y, i);
     cr_assert(i < 9 ? v == 0 : isinf(v), "[%d] = %g", i, v);
   }
+  nn_layer_free(l);
+  ad_tensor_free(x);
+}
+
+/* Bicubic overshoots and is not clamped: a step 0 0 1 1 to 8 is PyTorch's
+ * 0 -0.035 -0.105 0.227 0.773 1.105 1.035 1 (dyadic, exact); the border
+ * reads x[-1] as x[0] (clamped indices, weights not renormalised). */
+Test(resample, bicubic_overshoots_as_pytorch) {
+  int64_t s[4] = {1, 1, 1, 4};
+  ad_tensor *x = ad_zeros(ctx, AD_F64, 4, s);
+  ad_tensor_set(x, 2, 1), ad_tensor_set(x, 3, 1);
+  nn_layer *l = nn_upsample_new(ctx, &(nn_upsample_opts){.mode = BICUBIC, .size = {1, 8}});
+  const double want[8] = {0,         -0.03515625, -0.10546875, 0.2265625,
+                          0.7734375, 1.10546875,  1.03515625,  1};
+  expect_close(nn_layer_forward(l, x, false), want, 8, 0, "bicubic step");
+  nn_layer_free(l);
+  ad_tensor_free(x);
+}
+
+/* As PyTorch's kernel, bicubic resamples an axis of unchanged length too
+ * (weights 0 1 0 0), so an inf makes NaN of its neighbours (inf * 0):
+ * [0 0 0 0 0 inf] to 6 is 0 0 0 nan nan nan, to 12 seven zeros and five
+ * NaN; a finite input of unchanged size comes back equal. */
+Test(resample, bicubic_unchanged_axis_is_resampled) {
+  int64_t s[4] = {1, 1, 1, 6};
+  ad_tensor *x = ad_zeros(ctx, AD_F64, 4, s);
+  ad_tensor_set(x, 5, INFINITY);
+  nn_layer *same = nn_upsample_new(ctx, &(nn_upsample_opts){.mode = BICUBIC, .size = {1, 6}});
+  nn_layer *up = nn_upsample_new(ctx, &(nn_upsample_opts){.mode = BICUBIC, .size = {1, 12}});
+  ad_tensor *ys = nn_layer_forward(same, x, false), *yu = nn_layer_forward(up, x, false);
+  cr_assert(ys && yu, "%s", ad_last_error(ctx));
+  for (int i = 0; i < 6; i++)
+    cr_assert(i < 3 ? ad_tensor_get(ys, i) == 0 : isnan(ad_tensor_get(ys, i)), "[%d] = %g", i,
+              ad_tensor_get(ys, i));
+  for (int i = 0; i < 12; i++)
+    cr_assert(i < 7 ? ad_tensor_get(yu, i) == 0 : isnan(ad_tensor_get(yu, i)), "[%d] = %g", i,
+              ad_tensor_get(yu, i));
+  for (int i = 0; i < 6; i++) ad_tensor_set(x, i, i * i - 2.5);
+  ys = nn_layer_forward(same, x, false);
+  cr_assert(ys && ys != x, "%s", ad_last_error(ctx));
+  for (int i = 0; i < 6; i++) cr_assert_eq(ad_tensor_get(ys, i), i * i - 2.5);
+  nn_layer_free(same), nn_layer_free(up);
+  ad_tensor_free(x);
+}
+
+/* Trilinear leaves an axis of unchanged length as it is, as linear and
+ * bilinear do (an input with none changed is x itself). */
+Test(resample, trilinear_unchanged_axes) {
+  int64_t s[5] = {1, 2, 3, 1, 4};
+  ad_tensor *x = ad_ones(ctx, AD_F32, 5, s);
+  nn_layer *l = nn_upsample_new(ctx, &(nn_upsample_opts){.mode = TRILINEAR, .size = {3, 1, 4}});
+  cr_assert_eq(nn_layer_forward(l, x, false), x, "%s", ad_last_error(ctx));
   nn_layer_free(l);
   ad_tensor_free(x);
 }
@@ -469,6 +578,14 @@ Test(resample, describe_is_pytorch_repr) {
               "upsample(scale_factor=(2.0, 1.5), mode=bilinear)");
   expect_desc(nn_upsample_new(ctx, &(nn_upsample_opts){.mode = EXACT, .scale_factor = {2}}),
               "upsample(scale_factor=2.0, mode=nearest-exact)");
+  expect_desc(nn_upsample_new(ctx, &(nn_upsample_opts){.mode = TRILINEAR, .size = {2, 3, 4}}),
+              "upsample(size=(2, 3, 4), mode=trilinear)");
+  expect_desc(nn_upsample_new(ctx, &(nn_upsample_opts){.scale_factor = {2, 1.5, 1}}),
+              "upsample(scale_factor=(2.0, 1.5, 1.0), mode=nearest)");
+  expect_desc(
+      nn_upsample_new(
+          ctx, &(nn_upsample_opts){.mode = BICUBIC, .scale_factor = {0.5}, .align_corners = true}),
+      "upsample(scale_factor=0.5, mode=bicubic, align_corners=True)");
   expect_desc(nn_pixel_shuffle_new(ctx, 2), "pixel_shuffle(upscale_factor=2)");
   expect_desc(nn_pixel_unshuffle_new(ctx, 3), "pixel_unshuffle(downscale_factor=3)");
   expect_desc(nn_zero_pad2d_new(ctx, (int64_t[4]){1, 2, 3, 4}), "zero_pad2d((1, 2, 3, 4))");
@@ -503,6 +620,13 @@ Test(resample, bad_arguments_are_refused_when_made) {
       {{.size = {-3}}, "sizes must be in [1, 2^31 - 1]"},
       {{.size = {0, 4}}, "sizes must be in [1, 2^31 - 1]"},
       {{.size = {INT64_MAX}}, "sizes must be in [1, 2^31 - 1]"},
+      {{.size = {4, 0, 5}}, "sizes must be in [1, 2^31 - 1] (0 after the last entry given)"},
+      {{.size = {4, 5, -1}}, "sizes must be in [1, 2^31 - 1]"},
+      {{.scale_factor = {2, 0, 1.5}}, "scale factors must be finite and > 0"},
+      {{.scale_factor = {2, 1, NAN}}, "scale factors must be finite and > 0"},
+      {{.mode = (nn_upsample_mode)(TRILINEAR + 1), .size = {4}}, "upsample: unknown mode"},
+      {{.mode = EXACT, .size = {4}, .align_corners = true},
+       "align_corners is for the linear modes only"},
       {{.scale_factor = {-1.5}}, "scale factors must be finite and > 0"},
       {{.scale_factor = {NAN}}, "scale factors must be finite and > 0"},
       {{.scale_factor = {INFINITY}}, "scale factors must be finite and > 0"},
@@ -561,8 +685,39 @@ Test(resample, bad_inputs_name_the_layer_and_shapes) {
   nn_layer *tiny = nn_upsample_new(ctx, &(nn_upsample_opts){.scale_factor = {0.1}});
   nn_layer *huge = nn_upsample_new(ctx, &(nn_upsample_opts){.scale_factor = {1e300}});
   cr_assert(n && lin && bil && two && tiny && huge, "%s", ad_last_error(ctx));
+  /* the modes of other ranks; counts of sizes */
+  int64_t s5[5] = {1, 2, 3, 4, 5}, s6[6] = {1, 1, 2, 2, 2, 2};
+  ad_tensor *x5 = ad_ones(ctx, AD_F32, 5, s5), *x6 = ad_ones(ctx, AD_F32, 6, s6);
+  nn_layer *bic =
+      nn_upsample_new(ctx, &(nn_upsample_opts){.mode = BICUBIC, .size = {4}, .align_corners = 1});
+  nn_layer *tri = nn_upsample_new(ctx, &(nn_upsample_opts){.mode = TRILINEAR, .scale_factor = {2}});
+  nn_layer *three = nn_upsample_new(ctx, &(nn_upsample_opts){.size = {4, 6, 2}});
+  nn_layer *same3 = nn_upsample_new(ctx, &(nn_upsample_opts){.scale_factor = {2, 2, 2}});
+  cr_assert(bic && tri && three && same3, "%s", ad_last_error(ctx));
+  cr_assert_null(nn_layer_forward(bic, x3, true));
+  expect_msg(AD_ERR_SHAPE, "upsample: input [1,2,5] must be [N, C, H, W] for mode bicubic");
+  cr_assert_null(nn_layer_forward(bic, x5, true));
+  expect_msg(AD_ERR_SHAPE, "upsample: input [1,2,3,4,5] must be [N, C, H, W] for mode bicubic");
+  cr_assert_null(nn_layer_forward(tri, x4, true));
+  expect_msg(AD_ERR_SHAPE, "upsample: input [1,3,5,4] must be [N, C, D, H, W] for mode trilinear");
+  cr_assert_null(nn_layer_forward(n, x6, true));
+  expect_msg(AD_ERR_SHAPE, "upsample: input [1,1,2,2,2,2] must be [N, C, L], [N, C, H, W] or");
+  cr_assert_null(nn_layer_forward(two, x5, true));
+  expect_msg(AD_ERR_SHAPE, "upsample: input [1,2,3,4,5] is 3-D but the layer has two sizes");
+  cr_assert_null(nn_layer_forward(three, x4, true));
+  expect_msg(AD_ERR_SHAPE, "upsample: input [1,3,5,4] is 2-D but the layer has three sizes");
+  cr_assert_null(nn_layer_forward(bic, xi, true));
+  expect_msg(AD_ERR_DTYPE, "upsample: input [1,3,5,4] must be float, got i32");
+  ad_tensor *y3 = nn_layer_forward(same3, x4, true), *y5 = nn_layer_forward(three, x5, true);
+  cr_assert(y3 && y3->shape[2] == 10 && y3->shape[3] == 8, "%s", ad_last_error(ctx));
+  cr_assert(y5 && y5->shape[2] == 4 && y5->shape[3] == 6 && y5->shape[4] == 2, "%s",
+            ad_last_error(ctx));
+  ad_tape_reset(ctx);
+  nn_layer_free(bic), nn_layer_free(tri), nn_layer_free(three), nn_layer_free(same3);
+  ad_tensor_free(x5), ad_tensor_free(x6);
   cr_assert_null(nn_layer_forward(n, x2, true));
-  expect_msg(AD_ERR_SHAPE, "upsample: input [3,4] must be [N, C, L] or [N, C, H, W]");
+  expect_msg(AD_ERR_SHAPE,
+             "upsample: input [3,4] must be [N, C, L], [N, C, H, W] or [N, C, D, H, W]");
   cr_assert_null(nn_layer_forward(lin, x4, true));
   expect_msg(AD_ERR_SHAPE, "upsample: input [1,3,5,4] must be [N, C, L] for mode linear");
   cr_assert_null(nn_layer_forward(bil, x3, true));

@@ -1,6 +1,7 @@
 #!/usr/bin/python3
 """Generates tests/resample_fixtures.h: PyTorch 1.13's values for
-nn.Upsample (nearest, nearest-exact, linear, bilinear), nn.PixelShuffle,
+nn.Upsample (nearest, nearest-exact, linear, bilinear, bicubic, trilinear;
+3-D, 4-D and 5-D inputs), nn.PixelShuffle,
 nn.PixelUnshuffle and the padding layers (tests/test_nn_resample.c).
 
 Usage (from the repository root, with Debian's python3-torch 1.13):
@@ -14,6 +15,11 @@ compute their weights in the input's dtype.
 
 Names (the cases' settings and shapes are in tests/test_nn_resample.c, in
 the order of the lists below): <case>_{x,gy,y,dx,y32}.
+
+The upsampling inputs have C >= 2 and W >= 2 where it matters, so that
+PyTorch takes its [N, C, ...] kernels: a tensor that is also
+channels-last contiguous (C = 1) may take the channels-last nearest
+kernel, whose shortcuts for out = in and out = 2 in differ (checked below).
 """
 import os
 import sys
@@ -82,6 +88,44 @@ CASES = [  # name, module, x shape
     ("rp2_u", nn.ReplicationPad2d((1, 1, 1, 1)), (2, 2, 3)),
     ("rp2_neg", nn.ReplicationPad2d((-1, 2, 1, -1)), (1, 1, 4, 4)),
 ]
+
+
+def interp(**kw):
+    return lambda x: torch.nn.functional.interpolate(x, **kw)
+
+
+BC, TL = "bicubic", "trilinear"
+CASES_MORE = [  # name, module, x shape: bicubic, trilinear, 5-D nearest
+    ("bc_8x7", U(size=(8, 7), mode=BC), (2, 2, 5, 4)),
+    ("bc_8x7_ac", U(size=(8, 7), mode=BC, align_corners=True), (2, 2, 5, 4)),
+    ("bc_s15x06", U(scale_factor=(1.5, 0.6), mode=BC), (1, 2, 5, 7)),
+    ("bc_s15x06_ac", U(scale_factor=(1.5, 0.6), mode=BC, align_corners=True), (1, 2, 5, 7)),
+    ("bc_s13_rc", interp(scale_factor=1.3, mode=BC, recompute_scale_factor=True), (1, 2, 5, 4)),
+    ("bc_s27", U(scale_factor=2.7, mode=BC), (1, 2, 2, 3)),
+    ("bc_s2", U(scale_factor=2.0, mode=BC), (2, 3, 3, 3)),
+    ("bc_3x3", U(size=3, mode=BC), (1, 2, 7, 7)),
+    ("bc_same", U(size=(3, 4), mode=BC), (2, 2, 3, 4)),
+    ("bc_s105", U(scale_factor=(1.05, 1.3), mode=BC), (1, 2, 10, 4)),
+    ("bc_1x5", U(size=(3, 1), mode=BC), (1, 2, 1, 5)),
+    ("bc_4x1_ac", U(size=(1, 3), mode=BC, align_corners=True), (1, 2, 4, 2)),
+    ("bc_1to3_ac", U(size=(3, 1), mode=BC, align_corners=True), (1, 2, 1, 2)),
+    ("tl_4x5x6", U(size=(4, 5, 6), mode=TL), (1, 2, 2, 3, 4)),
+    ("tl_4x5x6_ac", U(size=(4, 5, 6), mode=TL, align_corners=True), (1, 2, 2, 3, 4)),
+    ("tl_s", U(scale_factor=(1.5, 0.6, 2.0), mode=TL), (1, 2, 3, 5, 2)),
+    ("tl_s_ac", U(scale_factor=(1.5, 0.6, 2.0), mode=TL, align_corners=True), (1, 2, 3, 5, 2)),
+    ("tl_s17_rc", interp(scale_factor=1.7, mode=TL, recompute_scale_factor=True), (2, 2, 2, 3, 3)),
+    ("tl_1", U(size=(2, 1, 4), mode=TL), (2, 2, 1, 3, 2)),
+    ("tl_s105", U(scale_factor=(1.05, 2.5, 0.5), mode=TL), (1, 2, 10, 2, 5)),
+    ("n3_size", U(size=(3, 5, 4)), (1, 2, 2, 3, 6)),
+    ("n3_s", U(scale_factor=(2.0, 1.5, 0.6)), (1, 2, 2, 3, 5)),
+    ("n3_1", U(size=(2, 3, 1)), (2, 2, 1, 1, 3)),
+    ("ne3_size", U(size=(3, 5, 4), mode="nearest-exact"), (1, 2, 2, 3, 6)),
+    ("ne3_s", U(scale_factor=(1.7, 0.5, 2.3), mode="nearest-exact"), (2, 2, 3, 4, 2)),
+]
+for name, m, shape in CASES_MORE:
+    cl = torch.channels_last if len(shape) == 4 else torch.channels_last_3d
+    assert not torch.zeros(shape).is_contiguous(memory_format=cl), name
+CASES += CASES_MORE
 
 for k, (name, m, shape) in enumerate(CASES):
     x = wave(shape, 0.71 + 0.07 * k, 0.3 * k, 1.5, 0.2)

@@ -730,23 +730,27 @@ typedef enum nn_upsample_mode {
   NN_UPSAMPLE_NEAREST = 0,   /**< 'nearest': source floor(i * s), s below */
   NN_UPSAMPLE_NEAREST_EXACT, /**< 'nearest-exact': floor((i + 0.5) * s) */
   NN_UPSAMPLE_LINEAR,        /**< 'linear', [N, C, L] inputs only */
-  NN_UPSAMPLE_BILINEAR       /**< 'bilinear', [N, C, H, W] inputs only */
+  NN_UPSAMPLE_BILINEAR,      /**< 'bilinear', [N, C, H, W] inputs only */
+  NN_UPSAMPLE_BICUBIC,       /**< 'bicubic', [N, C, H, W] inputs only */
+  NN_UPSAMPLE_TRILINEAR      /**< 'trilinear', [N, C, D, H, W] inputs only */
 } nn_upsample_mode;
 
 /** Options of nn_upsample_new; give size or scale_factor, not both. The
  * zero value of the rest is PyTorch's default (mode 'nearest'). */
 typedef struct nn_upsample_opts {
   nn_upsample_mode mode;       /**< default NN_UPSAMPLE_NEAREST */
-  int64_t size[2];             /**< output (L) or (H, W); size[1] = 0: as size[0] */
-  double scale_factor[2];      /**< of (L) or (H, W); [1] = 0: as [0] */
+  int64_t size[3];             /**< output (L), (H, W) or (D, H, W); one entry: all axes */
+  double scale_factor[3];      /**< of (L), (H, W) or (D, H, W); one entry: all axes */
   bool align_corners;          /**< linear modes only */
   bool recompute_scale_factor; /**< with scale_factor: map by in / out */
 } nn_upsample_opts;
 
-/** PyTorch 1.13's nn.Upsample (F.interpolate): [N, C, L] or [N, C, H, W]
- * (no unbatched input, as PyTorch's) to the output size, each spatial
- * axis resampled in turn. The output length of an axis of length in is
- * size, or floor(in * scale_factor). Source coordinates use s = 1 /
+/** PyTorch 1.13's nn.Upsample (F.interpolate): [N, C, L], [N, C, H, W] or
+ * [N, C, D, H, W] (no unbatched input, as PyTorch's) to the output size,
+ * each spatial axis resampled in turn (the last first). size and
+ * scale_factor take one entry (for every axis; the rest 0) or one per
+ * spatial axis (trailing zeros end the list). The output length of an
+ * axis of length in is size, or floor(in * scale_factor). Source coordinates use s = 1 /
  * scale_factor when one is given (and recompute_scale_factor is false),
  * else in / out, as PyTorch's kernels: nearest takes floor(i * s) and
  * nearest-exact floor((i + 0.5) * s), both in float and capped at in - 1
@@ -761,15 +765,26 @@ typedef struct nn_upsample_opts {
  * nearest keeps the floor rule for every length, as PyTorch's forward
  * does (scale_factor 1.05 maps 10 to 10 reading 0 0 1 .. 8; its backward
  * and its channels-last kernel differ), and an axis it reads unchanged is
- * left as it is. An input with no axis changed is returned itself. Nearest is ad_index_select along
- * the axis (the gradient adds up at the source), linear two of them times constant weights. Errors
+ * left as it is. An input with no axis changed is returned itself.
+ * Bicubic takes x = s (i + 0.5) - 0.5 without the clamp at 0 (or x = i
+ * (in - 1) / (out - 1)), k = floor x (floorf, as PyTorch's) and t = x - k,
+ * and sums x[k - 1 .. k + 2] (indices clamped to [0, in - 1]; the weights
+ * are not renormalised) times Keys' cubic convolution weights with A =
+ * -0.75 at distances 1 + t, t, 1 - t, 2 - t, in the input's dtype; it
+ * overshoots (values are not clamped) and, as PyTorch's, resamples an
+ * axis of unchanged length too (an inf spreads NaN to its neighbours).
+ * Trilinear is linear on each of D, H, W. Nearest is ad_index_select along
+ * the axis (the gradient adds up at the source), linear two of them and
+ * bicubic four, times constant weights. Errors
  * when made (AD_ERR_ARG): both or neither of size and scale_factor, a size
  * outside [1, 2^31 - 1], a scale factor not finite and > 0, an unknown
  * mode, align_corners with a nearest mode, recompute_scale_factor with a
- * size. The forward refuses (AD_ERR_SHAPE) a rank other than 3 or 4 (3
- * for linear, 4 for bilinear), two different sizes or scale factors for a
- * 3-D input, an empty spatial axis or one above 2^31 - 1, and an output
- * length outside [1, 2^31 - 1]. Kind "upsample". */
+ * size, an entry after a zero one. The forward refuses (AD_ERR_SHAPE) a
+ * rank other than 3, 4 or 5 (3 for linear, 4 for bilinear and bicubic, 5
+ * for trilinear), a count of sizes or scale factors other than one or the
+ * number of spatial axes (unless all are equal), an empty spatial axis or
+ * one above 2^31 - 1, and an output length outside [1, 2^31 - 1]. Kind
+ * "upsample". */
 NN_API nn_layer *nn_upsample_new(ad_ctx *ctx, const nn_upsample_opts *opts);
 
 /** PyTorch's nn.PixelShuffle(r): [N, C r^2, H, W] (or unbatched [C r^2,
