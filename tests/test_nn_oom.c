@@ -294,6 +294,8 @@ enum {
   XS,
   XDS,
   MHA_KV,
+  UPS_BICUBIC,
+  UPS_TRILINEAR,
   N_LAYERS
 };
 
@@ -336,7 +338,9 @@ static const char *layer_names[N_LAYERS] = {"dense",
                                             "transformer decoder pre",
                                             "transformer encoder stack",
                                             "transformer decoder stack",
-                                            "mha bias_kv zero_attn"};
+                                            "mha bias_kv zero_attn",
+                                            "upsample bicubic",
+                                            "upsample trilinear"};
 
 static bool build_only;
 
@@ -482,6 +486,15 @@ static ad_status run_layer(world *w) {
                            .add_bias_kv = true,
                            .add_zero_attn = true});
     x = w->x = data(c, 3, s3, 1);
+    break;
+  case UPS_BICUBIC: /* four gathers and weights per axis */
+    w->l = nn_upsample_new(c, &(nn_upsample_opts){.mode = NN_UPSAMPLE_BICUBIC, .size = {7, 3}});
+    x = w->x = data(c, 4, s4, 1);
+    break;
+  case UPS_TRILINEAR: /* two gathers and weights on each of three axes */
+    w->l = nn_upsample_new(
+        c, &(nn_upsample_opts){.mode = NN_UPSAMPLE_TRILINEAR, .scale_factor = {1.5, 2, 0.5}});
+    x = w->x = data(c, 5, (int64_t[5]){1, 2, 2, 3, 4}, 1);
     break;
   case XF:
   case XF_PRE:
