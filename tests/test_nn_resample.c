@@ -233,8 +233,8 @@ static void cases_match(ad_dtype dt) {
   char what[96];
   for (int k = 0; k < N_CASES; k++) {
     const rcase *c = &cases[k];
-    /* PyTorch's float bicubic kernel (built for AVX2) rounds differently
-     * from its source's float arithmetic, which we follow: some ulps */
+    /* PyTorch's compiled float bicubic kernel rounds differently from its
+     * source's float arithmetic, which we follow: some ulps */
     double tol = dt == AD_F64 ? 1e-12 : c->k == UP && c->up.mode == BICUBIC ? 1e-5 : 2e-6;
     nn_layer *l = case_layer(c);
     cr_assert_not_null(l, "%s: %s", c->name, ad_last_error(ctx));
