@@ -758,15 +758,16 @@ typedef struct nn_upsample_opts {
  * modes take x = s (i + 0.5) - 0.5 clamped at 0 (align_corners false) or
  * x = i (in - 1) / (out - 1) (true), and blend x[floor x] and the next
  * element (the last repeats) with weights 1 - frac and frac, computed in
- * the input's dtype. In the linear modes an axis whose length is unchanged is
+ * the input's dtype. In the linear modes (linear, bilinear, trilinear) an
+ * axis whose length is unchanged is
  * left as it is (PyTorch's kernels blend x[i] 1 + x[i] 0 there, the same
  * for finite x; an infinite element becomes NaN in PyTorch and stays
  * infinite here);
  * nearest keeps the floor rule for every length, as PyTorch's forward
  * does (scale_factor 1.05 maps 10 to 10 reading 0 0 1 .. 8; its backward
  * and its channels-last kernel differ), and an axis it reads unchanged is
- * left as it is. An input with no axis changed is returned itself.
- * Bicubic takes x = s (i + 0.5) - 0.5 without the clamp at 0 (or x = i
+ * left as it is. In these modes an input with no axis changed is returned
+ * itself. Bicubic takes x = s (i + 0.5) - 0.5 without the clamp at 0 (or x = i
  * (in - 1) / (out - 1)), k = floor x (floorf, as PyTorch's) and t = x - k,
  * and sums x[k - 1 .. k + 2] (indices clamped to [0, in - 1]; the weights
  * are not renormalised) times Keys' cubic convolution weights with A =
