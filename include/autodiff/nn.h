@@ -2200,6 +2200,101 @@ NN_API const nn_schedule_ext *nn_optimizer_schedule_ext(const nn_optimizer *opt)
  * the optimizer unchanged. */
 NN_API ad_status nn_optimizer_schedule_step(nn_optimizer *opt);
 
+/* ---------------------------------------------------------------- L-BFGS
+ * torch.optim.LBFGS. Its own handle, not an nn_optimizer: a step needs a
+ * closure that evaluates the loss and its gradient several times, and its
+ * state (a history of up to history_size pairs of flat vectors, a
+ * direction, a step length) is global, not per parameter. As a separate
+ * type it cannot reach what nn_optimizer offers and L-BFGS does not
+ * support: nn_fit / nn_train_step (one gradient per step), nn_model_save
+ * and checkpoints (its state is not saved: a run resumed from a checkpoint
+ * starts a fresh history, as a new torch.optim.LBFGS would),
+ * learning-rate schedules, nn_dist's sharded step. One parameter group,
+ * as PyTorch's L-BFGS allows. */
+
+/** An L-BFGS optimizer over a parameter list. Opaque. */
+typedef struct nn_lbfgs nn_lbfgs;
+
+/** The line search of nn_lbfgs_config (PyTorch's line_search_fn). */
+typedef enum nn_line_search {
+  NN_LINE_SEARCH_NONE = 0,    /**< None: a fixed step of lr */
+  NN_LINE_SEARCH_STRONG_WOLFE /**< "strong_wolfe" (PyTorch's _strong_wolfe) */
+} nn_line_search;
+
+/** L-BFGS settings, PyTorch's names and meaning; start from
+ * nn_lbfgs_defaults. */
+typedef struct nn_lbfgs_config {
+  double lr;                  /**< learning rate, finite and >= 0 (1) */
+  int max_iter;               /**< iterations per step, >= 0 (20) */
+  int max_eval;               /**< evaluations per step, >= 0; 0: PyTorch's
+                                 None, max_iter * 5 / 4 (an explicit 0 in
+                                 PyTorch acts as 1) */
+  double tolerance_grad;      /**< stop when max |g| <= it, >= 0 (1e-7) */
+  double tolerance_change;    /**< stop on smaller changes, >= 0 (1e-9) */
+  int history_size;           /**< pairs kept, >= 1 (100) */
+  nn_line_search line_search; /**< NN_LINE_SEARCH_NONE */
+} nn_lbfgs_config;
+
+/** PyTorch's defaults (in parentheses above). */
+NN_API nn_lbfgs_config nn_lbfgs_defaults(void);
+
+/** Evaluates the objective at the parameters' current values: builds the
+ * loss on the tape, runs ad_backward on it (the gradients are released
+ * before each call: no zero_grad needed), stores the loss in *loss and
+ * returns AD_OK, or returns an error status (ideally recorded on the
+ * context), which nn_lbfgs_step returns. ud is nn_lbfgs_step's. */
+typedef ad_status (*nn_lbfgs_closure)(void *ud, double *loss);
+
+/** An L-BFGS optimizer over the distinct tensors of params at the time of
+ * the call (a tensor listed twice is taken once; the list must outlive
+ * it), concatenated in list order into one flat vector, as
+ * torch.optim.LBFGS(model.parameters(), ...). cfg NULL: the defaults. The
+ * history grows as PyTorch's, one pair of flat vectors per accepted step,
+ * up to history_size. Returns NULL with AD_ERR_NULL (params),
+ * AD_ERR_ARG (a buffer list, no elements, a setting out of range, naming
+ * it), AD_ERR_DTYPE (parameters of different dtypes) or AD_ERR_OOM. Free
+ * with nn_lbfgs_free. */
+NN_API nn_lbfgs *nn_lbfgs_new(nn_params *params, const nn_lbfgs_config *cfg);
+
+/** Frees the optimizer and its history. NULL is a no-op. */
+NN_API void nn_lbfgs_free(nn_lbfgs *opt);
+
+/** One optimizer.step(closure) of torch.optim.LBFGS: up to max_iter
+ * iterations and max_eval evaluations, each evaluation calling closure(ud,
+ * &loss) on an empty tape with gradients enabled (the tape is reset before
+ * and after it, so no temporary survives a call, and the gradients are
+ * released before it). PyTorch's arithmetic in its order, in the
+ * parameters' dtype (the flat gradient with 0 for a parameter without one,
+ * the two-loop recursion, the first step t = min(1, 1 / |g|_1) lr, the
+ * scale ys / yy, the oldest pair dropped when the history is full, its
+ * stopping tests), and with NN_LINE_SEARCH_STRONG_WOLFE its cubic
+ * interpolation and constants (c1 1e-4, c2 0.9, tolerance_change, 25
+ * evaluations; Python's and PyTorch's scalar roundings, so that a float32
+ * run follows PyTorch's float32 run). Dot products are sums in element
+ * order (float32: of float products, in double), as the BLAS PyTorch
+ * calls sums fewer than 16 (float64) or 32 (float32) elements; longer
+ * vectors agree to rounding. *loss_out (may be NULL) gets the first
+ * evaluation's loss, as PyTorch's step returns. A NaN loss or gradient is
+ * carried through as in PyTorch: no error; every test then fails, so the
+ * step runs all max_iter iterations and the parameters become NaN.
+ * Returns AD_OK; AD_ERR_NULL (opt silently; closure); AD_ERR_STATE
+ * (nothing read or changed) when a parameter was freed since nn_lbfgs_new;
+ * AD_ERR_OOM (a new history pair, before anything of that iteration
+ * changed); or the closure's error: the parameters are then put back at
+ * the last iterate (where the step's loss and gradient were known;
+ * unchanged when the first evaluation fails, where PyTorch would leave
+ * them wherever the exception found them), the history keeps the pairs of
+ * the iterations done, the iteration counter counts the one interrupted,
+ * and a next step goes on from there. */
+NN_API ad_status nn_lbfgs_step(nn_lbfgs *opt, nn_lbfgs_closure closure, void *ud,
+                               double *loss_out);
+
+/** PyTorch's state["n_iter"] and state["func_evals"]: iterations and
+ * evaluations over all steps; 0 for NULL. @{ */
+NN_API int64_t nn_lbfgs_iters(const nn_lbfgs *opt);
+NN_API int64_t nn_lbfgs_evals(const nn_lbfgs *opt);
+/** @} */
+
 /* ================================================================== data */
 
 /** Replaces idx[0..n-1] by a random permutation of 0..n-1 (Fisher-Yates:
