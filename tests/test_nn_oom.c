@@ -1544,3 +1544,38 @@ Test(nn_oom, evaluate_and_predict_batches) {
     sweep(&(scenario){"evaluate batches", setup_model_70, run_eval_big, print_model_and_text, false,
                       false});
 }
+
+/* ---------------------------------------------------------------- L-BFGS */
+
+static ad_status lbfgs_closure(void *ud, double *loss) {
+  world *w = ud;
+  ad_tensor *l = nn_cross_entropy_loss(w->c, nn_model_forward(w->m, w->x), w->y, NN_MEAN);
+  if (!l) return ad_last_status(w->c);
+  *loss = ad_tensor_item(l);
+  return ad_backward(w->c, l, NULL);
+}
+
+static void setup_lbfgs(world *w) {
+  setup_model(w);
+  w->kind = g_kind;
+}
+
+/* two steps of 4 iterations and a history of 2 (pairs allocated, then
+ * dropped), without and with the line search */
+static ad_status run_lbfgs(world *w) {
+  nn_lbfgs_config cfg = nn_lbfgs_defaults();
+  cfg.max_iter = 4;
+  cfg.history_size = 2;
+  cfg.line_search = w->kind ? NN_LINE_SEARCH_STRONG_WOLFE : NN_LINE_SEARCH_NONE;
+  nn_lbfgs *o = nn_lbfgs_new(nn_model_params(w->m), &cfg);
+  if (!o) return ad_last_status(w->c);
+  ad_status st = AD_OK;
+  for (int i = 0; i < 2 && st == AD_OK; i++) st = nn_lbfgs_step(o, lbfgs_closure, w, NULL);
+  nn_lbfgs_free(o);
+  return st;
+}
+
+Test(nn_oom, lbfgs) {
+  for (g_kind = 0; g_kind < 2; g_kind++)
+    sweep(&(scenario){"lbfgs", setup_lbfgs, run_lbfgs, print_model, false, false});
+}
