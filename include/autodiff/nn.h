@@ -48,7 +48,8 @@
  *                tensors and parameters) and CTC (lengths, blank).
  *   optimizers   nn_optimizer: SGD (momentum, Nesterov, weight decay),
  *                Adagrad, RMSProp, Adam, AdamW (amsgrad), Adamax, NAdam,
- *                RAdam, maximize, with PyTorch's update rules;
+ *                RAdam, maximize, with PyTorch's update rules; L-BFGS
+ *                (nn_lbfgs, with a closure; strong-Wolfe line search);
  *                gradient clipping by global norm or by value; learning-rate
  *                schedules (step, exponential, cosine, multistep, linear
  *                warm-up or decay, warm-up then cosine) and reduction on a
