@@ -13,6 +13,7 @@
  *   RNN   h' = act(x_t W_ih^T + h W_hh^T + (b_ih + b_hh))
  *   LSTM  a = x_t W_ih^T + h W_hh^T + (b_ih + b_hh), [i f g o] = a's column
  *         blocks; c' = sig(f) c + sig(i) tanh(g); h' = sig(o) tanh(c')
+ *         (with proj_size: h' = (sig(o) tanh(c')) W_hr^T, run step by step)
  *   GRU   a = x_t W_ih^T + b_ih, b = h W_hh^T + b_hh, [r z n] blocks;
  *         r = sig(a_r + b_r), z = sig(a_z + b_z), n = tanh(a_n + r b_n);
  *         h' = (h - n) z + n   (= (1 - z) n + z h, ATen's order)
@@ -38,6 +39,7 @@
 
 #include <limits.h>
 #include <math.h>
+#include <stddef.h>
 
 typedef struct rnn_state {
   nn_rnn_cell cell;
@@ -45,23 +47,36 @@ typedef struct rnn_state {
   int layers;
   int dirs; /* 1, or 2 when bidirectional */
   int64_t in, hidden;
+  int64_t proj; /* P, LSTM proj_size; 0 without projections */
   bool batch_first, bias, composed, per_step;
   double dropout;
   ad_rng rng;
   /* 4 per layer and direction, p + 4 (dirs k + d) for direction d of layer
    * k: w_ih, w_hh, b_ih, b_hh (the biases NULL without) */
   ad_tensor **p;
+  /* with proj: w_hr [P, H] per layer and direction (kd = dirs k + d), else NULL */
+  ad_tensor **hr;
 } rnn_state;
 
+/* The width of h: P with projections, else H. */
+static int64_t h_size(const rnn_state *s) { return s->proj ? s->proj : s->hidden; }
+
 static const char *const cell_kinds[] = {"rnn_tanh", "rnn_relu", "lstm", "gru"};
+
+/* nn_rnn_opts keeps its layout: one byte of tail padding is left, no room
+ * for proj_size (an int64_t), which is in nn_rnn_opts_ext instead */
+_Static_assert(sizeof(nn_rnn_opts) == offsetof(nn_rnn_opts, bidirectional) + 2,
+               "nn_rnn_opts changed size");
 
 /* ------------------------------------------------------------ the cells */
 
 /* One step of layer k: from input x [N, in_k] and state *h (and *c for
  * LSTM), the new state into *h, *c. bias is b_ih + b_hh (RNN, LSTM) or
- * NULL; the GRU reads its two biases from w. NULL on error. */
+ * NULL; the GRU reads its two biases from w. An LSTM with projections
+ * (w_hr [P, H], else NULL) projects its h': h' = (o tanh(c')) w_hr^T, so h
+ * is [N, P]. NULL on error. */
 static bool cell_step(ad_ctx *ctx, const rnn_state *s, ad_tensor *const *w, ad_tensor *bias,
-                      ad_tensor *x, ad_tensor **h, ad_tensor **c) {
+                      ad_tensor *w_hr, ad_tensor *x, ad_tensor **h, ad_tensor **c) {
   int64_t H = s->hidden;
   ad_tensor *a = ad_matmul(ctx, x, w[0], false, true);
   ad_tensor *b = ad_matmul(ctx, *h, w[1], false, true);
@@ -80,15 +95,16 @@ static bool cell_step(ad_ctx *ctx, const rnn_state *s, ad_tensor *const *w, ad_t
       ad_tensor *y = ad_lstm_cell(ctx, z, *c);
       *h = ad_narrow(ctx, y, 1, 0, H);
       *c = ad_narrow(ctx, y, 1, H, H);
-      return *h && *c;
+    } else {
+      ad_tensor *i = ad_sigmoid(ctx, ad_narrow(ctx, z, 1, 0, H));
+      ad_tensor *f = ad_sigmoid(ctx, ad_narrow(ctx, z, 1, H, H));
+      ad_tensor *g = ad_tanh(ctx, ad_narrow(ctx, z, 1, 2 * H, H));
+      ad_tensor *o = ad_sigmoid(ctx, ad_narrow(ctx, z, 1, 3 * H, H));
+      *c = ad_add(ctx, ad_mul(ctx, f, *c), ad_mul(ctx, i, g));
+      *h = ad_mul(ctx, o, ad_tanh(ctx, *c));
     }
-    ad_tensor *i = ad_sigmoid(ctx, ad_narrow(ctx, z, 1, 0, H));
-    ad_tensor *f = ad_sigmoid(ctx, ad_narrow(ctx, z, 1, H, H));
-    ad_tensor *g = ad_tanh(ctx, ad_narrow(ctx, z, 1, 2 * H, H));
-    ad_tensor *o = ad_sigmoid(ctx, ad_narrow(ctx, z, 1, 3 * H, H));
-    *c = ad_add(ctx, ad_mul(ctx, f, *c), ad_mul(ctx, i, g));
-    *h = ad_mul(ctx, o, ad_tanh(ctx, *c));
-    return *h;
+    if (w_hr) *h = ad_matmul(ctx, *h, w_hr, false, true);
+    return *h && *c;
   }
   case NN_RNN_GRU: {
     if (w[2]) a = ad_add(ctx, a, w[2]);
@@ -109,25 +125,27 @@ static bool cell_step(ad_ctx *ctx, const rnn_state *s, ad_tensor *const *w, ad_t
 
 /* --------------------------------------------------------------- checks */
 
-/* A state (h0 or c0) must be [layers dirs, N, H] of dtype, or [layers
- * dirs, H] for an unbatched input. */
+/* A state (h0 or c0) must be [layers dirs, N, W] of dtype, or [layers
+ * dirs, W] for an unbatched input; W is H, but P for h0 with projections. */
 static bool check_state(ad_ctx *ctx, const char *who, const char *what, const ad_tensor *t,
                         const rnn_state *s, int64_t n, bool unbatched, ad_dtype dtype) {
   char a[64], lead[48];
   int nd = unbatched ? 2 : 3;
+  bool proj = s->proj && what[0] == 'h';
+  int64_t w = proj ? s->proj : s->hidden;
+  const char *wname = proj ? "proj_size" : "hidden_size";
   if (t->ndim != nd || t->shape[0] != (int64_t)s->layers * s->dirs ||
-      (!unbatched && t->shape[1] != n) || t->shape[nd - 1] != s->hidden) {
+      (!unbatched && t->shape[1] != n) || t->shape[nd - 1] != w) {
     if (s->dirs == 2)
       snprintf(lead, sizeof lead, "num_layers*2 = %d (bidirectional)", 2 * s->layers);
     else
       snprintf(lead, sizeof lead, "num_layers %d", s->layers);
     if (unbatched)
-      ad_set_error(ctx, AD_ERR_SHAPE,
-                   "%s: %s %s must be [%s, hidden_size %lld] for an unbatched input", who, what,
-                   ad_shape_str(t, a, sizeof a), lead, (long long)s->hidden);
+      ad_set_error(ctx, AD_ERR_SHAPE, "%s: %s %s must be [%s, %s %lld] for an unbatched input", who,
+                   what, ad_shape_str(t, a, sizeof a), lead, wname, (long long)w);
     else
-      ad_set_error(ctx, AD_ERR_SHAPE, "%s: %s %s must be [%s, batch %lld, hidden_size %lld]", who,
-                   what, ad_shape_str(t, a, sizeof a), lead, (long long)n, (long long)s->hidden);
+      ad_set_error(ctx, AD_ERR_SHAPE, "%s: %s %s must be [%s, batch %lld, %s %lld]", who, what,
+                   ad_shape_str(t, a, sizeof a), lead, (long long)n, wname, (long long)w);
     return false;
   }
   if (t->dtype != dtype) {
@@ -391,13 +409,17 @@ static ad_tensor *rnn_run(ad_ctx *ctx, rnn_state *s, const char *name, ad_tensor
   int nfin = s->layers * s->dirs;
   ad_tensor **in = scratch, **out = scratch + T, **mask = scratch + 2 * T, **rev = scratch + 3 * T;
   ad_tensor **fin_h = scratch + 4 * T, **fin_c = fin_h + nfin; /* per layer and direction */
-  if ((s->cell == NN_RNN_LSTM || s->cell == NN_RNN_GRU) && !s->composed && !s->per_step)
+  /* an LSTM with projections runs step by step (the whole-sequence op has
+   * no projection) */
+  if ((s->cell == NN_RNN_LSTM || s->cell == NN_RNN_GRU) && !s->composed && !s->per_step && !s->proj)
     return rnn_run_seq(ctx, s, name, x, h0, c0, lengths, training, h_n, c_n, fin_h, fin_c);
   ad_dtype dt = x->dtype;
-  int64_t NDH[2] = {N, s->dirs * s->hidden};
-  ad_tensor *zeros = constant(ctx, dt, 2, NH, 0.0), *zero = ad_scalar(ctx, dt, 0.0);
-  ad_tensor *zeros_out = s->dirs == 2 ? constant(ctx, dt, 2, NDH, 0.0) : zeros;
-  bool ok = zeros && zero && zeros_out;
+  int64_t NR[2] = {N, h_size(s)}, NDR[2] = {N, s->dirs * h_size(s)};
+  /* zero states: zeros for h [N, R] (R = P with projections, else H), zeros_c for c [N, H] */
+  ad_tensor *zeros = constant(ctx, dt, 2, NR, 0.0), *zero = ad_scalar(ctx, dt, 0.0);
+  ad_tensor *zeros_c = s->proj ? constant(ctx, dt, 2, NH, 0.0) : zeros;
+  ad_tensor *zeros_out = s->dirs == 2 ? constant(ctx, dt, 2, NDR, 0.0) : zeros;
+  bool ok = zeros && zero && zeros_c && zeros_out;
   /* mask[t]: 1 for the sequences that reach step t, NULL when all do;
    * t_run: the steps that some sequence reaches */
   int64_t t_run = T;
@@ -435,13 +457,13 @@ static ad_tensor *rnn_run(ad_ctx *ctx, rnn_state *s, const char *name, ad_tensor
       ad_tensor *bias = NULL; /* b_ih + b_hh, added once per step (RNN, LSTM) */
       if (ok && s->cell != NN_RNN_GRU && w[2]) ok = (bias = ad_add(ctx, w[2], w[3])) != NULL;
       ad_tensor *h = state_in(ctx, h0, kd, zeros);
-      ad_tensor *c = s->cell == NN_RNN_LSTM ? state_in(ctx, c0, kd, zeros) : NULL;
+      ad_tensor *c = s->cell == NN_RNN_LSTM ? state_in(ctx, c0, kd, zeros_c) : NULL;
       ok = ok && h && (s->cell != NN_RNN_LSTM || c);
       for (int64_t t = 0; t < t_run && ok; t++) {
         ad_tensor *hp = h, *cp = c;
         snprintf(label, sizeof label, "t=%lld", (long long)t);
         if (!(ok = ad_scope_push(ctx, label) == AD_OK)) break;
-        ok = cell_step(ctx, s, w, bias, src[t], &h, &c);
+        ok = cell_step(ctx, s, w, bias, s->hr ? s->hr[kd] : NULL, src[t], &h, &c);
         if (ok && mask[t]) { /* some sequence has ended: it keeps its state */
           dst[t] = ad_where(ctx, mask[t], h, zero);
           h = ad_where(ctx, mask[t], h, hp);
@@ -524,12 +546,13 @@ ad_tensor *nn_rnn_forward(nn_layer *l, ad_tensor *x, ad_tensor *h0, ad_tensor *c
   if (!scratch) return NULL;
   ad_tensor *hn = NULL, *cn = NULL, *y = NULL;
   ad_rng before = s->rng; /* a call that fails takes no dropout draws */
-  if (unbatched) {        /* add the batch axis, and take it away from the results */
-    int64_t xs[3] = {T, 1, s->in}, ss[3] = {s->layers * s->dirs, 1, s->hidden};
+  int64_t LD = s->layers * s->dirs, R = h_size(s);
+  if (unbatched) { /* add the batch axis, and take it away from the results */
+    int64_t xs[3] = {T, 1, s->in}, hs[3] = {LD, 1, R}, cs[3] = {LD, 1, s->hidden};
     if (s->batch_first) xs[0] = 1, xs[1] = T;
     x = ad_reshape(ctx, x, 3, xs);
-    if (!(x && (!h0 || (h0 = ad_reshape(ctx, h0, 3, ss))) &&
-          (!c0 || (c0 = ad_reshape(ctx, c0, 3, ss)))))
+    if (!(x && (!h0 || (h0 = ad_reshape(ctx, h0, 3, hs))) &&
+          (!c0 || (c0 = ad_reshape(ctx, c0, 3, cs)))))
       x = NULL;
   }
   if (x)
@@ -537,10 +560,10 @@ ad_tensor *nn_rnn_forward(nn_layer *l, ad_tensor *x, ad_tensor *h0, ad_tensor *c
                 training, h_n ? &hn : NULL, c_n ? &cn : NULL, scratch);
   ad_free(ctx, scratch, bytes);
   if (y && unbatched) {
-    int64_t ys[2] = {T, s->dirs * s->hidden}, ss[2] = {s->layers * s->dirs, s->hidden};
+    int64_t ys[2] = {T, s->dirs * R}, hs[2] = {LD, R}, cs[2] = {LD, s->hidden};
     y = ad_reshape(ctx, y, 2, ys);
-    if (hn) hn = ad_reshape(ctx, hn, 2, ss);
-    if (cn) cn = ad_reshape(ctx, cn, 2, ss);
+    if (hn) hn = ad_reshape(ctx, hn, 2, hs);
+    if (cn) cn = ad_reshape(ctx, cn, 2, cs);
     if ((h_n && !hn) || (c_n && s->cell == NN_RNN_LSTM && !cn)) y = NULL;
   }
   if (!y) s->rng = before;
@@ -559,6 +582,7 @@ static void rnn_free(nn_layer *l) {
   if (!s) return;
   ad_ctx *ctx = nn_layer_ctx(l);
   ad_free(ctx, s->p, (size_t)(4 * s->layers * s->dirs) * sizeof *s->p);
+  if (s->hr) ad_free(ctx, s->hr, (size_t)(s->layers * s->dirs) * sizeof *s->hr);
   ad_free(ctx, s, sizeof *s);
 }
 
@@ -567,6 +591,7 @@ static void rnn_free(nn_layer *l) {
 static void rnn_describe(const nn_layer *l, nn_text *t) {
   const rnn_state *s = nn_layer_state(l);
   nn_text_add(t, "%lld, %lld", (long long)s->in, (long long)s->hidden);
+  if (s->proj) nn_text_add(t, ", proj_size=%lld", (long long)s->proj);
   if (s->layers != 1) nn_text_add(t, ", num_layers=%d", s->layers);
   if (!s->bias) nn_text_add(t, ", bias=False");
   if (s->batch_first) nn_text_add(t, ", batch_first=True");
@@ -581,11 +606,12 @@ static const nn_layer_ops rnn_ops = {rnn_forward, rnn_free, rnn_describe};
 
 /* ------------------------------------------------------------ the layer */
 
-nn_layer *nn_rnn_new(ad_ctx *ctx, nn_rnn_cell cell, int64_t input_size, int64_t hidden_size,
-                     ad_rng *rng, const nn_rnn_opts *opts) {
+nn_layer *nn_rnn_new_ext(ad_ctx *ctx, nn_rnn_cell cell, int64_t input_size, int64_t hidden_size,
+                         ad_rng *rng, const nn_rnn_opts_ext *opts) {
   if (!ctx) return NULL;
   nn_rnn_opts o = {0};
-  if (opts) o = *opts;
+  int64_t proj = 0;
+  if (opts) o = opts->base, proj = opts->proj_size;
   int layers = o.num_layers ? o.num_layers : 1;
   if ((unsigned)cell > NN_RNN_GRU) {
     ad_set_error(ctx, AD_ERR_ARG, "rnn_new: unknown cell %d", (int)cell);
@@ -599,6 +625,16 @@ nn_layer *nn_rnn_new(ad_ctx *ctx, nn_rnn_cell cell, int64_t input_size, int64_t 
                  "%s: input_size %lld, hidden_size %lld and num_layers %d must each be >= 1 (and "
                  "sizes at most 2^32, layers at most 65536)",
                  kind, (long long)input_size, (long long)hidden_size, layers);
+    return NULL;
+  }
+  if (proj != 0 && cell != NN_RNN_LSTM) {
+    ad_set_error(ctx, AD_ERR_ARG, "%s: proj_size %lld is for an LSTM only", kind, (long long)proj);
+    return NULL;
+  }
+  if (proj < 0 || proj >= hidden_size) {
+    ad_set_error(ctx, AD_ERR_ARG,
+                 "%s: proj_size %lld must be 0 (no projections) or in 1..hidden_size - 1 = %lld",
+                 kind, (long long)proj, (long long)(hidden_size - 1));
     return NULL;
   }
   if (!(o.dropout >= 0 && o.dropout < 1)) {
@@ -622,6 +658,7 @@ nn_layer *nn_rnn_new(ad_ctx *ctx, nn_rnn_cell cell, int64_t input_size, int64_t 
                    .dirs = o.bidirectional ? 2 : 1,
                    .in = input_size,
                    .hidden = hidden_size,
+                   .proj = proj,
                    .batch_first = o.batch_first,
                    .bias = !o.no_bias,
                    .composed = o.composed,
@@ -634,33 +671,54 @@ nn_layer *nn_rnn_new(ad_ctx *ctx, nn_rnn_cell cell, int64_t input_size, int64_t 
     return NULL;
   }
   memset(s->p, 0, pbytes);
+  size_t hrbytes = (size_t)(layers * s->dirs) * sizeof *s->hr;
+  if (proj && !(s->hr = ad_malloc(ctx, hrbytes))) {
+    ad_free(ctx, s->p, pbytes);
+    ad_free(ctx, s, sizeof *s);
+    return NULL;
+  }
+  if (s->hr) memset(s->hr, 0, hrbytes);
   nn_layer *l = nn_layer_new_ext(ctx, kind, &rnn_ops, s);
   if (!l) {
+    if (s->hr) ad_free(ctx, s->hr, hrbytes);
     ad_free(ctx, s->p, pbytes);
     ad_free(ctx, s, sizeof *s);
     return NULL;
   }
   double bound = 1.0 / sqrt((double)hidden_size);
   nn_params *list = nn_layer_params(l);
-  static const char *const pname[4] = {"weight_ih", "weight_hh", "bias_ih", "bias_hh"};
-  /* PyTorch's order: per layer, the forward direction's four, then the
-   * reverse direction's ("_reverse"); above the first layer the input is
-   * the directions' outputs side by side, dirs H wide */
+  static const char *const pname[5] = {"weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr"};
+  /* PyTorch's order: per layer, the forward direction's four (then
+   * weight_hr with projections), then the reverse direction's
+   * ("_reverse"); above the first layer the input is the directions'
+   * outputs side by side, dirs R wide (R = h's width, P or H) */
+  int64_t R = h_size(s);
   for (int k = 0; k < layers; k++)
     for (int d = 0; d < s->dirs; d++)
-      for (int j = 0; j < (s->bias ? 4 : 2); j++) {
-        int64_t sh[2] = {gates * hidden_size,
-                         j == 0 ? (k ? s->dirs * hidden_size : input_size) : hidden_size};
-        ad_tensor *t = ad_rand(ctx, rng, o.dtype, j < 2 ? 2 : 1, sh, -bound, bound);
+      for (int j = 0; j < 5; j++) {
+        if ((j >= 2 && j < 4 && !s->bias) || (j == 4 && !proj)) continue;
+        int64_t sh[2] = {gates * hidden_size, j == 0 ? (k ? s->dirs * R : input_size) : R};
+        if (j == 4) sh[0] = proj, sh[1] = hidden_size; /* weight_hr [P, H] */
+        ad_tensor *t = ad_rand(ctx, rng, o.dtype, j < 2 || j == 4 ? 2 : 1, sh, -bound, bound);
         char name[48];
         snprintf(name, sizeof name, "%s_l%d%s", pname[j], k, d ? "_reverse" : "");
         if (!t || nn_params_add(list, name, t, true) != AD_OK) {
           nn_layer_free(l);
           return NULL;
         }
-        s->p[4 * (k * s->dirs + d) + j] = t;
+        if (j == 4)
+          s->hr[k * s->dirs + d] = t;
+        else
+          s->p[4 * (k * s->dirs + d) + j] = t;
       }
   return l;
+}
+
+nn_layer *nn_rnn_new(ad_ctx *ctx, nn_rnn_cell cell, int64_t input_size, int64_t hidden_size,
+                     ad_rng *rng, const nn_rnn_opts *opts) {
+  nn_rnn_opts_ext o = {0};
+  if (opts) o.base = *opts;
+  return nn_rnn_new_ext(ctx, cell, input_size, hidden_size, rng, &o);
 }
 
 nn_layer *nn_lstm_new(ad_ctx *ctx, int64_t input_size, int64_t hidden_size, ad_rng *rng,

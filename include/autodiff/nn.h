@@ -928,6 +928,35 @@ NN_API nn_layer *nn_gru_new(ad_ctx *ctx, int64_t input_size, int64_t hidden_size
                             const nn_rnn_opts *opts);
 /** @} */
 
+/** The options of PyTorch's RNN modules that nn_rnn_opts has no room for
+ * (its layout is fixed, and its padding is used up). All-zero (with base
+ * all-zero) means PyTorch's defaults. */
+typedef struct nn_rnn_opts_ext {
+  nn_rnn_opts base;  /**< the options of nn_rnn_opts */
+  int64_t proj_size; /**< LSTM proj_size P in 1..hidden_size-1; 0: none */
+} nn_rnn_opts_ext;
+
+/** nn_rnn_new with PyTorch 1.13's LSTM proj_size (nn_rnn_new(..., &o) is
+ * this with base o and proj_size 0, the same layer). With proj_size P > 0
+ * (an LSTM only) each layer and direction has a fifth parameter
+ * "weight_hr_l<k>" [P, H] ("weight_hr_l<k>_reverse"), listed (and drawn,
+ * uniform in [-1/sqrt(H), 1/sqrt(H)) as the others) after that
+ * direction's other parameters, PyTorch's order: weight_ih_l0,
+ * weight_hh_l0, bias_ih_l0, bias_hh_l0, weight_hr_l0, weight_ih_l0_reverse,
+ * ..., weight_hr_l0_reverse, weight_ih_l1, ... The hidden state is
+ * projected at every step, h' = (o * tanh(c')) W_hr^T, so h is P wide:
+ * "weight_hh_l<k>" is [4H, P], in_k is D*P for k >= 1, nn_rnn_forward's
+ * output is [T, N, D*P] and its h0, h_n are [num_layers*D, N, P], while c0
+ * and c_n stay [num_layers*D, N, H] (PyTorch's LSTM with projections). A
+ * projected LSTM runs step by step, each step one fused ad_lstm_cell (or,
+ * with opts.composed, the composed gates) and a matmul for the projection,
+ * as opts.per_step; lengths, dropout, batch_first and bidirectional work
+ * as without. Errors as nn_rnn_new's; AD_ERR_ARG also for proj_size
+ * negative or >= hidden_size, or nonzero for a cell other than LSTM.
+ * opts may be NULL. */
+NN_API nn_layer *nn_rnn_new_ext(ad_ctx *ctx, nn_rnn_cell cell, int64_t input_size,
+                                int64_t hidden_size, ad_rng *rng, const nn_rnn_opts_ext *opts);
+
 /** Runs recurrent layer l over the sequence x ([T, N, I], or [N, T, I]
  * with batch_first; T >= 1 steps, N >= 1 sequences, I = input_size, the
  * layer's dtype) and returns the last layer's output at every step, [T, N,
@@ -938,7 +967,8 @@ NN_API nn_layer *nn_gru_new(ad_ctx *ctx, int64_t input_size, int64_t hidden_size
  * 2 H], unbatched [T, 2 H]), the forward direction's h in [..., 0:H] and
  * the reverse direction's in [..., H:2H], and every state below has
  * num_layers*2 rows in the order layer 0 forward, layer 0 reverse, layer 1
- * forward, ... (PyTorch's).
+ * forward, ... (PyTorch's). An LSTM with projections (nn_rnn_new_ext) has
+ * P in place of H in the output, h0 and h_n (not in c0, c_n).
  *   h0, c0    initial states [num_layers*D, N, H] (c0 for LSTM only), or
  *             NULL for zeros (each independently).
  *   lengths   NULL: every sequence has T steps. Else n_lengths == N
