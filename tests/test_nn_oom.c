@@ -296,6 +296,7 @@ enum {
   MHA_KV,
   UPS_BICUBIC,
   UPS_TRILINEAR,
+  LSTM_PROJ,
   N_LAYERS
 };
 
@@ -340,7 +341,8 @@ static const char *layer_names[N_LAYERS] = {"dense",
                                             "transformer decoder stack",
                                             "mha bias_kv zero_attn",
                                             "upsample bicubic",
-                                            "upsample trilinear"};
+                                            "upsample trilinear",
+                                            "lstm proj"};
 
 static bool build_only;
 
@@ -479,6 +481,13 @@ static ad_status run_layer(world *w) {
     w->l = nn_multihead_attention_new(c, 4, 2, &rng, &(nn_mha_opts){.dropout = 0.25, .seed = 1});
     x = w->x = data(c, 3, s3, 1);
     break;
+  case LSTM_PROJ: /* proj_size, bidirectional: step by step with the projection */
+    w->l = nn_rnn_new_ext(
+        c, NN_RNN_LSTM, 4, 3, &rng,
+        &(nn_rnn_opts_ext){.base = {.num_layers = 2, .dropout = 0.5, .bidirectional = true},
+                           .proj_size = 2});
+    x = w->x = data(c, 3, s3, 1);
+    break;
   case MHA_KV: /* the added keys, the causal mask built for them */
     w->l = nn_multihead_attention_new_ext(
         c, 4, 2, &rng,
@@ -535,7 +544,7 @@ static ad_status run_layer(world *w) {
   if (build_only) return AD_OK;
   ad_status st = fwd_bwd(w, w->l, x);
   if (st != AD_OK) return st;
-  if (w->kind >= RNN && w->kind <= GRU_BI_STEP) {
+  if ((w->kind >= RNN && w->kind <= GRU_BI_STEP) || w->kind == LSTM_PROJ) {
     /* with lengths and states out */
     int64_t len[2] = {3, 1};
     ad_tensor *hn, *cn;
