@@ -512,6 +512,11 @@ ad_tensor *nn_rnn_forward(nn_layer *l, ad_tensor *x, ad_tensor *h0, ad_tensor *c
     nn_null_arg(ctx, "rnn_forward", "x");
     return NULL;
   }
+  /* the shapes are read before any op sees the tensors */
+  if (nn_check_input(ctx, who, "x", x) != AD_OK ||
+      (h0 && nn_check_input(ctx, who, "h0", h0) != AD_OK) ||
+      (c0 && nn_check_input(ctx, who, "c0", c0) != AD_OK))
+    return NULL;
   rnn_state *s = nn_layer_state(l);
   ad_dtype dt = s->p[0]->dtype;
   if (!check_input(ctx, who, s, x, dt)) return NULL;

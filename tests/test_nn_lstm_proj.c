@@ -548,3 +548,91 @@ Test(lstm_proj, bad_states_are_named) {
   for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) ad_tensor_free(ts[i]);
   nn_layer_free(l);
 }
+
+/* A freed state and another context's are refused by name. */
+Test(lstm_proj, freed_and_foreign_tensors_are_refused) {
+  ad_ctx *other = ad_ctx_new();
+  ad_rng rng;
+  ad_rng_seed(&rng, 1);
+  nn_rnn_opts_ext o = {.proj_size = 2};
+  nn_layer *l = nn_rnn_new_ext(ctx, NN_RNN_LSTM, 3, 4, &rng, &o);
+  cr_assert_not_null(l, "%s", ad_last_error(ctx));
+  int64_t sx[3] = {2, 1, 3}, sh[3] = {1, 1, 2}, sc[3] = {1, 1, 4};
+  ad_tensor *x = ad_zeros(ctx, AD_F32, 3, sx), *gone = ad_zeros(ctx, AD_F32, 3, sh);
+  ad_tensor *far_c = ad_zeros(other, AD_F32, 3, sc), *far_x = ad_zeros(other, AD_F32, 3, sx);
+  ad_tensor_free(gone);
+  cr_assert_null(nn_rnn_forward(l, x, gone, NULL, NULL, 0, true, NULL, NULL));
+  test_expect_error(ctx, AD_ERR_STATE, "lstm: h0 was freed", NULL);
+  cr_assert_null(nn_rnn_forward(l, x, NULL, far_c, NULL, 0, true, NULL, NULL));
+  test_expect_error(ctx, AD_ERR_ARG, "lstm: c0 belongs to another context", NULL);
+  cr_assert_null(nn_rnn_forward(l, far_x, NULL, NULL, NULL, 0, true, NULL, NULL));
+  test_expect_error(ctx, AD_ERR_ARG, "lstm: x belongs to another context", NULL);
+  /* a temporary from a tape that was reset */
+  ad_tensor *tmp = ad_add(ctx, x, x);
+  ad_tape_reset(ctx);
+  cr_assert_null(nn_rnn_forward(l, tmp, NULL, NULL, NULL, 0, true, NULL, NULL));
+  test_expect_error(ctx, AD_ERR_STATE, "lstm: x is from a tape that was reset", NULL);
+  ad_tape_reset(ctx);
+  ad_tensor_free(x), ad_tensor_free(far_c), ad_tensor_free(far_x);
+  nn_layer_free(l);
+  ad_ctx_free(other);
+}
+
+/* Padded steps (holding NaN and infinity) give output 0 and no gradient,
+ * and the final states are those of the sequence run alone to its length,
+ * both directions. */
+Test(lstm_proj, padded_steps_are_inert) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 8);
+  nn_rnn_opts_ext o = {.base = {.dtype = AD_F64, .num_layers = 2, .bidirectional = true},
+                       .proj_size = 2};
+  nn_layer *l = nn_rnn_new_ext(ctx, NN_RNN_LSTM, 2, 3, &rng, &o);
+  cr_assert_not_null(l, "%s", ad_last_error(ctx));
+  int64_t sx[3] = {5, 2, 2}, lengths[2] = {5, 2};
+  ad_tensor *x = ad_rand(ctx, &rng, AD_F64, 3, sx, -1, 1);
+  for (int64_t t = 2; t < 5; t++)
+    for (int64_t k = 0; k < 2; k++) ad_tensor_set(x, (t * 2 + 1) * 2 + k, k ? INFINITY : NAN);
+  ad_tensor_set_requires_grad(x, true);
+  ad_tensor *hn, *cn;
+  ad_tensor *y = nn_rnn_forward(l, x, NULL, NULL, lengths, 2, true, &hn, &cn);
+  cr_assert_not_null(y, "%s", ad_last_error(ctx));
+  cr_assert_eq(y->shape[2], 4);
+  cr_assert_eq(ad_backward(ctx, ad_add(ctx, ad_sum(ctx, y), ad_sum(ctx, hn)), NULL), AD_OK);
+  for (int64_t t = 0; t < 5; t++)
+    for (int64_t k = 0; k < 4; k++) {
+      double v = ad_tensor_get(y, (t * 2 + 1) * 4 + k);
+      if (t >= 2)
+        cr_assert_eq(v, 0.0, "out[%lld, 1, %lld] = %g", (long long)t, (long long)k, v);
+      else
+        cr_assert(isfinite(v) && v != 0.0, "out[%lld, 1, %lld] = %g", (long long)t, (long long)k,
+                  v);
+    }
+  for (int64_t i = 0; i < x->size; i++) {
+    double g = ad_tensor_get(x->grad, i);
+    int64_t t = i / 4, n = (i / 2) % 2;
+    if (n == 1 && t >= 2)
+      cr_assert_eq(g, 0.0, "grad x[%lld] = %g", (long long)i, g);
+    else
+      cr_assert(isfinite(g), "grad x[%lld] = %g", (long long)i, g);
+  }
+  /* sequence 1 alone, two steps */
+  int64_t s1[3] = {2, 1, 2};
+  ad_tensor *x1 = ad_zeros(ctx, AD_F64, 3, s1);
+  for (int64_t t = 0; t < 2; t++)
+    for (int64_t k = 0; k < 2; k++)
+      ad_tensor_set(x1, t * 2 + k, ad_tensor_get(x, (t * 2 + 1) * 2 + k));
+  ad_tensor *hn1, *cn1;
+  cr_assert_not_null(nn_rnn_forward(l, x1, NULL, NULL, NULL, 0, true, &hn1, &cn1));
+  for (int k = 0; k < 4; k++) { /* layer and direction */
+    for (int64_t j = 0; j < 2; j++)
+      cr_assert(fabs(ad_tensor_get(hn, (k * 2 + 1) * 2 + j) - ad_tensor_get(hn1, k * 2 + j)) <
+                1e-14);
+    for (int64_t j = 0; j < 3; j++)
+      cr_assert(fabs(ad_tensor_get(cn, (k * 2 + 1) * 3 + j) - ad_tensor_get(cn1, k * 3 + j)) <
+                1e-14);
+  }
+  ad_tape_reset(ctx);
+  ad_tensor_free(x);
+  ad_tensor_free(x1);
+  nn_layer_free(l);
+}

@@ -1000,8 +1000,9 @@ NN_API nn_layer *nn_rnn_new_ext(ad_ctx *ctx, nn_rnn_cell cell, int64_t input_siz
  * levels must be free (AD_ERR_STATE otherwise, from ad_scope_push).
  * Returns NULL with the error recorded, naming the layer and the values:
  * AD_ERR_ARG (l is not recurrent, c0 given to a cell other than LSTM,
- * lengths missing a count, a count other than N, or a length outside
- * 1..T), AD_ERR_SHAPE (x neither 3-D nor 2-D, an empty sequence or batch,
+ * lengths missing a count, a count other than N, a length outside 1..T,
+ * x, h0 or c0 of another context), AD_ERR_STATE (x, h0 or c0 freed, or a
+ * temporary of a tape that was reset), AD_ERR_SHAPE (x neither 3-D nor 2-D, an empty sequence or batch,
  * the wrong input size, h0 or c0 not [num_layers*D, N, H], or for D = 2
  * more than 2^31 - 1 steps of all sequences together), AD_ERR_DTYPE
  * (x, h0 or c0 not of the layer's dtype), AD_ERR_NULL, AD_ERR_OOM. */
