@@ -636,3 +636,31 @@ Test(lstm_proj, padded_steps_are_inert) {
   ad_tensor_free(x1);
   nn_layer_free(l);
 }
+
+/* A projected LSTM runs step by step: the dump has a fused lstm_cell per
+ * step, weight_hr, and no whole-sequence op. */
+Test(lstm_proj, graph_dump_shows_the_steps) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 2);
+  nn_model *m = nn_sequential_new(ctx);
+  nn_rnn_opts_ext o = {.proj_size = 2};
+  cr_assert_eq(nn_model_add(m, nn_rnn_new_ext(ctx, NN_RNN_LSTM, 2, 3, &rng, &o)), AD_OK);
+  int64_t sx[3] = {2, 1, 2};
+  ad_tensor *x = ad_ones(ctx, AD_F32, 3, sx);
+  ad_tensor *loss = ad_sum(ctx, nn_model_forward(m, x));
+  cr_assert_not_null(loss, "%s", ad_last_error(ctx));
+  char *buf = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&buf, &len);
+  cr_assert_eq(ad_graph_dot(NULL, f, loss, 0), AD_OK, "%s", ad_last_error(ctx));
+  fclose(f);
+  int cells = 0;
+  for (const char *at = buf; (at = strstr(at, "= lstm_cell(")) != NULL; at++) cells++;
+  cr_assert_eq(cells, 2, "%d lstm_cell ops for 2 steps:\n%s", cells, buf);
+  cr_assert(strstr(buf, "0.weight_hr_l0"), "no weight_hr in the dump:\n%s", buf);
+  cr_assert_null(strstr(buf, "lstm_seq"), "a whole-sequence op in the dump:\n%s", buf);
+  free(buf);
+  ad_tape_reset(ctx);
+  ad_tensor_free(x);
+  nn_model_free(m);
+}

@@ -993,18 +993,19 @@ NN_API nn_layer *nn_rnn_new_ext(ad_ctx *ctx, nn_rnn_cell cell, int64_t input_siz
  * layer and k ("encoder.l1"; the layer's kind when the model gave it no
  * name: "lstm.l0"; its reverse direction's in "lstm.l0_reverse", which
  * reverses the sequences with index_select; the directions' concat, and
- * the dropout after it, outside both) and, when the layer runs step
- * by step (RNN, or opts.per_step or opts.composed), those of step t in a
- * scope "t=3" (for t = 3; of the reversed sequence in a reverse scope)
+ * the dropout after it, outside both) and, when the layer runs step by
+ * step (RNN, opts.per_step, opts.composed or proj_size), those of step t
+ * in a scope "t=3" (for t = 3; of the reversed sequence in a reverse scope)
  * inside it (ad_scope_push), closed again on every exit; so two scope
  * levels must be free (AD_ERR_STATE otherwise, from ad_scope_push).
  * Returns NULL with the error recorded, naming the layer and the values:
  * AD_ERR_ARG (l is not recurrent, c0 given to a cell other than LSTM,
  * lengths missing a count, a count other than N, a length outside 1..T,
  * x, h0 or c0 of another context), AD_ERR_STATE (x, h0 or c0 freed, or a
- * temporary of a tape that was reset), AD_ERR_SHAPE (x neither 3-D nor 2-D, an empty sequence or batch,
- * the wrong input size, h0 or c0 not [num_layers*D, N, H], or for D = 2
- * more than 2^31 - 1 steps of all sequences together), AD_ERR_DTYPE
+ * temporary of a tape that was reset), AD_ERR_SHAPE (x neither 3-D nor
+ * 2-D, an empty sequence or batch, the wrong input size, h0 or c0 not
+ * [num_layers*D, N, H] (h0 [num_layers*D, N, P] with projections), or for
+ * D = 2 more than 2^31 - 1 steps of all sequences together), AD_ERR_DTYPE
  * (x, h0 or c0 not of the layer's dtype), AD_ERR_NULL, AD_ERR_OOM. */
 NN_API ad_tensor *nn_rnn_forward(nn_layer *l, ad_tensor *x, ad_tensor *h0, ad_tensor *c0,
                                  const int64_t *lengths, int64_t n_lengths, bool training,
