@@ -36,35 +36,37 @@ ad_tensor *nn_loss_target(ad_ctx *ctx, const char *fn, const char *first, ad_ten
   return same ? target : ad_reshape(ctx, target, x->ndim, x->shape);
 }
 
-/* NN_MEAN and NN_SUM, and NN_BATCHMEAN where batchmean allows it; any
- * other value is refused naming the loss (AD_ERR_ARG). */
+/* NN_MEAN, NN_SUM and NN_NONE, and NN_BATCHMEAN where batchmean allows it;
+ * any other value is refused naming the loss (AD_ERR_ARG). */
 bool nn_loss_check_reduction(ad_ctx *ctx, const char *fn, nn_reduction red, bool batchmean) {
-  if (red == NN_MEAN || red == NN_SUM || (batchmean && red == NN_BATCHMEAN)) return true;
+  if (red == NN_MEAN || red == NN_SUM || red == NN_NONE || (batchmean && red == NN_BATCHMEAN))
+    return true;
   if (red == NN_BATCHMEAN)
     ad_set_error(ctx, AD_ERR_ARG,
-                 "%s: reduction NN_BATCHMEAN is kl_div_loss's only; use NN_MEAN or NN_SUM", fn);
+                 "%s: reduction NN_BATCHMEAN is kl_div_loss's only; use NN_MEAN, NN_SUM or "
+                 "NN_NONE",
+                 fn);
   else
     ad_set_error(ctx, AD_ERR_ARG, "%s: unknown reduction %d", fn, (int)red);
   return false;
 }
 
 /* The reduction of the per-element losses l of x (checked already);
- * NN_BATCHMEAN is their sum over x's first dim (PyTorch: sum / size(0); a
- * 0-d x: the sum), NaN for an empty batch. */
+ * NN_NONE is l itself; NN_BATCHMEAN is their sum over x's first dim
+ * (PyTorch: sum / size(0); a 0-d x: the sum), NaN for an empty batch. */
 ad_tensor *nn_loss_reduce(ad_ctx *ctx, ad_tensor *l, nn_reduction red, const ad_tensor *x) {
-  if (!l) return NULL;
+  if (!l || red == NN_NONE) return l;
   if (red == NN_SUM) return ad_sum(ctx, l);
   if (red == NN_MEAN || (x->ndim > 0 && x->shape[0] == 0)) return ad_mean(ctx, l); /* 0/0 */
   ad_tensor *s = ad_sum(ctx, l);
   return x->ndim > 0 ? ad_div_scalar(ctx, s, (double)x->shape[0]) : s;
 }
 
+/* The mean, the sum, or with NN_NONE l itself; NULL with the error of
+ * nn_loss_check_reduction for another reduction (BATCHMEAN included). */
 static ad_tensor *reduce(ad_ctx *ctx, ad_tensor *l, nn_reduction red, const char *fn) {
-  if (!l) return NULL;
-  if (red == NN_MEAN) return ad_mean(ctx, l);
-  if (red == NN_SUM) return ad_sum(ctx, l);
-  ad_set_error(ctx, AD_ERR_ARG, "%s: unknown reduction %d", fn, (int)red);
-  return NULL;
+  if (!l || !nn_loss_check_reduction(ctx, fn, red, false)) return NULL;
+  return nn_loss_reduce(ctx, l, red, l);
 }
 
 /* l = (p - t)^2 */
@@ -145,14 +147,33 @@ static bool check_labels(ad_ctx *ctx, const char *fn, const ad_tensor *z, const 
   return true;
 }
 
+/* l_n = -logp[n, label_n] for logp [N,C] and checked labels [N]: -sum_c
+ * where(onehot_nc, logp_nc, 0), a select, not a product, so that -inf or
+ * NaN in another class (log of a zero probability) is left out of the loss
+ * and its gradient, as PyTorch's gather does. [N] on the tape. */
+static ad_tensor *picked(ad_ctx *ctx, ad_tensor *logp, const ad_tensor *labels) {
+  if (!logp) return NULL;
+  ad_tensor *onehot = nn_tmp_tensor(ctx, logp->dtype, 2, logp->shape);
+  if (!onehot) return NULL;
+  int64_t n = logp->shape[0], c = logp->shape[1];
+  const int32_t *lab = labels->data;
+  memset(onehot->data, 0, (size_t)onehot->size * ad_dtype_size(onehot->dtype));
+  for (int64_t i = 0; i < n; i++) ad_tensor_set(onehot, i * c + lab[i], 1.0);
+  ad_tensor *p = ad_where(ctx, onehot, logp, ad_scalar(ctx, logp->dtype, 0.0));
+  return ad_neg(ctx, ad_sum_axis(ctx, p, 1, false));
+}
+
 /* l_n = -sum_c t_nc log_softmax(z_n)_c, or with labels the fused
- * softmax_cross_entropy (mean over n; the sum is N times it). */
+ * softmax_cross_entropy (mean over n; the sum is N times it); NN_NONE with
+ * labels has no fused form: -log_softmax(z)[n, label_n], as PyTorch's
+ * nll_loss(log_softmax(z)). */
 ad_tensor *nn_cross_entropy_loss(ad_ctx *ctx, ad_tensor *logits, ad_tensor *target,
                                  nn_reduction red) {
   const char *fn = "cross_entropy_loss";
   if (ctx && target && target->dtype == AD_I32) {
-    if (!check_labels(ctx, fn, logits, target)) return NULL;
-    if (red != NN_MEAN && red != NN_SUM) return reduce(ctx, logits, red, fn); /* its error */
+    if (!check_labels(ctx, fn, logits, target) || !nn_loss_check_reduction(ctx, fn, red, false))
+      return NULL;
+    if (red == NN_NONE) return picked(ctx, ad_log_softmax(ctx, logits, 1), target);
     /* the sum summed (N times the mean was NaN for N = 0, and rounded) */
     ad_cross_entropy_opts o = {.sum = red == NN_SUM};
     return ad_softmax_cross_entropy_ext(ctx, logits, target, &o);
@@ -180,21 +201,12 @@ ad_tensor *nn_cross_entropy_loss(ad_ctx *ctx, ad_tensor *logits, ad_tensor *targ
   return reduce(ctx, l, red, fn);
 }
 
-/* l_n = -logp[n, label_n] = -sum_c where(onehot_nc, logp_nc, 0): a select,
- * not a product, so that -inf or NaN in another class (log of a zero
- * probability) is left out of the loss and its gradient, as PyTorch's
- * gather does. */
+/* l_n = -logp[n, label_n] (picked) */
 ad_tensor *nn_nll_loss(ad_ctx *ctx, ad_tensor *logp, ad_tensor *labels, nn_reduction red) {
-  if (!check_labels(ctx, "nll_loss", logp, labels)) return NULL;
-  ad_tensor *onehot = nn_tmp_tensor(ctx, logp->dtype, 2, logp->shape);
-  if (!onehot) return NULL;
-  int64_t n = logp->shape[0], c = logp->shape[1];
-  const int32_t *lab = labels->data;
-  memset(onehot->data, 0, (size_t)onehot->size * ad_dtype_size(onehot->dtype));
-  for (int64_t i = 0; i < n; i++) ad_tensor_set(onehot, i * c + lab[i], 1.0);
-  ad_tensor *picked = ad_where(ctx, onehot, logp, ad_scalar(ctx, logp->dtype, 0.0));
-  ad_tensor *l = ad_neg(ctx, ad_sum_axis(ctx, picked, 1, false));
-  return reduce(ctx, l, red, "nll_loss");
+  if (!check_labels(ctx, "nll_loss", logp, labels) ||
+      !nn_loss_check_reduction(ctx, "nll_loss", red, false))
+    return NULL;
+  return reduce(ctx, picked(ctx, logp, labels), red, "nll_loss");
 }
 
 /* Flat index i of t's shape as coordinates, "[1,2]", into buf (n bytes). */
@@ -210,6 +222,9 @@ static const char *coords_str(const ad_tensor *t, int64_t i, char *buf, size_t n
   if (len > 0 && (size_t)len < n) snprintf(buf + len, n - (size_t)len, "]");
   return buf;
 }
+
+static ad_tensor *class_none(ad_ctx *ctx, const char *fn, ad_tensor *logits, ad_tensor *labels,
+                             const nn_cross_entropy_opts *o);
 
 /* l_p = -log_softmax(z_p)[label_p] over the positions p = (n, t...) whose
  * label is not ignore_index: ad_softmax_cross_entropy_ext on [N, C, T...]
@@ -247,9 +262,11 @@ ad_tensor *nn_sequence_cross_entropy_loss(ad_ctx *ctx, ad_tensor *logits, ad_ten
                  o.class_last ? "[N,T...,C]" : "[N,C,T...]");
     return NULL;
   }
-  if (red != NN_MEAN && red != NN_SUM) {
-    ad_set_error(ctx, AD_ERR_ARG, "%s: unknown reduction %d", fn, (int)red);
-    return NULL;
+  if (!nn_loss_check_reduction(ctx, fn, red, false)) return NULL;
+  if (red == NN_NONE) { /* no fused form: class_loss, per position */
+    nn_cross_entropy_opts ce = {
+        .ignore = o.ignore, .ignore_index = o.ignore_index, .class_last = o.class_last};
+    return class_none(ctx, fn, logits, labels, &ce);
   }
   ad_cross_entropy_opts co = {
       .ignore = o.ignore, .ignore_index = o.ignore_index, .sum = red == NN_SUM};
@@ -378,6 +395,8 @@ static bool check_class_labels(ad_ctx *ctx, const char *fn, const ad_tensor *z,
  *   S1 = sum_p w_y (-logp_py)          (a select: other classes unread)
  *   S2 = sum_p sum_c w_c (-logp_pc)    (label smoothing only)
  *   loss = (1 - eps) S1 / W + eps/C S2 / W   (NN_SUM: without the / W)
+ * and with NN_NONE the terms of S1 and S2 per position, shaped as lab (0
+ * at the ignored ones), as PyTorch's reduction='none'.
  * W is a constant (the weights are). Ignored positions are selected out,
  * and their logits replaced by 0 before log_softmax, so that they get an
  * exact 0 gradient even where they are not finite. */
@@ -419,7 +438,8 @@ static ad_tensor *class_loss(ad_ctx *ctx, ad_tensor *z, const ad_tensor *lab, nn
   if (logits) logp = ad_log_softmax(ctx, skipped ? ad_where(ctx, keep, z, zero) : z, 1);
   ad_tensor *rows = ad_sum_axis(ctx, ad_where(ctx, onehot, logp, zero), 1, true);
   if (w) rows = ad_mul(ctx, rows, wy);
-  ad_tensor *s1 = ad_neg(ctx, ad_sum(ctx, rows)), *s2 = NULL;
+  bool none = red == NN_NONE; /* s1, s2 per position [N,1,T...] */
+  ad_tensor *s1 = ad_neg(ctx, none ? rows : ad_sum(ctx, rows)), *s2 = NULL;
   double eps = o->label_smoothing;
   if (eps > 0) {
     ad_tensor *wl = logp;
@@ -430,15 +450,17 @@ static ad_tensor *class_loss(ad_ctx *ctx, ad_tensor *z, const ad_tensor *lab, nn
     }
     ad_tensor *srows = ad_sum_axis(ctx, wl, 1, true);
     if (skipped) srows = ad_where(ctx, keep, srows, zero);
-    s2 = ad_neg(ctx, ad_sum(ctx, srows));
+    s2 = ad_neg(ctx, none ? srows : ad_sum(ctx, srows));
   }
   if (red == NN_MEAN) { /* W may be 0: NaN, as PyTorch's division gives */
     ad_tensor *wsum = ad_scalar(ctx, z->dtype, W);
     s1 = ad_div(ctx, s1, wsum);
     if (s2) s2 = ad_div(ctx, s2, wsum);
   }
-  if (!s2) return s1;
-  return ad_add(ctx, ad_mul_scalar(ctx, s1, 1 - eps), ad_mul_scalar(ctx, s2, eps / (double)C));
+  ad_tensor *loss = s1;
+  if (s2)
+    loss = ad_add(ctx, ad_mul_scalar(ctx, s1, 1 - eps), ad_mul_scalar(ctx, s2, eps / (double)C));
+  return none && loss ? ad_reshape(ctx, loss, lab->ndim, lab->shape) : loss;
 }
 
 /* [N, T..., C] as [P, C] (a view) and its labels as [P]; *z and *lab are
@@ -447,6 +469,18 @@ static void rows_of_class_last(ad_ctx *ctx, ad_tensor **z, ad_tensor **lab) {
   int64_t P = (*lab)->size, zs[2] = {P, (*z)->shape[(*z)->ndim - 1]};
   *z = ad_reshape(ctx, *z, 2, zs);
   *lab = ad_reshape(ctx, *lab, 1, &P);
+}
+
+/* The cross-entropy of logits (classes as o says) per position, shaped as
+ * labels (checked here), with NN_NONE: class_loss. */
+static ad_tensor *class_none(ad_ctx *ctx, const char *fn, ad_tensor *logits, ad_tensor *labels,
+                             const nn_cross_entropy_opts *o) {
+  if (!check_class_labels(ctx, fn, logits, labels, o)) return NULL;
+  ad_tensor *z = logits, *lab = labels;
+  if (o->class_last && z->ndim > 2) rows_of_class_last(ctx, &z, &lab);
+  if (!z || !lab) return NULL;
+  ad_tensor *l = class_loss(ctx, z, lab, NN_NONE, o, true);
+  return l ? ad_reshape(ctx, l, labels->ndim, labels->shape) : NULL;
 }
 
 ad_tensor *nn_cross_entropy_loss_ext(ad_ctx *ctx, ad_tensor *logits, ad_tensor *target,
@@ -463,24 +497,24 @@ ad_tensor *nn_cross_entropy_loss_ext(ad_ctx *ctx, ad_tensor *logits, ad_tensor *
   nn_cross_entropy_opts o = {0};
   if (opts) o = *opts;
   bool labels = target->dtype == AD_I32;
-  if (!check_class_opts(ctx, fn, logits, &o, labels)) return NULL;
-  if (red != NN_MEAN && red != NN_SUM) {
-    ad_set_error(ctx, AD_ERR_ARG, "%s: unknown reduction %d", fn, (int)red);
+  if (!check_class_opts(ctx, fn, logits, &o, labels) ||
+      !nn_loss_check_reduction(ctx, fn, red, false))
     return NULL;
-  }
   int nd = logits->ndim, cdim = o.class_last ? nd - 1 : 1;
   int64_t C = logits->shape[cdim];
   if (labels) {
     if (!check_class_labels(ctx, fn, logits, target, &o)) return NULL;
     ad_tensor *z = logits, *lab = target;
     if (o.class_last && nd > 2) rows_of_class_last(ctx, &z, &lab);
-    if (!o.weight && o.label_smoothing == 0) {
+    if (!o.weight && o.label_smoothing == 0 && red != NN_NONE) {
       ad_cross_entropy_opts co = {
           .ignore = o.ignore, .ignore_index = o.ignore_index, .sum = red == NN_SUM};
       return ad_softmax_cross_entropy_ext(ctx, z, lab, &co);
     }
     if (!z || !lab) return NULL;
-    return class_loss(ctx, z, lab, red, &o, true);
+    /* NN_NONE: the fused op has no per-position form */
+    ad_tensor *l = class_loss(ctx, z, lab, red, &o, true);
+    return red == NN_NONE && l ? ad_reshape(ctx, l, target->ndim, target->shape) : l;
   }
   /* probabilities of the logits' shape */
   bool same = target->ndim == nd;
@@ -516,6 +550,7 @@ ad_tensor *nn_cross_entropy_loss_ext(ad_ctx *ctx, ad_tensor *logits, ad_tensor *
     for (int k = 0; k < nd; k++) ws[k] = k == cdim ? C : 1;
     prod = ad_mul(ctx, prod, ad_reshape(ctx, o.weight, nd, ws));
   }
+  if (red == NN_NONE) return ad_neg(ctx, ad_sum_axis(ctx, prod, cdim, false));
   ad_tensor *s = ad_neg(ctx, ad_sum(ctx, prod));
   if (red == NN_SUM) return s;
   /* NaN for no position, as PyTorch's */
@@ -540,17 +575,16 @@ ad_tensor *nn_nll_loss_ext(ad_ctx *ctx, ad_tensor *logp, ad_tensor *labels, nn_r
                  o.label_smoothing);
     return NULL;
   }
-  if (!check_class_opts(ctx, fn, logp, &o, true) || !check_class_labels(ctx, fn, logp, labels, &o))
+  if (!check_class_opts(ctx, fn, logp, &o, true) ||
+      !check_class_labels(ctx, fn, logp, labels, &o) ||
+      !nn_loss_check_reduction(ctx, fn, red, false))
     return NULL;
-  if (red != NN_MEAN && red != NN_SUM) {
-    ad_set_error(ctx, AD_ERR_ARG, "%s: unknown reduction %d", fn, (int)red);
-    return NULL;
-  }
   ad_tensor *z = logp, *lab = labels;
   if (o.class_last && z->ndim > 2) rows_of_class_last(ctx, &z, &lab);
   if (!z || !lab) return NULL;
-  if (z->ndim == 2 && !o.weight && !o.ignore) return nn_nll_loss(ctx, z, lab, red);
-  return class_loss(ctx, z, lab, red, &o, false);
+  ad_tensor *l = z->ndim == 2 && !o.weight && !o.ignore ? nn_nll_loss(ctx, z, lab, red)
+                                                        : class_loss(ctx, z, lab, red, &o, false);
+  return red == NN_NONE && l ? ad_reshape(ctx, l, labels->ndim, labels->shape) : l;
 }
 
 /* Checks w (what) of a binary loss: x's dtype, a constant, and broadcasting

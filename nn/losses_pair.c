@@ -464,6 +464,7 @@ ad_tensor *nn_multi_margin_loss(ad_ctx *ctx, ad_tensor *input, ad_tensor *labels
     h = ad_mul(ctx, h,
                ad_where(ctx, on, ad_sum_axis(ctx, ad_where(ctx, oh, weight, zero), 1, true), zero));
   ad_tensor *l = ad_div_scalar(ctx, ad_sum_axis(ctx, h, 1, false), (double)C);
-  if (one && l) l = ad_reshape(ctx, l, 0, s);
+  /* one sample: its loss shaped as its label (0-d or [1]), as torch's */
+  if (one && l) l = ad_reshape(ctx, l, labels->ndim, labels->shape);
   return nn_loss_reduce(ctx, l, red, l);
 }

@@ -140,12 +140,13 @@ ad_status nn_clip_value_tensors(ad_tensor *const *ts, int n, double clip);
 ad_tensor *nn_loss_target(ad_ctx *ctx, const char *fn, const char *first, ad_tensor *x,
                           ad_tensor *target);
 
-/* A loss's reduction: NN_MEAN and NN_SUM, and NN_BATCHMEAN if batchmean;
- * any other is AD_ERR_ARG naming fn (NN_BATCHMEAN as kl_div_loss's only). */
+/* A loss's reduction: NN_MEAN, NN_SUM and NN_NONE, and NN_BATCHMEAN if
+ * batchmean; any other is AD_ERR_ARG naming fn (NN_BATCHMEAN as
+ * kl_div_loss's only). */
 bool nn_loss_check_reduction(ad_ctx *ctx, const char *fn, nn_reduction red, bool batchmean);
 /* The reduction (checked already) of the per-element losses l (NULL: NULL)
- * of x: NN_SUM, NN_MEAN, or NN_BATCHMEAN, the sum over x's first dim (a
- * 0-d x: the sum; an empty batch: NaN). */
+ * of x: l itself for NN_NONE, NN_SUM, NN_MEAN, or NN_BATCHMEAN, the sum
+ * over x's first dim (a 0-d x: the sum; an empty batch: NaN). */
 ad_tensor *nn_loss_reduce(ad_ctx *ctx, ad_tensor *l, nn_reduction red, const ad_tensor *x);
 
 /* Sets the name of a layer when a model adopts it (copied). */

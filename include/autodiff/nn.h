@@ -37,7 +37,7 @@
  *                NLL on log-probabilities, KL divergence, Gaussian and
  *                Poisson NLL, margin ranking, hinge embedding, soft
  *                margin, cosine embedding, triplet margin, multilabel
- *                soft margin, multi-class margin, CTC; mean or sum
+ *                soft margin, multi-class margin, CTC; mean, sum or none
  *                (and batchmean for KL). All share the nn_loss_fn
  *                signature, except the sequence cross-entropy (per-step
  *                logits, ignore_index), KL (log_target), the smooth L1 and
@@ -1493,16 +1493,25 @@ NN_API void nn_model_summary(const nn_model *m, FILE *f);
 typedef enum nn_reduction {
   NN_MEAN = 0, /**< mean over elements (MSE, BCE) or samples (cross-entropy, NLL) */
   NN_SUM,      /**< their sum */
-  NN_BATCHMEAN /**< nn_kl_div_loss only: the sum over the batch size (the input's first
-                  dim), PyTorch's reduction='batchmean'; the other losses refuse it
-                  (AD_ERR_ARG naming the loss) */
+  NN_BATCHMEAN, /**< nn_kl_div_loss only: the sum over the batch size (the input's first
+                   dim), PyTorch's reduction='batchmean'; the other losses refuse it
+                   (AD_ERR_ARG naming the loss) */
+  NN_NONE       /**< no reduction, PyTorch's reduction='none': every loss returns its
+                   per-element or per-sample losses, a tensor of PyTorch 1.13's shape
+                   (each loss says which), on the tape, its gradients flowing as
+                   usual; not a scalar, so nn_fit, nn_train_step and nn_evaluate
+                   cannot use it (added last: the other values are unchanged) */
 } nn_reduction;
 
-/** Every loss: a scalar on the tape from a prediction and a target, or NULL
- * with an error naming the loss and the shapes. pred and target share a
- * float dtype unless stated. Both are checked as an op's inputs are: a
- * freed tensor or a temporary from a tape that was reset is AD_ERR_STATE,
- * another context's AD_ERR_ARG, NULL AD_ERR_NULL. */
+/** Every loss: a scalar on the tape from a prediction and a target (with
+ * NN_NONE the unreduced losses: pred's shape for the elementwise losses,
+ * one per sample where stated), or NULL with an error naming the loss and
+ * the shapes. Every loss takes NN_MEAN, NN_SUM and NN_NONE; NN_BATCHMEAN
+ * only nn_kl_div_loss; any other value is AD_ERR_ARG ("mse_loss: unknown
+ * reduction 9"). pred and target share a float dtype unless stated. Both
+ * are checked as an op's inputs are: a freed tensor or a temporary from a
+ * tape that was reset is AD_ERR_STATE, another context's AD_ERR_ARG, NULL
+ * AD_ERR_NULL. */
 typedef ad_tensor *(*nn_loss_fn)(ad_ctx *ctx, ad_tensor *pred, ad_tensor *target, nn_reduction red);
 
 /** (pred - target)^2. target has pred's shape, or its size (e.g. [N] for
@@ -1514,7 +1523,7 @@ NN_API ad_tensor *nn_mse_loss(ad_ctx *ctx, ad_tensor *pred, ad_tensor *target, n
  * 0). Targets as in nn_mse_loss; a target that requires a gradient gets
  * minus the prediction's. The mean of an empty tensor is NaN, the sum 0
  * (all the losses below alike). Errors: those of every loss, and
- * AD_ERR_ARG for a reduction other than NN_MEAN and NN_SUM. */
+ * AD_ERR_ARG for a reduction other than NN_MEAN, NN_SUM and NN_NONE. */
 NN_API ad_tensor *nn_l1_loss(ad_ctx *ctx, ad_tensor *pred, ad_tensor *target, nn_reduction red);
 
 /** Smooth L1 (torch.nn.SmoothL1Loss) with beta 1: nn_smooth_l1_loss_beta. */
@@ -1532,8 +1541,8 @@ NN_API ad_tensor *nn_smooth_l1_loss(ad_ctx *ctx, ad_tensor *pred, ad_tensor *tar
  * rounded to float first (a beta below float's smallest is 0, as in
  * PyTorch). Targets as in nn_mse_loss. Errors: those of every loss;
  * AD_ERR_ARG for beta < 0 or NaN ("smooth_l1_loss: beta -1 must be >=
- * 0"), as PyTorch refuses it, and for a reduction other than NN_MEAN and
- * NN_SUM. */
+ * 0"), as PyTorch refuses it, and for a reduction other than NN_MEAN,
+ * NN_SUM and NN_NONE. */
 NN_API ad_tensor *nn_smooth_l1_loss_beta(ad_ctx *ctx, ad_tensor *pred, ad_tensor *target,
                                          nn_reduction red, double beta);
 
@@ -1547,7 +1556,7 @@ NN_API ad_tensor *nn_huber_loss(ad_ctx *ctx, ad_tensor *pred, ad_tensor *target,
  * d. delta = infinity is half the squared error. Targets as in
  * nn_mse_loss. Errors: those of every loss; AD_ERR_ARG for delta <= 0 or
  * NaN ("huber_loss: delta 0 must be positive"), as PyTorch refuses it,
- * and for a reduction other than NN_MEAN and NN_SUM. */
+ * and for a reduction other than NN_MEAN, NN_SUM and NN_NONE. */
 NN_API ad_tensor *nn_huber_loss_delta(ad_ctx *ctx, ad_tensor *pred, ad_tensor *target,
                                       nn_reduction red, double delta);
 
@@ -1560,8 +1569,8 @@ NN_API ad_tensor *nn_huber_loss_delta(ad_ctx *ctx, ad_tensor *pred, ad_tensor *t
  * the batch size (input's first dim; the sum for a 0-d input), the
  * divergence per sample; NN_MEAN divides by the number of elements (batch
  * times classes), which is not the KL divergence, as PyTorch warns;
- * NN_SUM is the sum. An empty batch gives NaN with NN_MEAN and
- * NN_BATCHMEAN, 0 with NN_SUM. Values and gradients are PyTorch 1.13's,
+ * NN_SUM is the sum; NN_NONE the terms, of input's shape. An empty batch
+ * gives NaN with NN_MEAN and NN_BATCHMEAN, 0 with NN_SUM. Values and gradients are PyTorch 1.13's,
  * also at the edges: input's gradient is -target (-exp(target)); a
  * target that requires a gradient gets log target + 1 - input (exp(target)
  * (target - input + 1)), which is NaN where target is 0 (PyTorch's xlogy
@@ -1576,8 +1585,11 @@ NN_API ad_tensor *nn_kl_div_loss(ad_ctx *ctx, ad_tensor *input, ad_tensor *targe
 /* The likelihood, ranking and embedding losses below are PyTorch 1.13's,
  * values and gradients, also at a margin's kink (max(0, z) at z = 0 passes
  * the gradient, clamp_min's rule; a NaN z passes none), for NN_MEAN
- * (the mean over the per-element or per-sample losses) and NN_SUM; each
- * refuses other reductions (AD_ERR_ARG naming it). Arguments are checked
+ * (the mean over the per-element or per-sample losses), NN_SUM and
+ * NN_NONE (those losses unreduced: the input's shape for the elementwise
+ * ones, Gaussian and Poisson NLL, margin ranking, hinge embedding and soft
+ * margin; per sample as each says for the others); each refuses other
+ * reductions (AD_ERR_ARG naming it). Arguments are checked
  * as every loss's (AD_ERR_NULL, AD_ERR_STATE, AD_ERR_ARG for another
  * context, AD_ERR_DTYPE for a non-float input or a second tensor of
  * another dtype, AD_ERR_SHAPE naming both shapes; a second tensor of the
@@ -1638,7 +1650,8 @@ NN_API ad_tensor *nn_soft_margin_loss(ad_ctx *ctx, ad_tensor *x, ad_tensor *y, n
  * 1.13's kernel). As torch, cos = x1.x2 / sqrt((|x1|^2 + 1e-12) (|x2|^2 +
  * 1e-12)), 1e-12 taken as a float as torch does (9.99999996e-13, also in
  * f64): a zero vector has cos 0 and a large finite gradient (about 1 /
- * (1e-6 |x2|) for x1 = 0), not NaN. NN_MEAN is the mean over the N pairs.
+ * (1e-6 |x2|) for x1 = 0), not NaN. NN_MEAN is the mean over the N pairs;
+ * NN_NONE gives [N] (0-d for one pair).
  * y gets no gradient. Errors: those above; AD_ERR_SHAPE for x1 not 1-D or
  * 2-D, x2 of another shape, or a y that does not fit. */
 NN_API ad_tensor *nn_cosine_embedding_loss(ad_ctx *ctx, ad_tensor *x1, ad_tensor *x2, ad_tensor *y,
@@ -1650,7 +1663,8 @@ NN_API ad_tensor *nn_cosine_embedding_loss(ad_ctx *ctx, ad_tensor *x1, ad_tensor
  * 1e-6); with swap d(a, neg) is min(d(a, neg), d(pos, neg)) (a tie shares
  * the gradient). A zero distance (eps 0, equal rows) has gradient 0, as
  * torch's norm. anchor, positive and negative share one shape of at least
- * 1 dim. Errors: those above; AD_ERR_SHAPE for shapes that differ;
+ * 1 dim; NN_NONE gives one loss per row, anchor's shape without its last
+ * dim (0-d for 1-D inputs). Errors: those above; AD_ERR_SHAPE for shapes that differ;
  * AD_ERR_ARG for p not positive and finite (torch takes p <= 0, which is
  * no distance), and for a bad eps. */
 NN_API ad_tensor *nn_triplet_margin_loss(ad_ctx *ctx, ad_tensor *anchor, ad_tensor *positive,
@@ -1663,7 +1677,8 @@ NN_API ad_tensor *nn_triplet_margin_loss(ad_ctx *ctx, ad_tensor *anchor, ad_tens
  * any value; it gets a gradient). weight (NULL for none) broadcasts to
  * input's shape, e.g. [C], and gets its gradient as in torch. log sigmoid
  * is -softplus(-x) (within exp(-20) relative of torch's). NN_MEAN is the
- * mean over the samples. Errors: those above; AD_ERR_SHAPE for a 0-d
+ * mean over the samples; NN_NONE gives one per sample, input's shape
+ * without its last dim (0-d for a 1-D input). Errors: those above; AD_ERR_SHAPE for a 0-d
  * input or a weight that does not broadcast. */
 NN_API ad_tensor *nn_multilabel_soft_margin_loss(ad_ctx *ctx, ad_tensor *input, ad_tensor *target,
                                                  ad_tensor *weight, nn_reduction red);
@@ -1674,7 +1689,8 @@ NN_API ad_tensor *nn_multilabel_soft_margin_loss(ad_ctx *ctx, ad_tensor *input, 
  * counts only where margin - x_y + x_i > 0 strictly: at 0 it adds no
  * gradient (p = 1 too), and a NaN term is skipped, value and gradient.
  * weight (NULL, or [C] in input's dtype) is a constant: one that requires
- * a gradient is refused, as PyTorch refuses it. Errors: those above;
+ * a gradient is refused, as PyTorch refuses it. NN_NONE gives [N] (for
+ * [C], the label's shape: 0-d or [1], as torch). Errors: those above;
  * AD_ERR_DTYPE for labels not AD_I32; AD_ERR_SHAPE for shapes that do not
  * fit; AD_ERR_ARG for a label outside 0..C-1 ("multi_margin_loss: label 3
  * of sample 1 is outside 0..2") and for p other than 1 and 2. */
@@ -1734,14 +1750,14 @@ NN_API ad_tensor *nn_ctc_loss(ad_ctx *ctx, ad_tensor *log_probs, ad_tensor *targ
  * PyTorch's, dp = (p - t) / max(p (1 - p), 1e-12) per element, not that
  * of the clamped logs: a confident wrong prediction (p = 0 for t = 1, or
  * p = 1 for t = 0) gets about -1e12 or 1e12 (times 1/N for NN_MEAN), not
- * 0. A target that requires a gradient gets log(1-p) - log p (infinite at
+ * 0. NN_NONE gives the elements, of pred's shape. A target that requires a gradient gets log(1-p) - log p (infinite at
  * p = 0 or 1), as in PyTorch 1.13. Targets as in nn_mse_loss. A prediction
  * outside [0, 1], or NaN, is refused (AD_ERR_ARG naming it and its
  * element), as PyTorch refuses it. */
 NN_API ad_tensor *nn_bce_loss(ad_ctx *ctx, ad_tensor *pred, ad_tensor *target, nn_reduction red);
 
 /** Binary cross-entropy from logits z, stable for any z:
- * softplus(z) - t z. */
+ * softplus(z) - t z (with NN_NONE per element, of the logits' shape). */
 NN_API ad_tensor *nn_bce_with_logits_loss(ad_ctx *ctx, ad_tensor *logits, ad_tensor *target,
                                           nn_reduction red);
 
@@ -1750,13 +1766,17 @@ NN_API ad_tensor *nn_bce_with_logits_loss(ad_ctx *ctx, ad_tensor *logits, ad_ten
  * or float [N,C] one-hot or probability rows: -sum_c t log_softmax(z); a
  * float target of another shape is refused (AD_ERR_SHAPE), also one of as
  * many elements, as PyTorch refuses it. Errors name bad labels:
- * "cross_entropy_loss: label 12 of sample 3 is outside 0..9". An empty batch (N = 0) gives NaN with
- * NN_MEAN and 0 with NN_SUM, as in PyTorch (nn_nll_loss likewise). */
+ * "cross_entropy_loss: label 12 of sample 3 is outside 0..9". An empty
+ * batch (N = 0) gives NaN with NN_MEAN and 0 with NN_SUM, as in PyTorch
+ * (nn_nll_loss likewise). NN_NONE gives the losses of the N samples, [N]
+ * (with labels, -log_softmax(z)[n, label_n]: composed of ops, not the
+ * fused op, which yields only their mean or sum). */
 NN_API ad_tensor *nn_cross_entropy_loss(ad_ctx *ctx, ad_tensor *logits, ad_tensor *target,
                                         nn_reduction red);
 
 /** Negative log-likelihood: -logp[n, label_n] for log-probabilities logp
- * [N,C] (e.g. from NN_ACT_LOG_SOFTMAX) and AD_I32 labels [N]. */
+ * [N,C] (e.g. from NN_ACT_LOG_SOFTMAX) and AD_I32 labels [N]; NN_NONE
+ * gives those N losses, [N]. */
 NN_API ad_tensor *nn_nll_loss(ad_ctx *ctx, ad_tensor *logp, ad_tensor *labels, nn_reduction red);
 
 /** Options of nn_sequence_cross_entropy_loss. All-zero: nothing ignored,
@@ -1774,8 +1794,10 @@ typedef struct nn_sequence_ce_opts {
  * copy) and
  * AD_I32 labels [N, T...] in 0..C-1 or ignore_index, through
  * ad_softmax_cross_entropy_ext. NN_MEAN is the mean over the positions not
- * ignored (NaN when all are), NN_SUM their sum; ignored positions add
- * neither loss nor gradient. opts may be NULL. Errors name the loss and the
+ * ignored (NaN when all are), NN_SUM their sum; NN_NONE the loss of each
+ * position, the labels' shape [N, T...], 0 at the ignored ones (composed
+ * of ops, as nn_cross_entropy_loss_ext's); ignored positions add neither
+ * loss nor gradient. opts may be NULL. Errors name the loss and the
  * shapes (AD_ERR_SHAPE: logits under 2 dims, labels that are not logits'
  * shape without the class dim), AD_ERR_DTYPE (logits not float, labels not
  * AD_I32), AD_ERR_ARG (a label out of range that is not ignore_index,
@@ -1811,7 +1833,10 @@ typedef struct nn_cross_entropy_opts {
  * count without weights; NaN when it is 0: every position ignored, or only
  * classes of weight 0 present), and with probabilities by the number of
  * positions N T... (the weights are not summed there), exactly as PyTorch
- * does. Ignored positions add neither loss nor gradient (also where their
+ * does. NN_NONE gives l_p for every position, the labels' shape [N, T...]
+ * (0 at an ignored one), as PyTorch's reduction='none'; with labels it is
+ * always the composition (the fused op yields only a mean or a sum).
+ * Ignored positions add neither loss nor gradient (also where their
  * logits are NaN or infinite, like ad_softmax_cross_entropy_ext; PyTorch's
  * log_softmax gives their gradient NaN there). Without weight and
  * smoothing this is the fused ad_softmax_cross_entropy_ext (labels) or
@@ -1834,7 +1859,8 @@ NN_API ad_tensor *nn_cross_entropy_loss_ext(ad_ctx *ctx, ad_tensor *logits, ad_t
 /** PyTorch 1.13's F.nll_loss(logp, labels, weight, ignore_index,
  * reduction) on log-probabilities logp [N, C, T...] (or class_last) and
  * AD_I32 labels [N, T...]: l_p = -w_y logp[p, y]; NN_MEAN divides the sum
- * by the sum of w_y over the positions not ignored (NaN when it is 0).
+ * by the sum of w_y over the positions not ignored (NaN when it is 0);
+ * NN_NONE gives l_p, the labels' shape (0 at an ignored position).
  * Only the labelled entries are read (a -inf or NaN elsewhere, a log of a
  * zero probability, is left out of the loss and its gradient). Options and
  * errors as nn_cross_entropy_loss_ext's; label_smoothing must be 0. Without
@@ -1854,7 +1880,8 @@ typedef struct nn_bce_opts {
 
 /** PyTorch 1.13's F.binary_cross_entropy(pred, target, weight, reduction):
  * w l elementwise, l as in nn_bce_loss; NN_MEAN is the mean over the
- * elements (not divided by the weights' sum). A pos_weight is refused
+ * elements (not divided by the weights' sum), NN_NONE w l, of pred's
+ * shape. A pos_weight is refused
  * (AD_ERR_ARG: PyTorch's binary_cross_entropy has none). Without a weight
  * this is nn_bce_loss, same bits. Errors as nn_bce_loss's, and for a
  * weight: AD_ERR_SHAPE (does not broadcast to pred's shape), AD_ERR_DTYPE,
@@ -1866,7 +1893,7 @@ NN_API ad_tensor *nn_bce_loss_ext(ad_ctx *ctx, ad_tensor *pred, ad_tensor *targe
 /** PyTorch 1.13's F.binary_cross_entropy_with_logits(z, target, weight,
  * reduction, pos_weight): w ((1 - t) z + (1 + (pw - 1) t) softplus(-z)),
  * which is w (softplus(z) - t z) without pos_weight; NN_MEAN is the mean
- * over the elements. Without options this is nn_bce_with_logits_loss, same
+ * over the elements, NN_NONE those elements, of the logits' shape. Without options this is nn_bce_with_logits_loss, same
  * bits. Errors as nn_bce_loss_ext's. opts may be NULL. */
 NN_API ad_tensor *nn_bce_with_logits_loss_ext(ad_ctx *ctx, ad_tensor *logits, ad_tensor *target,
                                               nn_reduction red, const nn_bce_opts *opts);
