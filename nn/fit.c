@@ -132,8 +132,10 @@ static ad_tensor *run_loss(ad_ctx *ctx, nn_loss_fn loss, ad_tensor *pred, ad_ten
   }
   if (l->size != 1) {
     char a[64];
-    ad_set_error(ctx, AD_ERR_SHAPE, "%s: the loss has shape %s; a scalar is needed", fn,
-                 ad_shape_str(l, a, sizeof a));
+    ad_set_error(ctx, AD_ERR_SHAPE,
+                 "%s: the loss has shape %s; a scalar is needed (a loss with NN_NONE is not "
+                 "reduced: use NN_MEAN or NN_SUM)",
+                 fn, ad_shape_str(l, a, sizeof a));
     return NULL;
   }
   return l;

@@ -5,7 +5,8 @@
  * gradgradcheck of the per-element forms; the per-element losses reduced
  * by hand against NN_MEAN and NN_SUM (the fused cross-entropy against its
  * composition); empty batches; the reductions still refused (NN_BATCHMEAN
- * but for kl_div, values out of the enum). */
+ * but for kl_div, values out of the enum); and nn_train_step, nn_evaluate
+ * and nn_fit refusing a loss that is not reduced. */
 #include "nn.h"
 #include "test_alloc.h"
 
@@ -437,4 +438,47 @@ Test(losses_none, other_errors_are_unchanged) {
   test_expect_error(ctx, AD_ERR_STATE, "kl_div_loss: target was freed", NULL);
   ad_tensor_free(x), ad_tensor_free(y5), ad_tensor_free(lab), ad_tensor_free(z3);
   ad_tensor_free(lab3);
+}
+
+/* ------------------------------------------------------------- training */
+
+/* A loss function that ignores the reduction it is given and passes
+ * NN_NONE: a tensor of per-element losses where a scalar is needed. */
+static ad_tensor *mse_none(ad_ctx *c, ad_tensor *pred, ad_tensor *target, nn_reduction red) {
+  (void)red;
+  return nn_mse_loss(c, pred, target, NN_NONE);
+}
+
+/* nn_train_step, nn_evaluate and nn_fit need a scalar: an unreduced loss
+ * is AD_ERR_SHAPE naming NN_NONE, and no parameter moves. */
+Test(losses_none, training_refuses_an_unreduced_loss) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 3);
+  int64_t xs[2] = {8, 3}, ys[2] = {8, 1};
+  ad_tensor *x = ad_rand(ctx, &rng, AD_F64, 2, xs, -1, 1);
+  ad_tensor *y = ad_rand(ctx, &rng, AD_F64, 2, ys, -1, 1);
+  nn_model *m = nn_sequential_new(ctx);
+  cr_assert_eq(nn_model_add(m, nn_dense_new(ctx, 3, 1, &rng, &(nn_dense_opts){.dtype = AD_F64})),
+               AD_OK);
+  nn_optimizer *opt = nn_sgd_new(nn_model_params(m), 0.1, 0.0, false, 0.0);
+  cr_assert_not_null(opt);
+  ad_tensor *w = nn_params_tensor(nn_model_params(m), 0);
+  double w0 = ad_tensor_get(w, 0);
+  cr_assert_eq(nn_train_step(m, opt, mse_none, x, y, 0.0, NULL), AD_ERR_SHAPE);
+  test_expect_error(ctx, AD_ERR_SHAPE, "train_step: the loss has shape [8,1]; a scalar is needed",
+                    "NN_NONE", NULL);
+  cr_assert_eq(ad_tensor_get(w, 0), w0);
+  double lv = 0;
+  cr_assert_eq(nn_evaluate(m, mse_none, x, y, 4, &lv, NULL), AD_ERR_SHAPE);
+  test_expect_error(ctx, AD_ERR_SHAPE, "evaluate: the loss has shape [4,1]", "NN_NONE", NULL);
+  nn_fit_opts fo = {.epochs = 2, .batch_size = 4, .seed = 1, .verbose = -1};
+  cr_assert_eq(nn_fit(m, opt, mse_none, x, y, &fo, NULL), AD_ERR_SHAPE);
+  test_expect_error(ctx, AD_ERR_SHAPE, "the loss has shape [4,1]", "NN_NONE", NULL);
+  cr_assert_eq(ad_tensor_get(w, 0), w0);
+  /* the same model trains with the loss reduced */
+  cr_assert_eq(nn_train_step(m, opt, nn_mse_loss, x, y, 0.0, NULL), AD_OK, "%s",
+               ad_last_error(ctx));
+  nn_optimizer_free(opt);
+  nn_model_free(m);
+  ad_tensor_free(x), ad_tensor_free(y);
 }

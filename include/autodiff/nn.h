@@ -2421,12 +2421,14 @@ NN_API void nn_batcher_free(nn_batcher *b);
 /** One training step: ad_tape_reset, zero the gradients, forward x in
  * training mode, loss(pred, y, NN_MEAN) (plus lambda_l2 * nn_l2_penalty
  * when lambda_l2 > 0), ad_backward, nn_optimizer_step. loss_out (may be
- * NULL) gets the loss without the penalty. Returns AD_OK or the error.
- * A step that fails changes no parameter and no optimizer state, but one
- * that fails after its forward (a NaN loss, a backward refused for
- * memory) has already moved what the forward moves, as in PyTorch: batch
- * norm's running statistics and the dropout layers' generators; a retry
- * then sees those moved. */
+ * NULL) gets the loss without the penalty. Returns AD_OK or the error;
+ * a loss of more than one element (a wrapper that passes NN_NONE) is
+ * AD_ERR_SHAPE ("train_step: the loss has shape [8]; a scalar is needed
+ * ..."), also in nn_fit and nn_evaluate. A step that fails changes no
+ * parameter and no optimizer state, but one that fails after its forward
+ * (a NaN loss, a backward refused for memory) has already moved what the
+ * forward moves, as in PyTorch: batch norm's running statistics and the
+ * dropout layers' generators; a retry then sees those moved. */
 NN_API ad_status nn_train_step(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor *x,
                                ad_tensor *y, double lambda_l2, double *loss_out);
 
