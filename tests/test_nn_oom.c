@@ -1143,6 +1143,55 @@ Test(nn_oom, losses_ext) {
   sweep(&(scenario){"losses_ext", setup_kind, run_losses_ext, print_grads, false, false});
 }
 
+/* NN_NONE where it takes another path than the reductions: the
+ * cross-entropy's per-sample composition (not the fused op) over labels,
+ * with the ext options, class_last and the sequence form, nll_loss's, the
+ * probability rows, one multi_margin sample; the backward of the
+ * predictions through the sum of the unreduced losses. */
+static ad_status run_losses_none(world *w) {
+  ad_ctx *c = w->c;
+  int64_t s[3] = {2, 3, 2}, ls[2] = {2, 2}, cs[1] = {3}, lz[2] = {2, 3};
+  ad_tensor *z = w->t[0] = data(c, 3, s, 1), *q = w->t[1] = data(c, 3, s, 2);
+  ad_tensor *lab = w->t[2] = ad_zeros(c, AD_I32, 2, ls), *cw = ad_full(c, AD_F32, 1, cs, 0.5);
+  ad_tensor *lab2 = ad_zeros(c, AD_I32, 2, lz);
+  if (!z || !q || !lab || !cw || !lab2) {
+    ad_tensor_free(cw), ad_tensor_free(lab2);
+    return ad_last_status(c);
+  }
+  ad_tensor_set_requires_grad(q, false);
+  ad_tensor_set(lab, 1, 2), ad_tensor_set(lab, 2, -100), ad_tensor_set(lab, 3, 1);
+  ad_tensor_set(lab2, 1, 1), ad_tensor_set(lab2, 4, 1);
+  nn_cross_entropy_opts o = {
+      .weight = cw, .label_smoothing = 0.1, .ignore = true, .ignore_index = -100};
+  ad_tensor *l = ad_sum(c, nn_cross_entropy_loss_ext(c, z, lab, NN_NONE, &o));
+  o.label_smoothing = 0;
+  l = ad_add(c, l, ad_sum(c, nn_nll_loss_ext(c, ad_log_softmax(c, z, 1), lab, NN_NONE, &o)));
+  o.weight = NULL;
+  l = ad_add(c, l, ad_sum(c, nn_cross_entropy_loss_ext(c, z, lab, NN_NONE, &o)));
+  o.ignore = false, o.weight = cw, o.label_smoothing = 0.2;
+  l = ad_add(c, l, ad_sum(c, nn_cross_entropy_loss_ext(c, z, ad_softmax(c, q, 1), NN_NONE, &o)));
+  int64_t zs[3] = {2, 3, 2}, z2[2] = {6, 2}, n6 = 6; /* [N,T,C]: C = 2 */
+  ad_tensor *zl = ad_reshape(c, z, 3, zs);
+  nn_sequence_ce_opts so = {.ignore = true, .ignore_index = 0, .class_last = true};
+  l = ad_add(c, l, ad_sum(c, nn_sequence_cross_entropy_loss(c, zl, lab2, NN_NONE, &so)));
+  ad_tensor *z62 = ad_reshape(c, z, 2, z2), *lab6 = ad_reshape(c, lab2, 1, &n6);
+  l = ad_add(c, l, ad_sum(c, nn_cross_entropy_loss(c, z62, lab6, NN_NONE)));
+  l = ad_add(c, l, ad_sum(c, nn_nll_loss(c, ad_log_softmax(c, z62, 1), lab6, NN_NONE)));
+  l = ad_add(c, l, ad_sum(c, nn_mse_loss(c, z, q, NN_NONE)));
+  ad_tensor *one = ad_narrow(c, lab6, 0, 1, 1);
+  int64_t two = 2;
+  l = ad_add(c, l,
+             ad_sum(c, nn_multi_margin_loss(c, ad_reshape(c, ad_narrow(c, z62, 0, 0, 1), 1, &two),
+                                            one, 1, 1.0, NULL, NN_NONE)));
+  ad_status st = l ? ad_backward(c, l, NULL) : ad_last_status(c);
+  ad_tensor_free(cw), ad_tensor_free(lab2);
+  return st;
+}
+
+Test(nn_oom, losses_none) {
+  sweep(&(scenario){"losses_none", setup_kind, run_losses_none, print_grads, false, false});
+}
+
 /* ------------------------------------------------------------ idx */
 
 static void setup_idx(world *w) {
