@@ -1570,7 +1570,8 @@ NN_API ad_tensor *nn_huber_loss_delta(ad_ctx *ctx, ad_tensor *pred, ad_tensor *t
  * divergence per sample; NN_MEAN divides by the number of elements (batch
  * times classes), which is not the KL divergence, as PyTorch warns;
  * NN_SUM is the sum; NN_NONE the terms, of input's shape. An empty batch
- * gives NaN with NN_MEAN and NN_BATCHMEAN, 0 with NN_SUM. Values and gradients are PyTorch 1.13's,
+ * gives NaN with NN_MEAN and NN_BATCHMEAN, 0 with NN_SUM. Values and
+ * gradients are PyTorch 1.13's,
  * also at the edges: input's gradient is -target (-exp(target)); a
  * target that requires a gradient gets log target + 1 - input (exp(target)
  * (target - input + 1)), which is NaN where target is 0 (PyTorch's xlogy
@@ -1664,9 +1665,9 @@ NN_API ad_tensor *nn_cosine_embedding_loss(ad_ctx *ctx, ad_tensor *x1, ad_tensor
  * the gradient). A zero distance (eps 0, equal rows) has gradient 0, as
  * torch's norm. anchor, positive and negative share one shape of at least
  * 1 dim; NN_NONE gives one loss per row, anchor's shape without its last
- * dim (0-d for 1-D inputs). Errors: those above; AD_ERR_SHAPE for shapes that differ;
- * AD_ERR_ARG for p not positive and finite (torch takes p <= 0, which is
- * no distance), and for a bad eps. */
+ * dim (0-d for 1-D inputs). Errors: those above; AD_ERR_SHAPE for shapes
+ * that differ; AD_ERR_ARG for p not positive and finite (torch takes p <=
+ * 0, which is no distance), and for a bad eps. */
 NN_API ad_tensor *nn_triplet_margin_loss(ad_ctx *ctx, ad_tensor *anchor, ad_tensor *positive,
                                          ad_tensor *negative, double margin, double p, double eps,
                                          bool swap, nn_reduction red);
@@ -1678,8 +1679,8 @@ NN_API ad_tensor *nn_triplet_margin_loss(ad_ctx *ctx, ad_tensor *anchor, ad_tens
  * input's shape, e.g. [C], and gets its gradient as in torch. log sigmoid
  * is -softplus(-x) (within exp(-20) relative of torch's). NN_MEAN is the
  * mean over the samples; NN_NONE gives one per sample, input's shape
- * without its last dim (0-d for a 1-D input). Errors: those above; AD_ERR_SHAPE for a 0-d
- * input or a weight that does not broadcast. */
+ * without its last dim (0-d for a 1-D input). Errors: those above;
+ * AD_ERR_SHAPE for a 0-d input or a weight that does not broadcast. */
 NN_API ad_tensor *nn_multilabel_soft_margin_loss(ad_ctx *ctx, ad_tensor *input, ad_tensor *target,
                                                  ad_tensor *weight, nn_reduction red);
 
@@ -1750,7 +1751,8 @@ NN_API ad_tensor *nn_ctc_loss(ad_ctx *ctx, ad_tensor *log_probs, ad_tensor *targ
  * PyTorch's, dp = (p - t) / max(p (1 - p), 1e-12) per element, not that
  * of the clamped logs: a confident wrong prediction (p = 0 for t = 1, or
  * p = 1 for t = 0) gets about -1e12 or 1e12 (times 1/N for NN_MEAN), not
- * 0. NN_NONE gives the elements, of pred's shape. A target that requires a gradient gets log(1-p) - log p (infinite at
+ * 0. NN_NONE gives the elements, of pred's shape. A target that requires
+ * a gradient gets log(1-p) - log p (infinite at
  * p = 0 or 1), as in PyTorch 1.13. Targets as in nn_mse_loss. A prediction
  * outside [0, 1], or NaN, is refused (AD_ERR_ARG naming it and its
  * element), as PyTorch refuses it. */
@@ -1893,8 +1895,9 @@ NN_API ad_tensor *nn_bce_loss_ext(ad_ctx *ctx, ad_tensor *pred, ad_tensor *targe
 /** PyTorch 1.13's F.binary_cross_entropy_with_logits(z, target, weight,
  * reduction, pos_weight): w ((1 - t) z + (1 + (pw - 1) t) softplus(-z)),
  * which is w (softplus(z) - t z) without pos_weight; NN_MEAN is the mean
- * over the elements, NN_NONE those elements, of the logits' shape. Without options this is nn_bce_with_logits_loss, same
- * bits. Errors as nn_bce_loss_ext's. opts may be NULL. */
+ * over the elements, NN_NONE those elements, of the logits' shape. Without
+ * options this is nn_bce_with_logits_loss, same bits. Errors as
+ * nn_bce_loss_ext's. opts may be NULL. */
 NN_API ad_tensor *nn_bce_with_logits_loss_ext(ad_ctx *ctx, ad_tensor *logits, ad_tensor *target,
                                               nn_reduction red, const nn_bce_opts *opts);
 
