@@ -280,10 +280,9 @@ done:
 }
 
 /* PyTorch 1.13's F.ctc_loss: the per-sample losses, then
+ *   NN_NONE: l_n, [N] (0-d for an unbatched [T,C], as torch's squeeze)
  *   NN_SUM:  sum_n l_n
- *   NN_MEAN: mean_n l_n / max(S_n, 1)   (torch's division, in log_probs' dtype)
- * (NN_NONE, when nn_reduction has it, returns the per-sample losses: [N],
- * or 0-d for an unbatched [T,C].) */
+ *   NN_MEAN: mean_n l_n / max(S_n, 1)   (torch's division, in log_probs' dtype) */
 ad_tensor *nn_ctc_loss(ad_ctx *ctx, ad_tensor *log_probs, ad_tensor *targets,
                        const int64_t *input_lengths, const int64_t *target_lengths, int blank,
                        nn_reduction red, bool zero_infinity) {
@@ -294,6 +293,7 @@ ad_tensor *nn_ctc_loss(ad_ctx *ctx, ad_tensor *log_probs, ad_tensor *targets,
   ad_tensor *l = ctc_per_sample(ctx, log_probs, targets->data, input_lengths, target_lengths, blank,
                                 zero_infinity, &d);
   if (!l) return NULL;
+  if (red == NN_NONE) return log_probs->ndim == 2 ? ad_reshape(ctx, l, 0, NULL) : l;
   if (red == NN_SUM) return ad_sum(ctx, l);
   ad_tensor *len = nn_tmp_tensor(ctx, log_probs->dtype, 1, &d.N);
   if (!len) return NULL;

@@ -17,7 +17,8 @@ TEST_CTX_SUITE(ctc);
 /* A case of tools/gen_ctc_fixtures.py: S the targets' last dim (padded) or
  * size (concatenated); x logits [T,N,C] (direct: log-probabilities);
  * want[d] (d = 0 f64, 1 f32) is {loss, d/dlogits (not for direct),
- * d/dlog_probs} for NN_MEAN, then for NN_SUM. */
+ * d/dlog_probs} for NN_MEAN, then for NN_SUM, then for NN_NONE (there N
+ * losses, 1 unbatched, and the gradients of sum_n (1 + n/2) l_n). */
 typedef struct ctc_case {
   const char *name;
   int64_t T, N, C, S;
@@ -55,9 +56,11 @@ static ad_tensor *targets_of(ad_ctx *c, const ctc_case *k) {
                    : ad_from_data(c, AD_I32, 1, s + 1, k->tg);
 }
 
-/* Runs case k in dtype d (0 f64, 1 f32) with reduction r (0 mean, 1 sum):
- * logits -> log_softmax -> nn_ctc_loss (direct: log-probabilities ->
- * nn_ctc_loss), and checks the loss and the gradients against the fixture. */
+/* Runs case k in dtype d (0 f64, 1 f32) with reduction r (0 mean, 1 sum,
+ * 2 none): logits -> log_softmax -> nn_ctc_loss (direct: log-probabilities
+ * -> nn_ctc_loss), and checks the loss (none: the per-sample losses, [N] or
+ * 0-d unbatched) and the gradients (none: of sum_n (1 + n/2) l_n) against
+ * the fixture. */
 static void check_case(const ctc_case *k, int d, int r) {
   ad_dtype dt = d ? AD_F32 : AD_F64;
   ad_tape_reset(ctx);
@@ -69,20 +72,34 @@ static void check_case(const ctc_case *k, int d, int r) {
   ad_tensor *lp = k->direct ? x : ad_log_softmax(ctx, x, 2);
   if (!k->direct) ad_tensor_retain_grad(lp);
   ad_tensor *in = k->unbatched ? ad_reshape(ctx, lp, 2, s2) : lp;
-  ad_tensor *l = nn_ctc_loss(ctx, in, tg, k->il, k->tl, k->blank, r ? NN_SUM : NN_MEAN, k->zinf);
+  static const nn_reduction reds[3] = {NN_MEAN, NN_SUM, NN_NONE};
+  ad_tensor *l = nn_ctc_loss(ctx, in, tg, k->il, k->tl, k->blank, reds[r], k->zinf);
   cr_assert_not_null(l, "%s: %s", k->name, ad_last_error(ctx));
-  cr_assert_eq(l->ndim, 0);
+  bool none = r == 2;
+  int nl = none ? (int)k->N : 1; /* the losses: N per-sample ones with none */
+  cr_assert_eq(l->ndim, none && !k->unbatched ? 1 : 0, "%s: %d dims", k->name, l->ndim);
+  cr_assert_eq(l->size, nl);
   int64_t len = 1 + (k->direct ? 1 : 2) * TNC;
   const double *want = k->want[d] + r * len;
   /* f32: torch's recursion and this one round alike per op but differ in
    * the order of some sums */
   double rtol = d ? 2e-5 : 1e-12, atol = d ? 2e-6 : 1e-14;
   char what[160];
-  const char *tag = d ? "f32" : "f64", *red = r ? "sum" : "mean";
+  const char *tag = d ? "f32" : "f64", *red = r == 2 ? "none" : r ? "sum" : "mean";
   snprintf(what, sizeof what, "%s %s %s loss", k->name, tag, red);
-  expect_close(ad_tensor_item(l), want[0], rtol, atol, what, 0);
-  cr_assert_eq(ad_backward(ctx, l, NULL), AD_OK, "%s", ad_last_error(ctx));
-  int at = 1;
+  for (int n = 0; n < nl; n++) expect_close(ad_tensor_get(l, n), want[n], rtol, atol, what, n);
+  if (none) { /* sum_n W_n l_n, the generator's weights */
+    ad_tensor *w = ad_zeros(ctx, dt, l->ndim, l->shape);
+    cr_assert_not_null(w);
+    for (int n = 0; n < nl; n++) ad_tensor_set(w, n, 1.0 + 0.5 * n);
+    ad_tensor *lw = ad_sum(ctx, ad_mul(ctx, l, w));
+    cr_assert_not_null(lw, "%s", ad_last_error(ctx));
+    cr_assert_eq(ad_backward(ctx, lw, NULL), AD_OK, "%s", ad_last_error(ctx));
+    ad_tensor_free(w);
+  } else {
+    cr_assert_eq(ad_backward(ctx, l, NULL), AD_OK, "%s", ad_last_error(ctx));
+  }
+  int at = nl;
   if (!k->direct) {
     snprintf(what, sizeof what, "%s %s %s d/dlogits", k->name, tag, red);
     for (int64_t i = 0; i < TNC; i++)
@@ -99,7 +116,7 @@ static void check_case(const ctc_case *k, int d, int r) {
 Test(ctc, values_and_gradients_match_torch) {
   for (int c = 0; c < NCASES; c++)
     for (int d = 0; d < 2; d++)
-      for (int r = 0; r < 2; r++) check_case(&CTC_CASES[c], d, r);
+      for (int r = 0; r < 3; r++) check_case(&CTC_CASES[c], d, r);
 }
 
 /* ------------------------------------------------------------- gradcheck */

@@ -13,9 +13,12 @@ takes them), input and target lengths, and the input values: logits [T,N,C]
 (the test takes log_softmax over C, as a model would) or, for `direct`
 cases, log-probabilities that are the loss's input themselves. Every case
 runs in float64 and in float32 (the float32 inputs are the float64 ones
-rounded) and gives, for reduction 'mean' then 'sum':
+rounded) and gives, for reduction 'mean', then 'sum', then 'none':
 
     {loss, d loss / d logits [T*N*C], d loss / d log_probs [T*N*C]}
+
+where for 'none' the loss is the N per-sample losses (1 unbatched) and the
+gradients are those of sum_n W_n loss_n with W_n = 1 + n / 2.
 
 (direct cases: the logits part is absent). d/dlogits is torch's own,
 end to end through log_softmax. d/dlog_probs is the TRUE derivative,
@@ -129,11 +132,18 @@ def run(c, dt, red):
     else:
         loss = F.ctc_loss(lp, tg, il, tl, blank=c["blank"], reduction=red,
                           zero_infinity=c["zinf"])
-    loss.backward()
+    # 'none': the per-sample losses, differentiated through sum(loss * W)
+    W = torch.tensor([1.0 + 0.5 * n for n in range(N)], dtype=torch.float64)
+    if red == "none":
+        (loss * W.to(dt).reshape(loss.shape)).sum().backward()
+    else:
+        loss.backward()
     # the true gradient: torch's native one minus w_n exp(lp) on t < il_n
     w = torch.ones(N, dtype=torch.float64)
     if red == "mean":
         w = 1.0 / (N * torch.clamp(tl.double(), min=1))
+    elif red == "none":
+        w = W
     frames = (torch.arange(T)[:, None] < il[None, :]).double()[:, :, None]
     e = torch.where(frames > 0, lp.detach().double().exp(), torch.zeros(()))
     true = lp.grad.double() - e * w[None, :, None]
@@ -144,7 +154,7 @@ def run(c, dt, red):
         true[:, inf, :] = 0
     if dt == torch.float64:
         check_true(c, lp.detach(), true, w)
-    out = [loss.item()]
+    out = loss.detach().double().flatten().tolist()
     if not c["direct"]:
         out += x.grad.double().flatten().tolist()
     return out + true.flatten().tolist()
@@ -184,7 +194,7 @@ for i, c in enumerate(CASES):
     print("static const int64_t CTC_%d_TL[%d] = {%s};" % (i, c["N"],
                                                      ", ".join(str(v) for v in c["tl"])))
     for dn, dt in (("F64", torch.float64), ("F32", torch.float32)):
-        vals = run(c, dt, "mean") + run(c, dt, "sum")
+        vals = run(c, dt, "mean") + run(c, dt, "sum") + run(c, dt, "none")
         print(c_double_array("CTC_%d_%s" % (i, dn), vals))
 print("static const ctc_case CTC_CASES[] = {")
 for i, c in enumerate(CASES):

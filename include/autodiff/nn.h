@@ -1716,8 +1716,9 @@ NN_API ad_tensor *nn_multi_margin_loss(ad_ctx *ctx, ad_tensor *input, ad_tensor 
  *   during the call (PyTorch takes lists or tensors): input_lengths[n] in
  *   0..T, target_lengths[n] >= 0 (and <= S when padded).
  * - blank in 0..C-1 (PyTorch's default 0).
- * - red: NN_SUM, the sum of the losses, or NN_MEAN, the mean over the
- *   batch of each loss divided by max(target length, 1) (PyTorch's rule).
+ * - red: NN_SUM, the sum of the losses; NN_MEAN, the mean over the
+ *   batch of each loss divided by max(target length, 1) (PyTorch's rule);
+ *   NN_NONE, the per-sample losses [N] (0-d for an unbatched log_probs).
  * - zero_infinity: an impossible sample (input shorter than its target plus
  *   the blanks its repeated labels need, or every alignment through a
  *   log-probability of -inf) has loss inf and, as in PyTorch, NaN gradient
@@ -1729,8 +1730,8 @@ NN_API ad_tensor *nn_multi_margin_loss(ad_ctx *ctx, ad_tensor *input, ad_tensor 
  * the same gradient of the logits (see docs/porting-from-pytorch.md).
  * Also: a log-probability below -1e30 counts as -inf, a log-likelihood
  * below -5e29 as impossible; an input length 0 with a non-empty target is
- * inf (PyTorch reads out of range there). The result is a scalar on the
- * tape. Errors (NULL returned, message naming ctc_loss): AD_ERR_NULL
+ * inf (PyTorch reads out of range there). The result is on the tape: a
+ * scalar, or the per-sample losses with NN_NONE. Errors (NULL returned, message naming ctc_loss): AD_ERR_NULL
  * (ctx, a tensor or a lengths array NULL), AD_ERR_STATE / AD_ERR_ARG for a
  * freed tensor or one of another context, AD_ERR_DTYPE (log_probs not
  * float, targets not AD_I32), AD_ERR_SHAPE (log_probs not 2-D or 3-D or
@@ -1738,8 +1739,8 @@ NN_API ad_tensor *nn_multi_margin_loss(ad_ctx *ctx, ad_tensor *input, ad_tensor 
  * is not the lengths' sum, more elements than i32 indices reach),
  * AD_ERR_ARG (a length out of range, named with its sample; a label out
  * of range or equal to blank, named with its position, which PyTorch does
- * not check; blank out of range; a reduction other than NN_MEAN and
- * NN_SUM), AD_ERR_OOM. Cost: T steps of about 8 ops on [N, 2S+1]
+ * not check; blank out of range; NN_BATCHMEAN or an unknown reduction),
+ * AD_ERR_OOM. Cost: T steps of about 8 ops on [N, 2S+1]
  * tensors (S the longest target). */
 NN_API ad_tensor *nn_ctc_loss(ad_ctx *ctx, ad_tensor *log_probs, ad_tensor *targets,
                               const int64_t *input_lengths, const int64_t *target_lengths,
