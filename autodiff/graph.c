@@ -615,6 +615,7 @@ static void attrs_str(const ad_op_def *def, const ad_tensor *t, sbuf *out) {
     break;
   case AD_ATTRS_EMBEDDING:
     if (a->embedding.padding) sb_put(&b, " padding_idx %lld", (long long)a->embedding.padding_idx);
+    if (a->embedding.scale_grad_by_freq) sb_put(&b, " scale_grad_by_freq");
     break;
   case AD_ATTRS_LAYER_NORM:
     sb_put(&b, " normalized_shape [");

@@ -1286,6 +1286,7 @@ ad_status ad_unstack(ad_ctx *ctx, ad_tensor *x, int axis, ad_tensor **out) {
  *
  *   y[j] = w[idx[j]]                   (rows of w [num, dim]; idx any shape)
  *   dw   = index_add(dy masked, idx)   (rows at padding_idx get nothing)
+ *          with scale_grad_by_freq, dy[j] / count(idx[j]) in place of dy[j]
  *
  * index_select with PyTorch's padding_idx and an error that names the bad
  * index, where it is and the vocabulary size. */
@@ -1345,9 +1346,28 @@ static void embedding_fwd(const ad_call *c) {
     memcpy((char *)c->out->data + (size_t)i * row, (const char *)w->data + (size_t)p[i] * row, row);
 }
 
+/* 1 / count(idx[j]) for each position j, [idx.shape, 1] (a constant of
+ * the tape): the factors of scale_grad_by_freq. */
+static ad_tensor *freq_scale(ad_ctx *ctx, ad_dtype dt, const ad_tensor *idx, int64_t num) {
+  int64_t ms[AD_MAX_DIMS];
+  memcpy(ms, idx->shape, sizeof(int64_t) * (size_t)idx->ndim);
+  ms[idx->ndim] = 1;
+  size_t bytes = (size_t)num * sizeof(int64_t);
+  int64_t *count = ad_malloc(ctx, bytes ? bytes : 1);
+  if (!count) return NULL;
+  memset(count, 0, bytes);
+  const int32_t *p = idx->data;
+  for (int64_t i = 0; i < idx->size; i++) count[p[i]]++;
+  ad_tensor *s = ad_tmp_full(ctx, dt, idx->ndim + 1, ms, 1.0);
+  for (int64_t i = 0; s && i < idx->size; i++) ad_tensor_set(s, i, 1.0 / (double)count[p[i]]);
+  ad_free(ctx, count, bytes ? bytes : 1);
+  return s;
+}
+
 /* The rows of dy whose index is the padding row are replaced by zeros
- * (where, not a product: a NaN there sends nothing either), then added up
- * per index. */
+ * (where, not a product: a NaN there sends nothing either), scaled by
+ * 1 / count with scale_grad_by_freq (PyTorch's dw[i] += dy[j] / count),
+ * then added up per index. */
 static ad_status embedding_bwd(const ad_call *c) {
   if (!c->needs[0]) return AD_OK;
   ad_ctx *ctx = c->ctx;
@@ -1366,13 +1386,19 @@ static ad_status embedding_bwd(const ad_call *c) {
       if (p[i] == pad) ad_tensor_set(keep, i, 0.0);
     g = ad_where(ctx, keep, g, ad_scalar(ctx, g->dtype, 0.0));
   }
+  if (c->attrs->embedding.scale_grad_by_freq && idx->size > 0) {
+    ad_tensor *s = freq_scale(ctx, g ? g->dtype : w->dtype, idx, w->shape[0]);
+    if (!s) return ad_last_status(ctx);
+    g = ad_mul(ctx, g, s);
+  }
   return ad_call_set_grad(c, 0, ad_index_add(ctx, g, idx, w->shape[0]));
 }
 
 /* As index_select's, the padding row's dy left out (scatter_rows: the
- * same bits as the zeros the backward puts there). */
+ * same bits as the zeros the backward puts there). Declined with
+ * scale_grad_by_freq (the backward scales dy). */
 static bool embedding_grad_into(const ad_call *c, int k, ad_tensor *grad, bool overwrite) {
-  if (k != 0 || !overwrite) return false;
+  if (k != 0 || !overwrite || c->attrs->embedding.scale_grad_by_freq) return false;
   scatter_rows(grad, c->gout, c->in[1], padding_row(&c->attrs->embedding, c->in[0]->shape[0]));
   return true;
 }
@@ -1383,17 +1409,33 @@ ad_tensor *ad_embedding(ad_ctx *ctx, ad_tensor *weight, ad_tensor *indices, int6
   return ad_apply2(ctx, AD_OP_EMBEDDING, weight, indices, &at);
 }
 
+ad_tensor *ad_embedding_ext(ad_ctx *ctx, ad_tensor *weight, ad_tensor *indices,
+                            const ad_embedding_opts *opts) {
+  ad_embedding_opts o = {0};
+  if (opts) o = *opts;
+  ad_attrs at = {.embedding = {.padding = o.padding,
+                               .padding_idx = o.padding ? o.padding_idx : 0,
+                               .scale_grad_by_freq = o.scale_grad_by_freq}};
+  return ad_apply2(ctx, AD_OP_EMBEDDING, weight, indices, &at);
+}
+
 /* [5, 3] weights; indices [2, 3] that repeat rows (+= in the backward),
  * without padding, with padding_idx 3 and with -2 (row 3 too). The padding
  * row's gradient is 0 by definition, not the derivative (the row is looked
  * up all the same), so central differences would disagree: the samples keep
- * it out of the indices; the value fixture and tests/test_seq.c check it. */
+ * it out of the indices; the value fixture and tests/test_seq.c check it.
+ * So is scale_grad_by_freq's for a repeated row: variant 3 scales with
+ * indices that name each row once (count 1: the derivative), its path
+ * checked to the second order; tests/test_nn_embbag.c checks the counts
+ * against PyTorch. */
 static int embedding_sample(const ad_sample_call *s) {
-  static const int32_t v[3][6] = {{0, 2, 2, 4, 1, 0}, {2, 1, 2, 4, 0, 1}, {4, 2, 1, 4, 4, 0}};
+  static const int32_t v[4][6] = {
+      {0, 2, 2, 4, 1, 0}, {2, 1, 2, 4, 0, 1}, {4, 2, 1, 4, 4, 0}, {4, 2, 1, 0}};
   int k = s->variant;
-  if (k > 2) return 0;
-  int64_t sw[2] = {5, 3}, si[2] = {2, 3};
-  s->attrs->embedding = (ad_embedding_attrs){.padding = k > 0, .padding_idx = k == 1 ? 3 : -2};
+  if (k > 3) return 0;
+  int64_t sw[2] = {5, 3}, si[2] = {2, k == 3 ? 2 : 3};
+  s->attrs->embedding = (ad_embedding_attrs){
+      .padding = k == 1 || k == 2, .padding_idx = k == 1 ? 3 : -2, .scale_grad_by_freq = k == 3};
   s->in[0] = ad_sample_tensor(s, 2, sw, -1, 1, true);
   s->in[1] = ad_from_data(s->ctx, AD_I32, 2, si, v[k]);
   return s->in[0] && s->in[1] ? 2 : -1;
@@ -1410,5 +1452,5 @@ const ad_op_def ad_def_embedding = {
     .sample = embedding_sample,
     .math = "y[j] = w[idx[j]] (rows)",
     .inputs = {"w", "idx"},
-    .grads = {"index_add(dy where idx != padding_idx else 0, idx, rows(w))", NULL},
+    .grads = {"index_add(dy where idx != padding_idx else 0 [/ count(idx)], idx, rows(w))", NULL},
 };

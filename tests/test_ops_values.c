@@ -75,7 +75,7 @@ static const attr_key attr_keys[] = {
     /* sh sw pt pb pl pr dh dw groups same oph opw kh kw */
     {"conv", AD_ATTRS_CONV, 14, 14},
     {"conv1d", BUILDER_ONLY, 6, 6},          /* stride pl pr dilation groups same of ad_conv1d */
-    {"embedding", AD_ATTRS_EMBEDDING, 2, 2}, /* padding (0 or 1), padding_idx */
+    {"embedding", AD_ATTRS_EMBEDDING, 2, 3}, /* padding (0 or 1), padding_idx, freq (0 or 1) */
     {"layer_norm", AD_ATTRS_LAYER_NORM, 1, AD_MAX_DIMS}, /* eps (a real), normalized_shape */
     {"cross_entropy", AD_ATTRS_CROSS_ENTROPY, 3, 3},     /* ignore (0 or 1), ignore_index, sum */
     {"clamp", AD_ATTRS_CLAMP, 0, 0},                     /* lo hi, two reals */
@@ -440,7 +440,7 @@ static bool typed_attrs(parser *ps, fx_case *c) {
     at->conv = conv_attrs_of(v);
     break;
   case AD_ATTRS_EMBEDDING:
-    at->embedding = (ad_embedding_attrs){v[0] != 0, v[1]};
+    at->embedding = (ad_embedding_attrs){v[0] != 0, v[1], a->n > 2 && v[2] != 0};
     break;
   case AD_ATTRS_LAYER_NORM:
     at->layer_norm.ndim = a->n;
@@ -716,6 +716,7 @@ static bool same_member(int kind, const ad_attrs *a, const ad_attrs *b) {
   }
   case AD_ATTRS_EMBEDDING:
     return a->embedding.padding == b->embedding.padding &&
+           a->embedding.scale_grad_by_freq == b->embedding.scale_grad_by_freq &&
            (!a->embedding.padding || a->embedding.padding_idx == b->embedding.padding_idx);
   case AD_ATTRS_LAYER_NORM:
     if (a->layer_norm.ndim != b->layer_norm.ndim || a->layer_norm.eps != b->layer_norm.eps)
@@ -879,7 +880,13 @@ static ad_tensor *run_builder(ad_ctx *cx, const fx_case *c, ad_tensor **in, bool
     break;
   }
   case AD_ATTRS_EMBEDDING:
-    if (!strcmp(op, "embedding")) return ad_embedding(cx, x, y, v[0] ? v[1] : AD_NO_PADDING);
+    if (strcmp(op, "embedding")) break;
+    if (a->n > 2 && v[2]) {
+      ad_embedding_opts eo = {
+          .padding = v[0] != 0, .padding_idx = v[1], .scale_grad_by_freq = true};
+      return ad_embedding_ext(cx, x, y, &eo);
+    }
+    return ad_embedding(cx, x, y, v[0] ? v[1] : AD_NO_PADDING);
     break;
   case AD_ATTRS_LAYER_NORM:
     if (!strcmp(op, "layer_norm"))

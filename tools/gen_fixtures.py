@@ -62,7 +62,8 @@ builder the arguments it takes:
                                   right), dilation, groups, same (0 or 1),
                                   output_padding, kernel (0 where unused)
     attr conv1d S PL PR D G SAME  conv1d: stride, padding, dilation, groups
-    attr embedding PAD IDX        embedding: padding (0 or 1), padding_idx
+    attr embedding PAD IDX [FREQ] embedding: padding (0 or 1), padding_idx,
+                                  scale_grad_by_freq (0 or 1; absent: 0)
     attr layer_norm EPS D0 ...    layer_norm: eps, the normalized shape
     attr clamp LO HI              clamp, clamp_backward: the bounds (reals;
                                   inf, -inf and nan as written)
@@ -729,10 +730,13 @@ add("softmax_ce_empty", "softmax_cross_entropy",
 # F.layer_norm (biased variance), F.cross_entropy on K-dim logits.
 
 
-def emb_case(label, ws, ix, pad=None):
+def emb_case(label, ws, ix, pad=None, freq=False):
     attr = ("embedding", 0 if pad is None else 1, 0 if pad is None else pad)
+    if freq:
+        attr += (1,)
     add(label, "embedding", lambda rng, ws=ws, ix=ix: [("in", U(rng, ws)), ("const", ix)],
-        lambda t, pad=pad: F.embedding(t[1], t[0], padding_idx=pad), attr=attr)
+        lambda t, pad=pad: F.embedding(t[1], t[0], padding_idx=pad, scale_grad_by_freq=freq),
+        attr=attr)
 
 
 emb_case("embedding_2d_idx", (5, 3), idx([[0, 2, 2], [4, 1, 0]]))
@@ -742,6 +746,9 @@ emb_case("embedding_0d_idx", (3, 5), idx(2))
 emb_case("embedding_pad", (5, 3), idx([[0, 2, 2], [4, 2, 0]]), pad=2)
 emb_case("embedding_pad_neg", (5, 3), idx([[4, 1], [4, 3]]), pad=-1)
 emb_case("embedding_pad_absent", (4, 2), idx([0, 1, 1]), pad=3)
+# scale_grad_by_freq: each row's gradient over its count among the indices
+emb_case("embedding_freq", (5, 3), idx([[0, 2, 2], [4, 2, 0]]), freq=True)
+emb_case("embedding_freq_pad", (5, 3), idx([[1, 2, 2], [4, 2, 1], [1, 3, 3]]), pad=2, freq=True)
 
 
 def ln_case(label, xs, k, affine=(True, True), eps=1e-5):

@@ -752,6 +752,23 @@ AD_API ad_tensor *ad_index_add(ad_ctx *ctx, ad_tensor *src, ad_tensor *idx, int6
  * AD_I32). */
 AD_API ad_tensor *ad_embedding(ad_ctx *ctx, ad_tensor *weight, ad_tensor *indices,
                                int64_t padding_idx);
+/** Options of ad_embedding_ext; the zero value (or NULL) is ad_embedding
+ * without a padding row. */
+typedef struct ad_embedding_opts {
+  bool padding;            /**< with padding_idx (PyTorch's padding_idx=None: false) */
+  int64_t padding_idx;     /**< as ad_embedding's: -num..num-1 */
+  bool scale_grad_by_freq; /**< PyTorch's scale_grad_by_freq */
+} ad_embedding_opts;
+/** ad_embedding with PyTorch's scale_grad_by_freq as well
+ * (torch.nn.functional.embedding(..., scale_grad_by_freq=True)): the
+ * gradient of each row of weight is divided by the number of times the
+ * indices of this call name it (dw = index_add(dy / count(idx), idx)), the
+ * padding row's still none. The forward is ad_embedding's, and so are the
+ * errors. The gradient is linear in dy, written with the engine's ops, so
+ * it is differentiable again (PyTorch's double backward leaves the
+ * scaling out; this one keeps it). */
+AD_API ad_tensor *ad_embedding_ext(ad_ctx *ctx, ad_tensor *weight, ad_tensor *indices,
+                                   const ad_embedding_opts *opts);
 
 /** reductions; axis may be negative; keepdim keeps it with length 1. As in
  * PyTorch, a reduced dim may have length 0: the reduction of no element is

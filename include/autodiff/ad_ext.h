@@ -196,10 +196,12 @@ typedef struct ad_attention_attrs {
 
 /** embedding: the row of the weight that gets no gradient, when padding;
  * padding_idx in -num..num-1, a negative one counting from the end (PyTorch's
- * padding_idx) */
+ * padding_idx); scale_grad_by_freq divides each row's gradient by the
+ * number of times the indices name it */
 typedef struct ad_embedding_attrs {
-  bool padding;        /**< whether a row gets no gradient */
-  int64_t padding_idx; /**< that row */
+  bool padding;            /**< whether a row gets no gradient */
+  int64_t padding_idx;     /**< that row */
+  bool scale_grad_by_freq; /**< PyTorch's scale_grad_by_freq */
 } ad_embedding_attrs;
 
 /** layer_norm: the normalized shape (the input's last ndim dims) and eps */
