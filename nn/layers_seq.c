@@ -15,6 +15,8 @@
 
 typedef struct emb_state {
   int64_t num, dim, padding_idx; /* padding_idx in 0..num-1, or AD_NO_PADDING */
+  double max_norm, norm_type;    /* max_norm 0: none; norm_type 0: 2 */
+  bool scale_grad_by_freq;
   ad_tensor *w;
 } emb_state;
 
@@ -29,7 +31,12 @@ static ad_tensor *emb_forward(nn_layer *l, ad_tensor *x, bool training) {
                  ad_shape_str(x, a, sizeof a), ad_dtype_name(x->dtype));
     return NULL;
   }
-  return ad_embedding(ctx, s->w, x, s->padding_idx);
+  if (s->max_norm > 0 && nn_embedding_renorm(ctx, s->w, x, s->max_norm, s->norm_type) != AD_OK)
+    return NULL;
+  ad_embedding_opts eo = {.padding = s->padding_idx != AD_NO_PADDING,
+                          .padding_idx = s->padding_idx != AD_NO_PADDING ? s->padding_idx : 0,
+                          .scale_grad_by_freq = s->scale_grad_by_freq};
+  return ad_embedding_ext(ctx, s->w, x, &eo);
 }
 
 static void emb_free(nn_layer *l) {
@@ -43,15 +50,41 @@ static void emb_describe(const nn_layer *l, nn_text *t) {
   nn_text_add(t, "%lld, %lld", (long long)s->num, (long long)s->dim);
   if (s->padding_idx != AD_NO_PADDING)
     nn_text_add(t, ", padding_idx=%lld", (long long)s->padding_idx);
+  if (s->max_norm > 0) {
+    nn_text_add(t, ", max_norm=");
+    nn_text_num(t, s->max_norm);
+  }
+  if (s->norm_type != 0 && s->norm_type != 2) {
+    nn_text_add(t, ", norm_type=");
+    nn_text_num(t, s->norm_type);
+  }
+  if (s->scale_grad_by_freq) nn_text_add(t, ", scale_grad_by_freq=True");
 }
 
 static const nn_layer_ops emb_ops = {emb_forward, emb_free, emb_describe};
 
 nn_layer *nn_embedding_new(ad_ctx *ctx, int64_t num, int64_t dim, ad_rng *rng,
                            const nn_embedding_opts *opts) {
+  nn_embedding_ext_opts e = {.max_norm = 0};
+  if (opts) e.base = *opts;
+  return nn_embedding_new_ext(ctx, num, dim, rng, &e);
+}
+
+nn_layer *nn_embedding_new_ext(ad_ctx *ctx, int64_t num, int64_t dim, ad_rng *rng,
+                               const nn_embedding_ext_opts *opts) {
   if (!ctx) return NULL;
-  nn_embedding_opts o = {0};
-  if (opts) o = *opts;
+  nn_embedding_ext_opts x = {.max_norm = 0};
+  if (opts) x = *opts;
+  nn_embedding_opts o = x.base;
+  if (!(x.max_norm >= 0) || isinf(x.max_norm)) {
+    ad_set_error(ctx, AD_ERR_ARG, "embedding: max_norm %g must be finite and >= 0 (0: none)",
+                 x.max_norm);
+    return NULL;
+  }
+  if (!(x.norm_type >= 0)) {
+    ad_set_error(ctx, AD_ERR_ARG, "embedding: norm_type %g must be > 0 or inf (0: 2)", x.norm_type);
+    return NULL;
+  }
   if (num < 1 || dim < 1) {
     ad_set_error(ctx, AD_ERR_ARG,
                  "embedding: num_embeddings %lld and embedding_dim %lld must be >= 1",
@@ -74,7 +107,10 @@ nn_layer *nn_embedding_new(ad_ctx *ctx, int64_t num, int64_t dim, ad_rng *rng,
                    .dim = dim,
                    .padding_idx = !o.padding          ? AD_NO_PADDING
                                   : o.padding_idx < 0 ? o.padding_idx + num
-                                                      : o.padding_idx};
+                                                      : o.padding_idx,
+                   .max_norm = x.max_norm,
+                   .norm_type = x.norm_type,
+                   .scale_grad_by_freq = x.scale_grad_by_freq};
   nn_layer *l = nn_layer_new_ext(ctx, "embedding", &emb_ops, s);
   if (!l) {
     ad_free(ctx, s, sizeof *s);

@@ -1033,6 +1033,121 @@ typedef struct nn_embedding_opts {
 NN_API nn_layer *nn_embedding_new(ad_ctx *ctx, int64_t num, int64_t dim, ad_rng *rng,
                                   const nn_embedding_opts *opts);
 
+/** Options of nn_embedding_new_ext: nn_embedding_opts and PyTorch's
+ * max_norm, norm_type and scale_grad_by_freq (a struct of its own:
+ * nn_embedding_opts has no padding left for two doubles). All-zero means
+ * PyTorch's defaults. */
+typedef struct nn_embedding_ext_opts {
+  nn_embedding_opts base;  /**< padding_idx, weight_init, dtype */
+  double max_norm;         /**< > 0: renormalise the rows looked up (see
+                                nn_embedding_renorm); 0: none (PyTorch's None) */
+  double norm_type;        /**< the p of max_norm's p-norm, > 0 or inf; 0 means 2 */
+  bool scale_grad_by_freq; /**< each row's gradient over its count in the
+                                forward's indices (ad_embedding_ext) */
+} nn_embedding_ext_opts;
+
+/** nn_embedding_new with PyTorch's max_norm, norm_type and
+ * scale_grad_by_freq (nn.Embedding(..., max_norm=, norm_type=,
+ * scale_grad_by_freq=)). With max_norm each forward first renormalises, in
+ * place and without gradient, the rows of "weight" its indices name
+ * (nn_embedding_renorm), then looks them up. opts may be NULL. Errors as
+ * nn_embedding_new's, and AD_ERR_ARG for max_norm < 0 or not finite, or
+ * norm_type < 0 or NaN. The forward's renormalisation marks the weight
+ * modified when it changes a row (ad_tensor_mark_modified): a backward
+ * through an op recorded before it that took the weight then refuses
+ * (AD_ERR_STATE), also an earlier lookup of the same layer in this tape,
+ * which PyTorch allows. sparse=True gradients are not supported. */
+NN_API nn_layer *nn_embedding_new_ext(ad_ctx *ctx, int64_t num, int64_t dim, ad_rng *rng,
+                                      const nn_embedding_ext_opts *opts);
+
+/** torch.embedding_renorm_ (what nn.Embedding's max_norm does): each row of
+ * weight [num, dim] (float) named by indices (AD_I32, any shape; a row
+ * named twice once) whose norm_type-norm (0 means 2; inf: the largest
+ * |element|; computed in weight's dtype) exceeds max_norm is multiplied,
+ * in place and without gradient, by max_norm / (norm + 1e-7); a NaN norm
+ * leaves its row. Marks weight modified when a row changes. Returns AD_OK,
+ * or AD_ERR_NULL, AD_ERR_DTYPE (weight not float, indices not AD_I32),
+ * AD_ERR_SHAPE (weight not 2-D), AD_ERR_ARG (an index outside 0..num-1,
+ * named with its position; max_norm not finite and > 0; norm_type < 0 or
+ * NaN), and the errors of a freed tensor or another context's. */
+NN_API ad_status nn_embedding_renorm(ad_ctx *ctx, ad_tensor *weight, const ad_tensor *indices,
+                                     double max_norm, double norm_type);
+
+/** How an EmbeddingBag reduces a bag (PyTorch's mode; the zero value is
+ * its default, mean). */
+typedef enum nn_bag_mode {
+  NN_BAG_MEAN = 0, /**< 'mean': the sum over the bag's size */
+  NN_BAG_SUM,      /**< 'sum' (the only mode with per_sample_weights) */
+  NN_BAG_MAX       /**< 'max': per dim, over the bag */
+} nn_bag_mode;
+
+/** Options of an EmbeddingBag (and of nn_embedding_bag, which ignores
+ * weight_init and dtype). All-zero means PyTorch's defaults. */
+typedef struct nn_embedding_bag_opts {
+  nn_bag_mode mode;         /**< default NN_BAG_MEAN */
+  bool padding;             /**< with padding_idx (PyTorch's padding_idx=None: false) */
+  int64_t padding_idx;      /**< -num..num-1; its entries are left out of their bag */
+  bool include_last_offset; /**< offsets has B + 1 entries, the last the input's length */
+  double max_norm;          /**< > 0: renormalise the rows looked up; 0: none */
+  double norm_type;         /**< the p of max_norm's norm, > 0 or inf; 0 means 2 */
+  bool scale_grad_by_freq;  /**< sum and mean only, as PyTorch */
+  nn_init weight_init;      /**< default PyTorch's: N(0, 1) */
+  ad_dtype dtype;           /**< default AD_F32 */
+} nn_embedding_bag_opts;
+
+/** torch.nn.functional.embedding_bag: the rows of weight [num, dim] (float)
+ * named by input (AD_I32), reduced per bag to y [B, dim] of weight's
+ * dtype. Bags: a 2-D input [B, L] is B bags of L entries (offsets NULL and
+ * n_offsets 0); a 1-D input [N] is cut by offsets (n_offsets int64 starts:
+ * offsets[0] = 0, none decreasing, none past N; bag b is
+ * offsets[b]..offsets[b+1]-1, the last to N; with include_last_offset
+ * there are n_offsets - 1 bags and the last offset must be N, the CSR
+ * form). Entries whose index is padding_idx are left out: of the sum, the
+ * mean's count and the max; a bag with no entry left gives zeros (every
+ * mode). per_sample_weights (mode sum only; input's shape and weight's
+ * dtype; may be NULL) multiply their entries; they get a gradient too.
+ * max: per dim the first largest entry (a later one replaces it only when
+ * strictly greater, so a NaN counts only as a bag's first entry), and the
+ * gradient goes to that entry's row alone, as PyTorch's. mean divides by
+ * the count in weight's dtype. max_norm, norm_type: nn_embedding_renorm of
+ * all of input's rows (padding ones too) before the lookup, in place;
+ * scale_grad_by_freq as ad_embedding_ext's, counting the indices of this
+ * call. Differentiable to any order in weight and per_sample_weights.
+ * Returns a temporary of the tape, or NULL with AD_ERR_NULL (weight,
+ * input, offsets of a 1-D input), AD_ERR_DTYPE (weight not float, input
+ * not AD_I32, per_sample_weights of another dtype), AD_ERR_SHAPE (weight
+ * not 2-D, input neither 1-D nor 2-D, per_sample_weights of another shape),
+ * AD_ERR_ARG (an index outside 0..num-1 named with its position, offsets
+ * with a 2-D input or missing, offsets[0] != 0, decreasing, past N, a last
+ * offset other than N with include_last_offset, include_last_offset with a
+ * 2-D input, per_sample_weights with mode mean or max, scale_grad_by_freq
+ * with max, a bad mode, padding_idx, max_norm or norm_type), AD_ERR_OOM.
+ * PyTorch 1.13 does not check decreasing offsets or a last offset other
+ * than N (it reads past its buffers); sparse gradients are not supported. */
+NN_API ad_tensor *nn_embedding_bag(ad_ctx *ctx, ad_tensor *weight, ad_tensor *input,
+                                   const int64_t *offsets, int64_t n_offsets,
+                                   ad_tensor *per_sample_weights,
+                                   const nn_embedding_bag_opts *opts);
+
+/** PyTorch's nn.EmbeddingBag(num, dim, ...): weight [num, dim] named
+ * "weight" (PyTorch's name and layout, so a state dict loads), N(0, 1)
+ * from rng with the padding row zeroed, as PyTorch's reset_parameters. Its
+ * nn_layer_forward takes a 2-D input [B, L] (bags of fixed length);
+ * nn_embedding_bag_forward takes offsets and per_sample_weights too.
+ * opts may be NULL. Returns the layer, or NULL with AD_ERR_ARG (num or dim
+ * < 1, a bad mode, padding_idx out of range, max_norm or norm_type bad,
+ * scale_grad_by_freq with max, a bad initializer), AD_ERR_DTYPE,
+ * AD_ERR_NULL (rng) or AD_ERR_OOM. */
+NN_API nn_layer *nn_embedding_bag_new(ad_ctx *ctx, int64_t num, int64_t dim, ad_rng *rng,
+                                      const nn_embedding_bag_opts *opts);
+
+/** EmbeddingBag's forward(input, offsets, per_sample_weights): l's weight
+ * and options through nn_embedding_bag (whose contract holds: offsets NULL
+ * and n_offsets 0 for a 2-D input; per_sample_weights NULL for none).
+ * AD_ERR_ARG when l is not an EmbeddingBag; NULL l returns NULL. */
+NN_API ad_tensor *nn_embedding_bag_forward(nn_layer *l, ad_tensor *input, const int64_t *offsets,
+                                           int64_t n_offsets, ad_tensor *per_sample_weights);
+
 /** Options of a LayerNorm layer. All-zero means PyTorch's defaults. */
 typedef struct nn_layer_norm_opts {
   double eps;     /**< added to the variance; 0 means 1e-5 */

@@ -1,0 +1,493 @@
+/* layers_embbag.c: PyTorch's nn.EmbeddingBag (F.embedding_bag) and
+ * torch.embedding_renorm_ (Embedding's and EmbeddingBag's max_norm),
+ * composed of the engine's public ops, so gradients of gradients work:
+ *
+ *   kept   = the positions whose index is not padding_idx (in order)
+ *   sum:   y = index_add(embedding(w, idx[kept]) [* psw[kept]], bag[kept], B)
+ *   mean:  the sum / max(1, the number of kept entries of the bag)
+ *   max:   y[b, d] = w[r, d], r the first kept entry of bag b with the
+ *          largest w[r, d] (strictly greater replaces: PyTorch's rule, a
+ *          NaN wins only as the first entry); an index_select of the flat
+ *          weight, so the gradient goes to that row alone
+ *   empty bags (no kept entry) give zeros
+ *
+ * The bags are arena AD_I32 index tensors made on the host from the
+ * offsets; the segment sums are index_add (a scatter-add: O(entries * dim),
+ * whatever the vocabulary). max_norm renormalises the rows looked up in
+ * place, without gradient, before the lookup (torch.embedding_renorm_). */
+#include "nn_internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ----------------------------------------------------------- renorm */
+
+static int cmp_i32(const void *a, const void *b) {
+  int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+  return (x > y) - (x < y);
+}
+
+/* PyTorch's row.norm(p): in the row's dtype (a float32 norm is rounded to
+ * float32, as its .item() reads it). */
+static double row_norm(const ad_tensor *w, int64_t r, double p) {
+  int64_t dim = w->shape[1];
+  double acc = 0;
+  for (int64_t j = 0; j < dim; j++) {
+    double v = fabs(ad_tensor_get(w, r * dim + j));
+    if (isinf(p))
+      acc = isnan(v) || v > acc ? v : acc;
+    else
+      acc += p == 1 ? v : p == 2 ? v * v : pow(v, p);
+  }
+  double n = isinf(p) || p == 1 ? acc : p == 2 ? sqrt(acc) : pow(acc, 1 / p);
+  return w->dtype == AD_F32 ? (double)(float)n : n;
+}
+
+/* The check of max_norm and norm_type for fn. */
+static bool renorm_args_ok(ad_ctx *ctx, const char *fn, double max_norm, double norm_type) {
+  if (!(max_norm >= 0) || isinf(max_norm)) {
+    ad_set_error(ctx, AD_ERR_ARG, "%s: max_norm %g must be finite and >= 0 (0: none)", fn,
+                 max_norm);
+    return false;
+  }
+  if (!(norm_type >= 0)) {
+    ad_set_error(ctx, AD_ERR_ARG, "%s: norm_type %g must be > 0 or inf (0: 2)", fn, norm_type);
+    return false;
+  }
+  return true;
+}
+
+/* The renormalisation itself, on checked arguments (indices in range). */
+static ad_status renorm_rows(ad_ctx *ctx, ad_tensor *w, const int32_t *idx, int64_t n,
+                             double max_norm, double p) {
+  if (n == 0) return AD_OK;
+  size_t bytes = (size_t)n * sizeof(int32_t);
+  int32_t *s = ad_malloc(ctx, bytes);
+  if (!s) return ad_last_status(ctx);
+  memcpy(s, idx, bytes);
+  qsort(s, (size_t)n, sizeof *s, cmp_i32);
+  int64_t dim = w->shape[1];
+  bool changed = false;
+  for (int64_t i = 0; i < n; i++) {
+    if (i > 0 && s[i] == s[i - 1]) continue;
+    double norm = row_norm(w, s[i], p);
+    if (!(norm > max_norm)) continue;
+    double scale = max_norm / (norm + 1e-7);
+    if (w->dtype == AD_F32) {
+      float *r = (float *)w->data + (int64_t)s[i] * dim, f = (float)scale;
+      for (int64_t j = 0; j < dim; j++) r[j] *= f;
+    } else {
+      double *r = (double *)w->data + (int64_t)s[i] * dim;
+      for (int64_t j = 0; j < dim; j++) r[j] *= scale;
+    }
+    changed = true;
+  }
+  ad_free(ctx, s, bytes);
+  return changed ? ad_tensor_mark_modified(w) : AD_OK;
+}
+
+/* Checks that weight is a live float [num, dim] tensor of ctx, for fn. */
+static bool weight_ok(ad_ctx *ctx, const char *fn, const ad_tensor *w) {
+  if (nn_check_input(ctx, fn, "weight", w) != AD_OK) return false;
+  char a[64];
+  if (w->dtype != AD_F32 && w->dtype != AD_F64) {
+    ad_set_error(ctx, AD_ERR_DTYPE, "%s: weight %s is %s; it must be float", fn,
+                 ad_shape_str(w, a, sizeof a), ad_dtype_name(w->dtype));
+    return false;
+  }
+  if (w->ndim != 2) {
+    ad_set_error(ctx, AD_ERR_SHAPE, "%s: weight %s must be [num_embeddings, embedding_dim]", fn,
+                 ad_shape_str(w, a, sizeof a));
+    return false;
+  }
+  return true;
+}
+
+/* Checks that the AD_I32 indices are in 0..num-1, naming the first that is
+ * not. */
+static bool indices_ok(ad_ctx *ctx, const char *fn, const ad_tensor *idx, int64_t num) {
+  char a[64];
+  if (idx->dtype != AD_I32) {
+    ad_set_error(ctx, AD_ERR_DTYPE, "%s: indices %s are %s; they must be i32", fn,
+                 ad_shape_str(idx, a, sizeof a), ad_dtype_name(idx->dtype));
+    return false;
+  }
+  const int32_t *p = idx->data;
+  for (int64_t i = 0; i < idx->size; i++) {
+    if (p[i] >= 0 && p[i] < num) continue;
+    ad_set_error(ctx, AD_ERR_ARG,
+                 "%s: index %d at position %lld of indices %s is outside the vocabulary of %lld "
+                 "(0..%lld)",
+                 fn, p[i], (long long)i, ad_shape_str(idx, a, sizeof a), (long long)num,
+                 (long long)num - 1);
+    return false;
+  }
+  return true;
+}
+
+ad_status nn_embedding_renorm(ad_ctx *ctx, ad_tensor *weight, const ad_tensor *indices,
+                              double max_norm, double norm_type) {
+  const char *fn = "embedding_renorm";
+  if (!ctx) return AD_ERR_NULL;
+  if (!weight_ok(ctx, fn, weight)) return ad_last_status(ctx);
+  if (nn_check_input(ctx, fn, "indices", indices) != AD_OK) return ad_last_status(ctx);
+  if (!indices_ok(ctx, fn, indices, weight->shape[0])) return ad_last_status(ctx);
+  if (!(max_norm >= 0) || isinf(max_norm) || max_norm == 0)
+    return ad_set_error(ctx, AD_ERR_ARG, "%s: max_norm %g must be finite and > 0", fn, max_norm);
+  if (!renorm_args_ok(ctx, fn, max_norm, norm_type)) return ad_last_status(ctx);
+  return renorm_rows(ctx, weight, indices->data, indices->size, max_norm,
+                     norm_type == 0 ? 2.0 : norm_type);
+}
+
+/* ----------------------------------------------------------- embedding_bag */
+
+static const char *const mode_names[] = {"mean", "sum", "max"};
+
+/* The bag of each entry of input (1-D with offsets, or 2-D [B, L]) into
+ * bag[], and the number of bags into *nbags; false with the error recorded
+ * for bad offsets. */
+static bool bags_of(ad_ctx *ctx, const char *fn, const ad_tensor *input, const int64_t *offsets,
+                    int64_t n_offsets, bool last, int32_t *bag, int64_t *nbags) {
+  int64_t n = input->size;
+  if (input->ndim == 2) {
+    int64_t L = input->shape[1];
+    *nbags = input->shape[0];
+    for (int64_t i = 0; i < n; i++) bag[i] = (int32_t)(i / L);
+    return true;
+  }
+  int64_t B = last ? n_offsets - 1 : n_offsets;
+  for (int64_t b = 0; b < n_offsets; b++) {
+    int64_t o = offsets[b];
+    if (b == 0 && o != 0) {
+      ad_set_error(ctx, AD_ERR_ARG, "%s: offsets[0] is %lld; the first bag must start at 0", fn,
+                   (long long)o);
+      return false;
+    }
+    if (b > 0 && o < offsets[b - 1]) {
+      ad_set_error(ctx, AD_ERR_ARG,
+                   "%s: offsets decrease at %lld (%lld after %lld); they must not decrease", fn,
+                   (long long)b, (long long)o, (long long)offsets[b - 1]);
+      return false;
+    }
+    if (o > n) {
+      ad_set_error(ctx, AD_ERR_ARG, "%s: offsets[%lld] = %lld is past the end of input (%lld)", fn,
+                   (long long)b, (long long)o, (long long)n);
+      return false;
+    }
+  }
+  if (last && offsets[n_offsets - 1] != n) {
+    ad_set_error(ctx, AD_ERR_ARG,
+                 "%s: with include_last_offset the last offset %lld must be the input's length "
+                 "%lld",
+                 fn, (long long)offsets[n_offsets - 1], (long long)n);
+    return false;
+  }
+  if (B > INT32_MAX) {
+    ad_set_error(ctx, AD_ERR_ARG, "%s: %lld bags are more than an i32 index counts", fn,
+                 (long long)B);
+    return false;
+  }
+  for (int64_t b = 0; b < B; b++) {
+    int64_t end = b + 1 < n_offsets ? offsets[b + 1] : n;
+    for (int64_t i = offsets[b]; i < end; i++) bag[i] = (int32_t)b;
+  }
+  *nbags = B;
+  return true;
+}
+
+/* Checks the arguments of nn_embedding_bag other than the offsets. */
+static bool bag_args_ok(ad_ctx *ctx, const char *fn, ad_tensor *weight, ad_tensor *input,
+                        const int64_t *offsets, int64_t n_offsets, ad_tensor *psw,
+                        const nn_embedding_bag_opts *o) {
+  char a[64], b[64];
+  if (!weight_ok(ctx, fn, weight)) return false;
+  if (nn_check_input(ctx, fn, "input", input) != AD_OK) return false;
+  if (psw && nn_check_input(ctx, fn, "per_sample_weights", psw) != AD_OK) return false;
+  if ((unsigned)o->mode > NN_BAG_MAX) {
+    ad_set_error(ctx, AD_ERR_ARG, "%s: mode %d is none of mean, sum, max", fn, (int)o->mode);
+    return false;
+  }
+  int64_t num = weight->shape[0];
+  if (o->padding && (o->padding_idx < -num || o->padding_idx >= num)) {
+    ad_set_error(ctx, AD_ERR_ARG, "%s: padding_idx %lld is outside -%lld..%lld", fn,
+                 (long long)o->padding_idx, (long long)num, (long long)num - 1);
+    return false;
+  }
+  if (!renorm_args_ok(ctx, fn, o->max_norm, o->norm_type)) return false;
+  if (o->scale_grad_by_freq && o->mode == NN_BAG_MAX) {
+    ad_set_error(ctx, AD_ERR_ARG, "%s: mode max does not support scale_grad_by_freq", fn);
+    return false;
+  }
+  if (o->mode == NN_BAG_MAX && weight->size > INT32_MAX) {
+    ad_set_error(ctx, AD_ERR_ARG, "%s: mode max indexes weight %s's elements with i32; too many",
+                 fn, ad_shape_str(weight, a, sizeof a));
+    return false;
+  }
+  if (input->ndim != 1 && input->ndim != 2) {
+    ad_set_error(ctx, AD_ERR_SHAPE, "%s: input %s must be 1-D (with offsets) or 2-D [B, L]", fn,
+                 ad_shape_str(input, a, sizeof a));
+    return false;
+  }
+  if (!indices_ok(ctx, fn, input, num)) return false;
+  if (input->ndim == 2 && (offsets || n_offsets)) {
+    ad_set_error(ctx, AD_ERR_ARG,
+                 "%s: input %s is 2-D (bags of fixed length): offsets must be NULL and 0", fn,
+                 ad_shape_str(input, a, sizeof a));
+    return false;
+  }
+  if (input->ndim == 2 && o->include_last_offset) {
+    ad_set_error(ctx, AD_ERR_ARG, "%s: include_last_offset needs a 1-D input with offsets", fn);
+    return false;
+  }
+  if (input->ndim == 2 && input->shape[0] > INT32_MAX) {
+    ad_set_error(ctx, AD_ERR_ARG, "%s: input %s has more bags than an i32 index counts", fn,
+                 ad_shape_str(input, a, sizeof a));
+    return false;
+  }
+  if (input->ndim == 1 && !offsets) {
+    ad_set_error(ctx, AD_ERR_NULL, "%s: input %s is 1-D: offsets is NULL", fn,
+                 ad_shape_str(input, a, sizeof a));
+    return false;
+  }
+  if (input->ndim == 1 && n_offsets < 1) {
+    ad_set_error(ctx, AD_ERR_ARG, "%s: %lld offsets; a 1-D input needs at least one", fn,
+                 (long long)n_offsets);
+    return false;
+  }
+  if (psw) {
+    if (o->mode != NN_BAG_SUM) {
+      ad_set_error(ctx, AD_ERR_ARG, "%s: per_sample_weights need mode sum (mode is %s)", fn,
+                   mode_names[o->mode]);
+      return false;
+    }
+    if (psw->dtype != weight->dtype) {
+      ad_set_error(ctx, AD_ERR_DTYPE, "%s: per_sample_weights are %s, weight is %s", fn,
+                   ad_dtype_name(psw->dtype), ad_dtype_name(weight->dtype));
+      return false;
+    }
+    bool same = psw->ndim == input->ndim;
+    for (int k = 0; same && k < input->ndim; k++) same = psw->shape[k] == input->shape[k];
+    if (!same) {
+      ad_set_error(ctx, AD_ERR_SHAPE, "%s: per_sample_weights %s do not have input's shape %s", fn,
+                   ad_shape_str(psw, a, sizeof a), ad_shape_str(input, b, sizeof b));
+      return false;
+    }
+  }
+  return true;
+}
+
+/* max mode: the flat weight's element picked for each bag and dim, and
+ * whether some bag is empty (then *keep is the 1/0 mask of the non-empty
+ * bags, [B, 1]). */
+static ad_tensor *bag_max(ad_ctx *ctx, ad_tensor *w, const int32_t *idx, const int32_t *bag,
+                          const int32_t *kept, int64_t m, int64_t B) {
+  int64_t dim = w->shape[1], sh[2] = {B, dim}, one[2] = {B, 1};
+  ad_tensor *sel = nn_tmp_tensor(ctx, AD_I32, 2, sh);
+  if (!sel) return NULL;
+  int32_t *s = sel->data;
+  for (int64_t i = 0; i < B * dim; i++) s[i] = -1;
+  for (int64_t k = 0; k < m; k++) {
+    int64_t p = kept[k], r = idx[p];
+    int32_t *sb = s + (int64_t)bag[p] * dim;
+    for (int64_t d = 0; d < dim; d++) {
+      double v = ad_tensor_get(w, r * dim + d);
+      if (sb[d] < 0 || v > ad_tensor_get(w, sb[d])) sb[d] = (int32_t)(r * dim + d);
+    }
+  }
+  bool empty = false;
+  for (int64_t b = 0; b < B && !empty; b++) empty = dim > 0 && s[b * dim] < 0;
+  ad_tensor *keep = NULL;
+  if (empty) {
+    if (!(keep = nn_tmp_tensor(ctx, w->dtype, 2, one))) return NULL;
+    for (int64_t b = 0; b < B; b++) {
+      bool e = s[b * dim] < 0;
+      ad_tensor_set(keep, b, e ? 0.0 : 1.0);
+      for (int64_t d = 0; e && d < dim; d++) s[b * dim + d] = 0; /* any row; masked below */
+    }
+  }
+  int64_t flat = w->size;
+  ad_tensor *y = ad_index_select(ctx, ad_reshape(ctx, w, 1, &flat), sel);
+  return keep ? ad_where(ctx, keep, y, ad_scalar(ctx, w->dtype, 0.0)) : y;
+}
+
+ad_tensor *nn_embedding_bag(ad_ctx *ctx, ad_tensor *weight, ad_tensor *input,
+                            const int64_t *offsets, int64_t n_offsets,
+                            ad_tensor *per_sample_weights, const nn_embedding_bag_opts *opts) {
+  const char *fn = "embedding_bag";
+  if (!ctx) return NULL;
+  nn_embedding_bag_opts o = {0};
+  if (opts) o = *opts;
+  if (!weight) return nn_null_arg(ctx, fn, "weight"), NULL;
+  if (!input) return nn_null_arg(ctx, fn, "input"), NULL;
+  if (!bag_args_ok(ctx, fn, weight, input, offsets, n_offsets, per_sample_weights, &o)) return NULL;
+  int64_t n = input->size, num = weight->shape[0], dim = weight->shape[1], B = 0;
+  int64_t pad = !o.padding ? -1 : o.padding_idx < 0 ? o.padding_idx + num : o.padding_idx;
+  size_t bytes = (size_t)(n > 0 ? n : 1) * sizeof(int32_t);
+  int32_t *bag = ad_malloc(ctx, bytes), *kept = bag ? ad_malloc(ctx, bytes) : NULL;
+  ad_tensor *y = NULL;
+  if (!kept) goto done;
+  if (!bags_of(ctx, fn, input, offsets, n_offsets, o.include_last_offset, bag, &B)) goto done;
+  const int32_t *idx = input->data;
+  if (o.max_norm > 0 &&
+      renorm_rows(ctx, weight, idx, n, o.max_norm, o.norm_type == 0 ? 2.0 : o.norm_type) != AD_OK)
+    goto done;
+  int64_t m = 0;
+  for (int64_t i = 0; i < n; i++)
+    if (idx[i] != pad) kept[m++] = (int32_t)i;
+  if (o.mode == NN_BAG_MAX) {
+    y = bag_max(ctx, weight, idx, bag, kept, m, B);
+    goto done;
+  }
+  /* the kept entries' indices and bags, and the bags' sizes (mean) */
+  ad_tensor *ki = nn_tmp_tensor(ctx, AD_I32, 1, &m), *kb = nn_tmp_tensor(ctx, AD_I32, 1, &m);
+  ad_tensor *kp = per_sample_weights ? nn_tmp_tensor(ctx, AD_I32, 1, &m) : NULL;
+  if (!ki || !kb || (per_sample_weights && !kp)) goto done;
+  for (int64_t k = 0; k < m; k++) {
+    ((int32_t *)ki->data)[k] = idx[kept[k]];
+    ((int32_t *)kb->data)[k] = bag[kept[k]];
+    if (kp) ((int32_t *)kp->data)[k] = kept[k];
+  }
+  ad_embedding_opts eo = {.padding = false, .scale_grad_by_freq = o.scale_grad_by_freq};
+  ad_tensor *e = ad_embedding_ext(ctx, weight, ki, &eo); /* [m, dim] */
+  if (kp) {
+    int64_t col[2] = {n, 1};
+    e = ad_mul(ctx, e, ad_index_select(ctx, ad_reshape(ctx, per_sample_weights, 2, col), kp));
+  }
+  y = ad_index_add(ctx, e, kb, B); /* [B, dim] */
+  if (y && o.mode == NN_BAG_MEAN) {
+    int64_t one[2] = {B, 1};
+    ad_tensor *cnt = nn_tmp_tensor(ctx, weight->dtype, 2, one);
+    if (!cnt) {
+      y = NULL;
+      goto done;
+    }
+    ad_tensor_fill(cnt, 0.0);
+    for (int64_t k = 0; k < m; k++)
+      ad_tensor_set(cnt, bag[kept[k]], ad_tensor_get(cnt, bag[kept[k]]) + 1);
+    for (int64_t b = 0; b < B; b++)
+      if (ad_tensor_get(cnt, b) == 0) ad_tensor_set(cnt, b, 1.0); /* an empty bag: 0 / 1 */
+    y = ad_div(ctx, y, cnt);
+  }
+  (void)dim;
+done:
+  if (kept) ad_free(ctx, kept, bytes);
+  if (bag) ad_free(ctx, bag, bytes);
+  return y;
+}
+
+/* ------------------------------------------------------------------ layer */
+
+typedef struct bag_state {
+  int64_t num, dim;
+  nn_embedding_bag_opts o; /* padding_idx as given */
+  ad_tensor *w;
+} bag_state;
+
+static const nn_layer_ops bag_ops;
+
+ad_tensor *nn_embedding_bag_forward(nn_layer *l, ad_tensor *input, const int64_t *offsets,
+                                    int64_t n_offsets, ad_tensor *per_sample_weights) {
+  if (!l) return NULL;
+  ad_ctx *ctx = nn_layer_ctx(l);
+  char who[96];
+  nn_layer_who(l, who, sizeof who);
+  if (!nn_layer_runs(l, &bag_ops)) {
+    ad_set_error(ctx, AD_ERR_ARG, "embedding_bag_forward: %s is not an EmbeddingBag", who);
+    return NULL;
+  }
+  bag_state *s = nn_layer_state(l);
+  ad_tensor *y = nn_embedding_bag(ctx, s->w, input, offsets, n_offsets, per_sample_weights, &s->o);
+  if (y) nn_layer_note_output(l, y);
+  return y;
+}
+
+static ad_tensor *bag_forward(nn_layer *l, ad_tensor *x, bool training) {
+  (void)training;
+  bag_state *s = nn_layer_state(l);
+  return nn_embedding_bag(nn_layer_ctx(l), s->w, x, NULL, 0, NULL, &s->o);
+}
+
+static void bag_free(nn_layer *l) {
+  bag_state *s = nn_layer_state(l);
+  if (s) ad_free(nn_layer_ctx(l), s, sizeof *s);
+}
+
+/* PyTorch's EmbeddingBag extra_repr. */
+static void bag_describe(const nn_layer *l, nn_text *t) {
+  const bag_state *s = nn_layer_state(l);
+  nn_text_add(t, "%lld, %lld", (long long)s->num, (long long)s->dim);
+  if (s->o.max_norm > 0) {
+    nn_text_add(t, ", max_norm=");
+    nn_text_num(t, s->o.max_norm);
+  }
+  if (s->o.norm_type != 0 && s->o.norm_type != 2) {
+    nn_text_add(t, ", norm_type=");
+    nn_text_num(t, s->o.norm_type);
+  }
+  if (s->o.scale_grad_by_freq) nn_text_add(t, ", scale_grad_by_freq=True");
+  nn_text_add(t, ", mode=%s", mode_names[s->o.mode]);
+  if (s->o.padding) {
+    int64_t p = s->o.padding_idx < 0 ? s->o.padding_idx + s->num : s->o.padding_idx;
+    nn_text_add(t, ", padding_idx=%lld", (long long)p);
+  }
+}
+
+static const nn_layer_ops bag_ops = {bag_forward, bag_free, bag_describe};
+
+nn_layer *nn_embedding_bag_new(ad_ctx *ctx, int64_t num, int64_t dim, ad_rng *rng,
+                               const nn_embedding_bag_opts *opts) {
+  const char *fn = "embedding_bag";
+  if (!ctx) return NULL;
+  nn_embedding_bag_opts o = {0};
+  if (opts) o = *opts;
+  if (num < 1 || dim < 1) {
+    ad_set_error(ctx, AD_ERR_ARG, "%s: num_embeddings %lld and embedding_dim %lld must be >= 1", fn,
+                 (long long)num, (long long)dim);
+    return NULL;
+  }
+  if ((unsigned)o.mode > NN_BAG_MAX) {
+    ad_set_error(ctx, AD_ERR_ARG, "%s: mode %d is none of mean, sum, max", fn, (int)o.mode);
+    return NULL;
+  }
+  if (o.padding && (o.padding_idx < -num || o.padding_idx >= num)) {
+    ad_set_error(ctx, AD_ERR_ARG, "%s: padding_idx %lld is outside -%lld..%lld", fn,
+                 (long long)o.padding_idx, (long long)num, (long long)num - 1);
+    return NULL;
+  }
+  if (!renorm_args_ok(ctx, fn, o.max_norm, o.norm_type)) return NULL;
+  if (o.scale_grad_by_freq && o.mode == NN_BAG_MAX) {
+    ad_set_error(ctx, AD_ERR_ARG, "%s: mode max does not support scale_grad_by_freq", fn);
+    return NULL;
+  }
+  if (o.dtype != AD_F32 && o.dtype != AD_F64) {
+    ad_set_error(ctx, AD_ERR_DTYPE, "%s: parameters must be float, got %s", fn,
+                 ad_dtype_name(o.dtype));
+    return NULL;
+  }
+  if (!rng) return nn_null_arg(ctx, fn, "rng"), NULL;
+  bag_state *s = ad_malloc(ctx, sizeof *s);
+  if (!s) return NULL;
+  *s = (bag_state){.num = num, .dim = dim, .o = o};
+  nn_layer *l = nn_layer_new_ext(ctx, "embedding_bag", &bag_ops, s);
+  if (!l) {
+    ad_free(ctx, s, sizeof *s);
+    return NULL;
+  }
+  int64_t shape[2] = {num, dim};
+  nn_init init = o.weight_init.kind == NN_INIT_DEFAULT ? nn_init_make(NN_INIT_NORMAL, 0.0, 1.0)
+                                                       : o.weight_init;
+  ad_tensor *w = ad_zeros(ctx, o.dtype, 2, shape);
+  bool ok = w && nn_init_tensor(ctx, w, init, rng) == AD_OK;
+  if (ok && o.padding) { /* PyTorch's reset_parameters zeroes the padding row */
+    int64_t p = o.padding_idx < 0 ? o.padding_idx + num : o.padding_idx;
+    for (int64_t j = 0; j < dim; j++) ad_tensor_set(w, p * dim + j, 0.0);
+  }
+  if (!ok) ad_tensor_free(w);
+  if (!ok || nn_params_add(nn_layer_params(l), "weight", w, true) != AD_OK) {
+    nn_layer_free(l);
+    return NULL;
+  }
+  s->w = w;
+  return l;
+}
