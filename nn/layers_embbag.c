@@ -58,33 +58,55 @@ static bool renorm_args_ok(ad_ctx *ctx, const char *fn, double max_norm, double 
   return true;
 }
 
-/* The renormalisation itself, on checked arguments (indices in range). */
-static ad_status renorm_rows(ad_ctx *ctx, ad_tensor *w, const int32_t *idx, int64_t n,
-                             double max_norm, double p) {
+/* The renormalisation itself, on checked arguments (indices in range):
+ * first the rows to change and room for their old values (nothing is
+ * written when that fails), then the weight marked modified and the rows
+ * scaled; nn_renorm_finish restores them for a caller whose later steps
+ * failed, so a refused call changes nothing. */
+ad_status nn_renorm_apply(ad_ctx *ctx, ad_tensor *w, const int32_t *idx, int64_t n, double max_norm,
+                          double p, nn_renorm_undo *u) {
+  *u = (nn_renorm_undo){.ctx = ctx, .w = w};
   if (n == 0) return AD_OK;
   size_t bytes = (size_t)n * sizeof(int32_t);
   int32_t *s = ad_malloc(ctx, bytes);
   if (!s) return ad_last_status(ctx);
   memcpy(s, idx, bytes);
   qsort(s, (size_t)n, sizeof *s, cmp_i32);
-  int64_t dim = w->shape[1];
-  bool changed = false;
-  for (int64_t i = 0; i < n; i++) {
-    if (i > 0 && s[i] == s[i - 1]) continue;
-    double norm = row_norm(w, s[i], p);
-    if (!(norm > max_norm)) continue;
-    double scale = max_norm / (norm + 1e-7);
-    if (w->dtype == AD_F32) {
-      float *r = (float *)w->data + (int64_t)s[i] * dim, f = (float)scale;
-      for (int64_t j = 0; j < dim; j++) r[j] *= f;
-    } else {
-      double *r = (double *)w->data + (int64_t)s[i] * dim;
-      for (int64_t j = 0; j < dim; j++) r[j] *= scale;
-    }
-    changed = true;
+  int64_t dim = w->shape[1], m = 0; /* the rows to change, to the front of s */
+  for (int64_t i = 0; i < n; i++)
+    if ((i == 0 || s[i] != s[i - 1]) && row_norm(w, s[i], p) > max_norm) s[m++] = s[i];
+  size_t es = ad_dtype_size(w->dtype), ob = (size_t)(m * dim) * es;
+  void *old = m ? ad_malloc(ctx, ob) : NULL;
+  if (m && (!old || ad_tensor_mark_modified(w) != AD_OK)) {
+    if (old) ad_free(ctx, old, ob);
+    ad_free(ctx, s, bytes);
+    return ad_last_status(ctx);
   }
-  ad_free(ctx, s, bytes);
-  return changed ? ad_tensor_mark_modified(w) : AD_OK;
+  for (int64_t k = 0; k < m; k++) {
+    double scale = max_norm / (row_norm(w, s[k], p) + 1e-7);
+    char *r = (char *)w->data + (size_t)((int64_t)s[k] * dim) * es;
+    memcpy((char *)old + (size_t)(k * dim) * es, r, (size_t)dim * es);
+    if (w->dtype == AD_F32) {
+      float f = (float)scale;
+      for (int64_t j = 0; j < dim; j++) ((float *)r)[j] *= f;
+    } else {
+      for (int64_t j = 0; j < dim; j++) ((double *)r)[j] *= scale;
+    }
+  }
+  *u = (nn_renorm_undo){ctx, w, s, bytes, old, ob, m};
+  return AD_OK;
+}
+
+void nn_renorm_finish(nn_renorm_undo *u, bool restore) {
+  if (!u->ctx) return;
+  size_t es = u->w ? ad_dtype_size(u->w->dtype) : 0;
+  int64_t dim = u->w ? u->w->shape[1] : 0;
+  for (int64_t k = 0; restore && k < u->rows; k++)
+    memcpy((char *)u->w->data + (size_t)((int64_t)u->row[k] * dim) * es,
+           (char *)u->old + (size_t)(k * dim) * es, (size_t)dim * es);
+  if (u->row) ad_free(u->ctx, u->row, u->row_bytes);
+  if (u->old) ad_free(u->ctx, u->old, u->old_bytes);
+  *u = (nn_renorm_undo){0};
 }
 
 /* Checks that weight is a live float [num, dim] tensor of ctx, for fn. */
@@ -136,8 +158,11 @@ ad_status nn_embedding_renorm(ad_ctx *ctx, ad_tensor *weight, const ad_tensor *i
   if (!(max_norm >= 0) || isinf(max_norm) || max_norm == 0)
     return ad_set_error(ctx, AD_ERR_ARG, "%s: max_norm %g must be finite and > 0", fn, max_norm);
   if (!renorm_args_ok(ctx, fn, max_norm, norm_type)) return ad_last_status(ctx);
-  return renorm_rows(ctx, weight, indices->data, indices->size, max_norm,
-                     norm_type == 0 ? 2.0 : norm_type);
+  nn_renorm_undo u;
+  ad_status st = nn_renorm_apply(ctx, weight, indices->data, indices->size, max_norm,
+                                 norm_type == 0 ? 2.0 : norm_type, &u);
+  nn_renorm_finish(&u, false);
+  return st;
 }
 
 /* ----------------------------------------------------------- embedding_bag */
@@ -326,11 +351,12 @@ ad_tensor *nn_embedding_bag(ad_ctx *ctx, ad_tensor *weight, ad_tensor *input,
   size_t bytes = (size_t)(n > 0 ? n : 1) * sizeof(int32_t);
   int32_t *bag = ad_malloc(ctx, bytes), *kept = bag ? ad_malloc(ctx, bytes) : NULL;
   ad_tensor *y = NULL;
+  nn_renorm_undo undo = {0};
   if (!kept) goto done;
   if (!bags_of(ctx, fn, input, offsets, n_offsets, o.include_last_offset, bag, &B)) goto done;
   const int32_t *idx = input->data;
-  if (o.max_norm > 0 &&
-      renorm_rows(ctx, weight, idx, n, o.max_norm, o.norm_type == 0 ? 2.0 : o.norm_type) != AD_OK)
+  if (o.max_norm > 0 && nn_renorm_apply(ctx, weight, idx, n, o.max_norm,
+                                        o.norm_type == 0 ? 2.0 : o.norm_type, &undo) != AD_OK)
     goto done;
   int64_t m = 0;
   for (int64_t i = 0; i < n; i++)
@@ -371,6 +397,7 @@ ad_tensor *nn_embedding_bag(ad_ctx *ctx, ad_tensor *weight, ad_tensor *input,
   }
   (void)dim;
 done:
+  nn_renorm_finish(&undo, !y); /* a refused call leaves the weight as it was */
   if (kept) ad_free(ctx, kept, bytes);
   if (bag) ad_free(ctx, bag, bytes);
   return y;

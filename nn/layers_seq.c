@@ -31,12 +31,22 @@ static ad_tensor *emb_forward(nn_layer *l, ad_tensor *x, bool training) {
                  ad_shape_str(x, a, sizeof a), ad_dtype_name(x->dtype));
     return NULL;
   }
-  if (s->max_norm > 0 && nn_embedding_renorm(ctx, s->w, x, s->max_norm, s->norm_type) != AD_OK)
-    return NULL;
   ad_embedding_opts eo = {.padding = s->padding_idx != AD_NO_PADDING,
                           .padding_idx = s->padding_idx != AD_NO_PADDING ? s->padding_idx : 0,
                           .scale_grad_by_freq = s->scale_grad_by_freq};
-  return ad_embedding_ext(ctx, s->w, x, &eo);
+  if (s->max_norm <= 0) return ad_embedding_ext(ctx, s->w, x, &eo);
+  /* renormalised first (checked indices: ad_embedding's message), undone
+   * when the lookup fails */
+  const int32_t *p = x->data;
+  for (int64_t i = 0; i < x->size; i++)
+    if (p[i] < 0 || p[i] >= s->num) return ad_embedding_ext(ctx, s->w, x, &eo);
+  nn_renorm_undo u;
+  if (nn_renorm_apply(ctx, s->w, p, x->size, s->max_norm, s->norm_type == 0 ? 2.0 : s->norm_type,
+                      &u) != AD_OK)
+    return NULL;
+  ad_tensor *y = ad_embedding_ext(ctx, s->w, x, &eo);
+  nn_renorm_finish(&u, !y);
+  return y;
 }
 
 static void emb_free(nn_layer *l) {

@@ -181,6 +181,25 @@ typedef struct nn_layer_ops {
   void (*describe)(const nn_layer *l, nn_text *t);
 } nn_layer_ops;
 
+/* layers_embbag.c: max_norm's renormalisation (nn_embedding_renorm) of
+ * the rows of w [num, dim] named by idx[0..n) (checked: in 0..num-1),
+ * undoable: the changed rows' old values are kept in *u until
+ * nn_renorm_finish, which puts them back when restore (a caller whose
+ * later step failed) and frees them. On an error nothing was written
+ * (*u is then empty; finishing it is a no-op). */
+typedef struct nn_renorm_undo {
+  ad_ctx *ctx;
+  ad_tensor *w;
+  int32_t *row; /* the changed rows */
+  size_t row_bytes;
+  void *old; /* their old values, rows * dim of w's dtype */
+  size_t old_bytes;
+  int64_t rows;
+} nn_renorm_undo;
+ad_status nn_renorm_apply(ad_ctx *ctx, ad_tensor *w, const int32_t *idx, int64_t n, double max_norm,
+                          double p, nn_renorm_undo *u);
+void nn_renorm_finish(nn_renorm_undo *u, bool restore);
+
 /* layers.c: inverted dropout with probability p (in [0, 1); 0 returns x)
  * on float x, its mask drawn as nn_dropout_new documents from one draw of
  * rng; a call that fails takes no draw. NULL with the error recorded. */

@@ -297,6 +297,9 @@ enum {
   UPS_BICUBIC,
   UPS_TRILINEAR,
   LSTM_PROJ,
+  EMB_BAG,
+  EMB_BAG_MAX,
+  EMB_EXT,
   N_LAYERS
 };
 
@@ -342,7 +345,10 @@ static const char *layer_names[N_LAYERS] = {"dense",
                                             "mha bias_kv zero_attn",
                                             "upsample bicubic",
                                             "upsample trilinear",
-                                            "lstm proj"};
+                                            "lstm proj",
+                                            "embedding_bag",
+                                            "embedding_bag max",
+                                            "embedding max_norm freq"};
 
 static bool build_only;
 
@@ -455,6 +461,22 @@ static ad_status run_layer(world *w) {
     for (int i = 0; x && i < 4; i++) ad_tensor_set(x, i, i);
     break;
   }
+  case EMB_BAG:     /* sum, renormalised, scaled by frequency; then offsets, per_sample_weights */
+  case EMB_BAG_MAX: /* max, its first bag all padding (empty: the mask) */
+  case EMB_EXT: {
+    nn_embedding_bag_opts bo = {.mode = w->kind == EMB_BAG ? NN_BAG_SUM : NN_BAG_MAX,
+                                .padding = true,
+                                .padding_idx = 0,
+                                .max_norm = w->kind == EMB_BAG ? 1.0 : 0.0,
+                                .scale_grad_by_freq = w->kind == EMB_BAG};
+    nn_embedding_ext_opts eo = {.max_norm = 1.0, .scale_grad_by_freq = true};
+    w->l = w->kind == EMB_EXT ? nn_embedding_new_ext(c, 5, 3, &rng, &eo)
+                              : nn_embedding_bag_new(c, 5, 3, &rng, &bo);
+    int64_t xs[2] = {2, 3};
+    x = w->x = ad_zeros(c, AD_I32, 2, xs);
+    for (int i = 0; x && i < 6; i++) ad_tensor_set(x, i, i < 3 ? 0 : i - 2);
+    break;
+  }
   case RNN:
   case LSTM:
   case GRU:
@@ -561,6 +583,16 @@ static ad_status run_layer(world *w) {
     ad_tensor *yu = xu ? nn_layer_forward(w->l, xu, true) : NULL;
     ad_tensor *y = yu ? nn_layer_forward(w->l, x, false) : NULL;
     ad_tensor *loss = ad_sum(c, ad_add(c, ad_sum(c, y), ad_sum(c, ad_mul(c, yu, yu))));
+    if (!loss) return ad_last_status(c);
+    return ad_backward(c, loss, NULL);
+  }
+  if (w->kind == EMB_BAG) {
+    int64_t n = 6, off[3] = {0, 2, 2};
+    ad_tensor *in = w->t[0] = ad_zeros(c, AD_I32, 1, &n);
+    ad_tensor *psw = w->t[1] = data(c, 1, &n, 3);
+    if (!in || !psw) return ad_last_status(c);
+    for (int i = 0; i < 6; i++) ad_tensor_set(in, i, (i * 2) % 5);
+    ad_tensor *loss = ad_sum(c, nn_embedding_bag_forward(w->l, in, off, 3, psw));
     if (!loss) return ad_last_status(c);
     return ad_backward(c, loss, NULL);
   }
