@@ -24,7 +24,7 @@
  *                BatchNorm2d, GroupNorm, InstanceNorm1d / InstanceNorm2d,
  *                Conv1d / Conv2d and pooling (max, average, adaptive
  *                average),
- *                Embedding, LayerNorm, recurrent layers (RNN, LSTM, GRU),
+ *                Embedding, EmbeddingBag, LayerNorm, recurrent layers (RNN, LSTM, GRU),
  *                multi-head attention, transformer encoder and decoder
  *                layers and their stacks (nn.TransformerEncoder,
  *                nn.TransformerDecoder) and lambda (a C function).
