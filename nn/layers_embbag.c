@@ -346,7 +346,7 @@ ad_tensor *nn_embedding_bag(ad_ctx *ctx, ad_tensor *weight, ad_tensor *input,
   if (!weight) return nn_null_arg(ctx, fn, "weight"), NULL;
   if (!input) return nn_null_arg(ctx, fn, "input"), NULL;
   if (!bag_args_ok(ctx, fn, weight, input, offsets, n_offsets, per_sample_weights, &o)) return NULL;
-  int64_t n = input->size, num = weight->shape[0], dim = weight->shape[1], B = 0;
+  int64_t n = input->size, num = weight->shape[0], B = 0;
   int64_t pad = !o.padding ? -1 : o.padding_idx < 0 ? o.padding_idx + num : o.padding_idx;
   size_t bytes = (size_t)(n > 0 ? n : 1) * sizeof(int32_t);
   int32_t *bag = ad_malloc(ctx, bytes), *kept = bag ? ad_malloc(ctx, bytes) : NULL;
@@ -395,7 +395,6 @@ ad_tensor *nn_embedding_bag(ad_ctx *ctx, ad_tensor *weight, ad_tensor *input,
       if (ad_tensor_get(cnt, b) == 0) ad_tensor_set(cnt, b, 1.0); /* an empty bag: 0 / 1 */
     y = ad_div(ctx, y, cnt);
   }
-  (void)dim;
 done:
   nn_renorm_finish(&undo, !y); /* a refused call leaves the weight as it was */
   if (kept) ad_free(ctx, kept, bytes);
