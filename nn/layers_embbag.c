@@ -500,20 +500,11 @@ nn_layer *nn_embedding_bag_new(ad_ctx *ctx, int64_t num, int64_t dim, ad_rng *rn
     ad_free(ctx, s, sizeof *s);
     return NULL;
   }
-  int64_t shape[2] = {num, dim};
-  nn_init init = o.weight_init.kind == NN_INIT_DEFAULT ? nn_init_make(NN_INIT_NORMAL, 0.0, 1.0)
-                                                       : o.weight_init;
-  ad_tensor *w = ad_zeros(ctx, o.dtype, 2, shape);
-  bool ok = w && nn_init_tensor(ctx, w, init, rng) == AD_OK;
-  if (ok && o.padding) { /* PyTorch's reset_parameters zeroes the padding row */
-    int64_t p = o.padding_idx < 0 ? o.padding_idx + num : o.padding_idx;
-    for (int64_t j = 0; j < dim; j++) ad_tensor_set(w, p * dim + j, 0.0);
-  }
-  if (!ok) ad_tensor_free(w);
-  if (!ok || nn_params_add(nn_layer_params(l), "weight", w, true) != AD_OK) {
+  int64_t pad = !o.padding ? -1 : o.padding_idx < 0 ? o.padding_idx + num : o.padding_idx;
+  s->w = nn_embedding_weight_new(nn_layer_params(l), num, dim, o.dtype, o.weight_init, pad, rng);
+  if (!s->w) {
     nn_layer_free(l);
     return NULL;
   }
-  s->w = w;
   return l;
 }

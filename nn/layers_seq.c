@@ -126,20 +126,23 @@ nn_layer *nn_embedding_new_ext(ad_ctx *ctx, int64_t num, int64_t dim, ad_rng *rn
     ad_free(ctx, s, sizeof *s);
     return NULL;
   }
-  int64_t shape[2] = {num, dim};
-  nn_init init = o.weight_init.kind == NN_INIT_DEFAULT ? nn_init_make(NN_INIT_NORMAL, 0.0, 1.0)
-                                                       : o.weight_init;
-  ad_tensor *w = ad_zeros(ctx, o.dtype, 2, shape);
-  bool ok = w && nn_init_tensor(ctx, w, init, rng) == AD_OK;
-  if (ok && o.padding) /* PyTorch's reset_parameters zeroes the padding row */
-    for (int64_t j = 0; j < dim; j++) ad_tensor_set(w, s->padding_idx * dim + j, 0.0);
-  if (!ok) ad_tensor_free(w);
-  if (!ok || nn_params_add(nn_layer_params(l), "weight", w, true) != AD_OK) {
+  s->w = nn_embedding_weight_new(nn_layer_params(l), num, dim, o.dtype, o.weight_init,
+                                 o.padding ? s->padding_idx : -1, rng);
+  if (!s->w) {
     nn_layer_free(l);
     return NULL;
   }
-  s->w = w;
   return l;
+}
+
+ad_tensor *nn_embedding_weight_new(nn_params *list, int64_t num, int64_t dim, ad_dtype dtype,
+                                   nn_init init, int64_t pad, ad_rng *rng) {
+  if (init.kind == NN_INIT_DEFAULT) init = nn_init_make(NN_INIT_NORMAL, 0.0, 1.0);
+  int64_t shape[2] = {num, dim};
+  ad_tensor *w = nn_param_new(list, "weight", dtype, 2, shape, init, rng);
+  if (w && pad >= 0) /* PyTorch's reset_parameters zeroes the padding row */
+    for (int64_t j = 0; j < dim; j++) ad_tensor_set(w, pad * dim + j, 0.0);
+  return w;
 }
 
 /* ----------------------------------------------------------- layer_norm */

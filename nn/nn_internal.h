@@ -116,6 +116,13 @@ ad_ctx *nn_params_ctx(const nn_params *p);
 ad_tensor *nn_param_new(nn_params *list, const char *name, ad_dtype dtype, int ndim,
                         const int64_t *shape, nn_init init, ad_rng *rng);
 
+/* An embedding layer's "weight" [num, dim] (nn.Embedding's, EmbeddingBag's):
+ * init (NN_INIT_DEFAULT: PyTorch's N(0, 1)) drawn from rng, then row pad
+ * zeroed (pad < 0: none) as PyTorch's reset_parameters does; added to list
+ * as by nn_param_new. The tensor, or NULL with the error recorded. */
+ad_tensor *nn_embedding_weight_new(nn_params *list, int64_t num, int64_t dim, ad_dtype dtype,
+                                   nn_init init, int64_t pad, ad_rng *rng);
+
 /* The index of the first entry of p (below i) that holds tensor t, or -1:
  * a tensor listed twice (tied weights) is stepped, clipped, counted and
  * penalised once, as PyTorch's module.parameters() lists it once. Costs
