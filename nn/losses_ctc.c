@@ -109,6 +109,16 @@ static bool ctc_check(ad_ctx *ctx, const char *fn, ad_tensor *lp, ad_tensor *tg,
                      (long long)n, (long long)tl[n]);
       return false;
     }
+    /* concatenated: each length within what is left of the targets, so
+     * the sum cannot wrap around to their size (and labels be read past
+     * them) */
+    if (!d->padded && tl[n] > tg->size - sum) {
+      ad_set_error(ctx, AD_ERR_SHAPE,
+                   "%s: concatenated targets %s: the target_lengths sum to more than their size "
+                   "(target_lengths[%lld] = %lld)",
+                   fn, ad_shape_str(tg, a, sizeof a), (long long)n, (long long)tl[n]);
+      return false;
+    }
     sum += tl[n];
     if (tl[n] > d->maxlen) d->maxlen = tl[n];
     if (il[n] > d->maxin) d->maxin = il[n];

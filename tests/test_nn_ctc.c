@@ -332,6 +332,17 @@ Test(ctc, errors_name_the_loss) {
                     "[2,S]", NULL);
   cr_assert_null(nn_ctc_loss(ctx, lp, cat4, il, tl, 0, NN_MEAN, false));
   test_expect_error(ctx, AD_ERR_SHAPE, "ctc_loss: concatenated targets [4]", "sum to 3", NULL);
+  /* lengths whose sum wraps around to the targets' size (2^64 - 1 twice, plus 6) */
+  cr_assert_null(
+      nn_ctc_loss(ctx, lp, cat4, il, (int64_t[]){INT64_MAX, INT64_MAX}, 0, NN_MEAN, false));
+  test_expect_error(ctx, AD_ERR_SHAPE, "ctc_loss: concatenated targets [4]",
+                    "sum to more than their size (target_lengths[0] =", NULL);
+  int64_t s3w[3] = {4, 3, 3};
+  ad_tensor *lpw = ad_zeros(ctx, AD_F64, 3, s3w);
+  cr_assert_null(nn_ctc_loss(ctx, lpw, cat4, (int64_t[]){4, 4, 4},
+                             (int64_t[]){INT64_MAX, INT64_MAX, 6}, 0, NN_MEAN, false));
+  test_expect_error(ctx, AD_ERR_SHAPE, "sum to more than their size (target_lengths[0] =", NULL);
+  ad_tensor_free(lpw);
   /* unbatched: 1-D targets are the whole target (torch's rule) */
   int64_t s2u[2] = {4, 3};
   ad_tensor *lpu = ad_reshape(ctx, ad_narrow(ctx, lp, 1, 0, 1), 2, s2u);
