@@ -152,15 +152,20 @@ ad_status nn_embedding_renorm(ad_ctx *ctx, ad_tensor *weight, const ad_tensor *i
                               double max_norm, double norm_type) {
   const char *fn = "embedding_renorm";
   if (!ctx) return AD_ERR_NULL;
+  /* the NULL checks return their own status: a NULL error does not replace
+   * a pending one, so ad_last_status could name an earlier call's */
+  if (!weight) return nn_null_arg(ctx, fn, "weight");
+  if (!indices) return nn_null_arg(ctx, fn, "indices");
   if (!weight_ok(ctx, fn, weight)) return ad_last_status(ctx);
-  if (nn_check_input(ctx, fn, "indices", indices) != AD_OK) return ad_last_status(ctx);
+  ad_status st = nn_check_input(ctx, fn, "indices", indices);
+  if (st != AD_OK) return st;
   if (!indices_ok(ctx, fn, indices, weight->shape[0])) return ad_last_status(ctx);
   if (!(max_norm >= 0) || isinf(max_norm) || max_norm == 0)
     return ad_set_error(ctx, AD_ERR_ARG, "%s: max_norm %g must be finite and > 0", fn, max_norm);
   if (!renorm_args_ok(ctx, fn, max_norm, norm_type)) return ad_last_status(ctx);
   nn_renorm_undo u;
-  ad_status st = nn_renorm_apply(ctx, weight, indices->data, indices->size, max_norm,
-                                 norm_type == 0 ? 2.0 : norm_type, &u);
+  st = nn_renorm_apply(ctx, weight, indices->data, indices->size, max_norm,
+                       norm_type == 0 ? 2.0 : norm_type, &u);
   nn_renorm_finish(&u, false);
   return st;
 }

@@ -416,6 +416,12 @@ Test(embbag, misuse) {
   cr_assert_eq(nn_embedding_renorm(ctx, w32, fin, 1, 2), AD_ERR_DTYPE);
   expect_error(AD_ERR_DTYPE, "embedding_renorm: indices [6] are f64", NULL);
   cr_assert_eq(nn_embedding_renorm(NULL, w, in, 1, 2), AD_ERR_NULL);
+  /* a NULL argument returns AD_ERR_NULL also while an earlier error is
+   * pending (which the NULL error does not replace) */
+  cr_assert_null(nn_embedding_bag(ctx, w, in, off1, 2, NULL, &sum));
+  cr_assert_eq(nn_embedding_renorm(ctx, NULL, in, 1, 2), AD_ERR_NULL);
+  cr_assert_eq(nn_embedding_renorm(ctx, w, NULL, 1, 2), AD_ERR_NULL);
+  expect_error(AD_ERR_ARG, "embedding_bag: offsets[0] is 1", NULL);
   nn_layer_free(bag), nn_layer_free(emb);
   ad_tensor *all[] = {w, w32, in, in2, bad, neg, psw, psw3, psw32, fin, w1};
   for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) ad_tensor_free(all[i]);
