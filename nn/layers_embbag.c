@@ -17,6 +17,7 @@
  * place, without gradient, before the lookup (torch.embedding_renorm_). */
 #include "nn_internal.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,19 +30,26 @@ static int cmp_i32(const void *a, const void *b) {
 }
 
 /* PyTorch's row.norm(p): in the row's dtype (a float32 norm is rounded to
- * float32, as its .item() reads it). */
+ * float32, as its .item() reads it). For float32 each |v|^p is rounded to
+ * float32 and a sum past FLT_MAX is inf, as PyTorch's float32 reduction
+ * (a row of 1e20 has norm inf, one of 1e-30 a 2-norm of 0), though the sum
+ * itself is taken in double. */
 static double row_norm(const ad_tensor *w, int64_t r, double p) {
   int64_t dim = w->shape[1];
+  bool f32 = w->dtype == AD_F32;
   double acc = 0;
   for (int64_t j = 0; j < dim; j++) {
     double v = fabs(ad_tensor_get(w, r * dim + j));
-    if (isinf(p))
+    if (isinf(p)) {
       acc = isnan(v) || v > acc ? v : acc;
-    else
-      acc += p == 1 ? v : p == 2 ? v * v : pow(v, p);
+    } else {
+      double t = p == 1 ? v : p == 2 ? v * v : pow(v, p);
+      acc += f32 ? (double)(float)t : t;
+    }
   }
+  if (f32 && acc > FLT_MAX) acc = INFINITY;
   double n = isinf(p) || p == 1 ? acc : p == 2 ? sqrt(acc) : pow(acc, 1 / p);
-  return w->dtype == AD_F32 ? (double)(float)n : n;
+  return f32 ? (double)(float)n : n;
 }
 
 /* The check of max_norm and norm_type for fn. */

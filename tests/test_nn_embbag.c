@@ -282,6 +282,30 @@ Test(embbag, renorm_is_torch_embedding_renorm) {
   ad_tensor_free(w), ad_tensor_free(ix);
 }
 
+/* A float32 row's norm is PyTorch's float32 one at the extremes too: the
+ * squares of 1e20 overflow (norm inf, so the row becomes 0 * 1e20 = 0),
+ * those of 1e-30 underflow (norm 0, so max_norm 1e-31 leaves the row), the
+ * cubes of 1e13 overflow; torch.embedding_renorm_ gives these rows. */
+Test(embbag, renorm_float32_norm_overflows_as_torch) {
+  int64_t ws[2] = {4, 2}, n = 1;
+  static const double wv[8] = {1e20, 1e20, 1e-30, 1e-30, 1e13, 1, 3, 4};
+  ad_tensor *w = tensor_of(AD_F32, 2, ws, wv);
+  ad_tensor *i0 = ad_from_data(ctx, AD_I32, 1, &n, (const int32_t[]){0});
+  ad_tensor *i1 = ad_from_data(ctx, AD_I32, 1, &n, (const int32_t[]){1});
+  ad_tensor *i2 = ad_from_data(ctx, AD_I32, 1, &n, (const int32_t[]){2});
+  cr_assert_eq(nn_embedding_renorm(ctx, w, i0, 1.0, 2), AD_OK, "%s", ad_last_error(ctx));
+  cr_assert(ad_tensor_get(w, 0) == 0 && ad_tensor_get(w, 1) == 0, "row 0: %g %g, PyTorch 0 0",
+            ad_tensor_get(w, 0), ad_tensor_get(w, 1));
+  cr_assert_eq(nn_embedding_renorm(ctx, w, i1, 1e-31, 2), AD_OK);
+  cr_assert(ad_tensor_get(w, 2) == (float)1e-30 && ad_tensor_get(w, 3) == (float)1e-30,
+            "row 1: %g %g, PyTorch 1e-30 1e-30", ad_tensor_get(w, 2), ad_tensor_get(w, 3));
+  cr_assert_eq(nn_embedding_renorm(ctx, w, i2, 1.0, 3), AD_OK);
+  cr_assert(ad_tensor_get(w, 4) == 0 && ad_tensor_get(w, 5) == 0, "row 2: %g %g, PyTorch 0 0",
+            ad_tensor_get(w, 4), ad_tensor_get(w, 5));
+  cr_assert(ad_tensor_get(w, 6) == 3 && ad_tensor_get(w, 7) == 4, "row 3 is not named");
+  ad_tensor_free(w), ad_tensor_free(i0), ad_tensor_free(i1), ad_tensor_free(i2);
+}
+
 /* ---------------------------------------------------------------- misuse */
 
 Test(embbag, misuse) {
