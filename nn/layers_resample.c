@@ -194,9 +194,18 @@ static ad_tensor *upsample_axis(ad_ctx *ctx, ad_tensor *x, int axis, int64_t out
      * forward, and the tape differentiates what it computed) */
     float s = nearest_scale(sf, in, out);
     bool same = in == out;
+    /* but a [N, 1, H, W] or [N, 1, D, H, W] input is also channels-last
+     * contiguous, and PyTorch 1.13 runs its channels-last kernel on it,
+     * whose nearest_idx copies when out = in and takes i / 2 when out =
+     * 2 in (so its forward and backward agree there) */
+    bool cl = o->mode == NN_UPSAMPLE_NEAREST && x->ndim >= 4 && x->shape[1] == 1;
     for (int64_t i = 0; i < out; i++) {
       int64_t k;
-      if (o->mode == NN_UPSAMPLE_NEAREST_EXACT)
+      if (cl && out == in)
+        k = i;
+      else if (cl && out == 2 * in)
+        k = i / 2;
+      else if (o->mode == NN_UPSAMPLE_NEAREST_EXACT)
         k = (int64_t)floorf((float)(((double)i + 0.5) * s));
       else
         k = (int64_t)floorf((float)i * s);

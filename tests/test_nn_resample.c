@@ -321,6 +321,37 @@ Test(resample, nearest_scale_keeps_floor_rule) {
   ad_tensor_free(x), ad_tensor_free(x5);
 }
 
+/* One channel: a contiguous [N, 1, H, W] or [N, 1, D, H, W] is also
+ * channels-last contiguous, and PyTorch 1.13's forward then takes the
+ * channels-last kernel's shortcuts: F.interpolate(arange(10.).view(1, 1,
+ * 1, 10), scale_factor=1.05) is x itself, with 2.0774 the 20 outputs are
+ * 0 0 1 1 .. 9 9; its gradient is then one per element. Two channels keep
+ * the floor rule (above); 'nearest-exact' has no shortcut. */
+Test(resample, nearest_one_channel_takes_the_channels_last_rule) {
+  int64_t s4[4] = {1, 1, 1, 10}, s5[5] = {2, 1, 1, 1, 10};
+  ad_tensor *x4 = ad_zeros(ctx, AD_F64, 4, s4), *x5 = ad_zeros(ctx, AD_F64, 5, s5);
+  for (int i = 0; i < 20; i++) ad_tensor_set(x5, i, i % 10);
+  for (int i = 0; i < 10; i++) ad_tensor_set(x4, i, i);
+  ad_tensor_set_requires_grad(x4, true);
+  nn_layer *k = nn_upsample_new(ctx, &(nn_upsample_opts){.scale_factor = {1.05}});
+  nn_layer *d = nn_upsample_new(ctx, &(nn_upsample_opts){.scale_factor = {1, 2.0774342407552147}});
+  nn_layer *d5 =
+      nn_upsample_new(ctx, &(nn_upsample_opts){.scale_factor = {1, 1, 2.0774342407552147}});
+  ad_tensor *yk = nn_layer_forward(k, x4, true), *yd = nn_layer_forward(d, x4, false);
+  ad_tensor *y5 = nn_layer_forward(d5, x5, false);
+  const double wk[10] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9},
+               wd[20] = {0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8, 9, 9};
+  expect_close(yk, wk, 10, 0, "[1, 1, 1, 10] nearest at scale 1.05");
+  cr_assert(yd && yd->shape[3] == 20 && y5 && y5->shape[4] == 20, "%s", ad_last_error(ctx));
+  expect_close(yd, wd, 20, 0, "[1, 1, 1, 10] nearest at scale 2.0774");
+  expect_close(ad_narrow(ctx, y5, 0, 1, 1), wd, 20, 0, "[2, 1, 1, 1, 10] nearest at 2.0774");
+  cr_assert_eq(ad_backward(ctx, ad_sum(ctx, yk), NULL), AD_OK, "%s", ad_last_error(ctx));
+  for (int i = 0; i < 10; i++) cr_assert_eq(ad_tensor_get(x4->grad, i), 1, "dx[%d]", i);
+  ad_tape_reset(ctx);
+  nn_layer_free(k), nn_layer_free(d), nn_layer_free(d5);
+  ad_tensor_free(x4), ad_tensor_free(x5);
+}
+
 /* ConstantPad1d((1, 1), -0.0) pads with -0.0 in PyTorch (1 / y is -inf
  * there), not with ad_pad's +0.0. */
 Test(resample, constant_pad_keeps_negative_zero) {

@@ -766,8 +766,10 @@ typedef struct nn_upsample_opts {
  * infinite here);
  * nearest keeps the floor rule for every length, as PyTorch's forward
  * does (scale_factor 1.05 maps 10 to 10 reading 0 0 1 .. 8; its backward
- * and its channels-last kernel differ), and an axis it reads unchanged is
- * left as it is. In these modes an input with no axis changed is returned
+ * differs), except on a 4-D or 5-D input of one channel, which PyTorch
+ * runs through its channels-last kernel: there a kept length is copied and
+ * a doubled one reads i / 2, as that kernel does; an axis nearest reads
+ * unchanged is left as it is. In these modes an input with no axis changed is returned
  * itself. Bicubic takes x = s (i + 0.5) - 0.5 without the clamp at 0 (or x = i
  * (in - 1) / (out - 1)), k = floor x (floorf, as PyTorch's) and t = x - k,
  * and sums x[k - 1 .. k + 2] (indices clamped to [0, in - 1]; the weights
