@@ -776,7 +776,10 @@ typedef struct nn_upsample_opts {
  * are not renormalised) times Keys' cubic convolution weights with A =
  * -0.75 at distances 1 + t, t, 1 - t, 2 - t, in the input's dtype; it
  * overshoots (values are not clamped) and, as PyTorch's, resamples an
- * axis of unchanged length too (an inf spreads NaN to its neighbours).
+ * axis of unchanged length too (an inf spreads NaN to its neighbours);
+ * its gradient is the forward's, where PyTorch 1.13's backward copies the
+ * output's gradient when no axis changes length (scale_factor 1.05 on a
+ * [7, 3] image: PyTorch's forward resamples, its backward does not).
  * Trilinear is linear on each of D, H, W. Nearest is ad_index_select along
  * the axis (the gradient adds up at the source), linear two of them and
  * bicubic four, times constant weights. Errors
