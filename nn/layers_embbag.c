@@ -345,7 +345,10 @@ static ad_tensor *bag_max(ad_ctx *ctx, ad_tensor *w, const int32_t *idx, const i
     }
   }
   int64_t flat = w->size;
-  ad_tensor *y = ad_index_select(ctx, ad_reshape(ctx, w, 1, &flat), sel);
+  ad_tensor *src = ad_reshape(ctx, w, 1, &flat);
+  /* a weight of no rows: every bag is empty; one zero to read (masked) */
+  if (flat == 0 && B * dim > 0) src = ad_pad(ctx, src, 0, 0, 1);
+  ad_tensor *y = ad_index_select(ctx, src, sel);
   return keep ? ad_where(ctx, keep, y, ad_scalar(ctx, w->dtype, 0.0)) : y;
 }
 

@@ -141,6 +141,26 @@ Test(embbag, functional_is_the_layer) {
   ad_tensor_free(w), ad_tensor_free(in), ad_tensor_free(psw);
 }
 
+/* A weight of no rows [0, 3] with an empty input: every bag is empty and
+ * gives zeros in every mode, as F.embedding_bag(empty, zeros(0, 3),
+ * tensor([0, 0]), mode=...) does; the backward runs. */
+Test(embbag, no_rows_gives_zeros_in_every_mode) {
+  int64_t ws[2] = {0, 3}, n = 0;
+  const int64_t off[2] = {0, 0};
+  ad_tensor *w = ad_zeros(ctx, AD_F64, 2, ws), *in = ad_zeros(ctx, AD_I32, 1, &n);
+  ad_tensor_set_requires_grad(w, true);
+  for (int m = NN_BAG_MEAN; m <= NN_BAG_MAX; m++) {
+    nn_embedding_bag_opts o = {.mode = (nn_bag_mode)m};
+    ad_tensor *y = nn_embedding_bag(ctx, w, in, off, 2, NULL, &o);
+    cr_assert_not_null(y, "mode %d: %s", m, ad_last_error(ctx));
+    cr_assert(y->ndim == 2 && y->shape[0] == 2 && y->shape[1] == 3, "mode %d", m);
+    for (int64_t i = 0; i < y->size; i++) cr_assert_eq(ad_tensor_get(y, i), 0.0, "mode %d", m);
+    cr_assert_eq(ad_backward(ctx, ad_sum(ctx, y), NULL), AD_OK, "%s", ad_last_error(ctx));
+    ad_tape_reset(ctx);
+  }
+  ad_tensor_free(w), ad_tensor_free(in);
+}
+
 /* ------------------------------------------------------------- gradcheck */
 
 typedef struct gc_case {
