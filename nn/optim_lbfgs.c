@@ -324,7 +324,9 @@ static bool curvature_ok(const nn_lbfgs *o, sc gtd_new, sc gtd) {
 static ad_status strong_wolfe(nn_lbfgs *o, nn_lbfgs_closure fn, void *ud, sc *t_io, double f,
                               sc gtd, double *f_out, int *evals) {
   const int max_ls = 25;
-  const double tol = o->cfg.tolerance_change;
+  /* _strong_wolfe's own default: LBFGS.step does not pass its
+   * tolerance_change to the line search */
+  const double tol = 1e-9;
   sc d_norm = ten(o, v_absmax(o, o->d, 1.0));
   sc t = *t_io;
   double f_new;

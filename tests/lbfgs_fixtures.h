@@ -142,20 +142,35 @@ static const double lb_mlp_wolfe_f32[64] = {
     0.7241494059562683, 0.7834072113037109, -0.5577157139778137, 0.2554209530353546,
     0.8927471041679382, 0.3405705392360687, 0.5728148818016052, -1.0604791641235352,
 };
+static const double lb_rosen_wolfe_tol0_f64[28] = {
+    281.7, 95.0, 112.0, 1.0, 1.0, 0.9999999999999999, 0.9999999999999998, 1.2449211160519093e-30,
+    96.0, 114.0, 1.0, 1.0, 0.9999999999999999, 0.9999999999999998, 1.2449211160519093e-30, 97.0,
+    116.0, 1.0, 1.0, 0.9999999999999999, 0.9999999999999998, 1.2449211160519093e-30, 98.0, 118.0,
+    1.0, 1.0, 0.9999999999999999, 0.9999999999999998,
+};
+static const double lb_rosen_wolfe_tol0_f32[28] = {
+    281.70001220703125, 49.0, 69.0, 0.9999997019767761, 0.999999463558197, 0.9999988675117493,
+    0.9999977350234985, 2.369660023759934e-12, 50.0, 74.0, 0.9999997019767761, 0.999999463558197,
+    0.9999988675117493, 0.9999977350234985, 2.369660023759934e-12, 51.0, 79.0, 0.9999997019767761,
+    0.999999463558197, 0.9999988675117493, 0.9999977350234985, 2.369660023759934e-12, 52.0, 84.0,
+    0.9999997019767761, 0.999999463558197, 0.9999988675117493, 0.9999977350234985,
+};
 typedef struct lb_case {
   const char *name;
   int mlp;
   double lr;
   int max_iter, max_eval, history_size, wolfe;
+  double tolerance_grad, tolerance_change;
   const double *f64, *f32;
 } lb_case;
 static const lb_case lb_cases[] = {
-    {"rosen_none", 0, 0.1, 10, 0, 3, 0, lb_rosen_none_f64, lb_rosen_none_f32},
-    {"rosen_wolfe", 0, 1.0, 10, 0, 3, 1, lb_rosen_wolfe_f64, lb_rosen_wolfe_f32},
-    {"rosen_wolfe_default", 0, 1.0, 20, 0, 100, 1, lb_rosen_wolfe_default_f64, lb_rosen_wolfe_default_f32},
-    {"rosen_eval", 0, 0.05, 7, 5, 2, 0, lb_rosen_eval_f64, lb_rosen_eval_f32},
-    {"mlp_none", 1, 0.2, 5, 0, 2, 0, lb_mlp_none_f64, lb_mlp_none_f32},
-    {"mlp_wolfe", 1, 1.0, 5, 0, 4, 1, lb_mlp_wolfe_f64, lb_mlp_wolfe_f32},
+    {"rosen_none", 0, 0.1, 10, 0, 3, 0, 1e-07, 1e-09, lb_rosen_none_f64, lb_rosen_none_f32},
+    {"rosen_wolfe", 0, 1.0, 10, 0, 3, 1, 1e-07, 1e-09, lb_rosen_wolfe_f64, lb_rosen_wolfe_f32},
+    {"rosen_wolfe_default", 0, 1.0, 20, 0, 100, 1, 1e-07, 1e-09, lb_rosen_wolfe_default_f64, lb_rosen_wolfe_default_f32},
+    {"rosen_eval", 0, 0.05, 7, 5, 2, 0, 1e-07, 1e-09, lb_rosen_eval_f64, lb_rosen_eval_f32},
+    {"mlp_none", 1, 0.2, 5, 0, 2, 0, 1e-07, 1e-09, lb_mlp_none_f64, lb_mlp_none_f32},
+    {"mlp_wolfe", 1, 1.0, 5, 0, 4, 1, 1e-07, 1e-09, lb_mlp_wolfe_f64, lb_mlp_wolfe_f32},
+    {"rosen_wolfe_tol0", 0, 1.0, 100, 0, 3, 1, 0.0, 0.0, lb_rosen_wolfe_tol0_f64, lb_rosen_wolfe_tol0_f32},
 };
 
 /* clang-format on */

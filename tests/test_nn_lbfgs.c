@@ -118,6 +118,8 @@ static nn_lbfgs_config config_of(const lb_case *c) {
   cfg.max_iter = c->max_iter;
   cfg.max_eval = c->max_eval;
   cfg.history_size = c->history_size;
+  cfg.tolerance_grad = c->tolerance_grad;
+  cfg.tolerance_change = c->tolerance_change;
   cfg.line_search = c->wolfe ? NN_LINE_SEARCH_STRONG_WOLFE : NN_LINE_SEARCH_NONE;
   return cfg;
 }

@@ -47,6 +47,10 @@ CASES = {
     "rosen_eval": ("rosen", dict(lr=0.05, max_iter=7, max_eval=5, history_size=2)),
     "mlp_none": ("mlp", dict(lr=0.2, max_iter=5, history_size=2)),
     "mlp_wolfe": ("mlp", dict(max_iter=5, history_size=4, line_search_fn="strong_wolfe")),
+    # run on past convergence: the line search's bracket tolerance stays
+    # 1e-9 (LBFGS.step does not pass tolerance_change to _strong_wolfe)
+    "rosen_wolfe_tol0": ("rosen", dict(max_iter=100, history_size=3, tolerance_grad=0,
+                                       tolerance_change=0, line_search_fn="strong_wolfe")),
 }
 
 
@@ -103,13 +107,17 @@ names = []
 for name, (obj, kw) in CASES.items():
     for dt, sfx in ((torch.float64, "f64"), (torch.float32, "f32")):
         emit(f"lb_{name}_{sfx}", run(obj, kw, dt))
-    k = dict(lr=1, max_iter=20, max_eval=0, history_size=100)
+    k = dict(lr=1, max_iter=20, max_eval=0, history_size=100, tolerance_grad=1e-7,
+             tolerance_change=1e-9)
     k.update(kw)
     names.append(f'    {{"{name}", {int(obj == "mlp")}, {float(k["lr"])!r}, {k["max_iter"]}, '
                  f'{k.get("max_eval") or 0}, {k["history_size"]}, '
-                 f'{int(k.get("line_search_fn") == "strong_wolfe")}, lb_{name}_f64, lb_{name}_f32}},')
+                 f'{int(k.get("line_search_fn") == "strong_wolfe")}, '
+                 f'{float(k["tolerance_grad"])!r}, {float(k["tolerance_change"])!r}, '
+                 f'lb_{name}_f64, lb_{name}_f32}},')
 out.append("typedef struct lb_case {\n  const char *name;\n  int mlp;\n  double lr;\n"
-           "  int max_iter, max_eval, history_size, wolfe;\n  const double *f64, *f32;\n} lb_case;")
+           "  int max_iter, max_eval, history_size, wolfe;\n  double tolerance_grad, tolerance_change;\n"
+           "  const double *f64, *f32;\n} lb_case;")
 out.append("static const lb_case lb_cases[] = {\n" + "\n".join(names) + "\n};")
 
 print("/* lbfgs_fixtures.h: PyTorch %s torch.optim.LBFGS trajectories for" % torch.__version__)

@@ -2414,7 +2414,8 @@ typedef struct nn_lbfgs_config {
                                  None, max_iter * 5 / 4 (an explicit 0 in
                                  PyTorch acts as 1) */
   double tolerance_grad;      /**< stop when max |g| <= it, >= 0 (1e-7) */
-  double tolerance_change;    /**< stop on smaller changes, >= 0 (1e-9) */
+  double tolerance_change;    /**< stop on smaller changes, >= 0 (1e-9);
+                                 not the line search's (always 1e-9) */
   int history_size;           /**< pairs kept, >= 1 (100) */
   nn_line_search line_search; /**< NN_LINE_SEARCH_NONE */
 } nn_lbfgs_config;
@@ -2452,9 +2453,10 @@ NN_API void nn_lbfgs_free(nn_lbfgs *opt);
  * the two-loop recursion, the first step t = min(1, 1 / |g|_1) lr, the
  * scale ys / yy, the oldest pair dropped when the history is full, its
  * stopping tests), and with NN_LINE_SEARCH_STRONG_WOLFE its cubic
- * interpolation and constants (c1 1e-4, c2 0.9, tolerance_change, 25
- * evaluations; Python's and PyTorch's scalar roundings, so that a float32
- * run follows PyTorch's float32 run). Dot products are sums in element
+ * interpolation and constants (c1 1e-4, c2 0.9, a bracket tolerance of
+ * 1e-9 whatever tolerance_change is, since PyTorch's step does not pass
+ * tolerance_change on, 25 evaluations; Python's and PyTorch's scalar
+ * roundings, so that a float32 run follows PyTorch's float32 run). Dot products are sums in element
  * order (float32: of float products, in double), as the BLAS PyTorch
  * calls sums fewer than 16 (float64) or 32 (float32) elements; longer
  * vectors agree to rounding. *loss_out (may be NULL) gets the first
