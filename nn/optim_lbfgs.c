@@ -175,18 +175,66 @@ static double v_absmax(const nn_lbfgs *o, const void *v, double a) {
   return r;
 }
 
-/* sum |v[i]| in element order, in the dtype (PyTorch's sum kernel adds
- * 4 (float64) or 8 (float32) elements and more in lanes: the first step
- * length then agrees to rounding) */
+/* sum |v[i]|, as PyTorch 1.13's sum kernel adds a contiguous vector
+ * (SumKernel.cpp, cascade_sum), every addition rounded to the dtype: units
+ * of w elements (its 32-byte vectors: 4 float64, 8 float32, of the default
+ * and AVX2 kernels; a vector shorter than one unit is summed as units of
+ * 1) in 4 accumulators (row_sum), cascaded over 4 levels (multi_row_sum),
+ * the accumulators added, then the elements past the last whole unit and
+ * then the lanes. PyTorch's AVX-512 kernels (ATEN_CPU_CAPABILITY=avx512)
+ * and its reductions split over threads (from 32768 elements) agree to
+ * rounding. */
+#define SUM_ILP    4
+#define SUM_LEVELS 4
+#define SUM_WMAX   8
+
+static double abs_at(const nn_lbfgs *o, const void *v, int64_t i) {
+  return o->f32 ? fabs((double)((const float *)v)[i]) : fabs(((const double *)v)[i]);
+}
+
+static double add_dt(const nn_lbfgs *o, double a, double b) { return rnd(o, a + b); }
+
+/* multi_row_sum: rows of nv values (row i, value k at element i * nv + k
+ * of v), size rows, into out[0..nv-1] */
+static void sum_rows(const nn_lbfgs *o, const void *v, int nv, int64_t size, double *out) {
+  double acc[SUM_LEVELS][SUM_ILP * SUM_WMAX] = {{0}};
+  int64_t ceil_log2 = 1; /* c10's CeilLog2: 1 up to 2 */
+  while (size > 2 && ((int64_t)1 << ceil_log2) < size) ceil_log2++;
+  int64_t power = ceil_log2 / SUM_LEVELS > 4 ? ceil_log2 / SUM_LEVELS : 4;
+  int64_t step = (int64_t)1 << power, mask = step - 1, i = 0;
+  for (; i + step <= size;) {
+    for (int64_t j = 0; j < step; ++j, ++i)
+      for (int k = 0; k < nv; k++) acc[0][k] = add_dt(o, acc[0][k], abs_at(o, v, i * nv + k));
+    for (int j = 1; j < SUM_LEVELS; j++) {
+      for (int k = 0; k < nv; k++) {
+        acc[j][k] = add_dt(o, acc[j][k], acc[j - 1][k]);
+        acc[j - 1][k] = 0;
+      }
+      if ((i & (mask << (j * power))) != 0) break;
+    }
+  }
+  for (; i < size; ++i)
+    for (int k = 0; k < nv; k++) acc[0][k] = add_dt(o, acc[0][k], abs_at(o, v, i * nv + k));
+  for (int j = 1; j < SUM_LEVELS; j++)
+    for (int k = 0; k < nv; k++) acc[0][k] = add_dt(o, acc[0][k], acc[j][k]);
+  memcpy(out, acc[0], (size_t)nv * sizeof *out);
+}
+
 static double v_abssum(const nn_lbfgs *o, const void *v) {
-  double r = 0;
-  VLOOP(o, {
-    const T *x = v;
-    T s = 0;
-    for (int64_t i = 0; i < o->n; i++) s = s + (T)fabs((double)x[i]);
-    r = s;
-  });
-  return r;
+  int w = o->f32 ? 8 : 4;
+  if (o->n < w) w = 1;
+  int64_t units = o->n / w, rows = units / SUM_ILP;
+  double part[SUM_ILP * SUM_WMAX];
+  sum_rows(o, v, SUM_ILP * w, rows, part); /* row_sum: 4 accumulators of w lanes */
+  for (int64_t i = rows * SUM_ILP; i < units; i++)
+    for (int l = 0; l < w; l++) part[l] = add_dt(o, part[l], abs_at(o, v, i * w + l));
+  for (int k = 1; k < SUM_ILP; k++)
+    for (int l = 0; l < w; l++) part[l] = add_dt(o, part[l], part[k * w + l]);
+  if (w == 1) return part[0];
+  double s = 0; /* vectorized_inner_sum: the tail, then the lanes */
+  for (int64_t i = units * w; i < o->n; i++) s = add_dt(o, s, abs_at(o, v, i));
+  for (int l = 0; l < w; l++) s = add_dt(o, s, part[l]);
+  return s;
 }
 
 static void v_copy(const nn_lbfgs *o, void *dst, const void *src) {

@@ -329,6 +329,46 @@ Test(lbfgs, optimal_point_stops_at_once) {
   problem_fini(&p, ps);
 }
 
+/* The first step's length min(1, 1 / |g|_1) lr sums |g| as PyTorch's sum
+ * kernel does (vector lanes, not element order): with the gradient exact
+ * (a linear objective sum(c x)), one iteration lands on PyTorch's point
+ * bit for bit, for every length from 1 to LB_LIN_MAX, in both dtypes. */
+typedef struct linear {
+  ad_tensor *x, *c;
+} linear;
+
+static ad_status linear_closure(void *ud, double *loss) {
+  linear *p = ud;
+  ad_tensor *l = ad_sum(ctx, ad_mul(ctx, p->x, p->c));
+  if (!l) return ad_last_status(ctx);
+  *loss = ad_tensor_item(l);
+  return ad_backward(ctx, l, NULL);
+}
+
+Test(lbfgs, first_step_sums_as_torch) {
+  for (int f32 = 0; f32 < 2; f32++) {
+    ad_dtype dt = f32 ? AD_F32 : AD_F64;
+    const double *want = f32 ? lb_lin_f32 : lb_lin_f64;
+    for (int64_t n = 1; n <= LB_LIN_MAX; n++) {
+      linear p = {from(dt, 1, &n, lb_lin_x0), from(dt, 1, &n, lb_lin_c)};
+      nn_params *ps = nn_params_new(ctx);
+      cr_assert_eq(nn_params_add(ps, "x", p.x, true), AD_OK);
+      nn_lbfgs_config cfg = nn_lbfgs_defaults();
+      cfg.max_iter = 1;
+      nn_lbfgs *o = nn_lbfgs_new(ps, &cfg);
+      cr_assert_not_null(o, "%s", ad_last_error(ctx));
+      cr_assert_eq(nn_lbfgs_step(o, linear_closure, &p, NULL), AD_OK, "%s", ad_last_error(ctx));
+      for (int64_t k = 0; k < n; k++)
+        cr_assert_eq(ad_tensor_get(p.x, k), want[k], "%s n %lld: x[%lld] %.17g, torch %.17g",
+                     ad_dtype_name(dt), (long long)n, (long long)k, ad_tensor_get(p.x, k), want[k]);
+      want += n;
+      nn_lbfgs_free(o);
+      nn_params_free(ps);
+      ad_tensor_free(p.c);
+    }
+  }
+}
+
 /* ------------------------------------------------------------- misuse */
 
 Test(lbfgs, bad_input) {

@@ -98,7 +98,53 @@ def run(obj, kw, dtype):
     return traj
 
 
-out.append(f"enum {{ LB_STEPS = {STEPS}, LB_N_ROSEN = {N_ROSEN} }};")
+
+
+# The first step's length, min(1, 1 / sum |g|) lr, reads PyTorch's sum
+# kernel, which adds in vector lanes: a linear objective sum(c x) (its
+# gradient c exactly, in either engine), one iteration, and vectors of
+# every length from 1 to LIN_MAX, from a seed where the lanes' order gives
+# another sum than element order for the longer ones.
+LIN_MAX = 40
+
+
+def linear_step(c, x0, dtype):
+    x = torch.tensor(x0, dtype=dtype, requires_grad=True)
+    ct = torch.tensor(c, dtype=dtype)
+    opt = torch.optim.LBFGS([x], max_iter=1)
+
+    def closure():
+        opt.zero_grad()
+        loss = (x * ct).sum()
+        loss.backward()
+        return loss
+    opt.step(closure)
+    return x.detach().tolist()
+
+
+def in_order(v, dtype):
+    s = torch.zeros((), dtype=dtype)
+    for e in torch.tensor(v, dtype=dtype).abs():
+        s = s + e
+    return s.item()
+
+
+gen = torch.Generator().manual_seed(11)
+lin_c = (torch.rand(LIN_MAX, generator=gen, dtype=torch.float64) * 2 - 1).tolist()
+lin_x0 = torch.randn(LIN_MAX, generator=gen, dtype=torch.float64).tolist()
+for dt in (torch.float64, torch.float32):
+    assert any(torch.tensor(lin_c[:n], dtype=dt).abs().sum().item() != in_order(lin_c[:n], dt)
+               for n in range(1, LIN_MAX + 1))
+lin = {"f64": [], "f32": []}
+for n in range(1, LIN_MAX + 1):
+    lin["f64"] += linear_step(lin_c[:n], lin_x0[:n], torch.float64)
+    lin["f32"] += linear_step(lin_c[:n], lin_x0[:n], torch.float32)
+
+out.append(f"enum {{ LB_STEPS = {STEPS}, LB_N_ROSEN = {N_ROSEN}, LB_LIN_MAX = {LIN_MAX} }};")
+emit("lb_lin_c", lin_c)
+emit("lb_lin_x0", lin_x0)
+emit("lb_lin_f64", lin["f64"])
+emit("lb_lin_f32", lin["f32"])
 emit("lb_rosen_x0", ROSEN_X0)
 emit("lb_mlp_x", sum(MLP_X, []))
 emit("lb_mlp_y", MLP_Y)

@@ -2450,8 +2450,8 @@ NN_API void nn_lbfgs_free(nn_lbfgs *opt);
  * and after it, so no temporary survives a call, and the gradients are
  * released before it). PyTorch's arithmetic in its order, in the
  * parameters' dtype (the flat gradient with 0 for a parameter without one,
- * the two-loop recursion, the first step t = min(1, 1 / |g|_1) lr, the
- * scale ys / yy, the oldest pair dropped when the history is full, its
+ * the two-loop recursion, the first step t = min(1, 1 / |g|_1) lr with
+ * |g|_1 added in the order of PyTorch's sum kernel, the scale ys / yy, the oldest pair dropped when the history is full, its
  * stopping tests), and with NN_LINE_SEARCH_STRONG_WOLFE its cubic
  * interpolation and constants (c1 1e-4, c2 0.9, a bracket tolerance of
  * 1e-9 whatever tolerance_change is, since PyTorch's step does not pass
