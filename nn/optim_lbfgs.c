@@ -16,8 +16,9 @@
 
 struct nn_lbfgs {
   ad_ctx *ctx;
-  nn_lbfgs_config cfg; /* max_eval resolved */
-  int np;              /* distinct parameters */
+  nn_lbfgs_config cfg;
+  int64_t max_eval; /* cfg.max_eval, 0 resolved (max_iter * 5 / 4 may not fit an int) */
+  int np;           /* distinct parameters */
   ad_tensor **p;
   uint64_t *serial; /* p's at nn_lbfgs_new (ad_tensor_serial) */
   bool f32;
@@ -518,7 +519,6 @@ nn_lbfgs *nn_lbfgs_new(nn_params *params, const nn_lbfgs_config *cfg) {
   if (!ctx) return NULL;
   nn_lbfgs_config c = cfg ? *cfg : nn_lbfgs_defaults();
   if (check_config(ctx, &c) != AD_OK) return NULL;
-  if (c.max_eval == 0) c.max_eval = (int)((int64_t)c.max_iter * 5 / 4);
   if (nn_params_is_buffers(params)) {
     ad_set_error(ctx, AD_ERR_ARG,
                  "lbfgs: the list holds buffers, which are not trained (give it "
@@ -551,6 +551,7 @@ nn_lbfgs *nn_lbfgs_new(nn_params *params, const nn_lbfgs_config *cfg) {
   memset(o, 0, sizeof *o);
   o->ctx = ctx;
   o->cfg = c;
+  o->max_eval = c.max_eval ? c.max_eval : (int64_t)c.max_iter * 5 / 4;
   o->f32 = first->dtype == AD_F32;
   o->es = ad_dtype_size(first->dtype);
   o->n = n;
@@ -683,7 +684,7 @@ ad_status nn_lbfgs_step(nn_lbfgs *o, nn_lbfgs_closure fn, void *ud, double *loss
     o->func_evals += ls_evals;
     /* ---- the stopping tests */
     if (n_iter == c->max_iter) break;
-    if (current_evals >= c->max_eval) break;
+    if (current_evals >= o->max_eval) break;
     if (opt_cond) break;
     if (le_dt(o, v_absmax(o, o->d, o->t.v), c->tolerance_change)) break; /* lack of progress */
     if (fabs(loss - prev_loss) < c->tolerance_change) break;

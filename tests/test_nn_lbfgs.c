@@ -9,6 +9,7 @@
 #include "test_tmpdir.h"
 
 #include <criterion/criterion.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -327,6 +328,33 @@ Test(lbfgs, optimal_point_stops_at_once) {
   for (int k = 0; k < LB_N_ROSEN; k++) cr_assert_eq(ad_tensor_get(p.x, k), 1.0);
   nn_lbfgs_free(o);
   problem_fini(&p, ps);
+}
+
+/* max_eval 0 is max_iter * 5 / 4 also where that does not fit an int:
+ * a run with a huge max_iter stops on its tolerances, as PyTorch's, where
+ * one with bounds it never reaches does. */
+Test(lbfgs, huge_max_iter_keeps_its_evaluations) {
+  problem a, b;
+  nn_params *pa, *pb;
+  problem_init(&a, &lb_cases[1], AD_F64, &pa);
+  problem_init(&b, &lb_cases[1], AD_F64, &pb);
+  nn_lbfgs_config ca = nn_lbfgs_defaults(), cb = ca;
+  ca.line_search = cb.line_search = NN_LINE_SEARCH_STRONG_WOLFE;
+  ca.max_iter = INT_MAX; /* max_eval 0: 2684354558 */
+  cb.max_iter = 100000;
+  cb.max_eval = INT_MAX;
+  nn_lbfgs *oa = nn_lbfgs_new(pa, &ca), *ob = nn_lbfgs_new(pb, &cb);
+  cr_assert(oa && ob, "%s", ad_last_error(ctx));
+  cr_assert_eq(nn_lbfgs_step(oa, closure, &a, NULL), AD_OK, "%s", ad_last_error(ctx));
+  cr_assert_eq(nn_lbfgs_step(ob, closure, &b, NULL), AD_OK, "%s", ad_last_error(ctx));
+  cr_assert_gt(nn_lbfgs_iters(ob), 10);
+  cr_assert_eq(nn_lbfgs_iters(oa), nn_lbfgs_iters(ob));
+  cr_assert_eq(nn_lbfgs_evals(oa), nn_lbfgs_evals(ob));
+  for (int k = 0; k < LB_N_ROSEN; k++) cr_assert_eq(ad_tensor_get(a.x, k), ad_tensor_get(b.x, k));
+  nn_lbfgs_free(oa);
+  nn_lbfgs_free(ob);
+  problem_fini(&a, pa);
+  problem_fini(&b, pb);
 }
 
 /* The first step's length min(1, 1 / |g|_1) lr sums |g| as PyTorch's sum
