@@ -3,7 +3,8 @@
  *
  * - test_alloc / test_alloc_fn: an allocator for ad_ctx_new_with_alloc that
  *   counts what the context asks for and can refuse on demand.
- * - QUICK_ASSERT: cr_assert that costs nothing while the condition holds.
+ * - QUICK_ASSERT: cr_assert that costs nothing while the condition holds;
+ *   expect_tensor_close: a tensor against a fixture's, within a tolerance.
  * - TEST_CTX_SUITE: the plain fixture, a fresh ad_ctx_new context per test;
  *   TEST_CTX_SUITE_ALSO gives it to a file's further suites.
  *
@@ -23,6 +24,7 @@
 #include "ad_ext.h"
 
 #include <criterion/criterion.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -34,6 +36,25 @@
   do {                                                                                             \
     if (!(cond)) cr_assert(cond, __VA_ARGS__);                                                     \
   } while (0)
+
+/* got matches a fixture's want, of the same shape, element by element to
+ * |got - want| <= tol (1 + |want|); the messages name the case cname and
+ * the quantity what, and c's last error when got is NULL. */
+static inline void expect_tensor_close(ad_ctx *c, const ad_tensor *got, const ad_tensor *want,
+                                       double tol, const char *cname, const char *what) {
+  cr_assert_not_null(got, "%s %s: NULL (%s)", cname, what, ad_last_error(c));
+  cr_assert_not_null(want, "%s %s: not in the fixture", cname, what);
+  cr_assert_eq(got->ndim, want->ndim, "%s %s: %d dims, want %d", cname, what, got->ndim,
+               want->ndim);
+  for (int d = 0; d < got->ndim; d++)
+    cr_assert_eq(got->shape[d], want->shape[d], "%s %s: dim %d is %lld, want %lld", cname, what, d,
+                 (long long)got->shape[d], (long long)want->shape[d]);
+  for (int64_t i = 0; i < got->size; i++) {
+    double g = ad_tensor_get(got, i), w = ad_tensor_get(want, i);
+    QUICK_ASSERT(fabs(g - w) <= tol * (1 + fabs(w)), "%s %s[%lld]: %.17g, PyTorch %.17g", cname,
+                 what, (long long)i, g, w);
+  }
+}
 
 /* The plain fixture: every test of `suite` gets a fresh context from
  * ad_ctx_new in the file-scope `ctx`, freed after the test. Use once per

@@ -66,18 +66,7 @@ static ad_tensor *fixture(const nn_checkpoint_info *info, const proj_case *c, co
 /* |got - want| <= tol (1 + |want|) element by element, same shapes. */
 static void expect_close(const ad_tensor *got, const ad_tensor *want, double tol, const char *cname,
                          const char *what) {
-  cr_assert_not_null(got, "%s %s: NULL (%s)", cname, what, ad_last_error(ctx));
-  cr_assert_not_null(want, "%s %s: not in the fixture", cname, what);
-  cr_assert_eq(got->ndim, want->ndim, "%s %s: %d dims, want %d", cname, what, got->ndim,
-               want->ndim);
-  for (int d = 0; d < got->ndim; d++)
-    cr_assert_eq(got->shape[d], want->shape[d], "%s %s: dim %d is %lld, want %lld", cname, what, d,
-                 (long long)got->shape[d], (long long)want->shape[d]);
-  for (int64_t i = 0; i < got->size; i++) {
-    double g = ad_tensor_get(got, i), w = ad_tensor_get(want, i);
-    QUICK_ASSERT(fabs(g - w) <= tol * (1 + fabs(w)), "%s %s[%lld]: %.17g, PyTorch %.17g", cname,
-                 what, (long long)i, g, w);
-  }
+  expect_tensor_close(ctx, got, want, tol, cname, what);
 }
 
 static ad_tensor *dot(ad_tensor *a, ad_tensor *w) { return ad_sum(ctx, ad_mul(ctx, a, w)); }
