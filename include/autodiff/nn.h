@@ -988,8 +988,9 @@ NN_API nn_layer *nn_rnn_new_ext(ad_ctx *ctx, nn_rnn_cell cell, int64_t input_siz
  *   training  dropout between layers (opts.dropout) applies when true,
  *             to the layer's whole (for D = 2: concatenated) output; the
  *             mask's elements are drawn step by step (t), within a step
- *             sequence by sequence (n), within that the D*H features in
- *             order (forward direction's first), on every path.
+ *             sequence by sequence (n), within that the D*H (D*P with
+ *             projections) features in order (forward direction's
+ *             first), on every path.
  *   h_n, c_n  when not NULL, receive the final states [num_layers*D, N,
  *             H] (each sequence's state after its last step; for the
  *             reverse direction after its step 0), tape tensors; *c_n is
