@@ -4,6 +4,7 @@
  * - test_alloc / test_alloc_fn: an allocator for ad_ctx_new_with_alloc that
  *   counts what the context asks for and can refuse on demand.
  * - QUICK_ASSERT: cr_assert that costs nothing while the condition holds;
+ *   expect_status_msg: the last error's status and message;
  *   expect_tensor_close: a tensor against a fixture's, within a tolerance.
  * - TEST_CTX_SUITE: the plain fixture, a fresh ad_ctx_new context per test;
  *   TEST_CTX_SUITE_ALSO gives it to a file's further suites.
@@ -36,6 +37,15 @@
   do {                                                                                             \
     if (!(cond)) cr_assert(cond, __VA_ARGS__);                                                     \
   } while (0)
+
+/* c's last error has status st and a message containing needle; clears
+ * it. */
+static inline void expect_status_msg(ad_ctx *c, ad_status st, const char *needle) {
+  cr_assert_eq(ad_last_status(c), st, "status %s: %s", ad_status_str(ad_last_status(c)),
+               ad_last_error(c));
+  cr_assert(strstr(ad_last_error(c), needle), "message: %s", ad_last_error(c));
+  ad_clear_error(c);
+}
 
 /* got matches a fixture's want, of the same shape, element by element to
  * |got - want| <= tol (1 + |want|); the messages name the case cname and

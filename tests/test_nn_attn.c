@@ -16,13 +16,6 @@
 TEST_CTX_SUITE(sdpa);
 TEST_CTX_SUITE_ALSO(mha);
 
-static void expect_msg(ad_ctx *c, ad_status st, const char *needle) {
-  cr_assert_eq(ad_last_status(c), st, "status %s: %s", ad_status_str(ad_last_status(c)),
-               ad_last_error(c));
-  cr_assert(strstr(ad_last_error(c), needle), "message: %s", ad_last_error(c));
-  ad_clear_error(c);
-}
-
 /* The fixture tensor name as a new persistent tensor of dtype dt, or NULL
  * when the file has no such entry. */
 static ad_tensor *fx(ad_ctx *c, ad_dtype dt, const char *name) {
@@ -338,37 +331,38 @@ Test(sdpa, bad_input) {
   ad_tensor *k = ad_ones(ctx, AD_F32, 3, (int64_t[]){2, 5, 4});
   ad_tensor *v = ad_ones(ctx, AD_F32, 3, (int64_t[]){2, 5, 6});
   cr_assert_null(ad_scaled_dot_product_attention(ctx, q, k6, k6, NULL));
-  expect_msg(ctx, AD_ERR_SHAPE, "q [2,3,4] and k [2,5,6] have different embedding sizes");
+  expect_status_msg(ctx, AD_ERR_SHAPE, "q [2,3,4] and k [2,5,6] have different embedding sizes");
   cr_assert_null(ad_scaled_dot_product_attention(ctx, q, k, v4, NULL));
-  expect_msg(ctx, AD_ERR_SHAPE, "k [2,5,4] and v [2,4,6] have different source lengths");
+  expect_status_msg(ctx, AD_ERR_SHAPE, "k [2,5,4] and v [2,4,6] have different source lengths");
   cr_assert_null(ad_scaled_dot_product_attention(ctx, q, kb, kb, NULL));
-  expect_msg(ctx, AD_ERR_SHAPE,
-             "batch dimensions do not broadcast: q [2,3,4], k [3,5,4], v [3,5,4]");
+  expect_status_msg(ctx, AD_ERR_SHAPE,
+                    "batch dimensions do not broadcast: q [2,3,4], k [3,5,4], v [3,5,4]");
   ad_tensor *m = ad_zeros(ctx, AD_F32, 2, (int64_t[]){3, 4});
   ad_attention_opts o = {.mask = m};
   cr_assert_null(ad_scaled_dot_product_attention(ctx, q, k, v, &o));
-  expect_msg(ctx, AD_ERR_SHAPE, "mask [3,4] does not broadcast to the scores' shape [2,3,5]");
+  expect_status_msg(ctx, AD_ERR_SHAPE,
+                    "mask [3,4] does not broadcast to the scores' shape [2,3,5]");
   ad_tensor *md = ad_zeros(ctx, AD_I32, 2, (int64_t[]){3, 5});
   o.mask = md;
   cr_assert_null(ad_scaled_dot_product_attention(ctx, q, k, v, &o));
-  expect_msg(ctx, AD_ERR_DTYPE, "mask [3,5] is i32; an additive float mask is needed");
+  expect_status_msg(ctx, AD_ERR_DTYPE, "mask [3,5] is i32; an additive float mask is needed");
   ad_attention_opts od = {.dropout_p = 0.5};
   cr_assert_null(ad_scaled_dot_product_attention(ctx, q, k, v, &od));
-  expect_msg(ctx, AD_ERR_NULL, "needs an rng");
+  expect_status_msg(ctx, AD_ERR_NULL, "needs an rng");
   od.dropout_p = 1.0;
   cr_assert_null(ad_scaled_dot_product_attention(ctx, q, k, v, &od));
-  expect_msg(ctx, AD_ERR_ARG, "dropout_p 1 is outside [0, 1)");
+  expect_status_msg(ctx, AD_ERR_ARG, "dropout_p 1 is outside [0, 1)");
   ad_attention_opts os = {.scale = INFINITY};
   cr_assert_null(ad_scaled_dot_product_attention(ctx, q, k, v, &os));
-  expect_msg(ctx, AD_ERR_ARG, "scale inf must be finite");
+  expect_status_msg(ctx, AD_ERR_ARG, "scale inf must be finite");
   ad_tensor *w = q;
   ad_attention_opts ow = {.weights = &w};
   cr_assert_null(ad_scaled_dot_product_attention(ctx, q, NULL, v, &ow));
   cr_assert_null(w);
-  expect_msg(ctx, AD_ERR_NULL, "scaled_dot_product_attention: k is NULL");
+  expect_status_msg(ctx, AD_ERR_NULL, "scaled_dot_product_attention: k is NULL");
   ad_tensor *q2 = ad_ones(ctx, AD_F32, 2, (int64_t[]){3, 4});
   cr_assert_null(ad_scaled_dot_product_attention(ctx, q2, k, v, NULL));
-  expect_msg(ctx, AD_ERR_SHAPE, "must have the same number of dims");
+  expect_status_msg(ctx, AD_ERR_SHAPE, "must have the same number of dims");
   ad_tensor *all[] = {q, k6, v4, kb, k, v, m, md, q2};
   for (size_t i = 0; i < sizeof all / sizeof *all; i++) ad_tensor_free(all[i]);
 }
@@ -541,7 +535,7 @@ Test(mha, bad_input) {
   ad_rng rng;
   ad_rng_seed(&rng, 1);
   cr_assert_null(nn_multihead_attention_new(ctx, 6, 4, &rng, NULL));
-  expect_msg(ctx, AD_ERR_ARG, "embed_dim 6 and num_heads 4");
+  expect_status_msg(ctx, AD_ERR_ARG, "embed_dim 6 and num_heads 4");
   /* sizes past nn_rnn_new's bound are refused before 3 * embed_dim (which
    * overflowed int64 for the last two) */
   const int64_t huge[] = {(INT64_C(1) << 32) + 1, INT64_C(1) << 40, INT64_C(1) << 62, INT64_MAX};
@@ -550,44 +544,44 @@ Test(mha, bad_input) {
     char want[96];
     snprintf(want, sizeof want, "embed_dim %lld and num_heads 1", (long long)huge[i]);
     cr_assert(strstr(ad_last_error(ctx), want), "%s", ad_last_error(ctx));
-    expect_msg(ctx, AD_ERR_ARG, "embed_dim at most 2^32");
+    expect_status_msg(ctx, AD_ERR_ARG, "embed_dim at most 2^32");
   }
   nn_mha_opts od = {.dropout = 1.5};
   cr_assert_null(nn_multihead_attention_new(ctx, 6, 2, &rng, &od));
-  expect_msg(ctx, AD_ERR_ARG, "dropout 1.5 is outside [0, 1)");
+  expect_status_msg(ctx, AD_ERR_ARG, "dropout 1.5 is outside [0, 1)");
   nn_model *m = nn_sequential_new(ctx);
   cr_assert_eq(nn_model_add(m, nn_multihead_attention_new(ctx, E, H, &rng, NULL)), AD_OK);
   nn_layer *l = nn_model_layer(m, 0);
   ad_tensor *x = ad_ones(ctx, AD_F32, 3, (int64_t[]){4, 2, E});
   ad_tensor *x5 = ad_ones(ctx, AD_F32, 3, (int64_t[]){4, 2, 5});
   cr_assert_null(nn_model_forward(m, x5));
-  expect_msg(ctx, AD_ERR_SHAPE,
-             "multihead_attention '0': query [4,2,5], key [4,2,5] and value "
-             "[4,2,5] must be [L, N, E] or [L, E] with E = embed_dim 6");
+  expect_status_msg(ctx, AD_ERR_SHAPE,
+                    "multihead_attention '0': query [4,2,5], key [4,2,5] and value "
+                    "[4,2,5] must be [L, N, E] or [L, E] with E = embed_dim 6");
   ad_tensor *am = ad_zeros(ctx, AD_F32, 2, (int64_t[]){4, 3});
   nn_mha_args a = {.attn_mask = am};
   cr_assert_null(nn_multihead_attention(l, x, x, x, &a, NULL));
-  expect_msg(ctx, AD_ERR_SHAPE,
-             "attn_mask [4,3] must be [L, S] = [4,4] or [N*num_heads, L, S] = [4,4,4]");
+  expect_status_msg(ctx, AD_ERR_SHAPE,
+                    "attn_mask [4,3] must be [L, S] = [4,4] or [N*num_heads, L, S] = [4,4,4]");
   ad_tensor *kpm = ad_zeros(ctx, AD_I32, 2, (int64_t[]){4, 2});
   nn_mha_args b = {.key_padding_mask = kpm};
   cr_assert_null(nn_multihead_attention(l, x, x, x, &b, NULL));
-  expect_msg(ctx, AD_ERR_SHAPE, "key_padding_mask [4,2] must be [N, S] = [2,4]");
+  expect_status_msg(ctx, AD_ERR_SHAPE, "key_padding_mask [4,2] must be [N, S] = [2,4]");
   ad_tensor *k3 = ad_ones(ctx, AD_F32, 3, (int64_t[]){3, 2, E});
   ad_tensor *v4 = ad_ones(ctx, AD_F32, 3, (int64_t[]){4, 2, E});
   cr_assert_null(nn_multihead_attention(l, x, k3, v4, NULL, NULL));
-  expect_msg(ctx, AD_ERR_SHAPE, "key and value must have the same length");
+  expect_status_msg(ctx, AD_ERR_SHAPE, "key and value must have the same length");
   ad_tensor *xd = ad_ones(ctx, AD_F64, 3, (int64_t[]){4, 2, E});
   cr_assert_null(nn_multihead_attention(l, xd, xd, xd, NULL, NULL));
-  expect_msg(ctx, AD_ERR_DTYPE, "the layer is f32");
+  expect_status_msg(ctx, AD_ERR_DTYPE, "the layer is f32");
   nn_layer *other = nn_flatten_new(ctx);
   cr_assert_null(nn_multihead_attention(other, x, x, x, NULL, NULL));
-  expect_msg(ctx, AD_ERR_ARG, "is not a multihead_attention");
+  expect_status_msg(ctx, AD_ERR_ARG, "is not a multihead_attention");
   nn_layer_free(other);
   /* a lambda may take the kind's name; it has no attention state to read */
   other = nn_lambda_new(ctx, "multihead_attention", ident, NULL);
   cr_assert_null(nn_multihead_attention(other, x, x, x, NULL, NULL));
-  expect_msg(ctx, AD_ERR_ARG, "is not a multihead_attention");
+  expect_status_msg(ctx, AD_ERR_ARG, "is not a multihead_attention");
   nn_layer_free(other);
   ad_tensor *all[] = {x, x5, am, kpm, k3, v4, xd};
   for (size_t i = 0; i < sizeof all / sizeof *all; i++) ad_tensor_free(all[i]);

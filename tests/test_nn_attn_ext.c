@@ -17,13 +17,6 @@
 
 TEST_CTX_SUITE(mha_ext);
 
-static void expect_msg(ad_ctx *c, ad_status st, const char *needle) {
-  cr_assert_eq(ad_last_status(c), st, "status %s: %s", ad_status_str(ad_last_status(c)),
-               ad_last_error(c));
-  cr_assert(strstr(ad_last_error(c), needle), "message: %s", ad_last_error(c));
-  ad_clear_error(c);
-}
-
 /* |got - want| <= tol (1 + |want|) elementwise over n values. */
 static void expect_close(const ad_tensor *got, const double *want, int64_t n, double tol,
                          const char *what, const char *cs) {
@@ -357,21 +350,21 @@ Test(mha_ext, bad_input) {
   ad_rng rng;
   ad_rng_seed(&rng, 1);
   cr_assert_null(nn_multihead_attention_new_ext(ctx, 6, 2, &rng, &(nn_mha_opts_ext){.kdim = -1}));
-  expect_msg(ctx, AD_ERR_ARG, "multihead_attention: kdim -1 and vdim 0 must be >= 1");
+  expect_status_msg(ctx, AD_ERR_ARG, "multihead_attention: kdim -1 and vdim 0 must be >= 1");
   cr_assert_null(
       nn_multihead_attention_new_ext(ctx, 6, 2, &rng, &(nn_mha_opts_ext){.vdim = INT64_MIN}));
-  expect_msg(ctx, AD_ERR_ARG, "must be >= 1 (or 0: embed_dim) and at most 2^32");
+  expect_status_msg(ctx, AD_ERR_ARG, "must be >= 1 (or 0: embed_dim) and at most 2^32");
   cr_assert_null(nn_multihead_attention_new_ext(ctx, 6, 2, &rng,
                                                 &(nn_mha_opts_ext){.kdim = INT64_C(1) << 33}));
-  expect_msg(ctx, AD_ERR_ARG, "kdim 8589934592 and vdim 0");
+  expect_status_msg(ctx, AD_ERR_ARG, "kdim 8589934592 and vdim 0");
   cr_assert_null(nn_multihead_attention_new_ext(
       ctx, 6, 4, &rng, &(nn_mha_opts_ext){.kdim = 4, .add_bias_kv = true}));
-  expect_msg(ctx, AD_ERR_ARG, "embed_dim 6 and num_heads 4");
+  expect_status_msg(ctx, AD_ERR_ARG, "embed_dim 6 and num_heads 4");
   cr_assert_null(nn_multihead_attention_new_ext(
       ctx, 6, 2, &rng, &(nn_mha_opts_ext){.base = {.dtype = AD_I32}, .add_zero_attn = true}));
-  expect_msg(ctx, AD_ERR_DTYPE, "parameters must be float, got i32");
+  expect_status_msg(ctx, AD_ERR_DTYPE, "parameters must be float, got i32");
   cr_assert_null(nn_multihead_attention_new_ext(ctx, 6, 2, NULL, NULL));
-  expect_msg(ctx, AD_ERR_NULL, "rng");
+  expect_status_msg(ctx, AD_ERR_NULL, "rng");
   cr_assert_null(nn_multihead_attention_new_ext(NULL, 6, 2, &rng, NULL));
 
   nn_model *m = nn_sequential_new(ctx);
@@ -387,28 +380,30 @@ Test(mha_ext, bad_input) {
   /* key of embed_dim's last dim, value of kdim's */
   cr_assert_null(nn_multihead_attention(l, q, q, v, NULL, &w));
   cr_assert_null(w);
-  expect_msg(ctx, AD_ERR_SHAPE,
-             "multihead_attention '0': query [3,2,6], key [3,2,6] and value [4,2,5] must be "
-             "[L, N, E] or [L, E] with E = embed_dim 6 (key's last dim kdim 4, value's vdim 5)");
+  expect_status_msg(
+      ctx, AD_ERR_SHAPE,
+      "multihead_attention '0': query [3,2,6], key [3,2,6] and value [4,2,5] must be "
+      "[L, N, E] or [L, E] with E = embed_dim 6 (key's last dim kdim 4, value's vdim 5)");
   cr_assert_null(nn_multihead_attention(l, q, k, k, NULL, NULL));
-  expect_msg(ctx, AD_ERR_SHAPE, "value [4,2,4] must be");
+  expect_status_msg(ctx, AD_ERR_SHAPE, "value [4,2,4] must be");
   /* self-attention in a Sequential needs kdim = vdim = E */
   cr_assert_null(nn_model_forward(m, q));
-  expect_msg(ctx, AD_ERR_SHAPE, "key's last dim kdim 4, value's vdim 5");
+  expect_status_msg(ctx, AD_ERR_SHAPE, "key's last dim kdim 4, value's vdim 5");
   ad_tensor *k3 = ad_ones(ctx, AD_F32, 3, (int64_t[]){3, 2, 4});
   cr_assert_null(nn_multihead_attention(l, q, k3, v, NULL, NULL));
-  expect_msg(ctx, AD_ERR_SHAPE, "key and value must have the same length");
+  expect_status_msg(ctx, AD_ERR_SHAPE, "key and value must have the same length");
   /* masks are for the S keys given, not the S + 2 the layer attends to */
   ad_tensor *am = ad_zeros(ctx, AD_F32, 2, (int64_t[]){3, 6});
   cr_assert_null(nn_multihead_attention(l, q, k, v, &(nn_mha_args){.attn_mask = am}, NULL));
-  expect_msg(ctx, AD_ERR_SHAPE,
-             "attn_mask [3,6] must be [L, S] = [3,4] or [N*num_heads, L, S] = [4,3,4]");
+  expect_status_msg(ctx, AD_ERR_SHAPE,
+                    "attn_mask [3,6] must be [L, S] = [3,4] or [N*num_heads, L, S] = [4,3,4]");
   ad_tensor *kpm = ad_zeros(ctx, AD_I32, 2, (int64_t[]){2, 6});
   cr_assert_null(nn_multihead_attention(l, q, k, v, &(nn_mha_args){.key_padding_mask = kpm}, NULL));
-  expect_msg(ctx, AD_ERR_SHAPE, "key_padding_mask [2,6] must be [N, S] = [2,4]");
+  expect_status_msg(ctx, AD_ERR_SHAPE, "key_padding_mask [2,6] must be [N, S] = [2,4]");
   ad_tensor *kd = ad_ones(ctx, AD_F64, 3, (int64_t[]){4, 2, 4});
   cr_assert_null(nn_multihead_attention(l, q, kd, v, NULL, NULL));
-  expect_msg(ctx, AD_ERR_DTYPE, "query, key and value are f32, f64 and f32; the layer is f32");
+  expect_status_msg(ctx, AD_ERR_DTYPE,
+                    "query, key and value are f32, f64 and f32; the layer is f32");
   ad_tensor *all[] = {q, k, v, k3, am, kpm, kd};
   for (size_t i = 0; i < sizeof all / sizeof *all; i++) ad_tensor_free(all[i]);
   nn_model_free(m);

@@ -16,13 +16,6 @@ TEST_CTX_SUITE(cnn);
 
 #define CNN_FIXTURE "tests/fixtures/torch_cnn.safetensors"
 
-static void expect_msg(ad_ctx *c, ad_status st, const char *needle) {
-  cr_assert_eq(ad_last_status(c), st, "status %s: %s", ad_status_str(ad_last_status(c)),
-               ad_last_error(c));
-  cr_assert(strstr(ad_last_error(c), needle), "message: %s", ad_last_error(c));
-  ad_clear_error(c);
-}
-
 static ad_tensor *tensor_of(ad_dtype dt, int ndim, const int64_t *shape, const double *v) {
   ad_tensor *t = ad_zeros(ctx, dt, ndim, shape);
   cr_assert_not_null(t, "%s", ad_last_error(ctx));
@@ -221,21 +214,21 @@ Test(cnn, bad_input_names_the_layer) {
   ad_rng rng;
   ad_rng_seed(&rng, 3);
   cr_assert_null(nn_conv2d_new(ctx, 3, 4, 3, 3, &rng, &(nn_conv2d_opts){.groups = 2}));
-  expect_msg(ctx, AD_ERR_ARG, "conv2d: channels 3 -> 4, kernel 3x3 and groups 2");
+  expect_status_msg(ctx, AD_ERR_ARG, "conv2d: channels 3 -> 4, kernel 3x3 and groups 2");
   cr_assert_null(nn_conv2d_new(ctx, 3, 4, 0, 3, &rng, NULL));
-  expect_msg(ctx, AD_ERR_ARG, "kernel 0x3");
+  expect_status_msg(ctx, AD_ERR_ARG, "kernel 0x3");
   cr_assert_null(nn_conv2d_new(ctx, 3, 4, 3, 3, &rng, &(nn_conv2d_opts){.dtype = AD_I32}));
-  expect_msg(ctx, AD_ERR_DTYPE, "conv2d: parameters must be float, got i32");
+  expect_status_msg(ctx, AD_ERR_DTYPE, "conv2d: parameters must be float, got i32");
   cr_assert_null(nn_conv2d_new(ctx, 3, 4, 3, 3, NULL, NULL));
-  expect_msg(ctx, AD_ERR_NULL, "rng");
+  expect_status_msg(ctx, AD_ERR_NULL, "rng");
   /* a kernel too large: the error, without overflow first (UBSan) */
   int64_t big = INT64_C(1) << 32;
   cr_assert_null(nn_conv2d_new(ctx, 1, 1, big, big, &rng, NULL));
-  expect_msg(ctx, AD_ERR_ARG, "is too large");
+  expect_status_msg(ctx, AD_ERR_ARG, "is too large");
   cr_assert_null(nn_conv_transpose2d_new(ctx, 1, 1, big, big, &rng, NULL));
-  expect_msg(ctx, AD_ERR_ARG, "is too large");
+  expect_status_msg(ctx, AD_ERR_ARG, "is too large");
   cr_assert_null(nn_max_pool2d_new(ctx, 0, 2, NULL));
-  expect_msg(ctx, AD_ERR_ARG, "max_pool2d: kernel 0x2");
+  expect_status_msg(ctx, AD_ERR_ARG, "max_pool2d: kernel 0x2");
   /* options the op would refuse at the first forward, or PyTorch's
    * constructors refuse, are refused when the layer is made */
   static const struct {
@@ -259,7 +252,7 @@ Test(cnn, bad_input_names_the_layer) {
     nn_layer *l = opts[k].transpose ? nn_conv_transpose2d_new(ctx, 2, 2, 3, 3, &rng, &opts[k].o)
                                     : nn_conv2d_new(ctx, 2, 2, 3, 3, &rng, &opts[k].o);
     cr_assert_null(l, "case %zu", k);
-    expect_msg(ctx, AD_ERR_ARG, opts[k].want);
+    expect_status_msg(ctx, AD_ERR_ARG, opts[k].want);
   }
   nn_layer *ok = nn_conv_transpose2d_new(
       ctx, 2, 2, 3, 3, &rng, &(nn_conv2d_opts){.stride = {2, 1}, .output_padding = {1, 0}});
@@ -271,18 +264,18 @@ Test(cnn, bad_input_names_the_layer) {
   ad_tensor *x1 = ad_ones(ctx, AD_F32, 4, s1), *x2 = ad_ones(ctx, AD_F32, 2, s2),
             *x3 = ad_ones(ctx, AD_F32, 4, s3);
   cr_assert_null(nn_model_forward(m, x1));
-  expect_msg(ctx, AD_ERR_SHAPE, "conv2d '0': input [2,1,8,8] must be [N, 3, H, W]");
+  expect_status_msg(ctx, AD_ERR_SHAPE, "conv2d '0': input [2,1,8,8] must be [N, 3, H, W]");
   cr_assert_null(nn_model_forward(m, x2));
-  expect_msg(ctx, AD_ERR_SHAPE, "conv2d '0': input [2,3] must be [N, 3, H, W]");
+  expect_status_msg(ctx, AD_ERR_SHAPE, "conv2d '0': input [2,3] must be [N, 3, H, W]");
   cr_assert_null(nn_model_forward(m, x3)); /* a 3x3 kernel on 2x2 */
-  expect_msg(ctx, AD_ERR_SHAPE, "conv2d");
+  expect_status_msg(ctx, AD_ERR_SHAPE, "conv2d");
   nn_model_free(m);
   /* an op's error passed through is named with the layer, as the layers'
    * own: a pool and an activation given an input they refuse */
   m = nn_sequential_new(ctx);
   nn_model_add(m, nn_max_pool2d_new(ctx, 2, 2, NULL));
   cr_assert_null(nn_model_forward(m, x2));
-  expect_msg(ctx, AD_ERR_SHAPE, "max_pool2d '0': max_pool2d: input [2,3] must be 4-D");
+  expect_status_msg(ctx, AD_ERR_SHAPE, "max_pool2d '0': max_pool2d: input [2,3] must be 4-D");
   nn_model_free(m);
   ad_tensor_free(x1), ad_tensor_free(x2), ad_tensor_free(x3);
 }

@@ -29,13 +29,6 @@ static void fill(ad_tensor *t, const double *v) {
   for (int64_t i = 0; i < t->size; i++) ad_tensor_set(t, i, v[i]);
 }
 
-static void expect_msg(ad_ctx *c, ad_status st, const char *needle) {
-  cr_assert_eq(ad_last_status(c), st, "status %s: %s", ad_status_str(ad_last_status(c)),
-               ad_last_error(c));
-  cr_assert(strstr(ad_last_error(c), needle), "message: %s", ad_last_error(c));
-  ad_clear_error(c);
-}
-
 /* ------------------------------------------------------------- parameters */
 
 Test(params, names_lookup_and_ownership) {
@@ -57,13 +50,13 @@ Test(params, names_lookup_and_ownership) {
 
   /* errors; an owned tensor is freed even when the add fails */
   cr_assert_eq(nn_params_add(p, "enc.weight", ad_zeros(ctx, AD_F32, 1, s), true), AD_ERR_ARG);
-  expect_msg(ctx, AD_ERR_ARG, "a parameter named 'enc.weight' exists");
+  expect_status_msg(ctx, AD_ERR_ARG, "a parameter named 'enc.weight' exists");
   cr_assert_eq(nn_params_add(p, "", ad_zeros(ctx, AD_F32, 1, s), true), AD_ERR_ARG);
-  expect_msg(ctx, AD_ERR_ARG, "non-empty name");
+  expect_status_msg(ctx, AD_ERR_ARG, "non-empty name");
   cr_assert_eq(nn_params_add(p, "ids", ad_zeros(ctx, AD_I32, 2, s), true), AD_ERR_DTYPE);
-  expect_msg(ctx, AD_ERR_DTYPE, "'ids' [2,3] is i32; parameters must be float");
+  expect_status_msg(ctx, AD_ERR_DTYPE, "'ids' [2,3] is i32; parameters must be float");
   cr_assert_eq(nn_params_add(p, "tmp", ad_add_scalar(ctx, a, 1), false), AD_ERR_ARG);
-  expect_msg(ctx, AD_ERR_ARG, "'tmp' is a temporary");
+  expect_status_msg(ctx, AD_ERR_ARG, "'tmp' is a temporary");
   cr_assert_eq(nn_params_count(p), 2);
 
   /* many names: the hash map grows */
@@ -210,13 +203,13 @@ Test(init, fans_and_errors) {
   cr_assert_eq(in, 1);
   cr_assert_eq(nn_init_tensor(ctx, conv, nn_init_make(NN_INIT_XAVIER_UNIFORM, 0, 0), NULL),
                AD_ERR_NULL);
-  expect_msg(ctx, AD_ERR_NULL, "init: a random initializer needs an rng");
+  expect_status_msg(ctx, AD_ERR_NULL, "init: a random initializer needs an rng");
   ad_rng rng;
   ad_rng_seed(&rng, 1);
   cr_assert_eq(nn_init_tensor(ctx, conv, nn_init_make(NN_INIT_DEFAULT, 0, 0), &rng), AD_ERR_ARG);
-  expect_msg(ctx, AD_ERR_ARG, "unknown or default initializer");
+  expect_status_msg(ctx, AD_ERR_ARG, "unknown or default initializer");
   cr_assert_eq(nn_init_tensor(ctx, conv, nn_init_make(NN_INIT_NORMAL, 0, -1), &rng), AD_ERR_ARG);
-  expect_msg(ctx, AD_ERR_ARG, "normal needs a finite mean and std >= 0");
+  expect_status_msg(ctx, AD_ERR_ARG, "normal needs a finite mean and std >= 0");
   /* non-finite numbers made NaN or infinite weights without an error */
   nn_init bad[6] = {nn_init_make(NN_INIT_UNIFORM, -INFINITY, INFINITY),
                     nn_init_make(NN_INIT_UNIFORM, 0, INFINITY),
@@ -226,10 +219,10 @@ Test(init, fans_and_errors) {
                     nn_init_make(NN_INIT_HE_NORMAL, INFINITY, 0)};
   for (int k = 0; k < 6; k++) {
     cr_assert_eq(nn_init_tensor(ctx, conv, bad[k], &rng), AD_ERR_ARG, "initializer %d", k);
-    expect_msg(ctx, AD_ERR_ARG, "init:");
+    expect_status_msg(ctx, AD_ERR_ARG, "init:");
   }
   cr_assert_eq(nn_init_tensor(ctx, conv, nn_init_make(NN_INIT_CONSTANT, NAN, 0), &rng), AD_ERR_ARG);
-  expect_msg(ctx, AD_ERR_ARG, "constant nan is not finite");
+  expect_status_msg(ctx, AD_ERR_ARG, "constant nan is not finite");
   ad_tensor *ids = ad_zeros(ctx, AD_I32, 1, s4);
   cr_assert_eq(nn_init_tensor(ctx, ids, nn_init_make(NN_INIT_ZEROS, 0, 0), &rng), AD_ERR_DTYPE);
   ad_tensor_free(conv), ad_tensor_free(vec), ad_tensor_free(ids);
@@ -241,7 +234,7 @@ Test(dense, forward_and_backward_match_torch) {
   nn_dense_opts o = {.dtype = AD_F64};
   nn_layer *d = nn_dense_new(ctx, 3, 2, NULL, &o); /* Xavier needs an rng */
   cr_assert_null(d);
-  expect_msg(ctx, AD_ERR_NULL, "needs an rng");
+  expect_status_msg(ctx, AD_ERR_NULL, "needs an rng");
   ad_rng rng;
   ad_rng_seed(&rng, 1);
   d = nn_dense_new(ctx, 3, 2, &rng, &o);
@@ -305,16 +298,17 @@ Test(dense, errors_name_the_layer_and_shapes) {
   int64_t s[2] = {32, 100};
   ad_tensor *x = ad_zeros(ctx, AD_F32, 2, s);
   cr_assert_null(nn_model_forward(m, x));
-  expect_msg(ctx, AD_ERR_SHAPE,
-             "dense '0': input [32,100] has 100 features, the layer expects 784 (weight [64,784])");
+  expect_status_msg(
+      ctx, AD_ERR_SHAPE,
+      "dense '0': input [32,100] has 100 features, the layer expects 784 (weight [64,784])");
   ad_tensor *x64 = ad_zeros(ctx, AD_F64, 2, (int64_t[]){32, 784});
   cr_assert_null(nn_model_forward(m, x64));
-  expect_msg(ctx, AD_ERR_DTYPE, "dense '0': input [32,784] is f64, the weights are f32");
+  expect_status_msg(ctx, AD_ERR_DTYPE, "dense '0': input [32,784] is f64, the weights are f32");
   cr_assert_null(nn_dense_new(ctx, 0, 3, &rng, NULL));
-  expect_msg(ctx, AD_ERR_ARG, "dense: in 0 and out 3 must be >= 1");
+  expect_status_msg(ctx, AD_ERR_ARG, "dense: in 0 and out 3 must be >= 1");
   nn_dense_opts o = {.dtype = AD_I32};
   cr_assert_null(nn_dense_new(ctx, 2, 3, &rng, &o));
-  expect_msg(ctx, AD_ERR_DTYPE, "dense: parameters must be float, got i32");
+  expect_status_msg(ctx, AD_ERR_DTYPE, "dense: parameters must be float, got i32");
   ad_tensor_free(x), ad_tensor_free(x64);
   nn_model_free(m);
 }
@@ -348,7 +342,7 @@ Test(activations, match_torch) {
   cr_assert_str_eq(nn_act_name(NN_ACT_LEAKY_RELU), "leaky_relu");
   cr_assert_str_eq(nn_act_name((nn_act)99), "?");
   cr_assert_null(nn_activation_new(ctx, (nn_act)99));
-  expect_msg(ctx, AD_ERR_ARG, "unknown activation 99");
+  expect_status_msg(ctx, AD_ERR_ARG, "unknown activation 99");
   ad_tensor_free(x);
 }
 
@@ -357,9 +351,9 @@ Test(activations, match_torch) {
  * infinity: refused when the layer is made. */
 Test(activations, leaky_relu_slope_must_be_finite) {
   cr_assert_null(nn_leaky_relu_new(ctx, NAN));
-  expect_msg(ctx, AD_ERR_ARG, "leaky_relu: slope nan is not finite");
+  expect_status_msg(ctx, AD_ERR_ARG, "leaky_relu: slope nan is not finite");
   cr_assert_null(nn_leaky_relu_new(ctx, -INFINITY));
-  expect_msg(ctx, AD_ERR_ARG, "leaky_relu: slope -inf is not finite");
+  expect_status_msg(ctx, AD_ERR_ARG, "leaky_relu: slope -inf is not finite");
   nn_layer *l = nn_leaky_relu_new(ctx, -0.5); /* any finite slope, as PyTorch */
   cr_assert_not_null(l);
   nn_layer_free(l);
@@ -420,13 +414,13 @@ Test(activations, hardtanh_and_relu6) {
  * fine. */
 Test(activations, hardtanh_bounds_checked) {
   cr_assert_null(nn_hardtanh_new(ctx, 1, 1));
-  expect_msg(ctx, AD_ERR_ARG, "hardtanh: max 1 is not greater than min 1");
+  expect_status_msg(ctx, AD_ERR_ARG, "hardtanh: max 1 is not greater than min 1");
   cr_assert_null(nn_hardtanh_new(ctx, 1, -1));
-  expect_msg(ctx, AD_ERR_ARG, "hardtanh: max -1 is not greater than min 1");
+  expect_status_msg(ctx, AD_ERR_ARG, "hardtanh: max -1 is not greater than min 1");
   cr_assert_null(nn_hardtanh_new(ctx, NAN, 1));
-  expect_msg(ctx, AD_ERR_ARG, "hardtanh: max 1 is not greater than min nan");
+  expect_status_msg(ctx, AD_ERR_ARG, "hardtanh: max 1 is not greater than min nan");
   cr_assert_null(nn_hardtanh_new(ctx, -1, NAN));
-  expect_msg(ctx, AD_ERR_ARG, "hardtanh: max nan is not greater than min -1");
+  expect_status_msg(ctx, AD_ERR_ARG, "hardtanh: max nan is not greater than min -1");
   cr_assert_null(nn_hardtanh_new(NULL, -1, 1));
   cr_assert_null(nn_relu6_new(NULL));
   nn_layer *l = nn_hardtanh_new(ctx, -INFINITY, INFINITY);
@@ -489,7 +483,7 @@ Test(dropout, eval_mode_seeds_and_errors) {
   nn_layer *none = nn_dropout_new(ctx, 0.0, 1);
   cr_assert_eq(nn_layer_forward(none, x, true), x);
   cr_assert_null(nn_dropout_new(ctx, 1.0, 1));
-  expect_msg(ctx, AD_ERR_ARG, "dropout: p = 1 is outside [0, 1)");
+  expect_status_msg(ctx, AD_ERR_ARG, "dropout: p = 1 is outside [0, 1)");
   nn_layer_free(a), nn_layer_free(b), nn_layer_free(none);
   ad_tensor_free(x);
 }
@@ -558,7 +552,7 @@ Test(layers, flatten_and_lambda) {
   cr_assert_float_eq(ad_tensor_get(y2, 5), 2.0, 0);
   cr_assert_eq(calls, 1);
   cr_assert_null(nn_lambda_new(ctx, NULL, NULL, NULL));
-  expect_msg(ctx, AD_ERR_NULL, "lambda: function is NULL");
+  expect_status_msg(ctx, AD_ERR_NULL, "lambda: function is NULL");
   nn_layer *anon = nn_lambda_new(ctx, NULL, double_it, &calls);
   cr_assert_str_eq(nn_layer_kind(anon), "lambda");
   nn_layer_free(f), nn_layer_free(l), nn_layer_free(anon), nn_layer_free(NULL);
@@ -575,7 +569,7 @@ Test(models, sequential_names_like_pytorch) {
   int64_t s[2] = {1, 4};
   ad_tensor *x = ad_ones(ctx, AD_F32, 2, s);
   cr_assert_null(nn_model_forward(m, x));
-  expect_msg(ctx, AD_ERR_STATE, "no layers");
+  expect_status_msg(ctx, AD_ERR_STATE, "no layers");
   cr_assert_eq(nn_model_add(m, nn_dense_new(ctx, 4, 8, &rng, NULL)), AD_OK);
   cr_assert_eq(nn_model_add(m, nn_activation_new(ctx, NN_ACT_RELU)), AD_OK);
   cr_assert_eq(nn_model_add(m, nn_dropout_new(ctx, 0.5, 1)), AD_OK);
@@ -602,13 +596,13 @@ Test(models, sequential_names_like_pytorch) {
 
   /* adding fails cleanly and frees the layer */
   cr_assert_eq(nn_model_add_named(m, "head", nn_activation_new(ctx, NN_ACT_TANH)), AD_ERR_ARG);
-  expect_msg(ctx, AD_ERR_ARG, "a layer named 'head' exists");
+  expect_status_msg(ctx, AD_ERR_ARG, "a layer named 'head' exists");
   cr_assert_eq(nn_model_add_named(m, "a.b", nn_activation_new(ctx, NN_ACT_TANH)), AD_ERR_ARG);
-  expect_msg(ctx, AD_ERR_ARG, "without '.'");
+  expect_status_msg(ctx, AD_ERR_ARG, "without '.'");
   cr_assert_eq(nn_model_add(m, nn_dense_new(ctx, 0, 1, &rng, NULL)), AD_ERR_ARG);
-  expect_msg(ctx, AD_ERR_ARG, "dense: in 0");
+  expect_status_msg(ctx, AD_ERR_ARG, "dense: in 0");
   cr_assert_eq(nn_model_add(m, nn_model_layer(m, 0)), AD_ERR_ARG);
-  expect_msg(ctx, AD_ERR_ARG, "dense '0' already belongs to a model");
+  expect_status_msg(ctx, AD_ERR_ARG, "dense '0' already belongs to a model");
   cr_assert_eq(nn_model_layer_count(m), 4);
 
   /* the summary lists layers, shapes and the total */
@@ -648,7 +642,7 @@ Test(models, custom_model_2_3_1_closed_form) {
   fill(nn_model_add_param(m, "w2", AD_F64, 2, s2, zero, NULL), w2);
   fill(nn_model_add_param(m, "b2", AD_F64, 1, sb2, zero, NULL), b2);
   cr_assert_null(nn_model_add_param(m, "w1", AD_F64, 1, sb1, zero, NULL));
-  expect_msg(ctx, AD_ERR_ARG, "a parameter named 'w1' exists");
+  expect_status_msg(ctx, AD_ERR_ARG, "a parameter named 'w1' exists");
   ad_tensor *x = make(ctx, AD_F64, 1, 2, xv), *tt = make(ctx, AD_F64, 1, 1, &t);
   ad_tensor *y = nn_model_forward(m, x);
   ad_tensor *l = nn_mse_loss(ctx, y, tt, NN_MEAN);
@@ -678,7 +672,7 @@ Test(models, custom_model_2_3_1_closed_form) {
   fclose(f);
   cr_assert(strstr(buf, "w1") && strstr(buf, "total parameters: 13"), "%s", buf);
   cr_assert_null(nn_model_new(ctx, NULL, NULL));
-  expect_msg(ctx, AD_ERR_NULL, "forward function is NULL");
+  expect_status_msg(ctx, AD_ERR_NULL, "forward function is NULL");
   ad_tensor_free(x), ad_tensor_free(tt);
   nn_model_free(m);
 }

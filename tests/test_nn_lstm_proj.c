@@ -42,13 +42,6 @@ static const proj_case cases[] = {
     {"p2bi_bf_len_f32", 3, 4, 3, 2, true, true, true, 4, 3, true, true},
 };
 
-static void expect_msg(ad_ctx *c, ad_status st, const char *needle) {
-  cr_assert_eq(ad_last_status(c), st, "status %s: %s", ad_status_str(ad_last_status(c)),
-               ad_last_error(c));
-  cr_assert(strstr(ad_last_error(c), needle), "message: %s", ad_last_error(c));
-  ad_clear_error(c);
-}
-
 /* The fixture's tensor "<case>.<what>" (persistent), or NULL when absent. */
 static ad_tensor *fixture(const nn_checkpoint_info *info, const proj_case *c, const char *what) {
   char name[96];
@@ -474,33 +467,33 @@ Test(lstm_proj, bad_options_are_named) {
   ad_rng_seed(&rng, 1);
   nn_rnn_opts_ext o = {.proj_size = 4};
   cr_assert_null(nn_rnn_new_ext(ctx, NN_RNN_LSTM, 3, 4, &rng, &o));
-  expect_msg(ctx, AD_ERR_ARG,
-             "lstm: proj_size 4 must be 0 (no projections) or in 1..hidden_size - 1 = 3");
+  expect_status_msg(ctx, AD_ERR_ARG,
+                    "lstm: proj_size 4 must be 0 (no projections) or in 1..hidden_size - 1 = 3");
   o.proj_size = 9;
   cr_assert_null(nn_rnn_new_ext(ctx, NN_RNN_LSTM, 3, 4, &rng, &o));
-  expect_msg(ctx, AD_ERR_ARG, "lstm: proj_size 9 must be 0 (no projections) or in 1..");
+  expect_status_msg(ctx, AD_ERR_ARG, "lstm: proj_size 9 must be 0 (no projections) or in 1..");
   o.proj_size = -1;
   cr_assert_null(nn_rnn_new_ext(ctx, NN_RNN_LSTM, 3, 4, &rng, &o));
-  expect_msg(ctx, AD_ERR_ARG, "lstm: proj_size -1 must be 0");
+  expect_status_msg(ctx, AD_ERR_ARG, "lstm: proj_size -1 must be 0");
   o.proj_size = 2;
   cr_assert_null(nn_rnn_new_ext(ctx, NN_RNN_GRU, 3, 4, &rng, &o));
-  expect_msg(ctx, AD_ERR_ARG, "gru: proj_size 2 is for an LSTM only");
+  expect_status_msg(ctx, AD_ERR_ARG, "gru: proj_size 2 is for an LSTM only");
   cr_assert_null(nn_rnn_new_ext(ctx, NN_RNN_TANH, 3, 4, &rng, &o));
-  expect_msg(ctx, AD_ERR_ARG, "rnn_tanh: proj_size 2 is for an LSTM only");
+  expect_status_msg(ctx, AD_ERR_ARG, "rnn_tanh: proj_size 2 is for an LSTM only");
   /* hidden_size 1 leaves no room for a projection */
   o.proj_size = 1;
   cr_assert_null(nn_rnn_new_ext(ctx, NN_RNN_LSTM, 3, 1, &rng, &o));
-  expect_msg(ctx, AD_ERR_ARG, "1..hidden_size - 1 = 0");
+  expect_status_msg(ctx, AD_ERR_ARG, "1..hidden_size - 1 = 0");
   /* nn_rnn_new's checks come first, naming the same things */
   o.base.dropout = 2;
   cr_assert_null(nn_rnn_new_ext(ctx, NN_RNN_LSTM, 3, 4, &rng, &o));
-  expect_msg(ctx, AD_ERR_ARG, "lstm: dropout 2 is outside [0, 1)");
+  expect_status_msg(ctx, AD_ERR_ARG, "lstm: dropout 2 is outside [0, 1)");
   cr_assert_null(nn_rnn_new_ext(ctx, NN_RNN_LSTM, 3, 4, NULL, &o));
   cr_assert_neq(ad_last_status(ctx), AD_OK);
   ad_clear_error(ctx);
   o.base.dropout = 0;
   cr_assert_null(nn_rnn_new_ext(ctx, NN_RNN_LSTM, 3, 4, NULL, &o));
-  expect_msg(ctx, AD_ERR_NULL, "lstm: rng is NULL");
+  expect_status_msg(ctx, AD_ERR_NULL, "lstm: rng is NULL");
   cr_assert_null(nn_rnn_new_ext(NULL, NN_RNN_LSTM, 3, 4, &rng, &o));
 }
 
@@ -515,16 +508,18 @@ Test(lstm_proj, bad_states_are_named) {
   ad_tensor *x = ad_zeros(ctx, AD_F32, 3, sx), *hp = ad_zeros(ctx, AD_F32, 3, sp);
   ad_tensor *hh = ad_zeros(ctx, AD_F32, 3, sh), *hd = ad_zeros(ctx, AD_F64, 3, sp);
   cr_assert_null(nn_rnn_forward(l, x, hh, NULL, NULL, 0, true, NULL, NULL));
-  expect_msg(ctx, AD_ERR_SHAPE, "lstm: h0 [2,3,4] must be [num_layers 2, batch 3, proj_size 2]");
+  expect_status_msg(ctx, AD_ERR_SHAPE,
+                    "lstm: h0 [2,3,4] must be [num_layers 2, batch 3, proj_size 2]");
   cr_assert_null(nn_rnn_forward(l, x, hp, hp, NULL, 0, true, NULL, NULL));
-  expect_msg(ctx, AD_ERR_SHAPE, "lstm: c0 [2,3,2] must be [num_layers 2, batch 3, hidden_size 4]");
+  expect_status_msg(ctx, AD_ERR_SHAPE,
+                    "lstm: c0 [2,3,2] must be [num_layers 2, batch 3, hidden_size 4]");
   cr_assert_null(nn_rnn_forward(l, x, hd, NULL, NULL, 0, true, NULL, NULL));
-  expect_msg(ctx, AD_ERR_DTYPE, "lstm: h0 [2,3,2] is f64, the layer is f32");
+  expect_status_msg(ctx, AD_ERR_DTYPE, "lstm: h0 [2,3,2] is f64, the layer is f32");
   int64_t su[2] = {5, 3}, shu[2] = {2, 4};
   ad_tensor *xu = ad_zeros(ctx, AD_F32, 2, su), *hu = ad_zeros(ctx, AD_F32, 2, shu);
   cr_assert_null(nn_rnn_forward(l, xu, hu, NULL, NULL, 0, true, NULL, NULL));
-  expect_msg(ctx, AD_ERR_SHAPE,
-             "lstm: h0 [2,4] must be [num_layers 2, proj_size 2] for an unbatched input");
+  expect_status_msg(ctx, AD_ERR_SHAPE,
+                    "lstm: h0 [2,4] must be [num_layers 2, proj_size 2] for an unbatched input");
   /* the right widths run, giving h_n [2, 3, P] and c_n [2, 3, H] */
   ad_tensor *hn = NULL, *cn = NULL;
   ad_tensor *y = nn_rnn_forward(l, x, hp, hh, NULL, 0, false, &hn, &cn);

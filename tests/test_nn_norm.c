@@ -22,13 +22,6 @@ TestSuite(bn_ckpt, .init = test_tmpdir_setup, .fini = test_tmpdir_teardown);
 /* BN_N rows per batch, BN_STEPS steps (tools/gen_nn_fixtures.py). */
 enum { BN_N = 4, BN_STEPS = 3, BN_ROWS = BN_N * BN_STEPS, BN_EVAL_ROWS = 5 };
 
-static void expect_msg(ad_ctx *c, ad_status st, const char *needle) {
-  cr_assert_eq(ad_last_status(c), st, "status %s: %s", ad_status_str(ad_last_status(c)),
-               ad_last_error(c));
-  cr_assert(strstr(ad_last_error(c), needle), "message: %s", ad_last_error(c));
-  ad_clear_error(c);
-}
-
 static ad_tensor *tensor_of(ad_ctx *c, ad_dtype dt, int ndim, const int64_t *shape,
                             const double *v) {
   ad_tensor *t = ad_zeros(c, dt, ndim, shape);
@@ -136,24 +129,24 @@ Test(buffers, bad_additions_are_refused_with_messages) {
   ad_tensor *w = ad_zeros(ctx, AD_F32, 1, &s);
   ad_tensor_set_requires_grad(w, true);
   cr_assert_eq(nn_buffers_add(b, "w", w, false, NN_STORE_NATIVE), AD_ERR_ARG);
-  expect_msg(ctx, AD_ERR_ARG, "buffers_add: 'w' requires grad; a buffer is not trained");
+  expect_status_msg(ctx, AD_ERR_ARG, "buffers_add: 'w' requires grad; a buffer is not trained");
   cr_assert_eq(nn_buffers_add(p, "w", w, false, NN_STORE_NATIVE), AD_ERR_ARG);
-  expect_msg(ctx, AD_ERR_ARG, "buffers_add: 'w' goes to a parameter list");
+  expect_status_msg(ctx, AD_ERR_ARG, "buffers_add: 'w' goes to a parameter list");
   ad_tensor *v = ad_zeros(ctx, AD_F32, 1, &s);
   cr_assert_eq(nn_buffers_add(b, "v", v, false, (nn_store)7), AD_ERR_ARG);
-  expect_msg(ctx, AD_ERR_ARG, "buffers_add: 'v' has unknown store 7");
+  expect_status_msg(ctx, AD_ERR_ARG, "buffers_add: 'v' has unknown store 7");
   cr_assert_eq(nn_buffers_add(b, "v", v, false, NN_STORE_NATIVE), AD_OK);
   cr_assert_eq(nn_buffers_add(b, "v", v, false, NN_STORE_NATIVE), AD_ERR_ARG);
-  expect_msg(ctx, AD_ERR_ARG, "buffers_add: a buffer named 'v' exists");
+  expect_status_msg(ctx, AD_ERR_ARG, "buffers_add: a buffer named 'v' exists");
   cr_assert_eq(nn_buffers_add(b, "", v, false, NN_STORE_NATIVE), AD_ERR_ARG);
-  expect_msg(ctx, AD_ERR_ARG, "buffers_add: a buffer needs a non-empty name");
+  expect_status_msg(ctx, AD_ERR_ARG, "buffers_add: a buffer needs a non-empty name");
   ad_tensor *tmp = ad_add_scalar(ctx, v, 1);
   cr_assert_eq(nn_buffers_add(b, "t", tmp, false, NN_STORE_NATIVE), AD_ERR_ARG);
-  expect_msg(ctx, AD_ERR_ARG, "buffers must be persistent tensors");
+  expect_status_msg(ctx, AD_ERR_ARG, "buffers must be persistent tensors");
   /* a parameter list still wants floats */
   ad_tensor *i = ad_zeros(ctx, AD_I32, 1, &s);
   cr_assert_eq(nn_params_add(p, "i", i, false), AD_ERR_DTYPE);
-  expect_msg(ctx, AD_ERR_DTYPE, "params_add: 'i' [2] is i32; parameters must be float");
+  expect_status_msg(ctx, AD_ERR_DTYPE, "params_add: 'i' [2] is i32; parameters must be float");
   cr_assert_eq(nn_buffers_add(NULL, "x", NULL, false, NN_STORE_NATIVE), AD_ERR_NULL);
   nn_params_free(b);
   nn_params_free(p);
@@ -173,10 +166,10 @@ Test(buffers, gradient_tools_and_optimizers_skip_buffers) {
   nn_clip_grad_value(b, 0.1);
   for (int64_t k = 0; k < s; k++) cr_assert_eq(ad_tensor_get(r, k), 2.0);
   cr_assert_null(nn_l2_penalty(ctx, b, 0.1));
-  expect_msg(ctx, AD_ERR_ARG, "l2_penalty: no parameter requires grad");
+  expect_status_msg(ctx, AD_ERR_ARG, "l2_penalty: no parameter requires grad");
   nn_opt_config cfg = nn_opt_defaults(NN_OPT_ADAM, 0.1);
   cr_assert_null(nn_optimizer_new(b, &cfg));
-  expect_msg(ctx, AD_ERR_ARG, "optimizer adam: the list holds buffers");
+  expect_status_msg(ctx, AD_ERR_ARG, "optimizer adam: the list holds buffers");
   nn_params_free(b);
 }
 
@@ -227,11 +220,11 @@ Test(buffers, names_clash_between_parameters_and_buffers) {
   cr_assert_not_null(nn_model_add_param(m, "bn.running_mean", AD_F32, 1, &s,
                                         nn_init_make(NN_INIT_ZEROS, 0, 0), &rng));
   cr_assert_eq(nn_model_add_named(m, "bn", nn_batch_norm1d_new(ctx, 2, NULL)), AD_ERR_ARG);
-  expect_msg(ctx, AD_ERR_ARG, "model_add: a parameter named 'bn.running_mean' exists");
+  expect_status_msg(ctx, AD_ERR_ARG, "model_add: a parameter named 'bn.running_mean' exists");
   cr_assert_eq(nn_model_add_named(m, "bn2", nn_batch_norm1d_new(ctx, 2, NULL)), AD_OK);
   cr_assert_null(nn_model_add_param(m, "bn2.running_var", AD_F32, 1, &s,
                                     nn_init_make(NN_INIT_ZEROS, 0, 0), &rng));
-  expect_msg(ctx, AD_ERR_ARG, "model_add_param: a buffer named 'bn2.running_var' exists");
+  expect_status_msg(ctx, AD_ERR_ARG, "model_add_param: a buffer named 'bn2.running_var' exists");
   cr_assert_eq(nn_params_count(nn_model_buffers(m)), 3);
   nn_model_free(m);
 }
@@ -268,16 +261,16 @@ Test(batchnorm, pytorch_defaults) {
 
 Test(batchnorm, bad_options) {
   cr_assert_null(nn_batch_norm1d_new(ctx, 0, NULL));
-  expect_msg(ctx, AD_ERR_ARG, "batch_norm1d: num_features 0 must be >= 1");
+  expect_status_msg(ctx, AD_ERR_ARG, "batch_norm1d: num_features 0 must be >= 1");
   nn_batch_norm_opts o = {.momentum = 1.5};
   cr_assert_null(nn_batch_norm2d_new(ctx, 2, &o));
-  expect_msg(ctx, AD_ERR_ARG, "batch_norm2d: momentum 1.5 must be in (0, 1]");
+  expect_status_msg(ctx, AD_ERR_ARG, "batch_norm2d: momentum 1.5 must be in (0, 1]");
   o = (nn_batch_norm_opts){.eps = -1};
   cr_assert_null(nn_batch_norm2d_new(ctx, 2, &o));
-  expect_msg(ctx, AD_ERR_ARG, "batch_norm2d: eps -1 must be finite and >= 0");
+  expect_status_msg(ctx, AD_ERR_ARG, "batch_norm2d: eps -1 must be finite and >= 0");
   o = (nn_batch_norm_opts){.dtype = AD_I32};
   cr_assert_null(nn_batch_norm1d_new(ctx, 2, &o));
-  expect_msg(ctx, AD_ERR_DTYPE, "batch_norm1d: parameters must be float, got i32");
+  expect_status_msg(ctx, AD_ERR_DTYPE, "batch_norm1d: parameters must be float, got i32");
   cr_assert_null(nn_batch_norm1d_new(NULL, 2, NULL));
 }
 
@@ -292,21 +285,23 @@ Test(batchnorm, bad_inputs_name_the_layer_and_shapes) {
   ad_tensor *x2 = ad_ones(ctx, AD_F32, 2, s2), *x1 = ad_ones(ctx, AD_F32, 2, s1);
   ad_tensor *xd = ad_ones(ctx, AD_F64, 3, s3);
   cr_assert_null(nn_model_forward(m, x4));
-  expect_msg(ctx, AD_ERR_SHAPE,
-             "batch_norm1d '0': input [2,3,2,2] has 4 dims; the layer expects [N, C] or [N, C, L]");
+  expect_status_msg(
+      ctx, AD_ERR_SHAPE,
+      "batch_norm1d '0': input [2,3,2,2] has 4 dims; the layer expects [N, C] or [N, C, L]");
   cr_assert_null(nn_layer_forward(bn2, x3, true));
-  expect_msg(ctx, AD_ERR_SHAPE,
-             "batch_norm2d: input [2,3,4] has 3 dims; the layer expects [N, C, "
-             "H, W]");
+  expect_status_msg(ctx, AD_ERR_SHAPE,
+                    "batch_norm2d: input [2,3,4] has 3 dims; the layer expects [N, C, "
+                    "H, W]");
   cr_assert_null(nn_model_forward(m, x2));
-  expect_msg(ctx, AD_ERR_SHAPE,
-             "batch_norm1d '0': input [4,2] has 2 channels (dim 1), the layer expects 3");
+  expect_status_msg(ctx, AD_ERR_SHAPE,
+                    "batch_norm1d '0': input [4,2] has 2 channels (dim 1), the layer expects 3");
   cr_assert_null(nn_model_forward(m, xd));
-  expect_msg(ctx, AD_ERR_DTYPE, "batch_norm1d '0': input [2,3,4] is f64, the layer is f32");
+  expect_status_msg(ctx, AD_ERR_DTYPE, "batch_norm1d '0': input [2,3,4] is f64, the layer is f32");
   cr_assert_null(nn_model_forward(m, x1));
-  expect_msg(ctx, AD_ERR_SHAPE,
-             "batch_norm1d '0': input [1,3] has 1 value(s) per channel; batch statistics need "
-             "more than 1");
+  expect_status_msg(
+      ctx, AD_ERR_SHAPE,
+      "batch_norm1d '0': input [1,3] has 1 value(s) per channel; batch statistics need "
+      "more than 1");
   cr_assert_null(nn_model_forward(m, NULL));
   /* nothing moved */
   cr_assert_eq(ad_tensor_item(nbt), 0.0);
@@ -627,7 +622,7 @@ Test(bn_ckpt, int64_count_out_of_range_is_refused) {
            "checkpoint %s: tensor '3.num_batches_tracked' element 0 = 9007199254740993 (I64) does "
            "not fit F64 exactly (range [-9007199254740992, 9007199254740992])",
            path);
-  expect_msg(ctx, AD_ERR_FORMAT, want);
+  expect_status_msg(ctx, AD_ERR_FORMAT, want);
   expect_params(m, bn_init, 1e-6); /* f32 copies of the f64 values */
   cr_assert_eq(ad_tensor_item(nn_params_find(nn_model_buffers(m), "0.num_batches_tracked")), 0);
   patched_fixture(path, -((int64_t)1 << 53));
@@ -656,18 +651,18 @@ Test(bn_ckpt, i64_store_writes_and_reads_whole_numbers) {
   nn_checkpoint_info_free(info);
   /* without the store, the I64 entry is a dtype mismatch */
   cr_assert_eq(nn_checkpoint_load(ctx, path, 1, names, &d), AD_ERR_DTYPE);
-  expect_msg(ctx, AD_ERR_DTYPE, "tensor 'n' has dtype I64, expected F64");
+  expect_status_msg(ctx, AD_ERR_DTYPE, "tensor 'n' has dtype I64, expected F64");
   ad_tensor *d2 = ad_zeros(ctx, AD_F64, 1, &s);
   cr_assert_eq(nn_checkpoint_load_as(ctx, path, 1, names, &d2, st), AD_OK, "%s",
                ad_last_error(ctx));
   for (int k = 0; k < 3; k++) cr_assert_eq(ad_tensor_get(d2, k), dv[k]);
   /* into I32 and F32, range-checked */
   cr_assert_eq(nn_checkpoint_load_as(ctx, path, 1, names, &i, st), AD_ERR_FORMAT);
-  expect_msg(ctx, AD_ERR_FORMAT,
-             "tensor 'n' element 1 = 1099511627776 (I64) does not fit I32 exactly (range "
-             "[-2147483648, 2147483647])");
+  expect_status_msg(ctx, AD_ERR_FORMAT,
+                    "tensor 'n' element 1 = 1099511627776 (I64) does not fit I32 exactly (range "
+                    "[-2147483648, 2147483647])");
   cr_assert_eq(nn_checkpoint_load_as(ctx, path, 1, names, &f, st), AD_ERR_FORMAT);
-  expect_msg(ctx, AD_ERR_FORMAT, "does not fit F32 exactly (range [-16777216, 16777216])");
+  expect_status_msg(ctx, AD_ERR_FORMAT, "does not fit F32 exactly (range [-16777216, 16777216])");
   for (int k = 0; k < 3; k++) cr_assert_eq(ad_tensor_get(i, k), 0);
   /* an I32 tensor always fits an I64 entry, and reads back */
   ad_tensor_set(i, 0, -2147483647.0 - 1);
@@ -684,9 +679,10 @@ Test(bn_ckpt, i64_store_writes_and_reads_whole_numbers) {
   /* only whole numbers in range are written as I64; nothing is written */
   ad_tensor_set(d, 1, 0.5);
   cr_assert_eq(nn_checkpoint_save_as(ctx, path, 1, names, &d, st, 0, NULL, NULL), AD_ERR_ARG);
-  expect_msg(ctx, AD_ERR_ARG,
-             "tensor 'n' element 1 = 0.5 cannot be stored as I64 (not a whole number in the int64 "
-             "range)");
+  expect_status_msg(
+      ctx, AD_ERR_ARG,
+      "tensor 'n' element 1 = 0.5 cannot be stored as I64 (not a whole number in the int64 "
+      "range)");
   ad_tensor_set(d, 1, 0x1p63);
   cr_assert_eq(nn_checkpoint_save_as(ctx, path, 1, names, &d, st, 0, NULL, NULL), AD_ERR_ARG);
   ad_tensor_set(d, 1, NAN);
@@ -695,7 +691,7 @@ Test(bn_ckpt, i64_store_writes_and_reads_whole_numbers) {
   cr_assert_eq(ad_tensor_get(d2, 1), 0x1p40, "the file was left alone");
   nn_store bad[1] = {(nn_store)9};
   cr_assert_eq(nn_checkpoint_load_as(ctx, path, 1, names, &d2, bad), AD_ERR_ARG);
-  expect_msg(ctx, AD_ERR_ARG, "tensor 'n' has unknown store 9");
+  expect_status_msg(ctx, AD_ERR_ARG, "tensor 'n' has unknown store 9");
   ad_tensor_free(d);
   ad_tensor_free(d2);
   ad_tensor_free(i);

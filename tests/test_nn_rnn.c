@@ -56,13 +56,6 @@ static const char *case_file(const rnn_case *c) {
   return c->bidir ? RNN_BIDIR_FIXTURE : RNN_FIXTURE;
 }
 
-static void expect_msg(ad_ctx *c, ad_status st, const char *needle) {
-  cr_assert_eq(ad_last_status(c), st, "status %s: %s", ad_status_str(ad_last_status(c)),
-               ad_last_error(c));
-  cr_assert(strstr(ad_last_error(c), needle), "message: %s", ad_last_error(c));
-  ad_clear_error(c);
-}
-
 /* The fixture's tensor name (persistent, the file's dtype and shape), or
  * NULL when the file has none. */
 static ad_tensor *fixture(const nn_checkpoint_info *info, const rnn_case *c, const char *what) {
@@ -633,13 +626,13 @@ Test(rnn, cell_ops_bad_input_is_named) {
   ad_tensor *c1 = ad_zeros(ctx, AD_F32, 2, s21), *b = ad_zeros(ctx, AD_F32, 2, s36);
   ad_tensor *d = ad_zeros(ctx, AD_F64, 2, s21);
   cr_assert_null(ad_lstm_cell(ctx, a, c));
-  expect_msg(ctx, AD_ERR_SHAPE,
-             "lstm_cell: gates [2,4] and state [2,3] must be [N, 4 H] and [N, H]");
+  expect_status_msg(ctx, AD_ERR_SHAPE,
+                    "lstm_cell: gates [2,4] and state [2,3] must be [N, 4 H] and [N, H]");
   cr_assert_null(ad_lstm_cell(ctx, a, d));
-  expect_msg(ctx, AD_ERR_DTYPE, "lstm_cell");
+  expect_status_msg(ctx, AD_ERR_DTYPE, "lstm_cell");
   cr_assert_not_null(ad_lstm_cell(ctx, a, c1), "%s", ad_last_error(ctx));
   cr_assert_null(ad_gru_cell(ctx, c, b, c1));
-  expect_msg(
+  expect_status_msg(
       ctx, AD_ERR_SHAPE,
       "gru_cell: gates [2,3] and [3,6] and state [2,1] must be [N, 3 H], [N, 3 H] and [N, H]");
   /* a state of size 0 is refused (the parallel loop's grain divided by H:
@@ -647,10 +640,12 @@ Test(rnn, cell_ops_bad_input_is_named) {
   int64_t s20[2] = {2, 0};
   ad_tensor *z = ad_zeros(ctx, AD_F32, 2, s20);
   cr_assert_null(ad_lstm_cell(ctx, z, z));
-  expect_msg(ctx, AD_ERR_SHAPE,
-             "lstm_cell: gates [2,0] and state [2,0]: the state size H is 0; it must be >= 1");
+  expect_status_msg(
+      ctx, AD_ERR_SHAPE,
+      "lstm_cell: gates [2,0] and state [2,0]: the state size H is 0; it must be >= 1");
   cr_assert_null(ad_gru_cell(ctx, z, z, z));
-  expect_msg(ctx, AD_ERR_SHAPE, "gru_cell: gates [2,0] and state [2,0]: the state size H is 0");
+  expect_status_msg(ctx, AD_ERR_SHAPE,
+                    "gru_cell: gates [2,0] and state [2,0]: the state size H is 0");
   ad_tape_reset(ctx);
   ad_tensor *all[] = {a, c, c1, b, d, z};
   for (size_t i = 0; i < 6; i++) ad_tensor_free(all[i]);
@@ -819,44 +814,45 @@ Test(rnn, sequence_ops_bad_input_is_named) {
   cr_assert_not_null(ad_lstm_seq(ctx, x, w, b4, h, h, m, false), "%s", ad_last_error(ctx));
   cr_assert_not_null(ad_gru_seq(ctx, x3, w3, b, b, h, m, false), "%s", ad_last_error(ctx));
   cr_assert_null(ad_lstm_seq(ctx, x, w, b4, hbad, h, NULL, false));
-  expect_msg(ctx, AD_ERR_SHAPE,
-             "lstm_seq: h0 [2,3] must be [N, H] for inputs [3,2,8] ([T, N, 4 H]) and weight "
-             "[8,2] ([4 H, H])");
+  expect_status_msg(ctx, AD_ERR_SHAPE,
+                    "lstm_seq: h0 [2,3] must be [N, H] for inputs [3,2,8] ([T, N, 4 H]) and weight "
+                    "[8,2] ([4 H, H])");
   cr_assert_null(ad_lstm_seq(ctx, x, w, b4, h, hbad, NULL, false)); /* c0 named, not h0 */
-  expect_msg(ctx, AD_ERR_SHAPE, "lstm_seq: c0 [2,3] must be [N, H] for inputs [3,2,8]");
+  expect_status_msg(ctx, AD_ERR_SHAPE, "lstm_seq: c0 [2,3] must be [N, H] for inputs [3,2,8]");
   cr_assert_null(ad_lstm_seq(ctx, x, w, b4, h, h, m, true)); /* batch-major: N = 3 */
-  expect_msg(ctx, AD_ERR_SHAPE,
-             "lstm_seq: h0 [2,2] must be [N, H] for inputs [3,2,8] ([N, T, 4 H])");
+  expect_status_msg(ctx, AD_ERR_SHAPE,
+                    "lstm_seq: h0 [2,2] must be [N, H] for inputs [3,2,8] ([N, T, 4 H])");
   cr_assert_null(ad_gru_seq(ctx, x, w, b, b, h, NULL, false));
-  expect_msg(ctx, AD_ERR_SHAPE,
-             "gru_seq: weight [8,2] must be [3 H, H] for inputs [3,2,8] ([T, N, 3 H])");
+  expect_status_msg(ctx, AD_ERR_SHAPE,
+                    "gru_seq: weight [8,2] must be [3 H, H] for inputs [3,2,8] ([T, N, 3 H])");
   cr_assert_null(ad_lstm_seq(ctx, x, w, b, h, h, NULL, false)); /* b [6], not [8] */
-  expect_msg(ctx, AD_ERR_SHAPE, "lstm_seq: b [6] must be [4 H] for inputs [3,2,8]");
+  expect_status_msg(ctx, AD_ERR_SHAPE, "lstm_seq: b [6] must be [4 H] for inputs [3,2,8]");
   cr_assert_null(ad_lstm_seq(ctx, x, w, NULL, h, h, NULL, false));
-  expect_msg(ctx, AD_ERR_NULL, "lstm_seq");
+  expect_status_msg(ctx, AD_ERR_NULL, "lstm_seq");
   cr_assert_null(ad_gru_seq(ctx, x3, w3, b, b4, h, NULL, false)); /* b_hh [8], not [6] */
-  expect_msg(ctx, AD_ERR_SHAPE, "gru_seq: b_hh [8] must be [3 H] for inputs [3,2,6]");
+  expect_status_msg(ctx, AD_ERR_SHAPE, "gru_seq: b_hh [8] must be [3 H] for inputs [3,2,6]");
   cr_assert_null(ad_gru_seq(ctx, x3, w3, hbad, b, h, NULL, false)); /* b_ih, with its shape */
-  expect_msg(ctx, AD_ERR_SHAPE, "gru_seq: b_ih [2,3] must be [3 H] for inputs [3,2,6]");
+  expect_status_msg(ctx, AD_ERR_SHAPE, "gru_seq: b_ih [2,3] must be [3 H] for inputs [3,2,6]");
   cr_assert_null(ad_lstm_seq(ctx, x, w, b4, h, h, hbad, false));
-  expect_msg(ctx, AD_ERR_SHAPE, "lstm_seq: mask [2,3] must be [T, N] for inputs [3,2,8]");
+  expect_status_msg(ctx, AD_ERR_SHAPE, "lstm_seq: mask [2,3] must be [T, N] for inputs [3,2,8]");
   ad_tensor_set(m, 3, 0.5); /* a mask is 0 or 1: element [1,1] */
   cr_assert_null(ad_lstm_seq(ctx, x, w, b4, h, h, m, false));
-  expect_msg(ctx, AD_ERR_ARG,
-             "lstm_seq: mask element [1,1] is 0.5; it must be 1 (the step is taken) or 0");
+  expect_status_msg(ctx, AD_ERR_ARG,
+                    "lstm_seq: mask element [1,1] is 0.5; it must be 1 (the step is taken) or 0");
   ad_tensor_set(m, 3, NAN);
   cr_assert_null(ad_gru_seq(ctx, x3, w3, b, b, h, m, false));
-  expect_msg(ctx, AD_ERR_ARG, "gru_seq: mask element [1,1] is nan");
+  expect_status_msg(ctx, AD_ERR_ARG, "gru_seq: mask element [1,1] is nan");
   ad_tensor_set(m, 3, 0.0);
   cr_assert_not_null(ad_lstm_seq(ctx, x, w, b4, h, h, m, false), "%s", ad_last_error(ctx));
   cr_assert_null(ad_lstm_seq(ctx, x, w, b4, h64, h, NULL, false));
-  expect_msg(ctx, AD_ERR_DTYPE, "lstm_seq");
+  expect_status_msg(ctx, AD_ERR_DTYPE, "lstm_seq");
   cr_assert_null(ad_lstm_seq(ctx, x0, w, b4, h, h, NULL, false));
-  expect_msg(ctx, AD_ERR_SHAPE, "lstm_seq: inputs [0,2,8], weight [8,2]: an empty sequence");
+  expect_status_msg(ctx, AD_ERR_SHAPE, "lstm_seq: inputs [0,2,8], weight [8,2]: an empty sequence");
   ad_tensor *in[5] = {x, w, b4, h, h};
   ad_attrs at = {.axis = 2};
   cr_assert_null(ad_op_apply(ctx, ad_op_find(ctx, "lstm_seq"), 5, in, &at));
-  expect_msg(ctx, AD_ERR_ARG, "lstm_seq: time axis 2; it must be 0 ([T, N, .]) or 1 ([N, T, .])");
+  expect_status_msg(ctx, AD_ERR_ARG,
+                    "lstm_seq: time axis 2; it must be 0 ([T, N, .]) or 1 ([N, T, .])");
   ad_tape_reset(ctx);
   ad_tensor *all[] = {x, w, h, m, hbad, h64, x3, w3, b, x0, b4};
   for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) ad_tensor_free(all[i]);
@@ -916,37 +912,38 @@ Test(rnn, bad_input_is_named) {
   ad_tensor *xb = ad_zeros(ctx, AD_F32, 3, s3b), *x0 = ad_zeros(ctx, AD_F32, 3, s0);
   ad_tensor *xd = ad_zeros(ctx, AD_F64, 3, s3);
   cr_assert_null(nn_model_forward(m, x4));
-  expect_msg(ctx, AD_ERR_SHAPE,
-             "lstm '0': input [5,2,1,3] has 4 dims; the layer expects [T, N, 3] or unbatched "
-             "[T, 3]");
+  expect_status_msg(
+      ctx, AD_ERR_SHAPE,
+      "lstm '0': input [5,2,1,3] has 4 dims; the layer expects [T, N, 3] or unbatched "
+      "[T, 3]");
   cr_assert_null(nn_model_forward(m, xb));
-  expect_msg(ctx, AD_ERR_SHAPE,
-             "lstm '0': input [5,2,7] has 7 features (dim 2), the layer's input_size is 3");
+  expect_status_msg(ctx, AD_ERR_SHAPE,
+                    "lstm '0': input [5,2,7] has 7 features (dim 2), the layer's input_size is 3");
   cr_assert_null(nn_model_forward(m, x0));
-  expect_msg(ctx, AD_ERR_SHAPE, "lstm '0': input [0,2,3] is an empty sequence (T = 0)");
+  expect_status_msg(ctx, AD_ERR_SHAPE, "lstm '0': input [0,2,3] is an empty sequence (T = 0)");
   cr_assert_null(nn_model_forward(m, xd));
-  expect_msg(ctx, AD_ERR_DTYPE, "lstm '0': input [5,2,3] is f64, the layer is f32");
+  expect_status_msg(ctx, AD_ERR_DTYPE, "lstm '0': input [5,2,3] is f64, the layer is f32");
 
   int64_t sh_bad[3] = {2, 2, 5}, sh_l[3] = {1, 2, 4}, sh_n[3] = {2, 3, 4};
   ad_tensor *hb = ad_zeros(ctx, AD_F32, 3, sh_bad), *hl = ad_zeros(ctx, AD_F32, 3, sh_l);
   ad_tensor *hnb = ad_zeros(ctx, AD_F32, 3, sh_n);
   cr_assert_null(nn_rnn_forward(l, x, hb, NULL, NULL, 0, true, NULL, NULL));
-  expect_msg(ctx, AD_ERR_SHAPE,
-             "lstm '0': h0 [2,2,5] must be [num_layers 2, batch 2, hidden_size 4]");
+  expect_status_msg(ctx, AD_ERR_SHAPE,
+                    "lstm '0': h0 [2,2,5] must be [num_layers 2, batch 2, hidden_size 4]");
   cr_assert_null(nn_rnn_forward(l, x, NULL, hl, NULL, 0, true, NULL, NULL));
-  expect_msg(ctx, AD_ERR_SHAPE, "c0 [1,2,4] must be [num_layers 2, batch 2, hidden_size 4]");
+  expect_status_msg(ctx, AD_ERR_SHAPE, "c0 [1,2,4] must be [num_layers 2, batch 2, hidden_size 4]");
   cr_assert_null(nn_rnn_forward(l, x, hnb, NULL, NULL, 0, true, NULL, NULL));
-  expect_msg(ctx, AD_ERR_SHAPE, "h0 [2,3,4] must be [num_layers 2, batch 2, hidden_size 4]");
+  expect_status_msg(ctx, AD_ERR_SHAPE, "h0 [2,3,4] must be [num_layers 2, batch 2, hidden_size 4]");
 
   int64_t zero[2] = {0, 3}, over[2] = {3, 6}, ok[2] = {5, 1};
   cr_assert_null(nn_rnn_forward(l, x, NULL, NULL, zero, 2, true, NULL, NULL));
-  expect_msg(ctx, AD_ERR_ARG, "lstm '0': length 0 of sequence 0 is outside 1..5 (T)");
+  expect_status_msg(ctx, AD_ERR_ARG, "lstm '0': length 0 of sequence 0 is outside 1..5 (T)");
   cr_assert_null(nn_rnn_forward(l, x, NULL, NULL, over, 2, true, NULL, NULL));
-  expect_msg(ctx, AD_ERR_ARG, "length 6 of sequence 1 is outside 1..5 (T)");
+  expect_status_msg(ctx, AD_ERR_ARG, "length 6 of sequence 1 is outside 1..5 (T)");
   cr_assert_null(nn_rnn_forward(l, x, NULL, NULL, ok, 3, true, NULL, NULL));
-  expect_msg(ctx, AD_ERR_ARG, "lstm '0': 3 lengths for a batch of 2 sequences");
+  expect_status_msg(ctx, AD_ERR_ARG, "lstm '0': 3 lengths for a batch of 2 sequences");
   cr_assert_null(nn_rnn_forward(l, x, NULL, NULL, NULL, 2, true, NULL, NULL));
-  expect_msg(ctx, AD_ERR_ARG, "lengths is NULL but n_lengths is 2");
+  expect_status_msg(ctx, AD_ERR_ARG, "lengths is NULL but n_lengths is 2");
   ad_tensor *hn = (ad_tensor *)1;
   cr_assert_not_null(nn_rnn_forward(l, x, NULL, NULL, ok, 2, true, &hn, NULL));
   cr_assert_not_null(hn);
@@ -957,52 +954,54 @@ Test(rnn, bad_input_is_named) {
   int64_t sg[3] = {2, 1, 4};
   ad_tensor *cg = ad_zeros(ctx, AD_F32, 3, sg), *cnp = (ad_tensor *)1;
   cr_assert_null(nn_rnn_forward(g, x, NULL, cg, NULL, 0, true, NULL, &cnp));
-  expect_msg(ctx, AD_ERR_ARG, "gru: c0 is given, but only an LSTM has a cell state");
+  expect_status_msg(ctx, AD_ERR_ARG, "gru: c0 is given, but only an LSTM has a cell state");
   cr_assert_null(cnp, "c_n is cleared on error");
   int64_t s1[1] = {3}, s2[2] = {5, 2};
   ad_tensor *x1 = ad_zeros(ctx, AD_F32, 1, s1), *x2 = ad_zeros(ctx, AD_F32, 2, s2);
   cr_assert_null(nn_rnn_forward(g, x1, NULL, NULL, NULL, 0, true, NULL, NULL));
-  expect_msg(ctx, AD_ERR_SHAPE,
-             "gru: input [3] has 1 dims; the layer expects [N, T, 3] (batch_first) or unbatched "
-             "[T, 3]");
+  expect_status_msg(
+      ctx, AD_ERR_SHAPE,
+      "gru: input [3] has 1 dims; the layer expects [N, T, 3] (batch_first) or unbatched "
+      "[T, 3]");
   cr_assert_null(nn_rnn_forward(g, x2, NULL, NULL, NULL, 0, true, NULL, NULL));
-  expect_msg(ctx, AD_ERR_SHAPE,
-             "gru: input [5,2] has 2 features (dim 1), the layer's input_size is 3");
+  expect_status_msg(ctx, AD_ERR_SHAPE,
+                    "gru: input [5,2] has 2 features (dim 1), the layer's input_size is 3");
   int64_t sh2[2] = {1, 4}, s5[2] = {5, 3};
   ad_tensor *hu = ad_zeros(ctx, AD_F32, 2, sh2), *xu = ad_zeros(ctx, AD_F32, 2, s5);
   cr_assert_null(nn_rnn_forward(l, xu, hu, NULL, NULL, 0, true, NULL, NULL));
-  expect_msg(ctx, AD_ERR_SHAPE,
-             "lstm '0': h0 [1,4] must be [num_layers 2, hidden_size 4] for an unbatched input");
+  expect_status_msg(
+      ctx, AD_ERR_SHAPE,
+      "lstm '0': h0 [1,4] must be [num_layers 2, hidden_size 4] for an unbatched input");
   cr_assert_null(nn_rnn_forward(l, xu, hb, NULL, NULL, 0, true, NULL, NULL));
-  expect_msg(ctx, AD_ERR_SHAPE, "h0 [2,2,5] must be [num_layers 2, hidden_size 4]");
+  expect_status_msg(ctx, AD_ERR_SHAPE, "h0 [2,2,5] must be [num_layers 2, hidden_size 4]");
   int64_t sbn[3] = {0, 4, 3};
   ad_tensor *xn0 = ad_zeros(ctx, AD_F32, 3, sbn);
   cr_assert_null(nn_rnn_forward(g, xn0, NULL, NULL, NULL, 0, true, NULL, NULL));
-  expect_msg(ctx, AD_ERR_SHAPE, "gru: input [0,4,3] is an empty batch (N = 0)");
+  expect_status_msg(ctx, AD_ERR_SHAPE, "gru: input [0,4,3] is an empty batch (N = 0)");
   nn_layer *d = nn_dense_new(ctx, 3, 4, &rng, NULL);
   cr_assert_null(nn_rnn_forward(d, x, NULL, NULL, NULL, 0, true, NULL, NULL));
-  expect_msg(ctx, AD_ERR_ARG, "rnn_forward: dense is not a recurrent layer");
+  expect_status_msg(ctx, AD_ERR_ARG, "rnn_forward: dense is not a recurrent layer");
   cr_assert_null(nn_rnn_forward(g, NULL, NULL, NULL, NULL, 0, true, NULL, NULL));
-  expect_msg(ctx, AD_ERR_NULL, "rnn_forward: x is NULL");
+  expect_status_msg(ctx, AD_ERR_NULL, "rnn_forward: x is NULL");
   cr_assert_null(nn_rnn_forward(NULL, x, NULL, NULL, NULL, 0, true, NULL, NULL));
 
   /* constructors */
   cr_assert_null(nn_lstm_new(ctx, 3, 0, &rng, NULL));
-  expect_msg(ctx, AD_ERR_ARG,
-             "lstm: input_size 3, hidden_size 0 and num_layers 1 must each be >= 1");
+  expect_status_msg(ctx, AD_ERR_ARG,
+                    "lstm: input_size 3, hidden_size 0 and num_layers 1 must each be >= 1");
   nn_rnn_opts neg = {.num_layers = -1};
   cr_assert_null(nn_gru_new(ctx, 3, 2, &rng, &neg));
-  expect_msg(ctx, AD_ERR_ARG, "gru: input_size 3, hidden_size 2 and num_layers -1");
+  expect_status_msg(ctx, AD_ERR_ARG, "gru: input_size 3, hidden_size 2 and num_layers -1");
   nn_rnn_opts dp = {.dropout = 1};
   cr_assert_null(nn_rnn_new(ctx, NN_RNN_TANH, 3, 2, &rng, &dp));
-  expect_msg(ctx, AD_ERR_ARG, "rnn_tanh: dropout 1 is outside [0, 1)");
+  expect_status_msg(ctx, AD_ERR_ARG, "rnn_tanh: dropout 1 is outside [0, 1)");
   nn_rnn_opts di = {.dtype = AD_I32};
   cr_assert_null(nn_rnn_new(ctx, NN_RNN_RELU, 3, 2, &rng, &di));
-  expect_msg(ctx, AD_ERR_DTYPE, "rnn_relu: parameters must be float, got i32");
+  expect_status_msg(ctx, AD_ERR_DTYPE, "rnn_relu: parameters must be float, got i32");
   cr_assert_null(nn_rnn_new(ctx, (nn_rnn_cell)9, 3, 2, &rng, NULL));
-  expect_msg(ctx, AD_ERR_ARG, "rnn_new: unknown cell 9");
+  expect_status_msg(ctx, AD_ERR_ARG, "rnn_new: unknown cell 9");
   cr_assert_null(nn_lstm_new(ctx, 3, 2, NULL, NULL));
-  expect_msg(ctx, AD_ERR_NULL, "lstm: rng is NULL");
+  expect_status_msg(ctx, AD_ERR_NULL, "lstm: rng is NULL");
   cr_assert_null(nn_lstm_new(NULL, 3, 2, &rng, NULL));
 
   ad_tape_reset(ctx);
@@ -1382,17 +1381,20 @@ Test(rnn, bidirectional_bad_state_is_named) {
   ad_tensor *hl = ad_zeros(ctx, AD_F32, 3, sl), *hok = ad_zeros(ctx, AD_F32, 3, sok);
   ad_tensor *hn3 = ad_zeros(ctx, AD_F32, 3, sn), *hu = ad_zeros(ctx, AD_F32, 2, su);
   cr_assert_null(nn_rnn_forward(l, x, hl, NULL, NULL, 0, true, NULL, NULL));
-  expect_msg(ctx, AD_ERR_SHAPE,
-             "lstm: h0 [2,2,4] must be [num_layers*2 = 4 (bidirectional), batch 2, hidden_size "
-             "4]");
+  expect_status_msg(
+      ctx, AD_ERR_SHAPE,
+      "lstm: h0 [2,2,4] must be [num_layers*2 = 4 (bidirectional), batch 2, hidden_size "
+      "4]");
   cr_assert_null(nn_rnn_forward(l, x, hok, hn3, NULL, 0, true, NULL, NULL));
-  expect_msg(ctx, AD_ERR_SHAPE,
-             "lstm: c0 [4,3,4] must be [num_layers*2 = 4 (bidirectional), batch 2, hidden_size "
-             "4]");
+  expect_status_msg(
+      ctx, AD_ERR_SHAPE,
+      "lstm: c0 [4,3,4] must be [num_layers*2 = 4 (bidirectional), batch 2, hidden_size "
+      "4]");
   cr_assert_null(nn_rnn_forward(l, xu, hu, NULL, NULL, 0, true, NULL, NULL));
-  expect_msg(ctx, AD_ERR_SHAPE,
-             "lstm: h0 [2,4] must be [num_layers*2 = 4 (bidirectional), hidden_size 4] for an "
-             "unbatched input");
+  expect_status_msg(
+      ctx, AD_ERR_SHAPE,
+      "lstm: h0 [2,4] must be [num_layers*2 = 4 (bidirectional), hidden_size 4] for an "
+      "unbatched input");
   ad_tensor *hn, *cn;
   ad_tensor *y = nn_rnn_forward(l, x, hok, hok, NULL, 0, true, &hn, &cn);
   cr_assert_not_null(y, "%s", ad_last_error(ctx));

@@ -18,13 +18,6 @@
 
 TEST_TMPDIR_SUITE(xf, "xf");
 
-static void expect_msg(ad_ctx *c, ad_status st, const char *needle) {
-  cr_assert_eq(ad_last_status(c), st, "status %s: %s", ad_status_str(ad_last_status(c)),
-               ad_last_error(c));
-  cr_assert(strstr(ad_last_error(c), needle), "message: %s", ad_last_error(c));
-  ad_clear_error(c);
-}
-
 /* |got - want| <= tol (1 + |want|) elementwise over n values. */
 static void expect_close(const ad_tensor *got, const double *want, int64_t n, double tol,
                          const char *what, const char *cs) {
@@ -341,7 +334,7 @@ Test(xf, dropout_draws_reproducible_with_the_seed) {
   ad_tensor *m = ad_zeros(ctx, AD_I32, 2, bad);
   cr_assert_null(nn_transformer_encoder_layer(
       b, src, &(nn_transformer_args){.src_mask = m, .training = true}));
-  expect_msg(ctx, AD_ERR_SHAPE, "attn_mask");
+  expect_status_msg(ctx, AD_ERR_SHAPE, "attn_mask");
   cr_assert_eq(max_diff(ya2, nn_transformer_encoder_layer(b, src, &tr)), 0);
   /* no_dropout: training mode is evaluation mode */
   nn_layer *z = drop_layer(0, 7);
@@ -545,10 +538,10 @@ Test(xf, bad_construction) {
   for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
     cr_assert_null(nn_transformer_encoder_layer_new(ctx, bad[i].e, bad[i].h, &rng, &bad[i].o),
                    "case %zu", i);
-    expect_msg(ctx, bad[i].st, bad[i].msg);
+    expect_status_msg(ctx, bad[i].st, bad[i].msg);
   }
   cr_assert_null(nn_transformer_encoder_layer_new(ctx, 8, 2, NULL, NULL));
-  expect_msg(ctx, AD_ERR_NULL, "transformer_encoder_layer: rng is NULL");
+  expect_status_msg(ctx, AD_ERR_NULL, "transformer_encoder_layer: rng is NULL");
   cr_assert_null(nn_transformer_encoder_layer_new(NULL, 8, 2, &rng, NULL));
   cr_assert_eq(LIVE_BLOCKS(), live_base, "a refused layer leaks nothing");
 }
@@ -561,41 +554,44 @@ Test(xf, bad_input) {
   nn_layer *l = nn_model_layer(m, 0);
   ad_tensor *x1 = ad_ones(ctx, AD_F32, 1, (int64_t[]){6});
   cr_assert_null(nn_model_forward(m, x1));
-  expect_msg(ctx, AD_ERR_SHAPE,
-             "transformer_encoder_layer '0': src [6] must be [S, N, E] or [S, E], S and N >= 1, "
-             "E = d_model 6");
+  expect_status_msg(
+      ctx, AD_ERR_SHAPE,
+      "transformer_encoder_layer '0': src [6] must be [S, N, E] or [S, E], S and N >= 1, "
+      "E = d_model 6");
   ad_tensor *x5 = ad_ones(ctx, AD_F32, 3, (int64_t[]){4, 2, 5});
   cr_assert_null(nn_transformer_encoder_layer(l, x5, NULL));
-  expect_msg(ctx, AD_ERR_SHAPE, "src [4,2,5] must be");
+  expect_status_msg(ctx, AD_ERR_SHAPE, "src [4,2,5] must be");
   ad_tensor *x0 = ad_ones(ctx, AD_F32, 3, (int64_t[]){4, 0, 6});
   cr_assert_null(nn_transformer_encoder_layer(l, x0, NULL));
-  expect_msg(ctx, AD_ERR_SHAPE, "S and N >= 1");
+  expect_status_msg(ctx, AD_ERR_SHAPE, "S and N >= 1");
   ad_tensor *xd = ad_ones(ctx, AD_F64, 3, (int64_t[]){4, 2, 6});
   cr_assert_null(nn_transformer_encoder_layer(l, xd, NULL));
-  expect_msg(ctx, AD_ERR_DTYPE, "transformer_encoder_layer '0': src is f64; the layer is f32");
+  expect_status_msg(ctx, AD_ERR_DTYPE,
+                    "transformer_encoder_layer '0': src is f64; the layer is f32");
   cr_assert_null(nn_transformer_encoder_layer(l, NULL, NULL));
-  expect_msg(ctx, AD_ERR_NULL, "src is NULL");
+  expect_status_msg(ctx, AD_ERR_NULL, "src is NULL");
   ad_tensor *x = ad_ones(ctx, AD_F32, 3, (int64_t[]){4, 2, 6});
   ad_tensor *am = ad_zeros(ctx, AD_I32, 2, (int64_t[]){4, 3});
   cr_assert_null(nn_transformer_encoder_layer(l, x, &(nn_transformer_args){.src_mask = am}));
-  expect_msg(ctx, AD_ERR_SHAPE,
-             "transformer_encoder_layer '0': multihead_attention 'self_attn': attn_mask [4,3] "
-             "must be [L, S]");
+  expect_status_msg(
+      ctx, AD_ERR_SHAPE,
+      "transformer_encoder_layer '0': multihead_attention 'self_attn': attn_mask [4,3] "
+      "must be [L, S]");
   ad_tensor *kpm = ad_zeros(ctx, AD_I32, 2, (int64_t[]){4, 2}); /* [S, N]: transposed */
   cr_assert_null(
       nn_transformer_encoder_layer(l, x, &(nn_transformer_args){.src_key_padding_mask = kpm}));
-  expect_msg(ctx, AD_ERR_SHAPE, "key_padding_mask [4,2] must be [N, S] = [2,4]");
+  expect_status_msg(ctx, AD_ERR_SHAPE, "key_padding_mask [4,2] must be [N, S] = [2,4]");
   ad_tensor *fm = ad_zeros(ctx, AD_F64, 2, (int64_t[]){4, 4});
   cr_assert_null(nn_transformer_encoder_layer(l, x, &(nn_transformer_args){.src_mask = fm}));
-  expect_msg(ctx, AD_ERR_DTYPE, "attn_mask is f64");
+  expect_status_msg(ctx, AD_ERR_DTYPE, "attn_mask is f64");
   ad_tensor_free(fm);
   cr_assert_null(nn_transformer_encoder_layer(l, x, &(nn_transformer_args){.src_mask = fm}));
-  expect_msg(ctx, AD_ERR_STATE, "was freed");
+  expect_status_msg(ctx, AD_ERR_STATE, "was freed");
   nn_layer *other = nn_flatten_new(ctx);
   cr_assert_null(nn_transformer_encoder_layer(other, x, NULL));
   cr_assert_str_eq(ad_last_error(ctx), /* not renamed "flatten: ..." */
                    "transformer_encoder_layer: layer flatten is not a transformer_encoder_layer");
-  expect_msg(ctx, AD_ERR_ARG, "layer flatten is not a transformer_encoder_layer");
+  expect_status_msg(ctx, AD_ERR_ARG, "layer flatten is not a transformer_encoder_layer");
   nn_layer_free(other);
   /* a NULL src (an earlier failure) keeps that failure's message as it is */
   cr_assert_null(ad_matmul(ctx, x, x, false, false));
@@ -603,7 +599,7 @@ Test(xf, bad_input) {
   snprintf(earlier, sizeof earlier, "%s", ad_last_error(ctx));
   cr_assert_null(nn_transformer_encoder_layer(l, NULL, NULL));
   cr_assert_str_eq(ad_last_error(ctx), earlier);
-  expect_msg(ctx, AD_ERR_SHAPE, "matmul");
+  expect_status_msg(ctx, AD_ERR_SHAPE, "matmul");
   cr_assert_null(nn_transformer_encoder_layer(NULL, x, NULL));
   /* the attention inside is not reachable as a layer, and the layer is sane after errors */
   cr_assert_not_null(nn_model_forward(m, x), "%s", ad_last_error(ctx));

@@ -21,13 +21,6 @@
 
 TEST_TMPDIR_SUITE(xd, "xd");
 
-static void expect_msg(ad_ctx *c, ad_status st, const char *needle) {
-  cr_assert_eq(ad_last_status(c), st, "status %s: %s", ad_status_str(ad_last_status(c)),
-               ad_last_error(c));
-  cr_assert(strstr(ad_last_error(c), needle), "message: %s", ad_last_error(c));
-  ad_clear_error(c);
-}
-
 /* |got - want| <= tol (1 + |want|) elementwise over n values. */
 static void expect_close(const ad_tensor *got, const double *want, int64_t n, double tol,
                          const char *what, const char *cs) {
@@ -464,7 +457,7 @@ static void check_dropout(bool stack) {
   ad_tensor *bad = ad_zeros(ctx, AD_I32, 2, (int64_t[]){XD_T, XD_T}); /* memory_mask [T, S] */
   cr_assert_null(
       run(b, tgt, mem, &(nn_transformer_decoder_args){.memory_mask = bad, .training = true}));
-  expect_msg(ctx, AD_ERR_SHAPE, "multihead_attention 'multihead_attn': attn_mask [4,4]");
+  expect_status_msg(ctx, AD_ERR_SHAPE, "multihead_attention 'multihead_attn': attn_mask [4,4]");
   cr_assert_eq(max_diff(ya2, run(b, tgt, mem, &tr)), 0);
   ad_tensor_free(tgt), ad_tensor_free(mem), ad_tensor_free(bad);
   nn_layer_free(a), nn_layer_free(b), nn_layer_free(c);
@@ -553,13 +546,14 @@ Test(xd, decoder_refused_as_a_layer) {
       AD_OK);
   ad_tensor *x = ad_ones(ctx, AD_F32, 3, (int64_t[]){4, 2, 6});
   cr_assert_null(nn_model_forward(m, x));
-  expect_msg(ctx, AD_ERR_ARG,
-             "transformer_decoder_layer '0': a decoder needs memory: call "
-             "nn_transformer_decoder_layer(l, tgt, memory, args), not nn_layer_forward");
+  expect_status_msg(ctx, AD_ERR_ARG,
+                    "transformer_decoder_layer '0': a decoder needs memory: call "
+                    "nn_transformer_decoder_layer(l, tgt, memory, args), not nn_layer_forward");
   cr_assert_null(nn_layer_forward(nn_model_layer(m, 1), x, false));
-  expect_msg(ctx, AD_ERR_ARG,
-             "transformer_decoder '1': a decoder needs memory: call nn_transformer_decoder(l, "
-             "tgt, memory, args)");
+  expect_status_msg(
+      ctx, AD_ERR_ARG,
+      "transformer_decoder '1': a decoder needs memory: call nn_transformer_decoder(l, "
+      "tgt, memory, args)");
   /* the layers run when called with memory */
   cr_assert_not_null(nn_transformer_decoder_layer(nn_model_layer(m, 0), x, x, NULL), "%s",
                      ad_last_error(ctx));
@@ -582,44 +576,53 @@ Test(xd, decoder_bad_input) {
   ad_tensor *md = ad_ones(ctx, AD_F64, 3, (int64_t[]){3, 2, 6});
   ad_tensor *t1 = ad_ones(ctx, AD_F32, 1, (int64_t[]){6});
   cr_assert_null(nn_transformer_decoder_layer(l, t1, mem, NULL));
-  expect_msg(ctx, AD_ERR_SHAPE,
-             "transformer_decoder_layer: tgt [6] must be [T, N, E] or [T, E], T and N >= 1, E = "
-             "d_model 6");
+  expect_status_msg(
+      ctx, AD_ERR_SHAPE,
+      "transformer_decoder_layer: tgt [6] must be [T, N, E] or [T, E], T and N >= 1, E = "
+      "d_model 6");
   cr_assert_null(nn_transformer_decoder_layer(l, t, m1, NULL));
-  expect_msg(ctx, AD_ERR_SHAPE,
-             "transformer_decoder_layer: memory [3,2,5] must be [S, N, E] or [S, E], S and N >= "
-             "1, E = d_model 6");
+  expect_status_msg(
+      ctx, AD_ERR_SHAPE,
+      "transformer_decoder_layer: memory [3,2,5] must be [S, N, E] or [S, E], S and N >= "
+      "1, E = d_model 6");
   cr_assert_null(nn_transformer_decoder_layer(l, t, md, NULL));
-  expect_msg(ctx, AD_ERR_DTYPE, "transformer_decoder_layer: memory is f64; the layer is f32");
+  expect_status_msg(ctx, AD_ERR_DTYPE,
+                    "transformer_decoder_layer: memory is f64; the layer is f32");
   cr_assert_null(nn_transformer_decoder_layer(l, t, NULL, NULL));
-  expect_msg(ctx, AD_ERR_NULL, "transformer_decoder_layer: memory is NULL");
+  expect_status_msg(ctx, AD_ERR_NULL, "transformer_decoder_layer: memory is NULL");
   cr_assert_null(nn_transformer_decoder_layer(l, NULL, mem, NULL));
-  expect_msg(ctx, AD_ERR_NULL, "transformer_decoder_layer: tgt is NULL");
+  expect_status_msg(ctx, AD_ERR_NULL, "transformer_decoder_layer: tgt is NULL");
   cr_assert_null(nn_transformer_decoder_layer(l, t, m3, NULL));
-  expect_msg(ctx, AD_ERR_SHAPE, "transformer_decoder_layer: multihead_attention 'multihead_attn'");
+  expect_status_msg(ctx, AD_ERR_SHAPE,
+                    "transformer_decoder_layer: multihead_attention 'multihead_attn'");
   cr_assert_null(nn_transformer_decoder_layer(l, t, mu, NULL));
-  expect_msg(ctx, AD_ERR_SHAPE, "transformer_decoder_layer: multihead_attention 'multihead_attn'");
+  expect_status_msg(ctx, AD_ERR_SHAPE,
+                    "transformer_decoder_layer: multihead_attention 'multihead_attn'");
   ad_tensor *kpm = ad_zeros(ctx, AD_I32, 2, (int64_t[]){2, 4}); /* a tgt's, given for memory */
   cr_assert_null(nn_transformer_decoder_layer(
       l, t, mem, &(nn_transformer_decoder_args){.memory_key_padding_mask = kpm}));
-  expect_msg(ctx, AD_ERR_SHAPE,
-             "multihead_attention 'multihead_attn': key_padding_mask [2,4] must be [N, S] = "
-             "[2,3]");
+  expect_status_msg(ctx, AD_ERR_SHAPE,
+                    "multihead_attention 'multihead_attn': key_padding_mask [2,4] must be [N, S] = "
+                    "[2,3]");
   cr_assert_null(
       nn_transformer_decoder_layer(l, t, mem, &(nn_transformer_decoder_args){.tgt_mask = kpm}));
-  expect_msg(ctx, AD_ERR_SHAPE, "multihead_attention 'self_attn': attn_mask [2,4]");
+  expect_status_msg(ctx, AD_ERR_SHAPE, "multihead_attention 'self_attn': attn_mask [2,4]");
   ad_tensor_free(md);
   cr_assert_null(nn_transformer_decoder_layer(l, t, md, NULL));
-  expect_msg(ctx, AD_ERR_STATE, "was freed");
+  expect_status_msg(ctx, AD_ERR_STATE, "was freed");
   nn_layer *enc = nn_transformer_encoder_layer_new(ctx, 6, 2, &rng, NULL);
   cr_assert_null(nn_transformer_decoder_layer(enc, t, mem, NULL));
-  expect_msg(ctx, AD_ERR_ARG, "layer transformer_encoder_layer is not a transformer_decoder_layer");
+  expect_status_msg(ctx, AD_ERR_ARG,
+                    "layer transformer_encoder_layer is not a transformer_decoder_layer");
   cr_assert_null(nn_transformer_encoder_layer(l, t, NULL));
-  expect_msg(ctx, AD_ERR_ARG, "layer transformer_decoder_layer is not a transformer_encoder_layer");
+  expect_status_msg(ctx, AD_ERR_ARG,
+                    "layer transformer_decoder_layer is not a transformer_encoder_layer");
   cr_assert_null(nn_transformer_encoder(enc, t, NULL));
-  expect_msg(ctx, AD_ERR_ARG, "layer transformer_encoder_layer is not a transformer_encoder");
+  expect_status_msg(ctx, AD_ERR_ARG,
+                    "layer transformer_encoder_layer is not a transformer_encoder");
   cr_assert_null(nn_transformer_decoder(l, t, mem, NULL));
-  expect_msg(ctx, AD_ERR_ARG, "layer transformer_decoder_layer is not a transformer_decoder");
+  expect_status_msg(ctx, AD_ERR_ARG,
+                    "layer transformer_decoder_layer is not a transformer_decoder");
   cr_assert_null(nn_transformer_decoder_layer(NULL, t, mem, NULL));
   cr_assert_null(nn_transformer_decoder(NULL, t, mem, NULL));
   /* a check's message is not renamed after the layer once more, and a NULL
@@ -660,16 +663,18 @@ Test(xd, stack_bad_input_names_the_layer) {
   nn_layer *s = nn_model_layer(m, 0);
   ad_tensor *x5 = ad_ones(ctx, AD_F32, 3, (int64_t[]){4, 2, 5});
   cr_assert_null(nn_model_forward(m, x5));
-  expect_msg(ctx, AD_ERR_SHAPE,
-             "transformer_encoder '0': transformer_encoder_layer 'layers.0': src [4,2,5] must be");
+  expect_status_msg(
+      ctx, AD_ERR_SHAPE,
+      "transformer_encoder '0': transformer_encoder_layer 'layers.0': src [4,2,5] must be");
   cr_assert_null(nn_transformer_encoder(s, NULL, NULL));
-  expect_msg(ctx, AD_ERR_NULL, "transformer_encoder '0': src is NULL");
+  expect_status_msg(ctx, AD_ERR_NULL, "transformer_encoder '0': src is NULL");
   ad_tensor *x = ad_ones(ctx, AD_F32, 3, (int64_t[]){4, 2, 6});
   ad_tensor *am = ad_zeros(ctx, AD_I32, 2, (int64_t[]){4, 3});
   cr_assert_null(nn_transformer_encoder(s, x, &(nn_transformer_args){.src_mask = am}));
-  expect_msg(ctx, AD_ERR_SHAPE,
-             "transformer_encoder '0': transformer_encoder_layer 'layers.0': multihead_attention "
-             "'self_attn': attn_mask [4,3] must be [L, S]");
+  expect_status_msg(
+      ctx, AD_ERR_SHAPE,
+      "transformer_encoder '0': transformer_encoder_layer 'layers.0': multihead_attention "
+      "'self_attn': attn_mask [4,3] must be [L, S]");
   cr_assert_not_null(nn_model_forward(m, x), "%s", ad_last_error(ctx));
   ad_tensor_free(x5), ad_tensor_free(x), ad_tensor_free(am);
   nn_model_free(m);
@@ -680,18 +685,19 @@ Test(xd, bad_construction) {
   ad_rng_seed(&rng, 1);
   /* the decoder layer: the encoder layer's checks, naming it */
   cr_assert_null(nn_transformer_decoder_layer_new(ctx, 8, 3, &rng, NULL));
-  expect_msg(ctx, AD_ERR_ARG, "transformer_decoder_layer: d_model 8 and nhead 3");
+  expect_status_msg(ctx, AD_ERR_ARG, "transformer_decoder_layer: d_model 8 and nhead 3");
   cr_assert_null(
       nn_transformer_decoder_layer_new(ctx, 8, 2, &rng, &(nn_transformer_opts){.dropout = 1}));
-  expect_msg(ctx, AD_ERR_ARG, "transformer_decoder_layer: dropout 1 is outside [0, 1)");
+  expect_status_msg(ctx, AD_ERR_ARG, "transformer_decoder_layer: dropout 1 is outside [0, 1)");
   cr_assert_null(nn_transformer_decoder_layer_new(
       ctx, 8, 2, &rng, &(nn_transformer_opts){.activation = NN_ACT_TANH}));
-  expect_msg(ctx, AD_ERR_ARG, "transformer_decoder_layer: activation tanh must be relu or gelu");
+  expect_status_msg(ctx, AD_ERR_ARG,
+                    "transformer_decoder_layer: activation tanh must be relu or gelu");
   cr_assert_null(
       nn_transformer_decoder_layer_new(ctx, 8, 2, &rng, &(nn_transformer_opts){.dtype = AD_I32}));
-  expect_msg(ctx, AD_ERR_DTYPE, "transformer_decoder_layer: parameters must be float");
+  expect_status_msg(ctx, AD_ERR_DTYPE, "transformer_decoder_layer: parameters must be float");
   cr_assert_null(nn_transformer_decoder_layer_new(ctx, 8, 2, NULL, NULL));
-  expect_msg(ctx, AD_ERR_NULL, "transformer_decoder_layer: rng is NULL");
+  expect_status_msg(ctx, AD_ERR_NULL, "transformer_decoder_layer: rng is NULL");
   cr_assert_null(nn_transformer_decoder_layer_new(NULL, 8, 2, &rng, NULL));
   /* the stacks: each refused layer is freed */
   const struct {
@@ -726,20 +732,21 @@ Test(xd, bad_construction) {
     cr_assert_null(bad[i].dec_stack ? nn_transformer_decoder_new(l, bad[i].n, &bad[i].o)
                                     : nn_transformer_encoder_new(l, bad[i].n, &bad[i].o),
                    "case %zu", i);
-    expect_msg(ctx, AD_ERR_ARG, bad[i].msg);
+    expect_status_msg(ctx, AD_ERR_ARG, bad[i].msg);
   }
   /* a NULL layer keeps its constructor's error: one check for the chain */
   cr_assert_null(
       nn_transformer_encoder_new(nn_transformer_encoder_layer_new(ctx, 8, 3, &rng, NULL), 2, NULL));
-  expect_msg(ctx, AD_ERR_ARG, "transformer_encoder_layer: d_model 8 and nhead 3");
+  expect_status_msg(ctx, AD_ERR_ARG, "transformer_encoder_layer: d_model 8 and nhead 3");
   cr_assert_null(nn_transformer_decoder_new(NULL, 2, NULL));
   cr_assert_eq(LIVE_BLOCKS(), live_base, "a refused layer leaks nothing");
   /* a layer of a model is refused and left to the model */
   nn_model *m = nn_sequential_new(ctx);
   cr_assert_eq(nn_model_add(m, nn_transformer_encoder_layer_new(ctx, 8, 2, &rng, NULL)), AD_OK);
   cr_assert_null(nn_transformer_encoder_new(nn_model_layer(m, 0), 2, NULL));
-  expect_msg(ctx, AD_ERR_ARG,
-             "transformer_encoder: transformer_encoder_layer '0' already belongs to a model");
+  expect_status_msg(
+      ctx, AD_ERR_ARG,
+      "transformer_encoder: transformer_encoder_layer '0' already belongs to a model");
   ad_tensor *x = ad_ones(ctx, AD_F32, 3, (int64_t[]){4, 2, 8});
   cr_assert_not_null(nn_model_forward(m, x), "%s", ad_last_error(ctx));
   ad_tensor_free(x);
