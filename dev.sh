@@ -13,12 +13,14 @@
 # Environment: BUILD (build directory, default "build"), MESON_ARGS (extra
 # arguments for the first `meson setup` of that directory), NINJA_ARGS
 # (extra arguments for ninja, e.g. "-j 1"; -j N on the command line adds
-# to it).
+# to it), TEST_ARGS (extra arguments for `meson test`, e.g. "--no-suite
+# install").
 set -uo pipefail
 cd "$(dirname "$0")" || exit 1
 BUILD=${BUILD:-build}
 MESON_ARGS=${MESON_ARGS:-}
 NINJA_ARGS=${NINJA_ARGS:-}
+TEST_ARGS=${TEST_ARGS:-}
 # what the library and the demo need; the test suite adds the rest
 DEMO_PKGS=(gcc meson ninja-build pkg-config uthash-dev libopenblas-dev zlib1g-dev)
 TEST_PKGS=("${DEMO_PKGS[@]}" libcriterion-dev python3 graphviz doxygen libopenmpi-dev openmpi-bin
@@ -75,7 +77,8 @@ demo)
   ;;
 test)
   install_missing "${TEST_PKGS[@]}" && build || exit 1
-  meson test -C "$BUILD" --print-errorlogs
+  # shellcheck disable=SC2086
+  meson test -C "$BUILD" --print-errorlogs $TEST_ARGS
   rc=$?
   python3 tools/test_summary.py "$BUILD" || rc=1
   exit $rc
