@@ -1108,7 +1108,8 @@ Test(nn_oom, losses_pair) {
 
 /* The CTC loss: its scratch block, the gather, the per-step ops, the
  * frames past an input length, an empty target, and an impossible sample
- * with its NaN-gradient term (and one with zero_infinity); backward. */
+ * with its NaN-gradient term (and one with zero_infinity); the per-sample
+ * losses of NN_NONE; backward. */
 static ad_status run_ctc(world *w) {
   ad_ctx *c = w->c;
   int64_t s[3] = {5, 3, 4}, ts[2] = {3, 3};
@@ -1120,6 +1121,7 @@ static ad_status run_ctc(world *w) {
   ad_tensor *lp = ad_log_softmax(c, z, 2);
   ad_tensor *l = nn_ctc_loss(c, lp, tg, il, tl, 0, NN_MEAN, false);
   l = ad_add(c, l, nn_ctc_loss(c, lp, tg, il, tl, 0, NN_SUM, true));
+  l = ad_add(c, l, ad_sum(c, nn_ctc_loss(c, lp, tg, il, tl, 0, NN_NONE, true)));
   if (!l) return ad_last_status(c);
   return ad_backward(c, l, NULL);
 }
