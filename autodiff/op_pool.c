@@ -865,3 +865,160 @@ ad_tensor *ad_global_avg_pool2d(ad_ctx *ctx, ad_tensor *x) {
   return s ? ad_div(ctx, s, ad_scalar(ctx, s->dtype, (double)(x->shape[nd - 2] * x->shape[nd - 1])))
            : NULL;
 }
+
+/* ---------------------------- max_pool3d, avg_pool3d (composites) */
+
+/* 3-D pooling over (D, H, W) as two 2-D poolings: over (H, W) of each of
+ * the planes * D depth slices (the [planes D, H, W] view), then over D
+ * with a kd x 1 window of the [planes, D, OH OW] view. For the maximum the
+ * order matters: the first stage picks each slice's first maximum in (h, w)
+ * order (or its last NaN), the second the first slice holding the window's
+ * maximum (or the last holding a NaN), so the argmax is PyTorch's: the
+ * first maximum, or the last NaN, in (d, h, w) order. The average's
+ * divisor is a product of one count per axis (the window clipped to the
+ * padded input, or to the input), so each stage divides by its own. With
+ * divisor_override, the result is the padded mean times count /
+ * divisor_override, a constant per output position. Checks happen here,
+ * naming the 3-D op, so the 2-D ops fail only on OOM. */
+
+/* The resolved attributes of a 3-D pooling, per axis (d, h, w), and the
+ * input and output lengths. */
+typedef struct pool3d_geom {
+  int64_t k[3], s[3], p[3], d[3], in[3], out[3];
+} pool3d_geom;
+
+#define POOL_TRIPLE(v) (long long)(v)[0], (long long)(v)[1], (long long)(v)[2]
+
+static bool pool3d_check(ad_ctx *ctx, const char *fn, ad_tensor *x, int64_t kd, int64_t kh,
+                         int64_t kw, const ad_pool3d_opts *o, bool max, pool3d_geom *g) {
+  if (!ad_arg_ok(ctx, fn, "input", x)) return false;
+  char s[64];
+  if (!ad_is_float(x->dtype)) {
+    ad_set_error(ctx, AD_ERR_DTYPE, "%s: input is %s; a float dtype is needed", fn,
+                 ad_dtype_name(x->dtype));
+    return false;
+  }
+  int nd = x->ndim;
+  if (nd != 4 && nd != 5) {
+    ad_set_error(ctx, AD_ERR_SHAPE, "%s: input %s must be 5-D (N, C, D, H, W) or 4-D (C, D, H, W)",
+                 fn, ad_shape_str(x, s, sizeof s));
+    return false;
+  }
+  for (int a = nd - 4; a < nd; a++)
+    if (x->shape[a] < 1) {
+      ad_set_error(ctx, AD_ERR_SHAPE, "%s: input %s has an empty C, D, H or W (only N may be 0)",
+                   fn, ad_shape_str(x, s, sizeof s));
+      return false;
+    }
+  static const ad_pool3d_opts none;
+  if (!o) o = &none;
+  *g = (pool3d_geom){.k = {kd, kh, kw}};
+  bool ok_k = true, ok_s = true, ok_d = true, ok_p = true;
+  for (int a = 0; a < 3; a++) {
+    g->s[a] = o->stride[a] ? o->stride[a] : g->k[a];
+    g->d[a] = o->dilation[a] ? o->dilation[a] : 1;
+    g->p[a] = o->padding[a];
+    g->in[a] = x->shape[nd - 3 + a];
+    ok_k = ok_k && g->k[a] >= 1 && g->k[a] <= POOL_ATTR_MAX;
+    ok_s = ok_s && g->s[a] >= 1 && g->s[a] <= POOL_ATTR_MAX;
+    ok_d = ok_d && g->d[a] >= 1 && g->d[a] <= POOL_ATTR_MAX && (max || g->d[a] == 1);
+  }
+  for (int a = 0; ok_k && a < 3; a++) ok_p = ok_p && g->p[a] >= 0 && g->p[a] <= g->k[a] / 2;
+  if (!ok_k || !ok_s)
+    ad_set_error(ctx, AD_ERR_ARG, "%s: %s %lldx%lldx%lld must be positive (at most 2^30)", fn,
+                 ok_k ? "stride" : "kernel", POOL_TRIPLE(ok_k ? o->stride : g->k));
+  else if (!ok_d && !max)
+    ad_set_error(ctx, AD_ERR_ARG, "%s: dilation %lldx%lldx%lld: average pooling takes none (1x1x1)",
+                 fn, POOL_TRIPLE(o->dilation));
+  else if (!ok_d)
+    ad_set_error(ctx, AD_ERR_ARG, "%s: dilation %lldx%lldx%lld must be positive (at most 2^30)", fn,
+                 POOL_TRIPLE(o->dilation));
+  else if (!ok_p)
+    ad_set_error(ctx, AD_ERR_ARG,
+                 "%s: padding %lldx%lldx%lld must be >= 0 and at most half the kernel "
+                 "%lldx%lldx%lld",
+                 fn, POOL_TRIPLE(g->p), POOL_TRIPLE(g->k));
+  if (!ok_k || !ok_s || !ok_d || !ok_p) return false;
+  bool ok_o = true;
+  for (int a = 0; a < 3; a++) {
+    g->out[a] = pool_len(g->in[a], g->k[a], g->s[a], g->p[a], g->d[a], o->ceil_mode);
+    ok_o = ok_o && g->out[a] >= 1;
+  }
+  if (!ok_o)
+    ad_set_error(ctx, AD_ERR_SHAPE,
+                 "%s: input %s is too small: the output would be %lldx%lldx%lld (kernel "
+                 "%lldx%lldx%lld, stride %lldx%lldx%lld, padding %lldx%lldx%lld, dilation "
+                 "%lldx%lldx%lld)",
+                 fn, ad_shape_str(x, s, sizeof s), POOL_TRIPLE(g->out), POOL_TRIPLE(g->k),
+                 POOL_TRIPLE(g->s), POOL_TRIPLE(g->p), POOL_TRIPLE(g->d));
+  return ok_o;
+}
+#undef POOL_TRIPLE
+
+/* PyTorch's count_include_pad count of window o along an axis: its taps
+ * clipped to the padded input. */
+static int64_t pool_count_padded(int64_t o, int64_t k, int64_t s, int64_t p, int64_t n) {
+  int64_t lo = o * s - p, hi = lo + k;
+  return (hi < n + p ? hi : n + p) - lo;
+}
+
+/* The two stages (see above), with the options o (not NULL); the
+ * maximum ignores exclude_pad and divisor_override. */
+static ad_tensor *pool3d_run(ad_ctx *ctx, ad_tensor *x, const pool3d_geom *g, bool max,
+                             const ad_pool3d_opts *o) {
+  int nd = x->ndim;
+  int64_t planes = ad_shape_size(nd - 3, x->shape), m = g->out[1] * g->out[2];
+  bool ceil_mode = o->ceil_mode, excl = !max && o->exclude_pad && !o->divisor_override;
+  ad_pool2d_opts hw = {.stride = {g->s[1], g->s[2]},
+                       .padding = {g->p[1], g->p[2]},
+                       .dilation = {g->d[1], g->d[2]},
+                       .ceil_mode = ceil_mode,
+                       .exclude_pad = excl};
+  ad_pool2d_opts dd = {.stride = {g->s[0], 1},
+                       .padding = {g->p[0], 0},
+                       .dilation = {g->d[0], 1},
+                       .ceil_mode = ceil_mode,
+                       .exclude_pad = excl};
+  int64_t s1[3] = {planes * g->in[0], g->in[1], g->in[2]}, s2[3] = {planes, g->in[0], m};
+  ad_tensor *y = ad_reshape(ctx, x, 3, s1);
+  y = max ? ad_max_pool2d(ctx, y, g->k[1], g->k[2], &hw)
+          : ad_avg_pool2d(ctx, y, g->k[1], g->k[2], &hw);
+  y = ad_reshape(ctx, y, 3, s2);
+  y = max ? ad_max_pool2d(ctx, y, g->k[0], 1, &dd) : ad_avg_pool2d(ctx, y, g->k[0], 1, &dd);
+  int64_t so[AD_MAX_DIMS];
+  memcpy(so, x->shape, sizeof(int64_t) * (size_t)nd);
+  for (int a = 0; a < 3; a++) so[nd - 3 + a] = g->out[a];
+  y = ad_reshape(ctx, y, nd, so);
+  if (!y || max || !o->divisor_override) return y;
+  /* the padded mean times count / divisor_override */
+  ad_tensor *f = ad_tmp_full(ctx, x->dtype, 3, g->out, 0.0);
+  if (!f) return NULL;
+  int64_t i = 0;
+  for (int64_t a = 0; a < g->out[0]; a++) {
+    double ca = (double)pool_count_padded(a, g->k[0], g->s[0], g->p[0], g->in[0]);
+    for (int64_t b = 0; b < g->out[1]; b++) {
+      double cb = (double)pool_count_padded(b, g->k[1], g->s[1], g->p[1], g->in[1]);
+      for (int64_t c = 0; c < g->out[2]; c++) {
+        double cc = (double)pool_count_padded(c, g->k[2], g->s[2], g->p[2], g->in[2]);
+        ad_tensor_set(f, i++, ca * cb * cc / (double)o->divisor_override);
+      }
+    }
+  }
+  return ad_mul(ctx, y, f);
+}
+
+ad_tensor *ad_max_pool3d(ad_ctx *ctx, ad_tensor *x, int64_t kd, int64_t kh, int64_t kw,
+                         const ad_pool3d_opts *opts) {
+  static const ad_pool3d_opts none;
+  pool3d_geom g;
+  if (!ctx || !pool3d_check(ctx, "max_pool3d", x, kd, kh, kw, opts, true, &g)) return NULL;
+  return pool3d_run(ctx, x, &g, true, opts ? opts : &none);
+}
+
+ad_tensor *ad_avg_pool3d(ad_ctx *ctx, ad_tensor *x, int64_t kd, int64_t kh, int64_t kw,
+                         const ad_pool3d_opts *opts) {
+  static const ad_pool3d_opts none;
+  pool3d_geom g;
+  if (!ctx || !pool3d_check(ctx, "avg_pool3d", x, kd, kh, kw, opts, false, &g)) return NULL;
+  return pool3d_run(ctx, x, &g, false, opts ? opts : &none);
+}

@@ -196,7 +196,7 @@ static ad_tensor *adaptive_matrix(ad_ctx *ctx, ad_dtype dtype, int64_t len, int6
 
 /* Adaptive average pooling of the last two axes of x (3-D or 4-D) to oh x
  * ow; the three ways at the top of the file. */
-static ad_tensor *adaptive2d(ad_ctx *ctx, ad_tensor *x, int64_t oh, int64_t ow) {
+ad_tensor *nn_adaptive_avg2d(ad_ctx *ctx, ad_tensor *x, int64_t oh, int64_t ow) {
   int64_t h = x->shape[x->ndim - 2], w = x->shape[x->ndim - 1];
   if (oh == 1 && ow == 1) return ad_global_avg_pool2d(ctx, x);
   if (h % oh == 0 && w % ow == 0) return ad_avg_pool2d(ctx, x, h / oh, w / ow, NULL);
@@ -227,7 +227,7 @@ static ad_tensor *pool1d_forward(nn_layer *l, ad_tensor *x, bool training) {
                    ad_shape_str(x, a, sizeof a), two ? "H or W" : "L");
       return NULL;
     }
-  if (two) return adaptive2d(ctx, x, s->oh, s->ow);
+  if (two) return nn_adaptive_avg2d(ctx, x, s->oh, s->ow);
   /* the 4-D (3-D unbatched) view with H = 1 */
   int64_t v[4], len = x->shape[x->ndim - 1];
   for (int d = 0; d < x->ndim - 1; d++) v[d] = x->shape[d];
@@ -244,7 +244,7 @@ static ad_tensor *pool1d_forward(nn_layer *l, ad_tensor *x, bool training) {
     y = ad_avg_pool2d(ctx, xv, 1, s->k, &s->o);
     break;
   default:
-    y = adaptive2d(ctx, xv, 1, s->ow);
+    y = nn_adaptive_avg2d(ctx, xv, 1, s->ow);
     break;
   }
   if (!y) {

@@ -55,6 +55,11 @@ bool nn_grow(ad_ctx *ctx, void **arr, int *cap, int need, size_t es);
  * that the caller fills; not recorded. NULL on error. */
 ad_tensor *nn_tmp_tensor(ad_ctx *ctx, ad_dtype dtype, int ndim, const int64_t *shape);
 
+/* layers_cnn1d.c: adaptive average pooling of the last two axes of x (3-D
+ * or 4-D, float, H and W >= 1) to oh x ow, PyTorch's windows, as a
+ * composite of public ops; NULL on error. */
+ad_tensor *nn_adaptive_avg2d(ad_ctx *ctx, ad_tensor *x, int64_t oh, int64_t ow);
+
 /* checkpoint.c: writes len bytes of buf to path as checkpoints are
  * written (a locked temporary file next to path, fsync, rename over path).
  * Returns AD_OK, or on ctx "<what> <path>: <reason>" with AD_ERR_OOM (the

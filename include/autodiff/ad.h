@@ -1043,6 +1043,58 @@ AD_API ad_tensor *ad_avg_pool2d(ad_ctx *ctx, ad_tensor *x, int64_t kh, int64_t k
  * W of 0 (AD_ERR_SHAPE); not float (AD_ERR_DTYPE). */
 AD_API ad_tensor *ad_global_avg_pool2d(ad_ctx *ctx, ad_tensor *x);
 
+/* 3-D pooling over the last three dims (D, H, W) of a float tensor, 5-D
+ * [N, C, D, H, W] or 4-D [C, D, H, W] (PyTorch's unbatched form), with
+ * PyTorch's rules (torch.nn.functional.max_pool3d / avg_pool3d): along
+ * each axis the output length, the ceil_mode rule and the padding limit
+ * are the 2-D ops' above. Both are composites of the 2-D ops, so they are
+ * differentiable to any order: a 2-D pooling over (H, W) of every depth
+ * slice (D folded into the planes), then one with a kd x 1 window over D
+ * of the [planes, D, OH OW] view. Errors (NULL, the message naming
+ * max_pool3d or avg_pool3d and the shapes): x NULL (AD_ERR_NULL), freed,
+ * of another context or from a reset tape (AD_ERR_STATE, AD_ERR_ARG); not
+ * float (AD_ERR_DTYPE); not 4-D or 5-D, or an empty C, D, H or W (only N
+ * may be 0, giving an empty output, as PyTorch) (AD_ERR_SHAPE); a kernel,
+ * stride or dilation < 1 or > 2^30 (0 in the options means the default),
+ * a padding < 0 or more than half the kernel (AD_ERR_ARG); an output
+ * length < 1 on some axis (AD_ERR_SHAPE). */
+
+/** The options of a 3-D pooling, per axis (d, h, w). The zero value (and a
+ * NULL pointer) means PyTorch's defaults: stride = the kernel, no padding,
+ * dilation 1, floor mode, padding counted in the divisor, no divisor
+ * override. */
+typedef struct ad_pool3d_opts {
+  int64_t stride[3];        /**< 0: the kernel's */
+  int64_t padding[3];       /**< on both sides; at most half the kernel */
+  int64_t dilation[3];      /**< spacing of a window's taps; 0: 1. max_pool3d only:
+                               avg_pool3d refuses any but 1 (AD_ERR_ARG) */
+  bool ceil_mode;           /**< count a last, partial window */
+  bool exclude_pad;         /**< avg_pool3d: PyTorch's count_include_pad=False;
+                               ignored by max_pool3d */
+  int64_t divisor_override; /**< avg_pool3d: divide every window's sum by this
+                               (PyTorch's divisor_override; 0: none, as PyTorch
+                               refuses 0); ignored by max_pool3d */
+} ad_pool3d_opts;
+
+/** The maximum of each kd x kh x kw window, PyTorch's max_pool3d; padding
+ * counts as -inf. Gradient: each window sends dy to its argmax, the first
+ * maximum in (d, h, w) order (ties: the first, as PyTorch's CPU kernel); a
+ * window holding a NaN gives NaN and sends dy to its last NaN in that
+ * order; a window of only -inf sends it to its first element in the input.
+ * Overlapping windows add up. */
+AD_API ad_tensor *ad_max_pool3d(ad_ctx *ctx, ad_tensor *x, int64_t kd, int64_t kh, int64_t kw,
+                                const ad_pool3d_opts *opts);
+/** The mean of each kd x kh x kw window, PyTorch's avg_pool3d; padding
+ * counts as 0. The divisor is divisor_override when set, else the window's
+ * size clipped per axis to the padded input (a partial ceil_mode window
+ * divides by fewer), or with exclude_pad the number of its elements in the
+ * input. A sum of sums, divided per stage (or, with divisor_override, a
+ * mean times count / divisor_override): within a few ulps of PyTorch's
+ * single sum / divisor. Errors as above, and AD_ERR_ARG for a dilation
+ * other than 1. */
+AD_API ad_tensor *ad_avg_pool3d(ad_ctx *ctx, ad_tensor *x, int64_t kd, int64_t kh, int64_t kw,
+                                const ad_pool3d_opts *opts);
+
 /* ---------------------------------------------------------- convolution
  * 2-D convolution over NCHW with PyTorch's layout and cross-correlation, so
  * a PyTorch state dict loads unchanged. Pairs are (height, width). The

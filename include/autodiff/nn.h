@@ -716,6 +716,37 @@ NN_API nn_layer *nn_adaptive_avg_pool1d_new(ad_ctx *ctx, int64_t output_size);
 NN_API nn_layer *nn_adaptive_avg_pool2d_new(ad_ctx *ctx, int64_t oh, int64_t ow);
 /** @} */
 
+/** 3-D pooling layers, PyTorch's nn.MaxPool3d and nn.AvgPool3d: kd x kh x
+ * kw windows over the last three dims of [N, C, D, H, W] or unbatched [C,
+ * D, H, W], through ad_max_pool3d / ad_avg_pool3d (opts as theirs, NULL
+ * for the defaults: stride = kernel; PyTorch's count_include_pad=False is
+ * exclude_pad, divisor_override 0 means none). No parameters. Returns the
+ * layer, or NULL with AD_ERR_ARG (a kernel outside [1, 2^30], a stride or
+ * dilation outside [0, 2^30] (0: the default), a padding < 0 or above half
+ * the kernel, a dilation above 1 for AvgPool3d, exclude_pad or
+ * divisor_override for MaxPool3d) or AD_ERR_OOM. The forward reports the
+ * op's errors (a bad input rank, dtype or empty dim, an output < 1),
+ * naming max_pool3d or avg_pool3d. @{ */
+NN_API nn_layer *nn_max_pool3d_new(ad_ctx *ctx, int64_t kd, int64_t kh, int64_t kw,
+                                   const ad_pool3d_opts *opts);
+NN_API nn_layer *nn_avg_pool3d_new(ad_ctx *ctx, int64_t kd, int64_t kh, int64_t kw,
+                                   const ad_pool3d_opts *opts);
+/** @} */
+
+/** Adaptive average pooling over the last three dims, PyTorch's
+ * nn.AdaptiveAvgPool3d((od, oh, ow)): [N, C, D, H, W] or [C, D, H, W] to
+ * [..., od, oh, ow], output i of an axis of length L pooled to n the mean
+ * over x[floor(i L / n), ceil((i + 1) L / n)) (PyTorch's windows). A
+ * composite: nn.AdaptiveAvgPool2d's way (see above) over (H, W) of every
+ * depth slice, then over D, so differentiable to any order and within an
+ * ulp or two of PyTorch's single sum / count. No parameters. Returns the
+ * layer, or NULL with AD_ERR_ARG (an output size outside [1, 2^30]) or
+ * AD_ERR_OOM. The forward refuses an input of another rank or with an
+ * empty dim after the first (AD_ERR_SHAPE; PyTorch's rule: the first may
+ * be 0, giving an empty output) or not float (AD_ERR_DTYPE), naming the
+ * layer and the shape. */
+NN_API nn_layer *nn_adaptive_avg_pool3d_new(ad_ctx *ctx, int64_t od, int64_t oh, int64_t ow);
+
 /* Resampling, padding and channel-dropout layers for image models
  * (layers_resample.c): composites of public ops (ad_index_select,
  * ad_transpose, ad_reshape, ad_permute, ad_pad, ad_narrow, ad_where,
