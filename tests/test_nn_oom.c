@@ -300,6 +300,9 @@ enum {
   EMB_BAG,
   EMB_BAG_MAX,
   EMB_EXT,
+  MAXPOOL3D,
+  AVGPOOL3D,
+  ADAPOOL3D,
   N_LAYERS
 };
 
@@ -348,7 +351,10 @@ static const char *layer_names[N_LAYERS] = {"dense",
                                             "lstm proj",
                                             "embedding_bag",
                                             "embedding_bag max",
-                                            "embedding max_norm freq"};
+                                            "embedding max_norm freq",
+                                            "max_pool3d",
+                                            "avg_pool3d divisor_override",
+                                            "adaptive3d"};
 
 static bool build_only;
 
@@ -526,6 +532,19 @@ static ad_status run_layer(world *w) {
     w->l = nn_upsample_new(
         c, &(nn_upsample_opts){.mode = NN_UPSAMPLE_TRILINEAR, .scale_factor = {1.5, 2, 0.5}});
     x = w->x = data(c, 5, (int64_t[5]){1, 2, 2, 3, 4}, 1);
+    break;
+  case MAXPOOL3D: /* two 2-D poolings over views */
+    w->l = nn_max_pool3d_new(c, 2, 2, 2, &(ad_pool3d_opts){.padding = {1, 0, 1}});
+    x = w->x = data(c, 5, (int64_t[5]){1, 2, 3, 4, 4}, 1);
+    break;
+  case AVGPOOL3D: /* and the constant count / divisor_override */
+    w->l =
+        nn_avg_pool3d_new(c, 2, 2, 2, &(ad_pool3d_opts){.ceil_mode = true, .divisor_override = 3});
+    x = w->x = data(c, 5, (int64_t[5]){1, 2, 3, 4, 5}, 1);
+    break;
+  case ADAPOOL3D: /* 3x4x5 -> 2x3x2: matrices on each axis */
+    w->l = nn_adaptive_avg_pool3d_new(c, 2, 3, 2);
+    x = w->x = data(c, 5, (int64_t[5]){1, 2, 3, 4, 5}, 1);
     break;
   case XF:
   case XF_PRE:
