@@ -1,6 +1,5 @@
-/* layers_norm.c: BatchNorm1d and BatchNorm2d, PyTorch's nn.BatchNorm*d
- * (here), and GroupNorm, InstanceNorm1d and InstanceNorm2d (the second half
- * of the file).
+/* layers_norm.c: BatchNorm1d, 2d and 3d, PyTorch's nn.BatchNorm*d (here),
+ * and GroupNorm, InstanceNorm1d, 2d and 3d (the second half of the file).
  *
  *   training:  y = (x - mean_c(x)) / sqrt(var_c(x) + eps) * weight + bias
  *              running_mean = (1 - m) running_mean + m mean_c(x)
@@ -175,8 +174,12 @@ nn_layer *nn_batch_norm2d_new(ad_ctx *ctx, int64_t num_features, const nn_batch_
   return bn_new(ctx, "batch_norm2d", 4, 4, "[N, C, H, W]", num_features, opts);
 }
 
+nn_layer *nn_batch_norm3d_new(ad_ctx *ctx, int64_t num_features, const nn_batch_norm_opts *opts) {
+  return bn_new(ctx, "batch_norm3d", 5, 5, "[N, C, D, H, W]", num_features, opts);
+}
+
 /* ----------------------------------------------- GroupNorm, InstanceNorm
- * PyTorch's nn.GroupNorm and nn.InstanceNorm1d / 2d, composed from the
+ * PyTorch's nn.GroupNorm and nn.InstanceNorm1d / 2d / 3d, composed from the
  * engine's ops so that the tape derives every derivative:
  *
  *   group norm:  x [N, C, *] viewed as [N, G, C/G * prod(*)], each row
@@ -325,7 +328,7 @@ nn_layer *nn_group_norm_new(ad_ctx *ctx, int64_t num_groups, int64_t num_channel
 
 typedef struct in_state {
   int64_t c; /* num_features */
-  int nd;    /* rank of a batched input: 3 or 4 */
+  int nd;    /* rank of a batched input: 3 to 5 */
   const char *layout;
   double eps, momentum;
   ad_tensor *weight, *bias;                    /* NULL without affine */
@@ -492,4 +495,9 @@ nn_layer *nn_instance_norm1d_new(ad_ctx *ctx, int64_t num_features,
 nn_layer *nn_instance_norm2d_new(ad_ctx *ctx, int64_t num_features,
                                  const nn_instance_norm_opts *opts) {
   return in_new(ctx, "instance_norm2d", 4, "[N, C, H, W] or [C, H, W]", num_features, opts);
+}
+
+nn_layer *nn_instance_norm3d_new(ad_ctx *ctx, int64_t num_features,
+                                 const nn_instance_norm_opts *opts) {
+  return in_new(ctx, "instance_norm3d", 5, "[N, C, D, H, W] or [C, D, H, W]", num_features, opts);
 }

@@ -1,6 +1,6 @@
 /* layers_resample.c: PyTorch's nn.Upsample, nn.PixelShuffle,
- * nn.PixelUnshuffle, the padding layers (ZeroPad2d, ConstantPad1d/2d,
- * ReflectionPad1d/2d, ReplicationPad1d/2d), nn.Dropout1d / nn.Dropout2d,
+ * nn.PixelUnshuffle, the padding layers (ZeroPad2d, ConstantPad1d/2d/3d,
+ * ReflectionPad1d/2d/3d, ReplicationPad1d/2d/3d), nn.Dropout1d / 2d / 3d,
  * nn.Identity and nn.Unflatten. Composites of public ops, so every
  * gradient is the tape's and differentiable to any order; this file holds
  * PyTorch's index rules and the checks that name the layer.
@@ -37,12 +37,12 @@ typedef enum rs_kind {
 
 typedef struct rs_state {
   rs_kind kind;
-  int dims;            /* pads and dropout: spatial dims, 1 or 2 */
+  int dims;            /* pads and dropout: spatial dims, 1 to 3 */
   nn_upsample_opts up; /* upsample */
   int up_n;            /* upsample: entries of size or scale_factor given, 1..3 */
   bool up_same;        /* upsample: all entries equal (any rank takes them) */
   int64_t r;           /* (un)shuffle factor */
-  int64_t pad[4];      /* left, right, top, bottom */
+  int64_t pad[6];      /* left, right, top, bottom, front, back */
   double value;        /* constant pad */
   bool zero;           /* ZeroPad2d's repr */
   double p;            /* dropout */
@@ -432,6 +432,10 @@ static int64_t pad_source(rs_kind kind, int64_t j, int64_t lo, int64_t n) {
   return i < 0 ? -i : i > n - 1 ? 2 * (n - 1) - i : i;
 }
 
+/* The inputs of the padding layers with 1, 2 or 3 spatial dims. */
+static const char *const pad_layouts[4] = {"", "[N, C, L] or [C, L]", "[N, C, H, W] or [C, H, W]",
+                                           "[N, C, D, H, W] or [C, D, H, W]"};
+
 static ad_tensor *pad_forward(nn_layer *l, rs_state *s, ad_tensor *x) {
   ad_ctx *ctx = nn_layer_ctx(l);
   char who[96], a[64];
@@ -439,12 +443,13 @@ static ad_tensor *pad_forward(nn_layer *l, rs_state *s, ad_tensor *x) {
   if (x->ndim != sp + 1 && x->ndim != sp + 2) {
     nn_layer_who(l, who, sizeof who);
     ad_set_error(ctx, AD_ERR_SHAPE, "%s: input %s must be %s", who, ad_shape_str(x, a, sizeof a),
-                 sp == 1 ? "[N, C, L] or [C, L]" : "[N, C, H, W] or [C, H, W]");
+                 pad_layouts[sp]);
     return NULL;
   }
   if (!nn_layer_float_input(l, x)) return NULL;
-  /* pad[0..1] is the last axis, pad[2..3] the one before, as PyTorch's */
-  int64_t m[2];
+  /* pad[0..1] is the last axis, pad[2..3] the one before, and so on, as
+   * PyTorch's */
+  int64_t m[3];
   for (int k = 0; k < sp; k++) {
     int axis = x->ndim - 1 - k;
     int64_t n = x->shape[axis], lo = s->pad[2 * k], hi = s->pad[2 * k + 1];
@@ -454,6 +459,8 @@ static ad_tensor *pad_forward(nn_layer *l, rs_state *s, ad_tensor *x) {
       bad = "gives a negative length";
     else if (s->kind == RS_PAD_CONST && n + (lo < 0 ? lo : 0) + (hi < 0 ? hi : 0) < 0)
       bad = "crops more than the axis length"; /* PyTorch's narrow refuses it too */
+    else if (s->kind == RS_PAD_REPLICATE && n == 0)
+      bad = "replicates an empty axis"; /* (PyTorch refuses it too) */
     else if (s->kind != RS_PAD_CONST && (m[k] < 1 || n > I32_MAX))
       bad = "gives a length outside [1, 2^31 - 1]";
     else if (s->kind == RS_PAD_REFLECT && (lo >= n || hi >= n))
@@ -482,21 +489,24 @@ static ad_tensor *pad_forward(nn_layer *l, rs_state *s, ad_tensor *x) {
   }
   if (!y || s->kind != RS_PAD_CONST || (s->value == 0 && !signbit(s->value))) return y;
   /* the border takes value: where(inside, y, value), inside a constant
-   * [H', W'] (or [L']) mask broadcast over the leading axes */
+   * [D', H', W'] (or [H', W'], [L']) mask broadcast over the leading axes */
   bool border = false;
   for (int k = 0; k < 2 * sp; k++) border = border || s->pad[k] > 0;
   if (!border || y->size == 0) return y;
-  int64_t ms[2];
+  int64_t ms[3];
   for (int k = 0; k < sp; k++) ms[sp - 1 - k] = m[k];
   ad_tensor *in = nn_tmp_tensor(ctx, x->dtype, sp, ms);
   if (!in) return NULL;
-  int64_t h = sp == 2 ? m[1] : 1, w = m[0];
-  int64_t t = sp == 2 ? s->pad[2] : 0, b = sp == 2 ? s->pad[3] : 0;
-  for (int64_t i = 0; i < h; i++)
-    for (int64_t j = 0; j < w; j++) {
-      bool inside = j >= s->pad[0] && j < w - s->pad[1] && i >= t && i < h - b;
-      ad_tensor_set(in, i * w + j, inside ? 1 : 0);
+  for (int64_t i = 0; i < in->size; i++) {
+    bool inside = true;
+    int64_t rest = i;
+    for (int k = 0; k < sp; k++) { /* k = 0: the last axis */
+      int64_t j = rest % m[k];
+      rest /= m[k];
+      inside = inside && j >= s->pad[2 * k] && j < m[k] - s->pad[2 * k + 1];
     }
+    ad_tensor_set(in, i, inside ? 1 : 0);
+  }
   return ad_where(ctx, in, y, ad_scalar(ctx, x->dtype, s->value));
 }
 
@@ -540,24 +550,38 @@ nn_layer *nn_replication_pad1d_new(ad_ctx *ctx, const int64_t pad[2]) {
 nn_layer *nn_replication_pad2d_new(ad_ctx *ctx, const int64_t pad[4]) {
   return pad_new(ctx, "replication_pad2d", RS_PAD_REPLICATE, 2, pad, 0);
 }
+nn_layer *nn_constant_pad3d_new(ad_ctx *ctx, const int64_t pad[6], double value) {
+  return pad_new(ctx, "constant_pad3d", RS_PAD_CONST, 3, pad, value);
+}
+nn_layer *nn_reflection_pad3d_new(ad_ctx *ctx, const int64_t pad[6]) {
+  return pad_new(ctx, "reflection_pad3d", RS_PAD_REFLECT, 3, pad, 0);
+}
+nn_layer *nn_replication_pad3d_new(ad_ctx *ctx, const int64_t pad[6]) {
+  return pad_new(ctx, "replication_pad3d", RS_PAD_REPLICATE, 3, pad, 0);
+}
 
 /* ----------------------------------------------------- channel dropout */
 
 /* y = x * m, m [N, C, 1, ...] (or [C, 1, ...]): nn_dropout_apply's mask
- * drawn on ones of that shape (ones * m = m, a constant), broadcast. */
+ * drawn on ones of that shape (ones * m = m, a constant), broadcast.
+ * Dropout1d and Dropout3d take their rank and the unbatched one below;
+ * Dropout2d takes [N, C, H, W] and, as PyTorch 1.13's, [N, C, L]. */
 static ad_tensor *dropout_forward(nn_layer *l, rs_state *s, ad_tensor *x, bool training) {
   ad_ctx *ctx = nn_layer_ctx(l);
   char who[96], a[64];
-  bool ok = s->dims == 1 ? x->ndim == 2 || x->ndim == 3 : x->ndim == 3 || x->ndim == 4;
-  if (!ok) {
+  static const char *const layouts[4] = {"", "[N, C, L] or [C, L]", "[N, C, H, W] or [N, C, L]",
+                                         "[N, C, D, H, W] or [C, D, H, W]"};
+  int top = s->dims + 2; /* the batched rank */
+  if (x->ndim != top && x->ndim != top - 1) {
     nn_layer_who(l, who, sizeof who);
     ad_set_error(ctx, AD_ERR_SHAPE, "%s: input %s must be %s", who, ad_shape_str(x, a, sizeof a),
-                 s->dims == 1 ? "[N, C, L] or [C, L]" : "[N, C, H, W] or [N, C, L]");
+                 layouts[s->dims]);
     return NULL;
   }
   if (!nn_layer_float_input(l, x)) return NULL;
   if (!training || s->p == 0) return x;
-  int lead = x->ndim == 4 ? 2 : x->ndim - 1; /* 3-D: [N, C, L] for both */
+  /* Dropout2d's 3-D input is [N, C, L] */
+  int lead = x->ndim == top || s->dims == 2 ? 2 : 1;
   int64_t ms[AD_MAX_DIMS];
   for (int d = 0; d < x->ndim; d++) ms[d] = d < lead ? x->shape[d] : 1;
   ad_tensor *ones = nn_tmp_tensor(ctx, x->dtype, x->ndim, ms);
@@ -571,7 +595,7 @@ static ad_tensor *dropout_forward(nn_layer *l, rs_state *s, ad_tensor *x, bool t
 
 static nn_layer *dropout_new(ad_ctx *ctx, int dims, double p, uint64_t seed) {
   if (!ctx) return NULL;
-  const char *name = dims == 1 ? "dropout1d" : "dropout2d";
+  const char *name = dims == 1 ? "dropout1d" : dims == 2 ? "dropout2d" : "dropout3d";
   if (!(p >= 0 && p < 1)) {
     ad_set_error(ctx, AD_ERR_ARG, "%s: p = %g is outside [0, 1)", name, p);
     return NULL;
@@ -586,6 +610,9 @@ nn_layer *nn_dropout1d_new(ad_ctx *ctx, double p, uint64_t seed) {
 }
 nn_layer *nn_dropout2d_new(ad_ctx *ctx, double p, uint64_t seed) {
   return dropout_new(ctx, 2, p, seed);
+}
+nn_layer *nn_dropout3d_new(ad_ctx *ctx, double p, uint64_t seed) {
+  return dropout_new(ctx, 3, p, seed);
 }
 
 /* ------------------------------------------------- identity, unflatten */

@@ -517,6 +517,13 @@ NN_API nn_layer *nn_batch_norm2d_new(ad_ctx *ctx, int64_t num_features,
                                      const nn_batch_norm_opts *opts);
 /** @} */
 
+/** PyTorch's nn.BatchNorm3d: nn_batch_norm2d_new's layer (above: the same
+ * options, parameters, buffers, state-dict names, statistics and errors)
+ * for x [N, C, D, H, W] only, the statistics taken over N, D, H and W.
+ * Kind "batch_norm3d". */
+NN_API nn_layer *nn_batch_norm3d_new(ad_ctx *ctx, int64_t num_features,
+                                     const nn_batch_norm_opts *opts);
+
 /** Options of a GroupNorm layer. All-zero means PyTorch's defaults. */
 typedef struct nn_group_norm_opts {
   double eps;     /**< added to the variance; 0 means 1e-5 */
@@ -585,6 +592,14 @@ NN_API nn_layer *nn_instance_norm1d_new(ad_ctx *ctx, int64_t num_features,
 NN_API nn_layer *nn_instance_norm2d_new(ad_ctx *ctx, int64_t num_features,
                                         const nn_instance_norm_opts *opts);
 /** @} */
+
+/** PyTorch's nn.InstanceNorm3d: nn_instance_norm2d_new's layer (above: the
+ * same options and defaults, parameters, buffers, running statistics and
+ * errors) for x [N, C, D, H, W] or unbatched [C, D, H, W] (a batch of
+ * one), each channel of each sample normalised over D, H and W. Kind
+ * "instance_norm3d". */
+NN_API nn_layer *nn_instance_norm3d_new(ad_ctx *ctx, int64_t num_features,
+                                        const nn_instance_norm_opts *opts);
 
 /** Options of a Conv2d or ConvTranspose2d layer. All-zero means PyTorch's
  * defaults. */
@@ -848,7 +863,8 @@ NN_API nn_layer *nn_pixel_unshuffle_new(ad_ctx *ctx, int64_t downscale_factor);
  * +-2^31 - 1 (AD_ERR_ARG). The forward refuses (AD_ERR_SHAPE) an output
  * length below 0 (constant) or 1 (the others), a crop longer than the
  * axis (constant), a reflection amount not
- * below the axis length, and an axis above 2^31 - 1 (the others). Kinds
+ * below the axis length, an empty axis (replication, as PyTorch), and an
+ * axis above 2^31 - 1 (the others). Kinds
  * "zero_pad2d", "constant_pad1d", ..., "replication_pad2d". @{ */
 NN_API nn_layer *nn_zero_pad2d_new(ad_ctx *ctx, const int64_t pad[4]);
 NN_API nn_layer *nn_constant_pad1d_new(ad_ctx *ctx, const int64_t pad[2], double value);
@@ -857,6 +873,18 @@ NN_API nn_layer *nn_reflection_pad1d_new(ad_ctx *ctx, const int64_t pad[2]);
 NN_API nn_layer *nn_reflection_pad2d_new(ad_ctx *ctx, const int64_t pad[4]);
 NN_API nn_layer *nn_replication_pad1d_new(ad_ctx *ctx, const int64_t pad[2]);
 NN_API nn_layer *nn_replication_pad2d_new(ad_ctx *ctx, const int64_t pad[4]);
+/** @} */
+
+/** PyTorch's nn.ConstantPad3d, nn.ReflectionPad3d and nn.ReplicationPad3d:
+ * the padding layers above for x [N, C, D, H, W] or [C, D, H, W], pad
+ * (left, right, top, bottom, front, back): pad[0..1] for W, pad[2..3] for
+ * H, pad[4..5] for D. The same rules, limits and errors (AD_ERR_NULL for
+ * pad NULL, AD_ERR_ARG, the forward's AD_ERR_SHAPE) and the same
+ * gradients. Kinds "constant_pad3d", "reflection_pad3d",
+ * "replication_pad3d". @{ */
+NN_API nn_layer *nn_constant_pad3d_new(ad_ctx *ctx, const int64_t pad[6], double value);
+NN_API nn_layer *nn_reflection_pad3d_new(ad_ctx *ctx, const int64_t pad[6]);
+NN_API nn_layer *nn_replication_pad3d_new(ad_ctx *ctx, const int64_t pad[6]);
 /** @} */
 
 /** Channel dropout, PyTorch's nn.Dropout1d and nn.Dropout2d: in training
@@ -871,6 +899,15 @@ NN_API nn_layer *nn_replication_pad2d_new(ad_ctx *ctx, const int64_t pad[4]);
 NN_API nn_layer *nn_dropout1d_new(ad_ctx *ctx, double p, uint64_t seed);
 NN_API nn_layer *nn_dropout2d_new(ad_ctx *ctx, double p, uint64_t seed);
 /** @} */
+
+/** Channel dropout, PyTorch's nn.Dropout3d: nn_dropout2d_new's layer
+ * (above) for x [N, C, D, H, W], whose mask is drawn on [N, C], or, as
+ * PyTorch 1.13, an unbatched [C, D, H, W], whose mask is drawn on [C]
+ * (the draws of a batch of one). Other ranks, which PyTorch 1.13 takes
+ * with a deprecation warning as unbatched, are refused (AD_ERR_SHAPE
+ * naming the layer). p in [0, 1), else AD_ERR_ARG; NULL ctx gives NULL.
+ * Kind "dropout3d". */
+NN_API nn_layer *nn_dropout3d_new(ad_ctx *ctx, double p, uint64_t seed);
 
 /** PyTorch's nn.Identity: returns its input (kind "identity"). */
 NN_API nn_layer *nn_identity_new(ad_ctx *ctx);
