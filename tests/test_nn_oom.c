@@ -303,6 +303,11 @@ enum {
   MAXPOOL3D,
   AVGPOOL3D,
   ADAPOOL3D,
+  BN3D,
+  IN3D,
+  PAD3D_CONST,
+  PAD3D_REPLICATE,
+  DROPOUT3D,
   N_LAYERS
 };
 
@@ -354,7 +359,12 @@ static const char *layer_names[N_LAYERS] = {"dense",
                                             "embedding max_norm freq",
                                             "max_pool3d",
                                             "avg_pool3d divisor_override",
-                                            "adaptive3d"};
+                                            "adaptive3d",
+                                            "batch_norm3d",
+                                            "inst_norm3d",
+                                            "constant_pad3d",
+                                            "replication_pad3d",
+                                            "dropout3d"};
 
 static bool build_only;
 
@@ -580,6 +590,27 @@ static ad_status run_layer(world *w) {
     x = w->x = data(c, 3, s3, 1);
     break;
   }
+  case BN3D:
+    w->l = nn_batch_norm3d_new(c, 2, NULL);
+    x = w->x = data(c, 5, (int64_t[5]){2, 2, 2, 3, 2}, 1);
+    break;
+  case IN3D:
+    w->l = nn_instance_norm3d_new(
+        c, 2, &(nn_instance_norm_opts){.affine = true, .track_running_stats = true});
+    x = w->x = data(c, 5, (int64_t[5]){2, 2, 2, 3, 2}, 1);
+    break;
+  case PAD3D_CONST: /* crop, pad, and the [D', H', W'] mask of the value */
+    w->l = nn_constant_pad3d_new(c, (int64_t[6]){1, -1, 2, 0, 1, 1}, 0.5);
+    x = w->x = data(c, 5, (int64_t[5]){1, 2, 2, 3, 2}, 1);
+    break;
+  case PAD3D_REPLICATE: /* a gather per axis */
+    w->l = nn_replication_pad3d_new(c, (int64_t[6]){2, -1, 1, 0, 1, 2});
+    x = w->x = data(c, 4, (int64_t[4]){2, 2, 3, 2}, 1);
+    break;
+  case DROPOUT3D:
+    w->l = nn_dropout3d_new(c, 0.5, 3);
+    x = w->x = data(c, 5, (int64_t[5]){2, 2, 2, 3, 2}, 1);
+    break;
   }
   if (!w->l || !x) return ad_last_status(c);
   if (build_only) return AD_OK;
@@ -594,7 +625,7 @@ static ad_status run_layer(world *w) {
     if (!loss) return ad_last_status(c);
     return ad_backward(c, loss, NULL);
   }
-  if (w->kind == IN1D || w->kind == IN2D) {
+  if (w->kind == IN1D || w->kind == IN2D || w->kind == IN3D) {
     /* unbatched, then evaluation mode (the running statistics; after the
      * update, which would otherwise change what its backward reads) */
     ad_tensor *xu = ad_narrow(c, x, 0, 0, 1);
