@@ -3,6 +3,8 @@
  * nn.AdaptiveAvgPool2d(1). The arithmetic is the engine's ops (ad_conv2d,
  * ad_max_pool2d, ...), whose backward the tape runs; this file holds the
  * parameters, PyTorch's initialisation and the checks that name the layer.
+ * A padding_mode other than zeros pads the input first (nn_pad_spatial,
+ * padding.c) and convolves without padding, as PyTorch's _conv_forward.
  *
  * Initialisation (PyTorch's reset_parameters): weight and bias uniform in
  * [-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = weight.shape[1] * kh * kw
@@ -17,6 +19,10 @@ typedef struct conv_state {
   bool transpose;
   int64_t in, out, kh, kw;
   ad_conv_opts o;
+  nn_padding_mode mode; /* not zeros: x padded by pad (F.pad's order), o unpadded */
+  int64_t pad[4];
+  bool same;        /* for the description: 'same' padding in mode */
+  int64_t shown[2]; /* for the description: the (h, w) padding given */
   ad_tensor *w, *b; /* b NULL without bias */
 } conv_state;
 
@@ -36,8 +42,11 @@ static ad_tensor *conv_forward(nn_layer *l, ad_tensor *x, bool training) {
     int64_t b[4] = {1, x->shape[0], x->shape[1], x->shape[2]};
     x = ad_reshape(ctx, x, 4, b);
   }
-  ad_tensor *y = s->transpose ? ad_conv_transpose2d(ctx, x, s->w, s->b, &s->o)
-                              : ad_conv2d(ctx, x, s->w, s->b, &s->o);
+  if (s->mode != NN_PADDING_ZEROS)
+    x = nn_pad_spatial(ctx, nn_layer_who(l, who, sizeof who), x, 2, s->pad, s->mode);
+  ad_tensor *y = !x             ? NULL
+                 : s->transpose ? ad_conv_transpose2d(ctx, x, s->w, s->b, &s->o)
+                                : ad_conv2d(ctx, x, s->w, s->b, &s->o);
   return one && y ? ad_reshape(ctx, y, 3, y->shape + 1) : y;
 }
 
@@ -59,10 +68,10 @@ static void conv_describe(const nn_layer *l, nn_text *t) {
   nn_text_add(t, "%lld, %lld, kernel_size=(%lld, %lld), stride=(%lld, %lld)", (long long)s->in,
               (long long)s->out, (long long)s->kh, (long long)s->kw, (long long)st[0],
               (long long)st[1]);
-  if (o->same)
+  if (s->same)
     nn_text_add(t, ", padding=same");
-  else if (o->padding[0] || o->padding[2])
-    nn_text_add(t, ", padding=(%lld, %lld)", (long long)o->padding[0], (long long)o->padding[2]);
+  else if (s->shown[0] || s->shown[1])
+    nn_text_add(t, ", padding=(%lld, %lld)", (long long)s->shown[0], (long long)s->shown[1]);
   if (di[0] != 1 || di[1] != 1)
     nn_text_add(t, ", dilation=(%lld, %lld)", (long long)di[0], (long long)di[1]);
   if (o->output_padding[0] || o->output_padding[1])
@@ -70,6 +79,8 @@ static void conv_describe(const nn_layer *l, nn_text *t) {
                 (long long)o->output_padding[1]);
   if (o->groups != 1) nn_text_add(t, ", groups=%lld", (long long)o->groups);
   if (!s->b) nn_text_add(t, ", bias=False");
+  if (s->mode != NN_PADDING_ZEROS)
+    nn_text_add(t, ", padding_mode=%s", nn_padding_mode_name(s->mode));
 }
 
 static const nn_layer_ops conv_ops = {conv_forward, conv_free, conv_describe};
@@ -83,11 +94,18 @@ static ad_tensor *conv_param(nn_params *list, const char *name, ad_dtype dtype, 
 }
 
 static nn_layer *conv_new(ad_ctx *ctx, bool transpose, int64_t in, int64_t out, int64_t kh,
-                          int64_t kw, ad_rng *rng, const nn_conv2d_opts *opts) {
+                          int64_t kw, ad_rng *rng, const nn_conv2d_opts *opts,
+                          nn_padding_mode mode) {
   if (!ctx) return NULL;
   const char *kind = transpose ? "conv_transpose2d" : "conv2d";
   nn_conv2d_opts o = {0};
   if (opts) o = *opts;
+  if (!nn_padding_mode_name(mode) || (transpose && mode != NN_PADDING_ZEROS)) {
+    ad_set_error(ctx, AD_ERR_ARG, "%s: padding_mode %d is not %s", kind, (int)mode,
+                 transpose ? "zeros, the only one PyTorch's ConvTranspose2d takes"
+                           : "one of zeros, reflect, replicate, circular");
+    return NULL;
+  }
   int64_t groups = o.groups ? o.groups : 1;
   if (in < 1 || out < 1 || kh < 1 || kw < 1 || groups < 1 || in % groups || out % groups) {
     ad_set_error(ctx, AD_ERR_ARG,
@@ -139,6 +157,24 @@ static nn_layer *conv_new(ad_ctx *ctx, bool transpose, int64_t in, int64_t out, 
   }
   s->o.groups = groups;
   s->o.same = o.same;
+  s->same = o.same;
+  s->shown[0] = o.padding[0];
+  s->shown[1] = o.padding[1];
+  s->mode = mode;
+  if (mode != NN_PADDING_ZEROS) { /* PyTorch's _reversed_padding_repeated_twice */
+    for (int k = 0; k < 2; k++) {
+      int64_t lo = o.padding[k], hi = o.padding[k];
+      if (o.same) { /* the total split as PyTorch: the extra one after */
+        int64_t total = (o.dilation[k] ? o.dilation[k] : 1) * ((k ? kw : kh) - 1);
+        lo = total / 2;
+        hi = total - lo;
+      }
+      s->pad[2 * (1 - k)] = lo; /* (left, right, top, bottom) */
+      s->pad[2 * (1 - k) + 1] = hi;
+      s->o.padding[2 * k] = s->o.padding[2 * k + 1] = 0;
+    }
+    s->o.same = false;
+  }
   nn_layer *l = nn_layer_new_ext(ctx, kind, &conv_ops, s);
   if (!l) {
     ad_free(ctx, s, sizeof *s);
@@ -161,12 +197,24 @@ static nn_layer *conv_new(ad_ctx *ctx, bool transpose, int64_t in, int64_t out, 
 
 nn_layer *nn_conv2d_new(ad_ctx *ctx, int64_t in, int64_t out, int64_t kh, int64_t kw, ad_rng *rng,
                         const nn_conv2d_opts *opts) {
-  return conv_new(ctx, false, in, out, kh, kw, rng, opts);
+  return conv_new(ctx, false, in, out, kh, kw, rng, opts, NN_PADDING_ZEROS);
+}
+
+nn_layer *nn_conv2d_new_ext(ad_ctx *ctx, int64_t in, int64_t out, int64_t kh, int64_t kw,
+                            ad_rng *rng, const nn_conv2d_opts_ext *opts) {
+  return conv_new(ctx, false, in, out, kh, kw, rng, opts ? &opts->base : NULL,
+                  opts ? opts->padding_mode : NN_PADDING_ZEROS);
 }
 
 nn_layer *nn_conv_transpose2d_new(ad_ctx *ctx, int64_t in, int64_t out, int64_t kh, int64_t kw,
                                   ad_rng *rng, const nn_conv2d_opts *opts) {
-  return conv_new(ctx, true, in, out, kh, kw, rng, opts);
+  return conv_new(ctx, true, in, out, kh, kw, rng, opts, NN_PADDING_ZEROS);
+}
+
+nn_layer *nn_conv_transpose2d_new_ext(ad_ctx *ctx, int64_t in, int64_t out, int64_t kh, int64_t kw,
+                                      ad_rng *rng, const nn_conv2d_opts_ext *opts) {
+  return conv_new(ctx, true, in, out, kh, kw, rng, opts ? &opts->base : NULL,
+                  opts ? opts->padding_mode : NN_PADDING_ZEROS);
 }
 
 /* -------------------------------------------------------------- pooling */

@@ -7,6 +7,8 @@
  *
  * Conv1d's initialisation is Conv2d's (layers_cnn.c): weight and bias
  * uniform within 1/sqrt(fan_in), fan_in = in/groups * kernel_size.
+ * A padding_mode other than zeros pads the input first (nn_pad_spatial,
+ * padding.c) and convolves without padding, as PyTorch's _conv_forward.
  *
  * Adaptive average pooling: output i of an axis of length L pooled to n
  * averages x[start, end), start = floor(i L / n), end = ceil((i + 1) L / n)
@@ -40,6 +42,10 @@
 typedef struct conv1d_state {
   int64_t in, out, k;
   ad_conv1d_opts o;
+  nn_padding_mode mode; /* not zeros: x padded by pad (left, right), o unpadded */
+  int64_t pad[2];
+  bool same;        /* for the description: 'same' padding in mode */
+  int64_t shown;    /* for the description: the padding given */
   ad_tensor *w, *b; /* b NULL without bias */
 } conv1d_state;
 
@@ -59,7 +65,9 @@ static ad_tensor *conv1d_forward(nn_layer *l, ad_tensor *x, bool training) {
     int64_t b[3] = {1, x->shape[0], x->shape[1]};
     x = ad_reshape(ctx, x, 3, b);
   }
-  ad_tensor *y = ad_conv1d(ctx, x, s->w, s->b, &s->o);
+  if (s->mode != NN_PADDING_ZEROS)
+    x = nn_pad_spatial(ctx, nn_layer_who(l, who, sizeof who), x, 1, s->pad, s->mode);
+  ad_tensor *y = x ? ad_conv1d(ctx, x, s->w, s->b, &s->o) : NULL;
   return one && y ? ad_reshape(ctx, y, 2, y->shape + 1) : y;
 }
 
@@ -75,13 +83,15 @@ static void conv1d_describe(const nn_layer *l, nn_text *t) {
   const ad_conv1d_opts *o = &s->o;
   nn_text_add(t, "%lld, %lld, kernel_size=(%lld,), stride=(%lld,)", (long long)s->in,
               (long long)s->out, (long long)s->k, (long long)(o->stride ? o->stride : 1));
-  if (o->same)
+  if (s->same)
     nn_text_add(t, ", padding=same");
-  else if (o->padding[0])
-    nn_text_add(t, ", padding=(%lld,)", (long long)o->padding[0]);
+  else if (s->shown)
+    nn_text_add(t, ", padding=(%lld,)", (long long)s->shown);
   if (o->dilation > 1) nn_text_add(t, ", dilation=(%lld,)", (long long)o->dilation);
   if (o->groups != 1) nn_text_add(t, ", groups=%lld", (long long)o->groups);
   if (!s->b) nn_text_add(t, ", bias=False");
+  if (s->mode != NN_PADDING_ZEROS)
+    nn_text_add(t, ", padding_mode=%s", nn_padding_mode_name(s->mode));
 }
 
 static const nn_layer_ops conv1d_ops = {conv1d_forward, conv1d_free, conv1d_describe};
@@ -94,11 +104,17 @@ static ad_tensor *conv1d_param(nn_params *list, const char *name, ad_dtype dtype
   return nn_param_new(list, name, dtype, ndim, shape, init, rng);
 }
 
-nn_layer *nn_conv1d_new(ad_ctx *ctx, int64_t in, int64_t out, int64_t kernel_size, ad_rng *rng,
-                        const nn_conv1d_opts *opts) {
+static nn_layer *conv1d_new(ad_ctx *ctx, int64_t in, int64_t out, int64_t kernel_size, ad_rng *rng,
+                            const nn_conv1d_opts *opts, nn_padding_mode mode) {
   if (!ctx) return NULL;
   nn_conv1d_opts o = {0};
   if (opts) o = *opts;
+  if (!nn_padding_mode_name(mode)) {
+    ad_set_error(ctx, AD_ERR_ARG,
+                 "conv1d: padding_mode %d is not one of zeros, reflect, replicate, circular",
+                 (int)mode);
+    return NULL;
+  }
   int64_t k = kernel_size, groups = o.groups ? o.groups : 1;
   if (in < 1 || out < 1 || k < 1 || groups < 1 || in % groups || out % groups) {
     ad_set_error(ctx, AD_ERR_ARG,
@@ -136,6 +152,16 @@ nn_layer *nn_conv1d_new(ad_ctx *ctx, int64_t in, int64_t out, int64_t kernel_siz
                           .dilation = o.dilation,
                           .groups = groups,
                           .same = o.same};
+  s->same = o.same;
+  s->shown = o.padding;
+  s->mode = mode;
+  if (mode != NN_PADDING_ZEROS) { /* PyTorch's _reversed_padding_repeated_twice */
+    int64_t total = (o.dilation ? o.dilation : 1) * (k - 1);
+    s->pad[0] = o.same ? total / 2 : o.padding;
+    s->pad[1] = o.same ? total - total / 2 : o.padding;
+    s->o.padding[0] = s->o.padding[1] = 0;
+    s->o.same = false;
+  }
   nn_layer *l = nn_layer_new_ext(ctx, "conv1d", &conv1d_ops, s);
   if (!l) {
     ad_free(ctx, s, sizeof *s);
@@ -154,6 +180,17 @@ nn_layer *nn_conv1d_new(ad_ctx *ctx, int64_t in, int64_t out, int64_t kernel_siz
     return NULL;
   }
   return l;
+}
+
+nn_layer *nn_conv1d_new(ad_ctx *ctx, int64_t in, int64_t out, int64_t kernel_size, ad_rng *rng,
+                        const nn_conv1d_opts *opts) {
+  return conv1d_new(ctx, in, out, kernel_size, rng, opts, NN_PADDING_ZEROS);
+}
+
+nn_layer *nn_conv1d_new_ext(ad_ctx *ctx, int64_t in, int64_t out, int64_t kernel_size, ad_rng *rng,
+                            const nn_conv1d_opts_ext *opts) {
+  return conv1d_new(ctx, in, out, kernel_size, rng, opts ? &opts->base : NULL,
+                    opts ? opts->padding_mode : NN_PADDING_ZEROS);
 }
 
 /* ------------------------------------------------------------- pool1d */

@@ -239,6 +239,17 @@ void *nn_layer_state(const nn_layer *l);
 bool nn_layer_runs(const nn_layer *l, const nn_layer_ops *ops);
 ad_ctx *nn_layer_ctx(const nn_layer *l);
 
+/* padding.c: x's last sp axes padded in mode, in F.pad's order: pad[2k]
+ * before and pad[2k + 1] after axis ndim - 1 - k, amounts >= 0 (the
+ * caller's check). NULL for a NULL x; AD_ERR_SHAPE "<who>: input ..." for
+ * a reflect amount not below the axis length, a circular one above it, an
+ * empty axis to replicate, or an axis above 2^31 - 1 (nothing recorded on
+ * the tape then); else the ops' errors. */
+ad_tensor *nn_pad_spatial(ad_ctx *ctx, const char *who, ad_tensor *x, int sp, const int64_t *pad,
+                          nn_padding_mode mode);
+/* PyTorch's name of mode ("zeros", ...), NULL for a value outside the enum. */
+const char *nn_padding_mode_name(nn_padding_mode mode);
+
 /* True when x is f32 or f64; else records AD_ERR_DTYPE naming layer l
  * and x's shape ("<who>: input [2,3] must be float, got i32"). */
 bool nn_layer_float_input(nn_layer *l, const ad_tensor *x);

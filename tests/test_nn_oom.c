@@ -308,6 +308,8 @@ enum {
   PAD3D_CONST,
   PAD3D_REPLICATE,
   DROPOUT3D,
+  CONV2D_REFLECT,
+  CONV1D_CIRCULAR,
   N_LAYERS
 };
 
@@ -364,7 +366,9 @@ static const char *layer_names[N_LAYERS] = {"dense",
                                             "inst_norm3d",
                                             "constant_pad3d",
                                             "replication_pad3d",
-                                            "dropout3d"};
+                                            "dropout3d",
+                                            "conv2d reflect",
+                                            "conv1d circular"};
 
 static bool build_only;
 
@@ -425,6 +429,18 @@ static ad_status run_layer(world *w) {
   case CONV1D:
     w->l = nn_conv1d_new(c, 2, 3, 3, &rng, &(nn_conv1d_opts){.padding = 1});
     x = w->x = data(c, 3, s3, 1);
+    break;
+  case CONV2D_REFLECT: /* a gather per padded axis, then the convolution */
+    w->l = nn_conv2d_new_ext(
+        c, 2, 3, 3, 3, &rng,
+        &(nn_conv2d_opts_ext){.base = {.padding = {1, 2}}, .padding_mode = NN_PADDING_REFLECT});
+    x = w->x = data(c, 4, s4, 1);
+    break;
+  case CONV1D_CIRCULAR: /* unbatched: the view, the gather, the convolution */
+    w->l = nn_conv1d_new_ext(
+        c, 2, 3, 2, &rng,
+        &(nn_conv1d_opts_ext){.base = {.same = true}, .padding_mode = NN_PADDING_CIRCULAR});
+    x = w->x = data(c, 2, (int64_t[2]){2, 4}, 1);
     break;
   case MAXPOOL1D:
     w->l = nn_max_pool1d_new(c, 2, NULL);

@@ -684,6 +684,55 @@ typedef struct nn_conv1d_opts {
 NN_API nn_layer *nn_conv1d_new(ad_ctx *ctx, int64_t in, int64_t out, int64_t kernel_size,
                                ad_rng *rng, const nn_conv1d_opts *opts);
 
+/** PyTorch's padding_mode of Conv1d / Conv2d: how the padding (explicit or
+ * 'same') is filled. */
+typedef enum nn_padding_mode {
+  NN_PADDING_ZEROS = 0, /**< 'zeros', the default */
+  NN_PADDING_REFLECT,   /**< 'reflect': x[1], x[0], x[1], ... (edge not repeated) */
+  NN_PADDING_REPLICATE, /**< 'replicate': the edge repeated */
+  NN_PADDING_CIRCULAR   /**< 'circular': x[n - p], ..., x[n - 1], x[0], ... */
+} nn_padding_mode;
+
+/** nn_conv1d_opts with padding_mode (the base struct has no room for it).
+ * All-zero means PyTorch's defaults. */
+typedef struct nn_conv1d_opts_ext {
+  nn_conv1d_opts base;          /**< the options of nn_conv1d_new */
+  nn_padding_mode padding_mode; /**< default NN_PADDING_ZEROS */
+} nn_conv1d_opts_ext;
+
+/** nn_conv2d_opts with padding_mode. All-zero means PyTorch's defaults. */
+typedef struct nn_conv2d_opts_ext {
+  nn_conv2d_opts base;          /**< the options of nn_conv2d_new */
+  nn_padding_mode padding_mode; /**< default NN_PADDING_ZEROS; ConvTranspose2d: zeros only */
+} nn_conv2d_opts_ext;
+
+/** nn_conv1d_new, nn_conv2d_new and nn_conv_transpose2d_new with PyTorch's
+ * padding_mode (nn_conv2d_new(..., &o) is nn_conv2d_new_ext with base o
+ * and zeros, the same layer; opts may be NULL). With a mode other than
+ * zeros, as PyTorch's _conv_forward, the forward pads the input in that
+ * mode (F.pad with _reversed_padding_repeated_twice: padding on both sides
+ * of each axis, or for 'same' the total dilation * (kernel - 1) split as
+ * total / 2 before and the rest after) and convolves without padding, so
+ * the gradient is the gather's and the convolution's, to any order. The
+ * padded values are x's own (reflect and replicate as nn_reflection_pad1d_new
+ * and nn_replication_pad1d_new). The padding mode adds ", padding_mode=reflect"
+ * (etc.) to the layer's description, as PyTorch's repr. Errors as the base
+ * constructors, and AD_ERR_ARG for a padding_mode outside the enum or,
+ * for ConvTranspose2d, other than zeros (PyTorch refuses it there). The
+ * forward refuses (AD_ERR_SHAPE naming the layer) reflect padding not
+ * below the axis length, circular padding above it (it would wrap around
+ * more than once) and replicate padding of an empty axis, as PyTorch.
+ * Unlike PyTorch 1.13, whose F.pad refuses them, unbatched inputs work in
+ * the circular mode too. @{ */
+NN_API nn_layer *nn_conv1d_new_ext(ad_ctx *ctx, int64_t in, int64_t out, int64_t kernel_size,
+                                   ad_rng *rng, const nn_conv1d_opts_ext *opts);
+NN_API nn_layer *nn_conv2d_new_ext(ad_ctx *ctx, int64_t in, int64_t out, int64_t kh, int64_t kw,
+                                   ad_rng *rng, const nn_conv2d_opts_ext *opts);
+NN_API nn_layer *nn_conv_transpose2d_new_ext(ad_ctx *ctx, int64_t in, int64_t out, int64_t kh,
+                                             int64_t kw, ad_rng *rng,
+                                             const nn_conv2d_opts_ext *opts);
+/** @} */
+
 /** Options of a MaxPool1d or AvgPool1d layer. All-zero means PyTorch's
  * defaults. */
 typedef struct nn_pool1d_opts {

@@ -1,0 +1,359 @@
+/* test_nn_convmisc.c: PyTorch's padding_mode of the convolution layers
+ * (nn_conv1d_new_ext, nn_conv2d_new_ext, nn_conv_transpose2d_new_ext).
+ * Values and gradients (of sum(y * gy) in the input, weight and bias)
+ * against PyTorch 1.13 in tests/convmisc_fixtures.h, written by
+ * tools/gen_convmisc_fixtures.py in float64 from values float32 holds
+ * exactly: float64 compared to 1e-12, float32 to 1e-5. Also first- and
+ * second-order derivatives against central differences, PyTorch's reprs,
+ * and bad arguments and inputs. */
+#include "convmisc_fixtures.h"
+#include "nn.h"
+#include "test_alloc.h"
+
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+TEST_CTX_SUITE(convmisc);
+
+static ad_tensor *tensor_of(ad_dtype dt, int ndim, const int64_t *shape, const double *v) {
+  ad_tensor *t = ad_zeros(ctx, dt, ndim, shape);
+  cr_assert_not_null(t, "%s", ad_last_error(ctx));
+  for (int64_t i = 0; v && i < t->size; i++) cr_assert_eq(ad_tensor_set(t, i, v[i]), AD_OK);
+  return t;
+}
+
+/* |t[i] - want[i]| <= tol (1 + |want[i]|) for the n elements. */
+static void expect_close(const ad_tensor *t, fx_ref want, double tol, const char *cname,
+                         const char *what) {
+  cr_assert_not_null(t, "%s %s is NULL: %s", cname, what, ad_last_error(ctx));
+  cr_assert_eq(t->size, want.n, "%s %s has %lld elements, PyTorch %lld", cname, what,
+               (long long)t->size, (long long)want.n);
+  for (int64_t i = 0; i < want.n; i++) {
+    double g = ad_tensor_get(t, i);
+    QUICK_ASSERT(fabs(g - want.v[i]) <= tol * (1 + fabs(want.v[i])),
+                 "%s %s[%lld] = %.17g, PyTorch %.17g", cname, what, (long long)i, g, want.v[i]);
+  }
+}
+
+static double tol_of(ad_dtype dt) { return dt == AD_F64 ? 1e-12 : 1e-5; }
+
+/* ------------------------------------------------------- padding_mode */
+
+/* The layer of fixture case c in dtype dt, its parameters PyTorch's
+ * (a constant init, so no rng, then the fixture's values). */
+static nn_layer *conv_layer(const conv_fx *c, ad_dtype dt) {
+  nn_layer *l;
+  if (c->dims == 1) {
+    nn_conv1d_opts_ext o = {.base = {.stride = c->stride[1],
+                                     .padding = c->padding[1],
+                                     .same = c->same,
+                                     .dilation = c->dilation[1],
+                                     .groups = c->groups,
+                                     .no_bias = !c->bias,
+                                     .weight_init = nn_init_make(NN_INIT_CONSTANT, 0, 0),
+                                     .bias_init = nn_init_make(NN_INIT_CONSTANT, 0, 0),
+                                     .dtype = dt},
+                            .padding_mode = (nn_padding_mode)c->mode};
+    l = nn_conv1d_new_ext(ctx, c->in, c->out, c->k[1], NULL, &o);
+  } else {
+    nn_conv2d_opts_ext o = {.base = {.stride = {c->stride[0], c->stride[1]},
+                                     .padding = {c->padding[0], c->padding[1]},
+                                     .same = c->same,
+                                     .dilation = {c->dilation[0], c->dilation[1]},
+                                     .groups = c->groups,
+                                     .no_bias = !c->bias,
+                                     .weight_init = nn_init_make(NN_INIT_CONSTANT, 0, 0),
+                                     .bias_init = nn_init_make(NN_INIT_CONSTANT, 0, 0),
+                                     .dtype = dt},
+                            .padding_mode = (nn_padding_mode)c->mode};
+    l = nn_conv2d_new_ext(ctx, c->in, c->out, c->k[0], c->k[1], NULL, &o);
+  }
+  cr_assert_not_null(l, "%s: %s", c->name, ad_last_error(ctx));
+  nn_params *p = nn_layer_params(l);
+  cr_assert_eq(nn_params_count(p), c->bias ? 2 : 1, "%s", c->name);
+  fx_ref v[2] = {c->w, c->b};
+  for (int i = 0; i < nn_params_count(p); i++) {
+    ad_tensor *t = nn_params_tensor(p, i);
+    cr_assert_eq(t->size, v[i].n, "%s: parameter %d", c->name, i);
+    for (int64_t j = 0; j < t->size; j++) ad_tensor_set(t, j, v[i].v[j]);
+  }
+  return l;
+}
+
+static void conv_matches(ad_dtype dt) {
+  for (size_t k = 0; k < sizeof conv_cases / sizeof conv_cases[0]; k++) {
+    const conv_fx *c = &conv_cases[k];
+    nn_layer *l = conv_layer(c, dt);
+    ad_tensor *x = tensor_of(dt, c->nd, c->shape, c->x.v);
+    cr_assert_eq(x->size, c->x.n, "%s", c->name);
+    ad_tensor_set_requires_grad(x, true);
+    ad_tensor *y = nn_layer_forward(l, x, true);
+    expect_close(y, c->y, tol_of(dt), c->name, "y");
+    cr_assert_eq(y->ndim, c->nd, "%s: rank %d", c->name, y->ndim);
+    ad_tensor *gy = tensor_of(dt, y->ndim, y->shape, c->gy.v);
+    cr_assert_eq(gy->size, c->gy.n);
+    cr_assert_eq(ad_backward(ctx, ad_sum(ctx, ad_mul(ctx, y, gy)), NULL), AD_OK, "%s: %s", c->name,
+                 ad_last_error(ctx));
+    expect_close(x->grad, c->dx, tol_of(dt), c->name, "dx");
+    nn_params *p = nn_layer_params(l);
+    expect_close(nn_params_tensor(p, 0)->grad, c->dw, tol_of(dt), c->name, "dweight");
+    if (c->bias) expect_close(nn_params_tensor(p, 1)->grad, c->db, tol_of(dt), c->name, "dbias");
+    ad_tape_reset(ctx);
+    ad_tensor_free(x), ad_tensor_free(gy);
+    nn_layer_free(l);
+  }
+}
+
+Test(convmisc, padding_modes_match_pytorch_f64) { conv_matches(AD_F64); }
+Test(convmisc, padding_modes_match_pytorch_f32) { conv_matches(AD_F32); }
+
+/* zeros through the _ext constructors is the base layer, bit for bit, and
+ * NULL options are the defaults. */
+Test(convmisc, zeros_mode_is_the_base_layer) {
+  ad_rng r1, r2;
+  ad_rng_seed(&r1, 5), ad_rng_seed(&r2, 5);
+  nn_conv2d_opts base = {.padding = {1, 2}, .dilation = {2, 1}, .dtype = AD_F64};
+  nn_layer *a = nn_conv2d_new(ctx, 2, 3, 3, 2, &r1, &base);
+  nn_layer *b = nn_conv2d_new_ext(ctx, 2, 3, 3, 2, &r2, &(nn_conv2d_opts_ext){.base = base});
+  nn_layer *c = nn_conv1d_new(ctx, 2, 3, 3, &r1, NULL);
+  nn_layer *d = nn_conv1d_new_ext(ctx, 2, 3, 3, &r2, NULL);
+  cr_assert(a && b && c && d, "%s", ad_last_error(ctx));
+  ad_tensor *x = ad_rand(ctx, &r1, AD_F64, 4, (int64_t[4]){2, 2, 6, 5}, -1, 1);
+  ad_tensor *ya = nn_layer_forward(a, x, true), *yb = nn_layer_forward(b, x, true);
+  cr_assert(ya && yb && ya->size == yb->size && ya->size > 0);
+  cr_assert_eq(memcmp(ya->data, yb->data, (size_t)ya->size * sizeof(double)), 0);
+  ad_tensor *x1 = ad_rand(ctx, &r1, AD_F32, 3, (int64_t[3]){2, 2, 6}, -1, 1);
+  ad_tensor *yc = nn_layer_forward(c, x1, true), *yd = nn_layer_forward(d, x1, true);
+  cr_assert(yc && yd && yc->size == yd->size && yc->size > 0);
+  cr_assert_eq(memcmp(yc->data, yd->data, (size_t)yc->size * sizeof(float)), 0);
+  ad_tape_reset(ctx);
+  ad_tensor_free(x), ad_tensor_free(x1);
+  nn_layer_free(a), nn_layer_free(b), nn_layer_free(c), nn_layer_free(d);
+}
+
+/* ---------------------------------------------------------- derivatives */
+
+/* As test_nn_cnn1d.c: in = {x, weight, bias}, F = <v, layer(x)>, and for
+ * the second order H = sum_i <r_i, dF/d in_i> (recorded with
+ * create_graph); their gradients in every input against central
+ * differences. */
+typedef struct fd_check {
+  nn_layer *l;
+  int n;
+  ad_tensor *in[3], *v, *r[3];
+} fd_check;
+
+static double fd_value(fd_check *c, bool second, ad_tensor **g) {
+  ad_tape_reset(ctx);
+  ad_tensor *y = nn_layer_forward(c->l, c->in[0], true);
+  ad_tensor *f = ad_sum(ctx, ad_mul(ctx, y, c->v));
+  if (second) {
+    ad_tensor *d[3];
+    cr_assert_eq(ad_grad(ctx, f, NULL, c->n, c->in, d, true), AD_OK, "%s", ad_last_error(ctx));
+    for (int i = 0; i < c->n; i++) {
+      ad_tensor *t = ad_sum(ctx, ad_mul(ctx, d[i], c->r[i]));
+      f = i ? ad_add(ctx, f, t) : t;
+    }
+  }
+  cr_assert_not_null(f, "%s", ad_last_error(ctx));
+  if (g)
+    cr_assert_eq(ad_grad(ctx, f, NULL, c->n, c->in, g, false), AD_OK, "%s", ad_last_error(ctx));
+  return ad_tensor_item(f);
+}
+
+static void fd_compare(fd_check *c, bool second) {
+  ad_tensor *g[3];
+  fd_value(c, second, g);
+  double *an[3];
+  for (int i = 0; i < c->n; i++) {
+    an[i] = malloc((size_t)c->in[i]->size * sizeof(double));
+    cr_assert_not_null(an[i]);
+    for (int64_t j = 0; j < c->in[i]->size; j++) an[i][j] = ad_tensor_get(g[i], j);
+  }
+  const double eps = 1e-6;
+  for (int i = 0; i < c->n; i++) {
+    ad_tensor *t = c->in[i];
+    for (int64_t j = 0; j < t->size; j++) {
+      double orig = ad_tensor_get(t, j), f[2];
+      for (int k = 0; k < 2; k++) {
+        ad_tensor_set(t, j, orig + (k ? -eps : eps));
+        f[k] = fd_value(c, second, NULL);
+      }
+      ad_tape_reset(ctx);
+      ad_tensor_set(t, j, orig);
+      double num = (f[0] - f[1]) / (2 * eps);
+      QUICK_ASSERT(fabs(num - an[i][j]) <= 1e-6 + 1e-5 * fabs(num),
+                   "%s order %d, input %d [%lld]: tape %.12g, numeric %.12g", nn_layer_kind(c->l),
+                   second ? 2 : 1, i, (long long)j, an[i][j], num);
+    }
+    free(an[i]);
+  }
+  ad_tape_reset(ctx);
+}
+
+static void check_derivatives(nn_layer *l, int nd, const int64_t *shape) {
+  cr_assert_not_null(l, "%s", ad_last_error(ctx));
+  ad_rng rng;
+  ad_rng_seed(&rng, 3);
+  fd_check c = {.l = l, .n = 1};
+  c.in[0] = ad_rand(ctx, &rng, AD_F64, nd, shape, -2, 2);
+  ad_tensor_set_requires_grad(c.in[0], true);
+  nn_params *p = nn_layer_params(l);
+  for (int i = 0; i < nn_params_count(p); i++) c.in[c.n++] = nn_params_tensor(p, i);
+  ad_tensor *y = nn_layer_forward(l, c.in[0], true);
+  cr_assert_not_null(y, "%s", ad_last_error(ctx));
+  c.v = ad_rand(ctx, &rng, AD_F64, y->ndim, y->shape, -1, 1);
+  for (int i = 0; i < c.n; i++)
+    c.r[i] = ad_rand(ctx, &rng, AD_F64, c.in[i]->ndim, c.in[i]->shape, -1, 1);
+  fd_compare(&c, false);
+  fd_compare(&c, true);
+  ad_tensor_free(c.in[0]);
+  ad_tensor_free(c.v);
+  for (int i = 0; i < c.n; i++) ad_tensor_free(c.r[i]);
+}
+
+/* Each mode in x, weight and bias to the first and second order, on
+ * batched and unbatched inputs, with padding larger than half the axis
+ * (elements read three times). */
+Test(convmisc, padding_mode_derivatives_first_and_second_order) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 2);
+  for (int m = NN_PADDING_REFLECT; m <= NN_PADDING_CIRCULAR; m++) {
+    nn_layer *l = nn_conv1d_new_ext(
+        ctx, 2, 2, 3, &rng,
+        &(nn_conv1d_opts_ext){.base = {.padding = 3, .dilation = 2, .dtype = AD_F64},
+                              .padding_mode = (nn_padding_mode)m});
+    check_derivatives(l, 3, (int64_t[3]){2, 2, 4});
+    check_derivatives(l, 2, (int64_t[2]){2, 4});
+    nn_layer_free(l);
+    l = nn_conv2d_new_ext(ctx, 2, 2, 2, 3, &rng,
+                          &(nn_conv2d_opts_ext){.base = {.same = true, .dtype = AD_F64},
+                                                .padding_mode = (nn_padding_mode)m});
+    check_derivatives(l, 4, (int64_t[4]){1, 2, 3, 4});
+    check_derivatives(l, 3, (int64_t[3]){2, 3, 4});
+    nn_layer_free(l);
+  }
+}
+
+/* ------------------------------------------------------------ describe */
+
+static void expect_desc(nn_layer *l, const char *want) {
+  char buf[256];
+  cr_assert_not_null(l, "%s", ad_last_error(ctx));
+  cr_assert_str_eq(nn_layer_describe(l, buf, sizeof buf), want);
+  nn_layer_free(l);
+}
+
+/* PyTorch 1.13's reprs of the same modules, under our kinds' names. */
+Test(convmisc, describe_shows_the_mode_as_pytorch) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 1);
+  expect_desc(nn_conv1d_new_ext(ctx, 2, 3, 4, &rng,
+                                &(nn_conv1d_opts_ext){.base = {.same = true, .no_bias = true},
+                                                      .padding_mode = NN_PADDING_CIRCULAR}),
+              "conv1d(2, 3, kernel_size=(4,), stride=(1,), padding=same, bias=False, "
+              "padding_mode=circular)");
+  expect_desc(
+      nn_conv2d_new_ext(
+          ctx, 2, 3, 3, 2, &rng,
+          &(nn_conv2d_opts_ext){.base = {.stride = {2, 1}, .padding = {1, 0}, .dilation = {2, 2}},
+                                .padding_mode = NN_PADDING_REFLECT}),
+      "conv2d(2, 3, kernel_size=(3, 2), stride=(2, 1), padding=(1, 0), dilation=(2, 2), "
+      "padding_mode=reflect)");
+  expect_desc(nn_conv2d_new_ext(ctx, 2, 4, 3, 3, &rng,
+                                &(nn_conv2d_opts_ext){.base = {.padding = {1, 1}, .groups = 2},
+                                                      .padding_mode = NN_PADDING_REPLICATE}),
+              "conv2d(2, 4, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1), groups=2, "
+              "padding_mode=replicate)");
+  expect_desc(nn_conv1d_new_ext(ctx, 2, 3, 3, &rng, &(nn_conv1d_opts_ext){0}),
+              "conv1d(2, 3, kernel_size=(3,), stride=(1,))");
+  expect_desc(nn_conv_transpose2d_new_ext(ctx, 2, 3, 3, 3, &rng, NULL),
+              "conv_transpose2d(2, 3, kernel_size=(3, 3), stride=(1, 1))");
+}
+
+/* ------------------------------------------------------------- misuse */
+
+Test(convmisc, bad_padding_modes_are_refused_when_made) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 1);
+  cr_assert_null(nn_conv1d_new_ext(NULL, 2, 2, 3, &rng, NULL));
+  cr_assert_null(nn_conv2d_new_ext(NULL, 2, 2, 3, 3, &rng, NULL));
+  cr_assert_null(nn_conv_transpose2d_new_ext(NULL, 2, 2, 3, 3, &rng, NULL));
+  cr_assert_null(nn_conv1d_new_ext(ctx, 2, 2, 3, &rng,
+                                   &(nn_conv1d_opts_ext){.padding_mode = (nn_padding_mode)4}));
+  test_expect_error(ctx, AD_ERR_ARG, "conv1d: padding_mode 4 is not one of zeros, reflect", NULL);
+  cr_assert_null(nn_conv2d_new_ext(ctx, 2, 2, 3, 3, &rng,
+                                   &(nn_conv2d_opts_ext){.padding_mode = (nn_padding_mode)-1}));
+  test_expect_error(ctx, AD_ERR_ARG, "conv2d: padding_mode -1 is not one of", NULL);
+  for (int m = NN_PADDING_REFLECT; m <= NN_PADDING_CIRCULAR; m++) {
+    cr_assert_null(nn_conv_transpose2d_new_ext(
+        ctx, 2, 2, 3, 3, &rng, &(nn_conv2d_opts_ext){.padding_mode = (nn_padding_mode)m}));
+    test_expect_error(ctx, AD_ERR_ARG, "conv_transpose2d: padding_mode", "is not zeros", NULL);
+  }
+  /* the base checks still apply, named as before */
+  cr_assert_null(nn_conv2d_new_ext(ctx, 2, 2, 3, 3, &rng,
+                                   &(nn_conv2d_opts_ext){.base = {.same = true, .stride = {2, 1}},
+                                                         .padding_mode = NN_PADDING_REFLECT}));
+  test_expect_error(ctx, AD_ERR_ARG, "conv2d: padding 'same' needs stride 1", NULL);
+  cr_assert_null(nn_conv1d_new_ext(
+      ctx, 2, 2, 3, &rng,
+      &(nn_conv1d_opts_ext){.base = {.padding = -1}, .padding_mode = NN_PADDING_CIRCULAR}));
+  test_expect_error(ctx, AD_ERR_ARG, "conv1d: padding must be >= 0", NULL);
+  cr_assert_eq(ad_ctx_live_tensors(ctx), 0, "nothing left behind");
+}
+
+/* PyTorch's limits on the padded axes, with the layer and the shapes
+ * named; nothing is recorded for a refused input. */
+Test(convmisc, inputs_too_short_for_the_mode_are_refused) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 1);
+  nn_layer *rf = nn_conv1d_new_ext(
+      ctx, 1, 1, 1, &rng,
+      &(nn_conv1d_opts_ext){.base = {.padding = 2}, .padding_mode = NN_PADDING_REFLECT});
+  nn_layer *ci = nn_conv2d_new_ext(
+      ctx, 1, 1, 1, 1, &rng,
+      &(nn_conv2d_opts_ext){.base = {.padding = {1, 3}}, .padding_mode = NN_PADDING_CIRCULAR});
+  nn_layer *rp = nn_conv1d_new_ext(
+      ctx, 1, 1, 1, &rng,
+      &(nn_conv1d_opts_ext){.base = {.padding = 1}, .padding_mode = NN_PADDING_REPLICATE});
+  cr_assert(rf && ci && rp, "%s", ad_last_error(ctx));
+  ad_tensor *x2 = ad_zeros(ctx, AD_F32, 3, (int64_t[3]){1, 1, 2});
+  ad_tensor *x3 = ad_zeros(ctx, AD_F32, 3, (int64_t[3]){1, 1, 3});
+  ad_tensor *xc = ad_zeros(ctx, AD_F32, 4, (int64_t[4]){1, 1, 2, 2});
+  ad_tensor *x0 = ad_zeros(ctx, AD_F32, 3, (int64_t[3]){1, 1, 0});
+  cr_assert_null(nn_layer_forward(rf, x2, true));
+  test_expect_error(ctx, AD_ERR_SHAPE, "conv1d: input [1,1,2]: axis 2 padded by (2, 2)",
+                    "less than its length in mode reflect", NULL);
+  cr_assert_not_null(nn_layer_forward(rf, x3, true), "%s", ad_last_error(ctx)); /* 2 < 3 */
+  cr_assert_null(nn_layer_forward(ci, xc, true));
+  test_expect_error(ctx, AD_ERR_SHAPE, "conv2d: input [1,1,2,2]: axis 3 padded by (3, 3)",
+                    "at most its length in mode circular", NULL);
+  cr_assert_null(nn_layer_forward(rp, x0, true));
+  test_expect_error(ctx, AD_ERR_SHAPE, "conv1d: input [1,1,0]: axis 2 padded by (1, 1)", "is empty",
+                    NULL);
+  ad_tape_reset(ctx);
+  /* a refused input leaves the tape as it was */
+  size_t before = ad_tape_size(ctx);
+  cr_assert_null(nn_layer_forward(rf, x2, true));
+  ad_clear_error(ctx);
+  cr_assert_eq(ad_tape_size(ctx), before);
+  /* an empty batch passes, as in PyTorch */
+  ad_tensor *e = ad_zeros(ctx, AD_F32, 3, (int64_t[3]){0, 1, 3});
+  ad_tensor *ye = nn_layer_forward(rf, e, true);
+  test_expect_shape(ctx, ye, 3, (int64_t[3]){0, 1, 7}, "empty batch");
+  /* freed and foreign inputs */
+  ad_ctx *other = ad_ctx_new();
+  cr_assert_not_null(other);
+  ad_tensor *xo = ad_zeros(other, AD_F32, 3, (int64_t[3]){1, 1, 3});
+  cr_assert_null(nn_layer_forward(rf, xo, true));
+  test_expect_error(ctx, AD_ERR_ARG, "another context", NULL);
+  ad_ctx_free(other);
+  ad_tensor_free(x3);
+  cr_assert_null(nn_layer_forward(rf, x3, true));
+  test_expect_error(ctx, AD_ERR_STATE, "freed", NULL);
+  ad_tape_reset(ctx);
+  ad_tensor_free(x2), ad_tensor_free(xc), ad_tensor_free(x0), ad_tensor_free(e);
+  nn_layer_free(rf), nn_layer_free(ci), nn_layer_free(rp);
+}
