@@ -1,5 +1,6 @@
 /* layers_cnn1d.c: PyTorch's nn.Conv1d, nn.MaxPool1d, nn.AvgPool1d,
- * nn.AdaptiveAvgPool1d and nn.AdaptiveAvgPool2d. Composites of public ops
+ * nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool1d and
+ * nn.AdaptiveMaxPool2d. Composites of public ops
  * (ad_conv1d, ad_max_pool2d / ad_avg_pool2d over a [N, C, 1, L] view,
  * ad_global_avg_pool2d, ad_matmul), so every gradient is the tape's and
  * differentiable to any order; this file holds the parameters, PyTorch's
@@ -26,7 +27,18 @@
  *                        no parameter, no state to go stale) and freed with
  *                        the tape. The result is the window's sum times
  *                        1/count rounded to the dtype, so it may differ from
- *                        PyTorch's sum / count in the last bit. */
+ *                        PyTorch's sum / count in the last bit.
+ *
+ * Adaptive max pooling (nn.AdaptiveMaxPool1d/2d) takes the same windows.
+ * An axis n divides has disjoint windows of L / n; otherwise each window
+ * is laid out with its last element repeated up to the longest window k
+ * (a gather along the axis: ad_index_select with a constant index vector,
+ * n k long). Then ad_max_pool2d with kernel = stride = the windows' sizes
+ * takes each window's maximum. Repeating the last element changes no
+ * maximum and no argmax: ad_max_pool2d sends the gradient to the first
+ * maximum in row-major order, or to the last NaN, as PyTorch's adaptive
+ * max pooling does, and the gathered windows keep the input's row-major
+ * order (a repeated element only follows itself). */
 #include "nn_internal.h"
 
 #include <math.h>
@@ -36,6 +48,7 @@
  * refused when the layer is made. */
 #define POOL_MAX_SIZE (INT64_C(1) << 30)
 #define CONV_MAX_SIZE (INT64_C(1) << 40)
+#define I32_MAX       INT64_C(2147483647)
 
 /* ---------------------------------------------------------------- conv1d */
 
@@ -195,7 +208,14 @@ nn_layer *nn_conv1d_new_ext(ad_ctx *ctx, int64_t in, int64_t out, int64_t kernel
 
 /* ------------------------------------------------------------- pool1d */
 
-typedef enum pool1d_kind { POOL1D_MAX, POOL1D_AVG, POOL1D_ADAPTIVE, POOL2D_ADAPTIVE } pool1d_kind;
+typedef enum pool1d_kind {
+  POOL1D_MAX,
+  POOL1D_AVG,
+  POOL1D_ADAPTIVE,
+  POOL2D_ADAPTIVE,
+  POOL1D_ADAPTIVE_MAX,
+  POOL2D_ADAPTIVE_MAX
+} pool1d_kind;
 
 typedef struct pool1d_state {
   pool1d_kind kind;
@@ -243,12 +263,68 @@ ad_tensor *nn_adaptive_avg2d(ad_ctx *ctx, ad_tensor *x, int64_t oh, int64_t ow) 
   return y;
 }
 
+/* The start of window i of an axis of len pooled to n, floor(i len / n),
+ * without overflow (i len = i (len / n) n + i (len % n), i <= n). */
+static int64_t window_start(int64_t i, int64_t len, int64_t n) {
+  return i * (len / n) + (i * (len % n)) / n;
+}
+
+/* Axis axis of x (length len) laid out as n windows of k, window i the
+ * elements [start_i, end_i) then its last one repeated up to k (see the
+ * top of the file); NULL on error. */
+static ad_tensor *adaptive_windows(ad_ctx *ctx, ad_tensor *x, int axis, int64_t len, int64_t n,
+                                   int64_t k) {
+  int64_t m = n * k;
+  ad_tensor *idx = nn_tmp_tensor(ctx, AD_I32, 1, &m);
+  if (!idx) return NULL;
+  int32_t *d = idx->data;
+  for (int64_t i = 0; i < n; i++) {
+    int64_t start = window_start(i, len, n), end = len - window_start(n - 1 - i, len, n);
+    for (int64_t j = 0; j < k; j++) d[i * k + j] = (int32_t)(start + j < end ? start + j : end - 1);
+  }
+  return nn_take_axis(ctx, x, axis, idx);
+}
+
+/* The longest window of an axis of len pooled to n. */
+static int64_t adaptive_window_max(int64_t len, int64_t n) {
+  int64_t k = 0;
+  for (int64_t i = 0; i < n; i++) {
+    int64_t w = len - window_start(n - 1 - i, len, n) - window_start(i, len, n);
+    k = w > k ? w : k;
+  }
+  return k;
+}
+
+/* Adaptive max pooling of the last two axes of x (3-D or 4-D) to oh x ow:
+ * ad_max_pool2d with kernel = stride = the window, on x itself when n
+ * divides the length of each axis, else on the windows laid out evenly. */
+static ad_tensor *adaptive_max2d(ad_ctx *ctx, ad_tensor *x, int64_t oh, int64_t ow) {
+  int hx = x->ndim - 2;
+  int64_t len[2] = {x->shape[hx], x->shape[hx + 1]}, n[2] = {oh, ow}, k[2];
+  ad_tensor *y = x;
+  for (int a = 1; a >= 0 && y; a--) {
+    if (len[a] % n[a] == 0) {
+      k[a] = len[a] / n[a];
+      continue;
+    }
+    if (len[a] > I32_MAX) {
+      char s[64];
+      ad_set_error(ctx, AD_ERR_SHAPE, "input %s: an axis above 2^31 - 1 elements",
+                   ad_shape_str(x, s, sizeof s));
+      return NULL;
+    }
+    k[a] = adaptive_window_max(len[a], n[a]);
+    y = adaptive_windows(ctx, y, hx + a, len[a], n[a], k[a]);
+  }
+  return y ? ad_max_pool2d(ctx, y, k[0], k[1], NULL) : NULL;
+}
+
 static ad_tensor *pool1d_forward(nn_layer *l, ad_tensor *x, bool training) {
   (void)training;
   pool1d_state *s = nn_layer_state(l);
   ad_ctx *ctx = nn_layer_ctx(l);
   char who[96], a[64];
-  bool two = s->kind == POOL2D_ADAPTIVE;
+  bool two = s->kind == POOL2D_ADAPTIVE || s->kind == POOL2D_ADAPTIVE_MAX;
   int lo = two ? 3 : 2; /* the unbatched rank */
   if (x->ndim != lo && x->ndim != lo + 1) {
     nn_layer_who(l, who, sizeof who);
@@ -264,7 +340,8 @@ static ad_tensor *pool1d_forward(nn_layer *l, ad_tensor *x, bool training) {
                    ad_shape_str(x, a, sizeof a), two ? "H or W" : "L");
       return NULL;
     }
-  if (two) return nn_adaptive_avg2d(ctx, x, s->oh, s->ow);
+  if (s->kind == POOL2D_ADAPTIVE) return nn_adaptive_avg2d(ctx, x, s->oh, s->ow);
+  if (two) return adaptive_max2d(ctx, x, s->oh, s->ow);
   /* the 4-D (3-D unbatched) view with H = 1 */
   int64_t v[4], len = x->shape[x->ndim - 1];
   for (int d = 0; d < x->ndim - 1; d++) v[d] = x->shape[d];
@@ -279,6 +356,9 @@ static ad_tensor *pool1d_forward(nn_layer *l, ad_tensor *x, bool training) {
     break;
   case POOL1D_AVG:
     y = ad_avg_pool2d(ctx, xv, 1, s->k, &s->o);
+    break;
+  case POOL1D_ADAPTIVE_MAX:
+    y = adaptive_max2d(ctx, xv, 1, s->ow);
     break;
   default:
     y = nn_adaptive_avg2d(ctx, xv, 1, s->ow);
@@ -321,9 +401,11 @@ static void pool1d_describe(const nn_layer *l, nn_text *t) {
     if (o->exclude_pad) nn_text_add(t, ", count_include_pad=False");
     break;
   case POOL1D_ADAPTIVE:
+  case POOL1D_ADAPTIVE_MAX:
     nn_text_add(t, "output_size=%lld", (long long)s->ow);
     break;
   case POOL2D_ADAPTIVE:
+  case POOL2D_ADAPTIVE_MAX:
     if (s->oh == s->ow)
       nn_text_add(t, "output_size=%lld", (long long)s->oh);
     else
@@ -383,9 +465,12 @@ nn_layer *nn_avg_pool1d_new(ad_ctx *ctx, int64_t kernel_size, const nn_pool1d_op
 
 static nn_layer *adaptive_new(ad_ctx *ctx, pool1d_kind kind, int64_t oh, int64_t ow) {
   if (!ctx) return NULL;
-  const char *name = kind == POOL1D_ADAPTIVE ? "adaptive_avg_pool1d" : "adaptive_avg_pool2d";
+  const char *name = kind == POOL1D_ADAPTIVE       ? "adaptive_avg_pool1d"
+                     : kind == POOL2D_ADAPTIVE     ? "adaptive_avg_pool2d"
+                     : kind == POOL1D_ADAPTIVE_MAX ? "adaptive_max_pool1d"
+                                                   : "adaptive_max_pool2d";
   if (oh < 1 || ow < 1 || oh > POOL_MAX_SIZE || ow > POOL_MAX_SIZE) {
-    if (kind == POOL1D_ADAPTIVE)
+    if (kind == POOL1D_ADAPTIVE || kind == POOL1D_ADAPTIVE_MAX)
       ad_set_error(ctx, AD_ERR_ARG, "%s: output size %lld must be in [1, 2^30]", name,
                    (long long)ow);
     else
@@ -403,4 +488,12 @@ nn_layer *nn_adaptive_avg_pool1d_new(ad_ctx *ctx, int64_t output_size) {
 
 nn_layer *nn_adaptive_avg_pool2d_new(ad_ctx *ctx, int64_t oh, int64_t ow) {
   return adaptive_new(ctx, POOL2D_ADAPTIVE, oh, ow);
+}
+
+nn_layer *nn_adaptive_max_pool1d_new(ad_ctx *ctx, int64_t output_size) {
+  return adaptive_new(ctx, POOL1D_ADAPTIVE_MAX, 1, output_size);
+}
+
+nn_layer *nn_adaptive_max_pool2d_new(ad_ctx *ctx, int64_t oh, int64_t ow) {
+  return adaptive_new(ctx, POOL2D_ADAPTIVE_MAX, oh, ow);
 }

@@ -247,6 +247,10 @@ ad_ctx *nn_layer_ctx(const nn_layer *l);
  * the tape then); else the ops' errors. */
 ad_tensor *nn_pad_spatial(ad_ctx *ctx, const char *who, ad_tensor *x, int sp, const int64_t *pad,
                           nn_padding_mode mode);
+/* padding.c: x with axis axis replaced by the rows idx (an AD_I32
+ * vector) of it: ad_index_select on x with axis swapped to the front, so
+ * the gradient adds up at a row taken twice. NULL on error. */
+ad_tensor *nn_take_axis(ad_ctx *ctx, ad_tensor *x, int axis, ad_tensor *idx);
 /* PyTorch's name of mode ("zeros", ...), NULL for a value outside the enum. */
 const char *nn_padding_mode_name(nn_padding_mode mode);
 

@@ -35,6 +35,12 @@ const char *nn_padding_mode_name(nn_padding_mode mode) {
   return NULL;
 }
 
+ad_tensor *nn_take_axis(ad_ctx *ctx, ad_tensor *x, int axis, ad_tensor *idx) {
+  ad_tensor *xt = axis ? ad_transpose(ctx, x, 0, axis) : x;
+  ad_tensor *y = ad_index_select(ctx, xt, idx);
+  return axis && y ? ad_transpose(ctx, y, 0, axis) : y;
+}
+
 /* The source of output j of an axis of n padded by lo before. */
 static int64_t pad_source(nn_padding_mode mode, int64_t j, int64_t lo, int64_t n) {
   int64_t i = j - lo;
@@ -88,9 +94,7 @@ ad_tensor *nn_pad_spatial(ad_ctx *ctx, const char *who, ad_tensor *x, int sp, co
     if (!idx) return NULL;
     int32_t *d = idx->data;
     for (int64_t j = 0; j < m; j++) d[j] = (int32_t)pad_source(mode, j, lo, n);
-    ad_tensor *yt = axis ? ad_transpose(ctx, y, 0, axis) : y;
-    y = ad_index_select(ctx, yt, idx);
-    if (axis && y) y = ad_transpose(ctx, y, 0, axis);
+    y = nn_take_axis(ctx, y, axis, idx);
   }
   return y;
 }

@@ -357,3 +357,156 @@ Test(convmisc, inputs_too_short_for_the_mode_are_refused) {
   ad_tensor_free(x2), ad_tensor_free(xc), ad_tensor_free(x0), ad_tensor_free(e);
   nn_layer_free(rf), nn_layer_free(ci), nn_layer_free(rp);
 }
+
+/* ------------------------------------------------- adaptive max pooling */
+
+static nn_layer *amax_layer(const amax_fx *c) {
+  nn_layer *l = c->dims == 1 ? nn_adaptive_max_pool1d_new(ctx, c->ow)
+                             : nn_adaptive_max_pool2d_new(ctx, c->oh, c->ow);
+  cr_assert_not_null(l, "%s: %s", c->name, ad_last_error(ctx));
+  return l;
+}
+
+/* As expect_close, a NaN in want wanting a NaN. */
+static void expect_close_nan(const ad_tensor *t, fx_ref want, double tol, const char *cname,
+                             const char *what) {
+  cr_assert_not_null(t, "%s %s is NULL: %s", cname, what, ad_last_error(ctx));
+  cr_assert_eq(t->size, want.n, "%s %s has %lld elements, PyTorch %lld", cname, what,
+               (long long)t->size, (long long)want.n);
+  for (int64_t i = 0; i < want.n; i++) {
+    double g = ad_tensor_get(t, i), w = want.v[i];
+    bool ok = isnan(w) ? isnan(g) : isinf(w) ? g == w : fabs(g - w) <= tol * (1 + fabs(w));
+    QUICK_ASSERT(ok, "%s %s[%lld] = %.17g, PyTorch %.17g", cname, what, (long long)i, g, w);
+  }
+}
+
+static void amax_matches(ad_dtype dt) {
+  for (size_t k = 0; k < sizeof amax_cases / sizeof amax_cases[0]; k++) {
+    const amax_fx *c = &amax_cases[k];
+    nn_layer *l = amax_layer(c);
+    ad_tensor *x = tensor_of(dt, c->nd, c->shape, c->x.v);
+    cr_assert_eq(x->size, c->x.n, "%s", c->name);
+    ad_tensor_set_requires_grad(x, true);
+    ad_tensor *y = nn_layer_forward(l, x, true);
+    expect_close_nan(y, c->y, tol_of(dt), c->name, "y");
+    cr_assert_eq(y->ndim, c->nd, "%s: rank %d", c->name, y->ndim);
+    cr_assert(y->shape[c->nd - 1] == c->ow && (c->dims == 1 || y->shape[c->nd - 2] == c->oh));
+    int64_t os[AD_MAX_DIMS];
+    cr_assert_eq(nn_layer_output_shape(l, os), c->nd);
+    for (int d = 0; d < c->nd; d++) cr_assert_eq(os[d], y->shape[d]);
+    ad_tensor *gy = tensor_of(dt, y->ndim, y->shape, c->gy.v);
+    cr_assert_eq(gy->size, c->gy.n);
+    /* the loss is sum(y * gy) taken where y is a number: NaN * gy would
+     * make every gradient NaN, so the backward starts at y with gy */
+    cr_assert_eq(ad_backward(ctx, y, gy), AD_OK, "%s: %s", c->name, ad_last_error(ctx));
+    expect_close_nan(x->grad, c->dx, tol_of(dt), c->name, "dx");
+    ad_tape_reset(ctx);
+    ad_tensor_free(x), ad_tensor_free(gy);
+    nn_layer_free(l);
+  }
+}
+
+Test(convmisc, adaptive_max_pools_match_pytorch_f64) { amax_matches(AD_F64); }
+Test(convmisc, adaptive_max_pools_match_pytorch_f32) { amax_matches(AD_F32); }
+
+/* Output sizes that divide the input are max pooling with kernel =
+ * stride, bit for bit, value and gradient. */
+Test(convmisc, adaptive_max_divisible_is_max_pool) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 9);
+  ad_tensor *x = ad_rand(ctx, &rng, AD_F32, 4, (int64_t[4]){2, 3, 8, 9}, -1, 1);
+  ad_tensor_set_requires_grad(x, true);
+  nn_layer *a = nn_adaptive_max_pool2d_new(ctx, 4, 3), *m = nn_max_pool2d_new(ctx, 2, 3, NULL);
+  cr_assert(a && m);
+  ad_tensor *ya = nn_layer_forward(a, x, true), *ym = nn_layer_forward(m, x, true);
+  cr_assert(ya && ym && ya->size == ym->size && ya->size == 2 * 3 * 4 * 3);
+  cr_assert_eq(memcmp(ya->data, ym->data, (size_t)ya->size * sizeof(float)), 0);
+  nn_layer_free(a), nn_layer_free(m);
+  ad_tape_reset(ctx);
+  ad_tensor_free(x);
+}
+
+/* The pools as functions of x for ad_gradcheck and ad_gradgradcheck. */
+static ad_tensor *run_pool(ad_ctx *c, int n, ad_tensor *const *in, void *ud) {
+  (void)c, (void)n;
+  return nn_layer_forward(ud, in[0], true);
+}
+
+Test(convmisc, adaptive_max_gradcheck_first_and_second_order) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 4);
+  const amax_fx *cs = amax_cases;
+  for (size_t k = 0; k < sizeof amax_cases / sizeof amax_cases[0]; k++) {
+    nn_layer *l = amax_layer(&cs[k]);
+    /* values spread well apart, so that no window has a near tie within
+     * the differences' step */
+    ad_tensor *x = ad_zeros(ctx, AD_F64, cs[k].nd, cs[k].shape);
+    cr_assert_not_null(x);
+    for (int64_t i = 0; i < x->size; i++)
+      ad_tensor_set(x, i, 0.01 * (double)((i * 37) % 101) + 0.1 * ad_rng_uniform(&rng) / 101);
+    ad_tensor_set_requires_grad(x, true);
+    ad_check_report r;
+    cr_assert_eq(ad_gradcheck(ctx, run_pool, l, 1, &x, NULL, &r), AD_OK, "%s", ad_last_error(ctx));
+    cr_assert(r.passed, "%s: first order, [%lld] %g vs %g", cs[k].name, (long long)r.index,
+              r.analytic, r.numeric);
+    cr_assert_eq(ad_gradgradcheck(ctx, run_pool, l, 1, &x, NULL, &r), AD_OK, "%s",
+                 ad_last_error(ctx));
+    cr_assert(r.passed, "%s: second order, [%lld] %g vs %g", cs[k].name, (long long)r.index,
+              r.analytic, r.numeric);
+    ad_tensor_free(x);
+    nn_layer_free(l);
+  }
+}
+
+Test(convmisc, adaptive_max_describe_is_pytorch_repr) {
+  expect_desc(nn_adaptive_max_pool1d_new(ctx, 3), "adaptive_max_pool1d(output_size=3)");
+  expect_desc(nn_adaptive_max_pool2d_new(ctx, 3, 3), "adaptive_max_pool2d(output_size=3)");
+  expect_desc(nn_adaptive_max_pool2d_new(ctx, 3, 4), "adaptive_max_pool2d(output_size=(3, 4))");
+}
+
+Test(convmisc, adaptive_max_bad_arguments_and_inputs) {
+  cr_assert_null(nn_adaptive_max_pool1d_new(NULL, 3));
+  cr_assert_null(nn_adaptive_max_pool2d_new(NULL, 3, 3));
+  cr_assert_null(nn_adaptive_max_pool1d_new(ctx, 0));
+  test_expect_error(ctx, AD_ERR_ARG, "adaptive_max_pool1d: output size 0 must be in [1, 2^30]",
+                    NULL);
+  cr_assert_null(nn_adaptive_max_pool2d_new(ctx, 2, -1));
+  test_expect_error(ctx, AD_ERR_ARG, "adaptive_max_pool2d: output size 2x-1 must be in [1, 2^30]",
+                    NULL);
+  cr_assert_null(nn_adaptive_max_pool2d_new(ctx, (INT64_C(1) << 30) + 1, 1));
+  test_expect_error(ctx, AD_ERR_ARG, "adaptive_max_pool2d: output size", NULL);
+  nn_layer *p1 = nn_adaptive_max_pool1d_new(ctx, 3), *p2 = nn_adaptive_max_pool2d_new(ctx, 2, 3);
+  cr_assert(p1 && p2);
+  ad_tensor *x4 = ad_zeros(ctx, AD_F32, 4, (int64_t[4]){1, 2, 3, 4});
+  ad_tensor *x1 = ad_zeros(ctx, AD_F32, 1, (int64_t[1]){4});
+  ad_tensor *xe = ad_zeros(ctx, AD_F32, 3, (int64_t[3]){1, 2, 0});
+  ad_tensor *xi = ad_zeros(ctx, AD_I32, 3, (int64_t[3]){1, 2, 5});
+  cr_assert_null(nn_layer_forward(p1, x4, true));
+  test_expect_error(ctx, AD_ERR_SHAPE, "adaptive_max_pool1d: input [1,2,3,4] must be [N, C, L]",
+                    NULL);
+  cr_assert_null(nn_layer_forward(p2, x1, true));
+  test_expect_error(ctx, AD_ERR_SHAPE, "adaptive_max_pool2d: input [4] must be [N, C, H, W]", NULL);
+  cr_assert_null(nn_layer_forward(p1, xe, true));
+  test_expect_error(ctx, AD_ERR_SHAPE, "adaptive_max_pool1d: input [1,2,0] has an empty L", NULL);
+  cr_assert_null(nn_layer_forward(p2, xe, true));
+  test_expect_error(ctx, AD_ERR_SHAPE, "adaptive_max_pool2d: input [1,2,0] has an empty H or W",
+                    NULL);
+  cr_assert_null(nn_layer_forward(p1, xi, true));
+  test_expect_error(ctx, AD_ERR_DTYPE, "adaptive_max_pool1d", "must be float", NULL);
+  /* an empty batch gives an empty output, as in PyTorch */
+  ad_tensor *x0 = ad_zeros(ctx, AD_F32, 3, (int64_t[3]){0, 2, 5});
+  test_expect_shape(ctx, nn_layer_forward(p1, x0, true), 3, (int64_t[3]){0, 2, 3}, "empty batch");
+  /* freed and foreign inputs */
+  ad_ctx *other = ad_ctx_new();
+  cr_assert_not_null(other);
+  ad_tensor *xo = ad_zeros(other, AD_F32, 4, (int64_t[4]){1, 2, 3, 4});
+  cr_assert_null(nn_layer_forward(p2, xo, true));
+  test_expect_error(ctx, AD_ERR_ARG, "another context", NULL);
+  ad_ctx_free(other);
+  ad_tensor_free(x4);
+  cr_assert_null(nn_layer_forward(p2, x4, true));
+  test_expect_error(ctx, AD_ERR_STATE, "freed", NULL);
+  ad_tape_reset(ctx);
+  ad_tensor_free(x1), ad_tensor_free(xe), ad_tensor_free(xi), ad_tensor_free(x0);
+  nn_layer_free(p1), nn_layer_free(p2);
+}

@@ -310,6 +310,8 @@ enum {
   DROPOUT3D,
   CONV2D_REFLECT,
   CONV1D_CIRCULAR,
+  AMAXPOOL1D,
+  AMAXPOOL2D,
   N_LAYERS
 };
 
@@ -368,7 +370,9 @@ static const char *layer_names[N_LAYERS] = {"dense",
                                             "replication_pad3d",
                                             "dropout3d",
                                             "conv2d reflect",
-                                            "conv1d circular"};
+                                            "conv1d circular",
+                                            "adaptive_max1d",
+                                            "adaptive_max2d"};
 
 static bool build_only;
 
@@ -456,6 +460,14 @@ static ad_status run_layer(world *w) {
     break;
   case ADAPOOL2D: /* 5x5 -> 2x3: a matrix on each axis */
     w->l = nn_adaptive_avg_pool2d_new(c, 2, 3);
+    x = w->x = data(c, 4, s4, 1);
+    break;
+  case AMAXPOOL1D: /* 4 -> 3: the windows gathered, then max_pool2d */
+    w->l = nn_adaptive_max_pool1d_new(c, 3);
+    x = w->x = data(c, 3, s3, 1);
+    break;
+  case AMAXPOOL2D: /* 5x5 -> 2x3: a gather on each axis */
+    w->l = nn_adaptive_max_pool2d_new(c, 2, 3);
     x = w->x = data(c, 4, s4, 1);
     break;
   case UPS_NEAREST: /* 5x5 -> 7x7: an index vector and a gather per axis */

@@ -811,6 +811,27 @@ NN_API nn_layer *nn_avg_pool3d_new(ad_ctx *ctx, int64_t kd, int64_t kh, int64_t 
  * layer and the shape. */
 NN_API nn_layer *nn_adaptive_avg_pool3d_new(ad_ctx *ctx, int64_t od, int64_t oh, int64_t ow);
 
+/** Adaptive max pooling, PyTorch's nn.AdaptiveMaxPool1d(output_size)
+ * ([N, C, L] or [C, L] to [N, C, output_size]) and
+ * nn.AdaptiveMaxPool2d((oh, ow)) ([N, C, H, W] or [C, H, W] to [N, C, oh,
+ * ow]), without return_indices. The windows are adaptive average
+ * pooling's (above): output i of an axis of length L pooled to n is the
+ * maximum of x[floor(i L / n), ceil((i + 1) L / n)). The gradient goes to
+ * each window's first maximum in row-major order or, if the window holds
+ * a NaN (its value is then NaN), to its last NaN, as PyTorch's; windows
+ * that overlap add up. A composite, so differentiable to any order:
+ * ad_max_pool2d with kernel = stride = L / n where n divides L on both
+ * axes, else the same after gathering each window (its last element
+ * repeated to the longest window's length) with ad_index_select. No
+ * parameters. Returns the layer, or NULL with AD_ERR_ARG (an output size
+ * outside [1, 2^30]) or AD_ERR_OOM. The forward refuses an input of
+ * another rank or with an empty pooled axis (AD_ERR_SHAPE) or not float
+ * (AD_ERR_DTYPE), naming the layer and the shape. Kinds
+ * "adaptive_max_pool1d", "adaptive_max_pool2d". @{ */
+NN_API nn_layer *nn_adaptive_max_pool1d_new(ad_ctx *ctx, int64_t output_size);
+NN_API nn_layer *nn_adaptive_max_pool2d_new(ad_ctx *ctx, int64_t oh, int64_t ow);
+/** @} */
+
 /* Resampling, padding and channel-dropout layers for image models
  * (layers_resample.c): composites of public ops (ad_index_select,
  * ad_transpose, ad_reshape, ad_permute, ad_pad, ad_narrow, ad_where,
