@@ -19,6 +19,8 @@ typedef struct slot {
   ad_tensor *t;                 /* 0-d f64: this parameter's steps, if its update uses them */
   int t_index;                  /* t's position among the state tensors */
   ad_tensor *mu;                /* NAdam: 0-d, the parameter's dtype: its mu_product */
+  ad_tensor *eta, *amu;         /* ASGD: 0-d f32, the parameter's eta and mu */
+  double eta_now, mu_now;       /* ASGD: eta and mu before this step's update of them */
   bool repeat;                  /* p is an earlier slot's (tied weights): no state, no step */
 } slot;
 
@@ -27,7 +29,8 @@ struct nn_optimizer {
   nn_params *params;
   nn_opt_config cfg;
   double momentum_decay; /* NAdam's */
-  nn_opt_config_ext ext; /* for nn_optimizer_config_ext: cfg and the above */
+  nn_opt_config_ext ext; /* the settings of nn_opt_config_ext (base: see
+                            nn_optimizer_config_ext; the update reads cfg) */
   int nslots;
   slot *slots;
   int nts;
@@ -71,6 +74,22 @@ static void mu_product_step(ad_tensor *mu, const nn_opt_config *c, double moment
     ((double *)mu->data)[0] *= f;
 }
 
+/* ASGD's eta and mu, for step t of the parameter: the loop reads their
+ * values before it (eta_now, mu_now; eta is torch.tensor(lr) at the first
+ * step, the rate then), the tensors get PyTorch's new ones, computed in
+ * double as Python's floats and rounded to float32 as torch.tensor does */
+static void asgd_scalars_step(const nn_optimizer *o, slot *sl) {
+  double t = ((const double *)sl->t->data)[0], lr = o->cfg.lr;
+  const nn_opt_config_ext *x = &o->ext;
+  float *eta = sl->eta->data, *mu = sl->amu->data;
+  if (t == 1) *eta = (float)lr;
+  sl->eta_now = *eta;
+  sl->mu_now = *mu;
+  *eta = (float)(lr / pow(1 + x->lambd * lr * t, x->asgd_alpha));
+  double d = t - x->t0; /* Python's max(1, d): 1 unless d > 1 */
+  *mu = (float)(d > 1 ? 1 / d : 1.0);
+}
+
 /* Notes the writes of the 0-d state tensors a, b and c (NULL: none) before
  * they are made (see step_some). */
 static ad_status scalars_noted(ad_tensor *a, ad_tensor *b, ad_tensor *c) {
@@ -82,9 +101,14 @@ static ad_status scalars_noted(ad_tensor *a, ad_tensor *b, ad_tensor *c) {
 
 static double rate0(const nn_optimizer *o, double lr0);
 
-static const char *const kind_names[] = {"sgd",   "adagrad", "rmsprop", "adam",
-                                         "adamw", "adamax",  "nadam",   "radam"};
-_Static_assert(sizeof kind_names / sizeof *kind_names == NN_OPT_RADAM + 1,
+static const char *const kind_names[] = {"sgd",   "adagrad", "rmsprop",  "adam", "adamw", "adamax",
+                                         "nadam", "radam",   "adadelta", "asgd", "rprop"};
+/* PyTorch's class names, for messages */
+static const char *const torch_names[] = {"SGD",   "Adagrad", "RMSprop",  "Adam", "AdamW", "Adamax",
+                                          "NAdam", "RAdam",   "Adadelta", "ASGD", "Rprop"};
+_Static_assert(sizeof kind_names / sizeof *kind_names == NN_OPT_RPROP + 1,
+               "a name for every nn_opt_kind");
+_Static_assert(sizeof torch_names / sizeof *torch_names == NN_OPT_RPROP + 1,
                "a name for every nn_opt_kind");
 
 nn_opt_config nn_opt_defaults(nn_opt_kind kind, double lr) {
@@ -95,6 +119,9 @@ nn_opt_config nn_opt_defaults(nn_opt_kind kind, double lr) {
   switch (kind) {
   case NN_OPT_ADAGRAD:
     c.eps = 1e-10;
+    break;
+  case NN_OPT_ADADELTA:
+    c.eps = 1e-6;
     break;
   case NN_OPT_RMSPROP:
     c.alpha = 0.99;
@@ -121,7 +148,27 @@ nn_opt_config_ext nn_opt_defaults_ext(nn_opt_kind kind, double lr) {
   nn_opt_config_ext e;
   memset(&e, 0, sizeof e);
   e.base = nn_opt_defaults(kind, lr);
-  e.momentum_decay = kind == NN_OPT_NADAM ? 4e-3 : 0.0;
+  switch (kind) {
+  case NN_OPT_NADAM:
+    e.momentum_decay = 4e-3;
+    break;
+  case NN_OPT_ADADELTA:
+    e.rho = 0.9;
+    break;
+  case NN_OPT_ASGD:
+    e.lambd = 1e-4;
+    e.asgd_alpha = 0.75;
+    e.t0 = 1e6;
+    break;
+  case NN_OPT_RPROP:
+    e.etaminus = 0.5;
+    e.etaplus = 1.2;
+    e.step_size_min = 1e-6;
+    e.step_size_max = 50;
+    break;
+  default:
+    break;
+  }
   return e;
 }
 
@@ -156,11 +203,61 @@ static void state_kinds(const nn_opt_config *c, const char *names[MAX_SLOT_STATE
     names[0] = "exp_avg";
     names[1] = "exp_avg_sq";
     break;
+  case NN_OPT_ADADELTA:
+    names[0] = "square_avg";
+    names[1] = "acc_delta";
+    break;
+  case NN_OPT_ASGD: /* and eta, mu: 0-d, slot.eta and slot.amu */
+    names[0] = "ax";
+    break;
+  case NN_OPT_RPROP:
+    names[0] = "prev";
+    names[1] = "step_size";
+    break;
+  }
+}
+
+/* For Adadelta, ASGD and Rprop: the first member of nn_opt_config that
+ * kind does not read and that is not 0 or false (PyTorch 1.13's optimizer
+ * of that kind has no such option), or NULL. */
+static const char *unread_setting(const nn_opt_config *c) {
+  nn_opt_kind k = c->kind;
+  if (c->momentum != 0) return "momentum";
+  if (c->dampening != 0) return "dampening";
+  if (c->nesterov) return "nesterov";
+  if (c->beta1 != 0 || c->beta2 != 0) return "betas";
+  if (c->alpha != 0) return "alpha";
+  if (c->centered) return "centered";
+  if (c->lr_decay != 0) return "lr_decay";
+  if (c->initial_accumulator != 0) return "initial_accumulator";
+  if (k != NN_OPT_ADADELTA && c->eps != 0) return "eps";
+  if (k == NN_OPT_RPROP && c->weight_decay != 0) return "weight_decay";
+  return NULL;
+}
+
+/* The settings of nn_opt_config_ext of Adadelta, ASGD and Rprop: why they
+ * are bad, or NULL */
+static const char *ext_problem(const nn_opt_config_ext *x) {
+  switch (x->base.kind) {
+  case NN_OPT_ADADELTA:
+    return x->rho >= 0 && x->rho <= 1 ? NULL : "rho must be in [0,1]";
+  case NN_OPT_ASGD:
+    if (!(x->lambd >= 0 && isfinite(x->lambd))) return "lambd must be finite and >= 0";
+    if (!isfinite(x->asgd_alpha)) return "asgd_alpha must be finite";
+    return isnan(x->t0) ? "t0 must not be NaN" : NULL;
+  case NN_OPT_RPROP:
+    if (!(x->etaminus > 0 && x->etaminus < 1)) return "etaminus must be in (0,1)";
+    if (!(x->etaplus > 1 && isfinite(x->etaplus))) return "etaplus must be finite and > 1";
+    if (!(x->step_size_min >= 0 && isfinite(x->step_size_min)))
+      return "step_size_min must be finite and >= 0";
+    return x->step_size_max >= x->step_size_min ? NULL : "step_size_max must be >= step_size_min";
+  default:
+    return NULL;
   }
 }
 
 static ad_status check_config(ad_ctx *ctx, const nn_opt_config *c, double momentum_decay) {
-  if ((unsigned)c->kind > NN_OPT_RADAM)
+  if ((unsigned)c->kind > NN_OPT_RPROP)
     return ad_set_error(ctx, AD_ERR_ARG, "optimizer: unknown kind %d", (int)c->kind);
   const char *k = kind_names[c->kind];
 #define REQUIRE(cond, what, v)                                                                     \
@@ -174,7 +271,7 @@ static ad_status check_config(ad_ctx *ctx, const nn_opt_config *c, double moment
   REQUIRE(c->eps >= 0 && isfinite(c->eps), "eps must be finite and >= 0", c->eps);
   REQUIRE(c->clip_norm >= 0, "clip_norm must be >= 0", c->clip_norm); /* inf: no clipping */
   REQUIRE(c->clip_value >= 0, "clip_value must be >= 0", c->clip_value);
-  bool adams = c->kind >= NN_OPT_ADAM; /* Adam, AdamW, Adamax, NAdam, RAdam */
+  bool adams = c->kind >= NN_OPT_ADAM && c->kind <= NN_OPT_RADAM; /* Adam ... RAdam */
   if (adams) {
     REQUIRE(c->beta1 >= 0 && c->beta1 < 1, "beta1 must be in [0,1)", c->beta1);
     REQUIRE(c->beta2 >= 0 && c->beta2 < 1, "beta2 must be in [0,1)", c->beta2);
@@ -192,6 +289,17 @@ static ad_status check_config(ad_ctx *ctx, const nn_opt_config *c, double moment
                         "optimizer %s: maximize is not an option of PyTorch 1.13's %s (negate "
                         "the loss instead)",
                         k, c->kind == NN_OPT_NADAM ? "NAdam" : "RAdam");
+  if (c->kind >= NN_OPT_ADADELTA) {
+    const char *u = unread_setting(c);
+    if (u)
+      return ad_set_error(ctx, AD_ERR_ARG,
+                          "optimizer %s: %s is not an option of PyTorch 1.13's %s (leave it 0 or "
+                          "false, as nn_opt_defaults gives it)%s",
+                          k, u, torch_names[c->kind],
+                          c->kind == NN_OPT_ASGD && strcmp(u, "alpha") == 0
+                              ? "; ASGD's alpha is nn_opt_config_ext's asgd_alpha"
+                              : "");
+  }
   if (c->kind == NN_OPT_RMSPROP)
     REQUIRE(c->alpha >= 0 && c->alpha <= 1, "alpha must be in [0,1]", c->alpha);
   if (c->kind == NN_OPT_ADAGRAD) {
@@ -211,7 +319,8 @@ static ad_status check_config(ad_ctx *ctx, const nn_opt_config *c, double moment
  * bias corrections of Adam, Adagrad's lr decay, SGD's first momentum step
  * (RMSProp's and plain SGD's do not). */
 static bool uses_param_steps(const nn_opt_config *c) {
-  return c->kind != NN_OPT_RMSPROP && (c->kind != NN_OPT_SGD || c->momentum > 0);
+  return c->kind != NN_OPT_RMSPROP && c->kind != NN_OPT_ADADELTA &&
+         (c->kind != NN_OPT_SGD || c->momentum > 0);
 }
 
 /* Lists state tensor t (owned by the optimizer from here on, also when
@@ -264,6 +373,15 @@ nn_optimizer *nn_optimizer_new_ext(nn_params *params, const nn_opt_config_ext *x
   }
   const nn_opt_config *cfg = &xcfg->base;
   if (check_config(ctx, cfg, xcfg->momentum_decay) != AD_OK) return NULL;
+  const char *why = ext_problem(xcfg);
+  if (why) {
+    ad_set_error(ctx, AD_ERR_ARG,
+                 "optimizer %s: %s (rho %g, lambd %g, asgd_alpha %g, t0 %g, etas "
+                 "(%g, %g), step_sizes (%g, %g))",
+                 kind_names[cfg->kind], why, xcfg->rho, xcfg->lambd, xcfg->asgd_alpha, xcfg->t0,
+                 xcfg->etaminus, xcfg->etaplus, xcfg->step_size_min, xcfg->step_size_max);
+    return NULL;
+  }
   if (nn_params_is_buffers(params)) {
     ad_set_error(ctx, AD_ERR_ARG,
                  "optimizer %s: the list holds buffers, which are not trained (give it "
@@ -284,6 +402,7 @@ nn_optimizer *nn_optimizer_new_ext(nn_params *params, const nn_opt_config_ext *x
   o->params = params;
   o->cfg = *cfg;
   o->momentum_decay = xcfg->momentum_decay;
+  o->ext = *xcfg;
   o->slots = ad_malloc(ctx, (size_t)n * sizeof *o->slots);
   if (!o->slots) {
     nn_optimizer_free(o);
@@ -312,7 +431,11 @@ nn_optimizer *nn_optimizer_new_ext(nn_params *params, const nn_opt_config_ext *x
     o->ts[o->nts++] = p;
     for (int k = 0; k < MAX_SLOT_STATE; k++) {
       if (!kinds[k]) continue;
-      double init = cfg->kind == NN_OPT_ADAGRAD ? cfg->initial_accumulator : 0.0;
+      /* Rprop's step sizes start at lr (refilled at the parameter's first
+       * step with the rate then, as PyTorch makes its state then) */
+      double init = cfg->kind == NN_OPT_ADAGRAD ? cfg->initial_accumulator
+                    : cfg->kind == NN_OPT_RPROP && strcmp(kinds[k], "step_size") == 0 ? cfg->lr
+                                                                                      : 0.0;
       ad_tensor *s = ad_full(ctx, p->dtype, p->ndim, p->shape, init);
       if (add_state(o, s, false, kind, kinds[k], nn_params_name(params, i)) != AD_OK) {
         nn_optimizer_free(o);
@@ -325,6 +448,20 @@ nn_optimizer *nn_optimizer_new_ext(nn_params *params, const nn_opt_config_ext *x
       o->slots[i].t = ad_zeros(ctx, AD_F64, 0, NULL);
       if (add_state(o, o->slots[i].t, true, kind, "step", nn_params_name(params, i)) != AD_OK) {
         o->slots[i].t = NULL;
+        nn_optimizer_free(o);
+        return NULL;
+      }
+    }
+    if (cfg->kind == NN_OPT_ASGD) { /* torch.tensor(lr), torch.tensor(1.): float32 */
+      o->slots[i].eta = ad_full(ctx, AD_F32, 0, NULL, (double)(float)cfg->lr);
+      if (add_state(o, o->slots[i].eta, false, kind, "eta", nn_params_name(params, i)) != AD_OK) {
+        o->slots[i].eta = NULL;
+        nn_optimizer_free(o);
+        return NULL;
+      }
+      o->slots[i].amu = ad_full(ctx, AD_F32, 0, NULL, 1.0);
+      if (add_state(o, o->slots[i].amu, false, kind, "mu", nn_params_name(params, i)) != AD_OK) {
+        o->slots[i].amu = NULL;
         nn_optimizer_free(o);
         return NULL;
       }
@@ -433,7 +570,8 @@ static void step_range(void *ud, int64_t begin, int64_t end) {
     void *st[MAX_SLOT_STATE];
     for (int k = 0; k < MAX_SLOT_STATE; k++) st[k] = sl->s[k] ? (char *)sl->s[k]->data + at : NULL;
     int64_t t = sl->t ? (int64_t)((const double *)sl->t->data)[0] : j->t;
-    nn_update_aux x = {o->momentum_decay, sl->mu ? scalar_value(sl->mu) : 1.0};
+    nn_update_aux x = {o->momentum_decay, sl->mu ? scalar_value(sl->mu) : 1.0, &o->ext, sl->eta_now,
+                       sl->mu_now};
     nn_update(&o->cfg, &x, sl->p->dtype, t, hi - lo, (char *)sl->p->data + at,
               (const char *)sl->p->grad->data + at, st[0], st[1], st[2]);
   }
@@ -475,6 +613,8 @@ static ad_status step_some(nn_optimizer *o, const int64_t *lo, const int64_t *hi
       if (sl->s[k]) st = ad_tensor_mark_modified(sl->s[k]);
     if (st == AD_OK && sl->t) st = ad_tensor_mark_modified(sl->t);
     if (st == AD_OK && sl->mu) st = ad_tensor_mark_modified(sl->mu);
+    if (st == AD_OK && sl->eta) st = ad_tensor_mark_modified(sl->eta);
+    if (st == AD_OK && sl->amu) st = ad_tensor_mark_modified(sl->amu);
   }
   if (st != AD_OK) return st;
   /* the tensors it steps: not those added to its list since */
@@ -487,7 +627,7 @@ static ad_status step_some(nn_optimizer *o, const int64_t *lo, const int64_t *hi
   step_job j = {o, (int64_t)steps[0] + 1, lo, hi};
   int64_t total = 0;
   for (int i = 0; i < o->nslots; i++) {
-    const slot *sl = &o->slots[i];
+    slot *sl = &o->slots[i];
     if (!takes_part(sl)) continue;
     total += lo ? hi[i] - lo[i] : sl->p->size;
     if (sl->t) ((double *)sl->t->data)[0] += 1; /* counts only the steps it takes part in */
@@ -495,6 +635,7 @@ static ad_status step_some(nn_optimizer *o, const int64_t *lo, const int64_t *hi
     if (sl->mu)
       mu_product_step(sl->mu, &o->cfg, o->momentum_decay,
                       (int64_t)((const double *)sl->t->data)[0]);
+    if (sl->eta) asgd_scalars_step(o, sl);
   }
   ad_parallel_for(total, total < SWEEP_SPLIT_MIN ? total : SWEEP_GRAIN, step_range, &j);
   steps[0] = (double)j.t;
@@ -549,7 +690,6 @@ const nn_opt_config_ext *nn_optimizer_config_ext(const nn_optimizer *o) {
   if (!o) return NULL;
   nn_optimizer *w = (nn_optimizer *)o; /* the object itself is never const */
   w->ext.base = *nn_optimizer_config(o);
-  w->ext.momentum_decay = o->momentum_decay;
   return &w->ext;
 }
 

@@ -702,8 +702,14 @@ static size_t describe(char *out, size_t cap, nn_model *m, nn_optimizer *opt, co
     enum { NV = sizeof v / sizeof v[0] };
     char f[NV][32];
     for (int i = 0; i < NV; i++) exact(v[i], f[i]);
+    const nn_opt_config_ext *x = nn_optimizer_config_ext(opt);
     char mdf[32]; /* NAdam's, in nn_opt_config_ext */
-    exact(nn_optimizer_config_ext(opt)->momentum_decay, mdf);
+    exact(x->momentum_decay, mdf);
+    /* Adadelta's, ASGD's and Rprop's, in nn_opt_config_ext */
+    double xv[] = {x->rho,      x->lambd,   x->asgd_alpha,    x->t0,
+                   x->etaminus, x->etaplus, x->step_size_min, x->step_size_max};
+    char xf[8][32];
+    for (int i = 0; i < 8; i++) exact(xv[i], xf[i]);
     len += (size_t)snprintf(out ? out + len : NULL, out ? cap - len : 0,
                             "optimizer settings: momentum %s, dampening %s, nesterov %d, "
                             "weight_decay %s, betas %s %s, alpha %s, centered %d, eps %s, "
@@ -714,6 +720,10 @@ static size_t describe(char *out, size_t cap, nn_model *m, nn_optimizer *opt, co
                             f[0], f[1], o->nesterov, f[2], f[3], f[4], f[5], o->centered, f[6],
                             f[7], f[8], f[9], f[10], o->amsgrad, o->maximize, mdf, (int)sc->kind,
                             (long long)sc->step_size, f[11], (long long)sc->t_max, f[12]);
+    len += (size_t)snprintf(out ? out + len : NULL, out ? cap - len : 0,
+                            "optimizer settings: rho %s, lambd %s, asgd_alpha %s, t0 %s, etas %s "
+                            "%s, step_sizes %s %s\n",
+                            xf[0], xf[1], xf[2], xf[3], xf[4], xf[5], xf[6], xf[7]);
     /* the settings only nn_schedule_ext holds, and the plateau's */
     const nn_schedule_ext *se = nn_optimizer_schedule_ext(opt);
     if (se) {

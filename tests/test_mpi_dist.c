@@ -599,14 +599,19 @@ static void mismatch(ad_ctx *c) {
    * copies drifted apart; so with a schedule on one rank only */
   /* (k 2: milestones that differ on the last rank; k 3: a plateau there
    * only; k 4: maximize there only; k 5: NAdam's momentum_decay, which
-   * nn_opt_config_ext holds, differing there) */
-  for (int k = 0; k < 6; k++) {
+   * nn_opt_config_ext holds, differing there; k 6: Rprop's etaplus, also
+   * there) */
+  for (int k = 0; k < 7; k++) {
     bool last = rank == size - 1;
     m = make_model(c, AD_F64, 8, PLAIN, 5);
-    nn_opt_config_ext oc = nn_opt_defaults_ext(k == 5 ? NN_OPT_NADAM : NN_OPT_SGD, 0.1);
-    oc.base.momentum = k == 5 ? 0 : k == 0 && last ? 0.5 : 0.9;
+    nn_opt_config_ext oc = nn_opt_defaults_ext(k == 5   ? NN_OPT_NADAM
+                                               : k == 6 ? NN_OPT_RPROP
+                                                        : NN_OPT_SGD,
+                                               0.1);
+    oc.base.momentum = k >= 5 ? 0 : k == 0 && last ? 0.5 : 0.9;
     oc.base.maximize = k == 4 && last;
     if (k == 5 && last) oc.momentum_decay = 5e-3;
+    if (k == 6 && last) oc.etaplus = 1.3;
     opt = nn_optimizer_new_ext(nn_model_params(m), &oc);
     nn_schedule sched = {.kind = NN_SCHED_STEP, .step_size = 2, .gamma = 0.5};
     if (k == 1 && last) nn_optimizer_set_schedule(opt, &sched);
@@ -629,10 +634,11 @@ static void mismatch(ad_ctx *c) {
                         "on rank"
              : k == 3 ? "plateau: mode 1, factor 0.1, patience 10, threshold 0.0001"
              : k == 4 ? "maximize 1, momentum_decay 0"
-                      : "momentum_decay 0.005");
+             : k == 5 ? "momentum_decay 0.005"
+                      : "etas 0.5 1.3, step_sizes");
     snprintf(why, sizeof why, "case %d: status %s, %lld steps, message: %s", k, ad_status_str(st),
              (long long)nn_optimizer_steps(opt), ad_last_error(c));
-    /* (k 4, 5: the difference ends a long line, which the message shows
+    /* (k 4, 5, 6: the difference ends a long line, which the message shows
      * from near it: this rank's value is in it) */
     check(st == AD_ERR_SHAPE && nn_optimizer_steps(opt) == 0 &&
               (k < 4 ? strncmp(ad_last_error(c), want, strlen(want)) == 0
@@ -642,7 +648,8 @@ static void mismatch(ad_ctx *c) {
           : k == 2 ? "milestones that differ on one rank: every rank gets the difference"
           : k == 3 ? "a plateau on one rank only: every rank gets the difference"
           : k == 4 ? "maximize on one rank only: every rank gets the difference"
-                   : "NAdam's momentum_decay differs on one rank: every rank gets the difference",
+          : k == 5 ? "NAdam's momentum_decay differs on one rank: every rank gets the difference"
+                   : "Rprop's etaplus differs on one rank: every rank gets the difference",
           why);
     ad_clear_error(c);
     nn_dist_free(d);

@@ -892,7 +892,7 @@ Test(nn_oom, sequential_model_built_and_run_forward_backward) {
 }
 
 /* The optimizer kinds; g_kind % N_OPT_KINDS picks one. */
-enum { N_OPT_KINDS = NN_OPT_RADAM + 1 };
+enum { N_OPT_KINDS = NN_OPT_RPROP + 1 };
 
 /* The model and an optimizer of kind g_kind (with clipping, weight decay,
  * momentum where it applies, Adam's amsgrad), the gradients of one batch
@@ -902,9 +902,9 @@ static void setup_opt(world *w) {
   w->m = small_model(w->c);
   nn_opt_config cfg = nn_opt_defaults((nn_opt_kind)(g_kind % N_OPT_KINDS), 0.01);
   cfg.momentum = cfg.kind == NN_OPT_SGD || cfg.kind == NN_OPT_RMSPROP ? 0.9 : 0;
-  cfg.centered = true;
+  cfg.centered = cfg.kind == NN_OPT_RMSPROP;
   cfg.amsgrad = cfg.kind == NN_OPT_ADAM;
-  cfg.weight_decay = 0.01;
+  cfg.weight_decay = cfg.kind == NN_OPT_RPROP ? 0 : 0.01;
   if (g_kind >= N_OPT_KINDS) cfg.clip_norm = 0.5, cfg.clip_value = 0.1;
   w->opt = nn_optimizer_new(nn_model_params(w->m), &cfg);
   nn_model_set_training(w->m, true);
@@ -918,8 +918,9 @@ static ad_status run_opt_steps(world *w) {
 }
 
 Test(nn_oom, optimizer_steps) {
-  static const char *names[N_OPT_KINDS] = {"sgd",   "adagrad", "rmsprop", "adam amsgrad",
-                                           "adamw", "adamax",  "nadam",   "radam"};
+  static const char *names[N_OPT_KINDS] = {"sgd",      "adagrad", "rmsprop", "adam amsgrad",
+                                           "adamw",    "adamax",  "nadam",   "radam",
+                                           "adadelta", "asgd",    "rprop"};
   for (g_kind = 0; g_kind < 2 * N_OPT_KINDS; g_kind++) {
     char name[64];
     snprintf(name, sizeof name, "step %s%s", names[g_kind % N_OPT_KINDS],

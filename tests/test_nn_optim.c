@@ -809,7 +809,7 @@ Test(optim, adam_f32_bias_correction_is_the_division_bits) {
 
 Test(optim, update_paths_same_bits) {
   static const char *const names[] = {"best", "baseline", "AVX2", "AVX-512"};
-  nn_opt_config cfgs[20];
+  nn_opt_config cfgs[26];
   int nc = 0;
   cfgs[nc++] = nn_opt_defaults(NN_OPT_SGD, 0.1);
   cfgs[nc] = nn_opt_defaults(NN_OPT_SGD, 0.1), cfgs[nc].momentum = 0.9,
@@ -838,7 +838,18 @@ Test(optim, update_paths_same_bits) {
   cfgs[nc] = nn_opt_defaults(NN_OPT_RADAM, 1e-3), cfgs[nc++].weight_decay = 0.1;
   /* beta2 0.5: r_t > 5 never, the un-rectified loop */
   cfgs[nc] = nn_opt_defaults(NN_OPT_RADAM, 1e-3), cfgs[nc++].beta2 = 0.5;
-  const nn_update_aux aux = {4e-3, 0.8};
+  /* Adadelta, ASGD, Rprop: their settings in aux.xc, ASGD's eta and mu in
+   * aux (mu 0.25: the averaging branch) */
+  cfgs[nc] = nn_opt_defaults(NN_OPT_ADADELTA, 1.0), cfgs[nc++].weight_decay = 0.1;
+  cfgs[nc] = nn_opt_defaults(NN_OPT_ADADELTA, 0.5), cfgs[nc++].maximize = true;
+  cfgs[nc] = nn_opt_defaults(NN_OPT_ASGD, 0.01), cfgs[nc++].weight_decay = 0.1;
+  cfgs[nc] = nn_opt_defaults(NN_OPT_ASGD, 0.01), cfgs[nc++].maximize = true;
+  cfgs[nc++] = nn_opt_defaults(NN_OPT_RPROP, 0.01);
+  cfgs[nc] = nn_opt_defaults(NN_OPT_RPROP, 0.01), cfgs[nc++].maximize = true;
+  nn_opt_config_ext xc = nn_opt_defaults_ext(NN_OPT_ADADELTA, 1.0);
+  xc.rho = 0.8, xc.lambd = 1e-2, xc.asgd_alpha = 0.75, xc.t0 = 2;
+  xc.etaminus = 0.5, xc.etaplus = 1.2, xc.step_size_min = 1e-3, xc.step_size_max = 0.05;
+  const nn_update_aux aux = {4e-3, 0.8, &xc, 0.0099, 0.25};
   const int64_t lens[] = {1, 7, 15, 16, 17, 33, 1001};
   enum { N = 1001 };
   int ran[4] = {0};

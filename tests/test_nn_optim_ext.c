@@ -17,8 +17,8 @@
 
 TEST_TMPDIR_SUITE(optim_ext, "ad-optim-ext");
 
-static const char *const kind_name[] = {"sgd",   "adagrad", "rmsprop", "adam",
-                                        "adamw", "adamax",  "nadam",   "radam"};
+static const char *const kind_name[] = {"sgd",   "adagrad", "rmsprop",  "adam", "adamw", "adamax",
+                                        "nadam", "radam",   "adadelta", "asgd", "rprop"};
 
 /* A model holding a weight [2,3] and a bias [3] of the fixture, and the
  * three fixed gradients of each. */
@@ -280,8 +280,8 @@ Test(optim_ext, state_names_are_torch_state_dict_keys) {
   /* mu_product is a per-parameter scalar: not of the parameter's shape */
   fixture f;
   fixture_init(&f, AD_F32);
-  nn_optimizer *o = nn_optimizer_new_ext(
-      nn_model_params(f.m), &(nn_opt_config_ext){nn_opt_defaults(NN_OPT_NADAM, 0.01), 4e-3});
+  nn_opt_config_ext nc = nn_opt_defaults_ext(NN_OPT_NADAM, 0.01);
+  nn_optimizer *o = nn_optimizer_new_ext(nn_model_params(f.m), &nc);
   cr_assert_not_null(o);
   for (int i = 0; i < nn_optimizer_state_count(o); i++)
     if (strstr(nn_optimizer_state_names(o)[i], "mu_product")) {
@@ -432,9 +432,9 @@ Test(optim_ext, bad_settings_are_named) {
     ad_clear_error(ctx);
   }
   nn_opt_config bad = nn_opt_defaults(NN_OPT_ADAM, 0.01);
-  bad.kind = (nn_opt_kind)(NN_OPT_RADAM + 1);
+  bad.kind = (nn_opt_kind)(NN_OPT_RPROP + 1);
   cr_assert_null(nn_optimizer_new(ps, &bad));
-  cr_assert(strstr(ad_last_error(ctx), "unknown kind 8"), "%s", ad_last_error(ctx));
+  cr_assert(strstr(ad_last_error(ctx), "unknown kind 11"), "%s", ad_last_error(ctx));
   cr_assert_null(nn_optimizer_new_ext(ps, NULL));
   cr_assert_eq(ad_last_status(ctx), AD_ERR_NULL);
   cr_assert_null(nn_optimizer_config_ext(NULL));

@@ -48,7 +48,8 @@
  *                tensors and parameters) and CTC (lengths, blank).
  *   optimizers   nn_optimizer: SGD (momentum, Nesterov, weight decay),
  *                Adagrad, RMSProp, Adam, AdamW (amsgrad), Adamax, NAdam,
- *                RAdam, maximize, with PyTorch's update rules; L-BFGS
+ *                RAdam, Adadelta, ASGD, Rprop, maximize, with PyTorch's
+ *                update rules; L-BFGS
  *                (nn_lbfgs, with a closure; strong-Wolfe line search);
  *                gradient clipping by global norm or by value; learning-rate
  *                schedules (step, exponential, cosine, multistep, linear
@@ -2181,9 +2182,12 @@ typedef enum nn_opt_kind {
   NN_OPT_RMSPROP,
   NN_OPT_ADAM,
   NN_OPT_ADAMW,
-  NN_OPT_ADAMAX, /**< torch.optim.Adamax (added after AdamW: values never renumbered) */
-  NN_OPT_NADAM,  /**< torch.optim.NAdam; momentum_decay: nn_opt_config_ext */
-  NN_OPT_RADAM   /**< torch.optim.RAdam */
+  NN_OPT_ADAMAX,   /**< torch.optim.Adamax (added after AdamW: values never renumbered) */
+  NN_OPT_NADAM,    /**< torch.optim.NAdam; momentum_decay: nn_opt_config_ext */
+  NN_OPT_RADAM,    /**< torch.optim.RAdam */
+  NN_OPT_ADADELTA, /**< torch.optim.Adadelta; rho: nn_opt_config_ext */
+  NN_OPT_ASGD,     /**< torch.optim.ASGD; lambd, asgd_alpha, t0: nn_opt_config_ext */
+  NN_OPT_RPROP     /**< torch.optim.Rprop; etas, step sizes: nn_opt_config_ext */
 } nn_opt_kind;
 
 /** Optimizer settings, with PyTorch's meaning; start from nn_opt_defaults.
@@ -2214,12 +2218,22 @@ typedef enum nn_opt_kind {
  *            r_t > 5: p -= m' lr (sqrt(1-b2^t) / (sqrt v + eps)) rect,
  *            rect = sqrt((r_t-4)(r_t-2) r_inf / ((r_inf-4)(r_inf-2) r_t));
  *            else (the first steps, about 5 with b2 = 0.999): p -= m' lr
+ *   Adadelta g += wd p; v = rho v + (1-rho) g^2 ("square_avg");
+ *            d = sqrt(u + eps) / sqrt(v + eps) g; u = rho u + (1-rho) d^2
+ *            ("acc_delta"); p -= lr d
+ *   ASGD     g += wd p; p *= 1 - lambd eta; p -= eta g; ax = mu != 1 ?
+ *            ax + mu (p - ax) : p; then eta = lr / (1 + lambd lr t)^asgd_alpha,
+ *            mu = 1 / max(1, t - t0) (eta and mu per parameter, 0-d
+ *            float32 as PyTorch's; eta starts at lr)
+ *   Rprop    s = step size (starts at lr), q = g prev: q > 0: s =
+ *            min(s etaplus, step_size_max); q < 0: s = max(s etaminus,
+ *            step_size_min) and g = 0; p -= sign(g) s; prev = g
  *   @endcode
- * maximize (SGD, Adagrad, RMSProp, Adam, AdamW, Adamax, as PyTorch 1.13's:
- * NAdam and RAdam refuse it) negates g first, before the L2 term, so the
- * step ascends. Before the update, gradients are clamped to [-clip_value,
- * clip_value] (when > 0), then scaled to global norm at most clip_norm
- * (when > 0).
+ * maximize (SGD, Adagrad, RMSProp, Adam, AdamW, Adamax, Adadelta, ASGD,
+ * Rprop, as PyTorch 1.13's: NAdam and RAdam refuse it) negates g first,
+ * before the L2 term, so the step ascends. Before the update, gradients
+ * are clamped to [-clip_value, clip_value] (when > 0), then scaled to
+ * global norm at most clip_norm (when > 0).
  *
  * Layout: amsgrad and maximize were added in what was padding after
  * nesterov, so the struct's size and the other members' offsets are those
@@ -2238,13 +2252,16 @@ typedef struct nn_opt_config {
                           in former padding */
   bool maximize;       /**< all but NAdam and RAdam: ascend (see above);
                           added in former padding */
-  double weight_decay; /**< L2 added to the gradient; decoupled in AdamW */
+  double weight_decay; /**< L2 added to the gradient; decoupled in AdamW;
+                          not Rprop's */
   /** Adam, AdamW, Adamax, NAdam, RAdam @{ */
   double beta1, beta2;
   /** @} */
   double alpha;               /**< RMSProp smoothing constant */
   bool centered;              /**< RMSProp */
-  double eps;                 /**< added to the denominator (Adamax: to |g|) */
+  double eps;                 /**< added to the denominator (Adamax: to |g|;
+                                 Adadelta: under both square roots); not
+                                 ASGD's or Rprop's */
   double lr_decay;            /**< Adagrad */
   double initial_accumulator; /**< Adagrad */
   double clip_norm;           /**< > 0: clip the global gradient norm */
@@ -2253,7 +2270,8 @@ typedef struct nn_opt_config {
 
 /** PyTorch's defaults for kind with learning rate lr: Adagrad eps 1e-10;
  * RMSProp alpha 0.99, eps 1e-8; Adam, AdamW, Adamax, NAdam and RAdam betas
- * (0.9, 0.999), eps 1e-8; AdamW weight decay 0.01; everything else 0 and
+ * (0.9, 0.999), eps 1e-8; AdamW weight decay 0.01; Adadelta eps 1e-6
+ * (its rho: nn_opt_defaults_ext); everything else 0 and
  * false. (PyTorch's default lr differs per kind; here it is the caller's.) */
 NN_API nn_opt_config nn_opt_defaults(nn_opt_kind kind, double lr);
 
@@ -2265,10 +2283,23 @@ NN_API nn_opt_config nn_opt_defaults(nn_opt_kind kind, double lr);
 typedef struct nn_opt_config_ext {
   nn_opt_config base;    /**< the settings of nn_opt_config */
   double momentum_decay; /**< NAdam: PyTorch's momentum_decay, finite and >= 0 */
+  double rho;            /**< Adadelta: PyTorch's rho, in [0,1] */
+  double lambd;          /**< ASGD: PyTorch's lambd, finite and >= 0 */
+  double asgd_alpha;     /**< ASGD: PyTorch's alpha (eta's power; not
+                            RMSProp's alpha), finite */
+  double t0;             /**< ASGD: PyTorch's t0, the step averaging starts
+                            after; not NaN (+inf: never) */
+  double etaminus;       /**< Rprop: PyTorch's etas[0], in (0,1) */
+  double etaplus;        /**< Rprop: PyTorch's etas[1], finite and > 1 */
+  double step_size_min;  /**< Rprop: PyTorch's step_sizes[0], finite and >= 0 */
+  double step_size_max;  /**< Rprop: PyTorch's step_sizes[1], >= step_size_min */
 } nn_opt_config_ext;
 
-/** nn_opt_defaults(kind, lr) as base, and momentum_decay 4e-3 for NAdam
- * (PyTorch's), 0 for the other kinds (which do not read it). */
+/** nn_opt_defaults(kind, lr) as base, and PyTorch's defaults for the
+ * settings of kind here: NAdam momentum_decay 4e-3; Adadelta rho 0.9;
+ * ASGD lambd 1e-4, asgd_alpha 0.75, t0 1e6; Rprop etas (0.5, 1.2),
+ * step_sizes (1e-6, 50); 0 for the settings of the other kinds (which do
+ * not read them). */
 NN_API nn_opt_config_ext nn_opt_defaults_ext(nn_opt_kind kind, double lr);
 
 /** An optimizer over the tensors of params at the time of the call (the list
@@ -2280,14 +2311,19 @@ NN_API nn_opt_config_ext nn_opt_defaults_ext(nn_opt_kind kind, double lr);
  * AD_ERR_NULL or AD_ERR_ARG (a setting out of range, naming it, as
  * PyTorch's constructors check: lr, eps, weight decay >= 0, betas in
  * [0,1), NaN refused; or an option PyTorch 1.13's optimizer of that kind
- * lacks: amsgrad but on Adam and AdamW, maximize on NAdam and RAdam) or
- * AD_ERR_OOM. Free with nn_optimizer_free. */
+ * lacks: amsgrad but on Adam and AdamW, maximize on NAdam and RAdam; for
+ * Adadelta, ASGD and Rprop every member of nn_opt_config but lr,
+ * maximize, clipping and (not Rprop) weight_decay, eps (Adadelta) must be
+ * 0 or false, as nn_opt_defaults gives them) or AD_ERR_OOM. Free with
+ * nn_optimizer_free. */
 NN_API nn_optimizer *nn_optimizer_new(nn_params *params, const nn_opt_config *cfg);
 
 /** nn_optimizer_new with the settings of nn_opt_config_ext
  * (nn_optimizer_new(params, &c) is nn_optimizer_new_ext with base c and
- * nn_opt_defaults_ext's momentum_decay). AD_ERR_ARG also for a
- * momentum_decay that is negative, infinite or NaN. */
+ * the other members of nn_opt_defaults_ext(c.kind, c.lr)). AD_ERR_ARG also
+ * for a momentum_decay that is negative, infinite or NaN, and, for the
+ * kind that reads it, a setting outside the range its member's comment
+ * gives (naming it; NaN refused). */
 NN_API nn_optimizer *nn_optimizer_new_ext(nn_params *params, const nn_opt_config_ext *cfg);
 
 /** Shorthands for nn_optimizer_new with nn_opt_defaults and these settings. @{ */
@@ -2371,7 +2407,7 @@ NN_API int64_t nn_optimizer_steps(const nn_optimizer *opt);
 /** The state tensors and their names, e.g. "adam.step" (the optimizer's
  * step counter, a 0-d f64), "adam.m.0.weight", "adam.v.0.weight",
  * "adam.step.0.weight" (that parameter's step count, a 0-d f64, kept where
- * the update uses it: Adam, AdamW, Adagrad, SGD with momentum);
+ * the update uses it: Adam, AdamW, Adagrad, SGD with momentum, ASGD, Rprop);
  * "sgd.momentum.<p>", "adagrad.sum.<p>", "rmsprop.square_avg.<p>",
  * "rmsprop.grad_avg.<p>", "rmsprop.momentum.<p>", "adamw.m.<p>"...;
  * with amsgrad "adam.max_exp_avg_sq.<p>" after "adam.v.<p>"; the later
@@ -2379,7 +2415,11 @@ NN_API int64_t nn_optimizer_steps(const nn_optimizer *opt);
  * "adamax.exp_inf.<p>", "nadam.exp_avg.<p>", "nadam.exp_avg_sq.<p>",
  * "nadam.mu_product.<p>" (0-d, in the parameter's dtype, after its step
  * count; PyTorch keeps it in the default dtype), "radam.exp_avg.<p>",
- * "radam.exp_avg_sq.<p>"; last
+ * "radam.exp_avg_sq.<p>", "adadelta.square_avg.<p>",
+ * "adadelta.acc_delta.<p>", "asgd.ax.<p>", "asgd.step.<p>", "asgd.eta.<p>",
+ * "asgd.mu.<p>" (eta and mu 0-d float32, as PyTorch's, whatever the
+ * parameter's dtype), "rprop.prev.<p>", "rprop.step_size.<p>",
+ * "rprop.step.<p>"; last
  * the learning-rate state, three 0-d f64: "<kind>.lr" (the current rate),
  * "<kind>.schedule.lr0" and "<kind>.schedule.epoch" (the schedule's base
  * rate and epoch); then the plateau's state (see nn_optimizer_set_plateau):
@@ -2398,8 +2438,8 @@ NN_API nn_params *nn_optimizer_params(const nn_optimizer *opt);
 
 /** For state tensor i: the index of the parameter it holds per-element
  * state of (of the parameter's shape: "adam.m.<p>", "adam.v.<p>", ...), or
- * -1 (counters, NAdam's mu_product, learning-rate state, i out of range,
- * NULL opt). */
+ * -1 (counters, NAdam's mu_product, ASGD's eta and mu, learning-rate
+ * state, i out of range, NULL opt). */
 NN_API int nn_optimizer_state_param(const nn_optimizer *opt, int i);
 
 /** Learning-rate schedules, as functions of the epoch t = 0, 1, ...:

@@ -135,6 +135,64 @@
       u[i] = NN_MAXNAN(d, e);                                                                      \
       p[i] += nclr * m[i] / u[i];                                                                  \
     }                                                                                              \
+  }                                                                                                \
+                                                                                                   \
+  /* torch.optim.Adadelta: square_avg.mul_(rho).addcmul_(g, g, value=1-rho);                       \
+   * std = (square_avg + eps).sqrt_(); delta = (acc_delta + eps).sqrt_()                           \
+   * .div_(std).mul_(g); acc_delta likewise from delta; p.add_(delta,                              \
+   * alpha=-lr) */                                                                                 \
+  ATTR static void adadelta##MX##_##T##SFX(const nn_opt_config *c, const nn_update_aux *x,         \
+                                           int64_t n, T *restrict p, const T *restrict gr,         \
+                                           T *restrict v, T *restrict u) {                         \
+    T rho = (T)x->xc->rho, a1 = (T)(1.0 - x->xc->rho), eps = (T)c->eps, nlr = (T)-c->lr;           \
+    T l2 = (T)c->weight_decay;                                                                     \
+    for (int64_t i = 0; i < n; i++) {                                                              \
+      T g = NN_L2(l2, p[i], NN_G(NEG, gr[i]), FMA);                                                \
+      v[i] = FMA(a1 * g, g, v[i] * rho);                                                           \
+      T d = SQRT(u[i] + eps) / SQRT(v[i] + eps) * g;                                               \
+      u[i] = FMA(a1 * d, d, u[i] * rho);                                                           \
+      p[i] = FMA(nlr, d, p[i]);                                                                    \
+    }                                                                                              \
+  }                                                                                                \
+                                                                                                   \
+  /* torch.optim.ASGD: p.mul_(1 - lambd eta); p.add_(g, alpha=-eta);                               \
+   * ax.add_(p.sub(ax).mul(mu)) if mu != 1, else ax.copy_(p); eta and mu                           \
+   * (float values) before this step's update of them */                                           \
+  ATTR static void asgd##MX##_##T##SFX(const nn_opt_config *c, const nn_update_aux *x, int64_t n,  \
+                                       T *restrict p, const T *restrict gr, T *restrict ax) {      \
+    T decay = (T)(1.0 - x->xc->lambd * x->eta), neta = (T)-x->eta, mu = (T)x->mu;                  \
+    T l2 = (T)c->weight_decay;                                                                     \
+    bool avg = x->mu != 1;                                                                         \
+    for (int64_t i = 0; i < n; i++) {                                                              \
+      T g = NN_L2(l2, p[i], NN_G(NEG, gr[i]), FMA);                                                \
+      p[i] = FMA(neta, g, p[i] * decay);                                                           \
+      ax[i] = avg ? ax[i] + (p[i] - ax[i]) * mu : p[i];                                            \
+    }                                                                                              \
+  }                                                                                                \
+                                                                                                   \
+  /* torch.optim.Rprop: sign = (g prev).sign() mapped to etaplus, etaminus                         \
+   * or 1 (torch's sign of NaN is 0); step_size.mul_(sign).clamp_(min, max)                        \
+   * (NaN stays); g = 0 where sign == etaminus; p.addcmul_(g.sign(),                               \
+   * step_size, value=-1); prev = g. Step 1 first fills the step sizes with                        \
+   * lr, as PyTorch's state made then. */                                                          \
+  ATTR static void rprop##MX##_##T##SFX(const nn_opt_config *c, const nn_update_aux *x, int64_t n, \
+                                        T *restrict p, const T *restrict gr, T *restrict prev,     \
+                                        T *restrict ss, int64_t t) {                               \
+    T em = (T)x->xc->etaminus, ep = (T)x->xc->etaplus;                                             \
+    T lo = (T)x->xc->step_size_min, hi = (T)x->xc->step_size_max;                                  \
+    if (t == 1)                                                                                    \
+      for (int64_t i = 0; i < n; i++) ss[i] = (T)c->lr;                                            \
+    for (int64_t i = 0; i < n; i++) {                                                              \
+      T g = NN_G(NEG, gr[i]), q = g * prev[i];                                                     \
+      T f = q > 0 ? ep : q < 0 ? em : (T)1;                                                        \
+      T s = ss[i] * f;                                                                             \
+      s = s < lo ? lo : s;                                                                         \
+      ss[i] = hi < s ? hi : s;                                                                     \
+      if (f == em) g = 0;                                                                          \
+      T sg = (T)((g > 0) - (g < 0));                                                               \
+      p[i] = FMA(-sg, ss[i], p[i]);                                                                \
+      prev[i] = g;                                                                                 \
+    }                                                                                              \
   }
 
 #define DEFINE_UPDATE(T, TMIN, SQRT, FMA, SFX, ATTR)                                               \
@@ -267,6 +325,15 @@
       break;                                                                                       \
     case NN_OPT_RADAM:                                                                             \
       radam_##T##SFX(c, n, p, g, s0, s1, t);                                                       \
+      break;                                                                                       \
+    case NN_OPT_ADADELTA:                                                                          \
+      (mx ? adadelta_max_##T##SFX : adadelta_##T##SFX)(c, x, n, p, g, s0, s1);                     \
+      break;                                                                                       \
+    case NN_OPT_ASGD:                                                                              \
+      (mx ? asgd_max_##T##SFX : asgd_##T##SFX)(c, x, n, p, g, s0);                                 \
+      break;                                                                                       \
+    case NN_OPT_RPROP:                                                                             \
+      (mx ? rprop_max_##T##SFX : rprop_##T##SFX)(c, x, n, p, g, s0, s1, t);                        \
       break;                                                                                       \
     }                                                                                              \
   }

@@ -8,16 +8,23 @@
 
 /* What an update reads besides c and its arrays: NAdam's momentum_decay
  * and the parameter's mu_product after this step's factor (a value of the
- * parameter's dtype; nn/optim.c keeps it, once per step, not per range). */
+ * parameter's dtype; nn/optim.c keeps it, once per step, not per range);
+ * the settings of nn_opt_config_ext (Adadelta, ASGD and Rprop read them:
+ * xc not NULL then); ASGD's eta and mu before this step (float values,
+ * nn/optim.c updates them once per step). */
 typedef struct nn_update_aux {
   double momentum_decay, mu_product;
+  const nn_opt_config_ext *xc;
+  double eta, mu;
 } nn_update_aux;
 
 /* Updates p[0..n) in place from the gradient g (never written) and the
  * optimizer's state arrays s0..s2 (those its kind keeps, else NULL; in
  * the order of nn/optim.c's state_kinds), for step t (1-based), in dtype
- * dt (AD_F32 or AD_F64); x is read by NAdam only (may be NULL for the
- * others). Bit-identical results on every code path. */
+ * dt (AD_F32 or AD_F64); x is read by NAdam, Adadelta, ASGD and Rprop
+ * only (may be NULL for the others). Rprop's step t 1 first fills its
+ * step sizes with lr (PyTorch's state made at the first step). Bit-identical results on every code
+ * path. */
 void nn_update(const nn_opt_config *c, const nn_update_aux *x, ad_dtype dt, int64_t t, int64_t n,
                void *p, const void *g, void *s0, void *s1, void *s2);
 
