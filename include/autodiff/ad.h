@@ -1190,6 +1190,76 @@ typedef struct ad_conv1d_opts {
 AD_API ad_tensor *ad_conv1d(ad_ctx *ctx, ad_tensor *x, ad_tensor *w, ad_tensor *bias,
                             const ad_conv1d_opts *opts);
 
+/** Options of ad_conv_transpose1d; the zero value (or NULL) is PyTorch's
+ * default. */
+typedef struct ad_conv_transpose1d_opts {
+  int64_t stride;         /**< 0 means 1 */
+  int64_t padding[2];     /**< left, right; PyTorch's padding=p is {p, p} */
+  int64_t dilation;       /**< 0 means 1 */
+  int64_t groups;         /**< 0 means 1 */
+  int64_t output_padding; /**< extra outputs on the right, smaller than the stride or the dilation */
+} ad_conv_transpose1d_opts;
+
+/** conv_transpose1d (torch.nn.functional.conv_transpose1d): x [N, C, L] or
+ * unbatched [C, L], w [C, O/groups, K], bias [O] or NULL; y [N, O, Lo] ([O,
+ * Lo]) with Lo = (L - 1) stride - left - right + dilation (K - 1) +
+ * output_padding + 1. conv_transpose2d over H = 1 (reshapes, no copy), with
+ * its errors, reported as conv_transpose1d's with the 3-D shapes; x or w of
+ * another rank is AD_ERR_SHAPE, NULL AD_ERR_NULL. Differentiable to any
+ * order. */
+AD_API ad_tensor *ad_conv_transpose1d(ad_ctx *ctx, ad_tensor *x, ad_tensor *w, ad_tensor *bias,
+                                      const ad_conv_transpose1d_opts *opts);
+
+/** Options of ad_conv3d and ad_conv_transpose3d; the zero value (or NULL)
+ * is PyTorch's default. Triples are (depth, height, width). */
+typedef struct ad_conv3d_opts {
+  int64_t stride[3];   /**< 0 means 1 */
+  int64_t padding[6];  /**< front, back, top, bottom, left, right; PyTorch's
+                          padding=(p, q, r) is {p, p, q, q, r, r} */
+  int64_t dilation[3]; /**< 0 means 1 */
+  int64_t groups;      /**< 0 means 1; groups == C is a depthwise convolution */
+  /** padding='same' (conv3d, stride 1 only): the total dilation (k - 1) of
+   * each axis split as PyTorch does, the odd one at the back, bottom and
+   * right; padding is ignored */
+  bool same;
+  /** conv_transpose3d only: extra outputs at the back, bottom and right,
+   * each smaller than its axis's stride or dilation */
+  int64_t output_padding[3];
+} ad_conv3d_opts;
+
+/** y = conv3d(x, w) + bias (torch.nn.functional.conv3d): x [N, C, D, H, W]
+ * or unbatched [C, D, H, W], w [O, C/groups, kD, kH, kW], bias [O] or NULL
+ * for none; y [N, O, Do, Ho, Wo] ([O, Do, Ho, Wo]) with Do = floor((D +
+ * front + back - dilation (kD - 1) - 1) / stride) + 1 (Ho, Wo likewise).
+ * A composite: for each depth tap kd, the input's depth planes that tap
+ * reads, folded into the batch, go through one ad_conv2d with w[:, :, kd]
+ * (kD conv2d calls, each over N x (the output planes the tap reaches)
+ * images), and the taps' results are summed; so it is differentiable in x,
+ * w and bias to any order, and takes conv2d's paths (its Winograd rounding
+ * for 3x3 planes included). Errors (NULL returned, the message naming
+ * conv3d and the shapes): AD_ERR_NULL (x or w NULL), AD_ERR_ARG (a tensor
+ * freed, of another context or from a reset tape; a negative stride,
+ * dilation, groups or padding, one above 2^40, 'same' with a stride other
+ * than 1, an output_padding), AD_ERR_SHAPE (ranks, a channel count that
+ * does not match w, groups not dividing the channels, a bias not [O], an
+ * empty kernel or input plane, a kernel larger than the padded input, an
+ * output too large for a tensor), AD_ERR_DTYPE (not one float dtype). N
+ * and C may be 0, as in PyTorch. */
+AD_API ad_tensor *ad_conv3d(ad_ctx *ctx, ad_tensor *x, ad_tensor *w, ad_tensor *bias,
+                            const ad_conv3d_opts *opts);
+/** The transposed 3-D convolution (torch.nn.functional.conv_transpose3d):
+ * x [N, C, D, H, W] or [C, D, H, W], w [C, O/groups, kD, kH, kW], bias [O]
+ * or NULL; y [N, O, Do, Ho, Wo] with Do = (D - 1) stride - front - back +
+ * dilation (kD - 1) + output_padding + 1 (Ho, Wo likewise). A composite:
+ * per depth tap one ad_conv_transpose2d with w[:, :, kd] over the input
+ * planes whose outputs land inside, spread to their strided depths with
+ * pads and reshapes and summed (kD conv_transpose2d calls). Errors as
+ * ad_conv3d's; 'same' is AD_ERR_ARG, so is an output_padding not smaller
+ * than its stride or dilation; an output smaller than 1x1x1 is
+ * AD_ERR_SHAPE. */
+AD_API ad_tensor *ad_conv_transpose3d(ad_ctx *ctx, ad_tensor *x, ad_tensor *w, ad_tensor *bias,
+                                      const ad_conv3d_opts *opts);
+
 /* ---------------------------------------------------- end of convolution */
 
 /* ------------------------------------------------------------ gradcheck */
