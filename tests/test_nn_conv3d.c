@@ -4,16 +4,22 @@
  * tools/gen_conv3d_fixtures.py in float64 from inputs float32 holds
  * exactly: values and the gradients of sum(y * gy) in x, w and bias, f64 to
  * 1e-12 and f32 to 1e-5), gradcheck and gradgradcheck in float64, and the
- * errors of bad input. */
+ * errors of bad input; then the layers nn_conv3d_new,
+ * nn_conv_transpose3d_new and nn_conv_transpose1d_new on the same cases,
+ * their names, layouts, initialisation and reprs, PyTorch's state dicts
+ * (tests/fixtures/torch_conv3d.safetensors, torch_convt1d.safetensors) and
+ * their errors. */
 #include "conv3d_fixtures.h"
-#include "test_alloc.h"
+#include "nn.h"
+#include "nn_io.h"
+#include "test_tmpdir.h"
 
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
 
-TEST_CTX_SUITE(conv3d);
+TEST_TMPDIR_SUITE(conv3d, "nn-conv3d");
 
 #define N_CASES ((int)(sizeof c3_cases / sizeof c3_cases[0]))
 
@@ -260,4 +266,291 @@ Test(conv3d, bad_inputs_are_refused_with_the_op_named) {
   cr_assert_null(ad_conv_transpose1d(ctx, x1, w1, NULL, &(ad_conv_transpose1d_opts){.stride = -2}));
   expect_status_msg(ctx, AD_ERR_ARG, "conv_transpose1d of x [2,3,5]");
   ad_tape_reset(ctx);
+}
+
+/* --------------------------------------------------------------- layers */
+
+/* The case's layer (its padding is symmetric, as the layers take it). */
+static nn_layer *case_layer(const c3_case *c, ad_dtype dt) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 7);
+  int64_t in = c->nd == wrank(c) ? c->xs[1] : c->xs[0];
+  int64_t out = c->kind == 0 ? c->ws[0] : c->ws[1] * c->groups;
+  if (c->kind == 2) {
+    nn_conv_transpose1d_opts o = {.stride = c->stride[0],
+                                  .padding = c->padding[0],
+                                  .output_padding = c->output_padding[0],
+                                  .dilation = c->dilation[0],
+                                  .groups = c->groups,
+                                  .no_bias = !c->b,
+                                  .dtype = dt};
+    return nn_conv_transpose1d_new(ctx, in, out, c->ws[2], &rng, &o);
+  }
+  nn_conv3d_opts o = {.same = c->same, .groups = c->groups, .no_bias = !c->b, .dtype = dt};
+  for (int k = 0; k < 3; k++) {
+    o.stride[k] = c->stride[k];
+    o.padding[k] = c->padding[2 * k];
+    o.dilation[k] = c->dilation[k];
+    o.output_padding[k] = c->output_padding[k];
+  }
+  return (c->kind ? nn_conv_transpose3d_new : nn_conv3d_new)(ctx, in, out, c->ws[2], c->ws[3],
+                                                             c->ws[4], &rng, &o);
+}
+
+static void layers_match(ad_dtype dt) {
+  double tol = dt == AD_F64 ? 1e-12 : 1e-5;
+  for (int k = 0; k < N_CASES; k++) {
+    const c3_case *c = &c3_cases[k];
+    nn_layer *l = case_layer(c, dt);
+    cr_assert_not_null(l, "%s: %s", c->name, ad_last_error(ctx));
+    nn_params *p = nn_layer_params(l);
+    ad_tensor *w = nn_params_find(p, "weight"), *b = nn_params_find(p, "bias");
+    cr_assert(w && (b != NULL) == (c->b != NULL), "%s", c->name);
+    cr_assert_eq(w->ndim, wrank(c), "%s", c->name);
+    for (int d = 0; d < w->ndim; d++) cr_assert_eq(w->shape[d], c->ws[d], "%s dim %d", c->name, d);
+    for (int64_t i = 0; i < w->size; i++) ad_tensor_set(w, i, c->w[i]);
+    for (int64_t i = 0; b && i < b->size; i++) ad_tensor_set(b, i, c->b[i]);
+    ad_tensor *x = leaf(dt, c->nd, c->xs, c->x);
+    ad_tensor *y = nn_layer_forward(l, x, true);
+    expect_values(y, c->y, c->ny, tol, c->name, "layer y");
+    ad_tensor *gy = leaf(dt, y->ndim, y->shape, c->gy);
+    cr_assert_eq(ad_backward(ctx, ad_sum(ctx, ad_mul(ctx, y, gy)), NULL), AD_OK, "%s",
+                 ad_last_error(ctx));
+    expect_values(x->grad, c->dx, count(c->nd, c->xs), tol, c->name, "layer dx");
+    expect_values(w->grad, c->dw, w->size, tol, c->name, "layer dweight");
+    if (b) expect_values(b->grad, c->db, b->size, tol, c->name, "layer dbias");
+    ad_tape_reset(ctx);
+    ad_tensor_free(x), ad_tensor_free(gy);
+    nn_layer_free(l);
+  }
+}
+
+Test(conv3d, layers_match_pytorch_f64) { layers_match(AD_F64); }
+Test(conv3d, layers_match_pytorch_f32) { layers_match(AD_F32); }
+
+/* weight's and bias's names, shapes and PyTorch's default bound. */
+static void expect_init(nn_layer *l, int nd, const int64_t *ws, int64_t nb, double fan_in) {
+  cr_assert_not_null(l, "%s", ad_last_error(ctx));
+  nn_params *p = nn_layer_params(l);
+  cr_assert_eq(nn_params_count(p), 2);
+  cr_assert_str_eq(nn_params_name(p, 0), "weight");
+  cr_assert_str_eq(nn_params_name(p, 1), "bias");
+  ad_tensor *w = nn_params_tensor(p, 0), *b = nn_params_tensor(p, 1);
+  test_expect_shape(ctx, w, nd, ws, "weight");
+  test_expect_shape(ctx, b, 1, &nb, "bias");
+  double bound = 1 / sqrt(fan_in), wmax = 0, bmax = 0;
+  for (int64_t i = 0; i < w->size; i++) wmax = fmax(wmax, fabs(ad_tensor_get(w, i)));
+  for (int64_t i = 0; i < b->size; i++) bmax = fmax(bmax, fabs(ad_tensor_get(b, i)));
+  cr_assert(wmax <= bound && wmax > 0.8 * bound, "weights within 1/sqrt(fan_in): %g", wmax);
+  cr_assert(bmax <= bound && bmax > 0, "biases within 1/sqrt(fan_in): %g", bmax);
+  nn_layer_free(l);
+}
+
+Test(conv3d, layers_have_pytorch_names_layouts_and_init) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 3);
+  int64_t w3[5] = {6, 2, 2, 3, 4}, wt3[5] = {4, 3, 2, 3, 4}, wt1[3] = {4, 3, 5};
+  expect_init(nn_conv3d_new(ctx, 4, 6, 2, 3, 4, &rng, &(nn_conv3d_opts){.groups = 2}), 5, w3, 6,
+              2.0 * 24);
+  expect_init(nn_conv_transpose3d_new(ctx, 4, 6, 2, 3, 4, &rng, &(nn_conv3d_opts){.groups = 2}), 5,
+              wt3, 6, 3.0 * 24);
+  expect_init(nn_conv_transpose1d_new(ctx, 4, 6, 5, &rng, &(nn_conv_transpose1d_opts){.groups = 2}),
+              3, wt1, 6, 3.0 * 5);
+  nn_layer *l = nn_conv3d_new(
+      ctx, 2, 2, 1, 1, 1, NULL,
+      &(nn_conv3d_opts){.no_bias = true, .weight_init = nn_init_make(NN_INIT_CONSTANT, 0.5, 0)});
+  cr_assert_not_null(l, "%s", ad_last_error(ctx));
+  cr_assert_eq(nn_params_count(nn_layer_params(l)), 1);
+  cr_assert_eq(ad_tensor_get(nn_params_tensor(nn_layer_params(l), 0), 3), 0.5);
+  nn_layer_free(l);
+}
+
+static void expect_desc(nn_layer *l, const char *want) {
+  char buf[256];
+  cr_assert_not_null(l, "%s", ad_last_error(ctx));
+  cr_assert_str_eq(nn_layer_describe(l, buf, sizeof buf), want);
+  nn_layer_free(l);
+}
+
+/* PyTorch 1.13's reprs of the same modules, under our kinds' names. */
+Test(conv3d, describe_is_pytorch_repr) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 1);
+  expect_desc(nn_conv3d_new(ctx, 2, 4, 3, 3, 3, &rng, NULL),
+              "conv3d(2, 4, kernel_size=(3, 3, 3), stride=(1, 1, 1))");
+  expect_desc(nn_conv3d_new(ctx, 4, 8, 2, 3, 3, &rng,
+                            &(nn_conv3d_opts){.stride = {1, 2, 2},
+                                              .padding = {1, 0, 1},
+                                              .dilation = {2, 2, 2},
+                                              .groups = 2,
+                                              .no_bias = true}),
+              "conv3d(4, 8, kernel_size=(2, 3, 3), stride=(1, 2, 2), padding=(1, 0, 1), "
+              "dilation=(2, 2, 2), groups=2, bias=False)");
+  expect_desc(nn_conv3d_new(ctx, 4, 8, 3, 3, 3, &rng, &(nn_conv3d_opts){.same = true}),
+              "conv3d(4, 8, kernel_size=(3, 3, 3), stride=(1, 1, 1), padding=same)");
+  expect_desc(nn_conv_transpose3d_new(
+                  ctx, 4, 8, 2, 2, 2, &rng,
+                  &(nn_conv3d_opts){.stride = {2, 2, 2}, .output_padding = {1, 0, 1}, .groups = 4}),
+              "conv_transpose3d(4, 8, kernel_size=(2, 2, 2), stride=(2, 2, 2), "
+              "output_padding=(1, 0, 1), groups=4)");
+  expect_desc(nn_conv_transpose1d_new(ctx, 2, 4, 3, &rng, NULL),
+              "conv_transpose1d(2, 4, kernel_size=(3,), stride=(1,))");
+  expect_desc(nn_conv_transpose1d_new(ctx, 2, 4, 3, &rng,
+                                      &(nn_conv_transpose1d_opts){.stride = 2,
+                                                                  .padding = 1,
+                                                                  .output_padding = 1,
+                                                                  .dilation = 2,
+                                                                  .groups = 2,
+                                                                  .no_bias = true}),
+              "conv_transpose1d(2, 4, kernel_size=(3,), stride=(2,), padding=(1,), "
+              "dilation=(2,), output_padding=(1,), groups=2, bias=False)");
+}
+
+/* ----------------------------------------------------------- checkpoint */
+
+/* The generator's models (see tools/gen_conv3d_fixtures.py). */
+static nn_model *ck_model(bool one_d) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 9);
+  nn_model *m = nn_sequential_new(ctx);
+  if (one_d) {
+    nn_model_add(m, nn_conv_transpose1d_new(ctx, 2, 4, 3, &rng,
+                                            &(nn_conv_transpose1d_opts){
+                                                .stride = 2, .padding = 1, .output_padding = 1}));
+    nn_model_add(m, nn_activation_new(ctx, NN_ACT_RELU));
+    cr_assert_eq(
+        nn_model_add(m, nn_conv_transpose1d_new(ctx, 4, 2, 2, &rng,
+                                                &(nn_conv_transpose1d_opts){
+                                                    .groups = 2, .no_bias = true, .dilation = 2})),
+        AD_OK, "%s", ad_last_error(ctx));
+    return m;
+  }
+  nn_model_add(m, nn_conv3d_new(ctx, 2, 3, 2, 3, 3, &rng,
+                                &(nn_conv3d_opts){.stride = {1, 2, 2}, .padding = {1, 1, 1}}));
+  nn_model_add(m, nn_activation_new(ctx, NN_ACT_RELU));
+  nn_model_add(m, nn_conv_transpose3d_new(
+                      ctx, 3, 2, 2, 2, 2, &rng,
+                      &(nn_conv3d_opts){.stride = {2, 2, 2}, .output_padding = {1, 0, 1}}));
+  nn_model_add(m, nn_activation_new(ctx, NN_ACT_RELU));
+  cr_assert_eq(
+      nn_model_add(m, nn_conv3d_new(ctx, 2, 2, 3, 3, 3, &rng,
+                                    &(nn_conv3d_opts){.same = true, .groups = 2, .no_bias = true})),
+      AD_OK, "%s", ad_last_error(ctx));
+  return m;
+}
+
+static void check_checkpoint(bool one_d, const char *file, int nd, const int64_t *xs,
+                             const double *x, const double *y, int64_t ny, int np,
+                             const char *const *names) {
+  nn_model *m = ck_model(one_d);
+  cr_assert_eq(nn_params_count(nn_model_params(m)), np);
+  for (int i = 0; i < np; i++) cr_assert_str_eq(nn_params_name(nn_model_params(m), i), names[i]);
+  cr_assert_eq(nn_model_load(m, NULL, file), AD_OK, "%s", ad_last_error(ctx));
+  ad_tensor *xt = leaf(AD_F32, nd, xs, x);
+  nn_model_set_training(m, false);
+  expect_values(nn_model_forward(m, xt), y, ny, 1e-5, file, "loaded model");
+  ad_tape_reset(ctx);
+  const char *path = test_path("ck.safetensors");
+  cr_assert_eq(nn_model_save(m, NULL, path), AD_OK, "%s", ad_last_error(ctx));
+  nn_model *m2 = ck_model(one_d);
+  cr_assert_eq(nn_model_load(m2, NULL, path), AD_OK, "%s", ad_last_error(ctx));
+  nn_model_set_training(m2, false);
+  ad_tensor *y1 = nn_model_forward(m, xt), *y2 = nn_model_forward(m2, xt);
+  cr_assert(y1 && y2, "%s", ad_last_error(ctx));
+  cr_assert_eq(memcmp(y1->data, y2->data, (size_t)y1->size * sizeof(float)), 0);
+  ad_tape_reset(ctx);
+  ad_tensor_free(xt);
+  nn_model_free(m);
+  nn_model_free(m2);
+}
+
+/* PyTorch's state dicts load under its names and give PyTorch's outputs;
+ * saved and loaded into fresh models, the same outputs again. */
+Test(conv3d, pytorch_state_dicts_load_and_round_trip) {
+  static const char *const n3[] = {"0.weight", "0.bias", "2.weight", "2.bias", "4.weight"};
+  static const char *const n1[] = {"0.weight", "0.bias", "2.weight"};
+  int64_t x3[5] = {2, 2, 3, 5, 4}, x1[3] = {2, 2, 5};
+  check_checkpoint(false, "tests/fixtures/torch_conv3d.safetensors", 5, x3, ck_x, ck_y,
+                   (int64_t)(sizeof ck_y / sizeof ck_y[0]), 5, n3);
+  check_checkpoint(true, "tests/fixtures/torch_convt1d.safetensors", 3, x1, ck1_x, ck1_y,
+                   (int64_t)(sizeof ck1_y / sizeof ck1_y[0]), 3, n1);
+}
+
+/* -------------------------------------------------------- layer misuse */
+
+Test(conv3d, layer_arguments_are_refused_when_made) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 3);
+  cr_assert_null(nn_conv3d_new(ctx, 3, 4, 3, 3, 3, &rng, &(nn_conv3d_opts){.groups = 2}));
+  expect_status_msg(ctx, AD_ERR_ARG, "conv3d: channels 3 -> 4, kernel 3x3x3 and groups 2");
+  cr_assert_null(nn_conv_transpose3d_new(ctx, 3, 4, 3, 0, 3, &rng, NULL));
+  expect_status_msg(ctx, AD_ERR_ARG, "conv_transpose3d: channels 3 -> 4, kernel 3x0x3");
+  cr_assert_null(nn_conv_transpose1d_new(ctx, 0, 4, 3, &rng, NULL));
+  expect_status_msg(ctx, AD_ERR_ARG, "conv_transpose1d: channels 0 -> 4, kernel 3");
+  cr_assert_null(nn_conv3d_new(ctx, 3, 4, 1, 1, 1, &rng, &(nn_conv3d_opts){.dtype = AD_I32}));
+  expect_status_msg(ctx, AD_ERR_DTYPE, "conv3d: parameters must be float, got i32");
+  cr_assert_null(nn_conv3d_new(ctx, 3, 4, 1, 1, 1, NULL, NULL));
+  expect_status_msg(ctx, AD_ERR_NULL, "rng");
+  static const struct {
+    int kind; /* 0 conv3d, 1 conv_transpose3d */
+    nn_conv3d_opts o;
+    const char *want;
+  } bad[] = {
+      {0, {.stride = {1, -1, 1}}, "conv3d: stride and dilation must be >= 1 (0 means 1) (axis 1"},
+      {0, {.padding = {0, 0, -1}}, "conv3d: padding and output_padding must be >= 0 (axis 2"},
+      {1, {.dilation = {INT64_C(1) << 41}}, "conv_transpose3d: stride, dilation and padding must"},
+      {0, {.output_padding = {1}}, "conv3d: output_padding is for transposed convolutions only"},
+      {1, {.stride = {2, 2, 2}, .output_padding = {0, 2}}, "output_padding must be smaller"},
+      {0, {.same = true, .stride = {1, 1, 2}}, "conv3d: padding 'same' needs stride 1"},
+      {1, {.same = true}, "conv_transpose3d: padding 'same' is for conv3d only"},
+  };
+  for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+    nn_layer *l = bad[k].kind ? nn_conv_transpose3d_new(ctx, 2, 2, 2, 2, 2, &rng, &bad[k].o)
+                              : nn_conv3d_new(ctx, 2, 2, 2, 2, 2, &rng, &bad[k].o);
+    cr_assert_null(l, "case %zu", k);
+    expect_status_msg(ctx, AD_ERR_ARG, bad[k].want);
+  }
+  cr_assert_null(nn_conv_transpose1d_new(ctx, 2, 2, 3, &rng,
+                                         &(nn_conv_transpose1d_opts){.output_padding = 1}));
+  expect_status_msg(ctx, AD_ERR_ARG, "conv_transpose1d: output_padding must be smaller");
+  /* a kernel too large for a tensor: the error, without overflow first */
+  int64_t big = INT64_C(1) << 40;
+  cr_assert_null(nn_conv3d_new(ctx, 1, 1, big, big, big, &rng, NULL));
+  expect_status_msg(ctx, AD_ERR_ARG, "is too large");
+  cr_assert_null(nn_conv_transpose1d_new(ctx, big, 1, INT64_MAX, &rng, NULL));
+  expect_status_msg(ctx, AD_ERR_ARG, "is too large");
+  cr_assert_null(nn_conv3d_new(NULL, 1, 1, 1, 1, 1, &rng, NULL));
+  cr_assert_null(nn_conv_transpose3d_new(NULL, 1, 1, 1, 1, 1, &rng, NULL));
+  cr_assert_null(nn_conv_transpose1d_new(NULL, 1, 1, 1, &rng, NULL));
+}
+
+Test(conv3d, layer_inputs_are_checked_naming_the_layer) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 3);
+  nn_model *m = nn_sequential_new(ctx);
+  nn_model_add(m, nn_conv3d_new(ctx, 3, 4, 3, 3, 3, &rng, NULL));
+  nn_layer *t1 = nn_conv_transpose1d_new(ctx, 2, 2, 3, &rng, NULL);
+  cr_assert_not_null(t1);
+  int64_t s1[5] = {2, 1, 4, 4, 4}, s2[3] = {3, 4, 4}, s3[5] = {1, 3, 2, 4, 4}, s4[3] = {2, 3, 5};
+  ad_tensor *x1 = ad_ones(ctx, AD_F32, 5, s1), *x2 = ad_ones(ctx, AD_F32, 3, s2),
+            *x3 = ad_ones(ctx, AD_F32, 5, s3), *x4 = ad_ones(ctx, AD_F32, 3, s4);
+  cr_assert_null(nn_model_forward(m, x1));
+  expect_status_msg(ctx, AD_ERR_SHAPE,
+                    "conv3d '0': input [2,1,4,4,4] must be [N, 3, D, H, W] or [3, D, H, W]");
+  cr_assert_null(nn_model_forward(m, x2));
+  expect_status_msg(ctx, AD_ERR_SHAPE, "conv3d '0': input [3,4,4] must be");
+  cr_assert_null(nn_model_forward(m, x3)); /* a kernel of 3 over D = 2 */
+  expect_status_msg(ctx, AD_ERR_SHAPE, "spans more than the padded input along D");
+  cr_assert_null(nn_layer_forward(t1, x4, true));
+  expect_status_msg(ctx, AD_ERR_SHAPE,
+                    "conv_transpose1d: input [2,3,5] must be [N, 2, L] or [2, L]");
+  /* an unbatched input gives an unbatched output */
+  int64_t u[4] = {3, 3, 4, 5}, want[4] = {4, 1, 2, 3};
+  ad_tensor *xu = ad_ones(ctx, AD_F32, 4, u);
+  test_expect_shape(ctx, nn_model_forward(m, xu), 4, want, "unbatched");
+  ad_tape_reset(ctx);
+  nn_model_free(m);
+  nn_layer_free(t1);
+  ad_tensor_free(x1), ad_tensor_free(x2), ad_tensor_free(x3), ad_tensor_free(x4),
+      ad_tensor_free(xu);
 }

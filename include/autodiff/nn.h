@@ -733,6 +733,71 @@ NN_API nn_layer *nn_conv_transpose2d_new_ext(ad_ctx *ctx, int64_t in, int64_t ou
                                              int64_t kw, ad_rng *rng,
                                              const nn_conv2d_opts_ext *opts);
 /** @} */
+/** Options of a Conv3d or ConvTranspose3d layer. All-zero means PyTorch's
+ * defaults. Triples are (depth, height, width). */
+typedef struct nn_conv3d_opts {
+  int64_t stride[3];         /**< 0 means 1 */
+  int64_t padding[3];        /**< the same on both sides of each axis; for
+                                other padding, pad the input or use ad_conv3d */
+  bool same;                 /**< Conv3d: padding='same' (stride 1 only) */
+  int64_t dilation[3];       /**< 0 means 1 */
+  int64_t groups;            /**< 0 means 1; must divide both channel counts */
+  int64_t output_padding[3]; /**< ConvTranspose3d only */
+  bool no_bias;              /**< false: with bias */
+  nn_init weight_init;       /**< default PyTorch's: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) */
+  nn_init bias_init;         /**< default the same bound */
+  ad_dtype dtype;            /**< default AD_F32 */
+} nn_conv3d_opts;
+
+/** A 3-D convolution layer, PyTorch's nn.Conv3d: x [N, in, D, H, W] (or,
+ * as PyTorch, an unbatched [in, D, H, W]) to [N, out, Do, Ho, Wo] through
+ * ad_conv3d, with weight [out, in/groups, kd, kh, kw] and bias [out]
+ * (PyTorch's layout and names, "weight" and "bias", so a state dict loads
+ * unchanged). PyTorch's initialisation: both uniform within
+ * 1/sqrt(fan_in), fan_in = in/groups * kd * kh * kw (kaiming_uniform with
+ * a = sqrt(5)), drawn from rng (weight first). opts may be NULL. Returns
+ * the layer (free with nn_layer_free, or the model that adopts it), or
+ * NULL with AD_ERR_ARG (a count < 1, groups not dividing the channels, a
+ * negative stride, dilation or padding, one above 2^40, an output_padding,
+ * same with a stride above 1, a kernel too large for a tensor, a bad
+ * initializer), AD_ERR_DTYPE, AD_ERR_NULL (rng for a random init) or
+ * AD_ERR_OOM. Its forward refuses other inputs (AD_ERR_SHAPE naming the
+ * layer) and otherwise reports ad_conv3d's errors. */
+NN_API nn_layer *nn_conv3d_new(ad_ctx *ctx, int64_t in, int64_t out, int64_t kd, int64_t kh,
+                               int64_t kw, ad_rng *rng, const nn_conv3d_opts *opts);
+
+/** A transposed 3-D convolution layer, PyTorch's nn.ConvTranspose3d,
+ * through ad_conv_transpose3d: weight [in, out/groups, kd, kh, kw], bias
+ * [out]; fan_in for the initialisation is out/groups * kd * kh * kw, as
+ * PyTorch computes it. Otherwise as nn_conv3d_new; 'same' is refused, and
+ * an output_padding not smaller than the stride or the dilation
+ * (AD_ERR_ARG). */
+NN_API nn_layer *nn_conv_transpose3d_new(ad_ctx *ctx, int64_t in, int64_t out, int64_t kd,
+                                         int64_t kh, int64_t kw, ad_rng *rng,
+                                         const nn_conv3d_opts *opts);
+
+/** Options of a ConvTranspose1d layer. All-zero means PyTorch's defaults. */
+typedef struct nn_conv_transpose1d_opts {
+  int64_t stride;         /**< 0 means 1 */
+  int64_t padding;        /**< the same on both sides */
+  int64_t output_padding; /**< smaller than the stride or the dilation */
+  int64_t dilation;       /**< 0 means 1 */
+  int64_t groups;         /**< 0 means 1; must divide both channel counts */
+  bool no_bias;           /**< false: with bias */
+  nn_init weight_init;    /**< default PyTorch's: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) */
+  nn_init bias_init;      /**< default the same bound */
+  ad_dtype dtype;         /**< default AD_F32 */
+} nn_conv_transpose1d_opts;
+
+/** A transposed 1-D convolution layer, PyTorch's nn.ConvTranspose1d: x [N,
+ * in, L] or unbatched [in, L] to [N, out, Lo] through ad_conv_transpose1d,
+ * with weight [in, out/groups, kernel_size] and bias [out] ("weight",
+ * "bias"); both initialised uniform within 1/sqrt(fan_in), fan_in =
+ * out/groups * kernel_size, as PyTorch. Errors as nn_conv1d_new's, and an
+ * output_padding not smaller than the stride or the dilation
+ * (AD_ERR_ARG); its forward reports ad_conv_transpose1d's. */
+NN_API nn_layer *nn_conv_transpose1d_new(ad_ctx *ctx, int64_t in, int64_t out, int64_t kernel_size,
+                                         ad_rng *rng, const nn_conv_transpose1d_opts *opts);
 
 /** Options of a MaxPool1d or AvgPool1d layer. All-zero means PyTorch's
  * defaults. */
