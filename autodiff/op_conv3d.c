@@ -339,7 +339,7 @@ static ad_tensor *c3_tap(ad_ctx *ctx, bool transpose, const c3_geom *g, ad_tenso
       transpose ? ad_conv_transpose2d(ctx, f, wk, NULL, &o2) : ad_conv2d(ctx, f, wk, NULL, &o2);
   if (!y) return NULL;
   int64_t un[5] = {g->n, cnt, g->o, y->shape[2], y->shape[3]};
-  y = ad_reshape(ctx, y, 5, un);
+  if (!(y = ad_reshape(ctx, y, 5, un))) return NULL;
   int64_t first = cnt == 0 ? 0 : j0; /* the first output plane */
   if (transpose && cnt > 0) {
     y = spread_planes(ctx, y, cnt, s);
