@@ -312,6 +312,9 @@ enum {
   CONV1D_CIRCULAR,
   AMAXPOOL1D,
   AMAXPOOL2D,
+  CONV3D,
+  CONVT3D,
+  CONVT1D,
   N_LAYERS
 };
 
@@ -372,7 +375,10 @@ static const char *layer_names[N_LAYERS] = {"dense",
                                             "conv2d reflect",
                                             "conv1d circular",
                                             "adaptive_max1d",
-                                            "adaptive_max2d"};
+                                            "adaptive_max2d",
+                                            "conv3d",
+                                            "conv_transpose3d",
+                                            "conv_transpose1d"};
 
 static bool build_only;
 
@@ -521,6 +527,20 @@ static ad_status run_layer(world *w) {
     for (int i = 0; x && i < 6; i++) ad_tensor_set(x, i, i < 3 ? 0 : i - 2);
     break;
   }
+  case CONV3D:
+  case CONVT3D: { /* a depth stride, so taps are strided runs */
+    int64_t s5[5] = {1, 2, 4, 3, 3};
+    nn_conv3d_opts o = {.stride = {2, 1, 1}, .padding = {1, 1, 0}};
+    w->l = w->kind == CONV3D ? nn_conv3d_new(c, 2, 3, 2, 2, 2, &rng, &o)
+                             : nn_conv_transpose3d_new(c, 2, 3, 2, 2, 2, &rng, &o);
+    x = w->x = data(c, 5, s5, 1);
+    break;
+  }
+  case CONVT1D:
+    w->l = nn_conv_transpose1d_new(c, 2, 3, 3, &rng,
+                                   &(nn_conv_transpose1d_opts){.stride = 2, .output_padding = 1});
+    x = w->x = data(c, 3, s3, 1);
+    break;
   case RNN:
   case LSTM:
   case GRU:
