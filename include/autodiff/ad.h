@@ -1197,7 +1197,7 @@ typedef struct ad_conv_transpose1d_opts {
   int64_t padding[2];     /**< left, right; PyTorch's padding=p is {p, p} */
   int64_t dilation;       /**< 0 means 1 */
   int64_t groups;         /**< 0 means 1 */
-  int64_t output_padding; /**< extra outputs on the right, smaller than the stride or the dilation */
+  int64_t output_padding; /**< extra outputs on the right, below the stride or dilation */
 } ad_conv_transpose1d_opts;
 
 /** conv_transpose1d (torch.nn.functional.conv_transpose1d): x [N, C, L] or
