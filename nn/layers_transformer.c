@@ -613,3 +613,249 @@ nn_layer *nn_transformer_decoder_new(nn_layer *decoder_layer, int64_t num_layers
                                      const nn_transformer_stack_opts *opts) {
   return xs_new(decoder_layer, true, num_layers, opts);
 }
+
+/* ------------------------------------------------------------ transformer */
+
+/* PyTorch's nn.Transformer: an encoder stack and a decoder stack, each
+ * with a final norm:
+ *   memory = encoder(src);  y = decoder(tgt, memory)
+ * held under "encoder" and "decoder", their parameters borrowed under
+ * those prefixes. */
+
+#define XT_KIND "transformer"
+
+static const nn_layer_ops xt_ops;
+
+typedef struct xt_state {
+  int64_t e, h;
+  bool batch_first;
+  nn_layer *enc, *dec; /* "encoder", "decoder" */
+  int nsaved;          /* 3 per layer of both stacks */
+  ad_rng *saved;       /* the generators of a call, for its rollback */
+} xt_state;
+
+static void xt_state_free(ad_ctx *ctx, xt_state *s) {
+  nn_layer_destroy(s->enc);
+  nn_layer_destroy(s->dec);
+  if (s->saved) ad_free(ctx, s->saved, (size_t)s->nsaved * sizeof *s->saved);
+  ad_free(ctx, s, sizeof *s);
+}
+
+static void xt_free(nn_layer *l) {
+  xt_state *s = nn_layer_state(l);
+  if (s) xt_state_free(nn_layer_ctx(l), s);
+}
+
+/* The dropout generators of every layer of both stacks, saved into
+ * s->saved or put back from it. */
+static void xt_rngs(xt_state *s, bool restore) {
+  ad_rng *r = s->saved;
+  for (int j = 0; j < 2; j++) {
+    const xs_state *st = nn_layer_state(j ? s->dec : s->enc);
+    for (int k = 0; k < st->n; k++, r += 3) xf_rngs(st->layers[k], r, restore);
+  }
+}
+
+/* d_model, nhead, then PyTorch's constructor arguments that are not its
+ * defaults. */
+static void xt_describe(const nn_layer *l, nn_text *t) {
+  const xt_state *s = nn_layer_state(l);
+  const xs_state *es = nn_layer_state(s->enc), *ds = nn_layer_state(s->dec);
+  const xf_state *x = nn_layer_state(es->layers[0]);
+  nn_text_add(t, "d_model=%lld, nhead=%lld", (long long)s->e, (long long)s->h);
+  if (es->n != 6) nn_text_add(t, ", num_encoder_layers=%d", es->n);
+  if (ds->n != 6) nn_text_add(t, ", num_decoder_layers=%d", ds->n);
+  if (x->f != 2048) nn_text_add(t, ", dim_feedforward=%lld", (long long)x->f);
+  if (x->dropout != 0.1) {
+    nn_text_add(t, ", dropout=");
+    nn_text_num(t, x->dropout);
+  }
+  if (x->act == NN_ACT_GELU) nn_text_add(t, ", activation=gelu");
+  if (x->eps != 1e-5) {
+    nn_text_add(t, ", layer_norm_eps=");
+    nn_text_num(t, x->eps);
+  }
+  if (s->batch_first) nn_text_add(t, ", batch_first=True");
+  if (x->norm_first) nn_text_add(t, ", norm_first=True");
+}
+
+/* As a layer of a Sequential it has one input: refused. */
+static ad_tensor *xt_forward(nn_layer *l, ad_tensor *x, bool training) {
+  (void)x, (void)training;
+  char who[96];
+  ad_set_error(nn_layer_ctx(l), AD_ERR_ARG,
+               "%s: a transformer needs src and tgt: call nn_transformer_forward(l, src, tgt, "
+               "...), not nn_layer_forward or a Sequential",
+               nn_layer_who(l, who, sizeof who));
+  return NULL;
+}
+
+static const nn_layer_ops xt_ops = {xt_forward, xt_free, xt_describe};
+
+/* PyTorch's checks of src and tgt (Transformer.forward), and ours of
+ * their ranks; AD_OK or the error recorded naming who. */
+static ad_status xt_check(ad_ctx *ctx, const xt_state *s, const char *who, ad_tensor *src,
+                          ad_tensor *tgt) {
+  if (!src) return nn_null_arg(ctx, who, "src");
+  if (!tgt) return nn_null_arg(ctx, who, "tgt");
+  ad_status st = nn_check_input(ctx, who, "src", src);
+  if (st == AD_OK) st = nn_check_input(ctx, who, "tgt", tgt);
+  if (st != AD_OK) return st;
+  char b1[64], b2[64];
+  ad_shape_str(src, b1, sizeof b1);
+  ad_shape_str(tgt, b2, sizeof b2);
+  int nd = src->ndim;
+  if ((nd != 2 && nd != 3) || tgt->ndim != nd)
+    return ad_set_error(ctx, AD_ERR_SHAPE,
+                        "%s: src %s and tgt %s must be both batched (3-D) or both unbatched (2-D)",
+                        who, b1, b2);
+  int bd = s->batch_first ? 0 : 1;
+  if (nd == 3 && src->shape[bd] != tgt->shape[bd])
+    return ad_set_error(ctx, AD_ERR_SHAPE,
+                        "%s: the batch number of src %s and tgt %s must be equal (dim %d%s)", who,
+                        b1, b2, bd, s->batch_first ? ", batch_first" : "");
+  if (src->shape[nd - 1] != s->e || tgt->shape[nd - 1] != s->e)
+    return ad_set_error(ctx, AD_ERR_SHAPE,
+                        "%s: the feature number of src %s and tgt %s must be equal to d_model %lld",
+                        who, b1, b2, (long long)s->e);
+  return AD_OK;
+}
+
+ad_tensor *nn_transformer_forward(nn_layer *l, ad_tensor *src, ad_tensor *tgt, ad_tensor *src_mask,
+                                  ad_tensor *tgt_mask, ad_tensor *memory_mask,
+                                  ad_tensor *src_key_padding_mask, ad_tensor *tgt_key_padding_mask,
+                                  ad_tensor *memory_key_padding_mask, bool training) {
+  if (!l) return NULL;
+  ad_ctx *ctx = nn_layer_ctx(l);
+  char who[96];
+  nn_layer_who(l, who, sizeof who);
+  if (!nn_layer_runs(l, &xt_ops)) {
+    ad_set_error(ctx, AD_ERR_ARG, XT_KIND ": layer %s is not a " XT_KIND, who);
+    return NULL;
+  }
+  xt_state *s = nn_layer_state(l);
+  if (xt_check(ctx, s, who, src, tgt) != AD_OK) return NULL;
+  xt_rngs(s, false);
+  ad_tensor *memory =
+      nn_transformer_encoder(s->enc, src,
+                             &(nn_transformer_args){.src_mask = src_mask,
+                                                    .src_key_padding_mask = src_key_padding_mask,
+                                                    .training = training});
+  ad_tensor *y =
+      memory ? nn_transformer_decoder(s->dec, tgt, memory,
+                                      &(nn_transformer_decoder_args){
+                                          .tgt_mask = tgt_mask,
+                                          .memory_mask = memory_mask,
+                                          .tgt_key_padding_mask = tgt_key_padding_mask,
+                                          .memory_key_padding_mask = memory_key_padding_mask,
+                                          .training = training})
+             : NULL;
+  if (y) {
+    nn_layer_note_output(l, y);
+    return y;
+  }
+  /* no draws taken, the encoder's included when the decoder failed */
+  xt_rngs(s, true);
+  name_error(l, who);
+  return NULL;
+}
+
+/* The stack of the layer's kind (dec) of n layers with a final norm,
+ * adopted by t as name and its parameters listed as "<name>.*"; NULL
+ * with the error recorded. */
+static nn_layer *xt_stack(nn_layer *t, bool dec, const char *name, int64_t e, int64_t h, int64_t n,
+                          ad_rng *rng, const nn_transformer_opts *lo) {
+  ad_ctx *ctx = nn_layer_ctx(t);
+  nn_transformer_stack_opts so = {.norm = true};
+  nn_layer *x = dec ? nn_transformer_decoder_new(xf_new(ctx, true, e, h, rng, lo), n, &so)
+                    : nn_transformer_encoder_new(xf_new(ctx, false, e, h, rng, lo), n, &so);
+  bool ok = x && nn_layer_adopt(x, name) == AD_OK;
+  nn_params *xp = ok ? nn_layer_params(x) : NULL, *p = nn_layer_params(t);
+  for (int i = 0; ok && i < nn_params_count(xp); i++) {
+    char full[128];
+    snprintf(full, sizeof full, "%s.%s", name, nn_params_name(xp, i));
+    ok = nn_params_add(p, full, nn_params_tensor(xp, i), false) == AD_OK;
+  }
+  if (ok) return x;
+  nn_layer_destroy(x);
+  return NULL;
+}
+
+nn_layer *nn_transformer_new(ad_ctx *ctx, ad_rng *rng, const nn_transformer_model_opts *opts) {
+  if (!ctx) return NULL;
+  nn_transformer_model_opts o = {0};
+  if (opts) o = *opts;
+  int64_t e = o.d_model ? o.d_model : 512, h = o.nhead ? o.nhead : 8;
+  int64_t ne = o.num_encoder_layers ? o.num_encoder_layers : 6,
+          nd = o.num_decoder_layers ? o.num_decoder_layers : 6;
+  ad_rng seeds;
+  ad_rng_seed(&seeds, o.seed);
+  nn_transformer_opts lo = {.dim_feedforward = o.dim_feedforward,
+                            .dropout = o.dropout,
+                            .no_dropout = o.no_dropout,
+                            .activation = o.activation,
+                            .layer_norm_eps = o.layer_norm_eps,
+                            .batch_first = o.batch_first,
+                            .norm_first = o.norm_first,
+                            .dtype = o.dtype};
+  if (xf_check(ctx, XT_KIND, e, h, &lo, rng) != AD_OK) return NULL;
+  if (ne < 1 || ne > 65536 || nd < 1 || nd > 65536) {
+    ad_set_error(ctx, AD_ERR_ARG,
+                 XT_KIND ": num_encoder_layers %lld and num_decoder_layers %lld must be in "
+                         "[1, 65536] (0: 6)",
+                 (long long)ne, (long long)nd);
+    return NULL;
+  }
+  xt_state *s = ad_malloc(ctx, sizeof *s);
+  if (!s) return NULL;
+  *s = (xt_state){.e = e, .h = h, .batch_first = o.batch_first, .nsaved = (int)(3 * (ne + nd))};
+  s->saved = ad_malloc(ctx, (size_t)s->nsaved * sizeof *s->saved);
+  nn_layer *l = s->saved ? nn_layer_new_ext(ctx, XT_KIND, &xt_ops, s) : NULL;
+  if (!l) {
+    xt_state_free(ctx, s);
+    return NULL;
+  }
+  /* as PyTorch: each submodule's own initialisation, in order, then
+   * Xavier uniform on every parameter of two or more dims */
+  lo.seed = ad_rng_next(&seeds);
+  bool ok = (s->enc = xt_stack(l, false, "encoder", e, h, ne, rng, &lo));
+  lo.seed = ad_rng_next(&seeds);
+  ok = ok && (s->dec = xt_stack(l, true, "decoder", e, h, nd, rng, &lo));
+  nn_params *p = nn_layer_params(l);
+  for (int i = 0; ok && i < nn_params_count(p); i++) {
+    ad_tensor *t = nn_params_tensor(p, i);
+    if (t->ndim > 1)
+      ok = nn_init_tensor(ctx, t, nn_init_make(NN_INIT_XAVIER_UNIFORM, 0, 0), rng) == AD_OK;
+  }
+  if (!ok) {
+    name_error(l, XT_KIND);
+    nn_layer_free(l);
+    return NULL;
+  }
+  return l;
+}
+
+ad_tensor *nn_transformer_generate_square_subsequent_mask(ad_ctx *ctx, int64_t sz, ad_dtype dtype) {
+  if (!ctx) return NULL;
+  const char *fn = "nn_transformer_generate_square_subsequent_mask";
+  if (sz < 0 || sz > (INT64_C(1) << 20)) {
+    ad_set_error(ctx, AD_ERR_ARG, "%s: sz %lld must be in [0, 2^20]", fn, (long long)sz);
+    return NULL;
+  }
+  if (dtype != AD_F32 && dtype != AD_F64) {
+    ad_set_error(ctx, AD_ERR_DTYPE, "%s: dtype must be f32 or f64, got %s", fn,
+                 ad_dtype_name(dtype));
+    return NULL;
+  }
+  int64_t shape[2] = {sz, sz};
+  ad_tensor *m = ad_zeros(ctx, dtype, 2, shape);
+  if (!m) return NULL;
+  for (int64_t i = 0; i < sz; i++)
+    for (int64_t j = i + 1; j < sz; j++) {
+      if (dtype == AD_F32)
+        ((float *)m->data)[i * sz + j] = -INFINITY;
+      else
+        ((double *)m->data)[i * sz + j] = -INFINITY;
+    }
+  return m;
+}

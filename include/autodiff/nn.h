@@ -27,7 +27,8 @@
  *                Embedding, EmbeddingBag, LayerNorm, recurrent layers (RNN, LSTM, GRU),
  *                multi-head attention, transformer encoder and decoder
  *                layers and their stacks (nn.TransformerEncoder,
- *                nn.TransformerDecoder) and lambda (a C function).
+ *                nn.TransformerDecoder), the whole nn.Transformer and
+ *                lambda (a C function).
  *   models       nn_model: a Sequential stack of layers, or a custom model
  *                whose forward pass is a plain C function over the model's
  *                parameters and layers.
@@ -1680,6 +1681,100 @@ NN_API nn_layer *nn_transformer_decoder_new(nn_layer *decoder_layer, int64_t num
  * naming the stack and the layer; a call that fails takes no draws. */
 NN_API ad_tensor *nn_transformer_decoder(nn_layer *l, ad_tensor *tgt, ad_tensor *memory,
                                          const nn_transformer_decoder_args *args);
+
+/** Options of a whole transformer (nn_transformer_new), PyTorch's
+ * nn.Transformer constructor arguments. All-zero means PyTorch's defaults,
+ * so a NULL opts is nn.Transformer(). */
+typedef struct nn_transformer_model_opts {
+  int64_t d_model;            /**< 0 means 512 */
+  int64_t nhead;              /**< must divide d_model; 0 means 8 */
+  int64_t num_encoder_layers; /**< in [1, 65536]; 0 means 6 */
+  int64_t num_decoder_layers; /**< in [1, 65536]; 0 means 6 */
+  int64_t dim_feedforward;    /**< 0 means 2048 */
+  double dropout;             /**< of every dropout, in [0, 1); 0 means 0.1 */
+  bool no_dropout;            /**< dropout=0.0 (then dropout must be left 0) */
+  nn_act activation;          /**< NN_ACT_RELU (NN_ACT_NONE means it) or
+                                 NN_ACT_GELU (exact, F.gelu's) */
+  double layer_norm_eps;      /**< of every LayerNorm, > 0; 0 means 1e-5 */
+  bool batch_first;           /**< [N, S, E]; false: [S, N, E] (PyTorch's default) */
+  bool norm_first;            /**< pre-norm layers */
+  uint64_t seed;              /**< of the dropout draws */
+  ad_dtype dtype;             /**< default AD_F32 */
+} nn_transformer_model_opts;
+
+/** A whole transformer, PyTorch's nn.Transformer (1.13, without
+ * custom_encoder and custom_decoder): "encoder", an encoder stack
+ * (nn_transformer_encoder_new) of num_encoder_layers encoder layers with a
+ * final LayerNorm(d_model, eps=layer_norm_eps), and "decoder", a decoder
+ * stack of num_decoder_layers decoder layers with its final LayerNorm, the
+ * layers built with the options of opts (as nn_transformer_opts). The
+ * parameters have PyTorch's names and order, so its state dict loads
+ * unchanged: "encoder.layers.0.self_attn.in_proj_weight", ...,
+ * "encoder.layers.<k>.norm2.bias", "encoder.norm.weight",
+ * "encoder.norm.bias", "decoder.layers.0.self_attn.in_proj_weight", ...,
+ * "decoder.layers.0.multihead_attn.out_proj.bias", ..., "decoder.norm.bias"
+ * ("0.encoder..." in a model). PyTorch's initialisation: each submodule's
+ * own (the layers' copies start equal), then Xavier uniform on every
+ * parameter of two or more dims (_reset_parameters: in_proj_weight,
+ * out_proj.weight, linear1.weight and linear2.weight of every layer, each
+ * drawn anew), drawn from rng; the biases keep their submodule's values
+ * (the linears' uniform within 1/sqrt(fan_in), equal in every copy; the
+ * attentions' zero) and the norms ones and zeros. The same distributions
+ * as PyTorch's, not its numbers (the generator is the engine's). Dropout
+ * (training mode only): the encoder and the decoder stacks seed their
+ * generators from two draws of an ad_rng seeded with seed, and draw as
+ * nn_transformer_encoder and nn_transformer_decoder document. Use
+ * nn_transformer_forward to run it: as a layer (nn_layer_forward, a
+ * Sequential) it is refused with AD_ERR_ARG, as it needs src and tgt.
+ * opts may be NULL. Returns the layer (kind "transformer"), or NULL with
+ * AD_ERR_ARG (d_model or nhead < 1, d_model above 2^32, nhead not
+ * dividing d_model, a layer count outside [1, 65536] or a negative
+ * one, and the other options' errors of nn_transformer_encoder_layer_new),
+ * AD_ERR_DTYPE, AD_ERR_NULL (rng) or AD_ERR_OOM, the message naming
+ * "transformer". */
+NN_API nn_layer *nn_transformer_new(ad_ctx *ctx, ad_rng *rng,
+                                    const nn_transformer_model_opts *opts);
+
+/** Runs transformer l (from nn_transformer_new), PyTorch's
+ * nn.Transformer.forward: memory = encoder(src, src_mask,
+ * src_key_padding_mask), then returns decoder(tgt, memory, tgt_mask,
+ * memory_mask, tgt_key_padding_mask, memory_key_padding_mask), shaped like
+ * tgt, as a tape tensor. src is [S, N, E] and tgt [T, N, E] ([N, S, E] and
+ * [N, T, E] with batch_first; unbatched [S, E] and [T, E]) of the layer's
+ * dtype. The masks may each be NULL and have the layouts of
+ * nn_transformer_args and nn_transformer_decoder_args: src_mask [S, S] or
+ * [N * nhead, S, S], tgt_mask [T, T] or [N * nhead, T, T], memory_mask
+ * [T, S] or [N * nhead, T, S], float (added) or AD_I32 (nonzero = not
+ * allowed, PyTorch's bool True); the key padding masks [N, S], [N, T],
+ * [N, S] ([S], [T], [S] unbatched). For a causal decoder pass tgt_mask from
+ * nn_transformer_generate_square_subsequent_mask. training turns the
+ * dropouts on (PyTorch's module.train()); false is evaluation mode. A
+ * query row whose keys are all masked gives NaN, as PyTorch's autograd
+ * path computes it. A call that fails takes no dropout draws. Returns NULL
+ * with the error recorded, naming the layer: AD_ERR_NULL (l, src or tgt),
+ * AD_ERR_ARG (l is another kind of layer, a tensor of another context),
+ * AD_ERR_STATE (a freed tensor), AD_ERR_SHAPE (src and tgt not both 3-D or
+ * both 2-D; PyTorch's "the batch number of src and tgt must be equal" and
+ * "the feature number of src and tgt must be equal to d_model"; and the
+ * errors of nn_transformer_encoder and nn_transformer_decoder for the
+ * rest, naming the stack and the layer: "transformer: transformer_encoder
+ * 'encoder': transformer_encoder_layer 'layers.0': ..."), AD_ERR_DTYPE or
+ * AD_ERR_OOM. */
+NN_API ad_tensor *nn_transformer_forward(nn_layer *l, ad_tensor *src, ad_tensor *tgt,
+                                         ad_tensor *src_mask, ad_tensor *tgt_mask,
+                                         ad_tensor *memory_mask, ad_tensor *src_key_padding_mask,
+                                         ad_tensor *tgt_key_padding_mask,
+                                         ad_tensor *memory_key_padding_mask, bool training);
+
+/** PyTorch's Transformer.generate_square_subsequent_mask(sz): a new
+ * persistent [sz, sz] tensor of dtype (AD_F32 or AD_F64; PyTorch's is
+ * float32) holding -INFINITY above the diagonal (key j > query i, not
+ * allowed) and 0 elsewhere, the causal tgt_mask of
+ * nn_transformer_forward. The caller frees it (ad_tensor_free). sz 0
+ * gives a [0, 0] tensor. Returns NULL with AD_ERR_ARG (sz < 0 or above
+ * 2^20), AD_ERR_DTYPE or AD_ERR_OOM; NULL ctx: NULL. */
+NN_API ad_tensor *nn_transformer_generate_square_subsequent_mask(ad_ctx *ctx, int64_t sz,
+                                                                 ad_dtype dtype);
 
 /** Frees a layer and its parameters. A layer owned by a model is freed
  * with the model: here it is refused (AD_ERR_STATE on its context, the
