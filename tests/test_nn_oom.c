@@ -240,6 +240,8 @@ static ad_tensor *layer_fwd(world *w, nn_layer *l, ad_tensor *x, bool training) 
   if (!strcmp(k, "transformer_decoder_layer"))
     return nn_transformer_decoder_layer(l, x, w->t[2], &a);
   if (!strcmp(k, "transformer_decoder")) return nn_transformer_decoder(l, x, w->t[2], &a);
+  if (!strcmp(k, "transformer")) /* src w->t[2], tgt x */
+    return nn_transformer_forward(l, w->t[2], x, NULL, NULL, NULL, NULL, NULL, NULL, training);
   return nn_layer_forward(l, x, training);
 }
 
@@ -315,6 +317,7 @@ enum {
   CONV3D,
   CONVT3D,
   CONVT1D,
+  XT,
   N_LAYERS
 };
 
@@ -378,7 +381,8 @@ static const char *layer_names[N_LAYERS] = {"dense",
                                             "adaptive_max2d",
                                             "conv3d",
                                             "conv_transpose3d",
-                                            "conv_transpose1d"};
+                                            "conv_transpose1d",
+                                            "transformer whole"};
 
 static bool build_only;
 
@@ -659,6 +663,18 @@ static ad_status run_layer(world *w) {
     w->l = nn_dropout3d_new(c, 0.5, 3);
     x = w->x = data(c, 5, (int64_t[5]){2, 2, 2, 3, 2}, 1);
     break;
+  case XT: /* src [2, 2, 4], tgt [3, 2, 4] */
+    w->l = nn_transformer_new(c, &rng,
+                              &(nn_transformer_model_opts){.d_model = 4,
+                                                           .nhead = 2,
+                                                           .num_encoder_layers = 1,
+                                                           .num_decoder_layers = 2,
+                                                           .dim_feedforward = 6,
+                                                           .dropout = 0.25,
+                                                           .seed = 1});
+    if (!(w->t[2] = data(c, 3, (int64_t[]){2, 2, 4}, 2))) return ad_last_status(c);
+    x = w->x = data(c, 3, s3, 1);
+    break;
   }
   if (!w->l || !x) return ad_last_status(c);
   if (build_only) return AD_OK;
@@ -728,6 +744,17 @@ static ad_status run_layer(world *w) {
         w->l, x,
         &(nn_transformer_args){
             .src_mask = mask, .src_key_padding_mask = kpm, .causal = true, .training = true});
+    ad_tensor *loss = ad_sum(c, y);
+    if (!loss) return ad_last_status(c);
+    return ad_backward(c, loss, NULL);
+  }
+  if (w->kind == XT) {
+    /* with masks: the generated causal tgt_mask, a padded source key */
+    ad_tensor *tm = w->t[0] = nn_transformer_generate_square_subsequent_mask(c, 3, AD_F32);
+    ad_tensor *kpm = w->t[1] = ad_zeros(c, AD_I32, 2, (int64_t[]){2, 2});
+    if (!tm || !kpm) return ad_last_status(c);
+    ad_tensor_set(kpm, 1, 1);
+    ad_tensor *y = nn_transformer_forward(w->l, w->t[2], x, NULL, tm, NULL, kpm, NULL, kpm, true);
     ad_tensor *loss = ad_sum(c, y);
     if (!loss) return ad_last_status(c);
     return ad_backward(c, loss, NULL);
