@@ -508,6 +508,46 @@ static void check_gradients(bool norm_first, nn_act act) {
 
 Test(xt, gradcheck_post_norm_relu) { check_gradients(false, NN_ACT_RELU); }
 
+/* The transformer on src in[0] and tgt in[1] only. */
+static ad_tensor *inputs_fn(ad_ctx *c, int n, ad_tensor *const *in, void *ud) {
+  (void)c, (void)n;
+  const grad_ud *u = ud;
+  return nn_transformer_forward(u->l, in[0], in[1], NULL, u->tmask, NULL, NULL, NULL, u->mkpm,
+                                false);
+}
+
+Test(xt, gradgradcheck_src_tgt) {
+  /* second derivatives in src and tgt, through both stacks (gelu, smooth;
+   * the parameters are read by the layer, not passed, so they stay) */
+  ad_rng rng;
+  ad_rng_seed(&rng, 23);
+  nn_transformer_model_opts o = {.d_model = 4,
+                                 .nhead = 2,
+                                 .num_encoder_layers = 1,
+                                 .num_decoder_layers = 1,
+                                 .dim_feedforward = 6,
+                                 .activation = NN_ACT_GELU,
+                                 .norm_first = true,
+                                 .dtype = AD_F64};
+  nn_layer *l = nn_transformer_new(ctx, &rng, &o);
+  cr_assert_not_null(l, "%s", ad_last_error(ctx));
+  ad_tensor *src = ad_rand(ctx, &rng, AD_F64, 3, (int64_t[]){3, 2, 4}, -1.5, 1.5);
+  ad_tensor *tgt = ad_rand(ctx, &rng, AD_F64, 3, (int64_t[]){2, 2, 4}, -1.5, 1.5);
+  grad_ud u = {.l = l, .tmask = nn_transformer_generate_square_subsequent_mask(ctx, 2, AD_F64)};
+  ad_tensor_set_requires_grad(src, true);
+  ad_tensor_set_requires_grad(tgt, true);
+  ad_tensor *in[2] = {src, tgt};
+  ad_check_opts co = {.eps = 1e-5, .atol = 1e-6, .rtol = 1e-5, .seed = 9};
+  ad_check_report r;
+  cr_assert_eq(ad_gradgradcheck(ctx, inputs_fn, &u, 2, in, &co, &r), AD_OK, "%s",
+               ad_last_error(ctx));
+  cr_assert(r.passed, "gradgradcheck: input %d [%lld] analytic %g numeric %g", r.input,
+            (long long)r.index, r.analytic, r.numeric);
+  cr_assert_eq(r.checked, src->size + tgt->size);
+  ad_tensor_free(src), ad_tensor_free(tgt), ad_tensor_free(u.tmask);
+  nn_layer_free(l);
+}
+
 Test(xt, gradcheck_pre_norm_gelu) { check_gradients(true, NN_ACT_GELU); }
 
 /* --------------------------------------------------------------- misuse */
@@ -585,6 +625,10 @@ Test(xt, bad_input) {
   cr_assert_null(nn_transformer_forward(l, src, tgt, om, NULL, NULL, NULL, NULL, NULL, false));
   expect_status_msg(ctx, AD_ERR_ARG, "another context");
   ad_ctx_free(other);
+  ad_tensor *fm = ad_zeros(ctx, AD_F32, 2, (int64_t[]){4, 4});
+  ad_tensor_free(fm);
+  cr_assert_null(nn_transformer_forward(l, src, tgt, NULL, fm, NULL, NULL, NULL, NULL, false));
+  expect_status_msg(ctx, AD_ERR_STATE, "was freed");
   /* another kind of layer; NULL l */
   nn_layer *enc = nn_transformer_encoder_layer_new(ctx, 6, 2, &rng, NULL);
   cr_assert_null(run(enc, src, tgt, false));
