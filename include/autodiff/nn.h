@@ -1728,8 +1728,8 @@ typedef struct nn_transformer_model_opts {
  * Sequential) it is refused with AD_ERR_ARG, as it needs src and tgt.
  * opts may be NULL. Returns the layer (kind "transformer"), or NULL with
  * AD_ERR_ARG (d_model or nhead < 1, d_model above 2^32, nhead not
- * dividing d_model, a layer count outside [1, 65536] or a negative
- * one, and the other options' errors of nn_transformer_encoder_layer_new),
+ * dividing d_model, a layer count negative or above 65536, and the
+ * other options' errors of nn_transformer_encoder_layer_new),
  * AD_ERR_DTYPE, AD_ERR_NULL (rng) or AD_ERR_OOM, the message naming
  * "transformer". */
 NN_API nn_layer *nn_transformer_new(ad_ctx *ctx, ad_rng *rng,
@@ -1751,9 +1751,10 @@ NN_API nn_layer *nn_transformer_new(ad_ctx *ctx, ad_rng *rng,
  * dropouts on (PyTorch's module.train()); false is evaluation mode. A
  * query row whose keys are all masked gives NaN, as PyTorch's autograd
  * path computes it. A call that fails takes no dropout draws. Returns NULL
- * with the error recorded, naming the layer: AD_ERR_NULL (l, src or tgt),
- * AD_ERR_ARG (l is another kind of layer, a tensor of another context),
- * AD_ERR_STATE (a freed tensor), AD_ERR_SHAPE (src and tgt not both 3-D or
+ * with the error recorded, naming the layer (a NULL l: NULL only):
+ * AD_ERR_NULL (src or tgt), AD_ERR_ARG (l is another kind of layer, a
+ * tensor of another context), AD_ERR_STATE (a freed tensor),
+ * AD_ERR_SHAPE (src and tgt not both 3-D or
  * both 2-D; PyTorch's "the batch number of src and tgt must be equal" and
  * "the feature number of src and tgt must be equal to d_model"; and the
  * errors of nn_transformer_encoder and nn_transformer_decoder for the
