@@ -2,7 +2,9 @@
  * nn.ConvTranspose1d over the public ops ad_conv3d, ad_conv_transpose3d and
  * ad_conv_transpose1d (composites, so every gradient is the tape's); this
  * file holds the parameters, PyTorch's initialisation and the checks that
- * name the layer.
+ * name the layer. A Conv3d padding_mode other than zeros pads the input
+ * first (nn_pad_spatial, padding.c) and convolves without padding, as
+ * PyTorch's _conv_forward.
  *
  * Initialisation (PyTorch's reset_parameters): weight and bias uniform
  * within 1/sqrt(fan_in), fan_in = weight.shape[1] times the kernel's
@@ -20,7 +22,11 @@ typedef struct cnn3d_state {
   c3_kind kind;
   int64_t in, out, k[3]; /* 1-D: k[0] */
   ad_conv3d_opts o;      /* 1-D: stride[0], padding[0..1], dilation[0], output_padding[0] */
-  ad_tensor *w, *b;      /* b NULL without bias */
+  nn_padding_mode mode;  /* not zeros: x padded by pad (F.pad's order), o unpadded */
+  int64_t pad[6];
+  bool same; /* for the description: the options as given */
+  int64_t shown[3];
+  ad_tensor *w, *b; /* b NULL without bias */
 } cnn3d_state;
 
 static ad_tensor *cnn3d_forward(nn_layer *l, ad_tensor *x, bool training) {
@@ -48,8 +54,18 @@ static ad_tensor *cnn3d_forward(nn_layer *l, ad_tensor *x, bool training) {
                                   .output_padding = s->o.output_padding[0]};
     return ad_conv_transpose1d(ctx, x, s->w, s->b, &o);
   }
-  return s->kind == K_CONVT3D ? ad_conv_transpose3d(ctx, x, s->w, s->b, &s->o)
-                              : ad_conv3d(ctx, x, s->w, s->b, &s->o);
+  if (s->kind == K_CONVT3D) return ad_conv_transpose3d(ctx, x, s->w, s->b, &s->o);
+  if (s->mode != NN_PADDING_ZEROS) {
+    bool one = x->ndim == 4; /* unbatched: padded as a batch of one */
+    if (one) {
+      int64_t b[5] = {1, x->shape[0], x->shape[1], x->shape[2], x->shape[3]};
+      x = ad_reshape(ctx, x, 5, b);
+    }
+    x = x ? nn_pad_spatial(ctx, nn_layer_who(l, who, sizeof who), x, 3, s->pad, s->mode) : NULL;
+    if (x && one) x = ad_reshape(ctx, x, 4, x->shape + 1);
+    if (!x) return NULL;
+  }
+  return ad_conv3d(ctx, x, s->w, s->b, &s->o);
 }
 
 static void cnn3d_free(nn_layer *l) {
@@ -85,14 +101,16 @@ static void cnn3d_describe(const nn_layer *l, nn_text *t) {
   nn_text_add(t, "%lld, %lld, ", (long long)s->in, (long long)s->out);
   tuple(t, "kernel_size", s->k, 1, n);
   tuple(t, ", stride", st, 1, n);
-  if (o->same)
+  if (s->same)
     nn_text_add(t, ", padding=same");
-  else if (any(o->padding, 2, n, 0))
-    tuple(t, ", padding", o->padding, 2, n);
+  else if (any(s->shown, 1, n, 0))
+    tuple(t, ", padding", s->shown, 1, n);
   if (any(di, 1, n, 1)) tuple(t, ", dilation", di, 1, n);
   if (any(o->output_padding, 1, n, 0)) tuple(t, ", output_padding", o->output_padding, 1, n);
   if (o->groups != 1) nn_text_add(t, ", groups=%lld", (long long)o->groups);
   if (!s->b) nn_text_add(t, ", bias=False");
+  if (s->mode != NN_PADDING_ZEROS)
+    nn_text_add(t, ", padding_mode=%s", nn_padding_mode_name(s->mode));
 }
 
 static const nn_layer_ops cnn3d_ops = {cnn3d_forward, cnn3d_free, cnn3d_describe};
@@ -109,6 +127,7 @@ typedef struct cnn3d_args {
   bool no_bias;
   nn_init weight_init, bias_init;
   ad_dtype dtype;
+  nn_padding_mode mode;
 } cnn3d_args;
 
 static nn_layer *cnn3d_new(ad_ctx *ctx, c3_kind kind, int64_t in, int64_t out, const int64_t *ks,
@@ -119,6 +138,12 @@ static nn_layer *cnn3d_new(ad_ctx *ctx, c3_kind kind, int64_t in, int64_t out, c
   bool transpose = kind != K_CONV3D;
   const ad_conv3d_opts *o = &a->o;
   int64_t groups = o->groups ? o->groups : 1;
+  if (!nn_padding_mode_name(a->mode) || (transpose && a->mode != NN_PADDING_ZEROS)) {
+    ad_set_error(ctx, AD_ERR_ARG, "%s: padding_mode %d is not %s", name, (int)a->mode,
+                 transpose ? "zeros, the only one PyTorch's transposed convolutions take"
+                           : "one of zeros, reflect, replicate, circular");
+    return NULL;
+  }
   bool kbad = false;
   for (int k = 0; k < n; k++) kbad |= ks[k] < 1;
   if (in < 1 || out < 1 || kbad || groups < 1 || in % groups || out % groups) {
@@ -171,9 +196,26 @@ static nn_layer *cnn3d_new(ad_ctx *ctx, c3_kind kind, int64_t in, int64_t out, c
   }
   cnn3d_state *s = ad_malloc(ctx, sizeof *s);
   if (!s) return NULL;
-  *s = (cnn3d_state){.kind = kind, .in = in, .out = out, .o = *o};
+  *s = (cnn3d_state){.kind = kind, .in = in, .out = out, .o = *o, .mode = a->mode, .same = o->same};
   s->o.groups = groups;
-  for (int k = 0; k < n; k++) s->k[k] = ks[k];
+  for (int k = 0; k < n; k++) {
+    s->k[k] = ks[k];
+    s->shown[k] = o->padding[2 * k];
+  }
+  if (a->mode != NN_PADDING_ZEROS) { /* PyTorch's _reversed_padding_repeated_twice */
+    for (int k = 0; k < 3; k++) {
+      int64_t lo = o->padding[2 * k], hi = o->padding[2 * k + 1];
+      if (o->same) { /* the total split as PyTorch: the extra one after */
+        int64_t total = (o->dilation[k] ? o->dilation[k] : 1) * (ks[k] - 1);
+        lo = total / 2;
+        hi = total - lo;
+      }
+      s->pad[2 * (2 - k)] = lo; /* (left, right, top, bottom, front, back) */
+      s->pad[2 * (2 - k) + 1] = hi;
+      s->o.padding[2 * k] = s->o.padding[2 * k + 1] = 0;
+    }
+    s->o.same = false;
+  }
   nn_layer *l = nn_layer_new_ext(ctx, name, &cnn3d_ops, s);
   if (!l) {
     ad_free(ctx, s, sizeof *s);
@@ -210,7 +252,8 @@ static nn_layer *conv3d_layer(ad_ctx *ctx, c3_kind kind, int64_t in, int64_t out
                   .no_bias = o.no_bias,
                   .weight_init = o.weight_init,
                   .bias_init = o.bias_init,
-                  .dtype = o.dtype};
+                  .dtype = o.dtype,
+                  .mode = o.padding_mode};
   for (int k = 0; k < 3; k++) {
     a.o.stride[k] = o.stride[k];
     a.o.dilation[k] = o.dilation[k];

@@ -318,6 +318,7 @@ enum {
   CONVT3D,
   CONVT1D,
   XT,
+  CONV3D_CIRCULAR,
   N_LAYERS
 };
 
@@ -382,7 +383,8 @@ static const char *layer_names[N_LAYERS] = {"dense",
                                             "conv3d",
                                             "conv_transpose3d",
                                             "conv_transpose1d",
-                                            "transformer whole"};
+                                            "transformer whole",
+                                            "conv3d circular"};
 
 static bool build_only;
 
@@ -540,6 +542,12 @@ static ad_status run_layer(world *w) {
     x = w->x = data(c, 5, s5, 1);
     break;
   }
+  case CONV3D_CIRCULAR: /* unbatched: the view, a gather per axis, the convolution */
+    w->l =
+        nn_conv3d_new(c, 2, 3, 2, 2, 2, &rng,
+                      &(nn_conv3d_opts){.padding = {1, 0, 1}, .padding_mode = NN_PADDING_CIRCULAR});
+    x = w->x = data(c, 4, (int64_t[4]){2, 3, 2, 3}, 1);
+    break;
   case CONVT1D:
     w->l = nn_conv_transpose1d_new(c, 2, 3, 3, &rng,
                                    &(nn_conv_transpose1d_opts){.stride = 2, .output_padding = 1});

@@ -748,6 +748,9 @@ typedef struct nn_conv3d_opts {
   nn_init weight_init;       /**< default PyTorch's: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) */
   nn_init bias_init;         /**< default the same bound */
   ad_dtype dtype;            /**< default AD_F32 */
+  /** Conv3d: PyTorch's padding_mode, how the padding (explicit or 'same')
+   * is filled; ConvTranspose3d takes zeros only, as PyTorch's */
+  nn_padding_mode padding_mode;
 } nn_conv3d_opts;
 
 /** A 3-D convolution layer, PyTorch's nn.Conv3d: x [N, in, D, H, W] (or,
@@ -761,18 +764,23 @@ typedef struct nn_conv3d_opts {
  * NULL with AD_ERR_ARG (a count < 1, groups not dividing the channels, a
  * negative stride, dilation or padding, one above 2^40, an output_padding,
  * same with a stride above 1, a kernel too large for a tensor, a bad
- * initializer), AD_ERR_DTYPE, AD_ERR_NULL (rng for a random init) or
- * AD_ERR_OOM. Its forward refuses other inputs (AD_ERR_SHAPE naming the
- * layer) and otherwise reports ad_conv3d's errors. */
+ * initializer, a padding_mode none of nn_padding_mode's), AD_ERR_DTYPE,
+ * AD_ERR_NULL (rng for a random init) or AD_ERR_OOM. A padding_mode other
+ * than zeros pads the input in that mode (PyTorch's F.pad, 'same' split
+ * with the extra element after) and convolves without padding; the
+ * forward then also refuses an input too short for the mode (AD_ERR_SHAPE:
+ * reflect needs the padding below the axis length, circular at most it).
+ * Its forward refuses other inputs (AD_ERR_SHAPE naming the layer) and
+ * otherwise reports ad_conv3d's errors. */
 NN_API nn_layer *nn_conv3d_new(ad_ctx *ctx, int64_t in, int64_t out, int64_t kd, int64_t kh,
                                int64_t kw, ad_rng *rng, const nn_conv3d_opts *opts);
 
 /** A transposed 3-D convolution layer, PyTorch's nn.ConvTranspose3d,
  * through ad_conv_transpose3d: weight [in, out/groups, kd, kh, kw], bias
  * [out]; fan_in for the initialisation is out/groups * kd * kh * kw, as
- * PyTorch computes it. Otherwise as nn_conv3d_new; 'same' is refused, and
- * an output_padding not smaller than the stride or the dilation
- * (AD_ERR_ARG). */
+ * PyTorch computes it. Otherwise as nn_conv3d_new; 'same', a padding_mode
+ * other than zeros, and an output_padding not smaller than the stride or
+ * the dilation are refused (AD_ERR_ARG). */
 NN_API nn_layer *nn_conv_transpose3d_new(ad_ctx *ctx, int64_t in, int64_t out, int64_t kd,
                                          int64_t kh, int64_t kw, ad_rng *rng,
                                          const nn_conv3d_opts *opts);
