@@ -656,6 +656,8 @@ static ad_status fit(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor 
   for (int e = 0; e < o.epochs && st == AD_OK; e++) {
     double t0 = nn_now(), last_draw = 0, sum = 0;
     double lr = nn_optimizer_lr(opt);
+    const nn_schedule_ext2 *sched = nn_optimizer_schedule_ext2(opt);
+    bool per_batch = sched && sched->step_per_batch; /* OneCycleLR's use */
     int64_t seen = 0, correct = 0, done = 0;
     ad_tensor *xb, *yb, *pred = NULL;
     if (norms) memset(norms, 0, norms_bytes);
@@ -680,6 +682,7 @@ static ad_status fit(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor 
         }
         continue;
       }
+      if (per_batch && (st = nn_optimizer_schedule_step(opt)) != AD_OK) continue;
       int64_t n = ys ? ys->shape[0] : 0;
       sum += n ? lv * (double)n : 0;
       seen += n;
@@ -759,7 +762,7 @@ static ad_status fit(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor 
       fprintf(f, tty ? "\033[K\n" : "\n");
       fflush(f);
     }
-    if ((st = nn_optimizer_schedule_step(opt)) != AD_OK) break;
+    if (!per_batch && (st = nn_optimizer_schedule_step(opt)) != AD_OK) break;
     bool stop = nn_stopper_update(&es, m, h, e);
     bool go_on = !o.on_epoch_end || o.on_epoch_end(e, h, o.ud);
     if (dist && o.on_epoch_end) { /* one rank asking to stop stops every rank */

@@ -44,6 +44,8 @@ struct nn_optimizer {
   nn_schedule_ext sched;  /* its milestones: the copy below */
   nn_schedule sched_view; /* the members nn_schedule has, for nn_optimizer_schedule */
   int64_t *milestones;    /* owned, sched.n_milestones entries */
+
+  nn_schedule_ext2 sched2; /* the whole schedule: sched and sched_view are views of it */
   bool has_plateau;
   nn_plateau plateau;
   /* 0-d f64 state tensors, so that checkpoints keep them: the current
@@ -100,6 +102,7 @@ static ad_status scalars_noted(ad_tensor *a, ad_tensor *b, ad_tensor *c) {
 }
 
 static double rate0(const nn_optimizer *o, double lr0);
+static void sched_momentum(nn_optimizer *o);
 
 static const char *const kind_names[] = {"sgd",   "adagrad", "rmsprop",  "adam", "adamw", "adamax",
                                          "nadam", "radam",   "adadelta", "asgd", "rprop"};
@@ -623,6 +626,7 @@ static ad_status step_some(nn_optimizer *o, const int64_t *lo, const int64_t *hi
     nn_clip_norm_tensors(o->ts, o->nts, false, o->cfg.clip_norm, &st);
   if (st != AD_OK) return st;
   o->cfg.lr = scalar_get(o->lr); /* a loaded checkpoint may have changed it */
+  sched_momentum(o);             /* and the step a cycled momentum follows */
   double *steps = o->step->data;
   step_job j = {o, (int64_t)steps[0] + 1, lo, hi};
   int64_t total = 0;
@@ -683,6 +687,7 @@ nn_params *nn_optimizer_params(const nn_optimizer *o) { return o ? o->params : N
 const nn_opt_config *nn_optimizer_config(const nn_optimizer *o) {
   if (!o) return NULL;
   ((nn_optimizer *)o)->cfg.lr = scalar_get(o->lr); /* the object itself is never const */
+  sched_momentum((nn_optimizer *)o);
   return &o->cfg;
 }
 
@@ -768,8 +773,29 @@ void nn_optimizer_state_restored(nn_optimizer *o, const bool *present) {
 
 /* -------------------------------------------------------------- schedules */
 
+/* The kinds whose rate at epoch 0 is not lr0 itself, or may round it */
 static bool ext_only(nn_sched_kind k) {
   return k == NN_SCHED_MULTISTEP || k == NN_SCHED_LINEAR || k == NN_SCHED_WARMUP_COSINE;
+}
+
+/* The kinds of nn_schedule_ext2 only */
+static bool ext2_only(nn_sched_kind k) { return k == NN_SCHED_ONECYCLE; }
+
+static nn_schedule_ext2 ext2_of(const nn_schedule_ext *s) {
+  nn_schedule_ext2 e;
+  memset(&e, 0, sizeof e);
+  e.kind = s->kind;
+  e.step_size = s->step_size;
+  e.gamma = s->gamma;
+  e.t_max = s->t_max;
+  e.eta_min = s->eta_min;
+  e.milestones = s->milestones;
+  e.n_milestones = s->n_milestones;
+  e.start_factor = s->start_factor;
+  e.end_factor = s->end_factor;
+  e.total_iters = s->total_iters;
+  e.size = sizeof e;
+  return e;
 }
 
 static nn_schedule_ext ext_of(const nn_schedule *s) {
@@ -783,12 +809,117 @@ static nn_schedule_ext ext_of(const nn_schedule *s) {
   return e;
 }
 
+nn_schedule_ext2 nn_schedule_ext2_defaults(nn_sched_kind kind) {
+  nn_schedule_ext2 e;
+  memset(&e, 0, sizeof e);
+  e.size = sizeof e;
+  e.kind = kind;
+  switch (kind) {
+  case NN_SCHED_STEP:
+  case NN_SCHED_MULTISTEP:
+    e.gamma = 0.1;
+    break;
+  case NN_SCHED_LINEAR:
+    e.start_factor = 1.0 / 3;
+    e.end_factor = 1;
+    e.total_iters = 5;
+    break;
+  case NN_SCHED_ONECYCLE:
+    e.step_per_batch = true;
+    e.cycle_momentum = true;
+    e.anneal = NN_ANNEAL_COS;
+    e.max_lr = NAN;
+    e.pct_start = 0.3;
+    e.div_factor = 25;
+    e.final_div_factor = 1e4;
+    e.base_momentum = 0.85;
+    e.max_momentum = 0.95;
+    break;
+  default:
+    break;
+  }
+  return e;
+}
+
 static bool finite_pos(double v) { return isfinite(v) && v > 0; }
+
+/* ---- OneCycleLR: PyTorch's phases and arithmetic (get_lr) */
+
+/* The phases' end steps; returns their number */
+static int onecycle_ends(const nn_schedule_ext2 *s, double e[3]) {
+  double T = (double)s->total_steps;
+  e[0] = s->pct_start * T - 1;
+  if (!s->three_phase) {
+    e[1] = T - 1;
+    return 2;
+  }
+  e[1] = 2 * s->pct_start * T - 2;
+  e[2] = T - 1;
+  return 3;
+}
+
+/* The phase step t anneals in, and its pct; -1 where PyTorch divides by 0 */
+static int onecycle_phase(const nn_schedule_ext2 *s, int64_t t, double *pct) {
+  double e[3], start = 0;
+  int n = onecycle_ends(s, e);
+  for (int i = 0; i < n; i++) {
+    if ((double)t <= e[i] || i == n - 1) {
+      if (e[i] == start) return -1;
+      *pct = ((double)t - start) / (e[i] - start);
+      return i;
+    }
+    start = e[i];
+  }
+  return -1; /* not reached */
+}
+
+/* The first step in [0, total_steps] that lands in a phase of length 0
+ * (PyTorch: ZeroDivisionError), or -1 */
+static int64_t onecycle_zero_phase(const nn_schedule_ext2 *s) {
+  double e[3], start = 0, before = -INFINITY; /* t must exceed the ends before */
+  int n = onecycle_ends(s, e);
+  for (int i = 0; i < n; i++) {
+    double lo = before < 0 ? 0 : floor(before) + 1; /* the smallest such t */
+    if (e[i] == start && lo <= (double)s->total_steps && (i == n - 1 || lo <= e[i]))
+      return (int64_t)lo;
+    before = fmax(before, e[i]);
+    start = e[i];
+  }
+  return -1;
+}
+
+static double anneal(nn_anneal a, double from, double to, double pct) {
+  if (a == NN_ANNEAL_LINEAR) return (to - from) * pct + from;
+  double c = cos(3.141592653589793 * pct) + 1;
+  return to + (from - to) / 2.0 * c;
+}
+
+/* the rate at step t <= total_steps, lr0 the maximum */
+static double onecycle_lr(const nn_schedule_ext2 *s, double lr0, int64_t t) {
+  double pct, initial = lr0 / s->div_factor, min = initial / s->final_div_factor;
+  int i = onecycle_phase(s, t, &pct);
+  if (i < 0) return NAN;
+  double from = i == 1 ? lr0 : initial, to = i == 0                      ? lr0
+                                             : i == 1 && !s->three_phase ? min
+                                             : i == 1                    ? initial
+                                                                         : min;
+  double lr = anneal(s->anneal, from, to, pct);
+  return lr < 0 ? 0 : lr; /* linear overshoots at t = total_steps (see nn.h) */
+}
+
+static double onecycle_momentum(const nn_schedule_ext2 *s, int64_t t) {
+  double pct, lo = s->base_momentum, hi = s->max_momentum;
+  int i = onecycle_phase(s, t, &pct);
+  if (i < 0) return NAN;
+  return anneal(s->anneal, i == 1 ? lo : hi, i == 0 ? lo : hi, pct);
+}
 
 /* Why s's settings are bad, or NULL when they are good: every rate they
  * give from a base rate that is finite and >= 0 is >= 0 (and finite unless
  * gamma > 1 overflows it). */
-static const char *sched_problem(const nn_schedule_ext *s) {
+static const char *sched_problem(const nn_schedule_ext2 *s) {
+  if (s->size != sizeof *s)
+    return "size must be sizeof(nn_schedule_ext2) (start from nn_schedule_ext2_defaults)";
   switch (s->kind) {
   case NN_SCHED_CONSTANT:
     return NULL;
@@ -815,18 +946,32 @@ static const char *sched_problem(const nn_schedule_ext *s) {
   case NN_SCHED_COSINE:
     if (s->t_max < 1) return "t_max must be >= 1";
     return isfinite(s->eta_min) && s->eta_min >= 0 ? NULL : "eta_min must be finite and >= 0";
+  case NN_SCHED_ONECYCLE:
+    if (!(isfinite(s->max_lr) && s->max_lr >= 0)) return "max_lr must be finite and >= 0";
+    if (s->total_steps < 1) return "total_steps must be >= 1";
+    if (!(s->pct_start >= 0 && s->pct_start <= 1)) return "pct_start must be in [0, 1]";
+    if (s->anneal != NN_ANNEAL_COS && s->anneal != NN_ANNEAL_LINEAR)
+      return "anneal must be NN_ANNEAL_COS or NN_ANNEAL_LINEAR";
+    if (!finite_pos(s->div_factor)) return "div_factor must be finite and > 0";
+    if (!finite_pos(s->final_div_factor)) return "final_div_factor must be finite and > 0";
+    if (s->cycle_momentum && !(isfinite(s->base_momentum) && isfinite(s->max_momentum)))
+      return "base_momentum and max_momentum must be finite";
+    if (onecycle_zero_phase(s) >= 0)
+      return "a step lands in a phase of length 0 (PyTorch divides by zero): pct_start "
+             "total_steps must not be 1, and pct_start 1 leaves the last phase no step";
+    return NULL;
   }
   return "unknown kind";
 }
 
-static double cosine_lr(const nn_schedule_ext *s, double lr0, int64_t t) {
+static double cosine_lr(const nn_schedule_ext2 *s, double lr0, int64_t t) {
   if (t >= s->t_max) return s->eta_min;
   return s->eta_min +
          (lr0 - s->eta_min) * (1 + cos(3.141592653589793 * (double)t / (double)s->t_max)) / 2;
 }
 
-/* s's rate, its settings good and t >= 0 */
-static double sched_lr(const nn_schedule_ext *s, double lr0, int64_t t) {
+/* s's rate, its settings good and t >= 0 (NAN past a onecycle's end) */
+static double sched_lr(const nn_schedule_ext2 *s, double lr0, int64_t t) {
   switch (s->kind) {
   case NN_SCHED_CONSTANT:
     return lr0;
@@ -849,30 +994,93 @@ static double sched_lr(const nn_schedule_ext *s, double lr0, int64_t t) {
   case NN_SCHED_WARMUP_COSINE:
     if (t >= s->total_iters) return cosine_lr(s, lr0, t - s->total_iters);
     return lr0 * (s->start_factor + (1 - s->start_factor) * (double)t / (double)s->total_iters);
+  case NN_SCHED_ONECYCLE:
+    return t > s->total_steps ? NAN : onecycle_lr(s, lr0, t);
   }
   return NAN;
 }
 
 double nn_schedule_lr(const nn_schedule *s, double lr0, int64_t t) {
-  if (!s || ext_only(s->kind)) return NAN;
+  if (!s || ext_only(s->kind) || ext2_only(s->kind)) return NAN;
   nn_schedule_ext e = ext_of(s);
   return nn_schedule_ext_lr(&e, lr0, t);
 }
 
 double nn_schedule_ext_lr(const nn_schedule_ext *s, double lr0, int64_t t) {
+  if (!s || ext2_only(s->kind)) return NAN;
+  nn_schedule_ext2 e = ext2_of(s);
+  return nn_schedule_ext2_lr(&e, lr0, t);
+}
+
+double nn_schedule_ext2_lr(const nn_schedule_ext2 *s, double lr0, int64_t t) {
   if (!s || t < 0 || sched_problem(s)) return NAN;
   return sched_lr(s, lr0, t);
+}
+
+double nn_schedule_ext2_momentum(const nn_schedule_ext2 *s, int64_t t) {
+  if (!s || t < 0 || sched_problem(s) || s->kind != NN_SCHED_ONECYCLE || !s->cycle_momentum ||
+      t > s->total_steps)
+    return NAN;
+  return onecycle_momentum(s, t);
 }
 
 /* The rate at epoch 0 for base lr0: lr0 itself for the kinds of
  * nn_schedule (as before; cosine's formula may round it) */
 static double rate0(const nn_optimizer *o, double lr0) {
-  return o->has_sched && ext_only(o->sched.kind) ? sched_lr(&o->sched, lr0, 0) : lr0;
+  return o->has_sched && (ext_only(o->sched2.kind) || ext2_only(o->sched2.kind))
+             ? sched_lr(&o->sched2, lr0, 0)
+             : lr0;
 }
 
-static ad_status set_schedule(nn_optimizer *o, const nn_schedule_ext *s) {
+/* The optimizer's setting a onecycle cycles: beta1 or momentum; NULL for
+ * one without (see nn_optimizer_set_schedule_ext2) */
+static double *cycled_setting(nn_optimizer *o) {
+  switch (o->cfg.kind) {
+  case NN_OPT_SGD:
+  case NN_OPT_RMSPROP:
+    return o->cfg.momentum > 0 ? &o->cfg.momentum : NULL;
+  case NN_OPT_ADAM:
+  case NN_OPT_ADAMW:
+  case NN_OPT_ADAMAX:
+  case NN_OPT_NADAM:
+  case NN_OPT_RADAM:
+    return &o->cfg.beta1;
+  default:
+    return NULL;
+  }
+}
+
+/* A cycled momentum follows the schedule's step (which a checkpoint may
+ * have changed); past the cycle's end it stays */
+static void sched_momentum(nn_optimizer *o) {
+  if (!o->has_sched || o->sched2.kind != NN_SCHED_ONECYCLE || !o->sched2.cycle_momentum) return;
+  double m = onecycle_momentum(&o->sched2, (int64_t)scalar_get(o->epoch));
+  double *to = cycled_setting(o);
+  if (to && !isnan(m)) *to = m;
+}
+
+/* Why a onecycle cannot cycle o's momentum, or NULL */
+static const char *momentum_problem(nn_optimizer *o, const nn_schedule_ext2 *s) {
+  if (s->kind != NN_SCHED_ONECYCLE || !s->cycle_momentum) return NULL;
+  if (o->cfg.kind == NN_OPT_SGD || o->cfg.kind == NN_OPT_RMSPROP) {
+    if (!cycled_setting(o))
+      return "cycle_momentum needs momentum > 0 when the optimizer is made (it has no momentum "
+             "buffer)";
+    if (!(s->base_momentum > 0 && s->max_momentum > 0))
+      return "base_momentum and max_momentum must be > 0 for a momentum";
+    return NULL;
+  }
+  if (!cycled_setting(o))
+    return "optimizer must support momentum with `cycle_momentum` option enabled";
+  if (!(s->base_momentum >= 0 && s->base_momentum < 1 && s->max_momentum >= 0 &&
+        s->max_momentum < 1))
+    return "base_momentum and max_momentum must be in [0, 1) for beta1";
+  return NULL;
+}
+
+static ad_status set_schedule(nn_optimizer *o, const nn_schedule_ext2 *s) {
   const char *why = sched_problem(s);
-  if (why)
+  if (why && s->size == sizeof *s && !ext2_only(s->kind))
     return ad_set_error(o->ctx, AD_ERR_ARG,
                         "optimizer: bad schedule: %s (kind %d, step_size %lld, gamma %g, t_max "
                         "%lld, eta_min %g, %d milestones, start_factor %g, end_factor %g, "
@@ -880,7 +1088,14 @@ static ad_status set_schedule(nn_optimizer *o, const nn_schedule_ext *s) {
                         why, (int)s->kind, (long long)s->step_size, s->gamma, (long long)s->t_max,
                         s->eta_min, s->n_milestones, s->start_factor, s->end_factor,
                         (long long)s->total_iters);
-  double lr0 = scalar_get(o->lr), lr = ext_only(s->kind) ? sched_lr(s, lr0, 0) : lr0;
+  if (why)
+    return ad_set_error(o->ctx, AD_ERR_ARG, "optimizer: bad schedule: %s (kind %d)", why,
+                        (int)s->kind);
+  if ((why = momentum_problem(o, s)))
+    return ad_set_error(o->ctx, AD_ERR_ARG, "optimizer %s: bad schedule: %s",
+                        kind_names[o->cfg.kind], why);
+  double lr0 = s->kind == NN_SCHED_ONECYCLE ? s->max_lr : scalar_get(o->lr);
+  double lr = ext_only(s->kind) || ext2_only(s->kind) ? sched_lr(s, lr0, 0) : lr0;
   if (!isfinite(lr)) /* multistep: gamma > 1 at milestones 0 overflowing */
     return ad_set_error(o->ctx, AD_ERR_ARG,
                         "optimizer: bad schedule: its rate at epoch 0 from lr %g is %g; it must "
@@ -899,15 +1114,19 @@ static ad_status set_schedule(nn_optimizer *o, const nn_schedule_ext *s) {
   }
   if (o->milestones)
     ad_free(o->ctx, o->milestones, (size_t)o->sched.n_milestones * sizeof *o->milestones);
-  o->sched = *s;
-  o->sched.milestones = o->milestones = ms;
-  o->sched.n_milestones = n;
+  o->sched2 = *s;
+  o->sched2.milestones = o->milestones = ms;
+  o->sched2.n_milestones = n;
+  o->sched =
+      (nn_schedule_ext){s->kind, s->step_size,    s->gamma,      s->t_max,      s->eta_min, ms,
+                        n,       s->start_factor, s->end_factor, s->total_iters};
   o->sched_view = (nn_schedule){s->kind, s->step_size, s->gamma, s->t_max, s->eta_min};
   o->has_sched = true;
   scalar_set(o->lr0, lr0);
   scalar_set(o->epoch, 0);
   o->cfg.lr = lr;
   scalar_set(o->lr, lr);
+  sched_momentum(o);
   return AD_OK;
 }
 
@@ -916,6 +1135,7 @@ static void detach_schedule(nn_optimizer *o) {
     ad_free(o->ctx, o->milestones, (size_t)o->sched.n_milestones * sizeof *o->milestones);
   o->milestones = NULL;
   memset(&o->sched, 0, sizeof o->sched);
+  memset(&o->sched2, 0, sizeof o->sched2);
   o->has_sched = false;
 }
 
@@ -925,16 +1145,32 @@ ad_status nn_optimizer_set_schedule(nn_optimizer *o, const nn_schedule *s) {
     detach_schedule(o);
     return AD_OK;
   }
-  if (ext_only(s->kind))
+  if (ext_only(s->kind) || ext2_only(s->kind))
     return ad_set_error(o->ctx, AD_ERR_ARG,
                         "optimizer: bad schedule: kind %d needs settings nn_schedule has no room "
-                        "for: use nn_optimizer_set_schedule_ext",
-                        (int)s->kind);
+                        "for: use nn_optimizer_set_schedule_ext%s",
+                        (int)s->kind, ext2_only(s->kind) ? "2" : "");
   nn_schedule_ext e = ext_of(s);
-  return set_schedule(o, &e);
+  nn_schedule_ext2 e2 = ext2_of(&e);
+  return set_schedule(o, &e2);
 }
 
 ad_status nn_optimizer_set_schedule_ext(nn_optimizer *o, const nn_schedule_ext *s) {
+  if (!o) return AD_ERR_NULL;
+  if (!s) {
+    detach_schedule(o);
+    return AD_OK;
+  }
+  if (ext2_only(s->kind))
+    return ad_set_error(o->ctx, AD_ERR_ARG,
+                        "optimizer: bad schedule: kind %d needs settings nn_schedule_ext has no "
+                        "room for: use nn_optimizer_set_schedule_ext2",
+                        (int)s->kind);
+  nn_schedule_ext2 e = ext2_of(s);
+  return set_schedule(o, &e);
+}
+
+ad_status nn_optimizer_set_schedule_ext2(nn_optimizer *o, const nn_schedule_ext2 *s) {
   if (!o) return AD_ERR_NULL;
   if (!s) {
     detach_schedule(o);
@@ -951,11 +1187,20 @@ const nn_schedule_ext *nn_optimizer_schedule_ext(const nn_optimizer *o) {
   return o && o->has_sched ? &o->sched : NULL;
 }
 
+const nn_schedule_ext2 *nn_optimizer_schedule_ext2(const nn_optimizer *o) {
+  return o && o->has_sched ? &o->sched2 : NULL;
+}
+
 ad_status nn_optimizer_schedule_step(nn_optimizer *o) {
   if (!o) return AD_ERR_NULL;
   if (!o->has_sched) return AD_OK;
   double epoch = scalar_get(o->epoch) + 1;
-  double lr = sched_lr(&o->sched, scalar_get(o->lr0), (int64_t)epoch);
+  if (o->sched2.kind == NN_SCHED_ONECYCLE && epoch > (double)o->sched2.total_steps)
+    return ad_set_error(o->ctx, AD_ERR_STATE,
+                        "optimizer %s: onecycle: tried to step %.0f times; the specified number "
+                        "of total steps is %lld",
+                        kind_names[o->cfg.kind], epoch + 1, (long long)o->sched2.total_steps);
+  double lr = sched_lr(&o->sched2, scalar_get(o->lr0), (int64_t)epoch);
   if (!(isfinite(lr) && lr >= 0)) /* gamma > 1 overflowing: keep a rate that can be saved */
     return ad_set_error(o->ctx, AD_ERR_NAN,
                         "optimizer %s: the schedule's learning rate at epoch %.0f is %g (base "
@@ -966,6 +1211,7 @@ ad_status nn_optimizer_schedule_step(nn_optimizer *o) {
   scalar_set(o->epoch, epoch);
   o->cfg.lr = lr;
   scalar_set(o->lr, lr);
+  sched_momentum(o);
   return AD_OK;
 }
 

@@ -1717,6 +1717,11 @@ static ad_status run_sched_once(world *w) {
   if (w->kind == 2) return nn_optimizer_set_schedule_ext(w->opt, &e);
   if (w->kind == 3) return nn_optimizer_plateau_step(w->opt, 1.0); /* a reduction */
   if (w->kind == 4) return nn_optimizer_set_lr(w->opt, 0.25);
+  if (w->kind == 5) { /* a onecycle: the rate and the cycled momentum */
+    nn_schedule_ext2 oc = nn_schedule_ext2_defaults(NN_SCHED_ONECYCLE);
+    oc.max_lr = 0.5, oc.total_steps = 10;
+    return nn_optimizer_set_schedule_ext2(w->opt, &oc);
+  }
   return nn_optimizer_schedule_step(w->opt);
 }
 
@@ -1736,10 +1741,16 @@ static void setup_sched_set(world *w) {
     cr_assert_eq(nn_optimizer_set_plateau(w->opt, &p), AD_OK);
     cr_assert_eq(nn_optimizer_plateau_step(w->opt, 1.0), AD_OK);
   }
+  if (w->kind == 6) { /* the step of a onecycle */
+    w->kind = 1;
+    nn_schedule_ext2 oc = nn_schedule_ext2_defaults(NN_SCHED_ONECYCLE);
+    oc.max_lr = 0.5, oc.total_steps = 10;
+    cr_assert_eq(nn_optimizer_set_schedule_ext2(w->opt, &oc), AD_OK);
+  }
 }
 
 Test(nn_oom, lr_schedule_set_and_step_are_atomic) {
-  for (g_kind = 0; g_kind < 5; g_kind++)
+  for (g_kind = 0; g_kind < 7; g_kind++)
     sweep(&(scenario){"schedule once", setup_sched_set, run_sched_once, print_model, true, false});
 }
 

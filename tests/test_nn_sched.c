@@ -4,6 +4,7 @@
  * tools/gen_sched_fixtures.py (torch.optim.lr_scheduler driving an SGD with
  * lr 0.1: the rate of epoch t read before the scheduler's step t). */
 #include "nn.h"
+#include "sched2_fixtures.h"
 #include "sched_fixtures.h"
 #include "test_tmpdir.h"
 
@@ -554,4 +555,346 @@ Test(sched, plateau_notes_the_rate_only_when_it_reduces) {
   ad_tensor_free(v);
   nn_optimizer_free(o);
   nn_model_free(m);
+}
+
+/* ------------------------------------------------ nn_schedule_ext2: OneCycleLR */
+
+/* |a - b| within 1e-15 relative: the same operations in PyTorch's order */
+static void exact(double got, double want, const char *what, int t) {
+  cr_assert(fabs(got - want) <= 1e-15 * fabs(want) + 1e-300, "%s, step %d: %.17g, torch %.17g",
+            what, t, got, want);
+}
+
+/* The optimizers of tools/gen_sched2_fixtures.py (lr 0.1) */
+static nn_optimizer *opt_of(nn_model **m, nn_opt_kind kind) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 1);
+  *m = nn_sequential_new(ctx);
+  cr_assert_eq(nn_model_add(*m, nn_dense_new(ctx, 3, 2, &rng, NULL)), AD_OK);
+  nn_opt_config c = nn_opt_defaults(kind, 0.1);
+  if (kind == NN_OPT_SGD) c.momentum = 0.9;
+  if (kind == NN_OPT_RMSPROP) c.momentum = 0.5;
+  nn_optimizer *o = nn_optimizer_new(nn_model_params(*m), &c);
+  cr_assert_not_null(o);
+  return o;
+}
+
+static double cycled(const nn_optimizer *o) {
+  const nn_opt_config *c = nn_optimizer_config(o);
+  return c->kind == NN_OPT_SGD || c->kind == NN_OPT_RMSPROP ? c->momentum : c->beta1;
+}
+
+/* The optimizer follows s over steps 0 .. total_steps as PyTorch's
+ * OneCycleLR (rate, and momentum or beta1 where mom is not NULL),
+ * nn_schedule_ext2_lr and _momentum agree, and the step after is refused. */
+static void oc_follows(nn_opt_kind kind, const nn_schedule_ext2 *s, const double *lr,
+                       const double *mom, int n, const char *what) {
+  cr_assert_eq(n, s->total_steps + 1, "%s: fixture length", what);
+  nn_model *m;
+  nn_optimizer *o = opt_of(&m, kind);
+  double before = cycled(o);
+  cr_assert_eq(nn_optimizer_set_schedule_ext2(o, s), AD_OK, "%s", ad_last_error(ctx));
+  bool clamped = false;
+  for (int t = 0; t < n; t++) {
+    double want = lr[t] < 0 ? 0 : lr[t]; /* linear's overshoot at total_steps: 0 here */
+    clamped |= lr[t] < 0;
+    exact(nn_optimizer_lr(o), want, what, t);
+    exact(nn_schedule_ext2_lr(s, s->max_lr, t), want, what, t);
+    if (mom) {
+      exact(cycled(o), mom[t], what, t);
+      exact(nn_schedule_ext2_momentum(s, t), mom[t], what, t);
+    } else {
+      cr_assert_eq(cycled(o), before, "%s: the momentum is left alone", what);
+      cr_assert(isnan(nn_schedule_ext2_momentum(s, t)));
+    }
+    if (t < n - 1) cr_assert_eq(nn_optimizer_schedule_step(o), AD_OK, "%s", ad_last_error(ctx));
+  }
+  cr_assert_eq(clamped, s->anneal == NN_ANNEAL_LINEAR && lr[n - 1] < 0);
+  cr_assert_eq(nn_optimizer_schedule_step(o), AD_ERR_STATE);
+  char msg[96];
+  snprintf(msg, sizeof msg,
+           "onecycle: tried to step %d times; the specified number of total steps is %d", n + 1,
+           n - 1);
+  test_expect_error(ctx, AD_ERR_STATE, msg, NULL);
+  exact(nn_optimizer_lr(o), lr[n - 1] < 0 ? 0 : lr[n - 1], what, n - 1); /* unchanged */
+  cr_assert(isnan(nn_schedule_ext2_lr(s, s->max_lr, n)));
+  nn_optimizer_free(o);
+  nn_model_free(m);
+}
+
+static nn_schedule_ext2 onecycle(double max_lr, int64_t total_steps) {
+  nn_schedule_ext2 s = nn_schedule_ext2_defaults(NN_SCHED_ONECYCLE);
+  s.max_lr = max_lr;
+  s.total_steps = total_steps;
+  return s;
+}
+
+/* the cases of tools/gen_sched2_fixtures.py */
+Test(sched, onecycle_matches_torch) {
+  nn_schedule_ext2 s = onecycle(0.1, 100);
+  cr_assert(s.step_per_batch && s.cycle_momentum && s.anneal == NN_ANNEAL_COS && !s.three_phase);
+  cr_assert(s.pct_start == 0.3 && s.div_factor == 25 && s.final_div_factor == 1e4);
+  cr_assert(s.base_momentum == 0.85 && s.max_momentum == 0.95);
+  oc_follows(NN_OPT_SGD, &s, oc_defaults_lr, oc_defaults_mom, LEN(oc_defaults_lr), "defaults");
+  s = onecycle(0.01, 50);
+  s.pct_start = 0.25, s.anneal = NN_ANNEAL_LINEAR;
+  oc_follows(NN_OPT_ADAM, &s, oc_linear_adam_lr, oc_linear_adam_mom, LEN(oc_linear_adam_lr),
+             "linear, adam");
+  s = onecycle(0.5, 60);
+  s.three_phase = true, s.div_factor = 10, s.final_div_factor = 100, s.base_momentum = 0.8,
+  s.max_momentum = 0.9;
+  oc_follows(NN_OPT_SGD, &s, oc_three_lr, oc_three_mom, LEN(oc_three_lr), "three phases");
+  s = onecycle(0.2, 37);
+  s.pct_start = 0.4, s.anneal = NN_ANNEAL_LINEAR, s.three_phase = true;
+  oc_follows(NN_OPT_RMSPROP, &s, oc_three_linear_lr, oc_three_linear_mom, LEN(oc_three_linear_lr),
+             "three linear phases, rmsprop");
+  s = onecycle(0.3, 20);
+  s.pct_start = 0;
+  oc_follows(NN_OPT_ADAM, &s, oc_pct0_lr, oc_pct0_mom, LEN(oc_pct0_lr), "pct_start 0");
+  s = onecycle(0.05, 30);
+  s.cycle_momentum = false;
+  oc_follows(NN_OPT_ADAGRAD, &s, oc_no_momentum_lr, NULL, LEN(oc_no_momentum_lr),
+             "no momentum, adagrad");
+  s = onecycle(1, 2);
+  oc_follows(NN_OPT_SGD, &s, oc_two_steps_lr, oc_two_steps_mom, LEN(oc_two_steps_lr), "2 steps");
+}
+
+/* max_lr is the base rate: set_lr restarts the cycle with a new maximum,
+ * and a plateau's reduction scales the whole cycle. */
+Test(sched, onecycle_base_is_max_lr) {
+  nn_model *m;
+  nn_optimizer *o = opt_of(&m, NN_OPT_SGD);
+  nn_schedule_ext2 s = onecycle(0.1, 100);
+  cr_assert_eq(nn_optimizer_set_schedule_ext2(o, &s), AD_OK);
+  cr_assert_eq(ad_tensor_item(state_named(o, "sgd.schedule.lr0")), 0.1);
+  exact(nn_optimizer_lr(o), 0.1 / 25, "max_lr / div_factor", 0); /* torch's cosine rounds it */
+  for (int t = 0; t < 5; t++) cr_assert_eq(nn_optimizer_schedule_step(o), AD_OK);
+  cr_assert_eq(nn_optimizer_set_lr(o, 0.2), AD_OK);
+  exact(nn_optimizer_lr(o), 0.2 / 25, "new max_lr / div_factor", 0);
+  cr_assert_eq(cycled(o), 0.95);
+  cr_assert_eq(nn_optimizer_schedule_ext2(o)->total_steps, 100);
+  cr_assert_eq(nn_optimizer_schedule_ext(o)->kind, NN_SCHED_ONECYCLE);
+  cr_assert_eq(nn_optimizer_schedule(o)->kind, NN_SCHED_ONECYCLE);
+  /* detached: the rate and the momentum stay where the cycle left them */
+  cr_assert_eq(nn_optimizer_schedule_step(o), AD_OK);
+  double lr = nn_optimizer_lr(o), mom = cycled(o);
+  cr_assert_eq(nn_optimizer_set_schedule_ext2(o, NULL), AD_OK);
+  cr_assert_null(nn_optimizer_schedule_ext2(o));
+  cr_assert_eq(nn_optimizer_lr(o), lr);
+  cr_assert_eq(cycled(o), mom);
+  cr_assert_neq(mom, 0.95);
+  nn_optimizer_free(o);
+  nn_model_free(m);
+}
+
+/* Training with Adam under a onecycle (lr and beta1 cycled), saved at step
+ * 7 and resumed into a fresh model and optimizer with the same schedule:
+ * the parameters, rate and beta1 follow the uninterrupted run bit for
+ * bit. */
+Test(sched, onecycle_resumes_bit_for_bit) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 5);
+  int64_t xs[2] = {8, 3}, ys[2] = {8, 2};
+  ad_tensor *x = ad_rand(ctx, &rng, AD_F32, 2, xs, -1, 1),
+            *y = ad_rand(ctx, &rng, AD_F32, 2, ys, -1, 1);
+  nn_schedule_ext2 s = onecycle(0.05, 20);
+  nn_model *a, *b, *c;
+  nn_optimizer *oa = opt_of(&a, NN_OPT_ADAM), *ob = opt_of(&b, NN_OPT_ADAM),
+               *oc = opt_of(&c, NN_OPT_ADAM);
+  cr_assert_eq(nn_optimizer_set_schedule_ext2(oa, &s), AD_OK);
+  cr_assert_eq(nn_optimizer_set_schedule_ext2(oc, &s), AD_OK);
+  const char *path = test_path("oc.safetensors");
+  for (int t = 0; t < 20; t++) {
+    cr_assert_eq(nn_train_step(a, oa, nn_mse_loss, x, y, 0, NULL), AD_OK, "%s", ad_last_error(ctx));
+    cr_assert_eq(nn_optimizer_schedule_step(oa), AD_OK);
+    if (t < 7) {
+      cr_assert_eq(nn_train_step(c, oc, nn_mse_loss, x, y, 0, NULL), AD_OK);
+      cr_assert_eq(nn_optimizer_schedule_step(oc), AD_OK);
+    }
+    if (t == 6) {
+      cr_assert_eq(nn_model_save(c, oc, path), AD_OK, "%s", ad_last_error(ctx));
+      cr_assert_eq(nn_optimizer_set_schedule_ext2(ob, &s), AD_OK);
+      cr_assert_eq(nn_model_load(b, ob, path), AD_OK, "%s", ad_last_error(ctx));
+      cr_assert_eq(nn_optimizer_config(ob)->beta1, nn_schedule_ext2_momentum(&s, 7));
+    }
+    if (t >= 7) {
+      cr_assert_eq(nn_train_step(b, ob, nn_mse_loss, x, y, 0, NULL), AD_OK);
+      cr_assert_eq(nn_optimizer_schedule_step(ob), AD_OK);
+    }
+  }
+  cr_assert_eq(nn_optimizer_lr(ob), nn_optimizer_lr(oa));
+  cr_assert_eq(nn_optimizer_config(ob)->beta1, nn_optimizer_config(oa)->beta1);
+  nn_params *pa = nn_model_params(a), *pb = nn_model_params(b), *pc = nn_model_params(c);
+  bool moved = false;
+  for (int i = 0; i < nn_params_count(pa); i++) {
+    const ad_tensor *ta = nn_params_tensor(pa, i), *tb = nn_params_tensor(pb, i);
+    cr_assert_eq(memcmp(ta->data, tb->data, (size_t)ta->size * sizeof(float)), 0, "param %d", i);
+    moved |= memcmp(ta->data, nn_params_tensor(pc, i)->data, (size_t)ta->size * sizeof(float));
+  }
+  cr_assert(moved, "the resumed steps changed the parameters");
+  /* without the cycled beta1 (a schedule that keeps it) the run differs */
+  nn_model *d;
+  nn_optimizer *od = opt_of(&d, NN_OPT_ADAM);
+  s.cycle_momentum = false;
+  cr_assert_eq(nn_optimizer_set_schedule_ext2(od, &s), AD_OK);
+  for (int t = 0; t < 20; t++) {
+    cr_assert_eq(nn_train_step(d, od, nn_mse_loss, x, y, 0, NULL), AD_OK);
+    cr_assert_eq(nn_optimizer_schedule_step(od), AD_OK);
+  }
+  cr_assert_eq(nn_optimizer_lr(od), nn_optimizer_lr(oa));
+  cr_assert_neq(memcmp(nn_params_tensor(pa, 0)->data, nn_params_tensor(nn_model_params(d), 0)->data,
+                       6 * sizeof(float)),
+                0);
+  nn_optimizer_free(oa), nn_optimizer_free(ob), nn_optimizer_free(oc), nn_optimizer_free(od);
+  nn_model_free(a), nn_model_free(b), nn_model_free(c), nn_model_free(d);
+  ad_tensor_free(x), ad_tensor_free(y);
+}
+
+/* nn_fit steps a schedule with step_per_batch after every batch: 3 epochs
+ * of 4 batches end at step 12 = total_steps; a 4th epoch steps past it. */
+Test(sched, onecycle_in_fit_steps_per_batch) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 3);
+  int64_t xs[2] = {20, 3}, ys[2] = {20, 2};
+  ad_tensor *x = ad_rand(ctx, &rng, AD_F32, 2, xs, -1, 1),
+            *y = ad_rand(ctx, &rng, AD_F32, 2, ys, -1, 1);
+  nn_model *m;
+  nn_optimizer *o = opt_of(&m, NN_OPT_SGD);
+  nn_schedule_ext2 s = onecycle(0.1, 12);
+  cr_assert_eq(nn_optimizer_set_schedule_ext2(o, &s), AD_OK);
+  nn_fit_opts fo = {.epochs = 3, .batch_size = 5, .verbose = -1};
+  nn_history *h;
+  cr_assert_eq(nn_fit(m, o, nn_mse_loss, x, y, &fo, &h), AD_OK, "%s", ad_last_error(ctx));
+  for (int e = 0; e < 3; e++)
+    cr_assert_eq(nn_history_get(h, "lr", e), nn_schedule_ext2_lr(&s, 0.1, 4 * e), "epoch %d", e);
+  cr_assert_eq(ad_tensor_item(state_named(o, "sgd.schedule.epoch")), 12);
+  cr_assert_eq(nn_optimizer_lr(o), nn_schedule_ext2_lr(&s, 0.1, 12));
+  nn_history_free(h);
+  fo.epochs = 1;
+  cr_assert_eq(nn_fit(m, o, nn_mse_loss, x, y, &fo, &h), AD_ERR_STATE);
+  test_expect_error(ctx, AD_ERR_STATE, "tried to step 14 times", NULL);
+  nn_history_free(h);
+  /* per epoch when step_per_batch is off */
+  s.step_per_batch = false;
+  cr_assert_eq(nn_optimizer_set_schedule_ext2(o, &s), AD_OK);
+  fo.epochs = 2;
+  cr_assert_eq(nn_fit(m, o, nn_mse_loss, x, y, &fo, &h), AD_OK, "%s", ad_last_error(ctx));
+  cr_assert_eq(ad_tensor_item(state_named(o, "sgd.schedule.epoch")), 2);
+  nn_history_free(h);
+  nn_optimizer_free(o);
+  nn_model_free(m);
+  ad_tensor_free(x), ad_tensor_free(y);
+}
+
+Test(sched, onecycle_bad_settings) {
+  struct {
+    nn_schedule_ext2 s;
+    const char *why;
+  } bad[20];
+  int n = 0;
+#define BAD(field, value, msg)                                                                     \
+  do {                                                                                             \
+    bad[n].s = onecycle(0.1, 10);                                                                  \
+    bad[n].s.field = value;                                                                        \
+    bad[n++].why = msg;                                                                            \
+  } while (0)
+  BAD(max_lr, NAN, "max_lr must be finite and >= 0");
+  BAD(max_lr, -0.1, "max_lr must be finite and >= 0");
+  BAD(max_lr, INFINITY, "max_lr must be finite and >= 0");
+  BAD(total_steps, 0, "total_steps must be >= 1");
+  BAD(total_steps, -3, "total_steps must be >= 1");
+  BAD(pct_start, -0.1, "pct_start must be in [0, 1]");
+  BAD(pct_start, 1.1, "pct_start must be in [0, 1]");
+  BAD(pct_start, NAN, "pct_start must be in [0, 1]");
+  BAD(anneal, (nn_anneal)2, "anneal must be NN_ANNEAL_COS or NN_ANNEAL_LINEAR");
+  BAD(div_factor, 0, "div_factor must be finite and > 0");
+  BAD(div_factor, NAN, "div_factor must be finite and > 0");
+  BAD(final_div_factor, -1, "final_div_factor must be finite and > 0");
+  BAD(final_div_factor, INFINITY, "final_div_factor must be finite and > 0");
+  BAD(base_momentum, NAN, "base_momentum and max_momentum must be finite");
+  BAD(pct_start, 0.1, "a step lands in a phase of length 0"); /* 0.1 * 10 - 1 = 0 */
+  BAD(pct_start, 1.0, "a step lands in a phase of length 0"); /* the last phase at step 10 */
+  BAD(size, 0, "size must be sizeof(nn_schedule_ext2)");
+  BAD(size, sizeof(nn_schedule_ext2) + 8, "size must be sizeof(nn_schedule_ext2)");
+#undef BAD
+  bad[n].s = nn_schedule_ext2_defaults(NN_SCHED_ONECYCLE); /* max_lr not set */
+  bad[n].s.total_steps = 10;
+  bad[n++].why = "max_lr must be finite and >= 0";
+  nn_model *m;
+  nn_optimizer *o = opt_of(&m, NN_OPT_SGD);
+  nn_schedule_ext2 good = onecycle(0.1, 10);
+  cr_assert_eq(nn_optimizer_set_schedule_ext2(o, &good), AD_OK);
+  cr_assert_eq(nn_optimizer_schedule_step(o), AD_OK);
+  double lr = nn_optimizer_lr(o), mom = cycled(o);
+  for (int i = 0; i < n; i++) {
+    cr_assert_eq(nn_optimizer_set_schedule_ext2(o, &bad[i].s), AD_ERR_ARG, "case %d", i);
+    test_expect_error(ctx, AD_ERR_ARG, "optimizer: bad schedule: ", bad[i].why, NULL);
+    cr_assert(isnan(nn_schedule_ext2_lr(&bad[i].s, 0.1, 1)), "case %d", i);
+    cr_assert(isnan(nn_schedule_ext2_momentum(&bad[i].s, 1)), "case %d", i);
+    cr_assert_eq(nn_optimizer_lr(o), lr); /* unchanged */
+    cr_assert_eq(cycled(o), mom);
+    cr_assert_eq(nn_optimizer_schedule_ext2(o)->total_steps, 10);
+  }
+  /* the zero-length phases are those torch divides by: its neighbours work */
+  good.pct_start = 0.2;
+  cr_assert(!isnan(nn_schedule_ext2_lr(&good, 0.1, 10)));
+  good.pct_start = 0.95;
+  cr_assert(!isnan(nn_schedule_ext2_lr(&good, 0.1, 10)));
+  good.pct_start = 0.3;
+  cr_assert(isnan(nn_schedule_ext2_lr(&good, 0.1, -1)));
+  cr_assert(isnan(nn_schedule_ext2_lr(NULL, 0.1, 1)));
+  cr_assert(isnan(nn_schedule_ext2_momentum(NULL, 1)));
+  cr_assert_eq(nn_optimizer_set_schedule_ext2(NULL, &good), AD_ERR_NULL);
+  cr_assert_null(nn_optimizer_schedule_ext2(NULL));
+  /* the older setters and rate functions have no room for its settings */
+  nn_schedule_ext e = {.kind = NN_SCHED_ONECYCLE};
+  cr_assert_eq(nn_optimizer_set_schedule_ext(o, &e), AD_ERR_ARG);
+  test_expect_error(ctx, AD_ERR_ARG, "kind 7", "use nn_optimizer_set_schedule_ext2", NULL);
+  cr_assert(isnan(nn_schedule_ext_lr(&e, 0.1, 1)));
+  nn_schedule old = {.kind = NN_SCHED_ONECYCLE};
+  cr_assert_eq(nn_optimizer_set_schedule(o, &old), AD_ERR_ARG);
+  test_expect_error(ctx, AD_ERR_ARG, "use nn_optimizer_set_schedule_ext2", NULL);
+  cr_assert(isnan(nn_schedule_lr(&old, 0.1, 1)));
+  cr_assert_eq(nn_optimizer_schedule_ext2(o)->total_steps, 10);
+  nn_optimizer_free(o);
+  nn_model_free(m);
+}
+
+/* cycle_momentum needs a momentum or beta1 to cycle, as PyTorch's check,
+ * and momenta the optimizer accepts. */
+Test(sched, onecycle_cycle_momentum_needs_momentum) {
+  static const struct {
+    nn_opt_kind kind;
+    double momentum, base, max;
+    const char *why;
+  } bad[] = {
+      {NN_OPT_ADAGRAD, 0, 0.85, 0.95,
+       "optimizer adagrad: bad schedule: optimizer must support momentum with `cycle_momentum` "
+       "option enabled"},
+      {NN_OPT_SGD, 0, 0.85, 0.95, "optimizer sgd: bad schedule: cycle_momentum needs momentum > 0"},
+      {NN_OPT_RMSPROP, 0, 0.85, 0.95,
+       "optimizer rmsprop: bad schedule: cycle_momentum needs momentum > 0"},
+      {NN_OPT_SGD, 0.9, 0, 0.95, "base_momentum and max_momentum must be > 0 for a momentum"},
+      {NN_OPT_ADAM, 0, 0.85, 1, "base_momentum and max_momentum must be in [0, 1) for beta1"},
+      {NN_OPT_NADAM, 0, -0.1, 0.9, "base_momentum and max_momentum must be in [0, 1) for beta1"},
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    nn_model *m = nn_sequential_new(ctx);
+    ad_rng rng;
+    ad_rng_seed(&rng, 1);
+    cr_assert_eq(nn_model_add(m, nn_dense_new(ctx, 3, 2, &rng, NULL)), AD_OK);
+    nn_opt_config c = nn_opt_defaults(bad[i].kind, 0.1);
+    c.momentum = bad[i].momentum;
+    nn_optimizer *o = nn_optimizer_new(nn_model_params(m), &c);
+    nn_schedule_ext2 s = onecycle(0.1, 10);
+    s.base_momentum = bad[i].base, s.max_momentum = bad[i].max;
+    cr_assert_eq(nn_optimizer_set_schedule_ext2(o, &s), AD_ERR_ARG, "case %zu", i);
+    test_expect_error(ctx, AD_ERR_ARG, bad[i].why, NULL);
+    cr_assert_null(nn_optimizer_schedule_ext2(o));
+    cr_assert_eq(nn_optimizer_lr(o), 0.1);
+    s.cycle_momentum = false; /* the rate alone is fine */
+    cr_assert_eq(nn_optimizer_set_schedule_ext2(o, &s), AD_OK, "case %zu", i);
+    nn_optimizer_free(o);
+    nn_model_free(m);
+  }
 }

@@ -54,7 +54,7 @@
  *                (nn_lbfgs, with a closure; strong-Wolfe line search);
  *                gradient clipping by global norm or by value; learning-rate
  *                schedules (step, exponential, cosine, multistep, linear
- *                warm-up or decay, warm-up then cosine) and reduction on a
+ *                warm-up or decay, warm-up then cosine, one-cycle) and reduction on a
  *                plateau of a metric. Their state tensors are named so that
  *                checkpoints can resume training.
  *   data         nn_batcher (mini-batches with seeded shuffling) and
@@ -2627,7 +2627,8 @@ typedef enum nn_sched_kind {
   NN_SCHED_COSINE,
   NN_SCHED_MULTISTEP,    /**< nn_schedule_ext only (see there) */
   NN_SCHED_LINEAR,       /**< nn_schedule_ext only */
-  NN_SCHED_WARMUP_COSINE /**< nn_schedule_ext only */
+  NN_SCHED_WARMUP_COSINE, /**< nn_schedule_ext only */
+  NN_SCHED_ONECYCLE       /**< nn_schedule_ext2 only (see there) */
 } nn_sched_kind;
 
 /** A learning-rate schedule (see nn_sched_kind) and its settings. */
@@ -2715,22 +2716,138 @@ NN_API double nn_schedule_ext_lr(const nn_schedule_ext *s, double lr0, int64_t t
  * reduced rate: call nn_optimizer_set_lr(opt, base) after it to restart
  * from base. Returns AD_OK, AD_ERR_NULL (opt NULL), AD_ERR_ARG naming the
  * bad setting (see nn_schedule_ext_lr; also a rate at epoch 0 that is not
- * finite: multistep, gamma > 1 at milestones 0) or AD_ERR_OOM, the optimizer
- * unchanged. Resuming from a checkpoint: attach the same schedule, then
- * load. */
+ * finite: multistep, gamma > 1 at milestones 0; a kind of nn_schedule_ext2
+ * only) or AD_ERR_OOM, the optimizer unchanged. Resuming from a checkpoint:
+ * attach the same schedule, then load. */
 NN_API ad_status nn_optimizer_set_schedule_ext(nn_optimizer *opt, const nn_schedule_ext *s);
 
-/** The schedule attached (by either function; milestones point to opt's
- * copy), owned by opt, valid until the next set or nn_optimizer_free;
+/** The schedule attached (by any setter; for a kind of nn_schedule_ext2
+ * only, its kind and the settings nn_schedule_ext has room for;
+ * milestones point to opt's copy), owned by opt, valid until the next set or nn_optimizer_free;
  * NULL when there is none or opt is NULL. */
 NN_API const nn_schedule_ext *nn_optimizer_schedule_ext(const nn_optimizer *opt);
 
-/** Advances the schedule one epoch and sets lr from it (no-op without a
- * schedule). nn_fit calls it after every epoch. Returns AD_OK, AD_ERR_NULL
- * (opt NULL), AD_ERR_NAN when the new rate would not be finite (gamma > 1
- * overflowing after many epochs) or AD_ERR_OOM (as nn_optimizer_set_lr),
- * the optimizer unchanged. */
+/** Advances the schedule one step t (an epoch, or a batch for
+ * step_per_batch, see nn_schedule_ext2) and sets lr from it (no-op without
+ * a schedule). nn_fit calls it after every epoch, or after every batch for
+ * a schedule with step_per_batch. Returns AD_OK, AD_ERR_NULL (opt NULL),
+ * AD_ERR_NAN when the new rate would not be finite (gamma > 1 overflowing
+ * after many epochs), AD_ERR_STATE for a step past a onecycle's
+ * total_steps (as PyTorch's OneCycleLR raises "Tried to step ... times")
+ * or AD_ERR_OOM (as nn_optimizer_set_lr), the optimizer unchanged. */
 NN_API ad_status nn_optimizer_schedule_step(nn_optimizer *opt);
+
+/** How a onecycle anneals within a phase (PyTorch's anneal_strategy),
+ * from a to b as pct goes from 0 to 1: cos, b + (a - b) / 2 (cos(pi pct)
+ * + 1); linear, (b - a) pct + a. */
+typedef enum nn_anneal { NN_ANNEAL_COS = 0, NN_ANNEAL_LINEAR } nn_anneal;
+
+/** The schedules that need settings nn_schedule_ext has no room for (its
+ * layout is fixed, as nn_schedule's: callers allocate both). This struct
+ * begins with nn_schedule_ext's ten members, with their meaning, so every
+ * kind works here; then size, then the new settings. Start from
+ * nn_schedule_ext2_defaults(kind), which sets size and PyTorch's defaults.
+ *
+ * size must be sizeof(nn_schedule_ext2): a version stamp, so that this
+ * struct can grow at its end in later versions without an ext3. A later
+ * library reads a caller's smaller, older struct by its size and takes
+ * the defaults for the members that caller did not know of (every
+ * member added later will mean "PyTorch's default" at zero); this version
+ * knows no other size and refuses any (AD_ERR_ARG), also a size of 0 from a
+ * struct zeroed by hand.
+ *
+ *   @code{.unparsed}
+ *   onecycle  PyTorch's OneCycleLR, stepped per batch (step_per_batch).
+ *             The base rate lr0 is max_lr (nn_optimizer_set_schedule_ext2
+ *             makes s->max_lr the base; nn_schedule_ext2_lr reads its
+ *             lr0 as max_lr). With T = total_steps, p = pct_start,
+ *             initial = lr0 / div_factor, min = initial / final_div_factor,
+ *             phases end at steps e = p T - 1 (initial -> lr0), then
+ *             T - 1 (lr0 -> min); with three_phase 2 p T - 2 (lr0 ->
+ *             initial) and T - 1 (initial -> min). Step t lies in the first
+ *             phase with t <= e (else the last) that starts at s (0, or
+ *             the previous phase's e), and anneals with pct = (t - s) /
+ *             (e - s). With cycle_momentum the optimizer's momentum (SGD,
+ *             RMSProp) or beta1 (Adam, AdamW, Adamax, NAdam, RAdam) runs
+ *             the other way, max_momentum -> base_momentum -> max_momentum
+ *             (three phases: then stays), so it is max_momentum at step 0.
+ *             t goes up to T (one past the last phase's end, as PyTorch
+ *             allows); a step past T is AD_ERR_STATE.
+ *   @endcode */
+typedef struct nn_schedule_ext2 {
+  nn_sched_kind kind;        /**< the schedule */
+  int64_t step_size;         /**< step */
+  double gamma;              /**< step, exponential, multistep */
+  int64_t t_max;             /**< cosine, warmup_cosine */
+  double eta_min;            /**< cosine, warmup_cosine */
+  const int64_t *milestones; /**< multistep (see nn_schedule_ext) */
+  int n_milestones;          /**< multistep */
+  double start_factor;       /**< linear, warmup_cosine */
+  double end_factor;         /**< linear */
+  int64_t total_iters;       /**< linear, warmup_cosine */
+  size_t size;               /**< sizeof(nn_schedule_ext2) (see above) */
+  /** nn_fit steps the schedule after every batch instead of every epoch
+   * (t then counts batches), as a PyTorch loop steps OneCycleLR; the
+   * default for onecycle, off for the other kinds */
+  bool step_per_batch;
+  bool three_phase;          /**< onecycle: PyTorch's three_phase (default false) */
+  bool cycle_momentum;       /**< onecycle: cycle momentum / beta1 (default true) */
+  nn_anneal anneal;          /**< onecycle: anneal_strategy (default cos) */
+  double max_lr;             /**< onecycle: finite, >= 0 (no default: NaN, refused) */
+  int64_t total_steps;       /**< onecycle: >= 1 (no default: 0, refused) */
+  double pct_start;          /**< onecycle: in [0, 1] (default 0.3) */
+  double div_factor;         /**< onecycle: finite, > 0 (default 25) */
+  double final_div_factor;   /**< onecycle: finite, > 0 (default 1e4) */
+  double base_momentum;      /**< onecycle: default 0.85 */
+  double max_momentum;       /**< onecycle: default 0.95 */
+} nn_schedule_ext2;
+
+/** size = sizeof(nn_schedule_ext2), kind, and PyTorch 1.13's defaults for
+ * that kind's settings (see nn_schedule_ext2; StepLR and MultiStepLR gamma
+ * 0.1, LinearLR start_factor 1/3, end_factor 1, total_iters 5); settings
+ * PyTorch requires are zero (max_lr NaN), so a call that forgets them is
+ * refused. */
+NN_API nn_schedule_ext2 nn_schedule_ext2_defaults(nn_sched_kind kind);
+
+/** The learning rate at step t for base rate lr0 (see nn_schedule_ext2;
+ * for onecycle lr0 is max_lr). NAN for bad settings (those of
+ * nn_schedule_ext_lr; a size other than sizeof(nn_schedule_ext2);
+ * onecycle: max_lr not finite and >= 0, total_steps < 1, pct_start not in
+ * [0, 1], an unknown anneal, div_factor or final_div_factor not finite
+ * and > 0, a phase of length 0 that a step in [0, total_steps] lands in,
+ * where PyTorch divides by zero: pct_start total_steps = 1, or the last
+ * phase when pct_start is 1; momenta as nn_optimizer_set_schedule_ext2
+ * checks them for Adam: in [0, 1)), s NULL, t < 0 or, for onecycle, t >
+ * total_steps. */
+NN_API double nn_schedule_ext2_lr(const nn_schedule_ext2 *s, double lr0, int64_t t);
+
+/** The momentum (or beta1) a onecycle with cycle_momentum sets at step t;
+ * NAN for other schedules and where nn_schedule_ext2_lr is NAN. */
+NN_API double nn_schedule_ext2_momentum(const nn_schedule_ext2 *s, int64_t t);
+
+/** As nn_optimizer_set_schedule_ext, for every kind: attaches a copy of s
+ * (NULL detaches); the base rate lr0 is the current lr (for onecycle
+ * s->max_lr), the step 0, and the rate the schedule's at step 0 (for
+ * onecycle max_lr / div_factor, as PyTorch's OneCycleLR sets it when made).
+ * A onecycle with cycle_momentum also sets the optimizer's momentum or
+ * beta1 to max_momentum, and from then on before every optimizer step
+ * (and in nn_optimizer_config) to the schedule's at the current step: a
+ * checkpoint, which holds the step, so resumes the momentum too. PyTorch's
+ * OneCycleLR refuses cycle_momentum for an optimizer without momentum or
+ * betas ("optimizer must support momentum with `cycle_momentum` option
+ * enabled"), so here: Adagrad; here also SGD and RMSProp made with
+ * momentum 0 (they have no momentum buffer; PyTorch's would start one),
+ * and momenta that the optimizer's constructor would refuse (SGD,
+ * RMSProp: finite and > 0; beta1 in [0, 1)). Returns AD_OK, AD_ERR_NULL
+ * (opt NULL), AD_ERR_ARG naming the bad setting (see nn_schedule_ext2_lr)
+ * or AD_ERR_OOM, the optimizer unchanged. Resuming from a checkpoint:
+ * attach the same schedule, then load. */
+NN_API ad_status nn_optimizer_set_schedule_ext2(nn_optimizer *opt, const nn_schedule_ext2 *s);
+
+/** The schedule attached (by any of the three setters; milestones point to
+ * opt's copy), owned by opt, valid until the next set or
+ * nn_optimizer_free; NULL when there is none or opt is NULL. */
+NN_API const nn_schedule_ext2 *nn_optimizer_schedule_ext2(const nn_optimizer *opt);
 
 /* ---------------------------------------------------------------- L-BFGS
  * torch.optim.LBFGS. Its own handle, not an nn_optimizer: a step needs a
@@ -3131,7 +3248,9 @@ typedef struct nn_fit_opts {
  * leaves no row to train on or none to validate is AD_ERR_ARG before any
  * step. Accuracy thresholds at 0 for
  * nn_bce_with_logits_loss, else 0.5. After each epoch the optimizer's
- * schedule advances. On a terminal (isatty) the progress bar shows batches
+ * schedule advances; one with step_per_batch (nn_schedule_ext2) advances
+ * after each batch's step instead, and the history's "lr" is then the
+ * rate of the epoch's first batch. On a terminal (isatty) the progress bar shows batches
  * done, loss, samples/s and ETA, redrawn with a carriage return. A non-finite loss stops
  * training with AD_ERR_NAN. The model is left in evaluation mode.
  * If history is not NULL, *history gets a new nn_history (also on error:
