@@ -779,7 +779,9 @@ static bool ext_only(nn_sched_kind k) {
 }
 
 /* The kinds of nn_schedule_ext2 only */
-static bool ext2_only(nn_sched_kind k) { return k == NN_SCHED_ONECYCLE; }
+static bool ext2_only(nn_sched_kind k) {
+  return k == NN_SCHED_ONECYCLE || k == NN_SCHED_COSINE_RESTARTS;
+}
 
 static nn_schedule_ext2 ext2_of(const nn_schedule_ext *s) {
   nn_schedule_ext2 e;
@@ -834,6 +836,9 @@ nn_schedule_ext2 nn_schedule_ext2_defaults(nn_sched_kind kind) {
     e.final_div_factor = 1e4;
     e.base_momentum = 0.85;
     e.max_momentum = 0.95;
+    break;
+  case NN_SCHED_COSINE_RESTARTS:
+    e.t_mult = 1;
     break;
   default:
     break;
@@ -960,6 +965,10 @@ static const char *sched_problem(const nn_schedule_ext2 *s) {
       return "a step lands in a phase of length 0 (PyTorch divides by zero): pct_start "
              "total_steps must not be 1, and pct_start 1 leaves the last phase no step";
     return NULL;
+  case NN_SCHED_COSINE_RESTARTS:
+    if (s->t_0 < 1) return "t_0 must be >= 1";
+    if (s->t_mult < 1) return "t_mult must be >= 1";
+    return isfinite(s->eta_min) && s->eta_min >= 0 ? NULL : "eta_min must be finite and >= 0";
   }
   return "unknown kind";
 }
@@ -968,6 +977,22 @@ static double cosine_lr(const nn_schedule_ext2 *s, double lr0, int64_t t) {
   if (t >= s->t_max) return s->eta_min;
   return s->eta_min +
          (lr0 - s->eta_min) * (1 + cos(3.141592653589793 * (double)t / (double)s->t_max)) / 2;
+}
+
+/* CosineAnnealingWarmRestarts stepped t times: its T_cur and T_i walked
+ * in whole numbers as PyTorch's step() walks them, then its get_lr */
+static double restarts_lr(const nn_schedule_ext2 *s, double lr0, int64_t t) {
+  int64_t cur = t, len = s->t_0;
+  if (s->t_mult == 1) {
+    cur = t % len;
+  } else {
+    while (cur >= len) {
+      cur -= len;
+      len = len > INT64_MAX / s->t_mult ? INT64_MAX : len * s->t_mult;
+    }
+  }
+  return s->eta_min +
+         (lr0 - s->eta_min) * (1 + cos(3.141592653589793 * (double)cur / (double)len)) / 2;
 }
 
 /* s's rate, its settings good and t >= 0 (NAN past a onecycle's end) */
@@ -996,6 +1021,8 @@ static double sched_lr(const nn_schedule_ext2 *s, double lr0, int64_t t) {
     return lr0 * (s->start_factor + (1 - s->start_factor) * (double)t / (double)s->total_iters);
   case NN_SCHED_ONECYCLE:
     return t > s->total_steps ? NAN : onecycle_lr(s, lr0, t);
+  case NN_SCHED_COSINE_RESTARTS:
+    return restarts_lr(s, lr0, t);
   }
   return NAN;
 }

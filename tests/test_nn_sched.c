@@ -898,3 +898,97 @@ Test(sched, onecycle_cycle_momentum_needs_momentum) {
     nn_model_free(m);
   }
 }
+
+/* ------------------------------ nn_schedule_ext2: CosineAnnealingWarmRestarts */
+
+/* The optimizer (SGD, lr 0.1) follows s over n steps as PyTorch's
+ * scheduler, and nn_schedule_ext2_lr agrees. */
+static void follows2(const nn_schedule_ext2 *s, const double *want, int n, const char *what) {
+  nn_model *m;
+  nn_optimizer *o = sgd(&m);
+  cr_assert_eq(nn_optimizer_set_schedule_ext2(o, s), AD_OK, "%s", ad_last_error(ctx));
+  for (int t = 0; t < n; t++) {
+    exact(nn_optimizer_lr(o), want[t], what, t);
+    exact(nn_schedule_ext2_lr(s, 0.1, t), want[t], what, t);
+    cr_assert_eq(nn_optimizer_schedule_step(o), AD_OK, "%s", ad_last_error(ctx));
+  }
+  nn_optimizer_free(o);
+  nn_model_free(m);
+}
+
+static nn_schedule_ext2 restarts(int64_t t_0, int64_t t_mult, double eta_min) {
+  nn_schedule_ext2 s = nn_schedule_ext2_defaults(NN_SCHED_COSINE_RESTARTS);
+  cr_assert_eq(s.t_mult, 1);
+  cr_assert_eq(s.eta_min, 0);
+  cr_assert(!s.step_per_batch);
+  s.t_0 = t_0, s.t_mult = t_mult, s.eta_min = eta_min;
+  return s;
+}
+
+/* the cases of tools/gen_sched2_fixtures.py */
+Test(sched, cosine_restarts_matches_torch) {
+  nn_schedule_ext2 s = restarts(10, 1, 0.001);
+  follows2(&s, cwr_t10, LEN(cwr_t10), "T_0 10");
+  cr_assert_eq(nn_schedule_ext2_lr(&s, 0.1, 30), nn_schedule_ext2_lr(&s, 0.1, 0)); /* restarted */
+  s = restarts(3, 2, 0);
+  follows2(&s, cwr_t3_mult2, LEN(cwr_t3_mult2), "T_0 3, T_mult 2");
+  /* restarts at 3, 9, 21, 45 */
+  for (int t = 3; t < 50; t = 2 * t + 3)
+    cr_assert_eq(nn_schedule_ext2_lr(&s, 0.1, t), nn_schedule_ext2_lr(&s, 0.1, 0), "t %d", t);
+  s = restarts(1, 3, 0.02);
+  follows2(&s, cwr_t1_mult3, LEN(cwr_t1_mult3), "T_0 1, T_mult 3");
+  /* far out, where a cycle's length would overflow int64: finite */
+  s.t_mult = INT64_MAX;
+  cr_assert(isfinite(nn_schedule_ext2_lr(&s, 0.1, INT64_MAX)));
+}
+
+/* Saved mid-cycle, resumed into an optimizer with the same schedule. */
+Test(sched, cosine_restarts_resumes) {
+  nn_schedule_ext2 s = restarts(3, 2, 0);
+  nn_model *a, *b;
+  nn_optimizer *oa = sgd(&a), *ob = sgd(&b);
+  cr_assert_eq(nn_optimizer_set_schedule_ext2(oa, &s), AD_OK);
+  for (int t = 0; t < 13; t++) cr_assert_eq(nn_optimizer_schedule_step(oa), AD_OK);
+  const char *path = test_path("cwr.safetensors");
+  cr_assert_eq(nn_model_save(a, oa, path), AD_OK, "%s", ad_last_error(ctx));
+  cr_assert_eq(nn_optimizer_set_schedule_ext2(ob, &s), AD_OK);
+  cr_assert_eq(nn_model_load(b, ob, path), AD_OK, "%s", ad_last_error(ctx));
+  for (int t = 13; t < LEN(cwr_t3_mult2); t++) {
+    exact(nn_optimizer_lr(ob), cwr_t3_mult2[t], "resumed restarts", t);
+    cr_assert_eq(nn_optimizer_schedule_step(ob), AD_OK);
+  }
+  nn_optimizer_free(oa), nn_optimizer_free(ob);
+  nn_model_free(a), nn_model_free(b);
+}
+
+Test(sched, cosine_restarts_bad_settings) {
+  struct {
+    nn_schedule_ext2 s;
+    const char *why;
+  } bad[] = {
+      {restarts(0, 1, 0), "t_0 must be >= 1"},
+      {restarts(-2, 1, 0), "t_0 must be >= 1"},
+      {restarts(5, 0, 0), "t_mult must be >= 1"},
+      {restarts(5, -1, 0), "t_mult must be >= 1"},
+      {restarts(5, 1, -0.1), "eta_min must be finite and >= 0"},
+      {restarts(5, 1, NAN), "eta_min must be finite and >= 0"},
+      {restarts(5, 1, INFINITY), "eta_min must be finite and >= 0"},
+  };
+  bad[0].s.t_0 = 0; /* also the default: T_0 has none */
+  cr_assert_eq(nn_schedule_ext2_defaults(NN_SCHED_COSINE_RESTARTS).t_0, 0);
+  nn_model *m;
+  nn_optimizer *o = sgd(&m);
+  for (int i = 0; i < LEN(bad); i++) {
+    cr_assert_eq(nn_optimizer_set_schedule_ext2(o, &bad[i].s), AD_ERR_ARG, "case %d", i);
+    test_expect_error(ctx, AD_ERR_ARG, "optimizer: bad schedule: ", bad[i].why, NULL);
+    cr_assert(isnan(nn_schedule_ext2_lr(&bad[i].s, 0.1, 1)), "case %d", i);
+    cr_assert_null(nn_optimizer_schedule_ext2(o));
+    cr_assert_eq(nn_optimizer_lr(o), 0.1);
+  }
+  nn_schedule_ext e = {.kind = NN_SCHED_COSINE_RESTARTS, .eta_min = 0};
+  cr_assert_eq(nn_optimizer_set_schedule_ext(o, &e), AD_ERR_ARG);
+  test_expect_error(ctx, AD_ERR_ARG, "use nn_optimizer_set_schedule_ext2", NULL);
+  cr_assert(isnan(nn_schedule_ext_lr(&e, 0.1, 0)));
+  nn_optimizer_free(o);
+  nn_model_free(m);
+}

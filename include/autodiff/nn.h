@@ -54,7 +54,8 @@
  *                (nn_lbfgs, with a closure; strong-Wolfe line search);
  *                gradient clipping by global norm or by value; learning-rate
  *                schedules (step, exponential, cosine, multistep, linear
- *                warm-up or decay, warm-up then cosine, one-cycle) and reduction on a
+ *                warm-up or decay, warm-up then cosine, one-cycle, cosine
+ *                with warm restarts) and reduction on a
  *                plateau of a metric. Their state tensors are named so that
  *                checkpoints can resume training.
  *   data         nn_batcher (mini-batches with seeded shuffling) and
@@ -2628,7 +2629,8 @@ typedef enum nn_sched_kind {
   NN_SCHED_MULTISTEP,    /**< nn_schedule_ext only (see there) */
   NN_SCHED_LINEAR,       /**< nn_schedule_ext only */
   NN_SCHED_WARMUP_COSINE, /**< nn_schedule_ext only */
-  NN_SCHED_ONECYCLE       /**< nn_schedule_ext2 only (see there) */
+  NN_SCHED_ONECYCLE,      /**< nn_schedule_ext2 only (see there) */
+  NN_SCHED_COSINE_RESTARTS /**< nn_schedule_ext2 only */
 } nn_sched_kind;
 
 /** A learning-rate schedule (see nn_sched_kind) and its settings. */
@@ -2773,13 +2775,21 @@ typedef enum nn_anneal { NN_ANNEAL_COS = 0, NN_ANNEAL_LINEAR } nn_anneal;
  *             (three phases: then stays), so it is max_momentum at step 0.
  *             t goes up to T (one past the last phase's end, as PyTorch
  *             allows); a step past T is AD_ERR_STATE.
+ *   cosine_restarts  PyTorch's CosineAnnealingWarmRestarts stepped by whole
+ *             steps: eta_min + (lr0 - eta_min)(1 + cos(pi t_cur / t_i)) / 2,
+ *             where the first cycle has t_i = t_0 steps and each next one
+ *             t_mult times as many, and t_cur counts the steps since the
+ *             last restart (so lr0 again at t_0, t_0 + t_0 t_mult, ...).
+ *             PyTorch's fractional epochs (step(epoch + i / iters)) have no
+ *             counterpart: step per batch (step_per_batch) with t_0 in
+ *             batches instead.
  *   @endcode */
 typedef struct nn_schedule_ext2 {
   nn_sched_kind kind;        /**< the schedule */
   int64_t step_size;         /**< step */
   double gamma;              /**< step, exponential, multistep */
   int64_t t_max;             /**< cosine, warmup_cosine */
-  double eta_min;            /**< cosine, warmup_cosine */
+  double eta_min;            /**< cosine, warmup_cosine, cosine_restarts (default 0) */
   const int64_t *milestones; /**< multistep (see nn_schedule_ext) */
   int n_milestones;          /**< multistep */
   double start_factor;       /**< linear, warmup_cosine */
@@ -2800,6 +2810,8 @@ typedef struct nn_schedule_ext2 {
   double final_div_factor;   /**< onecycle: finite, > 0 (default 1e4) */
   double base_momentum;      /**< onecycle: default 0.85 */
   double max_momentum;       /**< onecycle: default 0.95 */
+  int64_t t_0;               /**< cosine_restarts: >= 1, the first cycle (no default: 0) */
+  int64_t t_mult;            /**< cosine_restarts: >= 1 (default 1); eta_min above */
 } nn_schedule_ext2;
 
 /** size = sizeof(nn_schedule_ext2), kind, and PyTorch 1.13's defaults for
@@ -2816,8 +2828,8 @@ NN_API nn_schedule_ext2 nn_schedule_ext2_defaults(nn_sched_kind kind);
  * [0, 1], an unknown anneal, div_factor or final_div_factor not finite
  * and > 0, a phase of length 0 that a step in [0, total_steps] lands in,
  * where PyTorch divides by zero: pct_start total_steps = 1, or the last
- * phase when pct_start is 1; momenta as nn_optimizer_set_schedule_ext2
- * checks them for Adam: in [0, 1)), s NULL, t < 0 or, for onecycle, t >
+ * phase when pct_start is 1; momenta not finite; cosine_restarts: t_0 or
+ * t_mult < 1, eta_min not finite and >= 0), s NULL, t < 0 or, for onecycle, t >
  * total_steps. */
 NN_API double nn_schedule_ext2_lr(const nn_schedule_ext2 *s, double lr0, int64_t t);
 
