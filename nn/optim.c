@@ -780,7 +780,8 @@ static bool ext_only(nn_sched_kind k) {
 
 /* The kinds of nn_schedule_ext2 only */
 static bool ext2_only(nn_sched_kind k) {
-  return k == NN_SCHED_ONECYCLE || k == NN_SCHED_COSINE_RESTARTS;
+  return k == NN_SCHED_ONECYCLE || k == NN_SCHED_COSINE_RESTARTS || k == NN_SCHED_CONSTANT_FACTOR ||
+         k == NN_SCHED_POLYNOMIAL;
 }
 
 static nn_schedule_ext2 ext2_of(const nn_schedule_ext *s) {
@@ -839,6 +840,14 @@ nn_schedule_ext2 nn_schedule_ext2_defaults(nn_sched_kind kind) {
     break;
   case NN_SCHED_COSINE_RESTARTS:
     e.t_mult = 1;
+    break;
+  case NN_SCHED_CONSTANT_FACTOR:
+    e.factor = 1.0 / 3;
+    e.total_iters = 5;
+    break;
+  case NN_SCHED_POLYNOMIAL:
+    e.total_iters = 5;
+    e.power = 1;
     break;
   default:
     break;
@@ -969,6 +978,12 @@ static const char *sched_problem(const nn_schedule_ext2 *s) {
     if (s->t_0 < 1) return "t_0 must be >= 1";
     if (s->t_mult < 1) return "t_mult must be >= 1";
     return isfinite(s->eta_min) && s->eta_min >= 0 ? NULL : "eta_min must be finite and >= 0";
+  case NN_SCHED_CONSTANT_FACTOR:
+    if (!(s->factor > 0 && s->factor <= 1)) return "factor must be in (0, 1]";
+    return s->total_iters >= 1 ? NULL : "total_iters must be >= 1";
+  case NN_SCHED_POLYNOMIAL:
+    if (s->total_iters < 1) return "total_iters must be >= 1";
+    return isfinite(s->power) && s->power >= 0 ? NULL : "power must be finite and >= 0";
   }
   return "unknown kind";
 }
@@ -993,6 +1008,13 @@ static double restarts_lr(const nn_schedule_ext2 *s, double lr0, int64_t t) {
   }
   return s->eta_min +
          (lr0 - s->eta_min) * (1 + cos(3.141592653589793 * (double)cur / (double)len)) / 2;
+}
+
+/* PolynomialLR's step t from rate lr (its chained get_lr) */
+static double poly_next(const nn_schedule_ext2 *s, double lr, int64_t t) {
+  if (t > s->total_iters) return lr;
+  double n = (double)s->total_iters;
+  return lr * pow((1.0 - (double)t / n) / (1.0 - (double)(t - 1) / n), s->power);
 }
 
 /* s's rate, its settings good and t >= 0 (NAN past a onecycle's end) */
@@ -1023,6 +1045,13 @@ static double sched_lr(const nn_schedule_ext2 *s, double lr0, int64_t t) {
     return t > s->total_steps ? NAN : onecycle_lr(s, lr0, t);
   case NN_SCHED_COSINE_RESTARTS:
     return restarts_lr(s, lr0, t);
+  case NN_SCHED_CONSTANT_FACTOR: /* PyTorch's chain: lr0 factor, then times 1 / factor */
+    return t < s->total_iters ? lr0 * s->factor : lr0 * s->factor * (1.0 / s->factor);
+  case NN_SCHED_POLYNOMIAL: {
+    double lr = lr0;
+    for (int64_t k = 1; k <= t && k <= s->total_iters; k++) lr = poly_next(s, lr, k);
+    return lr;
+  }
   }
   return NAN;
 }
@@ -1227,7 +1256,9 @@ ad_status nn_optimizer_schedule_step(nn_optimizer *o) {
                         "optimizer %s: onecycle: tried to step %.0f times; the specified number "
                         "of total steps is %lld",
                         kind_names[o->cfg.kind], epoch + 1, (long long)o->sched2.total_steps);
-  double lr = sched_lr(&o->sched2, scalar_get(o->lr0), (int64_t)epoch);
+  double lr = o->sched2.kind == NN_SCHED_POLYNOMIAL /* chained: from the current rate */
+                  ? poly_next(&o->sched2, scalar_get(o->lr), (int64_t)epoch)
+                  : sched_lr(&o->sched2, scalar_get(o->lr0), (int64_t)epoch);
   if (!(isfinite(lr) && lr >= 0)) /* gamma > 1 overflowing: keep a rate that can be saved */
     return ad_set_error(o->ctx, AD_ERR_NAN,
                         "optimizer %s: the schedule's learning rate at epoch %.0f is %g (base "

@@ -193,7 +193,7 @@ Test(misuse_nn, learning_rate_stays_finite_and_non_negative) {
       {{.kind = NN_SCHED_COSINE, .t_max = 5, .eta_min = -0.01}, "eta_min must be finite and >= 0"},
       {{.kind = NN_SCHED_COSINE, .t_max = 5, .eta_min = NAN}, "eta_min must be finite and >= 0"},
       {{.kind = NN_SCHED_COSINE, .t_max = 0}, "t_max must be >= 1"},
-      {{.kind = (nn_sched_kind)9}, "unknown kind"},
+      {{.kind = (nn_sched_kind)99}, "unknown kind"},
   };
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
     cr_assert_eq(nn_optimizer_set_schedule(oa, &bad[i].s), AD_ERR_ARG, "case %zu", i);

@@ -992,3 +992,95 @@ Test(sched, cosine_restarts_bad_settings) {
   nn_optimizer_free(o);
   nn_model_free(m);
 }
+
+/* ------------------------- nn_schedule_ext2: ConstantLR and PolynomialLR */
+
+static nn_schedule_ext2 constant_factor(double factor, int64_t total_iters) {
+  nn_schedule_ext2 s = nn_schedule_ext2_defaults(NN_SCHED_CONSTANT_FACTOR);
+  s.factor = factor, s.total_iters = total_iters;
+  return s;
+}
+
+static nn_schedule_ext2 polynomial(int64_t total_iters, double power) {
+  nn_schedule_ext2 s = nn_schedule_ext2_defaults(NN_SCHED_POLYNOMIAL);
+  s.total_iters = total_iters, s.power = power;
+  return s;
+}
+
+/* the cases of tools/gen_sched2_fixtures.py */
+Test(sched, constant_factor_and_polynomial_match_torch) {
+  nn_schedule_ext2 d = nn_schedule_ext2_defaults(NN_SCHED_CONSTANT_FACTOR);
+  cr_assert(d.factor == 1.0 / 3 && d.total_iters == 5);
+  follows2(&d, const_defaults, LEN(const_defaults), "ConstantLR defaults");
+  nn_schedule_ext2 s = constant_factor(0.3, 7);
+  follows2(&s, const_03_7, LEN(const_03_7), "ConstantLR 0.3, 7");
+  d = nn_schedule_ext2_defaults(NN_SCHED_POLYNOMIAL);
+  cr_assert(d.power == 1 && d.total_iters == 5);
+  follows2(&d, poly_defaults, LEN(poly_defaults), "PolynomialLR defaults");
+  s = polynomial(20, 2);
+  follows2(&s, poly_20_2, LEN(poly_20_2), "PolynomialLR 20, 2");
+  cr_assert_eq(nn_schedule_ext2_lr(&s, 0.1, 20), 0);
+  s = polynomial(13, 0.5);
+  follows2(&s, poly_13_half, LEN(poly_13_half), "PolynomialLR 13, 0.5");
+  s = polynomial(7, 0);
+  follows2(&s, poly_7_0, LEN(poly_7_0), "PolynomialLR 7, 0");
+}
+
+/* PolynomialLR steps from the current rate (PyTorch's chained form): a
+ * checkpoint resumes it, and a plateau's halving carries on. */
+Test(sched, polynomial_chains_from_the_current_rate) {
+  nn_schedule_ext2 s = polynomial(20, 2);
+  nn_model *a, *b;
+  nn_optimizer *oa = sgd(&a), *ob = sgd(&b);
+  cr_assert_eq(nn_optimizer_set_schedule_ext2(oa, &s), AD_OK);
+  for (int t = 0; t < 8; t++) cr_assert_eq(nn_optimizer_schedule_step(oa), AD_OK);
+  const char *path = test_path("poly.safetensors");
+  cr_assert_eq(nn_model_save(a, oa, path), AD_OK, "%s", ad_last_error(ctx));
+  cr_assert_eq(nn_optimizer_set_schedule_ext2(ob, &s), AD_OK);
+  cr_assert_eq(nn_model_load(b, ob, path), AD_OK, "%s", ad_last_error(ctx));
+  for (int t = 8; t < LEN(poly_20_2); t++) {
+    exact(nn_optimizer_lr(ob), poly_20_2[t], "resumed polynomial", t);
+    cr_assert_eq(nn_optimizer_schedule_step(ob), AD_OK);
+  }
+  /* a halving at step 8: each later rate is half torch's unreduced one */
+  nn_plateau p = nn_plateau_defaults();
+  p.patience = 0, p.factor = 0.5, p.eps = 0;
+  cr_assert_eq(nn_optimizer_set_plateau(oa, &p), AD_OK);
+  cr_assert_eq(nn_optimizer_plateau_step(oa, 1), AD_OK);
+  cr_assert_eq(nn_optimizer_plateau_step(oa, 1), AD_OK);
+  for (int t = 8; t < 15; t++) {
+    near(nn_optimizer_lr(oa), poly_20_2[t] / 2, "polynomial after a halving", t);
+    cr_assert_eq(nn_optimizer_schedule_step(oa), AD_OK);
+  }
+  nn_optimizer_free(oa), nn_optimizer_free(ob);
+  nn_model_free(a), nn_model_free(b);
+}
+
+Test(sched, constant_factor_and_polynomial_bad_settings) {
+  struct {
+    nn_schedule_ext2 s;
+    const char *why;
+  } bad[] = {
+      {constant_factor(0, 5), "factor must be in (0, 1]"},
+      {constant_factor(1.5, 5), "factor must be in (0, 1]"},
+      {constant_factor(-0.5, 5), "factor must be in (0, 1]"},
+      {constant_factor(NAN, 5), "factor must be in (0, 1]"},
+      {constant_factor(0.5, 0), "total_iters must be >= 1"},
+      {polynomial(0, 1), "total_iters must be >= 1"},
+      {polynomial(-4, 1), "total_iters must be >= 1"},
+      {polynomial(5, -1), "power must be finite and >= 0"},
+      {polynomial(5, NAN), "power must be finite and >= 0"},
+      {polynomial(5, INFINITY), "power must be finite and >= 0"},
+  };
+  nn_model *m;
+  nn_optimizer *o = sgd(&m);
+  for (int i = 0; i < LEN(bad); i++) {
+    cr_assert_eq(nn_optimizer_set_schedule_ext2(o, &bad[i].s), AD_ERR_ARG, "case %d", i);
+    test_expect_error(ctx, AD_ERR_ARG, "optimizer: bad schedule: ", bad[i].why, NULL);
+    cr_assert(isnan(nn_schedule_ext2_lr(&bad[i].s, 0.1, 1)), "case %d", i);
+    cr_assert_null(nn_optimizer_schedule_ext2(o));
+    cr_assert_eq(nn_optimizer_lr(o), 0.1);
+  }
+  nn_optimizer_free(o);
+  nn_model_free(m);
+}

@@ -98,6 +98,13 @@ emit("cwr_t10", lrs(lambda o: L.CosineAnnealingWarmRestarts(o, T_0=10, eta_min=0
 emit("cwr_t3_mult2", lrs(lambda o: L.CosineAnnealingWarmRestarts(o, T_0=3, T_mult=2), 50))
 emit("cwr_t1_mult3", lrs(lambda o: L.CosineAnnealingWarmRestarts(o, T_0=1, T_mult=3,
                                                                    eta_min=0.02), 50))
+# ConstantLR(factor, total_iters) and PolynomialLR(total_iters, power): chained forms
+emit("const_defaults", lrs(lambda o: L.ConstantLR(o), 10))
+emit("const_03_7", lrs(lambda o: L.ConstantLR(o, factor=0.3, total_iters=7), 12))
+emit("poly_defaults", lrs(lambda o: L.PolynomialLR(o), 10))
+emit("poly_20_2", lrs(lambda o: L.PolynomialLR(o, total_iters=20, power=2.0), 30))
+emit("poly_13_half", lrs(lambda o: L.PolynomialLR(o, total_iters=13, power=0.5), 20))
+emit("poly_7_0", lrs(lambda o: L.PolynomialLR(o, total_iters=7, power=0.0), 10))
 
 print("/* sched2_fixtures.h: PyTorch %s learning rates for tests/test_nn_sched.c." %
       torch.__version__)

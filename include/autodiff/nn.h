@@ -55,7 +55,8 @@
  *                gradient clipping by global norm or by value; learning-rate
  *                schedules (step, exponential, cosine, multistep, linear
  *                warm-up or decay, warm-up then cosine, one-cycle, cosine
- *                with warm restarts) and reduction on a
+ *                with warm restarts, constant factor, polynomial) and
+ *                reduction on a
  *                plateau of a metric. Their state tensors are named so that
  *                checkpoints can resume training.
  *   data         nn_batcher (mini-batches with seeded shuffling) and
@@ -2630,7 +2631,9 @@ typedef enum nn_sched_kind {
   NN_SCHED_LINEAR,       /**< nn_schedule_ext only */
   NN_SCHED_WARMUP_COSINE, /**< nn_schedule_ext only */
   NN_SCHED_ONECYCLE,      /**< nn_schedule_ext2 only (see there) */
-  NN_SCHED_COSINE_RESTARTS /**< nn_schedule_ext2 only */
+  NN_SCHED_COSINE_RESTARTS, /**< nn_schedule_ext2 only */
+  NN_SCHED_CONSTANT_FACTOR, /**< nn_schedule_ext2 only: PyTorch's ConstantLR */
+  NN_SCHED_POLYNOMIAL       /**< nn_schedule_ext2 only */
 } nn_sched_kind;
 
 /** A learning-rate schedule (see nn_sched_kind) and its settings. */
@@ -2783,6 +2786,15 @@ typedef enum nn_anneal { NN_ANNEAL_COS = 0, NN_ANNEAL_LINEAR } nn_anneal;
  *             PyTorch's fractional epochs (step(epoch + i / iters)) have no
  *             counterpart: step per batch (step_per_batch) with t_0 in
  *             batches instead.
+ *   constant_factor  PyTorch's ConstantLR: lr0 factor for t < total_iters,
+ *             then that rate times 1 / factor (lr0, up to rounding, as
+ *             PyTorch multiplies).
+ *   polynomial  PyTorch's PolynomialLR, in its chained form: lr0 at t = 0,
+ *             then each step multiplies the rate by ((1 - t / total_iters) /
+ *             (1 - (t - 1) / total_iters))^power up to t = total_iters
+ *             (where it reaches 0 for power > 0), then keeps it.
+ *             nn_optimizer_schedule_step multiplies the current rate, so a
+ *             reduction on a plateau carries on as in PyTorch.
  *   @endcode */
 typedef struct nn_schedule_ext2 {
   nn_sched_kind kind;        /**< the schedule */
@@ -2794,7 +2806,8 @@ typedef struct nn_schedule_ext2 {
   int n_milestones;          /**< multistep */
   double start_factor;       /**< linear, warmup_cosine */
   double end_factor;         /**< linear */
-  int64_t total_iters;       /**< linear, warmup_cosine */
+  int64_t total_iters;       /**< linear, warmup_cosine, constant_factor, polynomial:
+                                >= 1 (default 5) */
   size_t size;               /**< sizeof(nn_schedule_ext2) (see above) */
   /** nn_fit steps the schedule after every batch instead of every epoch
    * (t then counts batches), as a PyTorch loop steps OneCycleLR; the
@@ -2812,6 +2825,8 @@ typedef struct nn_schedule_ext2 {
   double max_momentum;       /**< onecycle: default 0.95 */
   int64_t t_0;               /**< cosine_restarts: >= 1, the first cycle (no default: 0) */
   int64_t t_mult;            /**< cosine_restarts: >= 1 (default 1); eta_min above */
+  double factor;             /**< constant_factor: in (0, 1] (default 1/3) */
+  double power;              /**< polynomial: finite, >= 0 (default 1) */
 } nn_schedule_ext2;
 
 /** size = sizeof(nn_schedule_ext2), kind, and PyTorch 1.13's defaults for
@@ -2829,7 +2844,9 @@ NN_API nn_schedule_ext2 nn_schedule_ext2_defaults(nn_sched_kind kind);
  * and > 0, a phase of length 0 that a step in [0, total_steps] lands in,
  * where PyTorch divides by zero: pct_start total_steps = 1, or the last
  * phase when pct_start is 1; momenta not finite; cosine_restarts: t_0 or
- * t_mult < 1, eta_min not finite and >= 0), s NULL, t < 0 or, for onecycle, t >
+ * t_mult < 1, eta_min not finite and >= 0; constant_factor: factor not in
+ * (0, 1]; constant_factor, polynomial: total_iters < 1; polynomial: power
+ * not finite and >= 0), s NULL, t < 0 or, for onecycle, t >
  * total_steps. */
 NN_API double nn_schedule_ext2_lr(const nn_schedule_ext2 *s, double lr0, int64_t t);
 
