@@ -707,10 +707,10 @@ ad_status nn_optimizer_set_lr(nn_optimizer *o, double lr) {
                         "optimizer %s: set_lr: lr must be finite and >= 0, got %g",
                         kind_names[o->cfg.kind], lr);
   double rate = rate0(o, lr);
-  if (!isfinite(rate)) /* multistep: gamma > 1 at milestones 0 overflowing */
+  if (!(isfinite(rate) && rate >= 0)) /* multistep: gamma > 1 at milestones 0; lambda */
     return ad_set_error(o->ctx, AD_ERR_ARG,
                         "optimizer %s: set_lr: the schedule's rate at epoch 0 from lr %g is %g; "
-                        "it must be finite",
+                        "it must be finite and >= 0",
                         kind_names[o->cfg.kind], lr, rate);
   ad_status st = scalars_noted(o->lr, o->lr0, o->epoch);
   if (st != AD_OK) return st;
@@ -781,7 +781,7 @@ static bool ext_only(nn_sched_kind k) {
 /* The kinds of nn_schedule_ext2 only */
 static bool ext2_only(nn_sched_kind k) {
   return k == NN_SCHED_ONECYCLE || k == NN_SCHED_COSINE_RESTARTS || k == NN_SCHED_CONSTANT_FACTOR ||
-         k == NN_SCHED_POLYNOMIAL;
+         k == NN_SCHED_POLYNOMIAL || k == NN_SCHED_LAMBDA || k == NN_SCHED_MULTIPLICATIVE;
 }
 
 static nn_schedule_ext2 ext2_of(const nn_schedule_ext *s) {
@@ -984,6 +984,9 @@ static const char *sched_problem(const nn_schedule_ext2 *s) {
   case NN_SCHED_POLYNOMIAL:
     if (s->total_iters < 1) return "total_iters must be >= 1";
     return isfinite(s->power) && s->power >= 0 ? NULL : "power must be finite and >= 0";
+  case NN_SCHED_LAMBDA:
+  case NN_SCHED_MULTIPLICATIVE:
+    return s->lr_lambda ? NULL : "lr_lambda is NULL";
   }
   return "unknown kind";
 }
@@ -1050,6 +1053,13 @@ static double sched_lr(const nn_schedule_ext2 *s, double lr0, int64_t t) {
   case NN_SCHED_POLYNOMIAL: {
     double lr = lr0;
     for (int64_t k = 1; k <= t && k <= s->total_iters; k++) lr = poly_next(s, lr, k);
+    return lr;
+  }
+  case NN_SCHED_LAMBDA:
+    return lr0 * s->lr_lambda(t, s->lambda_ud);
+  case NN_SCHED_MULTIPLICATIVE: {
+    double lr = lr0;
+    for (int64_t k = 1; k <= t; k++) lr *= s->lr_lambda(k, s->lambda_ud);
     return lr;
   }
   }
@@ -1152,10 +1162,10 @@ static ad_status set_schedule(nn_optimizer *o, const nn_schedule_ext2 *s) {
                         kind_names[o->cfg.kind], why);
   double lr0 = s->kind == NN_SCHED_ONECYCLE ? s->max_lr : scalar_get(o->lr);
   double lr = ext_only(s->kind) || ext2_only(s->kind) ? sched_lr(s, lr0, 0) : lr0;
-  if (!isfinite(lr)) /* multistep: gamma > 1 at milestones 0 overflowing */
+  if (!(isfinite(lr) && lr >= 0)) /* multistep: gamma > 1 at milestones 0 overflowing; lambda */
     return ad_set_error(o->ctx, AD_ERR_ARG,
                         "optimizer: bad schedule: its rate at epoch 0 from lr %g is %g; it must "
-                        "be finite",
+                        "be finite and >= 0",
                         lr0, lr);
   int64_t *ms = NULL;
   int n = s->kind == NN_SCHED_MULTISTEP ? s->n_milestones : 0;
@@ -1256,9 +1266,12 @@ ad_status nn_optimizer_schedule_step(nn_optimizer *o) {
                         "optimizer %s: onecycle: tried to step %.0f times; the specified number "
                         "of total steps is %lld",
                         kind_names[o->cfg.kind], epoch + 1, (long long)o->sched2.total_steps);
-  double lr = o->sched2.kind == NN_SCHED_POLYNOMIAL /* chained: from the current rate */
-                  ? poly_next(&o->sched2, scalar_get(o->lr), (int64_t)epoch)
-                  : sched_lr(&o->sched2, scalar_get(o->lr0), (int64_t)epoch);
+  const nn_schedule_ext2 *s = &o->sched2;
+  double lr = s->kind == NN_SCHED_POLYNOMIAL /* chained: from the current rate */
+                  ? poly_next(s, scalar_get(o->lr), (int64_t)epoch)
+                  : s->kind == NN_SCHED_MULTIPLICATIVE
+                        ? scalar_get(o->lr) * s->lr_lambda((int64_t)epoch, s->lambda_ud)
+                        : sched_lr(s, scalar_get(o->lr0), (int64_t)epoch);
   if (!(isfinite(lr) && lr >= 0)) /* gamma > 1 overflowing: keep a rate that can be saved */
     return ad_set_error(o->ctx, AD_ERR_NAN,
                         "optimizer %s: the schedule's learning rate at epoch %.0f is %g (base "

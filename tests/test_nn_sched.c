@@ -1084,3 +1084,114 @@ Test(sched, constant_factor_and_polynomial_bad_settings) {
   nn_optimizer_free(o);
   nn_model_free(m);
 }
+
+/* -------------------- nn_schedule_ext2: LambdaLR and MultiplicativeLR */
+
+/* the functions of tools/gen_sched2_fixtures.py; ud counts the calls */
+static double f_pow(int64_t e, void *ud) {
+  ++*(int *)ud;
+  return pow(0.95, (double)e);
+}
+static double f_warm(int64_t e, void *ud) {
+  (void)ud;
+  return fmin(1.0, (double)(e + 1) / 4) / (double)(1 + e / 10);
+}
+static double f_const(int64_t e, void *ud) {
+  (void)e, (void)ud;
+  return 0.95;
+}
+static double f_every3(int64_t e, void *ud) {
+  (void)ud;
+  return e % 3 == 0 ? 0.7 : 1.0;
+}
+/* *ud at step *ud (0: at once), else 1 */
+static double f_bad_at(int64_t e, void *ud) {
+  const double *bad = ud;
+  return e == (int64_t)bad[0] ? bad[1] : 1.0;
+}
+
+static nn_schedule_ext2 lambda_of(nn_sched_kind kind, nn_lr_lambda_fn f, void *ud) {
+  nn_schedule_ext2 s = nn_schedule_ext2_defaults(kind);
+  s.lr_lambda = f, s.lambda_ud = ud;
+  return s;
+}
+
+Test(sched, lambda_and_multiplicative_match_torch) {
+  int calls = 0;
+  nn_schedule_ext2 s = lambda_of(NN_SCHED_LAMBDA, f_pow, &calls);
+  follows2(&s, lambda_pow, LEN(lambda_pow), "LambdaLR 0.95^e");
+  cr_assert(calls >= 2 * LEN(lambda_pow), "the user data reaches lr_lambda: %d calls", calls);
+  s = lambda_of(NN_SCHED_LAMBDA, f_warm, NULL);
+  follows2(&s, lambda_warm, LEN(lambda_warm), "LambdaLR warm-up and steps");
+  s = lambda_of(NN_SCHED_MULTIPLICATIVE, f_const, NULL);
+  follows2(&s, mult_const, LEN(mult_const), "MultiplicativeLR 0.95");
+  s = lambda_of(NN_SCHED_MULTIPLICATIVE, f_every3, NULL);
+  follows2(&s, mult_every3, LEN(mult_every3), "MultiplicativeLR 0.7 every 3");
+}
+
+/* MultiplicativeLR chains from the current rate: a checkpoint resumes it */
+Test(sched, multiplicative_resumes) {
+  nn_schedule_ext2 s = lambda_of(NN_SCHED_MULTIPLICATIVE, f_every3, NULL);
+  nn_model *a, *b;
+  nn_optimizer *oa = sgd(&a), *ob = sgd(&b);
+  cr_assert_eq(nn_optimizer_set_schedule_ext2(oa, &s), AD_OK);
+  for (int t = 0; t < 10; t++) cr_assert_eq(nn_optimizer_schedule_step(oa), AD_OK);
+  const char *path = test_path("mult.safetensors");
+  cr_assert_eq(nn_model_save(a, oa, path), AD_OK, "%s", ad_last_error(ctx));
+  cr_assert_eq(nn_optimizer_set_schedule_ext2(ob, &s), AD_OK);
+  cr_assert_eq(nn_model_load(b, ob, path), AD_OK, "%s", ad_last_error(ctx));
+  for (int t = 10; t < LEN(mult_every3); t++) {
+    exact(nn_optimizer_lr(ob), mult_every3[t], "resumed multiplicative", t);
+    cr_assert_eq(nn_optimizer_schedule_step(ob), AD_OK);
+  }
+  nn_optimizer_free(oa), nn_optimizer_free(ob);
+  nn_model_free(a), nn_model_free(b);
+}
+
+/* lr_lambda NULL; a factor that makes the rate negative or not finite:
+ * at step 0 refused on attaching (and by set_lr), later by the step, the
+ * optimizer unchanged. */
+Test(sched, lambda_bad_settings_and_factors) {
+  nn_model *m;
+  nn_optimizer *o = sgd(&m);
+  for (int k = 0; k < 2; k++) {
+    nn_schedule_ext2 s = lambda_of(k ? NN_SCHED_MULTIPLICATIVE : NN_SCHED_LAMBDA, NULL, NULL);
+    cr_assert_eq(nn_optimizer_set_schedule_ext2(o, &s), AD_ERR_ARG);
+    test_expect_error(ctx, AD_ERR_ARG, "optimizer: bad schedule: lr_lambda is NULL", NULL);
+    cr_assert(isnan(nn_schedule_ext2_lr(&s, 0.1, 1)));
+    cr_assert_null(nn_optimizer_schedule_ext2(o));
+  }
+  double at0[2] = {0, -1};
+  nn_schedule_ext2 s = lambda_of(NN_SCHED_LAMBDA, f_bad_at, at0);
+  cr_assert_eq(nn_optimizer_set_schedule_ext2(o, &s), AD_ERR_ARG);
+  test_expect_error(ctx, AD_ERR_ARG, "its rate at epoch 0 from lr 0.1 is -0.1; it must be finite",
+                    NULL);
+  cr_assert_null(nn_optimizer_schedule_ext2(o));
+  cr_assert_eq(nn_optimizer_lr(o), 0.1);
+  const double bad[3] = {NAN, -2, INFINITY};
+  for (int k = 0; k < 2; k++)
+    for (int i = 0; i < 3; i++) {
+      double at3[2] = {3, bad[i]};
+      s = lambda_of(k ? NN_SCHED_MULTIPLICATIVE : NN_SCHED_LAMBDA, f_bad_at, at3);
+      cr_assert_eq(nn_optimizer_set_lr(o, 0.1), AD_OK);
+      cr_assert_eq(nn_optimizer_set_schedule_ext2(o, &s), AD_OK);
+      for (int t = 0; t < 2; t++) cr_assert_eq(nn_optimizer_schedule_step(o), AD_OK);
+      cr_assert_eq(nn_optimizer_schedule_step(o), AD_ERR_NAN, "kind %d, factor %g", k, bad[i]);
+      test_expect_error(ctx, AD_ERR_NAN, "the schedule's learning rate at epoch 3", NULL);
+      cr_assert_eq(nn_optimizer_lr(o), 0.1);
+      cr_assert_eq(ad_tensor_item(state_named(o, "sgd.schedule.epoch")), 2);
+      cr_assert_eq(nn_optimizer_set_schedule_ext2(o, NULL), AD_OK);
+    }
+  /* set_lr refuses a base whose rate at step 0 is negative */
+  double half[2] = {0, 0.5};
+  s = lambda_of(NN_SCHED_LAMBDA, f_bad_at, half);
+  cr_assert_eq(nn_optimizer_set_schedule_ext2(o, &s), AD_OK);
+  cr_assert_eq(nn_optimizer_lr(o), 0.05);
+  half[1] = -1;
+  cr_assert_eq(nn_optimizer_set_lr(o, 0.2), AD_ERR_ARG);
+  test_expect_error(ctx, AD_ERR_ARG, "set_lr: the schedule's rate at epoch 0 from lr 0.2 is -0.2",
+                    NULL);
+  cr_assert_eq(nn_optimizer_lr(o), 0.05);
+  nn_optimizer_free(o);
+  nn_model_free(m);
+}

@@ -105,6 +105,11 @@ emit("poly_defaults", lrs(lambda o: L.PolynomialLR(o), 10))
 emit("poly_20_2", lrs(lambda o: L.PolynomialLR(o, total_iters=20, power=2.0), 30))
 emit("poly_13_half", lrs(lambda o: L.PolynomialLR(o, total_iters=13, power=0.5), 20))
 emit("poly_7_0", lrs(lambda o: L.PolynomialLR(o, total_iters=7, power=0.0), 10))
+# LambdaLR and MultiplicativeLR with the functions of the C test
+emit("lambda_pow", lrs(lambda o: L.LambdaLR(o, lambda e: 0.95 ** e), 30))
+emit("lambda_warm", lrs(lambda o: L.LambdaLR(o, lambda e: min(1.0, (e + 1) / 4) / (1 + e // 10)), 30))
+emit("mult_const", lrs(lambda o: L.MultiplicativeLR(o, lambda e: 0.95), 30))
+emit("mult_every3", lrs(lambda o: L.MultiplicativeLR(o, lambda e: 0.7 if e % 3 == 0 else 1.0), 30))
 
 print("/* sched2_fixtures.h: PyTorch %s learning rates for tests/test_nn_sched.c." %
       torch.__version__)

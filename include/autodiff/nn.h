@@ -55,7 +55,8 @@
  *                gradient clipping by global norm or by value; learning-rate
  *                schedules (step, exponential, cosine, multistep, linear
  *                warm-up or decay, warm-up then cosine, one-cycle, cosine
- *                with warm restarts, constant factor, polynomial) and
+ *                with warm restarts, constant factor, polynomial,
+ *                lambda, multiplicative) and
  *                reduction on a
  *                plateau of a metric. Their state tensors are named so that
  *                checkpoints can resume training.
@@ -2633,7 +2634,9 @@ typedef enum nn_sched_kind {
   NN_SCHED_ONECYCLE,      /**< nn_schedule_ext2 only (see there) */
   NN_SCHED_COSINE_RESTARTS, /**< nn_schedule_ext2 only */
   NN_SCHED_CONSTANT_FACTOR, /**< nn_schedule_ext2 only: PyTorch's ConstantLR */
-  NN_SCHED_POLYNOMIAL       /**< nn_schedule_ext2 only */
+  NN_SCHED_POLYNOMIAL,      /**< nn_schedule_ext2 only */
+  NN_SCHED_LAMBDA,          /**< nn_schedule_ext2 only */
+  NN_SCHED_MULTIPLICATIVE   /**< nn_schedule_ext2 only */
 } nn_sched_kind;
 
 /** A learning-rate schedule (see nn_sched_kind) and its settings. */
@@ -2742,6 +2745,10 @@ NN_API const nn_schedule_ext *nn_optimizer_schedule_ext(const nn_optimizer *opt)
  * or AD_ERR_OOM (as nn_optimizer_set_lr), the optimizer unchanged. */
 NN_API ad_status nn_optimizer_schedule_step(nn_optimizer *opt);
 
+/** The factor of a lambda or multiplicative schedule at step t (see
+ * nn_schedule_ext2); ud is the schedule's lambda_ud. */
+typedef double (*nn_lr_lambda_fn)(int64_t t, void *ud);
+
 /** How a onecycle anneals within a phase (PyTorch's anneal_strategy),
  * from a to b as pct goes from 0 to 1: cos, b + (a - b) / 2 (cos(pi pct)
  * + 1); linear, (b - a) pct + a. */
@@ -2795,7 +2802,18 @@ typedef enum nn_anneal { NN_ANNEAL_COS = 0, NN_ANNEAL_LINEAR } nn_anneal;
  *             (where it reaches 0 for power > 0), then keeps it.
  *             nn_optimizer_schedule_step multiplies the current rate, so a
  *             reduction on a plateau carries on as in PyTorch.
- *   @endcode */
+ *   lambda    PyTorch's LambdaLR: lr0 lr_lambda(t, lambda_ud).
+ *   multiplicative  PyTorch's MultiplicativeLR: lr0 at t = 0, then each
+ *             step multiplies the current rate by lr_lambda(t, lambda_ud)
+ *             (chained, as polynomial).
+ *   @endcode
+ * lr_lambda is PyTorch's lr_lambda as a C function of the step; it is
+ * called when the schedule is attached (lambda: with 0), at every step
+ * and by nn_schedule_ext2_lr (multiplicative: t times). A rate from it
+ * that is not finite and >= 0 is refused as any other schedule's (see
+ * nn_optimizer_schedule_step). Like PyTorch's state_dict, a checkpoint
+ * holds the step and the rate, not the function: attach the same one
+ * before loading. */
 typedef struct nn_schedule_ext2 {
   nn_sched_kind kind;        /**< the schedule */
   int64_t step_size;         /**< step */
@@ -2827,6 +2845,8 @@ typedef struct nn_schedule_ext2 {
   int64_t t_mult;            /**< cosine_restarts: >= 1 (default 1); eta_min above */
   double factor;             /**< constant_factor: in (0, 1] (default 1/3) */
   double power;              /**< polynomial: finite, >= 0 (default 1) */
+  nn_lr_lambda_fn lr_lambda; /**< lambda, multiplicative: not NULL */
+  void *lambda_ud;           /**< lambda, multiplicative: passed to lr_lambda */
 } nn_schedule_ext2;
 
 /** size = sizeof(nn_schedule_ext2), kind, and PyTorch 1.13's defaults for
@@ -2846,7 +2866,7 @@ NN_API nn_schedule_ext2 nn_schedule_ext2_defaults(nn_sched_kind kind);
  * phase when pct_start is 1; momenta not finite; cosine_restarts: t_0 or
  * t_mult < 1, eta_min not finite and >= 0; constant_factor: factor not in
  * (0, 1]; constant_factor, polynomial: total_iters < 1; polynomial: power
- * not finite and >= 0), s NULL, t < 0 or, for onecycle, t >
+ * not finite and >= 0; lambda, multiplicative: lr_lambda NULL), s NULL, t < 0 or, for onecycle, t >
  * total_steps. */
 NN_API double nn_schedule_ext2_lr(const nn_schedule_ext2 *s, double lr0, int64_t t);
 
@@ -2858,7 +2878,8 @@ NN_API double nn_schedule_ext2_momentum(const nn_schedule_ext2 *s, int64_t t);
  * (NULL detaches); the base rate lr0 is the current lr (for onecycle
  * s->max_lr), the step 0, and the rate the schedule's at step 0 (for
  * onecycle max_lr / div_factor, as PyTorch's OneCycleLR sets it when made).
- * A onecycle with cycle_momentum also sets the optimizer's momentum or
+ * A rate at step 0 that is not finite and >= 0 (lambda: from
+ * lr_lambda(0)) is AD_ERR_ARG. A onecycle with cycle_momentum also sets the optimizer's momentum or
  * beta1 to max_momentum, and from then on before every optimizer step
  * (and in nn_optimizer_config) to the schedule's at the current step: a
  * checkpoint, which holds the step, so resumes the momentum too. PyTorch's
