@@ -2784,7 +2784,10 @@ typedef enum nn_anneal { NN_ANNEAL_COS = 0, NN_ANNEAL_LINEAR } nn_anneal;
  *             the other way, max_momentum -> base_momentum -> max_momentum
  *             (three phases: then stays), so it is max_momentum at step 0.
  *             t goes up to T (one past the last phase's end, as PyTorch
- *             allows); a step past T is AD_ERR_STATE.
+ *             allows); a step past T is AD_ERR_STATE. At T linear
+ *             annealing overshoots its end; where PyTorch's rate goes
+ *             below 0 there, it is 0 here. A plateau's reduction scales
+ *             the whole cycle (PyTorch's next step drops it).
  *   cosine_restarts  PyTorch's CosineAnnealingWarmRestarts stepped by whole
  *             steps: eta_min + (lr0 - eta_min)(1 + cos(pi t_cur / t_i)) / 2,
  *             where the first cycle has t_i = t_0 steps and each next one
