@@ -3,12 +3,13 @@
  * the input, weight and bias) against PyTorch 1.13 in
  * tests/conv3d_pad_fixtures.h, written by tools/gen_conv3d_pad_fixtures.py
  * in float64 from values float32 holds exactly: float64 compared to 1e-12,
- * float32 to 1e-5. Also first- and second-order derivatives
- * (ad_gradcheck, ad_gradgradcheck), PyTorch's repr, and bad arguments and
+ * float32 to 1e-5. Also first- and second-order derivatives against
+ * central differences (test_layer_fd.h), PyTorch's repr, and bad arguments and
  * inputs. */
 #include "conv3d_pad_fixtures.h"
 #include "nn.h"
 #include "test_alloc.h"
+#include "test_layer_fd.h"
 
 #include <criterion/criterion.h>
 #include <math.h>
@@ -91,32 +92,10 @@ static void cases_match(ad_dtype dt) {
 Test(conv3d_pad, modes_match_pytorch_f64) { cases_match(AD_F64); }
 Test(conv3d_pad, modes_match_pytorch_f32) { cases_match(AD_F32); }
 
-/* The layer on in[0] with weight in[1] and bias in[2]: the checks pass
- * copies of the inputs for the numeric side, whose values go into the
- * layer's own parameters. */
-static ad_tensor *layer_fn(ad_ctx *c, int n, ad_tensor *const *in, void *ud) {
-  (void)c;
-  nn_params *p = nn_layer_params(ud);
-  for (int i = 1; i < n; i++) {
-    ad_tensor *t = nn_params_tensor(p, i - 1);
-    if (in[i] != t)
-      for (int64_t j = 0; j < t->size; j++) ad_tensor_set(t, j, ad_tensor_get(in[i], j));
-  }
-  return nn_layer_forward(ud, in[0], true);
-}
-
-/* The layer's output squared, in x alone: a second derivative in x that
- * is not zero (the convolution is linear in x), through the backward of
- * the padding's backward. */
-static ad_tensor *squared_fn(ad_ctx *c, int n, ad_tensor *const *in, void *ud) {
-  (void)n;
-  ad_tensor *y = nn_layer_forward(ud, in[0], true);
-  return ad_mul(c, y, y);
-}
-
-/* Each mode in x, weight and bias to the first order and in x to the
- * second (of the output squared), batched and unbatched, with 'same' on an even kernel (the uneven
- * split) and a padding of the whole axis (elements read three times). */
+/* Each mode in x, weight and bias to the first and second order against
+ * central differences (test_layer_fd.h), batched and unbatched, with
+ * 'same' on an even kernel (the uneven split) and a padding of the whole
+ * axis (elements read three times). */
 Test(conv3d_pad, derivatives_first_and_second_order) {
   ad_rng rng;
   ad_rng_seed(&rng, 4);
@@ -125,25 +104,9 @@ Test(conv3d_pad, derivatives_first_and_second_order) {
       nn_conv3d_opts o = {.same = same, .dtype = AD_F64, .padding_mode = (nn_padding_mode)m};
       if (!same) o.padding[0] = o.padding[2] = m == NN_PADDING_REFLECT ? 1 : 2;
       nn_layer *l = nn_conv3d_new(ctx, 2, 2, 2, 1, 3, &rng, &o);
-      cr_assert_not_null(l, "%s", ad_last_error(ctx));
-      nn_params *p = nn_layer_params(l);
-      for (int nd = 4; nd <= 5; nd++) {
-        int64_t shape[5] = {1, 2, 2, 2, 3}; /* D = 2 is the whole axis for circular */
-        ad_tensor *x = ad_rand(ctx, &rng, AD_F64, nd, shape + (5 - nd), -2, 2);
-        ad_tensor_set_requires_grad(x, true);
-        ad_tensor *in[3] = {x, nn_params_tensor(p, 0), nn_params_tensor(p, 1)};
-        ad_check_opts co = {.eps = 1e-6, .atol = 1e-7, .rtol = 1e-6, .seed = 5};
-        ad_check_report r;
-        cr_assert_eq(ad_gradcheck(ctx, layer_fn, l, 3, in, &co, &r), AD_OK, "%s",
-                     ad_last_error(ctx));
-        cr_assert(r.passed, "mode %d same %d rank %d: input %d [%lld] analytic %g numeric %g", m,
-                  same, nd, r.input, (long long)r.index, r.analytic, r.numeric);
-        cr_assert_eq(ad_gradgradcheck(ctx, squared_fn, l, 1, in, &co, &r), AD_OK, "%s",
-                     ad_last_error(ctx));
-        cr_assert(r.passed, "second order, mode %d same %d rank %d: input %d [%lld]", m, same, nd,
-                  r.input, (long long)r.index);
-        ad_tensor_free(x);
-      }
+      int64_t shape[5] = {1, 2, 2, 2, 3}; /* D = 2 is the whole axis for circular */
+      test_layer_derivatives(ctx, l, 5, shape, NULL);
+      test_layer_derivatives(ctx, l, 4, shape + 1, NULL);
       nn_layer_free(l);
     }
   }

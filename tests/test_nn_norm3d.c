@@ -14,6 +14,7 @@
 #include "nn.h"
 #include "nn_io.h"
 #include "norm3d_fixtures.h"
+#include "test_layer_fd.h"
 #include "test_tmpdir.h"
 
 #include <criterion/criterion.h>
@@ -394,89 +395,14 @@ Test(norm3d, dropout3d_masks_whole_channels) {
 
 /* ------------------------------------------------------------ gradcheck */
 
-/* As test_nn_gnorm.c: in = {x, the layer's parameters}, F = <v, layer(x)>,
- * and for the second order H = sum_i <r_i, dF/d in_i> (recorded with
- * create_graph); their gradients in every input against central
- * differences. */
-typedef struct fd_check {
-  nn_layer *l;
-  bool training;
-  int n;
-  ad_tensor *in[3], *v, *r[3];
-} fd_check;
-
-static double fd_value(fd_check *c, bool second, ad_tensor **g) {
-  ad_tape_reset(ctx);
-  ad_tensor *y = nn_layer_forward(c->l, c->in[0], c->training);
-  ad_tensor *f = ad_sum(ctx, ad_mul(ctx, y, c->v));
-  if (second) {
-    ad_tensor *d[3];
-    cr_assert_eq(ad_grad(ctx, f, NULL, c->n, c->in, d, true), AD_OK, "%s", ad_last_error(ctx));
-    for (int i = 0; i < c->n; i++) {
-      ad_tensor *t = ad_sum(ctx, ad_mul(ctx, d[i], c->r[i]));
-      f = i ? ad_add(ctx, f, t) : t;
-    }
-  }
-  cr_assert_not_null(f, "%s", ad_last_error(ctx));
-  if (g)
-    cr_assert_eq(ad_grad(ctx, f, NULL, c->n, c->in, g, false), AD_OK, "%s", ad_last_error(ctx));
-  return ad_tensor_item(f);
-}
-
-static void fd_compare(fd_check *c, bool second) {
-  ad_tensor *g[3];
-  fd_value(c, second, g);
-  double *an[3];
-  for (int i = 0; i < c->n; i++) {
-    an[i] = malloc((size_t)c->in[i]->size * sizeof(double));
-    for (int64_t j = 0; j < c->in[i]->size; j++) an[i][j] = ad_tensor_get(g[i], j);
-  }
-  const double eps = 1e-6;
-  for (int i = 0; i < c->n; i++) {
-    ad_tensor *t = c->in[i];
-    for (int64_t j = 0; j < t->size; j++) {
-      double orig = ad_tensor_get(t, j), f[2];
-      for (int k = 0; k < 2; k++) {
-        ad_tape_reset(ctx);
-        ad_tensor_set(t, j, orig + (k ? -eps : eps));
-        f[k] = fd_value(c, second, NULL);
-      }
-      ad_tape_reset(ctx);
-      ad_tensor_set(t, j, orig);
-      double num = (f[0] - f[1]) / (2 * eps);
-      QUICK_ASSERT(fabs(num - an[i][j]) <= 1e-6 + 1e-5 * fabs(num),
-                   "%s order %d, input %d [%lld]: tape %.12g, numeric %.12g", nn_layer_kind(c->l),
-                   second ? 2 : 1, i, (long long)j, an[i][j], num);
-    }
-    free(an[i]);
-  }
-  ad_tape_reset(ctx);
-}
-
-/* second: also the second order (not for the linear pads, whose first
- * derivatives do not depend on the input) */
+/* Against central differences (test_layer_fd.h); second: also the second
+ * order (not for the linear pads, whose first derivatives do not depend on
+ * the input). */
 static void check_derivatives(nn_layer *l, int nd, const int64_t *shape, bool training,
                               bool second) {
-  ad_rng rng;
-  ad_rng_seed(&rng, 3);
-  fd_check c = {.l = l, .training = training, .n = 1};
-  c.in[0] = ad_rand(ctx, &rng, AD_F64, nd, shape, -2, 2);
-  ad_tensor_set_requires_grad(c.in[0], true);
-  nn_params *p = nn_layer_params(l);
-  for (int i = 0; i < nn_params_count(p); i++) {
-    ad_tensor *t = c.in[c.n++] = nn_params_tensor(p, i);
-    for (int64_t j = 0; j < t->size; j++) ad_tensor_set(t, j, ad_rng_uniform(&rng) + 0.5);
-  }
-  ad_tensor *y = nn_layer_forward(l, c.in[0], training);
-  cr_assert_not_null(y, "%s", ad_last_error(ctx));
-  c.v = ad_rand(ctx, &rng, AD_F64, y->ndim, y->shape, -1, 1);
-  for (int i = 0; i < c.n; i++)
-    c.r[i] = ad_rand(ctx, &rng, AD_F64, c.in[i]->ndim, c.in[i]->shape, -1, 1);
-  fd_compare(&c, false);
-  if (second) fd_compare(&c, true);
-  ad_tensor_free(c.in[0]);
-  ad_tensor_free(c.v);
-  for (int i = 0; i < c.n; i++) ad_tensor_free(c.r[i]);
+  test_layer_derivatives(
+      ctx, l, nd, shape,
+      &(test_fd_opts){.eval = !training, .first_only = !second, .redraw_params = true});
 }
 
 Test(norm3d, gradcheck_first_and_second_order) {
