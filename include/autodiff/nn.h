@@ -2397,9 +2397,10 @@ typedef enum nn_opt_kind {
  *            ax + mu (p - ax) : p; then eta = lr / (1 + lambd lr t)^asgd_alpha,
  *            mu = 1 / max(1, t - t0) (eta and mu per parameter, 0-d
  *            float32 as PyTorch's; eta starts at lr)
- *   Rprop    s = step size (starts at lr), q = g prev: q > 0: s =
- *            min(s etaplus, step_size_max); q < 0: s = max(s etaminus,
- *            step_size_min) and g = 0; p -= sign(g) s; prev = g
+ *   Rprop    s = step size (starts at lr), q = g prev; s = clamp(s f,
+ *            step_size_min, step_size_max) with f = etaplus (q > 0),
+ *            etaminus (q < 0; then also g = 0) or 1 (q = 0 or NaN);
+ *            p -= sign(g) s; prev = g
  *   @endcode
  * maximize (SGD, Adagrad, RMSProp, Adam, AdamW, Adamax, Adadelta, ASGD,
  * Rprop, as PyTorch 1.13's: NAdam and RAdam refuse it) negates g first,
