@@ -19,15 +19,19 @@
  *                        global average pooling layer);
  *   n divides L on each  ad_avg_pool2d with kernel = stride = L / n (the
  *                        windows are then disjoint and of equal size);
- *   otherwise            a product with a constant [L, n] averaging matrix
- *                        A (A[l, i] = 1 / (end_i - start_i) inside window
- *                        i, else 0) per pooled axis: x A along the last
- *                        axis, A^T x along H. A is an arena tensor built in
- *                        each forward for the input's length (L n values,
- *                        no parameter, no state to go stale) and freed with
- *                        the tape. The result is the window's sum times
- *                        1/count rounded to the dtype, so it may differ from
- *                        PyTorch's sum / count in the last bit.
+ *   otherwise            each axis n does not divide laid out as n windows
+ *                        of the longest window's k taps (the gather of
+ *                        adaptive max pooling, below), the repeated taps
+ *                        set to 0 by ad_where against a constant mask (not
+ *                        multiplied by 0: an inf or NaN must reach only
+ *                        its own windows, as in PyTorch), ad_avg_pool2d
+ *                        with kernel = stride = (kh, kw), and a product
+ *                        with the constant kh kw / count of each window.
+ *                        Mask and factors are arena tensors built in each
+ *                        forward (no parameter, no state to go stale) and
+ *                        freed with the tape. The result is the window's
+ *                        mean over k taps times k / count, so it may
+ *                        differ from PyTorch's sum / count in the last bit.
  *
  * Adaptive max pooling (nn.AdaptiveMaxPool1d/2d) takes the same windows.
  * An axis n divides has disjoint windows of L / n; otherwise each window
@@ -233,36 +237,6 @@ static void view_error(ad_ctx *ctx, const ad_tensor *x, const char *as) {
                ad_shape_str(x, a, sizeof a), as, msg);
 }
 
-/* The [L, n] averaging matrix of adaptive pooling (see the top of the
- * file), an arena tensor of dtype; NULL on error. The products i L / n
- * are formed without overflow: i L = i (L / n) n + i (L % n), i < n. */
-static ad_tensor *adaptive_matrix(ad_ctx *ctx, ad_dtype dtype, int64_t len, int64_t n) {
-  int64_t shape[2] = {len, n};
-  ad_tensor *a = nn_tmp_tensor(ctx, dtype, 2, shape);
-  if (!a) return NULL;
-  int64_t q = len / n, r = len % n;
-  memset(a->data, 0, (size_t)a->size * ad_dtype_size(dtype)); /* all-zero bits: 0.0 */
-  for (int64_t i = 0; i < n; i++) {
-    int64_t start = i * q + (i * r) / n;
-    int64_t end = (i + 1) * q + ((i + 1) * r + n - 1) / n;
-    double v = 1.0 / (double)(end - start);
-    for (int64_t l = start; l < end; l++) ad_tensor_set(a, l * n + i, v);
-  }
-  return a;
-}
-
-/* Adaptive average pooling of the last two axes of x (3-D or 4-D) to oh x
- * ow; the three ways at the top of the file. */
-ad_tensor *nn_adaptive_avg2d(ad_ctx *ctx, ad_tensor *x, int64_t oh, int64_t ow) {
-  int64_t h = x->shape[x->ndim - 2], w = x->shape[x->ndim - 1];
-  if (oh == 1 && ow == 1) return ad_global_avg_pool2d(ctx, x);
-  if (h % oh == 0 && w % ow == 0) return ad_avg_pool2d(ctx, x, h / oh, w / ow, NULL);
-  ad_tensor *y = x;
-  if (w != ow) y = ad_matmul(ctx, y, adaptive_matrix(ctx, x->dtype, w, ow), false, false);
-  if (h != oh && y) y = ad_matmul(ctx, adaptive_matrix(ctx, x->dtype, h, oh), y, true, false);
-  return y;
-}
-
 /* The start of window i of an axis of len pooled to n, floor(i len / n),
  * without overflow (i len = i (len / n) n + i (len % n), i <= n). */
 static int64_t window_start(int64_t i, int64_t len, int64_t n) {
@@ -293,6 +267,53 @@ static int64_t adaptive_window_max(int64_t len, int64_t n) {
     k = w > k ? w : k;
   }
   return k;
+}
+
+/* Adaptive average pooling of the last two axes of x (3-D or 4-D) to oh x
+ * ow; the three ways at the top of the file. */
+ad_tensor *nn_adaptive_avg2d(ad_ctx *ctx, ad_tensor *x, int64_t oh, int64_t ow) {
+  int hx = x->ndim - 2;
+  int64_t len[2] = {x->shape[hx], x->shape[hx + 1]}, n[2] = {oh, ow}, k[2];
+  if (oh == 1 && ow == 1) return ad_global_avg_pool2d(ctx, x);
+  if (len[0] % oh == 0 && len[1] % ow == 0)
+    return ad_avg_pool2d(ctx, x, len[0] / oh, len[1] / ow, NULL);
+  ad_tensor *y = x;
+  for (int a = 1; a >= 0 && y; a--) {
+    if (len[a] % n[a] == 0) {
+      k[a] = len[a] / n[a];
+      continue;
+    }
+    if (len[a] > I32_MAX) {
+      char s[64];
+      ad_set_error(ctx, AD_ERR_SHAPE, "input %s: an axis above 2^31 - 1 elements",
+                   ad_shape_str(x, s, sizeof s));
+      return NULL;
+    }
+    k[a] = adaptive_window_max(len[a], n[a]);
+    y = adaptive_windows(ctx, y, hx + a, len[a], n[a], k[a]);
+  }
+  if (!y) return NULL;
+  /* the repeated taps count as 0 (where, so that an inf or NaN elsewhere in
+   * the row stays out of the window); window (i, j) then sums to the sum
+   * of its cnt_h(i) cnt_w(j) elements, divided by kh kw */
+  int64_t ms[2] = {oh * k[0], ow * k[1]};
+  ad_tensor *mask = nn_tmp_tensor(ctx, x->dtype, 2, ms),
+            *scale = nn_tmp_tensor(ctx, x->dtype, 2, n);
+  if (!mask || !scale) return NULL;
+  for (int64_t i = 0; i < ms[0]; i++) {
+    int64_t hi = i / k[0], ch = len[0] - window_start(n[0] - 1 - hi, len[0], n[0]) -
+                                window_start(hi, len[0], n[0]);
+    for (int64_t j = 0; j < ms[1]; j++) {
+      int64_t wj = j / k[1], cw = len[1] - window_start(n[1] - 1 - wj, len[1], n[1]) -
+                                  window_start(wj, len[1], n[1]);
+      ad_tensor_set(mask, i * ms[1] + j, i % k[0] < ch && j % k[1] < cw ? 1 : 0);
+      if (i % k[0] == 0 && j % k[1] == 0)
+        ad_tensor_set(scale, hi * n[1] + wj, (double)(k[0] * k[1]) / (double)(ch * cw));
+    }
+  }
+  y = ad_where(ctx, mask, y, ad_scalar(ctx, x->dtype, 0));
+  if (y) y = ad_avg_pool2d(ctx, y, k[0], k[1], NULL);
+  return y ? ad_mul(ctx, y, scale) : NULL;
 }
 
 /* Adaptive max pooling of the last two axes of x (3-D or 4-D) to oh x ow:

@@ -154,6 +154,46 @@ Test(pool3d, empty_batch) {
   ad_tensor_free(x), ad_tensor_free(u);
 }
 
+/* Overlapping adaptive windows (n not dividing L): an inf or NaN reaches
+ * only the outputs whose windows hold it, as in PyTorch (a product with an
+ * averaging matrix gave 0 * inf = NaN for every window of the row). Along
+ * W, H and D of the 3-D layer, and the 2-D layer the 3-D one runs on. The
+ * gradient of the sum is each element's 1 / count summed over its
+ * windows. */
+Test(pool3d, adaptive_inf_and_nan_stay_in_their_windows) {
+  static const double inf = INFINITY;
+  static const double xs[3][3] = {{inf, 1, 2}, {1, 2, NAN}, {-inf, 4, 6}};
+  static const double want[3][2] = {{inf, 1.5}, {1.5, NAN}, {-inf, 5}};
+  static const double dx[3] = {0.5, 1, 0.5};
+  for (int axis = 0; axis < 3; axis++)
+    for (int v = 0; v < 3; v++) {
+      int64_t s5[5] = {1, 1, 1, 1, 1}, o[3] = {1, 1, 1};
+      s5[2 + axis] = 3, o[axis] = 2;
+      ad_tensor *x = tensor_of(AD_F64, 5, s5, xs[v]);
+      ad_tensor_set_requires_grad(x, true);
+      nn_layer *l = nn_adaptive_avg_pool3d_new(ctx, o[0], o[1], o[2]);
+      ad_tensor *y = nn_layer_forward(l, x, true);
+      char what[64];
+      snprintf(what, sizeof what, "axis %d, input %d: y", axis, v);
+      expect_close(y, want[v], 2, 1e-15, what);
+      cr_assert_eq(ad_backward(ctx, ad_sum(ctx, y), NULL), AD_OK, "%s", ad_last_error(ctx));
+      snprintf(what, sizeof what, "axis %d, input %d: dx", axis, v);
+      expect_close(x->grad, dx, 3, 1e-15, what);
+      ad_tape_reset(ctx);
+      nn_layer_free(l);
+      ad_tensor_free(x);
+    }
+  /* the 2-D layer: [1, 3, 3] to 2 x 2, an inf in the corner */
+  int64_t s3[3] = {1, 3, 3};
+  double x2[9] = {inf, 1, 2, 3, 4, 5, 6, 7, 8}, w2[4] = {inf, 3, 5, 6};
+  ad_tensor *x = tensor_of(AD_F32, 3, s3, x2);
+  nn_layer *l = nn_adaptive_avg_pool2d_new(ctx, 2, 2);
+  expect_close(nn_layer_forward(l, x, false), w2, 4, 1e-7, "2-D y");
+  ad_tape_reset(ctx);
+  nn_layer_free(l);
+  ad_tensor_free(x);
+}
+
 /* ---------------------------------------------------------- derivatives */
 
 static ad_tensor *run_layer(ad_ctx *c, int n, ad_tensor *const *in, void *ud) {

@@ -847,13 +847,16 @@ NN_API nn_layer *nn_avg_pool1d_new(ad_ctx *ctx, int64_t kernel_size, const nn_po
  * does not divide L (n may exceed L). A composite of public ops, so it is
  * differentiable to any order: an output of 1 (on both axes) is
  * ad_global_avg_pool2d, bit for bit; n dividing L (on both axes) is
- * ad_avg_pool2d with kernel = stride = L / n; otherwise ad_matmul with a
- * constant [L, n] averaging matrix per axis, built in the forward as an
- * arena tensor (the sum times 1/count: within an ulp or so of PyTorch's
- * sum / count). No parameters. Returns the layer, or NULL with AD_ERR_ARG
- * (an output size outside [1, 2^30]) or AD_ERR_OOM. The forward refuses an
- * input of another rank or with an empty pooled axis (AD_ERR_SHAPE) or not
- * float (AD_ERR_DTYPE), naming the layer and the shape. @{ */
+ * ad_avg_pool2d with kernel = stride = L / n; otherwise the windows
+ * gathered along each axis n does not divide (ad_index_select), padded to
+ * the longest with zeros (ad_where, so an inf or NaN reaches only the
+ * outputs whose windows hold it, as in PyTorch), averaged by ad_avg_pool2d
+ * and scaled by k / count (within an ulp or so of PyTorch's sum / count).
+ * No parameters. Returns the layer, or NULL with AD_ERR_ARG (an output
+ * size outside [1, 2^30]) or AD_ERR_OOM. The forward refuses an input of
+ * another rank or with an empty pooled axis, or with a gathered axis above
+ * 2^31 - 1 (AD_ERR_SHAPE), or not float (AD_ERR_DTYPE), naming the layer
+ * and the shape. @{ */
 NN_API nn_layer *nn_adaptive_avg_pool1d_new(ad_ctx *ctx, int64_t output_size);
 NN_API nn_layer *nn_adaptive_avg_pool2d_new(ad_ctx *ctx, int64_t oh, int64_t ow);
 /** @} */
