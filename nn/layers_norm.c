@@ -220,8 +220,12 @@ static bool norm_dtype_ok(nn_layer *l, const ad_tensor *x, const ad_tensor *stat
   if (x->dtype == want && (x->dtype == AD_F32 || x->dtype == AD_F64)) return true;
   char who[96], a[64];
   nn_layer_who(l, who, sizeof who);
-  ad_set_error(nn_layer_ctx(l), AD_ERR_DTYPE, "%s: input %s is %s, the layer is %s", who,
-               ad_shape_str(x, a, sizeof a), ad_dtype_name(x->dtype), ad_dtype_name(want));
+  if (!state) /* no parameters or buffers: any float dtype */
+    ad_set_error(nn_layer_ctx(l), AD_ERR_DTYPE, "%s: input %s must be float, got %s", who,
+                 ad_shape_str(x, a, sizeof a), ad_dtype_name(x->dtype));
+  else
+    ad_set_error(nn_layer_ctx(l), AD_ERR_DTYPE, "%s: input %s is %s, the layer is %s", who,
+                 ad_shape_str(x, a, sizeof a), ad_dtype_name(x->dtype), ad_dtype_name(want));
   return false;
 }
 

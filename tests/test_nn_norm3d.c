@@ -522,6 +522,12 @@ Test(norm3d, norm_inputs_are_checked) {
   cr_assert(y && y->ndim == 5 && y->shape[1] == 4, "%s", ad_last_error(ctx));
   y = nn_layer_forward(in0, x4, true);
   cr_assert(y && y->ndim == 4, "%s", ad_last_error(ctx));
+  /* ... but a float one: the message names the input's dtype only (the
+   * layer has none of its own) */
+  ad_tensor *xi = zeros(AD_I32, 5, s5);
+  cr_assert_null(nn_layer_forward(in0, xi, true));
+  expect_msg(AD_ERR_DTYPE, "instance_norm3d: input [2,3,2,2,2] must be float, got i32");
+  ad_tensor_free(xi);
   /* an empty batch is an empty output */
   int64_t e[5] = {0, 3, 2, 2, 2};
   ad_tensor *xe = zeros(AD_F32, 5, e);
