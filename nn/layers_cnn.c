@@ -13,6 +13,8 @@
 
 #include <math.h>
 
+#define CONV_MAX_SIZE (INT64_C(1) << 40) /* the ops' limit on stride, padding, dilation */
+
 /* ---------------------------------------------------------- convolution */
 
 typedef struct conv_state {
@@ -129,6 +131,10 @@ static nn_layer *conv_new(ad_ctx *ctx, bool transpose, int64_t in, int64_t out, 
       bad = "stride and dilation must be >= 1 (0 means 1)";
     else if (o.padding[k] < 0 || o.output_padding[k] < 0)
       bad = "padding and output_padding must be >= 0";
+    else if (st > CONV_MAX_SIZE || di > CONV_MAX_SIZE || o.padding[k] > CONV_MAX_SIZE)
+      bad = "stride, dilation and padding must be at most 2^40";
+    else if (o.same && mode != NN_PADDING_ZEROS && (k ? kw : kh) - 1 > CONV_MAX_SIZE / di)
+      bad = "padding 'same' (dilation x (kernel - 1)) must be at most 2^40";
     else if (!transpose && o.output_padding[k])
       bad = "output_padding is for conv_transpose2d only";
     else if (transpose && o.output_padding[k] >= (st > di ? st : di))

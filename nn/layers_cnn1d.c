@@ -155,6 +155,9 @@ static nn_layer *conv1d_new(ad_ctx *ctx, int64_t in, int64_t out, int64_t kernel
     bad = "stride, dilation and padding must be at most 2^40";
   else if (o.same && o.stride > 1)
     bad = "padding 'same' needs stride 1";
+  else if (o.same && mode != NN_PADDING_ZEROS &&
+           k - 1 > CONV_MAX_SIZE / (o.dilation ? o.dilation : 1))
+    bad = "padding 'same' (dilation x (kernel - 1)) must be at most 2^40";
   if (bad) {
     ad_set_error(ctx, AD_ERR_ARG, "conv1d: %s (stride %lld, padding %lld, dilation %lld%s)", bad,
                  (long long)o.stride, (long long)o.padding, (long long)o.dilation,
@@ -173,7 +176,7 @@ static nn_layer *conv1d_new(ad_ctx *ctx, int64_t in, int64_t out, int64_t kernel
   s->shown = o.padding;
   s->mode = mode;
   if (mode != NN_PADDING_ZEROS) { /* PyTorch's _reversed_padding_repeated_twice */
-    int64_t total = (o.dilation ? o.dilation : 1) * (k - 1);
+    int64_t total = o.same ? (o.dilation ? o.dilation : 1) * (k - 1) : 0; /* checked above */
     s->pad[0] = o.same ? total / 2 : o.padding;
     s->pad[1] = o.same ? total - total / 2 : o.padding;
     s->o.padding[0] = s->o.padding[1] = 0;

@@ -232,6 +232,47 @@ Test(convmisc, bad_padding_modes_are_refused_when_made) {
   cr_assert_eq(ad_ctx_live_tensors(ctx), 0, "nothing left behind");
 }
 
+/* Paddings the mode moves out of the op's options are bounded when the
+ * layer is made, as the op bounds its own (2^40), so the forward's sizes
+ * (padded length, index tensor) cannot overflow; and 'same' with a huge
+ * kernel or dilation is refused without overflowing dilation x (k - 1)
+ * first (UBSan), in 1-D also when the mode pads explicitly. */
+Test(convmisc, huge_paddings_in_a_mode_are_refused_when_made) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 1);
+  int64_t p62 = INT64_C(1) << 62;
+  for (int m = NN_PADDING_ZEROS; m <= NN_PADDING_CIRCULAR; m++) {
+    cr_assert_null(nn_conv2d_new_ext(ctx, 1, 1, 1, 1, &rng,
+                                     &(nn_conv2d_opts_ext){.base = {.padding = {p62, 0}},
+                                                           .padding_mode = (nn_padding_mode)m}),
+                   "mode %d", m);
+    test_expect_error(ctx, AD_ERR_ARG, "conv2d: stride, dilation and padding must be at most 2^40",
+                      NULL);
+  }
+  cr_assert_null(
+      nn_conv2d_new_ext(ctx, 1, 1, 3, 1, &rng,
+                        &(nn_conv2d_opts_ext){.base = {.same = true, .dilation = {p62, 1}},
+                                              .padding_mode = NN_PADDING_REFLECT}));
+  test_expect_error(ctx, AD_ERR_ARG, "conv2d: stride, dilation and padding must be at most 2^40",
+                    NULL);
+  cr_assert_null(nn_conv2d_new_ext(ctx, 1, 1, 1, INT64_MAX, &rng,
+                                   &(nn_conv2d_opts_ext){.base = {.same = true, .dilation = {1, 4}},
+                                                         .padding_mode = NN_PADDING_REPLICATE}));
+  test_expect_error(ctx, AD_ERR_ARG, "conv2d: padding 'same' (dilation x (kernel - 1)) must be",
+                    NULL);
+  cr_assert_null(nn_conv1d_new_ext(ctx, 1, 1, INT64_MAX / 2, &rng,
+                                   &(nn_conv1d_opts_ext){.base = {.same = true, .dilation = 4},
+                                                         .padding_mode = NN_PADDING_CIRCULAR}));
+  test_expect_error(ctx, AD_ERR_ARG, "conv1d: padding 'same' (dilation x (kernel - 1)) must be",
+                    NULL);
+  /* explicit padding: the kernel's own error, without an overflow before */
+  cr_assert_null(nn_conv1d_new_ext(
+      ctx, 1, 1, INT64_MAX / 2, &rng,
+      &(nn_conv1d_opts_ext){.base = {.dilation = 4}, .padding_mode = NN_PADDING_REFLECT}));
+  test_expect_error(ctx, AD_ERR_ARG, "is too large", NULL);
+  cr_assert_eq(ad_ctx_live_tensors(ctx), 0, "nothing left behind");
+}
+
 /* PyTorch's limits on the padded axes, with the layer and the shapes
  * named; nothing is recorded for a refused input. */
 Test(convmisc, inputs_too_short_for_the_mode_are_refused) {

@@ -629,8 +629,8 @@ typedef struct nn_conv2d_opts {
  * within 1/sqrt(fan_in), fan_in = in/groups * kh * kw (kaiming_uniform
  * with a = sqrt(5)), drawn from rng (weight first). opts may be NULL.
  * Returns the layer, or NULL with AD_ERR_ARG (a count < 1, groups not
- * dividing the channels, a negative stride, dilation or padding, an
- * output_padding, same with a stride above 1, a bad initializer),
+ * dividing the channels, a negative stride, dilation or padding, one above
+ * 2^40, an output_padding, same with a stride above 1, a bad initializer),
  * AD_ERR_DTYPE, AD_ERR_NULL
  * (rng for a random init) or AD_ERR_OOM. Its forward takes [N, in, H, W]
  * or, as PyTorch, an unbatched [in, H, W] (giving [out, Ho, Wo]); it
@@ -723,7 +723,9 @@ typedef struct nn_conv2d_opts_ext {
  * and nn_replication_pad1d_new). The padding mode adds ", padding_mode=reflect"
  * (etc.) to the layer's description, as PyTorch's repr. Errors as the base
  * constructors, and AD_ERR_ARG for a padding_mode outside the enum or,
- * for ConvTranspose2d, other than zeros (PyTorch refuses it there). The
+ * for ConvTranspose2d, other than zeros (PyTorch refuses it there), or
+ * for 'same' in a mode other than zeros whose padding (dilation x (kernel
+ * - 1)) is above 2^40 (the ops' limit). The
  * forward refuses (AD_ERR_SHAPE naming the layer) reflect padding not
  * below the axis length, circular padding above it (it would wrap around
  * more than once) and replicate padding of an empty axis, as PyTorch.
