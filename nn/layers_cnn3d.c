@@ -178,6 +178,8 @@ static nn_layer *cnn3d_new(ad_ctx *ctx, c3_kind kind, int64_t in, int64_t out, c
       bad = "padding and output_padding must be >= 0";
     else if (st > CONV_MAX_SIZE || di > CONV_MAX_SIZE || o->padding[2 * k] > CONV_MAX_SIZE)
       bad = "stride, dilation and padding must be at most 2^40";
+    else if (o->same && a->mode != NN_PADDING_ZEROS && ks[k] - 1 > CONV_MAX_SIZE / di)
+      bad = "padding 'same' (dilation x (kernel - 1)) must be at most 2^40";
     else if (!transpose && o->output_padding[k])
       bad = "output_padding is for transposed convolutions only";
     else if (transpose && o->output_padding[k] >= (st > di ? st : di))

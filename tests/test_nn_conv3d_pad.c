@@ -146,6 +146,18 @@ Test(conv3d_pad, bad_modes_and_short_inputs_are_refused) {
                                            &(nn_conv3d_opts){.padding_mode = (nn_padding_mode)m}));
     test_expect_error(ctx, AD_ERR_ARG, "conv_transpose3d: padding_mode", "is not zeros", NULL);
   }
+  /* 'same' in a mode pads dilation x (kernel - 1), bounded as the op's
+   * padding is, without overflowing */
+  cr_assert_null(nn_conv3d_new(
+      ctx, 1, 1, INT64_MAX / 2, 1, 1, &rng,
+      &(nn_conv3d_opts){.same = true, .dilation = {4, 1, 1}, .padding_mode = NN_PADDING_REFLECT}));
+  test_expect_error(ctx, AD_ERR_ARG, "conv3d: padding 'same' (dilation x (kernel - 1))",
+                    "at most 2^40", NULL);
+  cr_assert_null(nn_conv3d_new(ctx, 1, 1, 1, 3, 1, &rng,
+                               &(nn_conv3d_opts){.same = true,
+                                                 .dilation = {1, INT64_C(1) << 40, 1},
+                                                 .padding_mode = NN_PADDING_CIRCULAR}));
+  test_expect_error(ctx, AD_ERR_ARG, "conv3d: padding 'same'", "at most 2^40", NULL);
   nn_layer *l =
       nn_conv3d_new(ctx, 1, 1, 1, 1, 1, &rng,
                     &(nn_conv3d_opts){.padding = {2, 0, 0}, .padding_mode = NN_PADDING_REFLECT});

@@ -769,7 +769,9 @@ typedef struct nn_conv3d_opts {
  * NULL with AD_ERR_ARG (a count < 1, groups not dividing the channels, a
  * negative stride, dilation or padding, one above 2^40, an output_padding,
  * same with a stride above 1, a kernel too large for a tensor, a bad
- * initializer, a padding_mode none of nn_padding_mode's), AD_ERR_DTYPE,
+ * initializer, a padding_mode none of nn_padding_mode's, 'same' in
+ * another mode than zeros whose padding, dilation x (kernel - 1), is above
+ * 2^40), AD_ERR_DTYPE,
  * AD_ERR_NULL (rng for a random init) or AD_ERR_OOM. A padding_mode other
  * than zeros pads the input in that mode (PyTorch's F.pad, 'same' split
  * with the extra element after) and convolves without padding; the
