@@ -738,6 +738,23 @@ static size_t describe(char *out, size_t cap, nn_model *m, nn_optimizer *opt, co
                                 (long long)se->milestones[i]);
       len += (size_t)snprintf(out ? out + len : NULL, out ? cap - len : 0, "\n");
     }
+    /* and those only nn_schedule_ext2 holds (its lr_lambda, an address,
+     * cannot be compared between processes) */
+    const nn_schedule_ext2 *s2 = nn_optimizer_schedule_ext2(opt);
+    if (s2) {
+      char xf2[8][32];
+      double v2[8] = {s2->max_lr,        s2->pct_start,    s2->div_factor, s2->final_div_factor,
+                      s2->base_momentum, s2->max_momentum, s2->factor,     s2->power};
+      for (int i = 0; i < 8; i++) exact(v2[i], xf2[i]);
+      len += (size_t)snprintf(
+          out ? out + len : NULL, out ? cap - len : 0,
+          "schedule's step_per_batch %d, three_phase %d, cycle_momentum %d, anneal %d, max_lr %s, "
+          "total_steps %lld, pct_start %s, div_factor %s, final_div_factor %s, momenta %s %s, "
+          "t_0 %lld, t_mult %lld, factor %s, power %s\n",
+          s2->step_per_batch, s2->three_phase, s2->cycle_momentum, (int)s2->anneal, xf2[0],
+          (long long)s2->total_steps, xf2[1], xf2[2], xf2[3], xf2[4], xf2[5], (long long)s2->t_0,
+          (long long)s2->t_mult, xf2[6], xf2[7]);
+    }
     const nn_plateau *pl = nn_optimizer_plateau(opt);
     if (pl) {
       char pf[4][32];

@@ -600,15 +600,16 @@ static void mismatch(ad_ctx *c) {
   /* (k 2: milestones that differ on the last rank; k 3: a plateau there
    * only; k 4: maximize there only; k 5: NAdam's momentum_decay, which
    * nn_opt_config_ext holds, differing there; k 6: Rprop's etaplus, also
-   * there) */
-  for (int k = 0; k < 7; k++) {
+   * there; k 7: a onecycle's total_steps, which nn_schedule_ext2 holds,
+   * differing there; k 8: a cosine_restarts' t_mult, also there) */
+  for (int k = 0; k < 9; k++) {
     bool last = rank == size - 1;
     m = make_model(c, AD_F64, 8, PLAIN, 5);
     nn_opt_config_ext oc = nn_opt_defaults_ext(k == 5   ? NN_OPT_NADAM
                                                : k == 6 ? NN_OPT_RPROP
                                                         : NN_OPT_SGD,
                                                0.1);
-    oc.base.momentum = k >= 5 ? 0 : k == 0 && last ? 0.5 : 0.9;
+    oc.base.momentum = k == 5 || k == 6 ? 0 : k == 0 && last ? 0.5 : 0.9;
     oc.base.maximize = k == 4 && last;
     if (k == 5 && last) oc.momentum_decay = 5e-3;
     if (k == 6 && last) oc.etaplus = 1.3;
@@ -621,6 +622,12 @@ static void mismatch(ad_ctx *c) {
     nn_plateau plateau = nn_plateau_defaults();
     bool set = k != 2 || nn_optimizer_set_schedule_ext(opt, &multi) == AD_OK;
     set = set && (k != 3 || !last || nn_optimizer_set_plateau(opt, &plateau) == AD_OK);
+    nn_schedule_ext2 oc2 = nn_schedule_ext2_defaults(NN_SCHED_ONECYCLE);
+    oc2.max_lr = 0.1, oc2.total_steps = last ? 200 : 100;
+    nn_schedule_ext2 wr = nn_schedule_ext2_defaults(NN_SCHED_COSINE_RESTARTS);
+    wr.t_0 = 3, wr.t_mult = last ? 3 : 2;
+    set = set && (k != 7 || nn_optimizer_set_schedule_ext2(opt, &oc2) == AD_OK);
+    set = set && (k != 8 || nn_optimizer_set_schedule_ext2(opt, &wr) == AD_OK);
     check(set, "the schedule and plateau attached", ad_last_error(c)); /* on every rank */
     d = dist_new(c, NULL);
     fo = (nn_fit_opts){.epochs = 1, .batch_size = 12, .verbose = -1, .dist = nn_dist_fit_ops(d)};
@@ -635,10 +642,12 @@ static void mismatch(ad_ctx *c) {
              : k == 3 ? "plateau: mode 1, factor 0.1, patience 10, threshold 0.0001"
              : k == 4 ? "maximize 1, momentum_decay 0"
              : k == 5 ? "momentum_decay 0.005"
-                      : "etas 0.5 1.3, step_sizes");
+             : k == 6 ? "etas 0.5 1.3, step_sizes"
+             : k == 7 ? "total_steps 200"
+                      : "t_mult 3");
     snprintf(why, sizeof why, "case %d: status %s, %lld steps, message: %s", k, ad_status_str(st),
              (long long)nn_optimizer_steps(opt), ad_last_error(c));
-    /* (k 4, 5, 6: the difference ends a long line, which the message shows
+    /* (k 4 to 8: the difference ends a long line, which the message shows
      * from near it: this rank's value is in it) */
     check(st == AD_ERR_SHAPE && nn_optimizer_steps(opt) == 0 &&
               (k < 4 ? strncmp(ad_last_error(c), want, strlen(want)) == 0
@@ -649,7 +658,10 @@ static void mismatch(ad_ctx *c) {
           : k == 3 ? "a plateau on one rank only: every rank gets the difference"
           : k == 4 ? "maximize on one rank only: every rank gets the difference"
           : k == 5 ? "NAdam's momentum_decay differs on one rank: every rank gets the difference"
-                   : "Rprop's etaplus differs on one rank: every rank gets the difference",
+          : k == 6 ? "Rprop's etaplus differs on one rank: every rank gets the difference"
+          : k == 7
+              ? "a onecycle's total_steps differs on one rank: every rank gets the difference"
+              : "a cosine_restarts' t_mult differs on one rank: every rank gets the difference",
           why);
     ad_clear_error(c);
     nn_dist_free(d);

@@ -204,7 +204,8 @@ NN_API const nn_dist_ops *nn_dist_fit_ops(nn_dist *d);
  * requires_grad: "... [10,64] frozen on rank R") and the same entries
  * tied (one tensor listed twice: "... [4,4] tied to parameter 0"), and
  * opt the same settings (nn_optimizer_config but lr, which is state) and
- * schedule (nn_optimizer_schedule), then broadcasts rank 0's values of all
+ * schedule (nn_optimizer_schedule_ext2 but lr_lambda, an address that
+ * cannot be compared between processes), then broadcasts rank 0's values of all
  * of them (the learning rate and the schedule's epoch included).
  * Collective. On a difference every rank returns AD_ERR_SHAPE with the
  * first one, of the lowest rank that differs: "dist: rank R differs
