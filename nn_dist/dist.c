@@ -702,6 +702,13 @@ static size_t describe(char *out, size_t cap, nn_model *m, nn_optimizer *opt, co
     enum { NV = sizeof v / sizeof v[0] };
     char f[NV][32];
     for (int i = 0; i < NV; i++) exact(v[i], f[i]);
+    /* a onecycle's cycled momentum or beta1 follows its step, which is
+     * state (rank 0's is sent, as the rate): its settings, base_momentum
+     * and max_momentum, are compared below instead */
+    const nn_schedule_ext2 *s2 = nn_optimizer_schedule_ext2(opt);
+    if (s2 && s2->kind == NN_SCHED_ONECYCLE && s2->cycle_momentum)
+      snprintf(o->kind == NN_OPT_SGD || o->kind == NN_OPT_RMSPROP ? f[0] : f[3], sizeof f[0],
+               "cycled");
     const nn_opt_config_ext *x = nn_optimizer_config_ext(opt);
     char mdf[32]; /* NAdam's, in nn_opt_config_ext */
     exact(x->momentum_decay, mdf);
@@ -740,7 +747,6 @@ static size_t describe(char *out, size_t cap, nn_model *m, nn_optimizer *opt, co
     }
     /* and those only nn_schedule_ext2 holds (its lr_lambda, an address,
      * cannot be compared between processes) */
-    const nn_schedule_ext2 *s2 = nn_optimizer_schedule_ext2(opt);
     if (s2) {
       char xf2[8][32];
       double v2[8] = {s2->max_lr,        s2->pct_start,    s2->div_factor, s2->final_div_factor,

@@ -2606,6 +2606,35 @@ static void after_finalize(void) {
   ad_ctx_free(c);
 }
 
+/* A onecycle's cycled momentum follows the schedule's step, which is
+ * state: rank 0 resumed (here: stepped) alone, the others fresh, the sync
+ * takes rank 0's step, as it takes its rate, and its momentum with it,
+ * instead of refusing the momentum as a setting that differs. */
+static void sync_takes_rank0_cycle(ad_ctx *c) {
+  for (int k = 0; k < 2; k++) {
+    nn_model *m = make_model(c, AD_F64, 8, PLAIN, 5);
+    nn_optimizer *opt = k ? nn_adam_new(nn_model_params(m), 0.1)
+                          : nn_sgd_new(nn_model_params(m), 0.1, 0.9, false, 0);
+    nn_schedule_ext2 s = nn_schedule_ext2_defaults(NN_SCHED_ONECYCLE);
+    s.max_lr = 0.1, s.total_steps = 20;
+    ad_status st = nn_optimizer_set_schedule_ext2(opt, &s);
+    for (int t = 0; t < 5 && rank == 0 && st == AD_OK; t++) st = nn_optimizer_schedule_step(opt);
+    nn_dist *d = dist_new(c, NULL);
+    if (st == AD_OK) st = nn_dist_sync(d, m, opt);
+    const nn_opt_config *cf = nn_optimizer_config(opt);
+    double mom = k ? cf->beta1 : cf->momentum;
+    snprintf(why, sizeof why, "%s: status %s, lr %.17g, momentum %.17g (%s)", k ? "adam" : "sgd",
+             ad_status_str(st), nn_optimizer_lr(opt), mom, ad_last_error(c));
+    check(st == AD_OK && nn_optimizer_lr(opt) == nn_schedule_ext2_lr(&s, 0.1, 5) &&
+              mom == nn_schedule_ext2_momentum(&s, 5),
+          "a onecycle stepped on rank 0 only: the sync takes its step, rate and momentum", why);
+    ad_clear_error(c);
+    nn_dist_free(d);
+    nn_optimizer_free(opt);
+    nn_model_free(m);
+  }
+}
+
 int main(int argc, char **argv) {
   if (nn_dist_init(&argc, &argv) != AD_OK) return 1;
   if (argc > 1 && strcmp(argv[1], "--buckets") == 0) { /* [--no-shm] */
@@ -2697,6 +2726,7 @@ int main(int argc, char **argv) {
   sync_on_a_used_tape(c);
   sync_resets_views(c);
   sync_notes_optimizer_state(c);
+  sync_takes_rank0_cycle(c);
   gather_notes_optimizer_state(c);
   free_after_an_op_read_a_gradient(c);
   reduced_writes_noted(false);

@@ -203,7 +203,8 @@ NN_API const nn_dist_ops *nn_dist_fit_ops(nn_dist *d);
  * in the same order as rank 0's, and the same parameters frozen (no
  * requires_grad: "... [10,64] frozen on rank R") and the same entries
  * tied (one tensor listed twice: "... [4,4] tied to parameter 0"), and
- * opt the same settings (nn_optimizer_config but lr, which is state) and
+ * opt the same settings (nn_optimizer_config but lr, which is state, and
+ * the momentum or beta1 a onecycle cycles, which follows its step) and
  * schedule (nn_optimizer_schedule_ext2 but lr_lambda, an address that
  * cannot be compared between processes), then broadcasts rank 0's values of all
  * of them (the learning rate and the schedule's epoch included).
