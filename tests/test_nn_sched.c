@@ -1195,3 +1195,48 @@ Test(sched, lambda_bad_settings_and_factors) {
   nn_optimizer_free(o);
   nn_model_free(m);
 }
+
+/* ReduceLROnPlateau (patience 1, factor 0.5, a metric that only grows:
+ * halvings at the end of epochs 2, 5, 8, ...) with the kinds of
+ * nn_schedule_ext2: the chained ones go on from the reduced rate as
+ * PyTorch 1.13's (values from torch: scheduler.step() then
+ * plateau.step(e) per epoch); lambda keeps the reduction, which PyTorch's
+ * LambdaLR drops at its next step (as nn.h says). */
+static double f_recip(int64_t e, void *ud) {
+  (void)ud;
+  return 1.0 / (1.0 + (double)e);
+}
+
+Test(sched, plateau_with_ext2_kinds) {
+  static const double want[3][12] = {
+      {0.050000000000000003, 0.050000000000000003, 0.050000000000000003, 0.025000000000000001,
+       0.025000000000000001, 0.012500000000000001, 0.025000000000000001, 0.012500000000000001,
+       0.012500000000000001, 0.0062500000000000003, 0.0062500000000000003, 0.0031250000000000002},
+      {0.10000000000000001, 0.076072577431273089, 0.054433105395181758, 0.017677669529663691,
+       0.0096225044864937659, 0.0017010345435994288, 0, 0, 0, 0, 0, 0},
+      {0.10000000000000001, 0.050000000000000003, 0.016666666666666666, 0.0020833333333333333,
+       0.00041666666666666669, 3.4722222222222222e-05, 4.9603174603174603e-06,
+       3.1001984126984127e-07, 3.444664902998236e-08, 3.4446649029982364e-09,
+       3.1315135481802149e-10, 2.6095946234835123e-11}};
+  nn_sched_kind kinds[4] = {NN_SCHED_CONSTANT_FACTOR, NN_SCHED_POLYNOMIAL, NN_SCHED_MULTIPLICATIVE,
+                            NN_SCHED_LAMBDA};
+  for (int k = 0; k < 4; k++) {
+    nn_model *m;
+    nn_optimizer *o = sgd(&m);
+    nn_schedule_ext2 s = nn_schedule_ext2_defaults(kinds[k]);
+    s.factor = 0.5, s.total_iters = 6, s.power = 1.5, s.lr_lambda = f_recip;
+    cr_assert_eq(nn_optimizer_set_schedule_ext2(o, &s), AD_OK, "%s", ad_last_error(ctx));
+    nn_plateau p = nn_plateau_defaults();
+    p.patience = 1, p.factor = 0.5;
+    cr_assert_eq(nn_optimizer_set_plateau(o, &p), AD_OK);
+    for (int e = 0; e < 12; e++) {
+      if (k < 3) exact(nn_optimizer_lr(o), want[k][e], "plateau with a chained kind", e);
+      if (k == 3 && e == 3) exact(nn_optimizer_lr(o), 0.0125, "lambda, reduced", e);
+      if (k == 3 && e == 4) exact(nn_optimizer_lr(o), 0.01, "lambda keeps the reduction", e);
+      cr_assert_eq(nn_optimizer_schedule_step(o), AD_OK);
+      cr_assert_eq(nn_optimizer_plateau_step(o, (double)e), AD_OK);
+    }
+    nn_optimizer_free(o);
+    nn_model_free(m);
+  }
+}

@@ -2571,7 +2571,8 @@ NN_API const nn_opt_config_ext *nn_optimizer_config_ext(const nn_optimizer *opt)
 /** Current learning rate; setting it also makes it the schedule's base and
  * restarts the schedule at epoch 0 (the rate is then the schedule's at
  * epoch 0: lr start_factor for a warm-up, see nn_optimizer_set_schedule_ext;
- * lr for the kinds of nn_schedule). nn_optimizer_set_lr returns AD_OK,
+ * lr for the kinds of nn_schedule; for onecycle lr becomes max_lr and the
+ * rate lr / div_factor). nn_optimizer_set_lr returns AD_OK,
  * AD_ERR_NULL (opt NULL), AD_ERR_ARG (lr not finite and >= 0, the rates
  * a checkpoint may hold, or the schedule's rate at epoch 0 from it not
  * finite: multistep, gamma > 1 at milestones 0; the optimizer unchanged) or AD_ERR_OOM (the write
@@ -2673,9 +2674,9 @@ NN_API double nn_schedule_lr(const nn_schedule *s, double lr0, int64_t t);
  * nn_schedule_ext only is AD_ERR_ARG: use nn_optimizer_set_schedule_ext. */
 NN_API ad_status nn_optimizer_set_schedule(nn_optimizer *opt, const nn_schedule *s);
 
-/** The schedule set by nn_optimizer_set_schedule or
- * nn_optimizer_set_schedule_ext (for the latter its kind and the settings
- * nn_schedule has room for), owned by opt, valid until the next set or
+/** The schedule set by any of the three setters (for the other two its
+ * kind, which may be one of nn_schedule_ext or nn_schedule_ext2 only, and
+ * the settings nn_schedule has room for), owned by opt, valid until the next set or
  * nn_optimizer_free; NULL when there is none or opt is NULL. */
 NN_API const nn_schedule *nn_optimizer_schedule(const nn_optimizer *opt);
 
@@ -2878,7 +2879,8 @@ NN_API nn_schedule_ext2 nn_schedule_ext2_defaults(nn_sched_kind kind);
  * t_mult < 1, eta_min not finite and >= 0; constant_factor: factor not in
  * (0, 1]; constant_factor, polynomial: total_iters < 1; polynomial: power
  * not finite and >= 0; lambda, multiplicative: lr_lambda NULL), s NULL, t < 0 or, for onecycle, t >
- * total_steps. */
+ * total_steps. Polynomial and multiplicative walk their chain: O(min(t,
+ * total_iters)) and O(t) (t calls of lr_lambda). */
 NN_API double nn_schedule_ext2_lr(const nn_schedule_ext2 *s, double lr0, int64_t t);
 
 /** The momentum (or beta1) a onecycle with cycle_momentum sets at step t;
@@ -3259,7 +3261,12 @@ NN_API const nn_plateau *nn_optimizer_plateau(const nn_optimizer *opt);
  * warm-up's reductions into its cosine, where PyTorch 1.13's SequentialLR
  * restarts the cosine from the unreduced base, dropping them: with lr 0.1,
  * a warm-up of 4 epochs and two halvings in it, epoch 4 is 0.025 here,
- * 0.1 in PyTorch). Returns AD_OK, AD_ERR_NULL
+ * 0.1 in PyTorch; constant_factor, polynomial and multiplicative go on
+ * from the reduced rate as PyTorch's; onecycle, cosine_restarts and lambda
+ * scale their whole curve, where PyTorch's, not chainable, drop the
+ * reduction at their next step: with lr 0.1, a lambda 1 / (1 + t) and a
+ * halving at the end of epoch 2, epoch 3 is 0.0125 in both, epoch 4 0.01
+ * here, 0.02 in PyTorch). Returns AD_OK, AD_ERR_NULL
  * (opt NULL), AD_ERR_STATE (no plateau attached) or AD_ERR_OOM (as
  * nn_optimizer_set_lr; unchanged). */
 NN_API ad_status nn_optimizer_plateau_step(nn_optimizer *opt, double metric);
