@@ -2,8 +2,9 @@
 # tools/fuzz.sh: fuzz the file readers (IDX, safetensors checkpoints) with
 # libFuzzer under AddressSanitizer + UndefinedBehaviorSanitizer.
 #
-#   tools/fuzz.sh [SECONDS]   run each target of fuzz/ for SECONDS, one
-#                             after the other (default 3600; 60 with CI=true)
+#   tools/fuzz.sh [SECONDS]   run each target of fuzz/ for SECONDS, as many
+#                             at once as there are cores (default 3600; 60
+#                             with CI=true)
 #
 # Sets up $BUILD (default build-fuzz: CC=clang, -Dfuzz=true, sanitizers)
 # the first time, builds it, then runs each target on its committed seeds
@@ -13,7 +14,8 @@
 # that target; the input is saved as $BUILD/crashes/<target>-<kind>-<sha1>
 # and the report printed. Replay one with `$BUILD/fuzz/<target> FILE`.
 # Exits 1 if any target failed. Environment: BUILD, FUZZ_ARGS (more
-# libFuzzer flags, e.g. "-jobs=2 -workers=2").
+# libFuzzer flags, e.g. "-jobs=2 -workers=2"), FUZZ_JOBS (targets at once;
+# default the number of cores, 1 for one after the other).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 BUILD=${BUILD:-build-fuzz}
@@ -59,21 +61,41 @@ ninja -C "$BUILD" >/dev/null || {
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}
 mkdir -p "$BUILD/crashes"
-rc=0
-for src in fuzz/fuzz_*.c; do
-  target=$(basename "$src" .c)
-  reader=${target#fuzz_}
-  work=$BUILD/corpus/$reader
-  log=$BUILD/$target.log
+# The targets run at once, as many as there are cores (FUZZ_JOBS, default
+# nproc; 1: one after the other), each for SECONDS_EACH of wall time, so
+# a run takes SECONDS_EACH per round of cores, not per target.
+jobs=${FUZZ_JOBS:-$(nproc 2>/dev/null || echo 1)}
+case $jobs in
+'' | *[!0-9]* | 0) jobs=1 ;;
+esac
+
+# run_target TARGET: fuzzes it, leaving its exit status in $BUILD/TARGET.status
+run_target() {
+  local target=$1 reader=${1#fuzz_}
+  local work=$BUILD/corpus/$reader log=$BUILD/$1.log
+  rm -f "$BUILD/$target.status"
   mkdir -p "$work"
   # shellcheck disable=SC2086
   "$BUILD/fuzz/$target" "$work" "fuzz/corpus/$reader" -max_total_time="$SECONDS_EACH" \
     -timeout=25 -max_len=8192 -print_final_stats=1 -artifact_prefix="$BUILD/crashes/$target-" \
     ${FUZZ_ARGS:-} >"$log" 2>&1
-  status=$?
+  echo $? >"$BUILD/$target.status"
+}
+
+targets=()
+for src in fuzz/fuzz_*.c; do targets+=("$(basename "$src" .c)"); done
+for ((i = 0; i < ${#targets[@]}; i += jobs)); do
+  for target in "${targets[@]:i:jobs}"; do run_target "$target" & done
+  wait
+done
+
+rc=0
+for target in "${targets[@]}"; do
+  log=$BUILD/$target.log
+  status=$(cat "$BUILD/$target.status" 2>/dev/null || echo 1)
   runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
   cov=$(grep -oE 'cov: [0-9]+ ft: [0-9]+ corp: [0-9]+/[0-9]+[a-zA-Z]*' "$log" | tail -1)
-  if [ $status -eq 0 ]; then
+  if [ "$status" -eq 0 ]; then
     echo "fuzz $target: ${SECONDS_EACH} s, ${runs:-?} inputs, $cov: no crash"
   else
     crash=$(sed -n 's/.*Test unit written to \(.*\)$/\1/p' "$log" | tail -1)
