@@ -272,14 +272,14 @@ static int64_t adaptive_window_max(int64_t len, int64_t n) {
   return k;
 }
 
-/* Adaptive average pooling of the last two axes of x (3-D or 4-D) to oh x
- * ow; the three ways at the top of the file. */
-ad_tensor *nn_adaptive_avg2d(ad_ctx *ctx, ad_tensor *x, int64_t oh, int64_t ow) {
+/* The windows of adaptive pooling of the last two axes of x (3-D or 4-D)
+ * to n[0] x n[1], laid out evenly, k[a] taps each along axis a (an axis
+ * that n[a] divides is left as it is, its windows already even); x itself
+ * when n divides both. NULL with the error for an axis to lay out above
+ * 2^31 - 1 elements (the gather's int32 indices). */
+static ad_tensor *adaptive_layout(ad_ctx *ctx, ad_tensor *x, const int64_t *n, int64_t *k) {
   int hx = x->ndim - 2;
-  int64_t len[2] = {x->shape[hx], x->shape[hx + 1]}, n[2] = {oh, ow}, k[2];
-  if (oh == 1 && ow == 1) return ad_global_avg_pool2d(ctx, x);
-  if (len[0] % oh == 0 && len[1] % ow == 0)
-    return ad_avg_pool2d(ctx, x, len[0] / oh, len[1] / ow, NULL);
+  int64_t len[2] = {x->shape[hx], x->shape[hx + 1]};
   ad_tensor *y = x;
   for (int a = 1; a >= 0 && y; a--) {
     if (len[a] % n[a] == 0) {
@@ -295,6 +295,18 @@ ad_tensor *nn_adaptive_avg2d(ad_ctx *ctx, ad_tensor *x, int64_t oh, int64_t ow) 
     k[a] = adaptive_window_max(len[a], n[a]);
     y = adaptive_windows(ctx, y, hx + a, len[a], n[a], k[a]);
   }
+  return y;
+}
+
+/* Adaptive average pooling of the last two axes of x (3-D or 4-D) to oh x
+ * ow; the three ways at the top of the file. */
+ad_tensor *nn_adaptive_avg2d(ad_ctx *ctx, ad_tensor *x, int64_t oh, int64_t ow) {
+  int hx = x->ndim - 2;
+  int64_t len[2] = {x->shape[hx], x->shape[hx + 1]}, n[2] = {oh, ow}, k[2];
+  if (oh == 1 && ow == 1) return ad_global_avg_pool2d(ctx, x);
+  if (len[0] % oh == 0 && len[1] % ow == 0)
+    return ad_avg_pool2d(ctx, x, len[0] / oh, len[1] / ow, NULL);
+  ad_tensor *y = adaptive_layout(ctx, x, n, k);
   if (!y) return NULL;
   /* the repeated taps count as 0 (where, so that an inf or NaN elsewhere in
    * the row stays out of the window); window (i, j) then sums to the sum
@@ -323,23 +335,8 @@ ad_tensor *nn_adaptive_avg2d(ad_ctx *ctx, ad_tensor *x, int64_t oh, int64_t ow) 
  * ad_max_pool2d with kernel = stride = the window, on x itself when n
  * divides the length of each axis, else on the windows laid out evenly. */
 static ad_tensor *adaptive_max2d(ad_ctx *ctx, ad_tensor *x, int64_t oh, int64_t ow) {
-  int hx = x->ndim - 2;
-  int64_t len[2] = {x->shape[hx], x->shape[hx + 1]}, n[2] = {oh, ow}, k[2];
-  ad_tensor *y = x;
-  for (int a = 1; a >= 0 && y; a--) {
-    if (len[a] % n[a] == 0) {
-      k[a] = len[a] / n[a];
-      continue;
-    }
-    if (len[a] > I32_MAX) {
-      char s[64];
-      ad_set_error(ctx, AD_ERR_SHAPE, "input %s: an axis above 2^31 - 1 elements",
-                   ad_shape_str(x, s, sizeof s));
-      return NULL;
-    }
-    k[a] = adaptive_window_max(len[a], n[a]);
-    y = adaptive_windows(ctx, y, hx + a, len[a], n[a], k[a]);
-  }
+  int64_t n[2] = {oh, ow}, k[2];
+  ad_tensor *y = adaptive_layout(ctx, x, n, k);
   return y ? ad_max_pool2d(ctx, y, k[0], k[1], NULL) : NULL;
 }
 
