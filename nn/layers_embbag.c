@@ -267,6 +267,12 @@ static bool bag_args_ok(ad_ctx *ctx, const char *fn, ad_tensor *weight, ad_tenso
                  ad_shape_str(input, a, sizeof a));
     return false;
   }
+  /* positions in the input (kept entries, per-sample weights) are i32 */
+  if (input->size > INT32_MAX) {
+    ad_set_error(ctx, AD_ERR_ARG, "%s: input %s has more entries than an i32 position counts", fn,
+                 ad_shape_str(input, a, sizeof a));
+    return false;
+  }
   if (!indices_ok(ctx, fn, input, num)) return false;
   if (input->ndim == 2 && (offsets || n_offsets)) {
     ad_set_error(ctx, AD_ERR_ARG,

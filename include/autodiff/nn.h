@@ -1350,7 +1350,8 @@ typedef struct nn_embedding_bag_opts {
  * with a 2-D input or missing, offsets[0] != 0, decreasing, past N, a last
  * offset other than N with include_last_offset, include_last_offset with a
  * 2-D input, per_sample_weights with mode mean or max, scale_grad_by_freq
- * with max, a bad mode, padding_idx, max_norm or norm_type), AD_ERR_OOM.
+ * with max, a bad mode, padding_idx, max_norm or norm_type; an input of
+ * more than 2^31 - 1 entries, whose positions are kept as i32), AD_ERR_OOM.
  * PyTorch 1.13 does not check decreasing offsets or a last offset other
  * than N (it reads past its buffers); sparse gradients are not supported. */
 NN_API ad_tensor *nn_embedding_bag(ad_ctx *ctx, ad_tensor *weight, ad_tensor *input,
