@@ -61,6 +61,10 @@ static int drop_missing(ad_ctx *ctx, const nn_optimizer *opt, const char *path, 
   int ns = nn_optimizer_state_count(opt), np = n - ns, k = np;
   nn_checkpoint_info *info = nn_checkpoint_info_read(ctx, path);
   if (!info) return -1;
+  if (nn_optimizer_groups_check(opt, info, path) != AD_OK) {
+    nn_checkpoint_info_free(info);
+    return -1;
+  }
   for (int i = 0; i < ns; i++) {
     present[i] =
         !nn_optimizer_state_optional(opt, i) || nn_checkpoint_info_find(info, names[np + i]);

@@ -277,6 +277,14 @@ ad_status nn_optimizer_state_check(const nn_optimizer *opt, int i, double v, con
  * versions behaved (a parameter's step count = the optimizer's). */
 void nn_optimizer_state_restored(nn_optimizer *opt, const bool *present);
 
+/* For a load from path whose header is info: AD_ERR_FORMAT, naming both
+ * counts, when the checkpoint holds another number of parameter groups
+ * than opt (found from the groups' rate tensors; the value of
+ * "<kind>.param_groups" is checked by nn_optimizer_state_check). */
+struct nn_checkpoint_info;
+ad_status nn_optimizer_groups_check(const nn_optimizer *opt, const struct nn_checkpoint_info *info,
+                                    const char *path);
+
 /* Accuracy threshold nn_fit and nn_evaluate use for loss. */
 double nn_loss_threshold(nn_loss_fn loss);
 

@@ -6,6 +6,7 @@
  * resume it. */
 #include "kernels/update.h"
 #include "nn_internal.h"
+#include "nn_io.h"
 
 #include <float.h>
 #include <math.h>
@@ -22,7 +23,19 @@ typedef struct slot {
   ad_tensor *eta, *amu;         /* ASGD: 0-d f32, the parameter's eta and mu */
   double eta_now, mu_now;       /* ASGD: eta and mu before this step's update of them */
   bool repeat;                  /* p is an earlier slot's (tied weights): no state, no step */
+  int group;                    /* its parameter group */
+  nn_params *list;              /* the list it came from, and its index there (for its name) */
+  int li;
 } slot;
+
+/* A parameter group after the first (nn_optimizer_add_param_group): its
+ * settings and its rates, as group 0's are the optimizer's cfg, ext, lr
+ * and lr0. */
+typedef struct group {
+  nn_opt_config cfg;     /* the update reads it; lr follows the tensor lr */
+  nn_opt_config_ext ext; /* base refreshed by nn_optimizer_group_config_ext */
+  ad_tensor *lr, *lr0;   /* 0-d f64 state: "<kind>.group<g>.lr", "...schedule.lr0" */
+} group;
 
 struct nn_optimizer {
   ad_ctx *ctx;
@@ -31,11 +44,15 @@ struct nn_optimizer {
   double momentum_decay; /* NAdam's */
   nn_opt_config_ext ext; /* the settings of nn_opt_config_ext (base: see
                             nn_optimizer_config_ext; the update reads cfg) */
-  int nslots;
+  int nslots, slots_cap;
   slot *slots;
-  int nts;
-  ad_tensor **ts;  /* the slots' distinct tensors, which clipping reads */
-  ad_tensor *step; /* 0-d f64: steps taken */
+  int nts, ts_cap;
+  ad_tensor **ts; /* the slots' distinct tensors, which clipping reads */
+  int ngroups;    /* 1 + the groups added (nn_optimizer_add_param_group) */
+  int more_cap;
+  group *more;       /* groups 1 .. ngroups-1 */
+  ad_tensor *groups; /* 0-d f64 "<kind>.param_groups": ngroups, once a group was added */
+  ad_tensor *step;   /* 0-d f64: steps taken */
   int nstate, names_cap, tensors_cap, optional_cap;
   char **state_names;
   ad_tensor **state_tensors;
@@ -56,8 +73,27 @@ struct nn_optimizer {
   ad_tensor *best, *bad_epochs, *cooldown;
 };
 
+/* " (parameter group g)" when o has several, else "": for messages */
+static const char *group_label(const nn_optimizer *o, int g, char buf[32]) {
+  if (o->ngroups > 1) snprintf(buf, 32, " (parameter group %d)", g);
+  return buf;
+}
+
 static double scalar_get(const ad_tensor *t) { return ((const double *)t->data)[0]; }
 static void scalar_set(ad_tensor *t, double v) { ((double *)t->data)[0] = v; }
+
+/* Group g's settings and rates (0: the optimizer's own; the object itself
+ * is never const) */
+static nn_opt_config *gcfg(const nn_optimizer *o, int g) {
+  nn_optimizer *w = (nn_optimizer *)o;
+  return g ? &w->more[g - 1].cfg : &w->cfg;
+}
+static nn_opt_config_ext *gext(const nn_optimizer *o, int g) {
+  nn_optimizer *w = (nn_optimizer *)o;
+  return g ? &w->more[g - 1].ext : &w->ext;
+}
+static ad_tensor *glr(const nn_optimizer *o, int g) { return g ? o->more[g - 1].lr : o->lr; }
+static ad_tensor *glr0(const nn_optimizer *o, int g) { return g ? o->more[g - 1].lr0 : o->lr0; }
 
 /* A 0-d state tensor of a parameter's dtype (NAdam's mu_product) */
 static double scalar_value(const ad_tensor *t) {
@@ -81,8 +117,8 @@ static void mu_product_step(ad_tensor *mu, const nn_opt_config *c, double moment
  * step, the rate then), the tensors get PyTorch's new ones, computed in
  * double as Python's floats and rounded to float32 as torch.tensor does */
 static void asgd_scalars_step(const nn_optimizer *o, slot *sl) {
-  double t = ((const double *)sl->t->data)[0], lr = o->cfg.lr;
-  const nn_opt_config_ext *x = &o->ext;
+  double t = ((const double *)sl->t->data)[0], lr = gcfg(o, sl->group)->lr;
+  const nn_opt_config_ext *x = gext(o, sl->group);
   float *eta = sl->eta->data, *mu = sl->amu->data;
   if (t == 1) *eta = (float)lr;
   sl->eta_now = *eta;
@@ -102,6 +138,8 @@ static ad_status scalars_noted(ad_tensor *a, ad_tensor *b, ad_tensor *c) {
 }
 
 static double rate0(const nn_optimizer *o, double lr0);
+static double sched_lr(const nn_schedule_ext2 *s, double lr0, int64_t t);
+static const char *momentum_problem(const nn_opt_config *c, const nn_schedule_ext2 *s);
 static void sched_momentum(nn_optimizer *o);
 
 static const char *const kind_names[] = {"sgd",   "adagrad", "rmsprop",  "adam", "adamw", "adamax",
@@ -356,6 +394,63 @@ static ad_status add_state(nn_optimizer *o, ad_tensor *t, bool optional, const c
   return AD_OK;
 }
 
+/* Appends the slots of the tensors of params to group g (its settings
+ * set), with their state tensors, zeros (Adagrad: initial_accumulator;
+ * Rprop's step sizes: lr). On failure what was appended stays listed, for
+ * the caller to free or roll back. */
+static ad_status add_slots(nn_optimizer *o, nn_params *params, int g) {
+  ad_ctx *ctx = o->ctx;
+  const nn_opt_config *cfg = gcfg(o, g);
+  int n = nn_params_count(params);
+  if (!nn_grow(ctx, (void **)&o->slots, &o->slots_cap, o->nslots + n, sizeof *o->slots) ||
+      !nn_grow(ctx, (void **)&o->ts, &o->ts_cap, o->nts + n, sizeof *o->ts))
+    return AD_ERR_OOM;
+  const char *kind = kind_names[cfg->kind];
+  const char *kinds[MAX_SLOT_STATE];
+  state_kinds(cfg, kinds);
+  for (int i = 0; i < n; i++) {
+    ad_tensor *p = nn_params_tensor(params, i);
+    const char *name = nn_params_name(params, i);
+    slot *sl = &o->slots[o->nslots++];
+    memset(sl, 0, sizeof *sl);
+    sl->p = p;
+    sl->serial = ad_tensor_serial(p);
+    sl->group = g;
+    sl->list = params;
+    sl->li = i;
+    if ((sl->repeat = nn_params_repeat(params, i, p) >= 0)) continue; /* once */
+    o->ts[o->nts++] = p;
+    ad_status st;
+    for (int k = 0; k < MAX_SLOT_STATE; k++) {
+      if (!kinds[k]) continue;
+      /* Rprop's step sizes start at lr (refilled at the parameter's first
+       * step with the rate then, as PyTorch makes its state then) */
+      double init = cfg->kind == NN_OPT_ADAGRAD ? cfg->initial_accumulator
+                    : cfg->kind == NN_OPT_RPROP && strcmp(kinds[k], "step_size") == 0 ? cfg->lr
+                                                                                      : 0.0;
+      ad_tensor *s = ad_full(ctx, p->dtype, p->ndim, p->shape, init);
+      if ((st = add_state(o, s, false, kind, kinds[k], name)) != AD_OK) return st;
+      sl->s[k] = s;
+    }
+    if (uses_param_steps(cfg)) {
+      sl->t_index = o->nstate;
+      sl->t = ad_zeros(ctx, AD_F64, 0, NULL);
+      if ((st = add_state(o, sl->t, true, kind, "step", name)) != AD_OK) return st;
+    }
+    if (cfg->kind == NN_OPT_ASGD) { /* torch.tensor(lr), torch.tensor(1.): float32 */
+      sl->eta = ad_full(ctx, AD_F32, 0, NULL, (double)(float)cfg->lr);
+      if ((st = add_state(o, sl->eta, false, kind, "eta", name)) != AD_OK) return st;
+      sl->amu = ad_full(ctx, AD_F32, 0, NULL, 1.0);
+      if ((st = add_state(o, sl->amu, false, kind, "mu", name)) != AD_OK) return st;
+    }
+    if (cfg->kind == NN_OPT_NADAM) {
+      sl->mu = ad_full(ctx, p->dtype, 0, NULL, 1.0);
+      if ((st = add_state(o, sl->mu, false, kind, "mu_product", name)) != AD_OK) return st;
+    }
+  }
+  return AD_OK;
+}
+
 nn_optimizer *nn_optimizer_new(nn_params *params, const nn_opt_config *cfg) {
   if (!cfg) {
     ad_ctx *ctx = nn_params_ctx(params);
@@ -406,17 +501,7 @@ nn_optimizer *nn_optimizer_new_ext(nn_params *params, const nn_opt_config_ext *x
   o->cfg = *cfg;
   o->momentum_decay = xcfg->momentum_decay;
   o->ext = *xcfg;
-  o->slots = ad_malloc(ctx, (size_t)n * sizeof *o->slots);
-  if (!o->slots) {
-    nn_optimizer_free(o);
-    return NULL;
-  }
-  memset(o->slots, 0, (size_t)n * sizeof *o->slots);
-  o->nslots = n;
-  if (!(o->ts = ad_malloc(ctx, (size_t)n * sizeof *o->ts))) {
-    nn_optimizer_free(o);
-    return NULL;
-  }
+  o->ngroups = 1;
   const char *kind = kind_names[cfg->kind];
   o->step = ad_zeros(ctx, AD_F64, 0, NULL);
   if (add_state(o, o->step, false, kind, "step", NULL) != AD_OK) {
@@ -424,60 +509,9 @@ nn_optimizer *nn_optimizer_new_ext(nn_params *params, const nn_opt_config_ext *x
     nn_optimizer_free(o);
     return NULL;
   }
-  const char *kinds[MAX_SLOT_STATE];
-  state_kinds(cfg, kinds);
-  for (int i = 0; i < n; i++) {
-    ad_tensor *p = nn_params_tensor(params, i);
-    o->slots[i].p = p;
-    o->slots[i].serial = ad_tensor_serial(p);
-    if ((o->slots[i].repeat = nn_params_repeat(params, i, p) >= 0)) continue; /* once */
-    o->ts[o->nts++] = p;
-    for (int k = 0; k < MAX_SLOT_STATE; k++) {
-      if (!kinds[k]) continue;
-      /* Rprop's step sizes start at lr (refilled at the parameter's first
-       * step with the rate then, as PyTorch makes its state then) */
-      double init = cfg->kind == NN_OPT_ADAGRAD ? cfg->initial_accumulator
-                    : cfg->kind == NN_OPT_RPROP && strcmp(kinds[k], "step_size") == 0 ? cfg->lr
-                                                                                      : 0.0;
-      ad_tensor *s = ad_full(ctx, p->dtype, p->ndim, p->shape, init);
-      if (add_state(o, s, false, kind, kinds[k], nn_params_name(params, i)) != AD_OK) {
-        nn_optimizer_free(o);
-        return NULL;
-      }
-      o->slots[i].s[k] = s;
-    }
-    if (uses_param_steps(cfg)) {
-      o->slots[i].t_index = o->nstate;
-      o->slots[i].t = ad_zeros(ctx, AD_F64, 0, NULL);
-      if (add_state(o, o->slots[i].t, true, kind, "step", nn_params_name(params, i)) != AD_OK) {
-        o->slots[i].t = NULL;
-        nn_optimizer_free(o);
-        return NULL;
-      }
-    }
-    if (cfg->kind == NN_OPT_ASGD) { /* torch.tensor(lr), torch.tensor(1.): float32 */
-      o->slots[i].eta = ad_full(ctx, AD_F32, 0, NULL, (double)(float)cfg->lr);
-      if (add_state(o, o->slots[i].eta, false, kind, "eta", nn_params_name(params, i)) != AD_OK) {
-        o->slots[i].eta = NULL;
-        nn_optimizer_free(o);
-        return NULL;
-      }
-      o->slots[i].amu = ad_full(ctx, AD_F32, 0, NULL, 1.0);
-      if (add_state(o, o->slots[i].amu, false, kind, "mu", nn_params_name(params, i)) != AD_OK) {
-        o->slots[i].amu = NULL;
-        nn_optimizer_free(o);
-        return NULL;
-      }
-    }
-    if (cfg->kind == NN_OPT_NADAM) {
-      o->slots[i].mu = ad_full(ctx, p->dtype, 0, NULL, 1.0);
-      if (add_state(o, o->slots[i].mu, false, kind, "mu_product", nn_params_name(params, i)) !=
-          AD_OK) {
-        o->slots[i].mu = NULL;
-        nn_optimizer_free(o);
-        return NULL;
-      }
-    }
+  if (add_slots(o, params, 0) != AD_OK) {
+    nn_optimizer_free(o);
+    return NULL;
   }
   /* last, so that the per-parameter state keeps its positions */
   static const char *const lr_names[6] = {
@@ -536,8 +570,9 @@ void nn_optimizer_free(nn_optimizer *o) {
   ad_free(ctx, o->state_names, (size_t)o->names_cap * sizeof(char *));
   ad_free(ctx, o->state_tensors, (size_t)o->tensors_cap * sizeof(ad_tensor *));
   ad_free(ctx, o->state_optional, (size_t)o->optional_cap * sizeof(bool));
-  ad_free(ctx, o->slots, (size_t)o->nslots * sizeof *o->slots);
-  ad_free(ctx, o->ts, (size_t)o->nslots * sizeof *o->ts);
+  ad_free(ctx, o->slots, (size_t)o->slots_cap * sizeof *o->slots);
+  ad_free(ctx, o->ts, (size_t)o->ts_cap * sizeof *o->ts);
+  ad_free(ctx, o->more, (size_t)o->more_cap * sizeof *o->more);
   ad_free(ctx, o->milestones, (size_t)o->sched.n_milestones * sizeof *o->milestones);
   ad_free(ctx, o, sizeof *o);
 }
@@ -573,9 +608,10 @@ static void step_range(void *ud, int64_t begin, int64_t end) {
     void *st[MAX_SLOT_STATE];
     for (int k = 0; k < MAX_SLOT_STATE; k++) st[k] = sl->s[k] ? (char *)sl->s[k]->data + at : NULL;
     int64_t t = sl->t ? (int64_t)((const double *)sl->t->data)[0] : j->t;
-    nn_update_aux x = {o->momentum_decay, sl->mu ? scalar_value(sl->mu) : 1.0, &o->ext, sl->eta_now,
+    const nn_opt_config_ext *e = gext(o, sl->group);
+    nn_update_aux x = {e->momentum_decay, sl->mu ? scalar_value(sl->mu) : 1.0, e, sl->eta_now,
                        sl->mu_now};
-    nn_update(&o->cfg, &x, sl->p->dtype, t, hi - lo, (char *)sl->p->data + at,
+    nn_update(gcfg(o, sl->group), &x, sl->p->dtype, t, hi - lo, (char *)sl->p->data + at,
               (const char *)sl->p->grad->data + at, st[0], st[1], st[2]);
   }
 }
@@ -625,8 +661,9 @@ static ad_status step_some(nn_optimizer *o, const int64_t *lo, const int64_t *hi
   if (st == AD_OK && o->cfg.clip_norm > 0)
     nn_clip_norm_tensors(o->ts, o->nts, false, o->cfg.clip_norm, &st);
   if (st != AD_OK) return st;
-  o->cfg.lr = scalar_get(o->lr); /* a loaded checkpoint may have changed it */
-  sched_momentum(o);             /* and the step a cycled momentum follows */
+  for (int g = 0; g < o->ngroups; g++) /* a loaded checkpoint may have changed them */
+    gcfg(o, g)->lr = scalar_get(glr(o, g));
+  sched_momentum(o); /* and the step a cycled momentum follows */
   double *steps = o->step->data;
   step_job j = {o, (int64_t)steps[0] + 1, lo, hi};
   int64_t total = 0;
@@ -637,7 +674,7 @@ static ad_status step_some(nn_optimizer *o, const int64_t *lo, const int64_t *hi
     if (sl->t) ((double *)sl->t->data)[0] += 1; /* counts only the steps it takes part in */
     /* once per step, not per range: every range (and rank) reads it */
     if (sl->mu)
-      mu_product_step(sl->mu, &o->cfg, o->momentum_decay,
+      mu_product_step(sl->mu, gcfg(o, sl->group), gext(o, sl->group)->momentum_decay,
                       (int64_t)((const double *)sl->t->data)[0]);
     if (sl->eta) asgd_scalars_step(o, sl);
   }
@@ -664,8 +701,8 @@ ad_status nn_optimizer_step_ranges(nn_optimizer *o, const int64_t *lo, const int
       return ad_set_error(o->ctx, AD_ERR_ARG,
                           "optimizer_step_ranges: parameter %d '%s' of %lld elements: range "
                           "[%lld, %lld)",
-                          i, nn_params_name(o->params, i), (long long)o->slots[i].p->size,
-                          (long long)lo[i], (long long)hi[i]);
+                          i, nn_params_name(o->slots[i].list, o->slots[i].li),
+                          (long long)o->slots[i].p->size, (long long)lo[i], (long long)hi[i]);
   return step_some(o, lo, hi);
 }
 
@@ -712,13 +749,214 @@ ad_status nn_optimizer_set_lr(nn_optimizer *o, double lr) {
                         "optimizer %s: set_lr: the schedule's rate at epoch 0 from lr %g is %g; "
                         "it must be finite and >= 0",
                         kind_names[o->cfg.kind], lr, rate);
-  ad_status st = scalars_noted(o->lr, o->lr0, o->epoch);
+  ad_status st = scalars_noted(o->epoch, NULL, NULL);
+  for (int g = 0; g < o->ngroups && st == AD_OK; g++)
+    st = scalars_noted(glr(o, g), glr0(o, g), NULL);
   if (st != AD_OK) return st;
-  o->cfg.lr = rate;
-  scalar_set(o->lr, rate);
-  scalar_set(o->lr0, lr);
+  for (int g = 0; g < o->ngroups; g++) { /* every group: see nn.h */
+    gcfg(o, g)->lr = rate;
+    scalar_set(glr(o, g), rate);
+    scalar_set(glr0(o, g), lr);
+  }
   scalar_set(o->epoch, 0);
   return AD_OK;
+}
+
+/* ------------------------------------------------- parameter groups */
+
+/* Drops the state tensors listed from index nstate on, the slots from
+ * nslots on and the distinct tensors from nts on: an add_param_group that
+ * failed half way */
+static void roll_back(nn_optimizer *o, int nstate, int nslots, int nts) {
+  for (int i = nstate; i < o->nstate; i++) {
+    if (o->state_tensors[i] == o->groups) o->groups = NULL;
+    nn_strfree(o->ctx, o->state_names[i]);
+    ad_tensor_free(o->state_tensors[i]);
+  }
+  o->nstate = nstate;
+  o->nslots = nslots;
+  o->nts = nts;
+}
+
+/* Why group settings x cannot join o, or NULL (AD_ERR_ARG) */
+static const char *group_problem(const nn_optimizer *o, const nn_opt_config_ext *x) {
+  if (x->base.kind != o->cfg.kind) return "kind";
+  if (x->base.clip_norm != o->cfg.clip_norm || x->base.clip_value != o->cfg.clip_value)
+    return "clip";
+  return NULL;
+}
+
+ad_status nn_optimizer_add_param_group(nn_optimizer *o, nn_params *params,
+                                       const nn_opt_config_ext *x) {
+  static const char fn[] = "optimizer_add_param_group";
+  if (!o) return AD_ERR_NULL;
+  ad_ctx *ctx = o->ctx;
+  if (!params || !x)
+    return ad_set_error(ctx, AD_ERR_NULL, "%s: %s is NULL", fn, !params ? "params" : "cfg");
+  if (nn_params_ctx(params) != ctx)
+    return ad_set_error(ctx, AD_ERR_ARG,
+                        "%s: the parameter list is of another context than the optimizer (%p, "
+                        "%p)",
+                        fn, (void *)nn_params_ctx(params), (void *)ctx);
+  ad_status st = params_live(o, fn);
+  if (st != AD_OK) return st;
+  const char *k = kind_names[o->cfg.kind], *why = group_problem(o, x);
+  if (why && why[0] == 'k')
+    return ad_set_error(ctx, AD_ERR_ARG,
+                        "%s: the group's kind is %s; the optimizer's is %s (every group of an "
+                        "optimizer runs its algorithm, as in PyTorch)",
+                        fn, (unsigned)x->base.kind <= NN_OPT_RPROP ? kind_names[x->base.kind] : "?",
+                        k);
+  if (why)
+    return ad_set_error(ctx, AD_ERR_ARG,
+                        "%s: optimizer %s: clip_norm %g and clip_value %g must be group 0's (%g, "
+                        "%g): clipping is over every gradient of the optimizer at once",
+                        fn, k, x->base.clip_norm, x->base.clip_value, o->cfg.clip_norm,
+                        o->cfg.clip_value);
+  if (check_config(ctx, &x->base, x->momentum_decay) != AD_OK) return ad_last_status(ctx);
+  if ((why = ext_problem(x)))
+    return ad_set_error(ctx, AD_ERR_ARG,
+                        "optimizer %s: %s (rho %g, lambd %g, asgd_alpha %g, t0 %g, etas (%g, %g), "
+                        "step_sizes (%g, %g))",
+                        k, why, x->rho, x->lambd, x->asgd_alpha, x->t0, x->etaminus, x->etaplus,
+                        x->step_size_min, x->step_size_max);
+  if (nn_params_is_buffers(params))
+    return ad_set_error(ctx, AD_ERR_ARG,
+                        "%s: optimizer %s: the list holds buffers, which are not trained", fn, k);
+  int n = nn_params_count(params);
+  if (n == 0)
+    return ad_set_error(ctx, AD_ERR_ARG, "%s: optimizer %s: the parameter list is empty", fn, k);
+  for (int i = 0; i < n; i++) {
+    ad_tensor *p = nn_params_tensor(params, i);
+    const char *name = nn_params_name(params, i);
+    for (int j = 0; j < o->nslots; j++) {
+      const slot *sl = &o->slots[j];
+      if (sl->p == p)
+        return ad_set_error(ctx, AD_ERR_ARG,
+                            "%s: some parameters appear in more than one parameter group: '%s' "
+                            "is in group %d ('%s')",
+                            fn, name, sl->group, nn_params_name(sl->list, sl->li));
+      if (strcmp(nn_params_name(sl->list, sl->li), name) == 0)
+        return ad_set_error(ctx, AD_ERR_ARG,
+                            "%s: parameter name '%s' is another tensor's of group %d: the "
+                            "state names (\"%s.<state>.<name>\") would collide",
+                            fn, name, sl->group, k);
+    }
+  }
+  /* its base rate and rate: with a schedule attached, cfg.lr is its base
+   * (a onecycle's max_lr) and its rate the schedule's at the current epoch */
+  double lr0 = x->base.lr, lr = lr0;
+  if (o->has_sched) {
+    if ((why = momentum_problem(&x->base, &o->sched2))) /* as set_schedule checks each group */
+      return ad_set_error(ctx, AD_ERR_ARG, "%s: optimizer %s: the attached schedule: %s", fn, k,
+                          why);
+    lr = sched_lr(&o->sched2, lr0, (int64_t)scalar_get(o->epoch));
+    if (!(isfinite(lr) && lr >= 0))
+      return ad_set_error(ctx, AD_ERR_ARG,
+                          "%s: optimizer %s: the schedule's rate at epoch %.0f from lr %g is %g; "
+                          "it must be finite and >= 0",
+                          fn, k, scalar_get(o->epoch), lr0, lr);
+  }
+  int nstate = o->nstate, nslots = o->nslots, nts = o->nts, g = o->ngroups;
+  if (!nn_grow(ctx, (void **)&o->more, &o->more_cap, g, sizeof *o->more)) return AD_ERR_OOM;
+  group *gr = &o->more[g - 1];
+  memset(gr, 0, sizeof *gr);
+  gr->ext = *x;
+  gr->cfg = x->base;
+  gr->cfg.lr = lr;
+  if (!o->groups) { /* with the second group: its count, which a checkpoint must match */
+    ad_tensor *t = ad_full(ctx, AD_F64, 0, NULL, 1.0);
+    if ((st = add_state(o, t, false, k, "param_groups", NULL)) != AD_OK) return st;
+    o->groups = t;
+  }
+  o->ngroups = g + 1; /* the slots' group, for add_slots */
+  st = add_slots(o, params, g);
+  char label[32];
+  snprintf(label, sizeof label, "group%d", g);
+  ad_tensor *r = st == AD_OK ? ad_full(ctx, AD_F64, 0, NULL, lr) : NULL;
+  if (st == AD_OK && (st = add_state(o, r, false, k, label, "lr")) == AD_OK) gr->lr = r;
+  ad_tensor *r0 = st == AD_OK ? ad_full(ctx, AD_F64, 0, NULL, lr0) : NULL;
+  if (st == AD_OK && (st = add_state(o, r0, false, k, label, "schedule.lr0")) == AD_OK)
+    gr->lr0 = r0;
+  if (st == AD_OK) st = ad_tensor_mark_modified(o->groups);
+  if (st != AD_OK) {
+    o->ngroups = g;
+    roll_back(o, nstate, nslots, nts);
+    return st;
+  }
+  scalar_set(o->groups, o->ngroups);
+  sched_momentum(o);
+  return AD_OK;
+}
+
+int nn_optimizer_group_count(const nn_optimizer *o) { return o ? o->ngroups : 0; }
+
+/* AD_OK when g is a group of o, else AD_ERR_ARG naming fn */
+static ad_status group_index(const nn_optimizer *o, int g, const char *fn) {
+  if (g >= 0 && g < o->ngroups) return AD_OK;
+  return ad_set_error(o->ctx, AD_ERR_ARG, "%s: parameter group %d out of range [0, %d)", fn, g,
+                      o->ngroups);
+}
+
+const nn_opt_config_ext *nn_optimizer_group_config_ext(const nn_optimizer *o, int g) {
+  if (!o || group_index(o, g, "optimizer_group_config_ext") != AD_OK) return NULL;
+  if (g == 0) return nn_optimizer_config_ext(o);
+  nn_opt_config *c = gcfg(o, g);
+  c->lr = scalar_get(glr(o, g));
+  sched_momentum((nn_optimizer *)o);
+  gext(o, g)->base = *c;
+  return gext(o, g);
+}
+
+double nn_optimizer_group_lr(const nn_optimizer *o, int g) {
+  if (!o || group_index(o, g, "optimizer_group_lr") != AD_OK) return NAN;
+  return scalar_get(glr(o, g));
+}
+
+ad_status nn_optimizer_set_group_lr(nn_optimizer *o, int g, double lr) {
+  static const char fn[] = "optimizer_set_group_lr";
+  if (!o) return AD_ERR_NULL;
+  ad_status st = group_index(o, g, fn);
+  if (st != AD_OK) return st;
+  if (!(isfinite(lr) && lr >= 0))
+    return ad_set_error(o->ctx, AD_ERR_ARG, "%s: lr must be finite and >= 0, got %g", fn, lr);
+  double rate = o->has_sched ? sched_lr(&o->sched2, lr, (int64_t)scalar_get(o->epoch)) : lr;
+  if (!(isfinite(rate) && rate >= 0))
+    return ad_set_error(o->ctx, AD_ERR_ARG,
+                        "%s: the schedule's rate at epoch %.0f from lr %g is %g; it must be "
+                        "finite and >= 0",
+                        fn, scalar_get(o->epoch), lr, rate);
+  if ((st = scalars_noted(glr(o, g), glr0(o, g), NULL)) != AD_OK) return st;
+  gcfg(o, g)->lr = rate;
+  scalar_set(glr(o, g), rate);
+  scalar_set(glr0(o, g), lr);
+  return AD_OK;
+}
+
+ad_status nn_optimizer_groups_check(const nn_optimizer *o, const struct nn_checkpoint_info *info,
+                                    const char *path) {
+  if (!o) return AD_OK;
+  const char *k = kind_names[o->cfg.kind];
+  char name[64];
+  snprintf(name, sizeof name, "%s.param_groups", k);
+  bool counted = nn_checkpoint_info_find(info, name) != NULL;
+  /* the file's groups: group g > 0 has its rate "<kind>.group<g>.lr" */
+  int n = 1;
+  for (;; n++) {
+    char r[64];
+    snprintf(r, sizeof r, "%s.group%d.lr", k, n);
+    if (!nn_checkpoint_info_find(info, r)) break;
+  }
+  if (counted == (o->groups != NULL) && n == o->ngroups)
+    return AD_OK; /* the count's value: nn_optimizer_state_check */
+  if (!counted)
+    return ad_set_error(o->ctx, AD_ERR_FORMAT,
+                        "checkpoint %s: it holds one parameter group (no '%s'); the optimizer "
+                        "has %d",
+                        path, name, o->ngroups);
+  return ad_set_error(o->ctx, AD_ERR_FORMAT,
+                      "checkpoint %s: it holds %d parameter groups ('%s'); the optimizer has %d",
+                      path, n, name, o->ngroups);
 }
 
 int64_t nn_optimizer_steps(const nn_optimizer *o) {
@@ -746,7 +984,13 @@ ad_status nn_optimizer_state_check(const nn_optimizer *o, int i, double v, const
    * parameter's steps; a 0-d parameter's moments are values, any double */
   bool count = t == o->step || t == o->epoch || t == o->bad_epochs || t == o->cooldown;
   for (int k = 0; k < o->nslots && !count; k++) count = o->slots[k].t == t;
-  if (t == o->lr || t == o->lr0) {
+  bool rate = false;
+  for (int g = 0; g < o->ngroups && !rate; g++) rate = t == glr(o, g) || t == glr0(o, g);
+  if (t == o->groups && v != o->ngroups) {
+    return ad_set_error(o->ctx, AD_ERR_FORMAT,
+                        "checkpoint %s: it holds %g parameter groups ('%s'); the optimizer has %d",
+                        path, v, o->state_names[i], o->ngroups);
+  } else if (rate) {
     if (!(isfinite(v) && v >= 0))
       return ad_set_error(o->ctx, AD_ERR_FORMAT,
                           "checkpoint %s: learning rate '%s' is %g; it must be finite and >= 0",
@@ -1098,45 +1342,49 @@ static double rate0(const nn_optimizer *o, double lr0) {
              : lr0;
 }
 
-/* The optimizer's setting a onecycle cycles: beta1 or momentum; NULL for
- * one without (see nn_optimizer_set_schedule_ext2) */
-static double *cycled_setting(nn_optimizer *o) {
-  switch (o->cfg.kind) {
+/* Group g's setting a onecycle cycles: beta1 or momentum; NULL for one
+ * without (see nn_optimizer_set_schedule_ext2) */
+static double *cycled_setting(nn_opt_config *c) {
+  switch (c->kind) {
   case NN_OPT_SGD:
   case NN_OPT_RMSPROP:
-    return o->cfg.momentum > 0 ? &o->cfg.momentum : NULL;
+    return c->momentum > 0 ? &c->momentum : NULL;
   case NN_OPT_ADAM:
   case NN_OPT_ADAMW:
   case NN_OPT_ADAMAX:
   case NN_OPT_NADAM:
   case NN_OPT_RADAM:
-    return &o->cfg.beta1;
+    return &c->beta1;
   default:
     return NULL;
   }
 }
 
 /* A cycled momentum follows the schedule's step (which a checkpoint may
- * have changed); past the cycle's end it stays */
+ * have changed), in every group; past the cycle's end it stays */
 static void sched_momentum(nn_optimizer *o) {
   if (!o->has_sched || o->sched2.kind != NN_SCHED_ONECYCLE || !o->sched2.cycle_momentum) return;
   double m = onecycle_momentum(&o->sched2, (int64_t)scalar_get(o->epoch));
-  double *to = cycled_setting(o);
-  if (to && !isnan(m)) *to = m;
+  for (int g = 0; g < o->ngroups; g++) {
+    double *to = cycled_setting(gcfg(o, g));
+    if (to && !isnan(m)) *to = m;
+  }
 }
 
-/* Why a onecycle cannot cycle o's momentum, or NULL */
-static const char *momentum_problem(nn_optimizer *o, const nn_schedule_ext2 *s) {
+/* Why a onecycle cannot cycle the momentum of a group with settings c,
+ * or NULL */
+static const char *momentum_problem(const nn_opt_config *c, const nn_schedule_ext2 *s) {
   if (s->kind != NN_SCHED_ONECYCLE || !s->cycle_momentum) return NULL;
-  if (o->cfg.kind == NN_OPT_SGD || o->cfg.kind == NN_OPT_RMSPROP) {
-    if (!cycled_setting(o))
+  nn_opt_config w = *c;
+  if (c->kind == NN_OPT_SGD || c->kind == NN_OPT_RMSPROP) {
+    if (!cycled_setting(&w))
       return "cycle_momentum needs momentum > 0 when the optimizer is made (it has no momentum "
              "buffer)";
     if (!(s->base_momentum > 0 && s->max_momentum > 0))
       return "base_momentum and max_momentum must be > 0 for a momentum";
     return NULL;
   }
-  if (!cycled_setting(o))
+  if (!cycled_setting(&w))
     return "optimizer must support momentum with `cycle_momentum` option enabled";
   if (!(s->base_momentum >= 0 && s->base_momentum < 1 && s->max_momentum >= 0 &&
         s->max_momentum < 1))
@@ -1157,23 +1405,38 @@ static ad_status set_schedule(nn_optimizer *o, const nn_schedule_ext2 *s) {
   if (why)
     return ad_set_error(o->ctx, AD_ERR_ARG, "optimizer: bad schedule: %s (kind %d)", why,
                         (int)s->kind);
-  if ((why = momentum_problem(o, s)))
-    return ad_set_error(o->ctx, AD_ERR_ARG, "optimizer %s: bad schedule: %s",
-                        kind_names[o->cfg.kind], why);
-  double lr0 = s->kind == NN_SCHED_ONECYCLE ? s->max_lr : scalar_get(o->lr);
-  double lr = ext_only(s->kind) || ext2_only(s->kind) ? sched_lr(s, lr0, 0) : lr0;
-  if (!(isfinite(lr) && lr >= 0)) /* multistep: gamma > 1 at milestones 0 overflowing; lambda */
+  for (int g = 0; g < o->ngroups; g++)
+    if ((why = momentum_problem(gcfg(o, g), s)))
+      return ad_set_error(o->ctx, AD_ERR_ARG, "optimizer %s: bad schedule: %s%s",
+                          kind_names[o->cfg.kind], why, group_label(o, g, (char[32]){0}));
+  /* each group's base: its rate; a onecycle's max_lr is group 0's, the
+   * other groups' in proportion to their rates (see nn.h) */
+  double rate0 = scalar_get(o->lr);
+  if (s->kind == NN_SCHED_ONECYCLE && o->ngroups > 1 && !(rate0 > 0))
     return ad_set_error(o->ctx, AD_ERR_ARG,
-                        "optimizer: bad schedule: its rate at epoch 0 from lr %g is %g; it must "
-                        "be finite and >= 0",
-                        lr0, lr);
+                        "optimizer %s: bad schedule: onecycle over %d parameter groups scales "
+                        "max_lr by each group's rate / group 0's, and group 0's rate is %g",
+                        kind_names[o->cfg.kind], o->ngroups, rate0);
+  for (int g = 0; g < o->ngroups; g++) {
+    double r = scalar_get(glr(o, g));
+    double lr0 = s->kind == NN_SCHED_ONECYCLE ? (g ? s->max_lr * (r / rate0) : s->max_lr) : r;
+    double lr = ext_only(s->kind) || ext2_only(s->kind) ? sched_lr(s, lr0, 0) : lr0;
+    if (!(isfinite(lr0) && isfinite(lr) && lr >= 0)) /* multistep: gamma > 1 at milestones 0
+                                                        overflowing; lambda */
+      return ad_set_error(o->ctx, AD_ERR_ARG,
+                          "optimizer: bad schedule: its rate at epoch 0 from lr %g is %g; it "
+                          "must be finite and >= 0",
+                          lr0, lr);
+  }
   int64_t *ms = NULL;
   int n = s->kind == NN_SCHED_MULTISTEP ? s->n_milestones : 0;
   if (n > 0) {
     if (!(ms = ad_malloc(o->ctx, (size_t)n * sizeof *ms))) return AD_ERR_OOM;
     memcpy(ms, s->milestones, (size_t)n * sizeof *ms);
   }
-  ad_status st = scalars_noted(o->lr, o->lr0, o->epoch);
+  ad_status st = scalars_noted(o->epoch, NULL, NULL);
+  for (int g = 0; g < o->ngroups && st == AD_OK; g++)
+    st = scalars_noted(glr(o, g), glr0(o, g), NULL);
   if (st != AD_OK) {
     ad_free(o->ctx, ms, (size_t)n * sizeof *ms);
     return st;
@@ -1188,10 +1451,15 @@ static ad_status set_schedule(nn_optimizer *o, const nn_schedule_ext2 *s) {
                         n,       s->start_factor, s->end_factor, s->total_iters};
   o->sched_view = (nn_schedule){s->kind, s->step_size, s->gamma, s->t_max, s->eta_min};
   o->has_sched = true;
-  scalar_set(o->lr0, lr0);
   scalar_set(o->epoch, 0);
-  o->cfg.lr = lr;
-  scalar_set(o->lr, lr);
+  for (int g = 0; g < o->ngroups; g++) {
+    double r = scalar_get(glr(o, g));
+    double lr0 = s->kind == NN_SCHED_ONECYCLE ? (g ? s->max_lr * (r / rate0) : s->max_lr) : r;
+    double lr = ext_only(s->kind) || ext2_only(s->kind) ? sched_lr(s, lr0, 0) : lr0;
+    scalar_set(glr0(o, g), lr0);
+    gcfg(o, g)->lr = lr;
+    scalar_set(glr(o, g), lr);
+  }
   sched_momentum(o);
   return AD_OK;
 }
@@ -1267,21 +1535,36 @@ ad_status nn_optimizer_schedule_step(nn_optimizer *o) {
                         "of total steps is %lld",
                         kind_names[o->cfg.kind], epoch + 1, (long long)o->sched2.total_steps);
   const nn_schedule_ext2 *s = &o->sched2;
-  double lr = s->kind == NN_SCHED_POLYNOMIAL /* chained: from the current rate */
-                  ? poly_next(s, scalar_get(o->lr), (int64_t)epoch)
-                  : s->kind == NN_SCHED_MULTIPLICATIVE
-                        ? scalar_get(o->lr) * s->lr_lambda((int64_t)epoch, s->lambda_ud)
-                        : sched_lr(s, scalar_get(o->lr0), (int64_t)epoch);
-  if (!(isfinite(lr) && lr >= 0)) /* gamma > 1 overflowing: keep a rate that can be saved */
-    return ad_set_error(o->ctx, AD_ERR_NAN,
-                        "optimizer %s: the schedule's learning rate at epoch %.0f is %g (base "
-                        "rate %g); it must be finite and >= 0",
-                        kind_names[o->cfg.kind], epoch, lr, scalar_get(o->lr0));
-  ad_status st = scalars_noted(o->epoch, o->lr, NULL);
-  if (st != AD_OK) return st;
+  /* every group's rate from its own base, as PyTorch's schedulers keep a
+   * base rate per group; checked for all before any changes */
+  double mult = s->kind == NN_SCHED_MULTIPLICATIVE ? s->lr_lambda((int64_t)epoch, s->lambda_ud)
+                                                   : 1.0; /* once per step, as PyTorch calls it */
+  for (int pass = 0; pass < 2; pass++) {
+    for (int g = 0; g < o->ngroups; g++) {
+      double lr = s->kind == NN_SCHED_POLYNOMIAL /* chained: from the current rate */
+                      ? poly_next(s, scalar_get(glr(o, g)), (int64_t)epoch)
+                      : s->kind == NN_SCHED_MULTIPLICATIVE
+                            ? scalar_get(glr(o, g)) * mult
+                            : sched_lr(s, scalar_get(glr0(o, g)), (int64_t)epoch);
+      if (pass == 0 && !(isfinite(lr) && lr >= 0)) /* gamma > 1 overflowing: keep a rate that
+                                                      can be saved */
+        return ad_set_error(o->ctx, AD_ERR_NAN,
+                            "optimizer %s: the schedule's learning rate at epoch %.0f is %g (base "
+                            "rate %g)%s; it must be finite and >= 0",
+                            kind_names[o->cfg.kind], epoch, lr, scalar_get(glr0(o, g)),
+                            group_label(o, g, (char[32]){0}));
+      if (pass == 1) {
+        gcfg(o, g)->lr = lr;
+        scalar_set(glr(o, g), lr);
+      }
+    }
+    if (pass == 0) {
+      ad_status st = scalars_noted(o->epoch, NULL, NULL);
+      for (int g = 0; g < o->ngroups && st == AD_OK; g++) st = scalars_noted(glr(o, g), NULL, NULL);
+      if (st != AD_OK) return st;
+    }
+  }
   scalar_set(o->epoch, epoch);
-  o->cfg.lr = lr;
-  scalar_set(o->lr, lr);
   sched_momentum(o);
   return AD_OK;
 }
@@ -1369,24 +1652,29 @@ ad_status nn_optimizer_plateau_step(nn_optimizer *o, double metric) {
     cool -= 1;
     bad = 0;
   }
-  double old = scalar_get(o->lr), lr = old;
-  if (bad > p->patience) {
-    double r = fmax(old * p->factor, p->min_lr);
-    if (old - r > p->eps) lr = r; /* so old > 0 */
+  bool reduce = bad > p->patience;
+  if (reduce) {
     cool = p->cooldown;
     bad = 0;
   }
-  /* the rate's writes noted only when it changes: a tape that read it
-   * stays usable after a step that does not reduce */
+  /* each group's rate reduced on its own (PyTorch's _reduce_lr); the
+   * rate's writes noted only when it changes: a tape that read it stays
+   * usable after a step that does not reduce */
   ad_status st = scalars_noted(o->best, o->bad_epochs, o->cooldown);
-  if (st == AD_OK && lr != old) st = scalars_noted(o->lr, o->lr0, NULL);
+  for (int pass = 0; pass < 2 && st == AD_OK; pass++)
+    for (int g = 0; g < o->ngroups && st == AD_OK && reduce; g++) {
+      double old = scalar_get(glr(o, g)), r = fmax(old * p->factor, p->min_lr);
+      if (!(old - r > p->eps)) continue; /* so old > 0 */
+      if (pass == 0) {
+        st = scalars_noted(glr(o, g), glr0(o, g), NULL);
+        continue;
+      }
+      double lr0 = scalar_get(glr0(o, g));
+      scalar_set(glr0(o, g), lr0 == old ? r : lr0 * (r / old)); /* r / old <= 1: no overflow */
+      gcfg(o, g)->lr = r;
+      scalar_set(glr(o, g), r);
+    }
   if (st != AD_OK) return st;
-  if (lr != old) {
-    double lr0 = scalar_get(o->lr0);
-    scalar_set(o->lr0, lr0 == old ? lr : lr0 * (lr / old)); /* lr / old <= 1: no overflow */
-    o->cfg.lr = lr;
-    scalar_set(o->lr, lr);
-  }
   scalar_set(o->best, best);
   scalar_set(o->bad_epochs, bad);
   scalar_set(o->cooldown, cool);

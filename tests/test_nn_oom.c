@@ -1001,6 +1001,37 @@ Test(nn_oom, optimizer_new) {
     sweep(&(scenario){"optimizer_new", setup_model, run_opt_new, print_model, false, false});
 }
 
+/* A second parameter group (a layer's parameters) added to an optimizer
+ * of kind g_kind with a schedule, after a step, then two steps of both */
+static void setup_group(world *w) {
+  setup_opt(w);
+  ad_rng rng;
+  ad_rng_seed(&rng, 3);
+  w->l = nn_dense_new(w->c, 2, 3, &rng, NULL);
+  nn_schedule s = {NN_SCHED_STEP, 1, 0.5, 0, 0};
+  cr_assert_eq(nn_optimizer_set_schedule(w->opt, &s), AD_OK);
+  cr_assert_eq(nn_optimizer_step(w->opt), AD_OK);
+  int64_t sx[2] = {4, 2};
+  w->t[0] = data(w->c, 2, sx, 5);
+  ad_tensor *y = nn_layer_forward(w->l, w->t[0], true);
+  ad_backward(w->c, ad_sum(w->c, ad_mul(w->c, y, y)), NULL);
+}
+
+static ad_status run_add_group(world *w) {
+  nn_opt_config_ext x = *nn_optimizer_config_ext(w->opt);
+  x.base.lr = 0.005;
+  x.base.weight_decay = 0;
+  ad_status st = nn_optimizer_add_param_group(w->opt, nn_layer_params(w->l), &x);
+  for (int i = 0; i < 2 && st == AD_OK; i++) st = nn_optimizer_step(w->opt);
+  if (st == AD_OK) st = nn_optimizer_schedule_step(w->opt);
+  return st;
+}
+
+Test(nn_oom, optimizer_add_param_group) {
+  for (g_kind = 0; g_kind < N_OPT_KINDS; g_kind++)
+    sweep(&(scenario){"add_param_group", setup_group, run_add_group, print_model, false, false});
+}
+
 static void setup_train(world *w) {
   setup_model(w);
   w->opt = nn_adam_new(nn_model_params(w->m), 0.01);

@@ -2569,7 +2569,10 @@ NN_API const nn_opt_config *nn_optimizer_config(const nn_optimizer *opt);
  * nn_optimizer_config's), owned by opt; NULL for NULL. */
 NN_API const nn_opt_config_ext *nn_optimizer_config_ext(const nn_optimizer *opt);
 
-/** Current learning rate; setting it also makes it the schedule's base and
+/** Current learning rate (group 0's, see nn_optimizer_add_param_group);
+ * setting it sets every group's (as PyTorch's loop `for g in
+ * opt.param_groups: g["lr"] = lr`; one group's: nn_optimizer_set_group_lr)
+ * and also makes it the schedule's base and
  * restarts the schedule at epoch 0 (the rate is then the schedule's at
  * epoch 0: lr start_factor for a warm-up, see nn_optimizer_set_schedule_ext;
  * lr for the kinds of nn_schedule; for onecycle lr becomes max_lr and the
@@ -2623,6 +2626,63 @@ NN_API nn_params *nn_optimizer_params(const nn_optimizer *opt);
  * -1 (counters, NAdam's mu_product, ASGD's eta and mu, learning-rate
  * state, i out of range, NULL opt). */
 NN_API int nn_optimizer_state_param(const nn_optimizer *opt, int i);
+
+/** PyTorch's Optimizer.add_param_group: adds the tensors of params (the
+ * list must outlive opt, as nn_optimizer_new's) as parameter group
+ * nn_optimizer_group_count(opt) with the settings cfg: the group's full
+ * settings, not only those that differ (start from
+ * nn_optimizer_config_ext(opt), or nn_opt_defaults_ext, and change what
+ * differs: weight_decay 0 for biases and norm weights, a smaller lr for a
+ * pretrained backbone). Settings are checked as nn_optimizer_new_ext
+ * checks them; the kind must be opt's; clip_norm and clip_value must be
+ * group 0's (clipping is over every gradient of the optimizer at once).
+ * The new parameters start with fresh state (zeros, step counts 0), also
+ * after steps were taken, as in PyTorch; their state names are as group
+ * 0's ("adam.m.<p>", nn_optimizer_state_names), so a parameter name may
+ * not be one another group already has. The group's rates are state:
+ * "<kind>.group<g>.lr" and "<kind>.group<g>.schedule.lr0", after the
+ * group's parameters' state; with the second group comes
+ * "<kind>.param_groups" (0-d f64, the count), so that nn_model_load
+ * refuses a checkpoint of another number of groups. With a schedule
+ * attached, cfg.lr is the group's base rate (a onecycle's max_lr) and its
+ * rate is the schedule's at the current epoch; a cycled momentum then
+ * needs the group's momentum > 0 (SGD, RMSProp). The step (also
+ * nn_optimizer_step_ranges, whose arrays then cover every group's
+ * parameters in order), clipping, zero_grad and checkpoints cover every
+ * group. nn_lbfgs has one group, as PyTorch's LBFGS ("doesn't support
+ * per-parameter options"). Returns AD_OK; AD_ERR_NULL (opt, params or
+ * cfg NULL); AD_ERR_ARG (a list of another context, of buffers or empty;
+ * a tensor already in a group, PyTorch's "some parameters appear in more
+ * than one parameter group"; a name already used; another kind; bad
+ * settings, naming them; the schedule's rate for it not finite);
+ * AD_ERR_STATE (a parameter of opt was freed) or AD_ERR_OOM, opt then
+ * unchanged. */
+NN_API ad_status nn_optimizer_add_param_group(nn_optimizer *opt, nn_params *params,
+                                              const nn_opt_config_ext *cfg);
+
+/** The number of parameter groups (1 for an optimizer no group was added
+ * to; 0 for NULL). */
+NN_API int nn_optimizer_group_count(const nn_optimizer *opt);
+
+/** Group g's settings (lr its current rate), owned by opt, valid until
+ * the next call on it; group 0's are nn_optimizer_config_ext's (and
+ * nn_optimizer_config, nn_optimizer_lr keep meaning group 0). NULL for
+ * NULL, or g out of range (AD_ERR_ARG recorded). */
+NN_API const nn_opt_config_ext *nn_optimizer_group_config_ext(const nn_optimizer *opt, int g);
+
+/** Group g's current learning rate (PyTorch's param_groups[g]["lr"]);
+ * NAN for NULL or g out of range (AD_ERR_ARG recorded). nn_fit's history
+ * and log show group 0's (nn_optimizer_lr). */
+NN_API double nn_optimizer_group_lr(const nn_optimizer *opt, int g);
+
+/** Sets group g's learning rate: lr becomes the group's base rate (a
+ * onecycle's max_lr) and its rate the attached schedule's at the current
+ * epoch from it (lr itself without a schedule); the schedule's epoch and
+ * the other groups stay (nn_optimizer_set_lr sets every group and restarts
+ * the schedule). AD_OK, AD_ERR_NULL, AD_ERR_ARG (g out of range; lr not
+ * finite and >= 0, or the schedule's rate from it not) or AD_ERR_OOM (as
+ * nn_optimizer_set_lr), unchanged on error. */
+NN_API ad_status nn_optimizer_set_group_lr(nn_optimizer *opt, int g, double lr);
 
 /** Learning-rate schedules, as functions of the epoch t = 0, 1, ...:
  *   @code{.unparsed}
