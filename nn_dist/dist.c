@@ -676,6 +676,49 @@ static void exact(double v, char out[32]) {
   }
 }
 
+/* The settings of parameter group g > 0 of opt (nn_optimizer_add_param_group)
+ * that its state does not hold (its rates it does: rank 0's are sent) */
+static size_t describe_group(char *out, size_t cap, nn_optimizer *opt, int g, bool cycled) {
+  const nn_opt_config_ext *x = nn_optimizer_group_config_ext(opt, g);
+  const nn_opt_config *o = &x->base;
+  double v[] = {o->momentum,
+                o->dampening,
+                o->weight_decay,
+                o->beta1,
+                o->beta2,
+                o->alpha,
+                o->eps,
+                o->lr_decay,
+                o->initial_accumulator,
+                x->momentum_decay,
+                x->rho,
+                x->lambd,
+                x->asgd_alpha,
+                x->t0,
+                x->etaminus,
+                x->etaplus,
+                x->step_size_min,
+                x->step_size_max};
+  enum { NV = sizeof v / sizeof v[0] };
+  char f[NV][32];
+  for (int i = 0; i < NV; i++) exact(v[i], f[i]);
+  if (cycled) /* follows the schedule's step, as group 0's (see describe) */
+    snprintf(o->kind == NN_OPT_SGD || o->kind == NN_OPT_RMSPROP ? f[0] : f[3], sizeof f[0],
+             "cycled");
+  /* two short lines: a difference is then shown from the line's start,
+   * the group's number with it (first_difference) */
+  size_t len = (size_t)snprintf(out, out ? cap : 0,
+                                "parameter group %d: momentum %s, dampening %s, nesterov %d, "
+                                "weight_decay %s, betas %s %s, alpha %s, centered %d, eps %s, "
+                                "lr_decay %s, initial_accumulator %s, amsgrad %d, maximize %d\n",
+                                g, f[0], f[1], o->nesterov, f[2], f[3], f[4], f[5], o->centered,
+                                f[6], f[7], f[8], o->amsgrad, o->maximize);
+  return len + (size_t)snprintf(out ? out + len : NULL, out ? cap - len : 0,
+                                "parameter group %d: momentum_decay %s, rho %s, lambd %s, "
+                                "asgd_alpha %s, t0 %s, etas %s %s, step_sizes %s %s\n",
+                                g, f[9], f[10], f[11], f[12], f[13], f[14], f[15], f[16], f[17]);
+}
+
 /* first: the parameters' first entries, then the buffers' (first_entries). */
 static size_t describe(char *out, size_t cap, nn_model *m, nn_optimizer *opt, const int *first) {
   nn_params *p = nn_model_params(m), *b = nn_model_buffers(m);
@@ -731,6 +774,9 @@ static size_t describe(char *out, size_t cap, nn_model *m, nn_optimizer *opt, co
                             "optimizer settings: rho %s, lambd %s, asgd_alpha %s, t0 %s, etas %s "
                             "%s, step_sizes %s %s\n",
                             xf[0], xf[1], xf[2], xf[3], xf[4], xf[5], xf[6], xf[7]);
+    bool cycled = s2 && s2->kind == NN_SCHED_ONECYCLE && s2->cycle_momentum;
+    for (int g = 1; g < nn_optimizer_group_count(opt); g++)
+      len += describe_group(out ? out + len : NULL, out ? cap - len : 0, opt, g, cycled);
     /* the settings only nn_schedule_ext holds, and the plateau's */
     const nn_schedule_ext *se = nn_optimizer_schedule_ext(opt);
     if (se) {
@@ -2016,6 +2062,7 @@ static ad_status ops_step(void *ud, nn_optimizer *opt) {
   const nn_opt_config *cfg = opt ? nn_optimizer_config(opt) : NULL;
   if (cfg && (cfg->clip_value > 0 || cfg->clip_norm > 0)) privatize(d); /* clipped in place */
   bool shard = opt && d->o.shard_optimizer && h->on && h->lsize > 1 &&
+               nn_optimizer_group_count(opt) == 1 && /* ranges over the model's list */
                layout_current(d, nn_optimizer_params(opt)) &&
                nn_optimizer_state_count(opt) <= h->stcap; /* (room to record its state) */
   /* a whole step on every rank (or an exchange of the slices) on one copy

@@ -2635,6 +2635,89 @@ static void sync_takes_rank0_cycle(ad_ctx *c) {
   }
 }
 
+/* An optimizer with two parameter groups (nn_optimizer_add_param_group:
+ * the weights at Adam's lr 0.01 with weight decay, the biases at 0.001
+ * without) trains under nn_fit as in one process, on every path (the
+ * optimizer step not sharded: nn_optimizer_step_ranges' ranges are over
+ * the model's list); a group's settings differing on the last rank are
+ * refused on every rank, naming the group. */
+static nn_optimizer *grouped_adam(nn_model *m, nn_params **lists, double bias_wd) {
+  nn_params *p = nn_model_params(m);
+  lists[0] = nn_params_new(nn_model_ctx(m)), lists[1] = nn_params_new(nn_model_ctx(m));
+  for (int i = 0; i < nn_params_count(p); i++)
+    nn_params_add(lists[strstr(nn_params_name(p, i), "bias") != NULL], nn_params_name(p, i),
+                  nn_params_tensor(p, i), false);
+  nn_opt_config_ext a = nn_opt_defaults_ext(NN_OPT_ADAM, 0.01), b = a;
+  a.base.weight_decay = 0.1;
+  b.base.lr = 0.001, b.base.weight_decay = bias_wd;
+  nn_optimizer *o = nn_optimizer_new_ext(lists[0], &a);
+  if (o && nn_optimizer_add_param_group(o, lists[1], &b) != AD_OK) nn_optimizer_free(o), o = NULL;
+  return o;
+}
+
+static void param_groups(ad_ctx *c) {
+  ad_tensor *x, *y;
+  make_data(c, AD_F64, 50, &x, &y);
+  nn_model *m[2];
+  nn_optimizer *o[2];
+  nn_params *lists[2][2];
+  nn_history *h[2] = {NULL, NULL};
+  ad_status st[2];
+  nn_dist *d = NULL;
+  for (int k = 0; k < 2; k++) { /* k 0: one process; 1: every rank */
+    m[k] = make_model(c, AD_F64, 8, PLAIN, 5);
+    o[k] = grouped_adam(m[k], lists[k], 0);
+    if (k) d = dist_new(c, NULL);
+    nn_fit_opts fo = {.epochs = 3,
+                      .batch_size = 16,
+                      .seed = 3,
+                      .verbose = -1,
+                      .dist = k ? nn_dist_fit_ops(d) : NULL};
+    st[k] = o[k] ? nn_fit(m[k], o[k], nn_cross_entropy_loss, x, y, &fo, &h[k]) : AD_ERR_ARG;
+  }
+  nn_dist_stats stats;
+  nn_dist_get_stats(d, &stats, false);
+  snprintf(why, sizeof why, "status %s %s: %s", ad_status_str(st[0]), ad_status_str(st[1]),
+           ad_last_error(c));
+  check(st[0] == AD_OK && st[1] == AD_OK, "parameter groups: trains", why);
+  double rel = max_rel(nn_model_params(m[1]), nn_model_params(m[0]));
+  snprintf(why, sizeof why, "max relative difference %g, %lld sharded steps", rel,
+           (long long)stats.sharded_steps);
+  check(rel <= 1e-12 && same_bits_as_rank0(nn_model_params(m[1])) && stats.sharded_steps == 0,
+        "parameter groups: parameters equal one process's on every rank", why);
+  int ns = nn_optimizer_state_count(o[0]);
+  rel = max_rel_tensors(nn_optimizer_state_tensors(o[1]), nn_optimizer_state_tensors(o[0]), ns);
+  snprintf(why, sizeof why, "max relative difference %g", rel);
+  check(ns == nn_optimizer_state_count(o[1]) && rel <= 1e-12,
+        "parameter groups: optimizer state equals one process's", why);
+  for (int k = 0; k < 2; k++) {
+    nn_history_free(h[k]);
+    nn_optimizer_free(o[k]);
+    nn_params_free(lists[k][0]), nn_params_free(lists[k][1]);
+    nn_model_free(m[k]);
+  }
+  nn_dist_free(d);
+  if (size > 1) { /* the biases' weight decay differs on the last rank */
+    nn_model *mm = make_model(c, AD_F64, 8, PLAIN, 5);
+    nn_params *l[2];
+    nn_optimizer *oo = grouped_adam(mm, l, rank == size - 1 ? 0.5 : 0);
+    d = dist_new(c, NULL);
+    ad_status s = nn_dist_sync(d, mm, oo);
+    snprintf(why, sizeof why, "status %s, message: %s", ad_status_str(s), ad_last_error(c));
+    check(s == AD_ERR_SHAPE &&
+              strstr(ad_last_error(c), "differs from rank 0: parameter group 1: ") &&
+              strstr(ad_last_error(c), "weight_decay 0.5"),
+          "parameter groups: a group's settings differing on one rank: every rank names it", why);
+    ad_clear_error(c);
+    nn_dist_free(d);
+    nn_optimizer_free(oo);
+    nn_params_free(l[0]), nn_params_free(l[1]);
+    nn_model_free(mm);
+  }
+  ad_tensor_free(x);
+  ad_tensor_free(y);
+}
+
 int main(int argc, char **argv) {
   if (nn_dist_init(&argc, &argv) != AD_OK) return 1;
   if (argc > 1 && strcmp(argv[1], "--buckets") == 0) { /* [--no-shm] */
@@ -2705,6 +2788,7 @@ int main(int argc, char **argv) {
   failure_leaves_state_whole(c);
   options_disagree(c);
   empty_list_keeps_path(c);
+  param_groups(c);
   grad_begin_twice(c);
   new_fails_on_one_rank(c);
   model_on_another_context(c);

@@ -120,7 +120,9 @@ typedef struct nn_dist_opts {
                           the tape does not allow it, the updated slices are
                           exchanged instead; from a step that cannot be
                           sharded, e.g. of an optimizer over other tensors
-                          than the model's or in another order, each rank has its own copy
+                          than the model's or in another order, or of one
+                          with several parameter groups (whose steps are
+                          whole on every rank), each rank has its own copy
                           again until the next nn_dist_sync): a rank that changes a
                           parameter changes it for every rank of its node,
                           so change them on rank 0 and call nn_dist_sync,
@@ -204,7 +206,9 @@ NN_API const nn_dist_ops *nn_dist_fit_ops(nn_dist *d);
  * requires_grad: "... [10,64] frozen on rank R") and the same entries
  * tied (one tensor listed twice: "... [4,4] tied to parameter 0"), and
  * opt the same settings (nn_optimizer_config but lr, which is state, and
- * the momentum or beta1 a onecycle cycles, which follows its step) and
+ * the momentum or beta1 a onecycle cycles, which follows its step; those
+ * of every parameter group, nn_optimizer_add_param_group: "parameter
+ * group 1: momentum 0, ..."; the groups' rates are state) and
  * schedule (nn_optimizer_schedule_ext2 but lr_lambda, an address that
  * cannot be compared between processes), then broadcasts rank 0's values of all
  * of them (the learning rate and the schedule's epoch included).
