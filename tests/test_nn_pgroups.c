@@ -480,3 +480,50 @@ Test(pgroups, step_ranges_cover_every_group) {
                "parameter 1 '0.bias' of 3 elements: range [0, 4)");
   for (int k = 0; k < 3; k++) nn_optimizer_free(os[k]), fixture_fini(fs[k]);
 }
+
+/* nn_fit trains a model through an optimizer of several groups (the
+ * backbone frozen by lr 0, the head at 0.1 with a step schedule): each
+ * group's rate applies, the history records group 0's rate */
+Test(pgroups, fit_trains_every_group_at_its_rate) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 11);
+  nn_model *m = nn_sequential_new(ctx);
+  cr_assert_eq(nn_model_add(m, nn_dense_new(ctx, 3, 4, &rng, NULL)), AD_OK);
+  cr_assert_eq(nn_model_add(m, nn_dense_new(ctx, 4, 1, &rng, NULL)), AD_OK);
+  nn_params *p = nn_model_params(m), *lists[2] = {nn_params_new(ctx), nn_params_new(ctx)};
+  for (int i = 0; i < nn_params_count(p); i++) /* "0.*": backbone; "1.*": head */
+    nn_params_add(lists[nn_params_name(p, i)[0] == '1'], nn_params_name(p, i),
+                  nn_params_tensor(p, i), false);
+  nn_opt_config_ext head = cfg_of(NN_OPT_SGD, 0.1), backbone = head;
+  backbone.base.lr = 0;
+  nn_optimizer *o = nn_optimizer_new_ext(lists[1], &head);
+  cr_assert_eq(nn_optimizer_add_param_group(o, lists[0], &backbone), AD_OK);
+  nn_schedule s = {NN_SCHED_STEP, 1, 0.5, 0, 0};
+  cr_assert_eq(nn_optimizer_set_schedule(o, &s), AD_OK);
+  int64_t xs[2] = {8, 3}, ys[2] = {8, 1};
+  ad_tensor *x = ad_rand(ctx, &rng, AD_F32, 2, xs, -1, 1),
+            *y = ad_rand(ctx, &rng, AD_F32, 2, ys, -1, 1);
+  double before[4][16];
+  for (int i = 0; i < 4; i++)
+    for (int64_t e = 0; e < nn_params_tensor(p, i)->size; e++)
+      before[i][e] = ad_tensor_get(nn_params_tensor(p, i), e);
+  nn_history *h = NULL;
+  nn_fit_opts fo = {.epochs = 3, .batch_size = 4, .verbose = -1};
+  cr_assert_eq(nn_fit(m, o, nn_mse_loss, x, y, &fo, &h), AD_OK, "%s", ad_last_error(ctx));
+  for (int i = 0; i < 4; i++) {
+    bool moved = false;
+    for (int64_t e = 0; e < nn_params_tensor(p, i)->size; e++)
+      moved |= ad_tensor_get(nn_params_tensor(p, i), e) != before[i][e];
+    cr_assert_eq(moved, nn_params_name(p, i)[0] == '1', "%s", nn_params_name(p, i));
+  }
+  cr_assert_eq(nn_optimizer_steps(o), 6);
+  cr_assert_eq(nn_history_get(h, "lr", 0), 0.1);
+  cr_assert_eq(nn_history_get(h, "lr", 2), 0.025);
+  cr_assert_eq(nn_optimizer_group_lr(o, 0), 0.0125);
+  cr_assert_eq(nn_optimizer_group_lr(o, 1), 0);
+  nn_history_free(h);
+  nn_optimizer_free(o);
+  nn_params_free(lists[0]), nn_params_free(lists[1]);
+  ad_tensor_free(x), ad_tensor_free(y);
+  nn_model_free(m);
+}
