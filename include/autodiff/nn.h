@@ -50,7 +50,8 @@
  *   optimizers   nn_optimizer: SGD (momentum, Nesterov, weight decay),
  *                Adagrad, RMSProp, Adam, AdamW (amsgrad), Adamax, NAdam,
  *                RAdam, Adadelta, ASGD, Rprop, maximize, with PyTorch's
- *                update rules; L-BFGS
+ *                update rules and parameter groups of their own settings
+ *                (nn_optimizer_add_param_group); L-BFGS
  *                (nn_lbfgs, with a closure; strong-Wolfe line search);
  *                gradient clipping by global norm or by value; learning-rate
  *                schedules (step, exponential, cosine, multistep, linear
