@@ -93,6 +93,7 @@ typedef struct pcase {
   gspec g[PG_MAXG];
   const nn_schedule_ext2 *sched; /* or NULL */
   const double *want;
+  const nn_plateau *plateau; /* or NULL: stepped with pg_metrics */
 } pcase;
 
 static nn_opt_config_ext cfg_of(nn_opt_kind k, double lr) { return nn_opt_defaults_ext(k, lr); }
@@ -107,6 +108,8 @@ static nn_optimizer *make(fixture *f, const pcase *c) {
                    AD_OK, "%s", ad_last_error(ctx));
   if (c->sched)
     cr_assert_eq(nn_optimizer_set_schedule_ext2(o, c->sched), AD_OK, "%s", ad_last_error(ctx));
+  if (c->plateau)
+    cr_assert_eq(nn_optimizer_set_plateau(o, c->plateau), AD_OK, "%s", ad_last_error(ctx));
   return o;
 }
 
@@ -122,6 +125,8 @@ static void run_steps(fixture *f, nn_optimizer *o, const pcase *c, int t0, int t
     set_grads(f, t);
     cr_assert_eq(nn_optimizer_step(o), AD_OK, "%s", ad_last_error(ctx));
     if (c->sched) cr_assert_eq(nn_optimizer_schedule_step(o), AD_OK, "%s", ad_last_error(ctx));
+    if (c->plateau)
+      cr_assert_eq(nn_optimizer_plateau_step(o, pg_metrics[t]), AD_OK, "%s", ad_last_error(ctx));
     if (!want) continue;
     const double *w = want + (size_t)t * (12 + PG_MAXG);
     for (int i = 0, k = 0; i < 3; i++)
@@ -149,7 +154,7 @@ static void check_case(const pcase *c) {
 }
 
 /* The cases of tools/gen_pgroups_fixtures.py */
-static int make_cases(pcase *cs, nn_schedule_ext2 *step, nn_schedule_ext2 *one) {
+static int make_cases(pcase *cs, nn_schedule_ext2 *step, nn_schedule_ext2 *one, nn_plateau *pl) {
   int n = 0;
   nn_opt_config_ext a, b, d;
 
@@ -157,60 +162,67 @@ static int make_cases(pcase *cs, nn_schedule_ext2 *step, nn_schedule_ext2 *one) 
   b = cfg_of(NN_OPT_SGD, 0.05);
   d = cfg_of(NN_OPT_SGD, 0.2), d.base.momentum = 0.8, d.base.nesterov = true;
   d.base.weight_decay = 0.001;
-  cs[n++] = (pcase){"sgd3", 3, {{1, 0, a}, {2, 0, b}, {4, 0, d}}, NULL, pg_sgd3};
+  cs[n++] = (pcase){"sgd3", 3, {{1, 0, a}, {2, 0, b}, {4, 0, d}}, NULL, pg_sgd3, NULL};
 
   a = cfg_of(NN_OPT_SGD, 0.1), a.base.momentum = 0.9, a.base.dampening = 0.3;
   b = cfg_of(NN_OPT_SGD, 0.3), b.base.momentum = 0.5, b.base.weight_decay = 0.1;
   b.base.maximize = true;
-  cs[n++] = (pcase){"sgd_damp", 2, {{5, 0, a}, {2, 0, b}}, NULL, pg_sgd_damp};
+  cs[n++] = (pcase){"sgd_damp", 2, {{5, 0, a}, {2, 0, b}}, NULL, pg_sgd_damp, NULL};
 
   a = cfg_of(NN_OPT_ADAM, 0.01), a.base.weight_decay = 0.01;
   b = cfg_of(NN_OPT_ADAM, 0.001), b.base.beta1 = 0.8, b.base.beta2 = 0.5, b.base.amsgrad = true;
-  cs[n++] = (pcase){"adam2", 2, {{5, 0, a}, {2, 0, b}}, NULL, pg_adam2};
+  cs[n++] = (pcase){"adam2", 2, {{5, 0, a}, {2, 0, b}}, NULL, pg_adam2, NULL};
 
   a = cfg_of(NN_OPT_ADAMW, 0.01), a.base.weight_decay = 0.1;
   b = cfg_of(NN_OPT_ADAMW, 0.01), b.base.weight_decay = 0; /* no decay on the bias */
-  cs[n++] = (pcase){"adamw2", 2, {{5, 0, a}, {2, 0, b}}, NULL, pg_adamw2};
+  cs[n++] = (pcase){"adamw2", 2, {{5, 0, a}, {2, 0, b}}, NULL, pg_adamw2, NULL};
 
   a = cfg_of(NN_OPT_RMSPROP, 0.01), a.base.alpha = 0.9, a.base.centered = true;
   a.base.momentum = 0.5;
   b = cfg_of(NN_OPT_RMSPROP, 0.02), b.base.weight_decay = 0.01;
-  cs[n++] = (pcase){"rmsprop2", 2, {{1, 0, a}, {6, 0, b}}, NULL, pg_rmsprop2};
+  cs[n++] = (pcase){"rmsprop2", 2, {{1, 0, a}, {6, 0, b}}, NULL, pg_rmsprop2, NULL};
 
   /* PyTorch 1.13's Adagrad fills every group's sum with its constructor's
    * initial_accumulator_value; ours is each group's own: the same here */
   a = cfg_of(NN_OPT_ADAGRAD, 0.1), a.base.lr_decay = 0.01, a.base.initial_accumulator = 0.1;
   b = cfg_of(NN_OPT_ADAGRAD, 0.05), b.base.initial_accumulator = 0.1, b.base.weight_decay = 0.01;
   d = cfg_of(NN_OPT_ADAGRAD, 0.2), d.base.eps = 1e-3, d.base.initial_accumulator = 0.1;
-  cs[n++] = (pcase){"adagrad3", 3, {{1, 0, a}, {2, 0, b}, {4, 0, d}}, NULL, pg_adagrad3};
+  cs[n++] = (pcase){"adagrad3", 3, {{1, 0, a}, {2, 0, b}, {4, 0, d}}, NULL, pg_adagrad3, NULL};
 
   a = cfg_of(NN_OPT_ADAM, 0.01);
   b = cfg_of(NN_OPT_ADAM, 0.02), b.base.weight_decay = 0.01, b.base.beta1 = 0.5;
   b.base.beta2 = 0.9;
-  cs[n++] = (pcase){"adam_late", 2, {{3, 0, a}, {4, 3, b}}, NULL, pg_adam_late};
+  cs[n++] = (pcase){"adam_late", 2, {{3, 0, a}, {4, 3, b}}, NULL, pg_adam_late, NULL};
 
   a = cfg_of(NN_OPT_SGD, 0.1), a.base.momentum = 0.9;
   b = cfg_of(NN_OPT_SGD, 0.05), b.base.momentum = 0.5, b.base.weight_decay = 0.01;
-  cs[n++] = (pcase){"sgd_late", 2, {{2, 0, a}, {5, 2, b}}, NULL, pg_sgd_late};
+  cs[n++] = (pcase){"sgd_late", 2, {{2, 0, a}, {5, 2, b}}, NULL, pg_sgd_late, NULL};
 
   *step = nn_schedule_ext2_defaults(NN_SCHED_STEP);
   step->step_size = 2, step->gamma = 0.5;
   a = cfg_of(NN_OPT_SGD, 0.1), a.base.momentum = 0.9;
   b = cfg_of(NN_OPT_SGD, 0.01), b.base.momentum = 0.9;
-  cs[n++] = (pcase){"sgd_steplr", 2, {{3, 0, a}, {4, 0, b}}, step, pg_sgd_steplr};
+  cs[n++] = (pcase){"sgd_steplr", 2, {{3, 0, a}, {4, 0, b}}, step, pg_sgd_steplr, NULL};
 
   *one = nn_schedule_ext2_defaults(NN_SCHED_ONECYCLE);
   one->max_lr = 0.1, one->total_steps = PG_STEPS;
   a = cfg_of(NN_OPT_ADAM, 0.04);
   b = cfg_of(NN_OPT_ADAM, 0.01); /* max_lr 0.1 * 0.01 / 0.04: torch's [0.1, 0.025] */
-  cs[n++] = (pcase){"adam_onecycle", 2, {{3, 0, a}, {4, 0, b}}, one, pg_adam_onecycle};
+  cs[n++] = (pcase){"adam_onecycle", 2, {{3, 0, a}, {4, 0, b}}, one, pg_adam_onecycle, NULL};
+
+  *pl = nn_plateau_defaults();
+  pl->factor = 0.5, pl->patience = 0, pl->min_lr = 0.01;
+  a = cfg_of(NN_OPT_SGD, 0.1), a.base.momentum = 0.9;
+  b = cfg_of(NN_OPT_SGD, 0.03), b.base.weight_decay = 0.01;
+  cs[n++] = (pcase){"sgd_plateau", 2, {{1, 0, a}, {6, 0, b}}, NULL, pg_sgd_plateau, pl};
   return n;
 }
 
 Test(pgroups, groups_train_as_torchs_param_groups) {
   pcase cs[16];
   nn_schedule_ext2 step, one;
-  int n = make_cases(cs, &step, &one);
+  nn_plateau pl;
+  int n = make_cases(cs, &step, &one, &pl);
   for (int i = 0; i < n; i++) check_case(&cs[i]);
   cr_log_info("pgroups: %d PyTorch cases of %d steps matched to 1e-12", n, PG_STEPS);
 }
@@ -221,7 +233,8 @@ Test(pgroups, groups_train_as_torchs_param_groups) {
 Test(pgroups, checkpoint_resumes_bit_for_bit) {
   pcase cs[16];
   nn_schedule_ext2 step, one;
-  int n = make_cases(cs, &step, &one);
+  nn_plateau pl;
+  int n = make_cases(cs, &step, &one, &pl);
   char path[512];
   snprintf(path, sizeof path, "%s/pg.safetensors", tmpdir);
   for (int i = 0; i < n; i++) {

@@ -70,7 +70,13 @@ CASES = {
     # each group's rate / group 0's): torch's list [0.1, 0.025]
     "adam_onecycle": (O.Adam, [([0, 1], 0, dict(lr=0.04)), ([2], 0, dict(lr=0.01))],
                       lambda o: S.OneCycleLR(o, max_lr=[0.1, 0.025], total_steps=STEPS)),
+    # each group reduced on its own; min_lr (one number here) stops group 1
+    "sgd_plateau": (O.SGD, [([0], 0, dict(lr=0.1, momentum=0.9)),
+                            ([1, 2], 0, dict(lr=0.03, weight_decay=0.01))],
+                    lambda o: S.ReduceLROnPlateau(o, factor=0.5, patience=0, min_lr=0.01)),
 }
+# the metric given to ReduceLROnPlateau after each step
+METRICS = [1.0, 2.0, 3.0, 0.5, 0.6, 0.4]
 
 
 def emit(name, values):
@@ -90,7 +96,9 @@ def run(cls, groups, sched):
         for i, p in enumerate(ps):
             p.grad = torch.tensor(G[t % 3][i]).reshape(SHAPES[i])
         opt.step()
-        if sch:
+        if isinstance(sch, S.ReduceLROnPlateau):
+            sch.step(METRICS[t])
+        elif sch:
             sch.step()
         for p in ps:
             traj += p.detach().flatten().tolist()
@@ -102,6 +110,7 @@ def run(cls, groups, sched):
 out.append(f"enum {{ PG_STEPS = {STEPS}, PG_MAXG = {MAXG} }};")
 emit("pg_p0", sum(P0, []))
 emit("pg_g", [v for s in G for p in s for v in p])
+emit("pg_metrics", METRICS)
 for name, (cls, groups, sched) in CASES.items():
     emit(f"pg_{name}", run(cls, groups, sched))
 

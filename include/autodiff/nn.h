@@ -2544,8 +2544,9 @@ NN_API ad_status nn_optimizer_step(nn_optimizer *opt);
 
 /** The step nn_optimizer_step takes (clipping over every gradient, the
  * counters), but updating only the elements [lo[i], hi[i]) of parameter i
- * (arrays of nn_params_count entries over the optimizer's list; lo[i] ==
- * hi[i]: none): the parameters and state outside the ranges are left as
+ * (arrays of nn_params_count entries over the optimizer's list, followed
+ * by those of each group's list added by nn_optimizer_add_param_group, in
+ * order; lo[i] == hi[i]: none): the parameters and state outside the ranges are left as
  * they are. Processes that hold the same gradients and cut the elements
  * between them (a sharded optimizer step, as nn_dist does) then exchange
  * the parameters and end with nn_optimizer_step's result; each holds the
@@ -2618,8 +2619,8 @@ NN_API const char *const *nn_optimizer_state_names(const nn_optimizer *opt);
 NN_API ad_tensor *const *nn_optimizer_state_tensors(const nn_optimizer *opt);
 /** @} */
 
-/** The parameter list the optimizer was made over (owned by its caller);
- * NULL for NULL. */
+/** The parameter list the optimizer was made over (owned by its caller):
+ * group 0's (see nn_optimizer_add_param_group); NULL for NULL. */
 NN_API nn_params *nn_optimizer_params(const nn_optimizer *opt);
 
 /** For state tensor i: the index of the parameter it holds per-element
