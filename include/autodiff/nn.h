@@ -2626,7 +2626,10 @@ NN_API nn_params *nn_optimizer_params(const nn_optimizer *opt);
 /** For state tensor i: the index of the parameter it holds per-element
  * state of (of the parameter's shape: "adam.m.<p>", "adam.v.<p>", ...), or
  * -1 (counters, NAdam's mu_product, ASGD's eta and mu, learning-rate
- * state, i out of range, NULL opt). */
+ * state, i out of range, NULL opt). The index counts the optimizer's
+ * parameters in order: the entries of nn_optimizer_params' list at their
+ * indices there, then each added group's (nn_optimizer_add_param_group)
+ * after every entry of the groups before it, tied repeats included. */
 NN_API int nn_optimizer_state_param(const nn_optimizer *opt, int i);
 
 /** PyTorch's Optimizer.add_param_group: adds the tensors of params (the
