@@ -50,6 +50,12 @@ static inline void pool_taps(int64_t start, int64_t k, int64_t d, int64_t n, int
   }
 }
 
+/* The first tap at or after 0 of a window starting at start, taps d
+ * apart (PyTorch's start of a window's index search). */
+static inline int64_t pool_first_tap(int64_t start, int64_t d) {
+  return start >= 0 ? start : start + (-start + d - 1) / d * d;
+}
+
 /* Checks an input shape (ndim, shape) against the attributes and fills g.
  * who names the tensor in messages ("input", "x"). */
 static ad_status pool_geom_of(const ad_call *c, const ad_tensor *x, const char *who, pool_geom *g) {
@@ -387,6 +393,27 @@ static bool select_fast_f64(const pool_geom *g, const void *gx, const void *x, v
         argmax_block_##SUF(b, g, oy, ox, n, best, arg);                                            \
         T *y = Y + oy * g->ow + ox;                                                                \
         for (int64_t k = 0; k < n; k++) y[k] = arg[k] >= 0 ? G[arg[k]] : (T)0;                     \
+      }                                                                                            \
+  }                                                                                                \
+  /* idx = the flat index in the plane of each window's argmax; a window */                        \
+  /* with no tap in the input takes PyTorch's (h0 iw + w0, h0 and w0 its */                        \
+  /* first taps at or after 0 along each axis) */                                                  \
+  static void argmax_plane_##SUF(const pool_geom *g, const void *a, const void *b, void *out) {    \
+    (void)b;                                                                                       \
+    int32_t *I = out;                                                                              \
+    T best[POOL_BLOCK];                                                                            \
+    int64_t arg[POOL_BLOCK];                                                                       \
+    for (int64_t oy = 0; oy < g->oh; oy++)                                                         \
+      for (int64_t ox = 0; ox < g->ow; ox += POOL_BLOCK) {                                         \
+        int64_t n = g->ow - ox < POOL_BLOCK ? g->ow - ox : POOL_BLOCK;                             \
+        argmax_block_##SUF(a, g, oy, ox, n, best, arg);                                            \
+        for (int64_t k = 0; k < n; k++) {                                                          \
+          int64_t i = arg[k];                                                                      \
+          if (i < 0)                                                                               \
+            i = pool_first_tap(oy * g->sh - g->ph, g->dh) * g->iw +                                \
+                pool_first_tap((ox + k) * g->sw - g->pw, g->dw);                                   \
+          I[oy * g->ow + ox + k] = (int32_t)i;                                                     \
+        }                                                                                          \
       }                                                                                            \
   }                                                                                                \
   /* y = sum of the window / divisor */                                                            \
@@ -1021,4 +1048,146 @@ ad_tensor *ad_avg_pool3d(ad_ctx *ctx, ad_tensor *x, int64_t kd, int64_t kh, int6
   pool3d_geom g;
   if (!ctx || !pool3d_check(ctx, "avg_pool3d", x, kd, kh, kw, opts, false, &g)) return NULL;
   return pool3d_run(ctx, x, &g, false, opts ? opts : &none);
+}
+
+/* ------------------------------ max_pool2d_indices, max_pool3d_indices */
+
+/* The indices of PyTorch's max_pool2d / max_pool3d(return_indices=True):
+ * per window, the flat index in its (n, c) plane of the element the
+ * gradient goes to (the argmax above, so ties and NaN follow the same
+ * rule), as AD_I32 constants (no gradient). A window with no tap in the
+ * input (only with dilation) gets PyTorch's index, built from its first
+ * taps at or after 0 along each axis (which may lie outside the plane). */
+
+/* Whether every index of a pooling with planes of the given lengths (and
+ * the geometry's padding and dilation, n axes) fits an int32; records the
+ * error naming fn otherwise. */
+static bool pool_indices_fit(ad_ctx *ctx, const char *fn, const ad_tensor *x, int n,
+                             const int64_t *len, const int64_t *pad, const int64_t *dil) {
+  /* the largest in-plane index, and a bound on the first taps of an empty
+   * window: below max(len + pad, dil) along each axis */
+  double plane = 1, empty = 0;
+  bool dilated = false;
+  for (int a = 0; a < n; a++) {
+    plane *= (double)len[a];
+    dilated = dilated || dil[a] > 1;
+    double m = (double)(len[a] + pad[a] > dil[a] ? len[a] + pad[a] : dil[a]);
+    empty = empty * (double)len[a] + m;
+  }
+  if (plane - 1 <= (double)INT32_MAX && (!dilated || empty <= (double)INT32_MAX)) return true;
+  char s[64];
+  ad_set_error(ctx, AD_ERR_SHAPE,
+               "%s: input %s: an index into a plane of %.0f elements would not fit the int32 "
+               "indices (at most 2^31 - 1)",
+               fn, ad_shape_str(x, s, sizeof s), plane);
+  return false;
+}
+
+/* The indices of a 2-D max pooling of x with the attributes at; the
+ * checks and messages are max_pool2d's, naming fn. */
+static ad_tensor *pool2d_indices(ad_ctx *ctx, const char *fn, ad_tensor *x, const ad_attrs *at) {
+  if (!ad_arg_ok(ctx, fn, "input", x)) return NULL;
+  ad_tensor *in[1] = {x};
+  if (ad_check_float_same(ctx, fn, 1, in) != AD_OK) return NULL;
+  ad_call c = {.ctx = ctx, .name = fn, .n = 1, .in = in, .attrs = at};
+  pool_geom g;
+  if (pool_geom_of(&c, x, "input", &g) != AD_OK) return NULL;
+  int64_t len[2] = {g.ih, g.iw}, pad[2] = {g.ph, g.pw}, dil[2] = {g.dh, g.dw};
+  if (!pool_indices_fit(ctx, fn, x, 2, len, pad, dil)) return NULL;
+  int64_t shape[AD_MAX_DIMS];
+  memcpy(shape, x->shape, sizeof(int64_t) * (size_t)x->ndim);
+  shape[x->ndim - 2] = g.oh;
+  shape[x->ndim - 1] = g.ow;
+  ad_tensor *out = ad_tmp_new(ctx, AD_I32, x->ndim, shape);
+  if (!out) return NULL;
+  size_t es = ad_dsize(x->dtype);
+  pool_job j = {
+      .g = g,
+      .f = x->dtype == AD_F32 ? argmax_plane_f32 : argmax_plane_f64,
+      .a = x->data,
+      .out = out->data,
+      .asz = (size_t)(g.ih * g.iw) * es,
+      .osz = (size_t)(g.oh * g.ow) * sizeof(int32_t),
+  };
+  double work = (double)g.oh * (double)g.ow * (double)g.kh * (double)g.kw;
+  int64_t grain = work >= POOL_GRAIN ? 1 : POOL_GRAIN / (work >= 1 ? (int64_t)work : 1);
+  ad_parallel_for(g.planes, grain, pool_range, &j);
+  return out;
+}
+
+ad_tensor *ad_max_pool2d_indices(ad_ctx *ctx, ad_tensor *x, int64_t kh, int64_t kw,
+                                 const ad_pool2d_opts *opts) {
+  if (!ctx) return NULL;
+  ad_attrs at = pool_attrs(kh, kw, opts);
+  return pool2d_indices(ctx, "max_pool2d_indices", x, &at);
+}
+
+/* Whether window o along an axis (kernel k, stride s, padding p, dilation
+ * d, length n) has no tap in the input. */
+static bool pool_window_empty(int64_t o, int64_t k, int64_t s, int64_t p, int64_t d, int64_t n) {
+  int64_t lo, hi;
+  pool_taps(o * s - p, k, d, n, &lo, &hi);
+  return lo >= hi;
+}
+
+/* The two stages of pool3d_run on a detached x: the (h, w) argmax of every
+ * depth slice, then the depth argmax of the slices' maxima; the index is
+ * the chosen slice's d times H W plus its (h, w) index. */
+ad_tensor *ad_max_pool3d_indices(ad_ctx *ctx, ad_tensor *x, int64_t kd, int64_t kh, int64_t kw,
+                                 const ad_pool3d_opts *opts) {
+  static const ad_pool3d_opts none;
+  const char *fn = "max_pool3d_indices";
+  pool3d_geom g;
+  if (!ctx || !pool3d_check(ctx, fn, x, kd, kh, kw, opts, true, &g)) return NULL;
+  if (!opts) opts = &none;
+  if (!pool_indices_fit(ctx, fn, x, 3, g.in, g.p, g.d)) return NULL;
+  int nd = x->ndim;
+  int64_t planes = ad_shape_size(nd - 3, x->shape), m = g.out[1] * g.out[2];
+  int64_t s1[3] = {planes * g.in[0], g.in[1], g.in[2]};
+  ad_pool2d_opts hw = {.stride = {g.s[1], g.s[2]},
+                       .padding = {g.p[1], g.p[2]},
+                       .dilation = {g.d[1], g.d[2]},
+                       .ceil_mode = opts->ceil_mode};
+  ad_attrs a1 = pool_attrs(g.k[1], g.k[2], &hw);
+  ad_tensor *xs = ad_reshape(ctx, ad_detach(ctx, x), 3, s1);
+  ad_tensor *i1 = xs ? pool2d_indices(ctx, fn, xs, &a1) : NULL;
+  ad_tensor *y1 = i1 ? ad_max_pool2d(ctx, xs, g.k[1], g.k[2], &hw) : NULL;
+  if (!y1) return NULL;
+  int64_t s2[3] = {planes, g.in[0], m};
+  ad_pool2d_opts dd = {.stride = {g.s[0], 1},
+                       .padding = {g.p[0], 0},
+                       .dilation = {g.d[0], 1},
+                       .ceil_mode = opts->ceil_mode};
+  ad_attrs a2 = pool_attrs(g.k[0], 1, &dd);
+  ad_tensor *y2 = ad_reshape(ctx, y1, 3, s2);
+  ad_tensor *i2 = y2 ? pool2d_indices(ctx, fn, y2, &a2) : NULL;
+  int64_t so[AD_MAX_DIMS];
+  memcpy(so, x->shape, sizeof(int64_t) * (size_t)nd);
+  for (int a = 0; a < 3; a++) so[nd - 3 + a] = g.out[a];
+  ad_tensor *out = i2 ? ad_tmp_new(ctx, AD_I32, nd, so) : NULL;
+  if (!out) return NULL;
+  const int32_t *I1 = i1->data, *I2 = i2->data;
+  int32_t *O = out->data;
+  int64_t hwin = g.in[1] * g.in[2];
+  for (int64_t p = 0; p < planes; p++)
+    for (int64_t od = 0; od < g.out[0]; od++) {
+      bool ed = pool_window_empty(od, g.k[0], g.s[0], g.p[0], g.d[0], g.in[0]);
+      for (int64_t oh = 0; oh < g.out[1]; oh++) {
+        bool eh = pool_window_empty(oh, g.k[1], g.s[1], g.p[1], g.d[1], g.in[1]);
+        for (int64_t ow = 0; ow < g.out[2]; ow++) {
+          int64_t j = oh * g.out[2] + ow, i;
+          if (ed || eh || pool_window_empty(ow, g.k[2], g.s[2], g.p[2], g.d[2], g.in[2])) {
+            i = (pool_first_tap(od * g.s[0] - g.p[0], g.d[0]) * g.in[1] +
+                 pool_first_tap(oh * g.s[1] - g.p[1], g.d[1])) *
+                    g.in[2] +
+                pool_first_tap(ow * g.s[2] - g.p[2], g.d[2]);
+          } else {
+            int64_t dsel = I2[(p * g.out[0] + od) * m + j] / m;
+            i = dsel * hwin + I1[(p * g.in[0] + dsel) * m + j];
+          }
+          O[(p * g.out[0] + od) * m + j] = (int32_t)i;
+        }
+      }
+    }
+  return out;
 }

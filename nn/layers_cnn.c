@@ -288,6 +288,12 @@ static void pool_describe(const nn_layer *l, nn_text *t) {
 
 static const nn_layer_ops pool_ops = {pool_forward, pool_free, pool_describe};
 
+ad_tensor *nn_pool2d_layer_indices(nn_layer *l, ad_tensor *x, bool *mine) {
+  const pool_state *s = nn_layer_runs(l, &pool_ops) ? nn_layer_state(l) : NULL;
+  *mine = s && s->kind == POOL_MAX;
+  return *mine ? ad_max_pool2d_indices(nn_layer_ctx(l), x, s->kh, s->kw, &s->o) : NULL;
+}
+
 static nn_layer *pool_new(ad_ctx *ctx, pool_kind kind, const char *name, int64_t kh, int64_t kw,
                           const ad_pool2d_opts *opts) {
   if (!ctx) return NULL;

@@ -334,15 +334,16 @@ ad_tensor *nn_adaptive_avg2d(ad_ctx *ctx, ad_tensor *x, int64_t oh, int64_t ow) 
 /* Adaptive max pooling of the last two axes of x (3-D or 4-D) to oh x ow:
  * ad_max_pool2d with kernel = stride = the window, on x itself when n
  * divides the length of each axis, else on the windows laid out evenly. */
-static ad_tensor *adaptive_max2d(ad_ctx *ctx, ad_tensor *x, int64_t oh, int64_t ow) {
+ad_tensor *nn_adaptive_max2d(ad_ctx *ctx, ad_tensor *x, int64_t oh, int64_t ow) {
   int64_t n[2] = {oh, ow}, k[2];
   ad_tensor *y = adaptive_layout(ctx, x, n, k);
   return y ? ad_max_pool2d(ctx, y, k[0], k[1], NULL) : NULL;
 }
 
-static ad_tensor *pool1d_forward(nn_layer *l, ad_tensor *x, bool training) {
-  (void)training;
-  pool1d_state *s = nn_layer_state(l);
+/* The checks of the forward that name the layer: x's rank, dtype and
+ * pooled axes. */
+static bool pool1d_input_ok(nn_layer *l, const ad_tensor *x) {
+  const pool1d_state *s = nn_layer_state(l);
   ad_ctx *ctx = nn_layer_ctx(l);
   char who[96], a[64];
   bool two = s->kind == POOL2D_ADAPTIVE || s->kind == POOL2D_ADAPTIVE_MAX;
@@ -351,18 +352,28 @@ static ad_tensor *pool1d_forward(nn_layer *l, ad_tensor *x, bool training) {
     nn_layer_who(l, who, sizeof who);
     ad_set_error(ctx, AD_ERR_SHAPE, "%s: input %s must be %s", who, ad_shape_str(x, a, sizeof a),
                  two ? "[N, C, H, W] or [C, H, W]" : "[N, C, L] or [C, L]");
-    return NULL;
+    return false;
   }
-  if (!nn_layer_float_input(l, x)) return NULL;
+  if (!nn_layer_float_input(l, x)) return false;
   for (int d = x->ndim - (two ? 2 : 1); d < x->ndim; d++) /* N and C may be 0 */
     if (x->shape[d] == 0) {
       nn_layer_who(l, who, sizeof who);
       ad_set_error(ctx, AD_ERR_SHAPE, "%s: input %s has an empty %s", who,
                    ad_shape_str(x, a, sizeof a), two ? "H or W" : "L");
-      return NULL;
+      return false;
     }
+  return true;
+}
+
+static ad_tensor *pool1d_forward(nn_layer *l, ad_tensor *x, bool training) {
+  (void)training;
+  pool1d_state *s = nn_layer_state(l);
+  ad_ctx *ctx = nn_layer_ctx(l);
+  char a[64];
+  bool two = s->kind == POOL2D_ADAPTIVE || s->kind == POOL2D_ADAPTIVE_MAX;
+  if (!pool1d_input_ok(l, x)) return NULL;
   if (s->kind == POOL2D_ADAPTIVE) return nn_adaptive_avg2d(ctx, x, s->oh, s->ow);
-  if (two) return adaptive_max2d(ctx, x, s->oh, s->ow);
+  if (two) return nn_adaptive_max2d(ctx, x, s->oh, s->ow);
   /* the 4-D (3-D unbatched) view with H = 1 */
   int64_t v[4], len = x->shape[x->ndim - 1];
   for (int d = 0; d < x->ndim - 1; d++) v[d] = x->shape[d];
@@ -379,7 +390,7 @@ static ad_tensor *pool1d_forward(nn_layer *l, ad_tensor *x, bool training) {
     y = ad_avg_pool2d(ctx, xv, 1, s->k, &s->o);
     break;
   case POOL1D_ADAPTIVE_MAX:
-    y = adaptive_max2d(ctx, xv, 1, s->ow);
+    y = nn_adaptive_max2d(ctx, xv, 1, s->ow);
     break;
   default:
     y = nn_adaptive_avg2d(ctx, xv, 1, s->ow);
@@ -393,6 +404,89 @@ static ad_tensor *pool1d_forward(nn_layer *l, ad_tensor *x, bool training) {
   for (int d = 0; d < x->ndim - 1; d++) ys[d] = y->shape[d];
   ys[x->ndim - 1] = y->shape[x->ndim];
   return ad_reshape(ctx, y, x->ndim, ys);
+}
+
+ad_tensor *nn_adaptive_max_indices(ad_ctx *ctx, ad_tensor *x, int nax, const int64_t *n) {
+  int nd = x->ndim;
+  int64_t planes = 1, len[3], shape[AD_MAX_DIMS], outs = 1, ins = 1;
+  for (int d = 0; d < nd - nax; d++) planes *= x->shape[d];
+  memcpy(shape, x->shape, sizeof(int64_t) * (size_t)nd);
+  for (int a = 0; a < nax; a++) {
+    len[a] = x->shape[nd - nax + a];
+    shape[nd - nax + a] = n[a];
+    outs *= n[a];
+    ins *= len[a];
+  }
+  if (ins - 1 > I32_MAX) {
+    char s[64];
+    ad_set_error(ctx, AD_ERR_SHAPE,
+                 "input %s: an index into a plane of %lld elements would not fit the int32 "
+                 "indices (at most 2^31 - 1)",
+                 ad_shape_str(x, s, sizeof s), (long long)ins);
+    return NULL;
+  }
+  ad_tensor *out = nn_tmp_tensor(ctx, AD_I32, nd, shape);
+  if (!out) return NULL;
+  int32_t *O = out->data;
+  /* up to three axes: the missing leading ones have length 1, one window */
+  int64_t L[3] = {1, 1, 1}, N[3] = {1, 1, 1};
+  for (int a = 0; a < nax; a++) L[3 - nax + a] = len[a], N[3 - nax + a] = n[a];
+  bool f32 = x->dtype == AD_F32;
+  for (int64_t p = 0; p < planes; p++) {
+    const char *base = (const char *)x->data + (size_t)(p * ins) * (f32 ? 4 : 8);
+    for (int64_t o = 0; o < outs; o++) {
+      int64_t i[3] = {o / (N[1] * N[2]), o / N[2] % N[1], o % N[2]}, lo[3], hi[3];
+      for (int a = 0; a < 3; a++) {
+        lo[a] = window_start(i[a], L[a], N[a]);
+        hi[a] = L[a] - window_start(N[a] - 1 - i[a], L[a], N[a]);
+      }
+      /* PyTorch's: the first element, then any above the best or a NaN */
+      int64_t arg = (lo[0] * L[1] + lo[1]) * L[2] + lo[2];
+      double best = -INFINITY;
+      for (int64_t u = lo[0]; u < hi[0]; u++)
+        for (int64_t v = lo[1]; v < hi[1]; v++)
+          for (int64_t w = lo[2]; w < hi[2]; w++) {
+            int64_t k = (u * L[1] + v) * L[2] + w;
+            double val = f32 ? (double)((const float *)base)[k] : ((const double *)base)[k];
+            if (val > best || isnan(val)) best = val, arg = k;
+          }
+      O[p * outs + o] = (int32_t)arg;
+    }
+  }
+  return out;
+}
+
+static const nn_layer_ops pool1d_ops;
+
+ad_tensor *nn_pool1d_layer_indices(nn_layer *l, ad_tensor *x, bool *mine) {
+  const pool1d_state *s = nn_layer_runs(l, &pool1d_ops) ? nn_layer_state(l) : NULL;
+  *mine = s && (s->kind == POOL1D_MAX || s->kind == POOL1D_ADAPTIVE_MAX ||
+                s->kind == POOL2D_ADAPTIVE_MAX);
+  if (!*mine || !pool1d_input_ok(l, x)) return NULL;
+  ad_ctx *ctx = nn_layer_ctx(l);
+  if (s->kind != POOL1D_MAX) {
+    int64_t n[2] = {s->oh, s->ow};
+    return s->kind == POOL2D_ADAPTIVE_MAX ? nn_adaptive_max_indices(ctx, x, 2, n)
+                                          : nn_adaptive_max_indices(ctx, x, 1, n + 1);
+  }
+  /* max_pool2d_indices on the [N, C, 1, L] view: h = 0, so the index is l */
+  int64_t v[4], len = x->shape[x->ndim - 1];
+  for (int d = 0; d < x->ndim - 1; d++) v[d] = x->shape[d];
+  v[x->ndim - 1] = 1;
+  v[x->ndim] = len;
+  char a[64];
+  ad_tensor *xv = ad_reshape(ctx, ad_detach(ctx, x), x->ndim + 1, v);
+  ad_tensor *iv = xv ? ad_max_pool2d_indices(ctx, xv, 1, s->k, &s->o) : NULL;
+  if (!iv) {
+    if (xv) view_error(ctx, x, ad_shape_str(xv, a, sizeof a));
+    return NULL;
+  }
+  int64_t ys[3];
+  for (int d = 0; d < x->ndim - 1; d++) ys[d] = iv->shape[d];
+  ys[x->ndim - 1] = iv->shape[x->ndim];
+  ad_tensor *y = nn_tmp_tensor(ctx, AD_I32, x->ndim, ys);
+  if (y) memcpy(y->data, iv->data, sizeof(int32_t) * (size_t)iv->size);
+  return y;
 }
 
 static void pool1d_free(nn_layer *l) {

@@ -1,8 +1,9 @@
-/* layers_pool3d.c: PyTorch's nn.MaxPool3d, nn.AvgPool3d and
- * nn.AdaptiveAvgPool3d over [N, C, D, H, W] or unbatched [C, D, H, W].
- * Composites of public ops (ad_max_pool3d, ad_avg_pool3d, and for the
- * adaptive one nn_adaptive_avg2d twice: over (H, W) of every depth slice,
- * then over D of the [planes, D, oh ow] view), so every gradient is the
+/* layers_pool3d.c: PyTorch's nn.MaxPool3d, nn.AvgPool3d,
+ * nn.AdaptiveAvgPool3d and nn.AdaptiveMaxPool3d over [N, C, D, H, W] or
+ * unbatched [C, D, H, W]. Composites of public ops (ad_max_pool3d,
+ * ad_avg_pool3d, and for the adaptive ones nn_adaptive_avg2d or
+ * nn_adaptive_max2d twice: over (H, W) of every depth slice, then over D
+ * of the [planes, D, oh ow] view), so every gradient is the
  * tape's, differentiable to any order. This file holds the options, the
  * checks that PyTorch's constructors make and the reprs. */
 #include "nn_internal.h"
@@ -10,7 +11,12 @@
 /* The ops' limit on kernel, stride and dilation (2^30). */
 #define POOL3D_MAX_SIZE (INT64_C(1) << 30)
 
-typedef enum pool3d_kind { POOL3D_MAX, POOL3D_AVG, POOL3D_ADAPTIVE } pool3d_kind;
+typedef enum pool3d_kind {
+  POOL3D_MAX,
+  POOL3D_AVG,
+  POOL3D_ADAPTIVE,
+  POOL3D_ADAPTIVE_MAX
+} pool3d_kind;
 
 typedef struct pool3d_state {
   pool3d_kind kind;
@@ -18,12 +24,8 @@ typedef struct pool3d_state {
   ad_pool3d_opts o;
 } pool3d_state;
 
-/* Adaptive average pooling of the last three axes of x to k[0] x k[1] x
- * k[2]: PyTorch's windows along each axis (floor(i L / n) to ceil((i + 1)
- * L / n)), axis by axis, which is the same mean as PyTorch's over the box
- * (the box's count is the product of the axes' counts). */
-static ad_tensor *adaptive3d(nn_layer *l, ad_tensor *x) {
-  const pool3d_state *s = nn_layer_state(l);
+/* The checks of the adaptive layers' forward, naming the layer. */
+static bool adaptive3d_input_ok(nn_layer *l, const ad_tensor *x) {
   ad_ctx *ctx = nn_layer_ctx(l);
   char who[96], a[64];
   int nd = x->ndim;
@@ -31,24 +33,41 @@ static ad_tensor *adaptive3d(nn_layer *l, ad_tensor *x) {
     nn_layer_who(l, who, sizeof who);
     ad_set_error(ctx, AD_ERR_SHAPE, "%s: input %s must be [N, C, D, H, W] or [C, D, H, W]", who,
                  ad_shape_str(x, a, sizeof a));
-    return NULL;
+    return false;
   }
-  if (!nn_layer_float_input(l, x)) return NULL;
+  if (!nn_layer_float_input(l, x)) return false;
   for (int d = 1; d < nd; d++) /* PyTorch: only the first dim may be 0 */
     if (x->shape[d] == 0) {
       nn_layer_who(l, who, sizeof who);
       ad_set_error(ctx, AD_ERR_SHAPE, "%s: input %s has an empty dim %d (only dim 0 may be 0)", who,
                    ad_shape_str(x, a, sizeof a), d);
-      return NULL;
+      return false;
     }
+  return true;
+}
+
+/* Adaptive average (or max) pooling of the last three axes of x to k[0] x
+ * k[1] x k[2]: PyTorch's windows along each axis (floor(i L / n) to
+ * ceil((i + 1) L / n)), axis by axis, which is the same mean as PyTorch's
+ * over the box (the box's count is the product of the axes' counts), and
+ * the same maximum: the first stage picks each slice's first maximum in
+ * (h, w) order (or its last NaN), the second the first slice holding the
+ * box's maximum (or the last holding a NaN), so the gradient goes to
+ * PyTorch's argmax, the first maximum (or last NaN) in (d, h, w) order. */
+static ad_tensor *adaptive3d(nn_layer *l, ad_tensor *x) {
+  const pool3d_state *s = nn_layer_state(l);
+  ad_ctx *ctx = nn_layer_ctx(l);
+  if (!adaptive3d_input_ok(l, x)) return NULL;
+  int nd = x->ndim;
+  bool max = s->kind == POOL3D_ADAPTIVE_MAX;
   int64_t planes = 1, din = x->shape[nd - 3];
   for (int d = 0; d < nd - 3; d++) planes *= x->shape[d];
   int64_t s1[3] = {planes * din, x->shape[nd - 2], x->shape[nd - 1]};
   int64_t s2[3] = {planes, din, s->k[1] * s->k[2]}, so[5];
   ad_tensor *y = ad_reshape(ctx, x, 3, s1);
-  if (y) y = nn_adaptive_avg2d(ctx, y, s->k[1], s->k[2]);
+  if (y) y = (max ? nn_adaptive_max2d : nn_adaptive_avg2d)(ctx, y, s->k[1], s->k[2]);
   if (y) y = ad_reshape(ctx, y, 3, s2);
-  if (y) y = nn_adaptive_avg2d(ctx, y, s->k[0], s2[2]);
+  if (y) y = (max ? nn_adaptive_max2d : nn_adaptive_avg2d)(ctx, y, s->k[0], s2[2]);
   if (!y) return NULL;
   for (int d = 0; d < nd - 3; d++) so[d] = x->shape[d];
   for (int d = 0; d < 3; d++) so[nd - 3 + d] = s->k[d];
@@ -65,6 +84,7 @@ static ad_tensor *pool3d_forward(nn_layer *l, ad_tensor *x, bool training) {
   case POOL3D_AVG:
     return ad_avg_pool3d(ctx, x, s->k[0], s->k[1], s->k[2], &s->o);
   case POOL3D_ADAPTIVE:
+  case POOL3D_ADAPTIVE_MAX:
     break;
   }
   return adaptive3d(l, x);
@@ -91,7 +111,7 @@ static void pool3d_triple(nn_text *t, const char *name, const int64_t *v, int64_
 static void pool3d_describe(const nn_layer *l, nn_text *t) {
   const pool3d_state *s = nn_layer_state(l);
   const ad_pool3d_opts *o = &s->o;
-  if (s->kind == POOL3D_ADAPTIVE) {
+  if (s->kind == POOL3D_ADAPTIVE || s->kind == POOL3D_ADAPTIVE_MAX) {
     pool3d_triple(t, "output_size", s->k, 0);
     return;
   }
@@ -112,6 +132,15 @@ static void pool3d_describe(const nn_layer *l, nn_text *t) {
 }
 
 static const nn_layer_ops pool3d_ops = {pool3d_forward, pool3d_free, pool3d_describe};
+
+ad_tensor *nn_pool3d_layer_indices(nn_layer *l, ad_tensor *x, bool *mine) {
+  const pool3d_state *s = nn_layer_runs(l, &pool3d_ops) ? nn_layer_state(l) : NULL;
+  *mine = s && (s->kind == POOL3D_MAX || s->kind == POOL3D_ADAPTIVE_MAX);
+  if (!*mine) return NULL;
+  if (s->kind == POOL3D_MAX)
+    return ad_max_pool3d_indices(nn_layer_ctx(l), x, s->k[0], s->k[1], s->k[2], &s->o);
+  return adaptive3d_input_ok(l, x) ? nn_adaptive_max_indices(nn_layer_ctx(l), x, 3, s->k) : NULL;
+}
 
 static nn_layer *pool3d_new(ad_ctx *ctx, pool3d_kind kind, int64_t kd, int64_t kh, int64_t kw,
                             const ad_pool3d_opts *opts) {
@@ -159,16 +188,24 @@ nn_layer *nn_avg_pool3d_new(ad_ctx *ctx, int64_t kd, int64_t kh, int64_t kw,
   return pool3d_new(ctx, POOL3D_AVG, kd, kh, kw, opts);
 }
 
-nn_layer *nn_adaptive_avg_pool3d_new(ad_ctx *ctx, int64_t od, int64_t oh, int64_t ow) {
+static nn_layer *adaptive3d_new(ad_ctx *ctx, pool3d_kind kind, int64_t od, int64_t oh, int64_t ow) {
   if (!ctx) return NULL;
+  const char *name = kind == POOL3D_ADAPTIVE ? "adaptive_avg_pool3d" : "adaptive_max_pool3d";
   if (od < 1 || oh < 1 || ow < 1 || od > POOL3D_MAX_SIZE || oh > POOL3D_MAX_SIZE ||
       ow > POOL3D_MAX_SIZE) {
     ad_set_error(ctx, AD_ERR_ARG,
-                 "adaptive_avg_pool3d: output size %lldx%lldx%lld must be in [1, 2^30] on each "
-                 "side",
+                 "%s: output size %lldx%lldx%lld must be in [1, 2^30] on each side", name,
                  (long long)od, (long long)oh, (long long)ow);
     return NULL;
   }
-  pool3d_state s = {.kind = POOL3D_ADAPTIVE, .k = {od, oh, ow}};
-  return nn_layer_new_copy(ctx, "adaptive_avg_pool3d", &pool3d_ops, &s, sizeof s);
+  pool3d_state s = {.kind = kind, .k = {od, oh, ow}};
+  return nn_layer_new_copy(ctx, name, &pool3d_ops, &s, sizeof s);
+}
+
+nn_layer *nn_adaptive_avg_pool3d_new(ad_ctx *ctx, int64_t od, int64_t oh, int64_t ow) {
+  return adaptive3d_new(ctx, POOL3D_ADAPTIVE, od, oh, ow);
+}
+
+nn_layer *nn_adaptive_max_pool3d_new(ad_ctx *ctx, int64_t od, int64_t oh, int64_t ow) {
+  return adaptive3d_new(ctx, POOL3D_ADAPTIVE_MAX, od, oh, ow);
 }

@@ -59,6 +59,22 @@ ad_tensor *nn_tmp_tensor(ad_ctx *ctx, ad_dtype dtype, int ndim, const int64_t *s
  * or 4-D, float, H and W >= 1) to oh x ow, PyTorch's windows, as a
  * composite of public ops; NULL on error. */
 ad_tensor *nn_adaptive_avg2d(ad_ctx *ctx, ad_tensor *x, int64_t oh, int64_t ow);
+/* Adaptive max pooling of the last two axes of x (3-D or 4-D) to oh x ow
+ * (layers_cnn1d.c), the composite of nn.AdaptiveMaxPool2d. */
+ad_tensor *nn_adaptive_max2d(ad_ctx *ctx, ad_tensor *x, int64_t oh, int64_t ow);
+/* The indices of adaptive max pooling of the last nax (1..3) axes of a
+ * checked float x to n[0..nax-1] (PyTorch's return_indices=True): per
+ * window the flat index in its plane of the first maximum, or the last
+ * NaN, in row-major order; an AD_I32 arena tensor (layers_cnn1d.c). NULL
+ * with AD_ERR_SHAPE for a plane above 2^31 elements, or AD_ERR_OOM. */
+ad_tensor *nn_adaptive_max_indices(ad_ctx *ctx, ad_tensor *x, int nax, const int64_t *n);
+/* The indices of nn_max_pool_indices for a max pooling layer of
+ * layers_cnn.c, layers_cnn1d.c and layers_pool3d.c; *mine is false (and
+ * NULL returned, nothing recorded) when l is not one of the file's max
+ * pooling layers. x is checked (not NULL, live). */
+ad_tensor *nn_pool2d_layer_indices(nn_layer *l, ad_tensor *x, bool *mine);
+ad_tensor *nn_pool1d_layer_indices(nn_layer *l, ad_tensor *x, bool *mine);
+ad_tensor *nn_pool3d_layer_indices(nn_layer *l, ad_tensor *x, bool *mine);
 
 /* checkpoint.c: writes len bytes of buf to path as checkpoints are
  * written (a locked temporary file next to path, fsync, rename over path).

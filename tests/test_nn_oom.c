@@ -240,6 +240,12 @@ static ad_tensor *layer_fwd(world *w, nn_layer *l, ad_tensor *x, bool training) 
   if (!strcmp(k, "transformer_decoder_layer"))
     return nn_transformer_decoder_layer(l, x, w->t[2], &a);
   if (!strcmp(k, "transformer_decoder")) return nn_transformer_decoder(l, x, w->t[2], &a);
+  if (!strcmp(k, "adaptive_max_pool3d") && !nn_max_pool_indices(l, x)) return NULL;
+  if (!strcmp(k, "max_unpool2d")) { /* the indices of a 2x2 stride 1 pooling of w->t[2] */
+    ad_tensor *idx =
+        ad_max_pool2d_indices(w->c, w->t[2], 2, 2, &(ad_pool2d_opts){.stride = {1, 1}});
+    return idx ? nn_max_unpool_forward(l, x, idx, NULL) : NULL;
+  }
   if (!strcmp(k, "transformer")) /* src w->t[2], tgt x */
     return nn_transformer_forward(l, w->t[2], x, NULL, NULL, NULL, NULL, NULL, NULL, training);
   return nn_layer_forward(l, x, training);
@@ -319,6 +325,8 @@ enum {
   CONVT1D,
   XT,
   CONV3D_CIRCULAR,
+  AMAXPOOL3D,
+  UNPOOL2D,
   N_LAYERS
 };
 
@@ -384,7 +392,9 @@ static const char *layer_names[N_LAYERS] = {"dense",
                                             "conv_transpose3d",
                                             "conv_transpose1d",
                                             "transformer whole",
-                                            "conv3d circular"};
+                                            "conv3d circular",
+                                            "adaptive_max3d indices",
+                                            "max_unpool2d duplicates"};
 
 static bool build_only;
 
@@ -611,6 +621,15 @@ static ad_status run_layer(world *w) {
     w->l =
         nn_avg_pool3d_new(c, 2, 2, 2, &(ad_pool3d_opts){.ceil_mode = true, .divisor_override = 3});
     x = w->x = data(c, 5, (int64_t[5]){1, 2, 3, 4, 5}, 1);
+    break;
+  case AMAXPOOL3D: /* the indices, then gathers on each axis */
+    w->l = nn_adaptive_max_pool3d_new(c, 2, 3, 2);
+    x = w->x = data(c, 5, (int64_t[5]){1, 2, 3, 4, 5}, 1);
+    break;
+  case UNPOOL2D: /* the mask of overwritten inputs, the scatter */
+    w->l = nn_max_unpool2d_new(c, 2, 2, &(nn_max_unpool_opts){.stride = {1, 1}});
+    x = w->x = data(c, 4, s4, 1);
+    if (!(w->t[2] = data(c, 4, (int64_t[4]){2, 2, 6, 6}, 2))) return ad_last_status(c);
     break;
   case ADAPOOL3D: /* 3x4x5 -> 2x3x2: matrices on each axis */
     w->l = nn_adaptive_avg_pool3d_new(c, 2, 3, 2);

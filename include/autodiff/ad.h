@@ -1031,6 +1031,18 @@ typedef struct ad_pool2d_opts {
  * max_pool2d_select in docs/derivatives.md). */
 AD_API ad_tensor *ad_max_pool2d(ad_ctx *ctx, ad_tensor *x, int64_t kh, int64_t kw,
                                 const ad_pool2d_opts *opts);
+/** The indices of PyTorch's max_pool2d(..., return_indices=True): for each
+ * output of ad_max_pool2d(x, kh, kw, opts), the flat index (h W + w) in its
+ * (n, c) plane of the element its gradient goes to (the first maximum, or
+ * the last NaN, as above). A window with no element of the input gets
+ * PyTorch's index, h0 W + w0 from its first taps at or after 0 (possibly
+ * outside the plane). AD_I32 (PyTorch's are int64) and shaped like the
+ * pooling's output: a temporary of the tape (ad_tape_reset frees it) that
+ * no gradient flows through. Errors: ad_max_pool2d's, naming
+ * max_pool2d_indices, and AD_ERR_SHAPE when an index could exceed 2^31 - 1
+ * (a plane of more than 2^31 elements). */
+AD_API ad_tensor *ad_max_pool2d_indices(ad_ctx *ctx, ad_tensor *x, int64_t kh, int64_t kw,
+                                        const ad_pool2d_opts *opts);
 /** The mean of each kh x kw window; padding counts as 0. The divisor is the
  * window's size clipped to the padded input (so a partial ceil_mode window
  * divides by fewer), or with exclude_pad the number of its elements in the
@@ -1084,6 +1096,15 @@ typedef struct ad_pool3d_opts {
  * Overlapping windows add up. */
 AD_API ad_tensor *ad_max_pool3d(ad_ctx *ctx, ad_tensor *x, int64_t kd, int64_t kh, int64_t kw,
                                 const ad_pool3d_opts *opts);
+/** The indices of PyTorch's max_pool3d(..., return_indices=True): for each
+ * output of ad_max_pool3d, the flat index (d H W + h W + w) in its (n, c)
+ * volume of the element its gradient goes to (see above; a window with
+ * no element of the input gets PyTorch's index from its first taps at or
+ * after 0). AD_I32, shaped like the output, a temporary of the tape with
+ * no gradient. Errors: ad_max_pool3d's, naming max_pool3d_indices, and
+ * AD_ERR_SHAPE when an index could exceed 2^31 - 1. */
+AD_API ad_tensor *ad_max_pool3d_indices(ad_ctx *ctx, ad_tensor *x, int64_t kd, int64_t kh,
+                                        int64_t kw, const ad_pool3d_opts *opts);
 /** The mean of each kd x kh x kw window, PyTorch's avg_pool3d; padding
  * counts as 0. The divisor is divisor_override when set, else the window's
  * size clipped per axis to the padded input (a partial ceil_mode window

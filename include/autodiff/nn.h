@@ -900,8 +900,8 @@ NN_API nn_layer *nn_adaptive_avg_pool3d_new(ad_ctx *ctx, int64_t od, int64_t oh,
 /** Adaptive max pooling, PyTorch's nn.AdaptiveMaxPool1d(output_size)
  * ([N, C, L] or [C, L] to [N, C, output_size]) and
  * nn.AdaptiveMaxPool2d((oh, ow)) ([N, C, H, W] or [C, H, W] to [N, C, oh,
- * ow]), without return_indices. The windows are adaptive average
- * pooling's (above): output i of an axis of length L pooled to n is the
+ * ow]) (return_indices: nn_max_pool_indices). The windows are adaptive
+ * average pooling's (above): output i of an axis of length L pooled to n is the
  * maximum of x[floor(i L / n), ceil((i + 1) L / n)). The gradient goes to
  * each window's first maximum in row-major order or, if the window holds
  * a NaN (its value is then NaN), to its last NaN, as PyTorch's; windows
@@ -917,6 +917,82 @@ NN_API nn_layer *nn_adaptive_avg_pool3d_new(ad_ctx *ctx, int64_t od, int64_t oh,
 NN_API nn_layer *nn_adaptive_max_pool1d_new(ad_ctx *ctx, int64_t output_size);
 NN_API nn_layer *nn_adaptive_max_pool2d_new(ad_ctx *ctx, int64_t oh, int64_t ow);
 /** @} */
+
+/** Adaptive max pooling over the last three dims, PyTorch's
+ * nn.AdaptiveMaxPool3d((od, oh, ow)): [N, C, D, H, W] or [C, D, H, W] to
+ * [..., od, oh, ow], output i of an axis of length L pooled to n the
+ * maximum over x[floor(i L / n), ceil((i + 1) L / n)) (the windows of
+ * nn_adaptive_avg_pool3d_new). The gradient goes to the first maximum in
+ * (d, h, w) order or, in a window holding a NaN (whose value is then NaN),
+ * to its last NaN, as PyTorch's; overlapping windows add up. A composite:
+ * nn.AdaptiveMaxPool2d's way over (H, W) of every depth slice, then over
+ * D, so differentiable to any order. No parameters. Returns the layer
+ * (kind "adaptive_max_pool3d"), or NULL with AD_ERR_ARG (an output size
+ * outside [1, 2^30]) or AD_ERR_OOM. The forward refuses an input of
+ * another rank or with an empty dim after the first (AD_ERR_SHAPE) or not
+ * float (AD_ERR_DTYPE), naming the layer and the shape. */
+NN_API nn_layer *nn_adaptive_max_pool3d_new(ad_ctx *ctx, int64_t od, int64_t oh, int64_t ow);
+
+/** The indices PyTorch's max pooling returns with return_indices=True, for
+ * a max pooling layer l (nn_max_pool1d_new, nn_max_pool2d_new,
+ * nn_max_pool3d_new, nn_adaptive_max_pool1d/2d/3d_new) and the input x its
+ * forward takes: for each output, the flat index in its (n, c) plane (l,
+ * h W + w or d H W + h W + w) of the element the output's gradient goes
+ * to (the first maximum in row-major window order, or the last NaN). Shaped
+ * like the layer's output, AD_I32 (PyTorch's are int64): a temporary of
+ * the tape that no gradient flows through (ad_max_pool2d_indices and
+ * ad_max_pool3d_indices for the non-adaptive layers). Returns NULL for a
+ * NULL l; NULL with AD_ERR_NULL / AD_ERR_STATE / AD_ERR_ARG for a NULL,
+ * freed or foreign x, AD_ERR_ARG when l is not a max pooling layer, the
+ * forward's errors for a bad x, and AD_ERR_SHAPE for a plane of more than
+ * 2^31 - 1 elements (the int32 limit). */
+NN_API ad_tensor *nn_max_pool_indices(nn_layer *l, ad_tensor *x);
+
+/** Options of a MaxUnpool1d/2d/3d layer, per spatial axis (1-D: [0]; 2-D:
+ * h, w; 3-D: d, h, w). All-zero means PyTorch's defaults. */
+typedef struct nn_max_unpool_opts {
+  int64_t stride[3];  /**< 0: the kernel's */
+  int64_t padding[3]; /**< >= 0 */
+} nn_max_unpool_opts;
+
+/** PyTorch's nn.MaxUnpool1d(kernel_size), MaxUnpool2d((kh, kw)) and
+ * MaxUnpool3d((kd, kh, kw)) with stride (default the kernel) and padding
+ * from opts (may be NULL): the partial inverse of max pooling. No
+ * parameters. Returns the layer (kinds "max_unpool1d", "max_unpool2d",
+ * "max_unpool3d") or NULL with AD_ERR_ARG (a kernel or stride outside [1,
+ * 2^30], 0 meaning the default stride, a padding outside [0, 2^30]) or
+ * AD_ERR_OOM. nn_layer_forward refuses to run it (AD_ERR_ARG: the indices
+ * are needed); call nn_max_unpool_forward. @{ */
+NN_API nn_layer *nn_max_unpool1d_new(ad_ctx *ctx, int64_t kernel_size,
+                                     const nn_max_unpool_opts *opts);
+NN_API nn_layer *nn_max_unpool2d_new(ad_ctx *ctx, int64_t kh, int64_t kw,
+                                     const nn_max_unpool_opts *opts);
+NN_API nn_layer *nn_max_unpool3d_new(ad_ctx *ctx, int64_t kd, int64_t kh, int64_t kw,
+                                     const nn_max_unpool_opts *opts);
+/** @} */
+
+/** MaxUnpool's forward(input, indices, output_size), F.max_unpool1d/2d/3d:
+ * x [N, C, *in] (or unbatched [C, *in]), float, and indices (AD_I32, x's
+ * shape; nn_max_pool_indices gives them) to y [N, C, *out], zeros but for
+ * y's plane element indices[i] = x[i]. out is output_size (NULL: PyTorch's
+ * default (in - 1) stride - 2 padding + kernel per axis), which holds the
+ * spatial lengths only (1, 2 or 3 of them, not PyTorch's optional N, C
+ * prefix) and, as PyTorch checks, each strictly within a stride of the
+ * default. Where several inputs of a plane name one element, the last
+ * one's value is kept, as PyTorch's CPU kernel. A composite (ad_where,
+ * ad_index_add), differentiable to any order: x's gradient is y's read at
+ * the indices; an input overwritten by a later one of its plane gets 0
+ * (PyTorch's backward gives it y's gradient at its index too). Returns the
+ * output, a temporary of the tape, or NULL: for a NULL l; AD_ERR_ARG when
+ * l is not a max unpooling layer or an index is outside [0, plane size)
+ * (naming it, as PyTorch refuses); AD_ERR_NULL / AD_ERR_STATE / AD_ERR_ARG
+ * for a NULL, freed or foreign x or indices; AD_ERR_SHAPE for x of the
+ * wrong rank or with an empty dim other than N, indices of another shape,
+ * a bad output_size or an output length < 1, an output of more than 2^31
+ * - 1 elements in all (the int32 scatter); AD_ERR_DTYPE for x not float or
+ * indices not AD_I32; AD_ERR_OOM. */
+NN_API ad_tensor *nn_max_unpool_forward(nn_layer *l, ad_tensor *x, ad_tensor *indices,
+                                        const int64_t *output_size);
 
 /* Resampling, padding and channel-dropout layers for image models
  * (layers_resample.c): composites of public ops (ad_index_select,
