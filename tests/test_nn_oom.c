@@ -327,6 +327,7 @@ enum {
   CONV3D_CIRCULAR,
   AMAXPOOL3D,
   UNPOOL2D,
+  LPPOOL2D,
   N_LAYERS
 };
 
@@ -394,7 +395,8 @@ static const char *layer_names[N_LAYERS] = {"dense",
                                             "transformer whole",
                                             "conv3d circular",
                                             "adaptive_max3d indices",
-                                            "max_unpool2d duplicates"};
+                                            "max_unpool2d duplicates",
+                                            "lp_pool2d"};
 
 static bool build_only;
 
@@ -630,6 +632,10 @@ static ad_status run_layer(world *w) {
     w->l = nn_max_unpool2d_new(c, 2, 2, &(nn_max_unpool_opts){.stride = {1, 1}});
     x = w->x = data(c, 4, s4, 1);
     if (!(w->t[2] = data(c, 4, (int64_t[4]){2, 2, 6, 6}, 2))) return ad_last_status(c);
+    break;
+  case LPPOOL2D: /* pow, average, sign, abs, relu, scale, pow */
+    w->l = nn_lp_pool2d_new(c, 2, 2, 2, &(nn_lp_pool_opts){.ceil_mode = true});
+    x = w->x = data(c, 4, s4, 1);
     break;
   case ADAPOOL3D: /* 3x4x5 -> 2x3x2: matrices on each axis */
     w->l = nn_adaptive_avg_pool3d_new(c, 2, 3, 2);

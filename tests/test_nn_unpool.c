@@ -1,12 +1,14 @@
 /* test_nn_unpool.c: the indices of max pooling (ad_max_pool2d_indices,
  * ad_max_pool3d_indices, nn_max_pool_indices: PyTorch's
- * return_indices=True), nn.AdaptiveMaxPool3d (nn_adaptive_max_pool3d_new)
- * and nn.MaxUnpool1d/2d/3d (nn_max_unpool*_new, nn_max_unpool_forward).
+ * return_indices=True), nn.AdaptiveMaxPool3d (nn_adaptive_max_pool3d_new),
+ * nn.MaxUnpool1d/2d/3d (nn_max_unpool*_new, nn_max_unpool_forward) and
+ * nn.LPPool1d/2d (nn_lp_pool1d_new, nn_lp_pool2d_new).
  * Values, indices and input gradients (of sum(y * gy)) against PyTorch
  * 1.13 in tests/unpool_fixtures.h, written by tools/gen_unpool_fixtures.py
  * (strides, padding, dilation, ceil_mode, unbatched inputs, windows with
  * no element of the input, ties, NaN and -inf; unpooling with output_size
- * and with duplicate indices): float64 to 1e-12, float32 to 1e-5. Also
+ * and with duplicate indices; LPPool's norm types, windows of zeros and
+ * negative sums): float64 to 1e-12, float32 to 1e-5. Also
  * first- and second-order derivatives against central differences, and
  * bad arguments and inputs. */
 #include "nn.h"
@@ -207,6 +209,43 @@ Test(unpool, pool_then_unpool_round_trip) {
   ad_tensor_free(x);
 }
 
+/* -------------------------------------------------------------- LPPool */
+
+#define N_LP ((int)(sizeof lp_cases / sizeof lp_cases[0]))
+
+static nn_layer *lp_layer(const lp_case *c) {
+  nn_lp_pool_opts o = {.stride = {c->s[0], c->s[1]}, .ceil_mode = c->ceil_mode};
+  return c->two ? nn_lp_pool2d_new(ctx, c->p, c->k[0], c->k[1], &o)
+                : nn_lp_pool1d_new(ctx, c->p, c->k[0], &o);
+}
+
+static void lp_cases_match(ad_dtype dt) {
+  char what[96];
+  double tol = dt == AD_F64 ? 1e-12 : 1e-5;
+  for (int k = 0; k < N_LP; k++) {
+    const lp_case *c = &lp_cases[k];
+    nn_layer *l = lp_layer(c);
+    cr_assert_not_null(l, "%s: %s", c->name, ad_last_error(ctx));
+    ad_tensor *x = tensor_of(dt, c->nd, c->shape, c->x);
+    ad_tensor_set_requires_grad(x, true);
+    ad_tensor *y = nn_layer_forward(l, x, true);
+    snprintf(what, sizeof what, "%s %s y", c->name, ad_dtype_name(dt));
+    expect_close(y, dt == AD_F64 ? c->y : c->y32, c->ny, tol, what);
+    cr_assert_eq(y->ndim, c->nd, "%s", what);
+    ad_tensor *g = tensor_of(dt, y->ndim, y->shape, c->gy);
+    cr_assert_eq(ad_backward(ctx, ad_sum(ctx, ad_mul(ctx, y, g)), NULL), AD_OK, "%s",
+                 ad_last_error(ctx));
+    snprintf(what, sizeof what, "%s %s dx", c->name, ad_dtype_name(dt));
+    expect_close(x->grad, dt == AD_F64 ? c->dx : c->dx32, c->nx, tol, what);
+    ad_tape_reset(ctx);
+    ad_tensor_free(x), ad_tensor_free(g);
+    nn_layer_free(l);
+  }
+}
+
+Test(unpool, lp_pool_matches_pytorch_f64) { lp_cases_match(AD_F64); }
+Test(unpool, lp_pool_matches_pytorch_f32) { lp_cases_match(AD_F32); }
+
 /* ---------------------------------------------------------- derivatives */
 
 typedef struct unpool_ud {
@@ -268,6 +307,19 @@ Test(unpool, gradcheck_first_and_second_order) {
     checked++;
   }
   cr_assert_geq(checked, 4);
+  /* LPPool on positive inputs (away from the kinks of sign, abs and relu
+   * at 0 and the NaN of negative sums) */
+  for (int k = 0; k < N_LP; k++) {
+    const lp_case *c = &lp_cases[k];
+    nn_layer *l = lp_layer(c);
+    ad_rng rng;
+    ad_rng_seed(&rng, 21 + (uint64_t)k);
+    ad_tensor *x = ad_rand(ctx, &rng, AD_F64, c->nd, c->shape, 0.5, 2);
+    ad_tensor_set_requires_grad(x, true);
+    check_orders(run_layer, l, x, c->name);
+    ad_tensor_free(x);
+    nn_layer_free(l);
+  }
 }
 
 /* ------------------------------------------------------------- describe */
@@ -287,6 +339,12 @@ Test(unpool, describe_is_pytorch_repr) {
               "max_unpool2d(kernel_size=(3, 2), stride=(1, 2), padding=(1, 0))");
   expect_desc(nn_max_unpool3d_new(ctx, 2, 2, 2, NULL),
               "max_unpool3d(kernel_size=(2, 2, 2), stride=(2, 2, 2), padding=(0, 0, 0))");
+  expect_desc(nn_lp_pool2d_new(ctx, 2, 3, 3, NULL),
+              "lp_pool2d(norm_type=2, kernel_size=3, stride=None, ceil_mode=False)");
+  expect_desc(nn_lp_pool1d_new(ctx, 1.5, 3, &(nn_lp_pool_opts){.stride = {1}, .ceil_mode = true}),
+              "lp_pool1d(norm_type=1.5, kernel_size=3, stride=1, ceil_mode=True)");
+  expect_desc(nn_lp_pool2d_new(ctx, 2, 2, 3, &(nn_lp_pool_opts){.stride = {1, 2}}),
+              "lp_pool2d(norm_type=2, kernel_size=(2, 3), stride=(1, 2), ceil_mode=False)");
   expect_desc(nn_adaptive_max_pool3d_new(ctx, 2, 2, 2), "adaptive_max_pool3d(output_size=2)");
   expect_desc(nn_adaptive_max_pool3d_new(ctx, 1, 2, 3),
               "adaptive_max_pool3d(output_size=(1, 2, 3))");
@@ -427,6 +485,41 @@ Test(unpool, bad_indices_requests_are_refused) {
   ad_ctx_free(other);
   nn_layer_free(avg), nn_layer_free(mp), nn_layer_free(am), nn_layer_free(a3), nn_layer_free(m1);
   ad_tensor_free(x2), ad_tensor_free(xi), ad_tensor_free(x5);
+}
+
+Test(unpool, bad_lp_pool_arguments_and_inputs) {
+  cr_assert_null(nn_lp_pool2d_new(ctx, 0, 2, 2, NULL));
+  expect_status_msg(ctx, AD_ERR_ARG, "lp_pool2d: norm_type must be finite and not 0");
+  cr_assert_null(nn_lp_pool1d_new(ctx, INFINITY, 2, NULL));
+  expect_status_msg(ctx, AD_ERR_ARG, "lp_pool1d: norm_type must be finite");
+  cr_assert_null(nn_lp_pool1d_new(ctx, NAN, 2, NULL));
+  expect_status_msg(ctx, AD_ERR_ARG, "lp_pool1d: norm_type");
+  cr_assert_null(nn_lp_pool1d_new(ctx, 2, 0, NULL));
+  expect_status_msg(ctx, AD_ERR_ARG, "lp_pool1d: kernel must be in [1, 2^30]");
+  cr_assert_null(nn_lp_pool2d_new(ctx, 2, 2, 2, &(nn_lp_pool_opts){.stride = {-1, 1}}));
+  expect_status_msg(ctx, AD_ERR_ARG, "lp_pool2d: stride must be in");
+  cr_assert_null(nn_lp_pool2d_new(NULL, 2, 2, 2, NULL));
+  nn_layer *l1 = nn_lp_pool1d_new(ctx, 2, 3, NULL), *l2 = nn_lp_pool2d_new(ctx, 2, 3, 3, NULL);
+  int64_t s4[4] = {1, 1, 2, 4}, s2[2] = {2, 2}, se[3] = {1, 2, 0};
+  ad_tensor *x4 = ad_zeros(ctx, AD_F32, 4, s4), *x2 = ad_zeros(ctx, AD_F32, 2, s2);
+  ad_tensor *xi = ad_zeros(ctx, AD_I32, 2, s2), *xe = ad_zeros(ctx, AD_F32, 3, se);
+  cr_assert_null(nn_layer_forward(l1, x4, false));
+  expect_status_msg(ctx, AD_ERR_SHAPE, "lp_pool1d");
+  cr_assert_null(nn_layer_forward(l1, xi, false));
+  expect_status_msg(ctx, AD_ERR_DTYPE, "lp_pool1d");
+  cr_assert_null(nn_layer_forward(l1, xe, false));
+  expect_status_msg(ctx, AD_ERR_SHAPE, "has an empty L");
+  cr_assert_null(nn_layer_forward(l1, x2, false)); /* L = 2 < kernel 3 */
+  expect_status_msg(ctx, AD_ERR_SHAPE, "avg_pool2d");
+  cr_assert_null(nn_layer_forward(l2, x2, false));
+  expect_status_msg(ctx, AD_ERR_SHAPE, "lp_pool2d: input [2,2] must be [N, C, H, W] or [C, H, W]");
+  cr_assert_null(nn_layer_forward(l2, x4, false)); /* H = 2 < 3 */
+  expect_status_msg(ctx, AD_ERR_SHAPE, "avg_pool2d");
+  ad_tensor_free(x2);
+  cr_assert_null(nn_layer_forward(l1, x2, false));
+  expect_status_msg(ctx, AD_ERR_STATE, "was freed");
+  nn_layer_free(l1), nn_layer_free(l2);
+  ad_tensor_free(x4), ad_tensor_free(xi), ad_tensor_free(xe);
 }
 
 /* An empty batch gives empty indices and an empty unpooling, as PyTorch. */

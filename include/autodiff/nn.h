@@ -994,6 +994,33 @@ NN_API nn_layer *nn_max_unpool3d_new(ad_ctx *ctx, int64_t kd, int64_t kh, int64_
 NN_API ad_tensor *nn_max_unpool_forward(nn_layer *l, ad_tensor *x, ad_tensor *indices,
                                         const int64_t *output_size);
 
+/** Options of an LPPool1d/2d layer. All-zero means PyTorch's defaults. */
+typedef struct nn_lp_pool_opts {
+  int64_t stride[2]; /**< 1-D: [0]; 2-D: (h, w); 0: the kernel (PyTorch's stride=None) */
+  bool ceil_mode;    /**< count a last, partial window */
+} nn_lp_pool_opts;
+
+/** Power-average pooling, PyTorch's nn.LPPool1d(norm_type, kernel_size)
+ * ([N, C, L] or [C, L]) and nn.LPPool2d(norm_type, (kh, kw)) ([N, C, H,
+ * W] or [C, H, W]) with stride and ceil_mode from opts (may be NULL): torch
+ * 1.13's formula, (sign(a) relu(|a|) kh kw)^(1/p) with a the average
+ * pooling (no padding) of x^p, so a window's p-norm for p >= 1 and
+ * non-negative windows, NaN where PyTorch's is (a negative sum under a
+ * fractional 1/p), and PyTorch's gradients, 0 for a window of zeros. A
+ * composite of public ops, differentiable to any order. No parameters.
+ * Returns the layer (kinds "lp_pool1d", "lp_pool2d") or NULL with
+ * AD_ERR_ARG (norm_type 0, NaN or infinite (PyTorch's inf gives 1 for
+ * every window, not the maximum), a kernel or stride outside [1, 2^30], 0
+ * meaning the default stride) or AD_ERR_OOM. The forward refuses an input
+ * of another rank or with an empty pooled axis (AD_ERR_SHAPE) or not float
+ * (AD_ERR_DTYPE), naming the layer, and reports an output length < 1 as
+ * avg_pool2d's error. @{ */
+NN_API nn_layer *nn_lp_pool1d_new(ad_ctx *ctx, double norm_type, int64_t kernel_size,
+                                  const nn_lp_pool_opts *opts);
+NN_API nn_layer *nn_lp_pool2d_new(ad_ctx *ctx, double norm_type, int64_t kh, int64_t kw,
+                                  const nn_lp_pool_opts *opts);
+/** @} */
+
 /* Resampling, padding and channel-dropout layers for image models
  * (layers_resample.c): composites of public ops (ad_index_select,
  * ad_transpose, ad_reshape, ad_permute, ad_pad, ad_narrow, ad_where,
