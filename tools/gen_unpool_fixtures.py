@@ -113,6 +113,8 @@ ICASES = [
     ("p3_ties", MP3, (1, 2, 3, 4, 4), dict(kernel_size=2, stride=1), ties),
     ("p3_nan", MP3, (1, 2, 4, 4, 4), dict(kernel_size=2, stride=1), nans),
     ("p3_neginf", MP3, (1, 1, 4, 3, 3), dict(kernel_size=2, stride=1, padding=1), neg_inf),
+    ("p3_empty_win", MP3, (1, 2, 1, 3, 2), dict(kernel_size=2, stride=1, padding=1,
+                                                dilation=(2, 1, 1)), None),
     ("a1_3", AM1, (2, 2, 8), dict(output_size=3), None),
     ("a1_up", AM1, (1, 3, 4), dict(output_size=6), None),
     ("a1_ties", AM1, (2, 9), dict(output_size=4), ties),
