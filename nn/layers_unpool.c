@@ -127,6 +127,11 @@ static bool unpool_out_size(ad_ctx *ctx, const char *who, const unpool_state *s,
   int nd = x->ndim;
   for (int a = 0; a < s->sp; a++) {
     int64_t in = x->shape[nd - s->sp + a];
+    /* in < 2^40 and stride, kernel < 2^30: the product may pass 2^63 */
+    if ((double)(in - 1) * (double)s->s[a] + (double)s->k[a] > 0x1p60) {
+      ad_set_error(ctx, AD_ERR_SHAPE, "%s: the output length on spatial dim %d overflows", who, a);
+      return false;
+    }
     int64_t def = (in - 1) * s->s[a] + s->k[a] - 2 * s->p[a];
     out[a] = output_size ? output_size[a] : def;
     if (output_size && !(def - s->s[a] < out[a] && out[a] < def + s->s[a])) {
