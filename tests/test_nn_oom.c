@@ -328,6 +328,8 @@ enum {
   AMAXPOOL3D,
   UNPOOL2D,
   LPPOOL2D,
+  UNFOLD,
+  FOLD,
   N_LAYERS
 };
 
@@ -396,7 +398,9 @@ static const char *layer_names[N_LAYERS] = {"dense",
                                             "conv3d circular",
                                             "adaptive_max3d indices",
                                             "max_unpool2d duplicates",
-                                            "lp_pool2d"};
+                                            "lp_pool2d",
+                                            "unfold",
+                                            "fold"};
 
 static bool build_only;
 
@@ -554,6 +558,14 @@ static ad_status run_layer(world *w) {
     x = w->x = data(c, 5, s5, 1);
     break;
   }
+  case UNFOLD: /* pads, the index, a gather */
+    w->l = nn_unfold_new(c, &(nn_fold_opts){{2, 3}, {1, 1}, {1, 1}, {2, 1}});
+    x = w->x = data(c, 4, s4, 1);
+    break;
+  case FOLD: /* the index, a scatter-add, narrows */
+    w->l = nn_fold_new(c, (int64_t[2]){4, 3}, &(nn_fold_opts){{2, 2}, {1, 1}, {1, 0}, {1, 1}});
+    x = w->x = data(c, 3, (int64_t[3]){2, 8, 10}, 1);
+    break;
   case CONV3D_CIRCULAR: /* unbatched: the view, a gather per axis, the convolution */
     w->l =
         nn_conv3d_new(c, 2, 3, 2, 2, 2, &rng,

@@ -1109,6 +1109,53 @@ NN_API nn_layer *nn_pixel_shuffle_new(ad_ctx *ctx, int64_t upscale_factor);
 NN_API nn_layer *nn_pixel_unshuffle_new(ad_ctx *ctx, int64_t downscale_factor);
 /** @} */
 
+/** Options of nn_unfold and nn_fold (PyTorch's F.unfold / F.fold, nn.Unfold
+ * / nn.Fold), each a pair (height, width). kernel_size has no default;
+ * the zero value of the others is PyTorch's default (a zero dilation or
+ * stride means 1, padding 0). */
+typedef struct nn_fold_opts {
+  int64_t kernel_size[2]; /**< in [1, 2^31 - 1] */
+  int64_t dilation[2];    /**< in [0, 2^31 - 1], 0 means 1 */
+  int64_t padding[2];     /**< in [0, 2^31 - 1] (zeros on both sides) */
+  int64_t stride[2];      /**< in [0, 2^31 - 1], 0 means 1 */
+} nn_fold_opts;
+
+/** PyTorch's F.unfold (im2col): the sliding kh x kw blocks of x [N, C, H,
+ * W] (or unbatched [C, H, W]), zero-padded by padding, as the columns of
+ * [N, C kh kw, L] ([C kh kw, L]), row c kh kw + i kw + j, column l = bh
+ * ow + bw (block (bh, bw) of the oh x ow, oh = floor((H + 2 ph - dh (kh -
+ * 1) - 1) / sh) + 1) holding x[n, c, bh sh + i dh - ph, bw sw + j dw -
+ * pw], PyTorch's layout exactly. A tape composite (zero pads, one gather,
+ * ad_index_select), so its gradient, a fold, is differentiable to any
+ * order. Returns a tape tensor, or NULL with AD_ERR_NULL (x or opts),
+ * AD_ERR_ARG (an option outside its range), AD_ERR_DTYPE (x not float),
+ * AD_ERR_SHAPE (x not 3-D or 4-D, C, H or W 0, no whole block (PyTorch's
+ * "calculated shape of the array of sliding blocks ... must be at least
+ * one"), a padded plane above 2^31 - 1 elements) and the errors of an op's
+ * input for x (freed, of another context), naming "unfold". */
+NN_API ad_tensor *nn_unfold(ad_ctx *ctx, ad_tensor *x, const nn_fold_opts *opts);
+
+/** PyTorch's F.fold (col2im), the adjoint of nn_unfold: x [N, C kh kw, L]
+ * (or unbatched [C kh kw, L]) summed into [N, C, H, W] ([C, H, W]),
+ * output_size (H, W), each column's block added at its place, overlaps
+ * summed, the parts in the padding dropped. A tape composite (one
+ * scatter-add, ad_index_add, and a narrow), differentiable to any order.
+ * Returns a tape tensor, or NULL with nn_unfold's errors and AD_ERR_NULL
+ * for output_size, AD_ERR_ARG for an output size outside [1, 2^31 - 1],
+ * AD_ERR_SHAPE for x not 2-D or 3-D, a dim C kh kw not divisible by kh kw
+ * or 0, and L not the number of blocks of output_size (PyTorch's
+ * messages' facts), naming "fold". */
+NN_API ad_tensor *nn_fold(ad_ctx *ctx, ad_tensor *x, const int64_t output_size[2],
+                          const nn_fold_opts *opts);
+
+/** nn_unfold and nn_fold as layers, PyTorch's nn.Unfold and nn.Fold, kinds
+ * "unfold" and "fold" (no parameters). The options are checked here
+ * (NULL with AD_ERR_NULL or AD_ERR_ARG as nn_unfold's and nn_fold's), the
+ * input in the forward (the same errors, naming the layer). @{ */
+NN_API nn_layer *nn_unfold_new(ad_ctx *ctx, const nn_fold_opts *opts);
+NN_API nn_layer *nn_fold_new(ad_ctx *ctx, const int64_t output_size[2], const nn_fold_opts *opts);
+/** @} */
+
 /** Padding layers, PyTorch's nn.ZeroPad2d, nn.ConstantPad1d/2d,
  * nn.ReflectionPad1d/2d and nn.ReplicationPad1d/2d. pad is (left, right)
  * for the 1-D layers, which take [N, C, L] or [C, L], and (left, right,

@@ -1,0 +1,287 @@
+/* layers_misc2.c: PyTorch modules a port meets that had no layer here:
+ * nn.Unfold and nn.Fold (F.unfold / F.fold). Composites of public ops, so
+ * every gradient is the tape's and differentiable to any order; this file
+ * holds PyTorch's index rules and the checks that name the function or
+ * layer.
+ *
+ * Unfold is one gather: the zero-padded planes [N C, Hp Wp] are swapped to
+ * [Hp Wp, N C] and the rows of every block position picked by a constant
+ * AD_I32 index (ad_index_select, whose gradient, a scatter-add, is the
+ * fold); fold is that scatter-add (ad_index_add, whose gradient is the
+ * gather) and a narrow that drops the padding. The index tensors are
+ * arena tensors built in each call for the input's lengths, freed with
+ * the tape. */
+#include "nn_internal.h"
+
+#include <math.h>
+
+#define I32_MAX INT64_C(2147483647)
+
+typedef enum m2_kind { M2_UNFOLD, M2_FOLD } m2_kind;
+
+typedef struct m2_state {
+  m2_kind kind;
+  nn_fold_opts fo;   /* unfold, fold: checked, zeros replaced by 1 */
+  int64_t out_hw[2]; /* fold */
+} m2_state;
+
+static nn_layer *m2_layer(ad_ctx *ctx, const char *kind, const m2_state *init);
+
+/* ------------------------------------------------------------ unfold, fold */
+
+/* Checks opts for fn into *o (zero dilation and stride made 1). */
+static bool fold_opts(ad_ctx *ctx, const char *fn, const nn_fold_opts *opts, nn_fold_opts *o) {
+  if (!opts) {
+    nn_null_arg(ctx, fn, "opts");
+    return false;
+  }
+  *o = *opts;
+  static const char *const what[4] = {"kernel_size", "dilation", "padding", "stride"};
+  int64_t *v[4] = {o->kernel_size, o->dilation, o->padding, o->stride};
+  for (int k = 0; k < 4; k++)
+    for (int d = 0; d < 2; d++)
+      if (v[k][d] < (k ? 0 : 1) || v[k][d] > I32_MAX) {
+        ad_set_error(ctx, AD_ERR_ARG, "%s: %s (%lld, %lld) must be in [%d, 2^31 - 1]", fn, what[k],
+                     (long long)v[k][0], (long long)v[k][1], k ? 0 : 1);
+        return false;
+      }
+  for (int d = 0; d < 2; d++) {
+    if (!o->dilation[d]) o->dilation[d] = 1;
+    if (!o->stride[d]) o->stride[d] = 1;
+  }
+  return true;
+}
+
+/* Whole blocks along an axis of length n: PyTorch's div_rtn (floor). */
+static int64_t fold_blocks(const nn_fold_opts *o, int d, int64_t n) {
+  int64_t span = n + 2 * o->padding[d] - o->dilation[d] * (o->kernel_size[d] - 1) - 1;
+  return span < 0 ? 0 : span / o->stride[d] + 1;
+}
+
+/* The AD_I32 index [kh kw oh ow] of the padded plane's element of row i kw
+ * + j, block (bh, bw): (bh sh + i dh) wp + bw sw + j dw. NULL on OOM. */
+static ad_tensor *fold_index(ad_ctx *ctx, const nn_fold_opts *o, int64_t oh, int64_t ow,
+                             int64_t wp) {
+  int64_t kh = o->kernel_size[0], kw = o->kernel_size[1];
+  int64_t n = kh * kw * oh * ow;
+  ad_tensor *idx = nn_tmp_tensor(ctx, AD_I32, 1, &n);
+  if (!idx) return NULL;
+  int32_t *p = idx->data;
+  for (int64_t i = 0; i < kh; i++)
+    for (int64_t j = 0; j < kw; j++)
+      for (int64_t bh = 0; bh < oh; bh++)
+        for (int64_t bw = 0; bw < ow; bw++)
+          *p++ = (int32_t)((bh * o->stride[0] + i * o->dilation[0]) * wp + bw * o->stride[1] +
+                           j * o->dilation[1]);
+  return idx;
+}
+
+/* The padded plane hp x wp must index in AD_I32. */
+static bool fold_plane(ad_ctx *ctx, const char *who, const ad_tensor *x, int64_t hp, int64_t wp) {
+  if (hp * wp <= I32_MAX) return true;
+  char a[64];
+  ad_set_error(ctx, AD_ERR_SHAPE, "%s: input %s: the padded plane %lld x %lld is above 2^31 - 1",
+               who, ad_shape_str(x, a, sizeof a), (long long)hp, (long long)wp);
+  return false;
+}
+
+/* x checked for dtype and shape; o checked. */
+static ad_tensor *unfold_run(ad_ctx *ctx, const char *who, ad_tensor *x, const nn_fold_opts *o) {
+  char a[64];
+  if (x->dtype != AD_F32 && x->dtype != AD_F64) {
+    ad_set_error(ctx, AD_ERR_DTYPE, "%s: input %s must be float, got %s", who,
+                 ad_shape_str(x, a, sizeof a), ad_dtype_name(x->dtype));
+    return NULL;
+  }
+  if (x->ndim != 3 && x->ndim != 4) {
+    ad_set_error(ctx, AD_ERR_SHAPE, "%s: input %s must be [N, C, H, W] or [C, H, W]", who,
+                 ad_shape_str(x, a, sizeof a));
+    return NULL;
+  }
+  int b = x->ndim - 3;
+  int64_t n = b ? x->shape[0] : 1, c = x->shape[b], h = x->shape[b + 1], w = x->shape[b + 2];
+  if (!c || !h || !w) {
+    ad_set_error(ctx, AD_ERR_SHAPE, "%s: input %s: C, H and W must be >= 1", who,
+                 ad_shape_str(x, a, sizeof a));
+    return NULL;
+  }
+  int64_t oh = fold_blocks(o, 0, h), ow = fold_blocks(o, 1, w);
+  if (oh < 1 || ow < 1) {
+    ad_set_error(ctx, AD_ERR_SHAPE,
+                 "%s: input %s with kernel_size (%lld, %lld), dilation (%lld, %lld), padding "
+                 "(%lld, %lld) has (%lld, %lld) sliding blocks: each must be at least one",
+                 who, ad_shape_str(x, a, sizeof a), (long long)o->kernel_size[0],
+                 (long long)o->kernel_size[1], (long long)o->dilation[0], (long long)o->dilation[1],
+                 (long long)o->padding[0], (long long)o->padding[1], (long long)oh, (long long)ow);
+    return NULL;
+  }
+  int64_t hp = h + 2 * o->padding[0], wp = w + 2 * o->padding[1];
+  if (!fold_plane(ctx, who, x, hp, wp)) return NULL;
+  int64_t kk = o->kernel_size[0] * o->kernel_size[1];
+  ad_tensor *xp = x;
+  if (o->padding[0]) xp = ad_pad(ctx, xp, b + 1, o->padding[0], o->padding[0]);
+  if (o->padding[1]) xp = ad_pad(ctx, xp, b + 2, o->padding[1], o->padding[1]);
+  int64_t s2[2] = {n * c, hp * wp};
+  ad_tensor *t = ad_transpose(ctx, ad_reshape(ctx, xp, 2, s2), 0, 1); /* [hp wp, n c] */
+  ad_tensor *idx = t ? fold_index(ctx, o, oh, ow, wp) : NULL;
+  ad_tensor *g = ad_transpose(ctx, ad_index_select(ctx, t, idx), 0, 1); /* [n c, kk L] */
+  int64_t so[3] = {n, c * kk, oh * ow};
+  return ad_reshape(ctx, g, b + 2, so + 1 - b);
+}
+
+static ad_tensor *fold_run(ad_ctx *ctx, const char *who, ad_tensor *x, const int64_t *out_hw,
+                           const nn_fold_opts *o) {
+  char a[64];
+  if (x->dtype != AD_F32 && x->dtype != AD_F64) {
+    ad_set_error(ctx, AD_ERR_DTYPE, "%s: input %s must be float, got %s", who,
+                 ad_shape_str(x, a, sizeof a), ad_dtype_name(x->dtype));
+    return NULL;
+  }
+  if (x->ndim != 2 && x->ndim != 3) {
+    ad_set_error(ctx, AD_ERR_SHAPE, "%s: input %s must be [N, C kh kw, L] or [C kh kw, L]", who,
+                 ad_shape_str(x, a, sizeof a));
+    return NULL;
+  }
+  int b = x->ndim - 2;
+  int64_t n = b ? x->shape[0] : 1, ckk = x->shape[b], l = x->shape[b + 1];
+  int64_t kk = o->kernel_size[0] * o->kernel_size[1];
+  if (!ckk || ckk % kk) {
+    ad_set_error(ctx, AD_ERR_SHAPE,
+                 "%s: input %s: dim %d (%lld) must be a positive multiple of the kernel's size "
+                 "%lld x %lld",
+                 who, ad_shape_str(x, a, sizeof a), b, (long long)ckk, (long long)o->kernel_size[0],
+                 (long long)o->kernel_size[1]);
+    return NULL;
+  }
+  int64_t oh = fold_blocks(o, 0, out_hw[0]), ow = fold_blocks(o, 1, out_hw[1]);
+  if (oh < 1 || ow < 1 || oh * ow != l) {
+    ad_set_error(ctx, AD_ERR_SHAPE,
+                 "%s: input %s: output_size (%lld, %lld) with kernel_size (%lld, %lld), dilation "
+                 "(%lld, %lld), padding (%lld, %lld), stride (%lld, %lld) has %lld x %lld "
+                 "sliding blocks, not the %lld of dim %d",
+                 who, ad_shape_str(x, a, sizeof a), (long long)out_hw[0], (long long)out_hw[1],
+                 (long long)o->kernel_size[0], (long long)o->kernel_size[1],
+                 (long long)o->dilation[0], (long long)o->dilation[1], (long long)o->padding[0],
+                 (long long)o->padding[1], (long long)o->stride[0], (long long)o->stride[1],
+                 (long long)oh, (long long)ow, (long long)l, b + 1);
+    return NULL;
+  }
+  int64_t c = ckk / kk, hp = out_hw[0] + 2 * o->padding[0], wp = out_hw[1] + 2 * o->padding[1];
+  if (!fold_plane(ctx, who, x, hp, wp)) return NULL;
+  int64_t s2[2] = {n * c, kk * l};
+  ad_tensor *t = ad_transpose(ctx, ad_reshape(ctx, x, 2, s2), 0, 1); /* [kk L, n c] */
+  ad_tensor *idx = t ? fold_index(ctx, o, oh, ow, wp) : NULL;
+  ad_tensor *y = ad_transpose(ctx, ad_index_add(ctx, t, idx, hp * wp), 0, 1); /* [n c, hp wp] */
+  int64_t so[4] = {n, c, hp, wp};
+  y = ad_reshape(ctx, y, b + 3, so + 1 - b);
+  if (o->padding[0]) y = ad_narrow(ctx, y, b + 1, o->padding[0], out_hw[0]);
+  if (o->padding[1]) y = ad_narrow(ctx, y, b + 2, o->padding[1], out_hw[1]);
+  return y;
+}
+
+static bool fold_size(ad_ctx *ctx, const char *fn, const int64_t *out_hw) {
+  if (!out_hw) {
+    nn_null_arg(ctx, fn, "output_size");
+    return false;
+  }
+  if (out_hw[0] < 1 || out_hw[0] > I32_MAX || out_hw[1] < 1 || out_hw[1] > I32_MAX) {
+    ad_set_error(ctx, AD_ERR_ARG, "%s: output_size (%lld, %lld) must be in [1, 2^31 - 1]", fn,
+                 (long long)out_hw[0], (long long)out_hw[1]);
+    return false;
+  }
+  return true;
+}
+
+ad_tensor *nn_unfold(ad_ctx *ctx, ad_tensor *x, const nn_fold_opts *opts) {
+  if (!ctx) return NULL;
+  nn_fold_opts o;
+  if (nn_check_input(ctx, "unfold", "input", x) != AD_OK || !fold_opts(ctx, "unfold", opts, &o))
+    return NULL;
+  return unfold_run(ctx, "unfold", x, &o);
+}
+
+ad_tensor *nn_fold(ad_ctx *ctx, ad_tensor *x, const int64_t output_size[2],
+                   const nn_fold_opts *opts) {
+  if (!ctx) return NULL;
+  nn_fold_opts o;
+  if (nn_check_input(ctx, "fold", "input", x) != AD_OK || !fold_size(ctx, "fold", output_size) ||
+      !fold_opts(ctx, "fold", opts, &o))
+    return NULL;
+  return fold_run(ctx, "fold", x, output_size, &o);
+}
+
+nn_layer *nn_unfold_new(ad_ctx *ctx, const nn_fold_opts *opts) {
+  if (!ctx) return NULL;
+  m2_state s = {.kind = M2_UNFOLD};
+  if (!fold_opts(ctx, "unfold", opts, &s.fo)) return NULL;
+  return m2_layer(ctx, "unfold", &s);
+}
+
+nn_layer *nn_fold_new(ad_ctx *ctx, const int64_t output_size[2], const nn_fold_opts *opts) {
+  if (!ctx) return NULL;
+  m2_state s = {.kind = M2_FOLD};
+  if (!fold_size(ctx, "fold", output_size) || !fold_opts(ctx, "fold", opts, &s.fo)) return NULL;
+  s.out_hw[0] = output_size[0], s.out_hw[1] = output_size[1];
+  return m2_layer(ctx, "fold", &s);
+}
+
+/* --------------------------------------------------------------- layer */
+
+static ad_tensor *m2_forward(nn_layer *l, ad_tensor *x, bool training) {
+  m2_state *s = nn_layer_state(l);
+  ad_ctx *ctx = nn_layer_ctx(l);
+  char who[96];
+  nn_layer_who(l, who, sizeof who);
+  (void)training;
+  switch (s->kind) {
+  case M2_UNFOLD:
+    return unfold_run(ctx, who, x, &s->fo);
+  case M2_FOLD:
+    return fold_run(ctx, who, x, s->out_hw, &s->fo);
+  }
+  return NULL;
+}
+
+static void m2_free(nn_layer *l) {
+  m2_state *s = nn_layer_state(l);
+  if (s) ad_free(nn_layer_ctx(l), s, sizeof *s);
+}
+
+/* "2" for an equal pair, else "(2, 3)", as PyTorch's repr of an int or a
+ * tuple. */
+static void pair_text(nn_text *t, const int64_t *p) {
+  if (p[0] == p[1])
+    nn_text_add(t, "%lld", (long long)p[0]);
+  else
+    nn_text_add(t, "(%lld, %lld)", (long long)p[0], (long long)p[1]);
+}
+
+/* PyTorch 1.13's reprs: Unfold "kernel_size=2, dilation=1, padding=0,
+ * stride=1", Fold "output_size=(4, 5), kernel_size=(2, 3), ..." (an equal
+ * pair written as one number). */
+static void m2_describe(const nn_layer *l, nn_text *t) {
+  const m2_state *s = nn_layer_state(l);
+  switch (s->kind) {
+  case M2_FOLD:
+    nn_text_add(t, "output_size=");
+    pair_text(t, s->out_hw);
+    nn_text_add(t, ", ");
+    /* fall through */
+  case M2_UNFOLD:
+    nn_text_add(t, "kernel_size=");
+    pair_text(t, s->fo.kernel_size);
+    nn_text_add(t, ", dilation=");
+    pair_text(t, s->fo.dilation);
+    nn_text_add(t, ", padding=");
+    pair_text(t, s->fo.padding);
+    nn_text_add(t, ", stride=");
+    pair_text(t, s->fo.stride);
+    break;
+  }
+}
+
+static const nn_layer_ops m2_ops = {m2_forward, m2_free, m2_describe};
+
+static nn_layer *m2_layer(ad_ctx *ctx, const char *kind, const m2_state *init) {
+  return nn_layer_new_copy(ctx, kind, &m2_ops, init, sizeof *init);
+}

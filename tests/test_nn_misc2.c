@@ -1,0 +1,328 @@
+/* test_nn_misc2.c: nn_unfold, nn_fold and their layers against PyTorch
+ * 1.13 (values and gradients, f64 and f32, batched and unbatched, padding,
+ * dilation, strides wider than the kernel, overlaps, NaN and infinities),
+ * gradcheck and gradgradcheck, the reprs, and bad arguments and inputs. */
+#include "nn.h"
+#include "test_alloc.h"
+
+#include <criterion/criterion.h>
+#include <math.h>
+#include <string.h>
+
+TEST_CTX_SUITE(misc2);
+
+/* A case of tools/gen_misc2_fixtures.py: x of shape, y of yshape; y[d]
+ * and dx[d] (the gradient of sum(y * g)) for f64 (d = 0) and f32. */
+typedef struct fold_case {
+  const char *name;
+  bool fold;
+  int ndim;
+  int64_t shape[4];
+  int yndim;
+  int64_t yshape[4];
+  int64_t out_hw[2];
+  nn_fold_opts o;
+  const double *x, *g, *y[2], *dx[2];
+} fold_case;
+
+/* The PyTorch values:
+ * `/usr/bin/python3 tools/gen_misc2_fixtures.py > tests/misc2_fixtures.h`. */
+#include "misc2_fixtures.h"
+
+#define NFOLD (int)(sizeof FOLD_CASES / sizeof FOLD_CASES[0])
+
+static ad_tensor *vec(ad_ctx *c, ad_dtype dt, int ndim, const int64_t *shape, const double *v) {
+  ad_tensor *t = ad_zeros(c, dt, ndim, shape);
+  cr_assert_not_null(t);
+  for (int64_t i = 0; i < t->size; i++) ad_tensor_set(t, i, v[i]);
+  return t;
+}
+
+static void expect_close(double got, double want, double rtol, const char *what, int i) {
+  if (isnan(want) || isinf(want))
+    cr_assert(isnan(want) ? isnan(got) : got == want, "%s %d: %.17g, torch %.17g", what, i, got,
+              want);
+  else
+    cr_assert(fabs(got - want) <= rtol * (fabs(want) + 1), "%s %d: %.17g, torch %.17g", what, i,
+              got, want);
+}
+
+/* Case fc in dtype d (0 f64) through the function (layer false) or the
+ * layer. */
+static void check_fold_case(const fold_case *fc, int d, bool layer) {
+  ad_dtype dt = d ? AD_F32 : AD_F64;
+  ad_tape_reset(ctx);
+  ad_tensor *x = vec(ctx, dt, fc->ndim, fc->shape, fc->x);
+  ad_tensor_set_requires_grad(x, true);
+  ad_tensor *y;
+  nn_layer *l = NULL;
+  if (layer) {
+    l = fc->fold ? nn_fold_new(ctx, fc->out_hw, &fc->o) : nn_unfold_new(ctx, &fc->o);
+    cr_assert_not_null(l, "%s", ad_last_error(ctx));
+    y = nn_layer_forward(l, x, true);
+  } else {
+    y = fc->fold ? nn_fold(ctx, x, fc->out_hw, &fc->o) : nn_unfold(ctx, x, &fc->o);
+  }
+  cr_assert_not_null(y, "%s: %s", fc->name, ad_last_error(ctx));
+  cr_assert_eq(y->ndim, fc->yndim, "%s", fc->name);
+  for (int k = 0; k < y->ndim; k++) cr_assert_eq(y->shape[k], fc->yshape[k], "%s", fc->name);
+  ad_tensor *g = vec(ctx, dt, fc->yndim, fc->yshape, fc->g);
+  char what[96];
+  /* f32: fold sums up to kh kw terms in another order than PyTorch */
+  double rtol = d ? 2e-6 : 1e-14;
+  snprintf(what, sizeof what, "%s %s y", fc->name, d ? "f32" : "f64");
+  for (int64_t i = 0; i < y->size; i++)
+    expect_close(ad_tensor_get(y, i), fc->y[d][i], rtol, what, (int)i);
+  ad_tensor *loss = ad_sum(ctx, ad_mul(ctx, y, g));
+  cr_assert_eq(ad_backward(ctx, loss, NULL), AD_OK, "%s", ad_last_error(ctx));
+  snprintf(what, sizeof what, "%s %s dx", fc->name, d ? "f32" : "f64");
+  for (int64_t i = 0; i < x->size; i++)
+    expect_close(ad_tensor_get(x->grad, i), fc->dx[d][i], rtol, what, (int)i);
+  ad_tape_reset(ctx);
+  nn_layer_free(l);
+  ad_tensor_free(x), ad_tensor_free(g);
+}
+
+Test(misc2, unfold_fold_match_pytorch) {
+  for (int i = 0; i < NFOLD; i++)
+    for (int d = 0; d < 2; d++) {
+      check_fold_case(&FOLD_CASES[i], d, false);
+      check_fold_case(&FOLD_CASES[i], d, true);
+    }
+}
+
+/* fold(unfold(x)) is x times the number of blocks that hold each element
+ * (PyTorch's documented identity with the divisor fold(unfold(ones))). */
+Test(misc2, fold_of_unfold_counts_the_blocks) {
+  int64_t s[4] = {2, 3, 6, 7};
+  ad_rng rng;
+  ad_rng_seed(&rng, 5);
+  ad_tensor *x = ad_rand(ctx, &rng, AD_F64, 4, s, -1, 1), *ones = ad_ones(ctx, AD_F64, 4, s);
+  nn_fold_opts o = {{3, 2}, {1, 2}, {1, 0}, {3, 1}};
+  ad_tensor *xx = nn_fold(ctx, nn_unfold(ctx, x, &o), (int64_t[2]){6, 7}, &o);
+  ad_tensor *n = nn_fold(ctx, nn_unfold(ctx, ones, &o), (int64_t[2]){6, 7}, &o);
+  cr_assert(xx && n, "%s", ad_last_error(ctx));
+  bool zero = false, two = false;
+  for (int64_t i = 0; i < x->size; i++) {
+    double c = ad_tensor_get(n, i);
+    cr_assert_float_eq(ad_tensor_get(xx, i), c * ad_tensor_get(x, i), 1e-14);
+    zero = zero || c == 0, two = two || c >= 2;
+  }
+  cr_assert(zero && two, "the geometry skips some elements and overlaps others");
+  ad_tensor_free(x), ad_tensor_free(ones);
+}
+
+/* ------------------------------------------------------------- gradcheck */
+
+typedef struct gc_fold {
+  bool fold;
+  int64_t out_hw[2];
+  nn_fold_opts o;
+} gc_fold;
+
+static ad_tensor *gc_fold_fn(ad_ctx *c, int n, ad_tensor *const *in, void *ud) {
+  const gc_fold *g = ud;
+  (void)n;
+  /* squared, so the second derivative is not zero */
+  ad_tensor *y = g->fold ? nn_fold(c, in[0], g->out_hw, &g->o) : nn_unfold(c, in[0], &g->o);
+  return ad_mul(c, y, y);
+}
+
+Test(misc2, unfold_fold_gradcheck_first_and_second_order) {
+  const struct {
+    gc_fold g;
+    int ndim;
+    int64_t shape[4];
+  } cases[] = {
+      {{false, {0, 0}, {{2, 3}, {1, 1}, {1, 0}, {1, 2}}}, 4, {2, 2, 4, 5}},
+      {{false, {0, 0}, {{2, 2}, {2, 1}, {0, 1}, {0, 0}}}, 3, {2, 5, 4}},
+      {{true, {5, 4}, {{2, 2}, {1, 1}, {1, 1}, {1, 1}}}, 3, {2, 8, 30}},
+      {{true, {5, 6}, {{2, 3}, {2, 1}, {0, 1}, {2, 2}}}, 2, {6, 6}},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    ad_rng rng;
+    ad_rng_seed(&rng, 11 + i);
+    ad_tensor *x = ad_rand(ctx, &rng, AD_F64, cases[i].ndim, cases[i].shape, -1, 1);
+    cr_assert_not_null(x);
+    ad_tensor_set_requires_grad(x, true);
+    ad_check_report rep;
+    cr_assert_eq(ad_gradcheck(ctx, gc_fold_fn, (void *)&cases[i].g, 1, &x, NULL, &rep), AD_OK, "%s",
+                 ad_last_error(ctx));
+    cr_assert(rep.passed, "case %zu: index %lld: %g numeric %g", i, (long long)rep.index,
+              rep.analytic, rep.numeric);
+    cr_assert_eq(rep.checked, x->size);
+    cr_assert_eq(ad_gradgradcheck(ctx, gc_fold_fn, (void *)&cases[i].g, 1, &x, NULL, &rep), AD_OK,
+                 "%s", ad_last_error(ctx));
+    cr_assert(rep.passed, "case %zu (2nd order): index %lld: %g numeric %g", i,
+              (long long)rep.index, rep.analytic, rep.numeric);
+    ad_tensor_free(x);
+  }
+}
+
+/* An empty batch gives an empty output of the right shape, as PyTorch. */
+Test(misc2, unfold_fold_take_an_empty_batch) {
+  nn_fold_opts o = {.kernel_size = {2, 2}};
+  ad_tensor *x = ad_zeros(ctx, AD_F32, 4, (int64_t[4]){0, 3, 4, 4});
+  ad_tensor *y = nn_unfold(ctx, x, &o);
+  cr_assert_not_null(y, "%s", ad_last_error(ctx));
+  cr_assert(y->ndim == 3 && y->shape[0] == 0 && y->shape[1] == 12 && y->shape[2] == 9);
+  ad_tensor *z = nn_fold(ctx, y, (int64_t[2]){4, 4}, &o);
+  cr_assert_not_null(z, "%s", ad_last_error(ctx));
+  cr_assert(z->ndim == 4 && z->shape[0] == 0 && z->shape[1] == 3 && z->shape[3] == 4);
+  ad_tensor_free(x);
+}
+
+/* ------------------------------------------------------------------ repr */
+
+static void expect_desc(nn_layer *l, const char *want) {
+  char buf[256];
+  cr_assert_not_null(l, "%s", ad_last_error(ctx));
+  cr_assert_str_eq(nn_layer_describe(l, buf, sizeof buf), want);
+  nn_layer_free(l);
+}
+
+/* PyTorch 1.13's reprs (of equal pairs given as one number). */
+Test(misc2, describe_is_pytorch_repr) {
+  expect_desc(nn_unfold_new(ctx, &(nn_fold_opts){{2, 2}, {0}, {1, 1}, {2, 2}}),
+              "unfold(kernel_size=2, dilation=1, padding=1, stride=2)");
+  expect_desc(nn_fold_new(ctx, (int64_t[2]){4, 5}, &(nn_fold_opts){.kernel_size = {2, 3}}),
+              "fold(output_size=(4, 5), kernel_size=(2, 3), dilation=1, padding=0, stride=1)");
+}
+
+/* ---------------------------------------------------------------- misuse */
+
+Test(misc2, unfold_fold_bad_arguments) {
+  nn_fold_opts ok = {.kernel_size = {2, 2}};
+  int64_t hw[2] = {4, 4};
+  ad_tensor *x = ad_ones(ctx, AD_F32, 4, (int64_t[4]){1, 2, 4, 4});
+  cr_assert_not_null(x);
+  static const struct {
+    nn_fold_opts o;
+    const char *want;
+  } bad[] = {
+      {{{0, 2}, {0}, {0}, {0}}, "kernel_size (0, 2) must be in [1, 2^31 - 1]"},
+      {{{2, -1}, {0}, {0}, {0}}, "kernel_size (2, -1) must be in [1, 2^31 - 1]"},
+      {{{INT64_C(1) << 31, 1}, {0}, {0}, {0}},
+       "kernel_size (2147483648, 1) must be in [1, 2^31 - 1]"},
+      {{{2, 2}, {-1, 1}, {0}, {0}}, "dilation (-1, 1) must be in [0, 2^31 - 1]"},
+      {{{2, 2}, {1, 1}, {0, -2}, {0}}, "padding (0, -2) must be in [0, 2^31 - 1]"},
+      {{{2, 2}, {1, 1}, {0, 0}, {INT64_MAX, 1}}, "stride (9223372036854775807, 1) must be in"},
+  };
+  for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+    cr_assert_null(nn_unfold(ctx, x, &bad[k].o));
+    test_expect_error(ctx, AD_ERR_ARG, "unfold: ", bad[k].want, NULL);
+    cr_assert_null(nn_unfold_new(ctx, &bad[k].o));
+    test_expect_error(ctx, AD_ERR_ARG, "unfold: ", bad[k].want, NULL);
+    cr_assert_null(nn_fold(ctx, x, hw, &bad[k].o));
+    test_expect_error(ctx, AD_ERR_ARG, "fold: ", bad[k].want, NULL);
+    cr_assert_null(nn_fold_new(ctx, hw, &bad[k].o));
+    test_expect_error(ctx, AD_ERR_ARG, "fold: ", bad[k].want, NULL);
+  }
+  cr_assert_null(nn_unfold(ctx, x, NULL));
+  test_expect_error(ctx, AD_ERR_NULL, "unfold: opts is NULL", NULL);
+  cr_assert_null(nn_unfold_new(ctx, NULL));
+  test_expect_error(ctx, AD_ERR_NULL, "unfold: opts is NULL", NULL);
+  cr_assert_null(nn_fold_new(ctx, NULL, &ok));
+  test_expect_error(ctx, AD_ERR_NULL, "fold: output_size is NULL", NULL);
+  cr_assert_null(nn_fold(ctx, x, hw, NULL));
+  test_expect_error(ctx, AD_ERR_NULL, "fold: opts is NULL", NULL);
+  cr_assert_null(nn_fold(ctx, x, (int64_t[2]){0, 4}, &ok));
+  test_expect_error(ctx, AD_ERR_ARG, "fold: output_size (0, 4) must be in [1, 2^31 - 1]", NULL);
+  cr_assert_null(nn_fold_new(ctx, (int64_t[2]){4, INT64_C(1) << 31}, &ok));
+  test_expect_error(ctx, AD_ERR_ARG, "fold: output_size (4, 2147483648) must be in", NULL);
+  cr_assert_null(nn_unfold(NULL, x, &ok));
+  cr_assert_null(nn_fold(NULL, x, hw, &ok));
+  cr_assert_null(nn_unfold_new(NULL, &ok));
+  cr_assert_null(nn_fold_new(NULL, hw, &ok));
+  ad_tensor_free(x);
+}
+
+Test(misc2, unfold_fold_bad_inputs) {
+  nn_fold_opts ok = {.kernel_size = {2, 2}};
+  int64_t hw[2] = {4, 4};
+  ad_ctx *other = ad_ctx_new();
+  cr_assert_not_null(other);
+  ad_tensor *x4 = ad_ones(ctx, AD_F32, 4, (int64_t[4]){1, 2, 4, 4});
+  ad_tensor *x2 = ad_ones(ctx, AD_F32, 2, (int64_t[2]){4, 4});
+  ad_tensor *xi = ad_zeros(ctx, AD_I32, 4, (int64_t[4]){1, 2, 4, 4});
+  ad_tensor *x0 = ad_zeros(ctx, AD_F32, 4, (int64_t[4]){1, 0, 4, 4});
+  ad_tensor *gone = ad_ones(ctx, AD_F32, 4, (int64_t[4]){1, 2, 4, 4});
+  ad_tensor *far = ad_ones(other, AD_F32, 4, (int64_t[4]){1, 2, 4, 4});
+  ad_tensor *c3 = ad_ones(ctx, AD_F64, 3, (int64_t[3]){1, 8, 9});
+  ad_tensor *c5 = ad_ones(ctx, AD_F64, 3, (int64_t[3]){1, 6, 9});
+  ad_tensor *c8 = ad_ones(ctx, AD_F64, 3, (int64_t[3]){1, 8, 8});
+  ad_tensor *ci = ad_zeros(ctx, AD_I32, 3, (int64_t[3]){1, 8, 9});
+  cr_assert(x4 && x2 && xi && x0 && gone && far && c3 && c5 && c8 && ci);
+  ad_tensor_free(gone);
+  nn_layer *un = nn_unfold_new(ctx, &ok), *fo = nn_fold_new(ctx, hw, &ok);
+  cr_assert(un && fo, "%s", ad_last_error(ctx));
+  /* unfold */
+  cr_assert_null(nn_unfold(ctx, NULL, &ok));
+  test_expect_error(ctx, AD_ERR_NULL, "unfold: input is NULL", NULL);
+  cr_assert_null(nn_unfold(ctx, gone, &ok));
+  test_expect_error(ctx, AD_ERR_STATE, "unfold: input was freed", NULL);
+  cr_assert_null(nn_unfold(ctx, far, &ok));
+  test_expect_error(ctx, AD_ERR_ARG, "unfold: input belongs to another context", NULL);
+  cr_assert_null(nn_unfold(ctx, x2, &ok));
+  test_expect_error(ctx, AD_ERR_SHAPE, "unfold: input [4,4] must be [N, C, H, W] or [C, H, W]",
+                    NULL);
+  cr_assert_null(nn_unfold(ctx, xi, &ok));
+  test_expect_error(ctx, AD_ERR_DTYPE, "unfold: input [1,2,4,4] must be float, got i32", NULL);
+  cr_assert_null(nn_unfold(ctx, x0, &ok));
+  test_expect_error(ctx, AD_ERR_SHAPE, "unfold: input [1,0,4,4]: C, H and W must be >= 1", NULL);
+  cr_assert_null(nn_unfold(ctx, x4, &(nn_fold_opts){.kernel_size = {5, 2}}));
+  test_expect_error(ctx, AD_ERR_SHAPE,
+                    "unfold: input [1,2,4,4] with kernel_size (5, 2), dilation (1, 1), padding "
+                    "(0, 0) has (0, 3) sliding blocks: each must be at least one",
+                    NULL);
+  cr_assert_null(nn_unfold(ctx, x4, &(nn_fold_opts){{2, 2}, {4, 1}, {0}, {0}}));
+  test_expect_error(ctx, AD_ERR_SHAPE, "has (0, 3) sliding blocks", NULL);
+  cr_assert_null(nn_unfold(ctx, x4, &(nn_fold_opts){{1, 1}, {1, 1}, {INT64_C(1) << 30, 1}, {0}}));
+  test_expect_error(ctx, AD_ERR_SHAPE, "unfold: input [1,2,4,4]: the padded plane", "above 2^31",
+                    NULL);
+  cr_assert_null(nn_layer_forward(un, x2, true));
+  test_expect_error(ctx, AD_ERR_SHAPE, "unfold: input [4,4] must be", NULL);
+  cr_assert_null(nn_layer_forward(un, xi, true));
+  test_expect_error(ctx, AD_ERR_DTYPE, "unfold: input [1,2,4,4] must be float", NULL);
+  cr_assert_null(nn_layer_forward(un, gone, true));
+  test_expect_error(ctx, AD_ERR_STATE, "was freed", NULL);
+  cr_assert_null(nn_layer_forward(un, far, true));
+  test_expect_error(ctx, AD_ERR_ARG, "another context", NULL);
+  /* fold */
+  cr_assert_null(nn_fold(ctx, NULL, hw, &ok));
+  test_expect_error(ctx, AD_ERR_NULL, "fold: input is NULL", NULL);
+  cr_assert_null(nn_fold(ctx, gone, hw, &ok));
+  test_expect_error(ctx, AD_ERR_STATE, "fold: input was freed", NULL);
+  cr_assert_null(nn_fold(ctx, far, hw, &ok));
+  test_expect_error(ctx, AD_ERR_ARG, "fold: input belongs to another context", NULL);
+  cr_assert_null(nn_fold(ctx, x4, hw, &ok));
+  test_expect_error(ctx, AD_ERR_SHAPE,
+                    "fold: input [1,2,4,4] must be [N, C kh kw, L] or [C kh kw, L]", NULL);
+  cr_assert_null(nn_fold(ctx, ci, hw, &ok));
+  test_expect_error(ctx, AD_ERR_DTYPE, "fold: input [1,8,9] must be float, got i32", NULL);
+  cr_assert_null(nn_fold(ctx, c5, (int64_t[2]){4, 4}, &(nn_fold_opts){.kernel_size = {2, 2}}));
+  test_expect_error(ctx, AD_ERR_SHAPE,
+                    "fold: input [1,6,9]: dim 1 (6) must be a positive multiple of the kernel's "
+                    "size 2 x 2",
+                    NULL);
+  cr_assert_null(nn_fold(ctx, c8, hw, &ok));
+  test_expect_error(ctx, AD_ERR_SHAPE,
+                    "fold: input [1,8,8]: output_size (4, 4) with kernel_size (2, 2), dilation "
+                    "(1, 1), padding (0, 0), stride (1, 1) has 3 x 3 sliding blocks, not the 8 "
+                    "of dim 2",
+                    NULL);
+  cr_assert_null(nn_fold(ctx, c3, (int64_t[2]){1, 4}, &ok));
+  test_expect_error(ctx, AD_ERR_SHAPE, "has 0 x 3 sliding blocks, not the 9 of dim 2", NULL);
+  cr_assert_null(nn_fold(ctx, c3, (int64_t[2]){1, 1}, &(nn_fold_opts){{2, 2}, {0}, {1, 1}, {0}}));
+  test_expect_error(ctx, AD_ERR_SHAPE, "has 2 x 2 sliding blocks, not the 9", NULL);
+  cr_assert_null(nn_layer_forward(fo, c8, true));
+  test_expect_error(ctx, AD_ERR_SHAPE, "fold: input [1,8,8]: output_size (4, 4)", NULL);
+  cr_assert_null(nn_layer_forward(fo, x4, true));
+  test_expect_error(ctx, AD_ERR_SHAPE, "fold: input [1,2,4,4] must be", NULL);
+  cr_assert_not_null(nn_layer_forward(fo, c3, true), "%s", ad_last_error(ctx));
+  ad_tape_reset(ctx);
+  nn_layer_free(un), nn_layer_free(fo);
+  ad_tensor_free(x4), ad_tensor_free(x2), ad_tensor_free(xi), ad_tensor_free(x0);
+  ad_tensor_free(c3), ad_tensor_free(c5), ad_tensor_free(c8), ad_tensor_free(ci);
+  ad_ctx_free(other);
+}
