@@ -1,5 +1,5 @@
 /* layers_misc2.c: PyTorch modules a port meets that had no layer here:
- * nn.Unfold and nn.Fold (F.unfold / F.fold). Composites of public ops, so
+ * nn.Unfold and nn.Fold (F.unfold / F.fold), nn.Bilinear. Composites of public ops, so
  * every gradient is the tape's and differentiable to any order; this file
  * holds PyTorch's index rules and the checks that name the function or
  * layer.
@@ -10,20 +10,27 @@
  * fold); fold is that scatter-add (ad_index_add, whose gradient is the
  * gather) and a narrow that drops the padding. The index tensors are
  * arena tensors built in each call for the input's lengths, freed with
- * the tape. */
+ * the tape.
+ *
+ * Bilinear is x1 [B, in1] times the weight laid out [in1, out in2] (one
+ * ad_matmul), then times x2 [B, 1, in2] and summed over in2. */
 #include "nn_internal.h"
 
 #include <math.h>
 
 #define I32_MAX INT64_C(2147483647)
 
-typedef enum m2_kind { M2_UNFOLD, M2_FOLD } m2_kind;
+typedef enum m2_kind { M2_UNFOLD, M2_FOLD, M2_BILINEAR } m2_kind;
 
 typedef struct m2_state {
   m2_kind kind;
-  nn_fold_opts fo;   /* unfold, fold: checked, zeros replaced by 1 */
-  int64_t out_hw[2]; /* fold */
+  nn_fold_opts fo;       /* unfold, fold: checked, zeros replaced by 1 */
+  int64_t out_hw[2];     /* fold */
+  int64_t in1, in2, out; /* bilinear */
+  ad_tensor *w, *b;      /* bilinear: its parameters (b NULL without bias) */
 } m2_state;
+
+static const nn_layer_ops m2_ops;
 
 static nn_layer *m2_layer(ad_ctx *ctx, const char *kind, const m2_state *init);
 
@@ -225,6 +232,128 @@ nn_layer *nn_fold_new(ad_ctx *ctx, const int64_t output_size[2], const nn_fold_o
   return m2_layer(ctx, "fold", &s);
 }
 
+/* -------------------------------------------------------------- bilinear */
+
+static ad_tensor *bilinear_run(ad_ctx *ctx, const char *who, ad_tensor *x1, ad_tensor *x2,
+                               ad_tensor *w, ad_tensor *b) {
+  char a[64], c[64];
+  if (x1->dtype != AD_F32 && x1->dtype != AD_F64) {
+    ad_set_error(ctx, AD_ERR_DTYPE, "%s: input1 %s must be float, got %s", who,
+                 ad_shape_str(x1, a, sizeof a), ad_dtype_name(x1->dtype));
+    return NULL;
+  }
+  const ad_tensor *other[3] = {x2, w, b};
+  static const char *const names[3] = {"input2", "weight", "bias"};
+  for (int k = 0; k < 3; k++)
+    if (other[k] && other[k]->dtype != x1->dtype) {
+      ad_set_error(ctx, AD_ERR_DTYPE, "%s: %s %s is %s, input1 %s is %s", who, names[k],
+                   ad_shape_str(other[k], a, sizeof a), ad_dtype_name(other[k]->dtype),
+                   ad_shape_str(x1, c, sizeof c), ad_dtype_name(x1->dtype));
+      return NULL;
+    }
+  int nd = x1->ndim;
+  bool lead = nd >= 1 && x2->ndim == nd;
+  for (int d = 0; lead && d < nd - 1; d++) lead = x1->shape[d] == x2->shape[d];
+  if (!lead) {
+    ad_set_error(ctx, AD_ERR_SHAPE,
+                 "%s: input1 %s and input2 %s must be [..., in1] and [..., in2] with the same "
+                 "batch dims",
+                 who, ad_shape_str(x1, a, sizeof a), ad_shape_str(x2, c, sizeof c));
+    return NULL;
+  }
+  int64_t in1 = x1->shape[nd - 1], in2 = x2->shape[nd - 1];
+  if (w->ndim != 3 || w->shape[1] != in1 || w->shape[2] != in2) {
+    ad_set_error(ctx, AD_ERR_SHAPE, "%s: weight %s must be [out, %lld, %lld] for input1 %s", who,
+                 ad_shape_str(w, a, sizeof a), (long long)in1, (long long)in2,
+                 ad_shape_str(x1, c, sizeof c));
+    return NULL;
+  }
+  int64_t out = w->shape[0];
+  if (b && (b->ndim != 1 || b->shape[0] != out)) {
+    ad_set_error(ctx, AD_ERR_SHAPE, "%s: bias %s must be [%lld]", who, ad_shape_str(b, a, sizeof a),
+                 (long long)out);
+    return NULL;
+  }
+  int64_t n = 1;
+  for (int d = 0; d < nd - 1; d++) n *= x1->shape[d];
+  int perm[3] = {1, 0, 2};
+  int64_t sw[2] = {in1, out * in2}, s1[2] = {n, in1}, st[3] = {n, out, in2}, s2[3] = {n, 1, in2};
+  ad_tensor *wp = ad_reshape(ctx, ad_permute(ctx, w, perm), 2, sw); /* [in1, out in2] */
+  ad_tensor *t =
+      ad_reshape(ctx, ad_matmul(ctx, ad_reshape(ctx, x1, 2, s1), wp, false, false), 3, st);
+  ad_tensor *y =
+      ad_sum_axis(ctx, ad_mul(ctx, t, ad_reshape(ctx, x2, 3, s2)), 2, false); /* [n, out] */
+  if (b) y = ad_add(ctx, y, b);
+  int64_t so[AD_MAX_DIMS];
+  for (int d = 0; d < nd - 1; d++) so[d] = x1->shape[d];
+  so[nd - 1] = out;
+  return ad_reshape(ctx, y, nd, so);
+}
+
+ad_tensor *nn_bilinear(ad_ctx *ctx, ad_tensor *x1, ad_tensor *x2, ad_tensor *weight,
+                       ad_tensor *bias) {
+  if (!ctx) return NULL;
+  const char *fn = "bilinear";
+  if (nn_check_input(ctx, fn, "input1", x1) != AD_OK ||
+      nn_check_input(ctx, fn, "input2", x2) != AD_OK ||
+      nn_check_input(ctx, fn, "weight", weight) != AD_OK ||
+      (bias && nn_check_input(ctx, fn, "bias", bias) != AD_OK))
+    return NULL;
+  return bilinear_run(ctx, fn, x1, x2, weight, bias);
+}
+
+nn_layer *nn_bilinear_new(ad_ctx *ctx, int64_t in1_features, int64_t in2_features,
+                          int64_t out_features, bool bias, ad_dtype dtype, ad_rng *rng) {
+  if (!ctx) return NULL;
+  const char *fn = "bilinear";
+  if (in1_features < 1 || in2_features < 1 || out_features < 1 || in1_features > I32_MAX ||
+      in2_features > I32_MAX || out_features > I32_MAX) {
+    ad_set_error(ctx, AD_ERR_ARG,
+                 "%s: in1_features %lld, in2_features %lld and out_features %lld must be in [1, "
+                 "2^31 - 1]",
+                 fn, (long long)in1_features, (long long)in2_features, (long long)out_features);
+    return NULL;
+  }
+  if (dtype != AD_F32 && dtype != AD_F64) {
+    ad_set_error(ctx, AD_ERR_DTYPE, "%s: parameters must be float, got %s", fn,
+                 ad_dtype_name(dtype));
+    return NULL;
+  }
+  if (!rng) return nn_null_arg(ctx, fn, "rng"), NULL;
+  m2_state s = {.kind = M2_BILINEAR, .in1 = in1_features, .in2 = in2_features, .out = out_features};
+  nn_layer *l = m2_layer(ctx, fn, &s);
+  if (!l) return NULL;
+  m2_state *st = nn_layer_state(l);
+  double k = 1 / sqrt((double)in1_features);
+  nn_init u = nn_init_make(NN_INIT_UNIFORM, -k, k);
+  int64_t ws[3] = {out_features, in1_features, in2_features};
+  st->w = nn_param_new(nn_layer_params(l), "weight", dtype, 3, ws, u, rng);
+  if (st->w && bias) st->b = nn_param_new(nn_layer_params(l), "bias", dtype, 1, ws, u, rng);
+  if (!st->w || (bias && !st->b)) {
+    nn_layer_free(l);
+    return NULL;
+  }
+  return l;
+}
+
+ad_tensor *nn_bilinear_forward(nn_layer *l, ad_tensor *x1, ad_tensor *x2) {
+  if (!l) return NULL;
+  ad_ctx *ctx = nn_layer_ctx(l);
+  char who[96];
+  nn_layer_who(l, who, sizeof who);
+  m2_state *s = nn_layer_state(l);
+  if (!nn_layer_runs(l, &m2_ops) || s->kind != M2_BILINEAR) {
+    ad_set_error(ctx, AD_ERR_ARG, "bilinear_forward: %s is not a Bilinear", who);
+    return NULL;
+  }
+  if (nn_check_input(ctx, who, "input1", x1) != AD_OK ||
+      nn_check_input(ctx, who, "input2", x2) != AD_OK)
+    return NULL;
+  ad_tensor *y = bilinear_run(ctx, who, x1, x2, s->w, s->b);
+  if (y) nn_layer_note_output(l, y);
+  return y;
+}
+
 /* --------------------------------------------------------------- layer */
 
 static ad_tensor *m2_forward(nn_layer *l, ad_tensor *x, bool training) {
@@ -238,6 +367,12 @@ static ad_tensor *m2_forward(nn_layer *l, ad_tensor *x, bool training) {
     return unfold_run(ctx, who, x, &s->fo);
   case M2_FOLD:
     return fold_run(ctx, who, x, s->out_hw, &s->fo);
+  case M2_BILINEAR:
+    ad_set_error(ctx, AD_ERR_ARG,
+                 "%s: takes two inputs: call nn_bilinear_forward(l, x1, x2), not nn_layer_forward "
+                 "or a Sequential",
+                 who);
+    return NULL;
   }
   return NULL;
 }
@@ -276,6 +411,10 @@ static void m2_describe(const nn_layer *l, nn_text *t) {
     pair_text(t, s->fo.padding);
     nn_text_add(t, ", stride=");
     pair_text(t, s->fo.stride);
+    break;
+  case M2_BILINEAR:
+    nn_text_add(t, "in1_features=%lld, in2_features=%lld, out_features=%lld, bias=%s",
+                (long long)s->in1, (long long)s->in2, (long long)s->out, nn_py_bool(s->b != NULL));
     break;
   }
 }

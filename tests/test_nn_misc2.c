@@ -25,11 +25,24 @@ typedef struct fold_case {
   const double *x, *g, *y[2], *dx[2];
 } fold_case;
 
+/* A bilinear case: x1 [s1], x2 [s2] (nd dims each), weight [out, in1,
+ * in2], bias [out] when has_bias; y[d] and d[d], the gradients of x1, x2,
+ * weight and bias in that order, of sum(y * g). */
+typedef struct bil_case {
+  const char *name;
+  int nd;
+  int64_t s1[3], s2[3];
+  int64_t out;
+  bool has_bias;
+  const double *x1, *x2, *w, *b, *g, *y[2], *d[2];
+} bil_case;
+
 /* The PyTorch values:
  * `/usr/bin/python3 tools/gen_misc2_fixtures.py > tests/misc2_fixtures.h`. */
 #include "misc2_fixtures.h"
 
 #define NFOLD (int)(sizeof FOLD_CASES / sizeof FOLD_CASES[0])
+#define NBIL  (int)(sizeof BIL_CASES / sizeof BIL_CASES[0])
 
 static ad_tensor *vec(ad_ctx *c, ad_dtype dt, int ndim, const int64_t *shape, const double *v) {
   ad_tensor *t = ad_zeros(c, dt, ndim, shape);
@@ -160,7 +173,7 @@ Test(misc2, unfold_fold_gradcheck_first_and_second_order) {
 }
 
 /* An empty batch gives an empty output of the right shape, as PyTorch. */
-Test(misc2, unfold_fold_take_an_empty_batch) {
+Test(misc2, an_empty_batch_gives_an_empty_output) {
   nn_fold_opts o = {.kernel_size = {2, 2}};
   ad_tensor *x = ad_zeros(ctx, AD_F32, 4, (int64_t[4]){0, 3, 4, 4});
   ad_tensor *y = nn_unfold(ctx, x, &o);
@@ -170,6 +183,145 @@ Test(misc2, unfold_fold_take_an_empty_batch) {
   cr_assert_not_null(z, "%s", ad_last_error(ctx));
   cr_assert(z->ndim == 4 && z->shape[0] == 0 && z->shape[1] == 3 && z->shape[3] == 4);
   ad_tensor_free(x);
+  /* bilinear too */
+  ad_tensor *x1 = ad_zeros(ctx, AD_F32, 2, (int64_t[2]){0, 3}),
+            *x2 = ad_zeros(ctx, AD_F32, 2, (int64_t[2]){0, 2}),
+            *w = ad_ones(ctx, AD_F32, 3, (int64_t[3]){4, 3, 2});
+  ad_tensor *yb = nn_bilinear(ctx, x1, x2, w, NULL);
+  cr_assert_not_null(yb, "%s", ad_last_error(ctx));
+  cr_assert(yb->ndim == 2 && yb->shape[0] == 0 && yb->shape[1] == 4);
+  ad_tensor_free(x1), ad_tensor_free(x2), ad_tensor_free(w);
+}
+
+/* -------------------------------------------------------------- bilinear */
+
+/* Case bc in dtype d through nn_bilinear, or through a layer whose
+ * parameters are set to the case's. */
+static void check_bil_case(const bil_case *bc, int d, bool layer) {
+  ad_dtype dt = d ? AD_F32 : AD_F64;
+  ad_tape_reset(ctx);
+  int nd = bc->nd;
+  int64_t in1 = bc->s1[nd - 1], in2 = bc->s2[nd - 1], ws[3] = {bc->out, in1, in2}, gs[3];
+  for (int k = 0; k < nd - 1; k++) gs[k] = bc->s1[k];
+  gs[nd - 1] = bc->out;
+  ad_tensor *x1 = vec(ctx, dt, nd, bc->s1, bc->x1), *x2 = vec(ctx, dt, nd, bc->s2, bc->x2);
+  ad_tensor *g = vec(ctx, dt, nd, gs, bc->g), *w, *b = NULL, *y;
+  nn_layer *l = NULL;
+  if (layer) {
+    ad_rng rng;
+    ad_rng_seed(&rng, 1);
+    l = nn_bilinear_new(ctx, in1, in2, bc->out, bc->has_bias, dt, &rng);
+    cr_assert_not_null(l, "%s", ad_last_error(ctx));
+    nn_params *p = nn_layer_params(l);
+    cr_assert_eq(nn_params_count(p), bc->has_bias ? 2 : 1);
+    cr_assert_str_eq(nn_params_name(p, 0), "weight");
+    w = nn_params_tensor(p, 0);
+    for (int64_t i = 0; i < w->size; i++) ad_tensor_set(w, i, bc->w[i]);
+    if (bc->has_bias) {
+      cr_assert_str_eq(nn_params_name(p, 1), "bias");
+      b = nn_params_tensor(p, 1);
+      for (int64_t i = 0; i < b->size; i++) ad_tensor_set(b, i, bc->b[i]);
+    }
+  } else {
+    w = vec(ctx, dt, 3, ws, bc->w);
+    if (bc->has_bias) b = vec(ctx, dt, 1, &bc->out, bc->b);
+    ad_tensor_set_requires_grad(w, true);
+    if (b) ad_tensor_set_requires_grad(b, true);
+  }
+  ad_tensor_set_requires_grad(x1, true), ad_tensor_set_requires_grad(x2, true);
+  y = layer ? nn_bilinear_forward(l, x1, x2) : nn_bilinear(ctx, x1, x2, w, b);
+  cr_assert_not_null(y, "%s: %s", bc->name, ad_last_error(ctx));
+  cr_assert_eq(y->ndim, nd);
+  for (int k = 0; k < nd; k++) cr_assert_eq(y->shape[k], gs[k]);
+  char what[96];
+  double rtol = d ? 3e-6 : 1e-13;
+  snprintf(what, sizeof what, "%s %s y", bc->name, d ? "f32" : "f64");
+  for (int64_t i = 0; i < y->size; i++)
+    expect_close(ad_tensor_get(y, i), bc->y[d][i], rtol, what, (int)i);
+  ad_tensor *loss = ad_sum(ctx, ad_mul(ctx, y, g));
+  cr_assert_eq(ad_backward(ctx, loss, NULL), AD_OK, "%s", ad_last_error(ctx));
+  const double *want = bc->d[d];
+  ad_tensor *ts[4] = {x1, x2, w, b};
+  static const char *const names[4] = {"dx1", "dx2", "dweight", "dbias"};
+  for (int k = 0; k < 4 && ts[k]; k++) {
+    snprintf(what, sizeof what, "%s %s %s", bc->name, d ? "f32" : "f64", names[k]);
+    for (int64_t i = 0; i < ts[k]->size; i++)
+      expect_close(ad_tensor_get(ts[k]->grad, i), want[i], rtol, what, (int)i);
+    want += ts[k]->size;
+  }
+  ad_tape_reset(ctx);
+  if (layer)
+    nn_layer_free(l);
+  else
+    ad_tensor_free(w), ad_tensor_free(b);
+  ad_tensor_free(x1), ad_tensor_free(x2), ad_tensor_free(g);
+}
+
+Test(misc2, bilinear_matches_pytorch) {
+  for (int i = 0; i < NBIL; i++)
+    for (int d = 0; d < 2; d++) {
+      check_bil_case(&BIL_CASES[i], d, false);
+      check_bil_case(&BIL_CASES[i], d, true);
+    }
+}
+
+static ad_tensor *gc_bil_fn(ad_ctx *c, int n, ad_tensor *const *in, void *ud) {
+  (void)ud;
+  return nn_bilinear(c, in[0], in[1], in[2], n > 3 ? in[3] : NULL);
+}
+
+Test(misc2, bilinear_gradcheck_first_and_second_order) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 17);
+  int64_t s1[3] = {2, 3, 4}, s2[3] = {2, 3, 2}, ws[3] = {3, 4, 2}, bs = 3;
+  ad_tensor *in[4] = {
+      ad_rand(ctx, &rng, AD_F64, 3, s1, -1, 1), ad_rand(ctx, &rng, AD_F64, 3, s2, -1, 1),
+      ad_rand(ctx, &rng, AD_F64, 3, ws, -1, 1), ad_rand(ctx, &rng, AD_F64, 1, &bs, -1, 1)};
+  for (int k = 0; k < 4; k++) {
+    cr_assert_not_null(in[k]);
+    ad_tensor_set_requires_grad(in[k], true);
+  }
+  for (int n = 3; n <= 4; n++) {
+    ad_check_report rep;
+    cr_assert_eq(ad_gradcheck(ctx, gc_bil_fn, NULL, n, in, NULL, &rep), AD_OK, "%s",
+                 ad_last_error(ctx));
+    cr_assert(rep.passed, "input %d index %lld: %g numeric %g", rep.input, (long long)rep.index,
+              rep.analytic, rep.numeric);
+    cr_assert_eq(ad_gradgradcheck(ctx, gc_bil_fn, NULL, n, in, NULL, &rep), AD_OK, "%s",
+                 ad_last_error(ctx));
+    cr_assert(rep.passed, "2nd order: input %d index %lld: %g numeric %g", rep.input,
+              (long long)rep.index, rep.analytic, rep.numeric);
+  }
+  for (int k = 0; k < 4; k++) ad_tensor_free(in[k]);
+}
+
+/* PyTorch's init: both tensors uniform within 1 / sqrt(in1), so in a
+ * large draw the extremes come close to the bound and never pass it. */
+Test(misc2, bilinear_init_is_pytorch_uniform) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 3);
+  nn_layer *l = nn_bilinear_new(ctx, 16, 5, 40, true, AD_F32, &rng);
+  cr_assert_not_null(l, "%s", ad_last_error(ctx));
+  nn_params *p = nn_layer_params(l);
+  for (int k = 0; k < 2; k++) {
+    ad_tensor *t = nn_params_tensor(p, k);
+    cr_assert_eq(t->ndim, k ? 1 : 3);
+    cr_assert_eq(t->shape[0], 40);
+    if (!k) cr_assert(t->shape[1] == 16 && t->shape[2] == 5);
+    double lo = 1, hi = -1;
+    for (int64_t i = 0; i < t->size; i++) {
+      double v = ad_tensor_get(t, i);
+      lo = fmin(lo, v), hi = fmax(hi, v);
+    }
+    cr_assert(lo >= -0.25 && hi <= 0.25 && lo < -0.2 && hi > 0.2, "%s: [%g, %g]",
+              nn_params_name(p, k), lo, hi);
+  }
+  nn_layer_free(l);
+  l = nn_bilinear_new(ctx, 2, 3, 4, false, AD_F64, &rng);
+  cr_assert_not_null(l, "%s", ad_last_error(ctx));
+  cr_assert_eq(nn_params_count(nn_layer_params(l)), 1);
+  cr_assert_eq(nn_params_tensor(nn_layer_params(l), 0)->dtype, AD_F64);
+  nn_layer_free(l);
 }
 
 /* ------------------------------------------------------------------ repr */
@@ -187,6 +339,12 @@ Test(misc2, describe_is_pytorch_repr) {
               "unfold(kernel_size=2, dilation=1, padding=1, stride=2)");
   expect_desc(nn_fold_new(ctx, (int64_t[2]){4, 5}, &(nn_fold_opts){.kernel_size = {2, 3}}),
               "fold(output_size=(4, 5), kernel_size=(2, 3), dilation=1, padding=0, stride=1)");
+  ad_rng rng;
+  ad_rng_seed(&rng, 1);
+  expect_desc(nn_bilinear_new(ctx, 3, 4, 2, true, AD_F32, &rng),
+              "bilinear(in1_features=3, in2_features=4, out_features=2, bias=True)");
+  expect_desc(nn_bilinear_new(ctx, 3, 4, 2, false, AD_F32, &rng),
+              "bilinear(in1_features=3, in2_features=4, out_features=2, bias=False)");
 }
 
 /* ---------------------------------------------------------------- misuse */
@@ -324,5 +482,99 @@ Test(misc2, unfold_fold_bad_inputs) {
   nn_layer_free(un), nn_layer_free(fo);
   ad_tensor_free(x4), ad_tensor_free(x2), ad_tensor_free(xi), ad_tensor_free(x0);
   ad_tensor_free(c3), ad_tensor_free(c5), ad_tensor_free(c8), ad_tensor_free(ci);
+  ad_ctx_free(other);
+}
+
+Test(misc2, bilinear_bad_arguments_and_inputs) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 1);
+  ad_ctx *other = ad_ctx_new();
+  cr_assert_not_null(other);
+  cr_assert_null(nn_bilinear_new(ctx, 0, 4, 2, true, AD_F32, &rng));
+  test_expect_error(ctx, AD_ERR_ARG,
+                    "bilinear: in1_features 0, in2_features 4 and out_features 2 must be in [1, "
+                    "2^31 - 1]",
+                    NULL);
+  cr_assert_null(nn_bilinear_new(ctx, 3, 4, -1, true, AD_F32, &rng));
+  test_expect_error(ctx, AD_ERR_ARG, "out_features -1 must be", NULL);
+  cr_assert_null(nn_bilinear_new(ctx, 3, INT64_MAX, 1, true, AD_F32, &rng));
+  test_expect_error(ctx, AD_ERR_ARG, "in2_features 9223372036854775807", NULL);
+  cr_assert_null(nn_bilinear_new(ctx, 3, 4, 2, true, AD_I32, &rng));
+  test_expect_error(ctx, AD_ERR_DTYPE, "bilinear: parameters must be float, got i32", NULL);
+  cr_assert_null(nn_bilinear_new(ctx, 3, 4, 2, true, AD_F32, NULL));
+  test_expect_error(ctx, AD_ERR_NULL, "bilinear: rng is NULL", NULL);
+  cr_assert_null(nn_bilinear_new(NULL, 3, 4, 2, true, AD_F32, &rng));
+  ad_tensor *x1 = ad_ones(ctx, AD_F32, 2, (int64_t[2]){4, 3});
+  ad_tensor *x2 = ad_ones(ctx, AD_F32, 2, (int64_t[2]){4, 5});
+  ad_tensor *x2b = ad_ones(ctx, AD_F32, 2, (int64_t[2]){3, 5});
+  ad_tensor *x2c = ad_ones(ctx, AD_F32, 3, (int64_t[3]){1, 4, 5});
+  ad_tensor *x2d = ad_ones(ctx, AD_F64, 2, (int64_t[2]){4, 5});
+  ad_tensor *xi = ad_zeros(ctx, AD_I32, 2, (int64_t[2]){4, 3});
+  ad_tensor *w = ad_ones(ctx, AD_F32, 3, (int64_t[3]){2, 3, 5});
+  ad_tensor *w2 = ad_ones(ctx, AD_F32, 3, (int64_t[3]){2, 5, 3});
+  ad_tensor *w2d = ad_ones(ctx, AD_F32, 2, (int64_t[2]){3, 5});
+  ad_tensor *b = ad_ones(ctx, AD_F32, 1, (int64_t[1]){2});
+  ad_tensor *b3 = ad_ones(ctx, AD_F32, 1, (int64_t[1]){3});
+  ad_tensor *gone = ad_ones(ctx, AD_F32, 2, (int64_t[2]){4, 3});
+  ad_tensor *far = ad_ones(other, AD_F32, 2, (int64_t[2]){4, 3});
+  cr_assert(x1 && x2 && x2b && x2c && x2d && xi && w && w2 && w2d && b && b3 && gone && far);
+  ad_tensor_free(gone);
+  cr_assert_not_null(nn_bilinear(ctx, x1, x2, w, b), "%s", ad_last_error(ctx));
+  cr_assert_null(nn_bilinear(ctx, NULL, x2, w, b));
+  test_expect_error(ctx, AD_ERR_NULL, "bilinear: input1 is NULL", NULL);
+  cr_assert_null(nn_bilinear(ctx, x1, NULL, w, b));
+  test_expect_error(ctx, AD_ERR_NULL, "bilinear: input2 is NULL", NULL);
+  cr_assert_null(nn_bilinear(ctx, x1, x2, NULL, b));
+  test_expect_error(ctx, AD_ERR_NULL, "bilinear: weight is NULL", NULL);
+  cr_assert_null(nn_bilinear(ctx, gone, x2, w, b));
+  test_expect_error(ctx, AD_ERR_STATE, "bilinear: input1 was freed", NULL);
+  cr_assert_null(nn_bilinear(ctx, x1, x2, w, far));
+  test_expect_error(ctx, AD_ERR_ARG, "bilinear: bias belongs to another context", NULL);
+  cr_assert_null(nn_bilinear(ctx, x1, x2b, w, b));
+  test_expect_error(ctx, AD_ERR_SHAPE,
+                    "bilinear: input1 [4,3] and input2 [3,5] must be [..., in1] and [..., in2] "
+                    "with the same batch dims",
+                    NULL);
+  cr_assert_null(nn_bilinear(ctx, x1, x2c, w, b));
+  test_expect_error(ctx, AD_ERR_SHAPE, "input1 [4,3] and input2 [1,4,5]", NULL);
+  cr_assert_null(nn_bilinear(ctx, x1, x2d, w, b));
+  test_expect_error(ctx, AD_ERR_DTYPE, "bilinear: input2 [4,5] is f64, input1 [4,3] is f32", NULL);
+  cr_assert_null(nn_bilinear(ctx, xi, x2, w, b));
+  test_expect_error(ctx, AD_ERR_DTYPE, "bilinear: input1 [4,3] must be float, got i32", NULL);
+  cr_assert_null(nn_bilinear(ctx, x1, x2, w2, b));
+  test_expect_error(ctx, AD_ERR_SHAPE, "bilinear: weight [2,5,3] must be [out, 3, 5] for input1",
+                    NULL);
+  cr_assert_null(nn_bilinear(ctx, x1, x2, w2d, b));
+  test_expect_error(ctx, AD_ERR_SHAPE, "bilinear: weight [3,5] must be [out, 3, 5]", NULL);
+  cr_assert_null(nn_bilinear(ctx, x1, x2, w, b3));
+  test_expect_error(ctx, AD_ERR_SHAPE, "bilinear: bias [3] must be [2]", NULL);
+  cr_assert_null(nn_bilinear(NULL, x1, x2, w, b));
+  /* the layer */
+  nn_layer *l = nn_bilinear_new(ctx, 3, 5, 2, true, AD_F32, &rng), *u = nn_identity_new(ctx);
+  cr_assert(l && u, "%s", ad_last_error(ctx));
+  cr_assert_not_null(nn_bilinear_forward(l, x1, x2), "%s", ad_last_error(ctx));
+  cr_assert_eq(nn_layer_output_shape(l, NULL), 2);
+  cr_assert_null(nn_layer_forward(l, x1, true));
+  test_expect_error(ctx, AD_ERR_ARG,
+                    "bilinear: takes two inputs: call nn_bilinear_forward(l, x1, x2), not "
+                    "nn_layer_forward or a Sequential",
+                    NULL);
+  cr_assert_null(nn_bilinear_forward(u, x1, x2));
+  test_expect_error(ctx, AD_ERR_ARG, "bilinear_forward: identity is not a Bilinear", NULL);
+  cr_assert_null(nn_bilinear_forward(l, x1, x2b));
+  test_expect_error(ctx, AD_ERR_SHAPE, "bilinear: input1 [4,3] and input2 [3,5]", NULL);
+  cr_assert_null(nn_bilinear_forward(l, x2, x1));
+  test_expect_error(ctx, AD_ERR_SHAPE, "bilinear: weight [2,3,5] must be [out, 5, 3]", NULL);
+  cr_assert_null(nn_bilinear_forward(l, gone, x2));
+  test_expect_error(ctx, AD_ERR_STATE, "bilinear: input1 was freed", NULL);
+  cr_assert_null(nn_bilinear_forward(l, x1, far));
+  test_expect_error(ctx, AD_ERR_ARG, "bilinear: input2 belongs to another context", NULL);
+  cr_assert_null(nn_bilinear_forward(l, x1, NULL));
+  test_expect_error(ctx, AD_ERR_NULL, "bilinear: input2 is NULL", NULL);
+  cr_assert_null(nn_bilinear_forward(NULL, x1, x2));
+  ad_tape_reset(ctx);
+  nn_layer_free(l), nn_layer_free(u);
+  ad_tensor *ts[] = {x1, x2, x2b, x2c, x2d, xi, w, w2, w2d, b, b3};
+  for (size_t k = 0; k < sizeof ts / sizeof ts[0]; k++) ad_tensor_free(ts[k]);
   ad_ctx_free(other);
 }

@@ -246,6 +246,7 @@ static ad_tensor *layer_fwd(world *w, nn_layer *l, ad_tensor *x, bool training) 
         ad_max_pool2d_indices(w->c, w->t[2], 2, 2, &(ad_pool2d_opts){.stride = {1, 1}});
     return idx ? nn_max_unpool_forward(l, x, idx, NULL) : NULL;
   }
+  if (!strcmp(k, "bilinear")) return nn_bilinear_forward(l, x, w->t[2]);
   if (!strcmp(k, "transformer")) /* src w->t[2], tgt x */
     return nn_transformer_forward(l, w->t[2], x, NULL, NULL, NULL, NULL, NULL, NULL, training);
   return nn_layer_forward(l, x, training);
@@ -330,6 +331,7 @@ enum {
   LPPOOL2D,
   UNFOLD,
   FOLD,
+  BILINEAR,
   N_LAYERS
 };
 
@@ -400,7 +402,8 @@ static const char *layer_names[N_LAYERS] = {"dense",
                                             "max_unpool2d duplicates",
                                             "lp_pool2d",
                                             "unfold",
-                                            "fold"};
+                                            "fold",
+                                            "bilinear"};
 
 static bool build_only;
 
@@ -565,6 +568,11 @@ static ad_status run_layer(world *w) {
   case FOLD: /* the index, a scatter-add, narrows */
     w->l = nn_fold_new(c, (int64_t[2]){4, 3}, &(nn_fold_opts){{2, 2}, {1, 1}, {1, 0}, {1, 1}});
     x = w->x = data(c, 3, (int64_t[3]){2, 8, 10}, 1);
+    break;
+  case BILINEAR: /* x1 [3, 2, 4], x2 w->t[2] [3, 2, 3] */
+    w->l = nn_bilinear_new(c, 4, 3, 2, true, AD_F32, &rng);
+    if (!(w->t[2] = data(c, 3, (int64_t[]){3, 2, 3}, 2))) return ad_last_status(c);
+    x = w->x = data(c, 3, s3, 1);
     break;
   case CONV3D_CIRCULAR: /* unbatched: the view, a gather per axis, the convolution */
     w->l =

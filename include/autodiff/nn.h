@@ -1156,6 +1156,35 @@ NN_API nn_layer *nn_unfold_new(ad_ctx *ctx, const nn_fold_opts *opts);
 NN_API nn_layer *nn_fold_new(ad_ctx *ctx, const int64_t output_size[2], const nn_fold_opts *opts);
 /** @} */
 
+/** PyTorch's F.bilinear: y[..., o] = sum_ij x1[..., i] weight[o, i, j]
+ * x2[..., j] + bias[o], x1 [..., in1] and x2 [..., in2] with the same
+ * leading dims (any number, none for unbatched 1-D inputs), weight [out,
+ * in1, in2], bias [out] or NULL for none; y [..., out]. A composite (one
+ * ad_matmul, a product and a sum), differentiable to any order in every
+ * input. Returns a tape tensor, or NULL with AD_ERR_NULL (x1, x2 or
+ * weight), AD_ERR_DTYPE (not float, or dtypes that differ), AD_ERR_SHAPE
+ * (leading dims that differ, as PyTorch's "input batch dimensions do not
+ * match"; weight not 3-D or not [out, in1, in2]; bias not [out]) and the
+ * errors of an op's input (freed, another context's), naming "bilinear". */
+NN_API ad_tensor *nn_bilinear(ad_ctx *ctx, ad_tensor *x1, ad_tensor *x2, ad_tensor *weight,
+                              ad_tensor *bias);
+
+/** PyTorch's nn.Bilinear(in1_features, in2_features, out_features, bias):
+ * parameters "weight" [out, in1, in2] and, with bias, "bias" [out], of
+ * dtype (AD_F32 or AD_F64), both drawn from rng uniform in (-1 /
+ * sqrt(in1), 1 / sqrt(in1)) as PyTorch's reset_parameters (other draws:
+ * the engine's generator). Kind "bilinear". It takes two inputs: run it
+ * with nn_bilinear_forward; nn_layer_forward and a Sequential refuse it
+ * (AD_ERR_ARG). NULL with AD_ERR_ARG (a size < 1: PyTorch fails on
+ * in1_features 0), AD_ERR_DTYPE, AD_ERR_NULL (rng) or AD_ERR_OOM. */
+NN_API nn_layer *nn_bilinear_new(ad_ctx *ctx, int64_t in1_features, int64_t in2_features,
+                                 int64_t out_features, bool bias, ad_dtype dtype, ad_rng *rng);
+
+/** Runs an nn_bilinear_new layer on x1 and x2: nn_bilinear with its
+ * parameters, the errors naming the layer. NULL with AD_ERR_ARG when l is
+ * not a Bilinear; NULL for a NULL l. */
+NN_API ad_tensor *nn_bilinear_forward(nn_layer *l, ad_tensor *x1, ad_tensor *x2);
+
 /** Padding layers, PyTorch's nn.ZeroPad2d, nn.ConstantPad1d/2d,
  * nn.ReflectionPad1d/2d and nn.ReplicationPad1d/2d. pad is (left, right)
  * for the 1-D layers, which take [N, C, L] or [C, L], and (left, right,
