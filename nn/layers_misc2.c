@@ -1,5 +1,5 @@
 /* layers_misc2.c: PyTorch modules a port meets that had no layer here:
- * nn.Unfold and nn.Fold (F.unfold / F.fold), nn.Bilinear. Composites of public ops, so
+ * nn.Unfold and nn.Fold (F.unfold / F.fold), nn.Bilinear, nn.GLU. Composites of public ops, so
  * every gradient is the tape's and differentiable to any order; this file
  * holds PyTorch's index rules and the checks that name the function or
  * layer.
@@ -20,7 +20,7 @@
 
 #define I32_MAX INT64_C(2147483647)
 
-typedef enum m2_kind { M2_UNFOLD, M2_FOLD, M2_BILINEAR } m2_kind;
+typedef enum m2_kind { M2_UNFOLD, M2_FOLD, M2_BILINEAR, M2_GLU } m2_kind;
 
 typedef struct m2_state {
   m2_kind kind;
@@ -28,6 +28,7 @@ typedef struct m2_state {
   int64_t out_hw[2];     /* fold */
   int64_t in1, in2, out; /* bilinear */
   ad_tensor *w, *b;      /* bilinear: its parameters (b NULL without bias) */
+  int dim;               /* glu */
 } m2_state;
 
 static const nn_layer_ops m2_ops;
@@ -354,6 +355,51 @@ ad_tensor *nn_bilinear_forward(nn_layer *l, ad_tensor *x1, ad_tensor *x2) {
   return y;
 }
 
+/* ------------------------------------------------------------------- glu */
+
+/* y = a sigmoid(b), a and b the halves of x along dim. */
+static ad_tensor *glu_run(ad_ctx *ctx, const char *who, ad_tensor *x, int dim) {
+  char a[64];
+  if (x->dtype != AD_F32 && x->dtype != AD_F64) {
+    ad_set_error(ctx, AD_ERR_DTYPE, "%s: input %s must be float, got %s", who,
+                 ad_shape_str(x, a, sizeof a), ad_dtype_name(x->dtype));
+    return NULL;
+  }
+  if (!x->ndim) {
+    ad_set_error(ctx, AD_ERR_SHAPE,
+                 "%s: a 0-d input has no halves (PyTorch: glu does not support "
+                 "scalars)",
+                 who);
+    return NULL;
+  }
+  if (dim < -x->ndim || dim >= x->ndim) {
+    ad_set_error(ctx, AD_ERR_ARG, "%s: dim %d is outside -%d..%d for input %s", who, dim, x->ndim,
+                 x->ndim - 1, ad_shape_str(x, a, sizeof a));
+    return NULL;
+  }
+  int d = dim < 0 ? dim + x->ndim : dim;
+  int64_t n = x->shape[d];
+  if (n % 2) {
+    ad_set_error(ctx, AD_ERR_SHAPE, "%s: input %s: the halving dim %d must be even, but is %lld",
+                 who, ad_shape_str(x, a, sizeof a), d, (long long)n);
+    return NULL;
+  }
+  ad_tensor *first = ad_narrow(ctx, x, d, 0, n / 2), *second = ad_narrow(ctx, x, d, n / 2, n / 2);
+  return ad_mul(ctx, first, ad_sigmoid(ctx, second));
+}
+
+ad_tensor *nn_glu(ad_ctx *ctx, ad_tensor *x, int dim) {
+  if (!ctx) return NULL;
+  if (nn_check_input(ctx, "glu", "input", x) != AD_OK) return NULL;
+  return glu_run(ctx, "glu", x, dim);
+}
+
+nn_layer *nn_glu_new(ad_ctx *ctx, int dim) {
+  if (!ctx) return NULL;
+  m2_state s = {.kind = M2_GLU, .dim = dim};
+  return m2_layer(ctx, "glu", &s);
+}
+
 /* --------------------------------------------------------------- layer */
 
 static ad_tensor *m2_forward(nn_layer *l, ad_tensor *x, bool training) {
@@ -373,6 +419,8 @@ static ad_tensor *m2_forward(nn_layer *l, ad_tensor *x, bool training) {
                  "or a Sequential",
                  who);
     return NULL;
+  case M2_GLU:
+    return glu_run(ctx, who, x, s->dim);
   }
   return NULL;
 }
@@ -415,6 +463,9 @@ static void m2_describe(const nn_layer *l, nn_text *t) {
   case M2_BILINEAR:
     nn_text_add(t, "in1_features=%lld, in2_features=%lld, out_features=%lld, bias=%s",
                 (long long)s->in1, (long long)s->in2, (long long)s->out, nn_py_bool(s->b != NULL));
+    break;
+  case M2_GLU:
+    nn_text_add(t, "dim=%d", s->dim);
     break;
   }
 }

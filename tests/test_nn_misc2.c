@@ -37,12 +37,23 @@ typedef struct bil_case {
   const double *x1, *x2, *w, *b, *g, *y[2], *d[2];
 } bil_case;
 
+/* A glu case: x of shape, y[d] and dx[d] of sum(y * g), g linspace(-1, 1)
+ * over y's elements. */
+typedef struct glu_case {
+  const char *name;
+  int ndim;
+  int64_t shape[3];
+  int dim;
+  const double *x, *y[2], *dx[2];
+} glu_case;
+
 /* The PyTorch values:
  * `/usr/bin/python3 tools/gen_misc2_fixtures.py > tests/misc2_fixtures.h`. */
 #include "misc2_fixtures.h"
 
 #define NFOLD (int)(sizeof FOLD_CASES / sizeof FOLD_CASES[0])
 #define NBIL  (int)(sizeof BIL_CASES / sizeof BIL_CASES[0])
+#define NGLU  (int)(sizeof GLU_CASES / sizeof GLU_CASES[0])
 
 static ad_tensor *vec(ad_ctx *c, ad_dtype dt, int ndim, const int64_t *shape, const double *v) {
   ad_tensor *t = ad_zeros(c, dt, ndim, shape);
@@ -324,6 +335,119 @@ Test(misc2, bilinear_init_is_pytorch_uniform) {
   nn_layer_free(l);
 }
 
+/* ------------------------------------------------------------------- glu */
+
+static void check_glu_case(const glu_case *gc, int d, bool layer) {
+  ad_dtype dt = d ? AD_F32 : AD_F64;
+  ad_tape_reset(ctx);
+  ad_tensor *x = vec(ctx, dt, gc->ndim, gc->shape, gc->x);
+  ad_tensor_set_requires_grad(x, true);
+  nn_layer *l = layer ? nn_glu_new(ctx, gc->dim) : NULL;
+  ad_tensor *y = layer ? nn_layer_forward(l, x, true) : nn_glu(ctx, x, gc->dim);
+  cr_assert_not_null(y, "%s: %s", gc->name, ad_last_error(ctx));
+  int dd = gc->dim < 0 ? gc->dim + gc->ndim : gc->dim;
+  for (int k = 0; k < gc->ndim; k++)
+    cr_assert_eq(y->shape[k], k == dd ? gc->shape[k] / 2 : gc->shape[k]);
+  ad_tensor *g = ad_zeros(ctx, dt, y->ndim, y->shape);
+  for (int64_t i = 0; i < g->size; i++)
+    ad_tensor_set(g, i, g->size > 1 ? -1 + 2.0 * (double)i / (double)(g->size - 1) : -1);
+  char what[96];
+  double rtol = d ? 2e-6 : 1e-14;
+  snprintf(what, sizeof what, "%s %s y", gc->name, d ? "f32" : "f64");
+  for (int64_t i = 0; i < y->size; i++)
+    expect_close(ad_tensor_get(y, i), gc->y[d][i], rtol, what, (int)i);
+  cr_assert_eq(ad_backward(ctx, ad_sum(ctx, ad_mul(ctx, y, g)), NULL), AD_OK, "%s",
+               ad_last_error(ctx));
+  snprintf(what, sizeof what, "%s %s dx", gc->name, d ? "f32" : "f64");
+  for (int64_t i = 0; i < x->size; i++)
+    expect_close(ad_tensor_get(x->grad, i), gc->dx[d][i], rtol, what, (int)i);
+  ad_tape_reset(ctx);
+  nn_layer_free(l);
+  ad_tensor_free(x), ad_tensor_free(g);
+}
+
+Test(misc2, glu_matches_pytorch) {
+  for (int i = 0; i < NGLU; i++)
+    for (int d = 0; d < 2; d++) {
+      check_glu_case(&GLU_CASES[i], d, false);
+      check_glu_case(&GLU_CASES[i], d, true);
+    }
+}
+
+static ad_tensor *gc_glu_fn(ad_ctx *c, int n, ad_tensor *const *in, void *ud) {
+  (void)n;
+  return nn_glu(c, in[0], *(const int *)ud);
+}
+
+Test(misc2, glu_gradcheck_first_and_second_order) {
+  int64_t s[3] = {2, 4, 6};
+  for (int dim = -3; dim < 3; dim++) {
+    ad_rng rng;
+    ad_rng_seed(&rng, 30 + dim);
+    ad_tensor *x = ad_rand(ctx, &rng, AD_F64, 3, s, -3, 3);
+    cr_assert_not_null(x);
+    ad_tensor_set_requires_grad(x, true);
+    ad_check_report rep;
+    cr_assert_eq(ad_gradcheck(ctx, gc_glu_fn, &dim, 1, &x, NULL, &rep), AD_OK, "%s",
+                 ad_last_error(ctx));
+    cr_assert(rep.passed, "dim %d: index %lld: %g numeric %g", dim, (long long)rep.index,
+              rep.analytic, rep.numeric);
+    cr_assert_eq(ad_gradgradcheck(ctx, gc_glu_fn, &dim, 1, &x, NULL, &rep), AD_OK, "%s",
+                 ad_last_error(ctx));
+    cr_assert(rep.passed, "dim %d (2nd order): index %lld: %g numeric %g", dim,
+              (long long)rep.index, rep.analytic, rep.numeric);
+    ad_tensor_free(x);
+  }
+}
+
+Test(misc2, glu_bad_inputs) {
+  ad_ctx *other = ad_ctx_new();
+  cr_assert_not_null(other);
+  ad_tensor *x = ad_ones(ctx, AD_F32, 2, (int64_t[2]){3, 5});
+  ad_tensor *x0 = ad_scalar(ctx, AD_F32, 1);
+  ad_tensor *xi = ad_zeros(ctx, AD_I32, 2, (int64_t[2]){3, 4});
+  ad_tensor *gone = ad_ones(ctx, AD_F32, 2, (int64_t[2]){3, 4});
+  ad_tensor *far = ad_ones(other, AD_F32, 2, (int64_t[2]){3, 4});
+  cr_assert(x && x0 && xi && gone && far);
+  ad_tensor_free(gone);
+  cr_assert_null(nn_glu(ctx, x, 1));
+  test_expect_error(ctx, AD_ERR_SHAPE, "glu: input [3,5]: the halving dim 1 must be even, but is 5",
+                    NULL);
+  cr_assert_null(nn_glu(ctx, x, -1));
+  test_expect_error(ctx, AD_ERR_SHAPE, "the halving dim 1 must be even", NULL);
+  cr_assert_null(nn_glu(ctx, x, 2));
+  test_expect_error(ctx, AD_ERR_ARG, "glu: dim 2 is outside -2..1 for input [3,5]", NULL);
+  cr_assert_null(nn_glu(ctx, x, -3));
+  test_expect_error(ctx, AD_ERR_ARG, "glu: dim -3 is outside -2..1", NULL);
+  cr_assert_null(nn_glu(ctx, x0, 0));
+  test_expect_error(ctx, AD_ERR_SHAPE, "glu: a 0-d input has no halves", NULL);
+  cr_assert_null(nn_glu(ctx, xi, 1));
+  test_expect_error(ctx, AD_ERR_DTYPE, "glu: input [3,4] must be float, got i32", NULL);
+  cr_assert_null(nn_glu(ctx, NULL, 0));
+  test_expect_error(ctx, AD_ERR_NULL, "glu: input is NULL", NULL);
+  cr_assert_null(nn_glu(ctx, gone, 0));
+  test_expect_error(ctx, AD_ERR_STATE, "glu: input was freed", NULL);
+  cr_assert_null(nn_glu(ctx, far, 0));
+  test_expect_error(ctx, AD_ERR_ARG, "glu: input belongs to another context", NULL);
+  cr_assert_null(nn_glu(NULL, x, 0));
+  cr_assert_null(nn_glu_new(NULL, 0));
+  nn_layer *l = nn_glu_new(ctx, 7);
+  cr_assert_not_null(l);
+  cr_assert_null(nn_layer_forward(l, x, true));
+  test_expect_error(ctx, AD_ERR_ARG, "glu: dim 7 is outside -2..1", NULL);
+  nn_layer_free(l);
+  l = nn_glu_new(ctx, -1);
+  cr_assert_null(nn_layer_forward(l, x, true));
+  test_expect_error(ctx, AD_ERR_SHAPE, "glu: input [3,5]: the halving dim 1 must be even", NULL);
+  /* an empty half is fine, as in PyTorch */
+  ad_tensor *e = ad_zeros(ctx, AD_F32, 2, (int64_t[2]){3, 0}), *y = nn_layer_forward(l, e, true);
+  cr_assert(y && y->shape[0] == 3 && y->shape[1] == 0, "%s", ad_last_error(ctx));
+  ad_tape_reset(ctx);
+  nn_layer_free(l);
+  ad_tensor_free(x), ad_tensor_free(x0), ad_tensor_free(xi), ad_tensor_free(e);
+  ad_ctx_free(other);
+}
+
 /* ------------------------------------------------------------------ repr */
 
 static void expect_desc(nn_layer *l, const char *want) {
@@ -345,6 +469,8 @@ Test(misc2, describe_is_pytorch_repr) {
               "bilinear(in1_features=3, in2_features=4, out_features=2, bias=True)");
   expect_desc(nn_bilinear_new(ctx, 3, 4, 2, false, AD_F32, &rng),
               "bilinear(in1_features=3, in2_features=4, out_features=2, bias=False)");
+  expect_desc(nn_glu_new(ctx, -1), "glu(dim=-1)");
+  expect_desc(nn_glu_new(ctx, 2), "glu(dim=2)");
 }
 
 /* ---------------------------------------------------------------- misuse */

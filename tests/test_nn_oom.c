@@ -332,6 +332,7 @@ enum {
   UNFOLD,
   FOLD,
   BILINEAR,
+  GLU,
   N_LAYERS
 };
 
@@ -403,7 +404,8 @@ static const char *layer_names[N_LAYERS] = {"dense",
                                             "lp_pool2d",
                                             "unfold",
                                             "fold",
-                                            "bilinear"};
+                                            "bilinear",
+                                            "glu"};
 
 static bool build_only;
 
@@ -572,6 +574,10 @@ static ad_status run_layer(world *w) {
   case BILINEAR: /* x1 [3, 2, 4], x2 w->t[2] [3, 2, 3] */
     w->l = nn_bilinear_new(c, 4, 3, 2, true, AD_F32, &rng);
     if (!(w->t[2] = data(c, 3, (int64_t[]){3, 2, 3}, 2))) return ad_last_status(c);
+    x = w->x = data(c, 3, s3, 1);
+    break;
+  case GLU: /* two narrows, a sigmoid, a product */
+    w->l = nn_glu_new(c, 1);
     x = w->x = data(c, 3, s3, 1);
     break;
   case CONV3D_CIRCULAR: /* unbatched: the view, a gather per axis, the convolution */

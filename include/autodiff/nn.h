@@ -1185,6 +1185,22 @@ NN_API nn_layer *nn_bilinear_new(ad_ctx *ctx, int64_t in1_features, int64_t in2_
  * not a Bilinear; NULL for a NULL l. */
 NN_API ad_tensor *nn_bilinear_forward(nn_layer *l, ad_tensor *x1, ad_tensor *x2);
 
+/** PyTorch's F.glu(x, dim): x split in halves a, b along dim (negative
+ * counts from the end), a * sigmoid(b), of x's shape with dim halved. A
+ * composite (two narrows, ad_sigmoid, ad_mul), differentiable to any
+ * order, PyTorch's values and gradients. Returns a tape tensor, or NULL
+ * with AD_ERR_NULL, AD_ERR_DTYPE (x not float), AD_ERR_SHAPE (a 0-d x,
+ * PyTorch's "glu does not support scalars"; an odd length along dim,
+ * PyTorch's "Halving dimension must be even"), AD_ERR_ARG (dim outside
+ * -ndim..ndim-1) and the errors of an op's input, naming "glu". */
+NN_API ad_tensor *nn_glu(ad_ctx *ctx, ad_tensor *x, int dim);
+
+/** nn_glu as a layer, PyTorch's nn.GLU(dim) (its default dim is -1), kind
+ * "glu". Any dim is taken here; the forward checks it against the input
+ * (the errors of nn_glu, naming the layer). NULL for a NULL ctx or on
+ * OOM. */
+NN_API nn_layer *nn_glu_new(ad_ctx *ctx, int dim);
+
 /** Padding layers, PyTorch's nn.ZeroPad2d, nn.ConstantPad1d/2d,
  * nn.ReflectionPad1d/2d and nn.ReplicationPad1d/2d. pad is (left, right)
  * for the 1-D layers, which take [N, C, L] or [C, L], and (left, right,
