@@ -1,5 +1,6 @@
 /* layers_misc2.c: PyTorch modules a port meets that had no layer here:
- * nn.Unfold and nn.Fold (F.unfold / F.fold), nn.Bilinear, nn.GLU. Composites of public ops, so
+ * nn.Unfold and nn.Fold (F.unfold / F.fold), nn.Bilinear, nn.GLU,
+ * nn.CosineSimilarity, nn.PairwiseDistance. Composites of public ops, so
  * every gradient is the tape's and differentiable to any order; this file
  * holds PyTorch's index rules and the checks that name the function or
  * layer.
@@ -20,7 +21,7 @@
 
 #define I32_MAX INT64_C(2147483647)
 
-typedef enum m2_kind { M2_UNFOLD, M2_FOLD, M2_BILINEAR, M2_GLU } m2_kind;
+typedef enum m2_kind { M2_UNFOLD, M2_FOLD, M2_BILINEAR, M2_GLU, M2_COS, M2_PDIST } m2_kind;
 
 typedef struct m2_state {
   m2_kind kind;
@@ -28,7 +29,9 @@ typedef struct m2_state {
   int64_t out_hw[2];     /* fold */
   int64_t in1, in2, out; /* bilinear */
   ad_tensor *w, *b;      /* bilinear: its parameters (b NULL without bias) */
-  int dim;               /* glu */
+  int dim;               /* glu, cosine_similarity */
+  double eps, p;         /* cosine_similarity; pairwise_distance */
+  bool keepdim;          /* pairwise_distance */
 } m2_state;
 
 static const nn_layer_ops m2_ops;
@@ -400,6 +403,148 @@ nn_layer *nn_glu_new(ad_ctx *ctx, int dim) {
   return m2_layer(ctx, "glu", &s);
 }
 
+/* --------------------------------------- cosine similarity, pairwise distance */
+
+static bool eps_ok(ad_ctx *ctx, const char *fn, double eps) {
+  if (eps >= 0 && isfinite(eps)) return true;
+  ad_set_error(ctx, AD_ERR_ARG, "%s: eps %g must be finite and >= 0", fn, eps);
+  return false;
+}
+
+static bool p_ok(ad_ctx *ctx, const char *fn, double p) {
+  if (p > 0 && isfinite(p)) return true;
+  ad_set_error(ctx, AD_ERR_ARG, "%s: p %g must be positive and finite", fn, p);
+  return false;
+}
+
+/* x1 and x2 float of one dtype whose shapes broadcast (NumPy) to shape
+ * (ndim *nd, at least 1). */
+static bool pair_shape(ad_ctx *ctx, const char *who, const ad_tensor *x1, const ad_tensor *x2,
+                       int *nd, int64_t *shape) {
+  char a[64], b[64];
+  if (x1->dtype != AD_F32 && x1->dtype != AD_F64) {
+    ad_set_error(ctx, AD_ERR_DTYPE, "%s: x1 %s must be float, got %s", who,
+                 ad_shape_str(x1, a, sizeof a), ad_dtype_name(x1->dtype));
+    return false;
+  }
+  if (x2->dtype != x1->dtype) {
+    ad_set_error(ctx, AD_ERR_DTYPE, "%s: x2 %s is %s, x1 %s is %s", who,
+                 ad_shape_str(x2, a, sizeof a), ad_dtype_name(x2->dtype),
+                 ad_shape_str(x1, b, sizeof b), ad_dtype_name(x1->dtype));
+    return false;
+  }
+  int n = x1->ndim > x2->ndim ? x1->ndim : x2->ndim;
+  bool ok = n >= 1;
+  for (int d = 0; ok && d < n; d++) {
+    int d1 = d - (n - x1->ndim), d2 = d - (n - x2->ndim);
+    int64_t s1 = d1 >= 0 ? x1->shape[d1] : 1, s2 = d2 >= 0 ? x2->shape[d2] : 1;
+    ok = s1 == s2 || s1 == 1 || s2 == 1;
+    shape[d] = s1 == 1 ? s2 : s1;
+  }
+  if (!ok) {
+    ad_set_error(ctx, AD_ERR_SHAPE,
+                 "%s: x1 %s and x2 %s must broadcast to one shape of at least 1 dim", who,
+                 ad_shape_str(x1, a, sizeof a), ad_shape_str(x2, b, sizeof b));
+    return false;
+  }
+  *nd = n;
+  return true;
+}
+
+/* x / sqrt(max(sum(x^2, d), eps^2)), the clamp's value without its
+ * gradient mask (1.13's clamp_min_ under no_grad): where s < eps^2 the
+ * denominator is s - detach(s) + eps^2. */
+static ad_tensor *cos_unit(ad_ctx *ctx, ad_tensor *x, int d, double eps) {
+  ad_tensor *s = ad_sum_axis(ctx, ad_square(ctx, x), d, true);
+  if (!s) return NULL;
+  ad_tensor *e2 = ad_scalar(ctx, s->dtype, eps * eps);
+  ad_tensor *low = ad_add(ctx, ad_sub(ctx, s, ad_detach(ctx, s)), e2);
+  ad_tensor *c = ad_where(ctx, ad_ge(ctx, s, e2), s, low);
+  return ad_div(ctx, x, ad_sqrt(ctx, c));
+}
+
+static ad_tensor *cos_run(ad_ctx *ctx, const char *who, ad_tensor *x1, ad_tensor *x2, int dim,
+                          double eps) {
+  int nd;
+  int64_t shape[AD_MAX_DIMS];
+  char a[64];
+  if (!pair_shape(ctx, who, x1, x2, &nd, shape)) return NULL;
+  if (dim < -nd || dim >= nd) {
+    ad_set_error(ctx, AD_ERR_ARG, "%s: dim %d is outside -%d..%d of the inputs' shape %s", who, dim,
+                 nd, nd - 1, ad_shape_str(x1->ndim == nd ? x1 : x2, a, sizeof a));
+    return NULL;
+  }
+  int d = dim < 0 ? dim + nd : dim;
+  ad_tensor *e1 = ad_expand(ctx, x1, nd, shape), *e2 = ad_expand(ctx, x2, nd, shape);
+  ad_tensor *u = ad_mul(ctx, cos_unit(ctx, e1, d, eps), cos_unit(ctx, e2, d, eps));
+  return ad_sum_axis(ctx, u, d, false);
+}
+
+static ad_tensor *pdist_run(ad_ctx *ctx, const char *who, ad_tensor *x1, ad_tensor *x2, double p,
+                            double eps, bool keepdim) {
+  int nd;
+  int64_t shape[AD_MAX_DIMS];
+  if (!pair_shape(ctx, who, x1, x2, &nd, shape)) return NULL;
+  ad_tensor *y = nn_pdist(ctx, x1, x2, p, eps);
+  if (!keepdim || !y) return y;
+  shape[nd - 1] = 1;
+  return ad_reshape(ctx, y, nd, shape);
+}
+
+ad_tensor *nn_cosine_similarity(ad_ctx *ctx, ad_tensor *x1, ad_tensor *x2, int dim, double eps) {
+  if (!ctx) return NULL;
+  const char *fn = "cosine_similarity";
+  if (nn_check_input(ctx, fn, "x1", x1) != AD_OK || nn_check_input(ctx, fn, "x2", x2) != AD_OK ||
+      !eps_ok(ctx, fn, eps))
+    return NULL;
+  return cos_run(ctx, fn, x1, x2, dim, eps);
+}
+
+ad_tensor *nn_pairwise_distance(ad_ctx *ctx, ad_tensor *x1, ad_tensor *x2, double p, double eps,
+                                bool keepdim) {
+  if (!ctx) return NULL;
+  const char *fn = "pairwise_distance";
+  if (nn_check_input(ctx, fn, "x1", x1) != AD_OK || nn_check_input(ctx, fn, "x2", x2) != AD_OK ||
+      !p_ok(ctx, fn, p) || !eps_ok(ctx, fn, eps))
+    return NULL;
+  return pdist_run(ctx, fn, x1, x2, p, eps, keepdim);
+}
+
+nn_layer *nn_cosine_similarity_new(ad_ctx *ctx, int dim, double eps) {
+  if (!ctx) return NULL;
+  if (!eps_ok(ctx, "cosine_similarity", eps)) return NULL;
+  m2_state s = {.kind = M2_COS, .dim = dim, .eps = eps};
+  return m2_layer(ctx, "cosine_similarity", &s);
+}
+
+nn_layer *nn_pairwise_distance_new(ad_ctx *ctx, double p, double eps, bool keepdim) {
+  if (!ctx) return NULL;
+  const char *fn = "pairwise_distance";
+  if (!p_ok(ctx, fn, p) || !eps_ok(ctx, fn, eps)) return NULL;
+  m2_state s = {.kind = M2_PDIST, .p = p, .eps = eps, .keepdim = keepdim};
+  return m2_layer(ctx, fn, &s);
+}
+
+ad_tensor *nn_layer_forward2(nn_layer *l, ad_tensor *x1, ad_tensor *x2) {
+  if (!l) return NULL;
+  ad_ctx *ctx = nn_layer_ctx(l);
+  char who[96];
+  nn_layer_who(l, who, sizeof who);
+  m2_state *s = nn_layer_state(l);
+  if (!nn_layer_runs(l, &m2_ops) ||
+      (s->kind != M2_BILINEAR && s->kind != M2_COS && s->kind != M2_PDIST)) {
+    ad_set_error(ctx, AD_ERR_ARG, "layer_forward2: %s is not a layer of two inputs", who);
+    return NULL;
+  }
+  if (s->kind == M2_BILINEAR) return nn_bilinear_forward(l, x1, x2);
+  if (nn_check_input(ctx, who, "x1", x1) != AD_OK || nn_check_input(ctx, who, "x2", x2) != AD_OK)
+    return NULL;
+  ad_tensor *y = s->kind == M2_COS ? cos_run(ctx, who, x1, x2, s->dim, s->eps)
+                                   : pdist_run(ctx, who, x1, x2, s->p, s->eps, s->keepdim);
+  if (y) nn_layer_note_output(l, y);
+  return y;
+}
+
 /* --------------------------------------------------------------- layer */
 
 static ad_tensor *m2_forward(nn_layer *l, ad_tensor *x, bool training) {
@@ -414,10 +559,11 @@ static ad_tensor *m2_forward(nn_layer *l, ad_tensor *x, bool training) {
   case M2_FOLD:
     return fold_run(ctx, who, x, s->out_hw, &s->fo);
   case M2_BILINEAR:
+  case M2_COS:
+  case M2_PDIST:
     ad_set_error(ctx, AD_ERR_ARG,
-                 "%s: takes two inputs: call nn_bilinear_forward(l, x1, x2), not nn_layer_forward "
-                 "or a Sequential",
-                 who);
+                 "%s: takes two inputs: call %s(l, x1, x2), not nn_layer_forward or a Sequential",
+                 who, s->kind == M2_BILINEAR ? "nn_bilinear_forward" : "nn_layer_forward2");
     return NULL;
   case M2_GLU:
     return glu_run(ctx, who, x, s->dim);
@@ -466,6 +612,9 @@ static void m2_describe(const nn_layer *l, nn_text *t) {
     break;
   case M2_GLU:
     nn_text_add(t, "dim=%d", s->dim);
+    break;
+  case M2_COS: /* PyTorch's repr of both is empty */
+  case M2_PDIST:
     break;
   }
 }

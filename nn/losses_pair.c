@@ -281,11 +281,13 @@ ad_tensor *nn_cosine_embedding_loss(ad_ctx *ctx, ad_tensor *x1, ad_tensor *x2, a
 /* torch's pairwise_distance over the last dim: ||a - b + eps||_p, its
  * gradient 0 where the norm is 0 (torch's norm_backward mask; the sqrt or
  * pow of 0 would give inf * 0 here), p = 1 the sum of |d| (gradient
- * sign d), p = 2 sqrt(sum d^2), else (sum |d|^p)^(1/p). */
-static ad_tensor *pdist(ad_ctx *ctx, ad_tensor *a, ad_tensor *b, double p, double eps) {
+ * sign d), p = 2 sqrt(sum d^2), else (sum |d|^p)^(1/p). a and b
+ * broadcast (the last dim of the result). */
+ad_tensor *nn_pdist(ad_ctx *ctx, ad_tensor *a, ad_tensor *b, double p, double eps) {
   ad_dtype dt = a->dtype;
-  int ax = a->ndim - 1;
   ad_tensor *d = ad_add_scalar(ctx, ad_sub(ctx, a, b), eps);
+  if (!d) return NULL;
+  int ax = d->ndim - 1;
   if (p == 1) return ad_sum_axis(ctx, ad_abs(ctx, d), ax, false);
   ad_tensor *s = p == 2 ? ad_sum_axis(ctx, ad_square(ctx, d), ax, false)
                         : ad_sum_axis(ctx, ad_pow_scalar(ctx, ad_abs(ctx, d), p), ax, false);
@@ -321,9 +323,9 @@ ad_tensor *nn_triplet_margin_loss(ad_ctx *ctx, ad_tensor *anchor, ad_tensor *pos
     ad_set_error(ctx, AD_ERR_ARG, "%s: p %g must be positive and finite", fn, p);
     return NULL;
   }
-  ad_tensor *dp = pdist(ctx, anchor, positive, p, eps);
-  ad_tensor *dn = pdist(ctx, anchor, negative, p, eps);
-  if (swap) dn = ad_minimum(ctx, dn, pdist(ctx, positive, negative, p, eps));
+  ad_tensor *dp = nn_pdist(ctx, anchor, positive, p, eps);
+  ad_tensor *dn = nn_pdist(ctx, anchor, negative, p, eps);
+  if (swap) dn = ad_minimum(ctx, dn, nn_pdist(ctx, positive, negative, p, eps));
   ad_tensor *z = ad_sub(ctx, ad_add_scalar(ctx, dp, margin), dn);
   return nn_loss_reduce(ctx, ad_clamp(ctx, z, 0.0, INFINITY), red, dp);
 }

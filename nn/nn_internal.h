@@ -267,6 +267,10 @@ ad_tensor *nn_pad_spatial(ad_ctx *ctx, const char *who, ad_tensor *x, int sp, co
  * vector) of it: ad_index_select on x with axis swapped to the front, so
  * the gradient adds up at a row taken twice. NULL on error. */
 ad_tensor *nn_take_axis(ad_ctx *ctx, ad_tensor *x, int axis, ad_tensor *idx);
+/* losses_pair.c: torch's pairwise_distance over the last dim of a - b +
+ * eps (a and b broadcast), p > 0 finite, its gradient 0 where the norm is
+ * 0. NULL on error. */
+ad_tensor *nn_pdist(ad_ctx *ctx, ad_tensor *a, ad_tensor *b, double p, double eps);
 /* PyTorch's name of mode ("zeros", ...), NULL for a value outside the enum. */
 const char *nn_padding_mode_name(nn_padding_mode mode);
 

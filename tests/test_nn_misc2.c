@@ -47,6 +47,23 @@ typedef struct glu_case {
   const double *x, *y[2], *dx[2];
 } glu_case;
 
+/* A cosine_similarity (cos; arg is dim) or pairwise_distance (arg is p)
+ * case: y[d] and d[d], the gradients of x1 then x2, of sum(y * g), g
+ * linspace(-1, 1) over y's elements. */
+typedef struct pair_case {
+  const char *name;
+  bool cos;
+  int nd1;
+  int64_t s1[3];
+  int nd2;
+  int64_t s2[3];
+  int ndy;
+  int64_t sy[3];
+  double arg, eps;
+  bool keepdim;
+  const double *x1, *x2, *y[2], *d[2];
+} pair_case;
+
 /* The PyTorch values:
  * `/usr/bin/python3 tools/gen_misc2_fixtures.py > tests/misc2_fixtures.h`. */
 #include "misc2_fixtures.h"
@@ -54,6 +71,7 @@ typedef struct glu_case {
 #define NFOLD (int)(sizeof FOLD_CASES / sizeof FOLD_CASES[0])
 #define NBIL  (int)(sizeof BIL_CASES / sizeof BIL_CASES[0])
 #define NGLU  (int)(sizeof GLU_CASES / sizeof GLU_CASES[0])
+#define NPAIR (int)(sizeof PAIR_CASES / sizeof PAIR_CASES[0])
 
 static ad_tensor *vec(ad_ctx *c, ad_dtype dt, int ndim, const int64_t *shape, const double *v) {
   ad_tensor *t = ad_zeros(c, dt, ndim, shape);
@@ -448,6 +466,190 @@ Test(misc2, glu_bad_inputs) {
   ad_ctx_free(other);
 }
 
+/* ------------------------------------ cosine similarity, pairwise distance */
+
+static void check_pair_case(const pair_case *pc, int d, bool layer) {
+  ad_dtype dt = d ? AD_F32 : AD_F64;
+  ad_tape_reset(ctx);
+  ad_tensor *x1 = vec(ctx, dt, pc->nd1, pc->s1, pc->x1),
+            *x2 = vec(ctx, dt, pc->nd2, pc->s2, pc->x2);
+  ad_tensor_set_requires_grad(x1, true), ad_tensor_set_requires_grad(x2, true);
+  nn_layer *l = NULL;
+  ad_tensor *y;
+  if (layer) {
+    l = pc->cos ? nn_cosine_similarity_new(ctx, (int)pc->arg, pc->eps)
+                : nn_pairwise_distance_new(ctx, pc->arg, pc->eps, pc->keepdim);
+    cr_assert_not_null(l, "%s", ad_last_error(ctx));
+    y = nn_layer_forward2(l, x1, x2);
+  } else {
+    y = pc->cos ? nn_cosine_similarity(ctx, x1, x2, (int)pc->arg, pc->eps)
+                : nn_pairwise_distance(ctx, x1, x2, pc->arg, pc->eps, pc->keepdim);
+  }
+  cr_assert_not_null(y, "%s: %s", pc->name, ad_last_error(ctx));
+  cr_assert_eq(y->ndim, pc->ndy, "%s", pc->name);
+  for (int k = 0; k < y->ndim; k++) cr_assert_eq(y->shape[k], pc->sy[k], "%s", pc->name);
+  ad_tensor *g = ad_zeros(ctx, dt, y->ndim, y->shape);
+  for (int64_t i = 0; i < g->size; i++)
+    ad_tensor_set(g, i, g->size > 1 ? -1 + 2.0 * (double)i / (double)(g->size - 1) : -1);
+  char what[96];
+  double rtol = d ? 3e-6 : 1e-13;
+  snprintf(what, sizeof what, "%s %s y", pc->name, d ? "f32" : "f64");
+  for (int64_t i = 0; i < y->size; i++)
+    expect_close(ad_tensor_get(y, i), pc->y[d][i], rtol, what, (int)i);
+  cr_assert_eq(ad_backward(ctx, ad_sum(ctx, ad_mul(ctx, y, g)), NULL), AD_OK, "%s",
+               ad_last_error(ctx));
+  snprintf(what, sizeof what, "%s %s dx1", pc->name, d ? "f32" : "f64");
+  for (int64_t i = 0; i < x1->size; i++)
+    expect_close(ad_tensor_get(x1->grad, i), pc->d[d][i], rtol, what, (int)i);
+  snprintf(what, sizeof what, "%s %s dx2", pc->name, d ? "f32" : "f64");
+  for (int64_t i = 0; i < x2->size; i++)
+    expect_close(ad_tensor_get(x2->grad, i), pc->d[d][x1->size + i], rtol, what, (int)i);
+  ad_tape_reset(ctx);
+  nn_layer_free(l);
+  ad_tensor_free(x1), ad_tensor_free(x2), ad_tensor_free(g);
+}
+
+Test(misc2, cosine_similarity_and_pairwise_distance_match_pytorch) {
+  for (int i = 0; i < NPAIR; i++)
+    for (int d = 0; d < 2; d++) {
+      check_pair_case(&PAIR_CASES[i], d, false);
+      check_pair_case(&PAIR_CASES[i], d, true);
+    }
+}
+
+typedef struct gc_pair {
+  bool cos;
+  double arg, eps;
+  bool keepdim;
+} gc_pair;
+
+static ad_tensor *gc_pair_fn(ad_ctx *c, int n, ad_tensor *const *in, void *ud) {
+  const gc_pair *g = ud;
+  (void)n;
+  return g->cos ? nn_cosine_similarity(c, in[0], in[1], (int)g->arg, g->eps)
+                : nn_pairwise_distance(c, in[0], in[1], g->arg, g->eps, g->keepdim);
+}
+
+Test(misc2, cosine_similarity_and_pairwise_distance_gradcheck) {
+  const struct {
+    gc_pair g;
+    int nd2;
+    int64_t s2[3];
+  } cases[] = {
+      {{true, 1, 1e-8, false}, 3, {3, 4, 2}},
+      {{true, -1, 1e-8, false}, 1, {2}},
+      {{true, 0, 0.01, false}, 3, {1, 4, 2}},
+      /* off the clamp: its gradient is not its value's */ {{false, 2, 1e-6, false}, 3, {3, 4, 2}},
+      {{false, 1.5, 1e-6, true}, 1, {2}},
+      {{false, 3, 0, false}, 3, {3, 1, 2}},
+  };
+  int64_t s1[3] = {3, 4, 2};
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    ad_rng rng;
+    ad_rng_seed(&rng, 40 + i);
+    ad_tensor *in[2] = {ad_rand(ctx, &rng, AD_F64, 3, s1, -1, 1),
+                        ad_rand(ctx, &rng, AD_F64, cases[i].nd2, cases[i].s2, -1, 1)};
+    cr_assert(in[0] && in[1]);
+    ad_tensor_set_requires_grad(in[0], true), ad_tensor_set_requires_grad(in[1], true);
+    ad_check_report rep;
+    cr_assert_eq(ad_gradcheck(ctx, gc_pair_fn, (void *)&cases[i].g, 2, in, NULL, &rep), AD_OK, "%s",
+                 ad_last_error(ctx));
+    cr_assert(rep.passed, "case %zu: input %d index %lld: %g numeric %g", i, rep.input,
+              (long long)rep.index, rep.analytic, rep.numeric);
+    cr_assert_eq(ad_gradgradcheck(ctx, gc_pair_fn, (void *)&cases[i].g, 2, in, NULL, &rep), AD_OK,
+                 "%s", ad_last_error(ctx));
+    cr_assert(rep.passed, "case %zu (2nd order): input %d index %lld: %g numeric %g", i, rep.input,
+              (long long)rep.index, rep.analytic, rep.numeric);
+    ad_tensor_free(in[0]), ad_tensor_free(in[1]);
+  }
+}
+
+Test(misc2, cosine_similarity_and_pairwise_distance_bad_inputs) {
+  ad_ctx *other = ad_ctx_new();
+  cr_assert_not_null(other);
+  ad_tensor *x = ad_ones(ctx, AD_F32, 2, (int64_t[2]){3, 4});
+  ad_tensor *y = ad_ones(ctx, AD_F32, 2, (int64_t[2]){3, 5});
+  ad_tensor *yd = ad_ones(ctx, AD_F64, 2, (int64_t[2]){3, 4});
+  ad_tensor *xi = ad_zeros(ctx, AD_I32, 2, (int64_t[2]){3, 4});
+  ad_tensor *s0 = ad_scalar(ctx, AD_F32, 1);
+  ad_tensor *gone = ad_ones(ctx, AD_F32, 2, (int64_t[2]){3, 4});
+  ad_tensor *far = ad_ones(other, AD_F32, 2, (int64_t[2]){3, 4});
+  cr_assert(x && y && yd && xi && s0 && gone && far);
+  ad_tensor_free(gone);
+  static const char *const fn[2] = {"cosine_similarity", "pairwise_distance"};
+  for (int k = 0; k < 2; k++) {
+#define CALL(a, b)                                                                                 \
+  (k ? nn_pairwise_distance(ctx, a, b, 2, 1e-6, false) : nn_cosine_similarity(ctx, a, b, 1, 1e-8))
+    cr_assert_null(CALL(x, y));
+    test_expect_error(ctx, AD_ERR_SHAPE, fn[k],
+                      ": x1 [3,4] and x2 [3,5] must broadcast to one shape of at least 1 dim",
+                      NULL);
+    cr_assert_null(CALL(s0, s0));
+    test_expect_error(ctx, AD_ERR_SHAPE, fn[k], "must broadcast to one shape of at least 1 dim",
+                      NULL);
+    cr_assert_null(CALL(x, yd));
+    test_expect_error(ctx, AD_ERR_DTYPE, fn[k], ": x2 [3,4] is f64, x1 [3,4] is f32", NULL);
+    cr_assert_null(CALL(xi, x));
+    test_expect_error(ctx, AD_ERR_DTYPE, fn[k], ": x1 [3,4] must be float, got i32", NULL);
+    cr_assert_null(CALL(NULL, x));
+    test_expect_error(ctx, AD_ERR_NULL, fn[k], ": x1 is NULL", NULL);
+    cr_assert_null(CALL(x, gone));
+    test_expect_error(ctx, AD_ERR_STATE, fn[k], ": x2 was freed", NULL);
+    cr_assert_null(CALL(far, x));
+    test_expect_error(ctx, AD_ERR_ARG, fn[k], ": x1 belongs to another context", NULL);
+#undef CALL
+  }
+  cr_assert_null(nn_cosine_similarity(ctx, x, x, 2, 1e-8));
+  test_expect_error(ctx, AD_ERR_ARG, "cosine_similarity: dim 2 is outside -2..1", NULL);
+  cr_assert_null(nn_cosine_similarity(ctx, x, x, 1, -1));
+  test_expect_error(ctx, AD_ERR_ARG, "cosine_similarity: eps -1 must be finite and >= 0", NULL);
+  cr_assert_null(nn_cosine_similarity(ctx, x, x, 1, NAN));
+  test_expect_error(ctx, AD_ERR_ARG, "cosine_similarity: eps nan must be finite", NULL);
+  cr_assert_null(nn_pairwise_distance(ctx, x, x, 0, 1e-6, false));
+  test_expect_error(ctx, AD_ERR_ARG, "pairwise_distance: p 0 must be positive and finite", NULL);
+  cr_assert_null(nn_pairwise_distance(ctx, x, x, INFINITY, 1e-6, false));
+  test_expect_error(ctx, AD_ERR_ARG, "pairwise_distance: p inf must be positive", NULL);
+  cr_assert_null(nn_pairwise_distance(ctx, x, x, 2, INFINITY, false));
+  test_expect_error(ctx, AD_ERR_ARG, "pairwise_distance: eps inf must be finite", NULL);
+  cr_assert_null(nn_cosine_similarity_new(ctx, 1, -1e-8));
+  test_expect_error(ctx, AD_ERR_ARG, "cosine_similarity: eps", NULL);
+  cr_assert_null(nn_pairwise_distance_new(ctx, -2, 1e-6, false));
+  test_expect_error(ctx, AD_ERR_ARG, "pairwise_distance: p -2 must be positive", NULL);
+  cr_assert_null(nn_cosine_similarity(NULL, x, x, 1, 1e-8));
+  cr_assert_null(nn_pairwise_distance(NULL, x, x, 2, 1e-6, false));
+  cr_assert_null(nn_cosine_similarity_new(NULL, 1, 1e-8));
+  cr_assert_null(nn_pairwise_distance_new(NULL, 2, 1e-6, false));
+  /* the layers */
+  nn_layer *c = nn_cosine_similarity_new(ctx, 3, 1e-8), *p = nn_pairwise_distance_new(ctx, 2, 0, 1),
+           *u = nn_identity_new(ctx);
+  cr_assert(c && p && u, "%s", ad_last_error(ctx));
+  cr_assert_null(nn_layer_forward2(c, x, x));
+  test_expect_error(ctx, AD_ERR_ARG, "cosine_similarity: dim 3 is outside -2..1", NULL);
+  cr_assert_null(nn_layer_forward(c, x, true));
+  test_expect_error(ctx, AD_ERR_ARG,
+                    "cosine_similarity: takes two inputs: call nn_layer_forward2(l, x1, x2), not "
+                    "nn_layer_forward or a Sequential",
+                    NULL);
+  cr_assert_null(nn_layer_forward(p, x, true));
+  test_expect_error(ctx, AD_ERR_ARG, "pairwise_distance: takes two inputs", NULL);
+  cr_assert_null(nn_layer_forward2(p, x, y));
+  test_expect_error(ctx, AD_ERR_SHAPE, "pairwise_distance: x1 [3,4] and x2 [3,5]", NULL);
+  cr_assert_null(nn_layer_forward2(p, x, gone));
+  test_expect_error(ctx, AD_ERR_STATE, "pairwise_distance: x2 was freed", NULL);
+  cr_assert_null(nn_layer_forward2(p, NULL, x));
+  test_expect_error(ctx, AD_ERR_NULL, "pairwise_distance: x1 is NULL", NULL);
+  cr_assert_null(nn_layer_forward2(u, x, x));
+  test_expect_error(ctx, AD_ERR_ARG, "layer_forward2: identity is not a layer of two inputs", NULL);
+  cr_assert_null(nn_layer_forward2(NULL, x, x));
+  ad_tensor *out = nn_layer_forward2(p, x, x);
+  cr_assert(out && out->ndim == 2 && out->shape[1] == 1, "%s", ad_last_error(ctx));
+  cr_assert_eq(nn_layer_output_shape(p, NULL), 2);
+  ad_tape_reset(ctx);
+  nn_layer_free(c), nn_layer_free(p), nn_layer_free(u);
+  ad_tensor_free(x), ad_tensor_free(y), ad_tensor_free(yd), ad_tensor_free(xi), ad_tensor_free(s0);
+  ad_ctx_free(other);
+}
+
 /* ------------------------------------------------------------------ repr */
 
 static void expect_desc(nn_layer *l, const char *want) {
@@ -471,6 +673,8 @@ Test(misc2, describe_is_pytorch_repr) {
               "bilinear(in1_features=3, in2_features=4, out_features=2, bias=False)");
   expect_desc(nn_glu_new(ctx, -1), "glu(dim=-1)");
   expect_desc(nn_glu_new(ctx, 2), "glu(dim=2)");
+  expect_desc(nn_cosine_similarity_new(ctx, 1, 1e-8), "cosine_similarity()");
+  expect_desc(nn_pairwise_distance_new(ctx, 2, 1e-6, false), "pairwise_distance()");
 }
 
 /* ---------------------------------------------------------------- misuse */

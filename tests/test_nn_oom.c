@@ -247,6 +247,8 @@ static ad_tensor *layer_fwd(world *w, nn_layer *l, ad_tensor *x, bool training) 
     return idx ? nn_max_unpool_forward(l, x, idx, NULL) : NULL;
   }
   if (!strcmp(k, "bilinear")) return nn_bilinear_forward(l, x, w->t[2]);
+  if (!strcmp(k, "cosine_similarity") || !strcmp(k, "pairwise_distance"))
+    return nn_layer_forward2(l, x, w->t[2]);
   if (!strcmp(k, "transformer")) /* src w->t[2], tgt x */
     return nn_transformer_forward(l, w->t[2], x, NULL, NULL, NULL, NULL, NULL, NULL, training);
   return nn_layer_forward(l, x, training);
@@ -333,6 +335,8 @@ enum {
   FOLD,
   BILINEAR,
   GLU,
+  COSSIM,
+  PDIST,
   N_LAYERS
 };
 
@@ -405,7 +409,9 @@ static const char *layer_names[N_LAYERS] = {"dense",
                                             "unfold",
                                             "fold",
                                             "bilinear",
-                                            "glu"};
+                                            "glu",
+                                            "cosine_similarity",
+                                            "pairwise_distance"};
 
 static bool build_only;
 
@@ -578,6 +584,16 @@ static ad_status run_layer(world *w) {
     break;
   case GLU: /* two narrows, a sigmoid, a product */
     w->l = nn_glu_new(c, 1);
+    x = w->x = data(c, 3, s3, 1);
+    break;
+  case COSSIM: /* x2 broadcast [2, 4]; the clamps of the norms */
+    w->l = nn_cosine_similarity_new(c, -1, 1e-8);
+    if (!(w->t[2] = data(c, 2, (int64_t[]){2, 4}, 2))) return ad_last_status(c);
+    x = w->x = data(c, 3, s3, 1);
+    break;
+  case PDIST: /* keepdim; the mask of a zero norm */
+    w->l = nn_pairwise_distance_new(c, 3, 1e-6, true);
+    if (!(w->t[2] = data(c, 3, s3, 2))) return ad_last_status(c);
     x = w->x = data(c, 3, s3, 1);
     break;
   case CONV3D_CIRCULAR: /* unbatched: the view, a gather per axis, the convolution */

@@ -1201,6 +1201,50 @@ NN_API ad_tensor *nn_glu(ad_ctx *ctx, ad_tensor *x, int dim);
  * OOM. */
 NN_API nn_layer *nn_glu_new(ad_ctx *ctx, int dim);
 
+/** PyTorch 1.13's F.cosine_similarity(x1, x2, dim, eps): x1 and x2
+ * broadcast to one shape (NumPy rules, at least 1 dim), then, with s1 =
+ * sum(x1^2, dim) and s2 likewise, sum((x1 / sqrt(max(s1, eps^2))) * (x2 /
+ * sqrt(max(s2, eps^2))), dim): 1.13's formula (each vector divided by its
+ * own clamped norm first; earlier versions clamped the product of the
+ * norms), with its gradient: the clamp is made under no_grad, so where s
+ * < eps^2 the value is eps but the gradient flows through s as if
+ * unclamped (0 for a zero vector, not NaN). PyTorch's defaults: dim 1,
+ * eps 1e-8. The result has the common shape without dim. A composite,
+ * differentiable to any order. Returns a tape tensor, or NULL with
+ * AD_ERR_NULL, AD_ERR_DTYPE (not float, dtypes that differ), AD_ERR_SHAPE
+ * (shapes that do not broadcast, 0-d), AD_ERR_ARG (dim outside
+ * -ndim..ndim-1 of the common shape, eps negative or not finite) and the
+ * errors of an op's input, naming "cosine_similarity". */
+NN_API ad_tensor *nn_cosine_similarity(ad_ctx *ctx, ad_tensor *x1, ad_tensor *x2, int dim,
+                                       double eps);
+
+/** PyTorch's F.pairwise_distance(x1, x2, p, eps, keepdim): the p-norm of x1
+ * - x2 + eps over the last dim of the broadcast shape (eps added to the
+ * difference, as PyTorch), that dim kept as 1 with keepdim; 1-D inputs
+ * give a 0-d result. The gradient is 0 where the norm is 0, as PyTorch's
+ * (the helper nn_triplet_margin_loss uses). PyTorch's defaults: p 2, eps
+ * 1e-6, keepdim false. Returns a tape tensor, or NULL with
+ * nn_cosine_similarity's errors (AD_ERR_ARG for p not positive and finite:
+ * PyTorch also takes p 0 and inf, not here), naming "pairwise_distance". */
+NN_API ad_tensor *nn_pairwise_distance(ad_ctx *ctx, ad_tensor *x1, ad_tensor *x2, double p,
+                                       double eps, bool keepdim);
+
+/** nn_cosine_similarity and nn_pairwise_distance as layers, PyTorch's
+ * nn.CosineSimilarity(dim, eps) and nn.PairwiseDistance(p, eps, keepdim),
+ * kinds "cosine_similarity" and "pairwise_distance" (no parameters). They
+ * take two inputs: run them with nn_layer_forward2 (nn_layer_forward and a
+ * Sequential refuse them, AD_ERR_ARG). NULL with AD_ERR_ARG for eps or p
+ * as the functions refuse them. @{ */
+NN_API nn_layer *nn_cosine_similarity_new(ad_ctx *ctx, int dim, double eps);
+NN_API nn_layer *nn_pairwise_distance_new(ad_ctx *ctx, double p, double eps, bool keepdim);
+/** @} */
+
+/** Runs a layer of two inputs (cosine_similarity, pairwise_distance,
+ * bilinear: nn_bilinear_forward) on x1 and x2, the errors naming the
+ * layer. NULL with AD_ERR_ARG for a layer of another kind; NULL for a NULL
+ * l. */
+NN_API ad_tensor *nn_layer_forward2(nn_layer *l, ad_tensor *x1, ad_tensor *x2);
+
 /** Padding layers, PyTorch's nn.ZeroPad2d, nn.ConstantPad1d/2d,
  * nn.ReflectionPad1d/2d and nn.ReplicationPad1d/2d. pad is (left, right)
  * for the 1-D layers, which take [N, C, L] or [C, L], and (left, right,
