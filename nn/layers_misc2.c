@@ -1,6 +1,7 @@
 /* layers_misc2.c: PyTorch modules a port meets that had no layer here:
  * nn.Unfold and nn.Fold (F.unfold / F.fold), nn.Bilinear, nn.GLU,
- * nn.CosineSimilarity, nn.PairwiseDistance. Composites of public ops, so
+ * nn.CosineSimilarity, nn.PairwiseDistance, nn.Softshrink, nn.Hardshrink,
+ * nn.Threshold, nn.Softmin, nn.Softmax2d. Composites of public ops, so
  * every gradient is the tape's and differentiable to any order; this file
  * holds PyTorch's index rules and the checks that name the function or
  * layer.
@@ -21,7 +22,19 @@
 
 #define I32_MAX INT64_C(2147483647)
 
-typedef enum m2_kind { M2_UNFOLD, M2_FOLD, M2_BILINEAR, M2_GLU, M2_COS, M2_PDIST } m2_kind;
+typedef enum m2_kind {
+  M2_UNFOLD,
+  M2_FOLD,
+  M2_BILINEAR,
+  M2_GLU,
+  M2_COS,
+  M2_PDIST,
+  M2_SOFTSHRINK,
+  M2_HARDSHRINK,
+  M2_THRESHOLD,
+  M2_SOFTMIN,
+  M2_SOFTMAX2D
+} m2_kind;
 
 typedef struct m2_state {
   m2_kind kind;
@@ -32,6 +45,8 @@ typedef struct m2_state {
   int dim;               /* glu, cosine_similarity */
   double eps, p;         /* cosine_similarity; pairwise_distance */
   bool keepdim;          /* pairwise_distance */
+  double lambd;          /* shrinks; threshold's threshold */
+  double value;          /* threshold */
 } m2_state;
 
 static const nn_layer_ops m2_ops;
@@ -545,6 +560,129 @@ ad_tensor *nn_layer_forward2(nn_layer *l, ad_tensor *x1, ad_tensor *x2) {
   return y;
 }
 
+/* ------------------------------------------------- shrinks, softmin, softmax2d */
+
+static bool float_x(ad_ctx *ctx, const char *who, const ad_tensor *x) {
+  if (x->dtype == AD_F32 || x->dtype == AD_F64) return true;
+  char a[64];
+  ad_set_error(ctx, AD_ERR_DTYPE, "%s: input %s must be float, got %s", who,
+               ad_shape_str(x, a, sizeof a), ad_dtype_name(x->dtype));
+  return false;
+}
+
+/* softshrink: lambd >= 0 (not NaN); hardshrink: not NaN; threshold: not
+ * NaN. */
+static bool shrink_arg(ad_ctx *ctx, m2_kind k, double lambd) {
+  if (k == M2_SOFTSHRINK && !(lambd >= 0)) {
+    ad_set_error(ctx, AD_ERR_ARG, "softshrink: lambd %g must be >= 0", lambd);
+    return false;
+  }
+  if (isnan(lambd)) {
+    ad_set_error(ctx, AD_ERR_ARG, "%s: %s is NaN", k == M2_HARDSHRINK ? "hardshrink" : "threshold",
+                 k == M2_HARDSHRINK ? "lambd" : "threshold");
+    return false;
+  }
+  return true;
+}
+
+/* inside = -l <= x <= l (0 for NaN);
+ *   hardshrink  where(inside, 0, x)
+ *   softshrink  where(x > l, x - l, where(x < -l, x + l, 0))
+ *   threshold   where(x <= t, value, x) */
+static ad_tensor *shrink_run(ad_ctx *ctx, const char *who, ad_tensor *x, m2_kind k, double l,
+                             double value) {
+  if (!float_x(ctx, who, x)) return NULL;
+  ad_dtype dt = x->dtype;
+  ad_tensor *zero = ad_scalar(ctx, dt, 0.0);
+  if (k == M2_THRESHOLD)
+    return ad_where(ctx, ad_le(ctx, x, ad_scalar(ctx, dt, l)), ad_scalar(ctx, dt, value), x);
+  ad_tensor *hi = ad_scalar(ctx, dt, l), *lo = ad_scalar(ctx, dt, -l);
+  if (k == M2_HARDSHRINK) {
+    ad_tensor *inside = ad_mul(ctx, ad_ge(ctx, x, lo), ad_le(ctx, x, hi));
+    return ad_where(ctx, inside, zero, x);
+  }
+  ad_tensor *below = ad_where(ctx, ad_lt(ctx, x, lo), ad_add_scalar(ctx, x, l), zero);
+  return ad_where(ctx, ad_gt(ctx, x, hi), ad_sub_scalar(ctx, x, l), below);
+}
+
+static ad_tensor *softmin_run(ad_ctx *ctx, const char *who, ad_tensor *x, int dim, bool two_d) {
+  char a[64];
+  if (!float_x(ctx, who, x)) return NULL;
+  if (two_d) {
+    if (x->ndim != 3 && x->ndim != 4) {
+      ad_set_error(ctx, AD_ERR_SHAPE, "%s: input %s must be 3-D [C, H, W] or 4-D [N, C, H, W]", who,
+                   ad_shape_str(x, a, sizeof a));
+      return NULL;
+    }
+    return ad_softmax(ctx, x, x->ndim - 3);
+  }
+  if (dim < -x->ndim || dim >= x->ndim || !x->ndim) {
+    ad_set_error(ctx, AD_ERR_ARG, "%s: dim %d is outside -%d..%d for input %s", who, dim, x->ndim,
+                 x->ndim - 1, ad_shape_str(x, a, sizeof a));
+    return NULL;
+  }
+  return ad_softmax(ctx, ad_neg(ctx, x), dim < 0 ? dim + x->ndim : dim);
+}
+
+static ad_tensor *shrink_fn(ad_ctx *ctx, const char *fn, ad_tensor *x, m2_kind k, double l,
+                            double value) {
+  if (!ctx) return NULL;
+  if (nn_check_input(ctx, fn, "input", x) != AD_OK || !shrink_arg(ctx, k, l)) return NULL;
+  return shrink_run(ctx, fn, x, k, l, value);
+}
+
+ad_tensor *nn_softshrink(ad_ctx *ctx, ad_tensor *x, double lambd) {
+  return shrink_fn(ctx, "softshrink", x, M2_SOFTSHRINK, lambd, 0);
+}
+
+ad_tensor *nn_hardshrink(ad_ctx *ctx, ad_tensor *x, double lambd) {
+  return shrink_fn(ctx, "hardshrink", x, M2_HARDSHRINK, lambd, 0);
+}
+
+ad_tensor *nn_threshold(ad_ctx *ctx, ad_tensor *x, double threshold, double value) {
+  return shrink_fn(ctx, "threshold", x, M2_THRESHOLD, threshold, value);
+}
+
+ad_tensor *nn_softmin(ad_ctx *ctx, ad_tensor *x, int dim) {
+  if (!ctx || nn_check_input(ctx, "softmin", "input", x) != AD_OK) return NULL;
+  return softmin_run(ctx, "softmin", x, dim, false);
+}
+
+ad_tensor *nn_softmax2d(ad_ctx *ctx, ad_tensor *x) {
+  if (!ctx || nn_check_input(ctx, "softmax2d", "input", x) != AD_OK) return NULL;
+  return softmin_run(ctx, "softmax2d", x, 0, true);
+}
+
+static nn_layer *shrink_new(ad_ctx *ctx, const char *kind, m2_kind k, double l, double value) {
+  if (!ctx || !shrink_arg(ctx, k, l)) return NULL;
+  m2_state s = {.kind = k, .lambd = l, .value = value};
+  return m2_layer(ctx, kind, &s);
+}
+
+nn_layer *nn_softshrink_new(ad_ctx *ctx, double lambd) {
+  return shrink_new(ctx, "softshrink", M2_SOFTSHRINK, lambd, 0);
+}
+
+nn_layer *nn_hardshrink_new(ad_ctx *ctx, double lambd) {
+  return shrink_new(ctx, "hardshrink", M2_HARDSHRINK, lambd, 0);
+}
+
+nn_layer *nn_threshold_new(ad_ctx *ctx, double threshold, double value) {
+  return shrink_new(ctx, "threshold", M2_THRESHOLD, threshold, value);
+}
+
+nn_layer *nn_softmin_new(ad_ctx *ctx, int dim) {
+  if (!ctx) return NULL;
+  m2_state s = {.kind = M2_SOFTMIN, .dim = dim};
+  return m2_layer(ctx, "softmin", &s);
+}
+
+nn_layer *nn_softmax2d_new(ad_ctx *ctx) {
+  if (!ctx) return NULL;
+  m2_state s = {.kind = M2_SOFTMAX2D};
+  return m2_layer(ctx, "softmax2d", &s);
+}
+
 /* --------------------------------------------------------------- layer */
 
 static ad_tensor *m2_forward(nn_layer *l, ad_tensor *x, bool training) {
@@ -567,6 +705,13 @@ static ad_tensor *m2_forward(nn_layer *l, ad_tensor *x, bool training) {
     return NULL;
   case M2_GLU:
     return glu_run(ctx, who, x, s->dim);
+  case M2_SOFTSHRINK:
+  case M2_HARDSHRINK:
+  case M2_THRESHOLD:
+    return shrink_run(ctx, who, x, s->kind, s->lambd, s->value);
+  case M2_SOFTMIN:
+  case M2_SOFTMAX2D:
+    return softmin_run(ctx, who, x, s->dim, s->kind == M2_SOFTMAX2D);
   }
   return NULL;
 }
@@ -613,8 +758,22 @@ static void m2_describe(const nn_layer *l, nn_text *t) {
   case M2_GLU:
     nn_text_add(t, "dim=%d", s->dim);
     break;
-  case M2_COS: /* PyTorch's repr of both is empty */
+  case M2_COS: /* PyTorch's repr of both is empty, and Softmax2d's */
   case M2_PDIST:
+  case M2_SOFTMAX2D:
+    break;
+  case M2_SOFTSHRINK:
+  case M2_HARDSHRINK:
+    nn_text_num(t, s->lambd);
+    break;
+  case M2_THRESHOLD:
+    nn_text_add(t, "threshold=");
+    nn_text_num(t, s->lambd);
+    nn_text_add(t, ", value=");
+    nn_text_num(t, s->value);
+    break;
+  case M2_SOFTMIN:
+    nn_text_add(t, "dim=%d", s->dim);
     break;
   }
 }

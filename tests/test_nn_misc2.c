@@ -64,6 +64,17 @@ typedef struct pair_case {
   const double *x1, *x2, *y[2], *d[2];
 } pair_case;
 
+/* An activation case: kind 0 softshrink(a), 1 hardshrink(a), 2
+ * threshold(a, b), 3 softmin(dim a), 4 softmax2d; y[d] and dx[d] of sum(y
+ * * g), g linspace(-1, 1). */
+typedef struct act_case {
+  const char *name;
+  int kind, ndim;
+  int64_t shape[4];
+  double a, b;
+  const double *x, *y[2], *dx[2];
+} act_case;
+
 /* The PyTorch values:
  * `/usr/bin/python3 tools/gen_misc2_fixtures.py > tests/misc2_fixtures.h`. */
 #include "misc2_fixtures.h"
@@ -72,6 +83,7 @@ typedef struct pair_case {
 #define NBIL  (int)(sizeof BIL_CASES / sizeof BIL_CASES[0])
 #define NGLU  (int)(sizeof GLU_CASES / sizeof GLU_CASES[0])
 #define NPAIR (int)(sizeof PAIR_CASES / sizeof PAIR_CASES[0])
+#define NACT  (int)(sizeof ACT_CASES / sizeof ACT_CASES[0])
 
 static ad_tensor *vec(ad_ctx *c, ad_dtype dt, int ndim, const int64_t *shape, const double *v) {
   ad_tensor *t = ad_zeros(c, dt, ndim, shape);
@@ -650,6 +662,189 @@ Test(misc2, cosine_similarity_and_pairwise_distance_bad_inputs) {
   ad_ctx_free(other);
 }
 
+/* ------------------------------------------ shrinks, softmin, softmax2d */
+
+static ad_tensor *act_call(ad_ctx *c, int kind, ad_tensor *x, double a, double b) {
+  switch (kind) {
+  case 0:
+    return nn_softshrink(c, x, a);
+  case 1:
+    return nn_hardshrink(c, x, a);
+  case 2:
+    return nn_threshold(c, x, a, b);
+  case 3:
+    return nn_softmin(c, x, (int)a);
+  default:
+    return nn_softmax2d(c, x);
+  }
+}
+
+static nn_layer *act_layer(int kind, double a, double b) {
+  switch (kind) {
+  case 0:
+    return nn_softshrink_new(ctx, a);
+  case 1:
+    return nn_hardshrink_new(ctx, a);
+  case 2:
+    return nn_threshold_new(ctx, a, b);
+  case 3:
+    return nn_softmin_new(ctx, (int)a);
+  default:
+    return nn_softmax2d_new(ctx);
+  }
+}
+
+static void check_act_case(const act_case *ac, int d, bool layer) {
+  ad_dtype dt = d ? AD_F32 : AD_F64;
+  ad_tape_reset(ctx);
+  ad_tensor *x = vec(ctx, dt, ac->ndim, ac->shape, ac->x);
+  ad_tensor_set_requires_grad(x, true);
+  nn_layer *l = layer ? act_layer(ac->kind, ac->a, ac->b) : NULL;
+  cr_assert(!layer || l, "%s", ad_last_error(ctx));
+  ad_tensor *y = layer ? nn_layer_forward(l, x, true) : act_call(ctx, ac->kind, x, ac->a, ac->b);
+  cr_assert_not_null(y, "%s: %s", ac->name, ad_last_error(ctx));
+  cr_assert_eq(y->size, x->size);
+  ad_tensor *g = ad_zeros(ctx, dt, y->ndim, y->shape);
+  for (int64_t i = 0; i < g->size; i++)
+    ad_tensor_set(g, i, -1 + 2.0 * (double)i / (double)(g->size - 1));
+  char what[96];
+  double rtol = d ? 2e-6 : 1e-14;
+  snprintf(what, sizeof what, "%s %s y", ac->name, d ? "f32" : "f64");
+  for (int64_t i = 0; i < y->size; i++)
+    expect_close(ad_tensor_get(y, i), ac->y[d][i], rtol, what, (int)i);
+  cr_assert_eq(ad_backward(ctx, ad_sum(ctx, ad_mul(ctx, y, g)), NULL), AD_OK, "%s",
+               ad_last_error(ctx));
+  snprintf(what, sizeof what, "%s %s dx", ac->name, d ? "f32" : "f64");
+  for (int64_t i = 0; i < x->size; i++)
+    expect_close(ad_tensor_get(x->grad, i), ac->dx[d][i], rtol, what, (int)i);
+  ad_tape_reset(ctx);
+  nn_layer_free(l);
+  ad_tensor_free(x), ad_tensor_free(g);
+}
+
+Test(misc2, shrinks_threshold_softmin_softmax2d_match_pytorch) {
+  for (int i = 0; i < NACT; i++)
+    for (int d = 0; d < 2; d++) {
+      check_act_case(&ACT_CASES[i], d, false);
+      check_act_case(&ACT_CASES[i], d, true);
+    }
+}
+
+/* NaN inputs: the slopes documented at nn_softshrink (PyTorch's kernels
+ * differ between their vectorized and scalar code there). */
+Test(misc2, shrinks_and_threshold_at_nan) {
+  ad_tensor *x = ad_full(ctx, AD_F64, 1, (int64_t[1]){1}, NAN);
+  ad_tensor_set_requires_grad(x, true);
+  const double want_y[3] = {0, NAN, NAN}, want_d[3] = {0, 1, 1};
+  for (int k = 0; k < 3; k++) {
+    ad_tensor *y = act_call(ctx, k, x, 0.5, 20);
+    cr_assert_not_null(y, "%s", ad_last_error(ctx));
+    double v = ad_tensor_get(y, 0);
+    cr_assert(isnan(want_y[k]) ? isnan(v) : v == want_y[k], "kind %d: %g", k, v);
+    ad_tensor_zero_grad(x);
+    cr_assert_eq(ad_backward(ctx, ad_sum(ctx, y), NULL), AD_OK, "%s", ad_last_error(ctx));
+    cr_assert_eq(ad_tensor_get(x->grad, 0), want_d[k], "kind %d", k);
+    ad_tape_reset(ctx);
+  }
+  ad_tensor_free(x);
+}
+
+static ad_tensor *gc_act_fn(ad_ctx *c, int n, ad_tensor *const *in, void *ud) {
+  const act_case *ac = ud;
+  (void)n;
+  ad_tensor *y = act_call(c, ac->kind, in[0], ac->a, ac->b);
+  return ad_mul(c, y, y); /* squared: a second derivative that is not 0 */
+}
+
+/* Off the kinks: inputs drawn from [-3, 3] stay more than the step away
+ * from the kinks with these seeds (the check would fail at one). */
+Test(misc2, shrinks_threshold_softmin_softmax2d_gradcheck) {
+  const act_case cases[] = {
+      {"soft", 0, 2, {3, 4}, 0.5, 0, NULL, {0}, {0}},
+      {"hard", 1, 2, {3, 4}, 0.5, 0, NULL, {0}, {0}},
+      {"thr", 2, 2, {3, 4}, 0.1, 20, NULL, {0}, {0}},
+      {"softmin", 3, 3, {2, 3, 4}, 1, 0, NULL, {0}, {0}},
+      {"softmax2d", 4, 4, {2, 3, 2, 2}, 0, 0, NULL, {0}, {0}},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    ad_rng rng;
+    ad_rng_seed(&rng, 50 + i);
+    ad_tensor *x = ad_rand(ctx, &rng, AD_F64, cases[i].ndim, cases[i].shape, -3, 3);
+    cr_assert_not_null(x);
+    ad_tensor_set_requires_grad(x, true);
+    ad_check_report rep;
+    cr_assert_eq(ad_gradcheck(ctx, gc_act_fn, (void *)&cases[i], 1, &x, NULL, &rep), AD_OK, "%s",
+                 ad_last_error(ctx));
+    cr_assert(rep.passed, "%s: index %lld: %g numeric %g", cases[i].name, (long long)rep.index,
+              rep.analytic, rep.numeric);
+    cr_assert_eq(ad_gradgradcheck(ctx, gc_act_fn, (void *)&cases[i], 1, &x, NULL, &rep), AD_OK,
+                 "%s", ad_last_error(ctx));
+    cr_assert(rep.passed, "%s (2nd order): index %lld: %g numeric %g", cases[i].name,
+              (long long)rep.index, rep.analytic, rep.numeric);
+    ad_tensor_free(x);
+  }
+}
+
+Test(misc2, shrinks_threshold_softmin_softmax2d_bad_arguments) {
+  ad_ctx *other = ad_ctx_new();
+  cr_assert_not_null(other);
+  ad_tensor *x = ad_ones(ctx, AD_F32, 2, (int64_t[2]){3, 4});
+  ad_tensor *xi = ad_zeros(ctx, AD_I32, 2, (int64_t[2]){3, 4});
+  ad_tensor *gone = ad_ones(ctx, AD_F32, 2, (int64_t[2]){3, 4});
+  ad_tensor *far = ad_ones(other, AD_F32, 2, (int64_t[2]){3, 4});
+  cr_assert(x && xi && gone && far);
+  ad_tensor_free(gone);
+  static const char *const fn[5] = {"softshrink", "hardshrink", "threshold", "softmin",
+                                    "softmax2d"};
+  for (int k = 0; k < 5; k++) {
+    double a = k == 3 ? 1 : 0.5;
+    cr_assert_null(act_call(ctx, k, NULL, a, 0));
+    test_expect_error(ctx, AD_ERR_NULL, fn[k], ": input is NULL", NULL);
+    cr_assert_null(act_call(ctx, k, gone, a, 0));
+    test_expect_error(ctx, AD_ERR_STATE, fn[k], ": input was freed", NULL);
+    cr_assert_null(act_call(ctx, k, far, a, 0));
+    test_expect_error(ctx, AD_ERR_ARG, fn[k], ": input belongs to another context", NULL);
+    cr_assert_null(act_call(ctx, k, xi, a, 0));
+    test_expect_error(ctx, AD_ERR_DTYPE, fn[k], ": input [3,4] must be float, got i32", NULL);
+    cr_assert_null(act_call(NULL, k, x, a, 0));
+    nn_layer *l = act_layer(k, a, 0);
+    cr_assert_not_null(l);
+    cr_assert_null(nn_layer_forward(l, xi, true));
+    test_expect_error(ctx, AD_ERR_DTYPE, fn[k], ": input [3,4] must be float", NULL);
+    nn_layer_free(l);
+  }
+  cr_assert_null(nn_softshrink(ctx, x, -0.5));
+  test_expect_error(ctx, AD_ERR_ARG, "softshrink: lambd -0.5 must be >= 0", NULL);
+  cr_assert_null(nn_softshrink_new(ctx, NAN));
+  test_expect_error(ctx, AD_ERR_ARG, "softshrink: lambd nan must be >= 0", NULL);
+  cr_assert_null(nn_hardshrink(ctx, x, NAN));
+  test_expect_error(ctx, AD_ERR_ARG, "hardshrink: lambd is NaN", NULL);
+  cr_assert_null(nn_hardshrink_new(ctx, NAN));
+  test_expect_error(ctx, AD_ERR_ARG, "hardshrink: lambd is NaN", NULL);
+  cr_assert_null(nn_threshold(ctx, x, NAN, 1));
+  test_expect_error(ctx, AD_ERR_ARG, "threshold: threshold is NaN", NULL);
+  cr_assert_null(nn_threshold_new(ctx, NAN, 1));
+  test_expect_error(ctx, AD_ERR_ARG, "threshold: threshold is NaN", NULL);
+  cr_assert_null(nn_softmin(ctx, x, 2));
+  test_expect_error(ctx, AD_ERR_ARG, "softmin: dim 2 is outside -2..1 for input [3,4]", NULL);
+  cr_assert_null(nn_softmin(ctx, x, -3));
+  test_expect_error(ctx, AD_ERR_ARG, "softmin: dim -3 is outside", NULL);
+  cr_assert_null(nn_softmax2d(ctx, x));
+  test_expect_error(ctx, AD_ERR_SHAPE,
+                    "softmax2d: input [3,4] must be 3-D [C, H, W] or 4-D [N, C, H, W]", NULL);
+  nn_layer *sm = nn_softmin_new(ctx, 5);
+  cr_assert_null(nn_layer_forward(sm, x, true));
+  test_expect_error(ctx, AD_ERR_ARG, "softmin: dim 5 is outside -2..1", NULL);
+  nn_layer_free(sm);
+  /* infinite settings are fine, as in PyTorch */
+  ad_tensor *y = nn_threshold(ctx, x, -INFINITY, 0), *z = nn_hardshrink(ctx, x, INFINITY);
+  cr_assert(y && z && ad_tensor_get(y, 0) == 1 && ad_tensor_get(z, 0) == 0, "%s",
+            ad_last_error(ctx));
+  ad_tape_reset(ctx);
+  ad_tensor_free(x), ad_tensor_free(xi);
+  ad_ctx_free(other);
+}
+
 /* ------------------------------------------------------------------ repr */
 
 static void expect_desc(nn_layer *l, const char *want) {
@@ -675,6 +870,11 @@ Test(misc2, describe_is_pytorch_repr) {
   expect_desc(nn_glu_new(ctx, 2), "glu(dim=2)");
   expect_desc(nn_cosine_similarity_new(ctx, 1, 1e-8), "cosine_similarity()");
   expect_desc(nn_pairwise_distance_new(ctx, 2, 1e-6, false), "pairwise_distance()");
+  expect_desc(nn_softshrink_new(ctx, 0.5), "softshrink(0.5)");
+  expect_desc(nn_hardshrink_new(ctx, 0.5), "hardshrink(0.5)");
+  expect_desc(nn_threshold_new(ctx, 0.1, 20), "threshold(threshold=0.1, value=20.0)");
+  expect_desc(nn_softmin_new(ctx, 1), "softmin(dim=1)");
+  expect_desc(nn_softmax2d_new(ctx), "softmax2d()");
 }
 
 /* ---------------------------------------------------------------- misuse */

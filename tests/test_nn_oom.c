@@ -337,6 +337,8 @@ enum {
   GLU,
   COSSIM,
   PDIST,
+  SOFTSHRINK,
+  SOFTMAX2D,
   N_LAYERS
 };
 
@@ -411,7 +413,9 @@ static const char *layer_names[N_LAYERS] = {"dense",
                                             "bilinear",
                                             "glu",
                                             "cosine_similarity",
-                                            "pairwise_distance"};
+                                            "pairwise_distance",
+                                            "softshrink",
+                                            "softmax2d"};
 
 static bool build_only;
 
@@ -595,6 +599,14 @@ static ad_status run_layer(world *w) {
     w->l = nn_pairwise_distance_new(c, 3, 1e-6, true);
     if (!(w->t[2] = data(c, 3, s3, 2))) return ad_last_status(c);
     x = w->x = data(c, 3, s3, 1);
+    break;
+  case SOFTSHRINK: /* comparisons, two wheres */
+    w->l = nn_softshrink_new(c, 0.5);
+    x = w->x = data(c, 3, s3, 1);
+    break;
+  case SOFTMAX2D:
+    w->l = nn_softmax2d_new(c);
+    x = w->x = data(c, 4, s4, 1);
     break;
   case CONV3D_CIRCULAR: /* unbatched: the view, a gather per axis, the convolution */
     w->l =

@@ -1245,6 +1245,60 @@ NN_API nn_layer *nn_pairwise_distance_new(ad_ctx *ctx, double p, double eps, boo
  * l. */
 NN_API ad_tensor *nn_layer_forward2(nn_layer *l, ad_tensor *x1, ad_tensor *x2);
 
+/** PyTorch's shrinking and thresholding activations, elementwise, each
+ * a composite of comparisons and ad_where (differentiable to any order),
+ * with PyTorch's values and slopes, also at the kinks:
+ *   nn_softshrink(x, lambd)  x - lambd above lambd, x + lambd below
+ *                            -lambd, else 0; slope 1 outside [-lambd,
+ *                            lambd], 0 on it (kinks included); lambd >= 0
+ *                            (PyTorch's "lambda must be greater or equal
+ *                            to 0"); default 0.5
+ *   nn_hardshrink(x, lambd)  x outside [-lambd, lambd], else 0; slope 0 on
+ *                            it (kinks included); any lambd but NaN (a
+ *                            negative one is the identity, as PyTorch's);
+ *                            default 0.5
+ *   nn_threshold(x, threshold, value)  x above threshold, else value;
+ *                            slope 0 at and below threshold (threshold
+ *                            not NaN; value any)
+ *   NaN x                    softshrink gives 0 with slope 0 (PyTorch's
+ *                            vectorized kernel: its scalar code, used for
+ *                            the last elements of a row, has slope 1);
+ *                            hardshrink NaN with slope 1 (its scalar
+ *                            code; the vectorized one has 0); threshold
+ *                            NaN with slope 1 (both)
+ * nn.Tanhshrink is NN_ACT_TANHSHRINK (nn_activate, nn_activation_new).
+ * Returns a tape tensor of x's shape, or NULL with AD_ERR_NULL,
+ * AD_ERR_DTYPE (x not float), AD_ERR_ARG (the settings above) and the
+ * errors of an op's input, naming the function. @{ */
+NN_API ad_tensor *nn_softshrink(ad_ctx *ctx, ad_tensor *x, double lambd);
+NN_API ad_tensor *nn_hardshrink(ad_ctx *ctx, ad_tensor *x, double lambd);
+NN_API ad_tensor *nn_threshold(ad_ctx *ctx, ad_tensor *x, double threshold, double value);
+/** @} */
+
+/** PyTorch's F.softmin(x, dim): softmax(-x) along dim (negative counts
+ * from the end; F.softmin's implicit dim is not offered: give it), and
+ * nn.Softmax2d: softmax over the channels, dim -3 of a 3-D [C, H, W] or
+ * 4-D [N, C, H, W] input (other ranks AD_ERR_SHAPE, as PyTorch's "requires
+ * a 3D or 4D tensor"). Compositions of ad_softmax. NULL with AD_ERR_NULL,
+ * AD_ERR_DTYPE, AD_ERR_ARG (dim out of range) or AD_ERR_SHAPE, naming the
+ * function. @{ */
+NN_API ad_tensor *nn_softmin(ad_ctx *ctx, ad_tensor *x, int dim);
+NN_API ad_tensor *nn_softmax2d(ad_ctx *ctx, ad_tensor *x);
+/** @} */
+
+/** The functions above as layers, PyTorch's nn.Softshrink(lambd),
+ * nn.Hardshrink(lambd), nn.Threshold(threshold, value), nn.Softmin(dim)
+ * and nn.Softmax2d(), kinds "softshrink", "hardshrink", "threshold",
+ * "softmin", "softmax2d". The settings are checked here (NULL with
+ * AD_ERR_ARG as the functions refuse them), the input in the forward
+ * (the functions' errors, naming the layer). @{ */
+NN_API nn_layer *nn_softshrink_new(ad_ctx *ctx, double lambd);
+NN_API nn_layer *nn_hardshrink_new(ad_ctx *ctx, double lambd);
+NN_API nn_layer *nn_threshold_new(ad_ctx *ctx, double threshold, double value);
+NN_API nn_layer *nn_softmin_new(ad_ctx *ctx, int dim);
+NN_API nn_layer *nn_softmax2d_new(ad_ctx *ctx);
+/** @} */
+
 /** Padding layers, PyTorch's nn.ZeroPad2d, nn.ConstantPad1d/2d,
  * nn.ReflectionPad1d/2d and nn.ReplicationPad1d/2d. pad is (left, right)
  * for the 1-D layers, which take [N, C, L] or [C, L], and (left, right,
