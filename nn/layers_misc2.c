@@ -1,7 +1,7 @@
 /* layers_misc2.c: PyTorch modules a port meets that had no layer here:
  * nn.Unfold and nn.Fold (F.unfold / F.fold), nn.Bilinear, nn.GLU,
  * nn.CosineSimilarity, nn.PairwiseDistance, nn.Softshrink, nn.Hardshrink,
- * nn.Threshold, nn.Softmin, nn.Softmax2d. Composites of public ops, so
+ * nn.Threshold, nn.Softmin, nn.Softmax2d, nn.LocalResponseNorm. Composites of public ops, so
  * every gradient is the tape's and differentiable to any order; this file
  * holds PyTorch's index rules and the checks that name the function or
  * layer.
@@ -33,7 +33,8 @@ typedef enum m2_kind {
   M2_HARDSHRINK,
   M2_THRESHOLD,
   M2_SOFTMIN,
-  M2_SOFTMAX2D
+  M2_SOFTMAX2D,
+  M2_LRN
 } m2_kind;
 
 typedef struct m2_state {
@@ -47,6 +48,8 @@ typedef struct m2_state {
   bool keepdim;          /* pairwise_distance */
   double lambd;          /* shrinks; threshold's threshold */
   double value;          /* threshold */
+  int64_t size;          /* local_response_norm, with alpha, beta, k */
+  double alpha, beta, k;
 } m2_state;
 
 static const nn_layer_ops m2_ops;
@@ -683,6 +686,61 @@ nn_layer *nn_softmax2d_new(ad_ctx *ctx) {
   return m2_layer(ctx, "softmax2d", &s);
 }
 
+/* --------------------------------------------------- local response norm */
+
+#define LRN_MAX_SIZE (INT64_C(1) << 16)
+
+static bool lrn_args(ad_ctx *ctx, int64_t size, double alpha, double beta, double k) {
+  if (size < 1 || size > LRN_MAX_SIZE) {
+    ad_set_error(ctx, AD_ERR_ARG, "local_response_norm: size %lld must be in [1, 2^16]",
+                 (long long)size);
+    return false;
+  }
+  if (!isfinite(alpha) || !isfinite(beta) || !isfinite(k)) {
+    ad_set_error(ctx, AD_ERR_ARG, "local_response_norm: alpha %g, beta %g and k %g must be finite",
+                 alpha, beta, k);
+    return false;
+  }
+  return true;
+}
+
+/* y = x / (k + alpha avg_window(x^2))^beta, the window's sum added left to
+ * right over size narrows of the zero-padded squares. */
+static ad_tensor *lrn_run(ad_ctx *ctx, const char *who, ad_tensor *x, const m2_state *s) {
+  char a[64];
+  if (!float_x(ctx, who, x)) return NULL;
+  if (x->ndim < 3) {
+    ad_set_error(ctx, AD_ERR_SHAPE, "%s: input %s must have at least 3 dims [N, C, ...]", who,
+                 ad_shape_str(x, a, sizeof a));
+    return NULL;
+  }
+  int64_t c = x->shape[1];
+  ad_tensor *sq = ad_pad(ctx, ad_square(ctx, x), 1, s->size / 2, (s->size - 1) / 2);
+  ad_tensor *sum = ad_narrow(ctx, sq, 1, 0, c);
+  for (int64_t j = 1; j < s->size; j++) sum = ad_add(ctx, sum, ad_narrow(ctx, sq, 1, j, c));
+  ad_tensor *avg = ad_div_scalar(ctx, sum, (double)s->size);
+  ad_tensor *div =
+      ad_pow_scalar(ctx, ad_add_scalar(ctx, ad_mul_scalar(ctx, avg, s->alpha), s->k), s->beta);
+  return ad_div(ctx, x, div);
+}
+
+ad_tensor *nn_local_response_norm(ad_ctx *ctx, ad_tensor *x, int64_t size, double alpha,
+                                  double beta, double k) {
+  if (!ctx) return NULL;
+  const char *fn = "local_response_norm";
+  if (nn_check_input(ctx, fn, "input", x) != AD_OK || !lrn_args(ctx, size, alpha, beta, k))
+    return NULL;
+  m2_state s = {.kind = M2_LRN, .size = size, .alpha = alpha, .beta = beta, .k = k};
+  return lrn_run(ctx, fn, x, &s);
+}
+
+nn_layer *nn_local_response_norm_new(ad_ctx *ctx, int64_t size, double alpha, double beta,
+                                     double k) {
+  if (!ctx || !lrn_args(ctx, size, alpha, beta, k)) return NULL;
+  m2_state s = {.kind = M2_LRN, .size = size, .alpha = alpha, .beta = beta, .k = k};
+  return m2_layer(ctx, "local_response_norm", &s);
+}
+
 /* --------------------------------------------------------------- layer */
 
 static ad_tensor *m2_forward(nn_layer *l, ad_tensor *x, bool training) {
@@ -712,6 +770,8 @@ static ad_tensor *m2_forward(nn_layer *l, ad_tensor *x, bool training) {
   case M2_SOFTMIN:
   case M2_SOFTMAX2D:
     return softmin_run(ctx, who, x, s->dim, s->kind == M2_SOFTMAX2D);
+  case M2_LRN:
+    return lrn_run(ctx, who, x, s);
   }
   return NULL;
 }
@@ -774,6 +834,14 @@ static void m2_describe(const nn_layer *l, nn_text *t) {
     break;
   case M2_SOFTMIN:
     nn_text_add(t, "dim=%d", s->dim);
+    break;
+  case M2_LRN:
+    nn_text_add(t, "%lld, alpha=", (long long)s->size);
+    nn_text_num(t, s->alpha);
+    nn_text_add(t, ", beta=");
+    nn_text_num(t, s->beta);
+    nn_text_add(t, ", k=");
+    nn_text_num(t, s->k);
     break;
   }
 }

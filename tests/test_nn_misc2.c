@@ -75,6 +75,17 @@ typedef struct act_case {
   const double *x, *y[2], *dx[2];
 } act_case;
 
+/* A local_response_norm case: y[d] and dx[d] of sum(y * g), g
+ * linspace(-1, 1). */
+typedef struct lrn_case {
+  const char *name;
+  int ndim;
+  int64_t shape[5];
+  int64_t size;
+  double alpha, beta, k;
+  const double *x, *y[2], *dx[2];
+} lrn_case;
+
 /* The PyTorch values:
  * `/usr/bin/python3 tools/gen_misc2_fixtures.py > tests/misc2_fixtures.h`. */
 #include "misc2_fixtures.h"
@@ -84,6 +95,7 @@ typedef struct act_case {
 #define NGLU  (int)(sizeof GLU_CASES / sizeof GLU_CASES[0])
 #define NPAIR (int)(sizeof PAIR_CASES / sizeof PAIR_CASES[0])
 #define NACT  (int)(sizeof ACT_CASES / sizeof ACT_CASES[0])
+#define NLRN  (int)(sizeof LRN_CASES / sizeof LRN_CASES[0])
 
 static ad_tensor *vec(ad_ctx *c, ad_dtype dt, int ndim, const int64_t *shape, const double *v) {
   ad_tensor *t = ad_zeros(c, dt, ndim, shape);
@@ -845,6 +857,122 @@ Test(misc2, shrinks_threshold_softmin_softmax2d_bad_arguments) {
   ad_ctx_free(other);
 }
 
+/* ---------------------------------------------------- local response norm */
+
+static void check_lrn_case(const lrn_case *lc, int d, bool layer) {
+  ad_dtype dt = d ? AD_F32 : AD_F64;
+  ad_tape_reset(ctx);
+  ad_tensor *x = vec(ctx, dt, lc->ndim, lc->shape, lc->x);
+  ad_tensor_set_requires_grad(x, true);
+  nn_layer *l =
+      layer ? nn_local_response_norm_new(ctx, lc->size, lc->alpha, lc->beta, lc->k) : NULL;
+  cr_assert(!layer || l, "%s", ad_last_error(ctx));
+  ad_tensor *y = layer ? nn_layer_forward(l, x, true)
+                       : nn_local_response_norm(ctx, x, lc->size, lc->alpha, lc->beta, lc->k);
+  cr_assert_not_null(y, "%s: %s", lc->name, ad_last_error(ctx));
+  ad_tensor *g = ad_zeros(ctx, dt, y->ndim, y->shape);
+  for (int64_t i = 0; i < g->size; i++)
+    ad_tensor_set(g, i, -1 + 2.0 * (double)i / (double)(g->size - 1));
+  char what[96];
+  double rtol = d ? 3e-6 : 1e-13;
+  snprintf(what, sizeof what, "%s %s y", lc->name, d ? "f32" : "f64");
+  for (int64_t i = 0; i < y->size; i++)
+    expect_close(ad_tensor_get(y, i), lc->y[d][i], rtol, what, (int)i);
+  cr_assert_eq(ad_backward(ctx, ad_sum(ctx, ad_mul(ctx, y, g)), NULL), AD_OK, "%s",
+               ad_last_error(ctx));
+  snprintf(what, sizeof what, "%s %s dx", lc->name, d ? "f32" : "f64");
+  for (int64_t i = 0; i < x->size; i++)
+    expect_close(ad_tensor_get(x->grad, i), lc->dx[d][i], rtol, what, (int)i);
+  ad_tape_reset(ctx);
+  nn_layer_free(l);
+  ad_tensor_free(x), ad_tensor_free(g);
+}
+
+Test(misc2, local_response_norm_matches_pytorch) {
+  for (int i = 0; i < NLRN; i++)
+    for (int d = 0; d < 2; d++) {
+      check_lrn_case(&LRN_CASES[i], d, false);
+      check_lrn_case(&LRN_CASES[i], d, true);
+    }
+}
+
+static ad_tensor *gc_lrn_fn(ad_ctx *c, int n, ad_tensor *const *in, void *ud) {
+  const lrn_case *lc = ud;
+  (void)n;
+  return nn_local_response_norm(c, in[0], lc->size, lc->alpha, lc->beta, lc->k);
+}
+
+Test(misc2, local_response_norm_gradcheck) {
+  const lrn_case cases[] = {
+      {"lrn3", 3, {2, 5, 3}, 3, 0.5, 0.75, 1, NULL, {0}, {0}},
+      {"lrn4", 4, {1, 4, 2, 2}, 2, 1.0, 1.5, 0.5, NULL, {0}, {0}},
+      {"lrn_wide", 3, {1, 2, 3}, 6, 2.0, 0.75, 1, NULL, {0}, {0}},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    ad_rng rng;
+    ad_rng_seed(&rng, 60 + i);
+    ad_tensor *x = ad_rand(ctx, &rng, AD_F64, cases[i].ndim, cases[i].shape, -2, 2);
+    cr_assert_not_null(x);
+    ad_tensor_set_requires_grad(x, true);
+    ad_check_report rep;
+    cr_assert_eq(ad_gradcheck(ctx, gc_lrn_fn, (void *)&cases[i], 1, &x, NULL, &rep), AD_OK, "%s",
+                 ad_last_error(ctx));
+    cr_assert(rep.passed, "%s: index %lld: %g numeric %g", cases[i].name, (long long)rep.index,
+              rep.analytic, rep.numeric);
+    cr_assert_eq(ad_gradgradcheck(ctx, gc_lrn_fn, (void *)&cases[i], 1, &x, NULL, &rep), AD_OK,
+                 "%s", ad_last_error(ctx));
+    cr_assert(rep.passed, "%s (2nd order): index %lld: %g numeric %g", cases[i].name,
+              (long long)rep.index, rep.analytic, rep.numeric);
+    ad_tensor_free(x);
+  }
+}
+
+Test(misc2, local_response_norm_bad_arguments) {
+  ad_ctx *other = ad_ctx_new();
+  cr_assert_not_null(other);
+  ad_tensor *x = ad_ones(ctx, AD_F32, 3, (int64_t[3]){1, 3, 4});
+  ad_tensor *x2 = ad_ones(ctx, AD_F32, 2, (int64_t[2]){3, 4});
+  ad_tensor *xi = ad_zeros(ctx, AD_I32, 3, (int64_t[3]){1, 3, 4});
+  ad_tensor *gone = ad_ones(ctx, AD_F32, 3, (int64_t[3]){1, 3, 4});
+  ad_tensor *far = ad_ones(other, AD_F32, 3, (int64_t[3]){1, 3, 4});
+  cr_assert(x && x2 && xi && gone && far);
+  ad_tensor_free(gone);
+  cr_assert_null(nn_local_response_norm(ctx, x, 0, 1e-4, 0.75, 1));
+  test_expect_error(ctx, AD_ERR_ARG, "local_response_norm: size 0 must be in [1, 2^16]", NULL);
+  cr_assert_null(nn_local_response_norm_new(ctx, INT64_MAX, 1e-4, 0.75, 1));
+  test_expect_error(ctx, AD_ERR_ARG, "local_response_norm: size 9223372036854775807", NULL);
+  cr_assert_null(nn_local_response_norm(ctx, x, 2, NAN, 0.75, 1));
+  test_expect_error(ctx, AD_ERR_ARG, "local_response_norm: alpha nan, beta 0.75 and k 1 must be",
+                    NULL);
+  cr_assert_null(nn_local_response_norm_new(ctx, 2, 1e-4, INFINITY, 1));
+  test_expect_error(ctx, AD_ERR_ARG, "must be finite", NULL);
+  cr_assert_null(nn_local_response_norm(ctx, x2, 2, 1e-4, 0.75, 1));
+  test_expect_error(ctx, AD_ERR_SHAPE,
+                    "local_response_norm: input [3,4] must have at least 3 dims [N, C, ...]", NULL);
+  cr_assert_null(nn_local_response_norm(ctx, xi, 2, 1e-4, 0.75, 1));
+  test_expect_error(ctx, AD_ERR_DTYPE, "local_response_norm: input [1,3,4] must be float, got i32",
+                    NULL);
+  cr_assert_null(nn_local_response_norm(ctx, NULL, 2, 1e-4, 0.75, 1));
+  test_expect_error(ctx, AD_ERR_NULL, "local_response_norm: input is NULL", NULL);
+  cr_assert_null(nn_local_response_norm(ctx, gone, 2, 1e-4, 0.75, 1));
+  test_expect_error(ctx, AD_ERR_STATE, "local_response_norm: input was freed", NULL);
+  cr_assert_null(nn_local_response_norm(ctx, far, 2, 1e-4, 0.75, 1));
+  test_expect_error(ctx, AD_ERR_ARG, "local_response_norm: input belongs to another context", NULL);
+  cr_assert_null(nn_local_response_norm(NULL, x, 2, 1e-4, 0.75, 1));
+  cr_assert_null(nn_local_response_norm_new(NULL, 2, 1e-4, 0.75, 1));
+  nn_layer *l = nn_local_response_norm_new(ctx, 2, 1e-4, 0.75, 1);
+  cr_assert_not_null(l);
+  cr_assert_null(nn_layer_forward(l, x2, true));
+  test_expect_error(ctx, AD_ERR_SHAPE, "local_response_norm: input [3,4] must have", NULL);
+  /* an empty input gives an empty output, as PyTorch's */
+  ad_tensor *e = ad_zeros(ctx, AD_F32, 3, (int64_t[3]){0, 3, 4}), *y = nn_layer_forward(l, e, true);
+  cr_assert(y && y->size == 0 && y->ndim == 3, "%s", ad_last_error(ctx));
+  ad_tape_reset(ctx);
+  nn_layer_free(l);
+  ad_tensor_free(x), ad_tensor_free(x2), ad_tensor_free(xi), ad_tensor_free(e);
+  ad_ctx_free(other);
+}
+
 /* ------------------------------------------------------------------ repr */
 
 static void expect_desc(nn_layer *l, const char *want) {
@@ -875,6 +1003,8 @@ Test(misc2, describe_is_pytorch_repr) {
   expect_desc(nn_threshold_new(ctx, 0.1, 20), "threshold(threshold=0.1, value=20.0)");
   expect_desc(nn_softmin_new(ctx, 1), "softmin(dim=1)");
   expect_desc(nn_softmax2d_new(ctx), "softmax2d()");
+  expect_desc(nn_local_response_norm_new(ctx, 2, 1e-4, 0.75, 1),
+              "local_response_norm(2, alpha=0.0001, beta=0.75, k=1.0)");
 }
 
 /* ---------------------------------------------------------------- misuse */

@@ -339,6 +339,7 @@ enum {
   PDIST,
   SOFTSHRINK,
   SOFTMAX2D,
+  LRN,
   N_LAYERS
 };
 
@@ -415,7 +416,8 @@ static const char *layer_names[N_LAYERS] = {"dense",
                                             "cosine_similarity",
                                             "pairwise_distance",
                                             "softshrink",
-                                            "softmax2d"};
+                                            "softmax2d",
+                                            "local_response_norm"};
 
 static bool build_only;
 
@@ -606,6 +608,10 @@ static ad_status run_layer(world *w) {
     break;
   case SOFTMAX2D:
     w->l = nn_softmax2d_new(c);
+    x = w->x = data(c, 4, s4, 1);
+    break;
+  case LRN: /* the padded squares, a narrow per window tap, the power */
+    w->l = nn_local_response_norm_new(c, 3, 0.5, 0.75, 1);
     x = w->x = data(c, 4, s4, 1);
     break;
   case CONV3D_CIRCULAR: /* unbatched: the view, a gather per axis, the convolution */

@@ -1299,6 +1299,25 @@ NN_API nn_layer *nn_softmin_new(ad_ctx *ctx, int dim);
 NN_API nn_layer *nn_softmax2d_new(ad_ctx *ctx);
 /** @} */
 
+/** PyTorch 1.13's F.local_response_norm(x, size, alpha, beta, k): x [N, C,
+ * ...] (at least 3-D) divided by (k + alpha / size * sum of x^2 over the
+ * channel window c - size/2 .. c + (size-1)/2)^beta, the window zero-
+ * padded at the ends and always divided by size (PyTorch's avg_pool with
+ * count_include_pad). PyTorch's defaults: alpha 1e-4, beta 0.75, k 1. A
+ * composite (size narrows of the padded squares), differentiable to any
+ * order. Returns a tape tensor, or NULL with AD_ERR_NULL, AD_ERR_DTYPE,
+ * AD_ERR_SHAPE (fewer than 3 dims), AD_ERR_ARG (size outside [1, 2^16],
+ * alpha, beta or k not finite) and the errors of an op's input, naming
+ * "local_response_norm". */
+NN_API ad_tensor *nn_local_response_norm(ad_ctx *ctx, ad_tensor *x, int64_t size, double alpha,
+                                         double beta, double k);
+
+/** nn_local_response_norm as a layer, PyTorch's nn.LocalResponseNorm(size,
+ * alpha, beta, k), kind "local_response_norm" (no parameters). NULL with
+ * AD_ERR_ARG for the settings nn_local_response_norm refuses. */
+NN_API nn_layer *nn_local_response_norm_new(ad_ctx *ctx, int64_t size, double alpha, double beta,
+                                            double k);
+
 /** Padding layers, PyTorch's nn.ZeroPad2d, nn.ConstantPad1d/2d,
  * nn.ReflectionPad1d/2d and nn.ReplicationPad1d/2d. pad is (left, right)
  * for the 1-D layers, which take [N, C, L] or [C, L], and (left, right,
