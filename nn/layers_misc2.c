@@ -1,7 +1,8 @@
 /* layers_misc2.c: PyTorch modules a port meets that had no layer here:
  * nn.Unfold and nn.Fold (F.unfold / F.fold), nn.Bilinear, nn.GLU,
  * nn.CosineSimilarity, nn.PairwiseDistance, nn.Softshrink, nn.Hardshrink,
- * nn.Threshold, nn.Softmin, nn.Softmax2d, nn.LocalResponseNorm. Composites of public ops, so
+ * nn.Threshold, nn.Softmin, nn.Softmax2d, nn.LocalResponseNorm, nn.RReLU.
+ * Composites of public ops, so
  * every gradient is the tape's and differentiable to any order; this file
  * holds PyTorch's index rules and the checks that name the function or
  * layer.
@@ -34,7 +35,8 @@ typedef enum m2_kind {
   M2_THRESHOLD,
   M2_SOFTMIN,
   M2_SOFTMAX2D,
-  M2_LRN
+  M2_LRN,
+  M2_RRELU
 } m2_kind;
 
 typedef struct m2_state {
@@ -50,6 +52,8 @@ typedef struct m2_state {
   double value;          /* threshold */
   int64_t size;          /* local_response_norm, with alpha, beta, k */
   double alpha, beta, k;
+  double lower, upper; /* rrelu, with its generator */
+  ad_rng rng;
 } m2_state;
 
 static const nn_layer_ops m2_ops;
@@ -741,6 +745,49 @@ nn_layer *nn_local_response_norm_new(ad_ctx *ctx, int64_t size, double alpha, do
   return m2_layer(ctx, "local_response_norm", &s);
 }
 
+/* ------------------------------------------------------------------ rrelu */
+
+static bool rrelu_args(ad_ctx *ctx, double lower, double upper) {
+  if (isfinite(lower) && isfinite(upper) && lower <= upper) return true;
+  ad_set_error(ctx, AD_ERR_ARG, "rrelu: lower %g and upper %g must be finite with lower <= upper",
+               lower, upper);
+  return false;
+}
+
+/* training: x times a constant noise tensor (a slope drawn for x <= 0, 1
+ * elsewhere), so the gradient is the slope; evaluation: leaky_relu with
+ * the mean slope. */
+static ad_tensor *rrelu_run(ad_ctx *ctx, const char *who, ad_tensor *x, double lower, double upper,
+                            bool training, ad_rng *rng) {
+  if (!float_x(ctx, who, x)) return NULL;
+  if (!training) return ad_leaky_relu(ctx, x, (lower + upper) / 2);
+  if (!rng) return nn_null_arg(ctx, who, "rng"), NULL;
+  ad_tensor *noise = nn_tmp_tensor(ctx, x->dtype, x->ndim, x->shape);
+  if (!noise) return NULL;
+  ad_rng r = *rng; /* a call that fails takes no draws */
+  for (int64_t i = 0; i < x->size; i++)
+    ad_tensor_set(noise, i,
+                  ad_tensor_get(x, i) <= 0 ? lower + (upper - lower) * ad_rng_uniform(&r) : 1.0);
+  ad_tensor *y = ad_mul(ctx, x, noise);
+  if (y) *rng = r;
+  return y;
+}
+
+ad_tensor *nn_rrelu(ad_ctx *ctx, ad_tensor *x, double lower, double upper, bool training,
+                    ad_rng *rng) {
+  if (!ctx) return NULL;
+  if (nn_check_input(ctx, "rrelu", "input", x) != AD_OK || !rrelu_args(ctx, lower, upper))
+    return NULL;
+  return rrelu_run(ctx, "rrelu", x, lower, upper, training, rng);
+}
+
+nn_layer *nn_rrelu_new(ad_ctx *ctx, double lower, double upper, uint64_t seed) {
+  if (!ctx || !rrelu_args(ctx, lower, upper)) return NULL;
+  m2_state s = {.kind = M2_RRELU, .lower = lower, .upper = upper};
+  ad_rng_seed(&s.rng, seed);
+  return m2_layer(ctx, "rrelu", &s);
+}
+
 /* --------------------------------------------------------------- layer */
 
 static ad_tensor *m2_forward(nn_layer *l, ad_tensor *x, bool training) {
@@ -748,7 +795,6 @@ static ad_tensor *m2_forward(nn_layer *l, ad_tensor *x, bool training) {
   ad_ctx *ctx = nn_layer_ctx(l);
   char who[96];
   nn_layer_who(l, who, sizeof who);
-  (void)training;
   switch (s->kind) {
   case M2_UNFOLD:
     return unfold_run(ctx, who, x, &s->fo);
@@ -772,6 +818,8 @@ static ad_tensor *m2_forward(nn_layer *l, ad_tensor *x, bool training) {
     return softmin_run(ctx, who, x, s->dim, s->kind == M2_SOFTMAX2D);
   case M2_LRN:
     return lrn_run(ctx, who, x, s);
+  case M2_RRELU:
+    return rrelu_run(ctx, who, x, s->lower, s->upper, training, &s->rng);
   }
   return NULL;
 }
@@ -834,6 +882,12 @@ static void m2_describe(const nn_layer *l, nn_text *t) {
     break;
   case M2_SOFTMIN:
     nn_text_add(t, "dim=%d", s->dim);
+    break;
+  case M2_RRELU:
+    nn_text_add(t, "lower=");
+    nn_text_num(t, s->lower);
+    nn_text_add(t, ", upper=");
+    nn_text_num(t, s->upper);
     break;
   case M2_LRN:
     nn_text_add(t, "%lld, alpha=", (long long)s->size);

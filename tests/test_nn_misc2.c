@@ -973,6 +973,112 @@ Test(misc2, local_response_norm_bad_arguments) {
   ad_ctx_free(other);
 }
 
+/* ------------------------------------------------------------------ rrelu */
+
+/* Evaluation mode against PyTorch (RRELU_CASES reuse lrn_case: alpha is
+ * lower, beta upper). */
+Test(misc2, rrelu_eval_matches_pytorch) {
+  int n = (int)(sizeof RRELU_CASES / sizeof RRELU_CASES[0]);
+  for (int i = 0; i < n; i++)
+    for (int d = 0; d < 2; d++)
+      for (int layer = 0; layer < 2; layer++) {
+        const lrn_case *rc = &RRELU_CASES[i];
+        ad_dtype dt = d ? AD_F32 : AD_F64;
+        ad_tape_reset(ctx);
+        ad_tensor *x = vec(ctx, dt, rc->ndim, rc->shape, rc->x);
+        ad_tensor_set_requires_grad(x, true);
+        nn_layer *l = layer ? nn_rrelu_new(ctx, rc->alpha, rc->beta, 1) : NULL;
+        ad_tensor *y = layer ? nn_layer_forward(l, x, false)
+                             : nn_rrelu(ctx, x, rc->alpha, rc->beta, false, NULL);
+        cr_assert_not_null(y, "%s", ad_last_error(ctx));
+        ad_tensor *g = ad_zeros(ctx, dt, y->ndim, y->shape);
+        for (int64_t k = 0; k < g->size; k++)
+          ad_tensor_set(g, k, -1 + 2.0 * (double)k / (double)(g->size - 1));
+        double rtol = d ? 2e-6 : 1e-15;
+        for (int64_t k = 0; k < y->size; k++)
+          expect_close(ad_tensor_get(y, k), rc->y[d][k], rtol, rc->name, (int)k);
+        cr_assert_eq(ad_backward(ctx, ad_sum(ctx, ad_mul(ctx, y, g)), NULL), AD_OK, "%s",
+                     ad_last_error(ctx));
+        for (int64_t k = 0; k < x->size; k++)
+          expect_close(ad_tensor_get(x->grad, k), rc->dx[d][k], rtol, rc->name, (int)k);
+        ad_tape_reset(ctx);
+        nn_layer_free(l);
+        ad_tensor_free(x), ad_tensor_free(g);
+      }
+}
+
+/* Training: each x <= 0 gets its own slope in [lower, upper), the
+ * gradient is that slope, x > 0 passes; the slopes spread over the range,
+ * and two forwards draw different ones. */
+Test(misc2, rrelu_training_draws_slopes_in_range) {
+  int64_t n = 4000;
+  ad_tensor *x = ad_zeros(ctx, AD_F64, 1, &n);
+  cr_assert_not_null(x);
+  for (int64_t i = 0; i < n; i++) ad_tensor_set(x, i, i % 4 == 3 ? 1.5 : -(double)(i % 4));
+  ad_tensor_set_requires_grad(x, true);
+  nn_layer *l = nn_rrelu_new(ctx, 0.125, 1.0 / 3, 7);
+  cr_assert_not_null(l);
+  double first = 0;
+  for (int pass = 0; pass < 2; pass++) {
+    ad_tensor *y = nn_layer_forward(l, x, true);
+    cr_assert_not_null(y, "%s", ad_last_error(ctx));
+    ad_tensor_zero_grad(x);
+    cr_assert_eq(ad_backward(ctx, ad_sum(ctx, y), NULL), AD_OK, "%s", ad_last_error(ctx));
+    double lo = 1, hi = 0, sum = 0;
+    for (int64_t i = 0; i < n; i++) {
+      double xv = ad_tensor_get(x, i), s = ad_tensor_get(x->grad, i);
+      if (xv > 0) {
+        cr_assert_eq(s, 1.0);
+        cr_assert_eq(ad_tensor_get(y, i), xv);
+        continue;
+      }
+      cr_assert(s >= 0.125 && s < 1.0 / 3, "slope %g", s);
+      cr_assert_eq(ad_tensor_get(y, i), xv * s);
+      lo = fmin(lo, s), hi = fmax(hi, s), sum += s;
+    }
+    cr_assert(lo < 0.13 && hi > 0.328, "[%g, %g]", lo, hi);
+    double mean = sum / (double)(3 * n / 4);
+    cr_assert(fabs(mean - (0.125 + 1.0 / 3) / 2) < 0.005, "mean %g", mean);
+    if (pass)
+      cr_assert_neq(ad_tensor_get(x->grad, 0), first);
+    else
+      first = ad_tensor_get(x->grad, 0);
+    ad_tape_reset(ctx);
+  }
+  nn_layer_free(l);
+  ad_tensor_free(x);
+}
+
+Test(misc2, rrelu_bad_arguments) {
+  ad_tensor *x = ad_ones(ctx, AD_F32, 2, (int64_t[2]){3, 4});
+  ad_tensor *xi = ad_zeros(ctx, AD_I32, 2, (int64_t[2]){3, 4});
+  ad_tensor *gone = ad_ones(ctx, AD_F32, 2, (int64_t[2]){3, 4});
+  cr_assert(x && xi && gone);
+  ad_tensor_free(gone);
+  ad_rng rng;
+  ad_rng_seed(&rng, 1);
+  cr_assert_null(nn_rrelu(ctx, x, 0.5, 0.2, true, &rng));
+  test_expect_error(ctx, AD_ERR_ARG,
+                    "rrelu: lower 0.5 and upper 0.2 must be finite with lower <= upper", NULL);
+  cr_assert_null(nn_rrelu_new(ctx, NAN, 0.2, 1));
+  test_expect_error(ctx, AD_ERR_ARG, "rrelu: lower nan and upper 0.2 must be finite", NULL);
+  cr_assert_null(nn_rrelu_new(ctx, 0.1, INFINITY, 1));
+  test_expect_error(ctx, AD_ERR_ARG, "rrelu: lower 0.1 and upper inf", NULL);
+  cr_assert_null(nn_rrelu(ctx, x, 0.1, 0.2, true, NULL));
+  test_expect_error(ctx, AD_ERR_NULL, "rrelu: rng is NULL", NULL);
+  cr_assert_not_null(nn_rrelu(ctx, x, 0.1, 0.2, false, NULL), "%s", ad_last_error(ctx));
+  cr_assert_null(nn_rrelu(ctx, xi, 0.1, 0.2, false, NULL));
+  test_expect_error(ctx, AD_ERR_DTYPE, "rrelu: input [3,4] must be float, got i32", NULL);
+  cr_assert_null(nn_rrelu(ctx, NULL, 0.1, 0.2, false, NULL));
+  test_expect_error(ctx, AD_ERR_NULL, "rrelu: input is NULL", NULL);
+  cr_assert_null(nn_rrelu(ctx, gone, 0.1, 0.2, false, NULL));
+  test_expect_error(ctx, AD_ERR_STATE, "rrelu: input was freed", NULL);
+  cr_assert_null(nn_rrelu(NULL, x, 0.1, 0.2, false, NULL));
+  cr_assert_null(nn_rrelu_new(NULL, 0.1, 0.2, 1));
+  ad_tape_reset(ctx);
+  ad_tensor_free(x), ad_tensor_free(xi);
+}
+
 /* ------------------------------------------------------------------ repr */
 
 static void expect_desc(nn_layer *l, const char *want) {
@@ -1005,6 +1111,7 @@ Test(misc2, describe_is_pytorch_repr) {
   expect_desc(nn_softmax2d_new(ctx), "softmax2d()");
   expect_desc(nn_local_response_norm_new(ctx, 2, 1e-4, 0.75, 1),
               "local_response_norm(2, alpha=0.0001, beta=0.75, k=1.0)");
+  expect_desc(nn_rrelu_new(ctx, 0.125, 1.0 / 3, 1), "rrelu(lower=0.125, upper=0.3333333333333333)");
 }
 
 /* ---------------------------------------------------------------- misuse */

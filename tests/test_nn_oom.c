@@ -340,6 +340,7 @@ enum {
   SOFTSHRINK,
   SOFTMAX2D,
   LRN,
+  RRELU,
   N_LAYERS
 };
 
@@ -417,7 +418,8 @@ static const char *layer_names[N_LAYERS] = {"dense",
                                             "pairwise_distance",
                                             "softshrink",
                                             "softmax2d",
-                                            "local_response_norm"};
+                                            "local_response_norm",
+                                            "rrelu"};
 
 static bool build_only;
 
@@ -613,6 +615,10 @@ static ad_status run_layer(world *w) {
   case LRN: /* the padded squares, a narrow per window tap, the power */
     w->l = nn_local_response_norm_new(c, 3, 0.5, 0.75, 1);
     x = w->x = data(c, 4, s4, 1);
+    break;
+  case RRELU: /* training: the noise tensor, a product */
+    w->l = nn_rrelu_new(c, 0.125, 1.0 / 3, 5);
+    x = w->x = data(c, 2, s2, 1);
     break;
   case CONV3D_CIRCULAR: /* unbatched: the view, a gather per axis, the convolution */
     w->l =

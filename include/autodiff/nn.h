@@ -1299,6 +1299,29 @@ NN_API nn_layer *nn_softmin_new(ad_ctx *ctx, int dim);
 NN_API nn_layer *nn_softmax2d_new(ad_ctx *ctx);
 /** @} */
 
+/** PyTorch's F.rrelu(x, lower, upper, training): in training each element
+ * x <= 0 is multiplied by a slope drawn uniform in [lower, upper) from rng
+ * (row-major, one draw per such element; x > 0 and NaN pass with slope
+ * 1); otherwise (evaluation) leaky_relu with slope (lower + upper) / 2
+ * (ad_leaky_relu: slope at 0 that value, as PyTorch's). The gradient is
+ * the slope used; a call that fails takes no draws. The draws come from
+ * the engine's generator, so the
+ * slopes differ from torch's for one seed (the same distribution). rng
+ * is needed in training only. Returns a tape tensor, or NULL with
+ * AD_ERR_NULL (x; rng in training), AD_ERR_DTYPE (x not float), AD_ERR_ARG
+ * (lower or upper not finite, lower > upper: PyTorch's "Lower bound
+ * should be less than or equal to the upper bound") and the errors of an
+ * op's input, naming "rrelu". */
+NN_API ad_tensor *nn_rrelu(ad_ctx *ctx, ad_tensor *x, double lower, double upper, bool training,
+                           ad_rng *rng);
+
+/** nn_rrelu as a layer, PyTorch's nn.RReLU(lower, upper) (its defaults 1/8
+ * and 1/3), kind "rrelu": training mode draws from the layer's own
+ * generator, seeded with seed (each training forward continues its
+ * stream); evaluation mode uses the mean slope. NULL with AD_ERR_ARG for
+ * the bounds nn_rrelu refuses. */
+NN_API nn_layer *nn_rrelu_new(ad_ctx *ctx, double lower, double upper, uint64_t seed);
+
 /** PyTorch 1.13's F.local_response_norm(x, size, alpha, beta, k): x [N, C,
  * ...] (at least 3-D) divided by (k + alpha / size * sum of x^2 over the
  * channel window c - size/2 .. c + (size-1)/2)^beta, the window zero-
