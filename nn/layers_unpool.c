@@ -195,15 +195,18 @@ ad_tensor *nn_max_unpool_forward(nn_layer *l, ad_tensor *x, ad_tensor *indices,
   int64_t out[3];
   if (!unpool_out_size(ctx, who, s, x, output_size, out)) return NULL;
   int64_t planes = 1, lin = 1, lout = 1;
+  double plane = 1; /* the output plane, in double: three lengths below 2^60 may pass 2^63 */
   for (int d = 0; d < nd - sp; d++) planes *= x->shape[d];
-  for (int d = 0; d < sp; d++) lin *= x->shape[nd - sp + d], lout *= out[d];
-  if ((double)planes * (double)lout > (double)INT32_MAX) {
+  for (int d = 0; d < sp; d++) lin *= x->shape[nd - sp + d], plane *= (double)out[d];
+  /* the plane too (N may be 0): the indices into it are int32 */
+  if (plane > (double)INT32_MAX || (double)planes * plane > (double)INT32_MAX) {
     ad_set_error(ctx, AD_ERR_SHAPE,
-                 "%s: the output (%lld planes of %lld) has more than 2^31 - 1 elements, the "
-                 "limit of the int32 scatter",
-                 who, (long long)planes, (long long)lout);
+                 "%s: the output (%lld planes of %.0f) has more than 2^31 - 1 elements in all "
+                 "or in a plane, the limit of the int32 scatter",
+                 who, (long long)planes, plane);
     return NULL;
   }
+  for (int d = 0; d < sp; d++) lout *= out[d];
   /* the flat targets, checked; then which inputs are overwritten by a
    * later one of their plane (the last write stays, as PyTorch's) */
   int64_t m = planes * lin;

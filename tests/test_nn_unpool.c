@@ -534,3 +534,30 @@ Test(unpool, empty_batch) {
   nn_layer_free(mp), nn_layer_free(u);
   ad_tensor_free(x);
 }
+
+/* Output lengths whose product passes 2^63 (each within a stride of the
+ * default): 5 x 1718039348 x 2147418113 = 2^64 + 4 and 2^30 x 2^30 x 16 =
+ * 2^64 must be refused as too large, not wrap to a plane of 4 or 0
+ * elements (signed overflow). */
+Test(unpool, output_plane_overflow_is_refused) {
+  int64_t s5[5] = {1, 1, 1, 1, 1};
+  ad_tensor *x = ad_zeros(ctx, AD_F32, 5, s5), *i = ad_zeros(ctx, AD_I32, 5, s5);
+  nn_layer *u = nn_max_unpool3d_new(ctx, 5, INT64_C(1) << 30, INT64_C(1) << 30,
+                                    &(nn_max_unpool_opts){.stride = {1, 1 << 30, 1 << 30}});
+  cr_assert_not_null(u, "%s", ad_last_error(ctx));
+  int64_t wrap4[3] = {5, 1718039348, 2147418113};
+  cr_assert_null(nn_max_unpool_forward(u, x, i, wrap4));
+  expect_status_msg(ctx, AD_ERR_SHAPE, "more than 2^31 - 1 elements");
+  nn_layer *v = nn_max_unpool3d_new(ctx, INT64_C(1) << 30, INT64_C(1) << 30, 16,
+                                    &(nn_max_unpool_opts){.stride = {1 << 30, 1 << 30, 1}});
+  cr_assert_not_null(v, "%s", ad_last_error(ctx));
+  cr_assert_null(nn_max_unpool_forward(v, x, i, NULL));
+  expect_status_msg(ctx, AD_ERR_SHAPE, "more than 2^31 - 1 elements");
+  /* with N = 0 the plane is still too large for the int32 indices */
+  int64_t s0[5] = {0, 1, 2, 1, 1};
+  ad_tensor *x0 = ad_zeros(ctx, AD_F32, 5, s0), *i0 = ad_zeros(ctx, AD_I32, 5, s0);
+  cr_assert_null(nn_max_unpool_forward(v, x0, i0, NULL));
+  expect_status_msg(ctx, AD_ERR_SHAPE, "more than 2^31 - 1 elements");
+  nn_layer_free(u), nn_layer_free(v);
+  ad_tensor_free(x), ad_tensor_free(i), ad_tensor_free(x0), ad_tensor_free(i0);
+}

@@ -989,8 +989,8 @@ NN_API nn_layer *nn_max_unpool3d_new(ad_ctx *ctx, int64_t kd, int64_t kh, int64_
  * for a NULL, freed or foreign x or indices; AD_ERR_SHAPE for x of the
  * wrong rank or with an empty dim other than N, indices of another shape,
  * a bad output_size or an output length < 1, an output of more than 2^31
- * - 1 elements in all (the int32 scatter); AD_ERR_DTYPE for x not float or
- * indices not AD_I32; AD_ERR_OOM. */
+ * - 1 elements in all or in a plane (the int32 scatter; even when N is 0);
+ * AD_ERR_DTYPE for x not float or indices not AD_I32; AD_ERR_OOM. */
 NN_API ad_tensor *nn_max_unpool_forward(nn_layer *l, ad_tensor *x, ad_tensor *indices,
                                         const int64_t *output_size);
 
