@@ -83,7 +83,8 @@ static nn_layer *unpool_new(ad_ctx *ctx, int sp, const int64_t *k, const nn_max_
   if (opts) o = *opts;
   unpool_state s = {.sp = sp};
   const char *bad = NULL;
-  for (int a = 0; a < sp && !bad; a++) {
+  int a = 0;
+  for (; a < sp; a++) {
     s.k[a] = k[a];
     s.s[a] = o.stride[a] ? o.stride[a] : k[a];
     s.p[a] = o.padding[a];
@@ -93,11 +94,12 @@ static nn_layer *unpool_new(ad_ctx *ctx, int sp, const int64_t *k, const nn_max_
       bad = "stride must be in [1, 2^30] (0 means the kernel)";
     else if (o.padding[a] < 0 || o.padding[a] > UNPOOL_MAX_SIZE)
       bad = "padding must be in [0, 2^30]";
+    if (bad) break;
   }
-  if (bad) {
-    ad_set_error(ctx, AD_ERR_ARG, "%s: %s (kernel %lld, stride %lld, padding %lld on some axis)",
-                 names[sp - 1], bad, (long long)s.k[0], (long long)o.stride[0],
-                 (long long)o.padding[0]);
+  if (bad) { /* the values of the axis at fault */
+    ad_set_error(ctx, AD_ERR_ARG,
+                 "%s: %s (kernel %lld, stride %lld, padding %lld on spatial dim %d)", names[sp - 1],
+                 bad, (long long)k[a], (long long)o.stride[a], (long long)o.padding[a], a);
     return NULL;
   }
   return nn_layer_new_copy(ctx, names[sp - 1], &unpool_ops, &s, sizeof s);

@@ -561,3 +561,15 @@ Test(unpool, output_plane_overflow_is_refused) {
   nn_layer_free(u), nn_layer_free(v);
   ad_tensor_free(x), ad_tensor_free(i), ad_tensor_free(x0), ad_tensor_free(i0);
 }
+
+/* The message quotes the axis at fault, not axis 0's valid values. */
+Test(unpool, bad_argument_message_names_the_axis) {
+  cr_assert_null(nn_max_unpool2d_new(ctx, 2, 0, NULL));
+  expect_status_msg(ctx, AD_ERR_ARG,
+                    "max_unpool2d: kernel must be in [1, 2^30] (kernel 0, stride 0, padding 0 on "
+                    "spatial dim 1)");
+  cr_assert_null(nn_max_unpool3d_new(ctx, 2, 2, 2, &(nn_max_unpool_opts){.stride = {1, 1, -3}}));
+  expect_status_msg(ctx, AD_ERR_ARG, "(kernel 2, stride -3, padding 0 on spatial dim 2)");
+  cr_assert_null(nn_max_unpool3d_new(ctx, 2, 2, 2, &(nn_max_unpool_opts){.padding = {0, -1, 0}}));
+  expect_status_msg(ctx, AD_ERR_ARG, "(kernel 2, stride 0, padding -1 on spatial dim 1)");
+}
