@@ -109,9 +109,10 @@ static ad_tensor *fold_index(ad_ctx *ctx, const nn_fold_opts *o, int64_t oh, int
   return idx;
 }
 
-/* The padded plane hp x wp must index in AD_I32. */
+/* The padded plane hp x wp must index in AD_I32 (hp, wp >= 1 and below
+ * 2^33: compared by a division, the product could overflow). */
 static bool fold_plane(ad_ctx *ctx, const char *who, const ad_tensor *x, int64_t hp, int64_t wp) {
-  if (hp * wp <= I32_MAX) return true;
+  if (hp <= I32_MAX / wp) return true;
   char a[64];
   ad_set_error(ctx, AD_ERR_SHAPE, "%s: input %s: the padded plane %lld x %lld is above 2^31 - 1",
                who, ad_shape_str(x, a, sizeof a), (long long)hp, (long long)wp);
@@ -187,7 +188,7 @@ static ad_tensor *fold_run(ad_ctx *ctx, const char *who, ad_tensor *x, const int
     return NULL;
   }
   int64_t oh = fold_blocks(o, 0, out_hw[0]), ow = fold_blocks(o, 1, out_hw[1]);
-  if (oh < 1 || ow < 1 || oh * ow != l) {
+  if (oh < 1 || ow < 1 || oh > l / ow || oh * ow != l) { /* no overflow */
     ad_set_error(ctx, AD_ERR_SHAPE,
                  "%s: input %s: output_size (%lld, %lld) with kernel_size (%lld, %lld), dilation "
                  "(%lld, %lld), padding (%lld, %lld), stride (%lld, %lld) has %lld x %lld "

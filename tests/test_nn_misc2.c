@@ -1205,6 +1205,17 @@ Test(misc2, unfold_fold_bad_inputs) {
   cr_assert_null(nn_unfold(ctx, x4, &(nn_fold_opts){{1, 1}, {1, 1}, {INT64_C(1) << 30, 1}, {0}}));
   test_expect_error(ctx, AD_ERR_SHAPE, "unfold: input [1,2,4,4]: the padded plane", "above 2^31",
                     NULL);
+  /* a padded side near 2^32: the plane's size, computed as a product,
+   * overflowed int64 and passed the check (then an arena OOM) */
+  int64_t big = INT64_C(2147483647);
+  ad_tensor *x11 = ad_ones(ctx, AD_F32, 3, (int64_t[3]){1, 1, 1});
+  cr_assert_not_null(x11);
+  cr_assert_null(nn_unfold(ctx, x11, &(nn_fold_opts){{1, 1}, {1, 1}, {big, big}, {0}}));
+  test_expect_error(ctx, AD_ERR_SHAPE,
+                    "unfold: input [1,1,1]: the padded plane 4294967295 x 4294967295 is above "
+                    "2^31 - 1",
+                    NULL);
+  ad_tensor_free(x11);
   cr_assert_null(nn_layer_forward(un, x2, true));
   test_expect_error(ctx, AD_ERR_SHAPE, "unfold: input [4,4] must be", NULL);
   cr_assert_null(nn_layer_forward(un, xi, true));
@@ -1238,6 +1249,11 @@ Test(misc2, unfold_fold_bad_inputs) {
                     NULL);
   cr_assert_null(nn_fold(ctx, c3, (int64_t[2]){1, 4}, &ok));
   test_expect_error(ctx, AD_ERR_SHAPE, "has 0 x 3 sliding blocks, not the 9 of dim 2", NULL);
+  /* blocks counted in the billions: their product overflowed int64 (UB) */
+  cr_assert_null(
+      nn_fold(ctx, c3, (int64_t[2]){big, big}, &(nn_fold_opts){{1, 1}, {1, 1}, {big, big}, {0}}));
+  test_expect_error(ctx, AD_ERR_SHAPE, "has 6442450941 x 6442450941 sliding blocks, not the 9",
+                    NULL);
   cr_assert_null(nn_fold(ctx, c3, (int64_t[2]){1, 1}, &(nn_fold_opts){{2, 2}, {0}, {1, 1}, {0}}));
   test_expect_error(ctx, AD_ERR_SHAPE, "has 2 x 2 sliding blocks, not the 9", NULL);
   cr_assert_null(nn_layer_forward(fo, c8, true));
