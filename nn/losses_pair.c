@@ -289,9 +289,24 @@ ad_tensor *nn_pdist(ad_ctx *ctx, ad_tensor *a, ad_tensor *b, double p, double ep
   if (!d) return NULL;
   int ax = d->ndim - 1;
   if (p == 1) return ad_sum_axis(ctx, ad_abs(ctx, d), ax, false);
-  ad_tensor *s = p == 2 ? ad_sum_axis(ctx, ad_square(ctx, d), ax, false)
-                        : ad_sum_axis(ctx, ad_pow_scalar(ctx, ad_abs(ctx, d), p), ax, false);
-  ad_tensor *zero = ad_scalar(ctx, dt, 0.0), *z = ad_eq(ctx, s, zero);
+  ad_tensor *zero = ad_scalar(ctx, dt, 0.0), *s;
+  if (p == 2) {
+    s = ad_sum_axis(ctx, ad_square(ctx, d), ax, false);
+  } else {
+    /* |d|^p, for p < 1 with slope 0 times the upstream where d is 0
+     * (torch's masked_fill of self == 0, so a NaN norm still gives NaN;
+     * p |d|^(p - 1) is inf there, and inf * 0 NaN) */
+    ad_tensor *ad = ad_abs(ctx, d);
+    if (p < 1) {
+      ad_tensor *dz = ad_eq(ctx, ad, zero);
+      ad = ad_where(ctx, dz, ad_mul_scalar(ctx, ad, 0.0),
+                    ad_pow_scalar(ctx, ad_where(ctx, dz, ad_scalar(ctx, dt, 1.0), ad), p));
+    } else {
+      ad = ad_pow_scalar(ctx, ad, p);
+    }
+    s = ad_sum_axis(ctx, ad, ax, false);
+  }
+  ad_tensor *z = ad_eq(ctx, s, zero);
   ad_tensor *sp = ad_where(ctx, z, ad_scalar(ctx, dt, 1.0), s);
   ad_tensor *n = p == 2 ? ad_sqrt(ctx, sp) : ad_pow_scalar(ctx, sp, 1.0 / p);
   return ad_where(ctx, z, zero, n);

@@ -1361,3 +1361,46 @@ Test(misc2, bilinear_bad_arguments_and_inputs) {
   for (size_t k = 0; k < sizeof ts / sizeof ts[0]; k++) ad_tensor_free(ts[k]);
   ad_ctx_free(other);
 }
+
+/* p < 1 with a difference exactly 0 (eps 0): torch's norm backward masks
+ * those elements (slope 0); |d|^p's slope p |d|^(p - 1) is inf there and
+ * gave NaN, also in a row whose norm is 0 and in triplet_margin_loss,
+ * which shares the distance. */
+Test(misc2, pairwise_distance_p_below_one_at_zero_differences) {
+  ad_tensor *x1 = ad_from_data(ctx, AD_F64, 2, (int64_t[2]){2, 3}, (double[6]){1, 0, 2, 0, 0, 0});
+  ad_tensor *x2 = ad_from_data(ctx, AD_F64, 2, (int64_t[2]){2, 3}, (double[6]){0, 0, 1, 0, 0, 0});
+  ad_tensor *x3 = ad_from_data(ctx, AD_F64, 2, (int64_t[2]){1, 3}, (double[3]){3, 0, 0});
+  cr_assert(x1 && x2 && x3, "%s", ad_last_error(ctx));
+  ad_tensor_set_requires_grad(x1, true);
+  ad_tensor_set_requires_grad(x2, true);
+  ad_tensor_set_requires_grad(x3, true);
+  ad_tensor *y = nn_pairwise_distance(ctx, x1, x2, 0.5, 0.0, false);
+  cr_assert_not_null(y, "%s", ad_last_error(ctx));
+  cr_assert_float_eq(ad_tensor_get(y, 0), 4.0, 1e-12);
+  cr_assert_float_eq(ad_tensor_get(y, 1), 0.0, 0.0);
+  cr_assert_eq(ad_backward(ctx, ad_sum(ctx, y), NULL), AD_OK, "%s", ad_last_error(ctx));
+  const double want[6] = {2, 0, 2, 0, 0, 0};
+  for (int i = 0; i < 6; i++) {
+    cr_expect_float_eq(ad_tensor_get(x1->grad, i), want[i], 1e-12, "x1 %d: %g", i,
+                       ad_tensor_get(x1->grad, i));
+    cr_expect_float_eq(ad_tensor_get(x2->grad, i), -want[i], 1e-12, "x2 %d: %g", i,
+                       ad_tensor_get(x2->grad, i));
+  }
+  ad_tape_reset(ctx);
+  ad_tensor_zero_grad(x1), ad_tensor_zero_grad(x2);
+  /* torch: triplet_margin_loss(a, p, n, margin=10, p=0.5, eps=0, 'sum') is
+   * 6, gradients [4, 0, 0], [-2, 0, -2], [-2, 0, 2] */
+  ad_tensor *a = ad_narrow(ctx, x1, 0, 0, 1), *p = ad_narrow(ctx, x2, 0, 0, 1);
+  ad_tensor *l = nn_triplet_margin_loss(ctx, a, p, x3, 10, 0.5, 0, false, NN_SUM);
+  cr_assert_not_null(l, "%s", ad_last_error(ctx));
+  cr_assert_float_eq(ad_tensor_get(l, 0), 6.0, 1e-12);
+  cr_assert_eq(ad_backward(ctx, l, NULL), AD_OK, "%s", ad_last_error(ctx));
+  const double ga[3] = {4, 0, 0}, gp[3] = {-2, 0, -2}, gn[3] = {-2, 0, 2};
+  for (int i = 0; i < 3; i++) {
+    cr_expect_float_eq(ad_tensor_get(x1->grad, i), ga[i], 1e-12, "anchor %d", i);
+    cr_expect_float_eq(ad_tensor_get(x2->grad, i), gp[i], 1e-12, "positive %d", i);
+    cr_expect_float_eq(ad_tensor_get(x3->grad, i), gn[i], 1e-12, "negative %d", i);
+  }
+  ad_tape_reset(ctx);
+  ad_tensor_free(x1), ad_tensor_free(x2), ad_tensor_free(x3);
+}

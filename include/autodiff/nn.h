@@ -1221,8 +1221,9 @@ NN_API ad_tensor *nn_cosine_similarity(ad_ctx *ctx, ad_tensor *x1, ad_tensor *x2
 /** PyTorch's F.pairwise_distance(x1, x2, p, eps, keepdim): the p-norm of x1
  * - x2 + eps over the last dim of the broadcast shape (eps added to the
  * difference, as PyTorch), that dim kept as 1 with keepdim; 1-D inputs
- * give a 0-d result. The gradient is 0 where the norm is 0, as PyTorch's
- * (the helper nn_triplet_margin_loss uses). PyTorch's defaults: p 2, eps
+ * give a 0-d result. The gradient is 0 where the norm is 0, and for p < 1
+ * at an element where x1 - x2 + eps is 0, as PyTorch's (the helper
+ * nn_triplet_margin_loss uses). PyTorch's defaults: p 2, eps
  * 1e-6, keepdim false. Returns a tape tensor, or NULL with
  * nn_cosine_similarity's errors (AD_ERR_ARG for p not positive and finite:
  * PyTorch also takes p 0 and inf, not here), naming "pairwise_distance". */
