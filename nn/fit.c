@@ -146,6 +146,13 @@ static ad_status fail(ad_ctx *ctx, ad_status fallback) {
   return st != AD_OK ? st : fallback;
 }
 
+/* Whether zeroing p's gradients zeroes all of opt's: its list is p and it
+ * has no other group (an added group's tensors are not the model's list's:
+ * nn_optimizer_add_param_group refuses a tensor already in a group) */
+static bool opt_within(const nn_optimizer *opt, const nn_params *p) {
+  return nn_optimizer_params(opt) == p && nn_optimizer_group_count(opt) == 1;
+}
+
 /* nn_train_step, also giving the prediction (valid until the next reset),
  * and adding the gradient norms to norms (nn_grad_norms_add) unless NULL. */
 static ad_status train_step(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor *x,
@@ -156,7 +163,7 @@ static ad_status train_step(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_
   /* releasing the gradients is O(1) per parameter: the backward stores the
    * new ones into the same buffers (ad_tensor_zero_grad) */
   nn_params_zero_grad(nn_model_params(m));
-  if (nn_optimizer_params(opt) != nn_model_params(m)) nn_optimizer_zero_grad(opt);
+  if (!opt_within(opt, nn_model_params(m))) nn_optimizer_zero_grad(opt);
   bool old = nn_model_set_training(m, true);
   ad_tensor *pred = nn_model_forward(m, x);
   nn_model_set_training(m, old);
@@ -187,7 +194,7 @@ static ad_status dist_train_step(nn_model *m, nn_optimizer *opt, nn_loss_fn loss
   nn_params *p = nn_model_params(m);
   ad_tape_reset(ctx);
   nn_params_zero_grad(p);
-  if (nn_optimizer_params(opt) != p) nn_optimizer_zero_grad(opt);
+  if (!opt_within(opt, p)) nn_optimizer_zero_grad(opt);
   int64_t n = x->shape[0], b = n * d->rank / d->size, e = n * (d->rank + 1) / d->size;
   *ys_out = NULL;
   ad_tensor *total = NULL;

@@ -540,3 +540,43 @@ Test(pgroups, fit_trains_every_group_at_its_rate) {
   ad_tensor_free(x), ad_tensor_free(y);
   nn_model_free(m);
 }
+
+/* A group over a tensor outside the model (read by a layer of it):
+ * nn_train_step and nn_fit zero its gradient before each step, as they do
+ * the model's, so each step reads that batch's gradient alone (with the
+ * optimizer's list the model's, only the model's were zeroed and the
+ * group's gradients added up over the steps). */
+static ad_tensor *scale_by(ad_ctx *c, ad_tensor *x, bool training, void *ud) {
+  (void)training;
+  return ad_mul(c, x, ud);
+}
+
+Test(pgroups, train_step_zeroes_the_gradients_of_every_group) {
+  int64_t one[1] = {1}, xs[2] = {4, 2}, ys[2] = {4, 1};
+  ad_tensor *s = ad_full(ctx, AD_F64, 1, one, 2.0);
+  cr_assert_eq(ad_tensor_set_requires_grad(s, true), AD_OK);
+  nn_model *m = nn_sequential_new(ctx);
+  nn_dense_opts dense = {.weight_init = {NN_INIT_CONSTANT, 0.3, 0}, .dtype = AD_F64};
+  cr_assert_eq(nn_model_add(m, nn_dense_new(ctx, 2, 1, NULL, &dense)), AD_OK, "%s",
+               ad_last_error(ctx));
+  cr_assert_eq(nn_model_add(m, nn_lambda_new(ctx, "scale", scale_by, s)), AD_OK);
+  nn_params *extra = nn_params_new(ctx);
+  cr_assert_eq(nn_params_add(extra, "scale", s, false), AD_OK);
+  /* lr 0: the same batch gives the same gradient at every step */
+  nn_optimizer *o = nn_sgd_new(nn_model_params(m), 0, 0, false, 0);
+  cr_assert_not_null(o);
+  cr_assert_eq(nn_optimizer_add_param_group(o, extra, nn_optimizer_config_ext(o)), AD_OK, "%s",
+               ad_last_error(ctx));
+  ad_tensor *x = ad_full(ctx, AD_F64, 2, xs, 0.5), *y = ad_full(ctx, AD_F64, 2, ys, 1.0);
+  /* pred = 2 (0.3 + 0.3) 0.5 = 0.6; d mean (pred - 1)^2 / d s = 2 (-0.4) 0.3 = -0.24 */
+  for (int t = 0; t < 3; t++) {
+    cr_assert_eq(nn_train_step(m, o, nn_mse_loss, x, y, 0, NULL), AD_OK, "%s", ad_last_error(ctx));
+    cr_assert(fabs(ad_tensor_get(s->grad, 0) + 0.24) < 1e-12, "step %d: the group's gradient %.17g",
+              t, ad_tensor_get(s->grad, 0));
+  }
+  nn_optimizer_free(o);
+  nn_params_free(extra);
+  ad_tensor_free(x), ad_tensor_free(y);
+  nn_model_free(m);
+  ad_tensor_free(s);
+}
