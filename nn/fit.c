@@ -654,6 +654,18 @@ static ad_status fit(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor 
   bool lines = o.verbose >= 0;
   double thr = nn_loss_threshold(loss);
   int64_t nb = nn_batcher_batches(tb);
+  /* only the model's gradients are summed across ranks: a tensor the
+   * optimizer steps outside the model would drift apart between them (the
+   * same answer on every rank, which the agreement below passes on) */
+  const char *outside =
+      dist && dist->size > 1 && st == AD_OK ? nn_optimizer_outside(opt, nn_model_params(m)) : NULL;
+  if (outside)
+    st = ad_set_error(ctx, AD_ERR_ARG,
+                      "fit: the optimizer steps '%s', which is not among the model's "
+                      "parameters: with dist only the model's gradients are summed across "
+                      "ranks, so its copies would drift apart (keep every trained tensor in the "
+                      "model)",
+                      outside);
   if (dist && dist->size > 1) st = dist_agree_start(ctx, dist, n_train, val, &o, x, y, st);
   if (st == AD_OK && dist) { /* on a clean tape, so that the sync may move the parameters
                                (nn_dist's shared ones); each step resets it anyway */

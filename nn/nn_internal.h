@@ -297,6 +297,11 @@ ad_status nn_optimizer_state_check(const nn_optimizer *opt, int i, double v, con
  * versions behaved (a parameter's step count = the optimizer's). */
 void nn_optimizer_state_restored(nn_optimizer *opt, const bool *present);
 
+/* The name of the first tensor opt steps (in any of its parameter groups)
+ * that is not in p, or NULL when every one is: nn_fit under data
+ * parallelism sums the model's gradients only. */
+const char *nn_optimizer_outside(const nn_optimizer *opt, const nn_params *p);
+
 /* For a load from path whose header is info: AD_ERR_FORMAT, naming both
  * counts, when the checkpoint holds another number of parameter groups
  * than opt (found from the groups' rate tensors; the value of

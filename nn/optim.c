@@ -715,6 +715,17 @@ int nn_optimizer_state_param(const nn_optimizer *o, int i) {
   return -1;
 }
 
+const char *nn_optimizer_outside(const nn_optimizer *o, const nn_params *p) {
+  int n = nn_params_count(p);
+  for (int k = 0; o && k < o->nslots; k++) {
+    const slot *sl = &o->slots[k];
+    bool in = sl->repeat; /* its first entry answers for it */
+    for (int i = 0; i < n && !in; i++) in = nn_params_tensor(p, i) == sl->p;
+    if (!in) return nn_params_name(sl->list, sl->li);
+  }
+  return NULL;
+}
+
 void nn_optimizer_zero_grad(nn_optimizer *o) {
   for (int i = 0; o && i < o->nslots; i++) ad_tensor_zero_grad(o->slots[i].p);
 }

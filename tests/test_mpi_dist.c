@@ -2655,6 +2655,40 @@ static nn_optimizer *grouped_adam(nn_model *m, nn_params **lists, double bias_wd
   return o;
 }
 
+/* A tensor the optimizer steps outside the model (here a group over a
+ * tensor the model never reads) would keep each rank's own gradient, since
+ * only the model's are summed: nn_fit refuses it on every rank, naming it,
+ * before the first step. */
+static void outside_tensor_refused(ad_ctx *c) {
+  if (size < 2) return; /* one rank: its gradients are the sums */
+  ad_tensor *x, *y, *s = ad_zeros(c, AD_F64, 1, (int64_t[1]){3});
+  make_data(c, AD_F64, 50, &x, &y);
+  nn_model *m = make_model(c, AD_F64, 8, PLAIN, 5);
+  nn_optimizer *o = nn_adam_new(nn_model_params(m), 0.01);
+  nn_params *extra = nn_params_new(c);
+  nn_opt_config_ext g = nn_opt_defaults_ext(NN_OPT_ADAM, 0.01);
+  ad_status st = s && o && extra && ad_tensor_set_requires_grad(s, true) == AD_OK &&
+                         nn_params_add(extra, "scale", s, false) == AD_OK
+                     ? nn_optimizer_add_param_group(o, extra, &g)
+                     : AD_ERR_OOM;
+  nn_dist *d = dist_new(c, NULL);
+  nn_fit_opts fo = {
+      .epochs = 1, .batch_size = 16, .seed = 3, .verbose = -1, .dist = nn_dist_fit_ops(d)};
+  if (st == AD_OK) st = nn_fit(m, o, nn_cross_entropy_loss, x, y, &fo, NULL);
+  snprintf(why, sizeof why, "status %s, message: %s", ad_status_str(st), ad_last_error(c));
+  check(st == AD_ERR_ARG && strstr(ad_last_error(c), "steps 'scale', which is not among the "
+                                                     "model's parameters"),
+        "a group over a tensor outside the model: nn_fit refuses it on every rank", why);
+  ad_clear_error(c);
+  nn_dist_free(d);
+  nn_optimizer_free(o);
+  nn_params_free(extra);
+  nn_model_free(m);
+  ad_tensor_free(s);
+  ad_tensor_free(x);
+  ad_tensor_free(y);
+}
+
 static void param_groups(ad_ctx *c) {
   ad_tensor *x, *y;
   make_data(c, AD_F64, 50, &x, &y);
@@ -2789,6 +2823,7 @@ int main(int argc, char **argv) {
   options_disagree(c);
   empty_list_keeps_path(c);
   param_groups(c);
+  outside_tensor_refused(c);
   grad_begin_twice(c);
   new_fails_on_one_rank(c);
   model_on_another_context(c);

@@ -3507,6 +3507,11 @@ typedef struct nn_history nn_history;
  *     lambda_l2) stop every rank before the first step instead of leaving
  *     the others waiting (AD_ERR_STATE "fit: N other rank(s) failed
  *     before the first step", AD_ERR_ARG "fit: the ranks' ... differ");
+ *     with more than one rank an optimizer that steps a tensor outside
+ *     nn_model_params(m) (its own list, or a group added by
+ *     nn_optimizer_add_param_group) is such an error, AD_ERR_ARG naming
+ *     it: only the model's gradients are summed over ranks, so its copies
+ *     would drift apart;
  *   - calls sync(ud, m, opt) once before training (nn_dist: make every
  *     rank's parameters, buffers and optimizer state rank 0's, after
  *     checking that the models match);
