@@ -113,6 +113,31 @@ static void expect_close(double got, double want, double rtol, const char *what,
               got, want);
 }
 
+/* y against want_y, then x's gradient of sum(y g) against want_dx, both
+ * to rtol; name and d (0: f64, 1: f32) label a failure. */
+static void check_y_dx(ad_tensor *x, ad_tensor *y, ad_tensor *g, const double *want_y,
+                       const double *want_dx, double rtol, const char *name, int d) {
+  char what[96];
+  snprintf(what, sizeof what, "%s %s y", name, d ? "f32" : "f64");
+  for (int64_t i = 0; i < y->size; i++)
+    expect_close(ad_tensor_get(y, i), want_y[i], rtol, what, (int)i);
+  cr_assert_eq(ad_backward(ctx, ad_sum(ctx, ad_mul(ctx, y, g)), NULL), AD_OK, "%s",
+               ad_last_error(ctx));
+  snprintf(what, sizeof what, "%s %s dx", name, d ? "f32" : "f64");
+  for (int64_t i = 0; i < x->size; i++)
+    expect_close(ad_tensor_get(x->grad, i), want_dx[i], rtol, what, (int)i);
+}
+
+/* The upstream gradient the generator uses: -1 to 1 in even steps over
+ * y's elements (-1 for one element). */
+static ad_tensor *ramp_like(ad_dtype dt, const ad_tensor *y) {
+  ad_tensor *g = ad_zeros(ctx, dt, y->ndim, y->shape);
+  cr_assert_not_null(g, "%s", ad_last_error(ctx));
+  for (int64_t i = 0; i < g->size; i++)
+    ad_tensor_set(g, i, g->size > 1 ? -1 + 2.0 * (double)i / (double)(g->size - 1) : -1);
+  return g;
+}
+
 /* Case fc in dtype d (0 f64) through the function (layer false) or the
  * layer. */
 static void check_fold_case(const fold_case *fc, int d, bool layer) {
@@ -133,17 +158,8 @@ static void check_fold_case(const fold_case *fc, int d, bool layer) {
   cr_assert_eq(y->ndim, fc->yndim, "%s", fc->name);
   for (int k = 0; k < y->ndim; k++) cr_assert_eq(y->shape[k], fc->yshape[k], "%s", fc->name);
   ad_tensor *g = vec(ctx, dt, fc->yndim, fc->yshape, fc->g);
-  char what[96];
   /* f32: fold sums up to kh kw terms in another order than PyTorch */
-  double rtol = d ? 2e-6 : 1e-14;
-  snprintf(what, sizeof what, "%s %s y", fc->name, d ? "f32" : "f64");
-  for (int64_t i = 0; i < y->size; i++)
-    expect_close(ad_tensor_get(y, i), fc->y[d][i], rtol, what, (int)i);
-  ad_tensor *loss = ad_sum(ctx, ad_mul(ctx, y, g));
-  cr_assert_eq(ad_backward(ctx, loss, NULL), AD_OK, "%s", ad_last_error(ctx));
-  snprintf(what, sizeof what, "%s %s dx", fc->name, d ? "f32" : "f64");
-  for (int64_t i = 0; i < x->size; i++)
-    expect_close(ad_tensor_get(x->grad, i), fc->dx[d][i], rtol, what, (int)i);
+  check_y_dx(x, y, g, fc->y[d], fc->dx[d], d ? 2e-6 : 1e-14, fc->name, d);
   ad_tape_reset(ctx);
   nn_layer_free(l);
   ad_tensor_free(x), ad_tensor_free(g);
@@ -390,19 +406,8 @@ static void check_glu_case(const glu_case *gc, int d, bool layer) {
   int dd = gc->dim < 0 ? gc->dim + gc->ndim : gc->dim;
   for (int k = 0; k < gc->ndim; k++)
     cr_assert_eq(y->shape[k], k == dd ? gc->shape[k] / 2 : gc->shape[k]);
-  ad_tensor *g = ad_zeros(ctx, dt, y->ndim, y->shape);
-  for (int64_t i = 0; i < g->size; i++)
-    ad_tensor_set(g, i, g->size > 1 ? -1 + 2.0 * (double)i / (double)(g->size - 1) : -1);
-  char what[96];
-  double rtol = d ? 2e-6 : 1e-14;
-  snprintf(what, sizeof what, "%s %s y", gc->name, d ? "f32" : "f64");
-  for (int64_t i = 0; i < y->size; i++)
-    expect_close(ad_tensor_get(y, i), gc->y[d][i], rtol, what, (int)i);
-  cr_assert_eq(ad_backward(ctx, ad_sum(ctx, ad_mul(ctx, y, g)), NULL), AD_OK, "%s",
-               ad_last_error(ctx));
-  snprintf(what, sizeof what, "%s %s dx", gc->name, d ? "f32" : "f64");
-  for (int64_t i = 0; i < x->size; i++)
-    expect_close(ad_tensor_get(x->grad, i), gc->dx[d][i], rtol, what, (int)i);
+  ad_tensor *g = ramp_like(dt, y);
+  check_y_dx(x, y, g, gc->y[d], gc->dx[d], d ? 2e-6 : 1e-14, gc->name, d);
   ad_tape_reset(ctx);
   nn_layer_free(l);
   ad_tensor_free(x), ad_tensor_free(g);
@@ -716,19 +721,8 @@ static void check_act_case(const act_case *ac, int d, bool layer) {
   ad_tensor *y = layer ? nn_layer_forward(l, x, true) : act_call(ctx, ac->kind, x, ac->a, ac->b);
   cr_assert_not_null(y, "%s: %s", ac->name, ad_last_error(ctx));
   cr_assert_eq(y->size, x->size);
-  ad_tensor *g = ad_zeros(ctx, dt, y->ndim, y->shape);
-  for (int64_t i = 0; i < g->size; i++)
-    ad_tensor_set(g, i, -1 + 2.0 * (double)i / (double)(g->size - 1));
-  char what[96];
-  double rtol = d ? 2e-6 : 1e-14;
-  snprintf(what, sizeof what, "%s %s y", ac->name, d ? "f32" : "f64");
-  for (int64_t i = 0; i < y->size; i++)
-    expect_close(ad_tensor_get(y, i), ac->y[d][i], rtol, what, (int)i);
-  cr_assert_eq(ad_backward(ctx, ad_sum(ctx, ad_mul(ctx, y, g)), NULL), AD_OK, "%s",
-               ad_last_error(ctx));
-  snprintf(what, sizeof what, "%s %s dx", ac->name, d ? "f32" : "f64");
-  for (int64_t i = 0; i < x->size; i++)
-    expect_close(ad_tensor_get(x->grad, i), ac->dx[d][i], rtol, what, (int)i);
+  ad_tensor *g = ramp_like(dt, y);
+  check_y_dx(x, y, g, ac->y[d], ac->dx[d], d ? 2e-6 : 1e-14, ac->name, d);
   ad_tape_reset(ctx);
   nn_layer_free(l);
   ad_tensor_free(x), ad_tensor_free(g);
@@ -870,19 +864,8 @@ static void check_lrn_case(const lrn_case *lc, int d, bool layer) {
   ad_tensor *y = layer ? nn_layer_forward(l, x, true)
                        : nn_local_response_norm(ctx, x, lc->size, lc->alpha, lc->beta, lc->k);
   cr_assert_not_null(y, "%s: %s", lc->name, ad_last_error(ctx));
-  ad_tensor *g = ad_zeros(ctx, dt, y->ndim, y->shape);
-  for (int64_t i = 0; i < g->size; i++)
-    ad_tensor_set(g, i, -1 + 2.0 * (double)i / (double)(g->size - 1));
-  char what[96];
-  double rtol = d ? 3e-6 : 1e-13;
-  snprintf(what, sizeof what, "%s %s y", lc->name, d ? "f32" : "f64");
-  for (int64_t i = 0; i < y->size; i++)
-    expect_close(ad_tensor_get(y, i), lc->y[d][i], rtol, what, (int)i);
-  cr_assert_eq(ad_backward(ctx, ad_sum(ctx, ad_mul(ctx, y, g)), NULL), AD_OK, "%s",
-               ad_last_error(ctx));
-  snprintf(what, sizeof what, "%s %s dx", lc->name, d ? "f32" : "f64");
-  for (int64_t i = 0; i < x->size; i++)
-    expect_close(ad_tensor_get(x->grad, i), lc->dx[d][i], rtol, what, (int)i);
+  ad_tensor *g = ramp_like(dt, y);
+  check_y_dx(x, y, g, lc->y[d], lc->dx[d], d ? 3e-6 : 1e-13, lc->name, d);
   ad_tape_reset(ctx);
   nn_layer_free(l);
   ad_tensor_free(x), ad_tensor_free(g);
