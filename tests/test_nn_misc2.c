@@ -113,6 +113,24 @@ static void expect_close(double got, double want, double rtol, const char *what,
               got, want);
 }
 
+/* ad_gradcheck and ad_gradgradcheck of fn over in[0..n-1] (float64);
+ * label names the case in a failure. Returns the elements the first
+ * order checked. */
+static int64_t check_both_orders(ad_check_fn fn, void *ud, int n, ad_tensor *const *in,
+                                 const char *label) {
+  ad_check_report rep;
+  cr_assert_eq(ad_gradcheck(ctx, fn, ud, n, in, NULL, &rep), AD_OK, "%s: %s", label,
+               ad_last_error(ctx));
+  cr_assert(rep.passed, "%s: input %d index %lld: %g numeric %g", label, rep.input,
+            (long long)rep.index, rep.analytic, rep.numeric);
+  int64_t checked = rep.checked;
+  cr_assert_eq(ad_gradgradcheck(ctx, fn, ud, n, in, NULL, &rep), AD_OK, "%s: %s", label,
+               ad_last_error(ctx));
+  cr_assert(rep.passed, "%s (2nd order): input %d index %lld: %g numeric %g", label, rep.input,
+            (long long)rep.index, rep.analytic, rep.numeric);
+  return checked;
+}
+
 /* y against want_y, then x's gradient of sum(y g) against want_dx, both
  * to rtol; name and d (0: f64, 1: f32) label a failure. */
 static void check_y_dx(ad_tensor *x, ad_tensor *y, ad_tensor *g, const double *want_y,
@@ -227,16 +245,9 @@ Test(misc2, unfold_fold_gradcheck_first_and_second_order) {
     ad_tensor *x = ad_rand(ctx, &rng, AD_F64, cases[i].ndim, cases[i].shape, -1, 1);
     cr_assert_not_null(x);
     ad_tensor_set_requires_grad(x, true);
-    ad_check_report rep;
-    cr_assert_eq(ad_gradcheck(ctx, gc_fold_fn, (void *)&cases[i].g, 1, &x, NULL, &rep), AD_OK, "%s",
-                 ad_last_error(ctx));
-    cr_assert(rep.passed, "case %zu: index %lld: %g numeric %g", i, (long long)rep.index,
-              rep.analytic, rep.numeric);
-    cr_assert_eq(rep.checked, x->size);
-    cr_assert_eq(ad_gradgradcheck(ctx, gc_fold_fn, (void *)&cases[i].g, 1, &x, NULL, &rep), AD_OK,
-                 "%s", ad_last_error(ctx));
-    cr_assert(rep.passed, "case %zu (2nd order): index %lld: %g numeric %g", i,
-              (long long)rep.index, rep.analytic, rep.numeric);
+    char label[64];
+    snprintf(label, sizeof label, "case %zu", i);
+    cr_assert_eq(check_both_orders(gc_fold_fn, (void *)&cases[i].g, 1, &x, label), x->size);
     ad_tensor_free(x);
   }
 }
@@ -351,15 +362,9 @@ Test(misc2, bilinear_gradcheck_first_and_second_order) {
     ad_tensor_set_requires_grad(in[k], true);
   }
   for (int n = 3; n <= 4; n++) {
-    ad_check_report rep;
-    cr_assert_eq(ad_gradcheck(ctx, gc_bil_fn, NULL, n, in, NULL, &rep), AD_OK, "%s",
-                 ad_last_error(ctx));
-    cr_assert(rep.passed, "input %d index %lld: %g numeric %g", rep.input, (long long)rep.index,
-              rep.analytic, rep.numeric);
-    cr_assert_eq(ad_gradgradcheck(ctx, gc_bil_fn, NULL, n, in, NULL, &rep), AD_OK, "%s",
-                 ad_last_error(ctx));
-    cr_assert(rep.passed, "2nd order: input %d index %lld: %g numeric %g", rep.input,
-              (long long)rep.index, rep.analytic, rep.numeric);
+    char label[64];
+    snprintf(label, sizeof label, "bilinear over %d inputs", n);
+    check_both_orders(gc_bil_fn, NULL, n, in, label);
   }
   for (int k = 0; k < 4; k++) ad_tensor_free(in[k]);
 }
@@ -434,15 +439,9 @@ Test(misc2, glu_gradcheck_first_and_second_order) {
     ad_tensor *x = ad_rand(ctx, &rng, AD_F64, 3, s, -3, 3);
     cr_assert_not_null(x);
     ad_tensor_set_requires_grad(x, true);
-    ad_check_report rep;
-    cr_assert_eq(ad_gradcheck(ctx, gc_glu_fn, &dim, 1, &x, NULL, &rep), AD_OK, "%s",
-                 ad_last_error(ctx));
-    cr_assert(rep.passed, "dim %d: index %lld: %g numeric %g", dim, (long long)rep.index,
-              rep.analytic, rep.numeric);
-    cr_assert_eq(ad_gradgradcheck(ctx, gc_glu_fn, &dim, 1, &x, NULL, &rep), AD_OK, "%s",
-                 ad_last_error(ctx));
-    cr_assert(rep.passed, "dim %d (2nd order): index %lld: %g numeric %g", dim,
-              (long long)rep.index, rep.analytic, rep.numeric);
+    char label[64];
+    snprintf(label, sizeof label, "dim %d", dim);
+    check_both_orders(gc_glu_fn, &dim, 1, &x, label);
     ad_tensor_free(x);
   }
 }
@@ -580,15 +579,9 @@ Test(misc2, cosine_similarity_and_pairwise_distance_gradcheck) {
                         ad_rand(ctx, &rng, AD_F64, cases[i].nd2, cases[i].s2, -1, 1)};
     cr_assert(in[0] && in[1]);
     ad_tensor_set_requires_grad(in[0], true), ad_tensor_set_requires_grad(in[1], true);
-    ad_check_report rep;
-    cr_assert_eq(ad_gradcheck(ctx, gc_pair_fn, (void *)&cases[i].g, 2, in, NULL, &rep), AD_OK, "%s",
-                 ad_last_error(ctx));
-    cr_assert(rep.passed, "case %zu: input %d index %lld: %g numeric %g", i, rep.input,
-              (long long)rep.index, rep.analytic, rep.numeric);
-    cr_assert_eq(ad_gradgradcheck(ctx, gc_pair_fn, (void *)&cases[i].g, 2, in, NULL, &rep), AD_OK,
-                 "%s", ad_last_error(ctx));
-    cr_assert(rep.passed, "case %zu (2nd order): input %d index %lld: %g numeric %g", i, rep.input,
-              (long long)rep.index, rep.analytic, rep.numeric);
+    char label[64];
+    snprintf(label, sizeof label, "case %zu", i);
+    check_both_orders(gc_pair_fn, (void *)&cases[i].g, 2, in, label);
     ad_tensor_free(in[0]), ad_tensor_free(in[1]);
   }
 }
@@ -778,15 +771,9 @@ Test(misc2, shrinks_threshold_softmin_softmax2d_gradcheck) {
     ad_tensor *x = ad_rand(ctx, &rng, AD_F64, cases[i].ndim, cases[i].shape, -3, 3);
     cr_assert_not_null(x);
     ad_tensor_set_requires_grad(x, true);
-    ad_check_report rep;
-    cr_assert_eq(ad_gradcheck(ctx, gc_act_fn, (void *)&cases[i], 1, &x, NULL, &rep), AD_OK, "%s",
-                 ad_last_error(ctx));
-    cr_assert(rep.passed, "%s: index %lld: %g numeric %g", cases[i].name, (long long)rep.index,
-              rep.analytic, rep.numeric);
-    cr_assert_eq(ad_gradgradcheck(ctx, gc_act_fn, (void *)&cases[i], 1, &x, NULL, &rep), AD_OK,
-                 "%s", ad_last_error(ctx));
-    cr_assert(rep.passed, "%s (2nd order): index %lld: %g numeric %g", cases[i].name,
-              (long long)rep.index, rep.analytic, rep.numeric);
+    char label[64];
+    snprintf(label, sizeof label, "%s", cases[i].name);
+    check_both_orders(gc_act_fn, (void *)&cases[i], 1, &x, label);
     ad_tensor_free(x);
   }
 }
@@ -897,15 +884,9 @@ Test(misc2, local_response_norm_gradcheck) {
     ad_tensor *x = ad_rand(ctx, &rng, AD_F64, cases[i].ndim, cases[i].shape, -2, 2);
     cr_assert_not_null(x);
     ad_tensor_set_requires_grad(x, true);
-    ad_check_report rep;
-    cr_assert_eq(ad_gradcheck(ctx, gc_lrn_fn, (void *)&cases[i], 1, &x, NULL, &rep), AD_OK, "%s",
-                 ad_last_error(ctx));
-    cr_assert(rep.passed, "%s: index %lld: %g numeric %g", cases[i].name, (long long)rep.index,
-              rep.analytic, rep.numeric);
-    cr_assert_eq(ad_gradgradcheck(ctx, gc_lrn_fn, (void *)&cases[i], 1, &x, NULL, &rep), AD_OK,
-                 "%s", ad_last_error(ctx));
-    cr_assert(rep.passed, "%s (2nd order): index %lld: %g numeric %g", cases[i].name,
-              (long long)rep.index, rep.analytic, rep.numeric);
+    char label[64];
+    snprintf(label, sizeof label, "%s", cases[i].name);
+    check_both_orders(gc_lrn_fn, (void *)&cases[i], 1, &x, label);
     ad_tensor_free(x);
   }
 }
