@@ -35,6 +35,8 @@ typedef struct group {
   nn_opt_config cfg;     /* the update reads it; lr follows the tensor lr */
   nn_opt_config_ext ext; /* base refreshed by nn_optimizer_group_config_ext */
   ad_tensor *lr, *lr0;   /* 0-d f64 state: "<kind>.group<g>.lr", "...schedule.lr0" */
+  ad_tensor *members;    /* 0-d f64 "<kind>.group<g>.params" and ".names" (group_members) */
+  ad_tensor *names;
 } group;
 
 struct nn_optimizer {
@@ -50,9 +52,12 @@ struct nn_optimizer {
   ad_tensor **ts; /* the slots' distinct tensors, which clipping reads */
   int ngroups;    /* 1 + the groups added (nn_optimizer_add_param_group) */
   int more_cap;
-  group *more;       /* groups 1 .. ngroups-1 */
-  ad_tensor *groups; /* 0-d f64 "<kind>.param_groups": ngroups, once a group was added */
-  ad_tensor *step;   /* 0-d f64: steps taken */
+  group *more;                  /* groups 1 .. ngroups-1 */
+  ad_tensor *groups;            /* 0-d f64 "<kind>.param_groups": ngroups, once a group was added */
+  ad_tensor *members0, *names0; /* group 0's "params" and "names", with groups.
+                                   A checkpoint must match each group's: see
+                                   group_members */
+  ad_tensor *step;              /* 0-d f64: steps taken */
   int nstate, names_cap, tensors_cap, optional_cap;
   char **state_names;
   ad_tensor **state_tensors;
@@ -94,6 +99,12 @@ static nn_opt_config_ext *gext(const nn_optimizer *o, int g) {
 }
 static ad_tensor *glr(const nn_optimizer *o, int g) { return g ? o->more[g - 1].lr : o->lr; }
 static ad_tensor *glr0(const nn_optimizer *o, int g) { return g ? o->more[g - 1].lr0 : o->lr0; }
+static ad_tensor *gmembers(const nn_optimizer *o, int g) {
+  return g ? o->more[g - 1].members : o->members0;
+}
+static ad_tensor *gnames(const nn_optimizer *o, int g) {
+  return g ? o->more[g - 1].names : o->names0;
+}
 
 /* A 0-d state tensor of a parameter's dtype (NAdam's mu_product) */
 static double scalar_value(const ad_tensor *t) {
@@ -781,12 +792,54 @@ ad_status nn_optimizer_set_lr(nn_optimizer *o, double lr) {
 static void roll_back(nn_optimizer *o, int nstate, int nslots, int nts) {
   for (int i = nstate; i < o->nstate; i++) {
     if (o->state_tensors[i] == o->groups) o->groups = NULL;
+    if (o->state_tensors[i] == o->members0) o->members0 = NULL;
+    if (o->state_tensors[i] == o->names0) o->names0 = NULL;
     nn_strfree(o->ctx, o->state_names[i]);
     ad_tensor_free(o->state_tensors[i]);
   }
   o->nstate = nstate;
   o->nslots = nslots;
   o->nts = nts;
+}
+
+/* Adds group g's membership to o's state, once its slots are listed:
+ * "<kind>.group<g>.params", how many tensors it steps (PyTorch's
+ * load_state_dict checks each group's size), and "<kind>.group<g>.names",
+ * the sum modulo 2^48 of a 64-bit FNV-1a hash of each tensor's name cut to
+ * 48 bits: whole numbers a double holds exactly, independent of the
+ * tensors' order (their state is found by name). A checkpoint whose groups
+ * hold other tensors than o's then fails nn_optimizer_state_check instead
+ * of giving each group's rate to the wrong tensors. Optional: files from
+ * before lack them. */
+static ad_status group_members(nn_optimizer *o, int g) {
+  const uint64_t mask = (UINT64_C(1) << 48) - 1;
+  uint64_t sum = 0;
+  int count = 0;
+  for (int i = 0; i < o->nslots; i++) {
+    const slot *sl = &o->slots[i];
+    if (sl->group != g) continue;
+    uint64_t h = UINT64_C(14695981039346656037);
+    for (const char *c = nn_params_name(sl->list, sl->li); *c; c++)
+      h = (h ^ (unsigned char)*c) * UINT64_C(1099511628211);
+    sum = (sum + (h & mask)) & mask;
+    count++;
+  }
+  const char *k = kind_names[o->cfg.kind];
+  char label[32];
+  snprintf(label, sizeof label, "group%d", g);
+  ad_tensor *m = ad_full(o->ctx, AD_F64, 0, NULL, count);
+  ad_status st = add_state(o, m, true, k, label, "params");
+  ad_tensor *h = st == AD_OK ? ad_full(o->ctx, AD_F64, 0, NULL, (double)sum) : NULL;
+  if (st == AD_OK) st = add_state(o, h, true, k, label, "names");
+  if (st != AD_OK) return st;
+  if (g) {
+    o->more[g - 1].members = m;
+    o->more[g - 1].names = h;
+  } else {
+    o->members0 = m;
+    o->names0 = h;
+  }
+  return AD_OK;
 }
 
 /* Why group settings x cannot join o, or NULL (AD_ERR_ARG) */
@@ -879,6 +932,10 @@ ad_status nn_optimizer_add_param_group(nn_optimizer *o, nn_params *params,
     ad_tensor *t = ad_full(ctx, AD_F64, 0, NULL, 1.0);
     if ((st = add_state(o, t, false, k, "param_groups", NULL)) != AD_OK) return st;
     o->groups = t;
+    if ((st = group_members(o, 0)) != AD_OK) {
+      roll_back(o, nstate, nslots, nts);
+      return st;
+    }
   }
   o->ngroups = g + 1; /* the slots' group, for add_slots */
   st = add_slots(o, params, g);
@@ -889,6 +946,7 @@ ad_status nn_optimizer_add_param_group(nn_optimizer *o, nn_params *params,
   ad_tensor *r0 = st == AD_OK ? ad_full(ctx, AD_F64, 0, NULL, lr0) : NULL;
   if (st == AD_OK && (st = add_state(o, r0, false, k, label, "schedule.lr0")) == AD_OK)
     gr->lr0 = r0;
+  if (st == AD_OK) st = group_members(o, g);
   if (st == AD_OK) st = ad_tensor_mark_modified(o->groups);
   if (st != AD_OK) {
     o->ngroups = g;
@@ -997,6 +1055,19 @@ ad_status nn_optimizer_state_check(const nn_optimizer *o, int i, double v, const
   for (int k = 0; k < o->nslots && !count; k++) count = o->slots[k].t == t;
   bool rate = false;
   for (int g = 0; g < o->ngroups && !rate; g++) rate = t == glr(o, g) || t == glr0(o, g);
+  for (int g = 0; g < o->ngroups; g++) { /* group g's membership (group_members) */
+    if ((t != gmembers(o, g) && t != gnames(o, g)) || v == scalar_get(t)) continue;
+    if (t == gmembers(o, g))
+      return ad_set_error(o->ctx, AD_ERR_FORMAT,
+                          "checkpoint %s: its parameter group %d holds %g tensors ('%s'); the "
+                          "optimizer's holds %g",
+                          path, g, v, o->state_names[i], scalar_get(t));
+    return ad_set_error(o->ctx, AD_ERR_FORMAT,
+                        "checkpoint %s: its parameter group %d holds other tensors than the "
+                        "optimizer's (their names differ: '%s'), so the group's rates would "
+                        "reach the wrong tensors",
+                        path, g, o->state_names[i]);
+  }
   if (t == o->groups && v != o->ngroups) {
     return ad_set_error(o->ctx, AD_ERR_FORMAT,
                         "checkpoint %s: it holds %g parameter groups ('%s'); the optimizer has %d",

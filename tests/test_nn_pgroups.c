@@ -321,13 +321,18 @@ Test(pgroups, add_param_group_refuses_misuse) {
   int ns = nn_optimizer_state_count(o);
   cr_assert_eq(nn_optimizer_add_param_group(o, bl, &x), AD_OK, "%s", ad_last_error(ctx));
   cr_assert_eq(nn_optimizer_group_count(o), 2);
-  /* b's m, v and step, the count, the group's two rates */
-  cr_assert_eq(nn_optimizer_state_count(o), ns + 6);
+  /* the count, group 0's membership, b's m, v and step, the group's two
+   * rates and its membership */
+  cr_assert_eq(nn_optimizer_state_count(o), ns + 10);
   const char *const *names = nn_optimizer_state_names(o);
   cr_assert_str_eq(names[ns], "adam.param_groups");
-  cr_assert_str_eq(names[ns + 1], "adam.m.0.bias");
-  cr_assert_str_eq(names[ns + 4], "adam.group1.lr");
-  cr_assert_str_eq(names[ns + 5], "adam.group1.schedule.lr0");
+  cr_assert_str_eq(names[ns + 1], "adam.group0.params");
+  cr_assert_str_eq(names[ns + 2], "adam.group0.names");
+  cr_assert_str_eq(names[ns + 3], "adam.m.0.bias");
+  cr_assert_str_eq(names[ns + 6], "adam.group1.lr");
+  cr_assert_str_eq(names[ns + 7], "adam.group1.schedule.lr0");
+  cr_assert_str_eq(names[ns + 8], "adam.group1.params");
+  cr_assert_str_eq(names[ns + 9], "adam.group1.names");
   expect_error(nn_optimizer_add_param_group(o, bl, &x), AD_ERR_ARG,
                "some parameters appear in more than one parameter group: '0.bias' is in group 1");
   /* group indices */
@@ -457,6 +462,58 @@ Test(pgroups, checkpoint_of_another_group_count_is_refused) {
   cr_assert_eq(nn_model_load(f.m, two, path), AD_OK, "%s", ad_last_error(ctx));
   nn_optimizer_free(one), nn_optimizer_free(two), nn_optimizer_free(three);
   nn_params_free(l1), nn_params_free(l2);
+  fixture_fini(&f);
+}
+
+/* A checkpoint whose groups hold other tensors than the optimizer's is
+ * refused (PyTorch checks each group's size; the names are checked too),
+ * and a file without the membership entries (from before them) loads */
+Test(pgroups, checkpoint_of_other_group_members_is_refused) {
+  char path[512];
+  fixture f;
+  fixture_init(&f);
+  nn_opt_config_ext a = cfg_of(NN_OPT_ADAM, 0.01);
+  /* saved: {w, b} and {h}; then {w} and {b, h}; then {w, h} and {b} */
+  nn_optimizer *saved = nn_optimizer_new_ext(sublist(&f, 0, 3), &a);
+  cr_assert_eq(nn_optimizer_add_param_group(saved, sublist(&f, 1, 4), &a), AD_OK);
+  nn_optimizer *sizes = nn_optimizer_new_ext(sublist(&f, 2, 1), &a);
+  nn_params *l1 = nn_params_new(ctx), *l2 = nn_params_new(ctx), *l3 = nn_params_new(ctx);
+  nn_params_add(l3, "0.bias", f.p[1], false), nn_params_add(l3, "1.weight", f.p[2], false);
+  cr_assert_eq(nn_optimizer_add_param_group(sizes, l3, &a), AD_OK);
+  nn_params_add(l1, "0.weight", f.p[0], false), nn_params_add(l1, "1.weight", f.p[2], false);
+  nn_params_add(l2, "0.bias", f.p[1], false);
+  nn_optimizer *names = nn_optimizer_new_ext(l1, &a);
+  cr_assert_eq(nn_optimizer_add_param_group(names, l2, &a), AD_OK);
+  snprintf(path, sizeof path, "%s/members.safetensors", tmpdir);
+  cr_assert_eq(nn_optimizer_set_group_lr(saved, 1, 0.5), AD_OK);
+  cr_assert_eq(nn_model_save(f.m, saved, path), AD_OK, "%s", ad_last_error(ctx));
+  expect_error(nn_model_load(f.m, sizes, path), AD_ERR_FORMAT,
+               "its parameter group 0 holds 2 tensors ('adam.group0.params'); the optimizer's "
+               "holds 1");
+  expect_error(nn_model_load(f.m, names, path), AD_ERR_FORMAT,
+               "its parameter group 0 holds other tensors than the optimizer's (their names "
+               "differ: 'adam.group0.names')");
+  cr_assert_float_eq(nn_optimizer_group_lr(names, 1), 0.01, 0, "a refused load changed a rate");
+  /* the same file without the membership entries loads, as files from
+   * before them do */
+  int n = nn_optimizer_state_count(saved), k = 0, np = nn_params_count(nn_model_params(f.m));
+  const char *nm[64];
+  ad_tensor *ts[64];
+  cr_assert(n + np <= 64);
+  for (int i = 0; i < np; i++)
+    nm[k] = nn_params_name(nn_model_params(f.m), i),
+    ts[k++] = nn_params_tensor(nn_model_params(f.m), i);
+  for (int i = 0; i < n; i++) {
+    const char *s = nn_optimizer_state_names(saved)[i];
+    if (strstr(s, ".params") || strstr(s, ".names")) continue;
+    nm[k] = s, ts[k++] = nn_optimizer_state_tensors(saved)[i];
+  }
+  cr_assert_eq(k, np + n - 4);
+  cr_assert_eq(nn_checkpoint_save(ctx, path, k, nm, ts), AD_OK, "%s", ad_last_error(ctx));
+  cr_assert_eq(nn_model_load(f.m, names, path), AD_OK, "%s", ad_last_error(ctx));
+  cr_assert_float_eq(nn_optimizer_group_lr(names, 1), 0.5, 0);
+  nn_optimizer_free(saved), nn_optimizer_free(sizes), nn_optimizer_free(names);
+  nn_params_free(l1), nn_params_free(l2), nn_params_free(l3);
   fixture_fini(&f);
 }
 
