@@ -35,6 +35,7 @@ typedef struct group {
   nn_opt_config cfg;     /* the update reads it; lr follows the tensor lr */
   nn_opt_config_ext ext; /* base refreshed by nn_optimizer_group_config_ext */
   ad_tensor *lr, *lr0;   /* 0-d f64 state: "<kind>.group<g>.lr", "...schedule.lr0" */
+  nn_params *params;     /* its list (the caller's) */
   ad_tensor *members;    /* 0-d f64 "<kind>.group<g>.params" and ".names" (group_members) */
   ad_tensor *names;
 } group;
@@ -926,6 +927,7 @@ ad_status nn_optimizer_add_param_group(nn_optimizer *o, nn_params *params,
   group *gr = &o->more[g - 1];
   memset(gr, 0, sizeof *gr);
   gr->ext = *x;
+  gr->params = params;
   gr->cfg = x->base;
   gr->cfg.lr = lr;
   if (!o->groups) { /* with the second group: its count, which a checkpoint must match */
@@ -965,6 +967,11 @@ static ad_status group_index(const nn_optimizer *o, int g, const char *fn) {
   if (g >= 0 && g < o->ngroups) return AD_OK;
   return ad_set_error(o->ctx, AD_ERR_ARG, "%s: parameter group %d out of range [0, %d)", fn, g,
                       o->ngroups);
+}
+
+nn_params *nn_optimizer_group_params(const nn_optimizer *o, int g) {
+  if (!o || group_index(o, g, "optimizer_group_params") != AD_OK) return NULL;
+  return g ? o->more[g - 1].params : o->params;
 }
 
 const nn_opt_config_ext *nn_optimizer_group_config_ext(const nn_optimizer *o, int g) {

@@ -239,6 +239,12 @@ struct nn_dist {
    * to its tensor's index, first_of each tensor to its first entry. */
   int np, nfull;
   int *uidx, *first_of;
+  /* a sharded step of an optimizer of several parameter groups (opt_entries):
+   * its entries' parameters in its order (nfull at most), a tensor's later
+   * entries as -1 - parameter; oseen is scratch, one byte per parameter */
+  int nopt;
+  int *oidx;
+  unsigned char *oseen;
   ad_tensor **t;
   uint64_t *tser;
   int *ord;        /* reverse parameter order */
@@ -492,13 +498,16 @@ static void layout_free(nn_dist *d) {
   ad_free(c, d->look, np * sizeof *d->look);
   ad_free(c, d->uidx, np * sizeof *d->uidx);
   ad_free(c, d->first_of, np * sizeof *d->first_of);
+  ad_free(c, d->oidx, np * sizeof *d->oidx);
+  ad_free(c, d->oseen, np ? np : 1);
   ad_free(c, d->gath_ts, n1 * sizeof *d->gath_ts);
   ad_free(c, d->gath_cnt, n1 * sizeof *d->gath_cnt);
   ad_free(c, h->st, (size_t)h->stcap * sizeof *h->st);
   h->st = NULL, h->stcap = h->nst = h->st_count = 0, h->stale = false;
   d->b = NULL, d->t = NULL, d->ord = d->bucket_of = d->remaining = d->flags = NULL;
   d->offset = d->tsize = NULL, d->tser = NULL, d->look = NULL, d->nb = d->np = 0;
-  d->uidx = d->first_of = NULL, d->nfull = 0;
+  d->uidx = d->first_of = d->oidx = NULL, d->nfull = d->nopt = 0;
+  d->oseen = NULL;
   d->gath_ts = NULL, d->gath_cnt = NULL;
 }
 
@@ -1309,17 +1318,20 @@ static ad_status layout_local(nn_dist *d, nn_params *p) {
   d->look = ad_malloc(c, n * sizeof *d->look);
   d->uidx = ad_malloc(c, n * sizeof *d->uidx);
   d->first_of = ad_malloc(c, n * sizeof *d->first_of);
+  d->oidx = ad_malloc(c, n * sizeof *d->oidx);
+  d->oseen = ad_malloc(c, n1);
   d->b = ad_malloc(c, n1 * sizeof *d->b);
   d->gath_ts = ad_malloc(c, n1 * sizeof *d->gath_ts);
   d->gath_cnt = ad_malloc(c, n1 * sizeof *d->gath_cnt);
   /* the sharded steps' record of optimizer state: nn's optimizers keep at
-   * most three state tensors and a step counter per parameter */
-  h->stcap = 4 * nf + 16;
+   * most three state tensors and a step counter per parameter; ops_step
+   * also counts each parameter group's four and the optimizer's own */
+  h->stcap = 8 * nf + 16;
   h->st = ad_malloc(c, (size_t)h->stcap * sizeof *h->st);
   d->nb = 0;
   if ((n && (!d->t || !d->tser || !d->ord || !d->bucket_of || !d->offset || !d->tsize ||
-             !d->remaining || !d->look || !d->uidx || !d->first_of)) ||
-      !d->flags || !d->b || !d->gath_ts || !d->gath_cnt || !h->st)
+             !d->remaining || !d->look || !d->uidx || !d->first_of || !d->oidx)) ||
+      !d->oseen || !d->flags || !d->b || !d->gath_ts || !d->gath_cnt || !h->st)
     return AD_ERR_OOM;
   if (h->wanted) { /* shm_build's, allocated before its collectives */
     h->seg = ad_malloc(c, (size_t)h->lsize * sizeof *h->seg);
@@ -1917,6 +1929,32 @@ static bool shm_progress(nn_dist *d, bool all) {
 
 /* The elements of parameter i in this rank's slice of its bucket:
  * [h->lo[i], h->hi[i]). */
+/* Whether opt steps only tensors of the layout as it is now (as
+ * layout_current judges a list), in any order and any of its parameter
+ * groups: its entries, group after group, into d->oidx (d->nopt of them). Allocates nothing,
+ * so every rank of a node, which synced the same model and optimizer (the
+ * state's names, compared by nn_dist_sync, fix each group's members),
+ * judges alike. */
+static bool opt_entries(nn_dist *d, const nn_optimizer *opt) {
+  if (d->layout_stale || !d->b) return false;
+  memset(d->oseen, 0, d->np ? (size_t)d->np : 1);
+  int k = 0;
+  for (int g = 0; g < nn_optimizer_group_count(opt); g++) {
+    nn_params *p = nn_optimizer_group_params(opt, g);
+    ad_tensor *const *ts = nn_params_tensors(p);
+    for (int f = 0; f < nn_params_count(p); f++) {
+      int i = find(d, ts[f]);
+      if (k == d->nfull || i < 0 || ad_tensor_serial(ts[f]) != d->tser[i] ||
+          ts[f]->size != d->tsize[i] || ts[f]->dtype != d->b[d->bucket_of[i]].dtype)
+        return false;
+      d->oidx[k++] = d->oseen[i] ? -1 - i : i;
+      d->oseen[i] = 1;
+    }
+  }
+  d->nopt = k;
+  return true;
+}
+
 static void own_ranges(nn_dist *d) {
   shm *h = &d->sh;
   for (int i = 0; i < d->np; i++) {
@@ -1932,6 +1970,15 @@ static void own_ranges(nn_dist *d) {
     int i = d->uidx[f];
     bool first = d->first_of[i] == f;
     h->flo[f] = first ? h->lo[i] : 0, h->fhi[f] = first ? h->hi[i] : 0;
+  }
+}
+
+/* The ranges of opt_entries' entries (after own_ranges). */
+static void own_opt_ranges(nn_dist *d) {
+  shm *h = &d->sh;
+  for (int k = 0; k < d->nopt; k++) {
+    int i = d->oidx[k];
+    h->flo[k] = i >= 0 ? h->lo[i] : 0, h->fhi[k] = i >= 0 ? h->hi[i] : 0;
   }
 }
 
@@ -1982,9 +2029,10 @@ static bool stale_is(const nn_dist *d, const nn_optimizer *opt) {
 }
 
 /* Records opt's per-parameter state tensors after a sharded step, unless
- * the record is opt's already (the steps between two gathers). The record
- * has room: ops_step shards only then. */
-static void stale_record(nn_dist *d, const nn_optimizer *opt) {
+ * the record is opt's already (the steps between two gathers); entries:
+ * its parameters are opt_entries' (else the model list's). The record has
+ * room: ops_step shards only then. */
+static void stale_record(nn_dist *d, const nn_optimizer *opt, bool entries) {
   shm *h = &d->sh;
   if (stale_is(d, opt)) return;
   int ns = nn_optimizer_state_count(opt);
@@ -1994,7 +2042,9 @@ static void stale_record(nn_dist *d, const nn_optimizer *opt) {
   h->st_count = ns;
   for (int j = 0; j < ns && h->nst < h->stcap; j++) {
     int f = nn_optimizer_state_param(opt, j); /* an entry of the list: its tensor's index */
-    int i = f >= 0 && f < d->nfull ? d->uidx[f] : -1;
+    int i = entries ? (f >= 0 && f < d->nopt ? d->oidx[f] : -1)
+                    : (f >= 0 && f < d->nfull ? d->uidx[f] : -1);
+    if (i < 0) i = -1; /* (a tensor's later entries have no state) */
     if (i >= 0)
       h->st[h->nst++] = (stale_state){st[j], ad_tensor_serial(st[j]), j, i, d->gath_cnt[i]++};
   }
@@ -2061,9 +2111,12 @@ static ad_status ops_step(void *ud, nn_optimizer *opt) {
   shm *h = &d->sh;
   const nn_opt_config *cfg = opt ? nn_optimizer_config(opt) : NULL;
   if (cfg && (cfg->clip_value > 0 || cfg->clip_norm > 0)) privatize(d); /* clipped in place */
+  /* ranges over the model's list when opt's is it, else over opt's
+   * entries (parameter groups, a part of the model, another order) */
+  bool direct =
+      opt && nn_optimizer_group_count(opt) == 1 && layout_current(d, nn_optimizer_params(opt));
   bool shard = opt && d->o.shard_optimizer && h->on && h->lsize > 1 &&
-               nn_optimizer_group_count(opt) == 1 && /* ranges over the model's list */
-               layout_current(d, nn_optimizer_params(opt)) &&
+               (direct || opt_entries(d, opt)) &&
                nn_optimizer_state_count(opt) <= h->stcap; /* (room to record its state) */
   /* a whole step on every rank (or an exchange of the slices) on one copy
    * of the parameters would take it once per rank: each its own copy; and
@@ -2072,9 +2125,10 @@ static ad_status ops_step(void *ud, nn_optimizer *opt) {
   if (h->pon && !(shard && window_holds_layout(d))) params_leave(d);
   if (!shard) return nn_optimizer_step(opt);
   own_ranges(d);
+  if (!direct) own_opt_ranges(d);
   ad_status st = nn_optimizer_step_ranges(opt, h->flo, h->fhi);
   if (st != AD_OK) die(d, "the sharded optimizer step"); /* ranges from the layout: never */
-  stale_record(d, opt);
+  stale_record(d, opt, !direct);
   d->stats.sharded_steps++;
   if (h->pon)
     win_barrier(h, h->pwin); /* the slices were written where every rank reads them */

@@ -336,6 +336,11 @@ Test(pgroups, add_param_group_refuses_misuse) {
   expect_error(nn_optimizer_add_param_group(o, bl, &x), AD_ERR_ARG,
                "some parameters appear in more than one parameter group: '0.bias' is in group 1");
   /* group indices */
+  cr_assert_eq(nn_optimizer_group_params(o, 0), nn_optimizer_params(o));
+  cr_assert_eq(nn_optimizer_group_params(o, 1), bl);
+  cr_assert_null(nn_optimizer_group_params(o, 2));
+  cr_assert(strstr(ad_last_error(ctx), "optimizer_group_params: parameter group 2 out of range"));
+  cr_assert_null(nn_optimizer_group_params(NULL, 0));
   cr_assert(isnan(nn_optimizer_group_lr(o, 2)));
   cr_assert(
       strstr(ad_last_error(ctx), "optimizer_group_lr: parameter group 2 out of range [0, 2)"));

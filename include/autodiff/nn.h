@@ -3005,6 +3005,12 @@ NN_API ad_status nn_optimizer_add_param_group(nn_optimizer *opt, nn_params *para
  * to; 0 for NULL). */
 NN_API int nn_optimizer_group_count(const nn_optimizer *opt);
 
+/** Group g's parameter list (PyTorch's param_groups[g]["params"]): the
+ * list given to nn_optimizer_add_param_group, group 0's
+ * nn_optimizer_params'; owned by its caller, as there. NULL for NULL, or g
+ * out of range (AD_ERR_ARG recorded). */
+NN_API nn_params *nn_optimizer_group_params(const nn_optimizer *opt, int g);
+
 /** Group g's settings (lr its current rate), owned by opt, valid until
  * the next call on it; group 0's are nn_optimizer_config_ext's (and
  * nn_optimizer_config, nn_optimizer_lr keep meaning group 0). NULL for

@@ -118,11 +118,12 @@ typedef struct nn_dist_opts {
                           synced model are one copy per node in shared
                           memory (ad_tensor_set_data_buffer; where MPI or
                           the tape does not allow it, the updated slices are
-                          exchanged instead; from a step that cannot be
-                          sharded, e.g. of an optimizer over other tensors
-                          than the model's or in another order, or of one
-                          with several parameter groups (whose steps are
-                          whole on every rank), each rank has its own copy
+                          exchanged instead. An optimizer over some of the
+                          model's parameters, in any order and any number of
+                          parameter groups, is sharded too; from a step that
+                          cannot be, e.g. of an optimizer over a tensor
+                          outside the model (whose steps are whole on every
+                          rank), each rank has its own copy
                           again until the next nn_dist_sync): a rank that changes a
                           parameter changes it for every rank of its node,
                           so change them on rank 0 and call nn_dist_sync,
