@@ -356,18 +356,17 @@ nn_layer *nn_dense_new(ad_ctx *ctx, int64_t in, int64_t out, ad_rng *rng,
   ad_tensor *w = ad_zeros(ctx, o.dtype, 2, ws);
   if (nn_params_add(l->params, "weight", w, true) != AD_OK ||
       nn_init_tensor(ctx, w, o.weight_init, rng) != AD_OK) {
+    nn_error_tensor(ctx, "nn_dense_new", NULL, "weight", 2, ws);
     nn_layer_free(l);
     return NULL;
   }
   l->w = w;
   if (!o.no_bias) {
-    ad_tensor *b = ad_zeros(ctx, o.dtype, 1, &out);
-    if (nn_params_add(l->params, "bias", b, true) != AD_OK) {
-      nn_layer_free(l);
-      return NULL;
-    }
     /* a 1-d bias has fan_in = fan_out = out for Xavier and He */
-    if (nn_init_tensor(ctx, b, o.bias_init, rng) != AD_OK) {
+    ad_tensor *b = ad_zeros(ctx, o.dtype, 1, &out);
+    if (nn_params_add(l->params, "bias", b, true) != AD_OK ||
+        nn_init_tensor(ctx, b, o.bias_init, rng) != AD_OK) {
+      nn_error_tensor(ctx, "nn_dense_new", NULL, "bias", 1, &out);
       nn_layer_free(l);
       return NULL;
     }
@@ -490,6 +489,7 @@ nn_layer *nn_prelu_new(ad_ctx *ctx, int64_t num_parameters, double init, ad_dtyp
   l->act = NN_ACT_PRELU;
   ad_tensor *w = ad_full(ctx, dtype, 1, &num_parameters, init);
   if (nn_params_add(l->params, "weight", w, true) != AD_OK) {
+    nn_error_tensor(ctx, "nn_prelu_new", NULL, "weight", 1, &num_parameters);
     nn_layer_free(l);
     return NULL;
   }

@@ -305,8 +305,8 @@ static void mha_describe(const nn_layer *l, nn_text *t) {
 
 static const nn_layer_ops mha_ops = {mha_forward, mha_free, mha_describe};
 
-nn_layer *nn_multihead_attention_new_ext(ad_ctx *ctx, int64_t embed_dim, int64_t num_heads,
-                                         ad_rng *rng, const nn_mha_opts_ext *opts) {
+nn_layer *nn_mha_new_at(ad_ctx *ctx, const char *fn, const char *pfx, int64_t embed_dim,
+                        int64_t num_heads, ad_rng *rng, const nn_mha_opts_ext *opts) {
   if (!ctx) return NULL;
   nn_mha_opts_ext x = {0};
   if (opts) x = *opts;
@@ -369,19 +369,21 @@ nn_layer *nn_multihead_attention_new_ext(ad_ctx *ctx, int64_t embed_dim, int64_t
           xavier_normal = nn_init_make(NN_INIT_XAVIER_NORMAL, 0, 0);
   bool ok = true;
   if (kdim == e && vdim == e)
-    ok = (s->w_in = nn_param_new(p, "in_proj_weight", o.dtype, 2, w_in, xavier, rng));
+    ok = (s->w_in = nn_param_new_at(p, fn, pfx, "in_proj_weight", o.dtype, 2, w_in, xavier, rng));
   for (int i = 0; i < 3 && ok && !s->w_in; i++)
-    ok = (s->w_sep[i] = nn_param_new(p, sep_names[i], o.dtype, 2, w_sep[i], xavier, rng));
+    ok = (s->w_sep[i] =
+              nn_param_new_at(p, fn, pfx, sep_names[i], o.dtype, 2, w_sep[i], xavier, rng));
   if (ok && !o.no_bias)
-    ok = (s->b_in = nn_param_new(p, "in_proj_bias", o.dtype, 1, b_in, zeros, rng));
+    ok = (s->b_in = nn_param_new_at(p, fn, pfx, "in_proj_bias", o.dtype, 1, b_in, zeros, rng));
   if (ok && x.add_bias_kv)
-    ok = (s->bias_k = nn_param_new(p, "bias_k", o.dtype, 3, b_kv, xavier_normal, rng)) &&
-         (s->bias_v = nn_param_new(p, "bias_v", o.dtype, 3, b_kv, xavier_normal, rng));
+    ok =
+        (s->bias_k = nn_param_new_at(p, fn, pfx, "bias_k", o.dtype, 3, b_kv, xavier_normal, rng)) &&
+        (s->bias_v = nn_param_new_at(p, fn, pfx, "bias_v", o.dtype, 3, b_kv, xavier_normal, rng));
   if (ok)
-    ok = (s->w_out = nn_param_new(p, "out_proj.weight", o.dtype, 2, w_out,
-                                  nn_init_make(NN_INIT_UNIFORM, -bound, bound), rng));
+    ok = (s->w_out = nn_param_new_at(p, fn, pfx, "out_proj.weight", o.dtype, 2, w_out,
+                                     nn_init_make(NN_INIT_UNIFORM, -bound, bound), rng));
   if (ok && !o.no_bias)
-    ok = (s->b_out = nn_param_new(p, "out_proj.bias", o.dtype, 1, b_out, zeros, rng));
+    ok = (s->b_out = nn_param_new_at(p, fn, pfx, "out_proj.bias", o.dtype, 1, b_out, zeros, rng));
   if (!ok) {
     nn_layer_free(l);
     return NULL;
@@ -389,9 +391,15 @@ nn_layer *nn_multihead_attention_new_ext(ad_ctx *ctx, int64_t embed_dim, int64_t
   return l;
 }
 
+nn_layer *nn_multihead_attention_new_ext(ad_ctx *ctx, int64_t embed_dim, int64_t num_heads,
+                                         ad_rng *rng, const nn_mha_opts_ext *opts) {
+  return nn_mha_new_at(ctx, "nn_multihead_attention_new_ext", NULL, embed_dim, num_heads, rng,
+                       opts);
+}
+
 nn_layer *nn_multihead_attention_new(ad_ctx *ctx, int64_t embed_dim, int64_t num_heads, ad_rng *rng,
                                      const nn_mha_opts *opts) {
   nn_mha_opts_ext x = {0};
   if (opts) x.base = *opts;
-  return nn_multihead_attention_new_ext(ctx, embed_dim, num_heads, rng, &x);
+  return nn_mha_new_at(ctx, "nn_multihead_attention_new", NULL, embed_dim, num_heads, rng, &x);
 }

@@ -89,14 +89,15 @@ static const nn_layer_ops conv_ops = {conv_forward, conv_free, conv_describe};
 
 /* nn_param_new with PyTorch's default for NN_INIT_DEFAULT: uniform within
  * +-bound. */
-static ad_tensor *conv_param(nn_params *list, const char *name, ad_dtype dtype, int ndim,
-                             const int64_t *shape, nn_init init, double bound, ad_rng *rng) {
+static ad_tensor *conv_param(nn_params *list, const char *fn, const char *name, ad_dtype dtype,
+                             int ndim, const int64_t *shape, nn_init init, double bound,
+                             ad_rng *rng) {
   if (init.kind == NN_INIT_DEFAULT) init = nn_init_make(NN_INIT_UNIFORM, -bound, bound);
-  return nn_param_new(list, name, dtype, ndim, shape, init, rng);
+  return nn_param_new(list, fn, name, dtype, ndim, shape, init, rng);
 }
 
-static nn_layer *conv_new(ad_ctx *ctx, bool transpose, int64_t in, int64_t out, int64_t kh,
-                          int64_t kw, ad_rng *rng, const nn_conv2d_opts *opts,
+static nn_layer *conv_new(ad_ctx *ctx, const char *fn, bool transpose, int64_t in, int64_t out,
+                          int64_t kh, int64_t kw, ad_rng *rng, const nn_conv2d_opts *opts,
                           nn_padding_mode mode) {
   if (!ctx) return NULL;
   const char *kind = transpose ? "conv_transpose2d" : "conv2d";
@@ -191,9 +192,9 @@ static nn_layer *conv_new(ad_ctx *ctx, bool transpose, int64_t in, int64_t out, 
   int64_t ws[4] = {transpose ? in : out, (transpose ? out : in) / groups, kh, kw}, bs[1] = {out};
   double bound = 1.0 / sqrt((double)ws[1] * (double)kh * (double)kw); /* sizes checked below */
   nn_params *p = nn_layer_params(l);
-  bool ok = (s->w = conv_param(p, "weight", o.dtype, 4, ws, o.weight_init, bound, rng));
+  bool ok = (s->w = conv_param(p, fn, "weight", o.dtype, 4, ws, o.weight_init, bound, rng));
   if (ok && !o.no_bias)
-    ok = (s->b = conv_param(p, "bias", o.dtype, 1, bs, o.bias_init, bound, rng));
+    ok = (s->b = conv_param(p, fn, "bias", o.dtype, 1, bs, o.bias_init, bound, rng));
   if (!ok) {
     nn_layer_free(l);
     return NULL;
@@ -203,24 +204,25 @@ static nn_layer *conv_new(ad_ctx *ctx, bool transpose, int64_t in, int64_t out, 
 
 nn_layer *nn_conv2d_new(ad_ctx *ctx, int64_t in, int64_t out, int64_t kh, int64_t kw, ad_rng *rng,
                         const nn_conv2d_opts *opts) {
-  return conv_new(ctx, false, in, out, kh, kw, rng, opts, NN_PADDING_ZEROS);
+  return conv_new(ctx, "nn_conv2d_new", false, in, out, kh, kw, rng, opts, NN_PADDING_ZEROS);
 }
 
 nn_layer *nn_conv2d_new_ext(ad_ctx *ctx, int64_t in, int64_t out, int64_t kh, int64_t kw,
                             ad_rng *rng, const nn_conv2d_opts_ext *opts) {
-  return conv_new(ctx, false, in, out, kh, kw, rng, opts ? &opts->base : NULL,
+  return conv_new(ctx, "nn_conv2d_new_ext", false, in, out, kh, kw, rng, opts ? &opts->base : NULL,
                   opts ? opts->padding_mode : NN_PADDING_ZEROS);
 }
 
 nn_layer *nn_conv_transpose2d_new(ad_ctx *ctx, int64_t in, int64_t out, int64_t kh, int64_t kw,
                                   ad_rng *rng, const nn_conv2d_opts *opts) {
-  return conv_new(ctx, true, in, out, kh, kw, rng, opts, NN_PADDING_ZEROS);
+  return conv_new(ctx, "nn_conv_transpose2d_new", true, in, out, kh, kw, rng, opts,
+                  NN_PADDING_ZEROS);
 }
 
 nn_layer *nn_conv_transpose2d_new_ext(ad_ctx *ctx, int64_t in, int64_t out, int64_t kh, int64_t kw,
                                       ad_rng *rng, const nn_conv2d_opts_ext *opts) {
-  return conv_new(ctx, true, in, out, kh, kw, rng, opts ? &opts->base : NULL,
-                  opts ? opts->padding_mode : NN_PADDING_ZEROS);
+  return conv_new(ctx, "nn_conv_transpose2d_new_ext", true, in, out, kh, kw, rng,
+                  opts ? &opts->base : NULL, opts ? opts->padding_mode : NN_PADDING_ZEROS);
 }
 
 /* -------------------------------------------------------------- pooling */

@@ -115,14 +115,16 @@ static const nn_layer_ops conv1d_ops = {conv1d_forward, conv1d_free, conv1d_desc
 
 /* nn_param_new with PyTorch's default for NN_INIT_DEFAULT: uniform within
  * +-bound. */
-static ad_tensor *conv1d_param(nn_params *list, const char *name, ad_dtype dtype, int ndim,
-                               const int64_t *shape, nn_init init, double bound, ad_rng *rng) {
+static ad_tensor *conv1d_param(nn_params *list, const char *fn, const char *name, ad_dtype dtype,
+                               int ndim, const int64_t *shape, nn_init init, double bound,
+                               ad_rng *rng) {
   if (init.kind == NN_INIT_DEFAULT) init = nn_init_make(NN_INIT_UNIFORM, -bound, bound);
-  return nn_param_new(list, name, dtype, ndim, shape, init, rng);
+  return nn_param_new(list, fn, name, dtype, ndim, shape, init, rng);
 }
 
-static nn_layer *conv1d_new(ad_ctx *ctx, int64_t in, int64_t out, int64_t kernel_size, ad_rng *rng,
-                            const nn_conv1d_opts *opts, nn_padding_mode mode) {
+static nn_layer *conv1d_new(ad_ctx *ctx, const char *fn, int64_t in, int64_t out,
+                            int64_t kernel_size, ad_rng *rng, const nn_conv1d_opts *opts,
+                            nn_padding_mode mode) {
   if (!ctx) return NULL;
   nn_conv1d_opts o = {0};
   if (opts) o = *opts;
@@ -192,9 +194,9 @@ static nn_layer *conv1d_new(ad_ctx *ctx, int64_t in, int64_t out, int64_t kernel
   int64_t ws[3] = {out, in / groups, k}, bs[1] = {out};
   double bound = 1.0 / sqrt((double)ws[1] * (double)k);
   nn_params *p = nn_layer_params(l);
-  bool ok = (s->w = conv1d_param(p, "weight", o.dtype, 3, ws, o.weight_init, bound, rng));
+  bool ok = (s->w = conv1d_param(p, fn, "weight", o.dtype, 3, ws, o.weight_init, bound, rng));
   if (ok && !o.no_bias)
-    ok = (s->b = conv1d_param(p, "bias", o.dtype, 1, bs, o.bias_init, bound, rng));
+    ok = (s->b = conv1d_param(p, fn, "bias", o.dtype, 1, bs, o.bias_init, bound, rng));
   if (!ok) {
     nn_layer_free(l);
     return NULL;
@@ -204,12 +206,12 @@ static nn_layer *conv1d_new(ad_ctx *ctx, int64_t in, int64_t out, int64_t kernel
 
 nn_layer *nn_conv1d_new(ad_ctx *ctx, int64_t in, int64_t out, int64_t kernel_size, ad_rng *rng,
                         const nn_conv1d_opts *opts) {
-  return conv1d_new(ctx, in, out, kernel_size, rng, opts, NN_PADDING_ZEROS);
+  return conv1d_new(ctx, "nn_conv1d_new", in, out, kernel_size, rng, opts, NN_PADDING_ZEROS);
 }
 
 nn_layer *nn_conv1d_new_ext(ad_ctx *ctx, int64_t in, int64_t out, int64_t kernel_size, ad_rng *rng,
                             const nn_conv1d_opts_ext *opts) {
-  return conv1d_new(ctx, in, out, kernel_size, rng, opts ? &opts->base : NULL,
+  return conv1d_new(ctx, "nn_conv1d_new_ext", in, out, kernel_size, rng, opts ? &opts->base : NULL,
                     opts ? opts->padding_mode : NN_PADDING_ZEROS);
 }
 

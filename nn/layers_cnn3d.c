@@ -115,10 +115,11 @@ static void cnn3d_describe(const nn_layer *l, nn_text *t) {
 
 static const nn_layer_ops cnn3d_ops = {cnn3d_forward, cnn3d_free, cnn3d_describe};
 
-static ad_tensor *cnn3d_param(nn_params *list, const char *name, ad_dtype dtype, int ndim,
-                              const int64_t *shape, nn_init init, double bound, ad_rng *rng) {
+static ad_tensor *cnn3d_param(nn_params *list, const char *fn, const char *name, ad_dtype dtype,
+                              int ndim, const int64_t *shape, nn_init init, double bound,
+                              ad_rng *rng) {
   if (init.kind == NN_INIT_DEFAULT) init = nn_init_make(NN_INIT_UNIFORM, -bound, bound);
-  return nn_param_new(list, name, dtype, ndim, shape, init, rng);
+  return nn_param_new(list, fn, name, dtype, ndim, shape, init, rng);
 }
 
 /* The settings common to the three layers, as the 3-D options (n axes). */
@@ -133,7 +134,9 @@ typedef struct cnn3d_args {
 static nn_layer *cnn3d_new(ad_ctx *ctx, c3_kind kind, int64_t in, int64_t out, const int64_t *ks,
                            ad_rng *rng, const cnn3d_args *a) {
   static const char *const kinds[3] = {"conv3d", "conv_transpose3d", "conv_transpose1d"};
-  const char *name = kinds[kind];
+  static const char *const fns[3] = {"nn_conv3d_new", "nn_conv_transpose3d_new",
+                                     "nn_conv_transpose1d_new"};
+  const char *name = kinds[kind], *fn = fns[kind];
   int n = kind == K_CONVT1D ? 1 : 3;
   bool transpose = kind != K_CONV3D;
   const ad_conv3d_opts *o = &a->o;
@@ -235,9 +238,9 @@ static nn_layer *cnn3d_new(ad_ctx *ctx, c3_kind kind, int64_t in, int64_t out, c
   }
   double bound = 1.0 / sqrt(fan);
   nn_params *p = nn_layer_params(l);
-  bool ok = (s->w = cnn3d_param(p, "weight", a->dtype, 2 + n, ws, a->weight_init, bound, rng));
+  bool ok = (s->w = cnn3d_param(p, fn, "weight", a->dtype, 2 + n, ws, a->weight_init, bound, rng));
   if (ok && !a->no_bias)
-    ok = (s->b = cnn3d_param(p, "bias", a->dtype, 1, bs, a->bias_init, bound, rng));
+    ok = (s->b = cnn3d_param(p, fn, "bias", a->dtype, 1, bs, a->bias_init, bound, rng));
   if (!ok) {
     nn_layer_free(l);
     return NULL;

@@ -523,7 +523,8 @@ nn_layer *nn_embedding_bag_new(ad_ctx *ctx, int64_t num, int64_t dim, ad_rng *rn
     return NULL;
   }
   int64_t pad = !o.padding ? -1 : o.padding_idx < 0 ? o.padding_idx + num : o.padding_idx;
-  s->w = nn_embedding_weight_new(nn_layer_params(l), num, dim, o.dtype, o.weight_init, pad, rng);
+  s->w = nn_embedding_weight_new(nn_layer_params(l), "nn_embedding_bag_new", num, dim, o.dtype,
+                                 o.weight_init, pad, rng);
   if (!s->w) {
     nn_layer_free(l);
     return NULL;

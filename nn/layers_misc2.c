@@ -354,8 +354,9 @@ nn_layer *nn_bilinear_new(ad_ctx *ctx, int64_t in1_features, int64_t in2_feature
   double k = 1 / sqrt((double)in1_features);
   nn_init u = nn_init_make(NN_INIT_UNIFORM, -k, k);
   int64_t ws[3] = {out_features, in1_features, in2_features};
-  st->w = nn_param_new(nn_layer_params(l), "weight", dtype, 3, ws, u, rng);
-  if (st->w && bias) st->b = nn_param_new(nn_layer_params(l), "bias", dtype, 1, ws, u, rng);
+  const char *who = "nn_bilinear_new";
+  st->w = nn_param_new(nn_layer_params(l), who, "weight", dtype, 3, ws, u, rng);
+  if (st->w && bias) st->b = nn_param_new(nn_layer_params(l), who, "bias", dtype, 1, ws, u, rng);
   if (!st->w || (bias && !st->b)) {
     nn_layer_free(l);
     return NULL;

@@ -101,18 +101,21 @@ static void bn_describe(const nn_layer *l, nn_text *t) {
 static const nn_layer_ops bn_ops = {bn_forward, bn_free, bn_describe};
 
 /* A new persistent [c] (or 0-d when c is 0) tensor of dtype filled with v,
- * added to list under name (owned by it); NULL on error. */
-static ad_tensor *add_vec(nn_params *list, bool buffer, const char *name, ad_ctx *ctx,
-                          ad_dtype dtype, int64_t c, double v, nn_store store) {
+ * added to list under name (owned by it); NULL on error, named after the
+ * constructor fn and the tensor (nn_error_tensor). */
+static ad_tensor *add_vec(nn_params *list, const char *fn, bool buffer, const char *name,
+                          ad_ctx *ctx, ad_dtype dtype, int64_t c, double v, nn_store store) {
   ad_tensor *t = ad_full(ctx, dtype, c ? 1 : 0, &c, v);
-  if (!t) return NULL;
-  ad_status st =
-      buffer ? nn_buffers_add(list, name, t, true, store) : nn_params_add(list, name, t, true);
-  return st == AD_OK ? t : NULL;
+  ad_status st = !t       ? ad_last_status(ctx)
+                 : buffer ? nn_buffers_add(list, name, t, true, store)
+                          : nn_params_add(list, name, t, true);
+  if (st == AD_OK) return t;
+  nn_error_tensor(ctx, fn, NULL, name, c ? 1 : 0, &c);
+  return NULL;
 }
 
-static nn_layer *bn_new(ad_ctx *ctx, const char *kind, int min_nd, int max_nd, const char *layout,
-                        int64_t c, const nn_batch_norm_opts *opts) {
+static nn_layer *bn_new(ad_ctx *ctx, const char *fn, const char *kind, int min_nd, int max_nd,
+                        const char *layout, int64_t c, const nn_batch_norm_opts *opts) {
   if (!ctx) return NULL;
   nn_batch_norm_opts o = {0};
   if (opts) o = *opts;
@@ -151,14 +154,14 @@ static nn_layer *bn_new(ad_ctx *ctx, const char *kind, int min_nd, int max_nd, c
   nn_params *p = nn_layer_params(l), *b = nn_layer_buffers(l);
   bool ok = true;
   if (!o.no_affine)
-    ok = (s->weight = add_vec(p, false, "weight", ctx, o.dtype, c, 1.0, NN_STORE_NATIVE)) &&
-         (s->bias = add_vec(p, false, "bias", ctx, o.dtype, c, 0.0, NN_STORE_NATIVE));
+    ok = (s->weight = add_vec(p, fn, false, "weight", ctx, o.dtype, c, 1.0, NN_STORE_NATIVE)) &&
+         (s->bias = add_vec(p, fn, false, "bias", ctx, o.dtype, c, 0.0, NN_STORE_NATIVE));
   if (ok && !o.no_running_stats)
-    ok =
-        (s->running_mean =
-             add_vec(b, true, "running_mean", ctx, o.dtype, c, 0.0, NN_STORE_NATIVE)) &&
-        (s->running_var = add_vec(b, true, "running_var", ctx, o.dtype, c, 1.0, NN_STORE_NATIVE)) &&
-        (s->nbt = add_vec(b, true, "num_batches_tracked", ctx, AD_F64, 0, 0.0, NN_STORE_I64));
+    ok = (s->running_mean =
+              add_vec(b, fn, true, "running_mean", ctx, o.dtype, c, 0.0, NN_STORE_NATIVE)) &&
+         (s->running_var =
+              add_vec(b, fn, true, "running_var", ctx, o.dtype, c, 1.0, NN_STORE_NATIVE)) &&
+         (s->nbt = add_vec(b, fn, true, "num_batches_tracked", ctx, AD_F64, 0, 0.0, NN_STORE_I64));
   if (!ok) {
     nn_layer_free(l);
     return NULL;
@@ -167,15 +170,18 @@ static nn_layer *bn_new(ad_ctx *ctx, const char *kind, int min_nd, int max_nd, c
 }
 
 nn_layer *nn_batch_norm1d_new(ad_ctx *ctx, int64_t num_features, const nn_batch_norm_opts *opts) {
-  return bn_new(ctx, "batch_norm1d", 2, 3, "[N, C] or [N, C, L]", num_features, opts);
+  return bn_new(ctx, "nn_batch_norm1d_new", "batch_norm1d", 2, 3, "[N, C] or [N, C, L]",
+                num_features, opts);
 }
 
 nn_layer *nn_batch_norm2d_new(ad_ctx *ctx, int64_t num_features, const nn_batch_norm_opts *opts) {
-  return bn_new(ctx, "batch_norm2d", 4, 4, "[N, C, H, W]", num_features, opts);
+  return bn_new(ctx, "nn_batch_norm2d_new", "batch_norm2d", 4, 4, "[N, C, H, W]", num_features,
+                opts);
 }
 
 nn_layer *nn_batch_norm3d_new(ad_ctx *ctx, int64_t num_features, const nn_batch_norm_opts *opts) {
-  return bn_new(ctx, "batch_norm3d", 5, 5, "[N, C, D, H, W]", num_features, opts);
+  return bn_new(ctx, "nn_batch_norm3d_new", "batch_norm3d", 5, 5, "[N, C, D, H, W]", num_features,
+                opts);
 }
 
 /* ----------------------------------------------- GroupNorm, InstanceNorm
@@ -320,10 +326,11 @@ nn_layer *nn_group_norm_new(ad_ctx *ctx, int64_t num_groups, int64_t num_channel
     return NULL;
   }
   nn_params *p = nn_layer_params(l);
-  if (!o.no_affine &&
-      !((s->weight =
-             add_vec(p, false, "weight", ctx, o.dtype, num_channels, 1.0, NN_STORE_NATIVE)) &&
-        (s->bias = add_vec(p, false, "bias", ctx, o.dtype, num_channels, 0.0, NN_STORE_NATIVE)))) {
+  const char *fn = "nn_group_norm_new";
+  if (!o.no_affine && !((s->weight = add_vec(p, fn, false, "weight", ctx, o.dtype, num_channels,
+                                             1.0, NN_STORE_NATIVE)) &&
+                        (s->bias = add_vec(p, fn, false, "bias", ctx, o.dtype, num_channels, 0.0,
+                                           NN_STORE_NATIVE)))) {
     nn_layer_free(l);
     return NULL;
   }
@@ -445,8 +452,8 @@ static void in_describe(const nn_layer *l, nn_text *t) {
 
 static const nn_layer_ops in_ops = {in_forward, in_free, in_describe};
 
-static nn_layer *in_new(ad_ctx *ctx, const char *kind, int nd, const char *layout, int64_t c,
-                        const nn_instance_norm_opts *opts) {
+static nn_layer *in_new(ad_ctx *ctx, const char *fn, const char *kind, int nd, const char *layout,
+                        int64_t c, const nn_instance_norm_opts *opts) {
   if (!ctx) return NULL;
   nn_instance_norm_opts o = {0};
   if (opts) o = *opts;
@@ -476,14 +483,14 @@ static nn_layer *in_new(ad_ctx *ctx, const char *kind, int nd, const char *layou
   nn_params *p = nn_layer_params(l), *b = nn_layer_buffers(l);
   bool ok = true;
   if (o.affine)
-    ok = (s->weight = add_vec(p, false, "weight", ctx, o.dtype, c, 1.0, NN_STORE_NATIVE)) &&
-         (s->bias = add_vec(p, false, "bias", ctx, o.dtype, c, 0.0, NN_STORE_NATIVE));
+    ok = (s->weight = add_vec(p, fn, false, "weight", ctx, o.dtype, c, 1.0, NN_STORE_NATIVE)) &&
+         (s->bias = add_vec(p, fn, false, "bias", ctx, o.dtype, c, 0.0, NN_STORE_NATIVE));
   if (ok && o.track_running_stats)
-    ok =
-        (s->running_mean =
-             add_vec(b, true, "running_mean", ctx, o.dtype, c, 0.0, NN_STORE_NATIVE)) &&
-        (s->running_var = add_vec(b, true, "running_var", ctx, o.dtype, c, 1.0, NN_STORE_NATIVE)) &&
-        (s->nbt = add_vec(b, true, "num_batches_tracked", ctx, AD_F64, 0, 0.0, NN_STORE_I64));
+    ok = (s->running_mean =
+              add_vec(b, fn, true, "running_mean", ctx, o.dtype, c, 0.0, NN_STORE_NATIVE)) &&
+         (s->running_var =
+              add_vec(b, fn, true, "running_var", ctx, o.dtype, c, 1.0, NN_STORE_NATIVE)) &&
+         (s->nbt = add_vec(b, fn, true, "num_batches_tracked", ctx, AD_F64, 0, 0.0, NN_STORE_I64));
   if (!ok) {
     nn_layer_free(l);
     return NULL;
@@ -493,15 +500,18 @@ static nn_layer *in_new(ad_ctx *ctx, const char *kind, int nd, const char *layou
 
 nn_layer *nn_instance_norm1d_new(ad_ctx *ctx, int64_t num_features,
                                  const nn_instance_norm_opts *opts) {
-  return in_new(ctx, "instance_norm1d", 3, "[N, C, L] or [C, L]", num_features, opts);
+  return in_new(ctx, "nn_instance_norm1d_new", "instance_norm1d", 3, "[N, C, L] or [C, L]",
+                num_features, opts);
 }
 
 nn_layer *nn_instance_norm2d_new(ad_ctx *ctx, int64_t num_features,
                                  const nn_instance_norm_opts *opts) {
-  return in_new(ctx, "instance_norm2d", 4, "[N, C, H, W] or [C, H, W]", num_features, opts);
+  return in_new(ctx, "nn_instance_norm2d_new", "instance_norm2d", 4, "[N, C, H, W] or [C, H, W]",
+                num_features, opts);
 }
 
 nn_layer *nn_instance_norm3d_new(ad_ctx *ctx, int64_t num_features,
                                  const nn_instance_norm_opts *opts) {
-  return in_new(ctx, "instance_norm3d", 5, "[N, C, D, H, W] or [C, D, H, W]", num_features, opts);
+  return in_new(ctx, "nn_instance_norm3d_new", "instance_norm3d", 5,
+                "[N, C, D, H, W] or [C, D, H, W]", num_features, opts);
 }

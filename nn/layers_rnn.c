@@ -611,8 +611,10 @@ static const nn_layer_ops rnn_ops = {rnn_forward, rnn_free, rnn_describe};
 
 /* ------------------------------------------------------------ the layer */
 
-nn_layer *nn_rnn_new_ext(ad_ctx *ctx, nn_rnn_cell cell, int64_t input_size, int64_t hidden_size,
-                         ad_rng *rng, const nn_rnn_opts_ext *opts) {
+/* nn_rnn_new_ext called as fn (its name in the messages that name a
+ * weight). */
+static nn_layer *rnn_new(ad_ctx *ctx, const char *fn, nn_rnn_cell cell, int64_t input_size,
+                         int64_t hidden_size, ad_rng *rng, const nn_rnn_opts_ext *opts) {
   if (!ctx) return NULL;
   nn_rnn_opts o = {0};
   int64_t proj = 0;
@@ -708,6 +710,7 @@ nn_layer *nn_rnn_new_ext(ad_ctx *ctx, nn_rnn_cell cell, int64_t input_size, int6
         char name[48];
         snprintf(name, sizeof name, "%s_l%d%s", pname[j], k, d ? "_reverse" : "");
         if (!t || nn_params_add(list, name, t, true) != AD_OK) {
+          nn_error_tensor(ctx, fn, NULL, name, j < 2 || j == 4 ? 2 : 1, sh);
           nn_layer_free(l);
           return NULL;
         }
@@ -719,19 +722,30 @@ nn_layer *nn_rnn_new_ext(ad_ctx *ctx, nn_rnn_cell cell, int64_t input_size, int6
   return l;
 }
 
-nn_layer *nn_rnn_new(ad_ctx *ctx, nn_rnn_cell cell, int64_t input_size, int64_t hidden_size,
-                     ad_rng *rng, const nn_rnn_opts *opts) {
+nn_layer *nn_rnn_new_ext(ad_ctx *ctx, nn_rnn_cell cell, int64_t input_size, int64_t hidden_size,
+                         ad_rng *rng, const nn_rnn_opts_ext *opts) {
+  return rnn_new(ctx, "nn_rnn_new_ext", cell, input_size, hidden_size, rng, opts);
+}
+
+/* nn_rnn_new called as fn. */
+static nn_layer *rnn_new_base(ad_ctx *ctx, const char *fn, nn_rnn_cell cell, int64_t input_size,
+                              int64_t hidden_size, ad_rng *rng, const nn_rnn_opts *opts) {
   nn_rnn_opts_ext o = {0};
   if (opts) o.base = *opts;
-  return nn_rnn_new_ext(ctx, cell, input_size, hidden_size, rng, &o);
+  return rnn_new(ctx, fn, cell, input_size, hidden_size, rng, &o);
+}
+
+nn_layer *nn_rnn_new(ad_ctx *ctx, nn_rnn_cell cell, int64_t input_size, int64_t hidden_size,
+                     ad_rng *rng, const nn_rnn_opts *opts) {
+  return rnn_new_base(ctx, "nn_rnn_new", cell, input_size, hidden_size, rng, opts);
 }
 
 nn_layer *nn_lstm_new(ad_ctx *ctx, int64_t input_size, int64_t hidden_size, ad_rng *rng,
                       const nn_rnn_opts *opts) {
-  return nn_rnn_new(ctx, NN_RNN_LSTM, input_size, hidden_size, rng, opts);
+  return rnn_new_base(ctx, "nn_lstm_new", NN_RNN_LSTM, input_size, hidden_size, rng, opts);
 }
 
 nn_layer *nn_gru_new(ad_ctx *ctx, int64_t input_size, int64_t hidden_size, ad_rng *rng,
                      const nn_rnn_opts *opts) {
-  return nn_rnn_new(ctx, NN_RNN_GRU, input_size, hidden_size, rng, opts);
+  return rnn_new_base(ctx, "nn_gru_new", NN_RNN_GRU, input_size, hidden_size, rng, opts);
 }

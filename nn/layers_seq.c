@@ -73,15 +73,25 @@ static void emb_describe(const nn_layer *l, nn_text *t) {
 
 static const nn_layer_ops emb_ops = {emb_forward, emb_free, emb_describe};
 
+/* nn_embedding_new_ext called as fn (its name in the messages that name
+ * the weight). */
+static nn_layer *emb_new(ad_ctx *ctx, const char *fn, int64_t num, int64_t dim, ad_rng *rng,
+                         const nn_embedding_ext_opts *opts);
+
 nn_layer *nn_embedding_new(ad_ctx *ctx, int64_t num, int64_t dim, ad_rng *rng,
                            const nn_embedding_opts *opts) {
   nn_embedding_ext_opts e = {.max_norm = 0};
   if (opts) e.base = *opts;
-  return nn_embedding_new_ext(ctx, num, dim, rng, &e);
+  return emb_new(ctx, "nn_embedding_new", num, dim, rng, &e);
 }
 
 nn_layer *nn_embedding_new_ext(ad_ctx *ctx, int64_t num, int64_t dim, ad_rng *rng,
                                const nn_embedding_ext_opts *opts) {
+  return emb_new(ctx, "nn_embedding_new_ext", num, dim, rng, opts);
+}
+
+static nn_layer *emb_new(ad_ctx *ctx, const char *fn, int64_t num, int64_t dim, ad_rng *rng,
+                         const nn_embedding_ext_opts *opts) {
   if (!ctx) return NULL;
   nn_embedding_ext_opts x = {.max_norm = 0};
   if (opts) x = *opts;
@@ -126,7 +136,7 @@ nn_layer *nn_embedding_new_ext(ad_ctx *ctx, int64_t num, int64_t dim, ad_rng *rn
     ad_free(ctx, s, sizeof *s);
     return NULL;
   }
-  s->w = nn_embedding_weight_new(nn_layer_params(l), num, dim, o.dtype, o.weight_init,
+  s->w = nn_embedding_weight_new(nn_layer_params(l), fn, num, dim, o.dtype, o.weight_init,
                                  o.padding ? s->padding_idx : -1, rng);
   if (!s->w) {
     nn_layer_free(l);
@@ -135,11 +145,11 @@ nn_layer *nn_embedding_new_ext(ad_ctx *ctx, int64_t num, int64_t dim, ad_rng *rn
   return l;
 }
 
-ad_tensor *nn_embedding_weight_new(nn_params *list, int64_t num, int64_t dim, ad_dtype dtype,
-                                   nn_init init, int64_t pad, ad_rng *rng) {
+ad_tensor *nn_embedding_weight_new(nn_params *list, const char *fn, int64_t num, int64_t dim,
+                                   ad_dtype dtype, nn_init init, int64_t pad, ad_rng *rng) {
   if (init.kind == NN_INIT_DEFAULT) init = nn_init_make(NN_INIT_NORMAL, 0.0, 1.0);
   int64_t shape[2] = {num, dim};
-  ad_tensor *w = nn_param_new(list, "weight", dtype, 2, shape, init, rng);
+  ad_tensor *w = nn_param_new(list, fn, "weight", dtype, 2, shape, init, rng);
   if (w && pad >= 0) /* PyTorch's reset_parameters zeroes the padding row */
     for (int64_t j = 0; j < dim; j++) ad_tensor_set(w, pad * dim + j, 0.0);
   return w;
@@ -241,11 +251,13 @@ nn_layer *nn_layer_norm_new(ad_ctx *ctx, int ndim, const int64_t *normalized_sha
   }
   if (!o.no_affine) {
     nn_params *p = nn_layer_params(l);
-    ad_tensor *w = ad_full(ctx, o.dtype, ndim, s->dims, 1.0);
-    ok = w && nn_params_add(p, "weight", w, true) == AD_OK;
-    ad_tensor *b = ok ? ad_zeros(ctx, o.dtype, ndim, s->dims) : NULL;
-    ok = ok && b && nn_params_add(p, "bias", b, true) == AD_OK;
-    if (!ok) {
+    const char *fn = "nn_layer_norm_new";
+    ad_tensor *w = nn_param_new(p, fn, "weight", o.dtype, ndim, s->dims,
+                                nn_init_make(NN_INIT_CONSTANT, 1.0, 0), NULL);
+    ad_tensor *b = w ? nn_param_new(p, fn, "bias", o.dtype, ndim, s->dims,
+                                    nn_init_make(NN_INIT_ZEROS, 0, 0), NULL)
+                     : NULL;
+    if (!b) {
       nn_layer_free(l);
       return NULL;
     }

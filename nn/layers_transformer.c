@@ -283,14 +283,30 @@ static void xf_describe(const nn_layer *l, nn_text *t) {
 static const nn_layer_ops xf_ops = {xf_forward, xf_free, xf_describe};
 static const nn_layer_ops xd_ops = {xd_forward, xf_free, xf_describe};
 
+/* The constructor a layer is made for (fn, its public name) and the path
+ * of the layer in it (pfx: "encoder.layers.0.", or "" for the layer
+ * itself): what the messages of a failure name. */
+typedef struct xf_who {
+  const char *fn;
+  char pfx[64];
+} xf_who;
+
+/* w's path with sub (a submodule's name and a dot) appended. */
+static xf_who xf_sub(const xf_who *w, const char *sub) {
+  xf_who r = {w->fn, ""};
+  /* the longest path, "decoder.layers.65535.multihead_attn.", fits */
+  if (snprintf(r.pfx, sizeof r.pfx, "%s%s", w->pfx, sub) >= (int)sizeof r.pfx) r.pfx[0] = '\0';
+  return r;
+}
+
 /* nn_param_new filled uniform within bound, or with the constant c when
- * bound is 0. */
-static ad_tensor *xf_param(nn_params *list, const char *name, ad_dtype dtype, int ndim,
-                           const int64_t *shape, double bound, double c, ad_rng *rng) {
+ * bound is 0; named "<fn>: <pfx><name> [shape]" on failure. */
+static ad_tensor *xf_param(nn_params *list, const xf_who *w, const char *name, ad_dtype dtype,
+                           int ndim, const int64_t *shape, double bound, double c, ad_rng *rng) {
   nn_init init = bound > 0 ? nn_init_make(NN_INIT_UNIFORM, -bound, bound)
                  : c != 0  ? nn_init_make(NN_INIT_CONSTANT, c, 0)
                            : nn_init_make(NN_INIT_ZEROS, 0, 0);
-  return nn_param_new(list, name, dtype, ndim, shape, init, rng);
+  return nn_param_new_at(list, w->fn, w->pfx, name, dtype, ndim, shape, init, rng);
 }
 
 /* The arguments' checks; AD_OK or the error recorded naming kind. */
@@ -325,10 +341,15 @@ static ad_status xf_check(ad_ctx *ctx, const char *kind, int64_t e, int64_t h,
 }
 
 /* A new attention of the layer, named name, its parameters listed in p
- * under "<name>.*"; NULL on error. */
-static nn_layer *xf_attention(ad_ctx *ctx, nn_params *p, const char *name, int64_t e, int64_t h,
-                              ad_rng *rng, const nn_mha_opts *mo) {
-  nn_layer *a = nn_multihead_attention_new(ctx, e, h, rng, mo);
+ * under "<name>.*"; NULL on error (a tensor named as w's path, name and
+ * its own). */
+static nn_layer *xf_attention(ad_ctx *ctx, nn_params *p, const xf_who *w, const char *name,
+                              int64_t e, int64_t h, ad_rng *rng, const nn_mha_opts *mo) {
+  char sub[48];
+  snprintf(sub, sizeof sub, "%s.", name);
+  xf_who aw = xf_sub(w, sub);
+  nn_mha_opts_ext x = {.base = *mo};
+  nn_layer *a = nn_mha_new_at(ctx, w->fn, aw.pfx, e, h, rng, &x);
   /* named, so that its errors read "multihead_attention 'self_attn': ..." */
   bool ok = a && nn_layer_adopt(a, name) == AD_OK;
   nn_params *mp = ok ? nn_layer_params(a) : NULL;
@@ -342,16 +363,16 @@ static nn_layer *xf_attention(ad_ctx *ctx, nn_params *p, const char *name, int64
   return NULL;
 }
 
-/* The encoder layer (dec false) or the decoder layer. */
-static nn_layer *xf_new(ad_ctx *ctx, bool dec, int64_t d_model, int64_t nhead, ad_rng *rng,
-                        const nn_transformer_opts *opts) {
+/* The encoder layer (dec false) or the decoder layer, made for w. */
+static nn_layer *xf_new(ad_ctx *ctx, const xf_who *w, bool dec, int64_t d_model, int64_t nhead,
+                        ad_rng *rng, const nn_transformer_opts *opts) {
   if (!ctx) return NULL;
   const char *kind = dec ? XD_KIND : XF_KIND;
   nn_transformer_opts o = {0};
   if (opts) o = *opts;
   if (xf_check(ctx, kind, d_model, nhead, &o, rng) != AD_OK) return NULL;
   xf_state *s = ad_malloc(ctx, sizeof *s);
-  if (!s) return NULL;
+  if (!s) return nn_error_prefix(ctx, "%s", w->fn), NULL;
   ad_rng seeds;
   ad_rng_seed(&seeds, o.seed);
   uint64_t mha_seed = ad_rng_next(&seeds);
@@ -369,6 +390,7 @@ static nn_layer *xf_new(ad_ctx *ctx, bool dec, int64_t d_model, int64_t nhead, a
   ad_rng_seed(&s->rng, ad_rng_next(&seeds));
   nn_layer *l = nn_layer_new_ext(ctx, kind, dec ? &xd_ops : &xf_ops, s);
   if (!l) {
+    nn_error_prefix(ctx, "%s", w->fn);
     ad_free(ctx, s, sizeof *s);
     return NULL;
   }
@@ -378,26 +400,27 @@ static nn_layer *xf_new(ad_ctx *ctx, bool dec, int64_t d_model, int64_t nhead, a
                     .causal = o.causal,
                     .dtype = o.dtype};
   nn_params *p = nn_layer_params(l);
-  s->mha = xf_attention(ctx, p, "self_attn", d_model, nhead, rng, &mo);
+  s->mha = xf_attention(ctx, p, w, "self_attn", d_model, nhead, rng, &mo);
   bool ok = s->mha;
   if (ok && dec) { /* the cross-attention: never causal; its seed the third draw */
     mo.causal = false, mo.seed = ad_rng_next(&seeds);
-    ok = (s->xmha = xf_attention(ctx, p, "multihead_attn", d_model, nhead, rng, &mo));
+    ok = (s->xmha = xf_attention(ctx, p, w, "multihead_attn", d_model, nhead, rng, &mo));
   }
   int64_t e = d_model, f = s->f, w1[2] = {f, e}, w2[2] = {e, f};
   double k1 = 1.0 / sqrt((double)e), k2 = 1.0 / sqrt((double)f); /* nn.Linear's bounds */
   ad_dtype dt = o.dtype;
-  ok = ok && (s->w1 = xf_param(p, "linear1.weight", dt, 2, w1, k1, 0, rng)) &&
-       (s->b1 = xf_param(p, "linear1.bias", dt, 1, &f, k1, 0, rng)) &&
-       (s->w2 = xf_param(p, "linear2.weight", dt, 2, w2, k2, 0, rng)) &&
-       (s->b2 = xf_param(p, "linear2.bias", dt, 1, &e, k2, 0, rng)) &&
-       (s->g1 = xf_param(p, "norm1.weight", dt, 1, &e, 0, 1, rng)) &&
-       (s->be1 = xf_param(p, "norm1.bias", dt, 1, &e, 0, 0, rng)) &&
-       (s->g2 = xf_param(p, "norm2.weight", dt, 1, &e, 0, 1, rng)) &&
-       (s->be2 = xf_param(p, "norm2.bias", dt, 1, &e, 0, 0, rng));
-  ok = ok && (!dec || ((s->g3 = xf_param(p, "norm3.weight", dt, 1, &e, 0, 1, rng)) &&
-                       (s->be3 = xf_param(p, "norm3.bias", dt, 1, &e, 0, 0, rng))));
+  ok = ok && (s->w1 = xf_param(p, w, "linear1.weight", dt, 2, w1, k1, 0, rng)) &&
+       (s->b1 = xf_param(p, w, "linear1.bias", dt, 1, &f, k1, 0, rng)) &&
+       (s->w2 = xf_param(p, w, "linear2.weight", dt, 2, w2, k2, 0, rng)) &&
+       (s->b2 = xf_param(p, w, "linear2.bias", dt, 1, &e, k2, 0, rng)) &&
+       (s->g1 = xf_param(p, w, "norm1.weight", dt, 1, &e, 0, 1, rng)) &&
+       (s->be1 = xf_param(p, w, "norm1.bias", dt, 1, &e, 0, 0, rng)) &&
+       (s->g2 = xf_param(p, w, "norm2.weight", dt, 1, &e, 0, 1, rng)) &&
+       (s->be2 = xf_param(p, w, "norm2.bias", dt, 1, &e, 0, 0, rng));
+  ok = ok && (!dec || ((s->g3 = xf_param(p, w, "norm3.weight", dt, 1, &e, 0, 1, rng)) &&
+                       (s->be3 = xf_param(p, w, "norm3.bias", dt, 1, &e, 0, 0, rng))));
   if (!ok) {
+    nn_error_prefix(ctx, "%s", w->fn); /* e.g. a name's copy: not a tensor */
     nn_layer_free(l);
     return NULL;
   }
@@ -406,12 +429,14 @@ static nn_layer *xf_new(ad_ctx *ctx, bool dec, int64_t d_model, int64_t nhead, a
 
 nn_layer *nn_transformer_encoder_layer_new(ad_ctx *ctx, int64_t d_model, int64_t nhead, ad_rng *rng,
                                            const nn_transformer_opts *opts) {
-  return xf_new(ctx, false, d_model, nhead, rng, opts);
+  xf_who w = {"nn_transformer_encoder_layer_new", ""};
+  return xf_new(ctx, &w, false, d_model, nhead, rng, opts);
 }
 
 nn_layer *nn_transformer_decoder_layer_new(ad_ctx *ctx, int64_t d_model, int64_t nhead, ad_rng *rng,
                                            const nn_transformer_opts *opts) {
-  return xf_new(ctx, true, d_model, nhead, rng, opts);
+  xf_who w = {"nn_transformer_decoder_layer_new", ""};
+  return xf_new(ctx, &w, true, d_model, nhead, rng, opts);
 }
 
 /* ----------------------------------------------------------------- stacks */
@@ -430,7 +455,7 @@ typedef struct xs_state {
 
 /* A copy of layer t (copy.deepcopy): the same settings and parameter
  * values, its dropout generators seeded from seed. NULL on error. */
-static nn_layer *xf_clone(nn_layer *t, bool dec, uint64_t seed) {
+static nn_layer *xf_clone(nn_layer *t, const xf_who *w, bool dec, uint64_t seed) {
   const xf_state *s = nn_layer_state(t);
   nn_transformer_opts o = {.dim_feedforward = s->f,
                            .dropout = s->dropout,
@@ -444,7 +469,7 @@ static nn_layer *xf_clone(nn_layer *t, bool dec, uint64_t seed) {
                            .dtype = s->w1->dtype};
   ad_rng rng; /* its draws are overwritten by the copy */
   ad_rng_seed(&rng, seed);
-  nn_layer *c = xf_new(nn_layer_ctx(t), dec, s->e, s->h, &rng, &o);
+  nn_layer *c = xf_new(nn_layer_ctx(t), w, dec, s->e, s->h, &rng, &o);
   nn_params *from = nn_layer_params(t), *to = c ? nn_layer_params(c) : NULL;
   for (int i = 0; c && i < nn_params_count(from); i++)
     if (ad_tensor_copy_data(nn_params_tensor(to, i), nn_params_tensor(from, i)) != AD_OK) {
@@ -528,8 +553,9 @@ static const nn_layer_ops xs_ops = {xs_forward, xs_free, xs_describe};
 static const nn_layer_ops xds_ops = {xd_forward, xs_free, xs_describe};
 
 /* The encoder stack (dec false) or the decoder stack of num_layers copies
- * of layer, which it takes (freed on failure unless another owns it). */
-static nn_layer *xs_new(nn_layer *layer, bool dec, int64_t num_layers,
+ * of layer, which it takes (freed on failure unless another owns it), made
+ * for w (its failures name w's constructor and the path). */
+static nn_layer *xs_new(const xf_who *w, nn_layer *layer, bool dec, int64_t num_layers,
                         const nn_transformer_stack_opts *opts) {
   if (!layer) return NULL; /* its constructor's error stays recorded */
   ad_ctx *ctx = nn_layer_ctx(layer);
@@ -555,6 +581,7 @@ static nn_layer *xs_new(nn_layer *layer, bool dec, int64_t num_layers,
     st = ad_set_error(ctx, AD_ERR_ARG, "%s: norm_eps %g given without norm", kind, o.norm_eps);
   xs_state *s = st == AD_OK ? ad_malloc(ctx, sizeof *s) : NULL;
   if (!s) {
+    if (st == AD_OK) nn_error_prefix(ctx, "%s", w->fn);
     nn_layer_free(layer);
     return NULL;
   }
@@ -569,6 +596,7 @@ static nn_layer *xs_new(nn_layer *layer, bool dec, int64_t num_layers,
   }
   nn_layer *l = s->saved ? nn_layer_new_ext(ctx, kind, dec ? &xds_ops : &xs_ops, s) : NULL;
   if (!l) {
+    nn_error_prefix(ctx, "%s", w->fn);
     if (!s->layers) nn_layer_free(layer);
     xs_state_free(ctx, s);
     return NULL;
@@ -577,7 +605,12 @@ static nn_layer *xs_new(nn_layer *layer, bool dec, int64_t num_layers,
    * its values; each copy's dropout draws its own masks */
   ad_rng seeds = t->rng;
   bool ok = true;
-  for (int k = 1; ok && k < n; k++) ok = (s->layers[k] = xf_clone(layer, dec, ad_rng_next(&seeds)));
+  for (int k = 1; ok && k < n; k++) {
+    char sub[32];
+    snprintf(sub, sizeof sub, "layers.%d.", k);
+    xf_who lw = xf_sub(w, sub);
+    ok = (s->layers[k] = xf_clone(layer, &lw, dec, ad_rng_next(&seeds)));
+  }
   nn_params *p = nn_layer_params(l);
   for (int k = 0; ok && k < n; k++) {
     char name[32];
@@ -594,10 +627,11 @@ static nn_layer *xs_new(nn_layer *layer, bool dec, int64_t num_layers,
     ad_rng unused;
     ad_rng_seed(&unused, 0);
     ad_dtype dt = t->w1->dtype;
-    ok = (s->g = xf_param(p, "norm.weight", dt, 1, &s->e, 0, 1, &unused)) &&
-         (s->b = xf_param(p, "norm.bias", dt, 1, &s->e, 0, 0, &unused));
+    ok = (s->g = xf_param(p, w, "norm.weight", dt, 1, &s->e, 0, 1, &unused)) &&
+         (s->b = xf_param(p, w, "norm.bias", dt, 1, &s->e, 0, 0, &unused));
   }
   if (!ok) {
+    nn_error_prefix(ctx, "%s", w->fn);
     nn_layer_free(l);
     return NULL;
   }
@@ -606,12 +640,14 @@ static nn_layer *xs_new(nn_layer *layer, bool dec, int64_t num_layers,
 
 nn_layer *nn_transformer_encoder_new(nn_layer *encoder_layer, int64_t num_layers,
                                      const nn_transformer_stack_opts *opts) {
-  return xs_new(encoder_layer, false, num_layers, opts);
+  xf_who w = {"nn_transformer_encoder_new", ""};
+  return xs_new(&w, encoder_layer, false, num_layers, opts);
 }
 
 nn_layer *nn_transformer_decoder_new(nn_layer *decoder_layer, int64_t num_layers,
                                      const nn_transformer_stack_opts *opts) {
-  return xs_new(decoder_layer, true, num_layers, opts);
+  xf_who w = {"nn_transformer_decoder_new", ""};
+  return xs_new(&w, decoder_layer, true, num_layers, opts);
 }
 
 /* ------------------------------------------------------------ transformer */
@@ -767,8 +803,10 @@ static nn_layer *xt_stack(nn_layer *t, bool dec, const char *name, int64_t e, in
                           ad_rng *rng, const nn_transformer_opts *lo) {
   ad_ctx *ctx = nn_layer_ctx(t);
   nn_transformer_stack_opts so = {.norm = true};
-  nn_layer *x = dec ? nn_transformer_decoder_new(xf_new(ctx, true, e, h, rng, lo), n, &so)
-                    : nn_transformer_encoder_new(xf_new(ctx, false, e, h, rng, lo), n, &so);
+  char sub[32];
+  snprintf(sub, sizeof sub, "%s.", name);
+  xf_who root = {"nn_transformer_new", ""}, sw = xf_sub(&root, sub), lw = xf_sub(&sw, "layers.0.");
+  nn_layer *x = xs_new(&sw, xf_new(ctx, &lw, dec, e, h, rng, lo), dec, n, &so);
   bool ok = x && nn_layer_adopt(x, name) == AD_OK;
   nn_params *xp = ok ? nn_layer_params(x) : NULL, *p = nn_layer_params(t);
   for (int i = 0; ok && i < nn_params_count(xp); i++) {
@@ -824,11 +862,12 @@ nn_layer *nn_transformer_new(ad_ctx *ctx, ad_rng *rng, const nn_transformer_mode
   nn_params *p = nn_layer_params(l);
   for (int i = 0; ok && i < nn_params_count(p); i++) {
     ad_tensor *t = nn_params_tensor(p, i);
-    if (t->ndim > 1)
-      ok = nn_init_tensor(ctx, t, nn_init_make(NN_INIT_XAVIER_UNIFORM, 0, 0), rng) == AD_OK;
+    if (t->ndim > 1 &&
+        !(ok = nn_init_tensor(ctx, t, nn_init_make(NN_INIT_XAVIER_UNIFORM, 0, 0), rng) == AD_OK))
+      nn_error_tensor(ctx, "nn_transformer_new", NULL, nn_params_name(p, i), t->ndim, t->shape);
   }
   if (!ok) {
-    name_error(l, XT_KIND);
+    nn_error_prefix(ctx, "nn_transformer_new");
     nn_layer_free(l);
     return NULL;
   }

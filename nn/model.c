@@ -142,12 +142,16 @@ ad_tensor *nn_model_add_param(nn_model *m, const char *name, ad_dtype dtype, int
     return NULL;
   }
   ad_tensor *t = ad_zeros(ctx, dtype, ndim, shape);
-  if (!t) return NULL;
-  if (init.kind != NN_INIT_DEFAULT && nn_init_tensor(ctx, t, init, rng) != AD_OK) {
+  bool ok = t && (init.kind == NN_INIT_DEFAULT || nn_init_tensor(ctx, t, init, rng) == AD_OK);
+  if (!ok)
     ad_tensor_free(t);
-    return NULL;
-  }
-  return nn_params_add(m->params, name, t, true) == AD_OK ? t : NULL;
+  else if (nn_params_add(m->params, name, t, true) == AD_OK)
+    return t;
+  if (ndim >= 0 && ndim <= AD_MAX_DIMS && (shape || ndim == 0))
+    nn_error_tensor(ctx, "nn_model_add_param", NULL, name, ndim, shape);
+  else /* no shape to show */
+    nn_error_prefix(ctx, "nn_model_add_param");
+  return NULL;
 }
 
 ad_tensor *nn_model_param(const nn_model *m, const char *name) {

@@ -130,19 +130,43 @@ double nn_now(void);
 /* The context of a parameter list. */
 ad_ctx *nn_params_ctx(const nn_params *p);
 
+/* Puts "<prefix>: " (printf-formatted) before the error recorded on ctx,
+ * keeping its status: for an entry point that failed in a call it made,
+ * whose message names that call only ("zeros: shape ... is too large").
+ * Nothing when no error is recorded, or when the message already begins
+ * with "<prefix>:" (an inner call said it). The old message is copied
+ * before it is rewritten; the result is cut short, NUL-terminated, when it
+ * does not fit the context's message; nothing is allocated. ctx may be
+ * NULL. */
+#if defined(__GNUC__)
+__attribute__((format(printf, 2, 3)))
+#endif
+void nn_error_prefix(ad_ctx *ctx, const char *fmt, ...);
+
+/* The prefix of a constructor fn (its public name, "nn_dense_new") that
+ * failed making the tensor pfx name (pfx: the path of a submodule,
+ * "self_attn.", or NULL) of shape: "<fn>: <pfx><name> [d0, d1]: <message>"
+ * (nn_error_prefix). */
+void nn_error_tensor(ad_ctx *ctx, const char *fn, const char *pfx, const char *name, int ndim,
+                     const int64_t *shape);
+
 /* A layer's new parameter: a persistent tensor of dtype and shape, filled
  * by init (NN_INIT_ZEROS leaves it as made, drawing nothing), added to list
  * under name, which owns it from then on (also when adding fails). The
- * tensor, or NULL with the error recorded. */
-ad_tensor *nn_param_new(nn_params *list, const char *name, ad_dtype dtype, int ndim,
+ * tensor, or NULL with the error recorded, named by nn_error_tensor after
+ * the constructor fn and pfx name (nn_param_new: no pfx). */
+ad_tensor *nn_param_new_at(nn_params *list, const char *fn, const char *pfx, const char *name,
+                           ad_dtype dtype, int ndim, const int64_t *shape, nn_init init,
+                           ad_rng *rng);
+ad_tensor *nn_param_new(nn_params *list, const char *fn, const char *name, ad_dtype dtype, int ndim,
                         const int64_t *shape, nn_init init, ad_rng *rng);
 
 /* An embedding layer's "weight" [num, dim] (nn.Embedding's, EmbeddingBag's):
  * init (NN_INIT_DEFAULT: PyTorch's N(0, 1)) drawn from rng, then row pad
  * zeroed (pad < 0: none) as PyTorch's reset_parameters does; added to list
- * as by nn_param_new. The tensor, or NULL with the error recorded. */
-ad_tensor *nn_embedding_weight_new(nn_params *list, int64_t num, int64_t dim, ad_dtype dtype,
-                                   nn_init init, int64_t pad, ad_rng *rng);
+ * as by nn_param_new for constructor fn. The tensor, or NULL with the error recorded. */
+ad_tensor *nn_embedding_weight_new(nn_params *list, const char *fn, int64_t num, int64_t dim,
+                                   ad_dtype dtype, nn_init init, int64_t pad, ad_rng *rng);
 
 /* The index of the first entry of p (below i) that holds tensor t, or -1:
  * a tensor listed twice (tied weights) is stepped, clipped, counted and
@@ -232,6 +256,12 @@ void nn_renorm_finish(nn_renorm_undo *u, bool restore);
  * on float x, its mask drawn as nn_dropout_new documents from one draw of
  * rng; a call that fails takes no draw. NULL with the error recorded. */
 ad_tensor *nn_dropout_apply(ad_ctx *ctx, ad_tensor *x, double p, ad_rng *rng);
+
+/* layers_attn.c: nn_multihead_attention_new_ext for constructor fn, its
+ * failures naming its tensors pfx name (a submodule's path, "self_attn.",
+ * or NULL) as nn_param_new_at does. */
+nn_layer *nn_mha_new_at(ad_ctx *ctx, const char *fn, const char *pfx, int64_t embed_dim,
+                        int64_t num_heads, ad_rng *rng, const nn_mha_opts_ext *opts);
 
 /* layers_attn.c: the generator of a multi-head attention layer's dropout
  * draws (for a layer built on it that must undo a failed call's draws);

@@ -3,6 +3,8 @@
 #include "nn_internal.h"
 
 #include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <time.h>
 
 /* uthash reports an allocation failure through the entry instead of exiting;
@@ -158,16 +160,52 @@ bool nn_params_is_buffers(const nn_params *p) { return p && p->buffers; }
 
 ad_ctx *nn_params_ctx(const nn_params *p) { return p ? p->ctx : NULL; }
 
-ad_tensor *nn_param_new(nn_params *list, const char *name, ad_dtype dtype, int ndim,
-                        const int64_t *shape, nn_init init, ad_rng *rng) {
+void nn_error_prefix(ad_ctx *ctx, const char *fmt, ...) {
+  ad_status st = ad_last_status(ctx);
+  if (!ctx || st == AD_OK) return;
+  char pre[256], old[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  int k = vsnprintf(pre, sizeof pre, fmt, ap);
+  va_end(ap);
+  if (k < 0) return;
+  const char *m = ad_last_error(ctx);
+  size_t n = strlen(pre);
+  if (strncmp(m, pre, n) == 0 && m[n] == ':') return; /* said already */
+  /* the message lives in the buffer ad_set_error writes: copied first */
+  snprintf(old, sizeof old, "%s", m);
+  ad_set_error(ctx, st, "%s: %s", pre, old);
+}
+
+void nn_error_tensor(ad_ctx *ctx, const char *fn, const char *pfx, const char *name, int ndim,
+                     const int64_t *shape) {
+  char buf[256];
+  nn_text t = {buf, sizeof buf, 0};
+  buf[0] = '\0';
+  nn_text_add(&t, "%s: %s%s [", fn, pfx ? pfx : "", name ? name : "(null)");
+  for (int k = 0; shape && k < ndim; k++)
+    nn_text_add(&t, "%s%lld", k ? ", " : "", (long long)shape[k]);
+  nn_text_add(&t, "]");
+  nn_error_prefix(ctx, "%s", buf);
+}
+
+ad_tensor *nn_param_new_at(nn_params *list, const char *fn, const char *pfx, const char *name,
+                           ad_dtype dtype, int ndim, const int64_t *shape, nn_init init,
+                           ad_rng *rng) {
   ad_ctx *ctx = nn_params_ctx(list);
   ad_tensor *t = ad_zeros(ctx, dtype, ndim, shape);
-  if (!t) return NULL;
-  if (init.kind != NN_INIT_ZEROS && nn_init_tensor(ctx, t, init, rng) != AD_OK) {
+  bool ok = t && (init.kind == NN_INIT_ZEROS || nn_init_tensor(ctx, t, init, rng) == AD_OK);
+  if (!ok)
     ad_tensor_free(t);
-    return NULL;
-  }
-  return nn_params_add(list, name, t, true) == AD_OK ? t : NULL;
+  else if (nn_params_add(list, name, t, true) == AD_OK) /* frees t when it fails */
+    return t;
+  nn_error_tensor(ctx, fn, pfx, name, ndim, shape);
+  return NULL;
+}
+
+ad_tensor *nn_param_new(nn_params *list, const char *fn, const char *name, ad_dtype dtype, int ndim,
+                        const int64_t *shape, nn_init init, ad_rng *rng) {
+  return nn_param_new_at(list, fn, NULL, name, dtype, ndim, shape, init, rng);
 }
 
 /* Grows the four parallel arrays together. */
