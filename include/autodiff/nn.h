@@ -106,6 +106,12 @@
  *   Any other failure replaces an earlier message. Only a call with no
  *   context to report to (a NULL model, layer or optimizer, and nothing
  *   else that has one) returns AD_ERR_NULL or NULL silently.
+ *   A constructor (nn_dense_new, nn_model_add_param, ...) that cannot make
+ *   one of its parameters or buffers names itself, then the tensor (its
+ *   state-dict path inside a transformer) and its shape, then the engine's
+ *   message, with the engine's status (AD_ERR_ARG above 2^40 elements,
+ *   AD_ERR_OOM): "nn_dense_new: weight [131072, 131072]: out of memory
+ *   allocating 68719476736 bytes".
  *   Nothing here aborts or exits on user input.
  *
  * Ownership
