@@ -185,17 +185,20 @@ static ad_status train_step(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_
 /* train_step as rank d->rank of d->size (see nn_dist_ops): forward and
  * backward on this rank's shard of the global batch x, y, the gradients
  * reduced by d, then the optimizer's step. *ys_out gets the shard's targets
- * (NULL for an empty shard), *pred_out its prediction. */
+ * (NULL for an empty shard), *pred_out its prediction. global > 0: x, y
+ * are already this rank's shard of a global batch of that many rows (an
+ * nn_loader's). */
 static ad_status dist_train_step(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor *x,
-                                 ad_tensor *y, double lambda_l2, const nn_dist_ops *d,
-                                 double *loss_out, ad_tensor **ys_out, int64_t *correct,
-                                 double *norms) {
+                                 ad_tensor *y, int64_t global, double lambda_l2,
+                                 const nn_dist_ops *d, double *loss_out, ad_tensor **ys_out,
+                                 int64_t *correct, double *norms) {
   ad_ctx *ctx = nn_model_ctx(m);
   nn_params *p = nn_model_params(m);
   ad_tape_reset(ctx);
   nn_params_zero_grad(p);
   if (!opt_within(opt, p)) nn_optimizer_zero_grad(opt);
   int64_t n = x->shape[0], b = n * d->rank / d->size, e = n * (d->rank + 1) / d->size;
+  if (global > 0) n = global, b = 0, e = x->shape[0];
   *ys_out = NULL;
   ad_tensor *total = NULL;
   ad_status st = AD_OK;
@@ -536,6 +539,20 @@ static int64_t split_train_rows(int64_t rows, double split) {
   return (int64_t)floor(t);
 }
 
+/* Refuses a dist of a bad rank or size or without its functions. */
+static ad_status dist_check(ad_ctx *ctx, const char *fn, const nn_dist_ops *dist) {
+  if (dist && (dist->size < 1 || dist->rank < 0 || dist->rank >= dist->size || !dist->sync ||
+               !dist->grad_begin || !dist->grad_end || !dist->sum))
+    return ad_set_error(ctx, AD_ERR_ARG,
+                        "%s: dist has rank %d of size %d%s; 0 <= rank < size and all four "
+                        "functions are needed",
+                        fn, dist->rank, dist->size,
+                        dist->sync && dist->grad_begin && dist->grad_end && dist->sum
+                            ? ""
+                            : " and a NULL function");
+  return AD_OK;
+}
+
 /* An error in nn_fit's checks, returned; with dist, after telling the
  * other ranks (dist_agree_start), which would otherwise wait for this one
  * in the start-up for ever. */
@@ -546,6 +563,29 @@ static ad_status fit_early(ad_ctx *ctx, const nn_fit_opts *o, ad_status st) {
     dist_agree_start(ctx, d, 0, false, o, NULL, NULL, st);
   return st;
 }
+
+/* The training batches of fit_run: a batcher's or a loader's. */
+typedef struct fit_src {
+  nn_batcher *b;
+  nn_loader *l;
+} fit_src;
+
+/* The next training batch: the batcher's (drained to the epoch's end after
+ * an error, so that its next epoch starts fresh), or the loader's (none
+ * after an error; its own failure into *st, and with d to the other ranks
+ * through this step's grad_end, as a failed forward's). */
+static bool src_next(fit_src *s, ad_tensor **xb, ad_tensor **yb, ad_status *st,
+                     const nn_dist_ops *d, nn_params *p) {
+  if (s->b) return nn_batcher_next(s->b, xb, yb);
+  if (*st != AD_OK) return false;
+  *st = nn_loader_next(s->l, xb, yb);
+  if (*st != AD_OK && d) d->grad_end(d->ud, p, *st);
+  return *st == AD_OK && *xb;
+}
+
+static ad_status fit_run(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, fit_src src,
+                         nn_batcher *vb, bool val, int64_t n_train, const nn_fit_opts *opts,
+                         ad_tensor *x, ad_tensor *y, nn_history **history);
 
 /* nn_fit without its floating-point mode. */
 static ad_status fit(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor *x, ad_tensor *y,
@@ -608,26 +648,30 @@ static ad_status fit(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor 
     return fit_early(ctx, &o,
                      ad_set_error(ctx, AD_ERR_ARG, "fit: no rows to train on (%lld rows, split %g)",
                                   (long long)rows, o.validation_split));
-  const nn_dist_ops *dist = o.dist;
-  if (dist && (dist->size < 1 || dist->rank < 0 || dist->rank >= dist->size || !dist->sync ||
-               !dist->grad_begin || !dist->grad_end || !dist->sum))
-    return ad_set_error(ctx, AD_ERR_ARG,
-                        "fit: dist has rank %d of size %d%s; 0 <= rank < size and all four "
-                        "functions are needed",
-                        dist->rank, dist->size,
-                        dist->sync && dist->grad_begin && dist->grad_end && dist->sum
-                            ? ""
-                            : " and a NULL function");
-  if (dist && dist->rank != 0) o.verbose = -1; /* progress from rank 0 only */
+  if (dist_check(ctx, "fit", o.dist) != AD_OK) return ad_last_status(ctx);
+  if (o.dist && o.dist->rank != 0) o.verbose = -1; /* progress from rank 0 only */
 
   nn_batcher *tb = nn_batcher_new_range(ctx, x, y, 0, n_train, o.batch_size, !o.no_shuffle, o.seed);
   nn_batcher *vb = NULL;
   if (tb && val)
     vb = o.val_x ? nn_batcher_new(ctx, o.val_x, o.val_y, o.batch_size, false, 0)
                  : nn_batcher_new_range(ctx, x, y, n_train, rows, o.batch_size, false, 0);
-  nn_history *h = tb && (!val || vb) ? history_new(ctx, o.epochs) : NULL;
+  return fit_run(m, opt, loss, (fit_src){tb, NULL}, vb, val, n_train, &o, x, y, history);
+}
+
+/* nn_fit's and nn_fit_loader's training, on the checked options o: from
+ * src (its batcher and vb are freed here; NULL: out of memory), validating
+ * on vb when val; x and y (NULL with a loader) for the ranks' agreement. */
+static ad_status fit_run(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, fit_src src,
+                         nn_batcher *vb, bool val, int64_t n_train, const nn_fit_opts *opts,
+                         ad_tensor *x, ad_tensor *y, nn_history **history) {
+  ad_ctx *ctx = nn_model_ctx(m);
+  nn_fit_opts o = *opts;
+  const nn_dist_ops *dist = o.dist;
+  char a[64], b[64];
+  nn_history *h = (src.b || src.l) && (!val || vb) ? history_new(ctx, o.epochs) : NULL;
   if (!h) {
-    nn_batcher_free(tb);
+    nn_batcher_free(src.b);
     nn_batcher_free(vb);
     ad_status oom = fail(ctx, AD_ERR_OOM);
     if (dist && dist->size > 1)
@@ -653,7 +697,7 @@ static ad_status fit(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor 
   bool tty = o.verbose == 0 && isatty(fileno(f));
   bool lines = o.verbose >= 0;
   double thr = nn_loss_threshold(loss);
-  int64_t nb = nn_batcher_batches(tb);
+  int64_t nb = src.l ? nn_loader_batches(src.l) : nn_batcher_batches(src.b);
   /* only the model's gradients are summed across ranks: a tensor the
    * optimizer steps outside the model would drift apart between them (the
    * same answer on every rank, which the agreement below passes on) */
@@ -680,13 +724,14 @@ static ad_status fit(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor 
     int64_t seen = 0, correct = 0, done = 0;
     ad_tensor *xb, *yb, *pred = NULL;
     if (norms) memset(norms, 0, norms_bytes);
-    while (nn_batcher_next(tb, &xb, &yb)) {
+    while (src_next(&src, &xb, &yb, &st, dist, nn_model_params(m))) {
       if (st != AD_OK) continue; /* drain, so the next epoch starts fresh */
       double lv = 0;             /* set only once the loss is computed */
       ad_tensor *ys = yb;        /* the targets trained on: a shard with dist */
       int64_t dist_correct = 0;
-      st = dist ? dist_train_step(m, opt, loss, xb, yb, o.lambda_l2, dist, &lv, &ys,
-                                  o.accuracy ? &dist_correct : NULL, norms)
+      st = dist ? dist_train_step(m, opt, loss, xb, yb, src.l ? nn_loader_global_rows(src.l) : 0,
+                                  o.lambda_l2, dist, &lv, &ys, o.accuracy ? &dist_correct : NULL,
+                                  norms)
                 : train_step(m, opt, loss, xb, yb, o.lambda_l2, &lv, &pred, norms);
       if (st != AD_OK) {
         if (st == AD_ERR_NAN && !isfinite(lv)) {
@@ -803,8 +848,9 @@ static ad_status fit(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor 
   if (norms) ad_free(ctx, norms, norms_bytes);
   if (es.snap) ad_free(ctx, es.snap, es.bytes);
   nn_model_set_training(m, false);
-  nn_batcher_free(tb);
+  nn_batcher_free(src.b);
   nn_batcher_free(vb);
+  nn_loader_reset(src.l); /* after an error, the rest of the epoch */
   if (history)
     *history = h;
   else
@@ -817,6 +863,67 @@ ad_status nn_fit(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor *x, 
   bool flush = !(opts && opts->keep_denormals), was = ad_flush_denormal();
   if (flush) ad_set_flush_denormal(true);
   ad_status st = fit(m, opt, loss, x, y, opts, history);
+  if (flush) ad_set_flush_denormal(was);
+  return st;
+}
+
+/* nn_fit_loader without its floating-point mode. */
+static ad_status fit_loader(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, nn_loader *l,
+                            const nn_fit_opts *opts, nn_history **history) {
+  if (history) *history = NULL;
+  ad_ctx *ctx = nn_ctx_of(m, opt);
+  nn_fit_opts o = {0};
+  if (opts) o = *opts;
+  if (!m || !opt || !loss || !l)
+    return fit_early(ctx, &o,
+                     nn_null_arg(ctx, "fit_loader",
+                                 !m      ? "model"
+                                 : !opt  ? "optimizer"
+                                 : !loss ? "loss"
+                                         : "loader"));
+  ad_status st = AD_OK;
+  if (nn_loader_ctx(l) != ctx)
+    st = ad_set_error(ctx, AD_ERR_ARG, "fit_loader: the loader belongs to another context");
+  if (st == AD_OK) st = nn_check_persistent(ctx, "fit_loader", "val_x", o.val_x);
+  if (st == AD_OK) st = nn_check_persistent(ctx, "fit_loader", "val_y", o.val_y);
+  if (st == AD_OK && (!o.val_x) != (!o.val_y))
+    st = ad_set_error(ctx, AD_ERR_NULL, "fit_loader: validation data needs both val_x and val_y");
+  if (st == AD_OK && (o.batch_size || o.seed || o.no_shuffle || o.validation_split != 0))
+    st = ad_set_error(ctx, AD_ERR_ARG,
+                      "fit_loader: batch_size %lld, seed %llu, no_shuffle %d, validation_split "
+                      "%g: batches and shuffling are the loader's (nn_loader_opts), and a split "
+                      "needs the rows in memory (pass val_x, val_y); leave them 0",
+                      (long long)o.batch_size, (unsigned long long)o.seed, (int)o.no_shuffle,
+                      o.validation_split);
+  if (st == AD_OK && o.epochs < 0)
+    st = ad_set_error(ctx, AD_ERR_ARG, "fit_loader: epochs %d", o.epochs);
+  if (st == AD_OK && nn_loader_rows(l) == 0)
+    st = ad_set_error(ctx, AD_ERR_ARG, "fit_loader: the loader has no rows to train on");
+  if (st != AD_OK) return fit_early(ctx, &o, st);
+  if (dist_check(ctx, "fit_loader", o.dist) != AD_OK) return ad_last_status(ctx);
+  const nn_loader_opts *lo = nn_loader_options(l);
+  if (o.epochs == 0) o.epochs = 1;
+  if (!o.out) o.out = stdout;
+  o.batch_size = nn_loader_batch_size(l); /* for the ranks' agreement and the validation */
+  o.seed = lo->seed;
+  o.no_shuffle = !lo->shuffle;
+  if (o.dist && o.dist->rank != 0) o.verbose = -1; /* progress from rank 0 only */
+  bool shard = o.dist && o.dist->size > 1;
+  bool val = o.val_x != NULL;
+  nn_batcher *vb = val ? nn_batcher_new(ctx, o.val_x, o.val_y, o.batch_size, false, 0) : NULL;
+  /* each rank loads only its shard of every batch */
+  bool ok = (!val || vb) && (!shard || nn_loader_shard(l, o.dist->rank, o.dist->size) == AD_OK);
+  st = fit_run(m, opt, loss, (fit_src){NULL, ok ? l : NULL}, vb, val, nn_loader_rows(l), &o, NULL,
+               NULL, history);
+  if (shard) nn_loader_shard(l, 0, 1); /* on failure, its next call allocates again */
+  return st;
+}
+
+ad_status nn_fit_loader(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, nn_loader *loader,
+                        const nn_fit_opts *opts, nn_history **history) {
+  bool flush = !(opts && opts->keep_denormals), was = ad_flush_denormal();
+  if (flush) ad_set_flush_denormal(true);
+  ad_status st = fit_loader(m, opt, loss, loader, opts, history);
   if (flush) ad_set_flush_denormal(was);
   return st;
 }

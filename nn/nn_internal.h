@@ -343,4 +343,18 @@ ad_status nn_optimizer_groups_check(const nn_optimizer *opt, const struct nn_che
 /* Accuracy threshold nn_fit and nn_evaluate use for loss. */
 double nn_loss_threshold(nn_loss_fn loss);
 
+/* nn_fit_loader's sharding (nn_dist_ops): from the next epoch, l loads
+ * only rows [n rank / size, n (rank + 1) / size) of each batch of n rows,
+ * and nn_loader_global_rows gives the last batch's n. Ends the epoch;
+ * AD_ERR_OOM for the shard's tensors (then l hands out no batch until a
+ * call succeeds). */
+ad_status nn_loader_shard(nn_loader *l, int rank, int size);
+int64_t nn_loader_global_rows(const nn_loader *l);
+/* The batch size in effect (the option's, or len when that is smaller
+ * and the last batch is kept). */
+int64_t nn_loader_batch_size(const nn_loader *l);
+/* The options it was made with, and its context. */
+const nn_loader_opts *nn_loader_options(const nn_loader *l);
+ad_ctx *nn_loader_ctx(const nn_loader *l);
+
 #endif

@@ -31,6 +31,7 @@ typedef struct world {
   nn_optimizer *opt;
   nn_params *p;
   nn_batcher *b;
+  nn_loader *ld;
   nn_history *h;
   ad_tensor *x, *y, *vx, *vy, *t[6];
   ad_tensor *out; /* a result on the tape, not freed */
@@ -85,6 +86,8 @@ static void teardown(world *w) {
   while (ad_scope_depth(w->c) > 0) cr_assert_eq(ad_scope_pop(w->c), AD_OK);
   nn_history_free(w->h);
   nn_batcher_free(w->b);
+  nn_loader_free(w->ld);
+  w->ld = NULL;
   nn_optimizer_free(w->opt);
   nn_model_free(w->m);
   nn_layer_free(w->l);
@@ -1169,6 +1172,41 @@ static ad_status run_fit(world *w) {
 Test(nn_oom, fit_with_validation_history_and_early_stopping) {
   for (g_kind = 0; g_kind < 2; g_kind++)
     sweep(&(scenario){"fit", setup_fit, run_fit, print_model, false, false});
+}
+
+/* nn_loader_new, two epochs of batches, and nn_fit_loader on it (the
+ * data set serves w->x, w->y) with 0 (g_kind 0) or 2 workers */
+static int get_world_row(void *ud, int64_t i, void *x, void *y, char *msg) {
+  const world *w = ud;
+  (void)msg;
+  memcpy(x, (const float *)w->x->data + 16 * i, 16 * sizeof(float));
+  memcpy(y, (const int32_t *)w->y->data + i, sizeof(int32_t));
+  return 0;
+}
+
+static ad_status run_loader(world *w) {
+  nn_dataset ds = {.len = w->x->shape[0],
+                   .x_dtype = AD_F32,
+                   .x_ndim = 3,
+                   .x_shape = {1, 4, 4},
+                   .y_dtype = AD_I32,
+                   .get = get_world_row,
+                   .ud = w};
+  nn_loader_opts lo = {.batch_size = 4, .shuffle = true, .seed = 2, .num_workers = 2 * g_kind};
+  if (!(w->ld = nn_loader_new(w->c, &ds, &lo))) return ad_last_status(w->c);
+  ad_tensor *xb, *yb;
+  for (int e = 0; e < 2; e++) {
+    ad_status st;
+    while ((st = nn_loader_next(w->ld, &xb, &yb)) == AD_OK && xb) continue;
+    if (st != AD_OK) return st;
+  }
+  nn_fit_opts fo = {.epochs = 2, .verbose = -1, .accuracy = true, .val_x = w->vx, .val_y = w->vy};
+  return nn_fit_loader(w->m, w->opt, nn_cross_entropy_loss, w->ld, &fo, &w->h);
+}
+
+Test(nn_oom, loader_and_fit_loader) {
+  for (g_kind = 0; g_kind < 2; g_kind++)
+    sweep(&(scenario){"fit_loader", setup_fit, run_loader, print_model, false, false});
 }
 
 static ad_status run_eval(world *w) {

@@ -61,13 +61,15 @@
  *                reduction on a
  *                plateau of a metric. Their state tensors are named so that
  *                checkpoints can resume training.
- *   data         nn_batcher (mini-batches with seeded shuffling) and
- *                nn_train_test_split.
+ *   data         nn_batcher (mini-batches with seeded shuffling),
+ *                nn_train_test_split, and nn_loader (PyTorch's DataLoader
+ *                over an nn_dataset callback, with worker threads).
  *   training     nn_fit in the spirit of Keras' model.fit (epochs, batches,
  *                shuffling, validation split, loss and accuracy, a history
  *                with gradient norms and CSV output, early stopping,
  *                a live progress bar on a terminal), nn_evaluate and
- *                nn_predict (no-grad), nn_train_step for hand-written loops.
+ *                nn_predict (no-grad), nn_train_step for hand-written loops;
+ *                nn_fit_loader on an nn_loader.
  *   files        nn_io.h: IDX data sets and safetensors checkpoints;
  *                nn_model_save / nn_model_load use them for a model and its
  *                optimizer.
@@ -3484,6 +3486,100 @@ NN_API int64_t nn_batcher_rows(const nn_batcher *b);
 /** Frees the batcher and its buffers. NULL is a no-op. */
 NN_API void nn_batcher_free(nn_batcher *b);
 
+/* ---------------------------------------------------------------- loader */
+
+/** Longest message a dataset's get may leave (with its NUL). */
+#define NN_SAMPLE_MSG_MAX 200
+
+/** A map-style data set (PyTorch's torch.utils.data.Dataset with
+ * __len__ and __getitem__), produced one sample at a time by a callback,
+ * for data that does not fit in memory or needs per-sample work (decoding,
+ * augmentation). A sample is an x of x_shape (x_ndim axes, 0..AD_MAX_DIMS-1,
+ * dtype AD_F32 or AD_F64) and a y of y_shape (y_ndim axes; AD_F32, AD_F64,
+ * or AD_I32 for class labels); a batch of n samples has the shapes
+ * [n, x_shape...] and [n, y_shape...].
+ *
+ * get(ud, index, x, y, msg) writes sample index (0 <= index < len) into
+ * x (prod(x_shape) elements of x_dtype, row-major) and y (likewise) and
+ * returns 0; or returns any other value, after writing a NUL-terminated
+ * reason into msg (NN_SAMPLE_MSG_MAX bytes; it may leave it empty), which
+ * stops the epoch (see nn_loader_next). With num_workers > 0, get is
+ * called from the loader's threads, several at once with the same ud:
+ * it must be safe for that (read-only ud, or its own locking), and must
+ * not call into the engine (ad_ or nn_ functions) with the loader's
+ * context. */
+typedef struct nn_dataset {
+  int64_t len; /**< samples, >= 0 */
+  ad_dtype x_dtype;
+  int x_ndim;
+  int64_t x_shape[AD_MAX_DIMS - 1];
+  ad_dtype y_dtype;
+  int y_ndim;
+  int64_t y_shape[AD_MAX_DIMS - 1];
+  int (*get)(void *ud, int64_t index, void *x, void *y, char *msg);
+  void *ud;
+} nn_dataset;
+
+/** Options of nn_loader_new (PyTorch's DataLoader arguments). All-zero
+ * means the defaults. */
+typedef struct nn_loader_opts {
+  int64_t batch_size; /**< samples per batch; 0: 1 (DataLoader's default); < 0 refused */
+  bool shuffle;       /**< reshuffle every epoch (else index order) */
+  uint64_t seed;      /**< of the shuffling */
+  bool drop_last;     /**< drop the last batch when it is smaller */
+  int num_workers;    /**< threads calling get; 0: get runs in nn_loader_next's thread */
+  int prefetch;       /**< batches loaded ahead, with workers; 0: 2 * num_workers
+                           (DataLoader's prefetch_factor 2); else >= 1 */
+} nn_loader_opts;
+
+/** An iterator over batches of an nn_dataset (PyTorch's DataLoader).
+ * Opaque. */
+typedef struct nn_loader nn_loader;
+
+/** A loader of ds's samples in batches for ctx. ds is copied (ud is kept
+ * and must outlive the loader). Each epoch visits every index once: in
+ * order or, with shuffle, in the order of nn_permutation drawn from an
+ * ad_rng seeded once with seed, so epoch e's order is the same as
+ * nn_batcher's with that seed: a loader over a data set and nn_batcher over
+ * the same samples in memory give the same batches (not PyTorch's
+ * RandomSampler order, which comes from torch's generator). With
+ * num_workers > 0, that many threads (pthreads, the loader's own, not the
+ * engine's, ad_set_num_threads) load up to prefetch batches ahead into
+ * buffers of the loader; the batches still come out in the epoch's order.
+ * The threads never touch ctx or its tensors. Returns NULL with
+ * AD_ERR_NULL (ctx, ds or get NULL), AD_ERR_ARG (len < 0, a bad dtype,
+ * ndim or dimension < 0, batch size < 0, num_workers < 0 or over 256,
+ * prefetch < 0, or a batch whose byte size overflows), AD_ERR_OOM, or
+ * AD_ERR_STATE when a thread cannot be started. */
+NN_API nn_loader *nn_loader_new(ad_ctx *ctx, const nn_dataset *ds, const nn_loader_opts *opts);
+
+/** The next batch of the epoch: *xb and *yb (both required) point to
+ * tensors that belong to the loader, overwritten by the next call (as
+ * nn_batcher_next's: a backward through ops that read the last batch
+ * refuses with AD_ERR_STATE; ad_tensor_clone keeps one). Returns AD_OK
+ * with a batch; AD_OK with *xb = *yb = NULL once the epoch is done (the
+ * next call starts a new one, reshuffled); or an error with both NULL:
+ * AD_ERR_IO "loader: sample <i>: <msg>" when get failed for index i (the
+ * first failure in the epoch's order; the epoch ends there, the workers
+ * stop, and the next call starts a new epoch), AD_ERR_NULL, or AD_ERR_OOM
+ * (the write could not be noted). */
+NN_API ad_status nn_loader_next(nn_loader *l, ad_tensor **xb, ad_tensor **yb);
+
+/** Ends the current epoch early: batches loaded ahead are dropped (after
+ * the calls of get in flight return); the next nn_loader_next starts a new
+ * epoch. NULL is a no-op. */
+NN_API void nn_loader_reset(nn_loader *l);
+
+/** Batches per epoch (ceil(len / batch_size), or floor with drop_last),
+ * and samples per epoch (those batches' rows). 0 for NULL. @{ */
+NN_API int64_t nn_loader_batches(const nn_loader *l);
+NN_API int64_t nn_loader_rows(const nn_loader *l);
+/** @} */
+
+/** Stops and joins the threads (also mid-epoch, after the calls of get in
+ * flight return) and frees the loader and its tensors. NULL is a no-op. */
+NN_API void nn_loader_free(nn_loader *l);
+
 /* ============================================================== training */
 
 /** One training step: ad_tape_reset, zero the gradients, forward x in
@@ -3752,6 +3848,28 @@ typedef struct nn_fit_opts {
  * Returns AD_OK or the error that stopped training. */
 NN_API ad_status nn_fit(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor *x, ad_tensor *y,
                         const nn_fit_opts *opts, nn_history **history);
+
+/** nn_fit on the batches of a loader (PyTorch's loop over a DataLoader,
+ * Keras' fit on a generator): the same training, history, validation on
+ * val_x / val_y, early stopping, schedules and progress, with the loader's
+ * batch size, shuffle and seed. For a data set whose get gives the rows of
+ * x and y, and a loader with nn_fit's batch size, seed and shuffle (its
+ * shuffle = !no_shuffle), the parameters and the history's losses are
+ * those of nn_fit on x, y bit for bit, whatever the number of workers.
+ * opts' batch_size, seed, no_shuffle and validation_split must be 0 (a
+ * split needs the rows in memory: give val_x and val_y), else AD_ERR_ARG.
+ * With opts->dist, every rank passes a loader over the same data set with
+ * the same options, and loads only its shard of each global batch (the
+ * rows nn_fit's sharding gives it); the ranks' agreement checks the rows,
+ * batch size and seed but not the samples' values. A failing get stops
+ * training with its error (AD_ERR_IO, "loader: sample <i>: ..."), with
+ * dist on every rank. The loader's epoch is ended on return (the loader is
+ * not freed); each epoch of training is one of the loader's, so a later
+ * nn_fit_loader goes on with its next shuffles. AD_ERR_NULL (m, opt, loss
+ * or loader NULL), AD_ERR_ARG (a loader of another context, no rows per
+ * epoch, bad options), or as nn_fit. */
+NN_API ad_status nn_fit_loader(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, nn_loader *loader,
+                               const nn_fit_opts *opts, nn_history **history);
 
 /** Epochs recorded. */
 NN_API int nn_history_epochs(const nn_history *h);
