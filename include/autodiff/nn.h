@@ -3509,15 +3509,17 @@ NN_API void nn_batcher_free(nn_batcher *b);
  * not call into the engine (ad_ or nn_ functions) with the loader's
  * context. */
 typedef struct nn_dataset {
-  int64_t len; /**< samples, >= 0 */
-  ad_dtype x_dtype;
-  int x_ndim;
-  int64_t x_shape[AD_MAX_DIMS - 1];
-  ad_dtype y_dtype;
-  int y_ndim;
-  int64_t y_shape[AD_MAX_DIMS - 1];
+  int64_t len;                      /**< samples, >= 0 */
+  ad_dtype x_dtype;                 /**< AD_F32 or AD_F64 */
+  int x_ndim;                       /**< axes of one x, 0..AD_MAX_DIMS-1 */
+  int64_t x_shape[AD_MAX_DIMS - 1]; /**< one x's shape (x_ndim entries read) */
+  ad_dtype y_dtype;                 /**< AD_F32, AD_F64 or AD_I32 (labels) */
+  int y_ndim;                       /**< axes of one y, 0..AD_MAX_DIMS-1 */
+  int64_t y_shape[AD_MAX_DIMS - 1]; /**< one y's shape (y_ndim entries read) */
+  /** writes sample index into x and y; 0, or non-zero with a reason in
+   * msg (see above) */
   int (*get)(void *ud, int64_t index, void *x, void *y, char *msg);
-  void *ud;
+  void *ud; /**< get's first argument, owned by the caller */
 } nn_dataset;
 
 /** Options of nn_loader_new (PyTorch's DataLoader arguments). All-zero
