@@ -7,6 +7,7 @@
 #include "nn.h"
 #include "nn_fixtures.h"
 #include "test_alloc.h"
+#include "test_tensor_of.h"
 
 #include <criterion/criterion.h>
 #include <math.h>
@@ -15,13 +16,6 @@
 TEST_CTX_SUITE(cnn);
 
 #define CNN_FIXTURE "tests/fixtures/torch_cnn.safetensors"
-
-static ad_tensor *tensor_of(ad_dtype dt, int ndim, const int64_t *shape, const double *v) {
-  ad_tensor *t = ad_zeros(ctx, dt, ndim, shape);
-  cr_assert_not_null(t, "%s", ad_last_error(ctx));
-  for (int64_t i = 0; i < t->size; i++) ad_tensor_set(t, i, v[i]);
-  return t;
-}
 
 static void expect_close(const ad_tensor *t, const double *want, int64_t n, double tol,
                          const char *what) {

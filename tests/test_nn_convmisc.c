@@ -10,6 +10,7 @@
 #include "nn.h"
 #include "test_alloc.h"
 #include "test_layer_fd.h"
+#include "test_tensor_of.h"
 
 #include <criterion/criterion.h>
 #include <math.h>
@@ -17,13 +18,6 @@
 #include <string.h>
 
 TEST_CTX_SUITE(convmisc);
-
-static ad_tensor *tensor_of(ad_dtype dt, int ndim, const int64_t *shape, const double *v) {
-  ad_tensor *t = ad_zeros(ctx, dt, ndim, shape);
-  cr_assert_not_null(t, "%s", ad_last_error(ctx));
-  for (int64_t i = 0; v && i < t->size; i++) cr_assert_eq(ad_tensor_set(t, i, v[i]), AD_OK);
-  return t;
-}
 
 /* |t[i] - want[i]| <= tol (1 + |want[i]|) for the n elements. */
 static void expect_close(const ad_tensor *t, fx_ref want, double tol, const char *cname,

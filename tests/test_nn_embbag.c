@@ -36,19 +36,13 @@ typedef struct embbag_case {
 } embbag_case;
 
 #include "embbag_fixtures.h"
+#include "test_tensor_of.h"
 
 static const embbag_case cases[] = {EMBBAG_CASES};
 
 TEST_CTX_SUITE(embbag);
 
 #define expect_error(...) test_expect_error(ctx, __VA_ARGS__)
-
-static ad_tensor *tensor_of(ad_dtype dt, int ndim, const int64_t *shape, const double *v) {
-  ad_tensor *t = ad_zeros(ctx, dt, ndim, shape);
-  cr_assert_not_null(t);
-  for (int64_t i = 0; i < t->size; i++) ad_tensor_set(t, i, v[i]);
-  return t;
-}
 
 /* n values of t against want from *at on (advanced), within tol relative
  * to max(1, |want|); NaN where PyTorch has NaN. */

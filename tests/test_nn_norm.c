@@ -7,6 +7,7 @@
 #include "nn.h"
 #include "nn_fixtures.h"
 #include "test_tmpdir.h"
+#include "test_tensor_of.h"
 
 #include <criterion/criterion.h>
 #include <math.h>
@@ -21,14 +22,6 @@ TestSuite(bn_ckpt, .init = test_tmpdir_setup, .fini = test_tmpdir_teardown);
 
 /* BN_N rows per batch, BN_STEPS steps (tools/gen_nn_fixtures.py). */
 enum { BN_N = 4, BN_STEPS = 3, BN_ROWS = BN_N * BN_STEPS, BN_EVAL_ROWS = 5 };
-
-static ad_tensor *tensor_of(ad_ctx *c, ad_dtype dt, int ndim, const int64_t *shape,
-                            const double *v) {
-  ad_tensor *t = ad_zeros(c, dt, ndim, shape);
-  cr_assert_not_null(t);
-  for (int64_t i = 0; v && i < t->size; i++) ad_tensor_set(t, i, v[i]);
-  return t;
-}
 
 static ad_tensor *labels_of(ad_ctx *c, int64_t n, const int32_t *v) {
   ad_tensor *t = ad_from_data(c, AD_I32, 1, &n, v);
@@ -347,7 +340,7 @@ static void pytorch_steps(ad_dtype dt, const double *train, const double *bufs,
   cr_assert_not_null(opt);
   int64_t xs[4] = {BN_N, 2, 3, 3};
   for (int t = 0; t < BN_STEPS; t++) {
-    ad_tensor *x = tensor_of(ctx, dt, 4, xs, bn_x + t * BN_N * 18);
+    ad_tensor *x = test_tensor_of(ctx, dt, 4, xs, bn_x + t * BN_N * 18);
     ad_tensor *y = labels_of(ctx, BN_N, bn_y + t * BN_N);
     ad_tape_reset(ctx);
     nn_optimizer_zero_grad(opt);
@@ -365,7 +358,7 @@ static void pytorch_steps(ad_dtype dt, const double *train, const double *bufs,
   expect_params(m, params, tol);
   nn_model_set_training(m, false);
   int64_t es[4] = {BN_EVAL_ROWS, 2, 3, 3};
-  ad_tensor *xe = tensor_of(ctx, dt, 4, es, bn_xe);
+  ad_tensor *xe = test_tensor_of(ctx, dt, 4, es, bn_xe);
   ad_tape_reset(ctx);
   expect_close(nn_model_forward(m, xe), eval, BN_EVAL_ROWS * 3, tol, "eval logits");
   /* evaluation changes no buffer */
@@ -389,8 +382,9 @@ Test(batchnorm, fit_evaluate_predict_match_pytorch) {
   nn_model *m = bn_model(ctx, AD_F64);
   nn_optimizer *opt = nn_sgd_new(nn_model_params(m), 0.1, 0.9, false, 0.01);
   int64_t xs[4] = {BN_ROWS, 2, 3, 3}, es[4] = {BN_EVAL_ROWS, 2, 3, 3};
-  ad_tensor *x = tensor_of(ctx, AD_F64, 4, xs, bn_x), *y = labels_of(ctx, BN_ROWS, bn_y);
-  ad_tensor *xe = tensor_of(ctx, AD_F64, 4, es, bn_xe), *ye = labels_of(ctx, BN_EVAL_ROWS, bn_ye);
+  ad_tensor *x = test_tensor_of(ctx, AD_F64, 4, xs, bn_x), *y = labels_of(ctx, BN_ROWS, bn_y);
+  ad_tensor *xe = test_tensor_of(ctx, AD_F64, 4, es, bn_xe),
+            *ye = labels_of(ctx, BN_EVAL_ROWS, bn_ye);
   nn_fit_opts fo = {.epochs = 1, .batch_size = BN_N, .no_shuffle = true, .verbose = -1};
   nn_history *h = NULL;
   cr_assert_eq(nn_fit(m, opt, nn_cross_entropy_loss, x, y, &fo, &h), AD_OK, "%s",
@@ -428,7 +422,8 @@ Test(batchnorm, cumulative_average_on_3d_input_matches_pytorch) {
     ad_tensor_set(nn_params_find(nn_layer_params(l), "bias"), c, b[c]);
   }
   int64_t s[3] = {4, 3, 5};
-  ad_tensor *x1 = tensor_of(ctx, AD_F64, 3, s, bc_x1), *x2 = tensor_of(ctx, AD_F64, 3, s, bc_x2);
+  ad_tensor *x1 = test_tensor_of(ctx, AD_F64, 3, s, bc_x1),
+            *x2 = test_tensor_of(ctx, AD_F64, 3, s, bc_x2);
   expect_close(nn_layer_forward(l, x1, true), bc_train, 60, 1e-10, "train 1");
   expect_close(nn_layer_forward(l, x2, true), bc_train + 60, 60, 1e-10, "train 2");
   nn_params *bf = nn_layer_buffers(l);
@@ -455,7 +450,7 @@ Test(batchnorm, cumulative_average_refuses_a_negative_count) {
   nn_params *bf = nn_layer_buffers(l);
   cr_assert_eq(ad_tensor_set(nn_params_find(bf, "num_batches_tracked"), 0, -1), AD_OK);
   int64_t s[2] = {4, 3};
-  ad_tensor *x = tensor_of(ctx, AD_F64, 2, s, bc_x1);
+  ad_tensor *x = test_tensor_of(ctx, AD_F64, 2, s, bc_x1);
   ad_tensor *y = nn_layer_forward(l, x, true);
   const char *msg = ad_last_error(ctx);
   cr_expect_null(y);
@@ -525,7 +520,7 @@ Test(bn_ckpt, pytorch_state_dict_loads) {
   cr_assert_eq(ad_tensor_item(nn_params_find(nn_model_buffers(m), "3.num_batches_tracked")),
                BN_STEPS);
   int64_t es[4] = {BN_EVAL_ROWS, 2, 3, 3};
-  ad_tensor *xe = tensor_of(ctx, AD_F32, 4, es, bn_xe);
+  ad_tensor *xe = test_tensor_of(ctx, AD_F32, 4, es, bn_xe);
   ad_tensor *pred = nn_predict(m, xe, 0);
   expect_close(pred, bn_f32_eval, BN_EVAL_ROWS * 3, 1e-5, "logits");
   ad_tensor_free(pred);
@@ -577,7 +572,7 @@ Test(bn_ckpt, model_and_optimizer_round_trip) {
   nn_optimizer *opt = nn_sgd_new(nn_model_params(m), 0.1, 0.9, false, 0.01);
   nn_optimizer *opt2 = nn_sgd_new(nn_model_params(m2), 0.1, 0.9, false, 0.01);
   int64_t xs[4] = {BN_ROWS, 2, 3, 3};
-  ad_tensor *x = tensor_of(ctx, AD_F64, 4, xs, bn_x), *y = labels_of(ctx, BN_ROWS, bn_y);
+  ad_tensor *x = test_tensor_of(ctx, AD_F64, 4, xs, bn_x), *y = labels_of(ctx, BN_ROWS, bn_y);
   nn_fit_opts fo = {.epochs = 1, .batch_size = BN_N, .no_shuffle = true, .verbose = -1};
   cr_assert_eq(nn_fit(m, opt, nn_cross_entropy_loss, x, y, &fo, NULL), AD_OK);
   const char *path = test_path("m.safetensors");

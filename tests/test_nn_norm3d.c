@@ -16,6 +16,7 @@
 #include "norm3d_fixtures.h"
 #include "test_layer_fd.h"
 #include "test_tmpdir.h"
+#include "test_tensor_of.h"
 
 #include <criterion/criterion.h>
 #include <math.h>
@@ -27,13 +28,6 @@
 TEST_TMPDIR_SUITE(norm3d, "nn-norm3d");
 
 static void expect_msg(ad_status st, const char *needle) { expect_status_msg(ctx, st, needle); }
-
-static ad_tensor *tensor_of(ad_dtype dt, int ndim, const int64_t *shape, const double *v) {
-  ad_tensor *t = ad_zeros(ctx, dt, ndim, shape);
-  cr_assert_not_null(t);
-  for (int64_t i = 0; v && i < t->size; i++) cr_assert_eq(ad_tensor_set(t, i, v[i]), AD_OK);
-  return t;
-}
 
 /* |t[i] - want[i]| <= tol max(1, |want[i]|) for the n elements. */
 static void expect_close(const ad_tensor *t, const double *want, int64_t n, double tol,

@@ -12,6 +12,7 @@
 #include "nn.h"
 #include "resample_fixtures.h"
 #include "test_tmpdir.h"
+#include "test_tensor_of.h"
 
 #include <criterion/criterion.h>
 #include <math.h>
@@ -27,13 +28,6 @@ static void expect_msg(ad_status st, const char *needle) {
                ad_last_error(ctx));
   cr_assert(strstr(ad_last_error(ctx), needle), "message: %s", ad_last_error(ctx));
   ad_clear_error(ctx);
-}
-
-static ad_tensor *tensor_of(ad_dtype dt, int ndim, const int64_t *shape, const double *v) {
-  ad_tensor *t = ad_zeros(ctx, dt, ndim, shape);
-  cr_assert_not_null(t, "%s", ad_last_error(ctx));
-  for (int64_t i = 0; v && i < t->size; i++) cr_assert_eq(ad_tensor_set(t, i, v[i]), AD_OK);
-  return t;
 }
 
 static void expect_close(const ad_tensor *t, const double *want, int64_t n, double tol,

@@ -14,6 +14,7 @@
 #include "nn.h"
 #include "test_alloc.h"
 #include "unpool_fixtures.h"
+#include "test_tensor_of.h"
 
 #include <criterion/criterion.h>
 #include <math.h>
@@ -24,13 +25,6 @@
 #define N_UNPOOL ((int)(sizeof unpool_cases / sizeof unpool_cases[0]))
 
 TEST_CTX_SUITE(unpool);
-
-static ad_tensor *tensor_of(ad_dtype dt, int ndim, const int64_t *shape, const double *v) {
-  ad_tensor *t = ad_zeros(ctx, dt, ndim, shape);
-  cr_assert_not_null(t, "%s", ad_last_error(ctx));
-  for (int64_t i = 0; v && i < t->size; i++) cr_assert_eq(ad_tensor_set(t, i, v[i]), AD_OK);
-  return t;
-}
 
 /* t against want, NaN matching NaN and an infinity the same infinity */
 static void expect_close(const ad_tensor *t, const double *want, int64_t n, double tol,
