@@ -9,6 +9,7 @@
 #include "nn_io.h"
 
 #include <float.h>
+#include <stddef.h>
 #include <math.h>
 
 #define MAX_SLOT_STATE 3
@@ -69,6 +70,9 @@ struct nn_optimizer {
   int64_t *milestones;    /* owned, sched.n_milestones entries */
 
   nn_schedule_ext2 sched2; /* the whole schedule: sched and sched_view are views of it */
+  nn_schedule_ext2 *kids;  /* owned copy of a sequential's or chained's children, */
+  int64_t *kid_ms;         /* and of their milestones (n_kid_ms in all) */
+  int n_kid_ms;
   bool has_plateau;
   nn_plateau plateau;
   /* 0-d f64 state tensors, so that checkpoints keep them: the current
@@ -586,6 +590,8 @@ void nn_optimizer_free(nn_optimizer *o) {
   ad_free(ctx, o->ts, (size_t)o->ts_cap * sizeof *o->ts);
   ad_free(ctx, o->more, (size_t)o->more_cap * sizeof *o->more);
   ad_free(ctx, o->milestones, (size_t)o->sched.n_milestones * sizeof *o->milestones);
+  ad_free(ctx, o->kids, (size_t)o->sched2.n_schedulers * sizeof *o->kids);
+  ad_free(ctx, o->kid_ms, (size_t)o->n_kid_ms * sizeof *o->kid_ms);
   ad_free(ctx, o, sizeof *o);
 }
 
@@ -1114,7 +1120,24 @@ static bool ext_only(nn_sched_kind k) {
 /* The kinds of nn_schedule_ext2 only */
 static bool ext2_only(nn_sched_kind k) {
   return k == NN_SCHED_ONECYCLE || k == NN_SCHED_COSINE_RESTARTS || k == NN_SCHED_CONSTANT_FACTOR ||
-         k == NN_SCHED_POLYNOMIAL || k == NN_SCHED_LAMBDA || k == NN_SCHED_MULTIPLICATIVE;
+         k == NN_SCHED_POLYNOMIAL || k == NN_SCHED_LAMBDA || k == NN_SCHED_MULTIPLICATIVE ||
+         k == NN_SCHED_CYCLIC || k == NN_SCHED_SEQUENTIAL || k == NN_SCHED_CHAINED;
+}
+
+/* The size of nn_schedule_ext2 before cyclic, sequential and chained: it
+ * ended at lambda_ud */
+#define EXT2_V1_SIZE offsetof(nn_schedule_ext2, base_lr)
+_Static_assert(offsetof(nn_schedule_ext2, lambda_ud) + sizeof(void *) == EXT2_V1_SIZE,
+               "base_lr follows lambda_ud");
+
+/* s read by its size (see nn.h): *out the whole struct, or false for a
+ * size this version does not know */
+static bool ext2_read(const nn_schedule_ext2 *s, nn_schedule_ext2 *out) {
+  if (s->size != sizeof *s && s->size != EXT2_V1_SIZE) return false;
+  memset(out, 0, sizeof *out);
+  memcpy(out, s, s->size);
+  out->size = sizeof *out;
+  return true;
 }
 
 static nn_schedule_ext2 ext2_of(const nn_schedule_ext *s) {
@@ -1181,6 +1204,16 @@ nn_schedule_ext2 nn_schedule_ext2_defaults(nn_sched_kind kind) {
   case NN_SCHED_POLYNOMIAL:
     e.total_iters = 5;
     e.power = 1;
+    break;
+  case NN_SCHED_CYCLIC:
+    e.step_per_batch = true;
+    e.cycle_momentum = true;
+    e.base_lr = NAN;
+    e.max_lr = NAN;
+    e.step_size_up = 2000;
+    e.gamma = 1;
+    e.base_momentum = 0.8;
+    e.max_momentum = 0.9;
     break;
   default:
     break;
@@ -1261,6 +1294,105 @@ static double onecycle_momentum(const nn_schedule_ext2 *s, int64_t t) {
   return anneal(s->anneal, i == 1 ? lo : hi, i == 0 ? lo : hi, pct);
 }
 
+/* ---- CyclicLR: PyTorch's get_lr */
+
+/* f * scale at step t (PyTorch's scale_factor times scale_fn) */
+static double cyclic_height(const nn_schedule_ext2 *s, int64_t t, double *f) {
+  double up = (double)s->step_size_up,
+         down = s->step_size_down ? (double)s->step_size_down : (double)s->step_size_up;
+  double total = up + down, ratio = up / total;
+  double cycle = floor(1 + (double)t / total), x = 1. + (double)t / total - cycle;
+  *f = x <= ratio ? x / ratio : (x - 1) / (ratio - 1);
+  bool by_cycle = s->scale_fn ? s->scale_mode == NN_SCALE_CYCLE : s->mode != NN_CYCLIC_EXP_RANGE;
+  int64_t at = by_cycle ? (int64_t)cycle : t;
+  if (s->scale_fn) return s->scale_fn(at, s->scale_ud);
+  switch (s->mode) {
+  case NN_CYCLIC_TRIANGULAR:
+    return 1.;
+  case NN_CYCLIC_TRIANGULAR2:
+    return 1 / pow(2., (double)(at - 1));
+  default:
+    return pow(s->gamma, (double)at);
+  }
+}
+
+/* group base lr0's maximum (see nn.h) */
+static double cyclic_max(const nn_schedule_ext2 *s, double lr0) {
+  return s->base_lr > 0 ? s->max_lr * (lr0 / s->base_lr) : s->max_lr;
+}
+
+static double cyclic_lr(const nn_schedule_ext2 *s, double lr0, int64_t t) {
+  double f, scale = cyclic_height(s, t, &f);
+  double base_height = (cyclic_max(s, lr0) - lr0) * f;
+  return lr0 + base_height * scale;
+}
+
+static double cyclic_momentum(const nn_schedule_ext2 *s, int64_t t) {
+  double f, scale = cyclic_height(s, t, &f);
+  double base_height = (s->max_momentum - s->base_momentum) * f;
+  return s->max_momentum - base_height * scale;
+}
+
+static const char *sched_problem(const nn_schedule_ext2 *s);
+
+/* The kinds a sequential or chained may hold (see nn.h) */
+static bool kid_kind(nn_sched_kind k) {
+  switch (k) {
+  case NN_SCHED_STEP:
+  case NN_SCHED_EXPONENTIAL:
+  case NN_SCHED_COSINE:
+  case NN_SCHED_MULTISTEP:
+  case NN_SCHED_LINEAR:
+  case NN_SCHED_CONSTANT_FACTOR:
+  case NN_SCHED_POLYNOMIAL:
+  case NN_SCHED_LAMBDA:
+  case NN_SCHED_MULTIPLICATIVE:
+  case NN_SCHED_COSINE_RESTARTS:
+    return true;
+  default:
+    return false;
+  }
+}
+
+/* Why a sequential's or chained's children or milestones are bad, or NULL */
+static const char *kids_problem(const nn_schedule_ext2 *s) {
+  static _Thread_local char why[256];
+  if (s->n_schedulers < 1) return "n_schedulers must be >= 1";
+  if (!s->schedulers) return "schedulers is NULL";
+  if (s->kind == NN_SCHED_CHAINED && s->n_milestones != 0)
+    return "chained takes no milestones (n_milestones must be 0)";
+  if (s->kind == NN_SCHED_SEQUENTIAL) {
+    if (s->n_milestones != s->n_schedulers - 1) {
+      snprintf(why, sizeof why,
+               "Sequential Schedulers expects number of schedulers provided to be one more than "
+               "the number of milestone points, but got number of schedulers %d and the number "
+               "of milestones to be equal to %d",
+               s->n_schedulers, s->n_milestones);
+      return why;
+    }
+    if (s->n_milestones > 0 && !s->milestones) return "milestones is NULL";
+    for (int i = 0; i < s->n_milestones; i++)
+      if (s->milestones[i] < (i ? s->milestones[i - 1] + 1 : 1))
+        return "milestones must be >= 1 and increasing";
+  }
+  for (int i = 0; i < s->n_schedulers; i++) {
+    nn_schedule_ext2 c;
+    const char *w = NULL;
+    if (!ext2_read(&s->schedulers[i], &c))
+      w = "size must be sizeof(nn_schedule_ext2) (start from nn_schedule_ext2_defaults)";
+    else if (!kid_kind(c.kind))
+      w = "this kind cannot be a child of sequential or chained (constant, warmup_cosine, "
+          "onecycle, cyclic, sequential and chained cannot)";
+    else
+      w = sched_problem(&c);
+    if (w) {
+      snprintf(why, sizeof why, "schedulers[%d] (kind %d): %s", i, (int)s->schedulers[i].kind, w);
+      return why;
+    }
+  }
+  return NULL;
+}
+
 /* Why s's settings are bad, or NULL when they are good: every rate they
  * give from a base rate that is finite and >= 0 is >= 0 (and finite unless
  * gamma > 1 overflows it). */
@@ -1320,6 +1452,24 @@ static const char *sched_problem(const nn_schedule_ext2 *s) {
   case NN_SCHED_LAMBDA:
   case NN_SCHED_MULTIPLICATIVE:
     return s->lr_lambda ? NULL : "lr_lambda is NULL";
+  case NN_SCHED_CYCLIC:
+    if (!(isfinite(s->base_lr) && s->base_lr >= 0)) return "base_lr must be finite and >= 0";
+    if (!(isfinite(s->max_lr) && s->max_lr >= 0)) return "max_lr must be finite and >= 0";
+    if (s->step_size_up < 1) return "step_size_up must be >= 1";
+    if (s->step_size_down < 0) return "step_size_down must be >= 1, or 0 for step_size_up";
+    if (!s->scale_fn && s->mode != NN_CYCLIC_TRIANGULAR && s->mode != NN_CYCLIC_TRIANGULAR2 &&
+        s->mode != NN_CYCLIC_EXP_RANGE)
+      return "mode is invalid and scale_fn is NULL";
+    if (s->scale_fn && s->scale_mode != NN_SCALE_CYCLE && s->scale_mode != NN_SCALE_ITERATIONS)
+      return "scale_mode must be NN_SCALE_CYCLE or NN_SCALE_ITERATIONS";
+    if (!s->scale_fn && s->mode == NN_CYCLIC_EXP_RANGE && !finite_pos(s->gamma))
+      return "gamma must be finite and > 0";
+    if (s->cycle_momentum && !(isfinite(s->base_momentum) && isfinite(s->max_momentum)))
+      return "base_momentum and max_momentum must be finite";
+    return NULL;
+  case NN_SCHED_SEQUENTIAL:
+  case NN_SCHED_CHAINED:
+    return kids_problem(s);
   }
   return "unknown kind";
 }
@@ -1351,6 +1501,79 @@ static double poly_next(const nn_schedule_ext2 *s, double lr, int64_t t) {
   if (t > s->total_iters) return lr;
   double n = (double)s->total_iters;
   return lr * pow((1.0 - (double)t / n) / (1.0 - (double)(t - 1) / n), s->power);
+}
+
+/* ---- SequentialLR and ChainedScheduler: PyTorch's recursive get_lr of
+ * each child, from the current rate lr and the base lr0 */
+
+/* Python's a % m for m > 0 */
+static int64_t py_mod(int64_t a, int64_t m) { return ((a % m) + m) % m; }
+
+/* child c's get_lr at its step t (0: its first) from rate lr */
+static double kid_next(const nn_schedule_ext2 *c, double lr, double lr0, int64_t t) {
+  const double pi = 3.141592653589793;
+  switch (c->kind) {
+  case NN_SCHED_STEP:
+    return t == 0 || t % c->step_size ? lr : lr * c->gamma;
+  case NN_SCHED_EXPONENTIAL:
+    return t == 0 ? lr : lr * c->gamma;
+  case NN_SCHED_MULTISTEP: {
+    int k = 0;
+    for (int i = 0; i < c->n_milestones; i++) k += c->milestones[i] == t;
+    return k ? lr * pow(c->gamma, (double)k) : lr;
+  }
+  case NN_SCHED_LINEAR: {
+    double a = c->start_factor, b = c->end_factor;
+    if (t == 0) return lr * a;
+    if (t > c->total_iters) return lr;
+    return lr * (1. + (b - a) / ((double)c->total_iters * a + (double)(t - 1) * (b - a)));
+  }
+  case NN_SCHED_CONSTANT_FACTOR:
+    if (t == 0) return lr * c->factor;
+    return t != c->total_iters ? lr : lr * (1.0 / c->factor);
+  case NN_SCHED_POLYNOMIAL:
+    return t == 0 ? lr : poly_next(c, lr, t);
+  case NN_SCHED_COSINE: {
+    double T = (double)c->t_max, m = c->eta_min;
+    if (t == 0) return lr;
+    if (py_mod(t - 1 - c->t_max, 2 * c->t_max) == 0) return lr + (lr0 - m) * (1 - cos(pi / T)) / 2;
+    return (1 + cos(pi * (double)t / T)) / (1 + cos(pi * (double)(t - 1) / T)) * (lr - m) + m;
+  }
+  case NN_SCHED_MULTIPLICATIVE:
+    return t > 0 ? lr * c->lr_lambda(t, c->lambda_ud) : lr;
+  case NN_SCHED_LAMBDA:
+    return lr0 * c->lr_lambda(t, c->lambda_ud);
+  case NN_SCHED_COSINE_RESTARTS:
+    return restarts_lr(c, lr0, t);
+  default:
+    return NAN; /* refused by kids_problem */
+  }
+}
+
+/* child c's step(0) at its milestone: its closed form at 0, or (no
+ * closed form) its get_lr at 0 */
+static double kid_restart(const nn_schedule_ext2 *c, double lr, double lr0) {
+  if (c->kind == NN_SCHED_COSINE) return cosine_lr(c, lr0, 0);
+  if (c->kind == NN_SCHED_MULTIPLICATIVE) return lr;
+  return kid_next(c, lr0, lr0, 0);
+}
+
+/* a sequential's or chained's rate at step t from the rate lr at t - 1 (at
+ * t = 0: lr0) */
+static double kids_next(const nn_schedule_ext2 *s, double lr, double lr0, int64_t t) {
+  nn_schedule_ext2 c;
+  if (s->kind == NN_SCHED_CHAINED) {
+    for (int i = 0; i < s->n_schedulers; i++) {
+      ext2_read(&s->schedulers[i], &c);
+      lr = kid_next(&c, lr, lr0, t);
+    }
+    return lr;
+  }
+  int i = 0; /* PyTorch's bisect_right */
+  while (i < s->n_milestones && s->milestones[i] <= t) i++;
+  ext2_read(&s->schedulers[i], &c);
+  if (i > 0 && s->milestones[i - 1] == t) return kid_restart(&c, lr, lr0);
+  return kid_next(&c, lr, lr0, i ? t - s->milestones[i - 1] : t);
 }
 
 /* s's rate, its settings good and t >= 0 (NAN past a onecycle's end) */
@@ -1395,6 +1618,14 @@ static double sched_lr(const nn_schedule_ext2 *s, double lr0, int64_t t) {
     for (int64_t k = 1; k <= t; k++) lr *= s->lr_lambda(k, s->lambda_ud);
     return lr;
   }
+  case NN_SCHED_CYCLIC:
+    return cyclic_lr(s, lr0, t);
+  case NN_SCHED_SEQUENTIAL:
+  case NN_SCHED_CHAINED: {
+    double lr = lr0;
+    for (int64_t k = 0; k <= t; k++) lr = kids_next(s, lr, lr0, k);
+    return lr;
+  }
   }
   return NAN;
 }
@@ -1412,15 +1643,29 @@ double nn_schedule_ext_lr(const nn_schedule_ext *s, double lr0, int64_t t) {
 }
 
 double nn_schedule_ext2_lr(const nn_schedule_ext2 *s, double lr0, int64_t t) {
-  if (!s || t < 0 || sched_problem(s)) return NAN;
-  return sched_lr(s, lr0, t);
+  nn_schedule_ext2 e;
+  if (!s || t < 0 || !ext2_read(s, &e) || sched_problem(&e)) return NAN;
+  return sched_lr(&e, lr0, t);
 }
 
 double nn_schedule_ext2_momentum(const nn_schedule_ext2 *s, int64_t t) {
-  if (!s || t < 0 || sched_problem(s) || s->kind != NN_SCHED_ONECYCLE || !s->cycle_momentum ||
-      t > s->total_steps)
-    return NAN;
-  return onecycle_momentum(s, t);
+  nn_schedule_ext2 e;
+  if (!s || t < 0 || !ext2_read(s, &e) || sched_problem(&e) || !e.cycle_momentum) return NAN;
+  if (e.kind == NN_SCHED_CYCLIC) return cyclic_momentum(&e, t);
+  if (e.kind != NN_SCHED_ONECYCLE || t > e.total_steps) return NAN;
+  return onecycle_momentum(&e, t);
+}
+
+/* The momentum a schedule with a cycled one sets at step t (NAN: none) */
+static double sched_cycled(const nn_schedule_ext2 *s, int64_t t) {
+  if (!s->cycle_momentum) return NAN;
+  if (s->kind == NN_SCHED_CYCLIC) return cyclic_momentum(s, t);
+  return s->kind == NN_SCHED_ONECYCLE ? onecycle_momentum(s, t) : NAN;
+}
+
+/* Whether s cycles the momentum */
+static bool cycles_momentum(const nn_schedule_ext2 *s) {
+  return s->cycle_momentum && (s->kind == NN_SCHED_ONECYCLE || s->kind == NN_SCHED_CYCLIC);
 }
 
 /* The rate at epoch 0 for base lr0: lr0 itself for the kinds of
@@ -1452,8 +1697,8 @@ static double *cycled_setting(nn_opt_config *c) {
 /* A cycled momentum follows the schedule's step (which a checkpoint may
  * have changed), in every group; past the cycle's end it stays */
 static void sched_momentum(nn_optimizer *o) {
-  if (!o->has_sched || o->sched2.kind != NN_SCHED_ONECYCLE || !o->sched2.cycle_momentum) return;
-  double m = onecycle_momentum(&o->sched2, (int64_t)scalar_get(o->epoch));
+  if (!o->has_sched || !cycles_momentum(&o->sched2)) return;
+  double m = sched_cycled(&o->sched2, (int64_t)scalar_get(o->epoch));
   for (int g = 0; g < o->ngroups; g++) {
     double *to = cycled_setting(gcfg(o, g));
     if (to && !isnan(m)) *to = m;
@@ -1463,8 +1708,11 @@ static void sched_momentum(nn_optimizer *o) {
 /* Why a onecycle cannot cycle the momentum of a group with settings c,
  * or NULL */
 static const char *momentum_problem(const nn_opt_config *c, const nn_schedule_ext2 *s) {
-  if (s->kind != NN_SCHED_ONECYCLE || !s->cycle_momentum) return NULL;
+  if (!cycles_momentum(s)) return NULL;
   nn_opt_config w = *c;
+  if (s->kind == NN_SCHED_CYCLIC && c->kind != NN_OPT_SGD && c->kind != NN_OPT_RMSPROP)
+    return "optimizer must support momentum with `cycle_momentum` option enabled (PyTorch 1.13's "
+           "CyclicLR cycles 'momentum' only: SGD, RMSProp)";
   if (c->kind == NN_OPT_SGD || c->kind == NN_OPT_RMSPROP) {
     if (!cycled_setting(&w))
       return "cycle_momentum needs momentum > 0 when the optimizer is made (it has no momentum "
@@ -1479,6 +1727,21 @@ static const char *momentum_problem(const nn_opt_config *c, const nn_schedule_ex
         s->max_momentum < 1))
     return "base_momentum and max_momentum must be in [0, 1) for beta1";
   return NULL;
+}
+
+/* Group g's base rate under s, r its rate and rate0 group 0's: a
+ * onecycle's max_lr and a cyclic's base_lr are group 0's, the other
+ * groups' in proportion to their rates (see nn.h) */
+static double sched_base(const nn_schedule_ext2 *s, int g, double r, double rate0) {
+  if (s->kind == NN_SCHED_ONECYCLE) return g ? s->max_lr * (r / rate0) : s->max_lr;
+  if (s->kind == NN_SCHED_CYCLIC) return g ? s->base_lr * (r / rate0) : s->base_lr;
+  return r;
+}
+
+static void free_kids(nn_optimizer *o) {
+  ad_free(o->ctx, o->kids, (size_t)o->sched2.n_schedulers * sizeof *o->kids);
+  ad_free(o->ctx, o->kid_ms, (size_t)o->n_kid_ms * sizeof *o->kid_ms);
+  o->kids = NULL, o->kid_ms = NULL, o->n_kid_ms = 0;
 }
 
 static ad_status set_schedule(nn_optimizer *o, const nn_schedule_ext2 *s) {
@@ -1501,14 +1764,22 @@ static ad_status set_schedule(nn_optimizer *o, const nn_schedule_ext2 *s) {
   /* each group's base: its rate; a onecycle's max_lr is group 0's, the
    * other groups' in proportion to their rates (see nn.h) */
   double rate0 = scalar_get(o->lr);
-  if (s->kind == NN_SCHED_ONECYCLE && o->ngroups > 1 && !(rate0 > 0))
+  bool scaled = s->kind == NN_SCHED_ONECYCLE || s->kind == NN_SCHED_CYCLIC;
+  if (scaled && o->ngroups > 1 && !(rate0 > 0))
     return ad_set_error(o->ctx, AD_ERR_ARG,
-                        "optimizer %s: bad schedule: onecycle over %d parameter groups scales "
-                        "max_lr by each group's rate / group 0's, and group 0's rate is %g",
-                        kind_names[o->cfg.kind], o->ngroups, rate0);
+                        "optimizer %s: bad schedule: %s over %d parameter groups scales %s by "
+                        "each group's rate / group 0's, and group 0's rate is %g",
+                        kind_names[o->cfg.kind], s->kind == NN_SCHED_CYCLIC ? "cyclic" : "onecycle",
+                        o->ngroups, s->kind == NN_SCHED_CYCLIC ? "base_lr and max_lr" : "max_lr",
+                        rate0);
+  if (s->kind == NN_SCHED_CYCLIC && o->ngroups > 1 && !(s->base_lr > 0))
+    return ad_set_error(o->ctx, AD_ERR_ARG,
+                        "optimizer %s: bad schedule: cyclic over %d parameter groups scales "
+                        "max_lr by each group's base / base_lr, and base_lr is 0",
+                        kind_names[o->cfg.kind], o->ngroups);
   for (int g = 0; g < o->ngroups; g++) {
     double r = scalar_get(glr(o, g));
-    double lr0 = s->kind == NN_SCHED_ONECYCLE ? (g ? s->max_lr * (r / rate0) : s->max_lr) : r;
+    double lr0 = sched_base(s, g, r, rate0);
     double lr = ext_only(s->kind) || ext2_only(s->kind) ? sched_lr(s, lr0, 0) : lr0;
     if (!(isfinite(lr0) && isfinite(lr) && lr >= 0)) /* multistep: gamma > 1 at milestones 0
                                                         overflowing; lambda */
@@ -1517,24 +1788,50 @@ static ad_status set_schedule(nn_optimizer *o, const nn_schedule_ext2 *s) {
                           "must be finite and >= 0",
                           lr0, lr);
   }
-  int64_t *ms = NULL;
-  int n = s->kind == NN_SCHED_MULTISTEP ? s->n_milestones : 0;
-  if (n > 0) {
-    if (!(ms = ad_malloc(o->ctx, (size_t)n * sizeof *ms))) return AD_ERR_OOM;
-    memcpy(ms, s->milestones, (size_t)n * sizeof *ms);
-  }
-  ad_status st = scalars_noted(o->epoch, NULL, NULL);
+  int64_t *ms = NULL, *kms = NULL;
+  nn_schedule_ext2 *kids = NULL;
+  int n = s->kind == NN_SCHED_MULTISTEP || s->kind == NN_SCHED_SEQUENTIAL ? s->n_milestones : 0;
+  int nk = s->kind == NN_SCHED_SEQUENTIAL || s->kind == NN_SCHED_CHAINED ? s->n_schedulers : 0;
+  int nkm = 0; /* the children's milestones */
+  for (int i = 0; i < nk; i++)
+    if (s->schedulers[i].kind == NN_SCHED_MULTISTEP) nkm += s->schedulers[i].n_milestones;
+  ad_status st = AD_OK;
+  if (n > 0 && !(ms = ad_malloc(o->ctx, (size_t)n * sizeof *ms))) st = AD_ERR_OOM;
+  if (st == AD_OK && nk > 0 && !(kids = ad_malloc(o->ctx, (size_t)nk * sizeof *kids)))
+    st = AD_ERR_OOM;
+  if (st == AD_OK && nkm > 0 && !(kms = ad_malloc(o->ctx, (size_t)nkm * sizeof *kms)))
+    st = AD_ERR_OOM;
+  if (st == AD_OK) st = scalars_noted(o->epoch, NULL, NULL);
   for (int g = 0; g < o->ngroups && st == AD_OK; g++)
     st = scalars_noted(glr(o, g), glr0(o, g), NULL);
   if (st != AD_OK) {
     ad_free(o->ctx, ms, (size_t)n * sizeof *ms);
+    ad_free(o->ctx, kids, (size_t)nk * sizeof *kids);
+    ad_free(o->ctx, kms, (size_t)nkm * sizeof *kms);
     return st;
   }
+  if (n > 0) memcpy(ms, s->milestones, (size_t)n * sizeof *ms);
+  for (int i = 0, at = 0; i < nk; i++) { /* each child whole, its milestones in kms */
+    ext2_read(&s->schedulers[i], &kids[i]);
+    if (kids[i].kind != NN_SCHED_MULTISTEP) {
+      kids[i].milestones = NULL, kids[i].n_milestones = 0;
+      continue;
+    }
+    if (kids[i].n_milestones > 0)
+      memcpy(kms + at, kids[i].milestones, (size_t)kids[i].n_milestones * sizeof *kms);
+    kids[i].milestones = kids[i].n_milestones > 0 ? kms + at : NULL;
+    at += kids[i].n_milestones;
+  }
+  free_kids(o);
   if (o->milestones)
     ad_free(o->ctx, o->milestones, (size_t)o->sched.n_milestones * sizeof *o->milestones);
   o->sched2 = *s;
   o->sched2.milestones = o->milestones = ms;
   o->sched2.n_milestones = n;
+  o->sched2.schedulers = o->kids = kids;
+  o->sched2.n_schedulers = nk;
+  o->kid_ms = kms;
+  o->n_kid_ms = nkm;
   o->sched =
       (nn_schedule_ext){s->kind, s->step_size,    s->gamma,      s->t_max,      s->eta_min, ms,
                         n,       s->start_factor, s->end_factor, s->total_iters};
@@ -1543,7 +1840,7 @@ static ad_status set_schedule(nn_optimizer *o, const nn_schedule_ext2 *s) {
   scalar_set(o->epoch, 0);
   for (int g = 0; g < o->ngroups; g++) {
     double r = scalar_get(glr(o, g));
-    double lr0 = s->kind == NN_SCHED_ONECYCLE ? (g ? s->max_lr * (r / rate0) : s->max_lr) : r;
+    double lr0 = sched_base(s, g, r, rate0);
     double lr = ext_only(s->kind) || ext2_only(s->kind) ? sched_lr(s, lr0, 0) : lr0;
     scalar_set(glr0(o, g), lr0);
     gcfg(o, g)->lr = lr;
@@ -1557,6 +1854,7 @@ static void detach_schedule(nn_optimizer *o) {
   if (o->milestones)
     ad_free(o->ctx, o->milestones, (size_t)o->sched.n_milestones * sizeof *o->milestones);
   o->milestones = NULL;
+  free_kids(o);
   memset(&o->sched, 0, sizeof o->sched);
   memset(&o->sched2, 0, sizeof o->sched2);
   o->has_sched = false;
@@ -1599,7 +1897,8 @@ ad_status nn_optimizer_set_schedule_ext2(nn_optimizer *o, const nn_schedule_ext2
     detach_schedule(o);
     return AD_OK;
   }
-  return set_schedule(o, s);
+  nn_schedule_ext2 e; /* read by its size (see nn.h) */
+  return set_schedule(o, ext2_read(s, &e) ? &e : s);
 }
 
 const nn_schedule *nn_optimizer_schedule(const nn_optimizer *o) {
@@ -1630,11 +1929,13 @@ ad_status nn_optimizer_schedule_step(nn_optimizer *o) {
                                                    : 1.0; /* once per step, as PyTorch calls it */
   for (int pass = 0; pass < 2; pass++) {
     for (int g = 0; g < o->ngroups; g++) {
+      double cur = scalar_get(glr(o, g)), lr0 = scalar_get(glr0(o, g));
       double lr = s->kind == NN_SCHED_POLYNOMIAL /* chained: from the current rate */
-                      ? poly_next(s, scalar_get(glr(o, g)), (int64_t)epoch)
-                      : s->kind == NN_SCHED_MULTIPLICATIVE
-                            ? scalar_get(glr(o, g)) * mult
-                            : sched_lr(s, scalar_get(glr0(o, g)), (int64_t)epoch);
+                      ? poly_next(s, cur, (int64_t)epoch)
+                      : s->kind == NN_SCHED_MULTIPLICATIVE ? cur * mult
+                        : s->kind == NN_SCHED_SEQUENTIAL || s->kind == NN_SCHED_CHAINED
+                            ? kids_next(s, cur, lr0, (int64_t)epoch)
+                            : sched_lr(s, lr0, (int64_t)epoch);
       if (pass == 0 && !(isfinite(lr) && lr >= 0)) /* gamma > 1 overflowing: keep a rate that
                                                       can be saved */
         return ad_set_error(o->ctx, AD_ERR_NAN,

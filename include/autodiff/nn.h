@@ -3061,7 +3061,10 @@ typedef enum nn_sched_kind {
   NN_SCHED_CONSTANT_FACTOR, /**< nn_schedule_ext2 only: PyTorch's ConstantLR */
   NN_SCHED_POLYNOMIAL,      /**< nn_schedule_ext2 only */
   NN_SCHED_LAMBDA,          /**< nn_schedule_ext2 only */
-  NN_SCHED_MULTIPLICATIVE   /**< nn_schedule_ext2 only */
+  NN_SCHED_MULTIPLICATIVE,  /**< nn_schedule_ext2 only */
+  NN_SCHED_CYCLIC,          /**< nn_schedule_ext2 only: PyTorch's CyclicLR */
+  NN_SCHED_SEQUENTIAL,      /**< nn_schedule_ext2 only: PyTorch's SequentialLR */
+  NN_SCHED_CHAINED          /**< nn_schedule_ext2 only: PyTorch's ChainedScheduler */
 } nn_sched_kind;
 
 /** A learning-rate schedule (see nn_sched_kind) and its settings. */
@@ -3179,6 +3182,23 @@ typedef double (*nn_lr_lambda_fn)(int64_t t, void *ud);
  * + 1); linear, (b - a) pct + a. */
 typedef enum nn_anneal { NN_ANNEAL_COS = 0, NN_ANNEAL_LINEAR } nn_anneal;
 
+/** A cyclic schedule's built-in policy (PyTorch's CyclicLR mode): the
+ * amplitude's scale at cycle c = 1, 2, ... or step t: triangular 1;
+ * triangular2 1 / 2^(c - 1); exp_range gamma^t. */
+typedef enum nn_cyclic_mode {
+  NN_CYCLIC_TRIANGULAR = 0,
+  NN_CYCLIC_TRIANGULAR2,
+  NN_CYCLIC_EXP_RANGE
+} nn_cyclic_mode;
+
+/** What a cyclic schedule's scale_fn is called with (PyTorch's
+ * scale_mode): the cycle c = 1, 2, ... or the step t. */
+typedef enum nn_scale_mode { NN_SCALE_CYCLE = 0, NN_SCALE_ITERATIONS } nn_scale_mode;
+
+/** A cyclic schedule's scale_fn (PyTorch's scale_fn): the amplitude's
+ * scale at x (see nn_scale_mode); ud is the schedule's scale_ud. */
+typedef double (*nn_scale_fn)(int64_t x, void *ud);
+
 /** The schedules that need settings nn_schedule_ext has no room for (its
  * layout is fixed, as nn_schedule's: callers allocate both). This struct
  * begins with nn_schedule_ext's ten members, with their meaning, so every
@@ -3189,9 +3209,10 @@ typedef enum nn_anneal { NN_ANNEAL_COS = 0, NN_ANNEAL_LINEAR } nn_anneal;
  * struct can grow at its end in later versions without an ext3. A later
  * library reads a caller's smaller, older struct by its size and takes
  * the defaults for the members that caller did not know of (every
- * member added later will mean "PyTorch's default" at zero); this version
- * knows no other size and refuses any (AD_ERR_ARG), also a size of 0 from a
- * struct zeroed by hand.
+ * member added later will mean "PyTorch's default" at zero). This version
+ * also reads the struct of the version before it (which ended at
+ * lambda_ud), with the members from base_lr on zero, and refuses any other
+ * size (AD_ERR_ARG), also a size of 0 from a struct zeroed by hand.
  *
  *   @code{.unparsed}
  *   onecycle  PyTorch's OneCycleLR, stepped per batch (step_per_batch).
@@ -3234,7 +3255,50 @@ typedef enum nn_anneal { NN_ANNEAL_COS = 0, NN_ANNEAL_LINEAR } nn_anneal;
  *   multiplicative  PyTorch's MultiplicativeLR: lr0 at t = 0, then each
  *             step multiplies the current rate by lr_lambda(t, lambda_ud)
  *             (chained, as polynomial).
+ *   cyclic    PyTorch's CyclicLR, stepped per batch (step_per_batch). With
+ *             up = step_size_up, down = step_size_down (0: up), cycle c =
+ *             floor(1 + t / (up + down)), x = 1 + t / (up + down) - c and
+ *             f = x / r for x <= r = up / (up + down), else (x - 1) / (r -
+ *             1): base + (max - base) f scale, scale = scale_fn(c or t,
+ *             scale_ud) (scale_mode) or the mode's (see nn_cyclic_mode;
+ *             exp_range at t). The base rate lr0 is base_lr (set_schedule
+ *             makes it group 0's base, as PyTorch's CyclicLR sets the
+ *             rate to base_lr); group g's base is base_lr r_g / r_0 (r the
+ *             groups' rates when attached, as onecycle's max_lr), and
+ *             every group's max is max_lr lr0 / base_lr (max_lr for
+ *             base_lr 0, one group only), so nn_optimizer_set_lr and
+ *             _set_group_lr move both. With cycle_momentum the momentum
+ *             runs the other way: max_momentum - (max_momentum -
+ *             base_momentum) f scale, max_momentum at step 0. PyTorch 1.13
+ *             checks only 'momentum' in the optimizer's defaults, so
+ *             cycle_momentum needs SGD or RMSProp (made with momentum >
+ *             0, as onecycle); Adam-family optimizers are refused as 1.13
+ *             refuses them. PyTorch's explicit step_size_down 0 (a
+ *             sawtooth) has no counterpart (0 means None here).
+ *   sequential  PyTorch's SequentialLR(schedulers, milestones): the
+ *             n_schedulers children in turn, child i > 0 from milestone
+ *             i - 1 on (milestones >= 1, increasing), each stepped as
+ *             PyTorch steps it: at its milestone as step(0) (its closed
+ *             form at 0 from lr0: lr0 start_factor for linear, lr0 for
+ *             cosine, ...; multiplicative keeps the current rate), between
+ *             milestones by PyTorch's recursive form from the current rate
+ *             at t - milestone. Those forms follow PyTorch also where the
+ *             kinds here are closed forms: a cosine child climbs back
+ *             after t_max as PyTorch's does. Children: step, exponential,
+ *             cosine, multistep, linear, constant_factor, polynomial,
+ *             lambda, multiplicative, cosine_restarts (not constant,
+ *             warmup_cosine, onecycle, cyclic, sequential, chained; their
+ *             step_per_batch is ignored: the parent's counts).
+ *   chained   PyTorch's ChainedScheduler(schedulers): every step applies
+ *             each child's recursive form in turn to the rate the one
+ *             before left (at t = 0 as the children's constructors apply
+ *             theirs, in list order); lambda and cosine_restarts set the
+ *             rate from lr0 as in PyTorch. The same children as
+ *             sequential; n_milestones must be 0.
  *   @endcode
+ * sequential and chained are walked from t = 0 (nn_schedule_ext2_lr is
+ * O(t)); a checkpoint holds what any schedule's does (the step, each
+ * group's base and rate), which determines every child's count.
  * lr_lambda is PyTorch's lr_lambda as a C function of the step; it is
  * called when the schedule is attached (lambda: with 0), at every step
  * and by nn_schedule_ext2_lr (multiplicative: t times). A rate from it
@@ -3275,6 +3339,20 @@ typedef struct nn_schedule_ext2 {
   double power;              /**< polynomial: finite, >= 0 (default 1) */
   nn_lr_lambda_fn lr_lambda; /**< lambda, multiplicative: not NULL */
   void *lambda_ud;           /**< lambda, multiplicative: passed to lr_lambda */
+  /* added with cyclic, sequential and chained (a struct of the size
+   * before them is read with these zero, see size) */
+  double base_lr;            /**< cyclic: finite, >= 0 (no default: NaN, refused) */
+  int64_t step_size_up;      /**< cyclic: >= 1 (default 2000) */
+  int64_t step_size_down;    /**< cyclic: >= 1, or 0 for step_size_up (default 0: None) */
+  nn_cyclic_mode mode;       /**< cyclic: default triangular; gamma for exp_range (default 1) */
+  nn_scale_mode scale_mode;  /**< cyclic with scale_fn (default cycle) */
+  nn_scale_fn scale_fn;      /**< cyclic: NULL (mode), or PyTorch's scale_fn (overrides mode) */
+  void *scale_ud;            /**< cyclic: passed to scale_fn */
+  /** sequential, chained: n_schedulers schedules (copied, with their
+   * milestones, by nn_optimizer_set_schedule_ext2); sequential's
+   * milestones are the n_schedulers - 1 switches */
+  const struct nn_schedule_ext2 *schedulers;
+  int n_schedulers; /**< sequential, chained: >= 1 */
 } nn_schedule_ext2;
 
 /** size = sizeof(nn_schedule_ext2), kind, and PyTorch 1.13's defaults for
