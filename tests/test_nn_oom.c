@@ -1867,6 +1867,30 @@ Test(nn_oom, lr_schedules) {
     sweep(&(scenario){"schedule", setup_sched_kind, run_sched, print_model, false, false});
 }
 
+/* A sequential and a chained (copies of the children and their
+ * milestones), replacing one another, stepped */
+static ad_status run_sched_kids(world *w) {
+  static const int64_t ms[] = {1, 2}, sw[] = {2};
+  nn_schedule_ext2 k[2] = {nn_schedule_ext2_defaults(NN_SCHED_MULTISTEP),
+                           nn_schedule_ext2_defaults(NN_SCHED_EXPONENTIAL)};
+  k[0].milestones = ms, k[0].n_milestones = 2, k[1].gamma = 0.9;
+  nn_schedule_ext2 s = nn_schedule_ext2_defaults(w->kind ? NN_SCHED_CHAINED : NN_SCHED_SEQUENTIAL);
+  s.schedulers = k, s.n_schedulers = 2, s.milestones = w->kind ? NULL : sw,
+  s.n_milestones = w->kind ? 0 : 1;
+  ad_status st = nn_optimizer_set_schedule_ext2(w->opt, &s);
+  for (int i = 0; i < 3 && st == AD_OK; i++) {
+    st = nn_optimizer_step(w->opt);
+    if (st == AD_OK) st = nn_optimizer_schedule_step(w->opt);
+  }
+  return st;
+}
+
+Test(nn_oom, lr_schedules_with_children) {
+  for (g_kind = 0; g_kind < 2; g_kind++)
+    sweep(
+        &(scenario){"schedule kids", setup_sched_kind, run_sched_kids, print_model, false, false});
+}
+
 /* Setting or stepping a schedule refused changes nothing. */
 static ad_status run_sched_once(world *w) {
   static const nn_schedule s = {.kind = NN_SCHED_STEP, .step_size = 1, .gamma = 0.5};

@@ -3372,19 +3372,34 @@ NN_API nn_schedule_ext2 nn_schedule_ext2_defaults(nn_sched_kind kind);
  * phase when pct_start is 1; momenta not finite; cosine_restarts: t_0 or
  * t_mult < 1, eta_min not finite and >= 0; constant_factor: factor not in
  * (0, 1]; constant_factor, polynomial: total_iters < 1; polynomial: power
- * not finite and >= 0; lambda, multiplicative: lr_lambda NULL), s NULL, t < 0 or, for onecycle, t >
- * total_steps. Polynomial and multiplicative walk their chain: O(min(t,
- * total_iters)) and O(t) (t calls of lr_lambda). */
+ * not finite and >= 0; lambda, multiplicative: lr_lambda NULL; cyclic:
+ * base_lr or max_lr not finite and >= 0, step_size_up < 1,
+ * step_size_down < 0, an unknown mode without scale_fn, an unknown
+ * scale_mode with one, exp_range's gamma not finite and > 0, momenta not
+ * finite; sequential, chained: n_schedulers < 1, schedulers NULL, a child
+ * of a kind that cannot be one (see nn_schedule_ext2) or with bad settings
+ * or size; sequential: n_milestones not n_schedulers - 1, milestones not
+ * >= 1 and increasing; chained: n_milestones not 0), s NULL, t < 0 or, for
+ * onecycle, t > total_steps. Polynomial and multiplicative walk their
+ * chain: O(min(t, total_iters)) and O(t) (t calls of lr_lambda);
+ * sequential and chained O(t n_schedulers). */
 NN_API double nn_schedule_ext2_lr(const nn_schedule_ext2 *s, double lr0, int64_t t);
 
-/** The momentum (or beta1) a onecycle with cycle_momentum sets at step t;
- * NAN for other schedules and where nn_schedule_ext2_lr is NAN. */
+/** The momentum (or beta1) a onecycle or cyclic with cycle_momentum sets
+ * at step t; NAN for other schedules and where nn_schedule_ext2_lr is
+ * NAN. */
 NN_API double nn_schedule_ext2_momentum(const nn_schedule_ext2 *s, int64_t t);
 
 /** As nn_optimizer_set_schedule_ext, for every kind: attaches a copy of s
  * (NULL detaches); the base rate lr0 is the current lr (for onecycle
- * s->max_lr), the step 0, and the rate the schedule's at step 0 (for
- * onecycle max_lr / div_factor, as PyTorch's OneCycleLR sets it when made).
+ * s->max_lr, for cyclic s->base_lr; with several parameter groups the
+ * other groups' in proportion to their rates), the step 0, and the rate
+ * the schedule's at step 0 (for onecycle max_lr / div_factor, as PyTorch's
+ * OneCycleLR sets it when made). Copies sequential's and chained's
+ * children (and their milestones), owned by opt from then on. A cyclic
+ * with cycle_momentum is refused as a onecycle's, and also for Adam-family
+ * optimizers (PyTorch 1.13's CyclicLR cycles 'momentum' only); so is a
+ * cyclic over several groups with base_lr 0 or group 0's rate 0.
  * A rate at step 0 that is not finite and >= 0 (lambda: from
  * lr_lambda(0)) is AD_ERR_ARG. A onecycle with cycle_momentum also sets the optimizer's momentum or
  * beta1 to max_momentum, and from then on before every optimizer step
@@ -3401,9 +3416,10 @@ NN_API double nn_schedule_ext2_momentum(const nn_schedule_ext2 *s, int64_t t);
  * attach the same schedule, then load. */
 NN_API ad_status nn_optimizer_set_schedule_ext2(nn_optimizer *opt, const nn_schedule_ext2 *s);
 
-/** The schedule attached (by any of the three setters; milestones point to
- * opt's copy), owned by opt, valid until the next set or
- * nn_optimizer_free; NULL when there is none or opt is NULL. */
+/** The schedule attached (by any of the three setters; milestones and
+ * schedulers, with their milestones, point to opt's copies), owned by opt,
+ * valid until the next set or nn_optimizer_free; NULL when there is none
+ * or opt is NULL. */
 NN_API const nn_schedule_ext2 *nn_optimizer_schedule_ext2(const nn_optimizer *opt);
 
 /* ---------------------------------------------------------------- L-BFGS
