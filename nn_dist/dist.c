@@ -728,6 +728,38 @@ static size_t describe_group(char *out, size_t cap, nn_optimizer *opt, int g, bo
                                 g, f[9], f[10], f[11], f[12], f[13], f[14], f[15], f[16], f[17]);
 }
 
+/* The settings nn_schedule_ext2 added with cyclic, sequential and chained
+ * (a scale_fn, an address, only as present or not) */
+static size_t describe_sched_more(char *out, size_t cap, const nn_schedule_ext2 *s,
+                                  const char *label) {
+  char b[32];
+  exact(s->base_lr, b);
+  return (size_t)snprintf(out, out ? cap : 0,
+                          "%s base_lr %s, step_sizes %lld %lld, mode %d, scale_mode %d, scale_fn "
+                          "%d, %d schedulers\n",
+                          label, b, (long long)s->step_size_up, (long long)s->step_size_down,
+                          (int)s->mode, (int)s->scale_mode, s->scale_fn != NULL, s->n_schedulers);
+}
+
+/* A sequential's or chained's child: every setting a child may read (its
+ * lr_lambda, an address, not) */
+static size_t describe_kid(char *out, size_t cap, const nn_schedule_ext2 *k, const char *label) {
+  double v[] = {k->gamma, k->eta_min, k->start_factor, k->end_factor, k->factor, k->power};
+  char f[6][32];
+  for (int i = 0; i < 6; i++) exact(v[i], f[i]);
+  size_t len = (size_t)snprintf(out, out ? cap : 0,
+                                "%s kind %d, step_size %lld, gamma %s, t_max %lld, eta_min %s, "
+                                "start_factor %s, end_factor %s, total_iters %lld, factor %s, "
+                                "power %s, t_0 %lld, t_mult %lld, milestones",
+                                label, (int)k->kind, (long long)k->step_size, f[0],
+                                (long long)k->t_max, f[1], f[2], f[3], (long long)k->total_iters,
+                                f[4], f[5], (long long)k->t_0, (long long)k->t_mult);
+  for (int i = 0; i < k->n_milestones; i++)
+    len += (size_t)snprintf(out ? out + len : NULL, out ? cap - len : 0, " %lld",
+                            (long long)k->milestones[i]);
+  return len + (size_t)snprintf(out ? out + len : NULL, out ? cap - len : 0, "\n");
+}
+
 /* first: the parameters' first entries, then the buffers' (first_entries). */
 static size_t describe(char *out, size_t cap, nn_model *m, nn_optimizer *opt, const int *first) {
   nn_params *p = nn_model_params(m), *b = nn_model_buffers(m);
@@ -758,7 +790,7 @@ static size_t describe(char *out, size_t cap, nn_model *m, nn_optimizer *opt, co
      * state (rank 0's is sent, as the rate): its settings, base_momentum
      * and max_momentum, are compared below instead */
     const nn_schedule_ext2 *s2 = nn_optimizer_schedule_ext2(opt);
-    if (s2 && s2->kind == NN_SCHED_ONECYCLE && s2->cycle_momentum)
+    if (s2 && (s2->kind == NN_SCHED_ONECYCLE || s2->kind == NN_SCHED_CYCLIC) && s2->cycle_momentum)
       snprintf(o->kind == NN_OPT_SGD || o->kind == NN_OPT_RMSPROP ? f[0] : f[3], sizeof f[0],
                "cycled");
     const nn_opt_config_ext *x = nn_optimizer_config_ext(opt);
@@ -783,7 +815,8 @@ static size_t describe(char *out, size_t cap, nn_model *m, nn_optimizer *opt, co
                             "optimizer settings: rho %s, lambd %s, asgd_alpha %s, t0 %s, etas %s "
                             "%s, step_sizes %s %s\n",
                             xf[0], xf[1], xf[2], xf[3], xf[4], xf[5], xf[6], xf[7]);
-    bool cycled = s2 && s2->kind == NN_SCHED_ONECYCLE && s2->cycle_momentum;
+    bool cycled =
+        s2 && (s2->kind == NN_SCHED_ONECYCLE || s2->kind == NN_SCHED_CYCLIC) && s2->cycle_momentum;
     for (int g = 1; g < nn_optimizer_group_count(opt); g++)
       len += describe_group(out ? out + len : NULL, out ? cap - len : 0, opt, g, cycled);
     /* the settings only nn_schedule_ext holds, and the plateau's */
@@ -815,6 +848,13 @@ static size_t describe(char *out, size_t cap, nn_model *m, nn_optimizer *opt, co
           s2->step_per_batch, s2->three_phase, s2->cycle_momentum, (int)s2->anneal, xf2[0],
           (long long)s2->total_steps, xf2[1], xf2[2], xf2[3], xf2[4], xf2[5], (long long)s2->t_0,
           (long long)s2->t_mult, xf2[6], xf2[7]);
+      len += describe_sched_more(out ? out + len : NULL, out ? cap - len : 0, s2, "schedule's");
+      /* a sequential's or chained's children, one line each */
+      for (int i = 0; i < s2->n_schedulers; i++) {
+        char label[48];
+        snprintf(label, sizeof label, "schedule's schedulers[%d]:", i);
+        len += describe_kid(out ? out + len : NULL, out ? cap - len : 0, &s2->schedulers[i], label);
+      }
     }
     const nn_plateau *pl = nn_optimizer_plateau(opt);
     if (pl) {

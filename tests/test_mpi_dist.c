@@ -601,8 +601,10 @@ static void mismatch(ad_ctx *c) {
    * only; k 4: maximize there only; k 5: NAdam's momentum_decay, which
    * nn_opt_config_ext holds, differing there; k 6: Rprop's etaplus, also
    * there; k 7: a onecycle's total_steps, which nn_schedule_ext2 holds,
-   * differing there; k 8: a cosine_restarts' t_mult, also there) */
-  for (int k = 0; k < 9; k++) {
+   * differing there; k 8: a cosine_restarts' t_mult, also there; k 9: a
+   * sequential's second child's gamma, also there; k 10: a cyclic's
+   * step_size_up, also there) */
+  for (int k = 0; k < 11; k++) {
     bool last = rank == size - 1;
     m = make_model(c, AD_F64, 8, PLAIN, 5);
     nn_opt_config_ext oc = nn_opt_defaults_ext(k == 5   ? NN_OPT_NADAM
@@ -628,6 +630,16 @@ static void mismatch(ad_ctx *c) {
     wr.t_0 = 3, wr.t_mult = last ? 3 : 2;
     set = set && (k != 7 || nn_optimizer_set_schedule_ext2(opt, &oc2) == AD_OK);
     set = set && (k != 8 || nn_optimizer_set_schedule_ext2(opt, &wr) == AD_OK);
+    nn_schedule_ext2 kids[2] = {nn_schedule_ext2_defaults(NN_SCHED_EXPONENTIAL),
+                                nn_schedule_ext2_defaults(NN_SCHED_EXPONENTIAL)};
+    kids[0].gamma = 0.9, kids[1].gamma = last ? 0.75 : 0.5;
+    nn_schedule_ext2 seq = nn_schedule_ext2_defaults(NN_SCHED_SEQUENTIAL);
+    int64_t sw[1] = {4};
+    seq.schedulers = kids, seq.n_schedulers = 2, seq.milestones = sw, seq.n_milestones = 1;
+    nn_schedule_ext2 cy = nn_schedule_ext2_defaults(NN_SCHED_CYCLIC);
+    cy.base_lr = 0.01, cy.max_lr = 0.1, cy.step_size_up = last ? 7 : 5;
+    set = set && (k != 9 || nn_optimizer_set_schedule_ext2(opt, &seq) == AD_OK);
+    set = set && (k != 10 || nn_optimizer_set_schedule_ext2(opt, &cy) == AD_OK);
     check(set, "the schedule and plateau attached", ad_last_error(c)); /* on every rank */
     d = dist_new(c, NULL);
     fo = (nn_fit_opts){.epochs = 1, .batch_size = 12, .verbose = -1, .dist = nn_dist_fit_ops(d)};
@@ -644,7 +656,9 @@ static void mismatch(ad_ctx *c) {
              : k == 5 ? "momentum_decay 0.005"
              : k == 6 ? "etas 0.5 1.3, step_sizes"
              : k == 7 ? "total_steps 200"
-                      : "t_mult 3");
+             : k == 8 ? "t_mult 3"
+             : k == 9 ? "gamma 0.75"
+                      : "step_sizes 7 0");
     snprintf(why, sizeof why, "case %d: status %s, %lld steps, message: %s", k, ad_status_str(st),
              (long long)nn_optimizer_steps(opt), ad_last_error(c));
     /* (k 4 to 8: the difference ends a long line, which the message shows
@@ -659,9 +673,11 @@ static void mismatch(ad_ctx *c) {
           : k == 4 ? "maximize on one rank only: every rank gets the difference"
           : k == 5 ? "NAdam's momentum_decay differs on one rank: every rank gets the difference"
           : k == 6 ? "Rprop's etaplus differs on one rank: every rank gets the difference"
-          : k == 7
-              ? "a onecycle's total_steps differs on one rank: every rank gets the difference"
-              : "a cosine_restarts' t_mult differs on one rank: every rank gets the difference",
+          : k == 7 ? "a onecycle's total_steps differs on one rank: every rank gets the difference"
+          : k == 8 ? "a cosine_restarts' t_mult differs on one rank: every rank gets the difference"
+          : k == 9
+              ? "a sequential's child's gamma differs on one rank: every rank gets the difference"
+              : "a cyclic's step_size_up differs on one rank: every rank gets the difference",
           why);
     ad_clear_error(c);
     nn_dist_free(d);
