@@ -1838,6 +1838,8 @@ static ad_status set_schedule(nn_optimizer *o, const nn_schedule_ext2 *s) {
   o->sched_view = (nn_schedule){s->kind, s->step_size, s->gamma, s->t_max, s->eta_min};
   o->has_sched = true;
   scalar_set(o->epoch, 0);
+  s = &o->sched2; /* s's children may have been the copies just freed (s a
+                     copy of nn_optimizer_schedule_ext2's) */
   for (int g = 0; g < o->ngroups; g++) {
     double r = scalar_get(glr(o, g));
     double lr0 = sched_base(s, g, r, rate0);

@@ -283,6 +283,15 @@ Test(sched3, children_are_copied) {
     cr_assert_eq(nn_optimizer_lr(o), want[t], "step %d", t);
     cr_assert_eq(nn_optimizer_schedule_step(o), AD_OK);
   }
+  /* attached again from its own copy (the old copy freed as the new is made) */
+  nn_schedule_ext2 again = *nn_optimizer_schedule_ext2(o);
+  cr_assert_eq(nn_optimizer_set_schedule_ext2(o, &again), AD_OK, "%s", ad_last_error(ctx));
+  cr_assert_eq(nn_optimizer_set_schedule_ext2(o, nn_optimizer_schedule_ext2(o)), AD_OK);
+  cr_assert_eq(nn_optimizer_set_lr(o, 0.1), AD_OK); /* the base, and step 0 */
+  for (int t = 0; t < 12; t++) {
+    cr_assert_eq(nn_optimizer_lr(o), want[t], "again, step %d", t);
+    cr_assert_eq(nn_optimizer_schedule_step(o), AD_OK);
+  }
   cr_assert_eq(nn_optimizer_set_schedule_ext2(o, NULL), AD_OK); /* frees the copy */
   cr_assert_null(nn_optimizer_schedule_ext2(o));
   done(o, m);

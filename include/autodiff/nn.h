@@ -3312,7 +3312,7 @@ typedef struct nn_schedule_ext2 {
   double gamma;              /**< step, exponential, multistep */
   int64_t t_max;             /**< cosine, warmup_cosine */
   double eta_min;            /**< cosine, warmup_cosine, cosine_restarts (default 0) */
-  const int64_t *milestones; /**< multistep (see nn_schedule_ext) */
+  const int64_t *milestones; /**< multistep (see nn_schedule_ext); sequential: its switches */
   int n_milestones;          /**< multistep */
   double start_factor;       /**< linear, warmup_cosine */
   double end_factor;         /**< linear */
