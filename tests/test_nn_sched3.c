@@ -530,3 +530,26 @@ Test(sched3, sequential_and_chained_bad_settings) {
   cr_assert_eq(nn_optimizer_set_schedule_ext2(NULL, &s), AD_ERR_NULL);
   done(o, m);
 }
+
+/* A group's base set mid-run: its rate is the schedule's walked from the
+ * new base to the current step (multiplicative's chain included), the
+ * other group's untouched; the run goes on from there. */
+Test(sched3, group_base_set_mid_run) {
+  nn_model *m;
+  nn_optimizer *o = two_groups(&m, NN_OPT_SGD, 0.9);
+  nn_schedule_ext2 k[] = {linear(0.25, 1, 3), lambda(NN_SCHED_MULTIPLICATIVE, f_mul09)};
+  nn_schedule_ext2 s = composite(NN_SCHED_SEQUENTIAL, k, 2, (const int64_t[]){3}, 1);
+  cr_assert_eq(nn_optimizer_set_schedule_ext2(o, &s), AD_OK);
+  for (int t = 0; t < 6; t++) cr_assert_eq(nn_optimizer_schedule_step(o), AD_OK);
+  double g0 = nn_optimizer_group_lr(o, 0);
+  cr_assert_eq(nn_optimizer_set_group_lr(o, 1, 0.2), AD_OK);
+  cr_assert_eq(nn_optimizer_group_lr(o, 1), nn_schedule_ext2_lr(&s, 0.2, 6));
+  /* linear's rate at step 2 (0.2 * 0.75, never its end), kept by the
+   * multiplicative's step(0) at 3, times 0.9 at 4, 5, 6 */
+  exact(nn_optimizer_group_lr(o, 1), 0.2 * 0.75 * 0.9 * 0.9 * 0.9, "kept, then multiplied", 1, 6);
+  cr_assert_eq(nn_optimizer_group_lr(o, 0), g0);
+  cr_assert_eq(nn_optimizer_schedule_step(o), AD_OK);
+  cr_assert_eq(nn_optimizer_group_lr(o, 1), nn_schedule_ext2_lr(&s, 0.2, 7));
+  cr_assert_eq(nn_optimizer_group_lr(o, 0), nn_schedule_ext2_lr(&s, 0.1, 7));
+  done(o, m);
+}
