@@ -3341,13 +3341,13 @@ typedef struct nn_schedule_ext2 {
   void *lambda_ud;           /**< lambda, multiplicative: passed to lr_lambda */
   /* added with cyclic, sequential and chained (a struct of the size
    * before them is read with these zero, see size) */
-  double base_lr;            /**< cyclic: finite, >= 0 (no default: NaN, refused) */
-  int64_t step_size_up;      /**< cyclic: >= 1 (default 2000) */
-  int64_t step_size_down;    /**< cyclic: >= 1, or 0 for step_size_up (default 0: None) */
-  nn_cyclic_mode mode;       /**< cyclic: default triangular; gamma for exp_range (default 1) */
-  nn_scale_mode scale_mode;  /**< cyclic with scale_fn (default cycle) */
-  nn_scale_fn scale_fn;      /**< cyclic: NULL (mode), or PyTorch's scale_fn (overrides mode) */
-  void *scale_ud;            /**< cyclic: passed to scale_fn */
+  double base_lr;           /**< cyclic: finite, >= 0 (no default: NaN, refused) */
+  int64_t step_size_up;     /**< cyclic: >= 1 (default 2000) */
+  int64_t step_size_down;   /**< cyclic: >= 1, or 0 for step_size_up (default 0: None) */
+  nn_cyclic_mode mode;      /**< cyclic: default triangular; gamma for exp_range (default 1) */
+  nn_scale_mode scale_mode; /**< cyclic with scale_fn (default cycle) */
+  nn_scale_fn scale_fn;     /**< cyclic: NULL (mode), or PyTorch's scale_fn (overrides mode) */
+  void *scale_ud;           /**< cyclic: passed to scale_fn */
   /** sequential, chained: n_schedulers schedules (copied, with their
    * milestones, by nn_optimizer_set_schedule_ext2); sequential's
    * milestones are the n_schedulers - 1 switches */
