@@ -206,6 +206,12 @@ nn_loader *nn_loader_new(ad_ctx *ctx, const nn_dataset *ds, const nn_loader_opts
   /* the slots' bytes, and a batch tensor's elements */
   if (!o.drop_last && batch > ds->len && ds->len > 0) batch = ds->len; /* the same batches */
   size_t per = xs > ys ? xs : ys;
+  if ((uint64_t)ds->len > SIZE_MAX / sizeof(int64_t)) { /* the epoch's order */
+    ad_set_error(ctx, AD_ERR_ARG,
+                 "loader_new: the indices of %lld samples overflow the address space",
+                 (long long)ds->len);
+    return NULL;
+  }
   if ((per && (uint64_t)batch > (uint64_t)(INT64_MAX / 2) / per / (uint64_t)nslots)) {
     ad_set_error(ctx, AD_ERR_ARG,
                  "loader_new: batches of %lld samples of %zu and %zu bytes, %d in flight, "

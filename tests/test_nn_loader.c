@@ -327,6 +327,11 @@ Test(misuse_loader, bad_arguments_are_refused) {
   cr_assert_null(nn_loader_new(
       ctx, &bad, &(nn_loader_opts){.batch_size = (int64_t)1 << 30, .drop_last = true}));
   test_expect_error(ctx, AD_ERR_ARG, "overflow the address space", NULL);
+  /* 2^61 + 1 samples: their indices' 2^64 + 8 bytes wrapped to 8, which the
+   * first epoch's order overran */
+  bad = ds, bad.len = ((int64_t)1 << 61) + 1;
+  cr_assert_null(nn_loader_new(ctx, &bad, NULL));
+  test_expect_error(ctx, AD_ERR_ARG, "indices of 2305843009213693953 samples overflow", NULL);
   nn_loader *l = nn_loader_new(ctx, &ds, &(nn_loader_opts){.batch_size = 3});
   cr_assert_not_null(l);
   ad_tensor *xb = (ad_tensor *)1, *yb = (ad_tensor *)1;
