@@ -203,15 +203,17 @@ nn_loader *nn_loader_new(ad_ctx *ctx, const nn_dataset *ds, const nn_loader_opts
     return NULL;
   }
   int nslots = o.num_workers == 0 ? 1 : o.prefetch ? o.prefetch : 2 * o.num_workers;
-  /* the slots' bytes, and a batch tensor's elements */
-  if (!o.drop_last && batch > ds->len && ds->len > 0) batch = ds->len; /* the same batches */
-  size_t per = xs > ys ? xs : ys;
+  int64_t nb = ds->len / batch + (!o.drop_last && ds->len % batch != 0);
+  /* the rows a slot holds: a batch size over len gives one batch of len
+   * rows (or none with drop_last); no batch needs none */
+  if (batch > ds->len || nb == 0) batch = nb ? ds->len : 1;
   if ((uint64_t)ds->len > SIZE_MAX / sizeof(int64_t)) { /* the epoch's order */
     ad_set_error(ctx, AD_ERR_ARG,
                  "loader_new: the indices of %lld samples overflow the address space",
                  (long long)ds->len);
     return NULL;
   }
+  size_t per = xs > ys ? xs : ys; /* the slots' bytes, and a batch tensor's elements */
   if ((per && (uint64_t)batch > (uint64_t)(INT64_MAX / 2) / per / (uint64_t)nslots)) {
     ad_set_error(ctx, AD_ERR_ARG,
                  "loader_new: batches of %lld samples of %zu and %zu bytes, %d in flight, "
@@ -226,8 +228,8 @@ nn_loader *nn_loader_new(ad_ctx *ctx, const nn_dataset *ds, const nn_loader_opts
   l->ds = *ds;
   l->opts = o;
   l->batch = batch;
-  l->nb = o.drop_last ? ds->len / batch : (ds->len + batch - 1) / batch;
-  l->rows = o.drop_last ? l->nb * batch : ds->len;
+  l->nb = nb;
+  l->rows = o.drop_last ? nb * batch : ds->len;
   l->shuffle = o.shuffle;
   ad_rng_seed(&l->rng, o.seed);
   l->xs = xs, l->ys = ys;

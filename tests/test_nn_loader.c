@@ -323,10 +323,24 @@ Test(misuse_loader, bad_arguments_are_refused) {
                       NULL);
   }
   /* samples of 2^40 bytes in batches of 2^30: refused before allocating */
-  bad = ds, bad.x_shape[0] = (int64_t)1 << 38;
-  cr_assert_null(nn_loader_new(
-      ctx, &bad, &(nn_loader_opts){.batch_size = (int64_t)1 << 30, .drop_last = true}));
+  bad = ds, bad.x_shape[0] = (int64_t)1 << 38, bad.len = (int64_t)1 << 31;
+  cr_assert_null(nn_loader_new(ctx, &bad, &(nn_loader_opts){.batch_size = (int64_t)1 << 30}));
   test_expect_error(ctx, AD_ERR_ARG, "overflow the address space", NULL);
+  /* but a batch size over len needs room for len samples only, and a
+   * loader without batches for none (DataLoader takes both) */
+  bad.len = 10, bad.x_shape[0] = 256;
+  for (int k = 0; k < 3; k++) {
+    nn_loader_opts big = {.batch_size = (int64_t)1 << 50, .drop_last = k == 0, .num_workers = k};
+    bad.len = k == 2 ? 0 : 10;
+    nn_loader *l = nn_loader_new(ctx, &bad, &big);
+    cr_assert_not_null(l, "case %d: %s", k, ad_last_error(ctx));
+    cr_assert_eq(nn_loader_batches(l), k == 1);
+    cr_assert_eq(nn_loader_rows(l), k == 1 ? 10 : 0);
+    ad_tensor *xb, *yb;
+    cr_assert_eq(nn_loader_next(l, &xb, &yb), AD_OK);
+    cr_assert_eq(xb ? xb->shape[0] : 0, k == 1 ? 10 : 0);
+    nn_loader_free(l);
+  }
   /* 2^61 + 1 samples: their indices' 2^64 + 8 bytes wrapped to 8, which the
    * first epoch's order overran */
   bad = ds, bad.len = ((int64_t)1 << 61) + 1;
