@@ -10,6 +10,7 @@
 #include "nn_internal.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 
@@ -45,6 +46,8 @@ struct nn_loader {
   pthread_cond_t work, done; /* a slot to load; a slot loaded or a worker idle */
   bool sync_ok;              /* mu, work and done were initialised */
   bool in_epoch, quit;
+  atomic_bool stop; /* the epoch ended or the loader is freed: the loads in
+                       flight stop after their current get (read unlocked) */
   int64_t issued, consumed;
   int busy;
   pthread_t *th;
@@ -69,6 +72,8 @@ static void load_batch(nn_loader *l, int64_t k, slot *s) {
   unsigned char *y = l->ybuf + (size_t)(s - l->slots) * (size_t)l->batch * l->ys;
   s->failed = -1;
   for (int64_t i = b; i < e; i++) {
+    /* a batch of an ended epoch is dropped: don't wait for its other gets */
+    if (atomic_load_explicit(&l->stop, memory_order_relaxed)) return;
     int64_t idx = l->order[i];
     s->msg[0] = 0;
     int rc =
@@ -111,6 +116,7 @@ static void *worker(void *arg) {
 static void end_epoch(nn_loader *l) {
   if (l->workers) pthread_mutex_lock(&l->mu);
   l->in_epoch = false;
+  atomic_store(&l->stop, true);
   while (l->workers && l->busy > 0) pthread_cond_wait(&l->done, &l->mu);
   for (int i = 0; i < l->nslots; i++) l->slots[i].state = SLOT_FREE;
   l->issued = l->consumed = 0;
@@ -122,6 +128,7 @@ static void start_epoch(nn_loader *l) {
   nn_permutation(l->shuffle ? &l->rng : NULL, l->ds.len, l->order);
   l->issued = l->consumed = 0;
   l->in_epoch = true;
+  atomic_store(&l->stop, false);
   if (l->workers) {
     pthread_cond_broadcast(&l->work);
     pthread_mutex_unlock(&l->mu);
@@ -224,6 +231,7 @@ nn_loader *nn_loader_new(ad_ctx *ctx, const nn_dataset *ds, const nn_loader_opts
   nn_loader *l = ad_malloc(ctx, sizeof *l);
   if (!l) return NULL;
   memset(l, 0, sizeof *l);
+  atomic_init(&l->stop, false);
   l->ctx = ctx;
   l->ds = *ds;
   l->opts = o;
@@ -349,6 +357,7 @@ void nn_loader_free(nn_loader *l) {
   if (l->sync_ok) {
     pthread_mutex_lock(&l->mu);
     l->quit = true;
+    atomic_store(&l->stop, true);
     pthread_cond_broadcast(&l->work);
     pthread_mutex_unlock(&l->mu);
     for (int i = 0; i < l->started; i++) pthread_join(l->th[i], NULL);

@@ -8,6 +8,7 @@
 #include "test_alloc.h"
 
 #include <criterion/criterion.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -268,6 +269,42 @@ Test(loader, reset_and_free_mid_epoch) {
   nn_loader_free(NULL);
   cr_assert_eq(nn_loader_batches(NULL), 0);
   cr_assert_eq(nn_loader_rows(NULL), 0);
+}
+
+/* A slow get (5 ms a sample, 100 samples a batch): reset and free with a
+ * batch loading stop it after the get in flight instead of loading the
+ * rest of it (which would take half a second each). */
+static atomic_int slow_calls;
+static int get_slow(void *ud, int64_t i, void *x, void *y, char *msg) {
+  (void)ud, (void)msg;
+  nanosleep(&(struct timespec){0, 5000000}, NULL);
+  atomic_fetch_add(&slow_calls, 1);
+  *(float *)x = (float)i;
+  *(float *)y = (float)i;
+  return 0;
+}
+
+Test(loader, reset_and_free_stop_a_batch_loading) {
+  nn_dataset ds = {.len = 1000, .x_dtype = AD_F32, .y_dtype = AD_F32, .get = get_slow};
+  for (int free_it = 0; free_it < 2; free_it++) {
+    atomic_store(&slow_calls, 0);
+    nn_loader *l = nn_loader_new(ctx, &ds, &(nn_loader_opts){.batch_size = 100, .num_workers = 1});
+    ad_tensor *xb, *yb;
+    cr_assert_eq(nn_loader_next(l, &xb, &yb), AD_OK); /* batch 1 is loading now */
+    if (free_it)
+      nn_loader_free(l);
+    else
+      nn_loader_reset(l);
+    int calls = atomic_load(&slow_calls);
+    cr_assert_lt(calls, 150, "%s waited for %d gets of batch 1", free_it ? "free" : "reset",
+                 calls - 100);
+    if (!free_it) {
+      cr_assert_eq(nn_loader_next(l, &xb, &yb), AD_OK); /* a new epoch, from batch 0 */
+      cr_assert_eq(ad_tensor_get(yb, 0), 0.0);
+      cr_assert_eq(ad_tensor_get(yb, 99), 99.0);
+      nn_loader_free(l);
+    }
+  }
 }
 
 /* A batch handed out is overwritten by the next: a backward through an op
