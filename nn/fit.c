@@ -908,6 +908,10 @@ static ad_status fit_loader(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, nn_
   o.seed = lo->seed;
   o.no_shuffle = !lo->shuffle;
   if (o.dist && o.dist->rank != 0) o.verbose = -1; /* progress from rank 0 only */
+  /* training's first epoch is a whole one of the loader's, as a for loop
+   * over a DataLoader starts a new iterator: not the rest of an epoch the
+   * caller began (a batch looked at first) */
+  nn_loader_reset(l);
   bool shard = o.dist && o.dist->size > 1;
   bool val = o.val_x != NULL;
   nn_batcher *vb = val ? nn_batcher_new(ctx, o.val_x, o.val_y, o.batch_size, false, 0) : NULL;

@@ -530,6 +530,34 @@ Test(fit_loader, bit_identical_to_fit_in_memory) {
   }
 }
 
+/* An epoch of the loader the caller began (a batch looked at) is not
+ * training's first: nn_fit_loader trains on whole epochs, as nn_fit. */
+Test(fit_loader, an_epoch_begun_before_is_dropped) {
+  ad_tensor *x, *y;
+  blobs(ctx, 10, 3, &x, &y);
+  nn_model *a = mlp(ctx), *b = mlp(ctx);
+  nn_optimizer *oa = nn_sgd_new(nn_model_params(a), 0.1, 0, false, 0);
+  nn_optimizer *ob = nn_sgd_new(nn_model_params(b), 0.1, 0, false, 0);
+  nn_fit_opts fo = {.epochs = 2, .batch_size = 4, .no_shuffle = true, .verbose = -1};
+  nn_history *ha, *hb;
+  cr_assert_eq(nn_fit(a, oa, nn_cross_entropy_loss, x, y, &fo, &ha), AD_OK);
+  mem_ds d = mem_of(x, y);
+  nn_dataset ds = mem_dataset(&d);
+  nn_loader *l = nn_loader_new(ctx, &ds, &(nn_loader_opts){.batch_size = 4});
+  ad_tensor *xb, *yb;
+  cr_assert_eq(nn_loader_next(l, &xb, &yb), AD_OK);
+  fo.batch_size = 0, fo.no_shuffle = false;
+  cr_assert_eq(nn_fit_loader(b, ob, nn_cross_entropy_loss, l, &fo, &hb), AD_OK, "%s",
+               ad_last_error(ctx));
+  cr_assert_eq(d.calls, 4 + 2 * 10);
+  same_params(a, b);
+  same_history(ha, hb);
+  nn_history_free(ha), nn_history_free(hb);
+  nn_loader_free(l);
+  nn_optimizer_free(oa), nn_optimizer_free(ob);
+  nn_model_free(a), nn_model_free(b);
+}
+
 /* A fake rank (as tests/test_nn_dist_ops.c's): records the rows of each
  * step, reduces nothing. */
 typedef struct fake {

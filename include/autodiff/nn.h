@@ -3959,9 +3959,10 @@ NN_API ad_status nn_fit(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tens
  * rows nn_fit's sharding gives it); the ranks' agreement checks the rows,
  * batch size and seed but not the samples' values. A failing get stops
  * training with its error (AD_ERR_IO, "loader: sample <i>: ..."), with
- * dist on every rank. The loader's epoch is ended on return (the loader is
- * not freed); each epoch of training is one of the loader's, so a later
- * nn_fit_loader goes on with its next shuffles. AD_ERR_NULL (m, opt, loss
+ * dist on every rank. The loader's epoch is ended on entry (an epoch the
+ * caller began is dropped, as a new DataLoader iterator) and on return (the
+ * loader is not freed); each epoch of training is one of the loader's, so a
+ * later nn_fit_loader goes on with its next shuffles. AD_ERR_NULL (m, opt, loss
  * or loader NULL), AD_ERR_ARG (a loader of another context, no rows per
  * epoch, bad options), or as nn_fit. */
 NN_API ad_status nn_fit_loader(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, nn_loader *loader,
