@@ -345,7 +345,12 @@ int64_t nn_loader_batches(const nn_loader *l) { return l ? l->nb : 0; }
 
 int64_t nn_loader_rows(const nn_loader *l) { return l ? l->rows : 0; }
 
-int64_t nn_loader_batch_size(const nn_loader *l) { return l->batch; }
+/* The batch size asked for: l->batch may be smaller (len, which gives the
+ * same batches), but nn_fit_loader validates in batches of this size, as
+ * nn_fit does. */
+int64_t nn_loader_batch_size(const nn_loader *l) {
+  return l->opts.batch_size ? l->opts.batch_size : 1;
+}
 
 const nn_loader_opts *nn_loader_options(const nn_loader *l) { return &l->opts; }
 

@@ -558,6 +558,34 @@ Test(fit_loader, an_epoch_begun_before_is_dropped) {
   nn_model_free(a), nn_model_free(b);
 }
 
+/* A batch size over the rows gives one batch of them all, but validation
+ * runs in batches of the size asked for, as nn_fit's: the same bits. */
+Test(fit_loader, validation_in_batches_of_the_size_asked_for) {
+  ad_tensor *x, *y, *vx, *vy;
+  blobs(ctx, 10, 3, &x, &y);
+  blobs(ctx, 200, 4, &vx, &vy);
+  nn_model *a = mlp(ctx), *b = mlp(ctx);
+  nn_optimizer *oa = nn_sgd_new(nn_model_params(a), 0.1, 0, false, 0);
+  nn_optimizer *ob = nn_sgd_new(nn_model_params(b), 0.1, 0, false, 0);
+  nn_fit_opts fo = {
+      .epochs = 3, .batch_size = 64, .no_shuffle = true, .verbose = -1, .val_x = vx, .val_y = vy};
+  nn_history *ha, *hb;
+  cr_assert_eq(nn_fit(a, oa, nn_cross_entropy_loss, x, y, &fo, &ha), AD_OK);
+  mem_ds d = mem_of(x, y);
+  nn_dataset ds = mem_dataset(&d);
+  nn_loader *l = nn_loader_new(ctx, &ds, &(nn_loader_opts){.batch_size = 64});
+  cr_assert_eq(nn_loader_batches(l), 1);
+  fo.batch_size = 0, fo.no_shuffle = false;
+  cr_assert_eq(nn_fit_loader(b, ob, nn_cross_entropy_loss, l, &fo, &hb), AD_OK, "%s",
+               ad_last_error(ctx));
+  same_params(a, b);
+  same_history(ha, hb);
+  nn_history_free(ha), nn_history_free(hb);
+  nn_loader_free(l);
+  nn_optimizer_free(oa), nn_optimizer_free(ob);
+  nn_model_free(a), nn_model_free(b);
+}
+
 /* A fake rank (as tests/test_nn_dist_ops.c's): records the rows of each
  * step, reduces nothing. */
 typedef struct fake {
