@@ -200,6 +200,13 @@ nn_loader *nn_loader_new(ad_ctx *ctx, const nn_dataset *ds, const nn_loader_opts
                  MAX_WORKERS);
     return NULL;
   }
+  if (o.prefetch > 0 && o.num_workers == 0) { /* PyTorch's ValueError */
+    ad_set_error(ctx, AD_ERR_ARG,
+                 "loader_new: prefetch %d needs num_workers > 0 (batches are loaded ahead "
+                 "only by workers)",
+                 o.prefetch);
+    return NULL;
+  }
   if (!sample_bytes(ds->x_dtype, false, ds->x_ndim, ds->x_shape, &xs) ||
       !sample_bytes(ds->y_dtype, true, ds->y_ndim, ds->y_shape, &ys)) {
     ad_set_error(ctx, AD_ERR_ARG,

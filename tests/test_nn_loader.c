@@ -342,6 +342,9 @@ Test(misuse_loader, bad_arguments_are_refused) {
     cr_assert_null(nn_loader_new(ctx, &ds, &opts[i]));
     test_expect_error(ctx, AD_ERR_ARG, "loader_new: len 10, batch size", NULL);
   }
+  ad_clear_error(ctx);
+  cr_assert_null(nn_loader_new(ctx, &ds, &(nn_loader_opts){.prefetch = 2}));
+  test_expect_error(ctx, AD_ERR_ARG, "loader_new: prefetch 2 needs num_workers > 0", NULL);
   bad = ds, bad.len = -1;
   cr_assert_null(nn_loader_new(ctx, &bad, NULL));
   test_expect_error(ctx, AD_ERR_ARG, "loader_new: len -1", NULL);

@@ -3645,7 +3645,8 @@ typedef struct nn_loader nn_loader;
  * The threads never touch ctx or its tensors. Returns NULL with
  * AD_ERR_NULL (ctx, ds or get NULL), AD_ERR_ARG (len < 0, a bad dtype,
  * ndim or dimension < 0, batch size < 0, num_workers < 0 or over 256,
- * prefetch < 0, or a batch or len whose byte size overflows), AD_ERR_OOM, or
+ * prefetch < 0, prefetch > 0 without workers as PyTorch refuses a
+ * prefetch_factor then, or a batch or len whose byte size overflows), AD_ERR_OOM, or
  * AD_ERR_STATE when a thread cannot be started. */
 NN_API nn_loader *nn_loader_new(ad_ctx *ctx, const nn_dataset *ds, const nn_loader_opts *opts);
 
