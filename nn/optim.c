@@ -1526,7 +1526,11 @@ static double kid_next(const nn_schedule_ext2 *c, double lr, double lr0, int64_t
     double a = c->start_factor, b = c->end_factor;
     if (t == 0) return lr * a;
     if (t > c->total_iters) return lr;
-    return lr * (1. + (b - a) / ((double)c->total_iters * a + (double)(t - 1) * (b - a)));
+    /* the ratio of two closed forms >= 0; PyTorch's rounds to -1e-17 at
+     * total_iters for end_factor 0 (start_factor 1/3, 0.2, ...), which the
+     * step would refuse as a rate < 0 */
+    double f = 1. + (b - a) / ((double)c->total_iters * a + (double)(t - 1) * (b - a));
+    return lr * (f > 0 ? f : 0);
   }
   case NN_SCHED_CONSTANT_FACTOR:
     if (t == 0) return lr * c->factor;

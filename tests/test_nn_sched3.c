@@ -263,6 +263,28 @@ Test(sched3, chained_matches_torch) {
   CHAIN(ch_exp_lam_restarts_const, d);
 }
 
+/* A linear child down to 0 with PyTorch's default start_factor 1/3: its
+ * recursive form rounds to -1.5e-17 at total_iters in PyTorch; here 0, so
+ * the run goes on (a rate below 0 is refused) */
+Test(sched3, linear_child_down_to_zero_ends_at_zero) {
+  nn_schedule_ext2 k[] = {linear(1. / 3, 0, 5)};
+  for (int c = 0; c < 2; c++) {
+    nn_schedule_ext2 s = composite(c ? NN_SCHED_CHAINED : NN_SCHED_SEQUENTIAL, k, 1, NULL, 0);
+    nn_model *m;
+    nn_optimizer *o = two_groups(&m, NN_OPT_SGD, 0.9);
+    cr_assert_eq(nn_optimizer_set_schedule_ext2(o, &s), AD_OK, "%s", ad_last_error(ctx));
+    for (int t = 1; t <= 8; t++) {
+      cr_assert_eq(nn_optimizer_schedule_step(o), AD_OK, "%d, step %d: %s", c, t,
+                   ad_last_error(ctx));
+      if (t >= 5) {
+        cr_assert_eq(nn_optimizer_group_lr(o, 0), 0, "%d, step %d", c, t);
+        cr_assert_eq(nn_schedule_ext2_lr(&s, 0.1, t), 0, "%d, step %d", c, t);
+      }
+    }
+    done(o, m);
+  }
+}
+
 /* The children are copied: the caller's array may go; the copy holds the
  * children's milestones too */
 Test(sched3, children_are_copied) {
