@@ -1933,6 +1933,19 @@ ad_status nn_optimizer_schedule_step(nn_optimizer *o) {
    * base rate per group; checked for all before any changes */
   double mult = s->kind == NN_SCHED_MULTIPLICATIVE ? s->lr_lambda((int64_t)epoch, s->lambda_ud)
                                                    : 1.0; /* once per step, as PyTorch calls it */
+  /* a cycled momentum the optimizer's constructor would refuse (a cyclic's
+   * scale above 1 drives it to 0 or below): refused as a rate below 0 */
+  double mom = sched_cycled(s, (int64_t)epoch);
+  for (int g = 0; g < o->ngroups && cycles_momentum(s); g++) {
+    nn_opt_config *c = gcfg(o, g);
+    bool sgd = c->kind == NN_OPT_SGD || c->kind == NN_OPT_RMSPROP;
+    if (cycled_setting(c) && !(sgd ? isfinite(mom) && mom > 0 : mom >= 0 && mom < 1))
+      return ad_set_error(o->ctx, AD_ERR_NAN,
+                          "optimizer %s: the schedule's momentum at epoch %.0f is %g%s; it must "
+                          "be %s",
+                          kind_names[o->cfg.kind], epoch, mom, group_label(o, g, (char[32]){0}),
+                          sgd ? "finite and > 0" : "in [0, 1)");
+  }
   for (int pass = 0; pass < 2; pass++) {
     for (int g = 0; g < o->ngroups; g++) {
       double cur = scalar_get(glr(o, g)), lr0 = scalar_get(glr0(o, g));

@@ -167,6 +167,25 @@ Test(sched3, cyclic_base_moves_the_cycle) {
   done(o, m);
 }
 
+/* A cycled momentum that a scale above 1 (exp_range with gamma > 1, or a
+ * scale_fn) drives to 0 or below is refused as a rate below 0 is: PyTorch
+ * sets -2.3 at step 5 here (and 0.9 again at 6), where the momentum stuck
+ * at -2.3 for the rest of the run */
+Test(sched3, cycled_momentum_out_of_range_is_refused) {
+  nn_model *m;
+  nn_optimizer *o = two_groups(&m, NN_OPT_SGD, 0.9);
+  nn_schedule_ext2 s = cyclic(0.01, 0.1, 1, 0);
+  s.mode = NN_CYCLIC_EXP_RANGE, s.gamma = 2;
+  cr_assert_eq(nn_optimizer_set_schedule_ext2(o, &s), AD_OK, "%s", ad_last_error(ctx));
+  for (int t = 1; t <= 4; t++) cr_assert_eq(nn_optimizer_schedule_step(o), AD_OK);
+  exact(momentum_of(o, 1), 0.9, "momentum", 1, 4);
+  cr_assert_eq(nn_optimizer_schedule_step(o), AD_ERR_NAN);
+  test_expect_error(ctx, AD_ERR_NAN, "momentum at epoch 5 is -2.3", NULL);
+  exact(nn_optimizer_lr(o), 0.01, "unchanged rate", 0, 4);
+  exact(momentum_of(o, 0), 0.9, "unchanged momentum", 0, 4);
+  done(o, m);
+}
+
 /* ---------------------------------------- SequentialLR, ChainedScheduler */
 
 static nn_schedule_ext2 kind_of(nn_sched_kind k) { return nn_schedule_ext2_defaults(k); }

@@ -3168,7 +3168,9 @@ NN_API const nn_schedule_ext *nn_optimizer_schedule_ext(const nn_optimizer *opt)
  * a schedule). nn_fit calls it after every epoch, or after every batch for
  * a schedule with step_per_batch. Returns AD_OK, AD_ERR_NULL (opt NULL),
  * AD_ERR_NAN when the new rate would not be finite (gamma > 1 overflowing
- * after many epochs), AD_ERR_STATE for a step past a onecycle's
+ * after many epochs) or when a cycled momentum would not be one the
+ * optimizer takes (a cyclic's scale above 1 driving it to 0 or below),
+ * AD_ERR_STATE for a step past a onecycle's
  * total_steps (as PyTorch's OneCycleLR raises "Tried to step ... times")
  * or AD_ERR_OOM (as nn_optimizer_set_lr), the optimizer unchanged. */
 NN_API ad_status nn_optimizer_schedule_step(nn_optimizer *opt);
