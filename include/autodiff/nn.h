@@ -3276,7 +3276,9 @@ typedef double (*nn_scale_fn)(int64_t x, void *ud);
  *             cycle_momentum needs SGD or RMSProp (made with momentum >
  *             0, as onecycle); Adam-family optimizers are refused as 1.13
  *             refuses them. PyTorch's explicit step_size_down 0 (a
- *             sawtooth) has no counterpart (0 means None here).
+ *             sawtooth) has no counterpart (0 means None here). A scale
+ *             above 1 that drives the momentum to 0 or below fails that
+ *             step (nn_optimizer_schedule_step), where PyTorch sets it.
  *   sequential  PyTorch's SequentialLR(schedulers, milestones): the
  *             n_schedulers children in turn, child i > 0 from milestone
  *             i - 1 on (milestones >= 1, increasing), each stepped as
@@ -3286,7 +3288,9 @@ typedef double (*nn_scale_fn)(int64_t x, void *ud);
  *             milestones by PyTorch's recursive form from the current rate
  *             at t - milestone. Those forms follow PyTorch also where the
  *             kinds here are closed forms: a cosine child climbs back
- *             after t_max as PyTorch's does. Children: step, exponential,
+ *             after t_max as PyTorch's does (a linear child's factor
+ *             stops at 0, where PyTorch's rounds to -1e-17 with
+ *             end_factor 0). Children: step, exponential,
  *             cosine, multistep, linear, constant_factor, polynomial,
  *             lambda, multiplicative, cosine_restarts (not constant,
  *             warmup_cosine, onecycle, cyclic, sequential, chained; their
