@@ -1372,7 +1372,7 @@ static const char *kids_problem(const nn_schedule_ext2 *s) {
     }
     if (s->n_milestones > 0 && !s->milestones) return "milestones is NULL";
     for (int i = 0; i < s->n_milestones; i++)
-      if (s->milestones[i] < (i ? s->milestones[i - 1] + 1 : 1))
+      if (i ? s->milestones[i] <= s->milestones[i - 1] : s->milestones[i] < 1)
         return "milestones must be >= 1 and increasing";
   }
   for (int i = 0; i < s->n_schedulers; i++) {

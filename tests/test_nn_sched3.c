@@ -11,6 +11,7 @@
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <string.h>
 
 TEST_TMPDIR_SUITE(sched3, "sched3");
@@ -531,8 +532,9 @@ Test(sched3, sequential_and_chained_bad_settings) {
           "points, but got number of schedulers 3 and the number of milestones to be equal to 1");
   s = composite(NN_SCHED_SEQUENTIAL, k, 3, NULL, 2);
   refused(o, &s, "milestones is NULL");
-  int64_t bad[][2] = {{3, 3}, {6, 3}, {0, 3}, {-1, 2}};
-  for (int i = 0; i < 4; i++) {
+  /* INT64_MAX then less: not read as INT64_MAX + 1 (signed overflow) */
+  int64_t bad[][2] = {{3, 3}, {6, 3}, {0, 3}, {-1, 2}, {INT64_MAX, 5}};
+  for (int i = 0; i < LEN(bad); i++) {
     s = composite(NN_SCHED_SEQUENTIAL, k, 3, bad[i], 2);
     refused(o, &s, "milestones must be >= 1 and increasing");
   }
