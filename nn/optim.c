@@ -1506,8 +1506,13 @@ static double poly_next(const nn_schedule_ext2 *s, double lr, int64_t t) {
 /* ---- SequentialLR and ChainedScheduler: PyTorch's recursive get_lr of
  * each child, from the current rate lr and the base lr0 */
 
-/* Python's a % m for m > 0 */
-static int64_t py_mod(int64_t a, int64_t m) { return ((a % m) + m) % m; }
+/* PyTorch's (t - 1 - T) % (2 T) == 0 for t, T >= 1 (a negative t - 1 - T
+ * is > -2 T: never 0 mod 2 T), without 2 T overflowing */
+static bool cos_peak(int64_t t, int64_t T) {
+  int64_t d = t - 1 - T;
+  if (d < 0) return false;
+  return T > INT64_MAX / 2 ? d == 0 : d % (2 * T) == 0;
+}
 
 /* child c's get_lr at its step t (0: its first) from rate lr */
 static double kid_next(const nn_schedule_ext2 *c, double lr, double lr0, int64_t t) {
@@ -1540,7 +1545,7 @@ static double kid_next(const nn_schedule_ext2 *c, double lr, double lr0, int64_t
   case NN_SCHED_COSINE: {
     double T = (double)c->t_max, m = c->eta_min;
     if (t == 0) return lr;
-    if (py_mod(t - 1 - c->t_max, 2 * c->t_max) == 0) return lr + (lr0 - m) * (1 - cos(pi / T)) / 2;
+    if (cos_peak(t, c->t_max)) return lr + (lr0 - m) * (1 - cos(pi / T)) / 2;
     return (1 + cos(pi * (double)t / T)) / (1 + cos(pi * (double)(t - 1) / T)) * (lr - m) + m;
   }
   case NN_SCHED_MULTIPLICATIVE:

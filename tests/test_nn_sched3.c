@@ -305,6 +305,19 @@ Test(sched3, linear_child_down_to_zero_ends_at_zero) {
   }
 }
 
+/* A cosine child's t_max above INT64_MAX / 2: its climb-back test (PyTorch's
+ * (t - 1 - T_max) % (2 T_max)) without 2 t_max overflowing (UBSan), and
+ * still climbing back one step after t_max */
+Test(sched3, cosine_child_huge_t_max) {
+  nn_schedule_ext2 k[] = {cosine(INT64_MAX, 0)};
+  nn_schedule_ext2 s = composite(NN_SCHED_CHAINED, k, 1, NULL, 0);
+  cr_assert_eq(nn_schedule_ext2_lr(&s, 0.1, 3), 0.1);
+  k[0] = cosine(INT64_MAX / 2 + 1, 0);
+  cr_assert_eq(nn_schedule_ext2_lr(&s, 0.1, 3), 0.1);
+  k[0] = cosine(2, 0); /* 0.1, 0.05, 0, then PyTorch's climb back at 3 */
+  exact(nn_schedule_ext2_lr(&s, 0.1, 3), 0.05, "climbs back", 0, 3);
+}
+
 /* The children are copied: the caller's array may go; the copy holds the
  * children's milestones too */
 Test(sched3, children_are_copied) {
