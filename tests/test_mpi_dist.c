@@ -151,15 +151,18 @@ static bool same_bits_as_rank0(nn_params *p) {
   return same_bits_tensors(nn_params_tensors(p), nn_params_count(p));
 }
 
-/* Largest |a - b| / max(|b|, 1e-3) over the n tensors' elements. */
+/* Largest |a - b| / max(|b|, 1e-3) over the n tensors' elements: 0 for
+ * equal ones (a plateau's best is inf in both), NaN for a NaN (which
+ * then stays: a later element must not replace it). */
 static double max_rel_tensors(ad_tensor *const *as, ad_tensor *const *bs, int n) {
   double worst = 0;
   for (int i = 0; i < n; i++) {
     ad_tensor *s = as[i], *t = bs[i];
     for (int64_t e = 0; e < s->size; e++) {
       double u = ad_tensor_get(s, e), v = ad_tensor_get(t, e);
-      double r = fabs(u - v) / fmax(fabs(v), 1e-3);
-      if (!(r <= worst)) worst = r; /* NaN wins */
+      double r = u == v ? 0 : fabs(u - v) / fmax(fabs(v), 1e-3);
+      if (isnan(r)) return r;
+      if (r > worst) worst = r;
     }
   }
   return worst;
