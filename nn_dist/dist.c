@@ -2060,7 +2060,8 @@ static void share_slices(nn_dist *d, ad_tensor *const *ts, bool first_barrier) {
  * has other state tensors). */
 static bool stale_is(const nn_dist *d, const nn_optimizer *opt) {
   const shm *h = &d->sh;
-  if (!h->stale || !opt || nn_optimizer_state_count(opt) != h->st_count) return false;
+  /* (a parameter group added since appends state: the recorded stays) */
+  if (!h->stale || !opt || nn_optimizer_state_count(opt) < h->st_count) return false;
   ad_tensor *const *st = nn_optimizer_state_tensors(opt);
   for (int k = 0; k < h->nst; k++)
     if (st[h->st[k].j] != h->st[k].t || ad_tensor_serial(st[h->st[k].j]) != h->st[k].serial)
@@ -2074,7 +2075,7 @@ static bool stale_is(const nn_dist *d, const nn_optimizer *opt) {
  * room: ops_step shards only then. */
 static void stale_record(nn_dist *d, const nn_optimizer *opt, bool entries) {
   shm *h = &d->sh;
-  if (stale_is(d, opt)) return;
+  if (stale_is(d, opt) && nn_optimizer_state_count(opt) == h->st_count) return;
   int ns = nn_optimizer_state_count(opt);
   ad_tensor *const *st = nn_optimizer_state_tensors(opt);
   memset(d->gath_cnt, 0, (d->np ? (size_t)d->np : 1) * sizeof *d->gath_cnt);
@@ -2158,6 +2159,12 @@ static ad_status ops_step(void *ud, nn_optimizer *opt) {
   bool shard = opt && d->o.shard_optimizer && h->on && h->lsize > 1 &&
                (direct || opt_entries(d, opt)) &&
                nn_optimizer_state_count(opt) <= h->stcap; /* (room to record its state) */
+  /* a step that is not sharded reads every element of the state, and a
+   * sharded one of another optimizer, or of more state (a group added),
+   * records its own: the sharded steps' slices are gathered first (every
+   * rank decides alike) */
+  if (h->stale && !(shard && stale_is(d, opt) && nn_optimizer_state_count(opt) == h->st_count))
+    gather_stale(d);
   /* a whole step on every rank (or an exchange of the slices) on one copy
    * of the parameters would take it once per rank: each its own copy; and
    * a sharded step over tensors not in the window (of a model made again

@@ -1944,6 +1944,86 @@ static void failed_load_keeps_state_to_gather(ad_ctx *c) {
   ad_tensor_free(y);
 }
 
+/* Sharded steps leave each rank only its slices of the optimizer state;
+ * a later step of the same optimizer that cannot be sharded (a group over
+ * a tensor outside the model added since) must first gather it, as the
+ * whole step reads every element, and so must nn_dist_sync though the
+ * group added state (sync_after: the group added after the last step):
+ * the parameters and state then equal whole steps' on every rank. */
+static void unsharded_after_sharded_variant(ad_ctx *c, bool sync_after) {
+  ad_tensor *x, *y;
+  make_data(c, AD_F64, 24, &x, &y);
+  nn_model *m[2];
+  nn_optimizer *o[2];
+  nn_params *extra[2];
+  ad_tensor *s[2];
+  ad_status st = AD_OK;
+  long long sharded = 0;
+  for (int k = 0; k < 2; k++) { /* k = 0: whole steps, 1: sharded */
+    m[k] = make_model(c, AD_F64, 8, PLAIN, 5);
+    o[k] = nn_adam_new(nn_model_params(m[k]), 0.01);
+    extra[k] = nn_params_new(c);
+    s[k] = ad_zeros(c, AD_F64, 1, (int64_t[1]){3});
+    nn_dist_opts dopt = {.shard_optimizer = k == 1};
+    own_shard = true;
+    nn_dist *d = dist_new(c, &dopt);
+    own_shard = false;
+    const nn_dist_ops *ops = nn_dist_fit_ops(d);
+    nn_params *p = nn_model_params(m[k]);
+    int64_t b = 24 * rank / size, e = 24 * (rank + 1) / size;
+    for (int t = 0; t < 5 && st == AD_OK; t++) {
+      if (t == (sync_after ? 4 : 3)) { /* a group over a tensor outside the model (no gradient) */
+        nn_opt_config_ext g = nn_opt_defaults_ext(NN_OPT_ADAM, 0.01);
+        st = s[k] && extra[k] && ad_tensor_set_requires_grad(s[k], true) == AD_OK &&
+                     nn_params_add(extra[k], "scale", s[k], false) == AD_OK
+                 ? nn_optimizer_add_param_group(o[k], extra[k], &g)
+                 : AD_ERR_OOM;
+        if (st != AD_OK || sync_after) break;
+      }
+      ad_tape_reset(c);
+      nn_params_zero_grad(p);
+      ad_tensor *l = NULL;
+      if (e > b)
+        l = nn_cross_entropy_loss(c, nn_model_forward(m[k], ad_narrow(c, x, 0, b, e - b)),
+                                  ad_narrow(c, y, 0, b, e - b), NN_MEAN);
+      st = ops->grad_begin(ops->ud, p, l, e - b, 24);
+      if (st == AD_OK && l) st = ad_backward(c, l, NULL);
+      st = ops->grad_end(ops->ud, p, st);
+      if (st == AD_OK && t < 4) st = ops->step(ops->ud, o[k]);
+    }
+    ad_tape_reset(c);
+    if (st == AD_OK) st = nn_dist_sync(d, m[k], o[k]);
+    nn_dist_stats stats;
+    nn_dist_get_stats(d, &stats, false);
+    if (k == 1) sharded = stats.sharded_steps;
+    nn_dist_free(d);
+  }
+  double rel = max_rel(nn_model_params(m[1]), nn_model_params(m[0]));
+  int ns = nn_optimizer_state_count(o[0]);
+  double srel =
+      ns == nn_optimizer_state_count(o[1])
+          ? max_rel_tensors(nn_optimizer_state_tensors(o[1]), nn_optimizer_state_tensors(o[0]), ns)
+          : 1;
+  snprintf(why, sizeof why,
+           "status %s, relative difference %g (parameters), %g (state), %lld sharded steps",
+           ad_status_str(st), rel, srel, sharded);
+  check(st == AD_OK && rel <= 1e-12 && srel <= 1e-12 && same_bits_as_rank0(nn_model_params(m[1])),
+        sync_after ? "nn_dist_sync after a group was added to sharded steps gathers the state"
+                   : "a whole step after sharded ones gathers the optimizer state first",
+        why);
+  for (int k = 0; k < 2; k++) {
+    nn_optimizer_free(o[k]), nn_model_free(m[k]), nn_params_free(extra[k]);
+    ad_tensor_free(s[k]);
+  }
+  ad_tensor_free(x);
+  ad_tensor_free(y);
+}
+
+static void unsharded_after_sharded(ad_ctx *c) {
+  unsharded_after_sharded_variant(c, false);
+  unsharded_after_sharded_variant(c, true);
+}
+
 static void dropout_and_batchnorm(ad_ctx *c) {
   nn_dist_opts o = {0};
   run dr = train(c, AD_F32, DROPOUT, false, 48, 12, 2, &o, true);
@@ -2866,6 +2946,7 @@ int main(int argc, char **argv) {
   empty_list_keeps_path(c);
   param_groups(c);
   outside_tensor_refused(c);
+  unsharded_after_sharded(c);
   grad_begin_twice(c);
   new_fails_on_one_rank(c);
   model_on_another_context(c);
