@@ -445,6 +445,11 @@ static ad_status add_slots(nn_optimizer *o, nn_params *params, int g) {
                     : cfg->kind == NN_OPT_RPROP && strcmp(kinds[k], "step_size") == 0 ? cfg->lr
                                                                                       : 0.0;
       ad_tensor *s = ad_full(ctx, p->dtype, p->ndim, p->shape, init);
+      if (!s) { /* the big one: "adam.m.<name> [shape]" */
+        nn_error_prefix(ctx, "%s.%s.%s %s", kind, kinds[k], name,
+                        ad_shape_str(p, (char[128]){0}, 128));
+        return ad_last_status(ctx);
+      }
       if ((st = add_state(o, s, false, kind, kinds[k], name)) != AD_OK) return st;
       sl->s[k] = s;
     }
@@ -467,18 +472,39 @@ static ad_status add_slots(nn_optimizer *o, nn_params *params, int g) {
   return AD_OK;
 }
 
+static nn_optimizer *optimizer_make(nn_params *params, const nn_opt_config_ext *xcfg);
+
+/* optimizer_make (nn_optimizer_new_ext), whose failure to allocate (the
+ * state) names the public constructor fn first (nn_error_prefix) */
+static nn_optimizer *optimizer_new(nn_params *params, const nn_opt_config_ext *xcfg,
+                                   const char *fn) {
+  nn_optimizer *o = optimizer_make(params, xcfg);
+  ad_ctx *ctx = nn_params_ctx(params);
+  if (!o && ad_last_status(ctx) == AD_ERR_OOM) nn_error_prefix(ctx, "%s", fn);
+  return o;
+}
+
+static nn_optimizer *optimizer_new_base(nn_params *params, const nn_opt_config *cfg,
+                                        const char *fn) {
+  nn_opt_config_ext e = nn_opt_defaults_ext(cfg->kind, cfg->lr);
+  e.base = *cfg;
+  return optimizer_new(params, &e, fn);
+}
+
 nn_optimizer *nn_optimizer_new(nn_params *params, const nn_opt_config *cfg) {
   if (!cfg) {
     ad_ctx *ctx = nn_params_ctx(params);
     if (ctx) ad_set_error(ctx, AD_ERR_NULL, "optimizer: configuration is NULL");
     return NULL;
   }
-  nn_opt_config_ext e = nn_opt_defaults_ext(cfg->kind, cfg->lr);
-  e.base = *cfg;
-  return nn_optimizer_new_ext(params, &e);
+  return optimizer_new_base(params, cfg, "nn_optimizer_new");
 }
 
 nn_optimizer *nn_optimizer_new_ext(nn_params *params, const nn_opt_config_ext *xcfg) {
+  return optimizer_new(params, xcfg, "nn_optimizer_new_ext");
+}
+
+static nn_optimizer *optimizer_make(nn_params *params, const nn_opt_config_ext *xcfg) {
   ad_ctx *ctx = nn_params_ctx(params);
   if (!ctx) return NULL;
   if (!xcfg) {
@@ -552,28 +578,28 @@ nn_optimizer *nn_sgd_new(nn_params *params, double lr, double momentum, bool nes
   c.momentum = momentum;
   c.nesterov = nesterov;
   c.weight_decay = weight_decay;
-  return nn_optimizer_new(params, &c);
+  return optimizer_new_base(params, &c, "nn_sgd_new");
 }
 
 nn_optimizer *nn_adam_new(nn_params *params, double lr) {
   nn_opt_config c = nn_opt_defaults(NN_OPT_ADAM, lr);
-  return nn_optimizer_new(params, &c);
+  return optimizer_new_base(params, &c, "nn_adam_new");
 }
 
 nn_optimizer *nn_adamw_new(nn_params *params, double lr, double weight_decay) {
   nn_opt_config c = nn_opt_defaults(NN_OPT_ADAMW, lr);
   c.weight_decay = weight_decay;
-  return nn_optimizer_new(params, &c);
+  return optimizer_new_base(params, &c, "nn_adamw_new");
 }
 
 nn_optimizer *nn_rmsprop_new(nn_params *params, double lr) {
   nn_opt_config c = nn_opt_defaults(NN_OPT_RMSPROP, lr);
-  return nn_optimizer_new(params, &c);
+  return optimizer_new_base(params, &c, "nn_rmsprop_new");
 }
 
 nn_optimizer *nn_adagrad_new(nn_params *params, double lr) {
   nn_opt_config c = nn_opt_defaults(NN_OPT_ADAGRAD, lr);
-  return nn_optimizer_new(params, &c);
+  return optimizer_new_base(params, &c, "nn_adagrad_new");
 }
 
 void nn_optimizer_free(nn_optimizer *o) {

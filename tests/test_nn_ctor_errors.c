@@ -375,6 +375,53 @@ static void stack_sweep(bool dec) {
 Test(nn_ctor_errors, encoder_stack_sweep) { stack_sweep(false); }
 Test(nn_ctor_errors, decoder_stack_sweep) { stack_sweep(true); }
 
+/* The optimizers' constructors make a state tensor of each parameter's
+ * shape: each refused request fails with AD_ERR_OOM and a message
+ * beginning with the public constructor's name, leaking nothing; those
+ * of a state tensor name it ("adam.m.0.weight [4,3]"). */
+static nn_optimizer *sweep_adam(nn_params *p) { return nn_adam_new(p, 0.01); }
+static nn_optimizer *sweep_sgd(nn_params *p) { return nn_sgd_new(p, 0.1, 0.9, false, 0); }
+static nn_optimizer *sweep_ext(nn_params *p) {
+  nn_opt_config_ext x = nn_opt_defaults_ext(NN_OPT_RMSPROP, 0.01);
+  return nn_optimizer_new_ext(p, &x);
+}
+
+static void optimizer_sweep(nn_optimizer *(*make)(nn_params *), const char *fn, const char *state) {
+  test_alloc ta = {0};
+  ad_ctx *c = ad_ctx_new_with_alloc(test_alloc_fn, &ta);
+  cr_assert_not_null(c);
+  ad_rng r;
+  ad_rng_seed(&r, 1);
+  nn_model *m = nn_sequential_new(c);
+  cr_assert_eq(nn_model_add(m, nn_dense_new(c, 3, 4, &r, NULL)), AD_OK, "%s", ad_last_error(c));
+  size_t live = ad_ctx_live_tensors(c);
+  bool named = false;
+  for (long k = 0;; k++) {
+    ta.refuse = TEST_ALLOC_REFUSE_ONLY;
+    ta.fail_at = ta.requests + k;
+    long before = ta.refused;
+    nn_optimizer *o = make(nn_model_params(m));
+    test_alloc_grant_all(&ta);
+    if (o) {
+      cr_assert_eq(ta.refused, before, "%s: request %ld refused but the optimizer was made", fn, k);
+      nn_optimizer_free(o);
+      break;
+    }
+    named = named || strstr(ad_last_error(c), state);
+    expect_prefixed(c, AD_ERR_OOM, fn, "out of memory");
+    cr_assert_eq(ad_ctx_live_tensors(c), live, "%s: request %ld: tensors leaked", fn, k);
+  }
+  cr_assert(named, "%s: no refusal named the state tensor %s", fn, state);
+  nn_model_free(m);
+  ad_ctx_free(c);
+}
+
+Test(nn_ctor_errors, optimizer_sweeps) {
+  optimizer_sweep(sweep_adam, "nn_adam_new", ": adam.m.0.weight [4,3]: ");
+  optimizer_sweep(sweep_sgd, "nn_sgd_new", ": sgd.momentum.0.weight [4,3]: ");
+  optimizer_sweep(sweep_ext, "nn_optimizer_new_ext", ": rmsprop.square_avg.0.weight [4,3]: ");
+}
+
 /* ------------------------------------------------------- nn_error_prefix */
 
 Test(nn_ctor_errors, prefix_keeps_status_and_message) {
