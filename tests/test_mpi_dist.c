@@ -2024,6 +2024,126 @@ static void unsharded_after_sharded(ad_ctx *c) {
   unsharded_after_sharded_variant(c, true);
 }
 
+/* Sharded steps of optimizers whose entries are not the model's list:
+ * SGD with momentum clipped by norm over a part of the model in two
+ * groups in another order; AdamW over a tied model listing the tied
+ * weight twice; Adam of two groups. The parameters and the state after
+ * nn_dist_sync, and a checkpoint nn_dist_save wrote mid-run, equal whole
+ * steps' on every rank. */
+static nn_optimizer *part_sgd(nn_model *m, nn_params **l) {
+  nn_params *p = nn_model_params(m);
+  l[0] = nn_params_new(nn_model_ctx(m)), l[1] = nn_params_new(nn_model_ctx(m));
+  nn_params_add(l[0], nn_params_name(p, 3), nn_params_tensor(p, 3), false); /* 1.bias */
+  nn_params_add(l[0], nn_params_name(p, 0), nn_params_tensor(p, 0), false); /* 0.weight */
+  nn_params_add(l[1], nn_params_name(p, 2), nn_params_tensor(p, 2), false); /* 1.weight */
+  nn_opt_config_ext x = nn_opt_defaults_ext(NN_OPT_SGD, 0.1);
+  x.base.momentum = 0.9;
+  x.base.clip_norm = 0.05;
+  nn_optimizer *o = nn_optimizer_new_ext(l[0], &x);
+  x.base.lr = 0.05;
+  x.base.weight_decay = 0.01;
+  if (o && nn_optimizer_add_param_group(o, l[1], &x) != AD_OK) nn_optimizer_free(o), o = NULL;
+  return o;
+}
+static nn_optimizer *tied_adamw(nn_model *m, nn_params **l) {
+  nn_params *p = nn_model_params(m);
+  l[0] = nn_params_new(nn_model_ctx(m)), l[1] = nn_params_new(nn_model_ctx(m));
+  for (int i = nn_params_count(p) - 1; i >= 0; i--) /* W_again, V, W */
+    nn_params_add(l[0], nn_params_name(p, i), nn_params_tensor(p, i), false);
+  return nn_adamw_new(l[0], 0.01, 0.1);
+}
+static nn_optimizer *two_adam(nn_model *m, nn_params **l) {
+  nn_params *p = nn_model_params(m);
+  l[0] = nn_params_new(nn_model_ctx(m)), l[1] = nn_params_new(nn_model_ctx(m));
+  for (int i = 0; i < nn_params_count(p); i++)
+    nn_params_add(l[i % 2], nn_params_name(p, i), nn_params_tensor(p, i), false);
+  nn_optimizer *o = nn_adam_new(l[1], 0.01);
+  nn_opt_config_ext x = nn_opt_defaults_ext(NN_OPT_ADAM, 0.02);
+  if (o && nn_optimizer_add_param_group(o, l[0], &x) != AD_OK) nn_optimizer_free(o), o = NULL;
+  return o;
+}
+
+static void sharded_entries_variant(ad_ctx *c, int kind,
+                                    nn_optimizer *(*make)(nn_model *, nn_params **),
+                                    const char *what) {
+  ad_tensor *x, *y;
+  make_data(c, AD_F64, 30, &x, &y);
+  nn_model *m[4] = {0};
+  nn_optimizer *o[4] = {0};
+  nn_params *l[4][2] = {{0}};
+  ad_status st = AD_OK;
+  long long sharded = 0;
+  char path[2][512];
+  for (int k = 0; k < 2; k++) { /* k = 0: whole steps, 1: sharded */
+    snprintf(path[k], sizeof path[k], "%s/entries_%d_np%d_%d.safetensors", tmpdir, kind, size, k);
+    m[k] = make_model(c, AD_F64, 8, kind, 5);
+    o[k] = make(m[k], l[k]);
+    nn_dist_opts dopt = {.shard_optimizer = k == 1};
+    own_shard = true;
+    nn_dist *d = dist_new(c, &dopt);
+    own_shard = false;
+    const nn_dist_ops *ops = nn_dist_fit_ops(d);
+    nn_params *p = nn_model_params(m[k]);
+    int64_t b = 30 * rank / size, e = 30 * (rank + 1) / size;
+    if (!o[k]) st = AD_ERR_OOM;
+    for (int t = 0; t < 5 && st == AD_OK; t++) {
+      ad_tape_reset(c);
+      nn_params_zero_grad(p);
+      ad_tensor *lo = NULL;
+      if (e > b)
+        lo = nn_cross_entropy_loss(c, nn_model_forward(m[k], ad_narrow(c, x, 0, b, e - b)),
+                                   ad_narrow(c, y, 0, b, e - b), NN_MEAN);
+      st = ops->grad_begin(ops->ud, p, lo, e - b, 30);
+      if (st == AD_OK && lo) st = ad_backward(c, lo, NULL);
+      st = ops->grad_end(ops->ud, p, st);
+      if (st == AD_OK) st = ops->step(ops->ud, o[k]);
+      if (st == AD_OK && t == 2) st = nn_dist_save(d, m[k], o[k], path[k]);
+    }
+    ad_tape_reset(c);
+    if (st == AD_OK) st = nn_dist_sync(d, m[k], o[k]);
+    nn_dist_stats stats;
+    nn_dist_get_stats(d, &stats, false);
+    if (k == 1) sharded = stats.sharded_steps;
+    nn_dist_free(d);
+  }
+  for (int k = 2; k < 4 && st == AD_OK; k++) { /* the checkpoints, loaded in one process */
+    m[k] = make_model(c, AD_F64, 8, kind, 6);
+    o[k] = make(m[k], l[k]);
+    st = o[k] ? nn_model_load(m[k], o[k], path[k - 2]) : AD_ERR_OOM;
+  }
+  int ns = o[0] ? nn_optimizer_state_count(o[0]) : 0;
+  double rel = st == AD_OK ? max_rel(nn_model_params(m[1]), nn_model_params(m[0])) : 1;
+  double srel = st == AD_OK ? max_rel_tensors(nn_optimizer_state_tensors(o[1]),
+                                              nn_optimizer_state_tensors(o[0]), ns)
+                            : 1;
+  double crel = st == AD_OK ? fmax(max_rel(nn_model_params(m[3]), nn_model_params(m[2])),
+                                   max_rel_tensors(nn_optimizer_state_tensors(o[3]),
+                                                   nn_optimizer_state_tensors(o[2]), ns))
+                            : 1;
+  bool want_sharded = expect_shm && size / expect_nodes > 1; /* (k 1 asks for it) */
+  snprintf(why, sizeof why,
+           "status %s (%s), relative difference %g (parameters), %g (state), %g (checkpoint), "
+           "%lld sharded steps",
+           ad_status_str(st), st == AD_OK ? "" : ad_last_error(c), rel, srel, crel, sharded);
+  char name[160];
+  snprintf(name, sizeof name, "%s: sharded steps equal whole ones", what);
+  check(st == AD_OK && rel <= 1e-12 && srel <= 1e-12 && crel <= 1e-12 &&
+            same_bits_as_rank0(nn_model_params(m[1])) && (sharded > 0) == want_sharded,
+        name, why);
+  for (int k = 0; k < 4; k++) {
+    nn_optimizer_free(o[k]), nn_model_free(m[k]);
+    nn_params_free(l[k][0]), nn_params_free(l[k][1]);
+  }
+  ad_tensor_free(x);
+  ad_tensor_free(y);
+}
+
+static void sharded_entries(ad_ctx *c) {
+  sharded_entries_variant(c, PLAIN, part_sgd, "SGD momentum, clipped, two groups over a part");
+  sharded_entries_variant(c, TIED, tied_adamw, "AdamW over a tied weight listed twice");
+  sharded_entries_variant(c, PLAIN, two_adam, "Adam of two interleaved groups, checkpoint");
+}
+
 static void dropout_and_batchnorm(ad_ctx *c) {
   nn_dist_opts o = {0};
   run dr = train(c, AD_F32, DROPOUT, false, 48, 12, 2, &o, true);
@@ -2947,6 +3067,7 @@ int main(int argc, char **argv) {
   param_groups(c);
   outside_tensor_refused(c);
   unsharded_after_sharded(c);
+  sharded_entries(c);
   grad_begin_twice(c);
   new_fails_on_one_rank(c);
   model_on_another_context(c);
