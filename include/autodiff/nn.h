@@ -2992,7 +2992,12 @@ NN_API int nn_optimizer_state_param(const nn_optimizer *opt, int i);
  * "<kind>.group<g>.lr" and "<kind>.group<g>.schedule.lr0", after the
  * group's parameters' state; with the second group comes
  * "<kind>.param_groups" (0-d f64, the count), so that nn_model_load
- * refuses a checkpoint of another number of groups. With a schedule
+ * refuses a checkpoint of another number of groups, and each group's
+ * (group 0's with the second group, after the state there so far)
+ * "<kind>.group<g>.params" and "<kind>.group<g>.names" (0-d f64: its
+ * number of entries and a hash of their names, independent of their
+ * order; optional), so that it refuses one whose groups hold other
+ * tensors. With a schedule
  * attached, cfg.lr is the group's base rate (a onecycle's max_lr) and its
  * rate is the schedule's at the current epoch; a cycled momentum then
  * needs the group's momentum > 0 (SGD, RMSProp). The step (also
