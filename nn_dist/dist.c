@@ -239,8 +239,9 @@ struct nn_dist {
    * to its tensor's index, first_of each tensor to its first entry. */
   int np, nfull;
   int *uidx, *first_of;
-  /* a sharded step of an optimizer of several parameter groups (opt_entries):
-   * its entries' parameters in its order (nfull at most), a tensor's later
+  /* a sharded step of an optimizer whose list is not the model's (its
+   * parameter groups, a part of the model, another order; opt_entries): its
+   * entries' parameters in its order (nfull at most), a tensor's later
    * entries as -1 - parameter; oseen is scratch, one byte per parameter */
   int nopt;
   int *oidx;
@@ -1967,14 +1968,12 @@ static bool shm_progress(nn_dist *d, bool all) {
   return h->next_unp == d->nb;
 }
 
-/* The elements of parameter i in this rank's slice of its bucket:
- * [h->lo[i], h->hi[i]). */
 /* Whether opt steps only tensors of the layout as it is now (as
  * layout_current judges a list), in any order and any of its parameter
- * groups: its entries, group after group, into d->oidx (d->nopt of them). Allocates nothing,
- * so every rank of a node, which synced the same model and optimizer (the
- * state's names, compared by nn_dist_sync, fix each group's members),
- * judges alike. */
+ * groups: its entries, group after group, into d->oidx (d->nopt of them).
+ * Allocates nothing, so every rank of a node, which synced the same model
+ * and optimizer (the state's names, compared by nn_dist_sync, fix each
+ * group's members), judges alike. */
 static bool opt_entries(nn_dist *d, const nn_optimizer *opt) {
   if (d->layout_stale || !d->b) return false;
   memset(d->oseen, 0, d->np ? (size_t)d->np : 1);
@@ -1995,6 +1994,8 @@ static bool opt_entries(nn_dist *d, const nn_optimizer *opt) {
   return true;
 }
 
+/* The elements of parameter i in this rank's slice of its bucket:
+ * [h->lo[i], h->hi[i]). */
 static void own_ranges(nn_dist *d) {
   shm *h = &d->sh;
   for (int i = 0; i < d->np; i++) {
@@ -2085,8 +2086,7 @@ static void stale_record(nn_dist *d, const nn_optimizer *opt, bool entries) {
     int f = nn_optimizer_state_param(opt, j); /* an entry of the list: its tensor's index */
     int i = entries ? (f >= 0 && f < d->nopt ? d->oidx[f] : -1)
                     : (f >= 0 && f < d->nfull ? d->uidx[f] : -1);
-    if (i < 0) i = -1; /* (a tensor's later entries have no state) */
-    if (i >= 0)
+    if (i >= 0) /* (a tensor's later entries, -1 - i, have no state) */
       h->st[h->nst++] = (stale_state){st[j], ad_tensor_serial(st[j]), j, i, d->gath_cnt[i]++};
   }
   h->stale = true;
