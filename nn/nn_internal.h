@@ -350,8 +350,8 @@ double nn_loss_threshold(nn_loss_fn loss);
  * call succeeds). */
 ad_status nn_loader_shard(nn_loader *l, int rank, int size);
 int64_t nn_loader_global_rows(const nn_loader *l);
-/* The batch size in effect (the option's, or len when that is smaller
- * and the last batch is kept). */
+/* The batch size asked for (the option's; 0 is 1), as nn_fit would use
+ * it: the ranks compare it, and validation runs in batches of it. */
 int64_t nn_loader_batch_size(const nn_loader *l);
 /* The options it was made with, and its context. */
 const nn_loader_opts *nn_loader_options(const nn_loader *l);
