@@ -1911,18 +1911,9 @@ static void failed_load_keeps_state_to_gather(ad_ctx *c) {
     nn_dist *d = dist_new(c, &dopt);
     own_shard = false;
     const nn_dist_ops *ops = nn_dist_fit_ops(d);
-    nn_params *p = nn_model_params(m[k]);
     int64_t b = 24 * rank / size, e = 24 * (rank + 1) / size;
     for (int t = 0; t < 3 && st == AD_OK; t++) {
-      ad_tape_reset(c);
-      nn_params_zero_grad(p);
-      ad_tensor *l = NULL;
-      if (e > b)
-        l = nn_cross_entropy_loss(c, nn_model_forward(m[k], ad_narrow(c, x, 0, b, e - b)),
-                                  ad_narrow(c, y, 0, b, e - b), NN_MEAN);
-      st = ops->grad_begin(ops->ud, p, l, e - b, 24);
-      if (st == AD_OK && l) st = ad_backward(c, l, NULL);
-      st = ops->grad_end(ops->ud, p, st);
+      st = ops_step_rows(ops, m[k], x, y, b, e, 24, false);
       if (st == AD_OK) st = ops->step(ops->ud, o[k]);
     }
     ad_tape_reset(c);
@@ -1969,7 +1960,6 @@ static void unsharded_after_sharded_variant(ad_ctx *c, bool sync_after) {
     nn_dist *d = dist_new(c, &dopt);
     own_shard = false;
     const nn_dist_ops *ops = nn_dist_fit_ops(d);
-    nn_params *p = nn_model_params(m[k]);
     int64_t b = 24 * rank / size, e = 24 * (rank + 1) / size;
     for (int t = 0; t < 5 && st == AD_OK; t++) {
       if (t == (sync_after ? 4 : 3)) { /* a group over a tensor outside the model (no gradient) */
@@ -1980,15 +1970,7 @@ static void unsharded_after_sharded_variant(ad_ctx *c, bool sync_after) {
                  : AD_ERR_OOM;
         if (st != AD_OK || sync_after) break;
       }
-      ad_tape_reset(c);
-      nn_params_zero_grad(p);
-      ad_tensor *l = NULL;
-      if (e > b)
-        l = nn_cross_entropy_loss(c, nn_model_forward(m[k], ad_narrow(c, x, 0, b, e - b)),
-                                  ad_narrow(c, y, 0, b, e - b), NN_MEAN);
-      st = ops->grad_begin(ops->ud, p, l, e - b, 24);
-      if (st == AD_OK && l) st = ad_backward(c, l, NULL);
-      st = ops->grad_end(ops->ud, p, st);
+      st = ops_step_rows(ops, m[k], x, y, b, e, 24, false);
       if (st == AD_OK && t < 4) st = ops->step(ops->ud, o[k]);
     }
     ad_tape_reset(c);
@@ -2083,19 +2065,10 @@ static void sharded_entries_variant(ad_ctx *c, int kind,
     nn_dist *d = dist_new(c, &dopt);
     own_shard = false;
     const nn_dist_ops *ops = nn_dist_fit_ops(d);
-    nn_params *p = nn_model_params(m[k]);
     int64_t b = 30 * rank / size, e = 30 * (rank + 1) / size;
     if (!o[k]) st = AD_ERR_OOM;
     for (int t = 0; t < 5 && st == AD_OK; t++) {
-      ad_tape_reset(c);
-      nn_params_zero_grad(p);
-      ad_tensor *lo = NULL;
-      if (e > b)
-        lo = nn_cross_entropy_loss(c, nn_model_forward(m[k], ad_narrow(c, x, 0, b, e - b)),
-                                   ad_narrow(c, y, 0, b, e - b), NN_MEAN);
-      st = ops->grad_begin(ops->ud, p, lo, e - b, 30);
-      if (st == AD_OK && lo) st = ad_backward(c, lo, NULL);
-      st = ops->grad_end(ops->ud, p, st);
+      st = ops_step_rows(ops, m[k], x, y, b, e, 30, false);
       if (st == AD_OK) st = ops->step(ops->ud, o[k]);
       if (st == AD_OK && t == 2) st = nn_dist_save(d, m[k], o[k], path[k]);
     }
