@@ -928,7 +928,7 @@ static float *adam_on_threads(int threads, bool ranges) {
       pv[e] = (float)sin(0.37 * (double)(e + 11 * i));
       gv[e] = (float)cos(0.91 * (double)(e + 5 * i)) * (float)(1 + i);
     }
-    char name[8];
+    char name[16];
     snprintf(name, sizeof name, "p%d", i);
     cr_assert_eq(nn_params_add(ps, name, p[i], true), AD_OK);
   }

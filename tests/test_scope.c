@@ -155,7 +155,7 @@ Test(scope, collapsed_view_one_box_per_step) {
   cr_assert(line_has(node_line(text, 0), "h0"));
   cr_assert(line_has(node_line(text, 1), "W  (parameter)"));
   for (int t = 0; t < STEPS; t++) {
-    char xn[8];
+    char xn[16];
     snprintf(xn, sizeof xn, "x%d ", t);
     cr_assert(line_has(node_line(text, 2 + t), xn));
   }
@@ -197,7 +197,7 @@ Test(scope, collapsed_edges_count_tensors) {
   int64_t s1[1] = {3};
   ad_tensor *h = test_param(ctx, 1, s1, NULL), *c = ad_neg(ctx, h);
   for (int t = 0; t < 3; t++) {
-    char lab[8];
+    char lab[16];
     snprintf(lab, sizeof lab, "t=%d", t);
     OK(ad_scope_push(ctx, lab));
     ad_tensor *h2 = ad_tanh(ctx, ad_add(ctx, ad_mul(ctx, h, h), c));
