@@ -28,7 +28,7 @@ bad() {
   fi
 }
 
-echo "1..33"
+echo "1..36"
 bad mnist_mlp --epochs ""
 bad mnist_mlp --epochs 4294967297
 bad mnist_mlp --seed -1
@@ -59,6 +59,9 @@ bad learning_rate --range-steps 2x
 bad vanishing_rnn --len 99999999999999999999
 bad vanishing_rnn --lr nan
 bad mnist_mlp --lr 0x10
+bad mnist_stream --workers -1
+bad mnist_stream --samples 0
+bad mnist_stream --prefetch ""
 
 # rows STEPS: exploding's table lists each step once, ending at STEPS (exit
 # status 1 is the demo's own verdict: too few steps for the loss to blow up)
