@@ -38,13 +38,22 @@
 /* exp_v's multiply-adds (FMA_F; FMA_D for the double ones of the functions
  * below): fmaf and fma where the build has FMA or compiles the clones
  * above (whose baseline calls libm for them, so that every clone gives
- * the same bits), else a multiply and an add */
+ * the same bits). Elsewhere (clang without -mfma, which compiles no
+ * clones; other targets) FMA_F is the multiply-add in double: a product
+ * of two floats is exact there, so the sum is rounded to double and then
+ * to float, fmaf's value except where the double sum lands on a float
+ * rounding tie (a few cases in 2^29). The rounding error of a product
+ * (zl = FMA_F(a, b, -a b), which erf and GELU take for the tails) is then
+ * exact, as with fmaf; with a separate multiply and add it was 0, and
+ * GELU 64 ulp off at x = -11.3. FMA_D there is a multiply and an add (the
+ * functions that use it keep their accuracy without the fused rounding:
+ * tests/test_ops_values.c). */
 #if defined(__FMA__) || defined(__aarch64__) ||                                                    \
     (defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__ELF__))
 #define FMA_F(a, b, c) fmaf(a, b, c)
 #define FMA_D(a, b, c) fma(a, b, c)
 #else
-#define FMA_F(a, b, c) ((a) * (b) + (c))
+#define FMA_F(a, b, c) ((float)((double)(a) * (double)(b) + (double)(c)))
 #define FMA_D(a, b, c) ((a) * (b) + (c))
 #endif
 
