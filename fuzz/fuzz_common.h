@@ -43,6 +43,9 @@
 
 static ad_ctx *fuzz_ctx;
 static long fuzz_live; /* blocks the context's allocator has outstanding */
+/* Larger blocks fuzz_alloc refuses (as out of memory): fuzz_ops keeps huge
+ * shapes from reaching the system allocator (libFuzzer's malloc limit). */
+static size_t fuzz_alloc_max = SIZE_MAX - 63;
 static long fuzz_live_base;
 static size_t fuzz_tensors_base;
 
@@ -58,7 +61,7 @@ static inline void *fuzz_alloc(void *ud, void *ptr, size_t osize, size_t nsize) 
     free(ptr);
     return NULL;
   }
-  if (nsize > SIZE_MAX - 63) return NULL;
+  if (nsize > fuzz_alloc_max) return NULL;
   void *p = aligned_alloc(64, (nsize + 63) & ~(size_t)63);
   if (!p) return NULL;
   if (ptr) {

@@ -1,13 +1,15 @@
 /* gen_corpus.c: writes the seed corpus of the fuzz targets, mostly with the
- * project's own writers, so that the seeds are files users really have:
+ * project's own writers, so that the seeds are files users really have,
+ * and for fuzz_ops small programs that run each op family once:
  *
- *   gen_corpus DIR   writes DIR/idx/ and DIR/checkpoint/ (the folders must
- *                    exist), deterministically
+ *   gen_corpus DIR   writes DIR/idx/, DIR/checkpoint/ and DIR/ops/ (the
+ *                    folders must exist), deterministically
  *
  * `ninja -C build-fuzz fuzz-corpus` rewrites fuzz/corpus/ of the source
  * tree. Each folder gets a few small valid files and a few truncated ones
  * (the fuzzer finds the rest); keep them small, libFuzzer mutates them. */
 #include "fuzz_common.h"
+#include "fuzz_ops.h"
 
 #include <zlib.h>
 
@@ -279,15 +281,204 @@ static void gen_checkpoint(ad_ctx *ctx) {
   for (int i = 0; i < MANY; i++) ad_tensor_free(many[i]);
 }
 
+/* ---------------------------------------------------------------- ops */
+
+/* A program of fuzz_ops (fuzz/fuzz_ops.h), built byte by byte. */
+static uint8_t prog[1024];
+static size_t plen;
+static int live; /* tensors the program holds: the operand byte k picks the k-th */
+
+static void emit(const uint8_t *b, size_t n) {
+  FUZZ_CHECK(plen + n <= sizeof prog, "program too long");
+  memcpy(prog + plen, b, n);
+  plen += n;
+}
+#define EMIT(...) emit((const uint8_t[]){__VA_ARGS__}, sizeof((const uint8_t[]){__VA_ARGS__}))
+
+/* A leaf of dtype dt with ndim dims (each 0..6) and the values 0.5, -1,
+ * 1.5, 0.25, -0.75, 2, -0.5, 1 repeated (i32: 0, 1, 2, 0, 1, 2, 0, 1), with
+ * requires_grad for a float one. */
+static void leaf(ad_dtype dt, int ndim, const uint8_t *dims) {
+  static const uint8_t reals[8] = {136, 112, 152, 132, 116, 160, 120, 144};
+  EMIT(FOP_LEAF, (uint8_t)dt, (uint8_t)ndim);
+  emit(dims, (size_t)ndim);
+  for (int i = 0; i < 8; i++) {
+    if (dt == AD_I32)
+      EMIT(0, 0, (uint8_t)(2 + i % 3));
+    else
+      EMIT(reals[i]);
+  }
+  if (dt != AD_I32) EMIT(FOP_REQ_GRAD, (uint8_t)live); /* the leaves come first */
+  live++;
+}
+#define LEAF(dt, ...)                                                                              \
+  leaf(dt, sizeof((const uint8_t[]){__VA_ARGS__}), (const uint8_t[]){__VA_ARGS__})
+
+/* Starts a program with the leaves most ops take: 0 [2,3], 1 [3], 2 i32
+ * [2] (0, 1), 3 [1,2,4,4], 4 [2,2,3,3], 5 [2,4], 6 [2,1], all f64 (a
+ * leaf's dims are 0..6). */
+static void prelude(void) {
+  plen = 0;
+  live = 0;
+  LEAF(AD_F64, 2, 3);
+  LEAF(AD_F64, 3);
+  LEAF(AD_I32, 2);
+  LEAF(AD_F64, 1, 2, 4, 4);
+  LEAF(AD_F64, 2, 2, 3, 3);
+  LEAF(AD_F64, 2, 4);
+  LEAF(AD_F64, 2, 1);
+}
+
+/* Applies op with the operand and argument bytes given (a result is the
+ * next operand). */
+static void apply_op(int op, const uint8_t *args, size_t n) {
+  EMIT(FOP_APPLY, (uint8_t)op);
+  emit(args, n);
+  live++;
+}
+#define APPLY(op, ...)                                                                             \
+  apply_op(op, (const uint8_t[]){__VA_ARGS__}, sizeof((const uint8_t[]){__VA_ARGS__}))
+
+/* Ends a program: backward from the sum of the last result, ad_grad of it
+ * twice (every leaf as an input), a tape reset and a freed leaf. */
+static void finish(const char *name) {
+  int last = live - 1;
+  EMIT(FOP_BACKWARD, (uint8_t)last, 200, 200);
+  EMIT(FOP_GRAD2, (uint8_t)last, 0, 0, 0, 0, 200, 0);
+  EMIT(FOP_RESET, FOP_FREE, 0, 0);
+  char file[64];
+  snprintf(file, sizeof file, "%s.bin", name);
+  write_bytes(out_path("ops", file), prog, plen);
+}
+
+/* One program per op family of FUZZ_OPS (a few more for the ops whose
+ * inputs the prelude lacks), and one of misuse. Operand bytes pick the
+ * prelude's tensors by number; the argument bytes are those fuzz_ops.c's
+ * run_op reads (an axis byte is axis + 5, an integer's value + 1). */
+static void gen_ops(void) {
+  static const struct {
+    int op;
+    uint8_t args[40];
+    size_t n;
+  } simple[] = {
+#define S(op, ...) {op, {__VA_ARGS__}, sizeof((const uint8_t[]){__VA_ARGS__})}
+      S(OP_add, 0, 1),
+      S(OP_sub, 1, 0),
+      S(OP_mul, 0, 1),
+      S(OP_div, 0, 1),
+      S(OP_pow, 0, 1),
+      S(OP_maximum, 0, 1),
+      S(OP_minimum, 0, 1),
+      S(OP_compare, 1, 0, 1),
+      S(OP_where, 0, 0, 1),
+      S(OP_scalar_op, 0, 0, 160),
+      S(OP_unary, 7, 0),
+      S(OP_clamp, 0, 112, 144, 1),
+      S(OP_cast, 0, 0),
+      S(OP_matmul, 0, 0, 2),
+      S(OP_reshape, 0, 2, 30, 3, 30, 2, 100),
+      S(OP_permute, 0, 0, 200),
+      S(OP_transpose, 3, 4, 3),
+      S(OP_expand, 1, 2, 30, 2, 30, 3),
+      S(OP_sum_to, 0, 1, 30, 3),
+      S(OP_narrow, 0, 6, 2, 3),
+      S(OP_pad, 0, 6, 2, 3),
+      S(OP_concat, 2, 0, 0, 5),
+      S(OP_stack, 2, 0, 0, 5),
+      S(OP_unstack, 0, 5, 1),
+      S(OP_detach, 0),
+      S(OP_index_select, 0, 2),
+      S(OP_index_add, 0, 2, 4),
+      S(OP_embedding, 0, 2, 1, 0),
+      S(OP_reduce, 0, 0),
+      S(OP_reduce_axis, 3, 0, 6, 1),
+      S(OP_softmax, 0, 4, 1),
+      S(OP_cross_entropy, 0, 2, 1),
+      S(OP_binary_cross_entropy, 0, 0),
+      S(OP_batch_norm, 0, 200, 1, 200, 1, 0, 0, 1, 130, 236),
+      S(OP_layer_norm, 0, 200, 1, 0, 0, 0, 0, 0),
+      S(OP_lstm_cell, 5, 6),
+      S(OP_gru_cell, 0, 0, 6),
+      S(OP_attention, 0, 0, 0, 0, 0, 1, 0, 0, 200, 1, 200),
+      S(OP_pool2d, 3, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 200, 0),
+      S(OP_global_avg_pool2d, 3),
+      S(OP_pool3d, 3, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 200, 2),
+      S(OP_conv2d, 3, 4, 0, 0, 0, 0, 0, 1, 1, 1, 1, 0, 200, 0, 0, 200),
+      S(OP_conv_transpose2d, 3, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 200, 0, 0, 200),
+      S(OP_like, 0, 1),
+      S(OP_op_apply, 20, 0, 1, 0), /* id 19 (tanh), one input */
+#undef S
+  };
+  for (size_t i = 0; i < sizeof simple / sizeof simple[0]; i++) {
+    prelude();
+    apply_op(simple[i].op, simple[i].args, simple[i].n);
+    finish(op_name[simple[i].op]);
+  }
+
+  /* the ops whose inputs the prelude lacks */
+  prelude();
+  APPLY(OP_conv2d, 3, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 200, 0, 0, 200); /* [1,2,2,2] */
+  APPLY(OP_conv2d_weight, 3, 7, 4, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 200, 0, 0, 200);
+  finish("conv2d_weight");
+  prelude();
+  LEAF(AD_F64, 1, 2, 5);
+  LEAF(AD_F64, 2, 2, 3);
+  APPLY(OP_conv1d, 7, 8, 0, 0, 0, 0, 0, 0, 200, 200);
+  finish("conv1d");
+  prelude();
+  LEAF(AD_F64, 1, 2, 5);
+  LEAF(AD_F64, 2, 2, 3);
+  APPLY(OP_conv_transpose1d, 7, 8, 0, 0, 0, 0, 0, 0, 0, 200);
+  finish("conv_transpose1d");
+  for (int k = 0; k < 2; k++) {
+    prelude();
+    LEAF(AD_F64, 2, 3, 3, 3);
+    LEAF(AD_F64, 4, 4, 2);
+    APPLY(OP_reshape, 8, 5, 30, 2, 30, 2, 30, 2, 30, 2, 30, 2, 100); /* [2,2,2,2,2] */
+    APPLY(k ? OP_conv_transpose3d : OP_conv3d, 7, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 200,
+          0, 0, 0, 200);
+    finish(k ? "conv_transpose3d" : "conv3d");
+  }
+  prelude();
+  LEAF(AD_F64, 1, 2, 4);
+  LEAF(AD_F64, 4, 1);
+  LEAF(AD_F64, 4);
+  APPLY(OP_lstm_seq, 7, 8, 9, 6, 6, 0, 0);
+  finish("lstm_seq");
+  prelude();
+  LEAF(AD_F64, 1, 2, 3);
+  LEAF(AD_F64, 3, 1);
+  LEAF(AD_F64, 3);
+  APPLY(OP_gru_seq, 7, 8, 9, 9, 6, 0, 0);
+  finish("gru_seq");
+
+  /* misuse: NULL, a tensor of another context, a freed leaf, anomaly mode
+   * and no-grad mode, a write into a leaf the tape used */
+  prelude();
+  APPLY(OP_add, 0, 248);
+  APPLY(OP_matmul, 252, 0, 0);
+  EMIT(FOP_FREE, 0, 1);
+  APPLY(OP_mul, 250, 0);
+  EMIT(FOP_ANOMALY);
+  APPLY(OP_unary, 2, 0); /* log of negative values: NaN */
+  EMIT(FOP_ANOMALY, FOP_GRAD_MODE);
+  APPLY(OP_unary, 7, 0);
+  EMIT(FOP_GRAD_MODE);
+  APPLY(OP_mul, 0, 0);
+  EMIT(FOP_WRITE, 0, 0, 128);
+  finish("misuse");
+}
+
 int main(int argc, char **argv) {
   if (argc != 2) {
-    fprintf(stderr, "usage: gen_corpus DIR (writes DIR/idx/ and DIR/checkpoint/)\n");
+    fprintf(stderr, "usage: gen_corpus DIR (writes DIR/idx/, DIR/checkpoint/ and DIR/ops/)\n");
     return 2;
   }
   dir = argv[1];
   fuzz_ctx_init();
   gen_idx();
   gen_checkpoint(fuzz_ctx);
+  gen_ops();
   fuzz_ctx_check_freed();
   return 0;
 }

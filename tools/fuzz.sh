@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
-# tools/fuzz.sh: fuzz the file readers (IDX, safetensors checkpoints) with
-# libFuzzer under AddressSanitizer + UndefinedBehaviorSanitizer.
+# tools/fuzz.sh: fuzz the file readers (IDX, safetensors checkpoints) and
+# the op API with libFuzzer under AddressSanitizer +
+# UndefinedBehaviorSanitizer.
 #
 #   tools/fuzz.sh [SECONDS]   run each target of fuzz/ for SECONDS, as many
-#                             at once as there are cores (default 3600; 60
+#                             at once as there are cores (default 3600; 40
 #                             with CI=true)
 #
 # Sets up $BUILD (default build-fuzz: CC=clang, -Dfuzz=true, sanitizers)
 # the first time, builds it, then runs each target on its committed seeds
-# (fuzz/corpus/<reader>/, only read) and its working corpus
-# $BUILD/corpus/<reader>/, which keeps what the fuzzer found between runs.
+# (fuzz/corpus/<name>/, only read; <name> is the target's without
+# "fuzz_") and its working corpus $BUILD/corpus/<name>/, which keeps what the fuzzer found between runs.
 # A crash, sanitizer report, leak, hang (over 25 s) or failed check stops
 # that target; the input is saved as $BUILD/crashes/<target>-<kind>-<sha1>
 # and the report printed. Replay one with `$BUILD/fuzz/<target> FILE`.
@@ -22,7 +23,7 @@ BUILD=${BUILD:-build-fuzz}
 if [ -n "${1:-}" ]; then
   SECONDS_EACH=$1
 elif [ "${CI:-}" = true ]; then
-  SECONDS_EACH=60
+  SECONDS_EACH=40
 else
   SECONDS_EACH=3600
 fi
