@@ -385,8 +385,7 @@ ad_tensor *ad_permute(ad_ctx *ctx, ad_tensor *x, const int *perm) {
 }
 
 ad_tensor *ad_transpose(ad_ctx *ctx, ad_tensor *x, int d0, int d1) {
-  if (!x || !ctx) return ad_apply1(ctx, AD_OP_PERMUTE, x, NULL);
-  if (!ad_arg_ok(ctx, "transpose", "input 0", x)) return NULL;
+  if (!ctx || !ad_arg_ok(ctx, "transpose", "input 0", x)) return NULL;
   int a = ad_norm_axis(d0, x->ndim), b = ad_norm_axis(d1, x->ndim);
   if (a < 0 || b < 0) {
     ad_set_error(ctx, AD_ERR_ARG, "transpose: axes %d, %d out of range for %d dims", d0, d1,

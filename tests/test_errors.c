@@ -215,7 +215,7 @@ Test(errors, null_inputs_name_the_op) {
   cr_assert_null(ad_reshape(ctx, NULL, 1, s));
   expect_error(AD_ERR_NULL, "reshape", NULL);
   cr_assert_null(ad_transpose(ctx, NULL, 0, 1));
-  expect_error(AD_ERR_NULL, "permute", NULL);
+  expect_error(AD_ERR_NULL, "transpose", NULL);
   cr_assert_null(ad_mean(ctx, NULL));
   expect_error(AD_ERR_NULL, "sum", NULL);
   cr_assert_null(ad_mean_axis(ctx, NULL, 0, false));

@@ -409,6 +409,15 @@ Test(misuse_ops, composites_check_inputs_first) {
   ad_ctx_free(other);
 }
 
+/* ---------------------------- composites name themselves in their errors */
+
+/* A NULL input of transpose was reported by the permute it is built on
+ * ("permute: input 0 is NULL"); found by fuzz/fuzz_ops. */
+Test(misuse_ops, transpose_names_itself) {
+  cr_assert_null(ad_transpose(ctx, NULL, 0, 1));
+  expect_error(AD_ERR_NULL, "transpose: input 0 is NULL", NULL);
+}
+
 /* ------------------------------------------ concat's length along axis */
 
 /* 2^24 empty [2^40, 0] inputs: their lengths along axis 0 add up to 2^64,
