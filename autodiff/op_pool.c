@@ -864,30 +864,26 @@ const ad_op_def ad_def_avg_pool2d_backward = {
  * division, as ad_mean's, not a product with 1 / (H W), which rounds twice
  * (f32 {5, 0, 0}: 1.6666667461 where PyTorch and ad_mean give 1.6666666269) */
 ad_tensor *ad_global_avg_pool2d(ad_ctx *ctx, ad_tensor *x) {
-  int nd = 0;
-  if (ctx && x && ad_tensor_is_valid(x)) {
-    char s[64];
-    nd = x->ndim;
-    if (!ad_is_float(x->dtype)) {
-      ad_set_error(ctx, AD_ERR_DTYPE, "global_avg_pool2d: input is %s; a float dtype is needed",
-                   ad_dtype_name(x->dtype));
-      return NULL;
-    }
-    if (nd != 3 && nd != 4) {
-      ad_set_error(ctx, AD_ERR_SHAPE,
-                   "global_avg_pool2d: input %s must be 4-D (N, C, H, W) or 3-D (C, H, W)",
-                   ad_shape_str(x, s, sizeof s));
-      return NULL;
-    }
-    if (x->shape[nd - 2] < 1 || x->shape[nd - 1] < 1) {
-      ad_set_error(ctx, AD_ERR_SHAPE,
-                   "global_avg_pool2d: input %s has an empty plane (H or W is 0)",
-                   ad_shape_str(x, s, sizeof s));
-      return NULL;
-    }
+  if (!ctx || !ad_arg_ok(ctx, "global_avg_pool2d", "input", x)) return NULL;
+  int nd = x->ndim;
+  char buf[64];
+  if (!ad_is_float(x->dtype)) {
+    ad_set_error(ctx, AD_ERR_DTYPE, "global_avg_pool2d: input is %s; a float dtype is needed",
+                 ad_dtype_name(x->dtype));
+    return NULL;
   }
-  /* otherwise ad_op_apply reports the NULL or freed input */
-  ad_attrs at = {.reduce = {nd ? 3u << (nd - 2) : 0, true}};
+  if (nd != 3 && nd != 4) {
+    ad_set_error(ctx, AD_ERR_SHAPE,
+                 "global_avg_pool2d: input %s must be 4-D (N, C, H, W) or 3-D (C, H, W)",
+                 ad_shape_str(x, buf, sizeof buf));
+    return NULL;
+  }
+  if (x->shape[nd - 2] < 1 || x->shape[nd - 1] < 1) {
+    ad_set_error(ctx, AD_ERR_SHAPE, "global_avg_pool2d: input %s has an empty plane (H or W is 0)",
+                 ad_shape_str(x, buf, sizeof buf));
+    return NULL;
+  }
+  ad_attrs at = {.reduce = {3u << (nd - 2), true}};
   ad_tensor *s = ad_apply1(ctx, AD_OP_SUM, x, &at);
   return s ? ad_div(ctx, s, ad_scalar(ctx, s->dtype, (double)(x->shape[nd - 2] * x->shape[nd - 1])))
            : NULL;

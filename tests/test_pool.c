@@ -58,6 +58,22 @@ Test(pool, wrong_rank_and_dtype_are_refused) {
   ad_tensor_free(xi);
 }
 
+/* A NULL, freed or foreign input of global_avg_pool2d was reported by the
+ * sum it is built on ("sum: input 0 was freed"); found by fuzz/fuzz_ops. */
+Test(pool, global_avg_pool2d_names_itself) {
+  int64_t s4[4] = {1, 1, 2, 2};
+  ad_ctx *other = ad_ctx_new();
+  ad_tensor *x = param(ctx, 4, s4, NULL), *foreign = ad_zeros(other, AD_F32, 4, s4);
+  cr_assert_null(ad_global_avg_pool2d(ctx, NULL));
+  expect_error(AD_ERR_NULL, "global_avg_pool2d: input is NULL", NULL);
+  cr_assert_null(ad_global_avg_pool2d(ctx, foreign));
+  expect_error(AD_ERR_ARG, "global_avg_pool2d: input belongs to another context", NULL);
+  ad_tensor_free(x);
+  cr_assert_null(ad_global_avg_pool2d(ctx, x));
+  expect_error(AD_ERR_STATE, "global_avg_pool2d: input was freed", NULL);
+  ad_ctx_free(other);
+}
+
 Test(pool, bad_attributes_are_refused) {
   int64_t s[4] = {2, 3, 6, 6};
   ad_tensor *x = param(ctx, 4, s, NULL);
