@@ -4,6 +4,7 @@
 #include "softmax_exp.h"
 
 #include <math.h>
+#include <string.h>
 
 /* ------------------------------------------------------------- helpers */
 
@@ -939,12 +940,27 @@ static ad_tensor *div_count(ad_ctx *ctx, ad_tensor *s, int64_t n) {
   return s ? ad_div(ctx, s, ad_scalar(ctx, s->dtype, (double)n)) : NULL;
 }
 
+/* The error the sum recorded (its count of errors was before), reported
+ * as the mean's: "sum: input 0 is NULL" becomes "mean: input 0 is NULL". */
+static void error_as_mean(ad_ctx *ctx, uint32_t before) {
+  /* none, a NULL input that kept an earlier one, or out of memory (the
+   * arena's message names no op) */
+  if (!ctx || ctx->nerrors == before || ctx->status == AD_ERR_OOM) return;
+  char msg[sizeof ctx->err];
+  snprintf(msg, sizeof msg, "%s", ctx->err);
+  ad_set_error(ctx, ctx->status, "mean: %s", strncmp(msg, "sum: ", 5) ? msg : msg + 5);
+}
+
 ad_tensor *ad_mean(ad_ctx *ctx, ad_tensor *x) {
+  uint32_t before = ctx ? ctx->nerrors : 0;
   ad_tensor *s = ad_sum(ctx, x);
+  if (!s) error_as_mean(ctx, before);
   return s ? div_count(ctx, s, x->size) : NULL;
 }
 
 ad_tensor *ad_mean_axis(ad_ctx *ctx, ad_tensor *x, int axis, bool keepdim) {
+  uint32_t before = ctx ? ctx->nerrors : 0;
   ad_tensor *s = ad_sum_axis(ctx, x, axis, keepdim);
+  if (!s) error_as_mean(ctx, before);
   return s ? div_count(ctx, s, x->shape[ad_norm_axis(axis, x->ndim)]) : NULL;
 }

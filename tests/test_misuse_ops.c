@@ -418,6 +418,25 @@ Test(misuse_ops, transpose_names_itself) {
   expect_error(AD_ERR_NULL, "transpose: input 0 is NULL", NULL);
 }
 
+/* mean and mean_axis reported the errors of the sum they are built on
+ * ("sum: axis 5 out of range ..."); found by fuzz/fuzz_ops. */
+Test(misuse_ops, mean_names_itself) {
+  int64_t s2[2] = {2, 3};
+  ad_tensor *x = ad_zeros(ctx, AD_F32, 2, s2), *xi = ad_zeros(ctx, AD_I32, 2, s2);
+  cr_assert_null(ad_mean(ctx, NULL));
+  expect_error(AD_ERR_NULL, "mean: input 0 is NULL", NULL);
+  cr_assert_null(ad_mean_axis(ctx, x, 5, false));
+  expect_error(AD_ERR_ARG, "mean: ", "5", NULL);
+  cr_assert_null(ad_mean_axis(ctx, xi, 0, true));
+  cr_assert_not_null(strstr(ad_last_error(ctx), "mean: "), "%s", ad_last_error(ctx));
+  ad_clear_error(ctx);
+  /* a NULL input from an earlier failure keeps that failure's message */
+  cr_assert_null(ad_mean_axis(ctx, x, 7, false));
+  cr_assert_null(ad_mean(ctx, NULL));
+  expect_error(AD_ERR_ARG, "mean: ", "7", NULL);
+  ad_tensor_free(x), ad_tensor_free(xi);
+}
+
 /* ------------------------------------------ concat's length along axis */
 
 /* 2^24 empty [2^40, 0] inputs: their lengths along axis 0 add up to 2^64,
