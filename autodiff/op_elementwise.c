@@ -8,6 +8,7 @@
 
 #include <float.h>
 #include <math.h>
+#include <string.h>
 
 #include "vexp.h"
 
@@ -727,9 +728,30 @@ static ad_status add_scalar_bwd(const ad_call *c) {
 ad_tensor *ad_add_scalar(ad_ctx *ctx, ad_tensor *x, double s) {
   return with_scalar(ctx, AD_OP_ADD_SCALAR, x, s);
 }
-ad_tensor *ad_sub_scalar(ad_ctx *ctx, ad_tensor *x, double s) { return ad_add_scalar(ctx, x, -s); }
+/* The error the ops a composite is built on recorded since before (the
+ * context's count of errors), reported as fn's: "add_scalar: input 0 is
+ * NULL" becomes "sub_scalar: input 0 is NULL". */
+static void error_as(ad_ctx *ctx, uint32_t before, const char *fn) {
+  /* none, a NULL input that kept an earlier one, or out of memory (the
+   * arena's message names no op) */
+  if (!ctx || ctx->nerrors == before || ctx->status == AD_ERR_OOM) return;
+  char msg[sizeof ctx->err];
+  snprintf(msg, sizeof msg, "%s", ctx->err);
+  const char *rest = strstr(msg, ": ");
+  ad_set_error(ctx, ctx->status, "%s: %s", fn, rest ? rest + 2 : msg);
+}
+
+ad_tensor *ad_sub_scalar(ad_ctx *ctx, ad_tensor *x, double s) {
+  uint32_t before = ctx ? ctx->nerrors : 0;
+  ad_tensor *y = ad_add_scalar(ctx, x, -s);
+  if (!y) error_as(ctx, before, "sub_scalar");
+  return y;
+}
 ad_tensor *ad_rsub_scalar(ad_ctx *ctx, ad_tensor *x, double s) {
-  return ad_add_scalar(ctx, ad_neg(ctx, x), s);
+  uint32_t before = ctx ? ctx->nerrors : 0;
+  ad_tensor *y = ad_add_scalar(ctx, ad_neg(ctx, x), s);
+  if (!y) error_as(ctx, before, "rsub_scalar");
+  return y;
 }
 
 const ad_op_def ad_def_add_scalar = {

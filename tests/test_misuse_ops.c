@@ -437,6 +437,22 @@ Test(misuse_ops, mean_names_itself) {
   ad_tensor_free(x), ad_tensor_free(xi);
 }
 
+/* sub_scalar and rsub_scalar reported the errors of the add_scalar and neg
+ * they are built on; found by fuzz/fuzz_ops. */
+Test(misuse_ops, sub_scalar_names_itself) {
+  int64_t s1[1] = {3};
+  ad_tensor *xi = ad_zeros(ctx, AD_I32, 1, s1);
+  cr_assert_null(ad_sub_scalar(ctx, NULL, 1));
+  expect_error(AD_ERR_NULL, "sub_scalar: input 0 is NULL", NULL);
+  cr_assert_null(ad_rsub_scalar(ctx, NULL, 1));
+  expect_error(AD_ERR_NULL, "rsub_scalar: input 0 is NULL", NULL);
+  cr_assert_null(ad_sub_scalar(ctx, xi, 1));
+  expect_error(AD_ERR_DTYPE, "sub_scalar: ", NULL);
+  cr_assert_null(ad_rsub_scalar(ctx, xi, 1));
+  expect_error(AD_ERR_DTYPE, "rsub_scalar: ", NULL);
+  ad_tensor_free(xi);
+}
+
 /* ------------------------------------------ concat's length along axis */
 
 /* 2^24 empty [2^40, 0] inputs: their lengths along axis 0 add up to 2^64,
