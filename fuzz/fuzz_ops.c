@@ -23,7 +23,11 @@
  *
  * Checks, besides ASan + UBSan and LeakSanitizer:
  *   - a NULL result (or a failed status) comes with ad_last_status != AD_OK
- *     and a non-empty ad_last_error;
+ *     and a non-empty ad_last_error, which names the function called
+ *     (unless out of memory: the arena's message names none);
+ *   - a failed ad_batch_norm leaves the running statistics as they were;
+ *     an ad_backward that fails before its pass (any error but out of
+ *     memory and a NaN in anomaly mode) leaves every leaf's gradient;
  *   - an op given a freed tensor, a tensor of another context, or NULL for
  *     a required input, fails;
  *   - a result is a valid tensor of the context whose size is the product
@@ -193,11 +197,32 @@ static ad_tensor *opt(void) {
 
 /* ---------------------------------------------------------- oracles */
 
+static const char *ename; /* the function called, as its errors must name it (NULL: any) */
+
+/* Whether msg names function f (or f less a suffix _ext or _axis, as
+ * ad_embedding_ext's errors name embedding). */
+static bool names_fn(const char *msg, const char *f) {
+  if (strstr(msg, f)) return true;
+  char stem[64];
+  size_t n = strlen(f);
+  if (n >= sizeof stem) return false;
+  memcpy(stem, f, n + 1);
+  if (n > 4 && !strcmp(stem + n - 4, "_ext"))
+    stem[n - 4] = 0;
+  else if (n > 5 && !strcmp(stem + n - 5, "_axis"))
+    stem[n - 5] = 0;
+  else
+    return false;
+  return strstr(msg, stem) != NULL;
+}
+
 static void check_error(void) {
   ad_status st = ad_last_status(C);
   const char *msg = ad_last_error(C);
   FUZZ_CHECK(st != AD_OK, "%s failed without an error status", what);
   FUZZ_CHECK(msg && msg[0], "%s failed (%s) without a message", what, ad_status_str(st));
+  FUZZ_CHECK(!ename || st == AD_ERR_OOM || names_fn(msg, ename),
+             "%s: the error of ad_%s does not name it: %s", what, ename, msg);
 }
 
 /* After an error the context still computes: d(3w)/dw = 3. */
@@ -314,6 +339,9 @@ static int draw_shape(int64_t *shape) {
   return nd;
 }
 
+/* NAMED(f)(C, ...) calls ad_f, noting its name for check_error. */
+#define NAMED(f) (ename = #f, ad_##f)
+
 static ad_tensor *run_op(int op) {
   switch (op) {
   case OP_add:
@@ -326,6 +354,8 @@ static ad_tensor *run_op(int op) {
     static ad_tensor *(*const fn[])(ad_ctx *, ad_tensor *, ad_tensor *) = {
         ad_add, ad_sub, ad_mul, ad_div, ad_pow, ad_maximum, ad_minimum};
     static const int vc[] = {1, 2, 3, 0, 0, 4, 5};
+    static const char *const names[] = {"add", "sub", "mul", "div", "pow", "maximum", "minimum"};
+    ename = names[op - OP_add];
     in_a = req(), in_b = req();
     strict = true;
     vcheck = vc[op - OP_add];
@@ -335,19 +365,23 @@ static ad_tensor *run_op(int op) {
     static ad_tensor *(*const fn[])(ad_ctx *, ad_tensor *, ad_tensor *) = {ad_eq, ad_gt, ad_ge,
                                                                            ad_lt, ad_le};
     int k = (int)(u8() % 5);
+    ename = "compare"; /* the five are one op, compare, and its errors say so */
     in_a = req(), in_b = req();
     vcheck = 10 + k;
     return fn[k](C, in_a, in_b);
   }
   case OP_where: {
     ad_tensor *c = req(), *a = req(), *b = req();
-    return ad_where(C, c, a, b);
+    return NAMED(where)(C, c, a, b);
   }
   case OP_scalar_op: {
     static ad_tensor *(*const fn[])(ad_ctx *, ad_tensor *, double) = {
         ad_add_scalar,  ad_mul_scalar, ad_pow_scalar, ad_sub_scalar,
         ad_rsub_scalar, ad_div_scalar, ad_leaky_relu};
+    static const char *const names[] = {"add_scalar",  "mul_scalar", "pow_scalar", "sub_scalar",
+                                        "rsub_scalar", "div_scalar", "leaky_relu"};
     int k = (int)(u8() % 7);
+    ename = names[k];
     in_a = req();
     double s = draw_real();
     /* div_scalar refuses 0; an f32 x, like torch, a finite s beyond float's range */
@@ -358,7 +392,11 @@ static ad_tensor *run_op(int op) {
     static ad_tensor *(*const fn[])(ad_ctx *, ad_tensor *) = {
         ad_neg,     ad_exp,  ad_log,  ad_sqrt,     ad_abs, ad_sin,    ad_cos,  ad_tanh,
         ad_sigmoid, ad_relu, ad_gelu, ad_softplus, ad_erf, ad_square, ad_atan, ad_sign};
+    static const char *const names[] = {"neg", "exp",    "log",     "sqrt", "abs",  "sin",
+                                        "cos", "tanh",   "sigmoid", "relu", "gelu", "softplus",
+                                        "erf", "square", "atan",    "sign"};
     int k = (int)(u8() % (sizeof fn / sizeof fn[0]));
+    ename = names[k];
     in_a = req();
     strict = true;
     vcheck = k == 0 ? 6 : k == 4 ? 7 : k == 9 ? 8 : 0;
@@ -367,23 +405,23 @@ static ad_tensor *run_op(int op) {
   case OP_clamp: {
     in_a = req();
     double lo = draw_real(), hi = draw_real();
-    return u8() & 1 ? ad_clamp(C, in_a, lo, hi) : ad_hardtanh(C, in_a, lo, hi);
+    return u8() & 1 ? NAMED(clamp)(C, in_a, lo, hi) : NAMED(hardtanh)(C, in_a, lo, hi);
   }
   case OP_cast: {
     ad_tensor *x = req();
-    return ad_cast(C, x, (ad_dtype)(u8() % 4));
+    return NAMED(cast)(C, x, (ad_dtype)(u8() % 4));
   }
   case OP_matmul: {
     in_a = req(), in_b = req();
     unsigned f = u8();
     in_ta = f & 1, in_tb = f & 2;
-    return ad_matmul(C, in_a, in_b, in_ta, in_tb);
+    return NAMED(matmul)(C, in_a, in_b, in_ta, in_tb);
   }
   case OP_reshape: {
     ad_tensor *x = req();
     int64_t shape[8];
     int nd = draw_shape(shape);
-    return ad_reshape(C, x, u8() < 8 ? -1 : nd, shape);
+    return NAMED(reshape)(C, x, u8() < 8 ? -1 : nd, shape);
   }
   case OP_permute: {
     ad_tensor *x = req();
@@ -395,31 +433,31 @@ static ad_tensor *run_op(int op) {
       perm[d] = perm[j], perm[j] = t;
     }
     if (u8() < 32) perm[u8() % AD_MAX_DIMS] = draw_axis();
-    return ad_permute(C, x, perm);
+    return NAMED(permute)(C, x, perm);
   }
   case OP_transpose: {
     ad_tensor *x = req();
     int d0 = draw_axis(), d1 = draw_axis();
-    return ad_transpose(C, x, d0, d1);
+    return NAMED(transpose)(C, x, d0, d1);
   }
   case OP_expand:
   case OP_sum_to: {
     ad_tensor *x = req();
     int64_t shape[8];
     int nd = draw_shape(shape);
-    return op == OP_expand ? ad_expand(C, x, nd, shape) : ad_sum_to(C, x, nd, shape);
+    return op == OP_expand ? NAMED(expand)(C, x, nd, shape) : NAMED(sum_to)(C, x, nd, shape);
   }
   case OP_narrow: {
     ad_tensor *x = req();
     int axis = draw_axis();
     int64_t start = draw_int(), len = draw_int();
-    return ad_narrow(C, x, axis, start, len);
+    return NAMED(narrow)(C, x, axis, start, len);
   }
   case OP_pad: {
     ad_tensor *x = req();
     int axis = draw_axis();
     int64_t before = draw_int(), after = draw_int();
-    return ad_pad(C, x, axis, before, after);
+    return NAMED(pad)(C, x, axis, before, after);
   }
   case OP_concat:
   case OP_stack: {
@@ -427,8 +465,8 @@ static ad_tensor *run_op(int op) {
     for (int i = 0; i < n_cat; i++) cat_in[i] = req();
     if (n_cat == 0) must_fail = true;
     in_axis = draw_axis();
-    return op == OP_concat ? ad_concat(C, n_cat, cat_in, in_axis)
-                           : ad_stack(C, n_cat, cat_in, in_axis);
+    return op == OP_concat ? NAMED(concat)(C, n_cat, cat_in, in_axis)
+                           : NAMED(stack)(C, n_cat, cat_in, in_axis);
   }
   case OP_unstack: {
     ad_tensor *x = req(), *out[MAX_UNSTACK] = {0};
@@ -436,6 +474,7 @@ static ad_tensor *run_op(int op) {
     if (is_live(x) && x->ndim > 0 && axis >= -x->ndim && axis < x->ndim &&
         x->shape[axis < 0 ? axis + x->ndim : axis] > MAX_UNSTACK)
       return NULL; /* more slices than out holds: the caller's mistake */
+    ename = "unstack";
     ad_status st = ad_unstack(C, x, axis, out);
     if (st != AD_OK) {
       check_error();
@@ -457,25 +496,27 @@ static ad_tensor *run_op(int op) {
   case OP_detach:
     in_a = req();
     strict = true;
-    return ad_detach(C, in_a);
+    return NAMED(detach)(C, in_a);
   case OP_index_select: {
     ad_tensor *x = req(), *idx = req();
-    return ad_index_select(C, x, idx);
+    return NAMED(index_select)(C, x, idx);
   }
   case OP_index_add: {
     ad_tensor *src = req(), *idx = req();
-    return ad_index_add(C, src, idx, draw_int());
+    return NAMED(index_add)(C, src, idx, draw_int());
   }
   case OP_embedding: {
     ad_tensor *w = req(), *idx = req();
-    if (u8() & 1) return ad_embedding(C, w, idx, u8() < 128 ? AD_NO_PADDING : draw_int());
+    if (u8() & 1) return NAMED(embedding)(C, w, idx, u8() < 128 ? AD_NO_PADDING : draw_int());
     ad_embedding_opts o = {
         .padding = u8() & 1, .padding_idx = draw_int(), .scale_grad_by_freq = u8() & 1};
-    return ad_embedding_ext(C, w, idx, u8() < 16 ? NULL : &o);
+    return NAMED(embedding_ext)(C, w, idx, u8() < 16 ? NULL : &o);
   }
   case OP_reduce: {
     static ad_tensor *(*const fn[])(ad_ctx *, ad_tensor *) = {ad_sum, ad_mean, ad_max};
+    static const char *const names[] = {"sum", "mean", "max"};
     int k = (int)(u8() % 3);
+    ename = names[k];
     in_a = req();
     strict = k < 2;
     return fn[k](C, in_a);
@@ -483,7 +524,9 @@ static ad_tensor *run_op(int op) {
   case OP_reduce_axis: {
     static ad_tensor *(*const fn[])(ad_ctx *, ad_tensor *, int, bool) = {ad_sum_axis, ad_mean_axis,
                                                                          ad_max_axis, ad_logsumexp};
+    static const char *const names[] = {"sum_axis", "mean_axis", "max_axis", "logsumexp"};
     int k = (int)(u8() % 4);
+    ename = names[k];
     in_a = req();
     in_axis = draw_axis();
     in_keep = u8() & 1;
@@ -493,23 +536,35 @@ static ad_tensor *run_op(int op) {
   case OP_softmax:
     in_a = req();
     in_axis = draw_axis();
-    return u8() & 1 ? ad_softmax(C, in_a, in_axis) : ad_log_softmax(C, in_a, in_axis);
+    return u8() & 1 ? NAMED(softmax)(C, in_a, in_axis) : NAMED(log_softmax)(C, in_a, in_axis);
   case OP_cross_entropy: {
     ad_tensor *logits = req(), *labels = req();
-    if (u8() & 1) return ad_softmax_cross_entropy(C, logits, labels);
+    if (u8() & 1) return NAMED(softmax_cross_entropy)(C, logits, labels);
     ad_cross_entropy_opts o = {
         .ignore = u8() & 1, .ignore_index = (int32_t)draw_int(), .sum = u8() & 1};
-    return ad_softmax_cross_entropy_ext(C, logits, labels, u8() < 16 ? NULL : &o);
+    return NAMED(softmax_cross_entropy_ext)(C, logits, labels, u8() < 16 ? NULL : &o);
   }
   case OP_binary_cross_entropy: {
     ad_tensor *p = req(), *t = req();
-    return ad_binary_cross_entropy(C, p, t);
+    return NAMED(binary_cross_entropy)(C, p, t);
   }
   case OP_batch_norm: {
     ad_tensor *x = req(), *w = opt(), *b = opt(), *rm = opt(), *rv = opt();
     bool training = u8() & 1;
     double momentum = draw_real(), eps = draw_real();
-    return ad_batch_norm(C, x, w, b, rm, rv, training, momentum, eps);
+    /* the running statistics change only when the call succeeds */
+    double before[2][8];
+    ad_tensor *rs[2] = {rm, rv};
+    for (int i = 0; i < 2; i++)
+      for (int j = 0; j < 8; j++)
+        before[i][j] = is_live(rs[i]) && j < rs[i]->size ? ad_tensor_get(rs[i], j) : 0;
+    ad_tensor *y = NAMED(batch_norm)(C, x, w, b, rm, rv, training, momentum, eps);
+    for (int i = 0; i < 2 && !y; i++)
+      for (int j = 0; j < 8; j++)
+        FUZZ_CHECK(!is_live(rs[i]) || j >= rs[i]->size ||
+                       same_value(ad_tensor_get(rs[i], j), before[i][j]),
+                   "batch_norm failed but changed running statistic %d at %d", i, j);
+    return y;
   }
   case OP_layer_norm: {
     ad_tensor *x = req(), *w = opt(), *b = opt();
@@ -519,23 +574,23 @@ static ad_tensor *run_op(int op) {
       nd = x->ndim ? 1 + (int)(u8() % (unsigned)x->ndim) : 1;
       for (int d = 0; d < nd && d < x->ndim; d++) shape[d] = x->shape[x->ndim - nd + d];
     }
-    return ad_layer_norm(C, x, nd, shape, w, b, u8() < 200 ? 1e-5 : draw_real());
+    return NAMED(layer_norm)(C, x, nd, shape, w, b, u8() < 200 ? 1e-5 : draw_real());
   }
   case OP_lstm_cell: {
     ad_tensor *g = req(), *c = req();
-    return ad_lstm_cell(C, g, c);
+    return NAMED(lstm_cell)(C, g, c);
   }
   case OP_gru_cell: {
     ad_tensor *a = req(), *b = req(), *h = req();
-    return ad_gru_cell(C, a, b, h);
+    return NAMED(gru_cell)(C, a, b, h);
   }
   case OP_lstm_seq: {
     ad_tensor *xp = req(), *whh = req(), *b = req(), *h0 = req(), *c0 = req(), *mask = opt();
-    return ad_lstm_seq(C, xp, whh, b, h0, c0, mask, u8() & 1);
+    return NAMED(lstm_seq)(C, xp, whh, b, h0, c0, mask, u8() & 1);
   }
   case OP_gru_seq: {
     ad_tensor *xp = req(), *whh = req(), *bih = req(), *bhh = req(), *h0 = req(), *mask = opt();
-    return ad_gru_seq(C, xp, whh, bih, bhh, h0, mask, u8() & 1);
+    return NAMED(gru_seq)(C, xp, whh, bih, bhh, h0, mask, u8() & 1);
   }
   case OP_attention: {
     ad_tensor *q = req(), *k = req(), *v = req(), *weights = NULL;
@@ -547,7 +602,7 @@ static ad_tensor *run_op(int op) {
                            .dropout_p = u8() < 192 ? 0 : draw_real(),
                            .rng = u8() < 16 ? NULL : &rng,
                            .weights = u8() & 1 ? &weights : NULL};
-    ad_tensor *y = ad_scaled_dot_product_attention(C, q, k, v, u8() < 16 ? NULL : &o);
+    ad_tensor *y = NAMED(scaled_dot_product_attention)(C, q, k, v, u8() < 16 ? NULL : &o);
     FUZZ_CHECK(!y || !o.weights || weights, "attention: no weights for a result");
     FUZZ_CHECK(y || !weights, "attention: weights for no result");
     return y;
@@ -561,15 +616,15 @@ static ad_tensor *run_op(int op) {
     const ad_pool2d_opts *po = u8() < 16 ? NULL : &o;
     switch (u8() % 3) {
     case 0:
-      return ad_max_pool2d(C, x, kh, kw, po);
+      return NAMED(max_pool2d)(C, x, kh, kw, po);
     case 1:
-      return ad_max_pool2d_indices(C, x, kh, kw, po);
+      return NAMED(max_pool2d_indices)(C, x, kh, kw, po);
     default:
-      return ad_avg_pool2d(C, x, kh, kw, po);
+      return NAMED(avg_pool2d)(C, x, kh, kw, po);
     }
   }
   case OP_global_avg_pool2d:
-    return ad_global_avg_pool2d(C, req());
+    return NAMED(global_avg_pool2d)(C, req());
   case OP_pool3d: {
     ad_tensor *x = req();
     int64_t kd = draw_kernel(), kh = draw_kernel(), kw = draw_kernel();
@@ -581,11 +636,11 @@ static ad_tensor *run_op(int op) {
     const ad_pool3d_opts *po = u8() < 16 ? NULL : &o;
     switch (u8() % 3) {
     case 0:
-      return ad_max_pool3d(C, x, kd, kh, kw, po);
+      return NAMED(max_pool3d)(C, x, kd, kh, kw, po);
     case 1:
-      return ad_max_pool3d_indices(C, x, kd, kh, kw, po);
+      return NAMED(max_pool3d_indices)(C, x, kd, kh, kw, po);
     default:
-      return ad_avg_pool3d(C, x, kd, kh, kw, po);
+      return NAMED(avg_pool3d)(C, x, kd, kh, kw, po);
     }
   }
   case OP_conv2d:
@@ -594,14 +649,15 @@ static ad_tensor *run_op(int op) {
     ad_conv_opts o = {0};
     draw_conv(&o);
     const ad_conv_opts *po = u8() < 16 ? NULL : &o;
-    return op == OP_conv2d ? ad_conv2d(C, x, w, b, po) : ad_conv_transpose2d(C, x, w, b, po);
+    return op == OP_conv2d ? NAMED(conv2d)(C, x, w, b, po)
+                           : NAMED(conv_transpose2d)(C, x, w, b, po);
   }
   case OP_conv2d_weight: {
     ad_tensor *x = req(), *dy = req();
     int64_t kh = draw_int(), kw = draw_int();
     ad_conv_opts o = {0};
     draw_conv(&o);
-    return ad_conv2d_weight(C, x, dy, kh, kw, u8() < 16 ? NULL : &o);
+    return NAMED(conv2d_weight)(C, x, dy, kh, kw, u8() < 16 ? NULL : &o);
   }
   case OP_conv1d: {
     ad_tensor *x = req(), *w = req(), *b = opt();
@@ -610,7 +666,7 @@ static ad_tensor *run_op(int op) {
                         .dilation = draw_opt(),
                         .groups = draw_opt(),
                         .same = u8() < 32};
-    return ad_conv1d(C, x, w, b, u8() < 16 ? NULL : &o);
+    return NAMED(conv1d)(C, x, w, b, u8() < 16 ? NULL : &o);
   }
   case OP_conv_transpose1d: {
     ad_tensor *x = req(), *w = req(), *b = opt();
@@ -619,7 +675,7 @@ static ad_tensor *run_op(int op) {
                                   .dilation = draw_opt(),
                                   .groups = draw_opt(),
                                   .output_padding = u8() < 200 ? 0 : draw_opt()};
-    return ad_conv_transpose1d(C, x, w, b, u8() < 16 ? NULL : &o);
+    return NAMED(conv_transpose1d)(C, x, w, b, u8() < 16 ? NULL : &o);
   }
   case OP_conv3d:
   case OP_conv_transpose3d: {
@@ -627,16 +683,17 @@ static ad_tensor *run_op(int op) {
     ad_conv3d_opts o = {0};
     draw_conv3d(&o);
     const ad_conv3d_opts *po = u8() < 16 ? NULL : &o;
-    return op == OP_conv3d ? ad_conv3d(C, x, w, b, po) : ad_conv_transpose3d(C, x, w, b, po);
+    return op == OP_conv3d ? NAMED(conv3d)(C, x, w, b, po)
+                           : NAMED(conv_transpose3d)(C, x, w, b, po);
   }
   case OP_like:
     in_a = req();
     strict = true;
-    if (u8() & 1) return ad_zeros_like(C, in_a);
+    if (u8() & 1) return NAMED(zeros_like)(C, in_a);
     {
       double v = draw_real();
       strict = false; /* an i32 x refuses a value int32 cannot hold */
-      return ad_full_like(C, in_a, v);
+      return NAMED(full_like)(C, in_a, v);
     }
   case OP_op_apply: {
     int id = (int)(u16() % (unsigned)(ad_op_count(C) + 2)) - 1;
@@ -822,6 +879,7 @@ static void apply(void) {
   in_a = in_b = NULL;
   in_axis = n_cat = vcheck = 0;
   in_keep = in_ta = in_tb = strict = must_fail = false;
+  ename = NULL;
   ad_clear_error(C);
   ad_tensor *r = run_op(op);
   trace_result(r);
@@ -857,6 +915,7 @@ static void make_leaf(void) {
   for (int d = 0; d < nd; d++) shape[d] = draw_dim();
   if (leaves_made >= MAX_LEAVES) return;
   snprintf(what, sizeof what, "ad_zeros");
+  ename = "zeros";
   ad_clear_error(C);
   ad_tensor *t = ad_zeros(C, dt, nd, shape);
   trace_result(t);
@@ -914,12 +973,34 @@ static void backward(void) {
   ad_tensor *root = u8() < 32 ? x : ad_sum(C, x);
   ad_tensor *seed = NULL;
   if (u8() < 32) seed = pick(); /* a seed of any shape, or bad */
+  /* the leaves' gradients before, as errors found before the pass must
+   * leave them (ad_backward) */
+  ad_tensor *grad_was[MAX_SLOTS];
+  void *data_was[MAX_SLOTS];
+  for (int i = 0; i < MAX_SLOTS; i++) {
+    ad_tensor *g = slots[i].kind == S_LEAF ? slots[i].t->grad : NULL;
+    grad_was[i] = g;
+    data_was[i] = g ? malloc((size_t)g->size * ad_dtype_size(g->dtype) + 1) : NULL;
+    if (g) {
+      FUZZ_CHECK(data_was[i], "out of memory");
+      memcpy(data_was[i], g->data, (size_t)g->size * ad_dtype_size(g->dtype));
+    }
+  }
   ad_status st = root ? ad_backward(C, root, seed) : ad_last_status(C);
   trace_result(st == AD_OK ? root : NULL);
   if (st != AD_OK) {
     check_error();
+    /* out of memory or a NaN in anomaly mode may stop the pass midway */
+    for (int i = 0; i < MAX_SLOTS; i++) {
+      if (slots[i].kind != S_LEAF || st == AD_ERR_OOM || st == AD_ERR_NAN) continue;
+      ad_tensor *g = slots[i].t->grad;
+      FUZZ_CHECK(g == grad_was[i] && (!g || !memcmp(g->data, data_was[i],
+                                                    (size_t)g->size * ad_dtype_size(g->dtype))),
+                 "backward failed (%s) but changed a leaf's gradient", ad_last_error(C));
+    }
     check_usable();
   }
+  for (int i = 0; i < MAX_SLOTS; i++) free(data_was[i]);
   check_leaf_grads();
 }
 
@@ -967,6 +1048,7 @@ static void tape_reset(void) {
 
 static void step(void) {
   unsigned b = u8();
+  ename = NULL;
   if (b < FOP_REQ_GRAD) {
     make_leaf();
   } else if (b < FOP_APPLY) {
