@@ -602,7 +602,8 @@ static ad_tensor *run_op(int op) {
                            .dropout_p = u8() < 192 ? 0 : draw_real(),
                            .rng = u8() < 16 ? NULL : &rng,
                            .weights = u8() & 1 ? &weights : NULL};
-    ad_tensor *y = NAMED(scaled_dot_product_attention)(C, q, k, v, u8() < 16 ? NULL : &o);
+    if (u8() < 16) o.weights = NULL; /* and no options */
+    ad_tensor *y = NAMED(scaled_dot_product_attention)(C, q, k, v, o.weights || u8() ? &o : NULL);
     FUZZ_CHECK(!y || !o.weights || weights, "attention: no weights for a result");
     FUZZ_CHECK(y || !weights, "attention: weights for no result");
     return y;
