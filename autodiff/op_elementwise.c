@@ -787,7 +787,11 @@ ad_tensor *ad_div_scalar(ad_ctx *ctx, ad_tensor *x, double s) {
    * the two differ in the last bit of many results (in f32 by more: 1/s
    * rounded to float is not the reciprocal of s rounded to float) */
   if (!ctx || !ad_arg_ok(ctx, "div_scalar", "x", x)) return NULL;
-  if (x->dtype != AD_F32 && x->dtype != AD_F64) return ad_mul_scalar(ctx, x, 1.0 / s);
+  if (x->dtype != AD_F32 && x->dtype != AD_F64) {
+    ad_set_error(ctx, AD_ERR_DTYPE, "div_scalar: x is %s; a float dtype is needed",
+                 ad_dtype_name(x->dtype));
+    return NULL;
+  }
   return ad_div(ctx, x, ad_scalar(ctx, x->dtype, s));
 }
 

@@ -450,6 +450,9 @@ Test(misuse_ops, sub_scalar_names_itself) {
   expect_error(AD_ERR_DTYPE, "sub_scalar: ", NULL);
   cr_assert_null(ad_rsub_scalar(ctx, xi, 1));
   expect_error(AD_ERR_DTYPE, "rsub_scalar: ", NULL);
+  /* div_scalar reported an integer x as mul_scalar's */
+  cr_assert_null(ad_div_scalar(ctx, xi, 2));
+  expect_error(AD_ERR_DTYPE, "div_scalar: x is i32", NULL);
   ad_tensor_free(xi);
 }
 
