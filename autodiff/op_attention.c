@@ -121,6 +121,11 @@ ad_tensor *ad_scaled_dot_product_attention(ad_ctx *ctx, ad_tensor *q, ad_tensor 
   int64_t L = q->shape[nd - 2], S = k->shape[nd - 2], E = q->shape[nd - 1];
   double scale = o.scale != 0 ? o.scale : 1.0 / sqrt((double)(E > 0 ? E : 1));
   ad_tensor *s = ad_mul_scalar(ctx, ad_matmul(ctx, q, k, false, true), scale);
+  /* The masks' -inf is their meaning, not an anomaly: anomaly mode checks
+   * the scores before them and the weights after (a row with no key left
+   * gives NaN weights, and softmax reports it), not the masked scores. */
+  bool anomaly_fwd = ctx->anomaly_fwd;
+  ctx->anomaly_fwd = false;
   if (o.causal && s) {
     /* bias[i, j] = 0 for j <= i (the top-left lower triangle), -inf above.
      * Added, as PyTorch adds its causal mask: a row that another mask
@@ -128,7 +133,10 @@ ad_tensor *ad_scaled_dot_product_attention(ad_ctx *ctx, ad_tensor *q, ad_tensor 
      * a select would have stopped it at the causal positions. */
     int64_t ls[2] = {L, S};
     ad_tensor *bias = ad_tmp_full(ctx, q->dtype, 2, ls, -INFINITY);
-    if (!bias) return NULL;
+    if (!bias) {
+      ctx->anomaly_fwd = anomaly_fwd;
+      return NULL;
+    }
     for (int64_t i = 0; i < L; i++)
       for (int64_t j = 0; j <= i && j < S; j++) {
         if (bias->dtype == AD_F32)
@@ -140,6 +148,7 @@ ad_tensor *ad_scaled_dot_product_attention(ad_ctx *ctx, ad_tensor *q, ad_tensor 
   }
   if (o.mask)
     s = ad_add(ctx, s, o.mask->dtype == q->dtype ? o.mask : ad_cast(ctx, o.mask, q->dtype));
+  ctx->anomaly_fwd = anomaly_fwd;
   ad_tensor *w = ad_softmax(ctx, s, -1);
   if (o.dropout_p > 0 && w) {
     ad_tensor *keep = ad_tmp_new(ctx, w->dtype, w->ndim, w->shape);
