@@ -955,8 +955,9 @@ typedef struct ad_attention_opts {
                    1/sqrt(0) = inf gives 0 * inf = NaN everywhere */
   bool causal;  /**< query i attends to keys j <= i only */
   ad_tensor *mask;     /**< additive float mask broadcastable to [..., L, S]
-                          (-inf entries allowed; cast to q's dtype), or
-                          NULL */
+                          (-inf entries allowed, also in anomaly mode, which
+                          checks the weights, not the masked scores; cast to
+                          q's dtype), or NULL */
   double dropout_p;    /**< in [0, 1): zeroes each weight with probability p and
                           scales the rest by 1 / (1 - p) */
   ad_rng *rng;         /**< the dropout draws (one per weight, row-major);
