@@ -24,7 +24,8 @@
  * Checks, besides ASan + UBSan and LeakSanitizer:
  *   - a NULL result (or a failed status) comes with ad_last_status != AD_OK
  *     and a non-empty ad_last_error, which names the function called
- *     (unless out of memory: the arena's message names none);
+ *     (but out of memory, whose message names none, and a NaN in anomaly
+ *     mode, whose names the op inside a composite that made it);
  *   - a failed ad_batch_norm leaves the running statistics as they were;
  *     an ad_backward that fails before its pass (any error but out of
  *     memory and a NaN in anomaly mode) leaves every leaf's gradient;
@@ -221,7 +222,9 @@ static void check_error(void) {
   const char *msg = ad_last_error(C);
   FUZZ_CHECK(st != AD_OK, "%s failed without an error status", what);
   FUZZ_CHECK(msg && msg[0], "%s failed (%s) without a message", what, ad_status_str(st));
-  FUZZ_CHECK(!ename || st == AD_ERR_OOM || names_fn(msg, ename),
+  /* out of memory: the arena's message names no op; anomaly mode names
+   * the op inside a composite that made the NaN, as it should */
+  FUZZ_CHECK(!ename || st == AD_ERR_OOM || st == AD_ERR_NAN || names_fn(msg, ename),
              "%s: the error of ad_%s does not name it: %s", what, ename, msg);
 }
 
