@@ -606,7 +606,9 @@ static ad_tensor *run_op(int op) {
                            .rng = u8() < 16 ? NULL : &rng,
                            .weights = u8() & 1 ? &weights : NULL};
     if (u8() < 16) o.weights = NULL; /* and no options */
-    ad_tensor *y = NAMED(scaled_dot_product_attention)(C, q, k, v, o.weights || u8() ? &o : NULL);
+    const ad_attention_opts *po = o.weights || u8() ? &o : NULL;
+    if (!po) must_fail = !is_live(q) || !is_live(k) || !is_live(v); /* no mask passed */
+    ad_tensor *y = NAMED(scaled_dot_product_attention)(C, q, k, v, po);
     FUZZ_CHECK(!y || !o.weights || weights, "attention: no weights for a result");
     FUZZ_CHECK(y || !weights, "attention: weights for no result");
     return y;
