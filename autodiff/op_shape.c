@@ -1,7 +1,7 @@
 /* op_shape.c: reshape (a view), permute, expand / sum_to, narrow / pad,
- * concat, index_select / index_add, and embedding (index_select with
- * PyTorch's padding row, whose gradient is index_add). Each op's gradient
- * is its partner. */
+ * concat, index_select / index_add, embedding (index_select with
+ * PyTorch's padding row, whose gradient is index_add), and gather /
+ * scatter_add along an axis. Each op's gradient is its partner. */
 #include "ops.h"
 
 #include <limits.h>
@@ -1452,4 +1452,210 @@ const ad_op_def ad_def_embedding = {
     .math = "y[j] = w[idx[j]] (rows)",
     .inputs = {"w", "idx"},
     .grads = {"index_add(dy where idx != padding_idx else 0 [/ count(idx)], idx, rows(w))", NULL},
+};
+
+/* --------------------------------------------------- gather, scatter_add
+ * torch.gather and torch.scatter_add along one axis: index (i32) has x's
+ * number of dims and is at most x's length off the axis; element i of
+ * index, at coordinates (.., j, ..) with j on the axis, names x's element
+ * at the same coordinates but index[i] on the axis. gather reads there,
+ * scatter_add adds src[i] there. Each is the other's gradient: the pair is
+ * closed under differentiation. */
+
+/* Checks x (float), index (i32, x's rank, each length off the axis at most
+ * x's, each value in 0..n-1 for x's length n on the axis), sets *ax. */
+static ad_status check_gather(const ad_call *c, const ad_tensor *x, const ad_tensor *idx, int *ax) {
+  ad_status st = ad_check_float_same(c->ctx, c->name, 1, c->in);
+  if (st != AD_OK) return st;
+  if (idx->dtype != AD_I32)
+    return ad_set_error(c->ctx, AD_ERR_DTYPE, "%s: index must be i32, got %s", c->name,
+                        ad_dtype_name(idx->dtype));
+  if ((st = axis_arg(c, c->attrs->axis, ax)) != AD_OK) return st;
+  char a[64], b[64];
+  bool ok = idx->ndim == x->ndim;
+  for (int d = 0; ok && d < x->ndim; d++) ok = d == *ax || idx->shape[d] <= x->shape[d];
+  if (!ok)
+    return ad_set_error(c->ctx, AD_ERR_SHAPE,
+                        "%s: index %s does not fit input %s off axis %d (it needs as many dims, "
+                        "each at most as long)",
+                        c->name, ad_shape_str(idx, b, sizeof b), ad_shape_str(x, a, sizeof a), *ax);
+  const int32_t *p = idx->data;
+  int64_t n = x->shape[*ax];
+  for (int64_t i = 0; i < idx->size; i++)
+    if (p[i] < 0 || p[i] >= n) {
+      char at[64];
+      return ad_set_error(c->ctx, AD_ERR_ARG,
+                          "%s: index %d at %s of index %s is outside 0..%lld (axis %d of input "
+                          "%s)",
+                          c->name, p[i], ad_coords_str(idx, i, at, sizeof at),
+                          ad_shape_str(idx, b, sizeof b), (long long)n - 1, *ax,
+                          ad_shape_str(x, a, sizeof a));
+    }
+  return AD_OK;
+}
+
+/* Runs BODY for every element i of idx, in idx's order, with off the flat
+ * offset into x that it names: the walk both ops share. */
+#define GATHER_WALK(x, idx, ax, BODY)                                                              \
+  do {                                                                                             \
+    int64_t xs_[AD_MAX_DIMS], co_[AD_MAX_DIMS] = {0}, base_ = 0;                                   \
+    for (int64_t d_ = (x)->ndim - 1, s_ = 1; d_ >= 0; s_ *= (x)->shape[d_], d_--) xs_[d_] = s_;    \
+    const int32_t *p_ = (idx)->data;                                                               \
+    for (int64_t i = 0; i < (idx)->size; i++) {                                                    \
+      int64_t off = base_ + p_[i] * xs_[ax];                                                       \
+      BODY;                                                                                        \
+      for (int d_ = (idx)->ndim - 1; d_ >= 0; d_--) {                                              \
+        if (d_ != (ax)) base_ += xs_[d_];                                                          \
+        if (++co_[d_] < (idx)->shape[d_]) break;                                                   \
+        if (d_ != (ax)) base_ -= xs_[d_] * co_[d_];                                                \
+        co_[d_] = 0;                                                                               \
+      }                                                                                            \
+    }                                                                                              \
+  } while (0)
+
+/* ---- gather: y[i] = x[.., index[i], ..] (index's shape) */
+
+static ad_status gather_shape(const ad_call *c) {
+  const ad_tensor *x = c->in[0], *idx = c->in[1];
+  int ax;
+  ad_status st = check_gather(c, x, idx, &ax);
+  if (st != AD_OK) return st;
+  c->out->ndim = idx->ndim;
+  memcpy(c->out->shape, idx->shape, sizeof(int64_t) * (size_t)idx->ndim);
+  c->out->dtype = x->dtype;
+  return AD_OK;
+}
+
+static void gather_fwd(const ad_call *c) {
+  const ad_tensor *x = c->in[0], *idx = c->in[1];
+  int ax = ad_norm_axis(c->attrs->axis, x->ndim);
+  if (x->dtype == AD_F32) {
+    const float *X = x->data;
+    float *Y = c->out->data;
+    GATHER_WALK(x, idx, ax, Y[i] = X[off]);
+  } else {
+    const double *X = x->data;
+    double *Y = c->out->data;
+    GATHER_WALK(x, idx, ax, Y[i] = X[off]);
+  }
+}
+
+static ad_status gather_bwd(const ad_call *c) {
+  if (!c->needs[0]) return AD_OK;
+  ad_ctx *ctx = c->ctx;
+  ad_tensor *z = ad_zeros_like(ctx, c->in[0]);
+  return ad_call_set_grad(c, 0, ad_scatter_add(ctx, z, c->attrs->axis, c->in[1], c->gout));
+}
+
+ad_tensor *ad_gather(ad_ctx *ctx, ad_tensor *x, int axis, ad_tensor *index) {
+  ad_attrs at = {.axis = axis};
+  return ad_apply2(ctx, AD_OP_GATHER, x, index, &at);
+}
+
+/* x [4,5] by index [3,5] on axis 0, [4,3] on axis -1 (shorter off the
+ * axis), x [2,3,4] by [2,5,3] on axis 1: repeats exercise the += of the
+ * gradient */
+static int gather_sample(const ad_sample_call *s) {
+  static const int64_t sx[3][3] = {{4, 5}, {4, 5}, {2, 3, 4}},
+                       si[3][3] = {{3, 5}, {3, 3}, {2, 5, 3}};
+  static const int nd[3] = {2, 2, 3}, axis[3] = {0, -1, 1};
+  int v = s->variant;
+  if (v > 2) return 0;
+  s->attrs->axis = axis[v];
+  s->in[0] = ad_sample_tensor(s, nd[v], sx[v], -1, 1, true);
+  s->in[1] = sample_idx(s, nd[v], si[v], sx[v][ad_norm_axis(axis[v], nd[v])]);
+  return s->in[0] && s->in[1] ? 2 : -1;
+}
+
+const ad_op_def ad_def_gather = {
+    .name = "gather",
+    .arity = 2,
+    .attrs = AD_ATTRS_AXIS,
+    .shape = gather_shape,
+    .forward = gather_fwd,
+    .backward = gather_bwd,
+    .sample = gather_sample,
+    .math = "y[i] = x[i with index[i] on axis]",
+    .inputs = {"x", "index"},
+    .grads = {"scatter_add(zeros_like(x), axis, index, dy)", NULL},
+};
+
+/* ---- scatter_add: y = x; y[i with index[i] on axis] += src[i] */
+
+static ad_status scatter_add_shape(const ad_call *c) {
+  const ad_tensor *x = c->in[0], *idx = c->in[1], *src = c->in[2];
+  int ax;
+  ad_status st = check_gather(c, x, idx, &ax);
+  if (st != AD_OK) return st;
+  if (src->dtype != x->dtype)
+    return ad_set_error(c->ctx, AD_ERR_DTYPE, "%s: src is %s, the input %s", c->name,
+                        ad_dtype_name(src->dtype), ad_dtype_name(x->dtype));
+  bool ok = src->ndim == idx->ndim;
+  for (int d = 0; ok && d < idx->ndim; d++) ok = src->shape[d] == idx->shape[d];
+  if (!ok) {
+    char a[64], b[64];
+    return ad_set_error(c->ctx, AD_ERR_SHAPE, "%s: src %s is not shaped like index %s", c->name,
+                        ad_shape_str(src, a, sizeof a), ad_shape_str(idx, b, sizeof b));
+  }
+  c->out->ndim = x->ndim;
+  memcpy(c->out->shape, x->shape, sizeof(int64_t) * (size_t)x->ndim);
+  c->out->dtype = x->dtype;
+  return AD_OK;
+}
+
+/* in index order, in the dtype (as torch's CPU kernel adds) */
+static void scatter_add_fwd(const ad_call *c) {
+  const ad_tensor *x = c->in[0], *idx = c->in[1], *src = c->in[2];
+  int ax = ad_norm_axis(c->attrs->axis, x->ndim);
+  if (x->size) memcpy(c->out->data, x->data, (size_t)x->size * ad_dsize(x->dtype));
+  if (x->dtype == AD_F32) {
+    const float *S = src->data;
+    float *Y = c->out->data;
+    GATHER_WALK(x, idx, ax, Y[off] += S[i]);
+  } else {
+    const double *S = src->data;
+    double *Y = c->out->data;
+    GATHER_WALK(x, idx, ax, Y[off] += S[i]);
+  }
+}
+
+static ad_status scatter_add_bwd(const ad_call *c) {
+  if (c->needs[0]) {
+    ad_status st = ad_call_set_grad(c, 0, c->gout);
+    if (st != AD_OK) return st;
+  }
+  if (!c->needs[2]) return AD_OK;
+  return ad_call_set_grad(c, 2, ad_gather(c->ctx, c->gout, c->attrs->axis, c->in[1]));
+}
+
+ad_tensor *ad_scatter_add(ad_ctx *ctx, ad_tensor *x, int axis, ad_tensor *index, ad_tensor *src) {
+  ad_attrs at = {.axis = axis};
+  ad_tensor *in[3] = {x, index, src};
+  return ad_op_apply(ctx, AD_OP_SCATTER_ADD, 3, in, &at);
+}
+
+/* x [3,4] and src [5,4] by index [5,4] on axis 0 (repeats add up); x
+ * [4,5] with src [2,3] on axis -1 */
+static int scatter_add_sample(const ad_sample_call *s) {
+  static const int64_t sx[2][2] = {{3, 4}, {4, 5}}, si[2][2] = {{5, 4}, {2, 3}};
+  int v = s->variant;
+  if (v > 1) return 0;
+  s->attrs->axis = v ? -1 : 0;
+  s->in[0] = ad_sample_tensor(s, 2, sx[v], -1, 1, true);
+  s->in[1] = sample_idx(s, 2, si[v], sx[v][v]);
+  s->in[2] = ad_sample_tensor(s, 2, si[v], -1, 1, true);
+  return s->in[0] && s->in[1] && s->in[2] ? 3 : -1;
+}
+
+const ad_op_def ad_def_scatter_add = {
+    .name = "scatter_add",
+    .arity = 3,
+    .attrs = AD_ATTRS_AXIS,
+    .shape = scatter_add_shape,
+    .forward = scatter_add_fwd,
+    .backward = scatter_add_bwd,
+    .sample = scatter_add_sample,
+    .math = "y = x; y[i with index[i] on axis] += src[i]",
+    .inputs = {"x", "index", "src"},
+    .grads = {"dy", NULL, "gather(dy, axis, index)"},
 };

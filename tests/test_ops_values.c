@@ -61,7 +61,7 @@ static const attr_key attr_keys[] = {
     {"scalar", AD_ATTRS_SCALAR, 0, 0}, /* a real */
     {"dtype", AD_ATTRS_DTYPE, 0, 0},   /* f32 or f64 */
     {"cmp", AD_ATTRS_CMP, 0, 0},       /* eq gt ge lt le */
-    {"axis", AD_ATTRS_AXIS, 1, 1},     /* softmax, log_softmax, concat */
+    {"axis", AD_ATTRS_AXIS, 1, 1},     /* softmax, log_softmax, concat, gather, scatter_add */
     {"rows", AD_ATTRS_ROWS, 1, 1},     /* index_add */
     {"matmul", AD_ATTRS_MATMUL, 2, 2}, /* trans_a trans_b, 0 or 1 */
     {"reduce", AD_ATTRS_REDUCE, 2, 2}, /* axis or 'all', keepdim 0 or 1 */
@@ -817,6 +817,8 @@ static ad_tensor *run_builder(ad_ctx *cx, const fx_case *c, ad_tensor **in, bool
     if (!strcmp(op, "stack")) return ad_stack(cx, c->nin, in, (int)v[0]);
     if (!strcmp(op, "softmax")) return ad_softmax(cx, x, (int)v[0]);
     if (!strcmp(op, "log_softmax")) return ad_log_softmax(cx, x, (int)v[0]);
+    if (!strcmp(op, "gather")) return ad_gather(cx, x, (int)v[0], y);
+    if (!strcmp(op, "scatter_add")) return ad_scatter_add(cx, x, (int)v[0], y, in[2]);
     break;
   case AD_ATTRS_ROWS:
     if (!strcmp(op, "index_add")) return ad_index_add(cx, x, y, v[0]);

@@ -40,7 +40,8 @@ builder the arguments it takes:
                                   rsub_scalar, div_scalar
     attr dtype f32|f64            cast: the target dtype
     attr cmp eq|gt|ge|lt|le       compare
-    attr axis A                   softmax, log_softmax, concat, stack
+    attr axis A                   softmax, log_softmax, concat, stack,
+                                  gather, scatter_add
     attr rows R                   index_add
     attr matmul TA TB             matmul: trans_a, trans_b (0 or 1)
     attr reduce all|A K           sum, max, logsumexp, mean_axis: every
@@ -626,6 +627,29 @@ for label, ss, ix, rows in (("index_add_repeat", (5, 3), idx([0, 2, 2, 1, 0]), 3
                             ("index_add_1d", (4,), idx([1, 1, 1, 0]), 2)):
     add(label, "index_add", lambda rng, ss=ss, ix=ix: [("in", U(rng, ss)), ("const", ix)],
         lambda t, rows=rows: index_add(t[0], t[1], rows), attr=("rows", rows))
+
+# gather / scatter_add along an axis (torch.gather, torch.scatter_add): index
+# of x's rank, shorter than x off the axis allowed; repeats add up in the
+# gradient; negative axes; empty index and empty axis
+GATHER = (("gather_axis0", (3, 4), idx([[0, 2, 1, 2], [1, 0, 0, 2]]), 0),
+          ("gather_axis1_short", (3, 5), idx([[4, 0, 4], [1, 1, 3]]), 1),
+          ("gather_neg_axis_3d", (2, 3, 4), idx([[[2, 0, 1, 1], [0, 0, 2, 1]],
+                                                 [[1, 2, 2, 0], [2, 1, 0, 0]]]), -2),
+          ("gather_1d", (5,), idx([4, 0, 0, 2, 3, 4, 1]), -1),
+          ("gather_empty_index", (3, 4), idx(np.zeros((0, 4))), 0),
+          ("gather_empty_axis", (2, 0), idx(np.zeros((2, 0))), 1))
+for label, xs, ix, ax in GATHER:
+    add(label, "gather", lambda rng, xs=xs, ix=ix: [("in", U(rng, xs)), ("const", ix)],
+        lambda t, ax=ax: torch.gather(t[0], ax, t[1]), attr=("axis", ax))
+SCATTER = (("scatter_add_axis0", (3, 4), idx([[0, 2, 1, 2], [1, 0, 0, 2], [2, 2, 0, 1],
+                                              [0, 1, 1, 1], [2, 0, 2, 0]]), 0),
+           ("scatter_add_neg_axis_short", (3, 5), idx([[4, 0, 4], [1, 1, 3]]), -1),
+           ("scatter_add_3d", (2, 3, 4), idx([[[2, 0, 1], [0, 0, 2]], [[1, 2, 2], [2, 1, 0]]]), 1),
+           ("scatter_add_empty_index", (3, 4), idx(np.zeros((0, 4))), 0))
+for label, xs, ix, ax in SCATTER:
+    add(label, "scatter_add",
+        lambda rng, xs=xs, ix=ix: [("in", U(rng, xs)), ("const", ix), ("in", U(rng, ix.shape))],
+        lambda t, ax=ax: torch.scatter_add(t[0], ax, t[1], t[2]), attr=("axis", ax))
 
 # ------------------------------------------------------------- reductions
 

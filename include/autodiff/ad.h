@@ -732,6 +732,31 @@ AD_API ad_tensor *ad_index_select(ad_ctx *ctx, ad_tensor *x, ad_tensor *idx);
 /** Zeros of [rows] + src.shape[idx.ndim:] with src's rows added at idx (the
  * gradient of index_select). */
 AD_API ad_tensor *ad_index_add(ad_ctx *ctx, ad_tensor *src, ad_tensor *idx, int64_t rows);
+/** torch.gather(x, axis, index) (also torch.take_along_dim with an axis):
+ * out has index's shape, and out[i][j] = x[index[i][j]][j] for axis 0,
+ * x[i][index[i][j]] for axis 1, and so on for more dims. x is float, index
+ * AD_I32 with as many dims as x, each no longer than x's off the axis
+ * (shorter is allowed, as in torch.gather); axis negative counts from the
+ * end. Differentiable in x, to any order: the gradient is ad_scatter_add
+ * of dy into zeros, whose own gradient is gather again. The indices are
+ * saved as recorded. Errors (NULL returned): AD_ERR_NULL (an input NULL),
+ * AD_ERR_DTYPE (x not float, index not AD_I32), AD_ERR_ARG (axis out of
+ * range; an index outside 0..n-1 for x's length n on the axis, negative
+ * ones too, named with its coordinates: "gather: index 3 at [1,0] of index
+ * [2,2] is outside 0..2 (axis 0 of input [3,4])"), AD_ERR_SHAPE (index of
+ * another rank, or longer than x off the axis). Unlike torch, a 0-d x is
+ * refused (no axis). */
+AD_API ad_tensor *ad_gather(ad_ctx *ctx, ad_tensor *x, int axis, ad_tensor *index);
+/** torch.scatter_add(x, axis, index, src): a copy of x with each src[i]
+ * added at the element of x that ad_gather(x, axis, index) reads for i
+ * (several adds into one element accumulate, in index order, in x's
+ * dtype). index is checked as in ad_gather; src has x's dtype and exactly
+ * index's shape (torch also takes a larger src and uses its leading part:
+ * refused here, AD_ERR_SHAPE). Differentiable in x (dx = dy) and src
+ * (dsrc = ad_gather(dy, axis, index)), to any order. Errors as ad_gather's,
+ * named "scatter_add", and AD_ERR_DTYPE for src of another dtype. */
+AD_API ad_tensor *ad_scatter_add(ad_ctx *ctx, ad_tensor *x, int axis, ad_tensor *index,
+                                 ad_tensor *src);
 
 /** The padding_idx of ad_embedding for none. */
 #define AD_NO_PADDING INT64_MIN

@@ -1,0 +1,135 @@
+/* test_misuse_tensorops.c: bad input to the tensor ops ported from PyTorch
+ * (gather / scatter_add, ...): each is refused with a status and a message
+ * that names the op and the bad argument, and nothing is computed. Their
+ * values and gradients are in tests/fixtures/ops.txt (test_ops_values). */
+#include "test_alloc.h"
+
+#include <math.h>
+
+TEST_CTX_SUITE(misuse_tensorops);
+
+#define expect_error(...)    test_expect_error(ctx, __VA_ARGS__)
+#define param(c, ...)        test_param(c, __VA_ARGS__)
+#define expect_shape(t, ...) test_expect_shape(ctx, t, __VA_ARGS__)
+
+/* An AD_I32 tensor of shape with values v. */
+static ad_tensor *ints(ad_ctx *c, int ndim, const int64_t *shape, const int32_t *v) {
+  ad_tensor *t = ad_from_data(c, AD_I32, ndim, shape, v);
+  cr_assert_not_null(t, "%s", ad_last_error(c));
+  return t;
+}
+
+/* ------------------------------------------------- gather, scatter_add */
+
+Test(misuse_tensorops, gather_refuses_bad_input) {
+  int64_t sx[2] = {3, 4}, si[2] = {2, 2}, s1[1] = {2}, s3[3] = {2, 2, 1}, slong[2] = {2, 5};
+  const int32_t iv[4] = {0, 2, 1, 0}, bad[4] = {0, 1, 3, 0}, neg[4] = {0, -1, 1, 0};
+  ad_tensor *x = param(ctx, 2, sx, NULL), *idx = ints(ctx, 2, si, iv);
+  cr_assert_null(ad_gather(ctx, NULL, 0, idx));
+  expect_error(AD_ERR_NULL, "gather", NULL);
+  cr_assert_null(ad_gather(ctx, x, 0, NULL));
+  expect_error(AD_ERR_NULL, "gather", NULL);
+  ad_tensor *fidx = ad_zeros(ctx, AD_F64, 2, si);
+  cr_assert_null(ad_gather(ctx, x, 0, fidx));
+  expect_error(AD_ERR_DTYPE, "gather: index must be i32, got f64", NULL);
+  cr_assert_null(ad_gather(ctx, idx, 0, idx));
+  expect_error(AD_ERR_DTYPE, "gather", "i32", NULL);
+  ad_tensor *i1 = ints(ctx, 1, s1, iv), *i3 = ints(ctx, 3, s3, iv);
+  cr_assert_null(ad_gather(ctx, x, 0, i1));
+  expect_error(AD_ERR_SHAPE, "gather: index [2] does not fit input [3,4]", NULL);
+  cr_assert_null(ad_gather(ctx, x, 0, i3));
+  expect_error(AD_ERR_SHAPE, "gather: index [2,2,1] does not fit input [3,4]", NULL);
+  ad_tensor *ilong = ad_zeros(ctx, AD_I32, 2, slong);
+  cr_assert_null(ad_gather(ctx, x, 0, ilong)); /* 5 > 4 off the axis */
+  expect_error(AD_ERR_SHAPE, "gather: index [2,5] does not fit input [3,4] off axis 0", NULL);
+  cr_assert_not_null(ad_gather(ctx, x, 1, ilong), "%s", ad_last_error(ctx)); /* on it: fine */
+  cr_assert_null(ad_gather(ctx, x, 2, idx));
+  expect_error(AD_ERR_ARG, "gather: axis 2 out of range for [3,4]", NULL);
+  cr_assert_null(ad_gather(ctx, x, -3, idx));
+  expect_error(AD_ERR_ARG, "gather: axis -3 out of range", NULL);
+  ad_tensor *ib = ints(ctx, 2, si, bad), *in = ints(ctx, 2, si, neg);
+  cr_assert_null(ad_gather(ctx, x, 0, ib));
+  expect_error(AD_ERR_ARG,
+               "gather: index 3 at [1,0] of index [2,2] is outside 0..2 (axis 0 of "
+               "input [3,4])",
+               NULL);
+  cr_assert_null(ad_gather(ctx, x, -2, in)); /* negative indices do not count from the end */
+  expect_error(AD_ERR_ARG, "gather: index -1 at [0,1] of index [2,2] is outside 0..2", NULL);
+  /* a 0-d input has no axis */
+  ad_tensor *x0 = param(ctx, 0, NULL, NULL), *i0 = ad_zeros(ctx, AD_I32, 0, NULL);
+  cr_assert_null(ad_gather(ctx, x0, 0, i0));
+  expect_error(AD_ERR_ARG, "gather: axis 0 out of range for []", NULL);
+  ad_tensor *ts[] = {x, idx, fidx, i1, i3, ilong, ib, in, x0, i0};
+  for (size_t k = 0; k < sizeof ts / sizeof *ts; k++) ad_tensor_free(ts[k]);
+}
+
+Test(misuse_tensorops, scatter_add_refuses_bad_input) {
+  int64_t sx[2] = {3, 4}, si[2] = {2, 2}, s3[2] = {2, 3}, sb[2] = {3, 3};
+  const int32_t iv[4] = {0, 2, 1, 0}, bad[4] = {0, 4, 1, 0};
+  ad_tensor *x = param(ctx, 2, sx, NULL), *idx = ints(ctx, 2, si, iv);
+  ad_tensor *src = param(ctx, 2, si, NULL);
+  cr_assert_null(ad_scatter_add(ctx, x, 0, idx, NULL));
+  expect_error(AD_ERR_NULL, "scatter_add", NULL);
+  cr_assert_null(ad_scatter_add(ctx, NULL, 0, idx, src));
+  expect_error(AD_ERR_NULL, "scatter_add", NULL);
+  ad_tensor *s32 = ad_zeros(ctx, AD_F32, 2, si);
+  cr_assert_null(ad_scatter_add(ctx, x, 0, idx, s32));
+  expect_error(AD_ERR_DTYPE, "scatter_add: src is f32, the input f64", NULL);
+  ad_tensor *big = param(ctx, 2, s3, NULL); /* torch takes its leading [2,2]; refused here */
+  cr_assert_null(ad_scatter_add(ctx, x, 0, idx, big));
+  expect_error(AD_ERR_SHAPE, "scatter_add: src [2,3] is not shaped like index [2,2]", NULL);
+  cr_assert_null(ad_scatter_add(ctx, x, 0, src, src));
+  expect_error(AD_ERR_DTYPE, "scatter_add: index must be i32, got f64", NULL);
+  ad_tensor *ib = ints(ctx, 2, si, bad);
+  cr_assert_null(ad_scatter_add(ctx, x, 0, ib, src));
+  expect_error(AD_ERR_ARG, "scatter_add: index 4 at [0,1] of index [2,2] is outside 0..2", NULL);
+  cr_assert_null(ad_scatter_add(ctx, x, 5, idx, src));
+  expect_error(AD_ERR_ARG, "scatter_add: axis 5 out of range", NULL);
+  ad_tensor *xb = param(ctx, 2, sb, NULL);
+  ad_tensor *ilong = ad_zeros(ctx, AD_I32, 2, (int64_t[]){2, 4}),
+            *slong = param(ctx, 2, (int64_t[]){2, 4}, NULL);
+  cr_assert_null(ad_scatter_add(ctx, xb, 0, ilong, slong));
+  expect_error(AD_ERR_SHAPE, "scatter_add: index [2,4] does not fit input [3,3] off axis 0", NULL);
+  ad_tensor *ts[] = {x, idx, src, s32, big, ib, xb, ilong, slong};
+  for (size_t k = 0; k < sizeof ts / sizeof *ts; k++) ad_tensor_free(ts[k]);
+}
+
+Test(misuse_tensorops, gather_refuses_tensors_of_another_context_and_freed_ones) {
+  ad_ctx *other = ad_ctx_new();
+  int64_t sx[2] = {3, 4}, si[2] = {2, 2};
+  const int32_t iv[4] = {0, 2, 1, 0};
+  ad_tensor *x = param(ctx, 2, sx, NULL), *idx = ints(ctx, 2, si, iv);
+  ad_tensor *fx = param(other, 2, sx, NULL), *fi = ints(other, 2, si, iv);
+  cr_assert_null(ad_gather(ctx, fx, 0, idx));
+  expect_error(AD_ERR_ARG, "gather: input 0 belongs to another context", NULL);
+  cr_assert_null(ad_gather(ctx, x, 0, fi));
+  expect_error(AD_ERR_ARG, "gather: input 1 belongs to another context", NULL);
+  ad_tensor *src = param(other, 2, si, NULL);
+  cr_assert_null(ad_scatter_add(ctx, x, 0, idx, src));
+  expect_error(AD_ERR_ARG, "scatter_add: input 2 belongs to another context", NULL);
+  ad_tensor *dead = ints(ctx, 2, si, iv);
+  ad_tensor_free(dead);
+  cr_assert_null(ad_gather(ctx, x, 0, dead));
+  expect_error(AD_ERR_STATE, "gather", NULL);
+  ad_tensor_free(x), ad_tensor_free(idx), ad_tensor_free(fx), ad_tensor_free(fi);
+  ad_tensor_free(src);
+  ad_ctx_free(other);
+}
+
+/* The indices are saved as recorded: changing them between the forward and
+ * the backward changes nothing, and an index made out of range is never
+ * read. Repeated indices add up in x's gradient. */
+Test(misuse_tensorops, gather_indices_changed_before_backward) {
+  int64_t sx[2] = {2, 3}, si[2] = {2, 3};
+  const int32_t iv[6] = {1, 0, 1, 1, 1, 0};
+  ad_tensor *x = param(ctx, 2, sx, NULL), *idx = ints(ctx, 2, si, iv);
+  ad_tensor *r = ad_sum(ctx, ad_gather(ctx, x, 0, idx));
+  cr_assert_not_null(r, "%s", ad_last_error(ctx));
+  ((int32_t *)idx->data)[0] = 1000;
+  cr_assert_eq(ad_backward(ctx, r, NULL), AD_OK, "%s", ad_last_error(ctx));
+  const double want[6] = {0, 1, 1, 2, 1, 1};
+  for (int i = 0; i < 6; i++)
+    cr_assert_eq(ad_tensor_get(x->grad, i), want[i], "element %d: %g", i,
+                 ad_tensor_get(x->grad, i));
+  ad_tensor_free(x), ad_tensor_free(idx);
+}
