@@ -1,7 +1,8 @@
 /* op_shape.c: reshape (a view), permute, expand / sum_to, narrow / pad,
  * concat, index_select / index_add, embedding (index_select with
  * PyTorch's padding row, whose gradient is index_add), and gather /
- * scatter_add along an axis. Each op's gradient is its partner. */
+ * scatter_add along an axis, and flip. Each op's gradient is its
+ * partner. */
 #include "ops.h"
 
 #include <limits.h>
@@ -1658,4 +1659,91 @@ const ad_op_def ad_def_scatter_add = {
     .math = "y = x; y[i with index[i] on axis] += src[i]",
     .inputs = {"x", "index", "src"},
     .grads = {"dy", NULL, "gather(dy, axis, index)"},
+};
+
+/* ----------------------------------------------------------------- flip
+ * torch.flip along one axis: y[.., k, ..] = x[.., n-1-k, ..]. Its own
+ * gradient. ad_flip over several axes flips them one after the other. */
+
+static ad_status flip_shape(const ad_call *c) {
+  const ad_tensor *x = c->in[0];
+  int ax;
+  ad_status st = axis_arg(c, c->attrs->axis, &ax);
+  if (st != AD_OK) return st;
+  c->out->ndim = x->ndim;
+  memcpy(c->out->shape, x->shape, sizeof(int64_t) * (size_t)x->ndim);
+  c->out->dtype = x->dtype;
+  return AD_OK;
+}
+
+static void flip_fwd(const ad_call *c) {
+  const ad_tensor *x = c->in[0];
+  int ax = ad_norm_axis(c->attrs->axis, x->ndim);
+  int64_t outer = span(x, 0, ax), n = x->shape[ax], inner = span(x, ax + 1, x->ndim);
+  size_t es = ad_dsize(x->dtype), blk = (size_t)inner * es;
+  const char *src = x->data;
+  char *dst = c->out->data;
+  if (c->out->size == 0) return;
+  for (int64_t o = 0; o < outer; o++)
+    for (int64_t k = 0; k < n; k++)
+      memcpy(dst + (size_t)(o * n + k) * blk, src + (size_t)(o * n + n - 1 - k) * blk, blk);
+}
+
+static ad_status flip_bwd(const ad_call *c) {
+  return ad_call_set_grad(c, 0, ad_flip(c->ctx, c->gout, 1, &c->attrs->axis));
+}
+
+ad_tensor *ad_flip(ad_ctx *ctx, ad_tensor *x, int n_axes, const int *axes) {
+  if (!ctx || !x) return ad_apply1(ctx, AD_OP_FLIP, x, NULL); /* reports the NULL */
+  if (!ad_arg_ok(ctx, "flip", "input 0", x)) return NULL;
+  char a[64];
+  if (n_axes < 0 || n_axes > x->ndim) {
+    ad_set_error(ctx, AD_ERR_ARG, "flip: %d axes for %s", n_axes, ad_shape_str(x, a, sizeof a));
+    return NULL;
+  }
+  if (n_axes > 0 && !axes) {
+    ad_set_error(ctx, AD_ERR_NULL, "flip: axes is NULL");
+    return NULL;
+  }
+  bool seen[AD_MAX_DIMS] = {0};
+  for (int k = 0; k < n_axes; k++) {
+    int d = ad_norm_axis(axes[k], x->ndim);
+    if (d < 0 || seen[d]) {
+      ad_set_error(ctx, AD_ERR_ARG, "flip: axis %d %s for %s", axes[k],
+                   d < 0 ? "out of range" : "given twice", ad_shape_str(x, a, sizeof a));
+      return NULL;
+    }
+    seen[d] = true;
+  }
+  ad_tensor *y = x;
+  for (int k = 0; y && k < n_axes; k++) {
+    ad_attrs at = {.axis = axes[k]};
+    y = ad_apply1(ctx, AD_OP_FLIP, y, &at);
+  }
+  return y;
+}
+
+/* [3,4] on axis 0, on axis -1; [2,3,4] on axis 1 */
+static int flip_sample(const ad_sample_call *s) {
+  static const int64_t shape[3] = {2, 3, 4};
+  static const int axis[3] = {0, -1, 1};
+  int v = s->variant;
+  if (v > 2) return 0;
+  s->attrs->axis = axis[v];
+  return (s->in[0] = ad_sample_tensor(s, v == 2 ? 3 : 2, v == 2 ? shape : shape + 1, -1, 1, true))
+             ? 1
+             : -1;
+}
+
+const ad_op_def ad_def_flip = {
+    .name = "flip",
+    .arity = 1,
+    .attrs = AD_ATTRS_AXIS,
+    .shape = flip_shape,
+    .forward = flip_fwd,
+    .backward = flip_bwd,
+    .sample = flip_sample,
+    .math = "y[.., k, ..] = x[.., n-1-k, ..] on axis",
+    .inputs = {"x"},
+    .grads = {"flip(dy, axis)"},
 };

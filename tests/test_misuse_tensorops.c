@@ -133,3 +133,43 @@ Test(misuse_tensorops, gather_indices_changed_before_backward) {
                  ad_tensor_get(x->grad, i));
   ad_tensor_free(x), ad_tensor_free(idx);
 }
+
+/* ----------------------------------------------------------------- flip */
+
+Test(misuse_tensorops, flip_refuses_bad_axes) {
+  int64_t s[3] = {2, 3, 4};
+  ad_tensor *x = param(ctx, 3, s, NULL);
+  int ax[3] = {0, -1, 2}, three[3] = {0, 1, 3};
+  cr_assert_null(ad_flip(ctx, NULL, 1, ax));
+  expect_error(AD_ERR_NULL, "flip", NULL);
+  cr_assert_null(ad_flip(ctx, x, 1, NULL));
+  expect_error(AD_ERR_NULL, "flip: axes is NULL", NULL);
+  cr_assert_null(ad_flip(ctx, x, 3, three));
+  expect_error(AD_ERR_ARG, "flip: axis 3 out of range for [2,3,4]", NULL);
+  cr_assert_null(ad_flip(ctx, x, 3, ax)); /* -1 and 2 are one axis */
+  expect_error(AD_ERR_ARG, "flip: axis 2 given twice for [2,3,4]", NULL);
+  cr_assert_null(ad_flip(ctx, x, -1, ax));
+  expect_error(AD_ERR_ARG, "flip: -1 axes for [2,3,4]", NULL);
+  cr_assert_null(ad_flip(ctx, x, 4, ax));
+  expect_error(AD_ERR_ARG, "flip: 4 axes for [2,3,4]", NULL);
+  cr_assert_eq(ad_flip(ctx, x, 0, NULL), x, "no axis: x itself");
+  ad_ctx *other = ad_ctx_new();
+  ad_tensor *fx = param(other, 3, s, NULL);
+  cr_assert_null(ad_flip(ctx, fx, 1, ax));
+  expect_error(AD_ERR_ARG, "flip: input 0 belongs to another context", NULL);
+  ad_tensor_free(fx);
+  ad_ctx_free(other);
+  ad_tensor_free(x);
+}
+
+/* any dtype: an i32 tensor (argmax's result) flips too, with no gradient */
+Test(misuse_tensorops, flip_of_integers) {
+  int64_t s[2] = {2, 3};
+  const int32_t v[6] = {1, 2, 3, 4, 5, 6}, want[6] = {6, 5, 4, 3, 2, 1};
+  ad_tensor *t = ints(ctx, 2, s, v);
+  ad_tensor *y = ad_flip(ctx, t, 2, (int[]){1, 0});
+  cr_assert_not_null(y, "%s", ad_last_error(ctx));
+  cr_assert_eq(y->dtype, AD_I32);
+  for (int i = 0; i < 6; i++) cr_assert_eq(((const int32_t *)y->data)[i], want[i], "element %d", i);
+  ad_tensor_free(t);
+}

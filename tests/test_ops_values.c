@@ -70,6 +70,8 @@ static const attr_key attr_keys[] = {
     {"shape", AD_ATTRS_SHAPE, 0, AD_MAX_DIMS},
     {"permute", AD_ATTRS_PERMUTE, 0, AD_MAX_DIMS},
     {"transpose", BUILDER_ONLY, 2, 2}, /* d0 d1 of ad_transpose */
+    /* the axes of ad_flip (flip_dims) */
+    {"dims", BUILDER_ONLY, 0, AD_MAX_DIMS},
     /* kernel, stride, padding, dilation (h, w), ceil_mode, count_include_pad, in_size (h, w) */
     {"pool", AD_ATTRS_POOL, 12, 12},
     /* sh sw pt pb pl pr dh dw groups same oph opw kh kw */
@@ -819,6 +821,7 @@ static ad_tensor *run_builder(ad_ctx *cx, const fx_case *c, ad_tensor **in, bool
     if (!strcmp(op, "log_softmax")) return ad_log_softmax(cx, x, (int)v[0]);
     if (!strcmp(op, "gather")) return ad_gather(cx, x, (int)v[0], y);
     if (!strcmp(op, "scatter_add")) return ad_scatter_add(cx, x, (int)v[0], y, in[2]);
+    if (!strcmp(op, "flip")) return ad_flip(cx, x, 1, &(int){(int)v[0]});
     break;
   case AD_ATTRS_ROWS:
     if (!strcmp(op, "index_add")) return ad_index_add(cx, x, y, v[0]);
@@ -902,6 +905,11 @@ static ad_tensor *run_builder(ad_ctx *cx, const fx_case *c, ad_tensor **in, bool
         &(ad_cross_entropy_opts){.ignore = v[0] != 0, .ignore_index = (int32_t)v[1], .sum = v[2]});
   case BUILDER_ONLY:
     if (!strcmp(op, "transpose")) return ad_transpose(cx, x, (int)v[0], (int)v[1]);
+    if (!strcmp(op, "flip_dims")) {
+      int dims[AD_MAX_DIMS];
+      for (int k = 0; k < a->n; k++) dims[k] = (int)v[k];
+      return ad_flip(cx, x, a->n, dims);
+    }
     if (!strcmp(op, "conv1d")) {
       ad_conv1d_opts o = {.stride = v[0],
                           .padding = {v[1], v[2]},

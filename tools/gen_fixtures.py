@@ -51,6 +51,7 @@ builder the arguments it takes:
     attr shape D0 D1 ...          reshape, expand, sum_to (none: 0-d)
     attr permute P0 P1 ...        permute
     attr transpose D0 D1          transpose
+    attr dims D0 D1 ...           flip_dims: the axes of ad_flip
     attr pool KH KW SH SW PH PW DH DW CEIL CIP IH IW
                                   max_pool2d, avg_pool2d and their partner
                                   ops: kernel, stride, padding, dilation
@@ -650,6 +651,18 @@ for label, xs, ix, ax in SCATTER:
     add(label, "scatter_add",
         lambda rng, xs=xs, ix=ix: [("in", U(rng, xs)), ("const", ix), ("in", U(rng, ix.shape))],
         lambda t, ax=ax: torch.scatter_add(t[0], ax, t[1], t[2]), attr=("axis", ax))
+
+# flip: the op along one axis (attr axis); ad_flip over several (flip_dims,
+# attr dims: the axes as ad_flip takes them)
+for label, xs, ax in (("flip_axis0", (3, 4), 0), ("flip_neg_axis_3d", (2, 3, 4), -1),
+                      ("flip_mid_3d", (2, 3, 4), 1), ("flip_vec", (5,), 0),
+                      ("flip_empty_axis", (2, 0, 3), 1), ("flip_empty_other", (0, 3), -1)):
+    add(label, "flip", lambda rng, xs=xs: [("in", U(rng, xs))],
+        lambda t, ax=ax: torch.flip(t[0], (ax,)), attr=("axis", ax))
+for label, xs, dims in (("flip_dims_two", (2, 3, 4), (0, -1)), ("flip_dims_all", (2, 3), (1, 0)),
+                        ("flip_dims_three", (2, 2, 3), (2, 0, 1))):
+    add(label, "flip_dims", lambda rng, xs=xs: [("in", U(rng, xs))],
+        lambda t, dims=dims: torch.flip(t[0], dims), attr=("dims",) + dims)
 
 # ------------------------------------------------------------- reductions
 

@@ -757,6 +757,14 @@ AD_API ad_tensor *ad_gather(ad_ctx *ctx, ad_tensor *x, int axis, ad_tensor *inde
  * named "scatter_add", and AD_ERR_DTYPE for src of another dtype. */
 AD_API ad_tensor *ad_scatter_add(ad_ctx *ctx, ad_tensor *x, int axis, ad_tensor *index,
                                  ad_tensor *src);
+/** torch.flip(x, axes): x with the order of its elements reversed along
+ * each of the n_axes axes (negative counts from the end), any dtype. One
+ * flip op, one copy of x, per axis (its own gradient, to any order);
+ * n_axes 0 returns x itself (torch returns a copy). Errors (NULL):
+ * AD_ERR_NULL (x NULL, or axes NULL with n_axes > 0), AD_ERR_ARG (n_axes
+ * outside 0..ndim, an axis out of range or given twice, as torch's "dims
+ * has duplicates"). */
+AD_API ad_tensor *ad_flip(ad_ctx *ctx, ad_tensor *x, int n_axes, const int *axes);
 
 /** The padding_idx of ad_embedding for none. */
 #define AD_NO_PADDING INT64_MIN
