@@ -1,5 +1,6 @@
 /* op_reduce.c: sum, max, logsumexp over a run of adjacent axes; softmax
- * and log_softmax along an axis; the mean as a composite. */
+ * and log_softmax along an axis; the mean as a composite; cumsum along an
+ * axis. */
 #include "ops.h"
 #include "softmax_exp.h"
 
@@ -964,3 +965,87 @@ ad_tensor *ad_mean_axis(ad_ctx *ctx, ad_tensor *x, int axis, bool keepdim) {
   if (!s) error_as_mean(ctx, before);
   return s ? div_count(ctx, s, x->shape[ad_norm_axis(axis, x->ndim)]) : NULL;
 }
+
+/* -------------------------------------------------------------- cumsum */
+
+/* y[.., k, ..] = x[.., 0, ..] + ... + x[.., k, ..] along the axis, as
+ * torch.cumsum: each lane summed in order k = 0, 1, ... in one double
+ * (float32 too, as torch's CPU kernel and the engine's sum do), each
+ * partial sum rounded to the dtype. The gradient is the reversed cumsum
+ * flip(cumsum(flip(dy))), torch's formula, made of ops. */
+static ad_status cumsum_shape(const ad_call *c) {
+  const ad_tensor *x = c->in[0];
+  if (ad_check_float_same(c->ctx, c->name, 1, c->in) != AD_OK) return ad_last_status(c->ctx);
+  if (ad_norm_axis(c->attrs->axis, x->ndim) < 0) {
+    char a[64];
+    return ad_set_error(c->ctx, AD_ERR_ARG, "%s: axis %d out of range for %s", c->name,
+                        c->attrs->axis, ad_shape_str(x, a, sizeof a));
+  }
+  c->out->dtype = x->dtype;
+  c->out->ndim = x->ndim;
+  memcpy(c->out->shape, x->shape, sizeof(int64_t) * (size_t)x->ndim);
+  return AD_OK;
+}
+
+/* LANE_BLOCK lanes at a time, read row by row, each in its own double */
+#define CUMSUM_LANES(T)                                                                            \
+  do {                                                                                             \
+    const T *X = c->in[0]->data;                                                                   \
+    T *Y = c->out->data;                                                                           \
+    for (int64_t o = 0; o < r.outer; o++)                                                          \
+      for (int64_t j0 = 0; j0 < r.inner; j0 += LANE_BLOCK) {                                       \
+        int64_t nb = r.inner - j0 < LANE_BLOCK ? r.inner - j0 : LANE_BLOCK;                        \
+        double acc[LANE_BLOCK] = {0};                                                              \
+        for (int64_t k = 0; k < r.n; k++) {                                                        \
+          int64_t at = (o * r.n + k) * r.inner + j0;                                               \
+          for (int64_t j = 0; j < nb; j++) Y[at + j] = (T)(acc[j] += X[at + j]);                   \
+        }                                                                                          \
+      }                                                                                            \
+  } while (0)
+
+static void cumsum_fwd(const ad_call *c) {
+  const ad_tensor *x = c->in[0];
+  red_dims r = red_of(x, 1u << ad_norm_axis(c->attrs->axis, x->ndim));
+  if (c->out->size == 0) return;
+  if (x->dtype == AD_F32)
+    CUMSUM_LANES(float);
+  else
+    CUMSUM_LANES(double);
+}
+
+static ad_status cumsum_bwd(const ad_call *c) {
+  ad_ctx *ctx = c->ctx;
+  int axis = c->attrs->axis;
+  ad_tensor *rev = ad_cumsum(ctx, ad_flip(ctx, c->gout, 1, &axis), axis);
+  return ad_call_set_grad(c, 0, ad_flip(ctx, rev, 1, &axis));
+}
+
+ad_tensor *ad_cumsum(ad_ctx *ctx, ad_tensor *x, int axis) {
+  ad_attrs at = {.axis = axis};
+  return ad_apply1(ctx, AD_OP_CUMSUM, x, &at);
+}
+
+/* [3,4] along axis 0 and axis -1; [2,3,4] along axis 1 */
+static int cumsum_sample(const ad_sample_call *s) {
+  static const int64_t shape[3] = {2, 3, 4};
+  static const int axis[3] = {0, -1, 1};
+  int v = s->variant;
+  if (v > 2) return 0;
+  s->attrs->axis = axis[v];
+  return (s->in[0] = ad_sample_tensor(s, v == 2 ? 3 : 2, v == 2 ? shape : shape + 1, -1, 1, true))
+             ? 1
+             : -1;
+}
+
+const ad_op_def ad_def_cumsum = {
+    .name = "cumsum",
+    .arity = 1,
+    .attrs = AD_ATTRS_AXIS,
+    .shape = cumsum_shape,
+    .forward = cumsum_fwd,
+    .backward = cumsum_bwd,
+    .sample = cumsum_sample,
+    .math = "y[.., k, ..] = sum_{j <= k} x[.., j, ..] on axis",
+    .inputs = {"x"},
+    .grads = {"flip(cumsum(flip(dy, axis), axis), axis)"},
+};

@@ -173,3 +173,44 @@ Test(misuse_tensorops, flip_of_integers) {
   for (int i = 0; i < 6; i++) cr_assert_eq(((const int32_t *)y->data)[i], want[i], "element %d", i);
   ad_tensor_free(t);
 }
+
+/* --------------------------------------------------------------- cumsum */
+
+Test(misuse_tensorops, cumsum_refuses_bad_input) {
+  int64_t s[2] = {2, 3};
+  ad_tensor *x = param(ctx, 2, s, NULL), *t = ad_zeros(ctx, AD_I32, 2, s);
+  cr_assert_null(ad_cumsum(ctx, NULL, 0));
+  expect_error(AD_ERR_NULL, "cumsum", NULL);
+  cr_assert_null(ad_cumsum(ctx, t, 0));
+  expect_error(AD_ERR_DTYPE, "cumsum", "i32", NULL);
+  cr_assert_null(ad_cumsum(ctx, x, 2));
+  expect_error(AD_ERR_ARG, "cumsum: axis 2 out of range for [2,3]", NULL);
+  cr_assert_null(ad_cumsum(ctx, x, -3));
+  expect_error(AD_ERR_ARG, "cumsum: axis -3 out of range for [2,3]", NULL);
+  ad_tensor *x0 = param(ctx, 0, NULL, NULL);
+  cr_assert_null(ad_cumsum(ctx, x0, 0));
+  expect_error(AD_ERR_ARG, "cumsum: axis 0 out of range for []", NULL);
+  ad_ctx *other = ad_ctx_new();
+  ad_tensor *fx = param(other, 2, s, NULL);
+  cr_assert_null(ad_cumsum(ctx, fx, 0));
+  expect_error(AD_ERR_ARG, "cumsum: input 0 belongs to another context", NULL);
+  ad_tensor_free(fx);
+  ad_ctx_free(other);
+  ad_tensor_free(x), ad_tensor_free(t), ad_tensor_free(x0);
+}
+
+/* float32 lanes are summed in a double: 2^24 + 1 - 2^24 is 1, not 0, and
+ * the gradient of sum(cumsum(x)) is n - k at position k */
+Test(misuse_tensorops, cumsum_sums_float32_in_double) {
+  int64_t n = 4;
+  const float v[4] = {16777216.0f, 1.0f, -16777216.0f, 0.5f};
+  ad_tensor *x = ad_from_data(ctx, AD_F32, 1, &n, v);
+  cr_assert_eq(ad_tensor_set_requires_grad(x, true), AD_OK);
+  ad_tensor *y = ad_cumsum(ctx, x, -1);
+  cr_assert_not_null(y, "%s", ad_last_error(ctx));
+  cr_assert_eq(ad_tensor_get(y, 2), 1.0);
+  cr_assert_eq(ad_tensor_get(y, 3), 1.5);
+  cr_assert_eq(ad_backward(ctx, ad_sum(ctx, y), NULL), AD_OK, "%s", ad_last_error(ctx));
+  for (int k = 0; k < 4; k++) cr_assert_eq(ad_tensor_get(x->grad, k), 4.0 - k, "element %d", k);
+  ad_tensor_free(x);
+}

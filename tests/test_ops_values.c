@@ -822,6 +822,7 @@ static ad_tensor *run_builder(ad_ctx *cx, const fx_case *c, ad_tensor **in, bool
     if (!strcmp(op, "gather")) return ad_gather(cx, x, (int)v[0], y);
     if (!strcmp(op, "scatter_add")) return ad_scatter_add(cx, x, (int)v[0], y, in[2]);
     if (!strcmp(op, "flip")) return ad_flip(cx, x, 1, &(int){(int)v[0]});
+    if (!strcmp(op, "cumsum")) return ad_cumsum(cx, x, (int)v[0]);
     break;
   case AD_ATTRS_ROWS:
     if (!strcmp(op, "index_add")) return ad_index_add(cx, x, y, v[0]);

@@ -41,7 +41,7 @@ builder the arguments it takes:
     attr dtype f32|f64            cast: the target dtype
     attr cmp eq|gt|ge|lt|le       compare
     attr axis A                   softmax, log_softmax, concat, stack,
-                                  gather, scatter_add
+                                  gather, scatter_add, flip, cumsum
     attr rows R                   index_add
     attr matmul TA TB             matmul: trans_a, trans_b (0 or 1)
     attr reduce all|A K           sum, max, logsumexp, mean_axis: every
@@ -726,6 +726,21 @@ for name, fn in (("softmax", torch.softmax), ("log_softmax", torch.log_softmax))
     for tag, shape, axis in (("empty_axis", (2, 0), 1), ("empty_other", (0, 3), 1)):
         add(f"{name}_{tag}", name, lambda rng, s=shape: [("in", U(rng, s))],
             lambda t, fn=fn, ax=axis: fn(t[0], ax), attr=("axis", axis))
+
+# cumsum along an axis: torch sums a float32 lane in a double too; values
+# of mixed signs and magnitudes; NaN and inf run to the end of their lane
+for label, xs, ax in (("cumsum_axis0", (3, 4), 0), ("cumsum_neg_axis_3d", (2, 3, 4), -1),
+                      ("cumsum_mid_3d", (2, 3, 4), 1), ("cumsum_vec", (7,), 0),
+                      ("cumsum_long", (2, 300), 1),
+                      ("cumsum_empty_axis", (2, 0, 3), 1), ("cumsum_empty_other", (0, 3), -1)):
+    add(label, "cumsum", lambda rng, xs=xs: [("in", U(rng, xs))],
+        lambda t, ax=ax: torch.cumsum(t[0], ax), attr=("axis", ax))
+add("cumsum_mixed_scale", "cumsum",
+    const([("in", f32r([[1e8, 1.0, -1e8, 3.0, 1e-3], [0.1, 0.2, 0.3, 0.4, 0.5]]))]),
+    lambda t: torch.cumsum(t[0], 1), attr=("axis", 1))
+add("cumsum_nan_inf", "cumsum",
+    const([("in", f32r([[1.0, NAN, 2.0, 3.0], [INF, 1.0, -INF, 2.0]]))]),
+    lambda t: torch.cumsum(t[0], -1), attr=("axis", -1))
 
 # softmax's gradient as one op: y (g - sum(g y)) along the axis, torch's
 # _softmax_backward_data of the same inputs (y any values here, as the op

@@ -821,6 +821,16 @@ AD_API ad_tensor *ad_max_axis(ad_ctx *ctx, ad_tensor *x, int axis, bool keepdim)
 /** @} */
 /** log(sum(exp(x))) along axis, computed stably. */
 AD_API ad_tensor *ad_logsumexp(ad_ctx *ctx, ad_tensor *x, int axis, bool keepdim);
+/** torch.cumsum(x, axis): y[.., k, ..] = x[.., 0, ..] + ... + x[.., k, ..]
+ * along axis (negative counts from the end); y is shaped like x. Each lane
+ * is summed in order, k = 0, 1, ..., in a double for float32 too (as
+ * PyTorch's CPU kernel), each partial sum rounded to x's dtype; a NaN or
+ * inf propagates to the rest of its lane. The gradient is the reversed
+ * cumsum, ad_flip(ad_cumsum(ad_flip(dy))), differentiable to any order.
+ * Errors (NULL): AD_ERR_NULL, AD_ERR_DTYPE (x not float; torch also sums
+ * integers), AD_ERR_ARG (axis out of range; a 0-d x has none, where torch
+ * takes axis 0 or -1). */
+AD_API ad_tensor *ad_cumsum(ad_ctx *ctx, ad_tensor *x, int axis);
 /** Over an axis of length 0: an empty result, and nothing is read. @{ */
 AD_API ad_tensor *ad_softmax(ad_ctx *ctx, ad_tensor *x, int axis);
 AD_API ad_tensor *ad_log_softmax(ad_ctx *ctx, ad_tensor *x, int axis);
