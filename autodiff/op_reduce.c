@@ -1,6 +1,6 @@
 /* op_reduce.c: sum, max, logsumexp over a run of adjacent axes; softmax
  * and log_softmax along an axis; the mean as a composite; cumsum along an
- * axis. */
+ * axis; argmax and argmin (no gradient). */
 #include "ops.h"
 #include "softmax_exp.h"
 
@@ -1048,4 +1048,80 @@ const ad_op_def ad_def_cumsum = {
     .math = "y[.., k, ..] = sum_{j <= k} x[.., j, ..] on axis",
     .inputs = {"x"},
     .grads = {"flip(cumsum(flip(dy, axis), axis), axis)"},
+};
+
+/* ------------------------------------------------------ argmax, argmin */
+
+/* The index along the axis (AD_I32) of the first maximum (minimum) of each
+ * lane, as torch.argmax / argmin: a NaN counts as the extreme, so a lane
+ * holding one gives its first NaN's index. No gradient: the ops have no
+ * backward, so they are never recorded and the result requires none. */
+static ad_status shape_arg(const ad_call *c) {
+  ad_status st = shape_max(c);
+  if (st == AD_OK) c->out->dtype = AD_I32;
+  return st;
+}
+
+/* BETTER(v, b): v replaces the best so far b (b is not NaN) */
+#define ARG_LANES(T, BETTER)                                                                       \
+  do {                                                                                             \
+    const T *X = c->in[0]->data;                                                                   \
+    int32_t *Y = c->out->data;                                                                     \
+    for (int64_t o = 0; o < r.outer; o++)                                                          \
+      for (int64_t i = 0; i < r.inner; i++) {                                                      \
+        const T *x = X + o * r.n * r.inner + i;                                                    \
+        T b = x[0];                                                                                \
+        int64_t bk = 0;                                                                            \
+        for (int64_t k = 1; k < r.n && b == b; k++) {                                              \
+          T v = x[k * r.inner];                                                                    \
+          if (v != v || BETTER(v, b)) b = v, bk = k;                                               \
+        }                                                                                          \
+        Y[o * r.inner + i] = (int32_t)bk;                                                          \
+      }                                                                                            \
+  } while (0)
+#define ARG_GT(v, b) ((v) > (b))
+#define ARG_LT(v, b) ((v) < (b))
+
+static void argmax_fwd(const ad_call *c) {
+  red_dims r = red_of(c->in[0], c->attrs->reduce.axes);
+  if (c->in[0]->dtype == AD_F32)
+    ARG_LANES(float, ARG_GT);
+  else
+    ARG_LANES(double, ARG_GT);
+}
+
+static void argmin_fwd(const ad_call *c) {
+  red_dims r = red_of(c->in[0], c->attrs->reduce.axes);
+  if (c->in[0]->dtype == AD_F32)
+    ARG_LANES(float, ARG_LT);
+  else
+    ARG_LANES(double, ARG_LT);
+}
+
+ad_tensor *ad_argmax(ad_ctx *ctx, ad_tensor *x, int axis, bool keepdim) {
+  return reduce_axis(ctx, AD_OP_ARGMAX, x, axis, keepdim);
+}
+
+ad_tensor *ad_argmin(ad_ctx *ctx, ad_tensor *x, int axis, bool keepdim) {
+  return reduce_axis(ctx, AD_OP_ARGMIN, x, axis, keepdim);
+}
+
+const ad_op_def ad_def_argmax = {
+    .name = "argmax",
+    .arity = 1,
+    .attrs = AD_ATTRS_REDUCE,
+    .shape = shape_arg,
+    .forward = argmax_fwd,
+    .math = "y = index of the first max along axis (NaN counts as max; i32)",
+    .inputs = {"x"},
+};
+
+const ad_op_def ad_def_argmin = {
+    .name = "argmin",
+    .arity = 1,
+    .attrs = AD_ATTRS_REDUCE,
+    .shape = shape_arg,
+    .forward = argmin_fwd,
+    .math = "y = index of the first min along axis (NaN counts as min; i32)",
+    .inputs = {"x"},
 };

@@ -214,3 +214,55 @@ Test(misuse_tensorops, cumsum_sums_float32_in_double) {
   for (int k = 0; k < 4; k++) cr_assert_eq(ad_tensor_get(x->grad, k), 4.0 - k, "element %d", k);
   ad_tensor_free(x);
 }
+
+/* ------------------------------------------------------- argmax, argmin */
+
+Test(misuse_tensorops, argmax_refuses_bad_input) {
+  int64_t s[2] = {2, 3}, e[2] = {2, 0};
+  ad_tensor *x = param(ctx, 2, s, NULL), *t = ad_zeros(ctx, AD_I32, 2, s);
+  ad_tensor *empty = param(ctx, 2, e, NULL), *x0 = param(ctx, 0, NULL, NULL);
+  cr_assert_null(ad_argmax(ctx, NULL, 0, false));
+  expect_error(AD_ERR_NULL, "argmax", NULL);
+  cr_assert_null(ad_argmin(ctx, t, 0, false));
+  expect_error(AD_ERR_DTYPE, "argmin", "i32", NULL);
+  cr_assert_null(ad_argmax(ctx, x, 2, false));
+  expect_error(AD_ERR_ARG, "argmax: axis 2 out of range for [2,3]", NULL);
+  cr_assert_null(ad_argmin(ctx, x, -3, true));
+  expect_error(AD_ERR_ARG, "argmin: axis -3 out of range for [2,3]", NULL);
+  cr_assert_null(ad_argmax(ctx, x0, 0, false));
+  expect_error(AD_ERR_ARG, "argmax: axis 0 out of range for []", NULL);
+  cr_assert_null(ad_argmax(ctx, empty, 1, false)); /* torch refuses it too */
+  expect_error(AD_ERR_SHAPE, "argmax: nothing to reduce", "[2,0]", NULL);
+  cr_assert_null(ad_argmin(ctx, empty, -1, true));
+  expect_error(AD_ERR_SHAPE, "argmin: nothing to reduce", "[2,0]", NULL);
+  ad_ctx *other = ad_ctx_new();
+  ad_tensor *fx = param(other, 2, s, NULL);
+  cr_assert_null(ad_argmax(ctx, fx, 0, false));
+  expect_error(AD_ERR_ARG, "argmax: input 0 belongs to another context", NULL);
+  ad_tensor_free(fx);
+  ad_ctx_free(other);
+  ad_tensor_free(x), ad_tensor_free(t), ad_tensor_free(empty), ad_tensor_free(x0);
+}
+
+/* x requires a gradient; the i32 result does not, is not on the tape, and
+ * a loss that uses it as an index still sends x its gradient through the
+ * other path only */
+Test(misuse_tensorops, argmax_sends_no_gradient) {
+  int64_t s[2] = {2, 3};
+  const double v[6] = {0.5, 2, -1, 3, 3, NAN};
+  ad_tensor *x = param(ctx, 2, s, v);
+  ad_tensor *i = ad_argmax(ctx, x, 1, true), *j = ad_argmin(ctx, x, -1, false);
+  cr_assert_not_null(i, "%s", ad_last_error(ctx));
+  cr_assert_not_null(j, "%s", ad_last_error(ctx));
+  cr_assert_eq(i->dtype, AD_I32);
+  cr_assert(!ad_tensor_requires_grad(i) && !ad_tensor_requires_grad(j));
+  cr_assert_eq(ad_tensor_get(i, 0), 1);
+  cr_assert_eq(ad_tensor_get(i, 1), 2); /* the NaN */
+  cr_assert_eq(ad_tensor_get(j, 0), 2);
+  cr_assert_eq(ad_tensor_get(j, 1), 2); /* the NaN */
+  ad_tensor *y = ad_sum(ctx, ad_gather(ctx, x, 1, ad_narrow(ctx, i, 0, 0, 1)));
+  cr_assert_eq(ad_backward(ctx, y, NULL), AD_OK, "%s", ad_last_error(ctx));
+  const double want[6] = {0, 1, 0, 0, 0, 0};
+  for (int k = 0; k < 6; k++) cr_assert_eq(ad_tensor_get(x->grad, k), want[k], "element %d", k);
+  ad_tensor_free(x);
+}

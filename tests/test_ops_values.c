@@ -839,6 +839,8 @@ static ad_tensor *run_builder(ad_ctx *cx, const fx_case *c, ad_tensor **in, bool
     if (!strcmp(op, "max")) return ad_max_axis(cx, x, (int)v[0], keep);
     if (!strcmp(op, "logsumexp")) return ad_logsumexp(cx, x, (int)v[0], keep);
     if (!strcmp(op, "mean_axis")) return ad_mean_axis(cx, x, (int)v[0], keep);
+    if (!strcmp(op, "argmax")) return ad_argmax(cx, x, (int)v[0], keep);
+    if (!strcmp(op, "argmin")) return ad_argmin(cx, x, (int)v[0], keep);
     break;
   }
   case AD_ATTRS_NARROW:

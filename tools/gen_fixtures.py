@@ -44,8 +44,9 @@ builder the arguments it takes:
                                   gather, scatter_add, flip, cumsum
     attr rows R                   index_add
     attr matmul TA TB             matmul: trans_a, trans_b (0 or 1)
-    attr reduce all|A K           sum, max, logsumexp, mean_axis: every
-                                  dimension or axis A, keepdim K (0 or 1)
+    attr reduce all|A K           sum, max, logsumexp, mean_axis, argmax,
+                                  argmin: every dimension or axis A,
+                                  keepdim K (0 or 1)
     attr narrow A START LEN       narrow
     attr pad A BEFORE AFTER       pad
     attr shape D0 D1 ...          reshape, expand, sum_to (none: 0-d)
@@ -741,6 +742,25 @@ add("cumsum_mixed_scale", "cumsum",
 add("cumsum_nan_inf", "cumsum",
     const([("in", f32r([[1.0, NAN, 2.0, 3.0], [INF, 1.0, -INF, 2.0]]))]),
     lambda t: torch.cumsum(t[0], -1), attr=("axis", -1))
+
+# argmax / argmin (int32, no gradient): ties give the first index, a NaN
+# counts as the extreme (its first index), -0 and 0 tie
+ARG_TIES = f32r([[1.0, 3.0, 3.0, -1.0], [2.0, 0.0, 2.0, 0.0], [5.0, 5.0, 5.0, 5.0]])
+ARG_NAN = f32r([[1.0, NAN, 2.0, NAN], [INF, 1.0, INF, -INF], [-INF, 0.0, -INF, NAN],
+                [-0.0, 0.0, 0.0, -0.0]])
+for name, fn in (("argmax", torch.argmax), ("argmin", torch.argmin)):
+    for tag, gen, axis, keep in (
+            ("axis0", lambda rng: [("in", distinct(rng, (3, 4)))], 0, 0),
+            ("neg_axis_keep", lambda rng: [("in", distinct(rng, (2, 3, 4)))], -1, 1),
+            ("mid_3d", lambda rng: [("in", distinct(rng, (2, 3, 4)))], 1, 0),
+            ("ties", const([("in", ARG_TIES)]), 1, 0),
+            ("ties_axis0", const([("in", ARG_TIES)]), 0, 1),
+            ("nan_inf", const([("in", ARG_NAN)]), 1, 0),
+            ("nan_axis0", const([("in", ARG_NAN)]), -2, 0),
+            ("empty_other", lambda rng: [("in", U(rng, (0, 3)))], 1, 0)):
+        add(f"{name}_{tag}", name, gen,
+            lambda t, fn=fn, axis=axis, keep=keep: fn(t[0], axis, bool(keep)).to(torch.int32),
+            attr=("reduce", axis, keep), grad=False)
 
 # softmax's gradient as one op: y (g - sum(g y)) along the axis, torch's
 # _softmax_backward_data of the same inputs (y any values here, as the op

@@ -831,6 +831,19 @@ AD_API ad_tensor *ad_logsumexp(ad_ctx *ctx, ad_tensor *x, int axis, bool keepdim
  * integers), AD_ERR_ARG (axis out of range; a 0-d x has none, where torch
  * takes axis 0 or -1). */
 AD_API ad_tensor *ad_cumsum(ad_ctx *ctx, ad_tensor *x, int axis);
+/** torch.argmax(x, axis, keepdim) / torch.argmin: the index along axis
+ * (negative counts from the end) of each lane's maximum (minimum), an
+ * AD_I32 tensor shaped as ad_max_axis's result. Ties give the first index;
+ * a NaN counts as the maximum (and as the minimum), so a lane holding one
+ * gives its first NaN's index, as PyTorch 1.13. Not differentiable: no
+ * gradient flows through it (x may require one; the result never does).
+ * Over the whole tensor (torch.argmax(x) with no dim), reshape x to 1-D
+ * first. Errors (NULL): AD_ERR_NULL, AD_ERR_DTYPE (x not float),
+ * AD_ERR_ARG (axis out of range, a 0-d x), AD_ERR_SHAPE (an axis of length
+ * 0: "argmax: nothing to reduce", as torch refuses it). @{ */
+AD_API ad_tensor *ad_argmax(ad_ctx *ctx, ad_tensor *x, int axis, bool keepdim);
+AD_API ad_tensor *ad_argmin(ad_ctx *ctx, ad_tensor *x, int axis, bool keepdim);
+/** @} */
 /** Over an axis of length 0: an empty result, and nothing is read. @{ */
 AD_API ad_tensor *ad_softmax(ad_ctx *ctx, ad_tensor *x, int axis);
 AD_API ad_tensor *ad_log_softmax(ad_ctx *ctx, ad_tensor *x, int axis);
