@@ -1125,3 +1125,104 @@ const ad_op_def ad_def_argmin = {
     .math = "y = index of the first min along axis (NaN counts as min; i32)",
     .inputs = {"x"},
 };
+
+/* ------------------------------------- min, var, std (composites) */
+
+/* Whether x can be the input of the composite fn: a live float tensor. */
+static bool float_in_ok(ad_ctx *ctx, const char *fn, const ad_tensor *x) {
+  if (!ctx || !ad_arg_ok(ctx, fn, "input 0", x)) return false;
+  if (ad_is_float(x->dtype)) return true;
+  ad_set_error(ctx, AD_ERR_DTYPE, "%s: input is %s; a float dtype is needed", fn,
+               ad_dtype_name(x->dtype));
+  return false;
+}
+
+/* min = -max(-x): max's rules (ties share the gradient, NaN wins, nothing
+ * to reduce is an error), checked here first so the errors name min. */
+ad_tensor *ad_min(ad_ctx *ctx, ad_tensor *x) {
+  if (!float_in_ok(ctx, "min", x)) return NULL;
+  if (x->size == 0) {
+    char a[64];
+    ad_set_error(ctx, AD_ERR_SHAPE, "min: nothing to reduce: %s holds no element",
+                 ad_shape_str(x, a, sizeof a));
+    return NULL;
+  }
+  return ad_neg(ctx, ad_max(ctx, ad_neg(ctx, x)));
+}
+
+ad_tensor *ad_min_axis(ad_ctx *ctx, ad_tensor *x, int axis, bool keepdim) {
+  if (!float_in_ok(ctx, "min", x)) return NULL;
+  int k = ad_norm_axis(axis, x->ndim);
+  char a[64];
+  if (k < 0) {
+    ad_set_error(ctx, AD_ERR_ARG, "min: axis %d out of range for %s", axis,
+                 ad_shape_str(x, a, sizeof a));
+    return NULL;
+  }
+  if (x->shape[k] == 0) {
+    ad_set_error(ctx, AD_ERR_SHAPE, "min: nothing to reduce: axis %d of %s holds no element", k,
+                 ad_shape_str(x, a, sizeof a));
+    return NULL;
+  }
+  return ad_neg(ctx, ad_max_axis(ctx, ad_neg(ctx, x), axis, keepdim));
+}
+
+/* x summed over the dims marked in red, each kept with length 1. */
+static ad_tensor *sum_marked(ad_ctx *ctx, ad_tensor *x, const bool *red) {
+  int nd = x ? x->ndim : 0;
+  for (int d = 0; x && d < nd; d++)
+    if (red[d]) x = ad_sum_axis(ctx, x, d, true);
+  return x;
+}
+
+/* var = sum((x - mean)^2) / max(0, n - correction) over the axes (every
+ * dim for none), as torch.var; std its square root. fn names the errors. */
+static ad_tensor *var_of(ad_ctx *ctx, const char *fn, ad_tensor *x, int n_axes, const int *axes,
+                         int64_t correction, bool keepdim) {
+  if (!float_in_ok(ctx, fn, x)) return NULL;
+  char a[64];
+  if (n_axes < 0 || n_axes > x->ndim) {
+    ad_set_error(ctx, AD_ERR_ARG, "%s: %d axes for %s", fn, n_axes, ad_shape_str(x, a, sizeof a));
+    return NULL;
+  }
+  if (n_axes > 0 && !axes) {
+    ad_set_error(ctx, AD_ERR_NULL, "%s: axes is NULL", fn);
+    return NULL;
+  }
+  bool red[AD_MAX_DIMS] = {0};
+  for (int k = 0; k < n_axes; k++) {
+    int d = ad_norm_axis(axes[k], x->ndim);
+    if (d < 0 || red[d]) {
+      ad_set_error(ctx, AD_ERR_ARG, "%s: axis %d %s for %s", fn, axes[k],
+                   d < 0 ? "out of range" : "given twice", ad_shape_str(x, a, sizeof a));
+      return NULL;
+    }
+    red[d] = true;
+  }
+  int64_t n = 1, kept[AD_MAX_DIMS];
+  int nk = 0;
+  for (int d = 0; d < x->ndim; d++) {
+    if (n_axes == 0) red[d] = true;
+    if (red[d])
+      n *= x->shape[d];
+    else
+      kept[nk++] = x->shape[d];
+  }
+  ad_tensor *mean = div_count(ctx, sum_marked(ctx, x, red), n);
+  ad_tensor *dev = ad_sub(ctx, x, mean);
+  ad_tensor *q = sum_marked(ctx, ad_mul(ctx, dev, dev), red);
+  int64_t dof = n > correction ? n - correction : 0;
+  ad_tensor *v = q ? ad_div(ctx, q, ad_scalar(ctx, q->dtype, (double)dof)) : NULL;
+  return keepdim ? v : ad_reshape(ctx, v, nk, kept);
+}
+
+ad_tensor *ad_var(ad_ctx *ctx, ad_tensor *x, int n_axes, const int *axes, int64_t correction,
+                  bool keepdim) {
+  return var_of(ctx, "var", x, n_axes, axes, correction, keepdim);
+}
+
+ad_tensor *ad_std(ad_ctx *ctx, ad_tensor *x, int n_axes, const int *axes, int64_t correction,
+                  bool keepdim) {
+  ad_tensor *v = var_of(ctx, "std", x, n_axes, axes, correction, keepdim);
+  return v ? ad_sqrt(ctx, v) : NULL;
+}

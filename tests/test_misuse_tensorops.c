@@ -266,3 +266,74 @@ Test(misuse_tensorops, argmax_sends_no_gradient) {
   for (int k = 0; k < 6; k++) cr_assert_eq(ad_tensor_get(x->grad, k), want[k], "element %d", k);
   ad_tensor_free(x);
 }
+
+/* -------------------------------------------------- min, var, std */
+
+Test(misuse_tensorops, min_refuses_bad_input) {
+  int64_t s[2] = {2, 3}, e[2] = {2, 0};
+  ad_tensor *x = param(ctx, 2, s, NULL), *t = ad_zeros(ctx, AD_I32, 2, s);
+  ad_tensor *empty = param(ctx, 2, e, NULL);
+  cr_assert_null(ad_min(ctx, NULL));
+  expect_error(AD_ERR_NULL, "min", NULL);
+  cr_assert_null(ad_min_axis(ctx, t, 0, false));
+  expect_error(AD_ERR_DTYPE, "min: input is i32", NULL);
+  cr_assert_null(ad_min_axis(ctx, x, 2, false));
+  expect_error(AD_ERR_ARG, "min: axis 2 out of range for [2,3]", NULL);
+  cr_assert_null(ad_min(ctx, empty));
+  expect_error(AD_ERR_SHAPE, "min: nothing to reduce: [2,0]", NULL);
+  cr_assert_null(ad_min_axis(ctx, empty, -1, true));
+  expect_error(AD_ERR_SHAPE, "min: nothing to reduce: axis 1 of [2,0]", NULL);
+  ad_tensor *y = ad_min_axis(ctx, empty, 0, false); /* the other axis: an empty result */
+  expect_shape(y, 1, (int64_t[]){0}, "min over axis 0");
+  ad_ctx *other = ad_ctx_new();
+  ad_tensor *fx = param(other, 2, s, NULL);
+  cr_assert_null(ad_min(ctx, fx));
+  expect_error(AD_ERR_ARG, "min: input 0 belongs to another context", NULL);
+  ad_tensor_free(fx);
+  ad_ctx_free(other);
+  ad_tensor_free(x), ad_tensor_free(t), ad_tensor_free(empty);
+}
+
+Test(misuse_tensorops, var_refuses_bad_axes) {
+  int64_t s[3] = {2, 3, 4};
+  ad_tensor *x = param(ctx, 3, s, NULL), *t = ad_zeros(ctx, AD_I32, 3, s);
+  int ax[3] = {0, -1, 2}, bad[1] = {3};
+  cr_assert_null(ad_var(ctx, NULL, 1, ax, 1, false));
+  expect_error(AD_ERR_NULL, "var", NULL);
+  cr_assert_null(ad_std(ctx, t, 1, ax, 1, false));
+  expect_error(AD_ERR_DTYPE, "std: input is i32", NULL);
+  cr_assert_null(ad_var(ctx, x, 1, NULL, 1, false));
+  expect_error(AD_ERR_NULL, "var: axes is NULL", NULL);
+  cr_assert_null(ad_std(ctx, x, 1, bad, 1, true));
+  expect_error(AD_ERR_ARG, "std: axis 3 out of range for [2,3,4]", NULL);
+  cr_assert_null(ad_var(ctx, x, 3, ax, 0, false));
+  expect_error(AD_ERR_ARG, "var: axis 2 given twice for [2,3,4]", NULL);
+  cr_assert_null(ad_var(ctx, x, 4, ax, 0, false));
+  expect_error(AD_ERR_ARG, "var: 4 axes for [2,3,4]", NULL);
+  ad_ctx *other = ad_ctx_new();
+  ad_tensor *fx = param(other, 3, s, NULL);
+  cr_assert_null(ad_std(ctx, fx, 0, NULL, 1, false));
+  expect_error(AD_ERR_ARG, "std: input 0 belongs to another context", NULL);
+  ad_tensor_free(fx);
+  ad_ctx_free(other);
+  ad_tensor_free(x), ad_tensor_free(t);
+}
+
+/* The divisor is max(0, n - correction): 0 gives inf, or NaN for a lane of
+ * zero spread (0/0); a lane of no element gives NaN. */
+Test(misuse_tensorops, var_with_correction_past_n) {
+  int64_t s[2] = {2, 3}, e[2] = {2, 0};
+  const double v[6] = {1, 1, 1, 0.5, -1, 2};
+  ad_tensor *x = param(ctx, 2, s, v), *empty = param(ctx, 2, e, NULL);
+  for (int64_t c = 3; c <= 5; c += 2) {
+    ad_tensor *y = ad_var(ctx, x, 1, (int[]){1}, c, false);
+    cr_assert_not_null(y, "%s", ad_last_error(ctx));
+    cr_assert(isnan(ad_tensor_get(y, 0)), "correction %lld: constant lane", (long long)c);
+    cr_assert(isinf(ad_tensor_get(y, 1)) && ad_tensor_get(y, 1) > 0, "correction %lld",
+              (long long)c);
+  }
+  ad_tensor *z = ad_std(ctx, empty, 1, (int[]){-1}, 1, true);
+  expect_shape(z, 2, (int64_t[]){2, 1}, "std over an empty axis");
+  cr_assert(isnan(ad_tensor_get(z, 0)) && isnan(ad_tensor_get(z, 1)));
+  ad_tensor_free(x), ad_tensor_free(empty);
+}

@@ -72,6 +72,8 @@ static const attr_key attr_keys[] = {
     {"transpose", BUILDER_ONLY, 2, 2}, /* d0 d1 of ad_transpose */
     /* the axes of ad_flip (flip_dims) */
     {"dims", BUILDER_ONLY, 0, AD_MAX_DIMS},
+    /* correction keepdim axes... of ad_var, ad_std */
+    {"var", BUILDER_ONLY, 2, 2 + AD_MAX_DIMS},
     /* kernel, stride, padding, dilation (h, w), ceil_mode, count_include_pad, in_size (h, w) */
     {"pool", AD_ATTRS_POOL, 12, 12},
     /* sh sw pt pb pl pr dh dw groups same oph opw kh kw */
@@ -834,6 +836,7 @@ static ad_tensor *run_builder(ad_ctx *cx, const fx_case *c, ad_tensor **in, bool
     bool keep = v[1] != 0;
     if (a->all && !keep && !strcmp(op, "sum")) return ad_sum(cx, x);
     if (a->all && !keep && !strcmp(op, "max")) return ad_max(cx, x);
+    if (a->all && !keep && !strcmp(op, "min")) return ad_min(cx, x);
     if (a->all) break;
     if (!strcmp(op, "sum")) return ad_sum_axis(cx, x, (int)v[0], keep);
     if (!strcmp(op, "max")) return ad_max_axis(cx, x, (int)v[0], keep);
@@ -841,6 +844,7 @@ static ad_tensor *run_builder(ad_ctx *cx, const fx_case *c, ad_tensor **in, bool
     if (!strcmp(op, "mean_axis")) return ad_mean_axis(cx, x, (int)v[0], keep);
     if (!strcmp(op, "argmax")) return ad_argmax(cx, x, (int)v[0], keep);
     if (!strcmp(op, "argmin")) return ad_argmin(cx, x, (int)v[0], keep);
+    if (!strcmp(op, "min")) return ad_min_axis(cx, x, (int)v[0], keep);
     break;
   }
   case AD_ATTRS_NARROW:
@@ -908,6 +912,11 @@ static ad_tensor *run_builder(ad_ctx *cx, const fx_case *c, ad_tensor **in, bool
         &(ad_cross_entropy_opts){.ignore = v[0] != 0, .ignore_index = (int32_t)v[1], .sum = v[2]});
   case BUILDER_ONLY:
     if (!strcmp(op, "transpose")) return ad_transpose(cx, x, (int)v[0], (int)v[1]);
+    if (!strcmp(op, "var") || !strcmp(op, "std")) {
+      int dims[AD_MAX_DIMS];
+      for (int k = 2; k < a->n; k++) dims[k - 2] = (int)v[k];
+      return (op[0] == 'v' ? ad_var : ad_std)(cx, x, a->n - 2, dims, v[0], v[1] != 0);
+    }
     if (!strcmp(op, "flip_dims")) {
       int dims[AD_MAX_DIMS];
       for (int k = 0; k < a->n; k++) dims[k] = (int)v[k];

@@ -45,7 +45,7 @@ builder the arguments it takes:
     attr rows R                   index_add
     attr matmul TA TB             matmul: trans_a, trans_b (0 or 1)
     attr reduce all|A K           sum, max, logsumexp, mean_axis, argmax,
-                                  argmin: every dimension or axis A,
+                                  argmin, min: every dimension or axis A,
                                   keepdim K (0 or 1)
     attr narrow A START LEN       narrow
     attr pad A BEFORE AFTER       pad
@@ -53,6 +53,8 @@ builder the arguments it takes:
     attr permute P0 P1 ...        permute
     attr transpose D0 D1          transpose
     attr dims D0 D1 ...           flip_dims: the axes of ad_flip
+    attr var C K D0 ...           var, std: correction, keepdim (0 or 1),
+                                  the axes (none: every dim)
     attr pool KH KW SH SW PH PW DH DW CEIL CIP IH IW
                                   max_pool2d, avg_pool2d and their partner
                                   ops: kernel, stride, padding, dilation
@@ -908,6 +910,43 @@ add("mean_axis_keep", "mean_axis", lambda rng: [("in", U(rng, (2, 3, 4)))],
 add("mean_empty", "mean", lambda rng: [("in", U(rng, (2, 0)))], lambda t: t[0].mean())
 add("mean_axis_empty", "mean_axis", lambda rng: [("in", U(rng, (3, 0)))],
     lambda t: t[0].mean(dim=1), attr=("reduce", 1, 0))
+# var / std (torch.var / torch.std with correction): attr var C K D0 ...
+# (correction, keepdim, the axes; none: every dim). correction >= n divides
+# by 0 (values only: the gradients differ there, see ad.h)
+for name, fn in (("var", torch.var), ("std", torch.std)):
+    for tag, xs, dims, c, k in (("all_c1", (3, 4), (), 1, 0), ("axis_c0", (3, 4), (1,), 0, 0),
+                                ("two_axes_keep", (2, 3, 4), (0, -1), 1, 1),
+                                ("neg_c2", (2, 5), (-1,), 2, 0), ("mid_3d", (2, 3, 4), (1,), 1, 0),
+                                ("three_axes", (2, 2, 3), (2, 0, 1), 0, 1),
+                                ("neg_corr", (3, 4), (0,), -1, 0),
+                                ("empty_other", (0, 3), (1,), 1, 0)):
+        add(f"{name}_{tag}", name, lambda rng, xs=xs: [("in", U(rng, xs))],
+            lambda t, fn=fn, dims=dims, c=c, k=k: fn(t[0], dim=dims if dims else None,
+                                                      correction=c, keepdim=bool(k)),
+            attr=("var", c, k) + dims)
+    for tag, xs, dims, c in (("corr_eq_n", (2, 3), (1,), 3), ("corr_past_n", (2, 3), (1,), 5),
+                             ("empty_axis", (2, 0), (1,), 1), ("scalar_c1", (), (), 1),
+                             ("const_lane", None, (1,), 1)):
+        gen = (lambda rng: [("const", f32r([[1.0, 1.0, 1.0], [0.5, -1.0, 2.0]]))]) if xs is None \
+            else (lambda rng, xs=xs: [("const", U(rng, xs))])
+        add(f"{name}_{tag}", name, gen,
+            lambda t, fn=fn, dims=dims, c=c: fn(t[0], dim=dims if dims else None, correction=c),
+            attr=("var", c, 0) + dims, grad=False)
+
+# min / min_axis: -max(-x), max's rules (ties share, NaN wins)
+add("min_all", "min", lambda rng: [("in", distinct(rng, (2, 3, 4)))], lambda t: torch.amin(t[0]),
+    attr=("reduce", ALL, 0))
+for tag, shape, axis, keep in (("axis0", (3, 4), 0, 0), ("neg_axis_keep", (2, 3, 4), -1, 1),
+                               ("mid_3d", (2, 3, 4), 1, 0)):
+    add(f"min_{tag}", "min", lambda rng, s=shape: [("in", distinct(rng, s))],
+        lambda t, axis=axis, keep=keep: torch.amin(t[0], axis, bool(keep)),
+        attr=("reduce", axis, keep))
+add("min_ties", "min", const([("in", f32r([[1.0, -3.0, -3.0], [2.0, 0.0, 0.0]]))]),
+    lambda t: torch.amin(t[0], 1), attr=("reduce", 1, 0))
+add("min_nan", "min", const([("in", NAN_LANES)]), lambda t: torch.amin(t[0], 1),
+    attr=("reduce", 1, 0))
+add("min_empty_other", "min", lambda rng: [("in", U(rng, (2, 0)))],
+    lambda t: torch.amin(t[0], 0, True), attr=("reduce", 0, 1))
 add("transpose_3d", "transpose", lambda rng: [("in", U(rng, (2, 3, 4)))],
     lambda t: t[0].transpose(0, -1), attr=("transpose", 0, -1))
 add("sub_scalar", "sub_scalar", lambda rng: [("in", U(rng, (3, 4)))], lambda t: t[0] - 1.5,

@@ -819,6 +819,35 @@ AD_API ad_tensor *ad_mean_axis(ad_ctx *ctx, ad_tensor *x, int axis, bool keepdim
 AD_API ad_tensor *ad_max(ad_ctx *ctx, ad_tensor *x);
 AD_API ad_tensor *ad_max_axis(ad_ctx *ctx, ad_tensor *x, int axis, bool keepdim);
 /** @} */
+/** The minimum, torch.amin (over everything, or along axis with keepdim):
+ * a composite, -max(-x), so ad_max's rules hold: ties share the gradient
+ * equally, a lane holding a NaN gives NaN (and NaN to each of its
+ * elements' gradients), differentiable to any order. Errors (NULL):
+ * AD_ERR_NULL, AD_ERR_DTYPE (not float), AD_ERR_ARG (axis out of range),
+ * AD_ERR_SHAPE (nothing to reduce: "min: nothing to reduce ..."). @{ */
+AD_API ad_tensor *ad_min(ad_ctx *ctx, ad_tensor *x);
+AD_API ad_tensor *ad_min_axis(ad_ctx *ctx, ad_tensor *x, int axis, bool keepdim);
+/** @} */
+/** torch.var(x, dims, correction=c, keepdim) and torch.std: over the
+ * n_axes axes (negative counts from the end; n_axes 0: every dim, as
+ * dim=None), sum((x - mean)^2) / max(0, n - correction) for the n
+ * elements of each lane; std is its square root. PyTorch 1.13's default
+ * (unbiased=True) is correction 1; 0 is the population variance. A
+ * correction >= n divides by 0 (inf, or NaN for a constant lane), and no
+ * element gives NaN, as torch. Composites of sums, a subtraction and a
+ * division (std: and ad_sqrt), differentiable to any order. Where torch's
+ * gradient differs: with correction >= n the gradient here is not finite
+ * (NaN; torch: infinities, or a finite value from the divisor
+ * n - correction), and
+ * std's gradient for a lane of zero variance is NaN (torch masks it to 0).
+ * Errors (NULL), named "var" or "std": AD_ERR_NULL (x NULL, axes NULL
+ * with n_axes > 0), AD_ERR_DTYPE, AD_ERR_ARG (n_axes outside 0..ndim, an
+ * axis out of range or given twice). @{ */
+AD_API ad_tensor *ad_var(ad_ctx *ctx, ad_tensor *x, int n_axes, const int *axes,
+                         int64_t correction, bool keepdim);
+AD_API ad_tensor *ad_std(ad_ctx *ctx, ad_tensor *x, int n_axes, const int *axes,
+                         int64_t correction, bool keepdim);
+/** @} */
 /** log(sum(exp(x))) along axis, computed stably. */
 AD_API ad_tensor *ad_logsumexp(ad_ctx *ctx, ad_tensor *x, int axis, bool keepdim);
 /** torch.cumsum(x, axis): y[.., k, ..] = x[.., 0, ..] + ... + x[.., k, ..]
