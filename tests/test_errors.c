@@ -870,9 +870,10 @@ Test(errors, oom_once_then_recover) {
 /* One small program for each family of ops the MLP above does not reach:
  * convolutions (Winograd's f32 path, a transposed and a grouped f64 one),
  * pooling, batch and layer norm, the fused LSTM and GRU cells and sequence
- * ops, attention, the losses. A step is forward and backward, or with
+ * ops, attention, the losses, the tensor ops (gather, scatter_add, flip,
+ * cumsum, argmax, min, var, std). A step is forward and backward, or with
  * `second` ad_grad(create_graph) and a backward through the gradients. */
-enum { FAM_CONV, FAM_POOL, FAM_NORM, FAM_RNN, FAM_ATTN, FAM_LOSS, NFAM, FAM_MAXP = 10 };
+enum { FAM_CONV, FAM_POOL, FAM_NORM, FAM_RNN, FAM_ATTN, FAM_LOSS, FAM_TENSOR, NFAM, FAM_MAXP = 10 };
 
 typedef struct fam_prog {
   ad_ctx *c;
@@ -940,6 +941,9 @@ static ad_status fam_init(fam_prog *g, test_alloc *ta, int fam, bool second) {
   case FAM_LOSS:
     T(true, AD_F64, 2, 6, 5, 0, 0), T(true, AD_F64, 2, 6, 5, 0, 0);
     break;
+  case FAM_TENSOR: /* x, src */
+    T(true, AD_F64, 2, 3, 4, 0, 0), T(true, AD_F64, 2, 2, 4, 0, 0);
+    break;
   }
 #undef T
   if (!ok) return ad_last_status(g->c);
@@ -998,6 +1002,20 @@ static ad_tensor *fam_forward(fam_prog *g) {
     ad_tensor *y = ad_scaled_dot_product_attention(c, p[0], p[1], p[2], &masked);
     ad_tensor *y2 = ad_scaled_dot_product_attention(c, p[0], p[0], p[0], &causal);
     return ad_add(c, ad_add(c, sum_sq(c, y), sum_sq(c, w)), sum_sq(c, y2));
+  }
+  case FAM_TENSOR: {
+    int64_t si[2] = {2, 4};
+    const int32_t iv[8] = {2, 0, 1, 2, 0, 0, 2, 1};
+    int ax[2] = {0, -1};
+    ad_tensor *idx = ad_from_data(c, AD_I32, 2, si, iv);
+    ad_tensor *a = ad_gather(c, ad_tanh(c, p[0]), 0, idx);
+    ad_tensor *b = ad_scatter_add(c, p[0], -2, idx, ad_mul(c, a, p[1]));
+    ad_tensor *d = ad_cumsum(c, ad_flip(c, b, 2, ax), 1);
+    ad_tensor *m = ad_gather(c, d, 1, ad_argmax(c, d, 1, true));
+    ad_tensor *v = ad_add(c, ad_sum(c, ad_var(c, d, 1, ax, 1, false)),
+                          ad_sum(c, ad_std(c, p[0], 0, NULL, 0, true)));
+    ad_tensor_free(idx);
+    return ad_add(c, ad_add(c, sum_sq(c, m), sum_sq(c, ad_min_axis(c, d, 0, false))), v);
   }
   default: {
     int64_t n = 6;
