@@ -1224,5 +1224,13 @@ ad_tensor *ad_var(ad_ctx *ctx, ad_tensor *x, int n_axes, const int *axes, int64_
 ad_tensor *ad_std(ad_ctx *ctx, ad_tensor *x, int n_axes, const int *axes, int64_t correction,
                   bool keepdim) {
   ad_tensor *v = var_of(ctx, "std", x, n_axes, axes, correction, keepdim);
-  return v ? ad_sqrt(ctx, v) : NULL;
+  if (!v) return NULL;
+  /* sqrt'(0) is inf, and a lane of zero variance would get inf * 0 = NaN;
+   * torch's std_backward gives 0 there. So where v is 0 the result is a
+   * selected 0 and the square root is taken of 1 (the double select keeps
+   * every order of gradient finite and 0 there); elsewhere sqrt(v),
+   * NaN and inf included. */
+  ad_tensor *zero = ad_scalar(ctx, v->dtype, 0), *one = ad_scalar(ctx, v->dtype, 1);
+  ad_tensor *z = ad_eq(ctx, v, zero);
+  return ad_where(ctx, z, zero, ad_sqrt(ctx, ad_where(ctx, z, one, v)));
 }

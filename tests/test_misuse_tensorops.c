@@ -337,3 +337,29 @@ Test(misuse_tensorops, var_with_correction_past_n) {
   cr_assert(isnan(ad_tensor_get(z, 0)) && isnan(ad_tensor_get(z, 1)));
   ad_tensor_free(x), ad_tensor_free(empty);
 }
+
+/* std's gradient for a lane of zero variance is 0, as torch's std_backward
+ * gives (sqrt'(0) times a zero gradient of var would be NaN), to second
+ * order; the other lane's as torch's (values from PyTorch 1.13). */
+Test(misuse_tensorops, std_of_a_constant_lane_has_gradient_zero) {
+  int64_t s[2] = {2, 3};
+  const double v[6] = {1, 1, 1, 0.5, -1, 2}, want[6] = {0, 0, 0, 0, -0.5, 0.5};
+  ad_tensor *x = param(ctx, 2, s, v);
+  ad_tensor *y = ad_std(ctx, x, 1, (int[]){1}, 1, false);
+  cr_assert_not_null(y, "%s", ad_last_error(ctx));
+  cr_assert_eq(ad_tensor_get(y, 0), 0.0);
+  cr_assert_float_eq(ad_tensor_get(y, 1), 1.5, 1e-15);
+  ad_tensor *g = NULL;
+  cr_assert_eq(ad_grad(ctx, ad_sum(ctx, y), NULL, 1, &x, &g, true), AD_OK, "%s",
+               ad_last_error(ctx));
+  for (int i = 0; i < 6; i++)
+    cr_assert_float_eq(ad_tensor_get(g, i), want[i], 1e-15, "dstd/dx[%d] = %g, want %g", i,
+                       ad_tensor_get(g, i), want[i]);
+  ad_tensor *h = NULL;
+  cr_assert_eq(ad_grad(ctx, ad_sum(ctx, ad_mul(ctx, g, g)), NULL, 1, &x, &h, false), AD_OK, "%s",
+               ad_last_error(ctx));
+  for (int i = 0; i < 6; i++)
+    cr_assert_float_eq(ad_tensor_get(h, i), 0.0, 1e-15, "second order [%d] = %g, want 0", i,
+                       ad_tensor_get(h, i));
+  ad_tensor_free(x);
+}

@@ -835,11 +835,11 @@ AD_API ad_tensor *ad_min_axis(ad_ctx *ctx, ad_tensor *x, int axis, bool keepdim)
  * (unbiased=True) is correction 1; 0 is the population variance. A
  * correction >= n divides by 0 (inf, or NaN for a constant lane), and no
  * element gives NaN, as torch. Composites of sums, a subtraction and a
- * division (std: and ad_sqrt), differentiable to any order. Where torch's
+ * division (std: and ad_sqrt), differentiable to any order; std's
+ * gradient for a lane of zero variance is 0, as torch's. Where torch's
  * gradient differs: with correction >= n the gradient here is not finite
  * (NaN; torch: infinities, or a finite value from the divisor
- * n - correction), and
- * std's gradient for a lane of zero variance is NaN (torch masks it to 0).
+ * n - correction).
  * Errors (NULL), named "var" or "std": AD_ERR_NULL (x NULL, axes NULL
  * with n_axes > 0), AD_ERR_DTYPE, AD_ERR_ARG (n_axes outside 0..ndim, an
  * axis out of range or given twice). @{ */
