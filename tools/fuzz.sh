@@ -10,7 +10,8 @@
 # Sets up $BUILD (default build-fuzz: CC=clang, -Dfuzz=true, sanitizers)
 # the first time, builds it, then runs each target on its committed seeds
 # (fuzz/corpus/<name>/, only read; <name> is the target's without
-# "fuzz_") and its working corpus $BUILD/corpus/<name>/, which keeps what the fuzzer found between runs.
+# "fuzz_") and its working corpus $BUILD/corpus/<name>/, which keeps what
+# the fuzzer found between runs.
 # A crash, sanitizer report, leak, hang (over 25 s) or failed check stops
 # that target; the input is saved as $BUILD/crashes/<target>-<kind>-<sha1>
 # and the report printed. Replay one with `$BUILD/fuzz/<target> FILE`.
