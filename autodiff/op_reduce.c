@@ -240,7 +240,8 @@ static int sample_red(const ad_sample_call *s, bool apart) {
 
 static int sample_reduce(const ad_sample_call *s) { return sample_red(s, false); }
 
-/* The shape rule of softmax and log_softmax: y is shaped like x. */
+/* The shape rule of softmax, log_softmax and cumsum: a float x, the axis
+ * in range, y shaped like x. */
 static ad_status shape_softmax(const ad_call *c) {
   const ad_tensor *x = c->in[0];
   if (ad_check_float_same(c->ctx, c->name, 1, c->in) != AD_OK) return ad_last_status(c->ctx);
@@ -972,20 +973,8 @@ ad_tensor *ad_mean_axis(ad_ctx *ctx, ad_tensor *x, int axis, bool keepdim) {
  * torch.cumsum: each lane summed in order k = 0, 1, ... in one double
  * (float32 too, as torch's CPU kernel and the engine's sum do), each
  * partial sum rounded to the dtype. The gradient is the reversed cumsum
- * flip(cumsum(flip(dy))), torch's formula, made of ops. */
-static ad_status cumsum_shape(const ad_call *c) {
-  const ad_tensor *x = c->in[0];
-  if (ad_check_float_same(c->ctx, c->name, 1, c->in) != AD_OK) return ad_last_status(c->ctx);
-  if (ad_norm_axis(c->attrs->axis, x->ndim) < 0) {
-    char a[64];
-    return ad_set_error(c->ctx, AD_ERR_ARG, "%s: axis %d out of range for %s", c->name,
-                        c->attrs->axis, ad_shape_str(x, a, sizeof a));
-  }
-  c->out->dtype = x->dtype;
-  c->out->ndim = x->ndim;
-  memcpy(c->out->shape, x->shape, sizeof(int64_t) * (size_t)x->ndim);
-  return AD_OK;
-}
+ * flip(cumsum(flip(dy))), torch's formula, made of ops. Its shape rule is
+ * softmax's (shape_softmax). */
 
 /* LANE_BLOCK lanes at a time, read row by row, each in its own double */
 #define CUMSUM_LANES(T)                                                                            \
@@ -1041,7 +1030,7 @@ const ad_op_def ad_def_cumsum = {
     .name = "cumsum",
     .arity = 1,
     .attrs = AD_ATTRS_AXIS,
-    .shape = cumsum_shape,
+    .shape = shape_softmax,
     .forward = cumsum_fwd,
     .backward = cumsum_bwd,
     .sample = cumsum_sample,
