@@ -563,9 +563,20 @@ static inline double cmp_d(double a, double b, ad_cmp mode) {
 
 DEFINE_BINARY(compare, cmp_d(x0, x1, c->attrs->cmp))
 
+static void error_as(ad_ctx *ctx, uint32_t before, const char *fn);
+
+/* The five are one op, compare; an error names the function called. */
 static ad_tensor *compare(ad_ctx *ctx, ad_tensor *a, ad_tensor *b, ad_cmp mode) {
+  static const char *const fn[] = {[AD_CMP_EQ] = "eq",
+                                   [AD_CMP_GT] = "gt",
+                                   [AD_CMP_GE] = "ge",
+                                   [AD_CMP_LT] = "lt",
+                                   [AD_CMP_LE] = "le"};
   ad_attrs at = {.cmp = mode};
-  return ad_apply2(ctx, AD_OP_CMP, a, b, &at);
+  uint32_t before = ctx ? ctx->nerrors : 0;
+  ad_tensor *y = ad_apply2(ctx, AD_OP_CMP, a, b, &at);
+  if (!y) error_as(ctx, before, fn[mode]);
+  return y;
 }
 ad_tensor *ad_eq(ad_ctx *ctx, ad_tensor *a, ad_tensor *b) { return compare(ctx, a, b, AD_CMP_EQ); }
 ad_tensor *ad_gt(ad_ctx *ctx, ad_tensor *a, ad_tensor *b) { return compare(ctx, a, b, AD_CMP_GT); }

@@ -367,8 +367,9 @@ static ad_tensor *run_op(int op) {
   case OP_compare: {
     static ad_tensor *(*const fn[])(ad_ctx *, ad_tensor *, ad_tensor *) = {ad_eq, ad_gt, ad_ge,
                                                                            ad_lt, ad_le};
+    static const char *const names[] = {"eq", "gt", "ge", "lt", "le"};
     int k = (int)(u8() % 5);
-    ename = "compare"; /* the five are one op, compare, and its errors say so */
+    ename = names[k];
     in_a = req(), in_b = req();
     vcheck = 10 + k;
     return fn[k](C, in_a, in_b);

@@ -456,6 +456,25 @@ Test(misuse_ops, sub_scalar_names_itself) {
   ad_tensor_free(xi);
 }
 
+/* eq, gt, ge, lt and le are one op, compare, and their errors said
+ * "compare"; each names itself now. */
+Test(misuse_ops, comparisons_name_themselves) {
+  int64_t s2[1] = {2}, s3[1] = {3};
+  ad_tensor *a = ad_zeros(ctx, AD_F32, 1, s2), *b = ad_zeros(ctx, AD_F32, 1, s3);
+  ad_tensor *(*const fn[])(ad_ctx *, ad_tensor *, ad_tensor *) = {ad_eq, ad_gt, ad_ge, ad_lt,
+                                                                  ad_le};
+  const char *const name[] = {"eq: ", "gt: ", "ge: ", "lt: ", "le: "};
+  for (int k = 0; k < 5; k++) {
+    cr_assert_null(fn[k](ctx, a, b));
+    expect_error(AD_ERR_SHAPE, name[k], "[2]", "[3]", NULL);
+    cr_assert_null(fn[k](ctx, NULL, b));
+    expect_error(AD_ERR_NULL, name[k], "input 0 is NULL", NULL);
+  }
+  ad_tensor *y = ad_le(ctx, a, a);
+  cr_assert_not_null(y, "%s", ad_last_error(ctx));
+  ad_tensor_free(y), ad_tensor_free(a), ad_tensor_free(b);
+}
+
 /* ------------------------------------------ concat's length along axis */
 
 /* 2^24 empty [2^40, 0] inputs: their lengths along axis 0 add up to 2^64,
