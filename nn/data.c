@@ -174,7 +174,9 @@ struct nn_batcher {
   ad_ctx *ctx;
   ad_tensor *x, *y;
   int64_t begin, rows, batch;
+  int64_t asked; /* the batch size asked for (batch is at most rows) */
   bool shuffle;
+  bool drop_last; /* end the epoch before a batch of fewer than asked rows */
   ad_rng rng;
   int64_t *order;     /* rows of this epoch, absolute */
   int64_t pos;        /* next position in order; -1: start a new epoch */
@@ -203,6 +205,7 @@ nn_batcher *nn_batcher_new_range(ad_ctx *ctx, ad_tensor *x, ad_tensor *y, int64_
   b->begin = begin;
   b->rows = end - begin;
   b->batch = batch_size < b->rows ? batch_size : (b->rows ? b->rows : 1);
+  b->asked = batch_size;
   b->shuffle = shuffle;
   b->pos = -1;
   ad_rng_seed(&b->rng, seed);
@@ -240,6 +243,10 @@ bool nn_batcher_next(nn_batcher *b, ad_tensor **xb, ad_tensor **yb) {
     return false;
   }
   int64_t n = b->rows - b->pos < b->batch ? b->rows - b->pos : b->batch;
+  if (b->drop_last && n < b->asked) {
+    b->pos = -1;
+    return false;
+  }
   ad_tensor *tx = n == b->batch ? b->bx : b->rx, *ty = n == b->batch ? b->by : b->ry;
   /* the batch tensors are overwritten in place: an op of the tape may have
    * read the last batch (a loss summed over batches before one backward) */
@@ -256,11 +263,21 @@ bool nn_batcher_next(nn_batcher *b, ad_tensor **xb, ad_tensor **yb) {
   return true;
 }
 
-int64_t nn_batcher_batches(const nn_batcher *b) {
-  return b ? (b->rows + b->batch - 1) / b->batch : 0;
+ad_status nn_batcher_set_drop_last(nn_batcher *b, bool drop_last) {
+  if (!b) return AD_ERR_NULL;
+  b->drop_last = drop_last;
+  return AD_OK;
 }
 
-int64_t nn_batcher_rows(const nn_batcher *b) { return b ? b->rows : 0; }
+int64_t nn_batcher_batches(const nn_batcher *b) {
+  if (!b) return 0;
+  return b->drop_last ? b->rows / b->asked : (b->rows + b->batch - 1) / b->batch;
+}
+
+int64_t nn_batcher_rows(const nn_batcher *b) {
+  if (!b) return 0;
+  return b->drop_last ? b->rows / b->asked * b->asked : b->rows;
+}
 
 void nn_batcher_free(nn_batcher *b) {
   if (!b) return;

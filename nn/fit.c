@@ -291,7 +291,7 @@ static ad_status dist_agree_start(ad_ctx *ctx, const nn_dist_ops *d, int64_t n_t
                                   ad_status own) {
   enum { F = 10, PIECES = 6, N = F * PIECES };
   static const char *const what[F] = {"rows to train on",
-                                      "batch sizes",
+                                      "batch sizes (or drop_last)",
                                       "epochs",
                                       "shuffles (seed or no_shuffle)",
                                       "validation (data or split, or none)",
@@ -311,7 +311,7 @@ static ad_status dist_agree_start(ad_ctx *ctx, const nn_dist_ops *d, int64_t n_t
   }
   memcpy(&l2, &o->lambda_l2, sizeof l2);
   uint64_t field[F] = {(uint64_t)n_train,
-                       (uint64_t)o->batch_size,
+                       (uint64_t)o->batch_size | (o->drop_last ? UINT64_C(1) << 62 : 0),
                        (uint64_t)o->epochs,
                        o->no_shuffle ? UINT64_MAX : o->seed, /* the seed, where it is used */
                        val,
@@ -648,10 +648,17 @@ static ad_status fit(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor 
     return fit_early(ctx, &o,
                      ad_set_error(ctx, AD_ERR_ARG, "fit: no rows to train on (%lld rows, split %g)",
                                   (long long)rows, o.validation_split));
+  if (o.drop_last && n_train < o.batch_size)
+    return fit_early(ctx, &o,
+                     ad_set_error(ctx, AD_ERR_ARG,
+                                  "fit: drop_last with %lld rows to train on and batch size %lld "
+                                  "leaves no batch",
+                                  (long long)n_train, (long long)o.batch_size));
   if (dist_check(ctx, "fit", o.dist) != AD_OK) return ad_last_status(ctx);
   if (o.dist && o.dist->rank != 0) o.verbose = -1; /* progress from rank 0 only */
 
   nn_batcher *tb = nn_batcher_new_range(ctx, x, y, 0, n_train, o.batch_size, !o.no_shuffle, o.seed);
+  if (tb) nn_batcher_set_drop_last(tb, o.drop_last);
   nn_batcher *vb = NULL;
   if (tb && val)
     vb = o.val_x ? nn_batcher_new(ctx, o.val_x, o.val_y, o.batch_size, false, 0)
@@ -888,13 +895,14 @@ static ad_status fit_loader(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, nn_
   if (st == AD_OK) st = nn_check_persistent(ctx, "fit_loader", "val_y", o.val_y);
   if (st == AD_OK && (!o.val_x) != (!o.val_y))
     st = ad_set_error(ctx, AD_ERR_NULL, "fit_loader: validation data needs both val_x and val_y");
-  if (st == AD_OK && (o.batch_size || o.seed || o.no_shuffle || o.validation_split != 0))
+  if (st == AD_OK &&
+      (o.batch_size || o.seed || o.no_shuffle || o.validation_split != 0 || o.drop_last))
     st = ad_set_error(ctx, AD_ERR_ARG,
                       "fit_loader: batch_size %lld, seed %llu, no_shuffle %d, validation_split "
-                      "%g: batches and shuffling are the loader's (nn_loader_opts), and a split "
-                      "needs the rows in memory (pass val_x, val_y); leave them 0",
+                      "%g, drop_last %d: batches and shuffling are the loader's (nn_loader_opts), "
+                      "and a split needs the rows in memory (pass val_x, val_y); leave them 0",
                       (long long)o.batch_size, (unsigned long long)o.seed, (int)o.no_shuffle,
-                      o.validation_split);
+                      o.validation_split, (int)o.drop_last);
   if (st == AD_OK && o.epochs < 0)
     st = ad_set_error(ctx, AD_ERR_ARG, "fit_loader: epochs %d", o.epochs);
   if (st == AD_OK && nn_loader_rows(l) == 0)
@@ -907,6 +915,7 @@ static ad_status fit_loader(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, nn_
   o.batch_size = nn_loader_batch_size(l); /* for the ranks' agreement and the validation */
   o.seed = lo->seed;
   o.no_shuffle = !lo->shuffle;
+  o.drop_last = lo->drop_last;
   if (o.dist && o.dist->rank != 0) o.verbose = -1; /* progress from rank 0 only */
   /* training's first epoch is a whole one of the loader's, as a for loop
    * over a DataLoader starts a new iterator: not the rest of an epoch the

@@ -1637,14 +1637,16 @@ static void batches_differ(ad_ctx *c) {
   /* k = 0: rows, 1: seed, 2: validation data on the last rank only (one
    * more sum per epoch there), 3: early stopping's patience; as many rows
    * but 4: one feature, 5: one label other on the last rank (its own part
-   * of the data, as a DistributedSampler would give it) */
-  static const char *const wants[6] = {"fit: the ranks' rows to train on differ (here: ",
+   * of the data, as a DistributedSampler would give it), 6: drop_last on
+   * the last rank only */
+  static const char *const wants[7] = {"fit: the ranks' rows to train on differ (here: ",
                                        "fit: the ranks' shuffles (seed or no_shuffle) differ",
                                        "fit: the ranks' validation (data or split, or none) differ",
                                        "fit: the ranks' early-stopping options differ",
                                        "fit: the ranks' training data (x) differ",
-                                       "fit: the ranks' training targets (y) differ"};
-  for (int k = 0; k < 6 && size > 1; k++) {
+                                       "fit: the ranks' training targets (y) differ",
+                                       "fit: the ranks' batch sizes (or drop_last) differ"};
+  for (int k = 0; k < 7 && size > 1; k++) {
     ad_tensor *x, *y;
     bool last = rank == size - 1;
     make_data(c, AD_F64, k == 0 && last ? 30 : 24, &x, &y);
@@ -1661,7 +1663,8 @@ static void batches_differ(ad_ctx *c) {
         .val_y = k == 2 && last ? y : NULL,
         .early_stopping = {.monitor = k == 3 ? "loss" : NULL, .patience = k == 3 && last ? 2 : 0},
         .verbose = -1,
-        .dist = nn_dist_fit_ops(d)};
+        .dist = nn_dist_fit_ops(d),
+        .drop_last = k == 6 && last};
     ad_status st = nn_fit(m, opt, nn_cross_entropy_loss, x, y, &fo, NULL);
     const char *want = wants[k];
     bool here = st == AD_ERR_ARG && nn_optimizer_steps(opt) == 0 && strstr(ad_last_error(c), want);

@@ -169,6 +169,51 @@ Test(data, batcher_visits_every_row_once_per_epoch) {
   ad_tensor_free(x), ad_tensor_free(y);
 }
 
+/* With drop_last an epoch ends before its short batch: the rows left out
+ * are the tail of that epoch's order, others each epoch. */
+Test(data, batcher_drop_last_leaves_out_the_short_batch) {
+  ad_tensor *x, *y;
+  make_rows(ctx, 23, &x, &y);
+  nn_batcher *b = nn_batcher_new(ctx, x, y, 5, true, 17),
+             *all = nn_batcher_new(ctx, x, y, 5, true, 17);
+  cr_assert_eq(nn_batcher_set_drop_last(b, true), AD_OK);
+  cr_assert_eq(nn_batcher_set_drop_last(NULL, true), AD_ERR_NULL);
+  cr_assert_eq(nn_batcher_batches(b), 4);
+  cr_assert_eq(nn_batcher_rows(b), 20);
+  int64_t left_out[2][3];
+  for (int e = 0; e < 2; e++) {
+    ad_tensor *xb, *yb, *ya;
+    int batches = 0;
+    while (nn_batcher_next(b, &xb, &yb)) {
+      cr_assert(nn_batcher_next(all, NULL, &ya));
+      cr_assert_eq(xb->shape[0], 5);
+      for (int64_t i = 0; i < 5; i++) cr_assert_eq(ad_tensor_get(yb, i), ad_tensor_get(ya, i));
+      batches++;
+    }
+    cr_assert_eq(batches, 4);
+    cr_assert(nn_batcher_next(all, NULL, &ya) && ya->shape[0] == 3);
+    for (int64_t i = 0; i < 3; i++) left_out[e][i] = (int64_t)ad_tensor_get(ya, i);
+    cr_assert(!nn_batcher_next(all, NULL, &ya));
+  }
+  cr_assert_neq(memcmp(left_out[0], left_out[1], sizeof left_out[0]), 0);
+  /* off again: the short batch is back */
+  cr_assert_eq(nn_batcher_set_drop_last(b, false), AD_OK);
+  cr_assert_eq(nn_batcher_batches(b), 5);
+  cr_assert_eq(nn_batcher_rows(b), 23);
+  /* a batch size above the rows: one batch of all of them, none when dropped */
+  nn_batcher *big = nn_batcher_new(ctx, x, y, 40, false, 0);
+  ad_tensor *xb;
+  cr_assert(nn_batcher_next(big, &xb, NULL) && xb->shape[0] == 23);
+  cr_assert(!nn_batcher_next(big, &xb, NULL));
+  cr_assert_eq(nn_batcher_set_drop_last(big, true), AD_OK);
+  cr_assert_eq(nn_batcher_batches(big), 0);
+  cr_assert_eq(nn_batcher_rows(big), 0);
+  cr_assert(!nn_batcher_next(big, &xb, NULL));
+  cr_assert(!nn_batcher_next(big, &xb, NULL));
+  nn_batcher_free(b), nn_batcher_free(all), nn_batcher_free(big);
+  ad_tensor_free(x), ad_tensor_free(y);
+}
+
 /* A batch of 256 KB or more is gathered by the library's threads: every row
  * lands where one thread puts it (400 rows of 1000 floats, batches of 300
  * (1.2 MB) and the short last one, shuffled; 1, 2 and 3 threads). */
@@ -288,6 +333,78 @@ Test(fit, history_matches_a_hand_written_loop) {
   nn_history_free(h);
   nn_optimizer_free(oa), nn_optimizer_free(ob);
   nn_model_free(a), nn_model_free(b);
+  ad_tensor_free(x), ad_tensor_free(y);
+}
+
+/* drop_last: nn_fit trains on the batches of a batcher with drop_last, and
+ * a batch norm no longer meets a last batch of one row (PyTorch's
+ * DataLoader(drop_last=True) for that case). */
+Test(fit, drop_last_matches_a_hand_written_loop) {
+  ad_tensor *x, *y;
+  blobs(ctx, 90, 1, &x, &y); /* 5 batches of 16 and one of 10 */
+  nn_model *a = mlp(ctx, 5, 0), *b = mlp(ctx, 5, 0), *c = mlp(ctx, 5, 0);
+  nn_optimizer *oa = nn_adam_new(nn_model_params(a), 0.01);
+  nn_optimizer *ob = nn_adam_new(nn_model_params(b), 0.01);
+  nn_optimizer *oc = nn_adam_new(nn_model_params(c), 0.01);
+  nn_fit_opts fo = {.epochs = 2, .batch_size = 16, .seed = 7, .verbose = -1, .drop_last = true};
+  nn_history *h;
+  cr_assert_eq(nn_fit(a, oa, nn_cross_entropy_loss, x, y, &fo, &h), AD_OK, "%s",
+               ad_last_error(ctx));
+  nn_batcher *bt = nn_batcher_new(ctx, x, y, 16, true, 7);
+  cr_assert_eq(nn_batcher_set_drop_last(bt, true), AD_OK);
+  for (int e = 0; e < 2; e++) {
+    double sum = 0;
+    int64_t seen = 0;
+    ad_tensor *xb, *yb;
+    while (nn_batcher_next(bt, &xb, &yb)) {
+      double l;
+      cr_assert_eq(nn_train_step(b, ob, nn_cross_entropy_loss, xb, yb, 0, &l), AD_OK);
+      sum += l * (double)xb->shape[0];
+      seen += xb->shape[0];
+    }
+    cr_assert_eq(seen, 80);
+    cr_assert_eq(nn_history_get(h, "loss", e), sum / (double)seen, "epoch %d", e);
+  }
+  cr_assert(params_equal(a, b), "parameters differ after the same steps");
+  fo.drop_last = false; /* the short batches trained on: other parameters */
+  cr_assert_eq(nn_fit(c, oc, nn_cross_entropy_loss, x, y, &fo, NULL), AD_OK);
+  cr_assert(!params_equal(a, c));
+  /* fewer rows to train on than a batch: nothing would train */
+  fo.drop_last = true, fo.validation_split = 0.9;
+  cr_assert_eq(nn_fit(c, oc, nn_cross_entropy_loss, x, y, &fo, NULL), AD_ERR_ARG);
+  expect_status_msg(ctx, AD_ERR_ARG, "fit: drop_last with 9 rows to train on and batch size 16");
+  nn_batcher_free(bt);
+  nn_history_free(h);
+  nn_optimizer_free(oa), nn_optimizer_free(ob), nn_optimizer_free(oc);
+  nn_model_free(a), nn_model_free(b), nn_model_free(c);
+
+  /* 33 rows in batches of 16: the last has one row, which a batch norm in
+   * training mode refuses, as PyTorch's */
+  int64_t first[33];
+  for (int i = 0; i < 33; i++) first[i] = i;
+  ad_tensor *x33 = nn_take_rows(ctx, x, 33, first), *y33 = nn_take_rows(ctx, y, 33, first);
+  cr_assert(x33 && y33, "%s", ad_last_error(ctx));
+  for (int k = 0; k < 2; k++) {
+    ad_rng rng;
+    ad_rng_seed(&rng, 3);
+    nn_dense_opts d = {.dtype = AD_F64};
+    nn_model *m = nn_sequential_new(ctx);
+    nn_model_add(m, nn_dense_new(ctx, 4, 8, &rng, &d));
+    nn_model_add(m, nn_batch_norm1d_new(ctx, 8, &(nn_batch_norm_opts){.dtype = AD_F64}));
+    nn_model_add(m, nn_dense_new(ctx, 8, 3, &rng, &d));
+    nn_optimizer *o = nn_sgd_new(nn_model_params(m), 0.1, 0, false, 0);
+    nn_fit_opts bo = {.epochs = 1, .batch_size = 16, .verbose = -1, .drop_last = k == 1};
+    ad_status st = nn_fit(m, o, nn_cross_entropy_loss, x33, y33, &bo, NULL);
+    if (k == 0) {
+      cr_assert_eq(st, AD_ERR_SHAPE);
+      expect_status_msg(ctx, AD_ERR_SHAPE, "1 value(s) per channel");
+    } else {
+      cr_assert_eq(st, AD_OK, "%s", ad_last_error(ctx));
+    }
+    nn_optimizer_free(o);
+    nn_model_free(m);
+  }
+  ad_tensor_free(x33), ad_tensor_free(y33);
   ad_tensor_free(x), ad_tensor_free(y);
 }
 

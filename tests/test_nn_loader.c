@@ -494,8 +494,8 @@ Test(fit_loader, bit_identical_to_fit_in_memory) {
   ad_tensor *x, *y, *vx, *vy;
   blobs(ctx, 37, 3, &x, &y);
   blobs(ctx, 11, 4, &vx, &vy);
-  for (int k = 0; k < 3; k++) {
-    bool shuffle = k != 2;
+  for (int k = 0; k < 4; k++) {
+    bool shuffle = k != 2, drop = k == 3; /* drop_last: 4 batches of 8, 5 rows left out */
     nn_model *a = mlp(ctx), *b = mlp(ctx);
     nn_optimizer *oa = nn_adam_new(nn_model_params(a), 0.01);
     nn_optimizer *ob = nn_adam_new(nn_model_params(b), 0.01);
@@ -509,23 +509,26 @@ Test(fit_loader, bit_identical_to_fit_in_memory) {
                       .accuracy = true,
                       .val_x = vx,
                       .val_y = vy,
-                      .verbose = -1};
+                      .verbose = -1,
+                      .drop_last = drop};
     nn_history *ha, *hb;
     cr_assert_eq(nn_fit(a, oa, nn_cross_entropy_loss, x, y, &fo, &ha), AD_OK, "%s",
                  ad_last_error(ctx));
     mem_ds d = mem_of(x, y);
     nn_dataset ds = mem_dataset(&d);
-    nn_loader *l = nn_loader_new(
-        ctx, &ds,
-        &(nn_loader_opts){
-            .batch_size = 8, .shuffle = shuffle, .seed = 5, .num_workers = k == 0 ? 0 : 2 * k - 1});
+    nn_loader *l = nn_loader_new(ctx, &ds,
+                                 &(nn_loader_opts){.batch_size = 8,
+                                                   .shuffle = shuffle,
+                                                   .seed = 5,
+                                                   .drop_last = drop,
+                                                   .num_workers = k == 0 ? 0 : 2 * k - 1});
     cr_assert_not_null(l);
-    fo.batch_size = 0, fo.seed = 0, fo.no_shuffle = false;
+    fo.batch_size = 0, fo.seed = 0, fo.no_shuffle = false, fo.drop_last = false;
     cr_assert_eq(nn_fit_loader(b, ob, nn_cross_entropy_loss, l, &fo, &hb), AD_OK, "%s",
                  ad_last_error(ctx));
     same_params(a, b);
     same_history(ha, hb);
-    cr_assert_eq(d.calls, 3 * 37);
+    cr_assert_eq(d.calls, 3 * (drop ? 32 : 37));
     nn_history_free(ha), nn_history_free(hb);
     nn_loader_free(l);
     nn_optimizer_free(oa), nn_optimizer_free(ob);
@@ -718,8 +721,9 @@ Test(misuse_loader, fit_loader_refuses_bad_arguments) {
   static const nn_fit_opts bad[] = {{.batch_size = 4, .verbose = -1},
                                     {.seed = 1, .verbose = -1},
                                     {.no_shuffle = true, .verbose = -1},
-                                    {.validation_split = 0.2, .verbose = -1}};
-  for (int i = 0; i < 4; i++) {
+                                    {.validation_split = 0.2, .verbose = -1},
+                                    {.drop_last = true, .verbose = -1}};
+  for (int i = 0; i < 5; i++) {
     ad_clear_error(ctx);
     cr_assert_eq(nn_fit_loader(m, opt, nn_cross_entropy_loss, l, &bad[i], NULL), AD_ERR_ARG);
     test_expect_error(ctx, AD_ERR_ARG, "fit_loader: batch_size", "leave them 0", NULL);

@@ -3558,7 +3558,9 @@ typedef struct nn_batcher nn_batcher;
  * counts). Each epoch visits every row once, in order or, with shuffle, in
  * the order of nn_permutation drawn from an ad_rng seeded once with seed
  * (so epoch e's order depends on seed and e). Batches have batch_size rows
- * except the last of an epoch, which holds the rest. Rows are copied into
+ * except the last of an epoch, which holds the rest (dropped with
+ * nn_batcher_set_drop_last; a batch_size above the rows gives one batch of
+ * all of them, or none when dropped). Rows are copied into
  * persistent buffers allocated here, so iteration allocates nothing. x and
  * y are read at every batch, so they must be persistent tensors: a
  * temporary (ad_tensor_is_temporary, an op's result) is freed by the next
@@ -3583,7 +3585,15 @@ NN_API nn_batcher *nn_batcher_new(ad_ctx *ctx, ad_tensor *x, ad_tensor *y, int64
  * cannot be noted. */
 NN_API bool nn_batcher_next(nn_batcher *b, ad_tensor **xb, ad_tensor **yb);
 
-/** Batches per epoch and rows per epoch. @{ */
+/** With drop_last, each epoch ends before a batch of fewer than batch_size
+ * rows (PyTorch DataLoader's drop_last): its rows, other ones each epoch
+ * with shuffling, are not visited. Default false. Takes effect from the
+ * next batch (set between epochs for whole ones). Returns AD_OK, or
+ * AD_ERR_NULL for a NULL b. */
+NN_API ad_status nn_batcher_set_drop_last(nn_batcher *b, bool drop_last);
+
+/** Batches per epoch (ceil(rows / batch_size), or floor with drop_last)
+ * and rows per epoch (those batches' rows). @{ */
 NN_API int64_t nn_batcher_batches(const nn_batcher *b);
 NN_API int64_t nn_batcher_rows(const nn_batcher *b);
 /** @} */
@@ -3925,6 +3935,13 @@ typedef struct nn_fit_opts {
    * (a fingerprint of x's and y's training rows, one pass over them),
    * batch size, epochs or shuffle seed differ) */
   const nn_dist_ops *dist;
+  /** drop each epoch's last batch when it has fewer than batch_size rows
+   * (PyTorch DataLoader's drop_last; with dist, the last global batch):
+   * a batch norm then never trains on a batch of one row. Those rows,
+   * other ones each epoch with shuffling, are not trained on in that epoch
+   * and do not count in its loss and accuracy. Rows to train on fewer than
+   * batch_size is AD_ERR_ARG before any step (no batch would be left). */
+  bool drop_last;
 } nn_fit_opts;
 
 /** Trains m on x, y (equal row counts) with opt and loss (NN_MEAN) for
@@ -3964,8 +3981,9 @@ NN_API ad_status nn_fit(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tens
  * x and y, and a loader with nn_fit's batch size, seed and shuffle (its
  * shuffle = !no_shuffle), the parameters and the history's losses are
  * those of nn_fit on x, y bit for bit, whatever the number of workers.
- * opts' batch_size, seed, no_shuffle and validation_split must be 0 (a
- * split needs the rows in memory: give val_x and val_y), else AD_ERR_ARG.
+ * opts' batch_size, seed, no_shuffle, validation_split and drop_last must
+ * be 0 (the loader's own options hold them; a split needs the rows in
+ * memory: give val_x and val_y), else AD_ERR_ARG.
  * With opts->dist, every rank passes a loader over the same data set with
  * the same options, and loads only its shard of each global batch (the
  * rows nn_fit's sharding gives it); the ranks' agreement checks the rows,
