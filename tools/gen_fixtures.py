@@ -237,10 +237,21 @@ add("binary_cross_entropy_saturated", "binary_cross_entropy",
            ("in", f32r([1.0, 0.0, 1.0, 1.0, 0.0, 0.25]))]),
     lambda t: F.binary_cross_entropy(t[0], t[1], reduction="none"), second=False)
 
+def torch_fn(name, table):
+    """torch.NAME for an op of the table given no entry in table; an op
+    whose PyTorch function has another name stops the script, saying so."""
+    fn = getattr(torch, name, None)
+    if fn is None:
+        sys.exit(f"gen_fixtures.py: op '{name}' of autodiff/ops.def has no torch.{name}: "
+                 f"give it an entry in {table} with its PyTorch function and input ranges "
+                 "(docs/new-ops.md)")
+    return fn
+
+
 # a binary op of the table without an entry above: torch.NAME on the usual ranges
 for name in table_ops("B2"):
     if name not in BINARY and name not in ("index_select", "softmax_cross_entropy"):
-        BINARY[name] = (lambda a, b, fn=getattr(torch, name): fn(a, b), (-2, 2), (-2, 2))
+        BINARY[name] = (lambda a, b, fn=torch_fn(name, "BINARY"): fn(a, b), (-2, 2), (-2, 2))
 
 for name, (fn, ra, rb) in BINARY.items():
     for tag, sa, sb in BIN_SHAPES:
@@ -350,7 +361,7 @@ RANGES = {"any": (-3, 3), "pos": (0.1, 4), "wide": (-6, 6)}
 # op with a narrower domain needs an entry with its range
 for name in table_ops("B1"):
     if name not in UNARY and name != "detach":  # no gradient: issue 11's block has its cases
-        UNARY[name] = (getattr(torch, name), "any")
+        UNARY[name] = (torch_fn(name, "UNARY"), "any")
 
 for name, (fn, rk) in UNARY.items():
     lo, hi = RANGES[rk]
