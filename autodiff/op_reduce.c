@@ -1200,8 +1200,10 @@ static ad_tensor *var_of(ad_ctx *ctx, const char *fn, ad_tensor *x, int n_axes, 
   ad_tensor *mean = div_count(ctx, sum_marked(ctx, x, red), n);
   ad_tensor *dev = ad_sub(ctx, x, mean);
   ad_tensor *q = sum_marked(ctx, ad_mul(ctx, dev, dev), red);
-  int64_t dof = n > correction ? n - correction : 0;
-  ad_tensor *v = q ? ad_div(ctx, q, ad_scalar(ctx, q->dtype, (double)dof)) : NULL;
+  /* in double: n - correction overflows int64 for a correction near
+   * INT64_MIN (torch takes negative ones: a divisor above n) */
+  double dof = (double)n - (double)correction;
+  ad_tensor *v = q ? ad_div(ctx, q, ad_scalar(ctx, q->dtype, dof > 0 ? dof : 0)) : NULL;
   return keepdim ? v : ad_reshape(ctx, v, nk, kept);
 }
 

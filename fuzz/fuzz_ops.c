@@ -12,7 +12,8 @@
  * ad.h: elementwise, broadcasting binaries, comparisons, reductions over
  * axes in and out of range, matmul with transposes, the shape ops,
  * softmax and its family, the losses, norms, recurrent cells, attention,
- * pooling and convolutions with random options, good and bad; and
+ * pooling and convolutions, gather, scatter_add, flip, cumsum, argmax and
+ * argmin, min, var and std, with random options, good and bad; and
  * ad_op_apply of any registered op, built-in backwards included), a
  * backward (ad_backward of the sum of a value), a second-order pass
  * (ad_grad with create_graph, then ad_grad of the result), ad_tape_reset,
@@ -708,6 +709,49 @@ static ad_tensor *run_op(int op) {
     ad_tensor *in[3];
     for (int i = 0; i < n; i++) in[i] = req();
     return ad_op_apply(C, id, n, in, NULL);
+  }
+  case OP_gather: {
+    ad_tensor *x = req(), *idx = req();
+    return NAMED(gather)(C, x, draw_axis(), idx);
+  }
+  case OP_scatter_add: {
+    ad_tensor *x = req(), *idx = req(), *src = req();
+    return NAMED(scatter_add)(C, x, draw_axis(), idx, src);
+  }
+  case OP_flip: { /* R_SAME: a flip keeps x's shape and dtype */
+    int axes[4], n = (int)(u8() % 5);
+    if (u8() < 16) n = -1; /* a count below 0 */
+    in_a = req();
+    for (int i = 0; i < 4; i++) axes[i] = draw_axis();
+    return NAMED(flip)(C, in_a, n, u8() < 8 ? NULL : axes);
+  }
+  case OP_cumsum:
+    in_a = req();
+    return NAMED(cumsum)(C, in_a, draw_axis());
+  case OP_argmax: {
+    in_a = req();
+    int axis = draw_axis();
+    bool keep = u8() & 1;
+    return u8() & 1 ? NAMED(argmax)(C, in_a, axis, keep) : NAMED(argmin)(C, in_a, axis, keep);
+  }
+  case OP_min_var_std: {
+    int axes[4], k = (int)(u8() % 4), n = (int)(u8() % 5);
+    if (u8() < 16) n = -1;
+    ad_tensor *x = req();
+    for (int i = 0; i < 4; i++) axes[i] = draw_axis();
+    const int *ax = u8() < 8 ? NULL : axes;
+    int64_t correction = u8() < 224 ? (int64_t)(u8() % 3) : draw_int();
+    bool keep = u8() & 1;
+    switch (k) {
+    case 0:
+      return NAMED(min)(C, x);
+    case 1:
+      return NAMED(min_axis)(C, x, axes[0], keep);
+    case 2:
+      return NAMED(var)(C, x, n, ax, correction, keep);
+    default:
+      return NAMED(std)(C, x, n, ax, correction, keep);
+    }
   }
   }
   return NULL;

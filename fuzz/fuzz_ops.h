@@ -75,7 +75,13 @@ enum {
   X(conv3d, R_NONE)                                                                                \
   X(conv_transpose3d, R_NONE)                                                                      \
   X(like, R_SAME)                                                                                  \
-  X(op_apply, R_NONE)
+  X(op_apply, R_NONE)                                                                              \
+  X(gather, R_NONE)                                                                                \
+  X(scatter_add, R_NONE)                                                                           \
+  X(flip, R_SAME)                                                                                  \
+  X(cumsum, R_SAME)                                                                                \
+  X(argmax, R_NONE)                                                                                \
+  X(min_var_std, R_NONE)
 
 /* The op families' numbers (the byte after FOP_APPLY, modulo
  * OP_COUNT) and names. */

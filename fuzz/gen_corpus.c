@@ -407,6 +407,11 @@ static void gen_ops(void) {
       S(OP_conv_transpose2d, 3, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 200, 0, 0, 200),
       S(OP_like, 0, 1),
       S(OP_op_apply, 20, 0, 1, 0), /* id 19 (tanh), one input */
+      S(OP_gather, 1, 2, 5),       /* [3] at the i32 [2] (0, 1), axis 0 */
+      S(OP_flip, 2, 200, 0, 5, 6, 5, 5, 200),
+      S(OP_cumsum, 0, 6),
+      S(OP_argmax, 0, 6, 0, 1),
+      S(OP_min_var_std, 2, 1, 200, 0, 6, 5, 5, 5, 200, 0, 1, 0), /* var over axis 1, correction 1 */
 #undef S
   };
   for (size_t i = 0; i < sizeof simple / sizeof simple[0]; i++) {
@@ -451,6 +456,16 @@ static void gen_ops(void) {
   LEAF(AD_F64, 3);
   APPLY(OP_gru_seq, 7, 8, 9, 9, 6, 0, 0);
   finish("gru_seq");
+  prelude();
+  LEAF(AD_F64, 2);
+  APPLY(OP_scatter_add, 1, 2, 7, 5); /* into [3] at (0, 1), axis 0 */
+  finish("scatter_add");
+  prelude();
+  APPLY(OP_min_var_std, 3, 0, 200, 4, 5, 5, 5, 5, 200, 0, 0, 1); /* std of everything, keepdim */
+  finish("std");
+  prelude();
+  APPLY(OP_min_var_std, 1, 0, 200, 3, 7, 5, 5, 5, 200, 0, 0, 0); /* min along axis 2 */
+  finish("min_axis");
 
   /* misuse: NULL, a tensor of another context, a freed leaf, anomaly mode
    * and no-grad mode, a write into a leaf the tape used */

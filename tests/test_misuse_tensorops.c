@@ -338,6 +338,25 @@ Test(misuse_tensorops, var_with_correction_past_n) {
   ad_tensor_free(x), ad_tensor_free(empty);
 }
 
+/* A negative correction divides by more than n, as torch's; near
+ * INT64_MIN, n - correction overflowed int64 (UB; in practice a negative
+ * divisor and a negative variance). Found by fuzz/fuzz_ops. */
+Test(misuse_tensorops, var_with_extreme_corrections) {
+  int64_t s[1] = {3};
+  const double v[3] = {1, 2, 4}; /* sum of squared deviations 14/3 */
+  ad_tensor *x = param(ctx, 1, s, v);
+  const int64_t cs[4] = {-1, INT64_MIN, INT64_MIN + 1, INT64_MAX};
+  const double want[4] = {14.0 / 3 / 4, 14.0 / 3 / (3 + 0x1p63), 14.0 / 3 / (2 + 0x1p63), INFINITY};
+  for (int i = 0; i < 4; i++) {
+    ad_tensor *y = ad_var(ctx, x, 0, NULL, cs[i], false);
+    cr_assert_not_null(y, "%s", ad_last_error(ctx));
+    double got = ad_tensor_get(y, 0);
+    cr_assert(got == want[i] || fabs(got - want[i]) <= 1e-15 * want[i],
+              "correction %lld: %.17g, want %.17g", (long long)cs[i], got, want[i]);
+  }
+  ad_tensor_free(x);
+}
+
 /* std's gradient for a lane of zero variance is 0, as torch's std_backward
  * gives (sqrt'(0) times a zero gradient of var would be NaN), to second
  * order; the other lane's as torch's (values from PyTorch 1.13). */
