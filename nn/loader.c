@@ -275,8 +275,10 @@ nn_loader *nn_loader_new(ad_ctx *ctx, const nn_dataset *ds, const nn_loader_opts
       ok = false;
     }
     l->sync_ok = ok;
-    for (int i = 0; ok && i < l->workers; i++, l->started++)
-      ok = pthread_create(&l->th[i], NULL, worker, l) == 0;
+    /* started counts the threads running, which free joins: not one that
+     * could not be created */
+    while (ok && l->started < l->workers)
+      if ((ok = pthread_create(&l->th[l->started], NULL, worker, l) == 0)) l->started++;
     if (!ok) {
       nn_loader_free(l);
       ad_set_error(ctx, AD_ERR_STATE, "loader_new: cannot start %d worker threads", o.num_workers);

@@ -4,10 +4,12 @@
  * failing get (its message, no hang, the next epoch after it); reset and
  * free mid-epoch; misuse. The threads also run under ThreadSanitizer in CI
  * (tests/loader_threads.c). */
+#define _GNU_SOURCE /* pthread_setattr_default_np */
 #include "nn.h"
 #include "test_alloc.h"
 
 #include <criterion/criterion.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -397,6 +399,46 @@ Test(misuse_loader, bad_arguments_are_refused) {
   cr_assert_null(xb);
   cr_assert_eq(nn_loader_next(NULL, &xb, &yb), AD_ERR_NULL);
   nn_loader_free(l);
+}
+
+/* test_alloc_fn filling each new block with 0xa5, as uninitialised memory
+ * may hold anything */
+static void *poison_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  void *p = test_alloc_fn(ud, ptr, osize, nsize);
+  if (p && !ptr) memset(p, 0xa5, nsize);
+  return p;
+}
+
+/* Threads that cannot be started (every thread's stack refused: no
+ * address space holds 2^60 bytes): AD_ERR_STATE, and free joins only the
+ * threads that did start. The thread that failed was counted as started,
+ * so free joined a pthread_t never written (here 0xa5a5...: a crash). */
+Test(misuse_loader, workers_that_cannot_start_are_refused) {
+  rows_ds d = {.fail_at = -1, .xd = AD_F32, .yd = AD_I32};
+  nn_dataset ds = rows_dataset(&d, 10);
+  test_alloc ta = {0};
+  ad_ctx *c = ad_ctx_new_with_alloc(poison_alloc, &ta);
+  cr_assert_not_null(c);
+  pthread_attr_t old, huge;
+  cr_assert_eq(pthread_getattr_default_np(&old), 0);
+  cr_assert_eq(pthread_attr_init(&huge), 0);
+  cr_assert_eq(pthread_attr_setstacksize(&huge, (size_t)1 << 60), 0);
+  cr_assert_eq(pthread_setattr_default_np(&huge), 0);
+  nn_loader *l = nn_loader_new(c, &ds, &(nn_loader_opts){.batch_size = 2, .num_workers = 3});
+  cr_assert_eq(pthread_setattr_default_np(&old), 0);
+  pthread_attr_destroy(&huge);
+  pthread_attr_destroy(&old);
+  cr_assert_null(l);
+  test_expect_error(c, AD_ERR_STATE, "loader_new: cannot start 3 worker threads", NULL);
+  /* the threads start again once they can */
+  l = nn_loader_new(c, &ds, &(nn_loader_opts){.batch_size = 2, .num_workers = 3});
+  cr_assert_not_null(l, "%s", ad_last_error(c));
+  ad_tensor *xb, *yb;
+  cr_assert_eq(nn_loader_next(l, &xb, &yb), AD_OK, "%s", ad_last_error(c));
+  cr_assert_eq(ad_tensor_get(yb, 1), 1);
+  nn_loader_free(l);
+  ad_ctx_free(c);
+  cr_assert_eq(ta.live, 0);
 }
 
 /* ---------------------------------------------------------- fit_loader */
