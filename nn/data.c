@@ -232,7 +232,16 @@ nn_batcher *nn_batcher_new(ad_ctx *ctx, ad_tensor *x, ad_tensor *y, int64_t batc
 }
 
 bool nn_batcher_next(nn_batcher *b, ad_tensor **xb, ad_tensor **yb) {
-  if (!b) return false;
+  ad_tensor *x = NULL, *y = NULL;
+  if (nn_batcher_fetch(b, &x, &y) != AD_OK || !x) return false;
+  if (xb) *xb = x;
+  if (yb) *yb = y;
+  return true;
+}
+
+ad_status nn_batcher_fetch(nn_batcher *b, ad_tensor **xb, ad_tensor **yb) {
+  *xb = *yb = NULL;
+  if (!b) return AD_ERR_NULL;
   if (b->pos < 0) { /* a new epoch */
     nn_permutation(b->shuffle ? &b->rng : NULL, b->rows, b->order);
     for (int64_t i = 0; i < b->rows; i++) b->order[i] += b->begin;
@@ -240,27 +249,28 @@ bool nn_batcher_next(nn_batcher *b, ad_tensor **xb, ad_tensor **yb) {
   }
   if (b->pos >= b->rows) {
     b->pos = -1;
-    return false;
+    return AD_OK;
   }
   int64_t n = b->rows - b->pos < b->batch ? b->rows - b->pos : b->batch;
   if (b->drop_last && n < b->asked) {
     b->pos = -1;
-    return false;
+    return AD_OK;
   }
   ad_tensor *tx = n == b->batch ? b->bx : b->rx, *ty = n == b->batch ? b->by : b->ry;
   /* the batch tensors are overwritten in place: an op of the tape may have
    * read the last batch (a loss summed over batches before one backward) */
-  if (ad_tensor_mark_modified(tx) != AD_OK || (b->y && ad_tensor_mark_modified(ty) != AD_OK))
-    return false;
+  ad_status st = ad_tensor_mark_modified(tx);
+  if (st == AD_OK && b->y) st = ad_tensor_mark_modified(ty);
+  if (st != AD_OK) return st;
   copy_rows(tx, b->x, n, b->order + b->pos);
   if (b->y) copy_rows(ty, b->y, n, b->order + b->pos);
   b->pos += n;
   int64_t ahead = b->rows - b->pos < b->batch ? b->rows - b->pos : b->batch;
   prefetch_rows(b->x, ahead, b->order + b->pos);
   if (b->y) prefetch_rows(b->y, ahead, b->order + b->pos);
-  if (xb) *xb = tx;
-  if (yb) *yb = b->y ? ty : NULL;
-  return true;
+  *xb = tx;
+  *yb = b->y ? ty : NULL;
+  return AD_OK;
 }
 
 ad_status nn_batcher_set_drop_last(nn_batcher *b, bool drop_last) {

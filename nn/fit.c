@@ -572,13 +572,15 @@ typedef struct fit_src {
 
 /* The next training batch: the batcher's (drained to the epoch's end after
  * an error, so that its next epoch starts fresh), or the loader's (none
- * after an error; its own failure into *st, and with d to the other ranks
- * through this step's grad_end, as a failed forward's). */
+ * after an error). The source's own failure (a loader's get, a write that
+ * could not be noted) goes into *st, and with d to the other ranks
+ * through this step's grad_end, as a failed forward's: it is no epoch's
+ * end, which would train on the rest of the epoch as the next one. */
 static bool src_next(fit_src *s, ad_tensor **xb, ad_tensor **yb, ad_status *st,
                      const nn_dist_ops *d, nn_params *p) {
-  if (s->b) return nn_batcher_next(s->b, xb, yb);
+  if (s->b && *st != AD_OK) return nn_batcher_next(s->b, xb, yb);
   if (*st != AD_OK) return false;
-  *st = nn_loader_next(s->l, xb, yb);
+  *st = s->b ? nn_batcher_fetch(s->b, xb, yb) : nn_loader_next(s->l, xb, yb);
   if (*st != AD_OK && d) d->grad_end(d->ud, p, *st);
   return *st == AD_OK && *xb;
 }

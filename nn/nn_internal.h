@@ -343,6 +343,12 @@ ad_status nn_optimizer_groups_check(const nn_optimizer *opt, const struct nn_che
 /* Accuracy threshold nn_fit and nn_evaluate use for loss. */
 double nn_loss_threshold(nn_loss_fn loss);
 
+/* nn_batcher_next telling the epoch's end from an error: AD_OK with the
+ * batch in *xb and *yb (NULL without y), AD_OK with both NULL at the
+ * epoch's end, or AD_ERR_OOM (the write could not be noted; the batch
+ * not taken, both NULL) or AD_ERR_NULL (b NULL). */
+ad_status nn_batcher_fetch(nn_batcher *b, ad_tensor **xb, ad_tensor **yb);
+
 /* nn_fit_loader's sharding (nn_dist_ops): from the next epoch, l loads
  * only rows [n rank / size, n (rank + 1) / size) of each batch of n rows,
  * and nn_loader_global_rows gives the last batch's n. Ends the epoch;

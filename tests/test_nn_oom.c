@@ -1174,6 +1174,31 @@ Test(nn_oom, fit_with_validation_history_and_early_stopping) {
     sweep(&(scenario){"fit", setup_fit, run_fit, print_model, false, false});
 }
 
+/* nn_fit of a model with 16 parameter tensors on three full batches an
+ * epoch: the optimizer's notes of its writes fill the context's list of
+ * them, so the batcher's note of its next batch (a write into the batch
+ * the tape read) is the one that grows it. Refused, nn_batcher_next
+ * returned false as at the epoch's end, and nn_fit went on: AD_OK, an
+ * epoch of one batch, the next one the rest of it. */
+static void setup_deep_fit(world *w) {
+  make_data(w, 12);
+  ad_rng rng;
+  ad_rng_seed(&rng, 3);
+  w->m = nn_sequential_new(w->c);
+  nn_model_add(w->m, nn_flatten_new(w->c));
+  for (int i = 0; i < 8; i++) nn_model_add(w->m, nn_dense_new(w->c, i ? 3 : 16, 3, &rng, NULL));
+  w->opt = nn_sgd_new(nn_model_params(w->m), 0.1, 0, false, 0);
+}
+
+static ad_status run_deep_fit(world *w) {
+  nn_fit_opts fo = {.epochs = 2, .batch_size = 4, .verbose = -1};
+  return nn_fit(w->m, w->opt, nn_cross_entropy_loss, w->x, w->y, &fo, &w->h);
+}
+
+Test(nn_oom, fit_notes_the_write_of_each_batch) {
+  sweep(&(scenario){"fit deep", setup_deep_fit, run_deep_fit, print_model, false, false});
+}
+
 /* nn_loader_new, two epochs of batches, and nn_fit_loader on it (the
  * data set serves w->x, w->y) with 0 (g_kind 0) or 2 workers */
 static int get_world_row(void *ud, int64_t i, void *x, void *y, char *msg) {
