@@ -189,3 +189,54 @@ Test(dist_ops, reduction_error_stops_fit) {
   nn_model_free(m);
   ad_tensor_free(x), ad_tensor_free(y);
 }
+
+/* One run of the sweep below: nn_fit of a model of 16 parameter tensors
+ * (the optimizer's notes of its writes fill the context's list, so that
+ * the batcher's note of its next batch grows it) as rank 0 of 1, with
+ * request k refused (k < 0: none); the parameters' bytes into sum. */
+static bool deep_fit_run(long k, double *sum) {
+  test_alloc ta = {0};
+  ad_ctx *c = ad_ctx_new_with_alloc(test_alloc_fn, &ta);
+  cr_assert_not_null(c);
+  ad_tensor *x, *y;
+  blobs(c, 12, &x, &y);
+  ad_rng rng;
+  ad_rng_seed(&rng, 3);
+  nn_dense_opts o = {.dtype = AD_F64};
+  nn_model *m = nn_sequential_new(c);
+  for (int i = 0; i < 8; i++) nn_model_add(m, nn_dense_new(c, i ? 3 : 4, 3, &rng, &o));
+  nn_optimizer *opt = nn_sgd_new(nn_model_params(m), 0.1, 0, false, 0);
+  fake f = fake_rank(0, 1);
+  f.ops.ud = &f;
+  nn_fit_opts fo = {.epochs = 2, .batch_size = 4, .verbose = -1, .dist = &f.ops};
+  ad_tape_reset(c);
+  if (k >= 0) ta.refuse = TEST_ALLOC_REFUSE_ONLY, ta.fail_at = ta.requests + k;
+  ad_status st = nn_fit(m, opt, nn_cross_entropy_loss, x, y, &fo, NULL);
+  test_alloc_grant_all(&ta);
+  bool refused = ta.refused > 0;
+  if (refused && st != AD_OK)
+    cr_assert_eq(st, AD_ERR_OOM, "refuse %ld: %s", k, ad_last_error(c));
+  else
+    cr_assert_eq(st, AD_OK, "refuse %ld: %s", k, ad_last_error(c));
+  *sum = 0;
+  nn_params *p = nn_model_params(m);
+  for (int i = 0; i < nn_params_count(p); i++)
+    for (int64_t j = 0; j < nn_params_tensor(p, i)->size; j++)
+      *sum = *sum * 1.5 + ad_tensor_get(nn_params_tensor(p, i), j);
+  if (st != AD_OK) *sum = NAN;
+  nn_optimizer_free(opt);
+  nn_model_free(m);
+  ad_tensor_free(x), ad_tensor_free(y);
+  ad_ctx_free(c);
+  return refused;
+}
+
+/* Out of memory anywhere in nn_fit with dist is an error, or changes
+ * nothing: the batcher's note of a batch's write, refused, ended the epoch
+ * as if it were done (AD_OK, other weights). */
+Test(dist_ops, out_of_memory_mid_epoch_is_an_error) {
+  double want, got;
+  deep_fit_run(-1, &want);
+  for (long k = 0; deep_fit_run(k, &got); k++)
+    if (!isnan(got)) cr_assert_eq(got, want, "refuse %ld: AD_OK but other weights", k);
+}
