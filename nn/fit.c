@@ -146,6 +146,29 @@ static ad_status fail(ad_ctx *ctx, ad_status fallback) {
   return st != AD_OK ? st : fallback;
 }
 
+/* lambda_l2 NaN or infinite: AD_ERR_ARG naming fn (else AD_OK). <= 0 adds
+ * no penalty; NaN did the same without a word, and inf made every weight
+ * inf through a finite loss. */
+static ad_status check_l2(ad_ctx *ctx, const char *fn, double lambda_l2) {
+  if (!isfinite(lambda_l2))
+    return ad_set_error(ctx, AD_ERR_ARG,
+                        "%s: lambda_l2 %g; it must be finite (> 0 adds the L2 penalty)", fn,
+                        lambda_l2);
+  return AD_OK;
+}
+
+/* The loss plus the L2 penalty, checked before the backward: a penalty
+ * that overflows (a huge lambda_l2 or weights) leaves the loss finite but
+ * would step every weight to inf or NaN. */
+static ad_status check_total(ad_ctx *ctx, const ad_tensor *total, double lambda_l2) {
+  double v = ad_tensor_item(total);
+  if (!isfinite(v))
+    return ad_set_error(ctx, AD_ERR_NAN,
+                        "train_step: the loss plus the L2 penalty (lambda_l2 %g) is %g", lambda_l2,
+                        v);
+  return AD_OK;
+}
+
 /* Whether zeroing p's gradients zeroes all of opt's: its list is p and it
  * has no other group (an added group's tensors are not the model's list's:
  * nn_optimizer_add_param_group refuses a tensor already in a group) */
@@ -176,6 +199,7 @@ static ad_status train_step(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_
   ad_tensor *total = l;
   if (lambda_l2 > 0) total = ad_add(ctx, l, nn_l2_penalty(ctx, nn_model_params(m), lambda_l2));
   if (!total) return fail(ctx, AD_ERR_ARG);
+  if (total != l && check_total(ctx, total, lambda_l2) != AD_OK) return AD_ERR_NAN;
   ad_status st = ad_backward(ctx, total, NULL);
   if (st != AD_OK) return st;
   if (norms) nn_grad_norms_add(nn_model_params(m), norms);
@@ -215,7 +239,10 @@ static ad_status dist_train_step(nn_model *m, nn_optimizer *opt, nn_loss_fn loss
       if (!isfinite(lv)) l = NULL, ad_set_error(ctx, AD_ERR_NAN, "train_step: the loss is %g", lv);
     }
     total = l && lambda_l2 > 0 ? ad_add(ctx, l, nn_l2_penalty(ctx, p, lambda_l2)) : l;
-    if (!total) st = fail(ctx, AD_ERR_ARG);
+    if (!total)
+      st = fail(ctx, AD_ERR_ARG);
+    else if (total != l)
+      st = check_total(ctx, total, lambda_l2);
     /* accuracy is counted here, before grad_end, so that a failed
      * comparison reaches the ranks whose shard is empty with the status */
     int64_t c = st == AD_OK && correct ? nn_count_correct(pred, ys, nn_loss_threshold(loss)) : 0;
@@ -357,6 +384,7 @@ ad_status nn_train_step(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tens
                        : !loss ? "loss"
                        : !x    ? "x"
                                : "y");
+  if (check_l2(ctx, "train_step", lambda_l2) != AD_OK) return AD_ERR_ARG;
   return train_step(m, opt, loss, x, y, lambda_l2, loss_out, NULL, NULL);
 }
 
@@ -619,6 +647,7 @@ static ad_status fit(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor 
                      ad_set_error(ctx, AD_ERR_ARG,
                                   "fit: epochs %d, batch size %lld, validation split %g", o.epochs,
                                   (long long)o.batch_size, o.validation_split));
+  if (check_l2(ctx, "fit", o.lambda_l2) != AD_OK) return fit_early(ctx, &o, AD_ERR_ARG);
   char a[64], b[64];
   if (x->ndim < 1 || y->ndim < 1 || x->shape[0] != y->shape[0])
     return fit_early(ctx, &o,
@@ -907,6 +936,7 @@ static ad_status fit_loader(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, nn_
                       o.validation_split, (int)o.drop_last);
   if (st == AD_OK && o.epochs < 0)
     st = ad_set_error(ctx, AD_ERR_ARG, "fit_loader: epochs %d", o.epochs);
+  if (st == AD_OK) st = check_l2(ctx, "fit_loader", o.lambda_l2);
   if (st == AD_OK && nn_loader_rows(l) == 0)
     st = ad_set_error(ctx, AD_ERR_ARG, "fit_loader: the loader has no rows to train on");
   if (st != AD_OK) return fit_early(ctx, &o, st);

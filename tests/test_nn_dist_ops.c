@@ -190,6 +190,33 @@ Test(dist_ops, reduction_error_stops_fit) {
   ad_tensor_free(x), ad_tensor_free(y);
 }
 
+/* A loss plus L2 penalty that overflows (lambda_l2 1e308) fails the step
+ * before its backward on this rank, and grad_end still gets the status
+ * (so that the other ranks stop too); no weight moves. */
+Test(dist_ops, overflowing_penalty_reaches_grad_end) {
+  ad_tensor *x, *y;
+  blobs(ctx, 10, &x, &y);
+  nn_model *m = mlp(ctx), *ref = mlp(ctx);
+  nn_optimizer *opt = nn_sgd_new(nn_model_params(m), 0.1, 0, false, 0);
+  fake f = fake_rank(1, 2);
+  f.ops.ud = &f;
+  nn_fit_opts fo = {.batch_size = 4, .verbose = -1, .lambda_l2 = 1e308, .dist = &f.ops};
+  cr_assert_eq(nn_fit(m, opt, nn_cross_entropy_loss, x, y, &fo, NULL), AD_ERR_NAN);
+  test_expect_error(ctx, AD_ERR_NAN, "fit: at epoch 1, batch 1: train_step: the loss plus the L2",
+                    NULL);
+  cr_assert_eq(f.steps, 1);
+  cr_assert_eq(f.begins_with_loss, 0);
+  cr_assert_eq(nn_optimizer_steps(opt), 0);
+  nn_params *pa = nn_model_params(m), *pb = nn_model_params(ref);
+  for (int i = 0; i < nn_params_count(pa); i++) {
+    ad_tensor *ta = nn_params_tensor(pa, i), *tb = nn_params_tensor(pb, i);
+    cr_assert_eq(memcmp(ta->data, tb->data, (size_t)ta->size * 8), 0, "parameter %d", i);
+  }
+  nn_optimizer_free(opt);
+  nn_model_free(m), nn_model_free(ref);
+  ad_tensor_free(x), ad_tensor_free(y);
+}
+
 /* One run of the sweep below: nn_fit of a model of 16 parameter tensors
  * (the optimizer's notes of its writes fill the context's list, so that
  * the batcher's note of its next batch grows it) as rank 0 of 1, with

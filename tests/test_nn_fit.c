@@ -691,6 +691,46 @@ Test(fit, binary_logits_with_l2) {
   ad_tensor_free(x), ad_tensor_free(y);
 }
 
+/* lambda_l2 NaN or infinite is refused before any step (NaN added no
+ * penalty without a word; inf stepped every weight to inf while the loss
+ * stayed finite, and nn_train_step returned AD_OK), and a penalty that
+ * overflows (1e308 times the squares) stops the step before its backward,
+ * the weights unchanged, as a non-finite loss does. */
+Test(fit, l2_penalty_must_be_finite) {
+  ad_tensor *x, *y;
+  blobs(ctx, 16, 5, &x, &y);
+  nn_model *m = mlp(ctx, 1, 0), *ref = mlp(ctx, 1, 0);
+  nn_optimizer *o = nn_sgd_new(nn_model_params(m), 0.1, 0, false, 0);
+  static const double bad[] = {NAN, INFINITY, -INFINITY};
+  for (int i = 0; i < 3; i++) {
+    double l = -1;
+    cr_assert_eq(nn_train_step(m, o, nn_cross_entropy_loss, x, y, bad[i], &l), AD_ERR_ARG);
+    expect_status_msg(ctx, AD_ERR_ARG, "train_step: lambda_l2 ");
+    nn_fit_opts fo = {.batch_size = 4, .verbose = -1, .lambda_l2 = bad[i]};
+    nn_history *h;
+    cr_assert_eq(nn_fit(m, o, nn_cross_entropy_loss, x, y, &fo, &h), AD_ERR_ARG);
+    expect_status_msg(ctx, AD_ERR_ARG, "it must be finite (> 0 adds the L2 penalty)");
+    cr_assert_null(h);
+  }
+  cr_assert(params_equal(m, ref));
+  double l = -1;
+  cr_assert_eq(nn_train_step(m, o, nn_cross_entropy_loss, x, y, 1e308, &l), AD_ERR_NAN);
+  expect_status_msg(ctx, AD_ERR_NAN,
+                    "train_step: the loss plus the L2 penalty (lambda_l2 1e+308) is inf");
+  cr_assert(isfinite(l) && l > 0); /* the loss itself, without the penalty */
+  nn_fit_opts fo = {.batch_size = 4, .verbose = -1, .lambda_l2 = 1e308};
+  cr_assert_eq(nn_fit(m, o, nn_cross_entropy_loss, x, y, &fo, NULL), AD_ERR_NAN);
+  expect_status_msg(ctx, AD_ERR_NAN, "fit: at epoch 1, batch 1: train_step: the loss plus the L2");
+  cr_assert(params_equal(m, ref), "a step with an overflowing penalty moved the weights");
+  fo.lambda_l2 = 1e-3; /* and a finite penalty trains */
+  cr_assert_eq(nn_fit(m, o, nn_cross_entropy_loss, x, y, &fo, NULL), AD_OK, "%s",
+               ad_last_error(ctx));
+  cr_assert(!params_equal(m, ref));
+  nn_optimizer_free(o);
+  nn_model_free(m), nn_model_free(ref);
+  ad_tensor_free(x), ad_tensor_free(y);
+}
+
 /* An op's result as data: nn_fit, nn_evaluate, nn_predict and the batcher
  * reset the tape while still reading rows from it, so they refuse it before
  * any step (they used to train on, or predict from, reused memory). */

@@ -774,6 +774,10 @@ Test(misuse_loader, fit_loader_refuses_bad_arguments) {
                AD_ERR_ARG);
   test_expect_error(ctx, AD_ERR_ARG, "fit_loader: epochs -1", NULL);
   cr_assert_eq(nn_fit_loader(m, opt, nn_cross_entropy_loss, l,
+                             &(nn_fit_opts){.lambda_l2 = INFINITY, .verbose = -1}, NULL),
+               AD_ERR_ARG);
+  test_expect_error(ctx, AD_ERR_ARG, "fit_loader: lambda_l2 inf; it must be finite", NULL);
+  cr_assert_eq(nn_fit_loader(m, opt, nn_cross_entropy_loss, l,
                              &(nn_fit_opts){.val_x = x, .verbose = -1}, NULL),
                AD_ERR_NULL);
   test_expect_error(ctx, AD_ERR_NULL, "fit_loader: validation data needs both", NULL);

@@ -3703,7 +3703,9 @@ NN_API void nn_loader_free(nn_loader *l);
 /** One training step: ad_tape_reset, zero the gradients, forward x in
  * training mode, loss(pred, y, NN_MEAN) (plus lambda_l2 * nn_l2_penalty
  * when lambda_l2 > 0), ad_backward, nn_optimizer_step. loss_out (may be
- * NULL) gets the loss without the penalty. Returns AD_OK or the error;
+ * NULL) gets the loss without the penalty. A lambda_l2 NaN or infinite is
+ * AD_ERR_ARG; a loss, or a loss plus the penalty, that is not finite is
+ * AD_ERR_NAN before the backward. Returns AD_OK or the error;
  * a loss of more than one element (a wrapper that passes NN_NONE) is
  * AD_ERR_SHAPE ("train_step: the loss has shape [8]; a scalar is needed
  * ..."), also in nn_fit and nn_evaluate. A step that fails changes no
@@ -3914,7 +3916,8 @@ typedef struct nn_fit_opts {
   ad_tensor *val_x;         /**< validation data given explicitly (wins over the split) */
   ad_tensor *val_y;         /**< its labels or targets */
   bool accuracy;            /**< also compute accuracy (see nn_count_correct) */
-  double lambda_l2;         /**< > 0: add lambda_l2 * nn_l2_penalty to the loss */
+  double lambda_l2;         /**< > 0: add lambda_l2 * nn_l2_penalty to the loss (NaN or
+                               infinite: AD_ERR_ARG) */
   int verbose;              /**< 0: a progress bar on a terminal, one line per epoch
                                otherwise; 1: one line per epoch; -1: silent */
   FILE *out;                /**< where progress goes; default stdout */
