@@ -39,7 +39,8 @@ void nn_grad_norms_add(const nn_params *p, double *norms) {
   }
   total = sqrt(total);
   norms[np] += total;
-  if (!(norms[np + 1] >= total)) norms[np + 1] = total; /* NaN propagates */
+  /* NaN propagates: a NaN kept, and one taken */
+  if (!isnan(norms[np + 1]) && !(norms[np + 1] >= total)) norms[np + 1] = total;
 }
 
 /* ------------------------------------------------------------------- CSV */

@@ -1,6 +1,7 @@
 /* test_nn_history.c: the training history as data (gradient norms per
  * epoch, CSV) and early stopping in nn_fit. */
 #include "nn.h"
+#include "nn_internal.h" /* nn_grad_norms_add */
 #include "test_alloc.h"
 
 #include <criterion/criterion.h>
@@ -120,6 +121,34 @@ Test(history, grad_norms_match_a_hand_written_loop) {
   nn_optimizer_free(oa), nn_optimizer_free(ob);
   nn_model_free(a), nn_model_free(b);
   ad_tensor_free(x), ad_tensor_free(y);
+}
+
+/* The epoch's largest gradient norm is NaN once a step's was, as its mean
+ * is (and numpy's or torch's max): a later finite step took its place. */
+Test(history, a_nan_gradient_norm_stays_the_largest) {
+  nn_params *p = nn_params_new(ctx);
+  int64_t s[1] = {2};
+  ad_tensor *w = ad_ones(ctx, AD_F64, 1, s);
+  cr_assert_eq(nn_params_add(p, "w", w, true), AD_OK);
+  double norms[3] = {0, 0, 0}; /* w's, the global norm's sum, its largest */
+  static const double c[2][2] = {{NAN, 1}, {3, 4}};
+  for (int step = 0; step < 2; step++) {
+    ad_tape_reset(ctx);
+    nn_params_zero_grad(p);
+    ad_tensor *k = ad_from_data(ctx, AD_F64, 1, s, c[step]);
+    cr_assert_eq(ad_backward(ctx, ad_sum(ctx, ad_mul(ctx, w, k)), NULL), AD_OK, "%s",
+                 ad_last_error(ctx));
+    nn_grad_norms_add(p, norms);
+  }
+  cr_assert(isnan(norms[0]) && isnan(norms[1]));
+  cr_assert(isnan(norms[2]), "the largest norm is %g", norms[2]);
+  /* and a finite one after finite steps */
+  double fin[3] = {0, 0, 0};
+  nn_grad_norms_add(p, fin); /* the last step's gradient (3, 4) */
+  nn_grad_norms_add(p, fin);
+  cr_assert(fin[0] == 10 && fin[1] == 10 && fin[2] == 5);
+  ad_tape_reset(ctx);
+  nn_params_free(p);
 }
 
 Test(history, grad_norms_are_opt_in) {
