@@ -173,6 +173,7 @@ ad_status nn_train_test_split(ad_ctx *ctx, ad_tensor *x, ad_tensor *y, int64_t n
 struct nn_batcher {
   ad_ctx *ctx;
   ad_tensor *x, *y;
+  uint64_t sx, sy; /* their serials: 0, or another, once they were freed */
   int64_t begin, rows, batch;
   int64_t asked; /* the batch size asked for (batch is at most rows) */
   bool shuffle;
@@ -202,6 +203,8 @@ nn_batcher *nn_batcher_new_range(ad_ctx *ctx, ad_tensor *x, ad_tensor *y, int64_
   b->ctx = ctx;
   b->x = x;
   b->y = y;
+  b->sx = ad_tensor_serial(x);
+  b->sy = ad_tensor_serial(y);
   b->begin = begin;
   b->rows = end - begin;
   b->batch = batch_size < b->rows ? batch_size : (b->rows ? b->rows : 1);
@@ -242,6 +245,13 @@ bool nn_batcher_next(nn_batcher *b, ad_tensor **xb, ad_tensor **yb) {
 ad_status nn_batcher_fetch(nn_batcher *b, ad_tensor **xb, ad_tensor **yb) {
   *xb = *yb = NULL;
   if (!b) return AD_ERR_NULL;
+  /* a freed x reads as no rows of no bytes: the batch kept the last rows */
+  bool fx = ad_tensor_serial(b->x) != b->sx;
+  if (fx || (b->y && ad_tensor_serial(b->y) != b->sy))
+    return ad_set_error(b->ctx, AD_ERR_STATE,
+                        "batcher_next: %s was freed, but the batcher reads its rows at every batch "
+                        "(free the batcher first)",
+                        fx ? "x" : "y");
   if (b->pos < 0) { /* a new epoch */
     nn_permutation(b->shuffle ? &b->rng : NULL, b->rows, b->order);
     for (int64_t i = 0; i < b->rows; i++) b->order[i] += b->begin;

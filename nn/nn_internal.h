@@ -346,7 +346,8 @@ double nn_loss_threshold(nn_loss_fn loss);
 /* nn_batcher_next telling the epoch's end from an error: AD_OK with the
  * batch in *xb and *yb (NULL without y), AD_OK with both NULL at the
  * epoch's end, or AD_ERR_OOM (the write could not be noted; the batch
- * not taken, both NULL) or AD_ERR_NULL (b NULL). */
+ * not taken, both NULL), AD_ERR_STATE (x or y was freed) or AD_ERR_NULL
+ * (b NULL). */
 ad_status nn_batcher_fetch(nn_batcher *b, ad_tensor **xb, ad_tensor **yb);
 
 /* nn_fit_loader's sharding (nn_dist_ops): from the next epoch, l loads

@@ -214,6 +214,26 @@ Test(data, batcher_drop_last_leaves_out_the_short_batch) {
   ad_tensor_free(x), ad_tensor_free(y);
 }
 
+/* A batcher whose x or y was freed refuses the next batch: a freed x read
+ * as a tensor of no bytes, so the batch kept the last one's rows and
+ * nn_batcher_next returned true (and UBSan saw an offset added to NULL). */
+Test(data, batcher_over_a_freed_tensor_refuses) {
+  for (int k = 0; k < 2; k++) {
+    ad_tensor *x, *y, *xb, *yb;
+    make_rows(ctx, 10, &x, &y);
+    nn_batcher *b = nn_batcher_new(ctx, x, y, 4, false, 0);
+    cr_assert(nn_batcher_next(b, &xb, &yb));
+    cr_assert_eq(ad_tensor_get(yb, 0), 0);
+    ad_tensor_free(k ? y : x);
+    cr_assert(!nn_batcher_next(b, &xb, &yb), "a batch from a freed %s", k ? "y" : "x");
+    expect_status_msg(ctx, AD_ERR_STATE,
+                      k ? "batcher_next: y was freed, but the batcher reads its rows"
+                        : "batcher_next: x was freed, but the batcher reads its rows");
+    nn_batcher_free(b);
+    ad_tensor_free(k ? x : y);
+  }
+}
+
 /* A batch of 256 KB or more is gathered by the library's threads: every row
  * lands where one thread puts it (400 rows of 1000 floats, batches of 300
  * (1.2 MB) and the short last one, shuffled; 1, 2 and 3 threads). */

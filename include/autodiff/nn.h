@@ -3582,7 +3582,8 @@ NN_API nn_batcher *nn_batcher_new(ad_ctx *ctx, ad_tensor *x, ad_tensor *y, int64
  * over batches, then one backward) refuses with AD_ERR_STATE instead of
  * using the new rows; copy a batch (ad_tensor_clone) to keep it. Returns
  * false, the batch unchanged, with AD_ERR_OOM recorded when the write
- * cannot be noted. */
+ * cannot be noted, or AD_ERR_STATE when x or y was freed (free the batcher
+ * first: it reads them at every batch). */
 NN_API bool nn_batcher_next(nn_batcher *b, ad_tensor **xb, ad_tensor **yb);
 
 /** With drop_last, each epoch ends before a batch of fewer than batch_size
