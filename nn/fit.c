@@ -399,7 +399,10 @@ static ad_status eval_batches(nn_model *m, nn_loss_fn loss, nn_batcher *b, doubl
   int64_t seen = 0, correct = 0;
   ad_status st = AD_OK;
   ad_tensor *xb, *yb;
-  while (nn_batcher_next(b, &xb, &yb)) {
+  for (;;) {
+    ad_status bst = nn_batcher_fetch(b, &xb, &yb); /* an error is no end of the pass */
+    if (bst != AD_OK && st == AD_OK) st = bst;
+    if (!xb) break;
     if (st != AD_OK) continue; /* finish the pass so the batcher restarts cleanly */
     ad_tape_reset(ctx);
     ad_tensor *pred = nn_model_forward(m, xb);

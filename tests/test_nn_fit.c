@@ -751,6 +751,45 @@ Test(fit, l2_penalty_must_be_finite) {
   ad_tensor_free(x), ad_tensor_free(y);
 }
 
+/* on_epoch_end freeing the tensor ud points to */
+static bool free_after_epoch(int epoch, const nn_history *h, void *ud) {
+  (void)epoch, (void)h;
+  ad_tensor_free(*(ad_tensor **)ud);
+  *(ad_tensor **)ud = NULL;
+  return true;
+}
+
+/* Data freed during nn_fit (by on_epoch_end; k = 0: the validation data,
+ * 1: the training data) stops it with the batcher's AD_ERR_STATE: freed
+ * validation data ended the pass at once as if it had no rows, so the
+ * epoch's val_loss was NaN and nn_fit returned AD_OK. */
+Test(fit, data_freed_by_on_epoch_end_stops_training) {
+  for (int k = 0; k < 2; k++) {
+    ad_tensor *x, *y, *vx, *vy;
+    blobs(ctx, 24, 1, &x, &y);
+    blobs(ctx, 8, 2, &vx, &vy);
+    nn_model *m = mlp(ctx, 5, 0);
+    nn_optimizer *o = nn_sgd_new(nn_model_params(m), 0.1, 0, false, 0);
+    ad_tensor *doomed = k ? x : vx;
+    nn_fit_opts fo = {.epochs = 3,
+                      .batch_size = 8,
+                      .verbose = -1,
+                      .val_x = vx,
+                      .val_y = vy,
+                      .on_epoch_end = free_after_epoch,
+                      .ud = &doomed};
+    nn_history *h;
+    cr_assert_eq(nn_fit(m, o, nn_cross_entropy_loss, x, y, &fo, &h), AD_ERR_STATE, "case %d", k);
+    expect_status_msg(ctx, AD_ERR_STATE, "batcher_next: x was freed");
+    cr_assert_eq(nn_history_epochs(h), 1);
+    cr_assert(isfinite(nn_history_get(h, "val_loss", 0)));
+    nn_history_free(h);
+    nn_optimizer_free(o);
+    nn_model_free(m);
+    ad_tensor_free(k ? vx : x), ad_tensor_free(y), ad_tensor_free(vy);
+  }
+}
+
 /* An op's result as data: nn_fit, nn_evaluate, nn_predict and the batcher
  * reset the tape while still reading rows from it, so they refuse it before
  * any step (they used to train on, or predict from, reused memory). */
