@@ -481,7 +481,10 @@ ad_tensor *nn_predict(nn_model *m, ad_tensor *x, int64_t batch_size) {
   int64_t row = 0;
   size_t rb = 0;
   bool ok = true;
-  while (nn_batcher_next(b, &xb, NULL)) {
+  for (;;) {
+    ad_tensor *none;
+    if (nn_batcher_fetch(b, &xb, &none) != AD_OK) ok = false; /* not the end: rows unwritten */
+    if (!xb) break;
     if (!ok) continue;
     ad_tape_reset(ctx);
     ad_tensor *pred = nn_model_forward(m, xb);

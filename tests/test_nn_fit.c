@@ -790,6 +790,31 @@ Test(fit, data_freed_by_on_epoch_end_stops_training) {
   }
 }
 
+/* a lambda layer that frees the tensor ud points to on its first call */
+static ad_tensor *free_on_first_call(ad_ctx *c, ad_tensor *x, bool training, void *ud) {
+  (void)c, (void)training;
+  ad_tensor_free(*(ad_tensor **)ud);
+  *(ad_tensor **)ud = NULL;
+  return x;
+}
+
+/* nn_predict whose data is freed under it (by a lambda layer) fails with
+ * the batcher's AD_ERR_STATE: the refused batch ended the pass, and the
+ * rows of the batches after it came back as zeros with a tensor, not NULL. */
+Test(fit, predict_over_data_freed_under_it_fails) {
+  ad_tensor *x, *y;
+  blobs(ctx, 12, 1, &x, &y);
+  ad_tensor *doomed = x;
+  nn_model *m = nn_sequential_new(ctx);
+  nn_model_add(m, nn_lambda_new(ctx, NULL, free_on_first_call, &doomed));
+  ad_tensor *p = nn_predict(m, x, 4);
+  cr_assert_null(p, "a prediction with rows never computed");
+  expect_status_msg(ctx, AD_ERR_STATE, "batcher_next: x was freed");
+  ad_tensor_free(p);
+  nn_model_free(m);
+  ad_tensor_free(y);
+}
+
 /* An op's result as data: nn_fit, nn_evaluate, nn_predict and the batcher
  * reset the tape while still reading rows from it, so they refuse it before
  * any step (they used to train on, or predict from, reused memory). */
