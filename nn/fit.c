@@ -365,9 +365,10 @@ static ad_status dist_agree_start(ad_ctx *ctx, const nn_dist_ops *d, int64_t n_t
     if ((double)d->size * v[1 + N + i] != v[1 + i] * v[1 + i])
       return ad_set_error(ctx, AD_ERR_ARG,
                           "fit: the ranks' %s differ (here: %lld rows to train on, batch size "
-                          "%lld, %d epochs, seed %llu%s%s%s%s, lambda_l2 %g): every rank passes "
+                          "%lld%s, %d epochs, seed %llu%s%s%s%s, lambda_l2 %g): every rank passes "
                           "the same data and options, nn_fit shards each global batch",
-                          what[i / PIECES], (long long)n_train, (long long)o->batch_size, o->epochs,
+                          what[i / PIECES], (long long)n_train, (long long)o->batch_size,
+                          o->drop_last ? " (drop_last)" : "", o->epochs,
                           (unsigned long long)o->seed, o->no_shuffle ? ", no_shuffle" : "",
                           val ? ", validation" : "", o->on_epoch_end ? ", on_epoch_end" : "",
                           es->monitor ? ", early stopping" : "", o->lambda_l2);
