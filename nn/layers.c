@@ -499,7 +499,10 @@ nn_layer *nn_prelu_new(ad_ctx *ctx, int64_t num_parameters, double init, ad_dtyp
 
 /* y = x > 0 ? x : w x, w [C] read as [1, C, 1, ...] (a view), as
  * PyTorch's prelu: slope w at 0 and at a NaN x, where w's gradient is x
- * dy (0 at 0, NaN at NaN); the second derivative in x is 0. */
+ * dy (0 at 0, NaN at NaN); the second derivative in x is 0. The product
+ * takes x's non-positive part (0 where x > 0), so that an x of +inf adds
+ * 0 to w's gradient, as in PyTorch, not the 0 * inf = NaN of the branch
+ * the where left out. */
 static ad_tensor *prelu_forward(nn_layer *l, ad_tensor *x) {
   ad_ctx *ctx = l->ctx;
   char a[64], c[96];
@@ -522,8 +525,9 @@ static ad_tensor *prelu_forward(nn_layer *l, ad_tensor *x) {
     return NULL;
   }
   for (int k = 0; k < x->ndim; k++) s[k] = k == 1 ? n : 1;
-  ad_tensor *w = ad_reshape(ctx, l->w, x->ndim, s);
-  return ad_where(ctx, ad_gt(ctx, x, ad_scalar(ctx, x->dtype, 0)), x, ad_mul(ctx, w, x));
+  ad_tensor *w = ad_reshape(ctx, l->w, x->ndim, s), *zero = ad_scalar(ctx, x->dtype, 0);
+  ad_tensor *pos = ad_gt(ctx, x, zero);
+  return ad_where(ctx, pos, x, ad_mul(ctx, w, ad_where(ctx, pos, zero, x)));
 }
 
 /* ---------------------------------------------------------------- dropout */

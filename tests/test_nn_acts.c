@@ -709,6 +709,44 @@ Test(prelu, kink_nan_and_small_inputs) {
   nn_layer_free(l);
 }
 
+/* F.prelu(x, w=[0.25]) with infinite x, float32 and float64: an x of +inf
+ * is on the identity side and adds nothing to w's gradient, -inf adds
+ * -inf. x = [inf, -2, 3, -0.5]: y [inf, -0.5, 3, -0.125], x's gradient
+ * [1, 0.25, 1, 0.25], w's -2.5 (it was NaN: 0 * inf from the branch the
+ * where left out); x = [-inf, 1, inf]: w's gradient -inf. */
+Test(prelu, infinite_inputs_weight_gradient) {
+  static const double x1[4] = {INFINITY, -2, 3, -0.5}, y1[4] = {INFINITY, -0.5, 3, -0.125};
+  static const double g1[4] = {1, 0.25, 1, 0.25}, x2[3] = {-INFINITY, 1, INFINITY};
+  for (int d = 0; d < 2; d++) {
+    ad_dtype dt = d ? AD_F64 : AD_F32;
+    nn_layer *l = nn_prelu_new(ctx, 1, 0.25, dt);
+    ad_tensor *w = nn_params_find(nn_layer_params(l), "weight");
+    ad_tensor *x = vec(dt, 4, x1), *g[2];
+    ad_tensor_set_requires_grad(x, true);
+    ad_tensor *y = nn_layer_forward(l, x, true), *in[2] = {x, w};
+    cr_assert_eq(ad_grad(ctx, ad_sum(ctx, y), NULL, 2, in, g, false), AD_OK, "%s",
+                 ad_last_error(ctx));
+    for (int i = 0; i < 4; i++) {
+      cr_assert_eq(ad_tensor_get(y, i), y1[i], "%s y[%d] %g", ad_dtype_name(dt), i,
+                   ad_tensor_get(y, i));
+      cr_assert_eq(ad_tensor_get(g[0], i), g1[i], "%s dx[%d] %g", ad_dtype_name(dt), i,
+                   ad_tensor_get(g[0], i));
+    }
+    cr_assert_eq(ad_tensor_get(g[1], 0), -2.5, "%s dw %g", ad_dtype_name(dt),
+                 ad_tensor_get(g[1], 0));
+    ad_tape_reset(ctx);
+    ad_tensor_free(x);
+    x = vec(dt, 3, x2);
+    y = nn_layer_forward(l, x, true);
+    cr_assert_eq(ad_grad(ctx, ad_sum(ctx, y), NULL, 1, &w, g, false), AD_OK);
+    cr_assert_eq(ad_tensor_get(g[0], 0), -INFINITY, "%s dw %g", ad_dtype_name(dt),
+                 ad_tensor_get(g[0], 0));
+    ad_tape_reset(ctx);
+    ad_tensor_free(x);
+    nn_layer_free(l);
+  }
+}
+
 /* The layer's forward on in[0] (ad_gradcheck perturbs copies of its
  * inputs, so the weight, which the layer holds, is checked by hand). */
 static ad_tensor *prelu_fn(ad_ctx *c, int n, ad_tensor *const *in, void *ud) {

@@ -458,11 +458,12 @@ NN_API nn_layer *nn_celu_new(ad_ctx *ctx, double alpha);
  * filled with init; its channel dimension is dim 1 of the input (a weight
  * of one element applies to any input, of more to [N, C, ...] with C =
  * num_parameters). The slope at 0 is w and the weight's gradient there 0,
- * as PyTorch's; a NaN x gives NaN, slope w and a NaN weight gradient. Kind
- * "prelu". NULL with AD_ERR_ARG (num_parameters < 1, init not finite),
- * AD_ERR_DTYPE or AD_ERR_OOM. Its forward refuses an input of another
- * dtype (AD_ERR_DTYPE) and, for num_parameters > 1, one whose dim 1 is not
- * num_parameters (AD_ERR_SHAPE), naming the layer. */
+ * as PyTorch's; a NaN x gives NaN, slope w and a NaN weight gradient; an
+ * x of +inf adds nothing to the weight's gradient and -inf adds -inf, as
+ * PyTorch's. Kind "prelu". NULL with AD_ERR_ARG (num_parameters < 1, init
+ * not finite), AD_ERR_DTYPE or AD_ERR_OOM. Its forward refuses an input of
+ * another dtype (AD_ERR_DTYPE) and, for num_parameters > 1, one whose dim 1
+ * is not num_parameters (AD_ERR_SHAPE), naming the layer. */
 NN_API nn_layer *nn_prelu_new(ad_ctx *ctx, int64_t num_parameters, double init, ad_dtype dtype);
 
 /** Inverted dropout: in training mode each element is zeroed with
