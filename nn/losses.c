@@ -102,13 +102,36 @@ ad_tensor *nn_bce_loss(ad_ctx *ctx, ad_tensor *pred, ad_tensor *target, nn_reduc
   return reduce(ctx, bce_elements(ctx, pred, target), red, "bce_loss");
 }
 
-/* l = softplus(z) - t z  (= max(z,0) - t z + log(1 + e^-|z|), stable) */
+/* The elements of BCE with logits z, target t and pos_weight pw (NULL: 1),
+ * -pw t log sigmoid(z) - (1 - t) log sigmoid(-z), in the form of each side
+ * that adds terms of one sign (for t in [0, 1]), with lw = 1 + (pw - 1) t:
+ *   z > 0:   (1 - t) z + lw softplus(-z)   (PyTorch's form)
+ *   z <= 0:  lw softplus(z) - pw t z       (softplus(z) - t z without pw)
+ * Each side reads z only where it is taken (0 elsewhere), so that an
+ * infinite z on the other side sends no 0 * inf = NaN to the gradients:
+ * z = +inf gives (1 - t) inf, as PyTorch, and -inf t inf (PyTorch's form
+ * adds -inf and inf there: NaN); t's gradient is -z on both sides (with
+ * pw: pw softplus(-z) - softplus(z)), also at +-inf, as PyTorch's. */
+static ad_tensor *bce_logits_elements(ad_ctx *ctx, ad_tensor *z, ad_tensor *t, ad_tensor *pw) {
+  ad_tensor *zero = ad_scalar(ctx, z->dtype, 0.0), *pos = ad_gt(ctx, z, zero);
+  ad_tensor *zp = ad_where(ctx, pos, z, zero), *zn = ad_where(ctx, pos, zero, z);
+  ad_tensor *lw = NULL, *ptz = ad_mul(ctx, t, zn);
+  if (pw) {
+    lw = ad_add_scalar(ctx, ad_mul(ctx, ad_sub_scalar(ctx, pw, 1.0), t), 1.0);
+    ptz = ad_mul(ctx, pw, ptz);
+  }
+  ad_tensor *sp = ad_softplus(ctx, ad_neg(ctx, zp)), *sn = ad_softplus(ctx, zn);
+  ad_tensor *a =
+      ad_add(ctx, ad_mul(ctx, ad_rsub_scalar(ctx, t, 1.0), zp), lw ? ad_mul(ctx, lw, sp) : sp);
+  ad_tensor *b = ad_sub(ctx, lw ? ad_mul(ctx, lw, sn) : sn, ptz);
+  return ad_where(ctx, pos, a, b);
+}
+
 ad_tensor *nn_bce_with_logits_loss(ad_ctx *ctx, ad_tensor *logits, ad_tensor *target,
                                    nn_reduction red) {
   ad_tensor *t = nn_loss_target(ctx, "bce_with_logits_loss", "prediction", logits, target);
   if (!t) return NULL;
-  ad_tensor *l = ad_sub(ctx, ad_softplus(ctx, logits), ad_mul(ctx, t, logits));
-  return reduce(ctx, l, red, "bce_with_logits_loss");
+  return reduce(ctx, bce_logits_elements(ctx, logits, t, NULL), red, "bce_with_logits_loss");
 }
 
 /* Checks scores [N,C] (float) and labels [N] (i32, in 0..C-1). */
@@ -627,8 +650,7 @@ ad_tensor *nn_bce_loss_ext(ad_ctx *ctx, ad_tensor *pred, ad_tensor *target, nn_r
   return reduce(ctx, l, red, fn);
 }
 
-/* l = w ((1 - t) z + (1 + (pw - 1) t) softplus(-z))
- *   = w (softplus(z) - t z + (pw - 1) t softplus(-z)) */
+/* l = w ((1 - t) z + (1 + (pw - 1) t) softplus(-z)), bce_logits_elements */
 ad_tensor *nn_bce_with_logits_loss_ext(ad_ctx *ctx, ad_tensor *logits, ad_tensor *target,
                                        nn_reduction red, const nn_bce_opts *opts) {
   const char *fn = "bce_with_logits_loss";
@@ -639,11 +661,7 @@ ad_tensor *nn_bce_with_logits_loss_ext(ad_ctx *ctx, ad_tensor *logits, ad_tensor
   if ((o.weight && !check_bce_tensor(ctx, fn, "weight", o.weight, logits)) ||
       (o.pos_weight && !check_bce_tensor(ctx, fn, "pos_weight", o.pos_weight, logits)))
     return NULL;
-  ad_tensor *l = ad_sub(ctx, ad_softplus(ctx, logits), ad_mul(ctx, t, logits));
-  if (o.pos_weight) {
-    ad_tensor *pt = ad_mul(ctx, ad_sub_scalar(ctx, o.pos_weight, 1.0), t);
-    l = ad_add(ctx, l, ad_mul(ctx, pt, ad_softplus(ctx, ad_neg(ctx, logits))));
-  }
+  ad_tensor *l = bce_logits_elements(ctx, logits, t, o.pos_weight);
   if (o.weight) l = ad_mul(ctx, l, o.weight);
   return reduce(ctx, l, red, fn);
 }

@@ -182,6 +182,66 @@ Test(losses, stable_at_extreme_inputs) {
       ad_tensor_free(bl);
 }
 
+/* Infinite logits, reduction none, the gradients of the sum; PyTorch 1.13
+ * (F.binary_cross_entropy_with_logits, float64 and float32) on z = [inf,
+ * inf, -inf, 2], t = [0.25, 1, 0.75, 0.5]:
+ *   loss  [inf, nan, nan, 1.1269280110429727]
+ *   dz    [0.75, 0, -0.75, 0.3807970779778823]   dt [-inf, -inf, inf, -2]
+ * and with pos_weight [2, 2, 0.5, 0.5]:
+ *   loss  [inf, nan, nan, 1.0951960082822294]
+ *   dz    [0.75, 0, -0.375, 0.41059780848341176]
+ *   dt    [-inf, -inf, inf, -2.0634640055214866]
+ * Here the loss at z = -inf is t inf = inf (PyTorch's form adds -inf and
+ * inf: NaN; nn.h). Before, z = +inf gave NaN (inf - t inf) and, with
+ * pos_weight below 1, t's gradient at z = -inf NaN (inf - 0.5 inf). */
+Test(losses, bce_with_logits_infinite_logits) {
+  static const double z[4] = {INFINITY, INFINITY, -INFINITY, 2}, t[4] = {0.25, 1, 0.75, 0.5};
+  static const double pwv[4] = {2, 2, 0.5, 0.5};
+  static const double l0[4] = {INFINITY, NAN, INFINITY, 1.1269280110429727};
+  static const double l1[4] = {INFINITY, NAN, INFINITY, 1.0951960082822294};
+  static const double gz0[4] = {0.75, 0, -0.75, 0.3807970779778823};
+  static const double gz1[4] = {0.75, 0, -0.375, 0.41059780848341176};
+  static const double gt0[4] = {-INFINITY, -INFINITY, INFINITY, -2};
+  static const double gt1[4] = {-INFINITY, -INFINITY, INFINITY, -2.0634640055214866};
+  for (int d = 0; d < 2; d++)
+    for (int w = 0; w < 2; w++) {
+      ad_dtype dt = d ? AD_F64 : AD_F32;
+      double tol = d ? 1e-15 : 1e-7;
+      ad_tensor *zt = make(ctx, dt, 1, 4, z), *tt = make(ctx, dt, 1, 4, t);
+      ad_tensor *pw = make(ctx, dt, 1, 4, pwv);
+      ad_tensor_set_requires_grad(zt, true), ad_tensor_set_requires_grad(tt, true);
+      nn_bce_opts o = {.pos_weight = w ? pw : NULL};
+      ad_tensor *l = nn_bce_with_logits_loss_ext(ctx, zt, tt, NN_NONE, &o);
+      cr_assert_not_null(l, "%s", ad_last_error(ctx));
+      cr_assert_eq(ad_backward(ctx, ad_sum(ctx, l), NULL), AD_OK, "%s", ad_last_error(ctx));
+      const double *wl = w ? l1 : l0, *wz = w ? gz1 : gz0, *wt = w ? gt1 : gt0;
+      for (int i = 0; i < 4; i++) {
+        double v = ad_tensor_get(l, i), a = ad_tensor_get(zt->grad, i),
+               b = ad_tensor_get(tt->grad, i);
+        const char *n = ad_dtype_name(dt);
+        if (isnan(wl[i]))
+          cr_assert(isnan(v), "%s pw %d: loss[%d] %g, want NaN", n, w, i, v);
+        else if (isinf(wl[i]))
+          cr_assert_eq(v, wl[i], "%s pw %d: loss[%d] %g, want %g", n, w, i, v, wl[i]);
+        else
+          cr_assert_float_eq(v, wl[i], tol * 2, "%s pw %d: loss[%d] %.17g", n, w, i, v);
+        cr_assert_float_eq(a, wz[i], tol, "%s pw %d: dz[%d] %.17g", n, w, i, a);
+        if (isinf(wt[i]))
+          cr_assert_eq(b, wt[i], "%s pw %d: dt[%d] %g, want %g", n, w, i, b, wt[i]);
+        else
+          cr_assert_float_eq(b, wt[i], tol * 4, "%s pw %d: dt[%d] %.17g", n, w, i, b);
+      }
+      if (!w) { /* the plain loss is the same */
+        ad_tensor *l2 = nn_bce_with_logits_loss(ctx, zt, tt, NN_NONE);
+        for (int i = 0; i < 4; i++)
+          cr_assert(isnan(wl[i]) ? isnan(ad_tensor_get(l2, i))
+                                 : ad_tensor_get(l2, i) == ad_tensor_get(l, i));
+      }
+      ad_tape_reset(ctx);
+      ad_tensor_free(zt), ad_tensor_free(tt), ad_tensor_free(pw);
+    }
+}
+
 Test(losses, target_of_same_size_is_reshaped) {
   int64_t s2[2] = {4, 1}, s1[1] = {4};
   ad_tensor *p = ad_full(ctx, AD_F64, 2, s2, 0.5), *t = ad_zeros(ctx, AD_F64, 1, s1);

@@ -2546,7 +2546,14 @@ NN_API ad_tensor *nn_ctc_loss(ad_ctx *ctx, ad_tensor *log_probs, ad_tensor *targ
 NN_API ad_tensor *nn_bce_loss(ad_ctx *ctx, ad_tensor *pred, ad_tensor *target, nn_reduction red);
 
 /** Binary cross-entropy from logits z, stable for any z:
- * softplus(z) - t z (with NN_NONE per element, of the logits' shape). */
+ * softplus(z) - t z (with NN_NONE per element, of the logits' shape),
+ * computed as (1 - t) z + softplus(-z) (PyTorch's form) where z > 0 and
+ * as softplus(z) - t z elsewhere, so that neither subtracts two large
+ * terms. Infinite logits: z = +inf gives (1 - t) inf (inf, or NaN for t =
+ * 1), as PyTorch; z = -inf gives t inf where PyTorch 1.13 gives NaN (its
+ * form adds -inf and inf there), a deliberate difference; the gradients
+ * are PyTorch's, sigmoid(z) - t for z and -z for a target that requires
+ * one (infinite there). */
 NN_API ad_tensor *nn_bce_with_logits_loss(ad_ctx *ctx, ad_tensor *logits, ad_tensor *target,
                                           nn_reduction red);
 
@@ -2682,7 +2689,11 @@ NN_API ad_tensor *nn_bce_loss_ext(ad_ctx *ctx, ad_tensor *pred, ad_tensor *targe
 /** PyTorch 1.13's F.binary_cross_entropy_with_logits(z, target, weight,
  * reduction, pos_weight): w ((1 - t) z + (1 + (pw - 1) t) softplus(-z)),
  * which is w (softplus(z) - t z) without pos_weight; NN_MEAN is the mean
- * over the elements, NN_NONE those elements, of the logits' shape. Without
+ * over the elements, NN_NONE those elements, of the logits' shape. Where
+ * z <= 0 the form is w ((1 + (pw - 1) t) softplus(z) - pw t z), which
+ * adds no terms of opposite signs (nn_bce_with_logits_loss's rule for
+ * infinite logits holds here too; a target's gradient is PyTorch's,
+ * pw softplus(-z) - softplus(z), inf at z = -inf). Without
  * options this is nn_bce_with_logits_loss, same bits. Errors as
  * nn_bce_loss_ext's. opts may be NULL. */
 NN_API ad_tensor *nn_bce_with_logits_loss_ext(ad_ctx *ctx, ad_tensor *logits, ad_tensor *target,
