@@ -394,7 +394,10 @@ ad_tensor *nn_multilabel_soft_margin_loss(ad_ctx *ctx, ad_tensor *input, ad_tens
   ad_tensor *l = ad_add(ctx, ad_mul(ctx, t, ls), ad_mul(ctx, ad_rsub_scalar(ctx, t, 1.0), lsn));
   l = ad_neg(ctx, l);
   if (weight) l = ad_mul(ctx, l, weight);
-  l = ad_div_scalar(ctx, ad_sum_axis(ctx, l, ax, false), (double)input->shape[ax]);
+  /* / C as a tensor: with no class (C = 0) each sample's 0 / 0 is NaN, as
+   * in torch, where ad_div_scalar refuses a division by zero */
+  l = ad_div(ctx, ad_sum_axis(ctx, l, ax, false),
+             ad_scalar(ctx, input->dtype, (double)input->shape[ax]));
   return nn_loss_reduce(ctx, l, red, l);
 }
 

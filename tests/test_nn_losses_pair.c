@@ -618,6 +618,33 @@ Test(losses_pair, losses_train_with_nn_fit) {
   }
 }
 
+/* A multilabel input with no class, [3, 0]: each sample's loss is 0 / 0,
+ * NaN, as PyTorch 1.13's F.multilabel_soft_margin_loss gives ([nan, nan,
+ * nan] with 'none', nan with 'mean' and 'sum'), and the backward runs
+ * (an empty gradient). It was refused as "div_scalar: division by zero",
+ * naming no loss. */
+Test(losses_pair, multilabel_with_no_class_is_nan) {
+  int64_t s30[2] = {3, 0};
+  for (int d = 0; d < 2; d++) {
+    ad_dtype dt = d ? AD_F64 : AD_F32;
+    ad_tensor *x = ad_zeros(ctx, dt, 2, s30), *t = ad_zeros(ctx, dt, 2, s30);
+    ad_tensor_set_requires_grad(x, true);
+    const nn_reduction reds[3] = {NN_NONE, NN_MEAN, NN_SUM};
+    for (int r = 0; r < 3; r++) {
+      ad_tensor *l = nn_multilabel_soft_margin_loss(ctx, x, t, NULL, reds[r]);
+      cr_assert_not_null(l, "%s", ad_last_error(ctx));
+      cr_assert_eq(l->size, r ? 1 : 3);
+      for (int64_t i = 0; i < l->size; i++)
+        cr_assert(isnan(ad_tensor_get(l, i)), "%s red %d: [%lld] %g", ad_dtype_name(dt), r,
+                  (long long)i, ad_tensor_get(l, i));
+      cr_assert_eq(ad_backward(ctx, r ? l : ad_sum(ctx, l), NULL), AD_OK, "%s", ad_last_error(ctx));
+      cr_assert_eq(x->grad->size, 0);
+      ad_tape_reset(ctx);
+    }
+    ad_tensor_free(x), ad_tensor_free(t);
+  }
+}
+
 /* The multi-class losses' own errors: labels, weights, p, shapes. */
 Test(losses_pair, multi_class_errors) {
   int64_t s34[2] = {3, 4}, s3[1] = {3}, s4[1] = {4}, s2[1] = {2}, s33[2] = {3, 3};

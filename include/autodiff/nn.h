@@ -2465,7 +2465,8 @@ NN_API ad_tensor *nn_triplet_margin_loss(ad_ctx *ctx, ad_tensor *anchor, ad_tens
  * input's shape, e.g. [C], and gets its gradient as in torch. log sigmoid
  * is -softplus(-x) (within exp(-20) relative of torch's). NN_MEAN is the
  * mean over the samples; NN_NONE gives one per sample, input's shape
- * without its last dim (0-d for a 1-D input). Errors: those above;
+ * without its last dim (0-d for a 1-D input). An input with no class (C =
+ * 0) gives each sample 0 / 0 = NaN, as torch. Errors: those above;
  * AD_ERR_SHAPE for a 0-d input or a weight that does not broadcast. */
 NN_API ad_tensor *nn_multilabel_soft_margin_loss(ad_ctx *ctx, ad_tensor *input, ad_tensor *target,
                                                  ad_tensor *weight, nn_reduction red);
