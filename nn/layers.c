@@ -4,6 +4,7 @@
  * ops, so the tape derives its backward. */
 #include "nn_internal.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -157,6 +158,14 @@ ad_tensor *nn_activate(ad_ctx *ctx, ad_tensor *x, nn_act act, double alpha) {
                  ad_shape_str(x, a, sizeof a), ad_dtype_name(x->dtype));
     return NULL;
   }
+  /* PyTorch converts alpha (celu: also 1 / alpha, its input_scale) to x's
+   * dtype and refuses what overflows float32 */
+  if ((act == NN_ACT_LEAKY_RELU || act == NN_ACT_ELU || act == NN_ACT_CELU) &&
+      ad_tensor_is_valid(x) && /* else the op reports x */
+      (!nn_f32_setting_ok(ctx, act_names[act], x, "alpha", alpha) ||
+       (act == NN_ACT_CELU && alpha != 0 &&
+        !nn_f32_setting_ok(ctx, act_names[act], x, "1 / alpha", 1.0 / alpha))))
+    return NULL;
   switch (act) {
   case NN_ACT_NONE:
     return x;
@@ -189,6 +198,13 @@ ad_tensor *nn_activate(ad_ctx *ctx, ad_tensor *x, nn_act act, double alpha) {
   case NN_ACT_CELU:
     if (alpha == 0) { /* PyTorch's input_scale is 1 / alpha */
       ad_set_error(ctx, AD_ERR_ARG, "celu: alpha cannot be 0");
+      return NULL;
+    }
+    if (isfinite(alpha) && fabs(alpha) > FLT_MAX) { /* no float32(alpha) for the slope */
+      ad_set_error(ctx, AD_ERR_ARG,
+                   "celu: alpha %.9g is outside float32's range (PyTorch's gradient takes 1 / "
+                   "float32(alpha))",
+                   alpha);
       return NULL;
     }
     return elu_like(ctx, x, alpha, 1.0, 1.0 / alpha, 1.0 / (double)(float)alpha);
@@ -295,6 +311,14 @@ nn_layer *nn_layer_new_copy(ad_ctx *ctx, const char *kind, const nn_layer_ops *o
   nn_layer *l = nn_layer_new_ext(ctx, kind, ops, s);
   if (!l) ad_free(ctx, s, size);
   return l;
+}
+
+bool nn_f32_setting_ok(ad_ctx *ctx, const char *fn, const ad_tensor *x, const char *what,
+                       double v) {
+  if (x->dtype != AD_F32 || !isfinite(v) || fabs(v) <= FLT_MAX) return true;
+  /* %.9g: 3.4028235e+38 (refused) reads apart from FLT_MAX (taken) */
+  ad_set_error(ctx, AD_ERR_ARG, "%s: %s %.9g is outside float32's range (x is f32)", fn, what, v);
+  return false;
 }
 
 bool nn_layer_float_input(nn_layer *l, const ad_tensor *x) {

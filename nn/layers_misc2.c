@@ -600,7 +600,10 @@ static bool shrink_arg(ad_ctx *ctx, m2_kind k, double lambd) {
  *   threshold   where(x <= t, value, x) */
 static ad_tensor *shrink_run(ad_ctx *ctx, const char *who, ad_tensor *x, m2_kind k, double l,
                              double value) {
-  if (!float_x(ctx, who, x)) return NULL;
+  if (!float_x(ctx, who, x) ||
+      !nn_f32_setting_ok(ctx, who, x, k == M2_THRESHOLD ? "threshold" : "lambd", l) ||
+      (k == M2_THRESHOLD && !nn_f32_setting_ok(ctx, who, x, "value", value)))
+    return NULL;
   ad_dtype dt = x->dtype;
   ad_tensor *zero = ad_scalar(ctx, dt, 0.0);
   if (k == M2_THRESHOLD)
@@ -761,7 +764,9 @@ static bool rrelu_args(ad_ctx *ctx, double lower, double upper) {
  * the mean slope. */
 static ad_tensor *rrelu_run(ad_ctx *ctx, const char *who, ad_tensor *x, double lower, double upper,
                             bool training, ad_rng *rng) {
-  if (!float_x(ctx, who, x)) return NULL;
+  if (!float_x(ctx, who, x) || !nn_f32_setting_ok(ctx, who, x, "lower", lower) ||
+      !nn_f32_setting_ok(ctx, who, x, "upper", upper))
+    return NULL;
   if (!training) return ad_leaky_relu(ctx, x, (lower + upper) / 2);
   if (!rng) return nn_null_arg(ctx, who, "rng"), NULL;
   ad_tensor *noise = nn_tmp_tensor(ctx, x->dtype, x->ndim, x->shape);

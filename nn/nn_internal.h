@@ -304,6 +304,13 @@ ad_tensor *nn_pdist(ad_ctx *ctx, ad_tensor *a, ad_tensor *b, double p, double ep
 /* PyTorch's name of mode ("zeros", ...), NULL for a value outside the enum. */
 const char *nn_padding_mode_name(nn_padding_mode mode);
 
+/* For an f32 x, a finite setting v (named what) beyond float32's range is
+ * refused with AD_ERR_ARG naming fn, as PyTorch refuses to convert it
+ * ("value cannot be converted to type float without overflow"), where the
+ * function would give inf or NaN; infinities and NaN pass, as PyTorch
+ * converts them (the callers refuse those they must). True when v fits. */
+bool nn_f32_setting_ok(ad_ctx *ctx, const char *fn, const ad_tensor *x, const char *what, double v);
+
 /* True when x is f32 or f64; else records AD_ERR_DTYPE naming layer l
  * and x's shape ("<who>: input [2,3] must be float, got i32"). */
 bool nn_layer_float_input(nn_layer *l, const ad_tensor *x);

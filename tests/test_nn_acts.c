@@ -34,6 +34,7 @@
 #include "test_alloc.h"
 
 #include <criterion/criterion.h>
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -618,6 +619,55 @@ Test(acts, errors) {
   expect_msg(AD_ERR_DTYPE, "prelu: the weight must be float, got i32");
   cr_assert_null(nn_elu_new(NULL, 1));
   cr_assert_null(nn_prelu_new(NULL, 1, 0.25, AD_F32));
+}
+
+/* Settings a float32 input cannot hold: PyTorch 1.13 refuses them for an
+ * f32 tensor ("value cannot be converted to type float without
+ * overflow"): F.leaky_relu, F.elu, F.celu (alpha, and celu's 1 / alpha),
+ * F.softshrink, F.hardshrink (lambd), F.threshold (threshold, value) and
+ * F.rrelu (lower, upper) with 1e39, F.celu with alpha 1e-45. They were
+ * taken here and gave -inf, NaN or 0 without a word. float64 takes them,
+ * but celu's alpha beyond float32, whose slope PyTorch takes from
+ * 1 / float32(alpha). FLT_MAX itself fits. */
+Test(acts, f32_settings_beyond_float_range) {
+  int64_t n = 3;
+  ad_tensor *x = ad_zeros(ctx, AD_F32, 1, &n), *xd = ad_zeros(ctx, AD_F64, 1, &n);
+  ad_tensor_set(x, 0, -1), ad_tensor_set(xd, 0, -1);
+  cr_assert_null(nn_activate(ctx, x, NN_ACT_LEAKY_RELU, 1e39));
+  expect_msg(AD_ERR_ARG, "leaky_relu: alpha 1e+39 is outside float32's range (x is f32)");
+  nn_layer *l = nn_leaky_relu_new(ctx, -1e39);
+  cr_assert_null(nn_layer_forward(l, x, false));
+  expect_msg(AD_ERR_ARG, "leaky_relu: alpha -1e+39 is outside float32's range");
+  ad_tensor *y = nn_layer_forward(l, xd, false);
+  cr_assert_not_null(y, "%s", ad_last_error(ctx));
+  cr_assert_eq(ad_tensor_get(y, 0), 1e39);
+  nn_layer_free(l);
+  cr_assert_null(nn_activate(ctx, x, NN_ACT_ELU, 1e39));
+  expect_msg(AD_ERR_ARG, "elu: alpha 1e+39 is outside float32's range (x is f32)");
+  cr_assert_null(nn_activate(ctx, x, NN_ACT_CELU, 1e-45));
+  expect_msg(AD_ERR_ARG, "celu: 1 / alpha 1e+45 is outside float32's range (x is f32)");
+  cr_assert_null(nn_activate(ctx, x, NN_ACT_CELU, 1e39));
+  expect_msg(AD_ERR_ARG, "celu: alpha 1e+39 is outside float32's range");
+  cr_assert_null(nn_activate(ctx, xd, NN_ACT_CELU, 1e39));
+  expect_msg(AD_ERR_ARG, "celu: alpha 1e+39 is outside float32's range (PyTorch's gradient");
+  cr_assert_null(nn_softshrink(ctx, x, 1e39));
+  expect_msg(AD_ERR_ARG, "softshrink: lambd 1e+39 is outside float32's range (x is f32)");
+  cr_assert_null(nn_hardshrink(ctx, x, -1e39));
+  expect_msg(AD_ERR_ARG, "hardshrink: lambd -1e+39 is outside float32's range (x is f32)");
+  cr_assert_null(nn_threshold(ctx, x, 1e39, 0));
+  expect_msg(AD_ERR_ARG, "threshold: threshold 1e+39 is outside float32's range (x is f32)");
+  cr_assert_null(nn_threshold(ctx, x, 0, 1e39));
+  expect_msg(AD_ERR_ARG, "threshold: value 1e+39 is outside float32's range (x is f32)");
+  cr_assert_null(nn_rrelu(ctx, x, 1e39, 2e39, false, NULL));
+  expect_msg(AD_ERR_ARG, "rrelu: lower 1e+39 is outside float32's range (x is f32)");
+  /* what fits: FLT_MAX, infinities, float64 inputs */
+  cr_assert_not_null(nn_activate(ctx, x, NN_ACT_LEAKY_RELU, FLT_MAX), "%s", ad_last_error(ctx));
+  cr_assert_not_null(nn_threshold(ctx, x, INFINITY, 1), "%s", ad_last_error(ctx));
+  cr_assert_not_null(nn_activate(ctx, xd, NN_ACT_ELU, 1e39), "%s", ad_last_error(ctx));
+  cr_assert_not_null(nn_activate(ctx, xd, NN_ACT_CELU, 1e-45), "%s", ad_last_error(ctx));
+  cr_assert_not_null(nn_softshrink(ctx, xd, 1e39), "%s", ad_last_error(ctx));
+  ad_tape_reset(ctx);
+  ad_tensor_free(x), ad_tensor_free(xd);
 }
 
 /* ------------------------------------------------------------------ prelu */

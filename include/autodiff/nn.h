@@ -396,7 +396,11 @@ NN_API const char *nn_act_name(nn_act act);
  *                    with slope 1 (mish's second derivative at 1000 is 0,
  *                    where PyTorch's is NaN)
  * Returns a tape tensor, or NULL on error (NULL x, unknown act, celu with
- * alpha 0, prelu: its weight is learnable, use nn_prelu_new). */
+ * alpha 0, prelu: its weight is learnable, use nn_prelu_new; AD_ERR_ARG
+ * for an f32 x and a finite leaky_relu, elu or celu alpha, or celu's 1 /
+ * alpha, beyond float32's range, as PyTorch refuses to convert it, and
+ * for celu with such an alpha in f64 too: PyTorch's slope takes 1 /
+ * float32(alpha)). */
 NN_API ad_tensor *nn_activate(ad_ctx *ctx, ad_tensor *x, nn_act act, double alpha);
 
 /** Options of a Dense layer. All-zero means the defaults. */
@@ -1276,6 +1280,8 @@ NN_API ad_tensor *nn_layer_forward2(nn_layer *l, ad_tensor *x1, ad_tensor *x2);
  *                            hardshrink NaN with slope 1 (its scalar
  *                            code; the vectorized one has 0); threshold
  *                            NaN with slope 1 (both)
+ * For an f32 x, a finite lambd, threshold or value beyond float32's range
+ * is refused (AD_ERR_ARG), as PyTorch refuses to convert it.
  * nn.Tanhshrink is NN_ACT_TANHSHRINK (nn_activate, nn_activation_new).
  * Returns a tape tensor of x's shape, or NULL with AD_ERR_NULL,
  * AD_ERR_DTYPE (x not float), AD_ERR_ARG (the settings above) and the
@@ -1320,8 +1326,9 @@ NN_API nn_layer *nn_softmax2d_new(ad_ctx *ctx);
  * is needed in training only. Returns a tape tensor, or NULL with
  * AD_ERR_NULL (x; rng in training), AD_ERR_DTYPE (x not float), AD_ERR_ARG
  * (lower or upper not finite, lower > upper: PyTorch's "Lower bound
- * should be less than or equal to the upper bound") and the errors of an
- * op's input, naming "rrelu". */
+ * should be less than or equal to the upper bound"; for an f32 x, a
+ * bound beyond float32's range, which PyTorch cannot convert) and the
+ * errors of an op's input, naming "rrelu". */
 NN_API ad_tensor *nn_rrelu(ad_ctx *ctx, ad_tensor *x, double lower, double upper, bool training,
                            ad_rng *rng);
 
