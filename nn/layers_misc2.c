@@ -492,7 +492,8 @@ static ad_tensor *cos_run(ad_ctx *ctx, const char *who, ad_tensor *x1, ad_tensor
   int nd;
   int64_t shape[AD_MAX_DIMS];
   char a[64];
-  if (!pair_shape(ctx, who, x1, x2, &nd, shape)) return NULL;
+  if (!pair_shape(ctx, who, x1, x2, &nd, shape) || !nn_f32_setting_ok(ctx, who, x1, "eps", eps))
+    return NULL;
   if (dim < -nd || dim >= nd) {
     ad_set_error(ctx, AD_ERR_ARG, "%s: dim %d is outside -%d..%d of the inputs' shape %s", who, dim,
                  nd, nd - 1, ad_shape_str(x1->ndim == nd ? x1 : x2, a, sizeof a));

@@ -447,6 +447,10 @@ static ad_tensor *pad_forward(nn_layer *l, rs_state *s, ad_tensor *x) {
     return NULL;
   }
   if (!nn_layer_float_input(l, x)) return NULL;
+  if (s->kind == RS_PAD_CONST) {
+    nn_layer_who(l, who, sizeof who);
+    if (!nn_f32_setting_ok(ctx, who, x, "value", s->value)) return NULL;
+  }
   /* pad[0..1] is the last axis, pad[2..3] the one before, and so on, as
    * PyTorch's */
   int64_t m[3];

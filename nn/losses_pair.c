@@ -117,7 +117,9 @@ ad_tensor *nn_gaussian_nll_loss(ad_ctx *ctx, ad_tensor *input, ad_tensor *target
                  fn, ad_shape_str(var, a, sizeof a), ad_shape_str(input, b, sizeof b));
     return NULL;
   }
-  if (!nn_loss_check_reduction(ctx, fn, red, false) || !check_eps(ctx, fn, eps)) return NULL;
+  if (!nn_loss_check_reduction(ctx, fn, red, false) || !check_eps(ctx, fn, eps) ||
+      !nn_f32_setting_ok(ctx, fn, input, "eps", eps))
+    return NULL;
   for (int64_t i = 0; i < var->size; i++) { /* torch.any(var < 0): NaN passes */
     if (ad_tensor_get(var, i) < 0) {
       ad_set_error(ctx, AD_ERR_ARG, "%s: var %g at element %lld of %s is negative", fn,
@@ -199,7 +201,8 @@ ad_tensor *nn_hinge_embedding_loss(ad_ctx *ctx, ad_tensor *x, ad_tensor *y, doub
                                    nn_reduction red) {
   const char *fn = "hinge_embedding_loss";
   ad_tensor *t = nn_loss_target(ctx, fn, "input", x, y);
-  if (!t || !nn_loss_check_reduction(ctx, fn, red, false) || !not_nan(ctx, fn, "margin", margin))
+  if (!t || !nn_loss_check_reduction(ctx, fn, red, false) || !not_nan(ctx, fn, "margin", margin) ||
+      !nn_f32_setting_ok(ctx, fn, x, "margin", margin))
     return NULL;
   ad_dtype dt = x->dtype;
   ad_tensor *zero = ad_scalar(ctx, dt, 0.0);
@@ -463,7 +466,8 @@ ad_tensor *nn_multi_margin_loss(ad_ctx *ctx, ad_tensor *input, ad_tensor *labels
     ad_set_error(ctx, AD_ERR_ARG, "%s: p %d: only p = 1 and p = 2 are supported", fn, p);
     return NULL;
   }
-  if (!nn_loss_check_reduction(ctx, fn, red, false) || !not_nan(ctx, fn, "margin", margin))
+  if (!nn_loss_check_reduction(ctx, fn, red, false) || !not_nan(ctx, fn, "margin", margin) ||
+      !nn_f32_setting_ok(ctx, fn, input, "margin", margin))
     return NULL;
   ad_dtype dt = input->dtype;
   int64_t s[2] = {N, C};

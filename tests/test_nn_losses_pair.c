@@ -645,6 +645,54 @@ Test(losses_pair, multilabel_with_no_class_is_nan) {
   }
 }
 
+/* Settings a float32 input cannot hold, which PyTorch 1.13 refuses for
+ * an f32 tensor ("value cannot be converted to type float without
+ * overflow"): F.hinge_embedding_loss's and F.multi_margin_loss's margin,
+ * F.gaussian_nll_loss's eps, F.cosine_similarity's eps and F.pad's
+ * constant value, each 1e39. They were taken and gave inf, 0 or a border
+ * of inf. A float64 input takes them. */
+Test(losses_pair, f32_settings_beyond_float_range) {
+  int64_t s3[1] = {3}, s13[2] = {1, 3}, s131[3] = {1, 3, 1}, n1 = 1;
+  for (int d = 0; d < 2; d++) {
+    ad_dtype dt = d ? AD_F64 : AD_F32;
+    ad_tensor *x = ad_full(ctx, dt, 1, s3, 0.5), *one = ad_full(ctx, dt, 1, s3, 1);
+    ad_tensor *x2 = ad_full(ctx, dt, 2, s13, 0.5), *x3 = ad_full(ctx, dt, 3, s131, 0.5);
+    ad_tensor *lab = ad_zeros(ctx, AD_I32, 1, &n1);
+    ad_tensor *r[5];
+    r[0] = nn_hinge_embedding_loss(ctx, x, one, 1e39, NN_MEAN);
+    if (!d)
+      test_expect_error(ctx, AD_ERR_ARG,
+                        "hinge_embedding_loss: margin 1e+39 is outside float32's range (x is f32)",
+                        NULL);
+    r[1] = nn_multi_margin_loss(ctx, x2, lab, 1, -1e39, NULL, NN_MEAN);
+    if (!d)
+      test_expect_error(ctx, AD_ERR_ARG,
+                        "multi_margin_loss: margin -1e+39 is outside float32's range", NULL);
+    r[2] = nn_gaussian_nll_loss(ctx, x, one, one, false, 1e39, NN_MEAN);
+    if (!d)
+      test_expect_error(ctx, AD_ERR_ARG, "gaussian_nll_loss: eps 1e+39 is outside float32's range",
+                        NULL);
+    r[3] = nn_cosine_similarity(ctx, x, one, 0, 1e39);
+    if (!d)
+      test_expect_error(ctx, AD_ERR_ARG, "cosine_similarity: eps 1e+39 is outside float32's range",
+                        NULL);
+    int64_t pad[2] = {1, 0};
+    nn_layer *l = nn_constant_pad1d_new(ctx, pad, 1e39);
+    r[4] = nn_layer_forward(l, x3, false);
+    if (!d)
+      test_expect_error(ctx, AD_ERR_ARG, "constant_pad1d: value 1e+39 is outside float32's range",
+                        NULL);
+    for (int i = 0; i < 5; i++)
+      cr_assert(d ? r[i] != NULL : r[i] == NULL, "%s call %d: %s", ad_dtype_name(dt), i,
+                ad_last_error(ctx));
+    if (d) cr_assert_eq(ad_tensor_get(r[4], 0), 1e39);
+    ad_tape_reset(ctx);
+    nn_layer_free(l);
+    ad_tensor_free(x), ad_tensor_free(one), ad_tensor_free(x2), ad_tensor_free(x3),
+        ad_tensor_free(lab);
+  }
+}
+
 /* The multi-class losses' own errors: labels, weights, p, shapes. */
 Test(losses_pair, multi_class_errors) {
   int64_t s34[2] = {3, 4}, s3[1] = {3}, s4[1] = {4}, s2[1] = {2}, s33[2] = {3, 3};

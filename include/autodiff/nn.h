@@ -1226,8 +1226,9 @@ NN_API nn_layer *nn_glu_new(ad_ctx *ctx, int dim);
  * differentiable to any order. Returns a tape tensor, or NULL with
  * AD_ERR_NULL, AD_ERR_DTYPE (not float, dtypes that differ), AD_ERR_SHAPE
  * (shapes that do not broadcast, 0-d), AD_ERR_ARG (dim outside
- * -ndim..ndim-1 of the common shape, eps negative or not finite) and the
- * errors of an op's input, naming "cosine_similarity". */
+ * -ndim..ndim-1 of the common shape, eps negative or not finite, or for
+ * f32 inputs beyond float32's range, which PyTorch refuses to convert) and
+ * the errors of an op's input, naming "cosine_similarity". */
 NN_API ad_tensor *nn_cosine_similarity(ad_ctx *ctx, ad_tensor *x1, ad_tensor *x2, int dim,
                                        double eps);
 
@@ -1372,7 +1373,9 @@ NN_API nn_layer *nn_local_response_norm_new(ad_ctx *ctx, int64_t size, double al
  * length below 0 (constant) or 1 (the others), a crop longer than the
  * axis (constant), a reflection amount not
  * below the axis length, an empty axis (replication, as PyTorch), and an
- * axis above 2^31 - 1 (the others). Kinds
+ * axis above 2^31 - 1 (the others); and (AD_ERR_ARG) for an f32 input a
+ * finite constant value beyond float32's range, which PyTorch refuses to
+ * convert. Kinds
  * "zero_pad2d", "constant_pad1d", ..., "replication_pad2d". @{ */
 NN_API nn_layer *nn_zero_pad2d_new(ad_ctx *ctx, const int64_t pad[4]);
 NN_API nn_layer *nn_constant_pad1d_new(ad_ctx *ctx, const int64_t pad[2], double value);
@@ -2389,7 +2392,10 @@ NN_API ad_tensor *nn_kl_div_loss(ad_ctx *ctx, ad_tensor *input, ad_tensor *targe
  * another dtype, AD_ERR_SHAPE naming both shapes; a second tensor of the
  * first's size but another shape is viewed with its shape where stated).
  * A NaN margin, which PyTorch takes and turns into a NaN loss, is refused
- * (AD_ERR_ARG). nn_soft_margin_loss is an nn_loss_fn; the others take
+ * (AD_ERR_ARG), and so is, for an f32 input, a finite margin of
+ * nn_hinge_embedding_loss or nn_multi_margin_loss or an eps of
+ * nn_gaussian_nll_loss beyond float32's range, which PyTorch refuses to
+ * convert. nn_soft_margin_loss is an nn_loss_fn; the others take
  * more arguments: wrap them in one for nn_fit. */
 
 /** Gaussian negative log-likelihood (torch.nn.GaussianNLLLoss): 0.5
