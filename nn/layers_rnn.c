@@ -463,7 +463,15 @@ static ad_tensor *rnn_run(ad_ctx *ctx, rnn_state *s, const char *name, ad_tensor
         ad_tensor *hp = h, *cp = c;
         snprintf(label, sizeof label, "t=%lld", (long long)t);
         if (!(ok = ad_scope_push(ctx, label) == AD_OK)) break;
-        ok = cell_step(ctx, s, w, bias, s->hr ? s->hr[kd] : NULL, src[t], &h, &c);
+        if (mask[t]) { /* an ended sequence's state is carried below, not stepped: the
+                        * step reads 0 for it, so that an infinite state sends no
+                        * 0 * inf = NaN to the weights' gradients (PyTorch's packed
+                        * sequences never run those steps) */
+          h = ad_where(ctx, mask[t], hp, zero);
+          if (cp) c = ad_where(ctx, mask[t], cp, zero);
+          ok = h && (!cp || c);
+        }
+        ok = ok && cell_step(ctx, s, w, bias, s->hr ? s->hr[kd] : NULL, src[t], &h, &c);
         if (ok && mask[t]) { /* some sequence has ended: it keeps its state */
           dst[t] = ad_where(ctx, mask[t], h, zero);
           h = ad_where(ctx, mask[t], h, hp);

@@ -169,6 +169,60 @@ Test(rnn, matches_pytorch_f32) {
 
 /* The fixture holds every tensor the cases need and nothing the table
  * misses: each case's state dict has PyTorch's names and shapes. */
+/* An RNN relu layer (3 -> 2) with lengths {3, 2} and an initial state
+ * holding +inf (sample 1, unit 0): PyTorch 1.13's packed sequence (torch
+ * printed these, float64 and float32: nn.RNN(3, 2, nonlinearity='relu'),
+ * weight_ih [0.1, 0.15, ..., 0.35], weight_hh [0.5, -0.25, 0.3, 0.2],
+ * bias_ih [0.1, -0.1], bias_hh [0.05, 0.02], x[i] = ((7 i) % 11 - 5) / 4
+ * of [3, 2, 3], h0 [0.5, -0.5, inf, 0.25], gradients of out.sum(); the
+ * float64 ones below, float32's within 1e-5 of them) never
+ * runs sample 1's padded step. Here that step ran on the carried state and
+ * its product with a zero gradient, 0 * inf, made weight_hh's gradient
+ * NaN; PyTorch's is inf everywhere. */
+Test(rnn, ended_sequence_with_infinite_state) {
+  static const double gih[6] = {2.925,   0.6499999999999999, -4.1, 2.4375,
+                                -0.5125, -0.7124999999999999};
+  static const double gb[2] = {7.5, 2.95};
+  static const double whh[4] = {0.5, -0.25, 0.3, 0.2}, h0v[4] = {0.5, -0.5, INFINITY, 0.25};
+  for (int d = 0; d < 2; d++) {
+    ad_dtype dt = d ? AD_F64 : AD_F32;
+    double tol = d ? 1e-12 : 1e-5;
+    nn_rnn_opts o = {.dtype = dt};
+    ad_rng rng;
+    ad_rng_seed(&rng, 1);
+    nn_layer *l = nn_rnn_new(ctx, NN_RNN_RELU, 3, 2, &rng, &o);
+    cr_assert_not_null(l, "%s", ad_last_error(ctx));
+    nn_params *ps = nn_layer_params(l);
+    ad_tensor *wih = nn_params_find(ps, "weight_ih_l0"), *wh = nn_params_find(ps, "weight_hh_l0");
+    ad_tensor *bih = nn_params_find(ps, "bias_ih_l0"), *bhh = nn_params_find(ps, "bias_hh_l0");
+    for (int i = 0; i < 6; i++) ad_tensor_set(wih, i, 0.1 + 0.05 * i);
+    for (int i = 0; i < 4; i++) ad_tensor_set(wh, i, whh[i]);
+    ad_tensor_set(bih, 0, 0.1), ad_tensor_set(bih, 1, -0.1);
+    ad_tensor_set(bhh, 0, 0.05), ad_tensor_set(bhh, 1, 0.02);
+    int64_t xs[3] = {3, 2, 3}, hs[3] = {1, 2, 2}, lens[2] = {3, 2};
+    ad_tensor *x = ad_zeros(ctx, dt, 3, xs), *h0 = ad_zeros(ctx, dt, 3, hs);
+    for (int i = 0; i < 18; i++) ad_tensor_set(x, i, ((7 * i) % 11 - 5) / 4.0);
+    for (int i = 0; i < 4; i++) ad_tensor_set(h0, i, h0v[i]);
+    ad_tensor *y = nn_rnn_forward(l, x, h0, NULL, lens, 2, false, NULL, NULL);
+    cr_assert_not_null(y, "%s", ad_last_error(ctx));
+    cr_assert(isnan(ad_tensor_get(y, 6)) && isinf(ad_tensor_get(y, 2)));
+    cr_assert_eq(ad_backward(ctx, ad_sum(ctx, y), NULL), AD_OK, "%s", ad_last_error(ctx));
+    for (int i = 0; i < 4; i++)
+      cr_assert_eq(ad_tensor_get(wh->grad, i), INFINITY, "%s weight_hh grad[%d] %g",
+                   ad_dtype_name(dt), i, ad_tensor_get(wh->grad, i));
+    for (int i = 0; i < 6; i++)
+      cr_assert_float_eq(ad_tensor_get(wih->grad, i), gih[i], tol, "%s weight_ih grad[%d] %.17g",
+                         ad_dtype_name(dt), i, ad_tensor_get(wih->grad, i));
+    for (int i = 0; i < 2; i++) {
+      cr_assert_float_eq(ad_tensor_get(bih->grad, i), gb[i], tol * 4);
+      cr_assert_float_eq(ad_tensor_get(bhh->grad, i), gb[i], tol * 4);
+    }
+    ad_tape_reset(ctx);
+    ad_tensor_free(x), ad_tensor_free(h0);
+    nn_layer_free(l);
+  }
+}
+
 Test(rnn, fixture_state_dicts_have_pytorch_layouts) {
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     const rnn_case *c = &cases[i];
