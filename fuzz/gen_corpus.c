@@ -1,14 +1,16 @@
 /* gen_corpus.c: writes the seed corpus of the fuzz targets, mostly with the
  * project's own writers, so that the seeds are files users really have,
- * and for fuzz_ops small programs that run each op family once:
+ * and for fuzz_ops and fuzz_nn small programs that run each op family,
+ * layer family and loss once:
  *
- *   gen_corpus DIR   writes DIR/idx/, DIR/checkpoint/ and DIR/ops/ (the
- *                    folders must exist), deterministically
+ *   gen_corpus DIR   writes DIR/idx/, DIR/checkpoint/, DIR/ops/ and DIR/nn/
+ *                    (the folders must exist), deterministically
  *
  * `ninja -C build-fuzz fuzz-corpus` rewrites fuzz/corpus/ of the source
  * tree. Each folder gets a few small valid files and a few truncated ones
  * (the fuzzer finds the rest); keep them small, libFuzzer mutates them. */
 #include "fuzz_common.h"
+#include "fuzz_nn.h"
 #include "fuzz_ops.h"
 
 #include <zlib.h>
@@ -484,9 +486,368 @@ static void gen_ops(void) {
   finish("misuse");
 }
 
+/* ----------------------------------------------------------------- nn */
+
+/* Programs of fuzz_nn (fuzz/fuzz_nn.h) are built in prog as fuzz_ops's
+ * are; live counts the tensors the program holds (inputs and results,
+ * the operand byte k picks the k-th), layers the layers. */
+static int layers_made;
+
+/* An input of dtype dt with ndim dims (each 0..6) and the values v (8
+ * bytes; NULL: 0.5, -1, 1.5, 0.25, -0.75, 2, -0.5, 1; i32: 0, 1, 2, 0, ...),
+ * with requires_grad for a float one. */
+static void nn_input(ad_dtype dt, int ndim, const uint8_t *dims, const uint8_t *v) {
+  static const uint8_t reals[8] = {136, 112, 152, 132, 116, 160, 120, 144};
+  static const uint8_t ints[8] = {0, 1, 2, 0, 1, 2, 0, 1};
+  static int inputs; /* of this program: the leaves, for NOP_REQ_GRAD */
+  if (live == 0) inputs = 0;
+  EMIT(NOP_INPUT, (uint8_t)dt, (uint8_t)ndim);
+  emit(dims, (size_t)ndim);
+  emit(v ? v : dt == AD_I32 ? ints : reals, 8);
+  if (dt != AD_I32) EMIT(NOP_REQ_GRAD, (uint8_t)inputs);
+  inputs++;
+  live++;
+}
+#define NN_IN(dt, ...)                                                                             \
+  nn_input(dt, sizeof((const uint8_t[]){__VA_ARGS__}), (const uint8_t[]){__VA_ARGS__}, NULL)
+
+/* Values in [0, 1] (probabilities, targets of bce), and +-1 (labels of the
+ * margin losses). */
+static const uint8_t probs[8] = {136, 132, 140, 128, 144, 134, 138, 130};
+static const uint8_t signs[8] = {144, 112, 144, 144, 112, 112, 144, 112};
+
+static void emit_layer(int kind, const uint8_t *args, size_t n) {
+  EMIT(NOP_LAYER, (uint8_t)kind, 15); /* nn_layer_describe into 15 bytes */
+  emit(args, n);
+  layers_made++;
+}
+
+static void nn_start(void) {
+  plen = 0;
+  live = 0;
+  layers_made = 0;
+}
+
+static void nn_finish(const char *name) {
+  char file[64];
+  snprintf(file, sizeof file, "%s.bin", name);
+  write_bytes(out_path("nn", file), prog, plen);
+}
+
+/* One program per layer kind: its inputs, the layer with the arguments
+ * fuzz_nn.c's builder reads (byte values: a size s is s - 1, a kernel k
+ * k - 1, an option o o, a real r 32 r for r >= 0 (r a multiple of 1/16),
+ * an index i i + 1, a dim d d + 3; a byte of 128 or more before the
+ * options asks for them), then its own forward in training mode (with the
+ * bytes after the operands), backward from the sum of the result, the
+ * forward in evaluation mode, the layer in a Sequential run on the same
+ * input in both modes, and an MSE loss against a target of the result's
+ * shape with backward. */
+static void gen_nn_layers(void) {
+  static const struct {
+    int kind;
+    uint8_t args[48];
+    size_t n;
+    uint8_t in[2][7]; /* the inputs: dtype, ndim, dims */
+    uint8_t fwd[48];  /* the forward's bytes after the first operand */
+    size_t nf;
+    bool seq; /* also run in a Sequential */
+  } seeds[] = {
+#define A(...) {__VA_ARGS__}, sizeof((const uint8_t[]){__VA_ARGS__})
+#define NOF    {0}, 0
+      {L_dense, A(2, 1, 0, 0), {{0, 2, 2, 3}}, NOF, true},
+      {L_activation, A(3), {{0, 2, 2, 3}}, NOF, true},
+      {L_leaky_relu, A(2), {{0, 2, 2, 3}}, NOF, true},
+      {L_elu, A(16), {{0, 2, 2, 3}}, NOF, true},
+      {L_celu, A(16), {{0, 2, 2, 3}}, NOF, true},
+      {L_softshrink, A(16), {{0, 2, 2, 3}}, NOF, true},
+      {L_hardshrink, A(16), {{0, 2, 2, 3}}, NOF, true},
+      {L_hardtanh, A(33, 32), {{0, 2, 2, 3}}, NOF, true},
+      {L_threshold, A(16, 64), {{0, 2, 2, 3}}, NOF, true},
+      {L_rrelu, A(4, 10, 0), {{0, 2, 2, 3}}, NOF, true},
+      {L_relu6, {0}, 0, {{0, 2, 2, 3}}, NOF, true},
+      {L_flatten, {0}, 0, {{0, 3, 2, 3, 2}}, NOF, true},
+      {L_identity, {0}, 0, {{0, 2, 2, 3}}, NOF, true},
+      {L_global_avg_pool2d, {0}, 0, {{0, 4, 1, 2, 4, 4}}, NOF, true},
+      {L_softmax2d, {0}, 0, {{0, 4, 1, 2, 4, 4}}, NOF, true},
+      {L_lambda, A(0, 0), {{0, 2, 2, 3}}, NOF, true},
+      {L_prelu, A(1, 8, 0), {{0, 3, 2, 2, 3}}, NOF, true},
+      {L_dropout, A(184, 0), {{0, 2, 2, 3}}, NOF, true},
+      {L_dropout1d, A(184, 0), {{0, 3, 2, 3, 4}}, NOF, true},
+      {L_dropout2d, A(184, 0), {{0, 4, 1, 2, 4, 4}}, NOF, true},
+      {L_dropout3d, A(184, 0), {{0, 5, 1, 2, 2, 2, 2}}, NOF, true},
+      {L_glu, A(2), {{0, 2, 2, 4}}, NOF, true},
+      {L_softmin, A(2), {{0, 2, 2, 4}}, NOF, true},
+      {L_batch_norm1d, A(2, 0), {{0, 2, 4, 3}}, NOF, true},
+      {L_batch_norm2d, A(1, 0), {{0, 4, 2, 2, 3, 3}}, NOF, true},
+      {L_batch_norm3d, A(1, 0), {{0, 5, 2, 2, 2, 2, 2}}, NOF, true},
+      {L_instance_norm1d, A(1, 200, 0, 0, 3, 0), {{0, 3, 2, 2, 4}}, NOF, true},
+      {L_instance_norm2d, A(1, 0), {{0, 4, 2, 2, 3, 3}}, NOF, true},
+      {L_instance_norm3d, A(1, 0), {{0, 5, 1, 2, 2, 2, 2}}, NOF, true},
+      {L_group_norm, A(1, 3, 0), {{0, 3, 2, 4, 3}}, NOF, true},
+      {L_layer_norm, A(0, 2, 0), {{0, 2, 2, 3}}, NOF, true},
+      {L_local_response_norm, A(1, 235, 24, 32), {{0, 3, 1, 4, 3}}, NOF, true},
+      {L_conv1d, A(1, 2, 2, 0, 0), {{0, 3, 1, 2, 5}}, NOF, true},
+      {L_conv1d_ext, A(1, 2, 2, 0, 200, 0, 1, 0, 0, 0, 0, 0, 0, 1), {{0, 3, 1, 2, 5}}, NOF, true},
+      {L_conv_transpose1d, A(1, 2, 2, 0, 0), {{0, 3, 1, 2, 4}}, NOF, true},
+      {L_conv2d, A(1, 2, 2, 2, 0, 0), {{0, 4, 1, 2, 4, 4}}, NOF, true},
+      {L_conv2d_ext,
+       A(1, 2, 2, 2, 0, 200, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3),
+       {{0, 4, 1, 2, 4, 4}},
+       NOF,
+       true},
+      {L_conv_transpose2d, A(1, 2, 2, 2, 0, 0), {{0, 4, 1, 2, 3, 3}}, NOF, true},
+      {L_conv_transpose2d_ext,
+       A(1, 2, 2, 2, 0, 200, 2, 2, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0),
+       {{0, 4, 1, 2, 3, 3}},
+       NOF,
+       true},
+      {L_conv3d, A(0, 1, 1, 1, 1, 0, 0), {{0, 5, 1, 1, 3, 3, 3}}, NOF, true},
+      {L_conv_transpose3d, A(0, 1, 1, 1, 1, 0, 0), {{0, 5, 1, 1, 2, 2, 2}}, NOF, true},
+      {L_max_pool1d, A(1, 0), {{0, 3, 1, 2, 6}}, NOF, true},
+      {L_avg_pool1d, A(1, 0), {{0, 3, 1, 2, 6}}, NOF, true},
+      {L_max_pool2d, A(1, 1, 0), {{0, 4, 1, 2, 4, 4}}, NOF, true},
+      {L_avg_pool2d, A(1, 1, 0), {{0, 4, 1, 2, 4, 4}}, NOF, true},
+      {L_max_pool3d, A(1, 1, 1, 0), {{0, 5, 1, 1, 4, 4, 4}}, NOF, true},
+      {L_avg_pool3d, A(1, 1, 1, 0), {{0, 5, 1, 1, 4, 4, 4}}, NOF, true},
+      {L_lp_pool1d, A(64, 1, 0), {{0, 3, 1, 2, 6}}, NOF, true},
+      {L_lp_pool2d, A(64, 1, 1, 0), {{0, 4, 1, 2, 4, 4}}, NOF, true},
+      {L_adaptive_avg_pool1d, A(2), {{0, 3, 1, 2, 5}}, NOF, true},
+      {L_adaptive_avg_pool2d, A(1, 2), {{0, 4, 1, 2, 5, 4}}, NOF, true},
+      {L_adaptive_avg_pool3d, A(1, 1, 1), {{0, 5, 1, 1, 3, 4, 5}}, NOF, true},
+      {L_adaptive_max_pool1d, A(2), {{0, 3, 1, 2, 5}}, NOF, true},
+      {L_adaptive_max_pool2d, A(1, 2), {{0, 4, 1, 2, 5, 4}}, NOF, true},
+      {L_adaptive_max_pool3d, A(1, 1, 1), {{0, 5, 1, 1, 3, 4, 5}}, NOF, true},
+      {L_upsample, A(0, 0, 0, 0, 200, 64, 0, 0, 0), {{0, 4, 1, 2, 3, 3}}, NOF, true},
+      {L_pixel_shuffle, A(1), {{0, 4, 1, 4, 2, 2}}, NOF, true},
+      {L_pixel_unshuffle, A(1), {{0, 4, 1, 1, 4, 4}}, NOF, true},
+      {L_unfold, A(1, 1, 0, 0, 0, 0, 0, 0, 0), {{0, 4, 1, 2, 4, 4}}, NOF, true},
+      {L_fold, A(1, 1, 0, 0, 0, 0, 0, 0, 2, 2, 0), {{0, 3, 1, 4, 4}}, NOF, true},
+      {L_unflatten, A(4, 2, 40, 1, 40, 2), {{0, 2, 2, 6}}, NOF, true},
+      {L_zero_pad2d, A(2, 2, 1, 1), {{0, 4, 1, 1, 3, 3}}, NOF, true},
+      {L_constant_pad1d, A(2, 3, 16), {{0, 3, 1, 2, 4}}, NOF, true},
+      {L_constant_pad2d, A(2, 2, 1, 3, 16), {{0, 4, 1, 1, 3, 3}}, NOF, true},
+      {L_constant_pad3d, A(2, 2, 1, 1, 2, 0, 16), {{0, 5, 1, 1, 3, 3, 3}}, NOF, true},
+      {L_reflection_pad1d, A(2, 3), {{0, 3, 1, 2, 4}}, NOF, true},
+      {L_reflection_pad2d, A(2, 2, 1, 3), {{0, 4, 1, 1, 4, 4}}, NOF, true},
+      {L_reflection_pad3d, A(2, 2, 2, 2, 2, 2), {{0, 5, 1, 1, 3, 3, 3}}, NOF, true},
+      {L_replication_pad1d, A(2, 3), {{0, 3, 1, 2, 4}}, NOF, true},
+      {L_replication_pad2d, A(2, 2, 1, 3), {{0, 4, 1, 1, 3, 3}}, NOF, true},
+      {L_replication_pad3d, A(2, 2, 2, 2, 2, 2), {{0, 5, 1, 1, 3, 3, 3}}, NOF, true},
+      /* two inputs: the second operand is the next input */
+      {L_bilinear, A(1, 2, 1, 0, 0, 0), {{0, 2, 4, 2}, {0, 2, 4, 3}}, A(1), false},
+      {L_cosine_similarity, A(4, 0), {{0, 2, 3, 4}, {0, 2, 3, 4}}, A(1), false},
+      {L_pairwise_distance, A(64, 0, 0), {{0, 2, 3, 4}, {0, 2, 3, 4}}, A(1), false},
+      /* h0, c0 none, no lengths */
+      {L_rnn, A(0, 2, 3, 0, 0), {{0, 3, 5, 2, 3}}, A(0, 0, 0, 1), true},
+      /* bidirectional, 5 and 3 steps */
+      {L_lstm, A(2, 3, 0, 200, 1, 16, 0, 0, 0), {{0, 3, 5, 2, 3}}, A(0, 0, 2, 6, 4, 0), true},
+      {L_gru, A(2, 3, 0, 0), {{0, 3, 5, 2, 3}}, A(0, 0, 0, 1), true},
+      /* an LSTM with proj_size 2 */
+      {L_rnn_ext, A(2, 2, 3, 0, 200, 0, 0, 0, 0, 0, 2), {{0, 3, 5, 2, 3}}, A(0, 0, 0, 1), true},
+      {L_embedding, A(4, 2, 0, 0), {{2, 2, 2, 3}}, NOF, true},
+      {L_embedding_ext, A(4, 2, 0, 200, 1, 1, 0, 0, 16, 64, 1), {{2, 2, 2, 3}}, NOF, true},
+      /* bags of a 2-D input, no per-sample weights */
+      {L_embedding_bag, A(4, 2, 0, 0), {{2, 2, 2, 3}}, A(0, 0), true},
+      /* self-attention, with weights */
+      {L_multihead_attention, A(3, 1, 0, 0), {{0, 3, 3, 2, 4}}, A(16, 0, 0), true},
+      {L_multihead_attention_ext,
+       A(3, 1, 0, 200, 24, 0, 0, 0, 0, 0),
+       {{0, 3, 3, 2, 4}},
+       A(16, 0, 0),
+       true},
+      {L_transformer_encoder_layer, A(3, 1, 0, 0), {{0, 3, 3, 2, 4}}, A(0, 0, 0), true},
+      /* tgt and memory */
+      {L_transformer_decoder_layer,
+       A(3, 1, 0, 0),
+       {{0, 3, 3, 2, 4}, {0, 3, 2, 2, 4}},
+       A(1, 0, 0, 0, 0, 0),
+       false},
+      {L_transformer_encoder, A(3, 1, 0, 0, 1, 200, 1, 0), {{0, 3, 3, 2, 4}}, A(0, 0, 0), true},
+      {L_transformer_decoder,
+       A(3, 1, 0, 0, 1, 0),
+       {{0, 3, 3, 2, 4}, {0, 3, 2, 2, 4}},
+       A(1, 0, 0, 0, 0, 0),
+       false},
+      /* src and tgt */
+      {L_transformer,
+       A(0, 3, 1, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0),
+       {{0, 3, 3, 2, 4}, {0, 3, 2, 2, 4}},
+       A(1, 0, 0, 0, 0, 0, 0),
+       false},
+#undef NOF
+#undef A
+  };
+  bool seen[LAYER_KINDS] = {false};
+  for (size_t i = 0; i < sizeof seeds / sizeof seeds[0]; i++) {
+    nn_start();
+    for (int j = 0; j < 2 && seeds[i].in[j][1]; j++)
+      nn_input((ad_dtype)seeds[i].in[j][0], seeds[i].in[j][1], seeds[i].in[j] + 2, NULL);
+    int x = 0;
+    emit_layer(seeds[i].kind, seeds[i].args, seeds[i].n);
+    /* max pooling layers: nn_layer_forward (mode 4), not the indices */
+    const char *kn = layer_name[seeds[i].kind];
+    int plain = strstr(kn, "max_pool") ? 4 : 0;
+    /* the results that are x itself (not stored as operands), and the
+     * states and weights an own forward stores after its result */
+    int k = seeds[i].kind;
+    bool dropout = k == L_dropout || k == L_dropout1d || k == L_dropout2d || k == L_dropout3d;
+    int extra = k == L_lstm || k == L_rnn_ext                                  ? 2
+                : k == L_rnn || k == L_gru                                     ? 1
+                : k == L_multihead_attention || k == L_multihead_attention_ext ? 1
+                                                                               : 0;
+    int y = x;
+    for (int mode = 1; mode >= 0; mode--) { /* training, then evaluation */
+      EMIT(NOP_FORWARD, 0, (uint8_t)(mode | plain), (uint8_t)x);
+      emit(seeds[i].fwd, seeds[i].nf);
+      y = k == L_identity || (dropout && !mode) ? x : live;
+      if (y != x) live += 1 + extra;
+      if (mode) EMIT(NOP_BACKWARD, (uint8_t)y, 200);
+    }
+    if (seeds[i].seq) {
+      EMIT(NOP_SEQ, 0, 0); /* a Sequential of the layer */
+      EMIT(NOP_MODEL_FWD, 0, (uint8_t)x);
+      y = k == L_identity ? x : live++;
+      EMIT(NOP_BACKWARD, (uint8_t)y, 200);
+      EMIT(NOP_TRAINING, 0, NOP_MODEL_FWD, 0, (uint8_t)x);
+      y = k == L_identity || dropout ? x : live++;
+    }
+    /* MSE against a target of the last result's shape (an input "like" it) */
+    EMIT(NOP_INPUT, 0, 6, (uint8_t)y, 136, 112, 152, 132, 116, 160, 120, 144);
+    EMIT(NOP_LOSS, LOSS_mse, 0, (uint8_t)y, (uint8_t)live);
+    live += 2;
+    EMIT(NOP_BACKWARD, (uint8_t)(live - 1), 0);
+    EMIT(NOP_RESET, NOP_FREE, 0, 0, NOP_FREE, 2, 0);
+    nn_finish(layer_name[seeds[i].kind]);
+    seen[seeds[i].kind] = true;
+  }
+  for (int k = 0; k < LAYER_KINDS; k++)
+    if (!seen[k] && k != L_max_unpool1d && k != L_max_unpool2d && k != L_max_unpool3d)
+      FUZZ_CHECK(false, "no seed for layer %s", layer_name[k]);
+
+  /* max unpooling: pool (nn_layer_forward), its indices, then unpool */
+  static const struct {
+    int pool, unpool;
+    uint8_t args[4];
+    uint8_t in[7];
+  } unpool[] = {{L_max_pool1d, L_max_unpool1d, {1, 0}, {0, 3, 1, 2, 6}},
+                {L_max_pool2d, L_max_unpool2d, {1, 1, 0}, {0, 4, 1, 2, 4, 4}},
+                {L_max_pool3d, L_max_unpool3d, {1, 1, 1, 0}, {0, 5, 1, 1, 4, 4, 4}}};
+  for (int i = 0; i < 3; i++) {
+    nn_start();
+    nn_input((ad_dtype)unpool[i].in[0], unpool[i].in[1], unpool[i].in + 2, NULL);
+    size_t na = (size_t)(i + 2);
+    emit_layer(unpool[i].pool, unpool[i].args, na);
+    emit_layer(unpool[i].unpool, unpool[i].args, na);
+    EMIT(NOP_FORWARD, 0, 4, 0);                /* pooled: 1 */
+    EMIT(NOP_FORWARD, 0, 0, 0);                /* indices: 2 */
+    EMIT(NOP_FORWARD, 1, 1, 1, 2, 0, 0, 0, 0); /* unpooled: 3 */
+    EMIT(NOP_BACKWARD, 3, 200, NOP_RESET);
+    nn_finish(layer_name[unpool[i].unpool]);
+  }
+}
+
+/* One program per loss: inputs 0 pred [4,3], 1 target [4,3], 2 labels
+ * i32 [4] (0, 1, 2, 0), 3 probabilities [4,3], 4 signs (+-1) [4,3], 5
+ * [4], 6 signs [4], then the loss (mean) with the operand and argument
+ * bytes of fuzz_nn.c's run_loss, backward, and the same with NN_NONE. */
+static void gen_nn_losses(void) {
+  static const struct {
+    int loss;
+    uint8_t args[48];
+    size_t n;
+  } seeds[] = {
+#define S(l, ...) {l, {__VA_ARGS__}, sizeof((const uint8_t[]){__VA_ARGS__})}
+      S(LOSS_mse, 0, 1),
+      S(LOSS_l1, 0, 1),
+      S(LOSS_smooth_l1, 0, 1),
+      S(LOSS_huber, 0, 1),
+      S(LOSS_bce, 3, 3),
+      S(LOSS_bce_with_logits, 0, 3),
+      S(LOSS_soft_margin, 0, 4),
+      S(LOSS_cross_entropy, 0, 2),
+      S(LOSS_nll, 0, 2),
+      S(LOSS_smooth_l1_beta, 0, 1, 16),
+      S(LOSS_huber_delta, 0, 1, 32),
+      S(LOSS_kl_div, 0, 3, 0),
+      S(LOSS_gaussian_nll, 0, 1, 3, 0, 198),
+      S(LOSS_poisson_nll, 0, 3, 1, 198),
+      S(LOSS_margin_ranking, 5, 5, 6, 16),
+      S(LOSS_hinge_embedding, 0, 4, 32),
+      S(LOSS_cosine_embedding, 0, 1, 6, 0),
+      S(LOSS_triplet_margin, 0, 1, 3, 32, 64, 198, 0),
+      S(LOSS_multilabel_soft_margin, 0, 3, 0),
+      S(LOSS_multi_margin, 0, 2, 1, 32, 0),
+      S(LOSS_sequence_cross_entropy, 0, 2, 0, 1),
+      S(LOSS_cross_entropy_ext, 0, 2, 0, 200, 0, 1),
+      S(LOSS_nll_ext, 0, 2, 0, 0, 0, 1),
+      S(LOSS_bce_ext, 3, 3, 0, 0),
+      S(LOSS_bce_with_logits_ext, 0, 3, 0, 0),
+#undef S
+  };
+  for (size_t i = 0; i < sizeof seeds / sizeof seeds[0]; i++) {
+    for (int red = 0; red < 2; red++) {
+      nn_start();
+      NN_IN(AD_F32, 4, 3);
+      NN_IN(AD_F32, 4, 3);
+      NN_IN(AD_I32, 4);
+      nn_input(AD_F32, 2, (const uint8_t[]){4, 3}, probs);
+      nn_input(AD_F32, 2, (const uint8_t[]){4, 3}, signs);
+      NN_IN(AD_F32, 4);
+      nn_input(AD_F32, 1, (const uint8_t[]){4}, signs);
+      EMIT(NOP_LOSS, (uint8_t)seeds[i].loss, red ? 3 : 0);
+      emit(seeds[i].args, seeds[i].n);
+      EMIT(NOP_BACKWARD, (uint8_t)live, 200, NOP_RESET);
+      char name[64];
+      snprintf(name, sizeof name, "%s%s", loss_name[seeds[i].loss], red ? "-none" : "");
+      nn_finish(name);
+    }
+  }
+  /* CTC: log_probs [5,2,3], targets i32 [2,2] (1, 2, ...), lengths 5 and 2 */
+  nn_start();
+  NN_IN(AD_F32, 5, 2, 3);
+  nn_input(AD_I32, 2, (const uint8_t[]){2, 2}, (const uint8_t[]){1, 2, 2, 1, 1, 2, 2, 1});
+  EMIT(NOP_LOSS, LOSS_ctc, 0, 0, 1);
+  for (int i = 0; i < 16; i++) EMIT(6, 3);
+  EMIT(3, 0);
+  EMIT(NOP_BACKWARD, 2, 200);
+  nn_finish("ctc");
+}
+
+/* Misuse: a forward given NULL and a foreign tensor, an unknown reduction,
+ * a layer added to a second model, freeing a model's layer, an empty
+ * Sequential's forward, bad options, a freed input, training toggles. */
+static void gen_nn_misuse(void) {
+  nn_start();
+  NN_IN(AD_F32, 2, 3);
+  emit_layer(L_dense, (const uint8_t[]){2, 1, 0, 0}, 4);
+  EMIT(NOP_FORWARD, 0, 1, 248);        /* NULL input */
+  EMIT(NOP_FORWARD, 0, 1, 252);        /* another context's */
+  EMIT(NOP_LOSS, LOSS_mse, 240, 0, 0); /* reduction 4 */
+  EMIT(NOP_LOSS, LOSS_l1, 2, 0, 0);    /* batchmean */
+  EMIT(NOP_SEQ, 0, 0, NOP_SEQ, 0, 0);  /* the layer in two models */
+  EMIT(NOP_MODEL_FWD, 1, 0);           /* the empty one */
+  EMIT(NOP_FREE, 0, 0);                /* a model's layer */
+  EMIT(NOP_TRAINING, 0, NOP_TRAINING, 0);
+  emit_layer(L_conv2d,
+             (const uint8_t[]){1, 2, 252, 1, 0, 200, 0, 0, 0, 0, 0, 0, 3, 0, 0, 1, 0, 0, 0, 0},
+             20); /* kernel of 2^31, 3 groups of 2 channels, same */
+  emit_layer(L_batch_norm1d, (const uint8_t[]){2, 200, 240, 240, 0, 0}, 6); /* eps, momentum NaN */
+  EMIT(NOP_FREE, 2, 0, NOP_FORWARD, 0, 2, 250);                             /* a freed input */
+  EMIT(NOP_GRAD_MODE, NOP_MODEL_FWD, 0, 0, NOP_GRAD_MODE);
+  nn_finish("misuse");
+}
+
+static void gen_nn(void) {
+  gen_nn_layers();
+  gen_nn_losses();
+  gen_nn_misuse();
+}
+
 int main(int argc, char **argv) {
   if (argc != 2) {
-    fprintf(stderr, "usage: gen_corpus DIR (writes DIR/idx/, DIR/checkpoint/ and DIR/ops/)\n");
+    fprintf(stderr,
+            "usage: gen_corpus DIR (writes DIR/idx/, DIR/checkpoint/, DIR/ops/ and DIR/nn/)\n");
     return 2;
   }
   dir = argv[1];
@@ -494,6 +855,7 @@ int main(int argc, char **argv) {
   gen_idx();
   gen_checkpoint(fuzz_ctx);
   gen_ops();
+  gen_nn();
   fuzz_ctx_check_freed();
   return 0;
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# tools/fuzz.sh: fuzz the file readers (IDX, safetensors checkpoints) and
-# the op API with libFuzzer under AddressSanitizer +
-# UndefinedBehaviorSanitizer.
+# tools/fuzz.sh: fuzz the file readers (IDX, safetensors checkpoints), the
+# op API and the nn layer (each target fuzz/fuzz_*.c) with libFuzzer under
+# AddressSanitizer + UndefinedBehaviorSanitizer.
 #
 #   tools/fuzz.sh [SECONDS]   run each target of fuzz/ for SECONDS, as many
 #                             at once as there are cores (default 3600;
