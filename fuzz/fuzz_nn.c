@@ -40,9 +40,14 @@
  *     product of its shape; a reduced loss is 0-d; after a successful
  *     forward (nn_layer_forward, nn_rnn_forward, nn_multihead_attention,
  *     a model's), nn_layer_output_shape of the layer (the model's last)
- *     is the result's shape; nn_model_set_training returns the previous
+ *     is the result's shape; an unreduced elementwise loss has its first
+ *     input's shape; nn_model_set_training returns the previous
  *     mode; nn_layer_describe writes a NUL-terminated string into its
  *     buffer;
+ *   - a forward that fails changes none of the layer's parameters and
+ *     buffers, nor its nn_layer_output_shape, and one in evaluation mode (nn_layer_forward; but an
+ *     embedding's max_norm, which renormalises in place) changes none and
+ *     gives the same bits when run again;
  *   - after a successful backward every parameter of every live layer and
  *     model (nn_layer_params, nn_model_params) with a gradient has it of
  *     its shape and dtype, and no buffer has one;
@@ -338,6 +343,29 @@ static void check_params(const nn_params *p, bool buffers) {
     FUZZ_CHECK(ad_tensor_is_valid(t->grad) && same_shape(t, t->grad) && t->dtype == t->grad->dtype,
                "%s: the gradient of %s has another shape or dtype", what, nn_params_name(p, i));
   }
+}
+
+/* A hash (FNV-1a) of the data of a parameter list's tensors. */
+static uint64_t hash_params(const nn_params *p, uint64_t h) {
+  for (int i = 0; i < nn_params_count(p); i++) {
+    const ad_tensor *t = nn_params_tensor(p, i);
+    const unsigned char *b = t->data;
+    size_t n = (size_t)t->size * ad_dtype_size(t->dtype);
+    for (size_t j = 0; j < n; j++) h = (h ^ b[j]) * 0x100000001b3u;
+  }
+  return h;
+}
+
+/* The layer's state: its parameters and buffers (0 for a layer of more
+ * than 1 MiB of them, not hashed: checking it would be slow). */
+static uint64_t hash_layer(const nn_layer *l) {
+  int64_t n = 0;
+  for (int b = 0; b < 2; b++) {
+    const nn_params *p = b ? nn_layer_buffers(l) : nn_layer_params(l);
+    for (int i = 0; i < nn_params_count(p); i++) n += nn_params_tensor(p, i)->size;
+  }
+  if (n > (1 << 18)) return 0;
+  return hash_params(nn_layer_buffers(l), hash_params(nn_layer_params(l), 0xcbf29ce484222325u));
 }
 
 static void check_all_params(void) {
@@ -996,7 +1024,7 @@ static nn_layer *b_transformer(int k) {
   o.layer_norm_eps = d_eps();
   o.seed = u8();
   o.dtype = d_dtype();
-  return nn_transformer_new(C, r, u8() >= 248 ? NULL : &o);
+  return nn_transformer_new(C, r, &o); /* not NULL: 6 + 6 layers of 512, 11 s to build */
 }
 
 /* The forwards a layer runs with. */
@@ -1200,15 +1228,48 @@ static void forward(void) {
   must_fail = false;
   ad_clear_error(C);
   ad_tensor *e1 = NULL, *e2 = NULL;
+  nn_layer *l = layers[li].l;
+  uint64_t state = hash_layer(l);
+  int64_t shape_was[AD_MAX_DIMS];
+  int nd_was = nn_layer_output_shape(l, shape_was);
+  size_t at = in_i;
   ad_tensor *r = run_forward(li, fwd, training, &e1, &e2);
   trace_result(r);
   if (!r) {
     check_error();
+    /* a forward that fails changes no parameter or running statistic */
+    FUZZ_CHECK(hash_layer(l) == state, "%s failed (%s) but changed the layer's state", what,
+               ad_last_error(C));
+    /* nor the shape of the last successful forward's output */
+    int64_t shape_now[AD_MAX_DIMS];
+    int nd_now = nn_layer_output_shape(l, shape_now);
+    FUZZ_CHECK(nd_now == nd_was &&
+                   (nd_now < 0 || !memcmp(shape_now, shape_was, (size_t)nd_now * sizeof(int64_t))),
+               "%s failed (%s) but changed nn_layer_output_shape", what, ad_last_error(C));
     check_usable();
     return;
   }
   FUZZ_CHECK(!must_fail, "%s succeeded with a NULL, freed or foreign input", what);
   check_tensor(r);
+  /* evaluation mode changes no state (but an embedding's max_norm
+   * renormalises its rows) and gives the same bits again */
+  bool renorm = layers[li].kind == L_embedding_ext || layers[li].kind == L_embedding_bag;
+  if (!training && fwd == F_PLAIN && !renorm && r->size <= 4096) {
+    FUZZ_CHECK(hash_layer(l) == state, "%s changed the layer's state", what);
+    size_t n = (size_t)r->size * ad_dtype_size(r->dtype);
+    unsigned char first[4096 * sizeof(double)];
+    memcpy(first, r->data, n);
+    size_t end = in_i;
+    in_i = at; /* the same operands again */
+    ad_tensor *r2 = run_forward(li, fwd, training, NULL, NULL);
+    in_i = end;
+    FUZZ_CHECK(r2 || ad_last_status(C) == AD_ERR_OOM, "%s failed the second time: %s", what,
+               ad_last_error(C));
+    if (r2)
+      FUZZ_CHECK(same_shape(r, r2) && r2->dtype == r->dtype && !memcmp(first, r2->data, n),
+                 "%s: evaluation mode gave other values the second time", what);
+    ad_clear_error(C);
+  }
   if (fwd == F_PLAIN || (own && (fwd == F_RNN || fwd == F_MHA)))
     check_output_shape(layers[li].l, r);
   if (ad_tensor_is_temporary(r)) store(r, S_TEMP);
@@ -1224,6 +1285,32 @@ static nn_reduction d_red(void) {
   return (nn_reduction)(b < 240 ? (int)(b % 4) : odd[b % 4]);
 }
 
+static ad_tensor *loss_in; /* the loss's first input */
+
+/* The elementwise losses: unreduced, of their first input's shape. */
+static bool elementwise(int k) {
+  switch (k) {
+  case LOSS_mse:
+  case LOSS_l1:
+  case LOSS_smooth_l1:
+  case LOSS_huber:
+  case LOSS_bce:
+  case LOSS_bce_with_logits:
+  case LOSS_soft_margin:
+  case LOSS_smooth_l1_beta:
+  case LOSS_huber_delta:
+  case LOSS_kl_div:
+  case LOSS_poisson_nll:
+  case LOSS_margin_ranking:
+  case LOSS_hinge_embedding:
+  case LOSS_bce_ext:
+  case LOSS_bce_with_logits_ext:
+    return true;
+  default:
+    return false;
+  }
+}
+
 static ad_tensor *run_loss(int k, nn_reduction red) {
   static nn_loss_fn const plain[] = {nn_mse_loss,         nn_l1_loss,
                                      nn_smooth_l1_loss,   nn_huber_loss,
@@ -1231,6 +1318,7 @@ static ad_tensor *run_loss(int k, nn_reduction red) {
                                      nn_soft_margin_loss, nn_cross_entropy_loss,
                                      nn_nll_loss};
   ad_tensor *a = req(), *b = req();
+  loss_in = a;
   if (k <= LOSS_nll) return plain[k](C, a, b, red);
   switch (k) {
   case LOSS_smooth_l1_beta:
@@ -1331,6 +1419,9 @@ static void loss(void) {
   check_tensor(r);
   char buf[160];
   FUZZ_CHECK(red == NN_NONE || r->ndim == 0, "%s: a reduced loss of shape %s", what,
+             ad_shape_str(r, buf, sizeof buf));
+  FUZZ_CHECK(red != NN_NONE || !elementwise(k) || same_shape(r, loss_in),
+             "%s: the unreduced loss has shape %s, not its input's", what,
              ad_shape_str(r, buf, sizeof buf));
   if (ad_tensor_is_temporary(r)) store(r, S_TEMP);
 }
