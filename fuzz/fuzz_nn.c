@@ -234,10 +234,15 @@ static ad_tensor *pick(void) {
  * freed header the context has since reused is a live tensor again). */
 static bool is_bad(const ad_tensor *t) {
   if (is_live(t)) return false;
-  if (!t) return true;
-  for (int i = 0; i < 4; i++)
-    if (t == alien[i]) return true;
-  return !ad_tensor_is_valid(t);
+  bool bad = !t;
+  for (int i = 0; i < 4; i++) bad = bad || t == alien[i];
+  bad = bad || !ad_tensor_is_valid(t);
+  if (bad && trace)
+    fprintf(stderr, "fuzz_nn:   operand %s\n",
+            !t                      ? "NULL"
+            : ad_tensor_is_valid(t) ? "of another context"
+                                    : "freed");
+  return bad;
 }
 
 /* A required input: a bad one must make the call fail. */
@@ -1381,11 +1386,13 @@ static ad_tensor *run_loss(int k, nn_reduction red) {
   case LOSS_cross_entropy_ext:
   case LOSS_nll_ext: {
     nn_cross_entropy_opts o = {0};
+    bool bad = must_fail;
     o.weight = opt();
     o.label_smoothing = d_prob();
     unsigned f = u8();
     o.ignore = f & 1, o.class_last = f & 2;
     o.ignore_index = (int32_t)d_int();
+    if (f & 4) must_fail = bad; /* no options: the weight is not passed */
     return k == LOSS_nll_ext ? nn_nll_loss_ext(C, a, b, red, f & 4 ? NULL : &o)
                              : nn_cross_entropy_loss_ext(C, a, b, red, f & 4 ? NULL : &o);
   }
