@@ -47,7 +47,8 @@
  *   - a forward that fails changes none of the layer's parameters and
  *     buffers, nor its nn_layer_output_shape, and one in evaluation mode (nn_layer_forward; but an
  *     embedding's max_norm, which renormalises in place) changes none and
- *     gives the same bits when run again;
+ *     gives the same bits when run again; a Sequential in evaluation mode
+ *     gives the bits of its layers' nn_layer_forward in turn;
  *   - after a successful backward every parameter of every live layer and
  *     model (nn_layer_params, nn_model_params) with a gradient has it of
  *     its shape and dtype, and no buffer has one;
@@ -1493,7 +1494,8 @@ static void model_forward(void) {
   snprintf(what, sizeof what, "nn_model_forward");
   must_fail = nn_model_layer_count(m) == 0;
   ad_clear_error(C);
-  ad_tensor *r = nn_model_forward(m, req());
+  ad_tensor *x = req();
+  ad_tensor *r = nn_model_forward(m, x);
   trace_result(r);
   if (!r) {
     check_error();
@@ -1503,6 +1505,21 @@ static void model_forward(void) {
   FUZZ_CHECK(!must_fail, "%s succeeded on an empty model or a bad input", what);
   check_tensor(r);
   check_output_shape(nn_model_layer(m, nn_model_layer_count(m) - 1), r);
+  /* in evaluation mode, the model is its layers' nn_layer_forward in turn */
+  if (!models[mi].training && r->size <= 4096) {
+    size_t n = (size_t)r->size * ad_dtype_size(r->dtype);
+    unsigned char first[4096 * sizeof(double)];
+    memcpy(first, r->data, n);
+    ad_tensor *y = x;
+    for (int i = 0; y && i < nn_model_layer_count(m); i++)
+      y = nn_layer_forward(nn_model_layer(m, i), y, false);
+    FUZZ_CHECK(y || ad_last_status(C) == AD_ERR_OOM, "%s: its layers in turn fail: %s", what,
+               ad_last_error(C));
+    if (y)
+      FUZZ_CHECK(same_shape(r, y) && y->dtype == r->dtype && !memcmp(first, y->data, n),
+                 "%s in evaluation mode differs from its layers' forwards in turn", what);
+    ad_clear_error(C);
+  }
   if (ad_tensor_is_temporary(r)) store(r, S_TEMP);
 }
 
