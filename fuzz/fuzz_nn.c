@@ -52,6 +52,8 @@
  *   - after a successful backward every parameter of every live layer and
  *     model (nn_layer_params, nn_model_params) with a gradient has it of
  *     its shape and dtype, and no buffer has one;
+ *   - no call changes grad or anomaly mode or leaves a scope open, and in
+ *     no-grad mode a forward's result does not require a gradient;
  *   - after any error the context still works: d(3w)/dw of a leaf w kept
  *     for the purpose is 3 (a product and ad_grad);
  *   - at the end of each input, once its layers, models and inputs are
@@ -1257,6 +1259,8 @@ static void forward(void) {
   }
   FUZZ_CHECK(!must_fail, "%s succeeded with a NULL, freed or foreign input", what);
   check_tensor(r);
+  FUZZ_CHECK(ad_grad_enabled(C) || !ad_tensor_is_temporary(r) || !ad_tensor_requires_grad(r),
+             "%s in no-grad mode gave a result that requires a gradient", what);
   /* evaluation mode changes no state (but an embedding's max_norm
    * renormalises its rows) and gives the same bits again */
   bool renorm = layers[li].kind == L_embedding_ext || layers[li].kind == L_embedding_bag;
@@ -1584,9 +1588,22 @@ static void free_something(void) {
   }
 }
 
+static void step_run(unsigned b);
+
 static void step(void) {
   unsigned b = u8();
   must_fail = false;
+  bool grad = ad_grad_enabled(C);
+  snprintf(what, sizeof what, "instruction %u", b);
+  step_run(b);
+  /* every call leaves the modes and the scopes (ad_scope_push) as they were */
+  FUZZ_CHECK(ad_grad_enabled(C) == (b >= NOP_GRAD_MODE && b < NOP_REQ_GRAD ? !grad : grad),
+             "%s changed grad mode", what);
+  FUZZ_CHECK(!ad_anomaly_mode(C), "%s turned anomaly mode on", what);
+  FUZZ_CHECK(ad_scope_depth(C) == 0, "%s left %d scopes open", what, ad_scope_depth(C));
+}
+
+static void step_run(unsigned b) {
   if (b < NOP_LAYER) {
     make_input();
   } else if (b < NOP_FORWARD) {
