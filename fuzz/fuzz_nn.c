@@ -41,7 +41,8 @@
  *     forward (nn_layer_forward, nn_rnn_forward, nn_multihead_attention,
  *     a model's), nn_layer_output_shape of the layer (the model's last)
  *     is the result's shape; an unreduced elementwise loss has its first
- *     input's shape; nn_model_set_training returns the previous
+ *     input's shape, and a sum one (NN_SUM) the sum of the unreduced
+ *     losses (NN_NONE); nn_model_set_training returns the previous
  *     mode; nn_layer_describe writes a NUL-terminated string into its
  *     buffer;
  *   - a forward that fails changes none of the layer's parameters and
@@ -1410,6 +1411,30 @@ static ad_tensor *run_loss(int k, nn_reduction red) {
   }
 }
 
+/* NN_SUM is the sum of NN_NONE's losses: the same call (its bytes from
+ * at) with NN_NONE, summed in double, within rounding of r (finite
+ * values only: a float sum may overflow where the double one does not). */
+static void check_sum(int k, const ad_tensor *r, size_t at) {
+  double got = ad_tensor_item(r);
+  size_t end = in_i;
+  in_i = at;
+  ad_tensor *n = run_loss(k, NN_NONE);
+  in_i = end;
+  FUZZ_CHECK(n || ad_last_status(C) == AD_ERR_OOM, "%s: with NN_NONE it fails: %s", what,
+             ad_last_error(C));
+  ad_clear_error(C);
+  if (!n) return;
+  double sum = 0, mag = 0;
+  for (int64_t i = 0; i < n->size; i++) {
+    double v = ad_tensor_get(n, i);
+    sum += v, mag += fabs(v);
+  }
+  if (!isfinite(got) || !isfinite(mag) || mag > 1e30) return;
+  double tol = (r->dtype == AD_F32 ? 1e-4 : 1e-10) * (mag + 1);
+  FUZZ_CHECK(fabs(got - sum) <= tol, "%s: NN_SUM gives %.17g, the NN_NONE losses sum to %.17g",
+             what, got, sum);
+}
+
 /* loss, reduction, operands, arguments */
 static void loss(void) {
   int k = (int)(u8() % LOSS_KINDS);
@@ -1418,6 +1443,7 @@ static void loss(void) {
   must_fail = (unsigned)red > NN_NONE || (red == NN_BATCHMEAN && k != LOSS_kl_div);
   ad_clear_error(C);
   skipped = false;
+  size_t at = in_i;
   ad_tensor *r = run_loss(k, red);
   if (skipped) return;
   trace_result(r);
@@ -1435,6 +1461,7 @@ static void loss(void) {
   FUZZ_CHECK(red != NN_NONE || !elementwise(k) || same_shape(r, loss_in),
              "%s: the unreduced loss has shape %s, not its input's", what,
              ad_shape_str(r, buf, sizeof buf));
+  if (red == NN_SUM) check_sum(k, r, at);
   if (ad_tensor_is_temporary(r)) store(r, S_TEMP);
 }
 

@@ -750,7 +750,8 @@ static void gen_nn_layers(void) {
 /* One program per loss: inputs 0 pred [4,3], 1 target [4,3], 2 labels
  * i32 [4] (0, 1, 2, 0), 3 probabilities [4,3], 4 signs (+-1) [4,3], 5
  * [4], 6 signs [4], then the loss (mean) with the operand and argument
- * bytes of fuzz_nn.c's run_loss, backward, and the same with NN_NONE. */
+ * bytes of fuzz_nn.c's run_loss, backward, and the same with NN_SUM and
+ * NN_NONE. */
 static void gen_nn_losses(void) {
   static const struct {
     int loss;
@@ -786,7 +787,7 @@ static void gen_nn_losses(void) {
 #undef S
   };
   for (size_t i = 0; i < sizeof seeds / sizeof seeds[0]; i++) {
-    for (int red = 0; red < 2; red++) {
+    for (int red = 0; red < 3; red++) { /* NN_MEAN, NN_SUM, NN_NONE */
       nn_start();
       NN_IN(AD_F32, 4, 3);
       NN_IN(AD_F32, 4, 3);
@@ -795,11 +796,14 @@ static void gen_nn_losses(void) {
       nn_input(AD_F32, 2, (const uint8_t[]){4, 3}, signs);
       NN_IN(AD_F32, 4);
       nn_input(AD_F32, 1, (const uint8_t[]){4}, signs);
-      EMIT(NOP_LOSS, (uint8_t)seeds[i].loss, red ? 3 : 0);
+      EMIT(NOP_LOSS, (uint8_t)seeds[i].loss, (uint8_t)(red == 2 ? NN_NONE : red));
       emit(seeds[i].args, seeds[i].n);
       EMIT(NOP_BACKWARD, (uint8_t)live, 200, NOP_RESET);
       char name[64];
-      snprintf(name, sizeof name, "%s%s", loss_name[seeds[i].loss], red ? "-none" : "");
+      snprintf(name, sizeof name, "%s%s", loss_name[seeds[i].loss],
+               red == 2   ? "-none"
+               : red == 1 ? "-sum"
+                          : "");
       nn_finish(name);
     }
   }
