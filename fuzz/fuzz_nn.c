@@ -1298,29 +1298,8 @@ static nn_reduction d_red(void) {
 
 static ad_tensor *loss_in; /* the loss's first input */
 
-/* The elementwise losses: unreduced, of their first input's shape. */
-static bool elementwise(int k) {
-  switch (k) {
-  case LOSS_mse:
-  case LOSS_l1:
-  case LOSS_smooth_l1:
-  case LOSS_huber:
-  case LOSS_bce:
-  case LOSS_bce_with_logits:
-  case LOSS_soft_margin:
-  case LOSS_smooth_l1_beta:
-  case LOSS_huber_delta:
-  case LOSS_kl_div:
-  case LOSS_poisson_nll:
-  case LOSS_margin_ranking:
-  case LOSS_hinge_embedding:
-  case LOSS_bce_ext:
-  case LOSS_bce_with_logits_ext:
-    return true;
-  default:
-    return false;
-  }
-}
+#define X_ELEM(name, e) e,
+static const bool elementwise[LOSS_KINDS] = {FUZZ_LOSSES(X_ELEM)};
 
 static ad_tensor *run_loss(int k, nn_reduction red) {
   static nn_loss_fn const plain[] = {nn_mse_loss,         nn_l1_loss,
@@ -1458,7 +1437,7 @@ static void loss(void) {
   char buf[160];
   FUZZ_CHECK(red == NN_NONE || r->ndim == 0, "%s: a reduced loss of shape %s", what,
              ad_shape_str(r, buf, sizeof buf));
-  FUZZ_CHECK(red != NN_NONE || !elementwise(k) || same_shape(r, loss_in),
+  FUZZ_CHECK(red != NN_NONE || !elementwise[k] || same_shape(r, loss_in),
              "%s: the unreduced loss has shape %s, not its input's", what,
              ad_shape_str(r, buf, sizeof buf));
   if (red == NN_SUM) check_sum(k, r, at);

@@ -118,43 +118,44 @@ enum {
   X(transformer_decoder, b_transformer_layer, F_DEC)                                               \
   X(transformer, b_transformer, F_TRANSFORMER)
 
-/* X(name): one line per loss (or variant), in the order of the byte that
- * picks it; fuzz_nn.c's run_loss has a block for each. */
+/* X(name, elementwise): one line per loss (or variant), in the order of
+ * the byte that picks it; fuzz_nn.c's run_loss has a block for each.
+ * elementwise: its NN_NONE losses have its first input's shape. */
 #define FUZZ_LOSSES(X)                                                                             \
-  X(mse)                                                                                           \
-  X(l1)                                                                                            \
-  X(smooth_l1)                                                                                     \
-  X(huber)                                                                                         \
-  X(bce)                                                                                           \
-  X(bce_with_logits)                                                                               \
-  X(soft_margin)                                                                                   \
-  X(cross_entropy)                                                                                 \
-  X(nll)                                                                                           \
-  X(smooth_l1_beta)                                                                                \
-  X(huber_delta)                                                                                   \
-  X(kl_div)                                                                                        \
-  X(gaussian_nll)                                                                                  \
-  X(poisson_nll)                                                                                   \
-  X(margin_ranking)                                                                                \
-  X(hinge_embedding)                                                                               \
-  X(cosine_embedding)                                                                              \
-  X(triplet_margin)                                                                                \
-  X(multilabel_soft_margin)                                                                        \
-  X(multi_margin)                                                                                  \
-  X(ctc)                                                                                           \
-  X(sequence_cross_entropy)                                                                        \
-  X(cross_entropy_ext)                                                                             \
-  X(nll_ext)                                                                                       \
-  X(bce_ext)                                                                                       \
-  X(bce_with_logits_ext)
+  X(mse, 1)                                                                                        \
+  X(l1, 1)                                                                                         \
+  X(smooth_l1, 1)                                                                                  \
+  X(huber, 1)                                                                                      \
+  X(bce, 1)                                                                                        \
+  X(bce_with_logits, 1)                                                                            \
+  X(soft_margin, 1)                                                                                \
+  X(cross_entropy, 0)                                                                              \
+  X(nll, 0)                                                                                        \
+  X(smooth_l1_beta, 1)                                                                             \
+  X(huber_delta, 1)                                                                                \
+  X(kl_div, 1)                                                                                     \
+  X(gaussian_nll, 0)                                                                               \
+  X(poisson_nll, 1)                                                                                \
+  X(margin_ranking, 1)                                                                             \
+  X(hinge_embedding, 1)                                                                            \
+  X(cosine_embedding, 0)                                                                           \
+  X(triplet_margin, 0)                                                                             \
+  X(multilabel_soft_margin, 0)                                                                     \
+  X(multi_margin, 0)                                                                               \
+  X(ctc, 0)                                                                                        \
+  X(sequence_cross_entropy, 0)                                                                     \
+  X(cross_entropy_ext, 0)                                                                          \
+  X(nll_ext, 0)                                                                                    \
+  X(bce_ext, 1)                                                                                    \
+  X(bce_with_logits_ext, 1)
 
 #define FUZZ_NN_ENUM(name, b, f) L_##name,
 enum { FUZZ_LAYERS(FUZZ_NN_ENUM) LAYER_KINDS };
 #define FUZZ_NN_NAME(name, b, f) #name,
 static const char *const layer_name[LAYER_KINDS] = {FUZZ_LAYERS(FUZZ_NN_NAME)};
-#define FUZZ_LOSS_ENUM(name) LOSS_##name,
+#define FUZZ_LOSS_ENUM(name, e) LOSS_##name,
 enum { FUZZ_LOSSES(FUZZ_LOSS_ENUM) LOSS_KINDS };
-#define FUZZ_LOSS_NAME(name) #name,
+#define FUZZ_LOSS_NAME(name, e) #name,
 static const char *const loss_name[LOSS_KINDS] = {FUZZ_LOSSES(FUZZ_LOSS_NAME)};
 
 #endif
