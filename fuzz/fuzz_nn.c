@@ -49,7 +49,8 @@
  *     buffers, nor its nn_layer_output_shape, and one in evaluation mode (nn_layer_forward; but an
  *     embedding's max_norm, which renormalises in place) changes none and
  *     gives the same bits when run again; a Sequential in evaluation mode
- *     gives the bits of its layers' nn_layer_forward in turn;
+ *     gives the bits of its layers' nn_layer_forward in turn (but with an
+ *     embedding's max_norm);
  *   - after a successful backward every parameter of every live layer and
  *     model (nn_layer_params, nn_model_params) with a gradient has it of
  *     its shape and dtype, and no buffer has one;
@@ -1219,6 +1220,10 @@ static ad_tensor *run_forward(int li, fwd_kind fwd, bool training, ad_tensor **e
   }
 }
 
+/* Whether a layer of kind k may change its weight in any forward (an
+ * embedding's max_norm renormalises the rows it looks up in place). */
+static bool renormalises(int k) { return k == L_embedding_ext || k == L_embedding_bag; }
+
 /* layer, mode (bit 0 training; bits 1-2: 0, 1 its own forward, 2
  * nn_layer_forward, 3 the forward of bits 3-6), operands */
 static void forward(void) {
@@ -1264,7 +1269,7 @@ static void forward(void) {
              "%s in no-grad mode gave a result that requires a gradient", what);
   /* evaluation mode changes no state (but an embedding's max_norm
    * renormalises its rows) and gives the same bits again */
-  bool renorm = layers[li].kind == L_embedding_ext || layers[li].kind == L_embedding_bag;
+  bool renorm = renormalises(layers[li].kind);
   if (!training && fwd == F_PLAIN && !renorm && r->size <= 4096) {
     FUZZ_CHECK(hash_layer(l) == state, "%s changed the layer's state", what);
     size_t n = (size_t)r->size * ad_dtype_size(r->dtype);
@@ -1515,8 +1520,13 @@ static void model_forward(void) {
   FUZZ_CHECK(!must_fail, "%s succeeded on an empty model or a bad input", what);
   check_tensor(r);
   check_output_shape(nn_model_layer(m, nn_model_layer_count(m) - 1), r);
-  /* in evaluation mode, the model is its layers' nn_layer_forward in turn */
-  if (!models[mi].training && r->size <= 4096) {
+  /* in evaluation mode, the model is its layers' nn_layer_forward in turn
+   * (unless an embedding's max_norm renormalises its rows in place, a
+   * change that another forward may take further) */
+  bool renorm = false;
+  for (int i = 0; i < MAX_LAYERS; i++)
+    renorm = renorm || (layers[i].l && layers[i].model == mi && renormalises(layers[i].kind));
+  if (!models[mi].training && !renorm && r->size <= 4096) {
     size_t n = (size_t)r->size * ad_dtype_size(r->dtype);
     unsigned char first[4096 * sizeof(double)];
     memcpy(first, r->data, n);
