@@ -1265,7 +1265,9 @@ static void forward(void) {
   }
   FUZZ_CHECK(!must_fail, "%s succeeded with a NULL, freed or foreign input", what);
   check_tensor(r);
-  FUZZ_CHECK(ad_grad_enabled(C) || !ad_tensor_is_temporary(r) || !ad_tensor_requires_grad(r),
+  /* (a layer that is the identity here, dropout with p = 0, returns x) */
+  FUZZ_CHECK(ad_grad_enabled(C) || is_live(r) || !ad_tensor_is_temporary(r) ||
+                 !ad_tensor_requires_grad(r),
              "%s in no-grad mode gave a result that requires a gradient", what);
   /* evaluation mode changes no state (but an embedding's max_norm
    * renormalises its rows) and gives the same bits again */
@@ -1288,7 +1290,7 @@ static void forward(void) {
   }
   if (fwd == F_PLAIN || (own && (fwd == F_RNN || fwd == F_MHA)))
     check_output_shape(layers[li].l, r);
-  if (ad_tensor_is_temporary(r)) store(r, S_TEMP);
+  if (ad_tensor_is_temporary(r) && !is_live(r)) store(r, S_TEMP);
   if (e1) check_tensor(e1), store(e1, S_TEMP);
   if (e2) check_tensor(e2), store(e2, S_TEMP);
 }
