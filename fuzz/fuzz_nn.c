@@ -84,10 +84,7 @@ enum {
 
 /* --------------------------------------------------------------- input */
 
-static const uint8_t *in_p;
-static size_t in_n, in_i;
-
-static unsigned u8(void) { return in_i < in_n ? in_p[in_i++] : 0; }
+#include "fuzz_slots.h" /* u8, the slots, is_live, store, pick (after MAX_SLOTS) */
 
 static const int64_t odd_int[8] = {
     0, -1, -3, (int64_t)1 << 20, (int64_t)1 << 31, (int64_t)1 << 40, (int64_t)1 << 62, INT64_MAX};
@@ -167,11 +164,6 @@ static nn_init d_init(void) {
 
 /* --------------------------------------------------------------- state */
 
-typedef enum { S_EMPTY, S_LEAF, S_TEMP, S_FREED } slot_kind;
-static struct {
-  ad_tensor *t;
-  slot_kind kind;
-} slots[MAX_SLOTS];
 static struct {
   nn_layer *l; /* NULL: empty */
   int kind;
@@ -186,53 +178,16 @@ static ad_ctx *C;       /* this input's context */
 static ad_rng rng;      /* this input's generator */
 static ad_tensor *w_ok; /* its leaf for the after-an-error check */
 static ad_ctx *foreign; /* another context, for the whole run */
-static ad_tensor *alien[4];
-static bool must_fail; /* an operand of this call is bad */
-static bool skipped;   /* the call was not made (arrays too short for it) */
-static char what[96];  /* the call being run, for messages */
-static bool trace;     /* FUZZ_NN_TRACE set: print each step's outcome */
+static bool must_fail;  /* an operand of this call is bad */
+static bool skipped;    /* the call was not made (arrays too short for it) */
+static char what[96];   /* the call being run, for messages */
+static bool trace;      /* FUZZ_NN_TRACE set: print each step's outcome */
 
 static void trace_result(const ad_tensor *r) {
   char buf[160];
   if (trace)
     fprintf(stderr, "fuzz_nn: %s -> %s\n", what,
             r ? ad_shape_str(r, buf, sizeof buf) : ad_last_error(C));
-}
-
-static bool is_live(const ad_tensor *t) {
-  if (!t) return false;
-  for (int i = 0; i < MAX_SLOTS; i++)
-    if (slots[i].t == t && (slots[i].kind == S_LEAF || slots[i].kind == S_TEMP)) return true;
-  return false;
-}
-
-static void store(ad_tensor *t, slot_kind kind) {
-  for (int i = 0; i < MAX_SLOTS; i++)
-    if (slots[i].kind == S_EMPTY) {
-      slots[i].t = t;
-      slots[i].kind = kind;
-      return;
-    }
-}
-
-/* An operand: a live tensor of the slots, or now and then NULL, a freed
- * input or a tensor of the other context. */
-static ad_tensor *pick(void) {
-  unsigned b = u8();
-  if (b >= 248) {
-    if (b >= 252) return alien[b & 3];
-    if (b >= 250)
-      for (int i = 0; i < MAX_SLOTS; i++)
-        if (slots[i].kind == S_FREED) return slots[i].t;
-    return NULL;
-  }
-  int live = 0;
-  for (int i = 0; i < MAX_SLOTS; i++) live += slots[i].kind == S_LEAF || slots[i].kind == S_TEMP;
-  if (!live) return NULL;
-  int k = (int)(b % (unsigned)live);
-  for (int i = 0; i < MAX_SLOTS; i++)
-    if ((slots[i].kind == S_LEAF || slots[i].kind == S_TEMP) && k-- == 0) return slots[i].t;
-  return NULL;
 }
 
 /* Whether t is bad as an input: NULL, another context's, or freed (a

@@ -67,10 +67,8 @@ enum {
 
 /* --------------------------------------------------------------- input */
 
-static const uint8_t *in_p;
-static size_t in_n, in_i;
+#include "fuzz_slots.h" /* u8, the slots, is_live, store, pick (after MAX_SLOTS) */
 
-static unsigned u8(void) { return in_i < in_n ? in_p[in_i++] : 0; }
 static unsigned u16(void) { return u8() | u8() << 8; }
 
 /* A dimension: mostly 0..6, sometimes negative or huge. */
@@ -123,19 +121,13 @@ static double draw_real(void) {
 
 /* --------------------------------------------------------------- state */
 
-typedef enum { S_EMPTY, S_LEAF, S_TEMP, S_FREED } slot_kind;
-static struct {
-  ad_tensor *t;
-  slot_kind kind;
-} slots[MAX_SLOTS];
 static int leaves_made;
 static ad_ctx *C;       /* this input's context */
 static ad_tensor *w_ok; /* its leaf for the after-an-error check */
 static ad_ctx *foreign; /* another context, for the whole run */
-static ad_tensor *alien[4];
-static bool must_fail; /* an operand of this call is bad */
-static char what[64];  /* the op being run, for messages */
-static bool trace;     /* FUZZ_OPS_TRACE set: print each op's outcome */
+static bool must_fail;  /* an operand of this call is bad */
+static char what[64];   /* the op being run, for messages */
+static bool trace;      /* FUZZ_OPS_TRACE set: print each op's outcome */
 
 static void trace_result(const ad_tensor *r) {
   char buf[160];
@@ -144,43 +136,7 @@ static void trace_result(const ad_tensor *r) {
             r ? ad_shape_str(r, buf, sizeof buf) : ad_last_error(C));
 }
 
-static bool is_live(const ad_tensor *t) {
-  if (!t) return false;
-  for (int i = 0; i < MAX_SLOTS; i++)
-    if (slots[i].t == t && (slots[i].kind == S_LEAF || slots[i].kind == S_TEMP)) return true;
-  return false;
-}
-
 static bool is_float(const ad_tensor *t) { return t->dtype == AD_F32 || t->dtype == AD_F64; }
-
-static void store(ad_tensor *t, slot_kind kind) {
-  for (int i = 0; i < MAX_SLOTS; i++)
-    if (slots[i].kind == S_EMPTY) {
-      slots[i].t = t;
-      slots[i].kind = kind;
-      return;
-    }
-}
-
-/* An operand: a live tensor of the slots, or now and then NULL, a freed
- * leaf or a tensor of the other context. */
-static ad_tensor *pick(void) {
-  unsigned b = u8();
-  if (b >= 248) {
-    if (b >= 252) return alien[b & 3];
-    if (b >= 250)
-      for (int i = 0; i < MAX_SLOTS; i++)
-        if (slots[i].kind == S_FREED) return slots[i].t;
-    return NULL;
-  }
-  int live = 0;
-  for (int i = 0; i < MAX_SLOTS; i++) live += slots[i].kind == S_LEAF || slots[i].kind == S_TEMP;
-  if (!live) return NULL;
-  int k = (int)(b % (unsigned)live);
-  for (int i = 0; i < MAX_SLOTS; i++)
-    if ((slots[i].kind == S_LEAF || slots[i].kind == S_TEMP) && k-- == 0) return slots[i].t;
-  return NULL;
-}
 
 /* A required input: a bad one must make the call fail. */
 static ad_tensor *req(void) {
