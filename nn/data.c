@@ -299,6 +299,10 @@ int64_t nn_batcher_rows(const nn_batcher *b) {
   return b->drop_last ? b->rows / b->asked * b->asked : b->rows;
 }
 
+void nn_batcher_reset(nn_batcher *b) {
+  if (b) b->pos = -1;
+}
+
 void nn_batcher_free(nn_batcher *b) {
   if (!b) return;
   ad_ctx *ctx = b->ctx;

@@ -234,6 +234,38 @@ Test(data, batcher_over_a_freed_tensor_refuses) {
   }
 }
 
+/* A loop that breaks out of an epoch: after nn_batcher_reset the next
+ * batch starts a whole new epoch, the one a batcher that finished its
+ * first epoch would give next. */
+Test(data, batcher_reset_starts_a_new_epoch) {
+  ad_tensor *x, *y;
+  make_rows(ctx, 23, &x, &y);
+  nn_batcher *b = nn_batcher_new(ctx, x, y, 5, true, 17),
+             *c = nn_batcher_new(ctx, x, y, 5, true, 17);
+  ad_tensor *yb, *yc;
+  for (int k = 0; k < 2; k++) cr_assert(nn_batcher_next(b, NULL, &yb));
+  nn_batcher_reset(b);
+  nn_batcher_reset(NULL);
+  while (nn_batcher_next(c, NULL, &yc)) continue; /* c's first epoch, whole */
+  int batches = 0, rows = 0;
+  bool seen[23] = {0};
+  while (nn_batcher_next(b, NULL, &yb)) {
+    cr_assert(nn_batcher_next(c, NULL, &yc));
+    cr_assert_eq(yb->shape[0], yc->shape[0]);
+    for (int64_t i = 0; i < yb->shape[0]; i++) {
+      int row = (int)ad_tensor_get(yb, i);
+      cr_assert_eq(row, (int)ad_tensor_get(yc, i), "batch %d, row %lld", batches, (long long)i);
+      cr_assert(!seen[row]);
+      seen[row] = true, rows++;
+    }
+    batches++;
+  }
+  cr_assert_eq(batches, 5);
+  cr_assert_eq(rows, 23);
+  nn_batcher_free(b), nn_batcher_free(c);
+  ad_tensor_free(x), ad_tensor_free(y);
+}
+
 /* A batch of 256 KB or more is gathered by the library's threads: every row
  * lands where one thread puts it (400 rows of 1000 floats, batches of 300
  * (1.2 MB) and the short last one, shuffled; 1, 2 and 3 threads). */

@@ -3625,6 +3625,11 @@ NN_API int64_t nn_batcher_batches(const nn_batcher *b);
 NN_API int64_t nn_batcher_rows(const nn_batcher *b);
 /** @} */
 
+/** Ends the current epoch early (a loop that breaks out of it): the next
+ * nn_batcher_next starts a new epoch, reshuffled as after an epoch's last
+ * batch, instead of going on with the rest of this one. NULL is a no-op. */
+NN_API void nn_batcher_reset(nn_batcher *b);
+
 /** Frees the batcher and its buffers. NULL is a no-op. */
 NN_API void nn_batcher_free(nn_batcher *b);
 
