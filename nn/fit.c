@@ -448,6 +448,10 @@ ad_status nn_evaluate(nn_model *m, nn_loss_fn loss, ad_tensor *x, ad_tensor *y, 
   ad_status st = nn_check_persistent(ctx, "evaluate", "x", x);
   if (st == AD_OK) st = nn_check_persistent(ctx, "evaluate", "y", y);
   if (st != AD_OK) return st;
+  if (x->ndim < 1 || x->shape[0] == 0) { /* a mean over no rows is no metric (Keras raises) */
+    char a[64];
+    return ad_set_error(ctx, AD_ERR_ARG, "evaluate: x %s has no rows", ad_shape_str(x, a, sizeof a));
+  }
   nn_batcher *b = nn_batcher_new(ctx, x, y, batch_size > 0 ? batch_size : 32, false, 0);
   if (!b) return fail(ctx, AD_ERR_OOM);
   st = eval_batches(m, loss, b, loss_out, accuracy, NULL);
@@ -588,6 +592,16 @@ static ad_status dist_check(ad_ctx *ctx, const char *fn, const nn_dist_ops *dist
   return AD_OK;
 }
 
+/* Validation rows: without dist, a val_x of no rows would give a NaN
+ * val_loss every epoch (Keras raises); with dist a rank's own part may be
+ * empty, the metrics being those of all the ranks' parts together. */
+static ad_status check_val_rows(ad_ctx *ctx, const char *fn, const nn_fit_opts *o) {
+  if (!o->val_x || o->dist || (o->val_x->ndim >= 1 && o->val_x->shape[0] > 0)) return AD_OK;
+  char a[64];
+  return ad_set_error(ctx, AD_ERR_ARG, "%s: val_x %s has no rows to validate on", fn,
+                      ad_shape_str(o->val_x, a, sizeof a));
+}
+
 /* An error in nn_fit's checks, returned; with dist, after telling the
  * other ranks (dist_agree_start), which would otherwise wait for this one
  * in the start-up for ever. */
@@ -668,6 +682,7 @@ static ad_status fit(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor 
       return fit_early(
           ctx, &o,
           ad_set_error(ctx, AD_ERR_NULL, "fit: validation data needs both val_x and val_y"));
+    if (check_val_rows(ctx, "fit", &o) != AD_OK) return fit_early(ctx, &o, AD_ERR_ARG);
     val = true;
   } else if (o.validation_split > 0) {
     n_train = split_train_rows(rows, o.validation_split);
@@ -933,6 +948,7 @@ static ad_status fit_loader(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, nn_
   if (st == AD_OK) st = nn_check_persistent(ctx, "fit_loader", "val_y", o.val_y);
   if (st == AD_OK && (!o.val_x) != (!o.val_y))
     st = ad_set_error(ctx, AD_ERR_NULL, "fit_loader: validation data needs both val_x and val_y");
+  if (st == AD_OK) st = check_val_rows(ctx, "fit_loader", &o);
   if (st == AD_OK &&
       (o.batch_size || o.seed || o.no_shuffle || o.validation_split != 0 || o.drop_last))
     st = ad_set_error(ctx, AD_ERR_ARG,

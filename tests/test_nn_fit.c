@@ -708,6 +708,17 @@ Test(fit, errors_and_nan) {
   expect_status_msg(ctx, AD_ERR_ARG, "predict: batch size -1; it must be >= 1 (0: 32)");
   cr_assert_eq(nn_evaluate(m, nn_cross_entropy_loss, x, y, 0, &el, NULL), AD_OK, "%s",
                ad_last_error(ctx));
+  /* no rows: an error, not a NaN loss (Keras' evaluate and fit raise) */
+  int64_t s0[2] = {0, x->shape[1]}, t0[1] = {0};
+  ad_tensor *x0 = ad_zeros(ctx, x->dtype, 2, s0), *y0 = ad_zeros(ctx, y->dtype, 1, t0);
+  el = 1;
+  cr_assert_eq(nn_evaluate(m, nn_cross_entropy_loss, x0, y0, 0, &el, NULL), AD_ERR_ARG);
+  expect_status_msg(ctx, AD_ERR_ARG, "evaluate: x [0,4] has no rows");
+  cr_assert_eq(el, 1, "the loss is left as it was");
+  nn_fit_opts f0 = {.epochs = 1, .batch_size = 4, .verbose = -1, .val_x = x0, .val_y = y0};
+  cr_assert_eq(nn_fit(m, o, nn_cross_entropy_loss, x, y, &f0, NULL), AD_ERR_ARG);
+  expect_status_msg(ctx, AD_ERR_ARG, "fit: val_x [0,4] has no rows to validate on");
+  ad_tensor_free(x0), ad_tensor_free(y0);
   ad_tensor *p0 = nn_predict(m, x, 0);
   cr_assert_not_null(p0, "%s", ad_last_error(ctx));
   ad_tensor_free(p0);

@@ -786,6 +786,13 @@ Test(misuse_loader, fit_loader_refuses_bad_arguments) {
                              &(nn_fit_opts){.val_x = tmp, .val_y = y, .verbose = -1}, NULL),
                AD_ERR_ARG);
   test_expect_error(ctx, AD_ERR_ARG, "fit_loader: val_x [8,4] is a temporary", NULL);
+  int64_t s0[2] = {0, 4}, t0[1] = {0};
+  ad_tensor *vx0 = ad_zeros(ctx, AD_F32, 2, s0), *vy0 = ad_zeros(ctx, y->dtype, 1, t0);
+  cr_assert_eq(nn_fit_loader(m, opt, nn_cross_entropy_loss, l,
+                             &(nn_fit_opts){.val_x = vx0, .val_y = vy0, .verbose = -1}, NULL),
+               AD_ERR_ARG);
+  test_expect_error(ctx, AD_ERR_ARG, "fit_loader: val_x [0,4] has no rows to validate on", NULL);
+  ad_tensor_free(vx0), ad_tensor_free(vy0);
   nn_loader *none = nn_loader_new(ctx, &ds, &(nn_loader_opts){.batch_size = 9, .drop_last = true});
   cr_assert_eq(nn_fit_loader(m, opt, nn_cross_entropy_loss, none, &quiet, NULL), AD_ERR_ARG);
   test_expect_error(ctx, AD_ERR_ARG, "fit_loader: the loader has no rows to train on", NULL);

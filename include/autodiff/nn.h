@@ -3989,7 +3989,8 @@ typedef struct nn_fit_opts {
  * shuffling; the product is taken as the whole number it is within
  * rounding error of (10 rows with split 0.9 train on 1). A split that
  * leaves no row to train on or none to validate is AD_ERR_ARG before any
- * step. Accuracy thresholds at 0 for
+ * step, and so is a val_x of no rows (without dist, where a rank's own
+ * part may be empty). Accuracy thresholds at 0 for
  * nn_bce_with_logits_loss, else 0.5. After each epoch the optimizer's
  * schedule advances; one with step_per_batch (nn_schedule_ext2) advances
  * after each batch's step instead, and the history's "lr" is then the
@@ -4079,7 +4080,9 @@ NN_API void nn_history_free(nn_history *h);
  * negative one is AD_ERR_ARG) and, if accuracy is not NULL, the fraction
  * correct, of m on x, y in evaluation and no-grad mode. Resets the tape;
  * restores m's mode. x and y must be persistent tensors (a temporary is
- * AD_ERR_ARG, as in nn_fit). Returns AD_OK or the error. */
+ * AD_ERR_ARG, as in nn_fit); x of no rows (or 0-d) is AD_ERR_ARG, as in
+ * nn_predict (Keras' evaluate raises too), not a NaN loss. Returns AD_OK
+ * or the error. */
 NN_API ad_status nn_evaluate(nn_model *m, nn_loss_fn loss, ad_tensor *x, ad_tensor *y,
                              int64_t batch_size, double *loss_out, double *accuracy);
 
