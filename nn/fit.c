@@ -450,7 +450,8 @@ ad_status nn_evaluate(nn_model *m, nn_loss_fn loss, ad_tensor *x, ad_tensor *y, 
   if (st != AD_OK) return st;
   if (x->ndim < 1 || x->shape[0] == 0) { /* a mean over no rows is no metric (Keras raises) */
     char a[64];
-    return ad_set_error(ctx, AD_ERR_ARG, "evaluate: x %s has no rows", ad_shape_str(x, a, sizeof a));
+    return ad_set_error(ctx, AD_ERR_ARG, "evaluate: x %s has no rows",
+                        ad_shape_str(x, a, sizeof a));
   }
   nn_batcher *b = nn_batcher_new(ctx, x, y, batch_size > 0 ? batch_size : 32, false, 0);
   if (!b) return fail(ctx, AD_ERR_OOM);

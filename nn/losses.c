@@ -483,6 +483,8 @@ static ad_tensor *class_loss(ad_ctx *ctx, ad_tensor *z, const ad_tensor *lab, nn
   ad_tensor *loss = s1;
   if (s2)
     loss = ad_add(ctx, ad_mul_scalar(ctx, s1, 1 - eps), ad_mul_scalar(ctx, s2, eps / (double)C));
+  if (none && skipped) /* +0 at the ignored positions, as PyTorch's (-(0) is -0) */
+    loss = ad_where(ctx, keep, loss, zero);
   return none && loss ? ad_reshape(ctx, loss, lab->ndim, lab->shape) : loss;
 }
 

@@ -171,10 +171,13 @@ static void free_inputs(ad_tensor **in) {
 }
 
 /* got matches torch's want: both NaN, the same infinity, or within rtol
- * plus atol. */
+ * plus atol; a zero loss with torch's sign when sign is set. */
 static void expect_close(double got, double want, double rtol, double atol, const char *what,
-                         int64_t i) {
-  if (isnan(want) || isinf(want))
+                         int64_t i, bool sign) {
+  if (sign && want == 0)
+    cr_assert(got == 0 && !signbit(got) == !signbit(want), "%s %lld: %g, torch %g", what,
+              (long long)i, got, want);
+  else if (isnan(want) || isinf(want))
     cr_assert(isnan(want) ? isnan(got) : got == want, "%s %lld: %.17g, torch %.17g", what,
               (long long)i, got, want);
   else
@@ -203,7 +206,7 @@ static void check_case(const none_case *nc, int d) {
   char what[160];
   snprintf(what, sizeof what, "%s %s loss", nc->name, d ? "f32" : "f64");
   for (int64_t i = 0; i < l->size; i++)
-    expect_close(ad_tensor_get(l, i), want[i], rtol, atol, what, i);
+    expect_close(ad_tensor_get(l, i), want[i], rtol, atol, what, i, true);
   ad_tensor *w = vec(dt, l->ndim, l->shape, nc->w);
   ad_tensor *s = ad_sum(ctx, ad_mul(ctx, l, w));
   cr_assert_not_null(s, "%s", ad_last_error(ctx));
@@ -216,7 +219,7 @@ static void check_case(const none_case *nc, int d) {
     for (int64_t i = 0; i < in[j]->size; i++) {
       double wv = want[at + i];
       expect_close(ad_tensor_get(in[j]->grad, i), wv, rtol, atol * (fabs(wv) > 1 ? fabs(wv) : 1),
-                   what, i);
+                   what, i, false);
     }
     at += in[j]->size;
   }
