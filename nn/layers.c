@@ -101,17 +101,32 @@ static ad_tensor *elu_like(ad_ctx *ctx, ad_tensor *x, double alpha, double scale
   double pc = in_dtype(x, scale), ic = in_dtype(x, is), bc = in_dtype(x, bs);
   if (!isfinite(bc)) bc = ic; /* float32(alpha) is 0 (|alpha| < 1e-45): no rule to copy */
   double slope = x->dtype == AD_F32 ? (double)((float)bc * (float)nc) : bc * nc;
-  ad_tensor *v = ad_hardtanh(ctx, x, -INFINITY, 0.0), *neg;
+  ad_tensor *zero = ad_scalar(ctx, x->dtype, 0), *neg;
+  /* a negative scale (celu's alpha < 0) makes e^(v is) inf at x = -inf,
+   * where hardtanh's slope is 0 (its bounds are open): x below 0 instead */
+  ad_tensor *v =
+      ic < 0 ? ad_where(ctx, ad_lt(ctx, x, zero), x, zero) : ad_hardtanh(ctx, x, -INFINITY, 0.0);
   if (ic == bc) {
     neg = expm1_scaled(ctx, v, ic, nc);
-  } else {
+  } else if (ic > 0) {
     ad_tensor *g = expm1_scaled(ctx, v, bc, nc);
     neg = ad_sub(ctx, expm1_scaled(ctx, ad_detach(ctx, v), ic, nc),
                  ad_sub(ctx, ad_detach(ctx, g), g));
+  } else {
+    /* alpha < 0: far left G is -inf and G - detach(G) NaN, so there the
+     * value's own form gives the slope: PyTorch's inf, except in the few
+     * ulps of x where only one of the two exponentials overflows */
+    ad_tensor *vd = ad_detach(ctx, v);
+    ad_tensor *big =
+        ad_eq(ctx, ad_abs(ctx, expm1_scaled(ctx, vd, bc, nc)), ad_scalar(ctx, x->dtype, INFINITY));
+    ad_tensor *g = expm1_scaled(ctx, ad_where(ctx, big, zero, v), bc, nc);
+    ad_tensor *mixed =
+        ad_sub(ctx, expm1_scaled(ctx, vd, ic, nc), ad_sub(ctx, ad_detach(ctx, g), g));
+    neg = ad_where(ctx, big, expm1_scaled(ctx, ad_where(ctx, big, v, zero), ic, nc), mixed);
   }
   if (slope != 0) neg = ad_add(ctx, neg, kink(ctx, x, 0, slope));
   ad_tensor *pos = pc == 1 ? x : ad_mul_scalar(ctx, x, pc);
-  return ad_where(ctx, ad_le(ctx, x, ad_scalar(ctx, x->dtype, 0)), neg, pos);
+  return ad_where(ctx, ad_le(ctx, x, zero), neg, pos);
 }
 
 /* y = x relu6(x + 3) / 6, PyTorch's values (x clamp(x + 3, 0, 6) / 6; the
