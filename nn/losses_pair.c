@@ -293,8 +293,10 @@ ad_tensor *nn_pdist(ad_ctx *ctx, ad_tensor *a, ad_tensor *b, double p, double ep
   int ax = d->ndim - 1;
   if (p == 1) return ad_sum_axis(ctx, ad_abs(ctx, d), ax, false);
   ad_tensor *zero = ad_scalar(ctx, dt, 0.0), *s;
-  if (p == 2) {
-    s = ad_sum_axis(ctx, ad_square(ctx, d), ax, false);
+  if (p == 2) { /* d d, not square: its slope dy d + dy d is 0 where sqrt's
+                 * dy is (a square that overflowed), and 2 d dy would be
+                 * inf * 0 = NaN there, torch's norm backward d (dy / n) 0 */
+    s = ad_sum_axis(ctx, ad_mul(ctx, d, d), ax, false);
   } else {
     /* |d|^p, for p < 1 with slope 0 times the upstream where d is 0
      * (torch's masked_fill of self == 0, so a NaN norm still gives NaN;

@@ -1368,3 +1368,35 @@ Test(misc2, pairwise_distance_p_below_one_at_zero_differences) {
   ad_tape_reset(ctx);
   ad_tensor_free(x1), ad_tensor_free(x2), ad_tensor_free(x3);
 }
+
+/* p = 2 where a difference's square overflows (f32 3e38, f64 1e200): the
+ * distance is inf and torch's norm backward d (dy / inf) gives slope 0;
+ * 2 d dy would overflow first (inf * 0 = NaN). p = 3 gives NaN there in
+ * torch too (its |d|^(p-2) d dy / n^(p-1) is inf / inf). */
+Test(misc2, pairwise_distance_p2_where_the_square_overflows) {
+  for (int dd = 0; dd < 2; dd++) {
+    ad_dtype dt = dd ? AD_F64 : AD_F32;
+    double big = dd ? 1e200 : 3e38;
+    ad_tensor *x1 = ad_zeros(ctx, dt, 2, (int64_t[2]){1, 2});
+    ad_tensor *x2 = ad_zeros(ctx, dt, 2, (int64_t[2]){1, 2});
+    cr_assert(x1 && x2, "%s", ad_last_error(ctx));
+    ad_tensor_set(x1, 0, big);
+    ad_tensor_set(x1, 1, 1);
+    ad_tensor_set_requires_grad(x1, true);
+    for (int k = 0; k < 2; k++) {
+      double p = k ? 3 : 2;
+      ad_tensor *y = nn_pairwise_distance(ctx, x1, x2, p, 1e-6, false);
+      cr_assert_not_null(y, "%s", ad_last_error(ctx));
+      cr_assert(isinf(ad_tensor_get(y, 0)), "p %g: %g", p, ad_tensor_get(y, 0));
+      cr_assert_eq(ad_backward(ctx, ad_sum(ctx, y), NULL), AD_OK, "%s", ad_last_error(ctx));
+      double g0 = ad_tensor_get(x1->grad, 0), g1 = ad_tensor_get(x1->grad, 1);
+      if (k)
+        cr_assert(isnan(g0) && g1 == 0, "%s p 3: %g %g, torch nan 0", ad_dtype_name(dt), g0, g1);
+      else
+        cr_assert(g0 == 0 && g1 == 0, "%s p 2: %g %g, torch 0 0", ad_dtype_name(dt), g0, g1);
+      ad_tape_reset(ctx);
+      ad_tensor_zero_grad(x1);
+    }
+    ad_tensor_free(x1), ad_tensor_free(x2);
+  }
+}
