@@ -123,8 +123,8 @@ static void save_model(ad_ctx *ctx, int64_t hidden, const char *name) {
 
 /* fuzz_model_new(FUZZ_HIDDEN)'s model and optimizer as checkpoints of
  * earlier versions were: without the optional state (per-parameter step
- * counts, the learning rate and the schedule's state), which nn_model_load
- * then sets from the optimizer. */
+ * counts, the learning rate, the schedule's and the plateau's state), which
+ * nn_model_load then sets from the optimizer. */
 static void save_model_legacy(ad_ctx *ctx, const char *name) {
   enum { CAP = 32 };
   nn_optimizer *opt = NULL;
@@ -139,7 +139,7 @@ static void save_model_legacy(ad_ctx *ctx, const char *name) {
   for (int i = 0; i < nn_optimizer_state_count(opt); i++) {
     const char *sn = nn_optimizer_state_names(opt)[i];
     if (!strncmp(sn, "adam.step.", 10) || !strcmp(sn, "adam.lr") ||
-        !strncmp(sn, "adam.schedule.", 14))
+        !strncmp(sn, "adam.schedule.", 14) || !strncmp(sn, "adam.plateau.", 13))
       continue;
     FUZZ_CHECK(n < CAP, "too many tensors");
     names[n] = nn_optimizer_state_names(opt)[i], ts[n++] = nn_optimizer_state_tensors(opt)[i];
