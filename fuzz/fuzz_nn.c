@@ -84,7 +84,7 @@ enum {
 
 /* --------------------------------------------------------------- input */
 
-#include "fuzz_slots.h" /* u8, the slots, is_live, store, pick (after MAX_SLOTS) */
+#include "fuzz_slots.h" /* u8, the slots, is_live, store, pick, make_aliens, finish_input */
 
 static const int64_t odd_int[8] = {
     0, -1, -3, (int64_t)1 << 20, (int64_t)1 << 31, (int64_t)1 << 40, (int64_t)1 << 62, INT64_MAX};
@@ -177,7 +177,6 @@ static int leaves_made;
 static ad_ctx *C;       /* this input's context */
 static ad_rng rng;      /* this input's generator */
 static ad_tensor *w_ok; /* its leaf for the after-an-error check */
-static ad_ctx *foreign; /* another context, for the whole run */
 static bool must_fail;  /* an operand of this call is bad */
 static bool skipped;    /* the call was not made (arrays too short for it) */
 static char what[96];   /* the call being run, for messages */
@@ -1617,14 +1616,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
   (void)argv;
   fuzz_alloc_max = (size_t)16 << 20;
   trace = getenv("FUZZ_NN_TRACE") != NULL;
-  foreign = ad_ctx_new();
-  FUZZ_CHECK(foreign, "cannot create a context");
-  alien[0] = ad_ones(foreign, AD_F32, 2, (const int64_t[]){2, 3});
-  alien[1] = ad_ones(foreign, AD_F64, 1, (const int64_t[]){3});
-  alien[2] = ad_zeros(foreign, AD_I32, 1, (const int64_t[]){2});
-  alien[3] = ad_ones(foreign, AD_F32, 3, (const int64_t[]){1, 2, 4});
-  FUZZ_CHECK(alien[0] && alien[1] && alien[2] && alien[3], "%s", ad_last_error(foreign));
-  ad_tensor_set_requires_grad(alien[0], true);
+  make_aliens(3, (const int64_t[]){1, 2, 4});
   return 0;
 }
 
@@ -1646,13 +1638,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   for (int i = 0; i < MAX_MODELS; i++)
     if (models[i].m) free_model(i);
   for (int i = 0; i < MAX_LAYERS; i++) nn_layer_free(layers[i].l);
-  for (int i = 0; i < MAX_SLOTS; i++)
-    if (slots[i].kind == S_LEAF) ad_tensor_free(slots[i].t);
-  ad_tensor_free(w_ok);
-  ad_tape_reset(C);
-  ad_clear_error(C);
-  FUZZ_CHECK(ad_ctx_live_tensors(C) == 0, "%zu tensors leaked", ad_ctx_live_tensors(C));
-  ad_ctx_free(C);
-  FUZZ_CHECK(fuzz_live == 0, "%ld blocks allocated through the context leaked", fuzz_live);
+  finish_input(C, w_ok);
   return 0;
 }

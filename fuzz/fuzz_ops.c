@@ -67,7 +67,7 @@ enum {
 
 /* --------------------------------------------------------------- input */
 
-#include "fuzz_slots.h" /* u8, the slots, is_live, store, pick (after MAX_SLOTS) */
+#include "fuzz_slots.h" /* u8, the slots, is_live, store, pick, make_aliens, finish_input */
 
 static unsigned u16(void) { return u8() | u8() << 8; }
 
@@ -124,7 +124,6 @@ static double draw_real(void) {
 static int leaves_made;
 static ad_ctx *C;       /* this input's context */
 static ad_tensor *w_ok; /* its leaf for the after-an-error check */
-static ad_ctx *foreign; /* another context, for the whole run */
 static bool must_fail;  /* an operand of this call is bad */
 static char what[64];   /* the op being run, for messages */
 static bool trace;      /* FUZZ_OPS_TRACE set: print each op's outcome */
@@ -1099,14 +1098,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
   (void)argv;
   fuzz_alloc_max = (size_t)16 << 20;
   trace = getenv("FUZZ_OPS_TRACE") != NULL;
-  foreign = ad_ctx_new();
-  FUZZ_CHECK(foreign, "cannot create a context");
-  alien[0] = ad_ones(foreign, AD_F32, 2, (const int64_t[]){2, 3});
-  alien[1] = ad_ones(foreign, AD_F64, 1, (const int64_t[]){3});
-  alien[2] = ad_zeros(foreign, AD_I32, 1, (const int64_t[]){2});
-  alien[3] = ad_ones(foreign, AD_F32, 0, NULL);
-  FUZZ_CHECK(alien[0] && alien[1] && alien[2] && alien[3], "%s", ad_last_error(foreign));
-  ad_tensor_set_requires_grad(alien[0], true);
+  make_aliens(0, NULL);
   return 0;
 }
 
@@ -1123,13 +1115,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   ad_set_grad_enabled(C, true);
   ad_set_anomaly_mode(C, false);
   tape_reset();
-  for (int i = 0; i < MAX_SLOTS; i++)
-    if (slots[i].kind == S_LEAF) ad_tensor_free(slots[i].t);
-  ad_tensor_free(w_ok);
-  ad_tape_reset(C);
-  ad_clear_error(C);
-  FUZZ_CHECK(ad_ctx_live_tensors(C) == 0, "%zu tensors leaked", ad_ctx_live_tensors(C));
-  ad_ctx_free(C);
-  FUZZ_CHECK(fuzz_live == 0, "%ld blocks allocated through the context leaked", fuzz_live);
+  finish_input(C, w_ok);
   return 0;
 }

@@ -1,11 +1,13 @@
-/* fuzz_slots.h: the input reader and the tensor slots shared by the
- * program-running targets (fuzz_ops.c, fuzz_nn.c). Each includes it once,
- * after defining MAX_SLOTS; everything here is static, so each target has
- * its own. The bytes an input is read with are the same in both, so a
+/* fuzz_slots.h: the input reader, the tensor slots, the other context and
+ * the end-of-input leak check shared by the program-running targets
+ * (fuzz_ops.c, fuzz_nn.c). Each includes it once, after defining
+ * MAX_SLOTS; everything here is static, so each target has its own. The bytes an input is read with are the same in both, so a
  * seed of one program encoding means the same after a change here only if
  * it changes both alike. */
 #ifndef FUZZ_SLOTS_H
 #define FUZZ_SLOTS_H
+
+#include "fuzz_common.h" /* FUZZ_CHECK, fuzz_live */
 
 #include <autodiff/ad.h>
 
@@ -26,7 +28,8 @@ static struct {
   ad_tensor *t;
   slot_kind kind;
 } slots[MAX_SLOTS];
-static ad_tensor *alien[4]; /* tensors of another context */
+static ad_ctx *foreign;     /* another context, for the whole run */
+static ad_tensor *alien[4]; /* its tensors */
 
 static bool is_live(const ad_tensor *t) {
   if (!t) return false;
@@ -63,6 +66,34 @@ static ad_tensor *pick(void) {
   for (int i = 0; i < MAX_SLOTS; i++)
     if ((slots[i].kind == S_LEAF || slots[i].kind == S_TEMP) && k-- == 0) return slots[i].t;
   return NULL;
+}
+
+/* The other context and its tensors, made once for the run: f32 [2,3]
+ * requiring a gradient, f64 [3], i32 [2], and f32 of the shape nd3, s3
+ * (each target's own). */
+static void make_aliens(int nd3, const int64_t *s3) {
+  foreign = ad_ctx_new();
+  FUZZ_CHECK(foreign, "cannot create a context");
+  alien[0] = ad_ones(foreign, AD_F32, 2, (const int64_t[]){2, 3});
+  alien[1] = ad_ones(foreign, AD_F64, 1, (const int64_t[]){3});
+  alien[2] = ad_zeros(foreign, AD_I32, 1, (const int64_t[]){2});
+  alien[3] = ad_ones(foreign, AD_F32, nd3, s3);
+  FUZZ_CHECK(alien[0] && alien[1] && alien[2] && alien[3], "%s", ad_last_error(foreign));
+  ad_tensor_set_requires_grad(alien[0], true);
+}
+
+/* The end of an input on context c (its tape already reset, everything
+ * but its leaves and w freed): frees them, then checks that c holds no
+ * tensor and its allocator no block, and frees c. */
+static void finish_input(ad_ctx *c, ad_tensor *w) {
+  for (int i = 0; i < MAX_SLOTS; i++)
+    if (slots[i].kind == S_LEAF) ad_tensor_free(slots[i].t);
+  ad_tensor_free(w);
+  ad_tape_reset(c);
+  ad_clear_error(c);
+  FUZZ_CHECK(ad_ctx_live_tensors(c) == 0, "%zu tensors leaked", ad_ctx_live_tensors(c));
+  ad_ctx_free(c);
+  FUZZ_CHECK(fuzz_live == 0, "%ld blocks allocated through the context leaked", fuzz_live);
 }
 
 #endif
