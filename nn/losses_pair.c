@@ -293,9 +293,9 @@ ad_tensor *nn_pdist(ad_ctx *ctx, ad_tensor *a, ad_tensor *b, double p, double ep
   int ax = d->ndim - 1;
   if (p == 1) return ad_sum_axis(ctx, ad_abs(ctx, d), ax, false);
   ad_tensor *zero = ad_scalar(ctx, dt, 0.0), *s;
-  if (p == 2) { /* d d, not square: its slope dy d + dy d is 0 where sqrt's
-                 * dy is (a square that overflowed), and 2 d dy would be
-                 * inf * 0 = NaN there, torch's norm backward d (dy / n) 0 */
+  if (p == 2) { /* d d, not square: where the square overflowed, sqrt
+                 * passes dy = 0 and the slope dy d + dy d is 0, as torch's
+                 * norm backward d (dy / n); square's (2 d) dy is inf * 0 */
     s = ad_sum_axis(ctx, ad_mul(ctx, d, d), ax, false);
   } else {
     /* |d|^p, for p < 1 with slope 0 times the upstream where d is 0
