@@ -729,9 +729,9 @@ const ad_op_def ad_def_softmax = {
 
 /* ---------------------------------------------------- softmax_backward
  *
- *   out = y (g - s),  s = sum_axis(g y)   (softmax's dx for its dy = g)
- *   dg = softmax_backward(dy, y)          (the map g -> out is self-adjoint)
- *   dy_ = dy (g - s) - g sum_axis(dy y)   (of ops)
+ *   y = s (g - m),  m = sum_axis(g s)     (softmax's dx for its dy = g, s = softmax(x))
+ *   dg = softmax_backward(dy, s)          (the map g -> y is self-adjoint)
+ *   ds = dy (g - m) - g sum_axis(dy s)    (of ops)
  *
  * One pass a lane for s and one for out, s in double, out computed in
  * double and rounded once; softmax's gradient was four ops (a product, a
@@ -742,7 +742,7 @@ static ad_status shape_softmax_backward(const ad_call *c) {
   char a[64], b[64];
   if (ad_check_float_same(c->ctx, c->name, 2, c->in) != AD_OK) return ad_last_status(c->ctx);
   if (!ad_same_shape(c->in[0], c->in[1]))
-    return ad_set_error(c->ctx, AD_ERR_SHAPE, "%s: g %s and y %s differ", c->name,
+    return ad_set_error(c->ctx, AD_ERR_SHAPE, "%s: g %s and s %s differ", c->name,
                         ad_shape_str(c->in[0], a, sizeof a), ad_shape_str(c->in[1], b, sizeof b));
   return shape_softmax(c);
 }
@@ -840,9 +840,9 @@ const ad_op_def ad_def_softmax_backward = {
     .forward = softmax_backward_fwd,
     .backward = softmax_backward_bwd,
     .sample = sample_softmax_backward,
-    .math = "y_out = y * (g - sum_axis(g * y))  (g incoming gradient, y = softmax(x))",
-    .inputs = {"g", "y"},
-    .grads = {"softmax_backward(dy, y)", "dy * (g - sum_axis(g y)) - g * sum_axis(dy y)"},
+    .math = "y = s * (g - sum_axis(g * s))  (g incoming gradient, s = softmax(x))",
+    .inputs = {"g", "s"},
+    .grads = {"softmax_backward(dy, s)", "dy * (g - sum_axis(g * s)) - g * sum_axis(dy * s)"},
 };
 
 /* --------------------------------------------------------- log_softmax */

@@ -6,6 +6,7 @@
 #include "test_alloc.h"
 
 #include <criterion/criterion.h>
+#include <ctype.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -305,6 +306,38 @@ Test(graph, rule_variables_index_and_matmul) {
   ad_tensor_free(X);
   ad_tensor_free(W);
   ad_tensor_free(idx);
+}
+
+/* softmax_backward named its softmax input y, the letter of its output,
+ * and the trace replaces the output's letter with the step's output: the
+ * trace of a double backward through softmax said dL/dg +=
+ * softmax_backward(dL/dgx, gx), the gradient's own output where the
+ * softmax sm belongs. */
+Test(graph, softmax_double_backward_rule_names_the_softmax) {
+  int64_t s[2] = {1, 3};
+  double vx[3] = {-1, 0.5, 2}, vw[3] = {0.5, 1, 1.5};
+  ad_tensor *x = param(2, s, vx), *w = ad_from_data(ctx, AD_F64, 2, s, vw);
+  ad_graph *g = ad_graph_new(ctx);
+  OK(ad_graph_name(g, x, "x"));
+  OK(ad_graph_name(g, w, "w"));
+  ad_tensor *sm = ad_softmax(ctx, x, -1);
+  OK(ad_graph_name(g, sm, "sm"));
+  ad_tensor *gx = NULL;
+  OK(ad_grad(ctx, ad_sum(ctx, ad_mul(ctx, sm, w)), NULL, 1, &x, &gx, true));
+  OK(ad_graph_name(g, gx, "gx"));
+  ad_tensor *L = ad_sum(ctx, ad_square(ctx, gx));
+  char *trace = trace_backward(g, L, NULL, NULL);
+  const char *step = strstr(trace, "gx = softmax_backward(");
+  cr_assert(step, "%s", trace);
+  const char *here = strstr(step, "\n  here       ");
+  cr_assert(here, "%s", trace);
+  cr_assert(strstr(here, "+= softmax_backward(dL/dgx, sm); dL/dsm += dL/dgx * ("), "%s", trace);
+  cr_assert(strstr(here, " * sm)) - ") && strstr(here, " * sum_axis(dL/dgx * sm)\n"), "%s", trace);
+  free(trace);
+  ad_graph_free(g);
+  ad_tape_reset(ctx);
+  ad_tensor_free(x);
+  ad_tensor_free(w);
 }
 
 /* ------------------------------------------------------ the chain rule */
