@@ -274,12 +274,13 @@ const ad_op_def ad_def_lstm_cell = {
     .forward = lstm_cell_fwd,
     .backward = lstm_cell_bwd,
     .sample = lstm_cell_sample,
-    .math = "[i f g o] = sig, sig, tanh, sig of a's blocks; c' = f c + i g; "
-            "y = [o tanh(c') | c' | i f g o | tanh(c')]",
+    .math = "y = [h' | c' | i f g o | t]: i f g o = sig, sig, tanh, sig of a's four blocks, "
+            "c' = f c + i g, t = tanh(c'), h' = o t",
     .inputs = {"a", "c"},
-    .grads = {"[(dc g + di) sig'(i) | (dc c + df) sig'(f) | (dc i + dg) tanh'(g) | "
-              "(dh t + do) sig'(o)], dc = dc' + (dh o + dt) tanh'(c')",
-              "dc f"},
+    .grads = {"[(e g + dy_i) i (1 - i) | (e c + dy_f) f (1 - f) | (e i + dy_g) (1 - g^2) | "
+              "(dy_h t + dy_o) o (1 - o)], e = dy_c + (dy_h o + dy_t) (1 - t^2), "
+              "dy = [dy_h | dy_c | dy_i dy_f dy_g dy_o | dy_t]",
+              "e f"},
 };
 
 /* ------------------------------------------------------------- gru_cell */
@@ -373,12 +374,13 @@ const ad_op_def ad_def_gru_cell = {
     .forward = gru_cell_fwd,
     .backward = gru_cell_bwd,
     .sample = gru_cell_sample,
-    .math = "r = sig(a_r + b_r), z = sig(a_z + b_z), n = tanh(a_n + r b_n); "
-            "y = [(h - n) z + n | r z n]",
+    .math = "y = [h' | r z n]: r = sig(a_r + b_r), z = sig(a_z + b_z), n = tanh(a_n + r b_n), "
+            "h' = (h - n) z + n",
     .inputs = {"a", "b", "h"},
-    .grads = {"[dr | dz | dn], dn = (dh (1 - z) + dn') tanh'(n), dr = (dn b_n + dr') sig'(r), "
-              "dz = (dh (h - n) + dz') sig'(z)",
-              "[dr | dz | dn r]", "dh z"},
+    .grads = {"[e_r | e_z | e_n], e_n = (dy_h (1 - z) + dy_n) (1 - n^2), "
+              "e_r = (e_n b_n + dy_r) r (1 - r), e_z = (dy_h (h - n) + dy_z) z (1 - z), "
+              "dy = [dy_h | dy_r dy_z dy_n]",
+              "[e_r | e_z | e_n r]", "dy_h z"},
 };
 
 /* ------------------------------------------------- whole-sequence ops
@@ -1098,8 +1100,10 @@ const ad_op_def ad_def_lstm_seq = {
             "h_{t-1} and c_{t-1} Y_{t-1}'s first blocks (h0, c0 at t = 0); where mask_t is 0, "
             "Y_t = [h_{t-1} | c_{t-1} | 0]",
     .inputs = {"xp", "w", "b", "h0", "c0", "mask"},
-    .grads = {"dG_t: lstm_cell's rule per step from the last, with dh_t += dG_{t+1} w",
-              "sum_t dG_t^T h_{t-1}", "sum_t dG_t's rows", "dG_0 w", "dc_{-1} of the rule", NULL},
+    .grads = {"dG_t: lstm_cell's rule per step from the last, with dh_t += dG_{t+1} w; "
+              "dG_t = 0 where mask_t is 0 (dh_t, dc_t pass on to step t - 1)",
+              "sum_t dG_t^T h_{t-1}", "sum_t dG_t's rows", "dh_{-1} of the rule",
+              "dc_{-1} of the rule", NULL},
 };
 
 /* --------------------------------------------------------------- gru_seq */
@@ -1279,12 +1283,12 @@ const ad_op_def ad_def_gru_seq = {
     .forward = gru_seq_fwd,
     .backward = gru_seq_bwd,
     .sample = gru_seq_sample,
-    .math = "b_t = h_{t-1} w^T + b; Y_t = [gru_cell(xp_t + bx, b_t, h_{t-1}) | b_t's last block] "
-            "for "
-            "t = 0..T-1 (the time axis: axis), h_{t-1} Y_{t-1}'s first block (h0 at t = 0); "
+    .math = "Y_t = [gru_cell(xp_t + bx, b_t, h_{t-1}) | b_t's last block], b_t = h_{t-1} w^T + b, "
+            "for t = 0..T-1 (the time axis: axis), h_{t-1} Y_{t-1}'s first block (h0 at t = 0); "
             "where mask_t is 0, Y_t = [h_{t-1} | 0]",
     .inputs = {"xp", "w", "bx", "b", "h0", "mask"},
-    .grads = {"dA_t: gru_cell's rule per step from the last, with dh_t += dB_{t+1} w",
+    .grads = {"dA_t: gru_cell's rule per step from the last, with dh_t += dB_{t+1} w; "
+              "dA_t = dB_t = 0 where mask_t is 0 (dh_t passes on to step t - 1)",
               "sum_t dB_t^T h_{t-1}", "sum_t dA_t's rows", "sum_t dB_t's rows",
               "dh_{-1} of the rule", NULL},
 };

@@ -308,6 +308,66 @@ Test(graph, rule_variables_index_and_matmul) {
   ad_tensor_free(idx);
 }
 
+/* The output's letter in an op's math (its first word) is what the trace
+ * replaces with the step's output, so every op's math starts with it and no
+ * input is named like it (softmax_backward's input y, gru_seq's b: the
+ * input's letter in the rule became the output). lstm_cell's math started
+ * with "[i f g o]" (no letter, so no line `here`) and gru_cell's with
+ * "r = ...", so its rule's r was restated as the output. */
+Test(graph, output_letter_is_no_input_letter) {
+  for (int id = 0; id < ad_op_count(ctx); id++) {
+    const ad_op_def *def = ad_op_get(ctx, id);
+    if (!def->backward) continue;
+    size_t n = 0;
+    while (def->math && isalnum((unsigned char)def->math[n])) n++;
+    cr_assert(n > 0, "%s: the math does not start with the output's letter: %s", def->name,
+              def->math);
+    int nin = def->arity < 0 ? 1 : def->arity;
+    for (int k = 0; k < nin; k++)
+      cr_assert(!def->inputs[k] || strlen(def->inputs[k]) != n ||
+                    strncmp(def->inputs[k], def->math, n),
+                "%s: input %d is named %s, as the output", def->name, k, def->inputs[k]);
+  }
+}
+
+/* gru_cell's rule named the incoming gradient's blocks dh, dr, ... after
+ * its input h and its math's first letter r, so the trace restated it as
+ * "dL/dA += [dL/dY | dz | dn], ... dL/dH0 += dL/dH0 z": the gradient of
+ * the input h where the output's h' block was meant. */
+Test(graph, gru_cell_rule_restated_with_its_inputs) {
+  int64_t sa[2] = {1, 6}, sh[2] = {1, 2};
+  double va[6] = {-1, -0.5, 0, 0.5, 1, 1.5}, vb[6] = {0.5, 0.25, 0, -0.25, -0.5, 1},
+         vh[2] = {0.1, 0.3};
+  ad_tensor *A = param(2, sa, va), *B = param(2, sa, vb), *H0 = param(2, sh, vh);
+  ad_graph *g = ad_graph_new(ctx);
+  OK(ad_graph_name(g, A, "A"));
+  OK(ad_graph_name(g, B, "B"));
+  OK(ad_graph_name(g, H0, "H0"));
+  ad_tensor *Y = ad_gru_cell(ctx, A, B, H0);
+  OK(ad_graph_name(g, Y, "Y"));
+  ad_tensor *L = ad_sum(ctx, ad_narrow(ctx, Y, 1, 0, 2));
+  char *trace = trace_backward(g, L, NULL, NULL);
+  const char *here = strstr(trace, "Y = gru_cell(A, B, H0)");
+  cr_assert(here && (here = strstr(here, "\n  here       ")), "%s", trace);
+  const char *want = "\n  here       dL/dA += [e_r | e_z | e_n], e_n = (dy_h (1 - z) + dy_n) "
+                     "(1 - n^2), e_r = (e_n b_n + dy_r) r (1 - r), e_z = (dy_h (H0 - n) + "
+                     "dy_z) z (1 - z), dL/dY = [dy_h | dy_r dy_z dy_n]; dL/dB += [e_r | e_z | "
+                     "e_n r]; dL/dH0 += dy_h z\n";
+  cr_assert(!strncmp(here, want, strlen(want)), "%s\nwanted%s", trace, want);
+  /* the rule's numbers, against the cell composed of its formulas */
+  double r0 = 1 / (1 + exp(-(va[0] + vb[0]))), z0 = 1 / (1 + exp(-(va[2] + vb[2])));
+  double n0 = tanh(va[4] + r0 * vb[4]);
+  (void)r0;
+  cr_assert(fabs(ad_tensor_get(H0->grad, 0) - z0) < 1e-15);
+  cr_assert(fabs(ad_tensor_get(A->grad, 4) - (1 - z0) * (1 - n0 * n0)) < 1e-15);
+  free(trace);
+  ad_graph_free(g);
+  ad_tape_reset(ctx);
+  ad_tensor_free(A);
+  ad_tensor_free(B);
+  ad_tensor_free(H0);
+}
+
 /* softmax_backward named its softmax input y, the letter of its output,
  * and the trace replaces the output's letter with the step's output: the
  * trace of a double backward through softmax said dL/dg +=
