@@ -691,7 +691,7 @@ const ad_op_def ad_def_max_pool2d_backward = {
     .sample = max_pool2d_backward_sample,
     .math = "y = zeros like x; y[argmax of x over window w] += g[w]",
     .inputs = {"g", "x"},
-    .grads = {"max_pool2d_select(dy, x)", "0 (the argmax is piecewise constant)"},
+    .grads = {"max_pool2d_select(dy, x)", NULL}, /* x: the argmax is piecewise constant */
 };
 
 /* ---------------------------------------------------- max_pool2d_select */
@@ -737,7 +737,7 @@ const ad_op_def ad_def_max_pool2d_select = {
     .sample = max_pool2d_select_sample,
     .math = "y[w] = g[argmax of x over window w]",
     .inputs = {"g", "x"},
-    .grads = {"max_pool2d_backward(dy, x)", "0 (the argmax is piecewise constant)"},
+    .grads = {"max_pool2d_backward(dy, x)", NULL}, /* x: the argmax is piecewise constant */
 };
 
 /* ----------------------------------------------------------- avg_pool2d */

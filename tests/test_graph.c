@@ -137,6 +137,13 @@ Test(graph, every_op_unchanged_and_renders) {
         char *fdot = mem_close(&fw), *bdot = mem_close(&bw);
 
         for (int i = 0; i < n; i++) {
+          /* the rule says what the backward does: a contribution (the
+           * rule's text), or none (NULL: "no gradient to ...") */
+          const char *rule = def->grads[def->arity < 0 ? 0 : i];
+          if (ad_tensor_requires_grad(in[i]))
+            cr_assert(!rule == !want[i], "%s variant %d: input %d gets %s, but its rule is %s",
+                      def->name, variant, i, want[i] ? "a gradient" : "none",
+                      rule ? rule : "\"no gradient\"");
           if (!want[i]) {
             cr_assert_null(in[i]->grad, "%s: input %d got a gradient", def->name, i);
             continue;
