@@ -650,7 +650,7 @@ static void attrs_str(const ad_op_def *def, const ad_tensor *t, sbuf *out) {
 
 typedef struct words {
   const char *op;
-  const char *text[9]; /* lines; NULL ends */
+  const char *text[10]; /* lines; NULL ends */
 } words;
 
 static const words op_words[] = {
@@ -659,7 +659,8 @@ static const words op_words[] = {
       "patch under it (a correlation: the kernel is not flipped).",
       "dx: an x pixel lies in the windows of several output pixels and met a different weight",
       "in each, so it collects the sum of dy times that weight: a transposed convolution (with",
-      "stride 1 and no padding, the full convolution of dy with the flipped kernel).",
+      "stride 1 and no padding, the kernel flipped and slid over dy padded with zeros: the",
+      "full convolution of dy with w).",
       "dw: w[o,c,u,v] met the pixel at offset (u,v) of every window, so it collects the sum of",
       "that pixel times dy: the correlation of x with dy. db: b was added to every output",
       "pixel of its channel, so it collects the sum of dy."}},
@@ -774,7 +775,7 @@ static void trace_step(ad_graph *g, const ad_tensor *out, const ad_tensor *gout,
     fputc('\n', f);
   }
   const words *w = words_of(def);
-  for (int i = 0; w && i < 9 && w->text[i]; i++)
+  for (int i = 0; w && i < 10 && w->text[i]; i++)
     fprintf(f, "  %-10s %s\n", i ? "" : "in words", w->text[i]);
   for (int k = 0; k < nin; k++) {
     const char *iname = tensor_name(g, in[k], ib, sizeof ib);

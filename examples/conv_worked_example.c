@@ -11,7 +11,8 @@
  *   dL/dy: each window's dL/dp goes to its argmax (first maximum on a
  *          tie), overlapping windows add
  *   dL/dw: the correlation of x with dL/dy
- *   dL/dx: the full convolution of dL/dy with the flipped kernel
+ *   dL/dx: the full convolution of dL/dy with w (the kernel flipped and
+ *          slid over dL/dy padded with zeros)
  * and by the engine's ops (conv2d_weight, conv_transpose2d), with their
  * differences; then how the engine computes them: im2col and matrix
  * products, with the numbers.

@@ -494,6 +494,14 @@ Test(graph, conv_pool_attributes_and_words) {
   cr_assert(strstr(trace, "  attrs      kernel 2x2 stride 1x1 pad 0x0 dil 1x1\n"), "%s", trace);
   cr_assert(strstr(trace, "  in words   forward: the kernel w slides over x"), "%s", trace);
   cr_assert(strstr(trace, "a transposed convolution"), "%s", trace);
+  /* dx[r] = sum_i dy[i] w[r - i]: the full convolution of dy with w itself
+   * (sliding the flipped kernel); the words said "with the flipped
+   * kernel", which flips it twice, next to "the kernel is not flipped" for
+   * the forward's correlation */
+  cr_assert(strstr(trace, "the kernel flipped and slid over dy padded with zeros: the\n") &&
+                strstr(trace, "full convolution of dy with w).\n"),
+            "%s", trace);
+  cr_assert(!strstr(trace, "with the flipped kernel"), "%s", trace);
   cr_assert(strstr(trace, "the correlation of x with dy"), "%s", trace);
   cr_assert(strstr(trace, "  in words   forward: each window passes on only its largest"), "%s",
             trace);
