@@ -873,12 +873,14 @@ static void pow_scalar_range(void *ud, int64_t b, int64_t e) {
 }
 UNARY_FWD(pow_scalar, WITH_S, pow_scalar_f(x, s), pow_scalar_d(x, s))
 
-/* p = 0: y = 1 is constant, so no gradient (an exact 0), also at x = 0
- * where p x^(p-1) would be 0 * inf: PyTorch's rule. */
+/* p = 0: y = 1 is constant, so x receives zeros, whatever dy holds, also
+ * at x = 0 where p x^(p-1) would be 0 * inf: PyTorch's rule (its
+ * zeros_like, as sign's: a leaf reached only through x^0 has a zero grad,
+ * not none, which an optimizer's weight decay and momentum still see). */
 static ad_status pow_scalar_bwd(const ad_call *c) {
   ad_ctx *ctx = c->ctx;
   double p = c->attrs->scalar;
-  if (p == 0.0) return AD_OK;
+  if (p == 0.0) return ad_call_set_grad(c, 0, ad_zeros_like(ctx, c->in[0]));
   ad_tensor *d = p == 2.0 ? ad_mul_scalar(ctx, c->in[0], 2.0)
                           : ad_mul_scalar(ctx, ad_pow_scalar(ctx, c->in[0], p - 1.0), p);
   return ad_call_set_grad(c, 0, ad_mul(ctx, c->gout, d));
@@ -906,7 +908,7 @@ const ad_op_def ad_def_pow_scalar = {
     .sample = pow_scalar_sample,
     .math = "y = x ^ p",
     .inputs = {"x"},
-    .grads = {"dy * p * x^(p-1), none for p = 0"},
+    .grads = {"dy * p * x^(p-1), zeros for p = 0"},
 };
 
 /* ------------------------------------------------------------------ neg */

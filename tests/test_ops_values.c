@@ -2030,6 +2030,33 @@ Test(ops_values, sign_backward_gives_the_leaf_zeros) {
   }
 }
 
+/* pow_scalar(x, 0) = 1 is constant: x gets zeros, whatever dy holds (a NaN
+ * too) and also at x = 0, as torch's x ** 0 (zeros_like), so a leaf
+ * reached only through it has a zero grad, not none. Was NULL. */
+Test(ops_values, pow_scalar_zero_gives_the_leaf_zeros) {
+  for (int d = 0; d < 2; d++) {
+    int64_t n = 3;
+    ad_tensor *w = ad_full(ctx, d ? AD_F64 : AD_F32, 1, &n, 0.0);
+    ad_tensor_set(w, 1, 2.0);
+    ad_tensor_set(w, 2, NAN);
+    ad_tensor_set_requires_grad(w, true);
+    ad_tensor *seed = ad_full(ctx, d ? AD_F64 : AD_F32, 1, &n, 1.0);
+    ad_tensor_set(seed, 1, NAN);
+    ad_tensor *y = ad_pow_scalar(ctx, w, 0.0);
+    cr_assert_not_null(y, "%s", ad_last_error(ctx));
+    for (int i = 0; i < 3; i++)
+      cr_assert(ad_tensor_get(y, i) == 1, "x^0 = %g", ad_tensor_get(y, i));
+    cr_assert_eq(ad_backward(ctx, y, seed), AD_OK, "%s", ad_last_error(ctx));
+    cr_assert_not_null(w->grad, "x^0's input got no gradient; torch's is zeros");
+    for (int i = 0; i < 3; i++)
+      cr_assert(ad_tensor_get(w->grad, i) == 0 && !signbit(ad_tensor_get(w->grad, i)),
+                "grad[%d] = %g", i, ad_tensor_get(w->grad, i));
+    ad_tape_reset(ctx);
+    ad_tensor_free(w);
+    ad_tensor_free(seed);
+  }
+}
+
 /* hardtanh: clamp's values with PyTorch's hardtanh gradient, dy only
  * strictly inside the bounds (torch 1.13, F.hardtanh(x, -1, 1) of [-2, -1,
  * -0.5, 0.5, 1, 2, NaN] and relu6 of [-1, 0, 3, 6, 7]: [0, 0, 1, 1, 0, 0,
