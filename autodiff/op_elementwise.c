@@ -1264,7 +1264,8 @@ const ad_op_def ad_def_gelu = {
     .sample = sample_unary,
     .math = "y = x Phi(x), Phi(x) = (1 + erf(x/sqrt 2))/2",
     .inputs = {"x"},
-    .grads = {"gelu_backward(dy, x) = dy * (Phi(x) + x phi(x))"},
+    .grads = {"gelu_backward(dy, x) = dy * (Phi(x) + x phi(x)), phi = Phi' = "
+              "e^(-x^2/2)/sqrt(2 pi)"},
 };
 
 /* ------------------------------------------------------------- softplus */

@@ -393,7 +393,8 @@ const ad_op_def ad_def_softmax_cross_entropy = {
     .forward = softmax_ce_fwd,
     .backward = softmax_ce_bwd,
     .sample = softmax_ce_sample,
-    .math = "y = -(1/M) sum_p log softmax(z_p)[t_p], p over positions with t_p != ignore_index",
+    .math = "y = -(1/M) sum_p log softmax(z_p)[t_p], p over the positions with t_p != "
+            "ignore_index, M their count (1 with sum), softmax over the classes (dim 1)",
     .inputs = {"z", "t"},
     .grads = {"dy * (softmax(z) - onehot(t)) / M, 0 where t = ignore_index", NULL},
 };

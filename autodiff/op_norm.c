@@ -440,7 +440,8 @@ const ad_op_def ad_def_layer_norm = {
     .forward = layer_norm_fwd,
     .backward = layer_norm_bwd,
     .sample = layer_norm_sample,
-    .math = "y = (x - mean_k(x)) / sqrt(var_k(x) + eps) * w + b",
+    .math = "y = xhat * w + b, xhat = (x - mean_k(x)) / sqrt(var_k(x) + eps): mean_k, var_k "
+            "(biased) over the last k dims (normalized_shape), sum_rows over the others",
     .inputs = {"x", "w", "b"},
     .grads = {"layer_norm_backward(dy, x, w)", "sum_rows(dy * xhat)", "sum_rows(dy)"},
 };
@@ -689,9 +690,9 @@ const ad_op_def ad_def_layer_norm_backward = {
     .backward = layer_norm_backward_bwd,
     .sample = layer_norm_backward_sample,
     .math = "y = s (gw - mean_k(gw) - xhat mean_k(gw xhat)), gw = g * w, s = 1 / sqrt(var_k(x) + "
-            "eps)",
+            "eps), xhat = (x - mean_k(x)) s",
     .inputs = {"g", "x", "w"},
     .grads = {"w * L, L = layer_norm_backward(dy, x)",
-              "-(s/M) (rowsum(dy y) xhat + rowsum(dy xhat) y) - s mean_k(gw xhat) L",
+              "-s (mean_k(dy y) xhat + mean_k(dy xhat) y) - s mean_k(gw xhat) L",
               "sum_rows(g * L)"},
 };

@@ -722,7 +722,7 @@ const ad_op_def ad_def_softmax = {
     .forward = softmax_fwd,
     .backward = softmax_bwd,
     .sample = sample_softmax,
-    .math = "y = exp(x - lse(x)) along axis",
+    .math = "y = exp(x - lse(x)) along axis, lse = logsumexp",
     .inputs = {"x"},
     .grads = {"softmax_backward(dy, y) = y * (dy - sum_axis(dy * y))"},
 };

@@ -836,7 +836,7 @@ const ad_op_def ad_def_narrow = {
     .sample = narrow_sample,
     .math = "y = x[.., start:start+len, ..] on axis",
     .inputs = {"x"},
-    .grads = {"pad(dy, axis, start, n - start - len)"},
+    .grads = {"pad(dy, axis, start, n - start - len), n = x's length on axis"},
 };
 
 /* ------------------------------------------------------------------ pad */
@@ -897,7 +897,7 @@ const ad_op_def ad_def_pad = {
     .sample = pad_sample,
     .math = "y = [0]*before ++ x ++ [0]*after on axis",
     .inputs = {"x"},
-    .grads = {"narrow(dy, axis, before, len)"},
+    .grads = {"narrow(dy, axis, before, n), n = x's length on axis"},
 };
 
 /* --------------------------------------------------------------- concat */
@@ -1452,7 +1452,9 @@ const ad_op_def ad_def_embedding = {
     .sample = embedding_sample,
     .math = "y[j] = w[idx[j]] (rows)",
     .inputs = {"w", "idx"},
-    .grads = {"index_add(dy where idx != padding_idx else 0 [/ count(idx)], idx, rows(w))", NULL},
+    .grads = {"index_add(dy[j] (0 where idx[j] = padding_idx; / count(idx[j]) with "
+              "scale_grad_by_freq), idx, rows(w))",
+              NULL},
 };
 
 /* --------------------------------------------------- gather, scatter_add
