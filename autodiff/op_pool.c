@@ -795,7 +795,8 @@ const ad_op_def ad_def_avg_pool2d = {
     .forward = avg_pool2d_fwd,
     .backward = avg_pool2d_bwd,
     .sample = avg_pool2d_sample,
-    .math = "y[w] = sum of x over window w / divisor_w (padding 0)",
+    .math = "y[w] = sum of x over window w / divisor_w (padding 0); divisor_w: w's size clipped to "
+            "the padded input (count_include_pad), else to the input",
     .inputs = {"x"},
     .grads = {"avg_pool2d_backward(dy)"},
 };
