@@ -57,6 +57,21 @@
 #define FMA_D(a, b, c) ((a) * (b) + (c))
 #endif
 
+/* The functions the row loops call are always inlined by GCC. Left to
+ * its size limits, it once compiled tanh_v out of line, for the baseline
+ * only: the recurrent cells' AVX-512 and AVX2 clones then called it per
+ * element, a scalar loop with a libm fmaf per multiply-add (the LSTM of
+ * examples/adding took 18 s of CPU instead of 2.8; test vexp_inline). */
+#if defined(__GNUC__) && !defined(__clang__)
+#define VEXP_INLINE __attribute__((always_inline))
+#else
+#define VEXP_INLINE
+#endif
+static inline float exp_v(float xin) VEXP_INLINE;
+static inline float exp_v_lo(float xin, float lo) VEXP_INLINE;
+static inline float sig_v(float x) VEXP_INLINE;
+static inline float tanh_v(float x) VEXP_INLINE;
+
 /* exp_v: exp as 2^n e^r with |r| <= ln2/2 and a degree-6 polynomial
  * (about 1 ulp; inputs clamped to [-87.3, 88.3], NaN kept). The reduction
  * and the polynomial are fused multiply-adds (FMA_F: fmaf, rounded once,
