@@ -1378,7 +1378,8 @@ typedef ad_tensor *(*ad_check_fn)(ad_ctx *ctx, int n, ad_tensor *const *in, void
  * default. eps, atol and rtol must be finite and >= 0 (else AD_ERR_ARG). */
 typedef struct ad_check_opts {
   double eps;    /**< central-difference step (default 1e-6) */
-  double atol;   /**< pass if |a-n| <= atol + rtol*|n| (defaults 1e-5, 1e-4) */
+  double atol;   /**< pass if |a-n| <= atol + rtol*|n| (defaults 1e-5, 1e-4;
+                    1e-3, 1e-2 when an input checked is f32) */
   double rtol;   /**< see atol */
   uint64_t seed; /**< for the random output cotangent */
 } ad_check_opts;
