@@ -17,7 +17,7 @@ and which header includes which from the sources, then
 OBJDIR holds the library's objects (build/autodiff, or its
 libautodiff.so.*.p), SRCDIR is autodiff/. The test 'layering' runs the
 check; `ninja -C build deps-img` redraws docs/img/autodiff-deps.svg. Layers, from the bottom: kernels (GEMM, threads),
-core (errors, memory, tensors, tape and registry, broadcasting), ops (the
+core (errors, memory, tensors, tape and registry, broadcasting, scopes), ops (the
 table and the op families), tools (gradcheck, graph dumps), context
 (making a context, which sets up the rest).
 """
@@ -30,7 +30,7 @@ import sys
 
 LAYERS = [
     ("kernels", ("kernels/",)),
-    ("core", ("core.c", "tape.c", "broadcast.c")),
+    ("core", ("core.c", "tape.c", "broadcast.c", "scope.c")),
     ("ops", ("ops.c", "op_")),
     ("tools", ("gradcheck.c", "graph.c")),
     ("context", ("context.c",)),
@@ -48,8 +48,10 @@ def objects(objdir):
     """{source path relative to SRCDIR: object path}; objdir may also be the
     build directory of autodiff/, holding the shared library's object dir."""
     found = glob.glob(os.path.join(objdir, "*.o"))
-    if not found:
+    if not found:  # the shared library's objects, and gemm.c's (built apart,
+        # at its own optimisation level, and linked whole into the library)
         found = glob.glob(os.path.join(objdir, "libautodiff.so*.p", "*.o"))
+        found += glob.glob(os.path.join(objdir, "libad_gemm.a.p", "*.o"))
     out = {}
     for o in sorted(found):
         base = os.path.basename(o)[:-2]  # kernels_gemm.c
@@ -189,6 +191,10 @@ def main():
     for comp in cycles(include_graph(args.srcdir)):
         print("not ok - an include cycle through " + " -> ".join(comp))
         bad += 1
+    for s in sorted(calls):  # a file of no layer would escape the check below
+        if layer_of(s) == "other":
+            print(f"not ok - {s} is in no layer (deps.py's LAYERS)")
+            bad += 1
     rank = {name: i for i, (name, _) in enumerate(LAYERS)}
     up = [(s, d) for s in calls for d in calls[s]
           if rank.get(layer_of(d), -1) > rank.get(layer_of(s), len(LAYERS))]

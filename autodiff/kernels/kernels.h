@@ -52,6 +52,11 @@ bool ad_transpose_builtin(int kernel, ad_dtype dt, int64_t m, int64_t n, const v
  * it is: the engine splits large products over its own threads. */
 void ad_blas_single_thread(void);
 
+/* The pool's part of ad_set_num_threads (parallel.c): n - 1 workers, with
+ * its errors (AD_ERR_ARG for n < 1, AD_ERR_STATE inside a loop of the
+ * pool, AD_ERR_OOM when a worker could not start). */
+ad_status ad_pool_set_threads(int n);
+
 /* ad_gemm, split over the library's threads (ad_set_num_threads) when the
  * product is large enough to pay for handing out the parts. */
 void ad_gemm_split(ad_dtype dt, bool ta, bool tb, int64_t m, int64_t n, int64_t k, const void *a,

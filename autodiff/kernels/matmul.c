@@ -1,6 +1,20 @@
-/* matmul.c: products for the matmul op: split over the library's threads,
- * or computed transposed when that packs less. */
+/* matmul.c: products for the matmul op: split over the library's threads
+ * (whose count ad_set_num_threads sets here), or computed transposed when
+ * that packs less. */
 #include "kernels.h"
+
+/* ---------------------------------------------------------- threads */
+
+/* The library's thread count: the pool's workers, and BLAS held to one
+ * thread, since products are split over the pool here (ad.h). Here, not in
+ * parallel.c, so that the pool below knows nothing of BLAS (gemm.c hands
+ * its packing to the pool). BLAS is held to one thread for any n that the
+ * pool takes, also where a worker could not start. */
+ad_status ad_set_num_threads(int n) {
+  ad_status st = ad_pool_set_threads(n);
+  if (st == AD_OK || st == AD_ERR_OOM) ad_blas_single_thread();
+  return st;
+}
 
 /* ------------------------------------------------------------ split */
 

@@ -40,9 +40,10 @@
  * a worker that shares its core with the caller (a CPU quota, taskset)
  * would otherwise always be runnable and take half the core from the
  * caller, polling, and two threads would run at half the speed of one.
- * With OpenBLAS, ad_set_num_threads sets it to one thread: the library
- * splits large products over its own threads instead, so BLAS threads
- * never spin beside these. */
+ * With OpenBLAS, ad_set_num_threads (matmul.c: the pool's size and the
+ * products' side of it) sets it to one thread: the library splits large
+ * products over its own threads instead, so BLAS threads never spin
+ * beside these. */
 #include "kernels.h"
 
 #include <pthread.h>
@@ -248,11 +249,10 @@ static void *worker(void *arg) {
   return NULL;
 }
 
-ad_status ad_set_num_threads(int n) {
+ad_status ad_pool_set_threads(int n) {
   if (n < 1) return AD_ERR_ARG;
   if (in_task) return AD_ERR_STATE; /* the pool is busy with the caller's own loop */
   if (n > MAX_THREADS) n = MAX_THREADS;
-  ad_blas_single_thread(); /* the engine splits products over its own threads */
   pthread_mutex_lock(&pool.submit);
   ad_status st = AD_OK;
   while (pool.started < n - 1) {
