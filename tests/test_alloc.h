@@ -5,7 +5,8 @@
  *   counts what the context asks for and can refuse on demand.
  * - QUICK_ASSERT: cr_assert that costs nothing while the condition holds;
  *   expect_status_msg: the last error's status and message;
- *   expect_tensor_close: a tensor against a fixture's, within a tolerance.
+ *   test_close: a value against a reference, within a bound, infinities
+ *   and NaN exactly; expect_tensor_close: a tensor against a fixture's.
  * - TEST_CTX_SUITE: the plain fixture, a fresh ad_ctx_new context per test;
  *   TEST_CTX_SUITE_ALSO gives it to a file's further suites.
  *
@@ -27,6 +28,7 @@
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,6 +40,19 @@
     if (!(cond)) cr_assert(cond, __VA_ARGS__);                                                     \
   } while (0)
 
+/* Whether got matches the reference want within bound: a NaN want wants
+ * a NaN, an infinite want or got wants the same infinity, and otherwise
+ * |got - want| <= bound (so a NaN got fails). Each caller keeps its own
+ * bound; this only keeps that bound out of the cases where it means
+ * nothing: tol * |want| (or tol (1 + |want|)) is inf for an infinite want
+ * and took any got, and a bound that grows with |got| took an infinite
+ * got. */
+static inline bool test_close(double got, double want, double bound) {
+  if (isnan(want)) return isnan(got);
+  if (isinf(want) || isinf(got)) return got == want;
+  return fabs(got - want) <= bound;
+}
+
 /* c's last error has status st and a message containing needle; clears
  * it. */
 static inline void expect_status_msg(ad_ctx *c, ad_status st, const char *needle) {
@@ -47,9 +62,9 @@ static inline void expect_status_msg(ad_ctx *c, ad_status st, const char *needle
   ad_clear_error(c);
 }
 
-/* got matches a fixture's want, of the same shape, element by element to
- * |got - want| <= tol (1 + |want|); the messages name the case cname and
- * the quantity what, and c's last error when got is NULL. */
+/* got matches a fixture's want, of the same shape, element by element
+ * (test_close) to |got - want| <= tol (1 + |want|); the messages name the
+ * case cname and the quantity what, and c's last error when got is NULL. */
 static inline void expect_tensor_close(ad_ctx *c, const ad_tensor *got, const ad_tensor *want,
                                        double tol, const char *cname, const char *what) {
   cr_assert_not_null(got, "%s %s: NULL (%s)", cname, what, ad_last_error(c));
@@ -61,7 +76,7 @@ static inline void expect_tensor_close(ad_ctx *c, const ad_tensor *got, const ad
                  (long long)got->shape[d], (long long)want->shape[d]);
   for (int64_t i = 0; i < got->size; i++) {
     double g = ad_tensor_get(got, i), w = ad_tensor_get(want, i);
-    QUICK_ASSERT(fabs(g - w) <= tol * (1 + fabs(w)), "%s %s[%lld]: %.17g, PyTorch %.17g", cname,
+    QUICK_ASSERT(test_close(g, w, tol * (1 + fabs(w))), "%s %s[%lld]: %.17g, PyTorch %.17g", cname,
                  what, (long long)i, g, w);
   }
 }
