@@ -29,7 +29,7 @@ static void assert_close(const ad_tensor *t, const double *want, int64_t n, doub
   cr_assert_eq(t->size, n);
   for (int64_t i = 0; i < n; i++) {
     double g = ad_tensor_get(t, i), w = want[i];
-    cr_assert(fabs(g - w) <= tol * fmax(1.0, fabs(w)), "element %lld: got %.17g, want %.17g",
+    cr_assert(test_close(g, w, tol * fmax(1.0, fabs(w))), "element %lld: got %.17g, want %.17g",
               (long long)i, g, w);
   }
 }
@@ -547,9 +547,9 @@ Test(backward, second_derivatives_of_elementwise_ops) {
     for (int i = 0; i < 6; i++) {
       double w1 = d1(k, pts[i]), w2 = d2(k, pts[i]);
       double g1 = ad_tensor_get(g, i), g2 = ad_tensor_get(h, i);
-      cr_assert(fabs(g1 - w1) <= 1e-12 * fmax(1, fabs(w1)), "%s'(%g) = %.17g, want %.17g",
+      cr_assert(test_close(g1, w1, 1e-12 * fmax(1, fabs(w1))), "%s'(%g) = %.17g, want %.17g",
                 ops[k].name, pts[i], g1, w1);
-      cr_assert(fabs(g2 - w2) <= 1e-12 * fmax(1, fabs(w2)), "%s''(%g) = %.17g, want %.17g",
+      cr_assert(test_close(g2, w2, 1e-12 * fmax(1, fabs(w2))), "%s''(%g) = %.17g, want %.17g",
                 ops[k].name, pts[i], g2, w2);
     }
     ad_tensor_free(x);

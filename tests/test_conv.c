@@ -184,7 +184,7 @@ Test(conv, no_room_for_scratch_gives_the_same_values) {
     for (int op = 0; op < 3; op++)
       for (int64_t i = 0; i < got[0][op]->size; i++) {
         double a = ad_tensor_get(got[1][op], i), want = ad_tensor_get(got[0][op], i);
-        QUICK_ASSERT(fabs(a - want) <= 1e-11 * fmax(1.0, fabs(want)),
+        QUICK_ASSERT(test_close(a, want, 1e-11 * fmax(1.0, fabs(want))),
                      "case %zu op %d element %lld: %.17g vs %.17g", k, op, (long long)i, a, want);
       }
     for (int v = 0; v < 2; v++) {

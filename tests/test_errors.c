@@ -768,7 +768,7 @@ static void grads_check(const grads *g, const program *pg, double scale, long n)
     cr_assert_not_null(pg->p[k]->grad, "N=%ld: param %d has no grad", n, k);
     for (int64_t i = 0; i < g->n[k]; i++) {
       double want = scale * g->v[k][i], got = ad_tensor_get(pg->p[k]->grad, i);
-      cr_assert(fabs(got - want) <= 1e-12 * fmax(1, fabs(want)),
+      cr_assert(test_close(got, want, 1e-12 * fmax(1, fabs(want))),
                 "N=%ld: param %d element %lld: %.17g, want %.17g", n, k, (long long)i, got, want);
     }
   }

@@ -485,7 +485,7 @@ static void close_f32(const ad_tensor *a, const ad_tensor *b, const char *what) 
       continue;
     }
     double tol = 2 * ldexp(fmax(fabs(u), fabs(v)), -23) + 0x1p-50;
-    cr_assert(u == v || fabs(u - v) <= tol, "%s: element %lld is %.9g, want %.9g", what,
+    cr_assert(u == v || test_close(u, v, tol), "%s: element %lld is %.9g, want %.9g", what,
               (long long)i, u, v);
   }
 }
@@ -1265,7 +1265,7 @@ Test(parallel, direct_parameter_gradients) {
     for (int k = 0; k < 2; k++)
       for (int64_t i = 0; i < params[k]->size; i++) {
         double want = 2 * ad_tensor_get(first[k], i), got = ad_tensor_get(params[k]->grad, i);
-        QUICK_ASSERT(fabs(got - want) <= 1e-12 * (1 + fabs(want)),
+        QUICK_ASSERT(test_close(got, want, 1e-12 * (1 + fabs(want))),
                      "threads %d, param %d [%lld]: %.17g, want %.17g", threads, k, (long long)i,
                      got, want);
       }

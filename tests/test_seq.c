@@ -261,21 +261,21 @@ Test(seq, layer_norm_long_rows_match_the_definition) {
             double gw = ad_tensor_get(g, r * M + i) * (w ? ad_tensor_get(w, i) : 1);
             double want = xh * (w ? ad_tensor_get(w, i) : 1) + (b ? ad_tensor_get(b, i) : 0);
             double got = ad_tensor_get(y, r * M + i);
-            cr_assert(fabs(got - want) <= tol * (1 + fabs(want)),
+            cr_assert(test_close(got, want, tol * (1 + fabs(want))),
                       "%s M %lld affine %d: y[%lld,%lld] %.17g, want %.17g", ad_dtype_name(dt),
                       (long long)M, aff, (long long)r, (long long)i, got, want);
             want = s * (gw - mg - xh * mgx), got = ad_tensor_get(x->grad, r * M + i);
-            cr_assert(fabs(got - want) <= tol * (1 + fabs(want)),
+            cr_assert(test_close(got, want, tol * (1 + fabs(want))),
                       "%s M %lld affine %d: dx[%lld,%lld] %.17g, want %.17g", ad_dtype_name(dt),
                       (long long)M, aff, (long long)r, (long long)i, got, want);
           }
         }
         for (int64_t i = 0; i < M; i++) {
           if (w)
-            cr_assert(fabs(ad_tensor_get(w->grad, i) - dw[i]) <= tol * (1 + fabs(dw[i])) * 4,
+            cr_assert(test_close(ad_tensor_get(w->grad, i), dw[i], tol * (1 + fabs(dw[i])) * 4),
                       "dweight[%lld]", (long long)i);
           if (b)
-            cr_assert(fabs(ad_tensor_get(b->grad, i) - db[i]) <= tol * (1 + fabs(db[i])) * 4,
+            cr_assert(test_close(ad_tensor_get(b->grad, i), db[i], tol * (1 + fabs(db[i])) * 4),
                       "dbias[%lld]", (long long)i);
         }
         free(dw);
