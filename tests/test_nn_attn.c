@@ -342,7 +342,7 @@ Test(sdpa, batch_dims_broadcast) {
   for (int64_t i = 0; i < gk->size; i++) {
     double want = 0;
     for (int b = 0; b < 3; b++) want += ad_tensor_get(ke->grad, b * gk->size + i);
-    cr_assert(fabs(ad_tensor_get(gk, i) - want) <= 1e-12 * (1 + fabs(want)), "dk[%lld] %g vs %g",
+    cr_assert(test_close(ad_tensor_get(gk, i), want, 1e-12 * (1 + fabs(want))), "dk[%lld] %g vs %g",
               (long long)i, ad_tensor_get(gk, i), want);
   }
   ad_tape_reset(ctx);

@@ -23,7 +23,7 @@ static void expect_close(const ad_tensor *t, const double *want, int64_t n, doub
   cr_assert_eq(t->size, n, "%s: %lld values, want %lld", what, (long long)t->size, (long long)n);
   for (int64_t i = 0; i < n; i++) {
     double g = ad_tensor_get(t, i);
-    QUICK_ASSERT(fabs(g - want[i]) <= tol * (1 + fabs(want[i])), "%s[%lld]: %.17g, want %.17g",
+    QUICK_ASSERT(test_close(g, want[i], tol * (1 + fabs(want[i]))), "%s[%lld]: %.17g, want %.17g",
                  what, (long long)i, g, want[i]);
   }
 }

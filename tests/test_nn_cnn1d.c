@@ -41,7 +41,7 @@ static void expect_close(const ad_tensor *t, const double *want, int64_t n, doub
                (long long)n);
   for (int64_t i = 0; i < n; i++) {
     double g = ad_tensor_get(t, i);
-    QUICK_ASSERT(fabs(g - want[i]) <= tol * fmax(1, fabs(want[i])),
+    QUICK_ASSERT(test_close(g, want[i], tol * fmax(1, fabs(want[i]))),
                  "%s[%lld] = %.17g, PyTorch %.17g", what, (long long)i, g, want[i]);
   }
 }

@@ -39,8 +39,8 @@ static void expect_values(const ad_tensor *t, const double *want, int64_t n, dou
                (long long)n);
   for (int64_t i = 0; i < n; i++) {
     double g = ad_tensor_get(t, i);
-    QUICK_ASSERT(fabs(g - want[i]) <= tol * (1 + fabs(want[i])), "%s %s[%lld] = %.17g, torch %.17g",
-                 cname, what, (long long)i, g, want[i]);
+    QUICK_ASSERT(test_close(g, want[i], tol * (1 + fabs(want[i]))),
+                 "%s %s[%lld] = %.17g, torch %.17g", cname, what, (long long)i, g, want[i]);
   }
 }
 

@@ -25,7 +25,7 @@ static void expect_close(const ad_tensor *t, fx_ref want, double tol, const char
                (long long)t->size, (long long)want.n);
   for (int64_t i = 0; i < want.n; i++) {
     double g = ad_tensor_get(t, i);
-    QUICK_ASSERT(fabs(g - want.v[i]) <= tol * (1 + fabs(want.v[i])),
+    QUICK_ASSERT(test_close(g, want.v[i], tol * (1 + fabs(want.v[i]))),
                  "%s %s[%lld] = %.17g, PyTorch %.17g", cname, what, (long long)i, g, want.v[i]);
   }
 }

@@ -55,7 +55,7 @@ static void expect_vals(const embbag_case *c, const char *what, const ad_tensor 
       QUICK_ASSERT(isnan(g), "%s: %s[%lld] = %.17g, PyTorch NaN", c->name, what, (long long)i, g);
       continue;
     }
-    QUICK_ASSERT(fabs(g - w) <= tol * fmax(1.0, fabs(w)), "%s: %s[%lld] = %.17g, PyTorch %.17g",
+    QUICK_ASSERT(test_close(g, w, tol * fmax(1.0, fabs(w))), "%s: %s[%lld] = %.17g, PyTorch %.17g",
                  c->name, what, (long long)i, g, w);
   }
   *at += t->size;

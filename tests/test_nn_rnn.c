@@ -589,7 +589,7 @@ static void fused_vs_composed(nn_rnn_cell cell, ad_dtype dt, bool bidirectional)
           for (int64_t i = 0; i < b->size; i++) scale = fmax(scale, fabs(ad_tensor_get(b, i)));
           for (int64_t i = 0; i < a->size; i++) {
             double x = ad_tensor_get(a, i), y = ad_tensor_get(b, i);
-            QUICK_ASSERT(fabs(x - y) <= tol * fmax(fabs(y), dt == AD_F64 ? 1e-3 * scale : scale),
+            QUICK_ASSERT(test_close(x, y, tol * fmax(fabs(y), dt == AD_F64 ? 1e-3 * scale : scale)),
                          "%s%s %s layout %d lengths %d %s result %d [%lld]: fused %.17g, "
                          "composed %.17g (scale %g)",
                          cell == NN_RNN_LSTM ? "lstm" : "gru",
@@ -1289,7 +1289,7 @@ static void expect_ref(const ad_tensor *got, const double *want, int64_t nw, con
                (long long)got->size, (long long)nw);
   for (int64_t i = 0; i < nw; i++) {
     double g = ad_tensor_get(got, i);
-    QUICK_ASSERT(fabs(g - want[i]) <= 1e-12 * (1 + fabs(want[i])),
+    QUICK_ASSERT(test_close(g, want[i], 1e-12 * (1 + fabs(want[i]))),
                  "%s %s %s[%lld]: %.17g, PyTorch %.17g", cname, mode, what, (long long)i, g,
                  want[i]);
   }

@@ -47,8 +47,8 @@ static void expect_fx(const ad_tensor *t, const char *name, double tol) {
     cr_assert_eq(t->shape[k], want->shape[k], "%s dim %d", name, k);
   for (int64_t i = 0; i < want->size; i++) {
     double g = ad_tensor_get(t, i), w = ad_tensor_get(want, i);
-    QUICK_ASSERT(fabs(g - w) <= tol * fmax(1.0, fabs(w)), "%s[%lld] = %.17g, PyTorch %.17g", name,
-                 (long long)i, g, w);
+    QUICK_ASSERT(test_close(g, w, tol * fmax(1.0, fabs(w))), "%s[%lld] = %.17g, PyTorch %.17g",
+                 name, (long long)i, g, w);
   }
   ad_tensor_free(want);
 }

@@ -29,8 +29,8 @@ static void expect_close(const ad_tensor *got, const double *want, int64_t n, do
                (long long)n);
   for (int64_t i = 0; i < n; i++) {
     double g = ad_tensor_get(got, i), w = want[i];
-    QUICK_ASSERT(fabs(g - w) <= tol * (1 + fabs(w)), "%s %s[%lld] = %.17g, PyTorch %.17g", cs, what,
-                 (long long)i, g, w);
+    QUICK_ASSERT(test_close(g, w, tol * (1 + fabs(w))), "%s %s[%lld] = %.17g, PyTorch %.17g", cs,
+                 what, (long long)i, g, w);
   }
 }
 
