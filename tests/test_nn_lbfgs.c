@@ -141,7 +141,7 @@ static double flat_get(const nn_params *ps, int64_t k) {
 }
 
 static void expect_close(double got, double want, double tol, const char *what, int step) {
-  cr_assert(fabs(got - want) <= tol * (1 + fabs(want)), "%s after step %d: %.17g, torch %.17g",
+  cr_assert(test_close(got, want, tol * (1 + fabs(want))), "%s after step %d: %.17g, torch %.17g",
             what, step + 1, got, want);
 }
 

@@ -508,7 +508,7 @@ Test(losses, bce_op_float32_and_its_plain_backward) {
         continue;
       }
       double want = ((double)tf - 1) * log((double)(1.0f - pf)) - (double)tf * log((double)pf);
-      QUICK_ASSERT(want != want ? got != got : fabs(got - want) <= 3 * 0x1p-24 * fabs(want) + 1e-45,
+      QUICK_ASSERT(test_close(got, want, 3 * 0x1p-24 * fabs(want) + 1e-45),
                    "p %.9g t %.9g: %.9g, in double %.17g", pf, tf, got, want);
     }
   }
@@ -787,7 +787,7 @@ static void expect_torch(ad_tensor *l, int n, ad_tensor *const *in, const double
   cr_assert_not_null(l, "%s", ad_last_error(ctx));
   cr_assert_eq(l->ndim, 0);
   double v = ad_tensor_item(l);
-  cr_assert(fabs(v - want[0]) <= rtol * fmax(1, fabs(want[0])), "value %.17g, torch %.17g", v,
+  cr_assert(test_close(v, want[0], rtol * fmax(1, fabs(want[0]))), "value %.17g, torch %.17g", v,
             want[0]);
   cr_assert_eq(ad_backward(ctx, l, NULL), AD_OK, "%s", ad_last_error(ctx));
   const double *g = want + 1;
@@ -795,7 +795,7 @@ static void expect_torch(ad_tensor *l, int n, ad_tensor *const *in, const double
     cr_assert_not_null(in[k]->grad, "input %d has no gradient", k);
     for (int64_t i = 0; i < in[k]->size; i++, g++) {
       double got = ad_tensor_get(in[k]->grad, i);
-      cr_assert(fabs(got - *g) <= rtol * fmax(1, fabs(*g)),
+      cr_assert(test_close(got, *g, rtol * fmax(1, fabs(*g))),
                 "input %d grad %lld: %.17g, torch %.17g", k, (long long)i, got, *g);
     }
   }

@@ -263,9 +263,9 @@ Test(losses_none, reduced_by_hand_matches_mean_and_sum) {
       }
     }
     double gs = ad_tensor_item(sum), gm = ad_tensor_item(mean);
-    cr_assert(fabs(gs - s) <= 1e-12 * (1 + fabs(s)), "%s: sum %.17g, by hand %.17g", nc->name, gs,
-              s);
-    cr_assert(fabs(gm - s / den) <= 1e-12 * (1 + fabs(gm)), "%s: mean %.17g, by hand %.17g",
+    cr_assert(test_close(gs, s, 1e-12 * (1 + fabs(s))), "%s: sum %.17g, by hand %.17g", nc->name,
+              gs, s);
+    cr_assert(test_close(gm, s / den, 1e-12 * (1 + fabs(gm))), "%s: mean %.17g, by hand %.17g",
               nc->name, gm, s / den);
     free_inputs(in);
   }

@@ -132,13 +132,13 @@ static void run_steps(fixture *f, nn_optimizer *o, const pcase *c, int t0, int t
     for (int i = 0, k = 0; i < 3; i++)
       for (int64_t e = 0; e < f->p[i]->size; e++, k++) {
         double got = ad_tensor_get(f->p[i], e);
-        cr_assert(fabs(got - w[k]) <= 1e-12 * fmax(1, fabs(w[k])),
+        cr_assert(test_close(got, w[k], 1e-12 * fmax(1, fabs(w[k]))),
                   "%s step %d %s[%lld]: %.17g, torch %.17g", c->name, t + 1, pnames[i],
                   (long long)e, got, w[k]);
       }
     for (int g = 0; g < PG_MAXG; g++) {
       double got = g < nn_optimizer_group_count(o) ? nn_optimizer_group_lr(o, g) : 0;
-      cr_assert(fabs(got - w[12 + g]) <= 1e-12 * fabs(w[12 + g]),
+      cr_assert(test_close(got, w[12 + g], 1e-12 * fabs(w[12 + g])),
                 "%s step %d: group %d's lr %.17g, torch %.17g", c->name, t + 1, g, got, w[12 + g]);
     }
   }

@@ -21,7 +21,7 @@ TEST_TMPDIR_SUITE(sched, "sched");
  * after 36 epochs of LinearLR), these schedules are closed forms of the
  * epoch */
 static void near(double got, double want, const char *what, int t) {
-  cr_assert(fabs(got - want) <= 1e-13 * fabs(want) + 1e-18, "%s, epoch %d: %.17g, torch %.17g",
+  cr_assert(test_close(got, want, 1e-13 * fabs(want) + 1e-18), "%s, epoch %d: %.17g, torch %.17g",
             what, t, got, want);
 }
 
@@ -561,7 +561,7 @@ Test(sched, plateau_notes_the_rate_only_when_it_reduces) {
 
 /* |a - b| within 1e-15 relative: the same operations in PyTorch's order */
 static void exact(double got, double want, const char *what, int t) {
-  cr_assert(fabs(got - want) <= 1e-15 * fabs(want) + 1e-300, "%s, step %d: %.17g, torch %.17g",
+  cr_assert(test_close(got, want, 1e-15 * fabs(want) + 1e-300), "%s, step %d: %.17g, torch %.17g",
             what, t, got, want);
 }
 

@@ -20,7 +20,7 @@ TEST_TMPDIR_SUITE(sched3, "sched3");
 
 /* |a - b| within 1e-15 relative: the same operations in PyTorch's order */
 static void exact(double got, double want, const char *what, int g, int t) {
-  cr_assert(fabs(got - want) <= 1e-15 * fabs(want) + 1e-300,
+  cr_assert(test_close(got, want, 1e-15 * fabs(want) + 1e-300),
             "%s, group %d, step %d: %.17g, torch %.17g", what, g, t, got, want);
 }
 
