@@ -224,10 +224,20 @@ static void run_free(run *r) {
 
 static char why[600];
 
+/* Whether got matches want within bound: NaN for a NaN want, the same
+ * infinity for an infinite want or got, else |got - want| <= bound (as
+ * test_close of test_alloc.h, which needs Criterion): a bound of
+ * tol |want| is inf for an infinite want and would take any got. */
+static bool close_to(double got, double want, double bound) {
+  if (isnan(want)) return isnan(got);
+  if (isinf(want) || isinf(got)) return got == want;
+  return fabs(got - want) <= bound;
+}
+
 /* Whether a reduced gradient v is want: exact with shares that are powers
  * of two, within rounding with 1/3 or 1/5 (5 ranks: 12 * (1/5) summed five
  * times is 12.000000000000002). */
-static bool near(double v, double want) { return fabs(v - want) <= 1e-12 * fabs(want); }
+static bool near(double v, double want) { return close_to(v, want, 1e-12 * fabs(want)); }
 
 /* Data parallel equals one process on the global batches: 50 rows in
  * batches of 16 (16 = 8 + 8 = 5 + 5 + 6, the last batch of 2 leaves rank
@@ -272,7 +282,7 @@ static void equals_single(ad_ctx *c, ad_dtype dt, bool adam, size_t bucket, doub
   double a1 = nn_history_get(one.h, "accuracy", 2), a2 = nn_history_get(dd.h, "accuracy", 2);
   snprintf(why, sizeof why, "loss %.17g vs %.17g, accuracy %g vs %g", l2, l1, a2, a1);
   snprintf(n1, sizeof n1, "%s: epoch loss and accuracy are over every rank's rows", name);
-  check(fabs(l1 - l2) <= tol * fabs(l1) && a1 == a2, n1, why);
+  check(close_to(l2, l1, tol * fabs(l1)) && a1 == a2, n1, why);
   snprintf(why, sizeof why, "shared memory %d on %d node(s), expected %d on %d",
            dd.stats.shared_memory, dd.stats.nodes, expect_shm, expect_nodes);
   snprintf(n1, sizeof n1, "%s: the reduction takes the expected path (%s, %d node(s))", name,
@@ -1726,7 +1736,7 @@ static void validation_parts(ad_ctx *c) {
            "all the parts: %.17g)",
            ad_status_str(st), ad_last_error(c), mine[0], theirs[0], mine[1], theirs[1], all);
   check(st == AD_OK && se == AD_OK && mine[0] == theirs[0] && mine[0] < 12 &&
-            mine[1] == theirs[1] && fabs(mine[1] - all) <= 1e-12 * fabs(all) &&
+            mine[1] == theirs[1] && close_to(mine[1], all, 1e-12 * fabs(all)) &&
             same_bits_as_rank0(nn_model_params(m)),
         "own validation parts: metrics over all parts, every rank stops at the same epoch", why);
   ad_clear_error(c);
