@@ -1758,16 +1758,17 @@ Test(ops_values, pow_scalar_special_exponents_as_pytorch) {
  * same in float64: lanes of 1 to 100 elements (tails of the 16-wide
  * loop), spreads up to 300 (outputs that are subnormal or 0; x - max is
  * rounded to float first, as in PyTorch, an error growing with it), and lanes
- * holding a NaN, +inf or only -inf (all NaN, as in PyTorch); on 1 and 3
+ * holding a NaN, +inf or only -inf (all NaN, as in PyTorch), or one -inf
+ * among finite values (0 and -inf there, as in PyTorch); on 1 and 3
  * threads the same bits. */
 Test(ops_values, float32_softmax_last_axis_against_float64) {
   ad_rng rng;
   ad_rng_seed(&rng, 21);
   for (int64_t len = 1; len <= 100; len += len < 20 ? 1 : 9) {
-    int64_t sh[2] = {7, len};
+    int64_t sh[2] = {8, len};
     ad_tensor *x = ad_zeros(ctx, AD_F32, 2, sh);
     cr_assert_not_null(x, "%s", ad_last_error(ctx));
-    for (int64_t r = 0; r < 7; r++)
+    for (int64_t r = 0; r < 8; r++)
       for (int64_t i = 0; i < len; i++) {
         double spread = r < 3 ? 3 : 300;
         ad_tensor_set(x, r * len + i, (ad_rng_uniform(&rng) - 0.5) * spread);
@@ -1775,10 +1776,11 @@ Test(ops_values, float32_softmax_last_axis_against_float64) {
     ad_tensor_set(x, 3 * len + len / 2, NAN);
     ad_tensor_set(x, 4 * len + len / 3, INFINITY);
     for (int64_t i = 0; i < len; i++) ad_tensor_set(x, 5 * len + i, -INFINITY);
+    ad_tensor_set(x, 7 * len + len / 4, -INFINITY);
     for (int lg = 0; lg < 2; lg++) {
       ad_tensor *y = lg ? ad_log_softmax(ctx, x, -1) : ad_softmax(ctx, x, -1);
       cr_assert_not_null(y, "%s", ad_last_error(ctx));
-      for (int64_t r = 0; r < 7; r++) {
+      for (int64_t r = 0; r < 8; r++) {
         double m = -INFINITY, sum = 0;
         bool nan = false;
         for (int64_t i = 0; i < len; i++) {
@@ -1795,9 +1797,10 @@ Test(ops_values, float32_softmax_last_axis_against_float64) {
                       (long long)r, (long long)i, lg ? "log_softmax" : "softmax", got);
             continue;
           }
-          double tol = lg ? 3 * 0x1p-24 * (fabs(v - m) + fabs(log(sum)) + 1)
-                          : 3 * 0x1p-24 * fabs(want) * (1 + fabs(v - m)) + 0x1p-149;
-          QUICK_ASSERT(fabs(got - want) <= tol,
+          double d = isinf(v) ? 0 : fabs(v - m); /* -inf - max: no rounding */
+          double tol = lg ? 3 * 0x1p-24 * (d + fabs(log(sum)) + 1)
+                          : 3 * 0x1p-24 * fabs(want) * (1 + d) + 0x1p-149;
+          QUICK_ASSERT(test_close(got, want, tol),
                        "len %lld row %lld [%lld] %s: %.9g, want %.9g (x %.9g)", (long long)len,
                        (long long)r, (long long)i, lg ? "log_softmax" : "softmax", got, want, v);
         }
