@@ -351,8 +351,8 @@ Test(misuse_tensorops, var_with_extreme_corrections) {
     ad_tensor *y = ad_var(ctx, x, 0, NULL, cs[i], false);
     cr_assert_not_null(y, "%s", ad_last_error(ctx));
     double got = ad_tensor_get(y, 0);
-    cr_assert(got == want[i] || fabs(got - want[i]) <= 1e-15 * want[i],
-              "correction %lld: %.17g, want %.17g", (long long)cs[i], got, want[i]);
+    cr_assert(test_close(got, want[i], 1e-15 * want[i]), "correction %lld: %.17g, want %.17g",
+              (long long)cs[i], got, want[i]);
   }
   ad_tensor_free(x);
 }
