@@ -839,7 +839,9 @@ AD_API ad_tensor *ad_min_axis(ad_ctx *ctx, ad_tensor *x, int axis, bool keepdim)
  * gradient for a lane of zero variance is 0, as torch's. Where torch's
  * gradient differs: with correction >= n the gradient here is not finite
  * (NaN; torch: infinities, or a finite value from the divisor
- * n - correction).
+ * n - correction). The divisor is taken in double, so a correction near
+ * INT64_MIN divides by about 2^63, where torch's int64 n - correction
+ * wraps around (inf).
  * Errors (NULL), named "var" or "std": AD_ERR_NULL (x NULL, axes NULL
  * with n_axes > 0), AD_ERR_DTYPE, AD_ERR_ARG (n_axes outside 0..ndim, an
  * axis out of range or given twice). @{ */
