@@ -65,6 +65,14 @@ int ad_op_register(ad_ctx *ctx, const ad_op_def *def) {
                  "AD_OP_ELEMENTWISE flag)");
     return -1;
   }
+  if (def->flags & ~(AD_OP_VIEW | AD_OP_ELEMENTWISE | AD_OP_GRAD_INTO_TEMPS)) {
+    /* a bit of a later version, or garbage: its meaning would be guessed */
+    ad_set_error(ctx, AD_ERR_ARG, "op_register: %s: flags 0x%x has unknown bits 0x%x", def->name,
+                 (unsigned)def->flags,
+                 (unsigned)def->flags &
+                     ~(unsigned)(AD_OP_VIEW | AD_OP_ELEMENTWISE | AD_OP_GRAD_INTO_TEMPS));
+    return -1;
+  }
   if ((def->flags & AD_OP_GRAD_INTO_TEMPS) && !def->grad_into) {
     ad_set_error(ctx, AD_ERR_ARG, "op_register: %s: AD_OP_GRAD_INTO_TEMPS needs a grad_into",
                  def->name);

@@ -583,6 +583,24 @@ Test(errors, op_register_duplicate_and_missing_fields) {
   ad_tensor_free(a);
 }
 
+/* A flag bit the engine does not know (a later version's, or garbage such
+ * as -1) was accepted and ignored: the op then ran without what its author
+ * asked for. It is refused, naming the bits; the known flags still pass. */
+Test(errors, op_register_refuses_unknown_flags) {
+  ad_op_def def = {.name = "flagged", .arity = 1, .shape = probe_shape, .forward = probe_forward};
+  int before = ad_op_count(ctx);
+  def.flags = 8;
+  cr_assert_eq(ad_op_register(ctx, &def), -1);
+  expect_error(AD_ERR_ARG, "op_register: flagged: flags 0x8 has unknown bits 0x8", NULL);
+  def.flags = AD_OP_ELEMENTWISE | 0x100;
+  cr_assert_eq(ad_op_register(ctx, &def), -1);
+  expect_error(AD_ERR_ARG, "flagged", "unknown bits 0x100", NULL);
+  cr_assert_eq(ad_op_count(ctx), before);
+  cr_assert_eq(ad_op_find(ctx, "flagged"), -1);
+  def.flags = AD_OP_VIEW | AD_OP_ELEMENTWISE;
+  cr_assert_geq(ad_op_register(ctx, &def), 0, "%s", ad_last_error(ctx));
+}
+
 /* An AD_OP_ELEMENTWISE op may leave its shape function NULL: the engine
  * applies the broadcasting rule, errors included. */
 Test(errors, elementwise_op_without_shape_function) {

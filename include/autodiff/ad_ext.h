@@ -393,7 +393,7 @@ typedef int (*ad_sample_fn)(const ad_sample_call *s);
 typedef struct ad_op_def {
   const char *name;          /**< unique, e.g. "tanh" */
   int arity;                 /**< inputs (1..AD_MAX_SRC), or -1: variadic, one or more */
-  int flags;                 /**< AD_OP_VIEW, AD_OP_ELEMENTWISE, AD_OP_GRAD_INTO_TEMPS */
+  int flags;                 /**< any of AD_OP_VIEW, AD_OP_ELEMENTWISE, AD_OP_GRAD_INTO_TEMPS */
   ad_attrs_kind attrs;       /**< the member of ad_attrs it reads */
   ad_shape_fn shape;         /**< required, unless AD_OP_ELEMENTWISE */
   ad_forward_fn forward;     /**< required */
@@ -427,8 +427,8 @@ static inline ad_status ad_call_set_grad(const ad_call *c, int k, ad_tensor *g) 
 /** Registers a new op under def->name. The definition and its name are
  * copied; its other strings (math, inputs, grads) must outlive the
  * context. Returns its id, or -1 with AD_ERR_ARG (a missing function, an
- * arity or attrs kind out of range, a name already taken, 65536 ops
- * registered already) or AD_ERR_OOM. */
+ * arity or attrs kind out of range, a flag the engine does not know, a name
+ * already taken, 65536 ops registered already) or AD_ERR_OOM. */
 AD_API int ad_op_register(ad_ctx *ctx, const ad_op_def *def);
 /** Looks up an op by name; -1 if none. */
 AD_API int ad_op_find(const ad_ctx *ctx, const char *name);
