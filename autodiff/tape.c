@@ -265,7 +265,10 @@ static inline bool elementwise_same(const ad_op_def *def, int n, ad_tensor *cons
  * the engine checks the description and sizes the output. */
 static ad_tensor *apply_shape(ad_ctx *ctx, int id, ad_call *c) {
   const ad_op_def *def = &ctx->ops[id];
-  ad_tensor d = {.dtype = c->in[0]->dtype};
+  /* a user's rule must set ndim: one that set nothing would make a 0-d
+   * output that its forward writes as if it had the input's size */
+  bool user = id >= ctx->nbuiltin;
+  ad_tensor d = {.dtype = c->in[0]->dtype, .ndim = user ? -1 : 0};
   c->out = &d;
   uint32_t nerrors = ctx->nerrors;
   ad_status st = def->shape ? def->shape(c) : ad_shape_elementwise(c);
@@ -274,6 +277,11 @@ static ad_tensor *apply_shape(ad_ctx *ctx, int id, ad_call *c) {
   if (st != AD_OK) {
     if (ctx->nerrors == nerrors) /* a user's shape rule that said nothing */
       ad_set_error(ctx, st, "%s: the shape rule refused the inputs", def->name);
+    return NULL;
+  }
+  if (user && d.ndim == -1) {
+    ad_set_error(ctx, AD_ERR_ARG,
+                 "%s: the shape rule returned AD_OK without setting the output's ndim", def->name);
     return NULL;
   }
   if (d.ndim < 0 || d.ndim > AD_MAX_DIMS ||

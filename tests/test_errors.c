@@ -601,6 +601,33 @@ Test(errors, op_register_refuses_unknown_flags) {
   cr_assert_geq(ad_op_register(ctx, &def), 0, "%s", ad_last_error(ctx));
 }
 
+/* A shape rule that returns AD_OK having described nothing made a 0-d
+ * output of input 0's dtype, which a forward written for the input's size
+ * overran; it is refused. A rule that sets ndim 0 makes a scalar. */
+static bool set_scalar;
+static ad_status lazy_shape(const ad_call *c) {
+  if (set_scalar) c->out->ndim = 0;
+  return AD_OK;
+}
+
+Test(errors, a_shape_rule_that_describes_nothing_is_refused) {
+  ad_op_def def = {.name = "lazy_shape", .arity = 1, .shape = lazy_shape, .forward = probe_forward};
+  int id = ad_op_register(ctx, &def);
+  cr_assert_geq(id, 0, "%s", ad_last_error(ctx));
+  int64_t s = 3;
+  ad_tensor *x = tensor(AD_F64, 1, &s);
+  set_scalar = false;
+  cr_assert_null(ad_op_apply(ctx, id, 1, &x, NULL));
+  expect_error(AD_ERR_ARG,
+               "lazy_shape: the shape rule returned AD_OK without setting the output's ndim", NULL);
+  set_scalar = true;
+  ad_tensor *y = ad_op_apply(ctx, id, 1, &x, NULL);
+  cr_assert_not_null(y, "%s", ad_last_error(ctx));
+  cr_assert(y->ndim == 0 && y->size == 1 && y->dtype == AD_F64);
+  cr_assert_eq(ad_tensor_item(y), 3.0);
+  ad_tensor_free(x);
+}
+
 /* An AD_OP_ELEMENTWISE op may leave its shape function NULL: the engine
  * applies the broadcasting rule, errors included. */
 Test(errors, elementwise_op_without_shape_function) {

@@ -321,7 +321,11 @@ static inline ad_status ad_call_set_grad(const ad_call *c, int k, ad_tensor *g);
 /** Checks the inputs and describes the output: sets c->out's dtype, ndim
  * and shape (the engine computes its size, checking it for overflow), or
  * returns an error recorded with ad_set_error that names the op and the
- * shapes. May be NULL for an AD_OP_ELEMENTWISE op (see the flag). */
+ * shapes. c->out arrives with in[0]'s dtype and no ndim: a rule that
+ * returns AD_OK must set ndim (0 for a scalar), else the call fails with
+ * AD_ERR_ARG; an ndim or dtype out of range, or a negative or too large
+ * shape, fails it too. May be NULL for an AD_OP_ELEMENTWISE op (see the
+ * flag). */
 typedef ad_status (*ad_shape_fn)(const ad_call *c);
 /** Computes c->out->data from the inputs. Cannot fail. */
 typedef void (*ad_forward_fn)(const ad_call *c);
