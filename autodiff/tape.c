@@ -386,6 +386,15 @@ static ad_node *saved_input(ad_ctx *ctx, ad_tensor *t) {
   return n;
 }
 
+/* Whether the data of view v, made by a user's AD_OP_VIEW op, lies in x's
+ * (an empty view may point anywhere: it reads nothing). */
+static bool view_inside(const ad_tensor *v, const ad_tensor *x) {
+  if (v->size == 0) return true;
+  uintptr_t p = (uintptr_t)v->data, b = (uintptr_t)x->data;
+  size_t vb = (size_t)v->size * ad_dsize(v->dtype), xb = (size_t)x->size * ad_dsize(x->dtype);
+  return v->data && x->data && p >= b && p - b <= xb && vb <= xb - (p - b);
+}
+
 /* Puts node (the output of def on in[0..n-1]) on the tape. */
 static ad_status record(ad_ctx *ctx, const ad_op_def *def, ad_node *node, int n,
                         ad_tensor *const *in, const ad_attrs *attrs) {
@@ -464,7 +473,18 @@ ad_tensor *ad_op_apply(ad_ctx *ctx, int id, int n, ad_tensor *const *in, const a
   }
   if (!c.out) return NULL;
   def->forward(&c);
-  if (id >= ctx->nbuiltin) def = &ctx->ops[id]; /* a user's forward may have moved the table */
+  if (id >= ctx->nbuiltin) {
+    def = &ctx->ops[id]; /* a user's forward may have moved the table */
+    if ((def->flags & AD_OP_VIEW) && !view_inside(c.out, in[0])) {
+      ad_set_error(ctx, AD_ERR_STATE,
+                   "%s: the forward of a view (AD_OP_VIEW) %s; it must point out->data into "
+                   "input 0's data",
+                   def->name,
+                   c.out->data ? "pointed out->data outside input 0's data"
+                               : "left out->data NULL");
+      return NULL;
+    }
+  }
   if (ctx->anomaly_fwd && anomaly_forward(ctx, &c) != AD_OK) return NULL;
   ad_node *node = ad_node_of(c.out);
   node->op = (uint16_t)id;

@@ -628,6 +628,54 @@ Test(errors, a_shape_rule_that_describes_nothing_is_refused) {
   ad_tensor_free(x);
 }
 
+/* A view op (AD_OP_VIEW) whose forward left out->data NULL made a tensor
+ * that the next op read through a NULL pointer (a crash), and one that
+ * pointed it outside its input made a "view" of other memory; both are
+ * refused. A view of the input's last two elements works. */
+static int view_mode;
+static double elsewhere[2];
+
+static ad_status tail_shape(const ad_call *c) {
+  c->out->dtype = c->in[0]->dtype;
+  c->out->ndim = 1;
+  c->out->shape[0] = 2;
+  return AD_OK;
+}
+
+static void tail_forward(const ad_call *c) {
+  double *x = c->in[0]->data;
+  if (view_mode == 1) c->out->data = elsewhere;
+  if (view_mode == 2) c->out->data = x + c->in[0]->size - 1; /* runs one past the end */
+  if (view_mode == 3) c->out->data = x + c->in[0]->size - 2;
+}
+
+Test(errors, a_view_forward_must_point_into_its_input) {
+  ad_op_def def = {.name = "tail2",
+                   .arity = 1,
+                   .flags = AD_OP_VIEW,
+                   .shape = tail_shape,
+                   .forward = tail_forward};
+  int id = ad_op_register(ctx, &def);
+  cr_assert_geq(id, 0, "%s", ad_last_error(ctx));
+  int64_t s = 4;
+  ad_tensor *x = ad_from_data(ctx, AD_F64, 1, &s, (const double[]){1, 2, 3, 4});
+  cr_assert_not_null(x);
+  view_mode = 0;
+  cr_assert_null(ad_op_apply(ctx, id, 1, &x, NULL));
+  expect_error(AD_ERR_STATE, "tail2: the forward of a view (AD_OP_VIEW) left out->data NULL", NULL);
+  view_mode = 1;
+  cr_assert_null(ad_op_apply(ctx, id, 1, &x, NULL));
+  expect_error(AD_ERR_STATE, "tail2", "pointed out->data outside input 0's data", NULL);
+  view_mode = 2;
+  cr_assert_null(ad_op_apply(ctx, id, 1, &x, NULL));
+  expect_error(AD_ERR_STATE, "tail2", "outside input 0's data", NULL);
+  view_mode = 3;
+  ad_tensor *y = ad_op_apply(ctx, id, 1, &x, NULL);
+  cr_assert_not_null(y, "%s", ad_last_error(ctx));
+  cr_assert_eq(ad_tensor_item(ad_sum(ctx, y)), 7.0);
+  ad_tensor_free(x);
+}
+
 /* An AD_OP_ELEMENTWISE op may leave its shape function NULL: the engine
  * applies the broadcasting rule, errors included. */
 Test(errors, elementwise_op_without_shape_function) {

@@ -375,7 +375,11 @@ typedef struct ad_sample_call {
 typedef int (*ad_sample_fn)(const ad_sample_call *s);
 
 /** ad_op_def.flags */
-#define AD_OP_VIEW 1 /**< out shares in[0]'s data (forward sets out->data) */
+/** out shares in[0]'s data: the forward sets out->data to point into
+ * in[0]'s (out->size elements, all inside in[0]'s data) and copies
+ * nothing; a forward that leaves it NULL or points it elsewhere fails the
+ * call (AD_ERR_STATE). */
+#define AD_OP_VIEW 1
 /** Element i of the output is computed from element i of each input under
  * NumPy broadcasting, and the output has the inputs' common float dtype
  * and their broadcast shape. With a NULL shape function the engine applies
