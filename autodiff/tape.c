@@ -397,7 +397,7 @@ static bool view_inside(const ad_tensor *v, const ad_tensor *x) {
 
 /* Puts node (the output of def on in[0..n-1]) on the tape. */
 static ad_status record(ad_ctx *ctx, const ad_op_def *def, ad_node *node, int n,
-                        ad_tensor *const *in, const ad_attrs *attrs) {
+                        ad_tensor *const *in, const ad_attrs *attrs, bool given) {
   if (n <= AD_INLINE_SRC) { /* one or two pointers: no loop */
     node->src.in[0] = saved_input(ctx, in[0]);
     node->src.in[1] = n > 1 ? saved_input(ctx, in[1]) : node->src.in[0];
@@ -414,7 +414,10 @@ static ad_status record(ad_ctx *ctx, const ad_op_def *def, ad_node *node, int n,
     node->src.list = l;
     node->nsrc = AD_NSRC_LIST;
   }
-  if (def->attrs != AD_ATTRS_NONE) { /* the backward reads them later */
+  /* the backward reads them later; a user's op that names no member but
+   * was given attributes keeps them too, so that its backward sees what
+   * its forward saw (given) */
+  if (def->attrs != AD_ATTRS_NONE || given) {
     ad_attrs *a = ad_arena_alloc(ctx, sizeof *a);
     if (!a) return AD_ERR_OOM;
     *a = *attrs;
@@ -489,7 +492,7 @@ ad_tensor *ad_op_apply(ad_ctx *ctx, int id, int n, ad_tensor *const *in, const a
   ad_node *node = ad_node_of(c.out);
   node->op = (uint16_t)id;
   if ((any_flags & AD_NF_REQUIRES_GRAD) && ctx->grad_enabled && def->backward &&
-      record(ctx, def, node, n, in, c.attrs) != AD_OK)
+      record(ctx, def, node, n, in, c.attrs, attrs && id >= ctx->nbuiltin) != AD_OK)
     return NULL;
   return c.out;
 }

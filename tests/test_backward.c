@@ -1139,6 +1139,45 @@ Test(backward, a_seed_that_is_a_leafs_gradient_is_not_overwritten) {
   }
 }
 
+/* A registered op that reads attributes but whose definition names none
+ * (attrs AD_ATTRS_NONE): the forward saw the caller's, the backward saw
+ * zeros (they were not kept), so y = 2.5 x got the gradient 0 with AD_OK.
+ * The backward now sees what the forward saw; one that declares the
+ * member (AD_ATTRS_USER) sees the same. */
+static void scale_fwd(const ad_call *c) {
+  for (int64_t i = 0; i < c->out->size; i++)
+    ad_tensor_set(c->out, i, c->attrs->user.f[0] * ad_tensor_get(c->in[0], i));
+}
+static ad_status scale_bwd(const ad_call *c) {
+  return ad_call_set_grad(c, 0, ad_mul_scalar(c->ctx, c->gout, c->attrs->user.f[0]));
+}
+
+Test(backward, a_user_op_sees_the_same_attrs_in_forward_and_backward) {
+  for (int declared = 0; declared < 2; declared++) {
+    ad_op_def d = {.name = declared ? "scale_user_attrs" : "scale_no_attrs",
+                   .arity = 1,
+                   .flags = AD_OP_ELEMENTWISE,
+                   .attrs = declared ? AD_ATTRS_USER : AD_ATTRS_NONE,
+                   .forward = scale_fwd,
+                   .backward = scale_bwd};
+    int id = ad_op_register(ctx, &d);
+    cr_assert_geq(id, 0, "%s", ad_last_error(ctx));
+    int64_t s = 3;
+    ad_tensor *x = ad_from_data(ctx, AD_F64, 1, &s, (const double[]){1, -2, 4});
+    ad_tensor_set_requires_grad(x, true);
+    ad_attrs at = {.user = {.f = {2.5}}};
+    ad_tensor *y = ad_op_apply(ctx, id, 1, &x, &at);
+    cr_assert_not_null(y, "%s", ad_last_error(ctx));
+    cr_assert_eq(ad_tensor_get(y, 2), 10.0);
+    OK(ad_backward(ctx, ad_sum(ctx, y), NULL));
+    for (int64_t i = 0; i < 3; i++)
+      cr_assert_eq(ad_tensor_get(x->grad, i), 2.5, "%s: dx[%lld] = %g", d.name, (long long)i,
+                   ad_tensor_get(x->grad, i));
+    ad_tape_reset(ctx);
+    ad_tensor_free(x);
+  }
+}
+
 /* A registered op's backward must give each input a gradient of its dtype
  * and of its shape (or one it broadcasts to). An f32 gradient for an f64
  * input was read as f64 past its end, and a [3,2] one for a [2,3] input

@@ -402,7 +402,7 @@ typedef struct ad_op_def {
   const char *name;          /**< unique, e.g. "tanh" */
   int arity;                 /**< inputs (1..AD_MAX_SRC), or -1: variadic, one or more */
   int flags;                 /**< any of AD_OP_VIEW, AD_OP_ELEMENTWISE, AD_OP_GRAD_INTO_TEMPS */
-  ad_attrs_kind attrs;       /**< the member of ad_attrs it reads */
+  ad_attrs_kind attrs;       /**< the member of ad_attrs it reads (see ad_tensor_attrs) */
   ad_shape_fn shape;         /**< required, unless AD_OP_ELEMENTWISE */
   ad_forward_fn forward;     /**< required */
   ad_backward_fn backward;   /**< NULL: the output carries no gradient */
@@ -459,7 +459,9 @@ AD_API int ad_tensor_op(const ad_tensor *t);
 AD_API int ad_tensor_inputs(const ad_tensor *t, ad_tensor **srcs, int max);
 /** @} */
 /** The attributes t's op was called with (arena, valid until ad_tape_reset),
- * NULL for a leaf, an unrecorded tensor or an op that takes none. */
+ * NULL for a leaf, an unrecorded tensor or an op that takes none (a
+ * registered op whose definition names no member keeps those it was given,
+ * if any, so that its backward sees what its forward saw). */
 AD_API const ad_attrs *ad_tensor_attrs(const ad_tensor *t);
 
 /** Checks a registered op through its sample function for one dtype (AD_F32
