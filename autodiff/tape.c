@@ -491,7 +491,10 @@ ad_tensor *ad_op_apply(ad_ctx *ctx, int id, int n, ad_tensor *const *in, const a
   if (ctx->anomaly_fwd && anomaly_forward(ctx, &c) != AD_OK) return NULL;
   ad_node *node = ad_node_of(c.out);
   node->op = (uint16_t)id;
+  /* an integer result has no gradient (ad_tensor_set_requires_grad refuses
+   * one, as PyTorch does); only a user's op with a backward can make one */
   if ((any_flags & AD_NF_REQUIRES_GRAD) && ctx->grad_enabled && def->backward &&
+      ad_is_float(c.out->dtype) &&
       record(ctx, def, node, n, in, c.attrs, attrs && id >= ctx->nbuiltin) != AD_OK)
     return NULL;
   return c.out;

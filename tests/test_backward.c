@@ -1178,6 +1178,52 @@ Test(backward, a_user_op_sees_the_same_attrs_in_forward_and_backward) {
   }
 }
 
+/* A registered op with a backward whose shape rule makes an AD_I32 output
+ * (a rounding, say): the output was recorded and required a gradient,
+ * which ad_tensor_set_requires_grad refuses any integer tensor, and a
+ * backward from it sent an i32 gradient into the op's backward, which
+ * failed in whatever op it ran first ("cast: input 0 is i32"). The output
+ * now requires no gradient, as in PyTorch, and a backward from it says so. */
+static ad_status round_shape(const ad_call *c) {
+  c->out->dtype = AD_I32;
+  c->out->ndim = c->in[0]->ndim;
+  memcpy(c->out->shape, c->in[0]->shape, sizeof(int64_t) * (size_t)c->in[0]->ndim);
+  return AD_OK;
+}
+static void round_fwd(const ad_call *c) {
+  for (int64_t i = 0; i < c->out->size; i++)
+    ad_tensor_set(c->out, i, round(ad_tensor_get(c->in[0], i)));
+}
+static ad_status round_bwd(const ad_call *c) {
+  return ad_call_set_grad(c, 0, ad_mul_scalar(c->ctx, ad_cast(c->ctx, c->gout, AD_F64), 0.0));
+}
+
+Test(backward, an_integer_output_of_a_user_op_requires_no_gradient) {
+  ad_op_def d = {.name = "round_i32",
+                 .arity = 1,
+                 .shape = round_shape,
+                 .forward = round_fwd,
+                 .backward = round_bwd};
+  int id = ad_op_register(ctx, &d);
+  cr_assert_geq(id, 0, "%s", ad_last_error(ctx));
+  int64_t s = 3;
+  ad_tensor *x = ad_from_data(ctx, AD_F64, 1, &s, (const double[]){1.25, -2.5, 3.75});
+  ad_tensor_set_requires_grad(x, true);
+  ad_tensor *y = ad_op_apply(ctx, id, 1, &x, NULL);
+  cr_assert_not_null(y, "%s", ad_last_error(ctx));
+  cr_assert_eq(y->dtype, AD_I32);
+  cr_assert_eq(ad_tensor_get(y, 2), 4.0);
+  cr_assert(!ad_tensor_requires_grad(y));
+  cr_assert_eq(ad_tensor_op(y), id);
+  ad_tensor *seed = ad_ones(ctx, AD_I32, 1, &s);
+  cr_assert_eq(ad_backward(ctx, y, seed), AD_ERR_STATE);
+  cr_assert(strstr(ad_last_error(ctx), "the root does not require grad"), "%s", ad_last_error(ctx));
+  ad_clear_error(ctx);
+  ad_tape_reset(ctx);
+  ad_tensor_free(seed);
+  ad_tensor_free(x);
+}
+
 /* A registered op's backward must give each input a gradient of its dtype
  * and of its shape (or one it broadcasts to). An f32 gradient for an f64
  * input was read as f64 past its end, and a [3,2] one for a [2,3] input

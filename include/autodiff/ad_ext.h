@@ -335,6 +335,8 @@ typedef void (*ad_forward_fn)(const ad_call *c);
  * have the output's broadcast shape (one that in[k] broadcasts to): the
  * engine sums it down to in[k]'s. The
  * engine adds contributions up; a backward never writes a gradient itself.
+ * Runs only for a float output: a call whose shape rule made an AD_I32
+ * output is not recorded (the output requires no gradient, as in PyTorch).
  * Returns AD_OK or the status of the op that failed. */
 typedef ad_status (*ad_backward_fn)(const ad_call *c);
 /** Optional fast path: puts input k's contribution straight into grad
