@@ -353,6 +353,18 @@ static ad_tensor *call_op(ad_ctx *ctx, int n, ad_tensor *const *in, void *ud) {
   return ad_op_apply(ctx, c->id, n, in, &c->attrs);
 }
 
+/* Why t cannot be a sample's input (NULL, freed, another context's, a
+ * temporary), or NULL when it can. */
+static const char *sample_input_problem(const ad_ctx *ctx, const ad_tensor *t) {
+  if (!t) return "NULL";
+  const ad_node *n = ad_node_of(t);
+  if (n->magic == AD_NODE_DEAD) return "a freed tensor";
+  if (n->magic != AD_NODE_MAGIC) return "not a tensor";
+  if (n->ctx != ctx) return "a tensor of another context";
+  if (!(n->flags & AD_NF_PERSISTENT)) return "a temporary (an op's result)";
+  return NULL;
+}
+
 /* Generic inputs for an op without a sample function. */
 static int generic_sample(const ad_op_def *def, const ad_sample_call *s) {
   if (s->variant > 0) return 0;
@@ -406,6 +418,17 @@ ad_status ad_op_check(ad_ctx *ctx, int id, ad_dtype dtype, bool second, uint64_t
       st = ad_set_error(ctx, AD_ERR_ARG, "op_check: %s's sample gave %d inputs; at most %d",
                         def->name, n, AD_SAMPLE_MAX_IN);
     } else {
+      /* each of the n inputs a live persistent tensor of ctx: a temporary
+       * is gone at the check's first tape reset, and a freed one is gone */
+      for (int i = 0; i < n && st == AD_OK; i++) {
+        const char *why = sample_input_problem(ctx, in[i]);
+        if (why)
+          st = ad_set_error(ctx, in[i] ? AD_ERR_ARG : AD_ERR_NULL,
+                            "op_check: %s's sample (variant %d) gave input %d of %d: %s; the "
+                            "inputs must be persistent tensors of this context (ad_sample_tensor, "
+                            "ad_rand)",
+                            def->name, v, i, n, why);
+      }
       /* an input to check in another dtype (a sample that ignores
        * s->dtype) would report a check of dtype that never ran */
       for (int i = 0; i < n && st == AD_OK; i++)
@@ -438,7 +461,13 @@ ad_status ad_op_check(ad_ctx *ctx, int id, ad_dtype dtype, bool second, uint64_t
         report->checked += r.checked;
       }
     }
-    for (int i = 0; i < AD_SAMPLE_MAX_IN; i++) ad_tensor_free(in[i]);
+    /* the sample's persistent tensors, each once (a slot may repeat one,
+     * or hold one the sample freed, whose header a later tensor reuses) */
+    for (int i = 0; i < AD_SAMPLE_MAX_IN; i++) {
+      bool again = false;
+      for (int j = 0; j < i; j++) again |= in[j] == in[i];
+      if (!again && !sample_input_problem(ctx, in[i])) ad_tensor_free(in[i]);
+    }
   }
   if (st != AD_OK) report->passed = false;
   return st;

@@ -549,6 +549,65 @@ Test(gradcheck, op_check_refuses_a_sample_of_another_dtype) {
   cr_assert(!r.passed);
 }
 
+/* A sample's inputs must be persistent tensors of the context. One that
+ * gave an op's result failed with "input 0 is from a tape that was reset"
+ * (the check resets the tape), naming neither the sample nor the cause;
+ * one that gave a tensor it had freed returned AD_ERR_ARG while the
+ * message, replaced by the clean-up's, said "tensor_free: the tensor was
+ * already freed"; a NULL slot within the count was "gradcheck: input 1 is
+ * NULL". Each now names the sample, the variant and the slot. */
+static int bad_input_mode;
+static ad_ctx *other_ctx;
+static int bad_input_sample(const ad_sample_call *s) {
+  int64_t n = 4;
+  if (s->variant > 0) return 0;
+  ad_tensor *x = ad_rand(s->ctx, s->rng, s->dtype, 1, &n, -1, 1);
+  if (!x || ad_tensor_set_requires_grad(x, true) != AD_OK) return -1;
+  switch (bad_input_mode) {
+  case 0: /* an op's result */
+    s->in[0] = ad_mul_scalar(s->ctx, x, 2.0);
+    ad_tensor_free(x);
+    return 1;
+  case 1: /* freed */
+    ad_tensor_free(x);
+    s->in[0] = x;
+    return 1;
+  case 2: /* another context's */
+    ad_tensor_free(x);
+    s->in[0] = ad_full(other_ctx, s->dtype, 1, &n, 1.0);
+    return 1;
+  default: /* one more than it made */
+    s->in[0] = x;
+    return 2;
+  }
+}
+
+Test(gradcheck, op_check_names_a_sample_input_that_is_not_persistent) {
+  const ad_op_def d = {.name = "copy_bad_inputs",
+                       .arity = -1,
+                       .flags = AD_OP_ELEMENTWISE,
+                       .forward = copy_forward,
+                       .backward = copy_backward,
+                       .sample = bad_input_sample};
+  int id = ad_op_register(ctx, &d);
+  cr_assert_geq(id, 0, "%s", ad_last_error(ctx));
+  other_ctx = ad_ctx_new();
+  cr_assert_not_null(other_ctx);
+  static const char *const want[4] = {
+      "op_check: copy_bad_inputs's sample (variant 0) gave input 0 of 1: a temporary (an op's "
+      "result); the inputs must be persistent tensors of this context",
+      "op_check: copy_bad_inputs's sample (variant 0) gave input 0 of 1: a freed tensor;",
+      "op_check: copy_bad_inputs's sample (variant 0) gave input 0 of 1: a tensor of another "
+      "context;",
+      "op_check: copy_bad_inputs's sample (variant 0) gave input 1 of 2: NULL;"};
+  for (bad_input_mode = 0; bad_input_mode < 4; bad_input_mode++) {
+    ad_check_report r;
+    expect_error(ctx, want[bad_input_mode], ad_op_check(ctx, id, AD_F64, false, SEED, &r),
+                 bad_input_mode == 3 ? AD_ERR_NULL : AD_ERR_ARG, want[bad_input_mode], &r);
+  }
+  ad_ctx_free(other_ctx);
+}
+
 /* A backward wrong by 0.5% in float32 only (its float64 path right): the
  * f32 check holds an op to atol 1e-5, rtol 1e-3 (the numeric side is f64),
  * so it fails; at ad_gradcheck's general f32 tolerance (1e-3, 1e-2) it
