@@ -365,6 +365,104 @@ static const char *sample_input_problem(const ad_ctx *ctx, const ad_tensor *t) {
   return NULL;
 }
 
+/* Whether a and b are the same value: bits, but any NaN matches any. */
+static bool same_value(double a, double b) {
+  return (isnan(a) && isnan(b)) || (a == b && signbit(a) == signbit(b));
+}
+
+/* The fast path of an op's grad_into, which only ad_backward runs (the
+ * checks above differentiate through ad_grad, that is, the backward),
+ * against the backward, on the sample's inputs with a random seed: a new
+ * gradient stored (overwrite), a second pass added into it, and for
+ * AD_OP_GRAD_INTO_TEMPS a first gradient of an input made by an op (x * 1)
+ * stored into a temporary. Each must be the backward's bits (twice it,
+ * after the second pass), as the contract of ad_grad_into_fn asks: a
+ * grad_into that returns true without writing, or false after writing, or
+ * computes another value, fails here with an error naming the input and
+ * the element. Inputs that need no gradient, or are given twice, are
+ * passed as they are. */
+static ad_status check_grad_into(ad_ctx *ctx, op_call *c, int n, ad_tensor **in, int variant) {
+  const ad_op_def *def = ad_op_get(ctx, c->id);
+  int idx[AD_SAMPLE_MAX_IN], m = 0;
+  size_t total = 0;
+  bool twice = false; /* a tensor given twice takes two contributions a pass */
+  for (int i = 0; i < n; i++) {
+    bool again = false;
+    for (int j = 0; j < i; j++) again |= in[j] == in[i];
+    twice |= again;
+    if (!again && ad_tensor_requires_grad(in[i])) {
+      idx[m++] = i;
+      total += (size_t)in[i]->size;
+    }
+  }
+  if (!m) return AD_OK;
+  double *ref = ad_malloc(ctx, (total ? total : 1) * sizeof *ref);
+  if (!ref) return AD_ERR_OOM;
+  ad_status st = AD_OK;
+  ad_tensor *seed = NULL, *req[AD_SAMPLE_MAX_IN], *g[AD_SAMPLE_MAX_IN], *via[AD_SAMPLE_MAX_IN];
+  for (int k = 0; k < m; k++) req[k] = in[idx[k]];
+  ad_rng rng; /* of its own: the variants after this one draw what they drew before */
+  ad_rng_seed(&rng, 0x5eedu + (uint64_t)variant);
+  bool was = ad_set_grad_enabled(ctx, true);
+  ad_tape_reset(ctx);
+  ad_tensor *y = call_op(ctx, n, in, c);
+  if (!y) {
+    st = ctx->status;
+    goto done;
+  }
+  if (!ad_tensor_requires_grad(y)) goto done; /* nothing to differentiate */
+  if (!(seed = ad_rand(ctx, &rng, y->dtype, y->ndim, y->shape, -1, 1)) ||
+      (st = ad_grad(ctx, y, seed, m, req, g, false)) != AD_OK) {
+    st = st != AD_OK ? st : ctx->status;
+    goto done;
+  }
+  for (int64_t k = 0, at = 0; k < m; at += req[k]->size, k++)
+    for (int64_t j = 0; j < req[k]->size; j++) ref[at + j] = ad_tensor_get(g[k], j);
+  static const char *const pass_name[3] = {
+      "storing a new gradient", "adding into an existing gradient",
+      "storing the first gradient of an op's result (AD_OP_GRAD_INTO_TEMPS)"};
+  for (int pass = 0; pass < 3 && st == AD_OK; pass++) {
+    if ((pass == 1 && twice) || (pass == 2 && !(def->flags & AD_OP_GRAD_INTO_TEMPS))) continue;
+    if (pass != 1)
+      for (int k = 0; k < m; k++) ad_tensor_zero_grad(req[k]);
+    ad_tape_reset(ctx);
+    ad_tensor *const *args = in;
+    if (pass == 2) { /* each input to check through x * 1, an op's result */
+      for (int i = 0; i < n; i++) via[i] = in[i];
+      for (int k = 0; k < m; k++)
+        if (!(via[idx[k]] = ad_mul_scalar(ctx, in[idx[k]], 1.0))) {
+          st = ctx->status;
+          goto done;
+        }
+      args = via;
+    }
+    if (!(y = call_op(ctx, n, args, c)) || (st = ad_backward(ctx, y, seed)) != AD_OK) {
+      st = st != AD_OK ? st : ctx->status;
+      goto done;
+    }
+    for (int64_t k = 0, at = 0; k < m && st == AD_OK; at += req[k]->size, k++)
+      for (int64_t j = 0; j < req[k]->size; j++) {
+        double want = pass == 1 ? 2 * ref[at + j] : ref[at + j];
+        double got = req[k]->grad ? ad_tensor_get(req[k]->grad, j) : 0.0;
+        if (!same_value(got, want)) {
+          st = ad_set_error(ctx, AD_ERR_ARG,
+                            "op_check: %s (variant %d): its grad_into, %s, gave input %d %.17g at "
+                            "element %lld where its backward gives %.17g; the fast path must give "
+                            "the backward's bits",
+                            def->name, variant, pass_name[pass], idx[k], got, (long long)j, want);
+          break;
+        }
+      }
+  }
+done:
+  for (int k = 0; k < m; k++) ad_tensor_zero_grad(req[k]);
+  ad_tape_reset(ctx);
+  ad_tensor_free(seed);
+  ad_set_grad_enabled(ctx, was);
+  ad_free(ctx, ref, (total ? total : 1) * sizeof *ref);
+  return st;
+}
+
 /* Generic inputs for an op without a sample function. */
 static int generic_sample(const ad_op_def *def, const ad_sample_call *s) {
   if (s->variant > 0) return 0;
@@ -442,6 +540,8 @@ ad_status ad_op_check(ad_ctx *ctx, int id, ad_dtype dtype, bool second, uint64_t
       ad_check_report r;
       st = second ? ad_gradgradcheck(ctx, call_op, &c, n, in, &op_tol, &r)
                   : ad_gradcheck(ctx, call_op, &c, n, in, &op_tol, &r);
+      if (st == AD_OK && !second && ad_op_get(ctx, id)->grad_into)
+        st = check_grad_into(ctx, &c, n, in, v);
       if (st == AD_OK) {
         if (!r.passed) report->passed = false;
         /* rank variants by the check's own score, err / tolerance, so a

@@ -651,3 +651,54 @@ Test(gradcheck, op_check_in_f32_catches_a_backward_off_by_half_a_percent) {
                  r.rel_err);
   }
 }
+
+/* The checks differentiate through ad_grad, which never runs an op's
+ * grad_into (only ad_backward does): a fast path that returned true
+ * without writing, returned false after adding (the backward then added
+ * again), or was off in the last bit passed ad_op_check, and the op gave
+ * wrong gradients in training. Each now fails, naming the case; a right
+ * one passes, with and without AD_OP_GRAD_INTO_TEMPS. */
+static int into_mode;
+static bool copy_grad_into(const ad_call *c, int k, ad_tensor *grad, bool overwrite) {
+  (void)k;
+  if (into_mode == 0) return true; /* writes nothing */
+  for (int64_t i = 0; i < grad->size; i++) {
+    double d = ad_tensor_get(c->gout, i);
+    if (into_mode == 2) d = nextafter(d, INFINITY); /* off in the last bit (f64) */
+    ad_tensor_set(grad, i, overwrite ? d : ad_tensor_get(grad, i) + d);
+  }
+  return into_mode != 1; /* 1: declines after adding */
+}
+
+Test(gradcheck, op_check_compares_grad_into_with_the_backward) {
+  static const char *const want[3] = {"storing a new gradient", "adding into an existing gradient",
+                                      "storing a new gradient"};
+  for (int temps = 0; temps < 2; temps++) {
+    char name[32];
+    snprintf(name, sizeof name, "copy_into%s", temps ? "_temps" : "");
+    const ad_op_def d = {.name = name,
+                         .arity = 1,
+                         .flags = AD_OP_ELEMENTWISE | (temps ? AD_OP_GRAD_INTO_TEMPS : 0),
+                         .forward = copy_forward,
+                         .backward = copy_backward,
+                         .grad_into = copy_grad_into,
+                         .sample = copy_sample};
+    int id = ad_op_register(ctx, &d);
+    cr_assert_geq(id, 0, "%s", ad_last_error(ctx));
+    ad_check_report r;
+    for (into_mode = 0; into_mode < 3; into_mode++) {
+      char label[64], needle[160];
+      snprintf(label, sizeof label, "%s, mode %d", name, into_mode);
+      snprintf(needle, sizeof needle, "op_check: %s (variant 0): its grad_into, %s, gave input 0",
+               name, want[into_mode]);
+      expect_error(ctx, label, ad_op_check(ctx, id, AD_F64, false, SEED, &r), AD_ERR_ARG, needle,
+                   &r);
+    }
+    into_mode = 3;
+    for (int dt = 0; dt < 2; dt++) {
+      ad_dtype t = dt ? AD_F32 : AD_F64;
+      cr_assert_eq(ad_op_check(ctx, id, t, false, SEED, &r), AD_OK, "%s", ad_last_error(ctx));
+      cr_assert(r.passed, "%s in %s", name, ad_dtype_name(t));
+    }
+  }
+}

@@ -355,7 +355,10 @@ typedef ad_status (*ad_backward_fn)(const ad_call *c);
  * an op, shaped like the output, that has no gradient yet in the pass
  * (grad is then a new temporary, which becomes that input's accumulated
  * gradient). Must not fail: a kernel's own scratch with a fallback is
- * fine, an error to report is not. */
+ * fine, an error to report is not. The engine cannot tell a wrong fast path
+ * in use (one that returns true without writing grad, or false after
+ * writing it, gives a wrong gradient silently); ad_op_check compares it
+ * with the backward, bit for bit, in each of these cases. */
 typedef bool (*ad_grad_into_fn)(const ad_call *c, int k, ad_tensor *grad, bool overwrite);
 
 /** Slots a sample function may fill: a fixed arity's AD_MAX_SRC, or for a
@@ -475,7 +478,12 @@ AD_API const ad_attrs *ad_tensor_attrs(const ad_tensor *t);
  * second, second) order, at ad_gradcheck's default tolerance in f64 and at
  * atol 1e-5, rtol 1e-3 in f32 (the numeric side is computed in f64). The
  * sample must make the inputs to check in dtype (else AD_ERR_DTYPE).
- * Prints nothing. */
+ * Those checks differentiate through the backward (ad_grad); for an op
+ * with a grad_into, the first-order check also runs ad_backward on each
+ * variant (a new gradient, a second pass adding into it, and with
+ * AD_OP_GRAD_INTO_TEMPS an input made by an op) and fails with AD_ERR_ARG,
+ * naming the variant, input and element, where the fast path's gradient
+ * is not the backward's bits. Prints nothing. */
 AD_API ad_status ad_op_check(ad_ctx *ctx, int id, ad_dtype dtype, bool second, uint64_t seed,
                              ad_check_report *report);
 
