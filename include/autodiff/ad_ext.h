@@ -312,7 +312,9 @@ typedef struct ad_call {
 } ad_call;
 
 /** In a backward: stores g as input k's contribution and returns AD_OK, or,
- * when g is NULL because the op that made it failed, that op's status.
+ * when g is NULL because the op that made it failed, that op's status. k
+ * runs 0..c->n-1 (c->gin has c->n slots; a k past them writes past the
+ * engine's array, which nothing can detect).
  *   @code
  *   return ad_call_set_grad(c, 0, ad_mul(c->ctx, c->gout, c->out));
  *   @endcode */
@@ -327,7 +329,10 @@ static inline ad_status ad_call_set_grad(const ad_call *c, int k, ad_tensor *g);
  * shape, fails it too. May be NULL for an AD_OP_ELEMENTWISE op (see the
  * flag). */
 typedef ad_status (*ad_shape_fn)(const ad_call *c);
-/** Computes c->out->data from the inputs. Cannot fail. */
+/** Computes c->out->data from the inputs. Cannot fail. Writes out->size
+ * elements of out's dtype and nothing else: not past them, not into the
+ * inputs (a tensor's data may be shared by views, and the tape keeps the
+ * inputs for the backward). The engine cannot check this; ASan can. */
 typedef void (*ad_forward_fn)(const ad_call *c);
 /** For each k with needs[k], sets gin[k] to input k's contribution to
  * dL/din[k], computed with ad_ ops from c->gout (so it can be recorded and
@@ -335,7 +340,12 @@ typedef void (*ad_forward_fn)(const ad_call *c);
  * have the output's broadcast shape (one that in[k] broadcasts to): the
  * engine sums it down to in[k]'s. The
  * engine adds contributions up; a backward never writes a gradient itself.
- * Runs only for a float output: a call whose shape rule made an AD_I32
+ * gin[k] may be any live tensor of c->ctx of in[k]'s dtype, c->gout,
+ * c->out or in[k] themselves included; a freed tensor, another context's, another
+ * dtype or a shape in[k] does not broadcast to fails the pass, naming the
+ * op. gin[k] for an input with needs[k] false is ignored. A backward that
+ * returns an error status without recording a message gets one naming
+ * the op. Runs only for a float output: a call whose shape rule made an AD_I32
  * output is not recorded (the output requires no gradient, as in PyTorch).
  * Returns AD_OK or the status of the op that failed. */
 typedef ad_status (*ad_backward_fn)(const ad_call *c);
@@ -458,7 +468,10 @@ AD_API const ad_op_def *ad_op_get(const ad_ctx *ctx, int id);
  * an input requires a gradient and grad mode is on. n: the op's arity (or
  * min_arity..arity); any n >= 1 for a variadic op, bounded only by memory
  * (AD_ERR_ARG otherwise). A call of one or two inputs records with no
- * allocation beyond the result; more take one arena list. */
+ * allocation beyond the result; more take one arena list. id: from
+ * ad_op_register or ad_op_find on this ctx (a registered op's id may name
+ * another op, or none, in another context). attrs: the member the op's
+ * definition names; the engine cannot tell which member a caller set. */
 AD_API ad_tensor *ad_op_apply(ad_ctx *ctx, int id, int n, ad_tensor *const *in,
                               const ad_attrs *attrs);
 /** The op id that made t (-1 for a leaf) and its inputs: returns the input
