@@ -123,6 +123,7 @@ struct ad_ctx {
   bool anomaly_fwd; /* check ops' results: anomaly mode, outside a backward sweep
                        (there the gradients sent are checked, and named) */
   int sweeps;       /* backward sweeps running (a hook may start another) */
+  int user_fns;     /* a registered op's shape rule or forward running (ad_op_apply) */
   /* tape */
   ad_node **tape;
   size_t tape_len, tape_cap;

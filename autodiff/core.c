@@ -308,6 +308,12 @@ void ad_tape_reset(ad_ctx *ctx) {
                  "was kept");
     return;
   }
+  if (ctx->user_fns) { /* the op being applied holds its inputs and result in the arena */
+    ad_set_error(ctx, AD_ERR_STATE,
+                 "tape_reset: called from a registered op's shape rule or forward; the tape was "
+                 "kept");
+    return;
+  }
   if (ctx->temp_names) names_clear(ctx, false);
   if (ctx->deferred) deferred_free(ctx);
   if (ctx->chunks) arena_enter(ctx, ctx->chunks);

@@ -468,16 +468,23 @@ ad_tensor *ad_op_apply(ad_ctx *ctx, int id, int n, ad_tensor *const *in, const a
   }
   ad_call c = {
       .ctx = ctx, .name = def->name, .n = n, .in = in, .attrs = attrs ? attrs : &zero_attrs};
+  bool user = id >= ctx->nbuiltin;
+  uint32_t nerrors = ctx->nerrors;
+  ctx->user_fns += user; /* ad_tape_reset from them would free c.out and the inputs */
   if (elementwise_same(def, n, in)) {
     c.out = ad_tmp_like(ctx, in[0]);
   } else {
     c.out = apply_shape(ctx, id, &c);
     def = &ctx->ops[id]; /* a user's shape rule may have registered ops, moving the table */
   }
+  if (c.out) def->forward(&c);
+  ctx->user_fns -= user;
   if (!c.out) return NULL;
-  def->forward(&c);
-  if (id >= ctx->nbuiltin) {
+  if (user) {
     def = &ctx->ops[id]; /* a user's forward may have moved the table */
+    /* an error its functions recorded and left (an op they ran failed, a
+     * tape reset refused) fails the call, as in a backward (sweep_node) */
+    if (ctx->nerrors != nerrors && ctx->status != AD_OK) return NULL;
     if ((def->flags & AD_OP_VIEW) && !view_inside(c.out, in[0])) {
       ad_set_error(ctx, AD_ERR_STATE,
                    "%s: the forward of a view (AD_OP_VIEW) %s; it must point out->data into "
@@ -494,8 +501,7 @@ ad_tensor *ad_op_apply(ad_ctx *ctx, int id, int n, ad_tensor *const *in, const a
   /* an integer result has no gradient (ad_tensor_set_requires_grad refuses
    * one, as PyTorch does); only a user's op with a backward can make one */
   if ((any_flags & AD_NF_REQUIRES_GRAD) && ctx->grad_enabled && def->backward &&
-      ad_is_float(c.out->dtype) &&
-      record(ctx, def, node, n, in, c.attrs, attrs && id >= ctx->nbuiltin) != AD_OK)
+      ad_is_float(c.out->dtype) && record(ctx, def, node, n, in, c.attrs, attrs && user) != AD_OK)
     return NULL;
   return c.out;
 }

@@ -676,6 +676,54 @@ Test(errors, a_view_forward_must_point_into_its_input) {
   ad_tensor_free(x);
 }
 
+/* A registered op whose shape rule or forward called ad_tape_reset freed
+ * its own inputs and result in the middle of the call: from the forward,
+ * ad_op_apply returned a tensor of the reset tape; from the shape rule, a
+ * result that looked fine, whose backward then gave x no gradient, with
+ * AD_OK. The reset is now refused (the tape kept) and the call fails. */
+static int reset_in;
+static ad_status resetting_shape(const ad_call *c) {
+  if (reset_in == 1) ad_tape_reset(c->ctx);
+  return probe_shape(c);
+}
+static void resetting_forward(const ad_call *c) {
+  if (reset_in == 2) ad_tape_reset(c->ctx);
+  probe_forward(c);
+}
+static ad_status triple_backward(const ad_call *c) {
+  return ad_call_set_grad(c, 0, ad_mul_scalar(c->ctx, c->gout, 3.0));
+}
+
+Test(errors, an_ops_shape_rule_or_forward_cannot_reset_the_tape) {
+  ad_op_def def = {.name = "resetting",
+                   .arity = 1,
+                   .shape = resetting_shape,
+                   .forward = resetting_forward,
+                   .backward = triple_backward};
+  int id = ad_op_register(ctx, &def);
+  cr_assert_geq(id, 0, "%s", ad_last_error(ctx));
+  int64_t s = 2;
+  ad_tensor *x = grad_tensor(AD_F64, 1, &s);
+  for (reset_in = 1; reset_in <= 2; reset_in++) {
+    ad_tensor *a = ad_mul_scalar(ctx, x, 2.0);
+    size_t tape = ad_tape_size(ctx);
+    cr_assert_null(ad_op_apply(ctx, id, 1, &a, NULL), "reset in %s",
+                   reset_in == 1 ? "the shape rule" : "the forward");
+    expect_error(AD_ERR_STATE,
+                 "tape_reset: called from a registered op's shape rule or forward; the tape was "
+                 "kept",
+                 NULL);
+    cr_assert_eq(ad_tape_size(ctx), tape, "the tape was kept");
+    ad_tape_reset(ctx);
+  }
+  reset_in = 0; /* the same op, well behaved: dL/dx = 3 * 2 */
+  ad_tensor *a = ad_mul_scalar(ctx, x, 2.0);
+  cr_assert_eq(ad_backward(ctx, ad_sum(ctx, ad_op_apply(ctx, id, 1, &a, NULL)), NULL), AD_OK, "%s",
+               ad_last_error(ctx));
+  cr_assert_eq(ad_tensor_get(x->grad, 1), 6.0);
+  ad_tensor_free(x);
+}
+
 /* An AD_OP_ELEMENTWISE op may leave its shape function NULL: the engine
  * applies the broadcasting rule, errors included. */
 Test(errors, elementwise_op_without_shape_function) {

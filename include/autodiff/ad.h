@@ -426,8 +426,9 @@ AD_API void ad_tensor_print(FILE *f, const char *name, const ad_tensor *t);
  * before the reset must not be used after it; ad_backward detects a root
  * from an earlier tape and returns AD_ERR_STATE, as far as that can be told
  * (not once a new result took its arena memory: see Ownership above).
- * Called during a backward pass (from a backward hook) it records
- * AD_ERR_STATE on ctx and does nothing. */
+ * Called during a backward pass (from a backward hook or an op's backward)
+ * or from a registered op's shape rule or forward, it records AD_ERR_STATE
+ * on ctx and does nothing. */
 AD_API void ad_tape_reset(ad_ctx *ctx);
 
 /** Number of recorded ops; bytes the arena holds; bytes in use now. @{ */

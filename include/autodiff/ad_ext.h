@@ -332,7 +332,9 @@ typedef ad_status (*ad_shape_fn)(const ad_call *c);
 /** Computes c->out->data from the inputs. Cannot fail. Writes out->size
  * elements of out's dtype and nothing else: not past them, not into the
  * inputs (a tensor's data may be shared by views, and the tape keeps the
- * inputs for the backward). The engine cannot check this; ASan can. */
+ * inputs for the backward). The engine cannot check this; ASan can. An
+ * error recorded during it and left (an op it ran failed; ad_tape_reset,
+ * which it must not call) fails the call, as one during a shape rule. */
 typedef void (*ad_forward_fn)(const ad_call *c);
 /** For each k with needs[k], sets gin[k] to input k's contribution to
  * dL/din[k], computed with ad_ ops from c->gout (so it can be recorded and
