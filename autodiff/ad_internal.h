@@ -122,8 +122,9 @@ struct ad_ctx {
   bool anomaly;     /* anomaly mode: check every result and gradient (tape.c) */
   bool anomaly_fwd; /* check ops' results: anomaly mode, outside a backward sweep
                        (there the gradients sent are checked, and named) */
+  bool in_user_fns; /* a registered op's shape rule or forward running (ad_op_apply;
+                       a bool in the bools' padding: the tape's fields stay put) */
   int sweeps;       /* backward sweeps running (a hook may start another) */
-  int user_fns;     /* a registered op's shape rule or forward running (ad_op_apply) */
   /* tape */
   ad_node **tape;
   size_t tape_len, tape_cap;

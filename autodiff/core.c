@@ -308,7 +308,7 @@ void ad_tape_reset(ad_ctx *ctx) {
                  "was kept");
     return;
   }
-  if (ctx->user_fns) { /* the op being applied holds its inputs and result in the arena */
+  if (ctx->in_user_fns) { /* the op being applied holds its inputs and result in the arena */
     ad_set_error(ctx, AD_ERR_STATE,
                  "tape_reset: called from a registered op's shape rule or forward; the tape was "
                  "kept");

@@ -397,7 +397,7 @@ static bool view_inside(const ad_tensor *v, const ad_tensor *x) {
 
 /* Puts node (the output of def on in[0..n-1]) on the tape. */
 static ad_status record(ad_ctx *ctx, const ad_op_def *def, ad_node *node, int n,
-                        ad_tensor *const *in, const ad_attrs *attrs, bool given) {
+                        ad_tensor *const *in, const ad_attrs *attrs) {
   if (n <= AD_INLINE_SRC) { /* one or two pointers: no loop */
     node->src.in[0] = saved_input(ctx, in[0]);
     node->src.in[1] = n > 1 ? saved_input(ctx, in[1]) : node->src.in[0];
@@ -414,10 +414,7 @@ static ad_status record(ad_ctx *ctx, const ad_op_def *def, ad_node *node, int n,
     node->src.list = l;
     node->nsrc = AD_NSRC_LIST;
   }
-  /* the backward reads them later; a user's op that names no member but
-   * was given attributes keeps them too, so that its backward sees what
-   * its forward saw (given) */
-  if (def->attrs != AD_ATTRS_NONE || given) {
+  if (def->attrs != AD_ATTRS_NONE) { /* the backward reads them later */
     ad_attrs *a = ad_arena_alloc(ctx, sizeof *a);
     if (!a) return AD_ERR_OOM;
     *a = *attrs;
@@ -425,6 +422,65 @@ static ad_status record(ad_ctx *ctx, const ad_op_def *def, ad_node *node, int n,
   }
   node->flags |= AD_NF_REQUIRES_GRAD | AD_NF_RECORDED;
   return tape_push(ctx, node);
+}
+
+/* The end of ad_op_apply once the forward ran: anomaly mode's check, and
+ * the record on the tape. */
+static inline ad_tensor *finish(ad_ctx *ctx, int id, ad_call *c, unsigned any_flags) {
+  const ad_op_def *def = &ctx->ops[id];
+  if (ctx->anomaly_fwd && anomaly_forward(ctx, c) != AD_OK) return NULL;
+  ad_node *node = ad_node_of(c->out);
+  node->op = (uint16_t)id;
+  /* an integer result has no gradient (ad_tensor_set_requires_grad refuses
+   * one, as PyTorch does); only a user's op with a backward can make one */
+  if ((any_flags & AD_NF_REQUIRES_GRAD) && ctx->grad_enabled && def->backward &&
+      ad_is_float(c->out->dtype) && record(ctx, def, node, c->n, c->in, c->attrs) != AD_OK)
+    return NULL;
+  return c->out;
+}
+
+/* ad_op_apply for a registered (user's) op, whose functions are checked:
+ * an error they leave fails the call, a view must point into input 0, and
+ * ad_tape_reset from them is refused (it would free c->out and the
+ * inputs). Apart from the built-ins' path, which pays for none of it. */
+static ad_tensor *apply_user(ad_ctx *ctx, int id, ad_call *c, bool given, unsigned any_flags) {
+  uint32_t nerrors = ctx->nerrors;
+  bool was_in = ctx->in_user_fns;
+  ctx->in_user_fns = true;
+  const ad_op_def *def = &ctx->ops[id];
+  if (elementwise_same(def, c->n, c->in)) {
+    c->out = ad_tmp_like(ctx, c->in[0]);
+  } else {
+    c->out = apply_shape(ctx, id, c);
+    def = &ctx->ops[id]; /* the shape rule may have registered ops, moving the table */
+  }
+  if (c->out) def->forward(c);
+  ctx->in_user_fns = was_in;
+  if (!c->out) return NULL;
+  def = &ctx->ops[id]; /* the forward may have moved the table */
+  /* an error its functions recorded and left (an op they ran failed, a
+   * tape reset refused) fails the call, as in a backward (sweep_node) */
+  if (ctx->nerrors != nerrors && ctx->status != AD_OK) return NULL;
+  if ((def->flags & AD_OP_VIEW) && !view_inside(c->out, c->in[0])) {
+    ad_set_error(ctx, AD_ERR_STATE,
+                 "%s: the forward of a view (AD_OP_VIEW) %s; it must point out->data into input "
+                 "0's data",
+                 def->name,
+                 c->out->data ? "pointed out->data outside input 0's data" : "left out->data NULL");
+    return NULL;
+  }
+  /* a user's op that names no attribute member but was given attributes
+   * keeps them (record keeps those of the member named), so that its
+   * backward sees what its forward saw */
+  ad_attrs *kept = NULL;
+  if (given && def->attrs == AD_ATTRS_NONE && (any_flags & AD_NF_REQUIRES_GRAD) &&
+      ctx->grad_enabled && def->backward) {
+    if (!(kept = ad_arena_alloc(ctx, sizeof *kept))) return NULL;
+    *kept = *c->attrs;
+  }
+  ad_tensor *out = finish(ctx, id, c, any_flags);
+  if (out && kept && (ad_node_of(out)->flags & AD_NF_RECORDED)) ad_node_of(out)->attrs = kept;
+  return out;
 }
 
 ad_tensor *ad_op_apply(ad_ctx *ctx, int id, int n, ad_tensor *const *in, const ad_attrs *attrs) {
@@ -468,42 +524,11 @@ ad_tensor *ad_op_apply(ad_ctx *ctx, int id, int n, ad_tensor *const *in, const a
   }
   ad_call c = {
       .ctx = ctx, .name = def->name, .n = n, .in = in, .attrs = attrs ? attrs : &zero_attrs};
-  bool user = id >= ctx->nbuiltin;
-  uint32_t nerrors = ctx->nerrors;
-  ctx->user_fns += user; /* ad_tape_reset from them would free c.out and the inputs */
-  if (elementwise_same(def, n, in)) {
-    c.out = ad_tmp_like(ctx, in[0]);
-  } else {
-    c.out = apply_shape(ctx, id, &c);
-    def = &ctx->ops[id]; /* a user's shape rule may have registered ops, moving the table */
-  }
-  if (c.out) def->forward(&c);
-  ctx->user_fns -= user;
+  if (id >= ctx->nbuiltin) return apply_user(ctx, id, &c, attrs != NULL, any_flags);
+  c.out = elementwise_same(def, n, in) ? ad_tmp_like(ctx, in[0]) : apply_shape(ctx, id, &c);
   if (!c.out) return NULL;
-  if (user) {
-    def = &ctx->ops[id]; /* a user's forward may have moved the table */
-    /* an error its functions recorded and left (an op they ran failed, a
-     * tape reset refused) fails the call, as in a backward (sweep_node) */
-    if (ctx->nerrors != nerrors && ctx->status != AD_OK) return NULL;
-    if ((def->flags & AD_OP_VIEW) && !view_inside(c.out, in[0])) {
-      ad_set_error(ctx, AD_ERR_STATE,
-                   "%s: the forward of a view (AD_OP_VIEW) %s; it must point out->data into "
-                   "input 0's data",
-                   def->name,
-                   c.out->data ? "pointed out->data outside input 0's data"
-                               : "left out->data NULL");
-      return NULL;
-    }
-  }
-  if (ctx->anomaly_fwd && anomaly_forward(ctx, &c) != AD_OK) return NULL;
-  ad_node *node = ad_node_of(c.out);
-  node->op = (uint16_t)id;
-  /* an integer result has no gradient (ad_tensor_set_requires_grad refuses
-   * one, as PyTorch does); only a user's op with a backward can make one */
-  if ((any_flags & AD_NF_REQUIRES_GRAD) && ctx->grad_enabled && def->backward &&
-      ad_is_float(c.out->dtype) && record(ctx, def, node, n, in, c.attrs, attrs && user) != AD_OK)
-    return NULL;
-  return c.out;
+  def->forward(&c);
+  return finish(ctx, id, &c, any_flags);
 }
 
 /* ------------------------------------------------------------ backward */
