@@ -2011,6 +2011,19 @@ Test(ops_values, clamp_gradient_at_bounds_and_sign_gradient) {
   }
 }
 
+/* ad_backward(y, seed) gives the leaf w (of 3 elements) a grad of +0s,
+ * not none; then frees w and seed. */
+static void backward_gives_zeros(ad_tensor *y, ad_tensor *seed, ad_tensor *w, const char *what) {
+  cr_assert_eq(ad_backward(ctx, y, seed), AD_OK, "%s", ad_last_error(ctx));
+  cr_assert_not_null(w->grad, "%s's input got no gradient; torch's is zeros", what);
+  for (int i = 0; i < 3; i++)
+    cr_assert(ad_tensor_get(w->grad, i) == 0 && !signbit(ad_tensor_get(w->grad, i)),
+              "%s: grad[%d] = %g", what, i, ad_tensor_get(w->grad, i));
+  ad_tape_reset(ctx);
+  ad_tensor_free(w);
+  ad_tensor_free(seed);
+}
+
 /* A leaf reached only through sign gets a zero grad from ad_backward, as
  * torch's w.grad = zeros (SignBackward's zeros_like), not none: an
  * optimizer then treats it as torch's does (weight decay, momentum). Was
@@ -2022,14 +2035,7 @@ Test(ops_values, sign_backward_gives_the_leaf_zeros) {
     ad_tensor_set(w, 1, NAN);
     ad_tensor_set_requires_grad(w, true);
     ad_tensor *seed = ad_full(ctx, d ? AD_F64 : AD_F32, 1, &n, NAN);
-    cr_assert_eq(ad_backward(ctx, ad_sign(ctx, w), seed), AD_OK, "%s", ad_last_error(ctx));
-    cr_assert_not_null(w->grad, "sign's input got no gradient; torch's is zeros");
-    for (int i = 0; i < 3; i++)
-      cr_assert(ad_tensor_get(w->grad, i) == 0 && !signbit(ad_tensor_get(w->grad, i)),
-                "grad[%d] = %g", i, ad_tensor_get(w->grad, i));
-    ad_tape_reset(ctx);
-    ad_tensor_free(w);
-    ad_tensor_free(seed);
+    backward_gives_zeros(ad_sign(ctx, w), seed, w, "sign");
   }
 }
 
@@ -2049,14 +2055,7 @@ Test(ops_values, pow_scalar_zero_gives_the_leaf_zeros) {
     cr_assert_not_null(y, "%s", ad_last_error(ctx));
     for (int i = 0; i < 3; i++)
       cr_assert(ad_tensor_get(y, i) == 1, "x^0 = %g", ad_tensor_get(y, i));
-    cr_assert_eq(ad_backward(ctx, y, seed), AD_OK, "%s", ad_last_error(ctx));
-    cr_assert_not_null(w->grad, "x^0's input got no gradient; torch's is zeros");
-    for (int i = 0; i < 3; i++)
-      cr_assert(ad_tensor_get(w->grad, i) == 0 && !signbit(ad_tensor_get(w->grad, i)),
-                "grad[%d] = %g", i, ad_tensor_get(w->grad, i));
-    ad_tape_reset(ctx);
-    ad_tensor_free(w);
-    ad_tensor_free(seed);
+    backward_gives_zeros(y, seed, w, "x^0");
   }
 }
 
