@@ -1138,6 +1138,7 @@ static inline float sigmoid_f(float x) {
 /* float32 in the loops: the same form on exp_v, e = e^-|x| in (0, 1];
  * below -87.3, where exp_v clamps (the result is near FLT_MIN or below:
  * subnormal or 0), libm's form. */
+static inline float sigmoid_v(float x) VEXP_INLINE;
 static inline float sigmoid_v(float x) {
   float e = exp_v(-fabsf(x));
   return x >= 0 ? 1.0f / (1.0f + e) : e / (1.0f + e);

@@ -432,11 +432,13 @@ static inline float bce_f32(float p, float t) {
  * where both are normal floats (no log reaches -100 there); bce_f32 (libm
  * and the clamps) for the others: p of 0, 1, a subnormal, outside [0, 1]
  * or NaN. */
+static inline float bce_v(float p, float t) VEXP_INLINE;
 static inline float bce_v(float p, float t) { return (t - 1.0f) * log_v(1.0f - p) - t * log_v(p); }
 #define BCE_OUT32(p) (!((p) >= FLT_MIN && 1.0f - (p) >= FLT_MIN))
 BINARY_KERNEL_V(bce, bce_v(x0, x1), BCE_OUT32(x0), bce_f32(x0, x1), bce_f64(x0, x1))
 
 /* The log op's float32 value (op_elementwise.c's log kernel). */
+static inline float bce_log32(float x) VEXP_INLINE;
 static inline float bce_log32(float x) { return LOG_V_OUT(x) ? logf(x) : log_v(x); }
 
 /* The plain backward (no create_graph) of p, t and dy of one shape in one

@@ -57,11 +57,15 @@
 #define FMA_D(a, b, c) ((a) * (b) + (c))
 #endif
 
-/* The functions the row loops call are always inlined by GCC. Left to
- * its size limits, it once compiled tanh_v out of line, for the baseline
- * only: the recurrent cells' AVX-512 and AVX2 clones then called it per
- * element, a scalar loop with a libm fmaf per multiply-add (the LSTM of
- * examples/adding took 18 s of CPU instead of 2.8; test vexp_inline). */
+/* The functions the row loops call are always inlined by GCC, and so
+ * must be the callers' own helpers between a clone and them (sigmoid_v,
+ * bce_v, ...). Left to its size limits, GCC once compiled tanh_v out of
+ * line, for the baseline only: the recurrent cells' AVX-512 and AVX2
+ * clones then called it per element, a scalar loop with a libm fmaf per
+ * multiply-add (the LSTM of examples/adding took 18 s of CPU instead of
+ * 2.8); log_v and sigmoid_v were called so from the AVX2 clones of log
+ * and sigmoid, and log_v inlined into bce_v pushed that out of line
+ * instead (test vexp_inline). */
 #if defined(__GNUC__) && !defined(__clang__)
 #define VEXP_INLINE __attribute__((always_inline))
 #else
@@ -71,6 +75,7 @@ static inline float exp_v(float xin) VEXP_INLINE;
 static inline float exp_v_lo(float xin, float lo) VEXP_INLINE;
 static inline float sig_v(float x) VEXP_INLINE;
 static inline float tanh_v(float x) VEXP_INLINE;
+static inline float log_v(float x) VEXP_INLINE;
 
 /* exp_v: exp as 2^n e^r with |r| <= ln2/2 and a degree-6 polynomial
  * (about 1 ulp; inputs clamped to [-87.3, 88.3], NaN kept). The reduction
