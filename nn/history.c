@@ -1,5 +1,6 @@
 /* history.c: nn_fit's helpers for the training history (the history
  * itself lives in fit.c): gradient norms, CSV output, early stopping. */
+#include "kernels/update.h"
 #include "nn_internal.h"
 
 #include <math.h>
@@ -7,33 +8,12 @@
 
 /* --------------------------------------------------------- gradient norms */
 
-/* The sum of squares of g's elements, in double, over 8 independent
- * partial sums (a single running sum would wait on each addition; these
- * vectorize). */
-static double sum_squares(const ad_tensor *g) {
-  double acc[8] = {0}, sq = 0;
-  int64_t n = g->size, k = 0;
-  if (g->dtype == AD_F32) {
-    const float *d = g->data;
-    for (; k + 8 <= n; k += 8)
-      for (int j = 0; j < 8; j++) acc[j] += (double)d[k + j] * d[k + j];
-    for (; k < n; k++) sq += (double)d[k] * d[k];
-  } else {
-    const double *d = g->data;
-    for (; k + 8 <= n; k += 8)
-      for (int j = 0; j < 8; j++) acc[j] += d[k + j] * d[k + j];
-    for (; k < n; k++) sq += d[k] * d[k];
-  }
-  for (int j = 0; j < 8; j++) sq += acc[j];
-  return sq;
-}
-
 void nn_grad_norms_add(const nn_params *p, double *norms) {
   int np = nn_params_count(p);
   double total = 0;
   for (int i = 0; i < np; i++) {
     const ad_tensor *g = nn_params_tensor(p, i)->grad;
-    double sq = g ? sum_squares(g) : 0;
+    double sq = g ? nn_sum_squares(g->dtype, g->size, g->data) : 0;
     norms[i] += sqrt(sq);
     total += sq;
   }

@@ -1,5 +1,6 @@
 /* params.c: named parameter lists, initializers, gradient clipping, L2, and
  * small helpers shared by the nn sources. */
+#include "kernels/update.h"
 #include "nn_internal.h"
 
 #include <math.h>
@@ -391,25 +392,8 @@ void nn_params_zero_grad(nn_params *p) {
 
 /* ------------------------------------------------------- clipping and L2 */
 
-/* The sum of the squares of g's elements in 8 interleaved partial sums,
- * added in a fixed order (one sum would wait on the adder's latency at
- * every element). */
-static double sum_squares(const ad_tensor *g) {
-  double acc[8] = {0};
-  int64_t k = 0, n = g->size;
-  if (g->dtype == AD_F32) {
-    const float *x = g->data;
-    for (; k + 8 <= n; k += 8)
-      for (int j = 0; j < 8; j++) acc[j] += (double)x[k + j] * x[k + j];
-    for (int j = 0; k < n; k++, j++) acc[j] += (double)x[k] * x[k];
-  } else {
-    const double *x = g->data;
-    for (; k + 8 <= n; k += 8)
-      for (int j = 0; j < 8; j++) acc[j] += x[k + j] * x[k + j];
-    for (int j = 0; k < n; k++, j++) acc[j] += x[k] * x[k];
-  }
-  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-}
+/* The sum of the squares of g's elements (nn_sum_squares' fixed order). */
+static double sum_squares(const ad_tensor *g) { return nn_sum_squares(g->dtype, g->size, g->data); }
 
 /* Whether ts[i] is an earlier ts[j]'s tensor (checked when dedupe). */
 static bool seen_before(ad_tensor *const *ts, int i, bool dedupe) {

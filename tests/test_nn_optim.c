@@ -909,6 +909,79 @@ Test(optim, update_paths_same_bits) {
   cr_log_info("update paths compared with the baseline: AVX2 %d cases, AVX-512 %d", ran[2], ran[3]);
 }
 
+/* nn_sum_squares (the norms of clipping and of the history): every path
+ * gives the baseline's bits, over lengths with every kind of tail, and
+ * the value is the sum in the order the header states (element k into
+ * partial k mod 32, the partials added in a tree), checked against that
+ * order written out here; it stays within a few ulp of a long double sum.
+ * An inf or NaN element gives inf or NaN. */
+static double sumsq_in_stated_order(const double *x, int64_t n) {
+  double p[32] = {0};
+  for (int64_t k = 0; k < n; k++) p[k % 32] += x[k] * x[k];
+  for (int w = 16; w >= 1; w /= 2)
+    for (int j = 0; j < w; j++) p[j] += p[j + w];
+  return p[0];
+}
+
+Test(optim, sum_squares_paths_same_bits) {
+  static const char *const names[] = {"best", "baseline", "AVX2", "AVX-512"};
+  static const int64_t lens[] = {0, 1, 7, 31, 32, 33, 63, 64, 100, 1001, 4099};
+  enum { N = 4099 };
+  static double xd[N], as_d[N];
+  static float xf[N];
+  int ran[4] = {0};
+  ad_rng rng;
+  cr_assert_eq(ad_rng_seed(&rng, 77), AD_OK);
+  for (int i = 0; i < N; i++) {
+    /* magnitudes 2^-40 .. 2^40, both signs: partials of every size */
+    xd[i] = (2 * ad_rng_uniform(&rng) - 1) * ldexp(1, (int)ad_rng_below(&rng, 81) - 40);
+    xf[i] = (float)xd[i];
+  }
+  for (int d = 0; d < 2; d++) {
+    ad_dtype dt = d ? AD_F64 : AD_F32;
+    const void *x = d ? (const void *)xd : (const void *)xf;
+    for (int i = 0; i < N; i++) as_d[i] = d ? xd[i] : (double)xf[i];
+    for (size_t li = 0; li < sizeof lens / sizeof *lens; li++) {
+      int64_t n = lens[li];
+      double base = -1, want = sumsq_in_stated_order(as_d, n);
+      long double ref = 0;
+      for (int64_t k = 0; k < n; k++) ref += (long double)as_d[k] * as_d[k];
+      cr_assert(nn_sum_squares_on(NN_UPDATE_BASELINE, dt, n, x, &base));
+      cr_assert(base == want, "%s, length %lld: %.17g, the stated order gives %.17g",
+                ad_dtype_name(dt), (long long)n, base, want);
+      cr_assert(fabsl(base - ref) <= 8 * DBL_EPSILON * ref, "%s, length %lld: %.17g against %.17Lg",
+                ad_dtype_name(dt), (long long)n, base, ref);
+      for (int path = 1; path < 4; path++) {
+        double got = -1;
+        if (!nn_sum_squares_on((nn_update_path)path, dt, n, x, &got)) continue;
+        ran[path]++;
+        cr_assert(memcmp(&got, &base, sizeof got) == 0,
+                  "%s, length %lld: the %s loop gives %.17g, the baseline %.17g", ad_dtype_name(dt),
+                  (long long)n, names[path], got, base);
+      }
+      cr_assert_eq(nn_sum_squares(dt, n, x), base);
+    }
+  }
+  /* a non-finite element in the vector body and in the tail */
+  for (int path = 1; path < 4; path++)
+    for (int at = 5; at <= 40; at += 35) {
+      double got = 0, keep = xd[at];
+      float keepf = xf[at];
+      xd[at] = NAN, xf[at] = INFINITY;
+      bool ok = nn_sum_squares_on((nn_update_path)path, AD_F64, 41, xd, &got);
+      if (ok) cr_assert(isnan(got), "%s: NaN at %d gave %g", names[path], at, got);
+      ok = nn_sum_squares_on((nn_update_path)path, AD_F32, 41, xf, &got);
+      if (ok) cr_assert(isinf(got), "%s: inf at %d gave %g", names[path], at, got);
+      xd[at] = keep, xf[at] = keepf;
+    }
+  cr_assert_gt(ran[1], 0);
+  for (int path = 2; path < 4; path++)
+    if (!ran[path])
+      cr_log_warn("sum of squares: the %s loop not run (this CPU or build lacks it)", names[path]);
+  cr_log_info("sum of squares compared with the baseline: AVX2 %d cases, AVX-512 %d", ran[2],
+              ran[3]);
+}
+
 /* One Adam run over three parameters of 300,001, 7 and 40,000 elements
  * (above the sweep's split minimum, so on two or more threads the chunks
  * cross parameter boundaries), two steps, the gradients fixed; with

@@ -6,6 +6,7 @@
 
 #include <float.h>
 #include <math.h>
+#include <string.h>
 
 /* One set of loops per dtype, generated from the same body; arithmetic in
  * the parameter's dtype, coefficients computed in double and rounded once
@@ -362,6 +363,68 @@ DEFINE_UPDATE(float, FLT_MIN, sqrtf, fmaf, _avx512,
               __attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma"))))
 #endif
 
+/* nn_sum_squares' loops: GCC's vector extensions, so each path runs the
+ * same lane arithmetic (four vectors of 8 doubles are the 32 partials;
+ * ZMM registers on AVX-512, pairs of YMM on AVX2, four XMM on the
+ * baseline). A plain array of partials stayed in memory, each addition
+ * waiting on a store and a load. */
+typedef float nn_v8f __attribute__((vector_size(32)));
+typedef double nn_v8d __attribute__((vector_size(64)));
+
+/* Element k + 8 j + i of the block at k, as a double, into lane i of a_j. */
+#define SUMSQ_F32(a, j)                                                                            \
+  do {                                                                                             \
+    nn_v8f v;                                                                                      \
+    memcpy(&v, x + k + 8 * (j), sizeof v);                                                         \
+    nn_v8d d = __builtin_convertvector(v, nn_v8d);                                                 \
+    a += d * d;                                                                                    \
+  } while (0)
+#define SUMSQ_F64(a, j)                                                                            \
+  do {                                                                                             \
+    nn_v8d d;                                                                                      \
+    memcpy(&d, x + k + 8 * (j), sizeof d);                                                         \
+    a += d * d;                                                                                    \
+  } while (0)
+
+#define DEFINE_SUMSQ(T, SFX, ATTR, STEP, FX, DX)                                                   \
+  ATTR static double sumsq_##T##SFX(int64_t n, const T *x) {                                       \
+    nn_v8d a0 = {0}, a1 = a0, a2 = a0, a3 = a0;                                                    \
+    int64_t k = 0;                                                                                 \
+    for (; k + 32 <= n; k += 32) {                                                                 \
+      STEP(a0, 0);                                                                                 \
+      STEP(a1, 1);                                                                                 \
+      STEP(a2, 2);                                                                                 \
+      STEP(a3, 3);                                                                                 \
+    }                                                                                              \
+    nn_v8d a[4] = {a0, a1, a2, a3};                                                                \
+    return sumsq_finish(a, k, n, FX, DX);                                                          \
+  }
+
+/* The tail x[k..n) (fewer than 32 elements, of f or of d) into its
+ * partials, then the 32 partials added in a fixed tree. */
+static double sumsq_finish(const nn_v8d *a, int64_t k, int64_t n, const float *f, const double *d) {
+  double p[32];
+  memcpy(p, a, sizeof p);
+  for (int j = 0; k < n; k++, j++) {
+    double v = f ? (double)f[k] : d[k];
+    p[j] += v * v;
+  }
+  for (int w = 16; w >= 1; w /= 2)
+    for (int j = 0; j < w; j++) p[j] += p[j + w];
+  return p[0];
+}
+
+#define NN_SUMSQ_AVX2   __attribute__((target("avx2,fma")))
+#define NN_SUMSQ_AVX512 __attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma")))
+DEFINE_SUMSQ(float, , , SUMSQ_F32, x, NULL)
+DEFINE_SUMSQ(double, , , SUMSQ_F64, NULL, x)
+#ifdef NN_OPT_AVX2
+DEFINE_SUMSQ(float, _avx2, NN_SUMSQ_AVX2, SUMSQ_F32, x, NULL)
+DEFINE_SUMSQ(double, _avx2, NN_SUMSQ_AVX2, SUMSQ_F64, NULL, x)
+DEFINE_SUMSQ(float, _avx512, NN_SUMSQ_AVX512, SUMSQ_F32, x, NULL)
+DEFINE_SUMSQ(double, _avx512, NN_SUMSQ_AVX512, SUMSQ_F64, NULL, x)
+#endif
+
 static bool path_available(nn_update_path path) {
   switch (path) {
   case NN_UPDATE_BASELINE:
@@ -416,4 +479,31 @@ bool nn_update_on(nn_update_path path, const nn_opt_config *c, const nn_update_a
 void nn_update(const nn_opt_config *c, const nn_update_aux *x, ad_dtype dt, int64_t t, int64_t n,
                void *p, const void *g, void *s0, void *s1, void *s2) {
   nn_update_on(NN_UPDATE_BEST, c, x, dt, t, n, p, g, s0, s1, s2);
+}
+
+bool nn_sum_squares_on(nn_update_path path, ad_dtype dt, int64_t n, const void *x, double *out) {
+  if (path == NN_UPDATE_BEST)
+    path = path_available(NN_UPDATE_AVX512) ? NN_UPDATE_AVX512
+           : path_available(NN_UPDATE_AVX2) ? NN_UPDATE_AVX2
+                                            : NN_UPDATE_BASELINE;
+  if (!path_available(path)) return false;
+  bool f = dt == AD_F32;
+#ifdef NN_OPT_AVX2
+  if (path == NN_UPDATE_AVX512) {
+    *out = f ? sumsq_float_avx512(n, x) : sumsq_double_avx512(n, x);
+    return true;
+  }
+  if (path == NN_UPDATE_AVX2) {
+    *out = f ? sumsq_float_avx2(n, x) : sumsq_double_avx2(n, x);
+    return true;
+  }
+#endif
+  *out = f ? sumsq_float(n, x) : sumsq_double(n, x);
+  return true;
+}
+
+double nn_sum_squares(ad_dtype dt, int64_t n, const void *x) {
+  double s = 0;
+  nn_sum_squares_on(NN_UPDATE_BEST, dt, n, x, &s);
+  return s;
 }

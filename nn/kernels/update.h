@@ -42,4 +42,16 @@ typedef enum nn_update_path {
 bool nn_update_on(nn_update_path path, const nn_opt_config *c, const nn_update_aux *x, ad_dtype dt,
                   int64_t t, int64_t n, void *p, const void *g, void *s0, void *s1, void *s2);
 
+/* The sum of the squares of x[0..n) (dtype dt: AD_F32 or AD_F64), in
+ * double: 32 partial sums (element k goes to partial k mod 32), each a
+ * product then an addition in double (a float's square is exact there),
+ * added at the end in a fixed tree, so every path gives the same bits.
+ * The gradient norms of clipping and of the training history. */
+double nn_sum_squares(ad_dtype dt, int64_t n, const void *x);
+
+/* nn_sum_squares on the given path, into *out (for tests, which compare
+ * the paths' bits). Returns false, writing nothing, when this build or
+ * CPU lacks it. */
+bool nn_sum_squares_on(nn_update_path path, ad_dtype dt, int64_t n, const void *x, double *out);
+
 #endif
