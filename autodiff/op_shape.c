@@ -624,8 +624,7 @@ static void sum_cols(void *ud, int64_t b, int64_t e) {
   static double NAME(const T *x, int64_t n) {                                                      \
     double acc[8] = {0};                                                                           \
     int64_t i = 0;                                                                                 \
-    for (; i + 8 <= n; i += 8)                                                                     \
-      for (int k = 0; k < 8; k++) acc[k] += x[i + k];                                              \
+    for (; i + 8 <= n; i += 8) AD_UNROLL_FULL for (int k = 0; k < 8; k++) acc[k] += x[i + k];      \
     for (int k = 0; i < n; i++, k++) acc[k] += x[i];                                               \
     return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));      \
   }
