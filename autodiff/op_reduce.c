@@ -1201,9 +1201,11 @@ static ad_tensor *var_of(ad_ctx *ctx, const char *fn, ad_tensor *x, int n_axes, 
   ad_tensor *dev = ad_sub(ctx, x, mean);
   ad_tensor *q = sum_marked(ctx, ad_mul(ctx, dev, dev), red);
   /* in double: n - correction overflows int64 for a correction near
-   * INT64_MIN (torch takes negative ones: a divisor above n) */
+   * INT64_MIN (torch takes negative ones: a divisor above n). A lane of
+   * no element divides its sum 0 by 0 whatever the correction: NaN, as
+   * torch (a negative correction gave 0 / -correction = 0). */
   double dof = (double)n - (double)correction;
-  ad_tensor *v = q ? ad_div(ctx, q, ad_scalar(ctx, q->dtype, dof > 0 ? dof : 0)) : NULL;
+  ad_tensor *v = q ? ad_div(ctx, q, ad_scalar(ctx, q->dtype, n > 0 && dof > 0 ? dof : 0)) : NULL;
   return keepdim ? v : ad_reshape(ctx, v, nk, kept);
 }
 

@@ -338,6 +338,27 @@ Test(misuse_tensorops, var_with_correction_past_n) {
   ad_tensor_free(x), ad_tensor_free(empty);
 }
 
+/* A lane of no element has no variance for any correction: NaN, as
+ * torch.var(torch.zeros(2, 0), 1, correction=-1) gives; a negative
+ * correction divided its empty sum 0 by -correction and gave 0. */
+Test(misuse_tensorops, var_of_no_element_is_nan_for_any_correction) {
+  int64_t e[2] = {2, 0};
+  ad_tensor *empty = param(ctx, 2, e, NULL);
+  const int64_t cs[4] = {-1, -5, INT64_MIN, 0};
+  for (int i = 0; i < 4; i++) {
+    ad_tensor *y = ad_var(ctx, empty, 1, (int[]){1}, cs[i], false);
+    ad_tensor *z = ad_std(ctx, empty, 0, NULL, cs[i], true);
+    cr_assert(y && z, "%s", ad_last_error(ctx));
+    expect_shape(y, 1, (int64_t[]){2}, "var over an empty axis");
+    cr_assert(isnan(ad_tensor_get(y, 0)) && isnan(ad_tensor_get(y, 1)),
+              "var, correction %lld: %g %g", (long long)cs[i], ad_tensor_get(y, 0),
+              ad_tensor_get(y, 1));
+    cr_assert(isnan(ad_tensor_get(z, 0)), "std, correction %lld: %g", (long long)cs[i],
+              ad_tensor_get(z, 0));
+  }
+  ad_tensor_free(empty);
+}
+
 /* A negative correction divides by more than n, as torch's; near
  * INT64_MIN, n - correction overflowed int64 (UB; in practice a negative
  * divisor and a negative variance). Found by fuzz/fuzz_ops. */
