@@ -1165,9 +1165,14 @@ static ad_tensor *sum_marked(ad_ctx *ctx, ad_tensor *x, const bool *red) {
 }
 
 /* var = sum((x - mean)^2) / max(0, n - correction) over the axes (every
- * dim for none), as torch.var; std its square root. fn names the errors. */
+ * dim for none), as torch.var; std its square root (with take_sqrt), taken
+ * before the result is rounded back to x's dtype. fn names the errors.
+ * float32 is computed in float64, as torch's CPU kernels accumulate it in
+ * a double: in float32 the squares overflow for |x - mean| above 1.8e19,
+ * and their sum whenever it passes FLT_MAX, where torch's variance (and a
+ * standard deviation up to 1.8e38) comes out finite. */
 static ad_tensor *var_of(ad_ctx *ctx, const char *fn, ad_tensor *x, int n_axes, const int *axes,
-                         int64_t correction, bool keepdim) {
+                         int64_t correction, bool keepdim, bool take_sqrt) {
   if (!float_in_ok(ctx, fn, x)) return NULL;
   char a[64];
   if (n_axes < 0 || n_axes > x->ndim) {
@@ -1197,6 +1202,8 @@ static ad_tensor *var_of(ad_ctx *ctx, const char *fn, ad_tensor *x, int n_axes, 
     else
       kept[nk++] = x->shape[d];
   }
+  ad_dtype dtype = x->dtype;
+  x = ad_cast(ctx, x, AD_F64);
   ad_tensor *mean = div_count(ctx, sum_marked(ctx, x, red), n);
   ad_tensor *dev = ad_sub(ctx, x, mean);
   ad_tensor *q = sum_marked(ctx, ad_mul(ctx, dev, dev), red);
@@ -1206,24 +1213,25 @@ static ad_tensor *var_of(ad_ctx *ctx, const char *fn, ad_tensor *x, int n_axes, 
    * torch (a negative correction gave 0 / -correction = 0). */
   double dof = (double)n - (double)correction;
   ad_tensor *v = q ? ad_div(ctx, q, ad_scalar(ctx, q->dtype, n > 0 && dof > 0 ? dof : 0)) : NULL;
-  return keepdim ? v : ad_reshape(ctx, v, nk, kept);
+  if (v && take_sqrt) {
+    /* sqrt'(0) is inf, and a lane of zero variance would get inf * 0 =
+     * NaN; torch's std_backward gives 0 there. So where v is 0 the result
+     * is a selected 0 and the square root is taken of 1 (the double select
+     * keeps every order of gradient finite and 0 there); elsewhere
+     * sqrt(v), NaN and inf included. */
+    ad_tensor *zero = ad_scalar(ctx, v->dtype, 0), *one = ad_scalar(ctx, v->dtype, 1);
+    ad_tensor *z = ad_eq(ctx, v, zero);
+    v = ad_where(ctx, z, zero, ad_sqrt(ctx, ad_where(ctx, z, one, v)));
+  }
+  return ad_cast(ctx, keepdim ? v : ad_reshape(ctx, v, nk, kept), dtype);
 }
 
 ad_tensor *ad_var(ad_ctx *ctx, ad_tensor *x, int n_axes, const int *axes, int64_t correction,
                   bool keepdim) {
-  return var_of(ctx, "var", x, n_axes, axes, correction, keepdim);
+  return var_of(ctx, "var", x, n_axes, axes, correction, keepdim, false);
 }
 
 ad_tensor *ad_std(ad_ctx *ctx, ad_tensor *x, int n_axes, const int *axes, int64_t correction,
                   bool keepdim) {
-  ad_tensor *v = var_of(ctx, "std", x, n_axes, axes, correction, keepdim);
-  if (!v) return NULL;
-  /* sqrt'(0) is inf, and a lane of zero variance would get inf * 0 = NaN;
-   * torch's std_backward gives 0 there. So where v is 0 the result is a
-   * selected 0 and the square root is taken of 1 (the double select keeps
-   * every order of gradient finite and 0 there); elsewhere sqrt(v),
-   * NaN and inf included. */
-  ad_tensor *zero = ad_scalar(ctx, v->dtype, 0), *one = ad_scalar(ctx, v->dtype, 1);
-  ad_tensor *z = ad_eq(ctx, v, zero);
-  return ad_where(ctx, z, zero, ad_sqrt(ctx, ad_where(ctx, z, one, v)));
+  return var_of(ctx, "std", x, n_axes, axes, correction, keepdim, true);
 }

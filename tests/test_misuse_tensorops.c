@@ -378,6 +378,43 @@ Test(misuse_tensorops, var_with_extreme_corrections) {
   ad_tensor_free(x);
 }
 
+/* float32 var and std are taken in float64, as torch's kernels accumulate
+ * them: in float32 the squares of deviations above 1.8e19 overflowed, and
+ * so did their sum past FLT_MAX, giving inf for a finite variance and
+ * standard deviation, and NaN gradients. Values from PyTorch 1.13:
+ * torch.var(x, 1) of two rows of 2^63, -2^63 (50 each) is 50/49 2^126,
+ * its gradient +-2^64/49; torch.std([2^64, -2^64], correction=0) is 2^64
+ * (var is inf, beyond float32), its gradient +-0.5. */
+Test(misuse_tensorops, var_and_std_of_float32_do_not_overflow_early) {
+  int64_t s[2] = {2, 50}, s2[1] = {2};
+  ad_tensor *x = ad_zeros(ctx, AD_F32, 2, s), *x2 = ad_zeros(ctx, AD_F32, 1, s2);
+  cr_assert(x && x2, "%s", ad_last_error(ctx));
+  for (int i = 0; i < 100; i++) ((float *)x->data)[i] = i % 2 ? -0x1p63f : 0x1p63f;
+  ((float *)x2->data)[0] = 0x1p64f, ((float *)x2->data)[1] = -0x1p64f;
+  ad_tensor_set_requires_grad(x, true), ad_tensor_set_requires_grad(x2, true);
+  ad_tensor *v = ad_var(ctx, x, 1, (int[]){1}, 1, false);
+  cr_assert_not_null(v, "%s", ad_last_error(ctx));
+  cr_assert_eq(v->dtype, AD_F32);
+  const float want_v = (float)(50.0 / 49 * 0x1p126), want_g = (float)(0x1p64 / 49);
+  for (int r = 0; r < 2; r++)
+    cr_assert_eq(((float *)v->data)[r], want_v, "var[%d] = %g, want %g", r, ((float *)v->data)[r],
+                 want_v);
+  ad_tensor *g = NULL;
+  cr_assert_eq(ad_grad(ctx, ad_sum(ctx, v), NULL, 1, &x, &g, false), AD_OK, "%s",
+               ad_last_error(ctx));
+  for (int i = 0; i < 100; i++)
+    cr_assert_eq(((float *)g->data)[i], i % 2 ? -want_g : want_g, "dvar/dx[%d] = %g, want %g", i,
+                 ((float *)g->data)[i], i % 2 ? -want_g : want_g);
+  ad_tensor *sd = ad_std(ctx, x2, 0, NULL, 0, false), *v2 = ad_var(ctx, x2, 0, NULL, 0, false);
+  cr_assert(sd && v2, "%s", ad_last_error(ctx));
+  cr_assert_eq(ad_tensor_item(sd), 0x1p64, "std = %g", ad_tensor_item(sd));
+  cr_assert(isinf(ad_tensor_item(v2)), "var = %g, beyond float32", ad_tensor_item(v2));
+  cr_assert_eq(ad_grad(ctx, sd, NULL, 1, &x2, &g, false), AD_OK, "%s", ad_last_error(ctx));
+  cr_assert(ad_tensor_get(g, 0) == 0.5 && ad_tensor_get(g, 1) == -0.5, "dstd/dx = %g %g",
+            ad_tensor_get(g, 0), ad_tensor_get(g, 1));
+  ad_tensor_free(x), ad_tensor_free(x2);
+}
+
 /* std's gradient for a lane of zero variance is 0, as torch's std_backward
  * gives (sqrt'(0) times a zero gradient of var would be NaN), to second
  * order; the other lane's as torch's (values from PyTorch 1.13). */

@@ -836,7 +836,9 @@ AD_API ad_tensor *ad_min_axis(ad_ctx *ctx, ad_tensor *x, int axis, bool keepdim)
  * (unbiased=True) is correction 1; 0 is the population variance. A
  * correction >= n divides by 0 (inf, or NaN for a constant lane), and no
  * element gives NaN, as torch. Composites of sums, a subtraction and a
- * division (std: and ad_sqrt), differentiable to any order; std's
+ * division (std: and ad_sqrt), differentiable to any order; float32 is
+ * taken in float64 and rounded at the end (torch also accumulates in a
+ * double), so no square or sum overflows before the result would. std's
  * gradient for a lane of zero variance is 0, as torch's. Where torch's
  * gradient differs: with correction >= n the gradient here is not finite
  * (NaN; torch: infinities, or a finite value from the divisor
