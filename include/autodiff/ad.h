@@ -605,7 +605,9 @@ AD_API ad_tensor *ad_atan(ad_ctx *ctx, ad_tensor *x);
  * x's dtype. A missing bound is -INFINITY / INFINITY (torch's min=None /
  * max=None give the same values and gradient); infinite bounds are fine. As
  * in PyTorch: lo > hi gives hi everywhere; a NaN bound gives NaN
- * everywhere; a NaN x stays NaN; x equal to a bound keeps x (-0.0 at a 0
+ * everywhere (as torch.clamp with both bounds given, torch.clamp_min and
+ * torch.clamp_max; torch.clamp(x, min=nan) with no max returns x, a
+ * difference); a NaN x stays NaN; x equal to a bound keeps x (-0.0 at a 0
  * bound stays -0.0). The gradient is dy where lo <= x <= hi (inclusive at
  * both bounds, torch's rule, not the dy/2 that ad_maximum / ad_minimum give
  * at a tie) and 0 elsewhere, also at NaN x and for a NaN or infinite dy
@@ -624,7 +626,9 @@ AD_API ad_tensor *ad_hardtanh(ad_ctx *ctx, ad_tensor *x, double lo, double hi);
 /** torch.sign: -1, 0 or +1 in x's dtype; sign(-0.0) = +0.0 and sign(NaN)
  * = 0, as PyTorch 1.13 gives (NumPy's np.sign gives NaN). The gradient is
  * 0 everywhere, also for a NaN dy: x receives zeros, as torch's zeros_like
- * (a leaf reached only through sign gets a zero grad, not none). */
+ * (a leaf reached only through sign gets a zero grad, not none). Errors:
+ * those of any op, AD_ERR_DTYPE for a non-float x (torch.sign also takes
+ * integers). */
 AD_API ad_tensor *ad_sign(ad_ctx *ctx, ad_tensor *x);
 /** @} */
 /** Converts to another float dtype; the gradient is converted back. To x's
@@ -764,7 +768,8 @@ AD_API ad_tensor *ad_scatter_add(ad_ctx *ctx, ad_tensor *x, int axis, ad_tensor 
  * n_axes 0 returns x itself (torch returns a copy). Errors (NULL):
  * AD_ERR_NULL (x NULL, or axes NULL with n_axes > 0), AD_ERR_ARG (n_axes
  * outside 0..ndim, an axis out of range or given twice, as torch's "dims
- * has duplicates"). */
+ * has duplicates"). A 0-d x has no axis, so only n_axes 0 is taken (torch
+ * also takes dims 0 and -1 there). */
 AD_API ad_tensor *ad_flip(ad_ctx *ctx, ad_tensor *x, int n_axes, const int *axes);
 
 /** The padding_idx of ad_embedding for none. */
@@ -824,8 +829,9 @@ AD_API ad_tensor *ad_max_axis(ad_ctx *ctx, ad_tensor *x, int axis, bool keepdim)
  * a composite, -max(-x), so ad_max's rules hold: ties share the gradient
  * equally, a lane holding a NaN gives NaN (and NaN to each of its
  * elements' gradients), differentiable to any order. Errors (NULL):
- * AD_ERR_NULL, AD_ERR_DTYPE (not float), AD_ERR_ARG (axis out of range),
- * AD_ERR_SHAPE (nothing to reduce: "min: nothing to reduce ..."). @{ */
+ * AD_ERR_NULL, AD_ERR_DTYPE (not float), AD_ERR_ARG (axis out of range;
+ * a 0-d x has none, where torch.amin takes dim 0 or -1), AD_ERR_SHAPE
+ * (nothing to reduce: "min: nothing to reduce ..."). @{ */
 AD_API ad_tensor *ad_min(ad_ctx *ctx, ad_tensor *x);
 AD_API ad_tensor *ad_min_axis(ad_ctx *ctx, ad_tensor *x, int axis, bool keepdim);
 /** @} */
@@ -847,7 +853,8 @@ AD_API ad_tensor *ad_min_axis(ad_ctx *ctx, ad_tensor *x, int axis, bool keepdim)
  * wraps around (inf).
  * Errors (NULL), named "var" or "std": AD_ERR_NULL (x NULL, axes NULL
  * with n_axes > 0), AD_ERR_DTYPE, AD_ERR_ARG (n_axes outside 0..ndim, an
- * axis out of range or given twice). @{ */
+ * axis out of range or given twice; a 0-d x takes only n_axes 0, where
+ * torch also takes dim 0 or -1). @{ */
 AD_API ad_tensor *ad_var(ad_ctx *ctx, ad_tensor *x, int n_axes, const int *axes,
                          int64_t correction, bool keepdim);
 AD_API ad_tensor *ad_std(ad_ctx *ctx, ad_tensor *x, int n_axes, const int *axes,
@@ -873,8 +880,9 @@ AD_API ad_tensor *ad_cumsum(ad_ctx *ctx, ad_tensor *x, int axis);
  * gradient flows through it (x may require one; the result never does).
  * Over the whole tensor (torch.argmax(x) with no dim), reshape x to 1-D
  * first. Errors (NULL): AD_ERR_NULL, AD_ERR_DTYPE (x not float),
- * AD_ERR_ARG (axis out of range, a 0-d x), AD_ERR_SHAPE (an axis of length
- * 0: "argmax: nothing to reduce", as torch refuses it). @{ */
+ * AD_ERR_ARG (axis out of range, a 0-d x, where torch takes dim 0 or -1),
+ * AD_ERR_SHAPE (an axis of length 0: "argmax: nothing to reduce", as torch
+ * refuses it). @{ */
 AD_API ad_tensor *ad_argmax(ad_ctx *ctx, ad_tensor *x, int axis, bool keepdim);
 AD_API ad_tensor *ad_argmin(ad_ctx *ctx, ad_tensor *x, int axis, bool keepdim);
 /** @} */
