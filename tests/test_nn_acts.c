@@ -809,6 +809,40 @@ Test(prelu, kink_nan_and_small_inputs) {
   nn_layer_free(l);
 }
 
+/* F.prelu(x, w=[0.25]) at x = [NaN, -2, 3], gradients of sum(y), then of
+ * s = sum(0.7 dx) + 1.9 dw: PyTorch's double backward masks its terms by
+ * x > 0 and x <= 0, neither of which a NaN satisfies, so d2/dx dw is 0
+ * there: ds/dx [0, 1.9, 0] and ds/dw 0.7 (x = -2 alone), while dx at the
+ * NaN is w and dw NaN. The cross term at the NaN was 1 (ds/dx[0] 1.9,
+ * ds/dw 1.4). */
+Test(prelu, nan_input_second_derivative_as_torch) {
+  static const double xs[3] = {NAN, -2, 3}, hx[3] = {0, 1.9, 0};
+  for (int d = 0; d < 2; d++) {
+    ad_dtype dt = d ? AD_F64 : AD_F32;
+    nn_layer *l = nn_prelu_new(ctx, 1, 0.25, dt);
+    ad_tensor *w = nn_params_find(nn_layer_params(l), "weight");
+    ad_tensor *x = vec(dt, 3, xs), *g[2], *h[2];
+    ad_tensor_set_requires_grad(x, true);
+    ad_tensor *y = nn_layer_forward(l, x, true), *in[2] = {x, w};
+    cr_assert_eq(ad_grad(ctx, ad_sum(ctx, y), NULL, 2, in, g, true), AD_OK, "%s",
+                 ad_last_error(ctx));
+    cr_assert(isnan(ad_tensor_get(y, 0)) && isnan(ad_tensor_get(g[1], 0)));
+    cr_assert_eq(ad_tensor_get(g[0], 0), 0.25);
+    ad_tensor *s = ad_add(ctx, ad_mul_scalar(ctx, ad_sum(ctx, g[0]), 0.7),
+                          ad_mul_scalar(ctx, ad_sum(ctx, g[1]), 1.9));
+    cr_assert_eq(ad_grad(ctx, s, NULL, 2, in, h, false), AD_OK, "%s", ad_last_error(ctx));
+    double tol = d ? 1e-15 : 1e-6;
+    for (int i = 0; i < 3; i++)
+      cr_assert(near(ad_tensor_get(h[0], i), hx[i], tol, tol), "%s d2/dx[%d] dw %g",
+                ad_dtype_name(dt), i, ad_tensor_get(h[0], i));
+    cr_assert(near(ad_tensor_get(h[1], 0), 0.7, tol, tol), "%s d2/dw dx %g", ad_dtype_name(dt),
+              ad_tensor_get(h[1], 0));
+    ad_tape_reset(ctx);
+    ad_tensor_free(x);
+    nn_layer_free(l);
+  }
+}
+
 /* F.prelu(x, w=[0.25]) with infinite x, float32 and float64: an x of +inf
  * is on the identity side and adds nothing to w's gradient, -inf adds
  * -inf. x = [inf, -2, 3, -0.5]: y [inf, -0.5, 3, -0.125], x's gradient
