@@ -292,7 +292,7 @@ ad_tensor *nn_pdist(ad_ctx *ctx, ad_tensor *a, ad_tensor *b, double p, double ep
   if (!d) return NULL;
   int ax = d->ndim - 1;
   if (p == 1) return ad_sum_axis(ctx, ad_abs(ctx, d), ax, false);
-  ad_tensor *zero = ad_scalar(ctx, dt, 0.0), *s;
+  ad_tensor *zero = ad_scalar(ctx, dt, 0.0), *s, *scale = NULL;
   if (p == 2) { /* d d, not square: where the square overflowed, sqrt
                  * passes dy = 0 and the slope dy d + dy d is 0, as torch's
                  * norm backward d (dy / n); square's (2 d) dy is inf * 0 */
@@ -302,6 +302,22 @@ ad_tensor *nn_pdist(ad_ctx *ctx, ad_tensor *a, ad_tensor *b, double p, double ep
      * (torch's masked_fill of self == 0, so a NaN norm still gives NaN;
      * p |d|^(p - 1) is inf there, and inf * 0 NaN) */
     ad_tensor *ad = ad_abs(ctx, d);
+    /* Rows whose largest |d|, m, is below 1: ||d||_p = m ||d / m||_p, m a
+     * constant (the norm does not depend on it, to any order). The terms
+     * are then at most 1 and their sum at least 1, so neither |d|^p
+     * underflows nor sum^(1/p - 1) (the gradient) or sum^(1/p - 2) (the
+     * second derivative) overflows for small distances, a large p or
+     * float32 (p 30, |d| 0.04 in f32: the gradient was -inf, or NaN where
+     * the loss was clamped; torch's is inf). Rows with m >= 1 (or 0, or
+     * NaN) are left as they were, so a distance whose |d|^p overflows is
+     * inf as torch's. */
+    if (d->shape[ax] > 0) {
+      ad_tensor *m = ad_max_axis(ctx, ad_detach(ctx, ad), ax, true);
+      ad_tensor *one = ad_scalar(ctx, dt, 1.0);
+      m = ad_where(ctx, ad_gt(ctx, m, zero), ad_where(ctx, ad_lt(ctx, m, one), m, one), one);
+      ad = ad_div(ctx, ad, m);
+      scale = m;
+    }
     if (p < 1) {
       ad_tensor *dz = ad_eq(ctx, ad, zero);
       ad = ad_where(ctx, dz, ad_mul_scalar(ctx, ad, 0.0),
@@ -314,6 +330,7 @@ ad_tensor *nn_pdist(ad_ctx *ctx, ad_tensor *a, ad_tensor *b, double p, double ep
   ad_tensor *z = ad_eq(ctx, s, zero);
   ad_tensor *sp = ad_where(ctx, z, ad_scalar(ctx, dt, 1.0), s);
   ad_tensor *n = p == 2 ? ad_sqrt(ctx, sp) : ad_pow_scalar(ctx, sp, 1.0 / p);
+  if (scale && n) n = ad_mul(ctx, n, ad_reshape(ctx, scale, n->ndim, n->shape));
   return ad_where(ctx, z, zero, n);
 }
 

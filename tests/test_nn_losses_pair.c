@@ -353,6 +353,45 @@ Test(losses_pair, anomaly_mode_passes_finite_inputs) {
   }
 }
 
+/* p-norm distances of small differences with a large p: a = [0, 0], pos =
+ * [0.04, 0.04], neg = [1, 2], margin 3, p 30, eps 0. sum |d|^30 is 2e-42,
+ * below float32's normal range, and its (1/30 - 1)th power overflowed: the
+ * gradient was infinite (torch's float32 one is too). The exact values, torch's
+ * in float64: loss 1.0409349556177827, d/da [-0.51168694413574, 0.48831305310134],
+ * d/dpos 0.51168694599839 each, d/dneg [-1.86264515e-09, -0.99999999909972];
+ * pairwise_distance(a, pos) 0.040934955679871 with d/da -0.51168694599839
+ * each. */
+Test(losses_pair, p_norm_of_small_differences_keeps_its_gradient) {
+  int64_t s[2] = {1, 2};
+  static const double av[2] = {0, 0}, pv[2] = {0.04, 0.04}, nv[2] = {1, 2};
+  static const double want[3][2] = {{-0.5116869441357406, 0.48831305310133666},
+                                    {0.5116869459983857, 0.5116869459983857},
+                                    {-1.8626451475540593e-09, -0.9999999990997224}};
+  static const char *const names[3] = {"d/da", "d/dpos", "d/dneg"};
+  for (int d = 0; d < 2; d++) {
+    ad_dtype dt = d ? AD_F32 : AD_F64;
+    double tol = d ? 1e-5 : 1e-12;
+    ad_tensor *a = vec(ctx, dt, 2, s, av), *po = vec(ctx, dt, 2, s, pv);
+    ad_tensor *ne = vec(ctx, dt, 2, s, nv), *in[3] = {a, po, ne}, *g[3];
+    for (int i = 0; i < 3; i++) ad_tensor_set_requires_grad(in[i], true);
+    ad_tensor *l = nn_triplet_margin_loss(ctx, a, po, ne, 3.0, 30.0, 0.0, false, NN_SUM);
+    cr_assert_not_null(l, "%s", ad_last_error(ctx));
+    expect_close(ad_tensor_item(l), 1.0409349556177827, tol, 0, "loss", d);
+    cr_assert_eq(ad_grad(ctx, l, NULL, 3, in, g, false), AD_OK, "%s", ad_last_error(ctx));
+    for (int i = 0; i < 3; i++)
+      for (int j = 0; j < 2; j++)
+        expect_close(ad_tensor_get(g[i], j), want[i][j], tol, tol, names[i], j);
+    ad_tensor *pd = nn_pairwise_distance(ctx, a, po, 30.0, 0.0, false);
+    cr_assert_not_null(pd, "%s", ad_last_error(ctx));
+    expect_close(ad_tensor_get(pd, 0), 0.040934955679871, tol, 0, "distance", d);
+    cr_assert_eq(ad_grad(ctx, ad_sum(ctx, pd), NULL, 1, &a, g, false), AD_OK);
+    for (int j = 0; j < 2; j++)
+      expect_close(ad_tensor_get(g[0], j), -0.5116869459983857, tol, tol, "distance d/da", j);
+    ad_tape_reset(ctx);
+    for (int i = 0; i < 3; i++) ad_tensor_free(in[i]);
+  }
+}
+
 /* Torch's NaN target gradient of Poisson's full term at t <= 0 comes only
  * with a target that requires a gradient; the input's gradient and the
  * value are the same either way. */

@@ -1237,10 +1237,17 @@ NN_API ad_tensor *nn_cosine_similarity(ad_ctx *ctx, ad_tensor *x1, ad_tensor *x2
  * difference, as PyTorch), that dim kept as 1 with keepdim; 1-D inputs
  * give a 0-d result. The gradient is 0 where the norm is 0, and for p < 1
  * at an element where x1 - x2 + eps is 0, as PyTorch's (the helper
- * nn_triplet_margin_loss uses). PyTorch's defaults: p 2, eps
- * 1e-6, keepdim false. Returns a tape tensor, or NULL with
- * nn_cosine_similarity's errors (AD_ERR_ARG for p not positive and finite:
- * PyTorch also takes p 0 and inf, not here), naming "pairwise_distance". */
+ * nn_triplet_margin_loss uses); where the norm is 0 the second
+ * derivatives are 0 too, PyTorch's NaN. For p other than 1 and 2 a row
+ * whose largest |difference| m is below 1 is computed as m ||d / m||_p,
+ * so its gradient and second derivative stay finite where |d|^p
+ * underflows or sum^(1/p - 2) overflows (float32, p 30, |d| 0.04:
+ * PyTorch's gradient is inf, here the exact 0.51); a |d|^p that
+ * overflows gives an infinite distance, as PyTorch's. PyTorch's
+ * defaults: p 2, eps 1e-6, keepdim false. Returns a tape tensor, or NULL
+ * with nn_cosine_similarity's errors (AD_ERR_ARG for p not positive and
+ * finite: PyTorch also takes p 0 and inf, not here), naming
+ * "pairwise_distance". */
 NN_API ad_tensor *nn_pairwise_distance(ad_ctx *ctx, ad_tensor *x1, ad_tensor *x2, double p,
                                        double eps, bool keepdim);
 
@@ -2462,11 +2469,14 @@ NN_API ad_tensor *nn_cosine_embedding_loss(ad_ctx *ctx, ad_tensor *x1, ad_tensor
  * (eps added to the difference; PyTorch's defaults margin 1, p 2, eps
  * 1e-6); with swap d(a, neg) is min(d(a, neg), d(pos, neg)) (a tie shares
  * the gradient). A zero distance (eps 0, equal rows) has gradient 0, as
- * torch's norm. anchor, positive and negative share one shape of at least
- * 1 dim; NN_NONE gives one loss per row, anchor's shape without its last
- * dim (0-d for 1-D inputs). Errors: those above; AD_ERR_SHAPE for shapes
- * that differ; AD_ERR_ARG for p not positive and finite (torch takes p <=
- * 0, which is no distance), and for a bad eps. */
+ * torch's norm, and second derivatives 0 (torch's are NaN); small
+ * distances with p other than 1 and 2 keep finite derivatives where
+ * torch's float32 ones overflow (nn_pairwise_distance). anchor, positive
+ * and negative share one shape of at least 1 dim; NN_NONE gives one loss
+ * per row, anchor's shape without its last dim (0-d for 1-D inputs).
+ * Errors: those above; AD_ERR_SHAPE for shapes that differ; AD_ERR_ARG
+ * for p not positive and finite (torch takes p <= 0, which is no
+ * distance), and for a bad eps. */
 NN_API ad_tensor *nn_triplet_margin_loss(ad_ctx *ctx, ad_tensor *anchor, ad_tensor *positive,
                                          ad_tensor *negative, double margin, double p, double eps,
                                          bool swap, nn_reduction red);
