@@ -635,8 +635,10 @@ static ad_status init_orthogonal(ad_ctx *ctx, ad_tensor *t, double gain, ad_rng 
 ad_status nn_init_tensor(ad_ctx *ctx, ad_tensor *t, nn_init init, ad_rng *rng) {
   if (!ctx) return AD_ERR_NULL;
   if (!t) return nn_null_arg(ctx, "init", "tensor");
-  if (!ad_tensor_is_valid(t))
-    return ad_set_error(ctx, AD_ERR_STATE, "init: the tensor was freed (or is not one)");
+  /* freed, of another context, or a temporary of a tape that was reset
+   * (its memory may be another tensor's now, which the fill would write) */
+  ad_status ok = nn_check_input(ctx, "init", "tensor", t);
+  if (ok != AD_OK) return ok;
   if (t->dtype != AD_F32 && t->dtype != AD_F64)
     return ad_set_error(ctx, AD_ERR_DTYPE, "init: tensor is %s; a float dtype is needed",
                         ad_dtype_name(t->dtype));

@@ -269,3 +269,40 @@ Test(init_ext, he_fan_out_uses_the_output_fan) {
   test_expect_error(ctx, AD_ERR_ARG, "he needs fan_out > 0", NULL);
   ad_tensor_free(t), ad_tensor_free(none);
 }
+
+/* ------------------------------------------------------------- bad tensors */
+
+/* A temporary of a tape that was reset, a tensor of another context and a
+ * freed one are refused as every op refuses them, naming the problem,
+ * and nothing is written or drawn; init wrote into the first two. */
+Test(init_ext, stale_freed_and_foreign_tensors_are_refused) {
+  ad_rng rng, before;
+  ad_rng_seed(&rng, 1);
+  int64_t s[2] = {2, 4};
+  ad_tensor *x = ad_full(ctx, AD_F32, 2, s, 2.0);
+  ad_tensor *stale = ad_mul(ctx, x, x);
+  cr_assert_not_null(stale, "%s", ad_last_error(ctx));
+  ad_tape_reset(ctx);
+  nn_init kinds[3] = {nn_init_make(NN_INIT_CONSTANT, 7, 0),
+                      nn_init_make(NN_INIT_TRUNC_NORMAL, 1, 0),
+                      nn_init_make(NN_INIT_ORTHOGONAL, 1, 0)};
+  ad_ctx *other = ad_ctx_new();
+  ad_tensor *o = ad_zeros(other, AD_F32, 2, s);
+  for (int k = 0; k < 3; k++) {
+    before = rng;
+    ad_status st = nn_init_tensor(ctx, stale, kinds[k], &rng);
+    cr_assert_eq(st, AD_ERR_STATE, "kind %d: %s %s", k, ad_status_str(st), ad_last_error(ctx));
+    test_expect_error(ctx, AD_ERR_STATE, "init: tensor is from a tape that was reset", NULL);
+    st = nn_init_tensor(ctx, o, kinds[k], &rng);
+    cr_assert_eq(st, AD_ERR_ARG, "kind %d: %s %s", k, ad_status_str(st), ad_last_error(ctx));
+    test_expect_error(ctx, AD_ERR_ARG, "init: tensor belongs to another context", NULL);
+    cr_assert(memcmp(&before, &rng, sizeof rng) == 0, "kind %d drew", k);
+    for (int64_t i = 0; i < o->size; i++) cr_assert_eq(ad_tensor_get(o, i), 0, "kind %d", k);
+  }
+  ad_ctx_free(other);
+  ad_tensor *f = ad_zeros(ctx, AD_F32, 2, s);
+  ad_tensor_free(f);
+  cr_assert_eq(nn_init_tensor(ctx, f, kinds[0], &rng), AD_ERR_STATE);
+  test_expect_error(ctx, AD_ERR_STATE, "init: tensor was freed", NULL);
+  ad_tensor_free(x);
+}
