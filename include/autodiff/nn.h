@@ -2425,8 +2425,9 @@ NN_API ad_tensor *nn_gaussian_nll_loss(ad_ctx *ctx, ad_tensor *input, ad_tensor 
  * target log target - target + 0.5 log(2 pi target) where target > 1 (0
  * elsewhere). target has input's size. A target that requires a gradient
  * gets torch's: with full, NaN where target <= 0 (torch's masked Stirling
- * term still holds log 0 there). Errors: those above; AD_ERR_ARG for a
- * bad eps. */
+ * term still holds log 0 there); the second derivatives in such a target
+ * are NaN too, where torch's are finite for target < 0 (those of the
+ * input are torch's). Errors: those above; AD_ERR_ARG for a bad eps. */
 NN_API ad_tensor *nn_poisson_nll_loss(ad_ctx *ctx, ad_tensor *input, ad_tensor *target,
                                       bool log_input, bool full, double eps, nn_reduction red);
 
