@@ -2409,11 +2409,13 @@ NN_API ad_tensor *nn_kl_div_loss(ad_ctx *ctx, ad_tensor *input, ad_tensor *targe
  * (log v + (input - target)^2 / v), plus 0.5 log(2 pi) with full, where v
  * = max(var, eps) (eps finite, >= 0; PyTorch's default 1e-6). var has
  * input's shape, or input's without its last dim, or input's with a last
- * dim 1 (one variance per row: homoscedastic), as torch 1.13 takes it;
- * target input's size. As in torch the clamp does not stop var's gradient:
- * where var < eps, var receives 0.5 (1/eps - d^2/eps^2). A NaN var gives
- * NaN. Errors: those above; AD_ERR_SHAPE for a var of another shape
- * ("gaussian_nll_loss: var [3,2] is neither input's shape [3,4] nor ...");
+ * dim 1 (one variance per row: homoscedastic), as torch 1.13 takes it (a
+ * 0-d input takes a 0-d var only: torch also takes [1], and broadcasts
+ * the loss to [1]); target input's size. As in torch the clamp does not
+ * stop var's gradient: where var < eps, var receives 0.5 (1/eps -
+ * d^2/eps^2). A NaN var gives NaN. Errors: those above; AD_ERR_SHAPE for
+ * a var of another shape ("gaussian_nll_loss: var [3,2] is neither
+ * input's shape [3,4] nor ...");
  * AD_ERR_ARG for a negative var element (torch's "var has negative
  * entry"), and for eps negative, infinite or NaN (torch takes those). */
 NN_API ad_tensor *nn_gaussian_nll_loss(ad_ctx *ctx, ad_tensor *input, ad_tensor *target,
