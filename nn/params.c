@@ -632,6 +632,21 @@ static ad_status init_orthogonal(ad_ctx *ctx, ad_tensor *t, double gain, ad_rng 
   return AD_OK;
 }
 
+/* A uniform draw v of [lo, hi) as float32: rounding carries every draw
+ * within 2^-25 (hi - lo) of hi onto a float at or above hi (1 in [0, 1):
+ * one draw in 3e7), which [lo, hi) excludes, as PyTorch's uniform_ and
+ * ad_rand do; such a value becomes the largest float below hi, but not
+ * below lo. */
+static float below_hi_f32(double v, double lo, double hi) {
+  float f = (float)v;
+  while ((double)f >= hi) {
+    float g = nextafterf(f, -INFINITY);
+    if ((double)g < lo) break;
+    f = g;
+  }
+  return f;
+}
+
 ad_status nn_init_tensor(ad_ctx *ctx, ad_tensor *t, nn_init init, ad_rng *rng) {
   if (!ctx) return AD_ERR_NULL;
   if (!t) return nn_null_arg(ctx, "init", "tensor");
@@ -738,12 +753,14 @@ ad_status nn_init_tensor(ad_ctx *ctx, ad_tensor *t, nn_init init, ad_rng *rng) {
   if (t->dtype == AD_F32) {
     float *d = t->data;
     for (int64_t i = 0; i < t->size; i++)
-      d[i] =
-          (float)(uniform ? lo + (hi - lo) * ad_rng_uniform(rng) : mean + sd * ad_rng_normal(rng));
+      d[i] = uniform ? below_hi_f32(lo + (hi - lo) * ad_rng_uniform(rng), lo, hi)
+                     : (float)(mean + sd * ad_rng_normal(rng));
   } else {
     double *d = t->data;
-    for (int64_t i = 0; i < t->size; i++)
-      d[i] = uniform ? lo + (hi - lo) * ad_rng_uniform(rng) : mean + sd * ad_rng_normal(rng);
+    for (int64_t i = 0; i < t->size; i++) {
+      double v = uniform ? lo + (hi - lo) * ad_rng_uniform(rng) : mean + sd * ad_rng_normal(rng);
+      d[i] = uniform && v >= hi && lo < hi ? nextafter(hi, -INFINITY) : v;
+    }
   }
   return AD_OK;
 }

@@ -306,3 +306,33 @@ Test(init_ext, stale_freed_and_foreign_tensors_are_refused) {
   test_expect_error(ctx, AD_ERR_STATE, "init: tensor was freed", NULL);
   ad_tensor_free(x);
 }
+
+/* ------------------------------------------------------- uniform's bound */
+
+/* U[a, b) in float32: a draw within 2^-25 (b - a) of b rounded onto b
+ * (seed 1's draw 395951 is such a one: 0 + 1 x became 1, -3 + 6 x 3),
+ * which U[a, b) excludes, as ad_rand and PyTorch's uniform_ do. Such a
+ * value is now the largest float below b, as ad_rand's. */
+Test(init_ext, uniform_float32_stays_below_its_upper_bound) {
+  ad_rng probe, rng;
+  ad_rng_seed(&probe, 1);
+  rng = probe;
+  int64_t k = 0;
+  while (ad_rng_uniform(&probe) <= 1 - 0x1p-25) k++;
+  cr_assert_eq(k, 395951, "the draw moved: %lld", (long long)k);
+  for (int64_t i = 0; i < k; i++) ad_rng_uniform(&rng);
+  int64_t one = 1;
+  ad_tensor *t = ad_zeros(ctx, AD_F32, 1, &one);
+  static const double lo[2] = {0, -3}, hi[2] = {1, 3};
+  for (int c = 0; c < 2; c++) {
+    ad_rng r = rng, q = rng;
+    cr_assert_eq(nn_init_tensor(ctx, t, nn_init_make(NN_INIT_UNIFORM, lo[c], hi[c]), &r), AD_OK);
+    double v = ad_tensor_get(t, 0);
+    cr_assert(v < hi[c], "U[%g, %g): %.9g", lo[c], hi[c], v);
+    cr_assert_eq(v, (double)nextafterf((float)hi[c], 0), "U[%g, %g): %.9g", lo[c], hi[c], v);
+    ad_tensor *a = ad_rand(ctx, &q, AD_F32, 1, &one, lo[c], hi[c]);
+    cr_assert_eq(ad_tensor_get(a, 0), v, "ad_rand %.9g", ad_tensor_get(a, 0));
+    ad_tensor_free(a);
+  }
+  ad_tensor_free(t);
+}
