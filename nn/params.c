@@ -685,7 +685,9 @@ ad_status nn_init_tensor(ad_ctx *ctx, ad_tensor *t, nn_init init, ad_rng *rng) {
   case NN_INIT_XAVIER_UNIFORM:
   case NN_INIT_XAVIER_NORMAL: {
     double gain = init.a ? init.a : 1.0;
-    if (!isfinite(gain)) return ad_set_error(ctx, AD_ERR_ARG, "init: gain %g is not finite", gain);
+    /* a negative gain (PyTorch refuses the bounds or std < 0 it makes) too */
+    if (!(gain > 0) || !isfinite(gain))
+      return ad_set_error(ctx, AD_ERR_ARG, "init: gain %g must be positive and finite", gain);
     if (fan_in + fan_out == 0)
       return ad_set_error(ctx, AD_ERR_ARG, "init: xavier needs a non-empty fan");
     double base = 2.0 / (double)(fan_in + fan_out);
@@ -701,7 +703,8 @@ ad_status nn_init_tensor(ad_ctx *ctx, ad_tensor *t, nn_init init, ad_rng *rng) {
     double gain = init.a ? init.a : sqrt(2.0);
     bool out = init.kind == NN_INIT_HE_UNIFORM_FAN_OUT || init.kind == NN_INIT_HE_NORMAL_FAN_OUT;
     int64_t fan = out ? fan_out : fan_in;
-    if (!isfinite(gain)) return ad_set_error(ctx, AD_ERR_ARG, "init: gain %g is not finite", gain);
+    if (!(gain > 0) || !isfinite(gain))
+      return ad_set_error(ctx, AD_ERR_ARG, "init: gain %g must be positive and finite", gain);
     if (fan == 0)
       return ad_set_error(ctx, AD_ERR_ARG, "init: he needs %s > 0", out ? "fan_out" : "fan_in");
     uniform = init.kind == NN_INIT_HE_UNIFORM || init.kind == NN_INIT_HE_UNIFORM_FAN_OUT;

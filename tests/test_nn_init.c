@@ -336,3 +336,29 @@ Test(init_ext, uniform_float32_stays_below_its_upper_bound) {
   }
   ad_tensor_free(t);
 }
+
+/* A negative Xavier or He gain: PyTorch's xavier_uniform_(gain=-2) refuses
+ * its bounds ("from=1.85 > to=-1.85") and xavier_normal_ its std < 0;
+ * here the draws were taken from the flipped range (or times a negative
+ * std) and written. Now AD_ERR_ARG naming the gain, the tensor and the
+ * generator untouched. */
+Test(init_ext, negative_xavier_and_he_gains_are_refused) {
+  static const nn_init_kind kinds[6] = {NN_INIT_XAVIER_UNIFORM,     NN_INIT_XAVIER_NORMAL,
+                                        NN_INIT_HE_UNIFORM,         NN_INIT_HE_NORMAL,
+                                        NN_INIT_HE_UNIFORM_FAN_OUT, NN_INIT_HE_NORMAL_FAN_OUT};
+  int64_t s[2] = {3, 4};
+  ad_tensor *t = ad_zeros(ctx, AD_F64, 2, s);
+  ad_rng rng, before;
+  ad_rng_seed(&rng, 5);
+  for (int k = 0; k < 6; k++) {
+    before = rng;
+    cr_assert_eq(nn_init_tensor(ctx, t, nn_init_make(kinds[k], -2, 0), &rng), AD_ERR_ARG, "kind %d",
+                 (int)kinds[k]);
+    test_expect_error(ctx, AD_ERR_ARG, "init: gain -2 must be positive and finite", NULL);
+    cr_assert(memcmp(&before, &rng, sizeof rng) == 0);
+    for (int64_t i = 0; i < t->size; i++) cr_assert_eq(ad_tensor_get(t, i), 0);
+    cr_assert_eq(nn_init_tensor(ctx, t, nn_init_make(kinds[k], 2, 0), &rng), AD_OK);
+    ad_tensor_fill(t, 0);
+  }
+  ad_tensor_free(t);
+}

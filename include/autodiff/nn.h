@@ -276,9 +276,10 @@ typedef enum nn_init_kind {
   NN_INIT_TRUNC_NORMAL        /**< N(0, std a) truncated to [-b, b] */
 } nn_init_kind;
 
-/** An initializer: kind plus its numbers. For Xavier and He, a is the gain;
- * 0 means the default gain: 1 for Xavier, sqrt(2) for He (relu), which
- * gives Keras' glorot_* and he_uniform and PyTorch's xavier_* and
+/** An initializer: kind plus its numbers. For Xavier and He, a is the gain
+ * (positive; a negative one is refused, as PyTorch refuses the bounds it
+ * makes); 0 means the default gain: 1 for Xavier, sqrt(2) for He (relu),
+ * which gives Keras' glorot_* and he_uniform and PyTorch's xavier_* and
  * kaiming_*(nonlinearity='relu'). He normal is a plain normal, as PyTorch's
  * (Keras truncates it). The _FAN_OUT kinds are PyTorch's kaiming_*(mode=
  * 'fan_out'), as ResNets initialise their convolutions.
