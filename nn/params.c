@@ -3,6 +3,7 @@
 #include "kernels/update.h"
 #include "nn_internal.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -632,6 +633,18 @@ static ad_status init_orthogonal(ad_ctx *ctx, ad_tensor *t, double gain, ad_rng 
   return AD_OK;
 }
 
+/* A number init uses for a float32 tensor t within float32's range; false
+ * with AD_ERR_ARG naming it otherwise (PyTorch refuses to convert such a
+ * constant, uniform bound or trunc_normal bound; its values would be
+ * infinite). */
+static bool f32_fits(ad_ctx *ctx, const ad_tensor *t, const char *what, double v) {
+  if (t->dtype != AD_F32 || fabs(v) <= FLT_MAX) return true;
+  /* %.9g: 3.4028235e+38 (refused) reads apart from FLT_MAX (taken) */
+  ad_set_error(ctx, AD_ERR_ARG, "init: %s %.9g is outside float32's range (the tensor is f32)",
+               what, v);
+  return false;
+}
+
 /* A uniform draw v of [lo, hi) as float32: rounding carries every draw
  * within 2^-25 (hi - lo) of hi onto a float at or above hi (1 in [0, 1):
  * one draw in 3e7), which [lo, hi) excludes, as PyTorch's uniform_ and
@@ -667,11 +680,14 @@ ad_status nn_init_tensor(ad_ctx *ctx, ad_tensor *t, nn_init init, ad_rng *rng) {
   case NN_INIT_CONSTANT:
     if (!isfinite(init.a))
       return ad_set_error(ctx, AD_ERR_ARG, "init: constant %g is not finite", init.a);
+    if (!f32_fits(ctx, t, "constant", init.a)) return AD_ERR_ARG;
     return ad_tensor_fill(t, init.a);
   case NN_INIT_UNIFORM:
     if (!(init.b >= init.a && isfinite(init.a) && isfinite(init.b) && isfinite(init.b - init.a)))
       return ad_set_error(ctx, AD_ERR_ARG, "init: uniform needs finite a <= b, got [%g, %g)",
                           init.a, init.b);
+    if (!f32_fits(ctx, t, "uniform bound", init.a) || !f32_fits(ctx, t, "uniform bound", init.b))
+      return AD_ERR_ARG;
     lo = init.a, hi = init.b;
     break;
   case NN_INIT_NORMAL:
@@ -693,6 +709,7 @@ ad_status nn_init_tensor(ad_ctx *ctx, ad_tensor *t, nn_init init, ad_rng *rng) {
     double base = 2.0 / (double)(fan_in + fan_out);
     uniform = init.kind == NN_INIT_XAVIER_UNIFORM;
     hi = gain * sqrt(3.0 * base), lo = -hi; /* sqrt(6 / (fan_in + fan_out)) */
+    if (uniform && !f32_fits(ctx, t, "xavier bound", hi)) return AD_ERR_ARG;
     sd = gain * sqrt(base);
     break;
   }
@@ -710,6 +727,7 @@ ad_status nn_init_tensor(ad_ctx *ctx, ad_tensor *t, nn_init init, ad_rng *rng) {
     uniform = init.kind == NN_INIT_HE_UNIFORM || init.kind == NN_INIT_HE_UNIFORM_FAN_OUT;
     sd = gain / sqrt((double)fan);
     hi = sqrt(3.0) * sd, lo = -hi;
+    if (uniform && !f32_fits(ctx, t, "he bound", hi)) return AD_ERR_ARG;
     break;
   }
   case NN_INIT_ORTHOGONAL: {
@@ -727,6 +745,7 @@ ad_status nn_init_tensor(ad_ctx *ctx, ad_tensor *t, nn_init init, ad_rng *rng) {
       return ad_set_error(ctx, AD_ERR_ARG,
                           "init: trunc_normal needs a finite std > 0 and bound >= 0, got %g and %g",
                           init.a, init.b);
+    if (!f32_fits(ctx, t, "trunc_normal bound", bound)) return AD_ERR_ARG;
     if (!rng) return ad_set_error(ctx, AD_ERR_NULL, "init: a random initializer needs an rng");
     ad_status marked = ad_tensor_mark_modified(t); /* written through its data below */
     if (marked != AD_OK) return marked;

@@ -362,3 +362,38 @@ Test(init_ext, negative_xavier_and_he_gains_are_refused) {
   }
   ad_tensor_free(t);
 }
+
+/* Numbers beyond float32's range for a float32 tensor: PyTorch refuses to
+ * convert a constant ("value cannot be converted to type float without
+ * overflow"), a uniform bound, Xavier's uniform bound and a trunc_normal
+ * bound ("from is out of bounds for float"); they filled the tensor with
+ * infinities (or, for uniform, values that became infinite). Now
+ * AD_ERR_ARG naming the number, the tensor untouched; a float64 tensor
+ * takes them, and a normal's huge std stays allowed, as in PyTorch. */
+Test(init_ext, float32_numbers_beyond_its_range_are_refused) {
+  int64_t s[2] = {2, 3};
+  ad_tensor *t = ad_zeros(ctx, AD_F32, 2, s), *d = ad_zeros(ctx, AD_F64, 2, s);
+  ad_rng rng;
+  ad_rng_seed(&rng, 2);
+  static const struct {
+    nn_init init;
+    const char *msg;
+  } bad[] = {
+      {{NN_INIT_CONSTANT, 1e300, 0}, "init: constant 1e+300 is outside float32's range"},
+      {{NN_INIT_UNIFORM, -1e300, 1}, "init: uniform bound -1e+300 is outside float32's range"},
+      {{NN_INIT_UNIFORM, 0, 4e38}, "init: uniform bound 4e+38 is outside float32's range"},
+      {{NN_INIT_XAVIER_UNIFORM, 1e300, 0}, "init: xavier bound 1.09544512e+300 is outside"},
+      {{NN_INIT_HE_UNIFORM_FAN_OUT, 1e300, 0}, "init: he bound 1.22474487e+300 is outside"},
+      {{NN_INIT_TRUNC_NORMAL, 1, 1e39}, "init: trunc_normal bound 1e+39 is outside float32's"},
+  };
+  for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+    cr_assert_eq(nn_init_tensor(ctx, t, bad[k].init, &rng), AD_ERR_ARG, "case %zu", k);
+    test_expect_error(ctx, AD_ERR_ARG, bad[k].msg, NULL);
+    for (int64_t i = 0; i < t->size; i++) cr_assert_eq(ad_tensor_get(t, i), 0, "case %zu", k);
+    cr_assert_eq(nn_init_tensor(ctx, d, bad[k].init, &rng), AD_OK, "case %zu f64: %s", k,
+                 ad_last_error(ctx));
+  }
+  cr_assert_eq(nn_init_tensor(ctx, t, nn_init_make(NN_INIT_UNIFORM, -3.4e38, 3.4e38), &rng), AD_OK);
+  cr_assert_eq(nn_init_tensor(ctx, t, nn_init_make(NN_INIT_NORMAL, 0, 1e300), &rng), AD_OK);
+  ad_tensor_free(t), ad_tensor_free(d);
+}

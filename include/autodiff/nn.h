@@ -325,10 +325,13 @@ NN_API void nn_fans(const ad_tensor *t, int64_t *fan_in, int64_t *fan_out);
 /** Fills persistent float tensor t by init, drawing from rng in row-major
  * order (rng may be NULL for zeros and constant). Returns AD_OK,
  * AD_ERR_NULL (t, or rng for a random kind), AD_ERR_ARG (NN_INIT_DEFAULT,
- * unknown kind, std < 0, b < a, empty fan, a number that is not finite),
- * AD_ERR_SHAPE (orthogonal on fewer than 2 dimensions), AD_ERR_DTYPE or
- * AD_ERR_OOM (the orthogonal factorization's memory); t is unchanged on an
- * error. */
+ * unknown kind, std < 0, b < a, empty fan, a number that is not finite;
+ * for a float32 t a constant, a uniform bound, Xavier's or He's included,
+ * or a trunc_normal bound beyond float32's range, as PyTorch refuses to
+ * convert one; t of another context), AD_ERR_STATE (t freed, or a
+ * temporary of a tape that was reset), AD_ERR_SHAPE (orthogonal on fewer
+ * than 2 dimensions), AD_ERR_DTYPE or AD_ERR_OOM (the orthogonal
+ * factorization's memory); t is unchanged on an error. */
 NN_API ad_status nn_init_tensor(ad_ctx *ctx, ad_tensor *t, nn_init init, ad_rng *rng);
 
 /* ================================================================ layers */
