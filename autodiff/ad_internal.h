@@ -19,6 +19,12 @@ _Noreturn void ad_internal_abort(const char *file, int line, const char *cond, c
  * new context and names the ones the tape applies itself (op_add, ...). */
 ad_status ad_builtin_register(ad_ctx *ctx);
 
+/* Whether st is a value of ad_status (AD_OK included); a user's function
+ * may return anything. */
+static inline bool ad_status_known(ad_status st) {
+  return (int)st >= 0 && (int)st < AD_STATUS_COUNT;
+}
+
 /* node flags */
 enum {
   AD_NF_REQUIRES_GRAD = 1, /* a gradient flows into it */

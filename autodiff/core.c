@@ -114,7 +114,7 @@ static const char *const status_names[AD_STATUS_COUNT] = {
 };
 
 const char *ad_status_str(ad_status s) {
-  if ((int)s < 0 || s >= AD_STATUS_COUNT) return "unknown status";
+  if (!ad_status_known(s)) return "unknown status";
   return status_names[s];
 }
 
@@ -127,12 +127,21 @@ __attribute__((format(printf, 3, 0))) static void record_error(ad_ctx *ctx, ad_s
 }
 
 ad_status ad_set_error(ad_ctx *ctx, ad_status status, const char *fmt, ...) {
-  if (!ctx || status == AD_OK) return status;
+  if (status == AD_OK) return status;
+  /* a value outside the enum (a user's op or layer returning its own
+   * codes) would reach callers that no switch and no ad_status_str names */
+  bool known = ad_status_known(status);
+  if (!ctx) return known ? status : AD_ERR_ARG;
   va_list ap;
   va_start(ap, fmt);
-  record_error(ctx, status, fmt, ap);
+  record_error(ctx, known ? status : AD_ERR_ARG, fmt, ap);
   va_end(ap);
-  return status;
+  if (!known) {
+    size_t len = strlen(ctx->err);
+    snprintf(ctx->err + len, sizeof ctx->err - len,
+             " (status %d, which is not an ad_status: recorded as AD_ERR_ARG)", (int)status);
+  }
+  return known ? status : AD_ERR_ARG;
 }
 
 ad_status ad_set_null_error(ad_ctx *ctx, const char *fmt, ...) {

@@ -261,6 +261,24 @@ static inline bool elementwise_same(const ad_op_def *def, int n, ad_tensor *cons
   return true;
 }
 
+/* Records that function fn of the user's op `op` returned st, which is no
+ * ad_status (a code of the user's own, or garbage): AD_ERR_ARG, naming the
+ * op, the function and the value, and keeping the message the function
+ * recorded (said), if any. who: the pass that ran it, or NULL. */
+static ad_status unknown_status(ad_ctx *ctx, const char *who, const char *op, const char *fn,
+                                ad_status st, bool said) {
+  char msg[sizeof ctx->err];
+  snprintf(msg, sizeof msg, "%s", said ? ctx->err : "");
+  char what[320];
+  if (who)
+    snprintf(what, sizeof what, "%s: the %s of %s", who, fn, op);
+  else
+    snprintf(what, sizeof what, "%s: the %s", op, fn);
+  return ad_set_error(ctx, AD_ERR_ARG,
+                      "%s returned %d, which is not an ad_status (AD_OK or an AD_ERR_ code)%s%s",
+                      what, (int)st, said ? "; its message: " : "", msg);
+}
+
 /* The output of any other call: its shape rule describes it (and reports),
  * the engine checks the description and sizes the output. */
 static ad_tensor *apply_shape(ad_ctx *ctx, int id, ad_call *c) {
@@ -275,7 +293,10 @@ static ad_tensor *apply_shape(ad_ctx *ctx, int id, ad_call *c) {
   def = &ctx->ops[id]; /* a user's shape rule may have registered ops, moving the table */
   c->out = NULL;
   if (st != AD_OK) {
-    if (ctx->nerrors == nerrors) /* a user's shape rule that said nothing */
+    if (!ad_status_known(st)) /* a user's rule returning a code of its own */
+      unknown_status(ctx, NULL, def->name, "shape rule", st,
+                     ctx->nerrors != nerrors && ctx->status != AD_OK);
+    else if (ctx->nerrors == nerrors) /* a user's shape rule that said nothing */
       ad_set_error(ctx, st, "%s: the shape rule refused the inputs", def->name);
     return NULL;
   }
@@ -1060,6 +1081,9 @@ sweep_node(ad_ctx *ctx, sweep_opts *sw, ad_node *n, ad_tensor *gout, ad_tensor *
    * have registered an op, moving the table, and what it gives is checked */
   bool user = n->op >= ctx->nbuiltin;
   if (user) def = &ctx->ops[n->op];
+  if (user && !ad_status_known(st)) /* a code of its own: callers get one of the enum */
+    st = unknown_status(ctx, sw->who, def->name, "backward", st,
+                        ctx->nerrors != sw->nerrors && ctx->status != AD_OK);
   if (ctx->nerrors != sw->nerrors) { /* an error was recorded during the backward */
     if (st == AD_OK && ctx->status != AD_OK)
       return ctx->status; /* returned AD_OK after an op it ran failed (a NULL taken for a zero

@@ -724,6 +724,77 @@ Test(errors, an_ops_shape_rule_or_forward_cannot_reset_the_tape) {
   ad_tensor_free(x);
 }
 
+/* A registered op's shape rule or backward that returned a code of its
+ * own (12345, -7), not an ad_status, passed it through: ad_op_apply's
+ * caller, or ad_backward's, then held a status that no switch handles and
+ * ad_status_str calls "unknown status". It becomes AD_ERR_ARG, the message
+ * naming the op, the function and the value (and keeping the function's
+ * own message); ad_set_error given such a value records AD_ERR_ARG too. */
+static int odd_mode;
+static ad_status odd_shape(const ad_call *c) {
+  if (odd_mode == 1) return (ad_status)12345;
+  if (odd_mode == 2) return (ad_status)-7;
+  return probe_shape(c);
+}
+static void odd_forward(const ad_call *c) {
+  probe_forward(c);
+  if (odd_mode == 3) ad_set_error(c->ctx, (ad_status)999, "odd: the forward's own reason");
+}
+static ad_status odd_backward(const ad_call *c) {
+  if (odd_mode == 4) return (ad_status)12345;
+  if (odd_mode == 5) {
+    ad_set_error(c->ctx, AD_ERR_SHAPE, "odd: the backward's own reason");
+    return (ad_status)AD_STATUS_COUNT;
+  }
+  if (odd_mode == 6) return ad_set_error(c->ctx, (ad_status)-7, "odd: the backward's reason");
+  return triple_backward(c);
+}
+
+Test(errors, a_status_outside_the_enum_becomes_ad_err_arg) {
+  ad_op_def def = {.name = "odd",
+                   .arity = 1,
+                   .shape = odd_shape,
+                   .forward = odd_forward,
+                   .backward = odd_backward};
+  int id = ad_op_register(ctx, &def);
+  cr_assert_geq(id, 0, "%s", ad_last_error(ctx));
+  int64_t s = 2;
+  ad_tensor *x = grad_tensor(AD_F64, 1, &s);
+  odd_mode = 1;
+  cr_assert_null(ad_op_apply(ctx, id, 1, &x, NULL));
+  expect_error(AD_ERR_ARG, "odd: the shape rule returned 12345, which is not an ad_status", NULL);
+  odd_mode = 2;
+  cr_assert_null(ad_op_apply(ctx, id, 1, &x, NULL));
+  expect_error(AD_ERR_ARG, "odd: the shape rule returned -7, which is not an ad_status", NULL);
+  odd_mode = 3;
+  cr_assert_null(ad_op_apply(ctx, id, 1, &x, NULL));
+  expect_error(AD_ERR_ARG, "odd: the forward's own reason", "status 999", NULL);
+  odd_mode = 4;
+  ad_tensor *y = ad_op_apply(ctx, id, 1, &x, NULL);
+  cr_assert_eq(ad_backward(ctx, ad_sum(ctx, y), NULL), AD_ERR_ARG);
+  expect_error(AD_ERR_ARG,
+               "backward: the backward of odd returned 12345, which is not an ad_status", NULL);
+  cr_assert_null(x->grad);
+  odd_mode = 5;
+  ad_tensor *g = NULL;
+  y = ad_op_apply(ctx, id, 1, &x, NULL);
+  cr_assert_eq(ad_grad(ctx, ad_sum(ctx, y), NULL, 1, &x, &g, false), AD_ERR_ARG);
+  expect_error(AD_ERR_ARG, "grad: the backward of odd returned 11",
+               "odd: the backward's own reason", NULL);
+  odd_mode = 6;
+  y = ad_op_apply(ctx, id, 1, &x, NULL);
+  cr_assert_eq(ad_backward(ctx, ad_sum(ctx, y), NULL), AD_ERR_ARG);
+  expect_error(AD_ERR_ARG, "odd: the backward's reason", "status -7", NULL);
+  cr_assert_eq(ad_set_error(ctx, (ad_status)-1, "direct"), AD_ERR_ARG);
+  expect_error(AD_ERR_ARG, "direct (status -1, which is not an ad_status", NULL);
+  cr_assert_eq(ad_set_error(NULL, (ad_status)77, "no context"), AD_ERR_ARG);
+  odd_mode = 0; /* well behaved: dL/dx = 3 */
+  y = ad_op_apply(ctx, id, 1, &x, NULL);
+  cr_assert_eq(ad_backward(ctx, ad_sum(ctx, y), NULL), AD_OK, "%s", ad_last_error(ctx));
+  cr_assert_eq(ad_tensor_get(x->grad, 0), 3.0);
+  ad_tensor_free(x);
+}
+
 /* An AD_OP_ELEMENTWISE op may leave its shape function NULL: the engine
  * applies the broadcasting rule, errors included. */
 Test(errors, elementwise_op_without_shape_function) {

@@ -85,7 +85,10 @@ AD_API ad_status ad_tensor_adopt_grad(ad_tensor *t, void **mem);
 /** Records an error (printf-style message), replacing the one recorded
  * before, and returns status; AD_OK records nothing. For custom ops and
  * layers built on the API: name the function and the shapes or values
- * that are wrong, as the library does. */
+ * that are wrong, as the library does. A status outside ad_status (a
+ * code of the caller's own) is recorded and returned as AD_ERR_ARG, the
+ * message ending with the value: "(status 12345, which is not an
+ * ad_status: recorded as AD_ERR_ARG)". */
 AD_API ad_status ad_set_error(ad_ctx *ctx, ad_status status, const char *fmt, ...)
 #if defined(__GNUC__)
     __attribute__((format(printf, 3, 4)))
@@ -326,8 +329,10 @@ static inline ad_status ad_call_set_grad(const ad_call *c, int k, ad_tensor *g);
  * shapes. c->out arrives with in[0]'s dtype and no ndim: a rule that
  * returns AD_OK must set ndim (0 for a scalar), else the call fails with
  * AD_ERR_ARG; an ndim or dtype out of range, or a negative or too large
- * shape, fails it too. May be NULL for an AD_OP_ELEMENTWISE op (see the
- * flag). */
+ * shape, fails it too. A returned value outside ad_status fails the call
+ * with AD_ERR_ARG ("myop: the shape rule returned 12345, which is not an
+ * ad_status ..."), keeping the rule's message. May be NULL for an
+ * AD_OP_ELEMENTWISE op (see the flag). */
 typedef ad_status (*ad_shape_fn)(const ad_call *c);
 /** Computes c->out->data from the inputs. Cannot fail. Writes out->size
  * elements of out's dtype and nothing else: not past them, not into the
@@ -349,7 +354,10 @@ typedef void (*ad_forward_fn)(const ad_call *c);
  * returns an error status without recording a message gets one naming
  * the op. Runs only for a float output: a call whose shape rule made an AD_I32
  * output is not recorded (the output requires no gradient, as in PyTorch).
- * Returns AD_OK or the status of the op that failed. */
+ * Returns AD_OK or the status of the op that failed; a value outside
+ * ad_status fails the pass with AD_ERR_ARG ("backward: the backward of
+ * myop returned 12345, which is not an ad_status ..."), keeping the
+ * backward's message. */
 typedef ad_status (*ad_backward_fn)(const ad_call *c);
 /** Optional fast path: puts input k's contribution straight into grad
  * (shaped and typed like in[k]: the input's own gradient, or with
