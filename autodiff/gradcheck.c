@@ -491,6 +491,11 @@ ad_status ad_op_check(ad_ctx *ctx, int id, ad_dtype dtype, bool second, uint64_t
   ad_rng_seed(&rng, seed);
   double worst = -1;
   ad_status st = AD_OK;
+  /* the report holds no variant, and its input and index mean nothing
+   * without one (variants differ in shapes and inputs): a failed check
+   * names them in the message it records */
+  char worst_at[400] = "";
+  int variants = 0, failed = 0;
   /* in f32, the analytic side alone rounds in f32 (the numeric one is
    * computed in f64), to about 1e-7 of its terms: an op is held to 1e-5
    * and 1e-3, so that a backward off by 0.5% fails, not to ad_gradcheck's
@@ -543,7 +548,8 @@ ad_status ad_op_check(ad_ctx *ctx, int id, ad_dtype dtype, bool second, uint64_t
       if (st == AD_OK && !second && ad_op_get(ctx, id)->grad_into)
         st = check_grad_into(ctx, &c, n, in, v);
       if (st == AD_OK) {
-        if (!r.passed) report->passed = false;
+        variants++;
+        if (!r.passed) report->passed = false, failed++;
         /* rank variants by the check's own score, err / tolerance, so a
          * failing element (score > 1) is never hidden by a passing one */
         ad_check_opts o;
@@ -552,6 +558,12 @@ ad_status ad_op_check(ad_ctx *ctx, int id, ad_dtype dtype, bool second, uint64_t
         if (isnan(tol_sc)) tol_sc = INFINITY;
         if (r.input >= 0 && tol_sc > worst) {
           worst = tol_sc;
+          char shape[96];
+          snprintf(worst_at, sizeof worst_at,
+                   "variant %d, input %d %s, element %lld: analytic %.9g, numeric %.9g (abs err "
+                   "%.2g, rel err %.2g; the tolerance is %g + %g |numeric|)",
+                   v, r.input, ad_shape_str(in[r.input], shape, sizeof shape), (long long)r.index,
+                   r.analytic, r.numeric, r.abs_err, r.rel_err, o.atol, o.rtol);
           int64_t checked = report->checked;
           bool passed = report->passed;
           *report = r;
@@ -569,6 +581,15 @@ ad_status ad_op_check(ad_ctx *ctx, int id, ad_dtype dtype, bool second, uint64_t
       if (!again && !sample_input_problem(ctx, in[i])) ad_tensor_free(in[i]);
     }
   }
-  if (st != AD_OK) report->passed = false;
+  if (st != AD_OK) {
+    report->passed = false;
+  } else if (!report->passed) { /* the check ran and found a wrong gradient */
+    const ad_op_def *d = ad_op_get(ctx, id);
+    ad_set_error(ctx, AD_ERR_ARG,
+                 "op_check: %s failed the %s-order check in %s in %d of %d variant%s; the worst: "
+                 "%s",
+                 d->name, second ? "second" : "first", ad_dtype_name(dtype), failed, variants,
+                 variants == 1 ? "" : "s", worst_at[0] ? worst_at : "no element compared");
+  }
   return st;
 }

@@ -652,6 +652,62 @@ Test(gradcheck, op_check_in_f32_catches_a_backward_off_by_half_a_percent) {
   }
 }
 
+/* ad_op_check's report gives the worst element's input and flat index,
+ * but not the sample's variant it belongs to (variants differ in shapes
+ * and inputs), and a failed check recorded no message: the caller learnt
+ * that "input 0, element 2" was wrong, not in which case. A failed check
+ * now records, with AD_OK returned, a message naming the dtype, the order,
+ * how many variants failed and the worst one's variant, input and shape;
+ * a passing check records nothing. The op here is right on variant 0 ([5])
+ * and off by half on variant 1 ([2,3]). */
+static ad_status copy_backward_wrong_on_2d(const ad_call *c) {
+  ad_tensor *g = c->gout;
+  if (g->ndim == 2) g = ad_mul_scalar(c->ctx, g, 1.5);
+  return ad_call_set_grad(c, 0, g);
+}
+static int copy_sample_two(const ad_sample_call *s) {
+  static const int64_t shape[2][2] = {{5}, {2, 3}};
+  if (s->variant > 1) return 0;
+  s->in[0] = ad_rand(s->ctx, s->rng, s->dtype, s->variant + 1, shape[s->variant], -2, 2);
+  return s->in[0] && ad_tensor_set_requires_grad(s->in[0], true) == AD_OK ? 1 : -1;
+}
+
+Test(gradcheck, op_check_names_the_variant_that_failed) {
+  const ad_op_def d = {.name = "copy_wrong_on_2d",
+                       .arity = 1,
+                       .flags = AD_OP_ELEMENTWISE,
+                       .forward = copy_forward,
+                       .backward = copy_backward_wrong_on_2d,
+                       .sample = copy_sample_two};
+  int id = ad_op_register(ctx, &d);
+  cr_assert_geq(id, 0, "%s", ad_last_error(ctx));
+  ad_check_report r;
+  for (int dt = 0; dt < 2; dt++) {
+    ad_dtype t = dt ? AD_F32 : AD_F64;
+    cr_assert_eq(ad_op_check(ctx, id, t, false, SEED, &r), AD_OK, "%s", ad_last_error(ctx));
+    cr_assert(!r.passed);
+    cr_assert_eq(r.input, 0);
+    char want[200];
+    snprintf(want, sizeof want,
+             "op_check: copy_wrong_on_2d failed the first-order check in %s in 1 of 2 variants; "
+             "the worst: variant 1, input 0 [2,3], element %lld: analytic %.9g, numeric %.9g",
+             ad_dtype_name(t), (long long)r.index, r.analytic, r.numeric);
+    expect_error(ctx, ad_dtype_name(t), ad_last_status(ctx), AD_ERR_ARG, want, &r);
+  }
+  /* second order: the rule dy * 1.5 has no second derivative either way,
+   * so it passes, and a passing check records nothing */
+  cr_assert_eq(ad_op_check(ctx, id, AD_F64, true, SEED, &r), AD_OK, "%s", ad_last_error(ctx));
+  cr_assert(r.passed);
+  cr_assert_eq(ad_last_status(ctx), AD_OK, "%s", ad_last_error(ctx));
+  /* a second-order failure names its order (cube_frozen, one variant) */
+  int frozen = register_op(ctx, "cube_frozen2", 1, fwd_cube, bwd_cube_frozen, NULL);
+  cr_assert_eq(ad_op_check(ctx, frozen, AD_F64, true, SEED, &r), AD_OK, "%s", ad_last_error(ctx));
+  expect_error(ctx, "second order", ad_last_status(ctx), AD_ERR_ARG,
+               "op_check: cube_frozen2 failed the second-order check in f64 in 1 of 1 variant; "
+               "the worst: variant 0, input 0 [3,4], element ",
+               &r);
+}
+
 /* The checks differentiate through ad_grad, which never runs an op's
  * grad_into (only ad_backward does): a fast path that returned true
  * without writing, returned false after adding (the backward then added

@@ -506,7 +506,14 @@ AD_API const ad_attrs *ad_tensor_attrs(const ad_tensor *t);
  * variant (a new gradient, a second pass adding into it, and with
  * AD_OP_GRAD_INTO_TEMPS an input made by an op) and fails with AD_ERR_ARG,
  * naming the variant, input and element, where the fast path's gradient
- * is not the backward's bits. Prints nothing. */
+ * is not the backward's bits. The report gives the worst element over
+ * every variant; its input and index are of that variant's inputs. A
+ * check that ran and failed (AD_OK returned, report->passed false) also
+ * records its finding as the last error, AD_ERR_ARG, naming what the
+ * report cannot: "op_check: myop failed the first-order check in f64 in 1
+ * of 2 variants; the worst: variant 1, input 0 [2,3], element 4: analytic
+ * ..., numeric ... (abs err ..., rel err ...; the tolerance is ...)". A
+ * passing check records nothing. Prints nothing. */
 AD_API ad_status ad_op_check(ad_ctx *ctx, int id, ad_dtype dtype, bool second, uint64_t seed,
                              ad_check_report *report);
 
