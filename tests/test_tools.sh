@@ -1,7 +1,8 @@
 #!/bin/sh
 # Command-line behaviour of tools/ad-gradcheck and tools/gen_derivatives,
 # reported as TAP. Run by meson (suite 'autodiff'):
-#   sh tests/test_tools.sh AD_GRADCHECK GEN_DERIVATIVES DOCS_DERIVATIVES_MD [PLUGIN_SO]
+#   sh tests/test_tools.sh AD_GRADCHECK GEN_DERIVATIVES DOCS_DERIVATIVES_MD BAD_PLUGIN_SO [PLUGIN_SO]
+# BAD_PLUGIN_SO: tests/bad_plugin.c, which misbehaves as AD_BAD_PLUGIN says.
 # PLUGIN_SO: examples/swish_op's plugin (absent with -Dexamples=false: those
 # cases are skipped).
 set -u
@@ -9,7 +10,8 @@ set -u
 GC=$1
 GEN=$2
 DOC=$3
-PLUGIN=${4:-}
+BAD=$4
+PLUGIN=${5:-}
 TMP=${TMPDIR:-/tmp}/test_tools.$$
 mkdir -p "$TMP" || exit 1
 trap 'rm -rf "$TMP"' EXIT
@@ -32,7 +34,7 @@ run() {
   rc=$?
 }
 
-echo "1..29"
+echo "1..34"
 
 run "$GC" --help
 ok $rc "--help exits 0"
@@ -135,6 +137,32 @@ else
     echo "ok $n - $d # SKIP no plugin (-Dexamples=false)"
   done
 fi
+
+# a failure is never reported without its reason (the plugin's message, or
+# that it recorded none), nor a failed check without its sample's variant
+AD_BAD_PLUGIN=silent run "$GC" --load "$BAD"
+[ $rc -eq 2 ] && grep -q 'ad_plugin_register failed: bad argument: it recorded no message' "$TMP/err"
+ok $? "a registration that fails without a message says so (exit 2)"
+
+AD_BAD_PLUGIN=odd run "$GC" --load "$BAD"
+[ $rc -eq 2 ] &&
+  grep -q 'ad_plugin_register failed: it returned 12345, which is not an ad_status: it recorded no message' "$TMP/err"
+ok $? "a registration that returns no ad_status names the value (exit 2)"
+
+AD_BAD_PLUGIN=ignored run "$GC" --load "$BAD"
+[ $rc -eq 2 ] &&
+  grep -q 'registered no op: op_register: flagged: flags 0x42 has unknown bits 0x40' "$TMP/err"
+ok $? "a plugin that registers nothing gives the error it ignored (exit 2)"
+
+AD_BAD_PLUGIN=partial run "$GC" --load "$BAD" --first-only
+[ $rc -eq 0 ] && grep -q 'warning: ad_plugin_register returned AD_OK but left an error recorded.*flagged' "$TMP/err" &&
+  grep -q '^copy2 .*f64/1 PASS' "$TMP/out" && [ "$(tail -n 1 "$TMP/out")" = "1 passed, 0 failed" ]
+ok $? "an op that failed to register is warned about; the others are checked"
+
+AD_BAD_PLUGIN= run "$GC" --load "$BAD" --first-only --dtype f64
+[ $rc -eq 1 ] &&
+  grep '^wrong_on_2d ' "$TMP/out" | grep -q 'f64/1 FAIL .*(op_check: wrong_on_2d failed the first-order check in f64 in 1 of 2 variants; the worst: variant 1, input 0 \[2,3\], element [0-9]*: analytic'
+ok $? "a failed check names the variant, the input's shape and the element (exit 1)"
 
 run "$GC" --load "$TMP/no_such_plugin.so"
 [ $rc -eq 2 ] && grep -q -- "--load $TMP/no_such_plugin.so: " "$TMP/err"

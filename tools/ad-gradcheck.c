@@ -8,10 +8,14 @@
  *
  * One line per op: its name, then for each dtype and order PASS or FAIL with
  * the worst absolute and relative error and where it was (input k, flat
- * index i). Ops without a backward are listed as skipped. The last line is
- * "N passed, M failed", counting ops. Exit status: 0 when every check
- * passes, 1 when one fails, 2 for a usage error or output that cannot be
- * written. */
+ * index i); a FAIL also gives ad_op_check's message, which names the
+ * sample's variant, the input's shape and both values, and an ERROR the
+ * status and message of the check that could not run. Ops without a
+ * backward are listed as skipped. The last line is "N passed, M failed",
+ * counting ops. Exit status: 0 when every check passes, 1 when one fails,
+ * 2 for a usage error, a library that cannot be loaded or registers
+ * nothing (with the reason it recorded, or a note that it recorded none),
+ * or output that cannot be written. */
 #include "ad_ext.h"
 
 #include <ctype.h>
@@ -164,7 +168,13 @@ static bool check_op(ad_ctx *ctx, int id, const options *o) {
         printf(" at in%d[%" PRId64 "]", r.input, r.index);
       else
         printf(" (nothing checked)");
-      if (!r.passed) printf(" analytic %.9g numeric %.9g", r.analytic, r.numeric);
+      /* which variant of the sample, which input and why: ad_op_check's
+       * message (the report's input and index alone name no variant) */
+      if (!r.passed && ad_last_status(ctx) != AD_OK)
+        printf(" (%s)", ad_last_error(ctx));
+      else if (!r.passed)
+        printf(" analytic %.9g numeric %.9g", r.analytic, r.numeric);
+      ad_clear_error(ctx);
     }
   }
   printf("\n");
@@ -193,16 +203,37 @@ static bool load_plugin(ad_ctx *ctx, const char *path) {
   ad_status (*reg)(ad_ctx *);
   memcpy(&reg, &sym, sizeof reg); /* POSIX: dlsym's object pointer is the function */
   int before = ad_op_count(ctx);
+  ad_clear_error(ctx); /* what it records is its own, not an earlier library's */
   ad_status st = reg(ctx);
+  /* the reason it recorded, or a note that it recorded none: a failure is
+   * never reported with an empty reason */
+  const char *why = ad_last_status(ctx) != AD_OK
+                        ? ad_last_error(ctx)
+                        : "it recorded no message (ad_set_error records the reason)";
   if (st != AD_OK) {
-    fprintf(stderr, "ad-gradcheck: --load %s: ad_plugin_register failed: %s: %s\n", path,
-            ad_status_str(st), ad_last_error(ctx));
+    if ((int)st > 0 && (int)st < AD_STATUS_COUNT)
+      fprintf(stderr, "ad-gradcheck: --load %s: ad_plugin_register failed: %s: %s\n", path,
+              ad_status_str(st), why);
+    else
+      fprintf(stderr,
+              "ad-gradcheck: --load %s: ad_plugin_register failed: it returned %d, which is not "
+              "an ad_status: %s\n",
+              path, (int)st, why);
     return false;
   }
   if (ad_op_count(ctx) == before) {
-    fprintf(stderr, "ad-gradcheck: --load %s: ad_plugin_register registered no op\n", path);
+    fprintf(stderr, "ad-gradcheck: --load %s: ad_plugin_register registered no op: %s\n", path,
+            ad_last_status(ctx) != AD_OK
+                ? why
+                : "it returned AD_OK and recorded no error (call ad_op_register)");
     return false;
   }
+  if (ad_last_status(ctx) != AD_OK) /* an ad_op_register it ignored: an op may be missing */
+    fprintf(stderr,
+            "ad-gradcheck: --load %s: warning: ad_plugin_register returned AD_OK but left an "
+            "error recorded, so an op it meant to register may be missing: %s\n",
+            path, why);
+  ad_clear_error(ctx);
   return true;
 }
 
