@@ -1244,10 +1244,11 @@ NN_API ad_tensor *nn_cosine_similarity(ad_ctx *ctx, ad_tensor *x1, ad_tensor *x2
  * nn_triplet_margin_loss uses); where the norm is 0 the second
  * derivatives are 0 too, PyTorch's NaN. For p other than 1 and 2 a row
  * whose largest |difference| m is below 1 is computed as m ||d / m||_p,
- * so its gradient and second derivative stay finite where |d|^p
+ * so its gradient and second derivative stay right where |d|^p
  * underflows or sum^(1/p - 2) overflows (float32, p 30, |d| 0.04:
- * PyTorch's gradient is inf, here the exact 0.51); a |d|^p that
- * overflows gives an infinite distance, as PyTorch's. PyTorch's
+ * PyTorch's gradient is inf, here the exact 0.51; p 3, |d| 1e-23:
+ * PyTorch's is 0, its norm 0, here +-1); a |d|^p that overflows gives
+ * an infinite distance, as PyTorch's. PyTorch's
  * defaults: p 2, eps 1e-6, keepdim false. Returns a tape tensor, or NULL
  * with nn_cosine_similarity's errors (AD_ERR_ARG for p not positive and
  * finite: PyTorch also takes p 0 and inf, not here), naming
@@ -2477,8 +2478,8 @@ NN_API ad_tensor *nn_cosine_embedding_loss(ad_ctx *ctx, ad_tensor *x1, ad_tensor
  * 1e-6); with swap d(a, neg) is min(d(a, neg), d(pos, neg)) (a tie shares
  * the gradient). A zero distance (eps 0, equal rows) has gradient 0, as
  * torch's norm, and second derivatives 0 (torch's are NaN); small
- * distances with p other than 1 and 2 keep finite derivatives where
- * torch's float32 ones overflow (nn_pairwise_distance). anchor, positive
+ * distances with p other than 1 and 2 keep their derivatives where
+ * torch's float32 ones overflow or vanish (nn_pairwise_distance). anchor, positive
  * and negative share one shape of at least 1 dim; NN_NONE gives one loss
  * per row, anchor's shape without its last dim (0-d for 1-D inputs).
  * Errors: those above; AD_ERR_SHAPE for shapes that differ; AD_ERR_ARG
