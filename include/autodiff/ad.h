@@ -848,7 +848,8 @@ AD_API ad_tensor *ad_min_axis(ad_ctx *ctx, ad_tensor *x, int axis, bool keepdim)
  * gradient for a lane of zero variance is 0, as torch's. Where torch's
  * gradient differs: with correction >= n the gradient here is not finite
  * (NaN; torch: infinities, or a finite value from the divisor
- * n - correction). The divisor is taken in double, so a correction near
+ * n - correction), nor is a second-order gradient that passes through a
+ * lane of no element (torch: 0). The divisor is taken in double, so a correction near
  * INT64_MIN divides by about 2^63, where torch's int64 n - correction
  * wraps around (inf).
  * Errors (NULL), named "var" or "std": AD_ERR_NULL (x NULL, axes NULL
