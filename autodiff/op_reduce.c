@@ -1047,8 +1047,18 @@ const ad_op_def ad_def_cumsum = {
  * backward, so they are never recorded and the result requires none. */
 static ad_status shape_arg(const ad_call *c) {
   ad_status st = shape_max(c);
-  if (st == AD_OK) c->out->dtype = AD_I32;
-  return st;
+  if (st != AD_OK) return st;
+  /* an index past INT32_MAX would wrap in the i32 result (not tested: an
+   * input that long is 8 GiB) */
+  red_dims r = red_of(c->in[0], c->attrs->reduce.axes);
+  if (r.n > INT32_MAX) {
+    char a[64];
+    return ad_set_error(c->ctx, AD_ERR_SHAPE,
+                        "%s: an axis of %lld elements in %s; its indices do not fit in i32",
+                        c->name, (long long)r.n, ad_shape_str(c->in[0], a, sizeof a));
+  }
+  c->out->dtype = AD_I32;
+  return AD_OK;
 }
 
 /* BETTER(v, b): v replaces the best so far b (b is not NaN) */

@@ -883,7 +883,8 @@ AD_API ad_tensor *ad_cumsum(ad_ctx *ctx, ad_tensor *x, int axis);
  * first. Errors (NULL): AD_ERR_NULL, AD_ERR_DTYPE (x not float),
  * AD_ERR_ARG (axis out of range, a 0-d x, where torch takes dim 0 or -1),
  * AD_ERR_SHAPE (an axis of length 0: "argmax: nothing to reduce", as torch
- * refuses it). @{ */
+ * refuses it; an axis longer than INT32_MAX, whose indices an AD_I32 result
+ * cannot hold). @{ */
 AD_API ad_tensor *ad_argmax(ad_ctx *ctx, ad_tensor *x, int axis, bool keepdim);
 AD_API ad_tensor *ad_argmin(ad_ctx *ctx, ad_tensor *x, int axis, bool keepdim);
 /** @} */
