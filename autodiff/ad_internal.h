@@ -148,8 +148,9 @@ struct ad_ctx {
   void *hook_ud;
   /* ops the tape applies while differentiating (accumulating an
    * intermediate's contributions, fitting a contribution to its input's
-   * shape), named by the op layer: the core declares and calls no op */
-  int op_add, op_reshape, op_sum_to;
+   * shape; ad_grad's copy of a result it does not own, x * 1), named by
+   * the op layer: the core declares and calls no op */
+  int op_add, op_reshape, op_sum_to, op_mul_scalar;
   /* a plain backward's narrowed gradient (tape.c: lead_pass): the narrow
    * op, pad, and the ops whose backward reads a gradient sent only to
    * their output's leading block along the last axis (op_lead; -1: none) */
@@ -218,6 +219,10 @@ static inline void *ad_arena_alloc(ad_ctx *ctx, size_t bytes) {
  * path) and leaving the arena as it was. */
 void *ad_arena_try(ad_ctx *ctx, size_t bytes);
 void ad_arena_free_all(ad_ctx *ctx);
+/* Whether bytes from p lie in one of ctx's arena chunks: a temporary's own
+ * data or a view of one, not a persistent tensor's (or the caller's)
+ * memory. */
+bool ad_arena_holds(const ad_ctx *ctx, const void *p, size_t bytes);
 /* A point in the arena to return to: ad_arena_rewind gives back what was
  * allocated after ad_arena_mark_get (whole chunks stay, for reuse). Only
  * for scratch that nothing reads once the caller returns. */

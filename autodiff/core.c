@@ -297,6 +297,15 @@ ad_status ad_set_arena_limit(ad_ctx *ctx, size_t bytes) {
   return AD_OK;
 }
 
+bool ad_arena_holds(const ad_ctx *ctx, const void *p, size_t bytes) {
+  uintptr_t a = (uintptr_t)p;
+  for (ad_arena_chunk *c = ctx->chunks; c; c = c->next) {
+    uintptr_t b = (uintptr_t)chunk_base(c);
+    if (a >= b && a - b <= c->cap && bytes <= c->cap - (a - b)) return true;
+  }
+  return false;
+}
+
 void ad_arena_free_all(ad_ctx *ctx) {
   size_t hdr = align_up(sizeof(ad_arena_chunk), AD_ALIGN);
   for (ad_arena_chunk *c = ctx->chunks, *n; c; c = n) {

@@ -23,6 +23,7 @@ ad_status ad_builtin_register(ad_ctx *ctx) {
   ctx->op_add = AD_OP_ADD;
   ctx->op_reshape = AD_OP_RESHAPE;
   ctx->op_sum_to = AD_OP_SUM_TO;
+  ctx->op_mul_scalar = AD_OP_MUL_SCALAR;
   ctx->op_narrow = AD_OP_NARROW;
   ctx->op_pad = AD_OP_PAD;
   ctx->op_lead[0] = AD_OP_LSTM_SEQ;

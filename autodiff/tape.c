@@ -846,10 +846,19 @@ grad_into(ad_ctx *ctx, const ad_op_def *def, const ad_call *c, ad_node *const *s
   return any;
 }
 
+/* Whether gradient g is the tape's own: a temporary whose data is the
+ * arena's. Not so: the caller's seed, or what a registered op's backward
+ * passed on (its persistent input, a constant it keeps, a view of one),
+ * which a caller given g as a result could write into or free. */
+static bool tape_owns(const ad_ctx *ctx, const ad_tensor *g) {
+  return !(ad_node_of(g)->flags & AD_NF_PERSISTENT) &&
+         (g->size == 0 || ad_arena_holds(ctx, g->data, (size_t)g->size * ad_dsize(g->dtype)));
+}
+
 /* Adds a pass's gradient gout into retained intermediate n's grad: a later
  * backward over the same tape adds to what an earlier one left. */
 static ad_status retain(ad_ctx *ctx, ad_node *n, ad_tensor *gout) {
-  if (!n->t.grad && (ad_node_of(gout)->flags & AD_NF_PERSISTENT)) { /* the caller's seed */
+  if (!n->t.grad && !tape_owns(ctx, gout)) { /* the caller's seed, say: its values */
     ad_tensor *copy = ad_tmp_new(ctx, gout->dtype, gout->ndim, gout->shape);
     if (!copy) return ctx->status ? ctx->status : AD_ERR_OOM;
     memcpy(copy->data, gout->data, (size_t)gout->size * ad_dsize(gout->dtype));
@@ -1285,6 +1294,27 @@ ad_status ad_backward(ad_ctx *ctx, ad_tensor *root, const ad_tensor *seed) {
   return st;
 }
 
+/* A copy of gradient g (not the tape's own: see tape_owns) in the arena,
+ * for ad_grad to return in its place: the caller may write into or free
+ * its results as its own, which g is not. With create_graph, a g that
+ * requires a gradient is copied by an op (x * 1, the same bits but a
+ * signalling NaN's), so the result stays differentiable. */
+static ad_tensor *grad_copy(ad_ctx *ctx, ad_tensor *g, bool create_graph) {
+  if (create_graph && (ad_node_of(g)->flags & AD_NF_REQUIRES_GRAD)) {
+    bool was = ctx->grad_enabled, fwd = ctx->anomaly_fwd;
+    ctx->grad_enabled = true;
+    ctx->anomaly_fwd = false; /* a gradient, not a forward value: checked in the pass */
+    const ad_attrs one = {.scalar = 1.0};
+    ad_tensor *c = ad_op_apply(ctx, ctx->op_mul_scalar, 1, &g, &one);
+    ctx->grad_enabled = was;
+    ctx->anomaly_fwd = fwd;
+    return c;
+  }
+  ad_tensor *c = ad_tmp_new(ctx, g->dtype, g->ndim, g->shape);
+  if (c && g->size) memcpy(c->data, g->data, (size_t)g->size * ad_dsize(g->dtype));
+  return c;
+}
+
 ad_status ad_grad(ad_ctx *ctx, ad_tensor *root, const ad_tensor *seed, int n,
                   ad_tensor *const *inputs, ad_tensor **out, bool create_graph) {
   ad_status st = check_root(ctx, root, "grad");
@@ -1310,9 +1340,12 @@ ad_status ad_grad(ad_ctx *ctx, ad_tensor *root, const ad_tensor *seed, int n,
    * autograd.grad): every out[i] is read before any accumulator is cleared */
   for (int i = 0; i < n && st == AD_OK; i++) {
     ad_node *in = ad_node_of(inputs[i]);
-    out[i] = in->gacc ? in->gacc
-                      : ad_tmp_full(ctx, inputs[i]->dtype, inputs[i]->ndim, inputs[i]->shape, 0.0);
-    if (!out[i]) st = ctx->status ? ctx->status : AD_ERR_OOM;
+    ad_tensor *g = in->gacc;
+    if (!g)
+      g = ad_tmp_full(ctx, inputs[i]->dtype, inputs[i]->ndim, inputs[i]->shape, 0.0);
+    else if (!tape_owns(ctx, g))
+      g = grad_copy(ctx, g, create_graph);
+    if (!(out[i] = g)) st = ctx->status ? ctx->status : AD_ERR_OOM;
   }
   for (int i = 0; i < n; i++) {
     ad_node *in = ad_node_of(inputs[i]);

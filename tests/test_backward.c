@@ -392,6 +392,90 @@ Test(backward, grad_with_an_input_listed_twice_fills_both_outputs) {
   ad_tensor_free(x);
 }
 
+/* ad_grad returned, as an input's gradient, whatever reached it: the
+ * caller's persistent seed (the root itself an input; an op that passes dy
+ * on, add's or a registered identity's), a view of it (reshape's), or what
+ * a registered op's backward gave (its persistent input, a constant it
+ * keeps). The caller, told the results are the tape's tensors to use as
+ * its own, then wrote into its own tensor through the result, or freed it
+ * with ad_tensor_free (x itself, with mode 2 below). Each such result is
+ * now a copy; writing into every result and freeing it leaves every
+ * tensor of the caller's whole. A retained gradient (ad_backward) that
+ * would be a view of the seed is copied as well. */
+static ad_tensor *kept_const;
+static int pass_mode;
+static void passon_fwd(const ad_call *c) {
+  memcpy(c->out->data, c->in[0]->data, (size_t)c->out->size * sizeof(double));
+}
+static ad_status passon_bwd(const ad_call *c) {
+  ad_tensor *g[3] = {c->gout, kept_const, c->in[0]};
+  return ad_call_set_grad(c, 0, g[pass_mode]);
+}
+
+static void expect_whole(ad_tensor *t, const double *v, const char *what) {
+  cr_assert(ad_tensor_is_valid(t), "%s was freed through a gradient", what);
+  for (int64_t i = 0; i < t->size; i++)
+    cr_assert_eq(ad_tensor_get(t, i), v[i], "%s[%lld] is %g, want %g", what, (long long)i,
+                 ad_tensor_get(t, i), v[i]);
+}
+
+Test(backward, grad_results_are_the_callers_own) {
+  const ad_op_def d = {.name = "pass_on",
+                       .arity = 1,
+                       .flags = AD_OP_ELEMENTWISE,
+                       .forward = passon_fwd,
+                       .backward = passon_bwd};
+  int id = ad_op_register(ctx, &d);
+  cr_assert_geq(id, 0, "%s", ad_last_error(ctx));
+  const double vx[3] = {1, 2, 3}, vs[3] = {7, 8, 9}, vk[3] = {5, 5, 5};
+  int64_t n = 3;
+  ad_tensor *x = vec(vx, 3);
+  ad_tensor *seed = ad_from_data(ctx, AD_F64, 1, &n, vs);
+  kept_const = ad_from_data(ctx, AD_F64, 1, &n, vk);
+  cr_assert(seed && kept_const);
+  for (int c = 0; c < 6; c++) {
+    for (int create_graph = 0; create_graph < 2; create_graph++) {
+      ad_tensor *y = NULL;
+      const double *want = vs;
+      if (c == 0) y = x; /* the root is the input */
+      if (c == 1) y = ad_add_scalar(ctx, x, 0.0);
+      if (c == 2) y = ad_reshape(ctx, x, 1, &n);
+      if (c >= 3) {
+        pass_mode = c - 3;
+        y = ad_op_apply(ctx, id, 1, &x, NULL);
+        want = c == 4 ? vk : c == 5 ? vx : vs;
+      }
+      ad_tensor *g = NULL;
+      OK(ad_grad(ctx, y, seed, 1, &x, &g, create_graph));
+      assert_close(g, want, 3, 0);
+      cr_assert(g != x && g != seed && g != kept_const, "case %d: a caller's tensor returned", c);
+      for (int64_t i = 0; i < 3; i++) ((double *)g->data)[i] = -1; /* the result is ours */
+      ad_tensor_free(g);
+      expect_whole(x, vx, "x");
+      expect_whole(seed, vs, "the seed");
+      expect_whole(kept_const, vk, "the op's constant");
+      if (c == 5 && create_graph) { /* still differentiable: d sum(g)/dx = 1 */
+        OK(ad_grad(ctx, y, seed, 1, &x, &g, true));
+        ad_tensor *h = NULL;
+        OK(ad_grad(ctx, ad_sum(ctx, g), NULL, 1, &x, &h, false));
+        assert_close(h, (const double[]){1, 1, 1}, 3, 0);
+      }
+      ad_tape_reset(ctx);
+    }
+  }
+  /* a retained intermediate whose gradient is a view of the seed */
+  ad_tensor *y = ad_mul_scalar(ctx, x, 2.0);
+  OK(ad_tensor_retain_grad(y));
+  OK(ad_backward(ctx, ad_reshape(ctx, y, 1, &n), seed));
+  assert_close(y->grad, vs, 3, 0);
+  for (int64_t i = 0; i < 3; i++) ((double *)y->grad->data)[i] = -1;
+  expect_whole(seed, vs, "the seed");
+  ad_tape_reset(ctx);
+  ad_tensor_free(seed);
+  ad_tensor_free(kept_const);
+  ad_tensor_free(x);
+}
+
 /* ---------------------------------------------------------- higher order */
 
 Test(backward, hessian_vector_product_diagonal) {

@@ -498,7 +498,15 @@ AD_API ad_status ad_backward(ad_ctx *ctx, ad_tensor *root, const ad_tensor *seed
 /** Gradients of root with respect to n inputs (leaves or intermediates),
  * returned in out[0..n-1] as arena tensors (zeros for an input root does not
  * depend on; an input listed twice gets its gradient in both places). seed
- * as in ad_backward. Leaves' grad fields are not touched.
+ * as in ad_backward. Leaves' grad fields are not touched. A result is never
+ * a persistent tensor nor a view of one's memory: a gradient that would be
+ * (a persistent seed passed on, by an add, a reshape or the root being the
+ * input; what a registered op's backward gave: its input, a constant it
+ * keeps) is returned as a copy, so writing into a result, or passing it to
+ * ad_tensor_free (which ignores a temporary), leaves the caller's tensors
+ * as they were. A result may still be, or share memory with, a temporary of
+ * this tape (a seed that is an op's result, passed on), as
+ * torch.autograd.grad's results may be its grad_outputs.
  * With create_graph the backward pass is recorded, so out[i] can be
  * differentiated again (Hessian-vector products, gradient penalties).
  * Errors as ad_backward's, and AD_ERR_STATE for a freed input or one of a
