@@ -528,8 +528,8 @@ ad_status ad_op_check(ad_ctx *ctx, int id, ad_dtype dtype, bool second, uint64_t
         if (why)
           st = ad_set_error(ctx, in[i] ? AD_ERR_ARG : AD_ERR_NULL,
                             "op_check: %s's sample (variant %d) gave input %d of %d: %s; the "
-                            "inputs must be persistent tensors of this context (ad_sample_tensor, "
-                            "ad_rand)",
+                            "inputs must be persistent tensors of this context (ad_rand, "
+                            "ad_from_data)",
                             def->name, v, i, n, why);
       }
       /* an input to check in another dtype (a sample that ignores

@@ -398,9 +398,9 @@ typedef struct ad_sample_call {
 /** Makes case s->variant. Returns the number of inputs, 0 when there are no
  * more variants, -1 on error (recorded with ad_set_error). Each of
  * s->in[0..n-1] must be a persistent tensor of s->ctx that the sample
- * keeps (ad_rand, ad_sample_tensor; not an op's result, which the check's
- * tape reset frees, and not freed): ad_op_check refuses anything else,
- * naming the slot. */
+ * keeps (ad_rand, ad_from_data, ad_zeros; not an op's result, which the
+ * check's tape reset frees, and not freed): ad_op_check refuses anything
+ * else, naming the slot. */
 typedef int (*ad_sample_fn)(const ad_sample_call *s);
 
 /** ad_op_def.flags */
