@@ -291,6 +291,11 @@ static ad_status evaluate(nn_lbfgs *o, nn_lbfgs_closure fn, void *ud, double *lo
   double l = NAN;
   ad_status st = fn(ud, &l);
   ad_set_grad_enabled(o->ctx, old);
+  if ((int)st < 0 || (int)st >= AD_STATUS_COUNT) /* a code of the user's own */
+    st = ad_set_error(o->ctx, AD_ERR_ARG,
+                      "lbfgs_step: the closure returned %d, which is not an ad_status (AD_OK or "
+                      "an AD_ERR_ code)",
+                      (int)st);
   if (st == AD_OK) {
     char *at = g;
     for (int k = 0; k < o->np; k++) {

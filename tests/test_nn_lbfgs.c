@@ -25,6 +25,7 @@ typedef struct problem {
   int calls;   /* evaluations so far */
   int fail_at; /* > 0: the fail_at-th evaluation fails */
   bool nan;    /* rosen: the loss and gradient are NaN */
+  int code;    /* != 0: the failing evaluation returns this, recording nothing */
 } problem;
 
 /* The terms of Rosenbrock's function, 100 (x[1:] - x[:-1]^2)^2 +
@@ -49,7 +50,8 @@ static double sum_f32(const ad_tensor *e) {
 static ad_status closure(void *ud, double *loss) {
   problem *p = ud;
   if (++p->calls == p->fail_at)
-    return ad_set_error(ctx, AD_ERR_ARG, "closure: evaluation %d fails", p->calls);
+    return p->code ? (ad_status)p->code
+                   : ad_set_error(ctx, AD_ERR_ARG, "closure: evaluation %d fails", p->calls);
   ad_tensor *e, *l;
   if (p->mlp) {
     ad_tensor *pred = nn_model_forward(p->m, p->xs);
@@ -290,6 +292,28 @@ Test(lbfgs, closure_error_restores_the_last_iterate) {
       problem_fini(&p, ps);
       problem_fini(&q, qs);
     }
+  }
+}
+
+/* A closure returning a code of its own (no ad_status) fails the step
+ * with AD_ERR_ARG naming the value, as a user op's function does: never a
+ * status no switch handles. */
+Test(lbfgs, closure_status_outside_the_enum_becomes_ad_err_arg) {
+  const int codes[] = {12345, -7, AD_STATUS_COUNT};
+  for (int i = 0; i < 3; i++) {
+    problem p;
+    nn_params *ps;
+    problem_init(&p, &lb_cases[0], AD_F64, &ps);
+    nn_lbfgs_config cfg = config_of(&lb_cases[0]);
+    nn_lbfgs *o = nn_lbfgs_new(ps, &cfg);
+    cr_assert_not_null(o);
+    p.fail_at = 2, p.code = codes[i];
+    cr_assert_eq(nn_lbfgs_step(o, closure, &p, NULL), AD_ERR_ARG, "code %d", codes[i]);
+    char want[64];
+    snprintf(want, sizeof want, "returned %d", codes[i]);
+    test_expect_error(ctx, AD_ERR_ARG, "lbfgs_step: the closure", want, NULL);
+    nn_lbfgs_free(o);
+    problem_fini(&p, ps);
   }
 }
 

@@ -3520,7 +3520,8 @@ NN_API nn_lbfgs_config nn_lbfgs_defaults(void);
  * loss on the tape, runs ad_backward on it (the gradients are released
  * before each call: no zero_grad needed), stores the loss in *loss and
  * returns AD_OK, or returns an error status (ideally recorded on the
- * context), which nn_lbfgs_step returns. ud is nn_lbfgs_step's. */
+ * context), which nn_lbfgs_step returns; a value that is not an ad_status
+ * becomes AD_ERR_ARG naming it. ud is nn_lbfgs_step's. */
 typedef ad_status (*nn_lbfgs_closure)(void *ud, double *loss);
 
 /** An L-BFGS optimizer over the distinct tensors of params at the time of
