@@ -172,6 +172,11 @@ static ad_tensor *mha_call(nn_layer *l, ad_tensor *query, ad_tensor *key, ad_ten
     nn_null_arg(ctx, "multihead_attention", !query ? "query" : !key ? "key" : "value");
     return NULL;
   }
+  /* their shapes are read here, before any op checks them */
+  if (nn_check_input(ctx, who, "query", query) != AD_OK ||
+      nn_check_input(ctx, who, "key", key) != AD_OK ||
+      nn_check_input(ctx, who, "value", value) != AD_OK)
+    return NULL;
   mha_state *s = nn_layer_state(l);
   int nd = query->ndim;
   const char *layout = s->batch_first ? "[N, L, E] (batch_first) or [L, E]" : "[L, N, E] or [L, E]";

@@ -681,6 +681,43 @@ Test(misuse_nn, tensors_the_losses_and_attention_read_are_checked) {
   ad_ctx_free(other);
 }
 
+/* Multi-head attention reads the shapes of query, key and value itself (its
+ * checks, the masks' sizes) before any op sees them: a freed one, one of
+ * another context or one from a reset tape was refused only by the first
+ * op it reached ("transpose: input 0 was freed"), naming neither the layer
+ * nor the argument; it is refused as the masks are, batched or not. */
+Test(misuse_nn, attention_checks_query_key_and_value) {
+  ad_ctx *other = ad_ctx_new();
+  ad_rng rng;
+  ad_rng_seed(&rng, 3);
+  for (int unbatched = 0; unbatched < 2; unbatched++) {
+    nn_layer *l = nn_multihead_attention_new_ext(
+        ctx, 4, 2, &rng, &(nn_mha_opts_ext){.vdim = 3, .add_bias_kv = true});
+    cr_assert_not_null(l, "%s", ad_last_error(ctx));
+    int nd = unbatched ? 2 : 3;
+    int64_t qs[3] = {3, 2, 4}, vs[3] = {3, 2, 3};
+    if (unbatched) qs[1] = 4, vs[1] = 3;
+    ad_tensor *q = ad_zeros(ctx, AD_F32, nd, qs), *v = ad_zeros(ctx, AD_F32, nd, vs);
+    ad_tensor *gone = ad_zeros(ctx, AD_F32, nd, qs), *far = ad_zeros(other, AD_F32, nd, vs);
+    ad_tensor_free(gone);
+    cr_assert(nn_multihead_attention(l, q, q, v, NULL, NULL), "control: %s", ad_last_error(ctx));
+    cr_assert_null(nn_multihead_attention(l, q, gone, v, NULL, NULL));
+    test_expect_error(ctx, AD_ERR_STATE, "multihead_attention: key was freed", NULL);
+    cr_assert_null(nn_multihead_attention(l, q, q, far, NULL, NULL));
+    test_expect_error(ctx, AD_ERR_ARG, "multihead_attention: value belongs to another context",
+                      NULL);
+    ad_tensor *t = ad_mul_scalar(ctx, q, 2);
+    cr_assert_not_null(t);
+    ad_tape_reset(ctx);
+    cr_assert_null(nn_multihead_attention(l, t, q, v, NULL, NULL));
+    test_expect_error(ctx, AD_ERR_STATE, "multihead_attention: query is from a tape that was reset",
+                      NULL);
+    nn_layer_free(l);
+    ad_tensor_free(q), ad_tensor_free(v), ad_tensor_free(far);
+  }
+  ad_ctx_free(other);
+}
+
 /* A freed tensor keeps its shape with no data: the data functions read it
  * as rows of nothing and trained on zeros. They now refuse it, and
  * another context's tensors, as ops do. */

@@ -1862,8 +1862,9 @@ typedef struct nn_mha_args {
  * S, plus 1 with add_bias_kv and 1 with add_zero_attn. Self-
  * attention passes one tensor three times. A row whose keys are all masked
  * gives NaN, as in PyTorch. Returns NULL (and *weights NULL) with
- * AD_ERR_NULL, AD_ERR_ARG (l is another kind of layer, a mask of another
- * context), AD_ERR_STATE (a freed mask), AD_ERR_SHAPE
+ * AD_ERR_NULL, AD_ERR_ARG (l is another kind of layer, an input or a mask
+ * of another context), AD_ERR_STATE (a freed input or mask, or one from a
+ * tape that was reset), AD_ERR_SHAPE
  * (ranks, E, batch sizes or lengths that do not fit, a mask of the wrong
  * shape; naming the layer and the shapes), AD_ERR_DTYPE or AD_ERR_OOM. */
 NN_API ad_tensor *nn_multihead_attention(nn_layer *l, ad_tensor *query, ad_tensor *key,
