@@ -346,6 +346,48 @@ Test(mha_ext, describe_names_the_options) {
   nn_layer_free(l);
 }
 
+/* A float key padding mask is added beside an i32 attn_mask too (as
+ * PyTorch documents; its 1.13 or's it in as a bool there:
+ * docs/porting-from-pytorch.md): the same as one float [N*H, L, S] mask
+ * holding both, and not the same as its nonzero entries masking. */
+Test(mha_ext, float_key_padding_mask_is_added_beside_an_attn_mask) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 5);
+  nn_mha_opts_ext o = {.base = {.dtype = AD_F64}, .add_bias_kv = true, .add_zero_attn = true};
+  nn_layer *l = nn_multihead_attention_new_ext(ctx, 4, 2, &rng, &o);
+  cr_assert_not_null(l, "%s", ad_last_error(ctx));
+  int64_t qs[3] = {3, 2, 4}, ks[3] = {5, 2, 4}, ms[2] = {3, 5}, ps[2] = {2, 5}, fs[3] = {4, 3, 5};
+  ad_tensor *q = ad_rand(ctx, &rng, AD_F64, 3, qs, -1, 1),
+            *k = ad_rand(ctx, &rng, AD_F64, 3, ks, -1, 1);
+  ad_tensor *am = ad_zeros(ctx, AD_I32, 2, ms), *kpm = ad_zeros(ctx, AD_F64, 2, ps);
+  ad_tensor *bkpm = ad_zeros(ctx, AD_I32, 2, ps), *both = ad_zeros(ctx, AD_F64, 3, fs);
+  const double pad[10] = {-1.5, 0.25, 0, 2, -INFINITY, 0, 0.5, -3, 0, 1};
+  for (int i = 0; i < 10; i++) ad_tensor_set(kpm, i, pad[i]), ad_tensor_set(bkpm, i, pad[i] != 0);
+  for (int i = 0; i < 15; i++) ad_tensor_set(am, i, i % 4 == 1);
+  for (int b = 0; b < 4; b++) /* batch b / H, head b % H */
+    for (int i = 0; i < 15; i++)
+      ad_tensor_set(both, b * 15 + i, (i % 4 == 1 ? -INFINITY : 0) + pad[(b / 2) * 5 + i % 5]);
+  ad_tensor *y[3];
+  nn_mha_args a[3] = {{.attn_mask = am, .key_padding_mask = kpm},
+                      {.attn_mask = both},
+                      {.attn_mask = am, .key_padding_mask = bkpm}};
+  for (int j = 0; j < 3; j++) {
+    y[j] = nn_multihead_attention(l, q, k, k, &a[j], NULL);
+    cr_assert_not_null(y[j], "%d: %s", j, ad_last_error(ctx));
+  }
+  double most = 0;
+  for (int64_t i = 0; i < y[0]->size; i++) {
+    double g = ad_tensor_get(y[0], i), w = ad_tensor_get(y[1], i);
+    cr_assert(test_close(g, w, 1e-12 * (1 + fabs(w))), "[%lld] %.17g vs one mask %.17g",
+              (long long)i, g, w);
+    most = fmax(most, fabs(g - ad_tensor_get(y[2], i)));
+  }
+  cr_assert_gt(most, 1e-3, "the padding mask's values were not added");
+  nn_layer_free(l);
+  ad_tensor *own[] = {q, k, am, kpm, bkpm, both};
+  for (size_t i = 0; i < sizeof own / sizeof *own; i++) ad_tensor_free(own[i]);
+}
+
 Test(mha_ext, bad_input) {
   ad_rng rng;
   ad_rng_seed(&rng, 1);
