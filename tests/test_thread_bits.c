@@ -1,0 +1,407 @@
+/* test_thread_bits.c: docs/performance.md "Threads" promises the same bits
+ * on any number of threads with the built-in GEMM. This sweeps every
+ * registered op: each variant of its sample inputs (f64 and f32), grown
+ * along one axis until its loops cross the thread thresholds, runs forward,
+ * ad_backward with a random seed (the grad_into fast paths), ad_grad with
+ * create_graph and a second-order ad_grad through that, on 1, 2 and 3
+ * threads, and compares every output and gradient byte for byte (NaN
+ * payloads included). It logs how many variants it compared and how many
+ * of them the pool actually split (a variant it could not grow runs too,
+ * small, and is counted apart). */
+#include "ad_ext.h"
+
+#include <criterion/criterion.h>
+#include <criterion/logging.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "test_alloc.h"
+
+TEST_CTX_SUITE(thread_bits);
+
+#if defined(__SANITIZE_ADDRESS__)
+#define TB_SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define TB_SANITIZED 1
+#endif
+#endif
+#ifndef TB_SANITIZED
+#define TB_SANITIZED 0
+#endif
+
+/* The elements the largest grown input reaches: the elementwise loops and
+ * reductions split above 32K elements (a lane is one thread's). */
+#define TB_TARGET 70000
+
+/* ---------------------------------------------------------- records */
+
+/* What one variant computed on one thread count: a hash of each output
+ * and gradient's bytes (NaN payloads included; a missing tensor hashes
+ * apart from any tensor). */
+#define TB_PIECES 24
+typedef struct rec {
+  int pieces;
+  uint64_t h[TB_PIECES];
+  char what[TB_PIECES][32];
+  bool split, second;
+} rec;
+
+static uint64_t hash_bytes(const void *p, size_t n) {
+  const unsigned char *b = p;
+  uint64_t h = 0x9E3779B97F4A7C15u ^ n;
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    uint64_t w;
+    memcpy(&w, b + i, 8);
+    h = (h ^ w) * 0xFF51AFD7ED558CCDu;
+    h ^= h >> 29;
+  }
+  for (; i < n; i++) h = (h ^ b[i]) * 0x100000001B3u;
+  return h;
+}
+
+static void rec_add(rec *r, const char *what, const ad_tensor *t) {
+  cr_assert_lt(r->pieces, TB_PIECES);
+  uint64_t h = 1;
+  if (t) {
+    h = hash_bytes(t->data, (size_t)t->size * ad_dtype_size(t->dtype));
+    h ^= hash_bytes(t->shape, sizeof t->shape[0] * (size_t)t->ndim) * 31 + (uint64_t)t->dtype;
+  }
+  snprintf(r->what[r->pieces], sizeof r->what[0], "%s", what);
+  r->h[r->pieces++] = h;
+}
+
+/* ---------------------------------------------------------- growing inputs */
+
+/* A copy of t with axis ax repeated f times; float values scaled by
+ * 1 + 1e-3 u (u uniform in [0, 1)) when vary (the inputs to differentiate)
+ * so that the copies differ but keep their sign and range; constants (masks,
+ * conditions, indices) kept. */
+static ad_tensor *grow(ad_ctx *c, ad_rng *rng, const ad_tensor *t, int ax, int64_t f, bool vary) {
+  int64_t shape[AD_MAX_DIMS];
+  memcpy(shape, t->shape, sizeof shape);
+  shape[ax] *= f;
+  ad_tensor *g = ad_zeros(c, t->dtype, t->ndim, shape);
+  if (!g) return NULL;
+  int64_t inner = 1, outer = 1, len = t->shape[ax];
+  for (int d = ax + 1; d < t->ndim; d++) inner *= t->shape[d];
+  for (int d = 0; d < ax; d++) outer *= t->shape[d];
+  size_t es = ad_dtype_size(t->dtype);
+  for (int64_t o = 0; o < outer; o++)
+    for (int64_t i = 0; i < len * f; i++)
+      memcpy((char *)g->data + ((o * len * f + i) * inner) * es,
+             (const char *)t->data + ((o * len + i % len) * inner) * es, (size_t)inner * es);
+  for (int64_t i = 0; vary && f > 1 && i < g->size; i++) {
+    double u = (double)(ad_rng_next(rng) >> 11) * 0x1p-53;
+    if (t->dtype == AD_F64)
+      ((double *)g->data)[i] *= 1 + 1e-3 * u;
+    else if (t->dtype == AD_F32)
+      ((float *)g->data)[i] *= (float)(1 + 1e-3 * u);
+  }
+  return g;
+}
+
+/* Grows the sample's inputs by strategy s (0: axis 0 of every input whose
+ * first dim is in[0]'s; 1: the last axis of every input whose last dim is
+ * in[0]'s; 2: axis 0 of in[0] alone; 3: the batch of a sequence op, whose
+ * x has it on seq_batch_axis, a trailing mask on its second); false when s
+ * does not apply. */
+static bool grow_inputs(ad_ctx *c, ad_rng *rng, int s, int n, ad_tensor *const *in, ad_tensor **out,
+                        int seq_batch_axis, bool mask_last) {
+  const ad_tensor *x = in[0];
+  if (x->ndim == 0 || x->size == 0) return false;
+  int64_t big = 0;
+  for (int i = 0; i < n; i++) big = in[i]->size > big ? in[i]->size : big;
+  int64_t f = (TB_TARGET + big - 1) / big;
+  if (f < 2) return false;
+  for (int i = 0; i < n; i++) {
+    const ad_tensor *t = in[i];
+    int ax = -1;
+    if (s == 0 && t->ndim >= 1 && t->shape[0] == x->shape[0]) ax = 0;
+    if (s == 1 && t->ndim >= 1 && t->shape[t->ndim - 1] == x->shape[x->ndim - 1]) ax = t->ndim - 1;
+    if (s == 2 && i == 0) ax = 0;
+    /* the sequence ops: x [T, N, G H] (or [N, T, G H]), w_hh, biases, the
+     * states [N, H] and the mask [T, N]: the batch N, whose row blocks are
+     * the threads' */
+    if (s == 3 && i == 0) ax = seq_batch_axis;
+    if (s == 3 && i > 0 && t->ndim == 2 && t->shape[0] == x->shape[seq_batch_axis] &&
+        t->shape[1] != x->shape[x->ndim - 1])
+      ax = 0; /* a state */
+    if (s == 3 && i == n - 1 && mask_last && t->ndim == 2) ax = 1;
+    out[i] = grow(c, rng, t, ax < 0 ? 0 : ax, ax < 0 ? 1 : f, ad_tensor_requires_grad(t));
+    cr_assert_not_null(out[i], "%s", ad_last_error(c));
+    if (ad_tensor_requires_grad(t)) ad_tensor_set_requires_grad(out[i], true);
+  }
+  return true;
+}
+
+/* One run of op id on in at the current thread count, recorded into r. */
+static bool run_once(ad_ctx *c, int id, int n, ad_tensor *const *in, const ad_attrs *at,
+                     ad_tensor **seed, uint64_t seed_no, rec *r, bool *second_ran) {
+  char what[48];
+  ad_tensor *y = ad_op_apply(c, id, n, in, at);
+  if (!y) return false;
+  rec_add(r, "forward", y);
+  bool diff = (y->dtype == AD_F32 || y->dtype == AD_F64) && ad_tensor_requires_grad(y);
+  if (!diff) {
+    ad_tape_reset(c);
+    return true;
+  }
+  if (!*seed) {
+    ad_rng rng;
+    ad_rng_seed(&rng, seed_no);
+    *seed = ad_rand(c, &rng, y->dtype, y->ndim, y->shape, -1, 1);
+    cr_assert_not_null(*seed);
+  }
+  /* ad_backward: the grad_into fast paths */
+  for (int i = 0; i < n; i++) ad_tensor_zero_grad(in[i]);
+  cr_assert_eq(ad_backward(c, y, *seed), AD_OK, "%s", ad_last_error(c));
+  for (int i = 0; i < n; i++) {
+    snprintf(what, sizeof what, "backward: input %d", i);
+    rec_add(r, what, in[i]->grad);
+    ad_tensor_zero_grad(in[i]);
+  }
+  ad_tape_reset(c);
+  /* ad_grad with create_graph, then a second order through it */
+  ad_tensor *wrt[AD_SAMPLE_MAX_IN], *g[AD_SAMPLE_MAX_IN] = {0}, *gg[AD_SAMPLE_MAX_IN] = {0};
+  int m = 0;
+  for (int i = 0; i < n; i++)
+    if (ad_tensor_requires_grad(in[i])) wrt[m++] = in[i];
+  y = ad_op_apply(c, id, n, in, at);
+  cr_assert_not_null(y);
+  cr_assert_eq(ad_grad(c, y, *seed, m, wrt, g, true), AD_OK, "%s", ad_last_error(c));
+  ad_tensor *s = NULL;
+  for (int i = 0; i < m; i++) {
+    snprintf(what, sizeof what, "grad: input %d", i);
+    rec_add(r, what, g[i]);
+    if (g[i] && ad_tensor_requires_grad(g[i])) {
+      /* s = sum_i sum(g_i * g_i): its gradient goes through the backward */
+      ad_tensor *t = ad_sum(c, ad_mul(c, g[i], g[i]));
+      s = s ? ad_add(c, s, t) : t;
+      cr_assert_not_null(s, "%s", ad_last_error(c));
+    }
+  }
+  if (s) {
+    cr_assert_eq(ad_grad(c, s, NULL, m, wrt, gg, false), AD_OK, "%s", ad_last_error(c));
+    for (int i = 0; i < m; i++) {
+      snprintf(what, sizeof what, "second order: input %d", i);
+      rec_add(r, what, gg[i]);
+    }
+    *second_ran = true;
+  }
+  ad_tape_reset(c);
+  return true;
+}
+
+/* One variant as the sweep met it. */
+typedef struct vrec {
+  const char *op;
+  ad_dtype dt;
+  int variant;
+  bool grown;
+  rec r[3]; /* on 1, 2, 3 threads */
+} vrec;
+
+typedef struct sweep {
+  vrec *v;
+  int n, cap;
+  int ops;
+} sweep;
+
+static vrec *sweep_at(sweep *sw, int pass, int k) {
+  if (pass == 0) {
+    if (sw->n == sw->cap) {
+      sw->cap = sw->cap ? 2 * sw->cap : 256;
+      sw->v = realloc(sw->v, (size_t)sw->cap * sizeof *sw->v);
+      cr_assert_not_null(sw->v);
+    }
+    memset(&sw->v[sw->n], 0, sizeof sw->v[0]);
+    return &sw->v[sw->n++];
+  }
+  cr_assert_lt(k, sw->n, "pass %d met more variants than the first", pass);
+  return &sw->v[k];
+}
+
+/* Runs one variant at the current thread count into v->r[pass]. */
+static void run_variant(ad_ctx *c, const char *op, int id, ad_dtype dt, int variant, int n,
+                        ad_tensor *const *in, const ad_attrs *at, bool grown, vrec *v, int pass) {
+  if (pass == 0) *v = (vrec){.op = op, .dt = dt, .variant = variant, .grown = grown};
+  cr_assert(v->op == op && v->dt == dt && v->variant == variant, "the passes differ in order");
+  rec *r = &v->r[pass];
+  ad_tensor *seed = NULL;
+  ad_thread_stats_get(NULL, true);
+  bool ok = run_once(c, id, n, in, at, &seed, 1000 + (uint64_t)variant, r, &r->second);
+  cr_assert(ok, "%s %s variant %d on %d threads: %s", op, ad_dtype_name(dt), variant, pass + 1,
+            ad_last_error(c));
+  ad_thread_stats st;
+  ad_thread_stats_get(&st, true);
+  r->split = st.loops > 0;
+  ad_tensor_free(seed);
+}
+
+/* Every registered op with sample inputs, each variant grown where it can
+ * be, at the current thread count. */
+static void sweep_ops(ad_ctx *c, sweep *sw, int pass, int only) {
+  int k = 0;
+  sw->ops = 0;
+  for (int id = 0; id < ad_op_count(c); id++) {
+    const ad_op_def *def = ad_op_get(c, id);
+    if (!def->sample) {
+      if (pass == 0) cr_log_info("%s: no sample inputs; swept by hand below", def->name);
+      continue;
+    }
+    sw->ops++;
+    bool seq = !strcmp(def->name, "lstm_seq") || !strcmp(def->name, "gru_seq");
+    for (int dti = 0; dti < 2; dti++) {
+      ad_dtype dt = dti ? AD_F32 : AD_F64;
+      for (int variant = 0; variant < 16; variant++) {
+        ad_rng rng;
+        ad_rng_seed(&rng, 7 + (uint64_t)variant);
+        ad_tensor *in[AD_SAMPLE_MAX_IN] = {0}, *big[AD_SAMPLE_MAX_IN] = {0};
+        ad_attrs at;
+        memset(&at, 0, sizeof at);
+        ad_sample_call sc = {
+            .ctx = c, .rng = &rng, .dtype = dt, .variant = variant, .in = in, .attrs = &at};
+        int n = def->sample(&sc);
+        cr_assert(n >= 0, "%s: sample failed: %s", def->name, ad_last_error(c));
+        if (n == 0) break;
+        bool grown = false;
+        for (int s = seq ? 3 : 0; s < (seq ? 4 : 3) && !grown; s++) {
+          bool mask = seq && n == 6;
+          if (!grow_inputs(c, &rng, s, n, in, big, at.axis ? 0 : 1, mask)) continue;
+          ad_tensor *y = ad_op_apply(c, id, n, big, &at);
+          grown = y != NULL;
+          if (!y && seq) cr_log_warn("%s v%d s%d: %s", def->name, variant, s, ad_last_error(c));
+          ad_tape_reset(c);
+          if (!grown)
+            for (int i = 0; i < n; i++) ad_tensor_free(big[i]), big[i] = NULL;
+        }
+        if (only < 0 || only == k)
+          run_variant(c, def->name, id, dt, variant, n, grown ? big : in, &at, grown,
+                      sweep_at(sw, only < 0 ? pass : 1, k), pass);
+        k++;
+        for (int i = 0; i < n; i++) ad_tensor_free(in[i]), ad_tensor_free(big[i]);
+      }
+    }
+  }
+}
+
+/* A loop runs on the caller alone for a while after the caller waited
+ * long for a worker (a busy machine); a variant split on one of 2 and 3
+ * threads and not on the other runs again there, up to 4 times, 50 ms
+ * apart. */
+static void retry_unsplit(ad_ctx *c, sweep *sw) {
+  for (int k = 0; k < sw->n; k++)
+    for (int t = 1; t < 3; t++)
+      for (int tries = 0; tries < 4 && !sw->v[k].r[t].split && sw->v[k].r[3 - t].split; tries++) {
+        nanosleep(&(struct timespec){0, 50000000}, NULL);
+        cr_assert_eq(ad_set_num_threads(t + 1), AD_OK);
+        memset(&sw->v[k].r[t], 0, sizeof sw->v[k].r[t]);
+        sweep_ops(c, sw, t, k);
+      }
+}
+
+/* Compares the passes; returns the variants that differ. */
+static int sweep_report(const sweep *sw, const char *what, int ops) {
+  int differ = 0, split = 0, second = 0;
+  for (int k = 0; k < sw->n; k++) {
+    const vrec *v = &sw->v[k];
+    bool d = false;
+    for (int t = 1; t < 3; t++) {
+      cr_assert_eq(v->r[t].pieces, v->r[0].pieces, "%s: pieces differ", v->op);
+      for (int p = 0; p < v->r[0].pieces; p++)
+        if (v->r[t].h[p] != v->r[0].h[p]) {
+          d = true;
+          cr_log_error("%s %s variant %d (%s): %s differs on %d threads from 1", v->op,
+                       ad_dtype_name(v->dt), v->variant, v->grown ? "grown" : "sample size",
+                       v->r[0].what[p], t + 1);
+        }
+    }
+    differ += d;
+    bool s = v->r[1].split && v->r[2].split;
+    split += s;
+    second += v->r[0].second;
+  }
+  cr_log_info("thread_bits: %s: %d %s, %d variants compared on 1, 2, 3 threads (%d split on both "
+              "2 and 3, %d with a second order): %d differ",
+              what, ops, what, sw->n, split, second, differ);
+  return differ;
+}
+
+Test(thread_bits, every_op_same_bits_on_1_2_3_threads, .timeout = 600) {
+  sweep sw = {0};
+  for (int pass = 0; pass < 3; pass++) {
+    cr_assert_eq(ad_set_num_threads(pass + 1), AD_OK);
+    sweep_ops(ctx, &sw, pass, -1);
+  }
+  retry_unsplit(ctx, &sw);
+  ad_set_num_threads(1);
+  int differ = sweep_report(&sw, "ops", sw.ops);
+  for (int k = 0; k < sw.n; k++)
+    if (!(sw.v[k].r[1].split && sw.v[k].r[2].split))
+      cr_log_info("%s %s variant %d (%s): not split", sw.v[k].op, ad_dtype_name(sw.v[k].dt),
+                  sw.v[k].variant, sw.v[k].grown ? "grown" : "sample size");
+  free(sw.v);
+  cr_assert_eq(differ, 0, "%d variants differ across thread counts", differ);
+}
+
+static void rec_need(ad_ctx *c, rec *r, const char *what, const ad_tensor *t) {
+  cr_assert_not_null(t, "%s: %s", what, ad_last_error(c));
+  rec_add(r, what, t);
+}
+
+/* The ops without sample inputs (no gradient: comparisons, argmax, argmin,
+ * detach) and an integer dtype (flip of i32), by hand, on [400, 300] with
+ * NaNs and ties. */
+static void no_sample_ops(ad_ctx *c, rec *r) {
+  for (int dti = 0; dti < 2; dti++) {
+    ad_dtype dt = dti ? AD_F32 : AD_F64;
+    ad_rng rng;
+    ad_rng_seed(&rng, 99);
+    int64_t sh[2] = {400, 300}, row[2] = {1, 300};
+    ad_tensor *a = ad_rand(c, &rng, dt, 2, sh, -1, 1), *b = ad_rand(c, &rng, dt, 2, row, -1, 1);
+    cr_assert(a && b);
+    for (int64_t i = 0; i < a->size; i += 37) ad_tensor_set(a, i, i % 3 ? 0.5 : NAN);
+    rec_need(c, r, "gt", ad_gt(c, a, b));
+    rec_need(c, r, "eq", ad_eq(c, a, a));
+    rec_need(c, r, "le", ad_le(c, b, a));
+    for (int ax = 0; ax < 2; ax++) {
+      rec_need(c, r, "argmax", ad_argmax(c, a, ax, false));
+      rec_need(c, r, "argmin", ad_argmin(c, a, ax, true));
+    }
+    rec_need(c, r, "detach", ad_detach(c, a));
+    int32_t *v = malloc((size_t)a->size * sizeof *v);
+    cr_assert_not_null(v);
+    for (int64_t i = 0; i < a->size; i++) v[i] = (int32_t)(i * 7919 % 1000);
+    ad_tensor *i32 = ad_from_data(c, AD_I32, 2, sh, v);
+    free(v);
+    int axes[2] = {0, 1};
+    rec_need(c, r, "flip i32", ad_flip(c, i32, 2, axes));
+    ad_tape_reset(c);
+    ad_tensor_free(a);
+    ad_tensor_free(b);
+    ad_tensor_free(i32);
+  }
+}
+
+Test(thread_bits, ops_without_samples_same_bits_on_1_2_3_threads) {
+  rec r[3] = {{0}};
+  for (int t = 0; t < 3; t++) {
+    cr_assert_eq(ad_set_num_threads(t + 1), AD_OK);
+    no_sample_ops(ctx, &r[t]);
+  }
+  ad_set_num_threads(1);
+  int differ = 0;
+  for (int t = 1; t < 3; t++)
+    for (int p = 0; p < r[0].pieces; p++)
+      if (r[t].h[p] != r[0].h[p]) {
+        differ++;
+        cr_log_error("%s (piece %d) differs on %d threads from 1", r[0].what[p], p, t + 1);
+      }
+  cr_log_info("thread_bits: %d results of the ops without samples compared: %d differ", r[0].pieces,
+              differ);
+  cr_assert_eq(differ, 0);
+}
