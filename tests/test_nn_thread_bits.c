@@ -212,6 +212,44 @@ static nn_layer *mk_embbag(ad_ctx *c, ad_rng *rng, ad_tensor **x) {
   return nn_embedding_bag_new(c, 1000, 32, rng, NULL);
 }
 
+static nn_layer *mk_upsample(ad_ctx *c, ad_rng *rng, ad_tensor **x) {
+  *x = IN(4, 8, 24, 24);
+  return nn_upsample_new(c, &(nn_upsample_opts){.mode = NN_UPSAMPLE_BICUBIC, .size = {37, 41}});
+}
+static nn_layer *mk_lppool(ad_ctx *c, ad_rng *rng, ad_tensor **x) {
+  *x = IN(4, 8, 40, 40);
+  return nn_lp_pool2d_new(c, 3, 2, 2, NULL);
+}
+static nn_layer *mk_unfold(ad_ctx *c, ad_rng *rng, ad_tensor **x) {
+  *x = IN(4, 8, 30, 30);
+  return nn_unfold_new(c, &(nn_fold_opts){.kernel_size = {3, 3}, .padding = {1, 1}});
+}
+static nn_layer *mk_lrn(ad_ctx *c, ad_rng *rng, ad_tensor **x) {
+  *x = IN(4, 16, 30, 30);
+  return nn_local_response_norm_new(c, 5, 1e-2, 0.75, 1);
+}
+static nn_layer *mk_convt1d(ad_ctx *c, ad_rng *rng, ad_tensor **x) {
+  *x = IN(6, 8, 1500);
+  return nn_conv_transpose1d_new(c, 8, 8, 5, rng, NULL);
+}
+static nn_layer *mk_convt3d(ad_ctx *c, ad_rng *rng, ad_tensor **x) {
+  *x = IN(4, 4, 10, 14, 14);
+  return nn_conv_transpose3d_new(c, 4, 4, 3, 3, 3, rng, NULL);
+}
+static nn_layer *mk_amaxpool(ad_ctx *c, ad_rng *rng, ad_tensor **x) {
+  *x = IN(4, 8, 40, 40);
+  return nn_adaptive_max_pool2d_new(c, 7, 9);
+}
+static nn_layer *mk_bn3d(ad_ctx *c, ad_rng *rng, ad_tensor **x) {
+  *x = IN(4, 4, 10, 20, 20);
+  return nn_batch_norm3d_new(c, 4, NULL);
+}
+static nn_layer *mk_in1d(ad_ctx *c, ad_rng *rng, ad_tensor **x) {
+  *x = IN(8, 16, 400);
+  return nn_instance_norm1d_new(
+      c, 16, &(nn_instance_norm_opts){.affine = true, .track_running_stats = true});
+}
+
 static const lcase cases[] = {
     {"dense", mk_dense, NULL},
     {"dense f64", mk_dense64, NULL},
@@ -241,6 +279,15 @@ static const lcase cases[] = {
     {"transformer (encoder and decoder)", mk_transformer, fw_transformer},
     {"embedding", mk_embedding, NULL},
     {"embedding_bag", mk_embbag, NULL},
+    {"upsample bicubic", mk_upsample, NULL},
+    {"lp_pool2d", mk_lppool, NULL},
+    {"unfold", mk_unfold, NULL},
+    {"local_response_norm", mk_lrn, NULL},
+    {"conv_transpose1d", mk_convt1d, NULL},
+    {"conv_transpose3d", mk_convt3d, NULL},
+    {"adaptive_max_pool2d", mk_amaxpool, NULL},
+    {"batch_norm3d", mk_bn3d, NULL},
+    {"instance_norm1d affine", mk_in1d, NULL},
 };
 #define NCASES (int)(sizeof cases / sizeof cases[0])
 
