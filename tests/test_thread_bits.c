@@ -41,7 +41,7 @@ TEST_CTX_SUITE(thread_bits);
 /* What one variant computed on one thread count: a hash of each output
  * and gradient's bytes (NaN payloads included; a missing tensor hashes
  * apart from any tensor). */
-#define TB_PIECES 24
+#define TB_PIECES 80
 typedef struct rec {
   int pieces;
   uint64_t h[TB_PIECES];
@@ -161,6 +161,22 @@ static bool run_once(ad_ctx *c, int id, int n, ad_tensor *const *in, const ad_at
   cr_assert_eq(ad_backward(c, y, *seed), AD_OK, "%s", ad_last_error(c));
   for (int i = 0; i < n; i++) {
     snprintf(what, sizeof what, "backward: input %d", i);
+    rec_add(r, what, in[i]->grad);
+    ad_tensor_zero_grad(in[i]);
+  }
+  ad_tape_reset(c);
+  /* ad_backward again, each input to differentiate made by an op (x * 1):
+   * the fast paths that store into a new temporary (AD_OP_GRAD_INTO_TEMPS) */
+  ad_tensor *via[AD_SAMPLE_MAX_IN];
+  for (int i = 0; i < n; i++) {
+    via[i] = ad_tensor_requires_grad(in[i]) ? ad_mul_scalar(c, in[i], 1) : in[i];
+    cr_assert_not_null(via[i], "%s", ad_last_error(c));
+  }
+  y = ad_op_apply(c, id, n, via, at);
+  cr_assert_not_null(y, "%s", ad_last_error(c));
+  cr_assert_eq(ad_backward(c, y, *seed), AD_OK, "%s", ad_last_error(c));
+  for (int i = 0; i < n; i++) {
+    snprintf(what, sizeof what, "backward via an op: input %d", i);
     rec_add(r, what, in[i]->grad);
     ad_tensor_zero_grad(in[i]);
   }
