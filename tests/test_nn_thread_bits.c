@@ -457,3 +457,82 @@ Test(nn_thread_bits, every_optimizer_same_bits_on_1_2_3_threads, .timeout = 600)
               2 * KINDS, KINDS, split, differ);
   cr_assert_eq(differ, 0);
 }
+
+/* nn_fit: an MLP with dropout and batch norm, batches of 512 rows of 256
+ * features (a 512 KB gather, split from 256 KB), validation and gradient
+ * norms, two epochs: the parameters, buffers and history the same bits on
+ * 1, 2 and 3 threads. */
+static void fit_run(hashes *hs) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 12);
+  ad_tensor *x = ad_rand(ctx, &rng, AD_F32, 2, (int64_t[]){2048, 256}, -1, 1);
+  int32_t *lab = malloc(2048 * sizeof *lab);
+  cr_assert(x && lab);
+  for (int i = 0; i < 2048; i++) lab[i] = (int32_t)ad_rng_below(&rng, 10);
+  ad_tensor *y = ad_from_data(ctx, AD_I32, 1, (int64_t[]){2048}, lab);
+  free(lab);
+  cr_assert_not_null(y);
+  nn_model *m = nn_sequential_new(ctx);
+  cr_assert_not_null(m);
+  cr_assert_eq(nn_model_add(m, nn_dense_new(ctx, 256, 512, &rng,
+                                            &(nn_dense_opts){.activation = NN_ACT_RELU})),
+               AD_OK);
+  cr_assert_eq(nn_model_add(m, nn_dropout_new(ctx, 0.2, 3)), AD_OK);
+  cr_assert_eq(nn_model_add(m, nn_batch_norm1d_new(ctx, 512, NULL)), AD_OK);
+  cr_assert_eq(nn_model_add(m, nn_dense_new(ctx, 512, 10, &rng, NULL)), AD_OK);
+  nn_optimizer *opt = nn_adam_new(nn_model_params(m), 1e-3);
+  cr_assert_not_null(opt);
+  nn_fit_opts fo = {.epochs = 2,
+                    .batch_size = 512,
+                    .seed = 5,
+                    .validation_split = 0.25,
+                    .accuracy = true,
+                    .grad_norms = true,
+                    .verbose = -1};
+  nn_history *h = NULL;
+  ad_thread_stats_get(NULL, true);
+  cr_assert_eq(nn_fit(m, opt, nn_cross_entropy_loss, x, y, &fo, &h), AD_OK, "%s",
+               ad_last_error(ctx));
+  ad_thread_stats st;
+  ad_thread_stats_get(&st, true);
+  hs->split = st.loops > 0;
+  nn_params *p = nn_model_params(m), *b = nn_model_buffers(m);
+  for (int i = 0; i < nn_params_count(p); i++)
+    add(hs, "parameter", nn_params_name(p, i), nn_params_tensor(p, i));
+  for (int i = 0; b && i < nn_params_count(b); i++)
+    add(hs, "buffer", nn_params_name(b, i), nn_params_tensor(b, i));
+  static const char *keys[] = {"loss", "val_loss", "accuracy", "val_accuracy", "grad_norm_mean"};
+  for (int k = 0; k < 5; k++) {
+    const double *v = nn_history_values(h, keys[k]);
+    cr_assert_not_null(v, "%s", keys[k]);
+    cr_assert_lt(hs->n, 3 * MAXP + 4);
+    snprintf(hs->what[hs->n], sizeof hs->what[0], "history %s", keys[k]);
+    hs->h[hs->n++] = hash_bytes(v, 2 * sizeof *v);
+  }
+  nn_history_free(h);
+  nn_optimizer_free(opt);
+  nn_model_free(m);
+  ad_tensor_free(x);
+  ad_tensor_free(y);
+}
+
+Test(nn_thread_bits, fit_same_bits_on_1_2_3_threads, .timeout = 600) {
+  static hashes hs[3];
+  memset(hs, 0, sizeof hs);
+  for (int t = 0; t < 3; t++) {
+    cr_assert_eq(ad_set_num_threads(t + 1), AD_OK);
+    fit_run(&hs[t]);
+  }
+  ad_set_num_threads(1);
+  int differ = 0;
+  for (int t = 1; t < 3; t++)
+    for (int i = 0; i < hs[0].n; i++)
+      if (hs[t].h[i] != hs[0].h[i]) {
+        differ++;
+        cr_log_error("nn_fit: %s differs on %d threads from 1", hs[0].what[i], t + 1);
+      }
+  cr_log_info("nn_thread_bits: nn_fit, %d results compared (split on 2 and 3 threads: %s): %d "
+              "differ",
+              hs[0].n, hs[1].split && hs[2].split ? "yes" : "no", differ);
+  cr_assert_eq(differ, 0);
+}
