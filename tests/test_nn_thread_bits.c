@@ -21,6 +21,10 @@
 
 #include "test_alloc.h"
 
+/* Findings and counts go to stderr too: the TAP output meson reads drops
+ * Criterion's log lines, and stderr is kept in its log. */
+#define TB_LOG(...) (fprintf(stderr, __VA_ARGS__), fputc('\n', stderr))
+
 TEST_CTX_SUITE(nn_thread_bits);
 
 #define MAXP 64
@@ -359,8 +363,7 @@ Test(nn_thread_bits, every_layer_same_bits_on_1_2_3_threads, .timeout = 600) {
         compared++;
         if (hs[k][t].h[i] != hs[k][0].h[i]) {
           d = true;
-          cr_log_error("%s: %s differs on %d threads from 1", cases[k].name, hs[k][0].what[i],
-                       t + 1);
+          TB_LOG("%s: %s differs on %d threads from 1", cases[k].name, hs[k][0].what[i], t + 1);
         }
       }
     }
@@ -368,9 +371,9 @@ Test(nn_thread_bits, every_layer_same_bits_on_1_2_3_threads, .timeout = 600) {
     split += hs[k][1].split && hs[k][2].split;
     if (!(hs[k][1].split && hs[k][2].split)) cr_log_warn("%s: not split", cases[k].name);
   }
-  cr_log_info("nn_thread_bits: %d layers (%d split on 2 and 3 threads), %d results compared: "
-              "%d layers differ",
-              NCASES, split, compared, differ);
+  TB_LOG("nn_thread_bits: %d layers (%d split on 2 and 3 threads), %d results compared: "
+         "%d layers differ",
+         NCASES, split, compared, differ);
   cr_assert_eq(differ, 0, "%d of %d layers differ across thread counts", differ, NCASES);
 }
 
@@ -446,15 +449,15 @@ Test(nn_thread_bits, every_optimizer_same_bits_on_1_2_3_threads, .timeout = 600)
         for (int i = 0; i < hs[k][v][0].n; i++)
           if (hs[k][v][t].h[i] != hs[k][v][0].h[i]) {
             d = true;
-            cr_log_error("optimizer kind %d%s: %s differs on %d threads from 1", k,
-                         v ? " with options" : "", hs[k][v][0].what[i], t + 1);
+            TB_LOG("optimizer kind %d%s: %s differs on %d threads from 1", k,
+                   v ? " with options" : "", hs[k][v][0].what[i], t + 1);
           }
       differ += d;
       split += hs[k][v][1].split && hs[k][v][2].split;
     }
-  cr_log_info("nn_thread_bits: %d optimizer runs (%d kinds, plain and with options; %d split on "
-              "2 and 3 threads): %d differ",
-              2 * KINDS, KINDS, split, differ);
+  TB_LOG("nn_thread_bits: %d optimizer runs (%d kinds, plain and with options; %d split on "
+         "2 and 3 threads): %d differ",
+         2 * KINDS, KINDS, split, differ);
   cr_assert_eq(differ, 0);
 }
 
@@ -529,10 +532,10 @@ Test(nn_thread_bits, fit_same_bits_on_1_2_3_threads, .timeout = 600) {
     for (int i = 0; i < hs[0].n; i++)
       if (hs[t].h[i] != hs[0].h[i]) {
         differ++;
-        cr_log_error("nn_fit: %s differs on %d threads from 1", hs[0].what[i], t + 1);
+        TB_LOG("nn_fit: %s differs on %d threads from 1", hs[0].what[i], t + 1);
       }
-  cr_log_info("nn_thread_bits: nn_fit, %d results compared (split on 2 and 3 threads: %s): %d "
-              "differ",
-              hs[0].n, hs[1].split && hs[2].split ? "yes" : "no", differ);
+  TB_LOG("nn_thread_bits: nn_fit, %d results compared (split on 2 and 3 threads: %s): %d "
+         "differ",
+         hs[0].n, hs[1].split && hs[2].split ? "yes" : "no", differ);
   cr_assert_eq(differ, 0);
 }

@@ -21,6 +21,10 @@
 
 #include "test_alloc.h"
 
+/* Findings and counts go to stderr too: the TAP output meson reads drops
+ * Criterion's log lines, and stderr is kept in its log. */
+#define TB_LOG(...) (fprintf(stderr, __VA_ARGS__), fputc('\n', stderr))
+
 TEST_CTX_SUITE(thread_bits);
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -339,9 +343,9 @@ static int sweep_report(const sweep *sw, const char *what, int ops) {
       for (int p = 0; p < v->r[0].pieces; p++)
         if (v->r[t].h[p] != v->r[0].h[p]) {
           d = true;
-          cr_log_error("%s %s variant %d (%s): %s differs on %d threads from 1", v->op,
-                       ad_dtype_name(v->dt), v->variant, v->grown ? "grown" : "sample size",
-                       v->r[0].what[p], t + 1);
+          TB_LOG("%s %s variant %d (%s): %s differs on %d threads from 1", v->op,
+                 ad_dtype_name(v->dt), v->variant, v->grown ? "grown" : "sample size",
+                 v->r[0].what[p], t + 1);
         }
     }
     differ += d;
@@ -349,17 +353,17 @@ static int sweep_report(const sweep *sw, const char *what, int ops) {
     split += s;
     second += v->r[0].second;
   }
-  cr_log_info("thread_bits: %s: %d %s, %d variants compared on 1, 2, 3 threads (%d split on both "
-              "2 and 3, %d with a second order): %d differ",
-              what, ops, what, sw->n, split, second, differ);
+  TB_LOG("thread_bits: %s: %d %s, %d variants compared on 1, 2, 3 threads (%d split on both "
+         "2 and 3, %d with a second order): %d differ",
+         what, ops, what, sw->n, split, second, differ);
   return differ;
 }
 
 Test(thread_bits, every_op_same_bits_on_1_2_3_threads, .timeout = 600) {
   sweep sw = {0};
   if (TB_SANITIZED)
-    cr_log_info("thread_bits: under AddressSanitizer each op runs in one dtype (float64 and "
-                "float32 by turns), not both");
+    TB_LOG("thread_bits: under AddressSanitizer each op runs in one dtype (float64 and "
+           "float32 by turns), not both");
   for (int pass = 0; pass < 3; pass++) {
     cr_assert_eq(ad_set_num_threads(pass + 1), AD_OK);
     sweep_ops(ctx, &sw, pass, -1);
@@ -426,9 +430,9 @@ Test(thread_bits, ops_without_samples_same_bits_on_1_2_3_threads) {
     for (int p = 0; p < r[0].pieces; p++)
       if (r[t].h[p] != r[0].h[p]) {
         differ++;
-        cr_log_error("%s (piece %d) differs on %d threads from 1", r[0].what[p], p, t + 1);
+        TB_LOG("%s (piece %d) differs on %d threads from 1", r[0].what[p], p, t + 1);
       }
-  cr_log_info("thread_bits: %d results of the ops without samples compared: %d differ", r[0].pieces,
-              differ);
+  TB_LOG("thread_bits: %d results of the ops without samples compared: %d differ", r[0].pieces,
+         differ);
   cr_assert_eq(differ, 0);
 }
