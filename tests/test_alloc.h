@@ -6,7 +6,9 @@
  * - QUICK_ASSERT: cr_assert that costs nothing while the condition holds;
  *   expect_status_msg: the last error's status and message;
  *   test_close: a value against a reference, within a bound, infinities
- *   and NaN exactly; expect_tensor_close: a tensor against a fixture's.
+ *   and NaN exactly; expect_tensor_close: a tensor against a fixture's;
+ *   test_hash_bytes: a 64-bit hash of bytes (results compared bit for bit
+ *   without keeping them).
  * - TEST_CTX_SUITE: the plain fixture, a fresh ad_ctx_new context per test;
  *   TEST_CTX_SUITE_ALSO gives it to a file's further suites.
  *
@@ -39,6 +41,22 @@
   do {                                                                                             \
     if (!(cond)) cr_assert(cond, __VA_ARGS__);                                                     \
   } while (0)
+
+/* A 64-bit hash of n bytes at p (every bit counts: NaN payloads, the sign
+ * of a zero), for comparing results bit for bit without keeping them. */
+static inline uint64_t test_hash_bytes(const void *p, size_t n) {
+  const unsigned char *b = p;
+  uint64_t h = 0x9E3779B97F4A7C15u ^ n;
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    uint64_t w;
+    memcpy(&w, b + i, 8);
+    h = (h ^ w) * 0xFF51AFD7ED558CCDu;
+    h ^= h >> 29;
+  }
+  for (; i < n; i++) h = (h ^ b[i]) * 0x100000001B3u;
+  return h;
+}
 
 /* Whether got matches the reference want within bound: a NaN want wants
  * a NaN, an infinite want or got wants the same infinity, and otherwise

@@ -36,24 +36,10 @@ typedef struct hashes {
   bool split;
 } hashes;
 
-static uint64_t hash_bytes(const void *p, size_t n) {
-  const unsigned char *b = p;
-  uint64_t h = 0x9E3779B97F4A7C15u ^ n;
-  size_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    uint64_t w;
-    memcpy(&w, b + i, 8);
-    h = (h ^ w) * 0xFF51AFD7ED558CCDu;
-    h ^= h >> 29;
-  }
-  for (; i < n; i++) h = (h ^ b[i]) * 0x100000001B3u;
-  return h;
-}
-
 static void add(hashes *hs, const char *what, const char *name, const ad_tensor *t) {
   cr_assert_lt(hs->n, 3 * MAXP + 4);
   snprintf(hs->what[hs->n], sizeof hs->what[0], "%s %s", what, name);
-  hs->h[hs->n++] = t ? hash_bytes(t->data, (size_t)t->size * ad_dtype_size(t->dtype)) : 1;
+  hs->h[hs->n++] = t ? test_hash_bytes(t->data, (size_t)t->size * ad_dtype_size(t->dtype)) : 1;
 }
 
 /* A layer and its input, made afresh from the same seed on every call. */
@@ -510,7 +496,7 @@ static void fit_run(hashes *hs) {
     cr_assert_not_null(v, "%s", keys[k]);
     cr_assert_lt(hs->n, 3 * MAXP + 4);
     snprintf(hs->what[hs->n], sizeof hs->what[0], "history %s", keys[k]);
-    hs->h[hs->n++] = hash_bytes(v, 2 * sizeof *v);
+    hs->h[hs->n++] = test_hash_bytes(v, 2 * sizeof *v);
   }
   nn_history_free(h);
   nn_optimizer_free(opt);

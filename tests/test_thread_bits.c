@@ -55,26 +55,12 @@ typedef struct rec {
   bool split, second;
 } rec;
 
-static uint64_t hash_bytes(const void *p, size_t n) {
-  const unsigned char *b = p;
-  uint64_t h = 0x9E3779B97F4A7C15u ^ n;
-  size_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    uint64_t w;
-    memcpy(&w, b + i, 8);
-    h = (h ^ w) * 0xFF51AFD7ED558CCDu;
-    h ^= h >> 29;
-  }
-  for (; i < n; i++) h = (h ^ b[i]) * 0x100000001B3u;
-  return h;
-}
-
 static void rec_add(rec *r, const char *what, const ad_tensor *t) {
   cr_assert_lt(r->pieces, TB_PIECES);
   uint64_t h = 1;
   if (t) {
-    h = hash_bytes(t->data, (size_t)t->size * ad_dtype_size(t->dtype));
-    h ^= hash_bytes(t->shape, sizeof t->shape[0] * (size_t)t->ndim) * 31 + (uint64_t)t->dtype;
+    h = test_hash_bytes(t->data, (size_t)t->size * ad_dtype_size(t->dtype));
+    h ^= test_hash_bytes(t->shape, sizeof t->shape[0] * (size_t)t->ndim) * 31 + (uint64_t)t->dtype;
   }
   snprintf(r->what[r->pieces], sizeof r->what[0], "%s", what);
   r->h[r->pieces++] = h;
