@@ -349,9 +349,11 @@ DEFINE_UPDATE(double, DBL_MIN, sqrt, fma, , )
  * each element is computed by the same correctly rounded operations, so
  * both versions give bit-identical results. */
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-#define NN_OPT_AVX2 1
-DEFINE_UPDATE(float, FLT_MIN, sqrtf, fmaf, _avx2, __attribute__((target("avx2,fma"))))
-DEFINE_UPDATE(double, DBL_MIN, sqrt, fma, _avx2, __attribute__((target("avx2,fma"))))
+#define NN_OPT_AVX2    1
+#define NN_AVX2_ATTR   __attribute__((target("avx2,fma")))
+#define NN_AVX512_ATTR __attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma")))
+DEFINE_UPDATE(float, FLT_MIN, sqrtf, fmaf, _avx2, NN_AVX2_ATTR)
+DEFINE_UPDATE(double, DBL_MIN, sqrt, fma, _avx2, NN_AVX2_ATTR)
 /* And the float loops for AVX-512: twice the lanes again for everything
  * but the divider (a square root or a division costs the same per element
  * at either width), and in float the rest of the instructions bound these
@@ -359,8 +361,7 @@ DEFINE_UPDATE(double, DBL_MIN, sqrt, fma, _avx2, __attribute__((target("avx2,fma
  * either width, so double keeps the AVX2 loops. Same operations, same
  * bits. */
 #define NN_OPT_AVX512 1
-DEFINE_UPDATE(float, FLT_MIN, sqrtf, fmaf, _avx512,
-              __attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma"))))
+DEFINE_UPDATE(float, FLT_MIN, sqrtf, fmaf, _avx512, NN_AVX512_ATTR)
 #endif
 
 /* nn_sum_squares' loops: GCC's vector extensions, so each path runs the
@@ -414,15 +415,13 @@ static double sumsq_finish(const nn_v8d *a, int64_t k, int64_t n, const float *f
   return p[0];
 }
 
-#define NN_SUMSQ_AVX2   __attribute__((target("avx2,fma")))
-#define NN_SUMSQ_AVX512 __attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma")))
 DEFINE_SUMSQ(float, , , SUMSQ_F32, x, NULL)
 DEFINE_SUMSQ(double, , , SUMSQ_F64, NULL, x)
 #ifdef NN_OPT_AVX2
-DEFINE_SUMSQ(float, _avx2, NN_SUMSQ_AVX2, SUMSQ_F32, x, NULL)
-DEFINE_SUMSQ(double, _avx2, NN_SUMSQ_AVX2, SUMSQ_F64, NULL, x)
-DEFINE_SUMSQ(float, _avx512, NN_SUMSQ_AVX512, SUMSQ_F32, x, NULL)
-DEFINE_SUMSQ(double, _avx512, NN_SUMSQ_AVX512, SUMSQ_F64, NULL, x)
+DEFINE_SUMSQ(float, _avx2, NN_AVX2_ATTR, SUMSQ_F32, x, NULL)
+DEFINE_SUMSQ(double, _avx2, NN_AVX2_ATTR, SUMSQ_F64, NULL, x)
+DEFINE_SUMSQ(float, _avx512, NN_AVX512_ATTR, SUMSQ_F32, x, NULL)
+DEFINE_SUMSQ(double, _avx512, NN_AVX512_ATTR, SUMSQ_F64, NULL, x)
 #endif
 
 static bool path_available(nn_update_path path) {
@@ -447,12 +446,18 @@ static bool path_available(nn_update_path path) {
   }
 }
 
+/* NN_UPDATE_BEST as the best path this build and CPU have; others as
+ * they are. */
+static nn_update_path resolve(nn_update_path path) {
+  if (path != NN_UPDATE_BEST) return path;
+  return path_available(NN_UPDATE_AVX512) ? NN_UPDATE_AVX512
+         : path_available(NN_UPDATE_AVX2) ? NN_UPDATE_AVX2
+                                          : NN_UPDATE_BASELINE;
+}
+
 bool nn_update_on(nn_update_path path, const nn_opt_config *c, const nn_update_aux *x, ad_dtype dt,
                   int64_t t, int64_t n, void *p, const void *g, void *s0, void *s1, void *s2) {
-  if (path == NN_UPDATE_BEST)
-    path = path_available(NN_UPDATE_AVX512) ? NN_UPDATE_AVX512
-           : path_available(NN_UPDATE_AVX2) ? NN_UPDATE_AVX2
-                                            : NN_UPDATE_BASELINE;
+  path = resolve(path);
   if (!path_available(path)) return false;
 #ifdef NN_OPT_AVX512
   if (path == NN_UPDATE_AVX512 && dt == AD_F32) {
@@ -482,10 +487,7 @@ void nn_update(const nn_opt_config *c, const nn_update_aux *x, ad_dtype dt, int6
 }
 
 bool nn_sum_squares_on(nn_update_path path, ad_dtype dt, int64_t n, const void *x, double *out) {
-  if (path == NN_UPDATE_BEST)
-    path = path_available(NN_UPDATE_AVX512) ? NN_UPDATE_AVX512
-           : path_available(NN_UPDATE_AVX2) ? NN_UPDATE_AVX2
-                                            : NN_UPDATE_BASELINE;
+  path = resolve(path);
   if (!path_available(path)) return false;
   bool f = dt == AD_F32;
 #ifdef NN_OPT_AVX2
