@@ -4127,7 +4127,10 @@ NN_API ad_status nn_model_save(const nn_model *m, const nn_optimizer *opt, const
 /** Loads m's parameters and buffers (and opt's state when opt is not NULL)
  * from path; every name must be present with the same dtype and shape (a
  * buffer stored as I64 may be I64 or its own dtype; a value that does not
- * fit is AD_ERR_FORMAT), else nothing changes (see nn_checkpoint_load_as). The learning rate comes
+ * fit is AD_ERR_FORMAT), else nothing changes (see nn_checkpoint_load_as). Unlike PyTorch's
+ * load_state_dict, no dtype is converted (a float64 file for a float32 model is AD_ERR_DTYPE) and
+ * a missing num_batches_tracked is AD_ERR_NOTFOUND (PyTorch 1.13 makes it 0 for a state dict
+ * without version metadata, as one read from safetensors). The learning rate comes
  * from the checkpoint, as PyTorch's optimizer load_state_dict does: call nn_optimizer_set_lr
  * afterwards to train on with another one. Step counts must be whole numbers >= 0 and rates finite
  * and >= 0, else AD_ERR_FORMAT and nothing changes. Checkpoints of earlier versions load: a
