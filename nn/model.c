@@ -52,6 +52,14 @@ void nn_model_free(nn_model *m) {
   ad_free(ctx, m, sizeof *m);
 }
 
+/* A layer name: non-empty, under 200 bytes, and, where it has dots, a path
+ * of non-empty parts as PyTorch's nested module names ("encoder.0"), so
+ * that "<name>.<parameter>" is the name PyTorch's state dict gives. */
+static bool dotted_name_ok(const char *name) {
+  if (!name || !name[0] || strlen(name) >= 200) return false;
+  return name[0] != '.' && name[strlen(name) - 1] != '.' && !strstr(name, "..");
+}
+
 ad_status nn_model_add_named(nn_model *m, const char *name, nn_layer *layer) {
   if (!m) {
     nn_layer_free(layer);
@@ -72,10 +80,10 @@ ad_status nn_model_add_named(nn_model *m, const char *name, nn_layer *layer) {
                       "model_add: %s layer was made on context %p and the model on context %p; "
                       "a model takes layers of its own context",
                       nn_layer_kind(layer), (void *)lctx, (void *)ctx);
-  else if (!name || !name[0] || strchr(name, '.') || strlen(name) >= 200)
+  else if (!dotted_name_ok(name))
     st = ad_set_error(ctx, AD_ERR_ARG,
-                      "model_add: layer name '%.40s' must be non-empty, without '.', under 200 "
-                      "bytes",
+                      "model_add: layer name '%.40s' must be non-empty, under 200 bytes, and "
+                      "neither start nor end with '.' nor hold '..'",
                       name ? name : "(null)");
   else if (nn_model_find_layer(m, name))
     st = ad_set_error(ctx, AD_ERR_ARG, "model_add: a layer named '%s' exists", name);

@@ -193,3 +193,67 @@ Test(state_dict, saved_back_gives_pytorchs_tensors) {
   nn_checkpoint_info_free(ours);
   nn_model_free(m);
 }
+
+/* A PyTorch module nested in another is a layer named by its path: layers
+ * "encoder.0" and "encoder.2" of a Sequential save and load
+ * "encoder.0.weight", ..., the names of PyTorch's state dict of
+ * Sequential(encoder=Sequential(Linear, ReLU, Linear)). */
+static nn_model *nested_model(uint64_t seed) {
+  nn_model *m = nn_sequential_new(ctx);
+  cr_assert_not_null(m);
+  ad_rng rng;
+  ad_rng_seed(&rng, seed);
+  nn_dense_opts o = {.dtype = AD_F64};
+  add(m, "encoder.0", nn_dense_new(ctx, 3, 4, &rng, &o));
+  add(m, "encoder.1", nn_activation_new(ctx, NN_ACT_RELU));
+  add(m, "encoder.2", nn_dense_new(ctx, 4, 2, &rng, &o));
+  return m;
+}
+
+Test(state_dict, nested_module_names_are_dotted_layer_names) {
+  nn_model *m = nested_model(5), *m2 = nested_model(6);
+  static const char *const names[] = {"encoder.0.weight", "encoder.0.bias", "encoder.2.weight",
+                                      "encoder.2.bias"};
+  nn_params *p = nn_model_params(m), *p2 = nn_model_params(m2);
+  cr_assert_eq(nn_params_count(p), 4);
+  for (int i = 0; i < 4; i++) cr_assert_str_eq(nn_params_name(p, i), names[i]);
+  cr_assert_not_null(nn_model_find_layer(m, "encoder.2"));
+  cr_assert_null(nn_model_find_layer(m, "encoder"));
+  const char *path = test_path("nested.safetensors");
+  cr_assert_eq(nn_model_save(m, NULL, path), AD_OK, "%s", ad_last_error(ctx));
+  nn_checkpoint_info *info = nn_checkpoint_info_read(ctx, path);
+  cr_assert_not_null(info, "%s", ad_last_error(ctx));
+  cr_assert_eq(info->n, 4);
+  for (int i = 0; i < 4; i++) cr_assert_not_null(nn_checkpoint_info_find(info, names[i]));
+  nn_checkpoint_info_free(info);
+  cr_assert(
+      memcmp(nn_params_tensor(p, 0)->data, nn_params_tensor(p2, 0)->data, 12 * sizeof(double)));
+  cr_assert_eq(nn_model_load(m2, NULL, path), AD_OK, "%s", ad_last_error(ctx));
+  for (int i = 0; i < 4; i++) {
+    const ad_tensor *a = nn_params_tensor(p, i), *b = nn_params_tensor(p2, i);
+    cr_assert_eq(memcmp(a->data, b->data, (size_t)a->size * sizeof(double)), 0, "%s", names[i]);
+  }
+  /* a path of non-empty parts only; the layer is freed on refusal */
+  static const char *const bad[] = {".encoder", "encoder.", "encoder..0", ".", ""};
+  for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+    cr_assert_eq(nn_model_add_named(m, bad[i], nn_activation_new(ctx, NN_ACT_TANH)), AD_ERR_ARG,
+                 "'%s' was taken", bad[i]);
+    cr_assert(strstr(ad_last_error(ctx), "nor hold '..'"), "%s", ad_last_error(ctx));
+    ad_clear_error(ctx);
+  }
+  /* a dotted name whose "<name>.<parameter>" a layer's own dotted
+   * parameter already has: refused, naming it */
+  ad_rng rng;
+  ad_rng_seed(&rng, 7);
+  nn_transformer_opts t = {.dtype = AD_F64};
+  add(m, "t", nn_transformer_encoder_layer_new(ctx, 4, 2, &rng, &t));
+  nn_mha_opts a = {.dtype = AD_F64};
+  cr_assert_eq(
+      nn_model_add_named(m, "t.self_attn", nn_multihead_attention_new(ctx, 4, 2, &rng, &a)),
+      AD_ERR_ARG);
+  cr_assert(strstr(ad_last_error(ctx), "t.self_attn.in_proj_weight"), "%s", ad_last_error(ctx));
+  ad_clear_error(ctx);
+  cr_assert_eq(nn_model_layer_count(m), 4);
+  nn_model_free(m);
+  nn_model_free(m2);
+}

@@ -2242,8 +2242,14 @@ NN_API void nn_model_free(nn_model *m);
  * left alone) or AD_ERR_OOM. */
 NN_API ad_status nn_model_add(nn_model *m, nn_layer *layer);
 
-/** nn_model_add with a chosen name (non-empty, no '.', shorter than 200
- * bytes); parameters become "<name>.weight". */
+/** nn_model_add with a chosen name (non-empty, shorter than 200 bytes);
+ * parameters become "<name>.weight". A name may be a dotted path of
+ * non-empty parts, as PyTorch names a module nested in others: layers
+ * named "encoder.0" and "encoder.1" save and load "encoder.0.weight", ...
+ * as PyTorch's state dict of a Sequential called encoder does. A name that
+ * starts or ends with '.' or holds "..", like any name whose
+ * "<name>.<parameter>" another layer's parameter already has, is
+ * AD_ERR_ARG. */
 NN_API ad_status nn_model_add_named(nn_model *m, const char *name, nn_layer *layer);
 
 /** A new parameter owned by the model: a persistent tensor of dtype and
