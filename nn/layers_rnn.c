@@ -179,12 +179,12 @@ static bool check_input(ad_ctx *ctx, const char *who, const rnn_state *s, const 
                  ad_shape_str(x, a, sizeof a), (long long)x->shape[last], last, (long long)s->in);
     return false;
   }
+  /* an empty batch (N = 0) is fine, as in PyTorch: rnn_run_empty */
   int64_t t = x->ndim == 2 ? x->shape[0] : x->shape[s->batch_first ? 1 : 0];
-  int64_t n = x->ndim == 2 ? 1 : x->shape[s->batch_first ? 0 : 1];
-  if (t == 0 || n == 0) {
-    ad_set_error(ctx, AD_ERR_SHAPE, "%s: input %s is an empty %s (%s = 0); the layer expects %s",
-                 who, ad_shape_str(x, a, sizeof a), t == 0 ? "sequence" : "batch",
-                 t == 0 ? "T" : "N", want);
+  if (t == 0) {
+    ad_set_error(ctx, AD_ERR_SHAPE,
+                 "%s: input %s is an empty sequence (T = 0); the layer expects %s", who,
+                 ad_shape_str(x, a, sizeof a), want);
     return false;
   }
   if (x->dtype != dtype) {
@@ -503,6 +503,31 @@ static ad_tensor *rnn_run(ad_ctx *ctx, rnn_state *s, const char *name, ad_tensor
   return y;
 }
 
+/* An empty batch (N = 0), as PyTorch runs it: the output [T, 0, D R] ([0,
+ * T, D R] with batch_first), h_n [L D, 0, R] and c_n [L D, 0, H], all
+ * empty, each the product of a constant of its shape and a 0-d link, the
+ * sum of x, h0, c0 and every parameter: a backward through them gives
+ * those the zero gradients PyTorch's does (its kernels run on no rows),
+ * and takes no dropout draws. */
+static ad_tensor *rnn_run_empty(ad_ctx *ctx, const rnn_state *s, ad_tensor *x, ad_tensor *h0,
+                                ad_tensor *c0, ad_tensor **h_n, ad_tensor **c_n) {
+  int64_t T = x->shape[s->batch_first ? 1 : 0], R = h_size(s), LD = s->layers * s->dirs;
+  int64_t ys[3] = {T, 0, s->dirs * R}, hs[3] = {LD, 0, R}, cs[3] = {LD, 0, s->hidden};
+  if (s->batch_first) ys[0] = 0, ys[1] = T;
+  ad_tensor *link = ad_sum(ctx, x);
+  if (h0) link = ad_add(ctx, link, ad_sum(ctx, h0));
+  if (c0) link = ad_add(ctx, link, ad_sum(ctx, c0));
+  for (int i = 0; i < 4 * LD; i++)
+    if (s->p[i]) link = ad_add(ctx, link, ad_sum(ctx, s->p[i]));
+  for (int i = 0; s->hr && i < LD; i++) link = ad_add(ctx, link, ad_sum(ctx, s->hr[i]));
+  if (!link) return NULL;
+  ad_dtype dt = x->dtype;
+  if (h_n && !(*h_n = ad_mul(ctx, constant(ctx, dt, 3, hs, 0.0), link))) return NULL;
+  if (c_n && s->cell == NN_RNN_LSTM && !(*c_n = ad_mul(ctx, constant(ctx, dt, 3, cs, 0.0), link)))
+    return NULL;
+  return ad_mul(ctx, constant(ctx, dt, 3, ys, 0.0), link);
+}
+
 ad_tensor *nn_rnn_forward(nn_layer *l, ad_tensor *x, ad_tensor *h0, ad_tensor *c0,
                           const int64_t *lengths, int64_t n_lengths, bool training, ad_tensor **h_n,
                           ad_tensor **c_n) {
@@ -568,7 +593,9 @@ ad_tensor *nn_rnn_forward(nn_layer *l, ad_tensor *x, ad_tensor *h0, ad_tensor *c
           (!c0 || (c0 = ad_reshape(ctx, c0, 3, cs)))))
       x = NULL;
   }
-  if (x)
+  if (x && N == 0)
+    y = rnn_run_empty(ctx, s, x, h0, c0, h_n ? &hn : NULL, c_n ? &cn : NULL);
+  else if (x)
     y = rnn_run(ctx, s, *nn_layer_name(l) ? nn_layer_name(l) : nn_layer_kind(l), x, h0, c0, lengths,
                 training, h_n ? &hn : NULL, c_n ? &cn : NULL, scratch);
   ad_free(ctx, scratch, bytes);

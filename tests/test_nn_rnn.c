@@ -470,6 +470,72 @@ Test(rnn, unbatched_input_is_a_batch_of_one) {
   }
 }
 
+/* An empty batch (N = 0) runs, as in PyTorch: an empty output [T, 0, D H]
+ * and final states [L D, 0, H], and a backward through them gives x, h0,
+ * c0 and every parameter zero gradients (not none), on every path (RNN,
+ * the fused sequence ops, per step, composed, projections), both layouts,
+ * one and two directions, in training mode too. */
+Test(rnn, empty_batch_gives_empty_output_and_zero_gradients) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 5);
+  const struct {
+    nn_rnn_cell cell;
+    bool per_step, composed;
+    int64_t proj;
+  } kinds[] = {{NN_RNN_TANH, false, false, 0}, {NN_RNN_RELU, false, false, 0},
+               {NN_RNN_LSTM, false, false, 0}, {NN_RNN_LSTM, true, false, 0},
+               {NN_RNN_LSTM, false, true, 0},  {NN_RNN_LSTM, false, false, 2},
+               {NN_RNN_GRU, false, false, 0},  {NN_RNN_GRU, true, false, 0},
+               {NN_RNN_GRU, false, true, 0}};
+  for (size_t k = 0; k < sizeof kinds / sizeof kinds[0]; k++)
+    for (int v = 0; v < 4; v++) {
+      bool bf = v & 1, bidir = v & 2, lstm = kinds[k].cell == NN_RNN_LSTM;
+      nn_rnn_opts_ext o = {.base = {.dtype = AD_F64,
+                                    .num_layers = 2,
+                                    .batch_first = bf,
+                                    .bidirectional = bidir,
+                                    .dropout = 0.5,
+                                    .per_step = kinds[k].per_step,
+                                    .composed = kinds[k].composed},
+                           .proj_size = kinds[k].proj};
+      nn_layer *l = nn_rnn_new_ext(ctx, kinds[k].cell, 2, 3, &rng, &o);
+      cr_assert_not_null(l, "%s", ad_last_error(ctx));
+      int64_t D = bidir ? 2 : 1, R = kinds[k].proj ? kinds[k].proj : 3;
+      int64_t sx[3] = {4, 0, 2}, sh[3] = {2 * D, 0, R}, sc[3] = {2 * D, 0, 3};
+      int64_t sy[3] = {4, 0, D * R};
+      if (bf) sx[0] = sy[0] = 0, sx[1] = sy[1] = 4;
+      ad_tensor *x = ad_zeros(ctx, AD_F64, 3, sx), *h0 = ad_zeros(ctx, AD_F64, 3, sh);
+      ad_tensor *c0 = lstm ? ad_zeros(ctx, AD_F64, 3, sc) : NULL;
+      ad_tensor *in[] = {x, h0, c0};
+      for (int i = 0; i < 3; i++)
+        if (in[i]) ad_tensor_set_requires_grad(in[i], true);
+      ad_tensor *hn = NULL, *cn = NULL;
+      ad_tensor *y = nn_rnn_forward(l, x, h0, c0, NULL, 0, true, &hn, lstm ? &cn : NULL);
+      test_expect_shape(ctx, y, 3, sy, "y");
+      test_expect_shape(ctx, hn, 3, sh, "h_n");
+      if (lstm) test_expect_shape(ctx, cn, 3, sc, "c_n");
+      int64_t os[AD_MAX_DIMS];
+      cr_assert_eq(nn_layer_output_shape(l, os), 3);
+      cr_assert_eq(os[bf ? 0 : 1], 0);
+      ad_tensor *loss = ad_add(ctx, ad_sum(ctx, y), ad_sum(ctx, hn));
+      if (lstm) loss = ad_add(ctx, loss, ad_sum(ctx, cn));
+      cr_assert_eq(ad_backward(ctx, loss, NULL), AD_OK, "%s", ad_last_error(ctx));
+      for (int i = 0; i < 3; i++)
+        if (in[i]) test_expect_shape(ctx, in[i]->grad, 3, in[i]->shape, "input gradient");
+      nn_params *ps = nn_layer_params(l);
+      for (int i = 0; i < nn_params_count(ps); i++) {
+        ad_tensor *g = nn_params_tensor(ps, i)->grad;
+        cr_assert_not_null(g, "kind %zu v %d: %s has no gradient", k, v, nn_params_name(ps, i));
+        for (int64_t j = 0; j < g->size; j++)
+          cr_assert_eq(ad_tensor_get(g, j), 0.0, "%s[%lld]", nn_params_name(ps, i), (long long)j);
+      }
+      nn_params_zero_grad(ps);
+      ad_tape_reset(ctx);
+      for (int i = 0; i < 3; i++) ad_tensor_free(in[i]);
+      nn_layer_free(l);
+    }
+}
+
 /* The cell is made of the engine's ops: a graph dump of one LSTM step shows
  * the gates (sigmoid, tanh) fed by narrow slices of the matmuls, and the
  * parameters under PyTorch's names. */
@@ -1028,10 +1094,13 @@ Test(rnn, bad_input_is_named) {
       "lstm '0': h0 [1,4] must be [num_layers 2, hidden_size 4] for an unbatched input");
   cr_assert_null(nn_rnn_forward(l, xu, hb, NULL, NULL, 0, true, NULL, NULL));
   expect_status_msg(ctx, AD_ERR_SHAPE, "h0 [2,2,5] must be [num_layers 2, hidden_size 4]");
-  int64_t sbn[3] = {0, 4, 3};
-  ad_tensor *xn0 = ad_zeros(ctx, AD_F32, 3, sbn);
-  cr_assert_null(nn_rnn_forward(g, xn0, NULL, NULL, NULL, 0, true, NULL, NULL));
-  expect_status_msg(ctx, AD_ERR_SHAPE, "gru: input [0,4,3] is an empty batch (N = 0)");
+  /* batch_first: [N, T, I]; an empty batch runs (as PyTorch), no steps do not */
+  int64_t sbn[3] = {0, 4, 3}, sbt[3] = {4, 0, 3};
+  ad_tensor *xn0 = ad_zeros(ctx, AD_F32, 3, sbn), *xt0 = ad_zeros(ctx, AD_F32, 3, sbt);
+  test_expect_shape(ctx, nn_rnn_forward(g, xn0, NULL, NULL, NULL, 0, true, NULL, NULL), 3,
+                    (int64_t[3]){0, 4, 4}, "empty batch");
+  cr_assert_null(nn_rnn_forward(g, xt0, NULL, NULL, NULL, 0, true, NULL, NULL));
+  expect_status_msg(ctx, AD_ERR_SHAPE, "gru: input [4,0,3] is an empty sequence (T = 0)");
   nn_layer *d = nn_dense_new(ctx, 3, 4, &rng, NULL);
   cr_assert_null(nn_rnn_forward(d, x, NULL, NULL, NULL, 0, true, NULL, NULL));
   expect_status_msg(ctx, AD_ERR_ARG, "rnn_forward: dense is not a recurrent layer");
@@ -1059,7 +1128,7 @@ Test(rnn, bad_input_is_named) {
   cr_assert_null(nn_lstm_new(NULL, 3, 2, &rng, NULL));
 
   ad_tape_reset(ctx);
-  ad_tensor *ts[] = {x4, x, xb, x0, xd, hb, hl, hnb, cg, xn0, x1, x2, hu, xu};
+  ad_tensor *ts[] = {x4, x, xb, x0, xd, hb, hl, hnb, cg, xn0, xt0, x1, x2, hu, xu};
   for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) ad_tensor_free(ts[i]);
   nn_layer_free(g);
   nn_layer_free(d);

@@ -1554,9 +1554,12 @@ NN_API nn_layer *nn_rnn_new_ext(ad_ctx *ctx, nn_rnn_cell cell, int64_t input_siz
                                 int64_t hidden_size, ad_rng *rng, const nn_rnn_opts_ext *opts);
 
 /** Runs recurrent layer l over the sequence x ([T, N, I], or [N, T, I]
- * with batch_first; T >= 1 steps, N >= 1 sequences, I = input_size, the
+ * with batch_first; T >= 1 steps, N >= 0 sequences, I = input_size, the
  * layer's dtype) and returns the last layer's output at every step, [T, N,
- * H] (or [N, T, H]), a tape tensor. An unbatched x [T, I] runs as a batch
+ * H] (or [N, T, H]), a tape tensor. An empty batch (N = 0) gives, as in
+ * PyTorch, an empty output and empty final states, and a backward through
+ * them zero gradients for x, h0, c0 and the parameters; it takes no
+ * dropout draws. An unbatched x [T, I] runs as a batch
  * of one without that axis, as in PyTorch: h0, c0, h_n, c_n are then
  * [num_layers, H] and the output [T, H] (batch_first does not apply).
  * Bidirectional (D = 2, see nn_rnn_new): the output is [T, N, 2 H] ([N, T,
@@ -1600,8 +1603,9 @@ NN_API nn_layer *nn_rnn_new_ext(ad_ctx *ctx, nn_rnn_cell cell, int64_t input_siz
  * lengths missing a count, a count other than N, a length outside 1..T,
  * x, h0 or c0 of another context), AD_ERR_STATE (x, h0 or c0 freed, or a
  * temporary of a tape that was reset), AD_ERR_SHAPE (x neither 3-D nor
- * 2-D, an empty sequence or batch, the wrong input size, h0 or c0 not
- * [num_layers*D, N, H] (h0 [num_layers*D, N, P] with projections), or for
+ * 2-D, an empty sequence (T = 0, as PyTorch), the wrong input size, h0
+ * or c0 not [num_layers*D, N, H] (h0 [num_layers*D, N, P] with
+ * projections), or for
  * D = 2 more than 2^31 - 1 steps of all sequences together), AD_ERR_DTYPE
  * (x, h0 or c0 not of the layer's dtype), AD_ERR_NULL, AD_ERR_OOM. */
 NN_API ad_tensor *nn_rnn_forward(nn_layer *l, ad_tensor *x, ad_tensor *h0, ad_tensor *c0,
