@@ -85,14 +85,15 @@ static ad_status seq_check(ad_ctx *ctx, const xf_state *s, const char *who, cons
   ad_status st = nn_check_input(ctx, who, what, x);
   if (st != AD_OK) return st;
   int nd = x->ndim;
-  if ((nd != 2 && nd != 3) || x->shape[nd - 1] != s->e || x->shape[0] < 1 ||
-      (nd == 3 && x->shape[1] < 1)) {
+  /* an empty batch (N = 0) is fine, as in PyTorch: an empty output */
+  if ((nd != 2 && nd != 3) || x->shape[nd - 1] != s->e ||
+      x->shape[nd == 3 && s->batch_first ? 1 : 0] < 1) {
     if (s->batch_first)
       snprintf(lay, sizeof lay, "[N, %c, E] (batch_first) or [%c, E]", len, len);
     else
       snprintf(lay, sizeof lay, "[%c, N, E] or [%c, E]", len, len);
-    return ad_set_error(ctx, AD_ERR_SHAPE, "%s: %s %s must be %s, %c and N >= 1, E = d_model %lld",
-                        who, what, ad_shape_str(x, b1, sizeof b1), lay, len, (long long)s->e);
+    return ad_set_error(ctx, AD_ERR_SHAPE, "%s: %s %s must be %s, %c >= 1, E = d_model %lld", who,
+                        what, ad_shape_str(x, b1, sizeof b1), lay, len, (long long)s->e);
   }
   if (x->dtype != s->w1->dtype)
     return ad_set_error(ctx, AD_ERR_DTYPE, "%s: %s is %s; the layer is %s", who, what,

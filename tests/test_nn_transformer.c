@@ -556,14 +556,14 @@ Test(xf, bad_input) {
   cr_assert_null(nn_model_forward(m, x1));
   expect_status_msg(
       ctx, AD_ERR_SHAPE,
-      "transformer_encoder_layer '0': src [6] must be [S, N, E] or [S, E], S and N >= 1, "
-      "E = d_model 6");
+      "transformer_encoder_layer '0': src [6] must be [S, N, E] or [S, E], S >= 1, E = "
+      "d_model 6");
   ad_tensor *x5 = ad_ones(ctx, AD_F32, 3, (int64_t[]){4, 2, 5});
   cr_assert_null(nn_transformer_encoder_layer(l, x5, NULL));
   expect_status_msg(ctx, AD_ERR_SHAPE, "src [4,2,5] must be");
-  ad_tensor *x0 = ad_ones(ctx, AD_F32, 3, (int64_t[]){4, 0, 6});
+  ad_tensor *x0 = ad_ones(ctx, AD_F32, 3, (int64_t[]){0, 2, 6}); /* an empty batch runs */
   cr_assert_null(nn_transformer_encoder_layer(l, x0, NULL));
-  expect_status_msg(ctx, AD_ERR_SHAPE, "S and N >= 1");
+  expect_status_msg(ctx, AD_ERR_SHAPE, "src [0,2,6] must be [S, N, E] or [S, E], S >= 1");
   ad_tensor *xd = ad_ones(ctx, AD_F64, 3, (int64_t[]){4, 2, 6});
   cr_assert_null(nn_transformer_encoder_layer(l, xd, NULL));
   expect_status_msg(ctx, AD_ERR_DTYPE,
@@ -606,6 +606,68 @@ Test(xf, bad_input) {
   ad_tensor *all[] = {x1, x5, x0, xd, x, am, kpm};
   for (size_t i = 0; i < sizeof all / sizeof *all; i++) ad_tensor_free(all[i]);
   nn_model_free(m);
+}
+
+/* An empty batch (N = 0) runs, as in PyTorch: the encoder and decoder
+ * layers (post- and pre-norm, both layouts), the stacks and the whole
+ * transformer give an empty output of the input's shape, and a backward
+ * through it zero gradients for every parameter. */
+static void expect_zero_grads(nn_layer *l) {
+  nn_params *ps = nn_layer_params(l);
+  for (int i = 0; i < nn_params_count(ps); i++) {
+    ad_tensor *g = nn_params_tensor(ps, i)->grad;
+    cr_assert_not_null(g, "%s: %s has no gradient", nn_layer_kind(l), nn_params_name(ps, i));
+    for (int64_t j = 0; j < g->size; j++)
+      cr_assert_eq(ad_tensor_get(g, j), 0.0, "%s: %s[%lld]", nn_layer_kind(l),
+                   nn_params_name(ps, i), (long long)j);
+  }
+  nn_params_zero_grad(ps);
+}
+
+Test(xf, empty_batch_gives_empty_output_and_zero_gradients) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 3);
+  for (int v = 0; v < 4; v++) {
+    bool bf = v & 1;
+    nn_transformer_opts o = {
+        .dim_feedforward = 8, .batch_first = bf, .norm_first = v & 2, .dtype = AD_F64};
+    int64_t ss[3] = {3, 0, 4}, ts[3] = {2, 0, 4};
+    if (bf) ss[0] = ts[0] = 0, ss[1] = 3, ts[1] = 2;
+    ad_tensor *src = ad_ones(ctx, AD_F64, 3, ss), *tgt = ad_ones(ctx, AD_F64, 3, ts);
+    ad_tensor_set_requires_grad(src, true);
+    nn_layer *enc = nn_transformer_encoder_layer_new(ctx, 4, 2, &rng, &o);
+    nn_layer *dec = nn_transformer_decoder_layer_new(ctx, 4, 2, &rng, &o);
+    nn_layer *stack =
+        nn_transformer_encoder_new(nn_transformer_encoder_layer_new(ctx, 4, 2, &rng, &o), 2,
+                                   &(nn_transformer_stack_opts){.norm = true});
+    nn_transformer_model_opts mo = {.d_model = 4,
+                                    .nhead = 2,
+                                    .num_encoder_layers = 1,
+                                    .num_decoder_layers = 1,
+                                    .dim_feedforward = 8,
+                                    .batch_first = bf,
+                                    .dtype = AD_F64};
+    nn_layer *whole = nn_transformer_new(ctx, &rng, &mo);
+    cr_assert(enc && dec && stack && whole, "%s", ad_last_error(ctx));
+    nn_transformer_args ta = {.training = true};
+    ad_tensor *ys[4] = {
+        nn_transformer_encoder_layer(enc, src, &ta),
+        nn_transformer_decoder_layer(dec, tgt, src, NULL), nn_transformer_encoder(stack, src, NULL),
+        nn_transformer_forward(whole, src, tgt, NULL, NULL, NULL, NULL, NULL, NULL, false)};
+    test_expect_shape(ctx, ys[0], 3, ss, "encoder layer");
+    test_expect_shape(ctx, ys[1], 3, ts, "decoder layer");
+    test_expect_shape(ctx, ys[2], 3, ss, "encoder stack");
+    test_expect_shape(ctx, ys[3], 3, ts, "transformer");
+    ad_tensor *loss = ad_sum(ctx, ys[0]);
+    for (int i = 1; i < 4; i++) loss = ad_add(ctx, loss, ad_sum(ctx, ys[i]));
+    cr_assert_eq(ad_backward(ctx, loss, NULL), AD_OK, "%s", ad_last_error(ctx));
+    test_expect_shape(ctx, src->grad, 3, ss, "src gradient");
+    nn_layer *ls[] = {enc, dec, stack, whole};
+    for (int i = 0; i < 4; i++) expect_zero_grads(ls[i]);
+    ad_tape_reset(ctx);
+    ad_tensor_free(src), ad_tensor_free(tgt);
+    for (int i = 0; i < 4; i++) nn_layer_free(ls[i]);
+  }
 }
 
 Test(xf, unbatched_is_a_batch_of_one) {

@@ -1946,13 +1946,16 @@ typedef struct nn_transformer_args {
 /** Runs transformer encoder layer l (from nn_transformer_encoder_layer_new)
  * on src [S, N, E] ([N, S, E] with batch_first; unbatched [S, E]) of the
  * layer's dtype, with args (NULL: all-zero). Returns the output, shaped
- * like src, as a tape tensor. A query row whose keys are all masked gives
- * NaN, as PyTorch's layer computes it with autograd (its no-grad fast path
- * differs there). Returns NULL with the error recorded, naming the layer:
- * AD_ERR_NULL, AD_ERR_ARG (l is another kind of layer, a mask of another
- * context), AD_ERR_STATE (a freed src or mask), AD_ERR_SHAPE (src neither
- * 2-D nor 3-D, an empty sequence or batch, a last dim other than d_model;
- * a mask of the wrong shape), AD_ERR_DTYPE or AD_ERR_OOM. */
+ * like src, as a tape tensor. An empty batch (N = 0) gives an empty
+ * output and, through it, zero gradients, as in PyTorch (so do the
+ * decoder layer, the stacks and nn_transformer_forward). A query row
+ * whose keys are all masked gives NaN, as PyTorch's layer computes it
+ * with autograd (its no-grad fast path differs there). Returns NULL with
+ * the error recorded, naming the layer: AD_ERR_NULL, AD_ERR_ARG (l is
+ * another kind of layer, a mask of another context), AD_ERR_STATE (a
+ * freed src or mask), AD_ERR_SHAPE (src neither 2-D nor 3-D, an empty
+ * sequence (S = 0, which PyTorch takes), a last dim other than d_model; a
+ * mask of the wrong shape), AD_ERR_DTYPE or AD_ERR_OOM. */
 NN_API ad_tensor *nn_transformer_encoder_layer(nn_layer *l, ad_tensor *src,
                                                const nn_transformer_args *args);
 
