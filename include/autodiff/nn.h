@@ -668,7 +668,9 @@ NN_API nn_layer *nn_conv_transpose2d_new(ad_ctx *ctx, int64_t in, int64_t out, i
 /** Pooling layers, PyTorch's nn.MaxPool2d, nn.AvgPool2d (kh x kw windows;
  * opts as ad_max_pool2d / ad_avg_pool2d, NULL for the defaults: stride =
  * kernel) and nn.AdaptiveAvgPool2d(1) (ad_global_avg_pool2d: [N, C, H, W]
- * -> [N, C, 1, 1]). No parameters. NULL with AD_ERR_ARG for a kernel under
+ * -> [N, C, 1, 1], or [C, H, W] -> [C, 1, 1]; other ranks are refused,
+ * which PyTorch 1.13's mean shortcut for an output of 1 takes). No
+ * parameters. NULL with AD_ERR_ARG for a kernel under
  * 1x1; other bad options are reported by the forward, naming the op. @{ */
 NN_API nn_layer *nn_max_pool2d_new(ad_ctx *ctx, int64_t kh, int64_t kw, const ad_pool2d_opts *opts);
 NN_API nn_layer *nn_avg_pool2d_new(ad_ctx *ctx, int64_t kh, int64_t kw, const ad_pool2d_opts *opts);
@@ -1415,7 +1417,10 @@ NN_API nn_layer *nn_replication_pad3d_new(ad_ctx *ctx, const int64_t pad[6]);
  * p and the rest scaled by 1 / (1 - p); in evaluation mode, and for p =
  * 0, the identity. Dropout1d takes [N, C, L] or [C, L]; Dropout2d takes
  * [N, C, H, W] and, as PyTorch 1.13's (which warns), a 3-D input as [N, C,
- * L] (Dropout1d's behaviour, not an unbatched [C, H, W]). The mask is that
+ * L] (Dropout1d's behaviour, not an unbatched [C, H, W]); other ranks,
+ * which PyTorch 1.13's Dropout2d takes with a deprecation warning, are
+ * refused (AD_ERR_SHAPE naming the layer), as are Dropout1d's other
+ * ranks (as PyTorch). The mask is that
  * of nn_dropout_new (same seed, same draws) on the leading [N, C] (or [C])
  * elements, row-major, broadcast over the rest. p in [0, 1), else
  * AD_ERR_ARG. Kinds "dropout1d", "dropout2d". @{ */
