@@ -5,6 +5,7 @@
 #endif
 #include "ad_internal.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #if defined(__linux__)
@@ -921,6 +922,15 @@ ad_tensor *ad_arange(ad_ctx *ctx, ad_dtype dt, double start, double stop, double
   return fill_values(t, "arange", start, step, NULL, 0);
 }
 
+/* An i32 ad_rand: torch.randint(lo, hi), lo + a uniform integer below
+ * hi - lo (exactly uniform: ad_rng_below), one per element in row-major
+ * order; lo == hi gives lo. The bounds were checked by ad_rand. */
+static ad_tensor *fill_randint(ad_tensor *t, ad_rng *rng, double lo, double hi) {
+  for (int64_t i = 0; t && i < t->size; i++)
+    ((int32_t *)t->data)[i] = (int32_t)(lo + (double)ad_rng_below(rng, (uint64_t)(hi - lo)));
+  return t;
+}
+
 ad_tensor *ad_rand(ad_ctx *ctx, ad_rng *rng, ad_dtype dt, int ndim, const int64_t *shape, double lo,
                    double hi) {
   if (ctx && !rng) {
@@ -930,6 +940,23 @@ ad_tensor *ad_rand(ad_ctx *ctx, ad_rng *rng, ad_dtype dt, int ndim, const int64_
   if (ctx && !(isfinite(lo) && isfinite(hi) && lo <= hi && isfinite(hi - lo))) {
     ad_set_error(ctx, AD_ERR_ARG, "rand: [%g, %g) is not a finite range with lo <= hi", lo, hi);
     return NULL;
+  }
+  /* float32 cannot hold a bound beyond its range (PyTorch: "from is out
+   * of bounds for float"); the draws near it would round to infinity */
+  if (ctx && dt == AD_F32 && !(fabs(lo) <= FLT_MAX && fabs(hi) <= FLT_MAX)) {
+    ad_set_error(ctx, AD_ERR_ARG, "rand: [%.9g, %.9g) is outside float32's range (dtype f32)", lo,
+                 hi);
+    return NULL;
+  }
+  if (ctx && dt == AD_I32) {
+    if (!(lo == floor(lo) && hi == floor(hi) && lo >= -2147483648.0 && hi <= 2147483648.0)) {
+      ad_set_error(ctx, AD_ERR_ARG,
+                   "rand: an i32 tensor takes integer bounds within the int32 range (hi up to "
+                   "2^31), got [%.17g, %.17g)",
+                   lo, hi);
+      return NULL;
+    }
+    return fill_randint(persistent_new(ctx, "rand", dt, ndim, shape), rng, lo, hi);
   }
   return fill_values(persistent_new(ctx, "rand", dt, ndim, shape), "rand", lo, hi - lo, rng, 1);
 }
@@ -942,6 +969,12 @@ ad_tensor *ad_randn(ad_ctx *ctx, ad_rng *rng, ad_dtype dt, int ndim, const int64
   }
   if (ctx && !(isfinite(mean) && isfinite(std) && std >= 0)) {
     ad_set_error(ctx, AD_ERR_ARG, "randn: mean %g and std %g must be finite, std >= 0", mean, std);
+    return NULL;
+  }
+  /* truncated normal draws are no distribution anyone asks for (PyTorch:
+   * "normal_kernel_cpu" not implemented for 'Int') */
+  if (ctx && dt == AD_I32) {
+    ad_set_error(ctx, AD_ERR_DTYPE, "randn: dtype i32; normal draws need f32 or f64");
     return NULL;
   }
   return fill_values(persistent_new(ctx, "randn", dt, ndim, shape), "randn", mean, std, rng, 2);

@@ -415,6 +415,34 @@ Test(misuse_core, rand_stays_below_hi_and_refuses_bad_ranges) {
   expect_error(AD_ERR_ARG, "randn:", NULL);
 }
 
+/* A float32 tensor cannot hold a bound beyond float32's range: the draws
+ * near it rounded to infinity ([-1e39, 1e39) gave -inf a third of the
+ * time), where PyTorch refuses the bound. An i32 ad_rand takes integer
+ * bounds (torch.randint's), an i32 ad_randn none. */
+Test(misuse_core, rand_refuses_bounds_its_dtype_cannot_hold) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 1);
+  int64_t n = 1000;
+  cr_assert_null(ad_rand(ctx, &rng, AD_F32, 1, &n, -1e39, 1e39));
+  expect_error(AD_ERR_ARG, "rand: [-1e+39, 1e+39) is outside float32's range", NULL);
+  cr_assert_null(ad_rand(ctx, &rng, AD_F32, 1, &n, 0, 3.5e38));
+  expect_error(AD_ERR_ARG, "rand:", "float32", NULL);
+  ad_tensor *u = ad_rand(ctx, &rng, AD_F32, 1, &n, -FLT_MAX, FLT_MAX);
+  cr_assert_not_null(u, "%s", ad_last_error(ctx));
+  for (int64_t i = 0; i < n; i++)
+    cr_assert(isfinite(ad_tensor_get(u, i)), "element %lld: %g", (long long)i, ad_tensor_get(u, i));
+  ad_tensor_free(u);
+  u = ad_rand(ctx, &rng, AD_F64, 1, &n, -1e39, 1e39); /* a double holds them */
+  cr_assert_not_null(u, "%s", ad_last_error(ctx));
+  ad_tensor_free(u);
+  cr_assert_null(ad_rand(ctx, &rng, AD_I32, 1, &n, 0.5, 2.5));
+  expect_error(AD_ERR_ARG, "rand: an i32 tensor takes integer bounds", "[0.5, 2.5)", NULL);
+  cr_assert_null(ad_rand(ctx, &rng, AD_I32, 1, &n, 0, 2147483649.0));
+  expect_error(AD_ERR_ARG, "rand: an i32 tensor", NULL);
+  cr_assert_null(ad_randn(ctx, &rng, AD_I32, 1, &n, 0, 1));
+  expect_error(AD_ERR_DTYPE, "randn: dtype i32", NULL);
+}
+
 /* The gradient settings of a freed tensor are reported on its context, as
  * ad_tensor_free promises for every accessor. */
 Test(misuse_core, gradient_settings_of_a_freed_tensor_are_reported) {

@@ -179,6 +179,38 @@ Test(tensor, rand_uniform_statistics) {
   ad_tensor_free(t);
 }
 
+/* An i32 ad_rand is torch.randint: each integer of [lo, hi) equally often.
+ * It truncated lo + (hi - lo) u toward zero, so [-3, 3) gave -3 about once
+ * in 2^53 and 0 twice as often as the others. 600,000 draws: each count is
+ * binomial(600000, 1/6), sd 289; the bound is 5 sd (the bug is off by
+ * 100,000). */
+Test(tensor, rand_i32_is_uniform_over_the_integers_of_the_range) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 11);
+  int64_t n = 600000;
+  ad_tensor *t = ad_rand(ctx, &rng, AD_I32, 1, &n, -3, 3);
+  cr_assert_not_null(t, "%s", ad_last_error(ctx));
+  int64_t count[6] = {0};
+  for (int64_t i = 0; i < n; i++) {
+    int32_t v = ((const int32_t *)t->data)[i];
+    cr_assert(v >= -3 && v < 3, "element %lld is %d", (long long)i, v);
+    count[v + 3]++;
+  }
+  double sd = sqrt(n * (1.0 / 6) * (5.0 / 6));
+  for (int k = 0; k < 6; k++)
+    cr_assert_lt(fabs((double)count[k] - n / 6.0), 5 * sd, "%d drawn %lld times of %lld", k - 3,
+                 (long long)count[k], (long long)n);
+  ad_tensor_free(t);
+  /* the whole int32 range, and lo == hi */
+  int64_t m = 4;
+  t = ad_rand(ctx, &rng, AD_I32, 1, &m, -2147483648.0, 2147483648.0);
+  cr_assert_not_null(t, "%s", ad_last_error(ctx));
+  ad_tensor_free(t);
+  t = ad_rand(ctx, &rng, AD_I32, 1, &m, 7, 7);
+  cr_assert(t && ad_tensor_get(t, 0) == 7 && ad_tensor_get(t, 3) == 7, "lo == hi gives lo");
+  ad_tensor_free(t);
+}
+
 Test(tensor, randn_statistics) {
   ad_rng rng;
   ad_rng_seed(&rng, 7);

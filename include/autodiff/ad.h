@@ -235,8 +235,16 @@ AD_API ad_tensor *ad_from_data(ad_ctx *ctx, ad_dtype dtype, int ndim, const int6
 AD_API ad_tensor *ad_arange(ad_ctx *ctx, ad_dtype dtype, double start, double stop, double step);
 /** Uniform in [lo, hi) / normal(mean, std), drawn from rng in row-major
  * order. Every uniform value is below hi also after rounding to the dtype
- * (lo == hi gives lo). AD_ERR_ARG for a non-finite bound, lo > hi, a
- * non-finite mean or std, or std < 0 (PyTorch refuses these too). @{ */
+ * (lo == hi gives lo; so does a range holding no value of the dtype, as
+ * [0.1, 0.1 + 1e-12) in float32: lo rounded, as PyTorch's). An AD_I32
+ * ad_rand is torch.randint(lo, hi): integers uniform in [lo, hi), exactly
+ * (ad_rng_below, one call per element), for integer bounds with lo >=
+ * -2^31 and hi <= 2^31. AD_ERR_ARG for a non-finite bound, lo > hi, hi -
+ * lo beyond the double range, a bound beyond float32's range for AD_F32
+ * (PyTorch: "from is out of bounds for float"), a bound that is no
+ * integer or outside those limits for AD_I32, a non-finite mean or std,
+ * or std < 0 (PyTorch refuses these too); AD_ERR_DTYPE for an AD_I32
+ * ad_randn (PyTorch has no normal draws for integers). @{ */
 AD_API ad_tensor *ad_rand(ad_ctx *ctx, ad_rng *rng, ad_dtype dtype, int ndim, const int64_t *shape,
                           double lo, double hi);
 AD_API ad_tensor *ad_randn(ad_ctx *ctx, ad_rng *rng, ad_dtype dtype, int ndim, const int64_t *shape,
