@@ -4139,7 +4139,8 @@ NN_API ad_tensor *nn_predict(nn_model *m, ad_tensor *x, int64_t batch_size);
  * state (nn_optimizer_state_names: moments, step counts, the learning rate
  * and the schedule's base rate and epoch, all plain tensors that
  * PyTorch's safetensors reads) to a safetensors file (atomically; see
- * nn_checkpoint_save). */
+ * nn_checkpoint_save). No generator is saved (the dropout layers', nn_fit's
+ * shuffle): a run resumed from the file draws from its seeds again. */
 NN_API ad_status nn_model_save(const nn_model *m, const nn_optimizer *opt, const char *path);
 
 /** Loads m's parameters and buffers (and opt's state when opt is not NULL)
