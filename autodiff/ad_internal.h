@@ -25,6 +25,13 @@ static inline bool ad_status_known(ad_status st) {
   return (int)st >= 0 && (int)st < AD_STATUS_COUNT;
 }
 
+/* Whether rng holds the all-zero state: an ad_rng never seeded (declared
+ * "= {0}"). xoshiro256** never leaves it, so every draw would be 0 (every
+ * normal 37.17): the entry points that take a context refuse it. */
+static inline bool ad_rng_unseeded(const ad_rng *rng) {
+  return !(rng->s[0] | rng->s[1] | rng->s[2] | rng->s[3]);
+}
+
 /* node flags */
 enum {
   AD_NF_REQUIRES_GRAD = 1, /* a gradient flows into it */

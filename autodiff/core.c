@@ -937,6 +937,12 @@ ad_tensor *ad_rand(ad_ctx *ctx, ad_rng *rng, ad_dtype dt, int ndim, const int64_
     ad_set_error(ctx, AD_ERR_NULL, "rand: rng is NULL");
     return NULL;
   }
+  if (ctx && ad_rng_unseeded(rng)) {
+    ad_set_error(ctx, AD_ERR_ARG,
+                 "rand: rng is not seeded (its state is all zeros, which draws 0 for ever): "
+                 "call ad_rng_seed first");
+    return NULL;
+  }
   if (ctx && !(isfinite(lo) && isfinite(hi) && lo <= hi && isfinite(hi - lo))) {
     ad_set_error(ctx, AD_ERR_ARG, "rand: [%g, %g) is not a finite range with lo <= hi", lo, hi);
     return NULL;
@@ -965,6 +971,12 @@ ad_tensor *ad_randn(ad_ctx *ctx, ad_rng *rng, ad_dtype dt, int ndim, const int64
                     double mean, double std) {
   if (ctx && !rng) {
     ad_set_error(ctx, AD_ERR_NULL, "randn: rng is NULL");
+    return NULL;
+  }
+  if (ctx && ad_rng_unseeded(rng)) {
+    ad_set_error(ctx, AD_ERR_ARG,
+                 "randn: rng is not seeded (its state is all zeros, which draws 0 for ever): "
+                 "call ad_rng_seed first");
     return NULL;
   }
   if (ctx && !(isfinite(mean) && isfinite(std) && std >= 0)) {

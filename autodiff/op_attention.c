@@ -77,6 +77,13 @@ static bool sdpa_check(ad_ctx *ctx, const ad_tensor *q, const ad_tensor *k, cons
     ad_set_error(ctx, AD_ERR_NULL, "%s: dropout_p %g needs an rng", fn, o->dropout_p);
     return false;
   }
+  if (o->dropout_p > 0 && ad_rng_unseeded(o->rng)) {
+    ad_set_error(ctx, AD_ERR_ARG,
+                 "%s: rng is not seeded (its state is all zeros, which draws 0 for ever): call "
+                 "ad_rng_seed first",
+                 fn);
+    return false;
+  }
   const ad_tensor *m = o->mask;
   if (m) {
     /* the scores' shape [..., L, S] */

@@ -770,6 +770,7 @@ static ad_tensor *rrelu_run(ad_ctx *ctx, const char *who, ad_tensor *x, double l
     return NULL;
   if (!training) return ad_leaky_relu(ctx, x, (lower + upper) / 2);
   if (!rng) return nn_null_arg(ctx, who, "rng"), NULL;
+  if (!nn_rng_seeded(ctx, who, rng)) return NULL;
   ad_tensor *noise = nn_tmp_tensor(ctx, x->dtype, x->ndim, x->shape);
   if (!noise) return NULL;
   ad_rng r = *rng; /* a call that fails takes no draws */

@@ -15,6 +15,19 @@
  * after a failed op) and that message is kept. ctx may be NULL. */
 ad_status nn_null_arg(ad_ctx *ctx, const char *fn, const char *what);
 
+/* Refuses an rng in the all-zero state, which ad_rng_seed never gives (an
+ * ad_rng declared "= {0}" and not seeded; its draws are all 0): records
+ * "<fn>: rng is not seeded ..." (AD_ERR_ARG) and returns false, as
+ * ad_rand does. rng is not NULL. */
+static inline bool nn_rng_seeded(ad_ctx *ctx, const char *fn, const ad_rng *rng) {
+  if (rng->s[0] | rng->s[1] | rng->s[2] | rng->s[3]) return true;
+  ad_set_error(ctx, AD_ERR_ARG,
+               "%s: rng is not seeded (its state is all zeros, which draws 0 for ever): "
+               "call ad_rng_seed first",
+               fn);
+  return false;
+}
+
 /* Checks a tensor that an nn entry point reads itself (its data, or its
  * shape to build other tensors) before any op sees it: not NULL, live, of
  * ctx, and not a temporary from a tape that was reset; the same errors and

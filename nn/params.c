@@ -737,6 +737,7 @@ ad_status nn_init_tensor(ad_ctx *ctx, ad_tensor *t, nn_init init, ad_rng *rng) {
       return ad_set_error(ctx, AD_ERR_SHAPE, "init: orthogonal needs 2 or more dimensions, got %d",
                           t->ndim);
     if (!rng) return ad_set_error(ctx, AD_ERR_NULL, "init: a random initializer needs an rng");
+    if (!nn_rng_seeded(ctx, "init", rng)) return AD_ERR_ARG;
     return t->size == 0 ? AD_OK : init_orthogonal(ctx, t, gain, rng);
   }
   case NN_INIT_TRUNC_NORMAL: {
@@ -747,6 +748,7 @@ ad_status nn_init_tensor(ad_ctx *ctx, ad_tensor *t, nn_init init, ad_rng *rng) {
                           init.a, init.b);
     if (!f32_fits(ctx, t, "trunc_normal bound", bound)) return AD_ERR_ARG;
     if (!rng) return ad_set_error(ctx, AD_ERR_NULL, "init: a random initializer needs an rng");
+    if (!nn_rng_seeded(ctx, "init", rng)) return AD_ERR_ARG;
     ad_status marked = ad_tensor_mark_modified(t); /* written through its data below */
     if (marked != AD_OK) return marked;
     /* PyTorch's inverse transform: u uniform between Phi(-bound/std) and
@@ -770,6 +772,7 @@ ad_status nn_init_tensor(ad_ctx *ctx, ad_tensor *t, nn_init init, ad_rng *rng) {
                         (int)init.kind);
   }
   if (!rng) return ad_set_error(ctx, AD_ERR_NULL, "init: a random initializer needs an rng");
+  if (!nn_rng_seeded(ctx, "init", rng)) return AD_ERR_ARG;
   ad_status marked = ad_tensor_mark_modified(t); /* written through its data below */
   if (marked != AD_OK) return marked;
   if (t->dtype == AD_F32) {

@@ -443,6 +443,31 @@ Test(misuse_core, rand_refuses_bounds_its_dtype_cannot_hold) {
   expect_error(AD_ERR_DTYPE, "randn: dtype i32", NULL);
 }
 
+/* An ad_rng never seeded ("= {0}") is the state xoshiro256** never leaves:
+ * ad_randn gave 37.17 for every element, ad_rand lo. Refused where a
+ * context can say so. */
+Test(misuse_core, an_unseeded_rng_is_refused) {
+  ad_rng zero = {{0, 0, 0, 0}};
+  int64_t n = 4, s[3] = {1, 2, 2};
+  cr_assert_null(ad_randn(ctx, &zero, AD_F64, 1, &n, 0, 1));
+  expect_error(AD_ERR_ARG, "randn: rng is not seeded", "ad_rng_seed", NULL);
+  cr_assert_null(ad_rand(ctx, &zero, AD_F32, 1, &n, 0, 1));
+  expect_error(AD_ERR_ARG, "rand: rng is not seeded", NULL);
+  ad_tensor *q = ad_zeros(ctx, AD_F64, 3, s);
+  ad_attention_opts o = {.dropout_p = 0.5, .rng = &zero};
+  cr_assert_null(ad_scaled_dot_product_attention(ctx, q, q, q, &o));
+  expect_error(AD_ERR_ARG, "scaled_dot_product_attention: rng is not seeded", NULL);
+  o.dropout_p = 0; /* no dropout draws nothing */
+  cr_assert_not_null(ad_scaled_dot_product_attention(ctx, q, q, q, &o), "%s", ad_last_error(ctx));
+  ad_tensor_free(q);
+  ad_rng seeded;
+  ad_rng_seed(&seeded, 0); /* seed 0 is a seed like any other */
+  ad_tensor *t = ad_randn(ctx, &seeded, AD_F64, 1, &n, 0, 1);
+  cr_assert_not_null(t, "%s", ad_last_error(ctx));
+  cr_assert_neq(ad_tensor_get(t, 0), ad_tensor_get(t, 1));
+  ad_tensor_free(t);
+}
+
 /* The gradient settings of a freed tensor are reported on its context, as
  * ad_tensor_free promises for every accessor. */
 Test(misuse_core, gradient_settings_of_a_freed_tensor_are_reported) {

@@ -907,3 +907,31 @@ Test(misuse_nn, null_arguments_set_a_message) {
   nn_optimizer_free(opt);
   ad_tensor_free(x), ad_tensor_free(y), ad_tensor_free(lab), ad_tensor_free(wide);
 }
+
+/* An ad_rng never seeded ("= {0}") draws 0 for ever: a Dense layer's
+ * weights all came out -limit, an orthogonal init a fixed matrix, RReLU's
+ * slopes all `lower`. Each entry point that takes a context refuses it,
+ * and leaves the tensor unchanged. */
+Test(misuse_nn, an_unseeded_rng_is_refused) {
+  ad_rng zero = {{0, 0, 0, 0}};
+  cr_assert_null(nn_dense_new(ctx, 3, 2, &zero, NULL));
+  test_expect_error(ctx, AD_ERR_ARG, "nn_dense_new", "init: rng is not seeded", "ad_rng_seed",
+                    NULL);
+  int64_t s[2] = {3, 3};
+  ad_tensor *t = ad_full(ctx, AD_F64, 2, s, 5);
+  static const nn_init_kind kinds[] = {NN_INIT_UNIFORM,        NN_INIT_NORMAL,
+                                       NN_INIT_XAVIER_UNIFORM, NN_INIT_HE_NORMAL,
+                                       NN_INIT_ORTHOGONAL,     NN_INIT_TRUNC_NORMAL};
+  for (size_t k = 0; k < sizeof kinds / sizeof kinds[0]; k++) {
+    nn_init init = nn_init_make(kinds[k], kinds[k] == NN_INIT_TRUNC_NORMAL ? 1 : 0, 1);
+    cr_assert_eq(nn_init_tensor(ctx, t, init, &zero), AD_ERR_ARG, "kind %d", (int)kinds[k]);
+    test_expect_error(ctx, AD_ERR_ARG, "init: rng is not seeded", NULL);
+    cr_assert_eq(ad_tensor_get(t, 4), 5.0, "kind %d changed the tensor", (int)kinds[k]);
+  }
+  cr_assert_eq(nn_init_tensor(ctx, t, nn_init_make(NN_INIT_CONSTANT, 2, 0), &zero), AD_OK, "%s",
+               ad_last_error(ctx)); /* draws nothing */
+  cr_assert_null(nn_rrelu(ctx, t, 0.1, 0.3, true, &zero));
+  test_expect_error(ctx, AD_ERR_ARG, "rrelu: rng is not seeded", NULL);
+  cr_assert_not_null(nn_rrelu(ctx, t, 0.1, 0.3, false, &zero), "%s", ad_last_error(ctx));
+  ad_tensor_free(t);
+}

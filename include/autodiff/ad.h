@@ -199,7 +199,13 @@ AD_API char *ad_shape_str(const ad_tensor *t, char *buf, size_t n);
  * sticky error. A NULL rng never crashes: ad_rng_seed returns AD_ERR_NULL;
  * a draw from a NULL rng returns NaN (real draws: never a real draw) or 0
  * (integer draws: no value is free, and an index must stay in range).
- * Check ad_rng_seed's status: the generator it seeded is not NULL. */
+ * Check ad_rng_seed's status: the generator it seeded is not NULL. An
+ * ad_rng never seeded (declared "= {0}") holds the one state xoshiro256**
+ * never leaves: every draw is 0 (every normal 37.17). ad_rng_seed never
+ * gives it, and the functions that take a context and an rng (ad_rand,
+ * ad_randn, ad_scaled_dot_product_attention's dropout, nn_init_tensor and
+ * the layer constructors, nn_rrelu) refuse it with AD_ERR_ARG, "...: rng is
+ * not seeded ...". */
 
 /** Sets the state from seed (splitmix64), so equal seeds give equal
  * streams. Returns AD_OK, or AD_ERR_NULL (nothing done) if rng is NULL. */
@@ -243,8 +249,9 @@ AD_API ad_tensor *ad_arange(ad_ctx *ctx, ad_dtype dtype, double start, double st
  * lo beyond the double range, a bound beyond float32's range for AD_F32
  * (PyTorch: "from is out of bounds for float"), a bound that is no
  * integer or outside those limits for AD_I32, a non-finite mean or std,
- * or std < 0 (PyTorch refuses these too); AD_ERR_DTYPE for an AD_I32
- * ad_randn (PyTorch has no normal draws for integers). @{ */
+ * or std < 0 (PyTorch refuses these too), or an rng never seeded (above);
+ * AD_ERR_DTYPE for an AD_I32 ad_randn (PyTorch has no normal draws for
+ * integers). @{ */
 AD_API ad_tensor *ad_rand(ad_ctx *ctx, ad_rng *rng, ad_dtype dtype, int ndim, const int64_t *shape,
                           double lo, double hi);
 AD_API ad_tensor *ad_randn(ad_ctx *ctx, ad_rng *rng, ad_dtype dtype, int ndim, const int64_t *shape,
@@ -1106,7 +1113,7 @@ typedef struct ad_attention_opts {
  * differ, a mask not float), AD_ERR_SHAPE (fewer than 2 dims or ranks differ, batch dims that do
  * not broadcast, embedding sizes of q and k differ, source lengths of k and v differ, a mask that
  * does not broadcast to [..., L, S]; the message names the shapes) or AD_ERR_ARG (scale not finite,
- * dropout_p outside [0, 1)). */
+ * dropout_p outside [0, 1), dropout with an rng never seeded). */
 AD_API ad_tensor *ad_scaled_dot_product_attention(ad_ctx *ctx, ad_tensor *q, ad_tensor *k,
                                                   ad_tensor *v, const ad_attention_opts *opts);
 

@@ -328,7 +328,8 @@ NN_API void nn_fans(const ad_tensor *t, int64_t *fan_in, int64_t *fan_out);
  * unknown kind, std < 0, b < a, empty fan, a number that is not finite;
  * for a float32 t a constant, a uniform bound, Xavier's or He's included,
  * or a trunc_normal bound beyond float32's range, as PyTorch refuses to
- * convert one; t of another context), AD_ERR_STATE (t freed, or a
+ * convert one; t of another context; for a random kind, an rng never
+ * seeded, whose state is all zeros), AD_ERR_STATE (t freed, or a
  * temporary of a tape that was reset), AD_ERR_SHAPE (orthogonal on fewer
  * than 2 dimensions), AD_ERR_DTYPE or AD_ERR_OOM (the orthogonal
  * factorization's memory); t is unchanged on an error. */
@@ -1340,8 +1341,9 @@ NN_API nn_layer *nn_softmax2d_new(ad_ctx *ctx);
  * slopes differ from torch's for one seed (the same distribution). rng
  * is needed in training only. Returns a tape tensor, or NULL with
  * AD_ERR_NULL (x; rng in training), AD_ERR_DTYPE (x not float), AD_ERR_ARG
- * (lower or upper not finite, lower > upper: PyTorch's "Lower bound
- * should be less than or equal to the upper bound"; for an f32 x, a
+ * (an rng never seeded, in training; lower or upper not finite, lower >
+ * upper: PyTorch's "Lower bound should be less than or equal to the upper
+ * bound"; for an f32 x, a
  * bound beyond float32's range, which PyTorch cannot convert) and the
  * errors of an op's input, naming "rrelu". */
 NN_API ad_tensor *nn_rrelu(ad_ctx *ctx, ad_tensor *x, double lower, double upper, bool training,
