@@ -292,6 +292,60 @@ Test(gemm, across_blocks, .timeout = 300) {
     }
 }
 
+/* A deep f32 product (k = 100000, values in [0, 1), so no cancellation)
+ * keeps every kernel's usual accuracy: each k block is summed from 0 and
+ * then added to C, so the rounding error grows with k / 256 + 256, not
+ * with k. Every kernel and OpenBLAS are within 9e-7 of sum |a b| here (the
+ * bound 3e-6 leaves 3x that); the reference loop, when it added each
+ * product into C (the forms without B transposed), was off by 1.2e-5. */
+Test(gemm, deep_products_keep_their_accuracy, .timeout = 120) {
+  const int64_t m = 8, n = 8, k = 100000;
+  ad_rng rng;
+  ad_rng_seed(&rng, 11);
+  float *a = alloc_elems(AD_F32, m * k), *b = alloc_elems(AD_F32, k * n),
+        *c = alloc_elems(AD_F32, m * n);
+  for (int64_t i = 0; i < m * k; i++) a[i] = (float)ad_rng_uniform(&rng);
+  for (int64_t i = 0; i < k * n; i++) b[i] = (float)ad_rng_uniform(&rng);
+  double *want = calloc((size_t)(m * n), sizeof *want);
+  cr_assert_not_null(want);
+  for (int64_t i = 0; i < m; i++) /* a is [m, k] and b [k, n], both read as stored */
+    for (int64_t p = 0; p < k; p++)
+      for (int64_t j = 0; j < n; j++) want[i * n + j] += (double)a[i * k + p] * b[p * n + j];
+  int ran = 0;
+  for (size_t q = 0; q < sizeof kernels / sizeof *kernels; q++)
+    for (int form = 0; form < 4; form++) {
+      bool ta = form & 1, tb = form & 2;
+      /* the same product in every form: op(A) = a, op(B) = b, so a
+       * transposed operand is read with the leading dimension of its
+       * transpose; the values are those of a^T or b^T */
+      float *at = ta ? alloc_elems(AD_F32, m * k) : a, *bt = tb ? alloc_elems(AD_F32, k * n) : b;
+      for (int64_t i = 0; ta && i < m; i++)
+        for (int64_t p = 0; p < k; p++) at[p * m + i] = a[i * k + p];
+      for (int64_t p = 0; tb && p < k; p++)
+        for (int64_t j = 0; j < n; j++) bt[j * k + p] = b[p * n + j];
+      bool done = true;
+      if (kernels[q] == K_PUBLIC)
+        ad_gemm_f32(ta, tb, m, n, k, 1, at, ta ? m : k, bt, tb ? k : n, 0, c, n);
+      else
+        done = ad_gemm_builtin(kernels[q], AD_F32, ta, tb, m, n, k, 1, at, ta ? m : k, bt,
+                               tb ? k : n, 0, c, n) != NULL;
+      if (ta) free(at);
+      if (tb) free(bt);
+      if (!done) break; /* not on this CPU or build */
+      ran++;
+      double worst = 0;
+      for (int64_t e = 0; e < m * n; e++) {
+        double err = fabs((double)c[e] - want[e]) / want[e]; /* want is sum |a b| here */
+        worst = err > worst ? err : worst;
+      }
+      cr_log_info("kernel %d, form %d: worst error %.3g of sum |a b|", kernels[q], form, worst);
+      cr_assert_lt(worst, 3e-6, "kernel %d, form %d: a deep product off by %.3g of sum |a b|",
+                   kernels[q], form, worst);
+    }
+  cr_assert_geq(ran, 12); /* the reference loop, the portable kernel and the public call at least */
+  free(a), free(b), free(c), free(want);
+}
+
 /* Packing A or reading it in place, and packing op(B) or reading B in
  * place, are the kernels' choices (by shape, see gemm.c); for the engine's
  * calls (alpha 1, beta 0 or 1) they must never change a bit. Each kernel,
