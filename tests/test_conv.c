@@ -237,6 +237,50 @@ Test(conv, no_room_for_scratch_keeps_the_weight_gradient_accurate) {
   ad_ctx_free(cx);
 }
 
+/* conv2d without scratch keeps float32's accuracy over many channels: each
+ * output is a sum of 1024 x 9 positive products (x and w in [0, 1)). The
+ * direct loop sums an output in a double; when it added the products one
+ * by one into the float output it was off by 5e-6 (the path with scratch
+ * and PyTorch: under 1e-6). */
+Test(conv, no_room_for_scratch_keeps_conv2d_accurate) {
+  ad_ctx *cx = ad_ctx_new();
+  cr_assert_not_null(cx);
+  /* one image's col is 1024 x 9 x 16 x 16 floats, 9.4 MB: refused under 2 MB */
+  cr_assert_eq(ad_set_arena_limit(cx, 2u << 20), AD_OK);
+  ad_rng rng;
+  ad_rng_seed(&rng, 6);
+  int64_t sx[4] = {1, 1024, 16, 16}, sw[4] = {2, 1024, 3, 3};
+  ad_tensor *x = ad_rand(cx, &rng, AD_F32, 4, sx, 0, 1),
+            *w = ad_rand(cx, &rng, AD_F32, 4, sw, 0, 1);
+  cr_assert(x && w, "%s", ad_last_error(cx));
+  ad_conv_opts o = {.padding = {1, 1, 1, 1}};
+  ad_tensor *y = ad_conv2d(cx, x, w, NULL, &o);
+  cr_assert(y, "%s", ad_last_error(cx));
+  cr_assert_leq(ad_arena_capacity(cx), 2u << 20, "the scratch was not refused");
+  const float *xp = x->data, *wp = w->data;
+  double worst = 0;
+  for (int64_t oc = 0; oc < 2; oc++)
+    for (int64_t i = 0; i < 16; i++)
+      for (int64_t j = 0; j < 16; j++) {
+        double want = 0;
+        for (int64_t c = 0; c < 1024; c++)
+          for (int64_t a = 0; a < 3; a++)
+            for (int64_t b = 0; b < 3; b++) {
+              int64_t r = i + a - 1, q = j + b - 1;
+              if (r >= 0 && r < 16 && q >= 0 && q < 16)
+                want += (double)wp[((oc * 1024 + c) * 3 + a) * 3 + b] * xp[(c * 16 + r) * 16 + q];
+            }
+        double err = fabs(ad_tensor_get(y, (oc * 16 + i) * 16 + j) - want) / want;
+        worst = err > worst ? err : worst;
+      }
+  cr_log_info("worst relative error of conv2d without scratch: %.3g", worst);
+  cr_assert_lt(worst, 1e-6, "conv2d without scratch is off by %.3g", worst);
+  ad_tape_reset(cx);
+  ad_tensor_free(x);
+  ad_tensor_free(w);
+  ad_ctx_free(cx);
+}
+
 /* conv1d is conv2d over H = 1: against a hand-computed case with a bias,
  * stride 2 and asymmetric padding. */
 Test(conv, conv1d_by_hand) {
