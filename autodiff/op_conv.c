@@ -265,11 +265,12 @@ static void conv_cols(const conv_geom *g, int64_t b, int64_t *j0, int64_t *j1) {
  * cg kh kw products in a double (a row tile of sums on the stack), and the
  * weight gradient each term's sum over one image's positions (oh x ow
  * products, a million for a 1000 x 1000 image), then adds that, as the
- * path with scratch sums per image; the input gradient accumulates in T.
- * Added one by one into a float, the products left float32 results off by
- * 10x the GEMM path's error and PyTorch's (conv2d over 512 channels:
- * 3.6e-6 against 3.5e-7; a weight gradient over large images: 4e-5 to
- * 2e-4 against 6e-7). */
+ * path with scratch sums per image; conv_transpose2d each input element's
+ * sum over its group's og kh kw products, as conv2d's. Added one by one
+ * into a float, the products left float32 results off by 10x the GEMM
+ * path's error and PyTorch's (conv2d over 512 channels: 3.6e-6 against
+ * 3.5e-7, conv_transpose2d from 512: 4.6e-6; a weight gradient over large
+ * images: 4e-5 to 2e-4 against 6e-7). */
 #define DEFINE_CONV_KERNELS(T, S)                                                                  \
   /* dst[0..n) = src[0..n): inline, for rows too short to pay for a memcpy call */                 \
   static inline void copy_row_##S(T *restrict dst, const T *restrict src, int64_t n) {             \
@@ -352,7 +353,38 @@ static void conv_cols(const conv_geom *g, int64_t b, int64_t *j0, int64_t *j1) {
         }                                                                                          \
       return;                                                                                      \
     }                                                                                              \
-    int64_t total = kind == OP_CONVT ? g->n * g->c * g->hw : g->o * g->kk;                         \
+    if (kind == OP_CONVT) { /* each input element's sum likewise, over its group's outputs */      \
+      enum { RT = 128 };                                                                           \
+      double acc[RT];                                                                              \
+      for (int64_t n = 0; n < g->n; n++)                                                           \
+        for (int64_t ci = 0; ci < g->c; ci++) {                                                    \
+          int64_t c = ci % g->cg, o0 = ci / g->cg * g->og;                                         \
+          for (int64_t r = 0; r < g->h; r++) {                                                     \
+            T *xr = out + (n * g->c + ci) * g->hw + r * g->w;                                      \
+            for (int64_t q0 = 0; q0 < g->w; q0 += RT) {                                            \
+              int64_t nq = g->w - q0 < RT ? g->w - q0 : RT;                                        \
+              for (int64_t qq = 0; qq < nq; qq++) acc[qq] = 0;                                     \
+              for (int64_t o = o0; o < o0 + g->og; o++)                                            \
+                for (int64_t a = 0; a < g->kh; a++) {                                              \
+                  int64_t num = r + g->pt - a * g->dh, i = num / g->sh;                            \
+                  if (num < 0 || num % g->sh || i >= g->oh) continue;                              \
+                  const T *yr = y + ((n * g->o + o) * g->oh + i) * g->ow;                          \
+                  for (int64_t b = 0; b < g->kw; b++) {                                            \
+                    double wv = w[((o * g->cg + c) * g->kh + a) * g->kw + b];                      \
+                    int64_t off = b * g->dw - g->pl; /* column q = j sw + off */                   \
+                    int64_t j0 = first_at_least(q0 - off, g->sw);                                  \
+                    int64_t j1 = first_at_least(q0 + nq - off, g->sw);                             \
+                    if (j1 > g->ow) j1 = g->ow;                                                    \
+                    for (int64_t j = j0; j < j1; j++) acc[j * g->sw + off - q0] += wv * yr[j];     \
+                  }                                                                                \
+                }                                                                                  \
+              for (int64_t qq = 0; qq < nq; qq++) xr[q0 + qq] = (T)acc[qq];                        \
+            }                                                                                      \
+          }                                                                                        \
+        }                                                                                          \
+      return;                                                                                      \
+    }                                                                                              \
+    int64_t total = g->o * g->kk;                                                                  \
     for (int64_t e = 0; e < total; e++) out[e] = 0;                                                \
     for (int64_t n = 0; n < g->n; n++)                                                             \
       for (int64_t o = 0; o < g->o; o++)                                                           \
@@ -361,7 +393,7 @@ static void conv_cols(const conv_geom *g, int64_t b, int64_t *j0, int64_t *j1) {
             for (int64_t b = 0; b < g->kw; b++) {                                                  \
               int64_t wi = ((o * g->cg + c) * g->kh + a) * g->kw + b;                              \
               int64_t xc = (n * g->c + (o / g->og) * g->cg + c) * g->hw;                           \
-              double sw = 0; /* OP_WEIGHT: this image's part of out[wi] */                         \
+              double sw = 0; /* this image's part of out[wi] */                                    \
               for (int64_t i = 0; i < g->oh; i++) {                                                \
                 int64_t r = i * g->sh - g->pt + a * g->dh;                                         \
                 if (r < 0 || r >= g->h) continue;                                                  \
@@ -369,13 +401,10 @@ static void conv_cols(const conv_geom *g, int64_t b, int64_t *j0, int64_t *j1) {
                   int64_t q = j * g->sw - g->pl + b * g->dw;                                       \
                   if (q < 0 || q >= g->w) continue;                                                \
                   int64_t xi = xc + r * g->w + q, yi = ((n * g->o + o) * g->oh + i) * g->ow + j;   \
-                  if (kind == OP_CONVT)                                                            \
-                    out[xi] += w[wi] * y[yi];                                                      \
-                  else                                                                             \
-                    sw += (double)y[yi] * x[xi];                                                   \
+                  sw += (double)y[yi] * x[xi];                                                     \
                 }                                                                                  \
               }                                                                                    \
-              if (kind == OP_WEIGHT) out[wi] += (T)sw;                                             \
+              out[wi] += (T)sw;                                                                    \
             }                                                                                      \
   }
 

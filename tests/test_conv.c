@@ -281,6 +281,48 @@ Test(conv, no_room_for_scratch_keeps_conv2d_accurate) {
   ad_ctx_free(cx);
 }
 
+/* conv_transpose2d (conv2d's input gradient) without scratch likewise:
+ * each result is a sum of 512 x 9 positive products; added one by one into
+ * the float result they were off by about 4e-6 (now a double sums them). */
+Test(conv, no_room_for_scratch_keeps_conv_transpose2d_accurate) {
+  ad_ctx *cx = ad_ctx_new();
+  cr_assert_not_null(cx);
+  /* one image's col is 64 x 9 x 16 x 16 floats, 590 KB: refused under 512 KB */
+  cr_assert_eq(ad_set_arena_limit(cx, 512u << 10), AD_OK);
+  ad_rng rng;
+  ad_rng_seed(&rng, 7);
+  int64_t sy[4] = {1, 512, 16, 16}, sw[4] = {512, 64, 3, 3};
+  ad_tensor *y = ad_rand(cx, &rng, AD_F32, 4, sy, 0, 1),
+            *w = ad_rand(cx, &rng, AD_F32, 4, sw, 0, 1);
+  cr_assert(y && w, "%s", ad_last_error(cx));
+  ad_conv_opts o = {.padding = {1, 1, 1, 1}};
+  ad_tensor *x = ad_conv_transpose2d(cx, y, w, NULL, &o);
+  cr_assert(x, "%s", ad_last_error(cx));
+  cr_assert_leq(ad_arena_capacity(cx), 512u << 10, "the scratch was not refused");
+  const float *yp = y->data, *wp = w->data;
+  double worst = 0;
+  for (int64_t c = 0; c < 64; c++)
+    for (int64_t r = 0; r < 16; r++)
+      for (int64_t q = 0; q < 16; q++) {
+        double want = 0; /* x[c, r, q] = sum of w[o, c, a, b] y[o, r + 1 - a, q + 1 - b] */
+        for (int64_t oc = 0; oc < 512; oc++)
+          for (int64_t a = 0; a < 3; a++)
+            for (int64_t b = 0; b < 3; b++) {
+              int64_t i = r + 1 - a, j = q + 1 - b;
+              if (i >= 0 && i < 16 && j >= 0 && j < 16)
+                want += (double)wp[((oc * 64 + c) * 3 + a) * 3 + b] * yp[(oc * 16 + i) * 16 + j];
+            }
+        double err = fabs(ad_tensor_get(x, (c * 16 + r) * 16 + q) - want) / want;
+        worst = err > worst ? err : worst;
+      }
+  cr_log_info("worst relative error of conv_transpose2d without scratch: %.3g", worst);
+  cr_assert_lt(worst, 1e-6, "conv_transpose2d without scratch is off by %.3g", worst);
+  ad_tape_reset(cx);
+  ad_tensor_free(y);
+  ad_tensor_free(w);
+  ad_ctx_free(cx);
+}
+
 /* conv1d is conv2d over H = 1: against a hand-computed case with a bias,
  * stride 2 and asymmetric padding. */
 Test(conv, conv1d_by_hand) {
