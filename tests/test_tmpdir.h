@@ -14,6 +14,7 @@
  * - tmpdir: the current test's folder.
  * - test_path(name): tmpdir/name.
  * - test_write_file(path, data, n): writes n bytes or fails the test.
+ * - test_read_file(path, &n): the file's bytes (malloc'd) or fails the test.
  * - test_remove_tree(path): removes a file or a folder and all it holds. */
 #ifndef TEST_TMPDIR_H
 #define TEST_TMPDIR_H
@@ -81,6 +82,19 @@ static inline void test_write_file(const char *path, const void *data, size_t n)
   bool ok = n == 0 || fwrite(data, 1, n, f) == n;
   ok = fclose(f) == 0 && ok;
   QUICK_ASSERT(ok, "cannot write %s", path);
+}
+
+/* The whole of the file at path in a new malloc'd buffer (the caller frees
+ * it), its size in *n; fails the test if anything goes wrong. */
+static inline unsigned char *test_read_file(const char *path, long *n) {
+  FILE *f = fopen(path, "rb");
+  QUICK_ASSERT(f, "cannot open %s", path);
+  bool ok = fseek(f, 0, SEEK_END) == 0 && (*n = ftell(f)) >= 0 && fseek(f, 0, SEEK_SET) == 0;
+  unsigned char *data = ok ? malloc(*n ? (size_t)*n : 1) : NULL;
+  ok = data && fread(data, 1, (size_t)*n, f) == (size_t)*n;
+  fclose(f);
+  QUICK_ASSERT(ok, "cannot read %s", path);
+  return data;
 }
 
 /* The allocator's live blocks in a TEST_TMPDIR_SUITE test, less the slabs
