@@ -298,7 +298,7 @@ Test(gemm, across_blocks, .timeout = 300) {
  * with k. Every kernel and OpenBLAS are within 9e-7 of sum |a b| here (the
  * bound 3e-6 leaves 3x that); the reference loop, when it added each
  * product into C (the forms without B transposed), was off by 1.2e-5. */
-Test(gemm, deep_products_keep_their_accuracy, .timeout = 120) {
+Test(gemm, deep_products_keep_their_accuracy, .timeout = 300) {
   const int64_t m = 8, n = 8, k = 100000;
   ad_rng rng;
   ad_rng_seed(&rng, 11);
