@@ -28,7 +28,9 @@
  * f32 3x3 kernels at stride 1 and dilation 1 with one group, padding at
  * most 2, 16 or more channels on each side and outputs of 4x4 or more take
  * Winograd F(4x4, 3x3) instead (kernels/winograd.c: 4x fewer
- * multiplications; the other two ops are the forward's adjoints), in
+ * multiplications; the other two ops are the forward's adjoints, except
+ * the input gradient where dx needs no more tiles than dy: there it is
+ * dy's convolution with the flipped kernels, which rounds as conv2d), in
  * blocks of images fixed by the shape, dW again as partial sums over a
  * fixed partition of the blocks, so the bits still do not depend on the
  * thread count. Its rounding differs from the GEMM path's: each result is
@@ -615,8 +617,12 @@ static void convt_wino_range(void *ud, int64_t begin, int64_t end) {
   int s = slot_take(j);
   float *buf = (float *)slot_col(j, s);
   for (int64_t b = begin; b < end; b++) {
-    ad_wino_convt_block(&j->wino, b, j->u, (const float *)j->y, (const float *)j->bias,
-                        (float *)j->out, buf);
+    if (j->wino.flip) /* dy's convolution with the flipped kernels */
+      ad_wino_conv_block(&j->wino, b, j->u, (const float *)j->y, (const float *)j->bias,
+                         (float *)j->out, buf);
+    else
+      ad_wino_convt_block(&j->wino, b, j->u, (const float *)j->y, (const float *)j->bias,
+                          (float *)j->out, buf);
     wino_check_block(j, b, j->g.c * j->g.h * j->g.w);
   }
   slot_give(j, s);
@@ -660,7 +666,11 @@ static bool wino_run(ad_ctx *ctx, conv_job *j, int kind) {
   conv_job saved = *j;
   ad_arena_mark mark = ad_arena_mark_get(ctx);
   ad_wino *p = &j->wino;
-  ad_wino_init(p, g->n, g->c, g->h, g->w, g->o, g->oh, g->ow, g->pt, g->pl);
+  /* the input gradient as dy's convolution with the flipped kernels
+   * (conv2d's rounding) where that costs no more tiles, else the adjoint */
+  if (kind != OP_CONVT ||
+      !ad_wino_init_transposed(p, g->n, g->c, g->h, g->w, g->o, g->oh, g->ow, g->pt, g->pl))
+    ad_wino_init(p, g->n, g->c, g->h, g->w, g->o, g->oh, g->ow, g->pt, g->pl);
   size_t ubytes = (size_t)p->u_floats * sizeof(float);
   int64_t items = p->nblocks;
   if (kind == OP_WEIGHT) {

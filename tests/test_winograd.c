@@ -504,3 +504,39 @@ Test(winograd, arena_limit_after_reset_and_after_nan_fallback) {
   ad_set_num_threads(1);
   cr_assert_geq(compared, 20, "only %d limits compared", compared);
 }
+
+/* conv_transpose2d of data of one sign (uniform [0, 1) dy and kernels,
+ * 128 -> 128 channels, padding 1) rounds as conv2d: each result within
+ * 5e-6 of its terms' magnitudes (here its exact value) of the exact value
+ * (measured 1.5e-6). The adjoint of conv2d's transforms,
+ * which this op used to run, was off by 1.75e-5 here: its A makes the
+ * transformed dy large and of one sign, and its B amplifies the channel
+ * sum's rounding while cancelling it (kernels/winograd.c). */
+Test(winograd, transposed_rounds_as_conv2d_on_data_of_one_sign) {
+  enum { N = 1, C = 128, O = 128, H = 16, W = 16 };
+  ad_rng rng;
+  ad_rng_seed(&rng, 31);
+  int64_t ys[4] = {N, O, H, W}, ws[4] = {O, C, 3, 3};
+  ad_tensor *dy = ad_rand(ctx, &rng, AD_F32, 4, ys, 0, 1),
+            *w = ad_rand(ctx, &rng, AD_F32, 4, ws, 0, 1);
+  ad_tensor *dyd = as_f64(ctx, dy, false), *wd = as_f64(ctx, w, false);
+  ad_conv_opts o = {.padding = {1, 1, 1, 1}};
+  ad_tensor *exact = ad_conv_transpose2d(ctx, dyd, wd, NULL, &o);
+  ad_tensor *on = ad_conv_transpose2d(ctx, dy, w, NULL, &o);
+  cr_assert(ad_set_conv_winograd(false), "the path is on by default");
+  ad_tensor *off = ad_conv_transpose2d(ctx, dy, w, NULL, &o);
+  cr_assert(!ad_set_conv_winograd(true), "the previous setting");
+  cr_assert(exact && on && off, "%s", ad_last_error(ctx));
+  cr_assert(memcmp(on->data, off->data, (size_t)on->size * sizeof(float)), "the path did not run");
+  double worst = 0;
+  for (int64_t i = 0; i < exact->size; i++) {
+    double e = ad_tensor_get(exact, i);
+    cr_assert_gt(e, 0);
+    worst = fmax(worst, fabs(ad_tensor_get(on, i) - e) / e);
+  }
+  cr_log_info("conv_transpose2d, data of one sign: worst relative error %.3g", worst);
+  cr_assert_leq(worst, 5e-6, "worst relative error %.3g", worst);
+  ad_tape_reset(ctx);
+  ad_tensor *all[] = {dy, w, dyd, wd};
+  for (size_t t = 0; t < sizeof all / sizeof *all; t++) ad_tensor_free(all[t]);
+}

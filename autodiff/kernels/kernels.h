@@ -110,21 +110,34 @@ typedef struct ad_wino {
   int64_t nb, nblocks;                /* images per block, blocks */
   int64_t p_floats, v_floats, m_floats, q_floats, scratch_floats;
   int64_t u_floats, ut_floats; /* U [36, c, op] (and dU), its transpose [36, o, cp] */
+  bool flip; /* U of the kernels flipped, channels swapped; no UT (ad_wino_init_transposed) */
 } ad_wino;
 void ad_wino_init(ad_wino *p, int64_t n, int64_t c, int64_t h, int64_t w, int64_t o, int64_t oh,
                   int64_t ow, int64_t pt, int64_t pl);
+/* The same arguments (conv2d's geometry) for its input gradient,
+ * conv_transpose2d, where dx [n, c, h, w] needs no more 4x4 tiles than dy
+ * [n, o, oh, ow] (false, p untouched, otherwise): p is then the geometry
+ * of the convolution of dy, padded by 2 - pt and 2 - pl, with the kernels
+ * w [o, c, 3, 3] flipped and their channels swapped, into dx; run it with
+ * ad_wino_weights and ad_wino_conv_block (x = dy, y = dx). It rounds as
+ * conv2d does; ad_wino_convt_block, the adjoint, up to 10x worse for data
+ * of one sign (winograd.c). */
+bool ad_wino_init_transposed(ad_wino *p, int64_t n, int64_t c, int64_t h, int64_t w, int64_t o,
+                             int64_t oh, int64_t ow, int64_t pt, int64_t pl);
 /* The number of blocks of the kernel transforms below: 16 input x 16
  * output channels each (ceil(c / 16) ceil(o / 16)); blocks write disjoint
  * cache lines. */
 int64_t ad_wino_kblocks(const ad_wino *p);
 /* u (u_floats + ut_floats) = the kernels w [o, c, 3, 3] transformed,
  * U [36, c, op] then its transpose [36, o, cp], pad lanes zero, for the
- * channels of blocks [b0, b1). */
+ * channels of blocks [b0, b1) (p->flip: w [c, o, 3, 3] flipped, as
+ * conv_transpose2d gets it, and no transpose). */
 void ad_wino_weights(const ad_wino *p, const float *w, float *u, int64_t b0, int64_t b1);
 /* Block blk of conv2d(x, w) (+ bias, may be NULL) into y: whole tensors. */
 void ad_wino_conv_block(const ad_wino *p, int64_t blk, const float *u, const float *x,
                         const float *bias, float *y, float *scratch);
-/* Block blk of conv_transpose2d(dy, w) (+ bias) into dx, shaped like x. */
+/* Block blk of conv_transpose2d(dy, w) (+ bias) into dx, shaped like x, by
+ * the adjoint of conv2d's transforms (p from ad_wino_init). */
 void ad_wino_convt_block(const ad_wino *p, int64_t blk, const float *u, const float *dy,
                          const float *bias, float *dx, float *scratch);
 /* du (u_floats, the weight gradient in the transformed domain) = (first)

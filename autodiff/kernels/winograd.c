@@ -21,6 +21,22 @@
  *   weight gradient: dU[xi] = sum over tiles V[xi]^T dYh[xi],
  *                    dw = G^T dU G
  *
+ * The input gradient's adjoint form is ill-conditioned for data of one
+ * sign: A's rows (1, +-2, 4, +-8) make dYh large and of one sign (2.4e3
+ * for 512 channels of [0, 1) data, against results of 5e2), B then
+ * cancels it, and the channel sum's rounding, relative to dV, reaches dx
+ * multiplied by B's coefficients (up to 5 a side): sum |B| |dV| |B^T| is
+ * 20x |dx| on average, against 1.3x for the forward's A^T |M| A (whose
+ * cancelling transform B^T meets the data before the sum, exactly), so
+ * it is ~10x less accurate than conv2d. Where dx needs no more 4x4 tiles
+ * than dy (padding 1 or more on both sides of each axis: 'same'), the
+ * input gradient is computed instead as a forward convolution, of dy
+ * padded by 2 - pt and 2 - pl with the kernels flipped and their channels
+ * swapped, w'[c, o, i, j] = w[o, c, 2 - i, 2 - j] (ad_wino_init_transposed):
+ * the same cost, conv2d's rounding. Elsewhere (no padding: a 24x24 dy has
+ * 36 tiles, its 26x26 dx 49) that form would cost ~15% more, and the
+ * adjoint stays.
+ *
  * Buffers (all f32, 64-byte aligned, channel counts padded to 16 so each
  * transform runs on 16 channels at a time, one vector):
  *   P [nb, hp, wp, cp]   images of the block, channels last, zero padded
@@ -77,6 +93,15 @@ void ad_wino_init(ad_wino *p, int64_t n, int64_t c, int64_t h, int64_t w, int64_
   p->ut_floats = 36 * o * p->cp;
 }
 
+bool ad_wino_init_transposed(ad_wino *p, int64_t n, int64_t c, int64_t h, int64_t w, int64_t o,
+                             int64_t oh, int64_t ow, int64_t pt, int64_t pl) {
+  if (((h + 3) / 4) * ((w + 3) / 4) > ((oh + 3) / 4) * ((ow + 3) / 4)) return false;
+  ad_wino_init(p, n, o, oh, ow, c, h, w, 2 - pt, 2 - pl);
+  p->flip = true;
+  p->ut_floats = 0;
+  return true;
+}
+
 /* ------------------------------------------- kernel transforms (double) */
 
 /* G, the kernel transform, 6x3 */
@@ -102,7 +127,9 @@ static void kblock(const ad_wino *p, int64_t blk, int64_t *c0, int64_t *c1, int6
 }
 
 /* U[xi, c, o] = (G w[o, c] G^T)[xi] for the channels of blocks [b0, b1), in
- * double, rounded once, and its transpose UT[xi, o, c] after U; the blocks
+ * double, rounded once, and its transpose UT[xi, o, c] after U (for
+ * p->flip: of w'[o, c] = w[c, o] flipped, w then [c, o, 3, 3], and no UT,
+ * none being needed); the blocks
  * at the end of a side zero the pad lanes after it. A block writes whole
  * 64-byte lines of both (16 lanes of U's rows, op floats long, and of UT's,
  * cp floats), so threads taking different blocks never share a line. */
@@ -115,13 +142,15 @@ void ad_wino_weights(const ad_wino *p, const float *w, float *u, int64_t b0, int
       if (o1 == p->o)
         for (int64_t c = c0; c < c1; c++)
           for (int64_t o = o1; o < p->op; o++) u[(xi * p->c + c) * p->op + o] = 0;
-      if (c1 == p->c)
+      if (c1 == p->c && !p->flip)
         for (int64_t o = o0; o < o1; o++)
           for (int64_t c = c1; c < p->cp; c++) ut[(xi * p->o + o) * p->cp + c] = 0;
     }
     for (int64_t c = c0; c < c1; c++)
       for (int64_t o = o0; o < o1; o++) {
-        const float *k = w + (o * p->c + c) * 9;
+        float k[9];
+        for (int i = 0; i < 9; i++)
+          k[i] = p->flip ? w[(c * p->o + o) * 9 + 8 - i] : w[(o * p->c + c) * 9 + i];
         for (int a = 0; a < 6; a++) {
           double row[3];
           for (int v = 0; v < 3; v++)
@@ -129,7 +158,7 @@ void ad_wino_weights(const ad_wino *p, const float *w, float *u, int64_t b0, int
           for (int b = 0; b < 6; b++) {
             double s = wino_g[b][0] * row[0] + wino_g[b][1] * row[1] + wino_g[b][2] * row[2];
             u[((a * 6 + b) * p->c + c) * p->op + o] = (float)s;
-            ut[((a * 6 + b) * p->o + o) * p->cp + c] = (float)s;
+            if (!p->flip) ut[((a * 6 + b) * p->o + o) * p->cp + c] = (float)s;
           }
         }
       }
