@@ -116,17 +116,27 @@ ad_status nn_model_add_named(nn_model *m, const char *name, nn_layer *layer) {
     nn_layer_free(layer);
     return st;
   }
-  m->layers[m->nlayers++] = layer;
-  for (int i = 0; i < np; i++) {
+  /* out of memory while listing its tensors: the entries listed so far
+   * are dropped and the layer freed, so the model stays as it was (a
+   * layer kept with part of its tensors unlisted would be run but neither
+   * trained nor saved, and its name would stay taken) */
+  int np0 = nn_params_count(m->params), nb0 = nn_params_count(m->buffers);
+  for (int i = 0; i < np && st == AD_OK; i++) {
     snprintf(full, sizeof full, "%s.%s", name, nn_params_name(lp, i));
     st = nn_params_add(m->params, full, nn_params_tensor(lp, i), false);
-    if (st != AD_OK) return st; /* OOM only: the layer stays, partly listed */
   }
-  for (int i = 0; i < nb; i++) {
+  for (int i = 0; i < nb && st == AD_OK; i++) {
     snprintf(full, sizeof full, "%s.%s", name, nn_params_name(lb, i));
     st = nn_buffers_add(m->buffers, full, nn_params_tensor(lb, i), false, nn_params_store(lb, i));
-    if (st != AD_OK) return st; /* OOM only, as above */
   }
+  if (st != AD_OK) {
+    nn_params_truncate(m->params, np0);
+    nn_params_truncate(m->buffers, nb0);
+    nn_layer_destroy(layer);
+    nn_error_prefix(ctx, "model_add: layer '%s'", name);
+    return st;
+  }
+  m->layers[m->nlayers++] = layer;
   return AD_OK;
 }
 

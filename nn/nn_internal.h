@@ -48,6 +48,10 @@ ad_status nn_check_persistent(ad_ctx *ctx, const char *fn, const char *what, con
  * nn_params_release, which frees any list. */
 void nn_params_hold(nn_params *p);
 void nn_params_release(nn_params *p);
+/* Drops the entries of p from index n on (those added since its count was
+ * n), freeing the tensors they own: how a caller that added several
+ * entries undoes them when a later step fails. */
+void nn_params_truncate(nn_params *p, int n);
 /* Frees layer l whether or not a model adopted it (nn_model_free's way;
  * the public nn_layer_free refuses an adopted layer). */
 void nn_layer_destroy(nn_layer *l);

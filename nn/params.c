@@ -152,6 +152,18 @@ void nn_params_release(nn_params *p) {
   ad_free(ctx, p, sizeof *p);
 }
 
+void nn_params_truncate(nn_params *p, int n) {
+  if (!p || n < 0) return;
+  while (p->n > n) {
+    int i = --p->n;
+    HASH_DEL(p->by_name, p->entries[i]);
+    if (p->owned[i]) ad_tensor_free(p->tensors[i]);
+    nn_strfree(p->ctx, p->names[i]);
+    ad_free(p->ctx, p->entries[i], sizeof *p->entries[i]);
+  }
+  /* p->repeats may stay true: it only sends nn_params_repeat to its scan */
+}
+
 nn_params *nn_buffers_new(ad_ctx *ctx) {
   nn_params *p = nn_params_new(ctx);
   if (p) p->buffers = true;

@@ -1040,6 +1040,34 @@ Test(nn_oom, sequential_model_built_and_run_forward_backward) {
   sweep(&(scenario){"sequential", setup_data, run_model_build, print_model, false, false});
 }
 
+static void setup_model(world *w);
+
+/* A layer with parameters and buffers added to a built model under a
+ * dotted name: refused, the model is as it was (no layer kept with part
+ * of its tensors unlisted, its name free for the next try). */
+static ad_status run_model_add_named(world *w) {
+  nn_layer *l = nn_batch_norm1d_new(w->c, 8, NULL);
+  ad_status st = nn_model_add_named(w->m, "head.norm", l);
+  if (st != AD_OK) return st;
+  return nn_model_find_layer(w->m, "head.norm") == l ? AD_OK : AD_ERR_STATE;
+}
+
+/* the model's tensors and their names, its layers' count */
+static unsigned long print_model_names(world *w) {
+  unsigned long h = print_model(w) * 31 + (unsigned long)nn_model_layer_count(w->m);
+  for (int b = 0; b < 2; b++) {
+    nn_params *p = b ? nn_model_buffers(w->m) : nn_model_params(w->m);
+    for (int i = 0; i < nn_params_count(p); i++)
+      for (const char *n = nn_params_name(p, i); *n; n++) h = (h ^ (unsigned char)*n) * 31;
+  }
+  return h;
+}
+
+Test(nn_oom, model_add_named_is_atomic) {
+  sweep(&(scenario){"model_add_named", setup_model, run_model_add_named, print_model_names, true,
+                    true});
+}
+
 /* The optimizer kinds; g_kind % N_OPT_KINDS picks one. */
 enum { N_OPT_KINDS = NN_OPT_RPROP + 1 };
 

@@ -2253,7 +2253,7 @@ NN_API void nn_model_free(nn_model *m);
  * or a parameter or buffer name the model already has; a layer made on
  * another context than the model's; a parameter or buffer name that makes
  * "<layer>.<name>" longer than 255 bytes; or a layer that already belongs to a model, which is then
- * left alone) or AD_ERR_OOM. */
+ * left alone) or AD_ERR_OOM. On any failure the model is as it was. */
 NN_API ad_status nn_model_add(nn_model *m, nn_layer *layer);
 
 /** nn_model_add with a chosen name (non-empty, shorter than 200 bytes);
