@@ -514,10 +514,23 @@ ad_status ad_tensor_set_name(ad_tensor *t, const char *name) {
     return ad_set_error(n->ctx, AD_ERR_STATE, "tensor_set_name: the tensor was freed");
   if (n->magic != AD_NODE_MAGIC) return AD_ERR_ARG;
   ad_ctx *ctx = n->ctx;
-  name_remove(ctx, n);
-  if (!name || !name[0]) return AD_OK;
+  if (!name || !name[0]) {
+    name_remove(ctx, n);
+    return AD_OK;
+  }
   size_t len = strlen(name) + 1;
-  ad_name_ent *e = ad_malloc(ctx, sizeof *e);
+  ad_name_ent *e = NULL;
+  if (n->flags & AD_NF_NAMED) HASH_FIND_PTR(ctx->names, &n, e);
+  if (e) { /* a new name in its entry: refused, the old one stays */
+    char *copy = ad_malloc(ctx, len);
+    if (!copy)
+      return ad_set_error(ctx, AD_ERR_OOM, "tensor_set_name: out of memory naming '%.64s'", name);
+    memcpy(copy, name, len);
+    ad_free(ctx, e->name, strlen(e->name) + 1);
+    e->name = copy;
+    return AD_OK;
+  }
+  e = ad_malloc(ctx, sizeof *e);
   char *copy = e ? ad_malloc(ctx, len) : NULL;
   if (!copy) {
     ad_free(ctx, e, sizeof *e);

@@ -298,13 +298,6 @@ static ad_status list_add(nn_params *p, const char *fn, const char *name, ad_ten
     if (own && first < 0) ad_tensor_free(t); /* not one the list holds */
     return st;
   }
-  /* the tensor takes the name, for messages and graph dumps: a layer's
-   * "weight" becomes "0.weight" once a model lists it */
-  ad_status named = ad_tensor_set_name(t, name);
-  if (named != AD_OK) {
-    if (own && named != AD_ERR_STATE) ad_tensor_free(t);
-    return named;
-  }
   param_entry *e = NULL;
   char *copy = NULL;
   if (!params_reserve(p, p->n + 1) || !(e = ad_malloc(ctx, sizeof *e)) ||
@@ -323,6 +316,17 @@ static ad_status list_add(nn_params *p, const char *fn, const char *name, ad_ten
     ad_free(ctx, e, sizeof *e);
     if (own) ad_tensor_free(t);
     return ad_set_error(ctx, AD_ERR_OOM, "%s: out of memory growing the name map", fn);
+  }
+  /* the tensor takes the name, for messages and graph dumps: a layer's
+   * "weight" becomes "0.weight" once a model lists it; last, so that a
+   * call refused for memory leaves t's name as it was */
+  ad_status named = ad_tensor_set_name(t, name);
+  if (named != AD_OK) {
+    HASH_DEL(p->by_name, e);
+    nn_strfree(ctx, copy);
+    ad_free(ctx, e, sizeof *e);
+    if (own && named != AD_ERR_STATE) ad_tensor_free(t);
+    return named;
   }
   if (!p->buffers) ad_tensor_set_requires_grad(t, true);
   p->repeats |= first >= 0;

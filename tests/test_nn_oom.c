@@ -1068,6 +1068,38 @@ Test(nn_oom, model_add_named_is_atomic) {
                     true});
 }
 
+/* A tensor listed (not owned) in a parameter list that holds 9 entries,
+ * so the tenth grows its arrays: refused, its name is as it was. */
+static void setup_params_add(world *w) {
+  w->p = nn_params_new(w->c);
+  int64_t n = 2;
+  for (int i = 0; i < 9; i++) {
+    char name[8];
+    snprintf(name, sizeof name, "p%d", i);
+    cr_assert_eq(nn_params_add(w->p, name, data(w->c, 1, &n, (uint64_t)i), true), AD_OK);
+  }
+  w->x = data(w->c, 1, &n, 9);
+  cr_assert_eq(ad_tensor_set_name(w->x, "mine"), AD_OK);
+}
+
+static ad_status run_params_add(world *w) {
+  return nn_params_add(w->p, "model.weight", w->x, false);
+}
+
+/* the list's names and the tensor's */
+static unsigned long print_params_names(world *w) {
+  unsigned long h = (unsigned long)nn_params_count(w->p);
+  for (const char *n = ad_tensor_name(w->x); n && *n; n++) h = (h ^ (unsigned char)*n) * 31;
+  for (int i = 0; i < nn_params_count(w->p); i++)
+    for (const char *n = nn_params_name(w->p, i); *n; n++) h = (h ^ (unsigned char)*n) * 31;
+  return h;
+}
+
+Test(nn_oom, params_add_is_atomic) {
+  sweep(
+      &(scenario){"params_add", setup_params_add, run_params_add, print_params_names, true, true});
+}
+
 /* The optimizer kinds; g_kind % N_OPT_KINDS picks one. */
 enum { N_OPT_KINDS = NN_OPT_RPROP + 1 };
 
