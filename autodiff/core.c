@@ -996,8 +996,8 @@ ad_tensor *ad_randn(ad_ctx *ctx, ad_rng *rng, ad_dtype dt, int ndim, const int64
     ad_set_error(ctx, AD_ERR_ARG, "randn: mean %g and std %g must be finite, std >= 0", mean, std);
     return NULL;
   }
-  /* truncated normal draws are no distribution anyone asks for (PyTorch:
-   * "normal_kernel_cpu" not implemented for 'Int') */
+  /* truncated normal draws are no distribution anyone asks for (PyTorch's
+   * normal_ refuses integer tensors too) */
   if (ctx && dt == AD_I32) {
     ad_set_error(ctx, AD_ERR_DTYPE, "randn: dtype i32; normal draws need f32 or f64");
     return NULL;
