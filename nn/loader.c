@@ -6,7 +6,15 @@
  * slot into the batch tensors, and frees the slot for the next batch. Batch
  * k goes into slot k % prefetch, so batches come out in order whichever
  * thread finished first. Every hand-over (order, slots, counters) happens
- * under one mutex. */
+ * under one mutex.
+ *
+ * fork() copies only the thread that calls it: in a forked child the
+ * loader's workers are gone, and its mutex may be held by one of them. A
+ * loader used in a child forked after it was made (fork_gen, counted by an
+ * atfork handler, differs from the loader's) takes a fresh mutex and
+ * conditions, frees every slot, and has the epoch's batches from the next
+ * one it hands out loaded again by workers of the child's own (the same
+ * batches: the epoch's order was copied with the rest of the process). */
 #include "nn_internal.h"
 
 #include <pthread.h>
@@ -15,6 +23,12 @@
 #include <stdio.h>
 
 #define MAX_WORKERS 256
+
+static _Atomic unsigned fork_gen; /* forks since the process started, in this process's line */
+static void count_fork(void) { atomic_fetch_add(&fork_gen, 1); }
+static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
+static int fork_registered; /* pthread_atfork's result: 0 when the handler is in place */
+static void register_fork_count(void) { fork_registered = pthread_atfork(NULL, NULL, count_fork); }
 
 enum { SLOT_FREE, SLOT_BUSY, SLOT_READY };
 
@@ -52,6 +66,7 @@ struct nn_loader {
   int busy;
   pthread_t *th;
   int started;
+  unsigned gen; /* fork_gen when the workers were started */
 };
 
 /* Rows [*b, *e) of batch k's positions in the epoch's order, for this
@@ -181,6 +196,41 @@ static bool sample_bytes(ad_dtype dt, bool labels, int ndim, const int64_t *shap
   return true;
 }
 
+/* Starts the workers that are not running (started counts those running,
+ * which free joins: not one that could not be created). False when one
+ * cannot be started. */
+static bool start_workers(nn_loader *l) {
+  l->gen = atomic_load(&fork_gen);
+  while (l->started < l->workers) {
+    if (pthread_create(&l->th[l->started], NULL, worker, l) != 0) return false;
+    l->started++;
+  }
+  return true;
+}
+
+/* In a child forked since the workers started (see the top): forgets them,
+ * with the lock, conditions and loads they may have held. The next
+ * nn_loader_next starts new ones. */
+static bool forget_parent_workers(nn_loader *l) {
+  if (l->gen == atomic_load(&fork_gen)) return l->sync_ok;
+  l->sync_ok = pthread_mutex_init(&l->mu, NULL) == 0;
+  if (l->sync_ok && pthread_cond_init(&l->work, NULL) != 0) {
+    pthread_mutex_destroy(&l->mu);
+    l->sync_ok = false;
+  }
+  if (l->sync_ok && pthread_cond_init(&l->done, NULL) != 0) {
+    pthread_cond_destroy(&l->work);
+    pthread_mutex_destroy(&l->mu);
+    l->sync_ok = false;
+  }
+  l->started = 0;
+  l->busy = 0;
+  l->issued = l->consumed;
+  for (int i = 0; i < l->nslots; i++) l->slots[i].state = SLOT_FREE;
+  l->gen = atomic_load(&fork_gen);
+  return l->sync_ok;
+}
+
 nn_loader *nn_loader_new(ad_ctx *ctx, const nn_dataset *ds, const nn_loader_opts *opts) {
   if (!ctx) return NULL;
   if (!ds || !ds->get) {
@@ -239,6 +289,7 @@ nn_loader *nn_loader_new(ad_ctx *ctx, const nn_dataset *ds, const nn_loader_opts
   if (!l) return NULL;
   memset(l, 0, sizeof *l);
   atomic_init(&l->stop, false);
+  l->gen = atomic_load(&fork_gen);
   l->ctx = ctx;
   l->ds = *ds;
   l->opts = o;
@@ -264,6 +315,14 @@ nn_loader *nn_loader_new(ad_ctx *ctx, const nn_dataset *ds, const nn_loader_opts
   }
   memset(l->slots, 0, (size_t)nslots * sizeof *l->slots);
   if (l->workers) {
+    pthread_once(&fork_once, register_fork_count);
+    if (fork_registered != 0) {
+      nn_loader_free(l);
+      ad_set_error(ctx, AD_ERR_OOM,
+                   "loader_new: cannot register the handler that keeps a "
+                   "forked child's loader working (pthread_atfork)");
+      return NULL;
+    }
     if (pthread_mutex_init(&l->mu, NULL) != 0)
       ok = false;
     else if (pthread_cond_init(&l->work, NULL) != 0) {
@@ -275,11 +334,7 @@ nn_loader *nn_loader_new(ad_ctx *ctx, const nn_dataset *ds, const nn_loader_opts
       ok = false;
     }
     l->sync_ok = ok;
-    /* started counts the threads running, which free joins: not one that
-     * could not be created */
-    while (ok && l->started < l->workers)
-      if ((ok = pthread_create(&l->th[l->started], NULL, worker, l) == 0)) l->started++;
-    if (!ok) {
+    if (!ok || !start_workers(l)) {
       nn_loader_free(l);
       ad_set_error(ctx, AD_ERR_STATE, "loader_new: cannot start %d worker threads", o.num_workers);
       return NULL;
@@ -293,6 +348,11 @@ ad_status nn_loader_next(nn_loader *l, ad_tensor **xb, ad_tensor **yb) {
   if (yb) *yb = NULL;
   if (!l) return AD_ERR_NULL;
   if (!xb || !yb) return nn_null_arg(l->ctx, "loader_next", !xb ? "xb" : "yb");
+  if (l->workers && (!forget_parent_workers(l) || !start_workers(l)))
+    return ad_set_error(l->ctx, AD_ERR_STATE,
+                        "loader_next: cannot start %d worker threads in this process (forked "
+                        "since the loader was made; %d running)",
+                        l->workers, l->started);
   if (!l->in_epoch) start_epoch(l);
   int64_t k = l->consumed;
   if (k >= l->nb) {
@@ -347,7 +407,13 @@ ad_status nn_loader_next(nn_loader *l, ad_tensor **xb, ad_tensor **yb) {
 }
 
 void nn_loader_reset(nn_loader *l) {
-  if (l) end_epoch(l);
+  if (!l) return;
+  if (l->workers && !forget_parent_workers(l)) { /* no lock in the child: nothing waits on it */
+    l->in_epoch = false;
+    l->issued = l->consumed = 0;
+    return;
+  }
+  end_epoch(l);
 }
 
 int64_t nn_loader_batches(const nn_loader *l) { return l ? l->nb : 0; }
@@ -368,6 +434,7 @@ ad_ctx *nn_loader_ctx(const nn_loader *l) { return l->ctx; }
 void nn_loader_free(nn_loader *l) {
   if (!l) return;
   ad_ctx *ctx = l->ctx;
+  if (l->workers) (void)forget_parent_workers(l); /* a forked child joins none */
   if (l->sync_ok) {
     pthread_mutex_lock(&l->mu);
     l->quit = true;

@@ -14,7 +14,9 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 
 TEST_CTX_SUITE(loader);
 TEST_CTX_SUITE_ALSO(misuse_loader);
@@ -307,6 +309,74 @@ Test(loader, reset_and_free_stop_a_batch_loading) {
       nn_loader_free(l);
     }
   }
+}
+
+/* fork() copies only the calling thread (loader.c's top comment): a
+ * loader with workers, used in a child forked mid-epoch while its workers
+ * were loading, gives the rest of the epoch's batches (nn_batcher's, as
+ * before the fork) and the next epoch's from workers of the child's own;
+ * reset and free there do not wait for the parent's workers; the parent's
+ * loader goes on. The child's exit status names the check that failed (an
+ * alarm ends a child that hangs). */
+static bool same_labels(const ad_tensor *yb, const ad_tensor *by) {
+  if (!yb || !by || yb->size != by->size) return false;
+  for (int64_t i = 0; i < yb->size; i++)
+    if (ad_tensor_get(yb, i) != ad_tensor_get(by, i)) return false;
+  return true;
+}
+
+static int forked_loader_checks(nn_loader *l, nn_loader *idle, nn_batcher *b,
+                                const nn_dataset *ds) {
+  alarm(30);
+  ad_tensor *xb, *yb, *bx, *by;
+  for (int epoch = 0; epoch < 2; epoch++) {
+    while (nn_batcher_next(b, &bx, &by)) {
+      if (nn_loader_next(l, &xb, &yb) != AD_OK) return 10;
+      if (!same_labels(yb, by)) return 11;
+    }
+    if (nn_loader_next(l, &xb, &yb) != AD_OK || xb || yb) return 12; /* the epoch's end */
+  }
+  if (nn_loader_next(l, &xb, &yb) != AD_OK || !xb) return 13;
+  nn_loader_reset(l);
+  nn_loader_free(l);
+  nn_loader_free(idle); /* its workers are the parent's: nothing to join */
+  nn_loader *fresh = nn_loader_new(ctx, ds, &(nn_loader_opts){.batch_size = 4, .num_workers = 2});
+  int batches = 0;
+  for (; fresh && nn_loader_next(fresh, &xb, &yb) == AD_OK && xb; batches++)
+    if (ad_tensor_get(yb, 0) != 4.0 * batches) return 14;
+  nn_loader_free(fresh);
+  return batches == 6 ? 0 : 15;
+}
+
+Test(loader, forked_child_loads_with_workers_of_its_own, .timeout = 120) {
+  rows_ds d = {.fail_at = -1, .jitter = true, .xd = AD_F32, .yd = AD_I32};
+  nn_dataset ds = rows_dataset(&d, 23);
+  ad_tensor *x, *y, *xb, *yb, *bx, *by;
+  rows_tensors(ctx, 23, &x, &y);
+  nn_batcher *b = nn_batcher_new(ctx, x, y, 5, true, 3);
+  nn_loader_opts o = {.batch_size = 5, .shuffle = true, .seed = 3, .num_workers = 3, .prefetch = 4};
+  nn_loader *l = nn_loader_new(ctx, &ds, &o);
+  nn_loader *idle = nn_loader_new(ctx, &ds, &o);
+  cr_assert(l && idle);
+  cr_assert(nn_batcher_next(b, &bx, &by));
+  cr_assert_eq(nn_loader_next(l, &xb, &yb), AD_OK); /* the workers load batches 1-4 now */
+  same_batch(yb, by);
+  cr_assert_eq(nn_loader_next(idle, &xb, &yb), AD_OK);
+  fflush(NULL);
+  pid_t pid = fork();
+  if (pid == 0) _exit(forked_loader_checks(l, idle, b, &ds));
+  cr_assert_gt(pid, 0);
+  int status = 0;
+  cr_assert_eq(waitpid(pid, &status, 0), pid);
+  cr_assert(WIFEXITED(status), "the child ended by signal %d (14: it hung)",
+            WIFSIGNALED(status) ? WTERMSIG(status) : -1);
+  cr_assert_eq(WEXITSTATUS(status), 0, "the child's check %d failed", WEXITSTATUS(status));
+  cr_assert(nn_batcher_next(b, &bx, &by));
+  cr_assert_eq(nn_loader_next(l, &xb, &yb), AD_OK);
+  same_batch(yb, by);
+  nn_loader_free(idle);
+  nn_loader_free(l);
+  nn_batcher_free(b);
 }
 
 /* A batch handed out is overwritten by the next: a backward through an op

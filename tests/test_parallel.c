@@ -12,7 +12,9 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "test_alloc.h"
 
@@ -223,6 +225,87 @@ Test(parallel, thread_stats_count_the_workers_and_the_caller) {
                 st.caller_wait_s == 0,
             "after the reset: %lld loops", (long long)st.loops);
   ad_thread_stats_get(NULL, false); /* NULL: nothing to fill */
+  ad_set_num_threads(1);
+}
+
+/* What a forked child of a process with workers finds (the pool's top
+ * comment): ad_num_threads() as set, and workers of its own that run
+ * chunks, also after ad_set_num_threads; the child's exit status says
+ * which check failed (an alarm ends a child that hangs). */
+static bool covers_once(int64_t n) { /* check_cover without Criterion, for a child */
+  visit v = {calloc((size_t)n, sizeof(_Atomic int)), 1, n, 0};
+  if (!v.count) return false;
+  ad_parallel_for(n, 1, mark, &v);
+  bool ok = true;
+  for (int64_t i = 0; i < n; i++) ok &= atomic_load(&v.count[i]) == 1;
+  free(v.count);
+  return ok;
+}
+
+static int forked_pool_checks(int threads) {
+  alarm(30);
+  if (ad_num_threads() != threads) return 10;
+  for (int round = 0; round < 2; round++) {
+    ad_thread_stats st;
+    ad_thread_stats_get(NULL, true);
+    int loops = 0;
+    do {
+      if (!covers_once(1000)) return 14;
+      ad_parallel_for(16, 1, sleepy, NULL);
+      loops++;
+      ad_thread_stats_get(&st, false);
+    } while (st.chunks == 0 && loops < 200);
+    if (st.chunks == 0) return 11 + round; /* no worker ever ran a chunk */
+    if (ad_set_num_threads(1) != AD_OK || ad_set_num_threads(threads) != AD_OK) return 13;
+  }
+  return 0;
+}
+
+static void expect_child_ok(pid_t pid, const char *what) {
+  cr_assert_gt(pid, 0, "%s: fork failed", what);
+  int status = 0;
+  cr_assert_eq(waitpid(pid, &status, 0), pid);
+  cr_assert(WIFEXITED(status), "%s: the child ended by signal %d (14: it hung)", what,
+            WIFSIGNALED(status) ? WTERMSIG(status) : -1);
+  cr_assert_eq(WEXITSTATUS(status), 0, "%s: the child's check %d failed", what,
+               WEXITSTATUS(status));
+}
+
+Test(parallel, forked_child_has_workers_of_its_own, .timeout = 120) {
+  cr_assert_eq(ad_set_num_threads(3), AD_OK);
+  check_cover(1000, 1); /* the workers run */
+  fflush(NULL);
+  pid_t pid = fork();
+  if (pid == 0) _exit(forked_pool_checks(3));
+  expect_child_ok(pid, "fork after loops");
+  check_cover(1000, 1); /* the parent's pool is as it was */
+  cr_assert_eq(ad_num_threads(), 3);
+  ad_set_num_threads(1);
+}
+
+/* A fork while another thread is in a loop waits for that loop to end: the
+ * child does not inherit a pool locked by a thread it does not have. */
+static void *loops_until_stopped(void *arg) {
+  _Atomic bool *stop = arg;
+  while (!atomic_load(stop)) ad_parallel_for(8, 1, sleepy, NULL);
+  return NULL;
+}
+
+Test(parallel, fork_during_another_threads_loop, .timeout = 120) {
+  cr_assert_eq(ad_set_num_threads(2), AD_OK);
+  _Atomic bool stop = false;
+  pthread_t t;
+  cr_assert_eq(pthread_create(&t, NULL, loops_until_stopped, &stop), 0);
+  for (int i = 0; i < 5; i++) {
+    struct timespec ts = {0, 700000};
+    nanosleep(&ts, NULL); /* mid-loop, most of the time */
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) _exit(forked_pool_checks(2));
+    expect_child_ok(pid, "fork beside a loop");
+  }
+  atomic_store(&stop, true);
+  pthread_join(t, NULL);
   ad_set_num_threads(1);
 }
 

@@ -43,7 +43,16 @@
  * With OpenBLAS, ad_set_num_threads (matmul.c: the pool's size and the
  * products' side of it) sets it to one thread: the library splits large
  * products over its own threads instead, so BLAS threads never spin
- * beside these. */
+ * beside these.
+ *
+ * fork() copies only the thread that calls it. A child of a process with
+ * workers would otherwise keep a pool whose workers do not exist: every
+ * loop run by the caller alone while ad_num_threads() still says n, and
+ * ad_set_num_threads unable to start them again (it counts them as
+ * started). So fork waits for a loop in progress to end (the prepare
+ * handler takes the submit lock) and the child starts with a fresh pool
+ * that starts its workers again at its first loop, as PyTorch's pool does
+ * in a forked child. */
 #include "kernels.h"
 
 #include <pthread.h>
@@ -86,6 +95,8 @@ static struct {
   _Atomic int active;  /* workers allowed to claim: threads - 1 */
   int started;         /* workers created */
   _Atomic int threads; /* ad_num_threads() */
+  _Atomic bool lost;   /* a forked child whose workers stayed in the parent */
+  bool fork_locked;    /* the prepare handler holds submit */
   /* the current job, stable while any of its chunks is outstanding */
   ad_range_fn fn;
   void *ud;
@@ -249,12 +260,52 @@ static void *worker(void *arg) {
   return NULL;
 }
 
-ad_status ad_pool_set_threads(int n) {
-  if (n < 1) return AD_ERR_ARG;
-  if (in_task) return AD_ERR_STATE; /* the pool is busy with the caller's own loop */
-  if (n > MAX_THREADS) n = MAX_THREADS;
+/* fork's handlers (see the top), registered with the first worker. A fork
+ * from inside a chunk (a range function that forks) cannot wait for its
+ * own loop: then the child's pool is made fresh all the same, and only the
+ * parent's loop goes on as it was. */
+static void fork_prepare(void) {
+  if (in_task) return;
   pthread_mutex_lock(&pool.submit);
+  pool.fork_locked = true;
+}
+
+static void fork_parent(void) {
+  if (!pool.fork_locked) return;
+  pool.fork_locked = false;
+  pthread_mutex_unlock(&pool.submit);
+}
+
+static void fork_child(void) {
+  static const pthread_mutex_t mu0 = PTHREAD_MUTEX_INITIALIZER;
+  static const pthread_cond_t cv0 = PTHREAD_COND_INITIALIZER;
+  /* a worker may have held these: the child has none, and new locks */
+  pool.submit = mu0;
+  pool.sleep_mu = mu0;
+  pool.wake = cv0;
+  pool.fork_locked = false;
+  atomic_store(&pool.sleepers, 0);
+  atomic_store(&pool.active, 0);
+  pool.started = 0;
+  /* every chunk of a loop the parent had in flight is not this process's */
+  for (int h = 0; h < MAX_THREADS; h++) atomic_store(&pool.home[h].word, 0);
+  pool.serial_until = pool.backoff = pool.last_stall = 0;
+  atomic_store(&pool.lost, atomic_load(&pool.threads) > 1);
+}
+
+static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
+
+/* Without the handlers (pthread_atfork out of memory) a forked child runs
+ * its loops on the calling thread alone, as before them. */
+static void register_fork_handlers(void) {
+  (void)pthread_atfork(fork_prepare, fork_parent, fork_child);
+}
+
+/* Starts workers until there are n - 1 (or a thread cannot be started) and
+ * lets min(n, workers + 1) threads take part. Called with submit held. */
+static ad_status start_workers(int n) {
   ad_status st = AD_OK;
+  if (pool.started < n - 1) pthread_once(&fork_once, register_fork_handlers);
   while (pool.started < n - 1) {
     pthread_t t;
     pthread_attr_t attr;
@@ -271,6 +322,16 @@ ad_status ad_pool_set_threads(int n) {
   int threads = pool.started + 1 < n ? pool.started + 1 : n;
   atomic_store(&pool.active, threads - 1);
   atomic_store(&pool.threads, threads);
+  atomic_store(&pool.lost, false);
+  return st;
+}
+
+ad_status ad_pool_set_threads(int n) {
+  if (n < 1) return AD_ERR_ARG;
+  if (in_task) return AD_ERR_STATE; /* the pool is busy with the caller's own loop */
+  if (n > MAX_THREADS) n = MAX_THREADS;
+  pthread_mutex_lock(&pool.submit);
+  ad_status st = start_workers(n);
   pthread_mutex_unlock(&pool.submit);
   return st;
 }
@@ -295,6 +356,8 @@ void ad_parallel_for(int64_t n, int64_t grain, ad_range_fn fn, void *ud) {
     fn(ud, 0, n);
     return;
   }
+  if (atomic_load_explicit(&pool.lost, memory_order_relaxed))
+    (void)start_workers(ad_num_threads()); /* a forked child: its own workers (on failure, fewer) */
   /* read under the lock: ad_set_num_threads may have changed it since the
    * check above, and a count larger than pool.threads would deal chunks to
    * workers that no longer take part */

@@ -63,7 +63,10 @@
  *
  * Threading
  *   A context and its tensors are used by one thread at a time. Separate
- *   contexts are independent.
+ *   contexts are independent. After fork() the child keeps its contexts
+ *   and its ad_set_num_threads setting, and starts worker threads of its
+ *   own at its first parallel loop (fork copies only the calling thread);
+ *   fork waits for a parallel loop another thread has in progress.
  *
  * Reproducibility
  *   The same inputs give the same bits on any number of threads
@@ -1479,7 +1482,9 @@ AD_API ad_status ad_gradgradcheck(ad_ctx *ctx, ad_check_fn fn, void *ud, int n,
  * bits (as under its own threading). n is capped at 64. Returns AD_ERR_ARG
  * for n < 1, AD_ERR_STATE when called from inside an ad_parallel_for,
  * AD_ERR_OOM when a thread cannot be started (the library then uses the
- * threads it has). @{ */
+ * threads it has). In a child forked from a process with workers,
+ * ad_num_threads() is the parent's setting and the child's first parallel
+ * loop starts workers of its own (or uses the threads it can start). @{ */
 AD_API ad_status ad_set_num_threads(int n);
 AD_API int ad_num_threads(void);
 /** @} */

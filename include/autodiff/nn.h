@@ -3735,7 +3735,11 @@ typedef struct nn_loader nn_loader;
  * num_workers > 0, that many threads (pthreads, the loader's own, not the
  * engine's, ad_set_num_threads) load up to prefetch batches ahead into
  * buffers of the loader; the batches still come out in the epoch's order.
- * The threads never touch ctx or its tensors. Returns NULL with
+ * The threads never touch ctx or its tensors. fork() copies only the
+ * calling thread: in a child forked since the loader was made, the next
+ * nn_loader_next starts workers of the child's own and loads again the
+ * batches the parent's had in flight (the same batches), and reset and free
+ * do not wait for the parent's. Returns NULL with
  * AD_ERR_NULL (ctx, ds or get NULL), AD_ERR_ARG (len < 0, a bad dtype,
  * ndim or dimension < 0, batch size < 0, num_workers < 0 or over 256,
  * prefetch < 0, prefetch > 0 without workers as PyTorch refuses a
