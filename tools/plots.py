@@ -31,6 +31,7 @@ RECIPES = {
     "exploding": ([], ["exploding.csv"], ["exploding.svg", "exploding_loss.svg"]),
     "vanishing_rnn": ([], ["vanishing_rnn.csv"], ["vanishing_rnn.svg"]),
     "descent": ([], ["descent.csv"], ["descent.svg", "descent_grads.svg"]),
+    "parallel": ([], ["parallel.csv", "parallel_threads.csv"], ["parallel.svg"]),
 }
 SHARED = ["examples/teach.h", "tools/plot/plot.c", "tools/plot/plot.h", "tools/plots.py"]
 MANIFEST = "docs/img/plots.sha256"
