@@ -528,18 +528,68 @@ static void run_gather(void *ud) {
   if (!nn_batcher_next(q->b, &xb, &yb)) nn_batcher_next(q->b, &xb, &yb); /* new epoch */
 }
 
+/* A model's weights and biases (layers[0] -> ... -> layers[nlayers - 1])
+ * in dtype dt, each with a gradient (filled at random: an update does the
+ * same work whatever its values), as a new parameter list; *total gets
+ * their element count. */
+static nn_params *model_params(ad_ctx *ctx, ad_rng *rng, ad_dtype dt, int nlayers,
+                               const int64_t *layers, int64_t *total) {
+  nn_params *ps = nn_params_new(ctx);
+  check_ctx(ctx, ps, "params");
+  *total = 0;
+  for (int l = 0; l + 1 < nlayers; l++) {
+    int64_t ws[2] = {layers[l + 1], layers[l]}, bs[1] = {ws[0]};
+    ad_tensor *w = ad_randn(ctx, rng, dt, 2, ws, 0, 0.05);
+    ad_tensor *b = ad_zeros(ctx, dt, 1, bs);
+    check_ctx(ctx, w && b ? w : NULL, "weights");
+    ad_tensor *pair[2] = {w, b};
+    for (int k = 0; k < 2; k++) {
+      /* a backward pass gives the parameter its grad buffer */
+      ad_tensor_set_requires_grad(pair[k], true);
+      ad_backward(ctx, ad_sum(ctx, pair[k]), NULL);
+      ad_tape_reset(ctx);
+      check_ctx(ctx, pair[k]->grad, "grad");
+      fill_uniform(rng, dt, pair[k]->grad->data, pair[k]->size);
+      *total += pair[k]->size;
+      char pn[16];
+      snprintf(pn, sizeof pn, "%c%d", k ? 'b' : 'w', l + 1);
+      check_ctx(ctx, nn_params_add(ps, pn, pair[k], true) == AD_OK ? ps : NULL, "params_add");
+    }
+  }
+  return ps;
+}
+
+/* One optimizer's step over ps, timed: a row of name, params, us/step and
+ * ns/param. */
+static void time_optimizer(ad_ctx *ctx, const char *name, nn_params *ps, int64_t total,
+                           const nn_opt_config_ext *cfg) {
+  nn_optimizer *o = nn_optimizer_new_ext(ps, cfg);
+  check_ctx(ctx, o, "optimizer");
+  bench_fn fn[1] = {run_optim};
+  void *ud[1] = {o};
+  double sec;
+  time_calls(1, fn, ud, &sec);
+  printf("%-26s %11lld %11.1f %11.3f\n", name, (long long)total, sec * 1e6,
+         sec * 1e9 / (double)total);
+  fflush(stdout);
+  nn_optimizer_free(o);
+}
+
 /* The two parts of a training step that are neither products nor ops:
  * Adam's sweep over every parameter (gradients held fixed: the sweep does
- * the same work whatever their values) and the gather of a shuffled batch. */
+ * the same work whatever their values) and the gather of a shuffled batch.
+ * Then every optimizer kind's sweep over the seed model in each dtype
+ * (optim/KIND/DTYPE, PyTorch's defaults; rmsprop_cm centered with
+ * momentum 0.9, sgd_m with momentum 0.9): a kind whose loop the compiler
+ * left unvectorized shows as a multiple of the others' ns per param. */
 static void bench_nn(ad_ctx *ctx, ad_rng *rng) {
   static const struct {
     const char *name;
     int nlayers;
     int64_t layers[4], batch;
   } models[] = {{"seed", 4, {784, 64, 64, 10}, 32}, {"wide", 4, {784, 1024, 1024, 10}, 256}};
-  if (!opt.f32) return;
   bool header = false;
-  for (size_t mi = 0; mi < sizeof models / sizeof *models; mi++) {
+  for (size_t mi = 0; opt.f32 && mi < sizeof models / sizeof *models; mi++) {
     char name[64];
     snprintf(name, sizeof name, "optim/adam/f32/%s", models[mi].name);
     if (!selected(name)) continue;
@@ -548,38 +598,40 @@ static void bench_nn(ad_ctx *ctx, ad_rng *rng) {
       printf("%-26s %11s %11s %11s\n", "name", "params", "us/step", "ns/param");
       header = true;
     }
-    nn_params *ps = nn_params_new(ctx);
-    check_ctx(ctx, ps, "params");
+    int64_t total;
+    nn_params *ps = model_params(ctx, rng, AD_F32, models[mi].nlayers, models[mi].layers, &total);
+    time_optimizer(ctx, name, ps, total,
+                   &(nn_opt_config_ext){.base = nn_opt_defaults(NN_OPT_ADAM, 1e-3)});
+    nn_params_free(ps);
+  }
+  static const char *const kinds[] = {"sgd",      "sgd_m", "adagrad", "rmsprop", "rmsprop_cm",
+                                      "adam",     "adamw", "adamax",  "nadam",   "radam",
+                                      "adadelta", "asgd",  "rprop"};
+  static const nn_opt_kind kind_of[] = {
+      NN_OPT_SGD,      NN_OPT_SGD,   NN_OPT_ADAGRAD, NN_OPT_RMSPROP, NN_OPT_RMSPROP,
+      NN_OPT_ADAM,     NN_OPT_ADAMW, NN_OPT_ADAMAX,  NN_OPT_NADAM,   NN_OPT_RADAM,
+      NN_OPT_ADADELTA, NN_OPT_ASGD,  NN_OPT_RPROP};
+  header = false;
+  for (int d = 0; d < 2; d++) {
+    ad_dtype dt = d ? AD_F64 : AD_F32;
+    if ((dt == AD_F32 && !opt.f32) || (dt == AD_F64 && !opt.f64)) continue;
+    nn_params *ps = NULL;
     int64_t total = 0;
-    for (int l = 0; l + 1 < models[mi].nlayers; l++) {
-      int64_t ws[2] = {models[mi].layers[l + 1], models[mi].layers[l]}, bs[1] = {ws[0]};
-      ad_tensor *w = ad_randn(ctx, rng, AD_F32, 2, ws, 0, 0.05);
-      ad_tensor *b = ad_zeros(ctx, AD_F32, 1, bs);
-      check_ctx(ctx, w && b ? w : NULL, "weights");
-      ad_tensor *pair[2] = {w, b};
-      for (int k = 0; k < 2; k++) {
-        /* a backward pass gives the parameter its grad buffer */
-        ad_tensor_set_requires_grad(pair[k], true);
-        ad_backward(ctx, ad_sum(ctx, pair[k]), NULL);
-        ad_tape_reset(ctx);
-        check_ctx(ctx, pair[k]->grad, "grad");
-        fill_uniform(rng, AD_F32, pair[k]->grad->data, pair[k]->size);
-        total += pair[k]->size;
-        char pn[16];
-        snprintf(pn, sizeof pn, "%c%d", k ? 'b' : 'w', l + 1);
-        check_ctx(ctx, nn_params_add(ps, pn, pair[k], true) == AD_OK ? ps : NULL, "params_add");
+    for (size_t k = 0; k < sizeof kinds / sizeof *kinds; k++) {
+      char name[64];
+      snprintf(name, sizeof name, "optim/%s/%s", kinds[k], dt == AD_F32 ? "f32" : "f64");
+      if (!selected(name)) continue;
+      if (!header) {
+        printf("\n# optimizer step of every kind over the seed model (784-64-64-10)\n");
+        printf("%-26s %11s %11s %11s\n", "name", "params", "us/step", "ns/param");
+        header = true;
       }
+      if (!ps) ps = model_params(ctx, rng, dt, models[0].nlayers, models[0].layers, &total);
+      nn_opt_config_ext cfg = nn_opt_defaults_ext(kind_of[k], 1e-3);
+      if (!strcmp(kinds[k], "sgd_m") || !strcmp(kinds[k], "rmsprop_cm")) cfg.base.momentum = 0.9;
+      if (!strcmp(kinds[k], "rmsprop_cm")) cfg.base.centered = true;
+      time_optimizer(ctx, name, ps, total, &cfg);
     }
-    nn_optimizer *o = nn_adam_new(ps, 1e-3);
-    check_ctx(ctx, o, "optimizer");
-    bench_fn fn[1] = {run_optim};
-    void *ud[1] = {o};
-    double sec;
-    time_calls(1, fn, ud, &sec);
-    printf("%-26s %11lld %11.1f %11.3f\n", name, (long long)total, sec * 1e6,
-           sec * 1e9 / (double)total);
-    fflush(stdout);
-    nn_optimizer_free(o);
     nn_params_free(ps);
   }
   header = false;

@@ -909,67 +909,6 @@ Test(optim, update_paths_same_bits) {
   cr_log_info("update paths compared with the baseline: AVX2 %d cases, AVX-512 %d", ran[2], ran[3]);
 }
 
-/* RMSprop's sweep on the CPU's best path costs about what Adam's does (one
- * square root and one division per element each; Adam has one more state
- * array): each kind's least time of 7 runs of 20 steps over 64K float32
- * elements, its plain and its centered-with-momentum loop against Adam's.
- * RMSprop's loop once tested for its optional state arrays per element,
- * which kept GCC from vectorizing it: 13 ns per element on AVX-512 against
- * Adam's 0.26, so bench/mlp --optim rmsprop spent 92% of a step in it. The
- * bound, 4x, is far from both (about 0.6x now, 50x then); under the
- * sanitizers, whose checks change the loops, the times are only logged. */
-#include <time.h>
-
-static double sweep_best_s(const nn_opt_config *c, float *p, const float *g, float *s0, float *s1,
-                           float *s2, int64_t n) {
-  float *st[3] = {s0, s1, s2};
-  for (int k = 0; k < 3; k++) /* its own state, from zero */
-    if (st[k]) memset(st[k], 0, (size_t)n * sizeof(float));
-  double best = 1e30;
-  for (int rep = 0; rep < 7; rep++) {
-    struct timespec a, b;
-    clock_gettime(CLOCK_MONOTONIC, &a);
-    for (int64_t t = 1; t <= 20; t++) nn_update(c, NULL, AD_F32, t, n, p, g, s0, s1, s2);
-    clock_gettime(CLOCK_MONOTONIC, &b);
-    double s = (double)(b.tv_sec - a.tv_sec) + 1e-9 * (double)(b.tv_nsec - a.tv_nsec);
-    if (s < best) best = s;
-  }
-  return best;
-}
-
-Test(optim, rmsprop_sweep_costs_about_adams) {
-  enum { N = 65536 };
-  static float p[N], g[N], s[3][N];
-  ad_rng rng;
-  cr_assert_eq(ad_rng_seed(&rng, 7), AD_OK);
-  for (int i = 0; i < N; i++)
-    p[i] = (float)ad_rng_uniform(&rng), g[i] = (float)(1e-2 * (ad_rng_uniform(&rng) - 0.5));
-  nn_opt_config adam = nn_opt_defaults(NN_OPT_ADAM, 1e-3);
-  nn_opt_config rms = nn_opt_defaults(NN_OPT_RMSPROP, 1e-3);
-  nn_opt_config rms_cm = rms;
-  rms_cm.centered = true, rms_cm.momentum = 0.5;
-  bool old = ad_set_flush_denormal(true);
-  double ta = sweep_best_s(&adam, p, g, s[0], s[1], NULL, N);
-  double tr = sweep_best_s(&rms, p, g, s[0], NULL, NULL, N);
-  double tc = sweep_best_s(&rms_cm, p, g, s[0], s[1], s[2], N);
-  ad_set_flush_denormal(old);
-  cr_assert(isfinite(p[0]) && isfinite(p[N - 1]));
-  double per = 1e9 / (20.0 * N);
-  cr_log_info("update sweep ns per element: adam %.2f, rmsprop %.2f, centered with momentum %.2f",
-              ta * per, tr * per, tc * per);
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-  return;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer) ||                         \
-    __has_feature(undefined_behavior_sanitizer)
-  return;
-#endif
-#endif
-  cr_assert_leq(tr, 4 * ta, "rmsprop sweep %.2f ns per element, adam's %.2f", tr * per, ta * per);
-  cr_assert_leq(tc, 4 * ta, "centered rmsprop with momentum %.2f ns per element, adam's %.2f",
-                tc * per, ta * per);
-}
-
 /* nn_sum_squares (the norms of clipping and of the history): every path
  * gives the baseline's bits, over lengths with every kind of tail, and
  * the value is the sum in the order the header states (element k into

@@ -49,8 +49,16 @@
 
 #define NN_FLUSH(x, TMIN) ((x) < (TMIN) && (x) > -(TMIN) ? 0 : (x))
 
-/* torch.maximum / amax: NaN when either is */
-#define NN_MAXNAN(a, b) ((a) != (a) || (a) > (b) ? (a) : (b))
+/* dst = torch.maximum(a, b) / amax: NaN when either is (a and b are
+ * plain variables or elements). Two selects, not `a != a || a > b ? a :
+ * b`: GCC keeps the || as control flow, and a loop with it is not
+ * vectorized (Adamax and amsgrad on the AVX2 path ran one element at a
+ * time, branching on each). */
+#define NN_MAXNAN_SET(T, dst, a, b)                                                                \
+  do {                                                                                             \
+    T mx_ = (a) > (b) ? (a) : (b);                                                                 \
+    (dst) = (a) != (a) ? (a) : mx_;                                                                \
+  } while (0)
 
 /* The gradient as the loops read it: negated for maximize. NEG is a
  * literal 0 or 1 of each instantiation, so the default loops are those of
@@ -148,7 +156,7 @@
       T g = NN_L2(l2, p[i], NN_G(NEG, gr[i]), FMA);                                                \
       m[i] = NN_FLUSH(FMA(a1, g, b1 * m[i]), TMIN);                                                \
       T d = b2 * u[i], e = (g < 0 ? -g : g) + eps;                                                 \
-      u[i] = NN_MAXNAN(d, e);                                                                      \
+      NN_MAXNAN_SET(T, u[i], d, e);                                                                \
       p[i] += nclr * m[i] / u[i];                                                                  \
     }                                                                                              \
   }                                                                                                \
@@ -178,12 +186,18 @@
                                        T *restrict p, const T *restrict gr, T *restrict ax) {      \
     T decay = (T)(1.0 - x->xc->lambd * x->eta), neta = (T)-x->eta, mu = (T)x->mu;                  \
     T l2 = (T)c->weight_decay;                                                                     \
-    bool avg = x->mu != 1;                                                                         \
-    for (int64_t i = 0; i < n; i++) {                                                              \
-      T g = NN_L2(l2, p[i], NN_G(NEG, gr[i]), FMA);                                                \
-      p[i] = FMA(neta, g, p[i] * decay);                                                           \
-      ax[i] = avg ? ax[i] + (p[i] - ax[i]) * mu : p[i];                                            \
-    }                                                                                              \
+    if (x->mu != 1) /* a loop each: a test per element kept them from vectorizing */             \
+      for (int64_t i = 0; i < n; i++) {                                                            \
+        T g = NN_L2(l2, p[i], NN_G(NEG, gr[i]), FMA);                                              \
+        p[i] = FMA(neta, g, p[i] * decay);                                                         \
+        ax[i] = ax[i] + (p[i] - ax[i]) * mu;                                                       \
+      }                                                                                            \
+    else                                                                                           \
+      for (int64_t i = 0; i < n; i++) {                                                            \
+        T g = NN_L2(l2, p[i], NN_G(NEG, gr[i]), FMA);                                              \
+        p[i] = FMA(neta, g, p[i] * decay);                                                         \
+        ax[i] = p[i];                                                                              \
+      }                                                                                            \
   }                                                                                                \
                                                                                                    \
   /* torch.optim.Rprop: sign = (g prev).sign() mapped to etaplus, etaminus                         \
@@ -198,15 +212,20 @@
     T lo = (T)x->xc->step_size_min, hi = (T)x->xc->step_size_max;                                  \
     if (t == 1)                                                                                    \
       for (int64_t i = 0; i < n; i++) ss[i] = (T)c->lr;                                            \
+    /* each choice one select of two values (nested choices and the sign \
+     * as (g > 0) - (g < 0) kept GCC from vectorizing the loop) */                                 \
     for (int64_t i = 0; i < n; i++) {                                                              \
       T g = NN_G(NEG, gr[i]), q = g * prev[i];                                                     \
-      T f = q > 0 ? ep : q < 0 ? em : (T)1;                                                        \
+      T f = q < 0 ? em : (T)1;                                                                     \
+      f = q > 0 ? ep : f;                                                                          \
       T s = ss[i] * f;                                                                             \
       s = s < lo ? lo : s;                                                                         \
-      ss[i] = hi < s ? hi : s;                                                                     \
-      if (f == em) g = 0;                                                                          \
-      T sg = (T)((g > 0) - (g < 0));                                                               \
-      p[i] = FMA(-sg, ss[i], p[i]);                                                                \
+      s = hi < s ? hi : s;                                                                         \
+      ss[i] = s;                                                                                   \
+      g = f == em ? (T)0 : g;                                                                      \
+      T sg = g > 0 ? (T)1 : (T)0;                                                                  \
+      sg = g < 0 ? (T)-1 : sg;                                                                     \
+      p[i] = FMA(-sg, s, p[i]);                                                                    \
       prev[i] = g;                                                                                 \
     }                                                                                              \
   }
@@ -251,7 +270,7 @@
         T g = NN_L2(l2, p[i], gs * gr[i], FMA);                                                    \
         m[i] = NN_FLUSH(FMA(a1, g, b1 * m[i]), TMIN);                                              \
         v[i] = FMA(a2 * g, g, b2 * v[i]);                                                          \
-        vmax[i] = NN_MAXNAN(vmax[i], v[i]);                                                        \
+        NN_MAXNAN_SET(T, vmax[i], vmax[i], v[i]);                                                  \
         p[i] += nstep * m[i] / (NN_DIVC_##T(SQRT(vmax[i]), bc2, ibc2) + eps);                      \
       }                                                                                            \
     }                                                                                              \
