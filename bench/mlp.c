@@ -3,11 +3,13 @@
  * training loop.
  *
  *   mlp [--layers 784,64,64,10] [--batch 32] [--epochs 5] [--samples 8000]
- *       [--threads 1] [--optim adam|sgd] [--dtype f32|f64] [--seed 1] [--phases]
+ *       [--threads 1] [--optim adam|sgd|rmsprop] [--dtype f32|f64] [--seed 1] [--phases]
  *       [--anomaly] [--keep-denormals] [--grad-norms]
  *
  * Model: Dense layers of the given widths with ReLU between them, softmax
- * cross-entropy on the logits of the last; Adam lr 1e-3 (or SGD lr 0.01).
+ * cross-entropy on the logits of the last; Adam lr 1e-3 (or SGD lr 0.01, or
+ * RMSprop lr 1e-3 with PyTorch's defaults, alpha 0.99 and eps 1e-8: the
+ * optimizer KANN has, for bench/compare_kann.py).
  * Data: --samples rows of uniform [0,1) features and labels from a random
  * linear teacher (argmax of x T), generated from a seeded ad_rng before the
  * clock starts. Training: nn_fit with shuffled mini-batches, silent.
@@ -75,10 +77,11 @@ typedef struct options {
 } options;
 
 static int usage(void) {
-  fprintf(stderr, "usage: mlp [--layers 784,64,64,10] [--batch 32] [--epochs 5] [--samples 8000]\n"
-                  "           [--threads 1] [--optim adam|sgd] [--dtype f32|f64] [--seed 1]\n"
-                  "           [--phases] [--anomaly] [--keep-denormals] [--grad-norms]\n"
-                  "           [--alternate K (with --threads 2 or more)]\n");
+  fprintf(stderr,
+          "usage: mlp [--layers 784,64,64,10] [--batch 32] [--epochs 5] [--samples 8000]\n"
+          "           [--threads 1] [--optim adam|sgd|rmsprop] [--dtype f32|f64] [--seed 1]\n"
+          "           [--phases] [--anomaly] [--keep-denormals] [--grad-norms]\n"
+          "           [--alternate K (with --threads 2 or more)]\n");
   return 2;
 }
 
@@ -129,8 +132,9 @@ static bool parse(int argc, char **argv, options *o) {
       o->phases = true;
     } else if (strcmp(a, "--seed") == 0 && bench_parse_int(v, 0, &n)) {
       o->seed = (unsigned long long)n;
-    } else if (strcmp(a, "--optim") == 0 && (!strcmp(v, "adam") || !strcmp(v, "sgd"))) {
-      o->optim = strcmp(v, "adam") == 0 ? NN_OPT_ADAM : NN_OPT_SGD;
+    } else if (strcmp(a, "--optim") == 0 &&
+               (!strcmp(v, "adam") || !strcmp(v, "sgd") || !strcmp(v, "rmsprop"))) {
+      o->optim = !strcmp(v, "adam") ? NN_OPT_ADAM : !strcmp(v, "sgd") ? NN_OPT_SGD : NN_OPT_RMSPROP;
     } else if (strcmp(a, "--dtype") == 0 && (!strcmp(v, "f32") || !strcmp(v, "f64"))) {
       o->dtype = strcmp(v, "f32") == 0 ? AD_F32 : AD_F64;
     } else {
@@ -268,7 +272,7 @@ int main(int argc, char **argv) {
     if (l + 2 < o.nl) nn_model_add(m, nn_activation_new(ctx, NN_ACT_RELU));
     weights += o.widths[l] * o.widths[l + 1];
   }
-  nn_opt_config cfg = nn_opt_defaults(o.optim, o.optim == NN_OPT_ADAM ? 1e-3 : 1e-2);
+  nn_opt_config cfg = nn_opt_defaults(o.optim, o.optim == NN_OPT_SGD ? 1e-2 : 1e-3);
   nn_optimizer *opt = nn_optimizer_new(nn_model_params(m), &cfg);
   if (!opt) {
     fprintf(stderr, "mlp: %s\n", ad_last_error(ctx));
@@ -278,7 +282,11 @@ int main(int argc, char **argv) {
   printf("mlp: layers");
   for (int l = 0; l < o.nl; l++) printf("%c%lld", l ? ',' : ' ', (long long)o.widths[l]);
   printf(", batch %lld, %d epochs x %lld samples, %s, %s, ", (long long)o.batch, o.epochs,
-         (long long)o.samples, o.optim == NN_OPT_ADAM ? "adam" : "sgd", ad_dtype_name(o.dtype));
+         (long long)o.samples,
+         o.optim == NN_OPT_ADAM  ? "adam"
+         : o.optim == NN_OPT_SGD ? "sgd"
+                                 : "rmsprop",
+         ad_dtype_name(o.dtype));
   bench_print_threads();
   printf("parameters: %lld\n", (long long)nn_params_numel(nn_model_params(m)));
 
