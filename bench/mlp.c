@@ -4,12 +4,13 @@
  *
  *   mlp [--layers 784,64,64,10] [--batch 32] [--epochs 5] [--samples 8000]
  *       [--threads 1] [--optim adam|sgd|rmsprop] [--dtype f32|f64] [--seed 1] [--phases]
- *       [--anomaly] [--keep-denormals] [--grad-norms]
+ *       [--anomaly] [--keep-denormals] [--grad-norms] [--alpha 0.99]
  *
  * Model: Dense layers of the given widths with ReLU between them, softmax
  * cross-entropy on the logits of the last; Adam lr 1e-3 (or SGD lr 0.01, or
  * RMSprop lr 1e-3 with PyTorch's defaults, alpha 0.99 and eps 1e-8: the
- * optimizer KANN has, for bench/compare_kann.py).
+ * optimizer KANN has, for bench/compare_kann.py; --alpha sets its smoothing
+ * constant, KANN's "decay").
  * Data: --samples rows of uniform [0,1) features and labels from a random
  * linear teacher (argmax of x T), generated from a seeded ad_rng before the
  * clock starts. Training: nn_fit with shuffled mini-batches, silent.
@@ -71,6 +72,7 @@ typedef struct options {
   int64_t batch, samples;
   int epochs, threads, alternate;
   nn_opt_kind optim;
+  double alpha; /* RMSprop's */
   ad_dtype dtype;
   unsigned long long seed;
   bool phases, anomaly, keep_denormals, grad_norms;
@@ -80,7 +82,7 @@ static int usage(void) {
   fprintf(stderr,
           "usage: mlp [--layers 784,64,64,10] [--batch 32] [--epochs 5] [--samples 8000]\n"
           "           [--threads 1] [--optim adam|sgd|rmsprop] [--dtype f32|f64] [--seed 1]\n"
-          "           [--phases] [--anomaly] [--keep-denormals] [--grad-norms]\n"
+          "           [--phases] [--anomaly] [--keep-denormals] [--grad-norms] [--alpha 0.99]\n"
           "           [--alternate K (with --threads 2 or more)]\n");
   return 2;
 }
@@ -101,6 +103,15 @@ static bool parse_layers(const char *v, options *o) {
       return false;
   }
   return o->nl >= 2;
+}
+
+/* v as a number in [0,1] into *out; false if it is not one. */
+static bool parse_unit(const char *v, double *out) {
+  char *end;
+  double x = strtod(v, &end);
+  if (!*v || *end || !(x >= 0 && x <= 1)) return false;
+  *out = x;
+  return true;
 }
 
 static bool parse(int argc, char **argv, options *o) {
@@ -135,6 +146,7 @@ static bool parse(int argc, char **argv, options *o) {
     } else if (strcmp(a, "--optim") == 0 &&
                (!strcmp(v, "adam") || !strcmp(v, "sgd") || !strcmp(v, "rmsprop"))) {
       o->optim = !strcmp(v, "adam") ? NN_OPT_ADAM : !strcmp(v, "sgd") ? NN_OPT_SGD : NN_OPT_RMSPROP;
+    } else if (strcmp(a, "--alpha") == 0 && parse_unit(v, &o->alpha)) {
     } else if (strcmp(a, "--dtype") == 0 && (!strcmp(v, "f32") || !strcmp(v, "f64"))) {
       o->dtype = strcmp(v, "f32") == 0 ? AD_F32 : AD_F64;
     } else {
@@ -245,6 +257,7 @@ int main(int argc, char **argv) {
                .epochs = 5,
                .threads = 1,
                .optim = NN_OPT_ADAM,
+               .alpha = 0.99,
                .dtype = AD_F32,
                .seed = 1};
   if (!parse(argc, argv, &o) || (o.alternate && o.threads < 2)) return usage();
@@ -273,6 +286,7 @@ int main(int argc, char **argv) {
     weights += o.widths[l] * o.widths[l + 1];
   }
   nn_opt_config cfg = nn_opt_defaults(o.optim, o.optim == NN_OPT_SGD ? 1e-2 : 1e-3);
+  if (o.optim == NN_OPT_RMSPROP) cfg.alpha = o.alpha;
   nn_optimizer *opt = nn_optimizer_new(nn_model_params(m), &cfg);
   if (!opt) {
     fprintf(stderr, "mlp: %s\n", ad_last_error(ctx));
