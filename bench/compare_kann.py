@@ -186,9 +186,9 @@ def main():
               "OPENBLAS_NUM_THREADS=1 and OPENBLAS_CORETYPE=%s; ours with inherited OPENBLAS_* "
               "cleared" % (isa, core or "-", coretype or "(unset: the detected core is right)"))
         configs = [c for c in CONFIGS if not a.only or c[0].startswith(a.only)]
-        print("compare_kann.py: %d repeats, ours (bench/mlp --optim rmsprop --alpha 0.9) and each KANN "
-              "build interleaved; 1-min load average before %.2f" % (a.repeats, os.getloadavg()[0]),
-              flush=True)
+        print("compare_kann.py: %d repeats, ours (bench/mlp --optim rmsprop --alpha 0.9) and "
+              "each KANN build interleaved; 1-min load average before %.2f"
+              % (a.repeats, os.getloadavg()[0]), flush=True)
 
         who = ["ours"] + [b[0] for b in builds]
         res = {}
