@@ -2,14 +2,17 @@
  * through the nn layer (nn_sequential + nn_fit) and times the training loop.
  *
  *   cnn [--batch 64] [--epochs 1] [--samples 8000] [--threads 1] [--seed 1]
+ *       [--optim adam|rmsprop] [--alpha 0.99]
  *
  * Model: Conv2d(1 -> 32, 3x3) relu, Conv2d(32 -> 32, 3x3) relu, MaxPool 2,
  * Dropout 0.2, Flatten, Dense(4608 -> 128) relu, Dropout 0.2,
  * Dense(128 -> 10); softmax cross-entropy, Adam lr 1e-3 (bench/compare.py
- * trains the same in PyTorch). Data: --samples images of uniform [0,1)
- * pixels, labelled by which of ten fixed random 28x28 templates correlates
- * best with the image, generated before the clock starts; nn_fit with
- * shuffled mini-batches, silent.
+ * trains the same in PyTorch), or RMSprop lr 1e-3 with smoothing constant
+ * --alpha (PyTorch's defaults otherwise; bench/compare_kann.py trains the
+ * same in KANN, whose only optimizer it is). Data: --samples images of
+ * uniform [0,1) pixels, labelled by which of ten fixed random 28x28
+ * templates correlates best with the image, generated before the clock
+ * starts; nn_fit with shuffled mini-batches, silent.
  *
  * GFLOPS counts the multiply-adds of the convolutions and dense products,
  * 2 flops each: per sample the forward products, the same again for the
@@ -25,12 +28,25 @@ typedef struct options {
   int64_t batch, samples;
   int epochs, threads;
   unsigned long long seed;
+  bool rmsprop;
+  double alpha; /* RMSprop's */
 } options;
 
 static bool parse(int argc, char **argv, options *o) {
   for (int i = 1; i + 1 < argc; i += 2) {
     const char *a = argv[i], *v = argv[i + 1];
     long long n;
+    if (!strcmp(a, "--optim")) {
+      if (strcmp(v, "adam") && strcmp(v, "rmsprop")) return false;
+      o->rmsprop = !strcmp(v, "rmsprop");
+      continue;
+    }
+    if (!strcmp(a, "--alpha")) {
+      char *end;
+      o->alpha = strtod(v, &end);
+      if (!*v || *end || !(o->alpha >= 0 && o->alpha <= 1)) return false;
+      continue;
+    }
     if (!bench_parse_int(v, !strcmp(a, "--seed") ? 0 : 1, &n)) return false;
     if (!strcmp(a, "--batch"))
       o->batch = n;
@@ -79,10 +95,11 @@ static bool make_data(ad_ctx *ctx, const options *o, ad_tensor **x, ad_tensor **
 }
 
 int main(int argc, char **argv) {
-  options o = {.batch = 64, .samples = 8000, .epochs = 1, .threads = 1, .seed = 1};
+  options o = {.batch = 64, .samples = 8000, .epochs = 1, .threads = 1, .seed = 1, .alpha = 0.99};
   if (!parse(argc, argv, &o)) {
     fprintf(stderr, "usage: cnn [--batch 64] [--epochs 1] [--samples 8000] [--threads 1] "
-                    "[--seed 1]\n");
+                    "[--seed 1]\n"
+                    "           [--optim adam|rmsprop] [--alpha 0.99]\n");
     return 2;
   }
   if (!bench_set_threads(o.threads)) {
@@ -110,13 +127,15 @@ int main(int argc, char **argv) {
   nn_model_add(m, nn_activation_new(ctx, NN_ACT_RELU));
   nn_model_add(m, nn_dropout_new(ctx, 0.2, o.seed + 3));
   nn_model_add(m, nn_dense_new(ctx, 128, 10, &rng, NULL));
-  nn_optimizer *opt = nn_adam_new(nn_model_params(m), 1e-3);
+  nn_opt_config cfg = nn_opt_defaults(o.rmsprop ? NN_OPT_RMSPROP : NN_OPT_ADAM, 1e-3);
+  if (o.rmsprop) cfg.alpha = o.alpha;
+  nn_optimizer *opt = nn_optimizer_new(nn_model_params(m), &cfg);
   if (!opt) {
     fprintf(stderr, "cnn: %s\n", ad_last_error(ctx));
     return 1;
   }
-  printf("cnn: mnist_cnn's network, batch %lld, %d epochs x %lld samples, adam, f32, ",
-         (long long)o.batch, o.epochs, (long long)o.samples);
+  printf("cnn: mnist_cnn's network, batch %lld, %d epochs x %lld samples, %s, f32, ",
+         (long long)o.batch, o.epochs, (long long)o.samples, o.rmsprop ? "rmsprop" : "adam");
   bench_print_threads();
   printf("parameters: %lld\n", (long long)nn_params_numel(nn_model_params(m)));
 

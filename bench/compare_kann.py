@@ -4,9 +4,9 @@
 KANN (github attractivechaos/kann, Heng Li's C autodiff and neural-network
 library, MIT) is not part of this tree: give the directory of its source
 (the one with kann.c, kautodiff.c and their headers) as --kann. This
-script compiles KANN's kann.c and kautodiff.c with our driver
-bench/kann/kann_mlp.c (written against KANN's public API) into a temporary
-directory, in four builds:
+script compiles KANN's kann.c and kautodiff.c with our drivers
+bench/kann/kann_mlp.c and kann_cnn.c (written against KANN's public API)
+into a temporary directory, in four builds:
 
   makefile        KANN's own Makefile flags (gcc -g -Wall -Wextra -O2
                   -DHAVE_PTHREAD): its SSE kernels, its own GEMM
@@ -16,12 +16,14 @@ directory, in four builds:
                   OpenBLAS's sgemm (Debian's libopenblas-dev)
   native+cblas    -O3 -march=native with -DHAVE_CBLAS
 
-and runs bench/mlp --optim rmsprop --alpha 0.9 (our build's) and each KANN
-build on the same workloads, interleaved, REPEATS times (each in turn
+and runs bench/mlp (bench/cnn) --optim rmsprop --alpha 0.9 (our build's)
+and each KANN build on the same workloads, interleaved, REPEATS times (each in turn
 first):
 
   seed   784-64-64-10, batch 32, 5 epochs x 8000 samples
   wide   784-1024-1024-10, batch 256, 2 epochs x 8000 samples
+  cnn    the network of examples/mnist_cnn (bench/cnn; KANN's driver
+         bench/kann/kann_cnn.c), batch 64, 1 epoch x 8000 samples
 
 with 1 and 2 threads (ours: --threads; KANN: kann_mt, which splits each
 mini-batch over its threads). Both train with RMSprop at lr 1e-3 and
@@ -42,7 +44,7 @@ a directory that has no kann.c, it says so and exits 0 (skipped, as
 compare.py skips PyTorch when torch cannot be imported).
 
   bench/compare_kann.py --kann DIR [--build DIR] [--repeats N]
-                        [--only seed|wide] [--builds NAME,...] [--cc CC]
+                        [--only seed,wide,cnn] [--builds NAME,...] [--cc CC]
 """
 import argparse
 import os
@@ -63,7 +65,10 @@ CONFIGS = [
     ("seed 2 threads", "784,64,64,10", 32, 5, 8000, 2),
     ("wide 1 thread", "784,1024,1024,10", 256, 2, 8000, 1),
     ("wide 2 threads", "784,1024,1024,10", 256, 2, 8000, 2),
+    ("cnn 1 thread", "cnn", 64, 1, 8000, 1),
+    ("cnn 2 threads", "cnn", 64, 1, 8000, 2),
 ]
+DRIVERS = ("mlp", "cnn")  # bench/kann/kann_NAME.c
 
 # KANN's Makefile: CFLAGS=-g -Wall -Wextra -Wc++-compat -O2, CPPFLAGS=-DHAVE_PTHREAD,
 # LIBS=-lpthread -lz -lm (zlib only for its data reader, not linked here);
@@ -94,16 +99,20 @@ def kann_version(kann):
 
 
 def build_kann(kann, cc, name, cflags, libs, outdir):
-    """Compiles KANN with our driver as outdir/kann_mlp.NAME; its path, or
-    None (with the compiler's message printed) when it fails."""
-    exe = os.path.join(outdir, "kann_mlp." + name)
-    cmd = ([cc] + cflags + ["-I", kann, "-o", exe, os.path.join(HERE, "kann", "kann_mlp.c"),
-                            os.path.join(kann, "kann.c"), os.path.join(kann, "kautodiff.c")] + libs)
-    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    if p.returncode != 0:
-        print("KANN build %s failed (skipped): %s\n%s" % (name, " ".join(cmd), p.stdout))
-        return None
-    return exe
+    """Compiles KANN with each of our drivers as outdir/kann_DRIVER.NAME;
+    the directory, or None (with the compiler's message printed) when one
+    fails."""
+    for drv in DRIVERS:
+        exe = os.path.join(outdir, "kann_%s.%s" % (drv, name))
+        cmd = ([cc] + cflags + ["-I", kann, "-o", exe,
+                                os.path.join(HERE, "kann", "kann_%s.c" % drv),
+                                os.path.join(kann, "kann.c"), os.path.join(kann, "kautodiff.c")]
+               + libs)
+        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if p.returncode != 0:
+            print("KANN build %s failed (skipped): %s\n%s" % (name, " ".join(cmd), p.stdout))
+            return None
+    return outdir
 
 
 def kann_env(cblas, coretype):
@@ -120,8 +129,13 @@ def kann_env(cblas, coretype):
 
 def args_of(cfg):
     _, layers, batch, epochs, samples, threads = cfg
-    return ["--layers", layers, "--batch", str(batch), "--epochs", str(epochs), "--samples",
-            str(samples), "--threads", str(threads)]
+    common = ["--batch", str(batch), "--epochs", str(epochs), "--samples", str(samples),
+              "--threads", str(threads)]
+    return common if layers == "cnn" else ["--layers", layers] + common
+
+
+def driver_of(cfg):
+    return "cnn" if cfg[1] == "cnn" else "mlp"
 
 
 def losses(out):
@@ -143,7 +157,7 @@ def main():
     ap.add_argument("--build", default=os.path.join(ROOT, "build"),
                     help="build directory with bench/mlp (default: build/)")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--only", choices=["seed", "wide"], help="run only these configurations")
+    ap.add_argument("--only", help="run only these models, comma-separated: seed, wide, cnn")
     ap.add_argument("--builds", help="KANN builds to try, comma-separated (default: all of %s)"
                     % ", ".join(b[0] for b in BUILDS))
     ap.add_argument("--cc", default=os.environ.get("CC", "gcc"),
@@ -165,6 +179,15 @@ def main():
         sys.exit("compare_kann.py: unknown build %s (known: %s)" % (
             ", ".join(unknown), ", ".join(b[0] for b in BUILDS)))
 
+    only = a.only.split(",") if a.only else None
+    configs = [c for c in CONFIGS if not only or c[0].split()[0] in only]
+    if not configs:
+        sys.exit("compare_kann.py: --only %s names no model (seed, wide, cnn)" % a.only)
+    if any(driver_of(c) == "cnn" for c in configs) and not os.path.exists(
+            os.path.join(a.build, "bench", "cnn")):
+        sys.exit("compare_kann.py: %s not found (build first, or pass --build)"
+                 % os.path.join(a.build, "bench", "cnn"))
+
     isa, core = cpu_isa(), openblas_core()
     coretype = torch_coretype(isa, core)
     tmp = tempfile.mkdtemp(prefix="compare_kann_")
@@ -172,9 +195,8 @@ def main():
         builds = []
         for name, cflags, libs in BUILDS:
             if name in wanted:
-                exe = build_kann(a.kann, a.cc, name, cflags, libs, tmp)
-                if exe:
-                    builds.append((name, exe, "cblas" in name))
+                if build_kann(a.kann, a.cc, name, cflags, libs, tmp):
+                    builds.append((name, tmp, "cblas" in name))
         if not builds:
             sys.exit("compare_kann.py: no KANN build succeeded")
         print("KANN %s from %s, %s; builds: %s" % (
@@ -185,7 +207,6 @@ def main():
         print("CPU: %s; OpenBLAS detects core %s; KANN's CBLAS builds run with "
               "OPENBLAS_NUM_THREADS=1 and OPENBLAS_CORETYPE=%s; ours with inherited OPENBLAS_* "
               "cleared" % (isa, core or "-", coretype or "(unset: the detected core is right)"))
-        configs = [c for c in CONFIGS if not a.only or c[0].startswith(a.only)]
         print("compare_kann.py: %d repeats, ours (bench/mlp --optim rmsprop --alpha 0.9) and "
               "each KANN build interleaved; 1-min load average before %.2f"
               % (a.repeats, os.getloadavg()[0]), flush=True)
@@ -199,11 +220,13 @@ def main():
                 shift = r % len(who)
                 for w in who[shift:] + who[:shift]:
                     if w == "ours":
-                        out = run([mlp] + args_of(cfg) + ["--optim", "rmsprop", "--alpha", "0.9",
-                                                       "--dtype", "f32"],
+                        ours = mlp if driver_of(cfg) == "mlp" else os.path.join(
+                            os.path.dirname(mlp), "cnn")
+                        out = run([ours] + args_of(cfg) + ["--optim", "rmsprop", "--alpha", "0.9"],
                                   env=ours_env())
                     else:
-                        _, exe, cblas = next(b for b in builds if b[0] == w)
+                        _, where, cblas = next(b for b in builds if b[0] == w)
+                        exe = os.path.join(where, "kann_%s.%s" % (driver_of(cfg), w))
                         out = run([exe] + args_of(cfg) + ["--decay", "0.9"],
                                   env=kann_env(cblas, coretype))
                     times[w].append(last_value(out, "train_s"))
@@ -233,7 +256,7 @@ def main():
         print("  %-15s %s" % (cfg[0], "; ".join(
             "%s %.4f -> %.4f" % (w, med([v[0] for v in loss[w]]), med([v[1] for v in loss[w]]))
             for w in ["ours"] + [b[0] for b in builds])))
-    for model in ("seed", "wide"):
+    for model in ("seed", "wide", "cnn"):
         one, two = res.get(model + " 1 thread"), res.get(model + " 2 threads")
         if one and two:
             print("%s: 1 -> 2 threads speedup ours %.2fx, KANN (best builds %s, %s) %.2fx" % (
