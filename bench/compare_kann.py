@@ -207,8 +207,8 @@ def main():
         print("CPU: %s; OpenBLAS detects core %s; KANN's CBLAS builds run with "
               "OPENBLAS_NUM_THREADS=1 and OPENBLAS_CORETYPE=%s; ours with inherited OPENBLAS_* "
               "cleared" % (isa, core or "-", coretype or "(unset: the detected core is right)"))
-        print("compare_kann.py: %d repeats, ours (bench/mlp --optim rmsprop --alpha 0.9) and "
-              "each KANN build interleaved; 1-min load average before %.2f"
+        print("compare_kann.py: %d repeats, ours (bench/mlp or bench/cnn, --optim rmsprop "
+              "--alpha 0.9) and each KANN build interleaved; 1-min load average before %.2f"
               % (a.repeats, os.getloadavg()[0]), flush=True)
 
         who = ["ours"] + [b[0] for b in builds]
