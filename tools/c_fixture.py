@@ -1,5 +1,7 @@
 """c_fixture.py: the C arrays of doubles that the gen_*_fixtures scripts
-write into the tests' fixture headers (and their comments)."""
+write into the tests' fixture headers (and their comments), and the other
+bits of C text they share. The torch side (inputs, tensors) is in
+tools/torch_fixture.py."""
 import math
 
 
@@ -28,3 +30,41 @@ def c_double_array(name, values):
     lines.append(line)
     body = "\n".join(lines)
     return f"static const double {name}[{len(items)}] = {{\n{body}\n}};"
+
+
+def emitter(out):
+    """emit(name, values): appends to the list out the C array `name` of
+    the values (a sequence of numbers); returns name."""
+    def emit(name, values):
+        out.append(c_double_array(name, values))
+        return name
+    return emit
+
+
+def c_bool(v):
+    """v as a C bool: true or false."""
+    return "true" if v else "false"
+
+
+def c_ident(name):
+    """A dotted PyTorch name (a state dict's key) as a C identifier: the
+    dots become underscores."""
+    return name.replace(".", "_")
+
+
+def print_guarded(guard, lines, includes=()):
+    """Prints (to stdout) the body of a fixture header after its opening
+    comment: the include guard `guard`, `#include <h>` for each h of
+    includes, then the lines between `clang-format off` and `on`, a blank
+    line either side, and the closing #endif."""
+    print(f"#ifndef {guard}")
+    print(f"#define {guard}")
+    for h in includes:
+        print(f"#include <{h}>")
+    print("/* clang-format off */")
+    print()
+    for line in lines:
+        print(line)
+    print()
+    print("/* clang-format on */")
+    print("#endif")

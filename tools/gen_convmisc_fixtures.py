@@ -29,27 +29,14 @@ import warnings
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from c_fixture import c_double_array  # noqa: E402
+from torch_fixture import tensor_emitter, wave  # noqa: E402
 
 warnings.simplefilter("ignore")
 D = torch.float64
 nn = torch.nn
 out = []
 MODES = {"zeros": 0, "reflect": 1, "replicate": 2, "circular": 3}
-
-
-def emit(name, values):
-    out.append(c_double_array(name, torch.as_tensor(values).flatten().tolist()))
-
-
-def wave(shape, a, b, scale, shift=0.0):
-    """Deterministic values that float32 holds exactly."""
-    n = 1
-    for d in shape:
-        n *= d
-    i = torch.arange(n, dtype=D)
-    v = (scale * torch.sin(a * i + b) * (1 + 0.25 * (i % 3)) + shift).reshape(shape)
-    return v.float().to(D)
+emit = tensor_emitter(out)
 
 
 def pair(v):

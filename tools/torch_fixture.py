@@ -1,0 +1,108 @@
+"""torch_fixture.py: what the gen_*_fixtures scripts share on the torch side:
+deterministic float64 inputs (most of them values that float32 holds
+exactly, so the float32 tests read the same numbers) and the writer of a
+tensor as a C array of doubles (tools/c_fixture.py writes the text), and of
+tensors as a safetensors file."""
+import math
+import os
+
+import torch
+
+from c_fixture import c_double_array
+from gen_safetensors_fixture import build
+
+D = torch.float64
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures")
+
+
+def f32(t):
+    """t rounded to float32, held in float64."""
+    return t.float().to(D)
+
+
+def uniform(*shape, lo=-1.0, hi=1.0):
+    """Draws of U(lo, hi) from torch's global generator, in float64."""
+    return torch.rand(*shape, dtype=D) * (hi - lo) + lo
+
+
+def rnd(*shape, lo=-1.0, hi=1.0):
+    """uniform(*shape, lo=lo, hi=hi) rounded to float32 (held in float64)."""
+    return f32(uniform(*shape, lo=lo, hi=hi))
+
+
+def wave64(shape, a, b, scale):
+    """Deterministic float64 values scale sin(a i + b) (1 + (i mod 3) / 4)
+    for the flat index i, in the given shape (not rounded to float32)."""
+    n = math.prod(shape)
+    i = torch.arange(n, dtype=D)
+    return (scale * torch.sin(a * i + b) * (1 + 0.25 * (i % 3))).reshape(shape)
+
+
+def wave(shape, a, b, scale, shift=0.0):
+    """wave64(shape, a, b, scale) + shift, rounded to float32 (held in
+    float64): deterministic values that float32 holds exactly."""
+    return f32(wave64(shape, a, b, scale) + shift)
+
+
+def ties(shape):
+    """Small integers (0, 1, 2): many pooling windows hold their maximum
+    more than once."""
+    n = math.prod(shape)
+    return ((torch.arange(n, dtype=D) * 7) % 3).reshape(shape)
+
+
+def nans(shape):
+    """wave(shape, 0.9, 0.1, 2.0) with NaN at every 7th element and
+    alternately +inf and -inf at every 11th from the 4th."""
+    v = wave(shape, 0.9, 0.1, 2.0).flatten()
+    for i in range(0, v.numel(), 7):
+        v[i] = math.nan
+    for i in range(3, v.numel(), 11):
+        v[i] = math.inf if i % 2 else -math.inf
+    return v.reshape(shape)
+
+
+def neg_inf(shape):
+    """wave(shape, 0.5, 0.2, 1.0) whose first half is -inf (whole pooling
+    windows of -inf) and every 5th element of the second half too."""
+    v = wave(shape, 0.5, 0.2, 1.0).flatten()
+    v[: v.numel() // 2] = -math.inf
+    for i in range(v.numel() // 2, v.numel(), 5):
+        v[i] = -math.inf
+    return v.reshape(shape)
+
+
+def tensor_emitter(out):
+    """emit(name, values): appends to the list out the C array `name` of
+    the values (a tensor, or what torch.as_tensor takes, in torch's default
+    dtype), flattened; returns name."""
+    def emit(name, values):
+        out.append(c_double_array(name, torch.as_tensor(values).flatten().tolist()))
+        return name
+    return emit
+
+
+def moved_state(sd):
+    """The state dict sd with its biases and norm weights moved away from
+    PyTorch's 0 and 1 (so that their use is tested) and the other weights
+    drawn anew within PyTorch's range (the copies in a stack start equal),
+    rounded to float32 (from torch's global generator)."""
+    r = {}
+    for n, t in sd.items():
+        if "norm" in n and n.endswith("weight"):
+            r[n] = rnd(*t.shape, lo=0.7, hi=1.3)
+        elif n.endswith("bias"):
+            r[n] = rnd(*t.shape, lo=-0.3, hi=0.3)
+        else:
+            r[n] = f32(rnd(*t.shape) * t.abs().max())
+    return r
+
+
+def write_safetensors(name, tensors):
+    """Writes the dict of tensors (a state dict, say) as the safetensors
+    file tests/fixtures/<name>, metadata {"format": "pt"}; returns its
+    path."""
+    path = os.path.join(FIXTURES, name)
+    with open(path, "wb") as f:
+        f.write(build({k: v.contiguous() for k, v in tensors.items()}, {"format": "pt"}))
+    return path
