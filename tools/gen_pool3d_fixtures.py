@@ -14,7 +14,6 @@ The header holds the cases' settings too (pool3d_cases[]), so the test
 and this script cannot drift apart. Inputs with ties, NaN and -inf check
 which element gets the gradient.
 """
-import math
 import os
 import sys
 import warnings
@@ -24,44 +23,13 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from c_fixture import c_double_array  # noqa: E402
+from torch_fixture import nans, neg_inf, ties, wave  # noqa: E402
 
 warnings.simplefilter("ignore")
 D = torch.float64
-NAN, INF = float("nan"), float("inf")
 MAX, AVG, ADAPT = 0, 1, 2
 out = []
 rows = []
-
-
-def wave(shape, a, b, scale, shift=0.0):
-    """Deterministic values that float32 holds exactly."""
-    n = math.prod(shape)
-    i = torch.arange(n, dtype=D)
-    v = (scale * torch.sin(a * i + b) * (1 + 0.25 * (i % 3)) + shift).reshape(shape)
-    return v.float().to(D)
-
-
-def ties(shape):
-    """Small integers: many windows hold their maximum more than once."""
-    n = math.prod(shape)
-    return ((torch.arange(n, dtype=D) * 7) % 3).reshape(shape)
-
-
-def nans(shape):
-    v = wave(shape, 0.9, 0.1, 2.0).flatten()
-    for i in range(0, v.numel(), 7):
-        v[i] = NAN
-    for i in range(3, v.numel(), 11):
-        v[i] = INF if i % 2 else -INF
-    return v.reshape(shape)
-
-
-def neg_inf(shape):
-    v = wave(shape, 0.5, 0.2, 1.0).flatten()
-    v[: v.numel() // 2] = -INF  # whole windows of -inf
-    for i in range(v.numel() // 2, v.numel(), 5):
-        v[i] = -INF
-    return v.reshape(shape)
 
 
 def trip(v, default):
