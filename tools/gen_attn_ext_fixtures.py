@@ -27,30 +27,15 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from c_fixture import c_double_array  # noqa: E402
+from c_fixture import c_bool, c_ident  # noqa: E402
+from torch_fixture import f32, rnd, tensor_emitter  # noqa: E402
 
 torch.manual_seed(20261205)
 D = torch.float64
 E, H, N = 6, 2, 2
 out = []
+emit = tensor_emitter(out)
 cases = []
-
-
-def f32(t):
-    return t.float().to(D)
-
-
-def rnd(*shape, lo=-1.0, hi=1.0):
-    return f32(torch.rand(*shape, dtype=D) * (hi - lo) + lo)
-
-
-def cname(name):
-    return name.replace(".", "_")
-
-
-def emit(name, values):
-    out.append(c_double_array(name, torch.as_tensor(values).flatten().tolist()))
-    return name
 
 
 def causal_inf(L, S):
@@ -106,8 +91,8 @@ def case(name, L, S, kdim=None, vdim=None, bias_kv=False, zero_attn=False, batch
     a["w_shape"] = list(w.shape)
     a["params"] = []
     for n, t in m.named_parameters():
-        a["params"].append((n, list(t.shape), emit(f"{p}_p_{cname(n)}", t.detach()),
-                            emit(f"{p}_d_{cname(n)}", t.grad)))
+        a["params"].append((n, list(t.shape), emit(f"{p}_p_{c_ident(n)}", t.detach()),
+                            emit(f"{p}_d_{c_ident(n)}", t.grad)))
     assert [n for n, _, _, _ in a["params"]] == list(m.state_dict())
     cases.append(a)
 
@@ -179,20 +164,16 @@ typedef struct ax_case {
 """)
 
 
-def b(v):
-    return "true" if v else "false"
-
-
 def arr(v):
     return "{" + ", ".join(str(x) for x in v) + "}" if v else "{0}"
 
 
 print("static const ax_case ax_cases[] = {")
 for a in cases:
-    print(f'    {{"{a["name"]}", {a["kdim"]}, {a["vdim"]}, {b(a["bias_kv"])}, '
-          f'{b(a["zero_attn"])}, {b(a["batch_first"])}, {b(a["unbatched"])}, '
-          f'{b(a["self_attn"])}, {b(a["average"])}, {b(a["causal"])}, {b(a["mask_bool"])}, '
-          f'{a["L"]}, {a["S"]},')
+    print(f'    {{"{a["name"]}", {a["kdim"]}, {a["vdim"]}, {c_bool(a["bias_kv"])}, '
+          f'{c_bool(a["zero_attn"])}, {c_bool(a["batch_first"])}, {c_bool(a["unbatched"])}, '
+          f'{c_bool(a["self_attn"])}, {c_bool(a["average"])}, {c_bool(a["causal"])}, '
+          f'{c_bool(a["mask_bool"])}, {a["L"]}, {a["S"]},')
     print(f'     {a["query"]}, {a["key"]}, {a["value"]}, {a["mask"]}, {a["kpm"]},')
     print(f'     {len(a["mask_shape"])}, {arr(a["mask_shape"])},')
     print(f'     {a["gy"]}, {a["gw"]}, {a["out"]}, {a["weights"]},')

@@ -30,15 +30,11 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gen_safetensors_fixture import build  # noqa: E402
+from torch_fixture import uniform, write_safetensors  # noqa: E402
 
 torch.manual_seed(20261130)
 D = torch.float64
 T = {}
-
-
-def rnd(*shape, lo=-1.0, hi=1.0):
-    return (torch.rand(*shape, dtype=D) * (hi - lo) + lo)
 
 
 def causal_keep(L, S):
@@ -48,7 +44,7 @@ def causal_keep(L, S):
 # ------------------------------------------------------------------ SDPA
 
 def sdpa_case(name, qs, ks, vs, scale=0.0, causal=False, mask=None):
-    q, k, v = rnd(*qs), rnd(*ks), rnd(*vs)
+    q, k, v = uniform(*qs), uniform(*ks), uniform(*vs)
     q.requires_grad_(True)
     k.requires_grad_(True)
     v.requires_grad_(True)
@@ -60,7 +56,7 @@ def sdpa_case(name, qs, ks, vs, scale=0.0, causal=False, mask=None):
         s = s + mask
     w = torch.softmax(s, -1)
     out = w @ v
-    gy = rnd(*out.shape)
+    gy = uniform(*out.shape)
     (out * gy).sum().backward()
     p = f"sdpa.{name}."
     T[p + "q"], T[p + "k"], T[p + "v"] = q.detach(), k.detach(), v.detach()
@@ -76,21 +72,21 @@ sdpa_case("heads", (2, 2, 4, 3), (2, 2, 4, 3), (2, 2, 4, 5), scale=0.7)
 sdpa_case("causal", (2, 4, 3), (2, 4, 3), (2, 4, 3), causal=True)
 sdpa_case("causal_wide", (2, 3, 4), (2, 5, 4), (2, 5, 2), causal=True)
 sdpa_case("causal_tall", (5, 4), (3, 4), (3, 2), causal=True)
-m = rnd(3, 4)
+m = uniform(3, 4)
 m[0, 1] = m[2, 3] = m[1, 0] = float("-inf")
 sdpa_case("mask", (2, 3, 4), (2, 4, 4), (2, 4, 2), mask=m)
 m = torch.zeros(2, 1, 1, 4, dtype=D)
 m[0, 0, 0, 3] = m[1, 0, 0, 1] = m[1, 0, 0, 2] = float("-inf")
 sdpa_case("mask_bcast", (2, 2, 3, 4), (2, 2, 4, 4), (2, 2, 4, 3), mask=m)
-sdpa_case("causal_mask", (4, 3), (4, 3), (4, 2), causal=True, mask=rnd(4, 4))
+sdpa_case("causal_mask", (4, 3), (4, 3), (4, 2), causal=True, mask=uniform(4, 4))
 
 # ------------------------------------------------------------------- MHA
 
 E, H, N = 6, 2, 2
 mha = torch.nn.MultiheadAttention(E, H, dtype=D)
 with torch.no_grad():  # biases away from PyTorch's zeros, so their use is tested
-    mha.in_proj_bias.copy_(rnd(3 * E, lo=-0.3, hi=0.3))
-    mha.out_proj.bias.copy_(rnd(E, lo=-0.3, hi=0.3))
+    mha.in_proj_bias.copy_(uniform(3 * E, lo=-0.3, hi=0.3))
+    mha.out_proj.bias.copy_(uniform(E, lo=-0.3, hi=0.3))
 PARAMS = ["in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias"]
 for n, t in mha.state_dict().items():
     T["mha." + n] = t.clone()
@@ -112,7 +108,7 @@ def mha_case(name, batch_first, query, key=None, value=None, attn_mask=None, kpm
     out, w = m(query, key, value, attn_mask=attn_mask,
                key_padding_mask=None if kpm is None else kpm.bool(), need_weights=True,
                average_attn_weights=average)
-    gy, gw = rnd(*out.shape), rnd(*w.shape)
+    gy, gw = uniform(*out.shape), uniform(*w.shape)
     ((out * gy).sum() + (w.nan_to_num() * gw).sum()).backward()
     p = f"mha.{name}."
     T[p + "query"] = query.detach()
@@ -135,21 +131,18 @@ def mha_case(name, batch_first, query, key=None, value=None, attn_mask=None, kpm
 # a float mask [L, S] and a key padding mask [N, S]
 kpm = torch.zeros(N, 4, dtype=torch.int32)
 kpm[1, 2] = 1
-mha_case("cross", False, rnd(3, N, E), rnd(4, N, E), rnd(4, N, E), attn_mask=rnd(3, 4),
-         kpm=kpm)
+mha_case("cross", False, uniform(3, N, E), uniform(4, N, E), uniform(4, N, E),
+         attn_mask=uniform(3, 4), kpm=kpm)
 # causal self-attention, batch first, weights per head
 causal = torch.zeros(4, 4, dtype=D).masked_fill(~causal_keep(4, 4), float("-inf"))
-mha_case("causal", True, rnd(N, 4, E), attn_mask=causal, average=False)
+mha_case("causal", True, uniform(N, 4, E), attn_mask=causal, average=False)
 # self-attention with a 3-D float mask [N * H, L, S] holding -inf entries
-m3 = rnd(N * H, 3, 3)
+m3 = uniform(N * H, 3, 3)
 m3[0, 0, 2] = m3[3, 1, 0] = m3[2, 2, 1] = float("-inf")
-mha_case("mask3d", True, rnd(N, 3, E), attn_mask=m3)
+mha_case("mask3d", True, uniform(N, 3, E), attn_mask=m3)
 # unbatched [L, E] cross-attention with a key padding mask [S]
 kpm1 = torch.tensor([0, 1, 0, 0, 0], dtype=torch.int32)
-mha_case("unbatched", False, rnd(2, E), rnd(5, E), rnd(5, E), kpm=kpm1)
+mha_case("unbatched", False, uniform(2, E), uniform(5, E), uniform(5, E), kpm=kpm1)
 
-OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures",
-                   "torch_attn.safetensors")
-with open(OUT, "wb") as f:
-    f.write(build({k: v.contiguous() for k, v in T.items()}, {"format": "pt"}))
+OUT = write_safetensors("torch_attn.safetensors", T)
 print(f"{OUT}: {len(T)} tensors")

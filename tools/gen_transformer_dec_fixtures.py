@@ -34,44 +34,14 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from c_fixture import c_double_array  # noqa: E402
+from c_fixture import c_bool, c_ident  # noqa: E402
+from torch_fixture import moved_state, rnd, tensor_emitter  # noqa: E402
 
 torch.manual_seed(20261205)
 D = torch.float64
 E, H, F, N, T, S, L = 6, 2, 10, 2, 4, 3, 2
 out = []
-
-
-def f32(t):
-    """t rounded to float32, held in float64."""
-    return t.float().to(D)
-
-
-def rnd(*shape, lo=-1.0, hi=1.0):
-    return f32(torch.rand(*shape, dtype=D) * (hi - lo) + lo)
-
-
-def cname(name):
-    return name.replace(".", "_")
-
-
-def emit(name, values):
-    out.append(c_double_array(name, torch.as_tensor(values).flatten().tolist()))
-
-
-def moved(sd):
-    """sd with biases and norm weights moved away from 0 and 1, and the
-    other weights drawn anew within PyTorch's range (the copies in a stack
-    start equal), rounded to float32."""
-    r = {}
-    for n, t in sd.items():
-        if "norm" in n and n.endswith("weight"):
-            r[n] = rnd(*t.shape, lo=0.7, hi=1.3)
-        elif n.endswith("bias"):
-            r[n] = rnd(*t.shape, lo=-0.3, hi=0.3)
-        else:
-            r[n] = f32(rnd(*t.shape) * t.abs().max())
-    return r
+emit = tensor_emitter(out)
 
 
 def dec_layer(norm_first, gelu, batch_first):
@@ -99,10 +69,10 @@ def make(kind, norm_first, gelu, batch_first):
                                        norm=torch.nn.LayerNorm(E, dtype=D))
 
 
-STATES = {k: moved(make(k, False, False, False).state_dict()) for k in ("xd", "xs", "xds")}
+STATES = {k: moved_state(make(k, False, False, False).state_dict()) for k in ("xd", "xs", "xds")}
 for k, st in STATES.items():
     for n, t in st.items():
-        emit(f"{k}_p_{cname(n)}", t)
+        emit(f"{k}_p_{c_ident(n)}", t)
 
 
 def causal_mask(n):
@@ -148,7 +118,7 @@ def dec_case(kind, name, norm_first, gelu, batch_first, unbatched=False, causal=
         if m is not None:
             emit(f"{p}_{suffix}", m.to(D))
     for n in STATES[kind]:
-        emit(f"{p}_d_{cname(n)}", grads[n].grad)
+        emit(f"{p}_d_{c_ident(n)}", grads[n].grad)
     dec_cases.append((kind, name, norm_first, gelu, batch_first, unbatched, causal,
                       [m is not None for m in (tmask, mmask, tkpm, mkpm)],
                       list(tgt.shape), list(mem.shape)))
@@ -175,7 +145,7 @@ def enc_case(name, norm_first, gelu, batch_first, causal=False, kpm=None):
     if kpm is not None:
         emit(p + "_kpm", kpm.to(D))
     for n in STATES["xs"]:
-        emit(f"{p}_d_{cname(n)}", grads[n].grad)
+        emit(f"{p}_d_{c_ident(n)}", grads[n].grad)
     enc_cases.append((name, norm_first, gelu, batch_first, causal, mask is not None,
                       kpm is not None, list(src.shape)))
 
@@ -225,13 +195,9 @@ for k, st in STATES.items():
     print(f"static const char *const {k}_param_names[{K}_NPARAMS] = {{")
     print("".join(f'    "{n}",\n' for n in st) + "};")
     print(f"static const double *const {k}_params[{K}_NPARAMS] = {{")
-    print("".join(f"    {k}_p_{cname(n)},\n" for n in st) + "};")
+    print("".join(f"    {k}_p_{c_ident(n)},\n" for n in st) + "};")
     print(f"static const int64_t {k}_param_sizes[{K}_NPARAMS] = {{")
     print("".join(f"    {st[n].numel()},\n" for n in st) + "};")
-
-
-def b(v):
-    return "true" if v else "false"
 
 
 print("""
@@ -264,19 +230,20 @@ for kind in ("xd", "xds"):
             continue
         p = f"{k}_{name}"
         ms = [f"{p}_{s}" if h else "NULL" for s, h in zip(("tmask", "mmask", "tkpm", "mkpm"), has)]
-        print(f'    {{"{name}", {b(nf)}, {b(gelu)}, {b(bf)}, {b(ub)}, {b(causal)}, {len(tsh)}, '
+        print(f'    {{"{name}", {c_bool(nf)}, {c_bool(gelu)}, {c_bool(bf)}, {c_bool(ub)}, '
+              f'{c_bool(causal)}, {len(tsh)}, '
               f'{{{", ".join(map(str, tsh))}}}, {{{", ".join(map(str, msh))}}},')
         print(f"     {p}_tgt, {p}_mem, {p}_gy,\n     {p}_out, {p}_dtgt, {p}_dmem,")
         print("     " + ",\n     ".join(ms) + ",")
-        print("     {" + ",\n      ".join(f"{p}_d_{cname(n)}" for n in STATES[k]) + "}},")
+        print("     {" + ",\n      ".join(f"{p}_d_{c_ident(n)}" for n in STATES[k]) + "}},")
     print("};")
 print("static const enc_case xs_cases[] = {")
 for (name, nf, gelu, bf, causal, has_mask, has_kpm, shape) in enc_cases:
     p = f"xs_{name}"
-    print(f'    {{"{name}", {b(nf)}, {b(gelu)}, {b(bf)}, {b(causal)}, {len(shape)}, '
-          f'{{{", ".join(map(str, shape))}}},')
+    print(f'    {{"{name}", {c_bool(nf)}, {c_bool(gelu)}, {c_bool(bf)}, {c_bool(causal)}, '
+          f'{len(shape)}, {{{", ".join(map(str, shape))}}},')
     print(f"     {p}_src, {p}_gy, {p}_out, {p}_dsrc,")
     print(f'     {p + "_mask" if has_mask else "NULL"}, {p + "_kpm" if has_kpm else "NULL"},')
-    print("     {" + ",\n      ".join(f"{p}_d_{cname(n)}" for n in STATES["xs"]) + "}},")
+    print("     {" + ",\n      ".join(f"{p}_d_{c_ident(n)}" for n in STATES["xs"]) + "}},")
 print("};")
 print("#endif")

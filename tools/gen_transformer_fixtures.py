@@ -32,30 +32,15 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from c_fixture import c_double_array  # noqa: E402
+from c_fixture import c_ident  # noqa: E402
+from torch_fixture import f32, rnd, tensor_emitter  # noqa: E402
 
 torch.manual_seed(20260214)
 D = torch.float64
 E, H, F, N, S = 6, 2, 10, 2, 4
 out = []
+emit = tensor_emitter(out)
 cases = []
-
-
-def f32(t):
-    """t rounded to float32, held in float64."""
-    return t.float().to(D)
-
-
-def rnd(*shape, lo=-1.0, hi=1.0):
-    return f32(torch.rand(*shape, dtype=D) * (hi - lo) + lo)
-
-
-def cname(name):
-    return name.replace(".", "_")
-
-
-def emit(name, values):
-    out.append(c_double_array(name, torch.as_tensor(values).flatten().tolist()))
 
 
 def make_layer(norm_first, gelu, batch_first):
@@ -79,7 +64,7 @@ for n, t in base.state_dict().items():
         STATE[n] = f32(t)
 NAMES = list(STATE)
 for n in NAMES:
-    emit("xf_p_" + cname(n), STATE[n])
+    emit("xf_p_" + c_ident(n), STATE[n])
 
 
 def case(name, norm_first, gelu, batch_first, unbatched=False, mask=None, kpm=None,
@@ -105,7 +90,7 @@ def case(name, norm_first, gelu, batch_first, unbatched=False, mask=None, kpm=No
     if kpm is not None:
         emit(p + "_kpm", kpm.to(D))
     for n in NAMES:
-        emit(p + "_d_" + cname(n), grads[n].grad)
+        emit(p + "_d_" + c_ident(n), grads[n].grad)
     cases.append((name, norm_first, gelu, batch_first, unbatched, causal, mask is not None,
                   kpm is not None, list(shape)))
 
@@ -159,7 +144,7 @@ print()
 print("static const char *const xf_param_names[XF_NPARAMS] = {")
 print("".join(f'    "{n}",\n' for n in NAMES) + "};")
 print("static const double *const xf_params[XF_NPARAMS] = {")
-print("".join(f"    xf_p_{cname(n)},\n" for n in NAMES) + "};")
+print("".join(f"    xf_p_{c_ident(n)},\n" for n in NAMES) + "};")
 print("static const int64_t xf_param_sizes[XF_NPARAMS] = {")
 print("".join(f"    {STATE[n].numel()},\n" for n in NAMES) + "};")
 print("""
@@ -181,6 +166,6 @@ for (name, nf, gelu, bf, ub, causal, has_mask, has_kpm, shape) in cases:
           f'{{{sh}}},')
     print(f"     {p}_src, {p}_gy,\n     {p}_out, {p}_dsrc,")
     print(f'     {p + "_mask" if has_mask else "NULL"}, {p + "_kpm" if has_kpm else "NULL"},')
-    print("     {" + ",\n      ".join(f"{p}_d_{cname(n)}" for n in NAMES) + "}},")
+    print("     {" + ",\n      ".join(f"{p}_d_{c_ident(n)}" for n in NAMES) + "}},")
 print("};")
 print("#endif")

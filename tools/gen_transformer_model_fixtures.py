@@ -34,30 +34,16 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from c_fixture import c_double_array  # noqa: E402
+from c_fixture import c_ident  # noqa: E402
 from gen_safetensors_fixture import build  # noqa: E402
+from torch_fixture import moved_state, rnd, tensor_emitter  # noqa: E402
 
 torch.manual_seed(20261206)
 D = torch.float64
 E, H, F, NE, ND, N, S, T = 8, 2, 16, 2, 2, 2, 5, 4
 SAFETENSORS = "tests/fixtures/torch_transformer.safetensors"
 out = []
-
-
-def f32(t):
-    return t.float().to(D)
-
-
-def rnd(*shape, lo=-1.0, hi=1.0):
-    return f32(torch.rand(*shape, dtype=D) * (hi - lo) + lo)
-
-
-def cname(name):
-    return name.replace(".", "_")
-
-
-def emit(name, values):
-    out.append(c_double_array(name, torch.as_tensor(values).flatten().tolist()))
+emit = tensor_emitter(out)
 
 
 def make(norm_first, gelu, batch_first):
@@ -66,19 +52,7 @@ def make(norm_first, gelu, batch_first):
                                 norm_first=norm_first, dtype=D)
 
 
-def moved(sd):
-    r = {}
-    for n, t in sd.items():
-        if "norm" in n and n.endswith("weight"):
-            r[n] = rnd(*t.shape, lo=0.7, hi=1.3)
-        elif n.endswith("bias"):
-            r[n] = rnd(*t.shape, lo=-0.3, hi=0.3)
-        else:
-            r[n] = f32(rnd(*t.shape) * t.abs().max())
-    return r
-
-
-STATE = moved(make(False, False, False).state_dict())
+STATE = moved_state(make(False, False, False).state_dict())
 assert len(STATE) == len(list(make(False, False, False).parameters()))
 with open(SAFETENSORS, "wb") as fh:
     fh.write(build({n: t.float() for n, t in STATE.items()}, {"format": "pt"}))
@@ -127,7 +101,7 @@ def case(name, norm_first, gelu, batch_first, unbatched=False, param_grads=True,
             emit(f"{p}_{k}", m[k].to(D))
     if param_grads:
         for n in STATE:
-            emit(f"{p}_d_{cname(n)}", grads[n].grad)
+            emit(f"{p}_d_{c_ident(n)}", grads[n].grad)
     cases.append((name, norm_first, gelu, batch_first, unbatched, param_grads,
                   [m[k] is not None for k in MASKS], list(src.shape), list(tgt.shape)))
 
@@ -202,7 +176,7 @@ for (name, nf, gelu, bf, ub, pg, has, ssh, tsh) in cases:
     print(f"     {p}_src, {p}_tgt, {p}_gy,\n     {p}_out, {p}_dsrc, {p}_dtgt,")
     print("     {" + ", ".join(ms) + "},")
     if pg:
-        print("     {" + ",\n      ".join(f"{p}_d_{cname(n)}" for n in STATE) + "}},")
+        print("     {" + ",\n      ".join(f"{p}_d_{c_ident(n)}" for n in STATE) + "}},")
     else:
         print("     {NULL}},")
 print("};")
