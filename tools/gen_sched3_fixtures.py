@@ -22,16 +22,13 @@ import torch
 from torch.optim import lr_scheduler as L
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from c_fixture import c_double_array  # noqa: E402
+from c_fixture import emitter  # noqa: E402
 
 warnings.simplefilter("ignore")
 torch.set_default_dtype(torch.float64)
 out = []
+emit = emitter(out)
 R0, R1 = 0.1, 0.05
-
-
-def emit(name, values):
-    out.append(c_double_array(name, values))
 
 
 def make_opt(kind):
