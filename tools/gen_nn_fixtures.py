@@ -17,24 +17,14 @@ import sys
 
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from c_fixture import print_guarded  # noqa: E402
+from torch_fixture import tensor_emitter, wave64, write_safetensors  # noqa: E402
+
 torch.set_default_dtype(torch.float64)
 
 out = []
-
-
-def emit(name, values):
-    """A C array of doubles, 17 significant digits (round-trips exactly)."""
-    flat = [float(v) for v in torch.as_tensor(values).flatten().tolist()]
-    lines, line = [], "   "
-    for v in flat:
-        item = f" {v!r},"
-        if len(line) + len(item) > 100:
-            lines.append(line)
-            line = "   "
-        line += item
-    lines.append(line)
-    body = "\n".join(lines)
-    out.append(f"static const double {name}[{len(flat)}] = {{\n{body}\n}};")
+emit = tensor_emitter(out)
 
 
 def emit_int(name, values):
@@ -250,17 +240,9 @@ BN_PARAMS = ["0.weight", "0.bias", "2.weight", "2.bias", "3.weight", "3.bias", "
 BN_BUFFERS = ["0.running_mean", "0.running_var", "3.running_mean", "3.running_var"]
 
 
-def wave(shape, a, b, scale):
-    n = 1
-    for d in shape:
-        n *= d
-    i = torch.arange(n, dtype=torch.float64)
-    return (scale * torch.sin(a * i + b) * (1 + 0.25 * (i % 3))).reshape(shape)
-
-
-BN_X = wave((BN_N * BN_STEPS, 2, 3, 3), 0.71, 0.3, 1.5) + 0.4
+BN_X = wave64((BN_N * BN_STEPS, 2, 3, 3), 0.71, 0.3, 1.5) + 0.4
 BN_Y = [(3 * i + 1) % 3 if i % 4 else i % 3 for i in range(BN_N * BN_STEPS)]
-BN_XE = wave((5, 2, 3, 3), 1.13, -0.2, 2.0) - 0.3
+BN_XE = wave64((5, 2, 3, 3), 1.13, -0.2, 2.0) - 0.3
 BN_YE = [2, 0, 1, 1, 0]
 
 
@@ -273,9 +255,9 @@ def bn_model(dtype):
         for k, name in enumerate(BN_PARAMS):
             t = sd[name]
             if name in ("0.weight", "3.weight"):
-                v = 1 + wave(t.shape, 0.9, k, 0.2)
+                v = 1 + wave64(t.shape, 0.9, k, 0.2)
             else:
-                v = wave(t.shape, 0.53 + 0.1 * k, 0.7 * k, 0.4)
+                v = wave64(t.shape, 0.53 + 0.1 * k, 0.7 * k, 0.4)
             t.copy_(v)
     return m.to(dtype)
 
@@ -328,22 +310,15 @@ for tag, dt in (("f64", torch.float64), ("f32", torch.float32)):
 # tools/gen_safetensors_fixture.py writes one: Debian has no safetensors
 # package), num_batches_tracked as I64, for the checkpoint round trip;
 # bn_f32_eval holds its eval-mode logits.
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gen_safetensors_fixture import build  # noqa: E402
-
-BN_ST = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures",
-                     "torch_bn.safetensors")
-with open(BN_ST, "wb") as f:
-    f.write(build({k: v.contiguous() for k, v in BN_TRAINED_F32.state_dict().items()},
-                  {"format": "pt"}))
+write_safetensors("torch_bn.safetensors", BN_TRAINED_F32.state_dict())
 
 # BatchNorm1d on [N, C, L] with momentum=None (the cumulative average) and
 # affine weights: train-mode outputs of two batches, the running statistics
 # after them, then the eval-mode output on the first batch; and a
 # BatchNorm1d(3, affine=False, track_running_stats=False) in eval mode
 # (batch statistics).
-BC_X1 = wave((4, 3, 5), 0.61, 0.2, 1.2) + 0.5
-BC_X2 = wave((4, 3, 5), 0.83, 1.1, 0.9) - 0.2
+BC_X1 = wave64((4, 3, 5), 0.61, 0.2, 1.2) + 0.5
+BC_X2 = wave64((4, 3, 5), 0.83, 1.1, 0.9) - 0.2
 emit("bc_x1", BC_X1)
 emit("bc_x2", BC_X2)
 bc = torch.nn.BatchNorm1d(3, momentum=None, eps=1e-3)
@@ -372,9 +347,9 @@ emit("bc_nostats_eval", bn_free(BC_X1))
 CNN_N, CNN_STEPS = 4, 3
 CNN_PARAMS = ["0.weight", "0.bias", "2.weight", "2.bias", "7.weight", "7.bias", "10.weight",
               "10.bias"]
-CNN_X = wave((CNN_N * CNN_STEPS, 1, 10, 10), 0.37, 0.1, 0.8) + 0.2
+CNN_X = wave64((CNN_N * CNN_STEPS, 1, 10, 10), 0.37, 0.1, 0.8) + 0.2
 CNN_Y = [(5 * i + 2) % 3 for i in range(CNN_N * CNN_STEPS)]
-CNN_XE = wave((3, 1, 10, 10), 0.91, -0.4, 1.0)
+CNN_XE = wave64((3, 1, 10, 10), 0.91, -0.4, 1.0)
 
 
 def cnn_model(dtype, p):
@@ -387,7 +362,7 @@ def cnn_model(dtype, p):
     with torch.no_grad():
         for k, name in enumerate(CNN_PARAMS):
             t = sd[name]
-            t.copy_(wave(t.shape, 0.47 + 0.13 * k, 0.5 * k, 0.6 / (1 + t[0].numel() ** 0.5)))
+            t.copy_(wave64(t.shape, 0.47 + 0.13 * k, 0.5 * k, 0.6 / (1 + t[0].numel() ** 0.5)))
     return m.to(dtype)
 
 
@@ -420,21 +395,8 @@ for tag, dt in (("f64", torch.float64), ("f32", torch.float32)):
         trained.eval()
         with torch.no_grad():
             emit("cnn_f32_trained_eval", trained(CNN_XE.to(dt)))
-        CNN_ST = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests",
-                              "fixtures", "torch_cnn.safetensors")
-        with open(CNN_ST, "wb") as f:
-            f.write(build({k: v.contiguous() for k, v in trained.state_dict().items()},
-                          {"format": "pt"}))
+        write_safetensors("torch_cnn.safetensors", trained.state_dict())
 
 print("/* nn_fixtures.h: PyTorch %s reference values for the nn tests." % torch.__version__)
 print(" * Generated by tools/gen_nn_fixtures.py; do not edit. */")
-print("#ifndef NN_FIXTURES_H")
-print("#define NN_FIXTURES_H")
-print("#include <stdint.h>")
-print("/* clang-format off */")
-print()
-for line in out:
-    print(line)
-print()
-print("/* clang-format on */")
-print("#endif")
+print_guarded("NN_FIXTURES_H", out, ["stdint.h"])
