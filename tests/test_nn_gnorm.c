@@ -11,6 +11,7 @@
 #include "nn.h"
 #include "nn_io.h"
 #include "test_layer_fd.h"
+#include "test_layer_values.h"
 #include "test_tmpdir.h"
 #include "test_tensor_of.h"
 
@@ -23,54 +24,7 @@
 
 TEST_TMPDIR_SUITE(gnorm, "nn-gnorm");
 
-static void expect_msg(ad_status st, const char *needle) {
-  cr_assert_eq(ad_last_status(ctx), st, "status %s: %s", ad_status_str(ad_last_status(ctx)),
-               ad_last_error(ctx));
-  cr_assert(strstr(ad_last_error(ctx), needle), "message: %s", ad_last_error(ctx));
-  ad_clear_error(ctx);
-}
-
-/* |t[i] - want[i]| <= tol max(1, |want[i]|) for the n elements. */
-static void expect_close(const ad_tensor *t, const double *want, int64_t n, double tol,
-                         const char *what) {
-  cr_assert_not_null(t, "%s is NULL: %s", what, ad_last_error(ctx));
-  cr_assert_eq(t->size, n, "%s has %lld elements, expected %lld", what, (long long)t->size,
-               (long long)n);
-  for (int64_t i = 0; i < n; i++) {
-    double g = ad_tensor_get(t, i);
-    QUICK_ASSERT(test_close(g, want[i], tol * fmax(1, fabs(want[i]))),
-                 "%s[%lld] = %.17g, PyTorch %.17g", what, (long long)i, g, want[i]);
-  }
-}
-
-static ad_tensor *param(nn_layer *l, const char *name) {
-  ad_tensor *t = nn_params_find(nn_layer_params(l), name);
-  cr_assert_not_null(t, "no parameter %s", name);
-  return t;
-}
-
-static ad_tensor *buffer(nn_layer *l, const char *name) {
-  ad_tensor *t = nn_params_find(nn_layer_buffers(l), name);
-  cr_assert_not_null(t, "no buffer %s", name);
-  return t;
-}
-
-static void set_values(ad_tensor *t, const double *v) {
-  for (int64_t i = 0; i < t->size; i++) cr_assert_eq(ad_tensor_set(t, i, v[i]), AD_OK);
-}
-
-/* y = layer(x), then the gradients of sum(y * gy); returns y. */
-static ad_tensor *run(nn_layer *l, ad_tensor *x, const double *gy, bool training) {
-  nn_params_zero_grad(nn_layer_params(l));
-  ad_tensor_zero_grad(x);
-  ad_tensor *y = nn_layer_forward(l, x, training);
-  cr_assert_not_null(y, "%s", ad_last_error(ctx));
-  ad_tensor *g = tensor_of(y->dtype, y->ndim, y->shape, gy);
-  ad_tensor *loss = ad_sum(ctx, ad_mul(ctx, y, g));
-  cr_assert_eq(ad_backward(ctx, loss, NULL), AD_OK, "%s", ad_last_error(ctx));
-  ad_tensor_free(g);
-  return y;
-}
+static void expect_msg(ad_status st, const char *needle) { expect_status_msg(ctx, st, needle); }
 
 static double tol_of(ad_dtype dt) { return dt == AD_F64 ? 1e-12 : 2e-5; }
 
@@ -122,25 +76,25 @@ static void group_norm_matches_pytorch(ad_dtype dt) {
     cr_assert_eq(nn_params_count(nn_layer_params(l)), tc->w ? 2 : 0);
     cr_assert_eq(nn_params_count(nn_layer_buffers(l)), 0);
     if (tc->w) {
-      set_values(param(l, "weight"), tc->w);
-      set_values(param(l, "bias"), tc->b);
+      test_set_values(test_layer_param(l, "weight"), tc->w);
+      test_set_values(test_layer_param(l, "bias"), tc->b);
     }
     ad_tensor *x = tensor_of(dt, tc->nd, tc->shape, tc->x);
     ad_tensor_set_requires_grad(x, true);
     char what[64];
     for (int training = 1; training >= 0; training--) { /* the same in both modes */
-      ad_tensor *y = run(l, x, tc->gy, training);
+      ad_tensor *y = test_layer_run(ctx, l, x, tc->gy, training);
       cr_assert_eq(y->ndim, tc->nd);
       for (int d = 0; d < tc->nd; d++) cr_assert_eq(y->shape[d], tc->shape[d]);
       snprintf(what, sizeof what, "%s y", tc->name);
-      expect_close(y, tc->y, x->size, tol, what);
+      test_expect_values(ctx, y, tc->y, x->size, tol, what);
       snprintf(what, sizeof what, "%s dx", tc->name);
-      expect_close(x->grad, tc->dx, x->size, tol, what);
+      test_expect_values(ctx, x->grad, tc->dx, x->size, tol, what);
       if (tc->w) {
         snprintf(what, sizeof what, "%s dweight", tc->name);
-        expect_close(param(l, "weight")->grad, tc->dw, tc->c, tol, what);
+        test_expect_values(ctx, test_layer_param(l, "weight")->grad, tc->dw, tc->c, tol, what);
         snprintf(what, sizeof what, "%s dbias", tc->name);
-        expect_close(param(l, "bias")->grad, tc->db, tc->c, tol, what);
+        test_expect_values(ctx, test_layer_param(l, "bias")->grad, tc->db, tc->c, tol, what);
       }
       ad_tape_reset(ctx);
     }
@@ -155,7 +109,7 @@ Test(gnorm, group_norm_matches_pytorch_f32) { group_norm_matches_pytorch(AD_F32)
 /* A group whose values are equal normalises to 0: y is the bias there. */
 Test(gnorm, constant_group_gives_the_bias) {
   nn_layer *l = nn_group_norm_new(ctx, 2, 4, &(nn_group_norm_opts){.dtype = AD_F64});
-  set_values(param(l, "bias"), (const double[]){0.5, -1, 2, 3});
+  test_set_values(test_layer_param(l, "bias"), (const double[]){0.5, -1, 2, 3});
   int64_t s[3] = {1, 4, 3};
   ad_tensor *x = tensor_of(AD_F64, 3, s, (const double[]){7, 7, 7, 7, 7, 7, 1, 2, 3, 4, 5, 6});
   ad_tensor *y = nn_layer_forward(l, x, true);
@@ -173,35 +127,35 @@ static void instance_norm_tracks_like_pytorch(ad_dtype dt) {
       .dtype = dt, .momentum = 0.2, .affine = true, .track_running_stats = true};
   nn_layer *l = nn_instance_norm1d_new(ctx, 3, &o);
   cr_assert_not_null(l, "%s", ad_last_error(ctx));
-  ad_tensor *w = param(l, "weight"), *b = param(l, "bias");
-  ad_tensor *rm = buffer(l, "running_mean"), *rv = buffer(l, "running_var");
-  ad_tensor *nbt = buffer(l, "num_batches_tracked");
-  set_values(w, in_t_w);
-  set_values(b, in_t_b);
+  ad_tensor *w = test_layer_param(l, "weight"), *b = test_layer_param(l, "bias");
+  ad_tensor *rm = test_layer_buffer(l, "running_mean"), *rv = test_layer_buffer(l, "running_var");
+  ad_tensor *nbt = test_layer_buffer(l, "num_batches_tracked");
+  test_set_values(w, in_t_w);
+  test_set_values(b, in_t_b);
   int64_t s[3] = {2, 3, 5};
   for (int t = 0; t < 3; t++) {
     ad_tensor *x = tensor_of(dt, 3, s, in_t_x + 30 * t);
     ad_tensor_set_requires_grad(x, true);
-    ad_tensor *y = run(l, x, in_t_gy + 30 * t, true);
-    expect_close(y, in_t_y + 30 * t, 30, tol, "training y");
-    expect_close(x->grad, in_t_dx + 30 * t, 30, tol, "training dx");
-    expect_close(w->grad, in_t_dw + 3 * t, 3, tol, "training dweight");
-    expect_close(b->grad, in_t_db + 3 * t, 3, tol, "training dbias");
-    expect_close(rm, in_t_rm + 3 * t, 3, tol, "running_mean");
-    expect_close(rv, in_t_rv + 3 * t, 3, tol, "running_var");
+    ad_tensor *y = test_layer_run(ctx, l, x, in_t_gy + 30 * t, true);
+    test_expect_values(ctx, y, in_t_y + 30 * t, 30, tol, "training y");
+    test_expect_values(ctx, x->grad, in_t_dx + 30 * t, 30, tol, "training dx");
+    test_expect_values(ctx, w->grad, in_t_dw + 3 * t, 3, tol, "training dweight");
+    test_expect_values(ctx, b->grad, in_t_db + 3 * t, 3, tol, "training dbias");
+    test_expect_values(ctx, rm, in_t_rm + 3 * t, 3, tol, "running_mean");
+    test_expect_values(ctx, rv, in_t_rv + 3 * t, 3, tol, "running_var");
     cr_assert_eq(ad_tensor_item(nbt), 0, "num_batches_tracked counts, PyTorch's does not");
     ad_tape_reset(ctx);
     ad_tensor_free(x);
   }
   ad_tensor *x = tensor_of(dt, 3, s, in_t_xe);
   ad_tensor_set_requires_grad(x, true);
-  ad_tensor *y = run(l, x, in_t_gye, false);
-  expect_close(y, in_t_ye, 30, tol, "evaluation y");
-  expect_close(x->grad, in_t_dxe, 30, tol, "evaluation dx");
-  expect_close(w->grad, in_t_dwe, 3, tol, "evaluation dweight");
-  expect_close(b->grad, in_t_dbe, 3, tol, "evaluation dbias");
-  expect_close(rm, in_t_rm + 6, 3, tol, "running_mean after evaluation");
-  expect_close(rv, in_t_rv + 6, 3, tol, "running_var after evaluation");
+  ad_tensor *y = test_layer_run(ctx, l, x, in_t_gye, false);
+  test_expect_values(ctx, y, in_t_ye, 30, tol, "evaluation y");
+  test_expect_values(ctx, x->grad, in_t_dxe, 30, tol, "evaluation dx");
+  test_expect_values(ctx, w->grad, in_t_dwe, 3, tol, "evaluation dweight");
+  test_expect_values(ctx, b->grad, in_t_dbe, 3, tol, "evaluation dbias");
+  test_expect_values(ctx, rm, in_t_rm + 6, 3, tol, "running_mean after evaluation");
+  test_expect_values(ctx, rv, in_t_rv + 6, 3, tol, "running_var after evaluation");
   ad_tensor_free(x);
   nn_layer_free(l);
 }
@@ -221,19 +175,19 @@ static void instance_norm_defaults(ad_dtype dt) {
   ad_tensor *x = tensor_of(dt, 4, s, in_d_x);
   ad_tensor_set_requires_grad(x, true);
   for (int training = 1; training >= 0; training--) {
-    ad_tensor *y = run(l, x, in_d_gy, training);
-    expect_close(y, in_d_y, 36, tol, "y");
-    expect_close(x->grad, in_d_dx, 36, tol, "dx");
+    ad_tensor *y = test_layer_run(ctx, l, x, in_d_gy, training);
+    test_expect_values(ctx, y, in_d_y, 36, tol, "y");
+    test_expect_values(ctx, x->grad, in_d_dx, 36, tol, "dx");
     ad_tape_reset(ctx);
   }
   ad_tensor *u = tensor_of(dt, 3, s + 1, in_d_x + 18); /* the second sample */
   ad_tensor_set_requires_grad(u, true);
   for (int training = 1; training >= 0; training--) {
-    ad_tensor *y = run(l, u, in_d_gy + 18, training);
+    ad_tensor *y = test_layer_run(ctx, l, u, in_d_gy + 18, training);
     cr_assert_eq(y->ndim, 3);
     cr_assert(y->shape[0] == 3 && y->shape[1] == 2 && y->shape[2] == 3);
-    expect_close(y, in_d_y + 18, 18, tol, "unbatched y");
-    expect_close(u->grad, in_d_dx + 18, 18, tol, "unbatched dx");
+    test_expect_values(ctx, y, in_d_y + 18, 18, tol, "unbatched y");
+    test_expect_values(ctx, u->grad, in_d_dx + 18, 18, tol, "unbatched dx");
     ad_tape_reset(ctx);
   }
   ad_tensor_free(x);
@@ -252,12 +206,12 @@ Test(gnorm, instance_norm_unbatched_running_stats) {
   int64_t s[3] = {2, 3, 3};
   ad_tensor *x = tensor_of(AD_F64, 3, s, in_u_x), *xe = tensor_of(AD_F64, 3, s, in_u_xe);
   cr_assert_not_null(nn_layer_forward(l, x, true), "%s", ad_last_error(ctx));
-  expect_close(buffer(l, "running_mean"), in_u_rm, 2, 1e-12, "running_mean");
-  expect_close(buffer(l, "running_var"), in_u_rv, 2, 1e-12, "running_var");
+  test_expect_values(ctx, test_layer_buffer(l, "running_mean"), in_u_rm, 2, 1e-12, "running_mean");
+  test_expect_values(ctx, test_layer_buffer(l, "running_var"), in_u_rv, 2, 1e-12, "running_var");
   ad_tensor *y = nn_layer_forward(l, xe, false);
   cr_assert_not_null(y, "%s", ad_last_error(ctx));
   cr_assert(y->ndim == 3 && y->shape[0] == 2 && y->shape[1] == 3 && y->shape[2] == 3);
-  expect_close(y, in_u_ye, 18, 1e-12, "evaluation y");
+  test_expect_values(ctx, y, in_u_ye, 18, 1e-12, "evaluation y");
   ad_tensor_free(x);
   ad_tensor_free(xe);
   nn_layer_free(l);
@@ -267,8 +221,8 @@ Test(gnorm, instance_norm_unbatched_running_stats) {
 Test(gnorm, instance_norm1d_unbatched_is_a_batch_of_one) {
   nn_instance_norm_opts o = {.dtype = AD_F64, .affine = true};
   nn_layer *l = nn_instance_norm1d_new(ctx, 3, &o);
-  set_values(param(l, "weight"), in_t_w);
-  set_values(param(l, "bias"), in_t_b);
+  test_set_values(test_layer_param(l, "weight"), in_t_w);
+  test_set_values(test_layer_param(l, "bias"), in_t_b);
   int64_t s[3] = {1, 3, 5};
   ad_tensor *xb = tensor_of(AD_F64, 3, s, in_t_x), *xu = tensor_of(AD_F64, 2, s + 1, in_t_x);
   ad_tensor *yb = nn_layer_forward(l, xb, true), *yu = nn_layer_forward(l, xu, true);
@@ -402,7 +356,7 @@ Test(gnorm, group_norm_input_checks) {
     y = nn_layer_forward(l, x, true);
     cr_assert(y && y->size == 0 && y->ndim == 3, "%s", ad_last_error(ctx));
     cr_assert_eq(ad_backward(ctx, ad_sum(ctx, y), NULL), AD_OK, "%s", ad_last_error(ctx));
-    cr_assert_eq(ad_tensor_get(param(l, "weight")->grad, 0), 0);
+    cr_assert_eq(ad_tensor_get(test_layer_param(l, "weight")->grad, 0), 0);
     ad_tensor_free(x);
   }
   nn_layer_free(l);
@@ -411,7 +365,7 @@ Test(gnorm, group_norm_input_checks) {
 Test(gnorm, instance_norm_input_checks) {
   nn_instance_norm_opts o = {.track_running_stats = true};
   nn_layer *l = nn_instance_norm1d_new(ctx, 3, &o);
-  ad_tensor *rm = buffer(l, "running_mean"), *rv = buffer(l, "running_var");
+  ad_tensor *rm = test_layer_buffer(l, "running_mean"), *rv = test_layer_buffer(l, "running_var");
   int64_t s4[4] = {2, 3, 4, 5}, s1[1] = {3}, s31[3] = {2, 3, 1}, s5[3] = {2, 5, 4};
   ad_tensor *x = zeros(AD_F32, 4, s4);
   cr_assert_null(nn_layer_forward(l, x, true));
@@ -539,7 +493,7 @@ Test(gnorm, pytorch_state_dict_both_ways) {
   ad_tensor *x = tensor_of(AD_F32, 3, s, ck_x);
   nn_model_set_training(m, false);
   ad_tensor *y = nn_model_forward(m, x);
-  expect_close(y, ck_y, 24, 2e-6, "evaluation y");
+  test_expect_values(ctx, y, ck_y, 24, 2e-6, "evaluation y");
   ad_tensor_free(x);
 
   const char *path = test_path("gn.safetensors");
