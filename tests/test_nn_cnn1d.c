@@ -13,6 +13,7 @@
 #include "nn.h"
 #include "nn_io.h"
 #include "test_layer_fd.h"
+#include "test_layer_values.h"
 #include "test_tmpdir.h"
 #include "test_tensor_of.h"
 
@@ -26,25 +27,7 @@
 
 TEST_TMPDIR_SUITE(cnn1d, "nn-cnn1d");
 
-static void expect_msg(ad_status st, const char *needle) {
-  cr_assert_eq(ad_last_status(ctx), st, "status %s: %s", ad_status_str(ad_last_status(ctx)),
-               ad_last_error(ctx));
-  cr_assert(strstr(ad_last_error(ctx), needle), "message: %s", ad_last_error(ctx));
-  ad_clear_error(ctx);
-}
-
-/* |t[i] - want[i]| <= tol max(1, |want[i]|) for the n elements. */
-static void expect_close(const ad_tensor *t, const double *want, int64_t n, double tol,
-                         const char *what) {
-  cr_assert_not_null(t, "%s is NULL: %s", what, ad_last_error(ctx));
-  cr_assert_eq(t->size, n, "%s has %lld elements, expected %lld", what, (long long)t->size,
-               (long long)n);
-  for (int64_t i = 0; i < n; i++) {
-    double g = ad_tensor_get(t, i);
-    QUICK_ASSERT(test_close(g, want[i], tol * fmax(1, fabs(want[i]))),
-                 "%s[%lld] = %.17g, PyTorch %.17g", what, (long long)i, g, want[i]);
-  }
-}
+static void expect_msg(ad_status st, const char *needle) { expect_status_msg(ctx, st, needle); }
 
 static double tol_of(ad_dtype dt) { return dt == AD_F64 ? 1e-12 : 2e-6; }
 
@@ -68,7 +51,7 @@ static void expect_layer(nn_layer *l, ad_dtype dt, int nd, const int64_t *shape,
   ad_tensor_set_requires_grad(xt, true);
   ad_tensor *yt = nn_layer_forward(l, xt, true);
   snprintf(what, sizeof what, "%s %s y", nn_layer_kind(l), ad_dtype_name(dt));
-  expect_close(yt, y.v, y.n, tol_of(dt), what);
+  test_expect_values(ctx, yt, y.v, y.n, tol_of(dt), what);
   cr_assert_eq(yt->ndim, nd, "%s: rank %d", what, yt->ndim);
   int64_t os[AD_MAX_DIMS];
   cr_assert_eq(nn_layer_output_shape(l, os), nd);
@@ -77,12 +60,12 @@ static void expect_layer(nn_layer *l, ad_dtype dt, int nd, const int64_t *shape,
   cr_assert_eq(ad_backward(ctx, ad_sum(ctx, ad_mul(ctx, yt, g)), NULL), AD_OK, "%s",
                ad_last_error(ctx));
   snprintf(what, sizeof what, "%s %s dx", nn_layer_kind(l), ad_dtype_name(dt));
-  expect_close(xt->grad, dx.v, dx.n, tol_of(dt), what);
+  test_expect_values(ctx, xt->grad, dx.v, dx.n, tol_of(dt), what);
   for (int i = 0; i < np; i++) {
     ad_tensor *p = nn_params_tensor(nn_layer_params(l), i);
     snprintf(what, sizeof what, "%s %s d%s", nn_layer_kind(l), ad_dtype_name(dt),
              nn_params_name(nn_layer_params(l), i));
-    expect_close(p->grad, dp[i].v, dp[i].n, tol_of(dt), what);
+    test_expect_values(ctx, p->grad, dp[i].v, dp[i].n, tol_of(dt), what);
   }
   ad_tape_reset(ctx);
   ad_tensor_free(xt), ad_tensor_free(g);
@@ -437,7 +420,7 @@ Test(cnn1d, pytorch_state_dict_loads_and_round_trips) {
   int64_t s[3] = {2, 2, 16};
   ad_tensor *x = tensor_of(AD_F32, 3, s, ck_x);
   nn_model_set_training(m, false);
-  expect_close(nn_model_forward(m, x), ck_y, LEN(ck_y), 2e-6, "loaded model");
+  test_expect_values(ctx, nn_model_forward(m, x), ck_y, LEN(ck_y), 2e-6, "loaded model");
   ad_tape_reset(ctx);
   const char *path = test_path("cnn1d.safetensors");
   cr_assert_eq(nn_model_save(m, NULL, path), AD_OK, "%s", ad_last_error(ctx));

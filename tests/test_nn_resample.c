@@ -11,6 +11,7 @@
  * seeding, PyTorch's reprs, and bad arguments and inputs. */
 #include "nn.h"
 #include "resample_fixtures.h"
+#include "test_layer_values.h"
 #include "test_tmpdir.h"
 #include "test_tensor_of.h"
 
@@ -23,24 +24,7 @@
 
 TEST_TMPDIR_SUITE(resample, "nn-resample");
 
-static void expect_msg(ad_status st, const char *needle) {
-  cr_assert_eq(ad_last_status(ctx), st, "status %s: %s", ad_status_str(ad_last_status(ctx)),
-               ad_last_error(ctx));
-  cr_assert(strstr(ad_last_error(ctx), needle), "message: %s", ad_last_error(ctx));
-  ad_clear_error(ctx);
-}
-
-static void expect_close(const ad_tensor *t, const double *want, int64_t n, double tol,
-                         const char *what) {
-  cr_assert_not_null(t, "%s is NULL: %s", what, ad_last_error(ctx));
-  cr_assert_eq(t->size, n, "%s has %lld elements, expected %lld", what, (long long)t->size,
-               (long long)n);
-  for (int64_t i = 0; i < n; i++) {
-    double g = ad_tensor_get(t, i);
-    QUICK_ASSERT(test_close(g, want[i], tol * fmax(1, fabs(want[i]))),
-                 "%s[%lld] = %.17g, PyTorch %.17g", what, (long long)i, g, want[i]);
-  }
-}
+static void expect_msg(ad_status st, const char *needle) { expect_status_msg(ctx, st, needle); }
 
 /* ---------------------------------------------------------- vs PyTorch */
 
@@ -237,13 +221,13 @@ static void cases_match(ad_dtype dt) {
     ad_tensor_set_requires_grad(x, true);
     ad_tensor *y = nn_layer_forward(l, x, true);
     snprintf(what, sizeof what, "%s %s y", c->name, ad_dtype_name(dt));
-    expect_close(y, dt == AD_F64 ? c->y.v : c->y32.v, c->y.n, tol, what);
+    test_expect_values(ctx, y, dt == AD_F64 ? c->y.v : c->y32.v, c->y.n, tol, what);
     cr_assert_eq(y->ndim, c->nd, "%s: rank %d", what, y->ndim);
     ad_tensor *g = tensor_of(dt, y->ndim, y->shape, c->gy.v);
     cr_assert_eq(ad_backward(ctx, ad_sum(ctx, ad_mul(ctx, y, g)), NULL), AD_OK, "%s",
                  ad_last_error(ctx));
     snprintf(what, sizeof what, "%s %s dx", c->name, ad_dtype_name(dt));
-    expect_close(x->grad, c->dx.v, c->dx.n, tol, what);
+    test_expect_values(ctx, x->grad, c->dx.v, c->dx.n, tol, what);
     ad_tape_reset(ctx);
     ad_tensor_free(x), ad_tensor_free(g);
     nn_layer_free(l);
@@ -267,9 +251,9 @@ Test(resample, nearest_index_rules) {
             *yd = nn_layer_forward(d, x7, false);
   const double wn[8] = {0, 0, 1, 1, 2, 3, 3, 4}, we[8] = {0, 0, 1, 2, 2, 3, 4, 4},
                wd[3] = {0, 2, 4};
-  expect_close(yn, wn, 8, 0, "nearest 5 -> 8");
-  expect_close(ye, we, 8, 0, "nearest-exact 5 -> 8");
-  expect_close(yd, wd, 3, 0, "nearest 7 -> 3");
+  test_expect_values(ctx, yn, wn, 8, 0, "nearest 5 -> 8");
+  test_expect_values(ctx, ye, we, 8, 0, "nearest-exact 5 -> 8");
+  test_expect_values(ctx, yd, wd, 3, 0, "nearest 7 -> 3");
   /* an unchanged axis is x itself (PyTorch's kernels copy) */
   nn_layer *same = nn_upsample_new(ctx, &(nn_upsample_opts){.mode = LINEAR, .size = {5}});
   cr_assert_eq(nn_layer_forward(same, x5, false), x5);
@@ -292,9 +276,9 @@ Test(resample, nearest_scale_keeps_floor_rule) {
   ad_tensor *yk = nn_layer_forward(k, x, false), *yd = nn_layer_forward(d, x, false);
   const double wk[10] = {0, 0, 1, 2, 3, 4, 5, 6, 7, 8},
                wd[20] = {0, 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8, 9};
-  expect_close(yk, wk, 10, 0, "nearest 10 at scale 1.05");
+  test_expect_values(ctx, yk, wk, 10, 0, "nearest 10 at scale 1.05");
   cr_assert_eq(yd->shape[2], 20);
-  expect_close(yd, wd, 20, 0, "nearest 10 at scale 2.0774");
+  test_expect_values(ctx, yd, wd, 20, 0, "nearest 10 at scale 2.0774");
   cr_assert_eq(nn_layer_forward(one, x, false), x);
   /* the same on the W axis of [N, C, D, H, W] (PyTorch's [N, C, D, H, W]
    * forward; its backward and channels-last kernel take the shortcuts);
@@ -306,7 +290,7 @@ Test(resample, nearest_scale_keeps_floor_rule) {
   nn_layer *k5 = nn_upsample_new(ctx, &(nn_upsample_opts){.scale_factor = {1, 1, 1.05}});
   ad_tensor *y5 = nn_layer_forward(k5, x5, true);
   cr_assert(y5 && y5->ndim == 5 && y5->shape[4] == 10, "%s", ad_last_error(ctx));
-  expect_close(ad_narrow(ctx, y5, 1, 1, 1), wk, 10, 0, "5-D nearest at scale 1.05");
+  test_expect_values(ctx, ad_narrow(ctx, y5, 1, 1, 1), wk, 10, 0, "5-D nearest at scale 1.05");
   cr_assert_eq(ad_backward(ctx, ad_sum(ctx, y5), NULL), AD_OK, "%s", ad_last_error(ctx));
   for (int i = 0; i < 20; i++)
     cr_assert_eq(ad_tensor_get(x5->grad, i), i % 10 == 0 ? 2 : i % 10 == 9 ? 0 : 1, "dx[%d]", i);
@@ -335,10 +319,11 @@ Test(resample, nearest_one_channel_takes_the_channels_last_rule) {
   ad_tensor *y5 = nn_layer_forward(d5, x5, false);
   const double wk[10] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9},
                wd[20] = {0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8, 9, 9};
-  expect_close(yk, wk, 10, 0, "[1, 1, 1, 10] nearest at scale 1.05");
+  test_expect_values(ctx, yk, wk, 10, 0, "[1, 1, 1, 10] nearest at scale 1.05");
   cr_assert(yd && yd->shape[3] == 20 && y5 && y5->shape[4] == 20, "%s", ad_last_error(ctx));
-  expect_close(yd, wd, 20, 0, "[1, 1, 1, 10] nearest at scale 2.0774");
-  expect_close(ad_narrow(ctx, y5, 0, 1, 1), wd, 20, 0, "[2, 1, 1, 1, 10] nearest at 2.0774");
+  test_expect_values(ctx, yd, wd, 20, 0, "[1, 1, 1, 10] nearest at scale 2.0774");
+  test_expect_values(ctx, ad_narrow(ctx, y5, 0, 1, 1), wd, 20, 0,
+                     "[2, 1, 1, 1, 10] nearest at 2.0774");
   cr_assert_eq(ad_backward(ctx, ad_sum(ctx, yk), NULL), AD_OK, "%s", ad_last_error(ctx));
   for (int i = 0; i < 10; i++) cr_assert_eq(ad_tensor_get(x4->grad, i), 1, "dx[%d]", i);
   ad_tape_reset(ctx);
@@ -403,7 +388,7 @@ Test(resample, bicubic_overshoots_as_pytorch) {
   nn_layer *l = nn_upsample_new(ctx, &(nn_upsample_opts){.mode = BICUBIC, .size = {1, 8}});
   const double want[8] = {0,         -0.03515625, -0.10546875, 0.2265625,
                           0.7734375, 1.10546875,  1.03515625,  1};
-  expect_close(nn_layer_forward(l, x, false), want, 8, 0, "bicubic step");
+  test_expect_values(ctx, nn_layer_forward(l, x, false), want, 8, 0, "bicubic step");
   nn_layer_free(l);
   ad_tensor_free(x);
 }
