@@ -10,6 +10,7 @@
 #include "nn.h"
 #include "pool3d_fixtures.h"
 #include "test_alloc.h"
+#include "test_layer_values.h"
 #include "test_tensor_of.h"
 
 #include <criterion/criterion.h>
@@ -20,19 +21,6 @@
 #define N_CASES ((int)(sizeof pool3d_cases / sizeof pool3d_cases[0]))
 
 TEST_CTX_SUITE(pool3d);
-
-/* t against want, NaN matching NaN and an infinity the same infinity */
-static void expect_close(const ad_tensor *t, const double *want, int64_t n, double tol,
-                         const char *what) {
-  cr_assert_not_null(t, "%s is NULL: %s", what, ad_last_error(ctx));
-  cr_assert_eq(t->size, n, "%s has %lld elements, expected %lld", what, (long long)t->size,
-               (long long)n);
-  for (int64_t i = 0; i < n; i++) {
-    double g = ad_tensor_get(t, i), w = want[i];
-    bool ok = isnan(w) ? isnan(g) : isinf(w) ? g == w : fabs(g - w) <= tol * fmax(1, fabs(w));
-    QUICK_ASSERT(ok, "%s[%lld] = %.17g, PyTorch %.17g", what, (long long)i, g, w);
-  }
-}
 
 static ad_pool3d_opts case_opts(const pool3d_case *c) {
   ad_pool3d_opts o = {.ceil_mode = c->ceil_mode,
@@ -68,7 +56,7 @@ static void cases_match(ad_dtype dt) {
     ad_tensor_set_requires_grad(x, true);
     ad_tensor *y = nn_layer_forward(l, x, true);
     snprintf(what, sizeof what, "%s %s y", c->name, ad_dtype_name(dt));
-    expect_close(y, dt == AD_F64 ? c->y : c->y32, c->ny, tol, what);
+    test_expect_values(ctx, y, dt == AD_F64 ? c->y : c->y32, c->ny, tol, what);
     cr_assert_eq(y->ndim, c->nd, "%s: rank %d", what, y->ndim);
     for (int d = 0; d < 3; d++)
       cr_assert_eq(y->shape[c->nd - 3 + d], c->out[d], "%s: output dim %d", what, d);
@@ -76,7 +64,7 @@ static void cases_match(ad_dtype dt) {
     cr_assert_eq(ad_backward(ctx, ad_sum(ctx, ad_mul(ctx, y, g)), NULL), AD_OK, "%s",
                  ad_last_error(ctx));
     snprintf(what, sizeof what, "%s %s dx", c->name, ad_dtype_name(dt));
-    expect_close(x->grad, dt == AD_F64 ? c->dx : c->dx32, c->nx, tol, what);
+    test_expect_values(ctx, x->grad, dt == AD_F64 ? c->dx : c->dx32, c->nx, tol, what);
     ad_tape_reset(ctx);
     ad_tensor_free(x), ad_tensor_free(g);
     nn_layer_free(l);
@@ -169,10 +157,10 @@ Test(pool3d, adaptive_inf_and_nan_stay_in_their_windows) {
       ad_tensor *y = nn_layer_forward(l, x, true);
       char what[64];
       snprintf(what, sizeof what, "axis %d, input %d: y", axis, v);
-      expect_close(y, want[v], 2, 1e-15, what);
+      test_expect_values(ctx, y, want[v], 2, 1e-15, what);
       cr_assert_eq(ad_backward(ctx, ad_sum(ctx, y), NULL), AD_OK, "%s", ad_last_error(ctx));
       snprintf(what, sizeof what, "axis %d, input %d: dx", axis, v);
-      expect_close(x->grad, dx, 3, 1e-15, what);
+      test_expect_values(ctx, x->grad, dx, 3, 1e-15, what);
       ad_tape_reset(ctx);
       nn_layer_free(l);
       ad_tensor_free(x);
@@ -182,7 +170,7 @@ Test(pool3d, adaptive_inf_and_nan_stay_in_their_windows) {
   double x2[9] = {inf, 1, 2, 3, 4, 5, 6, 7, 8}, w2[4] = {inf, 3, 5, 6};
   ad_tensor *x = tensor_of(AD_F32, 3, s3, x2);
   nn_layer *l = nn_adaptive_avg_pool2d_new(ctx, 2, 2);
-  expect_close(nn_layer_forward(l, x, false), w2, 4, 1e-7, "2-D y");
+  test_expect_values(ctx, nn_layer_forward(l, x, false), w2, 4, 1e-7, "2-D y");
   ad_tape_reset(ctx);
   nn_layer_free(l);
   ad_tensor_free(x);

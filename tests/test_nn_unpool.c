@@ -13,6 +13,7 @@
  * bad arguments and inputs. */
 #include "nn.h"
 #include "test_alloc.h"
+#include "test_layer_values.h"
 #include "unpool_fixtures.h"
 #include "test_tensor_of.h"
 
@@ -25,19 +26,6 @@
 #define N_UNPOOL ((int)(sizeof unpool_cases / sizeof unpool_cases[0]))
 
 TEST_CTX_SUITE(unpool);
-
-/* t against want, NaN matching NaN and an infinity the same infinity */
-static void expect_close(const ad_tensor *t, const double *want, int64_t n, double tol,
-                         const char *what) {
-  cr_assert_not_null(t, "%s is NULL: %s", what, ad_last_error(ctx));
-  cr_assert_eq(t->size, n, "%s has %lld elements, expected %lld", what, (long long)t->size,
-               (long long)n);
-  for (int64_t i = 0; i < n; i++) {
-    double g = ad_tensor_get(t, i), w = want[i];
-    bool ok = isnan(w) ? isnan(g) : isinf(w) ? g == w : fabs(g - w) <= tol * fmax(1, fabs(w));
-    QUICK_ASSERT(ok, "%s[%lld] = %.17g, PyTorch %.17g", what, (long long)i, g, w);
-  }
-}
 
 /* -------------------------------------------------------------- indices */
 
@@ -81,7 +69,7 @@ static void idx_cases_match(ad_dtype dt) {
     ad_tensor_set_requires_grad(x, true);
     ad_tensor *y = nn_layer_forward(l, x, true);
     snprintf(what, sizeof what, "%s %s y", c->name, ad_dtype_name(dt));
-    expect_close(y, dt == AD_F64 ? c->y : c->y32, c->ny, tol, what);
+    test_expect_values(ctx, y, dt == AD_F64 ? c->y : c->y32, c->ny, tol, what);
     ad_tensor *i = nn_max_pool_indices(l, x);
     snprintf(what, sizeof what, "%s %s indices", c->name, ad_dtype_name(dt));
     cr_assert_not_null(i, "%s: %s", what, ad_last_error(ctx));
@@ -89,13 +77,13 @@ static void idx_cases_match(ad_dtype dt) {
     cr_assert_eq(i->ndim, y->ndim, "%s", what);
     for (int d = 0; d < y->ndim; d++) cr_assert_eq(i->shape[d], y->shape[d], "%s dim %d", what, d);
     cr_assert(!ad_tensor_requires_grad(i), "%s", what);
-    expect_close(i, c->idx, c->ny, 0, what);
+    test_expect_values(ctx, i, c->idx, c->ny, 0, what);
     if (c->dx) {
       ad_tensor *g = tensor_of(dt, y->ndim, y->shape, c->gy);
       cr_assert_eq(ad_backward(ctx, ad_sum(ctx, ad_mul(ctx, y, g)), NULL), AD_OK, "%s",
                    ad_last_error(ctx));
       snprintf(what, sizeof what, "%s %s dx", c->name, ad_dtype_name(dt));
-      expect_close(x->grad, dt == AD_F64 ? c->dx : c->dx32, c->nx, tol, what);
+      test_expect_values(ctx, x->grad, dt == AD_F64 ? c->dx : c->dx32, c->nx, tol, what);
       ad_tensor_free(g);
     }
     ad_tape_reset(ctx);
@@ -126,7 +114,7 @@ Test(unpool, core_indices_are_the_layers) {
                                                       .padding = {c->p[0], c->p[1], c->p[2]},
                                                       .dilation = {c->d[0], c->d[1], c->d[2]},
                                                       .ceil_mode = c->ceil_mode});
-    expect_close(i, c->idx, c->ny, 0, c->name);
+    test_expect_values(ctx, i, c->idx, c->ny, 0, c->name);
     ad_tape_reset(ctx);
     ad_tensor_free(x);
     seen++;
@@ -160,14 +148,14 @@ static void unpool_cases_match(ad_dtype dt) {
     ad_tensor_set_requires_grad(x, true);
     ad_tensor *y = nn_max_unpool_forward(l, x, i, c->has_out ? c->out : NULL);
     snprintf(what, sizeof what, "%s %s y", c->name, ad_dtype_name(dt));
-    expect_close(y, dt == AD_F64 ? c->y : c->y32, c->ny, tol, what);
+    test_expect_values(ctx, y, dt == AD_F64 ? c->y : c->y32, c->ny, tol, what);
     cr_assert_eq(y->ndim, c->nd, "%s", what);
     for (int d = 0; d < c->nd; d++) cr_assert_eq(y->shape[d], c->oshape[d], "%s dim %d", what, d);
     ad_tensor *g = tensor_of(dt, y->ndim, y->shape, c->gy);
     cr_assert_eq(ad_backward(ctx, ad_sum(ctx, ad_mul(ctx, y, g)), NULL), AD_OK, "%s",
                  ad_last_error(ctx));
     snprintf(what, sizeof what, "%s %s dx", c->name, ad_dtype_name(dt));
-    expect_close(x->grad, dt == AD_F64 ? c->dx : c->dx32, c->nx, tol, what);
+    test_expect_values(ctx, x->grad, dt == AD_F64 ? c->dx : c->dx32, c->nx, tol, what);
     ad_tape_reset(ctx);
     ad_tensor_free(x), ad_tensor_free(i), ad_tensor_free(g);
     nn_layer_free(l);
@@ -224,13 +212,13 @@ static void lp_cases_match(ad_dtype dt) {
     ad_tensor_set_requires_grad(x, true);
     ad_tensor *y = nn_layer_forward(l, x, true);
     snprintf(what, sizeof what, "%s %s y", c->name, ad_dtype_name(dt));
-    expect_close(y, dt == AD_F64 ? c->y : c->y32, c->ny, tol, what);
+    test_expect_values(ctx, y, dt == AD_F64 ? c->y : c->y32, c->ny, tol, what);
     cr_assert_eq(y->ndim, c->nd, "%s", what);
     ad_tensor *g = tensor_of(dt, y->ndim, y->shape, c->gy);
     cr_assert_eq(ad_backward(ctx, ad_sum(ctx, ad_mul(ctx, y, g)), NULL), AD_OK, "%s",
                  ad_last_error(ctx));
     snprintf(what, sizeof what, "%s %s dx", c->name, ad_dtype_name(dt));
-    expect_close(x->grad, dt == AD_F64 ? c->dx : c->dx32, c->nx, tol, what);
+    test_expect_values(ctx, x->grad, dt == AD_F64 ? c->dx : c->dx32, c->nx, tol, what);
     ad_tape_reset(ctx);
     ad_tensor_free(x), ad_tensor_free(g);
     nn_layer_free(l);
