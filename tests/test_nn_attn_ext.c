@@ -9,6 +9,7 @@
 #include "attn_ext_fixtures.h"
 #include "nn.h"
 #include "test_alloc.h"
+#include "test_layer_values.h"
 
 #include <criterion/criterion.h>
 #include <math.h>
@@ -16,27 +17,6 @@
 #include <string.h>
 
 TEST_CTX_SUITE(mha_ext);
-
-/* |got - want| <= tol (1 + |want|) elementwise over n values. */
-static void expect_close(const ad_tensor *got, const double *want, int64_t n, double tol,
-                         const char *what, const char *cs) {
-  cr_assert_not_null(got, "%s %s is NULL: %s", cs, what, ad_last_error(ctx));
-  cr_assert_eq(got->size, n, "%s %s: %lld values, PyTorch %lld", cs, what, (long long)got->size,
-               (long long)n);
-  for (int64_t i = 0; i < n; i++) {
-    double g = ad_tensor_get(got, i), w = want[i];
-    QUICK_ASSERT(test_close(g, w, tol * (1 + fabs(w))), "%s %s[%lld] = %.17g, PyTorch %.17g", cs,
-                 what, (long long)i, g, w);
-  }
-}
-
-/* A persistent tensor of dtype dt holding v (doubles). */
-static ad_tensor *from(ad_dtype dt, int ndim, const int64_t *shape, const double *v) {
-  ad_tensor *t = ad_zeros(ctx, dt, ndim, shape);
-  cr_assert_not_null(t);
-  for (int64_t i = 0; i < t->size; i++) ad_tensor_set(t, i, v[i]);
-  return t;
-}
 
 static nn_mha_opts_ext case_opts(const ax_case *k, ad_dtype dt, bool causal) {
   return (nn_mha_opts_ext){.base = {.batch_first = k->batch_first, .causal = causal, .dtype = dt},
@@ -98,17 +78,18 @@ static void check_case(const ax_case *k, ad_dtype dt, double tol, mask_way way, 
     qs[1] = ks[1] = vs[1] = n, qs[0] = L, ks[0] = vs[0] = S;
     qs[2] = AX_E, ks[2] = k->kdim, vs[2] = k->vdim;
   }
-  ad_tensor *q = from(dt, nd, qs, k->query), *key = q, *val = q;
+  ad_tensor *q = test_tensor_from(ctx, dt, nd, qs, k->query), *key = q, *val = q;
   ad_tensor_set_requires_grad(q, true);
   if (!k->self_attn) {
-    key = from(dt, nd, ks, k->key), val = from(dt, nd, vs, k->value);
+    key = test_tensor_from(ctx, dt, nd, ks, k->key),
+    val = test_tensor_from(ctx, dt, nd, vs, k->value);
     ad_tensor_set_requires_grad(key, true), ad_tensor_set_requires_grad(val, true);
   }
   ad_tensor *mask = NULL, *kpm = NULL;
   bool bool_mask = k->mask_bool || (k->causal && way == MASK_I32);
   if (k->mask && (way == MASK_AS_FIXTURE || way == MASK_I32)) {
     mask = bool_mask ? ad_zeros(ctx, AD_I32, k->mask_ndim, k->mask_shape)
-                     : from(dt, k->mask_ndim, k->mask_shape, k->mask);
+                     : test_tensor_from(ctx, dt, k->mask_ndim, k->mask_shape, k->mask);
     cr_assert_not_null(mask);
     if (bool_mask) /* nonzero where PyTorch's bool is True or its float -inf */
       for (int64_t i = 0; i < mask->size; i++)
@@ -128,26 +109,27 @@ static void check_case(const ax_case *k, ad_dtype dt, double tol, mask_way way, 
                    .per_head_weights = !k->average};
   ad_tensor *w = NULL;
   ad_tensor *y = nn_multihead_attention(l, q, key, val, &a, &w);
-  expect_close(y, k->out, y ? y->size : 0, tol, "out", cs);
+  test_expect_case_close(ctx, y, k->out, y ? y->size : 0, tol, "out", cs);
   for (int i = 0; i < nd; i++) cr_assert_eq(y->shape[i], qs[i], "%s: out shape", cs);
   cr_assert_not_null(w);
   cr_assert_eq(w->ndim, k->w_ndim, "%s: weights ndim %d", cs, w->ndim);
   for (int i = 0; i < k->w_ndim; i++)
     cr_assert_eq(w->shape[i], k->w_shape[i], "%s: weights dim %d %lld", cs, i,
                  (long long)w->shape[i]);
-  expect_close(w, k->weights, prod(k->w_ndim, k->w_shape), tol, "weights", cs);
-  ad_tensor *gy = from(dt, nd, qs, k->gy), *gw = from(dt, k->w_ndim, k->w_shape, k->gw);
+  test_expect_case_close(ctx, w, k->weights, prod(k->w_ndim, k->w_shape), tol, "weights", cs);
+  ad_tensor *gy = test_tensor_from(ctx, dt, nd, qs, k->gy),
+            *gw = test_tensor_from(ctx, dt, k->w_ndim, k->w_shape, k->gw);
   ad_tensor *loss = ad_add(ctx, ad_sum(ctx, ad_mul(ctx, y, gy)), ad_sum(ctx, ad_mul(ctx, w, gw)));
   cr_assert_eq(ad_backward(ctx, loss, NULL), AD_OK, "%s", ad_last_error(ctx));
-  expect_close(q->grad, k->dquery, q->size, tol, "dquery", cs);
+  test_expect_case_close(ctx, q->grad, k->dquery, q->size, tol, "dquery", cs);
   if (!k->self_attn) {
-    expect_close(key->grad, k->dkey, key->size, tol, "dkey", cs);
-    expect_close(val->grad, k->dvalue, val->size, tol, "dvalue", cs);
+    test_expect_case_close(ctx, key->grad, k->dkey, key->size, tol, "dkey", cs);
+    test_expect_case_close(ctx, val->grad, k->dvalue, val->size, tol, "dvalue", cs);
   }
   nn_params *p = nn_layer_params(l);
   for (int i = 0; i < k->nparams; i++) {
     ad_tensor *t = nn_params_tensor(p, i);
-    expect_close(t->grad, k->params[i].grad, t->size, tol, k->params[i].name, cs);
+    test_expect_case_close(ctx, t->grad, k->params[i].grad, t->size, tol, k->params[i].name, cs);
   }
   ad_tape_reset(ctx);
   ad_tensor_free(q), ad_tensor_free(gy), ad_tensor_free(gw);

@@ -7,6 +7,7 @@
  * names, the description, and the error messages. */
 #include "nn.h"
 #include "nn_io.h"
+#include "test_layer_values.h"
 #include "test_tmpdir.h"
 #include "transformer_fixtures.h"
 
@@ -17,27 +18,6 @@
 #include <string.h>
 
 TEST_TMPDIR_SUITE(xf, "xf");
-
-/* |got - want| <= tol (1 + |want|) elementwise over n values. */
-static void expect_close(const ad_tensor *got, const double *want, int64_t n, double tol,
-                         const char *what, const char *cs) {
-  cr_assert_not_null(got, "%s %s is NULL: %s", cs, what, ad_last_error(ctx));
-  cr_assert_eq(got->size, n, "%s %s: %lld values, PyTorch %lld", cs, what, (long long)got->size,
-               (long long)n);
-  for (int64_t i = 0; i < n; i++) {
-    double g = ad_tensor_get(got, i), w = want[i];
-    QUICK_ASSERT(test_close(g, w, tol * (1 + fabs(w))), "%s %s[%lld] = %.17g, PyTorch %.17g", cs,
-                 what, (long long)i, g, w);
-  }
-}
-
-/* A persistent tensor of dtype dt holding v (doubles). */
-static ad_tensor *from(ad_dtype dt, int ndim, const int64_t *shape, const double *v) {
-  ad_tensor *t = ad_zeros(ctx, dt, ndim, shape);
-  cr_assert_not_null(t);
-  for (int64_t i = 0; i < t->size; i++) ad_tensor_set(t, i, v[i]);
-  return t;
-}
 
 /* Sets the parameters named prefix + PyTorch's names in p to the
  * fixture's state dict. */
@@ -80,7 +60,7 @@ static void check_case(const xf_case *k, ad_dtype dt, double tol, mask_way way) 
   char cs[96];
   snprintf(cs, sizeof cs, "%s/%s/%d", k->name, ad_dtype_name(dt), (int)way);
   nn_layer *l = case_layer(k, dt, way == MASK_LAYER_CAUSAL);
-  ad_tensor *src = from(dt, k->ndim, k->shape, k->src);
+  ad_tensor *src = test_tensor_from(ctx, dt, k->ndim, k->shape, k->src);
   ad_tensor_set_requires_grad(src, true);
   nn_transformer_args a = {0};
   ad_tensor *mask = NULL, *kpm = NULL;
@@ -89,7 +69,7 @@ static void check_case(const xf_case *k, ad_dtype dt, double tol, mask_way way) 
     mask = ad_zeros(ctx, AD_I32, 2, ms);
     for (int64_t i = 0; i < mask->size; i++) ad_tensor_set(mask, i, isinf(k->mask[i]));
   } else if (k->mask && way == MASK_AS_FIXTURE)
-    mask = from(dt, 2, ms, k->mask);
+    mask = test_tensor_from(ctx, dt, 2, ms, k->mask);
   a.src_mask = mask;
   a.causal = way == MASK_CAUSAL_FLAG;
   if (k->kpm) {
@@ -101,16 +81,16 @@ static void check_case(const xf_case *k, ad_dtype dt, double tol, mask_way way) 
   }
   ad_tensor *y = way == MASK_LAYER_CAUSAL ? nn_layer_forward(l, src, false)
                                           : nn_transformer_encoder_layer(l, src, &a);
-  expect_close(y, k->out, y ? y->size : 0, tol, "out", cs);
+  test_expect_case_close(ctx, y, k->out, y ? y->size : 0, tol, "out", cs);
   for (int i = 0; i < k->ndim; i++) cr_assert_eq(y->shape[i], k->shape[i], "%s: out shape", cs);
-  ad_tensor *gy = from(dt, k->ndim, k->shape, k->gy);
+  ad_tensor *gy = test_tensor_from(ctx, dt, k->ndim, k->shape, k->gy);
   ad_tensor *loss = ad_sum(ctx, ad_mul(ctx, y, gy));
   cr_assert_eq(ad_backward(ctx, loss, NULL), AD_OK, "%s", ad_last_error(ctx));
-  expect_close(src->grad, k->dsrc, src->size, tol, "dsrc", cs);
+  test_expect_case_close(ctx, src->grad, k->dsrc, src->size, tol, "dsrc", cs);
   nn_params *p = nn_layer_params(l);
   for (int i = 0; i < XF_NPARAMS; i++) {
     ad_tensor *t = nn_params_find(p, xf_param_names[i]);
-    expect_close(t->grad, k->d[i], xf_param_sizes[i], tol, xf_param_names[i], cs);
+    test_expect_case_close(ctx, t->grad, k->d[i], xf_param_sizes[i], tol, xf_param_names[i], cs);
   }
   ad_tape_reset(ctx);
   ad_tensor_free(src), ad_tensor_free(gy), ad_tensor_free(mask), ad_tensor_free(kpm);
@@ -143,9 +123,9 @@ Test(xf, float_mask_without_inf_is_not_an_i32_mask) {
   const xf_case *k = &xf_cases[3];
   cr_assert(k->mask && !k->causal);
   nn_layer *l = case_layer(k, AD_F64, false);
-  ad_tensor *src = from(AD_F64, k->ndim, k->shape, k->src);
+  ad_tensor *src = test_tensor_from(ctx, AD_F64, k->ndim, k->shape, k->src);
   int64_t ms[2] = {XF_S, XF_S};
-  ad_tensor *fm = from(AD_F64, 2, ms, k->mask), *im = ad_zeros(ctx, AD_I32, 2, ms);
+  ad_tensor *fm = test_tensor_from(ctx, AD_F64, 2, ms, k->mask), *im = ad_zeros(ctx, AD_I32, 2, ms);
   for (int64_t i = 0; i < XF_S; i++) ad_tensor_set(im, i * XF_S + (i + 1) % XF_S, 1);
   ad_tensor *a = nn_transformer_encoder_layer(l, src, &(nn_transformer_args){.src_mask = fm});
   ad_tensor *b = nn_transformer_encoder_layer(l, src, &(nn_transformer_args){.src_mask = im});
@@ -304,41 +284,34 @@ static nn_layer *drop_layer(double p, uint64_t seed) {
   return l;
 }
 
-static double max_diff(const ad_tensor *a, const ad_tensor *b) {
-  cr_assert(a && b, "%s", ad_last_error(ctx));
-  double d = 0;
-  for (int64_t i = 0; i < a->size; i++)
-    d = fmax(d, fabs(ad_tensor_get(a, i) - ad_tensor_get(b, i)));
-  return d;
-}
-
 Test(xf, dropout_draws_reproducible_with_the_seed) {
   const xf_case *k = &xf_cases[0];
   nn_layer *a = drop_layer(0.3, 7), *b = drop_layer(0.3, 7), *c = drop_layer(0.3, 8);
-  ad_tensor *src = from(AD_F64, k->ndim, k->shape, k->src);
+  ad_tensor *src = test_tensor_from(ctx, AD_F64, k->ndim, k->shape, k->src);
   nn_transformer_args tr = {.training = true};
   /* evaluation mode: PyTorch's values, no draws */
-  expect_close(nn_transformer_encoder_layer(a, src, NULL), k->out, src->size, 1e-12, "eval", "a");
+  test_expect_case_close(ctx, nn_transformer_encoder_layer(a, src, NULL), k->out, src->size, 1e-12,
+                         "eval", "a");
   ad_tensor *ya = nn_transformer_encoder_layer(a, src, &tr);
   ad_tensor *yb = nn_transformer_encoder_layer(b, src, &tr);
   ad_tensor *yc = nn_transformer_encoder_layer(c, src, &tr);
-  cr_assert_eq(max_diff(ya, yb), 0, "same seed, same masks");
-  cr_assert_gt(max_diff(ya, yc), 1e-3, "another seed");
+  cr_assert_eq(test_max_diff(ctx, ya, yb), 0, "same seed, same masks");
+  cr_assert_gt(test_max_diff(ctx, ya, yc), 1e-3, "another seed");
   ad_tensor *eval = nn_transformer_encoder_layer(a, src, NULL);
-  cr_assert_gt(max_diff(ya, eval), 1e-3, "training differs from evaluation");
+  cr_assert_gt(test_max_diff(ctx, ya, eval), 1e-3, "training differs from evaluation");
   /* the next call draws new masks, the same in a and b */
   ad_tensor *ya2 = nn_transformer_encoder_layer(a, src, &tr);
-  cr_assert_gt(max_diff(ya, ya2), 1e-3);
+  cr_assert_gt(test_max_diff(ctx, ya, ya2), 1e-3);
   /* a call that fails takes no draws: b's next training call is a's */
   int64_t bad[2] = {3, 3};
   ad_tensor *m = ad_zeros(ctx, AD_I32, 2, bad);
   cr_assert_null(nn_transformer_encoder_layer(
       b, src, &(nn_transformer_args){.src_mask = m, .training = true}));
   expect_status_msg(ctx, AD_ERR_SHAPE, "attn_mask");
-  cr_assert_eq(max_diff(ya2, nn_transformer_encoder_layer(b, src, &tr)), 0);
+  cr_assert_eq(test_max_diff(ctx, ya2, nn_transformer_encoder_layer(b, src, &tr)), 0);
   /* no_dropout: training mode is evaluation mode */
   nn_layer *z = drop_layer(0, 7);
-  cr_assert_eq(max_diff(nn_transformer_encoder_layer(z, src, &tr), eval), 0);
+  cr_assert_eq(test_max_diff(ctx, nn_transformer_encoder_layer(z, src, &tr), eval), 0);
   ad_tensor_free(src), ad_tensor_free(m);
   nn_layer_free(a), nn_layer_free(b), nn_layer_free(c), nn_layer_free(z);
 }
@@ -464,8 +437,8 @@ Test(xf, checkpoint_round_trip_with_pytorch_names) {
                AD_OK);
   cr_assert_eq(nn_model_load(m2, NULL, path), AD_OK, "%s", ad_last_error(ctx));
   nn_model_set_training(m2, false);
-  ad_tensor *src = from(AD_F32, k->ndim, k->shape, k->src);
-  expect_close(nn_model_forward(m2, src), k->out, src->size, 1e-5, "out", "loaded");
+  ad_tensor *src = test_tensor_from(ctx, AD_F32, k->ndim, k->shape, k->src);
+  test_expect_case_close(ctx, nn_model_forward(m2, src), k->out, src->size, 1e-5, "out", "loaded");
   /* a bare layer loads a PyTorch state dict saved without the prefix */
   const char *path2 = test_path("layer.safetensors");
   nn_params *p = nn_layer_params(nn_model_layer(m, 0));
@@ -477,7 +450,8 @@ Test(xf, checkpoint_round_trip_with_pytorch_names) {
   cr_assert_eq(
       nn_checkpoint_load(ctx, path2, XF_NPARAMS, nn_params_names(lp), nn_params_tensors(lp)), AD_OK,
       "%s", ad_last_error(ctx));
-  expect_close(nn_layer_forward(l, src, false), k->out, src->size, 1e-5, "out", "layer");
+  test_expect_case_close(ctx, nn_layer_forward(l, src, false), k->out, src->size, 1e-5, "out",
+                         "layer");
   ad_tensor_free(src);
   nn_layer_free(l);
   nn_model_free(m), nn_model_free(m2);
@@ -673,7 +647,7 @@ Test(xf, empty_batch_gives_empty_output_and_zero_gradients) {
 Test(xf, unbatched_is_a_batch_of_one) {
   const xf_case *k = &xf_cases[0]; /* post-norm, [S, N, E] */
   nn_layer *l = case_layer(k, AD_F64, false);
-  ad_tensor *src = from(AD_F64, k->ndim, k->shape, k->src);
+  ad_tensor *src = test_tensor_from(ctx, AD_F64, k->ndim, k->shape, k->src);
   ad_tensor *y = nn_transformer_encoder_layer(l, src, NULL);
   /* sequence 1 alone, [S, E] */
   int64_t us[2] = {XF_S, XF_E};

@@ -10,6 +10,7 @@
  * descriptions, and the error messages. */
 #include "nn.h"
 #include "nn_io.h"
+#include "test_layer_values.h"
 #include "test_tmpdir.h"
 #include "transformer_dec_fixtures.h"
 
@@ -20,27 +21,6 @@
 #include <string.h>
 
 TEST_TMPDIR_SUITE(xd, "xd");
-
-/* |got - want| <= tol (1 + |want|) elementwise over n values. */
-static void expect_close(const ad_tensor *got, const double *want, int64_t n, double tol,
-                         const char *what, const char *cs) {
-  cr_assert_not_null(got, "%s %s is NULL: %s", cs, what, ad_last_error(ctx));
-  cr_assert_eq(got->size, n, "%s %s: %lld values, PyTorch %lld", cs, what, (long long)got->size,
-               (long long)n);
-  for (int64_t i = 0; i < n; i++) {
-    double g = ad_tensor_get(got, i), w = want[i];
-    QUICK_ASSERT(test_close(g, w, tol * (1 + fabs(w))), "%s %s[%lld] = %.17g, PyTorch %.17g", cs,
-                 what, (long long)i, g, w);
-  }
-}
-
-/* A persistent tensor of dtype dt holding v (doubles). */
-static ad_tensor *from(ad_dtype dt, int ndim, const int64_t *shape, const double *v) {
-  ad_tensor *t = ad_zeros(ctx, dt, ndim, shape);
-  cr_assert_not_null(t);
-  for (int64_t i = 0; i < t->size; i++) ad_tensor_set(t, i, v[i]);
-  return t;
-}
 
 /* An AD_I32 mask from PyTorch's 0/1 values, or NULL. */
 static ad_tensor *i32_mask(int ndim, const int64_t *shape, const double *v) {
@@ -102,8 +82,8 @@ static void check_dec(const dec_case *k, bool stack, ad_dtype dt, double tol, ma
   snprintf(cs, sizeof cs, "%s/%s/%s/%d", stack ? "stack" : "layer", k->name, ad_dtype_name(dt),
            (int)way);
   nn_layer *l = dec_module(k, stack, dt, way == MASK_LAYER_CAUSAL);
-  ad_tensor *tgt = from(dt, k->ndim, k->tshape, k->tgt),
-            *mem = from(dt, k->ndim, k->mshape, k->mem);
+  ad_tensor *tgt = test_tensor_from(ctx, dt, k->ndim, k->tshape, k->tgt),
+            *mem = test_tensor_from(ctx, dt, k->ndim, k->mshape, k->mem);
   ad_tensor_set_requires_grad(tgt, true);
   ad_tensor_set_requires_grad(mem, true);
   int64_t tt[2] = {XD_T, XD_T}, ts[2] = {XD_T, XD_S}, nt[2] = {XD_N, XD_T}, ns[2] = {XD_N, XD_S};
@@ -113,9 +93,10 @@ static void check_dec(const dec_case *k, bool stack, ad_dtype dt, double tol, ma
     tmask = ad_zeros(ctx, AD_I32, 2, tt);
     for (int64_t i = 0; i < tmask->size; i++) ad_tensor_set(tmask, i, isinf(k->tmask[i]));
   } else if (k->tmask && (way == MASK_AS_FIXTURE || !k->causal))
-    tmask = from(dt, 2, tt, k->tmask);
+    tmask = test_tensor_from(ctx, dt, 2, tt, k->tmask);
   nn_transformer_decoder_args a = {.tgt_mask = tmask,
-                                   .memory_mask = k->mmask ? from(dt, 2, ts, k->mmask) : NULL,
+                                   .memory_mask =
+                                       k->mmask ? test_tensor_from(ctx, dt, 2, ts, k->mmask) : NULL,
                                    .tgt_key_padding_mask = i32_mask(kd, nt + 2 - kd, k->tkpm),
                                    .memory_key_padding_mask = i32_mask(kd, ns + 2 - kd, k->mkpm),
                                    .causal = way == MASK_CAUSAL_FLAG};
@@ -123,19 +104,19 @@ static void check_dec(const dec_case *k, bool stack, ad_dtype dt, double tol, ma
                        : nn_transformer_decoder_layer(l, tgt, mem, &a);
   int64_t n = 1;
   for (int i = 0; i < k->ndim; i++) n *= k->tshape[i];
-  expect_close(y, k->out, n, tol, "out", cs);
+  test_expect_case_close(ctx, y, k->out, n, tol, "out", cs);
   for (int i = 0; i < k->ndim; i++) cr_assert_eq(y->shape[i], k->tshape[i], "%s: out shape", cs);
-  ad_tensor *gy = from(dt, k->ndim, k->tshape, k->gy);
+  ad_tensor *gy = test_tensor_from(ctx, dt, k->ndim, k->tshape, k->gy);
   ad_tensor *loss = ad_sum(ctx, ad_mul(ctx, y, gy));
   cr_assert_eq(ad_backward(ctx, loss, NULL), AD_OK, "%s", ad_last_error(ctx));
-  expect_close(tgt->grad, k->dtgt, tgt->size, tol, "dtgt", cs);
-  expect_close(mem->grad, k->dmem, mem->size, tol, "dmemory", cs);
+  test_expect_case_close(ctx, tgt->grad, k->dtgt, tgt->size, tol, "dtgt", cs);
+  test_expect_case_close(ctx, mem->grad, k->dmem, mem->size, tol, "dmemory", cs);
   nn_params *p = nn_layer_params(l);
   int np = stack ? XDS_NPARAMS : XD_NPARAMS;
   for (int i = 0; i < np; i++) {
     const char *name = stack ? xds_param_names[i] : xd_param_names[i];
-    expect_close(nn_params_find(p, name)->grad, k->d[i],
-                 stack ? xds_param_sizes[i] : xd_param_sizes[i], tol, name, cs);
+    test_expect_case_close(ctx, nn_params_find(p, name)->grad, k->d[i],
+                           stack ? xds_param_sizes[i] : xd_param_sizes[i], tol, name, cs);
   }
   ad_tape_reset(ctx);
   ad_tensor_free(tgt), ad_tensor_free(mem), ad_tensor_free(gy), ad_tensor_free(a.tgt_mask);
@@ -182,23 +163,24 @@ static void check_enc(const enc_case *k, ad_dtype dt, double tol, mask_way way) 
   char cs[96];
   snprintf(cs, sizeof cs, "encoder/%s/%s/%d", k->name, ad_dtype_name(dt), (int)way);
   nn_layer *l = enc_stack(k, dt, way == MASK_LAYER_CAUSAL);
-  ad_tensor *src = from(dt, k->ndim, k->shape, k->src);
+  ad_tensor *src = test_tensor_from(ctx, dt, k->ndim, k->shape, k->src);
   ad_tensor_set_requires_grad(src, true);
   int64_t ss[2] = {XD_T, XD_T}, ns[2] = {XD_N, XD_T};
-  nn_transformer_args a = {.src_mask =
-                               k->mask && way == MASK_AS_FIXTURE ? from(dt, 2, ss, k->mask) : NULL,
+  nn_transformer_args a = {.src_mask = k->mask && way == MASK_AS_FIXTURE
+                                           ? test_tensor_from(ctx, dt, 2, ss, k->mask)
+                                           : NULL,
                            .src_key_padding_mask = i32_mask(2, ns, k->kpm),
                            .causal = way == MASK_CAUSAL_FLAG};
   ad_tensor *y = nn_transformer_encoder(l, src, &a);
-  expect_close(y, k->out, src->size, tol, "out", cs);
-  ad_tensor *gy = from(dt, k->ndim, k->shape, k->gy);
+  test_expect_case_close(ctx, y, k->out, src->size, tol, "out", cs);
+  ad_tensor *gy = test_tensor_from(ctx, dt, k->ndim, k->shape, k->gy);
   cr_assert_eq(ad_backward(ctx, ad_sum(ctx, ad_mul(ctx, y, gy)), NULL), AD_OK, "%s",
                ad_last_error(ctx));
-  expect_close(src->grad, k->dsrc, src->size, tol, "dsrc", cs);
+  test_expect_case_close(ctx, src->grad, k->dsrc, src->size, tol, "dsrc", cs);
   nn_params *p = nn_layer_params(l);
   for (int i = 0; i < XS_NPARAMS; i++)
-    expect_close(nn_params_find(p, xs_param_names[i])->grad, k->d[i], xs_param_sizes[i], tol,
-                 xs_param_names[i], cs);
+    test_expect_case_close(ctx, nn_params_find(p, xs_param_names[i])->grad, k->d[i],
+                           xs_param_sizes[i], tol, xs_param_names[i], cs);
   ad_tape_reset(ctx);
   ad_tensor_free(src), ad_tensor_free(gy), ad_tensor_free(a.src_mask);
   ad_tensor_free(a.src_key_padding_mask);
@@ -237,8 +219,9 @@ Test(xd, encoder_stack_in_a_sequential) {
     for (int64_t j = 0; j < t->size; j++) ad_tensor_set(t, j, xs_params[i][j]);
   }
   nn_model_set_training(m, false);
-  ad_tensor *src = from(AD_F32, k->ndim, k->shape, k->src);
-  expect_close(nn_model_forward(m, src), k->out, src->size, 1e-5, "out", "sequential");
+  ad_tensor *src = test_tensor_from(ctx, AD_F32, k->ndim, k->shape, k->src);
+  test_expect_case_close(ctx, nn_model_forward(m, src), k->out, src->size, 1e-5, "out",
+                         "sequential");
   ad_tensor_free(src);
   nn_model_free(m);
 }
@@ -263,12 +246,14 @@ Test(xd, encoder_stack_checkpoint_under_pytorch_names) {
   cr_assert_eq(
       nn_checkpoint_load(ctx, path, nn_params_count(p), nn_params_names(p), nn_params_tensors(p)),
       AD_OK, "%s", ad_last_error(ctx));
-  ad_tensor *src = from(AD_F64, k->ndim, k->shape, k->src);
+  ad_tensor *src = test_tensor_from(ctx, AD_F64, k->ndim, k->shape, k->src);
   int64_t ss[2] = {XD_T, XD_T}, ns[2] = {XD_N, XD_T};
-  ad_tensor *mask = from(AD_F64, 2, ss, k->mask), *kpm = i32_mask(2, ns, k->kpm);
-  expect_close(nn_transformer_encoder(
-                   l, src, &(nn_transformer_args){.src_mask = mask, .src_key_padding_mask = kpm}),
-               k->out, src->size, 1e-12, "out", "loaded");
+  ad_tensor *mask = test_tensor_from(ctx, AD_F64, 2, ss, k->mask), *kpm = i32_mask(2, ns, k->kpm);
+  test_expect_case_close(
+      ctx,
+      nn_transformer_encoder(l, src,
+                             &(nn_transformer_args){.src_mask = mask, .src_key_padding_mask = kpm}),
+      k->out, src->size, 1e-12, "out", "loaded");
   ad_tensor_free(src), ad_tensor_free(mask), ad_tensor_free(kpm);
   nn_layer_free(l);
 }
@@ -415,14 +400,6 @@ Test(xd, gradcheck_encoder_stack) { check_gradients(false, false, NN_ACT_GELU); 
 
 /* -------------------------------------------------------------- dropout */
 
-static double max_diff(const ad_tensor *a, const ad_tensor *b) {
-  cr_assert(a && b, "%s", ad_last_error(ctx));
-  double d = 0;
-  for (int64_t i = 0; i < a->size; i++)
-    d = fmax(d, fabs(ad_tensor_get(a, i) - ad_tensor_get(b, i)));
-  return d;
-}
-
 /* The decoder layer of case 0, or a stack of it, with dropout 0.3 and seed. */
 static nn_layer *drop_module(bool stack, uint64_t seed) {
   ad_rng rng;
@@ -439,26 +416,26 @@ static nn_layer *drop_module(bool stack, uint64_t seed) {
 static void check_dropout(bool stack) {
   const dec_case *k = &xd_cases[0];
   nn_layer *a = drop_module(stack, 7), *b = drop_module(stack, 7), *c = drop_module(stack, 8);
-  ad_tensor *tgt = from(AD_F64, k->ndim, k->tshape, k->tgt),
-            *mem = from(AD_F64, k->ndim, k->mshape, k->mem);
+  ad_tensor *tgt = test_tensor_from(ctx, AD_F64, k->ndim, k->tshape, k->tgt),
+            *mem = test_tensor_from(ctx, AD_F64, k->ndim, k->mshape, k->mem);
   nn_transformer_decoder_args tr = {.training = true};
   ad_tensor *(*run)(nn_layer *, ad_tensor *, ad_tensor *, const nn_transformer_decoder_args *) =
       stack ? nn_transformer_decoder : nn_transformer_decoder_layer;
   ad_tensor *eval = run(a, tgt, mem, NULL);
-  if (!stack) expect_close(eval, k->out, tgt->size, 1e-12, "eval", "a");
+  if (!stack) test_expect_case_close(ctx, eval, k->out, tgt->size, 1e-12, "eval", "a");
   ad_tensor *ya = run(a, tgt, mem, &tr), *yb = run(b, tgt, mem, &tr), *yc = run(c, tgt, mem, &tr);
-  cr_assert_eq(max_diff(ya, yb), 0, "same seed, same masks");
-  cr_assert_gt(max_diff(ya, yc), 1e-3, "another seed");
-  cr_assert_gt(max_diff(ya, eval), 1e-3, "training differs from evaluation");
+  cr_assert_eq(test_max_diff(ctx, ya, yb), 0, "same seed, same masks");
+  cr_assert_gt(test_max_diff(ctx, ya, yc), 1e-3, "another seed");
+  cr_assert_gt(test_max_diff(ctx, ya, eval), 1e-3, "training differs from evaluation");
   ad_tensor *ya2 = run(a, tgt, mem, &tr);
-  cr_assert_gt(max_diff(ya, ya2), 1e-3, "the next call draws new masks");
+  cr_assert_gt(test_max_diff(ctx, ya, ya2), 1e-3, "the next call draws new masks");
   /* a call that fails in the cross-attention (after the self-attention's
    * draws) takes no draws: b's next training call is a's */
   ad_tensor *bad = ad_zeros(ctx, AD_I32, 2, (int64_t[]){XD_T, XD_T}); /* memory_mask [T, S] */
   cr_assert_null(
       run(b, tgt, mem, &(nn_transformer_decoder_args){.memory_mask = bad, .training = true}));
   expect_status_msg(ctx, AD_ERR_SHAPE, "multihead_attention 'multihead_attn': attn_mask [4,4]");
-  cr_assert_eq(max_diff(ya2, run(b, tgt, mem, &tr)), 0);
+  cr_assert_eq(test_max_diff(ctx, ya2, run(b, tgt, mem, &tr)), 0);
   ad_tensor_free(tgt), ad_tensor_free(mem), ad_tensor_free(bad);
   nn_layer_free(a), nn_layer_free(b), nn_layer_free(c);
 }

@@ -10,6 +10,7 @@
  * differences, and the error messages. */
 #include "nn.h"
 #include "nn_io.h"
+#include "test_layer_values.h"
 #include "test_tmpdir.h"
 #include "transformer_model_fixtures.h"
 
@@ -22,28 +23,6 @@
 TEST_TMPDIR_SUITE(xt, "xt");
 
 #define NCASES ((int)(sizeof xt_cases / sizeof *xt_cases))
-
-/* |got - want| <= tol (1 + |want|) elementwise over n values. */
-static void expect_close(const ad_tensor *got, const double *want, int64_t n, double tol,
-                         const char *what, const char *cs) {
-  cr_assert_not_null(got, "%s %s is NULL: %s", cs, what, ad_last_error(ctx));
-  cr_assert_eq(got->size, n, "%s %s: %lld values, PyTorch %lld", cs, what, (long long)got->size,
-               (long long)n);
-  for (int64_t i = 0; i < n; i++) {
-    double g = ad_tensor_get(got, i), w = want[i];
-    QUICK_ASSERT(test_close(g, w, tol * (1 + fabs(w))), "%s %s[%lld] = %.17g, PyTorch %.17g", cs,
-                 what, (long long)i, g, w);
-  }
-}
-
-/* A persistent tensor of dtype dt holding v (doubles), or NULL for NULL v. */
-static ad_tensor *from(ad_dtype dt, int ndim, const int64_t *shape, const double *v) {
-  if (!v) return NULL;
-  ad_tensor *t = ad_zeros(ctx, dt, ndim, shape);
-  cr_assert_not_null(t);
-  for (int64_t i = 0; i < t->size; i++) ad_tensor_set(t, i, v[i]);
-  return t;
-}
 
 static nn_transformer_model_opts opts_of(const xt_case *k, ad_dtype dt) {
   return (nn_transformer_model_opts){.d_model = XT_E,
@@ -97,8 +76,8 @@ static void check_case(const xt_case *k, ad_dtype dt, double tol, mask_way way) 
   nn_layer *l = nn_transformer_new(ctx, &rng, &o);
   cr_assert_not_null(l, "%s", ad_last_error(ctx));
   load_torch(l, k);
-  ad_tensor *src = from(dt, k->ndim, k->sshape, k->src),
-            *tgt = from(dt, k->ndim, k->tshape, k->tgt);
+  ad_tensor *src = test_tensor_from(ctx, dt, k->ndim, k->sshape, k->src),
+            *tgt = test_tensor_from(ctx, dt, k->ndim, k->tshape, k->tgt);
   ad_tensor_set_requires_grad(src, true);
   ad_tensor_set_requires_grad(tgt, true);
   int64_t ss[2] = {XT_S, XT_S}, tt[2] = {XT_T, XT_T}, ts[2] = {XT_T, XT_S}, ns[2] = {XT_N, XT_S},
@@ -107,7 +86,8 @@ static void check_case(const xt_case *k, ad_dtype dt, double tol, mask_way way) 
   const int64_t *shapes[6] = {ss, tt, ts, ns + 2 - kd, nt + 2 - kd, ns + 2 - kd};
   int nds[6] = {2, 2, 2, kd, kd, kd};
   ad_tensor *m[6];
-  for (int i = 0; i < 6; i++) m[i] = i < 3 ? from(dt, nds[i], shapes[i], k->masks[i]) : NULL;
+  for (int i = 0; i < 6; i++)
+    m[i] = i < 3 ? test_tensor_from(ctx, dt, nds[i], shapes[i], k->masks[i]) : NULL;
   for (int i = 3; i < 6; i++)
     if (k->masks[i]) { /* PyTorch's bool: AD_I32 nonzero */
       m[i] = ad_zeros(ctx, AD_I32, nds[i], shapes[i]);
@@ -123,17 +103,17 @@ static void check_case(const xt_case *k, ad_dtype dt, double tol, mask_way way) 
     }
   }
   ad_tensor *y = nn_transformer_forward(l, src, tgt, m[0], m[1], m[2], m[3], m[4], m[5], false);
-  expect_close(y, k->out, tgt->size, tol, "out", cs);
+  test_expect_case_close(ctx, y, k->out, tgt->size, tol, "out", cs);
   for (int i = 0; i < k->ndim; i++) cr_assert_eq(y->shape[i], k->tshape[i], "%s: out shape", cs);
-  ad_tensor *gy = from(dt, k->ndim, k->tshape, k->gy);
+  ad_tensor *gy = test_tensor_from(ctx, dt, k->ndim, k->tshape, k->gy);
   cr_assert_eq(ad_backward(ctx, ad_sum(ctx, ad_mul(ctx, y, gy)), NULL), AD_OK, "%s",
                ad_last_error(ctx));
-  expect_close(src->grad, k->dsrc, src->size, tol, "dsrc", cs);
-  expect_close(tgt->grad, k->dtgt, tgt->size, tol, "dtgt", cs);
+  test_expect_case_close(ctx, src->grad, k->dsrc, src->size, tol, "dsrc", cs);
+  test_expect_case_close(ctx, tgt->grad, k->dtgt, tgt->size, tol, "dtgt", cs);
   nn_params *p = nn_layer_params(l);
   for (int i = 0; k->d[0] && i < XT_NPARAMS; i++)
-    expect_close(nn_params_find(p, xt_param_names[i])->grad, k->d[i], xt_param_sizes[i], tol,
-                 xt_param_names[i], cs);
+    test_expect_case_close(ctx, nn_params_find(p, xt_param_names[i])->grad, k->d[i],
+                           xt_param_sizes[i], tol, xt_param_names[i], cs);
   ad_tape_reset(ctx);
   ad_tensor_free(src), ad_tensor_free(tgt), ad_tensor_free(gy);
   for (int i = 0; i < 6; i++) ad_tensor_free(m[i]);
@@ -196,10 +176,11 @@ Test(xt, parameters_named_and_ordered_as_pytorch) {
   cr_assert_eq(nn_checkpoint_load(ctx, path, XT_NPARAMS, nn_params_names(p), nn_params_tensors(p)),
                AD_OK, "%s", ad_last_error(ctx));
   const xt_case *k = &xt_cases[0];
-  ad_tensor *src = from(AD_F32, k->ndim, k->sshape, k->src),
-            *tgt = from(AD_F32, k->ndim, k->tshape, k->tgt);
-  expect_close(nn_transformer_forward(l, src, tgt, NULL, NULL, NULL, NULL, NULL, NULL, false),
-               k->out, tgt->size, 1e-5, "out", "reloaded");
+  ad_tensor *src = test_tensor_from(ctx, AD_F32, k->ndim, k->sshape, k->src),
+            *tgt = test_tensor_from(ctx, AD_F32, k->ndim, k->tshape, k->tgt);
+  test_expect_case_close(
+      ctx, nn_transformer_forward(l, src, tgt, NULL, NULL, NULL, NULL, NULL, NULL, false), k->out,
+      tgt->size, 1e-5, "out", "reloaded");
   ad_tensor_free(src), ad_tensor_free(tgt);
   nn_layer_free(l);
 }
@@ -385,14 +366,6 @@ Test(xt, defaults_and_description) {
 
 /* -------------------------------------------------------------- dropout */
 
-static double max_diff(const ad_tensor *a, const ad_tensor *b) {
-  cr_assert(a && b, "%s", ad_last_error(ctx));
-  double d = 0;
-  for (int64_t i = 0; i < a->size; i++)
-    d = fmax(d, fabs(ad_tensor_get(a, i) - ad_tensor_get(b, i)));
-  return d;
-}
-
 static nn_layer *drop_module(uint64_t seed) {
   ad_rng rng;
   ad_rng_seed(&rng, 1);
@@ -411,24 +384,24 @@ static ad_tensor *run(nn_layer *l, ad_tensor *src, ad_tensor *tgt, bool training
 Test(xt, dropout_in_training_only_reproducible_and_rolled_back) {
   const xt_case *k = &xt_cases[0];
   nn_layer *a = drop_module(7), *b = drop_module(7), *c = drop_module(8);
-  ad_tensor *src = from(AD_F64, k->ndim, k->sshape, k->src),
-            *tgt = from(AD_F64, k->ndim, k->tshape, k->tgt);
+  ad_tensor *src = test_tensor_from(ctx, AD_F64, k->ndim, k->sshape, k->src),
+            *tgt = test_tensor_from(ctx, AD_F64, k->ndim, k->tshape, k->tgt);
   ad_tensor *eval = run(a, src, tgt, false);
-  expect_close(eval, k->out, tgt->size, 1e-12, "eval", "dropout 0.3");
+  test_expect_case_close(ctx, eval, k->out, tgt->size, 1e-12, "eval", "dropout 0.3");
   ad_tensor *ya = run(a, src, tgt, true), *yb = run(b, src, tgt, true),
             *yc = run(c, src, tgt, true);
-  cr_assert_eq(max_diff(ya, yb), 0, "same seed, same masks");
-  cr_assert_gt(max_diff(ya, yc), 1e-3, "another seed");
-  cr_assert_gt(max_diff(ya, eval), 1e-3, "training differs from evaluation");
-  cr_assert_eq(max_diff(run(a, src, tgt, false), eval), 0, "evaluation draws nothing");
+  cr_assert_eq(test_max_diff(ctx, ya, yb), 0, "same seed, same masks");
+  cr_assert_gt(test_max_diff(ctx, ya, yc), 1e-3, "another seed");
+  cr_assert_gt(test_max_diff(ctx, ya, eval), 1e-3, "training differs from evaluation");
+  cr_assert_eq(test_max_diff(ctx, run(a, src, tgt, false), eval), 0, "evaluation draws nothing");
   ad_tensor *ya2 = run(a, src, tgt, true);
-  cr_assert_gt(max_diff(ya, ya2), 1e-3, "the next call draws new masks");
+  cr_assert_gt(test_max_diff(ctx, ya, ya2), 1e-3, "the next call draws new masks");
   /* a call that fails in the decoder (after the encoder's draws) takes no
    * draws: b's next training call is a's */
   ad_tensor *bad = ad_zeros(ctx, AD_I32, 2, (int64_t[]){XT_T, XT_T}); /* memory_mask [T, S] */
   cr_assert_null(nn_transformer_forward(b, src, tgt, NULL, NULL, bad, NULL, NULL, NULL, true));
   expect_status_msg(ctx, AD_ERR_SHAPE, "multihead_attention 'multihead_attn': attn_mask [4,4]");
-  cr_assert_eq(max_diff(ya2, run(b, src, tgt, true)), 0);
+  cr_assert_eq(test_max_diff(ctx, ya2, run(b, src, tgt, true)), 0);
   ad_tensor_free(src), ad_tensor_free(tgt), ad_tensor_free(bad);
   nn_layer_free(a), nn_layer_free(b), nn_layer_free(c);
 }
