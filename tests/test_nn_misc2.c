@@ -146,6 +146,25 @@ static void check_y_dx(ad_tensor *x, ad_tensor *y, ad_tensor *g, const double *w
     expect_close(ad_tensor_get(x->grad, i), want_dx[i], rtol, what, (int)i);
 }
 
+/* check_y_dx, then the tape reset and l (NULL: none), x and g freed. */
+static void check_y_dx_free(nn_layer *l, ad_tensor *x, ad_tensor *y, ad_tensor *g,
+                            const double *want_y, const double *want_dx, double rtol,
+                            const char *name, int d) {
+  check_y_dx(x, y, g, want_y, want_dx, rtol, name, d);
+  ad_tape_reset(ctx);
+  nn_layer_free(l);
+  ad_tensor_free(x), ad_tensor_free(g);
+}
+
+/* check(&cases[i], d, layer) for each of the n cases, in float64 (d 0)
+ * and float32 (d 1), through the function (layer false) and the layer. */
+#define CHECK_EVERY_CASE(check, cases, n)                                                          \
+  for (int i_ = 0; i_ < (n); i_++)                                                                 \
+    for (int d_ = 0; d_ < 2; d_++) {                                                               \
+      check(&(cases)[i_], d_, false);                                                              \
+      check(&(cases)[i_], d_, true);                                                               \
+    }
+
 /* The upstream gradient the generator uses: -1 to 1 in even steps over
  * y's elements (-1 for one element). */
 static ad_tensor *ramp_like(ad_dtype dt, const ad_tensor *y) {
@@ -177,19 +196,10 @@ static void check_fold_case(const fold_case *fc, int d, bool layer) {
   for (int k = 0; k < y->ndim; k++) cr_assert_eq(y->shape[k], fc->yshape[k], "%s", fc->name);
   ad_tensor *g = vec(ctx, dt, fc->yndim, fc->yshape, fc->g);
   /* f32: fold sums up to kh kw terms in another order than PyTorch */
-  check_y_dx(x, y, g, fc->y[d], fc->dx[d], d ? 2e-6 : 1e-14, fc->name, d);
-  ad_tape_reset(ctx);
-  nn_layer_free(l);
-  ad_tensor_free(x), ad_tensor_free(g);
+  check_y_dx_free(l, x, y, g, fc->y[d], fc->dx[d], d ? 2e-6 : 1e-14, fc->name, d);
 }
 
-Test(misc2, unfold_fold_match_pytorch) {
-  for (int i = 0; i < NFOLD; i++)
-    for (int d = 0; d < 2; d++) {
-      check_fold_case(&FOLD_CASES[i], d, false);
-      check_fold_case(&FOLD_CASES[i], d, true);
-    }
-}
+Test(misc2, unfold_fold_match_pytorch) { CHECK_EVERY_CASE(check_fold_case, FOLD_CASES, NFOLD); }
 
 /* fold(unfold(x)) is x times the number of blocks that hold each element
  * (PyTorch's documented identity with the divisor fold(unfold(ones))). */
@@ -337,13 +347,7 @@ static void check_bil_case(const bil_case *bc, int d, bool layer) {
   ad_tensor_free(x1), ad_tensor_free(x2), ad_tensor_free(g);
 }
 
-Test(misc2, bilinear_matches_pytorch) {
-  for (int i = 0; i < NBIL; i++)
-    for (int d = 0; d < 2; d++) {
-      check_bil_case(&BIL_CASES[i], d, false);
-      check_bil_case(&BIL_CASES[i], d, true);
-    }
-}
+Test(misc2, bilinear_matches_pytorch) { CHECK_EVERY_CASE(check_bil_case, BIL_CASES, NBIL); }
 
 static ad_tensor *gc_bil_fn(ad_ctx *c, int n, ad_tensor *const *in, void *ud) {
   (void)ud;
@@ -412,19 +416,10 @@ static void check_glu_case(const glu_case *gc, int d, bool layer) {
   for (int k = 0; k < gc->ndim; k++)
     cr_assert_eq(y->shape[k], k == dd ? gc->shape[k] / 2 : gc->shape[k]);
   ad_tensor *g = ramp_like(dt, y);
-  check_y_dx(x, y, g, gc->y[d], gc->dx[d], d ? 2e-6 : 1e-14, gc->name, d);
-  ad_tape_reset(ctx);
-  nn_layer_free(l);
-  ad_tensor_free(x), ad_tensor_free(g);
+  check_y_dx_free(l, x, y, g, gc->y[d], gc->dx[d], d ? 2e-6 : 1e-14, gc->name, d);
 }
 
-Test(misc2, glu_matches_pytorch) {
-  for (int i = 0; i < NGLU; i++)
-    for (int d = 0; d < 2; d++) {
-      check_glu_case(&GLU_CASES[i], d, false);
-      check_glu_case(&GLU_CASES[i], d, true);
-    }
-}
+Test(misc2, glu_matches_pytorch) { CHECK_EVERY_CASE(check_glu_case, GLU_CASES, NGLU); }
 
 static ad_tensor *gc_glu_fn(ad_ctx *c, int n, ad_tensor *const *in, void *ud) {
   (void)n;
@@ -516,9 +511,7 @@ static void check_pair_case(const pair_case *pc, int d, bool layer) {
   cr_assert_not_null(y, "%s: %s", pc->name, ad_last_error(ctx));
   cr_assert_eq(y->ndim, pc->ndy, "%s", pc->name);
   for (int k = 0; k < y->ndim; k++) cr_assert_eq(y->shape[k], pc->sy[k], "%s", pc->name);
-  ad_tensor *g = ad_zeros(ctx, dt, y->ndim, y->shape);
-  for (int64_t i = 0; i < g->size; i++)
-    ad_tensor_set(g, i, g->size > 1 ? -1 + 2.0 * (double)i / (double)(g->size - 1) : -1);
+  ad_tensor *g = ramp_like(dt, y);
   char what[96];
   double rtol = d ? 3e-6 : 1e-13;
   snprintf(what, sizeof what, "%s %s y", pc->name, d ? "f32" : "f64");
@@ -538,11 +531,7 @@ static void check_pair_case(const pair_case *pc, int d, bool layer) {
 }
 
 Test(misc2, cosine_similarity_and_pairwise_distance_match_pytorch) {
-  for (int i = 0; i < NPAIR; i++)
-    for (int d = 0; d < 2; d++) {
-      check_pair_case(&PAIR_CASES[i], d, false);
-      check_pair_case(&PAIR_CASES[i], d, true);
-    }
+  CHECK_EVERY_CASE(check_pair_case, PAIR_CASES, NPAIR);
 }
 
 typedef struct gc_pair {
@@ -715,18 +704,11 @@ static void check_act_case(const act_case *ac, int d, bool layer) {
   cr_assert_not_null(y, "%s: %s", ac->name, ad_last_error(ctx));
   cr_assert_eq(y->size, x->size);
   ad_tensor *g = ramp_like(dt, y);
-  check_y_dx(x, y, g, ac->y[d], ac->dx[d], d ? 2e-6 : 1e-14, ac->name, d);
-  ad_tape_reset(ctx);
-  nn_layer_free(l);
-  ad_tensor_free(x), ad_tensor_free(g);
+  check_y_dx_free(l, x, y, g, ac->y[d], ac->dx[d], d ? 2e-6 : 1e-14, ac->name, d);
 }
 
 Test(misc2, shrinks_threshold_softmin_softmax2d_match_pytorch) {
-  for (int i = 0; i < NACT; i++)
-    for (int d = 0; d < 2; d++) {
-      check_act_case(&ACT_CASES[i], d, false);
-      check_act_case(&ACT_CASES[i], d, true);
-    }
+  CHECK_EVERY_CASE(check_act_case, ACT_CASES, NACT);
 }
 
 /* NaN inputs: the slopes documented at nn_softshrink (PyTorch's kernels
@@ -852,18 +834,11 @@ static void check_lrn_case(const lrn_case *lc, int d, bool layer) {
                        : nn_local_response_norm(ctx, x, lc->size, lc->alpha, lc->beta, lc->k);
   cr_assert_not_null(y, "%s: %s", lc->name, ad_last_error(ctx));
   ad_tensor *g = ramp_like(dt, y);
-  check_y_dx(x, y, g, lc->y[d], lc->dx[d], d ? 3e-6 : 1e-13, lc->name, d);
-  ad_tape_reset(ctx);
-  nn_layer_free(l);
-  ad_tensor_free(x), ad_tensor_free(g);
+  check_y_dx_free(l, x, y, g, lc->y[d], lc->dx[d], d ? 3e-6 : 1e-13, lc->name, d);
 }
 
 Test(misc2, local_response_norm_matches_pytorch) {
-  for (int i = 0; i < NLRN; i++)
-    for (int d = 0; d < 2; d++) {
-      check_lrn_case(&LRN_CASES[i], d, false);
-      check_lrn_case(&LRN_CASES[i], d, true);
-    }
+  CHECK_EVERY_CASE(check_lrn_case, LRN_CASES, NLRN);
 }
 
 static ad_tensor *gc_lrn_fn(ad_ctx *c, int n, ad_tensor *const *in, void *ud) {
