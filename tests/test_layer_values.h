@@ -11,6 +11,9 @@
  * test_set_values(t, v): t's elements set to v[0 .. t->size - 1].
  * test_layer_run(c, l, x, gy, training): y = l(x) on c, then the gradients
  * of sum(y * gy) in x and l's parameters (zeroed first); returns y.
+ * test_expect_desc(c, l, want): l (made on c; NULL fails with c's error)
+ * describes itself as want (nn_layer_describe: PyTorch's repr under our
+ * kind's name); frees l.
  *
  * The attention and Transformer tests compare to tol (1 + |want|):
  * test_expect_case_close(c, got, want, n, tol, what, cs): got (made on c;
@@ -72,6 +75,13 @@ static inline ad_tensor *test_layer_run(ad_ctx *c, nn_layer *l, ad_tensor *x, co
   cr_assert_eq(ad_backward(c, loss, NULL), AD_OK, "%s", ad_last_error(c));
   ad_tensor_free(g);
   return y;
+}
+
+static inline void test_expect_desc(ad_ctx *c, nn_layer *l, const char *want) {
+  char buf[256];
+  cr_assert_not_null(l, "%s", ad_last_error(c));
+  cr_assert_str_eq(nn_layer_describe(l, buf, sizeof buf), want);
+  nn_layer_free(l);
 }
 
 static inline void test_expect_case_close(ad_ctx *c, const ad_tensor *got, const double *want,

@@ -346,12 +346,7 @@ Test(cnn1d, conv1d_has_pytorch_names_layout_and_init) {
   nn_layer_free(c);
 }
 
-static void expect_desc(nn_layer *l, const char *want) {
-  char buf[256];
-  cr_assert_not_null(l, "%s", ad_last_error(ctx));
-  cr_assert_str_eq(nn_layer_describe(l, buf, sizeof buf), want);
-  nn_layer_free(l);
-}
+static void expect_desc(nn_layer *l, const char *want) { test_expect_desc(ctx, l, want); }
 
 /* PyTorch 1.13's reprs of the same modules (printed by torch for these
  * arguments), under our kinds' names; the average pool's ceil_mode and

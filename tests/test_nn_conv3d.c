@@ -12,6 +12,7 @@
 #include "conv3d_fixtures.h"
 #include "nn.h"
 #include "nn_io.h"
+#include "test_layer_values.h"
 #include "test_tmpdir.h"
 
 #include <criterion/criterion.h>
@@ -365,12 +366,7 @@ Test(conv3d, layers_have_pytorch_names_layouts_and_init) {
   nn_layer_free(l);
 }
 
-static void expect_desc(nn_layer *l, const char *want) {
-  char buf[256];
-  cr_assert_not_null(l, "%s", ad_last_error(ctx));
-  cr_assert_str_eq(nn_layer_describe(l, buf, sizeof buf), want);
-  nn_layer_free(l);
-}
+static void expect_desc(nn_layer *l, const char *want) { test_expect_desc(ctx, l, want); }
 
 /* PyTorch 1.13's reprs of the same modules, under our kinds' names. */
 Test(conv3d, describe_is_pytorch_repr) {

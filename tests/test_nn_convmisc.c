@@ -10,6 +10,7 @@
 #include "nn.h"
 #include "test_alloc.h"
 #include "test_layer_fd.h"
+#include "test_layer_values.h"
 #include "test_tensor_of.h"
 
 #include <criterion/criterion.h>
@@ -162,12 +163,7 @@ Test(convmisc, padding_mode_derivatives_first_and_second_order) {
 
 /* ------------------------------------------------------------ describe */
 
-static void expect_desc(nn_layer *l, const char *want) {
-  char buf[256];
-  cr_assert_not_null(l, "%s", ad_last_error(ctx));
-  cr_assert_str_eq(nn_layer_describe(l, buf, sizeof buf), want);
-  nn_layer_free(l);
-}
+static void expect_desc(nn_layer *l, const char *want) { test_expect_desc(ctx, l, want); }
 
 /* PyTorch 1.13's reprs of the same modules, under our kinds' names. */
 Test(convmisc, describe_shows_the_mode_as_pytorch) {

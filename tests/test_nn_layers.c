@@ -5,6 +5,7 @@
 #include "nn.h"
 #include "nn_fixtures.h"
 #include "test_alloc.h"
+#include "test_layer_values.h"
 
 #include <criterion/criterion.h>
 #include <math.h>
@@ -758,12 +759,7 @@ static ad_tensor *identity_fn(ad_ctx *c, ad_tensor *x, bool training, void *ud) 
   return x;
 }
 
-static void expect_desc(nn_layer *l, const char *want) {
-  char buf[256];
-  cr_assert_not_null(l, "%s", ad_last_error(ctx));
-  cr_assert_str_eq(nn_layer_describe(l, buf, sizeof buf), want);
-  nn_layer_free(l);
-}
+static void expect_desc(nn_layer *l, const char *want) { test_expect_desc(ctx, l, want); }
 
 /* Each kind's settings as PyTorch 1.13's repr of the same module writes
  * them (printed by torch for these arguments), under our kind's name. */

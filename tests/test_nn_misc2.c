@@ -4,6 +4,7 @@
  * gradcheck and gradgradcheck, the reprs, and bad arguments and inputs. */
 #include "nn.h"
 #include "test_alloc.h"
+#include "test_layer_values.h"
 
 #include <criterion/criterion.h>
 #include <math.h>
@@ -1020,12 +1021,7 @@ Test(misc2, rrelu_bad_arguments) {
 
 /* ------------------------------------------------------------------ repr */
 
-static void expect_desc(nn_layer *l, const char *want) {
-  char buf[256];
-  cr_assert_not_null(l, "%s", ad_last_error(ctx));
-  cr_assert_str_eq(nn_layer_describe(l, buf, sizeof buf), want);
-  nn_layer_free(l);
-}
+static void expect_desc(nn_layer *l, const char *want) { test_expect_desc(ctx, l, want); }
 
 /* PyTorch 1.13's reprs (of equal pairs given as one number). */
 Test(misc2, describe_is_pytorch_repr) {

@@ -218,12 +218,7 @@ Test(pool3d, gradcheck_first_and_second_order) {
 
 /* ------------------------------------------------------------- describe */
 
-static void expect_desc(nn_layer *l, const char *want) {
-  char buf[256];
-  cr_assert_not_null(l, "%s", ad_last_error(ctx));
-  cr_assert_str_eq(nn_layer_describe(l, buf, sizeof buf), want);
-  nn_layer_free(l);
-}
+static void expect_desc(nn_layer *l, const char *want) { test_expect_desc(ctx, l, want); }
 
 /* PyTorch 1.13's reprs under our kinds' names (AvgPool3d also shows
  * ceil_mode, count_include_pad and divisor_override when set, as our 2-D

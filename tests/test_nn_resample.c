@@ -566,12 +566,7 @@ Test(resample, identity_and_unflatten) {
 
 /* ------------------------------------------------------------- describe */
 
-static void expect_desc(nn_layer *l, const char *want) {
-  char buf[256];
-  cr_assert_not_null(l, "%s", ad_last_error(ctx));
-  cr_assert_str_eq(nn_layer_describe(l, buf, sizeof buf), want);
-  nn_layer_free(l);
-}
+static void expect_desc(nn_layer *l, const char *want) { test_expect_desc(ctx, l, want); }
 
 /* PyTorch 1.13's reprs under our kinds' names (align_corners=True is
  * added; PyTorch's Upsample leaves it out). */
