@@ -123,4 +123,39 @@ static inline void test_layer_derivatives(ad_ctx *ctx, nn_layer *l, int nd, cons
   for (int i = 0; i < c.n; i++) ad_tensor_free(c.r[i]);
 }
 
+/* For a layer whose function fn (an ad_check_fn on in[0 .. n-1], ud its
+ * state) reads the layer's own parameters: the gradient of L = <v, fn>,
+ * v uniform in [-1, 1) from seed 11, in every element of every parameter
+ * of l, the tape's against central differences (steps of 1e-6), within
+ * 1e-6 + 1e-5 |numeric|. */
+static inline void test_params_fd(ad_ctx *ctx, nn_layer *l, ad_check_fn fn, void *ud, int n,
+                                  ad_tensor *const *in) {
+  ad_tensor *y = fn(ctx, n, in, ud);
+  cr_assert_not_null(y, "%s", ad_last_error(ctx));
+  ad_rng rng;
+  ad_rng_seed(&rng, 11);
+  ad_tensor *v = ad_rand(ctx, &rng, AD_F64, y->ndim, y->shape, -1, 1);
+  nn_params *p = nn_layer_params(l);
+  nn_params_zero_grad(p);
+  cr_assert_eq(ad_backward(ctx, y, v), AD_OK, "%s", ad_last_error(ctx));
+  for (int i = 0; i < nn_params_count(p); i++) {
+    ad_tensor *t = nn_params_tensor(p, i);
+    cr_assert_not_null(t->grad, "%s has no gradient", nn_params_name(p, i));
+    for (int64_t k = 0; k < t->size; k++) {
+      double orig = ad_tensor_get(t, k), f[2];
+      for (int s = 0; s < 2; s++) {
+        ad_tensor_set(t, k, orig + (s ? -1e-6 : 1e-6));
+        ad_tape_reset(ctx);
+        f[s] = ad_tensor_item(ad_sum(ctx, ad_mul(ctx, fn(ctx, n, in, ud), v)));
+      }
+      ad_tensor_set(t, k, orig);
+      double num = (f[0] - f[1]) / 2e-6, an = ad_tensor_get(t->grad, k);
+      QUICK_ASSERT(fabs(num - an) <= 1e-6 + 1e-5 * fabs(num), "%s[%lld]: tape %.12g, numeric %.12g",
+                   nn_params_name(p, i), (long long)k, an, num);
+    }
+  }
+  ad_tape_reset(ctx);
+  ad_tensor_free(v);
+}
+
 #endif

@@ -12,6 +12,7 @@
  * dropout between layers, and bad input. */
 #include "nn.h"
 #include "test_alloc.h"
+#include "test_layer_fd.h"
 
 #include <criterion/criterion.h>
 #include <math.h>
@@ -313,38 +314,6 @@ static ad_tensor *gc_fn(ad_ctx *c, int n, ad_tensor *const *in, void *ud) {
   return u->output == 0 ? y : u->output == 1 ? hn : cn;
 }
 
-/* dL/dp of L = <v, f> by central differences for every element of every
- * parameter of l, against the tape's. */
-static void params_fd(nn_layer *l, ad_tensor *const *in, int n, gc_ud *u) {
-  ad_tensor *y = gc_fn(ctx, n, in, u);
-  cr_assert_not_null(y, "%s", ad_last_error(ctx));
-  ad_rng rng;
-  ad_rng_seed(&rng, 11);
-  ad_tensor *v = ad_rand(ctx, &rng, AD_F64, y->ndim, y->shape, -1, 1);
-  nn_params *p = nn_layer_params(l);
-  nn_params_zero_grad(p);
-  cr_assert_eq(ad_backward(ctx, y, v), AD_OK, "%s", ad_last_error(ctx));
-  for (int i = 0; i < nn_params_count(p); i++) {
-    ad_tensor *t = nn_params_tensor(p, i);
-    cr_assert_not_null(t->grad, "%s has no gradient", nn_params_name(p, i));
-    for (int64_t k = 0; k < t->size; k++) {
-      double orig = ad_tensor_get(t, k), f[2];
-      for (int s = 0; s < 2; s++) {
-        ad_tensor_set(t, k, orig + (s ? -1e-6 : 1e-6));
-        ad_tape_reset(ctx);
-        ad_tensor *ys = gc_fn(ctx, n, in, u);
-        f[s] = ad_tensor_item(ad_sum(ctx, ad_mul(ctx, ys, v)));
-      }
-      ad_tensor_set(t, k, orig);
-      double num = (f[0] - f[1]) / 2e-6, an = ad_tensor_get(t->grad, k);
-      QUICK_ASSERT(fabs(num - an) <= 1e-6 + 1e-5 * fabs(num), "%s[%lld]: tape %.12g, numeric %.12g",
-                   nn_params_name(p, i), (long long)k, an, num);
-    }
-  }
-  ad_tape_reset(ctx);
-  ad_tensor_free(v);
-}
-
 static void gradcheck_cell(nn_rnn_cell cell, bool bidirectional) {
   ad_rng rng;
   ad_rng_seed(&rng, 21);
@@ -367,7 +336,7 @@ static void gradcheck_cell(nn_rnn_cell cell, bool bidirectional) {
       cr_assert(rep.passed, "%s%s output %d lengths %d: input %d [%lld] analytic %g numeric %g",
                 nn_layer_kind(l), bidirectional ? " bidirectional" : "", out, lens, rep.input,
                 (long long)rep.index, rep.analytic, rep.numeric);
-      params_fd(l, in, n, &u);
+      test_params_fd(ctx, l, gc_fn, &u, n, in);
     }
   for (int i = 0; i < 3; i++) ad_tensor_free(in[i]);
   nn_layer_free(l);
