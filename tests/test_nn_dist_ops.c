@@ -6,26 +6,13 @@
 #include "ad_ext.h"
 #include "nn.h"
 #include "test_alloc.h"
+#include "test_blobs.h"
 
 #include <criterion/criterion.h>
 #include <math.h>
 #include <string.h>
 
 TEST_CTX_SUITE(dist_ops);
-
-static void blobs(ad_ctx *c, int64_t n, ad_tensor **x, ad_tensor **y) {
-  ad_rng rng;
-  ad_rng_seed(&rng, 3);
-  int64_t s[2] = {n, 4};
-  *x = ad_zeros(c, AD_F64, 2, s);
-  *y = ad_zeros(c, AD_I32, 1, s);
-  for (int64_t i = 0; i < n; i++) {
-    int cls = (int)ad_rng_below(&rng, 3);
-    ad_tensor_set(*y, i, cls);
-    for (int k = 0; k < 4; k++)
-      ad_tensor_set(*x, 4 * i + k, (k == cls ? 2.0 : 0.0) + 0.8 * ad_rng_normal(&rng));
-  }
-}
 
 static nn_model *mlp(ad_ctx *c) {
   ad_rng rng;
@@ -93,7 +80,7 @@ static fake fake_rank(int rank, int size) {
  * [1,2)). */
 Test(dist_ops, shards_and_epoch_sums) {
   ad_tensor *x, *y;
-  blobs(ctx, 10, &x, &y);
+  test_blobs(ctx, 10, 3, &x, &y);
   nn_model *m = mlp(ctx);
   nn_optimizer *opt = nn_sgd_new(nn_model_params(m), 0.1, 0, false, 0);
   fake f = fake_rank(1, 3);
@@ -137,7 +124,7 @@ Test(dist_ops, shards_and_epoch_sums) {
 /* One rank that reduces nothing trains exactly as without the interface. */
 Test(dist_ops, one_rank_changes_nothing) {
   ad_tensor *x, *y;
-  blobs(ctx, 30, &x, &y);
+  test_blobs(ctx, 30, 3, &x, &y);
   nn_model *a = mlp(ctx), *b = mlp(ctx);
   nn_optimizer *oa = nn_adam_new(nn_model_params(a), 0.01);
   nn_optimizer *ob = nn_adam_new(nn_model_params(b), 0.01);
@@ -171,7 +158,7 @@ Test(dist_ops, one_rank_changes_nothing) {
  * the epochs done. */
 Test(dist_ops, reduction_error_stops_fit) {
   ad_tensor *x, *y;
-  blobs(ctx, 10, &x, &y);
+  test_blobs(ctx, 10, 3, &x, &y);
   nn_model *m = mlp(ctx);
   nn_optimizer *opt = nn_sgd_new(nn_model_params(m), 0.1, 0, false, 0);
   fake f = fake_rank(1, 2);
@@ -195,7 +182,7 @@ Test(dist_ops, reduction_error_stops_fit) {
  * (so that the other ranks stop too); no weight moves. */
 Test(dist_ops, overflowing_penalty_reaches_grad_end) {
   ad_tensor *x, *y;
-  blobs(ctx, 10, &x, &y);
+  test_blobs(ctx, 10, 3, &x, &y);
   nn_model *m = mlp(ctx), *ref = mlp(ctx);
   nn_optimizer *opt = nn_sgd_new(nn_model_params(m), 0.1, 0, false, 0);
   fake f = fake_rank(1, 2);
@@ -226,7 +213,7 @@ static bool deep_fit_run(long k, double *sum) {
   ad_ctx *c = ad_ctx_new_with_alloc(test_alloc_fn, &ta);
   cr_assert_not_null(c);
   ad_tensor *x, *y;
-  blobs(c, 12, &x, &y);
+  test_blobs(c, 12, 3, &x, &y);
   ad_rng rng;
   ad_rng_seed(&rng, 3);
   nn_dense_opts o = {.dtype = AD_F64};

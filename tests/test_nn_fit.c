@@ -4,6 +4,7 @@
  * MNIST run. */
 #include "nn.h"
 #include "test_alloc.h"
+#include "test_blobs.h"
 
 #include <criterion/criterion.h>
 #include <math.h>
@@ -303,21 +304,6 @@ Test(data, large_batches_gathered_on_threads_hold_their_rows) {
 
 /* ------------------------------------------------------------------ fit */
 
-/* A small classification problem: 3 Gaussian blobs in 4-d, f64. */
-static void blobs(ad_ctx *c, int64_t n, uint64_t seed, ad_tensor **x, ad_tensor **y) {
-  ad_rng rng;
-  ad_rng_seed(&rng, seed);
-  int64_t s[2] = {n, 4};
-  *x = ad_zeros(c, AD_F64, 2, s);
-  *y = ad_zeros(c, AD_I32, 1, s);
-  for (int64_t i = 0; i < n; i++) {
-    int cls = (int)ad_rng_below(&rng, 3);
-    ad_tensor_set(*y, i, cls);
-    for (int k = 0; k < 4; k++)
-      ad_tensor_set(*x, 4 * i + k, (k == cls ? 2.0 : 0.0) + 0.8 * ad_rng_normal(&rng));
-  }
-}
-
 static nn_model *mlp(ad_ctx *c, uint64_t seed, double dropout) {
   ad_rng rng;
   ad_rng_seed(&rng, seed);
@@ -342,7 +328,7 @@ static bool params_equal(const nn_model *a, const nn_model *b) {
 /* nn_fit's history equals a loop written with the public pieces. */
 Test(fit, history_matches_a_hand_written_loop) {
   ad_tensor *x, *y;
-  blobs(ctx, 90, 1, &x, &y);
+  test_blobs(ctx, 90, 1, &x, &y);
   nn_model *a = mlp(ctx, 5, 0.2), *b = mlp(ctx, 5, 0.2);
   nn_optimizer *oa = nn_adam_new(nn_model_params(a), 0.01);
   nn_optimizer *ob = nn_adam_new(nn_model_params(b), 0.01);
@@ -393,7 +379,7 @@ Test(fit, history_matches_a_hand_written_loop) {
  * DataLoader(drop_last=True) for that case). */
 Test(fit, drop_last_matches_a_hand_written_loop) {
   ad_tensor *x, *y;
-  blobs(ctx, 90, 1, &x, &y); /* 5 batches of 16 and one of 10 */
+  test_blobs(ctx, 90, 1, &x, &y); /* 5 batches of 16 and one of 10 */
   nn_model *a = mlp(ctx, 5, 0), *b = mlp(ctx, 5, 0), *c = mlp(ctx, 5, 0);
   nn_optimizer *oa = nn_adam_new(nn_model_params(a), 0.01);
   nn_optimizer *ob = nn_adam_new(nn_model_params(b), 0.01);
@@ -481,7 +467,7 @@ Test(fit, memory_stays_flat_over_epochs) {
   test_alloc ta = {0};
   ad_ctx *c = ad_ctx_new_with_alloc(test_alloc_fn, &ta);
   ad_tensor *x, *y;
-  blobs(c, 200, 2, &x, &y);
+  test_blobs(c, 200, 2, &x, &y);
   nn_model *m = mlp(c, 3, 0.1);
   nn_optimizer *o = nn_adam_new(nn_model_params(m), 0.01);
   mem_log log = {.ctx = c, .c = &ta};
@@ -511,7 +497,7 @@ Test(fit, memory_stays_flat_over_epochs) {
 
 Test(fit, validation_split_and_evaluate_agree) {
   ad_tensor *x, *y;
-  blobs(ctx, 100, 3, &x, &y);
+  test_blobs(ctx, 100, 3, &x, &y);
   nn_model *m = mlp(ctx, 1, 0.3);
   nn_optimizer *o = nn_adam_new(nn_model_params(m), 0.02);
   nn_fit_opts fo = {
@@ -629,7 +615,7 @@ static bool stop_after_two(int epoch, const nn_history *h, void *ud) {
 
 Test(fit, progress_lines_schedule_and_early_stop) {
   ad_tensor *x, *y;
-  blobs(ctx, 40, 4, &x, &y);
+  test_blobs(ctx, 40, 4, &x, &y);
   nn_model *m = mlp(ctx, 1, 0);
   nn_optimizer *o = nn_sgd_new(nn_model_params(m), 0.1, 0.9, true, 0);
   nn_schedule s = {.kind = NN_SCHED_STEP, .step_size = 1, .gamma = 0.5};
@@ -660,7 +646,7 @@ Test(fit, progress_lines_schedule_and_early_stop) {
 
 Test(fit, errors_and_nan) {
   ad_tensor *x, *y;
-  blobs(ctx, 30, 5, &x, &y);
+  test_blobs(ctx, 30, 5, &x, &y);
   nn_model *m = mlp(ctx, 1, 0);
   nn_optimizer *o = nn_sgd_new(nn_model_params(m), 0.1, 0, false, 0);
   nn_fit_opts fo = {.verbose = -1, .validation_split = 1.0};
@@ -761,7 +747,7 @@ Test(fit, binary_logits_with_l2) {
  * the weights unchanged, as a non-finite loss does. */
 Test(fit, l2_penalty_must_be_finite) {
   ad_tensor *x, *y;
-  blobs(ctx, 16, 5, &x, &y);
+  test_blobs(ctx, 16, 5, &x, &y);
   nn_model *m = mlp(ctx, 1, 0), *ref = mlp(ctx, 1, 0);
   nn_optimizer *o = nn_sgd_new(nn_model_params(m), 0.1, 0, false, 0);
   static const double bad[] = {NAN, INFINITY, -INFINITY};
@@ -809,8 +795,8 @@ static bool free_after_epoch(int epoch, const nn_history *h, void *ud) {
 Test(fit, data_freed_by_on_epoch_end_stops_training) {
   for (int k = 0; k < 2; k++) {
     ad_tensor *x, *y, *vx, *vy;
-    blobs(ctx, 24, 1, &x, &y);
-    blobs(ctx, 8, 2, &vx, &vy);
+    test_blobs(ctx, 24, 1, &x, &y);
+    test_blobs(ctx, 8, 2, &vx, &vy);
     nn_model *m = mlp(ctx, 5, 0);
     nn_optimizer *o = nn_sgd_new(nn_model_params(m), 0.1, 0, false, 0);
     ad_tensor *doomed = k ? x : vx;
@@ -846,7 +832,7 @@ static ad_tensor *free_on_first_call(ad_ctx *c, ad_tensor *x, bool training, voi
  * rows of the batches after it came back as zeros with a tensor, not NULL. */
 Test(fit, predict_over_data_freed_under_it_fails) {
   ad_tensor *x, *y;
-  blobs(ctx, 12, 1, &x, &y);
+  test_blobs(ctx, 12, 1, &x, &y);
   ad_tensor *doomed = x;
   nn_model *m = nn_sequential_new(ctx);
   nn_model_add(m, nn_lambda_new(ctx, NULL, free_on_first_call, &doomed));
@@ -863,7 +849,7 @@ Test(fit, predict_over_data_freed_under_it_fails) {
  * any step (they used to train on, or predict from, reused memory). */
 Test(fit, temporary_data_is_refused) {
   ad_tensor *x, *y;
-  blobs(ctx, 64, 9, &x, &y);
+  test_blobs(ctx, 64, 9, &x, &y);
   nn_model *m = mlp(ctx, 1, 0);
   nn_optimizer *o = nn_sgd_new(nn_model_params(m), 0.1, 0, false, 0);
   ad_tensor *w = nn_params_find(nn_model_params(m), "0.weight");
@@ -915,7 +901,7 @@ Test(fit, temporary_data_is_refused) {
  * Adam's state, a fresh model and optimizer loading it, and 1 more epoch. */
 Test(checkpoint, save_load_resumes_training_exactly) {
   ad_tensor *x, *y;
-  blobs(ctx, 60, 6, &x, &y);
+  test_blobs(ctx, 60, 6, &x, &y);
   char path[] = "/tmp/nn_fit_ckpt_XXXXXX";
   int fd = mkstemp(path);
   cr_assert_geq(fd, 0);
@@ -1000,7 +986,7 @@ static bool note_flush(int epoch, const nn_history *h, void *ud) {
 Test(fit, flushes_subnormals_while_it_runs_and_restores_the_mode) {
   if (!ad_set_flush_denormal(false)) cr_skip_test("this CPU has no flush-to-zero mode");
   ad_tensor *x, *y;
-  blobs(ctx, 20, 4, &x, &y);
+  test_blobs(ctx, 20, 4, &x, &y);
   nn_model *m = mlp(ctx, 1, 0);
   nn_optimizer *o = nn_sgd_new(nn_model_params(m), 0.1, 0, false, 0);
   int seen = -1;
@@ -1024,7 +1010,7 @@ Test(fit, flushes_subnormals_while_it_runs_and_restores_the_mode) {
 
 Test(fit, anomaly_reports_name_the_parameters) {
   ad_tensor *x, *y;
-  blobs(ctx, 20, 4, &x, &y);
+  test_blobs(ctx, 20, 4, &x, &y);
   nn_model *m = mlp(ctx, 1, 0);
   ad_tensor *w = nn_model_param(m, "2.weight");
   cr_assert_str_eq(ad_tensor_name(w), "2.weight");

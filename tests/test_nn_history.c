@@ -3,6 +3,7 @@
 #include "nn.h"
 #include "nn_internal.h" /* nn_grad_norms_add */
 #include "test_alloc.h"
+#include "test_blobs.h"
 
 #include <criterion/criterion.h>
 #include <math.h>
@@ -13,21 +14,6 @@
 
 TEST_CTX_SUITE(history);
 TEST_CTX_SUITE_ALSO(early_stopping);
-
-/* 3 Gaussian blobs in 4-d, f64. */
-static void blobs(ad_ctx *c, int64_t n, uint64_t seed, ad_tensor **x, ad_tensor **y) {
-  ad_rng rng;
-  ad_rng_seed(&rng, seed);
-  int64_t s[2] = {n, 4};
-  *x = ad_zeros(c, AD_F64, 2, s);
-  *y = ad_zeros(c, AD_I32, 1, s);
-  for (int64_t i = 0; i < n; i++) {
-    int cls = (int)ad_rng_below(&rng, 3);
-    ad_tensor_set(*y, i, cls);
-    for (int k = 0; k < 4; k++)
-      ad_tensor_set(*x, 4 * i + k, (k == cls ? 2.0 : 0.0) + 0.8 * ad_rng_normal(&rng));
-  }
-}
 
 static nn_model *mlp(ad_ctx *c, uint64_t seed) {
   ad_rng rng;
@@ -57,7 +43,7 @@ static double *weights(const nn_model *m, int64_t *n) {
  * backward pass and before the optimizer step. */
 Test(history, grad_norms_match_a_hand_written_loop) {
   ad_tensor *x, *y;
-  blobs(ctx, 50, 1, &x, &y);
+  test_blobs(ctx, 50, 1, &x, &y);
   nn_model *a = mlp(ctx, 5), *b = mlp(ctx, 5);
   nn_optimizer *oa = nn_sgd_new(nn_model_params(a), 0.1, 0.9, false, 0);
   nn_optimizer *ob = nn_sgd_new(nn_model_params(b), 0.1, 0.9, false, 0);
@@ -153,7 +139,7 @@ Test(history, a_nan_gradient_norm_stays_the_largest) {
 
 Test(history, grad_norms_are_opt_in) {
   ad_tensor *x, *y;
-  blobs(ctx, 20, 1, &x, &y);
+  test_blobs(ctx, 20, 1, &x, &y);
   nn_model *m = mlp(ctx, 5);
   nn_optimizer *o = nn_adam_new(nn_model_params(m), 0.01);
   nn_fit_opts fo = {.epochs = 1, .verbose = -1};
@@ -183,7 +169,7 @@ static char *read_all(const char *path) {
 
 Test(history, csv_has_a_header_and_one_line_per_epoch) {
   ad_tensor *x, *y;
-  blobs(ctx, 40, 2, &x, &y);
+  test_blobs(ctx, 40, 2, &x, &y);
   nn_model *m = mlp(ctx, 5);
   nn_optimizer *o = nn_adam_new(nn_model_params(m), 0.01);
   nn_fit_opts fo = {.epochs = 3,
@@ -267,7 +253,7 @@ Test(history, csv_out_of_memory_everywhere) {
   ad_ctx *c = ad_ctx_new_with_alloc(test_alloc_fn, &ta);
   cr_assert_not_null(c);
   ad_tensor *x, *y;
-  blobs(c, 12, 2, &x, &y);
+  test_blobs(c, 12, 2, &x, &y);
   nn_model *m = mlp(c, 5);
   nn_optimizer *o = nn_adam_new(nn_model_params(m), 0.01);
   nn_fit_opts fo = {.epochs = 2, .batch_size = 6, .verbose = -1};
@@ -330,7 +316,7 @@ static bool keep_weights(int epoch, const nn_history *h, void *ud) {
  * stops after epoch 3 and restores epoch 1's weights. */
 Test(early_stopping, stops_after_patience_and_restores_the_best_weights_exactly) {
   ad_tensor *x, *y;
-  blobs(ctx, 60, 4, &x, &y);
+  test_blobs(ctx, 60, 4, &x, &y);
   for (int restore = 0; restore < 2; restore++) {
     nn_model *m = mlp(ctx, 7);
     nn_optimizer *o = nn_adam_new(nn_model_params(m), 0.01);
@@ -395,7 +381,7 @@ static bool record_sum(int epoch, const nn_history *h, void *ud) {
 
 Test(early_stopping, restoring_the_best_weights_is_a_write) {
   ad_tensor *x, *y;
-  blobs(ctx, 60, 4, &x, &y);
+  test_blobs(ctx, 60, 4, &x, &y);
   nn_model *m = mlp(ctx, 7);
   nn_optimizer *o = nn_adam_new(nn_model_params(m), 0.01);
   recorded r = {.m = m};
@@ -428,7 +414,7 @@ Test(early_stopping, restoring_the_best_weights_is_a_write) {
  * first epoch). Without min_delta the falling loss never stops it. */
 Test(early_stopping, min_delta_mode_and_patience) {
   ad_tensor *x, *y;
-  blobs(ctx, 60, 4, &x, &y);
+  test_blobs(ctx, 60, 4, &x, &y);
   double deltas[2] = {100, 0};
   int expect[2] = {2, 6};
   for (int k = 0; k < 2; k++) {
@@ -472,7 +458,7 @@ Test(early_stopping, min_delta_mode_and_patience) {
 
 Test(early_stopping, errors) {
   ad_tensor *x, *y;
-  blobs(ctx, 20, 4, &x, &y);
+  test_blobs(ctx, 20, 4, &x, &y);
   nn_model *m = mlp(ctx, 7);
   nn_optimizer *o = nn_adam_new(nn_model_params(m), 0.01);
   nn_fit_opts fo = {.epochs = 2, .verbose = -1, .early_stopping = {.monitor = "val_loss"}};

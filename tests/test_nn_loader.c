@@ -7,6 +7,7 @@
 #define _GNU_SOURCE /* pthread_setattr_default_np */
 #include "nn.h"
 #include "test_alloc.h"
+#include "test_blobs.h"
 
 #include <criterion/criterion.h>
 #include <pthread.h>
@@ -537,20 +538,6 @@ static int get_mem(void *ud, int64_t i, void *x, void *y, char *msg) {
   return 0;
 }
 
-static void blobs(ad_ctx *c, int64_t n, uint64_t seed, ad_tensor **x, ad_tensor **y) {
-  ad_rng rng;
-  ad_rng_seed(&rng, seed);
-  int64_t s[2] = {n, 4};
-  *x = ad_zeros(c, AD_F64, 2, s);
-  *y = ad_zeros(c, AD_I32, 1, s);
-  for (int64_t i = 0; i < n; i++) {
-    int cls = (int)ad_rng_below(&rng, 3);
-    ad_tensor_set(*y, i, cls);
-    for (int k = 0; k < 4; k++)
-      ad_tensor_set(*x, 4 * i + k, (k == cls ? 2.0 : 0.0) + 0.8 * ad_rng_normal(&rng));
-  }
-}
-
 static mem_ds mem_of(const ad_tensor *x, const ad_tensor *y) {
   mem_ds d = {.n = x->shape[0], .x = x->data, .y = y->data, .fail_at = -1};
   return d;
@@ -604,8 +591,8 @@ static void same_history(const nn_history *a, const nn_history *b) {
  * 1 or 3 workers, shuffled or not, with validation and a schedule. */
 Test(fit_loader, bit_identical_to_fit_in_memory) {
   ad_tensor *x, *y, *vx, *vy;
-  blobs(ctx, 37, 3, &x, &y);
-  blobs(ctx, 11, 4, &vx, &vy);
+  test_blobs(ctx, 37, 3, &x, &y);
+  test_blobs(ctx, 11, 4, &vx, &vy);
   for (int k = 0; k < 4; k++) {
     bool shuffle = k != 2, drop = k == 3; /* drop_last: 4 batches of 8, 5 rows left out */
     nn_model *a = mlp(ctx), *b = mlp(ctx);
@@ -652,7 +639,7 @@ Test(fit_loader, bit_identical_to_fit_in_memory) {
  * training's first: nn_fit_loader trains on whole epochs, as nn_fit. */
 Test(fit_loader, an_epoch_begun_before_is_dropped) {
   ad_tensor *x, *y;
-  blobs(ctx, 10, 3, &x, &y);
+  test_blobs(ctx, 10, 3, &x, &y);
   nn_model *a = mlp(ctx), *b = mlp(ctx);
   nn_optimizer *oa = nn_sgd_new(nn_model_params(a), 0.1, 0, false, 0);
   nn_optimizer *ob = nn_sgd_new(nn_model_params(b), 0.1, 0, false, 0);
@@ -680,8 +667,8 @@ Test(fit_loader, an_epoch_begun_before_is_dropped) {
  * runs in batches of the size asked for, as nn_fit's: the same bits. */
 Test(fit_loader, validation_in_batches_of_the_size_asked_for) {
   ad_tensor *x, *y, *vx, *vy;
-  blobs(ctx, 10, 3, &x, &y);
-  blobs(ctx, 200, 4, &vx, &vy);
+  test_blobs(ctx, 10, 3, &x, &y);
+  test_blobs(ctx, 200, 4, &vx, &vy);
   nn_model *a = mlp(ctx), *b = mlp(ctx);
   nn_optimizer *oa = nn_sgd_new(nn_model_params(a), 0.1, 0, false, 0);
   nn_optimizer *ob = nn_sgd_new(nn_model_params(b), 0.1, 0, false, 0);
@@ -738,7 +725,7 @@ static ad_status f_sum(void *ud, double *v, int n) {
  * as nn_fit's rank r on the whole data. */
 Test(fit_loader, dist_loads_only_the_ranks_shard) {
   ad_tensor *x, *y;
-  blobs(ctx, 10, 3, &x, &y);
+  test_blobs(ctx, 10, 3, &x, &y);
   for (int rank = 0; rank < 3; rank++) {
     nn_model *a = mlp(ctx), *b = mlp(ctx);
     nn_optimizer *oa = nn_sgd_new(nn_model_params(a), 0.1, 0, false, 0);
@@ -788,7 +775,7 @@ Test(fit_loader, dist_loads_only_the_ranks_shard) {
  * the history, and the loader can be used again. */
 Test(fit_loader, failing_get_stops_training) {
   ad_tensor *x, *y;
-  blobs(ctx, 20, 3, &x, &y);
+  test_blobs(ctx, 20, 3, &x, &y);
   for (int w = 0; w < 2; w++) {
     nn_model *m = mlp(ctx);
     nn_optimizer *opt = nn_sgd_new(nn_model_params(m), 0.1, 0, false, 0);
@@ -817,7 +804,7 @@ Test(fit_loader, failing_get_stops_training) {
 
 Test(misuse_loader, fit_loader_refuses_bad_arguments) {
   ad_tensor *x, *y;
-  blobs(ctx, 8, 3, &x, &y);
+  test_blobs(ctx, 8, 3, &x, &y);
   nn_model *m = mlp(ctx);
   nn_optimizer *opt = nn_sgd_new(nn_model_params(m), 0.1, 0, false, 0);
   mem_ds d = mem_of(x, y);
