@@ -1,6 +1,7 @@
-/* test_layer_values.h: what the tests of nn layers against PyTorch's
- * values (the arrays of a fixture header in tests/) share. Header-only; includes
- * nn.h, test_alloc.h, test_tensor_of.h and Criterion.
+/* test_layer_values.h: what the tests of nn layers and losses against
+ * PyTorch's values (the arrays of a fixture header in tests/) share.
+ * Header-only; includes nn.h, test_alloc.h, test_tensor_of.h and
+ * Criterion.
  *
  * test_expect_values(c, t, want, n, tol, what): t (made on c; NULL fails
  * with c's error) has n elements, each within tol max(1, |want[i]|) of
@@ -20,10 +21,16 @@
  * NULL fails with c's error) has n elements, each within
  * tol (1 + |want[i]|) of want[i] (test_close); the messages name the case
  * cs and what.
- * test_tensor_from(c, dt, ndim, shape, v): a new tensor of c of dtype dt
- * and shape holding v, or NULL when v is NULL.
+ * test_tensor_values(c, dt, ndim, shape, v): a new tensor of c of dtype dt
+ * and shape holding v (ad_tensor_set, its status not checked).
+ * test_tensor_from(c, dt, ndim, shape, v): the same, or NULL when v is
+ * NULL.
  * test_max_diff(c, a, b): max |a[i] - b[i]| over a's elements (a and b made
- * on c; NULL fails with c's error). */
+ * on c; NULL fails with c's error).
+ *
+ * test_expect_near(got, want, rtol, atol, what, i): one value against
+ * torch's: both NaN, the same infinity, or within rtol |want| + atol; the
+ * message names what and i. */
 #ifndef TEST_LAYER_VALUES_H
 #define TEST_LAYER_VALUES_H
 
@@ -96,13 +103,17 @@ static inline void test_expect_case_close(ad_ctx *c, const ad_tensor *got, const
   }
 }
 
-static inline ad_tensor *test_tensor_from(ad_ctx *c, ad_dtype dt, int ndim, const int64_t *shape,
-                                          const double *v) {
-  if (!v) return NULL;
+static inline ad_tensor *test_tensor_values(ad_ctx *c, ad_dtype dt, int ndim, const int64_t *shape,
+                                            const double *v) {
   ad_tensor *t = ad_zeros(c, dt, ndim, shape);
   cr_assert_not_null(t);
   for (int64_t i = 0; i < t->size; i++) ad_tensor_set(t, i, v[i]);
   return t;
+}
+
+static inline ad_tensor *test_tensor_from(ad_ctx *c, ad_dtype dt, int ndim, const int64_t *shape,
+                                          const double *v) {
+  return v ? test_tensor_values(c, dt, ndim, shape, v) : NULL;
 }
 
 static inline double test_max_diff(ad_ctx *c, const ad_tensor *a, const ad_tensor *b) {
@@ -111,6 +122,16 @@ static inline double test_max_diff(ad_ctx *c, const ad_tensor *a, const ad_tenso
   for (int64_t i = 0; i < a->size; i++)
     d = fmax(d, fabs(ad_tensor_get(a, i) - ad_tensor_get(b, i)));
   return d;
+}
+
+static inline void test_expect_near(double got, double want, double rtol, double atol,
+                                    const char *what, int i) {
+  if (isnan(want) || isinf(want))
+    cr_assert(isnan(want) ? isnan(got) : got == want, "%s %d: %.17g, torch %.17g", what, i, got,
+              want);
+  else
+    cr_assert(fabs(got - want) <= rtol * fabs(want) + atol, "%s %d: %.17g, torch %.17g", what, i,
+              got, want);
 }
 
 #endif

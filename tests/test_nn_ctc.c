@@ -7,6 +7,7 @@
  * gradcheck and gradgradcheck, errors, and a short training run. */
 #include "nn.h"
 #include "test_alloc.h"
+#include "test_layer_values.h"
 
 #include <criterion/criterion.h>
 #include <math.h>
@@ -36,18 +37,6 @@ typedef struct ctc_case {
 #include "ctc_fixtures.h"
 
 #define NCASES (int)(sizeof CTC_CASES / sizeof CTC_CASES[0])
-
-/* got matches torch's want: both NaN, the same infinity, or within rtol
- * plus atol. */
-static void expect_close(double got, double want, double rtol, double atol, const char *what,
-                         int i) {
-  if (isnan(want) || isinf(want))
-    cr_assert(isnan(want) ? isnan(got) : got == want, "%s %d: %.17g, torch %.17g", what, i, got,
-              want);
-  else
-    cr_assert(fabs(got - want) <= rtol * fabs(want) + atol, "%s %d: %.17g, torch %.17g", what, i,
-              got, want);
-}
 
 /* The targets of case k as an i32 tensor of its layout. */
 static ad_tensor *targets_of(ad_ctx *c, const ctc_case *k) {
@@ -87,7 +76,7 @@ static void check_case(const ctc_case *k, int d, int r) {
   char what[160];
   const char *tag = d ? "f32" : "f64", *red = r == 2 ? "none" : r ? "sum" : "mean";
   snprintf(what, sizeof what, "%s %s %s loss", k->name, tag, red);
-  for (int n = 0; n < nl; n++) expect_close(ad_tensor_get(l, n), want[n], rtol, atol, what, n);
+  for (int n = 0; n < nl; n++) test_expect_near(ad_tensor_get(l, n), want[n], rtol, atol, what, n);
   if (none) { /* sum_n W_n l_n, the generator's weights */
     ad_tensor *w = ad_zeros(ctx, dt, l->ndim, l->shape);
     cr_assert_not_null(w);
@@ -103,13 +92,13 @@ static void check_case(const ctc_case *k, int d, int r) {
   if (!k->direct) {
     snprintf(what, sizeof what, "%s %s %s d/dlogits", k->name, tag, red);
     for (int64_t i = 0; i < TNC; i++)
-      expect_close(ad_tensor_get(x->grad, i), want[at + i], rtol, atol, what, (int)i);
+      test_expect_near(ad_tensor_get(x->grad, i), want[at + i], rtol, atol, what, (int)i);
     at += (int)TNC;
   }
   snprintf(what, sizeof what, "%s %s %s d/dlog_probs (true)", k->name, tag, red);
   cr_assert_not_null(lp->grad, "%s", what);
   for (int64_t i = 0; i < TNC; i++)
-    expect_close(ad_tensor_get(lp->grad, i), want[at + i], rtol, atol, what, (int)i);
+    test_expect_near(ad_tensor_get(lp->grad, i), want[at + i], rtol, atol, what, (int)i);
   ad_tensor_free(x), ad_tensor_free(tg);
 }
 

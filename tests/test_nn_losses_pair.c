@@ -8,6 +8,7 @@
  * second derivatives against torch, errors, and a short nn_fit. */
 #include "nn.h"
 #include "test_alloc.h"
+#include "test_layer_values.h"
 
 #include <criterion/criterion.h>
 #include <math.h>
@@ -74,25 +75,6 @@ static ad_tensor *call(ad_ctx *c, const pair_case *pc, ad_tensor *const *in, nn_
   return NULL;
 }
 
-static ad_tensor *vec(ad_ctx *c, ad_dtype dt, int ndim, const int64_t *shape, const double *v) {
-  ad_tensor *t = ad_zeros(c, dt, ndim, shape);
-  cr_assert_not_null(t);
-  for (int64_t i = 0; i < t->size; i++) ad_tensor_set(t, i, v[i]);
-  return t;
-}
-
-/* got matches torch's want: both NaN, the same infinity, or within rtol
- * plus atol (for gradients that are 0 up to rounding). */
-static void expect_close(double got, double want, double rtol, double atol, const char *what,
-                         int i) {
-  if (isnan(want) || isinf(want))
-    cr_assert(isnan(want) ? isnan(got) : got == want, "%s %d: %.17g, torch %.17g", what, i, got,
-              want);
-  else
-    cr_assert(fabs(got - want) <= rtol * fabs(want) + atol, "%s %d: %.17g, torch %.17g", what, i,
-              got, want);
-}
-
 /* Runs case pc in dtype d (0 f64, 1 f32) with reduction r (0 mean, 1
  * sum) and checks the loss and the gradients against the fixture. */
 static void check_case(const pair_case *pc, int d, int r) {
@@ -102,8 +84,8 @@ static void check_case(const pair_case *pc, int d, int r) {
   int64_t len = 1; /* {loss, grads} of one reduction */
   for (int j = 0; j < pc->nin; j++) {
     /* multi_margin's labels are i32 */
-    in[j] =
-        vec(ctx, pc->k == MM && j == 1 ? AD_I32 : dt, pc->in[j].ndim, pc->in[j].shape, pc->in[j].v);
+    in[j] = test_tensor_values(ctx, pc->k == MM && j == 1 ? AD_I32 : dt, pc->in[j].ndim,
+                               pc->in[j].shape, pc->in[j].v);
     ad_tensor_set_requires_grad(in[j], pc->in[j].grad);
     if (pc->in[j].grad) len += in[j]->size;
   }
@@ -116,7 +98,7 @@ static void check_case(const pair_case *pc, int d, int r) {
   double rtol = d ? 3e-6 : 1e-13, atol = d ? 1e-6 : 1e-15;
   char what[128];
   snprintf(what, sizeof what, "%s %s %s loss", pc->name, d ? "f32" : "f64", r ? "sum" : "mean");
-  expect_close(ad_tensor_item(l), want[0], rtol, atol, what, 0);
+  test_expect_near(ad_tensor_item(l), want[0], rtol, atol, what, 0);
   cr_assert_eq(ad_backward(ctx, l, NULL), AD_OK, "%s", ad_last_error(ctx));
   int64_t at = 1;
   for (int j = 0; j < pc->nin; j++) {
@@ -127,7 +109,7 @@ static void check_case(const pair_case *pc, int d, int r) {
     for (int64_t i = 0; i < in[j]->size; i++) {
       double w = want[at + i], g = ad_tensor_get(in[j]->grad, i);
       /* gradients scale with the loss's inputs; the slack with the largest */
-      expect_close(g, w, rtol, atol * (fabs(w) > 1 ? fabs(w) : 1), what, (int)i);
+      test_expect_near(g, w, rtol, atol * (fabs(w) > 1 ? fabs(w) : 1), what, (int)i);
     }
     at += in[j]->size;
   }
@@ -156,8 +138,9 @@ Test(losses_pair, second_derivatives_of_gaussian_nll_match_torch) {
     const double *want = d ? GAUSS_SECOND_F32 : GAUSS_SECOND_F64;
     double rtol = d ? 3e-6 : 1e-13;
     ad_tape_reset(ctx);
-    ad_tensor *x = vec(ctx, dt, 1, &n, PAIR_CASES[0].in[0].v);
-    ad_tensor *t = vec(ctx, dt, 1, &n, PAIR_CASES[0].in[1].v), *v = vec(ctx, dt, 1, &n, vv);
+    ad_tensor *x = test_tensor_values(ctx, dt, 1, &n, PAIR_CASES[0].in[0].v);
+    ad_tensor *t = test_tensor_values(ctx, dt, 1, &n, PAIR_CASES[0].in[1].v),
+              *v = test_tensor_values(ctx, dt, 1, &n, vv);
     ad_tensor_set_requires_grad(x, true);
     ad_tensor_set_requires_grad(t, true);
     ad_tensor_set_requires_grad(v, true);
@@ -166,8 +149,8 @@ Test(losses_pair, second_derivatives_of_gaussian_nll_match_torch) {
     ad_tensor *wrt[2] = {x, v}, *g[2];
     cr_assert_eq(ad_grad(ctx, l, NULL, 2, wrt, g, true), AD_OK, "%s", ad_last_error(ctx));
     for (int i = 0; i < 4; i++) {
-      expect_close(ad_tensor_get(g[0], i), want[i], rtol, 0, "dl/dinput", i);
-      expect_close(ad_tensor_get(g[1], i), want[4 + i], rtol, 0, "dl/dvar", i);
+      test_expect_near(ad_tensor_get(g[0], i), want[i], rtol, 0, "dl/dinput", i);
+      test_expect_near(ad_tensor_get(g[1], i), want[4 + i], rtol, 0, "dl/dvar", i);
     }
     cr_assert_eq(ad_backward(ctx, ad_add(ctx, ad_sum(ctx, g[0]), ad_sum(ctx, g[1])), NULL), AD_OK,
                  "%s", ad_last_error(ctx));
@@ -175,7 +158,7 @@ Test(losses_pair, second_derivatives_of_gaussian_nll_match_torch) {
     const char *names[3] = {"d/dinput", "d/dtarget", "d/dvar"};
     for (int k = 0; k < 3; k++)
       for (int i = 0; i < 4; i++)
-        expect_close(ad_tensor_get(in[k]->grad, i), want[8 + 4 * k + i], rtol, 0, names[k], i);
+        test_expect_near(ad_tensor_get(in[k]->grad, i), want[8 + 4 * k + i], rtol, 0, names[k], i);
     ad_tensor_free(x), ad_tensor_free(t), ad_tensor_free(v);
   }
 }
@@ -337,8 +320,10 @@ Test(losses_pair, anomaly_mode_passes_finite_inputs) {
   int64_t two = 2;
   for (int k = GAUSS; k <= TRIP; k++) {
     ad_tape_reset(ctx);
-    ad_tensor *x = vec(ctx, AD_F64, 2, s, a), *t = vec(ctx, AD_F64, 2, s, b);
-    ad_tensor *c = k == COS ? vec(ctx, AD_F64, 1, &two, y) : vec(ctx, AD_F64, 2, s, b);
+    ad_tensor *x = test_tensor_values(ctx, AD_F64, 2, s, a),
+              *t = test_tensor_values(ctx, AD_F64, 2, s, b);
+    ad_tensor *c = k == COS ? test_tensor_values(ctx, AD_F64, 1, &two, y)
+                            : test_tensor_values(ctx, AD_F64, 2, s, b);
     ad_tensor_set_requires_grad(x, true);
     /* Gaussian: var b holds 0; Poisson with log_input and full */
     pair_case pc = {"anomaly", (kind)k, 0.5, 2.0,   k == TRIP ? 0.0 : 1e-6,
@@ -371,22 +356,23 @@ Test(losses_pair, p_norm_of_small_differences_keeps_its_gradient) {
   for (int d = 0; d < 2; d++) {
     ad_dtype dt = d ? AD_F32 : AD_F64;
     double tol = d ? 1e-5 : 1e-12;
-    ad_tensor *a = vec(ctx, dt, 2, s, av), *po = vec(ctx, dt, 2, s, pv);
-    ad_tensor *ne = vec(ctx, dt, 2, s, nv), *in[3] = {a, po, ne}, *g[3];
+    ad_tensor *a = test_tensor_values(ctx, dt, 2, s, av),
+              *po = test_tensor_values(ctx, dt, 2, s, pv);
+    ad_tensor *ne = test_tensor_values(ctx, dt, 2, s, nv), *in[3] = {a, po, ne}, *g[3];
     for (int i = 0; i < 3; i++) ad_tensor_set_requires_grad(in[i], true);
     ad_tensor *l = nn_triplet_margin_loss(ctx, a, po, ne, 3.0, 30.0, 0.0, false, NN_SUM);
     cr_assert_not_null(l, "%s", ad_last_error(ctx));
-    expect_close(ad_tensor_item(l), 1.0409349556177827, tol, 0, "loss", d);
+    test_expect_near(ad_tensor_item(l), 1.0409349556177827, tol, 0, "loss", d);
     cr_assert_eq(ad_grad(ctx, l, NULL, 3, in, g, false), AD_OK, "%s", ad_last_error(ctx));
     for (int i = 0; i < 3; i++)
       for (int j = 0; j < 2; j++)
-        expect_close(ad_tensor_get(g[i], j), want[i][j], tol, tol, names[i], j);
+        test_expect_near(ad_tensor_get(g[i], j), want[i][j], tol, tol, names[i], j);
     ad_tensor *pd = nn_pairwise_distance(ctx, a, po, 30.0, 0.0, false);
     cr_assert_not_null(pd, "%s", ad_last_error(ctx));
-    expect_close(ad_tensor_get(pd, 0), 0.040934955679871, tol, 0, "distance", d);
+    test_expect_near(ad_tensor_get(pd, 0), 0.040934955679871, tol, 0, "distance", d);
     cr_assert_eq(ad_grad(ctx, ad_sum(ctx, pd), NULL, 1, &a, g, false), AD_OK);
     for (int j = 0; j < 2; j++)
-      expect_close(ad_tensor_get(g[0], j), -0.5116869459983857, tol, tol, "distance d/da", j);
+      test_expect_near(ad_tensor_get(g[0], j), -0.5116869459983857, tol, tol, "distance d/da", j);
     ad_tape_reset(ctx);
     for (int i = 0; i < 3; i++) ad_tensor_free(in[i]);
   }
@@ -401,7 +387,8 @@ Test(losses_pair, poisson_constant_target_takes_the_plain_path) {
   double val[2], gx[2][4];
   for (int rg = 0; rg < 2; rg++) {
     ad_tape_reset(ctx);
-    ad_tensor *x = vec(ctx, AD_F64, 1, &n, xv), *t = vec(ctx, AD_F64, 1, &n, tv);
+    ad_tensor *x = test_tensor_values(ctx, AD_F64, 1, &n, xv),
+              *t = test_tensor_values(ctx, AD_F64, 1, &n, tv);
     ad_tensor_set_requires_grad(x, true);
     ad_tensor_set_requires_grad(t, rg);
     ad_tensor *l = nn_poisson_nll_loss(ctx, x, t, true, true, 1e-8, NN_SUM);
@@ -432,14 +419,16 @@ Test(losses_pair, multi_margin_inactive_terms_ignore_an_infinite_weight) {
   for (int k = 0; k < 2; k++) {
     ad_tape_reset(ctx);
     const double wv[3] = {k ? NAN : INFINITY, 1, 1};
-    ad_tensor *x = vec(ctx, AD_F64, 2, s, xv), *w = vec(ctx, AD_F64, 1, &c, wv);
+    ad_tensor *x = test_tensor_values(ctx, AD_F64, 2, s, xv),
+              *w = test_tensor_values(ctx, AD_F64, 1, &c, wv);
     ad_tensor *lab = ad_from_data(ctx, AD_I32, 1, &n, lv);
     ad_tensor_set_requires_grad(x, true);
     ad_tensor *l = nn_multi_margin_loss(ctx, x, lab, 1, 1.0, w, NN_SUM);
     cr_assert_not_null(l, "%s", ad_last_error(ctx));
-    expect_close(ad_tensor_item(l), 0.5666666666666668, 1e-14, 0, "loss", k);
+    test_expect_near(ad_tensor_item(l), 0.5666666666666668, 1e-14, 0, "loss", k);
     cr_assert_eq(ad_backward(ctx, l, NULL), AD_OK, "%s", ad_last_error(ctx));
-    for (int i = 0; i < 6; i++) expect_close(ad_tensor_get(x->grad, i), gw[i], 1e-14, 0, "grad", i);
+    for (int i = 0; i < 6; i++)
+      test_expect_near(ad_tensor_get(x->grad, i), gw[i], 1e-14, 0, "grad", i);
     ad_tensor_free(x), ad_tensor_free(w), ad_tensor_free(lab);
   }
 }
@@ -450,7 +439,8 @@ Test(losses_pair, multi_margin_inactive_terms_ignore_an_infinite_weight) {
 Test(losses_pair, tensors_of_the_same_size_are_reshaped) {
   int64_t s2[2] = {4, 1}, s1[1] = {4};
   const double v[4] = {0.5, -1, 2, 0.25};
-  ad_tensor *x = vec(ctx, AD_F64, 2, s2, v), *t = vec(ctx, AD_F64, 1, s1, v);
+  ad_tensor *x = test_tensor_values(ctx, AD_F64, 2, s2, v),
+            *t = test_tensor_values(ctx, AD_F64, 1, s1, v);
   ad_tensor *var = ad_full(ctx, AD_F64, 2, s2, 0.5);
   ad_tensor_set_requires_grad(t, true);
   ad_tensor *l = nn_gaussian_nll_loss(ctx, x, t, var, false, 1e-6, NN_SUM);

@@ -6,6 +6,7 @@
  * loss), and a short nn_fit with each. */
 #include "nn.h"
 #include "test_alloc.h"
+#include "test_layer_values.h"
 
 #include <criterion/criterion.h>
 #include <math.h>
@@ -546,22 +547,10 @@ static ad_tensor *call(ad_ctx *c, const loss_case *lc, ad_tensor *p, ad_tensor *
   return NULL;
 }
 
-static ad_tensor *vec(ad_ctx *c, ad_dtype dt, int ndim, const int64_t *shape, const double *v) {
-  ad_tensor *t = ad_zeros(c, dt, ndim, shape);
-  cr_assert_not_null(t);
-  for (int64_t i = 0; i < t->size; i++) ad_tensor_set(t, i, v[i]);
-  return t;
-}
-
 /* got matches torch's want: both NaN, the same infinity, or within rtol
  * (plus a tiny absolute term for zeros). */
 static void expect_close(double got, double want, double rtol, const char *what, int i) {
-  if (isnan(want) || isinf(want))
-    cr_assert(isnan(want) ? isnan(got) : got == want, "%s %d: %.17g, torch %.17g", what, i, got,
-              want);
-  else
-    cr_assert(fabs(got - want) <= rtol * fabs(want) + 1e-300, "%s %d: %.17g, torch %.17g", what, i,
-              got, want);
+  test_expect_near(got, want, rtol, 1e-300, what, i);
 }
 
 /* Loss of lc on p, t (n elements, viewed as shape) in dtype dt, with both
@@ -569,7 +558,8 @@ static void expect_close(double got, double want, double rtol, const char *what,
 static void check(const loss_case *lc, ad_dtype dt, int ndim, const int64_t *shape, const double *p,
                   const double *t, const double *want, const char *name) {
   ad_tape_reset(ctx);
-  ad_tensor *pt = vec(ctx, dt, ndim, shape, p), *tt = vec(ctx, dt, ndim, shape, t);
+  ad_tensor *pt = test_tensor_values(ctx, dt, ndim, shape, p),
+            *tt = test_tensor_values(ctx, dt, ndim, shape, t);
   ad_tensor_set_requires_grad(pt, true);
   ad_tensor_set_requires_grad(tt, true);
   int64_t n = pt->size;
@@ -667,7 +657,8 @@ Test(losses_reg, nan_and_infinite_differences_as_torch) {
       loss_case lc = {REG[f].k, REG[f].param, NN_SUM};
       for (int i = 0; i < 8; i++) {
         ad_tape_reset(ctx);
-        ad_tensor *p = vec(ctx, dt, 1, &one, P_NAN + i), *t = vec(ctx, dt, 1, &one, T_NAN + i);
+        ad_tensor *p = test_tensor_values(ctx, dt, 1, &one, P_NAN + i),
+                  *t = test_tensor_values(ctx, dt, 1, &one, T_NAN + i);
         ad_tensor *l = call(ctx, &lc, p, t);
         cr_assert_not_null(l, "%s", ad_last_error(ctx));
         expect_close(ad_tensor_item(l), want[i], 1e-15, REG[f].name, i);
@@ -708,7 +699,8 @@ Test(losses_reg, kl_div_edges_as_torch) {
       loss_case lc = {lt ? KL_LOGT : KL, 0, NN_SUM};
       for (int i = 0; i < 8; i++) {
         ad_tape_reset(ctx);
-        ad_tensor *p = vec(ctx, dt, 1, &one, KL_I_EDGE + i), *t = vec(ctx, dt, 1, &one, tv + i);
+        ad_tensor *p = test_tensor_values(ctx, dt, 1, &one, KL_I_EDGE + i),
+                  *t = test_tensor_values(ctx, dt, 1, &one, tv + i);
         ad_tensor *l = call(ctx, &lc, p, t);
         cr_assert_not_null(l, "%s", ad_last_error(ctx));
         expect_close(ad_tensor_item(l), want[i], dt == AD_F64 ? 1e-15 : 2e-7, "kl_div edge", i);
@@ -725,7 +717,8 @@ Test(losses_reg, kl_div_edges_as_torch) {
  * NaN-gradient term): the same value, and the input's gradient. */
 Test(losses_reg, kl_div_constant_target) {
   int64_t s[2] = {3, 4};
-  ad_tensor *x = vec(ctx, AD_F64, 2, s, KL_I), *t = vec(ctx, AD_F64, 2, s, KL_T);
+  ad_tensor *x = test_tensor_values(ctx, AD_F64, 2, s, KL_I),
+            *t = test_tensor_values(ctx, AD_F64, 2, s, KL_T);
   ad_tensor_set_requires_grad(x, true);
   ad_tensor *l = nn_kl_div_loss(ctx, x, t, NN_BATCHMEAN, false);
   cr_assert_not_null(l, "%s", ad_last_error(ctx));
@@ -749,7 +742,8 @@ Test(losses_reg, target_of_same_size_is_reshaped) {
   const double pv[4] = {0.5, -1, 2, 0}, tv[4] = {0, 0, 0, 0};
   for (int k = 0; k < 5; k++) {
     ad_tape_reset(ctx);
-    ad_tensor *p = vec(ctx, AD_F64, 2, s2, pv), *t = vec(ctx, AD_F64, 1, s1, tv);
+    ad_tensor *p = test_tensor_values(ctx, AD_F64, 2, s2, pv),
+              *t = test_tensor_values(ctx, AD_F64, 1, s1, tv);
     if (k >= KL) ad_tensor_fill(p, -1.0), ad_tensor_fill(t, 0.25);
     ad_tensor_set_requires_grad(t, true);
     loss_case lc = {(kind)k, 1.0, NN_SUM};
@@ -812,7 +806,7 @@ Test(losses_reg, second_derivative_at_the_switch_point) {
   const double pv[5] = {0, 1, -1, 2.5, 0.3}, g1[5] = {0, 1, -1, 1, 0.3}, g2[5] = {1, 0, 0, 0, 1};
   for (int k = SL1; k <= HUB; k++) {
     ad_tape_reset(ctx);
-    ad_tensor *p = vec(ctx, AD_F64, 1, &n, pv), *t = ad_zeros(ctx, AD_F64, 1, &n);
+    ad_tensor *p = test_tensor_values(ctx, AD_F64, 1, &n, pv), *t = ad_zeros(ctx, AD_F64, 1, &n);
     ad_tensor_set_requires_grad(p, true);
     loss_case lc = {(kind)k, 1.0, NN_SUM};
     ad_tensor *g;
@@ -863,7 +857,8 @@ Test(losses_reg, extreme_parameters_as_torch) {
   int64_t n = 3;
   const double pv[3] = {0, 1, 3};
   for (int dt = 0; dt < 2; dt++) {
-    ad_tensor *p = vec(ctx, dt ? AD_F32 : AD_F64, 1, &n, pv), *t = ad_zeros(ctx, p->dtype, 1, &n);
+    ad_tensor *p = test_tensor_values(ctx, dt ? AD_F32 : AD_F64, 1, &n, pv),
+              *t = ad_zeros(ctx, p->dtype, 1, &n);
     cr_assert_eq(ad_tensor_item(nn_smooth_l1_loss_beta(ctx, p, t, NN_SUM, INFINITY)), 0);
     cr_assert_eq(ad_tensor_item(nn_huber_loss_delta(ctx, p, t, NN_SUM, INFINITY)), 5);
     if (dt) {
@@ -890,8 +885,9 @@ Test(losses_reg, anomaly_mode_passes_finite_inputs) {
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     ad_tape_reset(ctx);
     bool kl = cases[i].k == KL;
-    ad_tensor *p = vec(ctx, AD_F64, 1, &n, kl ? (const double[]){-1, -2, -3, -4} : pv);
-    ad_tensor *t = vec(ctx, AD_F64, 1, &n, kl ? kt : tv);
+    ad_tensor *p =
+        test_tensor_values(ctx, AD_F64, 1, &n, kl ? (const double[]){-1, -2, -3, -4} : pv);
+    ad_tensor *t = test_tensor_values(ctx, AD_F64, 1, &n, kl ? kt : tv);
     ad_tensor_set_requires_grad(p, true);
     ad_tensor *l = call(ctx, &cases[i], p, t);
     cr_assert_not_null(l, "case %zu: %s", i, ad_last_error(ctx));
