@@ -98,13 +98,6 @@ typedef struct lrn_case {
 #define NACT  (int)(sizeof ACT_CASES / sizeof ACT_CASES[0])
 #define NLRN  (int)(sizeof LRN_CASES / sizeof LRN_CASES[0])
 
-static ad_tensor *vec(ad_ctx *c, ad_dtype dt, int ndim, const int64_t *shape, const double *v) {
-  ad_tensor *t = ad_zeros(c, dt, ndim, shape);
-  cr_assert_not_null(t);
-  for (int64_t i = 0; i < t->size; i++) ad_tensor_set(t, i, v[i]);
-  return t;
-}
-
 static void expect_close(double got, double want, double rtol, const char *what, int i) {
   if (isnan(want) || isinf(want))
     cr_assert(isnan(want) ? isnan(got) : got == want, "%s %d: %.17g, torch %.17g", what, i, got,
@@ -181,7 +174,7 @@ static ad_tensor *ramp_like(ad_dtype dt, const ad_tensor *y) {
 static void check_fold_case(const fold_case *fc, int d, bool layer) {
   ad_dtype dt = d ? AD_F32 : AD_F64;
   ad_tape_reset(ctx);
-  ad_tensor *x = vec(ctx, dt, fc->ndim, fc->shape, fc->x);
+  ad_tensor *x = test_tensor_values(ctx, dt, fc->ndim, fc->shape, fc->x);
   ad_tensor_set_requires_grad(x, true);
   ad_tensor *y;
   nn_layer *l = NULL;
@@ -195,7 +188,7 @@ static void check_fold_case(const fold_case *fc, int d, bool layer) {
   cr_assert_not_null(y, "%s: %s", fc->name, ad_last_error(ctx));
   cr_assert_eq(y->ndim, fc->yndim, "%s", fc->name);
   for (int k = 0; k < y->ndim; k++) cr_assert_eq(y->shape[k], fc->yshape[k], "%s", fc->name);
-  ad_tensor *g = vec(ctx, dt, fc->yndim, fc->yshape, fc->g);
+  ad_tensor *g = test_tensor_values(ctx, dt, fc->yndim, fc->yshape, fc->g);
   /* f32: fold sums up to kh kw terms in another order than PyTorch */
   check_y_dx_free(l, x, y, g, fc->y[d], fc->dx[d], d ? 2e-6 : 1e-14, fc->name, d);
 }
@@ -295,8 +288,9 @@ static void check_bil_case(const bil_case *bc, int d, bool layer) {
   int64_t in1 = bc->s1[nd - 1], in2 = bc->s2[nd - 1], ws[3] = {bc->out, in1, in2}, gs[3];
   for (int k = 0; k < nd - 1; k++) gs[k] = bc->s1[k];
   gs[nd - 1] = bc->out;
-  ad_tensor *x1 = vec(ctx, dt, nd, bc->s1, bc->x1), *x2 = vec(ctx, dt, nd, bc->s2, bc->x2);
-  ad_tensor *g = vec(ctx, dt, nd, gs, bc->g), *w, *b = NULL, *y;
+  ad_tensor *x1 = test_tensor_values(ctx, dt, nd, bc->s1, bc->x1),
+            *x2 = test_tensor_values(ctx, dt, nd, bc->s2, bc->x2);
+  ad_tensor *g = test_tensor_values(ctx, dt, nd, gs, bc->g), *w, *b = NULL, *y;
   nn_layer *l = NULL;
   if (layer) {
     ad_rng rng;
@@ -314,8 +308,8 @@ static void check_bil_case(const bil_case *bc, int d, bool layer) {
       for (int64_t i = 0; i < b->size; i++) ad_tensor_set(b, i, bc->b[i]);
     }
   } else {
-    w = vec(ctx, dt, 3, ws, bc->w);
-    if (bc->has_bias) b = vec(ctx, dt, 1, &bc->out, bc->b);
+    w = test_tensor_values(ctx, dt, 3, ws, bc->w);
+    if (bc->has_bias) b = test_tensor_values(ctx, dt, 1, &bc->out, bc->b);
     ad_tensor_set_requires_grad(w, true);
     if (b) ad_tensor_set_requires_grad(b, true);
   }
@@ -408,7 +402,7 @@ Test(misc2, bilinear_init_is_pytorch_uniform) {
 static void check_glu_case(const glu_case *gc, int d, bool layer) {
   ad_dtype dt = d ? AD_F32 : AD_F64;
   ad_tape_reset(ctx);
-  ad_tensor *x = vec(ctx, dt, gc->ndim, gc->shape, gc->x);
+  ad_tensor *x = test_tensor_values(ctx, dt, gc->ndim, gc->shape, gc->x);
   ad_tensor_set_requires_grad(x, true);
   nn_layer *l = layer ? nn_glu_new(ctx, gc->dim) : NULL;
   ad_tensor *y = layer ? nn_layer_forward(l, x, true) : nn_glu(ctx, x, gc->dim);
@@ -495,8 +489,8 @@ Test(misc2, glu_bad_inputs) {
 static void check_pair_case(const pair_case *pc, int d, bool layer) {
   ad_dtype dt = d ? AD_F32 : AD_F64;
   ad_tape_reset(ctx);
-  ad_tensor *x1 = vec(ctx, dt, pc->nd1, pc->s1, pc->x1),
-            *x2 = vec(ctx, dt, pc->nd2, pc->s2, pc->x2);
+  ad_tensor *x1 = test_tensor_values(ctx, dt, pc->nd1, pc->s1, pc->x1),
+            *x2 = test_tensor_values(ctx, dt, pc->nd2, pc->s2, pc->x2);
   ad_tensor_set_requires_grad(x1, true), ad_tensor_set_requires_grad(x2, true);
   nn_layer *l = NULL;
   ad_tensor *y;
@@ -697,7 +691,7 @@ static nn_layer *act_layer(int kind, double a, double b) {
 static void check_act_case(const act_case *ac, int d, bool layer) {
   ad_dtype dt = d ? AD_F32 : AD_F64;
   ad_tape_reset(ctx);
-  ad_tensor *x = vec(ctx, dt, ac->ndim, ac->shape, ac->x);
+  ad_tensor *x = test_tensor_values(ctx, dt, ac->ndim, ac->shape, ac->x);
   ad_tensor_set_requires_grad(x, true);
   nn_layer *l = layer ? act_layer(ac->kind, ac->a, ac->b) : NULL;
   cr_assert(!layer || l, "%s", ad_last_error(ctx));
@@ -826,7 +820,7 @@ Test(misc2, shrinks_threshold_softmin_softmax2d_bad_arguments) {
 static void check_lrn_case(const lrn_case *lc, int d, bool layer) {
   ad_dtype dt = d ? AD_F32 : AD_F64;
   ad_tape_reset(ctx);
-  ad_tensor *x = vec(ctx, dt, lc->ndim, lc->shape, lc->x);
+  ad_tensor *x = test_tensor_values(ctx, dt, lc->ndim, lc->shape, lc->x);
   ad_tensor_set_requires_grad(x, true);
   nn_layer *l =
       layer ? nn_local_response_norm_new(ctx, lc->size, lc->alpha, lc->beta, lc->k) : NULL;
@@ -925,7 +919,7 @@ Test(misc2, rrelu_eval_matches_pytorch) {
         const lrn_case *rc = &RRELU_CASES[i];
         ad_dtype dt = d ? AD_F32 : AD_F64;
         ad_tape_reset(ctx);
-        ad_tensor *x = vec(ctx, dt, rc->ndim, rc->shape, rc->x);
+        ad_tensor *x = test_tensor_values(ctx, dt, rc->ndim, rc->shape, rc->x);
         ad_tensor_set_requires_grad(x, true);
         nn_layer *l = layer ? nn_rrelu_new(ctx, rc->alpha, rc->beta, 1) : NULL;
         ad_tensor *y = layer ? nn_layer_forward(l, x, false)
