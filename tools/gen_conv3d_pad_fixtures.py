@@ -21,7 +21,7 @@ import warnings
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from torch_fixture import tensor_emitter, wave  # noqa: E402
+from torch_fixture import padded_conv_case, tensor_emitter  # noqa: E402
 
 warnings.simplefilter("ignore")
 D = torch.float64
@@ -54,20 +54,7 @@ CASES = [
 table = []
 for k, (name, cin, cout, ks, kw, shape, via_batch) in enumerate(CASES):
     m = torch.nn.Conv3d(cin, cout, ks, **kw).to(D)
-    with torch.no_grad():
-        m.weight.copy_(wave(m.weight.shape, 0.9 + 0.1 * k, k, 0.5))
-        if m.bias is not None:
-            m.bias.copy_(wave(m.bias.shape, 0.6, k, 0.5))
-    x = wave(shape, 0.77 + 0.1 * k, 0.3 * k, 1.5, 0.25).requires_grad_(True)
-    y = m(x.unsqueeze(0)).squeeze(0) if via_batch else m(x)
-    gy = wave(y.shape, 1.31, 0.5 + k, 1.0)
-    (y * gy).sum().backward()
-    arrays = [("x", x), ("gy", gy), ("w", m.weight), ("y", y), ("dx", x.grad),
-              ("dw", m.weight.grad)]
-    if m.bias is not None:
-        arrays += [("b", m.bias), ("db", m.bias.grad)]
-    for s, v in arrays:
-        emit(f"c3p_{name}_{s}", v.detach())
+    padded_conv_case(m, k, shape, via_batch, emit, f"c3p_{name}")
     kk = triple(ks)
     st = triple(kw.get("stride", 1))
     di = triple(kw.get("dilation", 1))

@@ -106,3 +106,26 @@ def write_safetensors(name, tensors):
     with open(path, "wb") as f:
         f.write(build({k: v.contiguous() for k, v in tensors.items()}, {"format": "pt"}))
     return path
+
+
+def padded_conv_case(m, k, shape, via_batch, emit, prefix):
+    """Case k of the padding-mode tests on the float64 convolution m: its
+    weight (and bias, if any) set from wave(), x = wave(shape, ...) run
+    through m (as a batch of one when via_batch: PyTorch 1.13's F.pad
+    refuses circular padding of an unbatched input), a cotangent gy and the
+    gradients of sum(y * gy); emits <prefix>_{x,gy,w,y,dx,dw} and, with a
+    bias, <prefix>_{b,db}."""
+    with torch.no_grad():
+        m.weight.copy_(wave(m.weight.shape, 0.9 + 0.1 * k, k, 0.5))
+        if m.bias is not None:
+            m.bias.copy_(wave(m.bias.shape, 0.6, k, 0.5))
+    x = wave(shape, 0.77 + 0.1 * k, 0.3 * k, 1.5, 0.25).requires_grad_(True)
+    y = m(x.unsqueeze(0)).squeeze(0) if via_batch else m(x)
+    gy = wave(y.shape, 1.31, 0.5 + k, 1.0)
+    (y * gy).sum().backward()
+    arrays = [("x", x), ("gy", gy), ("w", m.weight), ("y", y), ("dx", x.grad),
+              ("dw", m.weight.grad)]
+    if m.bias is not None:
+        arrays += [("b", m.bias), ("db", m.bias.grad)]
+    for s, v in arrays:
+        emit(f"{prefix}_{s}", v.detach())
