@@ -129,3 +129,22 @@ def padded_conv_case(m, k, shape, via_batch, emit, prefix):
         arrays += [("b", m.bias), ("db", m.bias.grad)]
     for s, v in arrays:
         emit(f"{prefix}_{s}", v.detach())
+
+
+def trained_checkpoint(ck, shape, emit, name):
+    """The checkpoint case of the norm layers' tests: the float32 model ck
+    takes one SGD step (lr 0.5) in training mode on ck_x = wave(shape,
+    0.71, 0.3, 1.5, 0.4) with the cotangent wave(shape, 1.3, 0.1, 1.0) (so
+    its running statistics move), then runs ck_x in evaluation mode, ck_y;
+    emits ck_x and ck_y and writes ck's state dict as tests/fixtures/<name>."""
+    xck = wave(shape, 0.71, 0.3, 1.5, 0.4).float()
+    opt = torch.optim.SGD(ck.parameters(), lr=0.5)
+    ck.train()
+    (ck(xck) * wave(shape, 1.3, 0.1, 1.0).float()).sum().backward()
+    opt.step()
+    ck.eval()
+    with torch.no_grad():
+        yck = ck(xck)
+    emit("ck_x", xck)
+    emit("ck_y", yck)
+    write_safetensors(name, ck.state_dict())
