@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from c_fixture import print_guarded  # noqa: E402
-from torch_fixture import tensor_emitter, wave64, write_safetensors  # noqa: E402
+from torch_fixture import scheduled_rates, tensor_emitter, wave64, write_safetensors  # noqa: E402
 
 torch.set_default_dtype(torch.float64)
 
@@ -208,14 +208,7 @@ emit("act_log_softmax", F.log_softmax(xa, dim=-1))
 
 def lrs(make):
     p = torch.zeros(1, requires_grad=True)
-    opt = torch.optim.SGD([p], lr=0.1)
-    sched = make(opt)
-    seq = []
-    for _ in range(8):
-        seq.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-    return seq
+    return scheduled_rates(torch.optim.SGD([p], lr=0.1), make, 8)
 
 
 emit("sched_step", lrs(lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=3, gamma=0.5)))

@@ -21,6 +21,7 @@ from torch.optim import lr_scheduler as L
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from c_fixture import emitter, print_guarded  # noqa: E402
+from torch_fixture import scheduled_rates  # noqa: E402
 
 warnings.simplefilter("ignore")
 torch.set_default_dtype(torch.float64)
@@ -80,14 +81,7 @@ for name, kind, kw in ONECYCLE:
 
 def lrs(make, n):
     """The rates of steps 0 .. n-1 of an SGD with lr 0.1 under make(opt)."""
-    opt = make_opt("sgd")
-    s = make(opt)
-    seq = []
-    for _ in range(n):
-        seq.append(opt.param_groups[0]["lr"])
-        opt.step()
-        s.step()
-    return seq
+    return scheduled_rates(make_opt("sgd"), make, n)
 
 
 # CosineAnnealingWarmRestarts(T_0, T_mult, eta_min), stepped without epochs

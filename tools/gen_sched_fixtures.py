@@ -22,6 +22,7 @@ from torch.optim import lr_scheduler as L
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from c_fixture import emitter, print_guarded  # noqa: E402
+from torch_fixture import scheduled_rates  # noqa: E402
 
 warnings.simplefilter("ignore")  # SequentialLR's step(0) deprecation warning
 torch.set_default_dtype(torch.float64)
@@ -36,14 +37,7 @@ def sgd():
 
 
 def lrs(make, n=EPOCHS):
-    opt = sgd()
-    sched = make(opt)
-    seq = []
-    for _ in range(n):
-        seq.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-    return seq
+    return scheduled_rates(sgd(), make, n)
 
 
 # milestones unsorted, 10 listed twice (PyTorch's Counter: gamma^2 there)

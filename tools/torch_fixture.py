@@ -148,3 +148,16 @@ def trained_checkpoint(ck, shape, emit, name):
     emit("ck_x", xck)
     emit("ck_y", yck)
     write_safetensors(name, ck.state_dict())
+
+
+def scheduled_rates(opt, make, n):
+    """The learning rates the optimizer opt trains steps 0 .. n-1 with under
+    the scheduler make(opt): param_groups[0]["lr"] read before each
+    opt.step() and scheduler.step()."""
+    sched = make(opt)
+    seq = []
+    for _ in range(n):
+        seq.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return seq
