@@ -39,21 +39,12 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from torch_fixture import tensor_emitter, trained_checkpoint, wave  # noqa: E402
+from torch_fixture import (layer_grads, tensor_emitter, tracked_steps,  # noqa: E402
+                           trained_checkpoint, wave)
 
 D = torch.float64
 out = []
 emit = tensor_emitter(out)
-
-
-def run(layer, x, gy):
-    x = x.clone().requires_grad_(True)
-    y = layer(x)
-    params = [p for p in (layer.weight, layer.bias) if p is not None]
-    for p in params:
-        p.grad = None
-    (y * gy).sum().backward()
-    return y.detach(), x.grad, [p.grad.clone() for p in params]
 
 
 # ------------------------------------------------------------- GroupNorm
@@ -80,7 +71,7 @@ for k, (name, g, c, shape, affine) in enumerate(GN_CASES):
             m.bias.copy_(wave((c,), 0.6, k, 0.5))
         emit(f"gn_{name}_w", m.weight)
         emit(f"gn_{name}_b", m.bias)
-    y, dx, dp = run(m, x, gy)
+    y, dx, dp = layer_grads(m, x, gy)
     emit(f"gn_{name}_y", y)
     emit(f"gn_{name}_dx", dx)
     if affine:
@@ -94,33 +85,14 @@ with torch.no_grad():
     m.bias.copy_(wave((3,), 0.6, 2, 0.5))
 emit("in_t_w", m.weight)
 emit("in_t_b", m.bias)
-X = wave((3, 2, 3, 5), 0.83, 0.1, 1.5, 0.5)
-GY = wave((3, 2, 3, 5), 1.17, 0.9, 1.0)
-ys, dxs, dws, dbs, rms, rvs = [], [], [], [], [], []
-m.train()
-for t in range(3):
-    y, dx, (dw, db) = run(m, X[t], GY[t])
-    ys.append(y)
-    dxs.append(dx)
-    dws.append(dw)
-    dbs.append(db)
-    rms.append(m.running_mean.clone())
-    rvs.append(m.running_var.clone())
-assert int(m.num_batches_tracked) == 0
-for name, v in (("x", X), ("gy", GY), ("y", ys), ("dx", dxs), ("dw", dws), ("db", dbs),
-                ("rm", rms), ("rv", rvs)):
-    emit(f"in_t_{name}", torch.stack(v) if isinstance(v, list) else v)
-m.eval()
-XE = wave((2, 3, 5), 1.07, 0.4, 2.0, -0.3)
-GYE = wave((2, 3, 5), 0.61, 0.2, 1.0)
-y, dx, (dw, db) = run(m, XE, GYE)
-for name, v in (("xe", XE), ("gye", GYE), ("ye", y), ("dxe", dx), ("dwe", dw), ("dbe", db)):
-    emit(f"in_t_{name}", v)
+tracked_steps(emit, "in_t", m, wave((3, 2, 3, 5), 0.83, 0.1, 1.5, 0.5),
+              wave((3, 2, 3, 5), 1.17, 0.9, 1.0), 0, wave((2, 3, 5), 1.07, 0.4, 2.0, -0.3),
+              wave((2, 3, 5), 0.61, 0.2, 1.0))
 
 m = torch.nn.InstanceNorm2d(3).to(D)
 x = wave((2, 3, 2, 3), 0.57, 0.8, 1.2, 0.1)
 gy = wave((2, 3, 2, 3), 1.41, 0.3, 1.0)
-y, dx, _ = run(m, x, gy)
+y, dx, _ = layer_grads(m, x, gy)
 for name, v in (("x", x), ("gy", gy), ("y", y), ("dx", dx)):
     emit(f"in_d_{name}", v)
 

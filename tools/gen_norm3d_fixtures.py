@@ -45,7 +45,8 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from torch_fixture import tensor_emitter, trained_checkpoint, wave  # noqa: E402
+from torch_fixture import (layer_grads, tensor_emitter, tracked_steps,  # noqa: E402
+                           trained_checkpoint, wave)
 
 D = torch.float64
 nn = torch.nn
@@ -53,43 +54,9 @@ out = []
 emit = tensor_emitter(out)
 
 
-def run(layer, x, gy):
-    x = x.clone().requires_grad_(True)
-    y = layer(x)
-    params = [p for p in (getattr(layer, "weight", None), getattr(layer, "bias", None))
-              if p is not None]
-    for p in params:
-        p.grad = None
-    (y * gy).sum().backward()
-    return y.detach(), x.grad, [p.grad.clone() for p in params]
-
-
 def emit_all(prefix, pairs):
     for name, v in pairs:
         emit(f"{prefix}_{name}", torch.stack(v) if isinstance(v, list) else v)
-
-
-def tracked(prefix, m, X, GY, nbt, XE, GYE):
-    """The affine layer m, tracking running statistics: a training step on
-    each X[t] with cotangent GY[t] (its num_batches_tracked then nbt), then
-    evaluation mode on XE with GYE; emits prefix_{x,gy,y,dx,dw,db,rm,rv}
-    (stacked over the steps) and prefix_{xe,gye,ye,dxe,dwe,dbe}."""
-    ys, dxs, dws, dbs, rms, rvs = [], [], [], [], [], []
-    m.train()
-    for t in range(len(X)):
-        y, dx, (dw, db) = run(m, X[t], GY[t])
-        ys.append(y)
-        dxs.append(dx)
-        dws.append(dw)
-        dbs.append(db)
-        rms.append(m.running_mean.clone())
-        rvs.append(m.running_var.clone())
-    assert int(m.num_batches_tracked) == nbt
-    emit_all(prefix, (("x", X), ("gy", GY), ("y", ys), ("dx", dxs), ("dw", dws), ("db", dbs),
-                      ("rm", rms), ("rv", rvs)))
-    m.eval()
-    y, dx, (dw, db) = run(m, XE, GYE)
-    emit_all(prefix, (("xe", XE), ("gye", GYE), ("ye", y), ("dxe", dx), ("dwe", dw), ("dbe", db)))
 
 
 # ----------------------------------------------------------- BatchNorm3d
@@ -100,8 +67,8 @@ with torch.no_grad():
 emit("bn_t_w", m.weight)
 emit("bn_t_b", m.bias)
 S = (2, 3, 2, 2, 3)
-tracked("bn_t", m, wave((3,) + S, 0.83, 0.1, 1.5, 0.5), wave((3,) + S, 1.17, 0.9, 1.0), 3,
-        wave(S, 1.07, 0.4, 2.0, -0.3), wave(S, 0.61, 0.2, 1.0))
+tracked_steps(emit, "bn_t", m, wave((3,) + S, 0.83, 0.1, 1.5, 0.5), wave((3,) + S, 1.17, 0.9, 1.0),
+              3, wave(S, 1.07, 0.4, 2.0, -0.3), wave(S, 0.61, 0.2, 1.0))
 
 m = nn.BatchNorm3d(2, momentum=None, affine=False).to(D)
 S = (3, 2, 2, 1, 2)
@@ -118,7 +85,7 @@ m = nn.BatchNorm3d(2, affine=False, track_running_stats=False).to(D)
 x = wave((2, 2, 1, 2, 3), 0.63, 0.7, 1.4, -0.1)
 gy = wave((2, 2, 1, 2, 3), 1.23, 0.1, 1.0)
 m.eval()  # batch statistics in evaluation mode too
-y, dx, _ = run(m, x, gy)
+y, dx, _ = layer_grads(m, x, gy)
 emit_all("bn_n", (("x", x), ("gy", gy), ("y", y), ("dx", dx)))
 
 # -------------------------------------------------------- InstanceNorm3d
@@ -129,13 +96,13 @@ with torch.no_grad():
 emit("in_t_w", m.weight)
 emit("in_t_b", m.bias)
 S = (2, 3, 2, 2, 2)
-tracked("in_t", m, wave((2,) + S, 0.79, 0.2, 1.5, 0.5), wave((2,) + S, 1.13, 0.7, 1.0), 0,
-        wave(S, 1.03, 0.3, 2.0, -0.3), wave(S, 0.67, 0.1, 1.0))
+tracked_steps(emit, "in_t", m, wave((2,) + S, 0.79, 0.2, 1.5, 0.5), wave((2,) + S, 1.13, 0.7, 1.0),
+              0, wave(S, 1.03, 0.3, 2.0, -0.3), wave(S, 0.67, 0.1, 1.0))
 
 m = nn.InstanceNorm3d(3).to(D)
 x = wave((2, 3, 2, 3, 2), 0.57, 0.8, 1.2, 0.1)
 gy = wave((2, 3, 2, 3, 2), 1.41, 0.3, 1.0)
-y, dx, _ = run(m, x, gy)
+y, dx, _ = layer_grads(m, x, gy)
 emit_all("in_d", (("x", x), ("gy", gy), ("y", y), ("dx", dx)))
 
 m = nn.InstanceNorm3d(2, track_running_stats=True).to(D)

@@ -161,3 +161,43 @@ def scheduled_rates(opt, make, n):
         opt.step()
         sched.step()
     return seq
+
+
+def layer_grads(layer, x, gy):
+    """y = layer(x) on a copy of x, then the gradients of sum(y * gy) (its
+    weight's and bias's, those it has, cleared first); returns y, the
+    input's gradient and the list of the parameters' gradients."""
+    x = x.clone().requires_grad_(True)
+    y = layer(x)
+    params = [p for p in (getattr(layer, "weight", None), getattr(layer, "bias", None))
+              if p is not None]
+    for p in params:
+        p.grad = None
+    (y * gy).sum().backward()
+    return y.detach(), x.grad, [p.grad.clone() for p in params]
+
+
+def tracked_steps(emit, prefix, m, X, GY, nbt, XE, GYE):
+    """The affine norm layer m, tracking running statistics: a training step
+    (layer_grads) on each X[t] with cotangent GY[t], after which its
+    num_batches_tracked must be nbt, then evaluation mode on XE with GYE;
+    emits prefix_{x,gy,y,dx,dw,db,rm,rv} (stacked over the steps) and
+    prefix_{xe,gye,ye,dxe,dwe,dbe}."""
+    ys, dxs, dws, dbs, rms, rvs = [], [], [], [], [], []
+    m.train()
+    for t in range(len(X)):
+        y, dx, (dw, db) = layer_grads(m, X[t], GY[t])
+        ys.append(y)
+        dxs.append(dx)
+        dws.append(dw)
+        dbs.append(db)
+        rms.append(m.running_mean.clone())
+        rvs.append(m.running_var.clone())
+    assert int(m.num_batches_tracked) == nbt
+    for name, v in (("x", X), ("gy", GY), ("y", ys), ("dx", dxs), ("dw", dws), ("db", dbs),
+                    ("rm", rms), ("rv", rvs)):
+        emit(f"{prefix}_{name}", torch.stack(v) if isinstance(v, list) else v)
+    m.eval()
+    y, dx, (dw, db) = layer_grads(m, XE, GYE)
+    for name, v in (("xe", XE), ("gye", GYE), ("ye", y), ("dxe", dx), ("dwe", dw), ("dbe", db)):
+        emit(f"{prefix}_{name}", v)
