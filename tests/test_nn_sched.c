@@ -942,21 +942,31 @@ Test(sched, cosine_restarts_matches_torch) {
   cr_assert(isfinite(nn_schedule_ext2_lr(&s, 0.1, INT64_MAX)));
 }
 
+/* s attached to oa and stepped k times, saved (with a) to file, attached
+ * to ob and loaded (into b): ob goes on as torch's rates want[k .. n)
+ * (exact; what names them). */
+static void expect_resumes(nn_model *a, nn_optimizer *oa, nn_model *b, nn_optimizer *ob,
+                           const nn_schedule_ext2 *s, int k, const char *file, const double *want,
+                           int n, const char *what) {
+  cr_assert_eq(nn_optimizer_set_schedule_ext2(oa, s), AD_OK);
+  for (int t = 0; t < k; t++) cr_assert_eq(nn_optimizer_schedule_step(oa), AD_OK);
+  const char *path = test_path(file);
+  cr_assert_eq(nn_model_save(a, oa, path), AD_OK, "%s", ad_last_error(ctx));
+  cr_assert_eq(nn_optimizer_set_schedule_ext2(ob, s), AD_OK);
+  cr_assert_eq(nn_model_load(b, ob, path), AD_OK, "%s", ad_last_error(ctx));
+  for (int t = k; t < n; t++) {
+    exact(nn_optimizer_lr(ob), want[t], what, t);
+    cr_assert_eq(nn_optimizer_schedule_step(ob), AD_OK);
+  }
+}
+
 /* Saved mid-cycle, resumed into an optimizer with the same schedule. */
 Test(sched, cosine_restarts_resumes) {
   nn_schedule_ext2 s = restarts(3, 2, 0);
   nn_model *a, *b;
   nn_optimizer *oa = sgd(&a), *ob = sgd(&b);
-  cr_assert_eq(nn_optimizer_set_schedule_ext2(oa, &s), AD_OK);
-  for (int t = 0; t < 13; t++) cr_assert_eq(nn_optimizer_schedule_step(oa), AD_OK);
-  const char *path = test_path("cwr.safetensors");
-  cr_assert_eq(nn_model_save(a, oa, path), AD_OK, "%s", ad_last_error(ctx));
-  cr_assert_eq(nn_optimizer_set_schedule_ext2(ob, &s), AD_OK);
-  cr_assert_eq(nn_model_load(b, ob, path), AD_OK, "%s", ad_last_error(ctx));
-  for (int t = 13; t < LEN(cwr_t3_mult2); t++) {
-    exact(nn_optimizer_lr(ob), cwr_t3_mult2[t], "resumed restarts", t);
-    cr_assert_eq(nn_optimizer_schedule_step(ob), AD_OK);
-  }
+  expect_resumes(a, oa, b, ob, &s, 13, "cwr.safetensors", cwr_t3_mult2, LEN(cwr_t3_mult2),
+                 "resumed restarts");
   nn_optimizer_free(oa), nn_optimizer_free(ob);
   nn_model_free(a), nn_model_free(b);
 }
@@ -1032,16 +1042,8 @@ Test(sched, polynomial_chains_from_the_current_rate) {
   nn_schedule_ext2 s = polynomial(20, 2);
   nn_model *a, *b;
   nn_optimizer *oa = sgd(&a), *ob = sgd(&b);
-  cr_assert_eq(nn_optimizer_set_schedule_ext2(oa, &s), AD_OK);
-  for (int t = 0; t < 8; t++) cr_assert_eq(nn_optimizer_schedule_step(oa), AD_OK);
-  const char *path = test_path("poly.safetensors");
-  cr_assert_eq(nn_model_save(a, oa, path), AD_OK, "%s", ad_last_error(ctx));
-  cr_assert_eq(nn_optimizer_set_schedule_ext2(ob, &s), AD_OK);
-  cr_assert_eq(nn_model_load(b, ob, path), AD_OK, "%s", ad_last_error(ctx));
-  for (int t = 8; t < LEN(poly_20_2); t++) {
-    exact(nn_optimizer_lr(ob), poly_20_2[t], "resumed polynomial", t);
-    cr_assert_eq(nn_optimizer_schedule_step(ob), AD_OK);
-  }
+  expect_resumes(a, oa, b, ob, &s, 8, "poly.safetensors", poly_20_2, LEN(poly_20_2),
+                 "resumed polynomial");
   /* a halving at step 8: each later rate is half torch's unreduced one */
   nn_plateau p = nn_plateau_defaults();
   p.patience = 0, p.factor = 0.5, p.eps = 0;
@@ -1134,16 +1136,8 @@ Test(sched, multiplicative_resumes) {
   nn_schedule_ext2 s = lambda_of(NN_SCHED_MULTIPLICATIVE, f_every3, NULL);
   nn_model *a, *b;
   nn_optimizer *oa = sgd(&a), *ob = sgd(&b);
-  cr_assert_eq(nn_optimizer_set_schedule_ext2(oa, &s), AD_OK);
-  for (int t = 0; t < 10; t++) cr_assert_eq(nn_optimizer_schedule_step(oa), AD_OK);
-  const char *path = test_path("mult.safetensors");
-  cr_assert_eq(nn_model_save(a, oa, path), AD_OK, "%s", ad_last_error(ctx));
-  cr_assert_eq(nn_optimizer_set_schedule_ext2(ob, &s), AD_OK);
-  cr_assert_eq(nn_model_load(b, ob, path), AD_OK, "%s", ad_last_error(ctx));
-  for (int t = 10; t < LEN(mult_every3); t++) {
-    exact(nn_optimizer_lr(ob), mult_every3[t], "resumed multiplicative", t);
-    cr_assert_eq(nn_optimizer_schedule_step(ob), AD_OK);
-  }
+  expect_resumes(a, oa, b, ob, &s, 10, "mult.safetensors", mult_every3, LEN(mult_every3),
+                 "resumed multiplicative");
   nn_optimizer_free(oa), nn_optimizer_free(ob);
   nn_model_free(a), nn_model_free(b);
 }
