@@ -57,6 +57,26 @@ CASES = [
 ]
 
 
+def unary_case(out, prefix, i, comment, x, fn):
+    """y = fn(x) in float64 and in float32 (x rounded) and the gradient of
+    sum(y * g), g = linspace(-1, 1) over y's elements; appends to out the
+    comment, the arrays <prefix>_X_<i>, <prefix>_Y64_<i>, <prefix>_DX64_<i>,
+    <prefix>_Y32_<i>, <prefix>_DX32_<i> and a blank line."""
+    res = {}
+    for dt in (torch.float64, torch.float32):
+        xx = x.to(dt).detach().requires_grad_(True)
+        y = fn(xx)
+        g = torch.linspace(-1, 1, y.numel(), dtype=torch.float64).reshape(y.shape)
+        (y * g.to(dt)).sum().backward()
+        res[dt] = (y.detach().double().flatten().tolist(), xx.grad.double().flatten().tolist())
+    out.append(comment)
+    out.append(c_double_array(f"{prefix}_X_{i}", x.flatten().tolist()))
+    for tag, dt in (("64", torch.float64), ("32", torch.float32)):
+        out.append(c_double_array(f"{prefix}_Y{tag}_{i}", res[dt][0]))
+        out.append(c_double_array(f"{prefix}_DX{tag}_{i}", res[dt][1]))
+    out.append("")
+
+
 def run(case, dtype, x64, g64):
     name, fold, shape, osz, k, d, p, s, _ = case
     x = x64.to(dtype).detach().requires_grad_(True)
@@ -143,19 +163,9 @@ def glu(out):
             # the gates: -1000, 1000, NaN, inf; the values: NaN, -inf
             x[0, 4:8] = torch.tensor([-1000.0, 1000.0, math.nan, math.inf])
             x[1, 0], x[1, 1], x[1, 5] = math.nan, -math.inf, -math.inf
-        res = {}
-        for dt in (torch.float64, torch.float32):
-            xx = x.to(dt).detach().requires_grad_(True)
-            y = F.glu(xx, dim)
-            g = torch.linspace(-1, 1, y.numel(), dtype=torch.float64).reshape(y.shape)
-            (y * g.to(dt)).sum().backward()
-            res[dt] = (y.detach().double().flatten().tolist(), xx.grad.double().flatten().tolist())
-        out.append(f"/* {name}: F.glu of {shape}, dim {dim}; cotangent linspace(-1, 1) */")
-        out.append(c_double_array(f"GLU_X_{i}", x.flatten().tolist()))
-        for tag, dt in (("64", torch.float64), ("32", torch.float32)):
-            out.append(c_double_array(f"GLU_Y{tag}_{i}", res[dt][0]))
-            out.append(c_double_array(f"GLU_DX{tag}_{i}", res[dt][1]))
-        out.append("")
+        unary_case(out, "GLU", i,
+                   f"/* {name}: F.glu of {shape}, dim {dim}; cotangent linspace(-1, 1) */", x,
+                   lambda xx: F.glu(xx, dim))
         sh = ", ".join(str(v) for v in shape)
         rows.append(f'    {{"{name}", {len(shape)}, {{{sh}}}, {dim}, GLU_X_{i}, '
                     f"{{GLU_Y64_{i}, GLU_Y32_{i}}}, {{GLU_DX64_{i}, GLU_DX32_{i}}}}},")
@@ -245,6 +255,19 @@ ACTS = [
 ]
 
 
+def act(kind, x, a, b):
+    """The activation of ACTS' kind on x."""
+    if kind == 0:
+        return F.softshrink(x, a)
+    if kind == 1:
+        return F.hardshrink(x, a)
+    if kind == 2:
+        return F.threshold(x, a, b)
+    if kind == 3:
+        return F.softmin(x, dim=a)
+    return torch.nn.Softmax2d()(x)
+
+
 def acts(out):
     rows = []
     kinks = [0.5, -0.5, 0.0, 0.1, -1.0, 1.0, 1.25, -1.25, -3.5, 20.0]
@@ -253,28 +276,7 @@ def acts(out):
         flat = x.view(-1)
         for j, v in enumerate(kinks[: flat.numel() // 2]):
             flat[2 * j] = v
-        res = {}
-        for dt in (torch.float64, torch.float32):
-            xx = x.to(dt).detach().requires_grad_(True)
-            if kind == 0:
-                y = F.softshrink(xx, a)
-            elif kind == 1:
-                y = F.hardshrink(xx, a)
-            elif kind == 2:
-                y = F.threshold(xx, a, b)
-            elif kind == 3:
-                y = F.softmin(xx, dim=a)
-            else:
-                y = torch.nn.Softmax2d()(xx)
-            g = torch.linspace(-1, 1, y.numel(), dtype=torch.float64).reshape(y.shape)
-            (y * g.to(dt)).sum().backward()
-            res[dt] = (y.detach().double().flatten().tolist(), xx.grad.double().flatten().tolist())
-        out.append(f"/* {name} */")
-        out.append(c_double_array(f"ACT_X_{i}", x.flatten().tolist()))
-        for tag, dt in (("64", torch.float64), ("32", torch.float32)):
-            out.append(c_double_array(f"ACT_Y{tag}_{i}", res[dt][0]))
-            out.append(c_double_array(f"ACT_DX{tag}_{i}", res[dt][1]))
-        out.append("")
+        unary_case(out, "ACT", i, f"/* {name} */", x, lambda xx: act(kind, xx, a, b))
         sh = ", ".join(str(v) for v in shape)
         rows.append(f'    {{"{name}", {kind}, {len(shape)}, {{{sh}}}, {float(a)!r}, {b!r}, ACT_X_{i}, '
                     f"{{ACT_Y64_{i}, ACT_Y32_{i}}}, {{ACT_DX64_{i}, ACT_DX32_{i}}}}},")
@@ -297,19 +299,8 @@ def lrns(out):
     rows = []
     for i, (name, shape, size, alpha, beta, k) in enumerate(LRNS):
         x = torch.rand(shape, dtype=torch.float64) * 6 - 3
-        res = {}
-        for dt in (torch.float64, torch.float32):
-            xx = x.to(dt).detach().requires_grad_(True)
-            y = F.local_response_norm(xx, size, alpha, beta, k)
-            g = torch.linspace(-1, 1, y.numel(), dtype=torch.float64).reshape(y.shape)
-            (y * g.to(dt)).sum().backward()
-            res[dt] = (y.detach().double().flatten().tolist(), xx.grad.double().flatten().tolist())
-        out.append(f"/* {name} */")
-        out.append(c_double_array(f"LRN_X_{i}", x.flatten().tolist()))
-        for tag, dt in (("64", torch.float64), ("32", torch.float32)):
-            out.append(c_double_array(f"LRN_Y{tag}_{i}", res[dt][0]))
-            out.append(c_double_array(f"LRN_DX{tag}_{i}", res[dt][1]))
-        out.append("")
+        unary_case(out, "LRN", i, f"/* {name} */", x,
+                   lambda xx: F.local_response_norm(xx, size, alpha, beta, k))
         sh = ", ".join(str(v) for v in shape)
         rows.append(f'    {{"{name}", {len(shape)}, {{{sh}}}, {size}, {alpha!r}, {beta!r}, {k!r}, '
                     f"LRN_X_{i}, {{LRN_Y64_{i}, LRN_Y32_{i}}}, {{LRN_DX64_{i}, LRN_DX32_{i}}}}},")
@@ -326,19 +317,8 @@ def rrelus(out):
     for i, (name, shape, lo, hi) in enumerate(RRELUS):
         x = torch.rand(shape, dtype=torch.float64) * 6 - 3
         x.view(-1)[0] = 0.0
-        res = {}
-        for dt in (torch.float64, torch.float32):
-            xx = x.to(dt).detach().requires_grad_(True)
-            y = F.rrelu(xx, lo, hi, training=False)
-            g = torch.linspace(-1, 1, y.numel(), dtype=torch.float64).reshape(y.shape)
-            (y * g.to(dt)).sum().backward()
-            res[dt] = (y.detach().double().flatten().tolist(), xx.grad.double().flatten().tolist())
-        out.append(f"/* {name} */")
-        out.append(c_double_array(f"RRELU_X_{i}", x.flatten().tolist()))
-        for tag, dt in (("64", torch.float64), ("32", torch.float32)):
-            out.append(c_double_array(f"RRELU_Y{tag}_{i}", res[dt][0]))
-            out.append(c_double_array(f"RRELU_DX{tag}_{i}", res[dt][1]))
-        out.append("")
+        unary_case(out, "RRELU", i, f"/* {name} */", x,
+                   lambda xx: F.rrelu(xx, lo, hi, training=False))
         sh = ", ".join(str(v) for v in shape)
         rows.append(f'    {{"{name}", 2, {{{sh}}}, 0, {lo!r}, {hi!r}, 0.0, '
                     f"RRELU_X_{i}, {{RRELU_Y64_{i}, RRELU_Y32_{i}}}, {{RRELU_DX64_{i}, RRELU_DX32_{i}}}}},")
