@@ -68,3 +68,17 @@ def print_guarded(guard, lines, includes=()):
     print()
     print("/* clang-format on */")
     print("#endif")
+
+
+def print_param_tables(prefix, count, state, arrays=True):
+    """Prints (to stdout) the C tables of a state dict (name -> tensor, in
+    its order), `count` being the C constant of its length:
+    <prefix>_param_names, then (when arrays) <prefix>_params pointing at
+    the arrays <prefix>_p_<c_ident(name)>, then <prefix>_param_sizes."""
+    print(f"static const char *const {prefix}_param_names[{count}] = {{")
+    print("".join(f'    "{n}",\n' for n in state) + "};")
+    if arrays:
+        print(f"static const double *const {prefix}_params[{count}] = {{")
+        print("".join(f"    {prefix}_p_{c_ident(n)},\n" for n in state) + "};")
+    print(f"static const int64_t {prefix}_param_sizes[{count}] = {{")
+    print("".join(f"    {state[n].numel()},\n" for n in state) + "};")

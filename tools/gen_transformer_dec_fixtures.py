@@ -34,7 +34,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from c_fixture import c_bool, c_ident  # noqa: E402
+from c_fixture import c_bool, c_ident, print_param_tables  # noqa: E402
 from torch_fixture import moved_state, rnd, tensor_emitter  # noqa: E402
 
 torch.manual_seed(20261205)
@@ -191,13 +191,7 @@ print(f"enum {{ XD_E = {E}, XD_H = {H}, XD_F = {F}, XD_N = {N}, XD_T = {T}, XD_S
 print("\n\n".join(out))
 print()
 for k, st in STATES.items():
-    K = k.upper()
-    print(f"static const char *const {k}_param_names[{K}_NPARAMS] = {{")
-    print("".join(f'    "{n}",\n' for n in st) + "};")
-    print(f"static const double *const {k}_params[{K}_NPARAMS] = {{")
-    print("".join(f"    {k}_p_{c_ident(n)},\n" for n in st) + "};")
-    print(f"static const int64_t {k}_param_sizes[{K}_NPARAMS] = {{")
-    print("".join(f"    {st[n].numel()},\n" for n in st) + "};")
+    print_param_tables(k, f"{k.upper()}_NPARAMS", st)
 
 
 print("""

@@ -32,7 +32,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from c_fixture import c_ident  # noqa: E402
+from c_fixture import c_ident, print_param_tables  # noqa: E402
 from torch_fixture import f32, rnd, tensor_emitter  # noqa: E402
 
 torch.manual_seed(20260214)
@@ -141,12 +141,7 @@ print(f"enum {{ XF_E = {E}, XF_H = {H}, XF_F = {F}, XF_N = {N}, XF_S = {S}, "
       f"XF_NPARAMS = {len(NAMES)} }};")
 print("\n\n".join(out))
 print()
-print("static const char *const xf_param_names[XF_NPARAMS] = {")
-print("".join(f'    "{n}",\n' for n in NAMES) + "};")
-print("static const double *const xf_params[XF_NPARAMS] = {")
-print("".join(f"    xf_p_{c_ident(n)},\n" for n in NAMES) + "};")
-print("static const int64_t xf_param_sizes[XF_NPARAMS] = {")
-print("".join(f"    {STATE[n].numel()},\n" for n in NAMES) + "};")
+print_param_tables("xf", "XF_NPARAMS", STATE)
 print("""
 typedef struct xf_case {
   const char *name;

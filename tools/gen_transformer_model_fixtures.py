@@ -34,7 +34,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from c_fixture import c_ident  # noqa: E402
+from c_fixture import c_bool, c_ident, print_param_tables  # noqa: E402
 from gen_safetensors_fixture import build  # noqa: E402
 from torch_fixture import moved_state, rnd, tensor_emitter  # noqa: E402
 
@@ -144,14 +144,7 @@ print(f"enum {{ XT_E = {E}, XT_H = {H}, XT_F = {F}, XT_NE = {NE}, XT_ND = {ND}, 
       f"XT_S = {S}, XT_T = {T},\n       XT_NPARAMS = {len(STATE)} }};")
 print("\n\n".join(out))
 print()
-print("static const char *const xt_param_names[XT_NPARAMS] = {")
-print("".join(f'    "{n}",\n' for n in STATE) + "};")
-print("static const int64_t xt_param_sizes[XT_NPARAMS] = {")
-print("".join(f"    {STATE[n].numel()},\n" for n in STATE) + "};")
-
-
-def bl(v):
-    return "true" if v else "false"
+print_param_tables("xt", "XT_NPARAMS", STATE, arrays=False)
 
 
 print("""
@@ -171,7 +164,7 @@ print("static const xt_case xt_cases[] = {")
 for (name, nf, gelu, bf, ub, pg, has, ssh, tsh) in cases:
     p = f"xt_{name}"
     ms = [f"{p}_{k}" if h else "NULL" for k, h in zip(MASKS, has)]
-    print(f'    {{"{name}", {bl(nf)}, {bl(gelu)}, {bl(bf)}, {bl(ub)}, {len(ssh)}, '
+    print(f'    {{"{name}", {c_bool(nf)}, {c_bool(gelu)}, {c_bool(bf)}, {c_bool(ub)}, {len(ssh)}, '
           f'{{{", ".join(map(str, ssh))}}}, {{{", ".join(map(str, tsh))}}},')
     print(f"     {p}_src, {p}_tgt, {p}_gy,\n     {p}_out, {p}_dsrc, {p}_dtgt,")
     print("     {" + ", ".join(ms) + "},")
