@@ -201,3 +201,17 @@ def tracked_steps(emit, prefix, m, X, GY, nbt, XE, GYE):
     y, dx, (dw, db) = layer_grads(m, XE, GYE)
     for name, v in (("xe", XE), ("gye", GYE), ("ye", y), ("dxe", dx), ("dwe", dw), ("dbe", db)):
         emit(f"{prefix}_{name}", v)
+
+
+def optimizer_trajectories(out, emit, prefix, cases, run):
+    """For each case name -> (make, keys) of cases, in float64 then
+    float32: traj, sd_keys = run(make, keys, dtype), emitted as
+    <prefix>_<name>_f64 / _f32; then the C list <prefix>_<name>_keys of
+    the state dict's keys (the last run's), NULL-terminated, appended to
+    out."""
+    for name, (make, keys) in cases.items():
+        for dt, sfx in ((torch.float64, "f64"), (torch.float32, "f32")):
+            traj, sd_keys = run(make, keys, dt)
+            emit(f"{prefix}_{name}_{sfx}", traj)
+        out.append(f"static const char *const {prefix}_{name}_keys[] = {{"
+                   + "".join(f'"{k}", ' for k in sd_keys) + "NULL};")
