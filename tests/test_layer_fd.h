@@ -158,4 +158,25 @@ static inline void test_params_fd(ad_ctx *ctx, nn_layer *l, ad_check_fn fn, void
   ad_tensor_free(v);
 }
 
+/* A recurrent layer as an ad_check_fn (for ad_gradcheck, ad_gradgradcheck
+ * and test_params_fd): in = {x, h0, c0 (when n > 2)} through
+ * nn_rnn_forward of the test_rnn_fd's layer l in training mode (lengths:
+ * its nl sequence lengths, or NULL), giving the output sequence, h_n or
+ * c_n (output 0, 1, 2). */
+typedef struct test_rnn_fd {
+  nn_layer *l;
+  const int64_t *lengths;
+  int64_t nl;
+  int output; /* 0: output sequence, 1: h_n, 2: c_n */
+} test_rnn_fd;
+
+static inline ad_tensor *test_rnn_fd_fn(ad_ctx *c, int n, ad_tensor *const *in, void *ud) {
+  (void)c;
+  test_rnn_fd *u = ud;
+  ad_tensor *hn, *cn;
+  ad_tensor *y =
+      nn_rnn_forward(u->l, in[0], in[1], n > 2 ? in[2] : NULL, u->lengths, u->nl, true, &hn, &cn);
+  return u->output == 0 ? y : u->output == 1 ? hn : cn;
+}
+
 #endif

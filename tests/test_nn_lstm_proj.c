@@ -260,21 +260,6 @@ Test(lstm_proj, names_shapes_and_init_are_pytorchs) {
 
 /* ------------------------------------------------------- gradcheck */
 
-typedef struct gc_ud {
-  nn_layer *l;
-  const int64_t *lengths;
-  int64_t nl;
-  int output; /* 0: output sequence, 1: h_n, 2: c_n */
-} gc_ud;
-
-static ad_tensor *gc_fn(ad_ctx *c, int n, ad_tensor *const *in, void *ud) {
-  (void)c, (void)n;
-  gc_ud *u = ud;
-  ad_tensor *hn, *cn;
-  ad_tensor *y = nn_rnn_forward(u->l, in[0], in[1], in[2], u->lengths, u->nl, true, &hn, &cn);
-  return u->output == 0 ? y : u->output == 1 ? hn : cn;
-}
-
 /* Input, h0, c0 and every parameter, each output, with and without
  * uneven lengths; one direction and two, fused cells and composed. */
 Test(lstm_proj, gradcheck_f64) {
@@ -298,15 +283,15 @@ Test(lstm_proj, gradcheck_f64) {
     for (int i = 0; i < 3; i++) ad_tensor_set_requires_grad(in[i], true);
     for (int lens = 0; lens < 2; lens++)
       for (int out = 0; out < 3; out++) {
-        gc_ud u = {l, lens ? lengths : NULL, lens ? 3 : 0, out};
+        test_rnn_fd u = {l, lens ? lengths : NULL, lens ? 3 : 0, out};
         ad_check_report rep;
-        cr_assert_eq(ad_gradcheck(ctx, gc_fn, &u, 3, in, NULL, &rep), AD_OK, "%s",
+        cr_assert_eq(ad_gradcheck(ctx, test_rnn_fd_fn, &u, 3, in, NULL, &rep), AD_OK, "%s",
                      ad_last_error(ctx));
         cr_assert(rep.passed,
                   "variant %d output %d lengths %d: input %d [%lld] analytic %g "
                   "numeric %g",
                   v, out, lens, rep.input, (long long)rep.index, rep.analytic, rep.numeric);
-        test_params_fd(ctx, l, gc_fn, &u, 3, in);
+        test_params_fd(ctx, l, test_rnn_fd_fn, &u, 3, in);
       }
     for (int i = 0; i < 3; i++) ad_tensor_free(in[i]);
     nn_layer_free(l);
@@ -331,9 +316,9 @@ Test(lstm_proj, gradgradcheck_f64) {
                         ad_rand(ctx, &rng, AD_F64, 3, sc, -1, 1)};
     for (int i = 0; i < 3; i++) ad_tensor_set_requires_grad(in[i], true);
     for (int out = 0; out < 3; out++) {
-      gc_ud u = {l, lengths, 2, out};
+      test_rnn_fd u = {l, lengths, 2, out};
       ad_check_report rep;
-      cr_assert_eq(ad_gradgradcheck(ctx, gc_fn, &u, 3, in, NULL, &rep), AD_OK, "%s",
+      cr_assert_eq(ad_gradgradcheck(ctx, test_rnn_fd_fn, &u, 3, in, NULL, &rep), AD_OK, "%s",
                    ad_last_error(ctx));
       cr_assert(rep.passed, "variant %d output %d: input %d [%lld] analytic %g numeric %g", v, out,
                 rep.input, (long long)rep.index, rep.analytic, rep.numeric);

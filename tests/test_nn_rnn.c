@@ -298,22 +298,6 @@ Test(rnn, names_shapes_and_init_are_pytorchs) {
 
 /* ------------------------------------------------------- gradcheck */
 
-typedef struct gc_ud {
-  nn_layer *l;
-  const int64_t *lengths;
-  int64_t nl;
-  int output; /* 0: output sequence, 1: h_n, 2: c_n */
-} gc_ud;
-
-static ad_tensor *gc_fn(ad_ctx *c, int n, ad_tensor *const *in, void *ud) {
-  (void)c;
-  gc_ud *u = ud;
-  ad_tensor *hn, *cn;
-  ad_tensor *y =
-      nn_rnn_forward(u->l, in[0], in[1], n > 2 ? in[2] : NULL, u->lengths, u->nl, true, &hn, &cn);
-  return u->output == 0 ? y : u->output == 1 ? hn : cn;
-}
-
 static void gradcheck_cell(nn_rnn_cell cell, bool bidirectional) {
   ad_rng rng;
   ad_rng_seed(&rng, 21);
@@ -329,14 +313,14 @@ static void gradcheck_cell(nn_rnn_cell cell, bool bidirectional) {
   for (int i = 0; i < n; i++) ad_tensor_set_requires_grad(in[i], true);
   for (int lens = 0; lens < 2; lens++)
     for (int out = 0; out < (cell == NN_RNN_LSTM ? 3 : 2); out++) {
-      gc_ud u = {l, lens ? lengths : NULL, lens ? 3 : 0, out};
+      test_rnn_fd u = {l, lens ? lengths : NULL, lens ? 3 : 0, out};
       ad_check_report rep;
-      cr_assert_eq(ad_gradcheck(ctx, gc_fn, &u, n, in, NULL, &rep), AD_OK, "%s",
+      cr_assert_eq(ad_gradcheck(ctx, test_rnn_fd_fn, &u, n, in, NULL, &rep), AD_OK, "%s",
                    ad_last_error(ctx));
       cr_assert(rep.passed, "%s%s output %d lengths %d: input %d [%lld] analytic %g numeric %g",
                 nn_layer_kind(l), bidirectional ? " bidirectional" : "", out, lens, rep.input,
                 (long long)rep.index, rep.analytic, rep.numeric);
-      test_params_fd(ctx, l, gc_fn, &u, n, in);
+      test_params_fd(ctx, l, test_rnn_fd_fn, &u, n, in);
     }
   for (int i = 0; i < 3; i++) ad_tensor_free(in[i]);
   nn_layer_free(l);
