@@ -39,6 +39,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gen_safetensors_fixture import build  # noqa: E402
+from torch_fixture import rnn_case_tensors  # noqa: E402
 
 # name, input_size, hidden, proj, layers, batch_first, bias, bidirectional,
 # T, N (0: unbatched), state, lengths
@@ -86,28 +87,7 @@ def run_case(seed, name, i, h, p, layers, bf, bias, bidir, t, n, state, lengths)
     loss = (out * wy).sum() + (hn * wh).sum() + (cn * wc).sum()
     loss.backward()
 
-    ts = {}
-    pre = name + "."
-    for k, v in m.state_dict().items():
-        ts[pre + k] = v.detach().clone()
-    for k, v in m.named_parameters():
-        ts[pre + "grad." + k] = v.grad.detach().clone()
-    ts[pre + "x"] = x.detach().clone()
-    ts[pre + "grad.x"] = x.grad.detach().clone()
-    if state:
-        ts[pre + "h0"] = h0.detach().clone()
-        ts[pre + "grad.h0"] = h0.grad.detach().clone()
-        ts[pre + "c0"] = c0.detach().clone()
-        ts[pre + "grad.c0"] = c0.grad.detach().clone()
-    if lengths is not None:
-        ts[pre + "lengths"] = torch.tensor(lengths, dtype=torch.int32)
-    ts[pre + "wy"] = wy
-    ts[pre + "wh"] = wh
-    ts[pre + "wc"] = wc
-    ts[pre + "out"] = out.detach().clone()
-    ts[pre + "h_n"] = hn.detach().clone()
-    ts[pre + "c_n"] = cn.detach().clone()
-    return {k: v.contiguous() for k, v in ts.items()}
+    return rnn_case_tensors(name, m, x, lengths, wy, wh, out, hn, h0, c0, wc, cn)
 
 
 def main():

@@ -42,6 +42,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gen_safetensors_fixture import build  # noqa: E402
+from torch_fixture import rnn_case_tensors  # noqa: E402
 
 # name, cell, input_size, hidden, layers, batch_first, bias, T, N, state, lengths
 CASES = [
@@ -105,37 +106,15 @@ def run_case(seed, name, cell, i, h, layers, bf, bias, t, n, state, lengths, bid
     out, hn = m(inp, hx)
     if lengths is not None:
         out, _ = torch.nn.utils.rnn.pad_packed_sequence(out, batch_first=bf, total_length=t)
+    cn = None
     if cell == "lstm":
         hn, cn = hn
     loss = (out * wy).sum() + (hn * wh).sum()
     if cell == "lstm":
         loss = loss + (cn * wc).sum()
     loss.backward()
-
-    ts = {}
-    p = name + "."
-    for k, v in m.state_dict().items():
-        ts[p + k] = v.detach().clone()
-    for k, v in m.named_parameters():
-        ts[p + "grad." + k] = v.grad.detach().clone()
-    ts[p + "x"] = x.detach().clone()
-    ts[p + "grad.x"] = x.grad.detach().clone()
-    if state:
-        ts[p + "h0"] = h0.detach().clone()
-        ts[p + "grad.h0"] = h0.grad.detach().clone()
-    if c0 is not None:
-        ts[p + "c0"] = c0.detach().clone()
-        ts[p + "grad.c0"] = c0.grad.detach().clone()
-    if lengths is not None:
-        ts[p + "lengths"] = torch.tensor(lengths, dtype=torch.int32)
-    ts[p + "wy"] = wy
-    ts[p + "wh"] = wh
-    ts[p + "out"] = out.detach().clone()
-    ts[p + "h_n"] = hn.detach().clone()
-    if cell == "lstm":
-        ts[p + "wc"] = wc
-        ts[p + "c_n"] = cn.detach().clone()
-    return {k: v.contiguous() for k, v in ts.items()}
+    return rnn_case_tensors(name, m, x, lengths, wy, wh, out, hn, h0, c0,
+                            wc if cell == "lstm" else None, cn)
 
 
 def main():

@@ -215,3 +215,34 @@ def optimizer_trajectories(out, emit, prefix, cases, run):
             emit(f"{prefix}_{name}_{sfx}", traj)
         out.append(f"static const char *const {prefix}_{name}_keys[] = {{"
                    + "".join(f'"{k}", ' for k in sd_keys) + "NULL};")
+
+
+def rnn_case_tensors(name, m, x, lengths, wy, wh, out, hn, h0=None, c0=None, wc=None, cn=None):
+    """The tensors of one recurrent-layer case, each under "<name>.": the
+    layer m's state dict, "grad.<param>" for its parameters, x and grad.x,
+    h0 and c0 with their gradients (those given), lengths as I32 (when
+    given), the loss weights wy, wh (and wc), out and h_n (and c_n); all
+    contiguous, for a safetensors file."""
+    ts = {}
+    p = name + "."
+    for k, v in m.state_dict().items():
+        ts[p + k] = v.detach().clone()
+    for k, v in m.named_parameters():
+        ts[p + "grad." + k] = v.grad.detach().clone()
+    ts[p + "x"] = x.detach().clone()
+    ts[p + "grad.x"] = x.grad.detach().clone()
+    for s, t in (("h0", h0), ("c0", c0)):
+        if t is not None:
+            ts[p + s] = t.detach().clone()
+            ts[p + "grad." + s] = t.grad.detach().clone()
+    if lengths is not None:
+        ts[p + "lengths"] = torch.tensor(lengths, dtype=torch.int32)
+    ts[p + "wy"] = wy
+    ts[p + "wh"] = wh
+    if wc is not None:
+        ts[p + "wc"] = wc
+    ts[p + "out"] = out.detach().clone()
+    ts[p + "h_n"] = hn.detach().clone()
+    if cn is not None:
+        ts[p + "c_n"] = cn.detach().clone()
+    return {k: v.contiguous() for k, v in ts.items()}
