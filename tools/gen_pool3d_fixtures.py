@@ -22,13 +22,13 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from c_fixture import c_double_array  # noqa: E402
-from torch_fixture import nans, neg_inf, ties, wave  # noqa: E402
+from torch_fixture import nans, neg_inf, tensor_emitter, ties, two_dtype_case, wave  # noqa: E402
 
 warnings.simplefilter("ignore")
 D = torch.float64
 MAX, AVG, ADAPT = 0, 1, 2
 out = []
+emit = tensor_emitter(out)
 rows = []
 
 
@@ -93,17 +93,7 @@ FN = {MAX: F.max_pool3d, AVG: F.avg_pool3d, ADAPT: F.adaptive_avg_pool3d}
 
 for k, (name, kind, shape, kw, make) in enumerate(CASES):
     x = make(shape) if make else wave(shape, 0.71 + 0.07 * k, 0.3 * k, 1.5, 0.2)
-    f = FN[kind]
-    x64 = x.clone().requires_grad_(True)
-    y = f(x64, **kw)
-    gy = wave(y.shape, 1.19, 0.4 + k, 1.0)
-    (y * gy).sum().backward()
-    x32 = x.float().requires_grad_(True)
-    y32 = f(x32, **kw)
-    (y32 * gy.float()).sum().backward()
-    for s, v in (("x", x), ("gy", gy), ("y", y.detach()), ("dx", x64.grad),
-                 ("y32", y32.detach()), ("dx32", x32.grad)):
-        out.append(c_double_array(f"{name}_{s}", v.flatten().tolist()))
+    y = two_dtype_case(emit, name, x, lambda t: FN[kind](t, **kw), 1.19, 0.4 + k)
     if kind == ADAPT:
         o = trip(kw["output_size"], None)
         kern = stride = pad = dil = (0, 0, 0)

@@ -31,12 +31,13 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from c_fixture import c_double_array  # noqa: E402
-from torch_fixture import nans, neg_inf, ties, wave  # noqa: E402
+from torch_fixture import nans, neg_inf, tensor_emitter, ties, two_dtype_case, wave  # noqa: E402
 
 warnings.simplefilter("ignore")
 D = torch.float64
 NAN, INF = float("nan"), float("inf")
 out, irows, urows = [], [], []
+emit = tensor_emitter(out)
 
 
 def tup(v, n, default):
@@ -246,16 +247,7 @@ lrows = []
 for k, (name, two, p, shape, kw, make) in enumerate(LCASES):
     x = make(shape) if make else wave(shape, 0.67 + 0.05 * k, 0.25 * k, 1.5, 0.1)
     f = F.lp_pool2d if two else F.lp_pool1d
-    x64 = x.clone().requires_grad_(True)
-    y = f(x64, p, **kw)
-    gy = wave(y.shape, 1.07, 0.3 + k, 1.0)
-    (y * gy).sum().backward()
-    x32 = x.float().requires_grad_(True)
-    y32 = f(x32, p, **kw)
-    (y32 * gy.float()).sum().backward()
-    for s, v in (("x", x), ("gy", gy), ("y", y.detach()), ("dx", x64.grad),
-                 ("y32", y32.detach()), ("dx32", x32.grad)):
-        out.append(c_double_array(f"{name}_{s}", v.flatten().tolist()))
+    y = two_dtype_case(emit, name, x, lambda t: f(t, p, **kw), 1.07, 0.3 + k)
     sp = 2 if two else 1
     kern = tup(kw["kernel_size"], sp, None)
     stride = tup(kw.get("stride"), sp, ())

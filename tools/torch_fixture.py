@@ -246,3 +246,20 @@ def rnn_case_tensors(name, m, x, lengths, wy, wh, out, hn, h0=None, c0=None, wc=
     if cn is not None:
         ts[p + "c_n"] = cn.detach().clone()
     return {k: v.contiguous() for k, v in ts.items()}
+
+
+def two_dtype_case(emit, name, x, fn, gy_a, gy_b):
+    """y = fn(x) in float64 and in float32 (x rounded), each with the
+    gradient of sum(y * gy) for gy = wave(y.shape, gy_a, gy_b, 1.0);
+    emits <name>_{x,gy,y,dx,y32,dx32}; returns the float64 y."""
+    x64 = x.clone().requires_grad_(True)
+    y = fn(x64)
+    gy = wave(y.shape, gy_a, gy_b, 1.0)
+    (y * gy).sum().backward()
+    x32 = x.float().requires_grad_(True)
+    y32 = fn(x32)
+    (y32 * gy.float()).sum().backward()
+    for s, v in (("x", x), ("gy", gy), ("y", y.detach()), ("dx", x64.grad),
+                 ("y32", y32.detach()), ("dx32", x32.grad)):
+        emit(f"{name}_{s}", v)
+    return y
