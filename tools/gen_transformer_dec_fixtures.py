@@ -35,7 +35,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from c_fixture import c_bool, c_ident, print_param_tables  # noqa: E402
-from torch_fixture import moved_state, rnd, tensor_emitter  # noqa: E402
+from torch_fixture import encoder_case_arrays, moved_state, rnd, tensor_emitter  # noqa: E402
 
 torch.manual_seed(20261205)
 D = torch.float64
@@ -131,21 +131,7 @@ def enc_case(name, norm_first, gelu, batch_first, causal=False, kpm=None):
     src = seq(T, batch_first, False)
     mask = causal_mask(T) if causal else None
     y = mod(src, mask=mask, src_key_padding_mask=opt_bool(kpm))
-    assert torch.isfinite(y).all()
-    gy = rnd(*y.shape)
-    (y * gy).sum().backward()
-    grads = dict(mod.named_parameters())
-    p = f"xs_{name}"
-    emit(p + "_src", src.detach())
-    emit(p + "_gy", gy)
-    emit(p + "_out", y.detach())
-    emit(p + "_dsrc", src.grad)
-    if mask is not None:
-        emit(p + "_mask", mask)
-    if kpm is not None:
-        emit(p + "_kpm", kpm.to(D))
-    for n in STATES["xs"]:
-        emit(f"{p}_d_{c_ident(n)}", grads[n].grad)
+    encoder_case_arrays(emit, f"xs_{name}", mod, src, y, mask, kpm, STATES["xs"])
     enc_cases.append((name, norm_first, gelu, batch_first, causal, mask is not None,
                       kpm is not None, list(src.shape)))
 

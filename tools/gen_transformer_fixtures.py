@@ -33,7 +33,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from c_fixture import c_ident, print_param_tables  # noqa: E402
-from torch_fixture import f32, rnd, tensor_emitter  # noqa: E402
+from torch_fixture import encoder_case_arrays, f32, rnd, tensor_emitter  # noqa: E402
 
 torch.manual_seed(20260214)
 D = torch.float64
@@ -76,21 +76,7 @@ def case(name, norm_first, gelu, batch_first, unbatched=False, mask=None, kpm=No
         mask = torch.zeros(S, S, dtype=D).masked_fill(
             ~torch.ones(S, S, dtype=torch.bool).tril(), float("-inf"))
     y = layer(src, src_mask=mask, src_key_padding_mask=None if kpm is None else kpm.bool())
-    assert torch.isfinite(y).all()
-    gy = rnd(*y.shape)
-    (y * gy).sum().backward()
-    grads = dict(layer.named_parameters())
-    p = "xf_" + name
-    emit(p + "_src", src.detach())
-    emit(p + "_gy", gy)
-    emit(p + "_out", y.detach())
-    emit(p + "_dsrc", src.grad)
-    if mask is not None:
-        emit(p + "_mask", mask)
-    if kpm is not None:
-        emit(p + "_kpm", kpm.to(D))
-    for n in NAMES:
-        emit(p + "_d_" + c_ident(n), grads[n].grad)
+    encoder_case_arrays(emit, "xf_" + name, layer, src, y, mask, kpm, NAMES)
     cases.append((name, norm_first, gelu, batch_first, unbatched, causal, mask is not None,
                   kpm is not None, list(shape)))
 

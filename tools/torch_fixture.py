@@ -8,7 +8,7 @@ import os
 
 import torch
 
-from c_fixture import c_double_array
+from c_fixture import c_double_array, c_ident
 from gen_safetensors_fixture import build
 
 D = torch.float64
@@ -263,3 +263,24 @@ def two_dtype_case(emit, name, x, fn, gy_a, gy_b):
                  ("y32", y32.detach()), ("dx32", x32.grad)):
         emit(f"{name}_{s}", v)
     return y
+
+
+def encoder_case_arrays(emit, p, mod, src, y, mask, kpm, names):
+    """For y = mod(src, mask, key padding mask kpm): a cotangent gy =
+    rnd(y.shape) and the gradients of sum(y * gy); emits p_src, p_gy,
+    p_out, p_dsrc, p_mask and p_kpm (those given) and p_d_<c_ident(n)> for
+    the parameters named in names."""
+    assert torch.isfinite(y).all()
+    gy = rnd(*y.shape)
+    (y * gy).sum().backward()
+    grads = dict(mod.named_parameters())
+    emit(p + "_src", src.detach())
+    emit(p + "_gy", gy)
+    emit(p + "_out", y.detach())
+    emit(p + "_dsrc", src.grad)
+    if mask is not None:
+        emit(p + "_mask", mask)
+    if kpm is not None:
+        emit(p + "_kpm", kpm.to(D))
+    for n in names:
+        emit(f"{p}_d_{c_ident(n)}", grads[n].grad)
