@@ -349,7 +349,7 @@ static int forked_loader_checks(nn_loader *l, nn_loader *idle, nn_batcher *b,
   return batches == 6 ? 0 : 15;
 }
 
-Test(loader, forked_child_loads_with_workers_of_its_own, .timeout = 120) {
+Test(loader, forked_child_loads_with_workers_of_its_own) {
   rows_ds d = {.fail_at = -1, .jitter = true, .xd = AD_F32, .yd = AD_I32};
   nn_dataset ds = rows_dataset(&d, 23);
   ad_tensor *x, *y, *xb, *yb, *bx, *by;

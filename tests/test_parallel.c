@@ -271,7 +271,7 @@ static void expect_child_ok(pid_t pid, const char *what) {
                WEXITSTATUS(status));
 }
 
-Test(parallel, forked_child_has_workers_of_its_own, .timeout = 120) {
+Test(parallel, forked_child_has_workers_of_its_own, .timeout = 60) {
   cr_assert_eq(ad_set_num_threads(3), AD_OK);
   check_cover(1000, 1); /* the workers run */
   fflush(NULL);
@@ -291,7 +291,7 @@ static void *loops_until_stopped(void *arg) {
   return NULL;
 }
 
-Test(parallel, fork_during_another_threads_loop, .timeout = 120) {
+Test(parallel, fork_during_another_threads_loop, .timeout = 60) {
   cr_assert_eq(ad_set_num_threads(2), AD_OK);
   _Atomic bool stop = false;
   pthread_t t;
