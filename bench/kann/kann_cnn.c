@@ -24,67 +24,21 @@
  * quarter of the first, GFLOPS (bench/cnn's count), CPU seconds, peak RSS
  * and last "train_s: S". */
 #define _POSIX_C_SOURCE 200809L /* clock_gettime */
-#include "kann.h"
-
-#include <errno.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/resource.h>
-#include <time.h>
+#include "kann_bench.h"
 
 enum { PIX = 28 * 28, CLASSES = 10 };
 
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static double cpu_s(void) {
-  struct rusage ru;
-  getrusage(RUSAGE_SELF, &ru);
-  return (double)ru.ru_utime.tv_sec + 1e-6 * (double)ru.ru_utime.tv_usec +
-         (double)ru.ru_stime.tv_sec + 1e-6 * (double)ru.ru_stime.tv_usec;
-}
-
-static int parse_int(const char *v, long lo, long *out) {
-  char *end;
-  errno = 0;
-  long n = strtol(v, &end, 10);
-  if (!*v || *end || errno || n < lo || n > 1000000000L) return 0;
-  *out = n;
-  return 1;
-}
-
 int main(int argc, char **argv) {
-  long batch = 64, epochs = 1, samples = 8000, threads = 1, seed = 1;
-  float decay = 0.9f;
+  kb_opts o = {.batch = 64, .epochs = 1, .samples = 8000, .threads = 1, .seed = 1, .decay = 0.9f};
   for (int i = 1; i < argc; i += 2) {
-    const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-    int ok = v != NULL;
-    if (ok && !strcmp(a, "--batch"))
-      ok = parse_int(v, 1, &batch);
-    else if (ok && !strcmp(a, "--epochs"))
-      ok = parse_int(v, 1, &epochs);
-    else if (ok && !strcmp(a, "--samples"))
-      ok = parse_int(v, 1, &samples);
-    else if (ok && !strcmp(a, "--threads"))
-      ok = parse_int(v, 1, &threads);
-    else if (ok && !strcmp(a, "--seed"))
-      ok = parse_int(v, 0, &seed);
-    else if (ok && !strcmp(a, "--decay")) {
-      char *end;
-      decay = strtof(v, &end);
-      ok = *v && !*end && decay >= 0.0f && decay < 1.0f;
-    } else
-      ok = 0;
-    if (!ok) {
+    const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+    if (kb_parse_flag(argv[i], v, &o) != 1) {
       fprintf(stderr, "usage: kann_cnn [--batch 64] [--epochs 1] [--samples 8000] [--threads 1]\n"
                       "                [--seed 1] [--decay 0.9]\n");
       return 2;
     }
   }
+  long samples = o.samples, seed = o.seed;
 
   /* data, before the clock */
   kann_srand((uint64_t)seed);
@@ -127,70 +81,33 @@ int main(int argc, char **argv) {
     return 1;
   }
   int n_var = kann_size_var(ann);
-  float *r = calloc((size_t)n_var, sizeof *r);
-  float *xb = malloc((size_t)batch * PIX * sizeof *xb);
-  float *yb = malloc((size_t)batch * CLASSES * sizeof *yb);
-  int *shuf = malloc((size_t)samples * sizeof *shuf);
-  double *epoch_loss = malloc((size_t)epochs * sizeof *epoch_loss);
-  if (!r || !xb || !yb || !shuf || !epoch_loss) {
+  double *epoch_loss = malloc((size_t)o.epochs * sizeof *epoch_loss);
+  if (!epoch_loss) {
     fprintf(stderr, "kann_cnn: out of memory\n");
     return 1;
   }
-  if (threads > 1) kann_mt(ann, (int)threads, (int)batch);
-  kann_feed_bind(ann, KANN_F_IN, 0, &xb);
-  kann_feed_bind(ann, KANN_F_TRUTH, 0, &yb);
-  kann_switch(ann, 1);
 
   printf("kann_cnn: mnist_cnn's network, batch %ld, %ld epochs x %ld samples, rmsprop (lr 1e-3, "
          "decay %g), f32, KANN %s, %ld threads (kann_mt)\n",
-         batch, epochs, samples, (double)decay, KANN_VERSION, threads);
+         o.batch, o.epochs, samples, (double)o.decay, KANN_VERSION, o.threads);
   printf("parameters: %d\n", n_var);
 
-  double quarter[4] = {0};
-  long quarter_n[4] = {0};
-  double c0 = cpu_s(), t0 = now_s();
-  for (long e = 0; e < epochs; e++) {
-    double sum = 0;
-    kann_shuffle((int)samples, shuf);
-    for (long s = 0; s < samples; s += batch) {
-      int ms = (int)(samples - s < batch ? samples - s : batch);
-      memset(yb, 0, (size_t)ms * CLASSES * sizeof *yb);
-      for (int b = 0; b < ms; b++) {
-        int row = shuf[s + b];
-        memcpy(&xb[(long)b * PIX], &x[(long)row * PIX], PIX * sizeof *xb);
-        yb[(long)b * CLASSES + label[row]] = 1.0f;
-      }
-      kann_set_batch_size(ann, ms);
-      double cost = (double)kann_cost(ann, 0, 1) * ms;
-      sum += cost;
-      if (e == 0) quarter[4 * s / samples] += cost, quarter_n[4 * s / samples] += ms;
-      kann_RMSprop(n_var, 1e-3f, NULL, decay, ann->g, ann->x, r);
-    }
-    epoch_loss[e] = sum / (double)samples;
-  }
-  double secs = now_s() - t0, cpu = cpu_s() - c0;
+  double quarter[4], cpu;
+  long quarter_n[4];
+  double secs = kb_train(ann, x, label, PIX, CLASSES, &o, epoch_loss, quarter, quarter_n, &cpu);
+  if (secs < 0) return 1;
 
   double conv1 = 32.0 * 26 * 26 * 9, conv2 = 32.0 * 24 * 24 * 32 * 9, d1 = 4608.0 * 128,
          d2 = 128.0 * 10, fwd = conv1 + conv2 + d1 + d2;
-  double total = (double)samples * (double)epochs, flops = total * 2 * (2 * fwd + fwd - conv1);
-  struct rusage ru;
-  getrusage(RUSAGE_SELF, &ru);
+  double flops = (double)samples * (double)o.epochs * 2 * (2 * fwd + fwd - conv1);
   printf("loss_quarters of epoch 1:");
   for (int q = 0; q < 4; q++) printf(" %.4f", quarter_n[q] ? quarter[q] / quarter_n[q] : 0.0);
-  printf("\nloss: epoch 1 %.4f, epoch %ld %.4f\n", epoch_loss[0], epochs, epoch_loss[epochs - 1]);
-  printf("samples_per_s: %.0f\n", total / secs);
-  printf("gflops: %.2f (conv and dense flops %.3g)\n", flops / secs * 1e-9, flops);
-  printf("cpu_s: %.4f (user + system, all threads)\n", cpu);
-  printf("peak_rss_mb: %.1f\n", (double)ru.ru_maxrss / 1024.0);
-  printf("train_s: %.4f\n", secs);
+  printf("\n");
+  kb_report(&o, epoch_loss, secs, cpu, flops, "conv and dense flops");
 
   kann_delete(ann);
   free(x);
   free(label);
-  free(r);
-  free(xb);
-  free(yb);
-  free(shuf);
   free(epoch_loss);
   return 0;
 }
