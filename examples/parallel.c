@@ -21,7 +21,9 @@
  * parallel_threads.csv, and with --plot parallel.svg. Exits 1 unless the
  * weighted average matches the whole batch's gradient to 1e-12 for every
  * worker count, the plain mean of uneven shards differs from it by more
- * than 1e-6, and the parameters are the same bits on every thread count.
+ * than 1e-6, and the parameters are the same bits on every thread count
+ * with the training's loops split over the threads (ad_thread_stats: on
+ * 2 threads the first loop always is).
  *
  * Usage: parallel [--threads N] [--epochs 3] [--samples 4096] [--seed 1]
  *                 [--out DIR] [--plot]
@@ -29,6 +31,8 @@
  * 2 and at most 8; a model 256 -> 512 -> 512 -> 10 trained by Adam in
  * batches of 256 for --epochs epochs of --samples rows, each timed) */
 #include "teach.h"
+
+#include <autodiff/ad_ext.h>
 
 #include <time.h>
 #include <unistd.h>
@@ -89,7 +93,7 @@ int main(int argc, char **argv) {
   long cpus = sysconf(_SC_NPROCESSORS_ONLN);
   int max_threads = cpus < 2 ? 2 : cpus > 8 ? 8 : (int)cpus, epochs = 3, samples = 4096;
   teach_opts o;
-  teach_flag flags[] = {{"--threads", 'i', &max_threads, 1, 64},
+  teach_flag flags[] = {{"--threads", 'i', &max_threads, 2, 64},
                         {"--epochs", 'i', &epochs, 1, 0},
                         {"--samples", 'i', &samples, 256, 0}};
   if (!teach_parse(argc, argv, 3, flags, &o)) return 2;
@@ -149,6 +153,7 @@ int main(int argc, char **argv) {
   double *d[3] = {teach_col(tt, "threads"), teach_col(tt, "seconds_per_epoch"),
                   teach_col(tt, "speedup")};
   uint64_t first = 0;
+  int64_t split = 0; /* loops dealt to the threads with n > 1 */
   printf("\n%-8s %16s %8s  %s\n", "threads", "s per epoch", "speedup", "parameters");
   for (int n = 1; n <= max_threads; n++) {
     if (ad_set_num_threads(n) != AD_OK) {
@@ -156,6 +161,7 @@ int main(int argc, char **argv) {
       return 1;
     }
     nn_model *wm = teach_mlp(ctx, (uint64_t)o.seed, NN_ACT_RELU, NULL, 3, wide);
+    ad_thread_stats_get(NULL, true);
     nn_optimizer *opt = nn_adam_new(nn_model_params(wm), 1e-3);
     double best = INFINITY;
     for (int e = 0; e < epochs; e++) { /* one nn_fit per epoch, to time each */
@@ -168,6 +174,9 @@ int main(int argc, char **argv) {
       }
       best = fmin(best, now_s() - t0);
     }
+    ad_thread_stats st;
+    ad_thread_stats_get(&st, false);
+    split += n > 1 ? st.loops : 0;
     uint64_t h = params_hash(nn_model_params(wm));
     if (n == 1) first = h;
     d[0][n - 1] = n, d[1][n - 1] = best, d[2][n - 1] = d[1][0] / best;
@@ -178,6 +187,10 @@ int main(int argc, char **argv) {
     nn_model_free(wm);
   }
   ad_set_num_threads(1);
+  if (split == 0) { /* else the same bits would show nothing */
+    fprintf(stderr, "parallel: no loop was split over the threads\n");
+    ok = false;
+  }
 
   plot_opts po = {"Workers' gradients averaged, against the whole batch's", "workers",
                   "largest relative difference", .logy = true};
