@@ -644,7 +644,10 @@ typedef void (*ad_range_fn)(void *ud, int64_t begin, int64_t end);
  * workers, or for a while after a worker fell far behind (descheduled).
  * Another thread may call ad_set_num_threads meanwhile: a loop uses the
  * thread count of its start. fn must be safe to run concurrently on
- * disjoint ranges and must not use a context. */
+ * disjoint ranges and must not use a context. An fn that calls fork()
+ * must only exec or _exit in the child: the child's copy of the loop
+ * cannot be finished (its other ranges are the parent's threads'), so a
+ * child that returned from fn would hang, or see the loop partly run. */
 AD_API void ad_parallel_for(int64_t n, int64_t grain, ad_range_fn fn, void *ud);
 
 /** Where the threads' time went, since the process started or the last

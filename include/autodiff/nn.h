@@ -3694,7 +3694,8 @@ NN_API void nn_batcher_free(nn_batcher *b);
  * called from the loader's threads, several at once with the same ud:
  * it must be safe for that (read-only ud, or its own locking), and must
  * not call into the engine (ad_ or nn_ functions) with the loader's
- * context. */
+ * context; a get that calls fork() must only exec or _exit in the child
+ * (whose one thread is then that worker). */
 typedef struct nn_dataset {
   int64_t len;                      /**< samples, >= 0 */
   ad_dtype x_dtype;                 /**< AD_F32 or AD_F64 */
