@@ -271,9 +271,41 @@ static void expect_child_ok(pid_t pid, const char *what) {
                WEXITSTATUS(status));
 }
 
+/* Returns once every one of the pool's threads has run a chunk, so none is
+ * still starting. A fork while a thread starts can catch it inside the
+ * allocator: AddressSanitizer's (clang 14) is not locked across fork as
+ * glibc's malloc is, and the child's new threads then wait for ever for
+ * its lock (forked_child_has_workers_of_its_own failed so in half or
+ * more of the runs of the clang 14 sanitizer build: check 11, no worker
+ * of the child ever ran a chunk). */
+typedef struct seen_threads {
+  pthread_mutex_t mu;
+  pthread_t t[8];
+  int n;
+} seen_threads;
+
+static void note_thread(void *ud, int64_t b, int64_t e) {
+  seen_threads *s = ud;
+  pthread_mutex_lock(&s->mu);
+  int k = 0;
+  while (k < s->n && !pthread_equal(s->t[k], pthread_self())) k++;
+  if (k == s->n && s->n < 8) s->t[s->n++] = pthread_self();
+  pthread_mutex_unlock(&s->mu);
+  sleepy(NULL, b, e);
+}
+
+static void settle_workers(void) {
+  seen_threads s = {.mu = PTHREAD_MUTEX_INITIALIZER};
+  for (int loops = 0; s.n < ad_num_threads(); loops++) {
+    cr_assert_lt(loops, 2000, "%d of %d threads ran a chunk", s.n, ad_num_threads());
+    ad_parallel_for(4 * ad_num_threads(), 1, note_thread, &s);
+  }
+}
+
 Test(parallel, forked_child_has_workers_of_its_own, .timeout = 60) {
   cr_assert_eq(ad_set_num_threads(3), AD_OK);
   check_cover(1000, 1); /* the workers run */
+  settle_workers();
   fflush(NULL);
   pid_t pid = fork();
   if (pid == 0) _exit(forked_pool_checks(3));
@@ -285,17 +317,30 @@ Test(parallel, forked_child_has_workers_of_its_own, .timeout = 60) {
 
 /* A fork while another thread is in a loop waits for that loop to end: the
  * child does not inherit a pool locked by a thread it does not have. */
+typedef struct looper {
+  _Atomic bool stop;
+  _Atomic int64_t loops;
+} looper;
+
 static void *loops_until_stopped(void *arg) {
-  _Atomic bool *stop = arg;
-  while (!atomic_load(stop)) ad_parallel_for(8, 1, sleepy, NULL);
+  looper *l = arg;
+  while (!atomic_load(&l->stop)) {
+    ad_parallel_for(8, 1, sleepy, NULL);
+    atomic_fetch_add(&l->loops, 1);
+  }
   return NULL;
 }
 
 Test(parallel, fork_during_another_threads_loop, .timeout = 60) {
   cr_assert_eq(ad_set_num_threads(2), AD_OK);
-  _Atomic bool stop = false;
+  settle_workers();
+  looper lp = {false, 0};
   pthread_t t;
-  cr_assert_eq(pthread_create(&t, NULL, loops_until_stopped, &stop), 0);
+  cr_assert_eq(pthread_create(&t, NULL, loops_until_stopped, &lp), 0);
+  while (atomic_load(&lp.loops) == 0) { /* started: not inside the allocator (above) */
+    struct timespec ts = {0, 100000};
+    nanosleep(&ts, NULL);
+  }
   for (int i = 0; i < 5; i++) {
     struct timespec ts = {0, 700000};
     nanosleep(&ts, NULL); /* mid-loop, most of the time */
@@ -304,7 +349,7 @@ Test(parallel, fork_during_another_threads_loop, .timeout = 60) {
     if (pid == 0) _exit(forked_pool_checks(2));
     expect_child_ok(pid, "fork beside a loop");
   }
-  atomic_store(&stop, true);
+  atomic_store(&lp.stop, true);
   pthread_join(t, NULL);
   ad_set_num_threads(1);
 }
