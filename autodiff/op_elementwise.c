@@ -1518,8 +1518,11 @@ const ad_op_def ad_def_clamp = {
 /* ----------------------------------------------------------------- sign */
 
 /* [x > 0] - [x < 0]: -1, 0 or 1; +0 for -0.0 and for NaN, as PyTorch 1.13
- * (not NumPy's NaN). */
-DEFINE_UNARY(sign, (float)((x > 0) - (x < 0)), (double)((x > 0) - (x < 0)))
+ * (not NumPy's NaN). Each bracket a select of two constants: as ints
+ * converted to double, GCC branched on each element of a float64 row
+ * (1.3 ns an element, 14x float32's). */
+DEFINE_UNARY(sign, (x > 0 ? 1.0f : 0.0f) - (x < 0 ? 1.0f : 0.0f),
+             (x > 0 ? 1.0 : 0.0) - (x < 0 ? 1.0 : 0.0))
 
 /* piecewise constant: x receives zeros, whatever dy holds (NaN and
  * infinities included), as torch's zeros_like: a leaf reached only through

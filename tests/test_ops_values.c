@@ -2039,6 +2039,37 @@ Test(ops_values, sign_backward_gives_the_leaf_zeros) {
   }
 }
 
+/* sign's values at the special inputs, in both dtypes, one element and a
+ * row of them (a vector loop and its scalar tail): -1, +0 or 1, with +0
+ * for -0.0 and for NaN (PyTorch 1.13's torch.sign), +-1 for infinities
+ * and subnormals. */
+Test(ops_values, sign_of_special_values) {
+  const double in[] = {NAN,    -NAN, 0.0,   -0.0,  INFINITY, -INFINITY, 4.9e-324, -4.9e-324, 1e-40,
+                       -1e-40, 3.5,  -2.25, 1e300, -1e300,   0.0,       1.0,      -1.0};
+  const double want[] = {0, 0, 0, 0, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 0, 1, -1};
+  enum { N = sizeof in / sizeof *in };
+  for (int d = 0; d < 2; d++) {
+    ad_dtype dt = d ? AD_F64 : AD_F32;
+    for (int64_t rep = 1; rep <= 40; rep += 39) { /* 17 elements, then 680 */
+      int64_t n = N * rep;
+      ad_tensor *x = ad_zeros(ctx, dt, 1, &n);
+      for (int64_t i = 0; i < n; i++) {
+        double v = in[i % N];
+        if (!d && fabs(v) == 4.9e-324) v = copysign(1.5e-45, v); /* float's smallest */
+        ad_tensor_set(x, i, v);
+      }
+      ad_tensor *y = ad_sign(ctx, x);
+      cr_assert_not_null(y, "%s", ad_last_error(ctx));
+      for (int64_t i = 0; i < n; i++) {
+        double v = ad_tensor_get(y, i);
+        QUICK_ASSERT(v == want[i % N] && !signbit(v) == !(want[i % N] < 0),
+                     "%s sign(%g) = %g, want %g", ad_dtype_name(dt), in[i % N], v, want[i % N]);
+      }
+      ad_tensor_free(x);
+    }
+  }
+}
+
 /* pow_scalar(x, 0) = 1 is constant: x gets zeros, whatever dy holds (a NaN
  * too) and also at x = 0, as torch's x ** 0 (zeros_like), so a leaf
  * reached only through it has a zero grad, not none. Was NULL. */
