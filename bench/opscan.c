@@ -4,9 +4,13 @@
  * the others. bench/opscan.py runs it with PyTorch's same cases and prints
  * the ratios.
  *
- *   build/bench/opscan [--filter SUBSTR] [--reps N] [--threads T]
+ *   build/bench/opscan [--filter SUBSTR] [--reps N] [--threads T] [--dtype f32|f64]
  *
- * Each case builds its op's output from fixed float32 inputs (the shapes
+ * Each case builds its op's output from fixed float32 inputs (float64 with
+ * --dtype f64, where the cast case casts to float32 and is named cast32;
+ * PyTorch's ratios there show what float64 costs on each side: this
+ * engine keeps libm's exp, log, tanh and the rest per element in float64,
+ * ad.h's "Reproducibility"; the shapes
  * below: [256,1024] for the elementwise and row ops), then runs backward
  * from it to every input with a seed gradient of ones (the op's backward
  * alone: a sum as the root would add its own expand); of --reps runs
@@ -28,6 +32,7 @@
 #include <string.h>
 
 static ad_ctx *ctx;
+static ad_dtype dtype = AD_F32; /* of the float inputs (--dtype) */
 /* The inputs: a, b [256,1024] N(0,1); p [256,1024] in [0.5, 2); q [256,1024]
  * in [-2, 2); sq [1024,1024]; bias, gamma, beta [1024]; idx 256 rows of sq;
  * emb [1000,256] and its indices [32,64]; logits [256,1000] and labels;
@@ -59,7 +64,7 @@ static ad_tensor *c_erf(void) { return ad_erf(ctx, a); }
 static ad_tensor *c_square(void) { return ad_pow_scalar(ctx, a, 2.0); }
 static ad_tensor *c_mul(void) { return ad_mul(ctx, a, b); }
 static ad_tensor *c_bias_add(void) { return ad_add(ctx, a, bias); }
-static ad_tensor *c_cast64(void) { return ad_cast(ctx, a, AD_F64); }
+static ad_tensor *c_cast64(void) { return ad_cast(ctx, a, dtype == AD_F32 ? AD_F64 : AD_F32); }
 static ad_tensor *c_transpose(void) { return ad_transpose(ctx, sq, 0, 1); }
 static ad_tensor *c_narrow(void) { return ad_narrow(ctx, a, 1, 100, 800); }
 static ad_tensor *c_pad(void) { return ad_pad(ctx, a, 1, 3, 5); }
@@ -137,12 +142,12 @@ static const struct {
     {"matmul", c_matmul},
 };
 
-/* A float32 leaf of shape [n0, n1] (n1 = 0: 1-D), uniform in [lo, hi) or
+/* A float leaf (dtype) of shape [n0, n1] (n1 = 0: 1-D), uniform in [lo, hi) or
  * N(0, 1) when lo = hi, needing a gradient when grad. */
 static ad_tensor *input(ad_rng *rng, int nd, const int64_t *shape, double lo, double hi,
                         bool grad) {
-  ad_tensor *t = lo == hi ? ad_randn(ctx, rng, AD_F32, nd, shape, 0, 1)
-                          : ad_rand(ctx, rng, AD_F32, nd, shape, lo, hi);
+  ad_tensor *t = lo == hi ? ad_randn(ctx, rng, dtype, nd, shape, 0, 1)
+                          : ad_rand(ctx, rng, dtype, nd, shape, lo, hi);
   if (!t || (grad && ad_tensor_set_requires_grad(t, true) != AD_OK)) {
     fprintf(stderr, "opscan: inputs: %s\n", ad_last_error(ctx));
     exit(1);
@@ -197,10 +202,13 @@ int main(int argc, char **argv) {
       ok = bench_parse_int(v, 1, &reps), i++;
     else if (!strcmp(argv[i], "--threads"))
       ok = bench_parse_int(v, 1, &threads), i++;
+    else if (!strcmp(argv[i], "--dtype") && v && (!strcmp(v, "f32") || !strcmp(v, "f64")))
+      dtype = strcmp(v, "f32") ? AD_F64 : AD_F32, i++;
     else
       ok = false;
     if (!ok) {
-      fprintf(stderr, "usage: opscan [--filter SUBSTR] [--reps N] [--threads T]\n");
+      fprintf(stderr,
+              "usage: opscan [--filter SUBSTR] [--reps N] [--threads T] [--dtype f32|f64]\n");
       return 2;
     }
   }
@@ -210,8 +218,8 @@ int main(int argc, char **argv) {
     return 1;
   }
   make_inputs();
-  printf("# opscan: float32, %lld engine thread(s), least of %lld runs, microseconds\n", threads,
-         reps);
+  printf("# opscan: %s, %lld engine thread(s), least of %lld runs, microseconds\n",
+         dtype == AD_F32 ? "float32" : "float64", threads, reps);
   for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
     if (filter && !strstr(cases[c].name, filter)) continue;
     double fwd = 1e30, bwd = 1e30;
@@ -233,7 +241,9 @@ int main(int argc, char **argv) {
       bwd = t2 - t1 < bwd ? t2 - t1 : bwd;
     }
     ad_tensor_free(seed);
-    printf("opscan/%s fwd_us %.1f bwd_us %.1f\n", cases[c].name, fwd * 1e6, bwd * 1e6);
+    const char *name =
+        dtype == AD_F64 && !strcmp(cases[c].name, "cast64") ? "cast32" : cases[c].name;
+    printf("opscan/%s fwd_us %.1f bwd_us %.1f\n", name, fwd * 1e6, bwd * 1e6);
     fflush(stdout);
   }
   ad_ctx_free(ctx);

@@ -12,7 +12,10 @@ forced where it misdetects the CPU, as in compare.py): with 2, an op that
 runs on one thread where PyTorch's runs on two shows.
 
   bench/opscan.py [--build DIR] [--rounds 3] [--reps 15] [--filter SUBSTR]
-                  [--threads 1] [--python EXE] [--cliff 2]
+                  [--threads 1] [--dtype f32|f64] [--python EXE] [--cliff 2]
+
+--dtype f64 runs both sides in float64 (torch.set_default_dtype; the cast
+case then casts to float32 and is named cast32).
 
 The torch side is this file run by an interpreter with torch (this one or
 /usr/bin/python3) with --torch-side. Exit status 0 whatever the ratios: a
@@ -27,7 +30,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 
-def torch_cases():
+def torch_cases(f64=False):
     """The cases of bench/opscan.c, the same names, shapes and inputs'
     ranges (other random values)."""
     import torch
@@ -62,7 +65,8 @@ def torch_cases():
         ("atan", lambda: torch.atan(a)), ("softplus", lambda: F.softplus(a)),
         ("erf", lambda: torch.erf(a)), ("square", lambda: torch.pow(a, 2.0)),
         ("mul", lambda: a * b), ("bias_add", lambda: a + bias),
-        ("cast64", lambda: a.double()), ("transpose", lambda: sq.t().contiguous()),
+        ("cast32", lambda: a.float()) if f64 else ("cast64", lambda: a.double()),
+        ("transpose", lambda: sq.t().contiguous()),
         ("narrow", lambda: a.narrow(1, 100, 800)), ("pad", lambda: F.pad(a, (3, 5))),
         ("concat", lambda: torch.cat([a, b], 1)), ("index_select", lambda: sq.index_select(0, idx)),
         ("embedding", lambda: F.embedding(eidx, emb)), ("sum0", lambda: a.sum(0)),
@@ -79,15 +83,17 @@ def torch_cases():
     return cases, leaves
 
 
-def torch_side(reps, filt, threads):
+def torch_side(reps, filt, threads, dtype="f32"):
     """Prints the torch timings in bench/opscan's format."""
     import time
     import torch
     torch.set_num_threads(threads)
     torch.manual_seed(1)
-    cases, leaves = torch_cases()
-    print("# opscan (PyTorch %s): float32, %d thread(s), least of %d runs, microseconds"
-          % (torch.__version__, threads, reps))
+    if dtype == "f64":
+        torch.set_default_dtype(torch.float64)
+    cases, leaves = torch_cases(dtype == "f64")
+    print("# opscan (PyTorch %s): %s, %d thread(s), least of %d runs, microseconds"
+          % (torch.__version__, "float64" if dtype == "f64" else "float32", threads, reps))
     for name, fn in cases:
         if filt and filt not in name:
             continue
@@ -121,12 +127,13 @@ def main():
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--filter")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--dtype", choices=["f32", "f64"], default="f32")
     ap.add_argument("--python", help="interpreter with torch (default: this one, /usr/bin/python3)")
     ap.add_argument("--cliff", type=float, default=2.0)
     ap.add_argument("--torch-side", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.torch_side:
-        torch_side(args.reps, args.filter, args.threads)
+        torch_side(args.reps, args.filter, args.threads, args.dtype)
         return 0
     sys.path.insert(0, HERE)
     import compare  # its PyTorch-at-its-best settings
@@ -137,7 +144,7 @@ def main():
     coretype = compare.torch_coretype(compare.cpu_isa(), compare.openblas_core())
     print("# ours: %s; PyTorch: %s; OPENBLAS_CORETYPE for PyTorch: %s" %
           (exe, ver or "not found", coretype or "(its own choice)"))
-    common = ["--reps", str(args.reps), "--threads", str(args.threads)]
+    common = ["--reps", str(args.reps), "--threads", str(args.threads), "--dtype", args.dtype]
     common += ["--filter", args.filter] if args.filter else []
     ours, theirs = {}, {}
     for _ in range(args.rounds):
