@@ -83,17 +83,18 @@ def torch_cases(f64=False):
     return cases, leaves
 
 
-def torch_side(reps, filt, threads, dtype="f32"):
-    """Prints the torch timings in bench/opscan's format."""
+def torch_side(reps, filt, threads, dtype="f32", tool="opscan", cases_fn=torch_cases):
+    """Prints the torch timings in bench/TOOL's format (cases_fn(f64)
+    gives the cases and the leaves whose gradients each run releases)."""
     import time
     import torch
     torch.set_num_threads(threads)
     torch.manual_seed(1)
     if dtype == "f64":
         torch.set_default_dtype(torch.float64)
-    cases, leaves = torch_cases(dtype == "f64")
-    print("# opscan (PyTorch %s): %s, %d thread(s), least of %d runs, microseconds"
-          % (torch.__version__, "float64" if dtype == "f64" else "float32", threads, reps))
+    cases, leaves = cases_fn(dtype == "f64")
+    print("# %s (PyTorch %s): %s, %d thread(s), least of %d runs, microseconds"
+          % (tool, torch.__version__, "float64" if dtype == "f64" else "float32", threads, reps))
     for name, fn in cases:
         if filt and filt not in name:
             continue
@@ -107,56 +108,61 @@ def torch_side(reps, filt, threads, dtype="f32"):
             y.backward(torch.ones_like(y))
             t2 = time.perf_counter()
             fwd, bwd = min(fwd, t1 - t0), min(bwd, t2 - t1)
-        print("opscan/%s fwd_us %.1f bwd_us %.1f" % (name, fwd * 1e6, bwd * 1e6), flush=True)
+        print("%s/%s fwd_us %.1f bwd_us %.1f" % (tool, name, fwd * 1e6, bwd * 1e6), flush=True)
 
 
-def parse(out):
-    """{name: (fwd_us, bwd_us)} from opscan's lines."""
+def parse(out, tool="opscan"):
+    """{name: (fwd_us, bwd_us)} from TOOL's lines."""
     res = {}
     for line in out.splitlines():
         f = line.split()
-        if len(f) == 5 and f[0].startswith("opscan/"):
-            res[f[0][len("opscan/"):]] = (float(f[2]), float(f[4]))
+        if len(f) == 5 and f[0].startswith(tool + "/"):
+            res[f[0][len(tool) + 1:]] = (float(f[2]), float(f[4]))
     return res
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(tool="opscan", script=__file__, doc=__doc__, cases_fn=torch_cases, dtypes=("f32", "f64")):
+    """The driver of opscan.py and layerscan.py: runs build/bench/TOOL and
+    SCRIPT --torch-side (whose cases come from cases_fn) in turn and prints
+    the table."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
     ap.add_argument("--build", default=os.path.join(ROOT, "build"))
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--filter")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--dtype", choices=["f32", "f64"], default="f32")
+    ap.add_argument("--dtype", choices=list(dtypes), default="f32")
     ap.add_argument("--python", help="interpreter with torch (default: this one, /usr/bin/python3)")
     ap.add_argument("--cliff", type=float, default=2.0)
     ap.add_argument("--torch-side", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.torch_side:
-        torch_side(args.reps, args.filter, args.threads, args.dtype)
+        torch_side(args.reps, args.filter, args.threads, args.dtype, tool, cases_fn)
         return 0
     sys.path.insert(0, HERE)
     import compare  # its PyTorch-at-its-best settings
-    exe = os.path.join(args.build, "bench", "opscan")
+    exe = os.path.join(args.build, "bench", tool)
     if not os.path.exists(exe):
-        sys.exit("opscan.py: %s is missing: build first (ninja -C %s)" % (exe, args.build))
+        sys.exit("%s.py: %s is missing: build first (ninja -C %s)" % (tool, exe, args.build))
     py, ver = compare.find_torch_python(args.python)
     coretype = compare.torch_coretype(compare.cpu_isa(), compare.openblas_core())
     print("# ours: %s; PyTorch: %s; OPENBLAS_CORETYPE for PyTorch: %s" %
           (exe, ver or "not found", coretype or "(its own choice)"))
-    common = ["--reps", str(args.reps), "--threads", str(args.threads), "--dtype", args.dtype]
+    common = ["--reps", str(args.reps), "--threads", str(args.threads)]
+    common += ["--dtype", args.dtype] if len(dtypes) > 1 else []
     common += ["--filter", args.filter] if args.filter else []
     ours, theirs = {}, {}
     for _ in range(args.rounds):
-        for k, v in parse(compare.run([exe] + common, env=compare.ours_env())).items():
+        for k, v in parse(compare.run([exe] + common, env=compare.ours_env()), tool).items():
             ours[k] = tuple(map(min, zip(ours.get(k, v), v)))
         if py:
-            out = compare.run([py, os.path.abspath(__file__), "--torch-side"] + common,
+            out = compare.run([py, os.path.abspath(script), "--torch-side"] + common,
                               env=compare.torch_env(args.threads, coretype))
-            for k, v in parse(out).items():
+            for k, v in parse(out, tool).items():
                 theirs[k] = tuple(map(min, zip(theirs.get(k, v), v)))
-    print("%-14s %10s %10s %6s %10s %10s %6s" %
-          ("case", "ours fwd", "torch fwd", "ratio", "ours bwd", "torch bwd", "ratio"))
+    width = max([14] + [len(k) for k in ours])
+    print("%-*s %10s %10s %6s %10s %10s %6s" %
+          (width, "case", "ours fwd", "torch fwd", "ratio", "ours bwd", "torch bwd", "ratio"))
     cliffs = []
     for name, (of, ob) in ours.items():
         tf, tb = theirs.get(name, (float("nan"), float("nan")))
@@ -164,7 +170,8 @@ def main():
         mark = "  cliff" if rf > args.cliff or rb > args.cliff else ""
         if mark:
             cliffs.append(name)
-        print("%-14s %10.1f %10.1f %6.2f %10.1f %10.1f %6.2f%s" % (name, of, tf, rf, ob, tb, rb, mark))
+        print("%-*s %10.1f %10.1f %6.2f %10.1f %10.1f %6.2f%s" %
+              (width, name, of, tf, rf, ob, tb, rb, mark))
     print("cliffs (ratio > %g): %s" % (args.cliff, " ".join(cliffs) if cliffs else "none"))
     return 0
 
