@@ -630,6 +630,16 @@ static void attrs_str(const ad_op_def *def, const ad_tensor *t, sbuf *out) {
   case AD_ATTRS_CLAMP:
     sb_put(&b, " lo %.6g hi %.6g%s", a->clamp.lo, a->clamp.hi, a->clamp.inner ? " hardtanh" : "");
     break;
+  case AD_ATTRS_PAD_ND: {
+    static const char *const modes[] = {"constant", "reflect", "replicate", "circular"};
+    sb_put(&b, " pad (");
+    for (int k = 0; k < 2 * a->pad_nd.n && k < 6; k++)
+      sb_put(&b, "%s%lld", k ? "," : "", (long long)a->pad_nd.pad[k]);
+    sb_put(&b, ") %s", (unsigned)a->pad_nd.mode < 4 ? modes[a->pad_nd.mode] : "?");
+    if (a->pad_nd.mode == AD_PAD_CONSTANT && a->pad_nd.value != 0)
+      sb_put(&b, " value %.6g", a->pad_nd.value);
+    break;
+  }
   case AD_ATTRS_USER:
     for (int k = 0; k < 6; k++)
       if (a->user.i[k]) sb_put(&b, " i%d %lld", k, (long long)a->user.i[k]);

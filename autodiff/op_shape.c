@@ -5,7 +5,9 @@
  * partner. */
 #include "ops.h"
 
+#include <float.h>
 #include <limits.h>
+#include <math.h>
 
 /* -------------------------------------------------------------- helpers */
 
@@ -897,6 +899,350 @@ const ad_op_def ad_def_pad = {
     .math = "y = [0]*before ++ x ++ [0]*after on axis",
     .inputs = {"x"},
     .grads = {"narrow(dy, axis, before, n), n = x's length on axis"},
+};
+
+/* --------------------------------------------------- pad_nd (F.pad's modes) */
+
+/* The geometry of a pad_nd call: axis a = 0 is the last axis (F.pad's
+ * order); d[a] its length in x, lo[a] and hi[a] the amounts, m[a] = d[a] +
+ * lo[a] + hi[a] its length in y; outer the product of the unpadded axes. */
+typedef struct pad_geom {
+  int n;
+  ad_pad_mode mode;
+  int64_t d[3], lo[3], hi[3], m[3], outer;
+} pad_geom;
+
+/* xs: the tensor on the x side (x for pad_nd, the result for its
+ * backward); ys: the y side. */
+static pad_geom pad_geom_of(const ad_pad_nd_attrs *at, const ad_tensor *xs) {
+  pad_geom g = {.n = at->n, .mode = at->mode, .outer = 1};
+  for (int a = 0; a < g.n; a++) {
+    g.d[a] = xs->shape[xs->ndim - 1 - a];
+    g.lo[a] = at->pad[2 * a], g.hi[a] = at->pad[2 * a + 1];
+    g.m[a] = g.d[a] + g.lo[a] + g.hi[a];
+  }
+  for (int k = 0; k < xs->ndim - g.n; k++) g.outer *= xs->shape[k];
+  return g;
+}
+
+/* The element of x that output j of axis a reads, or -1 for the constant. */
+static inline int64_t pad_src(const pad_geom *g, int a, int64_t j) {
+  int64_t i = j - g->lo[a], d = g->d[a];
+  if (i >= 0 && i < d) return i;
+  switch (g->mode) {
+  case AD_PAD_REFLECT:
+    return i < 0 ? -i : 2 * (d - 1) - i;
+  case AD_PAD_REPLICATE:
+    return i < 0 ? 0 : d - 1;
+  case AD_PAD_CIRCULAR:
+    return i < 0 ? i + d : i - d;
+  default:
+    return -1;
+  }
+}
+
+/* Checks the attributes against the x-side shape xs (n, amounts, mode),
+ * naming the op. */
+static ad_status pad_nd_check(const ad_call *c, const ad_pad_nd_attrs *at, const ad_tensor *xs) {
+  char a[64];
+  if (at->n < 1 || at->n > 3 || at->n > xs->ndim)
+    return ad_set_error(c->ctx, AD_ERR_ARG, "%s: %d padded axes for %s; 1..3 and at most its ndim",
+                        c->name, at->n, ad_shape_str(xs, a, sizeof a));
+  if ((unsigned)at->mode > AD_PAD_CIRCULAR)
+    return ad_set_error(c->ctx, AD_ERR_ARG, "%s: unknown mode %d", c->name, (int)at->mode);
+  if (at->mode == AD_PAD_CONSTANT && xs->dtype == AD_F32 && isfinite(at->value) &&
+      fabs(at->value) > FLT_MAX)
+    return ad_set_error(c->ctx, AD_ERR_ARG, "%s: value %.9g is outside float32's range", c->name,
+                        at->value);
+  for (int k = 0; k < at->n; k++) {
+    int64_t lo = at->pad[2 * k], hi = at->pad[2 * k + 1], d = xs->shape[xs->ndim - 1 - k];
+    const char *bad = NULL;
+    if (lo < 0 || hi < 0)
+      return ad_set_error(c->ctx, AD_ERR_ARG,
+                          "%s: negative padding (%lld, %lld) of axis %d (crop with narrow)",
+                          c->name, (long long)lo, (long long)hi, xs->ndim - 1 - k);
+    if (lo > AD_MAX_ELEMS || hi > AD_MAX_ELEMS)
+      bad = "is more than 2^40";
+    else if (at->mode == AD_PAD_REFLECT && (lo || hi) && (lo >= d || hi >= d))
+      bad = "must be less than the axis length in mode reflect";
+    else if (at->mode == AD_PAD_REPLICATE && (lo || hi) && d == 0)
+      bad = "pads an empty axis, which mode replicate cannot";
+    else if (at->mode == AD_PAD_CIRCULAR && (lo > d || hi > d))
+      bad = "must be at most the axis length in mode circular";
+    if (bad)
+      return ad_set_error(c->ctx, AD_ERR_SHAPE, "%s: input %s: padding (%lld, %lld) of axis %d %s",
+                          c->name, ad_shape_str(xs, a, sizeof a), (long long)lo, (long long)hi,
+                          xs->ndim - 1 - k, bad);
+  }
+  return AD_OK;
+}
+
+static ad_status pad_nd_shape(const ad_call *c) {
+  const ad_tensor *x = c->in[0];
+  const ad_pad_nd_attrs *at = &c->attrs->pad_nd;
+  ad_status st = ad_check_float_same(c->ctx, c->name, 1, c->in);
+  if (st == AD_OK) st = pad_nd_check(c, at, x);
+  if (st != AD_OK) return st;
+  c->out->ndim = x->ndim;
+  memcpy(c->out->shape, x->shape, sizeof(int64_t) * (size_t)x->ndim);
+  for (int k = 0; k < at->n; k++)
+    c->out->shape[x->ndim - 1 - k] += at->pad[2 * k] + at->pad[2 * k + 1];
+  c->out->dtype = x->dtype;
+  return AD_OK;
+}
+
+typedef struct pad_job {
+  pad_geom g;
+  const void *src;
+  void *dst;
+  double value;
+} pad_job;
+
+/* Output rows [b, e) of pad_nd: row r is (o, j[n-1], ..., j[1]) over the
+ * outer and the padded axes but the last; each row is one row of x (or
+ * the value) along the last axis, its borders filled by the mode. */
+#define PAD_ROWS(T)                                                                                \
+  static void pad_rows_##T(void *ud, int64_t b, int64_t e) {                                       \
+    const pad_job *j = ud;                                                                         \
+    const pad_geom *g = &j->g;                                                                     \
+    const T *x = j->src;                                                                           \
+    T *y = j->dst;                                                                                 \
+    const T v = (T)j->value;                                                                       \
+    int64_t d0 = g->d[0], lo0 = g->lo[0], m0 = g->m[0];                                            \
+    for (int64_t r = b; r < e; r++) {                                                              \
+      T *yr = y + r * m0;                                                                          \
+      int64_t rest = r, src = 0, mul = 1, outside = 0;                                             \
+      for (int a = 1; a < g->n; a++) {                                                             \
+        int64_t s = pad_src(g, a, rest % g->m[a]);                                                 \
+        rest /= g->m[a];                                                                           \
+        outside |= s < 0;                                                                          \
+        src += s * mul, mul *= g->d[a];                                                            \
+      }                                                                                            \
+      if (outside) {                                                                               \
+        for (int64_t i = 0; i < m0; i++) yr[i] = v;                                                \
+        continue;                                                                                  \
+      }                                                                                            \
+      const T *xr = x + (rest * mul + src) * d0;                                                   \
+      for (int64_t i = 0; i < lo0; i++) {                                                          \
+        int64_t s = pad_src(g, 0, i);                                                              \
+        yr[i] = s < 0 ? v : xr[s];                                                                 \
+      }                                                                                            \
+      memcpy(yr + lo0, xr, (size_t)d0 * sizeof(T));                                                \
+      for (int64_t i = lo0 + d0; i < m0; i++) {                                                    \
+        int64_t s = pad_src(g, 0, i);                                                              \
+        yr[i] = s < 0 ? v : xr[s];                                                                 \
+      }                                                                                            \
+    }                                                                                              \
+  }
+PAD_ROWS(float)
+PAD_ROWS(double)
+
+/* Runs fn over rows of len elements each, on the library's threads from
+ * 32K elements. */
+static void pad_for(int64_t rows, int64_t len, void (*fn)(void *, int64_t, int64_t), void *job) {
+  int64_t grain = len >= 32768 ? 1 : 32768 / (len ? len : 1);
+  if (rows <= grain)
+    fn(job, 0, rows);
+  else
+    ad_parallel_for(rows, grain, fn, job);
+}
+
+static void pad_nd_fwd(const ad_call *c) {
+  pad_job j = {pad_geom_of(&c->attrs->pad_nd, c->in[0]), c->in[0]->data, c->out->data,
+               c->attrs->pad_nd.value};
+  if (c->out->size == 0) return;
+  int64_t rows = c->out->size / j.g.m[0];
+  pad_for(rows, j.g.m[0], c->out->dtype == AD_F32 ? pad_rows_float : pad_rows_double, &j);
+}
+
+static ad_tensor *pad_nd_backward_of(ad_ctx *ctx, ad_tensor *dy, const ad_pad_nd_attrs *at);
+static void pad_back_rows_float(void *ud, int64_t b, int64_t e);
+static void pad_back_rows_double(void *ud, int64_t b, int64_t e);
+
+/* Runs pad_nd_backward's rows from dy into dx (x's shape). */
+static void pad_back(const ad_pad_nd_attrs *at, const ad_tensor *dy, ad_tensor *dx) {
+  pad_job j = {pad_geom_of(at, dx), dy->data, dx->data, 0};
+  if (dx->size == 0) return;
+  pad_for(dx->size / j.g.d[0], j.g.m[0],
+          dx->dtype == AD_F32 ? pad_back_rows_float : pad_back_rows_double, &j);
+}
+
+/* x's first gradient of a pass straight into its buffer (the backward's
+ * rows, written there rather than into a tensor then copied): the same
+ * bits. An addition into a gradient already there is declined. */
+static bool pad_nd_grad_into(const ad_call *c, int k, ad_tensor *grad, bool overwrite) {
+  if (k != 0 || !overwrite) return false;
+  pad_back(&c->attrs->pad_nd, c->gout, grad);
+  return true;
+}
+
+static ad_status pad_nd_bwd(const ad_call *c) {
+  if (!c->needs[0]) return AD_OK;
+  return ad_call_set_grad(c, 0, pad_nd_backward_of(c->ctx, c->gout, &c->attrs->pad_nd));
+}
+
+ad_tensor *ad_pad_nd(ad_ctx *ctx, ad_tensor *x, int n, const int64_t *pad, ad_pad_mode mode,
+                     double value) {
+  if (ctx && !pad) {
+    ad_set_error(ctx, AD_ERR_NULL, "pad_nd: pad is NULL");
+    return NULL;
+  }
+  ad_attrs at = {.pad_nd = {.n = n, .mode = mode, .value = value}};
+  for (int k = 0; k < 2 * n && k < 6; k++) at.pad_nd.pad[k] = pad[k];
+  return ad_apply1(ctx, AD_OP_PAD_ND, x, &at);
+}
+
+/* Variants: each mode on [2,3,4] padding the last two axes, and reflect on
+ * the last axis alone of a [3,5] input. */
+static int pad_nd_sample(const ad_sample_call *s) {
+  int v = s->variant;
+  if (v > 4) return 0;
+  int64_t s3[3] = {2, 3, 4}, s2[2] = {3, 5};
+  if (v == 4) {
+    s->attrs->pad_nd = (ad_pad_nd_attrs){.n = 1, .mode = AD_PAD_REFLECT, .pad = {2, 3}};
+    return (s->in[0] = ad_sample_tensor(s, 2, s2, -1, 1, true)) ? 1 : -1;
+  }
+  s->attrs->pad_nd =
+      (ad_pad_nd_attrs){.n = 2, .mode = (ad_pad_mode)v, .value = 0.5, .pad = {2, 1, 1, 2}};
+  return (s->in[0] = ad_sample_tensor(s, 3, s3, -1, 1, true)) ? 1 : -1;
+}
+
+const ad_op_def ad_def_pad_nd = {
+    .name = "pad_nd",
+    .arity = 1,
+    .attrs = AD_ATTRS_PAD_ND,
+    .shape = pad_nd_shape,
+    .forward = pad_nd_fwd,
+    .backward = pad_nd_bwd,
+    .grad_into = pad_nd_grad_into,
+    .sample = pad_nd_sample,
+    .math = "y = F.pad(x, pad, mode, value): each element of y one element of x or the value",
+    .inputs = {"x"},
+    .grads = {"pad_nd_backward(dy): dy of every element of y that reads an element of x, added"},
+};
+
+/* ------------------------------------------------------- pad_nd_backward */
+
+static ad_status pad_nd_backward_shape(const ad_call *c) {
+  const ad_tensor *dy = c->in[0];
+  const ad_pad_nd_attrs *at = &c->attrs->pad_nd;
+  char a[64];
+  ad_status st = ad_check_float_same(c->ctx, c->name, 1, c->in);
+  if (st != AD_OK) return st;
+  if (at->n < 1 || at->n > 3 || at->n > dy->ndim)
+    return ad_set_error(c->ctx, AD_ERR_ARG, "%s: %d padded axes for %s; 1..3 and at most its ndim",
+                        c->name, at->n, ad_shape_str(dy, a, sizeof a));
+  c->out->ndim = dy->ndim;
+  memcpy(c->out->shape, dy->shape, sizeof(int64_t) * (size_t)dy->ndim);
+  c->out->dtype = dy->dtype;
+  for (int k = 0; k < at->n; k++) {
+    int64_t lo = at->pad[2 * k], hi = at->pad[2 * k + 1], *d = &c->out->shape[dy->ndim - 1 - k];
+    if (lo < 0 || hi < 0 || lo > *d || hi > *d - lo)
+      return ad_set_error(
+          c->ctx, AD_ERR_SHAPE, "%s: padding (%lld, %lld) of axis %d does not fit the gradient %s",
+          c->name, (long long)lo, (long long)hi, dy->ndim - 1 - k, ad_shape_str(dy, a, sizeof a));
+    *d -= lo + hi;
+  }
+  return pad_nd_check(c, at, c->out);
+}
+
+/* Input rows [b, e) of pad_nd_backward: row r = (o, s[n-1], ..., s[1]) of
+ * dx is the sum of the rows of dy that read it, over every combination of
+ * the axes' outputs j[a] with pad_src(j[a]) = s[a], each axis's center
+ * first, then its border in increasing order; within a row, each element
+ * takes its center, then its border elements in increasing order. */
+#define PAD_BACK_ROWS(T)                                                                           \
+  static void pad_back_rows_##T(void *ud, int64_t b, int64_t e) {                                  \
+    const pad_job *jb = ud;                                                                        \
+    const pad_geom *g = &jb->g;                                                                    \
+    const T *dy = jb->src;                                                                         \
+    T *dx = jb->dst;                                                                               \
+    int64_t d0 = g->d[0], lo0 = g->lo[0], m0 = g->m[0];                                            \
+    for (int64_t r = b; r < e; r++) {                                                              \
+      T *xr = dx + r * d0;                                                                         \
+      int64_t s[3] = {0}, rest = r;                                                                \
+      for (int a = 1; a < g->n; a++) s[a] = rest % g->d[a], rest /= g->d[a];                       \
+      /* the combinations: per axis a >= 1, its outputs k[a] = -1 (the                             \
+       * center) then 0 .. lo + hi - 1 over the border, skipping those                             \
+       * that do not read s[a] */                                                                  \
+      int64_t k[3] = {-1, -1, -1};                                                                 \
+      bool first = true;                                                                           \
+      for (;;) {                                                                                   \
+        bool ok = true;                                                                            \
+        int64_t row = rest;                                                                        \
+        for (int a = g->n - 1; a >= 1; a--) {                                                      \
+          int64_t j = k[a] < 0 ? g->lo[a] + s[a] : k[a] < g->lo[a] ? k[a] : g->d[a] + k[a];        \
+          ok = ok && (k[a] < 0 || pad_src(g, a, j) == s[a]);                                       \
+          row = row * g->m[a] + j;                                                                 \
+        }                                                                                          \
+        if (ok) {                                                                                  \
+          const T *yr = dy + row * m0;                                                             \
+          if (first)                                                                               \
+            memcpy(xr, yr + lo0, (size_t)d0 * sizeof(T));                                          \
+          else                                                                                     \
+            for (int64_t i = 0; i < d0; i++) xr[i] += yr[lo0 + i];                                 \
+          first = false;                                                                           \
+          for (int64_t i = 0; i < lo0; i++) {                                                      \
+            int64_t t = pad_src(g, 0, i);                                                          \
+            if (t >= 0) xr[t] += yr[i];                                                            \
+          }                                                                                        \
+          for (int64_t i = lo0 + d0; i < m0; i++) {                                                \
+            int64_t t = pad_src(g, 0, i);                                                          \
+            if (t >= 0) xr[t] += yr[i];                                                            \
+          }                                                                                        \
+        }                                                                                          \
+        /* next combination: axis 1 fastest */                                                     \
+        int a = 1;                                                                                 \
+        while (a < g->n) {                                                                         \
+          int64_t nb = g->mode == AD_PAD_CONSTANT ? 0 : g->lo[a] + g->hi[a];                       \
+          if (++k[a] < nb) break;                                                                  \
+          k[a] = -1, a++;                                                                          \
+        }                                                                                          \
+        if (a >= g->n) break;                                                                      \
+      }                                                                                            \
+    }                                                                                              \
+  }
+PAD_BACK_ROWS(float)
+PAD_BACK_ROWS(double)
+
+static void pad_nd_backward_fwd(const ad_call *c) { pad_back(&c->attrs->pad_nd, c->in[0], c->out); }
+
+static ad_status pad_nd_backward_bwd(const ad_call *c) {
+  if (!c->needs[0]) return AD_OK;
+  const ad_pad_nd_attrs *at = &c->attrs->pad_nd;
+  return ad_call_set_grad(c, 0, ad_pad_nd(c->ctx, c->gout, at->n, at->pad, at->mode, 0.0));
+}
+
+static ad_tensor *pad_nd_backward_of(ad_ctx *ctx, ad_tensor *dy, const ad_pad_nd_attrs *at) {
+  ad_attrs a = {.pad_nd = *at};
+  a.pad_nd.value = 0;
+  return ad_apply1(ctx, AD_OP_PAD_ND_BACKWARD, dy, &a);
+}
+
+/* The gradient of pad_nd's samples' outputs. */
+static int pad_nd_backward_sample(const ad_sample_call *s) {
+  int v = s->variant;
+  if (v > 4) return 0;
+  int64_t s3[3] = {2, 6, 7}, s2[2] = {3, 10};
+  if (v == 4) {
+    s->attrs->pad_nd = (ad_pad_nd_attrs){.n = 1, .mode = AD_PAD_REFLECT, .pad = {2, 3}};
+    return (s->in[0] = ad_sample_tensor(s, 2, s2, -1, 1, true)) ? 1 : -1;
+  }
+  s->attrs->pad_nd = (ad_pad_nd_attrs){.n = 2, .mode = (ad_pad_mode)v, .pad = {2, 1, 1, 2}};
+  return (s->in[0] = ad_sample_tensor(s, 3, s3, -1, 1, true)) ? 1 : -1;
+}
+
+const ad_op_def ad_def_pad_nd_backward = {
+    .name = "pad_nd_backward",
+    .arity = 1,
+    .attrs = AD_ATTRS_PAD_ND,
+    .shape = pad_nd_backward_shape,
+    .forward = pad_nd_backward_fwd,
+    .backward = pad_nd_backward_bwd,
+    .sample = pad_nd_backward_sample,
+    .math = "y = pad_nd's adjoint: each element of g added into the element of x it reads",
+    .inputs = {"g"},
+    .grads = {"pad_nd(dy) with the value 0"},
 };
 
 /* --------------------------------------------------------------- concat */

@@ -476,6 +476,16 @@ static ad_tensor *pad_forward(nn_layer *l, rs_state *s, ad_tensor *x) {
       return NULL;
     }
   }
+  /* One pass (ad_pad_nd, F.pad's op) unless a constant pad crops */
+  bool crops = false, any = false;
+  for (int k = 0; k < 2 * sp; k++) crops = crops || s->pad[k] < 0, any = any || s->pad[k];
+  if (!any) return x;
+  if (!crops)
+    return ad_pad_nd(ctx, x, sp, s->pad,
+                     s->kind == RS_PAD_CONST     ? AD_PAD_CONSTANT
+                     : s->kind == RS_PAD_REFLECT ? AD_PAD_REFLECT
+                                                 : AD_PAD_REPLICATE,
+                     s->value);
   ad_tensor *y = x;
   for (int k = 0; k < sp && y; k++) {
     int axis = x->ndim - 1 - k;

@@ -3,7 +3,9 @@
  * applies them to the last spatial axes before the convolution. One helper
  * for any number of spatial axes, so a layer of another rank reuses it.
  *
- * zeros is ad_pad. The other modes are a gather along each padded axis:
+ * Up to three axes (every layer's case) are one ad_pad_nd, F.pad's own
+ * op: one pass over the output, its gradient one pass over it. Beyond
+ * three, zeros is ad_pad and the other modes a gather along each axis:
  * the axis swapped to the front (ad_transpose), its rows picked by a
  * constant AD_I32 index tensor (ad_index_select) and swapped back, with
  * output j of an axis of length n padded by lo before reading
@@ -80,6 +82,14 @@ ad_tensor *nn_pad_spatial(ad_ctx *ctx, const char *who, ad_tensor *x, int sp, co
                    ad_shape_str(x, a, sizeof a), axis, (long long)lo, (long long)hi, bad);
       return NULL;
     }
+  }
+  bool any = false;
+  for (int k = 0; k < 2 * sp; k++) any = any || pad[k];
+  if (!any) return x;
+  if (sp <= 3) { /* one pass: ad_pad_nd (pad's order is F.pad's) */
+    static const ad_pad_mode modes[] = {AD_PAD_CONSTANT, AD_PAD_REFLECT, AD_PAD_REPLICATE,
+                                        AD_PAD_CIRCULAR};
+    return ad_pad_nd(ctx, x, sp, pad, modes[mode], 0.0);
   }
   ad_tensor *y = x;
   for (int k = 0; k < sp && y; k++) {

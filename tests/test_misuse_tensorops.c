@@ -440,3 +440,85 @@ Test(misuse_tensorops, std_of_a_constant_lane_has_gradient_zero) {
                        ad_tensor_get(h, i));
   ad_tensor_free(x);
 }
+
+/* ------------------------------------------------------------------ pad_nd */
+
+Test(misuse_tensorops, pad_nd_refuses_bad_input) {
+  int64_t sx[3] = {2, 3, 4}, s0[3] = {2, 0, 4};
+  ad_tensor *x = param(ctx, 3, sx, NULL);
+  const int64_t p2[4] = {1, 1, 1, 1};
+  cr_assert_null(ad_pad_nd(ctx, NULL, 2, p2, AD_PAD_REFLECT, 0));
+  expect_error(AD_ERR_NULL, "pad_nd", NULL);
+  cr_assert_null(ad_pad_nd(ctx, x, 2, NULL, AD_PAD_REFLECT, 0));
+  expect_error(AD_ERR_NULL, "pad_nd: pad is NULL", NULL);
+  cr_assert_null(ad_pad_nd(ctx, x, 0, p2, AD_PAD_REFLECT, 0));
+  expect_error(AD_ERR_ARG, "pad_nd: 0 padded axes for [2,3,4]; 1..3 and at most its ndim", NULL);
+  cr_assert_null(ad_pad_nd(ctx, x, 4, (const int64_t[8]){0}, AD_PAD_CONSTANT, 0));
+  expect_error(AD_ERR_ARG, "pad_nd: 4 padded axes", NULL);
+  cr_assert_null(ad_pad_nd(ctx, x, 2, (const int64_t[4]){1, -1, 0, 0}, AD_PAD_CONSTANT, 0));
+  expect_error(AD_ERR_ARG, "pad_nd: negative padding (1, -1) of axis 2 (crop with narrow)", NULL);
+  cr_assert_null(ad_pad_nd(ctx, x, 2, (const int64_t[4]){1, 1, 3, 0}, AD_PAD_REFLECT, 0));
+  expect_error(AD_ERR_SHAPE,
+               "pad_nd: input [2,3,4]: padding (3, 0) of axis 1 must be less than the axis "
+               "length in mode reflect",
+               NULL);
+  cr_assert_not_null(ad_pad_nd(ctx, x, 2, (const int64_t[4]){4, 4, 3, 3}, AD_PAD_CIRCULAR, 0), "%s",
+                     ad_last_error(ctx)); /* wraps around once at most */
+  cr_assert_null(ad_pad_nd(ctx, x, 1, (const int64_t[2]){5, 0}, AD_PAD_CIRCULAR, 0));
+  expect_error(AD_ERR_SHAPE, "must be at most the axis length in mode circular", NULL);
+  cr_assert_not_null(ad_pad_nd(ctx, x, 1, (const int64_t[2]){9, 0}, AD_PAD_REPLICATE, 0), "%s",
+                     ad_last_error(ctx)); /* replicate has no bound */
+  ad_tensor *e = ad_zeros(ctx, AD_F32, 3, s0);
+  cr_assert_null(ad_pad_nd(ctx, e, 2, (const int64_t[4]){0, 0, 1, 0}, AD_PAD_REPLICATE, 0));
+  expect_error(AD_ERR_SHAPE, "pads an empty axis, which mode replicate cannot", NULL);
+  cr_assert_not_null(ad_pad_nd(ctx, e, 2, (const int64_t[4]){1, 0, 1, 0}, AD_PAD_CONSTANT, 2), "%s",
+                     ad_last_error(ctx));
+  cr_assert_null(ad_pad_nd(ctx, x, 1, p2, (ad_pad_mode)7, 0));
+  expect_error(AD_ERR_ARG, "pad_nd: unknown mode 7", NULL);
+  ad_tensor *x32 = ad_zeros(ctx, AD_F32, 3, sx);
+  cr_assert_null(ad_pad_nd(ctx, x32, 1, p2, AD_PAD_CONSTANT, 1e39));
+  expect_error(AD_ERR_ARG, "pad_nd: value 1e+39 is outside float32's range", NULL);
+  ad_tensor *y = ad_pad_nd(ctx, x32, 1, p2, AD_PAD_CONSTANT, INFINITY); /* inf is a value */
+  cr_assert_not_null(y, "%s", ad_last_error(ctx));
+  cr_assert(isinf(ad_tensor_get(y, 0)));
+  ad_tensor *xi = ad_zeros(ctx, AD_I32, 3, sx);
+  cr_assert_null(ad_pad_nd(ctx, xi, 1, p2, AD_PAD_CONSTANT, 0));
+  expect_error(AD_ERR_DTYPE, "pad_nd", NULL);
+  ad_tensor *ts[] = {x, e, x32, xi};
+  for (size_t k = 0; k < sizeof ts / sizeof *ts; k++) ad_tensor_free(ts[k]);
+}
+
+/* pad_nd and its gradient split their rows over the threads: the same bits
+ * on one thread and on three, in every mode (the gradient adds several
+ * elements of dy into the border's sources, in a fixed order). */
+Test(misuse_tensorops, pad_nd_same_bits_on_any_thread_count) {
+  ad_rng rng;
+  int64_t sx[4] = {4, 8, 40, 40};
+  const int64_t pads[4] = {3, 2, 1, 3};
+  for (int dt = 0; dt < 2; dt++)
+    for (int mode = 0; mode < 4; mode++) {
+      ad_tensor *ys[2] = {NULL, NULL}, *gs[2] = {NULL, NULL};
+      for (int t = 0; t < 2; t++) {
+        cr_assert_eq(ad_set_num_threads(t ? 3 : 1), AD_OK);
+        ad_rng_seed(&rng, 7);
+        ad_tensor *x = ad_randn(ctx, &rng, dt ? AD_F64 : AD_F32, 4, sx, 0, 1);
+        cr_assert_not_null(x);
+        cr_assert_eq(ad_tensor_set_requires_grad(x, true), AD_OK);
+        ad_tensor *y = ad_pad_nd(ctx, x, 2, pads, (ad_pad_mode)mode, 0.25);
+        cr_assert_not_null(y, "%s", ad_last_error(ctx));
+        ad_tensor *dy = ad_randn(ctx, &rng, x->dtype, y->ndim, y->shape, 0, 1);
+        cr_assert_eq(ad_backward(ctx, y, dy), AD_OK, "%s", ad_last_error(ctx));
+        ys[t] = ad_tensor_clone(ctx, y);
+        gs[t] = ad_tensor_clone(ctx, x->grad);
+        cr_assert(ys[t] && gs[t]);
+        ad_tape_reset(ctx);
+        ad_tensor_free(x);
+        ad_tensor_free(dy);
+      }
+      size_t es = dt ? sizeof(double) : sizeof(float);
+      cr_assert_eq(memcmp(ys[0]->data, ys[1]->data, (size_t)ys[0]->size * es), 0, "mode %d", mode);
+      cr_assert_eq(memcmp(gs[0]->data, gs[1]->data, (size_t)gs[0]->size * es), 0, "mode %d", mode);
+      for (int t = 0; t < 2; t++) ad_tensor_free(ys[t]), ad_tensor_free(gs[t]);
+    }
+  ad_set_num_threads(1);
+}

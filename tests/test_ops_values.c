@@ -83,6 +83,7 @@ static const attr_key attr_keys[] = {
     {"layer_norm", AD_ATTRS_LAYER_NORM, 1, AD_MAX_DIMS}, /* eps (a real), normalized_shape */
     {"cross_entropy", AD_ATTRS_CROSS_ENTROPY, 3, 3},     /* ignore (0 or 1), ignore_index, sum */
     {"clamp", AD_ATTRS_CLAMP, 0, 0},                     /* lo hi, two reals */
+    {"pad_nd", AD_ATTRS_PAD_ND, 4, 8}, /* value (a real), n, mode, the 2 n amounts */
 };
 #define ATTR_MAX_VALUES 14 /* the most integers a key takes */
 
@@ -368,6 +369,7 @@ static bool parse_attr(parser *ps, fx_case *c) {
     if (!tok_real(ps, &a->scalar) || !tok_real(ps, &a->scalar2)) return false;
     break;
   case AD_ATTRS_LAYER_NORM: /* eps, then the normalized shape */
+  case AD_ATTRS_PAD_ND:     /* value, then n, mode and the amounts */
     if (!tok_real(ps, &a->scalar)) return false;
     return attr_ints(ps, a);
   default:
@@ -456,6 +458,11 @@ static bool typed_attrs(parser *ps, fx_case *c) {
     break;
   case AD_ATTRS_CLAMP:
     at->clamp = (ad_clamp_attrs){a->scalar, a->scalar2, false};
+    break;
+  case AD_ATTRS_PAD_ND:
+    if (a->n != 2 + 2 * v[0]) return perr(ps, "pad_nd: n, mode, then 2 n amounts");
+    at->pad_nd = (ad_pad_nd_attrs){.n = (int)v[0], .mode = (ad_pad_mode)v[1], .value = a->scalar};
+    for (int k = 0; k < 2 * v[0]; k++) at->pad_nd.pad[k] = v[2 + k];
     break;
   default:
     break; /* none, or builder-only */
@@ -810,6 +817,10 @@ static ad_tensor *run_builder(ad_ctx *cx, const fx_case *c, ad_tensor **in, bool
     break;
   case AD_ATTRS_CLAMP:
     if (!strcmp(op, "clamp")) return ad_clamp(cx, x, a->scalar, a->scalar2);
+    break;
+  case AD_ATTRS_PAD_ND:
+    if (!strcmp(op, "pad_nd"))
+      return ad_pad_nd(cx, x, (int)v[0], v + 2, (ad_pad_mode)v[1], a->scalar);
     break;
   case AD_ATTRS_CMP:
     if (!strcmp(op, "compare")) {

@@ -72,6 +72,11 @@ builder the arguments it takes:
     attr layer_norm EPS D0 ...    layer_norm: eps, the normalized shape
     attr clamp LO HI              clamp, clamp_backward: the bounds (reals;
                                   inf, -inf and nan as written)
+    attr pad_nd V N MODE P0 ...   pad_nd, pad_nd_backward: the constant value
+                                  (a real), the padded axes N, the mode
+                                  (0 constant, 1 reflect, 2 replicate,
+                                  3 circular), the 2 N amounts in F.pad's
+                                  order (the last axis's first)
     attr cross_entropy IGN IDX SUM
                                   softmax_cross_entropy: ignore (0 or 1),
                                   ignore_index, sum (0 or 1)
@@ -599,6 +604,35 @@ for label, src, ax, before, after in (("pad_axis0", (3, 2), 0, 1, 2), ("pad_axis
                                       ("pad_mid_3d", (2, 2, 3), 1, 3, 0), ("pad_none", (2, 3), 0, 0, 0)):
     add(label, "pad", lambda rng, src=src: [("in", U(rng, src))],
         lambda t, ax=ax, b=before, a=after: pad(t[0], ax, b, a), attr=("pad", ax, before, after))
+
+# pad_nd: F.pad's four modes over the last 1-3 axes (pad_nd_backward: its
+# adjoint, the vector-Jacobian product of F.pad, linear in the gradient)
+PAD_MODES = ("constant", "reflect", "replicate", "circular")
+for label, src, pads, mode, value in (
+        ("pad_nd_constant_2d", (2, 3, 4), (1, 2, 2, 0), 0, 0.5),
+        ("pad_nd_constant_1d_zero", (3, 5), (0, 3), 0, 0.0),
+        ("pad_nd_reflect_1d", (2, 5), (2, 3), 1, 0.0),
+        ("pad_nd_reflect_2d", (2, 3, 4), (2, 1, 1, 2), 1, 0.0),
+        ("pad_nd_reflect_3d", (1, 2, 3, 3, 4), (1, 2, 2, 1, 1, 1), 1, 0.0),
+        ("pad_nd_replicate_2d", (1, 2, 3, 4), (3, 1, 0, 2), 2, 0.0),
+        ("pad_nd_circular_2d", (1, 2, 3, 4), (2, 4, 1, 3), 3, 0.0)):
+    n = len(pads) // 2
+    attr = ("pad_nd", float(value), n, mode) + pads
+
+    def fpad(x, pads=pads, mode=mode, value=value):
+        return F.pad(x, pads, PAD_MODES[mode], value) if mode == 0 else F.pad(x, pads, PAD_MODES[mode])
+
+    add(label, "pad_nd", lambda rng, src=src: [("in", U(rng, src))],
+        lambda t, f=fpad: f(t[0]), attr=attr)
+    out_shape = tuple(fpad(torch.zeros(src)).shape)
+
+    def back(t, f=fpad, src=src):
+        z = torch.zeros(src, dtype=t[0].dtype, requires_grad=True)
+        return torch.autograd.grad(f(z), z, t[0], create_graph=True)[0]
+
+    add(label.replace("pad_nd", "pad_nd_backward"), "pad_nd_backward",
+        lambda rng, os=out_shape: [("in", U(rng, os))], back,
+        attr=("pad_nd", 0.0, n, mode) + pads)
 
 for label, shapes, ax in (("concat_axis0", [(2, 3), (1, 3), (4, 3)], 0),
                           ("concat_last", [(3, 2), (3, 1)], -1),

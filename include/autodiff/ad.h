@@ -714,6 +714,35 @@ AD_API ad_tensor *ad_narrow(ad_ctx *ctx, ad_tensor *x, int axis, int64_t start, 
  * and after are >= 0: a negative amount is AD_ERR_ARG (it does not crop as
  * in torch.nn.functional.pad; crop with ad_narrow). */
 AD_API ad_tensor *ad_pad(ad_ctx *ctx, ad_tensor *x, int axis, int64_t before, int64_t after);
+/** How ad_pad_nd fills the border (torch.nn.functional.pad's modes). */
+typedef enum ad_pad_mode {
+  AD_PAD_CONSTANT = 0, /**< the value given */
+  AD_PAD_REFLECT,      /**< x[1], x[0] | x[0] ... x[n-1] | x[n-2], x[n-3]: the edge not repeated */
+  AD_PAD_REPLICATE,    /**< the edge element repeated */
+  AD_PAD_CIRCULAR      /**< x[n-p] ... x[n-1] | x ... | x[0] ...: wrapped around */
+} ad_pad_mode;
+
+/** Pads the last n axes of x (n in 1..3, at most x's ndim) as
+ * torch.nn.functional.pad(x, pad, mode, value) does: pad[0], pad[1] are
+ * the elements before and after along the last axis, pad[2], pad[3] along
+ * the one before it, and so on (2 n entries, each >= 0: to crop, use
+ * ad_narrow). AD_PAD_REFLECT needs each amount below its axis's length,
+ * AD_PAD_CIRCULAR at most that length, AD_PAD_REPLICATE a non-empty axis
+ * where it pads; value is read in AD_PAD_CONSTANT only (a float32 x takes
+ * float32(value); a finite value beyond float32's range is refused, as
+ * PyTorch refuses it). Each output element is one element of x (or the
+ * value): the same bits as x's. One pass over the output, split over the
+ * library's threads, where ad_pad along each axis in turn (zeros only)
+ * makes a pass per axis. The gradient (the op pad_nd_backward) adds the
+ * output gradient of every element that reads an input element into it:
+ * the center first, then the border's in increasing order, so the bits do
+ * not depend on the thread count; it is differentiable again (its own
+ * gradient is pad_nd). Errors: AD_ERR_NULL, AD_ERR_DTYPE (x not float),
+ * AD_ERR_ARG (n out of range, a negative amount, an unknown mode, a
+ * value out of float32's range for a float32 x), AD_ERR_SHAPE (an amount
+  * the mode cannot take, naming the axis; an amount above 2^40). */
+AD_API ad_tensor *ad_pad_nd(ad_ctx *ctx, ad_tensor *x, int n, const int64_t *pad, ad_pad_mode mode,
+                            double value);
 /** Joins n >= 1 tensors along axis (negative counts from the end), as
  * torch.cat: one float dtype, the same shape off the axis. Any n, bounded
  * by memory. AD_ERR_ARG (n < 1, axis out of range), AD_ERR_NULL (xs or an

@@ -142,6 +142,16 @@ typedef struct ad_pad_attrs {
   int64_t after;  /**< zeros after the last element */
 } ad_pad_attrs;
 
+/** pad_nd and its adjoint pad_nd_backward: the last n axes padded as
+ * torch.nn.functional.pad pads them (ad_pad_nd, ad.h) */
+typedef struct ad_pad_nd_attrs {
+  int n;            /**< padded trailing axes, 1..3 */
+  ad_pad_mode mode; /**< how the border is filled */
+  double value;     /**< AD_PAD_CONSTANT: the border's value */
+  int64_t pad[6];   /**< (before, after) of the last axis, then of the one
+                       before it, ... (F.pad's order); the first 2 n count */
+} ad_pad_nd_attrs;
+
 /** a target shape: reshape, expand, sum_to */
 typedef struct ad_shape_attrs {
   int ndim;                  /**< the number of dimensions */
@@ -259,6 +269,7 @@ typedef struct ad_attrs {
     ad_cross_entropy_attrs cross_entropy;
     ad_user_attrs user;
     ad_clamp_attrs clamp;
+    ad_pad_nd_attrs pad_nd;
   };
 } ad_attrs;
 
@@ -284,6 +295,7 @@ typedef enum ad_attrs_kind {
   AD_ATTRS_CROSS_ENTROPY,
   AD_ATTRS_USER,
   AD_ATTRS_CLAMP,
+  AD_ATTRS_PAD_ND,
   AD_ATTRS_KIND_COUNT
 } ad_attrs_kind;
 
