@@ -608,6 +608,7 @@ static void attrs_str(const ad_op_def *def, const ad_tensor *t, sbuf *out) {
     if (p->count_include_pad && !strncmp(def->name, "avg", 3)) /* max pooling ignores it */
       sb_put(&b, " count_include_pad");
     if (p->in_size[0] || p->in_size[1]) sb_pair(&b, "in_size", p->in_size);
+    if (p->adaptive) sb_put(&b, " adaptive");
     break;
   }
   case AD_ATTRS_ATTENTION:

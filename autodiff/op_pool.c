@@ -12,11 +12,13 @@
 /* -------------------------------------------------------------- helpers */
 
 /* The geometry of one pooling: the planes (N*C, or C), the input and output
- * sizes and the attributes, each per axis (h, w). */
+ * sizes and the attributes, each per axis (h, w). adaptive: PyTorch's
+ * adaptive windows (adaptive_start), kh and kw then the longest window
+ * along each axis (stride 1, no padding, no dilation). */
 typedef struct pool_geom {
   int64_t planes, ih, iw, oh, ow;
   int64_t kh, kw, sh, sw, ph, pw, dh, dw;
-  bool ceil_mode, count_include_pad;
+  bool ceil_mode, count_include_pad, adaptive;
 } pool_geom;
 
 /* Attributes are at most this (2^30): products of two stay far from
@@ -56,6 +58,30 @@ static inline int64_t pool_first_tap(int64_t start, int64_t d) {
   return start >= 0 ? start : start + (-start + d - 1) / d * d;
 }
 
+/* Adaptive windows: output i of an axis of length len pooled to n covers
+ * [adaptive_start(i), len - adaptive_start(n - 1 - i)), PyTorch's
+ * floor(i len / n) and ceil((i + 1) len / n), without overflow (i len =
+ * i (len / n) n + i (len % n), i <= n <= 2^30). Never empty. */
+static inline int64_t adaptive_start(int64_t i, int64_t len, int64_t n) {
+  return i * (len / n) + (i * (len % n)) / n;
+}
+static inline int64_t adaptive_end(int64_t i, int64_t len, int64_t n) {
+  return len - adaptive_start(n - 1 - i, len, n);
+}
+
+/* The longest adaptive window of an axis: counted for up to 4096 windows,
+ * else a bound (len / n + 2, at most len): a longer window than the real
+ * one only repeats taps in the max and avg kernels below. */
+static int64_t adaptive_longest(int64_t len, int64_t n) {
+  int64_t k = 0;
+  if (n > 4096) return len / n + 2 < len ? len / n + 2 : len;
+  for (int64_t i = 0; i < n; i++) {
+    int64_t w = adaptive_end(i, len, n) - adaptive_start(i, len, n);
+    k = w > k ? w : k;
+  }
+  return k;
+}
+
 /* Checks an input shape (ndim, shape) against the attributes and fills g.
  * who names the tensor in messages ("input", "x"). */
 static ad_status pool_geom_of(const ad_call *c, const ad_tensor *x, const char *who, pool_geom *g) {
@@ -65,6 +91,33 @@ static ad_status pool_geom_of(const ad_call *c, const ad_tensor *x, const char *
     return ad_set_error(c->ctx, AD_ERR_SHAPE, "%s: %s %s must be 4-D (N, C, H, W) or 3-D (C, H, W)",
                         c->name, who, ad_shape_str(x, s, sizeof s));
 #define POOL_PAIR(v) (long long)(v)[0], (long long)(v)[1]
+  if (a->adaptive) {
+    int nd = x->ndim;
+    if (a->kernel[0] < 1 || a->kernel[1] < 1 || a->kernel[0] > POOL_ATTR_MAX ||
+        a->kernel[1] > POOL_ATTR_MAX)
+      return ad_set_error(c->ctx, AD_ERR_ARG,
+                          "%s: adaptive output size %lldx%lld must be in [1, 2^30]", c->name,
+                          POOL_PAIR(a->kernel));
+    if (x->shape[nd - 2] < 1 || x->shape[nd - 1] < 1)
+      return ad_set_error(c->ctx, AD_ERR_SHAPE, "%s: %s %s has an empty plane (H or W is 0)",
+                          c->name, who, ad_shape_str(x, s, sizeof s));
+    *g = (pool_geom){
+        .planes = ad_shape_size(nd - 2, x->shape),
+        .ih = x->shape[nd - 2],
+        .iw = x->shape[nd - 1],
+        .oh = a->kernel[0],
+        .ow = a->kernel[1],
+        .kh = adaptive_longest(x->shape[nd - 2], a->kernel[0]),
+        .kw = adaptive_longest(x->shape[nd - 1], a->kernel[1]),
+        .sh = 1,
+        .sw = 1,
+        .dh = 1,
+        .dw = 1,
+        .count_include_pad = true,
+        .adaptive = true,
+    };
+    return AD_OK;
+  }
   if (a->kernel[0] < 1 || a->kernel[1] < 1 || a->kernel[0] > POOL_ATTR_MAX ||
       a->kernel[1] > POOL_ATTR_MAX)
     return ad_set_error(c->ctx, AD_ERR_ARG, "%s: kernel %lldx%lld must be positive (at most 2^30)",
@@ -261,8 +314,8 @@ POOL_FAST_GRAD_KERNELS(float, int32_t, f32, 3)
 /* K if g is a K x K pooling the fast path takes (K = 2 or 3), else 0 */
 static int pool_fast(const pool_geom *g) {
   const int64_t k = g->kh;
-  if ((k != 2 && k != 3) || g->kw != k || g->sh != k || g->sw != k || g->ph || g->pw ||
-      g->dh != 1 || g->dw != 1 || g->ceil_mode || g->oh < 1 || g->ow < 1)
+  if (g->adaptive || (k != 2 && k != 3) || g->kw != k || g->sh != k || g->sw != k || g->ph ||
+      g->pw || g->dh != 1 || g->dw != 1 || g->ceil_mode || g->oh < 1 || g->ow < 1)
     return 0;
   /* without ceil_mode and padding every window is inside the input */
   return (int)k;
@@ -300,6 +353,23 @@ static bool scatter_fast_f64(const pool_geom *g, const void *dy, const void *x, 
 static bool select_fast_f64(const pool_geom *g, const void *gx, const void *x, void *out) {
   (void)g, (void)gx, (void)x, (void)out;
   return false;
+}
+
+/* take ? a : b in integers (a compiler branches on a float select, and the
+ * branch mispredicts on random data) */
+static inline float pool_pick_f32(bool take, float a, float b) {
+  uint32_t ia, ib;
+  memcpy(&ia, &a, sizeof a), memcpy(&ib, &b, sizeof b);
+  ib ^= (ia ^ ib) & -(uint32_t)take;
+  memcpy(&b, &ib, sizeof b);
+  return b;
+}
+static inline double pool_pick_f64(bool take, double a, double b) {
+  uint64_t ia, ib;
+  memcpy(&ia, &a, sizeof a), memcpy(&ib, &b, sizeof b);
+  ib ^= (ia ^ ib) & -(uint64_t)take;
+  memcpy(&b, &ib, sizeof b);
+  return b;
 }
 
 /* The kernels, one plane at a time. The argmax of a window is the first
@@ -346,6 +416,69 @@ static bool select_fast_f64(const pool_geom *g, const void *gx, const void *x, v
       }                                                                                            \
     }                                                                                              \
   }                                                                                                \
+  /* The same for adaptive windows (window ox spans columns [w0, w1] of */                         \
+  /* rows [h0, h1), kw taps each, its last column repeated up to kw: a */                          \
+  /* repeated tap is not above the best and takes a NaN only again, so the */                      \
+  /* argmax is the plain scan's), the windows of the block side by side */                         \
+  static void adaptive_argmax_run_##SUF(const T *X, const pool_geom *g, int64_t oy, int64_t ox0,   \
+                                        int64_t n, T *best, int64_t *arg) {                        \
+    const int64_t iw = g->iw, kw = g->kw, h0 = adaptive_start(oy, g->ih, g->oh);                   \
+    const int64_t h1 = adaptive_end(oy, g->ih, g->oh);                                             \
+    /* col[u n + k]: tap u's column in window k (kw n <= 2 POOL_BLOCK) */                          \
+    int64_t col[2 * POOL_BLOCK];                                                                   \
+    for (int64_t k = 0; k < n; k++) {                                                              \
+      const int64_t w0 = adaptive_start(ox0 + k, iw, g->ow),                                       \
+                    w1 = adaptive_end(ox0 + k, iw, g->ow);                                         \
+      for (int64_t u = 0; u < kw; u++) col[u * n + k] = w0 + u < w1 ? w0 + u : w1 - 1;             \
+      arg[k] = h0 * iw + w0;                                                                       \
+      best[k] = X[arg[k]];                                                                         \
+    }                                                                                              \
+    for (int64_t y = h0; y < h1; y++) {                                                            \
+      const T *restrict r = X + y * iw;                                                            \
+      for (int64_t u = 0; u < kw; u++) {                                                           \
+        const int64_t *restrict cu = col + u * n;                                                  \
+        for (int64_t k = 0; k < n; k++) {                                                          \
+          const T v = r[cu[k]];                                                                    \
+          const bool take = (v > best[k]) | (v != v);                                              \
+          best[k] = pool_pick_##SUF(take, v, best[k]);                                             \
+          arg[k] = take ? y * iw + cu[k] : arg[k];                                                 \
+        }                                                                                          \
+      }                                                                                            \
+    }                                                                                              \
+  }                                                                                                \
+  static void adaptive_argmax_block_##SUF(const T *X, const pool_geom *g, int64_t oy, int64_t ox0, \
+                                          int64_t n, T *best, int64_t *arg) {                      \
+    const int64_t m = 2 * POOL_BLOCK / g->kw;                                                      \
+    if (m > 0) {                                                                                   \
+      for (int64_t k0 = 0; k0 < n; k0 += m)                                                        \
+        adaptive_argmax_run_##SUF(X, g, oy, ox0 + k0, n - k0 < m ? n - k0 : m, best + k0,          \
+                                  arg + k0);                                                       \
+      return;                                                                                      \
+    }                                                                                              \
+    /* windows wider than the table: one at a time, in row-major order */                          \
+    const int64_t h0 = adaptive_start(oy, g->ih, g->oh), h1 = adaptive_end(oy, g->ih, g->oh);      \
+    for (int64_t k = 0; k < n; k++) {                                                              \
+      const int64_t w0 = adaptive_start(ox0 + k, g->iw, g->ow);                                    \
+      const int64_t w1 = adaptive_end(ox0 + k, g->iw, g->ow);                                      \
+      int64_t a = h0 * g->iw + w0;                                                                 \
+      T b = X[a];                                                                                  \
+      for (int64_t y = h0; y < h1; y++)                                                            \
+        for (int64_t c = w0; c < w1; c++) {                                                        \
+          const T v = X[y * g->iw + c];                                                            \
+          const bool take = (v > b) | (v != v);                                                    \
+          b = pool_pick_##SUF(take, v, b);                                                         \
+          a = take ? y * g->iw + c : a;                                                            \
+        }                                                                                          \
+      best[k] = b, arg[k] = a;                                                                     \
+    }                                                                                              \
+  }                                                                                                \
+  static void pool_argmax_##SUF(const T *X, const pool_geom *g, int64_t oy, int64_t ox0,           \
+                                int64_t n, T *best, int64_t *arg) {                                \
+    if (g->adaptive)                                                                               \
+      adaptive_argmax_block_##SUF(X, g, oy, ox0, n, best, arg);                                    \
+    else                                                                                           \
+      argmax_block_##SUF(X, g, oy, ox0, n, best, arg);                                             \
+  }                                                                                                \
   /* y = x at the argmax */                                                                        \
   static void max_plane_##SUF(const pool_geom *g, const void *a, const void *b, void *out) {       \
     (void)b;                                                                                       \
@@ -362,7 +495,7 @@ static bool select_fast_f64(const pool_geom *g, const void *gx, const void *x, v
     for (int64_t oy = 0; oy < g->oh; oy++)                                                         \
       for (int64_t ox = 0; ox < g->ow; ox += POOL_BLOCK) {                                         \
         int64_t n = g->ow - ox < POOL_BLOCK ? g->ow - ox : POOL_BLOCK;                             \
-        argmax_block_##SUF(a, g, oy, ox, n, Y + oy * g->ow + ox, arg);                             \
+        pool_argmax_##SUF(a, g, oy, ox, n, Y + oy * g->ow + ox, arg);                              \
       }                                                                                            \
   }                                                                                                \
   /* y = zeros like x; y[argmax] += dy, window by window */                                        \
@@ -375,7 +508,7 @@ static bool select_fast_f64(const pool_geom *g, const void *gx, const void *x, v
     for (int64_t oy = 0; oy < g->oh; oy++)                                                         \
       for (int64_t ox = 0; ox < g->ow; ox += POOL_BLOCK) {                                         \
         int64_t n = g->ow - ox < POOL_BLOCK ? g->ow - ox : POOL_BLOCK;                             \
-        argmax_block_##SUF(b, g, oy, ox, n, best, arg);                                            \
+        pool_argmax_##SUF(b, g, oy, ox, n, best, arg);                                             \
         const T *dy = DY + oy * g->ow + ox;                                                        \
         for (int64_t k = 0; k < n; k++)                                                            \
           if (arg[k] >= 0) Y[arg[k]] += dy[k];                                                     \
@@ -390,7 +523,7 @@ static bool select_fast_f64(const pool_geom *g, const void *gx, const void *x, v
     for (int64_t oy = 0; oy < g->oh; oy++)                                                         \
       for (int64_t ox = 0; ox < g->ow; ox += POOL_BLOCK) {                                         \
         int64_t n = g->ow - ox < POOL_BLOCK ? g->ow - ox : POOL_BLOCK;                             \
-        argmax_block_##SUF(b, g, oy, ox, n, best, arg);                                            \
+        pool_argmax_##SUF(b, g, oy, ox, n, best, arg);                                             \
         T *y = Y + oy * g->ow + ox;                                                                \
         for (int64_t k = 0; k < n; k++) y[k] = arg[k] >= 0 ? G[arg[k]] : (T)0;                     \
       }                                                                                            \
@@ -406,7 +539,7 @@ static bool select_fast_f64(const pool_geom *g, const void *gx, const void *x, v
     for (int64_t oy = 0; oy < g->oh; oy++)                                                         \
       for (int64_t ox = 0; ox < g->ow; ox += POOL_BLOCK) {                                         \
         int64_t n = g->ow - ox < POOL_BLOCK ? g->ow - ox : POOL_BLOCK;                             \
-        argmax_block_##SUF(a, g, oy, ox, n, best, arg);                                            \
+        pool_argmax_##SUF(a, g, oy, ox, n, best, arg);                                             \
         for (int64_t k = 0; k < n; k++) {                                                          \
           int64_t i = arg[k];                                                                      \
           if (i < 0)                                                                               \
@@ -416,11 +549,45 @@ static bool select_fast_f64(const pool_geom *g, const void *gx, const void *x, v
         }                                                                                          \
       }                                                                                            \
   }                                                                                                \
+  /* The adaptive mean: a block of windows of one output row side by side, */                      \
+  /* tap by tap (kw per row, past a window's end adding 0: the sum starts */                       \
+  /* at +0, which no addition of 0 changes, and the tap is not read), so */                        \
+  /* each window's sum is the row-major one of avg_plane without a chain */                        \
+  /* of dependent additions */                                                                     \
+  static void adaptive_avg_plane_##SUF(const pool_geom *g, const T *X, T *Y) {                     \
+    const int64_t iw = g->iw;                                                                      \
+    int64_t w0[POOL_BLOCK], w1[POOL_BLOCK];                                                        \
+    double s[POOL_BLOCK];                                                                          \
+    for (int64_t oy = 0; oy < g->oh; oy++) {                                                       \
+      const int64_t h0 = adaptive_start(oy, g->ih, g->oh), h1 = adaptive_end(oy, g->ih, g->oh);    \
+      for (int64_t ox0 = 0; ox0 < g->ow; ox0 += POOL_BLOCK) {                                      \
+        const int64_t n = g->ow - ox0 < POOL_BLOCK ? g->ow - ox0 : POOL_BLOCK;                     \
+        for (int64_t k = 0; k < n; k++) {                                                          \
+          w0[k] = adaptive_start(ox0 + k, iw, g->ow);                                              \
+          w1[k] = adaptive_end(ox0 + k, iw, g->ow);                                                \
+          s[k] = 0;                                                                                \
+        }                                                                                          \
+        for (int64_t y = h0; y < h1; y++)                                                          \
+          for (int64_t u = 0; u < g->kw; u++)                                                      \
+            for (int64_t k = 0; k < n; k++) {                                                      \
+              const bool in = w0[k] + u < w1[k];                                                   \
+              const double v = X[y * iw + (in ? w0[k] + u : w0[k])];                               \
+              s[k] += in ? v : 0.0;                                                                \
+            }                                                                                      \
+        for (int64_t k = 0; k < n; k++)                                                            \
+          Y[oy * g->ow + ox0 + k] = (T)(s[k] / (double)((h1 - h0) * (w1[k] - w0[k])));             \
+      }                                                                                            \
+    }                                                                                              \
+  }                                                                                                \
   /* y = sum of the window / divisor */                                                            \
   static void avg_plane_##SUF(const pool_geom *g, const void *a, const void *b, void *out) {       \
     (void)b;                                                                                       \
     const T *X = a;                                                                                \
     T *Y = out;                                                                                    \
+    if (g->adaptive) {                                                                             \
+      adaptive_avg_plane_##SUF(g, X, Y);                                                           \
+      return;                                                                                      \
+    }                                                                                              \
     for (int64_t oy = 0; oy < g->oh; oy++) {                                                       \
       int64_t y0 = oy * g->sh - g->ph, y1 = y0 + g->kh;                                            \
       if (y1 > g->ih + g->ph) y1 = g->ih + g->ph;                                                  \
@@ -449,10 +616,13 @@ static bool select_fast_f64(const pool_geom *g, const void *gx, const void *x, v
     memset(Y, 0, sizeof(T) * (size_t)(g->ih * g->iw));                                             \
     for (int64_t oy = 0; oy < g->oh; oy++) {                                                       \
       int64_t y0 = oy * g->sh - g->ph, y1 = y0 + g->kh;                                            \
+      if (g->adaptive) y0 = adaptive_start(oy, g->ih, g->oh), y1 = adaptive_end(oy, g->ih, g->oh); \
       if (y1 > g->ih + g->ph) y1 = g->ih + g->ph;                                                  \
       int64_t ph_ = y1 - y0, ya = y0 < 0 ? 0 : y0, yb = y1 < g->ih ? y1 : g->ih;                   \
       for (int64_t ox = 0; ox < g->ow; ox++, DY++) {                                               \
         int64_t x0 = ox * g->sw - g->pw, x1 = x0 + g->kw;                                          \
+        if (g->adaptive)                                                                           \
+          x0 = adaptive_start(ox, g->iw, g->ow), x1 = adaptive_end(ox, g->iw, g->ow);              \
         if (x1 > g->iw + g->pw) x1 = g->iw + g->pw;                                                \
         int64_t pw_ = x1 - x0, xa = x0 < 0 ? 0 : x0, xb = x1 < g->iw ? x1 : g->iw;                 \
         if (ya >= yb || xa >= xb) continue;                                                        \
@@ -558,12 +728,15 @@ typedef struct pool_case {
 } pool_case;
 
 static const pool_case pool_cases[] = {
-    {4, {2, 2, 4, 6}, {{2, 2}, {2, 2}, {0, 0}, {1, 1}, false, true, {0, 0}}},
-    {4, {1, 2, 7, 6}, {{3, 3}, {2, 2}, {1, 1}, {1, 1}, false, true, {0, 0}}},
-    {4, {1, 2, 6, 7}, {{2, 3}, {1, 2}, {1, 0}, {2, 1}, false, true, {0, 0}}},
-    {4, {2, 1, 6, 5}, {{3, 2}, {2, 2}, {1, 1}, {1, 1}, true, true, {0, 0}}},
-    {3, {2, 5, 5, 0}, {{2, 2}, {1, 2}, {0, 1}, {1, 1}, true, true, {0, 0}}},
-    {4, {1, 2, 6, 5}, {{3, 2}, {2, 2}, {1, 1}, {1, 1}, true, false, {0, 0}}},
+    {4, {2, 2, 4, 6}, {{2, 2}, {2, 2}, {0, 0}, {1, 1}, false, true, {0, 0}, false}},
+    {4, {1, 2, 7, 6}, {{3, 3}, {2, 2}, {1, 1}, {1, 1}, false, true, {0, 0}, false}},
+    {4, {1, 2, 6, 7}, {{2, 3}, {1, 2}, {1, 0}, {2, 1}, false, true, {0, 0}, false}},
+    {4, {2, 1, 6, 5}, {{3, 2}, {2, 2}, {1, 1}, {1, 1}, true, true, {0, 0}, false}},
+    {3, {2, 5, 5, 0}, {{2, 2}, {1, 2}, {0, 1}, {1, 1}, true, true, {0, 0}, false}},
+    /* adaptive: 7 -> 3 and 5 -> 2 (overlapping windows of 3), 3 -> 5 and 4 -> 3 */
+    {4, {1, 2, 7, 5}, {{3, 2}, {1, 1}, {0, 0}, {1, 1}, false, true, {0, 0}, true}},
+    {3, {2, 3, 4, 0}, {{5, 3}, {1, 1}, {0, 0}, {1, 1}, false, true, {0, 0}, true}},
+    {4, {1, 2, 6, 5}, {{3, 2}, {2, 2}, {1, 1}, {1, 1}, true, false, {0, 0}, false}},
 };
 #define POOL_NCASES ((int)(sizeof pool_cases / sizeof pool_cases[0]))
 
@@ -583,6 +756,10 @@ static const pool_case *pool_case_of(const ad_sample_call *s, bool max) {
 static void pool_case_out(const pool_case *pc, const ad_pool_attrs *a, int64_t *shape) {
   int nd = pc->ndim;
   memcpy(shape, pc->shape, sizeof(int64_t) * (size_t)nd);
+  if (a->adaptive) {
+    shape[nd - 2] = a->kernel[0], shape[nd - 1] = a->kernel[1];
+    return;
+  }
   shape[nd - 2] = pool_len(pc->shape[nd - 2], a->kernel[0], a->stride[0], a->padding[0],
                            a->dilation[0], a->ceil_mode);
   shape[nd - 1] = pool_len(pc->shape[nd - 1], a->kernel[1], a->stride[1], a->padding[1],
@@ -745,7 +922,7 @@ const ad_op_def ad_def_max_pool2d_select = {
 /* Average pooling has no dilation: the attribute must be 1x1. */
 static ad_status avg_no_dilation(const ad_call *c) {
   const ad_pool_attrs *a = &c->attrs->pool;
-  if (a->dilation[0] == 1 && a->dilation[1] == 1) return AD_OK;
+  if (a->adaptive || (a->dilation[0] == 1 && a->dilation[1] == 1)) return AD_OK;
   return ad_set_error(c->ctx, AD_ERR_ARG,
                       "%s: dilation %lldx%lld: average pooling takes none (1x1)", c->name,
                       (long long)a->dilation[0], (long long)a->dilation[1]);
@@ -1117,6 +1294,55 @@ ad_tensor *ad_max_pool2d_indices(ad_ctx *ctx, ad_tensor *x, int64_t kh, int64_t 
   if (!ctx) return NULL;
   ad_attrs at = pool_attrs(kh, kw, opts);
   return pool2d_indices(ctx, "max_pool2d_indices", x, &at);
+}
+
+/* ------------------------- adaptive_max_pool2d, adaptive_avg_pool2d */
+
+/* The attributes of an adaptive pooling to oh x ow (see ad_pool_attrs), or
+ * false with the error naming fn. */
+static bool adaptive_attrs(ad_ctx *ctx, const char *fn, int64_t oh, int64_t ow, ad_attrs *at) {
+  if (oh < 1 || ow < 1 || oh > POOL_ATTR_MAX || ow > POOL_ATTR_MAX) {
+    ad_set_error(ctx, AD_ERR_ARG, "%s: output size %lldx%lld must be in [1, 2^30]", fn,
+                 (long long)oh, (long long)ow);
+    return false;
+  }
+  *at = (ad_attrs){.pool = {.kernel = {oh, ow},
+                            .stride = {1, 1},
+                            .dilation = {1, 1},
+                            .count_include_pad = true,
+                            .adaptive = true}};
+  return true;
+}
+
+/* The maximum: the argmax of each window (max_pool2d's kernels with the
+ * adaptive attributes, no gradient), then x read there by ad_gather along
+ * the flattened plane: the values are x's, and the gradient is a
+ * scatter_add of dy in window order (PyTorch's adaptive_max_pool2d_backward
+ * adds in that order), whose gradient is the gather again. Its backward so
+ * needs no second search of the windows, as PyTorch's keeps the indices. */
+ad_tensor *ad_adaptive_max_pool2d(ad_ctx *ctx, ad_tensor *x, int64_t oh, int64_t ow) {
+  const char *fn = "adaptive_max_pool2d";
+  ad_attrs at;
+  if (!ctx || !adaptive_attrs(ctx, fn, oh, ow, &at)) return NULL;
+  ad_tensor *idx = pool2d_indices(ctx, fn, x, &at);
+  if (!idx) return NULL;
+  int nd = x->ndim;
+  int64_t xs[AD_MAX_DIMS], is[AD_MAX_DIMS];
+  memcpy(xs, x->shape, sizeof(int64_t) * (size_t)(nd - 2));
+  memcpy(is, x->shape, sizeof(int64_t) * (size_t)(nd - 2));
+  xs[nd - 2] = x->shape[nd - 2] * x->shape[nd - 1];
+  is[nd - 2] = oh * ow;
+  ad_tensor *y =
+      ad_gather(ctx, ad_reshape(ctx, x, nd - 1, xs), -1, ad_reshape(ctx, idx, nd - 1, is));
+  return y ? ad_reshape(ctx, y, nd, idx->shape) : NULL;
+}
+
+/* The mean: avg_pool2d with the adaptive attributes (its gradient
+ * avg_pool2d_backward with them, and back). */
+ad_tensor *ad_adaptive_avg_pool2d(ad_ctx *ctx, ad_tensor *x, int64_t oh, int64_t ow) {
+  ad_attrs at;
+  if (!ctx || !adaptive_attrs(ctx, "adaptive_avg_pool2d", oh, ow, &at)) return NULL;
+  return ad_apply1(ctx, AD_OP_AVG_POOL2D, x, &at);
 }
 
 /* Whether window o along an axis (kernel k, stride s, padding p, dilation

@@ -19,30 +19,16 @@
  *                        global average pooling layer);
  *   n divides L on each  ad_avg_pool2d with kernel = stride = L / n (the
  *                        windows are then disjoint and of equal size);
- *   otherwise            each axis n does not divide laid out as n windows
- *                        of the longest window's k taps (the gather of
- *                        adaptive max pooling, below), the repeated taps
- *                        set to 0 by ad_where against a constant mask (not
- *                        multiplied by 0: an inf or NaN must reach only
- *                        its own windows, as in PyTorch), ad_avg_pool2d
- *                        with kernel = stride = (kh, kw), and a product
- *                        with the constant kh kw / count of each window.
- *                        Mask and factors are arena tensors built in each
- *                        forward (no parameter, no state to go stale) and
- *                        freed with the tape. The result is the window's
- *                        mean over k taps times k / count, so it may
- *                        differ from PyTorch's sum / count in the last bit.
+ *   otherwise            ad_adaptive_avg_pool2d: one op, each window's
+ *                        sum (in double) divided by its size, so an inf
+ *                        or NaN reaches only its own windows, as in
+ *                        PyTorch.
  *
- * Adaptive max pooling (nn.AdaptiveMaxPool1d/2d) takes the same windows.
- * An axis n divides has disjoint windows of L / n; otherwise each window
- * is laid out with its last element repeated up to the longest window k
- * (a gather along the axis: ad_index_select with a constant index vector,
- * n k long). Then ad_max_pool2d with kernel = stride = the windows' sizes
- * takes each window's maximum. Repeating the last element changes no
- * maximum and no argmax: ad_max_pool2d sends the gradient to the first
- * maximum in row-major order, or to the last NaN, as PyTorch's adaptive
- * max pooling does, and the gathered windows keep the input's row-major
- * order (a repeated element only follows itself). */
+ * Adaptive max pooling (nn.AdaptiveMaxPool1d/2d) takes the same windows:
+ * ad_max_pool2d with kernel = stride = L / n when n divides each axis,
+ * else ad_adaptive_max_pool2d; both send the gradient to the first maximum
+ * in row-major order, or to the last NaN, as PyTorch's adaptive max
+ * pooling does. */
 #include "nn_internal.h"
 
 #include <math.h>
@@ -248,98 +234,26 @@ static int64_t window_start(int64_t i, int64_t len, int64_t n) {
   return i * (len / n) + (i * (len % n)) / n;
 }
 
-/* Axis axis of x (length len) laid out as n windows of k, window i the
- * elements [start_i, end_i) then its last one repeated up to k (see the
- * top of the file); NULL on error. */
-static ad_tensor *adaptive_windows(ad_ctx *ctx, ad_tensor *x, int axis, int64_t len, int64_t n,
-                                   int64_t k) {
-  int64_t m = n * k;
-  ad_tensor *idx = nn_tmp_tensor(ctx, AD_I32, 1, &m);
-  if (!idx) return NULL;
-  int32_t *d = idx->data;
-  for (int64_t i = 0; i < n; i++) {
-    int64_t start = window_start(i, len, n), end = len - window_start(n - 1 - i, len, n);
-    for (int64_t j = 0; j < k; j++) d[i * k + j] = (int32_t)(start + j < end ? start + j : end - 1);
-  }
-  return nn_take_axis(ctx, x, axis, idx);
-}
-
-/* The longest window of an axis of len pooled to n. */
-static int64_t adaptive_window_max(int64_t len, int64_t n) {
-  int64_t k = 0;
-  for (int64_t i = 0; i < n; i++) {
-    int64_t w = len - window_start(n - 1 - i, len, n) - window_start(i, len, n);
-    k = w > k ? w : k;
-  }
-  return k;
-}
-
-/* The windows of adaptive pooling of the last two axes of x (3-D or 4-D)
- * to n[0] x n[1], laid out evenly, k[a] taps each along axis a (an axis
- * that n[a] divides is left as it is, its windows already even); x itself
- * when n divides both. NULL with the error for an axis to lay out above
- * 2^31 - 1 elements (the gather's int32 indices). */
-static ad_tensor *adaptive_layout(ad_ctx *ctx, ad_tensor *x, const int64_t *n, int64_t *k) {
-  int hx = x->ndim - 2;
-  int64_t len[2] = {x->shape[hx], x->shape[hx + 1]};
-  ad_tensor *y = x;
-  for (int a = 1; a >= 0 && y; a--) {
-    if (len[a] % n[a] == 0) {
-      k[a] = len[a] / n[a];
-      continue;
-    }
-    if (len[a] > I32_MAX) {
-      char s[64];
-      ad_set_error(ctx, AD_ERR_SHAPE, "input %s: an axis above 2^31 - 1 elements",
-                   ad_shape_str(x, s, sizeof s));
-      return NULL;
-    }
-    k[a] = adaptive_window_max(len[a], n[a]);
-    y = adaptive_windows(ctx, y, hx + a, len[a], n[a], k[a]);
-  }
-  return y;
-}
-
 /* Adaptive average pooling of the last two axes of x (3-D or 4-D) to oh x
  * ow; the three ways at the top of the file. */
 ad_tensor *nn_adaptive_avg2d(ad_ctx *ctx, ad_tensor *x, int64_t oh, int64_t ow) {
   int hx = x->ndim - 2;
-  int64_t len[2] = {x->shape[hx], x->shape[hx + 1]}, n[2] = {oh, ow}, k[2];
+  int64_t len[2] = {x->shape[hx], x->shape[hx + 1]};
   if (oh == 1 && ow == 1) return ad_global_avg_pool2d(ctx, x);
   if (len[0] % oh == 0 && len[1] % ow == 0)
     return ad_avg_pool2d(ctx, x, len[0] / oh, len[1] / ow, NULL);
-  ad_tensor *y = adaptive_layout(ctx, x, n, k);
-  if (!y) return NULL;
-  /* the repeated taps count as 0 (where, so that an inf or NaN elsewhere in
-   * the row stays out of the window); window (i, j) then sums to the sum
-   * of its cnt_h(i) cnt_w(j) elements, divided by kh kw */
-  int64_t ms[2] = {oh * k[0], ow * k[1]};
-  ad_tensor *mask = nn_tmp_tensor(ctx, x->dtype, 2, ms),
-            *scale = nn_tmp_tensor(ctx, x->dtype, 2, n);
-  if (!mask || !scale) return NULL;
-  for (int64_t i = 0; i < ms[0]; i++) {
-    int64_t hi = i / k[0], ch = len[0] - window_start(n[0] - 1 - hi, len[0], n[0]) -
-                                window_start(hi, len[0], n[0]);
-    for (int64_t j = 0; j < ms[1]; j++) {
-      int64_t wj = j / k[1], cw = len[1] - window_start(n[1] - 1 - wj, len[1], n[1]) -
-                                  window_start(wj, len[1], n[1]);
-      ad_tensor_set(mask, i * ms[1] + j, i % k[0] < ch && j % k[1] < cw ? 1 : 0);
-      if (i % k[0] == 0 && j % k[1] == 0)
-        ad_tensor_set(scale, hi * n[1] + wj, (double)(k[0] * k[1]) / (double)(ch * cw));
-    }
-  }
-  y = ad_where(ctx, mask, y, ad_scalar(ctx, x->dtype, 0));
-  if (y) y = ad_avg_pool2d(ctx, y, k[0], k[1], NULL);
-  return y ? ad_mul(ctx, y, scale) : NULL;
+  return ad_adaptive_avg_pool2d(ctx, x, oh, ow);
 }
 
 /* Adaptive max pooling of the last two axes of x (3-D or 4-D) to oh x ow:
- * ad_max_pool2d with kernel = stride = the window, on x itself when n
- * divides the length of each axis, else on the windows laid out evenly. */
+ * ad_max_pool2d with kernel = stride = the window when n divides the length
+ * of each axis (its fast kernels), else ad_adaptive_max_pool2d. */
 ad_tensor *nn_adaptive_max2d(ad_ctx *ctx, ad_tensor *x, int64_t oh, int64_t ow) {
-  int64_t n[2] = {oh, ow}, k[2];
-  ad_tensor *y = adaptive_layout(ctx, x, n, k);
-  return y ? ad_max_pool2d(ctx, y, k[0], k[1], NULL) : NULL;
+  int hx = x->ndim - 2;
+  int64_t len[2] = {x->shape[hx], x->shape[hx + 1]};
+  if (len[0] % oh == 0 && len[1] % ow == 0)
+    return ad_max_pool2d(ctx, x, len[0] / oh, len[1] / ow, NULL);
+  return ad_adaptive_max_pool2d(ctx, x, oh, ow);
 }
 
 /* The checks of the forward that name the layer: x's rank, dtype and

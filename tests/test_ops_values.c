@@ -439,8 +439,8 @@ static bool typed_attrs(parser *ps, fx_case *c) {
     for (int k = 0; k < a->n; k++) at->permute.perm[k] = (int)v[k];
     break;
   case AD_ATTRS_POOL:
-    at->pool = (ad_pool_attrs){{v[0], v[1]}, {v[2], v[3]}, {v[4], v[5]},  {v[6], v[7]},
-                               v[8] != 0,    v[9] != 0,    {v[10], v[11]}};
+    at->pool = (ad_pool_attrs){{v[0], v[1]}, {v[2], v[3]}, {v[4], v[5]},   {v[6], v[7]},
+                               v[8] != 0,    v[9] != 0,    {v[10], v[11]}, false};
     break;
   case AD_ATTRS_CONV:
     at->conv = conv_attrs_of(v);
@@ -714,7 +714,8 @@ static bool same_member(int kind, const ad_attrs *a, const ad_attrs *b) {
           p->padding[k] != q->padding[k] || p->dilation[k] != q->dilation[k] ||
           p->in_size[k] != q->in_size[k])
         return false;
-    return p->ceil_mode == q->ceil_mode && p->count_include_pad == q->count_include_pad;
+    return p->ceil_mode == q->ceil_mode && p->count_include_pad == q->count_include_pad &&
+           p->adaptive == q->adaptive;
   }
   case AD_ATTRS_CONV: {
     const ad_conv_attrs *p = &a->conv, *q = &b->conv;

@@ -144,7 +144,7 @@ Test(pool, partner_ops_check_their_inputs) {
   ad_tensor *wrong_c = param(ctx, 4, sc, NULL);
   ad_attrs at;
   memset(&at, 0, sizeof at);
-  at.pool = (ad_pool_attrs){{2, 2}, {2, 2}, {0, 0}, {1, 1}, false, true, {0, 0}};
+  at.pool = (ad_pool_attrs){{2, 2}, {2, 2}, {0, 0}, {1, 1}, false, true, {0, 0}, false};
   ad_tensor *in[2] = {bad, x};
   cr_assert_null(ad_op_apply(ctx, ad_op_find(ctx, "max_pool2d_backward"), 2, in, &at));
   expect_error(AD_ERR_SHAPE, "max_pool2d_backward", "dy [1,2,3,3] does not fit x [1,2,4,4]",
@@ -353,6 +353,116 @@ Test(pool, chw_input_is_one_image) {
   ad_tensor_free(b);
 }
 
+/* ------------------------------------------------------ adaptive pools */
+
+/* ad_adaptive_max_pool2d and ad_adaptive_avg_pool2d against a loop over
+ * PyTorch's windows (rows floor(i H / oh) to ceil((i + 1) H / oh)):
+ * overlapping windows (7 -> 3, 5 -> 2), more outputs than inputs (3 -> 5),
+ * a NaN, an inf, -inf and ties (the first maximum, or the last NaN, takes
+ * the gradient; overlapping windows add theirs in window order). f64 and
+ * f32; the mean is the window's sum in double over its size. */
+static void adaptive_reference(const double *x, int64_t h, int64_t w, int64_t oh, int64_t ow,
+                               const double *dy, double *ymax, double *yavg, double *dmax) {
+  for (int64_t k = 0; k < h * w; k++) dmax[k] = 0;
+  for (int64_t i = 0; i < oh; i++)
+    for (int64_t j = 0; j < ow; j++) {
+      int64_t h0 = i * h / oh, h1 = ((i + 1) * h + oh - 1) / oh;
+      int64_t w0 = j * w / ow, w1 = ((j + 1) * w + ow - 1) / ow;
+      int64_t arg = h0 * w + w0;
+      double best = -INFINITY, sum = 0;
+      for (int64_t y = h0; y < h1; y++)
+        for (int64_t c = w0; c < w1; c++) {
+          double v = x[y * w + c];
+          sum += v;
+          if (v > best || isnan(v)) best = v, arg = y * w + c;
+        }
+      ymax[i * ow + j] = best;
+      yavg[i * ow + j] = sum / (double)((h1 - h0) * (w1 - w0));
+      dmax[arg] += dy[i * ow + j];
+    }
+}
+
+Test(pool, adaptive_pools_take_pytorchs_windows) {
+  static const int64_t sz[3][4] = {{7, 5, 3, 2}, {3, 4, 5, 3}, {5, 7, 5, 7}};
+  for (int dti = 0; dti < 2; dti++) {
+    ad_dtype dt = dti ? AD_F32 : AD_F64;
+    for (int c = 0; c < 3; c++) {
+      int64_t h = sz[c][0], w = sz[c][1], oh = sz[c][2], ow = sz[c][3];
+      double xv[35], dyv[35], ymax[35], yavg[35], dmax[35];
+      for (int64_t k = 0; k < h * w; k++) xv[k] = (double)((k * 7) % 5) - 2; /* ties */
+      xv[3] = NAN, xv[h * w - 2] = INFINITY, xv[h * w - 1] = -INFINITY;
+      for (int64_t k = 0; k < oh * ow; k++) dyv[k] = 0.5 + (double)k;
+      adaptive_reference(xv, h, w, oh, ow, dyv, ymax, yavg, dmax);
+      int64_t s[4] = {1, 1, h, w}, so[4] = {1, 1, oh, ow};
+      ad_tensor *x = ad_zeros(ctx, dt, 4, s), *dy = ad_zeros(ctx, dt, 4, so);
+      cr_assert(x && dy && ad_tensor_set_requires_grad(x, true) == AD_OK);
+      for (int64_t k = 0; k < h * w; k++) ad_tensor_set(x, k, xv[k]);
+      for (int64_t k = 0; k < oh * ow; k++) ad_tensor_set(dy, k, dyv[k]);
+      ad_tensor *y = ad_adaptive_max_pool2d(ctx, x, oh, ow);
+      expect_shape(y, 4, so, "adaptive_max_pool2d");
+      expect_values(y, oh * ow, ymax, "adaptive_max_pool2d");
+      cr_assert_eq(ad_backward(ctx, y, dy), AD_OK, "%s", ad_last_error(ctx));
+      expect_values(x->grad, h * w, dmax, "adaptive_max_pool2d's dx");
+      ad_tape_reset(ctx);
+      /* the mean of f32 rounds the double mean once */
+      for (int64_t k = 0; k < oh * ow; k++) yavg[k] = dti ? (double)(float)yavg[k] : yavg[k];
+      y = ad_adaptive_avg_pool2d(ctx, x, oh, ow);
+      expect_shape(y, 4, so, "adaptive_avg_pool2d");
+      expect_values(y, oh * ow, yavg, "adaptive_avg_pool2d");
+      ad_tape_reset(ctx);
+      ad_tensor_free(x);
+      ad_tensor_free(dy);
+    }
+  }
+  int64_t s3[3] = {2, 4, 4};
+  ad_tensor *x = param(ctx, 3, s3, NULL);
+  cr_assert_null(ad_adaptive_max_pool2d(ctx, x, 0, 2));
+  expect_error(AD_ERR_ARG, "adaptive_max_pool2d: output size 0x2 must be in [1, 2^30]", NULL);
+  cr_assert_null(ad_adaptive_avg_pool2d(ctx, x, 3, (int64_t)1 << 31));
+  expect_error(AD_ERR_ARG, "adaptive_avg_pool2d: output size 3x2147483648", NULL);
+  cr_assert_null(ad_adaptive_max_pool2d(ctx, NULL, 2, 2));
+  cr_assert_eq(ad_last_status(ctx), AD_ERR_NULL);
+  ad_clear_error(ctx);
+  expect_shape(ad_adaptive_avg_pool2d(ctx, x, 3, 5), 3, (const int64_t[]){2, 3, 5}, "CHW");
+  ad_tape_reset(ctx);
+  ad_tensor_free(x);
+}
+
+/* Second derivatives of both, to any order: the maximum's gradient is a
+ * scatter_add (its own gradient the gather), the mean's avg_pool2d's
+ * partner with the adaptive attributes. */
+static ad_tensor *adaptive_sq(ad_ctx *c, int n, ad_tensor *const *in, void *ud) {
+  (void)n, (void)ud;
+  ad_tensor *xy = ad_mul(c, in[0], in[1]);
+  ad_tensor *m =
+      ad_mul(c, ad_adaptive_max_pool2d(c, xy, 3, 4), ad_adaptive_max_pool2d(c, in[0], 3, 4));
+  ad_tensor *a = ad_square(c, ad_adaptive_avg_pool2d(c, xy, 3, 4));
+  return ad_add(c, m, a);
+}
+
+Test(pool, adaptive_pools_second_order) {
+  int64_t s[4] = {2, 2, 7, 6};
+  ad_rng rng;
+  ad_rng_seed(&rng, 12);
+  ad_tensor *in[2] = {ad_zeros(ctx, AD_F64, 4, s), ad_rand(ctx, &rng, AD_F64, 4, s, 0.5, 1.5)};
+  cr_assert(in[0] && in[1]);
+  for (int64_t i = 0; i < in[0]->size; i++)
+    ad_tensor_set(in[0], i, 0.25 * (double)((i * 37) % in[0]->size) - 5);
+  ad_tensor_set_requires_grad(in[0], true);
+  ad_tensor_set_requires_grad(in[1], true);
+  ad_check_report r;
+  for (int second = 0; second < 2; second++) {
+    ad_status st = second ? ad_gradgradcheck(ctx, adaptive_sq, NULL, 2, in, NULL, &r)
+                          : ad_gradcheck(ctx, adaptive_sq, NULL, 2, in, NULL, &r);
+    cr_assert_eq(st, AD_OK, "%s", ad_last_error(ctx));
+    cr_assert(r.passed, "order %d: input %d [%lld] analytic %.10g numeric %.10g", second + 1,
+              r.input, (long long)r.index, r.analytic, r.numeric);
+    cr_assert_gt(r.checked, 0);
+  }
+  ad_tensor_free(in[0]);
+  ad_tensor_free(in[1]);
+}
+
 /* --------------------------------------------------- second derivatives */
 
 /* Composites whose second derivative is not zero: the double backward of
@@ -542,7 +652,7 @@ Test(pool, fast_path_gives_the_general_bits) {
           if (ceil && !even) continue;
           ad_attrs at;
           memset(&at, 0, sizeof at);
-          at.pool = (ad_pool_attrs){{k, k}, {k, k}, {0, 0}, {1, 1}, ceil, true, {0, 0}};
+          at.pool = (ad_pool_attrs){{k, k}, {k, k}, {0, 0}, {1, 1}, ceil, true, {0, 0}, false};
           char what[96];
           snprintf(what, sizeof what, "%s k %lld shape %zu ceil %d", ad_dtype_name(dt),
                    (long long)k, si, ceil);

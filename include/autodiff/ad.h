@@ -1205,6 +1205,21 @@ AD_API ad_tensor *ad_max_pool2d_indices(ad_ctx *ctx, ad_tensor *x, int64_t kh, i
  * input. Errors as above, and AD_ERR_ARG for a dilation other than 1. */
 AD_API ad_tensor *ad_avg_pool2d(ad_ctx *ctx, ad_tensor *x, int64_t kh, int64_t kw,
                                 const ad_pool2d_opts *opts);
+/** PyTorch's adaptive_max_pool2d(x, (oh, ow)) and adaptive_avg_pool2d: output
+ * (i, j) pools rows [floor(i H / oh), ceil((i + 1) H / oh)) and columns
+ * [floor(j W / ow), ceil((j + 1) W / ow)) (windows that overlap when oh does
+ * not divide H; oh may exceed H). The maximum's argmax, ties and NaN are
+ * ad_max_pool2d's; the mean divides the window's sum (in double) by its
+ * size. Differentiable to any order: the mean is avg_pool2d with the
+ * attributes' adaptive flag; the maximum is x read at each window's argmax
+ * (found once, in the forward) by ad_gather, so its gradient is a
+ * scatter_add. Errors: ad_max_pool2d's for the input, and AD_ERR_ARG
+ * naming the function for oh or ow outside [1, 2^30]; the maximum also
+ * AD_ERR_SHAPE for a plane of more than 2^31 elements (the gather's int32
+ * indices). @{ */
+AD_API ad_tensor *ad_adaptive_max_pool2d(ad_ctx *ctx, ad_tensor *x, int64_t oh, int64_t ow);
+AD_API ad_tensor *ad_adaptive_avg_pool2d(ad_ctx *ctx, ad_tensor *x, int64_t oh, int64_t ow);
+/** @} */
 /** The mean over H, W, keeping them: [N, C, H, W] -> [N, C, 1, 1] ([C, H,
  * W] -> [C, 1, 1]), PyTorch's adaptive_avg_pool2d(x, 1). A composite: a
  * sum over H, W (keepdim) divided by H W. Errors: not 3-D or 4-D, or H or

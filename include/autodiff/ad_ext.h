@@ -190,7 +190,12 @@ typedef struct ad_conv_attrs {
  * and the spacing of its taps, each explicit (ad_pool2d_opts's zeros are
  * resolved by the builders); ceil_mode and count_include_pad as in
  * PyTorch. in_size: the H, W of the input that avg_pool2d_backward gives
- * the gradient of (other ops ignore it). */
+ * the gradient of (other ops ignore it). adaptive: PyTorch's adaptive
+ * pooling (ad_adaptive_max_pool2d, ad_adaptive_avg_pool2d): kernel is then
+ * the output's H, W (each in 1..2^30) and output i of an axis of length L
+ * pooled to n covers [floor(i L / n), ceil((i + 1) L / n)), divided by its
+ * size for the mean; stride, padding, dilation, ceil_mode and
+ * count_include_pad are ignored. */
 typedef struct ad_pool_attrs {
   /** per axis (h, w): window, step, padding on both sides, spacing of taps @{ */
   int64_t kernel[2], stride[2], padding[2], dilation[2];
@@ -199,6 +204,7 @@ typedef struct ad_pool_attrs {
   bool ceil_mode, count_include_pad;
   /** @} */
   int64_t in_size[2]; /**< avg_pool2d_backward: the H, W of the input */
+  bool adaptive;      /**< PyTorch's adaptive windows, kernel the output size (above) */
 } ad_pool_attrs;
 
 /** attention: softmax(scale Q K^T [+ causal mask]) V */
