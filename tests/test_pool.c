@@ -585,13 +585,13 @@ static void fill_tricky(ad_tensor *t, ad_rng *rng) {
 
 /* The argmax (flat index into the plane) of window (oy, ox) of a k x k,
  * stride k pooling: the first maximum in row-major order, or the last NaN. */
-static int64_t ref_argmax(const ad_tensor *x, int64_t base, int64_t iw, int64_t k, int64_t oy,
-                          int64_t ox) {
+static int64_t ref_argmax(const ad_tensor *x, int64_t base, int64_t iw, int64_t kh, int64_t kw,
+                          int64_t oy, int64_t ox) {
   int64_t arg = -1;
   double best = 0;
-  for (int64_t t = 0; t < k; t++)
-    for (int64_t u = 0; u < k; u++) {
-      int64_t i = (oy * k + t) * iw + ox * k + u;
+  for (int64_t t = 0; t < kh; t++)
+    for (int64_t u = 0; u < kw; u++) {
+      int64_t i = (oy * kh + t) * iw + ox * kw + u;
       double v = ad_tensor_get(x, base + i);
       if (arg < 0 || v > best || isnan(v)) arg = i, best = v;
     }
@@ -609,8 +609,9 @@ static void expect_bits(const ad_tensor *got, const ad_tensor *want, const char 
                  ad_tensor_get(got, i), ad_tensor_get(want, i));
 }
 
-/* max_pool2d, max_pool2d_backward and max_pool2d_select with a 2x2 or 3x3
- * kernel, stride = kernel, no padding (the fast path), give every bit of a
+/* max_pool2d, max_pool2d_backward and max_pool2d_select with a 2x2, 3x3,
+ * 1x2, 1x3, 2x1 or 3x1 kernel (the last four: the 1-D pools and the depth
+ * stage of the 3-D ones), stride = kernel, no padding (the fast path), give every bit of a
  * plain reference, and of the general kernels (reached with ceil_mode on a
  * size it does not change), on data full of ties and NaNs; also with H, W
  * not multiples of the kernel (rows and columns no window covers). */
@@ -621,11 +622,13 @@ Test(pool, fast_path_gives_the_general_bits) {
   int max_id = ad_op_find(ctx, "max_pool2d"), back_id = ad_op_find(ctx, "max_pool2d_backward");
   int sel_id = ad_op_find(ctx, "max_pool2d_select");
   for (int dti = 0; dti < 2; dti++)
-    for (int64_t k = 2; k <= 3; k++)
+    for (int ki = 0; ki < 6; ki++)
       for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++) {
+        static const int64_t ks[6][2] = {{2, 2}, {3, 3}, {1, 2}, {1, 3}, {2, 1}, {3, 1}};
+        const int64_t kh = ks[ki][0], kw = ks[ki][1];
         ad_dtype dt = dti ? AD_F64 : AD_F32;
         const int64_t *s = shapes[si];
-        int64_t oh = s[2] / k, ow = s[3] / k, so[4] = {s[0], s[1], oh, ow};
+        int64_t oh = s[2] / kh, ow = s[3] / kw, so[4] = {s[0], s[1], oh, ow};
         ad_tensor *x = ad_zeros(ctx, dt, 4, s), *gx = ad_zeros(ctx, dt, 4, s);
         ad_tensor *dy = ad_zeros(ctx, dt, 4, so);
         fill_tricky(x, &rng);
@@ -638,7 +641,7 @@ Test(pool, fast_path_gives_the_general_bits) {
         for (int64_t p = 0; p < s[0] * s[1]; p++)
           for (int64_t oy = 0; oy < oh; oy++)
             for (int64_t ox = 0; ox < ow; ox++) {
-              int64_t a = p * s[2] * s[3] + ref_argmax(x, p * s[2] * s[3], s[3], k, oy, ox);
+              int64_t a = p * s[2] * s[3] + ref_argmax(x, p * s[2] * s[3], s[3], kh, kw, oy, ox);
               int64_t w = (p * oh + oy) * ow + ox;
               memcpy((char *)ry->data + (size_t)w * es, (char *)x->data + (size_t)a * es, es);
               memcpy((char *)rs->data + (size_t)w * es, (char *)gx->data + (size_t)a * es, es);
@@ -648,14 +651,14 @@ Test(pool, fast_path_gives_the_general_bits) {
                 ((double *)rb->data)[a] = 0.0 + ((double *)dy->data)[w];
             }
         for (int ceil = 0; ceil < 2; ceil++) {
-          bool even = s[2] % k == 0 && s[3] % k == 0;
+          bool even = s[2] % kh == 0 && s[3] % kw == 0;
           if (ceil && !even) continue;
           ad_attrs at;
           memset(&at, 0, sizeof at);
-          at.pool = (ad_pool_attrs){{k, k}, {k, k}, {0, 0}, {1, 1}, ceil, true, {0, 0}, false};
+          at.pool = (ad_pool_attrs){{kh, kw}, {kh, kw}, {0, 0}, {1, 1}, ceil, true, {0, 0}, false};
           char what[96];
-          snprintf(what, sizeof what, "%s k %lld shape %zu ceil %d", ad_dtype_name(dt),
-                   (long long)k, si, ceil);
+          snprintf(what, sizeof what, "%s k %lldx%lld shape %zu ceil %d", ad_dtype_name(dt),
+                   (long long)kh, (long long)kw, si, ceil);
           ad_tensor *in[2] = {dy, x};
           expect_bits(ad_op_apply(ctx, max_id, 1, &x, &at), ry, what);
           expect_bits(ad_op_apply(ctx, back_id, 2, in, &at), rb, what);
