@@ -235,13 +235,63 @@ typedef struct pool_state {
   ad_pool2d_opts o;
 } pool_state;
 
+/* PyTorch's pooled length of an axis of n (dilation 1), < 1 when too small */
+static int64_t pool_out_len(int64_t n, int64_t k, int64_t st, int64_t p, bool ceil_mode) {
+  int64_t span = n + 2 * p - k;
+  if (span < 0) return 0;
+  int64_t len = (span + (ceil_mode ? st - 1 : 0)) / st + 1;
+  return ceil_mode && (len - 1) * st >= n + p ? len - 1 : len;
+}
+
+/* Max pooling with overlapping windows: each window's argmax found once
+ * (ad_max_pool2d_indices, the op's own rule: the first maximum, or the
+ * last NaN), then x read there by ad_gather along the flattened plane. The
+ * values are ad_max_pool2d's bits and the gradient is a scatter_add of dy
+ * in window order, where max_pool2d's backward would search every window
+ * again (as PyTorch keeps its indices; 7.6x its backward for 3x3, stride
+ * 2, padding 1, before). Only with dilation 1 (every window then holds an
+ * element of the input) on an input the op takes, with planes that the
+ * int32 indices reach; NULL when it does not apply (*used false). */
+static ad_tensor *max_pool_gathered(ad_ctx *ctx, ad_tensor *x, const pool_state *s, bool *used) {
+  const ad_pool2d_opts *o = &s->o;
+  int64_t sh = o->stride[0] ? o->stride[0] : s->kh, sw = o->stride[1] ? o->stride[1] : s->kw;
+  *used = false;
+  const int64_t lim = INT64_C(1) << 30; /* the op's limit on kernel and stride */
+  bool attrs_ok = s->kh <= lim && s->kw <= lim && sh >= 1 && sw >= 1 && sh <= lim && sw <= lim &&
+                  o->padding[0] >= 0 && o->padding[1] >= 0 && o->padding[0] <= s->kh / 2 &&
+                  o->padding[1] <= s->kw / 2 && (o->dilation[0] == 0 || o->dilation[0] == 1) &&
+                  (o->dilation[1] == 0 || o->dilation[1] == 1);
+  if (!attrs_ok || (sh >= s->kh && sw >= s->kw) || !x ||
+      (x->dtype != AD_F32 && x->dtype != AD_F64) || (x->ndim != 3 && x->ndim != 4))
+    return NULL;
+  int nd = x->ndim;
+  int64_t h = x->shape[nd - 2], w = x->shape[nd - 1];
+  if (h < 1 || w < 1 || h > INT32_MAX / w) return NULL;
+  int64_t oh = pool_out_len(h, s->kh, sh, o->padding[0], o->ceil_mode);
+  int64_t ow = pool_out_len(w, s->kw, sw, o->padding[1], o->ceil_mode);
+  if (oh < 1 || ow < 1) return NULL;
+  *used = true;
+  ad_tensor *idx = ad_max_pool2d_indices(ctx, x, s->kh, s->kw, o);
+  if (!idx) return NULL;
+  int64_t xs[3], is[3];
+  for (int d = 0; d < nd - 2; d++) xs[d] = is[d] = x->shape[d];
+  xs[nd - 2] = h * w;
+  is[nd - 2] = oh * ow;
+  ad_tensor *y =
+      ad_gather(ctx, ad_reshape(ctx, x, nd - 1, xs), -1, ad_reshape(ctx, idx, nd - 1, is));
+  return y ? ad_reshape(ctx, y, nd, idx->shape) : NULL;
+}
+
 static ad_tensor *pool_forward(nn_layer *l, ad_tensor *x, bool training) {
   (void)training;
   pool_state *s = nn_layer_state(l);
   ad_ctx *ctx = nn_layer_ctx(l);
+  bool used;
+  ad_tensor *y;
   switch (s->kind) {
   case POOL_MAX:
-    return ad_max_pool2d(ctx, x, s->kh, s->kw, &s->o);
+    y = max_pool_gathered(ctx, x, s, &used);
+    return used ? y : ad_max_pool2d(ctx, x, s->kh, s->kw, &s->o);
   case POOL_AVG:
     return ad_avg_pool2d(ctx, x, s->kh, s->kw, &s->o);
   case POOL_GLOBAL_AVG:

@@ -172,6 +172,74 @@ Test(cnn, pooling_layers_run_their_ops) {
   ad_tensor_free(x);
 }
 
+/* MaxPool2d with overlapping windows reads x at the argmax (a gather):
+ * the values and gradients are ad_max_pool2d's bits, in both dtypes, on
+ * data full of ties, with NaNs, -inf, padding, ceil_mode and an unbatched
+ * input; the second derivative through the layer matches central
+ * differences (a gather's gradient is a scatter_add, and back). */
+static ad_tensor *tricky(ad_dtype dt, int nd, const int64_t *s) {
+  ad_tensor *x = ad_zeros(ctx, dt, nd, s);
+  cr_assert_not_null(x);
+  for (int64_t i = 0; i < x->size; i++)
+    ad_tensor_set(x, i, i % 13 == 5 ? NAN : i % 17 == 3 ? -INFINITY : (double)((i * 7) % 5));
+  return x;
+}
+
+static ad_tensor *pool_sq(ad_ctx *c, int n, ad_tensor *const *in, void *ud) {
+  (void)n;
+  nn_layer *l = ud;
+  ad_tensor *y = nn_layer_forward(l, ad_mul(c, in[0], in[1]), true);
+  return ad_mul(c, y, nn_layer_forward(l, in[0], true));
+}
+
+Test(cnn, overlapping_max_pool_gives_the_ops_bits) {
+  static const int64_t s4[4] = {2, 3, 9, 8}, s3[3] = {3, 7, 9};
+  ad_pool2d_opts os[3] = {{.stride = {2, 2}, .padding = {1, 1}},
+                          {.stride = {1, 2}, .ceil_mode = true},
+                          {.stride = {2, 1}, .padding = {1, 0}, .ceil_mode = true}};
+  for (int dti = 0; dti < 2; dti++)
+    for (int oi = 0; oi < 3; oi++)
+      for (int nd = 3; nd <= 4; nd++) {
+        ad_dtype dt = dti ? AD_F32 : AD_F64;
+        nn_layer *l = nn_max_pool2d_new(ctx, 3, 2 + oi % 2, &os[oi]);
+        ad_tensor *x = tricky(dt, nd, nd == 4 ? s4 : s3), *x2 = tricky(dt, nd, nd == 4 ? s4 : s3);
+        cr_assert(l && ad_tensor_set_requires_grad(x, true) == AD_OK &&
+                  ad_tensor_set_requires_grad(x2, true) == AD_OK);
+        ad_tensor *a = nn_layer_forward(l, x, true),
+                  *b = ad_max_pool2d(ctx, x2, 3, 2 + oi % 2, &os[oi]);
+        cr_assert(a && b, "%s", ad_last_error(ctx));
+        cr_assert_eq(a->size, b->size);
+        size_t es = ad_dtype_size(dt);
+        cr_assert_eq(memcmp(a->data, b->data, (size_t)a->size * es), 0, "values, case %d %d-D", oi,
+                     nd);
+        ad_tensor *dy = ad_zeros(ctx, dt, a->ndim, a->shape);
+        for (int64_t i = 0; i < dy->size; i++) ad_tensor_set(dy, i, 0.25 * (double)(i % 9) - 1);
+        cr_assert_eq(ad_backward(ctx, a, dy), AD_OK, "%s", ad_last_error(ctx));
+        cr_assert_eq(ad_backward(ctx, b, dy), AD_OK, "%s", ad_last_error(ctx));
+        cr_assert_eq(memcmp(x->grad->data, x2->grad->data, (size_t)x->size * es), 0,
+                     "gradients, case %d %d-D", oi, nd);
+        ad_tape_reset(ctx);
+        ad_tensor_free(x), ad_tensor_free(x2), ad_tensor_free(dy);
+        nn_layer_free(l);
+      }
+  /* second order, on distinct values (no tie moves within the step) */
+  int64_t s[4] = {1, 2, 7, 6};
+  ad_rng rng;
+  ad_rng_seed(&rng, 3);
+  ad_tensor *in[2] = {ad_zeros(ctx, AD_F64, 4, s), ad_rand(ctx, &rng, AD_F64, 4, s, 0.5, 1.5)};
+  for (int64_t i = 0; i < in[0]->size; i++)
+    ad_tensor_set(in[0], i, 0.25 * (double)((i * 37) % in[0]->size) - 5);
+  ad_tensor_set_requires_grad(in[0], true);
+  ad_tensor_set_requires_grad(in[1], true);
+  nn_layer *l = nn_max_pool2d_new(ctx, 3, 3, &os[0]);
+  ad_check_report r;
+  cr_assert_eq(ad_gradgradcheck(ctx, pool_sq, l, 2, in, NULL, &r), AD_OK, "%s", ad_last_error(ctx));
+  cr_assert(r.passed && r.checked > 0, "input %d [%lld] analytic %.10g numeric %.10g", r.input,
+            (long long)r.index, r.analytic, r.numeric);
+  nn_layer_free(l);
+  ad_tensor_free(in[0]), ad_tensor_free(in[1]);
+}
+
 /* An unbatched [C, H, W] input, as PyTorch's Conv2d and ConvTranspose2d
  * take: the batch of one's values and gradients, without the batch axis. */
 Test(cnn, unbatched_input_is_a_batch_of_one) {
