@@ -609,11 +609,39 @@ static inline double pool_pick_f64(bool take, double a, double b) {
       }                                                                                            \
     }                                                                                              \
   }                                                                                                \
+  /* Windows side by side (stride = kernel, no padding, not ceil_mode: */                          \
+  /* each inside the input, divisor kh kw): every element of a window is */                        \
+  /* 0 + dy / divisor, written once, a block of windows of a row at a */                           \
+  /* time; the elements no window covers 0. The bits of the general loop */                        \
+  /* (which adds that into zeros), without its loop per window. */                                 \
+  static void avg_back_tiled_##SUF(const pool_geom *g, const T *DY, T *Y) {                        \
+    const int64_t iw = g->iw, kh = g->kh, kw = g->kw, cw = g->ow * kw;                             \
+    const double div = (double)(kh * kw);                                                          \
+    T v[POOL_BLOCK];                                                                               \
+    for (int64_t oy = 0; oy < g->oh; oy++, DY += g->ow) {                                          \
+      for (int64_t o0 = 0; o0 < g->ow; o0 += POOL_BLOCK) {                                         \
+        const int64_t n = g->ow - o0 < POOL_BLOCK ? g->ow - o0 : POOL_BLOCK;                       \
+        for (int64_t k = 0; k < n; k++) v[k] = (T)0 + (T)((double)DY[o0 + k] / div);               \
+        for (int64_t t = 0; t < kh; t++) {                                                         \
+          T *restrict yr = Y + (oy * kh + t) * iw + o0 * kw;                                       \
+          for (int64_t k = 0; k < n; k++)                                                          \
+            for (int64_t u = 0; u < kw; u++) yr[k * kw + u] = v[k];                                \
+        }                                                                                          \
+      }                                                                                            \
+      for (int64_t t = 0; cw < iw && t < kh; t++)                                                  \
+        memset(Y + (oy * kh + t) * iw + cw, 0, sizeof(T) * (size_t)(iw - cw));                     \
+    }                                                                                              \
+    memset(Y + g->oh * kh * iw, 0, sizeof(T) * (size_t)((g->ih - g->oh * kh) * iw));               \
+  }                                                                                                \
   /* y = zeros like x; each window's elements += dy / divisor */                                   \
   static void avg_back_plane_##SUF(const pool_geom *g, const void *a, const void *b, void *out) {  \
     (void)b;                                                                                       \
     const T *DY = a;                                                                               \
     T *Y = out;                                                                                    \
+    if (!g->adaptive && g->sh == g->kh && g->sw == g->kw && !g->ph && !g->pw && !g->ceil_mode) {   \
+      avg_back_tiled_##SUF(g, DY, Y);                                                              \
+      return;                                                                                      \
+    }                                                                                              \
     memset(Y, 0, sizeof(T) * (size_t)(g->ih * g->iw));                                             \
     for (int64_t oy = 0; oy < g->oh; oy++) {                                                       \
       int64_t y0 = oy * g->sh - g->ph, y1 = y0 + g->kh;                                            \

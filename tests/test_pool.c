@@ -668,3 +668,49 @@ Test(pool, fast_path_gives_the_general_bits) {
         ad_tape_reset(ctx);
       }
 }
+
+/* avg_pool2d_backward with stride = kernel and no padding (its tiled
+ * path: each element written once) gives the general loop's bits (reached
+ * with ceil_mode on sizes it does not change) and 0 + dy / (kh kw) in each
+ * window, 0 where no window reaches: NaN, infinities and -0 in dy (0 + -0
+ * is +0, as the general loop adds into zeros), H, W not multiples. */
+Test(pool, tiled_avg_backward_gives_the_general_bits) {
+  static const int64_t shapes[][4] = {{2, 3, 12, 12}, {1, 2, 7, 9}, {2, 1, 6, 10}};
+  static const int64_t ks[][2] = {{2, 2}, {3, 3}, {1, 2}, {2, 1}, {3, 1}, {2, 3}};
+  ad_rng rng;
+  ad_rng_seed(&rng, 13);
+  int back_id = ad_op_find(ctx, "avg_pool2d_backward");
+  for (int dti = 0; dti < 2; dti++)
+    for (size_t ki = 0; ki < sizeof ks / sizeof *ks; ki++)
+      for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++) {
+        ad_dtype dt = dti ? AD_F64 : AD_F32;
+        const int64_t *s = shapes[si], kh = ks[ki][0], kw = ks[ki][1];
+        int64_t oh = s[2] / kh, ow = s[3] / kw, so[4] = {s[0], s[1], oh, ow};
+        ad_tensor *dy = ad_zeros(ctx, dt, 4, so), *want = ad_zeros(ctx, dt, 4, s);
+        fill_tricky(dy, &rng);
+        for (int64_t p = 0; p < s[0] * s[1]; p++)
+          for (int64_t i = 0; i < oh * kh; i++)
+            for (int64_t j = 0; j < ow * kw; j++) {
+              int64_t w = (p * oh + i / kh) * ow + j / kw, e = (p * s[2] + i) * s[3] + j;
+              if (dt == AD_F32)
+                ((float *)want->data)[e] =
+                    0.0f + (float)((double)((float *)dy->data)[w] / (double)(kh * kw));
+              else
+                ((double *)want->data)[e] = 0.0 + ((double *)dy->data)[w] / (double)(kh * kw);
+            }
+        for (int ceil = 0; ceil < 2; ceil++) {
+          if (ceil && (s[2] % kh || s[3] % kw)) continue;
+          ad_attrs at;
+          memset(&at, 0, sizeof at);
+          at.pool =
+              (ad_pool_attrs){{kh, kw}, {kh, kw}, {0, 0}, {1, 1}, ceil, true, {s[2], s[3]}, false};
+          char what[96];
+          snprintf(what, sizeof what, "%s k %lldx%lld shape %zu ceil %d", ad_dtype_name(dt),
+                   (long long)kh, (long long)kw, si, ceil);
+          expect_bits(ad_op_apply(ctx, back_id, 1, &dy, &at), want, what);
+        }
+        ad_tape_reset(ctx);
+        ad_tensor_free(dy);
+        ad_tensor_free(want);
+      }
+}
