@@ -380,6 +380,12 @@ static inline double pool_pick_f64(bool take, double a, double b) {
 #define POOL_FAST_MAX_f32(KH, KW) POOL_FAST_MAX(KH, KW, f32)
 #define POOL_FAST_MAX_f64(KH, KW) POOL_FAST_MAX(KH, KW, f64)
 
+/* Columns per pass of the adaptive argmax, and its row type: as wide as T,
+ * so that the column pass vectorises */
+#define POOL_SPAN 512
+typedef int32_t pool_row_f32;
+typedef int64_t pool_row_f64;
+
 /* The kernels, one plane at a time. The argmax of a window is the first
  * maximum in row-major window order, or the last NaN if it holds any, as
  * in PyTorch's CPU kernel (its value is the window's maximum, NaN if it
@@ -424,60 +430,77 @@ static inline double pool_pick_f64(bool take, double a, double b) {
       }                                                                                            \
     }                                                                                              \
   }                                                                                                \
-  /* The same for adaptive windows (window ox spans columns [w0, w1] of */                         \
-  /* rows [h0, h1), kw taps each, its last column repeated up to kw: a */                          \
-  /* repeated tap is not above the best and takes a NaN only again, so the */                      \
-  /* argmax is the plain scan's), the windows of the block side by side */                         \
+  /* The same for adaptive windows, a block of windows of one output row */                        \
+  /* in two passes: down each column of the block's span, the first */                             \
+  /* maximum in row order (or the last NaN) and its row, in rows the */                            \
+  /* compiler vectorises; then along each window's columns, the */                                 \
+  /* candidate of the lowest row among the maxima (the first column on a */                        \
+  /* tie), or of the highest row among the NaNs (the last column on a */                           \
+  /* tie): the first maximum, or the last NaN, in row-major order, as the */                       \
+  /* plain scan. The span is at most POOL_SPAN columns. */                                         \
   static void adaptive_argmax_run_##SUF(const T *X, const pool_geom *g, int64_t oy, int64_t ox0,   \
                                         int64_t n, T *best, int64_t *arg) {                        \
-    const int64_t iw = g->iw, kw = g->kw, h0 = adaptive_start(oy, g->ih, g->oh);                   \
+    const int64_t iw = g->iw, h0 = adaptive_start(oy, g->ih, g->oh);                               \
     const int64_t h1 = adaptive_end(oy, g->ih, g->oh);                                             \
-    /* col[u n + k]: tap u's column in window k (kw n <= 2 POOL_BLOCK) */                          \
-    int64_t col[2 * POOL_BLOCK];                                                                   \
-    for (int64_t k = 0; k < n; k++) {                                                              \
-      const int64_t w0 = adaptive_start(ox0 + k, iw, g->ow),                                       \
-                    w1 = adaptive_end(ox0 + k, iw, g->ow);                                         \
-      for (int64_t u = 0; u < kw; u++) col[u * n + k] = w0 + u < w1 ? w0 + u : w1 - 1;             \
-      arg[k] = h0 * iw + w0;                                                                       \
-      best[k] = X[arg[k]];                                                                         \
-    }                                                                                              \
-    for (int64_t y = h0; y < h1; y++) {                                                            \
-      const T *restrict r = X + y * iw;                                                            \
-      for (int64_t u = 0; u < kw; u++) {                                                           \
-        const int64_t *restrict cu = col + u * n;                                                  \
-        for (int64_t k = 0; k < n; k++) {                                                          \
-          const T v = r[cu[k]];                                                                    \
-          const bool take = (v > best[k]) | (v != v);                                              \
-          best[k] = pool_pick_##SUF(take, v, best[k]);                                             \
-          arg[k] = take ? y * iw + cu[k] : arg[k];                                                 \
-        }                                                                                          \
+    const int64_t c0 = adaptive_start(ox0, iw, g->ow),                                             \
+                  m = adaptive_end(ox0 + n - 1, iw, g->ow) - c0;                                   \
+    T vb[POOL_SPAN];                                                                               \
+    pool_row_##SUF vy[POOL_SPAN];                                                                  \
+    const T *restrict r0 = X + h0 * iw + c0;                                                       \
+    for (int64_t c = 0; c < m; c++) vb[c] = r0[c], vy[c] = (pool_row_##SUF)h0;                     \
+    for (int64_t y = h0 + 1; y < h1; y++) {                                                        \
+      const T *restrict r = X + y * iw + c0;                                                       \
+      for (int64_t c = 0; c < m; c++) {                                                            \
+        const T v = r[c];                                                                          \
+        const bool take = (v > vb[c]) | (v != v);                                                  \
+        vb[c] = take ? v : vb[c];                                                                  \
+        vy[c] = take ? (pool_row_##SUF)y : vy[c];                                                  \
       }                                                                                            \
+    }                                                                                              \
+    for (int64_t k = 0; k < n; k++) {                                                              \
+      const int64_t w0 = adaptive_start(ox0 + k, iw, g->ow) - c0;                                  \
+      const int64_t w1 = adaptive_end(ox0 + k, iw, g->ow) - c0;                                    \
+      T b = vb[w0];                                                                                \
+      int64_t by = vy[w0], bc = w0;                                                                \
+      for (int64_t c = w0 + 1; c < w1; c++) {                                                      \
+        const T v = vb[c];                                                                         \
+        const int64_t yy = vy[c];                                                                  \
+        const bool bn = b != b, vn = v != v;                                                       \
+        const bool take = bn ? vn & (yy >= by) : vn | (v > b) | ((v == b) & (yy < by));            \
+        b = pool_pick_##SUF(take, v, b);                                                           \
+        by = take ? yy : by;                                                                       \
+        bc = take ? c : bc;                                                                        \
+      }                                                                                            \
+      best[k] = b, arg[k] = by * iw + c0 + bc;                                                     \
     }                                                                                              \
   }                                                                                                \
   static void adaptive_argmax_block_##SUF(const T *X, const pool_geom *g, int64_t oy, int64_t ox0, \
                                           int64_t n, T *best, int64_t *arg) {                      \
-    const int64_t m = 2 * POOL_BLOCK / g->kw;                                                      \
-    if (m > 0) {                                                                                   \
-      for (int64_t k0 = 0; k0 < n; k0 += m)                                                        \
-        adaptive_argmax_run_##SUF(X, g, oy, ox0 + k0, n - k0 < m ? n - k0 : m, best + k0,          \
-                                  arg + k0);                                                       \
-      return;                                                                                      \
-    }                                                                                              \
-    /* windows wider than the table: one at a time, in row-major order */                          \
+    const int64_t iw = g->iw, ow = g->ow;                                                          \
     const int64_t h0 = adaptive_start(oy, g->ih, g->oh), h1 = adaptive_end(oy, g->ih, g->oh);      \
-    for (int64_t k = 0; k < n; k++) {                                                              \
-      const int64_t w0 = adaptive_start(ox0 + k, g->iw, g->ow);                                    \
-      const int64_t w1 = adaptive_end(ox0 + k, g->iw, g->ow);                                      \
-      int64_t a = h0 * g->iw + w0;                                                                 \
+    for (int64_t k = 0; k < n;) {                                                                  \
+      /* as many windows as the span holds; rows must fit pool_row */                              \
+      const int64_t c0 = adaptive_start(ox0 + k, iw, ow);                                          \
+      int64_t j = k;                                                                               \
+      while (j < n && adaptive_end(ox0 + j, iw, ow) - c0 <= POOL_SPAN && g->ih <= INT32_MAX) j++;  \
+      if (j > k) {                                                                                 \
+        adaptive_argmax_run_##SUF(X, g, oy, ox0 + k, j - k, best + k, arg + k);                    \
+        k = j;                                                                                     \
+        continue;                                                                                  \
+      }                                                                                            \
+      /* a window wider than the span: the plain scan in row-major order */                        \
+      const int64_t w1 = adaptive_end(ox0 + k, iw, ow);                                            \
+      int64_t a = h0 * iw + c0;                                                                    \
       T b = X[a];                                                                                  \
       for (int64_t y = h0; y < h1; y++)                                                            \
-        for (int64_t c = w0; c < w1; c++) {                                                        \
-          const T v = X[y * g->iw + c];                                                            \
+        for (int64_t c = c0; c < w1; c++) {                                                        \
+          const T v = X[y * iw + c];                                                               \
           const bool take = (v > b) | (v != v);                                                    \
           b = pool_pick_##SUF(take, v, b);                                                         \
-          a = take ? y * g->iw + c : a;                                                            \
+          a = take ? y * iw + c : a;                                                               \
         }                                                                                          \
       best[k] = b, arg[k] = a;                                                                     \
+      k++;                                                                                         \
     }                                                                                              \
   }                                                                                                \
   static void pool_argmax_##SUF(const T *X, const pool_geom *g, int64_t oy, int64_t ox0,           \

@@ -732,3 +732,53 @@ Test(pool, tiled_avg_backward_gives_the_general_bits) {
         ad_tensor_free(want);
       }
 }
+
+/* Adaptive max pooling picks the element the row-major scan picks (the
+ * first maximum, or the last NaN: NaNs of distinct payloads tell which),
+ * bit for bit, on data full of ties, +-0, +-inf and NaNs, over windows that
+ * overlap in both axes, f32 and f64; its gradient goes there. */
+Test(pool, adaptive_max_takes_the_row_major_scans_element) {
+  static const int64_t sz[][4] = {{32, 32, 7, 7}, {9, 40, 4, 13}, {5, 3, 8, 7}, {17, 600, 3, 5}};
+  ad_rng rng;
+  ad_rng_seed(&rng, 17);
+  for (int dti = 0; dti < 2; dti++)
+    for (size_t c = 0; c < sizeof sz / sizeof *sz; c++) {
+      ad_dtype dt = dti ? AD_F64 : AD_F32;
+      int64_t h = sz[c][0], w = sz[c][1], oh = sz[c][2], ow = sz[c][3];
+      int64_t s[4] = {2, 1, h, w};
+      ad_tensor *x = ad_zeros(ctx, dt, 4, s);
+      fill_tricky(x, &rng);
+      cr_assert_eq(ad_tensor_set_requires_grad(x, true), AD_OK);
+      ad_tensor *y = ad_adaptive_max_pool2d(ctx, x, oh, ow);
+      cr_assert_not_null(y, "%s", ad_last_error(ctx));
+      cr_assert_eq(ad_backward(ctx, ad_sum(ctx, y), NULL), AD_OK, "%s", ad_last_error(ctx));
+      size_t es = ad_dtype_size(dt);
+      ad_tensor *want_dx = ad_zeros(ctx, dt, 4, s);
+      for (int64_t p = 0; p < 2; p++)
+        for (int64_t i = 0; i < oh; i++)
+          for (int64_t j = 0; j < ow; j++) {
+            int64_t h0 = i * h / oh, h1 = ((i + 1) * h + oh - 1) / oh;
+            int64_t w0 = j * w / ow, w1 = ((j + 1) * w + ow - 1) / ow;
+            int64_t arg = p * h * w + h0 * w + w0;
+            for (int64_t yy = h0; yy < h1; yy++)
+              for (int64_t cc = w0; cc < w1; cc++) {
+                int64_t e = p * h * w + yy * w + cc;
+                double v = ad_tensor_get(x, e), b = ad_tensor_get(x, arg);
+                if (v > b || isnan(v)) arg = e;
+              }
+            int64_t o = (p * oh + i) * ow + j;
+            QUICK_ASSERT(
+                !memcmp((char *)y->data + (size_t)o * es, (char *)x->data + (size_t)arg * es, es),
+                "case %zu %s: output %lld is not x[%lld]", c, ad_dtype_name(dt), (long long)o,
+                (long long)arg);
+            ad_tensor_set(want_dx, arg, ad_tensor_get(want_dx, arg) + 1);
+          }
+      for (int64_t e = 0; e < x->size; e++)
+        QUICK_ASSERT(ad_tensor_get(x->grad, e) == ad_tensor_get(want_dx, e),
+                     "case %zu %s: dx[%lld] = %g, want %g", c, ad_dtype_name(dt), (long long)e,
+                     ad_tensor_get(x->grad, e), ad_tensor_get(want_dx, e));
+      ad_tape_reset(ctx);
+      ad_tensor_free(x);
+      ad_tensor_free(want_dx);
+    }
+}
