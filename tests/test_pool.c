@@ -414,15 +414,15 @@ Test(pool, adaptive_pools_take_pytorchs_windows) {
       ad_tensor_free(dy);
     }
   }
-  /* windows wider than the kernel's column table (300 columns to 1 and
-   * 3): one window at a time, the same rule */
+  /* a window wider than the kernel's span (600 columns to 1: one window
+   * at a time) and windows the span holds two of (600 to 3), the same rule */
   static double xw[600], yw[3], ya[3], dw[600], dyw[3] = {1, 2, 3};
   for (int64_t k = 0; k < 600; k++) xw[k] = (double)((k * 37) % 101);
   xw[450] = NAN;
-  int64_t sw[4] = {1, 1, 2, 300};
+  int64_t sw[4] = {1, 1, 1, 600};
   for (int64_t ow = 1; ow <= 3; ow += 2) {
     int64_t sow[4] = {1, 1, 1, ow};
-    adaptive_reference(xw, 2, 300, 1, ow, dyw, yw, ya, dw);
+    adaptive_reference(xw, 1, 600, 1, ow, dyw, yw, ya, dw);
     ad_tensor *x = param(ctx, 4, sw, xw), *dy = ad_from_data(ctx, AD_F64, 4, sow, dyw);
     ad_tensor *y = ad_adaptive_max_pool2d(ctx, x, 1, ow);
     expect_values(y, ow, yw, "adaptive_max_pool2d, wide windows");
