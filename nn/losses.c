@@ -170,20 +170,16 @@ static bool check_labels(ad_ctx *ctx, const char *fn, const ad_tensor *z, const 
   return true;
 }
 
-/* l_n = -logp[n, label_n] for logp [N,C] and checked labels [N]: -sum_c
- * where(onehot_nc, logp_nc, 0), a select, not a product, so that -inf or
- * NaN in another class (log of a zero probability) is left out of the loss
- * and its gradient, as PyTorch's gather does. [N] on the tape. */
-static ad_tensor *picked(ad_ctx *ctx, ad_tensor *logp, const ad_tensor *labels) {
+/* l_n = -logp[n, label_n] for logp [N,C] and checked labels [N]: a
+ * gather of the N picked elements (its gradient scatters dy into zeros of
+ * [N,C]), so that -inf or NaN in another class (log of a zero probability)
+ * is left out of the loss and its gradient, as PyTorch's gather does. [N]
+ * on the tape. */
+static ad_tensor *picked(ad_ctx *ctx, ad_tensor *logp, ad_tensor *labels) {
   if (!logp) return NULL;
-  ad_tensor *onehot = nn_tmp_tensor(ctx, logp->dtype, 2, logp->shape);
-  if (!onehot) return NULL;
-  int64_t n = logp->shape[0], c = logp->shape[1];
-  const int32_t *lab = labels->data;
-  memset(onehot->data, 0, (size_t)onehot->size * ad_dtype_size(onehot->dtype));
-  for (int64_t i = 0; i < n; i++) ad_tensor_set(onehot, i * c + lab[i], 1.0);
-  ad_tensor *p = ad_where(ctx, onehot, logp, ad_scalar(ctx, logp->dtype, 0.0));
-  return ad_neg(ctx, ad_sum_axis(ctx, p, 1, false));
+  int64_t n = logp->shape[0], col[2] = {n, 1};
+  ad_tensor *g = ad_gather(ctx, logp, 1, ad_reshape(ctx, labels, 2, col));
+  return ad_neg(ctx, ad_reshape(ctx, g, 1, &n));
 }
 
 /* l_n = -sum_c t_nc log_softmax(z_n)_c, or with labels the fused
