@@ -1,5 +1,6 @@
-/* op_loss.c: fused softmax cross-entropy with integer class labels, and
- * binary cross-entropy of probabilities. */
+/* op_loss.c: fused softmax cross-entropy with integer class labels,
+ * binary cross-entropy of probabilities, and the smooth L1 and Huber
+ * losses per element. */
 #include "ops.h"
 #include "softmax_exp.h"
 
@@ -538,4 +539,262 @@ const ad_op_def ad_def_binary_cross_entropy = {
     .math = "y = -(t max(log p, -100) + (1 - t) max(log(1 - p), -100))",
     .inputs = {"p", "t"},
     .grads = {"dy (p - t) / max(p (1 - p), 1e-12)", "dy (log(1 - p) - log p)"},
+};
+
+/* ---------------------------------------------------- smooth_l1, huber
+ *
+ *   d = p - t,  s = d > 0 ? 1 : -1,  k = beta (smooth_l1) or delta (huber)
+ *   smooth_l1  y = |d| >= k ? s d - k/2     : d^2 / 2 / k
+ *   huber      y = |d| >= k ? k (s d - k/2) : d^2 / 2
+ *   dp = dy g(p - t),  dt = dy g(t - p)
+ *   g(d) = |d| >= k ? s (huber: s k) : d / k (huber: d)
+ *
+ * PyTorch 1.13's smooth_l1_loss and huber_loss per element (reduction
+ * 'none'), with the choices of its kernels: the switch point |d| = k takes
+ * the linear side (gradient +-1 or +-k, second derivative 0), a NaN d the
+ * quadratic one (NaN), and t's gradient is the kernel's on t - p, so that
+ * smooth L1 with k = 0 gives -1 at d = 0 to both p and t (g(0) = s = -1).
+ * With k = 0 the quadratic side is reached by a NaN d only: d^2 there
+ * (gradient 2d), no 0/0. k is used rounded to the inputs' dtype (for f32
+ * beyond float's range: FLT_MAX up to half an ulp above, infinity from
+ * there), as PyTorch converts it; the ops take any k (the nn losses refuse
+ * what PyTorch refuses). The forward rounds each step in the dtype as the
+ * composite of ops it replaced (nn/losses_reg.c) did. */
+
+/* k as the dtype holds it (no undefined float conversion out of range). */
+static double sl1_k(double k, ad_dtype dt) {
+  if (dt != AD_F32 || isnan(k)) return k;
+  double a = fabs(k), r = a > FLT_MAX ? (a < 0x1.ffffffp127 ? FLT_MAX : INFINITY) : (float)a;
+  return k < 0 ? -r : r;
+}
+
+#define SL1_Y(T, d, k, HUB)                                                                        \
+  do {                                                                                             \
+    T s_ = (d) > 0 ? (T)1 : (T)-1, a_ = s_ * (d) + ((T)-0.5 * (k) + (T)0), q_ = (d) * (d);         \
+    if (HUB)                                                                                       \
+      a_ = a_ * (k), q_ = q_ * (T)0.5;                                                             \
+    else if ((k) > 0)                                                                              \
+      q_ = q_ * (T)0.5 / (k);                                                                      \
+    y_ = AD_ABS_T(T, d) >= (k) ? a_ : q_;                                                          \
+  } while (0)
+
+/* g(d) of the block's comment */
+#define SL1_G(T, d, k, HUB)                                                                        \
+  (AD_ABS_T(T, d) >= (k) ? ((d) > 0 ? (T)1 : (T)-1) * ((HUB) ? (k) : (T)1)                         \
+   : (HUB)               ? (d)                                                                     \
+   : (k) > 0             ? (d) / (k)                                                               \
+                         : (d) * (T)2)
+
+#define AD_ABS_T(T, x) (sizeof(T) == sizeof(float) ? (T)fabsf((float)(x)) : (T)fabs((double)(x)))
+
+CELL_CLONES static void sl1_row32(const float *P, const float *Tt, float *Y, int64_t n, float k,
+                                  bool hub) {
+  if (hub)
+    for (int64_t i = 0; i < n; i++) {
+      float d = P[i] - Tt[i], y_;
+      SL1_Y(float, d, k, true);
+      Y[i] = y_;
+    }
+  else
+    for (int64_t i = 0; i < n; i++) {
+      float d = P[i] - Tt[i], y_;
+      SL1_Y(float, d, k, false);
+      Y[i] = y_;
+    }
+}
+
+static void sl1_rows(const ad_call *c, int64_t oa, int64_t sa, int64_t ob, int64_t sb, int64_t oy,
+                     int64_t len, bool hub) {
+  double k = sl1_k(c->attrs->scalar, c->out->dtype);
+  if (c->out->dtype == AD_F32 && sa == 1 && sb == 1) {
+    sl1_row32((const float *)c->in[0]->data + oa, (const float *)c->in[1]->data + ob,
+              (float *)c->out->data + oy, len, (float)k, hub);
+  } else if (c->out->dtype == AD_F32) {
+    const float *A = (const float *)c->in[0]->data + oa, *B = (const float *)c->in[1]->data + ob;
+    float *Y = (float *)c->out->data + oy, kf = (float)k;
+    for (int64_t i = 0; i < len; i++) {
+      float d = A[i * sa] - B[i * sb], y_;
+      SL1_Y(float, d, kf, hub);
+      Y[i] = y_;
+    }
+  } else {
+    const double *A = (const double *)c->in[0]->data + oa, *B = (const double *)c->in[1]->data + ob;
+    double *Y = (double *)c->out->data + oy;
+    for (int64_t i = 0; i < len; i++) {
+      double d = A[i * sa] - B[i * sb], y_;
+      SL1_Y(double, d, k, hub);
+      Y[i] = y_;
+    }
+  }
+}
+
+static void smooth_l1_rows(const ad_call *c, int64_t oa, int64_t sa, int64_t ob, int64_t sb,
+                           int64_t oy, int64_t len) {
+  sl1_rows(c, oa, sa, ob, sb, oy, len, false);
+}
+static void huber_rows(const ad_call *c, int64_t oa, int64_t sa, int64_t ob, int64_t sb, int64_t oy,
+                       int64_t len) {
+  sl1_rows(c, oa, sa, ob, sb, oy, len, true);
+}
+static void smooth_l1_fwd(const ad_call *c) { ad_binary_run(c, smooth_l1_rows); }
+static void huber_fwd(const ad_call *c) { ad_binary_run(c, huber_rows); }
+
+/* The plain backward (no create_graph) of p, t and dy of one shape in one
+ * pass: the recorded form's bits (dy g, g as sl1_g rounds it). */
+typedef struct sl1_job {
+  const ad_call *c;
+  void *dp, *dt; /* NULL: not needed */
+  double k;
+  bool hub;
+} sl1_job;
+
+#define SL1_BWD_RANGE(T, k, HUB)                                                                   \
+  do {                                                                                             \
+    const T *P = c->in[0]->data, *Tt = c->in[1]->data, *G = c->gout->data;                         \
+    T *DP = j->dp, *DT = j->dt;                                                                    \
+    if (DP)                                                                                        \
+      for (int64_t i = b; i < e; i++) {                                                            \
+        T d = P[i] - Tt[i];                                                                        \
+        DP[i] = G[i] * SL1_G(T, d, k, HUB);                                                        \
+      }                                                                                            \
+    if (DT)                                                                                        \
+      for (int64_t i = b; i < e; i++) {                                                            \
+        T d = Tt[i] - P[i];                                                                        \
+        DT[i] = G[i] * SL1_G(T, d, k, HUB);                                                        \
+      }                                                                                            \
+  } while (0)
+
+CELL_CLONES static void sl1_bwd_range(void *ud, int64_t b, int64_t e) {
+  const sl1_job *j = ud;
+  const ad_call *c = j->c;
+  if (c->out->dtype == AD_F32) {
+    float k = (float)j->k;
+    if (j->hub)
+      SL1_BWD_RANGE(float, k, true);
+    else
+      SL1_BWD_RANGE(float, k, false);
+  } else {
+    double k = j->k;
+    if (j->hub)
+      SL1_BWD_RANGE(double, k, true);
+    else
+      SL1_BWD_RANGE(double, k, false);
+  }
+}
+
+/* g(d) of ops: a select of the linear side's constant and the quadratic
+ * side's dq / k (dq = where(linear, 0, d), so that an infinite d, on the
+ * linear side, sends no 0 * inf = NaN back and makes nothing infinite) */
+static ad_tensor *sl1_g(ad_ctx *ctx, ad_tensor *d, double k, bool hub) {
+  ad_dtype dt = d->dtype;
+  ad_tensor *zero = ad_scalar(ctx, dt, 0.0);
+  ad_tensor *lin = ad_ge(ctx, ad_abs(ctx, d), ad_scalar(ctx, dt, k));
+  ad_tensor *s = ad_where(ctx, ad_gt(ctx, d, zero), ad_scalar(ctx, dt, hub ? k : 1.0),
+                          ad_scalar(ctx, dt, hub ? -k : -1.0));
+  ad_tensor *dq = ad_where(ctx, lin, zero, d);
+  ad_tensor *q = hub     ? dq
+                 : k > 0 ? ad_div(ctx, dq, ad_scalar(ctx, dt, k))
+                         : ad_mul_scalar(ctx, dq, 2.0);
+  return ad_where(ctx, lin, s, q);
+}
+
+static ad_status sl1_bwd(const ad_call *c, bool hub) {
+  ad_ctx *ctx = c->ctx;
+  ad_tensor *p = c->in[0], *t = c->in[1];
+  double k = sl1_k(c->attrs->scalar, c->out->dtype);
+  if (!ctx->grad_enabled && ad_same_shape(p, c->out) && ad_same_shape(t, c->out)) {
+    ad_tensor *dp = c->needs[0] ? ad_tmp_like(ctx, p) : NULL;
+    ad_tensor *dt = c->needs[1] ? ad_tmp_like(ctx, t) : NULL;
+    if ((c->needs[0] && !dp) || (c->needs[1] && !dt)) return ad_last_status(ctx);
+    sl1_job j = {c, dp ? dp->data : NULL, dt ? dt->data : NULL, k, hub};
+    int64_t n = c->out->size;
+    if (n <= 16384)
+      sl1_bwd_range(&j, 0, n);
+    else
+      ad_parallel_for(n, 16384, sl1_bwd_range, &j);
+    ad_status st = dp ? ad_call_set_grad(c, 0, dp) : AD_OK;
+    return st == AD_OK && dt ? ad_call_set_grad(c, 1, dt) : st;
+  }
+  if (c->needs[0]) {
+    ad_tensor *g = sl1_g(ctx, ad_sub(ctx, p, t), k, hub);
+    ad_status st = ad_call_set_grad(c, 0, ad_mul(ctx, c->gout, g));
+    if (st != AD_OK) return st;
+  }
+  if (!c->needs[1]) return AD_OK;
+  ad_tensor *g = sl1_g(ctx, ad_sub(ctx, t, p), k, hub);
+  return ad_call_set_grad(c, 1, ad_mul(ctx, c->gout, g));
+}
+
+static ad_status smooth_l1_bwd(const ad_call *c) { return sl1_bwd(c, false); }
+static ad_status huber_bwd(const ad_call *c) { return sl1_bwd(c, true); }
+
+/* p [3,4] and t in [-2, 2], t broadcast or not (same shape, a row, a
+ * column), each d = p - t moved off the kinks (0 and +-k) by more than the
+ * checks' step; k = 0 for smooth_l1 only */
+static int sl1_sample(const ad_sample_call *s, bool hub) {
+  static const struct {
+    int nt;
+    int64_t t[2];
+    double k;
+  } cases[] = {{2, {3, 4}, 1.0}, {1, {4}, 0.5}, {2, {3, 1}, 2.0}, {2, {3, 4}, 0.0}};
+  static const int64_t sp[2] = {3, 4};
+  int v = s->variant;
+  if (v >= (int)(sizeof cases / sizeof cases[0]) - hub) return 0; /* huber: k > 0 */
+  s->attrs->scalar = cases[v].k;
+  ad_tensor *p = s->in[0] = ad_sample_tensor(s, 2, sp, -2, 2, true);
+  ad_tensor *t = s->in[1] = ad_sample_tensor(s, cases[v].nt, cases[v].t, -2, 2, true);
+  if (!p || !t) return -1;
+  double k = cases[v].k;
+  for (int64_t i = 0; i < p->size; i++) {
+    int64_t ti = t->size == p->size ? i : t->ndim == 1 ? i % 4 : i / 4;
+    double pv = ad_tensor_get(p, i), tv = ad_tensor_get(t, ti);
+    for (int r = 0; r < 8; r++) {
+      double d = pv - tv;
+      if (fabs(d) > 0.1 && fabs(fabs(d) - k) > 0.1) break;
+      pv += 0.25;
+    }
+    ad_tensor_set(p, i, pv);
+  }
+  return 2;
+}
+static int smooth_l1_sample(const ad_sample_call *s) { return sl1_sample(s, false); }
+static int huber_sample(const ad_sample_call *s) { return sl1_sample(s, true); }
+
+static ad_tensor *sl1_op(ad_ctx *ctx, int op, ad_tensor *p, ad_tensor *t, double k) {
+  ad_attrs at = {.scalar = k};
+  return ad_apply2(ctx, op, p, t, &at);
+}
+
+ad_tensor *ad_smooth_l1(ad_ctx *ctx, ad_tensor *p, ad_tensor *t, double beta) {
+  return sl1_op(ctx, AD_OP_SMOOTH_L1, p, t, beta);
+}
+
+ad_tensor *ad_huber(ad_ctx *ctx, ad_tensor *p, ad_tensor *t, double delta) {
+  return sl1_op(ctx, AD_OP_HUBER, p, t, delta);
+}
+
+const ad_op_def ad_def_smooth_l1 = {
+    .name = "smooth_l1",
+    .arity = 2,
+    .flags = AD_OP_ELEMENTWISE,
+    .attrs = AD_ATTRS_SCALAR,
+    .forward = smooth_l1_fwd,
+    .backward = smooth_l1_bwd,
+    .sample = smooth_l1_sample,
+    .math = "y = |p - t| >= s ? |p - t| - s/2 : (p - t)^2 / (2 s)  (s = beta)",
+    .inputs = {"p", "t"},
+    .grads = {"dy g(p - t), g(d) = |d| >= s ? sign(d) : d / s  (sign(0) = -1)", "dy g(t - p)"},
+};
+
+const ad_op_def ad_def_huber = {
+    .name = "huber",
+    .arity = 2,
+    .flags = AD_OP_ELEMENTWISE,
+    .attrs = AD_ATTRS_SCALAR,
+    .forward = huber_fwd,
+    .backward = huber_bwd,
+    .sample = huber_sample,
+    .math = "y = |p - t| >= s ? s (|p - t| - s/2) : (p - t)^2 / 2  (s = delta)",
+    .inputs = {"p", "t"},
+    .grads = {"dy g(p - t), g(d) = |d| >= s ? s sign(d) : d", "dy g(t - p)"},
 };

@@ -1,11 +1,11 @@
 /* losses_reg.c: the regression and divergence losses (L1, smooth L1,
- * Huber, KL divergence), composed from ad_ ops as those of losses.c are:
- * the tape derives their gradients, to any order. Each reproduces
+ * Huber, KL divergence), made of ad_ ops as those of losses.c are (smooth
+ * L1 and Huber of one op each, ad_smooth_l1 and ad_huber): the tape
+ * derives their gradients, to any order. Each reproduces
  * PyTorch 1.13's values and gradients at the points where the formula
  * alone leaves a choice (a kink, a switch point, NaN, a zero target). */
 #include "nn_internal.h"
 
-#include <float.h>
 #include <math.h>
 
 /* l = |p - t|; d|x|/dx = sign(x), 0 at x = 0 and at NaN, as PyTorch's
@@ -17,31 +17,10 @@ ad_tensor *nn_l1_loss(ad_ctx *ctx, ad_tensor *pred, ad_tensor *target, nn_reduct
   return nn_loss_reduce(ctx, ad_abs(ctx, ad_sub(ctx, pred, t)), red, pred);
 }
 
-/* k as a tensor of dtype dt holds it (PyTorch converts beta and delta to
- * the tensors' dtype): for f32, a value beyond float's range rounds to
- * FLT_MAX up to half an ulp above it and to infinity from there (a C cast
- * would be undefined there). k >= 0 here. */
-static double in_dtype(double k, ad_dtype dt) {
-  if (dt != AD_F32) return k;
-  if (k > FLT_MAX) return k < 0x1.ffffffp127 ? FLT_MAX : INFINITY;
-  return (double)(float)k;
-}
-
-/* With d = p - t and k the parameter (beta, delta), as PyTorch 1.13's
- * kernels:
- *   smooth L1  l = |d| < k ? 0.5 d^2 / k : |d| - 0.5 k
- *   Huber      l = |d| < k ? 0.5 d^2     : k (|d| - 0.5 k)
- *   dl/dd      = |d| >= k ? s [k] : d / k [d],  s = d > 0 ? 1 : -1
- * so the switch point |d| = k takes the linear side (gradient +-1 or +-k,
- * second derivative 0), d = 0 with k = 0 gets s = -1 (the target -1 too),
- * and a NaN d (its
- * comparisons false) the quadratic side: NaN value and gradient.
- * The linear side is s d (s a constant of the tape, no gradient), equal to
- * |d| there. The quadratic side reads dq = where(linear, 0, d): where the
- * linear side is taken it is 0, so its gradient there is 0, not 0 * inf =
- * NaN at an infinite d, and nothing is computed that is not finite for
- * finite inputs (anomaly mode); with k = 0 it is reached only by NaN d,
- * and only d^2 (NaN) is taken, not 0/0. */
+/* PyTorch 1.13's smooth L1 and Huber losses, one op each (ad_smooth_l1,
+ * ad_huber: their kernels' choices at the switch point |d| = k, at d = 0
+ * with k = 0, for a NaN d, and k rounded to the dtype, are there), then
+ * the reduction. */
 static ad_tensor *piecewise(ad_ctx *ctx, const char *fn, ad_tensor *pred, ad_tensor *target,
                             nn_reduction red, double k, bool huber) {
   ad_tensor *t = nn_loss_target(ctx, fn, "prediction", pred, target);
@@ -52,30 +31,8 @@ static ad_tensor *piecewise(ad_ctx *ctx, const char *fn, ad_tensor *pred, ad_ten
                  huber ? "positive" : ">= 0");
     return NULL;
   }
-  ad_dtype dt = pred->dtype;
-  k = in_dtype(k, dt); /* a tiny k may become 0 in f32, as in PyTorch */
-  ad_tensor *d = ad_sub(ctx, pred, t), *zero = ad_scalar(ctx, dt, 0.0);
-  ad_tensor *lin = ad_ge(ctx, ad_abs(ctx, d), ad_scalar(ctx, dt, k));
-  ad_tensor *s =
-      ad_where(ctx, ad_gt(ctx, d, zero), ad_scalar(ctx, dt, 1.0), ad_scalar(ctx, dt, -1.0));
-  /* s d - 0.5 k; + 0.0 makes -0.5 * 0 a +0, so that d = +0 (s d = -0)
-   * with k = 0 gives PyTorch's +0 */
-  ad_tensor *sd = ad_mul(ctx, s, d);
-  if (!huber && k == 0 && ad_tensor_requires_grad(t)) {
-    /* PyTorch takes the target's gradient with the kernel on t - p, so at
-     * d = 0 it is -1 as well, not -s = +1: e = u - detach(u), u = where(d
-     * = 0, t, 0), is 0 and sends 1 to t only there, -2 e moves it to -1 */
-    ad_tensor *u = ad_where(ctx, ad_eq(ctx, d, zero), t, zero);
-    sd = ad_sub(ctx, sd, ad_mul_scalar(ctx, ad_sub(ctx, u, ad_detach(ctx, u)), 2.0));
-  }
-  ad_tensor *a = ad_add_scalar(ctx, sd, -0.5 * k + 0.0);
-  ad_tensor *dq = ad_where(ctx, lin, zero, d);
-  ad_tensor *q = huber || k > 0 ? ad_mul_scalar(ctx, ad_square(ctx, dq), 0.5) : ad_square(ctx, dq);
-  if (huber)
-    a = ad_mul_scalar(ctx, a, k);
-  else if (k > 0)
-    q = ad_div_scalar(ctx, q, k);
-  return nn_loss_reduce(ctx, ad_where(ctx, lin, a, q), red, pred);
+  ad_tensor *l = huber ? ad_huber(ctx, pred, t, k) : ad_smooth_l1(ctx, pred, t, k);
+  return nn_loss_reduce(ctx, l, red, pred);
 }
 
 ad_tensor *nn_smooth_l1_loss_beta(ad_ctx *ctx, ad_tensor *pred, ad_tensor *target, nn_reduction red,

@@ -242,6 +242,35 @@ add("binary_cross_entropy_saturated", "binary_cross_entropy",
            ("in", f32r([1.0, 0.0, 1.0, 1.0, 0.0, 0.25]))]),
     lambda t: F.binary_cross_entropy(t[0], t[1], reduction="none"), second=False)
 
+# smooth_l1 and huber (nn_smooth_l1_loss_beta's and nn_huber_loss_delta's
+# ops): F.smooth_l1_loss / F.huber_loss with reduction 'none' on the pair
+# broadcast first; d = p - t at |d| in [0.1, 0.7] or [1.3, 2.5] times k,
+# off the kinks (0, +-k) by more than the checks' step; then the kinks
+# themselves, first order (the switch point takes the linear side)
+_SL1 = {"smooth_l1": lambda a, b, k: F.smooth_l1_loss(a, b, reduction="none", beta=k),
+        "huber": lambda a, b, k: F.huber_loss(a, b, reduction="none", delta=k)}
+
+
+def _sl1_make(shape_t, k):
+    def make(rng):
+        t = U(rng, shape_t)
+        d = rng.choice([-1.0, 1.0], size=(3, 4)) * np.where(
+            rng.uniform(size=(3, 4)) < 0.5, rng.uniform(0.1, 0.7, (3, 4)),
+            rng.uniform(1.3, 2.5, (3, 4))) * k
+        return [("in", f32r(np.broadcast_to(t, (3, 4)) + d)), ("in", t)]
+    return make
+
+
+for name, fn in _SL1.items():
+    for k in (1.0, 0.5):
+        for tag, st in (("same", (3, 4)), ("row", (4,))):
+            add(f"{name}_{k:g}_{tag}", name, _sl1_make(st, k),
+                lambda t, fn=fn, k=k: fn(*torch.broadcast_tensors(t[0], t[1]), k),
+                attr=("scalar", k))
+    add(f"{name}_kinks", name,
+        const([("in", f32r([0.0, 1.0, -1.0, 2.5, 0.25, -0.5])), ("in", f32r([0.0] * 6))]),
+        lambda t, fn=fn: fn(t[0], t[1], 1.0), attr=("scalar", 1.0), second=False)
+
 def torch_fn(name, table):
     """torch.NAME for an op of the table given no entry in table; an op
     whose PyTorch function has another name stops the script, saying so."""

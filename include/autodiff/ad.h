@@ -998,6 +998,26 @@ AD_API ad_tensor *ad_softmax_cross_entropy_ext(ad_ctx *ctx, ad_tensor *logits, a
  * AD_ERR_DTYPE (not one float dtype), AD_ERR_SHAPE (shapes that do not
  * broadcast). */
 AD_API ad_tensor *ad_binary_cross_entropy(ad_ctx *ctx, ad_tensor *p, ad_tensor *t);
+/** Smooth L1 loss per element of p and t with broadcasting, as PyTorch's
+ * F.smooth_l1_loss with reduction='none': with d = p - t, |d| - beta/2
+ * where |d| >= beta, else d^2 / (2 beta) (d^2 for beta 0, reached by a
+ * NaN d only). Gradients as PyTorch 1.13's kernel: dp = dy g(p - t),
+ * dt = dy g(t - p), g(d) = sign(d) where |d| >= beta (the switch point
+ * takes this side; sign(0) = -1, so beta 0 gives -1 to both at d = 0),
+ * else d / beta; made of ops, so differentiable again (second derivative
+ * dy / beta inside, 0 on the linear side). beta is used rounded to the
+ * inputs' dtype (in float32 a value beyond float's range is FLT_MAX up to
+ * half an ulp above it, infinity from there); any beta is taken
+ * (nn_smooth_l1_loss_beta refuses a negative or NaN one). Errors:
+ * AD_ERR_DTYPE (not one float dtype), AD_ERR_SHAPE (shapes that do not
+ * broadcast). */
+AD_API ad_tensor *ad_smooth_l1(ad_ctx *ctx, ad_tensor *p, ad_tensor *t, double beta);
+/** Huber loss per element, as PyTorch's F.huber_loss with reduction='none':
+ * delta (|d| - delta/2) where |d| >= delta, else d^2 / 2, d = p - t; the
+ * gradient g(d) is delta sign(d) on the linear side, d inside, dt = dy
+ * g(t - p); otherwise as ad_smooth_l1 (nn_huber_loss_delta refuses a delta
+ * that is not positive). */
+AD_API ad_tensor *ad_huber(ad_ctx *ctx, ad_tensor *p, ad_tensor *t, double delta);
 
 /** Batch normalisation, PyTorch's F.batch_norm: x [N, C, ...] (2-D [N, C]
  * or more dims, e.g. NCHW) normalised per channel (dim 1) over every other
