@@ -541,6 +541,141 @@ const ad_op_def ad_def_binary_cross_entropy = {
     .grads = {"dy (p - t) / max(p (1 - p), 1e-12)", "dy (log(1 - p) - log p)"},
 };
 
+/* ----------------------------------------- binary_cross_entropy_logits
+ *
+ *   y = z > 0 ? (1 - t) z + softplus(-z) : softplus(z) - t z
+ *   dz = dy (sigmoid(z) - t),   dt = -dy z
+ *
+ * PyTorch's F.binary_cross_entropy_with_logits per element (reduction
+ * 'none', no pos_weight): -t log sigmoid(z) - (1 - t) log sigmoid(-z), in
+ * the form of each side that adds terms of one sign for t in [0, 1], each
+ * side reading z only where it is taken: z = +inf gives (1 - t) inf (NaN
+ * for t = 1, as PyTorch), z = -inf gives -t (-inf) = t inf (PyTorch's form
+ * adds -inf and inf there: NaN). The gradients are PyTorch's formulas,
+ * also at +-inf (dz 1 - t and -t, dt -inf and inf). softplus is the
+ * softplus op's (max(x, 0) + log1p(exp(-|x|)); float32 softplus_v, libm
+ * below EXP_V_MIN), sigmoid the sigmoid op's, so the plain backward gives
+ * the bits of the recorded one. */
+
+/* max(x, 0) + log1p(exp(-|x|)), the softplus op's libm forms */
+static inline double bcel_softplus_d(double x) { return (x > 0 ? x : 0) + log1p(exp(-fabs(x))); }
+static inline float bcel_softplus_f(float x) { return (x > 0 ? x : 0) + log1pf(expf(-fabsf(x))); }
+
+#define BCEL_Y(T, SP, z, t) ((z) > 0 ? ((T)1 - (t)) * (z) + SP(-(z)) : SP(z) - (t) * (z))
+
+static inline float bcel_v(float z, float t) VEXP_INLINE;
+static inline float bcel_v(float z, float t) { return BCEL_Y(float, softplus_v, z, t); }
+static inline float bcel_f32(float z, float t) { return BCEL_Y(float, bcel_softplus_f, z, t); }
+static inline double bcel_f64(double z, double t) { return BCEL_Y(double, bcel_softplus_d, z, t); }
+/* softplus_v's argument, -|z|, below its range, or NaN */
+#define BCEL_OUT32(z) (!(-fabsf(z) >= EXP_V_MIN))
+BINARY_KERNEL_V(bcel, bcel_v(x0, x1), BCEL_OUT32(x0), bcel_f32(x0, x1), bcel_f64(x0, x1))
+
+/* The sigmoid op's values: float32 exp_v's form (vectorized), libm's
+ * below EXP_V_MIN and for NaN; float64 stable on both sides. */
+static inline float bcel_sig_v(float x) VEXP_INLINE;
+static inline float bcel_sig_v(float x) {
+  float e = exp_v(-fabsf(x));
+  return x >= 0 ? 1.0f / (1.0f + e) : e / (1.0f + e);
+}
+static inline float bcel_sig_f(float x) {
+  return x >= 0 ? 1.0f / (1.0f + expf(-x)) : expf(x) / (1.0f + expf(x));
+}
+static inline double bcel_sig64(double x) {
+  return x >= 0 ? 1.0 / (1.0 + exp(-x)) : exp(x) / (1.0 + exp(x));
+}
+
+/* The plain backward (no create_graph) of z, t and dy of one shape in one
+ * pass, each step rounded as the recorded ops below round it: float32 in
+ * chunks of 256, exp_v's sigmoid first, libm's after where z is out of its
+ * range (the sigmoid op's rule). */
+#define BCEL_BWD_RANGE(T, SIG_V, OUT, SIG_F)                                                       \
+  do {                                                                                             \
+    const T *Z = c->in[0]->data, *Tt = c->in[1]->data, *G = c->gout->data;                         \
+    T *DZ = j->dp, *DT = j->dt;                                                                    \
+    for (int64_t c0 = b; DZ && c0 < e; c0 += 256) {                                                \
+      int64_t c1 = e - c0 < 256 ? e : c0 + 256;                                                    \
+      int out = 0;                                                                                 \
+      for (int64_t i = c0; i < c1; i++) {                                                          \
+        DZ[i] = G[i] * (SIG_V(Z[i]) - Tt[i]);                                                      \
+        out |= OUT(Z[i]);                                                                          \
+      }                                                                                            \
+      if (out)                                                                                     \
+        for (int64_t i = c0; i < c1; i++)                                                          \
+          if (OUT(Z[i])) DZ[i] = G[i] * (SIG_F(Z[i]) - Tt[i]);                                     \
+    }                                                                                              \
+    if (DT)                                                                                        \
+      for (int64_t i = b; i < e; i++) DT[i] = G[i] * -Z[i];                                        \
+  } while (0)
+#define BCEL_SIG_OUT32(x) ((x) < EXP_V_MIN) /* SIGMOID_OUT32 */
+#define BCEL_NONE(x)      0
+
+CELL_CLONES static void bcel_bwd_range(void *ud, int64_t b, int64_t e) {
+  const bce_job *j = ud;
+  const ad_call *c = j->c;
+  if (c->out->dtype == AD_F32)
+    BCEL_BWD_RANGE(float, bcel_sig_v, BCEL_SIG_OUT32, bcel_sig_f);
+  else
+    BCEL_BWD_RANGE(double, bcel_sig64, BCEL_NONE, bcel_sig64);
+}
+
+/* Both gradients of ops (so differentiable again: dz's in z is dy
+ * sigmoid'(z), in t -dy; dt's in z -dy); without create_graph and without
+ * broadcasting one pass, bcel_bwd_range. */
+static ad_status bcel_bwd(const ad_call *c) {
+  ad_ctx *ctx = c->ctx;
+  ad_tensor *z = c->in[0], *t = c->in[1];
+  if (!ctx->grad_enabled && ad_same_shape(z, c->out) && ad_same_shape(t, c->out)) {
+    ad_tensor *dz = c->needs[0] ? ad_tmp_like(ctx, z) : NULL;
+    ad_tensor *dt = c->needs[1] ? ad_tmp_like(ctx, t) : NULL;
+    if ((c->needs[0] && !dz) || (c->needs[1] && !dt)) return ad_last_status(ctx);
+    bce_job j = {c, dz ? dz->data : NULL, dt ? dt->data : NULL};
+    int64_t n = c->out->size;
+    if (n <= 16384)
+      bcel_bwd_range(&j, 0, n);
+    else
+      ad_parallel_for(n, 16384, bcel_bwd_range, &j);
+    ad_status st = dz ? ad_call_set_grad(c, 0, dz) : AD_OK;
+    return st == AD_OK && dt ? ad_call_set_grad(c, 1, dt) : st;
+  }
+  if (c->needs[0]) {
+    ad_tensor *g = ad_mul(ctx, c->gout, ad_sub(ctx, ad_sigmoid(ctx, z), t));
+    ad_status st = ad_call_set_grad(c, 0, g);
+    if (st != AD_OK) return st;
+  }
+  if (!c->needs[1]) return AD_OK;
+  return ad_call_set_grad(c, 1, ad_mul(ctx, c->gout, ad_neg(ctx, z)));
+}
+
+ad_tensor *ad_binary_cross_entropy_logits(ad_ctx *ctx, ad_tensor *z, ad_tensor *t) {
+  return ad_apply2(ctx, AD_OP_BCE_LOGITS, z, t, NULL);
+}
+
+/* z in [-4, 4], t in [0, 1], in the broadcasting pairs of the binary ops */
+static int bcel_sample(const ad_sample_call *s) {
+  static const struct {
+    int nz, nt;
+    int64_t z[3], t[3];
+  } cases[] = {{2, 2, {3, 4}, {3, 4}}, {2, 1, {3, 4}, {4}}, {3, 2, {2, 1, 3}, {4, 1}}};
+  int v = s->variant;
+  if (v >= (int)(sizeof cases / sizeof cases[0])) return 0;
+  s->in[0] = ad_sample_tensor(s, cases[v].nz, cases[v].z, -4, 4, true);
+  s->in[1] = ad_sample_tensor(s, cases[v].nt, cases[v].t, 0, 1, true);
+  return s->in[0] && s->in[1] ? 2 : -1;
+}
+
+const ad_op_def ad_def_binary_cross_entropy_logits = {
+    .name = "binary_cross_entropy_logits",
+    .arity = 2,
+    .flags = AD_OP_ELEMENTWISE,
+    .forward = bcel_fwd,
+    .backward = bcel_bwd,
+    .sample = bcel_sample,
+    .math = "y = z > 0 ? (1 - t) z + softplus(-z) : softplus(z) - t z",
+    .inputs = {"z", "t"},
+    .grads = {"dy (sigmoid(z) - t)", "-dy z"},
+};
+
 /* ---------------------------------------------------- smooth_l1, huber
  *
  *   d = p - t,  s = d > 0 ? 1 : -1,  k = beta (smooth_l1) or delta (huber)

@@ -111,8 +111,11 @@ ad_tensor *nn_bce_loss(ad_ctx *ctx, ad_tensor *pred, ad_tensor *target, nn_reduc
  * infinite z on the other side sends no 0 * inf = NaN to the gradients:
  * z = +inf gives (1 - t) inf, as PyTorch, and -inf t inf (PyTorch's form
  * adds -inf and inf there: NaN); t's gradient is -z on both sides (with
- * pw: pw softplus(-z) - softplus(z)), also at +-inf, as PyTorch's. */
+ * pw: pw softplus(-z) - softplus(z)), also at +-inf, as PyTorch's.
+ * Without pw, ad_binary_cross_entropy_logits: these forms in one op,
+ * the gradients one pass. */
 static ad_tensor *bce_logits_elements(ad_ctx *ctx, ad_tensor *z, ad_tensor *t, ad_tensor *pw) {
+  if (!pw) return ad_binary_cross_entropy_logits(ctx, z, t); /* the same, one op */
   ad_tensor *zero = ad_scalar(ctx, z->dtype, 0.0), *pos = ad_gt(ctx, z, zero);
   ad_tensor *zp = ad_where(ctx, pos, z, zero), *zn = ad_where(ctx, pos, zero, z);
   ad_tensor *lw = NULL, *ptz = ad_mul(ctx, t, zn);

@@ -233,6 +233,13 @@ def _bce(a, b):
 
 BINARY["binary_cross_entropy"] = (_bce, (0.05, 0.95), (0, 1))
 
+# binary_cross_entropy_logits (nn_bce_with_logits_loss's op without
+# pos_weight): F's function with reduction 'none' on the pair broadcast
+# first; z in (-4, 4), t in [0, 1]
+BINARY["binary_cross_entropy_logits"] = (
+    lambda a, b: F.binary_cross_entropy_with_logits(*torch.broadcast_tensors(a, b),
+                                                    reduction="none"), (-4, 4), (0, 1))
+
 # binary_cross_entropy where a log is clamped at -100: a confident wrong p
 # (0 for t = 1, 1 for t = 0) gets torch's (p - t) / max(p (1 - p), 1e-12),
 # not the clamped log's 0; t gets log(1 - p) - log p, infinite there.

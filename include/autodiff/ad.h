@@ -998,6 +998,17 @@ AD_API ad_tensor *ad_softmax_cross_entropy_ext(ad_ctx *ctx, ad_tensor *logits, a
  * AD_ERR_DTYPE (not one float dtype), AD_ERR_SHAPE (shapes that do not
  * broadcast). */
 AD_API ad_tensor *ad_binary_cross_entropy(ad_ctx *ctx, ad_tensor *p, ad_tensor *t);
+/** Binary cross-entropy of logits z and targets t per element, with
+ * broadcasting, as PyTorch's F.binary_cross_entropy_with_logits with
+ * reduction='none' and no pos_weight: -t log sigmoid(z) - (1 - t) log
+ * sigmoid(-z), computed as (1 - t) z + softplus(-z) for z > 0 and
+ * softplus(z) - t z otherwise (terms of one sign for t in [0, 1]; each
+ * side reads z only where it is taken, so z = +inf gives (1 - t) inf and
+ * z = -inf gives t inf, where PyTorch's one form gives NaN). Gradients,
+ * PyTorch's: dz = dy (sigmoid(z) - t), dt = -dy z; made of ops, so
+ * differentiable again. Errors: AD_ERR_DTYPE (not one float dtype),
+ * AD_ERR_SHAPE (shapes that do not broadcast). */
+AD_API ad_tensor *ad_binary_cross_entropy_logits(ad_ctx *ctx, ad_tensor *z, ad_tensor *t);
 /** Smooth L1 loss per element of p and t with broadcasting, as PyTorch's
  * F.smooth_l1_loss with reduction='none': with d = p - t, |d| - beta/2
  * where |d| >= beta, else d^2 / (2 beta) (d^2 for beta 0, reached by a
