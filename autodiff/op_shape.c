@@ -1895,6 +1895,29 @@ static ad_status gather_bwd(const ad_call *c) {
   return ad_call_set_grad(c, 0, ad_scatter_add(ctx, z, c->attrs->axis, c->in[1], c->gout));
 }
 
+/* x's first gradient of a pass straight into its buffer: zeros, then dy
+ * added in index order, as scatter_add into zeros_like(x) adds it (the
+ * same bits, without the zeros tensor, scatter_add's copy of it and the
+ * copy into the gradient: nll_loss's backward). An addition into a
+ * gradient already there is declined (repeated indices would round in
+ * another order). */
+static bool gather_grad_into(const ad_call *c, int k, ad_tensor *grad, bool overwrite) {
+  if (k != 0 || !overwrite) return false;
+  const ad_tensor *idx = c->in[1];
+  int ax = ad_norm_axis(c->attrs->axis, grad->ndim);
+  if (grad->size) memset(grad->data, 0, (size_t)grad->size * ad_dsize(grad->dtype));
+  if (grad->dtype == AD_F32) {
+    const float *S = c->gout->data;
+    float *Y = grad->data;
+    GATHER_WALK(grad, idx, ax, Y[off] += S[i]);
+  } else {
+    const double *S = c->gout->data;
+    double *Y = grad->data;
+    GATHER_WALK(grad, idx, ax, Y[off] += S[i]);
+  }
+  return true;
+}
+
 ad_tensor *ad_gather(ad_ctx *ctx, ad_tensor *x, int axis, ad_tensor *index) {
   ad_attrs at = {.axis = axis};
   return ad_apply2(ctx, AD_OP_GATHER, x, index, &at);
@@ -1922,6 +1945,7 @@ const ad_op_def ad_def_gather = {
     .shape = gather_shape,
     .forward = gather_fwd,
     .backward = gather_bwd,
+    .grad_into = gather_grad_into,
     .sample = gather_sample,
     .math = "y[i] = x[i with index[i] on axis]",
     .inputs = {"x", "index"},
