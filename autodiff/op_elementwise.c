@@ -1556,6 +1556,151 @@ const ad_op_def ad_def_sign = {
     .grads = {"0 (zeros, whatever dy holds)"},
 };
 
+/* ------------------------------------------------------------ hardswish */
+
+/* x min(max(x + 3, 0), 6) / 6, PyTorch's kernel's arithmetic in x's
+ * dtype (-0 for x <= -3, NaN at -inf as its 0 * -inf); a NaN x gives its
+ * own NaN (quieted), so that no operation meets two NaNs (KEEP_NAN). One
+ * pass instead of the fifteen ops of its composition with PyTorch's
+ * slopes at the kinks. */
+#define HARDSWISH_OF(T, x)                                                                         \
+  ((x) * ((x) + (T)3 < 0 ? (T)0 : (T)6 < (x) + (T)3 ? (T)6 : (x) + (T)3) / (T)6)
+DEFINE_UNARY(hardswish, KEEP_NAN(x, HARDSWISH_OF(float, x)), KEEP_NAN(x, HARDSWISH_OF(double, x)))
+
+static ad_status hardswish_bwd(const ad_call *c) {
+  return ad_call_set_grad(c, 0,
+                          ad_apply2(c->ctx, AD_OP_HARDSWISH_BACKWARD, c->gout, c->in[0], NULL));
+}
+
+ad_tensor *ad_hardswish(ad_ctx *ctx, ad_tensor *x) {
+  return ad_apply1(ctx, AD_OP_HARDSWISH, x, NULL);
+}
+
+/* Moves the elements of t within 0.1 of a finite bound 0.25 away from it,
+ * so that no central difference straddles a jump of the gradient. */
+static void clamp_sample_away(ad_tensor *t, double lo, double hi);
+
+/* |x| in [0.2, 5], both signs, away from the kinks at -3 and 3: every piece */
+static int sample_hard(const ad_sample_call *s) {
+  int n = sample_unary_range(s, 0.2, 5, true);
+  if (n > 0) clamp_sample_away(s->in[0], -3, 3);
+  return n;
+}
+
+const ad_op_def ad_def_hardswish = {
+    .name = "hardswish",
+    .arity = 1,
+    .flags = AD_OP_ELEMENTWISE,
+    .forward = hardswish_fwd,
+    .backward = hardswish_bwd,
+    .sample = sample_hard,
+    .math = "y = x min(max(x + 3, 0), 6) / 6",
+    .inputs = {"x"},
+    .grads =
+        {"hardswish_backward(dy, x) = 0 below -3, dy (x/3 + 1/2) on [-3, 3], dy above and at NaN"},
+};
+
+/* ---------------------------------------------------------- hardsigmoid */
+
+/* min(max(x + 3, 0), 6) / 6, PyTorch's arithmetic (NaN for a NaN x: its
+ * own, quieted). Its slope is 1/6 on (-3, 3) only, which PyTorch 1.13
+ * takes as 1.0f / 6.0f, float32's 1/6, also for float64
+ * (0.1666666716337204): hardtanh's gradient (clamp_backward, 0 at -3, 3
+ * and NaN) times that. */
+#define HARDSIGMOID_OF(T, x)                                                                       \
+  (((x) + (T)3 < 0 ? (T)0 : (T)6 < (x) + (T)3 ? (T)6 : (x) + (T)3) / (T)6)
+DEFINE_UNARY(hardsigmoid, KEEP_NAN(x, HARDSIGMOID_OF(float, x)),
+             KEEP_NAN(x, HARDSIGMOID_OF(double, x)))
+
+static ad_status hardsigmoid_bwd(const ad_call *c) {
+  ad_attrs at = {.clamp = {-3, 3, true}};
+  ad_tensor *d = ad_apply2(c->ctx, AD_OP_CLAMP_BACKWARD, c->gout, c->in[0], &at);
+  return ad_call_set_grad(c, 0, ad_mul_scalar(c->ctx, d, (double)(1.0f / 6.0f)));
+}
+
+ad_tensor *ad_hardsigmoid(ad_ctx *ctx, ad_tensor *x) {
+  return ad_apply1(ctx, AD_OP_HARDSIGMOID, x, NULL);
+}
+
+const ad_op_def ad_def_hardsigmoid = {
+    .name = "hardsigmoid",
+    .arity = 1,
+    .flags = AD_OP_ELEMENTWISE,
+    .forward = hardsigmoid_fwd,
+    .backward = hardsigmoid_bwd,
+    .sample = sample_hard,
+    .math = "y = min(max(x + 3, 0), 6) / 6",
+    .inputs = {"x"},
+    .grads = {"dy * float32(1/6) where -3 < x < 3, else 0"},
+};
+
+/* ----------------------------------------------------------- softshrink */
+
+/* x > l ? x - l : x < -l ? x + l : 0 (l = attrs.scalar, lambd, rounded to
+ * x's dtype), PyTorch 1.13's kernel: 0 at a NaN x. One pass instead of
+ * six ops. */
+DEFINE_UNARY_S(softshrink, x > (float)s ? x - (float)s : (x < -(float)s ? x + (float)s : 0.0f),
+               x > s ? x - s : (x < -s ? x + s : 0.0))
+
+static ad_status softshrink_bwd(const ad_call *c) {
+  return ad_call_set_grad(
+      c, 0, ad_apply2(c->ctx, AD_OP_SOFTSHRINK_BACKWARD, c->gout, c->in[0], c->attrs));
+}
+
+ad_tensor *ad_softshrink(ad_ctx *ctx, ad_tensor *x, double lambd) {
+  return with_scalar(ctx, AD_OP_SOFTSHRINK, x, lambd);
+}
+
+/* lambd 0.5; |x| in [0.2, 2], both signs, away from the kinks at +-0.5 */
+static int sample_shrink(const ad_sample_call *s) {
+  s->attrs->scalar = 0.5;
+  int n = sample_unary_range(s, 0.2, 2, true);
+  if (n > 0) clamp_sample_away(s->in[0], -0.5, 0.5);
+  return n;
+}
+
+const ad_op_def ad_def_softshrink = {
+    .name = "softshrink",
+    .arity = 1,
+    .flags = AD_OP_ELEMENTWISE,
+    .attrs = AD_ATTRS_SCALAR,
+    .forward = softshrink_fwd,
+    .backward = softshrink_bwd,
+    .sample = sample_shrink,
+    .math = "y = x > l ? x - l : x < -l ? x + l : 0  (l = lambd; 0 at NaN)",
+    .inputs = {"x"},
+    .grads = {"softshrink_backward(dy, x) = dy where x < -l or x > l, else 0 (NaN too)"},
+};
+
+/* ----------------------------------------------------------- hardshrink */
+
+/* -l <= x <= l ? 0 : x (l = attrs.scalar, lambd, rounded to x's dtype),
+ * PyTorch 1.13's kernel: a NaN x stays (itself), any l taken (none inside
+ * for l < 0). One pass instead of four ops. */
+DEFINE_UNARY_S(hardshrink, x >= -(float)s && x <= (float)s ? 0.0f : x, x >= -s && x <= s ? 0.0 : x)
+
+static ad_status hardshrink_bwd(const ad_call *c) {
+  return ad_call_set_grad(
+      c, 0, ad_apply2(c->ctx, AD_OP_HARDSHRINK_BACKWARD, c->gout, c->in[0], c->attrs));
+}
+
+ad_tensor *ad_hardshrink(ad_ctx *ctx, ad_tensor *x, double lambd) {
+  return with_scalar(ctx, AD_OP_HARDSHRINK, x, lambd);
+}
+
+const ad_op_def ad_def_hardshrink = {
+    .name = "hardshrink",
+    .arity = 1,
+    .flags = AD_OP_ELEMENTWISE,
+    .attrs = AD_ATTRS_SCALAR,
+    .forward = hardshrink_fwd,
+    .backward = hardshrink_bwd,
+    .sample = sample_shrink,
+    .math = "y = -l <= x <= l ? 0 : x  (l = lambd)",
+    .inputs = {"x"},
+    .grads = {"hardshrink_backward(dy, x) = 0 where -l <= x <= l, else dy (NaN too)"},
+};
+
 /* -------------------------------------------------------- tanh_backward */
 
 DEFINE_BINARY(tanh_backward, x0 *(1 - x1 * x1))
@@ -1811,6 +1956,120 @@ const ad_op_def ad_def_clamp_backward = {
     .math = "y = lo <= x <= hi ? g : 0  (hardtanh's: lo < x < hi ? g : 0)",
     .inputs = {"g", "x"},
     .grads = {"dy where lo <= x <= hi (hardtanh: lo < x < hi), else 0", NULL},
+};
+
+/* --------------------------------------------------- hardswish_backward */
+
+/* PyTorch's hardswish_backward (its scalar kernel): 0 below -3 (chosen, so
+ * a NaN or infinite g there stays out), g (x/3 + 1/2) on [-3, 3] (-g/2
+ * at -3, 3g/2 at 3), g above 3 and at a NaN x, in x's dtype. */
+DEFINE_BINARY(hardswish_backward, x1 < -3 ? 0 : x1 <= 3 ? x0 * (x1 / 3 + 0.5f) : x0)
+
+/* dg = dy HARDSWISH'(x), this op again; dx = dy g / 3 on (-3, 3) only, as
+ * PyTorch's double backward (hardtanh's gradient: clamp_backward, 0 at NaN) */
+static ad_status hardswish_backward_bwd(const ad_call *c) {
+  ad_ctx *ctx = c->ctx;
+  ad_tensor *g = c->in[0], *x = c->in[1];
+  ad_status st = AD_OK;
+  if (c->needs[0])
+    st = ad_call_set_grad(c, 0, ad_apply2(ctx, AD_OP_HARDSWISH_BACKWARD, c->gout, x, NULL));
+  if (st == AD_OK && c->needs[1]) {
+    ad_attrs at = {.clamp = {-3, 3, true}};
+    ad_tensor *d = ad_div_scalar(ctx, ad_mul(ctx, c->gout, g), 3);
+    st = ad_call_set_grad(c, 1, ad_apply2(ctx, AD_OP_CLAMP_BACKWARD, d, x, &at));
+  }
+  return st;
+}
+
+/* x (the second input) of every piece, away from the kinks at -3 and 3 */
+static int hardswish_backward_sample(const ad_sample_call *s) {
+  int n = sample_binary_range(s, -2, 2, 0.2, 5, true);
+  if (n > 0) clamp_sample_away(s->in[1], -3, 3);
+  return n;
+}
+
+const ad_op_def ad_def_hardswish_backward = {
+    .name = "hardswish_backward",
+    .arity = 2,
+    .flags = AD_OP_ELEMENTWISE,
+    .forward = hardswish_backward_fwd,
+    .backward = hardswish_backward_bwd,
+    .sample = hardswish_backward_sample,
+    .math = "y = x < -3 ? 0 : x <= 3 ? g (x/3 + 1/2) : g  (g for a NaN x)",
+    .inputs = {"g", "x"},
+    .grads = {"hardswish_backward(dy, x)", "dy g / 3 where -3 < x < 3, else 0"},
+};
+
+/* ------------------------------ softshrink_backward, hardshrink_backward */
+
+/* PyTorch's softshrink_backward and hardshrink_backward, l = attrs.scalar
+ * rounded to the dtype: g outside [-l, l], 0 on it (a zero chosen, so a
+ * NaN or infinite g there stays out). At a NaN x softshrink's gives 0 (its
+ * vectorized kernel), hardshrink's g (its scalar code): nn_softshrink's
+ * documented slopes. x gets no gradient. */
+#define SHRINK_BACKWARD_ROWS(NAME, PASS)                                                           \
+  static void NAME##_rows(const ad_call *c, int64_t oa, int64_t sa, int64_t ob, int64_t sb,        \
+                          int64_t oy, int64_t len) {                                               \
+    const double s = c->attrs->scalar;                                                             \
+    if (c->out->dtype == AD_F32) {                                                                 \
+      const float l = (float)s;                                                                    \
+      BINARY_LOOP(float, PASS(x1, l) ? x0 : 0.0f);                                                 \
+    } else {                                                                                       \
+      const double l = s;                                                                          \
+      BINARY_LOOP(double, PASS(x1, l) ? x0 : 0.0);                                                 \
+    }                                                                                              \
+  }                                                                                                \
+  static void NAME##_fwd(const ad_call *c) { ad_binary_run(c, NAME##_rows); }
+#define SOFTSHRINK_PASS(x, l) ((x) < -(l) || (x) > (l))
+#define HARDSHRINK_PASS(x, l) (!((x) >= -(l) && (x) <= (l)))
+SHRINK_BACKWARD_ROWS(softshrink_backward, SOFTSHRINK_PASS)
+SHRINK_BACKWARD_ROWS(hardshrink_backward, HARDSHRINK_PASS)
+
+/* dg = this op again; x gets none (the mask is piecewise constant) */
+static ad_status softshrink_backward_bwd(const ad_call *c) {
+  if (!c->needs[0]) return AD_OK;
+  return ad_call_set_grad(
+      c, 0, ad_apply2(c->ctx, AD_OP_SOFTSHRINK_BACKWARD, c->gout, c->in[1], c->attrs));
+}
+
+static ad_status hardshrink_backward_bwd(const ad_call *c) {
+  if (!c->needs[0]) return AD_OK;
+  return ad_call_set_grad(
+      c, 0, ad_apply2(c->ctx, AD_OP_HARDSHRINK_BACKWARD, c->gout, c->in[1], c->attrs));
+}
+
+/* lambd 0.5; x (the second input) away from +-0.5 */
+static int shrink_backward_sample(const ad_sample_call *s) {
+  s->attrs->scalar = 0.5;
+  int n = sample_binary_range(s, -2, 2, 0.2, 2, true);
+  if (n > 0) clamp_sample_away(s->in[1], -0.5, 0.5);
+  return n;
+}
+
+const ad_op_def ad_def_softshrink_backward = {
+    .name = "softshrink_backward",
+    .arity = 2,
+    .flags = AD_OP_ELEMENTWISE,
+    .attrs = AD_ATTRS_SCALAR,
+    .forward = softshrink_backward_fwd,
+    .backward = softshrink_backward_bwd,
+    .sample = shrink_backward_sample,
+    .math = "y = x < -l or x > l ? g : 0  (l = lambd; 0 for a NaN x)",
+    .inputs = {"g", "x"},
+    .grads = {"dy where x < -l or x > l, else 0", NULL},
+};
+
+const ad_op_def ad_def_hardshrink_backward = {
+    .name = "hardshrink_backward",
+    .arity = 2,
+    .flags = AD_OP_ELEMENTWISE,
+    .attrs = AD_ATTRS_SCALAR,
+    .forward = hardshrink_backward_fwd,
+    .backward = hardshrink_backward_bwd,
+    .sample = shrink_backward_sample,
+    .math = "y = -l <= x <= l ? 0 : g  (l = lambd; g for a NaN x)",
+    .inputs = {"g", "x"},
+    .grads = {"dy, 0 where -l <= x <= l", NULL},
 };
 
 /* ----------------------------------------------------------------- cast */

@@ -129,34 +129,6 @@ static ad_tensor *elu_like(ad_ctx *ctx, ad_tensor *x, double alpha, double scale
   return ad_where(ctx, ad_le(ctx, x, zero), neg, pos);
 }
 
-/* y = x relu6(x + 3) / 6, PyTorch's values (x clamp(x + 3, 0, 6) / 6; the
- * clamp is taken on x, to [-3, 3], then 3 added: the same numbers, and
- * masks at exactly x = +-3, also in float32), and its hardswish_backward's
- * slopes: x/3 + 1/2 on [-3, 3] (-1/2 at -3 and 3/2 at 3: kink() adds what
- * the products' masks, open at +-3, leave out), 0 below, 1 above and at a
- * NaN x; second derivative 1/3 on (-3, 3) only, as its double backward. A
- * NaN x takes the identity, and the product reads 0 there, so that its
- * NaN does not reach the gradient. */
-static ad_tensor *hardswish(ad_ctx *ctx, ad_tensor *x) {
-  ad_tensor *ok = ad_eq(ctx, x, x), *z = ad_scalar(ctx, x->dtype, 0);
-  ad_tensor *xs = ad_where(ctx, ok, x, z);
-  ad_tensor *r = ad_add_scalar(ctx, ad_hardtanh(ctx, xs, -3, 3), 3);
-  ad_tensor *m = ad_div_scalar(ctx, ad_mul(ctx, xs, r), 6);
-  m = ad_add(ctx, ad_add(ctx, m, kink(ctx, xs, -3, -0.5)), kink(ctx, xs, 3, 0.5));
-  return ad_where(ctx, ok, m, x);
-}
-
-/* y = clamp(x + 3, 0, 6) / 6, PyTorch's values (the clamp on x, as in
- * hardswish), and its slope on (-3, 3) only (0 at +-3 and at a NaN x),
- * which PyTorch 1.13 takes as 1.0f / 6.0f, float32's 1/6, also for
- * float64 (0.1666666716337204): r / 6 on a detached r for the value, plus
- * that slope times r - r (+0) for the gradient. */
-static ad_tensor *hardsigmoid(ad_ctx *ctx, ad_tensor *x) {
-  ad_tensor *r = ad_add_scalar(ctx, ad_hardtanh(ctx, x, -3, 3), 3), *rd = ad_detach(ctx, r);
-  return ad_add(ctx, ad_div_scalar(ctx, rd, 6),
-                ad_mul_scalar(ctx, ad_sub(ctx, r, rd), (double)(1.0f / 6.0f)));
-}
-
 ad_tensor *nn_activate(ad_ctx *ctx, ad_tensor *x, nn_act act, double alpha) {
   if (!x) {
     nn_null_arg(ctx, "activate", "x");
@@ -225,10 +197,10 @@ ad_tensor *nn_activate(ad_ctx *ctx, ad_tensor *x, nn_act act, double alpha) {
     return elu_like(ctx, x, alpha, 1.0, 1.0 / alpha, 1.0 / (double)(float)alpha);
   case NN_ACT_MISH: /* ad_softplus is stable: tanh(softplus(1000)) = 1 */
     return ad_mul(ctx, x, ad_tanh(ctx, ad_softplus(ctx, x)));
-  case NN_ACT_HARDSWISH:
-    return hardswish(ctx, x);
+  case NN_ACT_HARDSWISH: /* one op each, PyTorch's slopes at -3, 3 and NaN (ad.h) */
+    return ad_hardswish(ctx, x);
   case NN_ACT_HARDSIGMOID:
-    return hardsigmoid(ctx, x);
+    return ad_hardsigmoid(ctx, x);
   case NN_ACT_LOGSIGMOID: /* min(x, 0) - log1p(e^-|x|), as PyTorch's (0 - s: +0 at 1000) */
     return ad_rsub_scalar(ctx, ad_softplus(ctx, ad_neg(ctx, x)), 0.0);
   case NN_ACT_SOFTSIGN: /* PyTorch's own composite */

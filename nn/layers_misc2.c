@@ -595,9 +595,8 @@ static bool shrink_arg(ad_ctx *ctx, m2_kind k, double lambd) {
   return true;
 }
 
-/* inside = -l <= x <= l (0 for NaN);
- *   hardshrink  where(inside, 0, x)
- *   softshrink  where(x > l, x - l, where(x < -l, x + l, 0))
+/*   hardshrink  ad_hardshrink: -l <= x <= l ? 0 : x
+ *   softshrink  ad_softshrink: x > l ? x - l : x < -l ? x + l : 0
  *   threshold   where(x <= t, value, x) */
 static ad_tensor *shrink_run(ad_ctx *ctx, const char *who, ad_tensor *x, m2_kind k, double l,
                              double value) {
@@ -606,16 +605,9 @@ static ad_tensor *shrink_run(ad_ctx *ctx, const char *who, ad_tensor *x, m2_kind
       (k == M2_THRESHOLD && !nn_f32_setting_ok(ctx, who, x, "value", value)))
     return NULL;
   ad_dtype dt = x->dtype;
-  ad_tensor *zero = ad_scalar(ctx, dt, 0.0);
   if (k == M2_THRESHOLD)
     return ad_where(ctx, ad_le(ctx, x, ad_scalar(ctx, dt, l)), ad_scalar(ctx, dt, value), x);
-  ad_tensor *hi = ad_scalar(ctx, dt, l), *lo = ad_scalar(ctx, dt, -l);
-  if (k == M2_HARDSHRINK) {
-    ad_tensor *inside = ad_mul(ctx, ad_ge(ctx, x, lo), ad_le(ctx, x, hi));
-    return ad_where(ctx, inside, zero, x);
-  }
-  ad_tensor *below = ad_where(ctx, ad_lt(ctx, x, lo), ad_add_scalar(ctx, x, l), zero);
-  return ad_where(ctx, ad_gt(ctx, x, hi), ad_sub_scalar(ctx, x, l), below);
+  return k == M2_HARDSHRINK ? ad_hardshrink(ctx, x, l) : ad_softshrink(ctx, x, l);
 }
 
 static ad_tensor *softmin_run(ad_ctx *ctx, const char *who, ad_tensor *x, int dim, bool two_d) {

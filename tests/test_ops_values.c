@@ -814,6 +814,8 @@ static ad_tensor *run_builder(ad_ctx *cx, const fx_case *c, ad_tensor **in, bool
     if (!strcmp(op, "leaky_relu")) return ad_leaky_relu(cx, x, a->scalar);
     if (!strcmp(op, "smooth_l1")) return ad_smooth_l1(cx, x, y, a->scalar);
     if (!strcmp(op, "huber")) return ad_huber(cx, x, y, a->scalar);
+    if (!strcmp(op, "softshrink")) return ad_softshrink(cx, x, a->scalar);
+    if (!strcmp(op, "hardshrink")) return ad_hardshrink(cx, x, a->scalar);
     break;
   case AD_ATTRS_DTYPE:
     if (!strcmp(op, "cast")) return ad_cast(cx, x, a->dtype);

@@ -396,12 +396,14 @@ UNARY = {
     "softplus": (lambda x: F.softplus(x, beta=1, threshold=1000), "any"),
     "erf": (torch.erf, "any"),
     "square": (torch.square, "any"),
+    "hardswish": (F.hardswish, "wide"),
 }
 RANGES = {"any": (-3, 3), "pos": (0.1, 4), "wide": (-6, 6)}
 # a unary op of the table without an entry above: torch.NAME on (-3, 3); an
 # op with a narrower domain needs an entry with its range
 for name in table_ops("B1"):
-    if name not in UNARY and name != "detach":  # no gradient: issue 11's block has its cases
+    # detach: no gradient (issue 11's block has its cases); hardsigmoid: its own, below
+    if name not in UNARY and name not in ("detach", "hardsigmoid"):
         UNARY[name] = (torch_fn(name, "UNARY"), "any")
 
 for name, (fn, rk) in UNARY.items():
@@ -420,6 +422,17 @@ for name in ("abs", "relu"):
         lambda t, fn=UNARY[name][0]: fn(t[0]))
 for name in ("sigmoid", "softplus", "tanh", "gelu", "erf"):
     add(f"{name}_edges", name, const([("in", EDGE)]), lambda t, fn=UNARY[name][0]: fn(t[0]))
+# hardswish's and hardsigmoid's kinks: torch's slopes at -3 and 3 (hardswish
+# -1/2 and 3/2, its [-3, 3] closed; hardsigmoid 0, its (-3, 3) open).
+# hardsigmoid (B1, cases of its own): torch 1.13 has no second derivative
+# of it (hardsigmoid_backward's is not implemented); ours is 0
+KINKS = f32r([-4.0, -3.0, -1.5, 0.0, 3.0, 4.5])
+add("hardswish_kinks", "hardswish", const([("in", KINKS)]), lambda t: F.hardswish(t[0]))
+add("hardsigmoid_kinks", "hardsigmoid", const([("in", KINKS)]), lambda t: F.hardsigmoid(t[0]),
+    second=False)
+for tag, shape in (("2d", (3, 4)), ("3d", (2, 3, 2)), ("0d", ())):
+    add(f"hardsigmoid_{tag}", "hardsigmoid", lambda rng, shape=shape: [("in", U(rng, shape, -6, 6))],
+        lambda t: F.hardsigmoid(t[0]), second=False)
 add("log_small", "log", const([("in", f32r([1e-3, 0.25, 1.0, 1e3]))]), lambda t: torch.log(t[0]))
 
 for alpha in (0.1, 0.01, -0.5):
@@ -428,6 +441,24 @@ for alpha in (0.1, 0.01, -0.5):
         lambda t, a=alpha: F.leaky_relu(t[0], a), attr=("scalar", alpha))
 add("leaky_relu_2d", "leaky_relu", lambda rng: [("in", U(rng, (3, 4)))],
     lambda t: F.leaky_relu(t[0], 0.2), attr=("scalar", 0.2))
+
+# softshrink and hardshrink (lambd as the scalar attr): bounds, NaN (softshrink
+# 0, hardshrink NaN) and random values; their gradients as torch's
+# softshrink_backward and hardshrink_backward (at a NaN x: case shrinks_and_
+# threshold_at_nan of tests/test_nn_misc2.c, torch's kernels differ there)
+SHRINK_EDGE = f32r([-2.0, -0.5, -0.25, -0.0, 0.5, 0.75])
+for name, fn in (("softshrink", F.softshrink), ("hardshrink", F.hardshrink)):
+    add(f"{name}_2d", name, lambda rng: [("in", U(rng, (3, 4)))],
+        lambda t, fn=fn: fn(t[0], 0.5), attr=("scalar", 0.5))
+    add(f"{name}_edges", name, const([("in", SHRINK_EDGE)]), lambda t, fn=fn: fn(t[0], 0.5),
+        attr=("scalar", 0.5))
+    for tag, sg, st in (("same", (3, 4), (3, 4)), ("row", (3, 4), (4,))):
+        add(f"{name}_backward_{tag}", f"{name}_backward",
+            lambda rng, sg=sg, st=st: [("in", U(rng, sg)), ("in", U(rng, st, -2, 2))],
+            lambda t, bw=getattr(torch.ops.aten, f"{name}_backward"): bw(t[0], t[1], 0.5),
+            attr=("scalar", 0.5))
+add("hardshrink_negative_lambd", "hardshrink", lambda rng: [("in", U(rng, (4,)))],
+    lambda t: F.hardshrink(t[0], -0.25), attr=("scalar", -0.25))
 
 # fused activation gradients: y = g * f'(.) from the saved tanh / sigmoid
 # output or relu / gelu input; torch's aten ops of the same names (relu's is
@@ -438,6 +469,7 @@ FUSED = {
     "relu_backward": (lambda g, x: torch.ops.aten.threshold_backward(g, x, 0.0), (-2, 2)),
     "gelu_backward": (torch.ops.aten.gelu_backward, (-4, 4)),
     "abs_backward": (lambda g, x: g * torch.sgn(x.detach()), (-2, 2)),
+    "hardswish_backward": (torch.ops.aten.hardswish_backward, (-5, 5)),
 }
 for name, (fn, (lo, hi)) in FUSED.items():
     for tag, sg, st in (("same", (3, 4), (3, 4)), ("row", (3, 4), (4,)), ("col", (2, 3), (2, 1))):

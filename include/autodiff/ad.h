@@ -656,6 +656,35 @@ AD_API ad_tensor *ad_hardtanh(ad_ctx *ctx, ad_tensor *x, double lo, double hi);
  * those of any op, AD_ERR_DTYPE for a non-float x (torch.sign also takes
  * integers). */
 AD_API ad_tensor *ad_sign(ad_ctx *ctx, ad_tensor *x);
+/** torch.nn.functional.hardswish: x min(max(x + 3, 0), 6) / 6, in one pass,
+ * in PyTorch's arithmetic (-0.0 for x <= -3, NaN at -inf and at a NaN x).
+ * The gradient is PyTorch's: 0 below -3, dy (x/3 + 1/2) on [-3, 3]
+ * (inclusive: -dy/2 at -3, 3 dy/2 at 3), dy above 3 and at a NaN x; the
+ * second derivative 1/3 on (-3, 3) only. Differentiable to any order.
+ * Errors: those of any op, AD_ERR_DTYPE for a non-float x. */
+AD_API ad_tensor *ad_hardswish(ad_ctx *ctx, ad_tensor *x);
+/** torch.nn.functional.hardsigmoid: min(max(x + 3, 0), 6) / 6, in one pass
+ * (NaN at a NaN x). The gradient is dy times float32's 1/6
+ * (0.1666666716337204, also in float64, as PyTorch 1.13) on (-3, 3) only:
+ * 0 at -3, 3 and a NaN x, and 0 outside whatever dy holds; the second
+ * derivative is 0. Errors: those of any op, AD_ERR_DTYPE for a non-float
+ * x. */
+AD_API ad_tensor *ad_hardsigmoid(ad_ctx *ctx, ad_tensor *x);
+/** torch.nn.functional.softshrink(x, lambd): x - lambd above lambd, x +
+ * lambd below -lambd, 0 between (bounds included) and at a NaN x (PyTorch
+ * 1.13's kernel), lambd rounded to x's dtype; one pass. The gradient is dy
+ * outside [-lambd, lambd], 0 on it and at a NaN x (PyTorch's vectorized
+ * kernel; its scalar code passes dy there) whatever dy holds; the second
+ * derivative is 0. lambd is not checked here (nn_softshrink refuses one
+ * below 0). Errors: those of any op, AD_ERR_DTYPE for a non-float x. */
+AD_API ad_tensor *ad_softshrink(ad_ctx *ctx, ad_tensor *x, double lambd);
+/** torch.nn.functional.hardshrink(x, lambd): 0 where -lambd <= x <= lambd,
+ * x elsewhere (a NaN x stays NaN; a negative lambd zeroes nothing), lambd
+ * rounded to x's dtype; one pass. The gradient is dy outside [-lambd,
+ * lambd] and at a NaN x (PyTorch's scalar code; its vectorized kernel
+ * gives 0 there), 0 on it whatever dy holds. Errors: those of any op,
+ * AD_ERR_DTYPE for a non-float x. */
+AD_API ad_tensor *ad_hardshrink(ad_ctx *ctx, ad_tensor *x, double lambd);
 /** @} */
 /** Converts to another float dtype; the gradient is converted back. To x's
  * own dtype it returns x itself, after the checks of any op's input. */
