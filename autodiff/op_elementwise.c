@@ -742,6 +742,52 @@ const ad_op_def ad_def_where = {
     .grads = {NULL, "where(c, dy, 0)", "where(c, 0, dy)"},
 };
 
+/* ---------------------------------------------------------------- prelu */
+
+/* x > 0 ? x : w x, w broadcast (PyTorch's prelu with w read as [1, C, 1,
+ * ...]): one pass instead of a comparison, two wheres and a product. A
+ * NaN x takes w x (NaN). */
+DEFINE_BINARY(prelu, x0 > 0 ? x0 : x0 * x1)
+
+/* dx = dy where x > 0, else w dy (w at 0 and at NaN); dw = dy x where x
+ * <= 0 or NaN, a zero chosen where x > 0 (an x of +inf adds 0, not 0 *
+ * inf), summed down by the engine where w is broadcast. Of ops, so
+ * differentiable again: d2/dx dw = dy where x <= 0 or NaN. */
+static ad_status prelu_bwd(const ad_call *c) {
+  ad_ctx *ctx = c->ctx;
+  ad_tensor *x = c->in[0], *w = c->in[1], *dy = c->gout;
+  ad_tensor *zero = ad_scalar(ctx, dy->dtype, 0.0), *pos = ad_gt(ctx, x, zero);
+  ad_status st = AD_OK;
+  if (c->needs[0]) st = ad_call_set_grad(c, 0, ad_where(ctx, pos, dy, ad_mul(ctx, dy, w)));
+  if (st == AD_OK && c->needs[1])
+    st = ad_call_set_grad(c, 1, ad_where(ctx, pos, zero, ad_mul(ctx, dy, x)));
+  return st;
+}
+
+ad_tensor *ad_prelu(ad_ctx *ctx, ad_tensor *x, ad_tensor *w) {
+  return ad_apply2(ctx, AD_OP_PRELU, x, w, NULL);
+}
+
+/* x away from the kink at 0 (|x| in [0.2, 2], both signs); w in (-2, 2) */
+static int prelu_sample(const ad_sample_call *s) {
+  int k = sample_binary_range(s, 0.2, 2, -2, 2, false);
+  for (int64_t i = 0; k > 0 && i < s->in[0]->size; i++)
+    if (ad_rng_uniform(s->rng) < 0.5) ad_tensor_set(s->in[0], i, -ad_tensor_get(s->in[0], i));
+  return k;
+}
+
+const ad_op_def ad_def_prelu = {
+    .name = "prelu",
+    .arity = 2,
+    .flags = AD_OP_ELEMENTWISE,
+    .forward = prelu_fwd,
+    .backward = prelu_bwd,
+    .sample = prelu_sample,
+    .math = "y = x > 0 ? x : w x",
+    .inputs = {"x", "w"},
+    .grads = {"dy where x > 0, else w dy", "dy x where x <= 0 or NaN, else 0"},
+};
+
 /* ----------------------------------------------------------- add_scalar */
 
 /* e, or for a NaN x its own NaN (quieted: x + x), whatever the scalar:

@@ -194,6 +194,7 @@ BINARY = {
     "pow": (torch.pow, (0.5, 2), (-2, 2)),
     "maximum": (torch.maximum, (-2, 2), (-2, 2)),
     "minimum": (torch.minimum, (-2, 2), (-2, 2)),
+    "prelu": (lambda a, b: torch.where(a > 0, a, b * a), (-2, 2), (-2, 2)),
 }
 
 # binary_cross_entropy (nn_bce_loss's op), torch's elementwise BCE

@@ -589,6 +589,16 @@ AD_API ad_tensor *ad_pow(ad_ctx *ctx, ad_tensor *a, ad_tensor *b);
  * PyTorch and NumPy), and both sides receive the whole gradient there. @{ */
 AD_API ad_tensor *ad_maximum(ad_ctx *ctx, ad_tensor *a, ad_tensor *b);
 AD_API ad_tensor *ad_minimum(ad_ctx *ctx, ad_tensor *a, ad_tensor *b);
+/** PyTorch's prelu: x where x > 0, else w x (NaN at a NaN x), w broadcast
+ * against x by NumPy's rule (torch.nn.functional.prelu's w of C elements
+ * is w reshaped to [1, C, 1, ...]); one pass. The gradient in x is dy
+ * where x > 0, else w dy (w at 0 and at NaN); in w dy x where x <= 0 or
+ * NaN and 0 where x > 0 (also for an x of +inf), summed over the
+ * broadcast. Differentiable to any order (d2/dx dw = dy where x <= 0 or
+ * NaN; nn_prelu_new's layer drops that term at NaN, as PyTorch).
+ * Errors: those of a binary op (AD_ERR_SHAPE when x and w do not
+ * broadcast, AD_ERR_DTYPE unless both are the same float dtype). */
+AD_API ad_tensor *ad_prelu(ad_ctx *ctx, ad_tensor *x, ad_tensor *w);
 /** @} */
 
 /** scalar forms @{ */
