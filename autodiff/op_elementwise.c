@@ -1747,6 +1747,36 @@ const ad_op_def ad_def_hardshrink = {
     .grads = {"hardshrink_backward(dy, x) = 0 where -l <= x <= l, else dy (NaN too)"},
 };
 
+/* ----------------------------------------------------------- logsigmoid */
+
+/* 0 - softplus(-x) = min(x, 0) - log1p(e^-|x|) on softplus's kernels
+ * (+0 at large x): the values of the composite it replaces, in one pass. */
+#define LOGSIGMOID_V(x)     (0.0f - softplus_v(-(x)))
+#define LOGSIGMOID_OUT32(x) SOFTPLUS_OUT32(-(x))
+#define LOGSIGMOID_F(x)     (0.0f - softplus_f(-(x)))
+UNARY_KERNEL_V(logsigmoid, LOGSIGMOID_V, LOGSIGMOID_OUT32, LOGSIGMOID_F, 0.0 - softplus_d(-x))
+
+static ad_status logsigmoid_bwd(const ad_call *c) {
+  return ad_call_set_grad(c, 0,
+                          ad_apply2(c->ctx, AD_OP_LOGSIGMOID_BACKWARD, c->gout, c->in[0], NULL));
+}
+
+ad_tensor *ad_logsigmoid(ad_ctx *ctx, ad_tensor *x) {
+  return ad_apply1(ctx, AD_OP_LOGSIGMOID, x, NULL);
+}
+
+const ad_op_def ad_def_logsigmoid = {
+    .name = "logsigmoid",
+    .arity = 1,
+    .flags = AD_OP_ELEMENTWISE,
+    .forward = logsigmoid_fwd,
+    .backward = logsigmoid_bwd,
+    .sample = sample_unary,
+    .math = "y = log(sigmoid(x)) = min(x, 0) - log1p(exp(-|x|))",
+    .inputs = {"x"},
+    .grads = {"logsigmoid_backward(dy, x) = dy * sigmoid(-x)"},
+};
+
 /* -------------------------------------------------------- tanh_backward */
 
 DEFINE_BINARY(tanh_backward, x0 *(1 - x1 * x1))
@@ -2116,6 +2146,40 @@ const ad_op_def ad_def_hardshrink_backward = {
     .math = "y = -l <= x <= l ? 0 : g  (l = lambd; g for a NaN x)",
     .inputs = {"g", "x"},
     .grads = {"dy, 0 where -l <= x <= l", NULL},
+};
+
+/* -------------------------------------------------- logsigmoid_backward */
+
+/* g sigmoid(-x) on sigmoid's kernels: the bits of the product and sigmoid
+ * of -x it replaces, one pass instead of four (two negations among them). */
+BINARY_KERNEL_V(logsigmoid_backward, x0 *sigmoid_v(-x1), SIGMOID_OUT32(-x1), x0 *sigmoid_f(-x1),
+                x0 *sigmoid_d(-x1))
+
+/* dg = this op again; dx = -dy g s (1 - s), s = sigmoid(-x), of ops */
+static ad_status logsigmoid_backward_bwd(const ad_call *c) {
+  ad_ctx *ctx = c->ctx;
+  ad_tensor *g = c->in[0], *x = c->in[1];
+  ad_status st = AD_OK;
+  if (c->needs[0])
+    st = ad_call_set_grad(c, 0, ad_apply2(ctx, AD_OP_LOGSIGMOID_BACKWARD, c->gout, x, NULL));
+  if (st == AD_OK && c->needs[1]) {
+    ad_tensor *s = ad_sigmoid(ctx, ad_neg(ctx, x));
+    ad_tensor *d = ad_apply2(ctx, AD_OP_SIGMOID_BACKWARD, ad_mul(ctx, c->gout, g), s, NULL);
+    st = ad_call_set_grad(c, 1, ad_neg(ctx, d));
+  }
+  return st;
+}
+
+const ad_op_def ad_def_logsigmoid_backward = {
+    .name = "logsigmoid_backward",
+    .arity = 2,
+    .flags = AD_OP_ELEMENTWISE,
+    .forward = logsigmoid_backward_fwd,
+    .backward = logsigmoid_backward_bwd,
+    .sample = sample_binary,
+    .math = "y = g sigmoid(-x)",
+    .inputs = {"g", "x"},
+    .grads = {"dy sigmoid(-x)", "-dy g s (1 - s), s = sigmoid(-x)"},
 };
 
 /* ----------------------------------------------------------------- cast */

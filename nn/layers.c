@@ -201,8 +201,8 @@ ad_tensor *nn_activate(ad_ctx *ctx, ad_tensor *x, nn_act act, double alpha) {
     return ad_hardswish(ctx, x);
   case NN_ACT_HARDSIGMOID:
     return ad_hardsigmoid(ctx, x);
-  case NN_ACT_LOGSIGMOID: /* min(x, 0) - log1p(e^-|x|), as PyTorch's (0 - s: +0 at 1000) */
-    return ad_rsub_scalar(ctx, ad_softplus(ctx, ad_neg(ctx, x)), 0.0);
+  case NN_ACT_LOGSIGMOID: /* min(x, 0) - log1p(e^-|x|), as PyTorch's (+0 at 1000) */
+    return ad_logsigmoid(ctx, x);
   case NN_ACT_SOFTSIGN: /* PyTorch's own composite */
     return ad_div(ctx, x, ad_add_scalar(ctx, ad_abs(ctx, x), 1));
   case NN_ACT_TANHSHRINK: /* PyTorch's own composite */

@@ -398,6 +398,7 @@ UNARY = {
     "erf": (torch.erf, "any"),
     "square": (torch.square, "any"),
     "hardswish": (F.hardswish, "wide"),
+    "logsigmoid": (F.logsigmoid, "any"),
 }
 RANGES = {"any": (-3, 3), "pos": (0.1, 4), "wide": (-6, 6)}
 # a unary op of the table without an entry above: torch.NAME on (-3, 3); an
@@ -421,7 +422,7 @@ EDGE = f32r([-30.0, -1.0, 0.0, 0.5, 30.0])
 for name in ("abs", "relu"):
     add(f"{name}_at_zero", name, const([("in", f32r([-1.5, 0.0, 2.0, -0.0]))]),
         lambda t, fn=UNARY[name][0]: fn(t[0]))
-for name in ("sigmoid", "softplus", "tanh", "gelu", "erf"):
+for name in ("sigmoid", "softplus", "tanh", "gelu", "erf", "logsigmoid"):
     add(f"{name}_edges", name, const([("in", EDGE)]), lambda t, fn=UNARY[name][0]: fn(t[0]))
 # hardswish's and hardsigmoid's kinks: torch's slopes at -3 and 3 (hardswish
 # -1/2 and 3/2, its [-3, 3] closed; hardsigmoid 0, its (-3, 3) open).
@@ -471,6 +472,7 @@ FUSED = {
     "gelu_backward": (torch.ops.aten.gelu_backward, (-4, 4)),
     "abs_backward": (lambda g, x: g * torch.sgn(x.detach()), (-2, 2)),
     "hardswish_backward": (torch.ops.aten.hardswish_backward, (-5, 5)),
+    "logsigmoid_backward": (lambda g, x: g * torch.sigmoid(-x), (-4, 4)),
 }
 for name, (fn, (lo, hi)) in FUSED.items():
     for tag, sg, st in (("same", (3, 4), (3, 4)), ("row", (3, 4), (4,)), ("col", (2, 3), (2, 1))):

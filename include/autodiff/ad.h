@@ -695,6 +695,11 @@ AD_API ad_tensor *ad_softshrink(ad_ctx *ctx, ad_tensor *x, double lambd);
  * gives 0 there), 0 on it whatever dy holds. Errors: those of any op,
  * AD_ERR_DTYPE for a non-float x. */
 AD_API ad_tensor *ad_hardshrink(ad_ctx *ctx, ad_tensor *x, double lambd);
+/** torch.nn.functional.logsigmoid: log(sigmoid(x)) = min(x, 0) -
+ * log1p(e^-|x|), stable at both ends (+0 at large x), in one pass. The
+ * gradient is dy sigmoid(-x), one pass too, differentiable to any order.
+ * Errors: those of any op, AD_ERR_DTYPE for a non-float x. */
+AD_API ad_tensor *ad_logsigmoid(ad_ctx *ctx, ad_tensor *x);
 /** @} */
 /** Converts to another float dtype; the gradient is converted back. To x's
  * own dtype it returns x itself, after the checks of any op's input. */
