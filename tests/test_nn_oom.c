@@ -50,6 +50,11 @@ typedef struct scenario {
   bool again; /* after a refusal, run again on the same world (else a new one) */
 } scenario;
 
+/* Set while a sweep's model has a convolution that a run under an arena
+ * cap may leave without its scratch: the path without it rounds otherwise
+ * (ad.h, docs/testing.md), so a capped run that succeeds is not compared. */
+static bool g_conv_under_cap;
+
 static unsigned long hash_tensor(unsigned long h, const ad_tensor *t) {
   if (!t) return h * 31;
   const unsigned char *d = t->data;
@@ -178,7 +183,7 @@ static bool run_once(const scenario *s, test_alloc_refusal mode, long k, size_t 
                  ad_last_error(w.c));
   }
 done:
-  if (s->print && st == AD_OK)
+  if (s->print && st == AD_OK && !(limit && g_conv_under_cap))
     cr_assert_eq(s->print(&w), want, "%s: refuse %s %ld: another result", s->name, how, k);
   teardown(&w);
   cr_assert_eq(ad_ctx_live_tensors(w.c), 0, "%s: refuse %s %ld: %zu tensors leaked", s->name, how,
@@ -1290,8 +1295,10 @@ static ad_status run_loader(world *w) {
 }
 
 Test(nn_oom, loader_and_fit_loader) {
+  g_conv_under_cap = true; /* small_model's conv2d */
   for (g_kind = 0; g_kind < 2; g_kind++)
     sweep(&(scenario){"fit_loader", setup_fit, run_loader, print_model, false, false});
+  g_conv_under_cap = false;
 }
 
 static ad_status run_eval(world *w) {
