@@ -153,6 +153,10 @@ struct ad_ctx {
   size_t nwrites, writes_cap;
   ad_backward_hook hook;
   void *hook_ud;
+  /* where the op batch_norm's forward, applied by ad_batch_norm, leaves
+   * each channel's mean and biased variance ([2][C] doubles) for the
+   * running statistics; NULL otherwise (op_norm.c) */
+  double *bn_stats;
   /* ops the tape applies while differentiating (accumulating an
    * intermediate's contributions, fitting a contribution to its input's
    * shape; ad_grad's copy of a result it does not own, x * 1), named by

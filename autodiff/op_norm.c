@@ -1,8 +1,9 @@
-/* op_norm.c: normalisation. batch_norm is a composite of the engine's ops
- * (per-channel sums are sum_to to [1,C,1,...]), so its first and second
- * derivatives come from theirs, and a graph dump shows the statistics it
- * computes. Its running statistics are updated in place, outside the tape,
- * as PyTorch's buffers are. layer_norm and its gradient layer_norm_backward
+/* op_norm.c: normalisation. batch_norm in training mode is an op (below,
+ * after layer_norm's: one pass for the statistics and y, its plain
+ * backward one for the sums and one for dx), whose backward under
+ * create_graph is made of ops; in evaluation mode it is a composite of the
+ * engine's ops. Its running statistics are updated in place, outside the
+ * tape, as PyTorch's buffers are. layer_norm and its gradient layer_norm_backward
  * are ops (a loop per row each), whose derivatives are made of the two and
  * of sums, so they differentiate to any order. */
 #include "ops.h"
@@ -19,7 +20,7 @@
  *   y = (x - mu) / sqrt(var + eps) * weight + bias
  *
  * mean_c is the mean over every dim but 1 (N, and H, W, ...), M elements
- * per channel. */
+ * per channel. Training mode is the op batch_norm (the end of the file). */
 
 /* t ([C]) seen as [1, C, 1, ...] for x's rank. */
 static ad_tensor *per_channel(ad_ctx *ctx, ad_tensor *t, int ndim, int64_t c) {
@@ -60,10 +61,9 @@ static bool check_vec(ad_ctx *ctx, const ad_tensor *t, const char *what, const a
 }
 
 /* running = (1 - m) running + m stat * scale, elementwise over C values. */
-static void update_running(ad_tensor *running, const ad_tensor *stat, double m, double scale) {
+static void update_running(ad_tensor *running, const double *stat, double m, double scale) {
   for (int64_t c = 0; c < running->size; c++)
-    ad_tensor_set(running, c,
-                  (1 - m) * ad_tensor_get(running, c) + m * ad_tensor_get(stat, c) * scale);
+    ad_tensor_set(running, c, (1 - m) * ad_tensor_get(running, c) + m * stat[c] * scale);
 }
 
 /* 1 / sqrt(var + eps) of the batch's biased variance var ([1, C, 1, ...]),
@@ -121,7 +121,7 @@ ad_tensor *ad_batch_norm(ad_ctx *ctx, ad_tensor *x, ad_tensor *weight, ad_tensor
   }
   int nd = x->ndim;
   int64_t C = x->shape[1], M = C ? x->size / C : 0;
-  ad_tensor *mu = NULL, *var = NULL, *y;
+  ad_tensor *y;
   bool stats = training && x->size > 0; /* an empty batch has none, and changes nothing */
   if (training && M == 1) { /* PyTorch refuses too: one value has no unbiased variance */
     ad_set_error(ctx, AD_ERR_SHAPE,
@@ -129,34 +129,38 @@ ad_tensor *ad_batch_norm(ad_ctx *ctx, ad_tensor *x, ad_tensor *weight, ad_tensor
                  ad_shape_str(x, a, sizeof a));
     return NULL;
   }
+  double *st = NULL; /* the batch's mean and variance, for the running statistics */
   if (training && !stats) {
     y = ad_mul_scalar(ctx, x, 1.0); /* empty, as PyTorch's: a result, not x itself */
+    if (weight) y = ad_mul(ctx, y, per_channel(ctx, weight, nd, C)); /* (their gradients: 0) */
+    if (bias) y = ad_add(ctx, y, per_channel(ctx, bias, nd, C));
   } else if (training) {
-    int64_t st[AD_MAX_DIMS];
-    for (int k = 0; k < nd; k++) st[k] = k == 1 ? C : 1;
-    mu = ad_mul_scalar(ctx, ad_sum_to(ctx, x, nd, st), 1.0 / (double)M);
-    ad_tensor *d = ad_sub(ctx, x, mu);
-    var = ad_mul_scalar(ctx, ad_sum_to(ctx, ad_mul(ctx, d, d), nd, st), 1.0 / (double)M);
-    y = ad_mul(ctx, d, inv_std(ctx, var, eps));
+    if (running_mean && !(st = ad_arena_alloc(ctx, 2 * (size_t)C * sizeof(double)))) return NULL;
+    ad_attrs at = {.scalar = eps};
+    ad_tensor *in[3] = {x, weight, bias};
+    ctx->bn_stats = st;
+    y = ad_op_apply(ctx, AD_OP_BATCH_NORM, bias && weight ? 3 : weight ? 2 : 1, in, &at);
+    ctx->bn_stats = NULL;
+    if (bias && !weight) y = ad_add(ctx, y, per_channel(ctx, bias, nd, C));
   } else {
     if (!running_mean) {
       ad_set_error(ctx, AD_ERR_ARG, "batch_norm: evaluation mode needs the running statistics");
       return NULL;
     }
-    mu = per_channel(ctx, running_mean, nd, C);
-    var = per_channel(ctx, running_var, nd, C);
+    ad_tensor *mu = per_channel(ctx, running_mean, nd, C);
+    ad_tensor *var = per_channel(ctx, running_var, nd, C);
     y = ad_mul(ctx, ad_sub(ctx, x, mu), ad_pow_scalar(ctx, ad_add_scalar(ctx, var, eps), -0.5));
+    if (weight) y = ad_mul(ctx, y, per_channel(ctx, weight, nd, C));
+    if (bias) y = ad_add(ctx, y, per_channel(ctx, bias, nd, C));
   }
-  if (weight) y = ad_mul(ctx, y, per_channel(ctx, weight, nd, C));
-  if (bias) y = ad_add(ctx, y, per_channel(ctx, bias, nd, C));
-  if (y && stats && running_mean) { /* buffers: in place, not recorded; only on success */
+  if (y && st) { /* buffers: in place, not recorded; only on success */
     /* noted first (an op of this tape may have read them: tape.c's check),
      * so that the writes below cannot fail */
     if (ad_note_write(ad_node_of(running_mean), "batch_norm") != AD_OK ||
         ad_note_write(ad_node_of(running_var), "batch_norm") != AD_OK)
       return NULL;
-    update_running(running_mean, mu, momentum, 1.0);
-    update_running(running_var, var, momentum, (double)M / (double)(M - 1));
+    update_running(running_mean, st, momentum, 1.0);
+    update_running(running_var, st + C, momentum, (double)M / (double)(M - 1));
   }
   return y;
 }
@@ -695,4 +699,325 @@ const ad_op_def ad_def_layer_norm_backward = {
     .grads = {"w * L, L = layer_norm_backward(dy, x)",
               "-s (mean_k(dy y) xhat + mean_k(dy xhat) y) - s mean_k(gw xhat) L",
               "sum_rows(g * L)"},
+};
+
+/* ------------------------------------------------------ batch_norm (op)
+ *
+ *   y = (x - mu) s w + b,  mu = mean_c(x),  s = 1 / sqrt(var_c(x) + eps)
+ *       (var biased; s = 0 where var + eps is 0: y is then b, as PyTorch)
+ *   dx = s (g - mean_c(g) - xhat mean_c(g xhat)),  g = dy w,  xhat = (x - mu) s
+ *   dw = sum_c(dy xhat),  db = sum_c(dy)
+ *
+ * ad_batch_norm's training mode (the batch's statistics), one op where the
+ * composite was about twenty passes over x forward and back. x is viewed
+ * as [N, C, S], S the product of the dims after 1; the statistics and sums
+ * are in double for either dtype, each channel's in an order fixed by the
+ * shape (the same bits on any number of threads). Where S >= BN_RUN a
+ * channel is N runs of S values, all handled by one thread (the mean, the
+ * deviations, then y, while its values are in cache); shorter runs
+ * (BatchNorm1d's [N, C]) go down the rows in blocks of at most BN_COLS
+ * columns with one partial sum per column, in row order, a channel's the
+ * sum of its columns'. The backward without create_graph is the same
+ * loops: the mean again, the sums of (x - mu)^2, dy and dy (x - mu) in
+ * one pass, then dx. With create_graph it is the formulas above made of
+ * ops (the composite's derivative), so every order exists. ad_batch_norm
+ * reads the statistics for the running ones from the forward
+ * (ctx->bn_stats). */
+
+enum { BN_RUN = 16, BN_COLS = 64 };
+
+typedef struct bn_job {
+  int64_t N, C, S, cb; /* cb: channels per block of columns (S < BN_RUN) */
+  double eps;
+  bool f32;
+  const void *x, *dy, *w, *b; /* dy NULL: the forward */
+  void *y;                    /* the forward's y, or the backward's dx (NULL: not wanted) */
+  double *stats;              /* forward: [2][C] mean and biased variance, or NULL */
+  double *sums;               /* backward: [2][C] dw and db */
+} bn_job;
+
+/* The channel's coefficients from its sums over its M values: s, and for
+ * y = (x - mu) a + b0 (forward) or dx = dy k1 - k0 - (x - mu) k2 (backward). */
+static void bn_coef(const bn_job *j, int64_t c, double wc, double bc, double mu, double dev,
+                    double sg, double sgx, double *a, double *b0, double *k2) {
+  int64_t M = j->N * j->S;
+  double var = M ? dev / (double)M : 0, ve = var + j->eps, s = ve == 0 ? 0 : 1.0 / sqrt(ve);
+  if (!j->dy) {
+    if (j->stats) j->stats[c] = mu, j->stats[j->C + c] = var;
+    *a = s * wc, *b0 = bc, *k2 = 0;
+    return;
+  }
+  j->sums[c] = sgx * s, j->sums[j->C + c] = sg;
+  double mg = M ? sg * wc / (double)M : 0, mgx = M ? sgx * s * wc / (double)M : 0;
+  *a = s * wc, *b0 = s * mg, *k2 = s * s * mgx; /* dx = s (g - mg - (x - mu) s mgx) */
+}
+
+#define BN_KERNELS(T)                                                                              \
+  do {                                                                                             \
+    const T *X = j->x, *G = j->dy, *W = j->w, *B = j->b;                                           \
+    T *Y = j->y;                                                                                   \
+    int64_t N = j->N, C = j->C, S = j->S, M = N * S;                                               \
+    double Md = M ? (double)M : 1.0;                                                               \
+    if (S >= BN_RUN) {                                                                             \
+      for (int64_t c = u0; c < u1; c++) {                                                          \
+        double mu = 0, dev = 0, sg = 0, sgx = 0, t, u, v, a, b0, k2;                               \
+        for (int64_t n = 0; n < N; n++) {                                                          \
+          const T *xr = X + (n * C + c) * S;                                                       \
+          LN_SUM(t, S, (double)xr[i]);                                                             \
+          mu += t;                                                                                 \
+        }                                                                                          \
+        mu /= Md;                                                                                  \
+        for (int64_t n = 0; n < N; n++) {                                                          \
+          const T *xr = X + (n * C + c) * S;                                                       \
+          if (!G) {                                                                                \
+            LN_SUM(t, S, ((double)xr[i] - mu) * ((double)xr[i] - mu));                             \
+          } else {                                                                                 \
+            const T *gr = G + (n * C + c) * S;                                                     \
+            LN_SUM3(t, u, v, S, ((double)xr[i] - mu) * ((double)xr[i] - mu), (double)gr[i],        \
+                    (double)gr[i] * ((double)xr[i] - mu));                                         \
+            sg += u, sgx += v;                                                                     \
+          }                                                                                        \
+          dev += t;                                                                                \
+        }                                                                                          \
+        bn_coef(j, c, W ? (double)W[c] : 1.0, B ? (double)B[c] : 0.0, mu, dev, sg, sgx, &a, &b0,   \
+                &k2);                                                                              \
+        for (int64_t n = 0; Y && n < N; n++) {                                                     \
+          const T *xr = X + (n * C + c) * S;                                                       \
+          T *yr = Y + (n * C + c) * S;                                                             \
+          if (!G)                                                                                  \
+            for (int64_t i = 0; i < S; i++) yr[i] = (T)(((double)xr[i] - mu) * a + b0);            \
+          else {                                                                                   \
+            const T *gr = G + (n * C + c) * S;                                                     \
+            for (int64_t i = 0; i < S; i++)                                                        \
+              yr[i] = (T)((double)gr[i] * a - b0 - ((double)xr[i] - mu) * k2);                     \
+          }                                                                                        \
+        }                                                                                          \
+      }                                                                                            \
+    } else {                                                                                       \
+      for (int64_t q = u0; q < u1; q++) {                                                          \
+        int64_t c0 = q * j->cb, c1 = c0 + j->cb < C ? c0 + j->cb : C, K = (c1 - c0) * S;           \
+        double p[BN_COLS], r[BN_COLS], h[BN_COLS], mc[BN_COLS], ac[BN_COLS], bc[BN_COLS],          \
+            kc[BN_COLS];                                                                           \
+        for (int64_t k = 0; k < K; k++) p[k] = r[k] = h[k] = 0;                                    \
+        for (int64_t n = 0; n < N; n++) {                                                          \
+          const T *xr = X + (n * C + c0) * S;                                                      \
+          for (int64_t k = 0; k < K; k++) p[k] += (double)xr[k];                                   \
+        }                                                                                          \
+        for (int64_t cc = 0; cc < c1 - c0; cc++) {                                                 \
+          double mu = 0;                                                                           \
+          for (int64_t s = 0; s < S; s++) mu += p[cc * S + s];                                     \
+          mu /= Md;                                                                                \
+          for (int64_t s = 0; s < S; s++) mc[cc * S + s] = mu, p[cc * S + s] = 0;                  \
+        }                                                                                          \
+        for (int64_t n = 0; n < N; n++) {                                                          \
+          const T *xr = X + (n * C + c0) * S;                                                      \
+          if (!G)                                                                                  \
+            for (int64_t k = 0; k < K; k++)                                                        \
+              p[k] += ((double)xr[k] - mc[k]) * ((double)xr[k] - mc[k]);                           \
+          else {                                                                                   \
+            const T *gr = G + (n * C + c0) * S;                                                    \
+            for (int64_t k = 0; k < K; k++) {                                                      \
+              double d = (double)xr[k] - mc[k];                                                    \
+              p[k] += d * d, r[k] += (double)gr[k], h[k] += (double)gr[k] * d;                     \
+            }                                                                                      \
+          }                                                                                        \
+        }                                                                                          \
+        for (int64_t cc = 0; cc < c1 - c0; cc++) {                                                 \
+          double dev = 0, sg = 0, sgx = 0, a, b0, k2;                                              \
+          for (int64_t s = 0; s < S; s++)                                                          \
+            dev += p[cc * S + s], sg += r[cc * S + s], sgx += h[cc * S + s];                       \
+          int64_t c = c0 + cc;                                                                     \
+          bn_coef(j, c, W ? (double)W[c] : 1.0, B ? (double)B[c] : 0.0, mc[cc * S], dev, sg, sgx,  \
+                  &a, &b0, &k2);                                                                   \
+          for (int64_t s = 0; s < S; s++)                                                          \
+            ac[cc * S + s] = a, bc[cc * S + s] = b0, kc[cc * S + s] = k2;                          \
+        }                                                                                          \
+        for (int64_t n = 0; Y && n < N; n++) {                                                     \
+          const T *xr = X + (n * C + c0) * S;                                                      \
+          T *yr = Y + (n * C + c0) * S;                                                            \
+          if (!G)                                                                                  \
+            for (int64_t k = 0; k < K; k++) yr[k] = (T)(((double)xr[k] - mc[k]) * ac[k] + bc[k]);  \
+          else {                                                                                   \
+            const T *gr = G + (n * C + c0) * S;                                                    \
+            for (int64_t k = 0; k < K; k++)                                                        \
+              yr[k] = (T)((double)gr[k] * ac[k] - bc[k] - ((double)xr[k] - mc[k]) * kc[k]);        \
+          }                                                                                        \
+        }                                                                                          \
+      }                                                                                            \
+    }                                                                                              \
+  } while (0)
+
+/* Units [u0, u1): channels (S >= BN_RUN) or blocks of columns. */
+CELL_CLONES static void bn_units(void *ud, int64_t u0, int64_t u1) {
+  const bn_job *j = ud;
+  if (j->f32)
+    BN_KERNELS(float);
+  else
+    BN_KERNELS(double);
+}
+
+/* The job for x (and w, b) of call c, without its in- and outputs. */
+static bn_job bn_job_of(const ad_call *c, const ad_tensor *x) {
+  bn_job j = {.N = x->shape[0], .C = x->shape[1], .S = 1, .eps = c->attrs->scalar};
+  for (int k = 2; k < x->ndim; k++) j.S *= x->shape[k];
+  j.cb = j.S >= BN_COLS || j.S == 0 ? 1 : BN_COLS / j.S;
+  j.f32 = x->dtype == AD_F32;
+  return j;
+}
+
+static void bn_run(bn_job *j) {
+  int64_t units = j->S >= BN_RUN ? j->C : (j->C + j->cb - 1) / j->cb;
+  int64_t per = j->N * j->S * (j->S >= BN_RUN ? 1 : j->cb); /* elements of a unit */
+  int64_t grain = per ? (32768 + per - 1) / per : units;
+  if (units <= grain)
+    bn_units(j, 0, units);
+  else
+    ad_parallel_for(units, grain, bn_units, j);
+}
+
+/* x float [N, C, ...], weight and bias [C] of its dtype, eps finite >= 0. */
+static ad_status batch_norm_shape(const ad_call *c) {
+  const ad_tensor *x = c->in[0];
+  char a[64], b[64];
+  if (ad_check_float_same(c->ctx, c->name, c->n, c->in) != AD_OK) return ad_last_status(c->ctx);
+  if (x->ndim < 2)
+    return ad_set_error(c->ctx, AD_ERR_SHAPE, "%s: x %s must have at least 2 dims [N, C, ...]",
+                        c->name, ad_shape_str(x, a, sizeof a));
+  static const char *const what[2] = {"weight", "bias"};
+  for (int k = 1; k < c->n; k++)
+    if (c->in[k]->ndim != 1 || c->in[k]->shape[0] != x->shape[1])
+      return ad_set_error(c->ctx, AD_ERR_SHAPE,
+                          "%s: %s %s does not match the %lld channels of x %s", c->name,
+                          what[k - 1], ad_shape_str(c->in[k], a, sizeof a), (long long)x->shape[1],
+                          ad_shape_str(x, b, sizeof b));
+  double eps = c->attrs->scalar;
+  if (!(eps >= 0) || !isfinite(eps))
+    return ad_set_error(c->ctx, AD_ERR_ARG, "%s: eps %g must be finite and >= 0", c->name, eps);
+  c->out->dtype = x->dtype;
+  c->out->ndim = x->ndim;
+  memcpy(c->out->shape, x->shape, sizeof(int64_t) * (size_t)x->ndim);
+  return AD_OK;
+}
+
+static void batch_norm_fwd(const ad_call *c) {
+  bn_job j = bn_job_of(c, c->in[0]);
+  j.x = c->in[0]->data;
+  j.w = c->n > 1 ? c->in[1]->data : NULL;
+  j.b = c->n > 2 ? c->in[2]->data : NULL;
+  j.y = c->out->data;
+  j.stats = c->ctx->bn_stats;
+  bn_run(&j);
+}
+
+/* The backward with create_graph: the formulas made of ops, in float64
+ * for float32 inputs (as layer_norm_backward's: second derivatives are
+ * rare, and their sums over a channel cancel). */
+static ad_status batch_norm_bwd_ops(const ad_call *c) {
+  ad_ctx *ctx = c->ctx;
+  ad_tensor *x = c->in[0], *w = c->n > 1 ? c->in[1] : NULL, *dy = c->gout;
+  ad_dtype dt = x->dtype;
+  int nd = x->ndim;
+  int64_t C = x->shape[1], M = C ? x->size / C : 0, st[AD_MAX_DIMS];
+  if (dt == AD_F32) {
+    x = ad_cast(ctx, x, AD_F64);
+    w = w ? ad_cast(ctx, w, AD_F64) : NULL;
+    dy = ad_cast(ctx, dy, AD_F64);
+  }
+  for (int k = 0; k < nd; k++) st[k] = k == 1 ? C : 1;
+  double inv = M ? 1.0 / (double)M : 0.0;
+  ad_tensor *mu = ad_mul_scalar(ctx, ad_sum_to(ctx, x, nd, st), inv);
+  ad_tensor *d = ad_sub(ctx, x, mu);
+  ad_tensor *var = ad_mul_scalar(ctx, ad_sum_to(ctx, ad_mul(ctx, d, d), nd, st), inv);
+  ad_tensor *s = inv_std(ctx, var, c->attrs->scalar);
+  ad_tensor *xhat = ad_mul(ctx, d, s);
+  ad_tensor *gin[3] = {NULL, NULL, NULL};
+  if (c->needs[0]) {
+    ad_tensor *g = w ? ad_mul(ctx, dy, per_channel(ctx, w, nd, C)) : dy;
+    ad_tensor *mg = ad_mul_scalar(ctx, ad_sum_to(ctx, g, nd, st), inv);
+    ad_tensor *mgx = ad_mul_scalar(ctx, ad_sum_to(ctx, ad_mul(ctx, g, xhat), nd, st), inv);
+    gin[0] = ad_mul(ctx, s, ad_sub(ctx, ad_sub(ctx, g, mg), ad_mul(ctx, xhat, mgx)));
+  }
+  if (c->n > 1 && c->needs[1])
+    gin[1] = ad_reshape(ctx, ad_sum_to(ctx, ad_mul(ctx, dy, xhat), nd, st), 1, &C);
+  if (c->n > 2 && c->needs[2]) gin[2] = ad_reshape(ctx, ad_sum_to(ctx, dy, nd, st), 1, &C);
+  for (int k = 0; k < c->n; k++) {
+    if (!c->needs[k]) continue;
+    ad_status r = ad_call_set_grad(c, k, dt == AD_F32 ? ad_cast(ctx, gin[k], dt) : gin[k]);
+    if (r != AD_OK) return r;
+  }
+  return AD_OK;
+}
+
+/* Without create_graph: dx, dw and db by the loops (bn_units). */
+static ad_status batch_norm_bwd(const ad_call *c) {
+  ad_ctx *ctx = c->ctx;
+  if (ctx->grad_enabled) return batch_norm_bwd_ops(c);
+  const ad_tensor *x = c->in[0];
+  bn_job j = bn_job_of(c, x);
+  ad_tensor *dx = c->needs[0] ? ad_tmp_like(ctx, x) : NULL;
+  int64_t two_c = 2 * j.C;
+  ad_tensor *sums = ad_tmp_new(ctx, AD_F64, 1, &two_c);
+  ad_tensor *dw = c->n > 1 && c->needs[1] ? ad_tmp_like(ctx, c->in[1]) : NULL;
+  ad_tensor *db = c->n > 2 && c->needs[2] ? ad_tmp_like(ctx, c->in[2]) : NULL;
+  if ((c->needs[0] && !dx) || !sums || (c->n > 1 && c->needs[1] && !dw) ||
+      (c->n > 2 && c->needs[2] && !db))
+    return ad_last_status(ctx);
+  j.x = x->data;
+  j.dy = c->gout->data;
+  j.w = c->n > 1 ? c->in[1]->data : NULL;
+  j.y = dx ? dx->data : NULL;
+  j.sums = sums->data;
+  bn_run(&j);
+  for (int64_t k = 0; k < j.C; k++) { /* (plain stores: fresh results, nothing to note) */
+    if (j.f32) {
+      if (dw) ((float *)dw->data)[k] = (float)j.sums[k];
+      if (db) ((float *)db->data)[k] = (float)j.sums[j.C + k];
+    } else {
+      if (dw) ((double *)dw->data)[k] = j.sums[k];
+      if (db) ((double *)db->data)[k] = j.sums[j.C + k];
+    }
+  }
+  ad_status st = dx ? ad_call_set_grad(c, 0, dx) : AD_OK;
+  if (st == AD_OK && dw) st = ad_call_set_grad(c, 1, dw);
+  if (st == AD_OK && db) st = ad_call_set_grad(c, 2, db);
+  return st;
+}
+
+/* x [6,3] (S = 1: columns) with weight and bias; [2,2,16] (runs) with
+ * both; [3,2,5] without affine; [2,3,4] with a weight only; [3,130] and
+ * [2,24,16] with both, of more than one unit (block of columns, channel),
+ * which thread_bits's inputs, grown along N, make enough to split */
+static int batch_norm_sample(const ad_sample_call *s) {
+  static const int64_t s0[2] = {6, 3}, s1[3] = {2, 2, 16}, s2[3] = {3, 2, 5}, s3[3] = {2, 3, 4},
+                       s4[2] = {3, 130}, s5[3] = {2, 24, 16};
+  static const struct {
+    int nd, n;
+    const int64_t *xs;
+  } v[6] = {{2, 3, s0}, {3, 3, s1}, {3, 1, s2}, {3, 2, s3}, {2, 3, s4}, {3, 3, s5}};
+  if (s->variant > 5) return 0;
+  const int64_t *xs = v[s->variant].xs;
+  int n = v[s->variant].n;
+  s->attrs->scalar = 1e-5;
+  s->in[0] = ad_sample_tensor(s, v[s->variant].nd, xs, -2, 2, true);
+  for (int k = 1; k < n; k++)
+    s->in[k] = ad_sample_tensor(s, 1, xs + 1, k == 1 ? 0.5 : -1, k == 1 ? 1.5 : 1, true);
+  for (int k = 0; k < n; k++)
+    if (!s->in[k]) return -1;
+  return n;
+}
+
+const ad_op_def ad_def_batch_norm = {
+    .name = "batch_norm",
+    .arity = 3,
+    .min_arity = 1,
+    .attrs = AD_ATTRS_SCALAR,
+    .shape = batch_norm_shape,
+    .forward = batch_norm_fwd,
+    .backward = batch_norm_bwd,
+    .sample = batch_norm_sample,
+    .math = "y = xhat * w + b, xhat = (x - mean_c(x)) s, s = 1 / sqrt(var_c(x) + eps) (0 where "
+            "that is 1 / 0): mean_c, var_c (biased) over every dim but 1, sum_c too",
+    .inputs = {"x", "w", "b"},
+    .grads = {"s (g - mean_c(g) - xhat mean_c(g xhat)), g = dy * w", "sum_c(dy * xhat)",
+              "sum_c(dy)"},
 };

@@ -9,9 +9,9 @@
  *
  * with m the momentum, or 1 / num_batches_tracked (after the increment) for
  * the cumulative average (PyTorch's momentum=None). The arithmetic is
- * ad_batch_norm's (a composite of the engine's ops, so the tape derives the
- * backward); this file holds the parameters, the buffers and the checks
- * that name the layer. */
+ * ad_batch_norm's (the op batch_norm in training mode, a composite of ops
+ * in evaluation mode); this file holds the parameters, the buffers and the
+ * checks that name the layer. */
 #include "nn_internal.h"
 
 #include <math.h>

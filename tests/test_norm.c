@@ -194,6 +194,89 @@ Test(norm, batch_norm_eps0_constant_channel_gives_the_bias) {
   ad_tensor_free(rm), ad_tensor_free(rv);
 }
 
+/* Training mode's plain backward (loops over the channels or down the
+ * columns, dx, dw, db at once) against its recorded form under
+ * create_graph (made of ops, float64) and against the definition here: x
+ * [N, C] with C over one block of columns, [N, C, 20] (runs of 20) and
+ * [N, C, 3]; float64 and float32; a weight and bias, a weight only, none;
+ * eps 0 with one channel of equal values (its dx and dw 0, db the sum of
+ * dy), and the running statistics the forward updates. */
+static void check_plain_backward(ad_dtype dt, int nd, const int64_t *shape, int affine) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 11);
+  int64_t C = shape[1], sc[1] = {C};
+  ad_tensor *x = randt(&rng, dt, nd, shape, -2, 2, true),
+            *dy = randt(&rng, dt, nd, shape, -1, 1, false);
+  int64_t N = shape[0], S = x->size / (N * C), M = N * S;
+  for (int64_t n = 0; n < N; n++) /* channel 1: all 0.75, so var 0 */
+    for (int64_t i = 0; i < S; i++) ad_tensor_set(x, (n * C + 1) * S + i, 0.75);
+  ad_tensor *w = affine > 0 ? randt(&rng, dt, 1, sc, 0.5, 1.5, true) : NULL;
+  ad_tensor *b = affine > 1 ? randt(&rng, dt, 1, sc, -1, 1, true) : NULL;
+  ad_tensor *rm = ad_zeros(ctx, dt, 1, sc), *rv = ad_ones(ctx, dt, 1, sc);
+  ad_tensor *in[3] = {x, w, b}, *plain[3] = {0}, *rec[3] = {0};
+  int n = 1 + (w != NULL) + (b != NULL);
+  ad_tensor *y = ad_batch_norm(ctx, x, w, b, rm, rv, true, 0.25, 0.0);
+  cr_assert_not_null(y, "%s", ad_last_error(ctx));
+  cr_assert_eq(ad_grad(ctx, y, dy, n, in, plain, false), AD_OK, "%s", ad_last_error(ctx));
+  y = ad_batch_norm(ctx, x, w, b, NULL, NULL, true, 0.25, 0.0);
+  cr_assert_eq(ad_grad(ctx, y, dy, n, in, rec, true), AD_OK, "%s", ad_last_error(ctx));
+  double tol = dt == AD_F64 ? 1e-12 : 2e-6;
+  for (int64_t c = 0; c < C; c++) {
+    double mu = 0, var = 0, sg = 0, sgx = 0;
+    for (int64_t k = 0; k < M; k++) mu += ad_tensor_get(x, (k / S * C + c) * S + k % S);
+    mu /= (double)M;
+    for (int64_t k = 0; k < M; k++) {
+      int64_t i = (k / S * C + c) * S + k % S;
+      double d = ad_tensor_get(x, i) - mu, g = ad_tensor_get(dy, i);
+      var += d * d, sg += g, sgx += g * d;
+    }
+    var /= (double)M;
+    double s = c == 1 ? 0 : 1 / sqrt(var), wc = w ? ad_tensor_get(w, c) : 1;
+    cr_assert_float_eq(ad_tensor_get(rm, c), 0.25 * mu, 1e-6, "running_mean[%lld]", (long long)c);
+    cr_assert_float_eq(ad_tensor_get(rv, c), 0.75 + 0.25 * var * (double)M / (double)(M - 1), 1e-5,
+                       "running_var[%lld]", (long long)c);
+    for (int64_t k = 0; k < M; k++) {
+      int64_t i = (k / S * C + c) * S + k % S;
+      double xh = (ad_tensor_get(x, i) - mu) * s;
+      double want = s * wc * (ad_tensor_get(dy, i) - sg / (double)M - xh * sgx * s / (double)M);
+      double got = ad_tensor_get(plain[0], i);
+      cr_assert(fabs(got - want) <= tol * (1 + fabs(want)), "dx[%lld]: %.17g, want %.17g",
+                (long long)i, got, want);
+      cr_assert(fabs(ad_tensor_get(rec[0], i) - got) <= tol * (1 + fabs(want)),
+                "dx[%lld]: recorded %.17g, plain %.17g", (long long)i, ad_tensor_get(rec[0], i),
+                got);
+      if (c == 1) cr_assert_eq(got, 0.0, "dx[%lld] of the constant channel: %g", (long long)i, got);
+    }
+    if (w) {
+      double got = ad_tensor_get(plain[1], c), want = sgx * s;
+      cr_assert(fabs(got - want) <= tol * (1 + fabs(want)) * 10, "dw[%lld]: %.17g, want %.17g",
+                (long long)c, got, want);
+      cr_assert(fabs(ad_tensor_get(rec[1], c) - got) <= tol * (1 + fabs(want)) * 10);
+    }
+    if (b) {
+      double got = ad_tensor_get(plain[2], c);
+      cr_assert(fabs(got - sg) <= tol * (1 + fabs(sg)) * 10, "db[%lld]: %.17g, want %.17g",
+                (long long)c, got, sg);
+      cr_assert(fabs(ad_tensor_get(rec[2], c) - got) <= tol * (1 + fabs(sg)) * 10);
+    }
+  }
+  ad_tape_reset(ctx);
+  ad_tensor_free(x), ad_tensor_free(dy), ad_tensor_free(w), ad_tensor_free(b);
+  ad_tensor_free(rm), ad_tensor_free(rv);
+}
+
+Test(norm, batch_norm_plain_backward_matches_its_definition) {
+  int64_t cols[2] = {9, 70}, runs[3] = {3, 4, 20}, short_runs[3] = {5, 6, 3};
+  for (int d = 0; d < 2; d++) {
+    ad_dtype dt = d ? AD_F32 : AD_F64;
+    for (int affine = 0; affine < 3; affine++) {
+      check_plain_backward(dt, 2, cols, affine);
+      check_plain_backward(dt, 3, runs, affine);
+      check_plain_backward(dt, 3, short_runs, affine);
+    }
+  }
+}
+
 Test(norm, batch_norm_bad_input) {
   int64_t s[4] = {2, 3, 2, 2}, sc[1] = {3}, s4[1] = {4}, one[4] = {1, 3, 1, 1}, v[1] = {5};
   ad_tensor *x = ad_ones(ctx, AD_F32, 4, s), *w = ad_ones(ctx, AD_F32, 1, sc);

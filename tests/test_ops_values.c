@@ -816,6 +816,9 @@ static ad_tensor *run_builder(ad_ctx *cx, const fx_case *c, ad_tensor **in, bool
     if (!strcmp(op, "huber")) return ad_huber(cx, x, y, a->scalar);
     if (!strcmp(op, "softshrink")) return ad_softshrink(cx, x, a->scalar);
     if (!strcmp(op, "hardshrink")) return ad_hardshrink(cx, x, a->scalar);
+    if (!strcmp(op, "batch_norm")) /* training mode, without running statistics */
+      return ad_batch_norm(cx, x, c->nin > 1 ? y : NULL, c->nin > 2 ? in[2] : NULL, NULL, NULL,
+                           true, 0.1, a->scalar);
     break;
   case AD_ATTRS_DTYPE:
     if (!strcmp(op, "cast")) return ad_cast(cx, x, a->dtype);

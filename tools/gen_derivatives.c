@@ -224,8 +224,9 @@ static void generate(buf *b, const ad_ctx *ctx) {
          "  how a formula is arranged. First derivatives agree; second derivatives may\n"
          "  not: `conv2d`'s in `w` is a `conv2d_weight` over the zero padding, so a NaN or\n"
          "  infinite `dy` gives NaN where PyTorch's double backward leaves the padding out;\n"
-         "  `batch_norm` (a composite) and the recurrent ops may give `inf` where\n"
-         "  PyTorch's fused formulas give NaN (`inf - inf`), or the other way round.\n");
+         "  `batch_norm` (its second derivatives made of ops) and the recurrent ops may\n"
+         "  give `inf` where PyTorch's fused formulas give NaN (`inf - inf`), or the\n"
+         "  other way round.\n");
 }
 
 /* Runs the command line against the generated text; returns the exit code. */

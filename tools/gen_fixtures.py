@@ -989,6 +989,34 @@ lnb_case("layer_norm_backward_last", (3, 4), 1, True)
 lnb_case("layer_norm_backward_two_dims", (2, 3, 4), 2, False)
 
 
+def bn_case(label, xs, affine=(True, True), eps=1e-5):
+    """batch_norm: F.batch_norm in training mode without running statistics (the
+    batch's mean and biased variance over every dim but 1), in float64, rounded."""
+    cs = (xs[1],)
+
+    def make(rng):
+        spec = [("in", U(rng, xs))]
+        if affine[0]:
+            spec.append(("in", U(rng, cs, 0.5, 1.5)))
+        if affine[1]:
+            spec.append(("in", U(rng, cs, -1, 1)))
+        return spec
+
+    def fn(t):
+        d = [v.double() for v in t]
+        y = F.batch_norm(d[0], None, None, d[1] if len(d) > 1 else None,
+                         d[2] if len(d) > 2 else None, training=True, eps=eps)
+        return y.to(t[0].dtype)
+    add(label, "batch_norm", make, fn, attr=("scalar", float(eps)))
+
+
+bn_case("batch_norm_2d", (5, 3))
+bn_case("batch_norm_nchw", (2, 3, 2, 2))
+bn_case("batch_norm_runs", (2, 2, 16))
+bn_case("batch_norm_no_affine", (3, 2, 5), (False, False))
+bn_case("batch_norm_weight_only", (4, 3), (True, False), eps=0.1)
+
+
 def ce_opts(ignore=None, red="mean"):
     def f(t):
         return F.cross_entropy(t[0], t[1], reduction=red,

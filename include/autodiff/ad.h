@@ -1086,9 +1086,13 @@ AD_API ad_tensor *ad_huber(ad_ctx *ctx, ad_tensor *p, ad_tensor *t, double delta
  * channel with var + eps = 0 (eps 0, equal values) takes 0 for 1 / sqrt(var
  * + eps), as PyTorch: its y is its bias, not NaN. An empty batch in
  * training mode gives an empty y and leaves the running statistics as they
- * are (PyTorch too). A composite of the
- * engine's ops: differentiable to any order in every float input (the
- * running statistics are buffers, not differentiated). Errors:
+ * are (PyTorch too). Training mode is the op batch_norm (the statistics
+ * in double, each channel's summed in an order fixed by the shape: the
+ * same bits on any number of threads), whose plain backward is one pass
+ * for the sums and one for dx; under create_graph that backward is made of
+ * ops, and evaluation mode is a composite of ops: differentiable to any
+ * order in every float input (the running statistics are buffers, not
+ * differentiated). Errors:
  * AD_ERR_NULL (x NULL), AD_ERR_SHAPE (x under 2 dims, a vector not [C],
  * training with exactly one value per channel), AD_ERR_DTYPE (not float,
  * or dtypes differ), AD_ERR_ARG (eps < 0 or not finite, momentum outside
