@@ -827,8 +827,8 @@ static void bn_coef(const bn_job *j, int64_t c, double wc, double bc, double mu,
           for (int64_t s = 0; s < S; s++)                                                          \
             dev += p[cc * S + s], sg += r[cc * S + s], sgx += h[cc * S + s];                       \
           int64_t c = c0 + cc;                                                                     \
-          bn_coef(j, c, W ? (double)W[c] : 1.0, B ? (double)B[c] : 0.0, mc[cc * S], dev, sg, sgx,  \
-                  &a, &b0, &k2);                                                                   \
+          bn_coef(j, c, W ? (double)W[c] : 1.0, B ? (double)B[c] : 0.0, S ? mc[cc * S] : 0.0, dev, \
+                  sg, sgx, &a, &b0, &k2);                                                          \
           for (int64_t s = 0; s < S; s++)                                                          \
             ac[cc * S + s] = a, bc[cc * S + s] = b0, kc[cc * S + s] = k2;                          \
         }                                                                                          \

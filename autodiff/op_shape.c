@@ -1083,7 +1083,8 @@ static ad_status pad_nd_bwd(const ad_call *c) {
 
 ad_tensor *ad_pad_nd(ad_ctx *ctx, ad_tensor *x, int n, const int64_t *pad, ad_pad_mode mode,
                      double value) {
-  if (ctx && !pad) {
+  if (!ctx) return NULL;
+  if (!pad) {
     ad_set_error(ctx, AD_ERR_NULL, "pad_nd: pad is NULL");
     return NULL;
   }

@@ -451,6 +451,7 @@ Test(misuse_tensorops, pad_nd_refuses_bad_input) {
   expect_error(AD_ERR_NULL, "pad_nd", NULL);
   cr_assert_null(ad_pad_nd(ctx, x, 2, NULL, AD_PAD_REFLECT, 0));
   expect_error(AD_ERR_NULL, "pad_nd: pad is NULL", NULL);
+  cr_assert_null(ad_pad_nd(NULL, x, 2, NULL, AD_PAD_REFLECT, 0)); /* no context: nothing read */
   cr_assert_null(ad_pad_nd(ctx, x, 0, p2, AD_PAD_REFLECT, 0));
   expect_error(AD_ERR_ARG, "pad_nd: 0 padded axes for [2,3,4]; 1..3 and at most its ndim", NULL);
   cr_assert_null(ad_pad_nd(ctx, x, 4, (const int64_t[8]){0}, AD_PAD_CONSTANT, 0));
