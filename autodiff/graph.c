@@ -641,6 +641,12 @@ static void attrs_str(const ad_op_def *def, const ad_tensor *t, sbuf *out) {
       sb_put(&b, " value %.6g", a->pad_nd.value);
     break;
   }
+  case AD_ATTRS_ELU:
+    sb_put(&b, " alpha %.9g scale %.9g input_scale %.9g", a->elu.alpha, a->elu.scale,
+           a->elu.input_scale);
+    if (a->elu.grad_input_scale != a->elu.input_scale)
+      sb_put(&b, " grad_input_scale %.9g", a->elu.grad_input_scale);
+    break;
   case AD_ATTRS_USER:
     for (int k = 0; k < 6; k++)
       if (a->user.i[k]) sb_put(&b, " i%d %lld", k, (long long)a->user.i[k]);

@@ -1777,6 +1777,100 @@ const ad_op_def ad_def_logsigmoid = {
     .grads = {"logsigmoid_backward(dy, x) = dy * sigmoid(-x)"},
 };
 
+/* ------------------------------------------------------------------ elu */
+
+/* PyTorch's elu kernel: x <= 0 ? (e^(x is) - 1) nc : x pc, nc = alpha
+ * scale, pc = scale, is = input_scale, each rounded to x's dtype (nc the
+ * product in it); e^t on exp's kernels (exp_v, libm's expf outside its
+ * range), so the values are those of the composite exp, sub_scalar,
+ * mul_scalar it replaces, in one pass. A NaN x takes the linear side. */
+typedef struct elu_coef {
+  double nc, pc, is, bs; /* bs: the gradient's input_scale */
+} elu_coef;
+
+static elu_coef elu_coefs(const ad_elu_attrs *a, ad_dtype dt) {
+  if (dt == AD_F32)
+    return (elu_coef){(float)a->alpha * (float)a->scale, (float)a->scale, (float)a->input_scale,
+                      (float)a->grad_input_scale};
+  return (elu_coef){a->alpha * a->scale, a->scale, a->input_scale, a->grad_input_scale};
+}
+
+CELL_CLONES static void elu_rows32(const float *X, float *Y, int64_t b, int64_t e, float nc,
+                                   float pc, float is) {
+  for (int64_t c0 = b; c0 < e; c0 += 256) {
+    int64_t c1 = e - c0 < 256 ? e : c0 + 256;
+    int out = 0;
+    for (int64_t i = c0; i < c1; i++) {
+      float x = X[i], t = x * is;
+      float neg = (exp_v(t) - 1.0f) * nc, pos = x * pc;
+      int left = x <= 0;
+      Y[i] = left ? neg : pos;
+      out |= left & EXP_V_OUT(t);
+    }
+    if (out)
+      for (int64_t i = c0; i < c1; i++) {
+        float x = X[i], t = x * is;
+        if (x <= 0 && EXP_V_OUT(t)) Y[i] = (expf(t) - 1.0f) * nc;
+      }
+  }
+}
+
+static void elu_rows64(const double *X, double *Y, int64_t b, int64_t e, double nc, double pc,
+                       double is) {
+  for (int64_t i = b; i < e; i++) {
+    double x = X[i];
+    double neg = (exp(x * is) - 1.0) * nc, pos = x * pc;
+    Y[i] = x <= 0 ? neg : pos;
+  }
+}
+
+static void elu_range(void *ud, int64_t b, int64_t e) {
+  const unary_job *j = ud;
+  elu_coef k = elu_coefs(&j->at->elu, j->y->dtype);
+  if (j->y->dtype == AD_F32)
+    elu_rows32(j->x->data, j->y->data, b, e, (float)k.nc, (float)k.pc, (float)k.is);
+  else
+    elu_rows64(j->x->data, j->y->data, b, e, k.nc, k.pc, k.is);
+}
+
+static void elu_fwd(const ad_call *c) {
+  unary_job j = {c->in[0], c->out, c->attrs};
+  if (c->out->size <= ELEM_GRAIN)
+    elu_range(&j, 0, c->out->size);
+  else
+    ad_parallel_for(c->out->size, ELEM_GRAIN, elu_range, &j);
+}
+
+static ad_status elu_bwd(const ad_call *c) {
+  return ad_call_set_grad(c, 0, ad_apply2(c->ctx, AD_OP_ELU_BACKWARD, c->gout, c->in[0], c->attrs));
+}
+
+ad_tensor *ad_elu(ad_ctx *ctx, ad_tensor *x, double alpha, double scale, double input_scale,
+                  double grad_input_scale) {
+  ad_attrs at = {.elu = {alpha, scale, input_scale, grad_input_scale}};
+  return ad_apply1(ctx, AD_OP_ELU, x, &at);
+}
+
+/* |x| >= 0.2: away from the kink at 0; selu-like coefficients */
+static int elu_sample(const ad_sample_call *s) {
+  s->attrs->elu = (ad_elu_attrs){1.25, 1.0507009873554805, 0.75, 0.75};
+  return sample_unary_range(s, 0.2, 2, true);
+}
+
+const ad_op_def ad_def_elu = {
+    .name = "elu",
+    .arity = 1,
+    .flags = AD_OP_ELEMENTWISE,
+    .attrs = AD_ATTRS_ELU,
+    .forward = elu_fwd,
+    .backward = elu_bwd,
+    .sample = elu_sample,
+    .math = "y = x <= 0 ? (exp(x input_scale) - 1) alpha scale : x scale",
+    .inputs = {"x"},
+    .grads = {"elu_backward(dy, x) = x <= 0 ? dy grad_input_scale alpha scale "
+              "exp(x grad_input_scale) : dy scale"},
+};
+
 /* -------------------------------------------------------- tanh_backward */
 
 DEFINE_BINARY(tanh_backward, x0 *(1 - x1 * x1))
@@ -2180,6 +2274,93 @@ const ad_op_def ad_def_logsigmoid_backward = {
     .math = "y = g sigmoid(-x)",
     .inputs = {"g", "x"},
     .grads = {"dy sigmoid(-x)", "-dy g s (1 - s), s = sigmoid(-x)"},
+};
+
+/* --------------------------------------------------------- elu_backward */
+
+/* PyTorch's elu_backward (is_result false), in its order of operations:
+ * x <= 0 ? g bs nc e^(x bs) : g pc, bs the gradient's input_scale; a NaN
+ * x takes the linear side (its scalar code). */
+CELL_CLONES static void elu_backward_row32(const float *G, const float *X, float *Y, int64_t len,
+                                           float nc, float pc, float bs) {
+  for (int64_t c0 = 0; c0 < len; c0 += 256) {
+    int64_t c1 = len - c0 < 256 ? len : c0 + 256;
+    int out = 0;
+    for (int64_t i = c0; i < c1; i++) {
+      float g = G[i], x = X[i], t = x * bs;
+      float neg = g * bs * nc * exp_v(t), pos = g * pc;
+      int left = x <= 0;
+      Y[i] = left ? neg : pos;
+      out |= left & EXP_V_OUT(t);
+    }
+    if (out)
+      for (int64_t i = c0; i < c1; i++) {
+        float x = X[i], t = x * bs;
+        if (x <= 0 && EXP_V_OUT(t)) Y[i] = G[i] * bs * nc * expf(t);
+      }
+  }
+}
+
+#define ELU_BACKWARD_OF(T, EXP, g, x) ((x) <= 0 ? (g)*bs * nc * EXP((x)*bs) : (g)*pc)
+
+static void elu_backward_rows(const ad_call *c, int64_t oa, int64_t sa, int64_t ob, int64_t sb,
+                              int64_t oy, int64_t len) {
+  elu_coef k = elu_coefs(&c->attrs->elu, c->out->dtype);
+  if (c->out->dtype == AD_F32) {
+    float nc = (float)k.nc, pc = (float)k.pc, bs = (float)k.bs;
+    if (sa == 1 && sb == 1) {
+      elu_backward_row32((const float *)c->in[0]->data + oa, (const float *)c->in[1]->data + ob,
+                         (float *)c->out->data + oy, len, nc, pc, bs);
+      return;
+    }
+    const float *G = (const float *)c->in[0]->data + oa, *X = (const float *)c->in[1]->data + ob;
+    float *Y = (float *)c->out->data + oy;
+    for (int64_t i = 0; i < len; i++) Y[i] = ELU_BACKWARD_OF(float, expf, G[i * sa], X[i * sb]);
+  } else {
+    double nc = k.nc, pc = k.pc, bs = k.bs;
+    const double *G = (const double *)c->in[0]->data + oa, *X = (const double *)c->in[1]->data + ob;
+    double *Y = (double *)c->out->data + oy;
+    for (int64_t i = 0; i < len; i++) Y[i] = ELU_BACKWARD_OF(double, exp, G[i * sa], X[i * sb]);
+  }
+}
+
+static void elu_backward_fwd(const ad_call *c) { ad_binary_run(c, elu_backward_rows); }
+
+/* PyTorch's elu double backward: dg = this op again; dx = this op of
+ * dy g bs, masked to x < 0 (0 at 0 and at a NaN x), of ops */
+static ad_status elu_backward_bwd(const ad_call *c) {
+  ad_ctx *ctx = c->ctx;
+  ad_tensor *g = c->in[0], *x = c->in[1];
+  ad_status st = AD_OK;
+  if (c->needs[0])
+    st = ad_call_set_grad(c, 0, ad_apply2(ctx, AD_OP_ELU_BACKWARD, c->gout, x, c->attrs));
+  if (st == AD_OK && c->needs[1]) {
+    ad_tensor *zero = ad_scalar(ctx, x->dtype, 0);
+    ad_tensor *u = ad_mul_scalar(ctx, ad_mul(ctx, c->gout, g), c->attrs->elu.grad_input_scale);
+    ad_tensor *d = ad_apply2(ctx, AD_OP_ELU_BACKWARD, u, x, c->attrs);
+    st = ad_call_set_grad(c, 1, ad_where(ctx, ad_lt(ctx, x, zero), d, zero));
+  }
+  return st;
+}
+
+/* g of either sign, |x| >= 0.2: away from the kink at 0 */
+static int elu_backward_sample(const ad_sample_call *s) {
+  s->attrs->elu = (ad_elu_attrs){1.25, 1.0507009873554805, 0.75, 0.75};
+  int k = sample_binary_range(s, -2, 2, 0.2, 2, true);
+  return k;
+}
+
+const ad_op_def ad_def_elu_backward = {
+    .name = "elu_backward",
+    .arity = 2,
+    .flags = AD_OP_ELEMENTWISE,
+    .attrs = AD_ATTRS_ELU,
+    .forward = elu_backward_fwd,
+    .backward = elu_backward_bwd,
+    .sample = elu_backward_sample,
+    .math = "y = x <= 0 ? g grad_input_scale alpha scale exp(x grad_input_scale) : g scale",
+    .inputs = {"g", "x"},
+    .grads = {"elu_backward(dy, x)", "x < 0 ? elu_backward(dy g grad_input_scale, x) : 0"},
 };
 
 /* ----------------------------------------------------------------- cast */

@@ -58,75 +58,26 @@ const char *nn_act_name(nn_act act) { return (unsigned)act <= ACT_LAST ? act_nam
 static const double selu_alpha = 1.6732632423543772848170429916717;
 static const double selu_scale = 1.0507009873554804934193349852946;
 
-/* A term that is -0 for every x other than NaN, so that adding it changes
- * no value, not even the sign of a zero, whose slope is c at x == a and 0
- * elsewhere, with no second derivative: it gives a composite PyTorch's
- * one-sided slope at a kink. clamp(t, 0, 0) is +0 for t != 0 and t itself
- * at t == +-0, and passes dy only at t == 0 (clamp's bounds are
- * inclusive); t is built to be +0 there: a - x, or x + (0 - a). */
-static ad_tensor *kink(ad_ctx *ctx, ad_tensor *x, double a, double c) {
-  if (c > 0) return ad_mul_scalar(ctx, ad_clamp(ctx, ad_rsub_scalar(ctx, x, a), 0, 0), -c);
-  return ad_mul_scalar(ctx, ad_clamp(ctx, ad_add_scalar(ctx, x, 0.0 - a), 0, 0), c);
-}
-
 /* The coefficient k as PyTorch's float32 kernels hold it. */
 static double in_dtype(const ad_tensor *x, double k) {
   return x->dtype == AD_F32 ? (double)(float)k : k;
 }
 
-/* (e^(v s) - 1) c, in PyTorch's order of operations. */
-static ad_tensor *expm1_scaled(ad_ctx *ctx, ad_tensor *v, double s, double c) {
-  if (s != 1) v = ad_mul_scalar(ctx, v, s);
-  return ad_mul_scalar(ctx, ad_sub_scalar(ctx, ad_exp(ctx, v), 1.0), c);
-}
-
-/* PyTorch's elu(x, alpha, scale, input_scale) (elu, selu, celu):
+/* PyTorch's elu(x, alpha, scale, input_scale) (elu, selu, celu), one op
+ * (ad_elu) and its gradient another, PyTorch's elu_backward:
  *   y = x <= 0 ? (e^(x is) - 1) alpha scale : x scale
  * with its slopes: alpha scale is at 0 (the left side's) and scale at a
  * NaN x (its scalar kernel's), and the second derivative 0 at 0 (the
- * right side's: elu_double_backward masks x < 0). The negative side reads
- * x through hardtanh(x, -inf, 0), whose slope is 1 below 0 only, so it
- * adds nothing at 0 to either derivative; kink() adds the slope at 0. Its
- * inputs are bounded (at most 0), and where passes no gradient to the
- * side it does not take, so e^x overflows for no x. The coefficients are
+ * right side's: elu_double_backward masks x < 0). The coefficients are
  * rounded to x's dtype and multiplied in it, as PyTorch's kernels do.
  * PyTorch differentiates celu with input_scale 1 / float(alpha) (its
  * derivatives.yaml: 1.0/alpha.toFloat()), not the forward's 1 / alpha:
- * where the two differ (float64, alpha not a float32 value, e.g. 0.1,
- * whose slope at 0 is then 0.999999985), the value comes from is on a
- * detached x and the derivatives from bs, through G - detach(G) = +0. */
+ * bs, the op's grad_input_scale (where float32(alpha) is 0, |alpha| <
+ * 1e-45, there is no rule to copy: is). */
 static ad_tensor *elu_like(ad_ctx *ctx, ad_tensor *x, double alpha, double scale, double is,
                            double bs) {
-  double nc = x->dtype == AD_F32 ? (double)((float)alpha * (float)scale) : alpha * scale;
-  double pc = in_dtype(x, scale), ic = in_dtype(x, is), bc = in_dtype(x, bs);
-  if (!isfinite(bc)) bc = ic; /* float32(alpha) is 0 (|alpha| < 1e-45): no rule to copy */
-  double slope = x->dtype == AD_F32 ? (double)((float)bc * (float)nc) : bc * nc;
-  ad_tensor *zero = ad_scalar(ctx, x->dtype, 0), *neg;
-  /* a negative scale (celu's alpha < 0) makes e^(v is) inf at x = -inf,
-   * where hardtanh's slope is 0 (its bounds are open): x below 0 instead */
-  ad_tensor *v =
-      ic < 0 ? ad_where(ctx, ad_lt(ctx, x, zero), x, zero) : ad_hardtanh(ctx, x, -INFINITY, 0.0);
-  if (ic == bc) {
-    neg = expm1_scaled(ctx, v, ic, nc);
-  } else if (ic > 0) {
-    ad_tensor *g = expm1_scaled(ctx, v, bc, nc);
-    neg = ad_sub(ctx, expm1_scaled(ctx, ad_detach(ctx, v), ic, nc),
-                 ad_sub(ctx, ad_detach(ctx, g), g));
-  } else {
-    /* alpha < 0: far left G is -inf and G - detach(G) NaN, so there the
-     * value's own form gives the slope: PyTorch's inf, except in the few
-     * ulps of x where only one of the two exponentials overflows */
-    ad_tensor *vd = ad_detach(ctx, v);
-    ad_tensor *big =
-        ad_eq(ctx, ad_abs(ctx, expm1_scaled(ctx, vd, bc, nc)), ad_scalar(ctx, x->dtype, INFINITY));
-    ad_tensor *g = expm1_scaled(ctx, ad_where(ctx, big, zero, v), bc, nc);
-    ad_tensor *mixed =
-        ad_sub(ctx, expm1_scaled(ctx, vd, ic, nc), ad_sub(ctx, ad_detach(ctx, g), g));
-    neg = ad_where(ctx, big, expm1_scaled(ctx, ad_where(ctx, big, v, zero), ic, nc), mixed);
-  }
-  if (slope != 0) neg = ad_add(ctx, neg, kink(ctx, x, 0, slope));
-  ad_tensor *pos = pc == 1 ? x : ad_mul_scalar(ctx, x, pc);
-  return ad_where(ctx, ad_le(ctx, x, zero), neg, pos);
+  if (!isfinite(in_dtype(x, bs))) bs = is;
+  return ad_elu(ctx, x, alpha, scale, is, bs);
 }
 
 ad_tensor *nn_activate(ad_ctx *ctx, ad_tensor *x, nn_act act, double alpha) {

@@ -84,6 +84,7 @@ static const attr_key attr_keys[] = {
     {"cross_entropy", AD_ATTRS_CROSS_ENTROPY, 3, 3},     /* ignore (0 or 1), ignore_index, sum */
     {"clamp", AD_ATTRS_CLAMP, 0, 0},                     /* lo hi, two reals */
     {"pad_nd", AD_ATTRS_PAD_ND, 4, 8}, /* value (a real), n, mode, the 2 n amounts */
+    {"elu", AD_ATTRS_ELU, 0, 0},       /* alpha scale input_scale grad_input_scale, four reals */
 };
 #define ATTR_MAX_VALUES 14 /* the most integers a key takes */
 
@@ -95,6 +96,7 @@ typedef struct fx_attr {
   int64_t v[ATTR_MAX_VALUES];
   double scalar;
   double scalar2; /* clamp: hi (scalar is lo) */
+  double elu[4];  /* elu: alpha, scale, input_scale, grad_input_scale */
   ad_dtype dtype;
   ad_cmp cmp;
 } fx_attr;
@@ -368,6 +370,10 @@ static bool parse_attr(parser *ps, fx_case *c) {
   case AD_ATTRS_CLAMP:
     if (!tok_real(ps, &a->scalar) || !tok_real(ps, &a->scalar2)) return false;
     break;
+  case AD_ATTRS_ELU:
+    for (int k = 0; k < 4; k++)
+      if (!tok_real(ps, &a->elu[k])) return false;
+    break;
   case AD_ATTRS_LAYER_NORM: /* eps, then the normalized shape */
   case AD_ATTRS_PAD_ND:     /* value, then n, mode and the amounts */
     if (!tok_real(ps, &a->scalar)) return false;
@@ -458,6 +464,9 @@ static bool typed_attrs(parser *ps, fx_case *c) {
     break;
   case AD_ATTRS_CLAMP:
     at->clamp = (ad_clamp_attrs){a->scalar, a->scalar2, false};
+    break;
+  case AD_ATTRS_ELU:
+    at->elu = (ad_elu_attrs){a->elu[0], a->elu[1], a->elu[2], a->elu[3]};
     break;
   case AD_ATTRS_PAD_ND:
     if (a->n != 2 + 2 * v[0]) return perr(ps, "pad_nd: n, mode, then 2 n amounts");
@@ -825,6 +834,9 @@ static ad_tensor *run_builder(ad_ctx *cx, const fx_case *c, ad_tensor **in, bool
     break;
   case AD_ATTRS_CLAMP:
     if (!strcmp(op, "clamp")) return ad_clamp(cx, x, a->scalar, a->scalar2);
+    break;
+  case AD_ATTRS_ELU:
+    if (!strcmp(op, "elu")) return ad_elu(cx, x, a->elu[0], a->elu[1], a->elu[2], a->elu[3]);
     break;
   case AD_ATTRS_PAD_ND:
     if (!strcmp(op, "pad_nd"))

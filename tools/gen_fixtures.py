@@ -77,6 +77,10 @@ builder the arguments it takes:
                                   (0 constant, 1 reflect, 2 replicate,
                                   3 circular), the 2 N amounts in F.pad's
                                   order (the last axis's first)
+    attr elu A S IS GIS           elu, elu_backward: alpha, scale,
+                                  input_scale and the gradient's
+                                  input_scale (reals; celu's 1 /
+                                  float32(alpha) differs from the third)
     attr cross_entropy IGN IDX SUM
                                   softmax_cross_entropy: ignore (0 or 1),
                                   ignore_index, sum (0 or 1)
@@ -461,6 +465,27 @@ for name, fn in (("softshrink", F.softshrink), ("hardshrink", F.hardshrink)):
             attr=("scalar", 0.5))
 add("hardshrink_negative_lambd", "hardshrink", lambda rng: [("in", U(rng, (4,)))],
     lambda t: F.hardshrink(t[0], -0.25), attr=("scalar", -0.25))
+
+# elu (aten's elu(x, alpha, scale, input_scale), under nn's elu, selu and
+# celu): celu's gradient takes 1 / float32(alpha) (its own derivative in
+# torch); at 0 the left slope and a second derivative of 0; elu_backward
+# as torch's aten op (is_result false)
+SELU_A, SELU_S = 1.6732632423543772848170429916717, 1.0507009873554804934193349852946
+ELU_EDGE = f32r([-0.0, 0.0, -100.0, 50.0, -1e-3, 1e-3, -2.5, 0.75])
+for tag, make in (("2d", lambda rng: [("in", U(rng, (3, 4), -3, 3))]),
+                  ("edges", const([("in", ELU_EDGE)]))):
+    add(f"elu_{tag}", "elu", make, lambda t: F.elu(t[0], 0.5), attr=("elu", 0.5, 1.0, 1.0, 1.0))
+    add(f"elu_selu_{tag}", "elu", make, lambda t: torch.selu(t[0]),
+        attr=("elu", SELU_A, SELU_S, 1.0, 1.0))
+    add(f"elu_celu_{tag}", "elu", make, lambda t: F.celu(t[0], 0.1),
+        attr=("elu", 0.1, 1.0, 1 / 0.1, 1 / float(np.float32(0.1))))
+add("elu_scaled_input", "elu", lambda rng: [("in", U(rng, (2, 3, 2), -3, 3))],
+    lambda t: torch.ops.aten.elu(t[0], 1.25, 1.5, 0.75), attr=("elu", 1.25, 1.5, 0.75, 0.75))
+for tag, sg, st in (("same", (3, 4), (3, 4)), ("row", (3, 4), (4,))):
+    add(f"elu_backward_{tag}", "elu_backward",
+        lambda rng, sg=sg, st=st: [("in", U(rng, sg)), ("in", U(rng, st, -3, 3))],
+        lambda t: torch.ops.aten.elu_backward(t[0], 1.25, 1.5, 0.75, False, t[1]),
+        attr=("elu", 1.25, 1.5, 0.75, 0.75))
 
 # fused activation gradients: y = g * f'(.) from the saved tanh / sigmoid
 # output or relu / gelu input; torch's aten ops of the same names (relu's is

@@ -700,6 +700,19 @@ AD_API ad_tensor *ad_hardshrink(ad_ctx *ctx, ad_tensor *x, double lambd);
  * gradient is dy sigmoid(-x), one pass too, differentiable to any order.
  * Errors: those of any op, AD_ERR_DTYPE for a non-float x. */
 AD_API ad_tensor *ad_logsigmoid(ad_ctx *ctx, ad_tensor *x);
+/** PyTorch's aten elu(x, alpha, scale, input_scale), under nn's elu, selu
+ * and celu: x <= 0 ? (e^(x input_scale) - 1) alpha scale : x scale, with
+ * e^t - 1 computed so (not expm1), in one pass; alpha scale, scale and
+ * input_scale are rounded to x's dtype, and alpha scale is their product
+ * in it. The gradient is PyTorch's elu_backward with grad_input_scale as
+ * its input_scale (pass input_scale; celu's is 1 / float32(alpha)): dy
+ * grad_input_scale alpha scale e^(x grad_input_scale) where x <= 0 (at 0
+ * the left slope), dy scale elsewhere and at a NaN x (PyTorch's scalar
+ * code); one pass, differentiable to any order (its second derivative in
+ * x is 0 at 0, where PyTorch masks x < 0). Errors: those of any op,
+ * AD_ERR_DTYPE for a non-float x. */
+AD_API ad_tensor *ad_elu(ad_ctx *ctx, ad_tensor *x, double alpha, double scale, double input_scale,
+                         double grad_input_scale);
 /** @} */
 /** Converts to another float dtype; the gradient is converted back. To x's
  * own dtype it returns x itself, after the checks of any op's input. */

@@ -247,6 +247,15 @@ typedef struct ad_clamp_attrs {
   bool inner; /**< hardtanh's gradient: dy only strictly inside the bounds */
 } ad_clamp_attrs;
 
+/** elu and elu_backward: PyTorch's elu(x, alpha, scale, input_scale),
+ * each coefficient rounded to x's dtype when used (ad_elu, ad.h) */
+typedef struct ad_elu_attrs {
+  double alpha;            /**< the negative side's factor (times scale) */
+  double scale;            /**< both sides' factor */
+  double input_scale;      /**< x's factor in the exponential */
+  double grad_input_scale; /**< the gradient's input_scale (celu: 1 / float32(alpha)) */
+} ad_elu_attrs;
+
 /** Free-form attributes for an op registered at run time. */
 typedef struct ad_user_attrs {
   int64_t i[6]; /**< integers, as the op defines them */
@@ -276,6 +285,7 @@ typedef struct ad_attrs {
     ad_user_attrs user;
     ad_clamp_attrs clamp;
     ad_pad_nd_attrs pad_nd;
+    ad_elu_attrs elu;
   };
 } ad_attrs;
 
@@ -302,6 +312,7 @@ typedef enum ad_attrs_kind {
   AD_ATTRS_USER,
   AD_ATTRS_CLAMP,
   AD_ATTRS_PAD_ND,
+  AD_ATTRS_ELU,
   AD_ATTRS_KIND_COUNT
 } ad_attrs_kind;
 
