@@ -933,3 +933,270 @@ const ad_op_def ad_def_huber = {
     .inputs = {"p", "t"},
     .grads = {"dy g(p - t), g(d) = |d| >= s ? s sign(d) : d", "dy g(t - p)"},
 };
+
+/* ------------------------------------------------------------ ctc_alpha
+ *
+ * The forward (alpha) recursion of the CTC loss (nn_ctc_loss), in log
+ * space, over a batch: e [T,N,L] the emissions (log_probs[t, n, l'_s] of
+ * the extended labels l'), skip [N,L] (i32, 1 where the step from s - 2 is
+ * allowed), a [N,L] the start (nn_ctc_loss's: 0 at s = 0, NEG elsewhere),
+ * out [T+1,N,L] with
+ *   y_0 = a
+ *   y_{t+1}(s) = lse(c(s)) + e_t(s),
+ *   c(s) = (y_t(s), y_t(s-1), skip(s) ? y_t(s-2) : NEG)
+ * (a missing candidate, s - 1 < 0 or s - 2 < 0, is NEG = -1e30), and
+ * y_{t+1}(s) = NEG, a constant, where every candidate is below NEG/2: a
+ * state no path reaches (NaN stays NaN). Backward: with the weights
+ * w_j(s) = exp(c_j(s) - lse(c(s))) (logsumexp's),
+ *   r_T = dy_T,  de_t = r_{t+1} (0 at an unreached state),
+ *   r_t(s) = dy_t(s) + sum_j r_{t+1}(s+j) w_j(s+j) (reached states),
+ *   da = r_0
+ * one pass back over the rows in the plain backward; with create_graph the
+ * same recursion made of ops (the candidates from out's rows; in float64
+ * for float32), so every order exists. Float32 is otherwise computed in
+ * float, as PyTorch's ctc_loss. */
+
+#define CTC_NEG (-1e30)
+/* below it the weights are exp(c - y) with y = m + log(sum) rounded, as
+ * the composite's logsumexp had them (where y's rounding drops log(sum),
+ * a state no path reaches, they are not the softmax: 1 for each of three
+ * equal candidates); above it the same weights as exp(c - m) / sum */
+#define CTC_FAR (-1e4)
+
+static ad_status ctc_alpha_shape(const ad_call *c) {
+  const ad_tensor *e = c->in[0], *k = c->in[1];
+  char a[64], b[64];
+  if (e->dtype != AD_F32 && e->dtype != AD_F64)
+    return ad_set_error(c->ctx, AD_ERR_DTYPE, "%s: emissions %s are %s; a float dtype is needed",
+                        c->name, ad_shape_str(e, a, sizeof a), ad_dtype_name(e->dtype));
+  if (k->dtype != AD_I32)
+    return ad_set_error(c->ctx, AD_ERR_DTYPE, "%s: skip mask %s is %s; it must be i32", c->name,
+                        ad_shape_str(k, a, sizeof a), ad_dtype_name(k->dtype));
+  const ad_tensor *a0 = c->in[2];
+  char d[64];
+  if (e->ndim != 3 || k->ndim != 2 || k->shape[0] != e->shape[1] || k->shape[1] != e->shape[2] ||
+      a0->ndim != 2 || a0->shape[0] != e->shape[1] || a0->shape[1] != e->shape[2])
+    return ad_set_error(c->ctx, AD_ERR_SHAPE,
+                        "%s: emissions %s, skip mask %s and start %s: need [T,N,L], [N,L] and "
+                        "[N,L]",
+                        c->name, ad_shape_str(e, a, sizeof a), ad_shape_str(k, b, sizeof b),
+                        ad_shape_str(a0, d, sizeof d));
+  if (a0->dtype != e->dtype)
+    return ad_set_error(c->ctx, AD_ERR_DTYPE, "%s: start %s is %s, emissions %s", c->name,
+                        ad_shape_str(a0, a, sizeof a), ad_dtype_name(a0->dtype),
+                        ad_dtype_name(e->dtype));
+  c->out->dtype = e->dtype;
+  c->out->ndim = 3;
+  c->out->shape[0] = e->shape[0] + 1;
+  c->out->shape[1] = e->shape[1];
+  c->out->shape[2] = e->shape[2];
+  return AD_OK;
+}
+
+/* exp(d) for d <= 0, 0 below where it underflows to 0 anyway (without
+ * libm's slow underflow path: a candidate of -1e30 is common) */
+#define CTC_EXP(TY, EXP, d)                                                                        \
+  ((d) == 0 ? (TY)1 : (d) < (sizeof(TY) == 4 ? (TY)-104 : (TY)-746) ? (TY)0 : EXP(d))
+
+/* a state no path reaches: its candidates all about NEG (none NaN) */
+#define CTC_GONE(TY, m, sum) ((m) < (TY)(CTC_NEG / 2) && (sum) == (sum))
+
+/* One row of candidates at s: c[0..2], their max m and sum of exp(c - m). */
+#define CTC_CANDS(TY, EXP, a, sk, s, c, m, sum)                                                    \
+  do {                                                                                             \
+    c[0] = a[s];                                                                                   \
+    c[1] = s >= 1 ? a[s - 1] : (TY)CTC_NEG;                                                        \
+    c[2] = s >= 2 && sk[s] ? a[s - 2] : (TY)CTC_NEG;                                               \
+    m = c[0] > c[1] ? c[0] : c[1];                                                                 \
+    if (c[2] > m) m = c[2];                                                                        \
+    sum = 0;                                                                                       \
+    for (int k_ = 0; k_ < 3; k_++) sum += CTC_EXP(TY, EXP, c[k_] - m);                             \
+  } while (0)
+
+#define CTC_FWD(TY, EXP, LOG)                                                                      \
+  static void ctc_fwd_##TY(const TY *e, const int32_t *skip, const TY *a0, TY *out, int64_t T,     \
+                           int64_t N, int64_t L) {                                                 \
+    memcpy(out, a0, (size_t)(N * L) * sizeof(TY));                                                 \
+    for (int64_t t = 0; t < T; t++)                                                                \
+      for (int64_t n = 0; n < N; n++) {                                                            \
+        const TY *a = out + (t * N + n) * L, *et = e + (t * N + n) * L;                            \
+        const int32_t *sk = skip + n * L;                                                          \
+        TY *o = out + ((t + 1) * N + n) * L;                                                       \
+        for (int64_t s = 0; s < L; s++) {                                                          \
+          TY cd[3], m, sum;                                                                        \
+          CTC_CANDS(TY, EXP, a, sk, s, cd, m, sum);                                                \
+          if (CTC_GONE(TY, m, sum))                                                                \
+            o[s] = (TY)CTC_NEG + (et[s] - et[s]); /* NaN kept */                                   \
+          else                                                                                     \
+            o[s] = (isinf(m) ? m : m + LOG(sum)) + et[s];                                          \
+        }                                                                                          \
+      }                                                                                            \
+  }
+
+/* dy [T+1,N,L] -> de [T,N,L]; adj [2,L] scratch */
+#define CTC_BWD(TY, EXP, LOG)                                                                      \
+  static void ctc_bwd_##TY(const TY *out, const int32_t *skip, const TY *dy, TY *de, TY *da0,      \
+                           TY *adj, int64_t T, int64_t N, int64_t L) {                             \
+    for (int64_t n = 0; n < N; n++) {                                                              \
+      const int32_t *sk = skip + n * L;                                                            \
+      TY *A = adj, *B = adj + L; /* A: adjoint of row t + 1, B: of row t */                        \
+      for (int64_t s = 0; s < L; s++) A[s] = dy[(T * N + n) * L + s];                              \
+      for (int64_t t = T - 1; t >= 0; t--) {                                                       \
+        const TY *a = out + (t * N + n) * L, *g = dy + (t * N + n) * L;                            \
+        TY *d = de + (t * N + n) * L;                                                              \
+        for (int64_t s = 0; s < L; s++) B[s] = g[s];                                               \
+        for (int64_t s = 0; s < L; s++) {                                                          \
+          TY cd[3], m, sum;                                                                        \
+          CTC_CANDS(TY, EXP, a, sk, s, cd, m, sum);                                                \
+          d[s] = A[s];                                                                             \
+          if (CTC_GONE(TY, m, sum)) { /* a constant: no gradient */                                \
+            d[s] = 0;                                                                              \
+            continue;                                                                              \
+          }                                                                                        \
+          TY r = A[s] / sum;                                                                       \
+          if (m < (TY)CTC_FAR) { /* logsumexp's exp(c - y), y rounded as its output */             \
+            TY y = m + LOG(sum);                                                                   \
+            r = A[s], m = y;                                                                       \
+          }                                                                                        \
+          B[s] += r * CTC_EXP(TY, EXP, cd[0] - m);                                                 \
+          if (s >= 1) B[s - 1] += r * CTC_EXP(TY, EXP, cd[1] - m);                                 \
+          if (s >= 2 && sk[s]) B[s - 2] += r * CTC_EXP(TY, EXP, cd[2] - m);                        \
+        }                                                                                          \
+        TY *x = A;                                                                                 \
+        A = B, B = x;                                                                              \
+      }                                                                                            \
+      memcpy(da0 + n * L, A, (size_t)L * sizeof(TY));                                              \
+    }                                                                                              \
+  }
+
+CTC_FWD(float, expf, logf)
+CTC_FWD(double, exp, log)
+CTC_BWD(float, expf, logf)
+CTC_BWD(double, exp, log)
+
+static void ctc_alpha_fwd(const ad_call *c) {
+  const ad_tensor *e = c->in[0];
+  int64_t T = e->shape[0], N = e->shape[1], L = e->shape[2];
+  if (e->dtype == AD_F32)
+    ctc_fwd_float(e->data, c->in[1]->data, c->in[2]->data, c->out->data, T, N, L);
+  else
+    ctc_fwd_double(e->data, c->in[1]->data, c->in[2]->data, c->out->data, T, N, L);
+}
+
+/* The backward made of ops (create_graph): the recursion above, step by
+ * step, the candidates' softmax from out's rows. */
+static ad_status ctc_alpha_bwd_ops(const ad_call *c) {
+  ad_ctx *ctx = c->ctx;
+  ad_tensor *e = c->in[0], *out = c->out, *dy = c->gout;
+  ad_dtype dt = AD_F64, t32 = e->dtype; /* float64 for float32, as batch_norm's */
+  out = ad_cast(ctx, out, dt), dy = ad_cast(ctx, dy, dt);
+  int64_t T = e->shape[0], N = e->shape[1], L = e->shape[2], nl[2] = {N, L}, nl1[3] = {N, L, 1};
+  int64_t n2[2] = {N, 2};
+  ad_tensor **de = ad_arena_alloc(ctx, (size_t)T * sizeof *de);
+  ad_tensor *skip = ad_tmp_new(ctx, dt, 2, nl), *neg = ad_scalar(ctx, dt, CTC_NEG);
+  ad_tensor *shift = ad_full(ctx, dt, 2, n2, CTC_NEG), *zero = ad_zeros(ctx, dt, 2, n2);
+  ad_tensor *zero1 = ad_scalar(ctx, dt, 0.0);
+  if (!out || !dy || !de || !skip || !neg || !shift || !zero || !zero1) return ad_last_status(ctx);
+  const int32_t *sk = c->in[1]->data;
+  for (int64_t i = 0; i < N * L; i++) ad_tensor_set(skip, i, sk[i] != 0 && i % L >= 2);
+  /* live[t] = 1 where y_{t+1} is reached (not the constant NEG) */
+  ad_tensor *live = ad_tmp_new(ctx, dt, 3, e->shape);
+  if (!live) return ad_last_status(ctx);
+  for (int64_t t = 0; t < T; t++)
+    for (int64_t i = 0; i < N * L; i++) {
+      int64_t s = i % L, r = t * N * L + i;
+      double cd[3] = {ad_tensor_get(out, r), s >= 1 ? ad_tensor_get(out, r - 1) : CTC_NEG,
+                      s >= 2 && sk[i] ? ad_tensor_get(out, r - 2) : CTC_NEG};
+      double m = fmax(fmax(cd[0], cd[1]), cd[2]);
+      bool nan = isnan(cd[0]) || isnan(cd[1]) || isnan(cd[2]) || isinf(m);
+      ad_tensor_set(live, r, nan || !(m < CTC_NEG / 2));
+    }
+  /* the rows of out and dy, each split once (narrowing each row from the
+   * whole would make the second order's gradient O(T^2)) */
+  ad_tensor **ro = ad_arena_alloc(ctx, 2 * (size_t)(T + 1) * sizeof *ro),
+            **rd = ro ? ro + T + 1 : NULL;
+  if (!ro || ad_unstack(ctx, out, 0, ro) != AD_OK || ad_unstack(ctx, dy, 0, rd) != AD_OK)
+    return ad_last_status(ctx);
+  ad_tensor *A = rd[T];
+  for (int64_t t = T - 1; t >= 0; t--) {
+    A = ad_where(ctx, ad_reshape(ctx, ad_narrow(ctx, live, 0, t, 1), 2, nl), A,
+                 zero1); /* a constant */
+    de[t] = A;
+    ad_tensor *a = ro[t];
+    ad_tensor *p = ad_concat(ctx, 2, (ad_tensor *[]){shift, a}, 1);
+    ad_tensor *a2 = ad_where(ctx, skip, ad_narrow(ctx, p, 1, 0, L), neg);
+    ad_tensor *cd = ad_stack(ctx, 3, (ad_tensor *[]){a, ad_narrow(ctx, p, 1, 1, L), a2}, 2);
+    ad_tensor *w = ad_exp(ctx, ad_sub(ctx, cd, ad_logsumexp(ctx, cd, 2, true)));
+    ad_tensor *b = ad_mul(ctx, w, ad_reshape(ctx, A, 3, nl1));
+    ad_tensor *g = rd[t];
+    ad_tensor *acc = ad_add(ctx, g, ad_reshape(ctx, ad_narrow(ctx, b, 2, 0, 1), 2, nl));
+    for (int64_t k = 1; k <= 2 && k < L; k++) { /* b_k at s lands on s - k */
+      ad_tensor *bk = ad_reshape(ctx, ad_narrow(ctx, b, 2, k, 1), 2, nl);
+      ad_tensor *z = ad_narrow(ctx, zero, 1, 0, k);
+      acc = ad_add(ctx, acc,
+                   ad_concat(ctx, 2, (ad_tensor *[]){ad_narrow(ctx, bk, 1, k, L - k), z}, 1));
+    }
+    if (!acc) return ad_last_status(ctx);
+    A = acc;
+  }
+  ad_status st =
+      c->needs[0] ? ad_call_set_grad(c, 0, ad_cast(ctx, ad_stack(ctx, (int)T, de, 0), t32)) : AD_OK;
+  return st == AD_OK && c->needs[2] ? ad_call_set_grad(c, 2, ad_cast(ctx, A, t32)) : st;
+}
+
+static ad_status ctc_alpha_bwd(const ad_call *c) {
+  ad_ctx *ctx = c->ctx;
+  if (!c->needs[0] && !c->needs[2]) return AD_OK;
+  if (ctx->grad_enabled) return ctc_alpha_bwd_ops(c);
+  const ad_tensor *e = c->in[0];
+  int64_t T = e->shape[0], N = e->shape[1], L = e->shape[2], two_l = 2 * L;
+  ad_tensor *de = ad_tmp_like(ctx, e), *da0 = ad_tmp_like(ctx, c->in[2]);
+  ad_tensor *adj = ad_tmp_new(ctx, e->dtype, 1, &two_l);
+  if (!de || !da0 || !adj) return ad_last_status(ctx);
+  if (e->dtype == AD_F32)
+    ctc_bwd_float(c->out->data, c->in[1]->data, c->gout->data, de->data, da0->data, adj->data, T, N,
+                  L);
+  else
+    ctc_bwd_double(c->out->data, c->in[1]->data, c->gout->data, de->data, da0->data, adj->data, T,
+                   N, L);
+  ad_status st = c->needs[0] ? ad_call_set_grad(c, 0, de) : AD_OK;
+  return st == AD_OK && c->needs[2] ? ad_call_set_grad(c, 2, da0) : st;
+}
+
+ad_tensor *ad_ctc_alpha(ad_ctx *ctx, ad_tensor *e, ad_tensor *skip, ad_tensor *start) {
+  ad_tensor *in[3] = {e, skip, start};
+  return ad_op_apply(ctx, AD_OP_CTC_ALPHA, 3, in, NULL);
+}
+
+/* e [4,2,5] with skips on some odd states, one sample's left out; [3,1,1]
+ * (an empty target); [6,3,7]; each with a finite start, so that every
+ * state is reached (a start of -1e30, nn_ctc_loss's, leaves the outputs
+ * about -1e30, where central differences see nothing) */
+static int ctc_alpha_sample(const ad_sample_call *s) {
+  static const int64_t e0[3] = {4, 2, 5}, e1[3] = {3, 1, 1}, e2[3] = {6, 3, 7};
+  const int64_t *es = s->variant == 0 ? e0 : s->variant == 1 ? e1 : e2;
+  if (s->variant > 2) return 0;
+  s->in[0] = ad_sample_tensor(s, 3, es, -3, 0, true);
+  s->in[1] = ad_zeros(s->ctx, AD_I32, 2, es + 1);
+  s->in[2] = ad_sample_tensor(s, 2, es + 1, -4, 0, true);
+  if (!s->in[0] || !s->in[1] || !s->in[2]) return -1;
+  int32_t *k = s->in[1]->data;
+  for (int64_t i = 0; i < es[1] * es[2]; i++) k[i] = i % es[2] % 2 == 1 && i % 3 != 0;
+  return 3;
+}
+
+const ad_op_def ad_def_ctc_alpha = {
+    .name = "ctc_alpha",
+    .arity = 3,
+    .shape = ctc_alpha_shape,
+    .forward = ctc_alpha_fwd,
+    .backward = ctc_alpha_bwd,
+    .sample = ctc_alpha_sample,
+    .math = "y_0 = a, y_{t+1}(s) = lse(c(s)) + e_t(s), c(s) = (y_t(s), y_t(s-1), k(s) ? "
+            "y_t(s-2) : NEG), NEG = -1e30 (also for s-1, s-2 < 0); y_{t+1}(s) = NEG where every "
+            "candidate is below NEG/2 (unreached)",
+    .inputs = {"e", "k", "a"},
+    .grads = {"r_{t+1} (0 where y_{t+1} is unreached), r_T = dy_T, r_t(s) = dy_t(s) + sum_j "
+              "r_{t+1}(s+j) exp(c_j(s+j) - lse(c(s+j)))",
+              NULL, "r_0"},
+};

@@ -1,6 +1,7 @@
 /* losses_ctc.c: the connectionist temporal classification loss
  * (torch.nn.CTCLoss), composed from ad_ ops: the forward (alpha)
- * recursion in log space, so the tape derives the gradient, to any order.
+ * recursion in log space (the op ctc_alpha), so the tape derives the
+ * gradient, to any order.
  *
  * With l' a sample's target with a blank around every label (length 2S+1),
  *   alpha_{-1}(s) = [s = 0]                      (log space: 0 or "-inf")
@@ -9,13 +10,14 @@
  *                + log_probs[t, l'_s]
  *   loss = -lse(alpha_{T-1}(2S), alpha_{T-1}(2S-1))
  * over a batch at once: rows [N, 2S+1] (S the longest target; the rows of
- * shorter targets run on with blanks, never read), T steps of a handful of
- * ops. The emissions log_probs[t, n, l'_s] are gathered once (one
- * index_select of [T, N, 2S+1]), the skip mask is made once; each step
- * shifts the row right by one and two (one concat), stacks the three
- * candidates and takes their logsumexp. alpha_{-1} is the start before any
- * frame, so a sample of input length T_n reads alpha_{T_n - 1} (its T_n-th
- * row of the stacked alphas; a sample of input length 0 reads the start).
+ * shorter targets run on with blanks, never read). The emissions
+ * log_probs[t, n, l'_s] are gathered once (one index_select of
+ * [T, N, 2S+1]), the skip mask is made once, and the op ctc_alpha runs the
+ * whole recursion in one pass (its backward, the posterior-weighted
+ * adjoints, in one pass back; made of ops with create_graph). alpha_{-1}
+ * is the start before any frame, so a sample of input length T_n reads
+ * alpha_{T_n - 1} (its T_n-th row of the alphas; a sample of input
+ * length 0 reads the start).
  *
  * "-inf" is NEG, a large finite number: a logsumexp of candidates that are
  * all -inf would give NaN gradients (0 * exp(-inf + inf)), also where the
@@ -169,12 +171,11 @@ static ad_tensor *ctc_per_sample(ad_ctx *ctx, ad_tensor *lp, const int32_t *lab,
   ad_tensor *x = ad_reshape(ctx, lp, 3, s3);
   if (N == 0) /* torch: the mean of no sample is NaN, their sum 0 */
     return ad_sum_axis(ctx, ad_sum_axis(ctx, x, 2, false), 0, false);
-  /* scratch: the step tensors, then the extended labels [N, L] */
-  size_t bytes = (size_t)(2 * steps + 1) * sizeof(ad_tensor *) + (size_t)(N * L) * sizeof(int32_t);
+  /* scratch: the extended labels [N, L] */
+  size_t bytes = (size_t)(N * L) * sizeof(int32_t);
   unsigned char *mem = ad_malloc(ctx, bytes);
   if (!mem) return NULL;
-  ad_tensor **es = (ad_tensor **)mem, **alphas = es + steps;
-  int32_t *ext = (int32_t *)(alphas + steps + 1);
+  int32_t *ext = (int32_t *)mem;
   ad_tensor *loss = NULL;
   for (int64_t n = 0, off = 0; n < N; n++) {
     const int32_t *t = lab + (d->padded ? n * d->stride : off);
@@ -205,29 +206,20 @@ static ad_tensor *ctc_per_sample(ad_ctx *ctx, ad_tensor *lp, const int32_t *lab,
     e = ad_where(ctx, m, e, ad_scalar(ctx, dt, 0.0));
   }
   e = ad_clamp(ctx, e, NEG, INFINITY);
-  if (!e || ad_unstack(ctx, e, 0, es) != AD_OK) goto done;
-  /* the start, the two-column shift and the skip mask */
+  /* the skip mask: from s - 2 to s where l'_s is a label unlike l'_{s-2} */
   int64_t nl[2] = {N, L}, n2[2] = {N, 2};
-  ad_tensor *shift = nn_tmp_tensor(ctx, dt, 2, n2);
-  ad_tensor *skip = nn_tmp_tensor(ctx, dt, 2, nl), *neg = ad_scalar(ctx, dt, NEG);
-  alphas[0] = nn_tmp_tensor(ctx, dt, 2, nl);
-  if (!shift || !skip || !neg || !alphas[0]) goto done;
-  for (int64_t i = 0; i < 2 * N; i++) ad_tensor_set(shift, i, NEG);
+  ad_tensor *skip = nn_tmp_tensor(ctx, AD_I32, 2, nl), *neg = ad_scalar(ctx, dt, NEG);
+  if (!skip || !neg) goto done;
   for (int64_t n = 0; n < N; n++)
     for (int64_t s = 0; s < L; s++) {
       const int32_t *r = ext + n * L;
-      ad_tensor_set(skip, n * L + s, s >= 2 && r[s] != blank && r[s] != r[s - 2]);
-      ad_tensor_set(alphas[0], n * L + s, s ? NEG : 0.0);
+      ((int32_t *)skip->data)[n * L + s] = s >= 2 && r[s] != blank && r[s] != r[s - 2];
     }
-  /* alpha_t = lse(alpha, alpha shifted by 1, skip ? alpha shifted by 2 : NEG) + E_t */
-  for (int64_t t = 0; t < steps; t++) {
-    ad_tensor *a = alphas[t];
-    ad_tensor *p = ad_concat(ctx, 2, (ad_tensor *[]){shift, a}, 1);
-    ad_tensor *a2 = ad_where(ctx, skip, ad_narrow(ctx, p, 1, 0, L), neg);
-    ad_tensor *c = ad_stack(ctx, 3, (ad_tensor *[]){a, ad_narrow(ctx, p, 1, 1, L), a2}, 2);
-    alphas[t + 1] = ad_add(ctx, ad_logsumexp(ctx, c, 2, false), es[t]);
-    if (!alphas[t + 1]) goto done;
-  }
+  /* the alphas of every step, [steps + 1, N, L] (one op) */
+  ad_tensor *a0 = nn_tmp_tensor(ctx, dt, 2, nl);
+  if (!a0) goto done;
+  for (int64_t i = 0; i < N * L; i++) ad_tensor_set(a0, i, i % L ? NEG : 0.0);
+  ad_tensor *alphas = ad_ctc_alpha(ctx, e, skip, a0);
   /* each sample's alpha_{T_n - 1} at 2 S_n and 2 S_n - 1 (S_n = 0: the
    * first alone, the second masked to NEG) */
   int64_t all = (steps + 1) * N * L;
@@ -241,8 +233,7 @@ static ad_tensor *ctc_per_sample(ad_ctx *ctx, ad_tensor *lp, const int32_t *lab,
     ad_tensor_set(rm, 2 * n, 1.0), ad_tensor_set(rm, 2 * n + 1, tl[n] > 0);
     empty |= tl[n] == 0;
   }
-  ad_tensor *ends =
-      ad_index_select(ctx, ad_reshape(ctx, ad_stack(ctx, (int)steps + 1, alphas, 0), 1, &all), ri);
+  ad_tensor *ends = ad_index_select(ctx, ad_reshape(ctx, alphas, 1, &all), ri);
   if (empty) ends = ad_where(ctx, rm, ends, neg);
   ad_tensor *ll = ad_logsumexp(ctx, ends, 1, false);
   ad_tensor *imp = nn_tmp_tensor(ctx, dt, 1, &N);

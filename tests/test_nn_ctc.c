@@ -394,3 +394,59 @@ Test(ctc, empty_batch) {
   }
   ad_tensor_free(lp), ad_tensor_free(tg);
 }
+
+/* ------------------------------------------------------------- ctc_alpha */
+
+/* The op under nn_ctc_loss, from its start of 0 and -1e30: the plain (fused)
+ * backward against the one made of ops (create_graph), f32 and f64, with a
+ * seed on every row (also on states no path reaches, which hold the
+ * constant -1e30 and pass no gradient); then its errors. */
+Test(ctc, ctc_alpha_fused_backward_matches_the_recorded_one) {
+  enum { T = 4, N = 2, L = 5 };
+  static const int32_t sk[N * L] = {0, 0, 0, 1, 0, 0, 0, 0, 0, 0};
+  int64_t es[3] = {T, N, L}, os[3] = {T + 1, N, L}, nl[2] = {N, L};
+  for (int d = 0; d < 2; d++) {
+    ad_dtype dt = d ? AD_F64 : AD_F32;
+    ad_rng rng;
+    ad_rng_seed(&rng, 11);
+    ad_tensor *e = ad_rand(ctx, &rng, dt, 3, es, -3, 0), *dy = ad_rand(ctx, &rng, dt, 3, os, -1, 1);
+    ad_tensor *skip = ad_from_data(ctx, AD_I32, 2, nl, sk), *a0 = ad_zeros(ctx, dt, 2, nl);
+    cr_assert(e && dy && skip && a0);
+    for (int64_t i = 0; i < N * L; i++) ad_tensor_set(a0, i, i % L ? -1e30 : 0.0);
+    ad_tensor_set_requires_grad(e, true);
+    ad_tensor *y = ad_ctc_alpha(ctx, e, skip, a0), *plain = NULL, *rec = NULL;
+    cr_assert(y, "%s", ad_last_error(ctx));
+    /* row 1 reaches s = 0, 1 only: the rest is exactly -1e30 */
+    for (int64_t s = 2; s < L; s++)
+      cr_assert_eq(ad_tensor_get(y, N * L + s), (double)(dt == AD_F32 ? (float)-1e30 : -1e30));
+    cr_assert_eq(ad_grad(ctx, y, dy, 1, &e, &plain, false), AD_OK, "%s", ad_last_error(ctx));
+    cr_assert_eq(ad_grad(ctx, y, dy, 1, &e, &rec, true), AD_OK, "%s", ad_last_error(ctx));
+    double worst = 0, mag = 0;
+    for (int64_t i = 0; i < e->size; i++) {
+      double p = ad_tensor_get(plain, i), r = ad_tensor_get(rec, i);
+      cr_assert(isfinite(p), "element %lld: %g", (long long)i, p);
+      worst = fmax(worst, fabs(p - r)), mag = fmax(mag, fabs(r));
+    }
+    cr_assert_gt(mag, 0.1);
+    cr_assert_leq(worst, d ? 1e-12 : 1e-5, "%s: fused and recorded differ by %g", ad_dtype_name(dt),
+                  worst);
+    /* e_0 at s >= 2 feeds states no path reaches: gradient 0 */
+    for (int64_t s = 2; s < L; s++) cr_assert_eq(ad_tensor_get(plain, s), 0.0);
+    ad_tape_reset(ctx);
+    ad_tensor_free(e), ad_tensor_free(dy), ad_tensor_free(skip), ad_tensor_free(a0);
+  }
+  int64_t bad[2] = {N, 4};
+  ad_tensor *e = ad_zeros(ctx, AD_F64, 3, es), *kf = ad_zeros(ctx, AD_F64, 2, nl);
+  ad_tensor *k = ad_zeros(ctx, AD_I32, 2, nl), *a0 = ad_zeros(ctx, AD_F64, 2, nl);
+  ad_tensor *a32 = ad_zeros(ctx, AD_F32, 2, nl), *kb = ad_zeros(ctx, AD_I32, 2, bad);
+  cr_assert(e && kf && k && a0 && a32 && kb);
+  cr_assert_null(ad_ctc_alpha(ctx, e, kf, a0));
+  test_expect_error(ctx, AD_ERR_DTYPE, "ctc_alpha: skip mask [2,5] is f64; it must be i32", NULL);
+  cr_assert_null(ad_ctc_alpha(ctx, e, kb, a0));
+  test_expect_error(ctx, AD_ERR_SHAPE,
+                    "ctc_alpha: emissions [4,2,5], skip mask [2,4] and start [2,5]", NULL);
+  cr_assert_null(ad_ctc_alpha(ctx, e, k, a32));
+  test_expect_error(ctx, AD_ERR_DTYPE, "ctc_alpha: start [2,5] is f32, emissions f64", NULL);
+  cr_assert_null(ad_ctc_alpha(ctx, k, k, a0));
+  test_expect_error(ctx, AD_ERR_DTYPE, "ctc_alpha: emissions [2,5] are i32", NULL);
+}

@@ -808,6 +808,7 @@ static ad_tensor *run_builder(ad_ctx *cx, const fx_case *c, ad_tensor **in, bool
   if (!strcmp(op, "where")) return ad_where(cx, x, y, in[2]);
   if (!strcmp(op, "lstm_cell")) return ad_lstm_cell(cx, x, y);
   if (!strcmp(op, "gru_cell")) return ad_gru_cell(cx, x, y, in[2]);
+  if (!strcmp(op, "ctc_alpha")) return ad_ctc_alpha(cx, x, y, in[2]);
   if (!strcmp(op, "lstm_seq"))
     return ad_lstm_seq(cx, x, y, in[2], in[3], in[4], c->nin > 5 ? in[5] : NULL, a->v[0] == 1);
   if (!strcmp(op, "gru_seq"))

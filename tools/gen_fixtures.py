@@ -1042,6 +1042,37 @@ bn_case("batch_norm_no_affine", (3, 2, 5), (False, False))
 bn_case("batch_norm_weight_only", (4, 3), (True, False), eps=0.1)
 
 
+def ctc_alpha_ref(e, skip, a):
+    """ctc_alpha: the alpha recursion of the CTC loss in log space from the
+    start a, -1e30 for a missing candidate and (a constant) for a state no
+    path reaches."""
+    T, N, L = e.shape
+    neg = torch.full((N, 2), -1e30, dtype=e.dtype)
+    k = skip.bool() & (torch.arange(L) >= 2)
+    rows = [a]
+    for t in range(T):
+        p = torch.cat([neg, a], 1)
+        a2 = torch.where(k, p[:, :L], torch.tensor(-1e30, dtype=e.dtype))
+        c = torch.stack([a, p[:, 1:L + 1], a2], 2)
+        gone = (c.max(2).values < -5e29).detach()
+        a = torch.where(gone, -1e30 + (e[t] - e[t]).detach(), torch.logsumexp(c, 2) + e[t])
+        rows.append(a)
+    return torch.stack(rows, 0)
+
+
+# finite starts: every state reached (nn_ctc_loss's start of -1e30 is
+# tests/test_nn_ctc.c's, against F.ctc_loss); in float64, rounded (float32's
+# sums over T steps differ from torch's in the fifth digit)
+for label, es, sk in (("ctc_alpha_labels", (4, 2, 5), idx([[0, 0, 0, 1, 0], [0, 1, 0, 0, 0]])),
+                      ("ctc_alpha_empty_target", (3, 1, 1), idx([[0]])),
+                      ("ctc_alpha_skips", (5, 2, 7), idx([[0, 1, 0, 1, 0, 1, 0],
+                                                           [0, 1, 0, 0, 0, 1, 0]]))):
+    add(label, "ctc_alpha",
+        lambda rng, es=es, sk=sk: [("in", U(rng, es, -1.5, 0)), ("const", sk),
+                                   ("in", U(rng, es[1:], -1, 0))],
+        lambda t: ctc_alpha_ref(t[0].double(), t[1], t[2].double()).to(t[0].dtype))
+
+
 def ce_opts(ignore=None, red="mean"):
     def f(t):
         return F.cross_entropy(t[0], t[1], reduction=red,

@@ -1087,6 +1087,22 @@ AD_API ad_tensor *ad_smooth_l1(ad_ctx *ctx, ad_tensor *p, ad_tensor *t, double b
  * that is not positive). */
 AD_API ad_tensor *ad_huber(ad_ctx *ctx, ad_tensor *p, ad_tensor *t, double delta);
 
+/** The forward (alpha) recursion of the CTC loss in log space, the op
+ * nn_ctc_loss is built on: e [T,N,L] float emissions (log-probabilities of
+ * each sample's extended labels), skip [N,L] AD_I32 (nonzero at s >= 2
+ * where a path may step from s - 2), start [N,L] of e's dtype (the alphas
+ * before the first frame; nn_ctc_loss's is 0 at s = 0 and -1e30
+ * elsewhere). Returns alphas [T+1,N,L]: row 0 is start, row t+1 is
+ * lse(a_t(s), a_t(s-1), skip(s) ? a_t(s-2) : -1e30) + e_t(s), a missing
+ * candidate (s - 1 or s - 2 < 0) -1e30; where every candidate is below
+ * -5e29 (a state no path reaches) the row holds the constant -1e30, of
+ * gradient 0 (NaN stays NaN). One pass forward and one back; with
+ * create_graph the backward is made of ops, so every order exists.
+ * Float32 is computed in float. Errors: AD_ERR_DTYPE (e not float, skip
+ * not AD_I32, start not e's dtype), AD_ERR_SHAPE (not [T,N,L], [N,L] and
+ * [N,L]). */
+AD_API ad_tensor *ad_ctc_alpha(ad_ctx *ctx, ad_tensor *e, ad_tensor *skip, ad_tensor *start);
+
 /** Batch normalisation, PyTorch's F.batch_norm: x [N, C, ...] (2-D [N, C]
  * or more dims, e.g. NCHW) normalised per channel (dim 1) over every other
  * dim, then scaled by weight [C] and shifted by bias [C] (either NULL for

@@ -2562,7 +2562,7 @@ NN_API ad_tensor *nn_multi_margin_loss(ad_ctx *ctx, ad_tensor *input, ad_tensor 
  *   the blanks its repeated labels need, or every alignment through a
  *   log-probability of -inf) has loss inf and, as in PyTorch, NaN gradient
  *   on its frames; with zero_infinity its loss and gradient are 0.
- * A composition of ops: the gradient is the true derivative, to any order.
+ * The gradient is the true derivative, to any order.
  * Deliberate difference: PyTorch's native backward returns exp(log_probs)
  * - posterior for log_probs (it assumes they came from a log_softmax);
  * here log_probs get the true -posterior. Through a log_softmax both give
@@ -2579,8 +2579,8 @@ NN_API ad_tensor *nn_multi_margin_loss(ad_ctx *ctx, ad_tensor *input, ad_tensor 
  * AD_ERR_ARG (a length out of range, named with its sample; a label out
  * of range or equal to blank, named with its position, which PyTorch does
  * not check; blank out of range; NN_BATCHMEAN or an unknown reduction),
- * AD_ERR_OOM. Cost: T steps of about 8 ops on [N, 2S+1]
- * tensors (S the longest target). */
+ * AD_ERR_OOM. Cost: one pass over [T, N, 2S+1] (S the longest target)
+ * forward and one back (the op ad_ctc_alpha), and a few ops. */
 NN_API ad_tensor *nn_ctc_loss(ad_ctx *ctx, ad_tensor *log_probs, ad_tensor *targets,
                               const int64_t *input_lengths, const int64_t *target_lengths,
                               int blank, nn_reduction red, bool zero_infinity);
