@@ -708,6 +708,314 @@ fail: /* the other path gets the room this one's scratch took */
   return false;
 }
 
+/* ------------------------------------------------------------ depthwise */
+
+/* One input channel per group (cg = 1: depthwise, PyTorch's groups = C with
+ * any multiplier og): each image's and group's GEMM is og x kh kw x oh ow,
+ * so thin that its im2col and the kernel's call cost more than the
+ * arithmetic (a [32, 64, 32, 32] batch in 64 groups: 2048 products of
+ * 1 x 9 x 1024 per op, 1.7x PyTorch's forward and 3.4x its backward).
+ * Direct loops over channel planes instead, a row of the kernel at a time
+ * as a multiply-add of a row of x (vectorized), each plane on one thread:
+ *   conv2d:            y[i, :] = sum over taps (a, b) in order of w[a, b] x[r, :]
+ *   conv_transpose2d:  x[r, :] += w[o, a, b] dy[o, i, :], taps (a, b) and
+ *                      then o in order (col2im's order; og = 1: its bits)
+ *   conv2d_weight:     dw[o, a, b] = sum over images of the image's sum in
+ *                      16 (f64: 8) lanes of T, added in a double
+ * The products are rounded apart from the sums (the GEMM fuses them where
+ * the CPU has FMA): results within a few ulps of the GEMM path's, and the
+ * same on any thread count. Taps outside the image are skipped, where the
+ * GEMM multiplies them by im2col's zeros: that differs only for an inf or
+ * NaN (inf x 0), so conv2d with a non-finite w, and conv2d_weight whose
+ * result is not finite or that has output positions with no tap inside
+ * the image, take the GEMM path (conv_transpose2d's col2im skips them too). */
+#define DW_RT 256 /* columns of conv2d_weight's column sums at a time */
+#define DW_VB 16  /* conv2d's outputs of a row at a time */
+/* Vectors of 32 bytes (GCC's and clang's extension; two halves without
+ * AVX), read and written by memcpy at any alignment. */
+#if defined(__GNUC__)
+#define DW_VEC 1
+typedef float dw_vf __attribute__((vector_size(32)));
+typedef double dw_vd __attribute__((vector_size(32)));
+#else
+#define DW_VEC 0
+typedef float dw_vf; /* unused: DW_VEC 0 */
+typedef double dw_vd;
+#endif
+#define DEFINE_DW_KERNELS(T, S, V, ATTR, ISA)                                                      \
+  /* y plane [oh, ow] from x plane [h, w] and one channel's w [kh, kw] */                          \
+  ATTR static void dw_conv_rows_##S##_##ISA(const conv_geom *g, const T *x, const T *w, T *y) {    \
+    for (int64_t i = 0; i < g->oh; i++) {                                                          \
+      T *restrict yr = y + i * g->ow;                                                              \
+      for (int64_t j = 0; j < g->ow; j++) yr[j] = 0;                                               \
+      for (int64_t a = 0; a < g->kh; a++) {                                                        \
+        int64_t r = i * g->sh - g->pt + a * g->dh;                                                 \
+        if (r < 0 || r >= g->h) continue;                                                          \
+        for (int64_t b = 0; b < g->kw; b++) {                                                      \
+          int64_t j0, j1;                                                                          \
+          conv_cols(g, b, &j0, &j1);                                                               \
+          if (j1 <= j0) continue;                                                                  \
+          T wv = w[a * g->kw + b];                                                                 \
+          const T *restrict xr = x + r * g->w + j0 * g->sw - g->pl + b * g->dw;                    \
+          if (g->sw == 1)                                                                          \
+            for (int64_t j = j0; j < j1; j++) yr[j] += wv * xr[j - j0];                            \
+          else                                                                                     \
+            for (int64_t j = j0; j < j1; j++) yr[j] += wv * xr[(j - j0) * g->sw];                  \
+        }                                                                                          \
+      }                                                                                            \
+    }                                                                                              \
+  }                                                                                                \
+  /* x's row r zero padded: out[pl + q] = x[r, q], zeros elsewhere in [0, lr) */                   \
+  ATTR static void dw_pad_##S##_##ISA(const conv_geom *g, const T *x, int64_t r, int64_t lr,       \
+                                      T *out) {                                                    \
+    for (int64_t q = 0; q < g->pl; q++) out[q] = 0;                                                \
+    for (int64_t q = 0; q < g->w; q++) out[g->pl + q] = x[r * g->w + q];                           \
+    for (int64_t q = g->pl + g->w; q < lr; q++) out[q] = 0;                                        \
+  }                                                                                                \
+  /* y plane [oh, ow] from x plane [h, w] and one channel's w [kh, kw]: DW_VB outputs of a row     \
+   * at a time over all taps, reading rows padded with zeros (adding w x 0 = +-0 to a sum that     \
+   * starts at +0 changes no bit for finite w), from a copy of the plane or of the rows the        \
+   * output row reads; rows too long for the stack take a multiply-add of a row per tap. */        \
+  ATTR static void dw_conv_##S##_##ISA(const conv_geom *g, const T *x, const T *w, T *y) {         \
+    enum { NB = 16384 / sizeof(T) };                                                               \
+    int64_t lr = (g->ow + DW_VB) * g->sw + (g->kw - 1) * g->dw + 1;                                \
+    if (lr < g->pl + g->w) lr = g->pl + g->w;                                                      \
+    if (g->kh * lr > NB) {                                                                         \
+      dw_conv_rows_##S##_##ISA(g, x, w, y);                                                        \
+      return;                                                                                      \
+    }                                                                                              \
+    bool plane = g->h * lr <= NB;                                                                  \
+    T buf[NB];                                                                                     \
+    if (plane)                                                                                     \
+      for (int64_t r = 0; r < g->h; r++) dw_pad_##S##_##ISA(g, x, r, lr, buf + r * lr);            \
+    for (int64_t i = 0; i < g->oh; i++) {                                                          \
+      const T *rows[64], *wr[64];                                                                  \
+      int na = 0;                                                                                  \
+      for (int64_t a = 0; a < g->kh; a++) {                                                        \
+        int64_t r = i * g->sh - g->pt + a * g->dh;                                                 \
+        if (r < 0 || r >= g->h) continue;                                                          \
+        if (!plane) dw_pad_##S##_##ISA(g, x, r, lr, buf + na * lr);                                \
+        rows[na] = plane ? buf + r * lr : buf + na * lr;                                           \
+        wr[na++] = w + a * g->kw;                                                                  \
+      }                                                                                            \
+      T *yr = y + i * g->ow;                                                                       \
+      if (g->sw == 1 && DW_VEC) { /* the same sums, DW_VB / VL vectors held in registers */        \
+        enum { VL = 32 / sizeof(T), NV = DW_VB / VL };                                             \
+        for (int64_t j = 0; j < g->ow; j += DW_VB) {                                               \
+          V acc[NV];                                                                               \
+          for (int v = 0; v < NV; v++) acc[v] = (V){0};                                            \
+          for (int k = 0; k < na; k++)                                                             \
+            for (int64_t b = 0; b < g->kw; b++) {                                                  \
+              T wv = wr[k][b];                                                                     \
+              const T *src = rows[k] + j + b * g->dw;                                              \
+              for (int v = 0; v < NV; v++) {                                                       \
+                V xv;                                                                              \
+                memcpy(&xv, src + v * VL, sizeof xv);                                              \
+                acc[v] += wv * xv;                                                                 \
+              }                                                                                    \
+            }                                                                                      \
+          int64_t nj = g->ow - j < DW_VB ? g->ow - j : DW_VB;                                      \
+          memcpy(yr + j, acc, (size_t)nj * sizeof(T));                                             \
+        }                                                                                          \
+        continue;                                                                                  \
+      }                                                                                            \
+      for (int64_t j = 0; j < g->ow; j += DW_VB) {                                                 \
+        T acc[DW_VB] = {0};                                                                        \
+        for (int k = 0; k < na; k++)                                                               \
+          for (int64_t b = 0; b < g->kw; b++) {                                                    \
+            T wv = wr[k][b];                                                                       \
+            const T *src = rows[k] + j * g->sw + b * g->dw;                                        \
+            for (int t = 0; t < DW_VB; t++) acc[t] += wv * src[t * g->sw];                         \
+          }                                                                                        \
+        int64_t nj = g->ow - j < DW_VB ? g->ow - j : DW_VB;                                        \
+        for (int64_t t = 0; t < nj; t++) yr[j + t] = acc[t];                                       \
+      }                                                                                            \
+    }                                                                                              \
+  }                                                                                                \
+  /* x plane [h, w] from og dy planes [oh, ow] and their w [og, kh, kw] */                         \
+  ATTR static void dw_convt_##S##_##ISA(const conv_geom *g, const T *dy, const T *w, T *x) {       \
+    for (int64_t e = 0; e < g->hw; e++) x[e] = 0;                                                  \
+    for (int64_t a = 0; a < g->kh; a++)                                                            \
+      for (int64_t b = 0; b < g->kw; b++) {                                                        \
+        int64_t j0, j1;                                                                            \
+        conv_cols(g, b, &j0, &j1);                                                                 \
+        if (j1 <= j0) continue;                                                                    \
+        for (int64_t o = 0; o < g->og; o++) {                                                      \
+          T wv = w[(o * g->kh + a) * g->kw + b];                                                   \
+          for (int64_t i = 0; i < g->oh; i++) {                                                    \
+            int64_t r = i * g->sh - g->pt + a * g->dh;                                             \
+            if (r < 0 || r >= g->h) continue;                                                      \
+            T *restrict xr = x + r * g->w + j0 * g->sw - g->pl + b * g->dw;                        \
+            const T *restrict dr = dy + (o * g->oh + i) * g->ow + j0;                              \
+            if (g->sw == 1)                                                                        \
+              for (int64_t j = 0; j < j1 - j0; j++) xr[j] += wv * dr[j];                           \
+            else                                                                                   \
+              for (int64_t j = 0; j < j1 - j0; j++) xr[j * g->sw] += wv * dr[j];                   \
+          }                                                                                        \
+        }                                                                                          \
+      }                                                                                            \
+  }                                                                                                \
+  /* acc[t] += one image's sum of dy[i, j] x[r, q] for each tap t = (a, b):                        \
+   * each column's sum down the rows in T, then the columns' in a double */                        \
+  ATTR static void dw_weight_##S##_##ISA(const conv_geom *g, const T *x, const T *dy,              \
+                                         double *acc) {                                            \
+    T col[DW_RT];                                                                                  \
+    for (int64_t a = 0; a < g->kh; a++)                                                            \
+      for (int64_t b = 0; b < g->kw; b++) {                                                        \
+        int64_t j0, j1;                                                                            \
+        conv_cols(g, b, &j0, &j1);                                                                 \
+        double s = 0;                                                                              \
+        for (int64_t c0 = j0; c0 < j1; c0 += DW_RT) {                                              \
+          int64_t n = j1 - c0 < DW_RT ? j1 - c0 : DW_RT;                                           \
+          for (int64_t t = 0; t < n; t++) col[t] = 0;                                              \
+          for (int64_t i = 0; i < g->oh; i++) {                                                    \
+            int64_t r = i * g->sh - g->pt + a * g->dh;                                             \
+            if (r < 0 || r >= g->h) continue;                                                      \
+            const T *restrict xr = x + r * g->w + c0 * g->sw - g->pl + b * g->dw;                  \
+            const T *restrict dr = dy + i * g->ow + c0;                                            \
+            if (g->sw == 1)                                                                        \
+              for (int64_t t = 0; t < n; t++) col[t] += dr[t] * xr[t];                             \
+            else                                                                                   \
+              for (int64_t t = 0; t < n; t++) col[t] += dr[t] * xr[t * g->sw];                     \
+          }                                                                                        \
+          for (int64_t t = 0; t < n; t++) s += col[t];                                             \
+        }                                                                                          \
+        acc[a * g->kw + b] += s;                                                                   \
+      }                                                                                            \
+  }                                                                                                \
+  static void dw_plane_##S##_##ISA(const conv_geom *g, int kind, const void *p, const void *w,     \
+                                   void *out) {                                                    \
+    if (kind == OP_CONV)                                                                           \
+      dw_conv_##S##_##ISA(g, p, w, out);                                                           \
+    else                                                                                           \
+      dw_convt_##S##_##ISA(g, p, w, out);                                                          \
+  }
+
+/* p[0, n) has no inf and no NaN: p x 0 is 0 for finite p, NaN otherwise. */
+#define DEFINE_DW_FINITE(T, S)                                                                     \
+  static bool finite_##S(const T *p, int64_t n) {                                                  \
+    T acc = 0;                                                                                     \
+    for (int64_t i = 0; i < n; i++) acc += p[i] * 0;                                               \
+    return acc == 0;                                                                               \
+  }
+DEFINE_DW_FINITE(float, f32)
+DEFINE_DW_FINITE(double, f64)
+
+/* Each instruction set's copy gives the same bits: the loops run along
+ * independent elements (no sum is reassociated) and products are rounded
+ * apart from sums (-ffp-contract=off). */
+DEFINE_DW_KERNELS(float, f32, dw_vf, , gen)
+DEFINE_DW_KERNELS(double, f64, dw_vd, , gen)
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define DW_X86 1
+DEFINE_DW_KERNELS(float, f32, dw_vf, __attribute__((target("avx2"))), avx2)
+DEFINE_DW_KERNELS(double, f64, dw_vd, __attribute__((target("avx2"))), avx2)
+#endif
+
+typedef void dw_plane_fn(const conv_geom *, int, const void *, const void *, void *);
+typedef void dw_weight_fn(const conv_geom *, const void *, const void *, double *);
+
+static void dw_weight_f32_w(const conv_geom *g, const void *x, const void *dy, double *acc) {
+  dw_weight_f32_gen(g, x, dy, acc);
+}
+static void dw_weight_f64_w(const conv_geom *g, const void *x, const void *dy, double *acc) {
+  dw_weight_f64_gen(g, x, dy, acc);
+}
+#ifdef DW_X86
+static void dw_weight_f32_w2(const conv_geom *g, const void *x, const void *dy, double *acc) {
+  dw_weight_f32_avx2(g, x, dy, acc);
+}
+static void dw_weight_f64_w2(const conv_geom *g, const void *x, const void *dy, double *acc) {
+  dw_weight_f64_avx2(g, x, dy, acc);
+}
+#endif
+
+/* The direct loops' job: the call's, the op's kind (OP_*) and the
+ * kernels for the dtype and the CPU. */
+typedef struct dw_job {
+  const conv_job *j;
+  int kind;
+  dw_plane_fn *plane;
+  dw_weight_fn *weight;
+} dw_job;
+
+static void dw_range(void *ud, int64_t begin, int64_t end) {
+  const dw_job *d = ud;
+  const conv_job *j = d->j;
+  const conv_geom *g = &j->g;
+  size_t es = j->es;
+  for (int64_t e = begin; e < end; e++) {
+    if (d->kind == OP_CONV) { /* plane e = (n, o) of y */
+      int64_t o = e % g->o, c = e / g->o * g->c + o / g->og;
+      char *y = j->out + (size_t)(e * g->p) * es;
+      d->plane(g, OP_CONV, j->x + (size_t)(c * g->hw) * es, j->w + (size_t)(o * g->kk) * es, y);
+      if (j->bias) add_bias(g->dt, y, j->bias + (size_t)o * es, 1, g->p);
+    } else if (d->kind == OP_CONVT) { /* plane e = (n, c) of x: its group's og planes of dy */
+      int64_t c = e % g->c, o0 = c * g->og;
+      char *x = j->out + (size_t)(e * g->hw) * es;
+      d->plane(g, OP_CONVT, j->y + (size_t)((e / g->c * g->o + o0) * g->p) * es,
+               j->w + (size_t)(o0 * g->kk) * es, x);
+      if (j->bias) add_bias(g->dt, x, j->bias + (size_t)c * es, 1, g->hw);
+    } else { /* channel e of dw, summed over the images in order */
+      double acc[64] = {0};
+      int64_t c = e / g->og;
+      for (int64_t n = 0; n < g->n; n++)
+        d->weight(g, j->x + (size_t)((n * g->c + c) * g->hw) * es,
+                  j->y + (size_t)((n * g->o + e) * g->p) * es, acc);
+      for (int64_t t = 0; t < g->kk; t++) {
+        if (g->dt == AD_F32)
+          ((float *)j->out)[e * g->kk + t] = (float)acc[t];
+        else
+          ((double *)j->out)[e * g->kk + t] = acc[t];
+      }
+    }
+  }
+}
+
+/* Whether each of n_out output positions along an axis has a tap inside
+ * the input's n_in. */
+static bool dw_covered(int64_t n_out, int64_t n_in, int64_t k, int64_t s, int64_t d, int64_t p) {
+  for (int64_t i = 0; i < n_out; i++) {
+    bool any = false;
+    for (int64_t a = 0; a < k && !any; a++) {
+      int64_t r = i * s - p + a * d;
+      any = r >= 0 && r < n_in;
+    }
+    if (!any) return false;
+  }
+  return true;
+}
+
+static bool dw_finite(const conv_geom *g, const void *p, int64_t n) {
+  return g->dt == AD_F32 ? finite_f32(p, n) : finite_f64(p, n);
+}
+
+/* Runs op kind on j by the direct loops when they apply; false (the GEMM
+ * path is to run, and overwrites anything written) otherwise. */
+static bool dw_run(conv_job *j, int kind) {
+  const conv_geom *g = &j->g;
+  if (g->cg != 1 || g->groups < 2 || g->kk > 64) return false;
+  if (kind == OP_CONV && !dw_finite(g, j->w, g->o * g->kk)) return false;
+  if (kind == OP_WEIGHT && (!dw_covered(g->oh, g->h, g->kh, g->sh, g->dh, g->pt) ||
+                            !dw_covered(g->ow, g->w, g->kw, g->sw, g->dw, g->pl)))
+    return false;
+  j->es = ad_dsize(g->dt);
+  bool f32 = g->dt == AD_F32;
+  dw_job d = {j, kind, f32 ? dw_plane_f32_gen : dw_plane_f64_gen,
+              f32 ? dw_weight_f32_w : dw_weight_f64_w};
+#ifdef DW_X86
+  if (__builtin_cpu_supports("avx2")) {
+    d.plane = f32 ? dw_plane_f32_avx2 : dw_plane_f64_avx2;
+    d.weight = f32 ? dw_weight_f32_w2 : dw_weight_f64_w2;
+  }
+#endif
+  int64_t items = kind == OP_CONV ? g->n * g->o : kind == OP_CONVT ? g->n * g->c : g->o;
+  int64_t work = (kind == OP_WEIGHT ? g->n : 1) * g->kk * (kind == OP_CONVT ? g->og : 1) * g->p;
+  int64_t grain = work >= (1 << 15) ? 1 : (1 << 15) / (work > 0 ? work : 1);
+  ad_parallel_for(items, grain, dw_range, &d); /* planes apart: the bits of any split */
+  return kind != OP_WEIGHT || dw_finite(g, j->out, g->o * g->kk);
+}
+
 /* The attrs of the backward ops: c's, with 'same' resolved for w's kernel. */
 static ad_attrs conv_bwd_attrs(const ad_call *c, int64_t kh, int64_t kw) {
   ad_attrs at;
@@ -861,7 +1169,7 @@ static void conv2d_compute(const ad_call *c) {
                 .w = w->data,
                 .bias = c->n > 2 ? c->in[2]->data : NULL,
                 .out = c->out->data};
-  if (wino_run(c->ctx, &j, OP_CONV)) return;
+  if (wino_run(c->ctx, &j, OP_CONV) || dw_run(&j, OP_CONV)) return;
   if (job_prepare(c->ctx, &j, j.g.n)) {
     job_run(&j, j.g.n, conv2d_range);
     return;
@@ -1019,7 +1327,7 @@ static void convt_compute(ad_ctx *ctx, const ad_tensor *y, const ad_tensor *w, c
                 .y = y->data,
                 .bias = bias,
                 .out = out->data};
-  if (wino_run(ctx, &j, OP_CONVT)) return;
+  if (wino_run(ctx, &j, OP_CONVT) || dw_run(&j, OP_CONVT)) return;
   if (job_prepare(ctx, &j, j.g.n)) {
     job_run(&j, j.g.n, convt_range);
     return;
@@ -1224,7 +1532,7 @@ static void convw_compute(const ad_call *c) {
     memset(out->data, 0, wbytes);
     return;
   }
-  if (wino_run(c->ctx, &j, OP_WEIGHT)) return;
+  if (wino_run(c->ctx, &j, OP_WEIGHT) || dw_run(&j, OP_WEIGHT)) return;
   int64_t nc = j.g.n < CONVW_CHUNKS ? j.g.n : CONVW_CHUNKS;
   if ((size_t)nc * wbytes > CONVW_PART_BYTES) nc = (int64_t)(CONVW_PART_BYTES / wbytes);
   if (nc < 1) nc = 1;

@@ -631,3 +631,130 @@ Test(conv, op_register_checks_min_arity) {
   ad_tape_reset(ctx);
   ad_tensor_free(x);
 }
+
+/* out[n, o, i, j] = b[o] + sum over taps of w[o, 0, a, b] x[n, o / m, ...]:
+ * a depthwise conv2d (one input channel per group, m outputs each) by the
+ * definition, in double. */
+static double dw_ref(const ad_tensor *x, const ad_tensor *w, const ad_tensor *b,
+                     const ad_conv_opts *o, int64_t n, int64_t oc, int64_t i, int64_t j) {
+  int64_t C = x->shape[1], H = x->shape[2], W = x->shape[3], m = w->shape[0] / C;
+  double s = b ? ad_tensor_get(b, oc) : 0;
+  for (int64_t a = 0; a < w->shape[2]; a++)
+    for (int64_t q = 0; q < w->shape[3]; q++) {
+      int64_t r = i * o->stride[0] - o->padding[0] + a * o->dilation[0];
+      int64_t c = j * o->stride[1] - o->padding[2] + q * o->dilation[1];
+      if (r >= 0 && r < H && c >= 0 && c < W)
+        s += ad_tensor_get(w, (oc * w->shape[2] + a) * w->shape[3] + q) *
+             ad_tensor_get(x, ((n * C + oc / m) * H + r) * W + c);
+    }
+  return s;
+}
+
+/* Depthwise convolutions (groups = input channels) take direct loops rather
+ * than a GEMM per image and channel: conv2d against its definition, and
+ * its gradients (conv_transpose2d and conv2d_weight) against the adjoint
+ * identities <conv2d(x, w), g> = <x, conv_transpose2d(g, w)> =
+ * <w, conv2d_weight(x, g)>, with multipliers 1 and 2, strides, dilations,
+ * asymmetric padding and biases. */
+Test(conv, depthwise_matches_the_definition_and_its_adjoints) {
+  static const struct {
+    int64_t c, m, k, h, w;
+    ad_conv_opts o;
+  } cases[] = {{4,
+                1,
+                3,
+                9,
+                11,
+                {.stride = {1, 1}, .padding = {1, 1, 1, 1}, .dilation = {1, 1}, .groups = 4}},
+               {3,
+                2,
+                3,
+                9,
+                11,
+                {.stride = {2, 1}, .padding = {2, 0, 1, 3}, .dilation = {2, 1}, .groups = 3}},
+               {5,
+                1,
+                5,
+                9,
+                11,
+                {.stride = {2, 2}, .padding = {2, 2, 2, 2}, .dilation = {1, 1}, .groups = 5}},
+               /* planes too large for conv2d's copy on the stack: a copy of the rows each output
+                * row reads, and rows too long for that */
+               {2,
+                1,
+                3,
+                40,
+                200,
+                {.stride = {1, 1}, .padding = {1, 1, 1, 1}, .dilation = {1, 1}, .groups = 2}},
+               {2,
+                1,
+                3,
+                3,
+                2100,
+                {.stride = {1, 1}, .padding = {1, 1, 1, 1}, .dilation = {1, 1}, .groups = 2}}};
+  for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
+    const ad_conv_opts *o = &cases[k].o;
+    int64_t C = cases[k].c, O = C * cases[k].m, K = cases[k].k, nb = O;
+    ad_rng rng;
+    ad_rng_seed(&rng, 11 + (uint64_t)k);
+    ad_tensor *x = rand4(ctx, &rng, AD_F64, 2, C, cases[k].h, cases[k].w),
+              *w = rand4(ctx, &rng, AD_F64, O, 1, K, K);
+    ad_tensor *b = ad_rand(ctx, &rng, AD_F64, 1, &nb, -1, 1);
+    ad_tensor *y = ad_conv2d(ctx, x, w, b, o);
+    cr_assert(y, "case %zu: %s", k, ad_last_error(ctx));
+    for (int64_t e = 0; e < y->size; e++) {
+      int64_t j = e % y->shape[3], i = e / y->shape[3] % y->shape[2];
+      int64_t oc = e / (y->shape[2] * y->shape[3]) % O, n = e / (O * y->shape[2] * y->shape[3]);
+      double want = dw_ref(x, w, b, o, n, oc, i, j), got = ad_tensor_get(y, e);
+      QUICK_ASSERT(test_close(got, want, 1e-13), "case %zu y[%lld]: %.17g vs %.17g", k,
+                   (long long)e, got, want);
+    }
+    ad_tensor *g = rand4(ctx, &rng, AD_F64, y->shape[0], O, y->shape[2], y->shape[3]);
+    ad_conv_opts t = *o;
+    t.output_padding[0] =
+        (9 + o->padding[0] + o->padding[1] - (K - 1) * o->dilation[0] - 1) % o->stride[0];
+    t.output_padding[1] =
+        (11 + o->padding[2] + o->padding[3] - (K - 1) * o->dilation[1] - 1) % o->stride[1];
+    ad_tensor *dx = ad_conv_transpose2d(ctx, g, w, NULL, &t);
+    ad_tensor *dw = ad_conv2d_weight(ctx, x, g, K, K, o);
+    ad_tensor *y0 = ad_conv2d(ctx, x, w, NULL, o);
+    cr_assert(dx && dw && y0, "case %zu: %s", k, ad_last_error(ctx));
+    cr_assert(same_dims(dx, x), "case %zu: conv_transpose2d gives x's shape", k);
+    double yg = 0, xdx = 0, wdw = 0;
+    for (int64_t e = 0; e < y0->size; e++) yg += ad_tensor_get(y0, e) * ad_tensor_get(g, e);
+    for (int64_t e = 0; e < x->size; e++) xdx += ad_tensor_get(x, e) * ad_tensor_get(dx, e);
+    for (int64_t e = 0; e < w->size; e++) wdw += ad_tensor_get(w, e) * ad_tensor_get(dw, e);
+    cr_assert(test_close(xdx, yg, 1e-12 * fmax(1, fabs(yg))),
+              "case %zu: <x, dx> %.17g, <y, g> %.17g", k, xdx, yg);
+    cr_assert(test_close(wdw, yg, 1e-12 * fmax(1, fabs(yg))),
+              "case %zu: <w, dw> %.17g, <y, g> %.17g", k, wdw, yg);
+  }
+}
+
+/* A depthwise tap outside the image meets im2col's zero on the GEMM path:
+ * an inf weight there gives NaN (inf x 0), inside inf; an inf in dy gives
+ * the weight gradient NaN for a tap outside the image, inf for the others.
+ * The direct loops skip those taps, and hand such calls to the GEMM path. */
+Test(conv, depthwise_infinities_meet_the_padding_zeros) {
+  for (int dt = 0; dt < 2; dt++) {
+    ad_dtype t = dt ? AD_F32 : AD_F64;
+    int64_t sx[4] = {1, 2, 4, 4}, sw[4] = {2, 1, 3, 3};
+    ad_tensor *x = ad_ones(ctx, t, 4, sx), *w = ad_ones(ctx, t, 4, sw);
+    cr_assert(x && w);
+    ad_tensor_set(w, 0, INFINITY); /* channel 0's tap (0, 0) */
+    ad_conv_opts o = {.padding = {1, 1, 1, 1}, .groups = 2};
+    ad_tensor *y = ad_conv2d(ctx, x, w, NULL, &o);
+    cr_assert(y, "%s", ad_last_error(ctx));
+    cr_assert(isnan(ad_tensor_get(y, 0)), "y[0, 0, 0, 0] reads the padding: %g",
+              ad_tensor_get(y, 0));
+    cr_assert(isinf(ad_tensor_get(y, 5)), "y[0, 0, 1, 1]: %g", ad_tensor_get(y, 5));
+    cr_assert_eq(ad_tensor_get(y, 16 + 5), 9, "channel 1 stays finite");
+    ad_tensor *g = ad_ones(ctx, t, 4, sx);
+    ad_tensor_set(g, 0, INFINITY); /* dy[0, 0, 0, 0] */
+    ad_tensor *dw = ad_conv2d_weight(ctx, x, g, 3, 3, &o);
+    cr_assert(dw, "%s", ad_last_error(ctx));
+    cr_assert(isnan(ad_tensor_get(dw, 0)), "dw tap (0, 0): %g", ad_tensor_get(dw, 0));
+    cr_assert(isinf(ad_tensor_get(dw, 4)), "dw tap (1, 1): %g", ad_tensor_get(dw, 4));
+    cr_assert_eq(ad_tensor_get(dw, 9 + 4), 16, "channel 1's center tap");
+  }
+}
