@@ -348,6 +348,37 @@ static ad_tensor *c3_tap(ad_ctx *ctx, bool transpose, const c3_geom *g, ad_tenso
   return y ? ad_pad(ctx, y, 1, first, Do - first - y->shape[1]) : NULL;
 }
 
+/* conv_transpose3d with the kernel's depth equal to its depth stride (no
+ * depth padding, dilation or output_padding, one group): every output
+ * plane j s + kd comes from one input plane j and one tap kd, so the taps
+ * need no sum. They are folded into the output channels instead: one
+ * ad_conv_transpose2d of all input planes with w as [C, kD O, kH, kW]
+ * gives [N D, kD O, Ho, Wo], which is [N, D kD = Do, O, Ho, Wo] as it lies
+ * (one product of kD O rows per image rather than kD of O rows, then a
+ * spread, two pads to Do and a sum: the same sums of the same products,
+ * so the same bits, 2.3x PyTorch's time before on bench/layerscan's
+ * [8,16,16,16,16] with a 2x2x2 kernel at stride 2). */
+static bool c3_one_tap_per_plane(const c3_geom *g) {
+  return g->k[0] == g->s[0] && g->pad[0] == 0 && g->pad[1] == 0 && g->dil[0] == 1 &&
+         g->op[0] == 0 && g->groups == 1 && g->out[0] == g->in[0] * g->s[0] && g->n > 0 &&
+         g->in[0] > 0;
+}
+
+static ad_tensor *c3_transpose_folded(ad_ctx *ctx, const c3_geom *g, ad_tensor *xp, ad_tensor *w) {
+  ad_conv_opts o2 = {.stride = {g->s[1], g->s[2]},
+                     .padding = {g->pad[2], g->pad[3], g->pad[4], g->pad[5]},
+                     .dilation = {g->dil[1], g->dil[2]},
+                     .output_padding = {g->op[1], g->op[2]}};
+  int64_t kd = g->k[0], ws[4] = {g->c, kd * g->o, g->k[1], g->k[2]};
+  /* w [C, O, kD, kH, kW] -> [C, kD, O, kH, kW] -> [C, kD O, kH, kW] */
+  ad_tensor *wk = ad_reshape(ctx, ad_permute(ctx, w, (const int[]){0, 2, 1, 3, 4}), 4, ws);
+  int64_t fold[4] = {g->n * g->in[0], g->c, g->in[1], g->in[2]};
+  ad_tensor *y = ad_conv_transpose2d(ctx, ad_reshape(ctx, xp, 4, fold), wk, NULL, &o2);
+  if (!y) return NULL;
+  int64_t un[5] = {g->n, g->out[0], g->o, y->shape[2], y->shape[3]};
+  return ad_reshape(ctx, y, 5, un);
+}
+
 static ad_tensor *conv3d_run(ad_ctx *ctx, bool transpose, ad_tensor *x, ad_tensor *w,
                              ad_tensor *bias, const ad_conv3d_opts *opts) {
   if (!ctx) return NULL;
@@ -360,7 +391,9 @@ static ad_tensor *conv3d_run(ad_ctx *ctx, bool transpose, ad_tensor *x, ad_tenso
   ad_tensor *xp = ad_permute(ctx, ad_reshape(ctx, x, 5, xs), (const int[]){0, 2, 1, 3, 4});
   if (!xp) return c3_fail(ctx, fn, before);
   ad_tensor *acc = NULL;
-  for (int64_t kd = 0; kd < g.k[0]; kd++) {
+  bool folded = transpose && c3_one_tap_per_plane(&g);
+  if (folded) acc = c3_transpose_folded(ctx, &g, xp, w);
+  for (int64_t kd = 0; kd < g.k[0] && !folded; kd++) {
     int64_t off = kd * g.dil[0] - g.pad[0], j0 = 0;
     /* conv3d: output planes i with 0 <= i s + off < D read plane i s + off;
      * the transpose: input plane j lands on j s + off, kept when < Do */
@@ -371,6 +404,7 @@ static ad_tensor *conv3d_run(ad_ctx *ctx, bool transpose, ad_tensor *x, ad_tenso
     acc = y && acc ? ad_add(ctx, acc, y) : y;
     if (!acc) return c3_fail(ctx, fn, before);
   }
+  if (!acc && ctx->nerrors != before) return c3_fail(ctx, fn, before);
   /* no tap reaches x: an empty run keeps x and w on the tape (zero
    * gradients, as PyTorch's) */
   if (!acc && !(acc = c3_tap(ctx, transpose, &g, xp, w, 0, 0, 0))) return c3_fail(ctx, fn, before);

@@ -98,6 +98,70 @@ static void cases_match(ad_dtype dt) {
 Test(conv3d, matches_pytorch_f64) { cases_match(AD_F64); }
 Test(conv3d, matches_pytorch_f32) { cases_match(AD_F32); }
 
+/* conv_transpose3d with the kernel's depth equal to its stride (no depth
+ * padding, one group) folds the depth taps into one conv_transpose2d: the
+ * same sums as the tap by tap path, which groups = 2 still takes. A
+ * block-diagonal w with groups 1 (its zeros add nothing) gives the grouped
+ * call's bits, and the same gradients. */
+Test(conv3d, transpose_folding_depth_taps_gives_the_tap_by_tap_bits) {
+  for (int d = 0; d < 2; d++) {
+    ad_dtype dt = d ? AD_F32 : AD_F64;
+    double tol = d ? 1e-5 : 1e-12;
+    int64_t xs[5] = {2, 4, 3, 3, 2}, wgs[5] = {4, 2, 2, 2, 2}, wds[5] = {4, 4, 2, 2, 2}, bs = 4;
+    ad_tensor *x[2] = {leaf(dt, 5, xs, NULL), leaf(dt, 5, xs, NULL)};
+    ad_tensor *wg = leaf(dt, 5, wgs, NULL), *wd = leaf(dt, 5, wds, NULL);
+    ad_tensor *b[2] = {leaf(dt, 1, &bs, NULL), leaf(dt, 1, &bs, NULL)};
+    for (int64_t i = 0; i < x[0]->size; i++) {
+      double v = sin(0.7 * (double)i + 0.3);
+      ad_tensor_set(x[0], i, v), ad_tensor_set(x[1], i, v);
+    }
+    for (int64_t i = 0; i < 4; i++) ad_tensor_set(b[0], i, 0.1 * (double)i - 0.2);
+    for (int64_t i = 0; i < 4; i++) ad_tensor_set(b[1], i, 0.1 * (double)i - 0.2);
+    for (int64_t i = 0; i < wg->size;
+         i++) { /* w[c, o, k] = wg[c, o - 2 (c / 2), k] on the diagonal */
+      int64_t c = i / 16, o = i / 8 % 2, k = i % 8;
+      double v = cos(1.3 * (double)i);
+      ad_tensor_set(wg, i, v);
+      ad_tensor_set(wd, (c * 4 + 2 * (c / 2) + o) * 8 + k, v);
+    }
+    ad_conv3d_opts og = {.stride = {2, 2, 1}, .groups = 2}, od = {.stride = {2, 2, 1}};
+    ad_tensor *y[2] = {ad_conv_transpose3d(ctx, x[0], wg, b[0], &og),
+                       ad_conv_transpose3d(ctx, x[1], wd, b[1], &od)};
+    cr_assert(y[0] && y[1], "%s", ad_last_error(ctx));
+    cr_assert_eq(y[1]->shape[2], 6, "depth 3 at stride 2, kernel 2: 6");
+    for (int64_t i = 0; i < y[0]->size; i++) {
+      double a = ad_tensor_get(y[1], i), want = ad_tensor_get(y[0], i);
+      QUICK_ASSERT(a == want, "dtype %d y[%lld]: %.17g, tap by tap %.17g", d, (long long)i, a,
+                   want);
+    }
+    ad_tensor *gys[2];
+    for (int v = 0; v < 2; v++) {
+      ad_tensor *gy = gys[v] = leaf(dt, 5, y[v]->shape, NULL);
+      for (int64_t i = 0; i < gy->size; i++) ad_tensor_set(gy, i, cos(0.37 * (double)i));
+      cr_assert_eq(ad_backward(ctx, ad_sum(ctx, ad_mul(ctx, y[v], gy)), NULL), AD_OK, "%s",
+                   ad_last_error(ctx));
+    }
+    for (int64_t i = 0; i < x[0]->size; i++) {
+      double a = ad_tensor_get(x[1]->grad, i), want = ad_tensor_get(x[0]->grad, i);
+      QUICK_ASSERT(fabs(a - want) <= tol * (1 + fabs(want)), "dtype %d dx[%lld]: %.17g vs %.17g", d,
+                   (long long)i, a, want);
+    }
+    for (int64_t i = 0; i < wg->size; i++) {
+      int64_t c = i / 16, o = i / 8 % 2, k = i % 8;
+      double a = ad_tensor_get(wd->grad, (c * 4 + 2 * (c / 2) + o) * 8 + k);
+      double want = ad_tensor_get(wg->grad, i);
+      QUICK_ASSERT(fabs(a - want) <= tol * (1 + fabs(want)), "dtype %d dw[%lld]: %.17g vs %.17g", d,
+                   (long long)i, a, want);
+    }
+    for (int64_t i = 0; i < 4; i++)
+      cr_assert_float_eq(ad_tensor_get(b[1]->grad, i), ad_tensor_get(b[0]->grad, i), tol * 100,
+                         "db[%lld]", (long long)i);
+    ad_tape_reset(ctx);
+    for (int v = 0; v < 2; v++) ad_tensor_free(x[v]), ad_tensor_free(b[v]), ad_tensor_free(gys[v]);
+    ad_tensor_free(wg), ad_tensor_free(wd);
+  }
+}
+
 /* ------------------------------------------------------------ gradcheck */
 
 static ad_tensor *run_case(ad_ctx *c, int n, ad_tensor *const *in, void *ud) {
