@@ -1021,3 +1021,289 @@ const ad_op_def ad_def_batch_norm = {
     .grads = {"s (g - mean_c(g) - xhat mean_c(g xhat)), g = dy * w", "sum_c(dy * xhat)",
               "sum_c(dy)"},
 };
+
+/* ------------------------------------------------------ group_norm (op)
+ *
+ *   y = (x - mu) s w + b,  mu = mean_r(x),  s = 1 / sqrt(var_r(x) + eps)
+ *       (var biased; x [N, G, K, *]: a row r is one (n, g), its K * S
+ *       values; w, b [G, K], one per channel (g, k))
+ *   dx = s (gw - mean_r(gw) - xhat mean_r(gw xhat)),  gw = dy w,  xhat = (x - mu) s
+ *   dw = sum_{n, *}(dy xhat),  db = sum_{n, *}(dy)
+ *
+ * ad_group_norm's op (x [N, C, *] seen as [N, G, C / G, prod(*)]), where
+ * the composite was layer_norm over [N, G, C / G * prod(*)] and a product
+ * and a sum with the per-channel weight and bias (their gradients two
+ * more passes and two reductions). One row per (n, g), handled by one
+ * thread: the statistics in double (two passes, as layer_norm's), then y;
+ * its backward without create_graph the mean again, then per channel the
+ * sums of (x - mu)^2, dy and dy (x - mu) in one pass, then dx, and the
+ * channel's sums of dy xhat and dy kept per (n, g, k), added over n in
+ * order at the end (the same bits on any number of threads). As
+ * layer_norm, var + eps = 0 gives s = inf (NaN in y). With create_graph
+ * the backward is the composite's: layer_norm_backward of dy w, and sums
+ * of dy layer_norm(x) and dy, ops that differentiate to any order. */
+
+typedef struct gn_job {
+  int64_t G, K, S; /* rows are N * G of K * S values */
+  double eps;
+  bool f32;
+  const void *x, *dy, *w, *b; /* dy NULL: the forward */
+  void *y;                    /* y, or the backward's dx (NULL: not wanted) */
+  double *part;               /* backward: [N * G][2][K]: sums of dy (x - mu) s, of dy */
+} gn_job;
+
+#define GN_KERNELS(T)                                                                              \
+  do {                                                                                             \
+    const T *X = j->x, *D = j->dy, *W = j->w, *B = j->b;                                           \
+    T *Y = j->y;                                                                                   \
+    int64_t K = j->K, S = j->S, M = K * S;                                                         \
+    for (int64_t r = r0; r < r1; r++) {                                                            \
+      const T *xr = X + r * M;                                                                     \
+      int64_t g = r % j->G;                                                                        \
+      double mu, s;                                                                                \
+      if (!D) {                                                                                    \
+        LN_STATS(xr, M, j->eps, mu, s);                                                            \
+        for (int64_t k = 0; k < K; k++) {                                                          \
+          const T *xk = xr + k * S;                                                                \
+          T *yk = Y + r * M + k * S;                                                               \
+          double a = W ? s * (double)W[g * K + k] : s, b0 = B ? (double)B[g * K + k] : 0.0;        \
+          for (int64_t i = 0; i < S; i++) yk[i] = (T)(((double)xk[i] - mu) * a + b0);              \
+        }                                                                                          \
+        continue;                                                                                  \
+      }                                                                                            \
+      const T *dr = D + r * M;                                                                     \
+      double *pw = j->part + r * 2 * K, *pb = pw + K, dev = 0, sg = 0, sgx = 0;                    \
+      LN_SUM(mu, M, (double)xr[i]);                                                                \
+      mu /= M ? (double)M : 1.0;                                                                   \
+      for (int64_t k = 0; k < K; k++) {                                                            \
+        const T *xk = xr + k * S, *dk = dr + k * S;                                                \
+        double t, u, v, wk = W ? (double)W[g * K + k] : 1.0;                                       \
+        LN_SUM3(t, u, v, S, ((double)xk[i] - mu) * ((double)xk[i] - mu), (double)dk[i],            \
+                (double)dk[i] * ((double)xk[i] - mu));                                             \
+        dev += t, sg += u * wk, sgx += v * wk;                                                     \
+        pw[k] = v, pb[k] = u;                                                                      \
+      }                                                                                            \
+      s = 1.0 / sqrt((M ? dev / (double)M : 0.0) + j->eps);                                        \
+      for (int64_t k = 0; k < K; k++) pw[k] *= s;                                                  \
+      if (!Y) continue;                                                                            \
+      double mg = M ? sg / (double)M : 0, mgx = M ? sgx * s / (double)M : 0;                       \
+      double b0 = s * mg, k2 = s * s * mgx; /* dx = s (gw - mg - (x - mu) s mgx) */                \
+      for (int64_t k = 0; k < K; k++) {                                                            \
+        const T *xk = xr + k * S, *dk = dr + k * S;                                                \
+        T *yk = Y + r * M + k * S;                                                                 \
+        double a = W ? s * (double)W[g * K + k] : s;                                               \
+        for (int64_t i = 0; i < S; i++)                                                            \
+          yk[i] = (T)((double)dk[i] * a - b0 - ((double)xk[i] - mu) * k2);                         \
+      }                                                                                            \
+    }                                                                                              \
+  } while (0)
+
+/* Rows [r0, r1), each an (n, g). */
+CELL_CLONES static void gn_rows(void *ud, int64_t r0, int64_t r1) {
+  const gn_job *j = ud;
+  if (j->f32)
+    GN_KERNELS(float);
+  else
+    GN_KERNELS(double);
+}
+
+/* The job for x (and w, b) of call c, without its in- and outputs; *rows
+ * its N * G rows. */
+static gn_job gn_job_of(const ad_call *c, const ad_tensor *x, int64_t *rows) {
+  gn_job j = {.G = x->shape[1], .K = x->shape[2], .S = 1, .eps = c->attrs->scalar};
+  for (int k = 3; k < x->ndim; k++) j.S *= x->shape[k];
+  j.f32 = x->dtype == AD_F32;
+  *rows = x->shape[0] * j.G;
+  return j;
+}
+
+static void gn_run(gn_job *j, int64_t rows) {
+  int64_t M = j->K * j->S, grain = M ? (32768 + M - 1) / M : rows;
+  if (rows <= grain)
+    gn_rows(j, 0, rows);
+  else
+    ad_parallel_for(rows, grain, gn_rows, j);
+}
+
+/* x float [N, G, K, ...], weight and bias [G, K] of its dtype, eps finite
+ * >= 0. */
+static ad_status group_norm_shape(const ad_call *c) {
+  const ad_tensor *x = c->in[0];
+  char a[64], b[64];
+  if (ad_check_float_same(c->ctx, c->name, c->n, c->in) != AD_OK) return ad_last_status(c->ctx);
+  if (x->ndim < 3)
+    return ad_set_error(c->ctx, AD_ERR_SHAPE, "%s: x %s must have at least 3 dims [N, G, K, ...]",
+                        c->name, ad_shape_str(x, a, sizeof a));
+  static const char *const what[2] = {"weight", "bias"};
+  for (int k = 1; k < c->n; k++)
+    if (c->in[k]->ndim != 2 || c->in[k]->shape[0] != x->shape[1] ||
+        c->in[k]->shape[1] != x->shape[2])
+      return ad_set_error(c->ctx, AD_ERR_SHAPE, "%s: %s %s is not [G, K] of x %s [N, G, K, ...]",
+                          c->name, what[k - 1], ad_shape_str(c->in[k], a, sizeof a),
+                          ad_shape_str(x, b, sizeof b));
+  double eps = c->attrs->scalar;
+  if (!(eps >= 0) || !isfinite(eps))
+    return ad_set_error(c->ctx, AD_ERR_ARG, "%s: eps %g must be finite and >= 0", c->name, eps);
+  c->out->dtype = x->dtype;
+  c->out->ndim = x->ndim;
+  memcpy(c->out->shape, x->shape, sizeof(int64_t) * (size_t)x->ndim);
+  return AD_OK;
+}
+
+static void group_norm_fwd(const ad_call *c) {
+  int64_t rows;
+  gn_job j = gn_job_of(c, c->in[0], &rows);
+  j.x = c->in[0]->data;
+  j.w = c->n > 1 ? c->in[1]->data : NULL;
+  j.b = c->n > 2 ? c->in[2]->data : NULL;
+  j.y = c->out->data;
+  gn_run(&j, rows);
+}
+
+/* The backward with create_graph: the composite's, ops (x seen as rows
+ * [N, G, K * S] for layer_norm and layer_norm_backward). */
+static ad_status group_norm_bwd_ops(const ad_call *c) {
+  ad_ctx *ctx = c->ctx;
+  ad_tensor *x = c->in[0], *w = c->n > 1 ? c->in[1] : NULL, *dy = c->gout;
+  int nd = x->ndim;
+  int64_t G = x->shape[1], K = x->shape[2], S = 1;
+  for (int k = 3; k < nd; k++) S *= x->shape[k];
+  int64_t rows[3] = {x->shape[0], G, K * S}, gk1[4] = {1, G, K, 1}, gks[4] = {x->shape[0], G, K, S};
+  ad_attrs at = {.layer_norm = {.ndim = 1, .dims = {K * S}, .eps = c->attrs->scalar}};
+  ad_tensor *xr = ad_reshape(ctx, x, 3, rows);
+  ad_tensor *d4 = ad_reshape(ctx, dy, 4, gks);
+  ad_tensor *gin[3] = {NULL, NULL, NULL};
+  if (c->needs[0]) {
+    ad_tensor *gw = w ? ad_mul(ctx, d4, ad_reshape(ctx, w, 4, gk1)) : d4;
+    ad_tensor *in[2] = {ad_reshape(ctx, gw, 3, rows), xr};
+    gin[0] = ad_reshape(ctx, ad_op_apply(ctx, AD_OP_LAYER_NORM_BACKWARD, 2, in, &at), nd, x->shape);
+  }
+  if (c->n > 1 && c->needs[1]) {
+    ad_tensor *xhat = ad_reshape(ctx, ad_op_apply(ctx, AD_OP_LAYER_NORM, 1, &xr, &at), 4, gks);
+    gin[1] = ad_reshape(ctx, ad_sum_to(ctx, ad_mul(ctx, d4, xhat), 4, gk1), 2, gk1 + 1);
+  }
+  if (c->n > 2 && c->needs[2]) gin[2] = ad_reshape(ctx, ad_sum_to(ctx, d4, 4, gk1), 2, gk1 + 1);
+  for (int k = 0; k < c->n; k++) {
+    if (!c->needs[k]) continue;
+    ad_status r = ad_call_set_grad(c, k, gin[k]);
+    if (r != AD_OK) return r;
+  }
+  return AD_OK;
+}
+
+/* Without create_graph: dx, and the sums for dw and db, by the loops
+ * (gn_rows); the sums added over n in order. */
+static ad_status group_norm_bwd(const ad_call *c) {
+  ad_ctx *ctx = c->ctx;
+  if (ctx->grad_enabled) return group_norm_bwd_ops(c);
+  const ad_tensor *x = c->in[0];
+  int64_t rows;
+  gn_job j = gn_job_of(c, x, &rows);
+  ad_tensor *dx = c->needs[0] ? ad_tmp_like(ctx, x) : NULL;
+  int64_t np = rows * 2 * j.K, GK = j.G * j.K;
+  ad_tensor *part = ad_tmp_new(ctx, AD_F64, 1, &np);
+  ad_tensor *dw = c->n > 1 && c->needs[1] ? ad_tmp_like(ctx, c->in[1]) : NULL;
+  ad_tensor *db = c->n > 2 && c->needs[2] ? ad_tmp_like(ctx, c->in[2]) : NULL;
+  if ((c->needs[0] && !dx) || !part || (c->n > 1 && c->needs[1] && !dw) ||
+      (c->n > 2 && c->needs[2] && !db))
+    return ad_last_status(ctx);
+  j.x = x->data;
+  j.dy = c->gout->data;
+  j.w = c->n > 1 ? c->in[1]->data : NULL;
+  j.y = dx ? dx->data : NULL;
+  j.part = part->data;
+  gn_run(&j, rows);
+  for (int64_t q = 0; q < GK; q++) { /* (plain stores: fresh results, nothing to note) */
+    int64_t g = q / j.K, k = q % j.K;
+    double sw = 0, sb = 0;
+    for (int64_t r = g; r < rows; r += j.G)
+      sw += j.part[r * 2 * j.K + k], sb += j.part[(r * 2 + 1) * j.K + k];
+    if (j.f32) {
+      if (dw) ((float *)dw->data)[q] = (float)sw;
+      if (db) ((float *)db->data)[q] = (float)sb;
+    } else {
+      if (dw) ((double *)dw->data)[q] = sw;
+      if (db) ((double *)db->data)[q] = sb;
+    }
+  }
+  ad_status st = dx ? ad_call_set_grad(c, 0, dx) : AD_OK;
+  if (st == AD_OK && dw) st = ad_call_set_grad(c, 1, dw);
+  if (st == AD_OK && db) st = ad_call_set_grad(c, 2, db);
+  return st;
+}
+
+ad_tensor *ad_group_norm(ad_ctx *ctx, ad_tensor *x, int64_t num_groups, ad_tensor *weight,
+                         ad_tensor *bias, double eps) {
+  if (!ctx) return NULL;
+  if (!x) {
+    ad_set_null_error(ctx, "group_norm: x is NULL");
+    return NULL;
+  }
+  char a[64], b[64];
+  if (x->ndim < 2 || num_groups < 1 || x->shape[1] % num_groups) {
+    ad_set_error(ctx, AD_ERR_SHAPE,
+                 "group_norm: x %s is not [N, C, *] with C a multiple of %lld groups",
+                 ad_shape_str(x, a, sizeof a), (long long)num_groups);
+    return NULL;
+  }
+  int64_t C = x->shape[1];
+  ad_tensor *ab[2] = {weight, bias};
+  for (int k = 0; k < 2; k++)
+    if (ab[k] && (ab[k]->ndim != 1 || ab[k]->shape[0] != C)) {
+      ad_set_error(ctx, AD_ERR_SHAPE, "group_norm: %s %s does not match the %lld channels of x %s",
+                   k ? "bias" : "weight", ad_shape_str(ab[k], a, sizeof a), (long long)C,
+                   ad_shape_str(x, b, sizeof b));
+      return NULL;
+    }
+  int64_t S = 1;
+  for (int k = 2; k < x->ndim; k++) S *= x->shape[k];
+  int64_t v[4] = {x->shape[0], num_groups, C / num_groups, S}, gk[2] = {num_groups, C / num_groups};
+  ad_tensor *in[3] = {ad_reshape(ctx, x, 4, v), weight ? ad_reshape(ctx, weight, 2, gk) : NULL,
+                      bias ? ad_reshape(ctx, bias, 2, gk) : NULL};
+  if (!in[0] || (weight && !in[1]) || (bias && !in[2])) return NULL;
+  ad_attrs at = {.scalar = eps};
+  ad_tensor *y = ad_op_apply(ctx, AD_OP_GROUP_NORM, weight ? (bias ? 3 : 2) : 1, in, &at);
+  if (bias && !weight) { /* a bias without a weight: the op's optional inputs are trailing */
+    int64_t gk1[3] = {num_groups, C / num_groups, 1};
+    y = ad_add(ctx, y, ad_reshape(ctx, bias, 3, gk1));
+  }
+  return ad_reshape(ctx, y, x->ndim, x->shape);
+}
+
+/* x [2,2,3,4] with weight and bias (S = 4); [3,2,2] (S = 1) with both;
+ * [2,3,2,5] without affine; [2,2,2,3] with a weight only; [2,4,2,2] with
+ * both, of more than one row per thread split (thread_bits grows N) */
+static int group_norm_sample(const ad_sample_call *s) {
+  static const int64_t s0[4] = {2, 2, 3, 4}, s1[3] = {3, 2, 2}, s2[4] = {2, 3, 2, 5},
+                       s3[4] = {2, 2, 2, 3}, s4[4] = {2, 4, 2, 2};
+  static const struct {
+    int nd, n;
+    const int64_t *xs;
+  } v[5] = {{4, 3, s0}, {3, 3, s1}, {4, 1, s2}, {4, 2, s3}, {4, 3, s4}};
+  if (s->variant > 4) return 0;
+  const int64_t *xs = v[s->variant].xs;
+  int n = v[s->variant].n;
+  s->attrs->scalar = 1e-5;
+  s->in[0] = ad_sample_tensor(s, v[s->variant].nd, xs, -2, 2, true);
+  for (int k = 1; k < n; k++)
+    s->in[k] = ad_sample_tensor(s, 2, xs + 1, k == 1 ? 0.5 : -1, k == 1 ? 1.5 : 1, true);
+  for (int k = 0; k < n; k++)
+    if (!s->in[k]) return -1;
+  return n;
+}
+
+const ad_op_def ad_def_group_norm = {
+    .name = "group_norm",
+    .arity = 3,
+    .min_arity = 1,
+    .attrs = AD_ATTRS_SCALAR,
+    .shape = group_norm_shape,
+    .forward = group_norm_fwd,
+    .backward = group_norm_bwd,
+    .sample = group_norm_sample,
+    .math = "y = xhat * w + b, xhat = (x - mean_r(x)) / sqrt(var_r(x) + eps): x [N, G, K, ...], "
+            "mean_r, var_r (biased) over each (n, g)'s K * S values, w and b [G, K]",
+    .inputs = {"x", "w", "b"},
+    .grads = {"layer_norm_backward(dy * w, x) over the rows (n, g)", "sum_{n,*}(dy * xhat)",
+              "sum_{n,*}(dy)"},
+};

@@ -188,9 +188,9 @@ nn_layer *nn_batch_norm3d_new(ad_ctx *ctx, int64_t num_features, const nn_batch_
  * PyTorch's nn.GroupNorm and nn.InstanceNorm1d / 2d / 3d, composed from the
  * engine's ops so that the tape derives every derivative:
  *
- *   group norm:  x [N, C, *] viewed as [N, G, C/G * prod(*)], each row
- *                normalised by ad_layer_norm (mean, biased variance), viewed
- *                as [N, C, prod(*)], times weight [C, 1], plus bias [C, 1]
+ *   group norm:  ad_group_norm: x [N, C, *] viewed as [N, G, C/G, prod(*)],
+ *                each (n, g) normalised (mean, biased variance), times
+ *                weight, plus bias, per channel
  *   instance:    group norm with G = C (training mode, or without running
  *                statistics); with them, in training mode outside the tape
  *                (as F.instance_norm, through batch_norm on [1, N*C, *]):
@@ -204,20 +204,7 @@ nn_layer *nn_batch_norm3d_new(ad_ctx *ctx, int64_t num_features, const nn_batch_
  * *] with C a multiple of g. */
 static ad_tensor *group_norm(ad_ctx *ctx, ad_tensor *x, int64_t g, ad_tensor *weight,
                              ad_tensor *bias, double eps) {
-  int64_t n = x->shape[0], c = x->shape[1], s = 1;
-  for (int k = 2; k < x->ndim; k++) s *= x->shape[k];
-  ad_tensor *h = x;
-  if (x->size > 0) { /* (nothing to normalise otherwise) */
-    int64_t rows[3] = {n, g, c / g * s};
-    h = ad_layer_norm(ctx, ad_reshape(ctx, x, 3, rows), 1, &rows[2], NULL, NULL, eps);
-  }
-  if (weight || bias) {
-    int64_t ncs[3] = {n, c, s}, c1[2] = {c, 1};
-    h = ad_reshape(ctx, h, 3, ncs);
-    if (weight) h = ad_mul(ctx, h, ad_reshape(ctx, weight, 2, c1));
-    if (bias) h = ad_add(ctx, h, ad_reshape(ctx, bias, 2, c1));
-  }
-  return ad_reshape(ctx, h, x->ndim, x->shape);
+  return ad_group_norm(ctx, x, g, weight, bias, eps);
 }
 
 /* The dtype the layer takes: its parameters' or buffers', else x's. */

@@ -120,6 +120,60 @@ Test(gnorm, constant_group_gives_the_bias) {
   nn_layer_free(l);
 }
 
+/* The op group_norm's plain backward (one pass for the sums, one for dx,
+ * dweight and dbias) against its recorded form under create_graph
+ * (layer_norm_backward and sums, the composite's derivative), on groups
+ * of several channels with runs long and short, with and without affine. */
+static void plain_backward_matches_recorded(ad_dtype dt) {
+  static const struct {
+    int nd, g;
+    int64_t s[4];
+    bool affine;
+  } v[3] = {{4, 3, {3, 6, 5, 7}, true}, {3, 2, {4, 4, 3}, true}, {4, 2, {2, 4, 3, 3}, false}};
+  ad_rng rng;
+  ad_rng_seed(&rng, 7);
+  for (int k = 0; k < 3; k++) {
+    nn_layer *l = nn_group_norm_new(ctx, v[k].g, v[k].s[1],
+                                    &(nn_group_norm_opts){.dtype = dt, .no_affine = !v[k].affine});
+    cr_assert_not_null(l, "%s", ad_last_error(ctx));
+    ad_tensor *x = ad_zeros(ctx, dt, v[k].nd, v[k].s), *seed = ad_zeros(ctx, dt, v[k].nd, v[k].s);
+    cr_assert(x && seed);
+    for (int64_t i = 0; i < x->size; i++) {
+      ad_tensor_set(x, i, 3 * ad_rng_uniform(&rng) - 1);
+      ad_tensor_set(seed, i, 2 * ad_rng_uniform(&rng) - 1);
+    }
+    ad_tensor_set_requires_grad(x, true);
+    ad_tensor *req[3] = {x, NULL, NULL};
+    int m = 1;
+    if (v[k].affine) {
+      req[m++] = test_layer_param(l, "weight"), req[m++] = test_layer_param(l, "bias");
+      for (int j = 1; j < 3; j++)
+        for (int64_t i = 0; i < req[j]->size; i++)
+          ad_tensor_set(req[j], i, 2 * ad_rng_uniform(&rng) - 0.5);
+    }
+    ad_tensor *plain[3], *rec[3];
+    ad_tensor *y = nn_layer_forward(l, x, true);
+    cr_assert_not_null(y, "%s", ad_last_error(ctx));
+    cr_assert_eq(ad_grad(ctx, y, seed, m, req, plain, false), AD_OK, "%s", ad_last_error(ctx));
+    cr_assert_eq(ad_grad(ctx, y, seed, m, req, rec, true), AD_OK, "%s", ad_last_error(ctx));
+    for (int j = 0; j < m; j++) {
+      double scale = 0;
+      for (int64_t i = 0; i < rec[j]->size; i++)
+        scale = fmax(scale, fabs(ad_tensor_get(rec[j], i)));
+      cr_assert(scale > 0.1, "case %d input %d: a gradient of zeros", k, j);
+      double d = test_max_diff(ctx, plain[j], rec[j]);
+      cr_assert(d <= (dt == AD_F64 ? 1e-12 : 2e-6) * scale, "case %d input %d: %g apart", k, j, d);
+    }
+    ad_tape_reset(ctx);
+    ad_tensor_free(x);
+    ad_tensor_free(seed);
+    nn_layer_free(l);
+  }
+}
+
+Test(gnorm, plain_backward_matches_recorded_f64) { plain_backward_matches_recorded(AD_F64); }
+Test(gnorm, plain_backward_matches_recorded_f32) { plain_backward_matches_recorded(AD_F32); }
+
 /* ---------------------------------------------------------- InstanceNorm */
 
 static void instance_norm_tracks_like_pytorch(ad_dtype dt) {

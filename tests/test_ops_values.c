@@ -826,6 +826,16 @@ static ad_tensor *run_builder(ad_ctx *cx, const fx_case *c, ad_tensor **in, bool
     if (!strcmp(op, "huber")) return ad_huber(cx, x, y, a->scalar);
     if (!strcmp(op, "softshrink")) return ad_softshrink(cx, x, a->scalar);
     if (!strcmp(op, "hardshrink")) return ad_hardshrink(cx, x, a->scalar);
+    if (!strcmp(op, "group_norm")) { /* x [N, G, K, *] as [N, G * K, *], w and b [G * K] */
+      int64_t xs[AD_MAX_DIMS], nc = x->shape[1] * x->shape[2];
+      xs[0] = x->shape[0], xs[1] = nc;
+      for (int k = 3; k < x->ndim; k++) xs[k - 1] = x->shape[k];
+      ad_tensor *w = c->nin > 1 ? ad_reshape(cx, y, 1, &nc) : NULL;
+      ad_tensor *b = c->nin > 2 ? ad_reshape(cx, in[2], 1, &nc) : NULL;
+      ad_tensor *r =
+          ad_group_norm(cx, ad_reshape(cx, x, x->ndim - 1, xs), x->shape[1], w, b, a->scalar);
+      return ad_reshape(cx, r, x->ndim, x->shape);
+    }
     if (!strcmp(op, "batch_norm")) /* training mode, without running statistics */
       return ad_batch_norm(cx, x, c->nin > 1 ? y : NULL, c->nin > 2 ? in[2] : NULL, NULL, NULL,
                            true, 0.1, a->scalar);

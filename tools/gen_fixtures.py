@@ -1073,6 +1073,34 @@ for label, es, sk in (("ctc_alpha_labels", (4, 2, 5), idx([[0, 0, 0, 1, 0], [0, 
         lambda t: ctc_alpha_ref(t[0].double(), t[1], t[2].double()).to(t[0].dtype))
 
 
+def gn_case(label, xs, affine=(True, True), eps=1e-5):
+    """group_norm: x [N, G, K, ...] (F.group_norm with G groups on x seen as
+    [N, G * K, ...]), weight and bias [G, K], in float64, rounded."""
+    gk = (xs[1], xs[2])
+
+    def make(rng):
+        spec = [("in", U(rng, xs))]
+        if affine[0]:
+            spec.append(("in", U(rng, gk, 0.5, 1.5)))
+        if affine[1]:
+            spec.append(("in", U(rng, gk, -1, 1)))
+        return spec
+
+    def fn(t):
+        d = [v.double() for v in t]
+        x = d[0].reshape(xs[0], xs[1] * xs[2], *xs[3:])
+        y = F.group_norm(x, xs[1], d[1].reshape(-1) if len(d) > 1 else None,
+                         d[2].reshape(-1) if len(d) > 2 else None, eps=eps)
+        return y.reshape(xs).to(t[0].dtype)
+    add(label, "group_norm", make, fn, attr=("scalar", float(eps)))
+
+
+gn_case("group_norm_rows", (2, 2, 3, 4))
+gn_case("group_norm_3d", (3, 2, 2))
+gn_case("group_norm_no_affine", (2, 3, 2, 5), (False, False))
+gn_case("group_norm_weight_only", (2, 2, 2, 3), (True, False), eps=0.1)
+
+
 def ce_opts(ignore=None, red="mean"):
     def f(t):
         return F.cross_entropy(t[0], t[1], reduction=red,

@@ -1135,6 +1135,23 @@ AD_API ad_tensor *ad_batch_norm(ad_ctx *ctx, ad_tensor *x, ad_tensor *weight, ad
                                 ad_tensor *running_mean, ad_tensor *running_var, bool training,
                                 double momentum, double eps);
 
+/** Group normalisation, PyTorch's F.group_norm: x [N, C, *] (2 dims or
+ * more) has its C channels split into num_groups groups of C / num_groups
+ * consecutive channels, each group of each sample normalised with its own
+ * mean and biased variance (in double), y = (x - mean) / sqrt(var + eps)
+ * * weight + bias, weight and bias [C] (either NULL for none). As
+ * ad_layer_norm, var + eps = 0 gives NaN. One op (group_norm, on x seen
+ * as [N, G, C / G, prod(*)]), one pass per (n, g) forward, and its plain
+ * backward one for the sums and one for dx, dweight and dbias summed over
+ * n in an order fixed by the shape (the same bits on any number of
+ * threads); under create_graph its backward is made of layer_norm's ops
+ * and sums, so it differentiates to any order. Errors: AD_ERR_NULL,
+ * AD_ERR_SHAPE (x under 2 dims, C not a multiple of num_groups or
+ * num_groups < 1, weight or bias not [C]), AD_ERR_DTYPE (not float, or
+ * dtypes differ), AD_ERR_ARG (eps < 0 or not finite). */
+AD_API ad_tensor *ad_group_norm(ad_ctx *ctx, ad_tensor *x, int64_t num_groups, ad_tensor *weight,
+                                ad_tensor *bias, double eps);
+
 /** Layer normalisation, PyTorch's F.layer_norm: x (float, any rank) is
  * normalised over its last ndim dims, whose lengths must be
  * normalized_shape, with the mean and the biased variance of each such

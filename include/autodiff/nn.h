@@ -560,10 +560,10 @@ typedef struct nn_group_norm_opts {
  * groups of C / num_groups consecutive channels, each group of each sample
  * normalised with its own mean and biased variance, y = (x - mean) /
  * sqrt(var + eps) * weight + bias, weight and bias per channel. The same
- * in training and evaluation mode. A composite of ad_layer_norm (over
- * [N, G, C/G * prod(*)]) and broadcast ops, so differentiable to any
- * order. Parameters "weight" (ones) and "bias" (zeros) [num_channels], as
- * PyTorch's, so state dicts move both ways. opts may be NULL. Returns the
+ * in training and evaluation mode. The op of ad_group_norm (one pass
+ * forward, two back), differentiable to any order. Parameters "weight"
+ * (ones) and "bias" (zeros) [num_channels], as PyTorch's, so state dicts
+ * move both ways. opts may be NULL. Returns the
  * layer, or NULL with AD_ERR_ARG (num_groups or num_channels < 1,
  * num_channels not divisible by num_groups, eps < 0 or not finite),
  * AD_ERR_DTYPE (not float) or AD_ERR_OOM. Its forward fails, naming the
