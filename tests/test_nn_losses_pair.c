@@ -647,6 +647,37 @@ Test(losses_pair, losses_train_with_nn_fit) {
   }
 }
 
+/* The multilabel loss records log sigmoid as one op each way (ad_logsigmoid)
+ * and its sign in the division by -C: 9 ops for 'none' where -softplus(-x),
+ * -softplus(x) and a negation made 12 (each a pass over [N, C] forward and
+ * back), with torch's value and gradient. */
+Test(losses_pair, multilabel_records_few_ops) {
+  int64_t s23[2] = {2, 3};
+  ad_tensor *x = ad_zeros(ctx, AD_F64, 2, s23), *t = ad_zeros(ctx, AD_F64, 2, s23);
+  const double xv[6] = {-2, 0.5, 30, -40, 1, 0}, tv[6] = {1, 0, 0.25, 1, 0.5, 0};
+  for (int i = 0; i < 6; i++) ad_tensor_set(x, i, xv[i]), ad_tensor_set(t, i, tv[i]);
+  ad_tensor_set_requires_grad(x, true);
+  size_t before = ad_tape_size(ctx);
+  ad_tensor *l = nn_multilabel_soft_margin_loss(ctx, x, t, NULL, NN_NONE);
+  cr_assert_not_null(l, "%s", ad_last_error(ctx));
+  cr_assert_leq(ad_tape_size(ctx) - before, 9, "%zu ops", ad_tape_size(ctx) - before);
+  for (int n = 0; n < 2; n++) { /* -sum_c (t log s(x) + (1 - t) log s(-x)) / 3, s(x) = 1/(1+e^-x) */
+    double want = 0;
+    for (int c = 0; c < 3; c++) {
+      double v = xv[3 * n + c], w = tv[3 * n + c];
+      want -= (w * -log1p(exp(-v)) + (1 - w) * -log1p(exp(v))) / 3;
+    }
+    cr_assert_float_eq(ad_tensor_get(l, n), want, 1e-12, "sample %d: %.17g, want %.17g", n,
+                       ad_tensor_get(l, n), want);
+  }
+  cr_assert_eq(ad_backward(ctx, ad_sum(ctx, l), NULL), AD_OK, "%s", ad_last_error(ctx));
+  for (int i = 0; i < 6; i++) /* (sigmoid(x) - t) / C */
+    cr_assert_float_eq(ad_tensor_get(x->grad, i), (1 / (1 + exp(-xv[i])) - tv[i]) / 3, 1e-15,
+                       "dx[%d] %.17g", i, ad_tensor_get(x->grad, i));
+  ad_tape_reset(ctx);
+  ad_tensor_free(x), ad_tensor_free(t);
+}
+
 /* A multilabel input with no class, [3, 0]: each sample's loss is 0 / 0,
  * NaN, as PyTorch 1.13's F.multilabel_soft_margin_loss gives ([nan, nan,
  * nan] with 'none', nan with 'mean' and 'sum'), and the backward runs
