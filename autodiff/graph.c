@@ -553,6 +553,10 @@ static void attrs_str(const ad_op_def *def, const ad_tensor *t, sbuf *out) {
   case AD_ATTRS_ROWS:
     sb_put(&b, " rows %lld", (long long)a->rows);
     break;
+  case AD_ATTRS_INDEX:
+    sb_put(&b, " rows %lld", (long long)a->index.rows);
+    if (a->index.axis) sb_put(&b, " axis %d", a->index.axis);
+    break;
   case AD_ATTRS_MATMUL:
     if (a->matmul.trans_a) sb_put(&b, " A^T");
     if (a->matmul.trans_b) sb_put(&b, " B^T");

@@ -1351,35 +1351,142 @@ const ad_op_def ad_def_concat = {
 
 /* --------------------------------------------------------- index_select */
 
+/* index_select and index_add along an axis: x (index_select's input, or
+ * index_add's output) seen as [outer, n, inner] with n its length on the
+ * axis, the other tensor as [outer, m, inner] with m the index count. */
+typedef struct take_job {
+  const char *x; /* [outer, n, inner] */
+  char *y;       /* [outer, m, inner] */
+  const int32_t *p;
+  int64_t n, m, inner;
+  size_t es;
+  ad_dtype dtype;
+} take_job;
+
+/* y[o, j] = x[o, p[j]] for the rows u = o m + j in [b, e): copies, so the
+ * bits are x's; one element a row (the last axis) by a typed loop */
+#define TAKE_ELEMS(T)                                                                              \
+  do {                                                                                             \
+    const T *x = (const T *)j->x;                                                                  \
+    T *y = (T *)j->y;                                                                              \
+    for (int64_t u = b; u < e;) {                                                                  \
+      int64_t o = u / j->m, k = u % j->m, stop = (o + 1) * j->m < e ? (o + 1) * j->m : e;          \
+      const T *xo = x + o * j->n;                                                                  \
+      for (; u < stop; u++, k++) y[u] = xo[j->p[k]];                                               \
+    }                                                                                              \
+  } while (0)
+
+static void take_rows(void *ud, int64_t b, int64_t e) {
+  const take_job *j = ud;
+  if (j->inner == 1 && j->es == 4) {
+    TAKE_ELEMS(uint32_t);
+    return;
+  }
+  if (j->inner == 1) {
+    TAKE_ELEMS(uint64_t);
+    return;
+  }
+  size_t row = (size_t)j->inner * j->es;
+  for (int64_t u = b; u < e; u++)
+    memcpy(j->y + (size_t)u * row, j->x + (size_t)(u / j->m * j->n + j->p[u % j->m]) * row, row);
+}
+#undef TAKE_ELEMS
+
+/* x[o] = 0, then y[o, j] added into x[o, p[j]] in increasing j, for the
+ * outer slices o in [b, e) (here x is the output): each element's sum in
+ * one fixed order, whatever thread runs its slice */
+#define PUT_ROWS(T)                                                                                \
+  do {                                                                                             \
+    T *x = (T *)j->x + b * j->n * j->inner;                                                        \
+    const T *y = (const T *)j->y + b * j->m * j->inner;                                            \
+    for (int64_t o = b; o < e; o++, x += j->n * j->inner, y += j->m * j->inner) {                  \
+      if (j->inner == 1) {                                                                         \
+        for (int64_t k = 0; k < j->m; k++) x[j->p[k]] += y[k];                                     \
+        continue;                                                                                  \
+      }                                                                                            \
+      for (int64_t k = 0; k < j->m; k++) {                                                         \
+        T *dp = x + j->p[k] * j->inner;                                                            \
+        const T *sp = y + k * j->inner;                                                            \
+        for (int64_t i = 0; i < j->inner; i++) dp[i] += sp[i];                                     \
+      }                                                                                            \
+    }                                                                                              \
+  } while (0)
+
+static void put_rows(void *ud, int64_t b, int64_t e) {
+  const take_job *j = ud;
+  memset((char *)j->x + (size_t)(b * j->n * j->inner) * j->es, 0,
+         (size_t)((e - b) * j->n * j->inner) * j->es);
+  if (j->dtype == AD_F32)
+    PUT_ROWS(float);
+  else
+    PUT_ROWS(double);
+}
+#undef PUT_ROWS
+
+/* The job of index_select (x its input, y its output) or index_add (x its
+ * output, y its source) along axis a of x. */
+static take_job take_job_of(const ad_tensor *x, const ad_tensor *y, const ad_tensor *idx, int a) {
+  return (take_job){(const char *)x->data,   (char *)y->data,    idx->data, x->shape[a], idx->size,
+                    span(x, a + 1, x->ndim), ad_dsize(x->dtype), x->dtype};
+}
+
+/* x (the output of index_add) = the sum of y's rows at idx along axis a:
+ * split over the threads by outer slices of 32768 elements or more. */
+static void index_put(ad_tensor *x, const ad_tensor *y, const ad_tensor *idx, int a) {
+  take_job j = take_job_of(x, y, idx, a);
+  int64_t outer = span(x, 0, a), per = (j.n > j.m ? j.n : j.m) * j.inner;
+  if (!outer || !per) {
+    memset(x->data, 0, (size_t)x->size * j.es);
+    return;
+  }
+  int64_t grain = (32768 + per - 1) / per;
+  if (outer <= grain)
+    put_rows(&j, 0, outer);
+  else
+    ad_parallel_for(outer, grain, put_rows, &j);
+}
+
 static ad_status index_select_shape(const ad_call *c) {
   const ad_tensor *x = c->in[0], *idx = c->in[1];
   ad_tensor *o = c->out;
   ad_status st = ad_check_float_same(c->ctx, c->name, 1, c->in);
   if (st != AD_OK) return st;
-  if (x->ndim < 1 || idx->ndim + x->ndim - 1 > AD_MAX_DIMS) {
-    char a[64], b[64];
+  char a[64], b[64];
+  if (x->ndim < 1 || idx->ndim + x->ndim - 1 > AD_MAX_DIMS)
     return ad_set_error(c->ctx, AD_ERR_SHAPE, "%s: cannot index %s with %s", c->name,
                         ad_shape_str(x, a, sizeof a), ad_shape_str(idx, b, sizeof b));
-  }
-  if ((st = check_idx(c, idx, x->shape[0])) != AD_OK) return st;
+  int ax = ad_norm_axis(c->attrs->axis, x->ndim);
+  if (ax < 0)
+    return ad_set_error(c->ctx, AD_ERR_ARG, "%s: axis %d out of range for %s", c->name,
+                        c->attrs->axis, ad_shape_str(x, a, sizeof a));
+  if ((st = check_idx(c, idx, x->shape[ax])) != AD_OK) return st;
   o->ndim = idx->ndim + x->ndim - 1;
-  memcpy(o->shape, idx->shape, sizeof(int64_t) * (size_t)idx->ndim);
-  memcpy(o->shape + idx->ndim, x->shape + 1, sizeof(int64_t) * (size_t)(x->ndim - 1));
+  memcpy(o->shape, x->shape, sizeof(int64_t) * (size_t)ax);
+  memcpy(o->shape + ax, idx->shape, sizeof(int64_t) * (size_t)idx->ndim);
+  memcpy(o->shape + ax + idx->ndim, x->shape + ax + 1,
+         sizeof(int64_t) * (size_t)(x->ndim - ax - 1));
   o->dtype = x->dtype;
   return AD_OK;
 }
 
+/* Rows of the output split over the threads, 32768 elements or more a
+ * piece; each output element is a copy of one of x's. */
 static void index_select_fwd(const ad_call *c) {
   const ad_tensor *x = c->in[0], *idx = c->in[1];
-  size_t row = (size_t)span(x, 1, x->ndim) * ad_dsize(x->dtype);
-  const int32_t *p = idx->data;
-  for (int64_t i = 0; i < idx->size; i++)
-    memcpy((char *)c->out->data + (size_t)i * row, (const char *)x->data + (size_t)p[i] * row, row);
+  int a = ad_norm_axis(c->attrs->axis, x->ndim);
+  take_job j = take_job_of(x, c->out, idx, a);
+  int64_t rows = span(x, 0, a) * j.m, grain = j.inner ? (32768 + j.inner - 1) / j.inner : rows;
+  if (rows <= grain)
+    take_rows(&j, 0, rows);
+  else
+    ad_parallel_for(rows, grain, take_rows, &j);
 }
 
 static ad_status index_select_bwd(const ad_call *c) {
   if (!c->needs[0]) return AD_OK;
-  return ad_call_set_grad(c, 0, ad_index_add(c->ctx, c->gout, c->in[1], c->in[0]->shape[0]));
+  const ad_tensor *x = c->in[0];
+  int a = ad_norm_axis(c->attrs->axis, x->ndim);
+  return ad_call_set_grad(c, 0, ad_index_add_axis(c->ctx, c->gout, a, c->in[1], x->shape[a]));
 }
 
 static void scatter_rows(ad_tensor *out, const ad_tensor *src, const ad_tensor *idx, int64_t skip);
@@ -1390,7 +1497,7 @@ static void scatter_rows(ad_tensor *out, const ad_tensor *src, const ad_tensor *
  * another order). */
 static bool index_select_grad_into(const ad_call *c, int k, ad_tensor *grad, bool overwrite) {
   if (k != 0 || !overwrite) return false;
-  scatter_rows(grad, c->gout, c->in[1], -1);
+  index_put(grad, c->gout, c->in[1], ad_norm_axis(c->attrs->axis, c->in[0]->ndim));
   return true;
 }
 
@@ -1398,10 +1505,22 @@ ad_tensor *ad_index_select(ad_ctx *ctx, ad_tensor *x, ad_tensor *idx) {
   return ad_apply2(ctx, AD_OP_INDEX_SELECT, x, idx, NULL);
 }
 
+ad_tensor *ad_index_select_axis(ad_ctx *ctx, ad_tensor *x, int axis, ad_tensor *idx) {
+  ad_attrs at = {.axis = axis};
+  return ad_apply2(ctx, AD_OP_INDEX_SELECT, x, idx, &at);
+}
+
 static int index_select_sample(const ad_sample_call *s) {
   int v = s->variant;
-  if (v > 1) return 0;
-  int64_t sx[2] = {5, 3}, si[2] = {2, 3};
+  if (v > 3) return 0;
+  int64_t sx[2] = {5, 3}, si[2] = {2, 3}, sx3[3] = {2, 5, 3};
+  if (v >= 2) { /* along axis 1 of [2, 5, 3] and the last axis of [5, 3] */
+    s->attrs->axis = v == 2 ? 1 : -1;
+    s->in[0] =
+        v == 2 ? ad_sample_tensor(s, 3, sx3, -1, 1, true) : ad_sample_tensor(s, 2, sx, -1, 1, true);
+    s->in[1] = sample_idx(s, v == 2 ? 2 : 1, v == 2 ? si : si + 1, v == 2 ? 5 : 3);
+    return s->in[0] && s->in[1] ? 2 : -1;
+  }
   s->in[0] = ad_sample_tensor(s, 2, sx, -1, 1, true);
   s->in[1] = sample_idx(s, v ? 2 : 1, v ? si : si + 1, 5); /* repeats exercise += */
   return s->in[0] && s->in[1] ? 2 : -1;
@@ -1410,14 +1529,15 @@ static int index_select_sample(const ad_sample_call *s) {
 const ad_op_def ad_def_index_select = {
     .name = "index_select",
     .arity = 2,
+    .attrs = AD_ATTRS_AXIS,
     .shape = index_select_shape,
     .forward = index_select_fwd,
     .backward = index_select_bwd,
     .grad_into = index_select_grad_into,
     .sample = index_select_sample,
-    .math = "y[j] = x[idx[j]] (rows)",
+    .math = "y[..., j, ...] = x[..., idx[j], ...] (along axis)",
     .inputs = {"x", "idx"},
-    .grads = {"index_add(dy, idx, rows(x))", NULL},
+    .grads = {"index_add(dy, axis, idx, rows(x))", NULL},
 };
 
 /* ------------------------------------------------------------ index_add */
@@ -1425,28 +1545,34 @@ const ad_op_def ad_def_index_select = {
 static ad_status index_add_shape(const ad_call *c) {
   const ad_tensor *src = c->in[0], *idx = c->in[1];
   ad_tensor *o = c->out;
-  int64_t rows = c->attrs->rows;
+  int64_t rows = c->attrs->index.rows;
   ad_status st = ad_check_float_same(c->ctx, c->name, 1, c->in);
   if (st != AD_OK) return st;
+  char a[64], b[64];
+  int ond = src->ndim - idx->ndim + 1; /* the result's dims */
+  int ax = ond >= 1 ? ad_norm_axis(c->attrs->index.axis, ond) : 0;
+  if (ond >= 1 && ax < 0)
+    return ad_set_error(c->ctx, AD_ERR_ARG, "%s: axis %d out of range for source %s with index %s",
+                        c->name, c->attrs->index.axis, ad_shape_str(src, a, sizeof a),
+                        ad_shape_str(idx, b, sizeof b));
   bool ok = src->ndim >= idx->ndim;
-  for (int k = 0; ok && k < idx->ndim; k++) ok = src->shape[k] == idx->shape[k];
-  if (!ok || rows < 0) {
-    char a[64], b[64];
+  for (int k = 0; ok && k < idx->ndim; k++) ok = src->shape[ax + k] == idx->shape[k];
+  if (!ok || rows < 0)
     return ad_set_error(c->ctx, AD_ERR_SHAPE,
-                        "%s: source %s does not start with the index shape %s", c->name,
-                        ad_shape_str(src, a, sizeof a), ad_shape_str(idx, b, sizeof b));
-  }
-  if (src->ndim - idx->ndim + 1 > AD_MAX_DIMS) { /* a 0-d index adds a dim */
-    char a[64], b[64];
-    return ad_set_error(c->ctx, AD_ERR_SHAPE,
-                        "%s: source %s with index %s gives a result of %d dims; at most %d",
+                        ax ? "%s: source %s does not have the index shape %s at axis %d"
+                           : "%s: source %s does not start with the index shape %s",
                         c->name, ad_shape_str(src, a, sizeof a), ad_shape_str(idx, b, sizeof b),
-                        src->ndim - idx->ndim + 1, AD_MAX_DIMS);
-  }
+                        ax);
+  if (ond > AD_MAX_DIMS) /* a 0-d index adds a dim */
+    return ad_set_error(
+        c->ctx, AD_ERR_SHAPE, "%s: source %s with index %s gives a result of %d dims; at most %d",
+        c->name, ad_shape_str(src, a, sizeof a), ad_shape_str(idx, b, sizeof b), ond, AD_MAX_DIMS);
   if ((st = check_idx(c, idx, rows)) != AD_OK) return st;
-  o->ndim = src->ndim - idx->ndim + 1;
-  o->shape[0] = rows;
-  memcpy(o->shape + 1, src->shape + idx->ndim, sizeof(int64_t) * (size_t)(src->ndim - idx->ndim));
+  o->ndim = ond;
+  memcpy(o->shape, src->shape, sizeof(int64_t) * (size_t)ax);
+  o->shape[ax] = rows;
+  memcpy(o->shape + ax + 1, src->shape + ax + idx->ndim,
+         sizeof(int64_t) * (size_t)(src->ndim - idx->ndim - ax));
   o->dtype = src->dtype;
   return AD_OK;
 }
@@ -1473,22 +1599,37 @@ static void scatter_rows(ad_tensor *out, const ad_tensor *src, const ad_tensor *
   }
 }
 
-static void index_add_fwd(const ad_call *c) { scatter_rows(c->out, c->in[0], c->in[1], -1); }
+static void index_add_fwd(const ad_call *c) {
+  index_put(c->out, c->in[0], c->in[1], ad_norm_axis(c->attrs->index.axis, c->out->ndim));
+}
 
 static ad_status index_add_bwd(const ad_call *c) {
   if (!c->needs[0]) return AD_OK;
-  return ad_call_set_grad(c, 0, ad_index_select(c->ctx, c->gout, c->in[1]));
+  int a = ad_norm_axis(c->attrs->index.axis, c->out->ndim);
+  return ad_call_set_grad(c, 0, ad_index_select_axis(c->ctx, c->gout, a, c->in[1]));
 }
 
 ad_tensor *ad_index_add(ad_ctx *ctx, ad_tensor *src, ad_tensor *idx, int64_t rows) {
-  ad_attrs at = {.rows = rows};
+  ad_attrs at = {.index = {.rows = rows}};
+  return ad_apply2(ctx, AD_OP_INDEX_ADD, src, idx, &at);
+}
+
+ad_tensor *ad_index_add_axis(ad_ctx *ctx, ad_tensor *src, int axis, ad_tensor *idx, int64_t rows) {
+  ad_attrs at = {.index = {.rows = rows, .axis = axis}};
   return ad_apply2(ctx, AD_OP_INDEX_ADD, src, idx, &at);
 }
 
 static int index_add_sample(const ad_sample_call *s) {
-  if (s->variant > 0) return 0;
+  if (s->variant > 1) return 0;
+  if (s->variant == 1) { /* along the last axis of the result: [2, 4] -> [2, 3] */
+    int64_t sx[2] = {2, 4}, si[1] = {4};
+    s->attrs->index = (ad_index_attrs){.rows = 3, .axis = -1};
+    s->in[0] = ad_sample_tensor(s, 2, sx, -1, 1, true);
+    s->in[1] = sample_idx(s, 1, si, 3);
+    return s->in[0] && s->in[1] ? 2 : -1;
+  }
   int64_t sx[2] = {4, 3}, si[1] = {4};
-  s->attrs->rows = 3;
+  s->attrs->index.rows = 3;
   s->in[0] = ad_sample_tensor(s, 2, sx, -1, 1, true);
   s->in[1] = sample_idx(s, 1, si, 3);
   return s->in[0] && s->in[1] ? 2 : -1;
@@ -1497,14 +1638,14 @@ static int index_add_sample(const ad_sample_call *s) {
 const ad_op_def ad_def_index_add = {
     .name = "index_add",
     .arity = 2,
-    .attrs = AD_ATTRS_ROWS,
+    .attrs = AD_ATTRS_INDEX,
     .shape = index_add_shape,
     .forward = index_add_fwd,
     .backward = index_add_bwd,
     .sample = index_add_sample,
-    .math = "y = zeros(rows); y[idx[j]] += x[j]",
+    .math = "y = zeros(rows) (along axis); y[..., idx[j], ...] += x[..., j, ...]",
     .inputs = {"x", "idx"},
-    .grads = {"index_select(dy, idx)", NULL},
+    .grads = {"index_select(dy, axis, idx)", NULL},
 };
 
 /* ---------------------------------------------------------------- detach */

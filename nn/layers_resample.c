@@ -5,11 +5,11 @@
  * gradient is the tape's and differentiable to any order; this file holds
  * PyTorch's index rules and the checks that name the layer.
  *
- * Resampling an axis is a gather along it: the axis is swapped to the
- * front (ad_transpose), its rows picked by a constant AD_I32 index tensor
- * (ad_index_select, whose gradient adds up at a row read twice) and
- * swapped back. Nearest is one gather; linear is two, y = x[i0] w0 +
- * x[i1] w1 with constant weights of shape [out, 1, ...] (PyTorch's
+ * Resampling an axis is a gather along it: its rows picked by a constant
+ * AD_I32 index tensor (ad_index_select_axis, one pass, whose gradient adds
+ * up at a row read twice). Nearest is one gather; linear is two, y =
+ * x[i0] w0 + x[i1] w1 with constant weights of length out on the axis
+ * and 1 elsewhere (PyTorch's
  * lambda0, lambda1), bicubic four (x[k - 1 .. k + 2], clamped, times
  * Keys' weights), so an inf or NaN reaches only the outputs that read
  * it, as in PyTorch. The index and weight tensors are arena tensors built
@@ -78,23 +78,24 @@ static ad_tensor *index_vec(ad_ctx *ctx, int64_t n) { return nn_tmp_tensor(ctx, 
 
 /* x with axis resampled: rows idx[0] of axis (an AD_I32 vector), or,
  * when w is not NULL, x[idx[0]] w[0] + ... + x[idx[taps - 1]] w[taps - 1]
- * summed left to right (w[j] [n, 1, ..., 1] in the swapped layout). */
+ * summed left to right (w[j] of length n on axis, 1 elsewhere). Each
+ * gather is one pass along the axis in place (ad_index_select_axis, whose
+ * gradient adds up at a row read twice). */
 static ad_tensor *gather_axis(ad_ctx *ctx, ad_tensor *x, int axis, int taps, ad_tensor *const *idx,
                               ad_tensor *const *w) {
-  ad_tensor *xt = axis ? ad_transpose(ctx, x, 0, axis) : x;
-  ad_tensor *y = ad_index_select(ctx, xt, idx[0]);
+  ad_tensor *y = ad_index_select_axis(ctx, x, axis, idx[0]);
   if (w) {
     y = ad_mul(ctx, y, w[0]);
     for (int j = 1; j < taps; j++)
-      y = ad_add(ctx, y, ad_mul(ctx, ad_index_select(ctx, xt, idx[j]), w[j]));
+      y = ad_add(ctx, y, ad_mul(ctx, ad_index_select_axis(ctx, x, axis, idx[j]), w[j]));
   }
-  return axis && y ? ad_transpose(ctx, y, 0, axis) : y;
+  return y;
 }
 
-/* The weight tensor [n, 1, ..., 1] of ndim dims, of dtype. */
-static ad_tensor *weight_vec(ad_ctx *ctx, ad_dtype dtype, int ndim, int64_t n) {
+/* The weight tensor of ndim dims, of dtype: n long on axis, 1 elsewhere. */
+static ad_tensor *weight_vec(ad_ctx *ctx, ad_dtype dtype, int ndim, int axis, int64_t n) {
   int64_t s[AD_MAX_DIMS];
-  for (int d = 0; d < ndim; d++) s[d] = d ? 1 : n;
+  for (int d = 0; d < ndim; d++) s[d] = d == axis ? n : 1;
   return nn_tmp_tensor(ctx, dtype, ndim, s);
 }
 
@@ -144,7 +145,7 @@ static ad_tensor *bicubic_axis(ad_ctx *ctx, ad_tensor *x, int axis, int64_t out,
   ad_tensor *idx[4], *w[4];
   for (int j = 0; j < 4; j++) {
     idx[j] = index_vec(ctx, out);
-    w[j] = weight_vec(ctx, x->dtype, x->ndim, out);
+    w[j] = weight_vec(ctx, x->dtype, x->ndim, axis, out);
     if (!idx[j] || !w[j]) return NULL;
   }
   for (int64_t i = 0; i < out; i++) {
@@ -214,8 +215,8 @@ static ad_tensor *upsample_axis(ad_ctx *ctx, ad_tensor *x, int axis, int64_t out
     }
     return same ? x : gather_axis(ctx, x, axis, 1, &i0, NULL);
   }
-  ad_tensor *i1 = index_vec(ctx, out), *w0 = weight_vec(ctx, x->dtype, x->ndim, out),
-            *w1 = weight_vec(ctx, x->dtype, x->ndim, out);
+  ad_tensor *i1 = index_vec(ctx, out), *w0 = weight_vec(ctx, x->dtype, x->ndim, axis, out),
+            *w1 = weight_vec(ctx, x->dtype, x->ndim, axis, out);
   if (!i1 || !w0 || !w1) return NULL;
   int32_t *b = i1->data;
   /* area_pixel_compute_scale / _source_index and

@@ -446,6 +446,29 @@ Test(errors, index_select_out_of_range) {
   ad_tensor_free(i2);
 }
 
+/* Along an axis: the axis is checked against the input's (index_add:
+ * the result's) dims, the indices against the length on that axis, and
+ * index_add's source must hold the index shape at the axis. */
+Test(errors, index_select_add_axis_misuse) {
+  int64_t s[2] = {5, 3}, n = 3;
+  ad_tensor *x = grad_tensor(AD_F32, 2, s);
+  int32_t bad[3] = {1, 3, 0}, ok[3] = {2, 0, 2};
+  ad_tensor *i1 = ad_from_data(ctx, AD_I32, 1, &n, bad);
+  ad_tensor *i2 = ad_from_data(ctx, AD_I32, 1, &n, ok);
+  cr_assert_null(ad_index_select_axis(ctx, x, 2, i2));
+  expect_error(AD_ERR_ARG, "index_select", "axis 2", "[5,3]", NULL);
+  cr_assert_null(ad_index_select_axis(ctx, x, -1, i1));
+  expect_error(AD_ERR_ARG, "index_select", "index 3", "0..2", NULL);
+  cr_assert_null(ad_index_add_axis(ctx, x, -3, i2, 4));
+  expect_error(AD_ERR_ARG, "index_add", "axis -3", "[5,3]", NULL);
+  cr_assert_null(ad_index_add_axis(ctx, x, 0, i2, 4));
+  expect_error(AD_ERR_SHAPE, "index_add", "[5,3]", "[3]", NULL);
+  cr_assert_eq(ad_tape_size(ctx), 0, "failed ops are not recorded");
+  ad_tensor_free(x);
+  ad_tensor_free(i1);
+  ad_tensor_free(i2);
+}
+
 Test(errors, index_add_result_beyond_max_dims) {
   /* a 0-d index adds the rows dim in front: an 8-d source would give 9 */
   int64_t s8[AD_MAX_DIMS] = {2, 1, 1, 1, 1, 1, 1, 1};

@@ -300,7 +300,8 @@ Test(graph, rule_variables_index_and_matmul) {
                           "dL/dW += op(r)^T dL/dm (or dL/dm^T op(r))\n"),
             "%s", trace);
   cr_assert(
-      strstr(trace, "here       dL/dX += index_add(dL/dr, idx, rows(X)); no gradient to idx\n"),
+      strstr(trace,
+             "here       dL/dX += index_add(dL/dr, axis, idx, rows(X)); no gradient to idx\n"),
       "%s", trace);
   /* the numbers the rule produces: dL/dr = ones(2,2) W (trans_b: W^T^T) */
   cr_assert(strstr(trace, "dL/dW += [[4, 6], [4, 6]]"), "%s", trace);

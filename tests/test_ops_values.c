@@ -61,8 +61,8 @@ static const attr_key attr_keys[] = {
     {"scalar", AD_ATTRS_SCALAR, 0, 0}, /* a real */
     {"dtype", AD_ATTRS_DTYPE, 0, 0},   /* f32 or f64 */
     {"cmp", AD_ATTRS_CMP, 0, 0},       /* eq gt ge lt le */
-    {"axis", AD_ATTRS_AXIS, 1, 1},     /* softmax, log_softmax, concat, gather, scatter_add */
-    {"rows", AD_ATTRS_ROWS, 1, 1},     /* index_add */
+    {"axis", AD_ATTRS_AXIS, 1, 1},     /* softmax, concat, gather, scatter_add, index_select ... */
+    {"rows", AD_ATTRS_INDEX, 1, 2},    /* index_add: rows, then the axis (0 if left out) */
     {"matmul", AD_ATTRS_MATMUL, 2, 2}, /* trans_a trans_b, 0 or 1 */
     {"reduce", AD_ATTRS_REDUCE, 2, 2}, /* axis or 'all', keepdim 0 or 1 */
     {"narrow", AD_ATTRS_NARROW, 3, 3}, /* axis start len */
@@ -419,6 +419,9 @@ static bool typed_attrs(parser *ps, fx_case *c) {
   case AD_ATTRS_ROWS:
     at->rows = v[0];
     break;
+  case AD_ATTRS_INDEX:
+    at->index = (ad_index_attrs){v[0], a->n > 1 ? (int)v[1] : 0};
+    break;
   case AD_ATTRS_MATMUL:
     at->matmul = (ad_matmul_attrs){v[0] != 0, v[1] != 0};
     break;
@@ -696,6 +699,8 @@ static bool same_member(int kind, const ad_attrs *a, const ad_attrs *b) {
     return a->axis == b->axis;
   case AD_ATTRS_ROWS:
     return a->rows == b->rows;
+  case AD_ATTRS_INDEX:
+    return a->index.rows == b->index.rows && a->index.axis == b->index.axis;
   case AD_ATTRS_MATMUL:
     return a->matmul.trans_a == b->matmul.trans_a && a->matmul.trans_b == b->matmul.trans_b;
   case AD_ATTRS_REDUCE:
@@ -803,6 +808,8 @@ static ad_tensor *run_builder(ad_ctx *cx, const fx_case *c, ad_tensor **in, bool
   *known = true;
   for (size_t k = 0; k < sizeof unary_builders / sizeof unary_builders[0]; k++)
     if (!strcmp(op, unary_builders[k].name)) return unary_builders[k].fn(cx, x);
+  if (!strcmp(op, "index_select") && v[0]) /* axis 0 through ad_index_select below */
+    return ad_index_select_axis(cx, x, (int)v[0], y);
   for (size_t k = 0; k < sizeof binary_builders / sizeof binary_builders[0]; k++)
     if (!strcmp(op, binary_builders[k].name)) return binary_builders[k].fn(cx, x, y);
   if (!strcmp(op, "where")) return ad_where(cx, x, y, in[2]);
@@ -868,8 +875,10 @@ static ad_tensor *run_builder(ad_ctx *cx, const fx_case *c, ad_tensor **in, bool
     if (!strcmp(op, "flip")) return ad_flip(cx, x, 1, &(int){(int)v[0]});
     if (!strcmp(op, "cumsum")) return ad_cumsum(cx, x, (int)v[0]);
     break;
-  case AD_ATTRS_ROWS:
-    if (!strcmp(op, "index_add")) return ad_index_add(cx, x, y, v[0]);
+  case AD_ATTRS_INDEX:
+    if (!strcmp(op, "index_add"))
+      return c->attr.n > 1 ? ad_index_add_axis(cx, x, (int)v[1], y, v[0])
+                           : ad_index_add(cx, x, y, v[0]);
     break;
   case AD_ATTRS_MATMUL:
     if (!strcmp(op, "matmul")) return ad_matmul(cx, x, y, v[0] != 0, v[1] != 0);

@@ -41,8 +41,10 @@ builder the arguments it takes:
     attr dtype f32|f64            cast: the target dtype
     attr cmp eq|gt|ge|lt|le       compare
     attr axis A                   softmax, log_softmax, concat, stack,
+                                  index_select,
                                   gather, scatter_add, flip, cumsum
-    attr rows R                   index_add
+    attr rows R [A]               index_add (A: the axis of the result, 0
+                                  if left out)
     attr matmul TA TB             matmul: trans_a, trans_b (0 or 1)
     attr reduce all|A K           sum, max, logsumexp, mean_axis, argmax,
                                   argmin, min: every dimension or axis A,
@@ -759,7 +761,18 @@ for label, xs, ix in (("index_select_repeat", (5, 3), idx([0, 2, 2, 4, 0, 2])),
                       ("index_select_1d_x", (6,), idx([5, 5, 0, 2])),
                       ("index_select_3d_x", (3, 2, 2), idx([2, 0, 2]))):
     add(label, "index_select", lambda rng, xs=xs, ix=ix: [("in", U(rng, xs)), ("const", ix)],
-        lambda t: t[0][t[1]])
+        lambda t: t[0][t[1]], attr=("axis", 0))
+# ... along another axis (torch.index_select(x, dim, idx); a 2-D idx is
+# idx.shape inserted at the axis)
+for label, xs, ax, ix in (("index_select_axis1", (2, 5, 3), 1, idx([4, 0, 4, 2])),
+                          ("index_select_last_2d_idx", (2, 3, 4), -1, idx([[3, 0], [3, 1]]))):
+    def isel(x, i, ax=ax):
+        a = ax % x.dim()
+        return torch.index_select(x, a, i.reshape(-1)).reshape(
+            x.shape[:a] + i.shape + x.shape[a + 1:])
+
+    add(label, "index_select", lambda rng, xs=xs, ix=ix: [("in", U(rng, xs)), ("const", ix)],
+        lambda t, f=isel: f(t[0], t[1]), attr=("axis", ax))
 
 
 def index_add(src, ix, rows):
@@ -772,6 +785,18 @@ for label, ss, ix, rows in (("index_add_repeat", (5, 3), idx([0, 2, 2, 1, 0]), 3
                             ("index_add_1d", (4,), idx([1, 1, 1, 0]), 2)):
     add(label, "index_add", lambda rng, ss=ss, ix=ix: [("in", U(rng, ss)), ("const", ix)],
         lambda t, rows=rows: index_add(t[0], t[1], rows), attr=("rows", rows))
+
+# ... along another axis of the result (torch.index_add along dim)
+for label, ss, ax, ix, rows in (("index_add_axis1", (2, 5, 3), 1, idx([2, 0, 2, 3, 2]), 4),
+                                ("index_add_last", (3, 4), -1, idx([1, 1, 0, 2]), 3)):
+    def iadd(src, i, ax=ax, rows=rows):
+        a = ax % src.dim()
+        shape = list(src.shape)
+        shape[a] = rows
+        return torch.zeros(shape, dtype=src.dtype).index_add(a, i.long(), src)
+
+    add(label, "index_add", lambda rng, ss=ss, ix=ix: [("in", U(rng, ss)), ("const", ix)],
+        lambda t, f=iadd: f(t[0], t[1]), attr=("rows", rows, ax))
 
 # gather / scatter_add along an axis (torch.gather, torch.scatter_add): index
 # of x's rank, shorter than x off the axis allowed; repeats add up in the

@@ -849,6 +849,24 @@ AD_API ad_tensor *ad_index_select(ad_ctx *ctx, ad_tensor *x, ad_tensor *idx);
 /** Zeros of [rows] + src.shape[idx.ndim:] with src's rows added at idx (the
  * gradient of index_select). */
 AD_API ad_tensor *ad_index_add(ad_ctx *ctx, ad_tensor *src, ad_tensor *idx, int64_t rows);
+/** torch.index_select(x, axis, idx) with idx of any shape (torch takes a
+ * 1-D one): the slices of x along axis (negative counts from the end)
+ * picked by idx (AD_I32, each in 0..x.shape[axis]-1); out shape is
+ * x.shape[:axis] + idx.shape + x.shape[axis+1:], each element a copy of
+ * one of x's. One pass, split over the library's threads (ad_index_select
+ * is axis 0). The gradient is ad_index_add_axis, whose own gradient is
+ * this op again. Errors as ad_index_select's, and AD_ERR_ARG for an axis
+ * out of range. */
+AD_API ad_tensor *ad_index_select_axis(ad_ctx *ctx, ad_tensor *x, int axis, ad_tensor *idx);
+/** The adjoint of ad_index_select_axis: zeros of src's shape with the
+ * idx.ndim axes from axis replaced by one of length rows, and each slice
+ * of src added at the index idx gives it along that axis (axis of the
+ * result, negative counts from its end), in increasing order of the
+ * index position, so the bits do not depend on the thread count.
+ * ad_index_add is axis 0. Errors as ad_index_add's, and AD_ERR_ARG for an
+ * axis out of range. */
+AD_API ad_tensor *ad_index_add_axis(ad_ctx *ctx, ad_tensor *src, int axis, ad_tensor *idx,
+                                    int64_t rows);
 /** torch.gather(x, axis, index) (also torch.take_along_dim with an axis):
  * out has index's shape, and out[i][j] = x[index[i][j]][j] for axis 0,
  * x[i][index[i][j]] for axis 1, and so on for more dims. x is float, index

@@ -152,6 +152,13 @@ typedef struct ad_pad_nd_attrs {
                        before it, ... (F.pad's order); the first 2 n count */
 } ad_pad_nd_attrs;
 
+/** index_add: the result's length on axis (rows) and the axis the
+ * indices address (negative counts from the end of the result) */
+typedef struct ad_index_attrs {
+  int64_t rows; /**< the result's length on axis */
+  int axis;     /**< the axis of the result the indices address */
+} ad_index_attrs;
+
 /** a target shape: reshape, expand, sum_to */
 typedef struct ad_shape_attrs {
   int ndim;                  /**< the number of dimensions */
@@ -269,7 +276,7 @@ typedef struct ad_attrs {
     ad_cmp cmp;     /**< compare */
     int axis;       /**< softmax, log_softmax, concat (negative counts from the end);
                        lstm_seq, gru_seq: the time axis, 0 or 1 */
-    int64_t rows;   /**< index_add: rows of the result */
+    int64_t rows;   /**< rows of the result (AD_ATTRS_ROWS: for ops registered at run time) */
     ad_matmul_attrs matmul;
     ad_reduce_attrs reduce;
     ad_narrow_attrs narrow;
@@ -286,6 +293,7 @@ typedef struct ad_attrs {
     ad_clamp_attrs clamp;
     ad_pad_nd_attrs pad_nd;
     ad_elu_attrs elu;
+    ad_index_attrs index;
   };
 } ad_attrs;
 
@@ -313,6 +321,7 @@ typedef enum ad_attrs_kind {
   AD_ATTRS_CLAMP,
   AD_ATTRS_PAD_ND,
   AD_ATTRS_ELU,
+  AD_ATTRS_INDEX,
   AD_ATTRS_KIND_COUNT
 } ad_attrs_kind;
 
