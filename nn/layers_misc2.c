@@ -7,11 +7,11 @@
  * holds PyTorch's index rules and the checks that name the function or
  * layer.
  *
- * Unfold is one gather: the zero-padded planes [N C, Hp Wp] are swapped to
- * [Hp Wp, N C] and the rows of every block position picked by a constant
- * AD_I32 index (ad_index_select, whose gradient, a scatter-add, is the
- * fold); fold is that scatter-add (ad_index_add, whose gradient is the
- * gather) and a narrow that drops the padding. The index tensors are
+ * Unfold is one gather: the elements of every block position picked from
+ * the zero-padded planes [N C, Hp Wp] along axis 1 by a constant AD_I32
+ * index (ad_index_select_axis, whose gradient, a scatter-add, is the
+ * fold); fold is that scatter-add (ad_index_add_axis, whose gradient is
+ * the gather) and a narrow that drops the padding. The index tensors are
  * arena tensors built in each call for the input's lengths, freed with
  * the tape.
  *
@@ -156,9 +156,9 @@ static ad_tensor *unfold_run(ad_ctx *ctx, const char *who, ad_tensor *x, const n
   if (o->padding[0]) xp = ad_pad(ctx, xp, b + 1, o->padding[0], o->padding[0]);
   if (o->padding[1]) xp = ad_pad(ctx, xp, b + 2, o->padding[1], o->padding[1]);
   int64_t s2[2] = {n * c, hp * wp};
-  ad_tensor *t = ad_transpose(ctx, ad_reshape(ctx, xp, 2, s2), 0, 1); /* [hp wp, n c] */
+  ad_tensor *t = ad_reshape(ctx, xp, 2, s2); /* [n c, hp wp] */
   ad_tensor *idx = t ? fold_index(ctx, o, oh, ow, wp) : NULL;
-  ad_tensor *g = ad_transpose(ctx, ad_index_select(ctx, t, idx), 0, 1); /* [n c, kk L] */
+  ad_tensor *g = ad_index_select_axis(ctx, t, 1, idx); /* [n c, kk L] */
   int64_t so[3] = {n, c * kk, oh * ow};
   return ad_reshape(ctx, g, b + 2, so + 1 - b);
 }
@@ -203,9 +203,9 @@ static ad_tensor *fold_run(ad_ctx *ctx, const char *who, ad_tensor *x, const int
   int64_t c = ckk / kk, hp = out_hw[0] + 2 * o->padding[0], wp = out_hw[1] + 2 * o->padding[1];
   if (!fold_plane(ctx, who, x, hp, wp)) return NULL;
   int64_t s2[2] = {n * c, kk * l};
-  ad_tensor *t = ad_transpose(ctx, ad_reshape(ctx, x, 2, s2), 0, 1); /* [kk L, n c] */
+  ad_tensor *t = ad_reshape(ctx, x, 2, s2); /* [n c, kk L] */
   ad_tensor *idx = t ? fold_index(ctx, o, oh, ow, wp) : NULL;
-  ad_tensor *y = ad_transpose(ctx, ad_index_add(ctx, t, idx, hp * wp), 0, 1); /* [n c, hp wp] */
+  ad_tensor *y = ad_index_add_axis(ctx, t, 1, idx, hp * wp); /* [n c, hp wp] */
   int64_t so[4] = {n, c, hp, wp};
   y = ad_reshape(ctx, y, b + 3, so + 1 - b);
   if (o->padding[0]) y = ad_narrow(ctx, y, b + 1, o->padding[0], out_hw[0]);
