@@ -685,6 +685,9 @@ static const char *kind_key(int kind) {
 
 /* True when a and b hold the same value in member kind; the bytes of the
  * other members are not part of the value. */
+/* Equal reals, a NaN equal to a NaN (a bound or value written as nan). */
+static bool same_real(double x, double y) { return x == y || (isnan(x) && isnan(y)); }
+
 static bool same_member(int kind, const ad_attrs *a, const ad_attrs *b) {
   switch (kind) {
   case AD_ATTRS_NONE:
@@ -755,6 +758,21 @@ static bool same_member(int kind, const ad_attrs *a, const ad_attrs *b) {
            a->cross_entropy.sum == b->cross_entropy.sum &&
            (!a->cross_entropy.ignore ||
             a->cross_entropy.ignore_index == b->cross_entropy.ignore_index);
+  /* member by member: an initialiser of one union member leaves the
+   * union's other bytes (and a struct's padding) unspecified */
+  case AD_ATTRS_CLAMP:
+    return same_real(a->clamp.lo, b->clamp.lo) && same_real(a->clamp.hi, b->clamp.hi) &&
+           a->clamp.inner == b->clamp.inner;
+  case AD_ATTRS_ELU:
+    return same_real(a->elu.alpha, b->elu.alpha) && same_real(a->elu.scale, b->elu.scale) &&
+           same_real(a->elu.input_scale, b->elu.input_scale) &&
+           same_real(a->elu.grad_input_scale, b->elu.grad_input_scale);
+  case AD_ATTRS_PAD_ND: {
+    const ad_pad_nd_attrs *p = &a->pad_nd, *q = &b->pad_nd;
+    bool same = p->n == q->n && p->mode == q->mode && same_real(p->value, q->value);
+    for (int k = 0; same && k < 2 * p->n && k < 6; k++) same = p->pad[k] == q->pad[k];
+    return same;
+  }
   default:
     return memcmp(a, b, sizeof *a) == 0; /* members the fixture does not write */
   }
