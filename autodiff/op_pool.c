@@ -4,7 +4,9 @@
  * with respect to dy is max_pool2d_select (the upstream gradient read at
  * each window's argmax), whose gradient is max_pool2d_backward again: the
  * three are closed under differentiation, to any order. avg_pool2d and
- * avg_pool2d_backward are linear and each other's adjoint. The global
+ * avg_pool2d_backward are linear and each other's adjoint. pool_gather
+ * and pool_scatter read x at recorded argmaxes and add a gradient there
+ * (adaptive_max_pool2d, max_pool3d), each the other's gradient. The global
  * average (adaptive average pooling to 1x1) is a composite: sum over H, W,
  * then a scale. */
 #include "ops.h"
@@ -306,6 +308,25 @@ static ad_status pool_expect(const ad_call *c, const ad_tensor *t, const char *w
     }                                                                                              \
   }
 
+/* The indices of the argmaxes (in-plane, int32: pool_indices_fit checked
+ * them): the same tap the scatter and select take. */
+#define POOL_FAST_INDEX_KERNELS(T, I, SUF, KH, KW)                                                 \
+  static void index_fast##KH##KW##_##SUF(const pool_geom *g, const T *restrict X,                  \
+                                         int32_t *restrict Y) {                                    \
+    const int64_t iw = g->iw, ow = g->ow;                                                          \
+    I arg[POOL_BLOCK];                                                                             \
+    for (int64_t oy = 0; oy < g->oh; oy++, Y += ow) {                                              \
+      const T *restrict r = X + oy * KH * iw;                                                      \
+      for (int64_t o0 = 0; o0 < ow; o0 += POOL_BLOCK) {                                            \
+        const int64_t n = ow - o0 < POOL_BLOCK ? ow - o0 : POOL_BLOCK;                             \
+        const T *restrict rb = r + o0 * KW;                                                        \
+        POOL_FAST_ARGMAX(T, I, KH, KW, rb, iw, n, arg);                                            \
+        for (int64_t k = 0; k < n; k++)                                                            \
+          Y[o0 + k] = (int32_t)((oy * KH + arg[k] / KW) * iw + (o0 + k) * KW + arg[k] % KW);       \
+      }                                                                                            \
+    }                                                                                              \
+  }
+
 /* the (KH, KW) pairs of the fast path, as X(KH, KW) */
 #define POOL_FAST_SIZES(X) X(2, 2) X(3, 3) X(1, 2) X(1, 3) X(2, 1) X(3, 1)
 /* the maximum's own: 2x2 and 3x3 (for 1x2 and 2x1 the general kernel is
@@ -315,6 +336,8 @@ static ad_status pool_expect(const ad_call *c, const ad_tensor *t, const char *w
 #define POOL_FAST_MAX_F32(KH, KW)  POOL_FAST_KERNELS(float, f32, KH, KW)
 #define POOL_FAST_MAX_F64(KH, KW)  POOL_FAST_KERNELS(double, f64, KH, KW)
 POOL_FAST_SIZES(POOL_FAST_GRAD_F32)
+#define POOL_FAST_INDEX_F32(KH, KW) POOL_FAST_INDEX_KERNELS(float, int32_t, f32, KH, KW)
+POOL_FAST_SIZES(POOL_FAST_INDEX_F32)
 POOL_FAST_MAX_SIZES(POOL_FAST_MAX_F32)
 POOL_FAST_MAX_SIZES(POOL_FAST_MAX_F64)
 
@@ -346,6 +369,11 @@ static bool select_fast_f32(const pool_geom *g, const void *gx, const void *x, v
   switch (pool_fast(g)) { POOL_FAST_SIZES(POOL_FAST_SELECT) }
   return false;
 }
+static bool index_fast_f32(const pool_geom *g, const void *x, void *out) {
+#define POOL_FAST_INDEX(KH, KW) POOL_FAST_CASE(KH, KW, index, f32, g, x, out)
+  switch (pool_fast(g)) { POOL_FAST_SIZES(POOL_FAST_INDEX) }
+  return false;
+}
 /* f64 has none (above) */
 static bool scatter_fast_f64(const pool_geom *g, const void *dy, const void *x, void *out) {
   (void)g, (void)dy, (void)x, (void)out;
@@ -353,6 +381,10 @@ static bool scatter_fast_f64(const pool_geom *g, const void *dy, const void *x, 
 }
 static bool select_fast_f64(const pool_geom *g, const void *gx, const void *x, void *out) {
   (void)g, (void)gx, (void)x, (void)out;
+  return false;
+}
+static bool index_fast_f64(const pool_geom *g, const void *x, void *out) {
+  (void)g, (void)x, (void)out;
   return false;
 }
 
@@ -557,6 +589,7 @@ typedef int64_t pool_row_f64;
   /* first taps at or after 0 along each axis) */                                                  \
   static void argmax_plane_##SUF(const pool_geom *g, const void *a, const void *b, void *out) {    \
     (void)b;                                                                                       \
+    if (index_fast_##SUF(g, a, out)) return;                                                       \
     int32_t *I = out;                                                                              \
     T best[POOL_BLOCK];                                                                            \
     int64_t arg[POOL_BLOCK];                                                                       \
@@ -969,6 +1002,259 @@ const ad_op_def ad_def_max_pool2d_select = {
     .grads = {"max_pool2d_backward(dy, x)", NULL}, /* x: the argmax is piecewise constant */
 };
 
+/* ------------------------------------------------ pool_gather, pool_scatter
+ * The max poolings' gradient at recorded argmaxes, as PyTorch's keeps its
+ * indices: x's dims from attrs axis on are one plane (flattened), index
+ * (i32, x's rank, x's dims before axis) names an element of its plane per
+ * window. pool_gather reads x there; pool_scatter adds g there, in index
+ * order, into zeros shaped like its third input (read for its shape only),
+ * as PyTorch's max_pool*_backward and adaptive_max_pool2d_backward add.
+ * Each is the other's gradient: the pair is closed under differentiation.
+ * gather along one axis of the plane's flattened view does the same, but
+ * then x's gradient is made in a temporary (zeros, scatter_add's copy of
+ * them) and copied into x's; pool_gather writes it straight into the
+ * gradient of a leaf x (grad_into): zeros and the adds, one pass. */
+
+/* Checks x (float, the dtype of in[0]), index against it, sets *ax and the
+ * plane sizes: *plane elements of x per plane, *win of index. */
+static ad_status pool_gather_check(const ad_call *c, const ad_tensor *x, const ad_tensor *idx,
+                                   int *ax, int64_t *plane, int64_t *win) {
+  char a[64], b[64];
+  if (!ad_is_float(x->dtype) || x->dtype != c->in[0]->dtype)
+    return ad_set_error(c->ctx, AD_ERR_DTYPE, "%s: x is %s, in[0] %s; one float dtype is needed",
+                        c->name, ad_dtype_name(x->dtype), ad_dtype_name(c->in[0]->dtype));
+  if (idx->dtype != AD_I32)
+    return ad_set_error(c->ctx, AD_ERR_DTYPE, "%s: index must be i32, got %s", c->name,
+                        ad_dtype_name(idx->dtype));
+  *ax = ad_norm_axis(c->attrs->axis, x->ndim);
+  if (*ax < 0)
+    return ad_set_error(c->ctx, AD_ERR_ARG, "%s: axis %d out of range for x %s", c->name,
+                        c->attrs->axis, ad_shape_str(x, a, sizeof a));
+  bool ok = idx->ndim == x->ndim;
+  for (int d = 0; ok && d < *ax; d++) ok = idx->shape[d] == x->shape[d];
+  if (!ok)
+    return ad_set_error(c->ctx, AD_ERR_SHAPE,
+                        "%s: index %s does not fit x %s (as many dims, the same before axis %d)",
+                        c->name, ad_shape_str(idx, b, sizeof b), ad_shape_str(x, a, sizeof a), *ax);
+  *plane = ad_shape_size(x->ndim - *ax, x->shape + *ax);
+  *win = ad_shape_size(idx->ndim - *ax, idx->shape + *ax);
+  const int32_t *p = idx->data;
+  for (int64_t i = 0; i < idx->size; i++)
+    if (p[i] < 0 || p[i] >= *plane) {
+      char at[64];
+      return ad_set_error(c->ctx, AD_ERR_ARG,
+                          "%s: index %d at %s of index %s is outside 0..%lld (a plane of x %s "
+                          "from axis %d)",
+                          c->name, p[i], ad_coords_str(idx, i, at, sizeof at),
+                          ad_shape_str(idx, b, sizeof b), (long long)*plane - 1,
+                          ad_shape_str(x, a, sizeof a), *ax);
+    }
+  return AD_OK;
+}
+
+/* One pass over planes [begin, end): gather (y[j] = x[i[j]]) or scatter
+ * (y = 0; y[i[j]] += x[j]). */
+typedef struct plane_job {
+  const char *x;
+  const int32_t *idx;
+  char *y;
+  int64_t plane, win; /* elements per plane of the big side, of the index */
+  bool f32, scatter;
+} plane_job;
+
+static void plane_range(void *ud, int64_t begin, int64_t end) {
+  const plane_job *j = ud;
+  const int64_t P = j->plane, W = j->win;
+  for (int64_t p = begin; p < end; p++) {
+    const int32_t *I = j->idx + p * W;
+    if (j->f32 && j->scatter) {
+      const float *G = (const float *)j->x + p * W;
+      float *Y = (float *)j->y + p * P;
+      memset(Y, 0, sizeof(float) * (size_t)P);
+      for (int64_t k = 0; k < W; k++) Y[I[k]] += G[k];
+    } else if (j->scatter) {
+      const double *G = (const double *)j->x + p * W;
+      double *Y = (double *)j->y + p * P;
+      memset(Y, 0, sizeof(double) * (size_t)P);
+      for (int64_t k = 0; k < W; k++) Y[I[k]] += G[k];
+    } else if (j->f32) {
+      const float *X = (const float *)j->x + p * P;
+      float *Y = (float *)j->y + p * W;
+      for (int64_t k = 0; k < W; k++) Y[k] = X[I[k]];
+    } else {
+      const double *X = (const double *)j->x + p * P;
+      double *Y = (double *)j->y + p * W;
+      for (int64_t k = 0; k < W; k++) Y[k] = X[I[k]];
+    }
+  }
+}
+
+/* src (the gather's x, or the scatter's g) through index into dst, plane
+ * by plane (planes apart: the same bits on any number of threads). */
+static void plane_run(const ad_tensor *src, const ad_tensor *idx, ad_tensor *dst, int ax,
+                      bool scatter) {
+  const ad_tensor *big = scatter ? dst : src;
+  int64_t planes = ad_shape_size(ax, big->shape);
+  plane_job j = {.x = src->data,
+                 .idx = idx->data,
+                 .y = dst->data,
+                 .plane = ad_shape_size(big->ndim - ax, big->shape + ax),
+                 .win = ad_shape_size(idx->ndim - ax, idx->shape + ax),
+                 .f32 = dst->dtype == AD_F32,
+                 .scatter = scatter};
+  int64_t work = j.win + (scatter ? j.plane : 0);
+  if (planes < 1 || dst->size == 0) {
+    if (dst->size) memset(dst->data, 0, (size_t)dst->size * ad_dsize(dst->dtype));
+    return;
+  }
+  int64_t grain = work >= POOL_GRAIN ? 1 : POOL_GRAIN / (work >= 1 ? work : 1);
+  ad_parallel_for(planes, grain, plane_range, &j);
+}
+
+static ad_tensor *pool_scatter(ad_ctx *ctx, ad_tensor *g, ad_tensor *idx, ad_tensor *x, int axis) {
+  ad_attrs at = {.axis = axis};
+  ad_tensor *in[3] = {g, idx, x};
+  return ad_op_apply(ctx, AD_OP_POOL_SCATTER, 3, in, &at);
+}
+
+static ad_tensor *pool_gather(ad_ctx *ctx, ad_tensor *x, ad_tensor *idx, int axis) {
+  ad_attrs at = {.axis = axis};
+  return ad_apply2(ctx, AD_OP_POOL_GATHER, x, idx, &at);
+}
+
+/* Index samples: i32 of shape, values below plane (repeats add up in the
+ * scatter) */
+static ad_tensor *plane_index_sample(const ad_sample_call *s, int nd, const int64_t *shape,
+                                     int64_t plane) {
+  ad_tensor *t = ad_zeros(s->ctx, AD_I32, nd, shape);
+  for (int64_t i = 0; t && i < t->size; i++)
+    ((int32_t *)t->data)[i] = (int32_t)ad_rng_below(s->rng, (uint64_t)plane);
+  return t;
+}
+
+/* x [2,3,4,5] by index [2,3,2,3] from axis -2 (planes of 20, windows of
+ * 6), x [2,3,4] by [2,2,2] from axis 1, x [3,4] by [2,5] from axis 0 (one
+ * plane) */
+static const struct {
+  int nd, axis;
+  int64_t x[4], idx[4];
+} plane_cases[] = {
+    {4, -2, {2, 3, 4, 5}, {2, 3, 2, 3}},
+    {3, 1, {2, 3, 4}, {2, 2, 2}},
+    {2, 0, {3, 4}, {2, 5}},
+};
+
+static int plane_sample(const ad_sample_call *s, bool scatter) {
+  int v = s->variant;
+  if (v >= (int)(sizeof plane_cases / sizeof *plane_cases)) return 0;
+  int nd = plane_cases[v].nd, ax = ad_norm_axis(plane_cases[v].axis, nd);
+  s->attrs->axis = plane_cases[v].axis;
+  const int64_t *xs = plane_cases[v].x, *is = plane_cases[v].idx;
+  ad_tensor *idx = plane_index_sample(s, nd, is, ad_shape_size(nd - ax, xs + ax));
+  if (!scatter) {
+    s->in[0] = ad_sample_tensor(s, nd, xs, -1, 1, true);
+    s->in[1] = idx;
+    return s->in[0] && s->in[1] ? 2 : -1;
+  }
+  s->in[0] = ad_sample_tensor(s, nd, is, -1, 1, true);
+  s->in[1] = idx;
+  s->in[2] = ad_sample_tensor(s, nd, xs, -1, 1, false);
+  return s->in[0] && s->in[1] && s->in[2] ? 3 : -1;
+}
+
+/* ---- pool_gather: y[p, j] = x[p, index[p, j]] (index's shape) */
+
+static ad_status pool_gather_shape(const ad_call *c) {
+  const ad_tensor *x = c->in[0], *idx = c->in[1];
+  int ax;
+  int64_t plane, win;
+  ad_status st = pool_gather_check(c, x, idx, &ax, &plane, &win);
+  if (st != AD_OK) return st;
+  c->out->ndim = idx->ndim;
+  memcpy(c->out->shape, idx->shape, sizeof(int64_t) * (size_t)idx->ndim);
+  c->out->dtype = x->dtype;
+  return AD_OK;
+}
+
+static void pool_gather_fwd(const ad_call *c) {
+  plane_run(c->in[0], c->in[1], c->out, ad_norm_axis(c->attrs->axis, c->in[0]->ndim), false);
+}
+
+static ad_status pool_gather_bwd(const ad_call *c) {
+  if (!c->needs[0]) return AD_OK;
+  return ad_call_set_grad(c, 0, pool_scatter(c->ctx, c->gout, c->in[1], c->in[0], c->attrs->axis));
+}
+
+/* x's first gradient of a pass straight into its buffer: pool_scatter's
+ * zeros and adds, the same bits. An addition into a gradient already there
+ * is declined (repeated indices would round in another order). */
+static bool pool_gather_grad_into(const ad_call *c, int k, ad_tensor *grad, bool overwrite) {
+  if (k != 0 || !overwrite) return false;
+  plane_run(c->gout, c->in[1], grad, ad_norm_axis(c->attrs->axis, grad->ndim), true);
+  return true;
+}
+
+static int pool_gather_sample(const ad_sample_call *s) { return plane_sample(s, false); }
+
+const ad_op_def ad_def_pool_gather = {
+    .name = "pool_gather",
+    .arity = 2,
+    .attrs = AD_ATTRS_AXIS,
+    .shape = pool_gather_shape,
+    .forward = pool_gather_fwd,
+    .backward = pool_gather_bwd,
+    .grad_into = pool_gather_grad_into,
+    .sample = pool_gather_sample,
+    .math = "y[p, j] = x[p, index[p, j]] (x's dims from axis on flattened: plane p)",
+    .inputs = {"x", "index"},
+    .grads = {"pool_scatter(dy, index, x)", NULL},
+};
+
+/* ---- pool_scatter: y = zeros like x; y[p, index[p, j]] += g[p, j] */
+
+static ad_status pool_scatter_shape(const ad_call *c) {
+  const ad_tensor *g = c->in[0], *idx = c->in[1], *x = c->in[2];
+  int ax;
+  int64_t plane, win;
+  ad_status st = pool_gather_check(c, x, idx, &ax, &plane, &win);
+  if (st != AD_OK) return st;
+  if (!ad_same_shape(g, idx)) {
+    char a[64], b[64];
+    return ad_set_error(c->ctx, AD_ERR_SHAPE, "%s: g %s is not shaped like index %s", c->name,
+                        ad_shape_str(g, a, sizeof a), ad_shape_str(idx, b, sizeof b));
+  }
+  c->out->ndim = x->ndim;
+  memcpy(c->out->shape, x->shape, sizeof(int64_t) * (size_t)x->ndim);
+  c->out->dtype = x->dtype;
+  return AD_OK;
+}
+
+static void pool_scatter_fwd(const ad_call *c) {
+  plane_run(c->in[0], c->in[1], c->out, ad_norm_axis(c->attrs->axis, c->in[2]->ndim), true);
+}
+
+/* linear in g (its adjoint is the gather); x gives only the shape */
+static ad_status pool_scatter_bwd(const ad_call *c) {
+  if (!c->needs[0]) return AD_OK;
+  return ad_call_set_grad(c, 0, pool_gather(c->ctx, c->gout, c->in[1], c->attrs->axis));
+}
+
+static int pool_scatter_sample(const ad_sample_call *s) { return plane_sample(s, true); }
+
+const ad_op_def ad_def_pool_scatter = {
+    .name = "pool_scatter",
+    .arity = 3,
+    .attrs = AD_ATTRS_AXIS,
+    .shape = pool_scatter_shape,
+    .forward = pool_scatter_fwd,
+    .backward = pool_scatter_bwd,
+    .sample = pool_scatter_sample,
+    .math = "y = zeros like x; y[p, index[p, j]] += g[p, j] in index order (x's dims from axis "
+            "on flattened: plane p)",
+    .inputs = {"g", "index", "x"},
+    .grads = {"pool_gather(dy, index)", NULL, NULL}, /* x: only its shape is read */
+};
+
 /* ----------------------------------------------------------- avg_pool2d */
 
 /* Average pooling has no dilation: the attribute must be 1x1. */
@@ -1121,7 +1407,8 @@ ad_tensor *ad_global_avg_pool2d(ad_ctx *ctx, ad_tensor *x) {
 
 /* ---------------------------- max_pool3d, avg_pool3d (composites) */
 
-/* 3-D pooling over (D, H, W) as two 2-D poolings: over (H, W) of each of
+/* 3-D pooling over (D, H, W) as two 2-D poolings (the maximum without
+ * dilation: their argmax, then pool_gather; see ad_max_pool3d): over (H, W) of each of
  * the planes * D depth slices (the [planes D, H, W] view), then over D
  * with a kd x 1 window of the [planes, D, OH OW] view. For the maximum the
  * order matters: the first stage picks each slice's first maximum in (h, w)
@@ -1260,12 +1547,31 @@ static ad_tensor *pool3d_run(ad_ctx *ctx, ad_tensor *x, const pool3d_geom *g, bo
   return ad_mul(ctx, y, f);
 }
 
+static ad_tensor *pool3d_indices(ad_ctx *ctx, const char *fn, ad_tensor *x, const pool3d_geom *g,
+                                 const ad_pool3d_opts *opts);
+static bool pool_indices_fit(ad_ctx *ctx, const char *fn, const ad_tensor *x, int n,
+                             const int64_t *len, const int64_t *pad, const int64_t *dil);
+
+/* With dilation 1 every window holds an input element (padding is at most
+ * half the kernel, and ceil_mode's last window starts inside the input):
+ * the argmax of each window is found once (pool3d_indices: the two stages'
+ * rule) and x read there by pool_gather, whose gradient (pool_scatter, dy
+ * added in window order, PyTorch's order) is one pass into x's gradient,
+ * where the two stages' backwards would each search their windows again.
+ * The values are the stages' (x at the same argmax). Otherwise (dilation,
+ * planes the int32 indices do not reach) the two stages. */
 ad_tensor *ad_max_pool3d(ad_ctx *ctx, ad_tensor *x, int64_t kd, int64_t kh, int64_t kw,
                          const ad_pool3d_opts *opts) {
   static const ad_pool3d_opts none;
+  const char *fn = "max_pool3d";
   pool3d_geom g;
-  if (!ctx || !pool3d_check(ctx, "max_pool3d", x, kd, kh, kw, opts, true, &g)) return NULL;
-  return pool3d_run(ctx, x, &g, true, opts ? opts : &none);
+  if (!ctx || !pool3d_check(ctx, fn, x, kd, kh, kw, opts, true, &g)) return NULL;
+  if (!opts) opts = &none;
+  bool undilated = g.d[0] == 1 && g.d[1] == 1 && g.d[2] == 1;
+  if (!undilated || g.in[0] * g.in[1] * g.in[2] - 1 > INT32_MAX)
+    return pool3d_run(ctx, x, &g, true, opts);
+  ad_tensor *idx = pool3d_indices(ctx, fn, x, &g, opts);
+  return idx ? pool_gather(ctx, x, idx, -3) : NULL;
 }
 
 ad_tensor *ad_avg_pool3d(ad_ctx *ctx, ad_tensor *x, int64_t kd, int64_t kh, int64_t kw,
@@ -1367,26 +1673,18 @@ static bool adaptive_attrs(ad_ctx *ctx, const char *fn, int64_t oh, int64_t ow, 
 }
 
 /* The maximum: the argmax of each window (max_pool2d's kernels with the
- * adaptive attributes, no gradient), then x read there by ad_gather along
- * the flattened plane: the values are x's, and the gradient is a
- * scatter_add of dy in window order (PyTorch's adaptive_max_pool2d_backward
- * adds in that order), whose gradient is the gather again. Its backward so
- * needs no second search of the windows, as PyTorch's keeps the indices. */
+ * adaptive attributes, no gradient), then x read there by pool_gather: the
+ * values are x's, and the gradient is pool_scatter, dy added in window
+ * order (PyTorch's adaptive_max_pool2d_backward adds in that order),
+ * written straight into a leaf's gradient, whose gradient is the gather
+ * again. Its backward so needs no second search of the windows, as
+ * PyTorch's keeps the indices. */
 ad_tensor *ad_adaptive_max_pool2d(ad_ctx *ctx, ad_tensor *x, int64_t oh, int64_t ow) {
   const char *fn = "adaptive_max_pool2d";
   ad_attrs at;
   if (!ctx || !adaptive_attrs(ctx, fn, oh, ow, &at)) return NULL;
   ad_tensor *idx = pool2d_indices(ctx, fn, x, &at);
-  if (!idx) return NULL;
-  int nd = x->ndim;
-  int64_t xs[AD_MAX_DIMS], is[AD_MAX_DIMS];
-  memcpy(xs, x->shape, sizeof(int64_t) * (size_t)(nd - 2));
-  memcpy(is, x->shape, sizeof(int64_t) * (size_t)(nd - 2));
-  xs[nd - 2] = x->shape[nd - 2] * x->shape[nd - 1];
-  is[nd - 2] = oh * ow;
-  ad_tensor *y =
-      ad_gather(ctx, ad_reshape(ctx, x, nd - 1, xs), -1, ad_reshape(ctx, idx, nd - 1, is));
-  return y ? ad_reshape(ctx, y, nd, idx->shape) : NULL;
+  return idx ? pool_gather(ctx, x, idx, -2) : NULL;
 }
 
 /* The mean: avg_pool2d with the adaptive attributes (its gradient
@@ -1407,14 +1705,11 @@ static bool pool_window_empty(int64_t o, int64_t k, int64_t s, int64_t p, int64_
 
 /* The two stages of pool3d_run on a detached x: the (h, w) argmax of every
  * depth slice, then the depth argmax of the slices' maxima; the index is
- * the chosen slice's d times H W plus its (h, w) index. */
-ad_tensor *ad_max_pool3d_indices(ad_ctx *ctx, ad_tensor *x, int64_t kd, int64_t kh, int64_t kw,
+ * the chosen slice's d times H W plus its (h, w) index. x and g checked
+ * (pool3d_check); fn names the errors (the int32 limit, OOM). */
+static ad_tensor *pool3d_indices(ad_ctx *ctx, const char *fn, ad_tensor *x, const pool3d_geom *gp,
                                  const ad_pool3d_opts *opts) {
-  static const ad_pool3d_opts none;
-  const char *fn = "max_pool3d_indices";
-  pool3d_geom g;
-  if (!ctx || !pool3d_check(ctx, fn, x, kd, kh, kw, opts, true, &g)) return NULL;
-  if (!opts) opts = &none;
+  const pool3d_geom g = *gp;
   if (!pool_indices_fit(ctx, fn, x, 3, g.in, g.p, g.d)) return NULL;
   int nd = x->ndim;
   int64_t planes = ad_shape_size(nd - 3, x->shape), m = g.out[1] * g.out[2];
@@ -1426,7 +1721,16 @@ ad_tensor *ad_max_pool3d_indices(ad_ctx *ctx, ad_tensor *x, int64_t kd, int64_t 
   ad_attrs a1 = pool_attrs(g.k[1], g.k[2], &hw);
   ad_tensor *xs = ad_reshape(ctx, ad_detach(ctx, x), 3, s1);
   ad_tensor *i1 = xs ? pool2d_indices(ctx, fn, xs, &a1) : NULL;
-  ad_tensor *y1 = i1 ? ad_max_pool2d(ctx, xs, g.k[1], g.k[2], &hw) : NULL;
+  /* the slices' maxima: x at their argmaxes, without dilation (every
+   * window then holds an input element), else the op (a window with none
+   * is -inf) */
+  bool undilated = g.d[0] == 1 && g.d[1] == 1 && g.d[2] == 1;
+  ad_tensor *y1 = NULL;
+  if (i1 && undilated) {
+    if ((y1 = ad_tmp_new(ctx, x->dtype, 3, i1->shape))) plane_run(xs, i1, y1, 1, false);
+  } else if (i1) {
+    y1 = ad_max_pool2d(ctx, xs, g.k[1], g.k[2], &hw);
+  }
   if (!y1) return NULL;
   int64_t s2[3] = {planes, g.in[0], m};
   ad_pool2d_opts dd = {.stride = {g.s[0], 1},
@@ -1446,12 +1750,13 @@ ad_tensor *ad_max_pool3d_indices(ad_ctx *ctx, ad_tensor *x, int64_t kd, int64_t 
   int64_t hwin = g.in[1] * g.in[2];
   for (int64_t p = 0; p < planes; p++)
     for (int64_t od = 0; od < g.out[0]; od++) {
-      bool ed = pool_window_empty(od, g.k[0], g.s[0], g.p[0], g.d[0], g.in[0]);
+      bool ed = !undilated && pool_window_empty(od, g.k[0], g.s[0], g.p[0], g.d[0], g.in[0]);
       for (int64_t oh = 0; oh < g.out[1]; oh++) {
-        bool eh = pool_window_empty(oh, g.k[1], g.s[1], g.p[1], g.d[1], g.in[1]);
+        bool eh = !undilated && pool_window_empty(oh, g.k[1], g.s[1], g.p[1], g.d[1], g.in[1]);
         for (int64_t ow = 0; ow < g.out[2]; ow++) {
           int64_t j = oh * g.out[2] + ow, i;
-          if (ed || eh || pool_window_empty(ow, g.k[2], g.s[2], g.p[2], g.d[2], g.in[2])) {
+          if (ed || eh ||
+              (!undilated && pool_window_empty(ow, g.k[2], g.s[2], g.p[2], g.d[2], g.in[2]))) {
             i = (pool_first_tap(od * g.s[0] - g.p[0], g.d[0]) * g.in[1] +
                  pool_first_tap(oh * g.s[1] - g.p[1], g.d[1])) *
                     g.in[2] +
@@ -1465,4 +1770,13 @@ ad_tensor *ad_max_pool3d_indices(ad_ctx *ctx, ad_tensor *x, int64_t kd, int64_t 
       }
     }
   return out;
+}
+
+ad_tensor *ad_max_pool3d_indices(ad_ctx *ctx, ad_tensor *x, int64_t kd, int64_t kh, int64_t kw,
+                                 const ad_pool3d_opts *opts) {
+  static const ad_pool3d_opts none;
+  const char *fn = "max_pool3d_indices";
+  pool3d_geom g;
+  if (!ctx || !pool3d_check(ctx, fn, x, kd, kh, kw, opts, true, &g)) return NULL;
+  return pool3d_indices(ctx, fn, x, &g, opts ? opts : &none);
 }

@@ -105,18 +105,68 @@ Test(pool3d, max_tie_nan_and_neg_inf_rules) {
                     -INFINITY, -INFINITY, -INFINITY, -INFINITY};
   const double *in[3] = {ties, nans, infs};
   int64_t want[3] = {1, 4, 0};
-  for (int k = 0; k < 3; k++) {
-    ad_tensor *x = tensor_of(AD_F64, 5, s, in[k]);
+  for (int k = 0; k < 6; k++) { /* float64, then float32 (the fast 2x2 and 2x1 argmax) */
+    ad_tensor *x = tensor_of(k < 3 ? AD_F64 : AD_F32, 5, s, in[k % 3]);
     ad_tensor_set_requires_grad(x, true);
     ad_tensor *y = ad_max_pool3d(ctx, x, 2, 2, 2, NULL);
     cr_assert_not_null(y, "%s", ad_last_error(ctx));
     cr_assert_eq(ad_backward(ctx, y, NULL), AD_OK, "%s", ad_last_error(ctx));
     for (int64_t i = 0; i < 8; i++)
-      cr_assert_eq(ad_tensor_get(x->grad, i), i == want[k] ? 1.0 : 0.0, "case %d, [%lld]", k,
+      cr_assert_eq(ad_tensor_get(x->grad, i), i == want[k % 3] ? 1.0 : 0.0, "case %d, [%lld]", k,
                    (long long)i);
     ad_tape_reset(ctx);
     ad_tensor_free(x);
   }
+}
+
+/* Without dilation, max_pool3d records one op (pool_gather at the argmaxes,
+ * found without a gradient), whose backward is one pool_scatter into x's
+ * gradient, where the two 2-D stages took five ops and searched their
+ * windows again going back. The gradient is each window's dy at its first
+ * maximum in (d, h, w) order, added in window order where windows overlap
+ * (a reference loop here, on ties). */
+Test(pool3d, max_records_one_op_and_scatters_in_window_order) {
+  int64_t s[5] = {2, 2, 4, 5, 4};
+  ad_tensor *x = ad_zeros(ctx, AD_F64, 5, s);
+  cr_assert(x && ad_tensor_set_requires_grad(x, true) == AD_OK);
+  for (int64_t i = 0; i < x->size; i++) ad_tensor_set(x, i, (double)((i * 7) % 5)); /* ties */
+  ad_pool3d_opts o = {.stride = {1, 2, 1}, .padding = {1, 1, 0}, .ceil_mode = true};
+  size_t before = ad_tape_size(ctx);
+  ad_tensor *y = ad_max_pool3d(ctx, x, 2, 3, 2, &o);
+  cr_assert_not_null(y, "%s", ad_last_error(ctx));
+  cr_assert_eq(ad_tape_size(ctx) - before, 1, "%zu ops recorded", ad_tape_size(ctx) - before);
+  ad_tensor *dy = ad_zeros(ctx, AD_F64, y->ndim, y->shape);
+  for (int64_t i = 0; i < dy->size; i++) ad_tensor_set(dy, i, 0.25 + (double)(i % 13));
+  cr_assert_eq(ad_backward(ctx, y, dy), AD_OK, "%s", ad_last_error(ctx));
+  double want[320] = {0};
+  const int64_t k[3] = {2, 3, 2}, st[3] = {1, 2, 1}, pd[3] = {1, 1, 0}, in[3] = {4, 5, 4};
+  int64_t j = 0;
+  for (int64_t p = 0; p < 4; p++)
+    for (int64_t a = 0; a < y->shape[2]; a++)
+      for (int64_t b = 0; b < y->shape[3]; b++)
+        for (int64_t c = 0; c < y->shape[4]; c++, j++) {
+          int64_t best = -1, o3[3] = {a, b, c};
+          double bv = 0;
+          for (int64_t t = 0; t < k[0] * k[1] * k[2]; t++) {
+            int64_t q[3] = {t / (k[1] * k[2]), t / k[2] % k[1], t % k[2]}, e = 0;
+            bool inside = true;
+            for (int d = 0; d < 3; d++) {
+              int64_t v = o3[d] * st[d] - pd[d] + q[d];
+              inside = inside && v >= 0 && v < in[d];
+              e = e * in[d] + v;
+            }
+            if (!inside) continue;
+            double v = ad_tensor_get(x, p * 80 + e);
+            if (best < 0 || v > bv) best = p * 80 + e, bv = v;
+          }
+          cr_assert_eq(ad_tensor_get(y, j), bv, "y[%lld]", (long long)j);
+          want[best] += ad_tensor_get(dy, j);
+        }
+  for (int64_t i = 0; i < x->size; i++)
+    cr_assert_eq(ad_tensor_get(x->grad, i), want[i], "dx[%lld] = %g, want %g", (long long)i,
+                 ad_tensor_get(x->grad, i), want[i]);
+  ad_tape_reset(ctx);
+  ad_tensor_free(x), ad_tensor_free(dy);
 }
 
 /* N = 0 gives an empty output, as PyTorch; so does C = 0 for the adaptive

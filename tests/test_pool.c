@@ -175,6 +175,84 @@ Test(pool, partner_ops_check_their_inputs) {
   ad_tensor_free(wrong_c);
 }
 
+/* pool_gather and pool_scatter (the max poolings' gradient at recorded
+ * argmaxes): values on a hand-computed case, repeats adding up in index
+ * order, and their checks, naming the op and the shapes. */
+Test(pool, pool_gather_and_scatter) {
+  int64_t sx[4] = {1, 2, 2, 3}, si[4] = {1, 2, 1, 2}, sbad[4] = {2, 2, 1, 2};
+  double xv[12] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11};
+  ad_tensor *x = ad_zeros(ctx, AD_F64, 4, sx), *idx = ad_zeros(ctx, AD_I32, 4, si);
+  ad_tensor *g = ad_zeros(ctx, AD_F64, 4, si);
+  cr_assert(x && idx && g);
+  for (int64_t i = 0; i < 12; i++) ad_tensor_set(x, i, xv[i]);
+  const int32_t iv[4] = {5, 5, 0, 3}; /* plane 0: 5 twice; plane 1: 0 and 3 */
+  memcpy(idx->data, iv, sizeof iv);
+  for (int64_t i = 0; i < 4; i++) ad_tensor_set(g, i, 0.5 + (double)i);
+  ad_attrs at;
+  memset(&at, 0, sizeof at);
+  at.axis = -2;
+  int gid = ad_op_find(ctx, "pool_gather"), sid = ad_op_find(ctx, "pool_scatter");
+  cr_assert(gid >= 0 && sid >= 0);
+  ad_tensor *in[3] = {x, idx, x};
+  expect_values(ad_op_apply(ctx, gid, 2, in, &at), 4, (const double[]){5, 5, 6, 9}, "gather");
+  in[0] = g;
+  expect_values(ad_op_apply(ctx, sid, 3, in, &at), 12,
+                (const double[]){0, 0, 0, 0, 0, 0.5 + 1.5, 2.5, 0, 0, 3.5, 0, 0}, "scatter");
+  at.axis = 1; /* one plane of 12, the index's 4 into it */
+  expect_values(ad_op_apply(ctx, sid, 3, in, &at), 12,
+                (const double[]){2.5, 0, 0, 3.5, 0, 0.5 + 1.5, 0, 0, 0, 0, 0, 0}, "scatter axis 1");
+
+  at.axis = -2;
+  ((int32_t *)idx->data)[2] = 6; /* planes of 6 */
+  in[0] = x;
+  cr_assert_null(ad_op_apply(ctx, gid, 2, in, &at));
+  expect_error(AD_ERR_ARG, "pool_gather: index 6 at [0,1,0,0] of index [1,2,1,2] is outside 0..5",
+               "x [1,2,2,3] from axis 2", NULL);
+  ((int32_t *)idx->data)[2] = 0;
+  at.axis = 4;
+  cr_assert_null(ad_op_apply(ctx, gid, 2, in, &at));
+  expect_error(AD_ERR_ARG, "pool_gather: axis 4 out of range for x [1,2,2,3]", NULL);
+  at.axis = -2;
+  ad_tensor *ib = ad_zeros(ctx, AD_I32, 4, sbad), *f = ad_zeros(ctx, AD_F64, 4, si);
+  in[1] = ib;
+  cr_assert_null(ad_op_apply(ctx, gid, 2, in, &at));
+  expect_error(AD_ERR_SHAPE, "pool_gather: index [2,2,1,2] does not fit x [1,2,2,3]", NULL);
+  in[1] = f;
+  cr_assert_null(ad_op_apply(ctx, gid, 2, in, &at));
+  expect_error(AD_ERR_DTYPE, "pool_gather: index must be i32, got f64", NULL);
+  in[0] = x, in[1] = idx, in[2] = x;
+  cr_assert_null(ad_op_apply(ctx, sid, 3, in, &at));
+  expect_error(AD_ERR_SHAPE, "pool_scatter: g [1,2,2,3] is not shaped like index [1,2,1,2]", NULL);
+  in[0] = g, in[2] = ad_cast(ctx, x, AD_F32);
+  cr_assert_null(ad_op_apply(ctx, sid, 3, in, &at));
+  expect_error(AD_ERR_DTYPE, "pool_scatter: x is f32, in[0] f64", NULL);
+  ad_tape_reset(ctx);
+  ad_tensor_free(x), ad_tensor_free(idx), ad_tensor_free(g), ad_tensor_free(ib), ad_tensor_free(f);
+}
+
+/* Adaptive max pooling records one op (pool_gather; the argmax is found
+ * without a gradient) and its backward is one pool_scatter: two ops, where
+ * a gather over the flattened plane took reshapes, a zeros tensor, a
+ * scatter_add over a copy of it and a copy into x's gradient. */
+Test(pool, adaptive_max_records_one_op) {
+  int64_t s[4] = {2, 3, 7, 5};
+  ad_rng rng;
+  ad_rng_seed(&rng, 3);
+  ad_tensor *x = ad_rand(ctx, &rng, AD_F32, 4, s, -1, 1);
+  cr_assert(x && ad_tensor_set_requires_grad(x, true) == AD_OK);
+  size_t before = ad_tape_size(ctx);
+  ad_tensor *y = ad_adaptive_max_pool2d(ctx, x, 3, 2);
+  cr_assert_not_null(y, "%s", ad_last_error(ctx));
+  cr_assert_eq(ad_tape_size(ctx) - before, 1, "%zu ops recorded", ad_tape_size(ctx) - before);
+  cr_assert_eq(ad_backward(ctx, ad_sum(ctx, y), NULL), AD_OK, "%s", ad_last_error(ctx));
+  /* each window's 1 at its argmax: the gradient sums to the windows */
+  double sum = 0;
+  for (int64_t i = 0; i < x->size; i++) sum += ad_tensor_get(x->grad, i);
+  cr_assert_eq(sum, (double)y->size);
+  ad_tape_reset(ctx);
+  ad_tensor_free(x);
+}
+
 /* ------------------------------------------------- NaN, ties and -inf */
 
 /* A window holding a NaN gives NaN and sends its gradient to the NaN, the

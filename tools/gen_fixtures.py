@@ -1309,6 +1309,35 @@ for tag, shape, a in (POOLS[1], POOLS[2], POOLS[3], POOLS[5]):
     add(f"max_pool2d_select_{tag}", "max_pool2d_select",
         lambda rng, s=shape: [("in", U(rng, s)), ("in", distinct(rng, s))],
         lambda t, a=a: max_pool_select(t[0], t[1], a), attr=a)
+
+# pool_gather / pool_scatter: x's dims from axis on are one plane, index
+# (of x's rank, x's dims before axis) names an element of its plane; torch's
+# gather / scatter_add along the flattened plane (the meaning of the max
+# poolings' indices); repeats add up in the gradient
+PLANE = (("nchw", (2, 3, 4, 5), idx(np.arange(36) * 7 % 20, (2, 3, 2, 3)), -2),
+         ("volume", (2, 2, 3, 4), idx(np.arange(8) * 5 % 24, (2, 1, 2, 2)), 1),
+         ("one_plane", (3, 4), idx([[11, 0, 5, 5, 2], [7, 11, 3, 0, 9]]), 0))
+
+
+def plane_gather(x, ix, a):
+    a = a % x.dim()
+    return x.flatten(a).gather(a, ix.flatten(a).long()).reshape(ix.shape)
+
+
+def plane_scatter(g, ix, x, a):
+    a = a % x.dim()
+    z = torch.zeros_like(x).flatten(a)
+    return z.scatter_add(a, ix.flatten(a).long(), g.flatten(a)).reshape(x.shape)
+
+
+for tag, xs, ix, ax in PLANE:
+    add(f"pool_gather_{tag}", "pool_gather",
+        lambda rng, xs=xs, ix=ix: [("in", U(rng, xs)), ("const", ix)],
+        lambda t, ax=ax: plane_gather(t[0], t[1], ax), attr=("axis", ax))
+    add(f"pool_scatter_{tag}", "pool_scatter",
+        lambda rng, xs=xs, ix=ix: [("in", U(rng, ix.shape)), ("const", ix), ("const", U(rng, xs))],
+        lambda t, ax=ax: plane_scatter(t[0], t[1], t[2], ax), attr=("axis", ax))
+
 for tag, shape, a in (POOLS[1], POOLS[3], POOLS[4], POOLS[5]):
     for cip in (1, 0):
         ac = a[:10] + (cip,) + tuple(shape[-2:])

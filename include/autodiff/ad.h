@@ -1355,11 +1355,12 @@ AD_API ad_tensor *ad_avg_pool2d(ad_ctx *ctx, ad_tensor *x, int64_t kh, int64_t k
  * ad_max_pool2d's; the mean divides the window's sum (in double) by its
  * size. Differentiable to any order: the mean is avg_pool2d with the
  * attributes' adaptive flag; the maximum is x read at each window's argmax
- * (found once, in the forward) by ad_gather, so its gradient is a
- * scatter_add. Errors: ad_max_pool2d's for the input, and AD_ERR_ARG
- * naming the function for oh or ow outside [1, 2^30]; the maximum also
- * AD_ERR_SHAPE for a plane of more than 2^31 elements (the gather's int32
- * indices). @{ */
+ * (found once, in the forward) by the op pool_gather, so its gradient is
+ * one pool_scatter (dy added at the argmaxes in window order, PyTorch's,
+ * written straight into a leaf's gradient), whose gradient is pool_gather.
+ * Errors: ad_max_pool2d's for the input, and AD_ERR_ARG naming the
+ * function for oh or ow outside [1, 2^30]; the maximum also AD_ERR_SHAPE
+ * for a plane of more than 2^31 elements (the int32 indices). @{ */
 AD_API ad_tensor *ad_adaptive_max_pool2d(ad_ctx *ctx, ad_tensor *x, int64_t oh, int64_t ow);
 AD_API ad_tensor *ad_adaptive_avg_pool2d(ad_ctx *ctx, ad_tensor *x, int64_t oh, int64_t ow);
 /** @} */
@@ -1376,7 +1377,12 @@ AD_API ad_tensor *ad_global_avg_pool2d(ad_ctx *ctx, ad_tensor *x);
  * are the 2-D ops' above. Both are composites of the 2-D ops, so they are
  * differentiable to any order: a 2-D pooling over (H, W) of every depth
  * slice (D folded into the planes), then one with a kd x 1 window over D
- * of the [planes, D, OH OW] view. Errors (NULL, the message naming
+ * of the [planes, D, OH OW] view. The maximum without dilation (a volume
+ * of less than 2^31 elements) instead finds each window's argmax once, by
+ * those two stages without a gradient (ad_max_pool3d_indices), and reads x
+ * there (the op pool_gather): its gradient is one pool_scatter, as
+ * PyTorch's keeps its indices, rather than two backward passes that each
+ * search their windows again. Errors (NULL, the message naming
  * max_pool3d or avg_pool3d and the shapes): x NULL (AD_ERR_NULL), freed,
  * of another context or from a reset tape (AD_ERR_STATE, AD_ERR_ARG); not
  * float (AD_ERR_DTYPE); not 4-D or 5-D, or an empty C, D, H or W (only N
