@@ -1568,7 +1568,10 @@ ad_tensor *ad_max_pool3d(ad_ctx *ctx, ad_tensor *x, int64_t kd, int64_t kh, int6
   if (!ctx || !pool3d_check(ctx, fn, x, kd, kh, kw, opts, true, &g)) return NULL;
   if (!opts) opts = &none;
   bool undilated = g.d[0] == 1 && g.d[1] == 1 && g.d[2] == 1;
-  if (!undilated || g.in[0] * g.in[1] * g.in[2] - 1 > INT32_MAX)
+  /* without a gradient to take (inference, no_grad) the two stages are the
+   * faster forward, with the same values */
+  bool grad = ad_grad_enabled(ctx) && (ad_node_of(x)->flags & AD_NF_REQUIRES_GRAD);
+  if (!grad || !undilated || g.in[0] * g.in[1] * g.in[2] - 1 > INT32_MAX)
     return pool3d_run(ctx, x, &g, true, opts);
   ad_tensor *idx = pool3d_indices(ctx, fn, x, &g, opts);
   return idx ? pool_gather(ctx, x, idx, -3) : NULL;

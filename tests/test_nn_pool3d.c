@@ -110,6 +110,14 @@ Test(pool3d, max_tie_nan_and_neg_inf_rules) {
     ad_tensor_set_requires_grad(x, true);
     ad_tensor *y = ad_max_pool3d(ctx, x, 2, 2, 2, NULL);
     cr_assert_not_null(y, "%s", ad_last_error(ctx));
+    /* without a gradient to take, the two-stage forward: the same value */
+    bool was = ad_set_grad_enabled(ctx, false);
+    ad_tensor *y0 = ad_max_pool3d(ctx, x, 2, 2, 2, NULL);
+    ad_set_grad_enabled(ctx, was);
+    cr_assert_not_null(y0, "%s", ad_last_error(ctx));
+    double v = ad_tensor_get(y, 0), v0 = ad_tensor_get(y0, 0);
+    cr_assert(v == v0 || (isnan(v) && isnan(v0)), "case %d: %g with a gradient, %g without", k, v,
+              v0);
     cr_assert_eq(ad_backward(ctx, y, NULL), AD_OK, "%s", ad_last_error(ctx));
     for (int64_t i = 0; i < 8; i++)
       cr_assert_eq(ad_tensor_get(x->grad, i), i == want[k % 3] ? 1.0 : 0.0, "case %d, [%lld]", k,
@@ -165,6 +173,12 @@ Test(pool3d, max_records_one_op_and_scatters_in_window_order) {
   for (int64_t i = 0; i < x->size; i++)
     cr_assert_eq(ad_tensor_get(x->grad, i), want[i], "dx[%lld] = %g, want %g", (long long)i,
                  ad_tensor_get(x->grad, i), want[i]);
+  /* x without requires_grad takes the two-stage forward: the same values */
+  ad_tensor_set_requires_grad(x, false);
+  ad_tensor *y0 = ad_max_pool3d(ctx, x, 2, 3, 2, &o);
+  cr_assert_not_null(y0, "%s", ad_last_error(ctx));
+  for (int64_t i = 0; i < y->size; i++)
+    cr_assert_eq(ad_tensor_get(y0, i), ad_tensor_get(y, i), "y[%lld]", (long long)i);
   ad_tape_reset(ctx);
   ad_tensor_free(x), ad_tensor_free(dy);
 }
