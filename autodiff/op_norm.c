@@ -11,6 +11,82 @@
 
 #include <math.h>
 
+/* --------------------------------------------- shared by the ops below
+ *
+ * Pieces that batch_norm's and group_norm's op blocks (and layer_norm's
+ * backward, where it is the same) would otherwise each write out: the
+ * shape rule's checks of x and eps, the sample inputs, and storing and
+ * setting the gradients. */
+
+/* x (c->in[0]) float with at least nd dims (layout names them), every
+ * input of its dtype. */
+static ad_status norm_check_x(const ad_call *c, int nd, const char *layout) {
+  const ad_tensor *x = c->in[0];
+  char a[64];
+  if (ad_check_float_same(c->ctx, c->name, c->n, c->in) != AD_OK) return ad_last_status(c->ctx);
+  if (x->ndim < nd)
+    return ad_set_error(c->ctx, AD_ERR_SHAPE, "%s: x %s must have at least %d dims %s", c->name,
+                        ad_shape_str(x, a, sizeof a), nd, layout);
+  return AD_OK;
+}
+
+/* eps (the scalar attribute) finite and >= 0; then y of x's shape and
+ * dtype. */
+static ad_status norm_out_like_x(const ad_call *c) {
+  const ad_tensor *x = c->in[0];
+  double eps = c->attrs->scalar;
+  if (!(eps >= 0) || !isfinite(eps))
+    return ad_set_error(c->ctx, AD_ERR_ARG, "%s: eps %g must be finite and >= 0", c->name, eps);
+  c->out->dtype = x->dtype;
+  c->out->ndim = x->ndim;
+  memcpy(c->out->shape, x->shape, sizeof(int64_t) * (size_t)x->ndim);
+  return AD_OK;
+}
+
+/* One sample variant: x of nd dims xs, with n - 1 affine inputs (a weight,
+ * then a bias) of the affine_nd dims after x's first. */
+typedef struct norm_variant {
+  int nd, n;
+  const int64_t *xs;
+} norm_variant;
+
+/* Variant s->variant of the nv in v: x in [-2, 2), the weight in [0.5,
+ * 1.5), the bias in [-1, 1), eps 1e-5; 0 past the last. */
+static int norm_sample(const ad_sample_call *s, const norm_variant *v, int nv, int affine_nd) {
+  if (s->variant >= nv) return 0;
+  const int64_t *xs = v[s->variant].xs;
+  int n = v[s->variant].n;
+  s->attrs->scalar = 1e-5;
+  s->in[0] = ad_sample_tensor(s, v[s->variant].nd, xs, -2, 2, true);
+  for (int k = 1; k < n; k++)
+    s->in[k] = ad_sample_tensor(s, affine_nd, xs + 1, k == 1 ? 0.5 : -1, k == 1 ? 1.5 : 1, true);
+  for (int k = 0; k < n; k++)
+    if (!s->in[k]) return -1;
+  return n;
+}
+
+/* t[i] = v in t's dtype (float32 or float64); nothing when t is NULL (a
+ * gradient not wanted). Plain stores: fresh results, nothing to note. */
+static void norm_store(ad_tensor *t, int64_t i, double v) {
+  if (!t) return;
+  if (t->dtype == AD_F32)
+    ((float *)t->data)[i] = (float)v;
+  else
+    ((double *)t->data)[i] = v;
+}
+
+/* Sets the gradient gin[k] of each input k that needs one, in order, cast
+ * to float32 first where to_f32 (a create_graph backward that computed a
+ * float32 op's in float64). */
+static ad_status norm_set_grads(const ad_call *c, ad_tensor *const *gin, bool to_f32) {
+  for (int k = 0; k < c->n; k++) {
+    if (!c->needs[k]) continue;
+    ad_status r = ad_call_set_grad(c, k, to_f32 ? ad_cast(c->ctx, gin[k], AD_F32) : gin[k]);
+    if (r != AD_OK) return r;
+  }
+  return AD_OK;
+}
+
 /* ----------------------------------------------------------- batch_norm
  *
  *   training:  mu = mean_c(x), var = mean_c((x - mu)^2)       (biased)
@@ -609,19 +685,8 @@ static ad_status layer_norm_bwd_plain(const ad_call *c) {
   double *sum = j.part; /* the groups' partials added in order into the first's */
   for (int64_t q = 1; q < groups; q++)
     for (int64_t i = 0; i < 2 * j.M; i++) sum[i] += j.part[q * 2 * j.M + i];
-  for (int64_t i = 0; i < j.M; i++) {
-    if (x->dtype == AD_F32) {
-      if (dw) ((float *)dw->data)[i] = (float)sum[i];
-      if (db) ((float *)db->data)[i] = (float)sum[j.M + i];
-    } else {
-      if (dw) ((double *)dw->data)[i] = sum[i];
-      if (db) ((double *)db->data)[i] = sum[j.M + i];
-    }
-  }
-  ad_status st = dx ? ad_call_set_grad(c, 0, dx) : AD_OK;
-  if (st == AD_OK && dw) st = ad_call_set_grad(c, 1, dw);
-  if (st == AD_OK && db) st = ad_call_set_grad(c, 2, db);
-  return st;
+  for (int64_t i = 0; i < j.M; i++) norm_store(dw, i, sum[i]), norm_store(db, i, sum[j.M + i]);
+  return norm_set_grads(c, (ad_tensor *[3]){dx, dw, db}, false);
 }
 
 static ad_status layer_norm_backward_bwd(const ad_call *c) {
@@ -660,12 +725,7 @@ static ad_status layer_norm_backward_bwd(const ad_call *c) {
     t = ad_mul(ctx, t, ad_mul_scalar(ctx, s, -inv));
     gin[1] = ad_sub(ctx, t, ad_mul(ctx, ad_mul(ctx, s, mgx), L));
   }
-  for (int j = 0; j < c->n; j++) {
-    if (!c->needs[j]) continue;
-    ad_status r = ad_call_set_grad(c, j, dt == AD_F32 ? ad_cast(ctx, gin[j], dt) : gin[j]);
-    if (r != AD_OK) return r;
-  }
-  return AD_OK;
+  return norm_set_grads(c, gin, dt == AD_F32);
 }
 
 /* g, x [2,3,4] over the last dim (with a weight) and over the last two */
@@ -701,6 +761,74 @@ const ad_op_def ad_def_layer_norm_backward = {
               "sum_rows(g * L)"},
 };
 
+/* ------------------------------ shared by the batch_norm and group_norm ops
+ *
+ * Both run the same passes over a channel (batch_norm) or a row
+ * (group_norm) of M values: the mean mu, then the sums of (x - mu)^2, g
+ * and g (x - mu) (g the incoming gradient, times the weight), then y or
+ * dx from a few coefficients. */
+
+/* Of a channel or row: dx = dy a - b0 - (x - mu) k2 (a: s times its weight)
+ * from sg, the sum of g, and sgxs, the sum of g (x - mu) s, over its M
+ * values: dx = s (g - mean(g) - xhat mean(g xhat)). */
+static void norm_dx_coef(double s, double sg, double sgxs, int64_t M, double *b0, double *k2) {
+  double mg = M ? sg / (double)M : 0, mgx = M ? sgxs / (double)M : 0;
+  *b0 = s * mg, *k2 = s * s * mgx;
+}
+
+/* What the loops of either op read and write. */
+typedef struct norm_data {
+  double eps;
+  bool f32;
+  const void *x, *dy, *w, *b; /* dy NULL: the forward */
+  void *y;                    /* the forward's y, or the backward's dx (NULL: not wanted) */
+} norm_data;
+
+/* The forward's data of call c (x, weight, bias; y). */
+static void norm_fwd_data(const ad_call *c, norm_data *d) {
+  d->x = c->in[0]->data;
+  d->w = c->n > 1 ? c->in[1]->data : NULL;
+  d->b = c->n > 2 ? c->in[2]->data : NULL;
+  d->y = c->out->data;
+}
+
+/* The plain backward's results of call c, g = {dx, dw, db} (NULL where not
+ * wanted), and a scratch of n doubles, allocated in the order dx, scratch,
+ * dw, db; then its data (x, dy, weight; dx as y). */
+static ad_status norm_bwd_data(const ad_call *c, ad_tensor *g[3], int64_t n, double **scratch,
+                               norm_data *d) {
+  ad_ctx *ctx = c->ctx;
+  g[0] = c->needs[0] ? ad_tmp_like(ctx, c->in[0]) : NULL;
+  ad_tensor *t = ad_tmp_new(ctx, AD_F64, 1, &n);
+  g[1] = c->n > 1 && c->needs[1] ? ad_tmp_like(ctx, c->in[1]) : NULL;
+  g[2] = c->n > 2 && c->needs[2] ? ad_tmp_like(ctx, c->in[2]) : NULL;
+  if ((c->needs[0] && !g[0]) || !t || (c->n > 1 && c->needs[1] && !g[1]) ||
+      (c->n > 2 && c->needs[2] && !g[2]))
+    return ad_last_status(ctx);
+  *scratch = t->data;
+  d->x = c->in[0]->data;
+  d->dy = c->gout->data;
+  d->w = c->n > 1 ? c->in[1]->data : NULL;
+  d->y = g[0] ? g[0]->data : NULL;
+  return AD_OK;
+}
+
+/* t, u, v: the sums of (x - mu)^2, dy and dy (x - mu) over the n values of
+ * xr and dr (of type T) in one pass (LN_SUM3's order). */
+#define NORM_SUMS(t, u, v, n, xr, dr, mu)                                                          \
+  LN_SUM3(t, u, v, n, ((double)(xr)[i] - (mu)) * ((double)(xr)[i] - (mu)), (double)(dr)[i],        \
+          (double)(dr)[i] * ((double)(xr)[i] - (mu)))
+
+/* y = (x - mu) a + b0 over n values of xr into yr (of type T). */
+#define NORM_Y(T, yr, xr, n, mu, a, b0)                                                            \
+  for (int64_t i = 0; i < (n); i++) (yr)[i] = (T)(((double)(xr)[i] - (mu)) * (a) + (b0))
+
+/* dx = dy a - b0 - (x - mu) k2 over n values of dr and xr into yr (of
+ * type T). */
+#define NORM_DX(T, yr, dr, xr, n, mu, a, b0, k2)                                                   \
+  for (int64_t i = 0; i < (n); i++)                                                                \
+  (yr)[i] = (T)((double)(dr)[i] * (a) - (b0) - ((double)(xr)[i] - (mu)) * (k2))
+
 /* ------------------------------------------------------ batch_norm (op)
  *
  *   y = (x - mu) s w + b,  mu = mean_c(x),  s = 1 / sqrt(var_c(x) + eps)
@@ -727,13 +855,10 @@ const ad_op_def ad_def_layer_norm_backward = {
 enum { BN_RUN = 16, BN_COLS = 64 };
 
 typedef struct bn_job {
+  norm_data d;
   int64_t N, C, S, cb; /* cb: channels per block of columns (S < BN_RUN) */
-  double eps;
-  bool f32;
-  const void *x, *dy, *w, *b; /* dy NULL: the forward */
-  void *y;                    /* the forward's y, or the backward's dx (NULL: not wanted) */
-  double *stats;              /* forward: [2][C] mean and biased variance, or NULL */
-  double *sums;               /* backward: [2][C] dw and db */
+  double *stats;       /* forward: [2][C] mean and biased variance, or NULL */
+  double *sums;        /* backward: [2][C] dw and db */
 } bn_job;
 
 /* The channel's coefficients from its sums over its M values: s, and for
@@ -741,21 +866,21 @@ typedef struct bn_job {
 static void bn_coef(const bn_job *j, int64_t c, double wc, double bc, double mu, double dev,
                     double sg, double sgx, double *a, double *b0, double *k2) {
   int64_t M = j->N * j->S;
-  double var = M ? dev / (double)M : 0, ve = var + j->eps, s = ve == 0 ? 0 : 1.0 / sqrt(ve);
-  if (!j->dy) {
+  double var = M ? dev / (double)M : 0, ve = var + j->d.eps, s = ve == 0 ? 0 : 1.0 / sqrt(ve);
+  if (!j->d.dy) {
     if (j->stats) j->stats[c] = mu, j->stats[j->C + c] = var;
     *a = s * wc, *b0 = bc, *k2 = 0;
     return;
   }
   j->sums[c] = sgx * s, j->sums[j->C + c] = sg;
-  double mg = M ? sg * wc / (double)M : 0, mgx = M ? sgx * s * wc / (double)M : 0;
-  *a = s * wc, *b0 = s * mg, *k2 = s * s * mgx; /* dx = s (g - mg - (x - mu) s mgx) */
+  *a = s * wc;
+  norm_dx_coef(s, sg * wc, sgx * s * wc, M, b0, k2);
 }
 
 #define BN_KERNELS(T)                                                                              \
   do {                                                                                             \
-    const T *X = j->x, *G = j->dy, *W = j->w, *B = j->b;                                           \
-    T *Y = j->y;                                                                                   \
+    const T *X = j->d.x, *G = j->d.dy, *W = j->d.w, *B = j->d.b;                                   \
+    T *Y = j->d.y;                                                                                 \
     int64_t N = j->N, C = j->C, S = j->S, M = N * S;                                               \
     double Md = M ? (double)M : 1.0;                                                               \
     if (S >= BN_RUN) {                                                                             \
@@ -773,8 +898,7 @@ static void bn_coef(const bn_job *j, int64_t c, double wc, double bc, double mu,
             LN_SUM(t, S, ((double)xr[i] - mu) * ((double)xr[i] - mu));                             \
           } else {                                                                                 \
             const T *gr = G + (n * C + c) * S;                                                     \
-            LN_SUM3(t, u, v, S, ((double)xr[i] - mu) * ((double)xr[i] - mu), (double)gr[i],        \
-                    (double)gr[i] * ((double)xr[i] - mu));                                         \
+            NORM_SUMS(t, u, v, S, xr, gr, mu);                                                     \
             sg += u, sgx += v;                                                                     \
           }                                                                                        \
           dev += t;                                                                                \
@@ -785,11 +909,10 @@ static void bn_coef(const bn_job *j, int64_t c, double wc, double bc, double mu,
           const T *xr = X + (n * C + c) * S;                                                       \
           T *yr = Y + (n * C + c) * S;                                                             \
           if (!G)                                                                                  \
-            for (int64_t i = 0; i < S; i++) yr[i] = (T)(((double)xr[i] - mu) * a + b0);            \
+            NORM_Y(T, yr, xr, S, mu, a, b0);                                                       \
           else {                                                                                   \
             const T *gr = G + (n * C + c) * S;                                                     \
-            for (int64_t i = 0; i < S; i++)                                                        \
-              yr[i] = (T)((double)gr[i] * a - b0 - ((double)xr[i] - mu) * k2);                     \
+            NORM_DX(T, yr, gr, xr, S, mu, a, b0, k2);                                              \
           }                                                                                        \
         }                                                                                          \
       }                                                                                            \
@@ -850,7 +973,7 @@ static void bn_coef(const bn_job *j, int64_t c, double wc, double bc, double mu,
 /* Units [u0, u1): channels (S >= BN_RUN) or blocks of columns. */
 CELL_CLONES static void bn_units(void *ud, int64_t u0, int64_t u1) {
   const bn_job *j = ud;
-  if (j->f32)
+  if (j->d.f32)
     BN_KERNELS(float);
   else
     BN_KERNELS(double);
@@ -858,10 +981,10 @@ CELL_CLONES static void bn_units(void *ud, int64_t u0, int64_t u1) {
 
 /* The job for x (and w, b) of call c, without its in- and outputs. */
 static bn_job bn_job_of(const ad_call *c, const ad_tensor *x) {
-  bn_job j = {.N = x->shape[0], .C = x->shape[1], .S = 1, .eps = c->attrs->scalar};
+  bn_job j = {.N = x->shape[0], .C = x->shape[1], .S = 1};
+  j.d = (norm_data){.eps = c->attrs->scalar, .f32 = x->dtype == AD_F32};
   for (int k = 2; k < x->ndim; k++) j.S *= x->shape[k];
   j.cb = j.S >= BN_COLS || j.S == 0 ? 1 : BN_COLS / j.S;
-  j.f32 = x->dtype == AD_F32;
   return j;
 }
 
@@ -879,10 +1002,7 @@ static void bn_run(bn_job *j) {
 static ad_status batch_norm_shape(const ad_call *c) {
   const ad_tensor *x = c->in[0];
   char a[64], b[64];
-  if (ad_check_float_same(c->ctx, c->name, c->n, c->in) != AD_OK) return ad_last_status(c->ctx);
-  if (x->ndim < 2)
-    return ad_set_error(c->ctx, AD_ERR_SHAPE, "%s: x %s must have at least 2 dims [N, C, ...]",
-                        c->name, ad_shape_str(x, a, sizeof a));
+  if (norm_check_x(c, 2, "[N, C, ...]") != AD_OK) return ad_last_status(c->ctx);
   static const char *const what[2] = {"weight", "bias"};
   for (int k = 1; k < c->n; k++)
     if (c->in[k]->ndim != 1 || c->in[k]->shape[0] != x->shape[1])
@@ -890,21 +1010,12 @@ static ad_status batch_norm_shape(const ad_call *c) {
                           "%s: %s %s does not match the %lld channels of x %s", c->name,
                           what[k - 1], ad_shape_str(c->in[k], a, sizeof a), (long long)x->shape[1],
                           ad_shape_str(x, b, sizeof b));
-  double eps = c->attrs->scalar;
-  if (!(eps >= 0) || !isfinite(eps))
-    return ad_set_error(c->ctx, AD_ERR_ARG, "%s: eps %g must be finite and >= 0", c->name, eps);
-  c->out->dtype = x->dtype;
-  c->out->ndim = x->ndim;
-  memcpy(c->out->shape, x->shape, sizeof(int64_t) * (size_t)x->ndim);
-  return AD_OK;
+  return norm_out_like_x(c);
 }
 
 static void batch_norm_fwd(const ad_call *c) {
   bn_job j = bn_job_of(c, c->in[0]);
-  j.x = c->in[0]->data;
-  j.w = c->n > 1 ? c->in[1]->data : NULL;
-  j.b = c->n > 2 ? c->in[2]->data : NULL;
-  j.y = c->out->data;
+  norm_fwd_data(c, &j.d);
   j.stats = c->ctx->bn_stats;
   bn_run(&j);
 }
@@ -940,47 +1051,20 @@ static ad_status batch_norm_bwd_ops(const ad_call *c) {
   if (c->n > 1 && c->needs[1])
     gin[1] = ad_reshape(ctx, ad_sum_to(ctx, ad_mul(ctx, dy, xhat), nd, st), 1, &C);
   if (c->n > 2 && c->needs[2]) gin[2] = ad_reshape(ctx, ad_sum_to(ctx, dy, nd, st), 1, &C);
-  for (int k = 0; k < c->n; k++) {
-    if (!c->needs[k]) continue;
-    ad_status r = ad_call_set_grad(c, k, dt == AD_F32 ? ad_cast(ctx, gin[k], dt) : gin[k]);
-    if (r != AD_OK) return r;
-  }
-  return AD_OK;
+  return norm_set_grads(c, gin, dt == AD_F32);
 }
 
 /* Without create_graph: dx, dw and db by the loops (bn_units). */
 static ad_status batch_norm_bwd(const ad_call *c) {
   ad_ctx *ctx = c->ctx;
   if (ctx->grad_enabled) return batch_norm_bwd_ops(c);
-  const ad_tensor *x = c->in[0];
-  bn_job j = bn_job_of(c, x);
-  ad_tensor *dx = c->needs[0] ? ad_tmp_like(ctx, x) : NULL;
-  int64_t two_c = 2 * j.C;
-  ad_tensor *sums = ad_tmp_new(ctx, AD_F64, 1, &two_c);
-  ad_tensor *dw = c->n > 1 && c->needs[1] ? ad_tmp_like(ctx, c->in[1]) : NULL;
-  ad_tensor *db = c->n > 2 && c->needs[2] ? ad_tmp_like(ctx, c->in[2]) : NULL;
-  if ((c->needs[0] && !dx) || !sums || (c->n > 1 && c->needs[1] && !dw) ||
-      (c->n > 2 && c->needs[2] && !db))
-    return ad_last_status(ctx);
-  j.x = x->data;
-  j.dy = c->gout->data;
-  j.w = c->n > 1 ? c->in[1]->data : NULL;
-  j.y = dx ? dx->data : NULL;
-  j.sums = sums->data;
+  bn_job j = bn_job_of(c, c->in[0]);
+  ad_tensor *gin[3]; /* dx, dw, db */
+  if (norm_bwd_data(c, gin, 2 * j.C, &j.sums, &j.d) != AD_OK) return ad_last_status(ctx);
   bn_run(&j);
-  for (int64_t k = 0; k < j.C; k++) { /* (plain stores: fresh results, nothing to note) */
-    if (j.f32) {
-      if (dw) ((float *)dw->data)[k] = (float)j.sums[k];
-      if (db) ((float *)db->data)[k] = (float)j.sums[j.C + k];
-    } else {
-      if (dw) ((double *)dw->data)[k] = j.sums[k];
-      if (db) ((double *)db->data)[k] = j.sums[j.C + k];
-    }
-  }
-  ad_status st = dx ? ad_call_set_grad(c, 0, dx) : AD_OK;
-  if (st == AD_OK && dw) st = ad_call_set_grad(c, 1, dw);
-  if (st == AD_OK && db) st = ad_call_set_grad(c, 2, db);
-  return st;
+  for (int64_t k = 0; k < j.C; k++)
+    norm_store(gin[1], k, j.sums[k]), norm_store(gin[2], k, j.sums[j.C + k]);
+  return norm_set_grads(c, gin, false);
 }
 
 /* x [6,3] (S = 1: columns) with weight and bias; [2,2,16] (runs) with
@@ -990,20 +1074,9 @@ static ad_status batch_norm_bwd(const ad_call *c) {
 static int batch_norm_sample(const ad_sample_call *s) {
   static const int64_t s0[2] = {6, 3}, s1[3] = {2, 2, 16}, s2[3] = {3, 2, 5}, s3[3] = {2, 3, 4},
                        s4[2] = {3, 130}, s5[3] = {2, 24, 16};
-  static const struct {
-    int nd, n;
-    const int64_t *xs;
-  } v[6] = {{2, 3, s0}, {3, 3, s1}, {3, 1, s2}, {3, 2, s3}, {2, 3, s4}, {3, 3, s5}};
-  if (s->variant > 5) return 0;
-  const int64_t *xs = v[s->variant].xs;
-  int n = v[s->variant].n;
-  s->attrs->scalar = 1e-5;
-  s->in[0] = ad_sample_tensor(s, v[s->variant].nd, xs, -2, 2, true);
-  for (int k = 1; k < n; k++)
-    s->in[k] = ad_sample_tensor(s, 1, xs + 1, k == 1 ? 0.5 : -1, k == 1 ? 1.5 : 1, true);
-  for (int k = 0; k < n; k++)
-    if (!s->in[k]) return -1;
-  return n;
+  static const norm_variant v[6] = {{2, 3, s0}, {3, 3, s1}, {3, 1, s2},
+                                    {3, 2, s3}, {2, 3, s4}, {3, 3, s5}};
+  return norm_sample(s, v, 6, 1);
 }
 
 const ad_op_def ad_def_batch_norm = {
@@ -1044,30 +1117,27 @@ const ad_op_def ad_def_batch_norm = {
  * of dy layer_norm(x) and dy, ops that differentiate to any order. */
 
 typedef struct gn_job {
+  norm_data d;
   int64_t G, K, S; /* rows are N * G of K * S values */
-  double eps;
-  bool f32;
-  const void *x, *dy, *w, *b; /* dy NULL: the forward */
-  void *y;                    /* y, or the backward's dx (NULL: not wanted) */
-  double *part;               /* backward: [N * G][2][K]: sums of dy (x - mu) s, of dy */
+  double *part;    /* backward: [N * G][2][K]: sums of dy (x - mu) s, of dy */
 } gn_job;
 
 #define GN_KERNELS(T)                                                                              \
   do {                                                                                             \
-    const T *X = j->x, *D = j->dy, *W = j->w, *B = j->b;                                           \
-    T *Y = j->y;                                                                                   \
+    const T *X = j->d.x, *D = j->d.dy, *W = j->d.w, *B = j->d.b;                                   \
+    T *Y = j->d.y;                                                                                 \
     int64_t K = j->K, S = j->S, M = K * S;                                                         \
     for (int64_t r = r0; r < r1; r++) {                                                            \
       const T *xr = X + r * M;                                                                     \
       int64_t g = r % j->G;                                                                        \
       double mu, s;                                                                                \
       if (!D) {                                                                                    \
-        LN_STATS(xr, M, j->eps, mu, s);                                                            \
+        LN_STATS(xr, M, j->d.eps, mu, s);                                                          \
         for (int64_t k = 0; k < K; k++) {                                                          \
           const T *xk = xr + k * S;                                                                \
           T *yk = Y + r * M + k * S;                                                               \
           double a = W ? s * (double)W[g * K + k] : s, b0 = B ? (double)B[g * K + k] : 0.0;        \
-          for (int64_t i = 0; i < S; i++) yk[i] = (T)(((double)xk[i] - mu) * a + b0);              \
+          NORM_Y(T, yk, xk, S, mu, a, b0);                                                         \
         }                                                                                          \
         continue;                                                                                  \
       }                                                                                            \
@@ -1078,22 +1148,20 @@ typedef struct gn_job {
       for (int64_t k = 0; k < K; k++) {                                                            \
         const T *xk = xr + k * S, *dk = dr + k * S;                                                \
         double t, u, v, wk = W ? (double)W[g * K + k] : 1.0;                                       \
-        LN_SUM3(t, u, v, S, ((double)xk[i] - mu) * ((double)xk[i] - mu), (double)dk[i],            \
-                (double)dk[i] * ((double)xk[i] - mu));                                             \
+        NORM_SUMS(t, u, v, S, xk, dk, mu);                                                         \
         dev += t, sg += u * wk, sgx += v * wk;                                                     \
         pw[k] = v, pb[k] = u;                                                                      \
       }                                                                                            \
-      s = 1.0 / sqrt((M ? dev / (double)M : 0.0) + j->eps);                                        \
+      s = 1.0 / sqrt((M ? dev / (double)M : 0.0) + j->d.eps);                                      \
       for (int64_t k = 0; k < K; k++) pw[k] *= s;                                                  \
       if (!Y) continue;                                                                            \
-      double mg = M ? sg / (double)M : 0, mgx = M ? sgx * s / (double)M : 0;                       \
-      double b0 = s * mg, k2 = s * s * mgx; /* dx = s (gw - mg - (x - mu) s mgx) */                \
+      double b0, k2;                                                                               \
+      norm_dx_coef(s, sg, sgx *s, M, &b0, &k2);                                                    \
       for (int64_t k = 0; k < K; k++) {                                                            \
         const T *xk = xr + k * S, *dk = dr + k * S;                                                \
         T *yk = Y + r * M + k * S;                                                                 \
         double a = W ? s * (double)W[g * K + k] : s;                                               \
-        for (int64_t i = 0; i < S; i++)                                                            \
-          yk[i] = (T)((double)dk[i] * a - b0 - ((double)xk[i] - mu) * k2);                         \
+        NORM_DX(T, yk, dk, xk, S, mu, a, b0, k2);                                                  \
       }                                                                                            \
     }                                                                                              \
   } while (0)
@@ -1101,7 +1169,7 @@ typedef struct gn_job {
 /* Rows [r0, r1), each an (n, g). */
 CELL_CLONES static void gn_rows(void *ud, int64_t r0, int64_t r1) {
   const gn_job *j = ud;
-  if (j->f32)
+  if (j->d.f32)
     GN_KERNELS(float);
   else
     GN_KERNELS(double);
@@ -1110,9 +1178,9 @@ CELL_CLONES static void gn_rows(void *ud, int64_t r0, int64_t r1) {
 /* The job for x (and w, b) of call c, without its in- and outputs; *rows
  * its N * G rows. */
 static gn_job gn_job_of(const ad_call *c, const ad_tensor *x, int64_t *rows) {
-  gn_job j = {.G = x->shape[1], .K = x->shape[2], .S = 1, .eps = c->attrs->scalar};
+  gn_job j = {.G = x->shape[1], .K = x->shape[2], .S = 1};
+  j.d = (norm_data){.eps = c->attrs->scalar, .f32 = x->dtype == AD_F32};
   for (int k = 3; k < x->ndim; k++) j.S *= x->shape[k];
-  j.f32 = x->dtype == AD_F32;
   *rows = x->shape[0] * j.G;
   return j;
 }
@@ -1130,10 +1198,7 @@ static void gn_run(gn_job *j, int64_t rows) {
 static ad_status group_norm_shape(const ad_call *c) {
   const ad_tensor *x = c->in[0];
   char a[64], b[64];
-  if (ad_check_float_same(c->ctx, c->name, c->n, c->in) != AD_OK) return ad_last_status(c->ctx);
-  if (x->ndim < 3)
-    return ad_set_error(c->ctx, AD_ERR_SHAPE, "%s: x %s must have at least 3 dims [N, G, K, ...]",
-                        c->name, ad_shape_str(x, a, sizeof a));
+  if (norm_check_x(c, 3, "[N, G, K, ...]") != AD_OK) return ad_last_status(c->ctx);
   static const char *const what[2] = {"weight", "bias"};
   for (int k = 1; k < c->n; k++)
     if (c->in[k]->ndim != 2 || c->in[k]->shape[0] != x->shape[1] ||
@@ -1141,22 +1206,13 @@ static ad_status group_norm_shape(const ad_call *c) {
       return ad_set_error(c->ctx, AD_ERR_SHAPE, "%s: %s %s is not [G, K] of x %s [N, G, K, ...]",
                           c->name, what[k - 1], ad_shape_str(c->in[k], a, sizeof a),
                           ad_shape_str(x, b, sizeof b));
-  double eps = c->attrs->scalar;
-  if (!(eps >= 0) || !isfinite(eps))
-    return ad_set_error(c->ctx, AD_ERR_ARG, "%s: eps %g must be finite and >= 0", c->name, eps);
-  c->out->dtype = x->dtype;
-  c->out->ndim = x->ndim;
-  memcpy(c->out->shape, x->shape, sizeof(int64_t) * (size_t)x->ndim);
-  return AD_OK;
+  return norm_out_like_x(c);
 }
 
 static void group_norm_fwd(const ad_call *c) {
   int64_t rows;
   gn_job j = gn_job_of(c, c->in[0], &rows);
-  j.x = c->in[0]->data;
-  j.w = c->n > 1 ? c->in[1]->data : NULL;
-  j.b = c->n > 2 ? c->in[2]->data : NULL;
-  j.y = c->out->data;
+  norm_fwd_data(c, &j.d);
   gn_run(&j, rows);
 }
 
@@ -1183,12 +1239,7 @@ static ad_status group_norm_bwd_ops(const ad_call *c) {
     gin[1] = ad_reshape(ctx, ad_sum_to(ctx, ad_mul(ctx, d4, xhat), 4, gk1), 2, gk1 + 1);
   }
   if (c->n > 2 && c->needs[2]) gin[2] = ad_reshape(ctx, ad_sum_to(ctx, d4, 4, gk1), 2, gk1 + 1);
-  for (int k = 0; k < c->n; k++) {
-    if (!c->needs[k]) continue;
-    ad_status r = ad_call_set_grad(c, k, gin[k]);
-    if (r != AD_OK) return r;
-  }
-  return AD_OK;
+  return norm_set_grads(c, gin, false);
 }
 
 /* Without create_graph: dx, and the sums for dw and db, by the loops
@@ -1196,40 +1247,19 @@ static ad_status group_norm_bwd_ops(const ad_call *c) {
 static ad_status group_norm_bwd(const ad_call *c) {
   ad_ctx *ctx = c->ctx;
   if (ctx->grad_enabled) return group_norm_bwd_ops(c);
-  const ad_tensor *x = c->in[0];
   int64_t rows;
-  gn_job j = gn_job_of(c, x, &rows);
-  ad_tensor *dx = c->needs[0] ? ad_tmp_like(ctx, x) : NULL;
-  int64_t np = rows * 2 * j.K, GK = j.G * j.K;
-  ad_tensor *part = ad_tmp_new(ctx, AD_F64, 1, &np);
-  ad_tensor *dw = c->n > 1 && c->needs[1] ? ad_tmp_like(ctx, c->in[1]) : NULL;
-  ad_tensor *db = c->n > 2 && c->needs[2] ? ad_tmp_like(ctx, c->in[2]) : NULL;
-  if ((c->needs[0] && !dx) || !part || (c->n > 1 && c->needs[1] && !dw) ||
-      (c->n > 2 && c->needs[2] && !db))
-    return ad_last_status(ctx);
-  j.x = x->data;
-  j.dy = c->gout->data;
-  j.w = c->n > 1 ? c->in[1]->data : NULL;
-  j.y = dx ? dx->data : NULL;
-  j.part = part->data;
+  gn_job j = gn_job_of(c, c->in[0], &rows);
+  ad_tensor *gin[3]; /* dx, dw, db */
+  if (norm_bwd_data(c, gin, rows * 2 * j.K, &j.part, &j.d) != AD_OK) return ad_last_status(ctx);
   gn_run(&j, rows);
-  for (int64_t q = 0; q < GK; q++) { /* (plain stores: fresh results, nothing to note) */
+  for (int64_t q = 0; q < j.G * j.K; q++) {
     int64_t g = q / j.K, k = q % j.K;
     double sw = 0, sb = 0;
     for (int64_t r = g; r < rows; r += j.G)
       sw += j.part[r * 2 * j.K + k], sb += j.part[(r * 2 + 1) * j.K + k];
-    if (j.f32) {
-      if (dw) ((float *)dw->data)[q] = (float)sw;
-      if (db) ((float *)db->data)[q] = (float)sb;
-    } else {
-      if (dw) ((double *)dw->data)[q] = sw;
-      if (db) ((double *)db->data)[q] = sb;
-    }
+    norm_store(gin[1], q, sw), norm_store(gin[2], q, sb);
   }
-  ad_status st = dx ? ad_call_set_grad(c, 0, dx) : AD_OK;
-  if (st == AD_OK && dw) st = ad_call_set_grad(c, 1, dw);
-  if (st == AD_OK && db) st = ad_call_set_grad(c, 2, db);
-  return st;
+  return norm_set_grads(c, gin, false);
 }
 
 ad_tensor *ad_group_norm(ad_ctx *ctx, ad_tensor *x, int64_t num_groups, ad_tensor *weight,
@@ -1276,20 +1306,8 @@ ad_tensor *ad_group_norm(ad_ctx *ctx, ad_tensor *x, int64_t num_groups, ad_tenso
 static int group_norm_sample(const ad_sample_call *s) {
   static const int64_t s0[4] = {2, 2, 3, 4}, s1[3] = {3, 2, 2}, s2[4] = {2, 3, 2, 5},
                        s3[4] = {2, 2, 2, 3}, s4[4] = {2, 4, 2, 2};
-  static const struct {
-    int nd, n;
-    const int64_t *xs;
-  } v[5] = {{4, 3, s0}, {3, 3, s1}, {4, 1, s2}, {4, 2, s3}, {4, 3, s4}};
-  if (s->variant > 4) return 0;
-  const int64_t *xs = v[s->variant].xs;
-  int n = v[s->variant].n;
-  s->attrs->scalar = 1e-5;
-  s->in[0] = ad_sample_tensor(s, v[s->variant].nd, xs, -2, 2, true);
-  for (int k = 1; k < n; k++)
-    s->in[k] = ad_sample_tensor(s, 2, xs + 1, k == 1 ? 0.5 : -1, k == 1 ? 1.5 : 1, true);
-  for (int k = 0; k < n; k++)
-    if (!s->in[k]) return -1;
-  return n;
+  static const norm_variant v[5] = {{4, 3, s0}, {3, 3, s1}, {4, 1, s2}, {4, 2, s3}, {4, 3, s4}};
+  return norm_sample(s, v, 5, 2);
 }
 
 const ad_op_def ad_def_group_norm = {
