@@ -71,14 +71,19 @@ static void rec_add(rec *r, const char *what, const ad_tensor *t) {
 /* A copy of t with axis ax repeated f times; float values scaled by
  * 1 + 1e-3 u (u uniform in [0, 1)) when vary (the inputs to differentiate)
  * so that the copies differ but keep their sign and range; constants (masks,
- * conditions, indices) kept. */
+ * conditions, indices) kept. A 0-d t (a scalar input, anywhere in the
+ * list) has no axis: it is copied as it is, its shape entries past ndim
+ * never read (a reused header leaves an earlier tensor's there). */
 static ad_tensor *grow(ad_ctx *c, ad_rng *rng, const ad_tensor *t, int ax, int64_t f, bool vary) {
   int64_t shape[AD_MAX_DIMS];
-  memcpy(shape, t->shape, sizeof shape);
-  shape[ax] *= f;
+  memcpy(shape, t->shape, sizeof shape[0] * (size_t)t->ndim);
+  if (t->ndim == 0)
+    f = 1;
+  else
+    shape[ax] *= f;
   ad_tensor *g = ad_zeros(c, t->dtype, t->ndim, shape);
   if (!g) return NULL;
-  int64_t inner = 1, outer = 1, len = t->shape[ax];
+  int64_t inner = 1, outer = 1, len = t->ndim ? t->shape[ax] : 1;
   for (int d = ax + 1; d < t->ndim; d++) inner *= t->shape[d];
   for (int d = 0; d < ax; d++) outer *= t->shape[d];
   size_t es = ad_dtype_size(t->dtype);
@@ -401,6 +406,42 @@ static void no_sample_ops(ad_ctx *c, rec *r) {
     ad_tensor_free(a);
     ad_tensor_free(b);
     ad_tensor_free(i32);
+  }
+}
+
+/* An op sample whose 0-d input is not the first (x [3,4], a scalar s):
+ * grow_inputs grows x and copies s as it is, whatever s's header holds
+ * past ndim. s persistent (its unused dims 0: no value was copied before,
+ * s came out 0), and s a temporary whose header in the arena held a
+ * [40, 3] op result's before the reset (40 values were copied into s's
+ * copy of 1: a heap overflow under AddressSanitizer). */
+Test(thread_bits, grows_a_0d_input_that_is_not_the_first) {
+  static const int64_t xs[2] = {3, 4}, old[2] = {40, 3};
+  for (int k = 0; k < 2; k++) {
+    ad_tensor *z = ad_zeros(ctx, AD_F64, 2, old);
+    cr_assert_not_null(ad_mul_scalar(ctx, z, 2), "%s", ad_last_error(ctx));
+    ad_tape_reset(ctx);
+    ad_tensor_free(z);
+    ad_tensor *in[2] = {NULL, k ? ad_scalar(ctx, AD_F64, 2.5) : ad_full(ctx, AD_F64, 0, xs, 2.5)};
+    in[0] = ad_full(ctx, AD_F64, 2, xs, 1.5);
+    cr_assert(in[0] && in[1], "%s", ad_last_error(ctx));
+    if (!k) ad_tensor_set_requires_grad(in[1], true);
+    ad_tensor *big[2];
+    ad_rng rng;
+    ad_rng_seed(&rng, 1);
+    cr_assert(grow_inputs(ctx, &rng, 0, 2, in, big, 1, false));
+    cr_assert_eq(big[0]->ndim, 2);
+    cr_assert_eq(big[0]->shape[0], 3 * ((TB_TARGET + 11) / 12));
+    cr_assert_eq(big[1]->ndim, 0, "s %s", k ? "temporary" : "persistent");
+    cr_assert_eq(ad_tensor_get(big[1], 0), 2.5, "s %s: its copy came out %g",
+                 k ? "temporary" : "persistent", ad_tensor_get(big[1], 0));
+    cr_assert_eq(ad_tensor_requires_grad(big[1]), !k);
+    ad_tensor *y = ad_mul(ctx, big[0], big[1]); /* the op runs on the grown pair */
+    cr_assert_not_null(y, "%s", ad_last_error(ctx));
+    cr_assert_eq(ad_tensor_get(y, y->size - 1), 1.5 * 2.5);
+    ad_tape_reset(ctx);
+    ad_tensor_free(in[0]), ad_tensor_free(big[0]), ad_tensor_free(big[1]);
+    if (!k) ad_tensor_free(in[1]);
   }
 }
 
