@@ -21,7 +21,7 @@
  * timing. A case that fails ends the program with its error (exit 1). Not
  * a test: the machine's other load moves the times. */
 #include "ad_ext.h"
-#include "bench_util.h"
+#include "scan_util.h"
 #include "nn.h"
 
 #include <stdio.h>
@@ -444,57 +444,29 @@ static const struct {
     {"nll_loss", c_nll},
 };
 
+static void clear_grads(void) {
+  for (int g = 0; g < n_grads; g++) ad_tensor_zero_grad(grads[g]);
+}
+
 int main(int argc, char **argv) {
-  long long reps = 15, threads = 1;
-  const char *filter = NULL;
-  for (int i = 1; i < argc; i++) {
-    const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-    bool ok = true;
-    if (!strcmp(argv[i], "--filter") && v)
-      filter = v, i++;
-    else if (!strcmp(argv[i], "--reps"))
-      ok = bench_parse_int(v, 1, &reps), i++;
-    else if (!strcmp(argv[i], "--threads"))
-      ok = bench_parse_int(v, 1, &threads), i++;
-    else
-      ok = false;
-    if (!ok) {
-      fprintf(stderr, "usage: layerscan [--filter SUBSTR] [--reps N] [--threads T]\n");
-      return 2;
-    }
+  scan_opts o;
+  if (!scan_parse(argc, argv, "layerscan", &o)) return 2;
+  if (o.dtype != AD_F32) {
+    fprintf(stderr, "layerscan: float32 only\n");
+    return 2;
   }
   ctx = ad_ctx_new();
-  if (!ctx || !bench_set_threads((int)threads)) {
+  if (!ctx || !bench_set_threads((int)o.threads)) {
     fprintf(stderr, "layerscan: no context or threads\n");
     return 1;
   }
   ad_rng_seed(&rng, 1);
   make_inputs();
   make_layers();
-  printf("# layerscan: float32, %lld engine thread(s), least of %lld runs, microseconds\n", threads,
-         reps);
+  scan_print_header("layerscan", &o);
   for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
-    if (filter && !strstr(cases[k].name, filter)) continue;
-    double tf = 1e30, tb = 1e30;
-    ad_tensor *seed = NULL; /* ones of the output's shape, made at the first run */
-    for (long long r = 0; r < reps; r++) {
-      for (int g = 0; g < n_grads; g++) ad_tensor_zero_grad(grads[g]);
-      double t0 = bench_now_s();
-      ad_tensor *y = cases[k].fn();
-      double t1 = bench_now_s();
-      if (y && !seed) seed = ad_full(ctx, y->dtype, y->ndim, y->shape, 1.0);
-      ad_status st = y && seed ? ad_backward(ctx, y, seed) : ad_last_status(ctx);
-      double t2 = bench_now_s();
-      if (st != AD_OK) {
-        fprintf(stderr, "layerscan/%s: %s\n", cases[k].name, ad_last_error(ctx));
-        return 1;
-      }
-      ad_tape_reset(ctx);
-      tf = t1 - t0 < tf ? t1 - t0 : tf;
-      tb = t2 - t1 < tb ? t2 - t1 : tb;
-    }
-    printf("layerscan/%s fwd_us %.1f bwd_us %.1f\n", cases[k].name, tf * 1e6, tb * 1e6);
-    fflush(stdout);
+    if (o.filter && !strstr(cases[k].name, o.filter)) continue;
+    if (!scan_case(ctx, "layerscan", cases[k].name, cases[k].fn, clear_grads, &o)) return 1;
   }
   ad_ctx_free(ctx);
   return 0;

@@ -25,7 +25,7 @@
  * that fails ends the program with its error (exit 1). Not a test: the
  * machine's other load moves the times. */
 #include "ad_ext.h"
-#include "bench_util.h"
+#include "scan_util.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -191,60 +191,21 @@ static void clear_grads(void) {
 }
 
 int main(int argc, char **argv) {
-  long long reps = 15, threads = 1;
-  const char *filter = NULL;
-  for (int i = 1; i < argc; i++) {
-    const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-    bool ok = true;
-    if (!strcmp(argv[i], "--filter") && v)
-      filter = v, i++;
-    else if (!strcmp(argv[i], "--reps"))
-      ok = bench_parse_int(v, 1, &reps), i++;
-    else if (!strcmp(argv[i], "--threads"))
-      ok = bench_parse_int(v, 1, &threads), i++;
-    else if (!strcmp(argv[i], "--dtype") && v && (!strcmp(v, "f32") || !strcmp(v, "f64")))
-      dtype = strcmp(v, "f32") ? AD_F64 : AD_F32, i++;
-    else
-      ok = false;
-    if (!ok) {
-      fprintf(stderr,
-              "usage: opscan [--filter SUBSTR] [--reps N] [--threads T] [--dtype f32|f64]\n");
-      return 2;
-    }
-  }
+  scan_opts o;
+  if (!scan_parse(argc, argv, "opscan", &o)) return 2;
+  dtype = o.dtype;
   ctx = ad_ctx_new();
-  if (!ctx || !bench_set_threads((int)threads)) {
+  if (!ctx || !bench_set_threads((int)o.threads)) {
     fprintf(stderr, "opscan: no context or threads\n");
     return 1;
   }
   make_inputs();
-  printf("# opscan: %s, %lld engine thread(s), least of %lld runs, microseconds\n",
-         dtype == AD_F32 ? "float32" : "float64", threads, reps);
+  scan_print_header("opscan", &o);
   for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
-    if (filter && !strstr(cases[c].name, filter)) continue;
-    double fwd = 1e30, bwd = 1e30;
-    ad_tensor *seed = NULL; /* ones of the output's shape, made at the first run */
-    for (long long r = 0; r < reps; r++) {
-      clear_grads();
-      double t0 = bench_now_s();
-      ad_tensor *y = cases[c].fn();
-      double t1 = bench_now_s();
-      if (y && !seed) seed = ad_full(ctx, y->dtype, y->ndim, y->shape, 1.0);
-      ad_status st = y && seed ? ad_backward(ctx, y, seed) : ad_last_status(ctx);
-      double t2 = bench_now_s();
-      if (st != AD_OK) {
-        fprintf(stderr, "opscan/%s: %s\n", cases[c].name, ad_last_error(ctx));
-        return 1;
-      }
-      ad_tape_reset(ctx);
-      fwd = t1 - t0 < fwd ? t1 - t0 : fwd;
-      bwd = t2 - t1 < bwd ? t2 - t1 : bwd;
-    }
-    ad_tensor_free(seed);
+    if (o.filter && !strstr(cases[c].name, o.filter)) continue;
     const char *name =
         dtype == AD_F64 && !strcmp(cases[c].name, "cast64") ? "cast32" : cases[c].name;
-    printf("opscan/%s fwd_us %.1f bwd_us %.1f\n", name, fwd * 1e6, bwd * 1e6);
-    fflush(stdout);
+    if (!scan_case(ctx, "opscan", name, cases[c].fn, clear_grads, &o)) return 1;
   }
   ad_ctx_free(ctx);
   return 0;
