@@ -5,11 +5,12 @@
  * PyTorch's same layers (torch.nn modules and functions) and prints the
  * ratios.
  *
- *   build/bench/layerscan [--filter SUBSTR] [--reps N] [--threads T]
+ *   build/bench/layerscan [--filter SUBSTR] [--reps N] [--threads T] [--dtype f32|f64]
  *
- * float32 throughout. Each case runs its layer (nn_layer_forward in
- * training mode, or the loss function with the mean reduction) on fixed
- * inputs, then backward to every input and parameter that needs a
+ * float32 throughout, or float64 with --dtype f64 (every float input,
+ * target and parameter: users train in both). Each case runs its layer
+ * (nn_layer_forward in training mode, or the loss function with the mean
+ * reduction) on fixed inputs, then backward to every input and parameter that needs a
  * gradient with a seed of ones of the output's shape; of --reps runs
  * (default 15) it prints the least forward time and the least backward
  * time, in microseconds:
@@ -30,8 +31,9 @@
 
 static ad_ctx *ctx;
 static ad_rng rng;
+static ad_dtype dtype = AD_F32; /* of every float input and parameter (--dtype) */
 
-/* The inputs (float32 leaves needing a gradient unless said):
+/* The inputs (float leaves of the scan's dtype needing a gradient unless said):
  *   a, b, c [256,1024] N(0,1); p [256,1024] in [0.5, 2); prob in [0.01,
  *   0.99) and t01, tpm [256,1024] (targets in [0,1) and of +-1, no grad);
  *   img [32,64,32,32] N(0,1); simg [8,64,32,32]; seq [32,64,256] (N, C, L);
@@ -68,8 +70,8 @@ static nn_layer *layer(nn_layer *l, const char *what) {
 }
 
 static ad_tensor *input(int nd, const int64_t *shape, double lo, double hi, bool grad) {
-  ad_tensor *t = lo == hi ? ad_randn(ctx, &rng, AD_F32, nd, shape, 0, 1)
-                          : ad_rand(ctx, &rng, AD_F32, nd, shape, lo, hi);
+  ad_tensor *t = lo == hi ? ad_randn(ctx, &rng, dtype, nd, shape, 0, 1)
+                          : ad_rand(ctx, &rng, dtype, nd, shape, lo, hi);
   if (!t || (grad && ad_tensor_set_requires_grad(t, true) != AD_OK)) die("inputs");
   if (grad) track(t);
   return t;
@@ -83,12 +85,19 @@ static ad_tensor *indices(int nd, const int64_t *shape, int64_t mul, int64_t mod
   return t;
 }
 
-/* +-1 (or 0/1 when zero_one) float32 targets, no gradient. */
+/* Element k of a float tensor of the scan's dtype set to v. */
+static void set(ad_tensor *t, int64_t k, double v) {
+  if (dtype == AD_F64)
+    ((double *)t->data)[k] = v;
+  else
+    ((float *)t->data)[k] = (float)v;
+}
+
+/* +-1 (or 0/1 when zero_one) targets of the scan's dtype, no gradient. */
 static ad_tensor *signs(int nd, const int64_t *shape, bool zero_one) {
-  ad_tensor *t = ad_zeros(ctx, AD_F32, nd, shape);
+  ad_tensor *t = ad_zeros(ctx, dtype, nd, shape);
   if (!t) die("inputs");
-  for (int64_t k = 0; k < t->size; k++)
-    ((float *)t->data)[k] = (k * 7919 % 13) < 6 ? (zero_one ? 0.0f : -1.0f) : 1.0f;
+  for (int64_t k = 0; k < t->size; k++) set(t, k, (k * 7919 % 13) < 6 ? (zero_one ? 0 : -1) : 1);
   return t;
 }
 
@@ -101,9 +110,9 @@ static void make_inputs(void) {
   a = input(2, s2, 0, 0, true), b = input(2, s2, 0, 0, true), c = input(2, s2, 0, 0, true);
   p = input(2, s2, 0.5, 2, true), prob = input(2, s2, 0.01, 0.99, true);
   t01 = input(2, s2, 0, 1, false), tpm = signs(2, s2, false), tpm_rows = signs(1, s_n, false);
-  cnt = ad_zeros(ctx, AD_F32, 2, s2); /* Poisson counts 0..4 */
+  cnt = ad_zeros(ctx, dtype, 2, s2); /* Poisson counts 0..4 */
   if (!cnt) die("inputs");
-  for (int64_t k = 0; k < cnt->size; k++) ((float *)cnt->data)[k] = (float)(k * 7919 % 5);
+  for (int64_t k = 0; k < cnt->size; k++) set(cnt, k, (double)(k * 7919 % 5));
   img = input(4, s_img, 0, 0, true), simg = input(4, s_simg, 0, 0, true);
   seq = input(3, s_seq, 0, 0, true), vol = input(5, s_vol, 0, 0, true);
   x1 = input(2, s_x, 0, 0, true), x2 = input(2, s_x, 0, 0, true);
@@ -112,7 +121,7 @@ static void make_inputs(void) {
   for (int k = 0; k < 128; k++) offsets[k] = 16 * k;
   rx = input(3, s_rx, 0, 0, true), att = input(3, s_att, 0, 0, true);
   /* CTC's log-probabilities: a log_softmax over the classes, copied into a leaf. */
-  ad_tensor *raw = ad_randn(ctx, &rng, AD_F32, 3, s_lp, 0, 1);
+  ad_tensor *raw = ad_randn(ctx, &rng, dtype, 3, s_lp, 0, 1);
   ad_tensor *lp = raw ? ad_log_softmax(ctx, raw, 2) : NULL;
   ctc_lp = lp ? ad_tensor_clone(ctx, lp) : NULL;
   if (!ctc_lp || ad_tensor_set_requires_grad(ctc_lp, true) != AD_OK) die("inputs");
@@ -132,10 +141,10 @@ static nn_layer *l_dense, *l_bilinear, *l_relu6, *l_prelu, *l_rrelu, *l_softshri
     *l_enc;
 
 static void make_layers(void) {
-  l_dense = layer(nn_dense_new(ctx, 1024, 1024, &rng, NULL), "dense");
-  l_bilinear = layer(nn_bilinear_new(ctx, 64, 64, 64, true, AD_F32, &rng), "bilinear");
+  l_dense = layer(nn_dense_new(ctx, 1024, 1024, &rng, &(nn_dense_opts){.dtype = dtype}), "dense");
+  l_bilinear = layer(nn_bilinear_new(ctx, 64, 64, 64, true, dtype, &rng), "bilinear");
   l_relu6 = layer(nn_relu6_new(ctx), "relu6");
-  l_prelu = layer(nn_prelu_new(ctx, 1, 0.25, AD_F32), "prelu");
+  l_prelu = layer(nn_prelu_new(ctx, 1, 0.25, dtype), "prelu");
   l_rrelu = layer(nn_rrelu_new(ctx, 1.0 / 8, 1.0 / 3, 1), "rrelu");
   l_softshrink = layer(nn_softshrink_new(ctx, 0.5), "softshrink");
   l_hardshrink = layer(nn_hardshrink_new(ctx, 0.5), "hardshrink");
@@ -145,32 +154,44 @@ static void make_layers(void) {
   l_glu = layer(nn_glu_new(ctx, 1), "glu");
   l_dropout = layer(nn_dropout_new(ctx, 0.5, 1), "dropout");
   l_dropout2d = layer(nn_dropout2d_new(ctx, 0.5, 1), "dropout2d");
-  l_bn1d = layer(nn_batch_norm1d_new(ctx, 1024, NULL), "batch_norm1d");
-  l_bn2d = layer(nn_batch_norm2d_new(ctx, 64, NULL), "batch_norm2d");
-  l_gn = layer(nn_group_norm_new(ctx, 8, 64, NULL), "group_norm");
-  l_in2d = layer(nn_instance_norm2d_new(ctx, 64, NULL), "instance_norm2d");
-  l_ln = layer(nn_layer_norm_new(ctx, 1, (const int64_t[]){1024}, NULL), "layer_norm");
+  l_bn1d =
+      layer(nn_batch_norm1d_new(ctx, 1024, &(nn_batch_norm_opts){.dtype = dtype}), "batch_norm1d");
+  l_bn2d =
+      layer(nn_batch_norm2d_new(ctx, 64, &(nn_batch_norm_opts){.dtype = dtype}), "batch_norm2d");
+  l_gn = layer(nn_group_norm_new(ctx, 8, 64, &(nn_group_norm_opts){.dtype = dtype}), "group_norm");
+  l_in2d = layer(nn_instance_norm2d_new(ctx, 64, &(nn_instance_norm_opts){.dtype = dtype}),
+                 "instance_norm2d");
+  l_ln = layer(
+      nn_layer_norm_new(ctx, 1, (const int64_t[]){1024}, &(nn_layer_norm_opts){.dtype = dtype}),
+      "layer_norm");
   l_lrn = layer(nn_local_response_norm_new(ctx, 5, 1e-4, 0.75, 1.0), "local_response_norm");
-  l_conv1d = layer(nn_conv1d_new(ctx, 64, 64, 3, &rng, &(nn_conv1d_opts){.padding = 1}), "conv1d");
-  l_conv2d =
-      layer(nn_conv2d_new(ctx, 64, 64, 3, 3, &rng, &(nn_conv2d_opts){.padding = {1, 1}}), "conv2d");
-  l_dwconv = layer(
-      nn_conv2d_new(ctx, 64, 64, 3, 3, &rng, &(nn_conv2d_opts){.padding = {1, 1}, .groups = 64}),
-      "conv2d depthwise");
-  l_dilconv = layer(nn_conv2d_new(ctx, 64, 64, 3, 3, &rng,
-                                  &(nn_conv2d_opts){.padding = {2, 2}, .dilation = {2, 2}}),
-                    "conv2d dilated");
-  l_convt2d =
-      layer(nn_conv_transpose2d_new(ctx, 64, 32, 2, 2, &rng, &(nn_conv2d_opts){.stride = {2, 2}}),
-            "conv_transpose2d");
-  l_conv3d = layer(
-      nn_conv3d_new(ctx, 16, 16, 3, 3, 3, &rng, &(nn_conv3d_opts){.padding = {1, 1, 1}}), "conv3d");
+  l_conv1d =
+      layer(nn_conv1d_new(ctx, 64, 64, 3, &rng, &(nn_conv1d_opts){.padding = 1, .dtype = dtype}),
+            "conv1d");
+  l_conv2d = layer(
+      nn_conv2d_new(ctx, 64, 64, 3, 3, &rng, &(nn_conv2d_opts){.padding = {1, 1}, .dtype = dtype}),
+      "conv2d");
+  l_dwconv =
+      layer(nn_conv2d_new(ctx, 64, 64, 3, 3, &rng,
+                          &(nn_conv2d_opts){.padding = {1, 1}, .groups = 64, .dtype = dtype}),
+            "conv2d depthwise");
+  l_dilconv =
+      layer(nn_conv2d_new(ctx, 64, 64, 3, 3, &rng,
+                          &(nn_conv2d_opts){.padding = {2, 2}, .dilation = {2, 2}, .dtype = dtype}),
+            "conv2d dilated");
+  l_convt2d = layer(nn_conv_transpose2d_new(ctx, 64, 32, 2, 2, &rng,
+                                            &(nn_conv2d_opts){.stride = {2, 2}, .dtype = dtype}),
+                    "conv_transpose2d");
+  l_conv3d = layer(nn_conv3d_new(ctx, 16, 16, 3, 3, 3, &rng,
+                                 &(nn_conv3d_opts){.padding = {1, 1, 1}, .dtype = dtype}),
+                   "conv3d");
   l_convt1d =
-      layer(nn_conv_transpose1d_new(ctx, 64, 32, 2, &rng, &(nn_conv_transpose1d_opts){.stride = 2}),
+      layer(nn_conv_transpose1d_new(ctx, 64, 32, 2, &rng,
+                                    &(nn_conv_transpose1d_opts){.stride = 2, .dtype = dtype}),
             "conv_transpose1d");
-  l_convt3d = layer(
-      nn_conv_transpose3d_new(ctx, 16, 8, 2, 2, 2, &rng, &(nn_conv3d_opts){.stride = {2, 2, 2}}),
-      "conv_transpose3d");
+  l_convt3d = layer(nn_conv_transpose3d_new(ctx, 16, 8, 2, 2, 2, &rng,
+                                            &(nn_conv3d_opts){.stride = {2, 2, 2}, .dtype = dtype}),
+                    "conv_transpose3d");
   l_maxp2d =
       layer(nn_max_pool2d_new(ctx, 3, 3, &(ad_pool2d_opts){.stride = {2, 2}, .padding = {1, 1}}),
             "max_pool2d");
@@ -209,18 +230,24 @@ static void make_layers(void) {
       layer(nn_reflection_pad3d_new(ctx, (const int64_t[6]){1, 1, 1, 1, 1, 1}), "reflection_pad3d");
   l_cos = layer(nn_cosine_similarity_new(ctx, 1, 1e-8), "cosine_similarity");
   l_pdist = layer(nn_pairwise_distance_new(ctx, 2, 1e-6, false), "pairwise_distance");
-  l_emb = layer(nn_embedding_new(ctx, 1000, 256, &rng, NULL), "embedding");
-  l_bagl = layer(nn_embedding_bag_new(ctx, 1000, 256, &rng, NULL), "embedding_bag");
-  l_rnn = layer(nn_rnn_new(ctx, NN_RNN_TANH, 128, 256, &rng, NULL), "rnn");
-  l_lstm = layer(nn_lstm_new(ctx, 128, 256, &rng, NULL), "lstm");
-  l_gru = layer(nn_gru_new(ctx, 128, 256, &rng, NULL), "gru");
-  l_mha = layer(nn_multihead_attention_new(ctx, 256, 8, &rng, &(nn_mha_opts){.batch_first = true}),
+  l_emb = layer(nn_embedding_new(ctx, 1000, 256, &rng, &(nn_embedding_opts){.dtype = dtype}),
+                "embedding");
+  l_bagl =
+      layer(nn_embedding_bag_new(ctx, 1000, 256, &rng, &(nn_embedding_bag_opts){.dtype = dtype}),
+            "embedding_bag");
+  l_rnn =
+      layer(nn_rnn_new(ctx, NN_RNN_TANH, 128, 256, &rng, &(nn_rnn_opts){.dtype = dtype}), "rnn");
+  l_lstm = layer(nn_lstm_new(ctx, 128, 256, &rng, &(nn_rnn_opts){.dtype = dtype}), "lstm");
+  l_gru = layer(nn_gru_new(ctx, 128, 256, &rng, &(nn_rnn_opts){.dtype = dtype}), "gru");
+  l_mha = layer(nn_multihead_attention_new(ctx, 256, 8, &rng,
+                                           &(nn_mha_opts){.batch_first = true, .dtype = dtype}),
                 "multihead_attention");
-  l_enc = layer(
-      nn_transformer_encoder_layer_new(
-          ctx, 256, 8, &rng,
-          &(nn_transformer_opts){.dim_feedforward = 1024, .no_dropout = true, .batch_first = true}),
-      "transformer_encoder_layer");
+  l_enc = layer(nn_transformer_encoder_layer_new(ctx, 256, 8, &rng,
+                                                 &(nn_transformer_opts){.dim_feedforward = 1024,
+                                                                        .no_dropout = true,
+                                                                        .batch_first = true,
+                                                                        .dtype = dtype}),
+                "transformer_encoder_layer");
 }
 
 static ad_tensor *fwd(nn_layer *l, ad_tensor *x) { return nn_layer_forward(l, x, true); }
@@ -451,10 +478,7 @@ static void clear_grads(void) {
 int main(int argc, char **argv) {
   scan_opts o;
   if (!scan_parse(argc, argv, "layerscan", &o)) return 2;
-  if (o.dtype != AD_F32) {
-    fprintf(stderr, "layerscan: float32 only\n");
-    return 2;
-  }
+  dtype = o.dtype;
   ctx = ad_ctx_new();
   if (!ctx || !bench_set_threads((int)o.threads)) {
     fprintf(stderr, "layerscan: no context or threads\n");

@@ -2,17 +2,20 @@
 """layerscan.py: bench/layerscan's layer and loss cases beside PyTorch's, to find cliffs.
 
 Runs build/bench/layerscan (every nn layer kind and loss, forward and
-backward from a seed of ones, on one float32 case each: see
-bench/layerscan.c) and the same layers in PyTorch (torch.nn modules in
-training mode, torch.nn.functional losses with the mean reduction), in
-turn, ROUNDS times, each run printing the least of REPS timings per case;
+backward from a seed of ones, on one float32 case each, float64 with
+--dtype f64: see bench/layerscan.c) and the same layers in PyTorch
+(torch.nn modules in training mode, torch.nn.functional losses with the
+mean reduction), in turn, ROUNDS times, each run printing the least of REPS timings per case;
 then prints, per case, the least of the rounds for each side and the ratio
 ours / torch of the forward and of the backward, and marks "cliff" where a
 ratio exceeds --cliff (default 2). --threads T on both sides (default 1),
 with PyTorch at its best as in compare.py.
 
   bench/layerscan.py [--build DIR] [--rounds 3] [--reps 15] [--filter SUBSTR]
-                     [--threads 1] [--python EXE] [--cliff 2]
+                     [--threads 1] [--dtype f32|f64] [--python EXE] [--cliff 2]
+
+--dtype f64 runs both sides in float64 (every input, target and
+parameter; torch.set_default_dtype on PyTorch's side).
 
 The driver is bench/opscan.py's. Exit status 0 whatever the ratios: a
 measurement, not a test.
@@ -51,7 +54,7 @@ def torch_cases(f64=False):
     a, b, c = leaf(256, 1024), leaf(256, 1024), leaf(256, 1024)
     p, prob = leaf(256, 1024, lo=0.5, hi=2), leaf(256, 1024, lo=0.01, hi=0.99)
     t01, tpm, tpm_rows = torch.rand(256, 1024), signs(256, 1024), signs(256)
-    cnt = (torch.arange(256 * 1024).view(256, 1024) * 7919 % 5).float()
+    cnt = (torch.arange(256 * 1024).view(256, 1024) * 7919 % 5).to(torch.get_default_dtype())
     img, simg = leaf(32, 64, 32, 32), leaf(8, 64, 32, 32)
     seq, vol = leaf(32, 64, 256), leaf(8, 16, 16, 16, 16)
     x1, x2 = leaf(256, 64), leaf(256, 64)
@@ -150,4 +153,4 @@ def torch_cases(f64=False):
 
 
 if __name__ == "__main__":
-    sys.exit(opscan.main("layerscan", __file__, __doc__, torch_cases, dtypes=("f32",)))
+    sys.exit(opscan.main("layerscan", __file__, __doc__, torch_cases, dtypes=("f32", "f64")))
