@@ -651,6 +651,9 @@ static void attrs_str(const ad_op_def *def, const ad_tensor *t, sbuf *out) {
     if (a->elu.grad_input_scale != a->elu.input_scale)
       sb_put(&b, " grad_input_scale %.9g", a->elu.grad_input_scale);
     break;
+  case AD_ATTRS_COSINE:
+    sb_put(&b, " axis %d eps %.6g", a->cosine.axis, a->cosine.eps);
+    break;
   case AD_ATTRS_USER:
     for (int k = 0; k < 6; k++)
       if (a->user.i[k]) sb_put(&b, " i%d %lld", k, (long long)a->user.i[k]);

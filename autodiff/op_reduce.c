@@ -1,6 +1,7 @@
 /* op_reduce.c: sum, max, logsumexp over a run of adjacent axes; softmax
  * and log_softmax along an axis; the mean as a composite; cumsum along an
- * axis; argmax and argmin (no gradient). */
+ * axis; argmax and argmin (no gradient); cosine_similarity along an axis
+ * and its fused gradient. */
 #include "ops.h"
 #include "softmax_exp.h"
 
@@ -1123,6 +1124,290 @@ const ad_op_def ad_def_argmin = {
     .forward = argmin_fwd,
     .math = "y = index of the first min along axis (NaN counts as min; i32)",
     .inputs = {"x"},
+};
+
+/* ---------------------------------------------------- cosine_similarity
+ *
+ *   y = sum_axis(a b) / (ca cb),  ca = sqrt(max(sum_axis(a^2), eps^2)), cb likewise
+ *   da = cosine_similarity_backward(dy, a, b),  db = cosine_similarity_backward(dy, b, a)
+ *
+ * PyTorch 1.13's F.cosine_similarity along one axis of two tensors of one
+ * shape (nn_cosine_similarity broadcasts them first): each vector over its
+ * own norm clamped at eps, the clamp made without its gradient (1.13
+ * clamps under no_grad), so where sum(a^2) < eps^2 the norm's value is
+ * eps but its gradient is a / ca as if unclamped (0 for a zero vector).
+ * One pass a lane: the three sums in double (float32 too), the norms
+ * rounded to the dtype as the sum and sqrt ops round them (so a float32
+ * norm overflows where PyTorch's does: y 0 there), then dot / ca / cb in
+ * double, rounded once. An axis of length 0 gives 0. It was eight ops
+ * forward (squares, sums, clamps, sqrt, quotients, product, sum) and
+ * thirteen back. */
+
+/* x1 and x2 float of one dtype and shape (at least 1-D), the axis in
+ * range, eps >= 0 and finite; out: the shape without the axis. */
+static ad_status shape_cos(const ad_call *c) {
+  char a[64], b[64];
+  const ad_tensor *x1 = c->in[0], *x2 = c->in[1];
+  if (ad_check_float_same(c->ctx, c->name, 2, c->in) != AD_OK) return ad_last_status(c->ctx);
+  if (!ad_same_shape(x1, x2))
+    return ad_set_error(c->ctx, AD_ERR_SHAPE, "%s: x1 %s and x2 %s differ", c->name,
+                        ad_shape_str(x1, a, sizeof a), ad_shape_str(x2, b, sizeof b));
+  int ax = ad_norm_axis(c->attrs->cosine.axis, x1->ndim);
+  if (ax < 0)
+    return ad_set_error(c->ctx, AD_ERR_ARG, "%s: axis %d out of range for %s", c->name,
+                        c->attrs->cosine.axis, ad_shape_str(x1, a, sizeof a));
+  double eps = c->attrs->cosine.eps;
+  if (!(eps >= 0) || !isfinite(eps))
+    return ad_set_error(c->ctx, AD_ERR_ARG, "%s: eps %g must be finite and >= 0", c->name, eps);
+  c->out->dtype = x1->dtype;
+  c->out->ndim = x1->ndim - 1;
+  for (int k = 0, j = 0; k < x1->ndim; k++)
+    if (k != ax) c->out->shape[j++] = x1->shape[k];
+  return AD_OK;
+}
+
+/* The three sums of nb lanes (element k of lane j at k * S + j) into s1,
+ * s2, p: sum a^2, sum b^2, sum a b, in double; a contiguous lane (nb 1, S
+ * 1) in 8 interleaved partials each. */
+#define COS_SUMS(T, A, B, S, N, NB, s1, s2, p)                                                     \
+  do {                                                                                             \
+    if ((S) == 1) {                                                                                \
+      double q1[8] = {0}, q2[8] = {0}, qp[8] = {0};                                                \
+      int64_t k = 0;                                                                               \
+      for (; k + 8 <= (N); k += 8)                                                                 \
+        for (int q = 0; q < 8; q++) {                                                              \
+          double va = (double)(A)[k + q], vb = (double)(B)[k + q];                                 \
+          q1[q] += va * va, q2[q] += vb * vb, qp[q] += va * vb;                                    \
+        }                                                                                          \
+      for (int q = 0; k < (N); k++, q++) {                                                         \
+        double va = (double)(A)[k], vb = (double)(B)[k];                                           \
+        q1[q] += va * va, q2[q] += vb * vb, qp[q] += va * vb;                                      \
+      }                                                                                            \
+      for (int w = 4; w >= 1; w /= 2)                                                              \
+        for (int q = 0; q < w; q++) q1[q] += q1[q + w], q2[q] += q2[q + w], qp[q] += qp[q + w];    \
+      s1[0] = q1[0], s2[0] = q2[0], p[0] = qp[0];                                                  \
+    } else {                                                                                       \
+      for (int64_t j = 0; j < (NB); j++) s1[j] = s2[j] = p[j] = 0;                                 \
+      for (int64_t k = 0; k < (N); k++)                                                            \
+        for (int64_t j = 0; j < (NB); j++) {                                                       \
+          double va = (double)(A)[k * (S) + j], vb = (double)(B)[k * (S) + j];                     \
+          s1[j] += va * va, s2[j] += vb * vb, p[j] += va * vb;                                     \
+        }                                                                                          \
+    }                                                                                              \
+  } while (0)
+
+/* A norm from its sum of squares s, rounded to T as the sum op rounds s
+ * and the sqrt op its root (so a float32 s past FLT_MAX is inf); e2 is
+ * eps^2 in T. NaN stays NaN. */
+#define COS_NORM(T, s, e2) ((double)cos_root_##T((T)(s) < (e2) ? (e2) : (T)(s)))
+static inline float cos_root_float(float v) { return sqrtf(v); }
+static inline double cos_root_double(double v) { return sqrt(v); }
+
+typedef struct cos_job {
+  const ad_call *c;
+  red_dims r;
+  bool bwd; /* cosine_similarity_backward: in g, a, b */
+} cos_job;
+
+/* Lane blocks [b, e) of cosine_similarity (y) or of its backward: out =
+ * g (b / (ca cb) - y a / ca^2) along the axis, computed as (g / (ca cb))
+ * (b - (dot / ca^2) a), ca^2 the clamped sum of squares in double (not
+ * rounded to float32) and the difference one fma: where the difference
+ * cancels (a small vector nearly parallel to the other) only dot / ca^2
+ * rounds before it, nearer the exact value than PyTorch's chain of ops. */
+#define COS_LANES(T)                                                                               \
+  do {                                                                                             \
+    const T *G = job->bwd ? c->in[0]->data : NULL;                                                 \
+    const T *XA = c->in[job->bwd]->data, *XB = c->in[job->bwd + 1]->data;                          \
+    T *O = c->out->data;                                                                           \
+    const T e2 = (T)(c->attrs->cosine.eps * c->attrs->cosine.eps);                                 \
+    double s1[LANE_BLOCK], s2[LANE_BLOCK], p[LANE_BLOCK];                                          \
+    for (int64_t u = b; u < e; u++) {                                                              \
+      int64_t o = u / blocks, j0 = u % blocks * LANE_BLOCK;                                        \
+      int64_t nb = inner - j0 < LANE_BLOCK ? inner - j0 : LANE_BLOCK;                              \
+      const T *xa = XA + o * n * inner + j0, *xb = XB + o * n * inner + j0;                        \
+      COS_SUMS(T, xa, xb, inner, n, nb, s1, s2, p);                                                \
+      for (int64_t j = 0; j < nb; j++) {                                                           \
+        double ca = COS_NORM(T, s1[j], e2), cb = COS_NORM(T, s2[j], e2);                           \
+        if (!job->bwd) {                                                                           \
+          O[o * inner + j0 + j] = (T)(n ? p[j] / ca / cb : 0);                                     \
+          continue;                                                                                \
+        }                                                                                          \
+        double sa = (T)s1[j] < e2 ? (double)e2 : s1[j];                                            \
+        double kb = (double)G[o * inner + j0 + j] / ca / cb, r = p[j] / sa;                        \
+        T *out = O + o * n * inner + j0 + j;                                                       \
+        for (int64_t k = 0; k < n; k++)                                                            \
+          out[k * inner] =                                                                         \
+              (T)(kb * fma(-r, (double)xa[k * inner + j], (double)xb[k * inner + j]));             \
+      }                                                                                            \
+    }                                                                                              \
+  } while (0)
+
+CELL_CLONES static void cos_range(void *ud, int64_t b, int64_t e) {
+  const cos_job *job = ud;
+  const ad_call *c = job->c;
+  int64_t n = job->r.n, inner = job->r.inner, blocks = (inner + LANE_BLOCK - 1) / LANE_BLOCK;
+  if (c->out->dtype == AD_F32)
+    COS_LANES(float);
+  else
+    COS_LANES(double);
+}
+
+static void cos_run(const ad_call *c, bool bwd) {
+  if (c->out->size == 0) return;
+  const ad_tensor *x = c->in[bwd];
+  cos_job j = {c, red_of(x, 1u << ad_norm_axis(c->attrs->cosine.axis, x->ndim)), bwd};
+  int64_t blocks = (j.r.inner + LANE_BLOCK - 1) / LANE_BLOCK;
+  int64_t per = (j.r.n ? j.r.n : 1) * (j.r.inner < LANE_BLOCK ? j.r.inner : LANE_BLOCK);
+  ad_parallel_for(j.r.outer * blocks, (32768 + per - 1) / per, cos_range, &j);
+}
+
+static void cos_fwd(const ad_call *c) { cos_run(c, false); }
+
+static ad_status cos_bwd(const ad_call *c) {
+  ad_status st = AD_OK;
+  for (int k = 0; k < 2 && st == AD_OK; k++)
+    if (c->needs[k]) {
+      ad_tensor *in[3] = {c->gout, c->in[k], c->in[1 - k]};
+      st = ad_call_set_grad(c, k,
+                            ad_op_apply(c->ctx, AD_OP_COSINE_SIMILARITY_BACKWARD, 3, in, c->attrs));
+    }
+  return st;
+}
+
+ad_tensor *ad_cosine_similarity(ad_ctx *ctx, ad_tensor *x1, ad_tensor *x2, int axis, double eps) {
+  ad_attrs at = {.cosine = {axis, eps}};
+  return ad_apply2(ctx, AD_OP_COSINE_SIMILARITY, x1, x2, &at);
+}
+
+/* [2,3,4] pairs in (-2, 2) (norms far above eps: the gradient of the
+ * clamp is not its value's), along the last axis and axis 1 */
+static int sample_cos(const ad_sample_call *s) {
+  if (s->variant > 1) return 0;
+  int64_t shape[3] = {2, 3, 4};
+  s->attrs->cosine = (ad_cosine_attrs){s->variant ? 1 : -1, 1e-8};
+  s->in[0] = ad_sample_tensor(s, 3, shape, -2, 2, true);
+  s->in[1] = ad_sample_tensor(s, 3, shape, -2, 2, true);
+  return s->in[0] && s->in[1] ? 2 : -1;
+}
+
+const ad_op_def ad_def_cosine_similarity = {
+    .name = "cosine_similarity",
+    .arity = 2,
+    .attrs = AD_ATTRS_COSINE,
+    .shape = shape_cos,
+    .forward = cos_fwd,
+    .backward = cos_bwd,
+    .sample = sample_cos,
+    .math = "y = sum_axis(a * b) / (ca * cb), ca = sqrt(max(sum_axis(a^2), eps^2)) (its value "
+            "only: the gradient as if unclamped), cb likewise",
+    .inputs = {"a", "b"},
+    .grads = {"cosine_similarity_backward(dy, a, b) = dy * (b / (ca cb) - y a / ca^2)",
+              "cosine_similarity_backward(dy, b, a)"},
+};
+
+/* ------------------------------------------- cosine_similarity_backward
+ *
+ *   y = g (ub - t ua) / ca,  ua = a / ca, ub = b / cb, t = sum_axis(ua ub)
+ *   with G = dy, Gu = sum_axis(G ua), Gb = sum_axis(G ub), h = g / ca:
+ *   dg = (Gb - t Gu) / ca
+ *   da = -(h / ca) (t G + Gu ub + (Gb - 3 t Gu) ua)
+ *   db = (h / cb) (G - Gu ua - (Gb - t Gu) ub)                 (of ops)
+ *
+ * The norms in the ops' backward are the forward's: the clamp's value
+ * with the gradient of the unclamped sum, so every order agrees with the
+ * composite nn_cosine_similarity was. */
+
+/* g shaped as cosine_similarity(a, b)'s result, a and b as its inputs */
+static ad_status shape_cos_backward(const ad_call *c) {
+  char a[64], b[64];
+  ad_status st = shape_cos(&(ad_call){
+      .ctx = c->ctx, .name = c->name, .n = 2, .in = c->in + 1, .attrs = c->attrs, .out = c->out});
+  if (st != AD_OK) return st;
+  const ad_tensor *g = c->in[0];
+  bool ok = ad_check_float_same(c->ctx, c->name, 2, c->in) == AD_OK;
+  if (!ok) return ad_last_status(c->ctx);
+  ok = g->ndim == c->out->ndim;
+  for (int k = 0; ok && k < g->ndim; k++) ok = g->shape[k] == c->out->shape[k];
+  if (!ok)
+    return ad_set_error(c->ctx, AD_ERR_SHAPE, "%s: g %s does not fit a %s without axis %d", c->name,
+                        ad_shape_str(g, a, sizeof a), ad_shape_str(c->in[1], b, sizeof b),
+                        c->attrs->cosine.axis);
+  c->out->ndim = c->in[1]->ndim;
+  memcpy(c->out->shape, c->in[1]->shape, sizeof(int64_t) * (size_t)c->in[1]->ndim);
+  return AD_OK;
+}
+
+static void cos_backward_fwd(const ad_call *c) { cos_run(c, true); }
+
+/* sqrt(max(sum_axis(x^2), eps^2)) with keepdim, the clamp's value without
+ * its gradient mask: where s < eps^2, s - detach(s) + eps^2 */
+static ad_tensor *cos_norm(ad_ctx *ctx, ad_tensor *x, int axis, double eps) {
+  ad_tensor *s = ad_sum_axis(ctx, ad_square(ctx, x), axis, true);
+  if (!s) return NULL;
+  ad_tensor *e2 = ad_scalar(ctx, s->dtype, eps * eps);
+  ad_tensor *low = ad_add(ctx, ad_sub(ctx, s, ad_detach(ctx, s)), e2);
+  return ad_sqrt(ctx, ad_where(ctx, ad_ge(ctx, s, e2), s, low));
+}
+
+static ad_status cos_backward_bwd(const ad_call *c) {
+  ad_ctx *ctx = c->ctx;
+  ad_tensor *a = c->in[1], *b = c->in[2], *G = c->gout;
+  int ax = ad_norm_axis(c->attrs->cosine.axis, a->ndim);
+  double eps = c->attrs->cosine.eps;
+  int64_t ks[AD_MAX_DIMS];
+  memcpy(ks, a->shape, sizeof(int64_t) * (size_t)a->ndim);
+  ks[ax] = 1;
+  ad_tensor *ca = cos_norm(ctx, a, ax, eps), *cb = cos_norm(ctx, b, ax, eps);
+  ad_tensor *ua = ad_div(ctx, a, ca), *ub = ad_div(ctx, b, cb);
+  ad_tensor *t = ad_reshape(ctx, ad_cosine_similarity(ctx, a, b, ax, eps), a->ndim, ks);
+  ad_tensor *g = ad_reshape(ctx, c->in[0], a->ndim, ks);
+  ad_tensor *gu = ad_sum_axis(ctx, ad_mul(ctx, G, ua), ax, true);
+  ad_tensor *gb = ad_sum_axis(ctx, ad_mul(ctx, G, ub), ax, true);
+  ad_tensor *gbt = ad_sub(ctx, gb, ad_mul(ctx, t, gu)); /* Gb - t Gu */
+  ad_tensor *h = ad_div(ctx, g, ca);
+  ad_status st = AD_OK;
+  if (c->needs[0])
+    st = ad_call_set_grad(c, 0,
+                          ad_reshape(ctx, ad_div(ctx, gbt, ca), c->in[0]->ndim, c->in[0]->shape));
+  if (st == AD_OK && c->needs[1]) {
+    ad_tensor *w =
+        ad_add(ctx, ad_add(ctx, ad_mul(ctx, t, G), ad_mul(ctx, gu, ub)),
+               ad_mul(ctx, ad_sub(ctx, gbt, ad_mul_scalar(ctx, ad_mul(ctx, t, gu), 2)), ua));
+    st = ad_call_set_grad(c, 1, ad_neg(ctx, ad_mul(ctx, ad_div(ctx, h, ca), w)));
+  }
+  if (st == AD_OK && c->needs[2]) {
+    ad_tensor *w = ad_sub(ctx, ad_sub(ctx, G, ad_mul(ctx, gu, ua)), ad_mul(ctx, gbt, ub));
+    st = ad_call_set_grad(c, 2, ad_mul(ctx, ad_div(ctx, h, cb), w));
+  }
+  return st;
+}
+
+/* g [2,3] or [2,4] any, a and b [2,3,4] as sample_cos's */
+static int sample_cos_backward(const ad_sample_call *s) {
+  if (s->variant > 1) return 0;
+  int64_t shape[3] = {2, 3, 4}, gs[2] = {2, s->variant ? 4 : 3};
+  s->attrs->cosine = (ad_cosine_attrs){s->variant ? 1 : -1, 1e-8};
+  s->in[0] = ad_sample_tensor(s, 2, gs, -2, 2, true);
+  s->in[1] = ad_sample_tensor(s, 3, shape, -2, 2, true);
+  s->in[2] = ad_sample_tensor(s, 3, shape, -2, 2, true);
+  return s->in[0] && s->in[1] && s->in[2] ? 3 : -1;
+}
+
+const ad_op_def ad_def_cosine_similarity_backward = {
+    .name = "cosine_similarity_backward",
+    .arity = 3,
+    .attrs = AD_ATTRS_COSINE,
+    .shape = shape_cos_backward,
+    .forward = cos_backward_fwd,
+    .backward = cos_backward_bwd,
+    .sample = sample_cos_backward,
+    .math = "y = g * (ub - t * ua) / ca along axis, ua = a / ca, ub = b / cb, t = "
+            "sum_axis(ua * ub) (ca, cb: cosine_similarity's norms)",
+    .inputs = {"g", "a", "b"},
+    .grads = {"(Gb - t Gu) / ca, Gu = sum_axis(dy * ua), Gb = sum_axis(dy * ub)",
+              "-(g / ca^2) (t dy + Gu ub + (Gb - 3 t Gu) ua)",
+              "(g / (ca cb)) (dy - Gu ua - (Gb - t Gu) ub)"},
 };
 
 /* ------------------------------------- min, var, std (composites) */

@@ -137,7 +137,7 @@ const char *ad_attrs_kind_name(ad_attrs_kind kind) {
   static const char *const names[AD_ATTRS_KIND_COUNT] = {
       "none",       "scalar",        "dtype", "cmp",     "axis",   "rows", "matmul",    "reduce",
       "narrow",     "pad",           "shape", "permute", "conv",   "pool", "attention", "embedding",
-      "layer_norm", "cross_entropy", "user",  "clamp",   "pad_nd", "elu",  "index"};
+      "layer_norm", "cross_entropy", "user",  "clamp",   "pad_nd", "elu",  "index",     "cosine"};
   return (int)kind >= 0 && kind < AD_ATTRS_KIND_COUNT ? names[kind] : "?";
 }
 

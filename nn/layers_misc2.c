@@ -475,18 +475,6 @@ static bool pair_shape(ad_ctx *ctx, const char *who, const ad_tensor *x1, const 
   return true;
 }
 
-/* x / sqrt(max(sum(x^2, d), eps^2)), the clamp's value without its
- * gradient mask (1.13's clamp_min_ under no_grad): where s < eps^2 the
- * denominator is s - detach(s) + eps^2. */
-static ad_tensor *cos_unit(ad_ctx *ctx, ad_tensor *x, int d, double eps) {
-  ad_tensor *s = ad_sum_axis(ctx, ad_square(ctx, x), d, true);
-  if (!s) return NULL;
-  ad_tensor *e2 = ad_scalar(ctx, s->dtype, eps * eps);
-  ad_tensor *low = ad_add(ctx, ad_sub(ctx, s, ad_detach(ctx, s)), e2);
-  ad_tensor *c = ad_where(ctx, ad_ge(ctx, s, e2), s, low);
-  return ad_div(ctx, x, ad_sqrt(ctx, c));
-}
-
 static ad_tensor *cos_run(ad_ctx *ctx, const char *who, ad_tensor *x1, ad_tensor *x2, int dim,
                           double eps) {
   int nd;
@@ -501,8 +489,7 @@ static ad_tensor *cos_run(ad_ctx *ctx, const char *who, ad_tensor *x1, ad_tensor
   }
   int d = dim < 0 ? dim + nd : dim;
   ad_tensor *e1 = ad_expand(ctx, x1, nd, shape), *e2 = ad_expand(ctx, x2, nd, shape);
-  ad_tensor *u = ad_mul(ctx, cos_unit(ctx, e1, d, eps), cos_unit(ctx, e2, d, eps));
-  return ad_sum_axis(ctx, u, d, false);
+  return ad_cosine_similarity(ctx, e1, e2, d, eps);
 }
 
 static ad_tensor *pdist_run(ad_ctx *ctx, const char *who, ad_tensor *x1, ad_tensor *x2, double p,

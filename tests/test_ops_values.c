@@ -85,6 +85,7 @@ static const attr_key attr_keys[] = {
     {"clamp", AD_ATTRS_CLAMP, 0, 0},                     /* lo hi, two reals */
     {"pad_nd", AD_ATTRS_PAD_ND, 4, 8}, /* value (a real), n, mode, the 2 n amounts */
     {"elu", AD_ATTRS_ELU, 0, 0},       /* alpha scale input_scale grad_input_scale, four reals */
+    {"cosine", AD_ATTRS_COSINE, 1, 1}, /* eps (a real), axis */
 };
 #define ATTR_MAX_VALUES 14 /* the most integers a key takes */
 
@@ -376,6 +377,7 @@ static bool parse_attr(parser *ps, fx_case *c) {
     break;
   case AD_ATTRS_LAYER_NORM: /* eps, then the normalized shape */
   case AD_ATTRS_PAD_ND:     /* value, then n, mode and the amounts */
+  case AD_ATTRS_COSINE:     /* eps, then the axis */
     if (!tok_real(ps, &a->scalar)) return false;
     return attr_ints(ps, a);
   default:
@@ -470,6 +472,9 @@ static bool typed_attrs(parser *ps, fx_case *c) {
     break;
   case AD_ATTRS_ELU:
     at->elu = (ad_elu_attrs){a->elu[0], a->elu[1], a->elu[2], a->elu[3]};
+    break;
+  case AD_ATTRS_COSINE:
+    at->cosine = (ad_cosine_attrs){(int)v[0], a->scalar};
     break;
   case AD_ATTRS_PAD_ND:
     if (a->n != 2 + 2 * v[0]) return perr(ps, "pad_nd: n, mode, then 2 n amounts");
@@ -767,6 +772,8 @@ static bool same_member(int kind, const ad_attrs *a, const ad_attrs *b) {
     return same_real(a->elu.alpha, b->elu.alpha) && same_real(a->elu.scale, b->elu.scale) &&
            same_real(a->elu.input_scale, b->elu.input_scale) &&
            same_real(a->elu.grad_input_scale, b->elu.grad_input_scale);
+  case AD_ATTRS_COSINE:
+    return a->cosine.axis == b->cosine.axis && same_real(a->cosine.eps, b->cosine.eps);
   case AD_ATTRS_PAD_ND: {
     const ad_pad_nd_attrs *p = &a->pad_nd, *q = &b->pad_nd;
     bool same = p->n == q->n && p->mode == q->mode && same_real(p->value, q->value);
@@ -873,6 +880,10 @@ static ad_tensor *run_builder(ad_ctx *cx, const fx_case *c, ad_tensor **in, bool
     break;
   case AD_ATTRS_ELU:
     if (!strcmp(op, "elu")) return ad_elu(cx, x, a->elu[0], a->elu[1], a->elu[2], a->elu[3]);
+    break;
+  case AD_ATTRS_COSINE:
+    if (!strcmp(op, "cosine_similarity"))
+      return ad_cosine_similarity(cx, x, y, (int)v[0], a->scalar);
     break;
   case AD_ATTRS_PAD_ND:
     if (!strcmp(op, "pad_nd"))

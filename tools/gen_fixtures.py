@@ -83,6 +83,8 @@ builder the arguments it takes:
                                   input_scale and the gradient's
                                   input_scale (reals; celu's 1 /
                                   float32(alpha) differs from the third)
+    attr cosine EPS A             cosine_similarity and its backward: eps,
+                                  the axis
     attr cross_entropy IGN IDX SUM
                                   softmax_cross_entropy: ignore (0 or 1),
                                   ignore_index, sum (0 or 1)
@@ -938,6 +940,32 @@ for tag, shape, axis in (("last", (2, 3, 4), -1), ("mid", (2, 3, 4), 1), ("first
         lambda rng, s=shape: [("in", U(rng, s)), ("in", U(rng, s, 0.05, 0.5))],
         lambda t, ax=axis: torch.ops.aten._softmax_backward_data(t[0], t[1], ax, t[1].dtype),
         attr=("axis", axis))
+
+# cosine_similarity along an axis (1.13's formula: each vector over its own
+# clamped norm, the clamp made under no_grad) and its gradient as one op,
+# cosine_similarity_backward(g, a, b) = d/da of <g, cos(a, b)>; a zero
+# vector and one below eps, whose gradient flows as if unclamped
+COS_ZERO = f32r([[0.0, 0.0, 0.0, 0.0], [3e-9, 4e-9, 0.0, 0.0], [0.5, -1.0, 2.0, 0.25]])
+for tag, make, axis, eps in (
+        ("last", lambda rng: [("in", U(rng, (2, 3, 4))), ("in", U(rng, (2, 3, 4)))], -1, 1e-8),
+        ("mid", lambda rng: [("in", U(rng, (2, 3, 4))), ("in", U(rng, (2, 3, 4)))], 1, 1e-8),
+        ("eps", lambda rng: [("in", U(rng, (3, 2), -0.3, 0.3)), ("in", U(rng, (3, 2)))], 0, 0.5),
+        ("zero", lambda rng: [("in", COS_ZERO), ("in", U(rng, (3, 4)))], 1, 1e-8)):
+    add(f"cosine_similarity_{tag}", "cosine_similarity", make,
+        lambda t, ax=axis, e=eps: F.cosine_similarity(t[0], t[1], ax, e), attr=("cosine", eps, axis),
+        second=tag != "eps" and tag != "zero")
+
+
+def cos_bwd(t, ax, e):
+    a, b = t[1], t[2]
+    y = F.cosine_similarity(a, b, ax, e)
+    return torch.autograd.grad(y, a, t[0], create_graph=True)[0]
+
+
+for tag, gs, axis in (("last", (2, 3), -1), ("mid", (2, 4), 1)):
+    add(f"cosine_similarity_backward_{tag}", "cosine_similarity_backward",
+        lambda rng, gs=gs: [("in", U(rng, gs)), ("in", U(rng, (2, 3, 4))), ("in", U(rng, (2, 3, 4)))],
+        lambda t, ax=axis: cos_bwd(t, ax, 1e-8), attr=("cosine", 1e-8, axis))
 
 # ------------------------------------------------------------------ losses
 

@@ -1018,6 +1018,23 @@ AD_API ad_tensor *ad_cumsum(ad_ctx *ctx, ad_tensor *x, int axis);
 AD_API ad_tensor *ad_argmax(ad_ctx *ctx, ad_tensor *x, int axis, bool keepdim);
 AD_API ad_tensor *ad_argmin(ad_ctx *ctx, ad_tensor *x, int axis, bool keepdim);
 /** @} */
+/** PyTorch 1.13's F.cosine_similarity(x1, x2, axis, eps) of two float
+ * tensors of one dtype and shape (at least 1-D; broadcast them first with
+ * ad_expand): sum(x1 x2) / (c1 c2) along axis, c1 = sqrt(max(sum(x1^2),
+ * eps^2)) and c2 likewise, as each vector divided by its own clamped norm
+ * (1.13's formula). The clamp gives the norm's value only and passes the
+ * gradient of the sum of squares (dc1 = x1 . dx1 / c1; 1.13 clamps under
+ * no_grad), so a zero vector has the gradient x2 / (eps c2), not NaN. One pass a lane, the sums in
+ * double; a float32 sum of squares past FLT_MAX makes the norm inf and the
+ * result 0, as PyTorch's; an axis of length 0 gives 0; NaN propagates. The
+ * result has the shape without axis. Its gradient is one op,
+ * cosine_similarity_backward, whose own gradient is made of ops (any
+ * order). Errors (NULL): AD_ERR_NULL, AD_ERR_DTYPE (not float, dtypes that
+ * differ), AD_ERR_SHAPE (shapes that differ), AD_ERR_ARG (axis out of
+ * range, a 0-d input, eps negative or not finite). nn_cosine_similarity
+ * is this after broadcasting. */
+AD_API ad_tensor *ad_cosine_similarity(ad_ctx *ctx, ad_tensor *x1, ad_tensor *x2, int axis,
+                                       double eps);
 /** Over an axis of length 0: an empty result, and nothing is read. @{ */
 AD_API ad_tensor *ad_softmax(ad_ctx *ctx, ad_tensor *x, int axis);
 AD_API ad_tensor *ad_log_softmax(ad_ctx *ctx, ad_tensor *x, int axis);

@@ -263,6 +263,13 @@ typedef struct ad_elu_attrs {
   double grad_input_scale; /**< the gradient's input_scale (celu: 1 / float32(alpha)) */
 } ad_elu_attrs;
 
+/** cosine_similarity and cosine_similarity_backward: the axis (negative
+ * counts from the end) and eps, the least norm */
+typedef struct ad_cosine_attrs {
+  int axis;   /**< the axis the vectors lie along */
+  double eps; /**< each norm's lower clamp (its value only) */
+} ad_cosine_attrs;
+
 /** Free-form attributes for an op registered at run time. */
 typedef struct ad_user_attrs {
   int64_t i[6]; /**< integers, as the op defines them */
@@ -294,6 +301,7 @@ typedef struct ad_attrs {
     ad_pad_nd_attrs pad_nd;
     ad_elu_attrs elu;
     ad_index_attrs index;
+    ad_cosine_attrs cosine;
   };
 } ad_attrs;
 
@@ -322,6 +330,7 @@ typedef enum ad_attrs_kind {
   AD_ATTRS_PAD_ND,
   AD_ATTRS_ELU,
   AD_ATTRS_INDEX,
+  AD_ATTRS_COSINE,
   AD_ATTRS_KIND_COUNT
 } ad_attrs_kind;
 
