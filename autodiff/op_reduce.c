@@ -1275,6 +1275,19 @@ static ad_status cos_bwd(const ad_call *c) {
   return st;
 }
 
+/* A new gradient of a persistent input is cosine_similarity_backward's
+ * kernel run straight into it (its bits, without a temporary and a copy);
+ * adding to an existing one is declined (the backward's op is added). */
+static void cos_backward_fwd(const ad_call *c);
+
+static bool cos_grad_into(const ad_call *c, int k, ad_tensor *grad, bool overwrite) {
+  if (!overwrite) return false;
+  ad_tensor *in[3] = {c->gout, c->in[k], c->in[1 - k]};
+  ad_call kc = {.ctx = c->ctx, .name = c->name, .n = 3, .in = in, .attrs = c->attrs, .out = grad};
+  cos_backward_fwd(&kc);
+  return true;
+}
+
 ad_tensor *ad_cosine_similarity(ad_ctx *ctx, ad_tensor *x1, ad_tensor *x2, int axis, double eps) {
   ad_attrs at = {.cosine = {axis, eps}};
   return ad_apply2(ctx, AD_OP_COSINE_SIMILARITY, x1, x2, &at);
@@ -1298,6 +1311,7 @@ const ad_op_def ad_def_cosine_similarity = {
     .shape = shape_cos,
     .forward = cos_fwd,
     .backward = cos_bwd,
+    .grad_into = cos_grad_into,
     .sample = sample_cos,
     .math = "y = sum_axis(a * b) / (ca * cb), ca = sqrt(max(sum_axis(a^2), eps^2)) (its value "
             "only: the gradient as if unclamped), cb likewise",

@@ -475,6 +475,14 @@ static bool pair_shape(ad_ctx *ctx, const char *who, const ad_tensor *x1, const 
   return true;
 }
 
+/* Whether x has shape (ndim nd). */
+static bool has_shape(const ad_tensor *x, int nd, const int64_t *shape) {
+  if (x->ndim != nd) return false;
+  for (int k = 0; k < nd; k++)
+    if (x->shape[k] != shape[k]) return false;
+  return true;
+}
+
 static ad_tensor *cos_run(ad_ctx *ctx, const char *who, ad_tensor *x1, ad_tensor *x2, int dim,
                           double eps) {
   int nd;
@@ -488,7 +496,10 @@ static ad_tensor *cos_run(ad_ctx *ctx, const char *who, ad_tensor *x1, ad_tensor
     return NULL;
   }
   int d = dim < 0 ? dim + nd : dim;
-  ad_tensor *e1 = ad_expand(ctx, x1, nd, shape), *e2 = ad_expand(ctx, x2, nd, shape);
+  /* inputs of the common shape as they are: the op then writes a leaf's
+   * gradient straight into it (its grad_into) */
+  ad_tensor *e1 = has_shape(x1, nd, shape) ? x1 : ad_expand(ctx, x1, nd, shape);
+  ad_tensor *e2 = has_shape(x2, nd, shape) ? x2 : ad_expand(ctx, x2, nd, shape);
   return ad_cosine_similarity(ctx, e1, e2, d, eps);
 }
 

@@ -1229,8 +1229,9 @@ NN_API nn_layer *nn_glu_new(ad_ctx *ctx, int dim);
  * norms), with its gradient: the clamp is made under no_grad, so where s
  * < eps^2 the value is eps but the gradient flows through s as if
  * unclamped (0 for a zero vector, not NaN). PyTorch's defaults: dim 1,
- * eps 1e-8. The result has the common shape without dim. A composite,
- * differentiable to any order. Returns a tape tensor, or NULL with
+ * eps 1e-8. The result has the common shape without dim. One op
+ * (ad_cosine_similarity; inputs of another shape broadcast by ad_expand
+ * first), differentiable to any order. Returns a tape tensor, or NULL with
  * AD_ERR_NULL, AD_ERR_DTYPE (not float, dtypes that differ), AD_ERR_SHAPE
  * (shapes that do not broadcast, 0-d), AD_ERR_ARG (dim outside
  * -ndim..ndim-1 of the common shape, eps negative or not finite, or for
