@@ -654,6 +654,9 @@ static void attrs_str(const ad_op_def *def, const ad_tensor *t, sbuf *out) {
   case AD_ATTRS_COSINE:
     sb_put(&b, " axis %d eps %.6g", a->cosine.axis, a->cosine.eps);
     break;
+  case AD_ATTRS_THRESHOLD:
+    sb_put(&b, " threshold %.9g value %.9g", a->threshold.threshold, a->threshold.value);
+    break;
   case AD_ATTRS_USER:
     for (int k = 0; k < 6; k++)
       if (a->user.i[k]) sb_put(&b, " i%d %lld", k, (long long)a->user.i[k]);

@@ -1871,6 +1871,88 @@ const ad_op_def ad_def_elu = {
               "exp(x grad_input_scale) : dy scale"},
 };
 
+/* ------------------------------------------------------------ threshold */
+
+/* PyTorch's threshold kernel: x <= t ? v : x, t and v (attrs.threshold)
+ * rounded to x's dtype; a NaN x fails the comparison and stays, itself.
+ * One pass instead of le and where (a mask written, then read). */
+CELL_CLONES static void threshold_rows32(const float *X, float *Y, int64_t b, int64_t e, float t,
+                                         float v) {
+  for (int64_t i = b; i < e; i++) {
+    float x = X[i];
+    Y[i] = x <= t ? v : x;
+  }
+}
+
+static void threshold_range(void *ud, int64_t b, int64_t e) {
+  const unary_job *j = ud;
+  const ad_threshold_attrs *a = &j->at->threshold;
+  if (j->y->dtype == AD_F32) {
+    threshold_rows32(j->x->data, j->y->data, b, e, (float)a->threshold, (float)a->value);
+  } else {
+    const double *X = j->x->data, t = a->threshold, v = a->value;
+    double *Y = j->y->data;
+    for (int64_t i = b; i < e; i++) {
+      double x = X[i];
+      Y[i] = x <= t ? v : x;
+    }
+  }
+}
+
+static void threshold_fwd(const ad_call *c) {
+  unary_job j = {c->in[0], c->out, c->attrs};
+  if (c->out->size <= ELEM_GRAIN)
+    threshold_range(&j, 0, c->out->size);
+  else
+    ad_parallel_for(c->out->size, ELEM_GRAIN, threshold_range, &j);
+}
+
+static ad_status threshold_bwd(const ad_call *c) {
+  ad_attrs at = {.scalar = c->attrs->threshold.threshold};
+  return ad_call_set_grad(c, 0,
+                          ad_apply2(c->ctx, AD_OP_THRESHOLD_BACKWARD, c->gout, c->in[0], &at));
+}
+
+/* as relu's: a new gradient is threshold_backward's kernel run straight
+ * into grad (its bits); adding to one is left to the backward */
+static void threshold_backward_fwd(const ad_call *c);
+static bool threshold_grad_into(const ad_call *c, int k, ad_tensor *grad, bool overwrite) {
+  (void)k;
+  if (!overwrite) return false;
+  ad_attrs at = {.scalar = c->attrs->threshold.threshold};
+  ad_tensor *in[2] = {c->gout, c->in[0]};
+  ad_call b = {.ctx = c->ctx, .name = c->name, .n = 2, .in = in, .attrs = &at, .out = grad};
+  threshold_backward_fwd(&b);
+  return true;
+}
+
+ad_tensor *ad_threshold(ad_ctx *ctx, ad_tensor *x, double threshold, double value) {
+  ad_attrs at = {.threshold = {threshold, value}};
+  return ad_apply1(ctx, AD_OP_THRESHOLD, x, &at);
+}
+
+/* threshold 0.25, value -1.5; x of either sign, away from the kink */
+static int threshold_sample(const ad_sample_call *s) {
+  s->attrs->threshold = (ad_threshold_attrs){0.25, -1.5};
+  int n = sample_unary_range(s, 0.2, 2, true);
+  if (n > 0) clamp_sample_away(s->in[0], 0.25, 0.25);
+  return n;
+}
+
+const ad_op_def ad_def_threshold = {
+    .name = "threshold",
+    .arity = 1,
+    .flags = AD_OP_ELEMENTWISE | AD_OP_GRAD_INTO_TEMPS,
+    .attrs = AD_ATTRS_THRESHOLD,
+    .forward = threshold_fwd,
+    .backward = threshold_bwd,
+    .grad_into = threshold_grad_into,
+    .sample = threshold_sample,
+    .math = "y = x <= threshold ? value : x  (NaN for NaN)",
+    .inputs = {"x"},
+    .grads = {"threshold_backward(dy, x) = dy, 0 where x <= threshold  (dy at NaN)"},
+};
+
 /* -------------------------------------------------------- tanh_backward */
 
 DEFINE_BINARY(tanh_backward, x0 *(1 - x1 * x1))
@@ -2361,6 +2443,52 @@ const ad_op_def ad_def_elu_backward = {
     .math = "y = x <= 0 ? g grad_input_scale alpha scale exp(x grad_input_scale) : g scale",
     .inputs = {"g", "x"},
     .grads = {"elu_backward(dy, x)", "x < 0 ? elu_backward(dy g grad_input_scale, x) : 0"},
+};
+
+/* --------------------------------------------------- threshold_backward */
+
+/* PyTorch's threshold_backward(g, x, t), t = attrs.scalar rounded to the
+ * dtype: x <= t ? 0 : g (a zero chosen, so a NaN or infinite g there stays
+ * out); a NaN x passes g. x gets no gradient. */
+static void threshold_backward_rows(const ad_call *c, int64_t oa, int64_t sa, int64_t ob,
+                                    int64_t sb, int64_t oy, int64_t len) {
+  if (c->out->dtype == AD_F32) {
+    const float t = (float)c->attrs->scalar;
+    BINARY_LOOP(float, x1 <= t ? 0.0f : x0);
+  } else {
+    const double t = c->attrs->scalar;
+    BINARY_LOOP(double, x1 <= t ? 0.0 : x0);
+  }
+}
+
+static void threshold_backward_fwd(const ad_call *c) { ad_binary_run(c, threshold_backward_rows); }
+
+/* dg = this op again; x gets none (the mask is piecewise constant) */
+static ad_status threshold_backward_bwd(const ad_call *c) {
+  if (!c->needs[0]) return AD_OK;
+  return ad_call_set_grad(c, 0,
+                          ad_apply2(c->ctx, AD_OP_THRESHOLD_BACKWARD, c->gout, c->in[1], c->attrs));
+}
+
+/* threshold 0.25; x (the second input) away from it */
+static int threshold_backward_sample(const ad_sample_call *s) {
+  s->attrs->scalar = 0.25;
+  int n = sample_binary_range(s, -2, 2, 0.2, 2, true);
+  if (n > 0) clamp_sample_away(s->in[1], 0.25, 0.25);
+  return n;
+}
+
+const ad_op_def ad_def_threshold_backward = {
+    .name = "threshold_backward",
+    .arity = 2,
+    .flags = AD_OP_ELEMENTWISE,
+    .attrs = AD_ATTRS_SCALAR,
+    .forward = threshold_backward_fwd,
+    .backward = threshold_backward_bwd,
+    .sample = threshold_backward_sample,
+    .math = "y = x <= t ? 0 : g  (t = threshold; g for a NaN x)",
+    .inputs = {"g", "x"},
+    .grads = {"dy, 0 where x <= t", NULL},
 };
 
 /* ----------------------------------------------------------------- cast */

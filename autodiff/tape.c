@@ -135,9 +135,10 @@ int ad_op_register(ad_ctx *ctx, const ad_op_def *def) {
 
 const char *ad_attrs_kind_name(ad_attrs_kind kind) {
   static const char *const names[AD_ATTRS_KIND_COUNT] = {
-      "none",       "scalar",        "dtype", "cmp",     "axis",   "rows", "matmul",    "reduce",
-      "narrow",     "pad",           "shape", "permute", "conv",   "pool", "attention", "embedding",
-      "layer_norm", "cross_entropy", "user",  "clamp",   "pad_nd", "elu",  "index",     "cosine"};
+      "none",      "scalar",    "dtype",      "cmp",           "axis",    "rows",  "matmul",
+      "reduce",    "narrow",    "pad",        "shape",         "permute", "conv",  "pool",
+      "attention", "embedding", "layer_norm", "cross_entropy", "user",    "clamp", "pad_nd",
+      "elu",       "index",     "cosine",     "threshold"};
   return (int)kind >= 0 && kind < AD_ATTRS_KIND_COUNT ? names[kind] : "?";
 }
 

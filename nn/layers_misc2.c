@@ -595,16 +595,14 @@ static bool shrink_arg(ad_ctx *ctx, m2_kind k, double lambd) {
 
 /*   hardshrink  ad_hardshrink: -l <= x <= l ? 0 : x
  *   softshrink  ad_softshrink: x > l ? x - l : x < -l ? x + l : 0
- *   threshold   where(x <= t, value, x) */
+ *   threshold   ad_threshold: x <= t ? value : x */
 static ad_tensor *shrink_run(ad_ctx *ctx, const char *who, ad_tensor *x, m2_kind k, double l,
                              double value) {
   if (!float_x(ctx, who, x) ||
       !nn_f32_setting_ok(ctx, who, x, k == M2_THRESHOLD ? "threshold" : "lambd", l) ||
       (k == M2_THRESHOLD && !nn_f32_setting_ok(ctx, who, x, "value", value)))
     return NULL;
-  ad_dtype dt = x->dtype;
-  if (k == M2_THRESHOLD)
-    return ad_where(ctx, ad_le(ctx, x, ad_scalar(ctx, dt, l)), ad_scalar(ctx, dt, value), x);
+  if (k == M2_THRESHOLD) return ad_threshold(ctx, x, l, value);
   return k == M2_HARDSHRINK ? ad_hardshrink(ctx, x, l) : ad_softshrink(ctx, x, l);
 }
 

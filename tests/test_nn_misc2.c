@@ -2,6 +2,7 @@
  * 1.13 (values and gradients, f64 and f32, batched and unbatched, padding,
  * dilation, strides wider than the kernel, overlaps, NaN and infinities),
  * gradcheck and gradgradcheck, the reprs, and bad arguments and inputs. */
+#include "ad_ext.h"
 #include "nn.h"
 #include "test_alloc.h"
 #include "test_layer_values.h"
@@ -758,6 +759,33 @@ Test(misc2, shrinks_and_threshold_at_nan) {
     cr_assert_eq(ad_tensor_get(x->grad, 0), want_d[k], "kind %d", k);
     ad_tape_reset(ctx);
   }
+  ad_tensor_free(x);
+}
+
+/* nn_threshold is one op each way (it was le and where, a mask written
+ * and read again: 2.2x PyTorch's time in bench/layerscan): one node,
+ * the op threshold of x itself, and PyTorch's values and slopes. */
+Test(misc2, threshold_records_one_op) {
+  const float xv[4] = {0.1f, 0.5f, -1.0f, 0.2f};
+  ad_tensor *x = ad_from_data(ctx, AD_F32, 1, (int64_t[1]){4}, xv);
+  cr_assert_not_null(x);
+  ad_tensor_set_requires_grad(x, true);
+  ad_tape_reset(ctx);
+  ad_tensor *y = nn_threshold(ctx, x, 0.1, 20);
+  cr_assert_not_null(y, "%s", ad_last_error(ctx));
+  cr_assert_eq(ad_tape_size(ctx), 1, "nn_threshold recorded %zu ops", ad_tape_size(ctx));
+  ad_tensor *src = NULL;
+  cr_assert_eq(ad_tensor_op(y), ad_op_find(ctx, "threshold"), "made by %s",
+               ad_op_get(ctx, ad_tensor_op(y)) ? ad_op_get(ctx, ad_tensor_op(y))->name : "?");
+  cr_assert(ad_tensor_inputs(y, &src, 1) == 1 && src == x);
+  const double want_y[4] = {20, 0.5, 20, 0.2f}, want_d[4] = {0, 1, 0, 1};
+  cr_assert_eq(ad_backward(ctx, y, ad_full(ctx, AD_F32, 1, (int64_t[1]){4}, 1.0)), AD_OK, "%s",
+               ad_last_error(ctx));
+  for (int i = 0; i < 4; i++) {
+    cr_assert_eq(ad_tensor_get(y, i), want_y[i], "y[%d] = %g", i, ad_tensor_get(y, i));
+    cr_assert_eq(ad_tensor_get(x->grad, i), want_d[i], "dx[%d] = %g", i, ad_tensor_get(x->grad, i));
+  }
+  ad_tape_reset(ctx);
   ad_tensor_free(x);
 }
 

@@ -86,6 +86,7 @@ static const attr_key attr_keys[] = {
     {"pad_nd", AD_ATTRS_PAD_ND, 4, 8}, /* value (a real), n, mode, the 2 n amounts */
     {"elu", AD_ATTRS_ELU, 0, 0},       /* alpha scale input_scale grad_input_scale, four reals */
     {"cosine", AD_ATTRS_COSINE, 1, 1}, /* eps (a real), axis */
+    {"threshold", AD_ATTRS_THRESHOLD, 0, 0}, /* threshold value, two reals */
 };
 #define ATTR_MAX_VALUES 14 /* the most integers a key takes */
 
@@ -96,7 +97,7 @@ typedef struct fx_attr {
   bool all;            /* reduce: 'all' in place of the axis (v[0] is 0) */
   int64_t v[ATTR_MAX_VALUES];
   double scalar;
-  double scalar2; /* clamp: hi (scalar is lo) */
+  double scalar2; /* clamp: hi (scalar is lo); threshold: value (scalar is threshold) */
   double elu[4];  /* elu: alpha, scale, input_scale, grad_input_scale */
   ad_dtype dtype;
   ad_cmp cmp;
@@ -369,6 +370,7 @@ static bool parse_attr(parser *ps, fx_case *c) {
     break;
   }
   case AD_ATTRS_CLAMP:
+  case AD_ATTRS_THRESHOLD:
     if (!tok_real(ps, &a->scalar) || !tok_real(ps, &a->scalar2)) return false;
     break;
   case AD_ATTRS_ELU:
@@ -475,6 +477,9 @@ static bool typed_attrs(parser *ps, fx_case *c) {
     break;
   case AD_ATTRS_COSINE:
     at->cosine = (ad_cosine_attrs){(int)v[0], a->scalar};
+    break;
+  case AD_ATTRS_THRESHOLD:
+    at->threshold = (ad_threshold_attrs){a->scalar, a->scalar2};
     break;
   case AD_ATTRS_PAD_ND:
     if (a->n != 2 + 2 * v[0]) return perr(ps, "pad_nd: n, mode, then 2 n amounts");
@@ -774,6 +779,9 @@ static bool same_member(int kind, const ad_attrs *a, const ad_attrs *b) {
            same_real(a->elu.grad_input_scale, b->elu.grad_input_scale);
   case AD_ATTRS_COSINE:
     return a->cosine.axis == b->cosine.axis && same_real(a->cosine.eps, b->cosine.eps);
+  case AD_ATTRS_THRESHOLD:
+    return same_real(a->threshold.threshold, b->threshold.threshold) &&
+           same_real(a->threshold.value, b->threshold.value);
   case AD_ATTRS_PAD_ND: {
     const ad_pad_nd_attrs *p = &a->pad_nd, *q = &b->pad_nd;
     bool same = p->n == q->n && p->mode == q->mode && same_real(p->value, q->value);
@@ -884,6 +892,9 @@ static ad_tensor *run_builder(ad_ctx *cx, const fx_case *c, ad_tensor **in, bool
   case AD_ATTRS_COSINE:
     if (!strcmp(op, "cosine_similarity"))
       return ad_cosine_similarity(cx, x, y, (int)v[0], a->scalar);
+    break;
+  case AD_ATTRS_THRESHOLD:
+    if (!strcmp(op, "threshold")) return ad_threshold(cx, x, a->scalar, a->scalar2);
     break;
   case AD_ATTRS_PAD_ND:
     if (!strcmp(op, "pad_nd"))

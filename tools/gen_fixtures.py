@@ -85,6 +85,8 @@ builder the arguments it takes:
                                   float32(alpha) differs from the third)
     attr cosine EPS A             cosine_similarity and its backward: eps,
                                   the axis
+    attr threshold T V            threshold: the threshold and the value
+                                  (reals)
     attr cross_entropy IGN IDX SUM
                                   softmax_cross_entropy: ignore (0 or 1),
                                   ignore_index, sum (0 or 1)
@@ -490,6 +492,26 @@ for tag, sg, st in (("same", (3, 4), (3, 4)), ("row", (3, 4), (4,))):
         lambda rng, sg=sg, st=st: [("in", U(rng, sg)), ("in", U(rng, st, -3, 3))],
         lambda t: torch.ops.aten.elu_backward(t[0], 1.25, 1.5, 0.75, False, t[1]),
         attr=("elu", 1.25, 1.5, 0.75, 0.75))
+
+# threshold (torch's F.threshold; threshold and value rounded to the dtype:
+# x = float32(0.1) is replaced in float32, kept in float64), NaN kept with
+# the gradient dy, 0 at the threshold; threshold_backward as torch's aten op
+THR_EDGE = f32r([NAN, 0.1, -0.0, 0.0, INF, -INF, 0.5, -1.0, 0.2])
+for tag, make in (("2d", lambda rng: [("in", U(rng, (3, 4)))]),
+                  ("3d", lambda rng: [("in", U(rng, (2, 3, 2)))]),
+                  ("0d", lambda rng: [("in", U(rng, ()))]),
+                  ("edges", const([("in", THR_EDGE)]))):
+    add(f"threshold_{tag}", "threshold", make, lambda t: F.threshold(t[0], 0.1, 20.0),
+        attr=("threshold", 0.1, 20.0))
+add("threshold_at_zero", "threshold", const([("in", THR_EDGE)]),
+    lambda t: F.threshold(t[0], 0.0, -1.5), attr=("threshold", 0.0, -1.5))
+for tag, sg, st in (("same", (3, 4), (3, 4)), ("row", (3, 4), (4,)), ("col", (2, 3), (2, 1))):
+    add(f"threshold_backward_{tag}", "threshold_backward",
+        lambda rng, sg=sg, st=st: [("in", U(rng, sg)), ("in", U(rng, st, -2, 2))],
+        lambda t: torch.ops.aten.threshold_backward(t[0], t[1], 0.1), attr=("scalar", 0.1))
+add("threshold_backward_edges", "threshold_backward",
+    const([("in", f32r([0.5, -1.5, 2.0, 1.0, 3.0, -2.0, 0.25, 4.0, 1.5])), ("in", THR_EDGE)]),
+    lambda t: torch.ops.aten.threshold_backward(t[0], t[1], 0.1), attr=("scalar", 0.1))
 
 # fused activation gradients: y = g * f'(.) from the saved tanh / sigmoid
 # output or relu / gelu input; torch's aten ops of the same names (relu's is

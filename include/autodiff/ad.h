@@ -713,6 +713,15 @@ AD_API ad_tensor *ad_logsigmoid(ad_ctx *ctx, ad_tensor *x);
  * AD_ERR_DTYPE for a non-float x. */
 AD_API ad_tensor *ad_elu(ad_ctx *ctx, ad_tensor *x, double alpha, double scale, double input_scale,
                          double grad_input_scale);
+/** torch.nn.functional.threshold(x, threshold, value): value where x <=
+ * threshold, x elsewhere (a NaN x stays NaN), threshold and value rounded
+ * to x's dtype; one pass. The gradient is dy where x > threshold and at a
+ * NaN x, 0 elsewhere (at threshold too) whatever dy holds, PyTorch's
+ * threshold_backward, one pass; the second derivative is 0. Neither
+ * setting is checked here (nn_threshold refuses a NaN threshold; a NaN one
+ * here replaces nothing). Errors: those of any op, AD_ERR_DTYPE for a
+ * non-float x. */
+AD_API ad_tensor *ad_threshold(ad_ctx *ctx, ad_tensor *x, double threshold, double value);
 /** @} */
 /** Converts to another float dtype; the gradient is converted back. To x's
  * own dtype it returns x itself, after the checks of any op's input. */

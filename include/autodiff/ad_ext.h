@@ -269,6 +269,12 @@ typedef struct ad_cosine_attrs {
   int axis;   /**< the axis the vectors lie along */
   double eps; /**< each norm's lower clamp (its value only) */
 } ad_cosine_attrs;
+/** threshold: PyTorch's threshold(x, threshold, value), both rounded to
+ * x's dtype when used (ad_threshold, ad.h) */
+typedef struct ad_threshold_attrs {
+  double threshold; /**< x at or below it is replaced */
+  double value;     /**< what replaces it */
+} ad_threshold_attrs;
 
 /** Free-form attributes for an op registered at run time. */
 typedef struct ad_user_attrs {
@@ -302,6 +308,7 @@ typedef struct ad_attrs {
     ad_elu_attrs elu;
     ad_index_attrs index;
     ad_cosine_attrs cosine;
+    ad_threshold_attrs threshold;
   };
 } ad_attrs;
 
@@ -331,6 +338,7 @@ typedef enum ad_attrs_kind {
   AD_ATTRS_ELU,
   AD_ATTRS_INDEX,
   AD_ATTRS_COSINE,
+  AD_ATTRS_THRESHOLD,
   AD_ATTRS_KIND_COUNT
 } ad_attrs_kind;
 

@@ -1277,7 +1277,7 @@ NN_API nn_layer *nn_pairwise_distance_new(ad_ctx *ctx, double p, double eps, boo
 NN_API ad_tensor *nn_layer_forward2(nn_layer *l, ad_tensor *x1, ad_tensor *x2);
 
 /** PyTorch's shrinking and thresholding activations, elementwise (one op
- * each: ad_softshrink, ad_hardshrink, ad_where; differentiable to any order),
+ * each: ad_softshrink, ad_hardshrink, ad_threshold; differentiable to any order),
  * with PyTorch's values and slopes, also at the kinks:
  *   nn_softshrink(x, lambd)  x - lambd above lambd, x + lambd below
  *                            -lambd, else 0; slope 1 outside [-lambd,
