@@ -1012,6 +1012,45 @@ Test(backward, intermediate_fast_paths_same_bits_as_the_ordinary_path) {
   OK(ad_set_num_threads(1));
 }
 
+/* The activations whose gradient of a leaf is their backward kernel run
+ * straight into the leaf's grad buffer (grad_into): the backward puts no
+ * tensor of x's size in the arena, where the ordinary path makes the
+ * backward op's result and then copies it into the grad (a third of
+ * logsigmoid's backward in bench/layerscan, two fifths of threshold's). */
+Test(backward, activation_gradients_of_a_leaf_take_no_arena) {
+  static const char *const names[] = {"relu", "logsigmoid", "threshold"};
+  const int64_t n = 4096;
+  ad_rng rng;
+  OK(ad_rng_seed(&rng, 7));
+  ad_tensor *x = ad_rand(ctx, &rng, AD_F32, 1, &n, -2, 2);
+  ad_tensor *seed = ad_full(ctx, AD_F32, 1, &n, 1.0);
+  cr_assert(x && seed);
+  OK(ad_tensor_set_requires_grad(x, true));
+  for (int k = 0; k < 3; k++) {
+    for (int pass = 0; pass < 2; pass++) { /* the second reuses the kept grad buffer */
+      ad_tape_reset(ctx);
+      ad_tensor_zero_grad(x);
+      ad_tensor *y = k == 0   ? ad_relu(ctx, x)
+                     : k == 1 ? ad_logsigmoid(ctx, x)
+                              : ad_threshold(ctx, x, 0.25, -3.0);
+      cr_assert_not_null(y, "%s", ad_last_error(ctx));
+      size_t before = ad_arena_used(ctx);
+      OK(ad_backward(ctx, y, seed));
+      size_t grew = ad_arena_used(ctx) - before;
+      cr_assert_lt(grew, (size_t)n * sizeof(float), "%s: the backward took %zu arena bytes",
+                   names[k], grew);
+      for (int64_t i = 0; i < n; i += 511) { /* and the gradient it wrote */
+        double xv = ad_tensor_get(x, i);
+        double want = k == 0 ? (xv > 0) : k == 1 ? 1 / (1 + exp(xv)) : (xv > (double)0.25f);
+        cr_assert_float_eq(ad_tensor_get(x->grad, i), want, 1e-6, "%s'(%g)", names[k], xv);
+      }
+    }
+  }
+  ad_tape_reset(ctx);
+  ad_tensor_free(seed);
+  ad_tensor_free(x);
+}
+
 /* A grad_into that declines (mul with a broadcast operand) gives back the
  * accumulator it was offered: the pass uses the arena the ordinary path
  * uses, measured against the same pass with a hook (which never offers). */
