@@ -1621,6 +1621,14 @@ static ad_status hardswish_bwd(const ad_call *c) {
                           ad_apply2(c->ctx, AD_OP_HARDSWISH_BACKWARD, c->gout, c->in[0], NULL));
 }
 
+/* as relu's: a new gradient is hardswish_backward's kernel run straight
+ * into grad (its bits), not a new tensor copied there */
+static void hardswish_backward_fwd(const ad_call *c);
+static bool hardswish_grad_into(const ad_call *c, int k, ad_tensor *grad, bool overwrite) {
+  (void)k;
+  return activation_grad_into(c, hardswish_backward_fwd, c->in[0], grad, overwrite);
+}
+
 ad_tensor *ad_hardswish(ad_ctx *ctx, ad_tensor *x) {
   return ad_apply1(ctx, AD_OP_HARDSWISH, x, NULL);
 }
@@ -1639,9 +1647,10 @@ static int sample_hard(const ad_sample_call *s) {
 const ad_op_def ad_def_hardswish = {
     .name = "hardswish",
     .arity = 1,
-    .flags = AD_OP_ELEMENTWISE,
+    .flags = AD_OP_ELEMENTWISE | AD_OP_GRAD_INTO_TEMPS,
     .forward = hardswish_fwd,
     .backward = hardswish_bwd,
+    .grad_into = hardswish_grad_into,
     .sample = sample_hard,
     .math = "y = x min(max(x + 3, 0), 6) / 6",
     .inputs = {"x"},

@@ -1018,7 +1018,7 @@ Test(backward, intermediate_fast_paths_same_bits_as_the_ordinary_path) {
  * backward op's result and then copies it into the grad (a third of
  * logsigmoid's backward in bench/layerscan, two fifths of threshold's). */
 Test(backward, activation_gradients_of_a_leaf_take_no_arena) {
-  static const char *const names[] = {"relu", "logsigmoid", "threshold"};
+  static const char *const names[] = {"relu", "logsigmoid", "threshold", "hardswish"};
   const int64_t n = 4096;
   ad_rng rng;
   OK(ad_rng_seed(&rng, 7));
@@ -1026,13 +1026,14 @@ Test(backward, activation_gradients_of_a_leaf_take_no_arena) {
   ad_tensor *seed = ad_full(ctx, AD_F32, 1, &n, 1.0);
   cr_assert(x && seed);
   OK(ad_tensor_set_requires_grad(x, true));
-  for (int k = 0; k < 3; k++) {
+  for (int k = 0; k < 4; k++) {
     for (int pass = 0; pass < 2; pass++) { /* the second reuses the kept grad buffer */
       ad_tape_reset(ctx);
       ad_tensor_zero_grad(x);
       ad_tensor *y = k == 0   ? ad_relu(ctx, x)
                      : k == 1 ? ad_logsigmoid(ctx, x)
-                              : ad_threshold(ctx, x, 0.25, -3.0);
+                     : k == 2 ? ad_threshold(ctx, x, 0.25, -3.0)
+                              : ad_hardswish(ctx, x);
       cr_assert_not_null(y, "%s", ad_last_error(ctx));
       size_t before = ad_arena_used(ctx);
       OK(ad_backward(ctx, y, seed));
@@ -1041,7 +1042,10 @@ Test(backward, activation_gradients_of_a_leaf_take_no_arena) {
                    names[k], grew);
       for (int64_t i = 0; i < n; i += 511) { /* and the gradient it wrote */
         double xv = ad_tensor_get(x, i);
-        double want = k == 0 ? (xv > 0) : k == 1 ? 1 / (1 + exp(xv)) : (xv > (double)0.25f);
+        double want = k == 0   ? (xv > 0)
+                      : k == 1 ? 1 / (1 + exp(xv))
+                      : k == 2 ? (xv > (double)0.25f)
+                               : xv / 3 + 0.5; /* hardswish on (-3, 3) */
         cr_assert_float_eq(ad_tensor_get(x->grad, i), want, 1e-6, "%s'(%g)", names[k], xv);
       }
     }
