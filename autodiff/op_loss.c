@@ -1107,7 +1107,9 @@ static ad_status ctc_alpha_bwd_ops(const ad_call *c) {
   int64_t n2[2] = {N, 2};
   ad_tensor **de = ad_arena_alloc(ctx, (size_t)T * sizeof *de);
   ad_tensor *skip = ad_tmp_new(ctx, dt, 2, nl), *neg = ad_scalar(ctx, dt, CTC_NEG);
-  ad_tensor *shift = ad_full(ctx, dt, 2, n2, CTC_NEG), *zero = ad_zeros(ctx, dt, 2, n2);
+  /* the constants on the tape (ad_full / ad_zeros would be persistent,
+   * one pair more per recorded backward until the context is freed) */
+  ad_tensor *shift = ad_tmp_full(ctx, dt, 2, n2, CTC_NEG), *zero = ad_tmp_full(ctx, dt, 2, n2, 0.0);
   ad_tensor *zero1 = ad_scalar(ctx, dt, 0.0);
   if (!out || !dy || !de || !skip || !neg || !shift || !zero || !zero1) return ad_last_status(ctx);
   const int32_t *sk = c->in[1]->data;

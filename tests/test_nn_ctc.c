@@ -450,3 +450,40 @@ Test(ctc, ctc_alpha_fused_backward_matches_the_recorded_one) {
   cr_assert_null(ad_ctc_alpha(ctx, k, k, a0));
   test_expect_error(ctx, AD_ERR_DTYPE, "ctc_alpha: emissions [2,5] are i32", NULL);
 }
+
+/* A recorded backward (create_graph) through nn_ctc_loss, as a gradient
+ * penalty's loop runs it: each step's constants live on the tape, so after
+ * ad_tape_reset the context holds the persistent tensors it held before
+ * (ctc_alpha's recorded backward made its shift row and zeros with
+ * ad_full / ad_zeros: two persistent tensors leaked per step). */
+Test(ctc, recorded_backward_leaves_no_persistent_tensor) {
+  enum { T = 5, N = 2, C = 4, S = 2 };
+  static const int32_t tg[N * S] = {1, 2, 3, 3};
+  static const int64_t il[N] = {5, 4}, tl[N] = {2, 2};
+  int64_t xs[3] = {T, N, C}, ts[2] = {N, S};
+  for (int d = 0; d < 2; d++) {
+    ad_dtype dt = d ? AD_F64 : AD_F32;
+    ad_rng rng;
+    ad_rng_seed(&rng, 5);
+    ad_tensor *x = ad_rand(ctx, &rng, dt, 3, xs, -2, 2), *t = ad_from_data(ctx, AD_I32, 2, ts, tg);
+    cr_assert(x && t);
+    ad_tensor_set_requires_grad(x, true);
+    size_t live = ad_ctx_live_tensors(ctx);
+    for (int step = 0; step < 3; step++) {
+      ad_tensor *lp = ad_log_softmax(ctx, x, 2), *g = NULL, *h = NULL;
+      ad_tensor *loss = nn_ctc_loss(ctx, lp, t, il, tl, 0, NN_SUM, false);
+      cr_assert(loss, "%s", ad_last_error(ctx));
+      cr_assert_eq(ad_grad(ctx, loss, NULL, 1, &x, &g, true), AD_OK, "%s", ad_last_error(ctx));
+      cr_assert_eq(ad_grad(ctx, ad_sum(ctx, ad_mul(ctx, g, g)), NULL, 1, &x, &h, false), AD_OK,
+                   "%s", ad_last_error(ctx));
+      double mag = 0;
+      for (int64_t i = 0; i < h->size; i++) mag = fmax(mag, fabs(ad_tensor_get(h, i)));
+      cr_assert_gt(mag, 0.0); /* the second order went through the recorded backward */
+      ad_tape_reset(ctx);
+      cr_assert_eq(ad_ctx_live_tensors(ctx), live,
+                   "%s, step %d: %zu persistent tensors, %zu before", ad_dtype_name(dt), step,
+                   ad_ctx_live_tensors(ctx), live);
+    }
+    ad_tensor_free(x), ad_tensor_free(t);
+  }
+}
