@@ -1154,8 +1154,11 @@ static ad_status ctc_alpha_bwd_ops(const ad_call *c) {
     if (!acc) return ad_last_status(ctx);
     A = acc;
   }
-  ad_status st =
-      c->needs[0] ? ad_call_set_grad(c, 0, ad_cast(ctx, ad_stack(ctx, (int)T, de, 0), t32)) : AD_OK;
+  /* no frames: e [0, N, L] gets an empty gradient (a stack needs a row) */
+  ad_status st = AD_OK;
+  if (c->needs[0])
+    st = ad_call_set_grad(
+        c, 0, T ? ad_cast(ctx, ad_stack(ctx, (int)T, de, 0), t32) : ad_zeros_like(ctx, e));
   return st == AD_OK && c->needs[2] ? ad_call_set_grad(c, 2, ad_cast(ctx, A, t32)) : st;
 }
 

@@ -451,6 +451,33 @@ Test(ctc, ctc_alpha_fused_backward_matches_the_recorded_one) {
   test_expect_error(ctx, AD_ERR_DTYPE, "ctc_alpha: emissions [2,5] are i32", NULL);
 }
 
+/* No frames (e [0, N, L]): the output is the start alone, and both
+ * backwards pass dy's one row to the start and give e an empty gradient
+ * (the recorded one stacked no rows: "stack: takes one or more inputs"). */
+Test(ctc, ctc_alpha_of_no_frames) {
+  enum { N = 2, L = 3 };
+  int64_t es[3] = {0, N, L}, os[3] = {1, N, L}, nl[2] = {N, L};
+  for (int cg = 0; cg < 2; cg++) {
+    ad_rng rng;
+    ad_rng_seed(&rng, 3);
+    ad_tensor *e = ad_zeros(ctx, AD_F64, 3, es), *k = ad_zeros(ctx, AD_I32, 2, nl);
+    ad_tensor *a0 = ad_rand(ctx, &rng, AD_F64, 2, nl, -1, 0),
+              *dy = ad_rand(ctx, &rng, AD_F64, 3, os, 1, 2);
+    cr_assert(e && k && a0 && dy);
+    ad_tensor_set_requires_grad(e, true), ad_tensor_set_requires_grad(a0, true);
+    ad_tensor *y = ad_ctc_alpha(ctx, e, k, a0), *in[2] = {e, a0}, *g[2] = {NULL, NULL};
+    cr_assert(y, "%s", ad_last_error(ctx));
+    cr_assert_eq(ad_grad(ctx, y, dy, 2, in, g, cg), AD_OK, "create_graph %d: %s", cg,
+                 ad_last_error(ctx));
+    cr_assert(g[0]->ndim == 3 && g[0]->shape[0] == 0 && g[0]->shape[1] == N && g[0]->shape[2] == L);
+    for (int64_t i = 0; i < N * L; i++)
+      cr_assert_eq(ad_tensor_get(g[1], i), ad_tensor_get(dy, i), "create_graph %d, %lld", cg,
+                   (long long)i);
+    ad_tape_reset(ctx);
+    ad_tensor_free(e), ad_tensor_free(k), ad_tensor_free(a0), ad_tensor_free(dy);
+  }
+}
+
 /* A recorded backward (create_graph) through nn_ctc_loss, as a gradient
  * penalty's loop runs it: each step's constants live on the tape, so after
  * ad_tape_reset the context holds the persistent tensors it held before
