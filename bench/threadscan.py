@@ -30,17 +30,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 
-def parse(out, tool):
-    """{name: (fwd_us, bwd_us)} from TOOL's lines (the format of opscan.py's
-    parse, kept here so that this script reads both tools alike)."""
-    res = {}
-    for line in out.splitlines():
-        f = line.split()
-        if len(f) == 5 and f[0].startswith(tool + "/"):
-            res[f[0][len(tool) + 1:]] = (float(f[2]), float(f[4]))
-    return res
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--build", default=os.path.join(ROOT, "build"))
@@ -55,6 +44,7 @@ def main():
         sys.exit("threadscan.py: --threads >= 2, --rounds >= 1 and --reps >= 1")
     sys.path.insert(0, HERE)
     import compare  # ours_env, run, cores_probe
+    from opscan import parse  # both tools' line format
 
     tools = [t for t in args.tools.split(",") if t]
     for tool in tools:
