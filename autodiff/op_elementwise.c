@@ -112,13 +112,15 @@ typedef struct unary_job {
     else                                                                                           \
       ad_parallel_for(c->out->size, ELEM_GRAIN, NAME##_range, &j);                                 \
   }
-/* The float32 rows are compiled for AVX-512 and AVX2 besides the baseline
- * (CELL_CLONES): EXPR32 is one IEEE operation per element (a sign, a
- * square root, a product, a comparison), rounded the same on each, so the
- * clones give the same bits, provided that no EXPR32 meets two NaNs in
- * one operation (which one x86 returns depends on the operands' order,
- * which the compiler may choose per clone); the baseline's 4-wide SSE loop
- * ran sqrt and relu at about half PyTorch's speed. */
+/* The rows of both dtypes are compiled for AVX-512 and AVX2 besides the
+ * baseline (CELL_CLONES): EXPR32 and EXPR64 are IEEE operations (a sign,
+ * a square root, a product, a comparison), each rounded the same on every
+ * instruction set (no contraction into FMA: -ffp-contract=off), so the
+ * clones give the same bits, provided that no expression meets two NaNs
+ * in one operation (which one x86 returns depends on the operands' order,
+ * which the compiler may choose per clone); the baseline's SSE loop ran
+ * sqrt and relu in float32 at about half PyTorch's speed, and hardswish,
+ * hardsigmoid and softshrink in float64 at 2-3x PyTorch's time. */
 #define UNARY_KERNEL(NAME, S, EXPR32, EXPR64)                                                      \
   CELL_CLONES static void NAME##_rows32(const float *X, float *Y, int64_t b, int64_t e,            \
                                         double s_) {                                               \
@@ -129,14 +131,22 @@ typedef struct unary_job {
       Y[i] = (float)(EXPR32);                                                                      \
     }                                                                                              \
   }                                                                                                \
+  CELL_CLONES static void NAME##_rows64(const double *X, double *Y, int64_t b, int64_t e,          \
+                                        double s_) {                                               \
+    S(const double s = s_;)                                                                        \
+    (void)s_;                                                                                      \
+    for (int64_t i = b; i < e; i++) {                                                              \
+      double x = X[i];                                                                             \
+      Y[i] = (EXPR64);                                                                             \
+    }                                                                                              \
+  }                                                                                                \
   static void NAME##_range(void *ud, int64_t b, int64_t e) {                                       \
     const unary_job *j = ud;                                                                       \
-    S(const double s = j->at->scalar;)                                                             \
-    if (j->y->dtype == AD_F32) {                                                                   \
-      NAME##_rows32(j->x->data, j->y->data, b, e, j->at ? j->at->scalar : 0.0);                    \
-    } else {                                                                                       \
-      UNARY_LOOP64(EXPR64);                                                                        \
-    }                                                                                              \
+    double s_ = j->at ? j->at->scalar : 0.0;                                                       \
+    if (j->y->dtype == AD_F32)                                                                     \
+      NAME##_rows32(j->x->data, j->y->data, b, e, s_);                                             \
+    else                                                                                           \
+      NAME##_rows64(j->x->data, j->y->data, b, e, s_);                                             \
   }                                                                                                \
   UNARY_FWD(NAME, S, (float)(EXPR32), EXPR64)
 #define DEFINE_UNARY(NAME, EXPR32, EXPR64) UNARY_KERNEL(NAME, NO_S, EXPR32, EXPR64)
@@ -1897,13 +1907,15 @@ const ad_op_def ad_def_elu = {
 /* PyTorch's threshold kernel: x <= t ? v : x, t and v (attrs.threshold)
  * rounded to x's dtype; a NaN x fails the comparison and stays, itself.
  * One pass instead of le and where (a mask written, then read). */
-CELL_CLONES static void threshold_rows32(const float *X, float *Y, int64_t b, int64_t e, float t,
-                                         float v) {
-  for (int64_t i = b; i < e; i++) {
-    float x = X[i];
-    Y[i] = x <= t ? v : x;
+#define THRESHOLD_ROWS(NAME, T)                                                                    \
+  CELL_CLONES static void NAME(const T *X, T *Y, int64_t b, int64_t e, T t, T v) {                 \
+    for (int64_t i = b; i < e; i++) {                                                              \
+      T x = X[i];                                                                                  \
+      Y[i] = x <= t ? v : x;                                                                       \
+    }                                                                                              \
   }
-}
+THRESHOLD_ROWS(threshold_rows32, float)
+THRESHOLD_ROWS(threshold_rows64, double)
 
 static void threshold_range(void *ud, int64_t b, int64_t e) {
   const unary_job *j = ud;
@@ -1911,12 +1923,7 @@ static void threshold_range(void *ud, int64_t b, int64_t e) {
   if (j->y->dtype == AD_F32) {
     threshold_rows32(j->x->data, j->y->data, b, e, (float)a->threshold, (float)a->value);
   } else {
-    const double *X = j->x->data, t = a->threshold, v = a->value;
-    double *Y = j->y->data;
-    for (int64_t i = b; i < e; i++) {
-      double x = X[i];
-      Y[i] = x <= t ? v : x;
-    }
+    threshold_rows64(j->x->data, j->y->data, b, e, a->threshold, a->value);
   }
 }
 

@@ -1,7 +1,7 @@
 /* isa_probe.c: prints one line per check, "<name> <hash>", the FNV-1a
  * hash of the result bits (every NaN as one value: see report) of the
- * engine's row loops: the float32
- * elementwise ops of vexp.h and the others (forward and first gradient),
+ * engine's row loops: the float32 elementwise ops of vexp.h, and the
+ * others in both float types (forward and first gradient),
  * softmax, log_softmax, logsumexp and cross-entropy rows, the fused LSTM
  * and GRU cells, layer norm, and every optimizer's update over a few
  * steps, in float32 and in float64. Inputs are seeded and hold the
@@ -140,6 +140,9 @@ static ad_tensor *pow3(ad_ctx *c, ad_tensor *x) { return ad_pow_scalar(c, x, 3);
 static ad_tensor *powm1(ad_ctx *c, ad_tensor *x) { return ad_pow_scalar(c, x, -1); }
 static ad_tensor *adds(ad_ctx *c, ad_tensor *x) { return ad_add_scalar(c, x, 0.3); }
 static ad_tensor *muls(ad_ctx *c, ad_tensor *x) { return ad_mul_scalar(c, x, -1.7); }
+static ad_tensor *softshrink(ad_ctx *c, ad_tensor *x) { return ad_softshrink(c, x, 0.5); }
+static ad_tensor *hardshrink(ad_ctx *c, ad_tensor *x) { return ad_hardshrink(c, x, 0.5); }
+static ad_tensor *threshold(ad_ctx *c, ad_tensor *x) { return ad_threshold(c, x, 0.25, -1.5); }
 
 /* y = f(x) and the gradient of sum(y w) with respect to x. */
 static void unary(const char *name, unary_fn f, int64_t n, bool positive) {
@@ -430,18 +433,35 @@ int main(int argc, char **argv) {
     const char *name;
     unary_fn f;
     bool positive;
-  } ops[] = {{"exp", ad_exp, false},         {"log", ad_log, true},
-             {"sqrt", ad_sqrt, true},        {"tanh", ad_tanh, false},
-             {"sigmoid", ad_sigmoid, false}, {"relu", ad_relu, false},
-             {"leaky_relu", leaky, false},   {"gelu", ad_gelu, false},
-             {"clamp", clamp, false},        {"hardtanh", hardtanh0, false},
-             {"sign", ad_sign, false},       {"softplus", ad_softplus, false},
-             {"erf", ad_erf, false},         {"sin", ad_sin, false},
-             {"cos", ad_cos, false},         {"atan", ad_atan, false},
-             {"abs", ad_abs, false},         {"square", ad_square, false},
-             {"neg", ad_neg, false},         {"pow2.5", pow25, true},
-             {"pow3", pow3, false},          {"pow-1", powm1, false},
-             {"add_scalar", adds, false},    {"mul_scalar", muls, false}};
+  } ops[] = {{"exp", ad_exp, false},
+             {"log", ad_log, true},
+             {"sqrt", ad_sqrt, true},
+             {"tanh", ad_tanh, false},
+             {"sigmoid", ad_sigmoid, false},
+             {"relu", ad_relu, false},
+             {"leaky_relu", leaky, false},
+             {"gelu", ad_gelu, false},
+             {"clamp", clamp, false},
+             {"hardtanh", hardtanh0, false},
+             {"sign", ad_sign, false},
+             {"softplus", ad_softplus, false},
+             {"erf", ad_erf, false},
+             {"sin", ad_sin, false},
+             {"cos", ad_cos, false},
+             {"atan", ad_atan, false},
+             {"abs", ad_abs, false},
+             {"square", ad_square, false},
+             {"neg", ad_neg, false},
+             {"pow2.5", pow25, true},
+             {"pow3", pow3, false},
+             {"pow-1", powm1, false},
+             {"add_scalar", adds, false},
+             {"mul_scalar", muls, false},
+             {"hardswish", ad_hardswish, false},
+             {"hardsigmoid", ad_hardsigmoid, false},
+             {"softshrink", softshrink, false},
+             {"hardshrink", hardshrink, false},
+             {"threshold", threshold, false}};
   for (int d = 0; d < 2; d++) {
     dt = d ? AD_F64 : AD_F32;
     pre = d ? "f64" : "f32";
