@@ -756,8 +756,46 @@ const ad_op_def ad_def_where = {
 
 /* x > 0 ? x : w x, w broadcast (PyTorch's prelu with w read as [1, C, 1,
  * ...]): one pass instead of a comparison, two wheres and a product. A
- * NaN x takes w x (NaN). */
-DEFINE_BINARY(prelu, x0 > 0 ? x0 : x0 * x1)
+ * NaN x takes w x (NaN). One product and a select per element, so the
+ * clones (CELL_CLONES) of the rows where x is contiguous and w is too or
+ * one value (a weight per row of [N, C], one per plane of [N, C, H, W],
+ * or a single one) give the same bits; other strides take BINARY_LOOP. */
+#define PRELU_ROW(NAME, T)                                                                         \
+  CELL_CLONES static void NAME(const T *X, const T *W, T *Y, int64_t len, int64_t sw) {            \
+    if (sw == 0) {                                                                                 \
+      const T w = W[0];                                                                            \
+      for (int64_t i = 0; i < len; i++) {                                                          \
+        T x = X[i];                                                                                \
+        Y[i] = x > 0 ? x : x * w;                                                                  \
+      }                                                                                            \
+    } else                                                                                         \
+      for (int64_t i = 0; i < len; i++) {                                                          \
+        T x = X[i];                                                                                \
+        Y[i] = x > 0 ? x : x * W[i];                                                               \
+      }                                                                                            \
+  }
+PRELU_ROW(prelu_row32, float)
+PRELU_ROW(prelu_row64, double)
+
+static void prelu_rows(const ad_call *c, int64_t oa, int64_t sa, int64_t ob, int64_t sb, int64_t oy,
+                       int64_t len) {
+  bool row = len > 1 && sa == 1 && (sb == 0 || sb == 1);
+  if (c->out->dtype == AD_F32) {
+    if (row)
+      prelu_row32((const float *)c->in[0]->data + oa, (const float *)c->in[1]->data + ob,
+                  (float *)c->out->data + oy, len, sb);
+    else
+      BINARY_LOOP(float, x0 > 0 ? x0 : x0 * x1);
+  } else {
+    if (row)
+      prelu_row64((const double *)c->in[0]->data + oa, (const double *)c->in[1]->data + ob,
+                  (double *)c->out->data + oy, len, sb);
+    else
+      BINARY_LOOP(double, x0 > 0 ? x0 : x0 * x1);
+  }
+}
+
+static void prelu_fwd(const ad_call *c) { ad_binary_run(c, prelu_rows); }
 
 /* dx = dy where x > 0, else w dy (w at 0 and at NaN); dw = dy x where x
  * <= 0 or NaN, a zero chosen where x > 0 (an x of +inf adds 0, not 0 *

@@ -471,8 +471,9 @@ int main(int argc, char **argv) {
     static const struct {
       const char *name;
       binary_fn f;
-    } bops[] = {{"add", ad_add}, {"sub", ad_sub},         {"mul", ad_mul},        {"div", ad_div},
-                {"pow", ad_pow}, {"maximum", ad_maximum}, {"minimum", ad_minimum}};
+    } bops[] = {{"add", ad_add},         {"sub", ad_sub},    {"mul", ad_mul},
+                {"div", ad_div},         {"pow", ad_pow},    {"maximum", ad_maximum},
+                {"minimum", ad_minimum}, {"prelu", ad_prelu}};
     for (size_t i = 0; i < sizeof bops / sizeof bops[0]; i++)
       for (int l = 0; l < 2; l++)
         for (int bshape = 0; bshape < 3; bshape++)
