@@ -800,15 +800,27 @@ static void prelu_fwd(const ad_call *c) { ad_binary_run(c, prelu_rows); }
 /* dx = dy where x > 0, else w dy (w at 0 and at NaN); dw = dy x where x
  * <= 0 or NaN, a zero chosen where x > 0 (an x of +inf adds 0, not 0 *
  * inf), summed down by the engine where w is broadcast. Of ops, so
- * differentiable again: d2/dx dw = dy where x <= 0 or NaN. */
+ * differentiable again: d2/dx dw = dy where x <= 0 or NaN. With a nonzero
+ * attrs.scalar (nn_prelu_new's layer) and a recorded backward
+ * (create_graph), PyTorch's double backward instead, whose terms are
+ * masked by x > 0 and x <= 0, neither of which a NaN satisfies: no x-w
+ * cross term at a NaN x (w and x enter the products detached there, so
+ * values and first derivatives are the same). A backward not recorded has
+ * no second derivative to mask, so it needs no look for NaN. */
 static ad_status prelu_bwd(const ad_call *c) {
   ad_ctx *ctx = c->ctx;
   ad_tensor *x = c->in[0], *w = c->in[1], *dy = c->gout;
   ad_tensor *zero = ad_scalar(ctx, dy->dtype, 0.0), *pos = ad_gt(ctx, x, zero);
+  ad_tensor *wx = w, *xw = x;
+  if (c->attrs->scalar != 0 && ad_grad_enabled(ctx)) {
+    ad_tensor *num = ad_eq(ctx, x, x);
+    if (c->needs[0]) wx = ad_where(ctx, num, w, ad_detach(ctx, w));
+    if (c->needs[1]) xw = ad_where(ctx, num, x, ad_detach(ctx, x));
+  }
   ad_status st = AD_OK;
-  if (c->needs[0]) st = ad_call_set_grad(c, 0, ad_where(ctx, pos, dy, ad_mul(ctx, dy, w)));
+  if (c->needs[0]) st = ad_call_set_grad(c, 0, ad_where(ctx, pos, dy, ad_mul(ctx, dy, wx)));
   if (st == AD_OK && c->needs[1])
-    st = ad_call_set_grad(c, 1, ad_where(ctx, pos, zero, ad_mul(ctx, dy, x)));
+    st = ad_call_set_grad(c, 1, ad_where(ctx, pos, zero, ad_mul(ctx, dy, xw)));
   return st;
 }
 
@@ -828,6 +840,7 @@ const ad_op_def ad_def_prelu = {
     .name = "prelu",
     .arity = 2,
     .flags = AD_OP_ELEMENTWISE,
+    .attrs = AD_ATTRS_SCALAR,
     .forward = prelu_fwd,
     .backward = prelu_bwd,
     .sample = prelu_sample,

@@ -459,30 +459,14 @@ nn_layer *nn_prelu_new(ad_ctx *ctx, int64_t num_parameters, double init, ad_dtyp
   return l;
 }
 
-/* Whether x (f32 or f64) holds a NaN: x != x or-ed over blocks of 1024,
- * which vectorizes (a test per element that stopped at the first NaN ran
- * on one lane, 0.5 ns an element, more than the where it decides). */
-static bool has_nan(const ad_tensor *x) {
-  for (int64_t b = 0; b < x->size; b += 1024) {
-    int64_t e = x->size - b < 1024 ? x->size : b + 1024;
-    int nan = 0;
-    if (x->dtype == AD_F32) {
-      const float *v = x->data;
-      for (int64_t i = b; i < e; i++) nan |= v[i] != v[i];
-    } else {
-      const double *v = x->data;
-      for (int64_t i = b; i < e; i++) nan |= v[i] != v[i];
-    }
-    if (nan) return true;
-  }
-  return false;
-}
-
 /* y = x > 0 ? x : w x, w [C] read as [1, C, 1, ...] (a view), as
  * PyTorch's prelu: slope w at 0 and at a NaN x, where w's gradient is x
  * dy (0 at 0, NaN at NaN); the second derivative in x is 0, the one in x
- * and w 1 where x <= 0 and 0 elsewhere, at NaN too. ad_prelu, one op
- * (an x of +inf adds 0 to w's gradient, as in PyTorch), but at NaN. */
+ * and w 1 where x <= 0 and 0 elsewhere, at NaN too. The op prelu (an x of
+ * +inf adds 0 to w's gradient, as in PyTorch) with attrs.scalar 1: its
+ * recorded backward drops the x-w cross term at a NaN x, as PyTorch's
+ * double backward masks its terms by x > 0 and x <= 0, neither of which
+ * holds there (ad_prelu keeps it). One pass over x: no look for NaN. */
 static ad_tensor *prelu_forward(nn_layer *l, ad_tensor *x) {
   ad_ctx *ctx = l->ctx;
   char a[64], c[96];
@@ -505,15 +489,8 @@ static ad_tensor *prelu_forward(nn_layer *l, ad_tensor *x) {
     return NULL;
   }
   for (int k = 0; k < x->ndim; k++) s[k] = k == 1 ? n : 1;
-  ad_tensor *w = ad_reshape(ctx, l->w, x->ndim, s), *y = ad_prelu(ctx, x, w);
-  /* the common case, no NaN, records nothing more */
-  if (!y || !has_nan(x)) return y;
-  /* at a NaN x: NaN, slope w and w's gradient x dy (NaN) as above, but no
-   * second-order term between x and w: PyTorch's double backward masks its
-   * terms by x > 0 and x <= 0, neither of which holds (w detach(x) +
-   * detach(w) x has those first derivatives and no cross term) */
-  ad_tensor *nx = ad_add(ctx, ad_mul(ctx, w, ad_detach(ctx, x)), ad_mul(ctx, ad_detach(ctx, w), x));
-  return ad_where(ctx, ad_eq(ctx, x, x), y, nx);
+  ad_tensor *in[2] = {x, ad_reshape(ctx, l->w, x->ndim, s)};
+  return in[1] ? ad_op_apply(ctx, ad_op_find(ctx, "prelu"), 2, in, &(ad_attrs){.scalar = 1}) : NULL;
 }
 
 /* ---------------------------------------------------------------- dropout */

@@ -881,6 +881,53 @@ Test(prelu, infinite_inputs_weight_gradient) {
   }
 }
 
+/* F.prelu(x, w=[0.25, -0.1]) on x [3, 2] = [[NaN, -inf], [-2, inf], [3,
+ * -0.5]], float32 and float64, gradients of sum(y) (recorded), then of s =
+ * 0.7 sum(dx) + 1.9 dw[0] + 1.3 dw[1] (PyTorch 1.13's values): dw [NaN,
+ * -inf], the NaN of channel 0 not reaching channel 1; d2/dx dw [[0, 1.3],
+ * [1.9, 0], [0, 1.3]], 0 at the NaN; d2/dw dx [0.7, 1.4]. The layer's
+ * special case at NaN multiplied the other elements' x by a zero dy
+ * (0 * inf = NaN): dw[1] was NaN. */
+Test(prelu, nan_in_one_channel_infinity_in_another) {
+  static const double xs[6] = {NAN, -INFINITY, -2, INFINITY, 3, -0.5};
+  static const double hx[6] = {0, 1.3, 1.9, 0, 0, 1.3}, gx[6] = {0.25, -0.1, 0.25, 1, 1, -0.1};
+  int64_t shape[2] = {3, 2};
+  for (int d = 0; d < 2; d++) {
+    ad_dtype dt = d ? AD_F64 : AD_F32;
+    nn_layer *l = nn_prelu_new(ctx, 2, 0.25, dt);
+    ad_tensor *w = nn_params_find(nn_layer_params(l), "weight");
+    ad_tensor_set(w, 1, -0.1);
+    ad_tensor *flat = vec(dt, 6, xs), *wv = vec(dt, 2, (double[]){1.9, 1.3}), *g[2], *h[2];
+    ad_tensor *x = ad_tensor_clone(ctx, ad_reshape(ctx, flat, 2, shape));
+    ad_tensor_set_requires_grad(x, true);
+    ad_tensor *y = nn_layer_forward(l, x, true), *in[2] = {x, w};
+    cr_assert_eq(ad_grad(ctx, ad_sum(ctx, y), NULL, 2, in, g, true), AD_OK, "%s",
+                 ad_last_error(ctx));
+    for (int i = 0; i < 6; i++)
+      cr_assert(near(ad_tensor_get(g[0], i), gx[i], 1e-7, 1e-7), "%s dx[%d] %g", ad_dtype_name(dt),
+                i, ad_tensor_get(g[0], i));
+    cr_assert(isnan(ad_tensor_get(g[1], 0)), "%s dw[0] %g", ad_dtype_name(dt),
+              ad_tensor_get(g[1], 0));
+    cr_assert_eq(ad_tensor_get(g[1], 1), -INFINITY, "%s dw[1] %g", ad_dtype_name(dt),
+                 ad_tensor_get(g[1], 1));
+    ad_tensor *s =
+        ad_add(ctx, ad_mul_scalar(ctx, ad_sum(ctx, g[0]), 0.7), ad_sum(ctx, ad_mul(ctx, g[1], wv)));
+    cr_assert_eq(ad_grad(ctx, s, NULL, 2, in, h, false), AD_OK, "%s", ad_last_error(ctx));
+    double tol = d ? 1e-15 : 1e-6;
+    for (int i = 0; i < 6; i++)
+      cr_assert(near(ad_tensor_get(h[0], i), hx[i], tol, tol), "%s d2/dx[%d] dw %g",
+                ad_dtype_name(dt), i, ad_tensor_get(h[0], i));
+    cr_assert(
+        near(ad_tensor_get(h[1], 0), 0.7, tol, tol) && near(ad_tensor_get(h[1], 1), 1.4, tol, tol),
+        "%s d2/dw dx %g %g", ad_dtype_name(dt), ad_tensor_get(h[1], 0), ad_tensor_get(h[1], 1));
+    ad_tape_reset(ctx);
+    ad_tensor_free(x);
+    ad_tensor_free(flat);
+    ad_tensor_free(wv);
+    nn_layer_free(l);
+  }
+}
+
 /* The layer's forward on in[0] (ad_gradcheck perturbs copies of its
  * inputs, so the weight, which the layer holds, is checked by hand). */
 static ad_tensor *prelu_fn(ad_ctx *c, int n, ad_tensor *const *in, void *ud) {

@@ -37,7 +37,8 @@ builder the arguments it takes:
 
     attr scalar S                 add_scalar, mul_scalar, pow_scalar (p),
                                   leaky_relu (alpha), sub_scalar,
-                                  rsub_scalar, div_scalar
+                                  rsub_scalar, div_scalar, prelu (0:
+                                  ad_prelu; nn_prelu_new gives 1)
     attr dtype f32|f64            cast: the target dtype
     attr cmp eq|gt|ge|lt|le       compare
     attr axis A                   softmax, log_softmax, concat, stack,
@@ -311,7 +312,10 @@ for name, (fn, ra, rb) in BINARY.items():
             a = U(rng, sa, *ra)
             b = signed(rng, sb, 0.5, 2) if rb == "signed" else U(rng, sb, *rb)
             return [("in", a), ("in", b)]
-        add(f"{name}_{tag}", name, make, lambda t, fn=fn: fn(t[0], t[1]))
+        # prelu's attr scalar 0 is ad_prelu's rule (nn_prelu_new's layer
+        # gives 1; the two differ only in second derivatives at a NaN x)
+        add(f"{name}_{tag}", name, make, lambda t, fn=fn: fn(t[0], t[1]),
+            **({"attr": ("scalar", 0.0)} if name == "prelu" else {}))
 
 # ties: torch 1.13 (like our engine) gives each side half the gradient
 for name, fn in (("maximum", torch.maximum), ("minimum", torch.minimum)):

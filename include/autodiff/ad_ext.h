@@ -284,7 +284,9 @@ typedef struct ad_user_attrs {
 
 typedef struct ad_attrs {
   union {
-    double scalar;  /**< add_scalar, mul_scalar: s; pow_scalar: p; leaky_relu: alpha */
+    double scalar;  /**< add_scalar, mul_scalar: s; pow_scalar: p; leaky_relu: alpha;
+                       prelu: 0 (ad_prelu), or nonzero for nn_prelu_new's rule: no
+                       x-w second derivative at a NaN x, as PyTorch's */
     ad_dtype dtype; /**< cast: the target dtype */
     ad_cmp cmp;     /**< compare */
     int axis;       /**< softmax, log_softmax, concat (negative counts from the end);
