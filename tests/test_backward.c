@@ -641,6 +641,35 @@ Test(backward, second_derivatives_of_elementwise_ops) {
   }
 }
 
+/* The op prelu at x = [NaN, -2, 3], w = [0.25], by its attr: gradients of
+ * sum(y), recorded, then of s = 0.7 sum(dx) + 1.9 dw. Both give dx [0.25,
+ * 0.25, 1] (w at the NaN) and a NaN dw; ad_prelu's (attr 0) documented
+ * d2/dx dw = dy where x <= 0 or NaN gives ds/dx [1.9, 1.9, 0] and ds/dw
+ * 1.4, nn_prelu_new's (attr 1, PyTorch's double backward) none at the NaN:
+ * [0, 1.9, 0] and 0.7. */
+Test(backward, prelu_cross_term_at_nan_by_attr) {
+  static const double xs[3] = {NAN, -2, 3}, w0[1] = {0.25}, gx[3] = {0.25, 0.25, 1};
+  static const double hx[2][3] = {{1.9, 1.9, 0}, {0, 1.9, 0}}, hw[2] = {1.4, 0.7};
+  int id = ad_op_find(ctx, "prelu");
+  cr_assert_geq(id, 0);
+  for (int mode = 0; mode < 2; mode++) {
+    ad_tensor *x = vec(xs, 3), *w = vec(w0, 1), *in[2] = {x, w}, *g[2], *h[2];
+    ad_tensor *y =
+        mode ? ad_op_apply(ctx, id, 2, in, &(ad_attrs){.scalar = 1}) : ad_prelu(ctx, x, w);
+    OK(ad_grad(ctx, ad_sum(ctx, y), NULL, 2, in, g, true));
+    assert_close(g[0], gx, 3, 0);
+    cr_assert(isnan(ad_tensor_get(g[1], 0)), "mode %d: dw %g", mode, ad_tensor_get(g[1], 0));
+    ad_tensor *s =
+        ad_add(ctx, ad_mul_scalar(ctx, ad_sum(ctx, g[0]), 0.7), ad_mul_scalar(ctx, g[1], 1.9));
+    OK(ad_grad(ctx, ad_sum(ctx, s), NULL, 2, in, h, false));
+    assert_close(h[0], hx[mode], 3, 1e-15);
+    assert_close(h[1], &hw[mode], 1, 1e-15);
+    ad_tape_reset(ctx);
+    ad_tensor_free(x);
+    ad_tensor_free(w);
+  }
+}
+
 /* ------------------------------------------ closed forms, teaching material */
 
 Test(backward, sigmoid_derivative_is_s_times_one_minus_s) {
