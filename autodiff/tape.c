@@ -568,24 +568,56 @@ static ad_status touched_push(ad_ctx *ctx, ad_node *n) {
   return AD_OK;
 }
 
-/* dst += src for persistent leaf gradients (same size and dtype). A scalar
- * parameter (a bias, a gain) takes one add, without the loop's set-up. */
-static inline void add_into(ad_tensor *dst, const ad_tensor *src) {
-  if (dst->dtype == AD_F32) {
-    float *d = dst->data;
-    const float *s = src->data;
-    if (dst->size == 1)
-      d[0] += s[0];
-    else
-      for (int64_t i = 0; i < dst->size; i++) d[i] += s[i];
+/* dst += src (add) or dst = src for persistent leaf gradients (same size
+ * and dtype), on the library's threads from ELEM_SPLIT elements in the
+ * elementwise ops' chunks: src is usually an op's result those threads
+ * just wrote, chunk by chunk, so each thread reads the part in its own
+ * cache (one thread copying all of it read the other core's half from
+ * afar: a plain backward on two threads was slower than on one). The same
+ * bits on any thread count: each element is one add or one copy. */
+#define ELEM_SPLIT 32768
+
+typedef struct grad_job {
+  ad_tensor *dst;
+  const ad_tensor *src;
+  bool add;
+} grad_job;
+
+static void grad_range(void *ud, int64_t i0, int64_t i1) {
+  const grad_job *j = ud;
+  size_t es = ad_dsize(j->dst->dtype);
+  char *d = (char *)j->dst->data + (size_t)i0 * es;
+  const char *s = (const char *)j->src->data + (size_t)i0 * es;
+  if (!j->add) {
+    memcpy(d, s, (size_t)(i1 - i0) * es);
+  } else if (j->dst->dtype == AD_F32) {
+    float *df = (float *)(void *)d;
+    const float *sf = (const float *)(const void *)s;
+    for (int64_t i = 0; i < i1 - i0; i++) df[i] += sf[i];
   } else {
-    double *d = dst->data;
-    const double *s = src->data;
-    if (dst->size == 1)
-      d[0] += s[0];
-    else
-      for (int64_t i = 0; i < dst->size; i++) d[i] += s[i];
+    double *dd = (double *)(void *)d;
+    const double *sd = (const double *)(const void *)s;
+    for (int64_t i = 0; i < i1 - i0; i++) dd[i] += sd[i];
   }
+}
+
+static void grad_store(ad_tensor *dst, const ad_tensor *src, bool add) {
+  grad_job j = {dst, src, add};
+  if (dst->size > ELEM_SPLIT)
+    ad_parallel_for(dst->size, ELEM_SPLIT, grad_range, &j);
+  else
+    grad_range(&j, 0, dst->size);
+}
+
+/* A scalar parameter (a bias, a gain) takes one add, without the loop's
+ * set-up. */
+static inline void add_into(ad_tensor *dst, const ad_tensor *src) {
+  if (dst->size != 1)
+    grad_store(dst, src, true);
+  else if (dst->dtype == AD_F32)
+    *(float *)dst->data += *(const float *)src->data;
+  else
+    *(double *)dst->data += *(const double *)src->data;
 }
 
 /* Adds gradient g (already shaped like n) into n's accumulator. In a plain
@@ -643,7 +675,7 @@ static ad_status accumulate_slow(ad_ctx *ctx, ad_node *n, ad_tensor *g, bool dir
     }
     ad_tensor *buf = ad_leaf_grad_take(ctx, n);
     if (!buf) return ctx->status ? ctx->status : AD_ERR_OOM;
-    memcpy(buf->data, g->data, (size_t)g->size * ad_dsize(g->dtype));
+    grad_store(buf, g, false);
     n->t.grad = buf;
     return AD_OK;
   }
