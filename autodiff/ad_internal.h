@@ -436,6 +436,15 @@ void ad_bc_row(const ad_bc_rows *it, const ad_tensor *out, int64_t r, int64_t *o
  * each input's stride along a row is unchanged. For elementwise walks
  * only: a row then spans several of out's dims. */
 void ad_bc_merge(ad_bc_rows *it, const ad_tensor *out);
+/* The span of out's elements from flat index e to the end of its row or
+ * to end, whichever comes first: each input's offset of element e into
+ * off[] and the span's length into *n. For loops dealt by element offset
+ * (ad_parallel_for over out->size), so that a broadcasting op's chunks are
+ * the same elements as the flat elementwise ops' (what one wrote, the next
+ * finds in its thread's cache) and a merged walk of one long row still
+ * splits. */
+void ad_bc_span(const ad_bc_rows *it, const ad_tensor *out, int64_t e, int64_t end, int64_t *off,
+                int64_t *n);
 /* A temporary header whose data pointer is set by the caller (views). */
 ad_tensor *ad_tmp_header(ad_ctx *ctx, ad_dtype dtype, int ndim, const int64_t *shape);
 /* A persistent sample input for gradcheck: uniform in [lo, hi), with

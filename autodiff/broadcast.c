@@ -101,3 +101,11 @@ void ad_bc_row(const ad_bc_rows *it, const ad_tensor *out, int64_t r, int64_t *o
     for (int i = 0; i < it->nin; i++) off[i] += idx * it->st[i][d];
   }
 }
+
+void ad_bc_span(const ad_bc_rows *it, const ad_tensor *out, int64_t e, int64_t end, int64_t *off,
+                int64_t *n) {
+  int64_t r = e / it->len, i0 = e - r * it->len, last = out->ndim - 1;
+  ad_bc_row(it, out, r, off);
+  for (int i = 0; i < it->nin; i++) off[i] += last >= 0 ? i0 * it->st[i][last] : 0;
+  *n = it->len - i0 < end - e ? it->len - i0 : end - e;
+}

@@ -783,18 +783,36 @@ static ad_status i32_error(const ad_tensor *t, const char *fn, double v) {
                       fn, v);
 }
 
+/* Elements [b, e) of a fill (for ad_parallel_for): a large fill (a
+ * backward's zeros or seed of ones) is written on the threads in the
+ * elementwise ops' chunks, so the op that reads it next finds each part
+ * in its own thread's cache. */
+typedef struct fill_job {
+  ad_tensor *t;
+  double v;
+} fill_job;
+static void fill_range(void *ud, int64_t b, int64_t e) {
+  const fill_job *j = ud;
+  ad_tensor *t = j->t;
+  if (t->dtype == AD_F32)
+    for (int64_t i = b; i < e; i++) ((float *)t->data)[i] = (float)j->v;
+  else if (t->dtype == AD_F64)
+    for (int64_t i = b; i < e; i++) ((double *)t->data)[i] = j->v;
+  else
+    for (int64_t i = b; i < e; i++) ((int32_t *)t->data)[i] = (int32_t)j->v;
+}
+
 ad_status ad_tensor_fill(ad_tensor *t, double v) {
   ad_status st;
   if (!t) return AD_ERR_NULL;
   if (unusable(t, "tensor_fill", &st)) return st;
   if (t->dtype == AD_I32 && !i32_fits(v)) return i32_error(t, "tensor_fill", v);
   if ((st = ad_note_write(ad_node_of(t), "tensor_fill")) != AD_OK) return st;
-  if (t->dtype == AD_F32)
-    for (int64_t i = 0; i < t->size; i++) ((float *)t->data)[i] = (float)v;
-  else if (t->dtype == AD_F64)
-    for (int64_t i = 0; i < t->size; i++) ((double *)t->data)[i] = v;
+  fill_job j = {t, v};
+  if (t->size > 32768)
+    ad_parallel_for(t->size, 32768, fill_range, &j);
   else
-    for (int64_t i = 0; i < t->size; i++) ((int32_t *)t->data)[i] = (int32_t)v;
+    fill_range(&j, 0, t->size);
   return AD_OK;
 }
 

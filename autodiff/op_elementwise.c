@@ -33,15 +33,24 @@ static void binary_flat(void *ud, int64_t b, int64_t e) {
   j->f(j->c, b, 1, j->sb ? b : 0, j->sb, b, e - b);
 }
 
+/* Elements [b, e) of a broadcasting binary op, a span of a row at a time
+ * (dealt by element offset like binary_flat, see ad_bc_span). */
 static void binary_rows(void *ud, int64_t b, int64_t e) {
   const binary_job *j = ud;
   const ad_tensor *out = j->c->out;
   int last = out->ndim - 1;
-  int64_t sa = last >= 0 ? j->it.st[0][last] : 0, sb = last >= 0 ? j->it.st[1][last] : 0;
-  for (int64_t r = b; r < e; r++) {
-    int64_t off[2] = {r * j->it.len, 0};
-    if (!j->row_vector) ad_bc_row(&j->it, out, r, off);
-    j->f(j->c, off[0], sa, off[1], sb, r * j->it.len, j->it.len);
+  int64_t sa = last >= 0 ? j->it.st[0][last] : 0, sb = last >= 0 ? j->it.st[1][last] : 0, n;
+  for (int64_t i = b; i < e; i += n) {
+    int64_t off[2];
+    if (j->row_vector) {
+      int64_t i0 = i % j->it.len;
+      off[0] = i;
+      off[1] = i0;
+      n = j->it.len - i0 < e - i ? j->it.len - i0 : e - i;
+    } else {
+      ad_bc_span(&j->it, out, i, e, off, &n);
+    }
+    j->f(j->c, off[0], sa, off[1], sb, i, n);
   }
 }
 
@@ -63,8 +72,10 @@ void ad_binary_run(const ad_call *c, ad_rows_fn f) {
   j.row_vector = last >= 0 && a->size == out->size && b->size == j.it.len &&
                  j.it.st[0][last] == 1 && j.it.st[1][last] == 1;
   if (!j.row_vector) ad_bc_merge(&j.it, out);
-  int64_t grain = j.it.len ? (ELEM_GRAIN + j.it.len - 1) / j.it.len : 1;
-  ad_parallel_for(j.it.rows, grain, binary_rows, &j);
+  if (out->size <= ELEM_GRAIN)
+    binary_rows(&j, 0, out->size);
+  else
+    ad_parallel_for(out->size, ELEM_GRAIN, binary_rows, &j);
 }
 
 /* A unary op's work over a range of elements, for ad_parallel_for. */
@@ -652,7 +663,7 @@ typedef struct where_job {
     const TC *C_ = (const TC *)j->c->in[0]->data + off[0];                                         \
     const T *A_ = (const T *)j->c->in[1]->data + off[1],                                           \
             *B_ = (const T *)j->c->in[2]->data + off[2];                                           \
-    T *Y_ = (T *)j->c->out->data + r * len;                                                        \
+    T *Y_ = (T *)j->c->out->data + p;                                                              \
     if (s[0] == 1 && s[1] == 1 && s[2] == 1) /* both loads, then a select: it vectorizes */        \
       for (int64_t i = 0; i < len; i++) {                                                          \
         T av = A_[i], bv = B_[i];                                                                  \
@@ -684,16 +695,17 @@ typedef struct where_job {
       WHERE_ROW(int32_t, T);                                                                       \
   } while (0)
 
+/* Elements [b, e) of out, a span of a row at a time (ad_bc_span). */
 static void where_rows(void *ud, int64_t b, int64_t e) {
   const where_job *j = ud;
   const ad_tensor *out = j->c->out;
   ad_dtype cd = j->c->in[0]->dtype;
   int last = out->ndim - 1;
-  int64_t s[3], len = j->it.len;
+  int64_t s[3], len;
   for (int k = 0; k < 3; k++) s[k] = last >= 0 ? j->it.st[k][last] : 0;
-  for (int64_t r = b; r < e; r++) {
+  for (int64_t p = b; p < e; p += len) {
     int64_t off[3];
-    ad_bc_row(&j->it, out, r, off);
+    ad_bc_span(&j->it, out, p, e, off, &len);
     if (out->dtype == AD_F32)
       WHERE_ROWS_OF(float);
     else
@@ -705,11 +717,10 @@ static void where_fwd(const ad_call *c) {
   where_job j = {c, {0}};
   ad_bc_init(&j.it, 3, c->in, c->out);
   ad_bc_merge(&j.it, c->out);
-  int64_t grain = j.it.len ? (ELEM_GRAIN + j.it.len - 1) / j.it.len : 1;
-  if (j.it.rows <= grain)
-    where_rows(&j, 0, j.it.rows);
+  if (c->out->size <= ELEM_GRAIN)
+    where_rows(&j, 0, c->out->size);
   else
-    ad_parallel_for(j.it.rows, grain, where_rows, &j);
+    ad_parallel_for(c->out->size, ELEM_GRAIN, where_rows, &j);
 }
 
 static ad_status where_bwd(const ad_call *c) {
