@@ -762,9 +762,19 @@ static ad_tensor *rrelu_run(ad_ctx *ctx, const char *who, ad_tensor *x, double l
   ad_tensor *noise = nn_tmp_tensor(ctx, x->dtype, x->ndim, x->shape);
   if (!noise) return NULL;
   ad_rng r = *rng; /* a call that fails takes no draws */
-  for (int64_t i = 0; i < x->size; i++)
-    ad_tensor_set(noise, i,
-                  ad_tensor_get(x, i) <= 0 ? lower + (upper - lower) * ad_rng_uniform(&r) : 1.0);
+  /* one draw per x <= 0, in element order (the stream is the layer's):
+   * typed loops, not a call and a dtype switch per element */
+  if (x->dtype == AD_F32) {
+    const float *xs = x->data;
+    float *ns = noise->data;
+    for (int64_t i = 0; i < x->size; i++)
+      ns[i] = xs[i] <= 0 ? (float)(lower + (upper - lower) * ad_rng_uniform(&r)) : 1.0f;
+  } else {
+    const double *xs = x->data;
+    double *ns = noise->data;
+    for (int64_t i = 0; i < x->size; i++)
+      ns[i] = xs[i] <= 0 ? lower + (upper - lower) * ad_rng_uniform(&r) : 1.0;
+  }
   ad_tensor *y = ad_mul(ctx, x, noise);
   if (y) *rng = r;
   return y;
