@@ -111,6 +111,12 @@ def torch_side(reps, filt, threads, dtype="f32", tool="opscan", cases_fn=torch_c
         print("%s/%s fwd_us %.1f bwd_us %.1f" % (tool, name, fwd * 1e6, bwd * 1e6), flush=True)
 
 
+def ratio(a, b):
+    """a / b, or NaN where b is not a positive time (a case that printed
+    0.0 or did not run on one side): a table row, never a crash."""
+    return a / b if b > 0 else float("nan")
+
+
 def parse(out, tool="opscan"):
     """{name: (fwd_us, bwd_us)} from TOOL's lines."""
     res = {}
@@ -166,7 +172,7 @@ def main(tool="opscan", script=__file__, doc=__doc__, cases_fn=torch_cases, dtyp
     cliffs = []
     for name, (of, ob) in ours.items():
         tf, tb = theirs.get(name, (float("nan"), float("nan")))
-        rf, rb = of / tf, ob / tb
+        rf, rb = ratio(of, tf), ratio(ob, tb)
         mark = "  cliff" if rf > args.cliff or rb > args.cliff else ""
         if mark:
             cliffs.append(name)

@@ -44,7 +44,7 @@ def main():
         sys.exit("threadscan.py: --threads >= 2, --rounds >= 1 and --reps >= 1")
     sys.path.insert(0, HERE)
     import compare  # ours_env, run, cores_probe
-    from opscan import parse  # both tools' line format
+    from opscan import parse, ratio  # both tools' line format
 
     tools = [t for t in args.tools.split(",") if t]
     for tool in tools:
@@ -86,7 +86,7 @@ def main():
                "bwd %d us" % args.threads, "x"))
         for name, (f1, b1) in one.items():
             fn, bn = many.get(name, (float("nan"), float("nan")))
-            sf, sb = f1 / fn, b1 / bn
+            sf, sb = ratio(f1, fn), ratio(b1, bn)
             mark = "  slower" if sf < args.slower or sb < args.slower else ""
             if mark:
                 slower.append("%s/%s" % (tool, name))
