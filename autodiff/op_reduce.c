@@ -502,6 +502,68 @@ static ad_status sum_bwd(const ad_call *c) {
   return ad_call_set_grad(c, 0, ad_expand(c->ctx, dy, x->ndim, x->shape));
 }
 
+/* The backward's expand of dy, written straight into x's gradient: element
+ * (o, k, j) of x, seen as [outer, n, inner], takes dy[o, j], stored or
+ * added. Over x's elements by offset on the library's threads from 32K
+ * (the elementwise ops' chunks); one copy or one add per element, so the
+ * bits of expand and then a copy or an add. */
+typedef struct sum_into_job {
+  ad_tensor *g;
+  const ad_tensor *dy;
+  red_dims r;
+  bool add;
+} sum_into_job;
+
+#define SUM_INTO(T)                                                                                \
+  do {                                                                                             \
+    T *G = j->g->data;                                                                             \
+    const T *D = j->dy->data;                                                                      \
+    for (int64_t i = b, len; i < e; i += len) {                                                    \
+      int64_t o = i / per, rem = i - o * per;                                                      \
+      if (in == 1) { /* a run of lane o's elements: one value */                                   \
+        T v = D[o];                                                                                \
+        len = per - rem < e - i ? per - rem : e - i;                                               \
+        if (j->add)                                                                                \
+          for (int64_t q = 0; q < len; q++) G[i + q] += v;                                         \
+        else                                                                                       \
+          for (int64_t q = 0; q < len; q++) G[i + q] = v;                                          \
+      } else { /* a run of one row of dy */                                                        \
+        int64_t c0 = rem % in;                                                                     \
+        const T *src = D + o * in + c0;                                                            \
+        len = in - c0 < e - i ? in - c0 : e - i;                                                   \
+        if (j->add)                                                                                \
+          for (int64_t q = 0; q < len; q++) G[i + q] += src[q];                                    \
+        else                                                                                       \
+          memcpy(G + i, src, (size_t)len * sizeof(T));                                             \
+      }                                                                                            \
+    }                                                                                              \
+  } while (0)
+
+static void sum_into_range(void *ud, int64_t b, int64_t e) {
+  const sum_into_job *j = ud;
+  int64_t in = j->r.inner, per = j->r.n * in;
+  if (j->g->dtype == AD_F32)
+    SUM_INTO(float);
+  else
+    SUM_INTO(double);
+}
+#undef SUM_INTO
+
+static bool sum_grad_into(const ad_call *c, int k, ad_tensor *grad, bool overwrite) {
+  const ad_tensor *x = c->in[0];
+  uint32_t axes = c->attrs->reduce.axes;
+  red_dims r = red_of(x, axes);
+  for (int d = 0; d < x->ndim; d++) /* the axes one run, as the forward read them */
+    if ((d >= r.lo && d < r.hi) != ((axes >> d & 1) != 0)) return false;
+  (void)k;
+  sum_into_job j = {grad, c->gout, r, !overwrite};
+  if (x->size > 32768)
+    ad_parallel_for(x->size, 32768, sum_into_range, &j);
+  else
+    sum_into_range(&j, 0, x->size);
+  return true;
+}
+
 ad_tensor *ad_sum(ad_ctx *ctx, ad_tensor *x) {
   return reduce(ctx, AD_OP_SUM, x, all_axes(x), false);
 }
@@ -517,6 +579,7 @@ const ad_op_def ad_def_sum = {
     .shape = shape_reduce,
     .forward = sum_fwd,
     .backward = sum_bwd,
+    .grad_into = sum_grad_into,
     .sample = sample_reduce,
     .math = "y = sum_axis x",
     .inputs = {"x"},
