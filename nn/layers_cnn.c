@@ -245,13 +245,17 @@ static int64_t pool_out_len(int64_t n, int64_t k, int64_t st, int64_t p, bool ce
 
 /* Max pooling with overlapping windows: each window's argmax found once
  * (ad_max_pool2d_indices, the op's own rule: the first maximum, or the
- * last NaN), then x read there by ad_gather along the flattened plane. The
- * values are ad_max_pool2d's bits and the gradient is a scatter_add of dy
- * in window order, where max_pool2d's backward would search every window
+ * last NaN), then x read there by the op pool_gather (as
+ * ad_adaptive_max_pool2d and ad_max_pool3d do). The values are
+ * ad_max_pool2d's bits and the gradient is pool_scatter, dy added in
+ * window order straight into a leaf x's gradient (its gradient is the
+ * gather again), where max_pool2d's backward would search every window
  * again (as PyTorch keeps its indices; 7.6x its backward for 3x3, stride
- * 2, padding 1, before). Only with dilation 1 (every window then holds an
- * element of the input) on an input the op takes, with planes that the
- * int32 indices reach; NULL when it does not apply (*used false). */
+ * 2, padding 1, before any gather), and a gather along the flattened
+ * plane made x's gradient in a temporary (zeros, a scatter_add, a copy):
+ * 2x PyTorch's. Only with dilation 1 (every window then holds an element
+ * of the input) on an input the op takes, with planes that the int32
+ * indices reach; NULL when it does not apply (*used false). */
 static ad_tensor *max_pool_gathered(ad_ctx *ctx, ad_tensor *x, const pool_state *s, bool *used) {
   const ad_pool2d_opts *o = &s->o;
   int64_t sh = o->stride[0] ? o->stride[0] : s->kh, sw = o->stride[1] ? o->stride[1] : s->kw;
@@ -271,15 +275,9 @@ static ad_tensor *max_pool_gathered(ad_ctx *ctx, ad_tensor *x, const pool_state 
   int64_t ow = pool_out_len(w, s->kw, sw, o->padding[1], o->ceil_mode);
   if (oh < 1 || ow < 1) return NULL;
   *used = true;
-  ad_tensor *idx = ad_max_pool2d_indices(ctx, x, s->kh, s->kw, o);
-  if (!idx) return NULL;
-  int64_t xs[3], is[3];
-  for (int d = 0; d < nd - 2; d++) xs[d] = is[d] = x->shape[d];
-  xs[nd - 2] = h * w;
-  is[nd - 2] = oh * ow;
-  ad_tensor *y =
-      ad_gather(ctx, ad_reshape(ctx, x, nd - 1, xs), -1, ad_reshape(ctx, idx, nd - 1, is));
-  return y ? ad_reshape(ctx, y, nd, idx->shape) : NULL;
+  ad_tensor *in[2] = {x, ad_max_pool2d_indices(ctx, x, s->kh, s->kw, o)};
+  return in[1] ? ad_op_apply(ctx, ad_op_find(ctx, "pool_gather"), 2, in, &(ad_attrs){.axis = -2})
+               : NULL;
 }
 
 static ad_tensor *pool_forward(nn_layer *l, ad_tensor *x, bool training) {

@@ -172,11 +172,12 @@ Test(cnn, pooling_layers_run_their_ops) {
   ad_tensor_free(x);
 }
 
-/* MaxPool2d with overlapping windows reads x at the argmax (a gather):
- * the values and gradients are ad_max_pool2d's bits, in both dtypes, on
- * data full of ties, with NaNs, -inf, padding, ceil_mode and an unbatched
+/* MaxPool2d with overlapping windows reads x at the argmax (one op,
+ * pool_gather, whose gradient is a pool_scatter straight into x's): the
+ * values and gradients are ad_max_pool2d's bits, in both dtypes, on data
+ * full of ties, with NaNs, -inf, padding, ceil_mode and an unbatched
  * input; the second derivative through the layer matches central
- * differences (a gather's gradient is a scatter_add, and back). */
+ * differences (pool_scatter's gradient is pool_gather, and back). */
 static ad_tensor *tricky(ad_dtype dt, int nd, const int64_t *s) {
   ad_tensor *x = ad_zeros(ctx, dt, nd, s);
   cr_assert_not_null(x);
@@ -205,9 +206,14 @@ Test(cnn, overlapping_max_pool_gives_the_ops_bits) {
         ad_tensor *x = tricky(dt, nd, nd == 4 ? s4 : s3), *x2 = tricky(dt, nd, nd == 4 ? s4 : s3);
         cr_assert(l && ad_tensor_set_requires_grad(x, true) == AD_OK &&
                   ad_tensor_set_requires_grad(x2, true) == AD_OK);
-        ad_tensor *a = nn_layer_forward(l, x, true),
-                  *b = ad_max_pool2d(ctx, x2, 3, 2 + oi % 2, &os[oi]);
-        cr_assert(a && b, "%s", ad_last_error(ctx));
+        size_t before = ad_tape_size(ctx);
+        ad_tensor *a = nn_layer_forward(l, x, true);
+        cr_assert(a, "%s", ad_last_error(ctx));
+        cr_assert(ad_tape_size(ctx) - before == 1 &&
+                      ad_tensor_op(a) == ad_op_find(ctx, "pool_gather"),
+                  "%zu ops recorded, the last %d", ad_tape_size(ctx) - before, ad_tensor_op(a));
+        ad_tensor *b = ad_max_pool2d(ctx, x2, 3, 2 + oi % 2, &os[oi]);
+        cr_assert(b, "%s", ad_last_error(ctx));
         cr_assert_eq(a->size, b->size);
         size_t es = ad_dtype_size(dt);
         cr_assert_eq(memcmp(a->data, b->data, (size_t)a->size * es), 0, "values, case %d %d-D", oi,
