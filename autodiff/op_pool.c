@@ -228,9 +228,8 @@ static ad_status pool_expect(const ad_call *c, const ad_tensor *t, const char *w
 
 /* The scatter and the select, in two passes over a block of windows: the
  * argmax (the tap's index in the window), then the stores (or loads) as bit
- * masks, so that both vectorise. I is an integer type as wide as T. f32
- * only: with f64 gcc keeps the argmax pass scalar, with branches, slower
- * than the general kernels (measured). */
+ * masks, so that both vectorise. I is an integer type as wide as T. f32's;
+ * f64 has its own below (POOL_FAST_GRAD_KERNELS_T). */
 /* arg[k] = the tap (t * KW + u) of window k's argmax, for the n windows of
  * a KH x KW block row starting at rb (row stride iw): the first maximum in
  * row-major order, a NaN taking over (the last one wins), as the general
@@ -308,6 +307,110 @@ static ad_status pool_expect(const ad_call *c, const ad_tensor *t, const char *w
     }                                                                                              \
   }
 
+/* f64's scatter, select and indices: the same two passes, the argmax kept
+ * as a double (the tap's number, exact) with the taps written out (no
+ * inner loop), the stores and loads as selects in doubles (0 + dy or +0
+ * stored, g's value loaded: the masks' bits). With an integer argmax and
+ * loops over the taps gcc 12 keeps the argmax pass scalar for doubles,
+ * slower than the general kernels; this way both passes vectorise. */
+/* tap j (row-major, of a window of at most 3x3) of window k of block row
+ * rb: a tap above the best so far, or a NaN, takes over */
+#define POOL_TAKE_T(T, KH, KW, j, rb, iw, k, best, a)                                              \
+  if ((j) < (KH) * (KW)) {                                                                         \
+    const T v_ = (rb)[(j) / (KW) * (iw) + (k) * (KW) + (j) % (KW)];                                \
+    const bool take_ = (v_ > (best)) | (v_ != v_);                                                 \
+    (best) = take_ ? v_ : (best);                                                                  \
+    (a) = take_ ? (T)(j) : (a);                                                                    \
+  }
+#define POOL_FAST_ARGMAX_T(T, KH, KW, rb, iw, n, arg)                                              \
+  for (int64_t k = 0; k < (n); k++) {                                                              \
+    T best = (rb)[k * (KW)], a = 0;                                                                \
+    POOL_TAKE_T(T, KH, KW, 1, rb, iw, k, best, a)                                                  \
+    POOL_TAKE_T(T, KH, KW, 2, rb, iw, k, best, a)                                                  \
+    POOL_TAKE_T(T, KH, KW, 3, rb, iw, k, best, a)                                                  \
+    POOL_TAKE_T(T, KH, KW, 4, rb, iw, k, best, a)                                                  \
+    POOL_TAKE_T(T, KH, KW, 5, rb, iw, k, best, a)                                                  \
+    POOL_TAKE_T(T, KH, KW, 6, rb, iw, k, best, a)                                                  \
+    POOL_TAKE_T(T, KH, KW, 7, rb, iw, k, best, a)                                                  \
+    POOL_TAKE_T(T, KH, KW, 8, rb, iw, k, best, a)                                                  \
+    (arg)[k] = a;                                                                                  \
+  }
+/* acc = q's tap j of window k if it is the argmax a */
+#define POOL_LOAD_T(T, KH, KW, j, qb, iw, k, a, acc)                                               \
+  if ((j) < (KH) * (KW))                                                                           \
+    (acc) = (a) == (T)(j) ? (qb)[(j) / (KW) * (iw) + (k) * (KW) + (j) % (KW)] : (acc);
+
+#define POOL_FAST_GRAD_KERNELS_T(T, SUF, KH, KW)                                                   \
+  static void scatter_fast##KH##KW##_##SUF(const pool_geom *g, const T *restrict DY,               \
+                                           const T *restrict X, T *restrict Y) {                   \
+    const int64_t iw = g->iw, ow = g->ow, cw = ow * KW;                                            \
+    T arg[POOL_BLOCK], d[POOL_BLOCK];                                                              \
+    for (int64_t oy = 0; oy < g->oh; oy++, DY += ow) {                                             \
+      const T *restrict r = X + oy * KH * iw;                                                      \
+      T *restrict y = Y + oy * KH * iw;                                                            \
+      for (int64_t o0 = 0; o0 < ow; o0 += POOL_BLOCK) {                                            \
+        const int64_t n = ow - o0 < POOL_BLOCK ? ow - o0 : POOL_BLOCK;                             \
+        const T *restrict rb = r + o0 * KW;                                                        \
+        POOL_FAST_ARGMAX_T(T, KH, KW, rb, iw, n, arg);                                             \
+        for (int64_t k = 0; k < n; k++) d[k] = (T)0 + DY[o0 + k]; /* the scatter's sum */          \
+        for (int t = 0; t < KH; t++) {                                                             \
+          T *restrict yr = y + t * iw + o0 * KW;                                                   \
+          for (int64_t k = 0; k < n; k++) {                                                        \
+            yr[k * KW] = arg[k] == (T)(t * KW) ? d[k] : (T)0;                                      \
+            if (KW > 1) yr[k * KW + 1] = arg[k] == (T)(t * KW + 1) ? d[k] : (T)0;                  \
+            if (KW > 2) yr[k * KW + 2] = arg[k] == (T)(t * KW + 2) ? d[k] : (T)0;                  \
+          }                                                                                        \
+        }                                                                                          \
+      }                                                                                            \
+      if (cw < iw)                                                                                 \
+        for (int t = 0; t < KH; t++) memset(y + t * iw + cw, 0, sizeof(T) * (size_t)(iw - cw));    \
+    }                                                                                              \
+    const int64_t ch = g->oh * KH;                                                                 \
+    memset(Y + ch * iw, 0, sizeof(T) * (size_t)((g->ih - ch) * iw));                               \
+  }                                                                                                \
+  static void select_fast##KH##KW##_##SUF(const pool_geom *g, const T *restrict G,                 \
+                                          const T *restrict X, T *restrict Y) {                    \
+    const int64_t iw = g->iw, ow = g->ow;                                                          \
+    T arg[POOL_BLOCK];                                                                             \
+    for (int64_t oy = 0; oy < g->oh; oy++, Y += ow) {                                              \
+      const T *restrict r = X + oy * KH * iw, *restrict q = G + oy * KH * iw;                      \
+      for (int64_t o0 = 0; o0 < ow; o0 += POOL_BLOCK) {                                            \
+        const int64_t n = ow - o0 < POOL_BLOCK ? ow - o0 : POOL_BLOCK;                             \
+        const T *restrict rb = r + o0 * KW, *restrict qb = q + o0 * KW;                            \
+        POOL_FAST_ARGMAX_T(T, KH, KW, rb, iw, n, arg);                                             \
+        for (int64_t k = 0; k < n; k++) {                                                          \
+          T acc = qb[k * KW];                                                                      \
+          POOL_LOAD_T(T, KH, KW, 1, qb, iw, k, arg[k], acc)                                        \
+          POOL_LOAD_T(T, KH, KW, 2, qb, iw, k, arg[k], acc)                                        \
+          POOL_LOAD_T(T, KH, KW, 3, qb, iw, k, arg[k], acc)                                        \
+          POOL_LOAD_T(T, KH, KW, 4, qb, iw, k, arg[k], acc)                                        \
+          POOL_LOAD_T(T, KH, KW, 5, qb, iw, k, arg[k], acc)                                        \
+          POOL_LOAD_T(T, KH, KW, 6, qb, iw, k, arg[k], acc)                                        \
+          POOL_LOAD_T(T, KH, KW, 7, qb, iw, k, arg[k], acc)                                        \
+          POOL_LOAD_T(T, KH, KW, 8, qb, iw, k, arg[k], acc)                                        \
+          Y[o0 + k] = acc;                                                                         \
+        }                                                                                          \
+      }                                                                                            \
+    }                                                                                              \
+  }                                                                                                \
+  static void index_fast##KH##KW##_##SUF(const pool_geom *g, const T *restrict X,                  \
+                                         int32_t *restrict Y) {                                    \
+    const int64_t iw = g->iw, ow = g->ow;                                                          \
+    T arg[POOL_BLOCK];                                                                             \
+    for (int64_t oy = 0; oy < g->oh; oy++, Y += ow) {                                              \
+      const T *restrict r = X + oy * KH * iw;                                                      \
+      for (int64_t o0 = 0; o0 < ow; o0 += POOL_BLOCK) {                                            \
+        const int64_t n = ow - o0 < POOL_BLOCK ? ow - o0 : POOL_BLOCK;                             \
+        const T *restrict rb = r + o0 * KW;                                                        \
+        POOL_FAST_ARGMAX_T(T, KH, KW, rb, iw, n, arg);                                             \
+        for (int64_t k = 0; k < n; k++) {                                                          \
+          const int64_t a = (int64_t)arg[k];                                                       \
+          Y[o0 + k] = (int32_t)((oy * KH + a / KW) * iw + (o0 + k) * KW + a % KW);                 \
+        }                                                                                          \
+      }                                                                                            \
+    }                                                                                              \
+  }
+
 /* The indices of the argmaxes (in-plane, int32: pool_indices_fit checked
  * them): the same tap the scatter and select take. */
 #define POOL_FAST_INDEX_KERNELS(T, I, SUF, KH, KW)                                                 \
@@ -340,6 +443,8 @@ POOL_FAST_SIZES(POOL_FAST_GRAD_F32)
 POOL_FAST_SIZES(POOL_FAST_INDEX_F32)
 POOL_FAST_MAX_SIZES(POOL_FAST_MAX_F32)
 POOL_FAST_MAX_SIZES(POOL_FAST_MAX_F64)
+#define POOL_FAST_GRAD_F64(KH, KW) POOL_FAST_GRAD_KERNELS_T(double, f64, KH, KW)
+POOL_FAST_SIZES(POOL_FAST_GRAD_F64)
 
 /* 10 KH + KW if g is a pooling the fast path takes (a pair above), else 0 */
 static int pool_fast(const pool_geom *g) {
@@ -374,17 +479,19 @@ static bool index_fast_f32(const pool_geom *g, const void *x, void *out) {
   switch (pool_fast(g)) { POOL_FAST_SIZES(POOL_FAST_INDEX) }
   return false;
 }
-/* f64 has none (above) */
 static bool scatter_fast_f64(const pool_geom *g, const void *dy, const void *x, void *out) {
-  (void)g, (void)dy, (void)x, (void)out;
+#define POOL_FAST_SCATTER64(KH, KW) POOL_FAST_CASE(KH, KW, scatter, f64, g, dy, x, out)
+  switch (pool_fast(g)) { POOL_FAST_SIZES(POOL_FAST_SCATTER64) }
   return false;
 }
 static bool select_fast_f64(const pool_geom *g, const void *gx, const void *x, void *out) {
-  (void)g, (void)gx, (void)x, (void)out;
+#define POOL_FAST_SELECT64(KH, KW) POOL_FAST_CASE(KH, KW, select, f64, g, gx, x, out)
+  switch (pool_fast(g)) { POOL_FAST_SIZES(POOL_FAST_SELECT64) }
   return false;
 }
 static bool index_fast_f64(const pool_geom *g, const void *x, void *out) {
-  (void)g, (void)x, (void)out;
+#define POOL_FAST_INDEX64(KH, KW) POOL_FAST_CASE(KH, KW, index, f64, g, x, out)
+  switch (pool_fast(g)) { POOL_FAST_SIZES(POOL_FAST_INDEX64) }
   return false;
 }
 

@@ -707,10 +707,11 @@ static void expect_bits(const ad_tensor *got, const ad_tensor *want, const char 
 
 /* max_pool2d, max_pool2d_backward and max_pool2d_select with a 2x2, 3x3,
  * 1x2, 1x3, 2x1 or 3x1 kernel (the last four: the 1-D pools and the depth
- * stage of the 3-D ones), stride = kernel, no padding (the fast path), give every bit of a
- * plain reference, and of the general kernels (reached with ceil_mode on a
- * size it does not change), on data full of ties and NaNs; also with H, W
- * not multiples of the kernel (rows and columns no window covers). */
+ * stage of the 3-D ones), stride = kernel, no padding (the fast path, in
+ * both dtypes), give every bit of a plain reference, and of the general
+ * kernels (reached with ceil_mode on a size it does not change), on data
+ * full of ties and NaNs, and max_pool2d_indices its argmaxes; also with H,
+ * W not multiples of the kernel (rows and columns no window covers). */
 Test(pool, fast_path_gives_the_general_bits) {
   static const int64_t shapes[][4] = {{2, 3, 8, 10}, {1, 2, 7, 9}, {2, 2, 9, 12}, {1, 3, 10, 11}};
   ad_rng rng;
@@ -732,13 +733,14 @@ Test(pool, fast_path_gives_the_general_bits) {
         fill_tricky(dy, &rng);
         /* the reference: y, the scatter and the select at each argmax */
         ad_tensor *ry = ad_zeros(ctx, dt, 4, so), *rb = ad_zeros(ctx, dt, 4, s);
-        ad_tensor *rs = ad_zeros(ctx, dt, 4, so);
+        ad_tensor *rs = ad_zeros(ctx, dt, 4, so), *ri = ad_zeros(ctx, AD_I32, 4, so);
         size_t es = ad_dtype_size(dt);
         for (int64_t p = 0; p < s[0] * s[1]; p++)
           for (int64_t oy = 0; oy < oh; oy++)
             for (int64_t ox = 0; ox < ow; ox++) {
               int64_t a = p * s[2] * s[3] + ref_argmax(x, p * s[2] * s[3], s[3], kh, kw, oy, ox);
               int64_t w = (p * oh + oy) * ow + ox;
+              ((int32_t *)ri->data)[w] = (int32_t)(a - p * s[2] * s[3]);
               memcpy((char *)ry->data + (size_t)w * es, (char *)x->data + (size_t)a * es, es);
               memcpy((char *)rs->data + (size_t)w * es, (char *)gx->data + (size_t)a * es, es);
               if (dt == AD_F32)
@@ -760,6 +762,8 @@ Test(pool, fast_path_gives_the_general_bits) {
           expect_bits(ad_op_apply(ctx, back_id, 2, in, &at), rb, what);
           in[0] = gx;
           expect_bits(ad_op_apply(ctx, sel_id, 2, in, &at), rs, what);
+          expect_bits(ad_max_pool2d_indices(ctx, x, kh, kw, &(ad_pool2d_opts){.ceil_mode = ceil}),
+                      ri, what);
         }
         ad_tape_reset(ctx);
       }
