@@ -520,10 +520,12 @@ static inline double pool_pick_f64(bool take, double a, double b) {
 #define POOL_FAST_MAX_f64(KH, KW) POOL_FAST_MAX(KH, KW, f64)
 
 /* Columns per pass of the adaptive argmax, and its row type: as wide as T,
- * so that the column pass vectorises */
+ * so that the column pass vectorises (f64's a double, exact for the rows
+ * below 2^31 it holds: gcc 12 keeps an int64 select beside a double
+ * compare scalar, with branches) */
 #define POOL_SPAN 512
 typedef int32_t pool_row_f32;
-typedef int64_t pool_row_f64;
+typedef double pool_row_f64;
 
 /* The kernels, one plane at a time. The argmax of a window is the first
  * maximum in row-major window order, or the last NaN if it holds any, as
@@ -589,21 +591,24 @@ typedef int64_t pool_row_f64;
     for (int64_t c = 0; c < m; c++) vb[c] = r0[c], vy[c] = (pool_row_##SUF)h0;                     \
     for (int64_t y = h0 + 1; y < h1; y++) {                                                        \
       const T *restrict r = X + y * iw + c0;                                                       \
+      const pool_row_##SUF yr = (pool_row_##SUF)y;                                                 \
+      /* every operand loaded before the selects: gcc then vectorises f64's */                     \
       for (int64_t c = 0; c < m; c++) {                                                            \
-        const T v = r[c];                                                                          \
-        const bool take = (v > vb[c]) | (v != v);                                                  \
-        vb[c] = take ? v : vb[c];                                                                  \
-        vy[c] = take ? (pool_row_##SUF)y : vy[c];                                                  \
+        const T v = r[c], b = vb[c];                                                               \
+        const pool_row_##SUF o = vy[c];                                                            \
+        const bool take = (v > b) | (v != v);                                                      \
+        vb[c] = take ? v : b;                                                                      \
+        vy[c] = take ? yr : o;                                                                     \
       }                                                                                            \
     }                                                                                              \
     for (int64_t k = 0; k < n; k++) {                                                              \
       const int64_t w0 = adaptive_start(ox0 + k, iw, g->ow) - c0;                                  \
       const int64_t w1 = adaptive_end(ox0 + k, iw, g->ow) - c0;                                    \
       T b = vb[w0];                                                                                \
-      int64_t by = vy[w0], bc = w0;                                                                \
+      int64_t by = (int64_t)vy[w0], bc = w0;                                                       \
       for (int64_t c = w0 + 1; c < w1; c++) {                                                      \
         const T v = vb[c];                                                                         \
-        const int64_t yy = vy[c];                                                                  \
+        const int64_t yy = (int64_t)vy[c];                                                         \
         const bool bn = b != b, vn = v != v;                                                       \
         const bool take = bn ? vn & (yy >= by) : vn | (v > b) | ((v == b) & (yy < by));            \
         b = pool_pick_##SUF(take, v, b);                                                           \
