@@ -226,121 +226,43 @@ static ad_status pool_expect(const ad_call *c, const ad_tensor *t, const char *w
     }                                                                                              \
   }
 
-/* The scatter and the select, in two passes over a block of windows: the
- * argmax (the tap's index in the window), then the stores (or loads) as bit
- * masks, so that both vectorise. I is an integer type as wide as T. f32's;
- * f64 has its own below (POOL_FAST_GRAD_KERNELS_T). */
-/* arg[k] = the tap (t * KW + u) of window k's argmax, for the n windows of
- * a KH x KW block row starting at rb (row stride iw): the first maximum in
- * row-major order, a NaN taking over (the last one wins), as the general
- * kernels choose; in integers, so the compiler vectorises it. */
-#define POOL_FAST_ARGMAX(T, I, KH, KW, rb, iw, n, arg)                                             \
-  for (int64_t k = 0; k < (n); k++) {                                                              \
-    T best = (rb)[k * (KW)];                                                                       \
-    I a = 0;                                                                                       \
-    for (int t = 0; t < (KH); t++)                                                                 \
-      for (int u = t ? 0 : 1; u < (KW); u++) {                                                     \
-        const T v = (rb)[t * (iw) + k * (KW) + u];                                                 \
-        const bool take = (v > best) | (v != v);                                                   \
-        best = take ? v : best;                                                                    \
-        a = take ? (I)(t * (KW) + u) : a;                                                          \
-      }                                                                                            \
-    (arg)[k] = a;                                                                                  \
-  }
-
-#define POOL_FAST_GRAD_KERNELS(T, I, SUF, KH, KW)                                                  \
-  static void scatter_fast##KH##KW##_##SUF(const pool_geom *g, const T *restrict DY,               \
-                                           const T *restrict X, T *restrict Y) {                   \
-    const int64_t iw = g->iw, ow = g->ow, cw = ow * KW;                                            \
-    I arg[POOL_BLOCK], bits[POOL_BLOCK];                                                           \
-    for (int64_t oy = 0; oy < g->oh; oy++, DY += ow) {                                             \
-      const T *restrict r = X + oy * KH * iw;                                                      \
-      T *restrict y = Y + oy * KH * iw;                                                            \
-      for (int64_t o0 = 0; o0 < ow; o0 += POOL_BLOCK) {                                            \
-        const int64_t n = ow - o0 < POOL_BLOCK ? ow - o0 : POOL_BLOCK;                             \
-        const T *restrict rb = r + o0 * KW;                                                        \
-        POOL_FAST_ARGMAX(T, I, KH, KW, rb, iw, n, arg);                                            \
-        /* 0 + dy (the scatter's sum), as bits: the stores below are masks */                      \
-        for (int64_t k = 0; k < n; k++) {                                                          \
-          const T v = (T)0 + DY[o0 + k];                                                           \
-          memcpy(&bits[k], &v, sizeof v);                                                          \
-        }                                                                                          \
-        for (int t = 0; t < KH; t++) {                                                             \
-          T *restrict yr = y + t * iw + o0 * KW;                                                   \
-          for (int64_t k = 0; k < n; k++) _Pragma("GCC unroll 3") for (int u = 0; u < KW; u++) {   \
-              const I m = bits[k] & -(I)(arg[k] == (I)(t * KW + u));                               \
-              T v;                                                                                 \
-              memcpy(&v, &m, sizeof v);                                                            \
-              yr[k * KW + u] = v;                                                                  \
-            }                                                                                      \
-        }                                                                                          \
-      }                                                                                            \
-      /* the columns no window covers */                                                           \
-      if (cw < iw)                                                                                 \
-        for (int t = 0; t < KH; t++) memset(y + t * iw + cw, 0, sizeof(T) * (size_t)(iw - cw));    \
-    }                                                                                              \
-    /* the rows no window covers */                                                                \
-    const int64_t ch = g->oh * KH;                                                                 \
-    memset(Y + ch * iw, 0, sizeof(T) * (size_t)((g->ih - ch) * iw));                               \
-  }                                                                                                \
-  static void select_fast##KH##KW##_##SUF(const pool_geom *g, const T *restrict G,                 \
-                                          const T *restrict X, T *restrict Y) {                    \
-    const int64_t iw = g->iw, ow = g->ow;                                                          \
-    I arg[POOL_BLOCK];                                                                             \
-    for (int64_t oy = 0; oy < g->oh; oy++, Y += ow) {                                              \
-      const T *restrict r = X + oy * KH * iw, *restrict q = G + oy * KH * iw;                      \
-      for (int64_t o0 = 0; o0 < ow; o0 += POOL_BLOCK) {                                            \
-        const int64_t n = ow - o0 < POOL_BLOCK ? ow - o0 : POOL_BLOCK;                             \
-        const T *restrict rb = r + o0 * KW, *restrict qb = q + o0 * KW;                            \
-        POOL_FAST_ARGMAX(T, I, KH, KW, rb, iw, n, arg);                                            \
-        /* g at the argmax, as the OR of g's bits masked by tap == argmax */                       \
-        for (int64_t k = 0; k < n; k++) {                                                          \
-          I acc = 0;                                                                               \
-          for (int t = 0; t < KH; t++) _Pragma("GCC unroll 3") for (int u = 0; u < KW; u++) {      \
-              I b;                                                                                 \
-              memcpy(&b, &qb[t * iw + k * KW + u], sizeof b);                                      \
-              acc |= b & -(I)(arg[k] == (I)(t * KW + u));                                          \
-            }                                                                                      \
-          memcpy(&Y[o0 + k], &acc, sizeof acc);                                                    \
-        }                                                                                          \
-      }                                                                                            \
-    }                                                                                              \
-  }
-
-/* f64's scatter, select and indices: the same two passes, the argmax kept
- * as a double (the tap's number, exact) with the taps written out (no
- * inner loop), the stores and loads as selects in doubles (0 + dy or +0
- * stored, g's value loaded: the masks' bits). With an integer argmax and
- * loops over the taps gcc 12 keeps the argmax pass scalar for doubles,
- * slower than the general kernels; this way both passes vectorise. */
+/* The scatter, the select and the argmax indices, in two passes over a
+ * block of windows: the argmax (the tap's number in the window, as a T:
+ * exact), then the stores (0 + dy at the argmax, +0 elsewhere), the loads
+ * (g at the argmax) or the indices, as selects in T, so that both passes
+ * vectorise in both dtypes. The taps are written out (POOL_TAKE: no
+ * inner loop; with an integer argmax and loops over the taps gcc 12 kept
+ * the argmax pass scalar for doubles, and bit masks stored float32's at
+ * half this speed). The argmax is the general kernels' tap: the first
+ * maximum in row-major order, a NaN taking over (the last one wins). */
 /* tap j (row-major, of a window of at most 3x3) of window k of block row
  * rb: a tap above the best so far, or a NaN, takes over */
-#define POOL_TAKE_T(T, KH, KW, j, rb, iw, k, best, a)                                              \
+#define POOL_TAKE(T, KH, KW, j, rb, iw, k, best, a)                                                \
   if ((j) < (KH) * (KW)) {                                                                         \
     const T v_ = (rb)[(j) / (KW) * (iw) + (k) * (KW) + (j) % (KW)];                                \
     const bool take_ = (v_ > (best)) | (v_ != v_);                                                 \
     (best) = take_ ? v_ : (best);                                                                  \
     (a) = take_ ? (T)(j) : (a);                                                                    \
   }
-#define POOL_FAST_ARGMAX_T(T, KH, KW, rb, iw, n, arg)                                              \
+#define POOL_FAST_ARGMAX(T, KH, KW, rb, iw, n, arg)                                                \
   for (int64_t k = 0; k < (n); k++) {                                                              \
     T best = (rb)[k * (KW)], a = 0;                                                                \
-    POOL_TAKE_T(T, KH, KW, 1, rb, iw, k, best, a)                                                  \
-    POOL_TAKE_T(T, KH, KW, 2, rb, iw, k, best, a)                                                  \
-    POOL_TAKE_T(T, KH, KW, 3, rb, iw, k, best, a)                                                  \
-    POOL_TAKE_T(T, KH, KW, 4, rb, iw, k, best, a)                                                  \
-    POOL_TAKE_T(T, KH, KW, 5, rb, iw, k, best, a)                                                  \
-    POOL_TAKE_T(T, KH, KW, 6, rb, iw, k, best, a)                                                  \
-    POOL_TAKE_T(T, KH, KW, 7, rb, iw, k, best, a)                                                  \
-    POOL_TAKE_T(T, KH, KW, 8, rb, iw, k, best, a)                                                  \
+    POOL_TAKE(T, KH, KW, 1, rb, iw, k, best, a)                                                    \
+    POOL_TAKE(T, KH, KW, 2, rb, iw, k, best, a)                                                    \
+    POOL_TAKE(T, KH, KW, 3, rb, iw, k, best, a)                                                    \
+    POOL_TAKE(T, KH, KW, 4, rb, iw, k, best, a)                                                    \
+    POOL_TAKE(T, KH, KW, 5, rb, iw, k, best, a)                                                    \
+    POOL_TAKE(T, KH, KW, 6, rb, iw, k, best, a)                                                    \
+    POOL_TAKE(T, KH, KW, 7, rb, iw, k, best, a)                                                    \
+    POOL_TAKE(T, KH, KW, 8, rb, iw, k, best, a)                                                    \
     (arg)[k] = a;                                                                                  \
   }
 /* acc = q's tap j of window k if it is the argmax a */
-#define POOL_LOAD_T(T, KH, KW, j, qb, iw, k, a, acc)                                               \
+#define POOL_LOAD(T, KH, KW, j, qb, iw, k, a, acc)                                                 \
   if ((j) < (KH) * (KW))                                                                           \
     (acc) = (a) == (T)(j) ? (qb)[(j) / (KW) * (iw) + (k) * (KW) + (j) % (KW)] : (acc);
 
-#define POOL_FAST_GRAD_KERNELS_T(T, SUF, KH, KW)                                                   \
+#define POOL_FAST_GRAD_KERNELS(T, SUF, KH, KW)                                                     \
   static void scatter_fast##KH##KW##_##SUF(const pool_geom *g, const T *restrict DY,               \
                                            const T *restrict X, T *restrict Y) {                   \
     const int64_t iw = g->iw, ow = g->ow, cw = ow * KW;                                            \
@@ -351,7 +273,7 @@ static ad_status pool_expect(const ad_call *c, const ad_tensor *t, const char *w
       for (int64_t o0 = 0; o0 < ow; o0 += POOL_BLOCK) {                                            \
         const int64_t n = ow - o0 < POOL_BLOCK ? ow - o0 : POOL_BLOCK;                             \
         const T *restrict rb = r + o0 * KW;                                                        \
-        POOL_FAST_ARGMAX_T(T, KH, KW, rb, iw, n, arg);                                             \
+        POOL_FAST_ARGMAX(T, KH, KW, rb, iw, n, arg);                                               \
         for (int64_t k = 0; k < n; k++) d[k] = (T)0 + DY[o0 + k]; /* the scatter's sum */          \
         for (int t = 0; t < KH; t++) {                                                             \
           T *restrict yr = y + t * iw + o0 * KW;                                                   \
@@ -377,17 +299,17 @@ static ad_status pool_expect(const ad_call *c, const ad_tensor *t, const char *w
       for (int64_t o0 = 0; o0 < ow; o0 += POOL_BLOCK) {                                            \
         const int64_t n = ow - o0 < POOL_BLOCK ? ow - o0 : POOL_BLOCK;                             \
         const T *restrict rb = r + o0 * KW, *restrict qb = q + o0 * KW;                            \
-        POOL_FAST_ARGMAX_T(T, KH, KW, rb, iw, n, arg);                                             \
+        POOL_FAST_ARGMAX(T, KH, KW, rb, iw, n, arg);                                               \
         for (int64_t k = 0; k < n; k++) {                                                          \
           T acc = qb[k * KW];                                                                      \
-          POOL_LOAD_T(T, KH, KW, 1, qb, iw, k, arg[k], acc)                                        \
-          POOL_LOAD_T(T, KH, KW, 2, qb, iw, k, arg[k], acc)                                        \
-          POOL_LOAD_T(T, KH, KW, 3, qb, iw, k, arg[k], acc)                                        \
-          POOL_LOAD_T(T, KH, KW, 4, qb, iw, k, arg[k], acc)                                        \
-          POOL_LOAD_T(T, KH, KW, 5, qb, iw, k, arg[k], acc)                                        \
-          POOL_LOAD_T(T, KH, KW, 6, qb, iw, k, arg[k], acc)                                        \
-          POOL_LOAD_T(T, KH, KW, 7, qb, iw, k, arg[k], acc)                                        \
-          POOL_LOAD_T(T, KH, KW, 8, qb, iw, k, arg[k], acc)                                        \
+          POOL_LOAD(T, KH, KW, 1, qb, iw, k, arg[k], acc)                                          \
+          POOL_LOAD(T, KH, KW, 2, qb, iw, k, arg[k], acc)                                          \
+          POOL_LOAD(T, KH, KW, 3, qb, iw, k, arg[k], acc)                                          \
+          POOL_LOAD(T, KH, KW, 4, qb, iw, k, arg[k], acc)                                          \
+          POOL_LOAD(T, KH, KW, 5, qb, iw, k, arg[k], acc)                                          \
+          POOL_LOAD(T, KH, KW, 6, qb, iw, k, arg[k], acc)                                          \
+          POOL_LOAD(T, KH, KW, 7, qb, iw, k, arg[k], acc)                                          \
+          POOL_LOAD(T, KH, KW, 8, qb, iw, k, arg[k], acc)                                          \
           Y[o0 + k] = acc;                                                                         \
         }                                                                                          \
       }                                                                                            \
@@ -402,30 +324,11 @@ static ad_status pool_expect(const ad_call *c, const ad_tensor *t, const char *w
       for (int64_t o0 = 0; o0 < ow; o0 += POOL_BLOCK) {                                            \
         const int64_t n = ow - o0 < POOL_BLOCK ? ow - o0 : POOL_BLOCK;                             \
         const T *restrict rb = r + o0 * KW;                                                        \
-        POOL_FAST_ARGMAX_T(T, KH, KW, rb, iw, n, arg);                                             \
+        POOL_FAST_ARGMAX(T, KH, KW, rb, iw, n, arg);                                               \
         for (int64_t k = 0; k < n; k++) {                                                          \
-          const int64_t a = (int64_t)arg[k];                                                       \
+          const int32_t a = (int32_t)arg[k];                                                       \
           Y[o0 + k] = (int32_t)((oy * KH + a / KW) * iw + (o0 + k) * KW + a % KW);                 \
         }                                                                                          \
-      }                                                                                            \
-    }                                                                                              \
-  }
-
-/* The indices of the argmaxes (in-plane, int32: pool_indices_fit checked
- * them): the same tap the scatter and select take. */
-#define POOL_FAST_INDEX_KERNELS(T, I, SUF, KH, KW)                                                 \
-  static void index_fast##KH##KW##_##SUF(const pool_geom *g, const T *restrict X,                  \
-                                         int32_t *restrict Y) {                                    \
-    const int64_t iw = g->iw, ow = g->ow;                                                          \
-    I arg[POOL_BLOCK];                                                                             \
-    for (int64_t oy = 0; oy < g->oh; oy++, Y += ow) {                                              \
-      const T *restrict r = X + oy * KH * iw;                                                      \
-      for (int64_t o0 = 0; o0 < ow; o0 += POOL_BLOCK) {                                            \
-        const int64_t n = ow - o0 < POOL_BLOCK ? ow - o0 : POOL_BLOCK;                             \
-        const T *restrict rb = r + o0 * KW;                                                        \
-        POOL_FAST_ARGMAX(T, I, KH, KW, rb, iw, n, arg);                                            \
-        for (int64_t k = 0; k < n; k++)                                                            \
-          Y[o0 + k] = (int32_t)((oy * KH + arg[k] / KW) * iw + (o0 + k) * KW + arg[k] % KW);       \
       }                                                                                            \
     }                                                                                              \
   }
@@ -435,16 +338,14 @@ static ad_status pool_expect(const ad_call *c, const ad_tensor *t, const char *w
 /* the maximum's own: 2x2 and 3x3 (for 1x2 and 2x1 the general kernel is
  * faster, measured: 0.6 against 1.3 ms over [32, 64, 1, 256]) */
 #define POOL_FAST_MAX_SIZES(X)     X(2, 2) X(3, 3)
-#define POOL_FAST_GRAD_F32(KH, KW) POOL_FAST_GRAD_KERNELS(float, int32_t, f32, KH, KW)
+#define POOL_FAST_GRAD_F32(KH, KW) POOL_FAST_GRAD_KERNELS(float, f32, KH, KW)
+#define POOL_FAST_GRAD_F64(KH, KW) POOL_FAST_GRAD_KERNELS(double, f64, KH, KW)
 #define POOL_FAST_MAX_F32(KH, KW)  POOL_FAST_KERNELS(float, f32, KH, KW)
 #define POOL_FAST_MAX_F64(KH, KW)  POOL_FAST_KERNELS(double, f64, KH, KW)
 POOL_FAST_SIZES(POOL_FAST_GRAD_F32)
-#define POOL_FAST_INDEX_F32(KH, KW) POOL_FAST_INDEX_KERNELS(float, int32_t, f32, KH, KW)
-POOL_FAST_SIZES(POOL_FAST_INDEX_F32)
+POOL_FAST_SIZES(POOL_FAST_GRAD_F64)
 POOL_FAST_MAX_SIZES(POOL_FAST_MAX_F32)
 POOL_FAST_MAX_SIZES(POOL_FAST_MAX_F64)
-#define POOL_FAST_GRAD_F64(KH, KW) POOL_FAST_GRAD_KERNELS_T(double, f64, KH, KW)
-POOL_FAST_SIZES(POOL_FAST_GRAD_F64)
 
 /* 10 KH + KW if g is a pooling the fast path takes (a pair above), else 0 */
 static int pool_fast(const pool_geom *g) {
