@@ -554,11 +554,11 @@ const ad_op_def ad_def_binary_cross_entropy = {
  * adds -inf and inf there: NaN). The gradients are PyTorch's formulas,
  * also at +-inf (dz 1 - t and -t, dt -inf and inf). softplus is the
  * softplus op's (max(x, 0) + log1p(exp(-|x|)); float32 softplus_v, libm
- * below EXP_V_MIN), sigmoid the sigmoid op's, so the plain backward gives
+ * below EXP_V_MIN; float64 softplus_d), sigmoid the sigmoid op's, so the plain backward gives
  * the bits of the recorded one. */
 
-/* max(x, 0) + log1p(exp(-|x|)), the softplus op's libm forms */
-static inline double bcel_softplus_d(double x) { return (x > 0 ? x : 0) + log1p(exp(-fabs(x))); }
+/* max(x, 0) + log1p(exp(-|x|)), the softplus op's forms (float64:
+ * softplus_d, vexp.h) */
 static inline float bcel_softplus_f(float x) { return (x > 0 ? x : 0) + log1pf(expf(-fabsf(x))); }
 
 #define BCEL_Y(T, SP, z, t) ((z) > 0 ? ((T)1 - (t)) * (z) + SP(-(z)) : SP(z) - (t) * (z))
@@ -566,7 +566,8 @@ static inline float bcel_softplus_f(float x) { return (x > 0 ? x : 0) + log1pf(e
 static inline float bcel_v(float z, float t) VEXP_INLINE;
 static inline float bcel_v(float z, float t) { return BCEL_Y(float, softplus_v, z, t); }
 static inline float bcel_f32(float z, float t) { return BCEL_Y(float, bcel_softplus_f, z, t); }
-static inline double bcel_f64(double z, double t) { return BCEL_Y(double, bcel_softplus_d, z, t); }
+static inline double bcel_f64(double z, double t) VEXP_INLINE;
+static inline double bcel_f64(double z, double t) { return BCEL_Y(double, softplus_d, z, t); }
 /* softplus_v's argument, -|z|, below its range, or NaN */
 #define BCEL_OUT32(z) (!(-fabsf(z) >= EXP_V_MIN))
 BINARY_KERNEL_V(bcel, bcel_v(x0, x1), BCEL_OUT32(x0), bcel_f32(x0, x1), bcel_f64(x0, x1))
@@ -581,8 +582,10 @@ static inline float bcel_sig_v(float x) {
 static inline float bcel_sig_f(float x) {
   return x >= 0 ? 1.0f / (1.0f + expf(-x)) : expf(x) / (1.0f + expf(x));
 }
+static inline double bcel_sig64(double x) VEXP_INLINE;
 static inline double bcel_sig64(double x) {
-  return x >= 0 ? 1.0 / (1.0 + exp(-x)) : exp(x) / (1.0 + exp(x));
+  double e = exp_d(-fabs(x));
+  return (x >= 0 ? 1.0 : e) / (1.0 + e);
 }
 
 /* The plain backward (no create_graph) of z, t and dy of one shape in one

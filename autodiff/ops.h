@@ -145,7 +145,9 @@ typedef void (*ad_rows_fn)(const ad_call *c, int64_t oa, int64_t sa, int64_t ob,
  * (the two operands). Rows where both are of unit stride take V32 in
  * chunks of 256 and FIX32 where OUT32 holds, after the chunk (NAME_row32,
  * vectorized); other strides (a broadcast operand) the same expressions
- * element by element; float64 EXPR64. */
+ * element by element; float64 EXPR64, in rows compiled as the float32
+ * ones (CELL_CLONES) for every stride, so that vexp.h's float64 functions
+ * in it run in the clones, not in baseline code that calls libm's fma. */
 #define BINARY_KERNEL_V(NAME, V32, OUT32, FIX32, EXPR64)                                           \
   CELL_CLONES static void NAME##_row32(const float *A, const float *B, float *Y, int64_t len) {    \
     for (int64_t c0 = 0; c0 < len; c0 += 256) {                                                    \
@@ -163,15 +165,29 @@ typedef void (*ad_rows_fn)(const ad_call *c, int64_t oa, int64_t sa, int64_t ob,
         }                                                                                          \
     }                                                                                              \
   }                                                                                                \
+  CELL_CLONES static void NAME##_row64(const double *A, int64_t sa, const double *B, int64_t sb,   \
+                                       double *Y, int64_t len) {                                   \
+    if (sa == 1 && sb == 1)                                                                        \
+      for (int64_t i = 0; i < len; i++) {                                                          \
+        double x0 = A[i], x1 = B[i];                                                               \
+        Y[i] = EXPR64;                                                                             \
+      }                                                                                            \
+    else                                                                                           \
+      for (int64_t i = 0; i < len; i++) {                                                          \
+        double x0 = A[i * sa], x1 = B[i * sb];                                                     \
+        Y[i] = EXPR64;                                                                             \
+      }                                                                                            \
+  }                                                                                                \
   static void NAME##_rows(const ad_call *c, int64_t oa, int64_t sa, int64_t ob, int64_t sb,        \
                           int64_t oy, int64_t len) {                                               \
-    if (c->out->dtype == AD_F32 && sa == 1 && sb == 1)                                             \
+    if (c->out->dtype == AD_F64)                                                                   \
+      NAME##_row64((const double *)c->in[0]->data + oa, sa, (const double *)c->in[1]->data + ob,   \
+                   sb, (double *)c->out->data + oy, len);                                          \
+    else if (c->out->dtype == AD_F32 && sa == 1 && sb == 1)                                        \
       NAME##_row32((const float *)c->in[0]->data + oa, (const float *)c->in[1]->data + ob,         \
                    (float *)c->out->data + oy, len);                                               \
-    else if (c->out->dtype == AD_F32)                                                              \
-      BINARY_LOOP(float, (OUT32) ? (FIX32) : (V32));                                               \
     else                                                                                           \
-      BINARY_LOOP(double, EXPR64);                                                                 \
+      BINARY_LOOP(float, (OUT32) ? (FIX32) : (V32));                                               \
   }                                                                                                \
   static void NAME##_fwd(const ad_call *c) { ad_binary_run(c, NAME##_rows); }
 

@@ -1,8 +1,8 @@
 /* isa_probe.c: prints one line per check, "<name> <hash>", the FNV-1a
  * hash of the result bits (every NaN as one value: see report) of the
- * engine's row loops: the float32 elementwise ops of vexp.h, and the
- * others in both float types (forward and first gradient),
- * softmax, log_softmax, logsumexp and cross-entropy rows, the fused LSTM
+ * engine's row loops: the elementwise ops of vexp.h (float32, and the
+ * float64 ones on exp_d), and the others in both float types (forward
+ * and first gradient), softmax, log_softmax, logsumexp and cross-entropy rows, the fused LSTM
  * and GRU cells, layer norm, and every optimizer's update over a few
  * steps, in float32 and in float64. Inputs are seeded and hold the
  * special values (zeros of both signs, infinities, NaN, subnormals, the
@@ -88,11 +88,11 @@ static void report(const char *name, const ad_tensor *t) {
  * scales; below lo_bound, negated. */
 static ad_tensor *inputs(int64_t n, uint64_t seed, double lo_bound) {
   static const double special[] = {
-      0.0,     -0.0,     INFINITY, -INFINITY, NAN,      -NAN,   FLT_MIN, -FLT_MIN, 1e-45,
-      -1e-45,  FLT_MAX,  -FLT_MAX, 88.72,     88.3,     -87.3,  -87.4,   -103.9,   89.0,
-      1e-8,    -1e-8,    0.5,      -0.5,      1.0,      -1.0,   10.0,    -10.0,    20.0,
-      -20.0,   50.0,     -50.0,    3.14159,   -3.14159, 1e6,    -1e6,    1e30,     -1e30,
-      DBL_MIN, -DBL_MIN, 4.9e-324, DBL_MAX,   709.78,   -745.1, 1e300,   -1e-300};
+      0.0,     -0.0,     INFINITY, -INFINITY, NAN,    -NAN,    FLT_MIN, -FLT_MIN, 1e-45,    -1e-45,
+      FLT_MAX, -FLT_MAX, 88.72,    88.3,      -87.3,  -87.4,   -103.9,  89.0,     1e-8,     -1e-8,
+      0.5,     -0.5,     1.0,      -1.0,      10.0,   -10.0,   20.0,    -20.0,    50.0,     -50.0,
+      3.14159, -3.14159, 1e6,      -1e6,      1e30,   -1e30,   DBL_MIN, -DBL_MIN, 4.9e-324, DBL_MAX,
+      709.78,  -745.1,   1e300,    -1e-300,   709.79, -745.14, -708.4,  -740.0,   710.0,    -746.0};
   int64_t shape[1] = {n};
   ad_tensor *x = ad_zeros(ctx, dt, 1, shape);
   if (!x) return NULL;
@@ -143,6 +143,7 @@ static ad_tensor *muls(ad_ctx *c, ad_tensor *x) { return ad_mul_scalar(c, x, -1.
 static ad_tensor *softshrink(ad_ctx *c, ad_tensor *x) { return ad_softshrink(c, x, 0.5); }
 static ad_tensor *hardshrink(ad_ctx *c, ad_tensor *x) { return ad_hardshrink(c, x, 0.5); }
 static ad_tensor *threshold(ad_ctx *c, ad_tensor *x) { return ad_threshold(c, x, 0.25, -1.5); }
+static ad_tensor *elu(ad_ctx *c, ad_tensor *x) { return ad_elu(c, x, 1.3, 1.05, 0.7, 0.7); }
 
 /* y = f(x) and the gradient of sum(y w) with respect to x. */
 static void unary(const char *name, unary_fn f, int64_t n, bool positive) {
@@ -461,7 +462,9 @@ int main(int argc, char **argv) {
              {"hardsigmoid", ad_hardsigmoid, false},
              {"softshrink", softshrink, false},
              {"hardshrink", hardshrink, false},
-             {"threshold", threshold, false}};
+             {"threshold", threshold, false},
+             {"elu", elu, false},
+             {"logsigmoid", ad_logsigmoid, false}};
   for (int d = 0; d < 2; d++) {
     dt = d ? AD_F64 : AD_F32;
     pre = d ? "f64" : "f32";
