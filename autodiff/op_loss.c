@@ -79,7 +79,19 @@ static ad_status softmax_ce_shape(const ad_call *c) {
 /* exp(x) in float arithmetic for float logits (glibc's expf is several
  * times faster than exp and within an ulp of float), else in double; the
  * sums and logs stay in double. */
-#define EXP_OF(T, x) (sizeof(T) == sizeof(float) ? (double)expf((float)(x)) : exp(x))
+static double ce_sum_expf(const float *zr, int64_t T, int64_t C, double m) {
+  double s = 0;
+  for (int64_t k = 0; k < C; k++) s += (double)expf((float)((double)zr[k * T] - m));
+  return s;
+}
+/* sum e^(z[k T] - m) over the C classes, in order: float logits by
+ * ce_sum_expf, double ones by exp_sum_d (softmax_exp.h, the float64
+ * softmax's) */
+#define CE_SUM_EXP(zr, T, C, m)                                                                    \
+  _Generic((zr), const float * : ce_sum_expf, const double * : ce_sum_exp64)(zr, T, C, m)
+static double ce_sum_exp64(const double *zr, int64_t T, int64_t C, double m) {
+  return exp_sum_d(zr, T, C, m, NULL, 0);
+}
 
 /* The mean over kept positions of lse(z_p) - z_p[t_p], lse computed with
  * the max shifted out so large logits do not overflow (a NaN logit makes
@@ -98,8 +110,7 @@ static ad_status softmax_ce_shape(const ad_call *c) {
         int32_t l = lab[r * T + j];                                                                \
         if (!counted(at, l)) continue;                                                             \
         const T_ *zr = Z + r * C * T + j;                                                          \
-        double m = AD_LANE_MAX(zr, T, C), s = 0;                                                   \
-        for (int64_t k = 0; k < C; k++) s += EXP_OF(T_, (double)zr[k * T] - m);                    \
+        double m = AD_LANE_MAX(zr, T, C), s = CE_SUM_EXP(zr, T, C, m);                             \
         total += (m - (double)zr[l * T]) + log(s);                                                 \
         kept++;                                                                                    \
       }                                                                                            \
@@ -239,14 +250,9 @@ static void softmax_ce_fwd(const ad_call *c) {
  * mul_scalar, mul; where then sets an ignored position to 0), so both give
  * the same bits. A position's C logits (and gradients) are T apart; l is its
  * label. */
-static void ce_bwd_lane_double(const double *zr, double *dr, int64_t T, int64_t C, int32_t l,
-                               double gs) {
-  double m = AD_LANE_MAX(zr, T, C), s = 0;
-  for (int64_t k = 0; k < C; k++) {
-    double e = exp(zr[k * T] - m);
-    dr[k * T] = e;
-    s += e;
-  }
+CELL_CLONES static void ce_bwd_lane_double(const double *zr, double *dr, int64_t T, int64_t C,
+                                           int32_t l, double gs) {
+  double m = AD_LANE_MAX(zr, T, C), s = exp_sum_d(zr, T, C, m, dr, T);
   for (int64_t k = 0; k < C; k++) dr[k * T] = (dr[k * T] / s - (double)(k == l)) * gs;
 }
 

@@ -259,7 +259,8 @@ static ad_status shape_softmax(const ad_call *c) {
 
 /* log_softmax when LOG (y = x - lse), else softmax: y = e / sum e with
  * e = exp(x - max) kept in y between the two passes, one exp per element
- * (float64 lanes: float32 ones take exp_lanes_f32 or softmax_row_f32).
+ * (float64 lanes, on exp_d: exp_sum_d for one lane; float32 ones take
+ * exp_lanes_f32 or softmax_row_f32).
  * log_softmax is (x - max) - log(sum e), as PyTorch's: x - (max + log(sum
  * e)) would round log(sum e) to max's precision first, losing a near-0
  * result (a confident class) and all of it for logits beyond ~1e16.
@@ -267,17 +268,12 @@ static ad_status shape_softmax(const ad_call *c) {
  * then y has no element either) is not read. */
 #define SOFTMAX_BODY(T, LOG)                                                                       \
   {                                                                                                \
-    double m = AD_LANE_MAX(X, S, N), s = 0;                                                        \
+    double m = AD_LANE_MAX(X, S, N);                                                               \
     if (LOG) {                                                                                     \
-      for (int64_t k = 0; k < N; k++) s += exp((double)X[k * S] - m);                              \
-      double ls = log(s);                                                                          \
+      double ls = log(exp_sum_d(X, S, N, m, NULL, 0));                                             \
       for (int64_t k = 0; k < N; k++) Y[k * S] = (T)(((double)X[k * S] - m) - ls);                 \
     } else {                                                                                       \
-      for (int64_t k = 0; k < N; k++) {                                                            \
-        double e = exp((double)X[k * S] - m);                                                      \
-        Y[k * S] = (T)e;                                                                           \
-        s += e;                                                                                    \
-      }                                                                                            \
+      double s = exp_sum_d(X, S, N, m, Y, S);                                                      \
       for (int64_t k = 0; k < N; k++) Y[k * S] = (T)((double)Y[k * S] / s);                        \
     }                                                                                              \
   }
@@ -312,14 +308,14 @@ CELL_CLONES static void softmax_row_f32(const float *x, float *y, int64_t n, boo
     for (int64_t j = 0; j < nb; j++) s[j] = 0;                                                     \
     if (LOG) {                                                                                     \
       for (int64_t k = 0; k < N; k++)                                                              \
-        for (int64_t j = 0; j < nb; j++) s[j] += exp((double)X[k * S + j] - m[j]);                 \
+        for (int64_t j = 0; j < nb; j++) s[j] += exp_d((double)X[k * S + j] - m[j]);               \
       for (int64_t j = 0; j < nb; j++) s[j] = log(s[j]);                                           \
       for (int64_t k = 0; k < N; k++)                                                              \
         for (int64_t j = 0; j < nb; j++) Y[k * S + j] = (T)(((double)X[k * S + j] - m[j]) - s[j]); \
     } else {                                                                                       \
       for (int64_t k = 0; k < N; k++)                                                              \
         for (int64_t j = 0; j < nb; j++) {                                                         \
-          double e = exp((double)X[k * S + j] - m[j]);                                             \
+          double e = exp_d((double)X[k * S + j] - m[j]);                                           \
           Y[k * S + j] = (T)e;                                                                     \
           s[j] += e;                                                                               \
         }                                                                                          \
@@ -329,8 +325,8 @@ CELL_CLONES static void softmax_row_f32(const float *x, float *y, int64_t n, boo
   }
 #define SOFTMAX_BLOCK0(T) SOFTMAX_BLOCK(T, 0)
 #define SOFTMAX_BLOCK1(T) SOFTMAX_BLOCK(T, 1)
-LANES_FN(softmax_lanes_f64, double, SOFTMAX_ONE, SOFTMAX_BLOCK0, )
-LANES_FN(log_softmax_lanes_f64, double, LOG_SOFTMAX_ONE, SOFTMAX_BLOCK1, )
+LANES_FN(softmax_lanes_f64, double, SOFTMAX_ONE, SOFTMAX_BLOCK0, CELL_CLONES)
+LANES_FN(log_softmax_lanes_f64, double, LOG_SOFTMAX_ONE, SOFTMAX_BLOCK1, CELL_CLONES)
 
 /* float32 lanes: a contiguous one (a softmax along the last axis) on
  * softmax_row_f32, a block's or a strided one on exp_lanes_f32. */
@@ -699,12 +695,11 @@ const ad_op_def ad_def_max = {
  * -inf, or none: the log of an empty sum) is the result. */
 #define LSE_BODY(T)                                                                                \
   {                                                                                                \
-    double m = AD_LANE_MAX(X, S, N), s = 0;                                                        \
+    double m = AD_LANE_MAX(X, S, N);                                                               \
     if (!isfinite(m)) {                                                                            \
       *Y = (T)m;                                                                                   \
     } else {                                                                                       \
-      for (int64_t k = 0; k < N; k++) s += exp((double)X[k * S] - m);                              \
-      *Y = (T)(m + log(s));                                                                        \
+      *Y = (T)(m + log(exp_sum_d(X, S, N, m, NULL, 0)));                                           \
     }                                                                                              \
   }
 
@@ -716,10 +711,10 @@ const ad_op_def ad_def_max = {
     BLOCK_MAX(T, m)                                                                                \
     for (int64_t j = 0; j < nb; j++) s[j] = 0;                                                     \
     for (int64_t k = 0; k < N; k++)                                                                \
-      for (int64_t j = 0; j < nb; j++) s[j] += exp((double)X[k * S + j] - m[j]);                   \
+      for (int64_t j = 0; j < nb; j++) s[j] += exp_d((double)X[k * S + j] - m[j]);                 \
     for (int64_t j = 0; j < nb; j++) Y[j] = (T)(isfinite(m[j]) ? m[j] + log(s[j]) : m[j]);         \
   }
-LANES_FN(lse_lanes_f64, double, LSE_BODY, LSE_BLOCK, )
+LANES_FN(lse_lanes_f64, double, LSE_BODY, LSE_BLOCK, CELL_CLONES)
 
 /* float32 lanes on exp_lanes_f32; a contiguous one (logsumexp along the
  * last axis) on exp_row_f32, whose sum differs from a block lane's in the
@@ -941,7 +936,7 @@ CELL_CLONES static void lsm_bwd_rows(void *ud, int64_t r0, int64_t r1) {
   for (int64_t r = r0; r < r1; r++) {
     if (j->c->out->dtype == AD_F64) {
       LSM_ROW_SUM(double)
-      for (int64_t k = 0; k < n; k++) D[k] = G[k] - exp(Y[k]) * s;
+      for (int64_t k = 0; k < n; k++) D[k] = G[k] - exp_d(Y[k]) * s;
       continue;
     }
     LSM_ROW_SUM(float)

@@ -32,8 +32,10 @@
 /* float64 sigmoid as the sigmoid op computes it (stable on both sides), so
  * that the fused and the composed cell agree to the last bits where they
  * can */
+static inline double sig_d(double x) VEXP_INLINE;
 static inline double sig_d(double x) {
-  return x >= 0 ? 1.0 / (1.0 + exp(-x)) : exp(x) / (1.0 + exp(x));
+  double e = exp_d(-fabs(x));
+  return (x >= 0 ? 1.0 : e) / (1.0 + e);
 }
 
 /* What one parallel row loop of a cell reads and writes. */

@@ -16,6 +16,28 @@
 
 #include <stdint.h>
 
+/* The sum over k < n of e^(x[k st] - m) in double, in k's order (the
+ * bits of a loop adding exp_d's one by one), the float64 softmax family's
+ * and cross-entropy's: the exponentials of 256 at a time into a buffer
+ * first, where they vectorize, then added; also stored at y[k yst] when
+ * y is not NULL (y may be x only where yst = st). */
+CELL_CLONES static double exp_sum_d(const double *x, int64_t st, int64_t n, double m, double *y,
+                                    int64_t yst) {
+  double buf[256], s = 0;
+  for (int64_t k0 = 0; k0 < n; k0 += 256) {
+    int64_t c = n - k0 < 256 ? n - k0 : 256;
+    const double *xk = x + k0 * st;
+    if (st == 1)
+      for (int64_t k = 0; k < c; k++) buf[k] = exp_d(xk[k] - m);
+    else
+      for (int64_t k = 0; k < c; k++) buf[k] = exp_d(xk[k * st] - m);
+    for (int64_t k = 0; k < c; k++) s += buf[k];
+    if (y)
+      for (int64_t k = 0; k < c; k++) y[(k0 + k) * yst] = buf[k];
+  }
+  return s;
+}
+
 /* lo = (x - m) - d for d = x - m rounded (Knuth's two-sum, exact), 0
  * where d is not finite (an infinite x or m, or an overflow: its e is 0
  * or the lane is NaN). */
