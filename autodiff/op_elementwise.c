@@ -1239,7 +1239,7 @@ static bool activation_grad_into(const ad_call *c, ad_forward_fn kernel, ad_tens
 
 /* float32: tanh_v (vexp.h: at most 1.46 ulp; glibc's tanhf 2.16, and a
  * call per element), defined on every float. */
-UNARY_KERNEL_V(tanh, tanh_v, NEVER_OUT32, tanhf, tanh(x))
+UNARY_KERNEL_V(tanh, tanh_v, NEVER_OUT32, tanhf, tanh_d(x))
 
 static ad_status tanh_bwd(const ad_call *c) {
   return ad_call_set_grad(c, 0, ad_apply2(c->ctx, AD_OP_TANH_BACKWARD, c->gout, c->out, NULL));

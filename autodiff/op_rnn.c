@@ -144,7 +144,7 @@ static int64_t cell_grain(int64_t H) { return H >= 16384 ? 1 : H < 1 ? 16384 : 1
   }
 
 DEFINE_CELL_LOOPS(float, f32, sig_v, tanh_v)
-DEFINE_CELL_LOOPS(double, f64, sig_d, tanh)
+DEFINE_CELL_LOOPS(double, f64, sig_d, tanh_d)
 
 /* Runs a row loop over N rows on the library's threads. */
 static void cell_run(ad_range_fn f32, ad_range_fn f64, ad_dtype dt, int64_t N, cell_job *j) {
@@ -668,7 +668,7 @@ typedef struct seq_job {
   }
 
 DEFINE_SEQ_LOOPS(float, f32, sig_v, tanh_v)
-DEFINE_SEQ_LOOPS(double, f64, sig_d, tanh)
+DEFINE_SEQ_LOOPS(double, f64, sig_d, tanh_d)
 
 /* Rows of one step on the library's threads. */
 static void seq_run(ad_range_fn f32, ad_range_fn f64, ad_dtype dt, int64_t N, seq_job *j) {

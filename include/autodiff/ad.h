@@ -77,15 +77,15 @@
  *   emulation), NaNs aside, whose sign and payload IEEE 754 leaves open.
  *   Not the same bits from one CPU to another: matrix products (which
  *   kernel, or OpenBLAS, runs one is the CPU's) and what goes through
- *   float64 log, tanh, sin, cos, atan, erf or pow (the log of a sum in
- *   log_softmax, logsumexp and cross-entropy, and the recurrent cells'
- *   tanh, in float64 too), which come from the C library, whose variants
- *   for CPUs with and without FMA may differ in the last bit. float64 exp,
- *   sigmoid, softplus, logsigmoid, elu (selu, celu), binary cross-entropy
- *   with logits and the exponentials of the softmax family, cross-entropy
- *   and the recurrent cells' gates are the engine's own (exp within 0.68
- *   ulp, 0.78 where the result is subnormal; glibc's: 0.51), the same bits
- *   on every CPU.
+ *   float64 log, sin, cos, atan, erf or pow (the log of a sum in
+ *   log_softmax, logsumexp and cross-entropy too), which come from the C
+ *   library, whose variants for CPUs with and without FMA may differ in
+ *   the last bit. float64 exp, tanh, sigmoid, softplus, logsigmoid, elu
+ *   (selu, celu), binary cross-entropy with logits, the exponentials of
+ *   the softmax family and cross-entropy, and the recurrent cells are the
+ *   engine's own (exp within 0.68 ulp, 0.78 where the result is
+ *   subnormal, glibc's 0.51; tanh within 1.23, glibc's 2.15), the same
+ *   bits on every CPU.
  */
 #ifndef AD_H
 #define AD_H
