@@ -1682,6 +1682,262 @@ const ad_op_def ad_def_index_add = {
     .grads = {"index_select(dy, axis, idx)", NULL},
 };
 
+/* ----------------------------------------------------- index_select_add
+ *
+ *   y = zeros, rows long on axis;  y[.., dst[k], ..] += x[.., src[k], ..]
+ *   for k = 0, 1, ... in order;    dx = index_select_add(dy, dst, src, rows(x))
+ *
+ * index_add(index_select(x, src), dst, rows) in one pass, without the
+ * gathered [.., m, ..] tensor between them (embedding_bag's sum of each
+ * bag's rows: m rows of a table summed into B). Each element of y is its
+ * sum in the order of k, whatever the split, so the bits are those of the
+ * two ops and the same on any thread count. Its gradient is the same op
+ * with src and dst swapped: closed under differentiation. */
+
+typedef struct move_job {
+  const char *x; /* [outer, n, inner] */
+  char *y;       /* [outer, rows, inner] */
+  const int32_t *src, *dst;
+  int64_t n, rows, m, inner, outer, pieces;
+  bool f32;
+} move_job;
+
+/* dp[c0:c1] += x's rows src[k] for the entries k0..k1-1 of a run with one
+ * dst, in order: 8 vectors of columns at a time summed in registers across
+ * the run and stored once (an embedding bag's rows), each element's
+ * additions in the same order as one entry at a time, so the same bits.
+ * Vectors of 16 bytes (GCC's and clang's extension), read and written by
+ * memcpy at any alignment. */
+#if defined(__GNUC__)
+#define MOVE_VEC 1
+typedef float move_vf __attribute__((vector_size(16)));
+typedef double move_vd __attribute__((vector_size(16)));
+#else
+#define MOVE_VEC 0
+typedef float move_vf; /* unused: MOVE_VEC 0 */
+typedef double move_vd;
+#endif
+#define MOVE_RUN(T, V, NAME)                                                                       \
+  static void NAME(T *dp, const T *xo, const int32_t *src, int64_t k0, int64_t k1, int64_t inner,  \
+                   int64_t c0, int64_t c1) {                                                       \
+    enum { L = sizeof(V) / sizeof(T), W = 8 * L };                                                 \
+    int64_t c = c0;                                                                                \
+    for (; MOVE_VEC && k1 - k0 > 1 && c + W <= c1; c += W) {                                       \
+      V a[8], b;                                                                                   \
+      for (int v = 0; v < 8; v++) memcpy(&a[v], dp + c + v * L, sizeof(V));                        \
+      for (int64_t k = k0; k < k1; k++) {                                                          \
+        const T *sp = xo + (int64_t)src[k] * inner + c;                                            \
+        _Pragma("GCC unroll 8") for (int v = 0; v < 8; v++) {                                      \
+          memcpy(&b, sp + v * L, sizeof(V));                                                       \
+          a[v] += b;                                                                               \
+        }                                                                                          \
+      }                                                                                            \
+      for (int v = 0; v < 8; v++) memcpy(dp + c + v * L, &a[v], sizeof(V));                        \
+    }                                                                                              \
+    for (int64_t k = k0; k < k1 && c < c1; k++) {                                                  \
+      const T *sp = xo + (int64_t)src[k] * inner;                                                  \
+      for (int64_t i = c; i < c1; i++) dp[i] += sp[i];                                             \
+    }                                                                                              \
+  }
+MOVE_RUN(float, move_vf, move_run_f32)
+MOVE_RUN(double, move_vd, move_run_f64)
+#undef MOVE_RUN
+
+/* y[o, lo:hi, c0:c1] = 0, then the adds that land there, in order of k,
+ * a run of consecutive entries with one dst at a time */
+#define MOVE_BLOCK(T, RUN)                                                                         \
+  do {                                                                                             \
+    T *yo = (T *)j->y + o * j->rows * j->inner;                                                    \
+    const T *xo = (const T *)j->x + o * j->n * j->inner;                                           \
+    for (int64_t r = lo; r < hi; r++)                                                              \
+      memset(yo + r * j->inner + c0, 0, (size_t)(c1 - c0) * sizeof(T));                            \
+    for (int64_t k = 0, e; k < j->m; k = e) {                                                      \
+      int64_t d = j->dst[k];                                                                       \
+      for (e = k + 1; e < j->m && j->dst[e] == d;) e++;                                            \
+      if (d >= lo && d < hi) RUN(yo + d * j->inner, xo, j->src, k, e, j->inner, c0, c1);           \
+    }                                                                                              \
+  } while (0)
+
+static void move_block(const move_job *j, int64_t o, int64_t lo, int64_t hi, int64_t c0,
+                       int64_t c1) {
+  if (j->f32)
+    MOVE_BLOCK(float, move_run_f32);
+  else
+    MOVE_BLOCK(double, move_run_f64);
+}
+#undef MOVE_BLOCK
+
+/* Piece p of j->pieces: a run of the outer x rows units of y, every column */
+static void move_rows(void *ud, int64_t b, int64_t e) {
+  const move_job *j = ud;
+  int64_t units = j->outer * j->rows;
+  for (int64_t p = b; p < e; p++) {
+    int64_t u0 = units * p / j->pieces, u1 = units * (p + 1) / j->pieces;
+    for (int64_t o = u0 / j->rows; o * j->rows < u1; o++) {
+      int64_t lo = u0 - o * j->rows, hi = u1 - o * j->rows;
+      move_block(j, o, lo > 0 ? lo : 0, hi < j->rows ? hi : j->rows, 0, j->inner);
+    }
+  }
+}
+
+/* Piece p of j->pieces: a run of columns (multiples of 16), every row */
+static void move_cols(void *ud, int64_t b, int64_t e) {
+  const move_job *j = ud;
+  int64_t blocks = (j->inner + 15) / 16;
+  for (int64_t p = b; p < e; p++) {
+    int64_t c0 = blocks * p / j->pieces * 16, c1 = blocks * (p + 1) / j->pieces * 16;
+    for (int64_t o = 0; o < j->outer; o++)
+      move_block(j, o, 0, j->rows, c0, c1 < j->inner ? c1 : j->inner);
+  }
+}
+
+/* y = index_select_add(x, src, dst) along axis a: split over the threads
+ * when the work (zeros and adds) is 16K elements a thread or more, by
+ * columns when y's rows are long enough for each thread to get 64 (so a
+ * bag that takes every entry is split too), else by runs of rows, each
+ * piece reading the whole index list for its own. */
+static void index_move(ad_tensor *y, const ad_tensor *x, const ad_tensor *src, const ad_tensor *dst,
+                       int a) {
+  move_job j = {(const char *)x->data,
+                (char *)y->data,
+                src->data,
+                dst->data,
+                x->shape[a],
+                y->shape[a],
+                src->size,
+                span(y, a + 1, y->ndim),
+                span(y, 0, a),
+                1,
+                y->dtype == AD_F32};
+  if (!y->size) return;
+  double work = (double)j.outer * (double)j.inner * (double)(j.rows + j.m);
+  int64_t threads = ad_num_threads(), pieces = (int64_t)(work / 16384);
+  pieces = pieces < threads ? pieces : threads;
+  if (pieces < 2) {
+    for (int64_t o = 0; o < j.outer; o++) move_block(&j, o, 0, j.rows, 0, j.inner);
+    return;
+  }
+  if (j.inner >= 64 * pieces) {
+    j.pieces = pieces;
+    ad_parallel_for(pieces, 1, move_cols, &j);
+    return;
+  }
+  j.pieces = pieces < j.outer * j.rows ? pieces : j.outer * j.rows;
+  ad_parallel_for(j.pieces, 1, move_rows, &j);
+}
+
+static ad_status index_select_add_shape(const ad_call *c) {
+  const ad_tensor *x = c->in[0], *src = c->in[1], *dst = c->in[2];
+  ad_tensor *o = c->out;
+  int64_t rows = c->attrs->index.rows;
+  ad_status st = ad_check_float_same(c->ctx, c->name, 1, c->in);
+  if (st != AD_OK) return st;
+  char a[64], b[64];
+  int ax = ad_norm_axis(c->attrs->index.axis, x->ndim);
+  if (x->ndim < 1 || ax < 0)
+    return ad_set_error(c->ctx, AD_ERR_ARG, "%s: axis %d out of range for x %s", c->name,
+                        c->attrs->index.axis, ad_shape_str(x, a, sizeof a));
+  if (rows < 0)
+    return ad_set_error(c->ctx, AD_ERR_ARG, "%s: rows %lld must be >= 0", c->name, (long long)rows);
+  if (src->size != dst->size)
+    return ad_set_error(c->ctx, AD_ERR_SHAPE, "%s: src %s and dst %s differ in size", c->name,
+                        ad_shape_str(src, a, sizeof a), ad_shape_str(dst, b, sizeof b));
+  for (int k = 1; k <= 2; k++) {
+    const ad_tensor *t = c->in[k];
+    const char *what = k == 1 ? "src" : "dst";
+    int64_t lim = k == 1 ? x->shape[ax] : rows;
+    if (t->dtype != AD_I32)
+      return ad_set_error(c->ctx, AD_ERR_DTYPE, "%s: %s %s is %s; it must be i32", c->name, what,
+                          ad_shape_str(t, a, sizeof a), ad_dtype_name(t->dtype));
+    const int32_t *p = t->data;
+    for (int64_t i = 0; i < t->size; i++) {
+      if (p[i] >= 0 && p[i] < lim) continue;
+      if (k == 2)
+        return ad_set_error(c->ctx, AD_ERR_ARG, "%s: dst[%lld] = %d is outside 0..%lld (rows %lld)",
+                            c->name, (long long)i, p[i], (long long)lim - 1, (long long)rows);
+      return ad_set_error(c->ctx, AD_ERR_ARG,
+                          "%s: src[%lld] = %d is outside 0..%lld (x %s on axis %d)", c->name,
+                          (long long)i, p[i], (long long)lim - 1, ad_shape_str(x, b, sizeof b), ax);
+    }
+  }
+  o->ndim = x->ndim;
+  memcpy(o->shape, x->shape, sizeof(int64_t) * (size_t)x->ndim);
+  o->shape[ax] = rows;
+  o->dtype = x->dtype;
+  return AD_OK;
+}
+
+static void index_select_add_fwd(const ad_call *c) {
+  index_move(c->out, c->in[0], c->in[1], c->in[2],
+             ad_norm_axis(c->attrs->index.axis, c->in[0]->ndim));
+}
+
+static ad_status index_select_add_bwd(const ad_call *c) {
+  if (!c->needs[0]) return AD_OK;
+  const ad_tensor *x = c->in[0];
+  int a = ad_norm_axis(c->attrs->index.axis, x->ndim);
+  return ad_call_set_grad(c, 0,
+                          ad_index_select_add(c->ctx, c->gout, a, c->in[2], c->in[1], x->shape[a]));
+}
+
+/* x's first gradient of a pass straight into its buffer: the same kernel
+ * and bits. An addition into a gradient already there is declined. */
+static bool index_select_add_grad_into(const ad_call *c, int k, ad_tensor *grad, bool overwrite) {
+  if (k != 0 || !overwrite) return false;
+  index_move(grad, c->gout, c->in[2], c->in[1], ad_norm_axis(c->attrs->index.axis, c->in[0]->ndim));
+  return true;
+}
+
+ad_tensor *ad_index_select_add(ad_ctx *ctx, ad_tensor *x, int axis, ad_tensor *src, ad_tensor *dst,
+                               int64_t rows) {
+  ad_attrs at = {.index = {.rows = rows, .axis = axis}};
+  ad_tensor *in[3] = {x, src, dst};
+  return ad_op_apply(ctx, AD_OP_INDEX_SELECT_ADD, 3, in, &at);
+}
+
+/* x [5, 3] with 5 entries into 3 rows (repeats on both sides add up);
+ * x [2, 5, 3] along axis 1, 4 entries into 4 rows (one gets none); x
+ * [4, 6] along the last axis, a 2-D src and dst. */
+static int index_select_add_sample(const ad_sample_call *s) {
+  int v = s->variant;
+  if (v > 2) return 0;
+  static const int32_t src0[5] = {0, 2, 2, 4, 1}, dst0[5] = {1, 0, 1, 1, 2};
+  static const int32_t src1[4] = {4, 0, 4, 2}, dst1[4] = {3, 0, 3, 1};
+  static const int32_t src2[4] = {5, 0, 3, 5}, dst2[4] = {1, 1, 0, 2};
+  int64_t sx0[2] = {5, 3}, sx1[3] = {2, 5, 3}, sx2[2] = {4, 6}, n0 = 5, n1 = 4, s2[2] = {2, 2};
+  if (v == 0) {
+    s->attrs->index = (ad_index_attrs){.rows = 3};
+    s->in[0] = ad_sample_tensor(s, 2, sx0, -1, 1, true);
+    s->in[1] = ad_from_data(s->ctx, AD_I32, 1, &n0, src0);
+    s->in[2] = ad_from_data(s->ctx, AD_I32, 1, &n0, dst0);
+  } else if (v == 1) {
+    s->attrs->index = (ad_index_attrs){.rows = 4, .axis = 1};
+    s->in[0] = ad_sample_tensor(s, 3, sx1, -1, 1, true);
+    s->in[1] = ad_from_data(s->ctx, AD_I32, 1, &n1, src1);
+    s->in[2] = ad_from_data(s->ctx, AD_I32, 1, &n1, dst1);
+  } else {
+    s->attrs->index = (ad_index_attrs){.rows = 3, .axis = -1};
+    s->in[0] = ad_sample_tensor(s, 2, sx2, -1, 1, true);
+    s->in[1] = ad_from_data(s->ctx, AD_I32, 2, s2, src2);
+    s->in[2] = ad_from_data(s->ctx, AD_I32, 2, s2, dst2);
+  }
+  return s->in[0] && s->in[1] && s->in[2] ? 3 : -1;
+}
+
+const ad_op_def ad_def_index_select_add = {
+    .name = "index_select_add",
+    .arity = 3,
+    .attrs = AD_ATTRS_INDEX,
+    .shape = index_select_add_shape,
+    .forward = index_select_add_fwd,
+    .backward = index_select_add_bwd,
+    .grad_into = index_select_add_grad_into,
+    .sample = index_select_add_sample,
+    .math = "y = zeros (rows on axis); y[.., dst[k], ..] += x[.., src[k], ..] in order of k",
+    .inputs = {"x", "src", "dst"},
+    .grads = {"index_select_add(dy, axis, dst, src, rows(x))", NULL, NULL},
+};
+
 /* ---------------------------------------------------------------- detach */
 
 /* y = x, sharing its data; no gradient flows back to x (stop-gradient):

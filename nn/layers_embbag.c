@@ -3,7 +3,10 @@
  * composed of the engine's public ops, so gradients of gradients work:
  *
  *   kept   = the positions whose index is not padding_idx (in order)
- *   sum:   y = index_add(embedding(w, idx[kept]) [* psw[kept]], bag[kept], B)
+ *   sum:   y = index_select_add(w, idx[kept], bag[kept], B), one pass (its
+ *          gradient the same op with the indices swapped); with
+ *          per_sample_weights or scale_grad_by_freq
+ *          y = index_add(embedding(w, idx[kept]) [* psw[kept]], bag[kept], B)
  *   mean:  the sum / max(1, the number of kept entries of the bag)
  *   max:   y[b, d] = w[r, d], r the first kept entry of bag b with the
  *          largest w[r, d] (strictly greater replaces: PyTorch's rule, a
@@ -12,7 +15,7 @@
  *   empty bags (no kept entry) give zeros
  *
  * The bags are arena AD_I32 index tensors made on the host from the
- * offsets; the segment sums are index_add (a scatter-add: O(entries * dim),
+ * offsets; the segment sums are index_select_add or index_add (O(entries * dim),
  * whatever the vocabulary). max_norm renormalises the rows looked up in
  * place, without gradient, before the lookup (torch.embedding_renorm_). */
 #include "nn_internal.h"
@@ -396,13 +399,17 @@ ad_tensor *nn_embedding_bag(ad_ctx *ctx, ad_tensor *weight, ad_tensor *input,
     ((int32_t *)kb->data)[k] = bag[kept[k]];
     if (kp) ((int32_t *)kp->data)[k] = kept[k];
   }
-  ad_embedding_opts eo = {.padding = false, .scale_grad_by_freq = o.scale_grad_by_freq};
-  ad_tensor *e = ad_embedding_ext(ctx, weight, ki, &eo); /* [m, dim] */
-  if (kp) {
-    int64_t col[2] = {n, 1};
-    e = ad_mul(ctx, e, ad_index_select(ctx, ad_reshape(ctx, per_sample_weights, 2, col), kp));
+  if (!kp && !o.scale_grad_by_freq) {
+    y = ad_index_select_add(ctx, weight, 0, ki, kb, B); /* [B, dim], no [m, dim] between */
+  } else {
+    ad_embedding_opts eo = {.padding = false, .scale_grad_by_freq = o.scale_grad_by_freq};
+    ad_tensor *e = ad_embedding_ext(ctx, weight, ki, &eo); /* [m, dim] */
+    if (kp) {
+      int64_t col[2] = {n, 1};
+      e = ad_mul(ctx, e, ad_index_select(ctx, ad_reshape(ctx, per_sample_weights, 2, col), kp));
+    }
+    y = ad_index_add(ctx, e, kb, B); /* [B, dim] */
   }
-  y = ad_index_add(ctx, e, kb, B); /* [B, dim] */
   if (y && o.mode == NN_BAG_MEAN) {
     int64_t one[2] = {B, 1};
     ad_tensor *cnt = nn_tmp_tensor(ctx, weight->dtype, 2, one);
@@ -410,11 +417,13 @@ ad_tensor *nn_embedding_bag(ad_ctx *ctx, ad_tensor *weight, ad_tensor *input,
       y = NULL;
       goto done;
     }
-    ad_tensor_fill(cnt, 0.0);
-    for (int64_t k = 0; k < m; k++)
-      ad_tensor_set(cnt, bag[kept[k]], ad_tensor_get(cnt, bag[kept[k]]) + 1);
-    for (int64_t b = 0; b < B; b++)
-      if (ad_tensor_get(cnt, b) == 0) ad_tensor_set(cnt, b, 1.0); /* an empty bag: 0 / 1 */
+    /* the kept entries' bags do not decrease (bags_of): each bag's count
+     * is its run, counted as an integer (PyTorch's bag_size) */
+    for (int64_t b = 0, k = 0; b < B; b++) {
+      int64_t c = 0;
+      for (; k < m && bag[kept[k]] == b; k++) c++;
+      ad_tensor_set(cnt, b, c ? (double)c : 1.0); /* an empty bag: 0 / 1 */
+    }
     y = ad_div(ctx, y, cnt);
   }
 done:

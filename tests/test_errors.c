@@ -469,6 +469,35 @@ Test(errors, index_select_add_axis_misuse) {
   ad_tensor_free(i2);
 }
 
+/* index_select_add names the index list at fault (src against x's length
+ * on the axis, dst against rows), its dtype, src and dst of other sizes,
+ * the axis and rows < 0; nothing is recorded. */
+Test(errors, index_select_add_misuse) {
+  int64_t s[2] = {5, 3}, n = 3, two = 2;
+  ad_tensor *x = grad_tensor(AD_F32, 2, s);
+  int32_t ok[3] = {2, 0, 2}, big[3] = {0, 1, 5};
+  ad_tensor *i_ok = ad_from_data(ctx, AD_I32, 1, &n, ok),
+            *i_big = ad_from_data(ctx, AD_I32, 1, &n, big);
+  ad_tensor *i_two = ad_from_data(ctx, AD_I32, 1, &two, ok), *f = tensor(AD_F32, 1, &n);
+  cr_assert_null(ad_index_select_add(ctx, x, 0, i_big, i_ok, 3));
+  expect_error(AD_ERR_ARG, "index_select_add", "src[2] = 5", "0..4", "[5,3]", NULL);
+  cr_assert_null(ad_index_select_add(ctx, x, 0, i_ok, i_ok, 2));
+  expect_error(AD_ERR_ARG, "index_select_add", "dst[0] = 2", "0..1", "rows 2", NULL);
+  cr_assert_null(ad_index_select_add(ctx, x, 1, i_big, i_ok, 4));
+  expect_error(AD_ERR_ARG, "index_select_add", "src[2] = 5", "0..2", "axis 1", NULL);
+  cr_assert_null(ad_index_select_add(ctx, x, 0, i_ok, f, 3));
+  expect_error(AD_ERR_DTYPE, "index_select_add", "dst [3]", "f32", "i32", NULL);
+  cr_assert_null(ad_index_select_add(ctx, x, 0, i_ok, i_two, 3));
+  expect_error(AD_ERR_SHAPE, "index_select_add", "src [3]", "dst [2]", NULL);
+  cr_assert_null(ad_index_select_add(ctx, x, -3, i_ok, i_ok, 3));
+  expect_error(AD_ERR_ARG, "index_select_add", "axis -3", "[5,3]", NULL);
+  cr_assert_null(ad_index_select_add(ctx, x, 0, i_ok, i_ok, -1));
+  expect_error(AD_ERR_ARG, "index_select_add", "rows -1", NULL);
+  cr_assert_eq(ad_tape_size(ctx), 0, "failed ops are not recorded");
+  ad_tensor_free(x), ad_tensor_free(i_ok), ad_tensor_free(i_big), ad_tensor_free(i_two);
+  ad_tensor_free(f);
+}
+
 Test(errors, index_add_result_beyond_max_dims) {
   /* a 0-d index adds the rows dim in front: an 8-d source would give 9 */
   int64_t s8[AD_MAX_DIMS] = {2, 1, 1, 1, 1, 1, 1, 1};

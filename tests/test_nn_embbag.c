@@ -155,6 +155,53 @@ Test(embbag, no_rows_gives_zeros_in_every_mode) {
   ad_tensor_free(w), ad_tensor_free(in);
 }
 
+/* Modes sum (without per_sample_weights) and mean sum each bag's rows in
+ * one op, index_select_add, without the [entries, dim] lookup between (the
+ * sum is 1 op on the tape, the mean 2 with its division; they were 2 and
+ * 3): each bag the sum of its kept rows in order, over the count for mean,
+ * an empty bag zeros; the weight's gradient for a seed of ones is each
+ * row's kept occurrences (over its bag's count for mean). */
+Test(embbag, sum_and_mean_sum_the_bags_in_one_op) {
+  static const int32_t idx[8] = {1, 4, 4, 0, 2, 3, 1, 4};
+  static const int64_t off[4] = {0, 3, 3, 6}; /* bags {1,4,4}, {}, {0,2(pad),3}, {1,4} */
+  int64_t ws[2] = {5, 40}, ns = 8;
+  ad_rng rng;
+  ad_rng_seed(&rng, 9);
+  ad_tensor *w = ad_rand(ctx, &rng, AD_F32, 2, ws, -1, 1),
+            *in = ad_from_data(ctx, AD_I32, 1, &ns, idx);
+  ad_tensor_set_requires_grad(w, true);
+  for (int mode = NN_BAG_MEAN; mode <= NN_BAG_SUM; mode++) {
+    nn_embedding_bag_opts o = {.mode = (nn_bag_mode)mode, .padding = true, .padding_idx = 2};
+    size_t before = ad_tape_size(ctx);
+    ad_tensor *y = nn_embedding_bag(ctx, w, in, off, 4, NULL, &o);
+    cr_assert_not_null(y, "%s", ad_last_error(ctx));
+    size_t ops = ad_tape_size(ctx) - before;
+    cr_assert_eq(ops, mode == NN_BAG_SUM ? 1u : 2u, "mode %d: %zu ops recorded", mode, ops);
+    float dw[5] = {0};
+    for (int b = 0; b < 4; b++) {
+      int64_t end = b < 3 ? off[b + 1] : 8, cnt = 0;
+      for (int64_t k = off[b]; k < end; k++) cnt += idx[k] != 2;
+      for (int64_t k = off[b]; k < end; k++)
+        if (idx[k] != 2) dw[idx[k]] += mode == NN_BAG_SUM ? 1.0f : 1.0f / (float)cnt;
+      for (int64_t d = 0; d < 40; d++) {
+        float sum = 0;
+        for (int64_t k = off[b]; k < end; k++)
+          if (idx[k] != 2) sum += (float)ad_tensor_get(w, idx[k] * 40 + d);
+        if (mode == NN_BAG_MEAN) sum /= (float)(cnt ? cnt : 1);
+        cr_assert_eq((float)ad_tensor_get(y, b * 40 + d), sum, "mode %d bag %d dim %lld", mode, b,
+                     (long long)d);
+      }
+    }
+    cr_assert_eq(ad_backward(ctx, ad_sum(ctx, y), NULL), AD_OK, "%s", ad_last_error(ctx));
+    for (int64_t i = 0; i < w->size; i++)
+      cr_assert_float_eq(ad_tensor_get(w->grad, i), dw[i / 40], 1e-6, "mode %d dw[%lld]", mode,
+                         (long long)i);
+    ad_tensor_zero_grad(w);
+    ad_tape_reset(ctx);
+  }
+  ad_tensor_free(w), ad_tensor_free(in);
+}
+
 /* ------------------------------------------------------------- gradcheck */
 
 typedef struct gc_case {

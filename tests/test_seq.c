@@ -8,6 +8,7 @@
 
 #include <criterion/criterion.h>
 #include <math.h>
+#include <stdlib.h>
 
 TEST_CTX_SUITE(seq);
 
@@ -117,6 +118,73 @@ Test(seq, lookup_gradients_into_the_weight_as_index_add) {
       ad_tensor_free(w);
       ad_tensor_free(idx);
     }
+}
+
+/* index_select_add is index_add(index_select(x, src), dst, rows) in one
+ * pass: the same bits, forward and ad_backward (its grad_into) and ad_grad
+ * (the op with src and dst swapped), on 1 and 2 threads, for runs of one
+ * dst (summed in registers), single entries, rows no entry reaches, rows
+ * not a multiple of the vector block, along axis 0 and axis 1, sizes the
+ * pool splits by runs of rows (70 columns) and by columns (160); a NaN and
+ * an inf in x. */
+static void select_add_case(ad_dtype dt, int64_t n, int64_t inner, int64_t m, int64_t rows, int ax,
+                            int threads) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 21 + (uint64_t)inner);
+  int64_t xs[3] = {2, n, inner}, *xsp = ax ? xs : xs + 1;
+  int nd = ax ? 3 : 2;
+  int32_t *sv = malloc((size_t)m * sizeof *sv), *dv = malloc((size_t)m * sizeof *dv);
+  cr_assert(sv && dv);
+  for (int64_t k = 0; k < m; k++) {
+    sv[k] = (int32_t)((k * 7919) % n);
+    dv[k] = (int32_t)(k < m / 2 ? k * (rows - 1) / m : (k * 31) % (rows - 1)); /* no row rows-1 */
+  }
+  ad_tensor *x = randt(&rng, dt, nd, xsp, -1, 1, true), *src = ints(1, &m, sv),
+            *dst = ints(1, &m, dv);
+  ad_tensor_set(x, 5, NAN);
+  ad_tensor_set(x, 3 * inner + 1, INFINITY);
+  cr_assert_eq(ad_set_num_threads(threads), AD_OK);
+  ad_tensor *y = ad_index_select_add(ctx, x, ax, src, dst, rows);
+  cr_assert_not_null(y, "%s", ad_last_error(ctx));
+  cr_assert(y->ndim == nd && y->shape[ax] == rows && y->shape[nd - 1] == inner);
+  ad_tensor *seed = randt(&rng, dt, y->ndim, y->shape, -1, 1, false), *g_op, *g_ref;
+  cr_assert_eq(ad_backward(ctx, y, seed), AD_OK, "%s", ad_last_error(ctx));
+  ad_tensor *gi = ad_grad(ctx, y, seed, 1, &x, &g_op, false) == AD_OK ? g_op : NULL;
+  cr_assert_not_null(gi, "%s", ad_last_error(ctx));
+  cr_assert_eq(ad_set_num_threads(1), AD_OK);
+  ad_tensor *ref = ad_index_add_axis(ctx, ad_index_select_axis(ctx, x, ax, src), ax, dst, rows);
+  cr_assert_not_null(ref, "%s", ad_last_error(ctx));
+  cr_assert_eq(ad_grad(ctx, ref, seed, 1, &x, &g_ref, false), AD_OK, "%s", ad_last_error(ctx));
+  const ad_tensor *got[3] = {y, x->grad, g_op}, *want[3] = {ref, g_ref, g_ref};
+  for (int t = 0; t < 3; t++) {
+    cr_assert_eq(got[t]->size, want[t]->size);
+    for (int64_t i = 0; i < got[t]->size; i++) {
+      double a = ad_tensor_get(got[t], i), b = ad_tensor_get(want[t], i);
+      QUICK_ASSERT(a == b ? signbit(a) == signbit(b) : a != a && b != b,
+                   "%s inner %lld axis %d on %d threads, %s[%lld]: %.17g, the two ops' %.17g",
+                   ad_dtype_name(dt), (long long)inner, ax, threads,
+                   t == 0   ? "y"
+                   : t == 1 ? "ad_backward's dx"
+                            : "ad_grad's dx",
+                   (long long)i, a, b);
+    }
+  }
+  ad_tape_reset(ctx);
+  ad_tensor_zero_grad(x);
+  ad_tensor_free(seed), ad_tensor_free(x), ad_tensor_free(src), ad_tensor_free(dst);
+  free(sv), free(dv);
+}
+
+Test(seq, index_select_add_is_index_add_of_index_select) {
+  for (int d = 0; d < 2; d++) {
+    ad_dtype dt = d ? AD_F32 : AD_F64;
+    for (int threads = 1; threads <= 2; threads++) {
+      select_add_case(dt, 9, 37, 24, 5, 0, threads);     /* small: one piece */
+      select_add_case(dt, 9, 40, 24, 4, 1, threads);     /* along axis 1 of [2, 9, 40] */
+      select_add_case(dt, 300, 70, 600, 40, 0, threads); /* split by rows */
+      select_add_case(dt, 50, 160, 300, 20, 0, threads); /* split by columns */
+    }
+  }
 }
 
 /* Without padding_idx the same lookups send every row its dy; first and

@@ -44,8 +44,8 @@ builder the arguments it takes:
     attr axis A                   softmax, log_softmax, concat, stack,
                                   index_select,
                                   gather, scatter_add, flip, cumsum
-    attr rows R [A]               index_add (A: the axis of the result, 0
-                                  if left out)
+    attr rows R [A]               index_add, index_select_add (A: the
+                                  axis, 0 if left out)
     attr matmul TA TB             matmul: trans_a, trans_b (0 or 1)
     attr reduce all|A K           sum, max, logsumexp, mean_axis, argmax,
                                   argmin, min: every dimension or axis A,
@@ -825,6 +825,23 @@ for label, ss, ax, ix, rows in (("index_add_axis1", (2, 5, 3), 1, idx([2, 0, 2, 
 
     add(label, "index_add", lambda rng, ss=ss, ix=ix: [("in", U(rng, ss)), ("const", ix)],
         lambda t, f=iadd: f(t[0], t[1]), attr=("rows", rows, ax))
+
+# index_select_add: index_add(index_select(x, src), dst, rows) along an
+# axis in one op (src and dst read flat); repeats on both sides add up
+for label, xs, ax, src, dst, rows in (
+        ("index_select_add_bags", (5, 3), 0, idx([0, 2, 2, 4, 1]), idx([1, 1, 0, 1, 2]), 3),
+        ("index_select_add_axis1", (2, 5, 3), 1, idx([4, 0, 4, 2]), idx([3, 0, 3, 1]), 4),
+        ("index_select_add_last_2d", (4, 6), -1, idx([[5, 0], [3, 5]]), idx([[1, 1], [0, 2]]), 3)):
+    def isadd(x, s, d, ax=ax, rows=rows):
+        a = ax % x.dim()
+        shape = list(x.shape)
+        shape[a] = rows
+        picked = torch.index_select(x, a, s.reshape(-1).long())
+        return torch.zeros(shape, dtype=x.dtype).index_add(a, d.reshape(-1).long(), picked)
+
+    add(label, "index_select_add",
+        lambda rng, xs=xs, src=src, dst=dst: [("in", U(rng, xs)), ("const", src), ("const", dst)],
+        lambda t, f=isadd: f(t[0], t[1], t[2]), attr=("rows", rows, ax))
 
 # gather / scatter_add along an axis (torch.gather, torch.scatter_add): index
 # of x's rank, shorter than x off the axis allowed; repeats add up in the

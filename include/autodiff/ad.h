@@ -881,6 +881,19 @@ AD_API ad_tensor *ad_index_select_axis(ad_ctx *ctx, ad_tensor *x, int axis, ad_t
  * axis out of range. */
 AD_API ad_tensor *ad_index_add_axis(ad_ctx *ctx, ad_tensor *src, int axis, ad_tensor *idx,
                                     int64_t rows);
+/** ad_index_add_axis(ad_index_select_axis(x, axis, src), axis, dst, rows)
+ * in one pass, without the selected slices between them: zeros of x's
+ * shape with length rows on axis (negative counts from the end), and for
+ * k = 0, 1, ... in order the slice src[k] of x added into the slice dst[k]
+ * (src and dst AD_I32 of one size, read flat, src in 0..x.shape[axis]-1,
+ * dst in 0..rows-1). The sums of embedding_bag's bags, a segment sum of
+ * gathered rows. The bits are the two ops' and do not depend on the thread
+ * count. The gradient is this op with src and dst swapped (to any order).
+ * Errors (NULL returned): AD_ERR_DTYPE for a non-float x or non-i32
+ * indices, AD_ERR_SHAPE for src and dst of other sizes, AD_ERR_ARG for an
+ * axis out of range, rows < 0 or an index out of range (naming it). */
+AD_API ad_tensor *ad_index_select_add(ad_ctx *ctx, ad_tensor *x, int axis, ad_tensor *src,
+                                      ad_tensor *dst, int64_t rows);
 /** torch.gather(x, axis, index) (also torch.take_along_dim with an axis):
  * out has index's shape, and out[i][j] = x[index[i][j]][j] for axis 0,
  * x[i][index[i][j]] for axis 1, and so on for more dims. x is float, index
