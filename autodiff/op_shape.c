@@ -1694,37 +1694,45 @@ const ad_op_def ad_def_index_add = {
  * two ops and the same on any thread count. Its gradient is the same op
  * with src and dst swapped: closed under differentiation. */
 
-typedef struct move_job {
+typedef struct move_job move_job;
+/* y[o, lo:hi, c0:c1] of a job (move_block below, one per dtype and ISA) */
+typedef void move_block_fn(const move_job *j, int64_t o, int64_t lo, int64_t hi, int64_t c0,
+                           int64_t c1);
+struct move_job {
   const char *x; /* [outer, n, inner] */
   char *y;       /* [outer, rows, inner] */
   const int32_t *src, *dst;
   int64_t n, rows, m, inner, outer, pieces;
-  bool f32;
-} move_job;
+  move_block_fn *block;
+};
 
 /* dp[c0:c1] += x's rows src[k] for the entries k0..k1-1 of a run with one
  * dst, in order: 8 vectors of columns at a time summed in registers across
  * the run and stored once (an embedding bag's rows), each element's
- * additions in the same order as one entry at a time, so the same bits.
- * Vectors of 16 bytes (GCC's and clang's extension), read and written by
- * memcpy at any alignment. */
+ * additions in the same order as one entry at a time, so the same bits
+ * (and the same in each ISA's copy: no sum is reassociated). Vectors of 16
+ * bytes, or 32 in the AVX2 copy (GCC's and clang's extension), read and
+ * written by memcpy at any alignment. */
 #if defined(__GNUC__)
 #define MOVE_VEC 1
 typedef float move_vf __attribute__((vector_size(16)));
 typedef double move_vd __attribute__((vector_size(16)));
+typedef float move_vf2 __attribute__((vector_size(32)));
+typedef double move_vd2 __attribute__((vector_size(32)));
 #else
 #define MOVE_VEC 0
 typedef float move_vf; /* unused: MOVE_VEC 0 */
 typedef double move_vd;
 #endif
-#define MOVE_RUN(T, V, NAME)                                                                       \
-  static void NAME(T *dp, const T *xo, const int32_t *src, int64_t k0, int64_t k1, int64_t inner,  \
-                   int64_t c0, int64_t c1) {                                                       \
+#define MOVE_RUN(T, V, NAME, ATTR)                                                                 \
+  ATTR static inline void NAME(T *dp, const T *xo, const int32_t *src, int64_t k0, int64_t k1,     \
+                               int64_t inner, int64_t c0, int64_t c1) {                            \
     enum { L = sizeof(V) / sizeof(T), W = 8 * L };                                                 \
     int64_t c = c0;                                                                                \
     for (; MOVE_VEC && k1 - k0 > 1 && c + W <= c1; c += W) {                                       \
       V a[8], b;                                                                                   \
-      for (int v = 0; v < 8; v++) memcpy(&a[v], dp + c + v * L, sizeof(V));                        \
+      _Pragma("GCC unroll 8") for (int v = 0; v < 8; v++)                                          \
+          memcpy(&a[v], dp + c + v * L, sizeof(V));                                                \
       for (int64_t k = k0; k < k1; k++) {                                                          \
         const T *sp = xo + (int64_t)src[k] * inner + c;                                            \
         _Pragma("GCC unroll 8") for (int v = 0; v < 8; v++) {                                      \
@@ -1732,21 +1740,20 @@ typedef double move_vd;
           a[v] += b;                                                                               \
         }                                                                                          \
       }                                                                                            \
-      for (int v = 0; v < 8; v++) memcpy(dp + c + v * L, &a[v], sizeof(V));                        \
+      _Pragma("GCC unroll 8") for (int v = 0; v < 8; v++)                                          \
+          memcpy(dp + c + v * L, &a[v], sizeof(V));                                                \
     }                                                                                              \
     for (int64_t k = k0; k < k1 && c < c1; k++) {                                                  \
       const T *sp = xo + (int64_t)src[k] * inner;                                                  \
       for (int64_t i = c; i < c1; i++) dp[i] += sp[i];                                             \
     }                                                                                              \
   }
-MOVE_RUN(float, move_vf, move_run_f32)
-MOVE_RUN(double, move_vd, move_run_f64)
-#undef MOVE_RUN
 
 /* y[o, lo:hi, c0:c1] = 0, then the adds that land there, in order of k,
  * a run of consecutive entries with one dst at a time */
-#define MOVE_BLOCK(T, RUN)                                                                         \
-  do {                                                                                             \
+#define MOVE_BLOCK(T, RUN, NAME, ATTR)                                                             \
+  ATTR static void NAME(const move_job *j, int64_t o, int64_t lo, int64_t hi, int64_t c0,          \
+                        int64_t c1) {                                                              \
     T *yo = (T *)j->y + o * j->rows * j->inner;                                                    \
     const T *xo = (const T *)j->x + o * j->n * j->inner;                                           \
     for (int64_t r = lo; r < hi; r++)                                                              \
@@ -1756,16 +1763,29 @@ MOVE_RUN(double, move_vd, move_run_f64)
       for (e = k + 1; e < j->m && j->dst[e] == d;) e++;                                            \
       if (d >= lo && d < hi) RUN(yo + d * j->inner, xo, j->src, k, e, j->inner, c0, c1);           \
     }                                                                                              \
-  } while (0)
+  }
 
-static void move_block(const move_job *j, int64_t o, int64_t lo, int64_t hi, int64_t c0,
-                       int64_t c1) {
-  if (j->f32)
-    MOVE_BLOCK(float, move_run_f32);
-  else
-    MOVE_BLOCK(double, move_run_f64);
-}
+MOVE_RUN(float, move_vf, move_run_f32, )
+MOVE_RUN(double, move_vd, move_run_f64, )
+MOVE_BLOCK(float, move_run_f32, move_block_f32, )
+MOVE_BLOCK(double, move_run_f64, move_block_f64, )
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define MOVE_X86 1
+MOVE_RUN(float, move_vf2, move_run_f32_avx2, __attribute__((target("avx2"))))
+MOVE_RUN(double, move_vd2, move_run_f64_avx2, __attribute__((target("avx2"))))
+MOVE_BLOCK(float, move_run_f32_avx2, move_block_f32_avx2, __attribute__((target("avx2"))))
+MOVE_BLOCK(double, move_run_f64_avx2, move_block_f64_avx2, __attribute__((target("avx2"))))
+#endif
+#undef MOVE_RUN
 #undef MOVE_BLOCK
+
+static move_block_fn *move_block_for(ad_dtype dt) {
+#ifdef MOVE_X86
+  if (__builtin_cpu_supports("avx2"))
+    return dt == AD_F32 ? move_block_f32_avx2 : move_block_f64_avx2;
+#endif
+  return dt == AD_F32 ? move_block_f32 : move_block_f64;
+}
 
 /* Piece p of j->pieces: a run of the outer x rows units of y, every column */
 static void move_rows(void *ud, int64_t b, int64_t e) {
@@ -1775,7 +1795,7 @@ static void move_rows(void *ud, int64_t b, int64_t e) {
     int64_t u0 = units * p / j->pieces, u1 = units * (p + 1) / j->pieces;
     for (int64_t o = u0 / j->rows; o * j->rows < u1; o++) {
       int64_t lo = u0 - o * j->rows, hi = u1 - o * j->rows;
-      move_block(j, o, lo > 0 ? lo : 0, hi < j->rows ? hi : j->rows, 0, j->inner);
+      j->block(j, o, lo > 0 ? lo : 0, hi < j->rows ? hi : j->rows, 0, j->inner);
     }
   }
 }
@@ -1787,7 +1807,7 @@ static void move_cols(void *ud, int64_t b, int64_t e) {
   for (int64_t p = b; p < e; p++) {
     int64_t c0 = blocks * p / j->pieces * 16, c1 = blocks * (p + 1) / j->pieces * 16;
     for (int64_t o = 0; o < j->outer; o++)
-      move_block(j, o, 0, j->rows, c0, c1 < j->inner ? c1 : j->inner);
+      j->block(j, o, 0, j->rows, c0, c1 < j->inner ? c1 : j->inner);
   }
 }
 
@@ -1808,13 +1828,13 @@ static void index_move(ad_tensor *y, const ad_tensor *x, const ad_tensor *src, c
                 span(y, a + 1, y->ndim),
                 span(y, 0, a),
                 1,
-                y->dtype == AD_F32};
+                move_block_for(y->dtype)};
   if (!y->size) return;
   double work = (double)j.outer * (double)j.inner * (double)(j.rows + j.m);
   int64_t threads = ad_num_threads(), pieces = (int64_t)(work / 16384);
   pieces = pieces < threads ? pieces : threads;
   if (pieces < 2) {
-    for (int64_t o = 0; o < j.outer; o++) move_block(&j, o, 0, j.rows, 0, j.inner);
+    for (int64_t o = 0; o < j.outer; o++) j.block(&j, o, 0, j.rows, 0, j.inner);
     return;
   }
   if (j.inner >= 64 * pieces) {
