@@ -125,7 +125,7 @@ Test(seq, lookup_gradients_into_the_weight_as_index_add) {
  * (the op with src and dst swapped), on 1 and 2 threads, for runs of one
  * dst (summed in registers), single entries, rows no entry reaches, rows
  * not a multiple of the vector block, along axis 0 and axis 1, sizes the
- * pool splits by runs of rows (70 columns) and by columns (160); a NaN and
+ * pool splits by runs of rows (40 rows) and by columns (3 rows); a NaN and
  * an inf in x. */
 static void select_add_case(ad_dtype dt, int64_t n, int64_t inner, int64_t m, int64_t rows, int ax,
                             int threads) {
@@ -182,7 +182,7 @@ Test(seq, index_select_add_is_index_add_of_index_select) {
       select_add_case(dt, 9, 37, 24, 5, 0, threads);     /* small: one piece */
       select_add_case(dt, 9, 40, 24, 4, 1, threads);     /* along axis 1 of [2, 9, 40] */
       select_add_case(dt, 300, 70, 600, 40, 0, threads); /* split by rows */
-      select_add_case(dt, 50, 160, 300, 20, 0, threads); /* split by columns */
+      select_add_case(dt, 50, 160, 300, 3, 0, threads);  /* split by columns: 3 rows */
     }
   }
 }
