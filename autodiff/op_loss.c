@@ -589,10 +589,7 @@ static inline float bcel_sig_f(float x) {
   return x >= 0 ? 1.0f / (1.0f + expf(-x)) : expf(x) / (1.0f + expf(x));
 }
 static inline double bcel_sig64(double x) VEXP_INLINE;
-static inline double bcel_sig64(double x) {
-  double e = exp_d(-fabs(x));
-  return (x >= 0 ? 1.0 : e) / (1.0 + e);
-}
+static inline double bcel_sig64(double x) { return sigmoid_d(x); } /* vexp.h, the op's */
 
 /* The plain backward (no create_graph) of z, t and dy of one shape in one
  * pass, each step rounded as the recorded ops below round it: float32 in

@@ -33,10 +33,7 @@
  * that the fused and the composed cell agree to the last bits where they
  * can */
 static inline double sig_d(double x) VEXP_INLINE;
-static inline double sig_d(double x) {
-  double e = exp_d(-fabs(x));
-  return (x >= 0 ? 1.0 : e) / (1.0 + e);
-}
+static inline double sig_d(double x) { return sigmoid_d(x); } /* vexp.h */
 
 /* What one parallel row loop of a cell reads and writes. */
 typedef struct cell_job {
