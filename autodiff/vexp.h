@@ -141,14 +141,11 @@ static inline float exp_v_lo(float xin, float lo) { EXP_V_BODY(xin, +lo) }
  * ulp). tests/test_ops_values.c checks 1 ulp. e^+-0 = 1, e^-inf = 0,
  * e^inf = inf, the overflow to inf from 709.782712893384 on and the
  * underflow to 0 below -745.1332 as libm's; NaN comes back as it came. */
-static inline double exp_d(double xin) VEXP_INLINE;
-static inline double exp_d(double xin) {
-  const double LN2_HI = 0x1.62e42feep-1, LN2_LO = 0x1.a39ef35793c76p-33, SHIFT = 0x1.8p52;
-  double x = xin == xin ? xin : 0.0;
-  x = x < -746.0 ? -746.0 : x;
-  x = x > 710.0 ? 710.0 : x;
-  double ns = FMA_D(x, 1.4426950408889634, SHIFT), n = ns - SHIFT; /* round to nearest */
-  double rhi = FMA_D(n, -LN2_HI, x), rlo = n * -LN2_LO, r = rhi + rlo;
+/* The Taylor terms of e^r from r^2 / 2! on, divided by r^2: 1/2 + r/3! +
+ * ... + r^11/13!, by Horner's rule with explicit multiply-adds (exp_d's
+ * and pow's polynomial, the same operations in both). */
+static inline double exp_taylor_d(double r) VEXP_INLINE;
+static inline double exp_taylor_d(double r) {
   double p = 1.0 / 6227020800;
   p = FMA_D(p, r, 1.0 / 479001600);
   p = FMA_D(p, r, 1.0 / 39916800);
@@ -160,7 +157,18 @@ static inline double exp_d(double xin) {
   p = FMA_D(p, r, 1.0 / 120);
   p = FMA_D(p, r, 1.0 / 24);
   p = FMA_D(p, r, 1.0 / 6);
-  p = FMA_D(p, r, 0.5);
+  return FMA_D(p, r, 0.5);
+}
+
+static inline double exp_d(double xin) VEXP_INLINE;
+static inline double exp_d(double xin) {
+  const double LN2_HI = 0x1.62e42feep-1, LN2_LO = 0x1.a39ef35793c76p-33, SHIFT = 0x1.8p52;
+  double x = xin == xin ? xin : 0.0;
+  x = x < -746.0 ? -746.0 : x;
+  x = x > 710.0 ? 710.0 : x;
+  double ns = FMA_D(x, 1.4426950408889634, SHIFT), n = ns - SHIFT; /* round to nearest */
+  double rhi = FMA_D(n, -LN2_HI, x), rlo = n * -LN2_LO, r = rhi + rlo;
+  double p = exp_taylor_d(r);
   /* 1 + rhi + (rlo + r^2 p), the first sum's rounding error (e1, exact:
    * |rhi| < 1) added to the small part: one rounding of note, the last */
   double s0 = 1.0 + rhi, e1 = (1.0 - s0) + rhi;
@@ -556,18 +564,7 @@ CELL_ROW float pow_v(float a, float b) {
   t = t > 100.0 ? 100.0 : t;
   double ns = FMA_D(t, 1.4426950408889634, SHIFT), n = ns - SHIFT;
   double r = FMA_D(n, -LN2_LO, FMA_D(n, -LN2_HI, t));
-  double q = 1.0 / 6227020800;
-  q = FMA_D(q, r, 1.0 / 479001600);
-  q = FMA_D(q, r, 1.0 / 39916800);
-  q = FMA_D(q, r, 1.0 / 3628800);
-  q = FMA_D(q, r, 1.0 / 362880);
-  q = FMA_D(q, r, 1.0 / 40320);
-  q = FMA_D(q, r, 1.0 / 5040);
-  q = FMA_D(q, r, 1.0 / 720);
-  q = FMA_D(q, r, 1.0 / 120);
-  q = FMA_D(q, r, 1.0 / 24);
-  q = FMA_D(q, r, 1.0 / 6);
-  q = FMA_D(q, r, 0.5);
+  double q = exp_taylor_d(r);
   q = FMA_D(q, r, 1.0);
   q = FMA_D(q, r, 1.0);
   /* 2^n from ns's bits (SHIFT's plus n: no conversion to an integer, which
