@@ -76,27 +76,16 @@ static const char *mode_name(nn_upsample_mode m) {
 /* An arena AD_I32 vector of n indices (filled by the caller). */
 static ad_tensor *index_vec(ad_ctx *ctx, int64_t n) { return nn_tmp_tensor(ctx, AD_I32, 1, &n); }
 
-/* x with axis resampled: rows idx[0] of axis (an AD_I32 vector), or,
- * when w is not NULL, x[idx[0]] w[0] + ... + x[idx[taps - 1]] w[taps - 1]
- * summed left to right (w[j] of length n on axis, 1 elsewhere). Each
- * gather is one pass along the axis in place (ad_index_select_axis, whose
- * gradient adds up at a row read twice). */
-static ad_tensor *gather_axis(ad_ctx *ctx, ad_tensor *x, int axis, int taps, ad_tensor *const *idx,
-                              ad_tensor *const *w) {
-  ad_tensor *y = ad_index_select_axis(ctx, x, axis, idx[0]);
-  if (w) {
-    y = ad_mul(ctx, y, w[0]);
-    for (int j = 1; j < taps; j++)
-      y = ad_add(ctx, y, ad_mul(ctx, ad_index_select_axis(ctx, x, axis, idx[j]), w[j]));
-  }
-  return y;
-}
-
-/* The weight tensor of ndim dims, of dtype: n long on axis, 1 elsewhere. */
-static ad_tensor *weight_vec(ad_ctx *ctx, ad_dtype dtype, int ndim, int axis, int64_t n) {
-  int64_t s[AD_MAX_DIMS];
-  for (int d = 0; d < ndim; d++) s[d] = d == axis ? n : 1;
-  return nn_tmp_tensor(ctx, dtype, ndim, s);
+/* The taps of a resampling to n positions (filled by the caller): *idx
+ * AD_I32 and *w of dtype, both [taps, n], tap j of position i at j n + i
+ * (ad_resample_axis: x[idx[0, i]] w[0, i] + ... summed left to right, one
+ * pass along the axis, whose gradient adds up at a row read twice). */
+static bool taps_new(ad_ctx *ctx, ad_dtype dtype, int64_t taps, int64_t n, ad_tensor **idx,
+                     ad_tensor **w) {
+  int64_t s[2] = {taps, n};
+  *idx = nn_tmp_tensor(ctx, AD_I32, 2, s);
+  *w = nn_tmp_tensor(ctx, dtype, 2, s);
+  return *idx && *w;
 }
 
 /* ------------------------------------------------------------ upsample */
@@ -142,12 +131,8 @@ static void cubic_weights_d(double t, double w[4]) {
 static ad_tensor *bicubic_axis(ad_ctx *ctx, ad_tensor *x, int axis, int64_t out, double sf,
                                const nn_upsample_opts *o) {
   int64_t in = x->shape[axis];
-  ad_tensor *idx[4], *w[4];
-  for (int j = 0; j < 4; j++) {
-    idx[j] = index_vec(ctx, out);
-    w[j] = weight_vec(ctx, x->dtype, x->ndim, axis, out);
-    if (!idx[j] || !w[j]) return NULL;
-  }
+  ad_tensor *idx, *w;
+  if (!taps_new(ctx, x->dtype, 4, out, &idx, &w)) return NULL;
   for (int64_t i = 0; i < out; i++) {
     int64_t k;
     double wt[4];
@@ -169,11 +154,11 @@ static ad_tensor *bicubic_axis(ad_ctx *ctx, ad_tensor *x, int axis, int64_t out,
     }
     for (int j = 0; j < 4; j++) {
       int64_t m = k - 1 + j;
-      ((int32_t *)idx[j]->data)[i] = (int32_t)(m < 0 ? 0 : m > in - 1 ? in - 1 : m);
-      ad_tensor_set(w[j], i, wt[j]);
+      ((int32_t *)idx->data)[j * out + i] = (int32_t)(m < 0 ? 0 : m > in - 1 ? in - 1 : m);
+      ad_tensor_set(w, j * out + i, wt[j]);
     }
   }
-  return gather_axis(ctx, x, axis, 4, idx, w);
+  return ad_resample_axis(ctx, x, axis, idx, w);
 }
 
 /* Resamples axis (of length in) to out; sf the scale factor the kernels
@@ -184,10 +169,10 @@ static ad_tensor *upsample_axis(ad_ctx *ctx, ad_tensor *x, int axis, int64_t out
   bool nearest = o->mode == NN_UPSAMPLE_NEAREST || o->mode == NN_UPSAMPLE_NEAREST_EXACT;
   if (o->mode == NN_UPSAMPLE_BICUBIC) return bicubic_axis(ctx, x, axis, out, sf, o);
   if (in == out && !nearest) return x; /* PyTorch's linear kernels copy */
-  ad_tensor *i0 = index_vec(ctx, out);
-  if (!i0) return NULL;
-  int32_t *a = i0->data;
   if (nearest) {
+    ad_tensor *i0 = index_vec(ctx, out);
+    if (!i0) return NULL;
+    int32_t *a = i0->data;
     /* PyTorch's forward (upsample_nearest1d, and 2d on a [N, C, H, W]
      * layout) has no shortcut for out = in or 2 in: with a scale factor
      * other than 1 or 2 those lengths pick floor(i * s) too (its backward
@@ -213,12 +198,11 @@ static ad_tensor *upsample_axis(ad_ctx *ctx, ad_tensor *x, int axis, int64_t out
       a[i] = (int32_t)(k < in - 1 ? k : in - 1);
       same = same && a[i] == i;
     }
-    return same ? x : gather_axis(ctx, x, axis, 1, &i0, NULL);
+    return same ? x : ad_index_select_axis(ctx, x, axis, i0);
   }
-  ad_tensor *i1 = index_vec(ctx, out), *w0 = weight_vec(ctx, x->dtype, x->ndim, axis, out),
-            *w1 = weight_vec(ctx, x->dtype, x->ndim, axis, out);
-  if (!i1 || !w0 || !w1) return NULL;
-  int32_t *b = i1->data;
+  ad_tensor *ix, *w;
+  if (!taps_new(ctx, x->dtype, 2, out, &ix, &w)) return NULL;
+  int32_t *a = ix->data, *b = a + out; /* taps 0 and 1 */
   /* area_pixel_compute_scale / _source_index and
    * compute_source_index_and_lambda, in the dtype's arithmetic */
   for (int64_t i = 0; i < out; i++) {
@@ -232,7 +216,7 @@ static ad_tensor *upsample_axis(ad_ctx *ctx, ad_tensor *x, int axis, int64_t out
       k = (int64_t)src;
       float f = src - (float)k;
       l1 = f < 0 ? 0 : f > 1 ? 1 : f;
-      ad_tensor_set(w0, i, (double)(1.0f - (float)l1));
+      ad_tensor_set(w, i, (double)(1.0f - (float)l1));
     } else {
       double s = o->align_corners ? (out > 1 ? (double)(in - 1) / (double)(out - 1) : 0.0)
                  : sf > 0         ? 1.0 / sf
@@ -242,14 +226,14 @@ static ad_tensor *upsample_axis(ad_ctx *ctx, ad_tensor *x, int axis, int64_t out
       k = (int64_t)src;
       double f = src - (double)k;
       l1 = f < 0 ? 0 : f > 1 ? 1 : f;
-      ad_tensor_set(w0, i, 1.0 - l1);
+      ad_tensor_set(w, i, 1.0 - l1);
     }
     if (k > in - 1) k = in - 1; /* not reached by PyTorch's rules; kept in range */
-    ad_tensor_set(w1, i, l1);
+    ad_tensor_set(w, out + i, l1);
     a[i] = (int32_t)k;
     b[i] = (int32_t)(k < in - 1 ? k + 1 : k);
   }
-  return gather_axis(ctx, x, axis, 2, (ad_tensor *const[2]){i0, i1}, (ad_tensor *const[2]){w0, w1});
+  return ad_resample_axis(ctx, x, axis, ix, w);
 }
 
 static ad_tensor *upsample_forward(nn_layer *l, rs_state *s, ad_tensor *x) {
@@ -500,7 +484,7 @@ static ad_tensor *pad_forward(nn_layer *l, rs_state *s, ad_tensor *x) {
     if (!idx) return NULL;
     int32_t *d = idx->data;
     for (int64_t j = 0; j < m[k]; j++) d[j] = (int32_t)pad_source(s->kind, j, lo, n);
-    y = gather_axis(ctx, y, axis, 1, &idx, NULL);
+    y = ad_index_select_axis(ctx, y, axis, idx);
   }
   if (!y || s->kind != RS_PAD_CONST || (s->value == 0 && !signbit(s->value))) return y;
   /* the border takes value: where(inside, y, value), inside a constant

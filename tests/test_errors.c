@@ -498,6 +498,53 @@ Test(errors, index_select_add_misuse) {
   ad_tensor_free(f);
 }
 
+Test(errors, resample_axis_misuse) {
+  int64_t s[2] = {5, 3}, t2[2] = {2, 3}, t1[2] = {1, 3}, n3 = 3, t0[2] = {0, 3}, s4[2] = {4, 3};
+  ad_tensor *x = grad_tensor(AD_F32, 2, s), *x4 = grad_tensor(AD_F32, 2, s4);
+  int32_t ok[6] = {0, 1, 4, 1, 2, 4}, big[6] = {0, 1, 4, 1, 5, 4};
+  ad_tensor *i_ok = ad_from_data(ctx, AD_I32, 2, t2, ok),
+            *i_big = ad_from_data(ctx, AD_I32, 2, t2, big);
+  ad_tensor *i_1d = ad_from_data(ctx, AD_I32, 1, &n3, ok),
+            *i_0 = ad_from_data(ctx, AD_I32, 2, t0, ok);
+  ad_tensor *w = tensor(AD_F32, 2, t2), *w1 = tensor(AD_F32, 2, t1), *w64 = tensor(AD_F64, 2, t2);
+  ad_tensor *f = tensor(AD_F32, 2, t2);
+  cr_assert_null(ad_resample_axis(ctx, x, 0, i_big, w));
+  expect_error(AD_ERR_ARG, "resample_axis", "idx[1, 1] = 5", "0..4", "[5,3]", "axis 0", NULL);
+  cr_assert_null(ad_resample_axis(ctx, x, 1, i_ok, w));
+  expect_error(AD_ERR_ARG, "resample_axis", "idx[0, 2] = 4", "0..2", "axis 1", NULL);
+  cr_assert_null(ad_resample_axis(ctx, x, 0, f, w));
+  expect_error(AD_ERR_DTYPE, "resample_axis", "idx [2,3]", "f32", "i32", NULL);
+  cr_assert_null(ad_resample_axis(ctx, x, 0, i_1d, w));
+  expect_error(AD_ERR_SHAPE, "resample_axis", "idx [3]", "[taps, m]", NULL);
+  cr_assert_null(ad_resample_axis(ctx, x, 0, i_0, w));
+  expect_error(AD_ERR_SHAPE, "resample_axis", "idx [0,3]", "taps >= 1", NULL);
+  cr_assert_null(ad_resample_axis(ctx, x, 0, i_ok, w1));
+  expect_error(AD_ERR_SHAPE, "resample_axis", "w [1,3] f32", "[2,3]", NULL);
+  cr_assert_null(ad_resample_axis(ctx, x, 0, i_ok, w64));
+  expect_error(AD_ERR_SHAPE, "resample_axis", "w [2,3] f64", "f32", NULL);
+  cr_assert_null(ad_resample_axis(ctx, i_big, 0, i_ok, w));
+  expect_error(AD_ERR_DTYPE, "resample_axis", "x is i32", NULL);
+  cr_assert_null(ad_resample_axis(ctx, x, 2, i_ok, w));
+  expect_error(AD_ERR_ARG, "resample_axis", "axis 2", "[5,3]", NULL);
+  cr_assert_null(ad_resample_axis(ctx, x, 0, NULL, w));
+  cr_assert_eq(ad_last_status(ctx), AD_ERR_NULL);
+  /* the adjoint: x [m, 3] into rows */
+  cr_assert_null(ad_resample_axis_adjoint(ctx, x, 0, i_ok, w, 5));
+  expect_error(AD_ERR_SHAPE, "resample_axis_adjoint", "x [5,3]", "5 positions on axis 0",
+               "idx [2,3]", NULL);
+  cr_assert_null(ad_resample_axis_adjoint(ctx, x4, 1, i_ok, w, 4));
+  expect_error(AD_ERR_ARG, "resample_axis_adjoint", "idx[0, 2] = 4", "0..3", "rows 4", NULL);
+  cr_assert_null(ad_resample_axis_adjoint(ctx, x4, 1, i_ok, w, -1));
+  expect_error(AD_ERR_ARG, "resample_axis_adjoint", "rows -1", NULL);
+  cr_assert_eq(ad_tape_size(ctx), 0, "failed ops are not recorded");
+  ad_tensor *y = ad_resample_axis_adjoint(ctx, x4, 1, i_ok, w, 5);
+  cr_assert_not_null(y, "%s", ad_last_error(ctx));
+  cr_assert(y->ndim == 2 && y->shape[0] == 4 && y->shape[1] == 5);
+  ad_tensor_free(x), ad_tensor_free(x4), ad_tensor_free(i_ok), ad_tensor_free(i_big);
+  ad_tensor_free(i_1d), ad_tensor_free(i_0), ad_tensor_free(w), ad_tensor_free(w1);
+  ad_tensor_free(w64), ad_tensor_free(f);
+}
+
 Test(errors, index_add_result_beyond_max_dims) {
   /* a 0-d index adds the rows dim in front: an 8-d source would give 9 */
   int64_t s8[AD_MAX_DIMS] = {2, 1, 1, 1, 1, 1, 1, 1};

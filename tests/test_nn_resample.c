@@ -378,6 +378,63 @@ Test(resample, bilinear_keeps_nonfinite_local) {
   ad_tensor_free(x);
 }
 
+/* The linear modes record one op per resampled axis (ad_resample_axis:
+ * its taps summed in one pass; the composite before took 5 ops an axis
+ * for two taps, 9 for bicubic's four), and its value is that composite's,
+ * bit for bit: bilinear of [2, 3, 5, 7] to [9, 14] against index_select,
+ * mul and add along each axis (W first, then H) with the layer's taps. */
+Test(resample, linear_modes_record_one_op_an_axis) {
+  static const struct {
+    int mode, nd;
+    int64_t in[5], size[3];
+    size_t ops;
+  } lin[4] = {{LINEAR, 3, {2, 3, 5}, {11}, 1},
+              {BILINEAR, 4, {2, 3, 5, 7}, {9, 14}, 2},
+              {BICUBIC, 4, {2, 3, 5, 7}, {9, 14}, 2},
+              {TRILINEAR, 5, {2, 3, 4, 5, 6}, {5, 9, 12}, 3}};
+  ad_rng rng;
+  ad_rng_seed(&rng, 3);
+  for (int k = 0; k < 4; k++) {
+    ad_tensor *x = ad_rand(ctx, &rng, AD_F32, lin[k].nd, lin[k].in, -1, 1);
+    nn_upsample_opts o = {.mode = lin[k].mode};
+    memcpy(o.size, lin[k].size, sizeof o.size);
+    nn_layer *l = nn_upsample_new(ctx, &o);
+    cr_assert(x && l, "%s", ad_last_error(ctx));
+    ad_tensor_set_requires_grad(x, true);
+    size_t before = ad_tape_size(ctx);
+    ad_tensor *y = nn_layer_forward(l, x, true);
+    cr_assert_not_null(y, "%s", ad_last_error(ctx));
+    cr_assert_eq(ad_tape_size(ctx) - before, lin[k].ops, "case %d: %zu ops", k,
+                 ad_tape_size(ctx) - before);
+    if (lin[k].mode == BILINEAR) { /* the composite, with the ops' own taps */
+      ad_tensor *h[3], *wd[3];     /* y = resample of y1 on H; y1 = resample of x on W */
+      cr_assert_eq(ad_tensor_inputs(y, h, 3), 3);
+      cr_assert_eq(ad_tensor_inputs(h[0], wd, 3), 3);
+      ad_tensor *const *taps[2] = {wd, h}, *r = x;
+      for (int d = 3; d >= 2; d--) {
+        ad_tensor *ix = taps[3 - d][1], *w = taps[3 - d][2], *sum = NULL;
+        int64_t m = ix->shape[1], bs[4] = {1, 1, 1, 1};
+        bs[d] = m;
+        for (int t = 0; t < 2; t++) {
+          ad_tensor *it = ad_from_data(ctx, AD_I32, 1, &m, (const int32_t *)ix->data + t * m);
+          ad_tensor *wt = ad_reshape(ctx, ad_narrow(ctx, w, 0, t, 1), 4, bs);
+          ad_tensor *p = ad_mul(ctx, ad_index_select_axis(ctx, r, d, it), wt);
+          sum = t ? ad_add(ctx, sum, p) : p;
+          ad_tensor_free(it);
+        }
+        r = sum;
+      }
+      cr_assert_not_null(r, "%s", ad_last_error(ctx));
+      cr_assert_eq(r->size, y->size);
+      for (int64_t i = 0; i < y->size; i++)
+        cr_assert_eq(ad_tensor_get(r, i), ad_tensor_get(y, i), "bilinear [%lld]", (long long)i);
+    }
+    ad_tape_reset(ctx);
+    nn_layer_free(l);
+    ad_tensor_free(x);
+  }
+}
+
 /* Bicubic overshoots and is not clamped: a step 0 0 1 1 to 8 is PyTorch's
  * 0 -0.035 -0.105 0.227 0.773 1.105 1.035 1 (dyadic, exact); the border
  * reads x[-1] as x[0] (clamped indices, weights not renormalised). */

@@ -62,7 +62,7 @@ static const attr_key attr_keys[] = {
     {"dtype", AD_ATTRS_DTYPE, 0, 0},   /* f32 or f64 */
     {"cmp", AD_ATTRS_CMP, 0, 0},       /* eq gt ge lt le */
     {"axis", AD_ATTRS_AXIS, 1, 1},     /* softmax, concat, gather, scatter_add, index_select ... */
-    {"rows", AD_ATTRS_INDEX, 1, 2},    /* index_add, index_select_add: rows, then the axis */
+    {"rows", AD_ATTRS_INDEX, 1, 2},    /* index_add, index_select_add, resample_axis_adjoint */
     {"matmul", AD_ATTRS_MATMUL, 2, 2}, /* trans_a trans_b, 0 or 1 */
     {"reduce", AD_ATTRS_REDUCE, 2, 2}, /* axis or 'all', keepdim 0 or 1 */
     {"narrow", AD_ATTRS_NARROW, 3, 3}, /* axis start len */
@@ -914,6 +914,7 @@ static ad_tensor *run_builder(ad_ctx *cx, const fx_case *c, ad_tensor **in, bool
     if (!strcmp(op, "scatter_add")) return ad_scatter_add(cx, x, (int)v[0], y, in[2]);
     if (!strcmp(op, "flip")) return ad_flip(cx, x, 1, &(int){(int)v[0]});
     if (!strcmp(op, "cumsum")) return ad_cumsum(cx, x, (int)v[0]);
+    if (!strcmp(op, "resample_axis")) return ad_resample_axis(cx, x, (int)v[0], y, in[2]);
     break;
   case AD_ATTRS_INDEX:
     if (!strcmp(op, "index_add"))
@@ -921,6 +922,8 @@ static ad_tensor *run_builder(ad_ctx *cx, const fx_case *c, ad_tensor **in, bool
                            : ad_index_add(cx, x, y, v[0]);
     if (!strcmp(op, "index_select_add"))
       return ad_index_select_add(cx, x, c->attr.n > 1 ? (int)v[1] : 0, y, in[2], v[0]);
+    if (!strcmp(op, "resample_axis_adjoint"))
+      return ad_resample_axis_adjoint(cx, x, c->attr.n > 1 ? (int)v[1] : 0, y, in[2], v[0]);
     break;
   case AD_ATTRS_MATMUL:
     if (!strcmp(op, "matmul")) return ad_matmul(cx, x, y, v[0] != 0, v[1] != 0);

@@ -187,6 +187,95 @@ Test(seq, index_select_add_is_index_add_of_index_select) {
   }
 }
 
+/* resample_axis is index_select, mul and add per tap in one pass: the
+ * same bits forward; its adjoint (ad_grad's dx, ad_backward's grad_into
+ * into a leaf) adds by position, then tap, from zeros, as the loop below;
+ * and the adjoint op's own grad_into is resample_axis again. On 1 and 2
+ * threads, in one piece, split by rows (also along the last axis, where
+ * each element's taps are summed in a register) and by columns (3
+ * positions); a NaN and an inf in x. */
+static void resample_case(ad_dtype dt, int nd, const int64_t *xs, int ax, int64_t taps, int64_t m,
+                          int threads) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 31 + (uint64_t)m);
+  int a = ax < 0 ? nd + ax : ax;
+  int64_t n = xs[a], outer = 1, inner = 1, is[2] = {taps, m}, bs[3] = {1, 1, 1};
+  for (int d = 0; d < a; d++) outer *= xs[d];
+  for (int d = a + 1; d < nd; d++) inner *= xs[d];
+  bs[a] = m;
+  int32_t *iv = malloc((size_t)(taps * m) * sizeof *iv);
+  cr_assert_not_null(iv);
+  for (int64_t k = 0; k < taps * m; k++) iv[k] = (int32_t)((k * 7919 + k / m * 13) % n);
+  ad_tensor *x = randt(&rng, dt, nd, xs, -1, 1, true), *idx = ints(2, is, iv),
+            *w = randt(&rng, dt, 2, is, -1, 1, false);
+  ad_tensor_set(x, 5, NAN);
+  ad_tensor_set(x, x->size / 2, INFINITY);
+  cr_assert_eq(ad_set_num_threads(threads), AD_OK);
+  ad_tensor *y = ad_resample_axis(ctx, x, ax, idx, w);
+  cr_assert_not_null(y, "%s", ad_last_error(ctx));
+  ad_tensor *seed = randt(&rng, dt, y->ndim, y->shape, -1, 1, true), *g_op;
+  cr_assert_eq(ad_backward(ctx, y, seed), AD_OK, "%s", ad_last_error(ctx));
+  cr_assert_eq(ad_grad(ctx, y, seed, 1, &x, &g_op, false), AD_OK, "%s", ad_last_error(ctx));
+  /* the adjoint op, backward into the leaf seed: resample_axis of its seed */
+  ad_tensor *ya = ad_resample_axis_adjoint(ctx, seed, ax, idx, w, n);
+  cr_assert_not_null(ya, "%s", ad_last_error(ctx));
+  cr_assert_eq(ad_backward(ctx, ya, x), AD_OK, "%s", ad_last_error(ctx));
+  cr_assert_eq(ad_set_num_threads(1), AD_OK);
+  ad_tensor *ref = NULL, *ref_a = ad_resample_axis(ctx, x, ax, idx, w);
+  for (int64_t t = 0; t < taps; t++) {
+    ad_tensor *it = ints(1, &m, iv + t * m), *wt = ad_zeros(ctx, dt, nd, bs);
+    for (int64_t i = 0; i < m; i++) ad_tensor_set(wt, i, ad_tensor_get(w, t * m + i));
+    ad_tensor *p = ad_mul(ctx, ad_index_select_axis(ctx, x, ax, it), wt);
+    ref = t ? ad_add(ctx, ref, p) : p;
+    ad_tensor_free(it), ad_tensor_free(wt);
+  }
+  cr_assert_not_null(ref, "%s", ad_last_error(ctx));
+  /* the adjoint by hand: zeros, then by position i, then tap t */
+  ad_tensor *dx = ad_zeros(ctx, dt, nd, xs);
+  for (int64_t o = 0; o < outer; o++)
+    for (int64_t i = 0; i < m; i++)
+      for (int64_t t = 0; t < taps; t++)
+        for (int64_t c = 0; c < inner; c++) {
+          int64_t to = (o * n + iv[t * m + i]) * inner + c, from = (o * m + i) * inner + c;
+          double wv = ad_tensor_get(w, t * m + i), sv = ad_tensor_get(seed, from);
+          double acc = ad_tensor_get(dx, to);
+          if (dt == AD_F32)
+            acc = (double)((float)acc + (float)wv * (float)sv);
+          else
+            acc += wv * sv;
+          ad_tensor_set(dx, to, acc);
+        }
+  const ad_tensor *got[4] = {y, x->grad, g_op, seed->grad}, *want[4] = {ref, dx, dx, ref_a};
+  static const char *what[4] = {"y", "ad_backward's dx", "ad_grad's dx", "the adjoint's dx"};
+  for (int k = 0; k < 4; k++) {
+    cr_assert_eq(got[k]->size, want[k]->size);
+    for (int64_t i = 0; i < got[k]->size; i++) {
+      double u = ad_tensor_get(got[k], i), v = ad_tensor_get(want[k], i);
+      QUICK_ASSERT(u == v ? signbit(u) == signbit(v) : u != u && v != v,
+                   "%s x %lld on axis %d of %d, %lld taps, %d threads, %s[%lld]: %.17g, want %.17g",
+                   ad_dtype_name(dt), (long long)n, ax, nd, (long long)taps, threads, what[k],
+                   (long long)i, u, v);
+    }
+  }
+  ad_tape_reset(ctx);
+  ad_tensor_free(seed), ad_tensor_free(x), ad_tensor_free(idx), ad_tensor_free(w);
+  ad_tensor_free(dx), free(iv);
+}
+
+Test(seq, resample_axis_is_select_mul_add) {
+  static const int64_t small[2] = {7, 5}, rows[3] = {64, 40, 33}, cols[3] = {1, 30, 3000},
+                       last[2] = {3000, 20};
+  for (int d = 0; d < 2; d++) {
+    ad_dtype dt = d ? AD_F32 : AD_F64;
+    for (int threads = 1; threads <= 2; threads++) {
+      resample_case(dt, 2, small, 0, 2, 9, threads);  /* one piece */
+      resample_case(dt, 3, rows, 1, 2, 80, threads);  /* split by rows */
+      resample_case(dt, 3, cols, 1, 4, 3, threads);   /* split by columns */
+      resample_case(dt, 2, last, -1, 2, 40, threads); /* the last axis */
+    }
+  }
+}
+
 /* Without padding_idx the same lookups send every row its dy; first and
  * second order through gradcheck, with a 3-D index tensor. */
 static ad_tensor *emb_fn(ad_ctx *c, int n, ad_tensor *const *in, void *ud) {

@@ -42,10 +42,11 @@ builder the arguments it takes:
     attr dtype f32|f64            cast: the target dtype
     attr cmp eq|gt|ge|lt|le       compare
     attr axis A                   softmax, log_softmax, concat, stack,
-                                  index_select,
+                                  index_select, resample_axis,
                                   gather, scatter_add, flip, cumsum
-    attr rows R [A]               index_add, index_select_add (A: the
-                                  axis, 0 if left out)
+    attr rows R [A]               index_add, index_select_add,
+                                  resample_axis_adjoint (A: the axis, 0 if
+                                  left out)
     attr matmul TA TB             matmul: trans_a, trans_b (0 or 1)
     attr reduce all|A K           sum, max, logsumexp, mean_axis, argmax,
                                   argmin, min: every dimension or axis A,
@@ -842,6 +843,49 @@ for label, xs, ax, src, dst, rows in (
     add(label, "index_select_add",
         lambda rng, xs=xs, src=src, dst=dst: [("in", U(rng, xs)), ("const", src), ("const", dst)],
         lambda t, f=isadd: f(t[0], t[1], t[2]), attr=("rows", rows, ax))
+
+# resample_axis: y[.., i, ..] = sum_t w[t, i] x[.., idx[t, i], ..] along an
+# axis (index_select, mul, add in order of the taps); its adjoint adds w[t, i]
+# x[.., i, ..] into zeros at idx[t, i] (index_add of each tap's products).
+# Repeated indices, four taps, the last axis; w gets gradients too.
+RESAMPLE = (("resample_axis0_2taps", (5, 3), 0, idx([[0, 0, 1, 2, 3, 4, 4], [1, 1, 2, 3, 4, 4, 4]]), 5),
+            ("resample_axis1_4taps", (2, 5, 3), 1, idx([[4, 0, 2, 1], [0, 1, 3, 2], [1, 2, 4, 3],
+                                                         [2, 3, 0, 4]]), 5),
+            ("resample_last_1tap", (4, 6), -1, idx([[5, 0, 0, 2, 3, 5, 1, 1]]), 6))
+
+
+def rs_gather(x, ix, w, ax):
+    a = ax % x.dim()
+    shape = [1] * x.dim()
+    shape[a] = ix.shape[1]
+    y = None
+    for t in range(ix.shape[0]):
+        term = torch.index_select(x, a, ix[t].long()) * w[t].reshape(shape)
+        y = term if y is None else y + term
+    return y
+
+
+def rs_adjoint(x, ix, w, ax, rows):
+    a = ax % x.dim()
+    shape = [1] * x.dim()
+    shape[a] = ix.shape[1]
+    out = list(x.shape)
+    out[a] = rows
+    y = torch.zeros(out, dtype=x.dtype)
+    for t in range(ix.shape[0]):
+        y = y.index_add(a, ix[t].long(), x * w[t].reshape(shape))
+    return y
+
+
+for label, xs, ax, ix, n in RESAMPLE:
+    add(label, "resample_axis",
+        lambda rng, xs=xs, ix=ix: [("in", U(rng, xs)), ("const", ix), ("in", U(rng, ix.shape))],
+        lambda t, ax=ax: rs_gather(t[0], t[1], t[2], ax), attr=("axis", ax))
+    ys = list(xs)
+    ys[ax % len(xs)] = ix.shape[1]
+    add(label + "_adjoint", "resample_axis_adjoint",
+        lambda rng, ys=tuple(ys), ix=ix: [("in", U(rng, ys)), ("const", ix), ("in", U(rng, ix.shape))],
+        lambda t, ax=ax, n=n: rs_adjoint(t[0], t[1], t[2], ax, n), attr=("rows", n, ax))
 
 # gather / scatter_add along an axis (torch.gather, torch.scatter_add): index
 # of x's rank, shorter than x off the axis allowed; repeats add up in the

@@ -894,6 +894,32 @@ AD_API ad_tensor *ad_index_add_axis(ad_ctx *ctx, ad_tensor *src, int axis, ad_te
  * axis out of range, rows < 0 or an index out of range (naming it). */
 AD_API ad_tensor *ad_index_select_add(ad_ctx *ctx, ad_tensor *x, int axis, ad_tensor *src,
                                       ad_tensor *dst, int64_t rows);
+/** A linear map along one axis given by taps (autodiff/op_resample.c):
+ * each position i of the result is sum over t of w[t, i] times x's slice
+ * idx[t, i] along axis (negative counts from the end). idx (AD_I32) and w
+ * (x's dtype) are [T, m] with T >= 1 taps for m positions, each index in
+ * 0..x.shape[axis]-1; the result is x's shape with length m on axis. Each
+ * product is rounded, then added in order of t, as index_select, mul and
+ * add would give: the upsampling layers' linear, bilinear, trilinear and
+ * bicubic modes, one axis at a time, in one pass. The bits do not depend
+ * on the thread count. Differentiable in x (ad_resample_axis_adjoint) and
+ * in w (sums of products over the other axes), to any order; idx gets no
+ * gradient. Errors (NULL returned): AD_ERR_NULL, AD_ERR_DTYPE (x not
+ * float, idx not AD_I32), AD_ERR_SHAPE (idx not [T, m] with T >= 1, w not
+ * idx's shape in x's dtype), AD_ERR_ARG (axis out of range, an index out
+ * of range, named with its position). */
+AD_API ad_tensor *ad_resample_axis(ad_ctx *ctx, ad_tensor *x, int axis, ad_tensor *idx,
+                                   ad_tensor *w);
+/** The adjoint (transpose) of ad_resample_axis: zeros of x's shape with
+ * length rows on axis, and for i = 0, 1, ... and each tap t in order,
+ * w[t, i] times x's slice i added into slice idx[t, i] (the order of
+ * PyTorch's upsampling backward). x has length m on axis, idx and w are
+ * [T, m], each index in 0..rows-1. The gradient of ad_resample_axis in x,
+ * and its gradient in x is ad_resample_axis again. Errors as
+ * ad_resample_axis's, AD_ERR_SHAPE when x's length on axis is not m, and
+ * AD_ERR_ARG for rows < 0. */
+AD_API ad_tensor *ad_resample_axis_adjoint(ad_ctx *ctx, ad_tensor *x, int axis, ad_tensor *idx,
+                                           ad_tensor *w, int64_t rows);
 /** torch.gather(x, axis, index) (also torch.take_along_dim with an axis):
  * out has index's shape, and out[i][j] = x[index[i][j]][j] for axis 0,
  * x[i][index[i][j]] for axis 1, and so on for more dims. x is float, index
