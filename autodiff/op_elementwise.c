@@ -2420,7 +2420,11 @@ const ad_op_def ad_def_hardshrink_backward = {
 BINARY_KERNEL_V(logsigmoid_backward, x0 *sigmoid_v(-x1), SIGMOID_OUT32(-x1), x0 *sigmoid_f(-x1),
                 x0 *sigmoid_d(-x1))
 
-/* dg = this op again; dx = -dy g s (1 - s), s = sigmoid(-x), of ops */
+/* dg = this op again; dx = -dy g sigmoid(-x) sigmoid(x), of ops. Both
+ * sigmoids, not s (1 - s) of one: 1 - s cancels where s is near 1 (s =
+ * sigmoid(-x) at x = -40 rounds to 1, and the second derivative came out
+ * 0 for 4.2e-18), and PyTorch's (z - 1) z with z = sigmoid(x) cancels on
+ * the other side. */
 static ad_status logsigmoid_backward_bwd(const ad_call *c) {
   ad_ctx *ctx = c->ctx;
   ad_tensor *g = c->in[0], *x = c->in[1];
@@ -2428,9 +2432,8 @@ static ad_status logsigmoid_backward_bwd(const ad_call *c) {
   if (c->needs[0])
     st = ad_call_set_grad(c, 0, ad_apply2(ctx, AD_OP_LOGSIGMOID_BACKWARD, c->gout, x, NULL));
   if (st == AD_OK && c->needs[1]) {
-    ad_tensor *s = ad_sigmoid(ctx, ad_neg(ctx, x));
-    ad_tensor *d = ad_apply2(ctx, AD_OP_SIGMOID_BACKWARD, ad_mul(ctx, c->gout, g), s, NULL);
-    st = ad_call_set_grad(c, 1, ad_neg(ctx, d));
+    ad_tensor *s = ad_mul(ctx, ad_sigmoid(ctx, ad_neg(ctx, x)), ad_sigmoid(ctx, x));
+    st = ad_call_set_grad(c, 1, ad_neg(ctx, ad_mul(ctx, ad_mul(ctx, c->gout, g), s)));
   }
   return st;
 }
@@ -2444,7 +2447,7 @@ const ad_op_def ad_def_logsigmoid_backward = {
     .sample = sample_binary,
     .math = "y = g sigmoid(-x)",
     .inputs = {"g", "x"},
-    .grads = {"dy sigmoid(-x)", "-dy g s (1 - s), s = sigmoid(-x)"},
+    .grads = {"dy sigmoid(-x)", "-dy g sigmoid(-x) sigmoid(x)"},
 };
 
 /* --------------------------------------------------------- elu_backward */

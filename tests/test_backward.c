@@ -1041,6 +1041,37 @@ Test(backward, intermediate_fast_paths_same_bits_as_the_ordinary_path) {
   OK(ad_set_num_threads(1));
 }
 
+/* logsigmoid's second derivative, -sigmoid(x) sigmoid(-x), keeps its
+ * relative accuracy on both sides: it came out 0 at x = -40 in float64
+ * (and -20 in float32), as -s (1 - s) with s = sigmoid(-x) rounded to 1;
+ * PyTorch's (z - 1) z with z = sigmoid(x) loses the other side. */
+Test(backward, logsigmoid_second_derivative_on_both_sides) {
+  static const double xs[7] = {-40, -20, -1, 0, 1.5, 20, 40};
+  const int64_t n = 7;
+  for (int d = 0; d < 2; d++) {
+    ad_dtype dt = d ? AD_F32 : AD_F64;
+    ad_tensor *x = ad_from_data(ctx, AD_F64, 1, &n, xs), *one = ad_full(ctx, dt, 1, &n, 1.0);
+    cr_assert(x && one);
+    if (dt == AD_F32) {
+      ad_tensor *xf = ad_full(ctx, AD_F32, 1, &n, 0);
+      for (int64_t i = 0; i < n; i++) ad_tensor_set(xf, i, xs[i]);
+      ad_tensor_free(x), x = xf;
+    }
+    OK(ad_tensor_set_requires_grad(x, true));
+    ad_tensor *g1, *g2;
+    OK(ad_grad(ctx, ad_logsigmoid(ctx, x), one, 1, &x, &g1, true));
+    OK(ad_grad(ctx, g1, one, 1, &x, &g2, false));
+    for (int64_t i = 0; i < n; i++) {
+      double v = (double)(dt == AD_F32 ? (float)xs[i] : xs[i]);
+      double want = -1 / ((1 + exp(-v)) * (1 + exp(v))), got = ad_tensor_get(g2, i);
+      cr_assert_leq(fabs(got - want), fabs(want) * (d ? 4e-7 : 4e-16),
+                    "%s x = %g: %.17g, want %.17g", ad_dtype_name(dt), v, got, want);
+    }
+    ad_tape_reset(ctx);
+    ad_tensor_free(x), ad_tensor_free(one);
+  }
+}
+
 /* The activations whose gradient of a leaf is their backward kernel run
  * straight into the leaf's grad buffer (grad_into): the backward puts no
  * tensor of x's size in the arena, where the ordinary path makes the
