@@ -194,11 +194,13 @@ static ad_status rs_shape(const ad_call *c, int axis, int64_t rows, bool adjoint
   if (idx->ndim != 2 || idx->shape[0] < 1)
     return ad_set_error(c->ctx, AD_ERR_SHAPE, "%s: idx %s must be [taps, m] with taps >= 1",
                         c->name, ad_shape_str(idx, a, sizeof a));
-  if (w->dtype != x->dtype || w->ndim != 2 || w->shape[0] != idx->shape[0] ||
-      w->shape[1] != idx->shape[1])
-    return ad_set_error(c->ctx, AD_ERR_SHAPE, "%s: w %s %s must be idx's shape %s in x's dtype %s",
-                        c->name, ad_shape_str(w, a, sizeof a), ad_dtype_name(w->dtype),
-                        ad_shape_str(idx, b, sizeof b), ad_dtype_name(x->dtype));
+  if (w->dtype != x->dtype)
+    return ad_set_error(c->ctx, AD_ERR_DTYPE, "%s: w %s is %s; it must be x's dtype %s", c->name,
+                        ad_shape_str(w, a, sizeof a), ad_dtype_name(w->dtype),
+                        ad_dtype_name(x->dtype));
+  if (w->ndim != 2 || w->shape[0] != idx->shape[0] || w->shape[1] != idx->shape[1])
+    return ad_set_error(c->ctx, AD_ERR_SHAPE, "%s: w %s must be idx's shape %s", c->name,
+                        ad_shape_str(w, a, sizeof a), ad_shape_str(idx, b, sizeof b));
   int64_t m = idx->shape[1], lim = adjoint ? rows : x->shape[ax];
   if (adjoint && x->shape[ax] != m)
     return ad_set_error(c->ctx, AD_ERR_SHAPE,

@@ -519,9 +519,12 @@ Test(errors, resample_axis_misuse) {
   cr_assert_null(ad_resample_axis(ctx, x, 0, i_0, w));
   expect_error(AD_ERR_SHAPE, "resample_axis", "idx [0,3]", "taps >= 1", NULL);
   cr_assert_null(ad_resample_axis(ctx, x, 0, i_ok, w1));
-  expect_error(AD_ERR_SHAPE, "resample_axis", "w [1,3] f32", "[2,3]", NULL);
+  expect_error(AD_ERR_SHAPE, "resample_axis", "w [1,3]", "idx's shape [2,3]", NULL);
+  /* a dtype mismatch is AD_ERR_DTYPE, as mul's and batch_norm's */
   cr_assert_null(ad_resample_axis(ctx, x, 0, i_ok, w64));
-  expect_error(AD_ERR_SHAPE, "resample_axis", "w [2,3] f64", "f32", NULL);
+  expect_error(AD_ERR_DTYPE, "resample_axis", "w [2,3] is f64", "x's dtype f32", NULL);
+  cr_assert_null(ad_resample_axis_adjoint(ctx, x4, 1, i_ok, w64, 5));
+  expect_error(AD_ERR_DTYPE, "resample_axis_adjoint", "w [2,3] is f64", "x's dtype f32", NULL);
   cr_assert_null(ad_resample_axis(ctx, i_big, 0, i_ok, w));
   expect_error(AD_ERR_DTYPE, "resample_axis", "x is i32", NULL);
   cr_assert_null(ad_resample_axis(ctx, x, 2, i_ok, w));

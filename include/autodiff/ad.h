@@ -905,9 +905,9 @@ AD_API ad_tensor *ad_index_select_add(ad_ctx *ctx, ad_tensor *x, int axis, ad_te
  * on the thread count. Differentiable in x (ad_resample_axis_adjoint) and
  * in w (sums of products over the other axes), to any order; idx gets no
  * gradient. Errors (NULL returned): AD_ERR_NULL, AD_ERR_DTYPE (x not
- * float, idx not AD_I32), AD_ERR_SHAPE (idx not [T, m] with T >= 1, w not
- * idx's shape in x's dtype), AD_ERR_ARG (axis out of range, an index out
- * of range, named with its position). */
+ * float, idx not AD_I32, w not x's dtype), AD_ERR_SHAPE (idx not [T, m]
+ * with T >= 1, w not idx's shape), AD_ERR_ARG (axis out of range, an
+ * index out of range, named with its position). */
 AD_API ad_tensor *ad_resample_axis(ad_ctx *ctx, ad_tensor *x, int axis, ad_tensor *idx,
                                    ad_tensor *w);
 /** The adjoint (transpose) of ad_resample_axis: zeros of x's shape with
