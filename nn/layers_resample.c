@@ -7,14 +7,14 @@
  *
  * Resampling an axis is a gather along it: its rows picked by a constant
  * AD_I32 index tensor (ad_index_select_axis, one pass, whose gradient adds
- * up at a row read twice). Nearest is one gather; linear is two, y =
- * x[i0] w0 + x[i1] w1 with constant weights of length out on the axis
- * and 1 elsewhere (PyTorch's
- * lambda0, lambda1), bicubic four (x[k - 1 .. k + 2], clamped, times
- * Keys' weights), so an inf or NaN reaches only the outputs that read
- * it, as in PyTorch. The index and weight tensors are arena tensors built
- * in each forward for the input's lengths (no state to go stale) and
- * freed with the tape. Reflection and replication padding are the same
+ * up at a row read twice). Nearest is one gather; linear and bicubic are
+ * ad_resample_axis with [taps, out] indices and weights: linear two taps,
+ * y = x[i0] w0 + x[i1] w1 (PyTorch's lambda0, lambda1), bicubic four
+ * (x[k - 1 .. k + 2], clamped, times Keys' weights), summed in one pass,
+ * so an inf or NaN reaches only the outputs that read it, as in PyTorch.
+ * The index and weight tensors are arena tensors built in each forward
+ * for the input's lengths (no state to go stale) and freed with the
+ * tape. Reflection and replication padding are the same
  * gather with reflected or clamped indices. */
 #include "nn_internal.h"
 

@@ -1043,9 +1043,9 @@ NN_API nn_layer *nn_lp_pool2d_new(ad_ctx *ctx, double norm_type, int64_t kh, int
 
 /* Resampling, padding and channel-dropout layers for image models
  * (layers_resample.c): composites of public ops (ad_index_select,
- * ad_transpose, ad_reshape, ad_permute, ad_pad, ad_narrow, ad_where,
- * ad_mul), so every gradient is the tape's and differentiable to any
- * order. None has parameters; each returns the layer (free with
+ * ad_resample_axis, ad_transpose, ad_reshape, ad_permute, ad_pad,
+ * ad_narrow, ad_where, ad_mul), so every gradient is the tape's and
+ * differentiable to any order. None has parameters; each returns the layer (free with
  * nn_layer_free, or the model that adopts it) or NULL with AD_ERR_ARG
  * (bad settings, named with the layer's kind) or AD_ERR_OOM. Each forward
  * refuses an input of another rank (AD_ERR_SHAPE) or, where it computes,
@@ -1106,8 +1106,9 @@ typedef struct nn_upsample_opts {
  * output's gradient when no axis changes length (scale_factor 1.05 on a
  * [7, 3] image: PyTorch's forward resamples, its backward does not).
  * Trilinear is linear on each of D, H, W. Nearest is ad_index_select along
- * the axis (the gradient adds up at the source), linear two of them and
- * bicubic four, times constant weights. Errors
+ * the axis (the gradient adds up at the source); linear and bicubic are
+ * ad_resample_axis along it, two taps and four, with constant weights (one
+ * op an axis; its gradient adds in PyTorch's order). Errors
  * when made (AD_ERR_ARG): both or neither of size and scale_factor, a size
  * outside [1, 2^31 - 1], a scale factor not finite and > 0, an unknown
  * mode, align_corners with a nearest mode, recompute_scale_factor with a
