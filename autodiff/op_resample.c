@@ -229,13 +229,16 @@ static ad_status rs_shape(const ad_call *c, int axis, int64_t rows, bool adjoint
 }
 
 /* dw[t, i] = sum over every axis but a of g[.., idx[t, i], ..] h[.., i, ..]
- * (g picked by tap t's indices, times h), of ops: [taps, m] */
+ * (g picked by tap t's indices, times h), of ops: [taps, m]. With no
+ * position (m = 0) one tap's empty part, reshaped to [taps, 0], stands for
+ * all (still of g and h on the tape; a part per tap took 4 ops each). */
 static ad_tensor *rs_dw(ad_ctx *ctx, ad_tensor *g, ad_tensor *h, int a, const ad_tensor *idx) {
   int64_t taps = idx->shape[0], m = idx->shape[1], one[AD_MAX_DIMS], row[2] = {1, m};
+  int64_t n = m ? taps : 1;
   for (int d = 0; d < h->ndim; d++) one[d] = d == a ? m : 1;
-  ad_tensor **parts = ad_arena_alloc(ctx, (size_t)taps * sizeof *parts);
+  ad_tensor **parts = ad_arena_alloc(ctx, (size_t)n * sizeof *parts);
   if (!parts) return NULL;
-  for (int64_t t = 0; t < taps; t++) {
+  for (int64_t t = 0; t < n; t++) {
     ad_tensor *it = ad_tmp_new(ctx, AD_I32, 1, &m);
     if (!it) return NULL;
     memcpy(it->data, (const int32_t *)idx->data + t * m, (size_t)m * sizeof(int32_t));
@@ -243,6 +246,7 @@ static ad_tensor *rs_dw(ad_ctx *ctx, ad_tensor *g, ad_tensor *h, int a, const ad
     parts[t] = ad_reshape(ctx, ad_sum_to(ctx, p, h->ndim, one), 2, row);
     if (!parts[t]) return NULL;
   }
+  if (!m) return taps == 1 ? parts[0] : ad_reshape(ctx, parts[0], 2, idx->shape);
   return taps == 1 ? parts[0] : ad_concat(ctx, (int)taps, parts, 0);
 }
 

@@ -276,6 +276,33 @@ Test(seq, resample_axis_is_select_mul_add) {
   }
 }
 
+/* No positions (idx [T, 0]): w's gradient is the empty [T, 0], made
+ * without a pass per tap (those were 4 T + 1 recorded ops, and with T near
+ * 2^31 an exhausted arena after a minute). */
+Test(seq, resample_axis_no_positions_dw) {
+  int64_t xs[2][2] = {{3, 4}, {3, 0}}, is[2] = {100000, 0};
+  ad_tensor *idx = ad_zeros(ctx, AD_I32, 2, is), *w = ad_zeros(ctx, AD_F64, 2, is);
+  cr_assert(idx && w, "%s", ad_last_error(ctx));
+  ad_tensor_set_requires_grad(w, true);
+  for (int adjoint = 0; adjoint < 2; adjoint++) { /* x [3, 4] to [3, 0], and back */
+    ad_tensor *x = ad_ones(ctx, AD_F64, 2, xs[adjoint]);
+    cr_assert_not_null(x, "%s", ad_last_error(ctx));
+    ad_tensor_set_requires_grad(x, true);
+    ad_tensor *y = adjoint ? ad_resample_axis_adjoint(ctx, x, 1, idx, w, 4)
+                           : ad_resample_axis(ctx, x, 1, idx, w);
+    cr_assert_not_null(y, "%s", ad_last_error(ctx));
+    ad_tensor *in[2] = {x, w}, *g[2], *seed = ad_ones(ctx, AD_F64, y->ndim, y->shape);
+    size_t before = ad_tape_size(ctx);
+    cr_assert_eq(ad_grad(ctx, y, seed, 2, in, g, true), AD_OK, "%s", ad_last_error(ctx));
+    cr_assert(g[1]->ndim == 2 && g[1]->shape[0] == 100000 && g[1]->shape[1] == 0);
+    cr_assert_lt(ad_tape_size(ctx) - before, 8, "%zu ops recorded for an empty gradient",
+                 ad_tape_size(ctx) - before);
+    ad_tape_reset(ctx);
+    ad_tensor_free(seed), ad_tensor_free(x);
+  }
+  ad_tensor_free(idx), ad_tensor_free(w);
+}
+
 /* Without padding_idx the same lookups send every row its dy; first and
  * second order through gradcheck, with a 3-D index tensor. */
 static ad_tensor *emb_fn(ad_ctx *c, int n, ad_tensor *const *in, void *ud) {
