@@ -173,8 +173,9 @@ Test(cnn, pooling_layers_run_their_ops) {
 }
 
 /* MaxPool2d with overlapping windows reads x at the argmax (one op,
- * pool_gather, whose gradient is a pool_scatter straight into x's): the
- * values and gradients are ad_max_pool2d's bits, in both dtypes, on data
+ * pool_gather, whose gradient is a pool_scatter straight into x's; without
+ * a gradient to carry, ad_max_pool2d itself): the values and gradients
+ * are ad_max_pool2d's bits, in both dtypes, on data
  * full of ties, with NaNs, -inf, padding, ceil_mode and an unbatched
  * input; the second derivative through the layer matches central
  * differences (pool_scatter's gradient is pool_gather, and back). */
@@ -218,6 +219,13 @@ Test(cnn, overlapping_max_pool_gives_the_ops_bits) {
         size_t es = ad_dtype_size(dt);
         cr_assert_eq(memcmp(a->data, b->data, (size_t)a->size * es), 0, "values, case %d %d-D", oi,
                      nd);
+        /* without a gradient to carry (grad mode off), max_pool2d's one pass: the same values */
+        ad_set_grad_enabled(ctx, false);
+        ad_tensor *e = nn_layer_forward(l, x, false);
+        ad_set_grad_enabled(ctx, true);
+        cr_assert(e && e->size == a->size, "%s", ad_last_error(ctx));
+        cr_assert_eq(memcmp(a->data, e->data, (size_t)a->size * es), 0, "no-grad values, case %d",
+                     oi);
         ad_tensor *dy = ad_zeros(ctx, dt, a->ndim, a->shape);
         for (int64_t i = 0; i < dy->size; i++) ad_tensor_set(dy, i, 0.25 * (double)(i % 9) - 1);
         cr_assert_eq(ad_backward(ctx, a, dy), AD_OK, "%s", ad_last_error(ctx));
