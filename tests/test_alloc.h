@@ -8,7 +8,7 @@
  *   test_close: a value against a reference, within a bound, infinities
  *   and NaN exactly; expect_tensor_close: a tensor against a fixture's;
  *   test_hash_bytes: a 64-bit hash of bytes (results compared bit for bit
- *   without keeping them).
+ *   without keeping them); test_uniform: a tensor of uniform values.
  * - TEST_CTX_SUITE: the plain fixture, a fresh ad_ctx_new context per test;
  *   TEST_CTX_SUITE_ALSO gives it to a file's further suites.
  *
@@ -56,6 +56,27 @@ static inline uint64_t test_hash_bytes(const void *p, size_t n) {
   }
   for (; i < n; i++) h = (h ^ b[i]) * 0x100000001B3u;
   return h;
+}
+
+/* A new float tensor (AD_F32 or AD_F64) uniform in [-1, 1), the same
+ * values from the same seed (splitmix64): what ad_rand gives a test that
+ * only needs values, without its calls per element, which cost the long
+ * sweeps a quarter of their time in the sanitizer build (debug). NULL
+ * when the tensor cannot be made. */
+static inline ad_tensor *test_uniform(ad_ctx *c, uint64_t seed, ad_dtype dt, int ndim,
+                                      const int64_t *shape) {
+  ad_tensor *t = ad_zeros(c, dt, ndim, shape);
+  for (int64_t i = 0; t && i < t->size; i++) {
+    uint64_t z = (seed += 0x9E3779B97F4A7C15u);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9u;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBu;
+    double u = (double)((z ^ (z >> 31)) >> 11) * 0x1p-52 - 1;
+    if (dt == AD_F64)
+      ((double *)t->data)[i] = u;
+    else
+      ((float *)t->data)[i] = (float)u;
+  }
+  return t;
 }
 
 /* Whether got matches the reference want within bound: a NaN want wants
