@@ -31,17 +31,12 @@
 
 /* x viewed as [outer, len, inner] around the axis, y as [outer, ylen,
  * inner]; gather: len n, ylen m; adjoint: len m, ylen rows */
-typedef struct rs_job rs_job;
-typedef void rs_block_fn(const rs_job *j, int64_t o, int64_t i0, int64_t i1, int64_t c0,
-                         int64_t c1);
-struct rs_job {
+typedef struct rs_job {
   const char *x, *w;
   char *y;
   const int32_t *idx;
-  int64_t taps, m, len, ylen, inner, outer, pieces;
-  bool gather; /* resample_axis (else its adjoint) */
-  rs_block_fn *block;
-};
+  int64_t taps, m, len, ylen, inner;
+} rs_job;
 
 /* Product of x's dims [from, to). */
 static int64_t rs_span(const ad_tensor *x, int from, int to) {
@@ -54,7 +49,8 @@ static int64_t rs_span(const ad_tensor *x, int from, int to) {
  * (inner 1) sums each element's taps in a register; otherwise each row of
  * y is the first tap's product, then each later tap's added. */
 #define RS_GATHER(T, NAME)                                                                         \
-  static void NAME(const rs_job *j, int64_t o, int64_t i0, int64_t i1, int64_t c0, int64_t c1) {   \
+  static void NAME(const void *job, int64_t o, int64_t i0, int64_t i1, int64_t c0, int64_t c1) {   \
+    const rs_job *j = job;                                                                         \
     const T *w = (const T *)j->w, *xo = (const T *)j->x + o * j->len * j->inner;                   \
     const int32_t *idx = j->idx;                                                                   \
     T *yo = (T *)j->y + o * j->ylen * j->inner;                                                    \
@@ -82,8 +78,9 @@ static int64_t rs_span(const ad_tensor *x, int from, int to) {
 /* adjoint: y[o, :, c0:c1] = zeros, then every position's taps added where
  * they point (i0, i1 unused: a block is all of y's rows for one o) */
 #define RS_SCATTER(T, NAME)                                                                        \
-  static void NAME(const rs_job *j, int64_t o, int64_t i0, int64_t i1, int64_t c0, int64_t c1) {   \
+  static void NAME(const void *job, int64_t o, int64_t i0, int64_t i1, int64_t c0, int64_t c1) {   \
     (void)i0, (void)i1;                                                                            \
+    const rs_job *j = job;                                                                         \
     const T *w = (const T *)j->w, *xo = (const T *)j->x + o * j->len * j->inner;                   \
     const int32_t *idx = j->idx;                                                                   \
     T *yo = (T *)j->y + o * j->ylen * j->inner;                                                    \
@@ -110,35 +107,10 @@ RS_SCATTER(double, rs_scatter_f64)
 #undef RS_GATHER
 #undef RS_SCATTER
 
-/* Piece p of j->pieces: a run of the units (o, i) of y's rows (gather), or
- * of the o's (adjoint: i runs over all of y's rows within the block) */
-static void rs_rows(void *ud, int64_t b, int64_t e) {
-  const rs_job *j = ud;
-  int64_t per = j->gather ? j->m : 1, units = j->outer * per;
-  for (int64_t p = b; p < e; p++) {
-    int64_t u0 = units * p / j->pieces, u1 = units * (p + 1) / j->pieces;
-    for (int64_t o = u0 / per; o * per < u1; o++) {
-      int64_t lo = u0 - o * per, hi = u1 - o * per;
-      j->block(j, o, lo > 0 ? lo : 0, hi < per ? hi : per, 0, j->inner);
-    }
-  }
-}
-
-/* Piece p of j->pieces: a run of columns (multiples of 16), every row */
-static void rs_cols(void *ud, int64_t b, int64_t e) {
-  const rs_job *j = ud;
-  int64_t blocks = (j->inner + 15) / 16;
-  for (int64_t p = b; p < e; p++) {
-    int64_t c0 = blocks * p / j->pieces * 16, c1 = blocks * (p + 1) / j->pieces * 16;
-    for (int64_t o = 0; o < j->outer; o++)
-      j->block(j, o, 0, j->m, c0, c1 < j->inner ? c1 : j->inner);
-  }
-}
-
 /* y = resample_axis(x, idx, w) (adjoint false) or its adjoint along axis
- * a, on the library's threads when the work is 16K elements a thread or
- * more: by runs of y's rows, or by columns where there are fewer than 4
- * row units a thread and rows long enough for 64 columns a thread. */
+ * a, split over the library's threads by ad_parallel_blocks: by runs of
+ * the (o, i) row units of y (resample_axis) or of the o's (the adjoint,
+ * whose block is all of y's rows for one o), or by columns. */
 static void rs_run(ad_tensor *y, const ad_tensor *x, const ad_tensor *idx, const ad_tensor *w,
                    int a, bool adjoint) {
   bool f32 = y->dtype == AD_F32;
@@ -150,28 +122,14 @@ static void rs_run(ad_tensor *y, const ad_tensor *x, const ad_tensor *idx, const
               .m = idx->shape[1],
               .len = x->shape[a],
               .ylen = y->shape[a],
-              .inner = rs_span(y, a + 1, y->ndim),
-              .outer = rs_span(y, 0, a),
-              .pieces = 1,
-              .gather = !adjoint,
-              .block = adjoint ? (f32 ? rs_scatter_f32 : rs_scatter_f64)
-                               : (f32 ? rs_gather_f32 : rs_gather_f64)};
+              .inner = rs_span(y, a + 1, y->ndim)};
+  int64_t outer = rs_span(y, 0, a);
   if (!y->size) return;
-  double work = (double)j.outer * (double)j.inner * (double)(j.taps * j.m + (adjoint ? j.ylen : 0));
-  int64_t threads = ad_num_threads(), pieces = (int64_t)(work / 16384);
-  pieces = pieces < threads ? pieces : threads;
-  int64_t units = adjoint ? j.outer : j.outer * j.m;
-  if (pieces < 2) {
-    for (int64_t o = 0; o < j.outer; o++) j.block(&j, o, 0, j.m, 0, j.inner);
-    return;
-  }
-  if (units < 4 * pieces && j.inner >= 64 * pieces) {
-    j.pieces = pieces;
-    ad_parallel_for(pieces, 1, rs_cols, &j);
-    return;
-  }
-  j.pieces = pieces < units ? pieces : units;
-  ad_parallel_for(j.pieces, 1, rs_rows, &j);
+  double work = (double)outer * (double)j.inner * (double)(j.taps * j.m + (adjoint ? j.ylen : 0));
+  ad_parallel_blocks(outer, adjoint ? 1 : j.m, j.inner, work,
+                     adjoint ? (f32 ? rs_scatter_f32 : rs_scatter_f64)
+                             : (f32 ? rs_gather_f32 : rs_gather_f64),
+                     &j);
 }
 
 /* Checks x, idx and w and sets the output's shape: x's with length m

@@ -1694,17 +1694,14 @@ const ad_op_def ad_def_index_add = {
  * two ops and the same on any thread count. Its gradient is the same op
  * with src and dst swapped: closed under differentiation. */
 
-typedef struct move_job move_job;
-/* y[o, lo:hi, c0:c1] of a job (move_block below, one per dtype and ISA) */
-typedef void move_block_fn(const move_job *j, int64_t o, int64_t lo, int64_t hi, int64_t c0,
-                           int64_t c1);
-struct move_job {
+/* y[o, lo:hi, c0:c1] of a job: move_block below, one per dtype and ISA
+ * (an ad_block_fn) */
+typedef struct move_job {
   const char *x; /* [outer, n, inner] */
   char *y;       /* [outer, rows, inner] */
   const int32_t *src, *dst;
-  int64_t n, rows, m, inner, outer, pieces;
-  move_block_fn *block;
-};
+  int64_t n, rows, m, inner, outer;
+} move_job;
 
 /* dp[c0:c1] += x's rows src[k] for the entries k0..k1-1 of a run with one
  * dst, in order: 8 vectors of columns at a time summed in registers across
@@ -1752,8 +1749,9 @@ typedef double move_vd;
 /* y[o, lo:hi, c0:c1] = 0, then the adds that land there, in order of k,
  * a run of consecutive entries with one dst at a time */
 #define MOVE_BLOCK(T, RUN, NAME, ATTR)                                                             \
-  ATTR static void NAME(const move_job *j, int64_t o, int64_t lo, int64_t hi, int64_t c0,          \
+  ATTR static void NAME(const void *job, int64_t o, int64_t lo, int64_t hi, int64_t c0,            \
                         int64_t c1) {                                                              \
+    const move_job *j = job;                                                                       \
     T *yo = (T *)j->y + o * j->rows * j->inner;                                                    \
     const T *xo = (const T *)j->x + o * j->n * j->inner;                                           \
     for (int64_t r = lo; r < hi; r++)                                                              \
@@ -1779,7 +1777,7 @@ MOVE_BLOCK(double, move_run_f64_avx2, move_block_f64_avx2, __attribute__((target
 #undef MOVE_RUN
 #undef MOVE_BLOCK
 
-static move_block_fn *move_block_for(ad_dtype dt) {
+static ad_block_fn *move_block_for(ad_dtype dt) {
 #ifdef MOVE_X86
   if (__builtin_cpu_supports("avx2"))
     return dt == AD_F32 ? move_block_f32_avx2 : move_block_f64_avx2;
@@ -1787,28 +1785,52 @@ static move_block_fn *move_block_for(ad_dtype dt) {
   return dt == AD_F32 ? move_block_f32 : move_block_f64;
 }
 
-/* Piece p of j->pieces: a run of the outer x rows units of y, every column */
-static void move_rows(void *ud, int64_t b, int64_t e) {
-  const move_job *j = ud;
-  int64_t units = j->outer * j->rows;
+/* ad_parallel_blocks' split: pieces of a run of units or of columns */
+typedef struct blocks_job {
+  int64_t outer, per, inner, pieces;
+  ad_block_fn *fn;
+  const void *job;
+} blocks_job;
+
+/* Piece p of j->pieces: a run of the outer x per row units, every column */
+static void blocks_rows(void *ud, int64_t b, int64_t e) {
+  const blocks_job *j = ud;
+  int64_t units = j->outer * j->per;
   for (int64_t p = b; p < e; p++) {
     int64_t u0 = units * p / j->pieces, u1 = units * (p + 1) / j->pieces;
-    for (int64_t o = u0 / j->rows; o * j->rows < u1; o++) {
-      int64_t lo = u0 - o * j->rows, hi = u1 - o * j->rows;
-      j->block(j, o, lo > 0 ? lo : 0, hi < j->rows ? hi : j->rows, 0, j->inner);
+    for (int64_t o = u0 / j->per; o * j->per < u1; o++) {
+      int64_t lo = u0 - o * j->per, hi = u1 - o * j->per;
+      j->fn(j->job, o, lo > 0 ? lo : 0, hi < j->per ? hi : j->per, 0, j->inner);
     }
   }
 }
 
 /* Piece p of j->pieces: a run of columns (multiples of 16), every row */
-static void move_cols(void *ud, int64_t b, int64_t e) {
-  const move_job *j = ud;
+static void blocks_cols(void *ud, int64_t b, int64_t e) {
+  const blocks_job *j = ud;
   int64_t blocks = (j->inner + 15) / 16;
   for (int64_t p = b; p < e; p++) {
     int64_t c0 = blocks * p / j->pieces * 16, c1 = blocks * (p + 1) / j->pieces * 16;
     for (int64_t o = 0; o < j->outer; o++)
-      j->block(j, o, 0, j->rows, c0, c1 < j->inner ? c1 : j->inner);
+      j->fn(j->job, o, 0, j->per, c0, c1 < j->inner ? c1 : j->inner);
   }
+}
+
+void ad_parallel_blocks(int64_t outer, int64_t per, int64_t inner, double work, ad_block_fn *fn,
+                        const void *job) {
+  int64_t threads = ad_num_threads(), pieces = (int64_t)(work / 16384), units = outer * per;
+  pieces = pieces < threads ? pieces : threads;
+  blocks_job j = {outer, per, inner, pieces, fn, job};
+  if (pieces < 2) {
+    for (int64_t o = 0; o < outer; o++) fn(job, o, 0, per, 0, inner);
+    return;
+  }
+  if (units < 4 * pieces && inner >= 64 * pieces) {
+    ad_parallel_for(pieces, 1, blocks_cols, &j);
+    return;
+  }
+  j.pieces = pieces < units ? pieces : units;
+  ad_parallel_for(j.pieces, 1, blocks_rows, &j);
 }
 
 /* y = index_select_add(x, src, dst) along axis a: split over the threads
@@ -1820,32 +1842,12 @@ static void move_cols(void *ud, int64_t b, int64_t e) {
  * thread (a bag that takes every entry is split too). */
 static void index_move(ad_tensor *y, const ad_tensor *x, const ad_tensor *src, const ad_tensor *dst,
                        int a) {
-  move_job j = {(const char *)x->data,
-                (char *)y->data,
-                src->data,
-                dst->data,
-                x->shape[a],
-                y->shape[a],
-                src->size,
-                span(y, a + 1, y->ndim),
-                span(y, 0, a),
-                1,
-                move_block_for(y->dtype)};
+  move_job j = {(const char *)x->data, (char *)y->data, src->data, dst->data,
+                x->shape[a],           y->shape[a],     src->size, span(y, a + 1, y->ndim),
+                span(y, 0, a)};
   if (!y->size) return;
   double work = (double)j.outer * (double)j.inner * (double)(j.rows + j.m);
-  int64_t threads = ad_num_threads(), pieces = (int64_t)(work / 16384);
-  pieces = pieces < threads ? pieces : threads;
-  if (pieces < 2) {
-    for (int64_t o = 0; o < j.outer; o++) j.block(&j, o, 0, j.rows, 0, j.inner);
-    return;
-  }
-  if (j.outer * j.rows < 4 * pieces && j.inner >= 64 * pieces) {
-    j.pieces = pieces;
-    ad_parallel_for(pieces, 1, move_cols, &j);
-    return;
-  }
-  j.pieces = pieces < j.outer * j.rows ? pieces : j.outer * j.rows;
-  ad_parallel_for(j.pieces, 1, move_rows, &j);
+  ad_parallel_blocks(j.outer, j.rows, j.inner, work, move_block_for(y->dtype), &j);
 }
 
 static ad_status index_select_add_shape(const ad_call *c) {

@@ -195,6 +195,22 @@ typedef void (*ad_rows_fn)(const ad_call *c, int64_t oa, int64_t sa, int64_t ob,
  * allow, split over the library's threads when large): op_elementwise.c. */
 void ad_binary_run(const ad_call *c, ad_rows_fn f);
 
+/* A kernel over a block of a result viewed as [outer, per, inner]: rows
+ * [lo, hi) of block o, columns [c0, c1) (op_shape.c's index_select_add,
+ * op_resample.c's resample_axis and adjoint). */
+typedef void ad_block_fn(const void *job, int64_t o, int64_t lo, int64_t hi, int64_t c0,
+                         int64_t c1);
+/* Runs fn over all of [outer, per, inner]: on the calling thread when the
+ * work (elements read and written) is under 32K; else on the library's
+ * threads, 16K elements of work a thread or more, by runs of the outer x
+ * per row units, or by columns (multiples of 16) where there are fewer
+ * than 4 units a thread and rows long enough for 64 columns a thread.
+ * The split decides only who computes what, so a kernel whose elements
+ * each have one order of operations gives the same bits on any thread
+ * count. */
+void ad_parallel_blocks(int64_t outer, int64_t per, int64_t inner, double work, ad_block_fn *fn,
+                        const void *job);
+
 /* Applies op id with attrs; shorthand used by the public builders. */
 static inline ad_tensor *ad_apply1(ad_ctx *ctx, int op, ad_tensor *x, const ad_attrs *attrs) {
   return ad_op_apply(ctx, op, 1, &x, attrs);
