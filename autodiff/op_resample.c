@@ -38,13 +38,6 @@ typedef struct rs_job {
   int64_t taps, m, len, ylen, inner;
 } rs_job;
 
-/* Product of x's dims [from, to). */
-static int64_t rs_span(const ad_tensor *x, int from, int to) {
-  int64_t n = 1;
-  for (int k = from; k < to; k++) n *= x->shape[k];
-  return n;
-}
-
 /* gather: y[o, i0:i1, c0:c1] from its taps. An axis that is the last
  * (inner 1) sums each element's taps in a register; otherwise each row of
  * y is the first tap's product, then each later tap's added. */
@@ -122,8 +115,8 @@ static void rs_run(ad_tensor *y, const ad_tensor *x, const ad_tensor *idx, const
               .m = idx->shape[1],
               .len = x->shape[a],
               .ylen = y->shape[a],
-              .inner = rs_span(y, a + 1, y->ndim)};
-  int64_t outer = rs_span(y, 0, a);
+              .inner = ad_dims_span(y, a + 1, y->ndim)};
+  int64_t outer = ad_dims_span(y, 0, a);
   if (!y->size) return;
   double work = (double)outer * (double)j.inner * (double)(j.taps * j.m + (adjoint ? j.ylen : 0));
   ad_parallel_blocks(outer, adjoint ? 1 : j.m, j.inner, work,

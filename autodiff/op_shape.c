@@ -29,13 +29,6 @@ static ad_status target_shape(const ad_call *c) {
   return AD_OK;
 }
 
-/* Product of dims [from, to). */
-static int64_t span(const ad_tensor *x, int from, int to) {
-  int64_t n = 1;
-  for (int k = from; k < to; k++) n *= x->shape[k];
-  return n;
-}
-
 /* Normalises axis against c->in[0] (narrow, pad, concat) into *ax. */
 static ad_status axis_arg(const ad_call *c, int axis, int *ax) {
   const ad_tensor *x = c->in[0];
@@ -803,7 +796,7 @@ static void narrow_fwd(const ad_call *c) {
   const ad_narrow_attrs *at = &c->attrs->narrow;
   int ax = ad_norm_axis(at->axis, x->ndim);
   copy_axis(x, x->shape[ax], narrow_start(at, x->shape[ax]), c->out, at->len, 0, at->len,
-            span(x, 0, ax), span(x, ax + 1, x->ndim));
+            ad_dims_span(x, 0, ax), ad_dims_span(x, ax + 1, x->ndim));
 }
 
 static ad_status narrow_bwd(const ad_call *c) {
@@ -891,7 +884,7 @@ static void pad_fwd(const ad_call *c) {
   const ad_tensor *x = c->in[0];
   ad_tensor *out = c->out;
   int ax = ad_norm_axis(c->attrs->pad.axis, x->ndim);
-  int64_t inner = span(x, ax + 1, x->ndim);
+  int64_t inner = ad_dims_span(x, ax + 1, x->ndim);
   pad1_job j = {x->data,
                 out->data,
                 ad_dsize(out->dtype),
@@ -1321,7 +1314,7 @@ static ad_status concat_shape(const ad_call *c) {
 static void concat_fwd(const ad_call *c) {
   ad_tensor *out = c->out;
   int ax = ad_norm_axis(c->attrs->axis, out->ndim);
-  int64_t outer = span(out, 0, ax), inner = span(out, ax + 1, out->ndim), off = 0;
+  int64_t outer = ad_dims_span(out, 0, ax), inner = ad_dims_span(out, ax + 1, out->ndim), off = 0;
   for (int k = 0; k < c->n; k++) {
     const ad_tensor *x = c->in[k];
     copy_axis(x, x->shape[ax], 0, out, out->shape[ax], off, x->shape[ax], outer, inner);
@@ -1460,15 +1453,16 @@ static void put_rows(void *ud, int64_t b, int64_t e) {
 /* The job of index_select (x its input, y its output) or index_add (x its
  * output, y its source) along axis a of x. */
 static take_job take_job_of(const ad_tensor *x, const ad_tensor *y, const ad_tensor *idx, int a) {
-  return (take_job){(const char *)x->data,   (char *)y->data,    idx->data, x->shape[a], idx->size,
-                    span(x, a + 1, x->ndim), ad_dsize(x->dtype), x->dtype};
+  return (take_job){(const char *)x->data, (char *)y->data, idx->data,
+                    x->shape[a],           idx->size,       ad_dims_span(x, a + 1, x->ndim),
+                    ad_dsize(x->dtype),    x->dtype};
 }
 
 /* x (the output of index_add) = the sum of y's rows at idx along axis a:
  * split over the threads by outer slices of 32768 elements or more. */
 static void index_put(ad_tensor *x, const ad_tensor *y, const ad_tensor *idx, int a) {
   take_job j = take_job_of(x, y, idx, a);
-  int64_t outer = span(x, 0, a), per = (j.n > j.m ? j.n : j.m) * j.inner;
+  int64_t outer = ad_dims_span(x, 0, a), per = (j.n > j.m ? j.n : j.m) * j.inner;
   if (!outer || !per) {
     memset(x->data, 0, (size_t)x->size * j.es);
     return;
@@ -1509,7 +1503,8 @@ static void index_select_fwd(const ad_call *c) {
   const ad_tensor *x = c->in[0], *idx = c->in[1];
   int a = ad_norm_axis(c->attrs->axis, x->ndim);
   take_job j = take_job_of(x, c->out, idx, a);
-  int64_t rows = span(x, 0, a) * j.m, grain = j.inner ? (32768 + j.inner - 1) / j.inner : rows;
+  int64_t rows = ad_dims_span(x, 0, a) * j.m,
+          grain = j.inner ? (32768 + j.inner - 1) / j.inner : rows;
   if (rows <= grain)
     take_rows(&j, 0, rows);
   else
@@ -1616,7 +1611,7 @@ static ad_status index_add_shape(const ad_call *c) {
  * add zeros (embedding's padding row), which change no bit here: a sum
  * that starts at +0 is never -0 in round-to-nearest, so + 0 keeps it. */
 static void scatter_rows(ad_tensor *out, const ad_tensor *src, const ad_tensor *idx, int64_t skip) {
-  int64_t row = span(out, 1, out->ndim);
+  int64_t row = ad_dims_span(out, 1, out->ndim);
   const int32_t *p = idx->data;
   memset(out->data, 0, (size_t)out->size * ad_dsize(out->dtype));
   for (int64_t i = 0; i < idx->size; i++) {
@@ -1843,8 +1838,8 @@ void ad_parallel_blocks(int64_t outer, int64_t per, int64_t inner, double work, 
 static void index_move(ad_tensor *y, const ad_tensor *x, const ad_tensor *src, const ad_tensor *dst,
                        int a) {
   move_job j = {(const char *)x->data, (char *)y->data, src->data, dst->data,
-                x->shape[a],           y->shape[a],     src->size, span(y, a + 1, y->ndim),
-                span(y, 0, a)};
+                x->shape[a],           y->shape[a],     src->size, ad_dims_span(y, a + 1, y->ndim),
+                ad_dims_span(y, 0, a)};
   if (!y->size) return;
   double work = (double)j.outer * (double)j.inner * (double)(j.rows + j.m);
   ad_parallel_blocks(j.outer, j.rows, j.inner, work, move_block_for(y->dtype), &j);
@@ -2506,7 +2501,8 @@ static ad_status flip_shape(const ad_call *c) {
 static void flip_fwd(const ad_call *c) {
   const ad_tensor *x = c->in[0];
   int ax = ad_norm_axis(c->attrs->axis, x->ndim);
-  int64_t outer = span(x, 0, ax), n = x->shape[ax], inner = span(x, ax + 1, x->ndim);
+  int64_t outer = ad_dims_span(x, 0, ax), n = x->shape[ax],
+          inner = ad_dims_span(x, ax + 1, x->ndim);
   size_t es = ad_dsize(x->dtype), blk = (size_t)inner * es;
   const char *src = x->data;
   char *dst = c->out->data;

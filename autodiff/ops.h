@@ -195,6 +195,13 @@ typedef void (*ad_rows_fn)(const ad_call *c, int64_t oa, int64_t sa, int64_t ob,
  * allow, split over the library's threads when large): op_elementwise.c. */
 void ad_binary_run(const ad_call *c, ad_rows_fn f);
 
+/* The product of x's dims [from, to) (1 for none). */
+static inline int64_t ad_dims_span(const ad_tensor *x, int from, int to) {
+  int64_t n = 1;
+  for (int k = from; k < to; k++) n *= x->shape[k];
+  return n;
+}
+
 /* A kernel over a block of a result viewed as [outer, per, inner]: rows
  * [lo, hi) of block o, columns [c0, c1) (op_shape.c's index_select_add,
  * op_resample.c's resample_axis and adjoint). */
