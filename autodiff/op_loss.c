@@ -583,7 +583,8 @@ BINARY_KERNEL_V(bcel, bcel_v(x0, x1), BCEL_OUT32(x0), bcel_f32(x0, x1), bcel_f64
 static inline float bcel_sig_v(float x) VEXP_INLINE;
 static inline float bcel_sig_v(float x) {
   float e = exp_v(-fabsf(x));
-  return x >= 0 ? 1.0f / (1.0f + e) : e / (1.0f + e);
+  float num = x >= 0 ? 1.0f : e; /* one division in the vector loop (sigmoid_v's form) */
+  return num / (1.0f + e);
 }
 static inline float bcel_sig_f(float x) {
   return x >= 0 ? 1.0f / (1.0f + expf(-x)) : expf(x) / (1.0f + expf(x));
@@ -680,6 +681,311 @@ const ad_op_def ad_def_binary_cross_entropy_logits = {
     .math = "y = z > 0 ? (1 - t) z + softplus(-z) : softplus(z) - t z",
     .inputs = {"z", "t"},
     .grads = {"dy (sigmoid(z) - t)", "-dy z"},
+};
+
+/* ------------------------------------- binary_cross_entropy_logits_pw
+ *
+ *   w = 1 + (pw - 1) t,  s = softplus(-|z|)
+ *   y = z > 0 ? (1 - t) z + w s : w s - pw (t z)
+ *   dz = dy (w sigmoid(z) - pw t)
+ *   dt = dy (pw softplus(-z) - softplus(z)),  dpw = dy t softplus(-z)
+ *
+ * PyTorch's F.binary_cross_entropy_with_logits with pos_weight pw (one per
+ * class, say, broadcast), reduction 'none': -pw t log sigmoid(z) - (1 - t)
+ * log sigmoid(-z), in binary_cross_entropy_logits' forms (each side adds
+ * terms of one sign for t in [0, 1] and pw >= 0, and reads z only where it
+ * is taken: z = +inf gives (1 - t) inf, z = -inf pw t inf). softplus(-|z|)
+ * is softplus(-z) where z > 0 and softplus(z) elsewhere, so one softplus
+ * an element. Every step is rounded as the ops written out round it
+ * (softplus and sigmoid as their ops, then the products and sums in the
+ * order above), so the forward gives the bits of the composition of 17
+ * ops that nn_bce_with_logits_loss_ext recorded before this op, and the
+ * plain backward (one pass) the bits of the recorded one. PyTorch gives
+ * pos_weight no gradient; this op gives it dpw, so that it is whole under
+ * ad_op_apply. With pw = 1 the values are binary_cross_entropy_logits'
+ * but dt: pw softplus(-z) - softplus(z) rounds apart from -z. */
+
+/* The softplus and sigmoid ops' float32 values, element by element:
+ * their vectorized forms from EXP_V_MIN up, libm's below and for NaN. */
+static inline float bcelpw_sp32(float x) {
+  return !(x >= EXP_V_MIN) ? bcel_softplus_f(x) : softplus_v(x);
+}
+static inline float bcelpw_sig32(float x) { return x < EXP_V_MIN ? bcel_sig_f(x) : bcel_sig_v(x); }
+
+#define BCELPW_W(T, t, pw) (((pw) - (T)1) * (t) + (T)1)
+#define BCELPW_Y(T, z, t, pw, s)                                                                   \
+  ((z) > 0 ? ((T)1 - (t)) * (z) + BCELPW_W(T, t, pw) * (s)                                         \
+           : BCELPW_W(T, t, pw) * (s) - (pw) * ((t) * (z)))
+
+/* y over a run of len elements: z and t from Z and Tt (unit stride), pw
+ * from W at stride sw (0 or 1). float32 in chunks of 256, softplus_v
+ * first, the op's rule after where -|z| is below EXP_V_MIN or NaN. */
+#define BCELPW_FWD32(WI)                                                                           \
+  for (int64_t c0 = 0; c0 < len; c0 += 256) {                                                      \
+    int64_t c1 = len - c0 < 256 ? len : c0 + 256;                                                  \
+    int out = 0;                                                                                   \
+    for (int64_t i = c0; i < c1; i++) {                                                            \
+      float z = Z[i], t = Tt[i], pw = W[WI];                                                       \
+      Y[i] = BCELPW_Y(float, z, t, pw, softplus_v(-fabsf(z)));                                     \
+      out |= BCEL_OUT32(z);                                                                        \
+    }                                                                                              \
+    if (out)                                                                                       \
+      for (int64_t i = c0; i < c1; i++)                                                            \
+        if (BCEL_OUT32(Z[i])) {                                                                    \
+          float z = Z[i], t = Tt[i], pw = W[WI];                                                   \
+          Y[i] = BCELPW_Y(float, z, t, pw, bcelpw_sp32(-fabsf(z)));                                \
+        }                                                                                          \
+  }
+CELL_CLONES static void bcelpw_row32(const float *Z, const float *Tt, const float *W, int64_t sw,
+                                     float *Y, int64_t len) {
+  if (sw)
+    BCELPW_FWD32(i)
+  else
+    BCELPW_FWD32(0)
+}
+#define BCELPW_FWD64(WI)                                                                           \
+  for (int64_t i = 0; i < len; i++) {                                                              \
+    double z = Z[i], t = Tt[i], pw = W[WI];                                                        \
+    Y[i] = BCELPW_Y(double, z, t, pw, softplus_d(-fabs(z)));                                       \
+  }
+CELL_CLONES static void bcelpw_row64(const double *Z, const double *Tt, const double *W, int64_t sw,
+                                     double *Y, int64_t len) {
+  if (sw)
+    BCELPW_FWD64(i)
+  else
+    BCELPW_FWD64(0)
+}
+#undef BCELPW_FWD64
+#undef BCELPW_FWD32
+
+/* Elements [b, e) of the op's call (the forward, or with dz the plain
+ * backward, whose z and t are of the output's shape): a run of a row at a
+ * time (ad_bc_span), strides as the iterator gives them. */
+typedef struct bcelpw_job {
+  const ad_call *c;
+  ad_bc_rows it;
+  bool flat;          /* every input of the output's shape */
+  void *dz, *dt, *dw; /* the plain backward's outputs (NULL: not needed) */
+} bcelpw_job;
+
+/* The general strides (a broadcast z or t): element by element. */
+static void bcelpw_strided(const ad_call *c, const int64_t *off, const int64_t *st, int64_t oy,
+                           int64_t n) {
+  for (int64_t i = 0; i < n; i++) {
+    int64_t a = off[0] + i * st[0], b = off[1] + i * st[1], w = off[2] + i * st[2];
+    if (c->out->dtype == AD_F32) {
+      float z = ((const float *)c->in[0]->data)[a], t = ((const float *)c->in[1]->data)[b];
+      float pw = ((const float *)c->in[2]->data)[w];
+      ((float *)c->out->data)[oy + i] = BCELPW_Y(float, z, t, pw, bcelpw_sp32(-fabsf(z)));
+    } else {
+      double z = ((const double *)c->in[0]->data)[a], t = ((const double *)c->in[1]->data)[b];
+      double pw = ((const double *)c->in[2]->data)[w];
+      ((double *)c->out->data)[oy + i] = BCELPW_Y(double, z, t, pw, softplus_d(-fabs(z)));
+    }
+  }
+}
+
+static void bcelpw_fwd_range(void *ud, int64_t b, int64_t e) {
+  const bcelpw_job *j = ud;
+  const ad_call *c = j->c;
+  int last = c->out->ndim - 1;
+  int64_t st[3], off[3], n;
+  for (int k = 0; k < 3; k++) st[k] = j->flat ? 1 : last >= 0 ? j->it.st[k][last] : 0;
+  for (int64_t i = b; i < e; i += n) {
+    if (j->flat)
+      off[0] = off[1] = off[2] = i, n = e - i;
+    else
+      ad_bc_span(&j->it, c->out, i, e, off, &n);
+    if (n > 1 && (st[0] != 1 || st[1] != 1 || (st[2] != 0 && st[2] != 1)))
+      bcelpw_strided(c, off, st, i, n);
+    else if (c->out->dtype == AD_F32)
+      bcelpw_row32((const float *)c->in[0]->data + off[0], (const float *)c->in[1]->data + off[1],
+                   (const float *)c->in[2]->data + off[2], n > 1 ? st[2] : 0,
+                   (float *)c->out->data + i, n);
+    else
+      bcelpw_row64((const double *)c->in[0]->data + off[0], (const double *)c->in[1]->data + off[1],
+                   (const double *)c->in[2]->data + off[2], n > 1 ? st[2] : 0,
+                   (double *)c->out->data + i, n);
+  }
+}
+
+/* Sets up j over the call's three inputs and runs fn over the output's
+ * elements, split over the library's threads when there are many. */
+static void bcelpw_run(bcelpw_job *j, void (*fn)(void *, int64_t, int64_t)) {
+  const ad_call *c = j->c;
+  j->flat = ad_same_shape(c->in[0], c->out) && ad_same_shape(c->in[1], c->out) &&
+            ad_same_shape(c->in[2], c->out);
+  if (!j->flat) {
+    ad_bc_init(&j->it, 3, c->in, c->out);
+    ad_bc_merge(&j->it, c->out);
+  }
+  int64_t n = c->out->size;
+  if (n <= 16384)
+    fn(j, 0, n);
+  else
+    ad_parallel_for(n, 16384, fn, j);
+}
+
+static void bcelpw_fwd(const ad_call *c) {
+  bcelpw_job j = {.c = c};
+  bcelpw_run(&j, bcelpw_fwd_range);
+}
+
+/* The plain backward over a run: z, t, dy and the outputs at unit stride
+ * (of the output's shape), pw at stride sw (0 or 1); each output only
+ * where asked for. float32 in chunks of 256 as the forward, sigmoid and
+ * softplus by the ops' rules after where z is out of exp_v's range. */
+#define BCELPW_LOOP(T, WI, LO, HI, BODY)                                                           \
+  for (int64_t i = (LO); i < (HI); i++) {                                                          \
+    T z = Z[i], t = Tt[i], pw = W[WI], g = G[i];                                                   \
+    BODY                                                                                           \
+  }
+/* one loop for each set of outputs, without branches (so that it vectorizes) */
+#define BCELPW_BWD(T, SIG, SPN, SPP, WI, LO, HI)                                                   \
+  do {                                                                                             \
+    if (DZ) BCELPW_LOOP(T, WI, LO, HI, DZ[i] = g * (BCELPW_W(T, t, pw) * SIG(z) - pw * t);)        \
+    if (DT && DW)                                                                                  \
+      BCELPW_LOOP(T, WI, LO, HI, T sn = SPN(-z); DT[i] = g * (pw * sn - SPP(z));                   \
+                  DW[i] = g * (t * sn);)                                                           \
+    else if (DT)                                                                                   \
+      BCELPW_LOOP(T, WI, LO, HI, (void)t; DT[i] = g * (pw * SPN(-z) - SPP(z));)                    \
+    else if (DW)                                                                                   \
+      BCELPW_LOOP(T, WI, LO, HI, (void)pw; DW[i] = g * (t * SPN(-z));)                             \
+  } while (0);
+#define BCELPW_BWD32(WI)                                                                           \
+  for (int64_t c0 = 0; c0 < len; c0 += 256) {                                                      \
+    int64_t c1 = len - c0 < 256 ? len : c0 + 256;                                                  \
+    int out = 0;                                                                                   \
+    for (int64_t i = c0; i < c1; i++) out |= BCEL_OUT32(Z[i]);                                     \
+    BCELPW_BWD(float, bcel_sig_v, softplus_v, softplus_v, WI, c0, c1)                              \
+    if (out)                                                                                       \
+      for (int64_t k = c0; k < c1; k++)                                                            \
+        if (BCEL_OUT32(Z[k]))                                                                      \
+          BCELPW_BWD(float, bcelpw_sig32, bcelpw_sp32, bcelpw_sp32, WI, k, k + 1)                  \
+  }
+CELL_CLONES static void bcelpw_bwd_row32(const float *Z, const float *Tt, const float *W,
+                                         int64_t sw, const float *G, float *DZ, float *DT,
+                                         float *DW, int64_t len) {
+  if (sw)
+    BCELPW_BWD32(i)
+  else
+    BCELPW_BWD32(0)
+}
+CELL_CLONES static void bcelpw_bwd_row64(const double *Z, const double *Tt, const double *W,
+                                         int64_t sw, const double *G, double *DZ, double *DT,
+                                         double *DW, int64_t len) {
+  if (sw)
+    BCELPW_BWD(double, sigmoid_d, softplus_d, softplus_d, i, 0, len)
+  else
+    BCELPW_BWD(double, sigmoid_d, softplus_d, softplus_d, 0, 0, len)
+}
+#undef BCELPW_BWD32
+#undef BCELPW_BWD
+#undef BCELPW_LOOP
+
+/* (pw at a stride other than 0 or 1 takes one element a call) */
+static void bcelpw_bwd_range(void *ud, int64_t b, int64_t e) {
+  const bcelpw_job *j = ud;
+  const ad_call *c = j->c;
+  int last = c->out->ndim - 1;
+  int64_t sw = j->flat ? 1 : last >= 0 ? j->it.st[2][last] : 0, off[3], n;
+  for (int64_t i = b; i < e; i += n) {
+    if (j->flat)
+      off[2] = i, n = e - i;
+    else
+      ad_bc_span(&j->it, c->out, i, e, off, &n);
+    if (n > 1 && sw != 0 && sw != 1) n = 1;
+    int64_t s = n > 1 ? sw : 0;
+#define ROW(T, fn)                                                                                 \
+  fn((const T *)c->in[0]->data + i, (const T *)c->in[1]->data + i,                                 \
+     (const T *)c->in[2]->data + off[2], s, (const T *)c->gout->data + i,                          \
+     j->dz ? (T *)j->dz + i : NULL, j->dt ? (T *)j->dt + i : NULL, j->dw ? (T *)j->dw + i : NULL,  \
+     n)
+    if (c->out->dtype == AD_F32)
+      ROW(float, bcelpw_bwd_row32);
+    else
+      ROW(double, bcelpw_bwd_row64);
+#undef ROW
+  }
+}
+
+/* dz, dt and dpw (of the output's shape: the engine sums a broadcast pw's
+ * down) in one pass. */
+static ad_status bcelpw_bwd_plain(const ad_call *c) {
+  ad_ctx *ctx = c->ctx;
+  ad_tensor *g[3] = {NULL, NULL, NULL};
+  for (int k = 0; k < 3; k++)
+    if (c->needs[k] && !(g[k] = ad_tmp_like(ctx, k == 2 ? c->out : c->in[k])))
+      return ad_last_status(ctx);
+  bcelpw_job j = {.c = c,
+                  .dz = g[0] ? g[0]->data : NULL,
+                  .dt = g[1] ? g[1]->data : NULL,
+                  .dw = g[2] ? g[2]->data : NULL};
+  bcelpw_run(&j, bcelpw_bwd_range);
+  ad_status st = AD_OK;
+  for (int k = 0; k < 3 && st == AD_OK; k++)
+    if (g[k]) st = ad_call_set_grad(c, k, g[k]);
+  return st;
+}
+
+/* The gradients of ops (differentiable again); without create_graph, and
+ * z and t of the output's shape, bcelpw_bwd_plain: the same bits. */
+static ad_status bcelpw_bwd(const ad_call *c) {
+  ad_ctx *ctx = c->ctx;
+  ad_tensor *z = c->in[0], *t = c->in[1], *pw = c->in[2];
+  if (!ctx->grad_enabled && ad_same_shape(z, c->out) && ad_same_shape(t, c->out))
+    return bcelpw_bwd_plain(c);
+  ad_status st = AD_OK;
+  if (c->needs[0]) {
+    ad_tensor *w = ad_add_scalar(ctx, ad_mul(ctx, ad_sub_scalar(ctx, pw, 1.0), t), 1.0);
+    ad_tensor *d = ad_sub(ctx, ad_mul(ctx, w, ad_sigmoid(ctx, z)), ad_mul(ctx, pw, t));
+    st = ad_call_set_grad(c, 0, ad_mul(ctx, c->gout, d));
+  }
+  if (st != AD_OK || !(c->needs[1] || c->needs[2])) return st;
+  ad_tensor *sn = ad_softplus(ctx, ad_neg(ctx, z));
+  if (c->needs[1]) {
+    ad_tensor *d = ad_sub(ctx, ad_mul(ctx, pw, sn), ad_softplus(ctx, z));
+    st = ad_call_set_grad(c, 1, ad_mul(ctx, c->gout, d));
+  }
+  if (st == AD_OK && c->needs[2])
+    st = ad_call_set_grad(c, 2, ad_mul(ctx, c->gout, ad_mul(ctx, t, sn)));
+  return st;
+}
+
+ad_tensor *ad_binary_cross_entropy_logits_pw(ad_ctx *ctx, ad_tensor *z, ad_tensor *t,
+                                             ad_tensor *pw) {
+  ad_tensor *in[3] = {z, t, pw};
+  return ad_op_apply(ctx, AD_OP_BCE_LOGITS_PW, 3, in, NULL);
+}
+
+/* z in [-4, 4], t in [0, 1], pw in [0.5, 2]: all of one shape, pw a row
+ * (a weight per class), every input broadcast */
+static int bcelpw_sample(const ad_sample_call *s) {
+  static const struct {
+    int nz, nt, nw;
+    int64_t z[3], t[3], w[3];
+  } cases[] = {{2, 2, 2, {3, 4}, {3, 4}, {3, 4}},
+               {2, 2, 1, {3, 4}, {3, 4}, {4}},
+               {3, 2, 1, {2, 1, 3}, {4, 1}, {3}}};
+  int v = s->variant;
+  if (v >= (int)(sizeof cases / sizeof cases[0])) return 0;
+  s->in[0] = ad_sample_tensor(s, cases[v].nz, cases[v].z, -4, 4, true);
+  s->in[1] = ad_sample_tensor(s, cases[v].nt, cases[v].t, 0, 1, true);
+  s->in[2] = ad_sample_tensor(s, cases[v].nw, cases[v].w, 0.5, 2, true);
+  return s->in[0] && s->in[1] && s->in[2] ? 3 : -1;
+}
+
+const ad_op_def ad_def_binary_cross_entropy_logits_pw = {
+    .name = "binary_cross_entropy_logits_pw",
+    .arity = 3,
+    .flags = AD_OP_ELEMENTWISE,
+    .forward = bcelpw_fwd,
+    .backward = bcelpw_bwd,
+    .sample = bcelpw_sample,
+    .math = "y = z > 0 ? (1 - t) z + w softplus(-z) : w softplus(z) - pw t z, w = 1 + (pw - 1) t",
+    .inputs = {"z", "t", "pw"},
+    .grads = {"dy (w sigmoid(z) - pw t)", "dy (pw softplus(-z) - softplus(z))",
+              "dy t softplus(-z)"},
 };
 
 /* ---------------------------------------------------- smooth_l1, huber

@@ -36,6 +36,7 @@ static ad_dtype dtype = AD_F32; /* of every float input and parameter (--dtype) 
 /* The inputs (float leaves of the scan's dtype needing a gradient unless said):
  *   a, b, c [256,1024] N(0,1); p [256,1024] in [0.5, 2); prob in [0.01,
  *   0.99) and t01, tpm [256,1024] (targets in [0,1) and of +-1, no grad);
+ *   pw [1024] in [0.5, 2) (a pos_weight, no grad);
  *   img [32,64,32,32] N(0,1); simg [8,64,32,32]; seq [32,64,256] (N, C, L);
  *   vol [8,16,16,16,16]; x1, x2 [256,64];
  *   logits [256,1000] and labels (i32); eidx [32,64] (i32) of 1000 rows;
@@ -44,7 +45,7 @@ static ad_dtype dtype = AD_F32; /* of every float input and parameter (--dtype) 
  *   att [16,64,256] (N, T, E) for attention;
  *   ctc_lp [50,16,20] log-probabilities, targets [16,10] (i32). */
 static ad_tensor *a, *b, *c, *p, *prob, *t01, *tpm, *tpm_rows, *img, *simg, *seq, *vol, *x1, *x2,
-    *logits, *labels, *eidx, *bag, *rx, *att, *ctc_lp, *ctc_tg, *cnt;
+    *logits, *labels, *eidx, *bag, *rx, *att, *ctc_lp, *ctc_tg, *cnt, *pw;
 static int64_t offsets[128], ctc_in_len[16], ctc_tg_len[16];
 
 /* Every tensor whose gradient a run fills: the leaves above and every
@@ -110,6 +111,7 @@ static void make_inputs(void) {
   a = input(2, s2, 0, 0, true), b = input(2, s2, 0, 0, true), c = input(2, s2, 0, 0, true);
   p = input(2, s2, 0.5, 2, true), prob = input(2, s2, 0.01, 0.99, true);
   t01 = input(2, s2, 0, 1, false), tpm = signs(2, s2, false), tpm_rows = signs(1, s_n, false);
+  pw = input(1, s2 + 1, 0.5, 2, false); /* pos_weight [1024] */
   cnt = ad_zeros(ctx, dtype, 2, s2); /* Poisson counts 0..4 */
   if (!cnt) die("inputs");
   for (int64_t k = 0; k < cnt->size; k++) set(cnt, k, (double)(k * 7919 % 5));
@@ -374,6 +376,9 @@ static ad_tensor *c_ctc(void) {
 }
 static ad_tensor *c_bce(void) { return nn_bce_loss(ctx, prob, t01, NN_MEAN); }
 static ad_tensor *c_bce_logits(void) { return nn_bce_with_logits_loss(ctx, a, t01, NN_MEAN); }
+static ad_tensor *c_bce_logits_pw(void) {
+  return nn_bce_with_logits_loss_ext(ctx, a, t01, NN_MEAN, &(nn_bce_opts){.pos_weight = pw});
+}
 static ad_tensor *c_ce(void) { return nn_cross_entropy_loss(ctx, logits, labels, NN_MEAN); }
 static ad_tensor *c_nll(void) { return nn_nll_loss(ctx, logits, labels, NN_MEAN); }
 
@@ -467,6 +472,7 @@ static const struct {
     {"ctc_loss", c_ctc},
     {"bce_loss", c_bce},
     {"bce_with_logits_loss", c_bce_logits},
+    {"bce_with_logits_pos_weight", c_bce_logits_pw},
     {"cross_entropy_loss", c_ce},
     {"nll_loss", c_nll},
 };

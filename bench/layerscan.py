@@ -54,6 +54,7 @@ def torch_cases(f64=False):
     a, b, c = leaf(256, 1024), leaf(256, 1024), leaf(256, 1024)
     p, prob = leaf(256, 1024, lo=0.5, hi=2), leaf(256, 1024, lo=0.01, hi=0.99)
     t01, tpm, tpm_rows = torch.rand(256, 1024), signs(256, 1024), signs(256)
+    pw = torch.rand(1024) * 1.5 + 0.5
     cnt = (torch.arange(256 * 1024).view(256, 1024) * 7919 % 5).to(torch.get_default_dtype())
     img, simg = leaf(32, 64, 32, 32), leaf(8, 64, 32, 32)
     seq, vol = leaf(32, 64, 256), leaf(8, 16, 16, 16, 16)
@@ -146,6 +147,8 @@ def torch_cases(f64=False):
         ("ctc_loss", lambda: F.ctc_loss(ctc_lp, ctc_tg, ctc_in, ctc_tl, 0)),
         ("bce_loss", lambda: F.binary_cross_entropy(prob, t01)),
         ("bce_with_logits_loss", lambda: F.binary_cross_entropy_with_logits(a, t01)),
+        ("bce_with_logits_pos_weight",
+         lambda: F.binary_cross_entropy_with_logits(a, t01, pos_weight=pw)),
         ("cross_entropy_loss", lambda: F.cross_entropy(logits, labels)),
         ("nll_loss", lambda: F.nll_loss(logits, labels)),
     ]

@@ -102,32 +102,13 @@ ad_tensor *nn_bce_loss(ad_ctx *ctx, ad_tensor *pred, ad_tensor *target, nn_reduc
   return reduce(ctx, bce_elements(ctx, pred, target), red, "bce_loss");
 }
 
-/* The elements of BCE with logits z, target t and pos_weight pw (NULL: 1),
- * -pw t log sigmoid(z) - (1 - t) log sigmoid(-z), in the form of each side
- * that adds terms of one sign (for t in [0, 1]), with lw = 1 + (pw - 1) t:
- *   z > 0:   (1 - t) z + lw softplus(-z)   (PyTorch's form)
- *   z <= 0:  lw softplus(z) - pw t z       (softplus(z) - t z without pw)
- * Each side reads z only where it is taken (0 elsewhere), so that an
- * infinite z on the other side sends no 0 * inf = NaN to the gradients:
- * z = +inf gives (1 - t) inf, as PyTorch, and -inf t inf (PyTorch's form
- * adds -inf and inf there: NaN); t's gradient is -z on both sides (with
- * pw: pw softplus(-z) - softplus(z)), also at +-inf, as PyTorch's.
- * Without pw, ad_binary_cross_entropy_logits: these forms in one op,
- * the gradients one pass. */
+/* The elements of BCE with logits z, target t and pos_weight pw (NULL:
+ * none): -pw t log sigmoid(z) - (1 - t) log sigmoid(-z), one op either
+ * way (ad_binary_cross_entropy_logits, or its _pw form, whose forms and
+ * infinite logits ad.h describes). */
 static ad_tensor *bce_logits_elements(ad_ctx *ctx, ad_tensor *z, ad_tensor *t, ad_tensor *pw) {
-  if (!pw) return ad_binary_cross_entropy_logits(ctx, z, t); /* the same, one op */
-  ad_tensor *zero = ad_scalar(ctx, z->dtype, 0.0), *pos = ad_gt(ctx, z, zero);
-  ad_tensor *zp = ad_where(ctx, pos, z, zero), *zn = ad_where(ctx, pos, zero, z);
-  ad_tensor *lw = NULL, *ptz = ad_mul(ctx, t, zn);
-  if (pw) {
-    lw = ad_add_scalar(ctx, ad_mul(ctx, ad_sub_scalar(ctx, pw, 1.0), t), 1.0);
-    ptz = ad_mul(ctx, pw, ptz);
-  }
-  ad_tensor *sp = ad_softplus(ctx, ad_neg(ctx, zp)), *sn = ad_softplus(ctx, zn);
-  ad_tensor *a =
-      ad_add(ctx, ad_mul(ctx, ad_rsub_scalar(ctx, t, 1.0), zp), lw ? ad_mul(ctx, lw, sp) : sp);
-  ad_tensor *b = ad_sub(ctx, lw ? ad_mul(ctx, lw, sn) : sn, ptz);
-  return ad_where(ctx, pos, a, b);
+  return pw ? ad_binary_cross_entropy_logits_pw(ctx, z, t, pw)
+            : ad_binary_cross_entropy_logits(ctx, z, t);
 }
 
 ad_tensor *nn_bce_with_logits_loss(ad_ctx *ctx, ad_tensor *logits, ad_tensor *target,

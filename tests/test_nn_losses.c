@@ -242,6 +242,101 @@ Test(losses, bce_with_logits_infinite_logits) {
     }
 }
 
+/* BCE with logits and pos_weight as nn_bce_with_logits_loss_ext composed it
+ * of 17 ops before the op binary_cross_entropy_logits_pw: the reference
+ * whose bits the op's forward keeps. */
+static ad_tensor *bcel_pw_composed(ad_ctx *c, ad_tensor *z, ad_tensor *t, ad_tensor *pw) {
+  ad_tensor *zero = ad_scalar(c, z->dtype, 0.0), *pos = ad_gt(c, z, zero);
+  ad_tensor *zp = ad_where(c, pos, z, zero), *zn = ad_where(c, pos, zero, z);
+  ad_tensor *lw = ad_add_scalar(c, ad_mul(c, ad_sub_scalar(c, pw, 1.0), t), 1.0);
+  ad_tensor *ptz = ad_mul(c, pw, ad_mul(c, t, zn));
+  ad_tensor *sp = ad_softplus(c, ad_neg(c, zp)), *sn = ad_softplus(c, zn);
+  ad_tensor *a = ad_add(c, ad_mul(c, ad_rsub_scalar(c, t, 1.0), zp), ad_mul(c, lw, sp));
+  ad_tensor *b = ad_sub(c, ad_mul(c, lw, sn), ptz);
+  return ad_where(c, pos, a, b);
+}
+
+/* test_uniform's values moved to [lo, hi). */
+static ad_tensor *uniform_in(uint64_t seed, ad_dtype dt, int nd, const int64_t *shape, double lo,
+                             double hi) {
+  ad_tensor *t = test_uniform(ctx, seed, dt, nd, shape);
+  for (int64_t i = 0; t && i < t->size; i++)
+    ad_tensor_set(t, i, lo + (ad_tensor_get(t, i) + 1) / 2 * (hi - lo));
+  return t;
+}
+
+/* Two tensors hold the same bits (any NaN matches any NaN). */
+static void expect_bits(const ad_tensor *a, const ad_tensor *b, const char *what, int k) {
+  cr_assert_not_null(a, "%s %d: %s", what, k, ad_last_error(ctx));
+  cr_assert_not_null(b, "%s %d: %s", what, k, ad_last_error(ctx));
+  cr_assert_eq(a->size, b->size, "%s %d", what, k);
+  for (int64_t i = 0; i < a->size; i++) {
+    double x = ad_tensor_get(a, i), y = ad_tensor_get(b, i);
+    cr_assert((isnan(x) && isnan(y)) || memcmp(&x, &y, sizeof x) == 0,
+              "%s %d, element %lld: %.17g against %.17g", what, k, (long long)i, x, y);
+  }
+}
+
+/* The op gives the composition's values, bit for bit, in float32 and
+ * float64, on 1 and 2 threads, for pw of every broadcast (per class, per
+ * row, one, all of the output's shape, and every input broadcast), z
+ * across exp_v's range, infinities, zeros and NaN; its plain backward (one
+ * pass) gives the recorded one's bits for all three inputs. */
+Test(losses, bce_pos_weight_op_is_the_composition) {
+  static const double special[] = {INFINITY, -INFINITY, NAN,    0.0,  -0.0,  100, -100, 87.5,
+                                   -87.5,    87.25,     -87.25, 88.8, -88.8, 20,  -20,  1e-30};
+  static const struct {
+    int nz, nt, nw;
+    int64_t z[3], t[3], w[3];
+  } cases[] = {{2, 2, 1, {300, 200}, {300, 200}, {200}},    /* per class */
+               {2, 2, 2, {300, 200}, {300, 200}, {300, 1}}, /* per row */
+               {2, 2, 1, {300, 200}, {300, 200}, {1}},      /* one */
+               {2, 2, 2, {90, 70}, {90, 70}, {90, 70}},     /* the output's shape */
+               {3, 2, 1, {4, 1, 7}, {5, 1}, {7}}};          /* every input broadcast */
+  for (int d = 0; d < 2; d++)
+    for (int k = 0; k < (int)(sizeof cases / sizeof cases[0]); k++) {
+      ad_dtype dt = d ? AD_F64 : AD_F32;
+      ad_tensor *z = uniform_in(11 + (uint64_t)k, dt, cases[k].nz, cases[k].z, -10, 10);
+      ad_tensor *t = uniform_in(21 + (uint64_t)k, dt, cases[k].nt, cases[k].t, 0, 1);
+      ad_tensor *pw = uniform_in(31 + (uint64_t)k, dt, cases[k].nw, cases[k].w, 0.25, 3);
+      cr_assert(z && t && pw);
+      for (int64_t i = 0; i < z->size; i += 7) /* specials spread over the rows */
+        ad_tensor_set(z, i, special[(i / 7) % (int64_t)(sizeof special / sizeof special[0])]);
+      for (int64_t i = 3; i < t->size; i += 5) ad_tensor_set(t, i, (double)(i % 2));
+      if (pw->size > 4) ad_tensor_set(pw, 2, 0.0), ad_tensor_set(pw, 3, 1.0);
+      ad_tensor *all[3] = {z, t, pw}, *ref = bcel_pw_composed(ctx, z, t, pw);
+      ad_tensor *seed = ref ? test_uniform(ctx, 41 + (uint64_t)k, dt, ref->ndim, ref->shape) : NULL;
+      cr_assert_not_null(seed, "%s", ad_last_error(ctx));
+      /* which inputs need a gradient: all, each alone, t and pw */
+      static const int masks[5] = {7, 1, 2, 4, 6};
+      for (int mi = 0; mi < 5; mi++) {
+        ad_tensor *in[3], *plain[2][3], *rec[3];
+        int n = 0;
+        for (int q = 0; q < 3; q++) {
+          ad_tensor_set_requires_grad(all[q], (masks[mi] >> q) & 1);
+          if ((masks[mi] >> q) & 1) in[n++] = all[q];
+        }
+        for (int th = 0; th < 2; th++) {
+          cr_assert_eq(ad_set_num_threads(th + 1), AD_OK);
+          ad_tensor *y = ad_binary_cross_entropy_logits_pw(ctx, z, t, pw);
+          expect_bits(y, ref, "forward", k);
+          cr_assert_eq(ad_grad(ctx, y, seed, n, in, plain[th], false), AD_OK, "%s",
+                       ad_last_error(ctx));
+        }
+        ad_set_num_threads(1);
+        ad_tensor *y = ad_binary_cross_entropy_logits_pw(ctx, z, t, pw);
+        cr_assert_eq(ad_grad(ctx, y, seed, n, in, rec, true), AD_OK, "%s", ad_last_error(ctx));
+        for (int q = 0; q < n; q++) {
+          const char *what = in[q] == z ? "dz" : in[q] == t ? "dt" : "dpw";
+          expect_bits(plain[0][q], rec[q], what, k * 10 + mi);
+          expect_bits(plain[1][q], rec[q], what, 100 + k * 10 + mi);
+        }
+      }
+      ad_tape_reset(ctx);
+      ad_tensor_free(z), ad_tensor_free(t), ad_tensor_free(pw), ad_tensor_free(seed);
+    }
+}
+
 Test(losses, target_of_same_size_is_reshaped) {
   int64_t s2[2] = {4, 1}, s1[1] = {4};
   ad_tensor *p = ad_full(ctx, AD_F64, 2, s2, 0.5), *t = ad_zeros(ctx, AD_F64, 1, s1);

@@ -846,6 +846,8 @@ static ad_tensor *run_builder(ad_ctx *cx, const fx_case *c, ad_tensor **in, bool
   for (size_t k = 0; k < sizeof binary_builders / sizeof binary_builders[0]; k++)
     if (!strcmp(op, binary_builders[k].name)) return binary_builders[k].fn(cx, x, y);
   if (!strcmp(op, "where")) return ad_where(cx, x, y, in[2]);
+  if (!strcmp(op, "binary_cross_entropy_logits_pw"))
+    return ad_binary_cross_entropy_logits_pw(cx, x, y, in[2]);
   if (!strcmp(op, "lstm_cell")) return ad_lstm_cell(cx, x, y);
   if (!strcmp(op, "gru_cell")) return ad_gru_cell(cx, x, y, in[2]);
   if (!strcmp(op, "ctc_alpha")) return ad_ctc_alpha(cx, x, y, in[2]);

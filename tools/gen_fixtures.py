@@ -253,6 +253,18 @@ BINARY["binary_cross_entropy_logits"] = (
     lambda a, b: F.binary_cross_entropy_with_logits(*torch.broadcast_tensors(a, b),
                                                     reduction="none"), (-4, 4), (0, 1))
 
+# binary_cross_entropy_logits_pw (nn_bce_with_logits_loss_ext's op with a
+# pos_weight): F's function with reduction 'none' on z and t broadcast
+# first, pos_weight broadcast against them; pw a constant (PyTorch gives it
+# no gradient; ad-gradcheck checks ours)
+for tag, sz, st, sw in (("same", (3, 4), (3, 4), (3, 4)), ("per_class", (3, 4), (3, 4), (4,)),
+                        ("bcast_all", (2, 1, 3), (4, 1), (3,))):
+    add(f"binary_cross_entropy_logits_pw_{tag}", "binary_cross_entropy_logits_pw",
+        lambda rng, sz=sz, st=st, sw=sw: [("in", U(rng, sz, -4, 4)), ("in", U(rng, st, 0, 1)),
+                                          ("const", U(rng, sw, 0.5, 2))],
+        lambda t: F.binary_cross_entropy_with_logits(*torch.broadcast_tensors(t[0], t[1]),
+                                                     pos_weight=t[2], reduction="none"))
+
 # binary_cross_entropy where a log is clamped at -100: a confident wrong p
 # (0 for t = 1, 1 for t = 0) gets torch's (p - t) / max(p (1 - p), 1e-12),
 # not the clamped log's 0; t gets log(1 - p) - log p, infinite there.

@@ -1154,6 +1154,20 @@ AD_API ad_tensor *ad_binary_cross_entropy(ad_ctx *ctx, ad_tensor *p, ad_tensor *
  * differentiable again. Errors: AD_ERR_DTYPE (not one float dtype),
  * AD_ERR_SHAPE (shapes that do not broadcast). */
 AD_API ad_tensor *ad_binary_cross_entropy_logits(ad_ctx *ctx, ad_tensor *z, ad_tensor *t);
+/** ad_binary_cross_entropy_logits with a pos_weight pw: PyTorch's
+ * F.binary_cross_entropy_with_logits(z, t, pos_weight=pw, reduction='none')
+ * per element, -pw t log sigmoid(z) - (1 - t) log sigmoid(-z), the three
+ * broadcast together (pw is usually one weight per class, [C] against
+ * [N, C]). With w = 1 + (pw - 1) t it is (1 - t) z + w softplus(-z) for z >
+ * 0 and w softplus(z) - pw t z otherwise, so infinite logits behave as in
+ * ad_binary_cross_entropy_logits. Gradients: dz = dy (w sigmoid(z) - pw t)
+ * (PyTorch's), dt = dy (pw softplus(-z) - softplus(z)) (PyTorch's), and
+ * dpw = dy t softplus(-z) (PyTorch gives pw none); made of ops, so
+ * differentiable again. One op: nn_bce_with_logits_loss_ext's pos_weight.
+ * Errors: AD_ERR_NULL, AD_ERR_DTYPE (not one float dtype), AD_ERR_SHAPE
+ * (shapes that do not broadcast). */
+AD_API ad_tensor *ad_binary_cross_entropy_logits_pw(ad_ctx *ctx, ad_tensor *z, ad_tensor *t,
+                                                    ad_tensor *pw);
 /** Smooth L1 loss per element of p and t with broadcasting, as PyTorch's
  * F.smooth_l1_loss with reduction='none': with d = p - t, |d| - beta/2
  * where |d| >= beta, else d^2 / (2 beta) (d^2 for beta 0, reached by a
