@@ -39,13 +39,15 @@ static ad_dtype dtype = AD_F32; /* of every float input and parameter (--dtype) 
  *   pw [1024] in [0.5, 2) (a pos_weight, no grad);
  *   img [32,64,32,32] N(0,1); simg [8,64,32,32]; seq [32,64,256] (N, C, L);
  *   vol [8,16,16,16,16]; x1, x2 [256,64];
- *   logits [256,1000] and labels (i32); eidx [32,64] (i32) of 1000 rows;
+ *   logits [256,1000] and labels (i32), class weights cw [1000] in [0.5, 2),
+ *   probability targets probs [256,1000] in [0, 0.002); eidx [32,64] (i32) of 1000 rows;
  *   bag 2048 indices (i32) of 1000 rows in 128 bags of 16;
  *   rx [32,32,128] (T, N, F) for the recurrent layers;
- *   att [16,64,256] (N, T, E) for attention;
+ *   att [16,64,256] (N, T, E) for attention, kpm [16,64] (i32) its
+ *   key padding mask (row n's keys from 48 + n on);
  *   ctc_lp [50,16,20] log-probabilities, targets [16,10] (i32). */
 static ad_tensor *a, *b, *c, *p, *prob, *t01, *tpm, *tpm_rows, *img, *simg, *seq, *vol, *x1, *x2,
-    *logits, *labels, *eidx, *bag, *rx, *att, *ctc_lp, *ctc_tg, *cnt, *pw;
+    *logits, *labels, *eidx, *bag, *rx, *att, *ctc_lp, *ctc_tg, *cnt, *pw, *cw, *probs, *kpm;
 static int64_t offsets[128], ctc_in_len[16], ctc_tg_len[16];
 
 /* Every tensor whose gradient a run fills: the leaves above and every
@@ -107,18 +109,21 @@ static void make_inputs(void) {
   const int64_t s_seq[3] = {32, 64, 256}, s_vol[5] = {8, 16, 16, 16, 16}, s_x[2] = {256, 64};
   const int64_t s_lg[2] = {256, 1000}, s_n[1] = {256}, s_ei[2] = {32, 64}, s_bag[1] = {2048};
   const int64_t s_rx[3] = {32, 32, 128}, s_att[3] = {16, 64, 256}, s_lp[3] = {50, 16, 20};
-  const int64_t s_tg[2] = {16, 10};
+  const int64_t s_tg[2] = {16, 10}, s_kpm[2] = {16, 64};
   a = input(2, s2, 0, 0, true), b = input(2, s2, 0, 0, true), c = input(2, s2, 0, 0, true);
   p = input(2, s2, 0.5, 2, true), prob = input(2, s2, 0.01, 0.99, true);
   t01 = input(2, s2, 0, 1, false), tpm = signs(2, s2, false), tpm_rows = signs(1, s_n, false);
   pw = input(1, s2 + 1, 0.5, 2, false); /* pos_weight [1024] */
-  cnt = ad_zeros(ctx, dtype, 2, s2); /* Poisson counts 0..4 */
+  cnt = ad_zeros(ctx, dtype, 2, s2);    /* Poisson counts 0..4 */
   if (!cnt) die("inputs");
   for (int64_t k = 0; k < cnt->size; k++) set(cnt, k, (double)(k * 7919 % 5));
   img = input(4, s_img, 0, 0, true), simg = input(4, s_simg, 0, 0, true);
   seq = input(3, s_seq, 0, 0, true), vol = input(5, s_vol, 0, 0, true);
   x1 = input(2, s_x, 0, 0, true), x2 = input(2, s_x, 0, 0, true);
   logits = input(2, s_lg, 0, 0, true), labels = indices(1, s_n, 13, 1000, 0);
+  cw = input(1, s_lg + 1, 0.5, 2, false), probs = input(2, s_lg, 0, 0.002, false);
+  kpm = indices(2, s_kpm, 1, 64, 0); /* key k of row n ignored from 48 + n on */
+  for (int64_t k = 0; k < kpm->size; k++) ((int32_t *)kpm->data)[k] = k % 64 >= 48 + k / 64 % 16;
   eidx = indices(2, s_ei, 7919, 1000, 0), bag = indices(1, s_bag, 7919, 1000, 0);
   for (int k = 0; k < 128; k++) offsets[k] = 16 * k;
   rx = input(3, s_rx, 0, 0, true), att = input(3, s_att, 0, 0, true);
@@ -339,6 +344,14 @@ static ad_tensor *c_gru(void) { return rnn(l_gru); }
 static ad_tensor *c_mha(void) {
   return nn_multihead_attention(l_mha, att, att, att, &(nn_mha_args){.training = true}, NULL);
 }
+static ad_tensor *c_mha_causal(void) {
+  return nn_multihead_attention(l_mha, att, att, att,
+                                &(nn_mha_args){.causal = true, .training = true}, NULL);
+}
+static ad_tensor *c_mha_kpm(void) {
+  return nn_multihead_attention(l_mha, att, att, att,
+                                &(nn_mha_args){.key_padding_mask = kpm, .training = true}, NULL);
+}
 static ad_tensor *c_enc(void) {
   return nn_transformer_encoder_layer(l_enc, att, &(nn_transformer_args){.training = true});
 }
@@ -381,6 +394,15 @@ static ad_tensor *c_bce_logits_pw(void) {
 }
 static ad_tensor *c_ce(void) { return nn_cross_entropy_loss(ctx, logits, labels, NN_MEAN); }
 static ad_tensor *c_nll(void) { return nn_nll_loss(ctx, logits, labels, NN_MEAN); }
+static ad_tensor *c_ce_smooth(void) {
+  nn_cross_entropy_opts o = {.label_smoothing = 0.1};
+  return nn_cross_entropy_loss_ext(ctx, logits, labels, NN_MEAN, &o);
+}
+static ad_tensor *c_ce_weight(void) {
+  nn_cross_entropy_opts o = {.weight = cw};
+  return nn_cross_entropy_loss_ext(ctx, logits, labels, NN_MEAN, &o);
+}
+static ad_tensor *c_ce_probs(void) { return nn_cross_entropy_loss(ctx, logits, probs, NN_MEAN); }
 
 static const struct {
   const char *name;
@@ -454,6 +476,8 @@ static const struct {
     {"lstm", c_lstm},
     {"gru", c_gru},
     {"multihead_attention", c_mha},
+    {"multihead_attention_causal", c_mha_causal},
+    {"multihead_attention_key_padding", c_mha_kpm},
     {"transformer_encoder", c_enc},
     {"mse_loss", c_mse},
     {"l1_loss", c_l1},
@@ -475,6 +499,9 @@ static const struct {
     {"bce_with_logits_pos_weight", c_bce_logits_pw},
     {"cross_entropy_loss", c_ce},
     {"nll_loss", c_nll},
+    {"cross_entropy_label_smoothing", c_ce_smooth},
+    {"cross_entropy_class_weight", c_ce_weight},
+    {"cross_entropy_prob_targets", c_ce_probs},
 };
 
 static void clear_grads(void) {

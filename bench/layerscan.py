@@ -60,6 +60,9 @@ def torch_cases(f64=False):
     seq, vol = leaf(32, 64, 256), leaf(8, 16, 16, 16, 16)
     x1, x2 = leaf(256, 64), leaf(256, 64)
     logits, labels = leaf(256, 1000), torch.arange(256) * 13 % 1000
+    cw, probs = torch.rand(1000) * 1.5 + 0.5, torch.rand(256, 1000) * 0.002
+    causal = torch.triu(torch.ones(64, 64, dtype=torch.bool), 1)
+    kpm = torch.arange(64)[None, :] >= 48 + torch.arange(16)[:, None]
     eidx = (torch.arange(2048) * 7919 % 1000).view(32, 64)
     bag, offsets = torch.arange(2048) * 7919 % 1000, torch.arange(128) * 16
     rx, att = leaf(32, 32, 128), leaf(16, 64, 256)
@@ -131,6 +134,10 @@ def torch_cases(f64=False):
         ("embedding", lambda: emb(eidx)), ("embedding_bag", lambda: bagl(bag, offsets)),
         ("rnn_tanh", lambda: rnn(rx)[0]), ("lstm", lambda: lstm(rx)[0]), ("gru", lambda: gru(rx)[0]),
         ("multihead_attention", lambda: mha(att, att, att, need_weights=False)[0]),
+        ("multihead_attention_causal",
+         lambda: mha(att, att, att, need_weights=False, attn_mask=causal)[0]),
+        ("multihead_attention_key_padding",
+         lambda: mha(att, att, att, need_weights=False, key_padding_mask=kpm)[0]),
         ("transformer_encoder", lambda: enc(att)),
         ("mse_loss", lambda: F.mse_loss(a, b)), ("l1_loss", lambda: F.l1_loss(a, b)),
         ("smooth_l1_loss", lambda: F.smooth_l1_loss(a, b)), ("huber_loss", lambda: F.huber_loss(a, b)),
@@ -151,6 +158,9 @@ def torch_cases(f64=False):
          lambda: F.binary_cross_entropy_with_logits(a, t01, pos_weight=pw)),
         ("cross_entropy_loss", lambda: F.cross_entropy(logits, labels)),
         ("nll_loss", lambda: F.nll_loss(logits, labels)),
+        ("cross_entropy_label_smoothing", lambda: F.cross_entropy(logits, labels, label_smoothing=0.1)),
+        ("cross_entropy_class_weight", lambda: F.cross_entropy(logits, labels, weight=cw)),
+        ("cross_entropy_prob_targets", lambda: F.cross_entropy(logits, probs)),
     ]
     return cases, leaves
 

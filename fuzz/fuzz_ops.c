@@ -504,9 +504,16 @@ static ad_tensor *run_op(int op) {
         .ignore = u8() & 1, .ignore_index = (int32_t)draw_int(), .sum = u8() & 1};
     return NAMED(softmax_cross_entropy_ext)(C, logits, labels, u8() < 16 ? NULL : &o);
   }
-  case OP_binary_cross_entropy: {
+  case OP_binary_cross_entropy: { /* of probabilities, of logits, of logits with pos_weight */
     ad_tensor *p = req(), *t = req();
-    return NAMED(binary_cross_entropy)(C, p, t);
+    switch (u8() % 3) {
+    case 0:
+      return NAMED(binary_cross_entropy)(C, p, t);
+    case 1:
+      return NAMED(binary_cross_entropy_logits)(C, p, t);
+    default:
+      return NAMED(binary_cross_entropy_logits_pw)(C, p, t, req());
+    }
   }
   case OP_batch_norm: {
     ad_tensor *x = req(), *w = opt(), *b = opt(), *rm = opt(), *rv = opt();
