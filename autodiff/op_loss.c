@@ -76,30 +76,15 @@ static ad_status softmax_ce_shape(const ad_call *c) {
   return AD_OK;
 }
 
-/* exp(x) in float arithmetic for float logits (glibc's expf is several
- * times faster than exp and within an ulp of float), else in double; the
- * sums and logs stay in double. */
-static double ce_sum_expf(const float *zr, int64_t T, int64_t C, double m) {
-  double s = 0;
-  for (int64_t k = 0; k < C; k++) s += (double)expf((float)((double)zr[k * T] - m));
-  return s;
-}
-/* sum e^(z[k T] - m) over the C classes, in order: float logits by
- * ce_sum_expf, double ones by exp_sum_d (softmax_exp.h, the float64
- * softmax's) */
-#define CE_SUM_EXP(zr, T, C, m)                                                                    \
-  _Generic((zr), const float * : ce_sum_expf, const double * : ce_sum_exp64)(zr, T, C, m)
-static double ce_sum_exp64(const double *zr, int64_t T, int64_t C, double m) {
-  return exp_sum_d(zr, T, C, m, NULL, 0);
-}
-
 /* The mean over kept positions of lse(z_p) - z_p[t_p], lse computed with
  * the max shifted out so large logits do not overflow (a NaN logit makes
  * it NaN); NaN when no position is kept (mean), 0 (sum). The classes of a
  * position are T apart. Each loss is (max - z[t]) + log(sum e), as
  * PyTorch's -log_softmax: (max + log(sum e)) - z[t] would round the log to
  * max's precision first, losing a near-0 loss and all of it for logits
- * beyond ~1e16. */
+ * beyond ~1e16. Here float64 [N, C] (T = 1); float32 [N, C] takes
+ * ce_fwd_f32 and T > 1 the position blocks (ce_sp_fwd) below, with the
+ * same formula. */
 #define CE_FWD(T_)                                                                                 \
   do {                                                                                             \
     const T_ *Z = z->data;                                                                         \
@@ -110,7 +95,7 @@ static double ce_sum_exp64(const double *zr, int64_t T, int64_t C, double m) {
         int32_t l = lab[r * T + j];                                                                \
         if (!counted(at, l)) continue;                                                             \
         const T_ *zr = Z + r * C * T + j;                                                          \
-        double m = AD_LANE_MAX(zr, T, C), s = CE_SUM_EXP(zr, T, C, m);                             \
+        double m = AD_LANE_MAX(zr, T, C), s = exp_sum_d(zr, T, C, m, NULL, 0);                     \
         total += (m - (double)zr[l * T]) + log(s);                                                 \
         kept++;                                                                                    \
       }                                                                                            \
@@ -223,6 +208,157 @@ static void ce_bwd_f32(const float *z, const int32_t *lab, int64_t P, int64_t C,
     ad_parallel_for((P + CE_ROWS - 1) / CE_ROWS, ce_grain(CE_ROWS, C), ce_bwd_blocks_f32, &j);
 }
 
+/* Positions that are not contiguous rows (T > 1: logits [N, C, d1, ...],
+ * the classes of a position T apart, as in segmentation): CE_LB
+ * consecutive positions of a sample at a time, as the softmax op takes
+ * its lanes (op_reduce.c): classes outside, the block's positions inside,
+ * each class's run of the block read contiguously, so that the loops
+ * vectorize across positions. Each position still meets its classes in
+ * order through the one-position loops' operations (float64: exp_d summed
+ * in order, exp_sum_d's bits; float32: the softmax op's lanes, exp_diff
+ * and EXP_FIX, exp_lanes_f32's bits), and a position belongs to one
+ * thread, so the thread count changes no bit. A unit is one block: unit
+ * u is block u % bpr of sample u / bpr. */
+enum { CE_LB = 64 };
+
+typedef struct ce_sp_job {
+  const void *z;
+  const int32_t *lab;
+  bool f64;
+  int64_t C, T, bpr; /* classes, positions of a sample, blocks of a sample */
+  const ad_cross_entropy_attrs *at;
+  double *loss; /* forward: the losses of units u0 on, CE_LB a unit */
+  int64_t u0;
+  void *dz;  /* backward: the gradient, of z's shape */
+  double gs; /* backward: dy times the mean's scale */
+} ce_sp_job;
+
+/* The block of unit u: its width nb, and from its first position the
+ * sample's logits X (and gradient D) and labels L. */
+#define CE_SP_UNIT(T_, J, u)                                                                       \
+  int64_t C = (J)->C, T = (J)->T, r_ = (u) / (J)->bpr, j0 = (u) % (J)->bpr * CE_LB;                \
+  int64_t nb = T - j0 < CE_LB ? T - j0 : CE_LB;                                                    \
+  const T_ *X = (const T_ *)(J)->z + r_ * C * T + j0;                                              \
+  T_ *D = (J)->dz ? (T_ *)(J)->dz + r_ * C * T + j0 : NULL;                                        \
+  const int32_t *L = (J)->lab + r_ * T + j0;                                                       \
+  (void)D
+
+/* float32: m[j], the block's maxima, and s[j], the sums of e^(x - m) in
+ * class order (exp_lanes_f32's), with each e (before EXP_FIX) into E[k T
+ * + j] when E is not NULL. */
+CELL_ROW void ce_sp_sums_f32(const float *X, float *E, int64_t C, int64_t T, int64_t nb, float *m,
+                             double *s) {
+  float e[CE_LB], lo[CE_LB];
+  for (int64_t j = 0; j < nb; j++) m[j] = -INFINITY, s[j] = 0;
+  for (int64_t k = 0; k < C; k++)
+    for (int64_t j = 0; j < nb; j++) m[j] = AD_MAX_NAN(X[k * T + j], m[j]);
+  for (int64_t k = 0; k < C; k++) {
+    exp_diff(X + k * T, m, 1, nb, e, lo);
+    for (int64_t j = 0; j < nb; j++) s[j] += EXP_FIX(e[j], lo[j]);
+    if (E)
+      for (int64_t j = 0; j < nb; j++) E[k * T + j] = e[j];
+  }
+}
+
+/* float64: the same with exp_d (exp_sum_d's), e itself into E. */
+CELL_ROW void ce_sp_sums_f64(const double *X, double *E, int64_t C, int64_t T, int64_t nb,
+                             double *m, double *s) {
+  for (int64_t j = 0; j < nb; j++) m[j] = -INFINITY, s[j] = 0;
+  for (int64_t k = 0; k < C; k++)
+    for (int64_t j = 0; j < nb; j++) m[j] = AD_MAX_NAN(X[k * T + j], m[j]);
+  for (int64_t k = 0; k < C; k++)
+    for (int64_t j = 0; j < nb; j++) {
+      double e = exp_d(X[k * T + j] - m[j]);
+      if (E) E[k * T + j] = e;
+      s[j] += e;
+    }
+}
+
+/* Forward, units [b, e) from J->u0: each counted position's (m - z[l]) +
+ * log(s) into J->loss (the one-position loops' formula). */
+CELL_CLONES static void ce_sp_fwd_units(void *ud, int64_t b, int64_t e) {
+  const ce_sp_job *J = ud;
+  for (int64_t u = b; u < e; u++) {
+    double *out = J->loss + u * CE_LB, s[CE_LB];
+    if (J->f64) {
+      CE_SP_UNIT(double, J, J->u0 + u);
+      double m[CE_LB];
+      ce_sp_sums_f64(X, NULL, C, T, nb, m, s);
+      for (int64_t j = 0; j < nb; j++)
+        if (counted(J->at, L[j])) out[j] = (m[j] - X[L[j] * T + j]) + log(s[j]);
+    } else {
+      CE_SP_UNIT(float, J, J->u0 + u);
+      float m[CE_LB];
+      ce_sp_sums_f32(X, NULL, C, T, nb, m, s);
+      for (int64_t j = 0; j < nb; j++)
+        if (counted(J->at, L[j])) out[j] = ((double)m[j] - (double)X[L[j] * T + j]) + log(s[j]);
+    }
+  }
+}
+
+/* Blocks a loop hands out at least at a time: about 16K logits. */
+static int64_t ce_sp_grain(int64_t C) {
+  int64_t per = CE_LB * (C > 0 ? C : 1);
+  return per >= 16384 ? 1 : 16384 / per;
+}
+
+/* The sum over counted positions of their losses, in position order, and
+ * their count. */
+static double ce_sp_fwd(ce_sp_job *J, int64_t N, int64_t *kept) {
+  enum { UNITS = 64 }; /* units whose losses wait in loss[] for the sum */
+  double total = 0, loss[UNITS * CE_LB];
+  int64_t n = 0, units = N * J->bpr;
+  J->loss = loss;
+  for (J->u0 = 0; J->u0 < units; J->u0 += UNITS) {
+    int64_t nu = units - J->u0 < UNITS ? units - J->u0 : UNITS;
+    ad_parallel_for(nu, ce_sp_grain(J->C), ce_sp_fwd_units, J);
+    for (int64_t u = 0; u < nu; u++) {
+      int64_t g = J->u0 + u, r = g / J->bpr, j0 = g % J->bpr * CE_LB;
+      int64_t nb = J->T - j0 < CE_LB ? J->T - j0 : CE_LB;
+      for (int64_t j = 0; j < nb; j++)
+        if (counted(J->at, J->lab[r * J->T + j0 + j])) total += loss[u * CE_LB + j], n++;
+    }
+  }
+  *kept = n;
+  return total;
+}
+
+/* Backward, units [b, e): dz = (p - onehot) gs with p the softmax op's
+ * probability (float32: EXP_FIX(e, lo) times 1 / s, rounded; float64: e
+ * / s), 0 at an ignored position (as the one-position loops). */
+CELL_CLONES static void ce_sp_bwd_units(void *ud, int64_t b, int64_t e) {
+  const ce_sp_job *J = ud;
+  for (int64_t u = b; u < e; u++) {
+    double s[CE_LB];
+    if (J->f64) {
+      CE_SP_UNIT(double, J, u);
+      double m[CE_LB], gs = J->gs;
+      ce_sp_sums_f64(X, D, C, T, nb, m, s);
+      for (int64_t k = 0; k < C; k++)
+        for (int64_t j = 0; j < nb; j++)
+          D[k * T + j] = (D[k * T + j] / s[j] - (double)(k == L[j])) * gs;
+      for (int64_t j = 0; j < nb; j++)
+        if (!counted(J->at, L[j]))
+          for (int64_t k = 0; k < C; k++) D[k * T + j] = 0;
+    } else {
+      CE_SP_UNIT(float, J, u);
+      float m[CE_LB], gs = (float)J->gs;
+      ce_sp_sums_f32(X, D, C, T, nb, m, s);
+      for (int64_t j = 0; j < nb; j++) s[j] = 1 / s[j];
+      for (int64_t k = 0; k < C; k++)
+        for (int64_t j = 0; j < nb; j++) {
+          float x = X[k * T + j],
+                p = (float)(EXP_FIX(D[k * T + j], diff_err(x, m[j], x - m[j])) * s[j]);
+          D[k * T + j] = (p - (float)(k == L[j])) * gs;
+        }
+      for (int64_t j = 0; j < nb; j++)
+        if (!counted(J->at, L[j]))
+          for (int64_t k = 0; k < C; k++) D[k * T + j] = 0.0f;
+    }
+  }
+}
+#undef CE_SP_UNIT
+
 static void softmax_ce_fwd(const ad_call *c) {
   const ad_tensor *z = c->in[0];
   const ad_cross_entropy_attrs *at = &c->attrs->cross_entropy;
@@ -233,8 +369,20 @@ static void softmax_ce_fwd(const ad_call *c) {
     int64_t kept = 0;
     double total = ce_fwd_f32(z->data, lab, N, C, at, &kept);
     *(float *)out->data = (float)(at->sum ? total : kept ? total / (double)kept : NAN);
-  } else if (out->dtype == AD_F32) {
-    CE_FWD(float);
+  } else if (T > 1) {
+    ce_sp_job j = {.z = z->data,
+                   .lab = lab,
+                   .f64 = out->dtype == AD_F64,
+                   .C = C,
+                   .T = T,
+                   .bpr = (T + CE_LB - 1) / CE_LB,
+                   .at = at};
+    int64_t kept = 0;
+    double total = ce_sp_fwd(&j, N, &kept), v = at->sum ? total : kept ? total / (double)kept : NAN;
+    if (j.f64)
+      *(double *)out->data = v;
+    else
+      *(float *)out->data = (float)v;
   } else {
     CE_FWD(double);
   }
@@ -254,25 +402,6 @@ CELL_CLONES static void ce_bwd_lane_double(const double *zr, double *dr, int64_t
                                            int32_t l, double gs) {
   double m = AD_LANE_MAX(zr, T, C), s = exp_sum_d(zr, T, C, m, dr, T);
   for (int64_t k = 0; k < C; k++) dr[k * T] = (dr[k * T] / s - (double)(k == l)) * gs;
-}
-
-/* float32 (here T > 1: the softmax op's lanes are then a block's,
- * op_reduce.c's exp_lanes_f32): e^(z - m) as exp_diff and EXP_FIX
- * (softmax_exp.h), summed in order, and e (1 + lo) * (1 / sum). */
-static void ce_bwd_lane_float(const float *zr, float *dr, int64_t T, int64_t C, int32_t l,
-                              float gs) {
-  float m = (float)AD_LANE_MAX(zr, T, C), e, lo;
-  double s = 0;
-  for (int64_t k = 0; k < C; k++) {
-    exp_diff(zr + k * T, &m, 0, 1, &e, &lo);
-    dr[k * T] = e;
-    s += EXP_FIX(e, lo);
-  }
-  double inv = 1 / s;
-  for (int64_t k = 0; k < C; k++) {
-    float x = zr[k * T], p = (float)(EXP_FIX(dr[k * T], diff_err(x, m, x - m)) * inv);
-    dr[k * T] = (p - (float)(k == l)) * gs;
-  }
 }
 
 #define CE_BWD(T_)                                                                                 \
@@ -304,12 +433,24 @@ static ad_status softmax_ce_bwd(const ad_call *c) {
     double scale = at->sum ? 1.0 : kept ? 1.0 / (double)kept : N * T != 0 ? 0.0 : NAN;
     ad_tensor *dz = ad_tmp_new(ctx, z->dtype, z->ndim, z->shape);
     if (!dz) return ad_last_status(ctx);
-    if (z->dtype == AD_F32 && T == 1)
+    if (z->dtype == AD_F32 && T == 1) {
       ce_bwd_f32(z->data, lab, N, C, at, *(const float *)c->gout->data * (float)scale, dz->data);
-    else if (z->dtype == AD_F32)
-      CE_BWD(float);
-    else
+    } else if (T > 1) {
+      bool f64 = z->dtype == AD_F64;
+      ce_sp_job j = {.z = z->data,
+                     .lab = lab,
+                     .f64 = f64,
+                     .C = C,
+                     .T = T,
+                     .bpr = (T + CE_LB - 1) / CE_LB,
+                     .at = at,
+                     .dz = dz->data,
+                     .gs = f64 ? *(const double *)c->gout->data * scale
+                               : (double)(*(const float *)c->gout->data * (float)scale)};
+      if (N > 0) ad_parallel_for(N * j.bpr, ce_sp_grain(C), ce_sp_bwd_units, &j);
+    } else {
       CE_BWD(double);
+    }
     c->gin[0] = dz;
     return AD_OK;
   }

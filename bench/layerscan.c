@@ -45,9 +45,12 @@ static ad_dtype dtype = AD_F32; /* of every float input and parameter (--dtype) 
  *   rx [32,32,128] (T, N, F) for the recurrent layers;
  *   att [16,64,256] (N, T, E) for attention, kpm [16,64] (i32) its
  *   key padding mask (row n's keys from 48 + n on);
+ *   seg [8,21,64,64] logits of 21 classes per pixel, seg_labels [8,64,64]
+ *   (i32);
  *   ctc_lp [50,16,20] log-probabilities, targets [16,10] (i32). */
 static ad_tensor *a, *b, *c, *p, *prob, *t01, *tpm, *tpm_rows, *img, *simg, *seq, *vol, *x1, *x2,
-    *logits, *labels, *eidx, *bag, *rx, *att, *ctc_lp, *ctc_tg, *cnt, *pw, *cw, *probs, *kpm;
+    *logits, *labels, *eidx, *bag, *rx, *att, *ctc_lp, *ctc_tg, *cnt, *pw, *cw, *probs, *kpm, *seg,
+    *seg_labels;
 static int64_t offsets[128], ctc_in_len[16], ctc_tg_len[16];
 
 /* Every tensor whose gradient a run fills: the leaves above and every
@@ -109,7 +112,8 @@ static void make_inputs(void) {
   const int64_t s_seq[3] = {32, 64, 256}, s_vol[5] = {8, 16, 16, 16, 16}, s_x[2] = {256, 64};
   const int64_t s_lg[2] = {256, 1000}, s_n[1] = {256}, s_ei[2] = {32, 64}, s_bag[1] = {2048};
   const int64_t s_rx[3] = {32, 32, 128}, s_att[3] = {16, 64, 256}, s_lp[3] = {50, 16, 20};
-  const int64_t s_tg[2] = {16, 10}, s_kpm[2] = {16, 64};
+  const int64_t s_tg[2] = {16, 10}, s_kpm[2] = {16, 64}, s_seg[4] = {8, 21, 64, 64},
+                s_segl[3] = {8, 64, 64};
   a = input(2, s2, 0, 0, true), b = input(2, s2, 0, 0, true), c = input(2, s2, 0, 0, true);
   p = input(2, s2, 0.5, 2, true), prob = input(2, s2, 0.01, 0.99, true);
   t01 = input(2, s2, 0, 1, false), tpm = signs(2, s2, false), tpm_rows = signs(1, s_n, false);
@@ -122,6 +126,7 @@ static void make_inputs(void) {
   x1 = input(2, s_x, 0, 0, true), x2 = input(2, s_x, 0, 0, true);
   logits = input(2, s_lg, 0, 0, true), labels = indices(1, s_n, 13, 1000, 0);
   cw = input(1, s_lg + 1, 0.5, 2, false), probs = input(2, s_lg, 0, 0.002, false);
+  seg = input(4, s_seg, 0, 0, true), seg_labels = indices(3, s_segl, 7919, 21, 0);
   kpm = indices(2, s_kpm, 1, 64, 0); /* key k of row n ignored from 48 + n on */
   for (int64_t k = 0; k < kpm->size; k++) ((int32_t *)kpm->data)[k] = k % 64 >= 48 + k / 64 % 16;
   eidx = indices(2, s_ei, 7919, 1000, 0), bag = indices(1, s_bag, 7919, 1000, 0);
@@ -145,7 +150,7 @@ static nn_layer *l_dense, *l_bilinear, *l_relu6, *l_prelu, *l_rrelu, *l_softshri
     *l_avgp3d, *l_aavg2d, *l_amax2d, *l_aavg3d, *l_lpp2d, *l_gap, *l_up_near, *l_up_bilin,
     *l_up_bicub, *l_pshuf, *l_punshuf, *l_unfold, *l_fold, *l_refl2d, *l_repl2d, *l_const2d,
     *l_refl1d, *l_refl3d, *l_cos, *l_pdist, *l_emb, *l_bagl, *l_rnn, *l_lstm, *l_gru, *l_mha,
-    *l_enc;
+    *l_enc, *l_conv_refl, *l_conv_s2, *l_conv_g4, *l_avgp_ex, *l_bilstm, *l_enc_pre;
 
 static void make_layers(void) {
   l_dense = layer(nn_dense_new(ctx, 1024, 1024, &rng, &(nn_dense_opts){.dtype = dtype}), "dense");
@@ -255,6 +260,37 @@ static void make_layers(void) {
                                                                         .batch_first = true,
                                                                         .dtype = dtype}),
                 "transformer_encoder_layer");
+  /* options' paths */
+  l_conv_refl =
+      layer(nn_conv2d_new_ext(ctx, 64, 64, 3, 3, &rng,
+                              &(nn_conv2d_opts_ext){.base = {.padding = {1, 1}, .dtype = dtype},
+                                                    .padding_mode = NN_PADDING_REFLECT}),
+            "conv2d reflect");
+  l_conv_s2 =
+      layer(nn_conv2d_new(ctx, 64, 128, 3, 3, &rng,
+                          &(nn_conv2d_opts){.stride = {2, 2}, .padding = {1, 1}, .dtype = dtype}),
+            "conv2d stride 2");
+  l_conv_g4 =
+      layer(nn_conv2d_new(ctx, 64, 64, 3, 3, &rng,
+                          &(nn_conv2d_opts){.padding = {1, 1}, .groups = 4, .dtype = dtype}),
+            "conv2d groups 4");
+  l_avgp_ex =
+      layer(nn_avg_pool2d_new(
+                ctx, 3, 3,
+                &(ad_pool2d_opts){
+                    .stride = {2, 2}, .padding = {1, 1}, .ceil_mode = true, .exclude_pad = true}),
+            "avg_pool2d exclude_pad ceil_mode");
+  l_bilstm =
+      layer(nn_lstm_new(ctx, 128, 256, &rng,
+                        &(nn_rnn_opts){.num_layers = 2, .bidirectional = true, .dtype = dtype}),
+            "lstm 2 layers bidirectional");
+  l_enc_pre = layer(nn_transformer_encoder_layer_new(ctx, 256, 8, &rng,
+                                                     &(nn_transformer_opts){.dim_feedforward = 1024,
+                                                                            .no_dropout = true,
+                                                                            .batch_first = true,
+                                                                            .norm_first = true,
+                                                                            .dtype = dtype}),
+                    "transformer_encoder_layer norm_first");
 }
 
 static ad_tensor *fwd(nn_layer *l, ad_tensor *x) { return nn_layer_forward(l, x, true); }
@@ -352,6 +388,14 @@ static ad_tensor *c_mha_kpm(void) {
   return nn_multihead_attention(l_mha, att, att, att,
                                 &(nn_mha_args){.key_padding_mask = kpm, .training = true}, NULL);
 }
+static ad_tensor *c_conv_refl(void) { return fwd(l_conv_refl, img); }
+static ad_tensor *c_conv_s2(void) { return fwd(l_conv_s2, img); }
+static ad_tensor *c_conv_g4(void) { return fwd(l_conv_g4, img); }
+static ad_tensor *c_avgp_ex(void) { return fwd(l_avgp_ex, img); }
+static ad_tensor *c_bilstm(void) { return rnn(l_bilstm); }
+static ad_tensor *c_enc_pre(void) {
+  return nn_transformer_encoder_layer(l_enc_pre, att, &(nn_transformer_args){.training = true});
+}
 static ad_tensor *c_enc(void) {
   return nn_transformer_encoder_layer(l_enc, att, &(nn_transformer_args){.training = true});
 }
@@ -394,6 +438,9 @@ static ad_tensor *c_bce_logits_pw(void) {
 }
 static ad_tensor *c_ce(void) { return nn_cross_entropy_loss(ctx, logits, labels, NN_MEAN); }
 static ad_tensor *c_nll(void) { return nn_nll_loss(ctx, logits, labels, NN_MEAN); }
+static ad_tensor *c_ce_spatial(void) {
+  return nn_cross_entropy_loss_ext(ctx, seg, seg_labels, NN_MEAN, &(nn_cross_entropy_opts){0});
+}
 static ad_tensor *c_ce_smooth(void) {
   nn_cross_entropy_opts o = {.label_smoothing = 0.1};
   return nn_cross_entropy_loss_ext(ctx, logits, labels, NN_MEAN, &o);
@@ -479,6 +526,12 @@ static const struct {
     {"multihead_attention_causal", c_mha_causal},
     {"multihead_attention_key_padding", c_mha_kpm},
     {"transformer_encoder", c_enc},
+    {"conv2d_reflect", c_conv_refl},
+    {"conv2d_stride2", c_conv_s2},
+    {"conv2d_groups4", c_conv_g4},
+    {"avg_pool2d_exclude_pad_ceil", c_avgp_ex},
+    {"lstm_2_layers_bidirectional", c_bilstm},
+    {"transformer_encoder_norm_first", c_enc_pre},
     {"mse_loss", c_mse},
     {"l1_loss", c_l1},
     {"smooth_l1_loss", c_smooth_l1},
@@ -502,6 +555,7 @@ static const struct {
     {"cross_entropy_label_smoothing", c_ce_smooth},
     {"cross_entropy_class_weight", c_ce_weight},
     {"cross_entropy_prob_targets", c_ce_probs},
+    {"cross_entropy_spatial", c_ce_spatial},
 };
 
 static void clear_grads(void) {

@@ -61,6 +61,7 @@ def torch_cases(f64=False):
     x1, x2 = leaf(256, 64), leaf(256, 64)
     logits, labels = leaf(256, 1000), torch.arange(256) * 13 % 1000
     cw, probs = torch.rand(1000) * 1.5 + 0.5, torch.rand(256, 1000) * 0.002
+    seg, seg_labels = leaf(8, 21, 64, 64), (torch.arange(8 * 64 * 64) * 7919 % 21).view(8, 64, 64)
     causal = torch.triu(torch.ones(64, 64, dtype=torch.bool), 1)
     kpm = torch.arange(64)[None, :] >= 48 + torch.arange(16)[:, None]
     eidx = (torch.arange(2048) * 7919 % 1000).view(32, 64)
@@ -87,6 +88,12 @@ def torch_cases(f64=False):
     rnn, lstm, gru = mod(nn.RNN(128, 256)), mod(nn.LSTM(128, 256)), mod(nn.GRU(128, 256))
     mha = mod(nn.MultiheadAttention(256, 8, batch_first=True))
     enc = mod(nn.TransformerEncoderLayer(256, 8, 1024, dropout=0.0, batch_first=True))
+    conv_refl = mod(nn.Conv2d(64, 64, 3, padding=1, padding_mode="reflect"))
+    conv_s2 = mod(nn.Conv2d(64, 128, 3, stride=2, padding=1))
+    conv_g4 = mod(nn.Conv2d(64, 64, 3, padding=1, groups=4))
+    bilstm = mod(nn.LSTM(128, 256, num_layers=2, bidirectional=True))
+    enc_pre = mod(nn.TransformerEncoderLayer(256, 8, 1024, dropout=0.0, batch_first=True,
+                                             norm_first=True))
 
     cases = [
         ("dense", lambda: dense(a)), ("bilinear", lambda: bilinear(x1, x2)),
@@ -139,6 +146,12 @@ def torch_cases(f64=False):
         ("multihead_attention_key_padding",
          lambda: mha(att, att, att, need_weights=False, key_padding_mask=kpm)[0]),
         ("transformer_encoder", lambda: enc(att)),
+        ("conv2d_reflect", lambda: conv_refl(img)), ("conv2d_stride2", lambda: conv_s2(img)),
+        ("conv2d_groups4", lambda: conv_g4(img)),
+        ("avg_pool2d_exclude_pad_ceil",
+         lambda: F.avg_pool2d(img, 3, 2, 1, ceil_mode=True, count_include_pad=False)),
+        ("lstm_2_layers_bidirectional", lambda: bilstm(rx)[0]),
+        ("transformer_encoder_norm_first", lambda: enc_pre(att)),
         ("mse_loss", lambda: F.mse_loss(a, b)), ("l1_loss", lambda: F.l1_loss(a, b)),
         ("smooth_l1_loss", lambda: F.smooth_l1_loss(a, b)), ("huber_loss", lambda: F.huber_loss(a, b)),
         ("kl_div_loss", lambda: F.kl_div(a, t01, reduction="mean")),
@@ -161,6 +174,7 @@ def torch_cases(f64=False):
         ("cross_entropy_label_smoothing", lambda: F.cross_entropy(logits, labels, label_smoothing=0.1)),
         ("cross_entropy_class_weight", lambda: F.cross_entropy(logits, labels, weight=cw)),
         ("cross_entropy_prob_targets", lambda: F.cross_entropy(logits, probs)),
+        ("cross_entropy_spatial", lambda: F.cross_entropy(seg, seg_labels)),
     ]
     return cases, leaves
 

@@ -9,6 +9,7 @@
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 TEST_CTX_SUITE(seq);
 
@@ -778,6 +779,92 @@ static ad_tensor *ce_fn(ad_ctx *c, int n, ad_tensor *const *in, void *ud) {
 }
 
 /* ignore_index 0 (a padding token) over [N, C, T], both orders. */
+/* Logits [N, C, d...] (segmentation's layout: a position's classes T
+ * apart), which the op takes 64 positions of a sample at a time: the loss
+ * within a few ulp of a double-precision reference (the max shifted out,
+ * lse - z[label], the mean over counted positions), the same bits on 1
+ * and 3 threads; the plain backward the recorded one's bits (softmax op,
+ * sub, mul) on both thread counts. T around the block's width (1 block,
+ * 1 and a bit, many), C = 1 and 21, ignored labels, infinite and NaN
+ * logits (a position with one is NaN, its gradient NaN; the rest stay
+ * finite). */
+Test(seq, cross_entropy_spatial_blocks) {
+  static const int64_t shapes[][4] = {
+      {2, 21, 5, 13}, {3, 4, 64, 1}, {2, 3, 65, 1}, {1, 1, 70, 1}, {2, 21, 16, 16}};
+  ad_rng rng;
+  ad_rng_seed(&rng, 41);
+  for (int d = 0; d < 2; d++)
+    for (int si = 0; si < 5; si++)
+      for (int v = 0; v < 3; v++) { /* v 1: labels ignored; v 2: and infinities and a NaN */
+        ad_dtype dt = d ? AD_F64 : AD_F32;
+        int64_t N = shapes[si][0], C = shapes[si][1], zs[4] = {N, C, shapes[si][2], shapes[si][3]};
+        int64_t ts[3] = {N, zs[2], zs[3]}, T = zs[2] * zs[3], P = N * T;
+        ad_tensor *z = randt(&rng, dt, 4, zs, -6, 6, true);
+        int32_t *lv = malloc((size_t)P * sizeof *lv);
+        cr_assert_not_null(lv);
+        for (int64_t p = 0; p < P; p++)
+          lv[p] = v && p % 5 == 3 ? -100 : (int32_t)ad_rng_below(&rng, (uint64_t)C);
+        bool special = v == 2 && C > 1 && T > 40;
+        if (special) { /* position 7: an inf logit; 9: NaN; 11: -inf (its loss finite) */
+          ad_tensor_set(z, 1 * T + 7, INFINITY);
+          ad_tensor_set(z, 0 * T + 9, NAN);
+          ad_tensor_set(z, 1 * T + 11, -INFINITY);
+          lv[7] = lv[9] = lv[11] = 0;
+        }
+        ad_tensor *t = ints(3, ts, lv);
+        ad_cross_entropy_opts o = {.ignore = v != 0, .ignore_index = -100};
+        /* the reference, in double */
+        double total = 0;
+        int64_t kept = 0;
+        for (int64_t p = 0; p < P && !special; p++) {
+          if (lv[p] == -100 && v) continue;
+          int64_t r = p / T, j = p % T;
+          double m = -INFINITY, s = 0;
+          for (int64_t k = 0; k < C; k++) m = fmax(m, ad_tensor_get(z, (r * C + k) * T + j));
+          for (int64_t k = 0; k < C; k++) s += exp(ad_tensor_get(z, (r * C + k) * T + j) - m);
+          total += (m - ad_tensor_get(z, (r * C + lv[p]) * T + j)) + log(s);
+          kept++;
+        }
+        double want = special ? NAN : total / (double)kept;
+        ad_tensor *seed = ad_scalar(ctx, dt, 0.75), *g[2], *rec;
+        double got[2];
+        for (int th = 0; th < 2; th++) {
+          cr_assert_eq(ad_set_num_threads(th ? 3 : 1), AD_OK);
+          ad_tensor *L = ad_softmax_cross_entropy_ext(ctx, z, t, &o);
+          cr_assert_not_null(L, "%s", ad_last_error(ctx));
+          got[th] = ad_tensor_item(L);
+          cr_assert_eq(ad_grad(ctx, L, seed, 1, &z, &g[th], false), AD_OK, "%s",
+                       ad_last_error(ctx));
+        }
+        ad_set_num_threads(1);
+        ad_tensor *L = ad_softmax_cross_entropy_ext(ctx, z, t, &o);
+        cr_assert_eq(ad_grad(ctx, L, seed, 1, &z, &rec, true), AD_OK, "%s", ad_last_error(ctx));
+        const char *n = ad_dtype_name(dt);
+        if (special) /* the NaN position's loss (and inf - inf at position 7) */
+          cr_assert(isnan(got[0]) && isnan(got[1]), "%s case %d: %g, want NaN", n, si, got[0]);
+        else
+          cr_assert(fabs(got[0] - want) <= (d ? 1e-14 : 2e-6) * (1 + fabs(want)) &&
+                        memcmp(&got[0], &got[1], sizeof got[0]) == 0,
+                    "%s case %d v %d: %.17g and %.17g (3 threads), want %.17g", n, si, v, got[0],
+                    got[1], want);
+        int64_t finite = 0;
+        for (int64_t i = 0; i < z->size; i++) {
+          double a = ad_tensor_get(g[0], i), b = ad_tensor_get(g[1], i), c = ad_tensor_get(rec, i);
+          finite += isfinite(a);
+          cr_assert((isnan(a) && isnan(b) && isnan(c)) ||
+                        (memcmp(&a, &b, sizeof a) == 0 && memcmp(&a, &c, sizeof a) == 0),
+                    "%s case %d v %d, element %lld: plain %.17g, 3 threads %.17g, recorded "
+                    "%.17g",
+                    n, si, v, (long long)i, a, b, c);
+        }
+        cr_assert_geq(finite, z->size - 3 * C, "%s case %d v %d: %lld of %lld finite", n, si, v,
+                      (long long)finite, (long long)z->size);
+        ad_tape_reset(ctx);
+        ad_tensor_free(seed), ad_tensor_free(z), ad_tensor_free(t);
+        free(lv);
+      }
+}
+
 Test(seq, cross_entropy_gradcheck_with_ignore) {
   ad_rng rng;
   ad_rng_seed(&rng, 13);
