@@ -46,11 +46,12 @@ static ad_dtype dtype = AD_F32; /* of every float input and parameter (--dtype) 
  *   att [16,64,256] (N, T, E) for attention, kpm [16,64] (i32) its
  *   key padding mask (row n's keys from 48 + n on);
  *   seg [8,21,64,64] logits of 21 classes per pixel, seg_labels [8,64,64]
- *   (i32);
+ *   (i32), cw21 [21] class weights; pooled [32,64,16,16], unpooled at the
+ *   indices of img's 2x2 max pooling;
  *   ctc_lp [50,16,20] log-probabilities, targets [16,10] (i32). */
 static ad_tensor *a, *b, *c, *p, *prob, *t01, *tpm, *tpm_rows, *img, *simg, *seq, *vol, *x1, *x2,
     *logits, *labels, *eidx, *bag, *rx, *att, *ctc_lp, *ctc_tg, *cnt, *pw, *cw, *probs, *kpm, *seg,
-    *seg_labels;
+    *seg_labels, *cw21, *pooled, *pool_idx;
 static int64_t offsets[128], ctc_in_len[16], ctc_tg_len[16];
 
 /* Every tensor whose gradient a run fills: the leaves above and every
@@ -113,7 +114,7 @@ static void make_inputs(void) {
   const int64_t s_lg[2] = {256, 1000}, s_n[1] = {256}, s_ei[2] = {32, 64}, s_bag[1] = {2048};
   const int64_t s_rx[3] = {32, 32, 128}, s_att[3] = {16, 64, 256}, s_lp[3] = {50, 16, 20};
   const int64_t s_tg[2] = {16, 10}, s_kpm[2] = {16, 64}, s_seg[4] = {8, 21, 64, 64},
-                s_segl[3] = {8, 64, 64};
+                s_segl[3] = {8, 64, 64}, s_pool[4] = {32, 64, 16, 16};
   a = input(2, s2, 0, 0, true), b = input(2, s2, 0, 0, true), c = input(2, s2, 0, 0, true);
   p = input(2, s2, 0.5, 2, true), prob = input(2, s2, 0.01, 0.99, true);
   t01 = input(2, s2, 0, 1, false), tpm = signs(2, s2, false), tpm_rows = signs(1, s_n, false);
@@ -127,6 +128,7 @@ static void make_inputs(void) {
   logits = input(2, s_lg, 0, 0, true), labels = indices(1, s_n, 13, 1000, 0);
   cw = input(1, s_lg + 1, 0.5, 2, false), probs = input(2, s_lg, 0, 0.002, false);
   seg = input(4, s_seg, 0, 0, true), seg_labels = indices(3, s_segl, 7919, 21, 0);
+  cw21 = input(1, s_seg + 1, 0.5, 2, false), pooled = input(4, s_pool, 0, 0, true);
   kpm = indices(2, s_kpm, 1, 64, 0); /* key k of row n ignored from 48 + n on */
   for (int64_t k = 0; k < kpm->size; k++) ((int32_t *)kpm->data)[k] = k % 64 >= 48 + k / 64 % 16;
   eidx = indices(2, s_ei, 7919, 1000, 0), bag = indices(1, s_bag, 7919, 1000, 0);
@@ -150,7 +152,8 @@ static nn_layer *l_dense, *l_bilinear, *l_relu6, *l_prelu, *l_rrelu, *l_softshri
     *l_avgp3d, *l_aavg2d, *l_amax2d, *l_aavg3d, *l_lpp2d, *l_gap, *l_up_near, *l_up_bilin,
     *l_up_bicub, *l_pshuf, *l_punshuf, *l_unfold, *l_fold, *l_refl2d, *l_repl2d, *l_const2d,
     *l_refl1d, *l_refl3d, *l_cos, *l_pdist, *l_emb, *l_bagl, *l_rnn, *l_lstm, *l_gru, *l_mha,
-    *l_enc, *l_conv_refl, *l_conv_s2, *l_conv_g4, *l_avgp_ex, *l_bilstm, *l_enc_pre;
+    *l_enc, *l_conv_refl, *l_conv_s2, *l_conv_g4, *l_avgp_ex, *l_bilstm, *l_enc_pre, *l_unpool,
+    *l_convt_k3, *l_lstm_bf, *l_dilconv1d, *l_dense3, *l_ln2;
 
 static void make_layers(void) {
   l_dense = layer(nn_dense_new(ctx, 1024, 1024, &rng, &(nn_dense_opts){.dtype = dtype}), "dense");
@@ -291,6 +294,31 @@ static void make_layers(void) {
                                                                             .norm_first = true,
                                                                             .dtype = dtype}),
                     "transformer_encoder_layer norm_first");
+  l_unpool = layer(nn_max_unpool2d_new(ctx, 2, 2, NULL), "max_unpool2d");
+  l_convt_k3 =
+      layer(nn_conv_transpose2d_new(
+                ctx, 64, 32, 3, 3, &rng,
+                &(nn_conv2d_opts){
+                    .stride = {2, 2}, .padding = {1, 1}, .output_padding = {1, 1}, .dtype = dtype}),
+            "conv_transpose2d k3 s2 p1 op1");
+  l_lstm_bf =
+      layer(nn_lstm_new(ctx, 128, 256, &rng, &(nn_rnn_opts){.batch_first = true, .dtype = dtype}),
+            "lstm batch_first");
+  l_dilconv1d = layer(nn_conv1d_new(ctx, 64, 64, 3, &rng,
+                                    &(nn_conv1d_opts){.padding = 2, .dilation = 2, .dtype = dtype}),
+                      "conv1d dilated");
+  l_dense3 =
+      layer(nn_dense_new(ctx, 256, 256, &rng, &(nn_dense_opts){.dtype = dtype}), "dense 3-d");
+  l_ln2 = layer(
+      nn_layer_norm_new(ctx, 2, (const int64_t[]){64, 256}, &(nn_layer_norm_opts){.dtype = dtype}),
+      "layer_norm over two dims");
+  /* the indices of a 2x2 max pooling of img, kept (the tape's are freed) */
+  nn_layer *mp = layer(nn_max_pool2d_new(ctx, 2, 2, NULL), "max_pool2d 2x2");
+  ad_tensor *idx = nn_max_pool_indices(mp, img);
+  pool_idx = idx ? ad_zeros(ctx, AD_I32, idx->ndim, idx->shape) : NULL;
+  if (!pool_idx) die("max_unpool2d's indices");
+  memcpy(pool_idx->data, idx->data, (size_t)idx->size * sizeof(int32_t));
+  ad_tape_reset(ctx);
 }
 
 static ad_tensor *fwd(nn_layer *l, ad_tensor *x) { return nn_layer_forward(l, x, true); }
@@ -396,6 +424,12 @@ static ad_tensor *c_bilstm(void) { return rnn(l_bilstm); }
 static ad_tensor *c_enc_pre(void) {
   return nn_transformer_encoder_layer(l_enc_pre, att, &(nn_transformer_args){.training = true});
 }
+static ad_tensor *c_unpool(void) { return nn_max_unpool_forward(l_unpool, pooled, pool_idx, NULL); }
+static ad_tensor *c_convt_k3(void) { return fwd(l_convt_k3, img); }
+static ad_tensor *c_lstm_bf(void) { return rnn(l_lstm_bf); }
+static ad_tensor *c_dilconv1d(void) { return fwd(l_dilconv1d, seq); }
+static ad_tensor *c_dense3(void) { return fwd(l_dense3, att); }
+static ad_tensor *c_ln2(void) { return fwd(l_ln2, att); }
 static ad_tensor *c_enc(void) {
   return nn_transformer_encoder_layer(l_enc, att, &(nn_transformer_args){.training = true});
 }
@@ -438,6 +472,13 @@ static ad_tensor *c_bce_logits_pw(void) {
 }
 static ad_tensor *c_ce(void) { return nn_cross_entropy_loss(ctx, logits, labels, NN_MEAN); }
 static ad_tensor *c_nll(void) { return nn_nll_loss(ctx, logits, labels, NN_MEAN); }
+static ad_tensor *c_nll_spatial(void) {
+  return nn_nll_loss_ext(ctx, seg, seg_labels, NN_MEAN, &(nn_cross_entropy_opts){0});
+}
+static ad_tensor *c_ce_spatial_wi(void) {
+  nn_cross_entropy_opts o = {.weight = cw21, .ignore = true, .ignore_index = 0};
+  return nn_cross_entropy_loss_ext(ctx, seg, seg_labels, NN_MEAN, &o);
+}
 static ad_tensor *c_ce_spatial(void) {
   return nn_cross_entropy_loss_ext(ctx, seg, seg_labels, NN_MEAN, &(nn_cross_entropy_opts){0});
 }
@@ -532,6 +573,12 @@ static const struct {
     {"avg_pool2d_exclude_pad_ceil", c_avgp_ex},
     {"lstm_2_layers_bidirectional", c_bilstm},
     {"transformer_encoder_norm_first", c_enc_pre},
+    {"max_unpool2d", c_unpool},
+    {"conv_transpose2d_k3s2p1op1", c_convt_k3},
+    {"lstm_batch_first", c_lstm_bf},
+    {"conv1d_dilated", c_dilconv1d},
+    {"dense_3d", c_dense3},
+    {"layer_norm_two_dims", c_ln2},
     {"mse_loss", c_mse},
     {"l1_loss", c_l1},
     {"smooth_l1_loss", c_smooth_l1},
@@ -556,6 +603,8 @@ static const struct {
     {"cross_entropy_class_weight", c_ce_weight},
     {"cross_entropy_prob_targets", c_ce_probs},
     {"cross_entropy_spatial", c_ce_spatial},
+    {"cross_entropy_spatial_weight_ignore", c_ce_spatial_wi},
+    {"nll_loss_spatial", c_nll_spatial},
 };
 
 static void clear_grads(void) {

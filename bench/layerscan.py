@@ -92,6 +92,13 @@ def torch_cases(f64=False):
     conv_s2 = mod(nn.Conv2d(64, 128, 3, stride=2, padding=1))
     conv_g4 = mod(nn.Conv2d(64, 64, 3, padding=1, groups=4))
     bilstm = mod(nn.LSTM(128, 256, num_layers=2, bidirectional=True))
+    unpool_in = leaf(32, 64, 16, 16)
+    pool_idx = F.max_pool2d(img.detach(), 2, return_indices=True)[1]
+    convt_k3 = mod(nn.ConvTranspose2d(64, 32, 3, stride=2, padding=1, output_padding=1))
+    lstm_bf = mod(nn.LSTM(128, 256, batch_first=True))
+    dilconv1d = mod(nn.Conv1d(64, 64, 3, padding=2, dilation=2))
+    dense3, ln2 = mod(nn.Linear(256, 256)), mod(nn.LayerNorm([64, 256]))
+    cw21 = torch.rand(21) * 1.5 + 0.5
     enc_pre = mod(nn.TransformerEncoderLayer(256, 8, 1024, dropout=0.0, batch_first=True,
                                              norm_first=True))
 
@@ -152,6 +159,10 @@ def torch_cases(f64=False):
          lambda: F.avg_pool2d(img, 3, 2, 1, ceil_mode=True, count_include_pad=False)),
         ("lstm_2_layers_bidirectional", lambda: bilstm(rx)[0]),
         ("transformer_encoder_norm_first", lambda: enc_pre(att)),
+        ("max_unpool2d", lambda: F.max_unpool2d(unpool_in, pool_idx, 2)),
+        ("conv_transpose2d_k3s2p1op1", lambda: convt_k3(img)),
+        ("lstm_batch_first", lambda: lstm_bf(rx)[0]), ("conv1d_dilated", lambda: dilconv1d(seq)),
+        ("dense_3d", lambda: dense3(att)), ("layer_norm_two_dims", lambda: ln2(att)),
         ("mse_loss", lambda: F.mse_loss(a, b)), ("l1_loss", lambda: F.l1_loss(a, b)),
         ("smooth_l1_loss", lambda: F.smooth_l1_loss(a, b)), ("huber_loss", lambda: F.huber_loss(a, b)),
         ("kl_div_loss", lambda: F.kl_div(a, t01, reduction="mean")),
@@ -175,6 +186,9 @@ def torch_cases(f64=False):
         ("cross_entropy_class_weight", lambda: F.cross_entropy(logits, labels, weight=cw)),
         ("cross_entropy_prob_targets", lambda: F.cross_entropy(logits, probs)),
         ("cross_entropy_spatial", lambda: F.cross_entropy(seg, seg_labels)),
+        ("cross_entropy_spatial_weight_ignore",
+         lambda: F.cross_entropy(seg, seg_labels, weight=cw21, ignore_index=0)),
+        ("nll_loss_spatial", lambda: F.nll_loss(seg, seg_labels)),
     ]
     return cases, leaves
 

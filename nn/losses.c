@@ -395,7 +395,7 @@ static bool check_class_labels(ad_ctx *ctx, const char *fn, const ad_tensor *z,
  * [N,T...]; z is logits (log_softmax taken here) or, for nll_loss,
  * log-probabilities. With y the label, w the weights (1 without them) and
  * W = sum of w_y over the positions kept (not ignored):
- *   S1 = sum_p w_y (-logp_py)          (a select: other classes unread)
+ *   S1 = sum_p w_y (-logp_py)          (a gather: other classes unread)
  *   S2 = sum_p sum_c w_c (-logp_pc)    (label smoothing only)
  *   loss = (1 - eps) S1 / W + eps/C S2 / W   (NN_SUM: without the / W)
  * and with NN_NONE the terms of S1 and S2 per position, shaped as lab (0
@@ -410,36 +410,50 @@ static ad_tensor *class_loss(ad_ctx *ctx, ad_tensor *z, const ad_tensor *lab, nn
   for (int k = 2; k < nd; k++) T *= z->shape[k];
   int64_t ks[AD_MAX_DIMS]; /* [N,1,T...]: one entry per position */
   for (int k = 0; k < nd; k++) ks[k] = k == 1 ? 1 : z->shape[k];
-  ad_tensor *onehot = nn_tmp_tensor(ctx, z->dtype, nd, z->shape);
-  ad_tensor *wy = nn_tmp_tensor(ctx, z->dtype, nd, ks);
-  if (!onehot || !wy) return NULL;
-  memset(onehot->data, 0, (size_t)onehot->size * ad_dtype_size(z->dtype));
-  const int32_t *l = lab->data;
+  /* each position's label (0 where ignored: read, then dropped by keep)
+   * and, with weights, its weight; W their sum (without, the count) */
   const ad_tensor *w = o->weight;
+  ad_tensor *pick = nn_tmp_tensor(ctx, AD_I32, nd, ks);
+  ad_tensor *wy = w ? nn_tmp_tensor(ctx, z->dtype, nd, ks) : NULL;
+  if (!pick || (w && !wy)) return NULL;
+  const int32_t *l = lab->data;
+  int32_t *pk = pick->data;
   double W = 0;
-  bool skipped = false;
-  for (int64_t n = 0; n < N; n++)
-    for (int64_t t = 0; t < T; t++) {
-      int64_t p = n * T + t;
-      int32_t y = l[p];
-      bool kept = !(o->ignore && y == o->ignore_index);
-      double wv = kept ? (w ? ad_tensor_get(w, y) : 1.0) : 0.0;
-      if (kept) ad_tensor_set(onehot, (n * C + y) * T + t, 1.0);
-      ad_tensor_set(wy, p, wv);
-      W += wv;
-      skipped |= !kept;
-    }
+  int64_t kept_n = 0;
+  for (int64_t p = 0; p < N * T; p++) {
+    int32_t y = l[p];
+    bool kept = !(o->ignore && y == o->ignore_index);
+    pk[p] = kept ? y : 0;
+    kept_n += kept;
+    if (!w) continue;
+    double wv = kept ? ad_tensor_get(w, y) : 0.0;
+    if (z->dtype == AD_F32)
+      ((float *)wy->data)[p] = (float)wv;
+    else
+      ((double *)wy->data)[p] = wv;
+    W += wv;
+  }
+  bool skipped = kept_n < N * T;
+  if (!w) W = (double)kept_n;
   ad_tensor *zero = ad_scalar(ctx, z->dtype, 0.0);
   ad_tensor *keep = NULL;
   if (skipped) {
     keep = nn_tmp_tensor(ctx, z->dtype, nd, ks);
     if (!keep) return NULL;
-    for (int64_t p = 0; p < N * T; p++)
-      ad_tensor_set(keep, p, !(o->ignore && l[p] == o->ignore_index));
+    for (int64_t p = 0; p < N * T; p++) {
+      bool k = !(o->ignore && l[p] == o->ignore_index);
+      if (z->dtype == AD_F32)
+        ((float *)keep->data)[p] = k;
+      else
+        ((double *)keep->data)[p] = k;
+    }
   }
   ad_tensor *logp = z;
   if (logits) logp = ad_log_softmax(ctx, skipped ? ad_where(ctx, keep, z, zero) : z, 1);
-  ad_tensor *rows = ad_sum_axis(ctx, ad_where(ctx, onehot, logp, zero), 1, true);
+  /* logp at each label; where (not a product with 0) keeps an ignored
+   * position's value out, also an infinite or NaN one, and its gradient */
+  ad_tensor *rows = ad_gather(ctx, logp, 1, pick);
+  if (skipped) rows = ad_where(ctx, keep, rows, zero);
   if (w) rows = ad_mul(ctx, rows, wy);
   bool none = red == NN_NONE; /* s1, s2 per position [N,1,T...] */
   ad_tensor *s1 = ad_neg(ctx, none ? rows : ad_sum(ctx, rows)), *s2 = NULL;
