@@ -92,8 +92,9 @@ static ad_status norm_set_grads(const ad_call *c, ad_tensor *const *gin, bool to
  *   training:  mu = mean_c(x), var = mean_c((x - mu)^2)       (biased)
  *              running_mean = (1 - m) running_mean + m mu
  *              running_var  = (1 - m) running_var  + m var M / (M - 1)
- *   eval:      mu = running_mean, var = running_var
  *   y = (x - mu) / sqrt(var + eps) * weight + bias
+ *   eval:      alpha = weight / sqrt(running_var + eps),
+ *              y = x alpha + (bias - running_mean alpha)   (PyTorch's form)
  *
  * mean_c is the mean over every dim but 1 (N, and H, W, ...), M elements
  * per channel. Training mode is the op batch_norm (the end of the file). */
@@ -223,11 +224,14 @@ ad_tensor *ad_batch_norm(ad_ctx *ctx, ad_tensor *x, ad_tensor *weight, ad_tensor
       ad_set_error(ctx, AD_ERR_ARG, "batch_norm: evaluation mode needs the running statistics");
       return NULL;
     }
-    ad_tensor *mu = per_channel(ctx, running_mean, nd, C);
-    ad_tensor *var = per_channel(ctx, running_var, nd, C);
-    y = ad_mul(ctx, ad_sub(ctx, x, mu), ad_pow_scalar(ctx, ad_add_scalar(ctx, var, eps), -0.5));
-    if (weight) y = ad_mul(ctx, y, per_channel(ctx, weight, nd, C));
-    if (bias) y = ad_add(ctx, y, per_channel(ctx, bias, nd, C));
+    /* PyTorch's inference form: per channel alpha = weight / sqrt(var +
+     * eps) and beta = bias - mean alpha, then y = x alpha + beta, two
+     * passes over x (four for (x - mean) s weight + bias) */
+    ad_tensor *alpha = ad_pow_scalar(ctx, ad_add_scalar(ctx, running_var, eps), -0.5);
+    if (weight) alpha = ad_mul(ctx, weight, alpha);
+    ad_tensor *beta = ad_neg(ctx, ad_mul(ctx, running_mean, alpha));
+    if (bias) beta = ad_add(ctx, bias, beta);
+    y = ad_add(ctx, ad_mul(ctx, x, per_channel(ctx, alpha, nd, C)), per_channel(ctx, beta, nd, C));
   }
   if (y && st) { /* buffers: in place, not recorded; only on success */
     /* noted first (an op of this tape may have read them: tape.c's check),

@@ -349,6 +349,7 @@ static ad_tensor *c_dropout(void) { return fwd(l_dropout, a); }
 static ad_tensor *c_dropout2d(void) { return fwd(l_dropout2d, img); }
 static ad_tensor *c_bn1d(void) { return fwd(l_bn1d, a); }
 static ad_tensor *c_bn2d(void) { return fwd(l_bn2d, img); }
+static ad_tensor *c_bn2d_eval(void) { return nn_layer_forward(l_bn2d, img, false); }
 static ad_tensor *c_gn(void) { return fwd(l_gn, img); }
 static ad_tensor *c_in2d(void) { return fwd(l_in2d, img); }
 static ad_tensor *c_ln(void) { return fwd(l_ln, a); }
@@ -521,6 +522,7 @@ static const struct {
     {"dropout2d", c_dropout2d},
     {"batch_norm1d", c_bn1d},
     {"batch_norm2d", c_bn2d},
+    {"batch_norm2d_eval", c_bn2d_eval},
     {"group_norm", c_gn},
     {"instance_norm2d", c_in2d},
     {"layer_norm", c_ln},

@@ -77,6 +77,7 @@ def torch_cases(f64=False):
     dense, bilinear = mod(nn.Linear(1024, 1024)), mod(nn.Bilinear(64, 64, 64))
     prelu, lrn = mod(nn.PReLU(1, 0.25)), mod(nn.LocalResponseNorm(5, 1e-4, 0.75, 1.0))
     bn1d, bn2d = mod(nn.BatchNorm1d(1024)), mod(nn.BatchNorm2d(64))
+    bn2d_eval = mod(nn.BatchNorm2d(64)).eval()
     gn, in2d, ln = mod(nn.GroupNorm(8, 64)), mod(nn.InstanceNorm2d(64)), mod(nn.LayerNorm(1024))
     conv1d, conv2d = mod(nn.Conv1d(64, 64, 3, padding=1)), mod(nn.Conv2d(64, 64, 3, padding=1))
     dwconv = mod(nn.Conv2d(64, 64, 3, padding=1, groups=64))
@@ -116,6 +117,7 @@ def torch_cases(f64=False):
         ("dropout", lambda: F.dropout(a, 0.5, True)),
         ("dropout2d", lambda: F.dropout2d(img, 0.5, True)),
         ("batch_norm1d", lambda: bn1d(a)), ("batch_norm2d", lambda: bn2d(img)),
+        ("batch_norm2d_eval", lambda: bn2d_eval(img)),
         ("group_norm", lambda: gn(img)), ("instance_norm2d", lambda: in2d(img)),
         ("layer_norm", lambda: ln(a)), ("local_response_norm", lambda: lrn(img)),
         ("conv1d", lambda: conv1d(seq)), ("conv2d", lambda: conv2d(img)),
