@@ -153,7 +153,8 @@ static nn_layer *l_dense, *l_bilinear, *l_relu6, *l_prelu, *l_rrelu, *l_softshri
     *l_up_bicub, *l_pshuf, *l_punshuf, *l_unfold, *l_fold, *l_refl2d, *l_repl2d, *l_const2d,
     *l_refl1d, *l_refl3d, *l_cos, *l_pdist, *l_emb, *l_bagl, *l_rnn, *l_lstm, *l_gru, *l_mha,
     *l_enc, *l_conv_refl, *l_conv_s2, *l_conv_g4, *l_avgp_ex, *l_bilstm, *l_enc_pre, *l_unpool,
-    *l_convt_k3, *l_lstm_bf, *l_dilconv1d, *l_dense3, *l_ln2;
+    *l_convt_k3, *l_lstm_bf, *l_dilconv1d, *l_dense3, *l_ln2, *l_dec, *l_amax3d, *l_bn3d, *l_in1d,
+    *l_repl3d, *l_lpp1d, *l_amax1d, *l_hardtanh, *l_leaky;
 
 static void make_layers(void) {
   l_dense = layer(nn_dense_new(ctx, 1024, 1024, &rng, &(nn_dense_opts){.dtype = dtype}), "dense");
@@ -312,6 +313,23 @@ static void make_layers(void) {
   l_ln2 = layer(
       nn_layer_norm_new(ctx, 2, (const int64_t[]){64, 256}, &(nn_layer_norm_opts){.dtype = dtype}),
       "layer_norm over two dims");
+  l_dec = layer(nn_transformer_decoder_layer_new(ctx, 256, 8, &rng,
+                                                 &(nn_transformer_opts){.dim_feedforward = 1024,
+                                                                        .no_dropout = true,
+                                                                        .batch_first = true,
+                                                                        .dtype = dtype}),
+                "transformer_decoder_layer");
+  l_amax3d = layer(nn_adaptive_max_pool3d_new(ctx, 5, 5, 5), "adaptive_max_pool3d");
+  l_bn3d =
+      layer(nn_batch_norm3d_new(ctx, 16, &(nn_batch_norm_opts){.dtype = dtype}), "batch_norm3d");
+  l_in1d = layer(nn_instance_norm1d_new(ctx, 64, &(nn_instance_norm_opts){.dtype = dtype}),
+                 "instance_norm1d");
+  l_repl3d = layer(nn_replication_pad3d_new(ctx, (const int64_t[6]){1, 1, 1, 1, 1, 1}),
+                   "replication_pad3d");
+  l_lpp1d = layer(nn_lp_pool1d_new(ctx, 2, 2, NULL), "lp_pool1d");
+  l_amax1d = layer(nn_adaptive_max_pool1d_new(ctx, 50), "adaptive_max_pool1d");
+  l_hardtanh = layer(nn_hardtanh_new(ctx, -0.5, 0.5), "hardtanh");
+  l_leaky = layer(nn_leaky_relu_new(ctx, 0.01), "leaky_relu");
   /* the indices of a 2x2 max pooling of img, kept (the tape's are freed) */
   nn_layer *mp = layer(nn_max_pool2d_new(ctx, 2, 2, NULL), "max_pool2d 2x2");
   ad_tensor *idx = nn_max_pool_indices(mp, img);
@@ -431,6 +449,18 @@ static ad_tensor *c_lstm_bf(void) { return rnn(l_lstm_bf); }
 static ad_tensor *c_dilconv1d(void) { return fwd(l_dilconv1d, seq); }
 static ad_tensor *c_dense3(void) { return fwd(l_dense3, att); }
 static ad_tensor *c_ln2(void) { return fwd(l_ln2, att); }
+static ad_tensor *c_dec(void) {
+  return nn_transformer_decoder_layer(
+      l_dec, att, att, &(nn_transformer_decoder_args){.causal = true, .training = true});
+}
+static ad_tensor *c_amax3d(void) { return fwd(l_amax3d, vol); }
+static ad_tensor *c_bn3d(void) { return fwd(l_bn3d, vol); }
+static ad_tensor *c_in1d(void) { return fwd(l_in1d, seq); }
+static ad_tensor *c_repl3d(void) { return fwd(l_repl3d, vol); }
+static ad_tensor *c_lpp1d(void) { return fwd(l_lpp1d, seq); }
+static ad_tensor *c_amax1d(void) { return fwd(l_amax1d, seq); }
+static ad_tensor *c_hardtanh(void) { return fwd(l_hardtanh, a); }
+static ad_tensor *c_leaky(void) { return fwd(l_leaky, a); }
 static ad_tensor *c_enc(void) {
   return nn_transformer_encoder_layer(l_enc, att, &(nn_transformer_args){.training = true});
 }
@@ -581,6 +611,15 @@ static const struct {
     {"conv1d_dilated", c_dilconv1d},
     {"dense_3d", c_dense3},
     {"layer_norm_two_dims", c_ln2},
+    {"transformer_decoder_causal", c_dec},
+    {"adaptive_max_pool3d", c_amax3d},
+    {"batch_norm3d", c_bn3d},
+    {"instance_norm1d", c_in1d},
+    {"replication_pad3d", c_repl3d},
+    {"lp_pool1d", c_lpp1d},
+    {"adaptive_max_pool1d", c_amax1d},
+    {"hardtanh", c_hardtanh},
+    {"leaky_relu", c_leaky},
     {"mse_loss", c_mse},
     {"l1_loss", c_l1},
     {"smooth_l1_loss", c_smooth_l1},

@@ -100,6 +100,8 @@ def torch_cases(f64=False):
     dilconv1d = mod(nn.Conv1d(64, 64, 3, padding=2, dilation=2))
     dense3, ln2 = mod(nn.Linear(256, 256)), mod(nn.LayerNorm([64, 256]))
     cw21 = torch.rand(21) * 1.5 + 0.5
+    dec = mod(nn.TransformerDecoderLayer(256, 8, 1024, dropout=0.0, batch_first=True))
+    bn3d, in1d = mod(nn.BatchNorm3d(16)), mod(nn.InstanceNorm1d(64))
     enc_pre = mod(nn.TransformerEncoderLayer(256, 8, 1024, dropout=0.0, batch_first=True,
                                              norm_first=True))
 
@@ -165,6 +167,13 @@ def torch_cases(f64=False):
         ("conv_transpose2d_k3s2p1op1", lambda: convt_k3(img)),
         ("lstm_batch_first", lambda: lstm_bf(rx)[0]), ("conv1d_dilated", lambda: dilconv1d(seq)),
         ("dense_3d", lambda: dense3(att)), ("layer_norm_two_dims", lambda: ln2(att)),
+        ("transformer_decoder_causal", lambda: dec(att, att, tgt_mask=causal)),
+        ("adaptive_max_pool3d", lambda: F.adaptive_max_pool3d(vol, 5)),
+        ("batch_norm3d", lambda: bn3d(vol)), ("instance_norm1d", lambda: in1d(seq)),
+        ("replication_pad3d", lambda: F.pad(vol, (1,) * 6, "replicate")),
+        ("lp_pool1d", lambda: F.lp_pool1d(seq, 2, 2)),
+        ("adaptive_max_pool1d", lambda: F.adaptive_max_pool1d(seq, 50)),
+        ("hardtanh", lambda: F.hardtanh(a, -0.5, 0.5)), ("leaky_relu", lambda: F.leaky_relu(a, 0.01)),
         ("mse_loss", lambda: F.mse_loss(a, b)), ("l1_loss", lambda: F.l1_loss(a, b)),
         ("smooth_l1_loss", lambda: F.smooth_l1_loss(a, b)), ("huber_loss", lambda: F.huber_loss(a, b)),
         ("kl_div_loss", lambda: F.kl_div(a, t01, reduction="mean")),
