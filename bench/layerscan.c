@@ -337,6 +337,7 @@ static void make_layers(void) {
   if (!pool_idx) die("max_unpool2d's indices");
   memcpy(pool_idx->data, idx->data, (size_t)idx->size * sizeof(int32_t));
   ad_tape_reset(ctx);
+  nn_layer_free(mp);
 }
 
 static ad_tensor *fwd(nn_layer *l, ad_tensor *x) { return nn_layer_forward(l, x, true); }
