@@ -381,7 +381,7 @@ static bool broadcasts_to(const ad_tensor *w, const ad_tensor *x) {
 
 /* PyTorch 1.13's F.multilabel_soft_margin_loss over the last dim (C):
  *   l_n = -sum_c w (t log sigmoid(x) + (1 - t) log sigmoid(-x)) / C
- * log sigmoid(x) by ad_logsigmoid (one op each way, as torch's
+ * the sum's terms by ad_binary_cross_entropy_logits (torch composes two
  * F.logsigmoid). The weight broadcasts to x's shape and gets its
  * gradient, as in torch (a composite there too). */
 ad_tensor *nn_multilabel_soft_margin_loss(ad_ctx *ctx, ad_tensor *input, ad_tensor *target,
@@ -411,15 +411,16 @@ ad_tensor *nn_multilabel_soft_margin_loss(ad_ctx *ctx, ad_tensor *input, ad_tens
   }
   if (!nn_loss_check_reduction(ctx, fn, red, false)) return NULL;
   int ax = input->ndim - 1;
-  ad_tensor *ls = ad_logsigmoid(ctx, input);               /* log sigmoid(x) */
-  ad_tensor *lsn = ad_logsigmoid(ctx, ad_neg(ctx, input)); /* log sigmoid(-x) */
-  ad_tensor *l = ad_add(ctx, ad_mul(ctx, t, ls), ad_mul(ctx, ad_rsub_scalar(ctx, t, 1.0), lsn));
+  /* -(t log sigmoid(x) + (1 - t) log sigmoid(-x)) per element is binary
+   * cross-entropy with logits: its op (one softplus an element, the
+   * gradient one pass) in place of two logsigmoids; infinite x gives the
+   * same inf and NaN as torch's form */
+  ad_tensor *l = ad_binary_cross_entropy_logits(ctx, input, t);
   if (weight) l = ad_mul(ctx, l, weight);
-  /* / -C as a tensor (the sign of the sum: -(a) / C is a / -C exactly): with
-   * no class (C = 0) each sample's 0 / -0 is NaN, as in torch, where
-   * ad_div_scalar refuses a division by zero */
+  /* / C as a tensor: with no class (C = 0) each sample's 0 / 0 is NaN, as
+   * in torch, where ad_div_scalar refuses a division by zero */
   l = ad_div(ctx, ad_sum_axis(ctx, l, ax, false),
-             ad_scalar(ctx, input->dtype, -(double)input->shape[ax]));
+             ad_scalar(ctx, input->dtype, (double)input->shape[ax]));
   return nn_loss_reduce(ctx, l, red, l);
 }
 

@@ -436,6 +436,52 @@ Test(losses_pair, multi_margin_inactive_terms_ignore_an_infinite_weight) {
 /* A second tensor of the first's size but another shape is viewed with
  * its shape (margin ranking's x2 and y, hinge's and soft margin's y, the
  * Gaussian target), and its gradient keeps its own shape. */
+/* Infinite inputs: the terms -(t log sigmoid(x) + (1 - t) log sigmoid(-x))
+ * give torch's inf and NaN (0 times an infinite log is NaN), though they
+ * are computed as binary cross-entropy with logits; a finite row stays
+ * close to the double form and its gradient finite. */
+Test(losses_pair, multilabel_soft_margin_infinite_inputs_as_torch) {
+  static const double x[6] = {INFINITY, INFINITY, -INFINITY, -INFINITY, 3, -2};
+  static const double t[6] = {1, 0.5, 0, 1, 0.25, 1};
+  for (int d = 0; d < 2; d++) {
+    ad_dtype dt = d ? AD_F32 : AD_F64;
+    int64_t s2[2] = {6, 1};
+    ad_tensor *xt = ad_from_data(ctx, AD_F64, 2, s2, x), *tt = ad_from_data(ctx, AD_F64, 2, s2, t);
+    cr_assert(xt && tt);
+    if (d) {
+      ad_tensor *a = ad_cast(ctx, xt, dt), *b = ad_cast(ctx, tt, dt);
+      ad_tensor_free(xt), ad_tensor_free(tt);
+      xt = ad_tensor_clone(ctx, a), tt = ad_tensor_clone(ctx, b);
+      ad_tape_reset(ctx);
+    }
+    ad_tensor_set_requires_grad(xt, true);
+    ad_tensor *l = nn_multilabel_soft_margin_loss(ctx, xt, tt, NULL, NN_NONE);
+    cr_assert_not_null(l, "%s", ad_last_error(ctx));
+    for (int i = 0; i < 6; i++) {
+      /* log sigmoid(v) = -(max(-v, 0) + log1p(e^-|v|)), torch's form */
+      double lp = -(fmax(-x[i], 0) + log1p(exp(-fabs(x[i])))),
+             ln = -(fmax(x[i], 0) + log1p(exp(-fabs(x[i]))));
+      double want = -(t[i] * lp + (1 - t[i]) * ln), got = ad_tensor_get(l, i);
+      if (isnan(want))
+        cr_assert(isnan(got), "%s row %d: %g, want NaN", ad_dtype_name(dt), i, got);
+      else if (isinf(want))
+        cr_assert_eq(got, want, "%s row %d: %g, want %g", ad_dtype_name(dt), i, got, want);
+      else
+        cr_assert_float_eq(got, want, d ? 1e-6 : 1e-15, "%s row %d: %.17g, want %.17g",
+                           ad_dtype_name(dt), i, got, want);
+    }
+    cr_assert_eq(ad_backward(ctx, ad_sum(ctx, ad_narrow(ctx, l, 0, 4, 2)), NULL), AD_OK, "%s",
+                 ad_last_error(ctx));
+    for (int i = 4; i < 6; i++) { /* d/dx = sigmoid(x) - t */
+      double want = 1 / (1 + exp(-x[i])) - t[i];
+      cr_assert_float_eq(ad_tensor_get(xt->grad, i), want, d ? 1e-6 : 1e-15, "%s grad %d",
+                         ad_dtype_name(dt), i);
+    }
+    ad_tape_reset(ctx);
+    ad_tensor_free(xt), ad_tensor_free(tt);
+  }
+}
+
 Test(losses_pair, tensors_of_the_same_size_are_reshaped) {
   int64_t s2[2] = {4, 1}, s1[1] = {4};
   const double v[4] = {0.5, -1, 2, 0.25};
