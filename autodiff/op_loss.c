@@ -369,7 +369,7 @@ static void softmax_ce_fwd(const ad_call *c) {
     int64_t kept = 0;
     double total = ce_fwd_f32(z->data, lab, N, C, at, &kept);
     *(float *)out->data = (float)(at->sum ? total : kept ? total / (double)kept : NAN);
-  } else if (T > 1) {
+  } else if (T != 1) { /* (T = 0 too: no position) */
     ce_sp_job j = {.z = z->data,
                    .lab = lab,
                    .f64 = out->dtype == AD_F64,
@@ -435,7 +435,7 @@ static ad_status softmax_ce_bwd(const ad_call *c) {
     if (!dz) return ad_last_status(ctx);
     if (z->dtype == AD_F32 && T == 1) {
       ce_bwd_f32(z->data, lab, N, C, at, *(const float *)c->gout->data * (float)scale, dz->data);
-    } else if (T > 1) {
+    } else if (T != 1) { /* (T = 0 too: no position) */
       bool f64 = z->dtype == AD_F64;
       ce_sp_job j = {.z = z->data,
                      .lab = lab,
@@ -447,7 +447,7 @@ static ad_status softmax_ce_bwd(const ad_call *c) {
                      .dz = dz->data,
                      .gs = f64 ? *(const double *)c->gout->data * scale
                                : (double)(*(const float *)c->gout->data * (float)scale)};
-      if (N > 0) ad_parallel_for(N * j.bpr, ce_sp_grain(C), ce_sp_bwd_units, &j);
+      if (N * j.bpr > 0) ad_parallel_for(N * j.bpr, ce_sp_grain(C), ce_sp_bwd_units, &j);
     } else {
       CE_BWD(double);
     }

@@ -865,6 +865,28 @@ Test(seq, cross_entropy_spatial_blocks) {
       }
 }
 
+/* [N, C, 0]: no position, in both dtypes (the float32 one must not take
+ * the float64 [N, C] loop): the mean is NaN, the sum 0, the gradient
+ * empty. */
+Test(seq, cross_entropy_no_position_either_dtype) {
+  int64_t zs[3] = {2, 3, 0}, ts[2] = {2, 0};
+  for (int d = 0; d < 2; d++)
+    for (int sum = 0; sum < 2; sum++) {
+      ad_tensor *z = ad_zeros(ctx, d ? AD_F32 : AD_F64, 3, zs), *t = ad_zeros(ctx, AD_I32, 2, ts);
+      cr_assert(z && t);
+      ad_tensor_set_requires_grad(z, true);
+      ad_cross_entropy_opts o = {.sum = sum};
+      ad_tensor *l = ad_softmax_cross_entropy_ext(ctx, z, t, &o);
+      cr_assert_not_null(l, "%s", ad_last_error(ctx));
+      cr_assert(sum ? ad_tensor_item(l) == 0 : isnan(ad_tensor_item(l)), "%s sum %d: %g",
+                ad_dtype_name(z->dtype), sum, ad_tensor_item(l));
+      cr_assert_eq(ad_backward(ctx, l, NULL), AD_OK, "%s", ad_last_error(ctx));
+      cr_assert(z->grad && z->grad->size == 0);
+      ad_tape_reset(ctx);
+      ad_tensor_free(z), ad_tensor_free(t);
+    }
+}
+
 Test(seq, cross_entropy_gradcheck_with_ignore) {
   ad_rng rng;
   ad_rng_seed(&rng, 13);
