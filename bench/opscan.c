@@ -37,9 +37,11 @@ static ad_dtype dtype = AD_F32; /* of the float inputs (--dtype) */
  * in [-2, 2); sq [1024,1024]; bias, gamma, beta [1024]; idx 256 rows of sq;
  * emb [1000,256] and its indices [32,64]; logits [256,1000] and labels;
  * prob in [0.01, 0.99) and target in [0, 1) [256,1024]; img [32,64,32,32]
- * and a 3x3 kernel w [64,64,3,3]. */
+ * and a 3x3 kernel w [64,64,3,3]; ch [64] (per channel of img), col
+ * [256,1]; bq [16,64,256], bk [16,256,64] (a batched product); gidx
+ * [256,1] (i32, a label per row of logits). */
 static ad_tensor *a, *b, *p, *q, *sq, *bias, *gamma_, *beta, *idx, *emb, *eidx, *logits, *labels,
-    *prob, *target, *img, *w;
+    *prob, *target, *img, *w, *ch, *col, *bq, *bk, *gidx;
 
 static ad_tensor *c_div(void) { return ad_div(ctx, a, p); }
 static ad_tensor *c_pow(void) { return ad_pow(ctx, p, q); }
@@ -90,6 +92,23 @@ static ad_tensor *c_conv3x3(void) {
   return ad_conv2d(ctx, img, w, NULL, &(ad_conv_opts){.padding = {1, 1, 1, 1}});
 }
 static ad_tensor *c_matmul(void) { return ad_matmul(ctx, a, sq, false, false); }
+/* layouts: a per-channel factor (broadcast over N, H, W), a column, NHWC,
+ * a batched product, a gather along the rows, scans and reductions along
+ * other axes */
+static ad_tensor *c_mul_channel(void) {
+  return ad_mul(ctx, img, ad_reshape(ctx, ch, 4, (const int64_t[]){1, 64, 1, 1}));
+}
+static ad_tensor *c_add_col(void) { return ad_add(ctx, a, col); }
+static ad_tensor *c_permute_nhwc(void) { return ad_permute(ctx, img, (const int[]){0, 2, 3, 1}); }
+static ad_tensor *c_bmm(void) { return ad_matmul(ctx, bq, bk, false, false); }
+static ad_tensor *c_gather1(void) { return ad_gather(ctx, logits, 1, gidx); }
+static ad_tensor *c_cumsum1(void) { return ad_cumsum(ctx, a, 1); }
+static ad_tensor *c_cumsum0(void) { return ad_cumsum(ctx, a, 0); }
+static ad_tensor *c_var1(void) { return ad_var(ctx, a, 1, (const int[]){1}, 1, false); }
+static ad_tensor *c_mean_hw(void) {
+  return ad_mean_axis(ctx, ad_mean_axis(ctx, img, 3, false), 2, false);
+}
+static ad_tensor *c_flip1(void) { return ad_flip(ctx, a, 1, (const int[]){1}); }
 
 static const struct {
   const char *name;
@@ -140,6 +159,16 @@ static const struct {
     {"layer_norm", c_layer_norm},
     {"conv3x3", c_conv3x3},
     {"matmul", c_matmul},
+    {"mul_channel", c_mul_channel},
+    {"add_col", c_add_col},
+    {"permute_nhwc", c_permute_nhwc},
+    {"bmm", c_bmm},
+    {"gather1", c_gather1},
+    {"cumsum1", c_cumsum1},
+    {"cumsum0", c_cumsum0},
+    {"var1", c_var1},
+    {"mean_hw", c_mean_hw},
+    {"flip1", c_flip1},
 };
 
 /* A float leaf (dtype) of shape [n0, n1] (n1 = 0: 1-D), uniform in [lo, hi) or
@@ -183,10 +212,16 @@ static void make_inputs(void) {
   logits = input(&rng, 2, s_lg, 0, 0, true), labels = indices(1, s_idx, 13, 1000);
   prob = input(&rng, 2, s2, 0.01, 0.99, true), target = input(&rng, 2, s2, 0, 1, false);
   img = input(&rng, 4, s_img, 0, 0, true), w = input(&rng, 4, s_w, -0.1, 0.1, true);
+  ch = input(&rng, 1, (const int64_t[]){64}, 0.5, 1.5, true);
+  col = input(&rng, 2, (const int64_t[]){256, 1}, 0, 0, true);
+  bq = input(&rng, 3, (const int64_t[]){16, 64, 256}, 0, 0, true);
+  bk = input(&rng, 3, (const int64_t[]){16, 256, 64}, 0, 0, true);
+  gidx = indices(2, (const int64_t[]){256, 1}, 13, 1000);
 }
 
 static void clear_grads(void) {
-  ad_tensor *leaves[] = {a, b, p, q, sq, bias, gamma_, beta, emb, logits, prob, img, w};
+  ad_tensor *leaves[] = {a,      b,    p,   q, sq, bias, gamma_, beta, emb,
+                         logits, prob, img, w, ch, col,  bq,     bk};
   for (size_t k = 0; k < sizeof leaves / sizeof *leaves; k++) ad_tensor_zero_grad(leaves[k]);
 }
 

@@ -51,7 +51,10 @@ def torch_cases(f64=False):
     labels = torch.tensor([k * 13 % 1000 for k in range(256)])
     prob, target = leaf(256, 1024, lo=0.01, hi=0.99), torch.rand(256, 1024)
     img, w = leaf(32, 64, 32, 32), leaf(64, 64, 3, 3, lo=-0.1, hi=0.1)
-    leaves = [a, b, p, q, sq, bias, gamma, beta, emb, logits, prob, img, w]
+    ch, col = leaf(64, lo=0.5, hi=1.5), leaf(256, 1)
+    bq, bk = leaf(16, 64, 256), leaf(16, 256, 64)
+    gidx = labels.view(256, 1)
+    leaves = [a, b, p, q, sq, bias, gamma, beta, emb, logits, prob, img, w, ch, col, bq, bk]
     cases = [
         ("div", lambda: a / p), ("pow", lambda: torch.pow(p, q)),
         ("maximum", lambda: torch.maximum(a, b)), ("where_lt", lambda: torch.where(a < b, a, b)),
@@ -79,6 +82,12 @@ def torch_cases(f64=False):
         ("max_pool", lambda: F.max_pool2d(img, 2)), ("avg_pool", lambda: F.avg_pool2d(img, 2)),
         ("layer_norm", lambda: F.layer_norm(a, (1024,), gamma, beta, 1e-5)),
         ("conv3x3", lambda: F.conv2d(img, w, padding=1)), ("matmul", lambda: a @ sq),
+        ("mul_channel", lambda: img * ch.view(1, 64, 1, 1)), ("add_col", lambda: a + col),
+        ("permute_nhwc", lambda: img.permute(0, 2, 3, 1).contiguous()),
+        ("bmm", lambda: torch.matmul(bq, bk)), ("gather1", lambda: torch.gather(logits, 1, gidx)),
+        ("cumsum1", lambda: torch.cumsum(a, 1)), ("cumsum0", lambda: torch.cumsum(a, 0)),
+        ("var1", lambda: torch.var(a, 1)), ("mean_hw", lambda: img.mean((2, 3))),
+        ("flip1", lambda: torch.flip(a, (1,))),
     ]
     return cases, leaves
 

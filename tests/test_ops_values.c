@@ -2444,3 +2444,44 @@ Test(ops_values, clamp_and_sign_errors) {
   ad_tensor_free(x64);
   ad_tensor_free(i32);
 }
+
+/* cumsum and flip along the last axis (contiguous rows: cumsum interleaves
+ * eight rows' sums, flip reverses in a loop) give the bits of the same ops
+ * along the first axis of the transposed input (lanes read row by row):
+ * each lane summed in order in one double, each element moved as it is;
+ * row counts around the interleave (1, 7, 8, 9, 33), 1 and 3 threads,
+ * NaN and infinities in a row. */
+Test(ops_values, cumsum_and_flip_along_rows_as_along_lanes) {
+  static const int64_t rows[5] = {1, 7, 8, 9, 33};
+  for (int d = 0; d < 2; d++)
+    for (int ri = 0; ri < 5; ri++)
+      for (int th = 0; th < 2; th++) {
+        ad_dtype dt = d ? AD_F64 : AD_F32;
+        int64_t R = rows[ri], n = 1000 + ri, xs[2] = {R, n};
+        ad_tensor *x = test_uniform(ctx, 7 + (uint64_t)ri, dt, 2, xs);
+        cr_assert_not_null(x);
+        for (int64_t i = 0; i < x->size; i++) ad_tensor_set(x, i, ad_tensor_get(x, i) * 1e3);
+        if (R > 2) ad_tensor_set(x, 1 * n + 5, NAN), ad_tensor_set(x, 2 * n + 9, INFINITY);
+        cr_assert_eq(ad_set_num_threads(th ? 3 : 1), AD_OK);
+        ad_tensor *xt = ad_transpose(ctx, x, 0, 1); /* a copy: the lanes of axis 0 */
+        ad_tensor *c1 = ad_cumsum(ctx, x, 1), *c0 = ad_cumsum(ctx, xt, 0);
+        const int ax1[1] = {1};
+        ad_tensor *f1 = ad_flip(ctx, x, 1, ax1);
+        cr_assert(c1 && c0 && f1, "%s", ad_last_error(ctx));
+        for (int64_t r = 0; r < R; r++)
+          for (int64_t k = 0; k < n; k++) {
+            double a = ad_tensor_get(c1, r * n + k), b = ad_tensor_get(c0, k * R + r);
+            double fa = ad_tensor_get(f1, r * n + k), want = ad_tensor_get(x, r * n + n - 1 - k);
+            cr_assert((isnan(a) && isnan(b)) || memcmp(&a, &b, sizeof a) == 0,
+                      "%s rows %lld, %d threads: cumsum [%lld,%lld] %.17g, lanes %.17g",
+                      ad_dtype_name(dt), (long long)R, th ? 3 : 1, (long long)r, (long long)k, a,
+                      b);
+            cr_assert((isnan(fa) && isnan(want)) || memcmp(&fa, &want, sizeof fa) == 0,
+                      "%s rows %lld: flip [%lld,%lld] %.17g, want %.17g", ad_dtype_name(dt),
+                      (long long)R, (long long)r, (long long)k, fa, want);
+          }
+        ad_set_num_threads(1);
+        ad_tape_reset(ctx);
+        ad_tensor_free(x);
+      }
+}
