@@ -778,7 +778,6 @@ static ad_tensor *ce_fn(ad_ctx *c, int n, ad_tensor *const *in, void *ud) {
   return ad_softmax_cross_entropy_ext(c, ad_mul(c, in[0], in[0]), t, &o);
 }
 
-/* ignore_index 0 (a padding token) over [N, C, T], both orders. */
 /* Logits [N, C, d...] (segmentation's layout: a position's classes T
  * apart), which the op takes 64 positions of a sample at a time: the loss
  * within a few ulp of a double-precision reference (the max shifted out,
@@ -887,6 +886,7 @@ Test(seq, cross_entropy_no_position_either_dtype) {
     }
 }
 
+/* ignore_index 0 (a padding token) over [N, C, T], both orders. */
 Test(seq, cross_entropy_gradcheck_with_ignore) {
   ad_rng rng;
   ad_rng_seed(&rng, 13);
