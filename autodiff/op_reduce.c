@@ -479,8 +479,51 @@ static double sum_long(const void *x, bool f32, int64_t n, bool split) {
   }
 LANES_FNS(sum_lanes, SUM_BODY, SUM_BLOCK, CELL_CLONES)
 
+/* Contiguous rows shorter than SUM_LONG (a reduction over the last dims:
+ * inner = 1), SUM_ROWS at a time with their sums interleaved, so that one
+ * row's additions do not wait for each other's latency; each row still
+ * summed in order in one double (SUM_BODY's bits). Rows [b, e). */
+enum { SUM_ROWS = 8 };
+typedef struct sum_rows_job {
+  const void *x;
+  void *y;
+  int64_t n;
+} sum_rows_job;
+#define SUM_ROWS_OF(T)                                                                             \
+  do {                                                                                             \
+    const T *X = j->x;                                                                             \
+    T *Y = j->y;                                                                                   \
+    int64_t n = j->n, r0 = b;                                                                      \
+    for (; r0 + SUM_ROWS <= e; r0 += SUM_ROWS) {                                                   \
+      double acc[SUM_ROWS] = {0};                                                                  \
+      for (int64_t k = 0; k < n; k++)                                                              \
+        for (int q = 0; q < SUM_ROWS; q++) acc[q] += X[(r0 + q) * n + k];                          \
+      for (int q = 0; q < SUM_ROWS; q++) Y[r0 + q] = (T)acc[q];                                    \
+    }                                                                                              \
+    for (; r0 < e; r0++) {                                                                         \
+      double acc = 0;                                                                              \
+      for (int64_t k = 0; k < n; k++) acc += X[r0 * n + k];                                        \
+      Y[r0] = (T)acc;                                                                              \
+    }                                                                                              \
+  } while (0)
+CELL_CLONES static void sum_rows_f32(void *ud, int64_t b, int64_t e) {
+  const sum_rows_job *j = ud;
+  SUM_ROWS_OF(float);
+}
+CELL_CLONES static void sum_rows_f64(void *ud, int64_t b, int64_t e) {
+  const sum_rows_job *j = ud;
+  SUM_ROWS_OF(double);
+}
+#undef SUM_ROWS_OF
+
 static void sum_fwd(const ad_call *c) {
   red_dims r = red_of(c->in[0], c->attrs->reduce.axes);
+  if (r.inner == 1 && r.n > 0 && r.n < SUM_LONG && r.outer >= SUM_ROWS) {
+    sum_rows_job j = {c->in[0]->data, c->out->data, r.n};
+    int64_t grain = 32768 / r.n > SUM_ROWS ? 32768 / r.n : SUM_ROWS;
+    ad_parallel_for(r.outer, grain, c->out->dtype == AD_F32 ? sum_rows_f32 : sum_rows_f64, &j);
+    return;
+  }
   if (r.outer == 1 && r.inner == 1 && r.n >= SUM_LONG) { /* one long lane: its chunks split */
     double s = sum_long(c->in[0]->data, c->out->dtype == AD_F32, r.n, true);
     if (c->out->dtype == AD_F32)

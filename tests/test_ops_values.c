@@ -2445,8 +2445,9 @@ Test(ops_values, clamp_and_sign_errors) {
   ad_tensor_free(i32);
 }
 
-/* cumsum and flip along the last axis (contiguous rows: cumsum interleaves
- * eight rows' sums, flip reverses in a loop) give the bits of the same ops
+/* cumsum, sum and flip along the last axis (contiguous rows: cumsum and a
+ * sum of rows under 256 interleave eight rows' sums, flip reverses in a
+ * loop) give the bits of the same ops
  * along the first axis of the transposed input (lanes read row by row):
  * each lane summed in order in one double, each element moved as it is;
  * row counts around the interleave (1, 7, 8, 9, 33), 1 and 3 threads,
@@ -2457,7 +2458,7 @@ Test(ops_values, cumsum_and_flip_along_rows_as_along_lanes) {
     for (int ri = 0; ri < 5; ri++)
       for (int th = 0; th < 2; th++) {
         ad_dtype dt = d ? AD_F64 : AD_F32;
-        int64_t R = rows[ri], n = 1000 + ri, xs[2] = {R, n};
+        int64_t R = rows[ri], n = ri % 2 ? 1000 + ri : 30 + ri, xs[2] = {R, n};
         ad_tensor *x = test_uniform(ctx, 7 + (uint64_t)ri, dt, 2, xs);
         cr_assert_not_null(x);
         for (int64_t i = 0; i < x->size; i++) ad_tensor_set(x, i, ad_tensor_get(x, i) * 1e3);
@@ -2467,7 +2468,14 @@ Test(ops_values, cumsum_and_flip_along_rows_as_along_lanes) {
         ad_tensor *c1 = ad_cumsum(ctx, x, 1), *c0 = ad_cumsum(ctx, xt, 0);
         const int ax1[1] = {1};
         ad_tensor *f1 = ad_flip(ctx, x, 1, ax1);
-        cr_assert(c1 && c0 && f1, "%s", ad_last_error(ctx));
+        ad_tensor *s1 = ad_sum_axis(ctx, x, 1, false), *s0 = ad_sum_axis(ctx, xt, 0, false);
+        cr_assert(c1 && c0 && f1 && s1 && s0, "%s", ad_last_error(ctx));
+        for (int64_t r = 0; r < R && n < 256; r++) { /* (longer rows sum in chunks) */
+          double a = ad_tensor_get(s1, r), b = ad_tensor_get(s0, r);
+          cr_assert((isnan(a) && isnan(b)) || memcmp(&a, &b, sizeof a) == 0,
+                    "%s rows %lld of %lld: sum of row %lld %.17g, lanes %.17g", ad_dtype_name(dt),
+                    (long long)R, (long long)n, (long long)r, a, b);
+        }
         for (int64_t r = 0; r < R; r++)
           for (int64_t k = 0; k < n; k++) {
             double a = ad_tensor_get(c1, r * n + k), b = ad_tensor_get(c0, k * R + r);
