@@ -265,6 +265,22 @@ for tag, sz, st, sw in (("same", (3, 4), (3, 4), (3, 4)), ("per_class", (3, 4), 
         lambda t: F.binary_cross_entropy_with_logits(*torch.broadcast_tensors(t[0], t[1]),
                                                      pos_weight=t[2], reduction="none"))
 
+# channel_affine (batch norm's evaluation mode in one pass): (x - m[c]) a[c]
+# + b[c] along dim 1, b optional
+def _channel_affine(t):
+    shape = [1] * t[0].dim()
+    shape[1] = t[0].shape[1]
+    y = (t[0] - t[1].view(shape)) * t[2].view(shape)
+    return y + t[3].view(shape) if len(t) > 3 else y
+
+
+for tag, xs, bias in (("3d", (2, 3, 4), True), ("2d", (3, 2), True), ("4d_no_bias", (2, 3, 2, 2), False)):
+    add(f"channel_affine_{tag}", "channel_affine",
+        lambda rng, xs=xs, bias=bias: [("in", U(rng, xs)), ("in", U(rng, (xs[1],), -1, 1)),
+                                       ("in", U(rng, (xs[1],), 0.5, 1.5))]
+        + ([("in", U(rng, (xs[1],), -1, 1))] if bias else []),
+        _channel_affine)
+
 # binary_cross_entropy where a log is clamped at -100: a confident wrong p
 # (0 for t = 1, 1 for t = 0) gets torch's (p - t) / max(p (1 - p), 1e-12),
 # not the clamped log's 0; t gets log(1 - p) - log p, infinite there.

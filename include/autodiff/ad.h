@@ -1221,9 +1221,10 @@ AD_API ad_tensor *ad_ctc_alpha(ad_ctx *ctx, ad_tensor *e, ad_tensor *skip, ad_te
  * in double, each channel's summed in an order fixed by the shape: the
  * same bits on any number of threads), whose plain backward is one pass
  * for the sums and one for dx; under create_graph that backward is made of
- * ops, and evaluation mode is a composite of ops (per channel alpha =
- * weight / sqrt(var + eps), then y = (x - mean) alpha + bias, so that
- * weight's gradient takes x - mean, as PyTorch's): differentiable to any
+ * ops, and evaluation mode is per channel alpha = weight / sqrt(var +
+ * eps) of ops, then y = (x - mean) alpha + bias in one pass (the op
+ * channel_affine, whose gradients are ops; weight's takes x - mean, as
+ * PyTorch's): differentiable to any
  * order in every float input (the running statistics are buffers, not
  * differentiated). Errors:
  * AD_ERR_NULL (x NULL), AD_ERR_SHAPE (x under 2 dims, a vector not [C],
