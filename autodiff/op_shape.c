@@ -2498,6 +2498,15 @@ static ad_status flip_shape(const ad_call *c) {
   return AD_OK;
 }
 
+/* Rows of n elements of type T reversed: y[o, k] = x[o, n-1-k]. */
+#define FLIP_ROWS(T)                                                                               \
+  do {                                                                                             \
+    const T *s_ = x->data;                                                                         \
+    T *d_ = c->out->data;                                                                          \
+    for (int64_t o = 0; o < outer; o++)                                                            \
+      for (int64_t k = 0; k < n; k++) d_[o * n + k] = s_[o * n + n - 1 - k];                       \
+  } while (0)
+
 static void flip_fwd(const ad_call *c) {
   const ad_tensor *x = c->in[0];
   int ax = ad_norm_axis(c->attrs->axis, x->ndim);
@@ -2507,24 +2516,21 @@ static void flip_fwd(const ad_call *c) {
   const char *src = x->data;
   char *dst = c->out->data;
   if (c->out->size == 0) return;
-  if (inner == 1 && es == 4) { /* the last axis: elements reversed in a loop, not a copy call each */
-    const uint32_t *s4 = (const uint32_t *)src;
-    uint32_t *d4 = (uint32_t *)dst;
-    for (int64_t o = 0; o < outer; o++)
-      for (int64_t k = 0; k < n; k++) d4[o * n + k] = s4[o * n + n - 1 - k];
-    return;
-  }
-  if (inner == 1) {
-    const uint64_t *s8 = (const uint64_t *)src;
-    uint64_t *d8 = (uint64_t *)dst;
-    for (int64_t o = 0; o < outer; o++)
-      for (int64_t k = 0; k < n; k++) d8[o * n + k] = s8[o * n + n - 1 - k];
+  if (inner == 1) { /* the last axis: elements reversed in a loop of the dtype (not through
+                     * another type: strict aliasing), not a copy call each */
+    if (x->dtype == AD_F32)
+      FLIP_ROWS(float);
+    else if (x->dtype == AD_F64)
+      FLIP_ROWS(double);
+    else
+      FLIP_ROWS(int32_t);
     return;
   }
   for (int64_t o = 0; o < outer; o++)
     for (int64_t k = 0; k < n; k++)
       memcpy(dst + (size_t)(o * n + k) * blk, src + (size_t)(o * n + n - 1 - k) * blk, blk);
 }
+#undef FLIP_ROWS
 
 static ad_status flip_bwd(const ad_call *c) {
   return ad_call_set_grad(c, 0, ad_flip(c->ctx, c->gout, 1, &c->attrs->axis));
