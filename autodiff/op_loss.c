@@ -83,8 +83,8 @@ static ad_status softmax_ce_shape(const ad_call *c) {
  * PyTorch's -log_softmax: (max + log(sum e)) - z[t] would round the log to
  * max's precision first, losing a near-0 loss and all of it for logits
  * beyond ~1e16. Here float64 [N, C] (T = 1); float32 [N, C] takes
- * ce_fwd_f32 and T > 1 the position blocks (ce_sp_fwd) below, with the
- * same formula. */
+ * ce_fwd_f32 and T != 1 (T = 0 too: no position) the position blocks
+ * (ce_sp_fwd) below, with the same formula. */
 #define CE_FWD(T_)                                                                                 \
   do {                                                                                             \
     const T_ *Z = z->data;                                                                         \
@@ -208,7 +208,7 @@ static void ce_bwd_f32(const float *z, const int32_t *lab, int64_t P, int64_t C,
     ad_parallel_for((P + CE_ROWS - 1) / CE_ROWS, ce_grain(CE_ROWS, C), ce_bwd_blocks_f32, &j);
 }
 
-/* Positions that are not contiguous rows (T > 1: logits [N, C, d1, ...],
+/* Positions that are not contiguous rows (T != 1: logits [N, C, d1, ...],
  * the classes of a position T apart, as in segmentation): CE_LB
  * consecutive positions of a sample at a time, as the softmax op takes
  * its lanes (op_reduce.c): classes outside, the block's positions inside,
