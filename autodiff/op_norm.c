@@ -1192,25 +1192,17 @@ static ad_tensor *ca_sum_c(ad_ctx *ctx, ad_tensor *t) {
   return ad_sum_axis(ctx, ad_sum_axis(ctx, ad_reshape(ctx, t, 3, s3), 2, false), 0, false);
 }
 
-/* v [C] as [1, C, 1, ...] against x's rank */
-static ad_tensor *ca_per_channel(ad_ctx *ctx, ad_tensor *v, int nd) {
-  if (!v) return NULL;
-  int64_t shape[AD_MAX_DIMS];
-  for (int k = 0; k < nd; k++) shape[k] = k == 1 ? v->shape[0] : 1;
-  return ad_reshape(ctx, v, nd, shape);
-}
-
 static ad_status channel_affine_bwd(const ad_call *c) {
   ad_ctx *ctx = c->ctx;
   ad_tensor *x = c->in[0], *dy = c->gout;
   int nd = x->ndim;
   ad_status st = AD_OK;
   ad_tensor *ga = NULL; /* dy a, for dx and dm */
-  if (c->needs[0] || c->needs[1]) ga = ad_mul(ctx, dy, ca_per_channel(ctx, c->in[2], nd));
+  if (c->needs[0] || c->needs[1]) ga = ad_mul(ctx, dy, per_channel(ctx, c->in[2], nd, x->shape[1]));
   if (c->needs[0]) st = ad_call_set_grad(c, 0, ga);
   if (st == AD_OK && c->needs[1]) st = ad_call_set_grad(c, 1, ad_neg(ctx, ca_sum_c(ctx, ga)));
   if (st == AD_OK && c->needs[2]) {
-    ad_tensor *xm = ad_sub(ctx, x, ca_per_channel(ctx, c->in[1], nd));
+    ad_tensor *xm = ad_sub(ctx, x, per_channel(ctx, c->in[1], nd, x->shape[1]));
     st = ad_call_set_grad(c, 2, ca_sum_c(ctx, ad_mul(ctx, dy, xm)));
   }
   if (st == AD_OK && c->n > 3 && c->needs[3]) st = ad_call_set_grad(c, 3, ca_sum_c(ctx, dy));
