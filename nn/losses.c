@@ -173,6 +173,11 @@ static ad_tensor *picked(ad_ctx *ctx, ad_tensor *logp, ad_tensor *labels) {
 ad_tensor *nn_cross_entropy_loss(ad_ctx *ctx, ad_tensor *logits, ad_tensor *target,
                                  nn_reduction red) {
   const char *fn = "cross_entropy_loss";
+  /* [N, C, d1, ...], as F.cross_entropy takes it: the _ext form without
+   * options (labels [N, d1, ...] or probabilities of the logits' shape) */
+  if (ctx && logits && target && nn_check_input(ctx, fn, "logits", logits) == AD_OK &&
+      logits->ndim > 2)
+    return nn_cross_entropy_loss_ext(ctx, logits, target, red, NULL);
   if (ctx && target && target->dtype == AD_I32) {
     if (!check_labels(ctx, fn, logits, target) || !nn_loss_check_reduction(ctx, fn, red, false))
       return NULL;

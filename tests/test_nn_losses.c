@@ -337,6 +337,35 @@ Test(losses, bce_pos_weight_op_is_the_composition) {
     }
 }
 
+/* The plain cross-entropy takes [N, C, d1, ...] logits as F.cross_entropy
+ * does: the _ext form's bits without options, labels or probabilities,
+ * each reduction (none: shaped [N, d1, ...]). */
+Test(losses, plain_cross_entropy_takes_spatial_logits) {
+  int64_t zs[4] = {2, 5, 3, 4}, ls[3] = {2, 3, 4};
+  ad_tensor *z = test_uniform(ctx, 3, AD_F32, 4, zs), *p = test_uniform(ctx, 4, AD_F32, 4, zs);
+  int32_t lv[24];
+  for (int i = 0; i < 24; i++) lv[i] = (i * 7) % 5;
+  ad_tensor *lab = ad_from_data(ctx, AD_I32, 3, ls, lv);
+  cr_assert(z && p && lab);
+  static const nn_reduction reds[3] = {NN_MEAN, NN_SUM, NN_NONE};
+  for (int r = 0; r < 3; r++)
+    for (int k = 0; k < 2; k++) {
+      ad_tensor *t = k ? p : lab;
+      ad_tensor *a = nn_cross_entropy_loss(ctx, z, t, reds[r]);
+      ad_tensor *b = nn_cross_entropy_loss_ext(ctx, z, t, reds[r], NULL);
+      cr_assert(a && b, "%s", ad_last_error(ctx));
+      cr_assert_eq(a->size, b->size);
+      if (reds[r] == NN_NONE && !k) cr_assert(a->ndim == 3 && a->shape[0] == 2 && a->shape[2] == 4);
+      for (int64_t i = 0; i < a->size; i++) {
+        double u = ad_tensor_get(a, i), v = ad_tensor_get(b, i);
+        cr_assert(memcmp(&u, &v, sizeof u) == 0, "reduction %d target %d [%lld]: %g vs %g", r, k,
+                  (long long)i, u, v);
+      }
+    }
+  ad_tape_reset(ctx);
+  ad_tensor_free(z), ad_tensor_free(p), ad_tensor_free(lab);
+}
+
 Test(losses, target_of_same_size_is_reshaped) {
   int64_t s2[2] = {4, 1}, s1[1] = {4};
   ad_tensor *p = ad_full(ctx, AD_F64, 2, s2, 0.5), *t = ad_zeros(ctx, AD_F64, 1, s1);

@@ -2612,7 +2612,10 @@ NN_API ad_tensor *nn_bce_loss(ad_ctx *ctx, ad_tensor *pred, ad_tensor *target, n
 NN_API ad_tensor *nn_bce_with_logits_loss(ad_ctx *ctx, ad_tensor *logits, ad_tensor *target,
                                           nn_reduction red);
 
-/** Categorical cross-entropy from logits [N,C]. target is either AD_I32
+/** Categorical cross-entropy from logits [N,C] (or, as F.cross_entropy,
+ * [N, C, d1, ...] with labels [N, d1, ...] or probabilities of the logits'
+ * shape: nn_cross_entropy_loss_ext without options, errors as its). target
+ * is either AD_I32
  * labels [N] in 0..C-1 (through the fused, stable ad_softmax_cross_entropy)
  * or float [N,C] one-hot or probability rows: -sum_c t log_softmax(z); a
  * float target of another shape is refused (AD_ERR_SHAPE), also one of as
