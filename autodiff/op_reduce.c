@@ -1,7 +1,9 @@
 /* op_reduce.c: sum, max, logsumexp over a run of adjacent axes; softmax
- * and log_softmax along an axis; the mean as a composite; cumsum along an
- * axis; argmax and argmin (no gradient); cosine_similarity along an axis
- * and its fused gradient. */
+ * and log_softmax along an axis; the mean, and the sum and mean over any
+ * axes, as composites; cumsum along an axis; argmax and argmin (no
+ * gradient); cosine_similarity along an axis and its fused gradient; min
+ * (a composite), and var and std on sum_sq_dev (the sum of squared
+ * deviations over a run of axes). */
 #include "ops.h"
 #include "softmax_exp.h"
 
@@ -1069,6 +1071,75 @@ ad_tensor *ad_mean_axis(ad_ctx *ctx, ad_tensor *x, int axis, bool keepdim) {
   return s ? div_count(ctx, s, x->shape[ad_norm_axis(axis, x->ndim)]) : NULL;
 }
 
+/* ------------------------------------------ sum and mean over axes */
+
+/* red[d] = whether dim d of x is among the n_axes axes (negative counts
+ * from the end; n_axes 0: every dim), or false with the error set, named
+ * fn: n_axes outside 0..ndim, axes NULL, an axis out of range or given
+ * twice. x is a live tensor. */
+static bool axes_marked(ad_ctx *ctx, const char *fn, const ad_tensor *x, int n_axes,
+                        const int *axes, bool *red) {
+  char a[64];
+  if (n_axes < 0 || n_axes > x->ndim) {
+    ad_set_error(ctx, AD_ERR_ARG, "%s: %d axes for %s", fn, n_axes, ad_shape_str(x, a, sizeof a));
+    return false;
+  }
+  if (n_axes > 0 && !axes) {
+    ad_set_error(ctx, AD_ERR_NULL, "%s: axes is NULL", fn);
+    return false;
+  }
+  for (int d = 0; d < AD_MAX_DIMS; d++) red[d] = n_axes == 0 && d < x->ndim;
+  for (int k = 0; k < n_axes; k++) {
+    int d = ad_norm_axis(axes[k], x->ndim);
+    if (d < 0 || red[d]) {
+      ad_set_error(ctx, AD_ERR_ARG, "%s: axis %d %s for %s", fn, axes[k],
+                   d < 0 ? "out of range" : "given twice", ad_shape_str(x, a, sizeof a));
+      return false;
+    }
+    red[d] = true;
+  }
+  return true;
+}
+
+/* The sum over the axes: one sum op per run of adjacent reduced dims
+ * (keepdim while more than one, then one reshape); with mean, divided by
+ * the count of the elements each output sums. */
+static ad_tensor *sum_axes_of(ad_ctx *ctx, const char *fn, ad_tensor *x, int n_axes,
+                              const int *axes, bool keepdim, bool mean) {
+  if (!ctx || !ad_arg_ok(ctx, fn, "input 0", x)) return NULL;
+  bool red[AD_MAX_DIMS];
+  if (!axes_marked(ctx, fn, x, n_axes, axes, red)) return NULL;
+  int nd = x->ndim, runs = 0;
+  int64_t n = 1, oshape[AD_MAX_DIMS];
+  int no = 0;
+  for (int d = 0; d < nd; d++) {
+    runs += red[d] && (d == 0 || !red[d - 1]);
+    if (red[d])
+      n *= x->shape[d];
+    else
+      oshape[no++] = x->shape[d];
+  }
+  uint32_t before = ctx->nerrors;
+  ad_tensor *y = runs ? x : reduce(ctx, AD_OP_SUM, x, 0, keepdim); /* a 0-d x: itself */
+  for (int d = 0; d < nd && y; d++) {
+    if (!red[d] || (d > 0 && red[d - 1])) continue;
+    uint32_t run = 0;
+    for (int e = d; e < nd && red[e]; e++) run |= 1u << e;
+    y = reduce(ctx, AD_OP_SUM, y, run, runs == 1 ? keepdim : true);
+  }
+  if (y && runs > 1 && !keepdim) y = ad_reshape(ctx, y, no, oshape);
+  if (!y && mean) error_as_mean(ctx, before);
+  return mean ? div_count(ctx, y, n) : y;
+}
+
+ad_tensor *ad_sum_axes(ad_ctx *ctx, ad_tensor *x, int n_axes, const int *axes, bool keepdim) {
+  return sum_axes_of(ctx, "sum", x, n_axes, axes, keepdim, false);
+}
+
+ad_tensor *ad_mean_axes(ad_ctx *ctx, ad_tensor *x, int n_axes, const int *axes, bool keepdim) {
+  return sum_axes_of(ctx, "mean", x, n_axes, axes, keepdim, true);
+}
+
 /* -------------------------------------------------------------- cumsum */
 
 /* y[.., k, ..] = x[.., 0, ..] + ... + x[.., k, ..] along the axis, as
@@ -1610,57 +1681,218 @@ ad_tensor *ad_min_axis(ad_ctx *ctx, ad_tensor *x, int axis, bool keepdim) {
   return ad_neg(ctx, ad_max_axis(ctx, ad_neg(ctx, x), axis, keepdim));
 }
 
-/* x summed over the dims marked in red, each kept with length 1. */
-static ad_tensor *sum_marked(ad_ctx *ctx, ad_tensor *x, const bool *red) {
-  int nd = x ? x->ndim : 0;
-  for (int d = 0; x && d < nd; d++)
-    if (red[d]) x = ad_sum_axis(ctx, x, d, true);
-  return x;
+/* ---------------------------------------------------------- sum_sq_dev
+ *
+ *   y = sum_r (x - mean_r x)^2        r: a run of adjacent axes (reduce)
+ *   dx = 2 (x - mean_r x) expand(dy)
+ *
+ * The reduction under var and std (which divide it by n - correction and
+ * take the root on the reduced shape): each lane's mean and then its sum
+ * of squared deviations, two passes in double, so y is float64 for either
+ * float dtype of x, as torch's var accumulates a float32 input in double:
+ * no square or sum overflows float32 before the variance would. Each lane
+ * is summed in an order fixed by its length (a contiguous lane of 32
+ * elements or more in 32 partial sums, SUM_CHUNK elements a chunk; a
+ * strided one in order), and belongs to one thread: the thread count
+ * changes no bit. The gradient is ops in x's dtype (torch's var_backward:
+ * 2 (x - mean) dy / dof), so differentiable again. */
+
+/* The sum (sq: of the squares of x - m) of n contiguous elements in 32
+ * partial sums, as SUM_CHUNK_FN. */
+#define SSD_CHUNK_FN(NAME, T)                                                                      \
+  CELL_CLONES static double NAME(const T *x, int64_t n, double m, bool sq) {                       \
+    double acc[32] = {0};                                                                          \
+    int64_t i = 0;                                                                                 \
+    if (sq) {                                                                                      \
+      for (; i + 32 <= n; i += 32) AD_UNROLL_FULL for (int k = 0; k < 32; k++) {                   \
+          double d = (double)x[i + k] - m;                                                         \
+          acc[k] += d * d;                                                                         \
+        }                                                                                          \
+      for (int k = 0; i < n; i++, k++) {                                                           \
+        double d = (double)x[i] - m;                                                               \
+        acc[k] += d * d;                                                                           \
+      }                                                                                            \
+    } else {                                                                                       \
+      for (; i + 32 <= n; i += 32) AD_UNROLL_FULL for (int k = 0; k < 32; k++) acc[k] += x[i + k]; \
+      for (int k = 0; i < n; i++, k++) acc[k] += x[i];                                             \
+    }                                                                                              \
+    for (int w = 16; w >= 1; w /= 2)                                                               \
+      for (int k = 0; k < w; k++) acc[k] += acc[k + w];                                            \
+    return acc[0];                                                                                 \
+  }
+SSD_CHUNK_FN(ssd_chunk_f32, float)
+SSD_CHUNK_FN(ssd_chunk_f64, double)
+#undef SSD_CHUNK_FN
+
+typedef struct ssd_chunks_job {
+  const void *x;
+  bool f32, sq;
+  double m;
+  int64_t n, len;
+  double *part;
+} ssd_chunks_job;
+
+static void ssd_chunks(void *ud, int64_t b, int64_t e) {
+  const ssd_chunks_job *j = ud;
+  for (int64_t q = b; q < e; q++) {
+    int64_t lo = q * j->len, cnt = j->n - lo < j->len ? j->n - lo : j->len;
+    j->part[q] = j->f32 ? ssd_chunk_f32((const float *)j->x + lo, cnt, j->m, j->sq)
+                        : ssd_chunk_f64((const double *)j->x + lo, cnt, j->m, j->sq);
+  }
 }
+
+/* The sum (sq: of (x - m)^2) of a contiguous lane of n elements: in
+ * order below 32 elements, else chunk by chunk (on the library's threads
+ * when split), the chunks' sums added in order. */
+static double ssd_lane(const void *x, bool f32, int64_t n, double m, bool sq, bool split) {
+  if (n < 32) {
+    double s = 0;
+    for (int64_t i = 0; i < n; i++) {
+      double v = f32 ? (double)((const float *)x)[i] : ((const double *)x)[i];
+      s += sq ? (v - m) * (v - m) : v;
+    }
+    return s;
+  }
+  double part[SUM_MAX_CHUNKS], s = 0;
+  ssd_chunks_job j = {x, f32, sq, m, n, sum_chunk_len(n), part};
+  int64_t chunks = (n + j.len - 1) / j.len;
+  if (split && chunks > 1)
+    ad_parallel_for(chunks, 1, ssd_chunks, &j);
+  else
+    ssd_chunks(&j, 0, chunks);
+  for (int64_t q = 0; q < chunks; q++) s += part[q];
+  return s;
+}
+
+/* Lanes of x's reduction r into y (float64): contiguous lanes (inner 1)
+ * one by one, strided ones LANE_BLOCK at a time (x read row by row, as
+ * run_lanes), units [b, e) of lanes or lane blocks. */
+typedef struct ssd_job {
+  const ad_tensor *x;
+  double *y;
+  red_dims r;
+  int64_t blocks; /* lane blocks per outer index (inner > 1) */
+} ssd_job;
+
+#define SSD_BLOCK(T)                                                                               \
+  do {                                                                                             \
+    const T *X = (const T *)j->x->data + o * n * S + i0;                                           \
+    double s[LANE_BLOCK], m[LANE_BLOCK];                                                           \
+    for (int64_t q = 0; q < nb; q++) s[q] = 0;                                                     \
+    for (int64_t k = 0; k < n; k++)                                                                \
+      for (int64_t q = 0; q < nb; q++) s[q] += X[k * S + q];                                       \
+    for (int64_t q = 0; q < nb; q++) m[q] = s[q] / (double)n, s[q] = 0;                            \
+    for (int64_t k = 0; k < n; k++)                                                                \
+      for (int64_t q = 0; q < nb; q++) {                                                           \
+        double d = (double)X[k * S + q] - m[q];                                                    \
+        s[q] += d * d;                                                                             \
+      }                                                                                            \
+    for (int64_t q = 0; q < nb; q++) Y[q] = s[q];                                                  \
+  } while (0)
+
+CELL_CLONES static void ssd_range(void *ud, int64_t b, int64_t e) {
+  const ssd_job *j = ud;
+  bool f32 = j->x->dtype == AD_F32;
+  int64_t n = j->r.n, S = j->r.inner;
+  size_t ds = ad_dsize(j->x->dtype);
+  for (int64_t u = b; u < e; u++) {
+    if (S == 1) { /* lane u, contiguous */
+      const char *x = (const char *)j->x->data + (size_t)(u * n) * ds;
+      double m = ssd_lane(x, f32, n, 0, false, false) / (double)n;
+      j->y[u] = n ? ssd_lane(x, f32, n, m, true, false) : 0;
+      continue;
+    }
+    int64_t o = u / j->blocks, i0 = u % j->blocks * LANE_BLOCK;
+    int64_t nb = S - i0 < LANE_BLOCK ? S - i0 : LANE_BLOCK;
+    double *Y = j->y + o * S + i0;
+    if (f32)
+      SSD_BLOCK(float);
+    else
+      SSD_BLOCK(double);
+  }
+}
+#undef SSD_BLOCK
+
+static ad_status sum_sq_dev_shape(const ad_call *c) {
+  ad_status st = shape_reduce(c);
+  if (st == AD_OK) c->out->dtype = AD_F64;
+  return st;
+}
+
+static void sum_sq_dev_fwd(const ad_call *c) {
+  const ad_tensor *x = c->in[0];
+  red_dims r = red_of(x, c->attrs->reduce.axes);
+  double *y = c->out->data;
+  if (c->out->size == 0) return;
+  if (r.outer == 1 && r.inner == 1) { /* one lane: its chunks on the threads */
+    bool f32 = x->dtype == AD_F32;
+    double m = ssd_lane(x->data, f32, r.n, 0, false, true) / (double)r.n;
+    *y = r.n ? ssd_lane(x->data, f32, r.n, m, true, true) : 0;
+    return;
+  }
+  ssd_job j = {x, y, r, (r.inner + LANE_BLOCK - 1) / LANE_BLOCK};
+  int64_t units = r.inner == 1 ? r.outer : r.outer * j.blocks;
+  int64_t per = 2 * (r.n ? r.n : 1) * (r.inner < LANE_BLOCK ? r.inner : LANE_BLOCK);
+  ad_parallel_for(units, (32768 + per - 1) / per, ssd_range, &j);
+}
+
+/* dx = 2 (x - mean_r x) expand(dy), in x's dtype */
+static ad_status sum_sq_dev_bwd(const ad_call *c) {
+  ad_ctx *ctx = c->ctx;
+  ad_tensor *x = c->in[0];
+  const ad_reduce_attrs *ra = &c->attrs->reduce;
+  red_dims r = red_of(x, ra->axes);
+  ad_tensor *dy = ad_cast(ctx, keep(ctx, c->gout, x, ra), x->dtype);
+  ad_tensor *m = div_count(ctx, reduce(ctx, AD_OP_SUM, x, ra->axes, true), r.n);
+  return ad_call_set_grad(c, 0, ad_mul(ctx, ad_sub(ctx, x, m), ad_mul_scalar(ctx, dy, 2)));
+}
+
+const ad_op_def ad_def_sum_sq_dev = {
+    .name = "sum_sq_dev",
+    .arity = 1,
+    .attrs = AD_ATTRS_REDUCE,
+    .shape = sum_sq_dev_shape,
+    .forward = sum_sq_dev_fwd,
+    .backward = sum_sq_dev_bwd,
+    .sample = sample_reduce,
+    .math = "y = sum_axis (x - mean_axis x)^2, float64",
+    .inputs = {"x"},
+    .grads = {"2 (x - mean_axis x) expand(dy)"},
+};
 
 /* var = sum((x - mean)^2) / max(0, n - correction) over the axes (every
  * dim for none), as torch.var; std its square root (with take_sqrt), taken
  * before the result is rounded back to x's dtype. fn names the errors.
- * float32 is computed in float64, as torch's CPU kernels accumulate it in
- * a double: in float32 the squares overflow for |x - mean| above 1.8e19,
- * and their sum whenever it passes FLT_MAX, where torch's variance (and a
- * standard deviation up to 1.8e38) comes out finite. */
+ * The sum is sum_sq_dev's, in float64 for either dtype (as torch's CPU
+ * kernels accumulate float32 in a double: in float32 the squares
+ * overflow for |x - mean| above 1.8e19, and their sum whenever it passes
+ * FLT_MAX, where torch's variance (and a standard deviation up to 1.8e38)
+ * comes out finite); axes that are not one run of adjacent dims are
+ * brought to the end first (a permute). */
 static ad_tensor *var_of(ad_ctx *ctx, const char *fn, ad_tensor *x, int n_axes, const int *axes,
                          int64_t correction, bool keepdim, bool take_sqrt) {
   if (!float_in_ok(ctx, fn, x)) return NULL;
-  char a[64];
-  if (n_axes < 0 || n_axes > x->ndim) {
-    ad_set_error(ctx, AD_ERR_ARG, "%s: %d axes for %s", fn, n_axes, ad_shape_str(x, a, sizeof a));
-    return NULL;
-  }
-  if (n_axes > 0 && !axes) {
-    ad_set_error(ctx, AD_ERR_NULL, "%s: axes is NULL", fn);
-    return NULL;
-  }
-  bool red[AD_MAX_DIMS] = {0};
-  for (int k = 0; k < n_axes; k++) {
-    int d = ad_norm_axis(axes[k], x->ndim);
-    if (d < 0 || red[d]) {
-      ad_set_error(ctx, AD_ERR_ARG, "%s: axis %d %s for %s", fn, axes[k],
-                   d < 0 ? "out of range" : "given twice", ad_shape_str(x, a, sizeof a));
-      return NULL;
-    }
-    red[d] = true;
-  }
-  int64_t n = 1, kept[AD_MAX_DIMS];
-  int nk = 0;
+  bool red[AD_MAX_DIMS];
+  if (!axes_marked(ctx, fn, x, n_axes, axes, red)) return NULL;
+  int64_t n = 1, kshape[AD_MAX_DIMS];
+  uint32_t mask = 0;
+  int nr = 0, perm[AD_MAX_DIMS], np = 0;
   for (int d = 0; d < x->ndim; d++) {
-    if (n_axes == 0) red[d] = true;
+    kshape[d] = red[d] ? 1 : x->shape[d];
     if (red[d])
-      n *= x->shape[d];
+      n *= x->shape[d], mask |= 1u << d, nr++;
     else
-      kept[nk++] = x->shape[d];
+      perm[np++] = d;
   }
   ad_dtype dtype = x->dtype;
-  x = ad_cast(ctx, x, AD_F64);
-  ad_tensor *mean = div_count(ctx, sum_marked(ctx, x, red), n);
-  ad_tensor *dev = ad_sub(ctx, x, mean);
-  ad_tensor *q = sum_marked(ctx, ad_mul(ctx, dev, dev), red);
+  ad_tensor *xr = x;
+  if (red_of(x, mask).hi - red_of(x, mask).lo != nr) { /* not one run: the reduced dims last */
+    for (int d = 0; d < x->ndim; d++)
+      if (red[d]) perm[np++] = d;
+    xr = ad_permute(ctx, x, perm);
+    mask = ((1u << nr) - 1) << (x->ndim - nr);
+  }
+  ad_tensor *q = reduce(ctx, AD_OP_SUM_SQ_DEV, xr, mask, false);
   /* in double: n - correction overflows int64 for a correction near
    * INT64_MIN (torch takes negative ones: a divisor above n). A lane of
    * no element divides its sum 0 by 0 whatever the correction: NaN, as
@@ -1677,7 +1909,7 @@ static ad_tensor *var_of(ad_ctx *ctx, const char *fn, ad_tensor *x, int n_axes, 
     ad_tensor *z = ad_eq(ctx, v, zero);
     v = ad_where(ctx, z, zero, ad_sqrt(ctx, ad_where(ctx, z, one, v)));
   }
-  return ad_cast(ctx, keepdim ? v : ad_reshape(ctx, v, nk, kept), dtype);
+  return ad_cast(ctx, keepdim && v ? ad_reshape(ctx, v, x->ndim, kshape) : v, dtype);
 }
 
 ad_tensor *ad_var(ad_ctx *ctx, ad_tensor *x, int n_axes, const int *axes, int64_t correction,

@@ -105,9 +105,7 @@ static ad_tensor *c_gather1(void) { return ad_gather(ctx, logits, 1, gidx); }
 static ad_tensor *c_cumsum1(void) { return ad_cumsum(ctx, a, 1); }
 static ad_tensor *c_cumsum0(void) { return ad_cumsum(ctx, a, 0); }
 static ad_tensor *c_var1(void) { return ad_var(ctx, a, 1, (const int[]){1}, 1, false); }
-static ad_tensor *c_mean_hw(void) {
-  return ad_mean_axis(ctx, ad_mean_axis(ctx, img, 3, false), 2, false);
-}
+static ad_tensor *c_mean_hw(void) { return ad_mean_axes(ctx, img, 2, (const int[]){2, 3}, false); }
 static ad_tensor *c_flip1(void) { return ad_flip(ctx, a, 1, (const int[]){1}); }
 
 static const struct {

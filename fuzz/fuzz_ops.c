@@ -13,7 +13,7 @@
  * axes in and out of range, matmul with transposes, the shape ops,
  * softmax and its family, the losses, norms, recurrent cells, attention,
  * pooling and convolutions, gather, scatter_add, flip, cumsum, argmax and
- * argmin, min, var and std, with random options, good and bad; and
+ * argmin, min, var, std, sum and mean over axes, with random options, good and bad; and
  * ad_op_apply of any registered op, built-in backwards included), a
  * backward (ad_backward of the sum of a value), a second-order pass
  * (ad_grad with create_graph, then ad_grad of the result), ad_tape_reset,
@@ -166,7 +166,7 @@ static bool names_fn(const char *msg, const char *f) {
   memcpy(stem, f, n + 1);
   if (n > 4 && !strcmp(stem + n - 4, "_ext"))
     stem[n - 4] = 0;
-  else if (n > 5 && !strcmp(stem + n - 5, "_axis"))
+  else if (n > 5 && (!strcmp(stem + n - 5, "_axis") || !strcmp(stem + n - 5, "_axes")))
     stem[n - 5] = 0;
   else
     return false;
@@ -697,7 +697,7 @@ static ad_tensor *run_op(int op) {
     return u8() & 1 ? NAMED(argmax)(C, in_a, axis, keep) : NAMED(argmin)(C, in_a, axis, keep);
   }
   case OP_min_var_std: {
-    int axes[4], k = (int)(u8() % 4), n = (int)(u8() % 5);
+    int axes[4], k = (int)(u8() % 6), n = (int)(u8() % 5);
     if (u8() < 16) n = -1;
     ad_tensor *x = req();
     for (int i = 0; i < 4; i++) axes[i] = draw_axis();
@@ -711,8 +711,12 @@ static ad_tensor *run_op(int op) {
       return NAMED(min_axis)(C, x, axes[0], keep);
     case 2:
       return NAMED(var)(C, x, n, ax, correction, keep);
-    default:
+    case 3:
       return NAMED(std)(C, x, n, ax, correction, keep);
+    case 4:
+      return NAMED(sum_axes)(C, x, n, ax, keep);
+    default:
+      return NAMED(mean_axes)(C, x, n, ax, keep);
     }
   }
   }

@@ -441,6 +441,115 @@ Test(misuse_tensorops, std_of_a_constant_lane_has_gradient_zero) {
   ad_tensor_free(x);
 }
 
+/* ad_sum_axes and ad_mean_axes check their axes as ad_var does, and name
+ * themselves (mean is built on the sum). */
+Test(misuse_tensorops, sum_and_mean_axes_refuse_bad_axes) {
+  int64_t s[3] = {2, 3, 4};
+  ad_tensor *x = param(ctx, 3, s, NULL), *t = ad_zeros(ctx, AD_I32, 3, s);
+  int ax[3] = {0, -1, 2}, bad[1] = {-4};
+  cr_assert_null(ad_sum_axes(ctx, NULL, 1, ax, false));
+  expect_error(AD_ERR_NULL, "sum: input 0 is NULL", NULL);
+  cr_assert_null(ad_mean_axes(ctx, t, 1, ax, false));
+  expect_error(AD_ERR_DTYPE, "mean: ", NULL);
+  cr_assert_null(ad_sum_axes(ctx, x, 2, NULL, true));
+  expect_error(AD_ERR_NULL, "sum: axes is NULL", NULL);
+  cr_assert_null(ad_mean_axes(ctx, x, 1, bad, true));
+  expect_error(AD_ERR_ARG, "mean: axis -4 out of range for [2,3,4]", NULL);
+  cr_assert_null(ad_mean_axes(ctx, x, 3, ax, false));
+  expect_error(AD_ERR_ARG, "mean: axis 2 given twice for [2,3,4]", NULL);
+  cr_assert_null(ad_sum_axes(ctx, x, -1, ax, false));
+  expect_error(AD_ERR_ARG, "sum: -1 axes for [2,3,4]", NULL);
+  ad_ctx *other = ad_ctx_new();
+  ad_tensor *fx = param(other, 3, s, NULL);
+  cr_assert_null(ad_mean_axes(ctx, fx, 0, NULL, false));
+  expect_error(AD_ERR_ARG, "mean: input 0 belongs to another context", NULL);
+  ad_tensor_free(fx);
+  ad_ctx_free(other);
+  /* a 0-d x: every dim is none; its sum is a new tensor holding x */
+  ad_tensor *z = ad_scalar(ctx, AD_F64, 2.5), *zs = ad_mean_axes(ctx, z, 0, NULL, false);
+  cr_assert(zs && zs != z && zs->ndim == 0 && ad_tensor_item(zs) == 2.5, "%s", ad_last_error(ctx));
+  ad_tensor_free(x), ad_tensor_free(t);
+}
+
+/* var's reduction (the op sum_sq_dev) on each of its paths: a long lane
+ * split into chunks on the threads, contiguous lanes of 32 partial sums
+ * and of fewer than 32 elements, strided lanes in blocks of 64 (one block
+ * partly filled), axes that are not adjacent (a permute first); float32
+ * around a large mean (1e4, spread 1: a one-pass sum of squares cancels).
+ * Against a two-pass float64 reference per lane, and the same bits, values
+ * and gradients, on 1 and 3 threads. */
+Test(misuse_tensorops, var_on_every_path_as_a_two_pass_reference) {
+  static const struct {
+    int nd;
+    int64_t shape[3];
+    int na;
+    int axes[2];
+  } cs[] = {{1, {70000}, 0, {0}},     {2, {3, 5000}, 1, {1}}, {2, {40, 20}, 1, {-1}},
+            {3, {70, 3, 5}, 1, {0}},  {2, {9, 130}, 1, {0}},  {3, {4, 5, 6}, 2, {0, 2}},
+            {3, {6, 7, 8}, 2, {2, 1}}};
+  for (int dt = 0; dt < 2; dt++)
+    for (size_t c = 0; c < sizeof cs / sizeof cs[0]; c++) {
+      ad_tensor *ys[2] = {NULL, NULL}, *gs[2] = {NULL, NULL};
+      for (int th = 0; th < 2; th++) {
+        cr_assert_eq(ad_set_num_threads(th ? 3 : 1), AD_OK);
+        ad_rng rng;
+        ad_rng_seed(&rng, 11 + (uint64_t)c);
+        ad_tensor *x = ad_randn(ctx, &rng, dt ? AD_F64 : AD_F32, cs[c].nd, cs[c].shape, 1e4, 1);
+        cr_assert_not_null(x, "%s", ad_last_error(ctx));
+        cr_assert_eq(ad_tensor_set_requires_grad(x, true), AD_OK);
+        ad_tensor *y = ad_var(ctx, x, cs[c].na, cs[c].axes, 1, false);
+        cr_assert_not_null(y, "%s", ad_last_error(ctx));
+        cr_assert_eq(ad_backward(ctx, ad_sum(ctx, y), NULL), AD_OK, "%s", ad_last_error(ctx));
+        if (th == 0) { /* the reference: lanes by (kept, reduced) index */
+          int nd = cs[c].nd;
+          bool red[3] = {cs[c].na == 0, cs[c].na == 0, cs[c].na == 0};
+          for (int k = 0; k < cs[c].na; k++) red[(cs[c].axes[k] + nd) % nd] = true;
+          int64_t n = 1;
+          for (int d = 0; d < nd; d++) n *= red[d] ? cs[c].shape[d] : 1;
+          double *sum = calloc((size_t)y->size, sizeof(double));
+          double *sq = calloc((size_t)y->size, sizeof(double));
+          cr_assert(sum && sq);
+          for (int pass = 0; pass < 3; pass++)
+            for (int64_t i = 0; i < x->size; i++) {
+              int64_t rem = i, lane = 0;
+              for (int d = nd - 1, mul = 1; d >= 0; d--) {
+                int64_t id = rem % cs[c].shape[d];
+                rem /= cs[c].shape[d];
+                if (!red[d]) lane += id * mul, mul *= (int)cs[c].shape[d];
+              }
+              double v = ad_tensor_get(x, i), m = sum[lane] / (double)n;
+              if (pass == 0) sum[lane] += v;
+              if (pass == 1) sq[lane] += (v - m) * (v - m);
+              if (pass == 2) { /* the gradient 2 (x - mean) / (n - 1) */
+                double want = 2 * (v - m) / (double)(n - 1), got = ad_tensor_get(x->grad, i);
+                cr_assert(
+                    test_close(got, want, dt ? 1e-9 : 2e-3 / (double)(n - 1) + 1e-6 * fabs(want)),
+                    "case %zu %s: dvar/dx[%lld] %.9g, want %.9g", c, dt ? "f64" : "f32",
+                    (long long)i, got, want);
+              }
+            }
+          for (int64_t l = 0; l < y->size; l++) {
+            double want = sq[l] / (double)(n - 1), got = ad_tensor_get(y, l);
+            cr_assert(test_close(got, want, (dt ? 1e-12 : 1e-6) * want),
+                      "case %zu %s: var[%lld] %.17g, want %.17g", c, dt ? "f64" : "f32",
+                      (long long)l, got, want);
+          }
+          free(sum), free(sq);
+        }
+        ys[th] = ad_tensor_clone(ctx, y);
+        gs[th] = ad_tensor_clone(ctx, x->grad);
+        cr_assert(ys[th] && gs[th]);
+        ad_tape_reset(ctx);
+        ad_tensor_free(x);
+      }
+      size_t es = dt ? sizeof(double) : sizeof(float);
+      cr_assert_eq(memcmp(ys[0]->data, ys[1]->data, (size_t)ys[0]->size * es), 0, "case %zu", c);
+      cr_assert_eq(memcmp(gs[0]->data, gs[1]->data, (size_t)gs[0]->size * es), 0, "case %zu", c);
+      for (int th = 0; th < 2; th++) ad_tensor_free(ys[th]), ad_tensor_free(gs[th]);
+    }
+  ad_set_num_threads(1);
+}
+
 /* ------------------------------------------------------------------ pad_nd */
 
 Test(misuse_tensorops, pad_nd_refuses_bad_input) {

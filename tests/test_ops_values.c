@@ -74,6 +74,8 @@ static const attr_key attr_keys[] = {
     {"dims", BUILDER_ONLY, 0, AD_MAX_DIMS},
     /* correction keepdim axes... of ad_var, ad_std */
     {"var", BUILDER_ONLY, 2, 2 + AD_MAX_DIMS},
+    /* keepdim axes... of ad_sum_axes, ad_mean_axes */
+    {"axes", BUILDER_ONLY, 1, 1 + AD_MAX_DIMS},
     /* kernel, stride, padding, dilation (h, w), ceil_mode, count_include_pad, in_size (h, w) */
     {"pool", AD_ATTRS_POOL, 12, 12},
     /* sh sw pt pb pl pr dh dw groups same oph opw kh kw */
@@ -1014,6 +1016,11 @@ static ad_tensor *run_builder(ad_ctx *cx, const fx_case *c, ad_tensor **in, bool
       int dims[AD_MAX_DIMS];
       for (int k = 2; k < a->n; k++) dims[k - 2] = (int)v[k];
       return (op[0] == 'v' ? ad_var : ad_std)(cx, x, a->n - 2, dims, v[0], v[1] != 0);
+    }
+    if (!strcmp(op, "sum_axes") || !strcmp(op, "mean_axes")) {
+      int dims[AD_MAX_DIMS];
+      for (int k = 1; k < a->n; k++) dims[k - 1] = (int)v[k];
+      return (op[0] == 's' ? ad_sum_axes : ad_mean_axes)(cx, x, a->n - 1, dims, v[0] != 0);
     }
     if (!strcmp(op, "flip_dims")) {
       int dims[AD_MAX_DIMS];

@@ -59,6 +59,8 @@ builder the arguments it takes:
     attr dims D0 D1 ...           flip_dims: the axes of ad_flip
     attr var C K D0 ...           var, std: correction, keepdim (0 or 1),
                                   the axes (none: every dim)
+    attr axes K D0 ...            sum_axes, mean_axes: keepdim (0 or 1),
+                                  the axes (none: every dim)
     attr pool KH KW SH SW PH PW DH DW CEIL CIP IH IW
                                   max_pool2d, avg_pool2d and their partner
                                   ops: kernel, stride, padding, dilation
@@ -1328,6 +1330,36 @@ for name, fn in (("var", torch.var), ("std", torch.std)):
         add(f"{name}_{tag}", name, gen,
             lambda t, fn=fn, dims=dims, c=c: fn(t[0], dim=dims if dims else None, correction=c),
             attr=("var", c, 0) + dims, grad=False)
+
+# sum_sq_dev (var's and std's reduction): sum of (x - mean)^2 over a run
+# of axes, float64 for either input dtype (torch's var accumulates float32
+# in double); long lanes (32 partial sums), strided lanes past one block of
+# 64, no element (0)
+def _sum_sq_dev(axis, keep):
+    def f(t):
+        x = t[0].double()
+        dims = tuple(range(x.dim())) if axis == ALL else axis
+        return ((x - x.mean(dim=dims, keepdim=True)) ** 2).sum(dim=dims, keepdim=bool(keep))
+    return f
+
+
+for tag, xs, axis, keep in (("all", (2, 3, 4), ALL, 0), ("axis1_keep", (3, 4), 1, 1),
+                            ("mid_3d", (2, 3, 4), 1, 0), ("long_rows", (2, 45), 1, 0),
+                            ("strided_wide", (3, 70), 0, 0), ("empty", (2, 0), 1, 0)):
+    add(f"sum_sq_dev_{tag}", "sum_sq_dev", lambda rng, xs=xs: [("in", U(rng, xs))],
+        _sum_sq_dev(axis, keep), attr=("reduce", axis, keep))
+
+# sum_axes / mean_axes (torch.sum / torch.mean over several dims): attr
+# axes K D0 ... (keepdim, the axes; none: every dim); adjacent axes are one
+# sum, others one sum per run
+for name, fn in (("sum_axes", torch.sum), ("mean_axes", torch.mean)):
+    for tag, xs, dims, k in (("hw", (2, 3, 4, 5), (2, 3), 0), ("apart_keep", (2, 3, 4), (0, 2), 1),
+                             ("all", (3, 4), (), 0), ("three_neg", (2, 3, 4, 2), (-1, -2, 0), 0),
+                             ("lead_keep", (3, 4, 2), (1, 0), 1), ("empty", (2, 0, 3), (1,), 0)):
+        add(f"{name}_{tag}", name, lambda rng, xs=xs: [("in", U(rng, xs))],
+            lambda t, fn=fn, dims=dims, k=k: fn(t[0], dim=dims if dims else tuple(range(t[0].dim())),
+                                                keepdim=bool(k)),
+            attr=("axes", k) + dims)
 
 # min / min_axis: -max(-x), max's rules (ties share, NaN wins)
 add("min_all", "min", lambda rng: [("in", distinct(rng, (2, 3, 4)))], lambda t: torch.amin(t[0]),

@@ -1003,6 +1003,19 @@ AD_API ad_tensor *ad_sum_axis(ad_ctx *ctx, ad_tensor *x, int axis, bool keepdim)
 AD_API ad_tensor *ad_mean(ad_ctx *ctx, ad_tensor *x);
 AD_API ad_tensor *ad_mean_axis(ad_ctx *ctx, ad_tensor *x, int axis, bool keepdim);
 /** @} */
+/** torch.sum(x, dims, keepdim) and torch.mean: over the n_axes axes
+ * (negative counts from the end; n_axes 0: every dim, as dim=None), the
+ * reductions above otherwise (a dim of length 0 sums to 0, its mean is
+ * NaN). Adjacent axes are one reduction (the mean over H and W of [N, C,
+ * H, W] is one pass), each run of them one sum op, so ad_sum_axis's bits
+ * for one axis. Errors (NULL), named "sum" or "mean": AD_ERR_NULL (x
+ * NULL, axes NULL with n_axes > 0), AD_ERR_DTYPE (not float), AD_ERR_ARG
+ * (n_axes outside 0..ndim, an axis out of range or given twice). @{ */
+AD_API ad_tensor *ad_sum_axes(ad_ctx *ctx, ad_tensor *x, int n_axes, const int *axes,
+                              bool keepdim);
+AD_API ad_tensor *ad_mean_axes(ad_ctx *ctx, ad_tensor *x, int n_axes, const int *axes,
+                               bool keepdim);
+/** @} */
 /** Ties share the gradient equally; a lane whose maximum is NaN sends NaN
  * to each of its elements (as torch.amax). @{ */
 AD_API ad_tensor *ad_max(ad_ctx *ctx, ad_tensor *x);
@@ -1024,8 +1037,10 @@ AD_API ad_tensor *ad_min_axis(ad_ctx *ctx, ad_tensor *x, int axis, bool keepdim)
  * elements of each lane; std is its square root. PyTorch 1.13's default
  * (unbiased=True) is correction 1; 0 is the population variance. A
  * correction >= n divides by 0 (inf, or NaN for a constant lane), and no
- * element gives NaN, as torch. Composites of sums, a subtraction and a
- * division (std: and ad_sqrt), differentiable to any order; float32 is
+ * element gives NaN, as torch. The sum of squared deviations is one op
+ * (sum_sq_dev: two passes per lane in double, whose gradient 2 (x - mean)
+ * dy is made of ops in x's dtype, as torch's), then a division (std: and
+ * ad_sqrt) on the reduced shape: differentiable to any order; float32 is
  * taken in float64 and rounded at the end (torch also accumulates in a
  * double), so no square or sum overflows before the result would. std's
  * gradient for a lane of zero variance is 0, as torch's. Where torch's
