@@ -692,8 +692,47 @@ static ad_status shape_max(const ad_call *c) {
   }
 LANES_FNS(max_lanes, MAX_BODY, MAX_BLOCK, CELL_CLONES)
 
+/* Contiguous rows (inner 1), rows [b, e) of n elements each: each row's
+ * maximum as ad_run_max takes it (W partial maxima, the chain where a NaN
+ * or a zero maximum is found), but inline in one loop over the rows: for
+ * short rows the calls per row (the lane function, ad_run_max and its
+ * clone's dispatch) cost more than the row. The chain's value and NaN. */
+typedef struct max_rows_job {
+  const void *x;
+  void *y;
+  int64_t n;
+} max_rows_job;
+#define MAX_ROWS_OF(T, W, CHAIN)                                                                   \
+  do {                                                                                             \
+    const T *X = j->x;                                                                             \
+    T *Y = j->y;                                                                                   \
+    int64_t n = j->n;                                                                              \
+    for (int64_t r = b; r < e; r++) {                                                              \
+      const T *x = X + r * n;                                                                      \
+      T m = -INFINITY;                                                                             \
+      int bad = 0;                                                                                 \
+      ROW_MAX_W(T, W, x, n, n / W * W, MAX_NO_NAN, m, bad);                                        \
+      Y[r] = bad || m == 0 ? (T)CHAIN(x, 1, n) : m;                                                \
+    }                                                                                              \
+  } while (0)
+CELL_CLONES static void max_rows_f32(void *ud, int64_t b, int64_t e) {
+  const max_rows_job *j = ud;
+  MAX_ROWS_OF(float, 16, ad_lane_max_chain_f32);
+}
+CELL_CLONES static void max_rows_f64(void *ud, int64_t b, int64_t e) {
+  const max_rows_job *j = ud;
+  MAX_ROWS_OF(double, 8, ad_lane_max_chain_f64);
+}
+#undef MAX_ROWS_OF
+
 static void max_fwd(const ad_call *c) {
   red_dims r = red_of(c->in[0], c->attrs->reduce.axes);
+  if (r.inner == 1 && r.outer > 1 && r.n > 0) {
+    max_rows_job j = {c->in[0]->data, c->out->data, r.n};
+    ad_parallel_for(r.outer, (32768 + r.n - 1) / r.n,
+                    c->out->dtype == AD_F32 ? max_rows_f32 : max_rows_f64, &j);
+    return;
+  }
   run_lanes(c->in[0], c->out, r, r.inner, c->out->dtype == AD_F32 ? max_lanes_f32 : max_lanes_f64);
 }
 

@@ -39,9 +39,10 @@ static ad_dtype dtype = AD_F32; /* of the float inputs (--dtype) */
  * prob in [0.01, 0.99) and target in [0, 1) [256,1024]; img [32,64,32,32]
  * and a 3x3 kernel w [64,64,3,3]; ch [64] (per channel of img), col
  * [256,1]; bq [16,64,256], bk [16,256,64] (a batched product); gidx
- * [256,1] (i32, a label per row of logits). */
+ * [256,1] (i32, a label per row of logits); img2 shaped as img, plane
+ * [32,1,32,32] (one value per position, broadcast over the channels). */
 static ad_tensor *a, *b, *p, *q, *sq, *bias, *gamma_, *beta, *idx, *emb, *eidx, *logits, *labels,
-    *prob, *target, *img, *w, *ch, *col, *bq, *bk, *gidx;
+    *prob, *target, *img, *w, *ch, *col, *bq, *bk, *gidx, *img2, *plane;
 
 static ad_tensor *c_div(void) { return ad_div(ctx, a, p); }
 static ad_tensor *c_pow(void) { return ad_pow(ctx, p, q); }
@@ -106,6 +107,17 @@ static ad_tensor *c_cumsum1(void) { return ad_cumsum(ctx, a, 1); }
 static ad_tensor *c_cumsum0(void) { return ad_cumsum(ctx, a, 0); }
 static ad_tensor *c_var1(void) { return ad_var(ctx, a, 1, (const int[]){1}, 1, false); }
 static ad_tensor *c_mean_hw(void) { return ad_mean_axes(ctx, img, 2, (const int[]){2, 3}, false); }
+/* the channels' layouts of [N, C, H, W]: a bias gradient's sum and batch
+ * statistics over N, H and W, softmax over the channels, a concat along
+ * them, a plane added to every channel, a max along the rows */
+static ad_tensor *c_sum_nhw(void) {
+  return ad_sum_axes(ctx, img, 3, (const int[]){0, 2, 3}, false);
+}
+static ad_tensor *c_var_nhw(void) { return ad_var(ctx, img, 3, (const int[]){0, 2, 3}, 0, false); }
+static ad_tensor *c_softmax_ch(void) { return ad_softmax(ctx, img, 1); }
+static ad_tensor *c_cat_ch(void) { return ad_concat(ctx, 2, (ad_tensor *[]){img, img2}, 1); }
+static ad_tensor *c_add_plane(void) { return ad_add(ctx, img, plane); }
+static ad_tensor *c_max_w(void) { return ad_max_axis(ctx, img, -1, false); }
 static ad_tensor *c_flip1(void) { return ad_flip(ctx, a, 1, (const int[]){1}); }
 
 static const struct {
@@ -167,6 +179,12 @@ static const struct {
     {"var1", c_var1},
     {"mean_hw", c_mean_hw},
     {"flip1", c_flip1},
+    {"sum_nhw", c_sum_nhw},
+    {"var_nhw", c_var_nhw},
+    {"softmax_ch", c_softmax_ch},
+    {"cat_ch", c_cat_ch},
+    {"add_plane", c_add_plane},
+    {"max_w", c_max_w},
 };
 
 /* A float leaf (dtype) of shape [n0, n1] (n1 = 0: 1-D), uniform in [lo, hi) or
@@ -215,11 +233,13 @@ static void make_inputs(void) {
   bq = input(&rng, 3, (const int64_t[]){16, 64, 256}, 0, 0, true);
   bk = input(&rng, 3, (const int64_t[]){16, 256, 64}, 0, 0, true);
   gidx = indices(2, (const int64_t[]){256, 1}, 13, 1000);
+  img2 = input(&rng, 4, s_img, 0, 0, true);
+  plane = input(&rng, 4, (const int64_t[]){32, 1, 32, 32}, 0, 0, true);
 }
 
 static void clear_grads(void) {
-  ad_tensor *leaves[] = {a,      b,    p,   q, sq, bias, gamma_, beta, emb,
-                         logits, prob, img, w, ch, col,  bq,     bk};
+  ad_tensor *leaves[] = {a,    b,   p, q,  sq,  bias, gamma_, beta, emb,  logits,
+                         prob, img, w, ch, col, bq,   bk,     img2, plane};
   for (size_t k = 0; k < sizeof leaves / sizeof *leaves; k++) ad_tensor_zero_grad(leaves[k]);
 }
 

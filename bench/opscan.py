@@ -54,7 +54,9 @@ def torch_cases(f64=False):
     ch, col = leaf(64, lo=0.5, hi=1.5), leaf(256, 1)
     bq, bk = leaf(16, 64, 256), leaf(16, 256, 64)
     gidx = labels.view(256, 1)
-    leaves = [a, b, p, q, sq, bias, gamma, beta, emb, logits, prob, img, w, ch, col, bq, bk]
+    img2, plane = leaf(32, 64, 32, 32), leaf(32, 1, 32, 32)
+    leaves = [a, b, p, q, sq, bias, gamma, beta, emb, logits, prob, img, w, ch, col, bq, bk, img2,
+              plane]
     cases = [
         ("div", lambda: a / p), ("pow", lambda: torch.pow(p, q)),
         ("maximum", lambda: torch.maximum(a, b)), ("where_lt", lambda: torch.where(a < b, a, b)),
@@ -88,6 +90,10 @@ def torch_cases(f64=False):
         ("cumsum1", lambda: torch.cumsum(a, 1)), ("cumsum0", lambda: torch.cumsum(a, 0)),
         ("var1", lambda: torch.var(a, 1)), ("mean_hw", lambda: img.mean((2, 3))),
         ("flip1", lambda: torch.flip(a, (1,))),
+        ("sum_nhw", lambda: img.sum((0, 2, 3))),
+        ("var_nhw", lambda: torch.var(img, (0, 2, 3), unbiased=False)),
+        ("softmax_ch", lambda: torch.softmax(img, 1)), ("cat_ch", lambda: torch.cat([img, img2], 1)),
+        ("add_plane", lambda: img + plane), ("max_w", lambda: img.amax(-1)),
     ]
     return cases, leaves
 
