@@ -643,7 +643,10 @@ const ad_op_def ad_def_sum = {
   CELL_CLONES static double NAME##_cells(const T *x, int64_t n) {                                  \
     T m = -INFINITY;                                                                               \
     int bad = 0;                                                                                   \
-    ROW_MAX_W(T, W, x, n, n / W * W, MAX_NO_NAN, m, bad);                                          \
+    if (n >= 16 * W) /* four vectors of partials: four chains of max in flight */                  \
+      ROW_MAX_W(T, 4 * W, x, n, n / (4 * W) * (4 * W), MAX_NO_NAN, m, bad);                        \
+    else                                                                                           \
+      ROW_MAX_W(T, W, x, n, n / W * W, MAX_NO_NAN, m, bad);                                        \
     return bad || m == 0 ? CHAIN(x, 1, n) : (double)m;                                             \
   }                                                                                                \
   double NAME(const T *x, int64_t n) { return NAME##_cells(x, n); }
@@ -711,7 +714,10 @@ typedef struct max_rows_job {
       const T *x = X + r * n;                                                                      \
       T m = -INFINITY;                                                                             \
       int bad = 0;                                                                                 \
-      ROW_MAX_W(T, W, x, n, n / W * W, MAX_NO_NAN, m, bad);                                        \
+      if (n >= 16 * W) /* four vectors of partials: four chains of max in flight */                \
+        ROW_MAX_W(T, 4 * W, x, n, n / (4 * W) * (4 * W), MAX_NO_NAN, m, bad);                      \
+      else                                                                                         \
+        ROW_MAX_W(T, W, x, n, n / W * W, MAX_NO_NAN, m, bad);                                      \
       Y[r] = bad || m == 0 ? (T)CHAIN(x, 1, n) : m;                                                \
     }                                                                                              \
   } while (0)

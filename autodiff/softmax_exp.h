@@ -72,7 +72,11 @@ CELL_ROW void exp_diff(const float *x, const float *m, int ms, int64_t len, floa
 /* The maximum of a row of n elements of type T as exp_row_f32 takes it
  * (into mr, -inf before): element i into partial i mod W (full: n rounded
  * down to a multiple of W), a tail of fewer than W into partial 0, the
- * partials combined in order; fewer than W elements, one by one. MAX(a,
+ * partials combined as a tree (partial k + w into k for w = W/2, ..., 1:
+ * log2 W steps of vector width, not W - 1 dependent ones); fewer than W
+ * elements, one by one. Without a NaN any order gives the same value, but
+ * for the sign of a zero maximum; with one, the NaN of one partial (the
+ * run maximum takes the chain's there). MAX(a,
  * b) is the larger of new value a and partial b: AD_MAX_NAN, or a > b ?
  * a : b where no NaN is present (the same result; a max instruction, not
  * a branch that random values mispredict). Sets bad where a NaN is seen.
@@ -100,8 +104,9 @@ CELL_ROW void exp_diff(const float *x, const float *m, int ms, int64_t len, floa
       pm[0] = MAX(v, pm[0]);                                                                       \
       bad |= v != v;                                                                               \
     }                                                                                              \
+    AD_UNROLL_FULL for (int w = W / 2; w >= 1; w /= 2) AD_UNROLL_FULL for (int k = 0; k < w; k++)  \
+        pm[k] = MAX(pm[k + w], pm[k]);                                                             \
     mr = pm[0];                                                                                    \
-    for (int k = 1; k < W; k++) mr = MAX(pm[k], mr);                                               \
   } while (0)
 #define ROW_MAX_16(xr, n, full, MAX, mr, bad) ROW_MAX_W(float, 16, xr, n, full, MAX, mr, bad)
 
@@ -123,7 +128,7 @@ CELL_ROW double exp_row_f32(const float *x, float *e, int64_t n, float *mp) {
   float buf[256], m = -INFINITY;
   int bad = 0;
   ROW_MAX_16(x, n, n / 16 * 16, MAX_NO_NAN, m, bad);
-  if (bad) { /* the NaN the chain keeps */
+  if (bad) { /* a NaN of the row is the maximum */
     m = -INFINITY;
     ROW_MAX_16(x, n, n / 16 * 16, AD_MAX_NAN, m, bad);
   }
@@ -181,7 +186,7 @@ CELL_ROW void exp_rows_f32(const float *x, float *e, int64_t rows, int64_t n, fl
       float mr = -INFINITY;
       int bad = 0;
       ROW_MAX_16(xr, n, full, MAX_NO_NAN, mr, bad);
-      if (bad) { /* the NaN the chain keeps */
+      if (bad) { /* a NaN of the row is the maximum */
         mr = -INFINITY;
         ROW_MAX_16(xr, n, full, AD_MAX_NAN, mr, bad);
       }

@@ -40,9 +40,10 @@ static ad_dtype dtype = AD_F32; /* of the float inputs (--dtype) */
  * and a 3x3 kernel w [64,64,3,3]; ch [64] (per channel of img), col
  * [256,1]; bq [16,64,256], bk [16,256,64] (a batched product); gidx
  * [256,1] (i32, a label per row of logits); img2 shaped as img, plane
- * [32,1,32,32] (one value per position, broadcast over the channels). */
+ * [32,1,32,32] (one value per position, broadcast over the channels),
+ * gate [32,64,1,1] (one value per sample and channel). */
 static ad_tensor *a, *b, *p, *q, *sq, *bias, *gamma_, *beta, *idx, *emb, *eidx, *logits, *labels,
-    *prob, *target, *img, *w, *ch, *col, *bq, *bk, *gidx, *img2, *plane;
+    *prob, *target, *img, *w, *ch, *col, *bq, *bk, *gidx, *img2, *plane, *gate;
 
 static ad_tensor *c_div(void) { return ad_div(ctx, a, p); }
 static ad_tensor *c_pow(void) { return ad_pow(ctx, p, q); }
@@ -118,6 +119,20 @@ static ad_tensor *c_softmax_ch(void) { return ad_softmax(ctx, img, 1); }
 static ad_tensor *c_cat_ch(void) { return ad_concat(ctx, 2, (ad_tensor *[]){img, img2}, 1); }
 static ad_tensor *c_add_plane(void) { return ad_add(ctx, img, plane); }
 static ad_tensor *c_max_w(void) { return ad_max_axis(ctx, img, -1, false); }
+/* a zero border of H and W, a per-sample-and-channel gate (squeeze and
+ * excitation), a sum over the channels, a mask broadcast over them
+ * (masked_fill), a batched product with the second transposed (attention
+ * scores) */
+static ad_tensor *c_pad_hw(void) {
+  return ad_pad_nd(ctx, img, 2, (const int64_t[]){1, 1, 1, 1}, AD_PAD_CONSTANT, 0.0);
+}
+static ad_tensor *c_mul_gate(void) { return ad_mul(ctx, img, gate); }
+static ad_tensor *c_sum_ch(void) { return ad_sum_axis(ctx, img, 1, false); }
+static ad_tensor *c_where_mask(void) {
+  ad_tensor *zero = ad_scalar(ctx, dtype, 0);
+  return ad_where(ctx, ad_gt(ctx, plane, zero), img, zero);
+}
+static ad_tensor *c_bmm_tb(void) { return ad_matmul(ctx, bq, bq, false, true); }
 static ad_tensor *c_flip1(void) { return ad_flip(ctx, a, 1, (const int[]){1}); }
 
 static const struct {
@@ -185,6 +200,11 @@ static const struct {
     {"cat_ch", c_cat_ch},
     {"add_plane", c_add_plane},
     {"max_w", c_max_w},
+    {"pad_hw", c_pad_hw},
+    {"mul_gate", c_mul_gate},
+    {"sum_ch", c_sum_ch},
+    {"where_mask", c_where_mask},
+    {"bmm_tb", c_bmm_tb},
 };
 
 /* A float leaf (dtype) of shape [n0, n1] (n1 = 0: 1-D), uniform in [lo, hi) or
@@ -235,6 +255,7 @@ static void make_inputs(void) {
   gidx = indices(2, (const int64_t[]){256, 1}, 13, 1000);
   img2 = input(&rng, 4, s_img, 0, 0, true);
   plane = input(&rng, 4, (const int64_t[]){32, 1, 32, 32}, 0, 0, true);
+  gate = input(&rng, 4, (const int64_t[]){32, 64, 1, 1}, 0, 1, true);
 }
 
 static void clear_grads(void) {

@@ -54,9 +54,9 @@ def torch_cases(f64=False):
     ch, col = leaf(64, lo=0.5, hi=1.5), leaf(256, 1)
     bq, bk = leaf(16, 64, 256), leaf(16, 256, 64)
     gidx = labels.view(256, 1)
-    img2, plane = leaf(32, 64, 32, 32), leaf(32, 1, 32, 32)
+    img2, plane, gate = leaf(32, 64, 32, 32), leaf(32, 1, 32, 32), leaf(32, 64, 1, 1, lo=0, hi=1)
     leaves = [a, b, p, q, sq, bias, gamma, beta, emb, logits, prob, img, w, ch, col, bq, bk, img2,
-              plane]
+              plane, gate]
     cases = [
         ("div", lambda: a / p), ("pow", lambda: torch.pow(p, q)),
         ("maximum", lambda: torch.maximum(a, b)), ("where_lt", lambda: torch.where(a < b, a, b)),
@@ -94,6 +94,10 @@ def torch_cases(f64=False):
         ("var_nhw", lambda: torch.var(img, (0, 2, 3), unbiased=False)),
         ("softmax_ch", lambda: torch.softmax(img, 1)), ("cat_ch", lambda: torch.cat([img, img2], 1)),
         ("add_plane", lambda: img + plane), ("max_w", lambda: img.amax(-1)),
+        ("pad_hw", lambda: F.pad(img, (1, 1, 1, 1))), ("mul_gate", lambda: img * gate),
+        ("sum_ch", lambda: img.sum(1)),
+        ("where_mask", lambda: torch.where(plane > 0, img, torch.zeros(()))),
+        ("bmm_tb", lambda: torch.matmul(bq, bq.transpose(1, 2))),
     ]
     return cases, leaves
 
