@@ -3,6 +3,7 @@
  * PyTorch's padding row, whose gradient is index_add), and gather /
  * scatter_add along an axis, and flip. Each op's gradient is its
  * partner. */
+#include "kernels/kernels.h"
 #include "ops.h"
 
 #include <float.h>
@@ -260,15 +261,23 @@ static void permute_rows(void *ud, int64_t b, int64_t e) {
 /* A permute whose last dim is strided in x (a transpose) gathers across x's
  * rows: each output row reads one element from every x row it crosses, a
  * cache line per element once x outgrows the cache. permute_tiled copies
- * it in tiles of TILE x TILE elements instead, between dim q (the dim with
- * x's smallest stride, its innermost) and the last dim: a tile reads TILE
- * runs of x's consecutive elements (along q) and writes TILE runs of y's.
- * The other dims (planes) and q's tiles are split over threads. */
-enum { TILE = 32 };
+ * it in tiles instead, between dim q (the dim with x's smallest stride,
+ * its innermost) and the last dim: a tile takes a cache line's worth of
+ * q (TILE_BYTES: 16 float32, 8 float64 elements) and the whole last dim,
+ * a step of as many rows at a time: it reads that many runs of x's
+ * consecutive elements (along q) and writes that many runs of y's. Where
+ * q is x's innermost dim (stride 1), ad_transpose_blocks copies the tile
+ * through registers (AVX2); else element by element. Few lines at once:
+ * rows a power of two apart (4 KB) share the first-level cache's few ways
+ * (tiles of 32 float32 rows thrashed them: a [1024, 1024] transpose took 3x
+ * PyTorch's time). The other dims (planes) and q's tiles are split over
+ * threads. */
+enum { TILE_BYTES = 64 };
 typedef struct tile_job {
   const permute_job *p;
   int q;                   /* the tiled dim besides the last */
   int64_t ys[AD_MAX_DIMS]; /* y's strides of the merged dims */
+  int64_t tile;            /* elements of q per tile, and rows per step */
   int64_t qtiles;          /* tiles along q per plane */
 } tile_job;
 
@@ -276,8 +285,8 @@ typedef struct tile_job {
   do {                                                                                             \
     const T *X_ = (const T *)(const void *)x;                                                      \
     T *Y_ = (T *)(void *)y;                                                                        \
-    for (int64_t l0 = 0; l0 < len; l0 += TILE) {                                                   \
-      int64_t l1 = len - l0 < TILE ? len : l0 + TILE;                                              \
+    for (int64_t l0 = 0; l0 < len; l0 += tile) {                                                   \
+      int64_t l1 = len - l0 < tile ? len : l0 + tile;                                              \
       for (int64_t iq = q0; iq < q1; iq++)                                                         \
         for (int64_t il = l0; il < l1; il++) Y_[iq * yq + il] = X_[iq * xq + il * s];              \
     }                                                                                              \
@@ -287,10 +296,10 @@ static void permute_tiles(void *ud, int64_t b, int64_t e) {
   const tile_job *t = ud;
   const permute_job *j = t->p;
   int n = j->n, q = t->q;
-  int64_t len = j->size[n - 1], s = j->st[n - 1], xq = j->st[q], yq = t->ys[q];
+  int64_t len = j->size[n - 1], s = j->st[n - 1], xq = j->st[q], yq = t->ys[q], tile = t->tile;
   for (int64_t u = b; u < e; u++) {
-    int64_t plane = u / t->qtiles, q0 = u % t->qtiles * TILE;
-    int64_t q1 = j->size[q] - q0 < TILE ? j->size[q] : q0 + TILE;
+    int64_t plane = u / t->qtiles, q0 = u % t->qtiles * tile;
+    int64_t q1 = j->size[q] - q0 < tile ? j->size[q] : q0 + tile;
     int64_t xo = 0, yo = 0;
     for (int k = n - 2; k >= 0; k--) { /* the plane's place in x and y */
       if (k == q) continue;
@@ -300,6 +309,9 @@ static void permute_tiles(void *ud, int64_t b, int64_t e) {
     }
     const char *x = j->x + (size_t)xo * j->es;
     char *y = j->y + (size_t)yo * j->es;
+    if (xq == 1 && ad_transpose_blocks(j->dt, x + (size_t)q0 * j->es, s,
+                                       y + (size_t)(q0 * yq) * j->es, yq, q1 - q0, len))
+      continue;
     if (j->dt == AD_F32) /* each dtype through its own type, as permute_rows */
       TILE_COPY(float);
     else if (j->dt == AD_F64)
@@ -314,16 +326,17 @@ static void permute_tiles(void *ud, int64_t b, int64_t e) {
 }
 
 /* Runs j's copy tiled when that pays: the last dim strided and another dim
- * at least TILE long with a smaller stride in x. Returns whether it ran. */
+ * at least a tile long with a smaller stride in x. Returns whether it ran. */
 static bool permute_tiled(const permute_job *j, int64_t size) {
   int n = j->n, q = -1;
+  int64_t tile = TILE_BYTES / (int64_t)j->es;
   for (int k = 0; k < n - 1; k++)
-    if (j->size[k] >= TILE && j->st[k] < j->st[n - 1] && (q < 0 || j->st[k] < j->st[q])) q = k;
-  if (q < 0 || j->size[n - 1] < TILE) return false;
-  tile_job t = {j, q, {0}, (j->size[q] + TILE - 1) / TILE};
+    if (j->size[k] >= tile && j->st[k] < j->st[n - 1] && (q < 0 || j->st[k] < j->st[q])) q = k;
+  if (q < 0 || j->size[n - 1] < tile) return false;
+  tile_job t = {j, q, {0}, tile, (j->size[q] + tile - 1) / tile};
   for (int64_t k = n - 1, st = 1; k >= 0; st *= j->size[k], k--) t.ys[k] = st;
   int64_t planes = size / (j->size[q] * j->size[n - 1]), items = planes * t.qtiles;
-  int64_t per = TILE * j->size[n - 1], grain = (32768 + per - 1) / per;
+  int64_t per = tile * j->size[n - 1], grain = (32768 + per - 1) / per;
   if (items <= grain)
     permute_tiles(&t, 0, items);
   else

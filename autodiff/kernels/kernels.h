@@ -146,6 +146,17 @@ void ad_wino_weight_block(const ad_wino *p, int64_t blk, const float *x, const f
                           bool first, float *du, float *scratch);
 /* Tests: on, the generic transforms and ad_gemm even where AVX-512 runs. */
 void ad_wino_set_generic(bool on);
+
+/* y[k ys + a] = x[a xs + k] for k < nq, a < nl (dt float32 or float64): a
+ * transposed copy (transpose.c), blocks of 8 x 8 (float32) or 4 x 4
+ * (float64) through registers where the CPU has AVX2, the margins element
+ * by element. Returns false, copying nothing, where it has not, for
+ * another dtype, or while ad_transpose_set_generic is on: the caller
+ * copies. */
+bool ad_transpose_blocks(ad_dtype dt, const void *x, int64_t xs, void *y, int64_t ys, int64_t nq,
+                         int64_t nl);
+/* Tests: on, ad_transpose_blocks declines (the callers' loops run). */
+void ad_transpose_set_generic(bool on);
 /* du[i] += the other nparts - 1 partial sums (u_floats apart), in order,
  * for i in [i0, i1). */
 void ad_wino_du_sum(const ad_wino *p, float *du, int64_t nparts, int64_t i0, int64_t i1);
