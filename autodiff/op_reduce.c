@@ -656,6 +656,25 @@ RUN_MAX_FN(ad_run_max_f64, double, 8, ad_lane_max_chain_f64)
 /* A NaN is the maximum of any lane that holds one. */
 #define MAX_BODY(T) *Y = (T)AD_LANE_MAX(X, S, N);
 
+/* The min op's lanes are max's of -x, negated: each element's sign flipped
+ * as it is read, and the maximum's after, so the bits of -max(-x) (which
+ * min was before it was an op: negation is exact; a NaN's payload is
+ * kept, its sign flipped twice). This chain, ad_lane_max_chain's of -x. */
+static inline double lane_max_neg_chain_f32(const float *x, int64_t s, int64_t n) {
+  double m = -INFINITY;
+  for (int64_t k = 0; k < n; k++) m = AD_MAX_NAN(-(double)x[k * s], m);
+  return m;
+}
+static inline double lane_max_neg_chain_f64(const double *x, int64_t s, int64_t n) {
+  double m = -INFINITY;
+  for (int64_t k = 0; k < n; k++) m = AD_MAX_NAN(-x[k * s], m);
+  return m;
+}
+#define LANE_MAX_NEG_CHAIN(x, s, n)                                                                \
+  _Generic((x), const float * : lane_max_neg_chain_f32, const double * : lane_max_neg_chain_f64)(  \
+      x, s, n)
+#define MIN_BODY(T) *Y = -(T)LANE_MAX_NEG_CHAIN(X, S, N);
+
 /* The shape rule of max: sum's, and the reduced dims must hold an element:
  * the maximum of nothing is undefined, and PyTorch refuses it too. */
 static ad_status shape_max(const ad_call *c) {
@@ -674,7 +693,7 @@ static ad_status shape_max(const ad_call *c) {
  * each lane still takes its elements in order k = 0..N-1, so the same
  * value as BLOCK_MAX's chain, and its NaN (in float32 a signalling one
  * quieted, as BLOCK_MAX's conversion to double did). */
-#define MAX_BLOCK(T)                                                                               \
+#define MAXS_BLOCK(T, SGN)                                                                         \
   {                                                                                                \
     T m[LANE_BLOCK];                                                                               \
     for (int64_t j = 0; j < nb; j++) m[j] = -INFINITY;                                             \
@@ -682,18 +701,30 @@ static ad_status shape_max(const ad_call *c) {
     for (; k + 4 <= N; k += 4) {                                                                   \
       const T *r0 = X + k * S, *r1 = r0 + S, *r2 = r1 + S, *r3 = r2 + S;                           \
       for (int64_t j = 0; j < nb; j++) {                                                           \
-        T v = AD_MAX_NAN(r0[j], m[j]);                                                             \
-        v = AD_MAX_NAN(r1[j], v);                                                                  \
-        v = AD_MAX_NAN(r2[j], v);                                                                  \
-        m[j] = AD_MAX_NAN(r3[j], v);                                                               \
+        T v = AD_MAX_NAN(SGN r0[j], m[j]);                                                         \
+        v = AD_MAX_NAN(SGN r1[j], v);                                                              \
+        v = AD_MAX_NAN(SGN r2[j], v);                                                              \
+        m[j] = AD_MAX_NAN(SGN r3[j], v);                                                           \
       }                                                                                            \
     }                                                                                              \
     for (; k < N; k++)                                                                             \
-      for (int64_t j = 0; j < nb; j++) m[j] = AD_MAX_NAN(X[k * S + j], m[j]);                      \
+      for (int64_t j = 0; j < nb; j++) m[j] = AD_MAX_NAN(SGN X[k * S + j], m[j]);                  \
     for (int64_t j = 0; j < nb; j++) /* float32: a signalling NaN quieted, as (double) did */      \
-      Y[j] = sizeof(T) == sizeof(float) && m[j] != m[j] ? m[j] + m[j] : m[j];                      \
+      Y[j] = SGN(sizeof(T) == sizeof(float) && m[j] != m[j] ? m[j] + m[j] : m[j]);                 \
+  }
+#define MAX_BLOCK(T) MAXS_BLOCK(T, +)
+/* -max(-x), as MIN_BODY; a lane whose minimum is NaN again by the chain:
+ * the block's NaN came out with its sign flipped (GCC 12 folds the pair of
+ * negations around the select as if a NaN's sign did not count), where
+ * the composite -max(-x) this op replaced kept it */
+#define MIN_BLOCK(T)                                                                               \
+  {                                                                                                \
+    MAXS_BLOCK(T, -)                                                                               \
+    for (int64_t j = 0; j < nb; j++)                                                               \
+      if (Y[j] != Y[j]) Y[j] = -(T)LANE_MAX_NEG_CHAIN(X + j, S, N);                                \
   }
 LANES_FNS(max_lanes, MAX_BODY, MAX_BLOCK, CELL_CLONES)
+LANES_FNS(min_lanes, MIN_BODY, MIN_BLOCK, CELL_CLONES)
 
 /* Contiguous rows (inner 1), rows [b, e) of n elements each: each row's
  * maximum as ad_run_max takes it (W partial maxima, the chain where a NaN
@@ -705,7 +736,7 @@ typedef struct max_rows_job {
   void *y;
   int64_t n;
 } max_rows_job;
-#define MAX_ROWS_OF(T, W, CHAIN)                                                                   \
+#define MAX_ROWS_OF(T, W, CHAIN, SGN)                                                              \
   do {                                                                                             \
     const T *X = j->x;                                                                             \
     T *Y = j->y;                                                                                   \
@@ -715,32 +746,47 @@ typedef struct max_rows_job {
       T m = -INFINITY;                                                                             \
       int bad = 0;                                                                                 \
       if (n >= 16 * W) /* four vectors of partials: four chains of max in flight */                \
-        ROW_MAX_W(T, 4 * W, x, n, n / (4 * W) * (4 * W), MAX_NO_NAN, m, bad);                      \
+        ROW_MAX_WS(T, 4 * W, x, n, n / (4 * W) * (4 * W), MAX_NO_NAN, m, bad, SGN);                \
       else                                                                                         \
-        ROW_MAX_W(T, W, x, n, n / W * W, MAX_NO_NAN, m, bad);                                      \
-      Y[r] = bad || m == 0 ? (T)CHAIN(x, 1, n) : m;                                                \
+        ROW_MAX_WS(T, W, x, n, n / W * W, MAX_NO_NAN, m, bad, SGN);                                \
+      Y[r] = SGN(bad || m == 0 ? (T)CHAIN(x, 1, n) : m);                                           \
     }                                                                                              \
   } while (0)
 CELL_CLONES static void max_rows_f32(void *ud, int64_t b, int64_t e) {
   const max_rows_job *j = ud;
-  MAX_ROWS_OF(float, 16, ad_lane_max_chain_f32);
+  MAX_ROWS_OF(float, 16, ad_lane_max_chain_f32, +);
 }
 CELL_CLONES static void max_rows_f64(void *ud, int64_t b, int64_t e) {
   const max_rows_job *j = ud;
-  MAX_ROWS_OF(double, 8, ad_lane_max_chain_f64);
+  MAX_ROWS_OF(double, 8, ad_lane_max_chain_f64, +);
+}
+CELL_CLONES static void min_rows_f32(void *ud, int64_t b, int64_t e) {
+  const max_rows_job *j = ud;
+  MAX_ROWS_OF(float, 16, lane_max_neg_chain_f32, -);
+}
+CELL_CLONES static void min_rows_f64(void *ud, int64_t b, int64_t e) {
+  const max_rows_job *j = ud;
+  MAX_ROWS_OF(double, 8, lane_max_neg_chain_f64, -);
 }
 #undef MAX_ROWS_OF
 
-static void max_fwd(const ad_call *c) {
+/* max's and min's forward (min: -max(-x), with rows for one lane too, so
+ * that min's every path is in this section) */
+static void maxs_fwd(const ad_call *c, bool min) {
   red_dims r = red_of(c->in[0], c->attrs->reduce.axes);
-  if (r.inner == 1 && r.outer > 1 && r.n > 0) {
+  bool f32 = c->out->dtype == AD_F32;
+  if (r.inner == 1 && (r.outer > 1 || min) && r.n > 0) {
     max_rows_job j = {c->in[0]->data, c->out->data, r.n};
-    ad_parallel_for(r.outer, (32768 + r.n - 1) / r.n,
-                    c->out->dtype == AD_F32 ? max_rows_f32 : max_rows_f64, &j);
+    ad_range_fn fn =
+        min ? (f32 ? min_rows_f32 : min_rows_f64) : (f32 ? max_rows_f32 : max_rows_f64);
+    ad_parallel_for(r.outer, (32768 + r.n - 1) / r.n, fn, &j);
     return;
   }
-  run_lanes(c->in[0], c->out, r, r.inner, c->out->dtype == AD_F32 ? max_lanes_f32 : max_lanes_f64);
+  run_lanes(c->in[0], c->out, r, r.inner,
+            min ? (f32 ? min_lanes_f32 : min_lanes_f64) : (f32 ? max_lanes_f32 : max_lanes_f64));
 }
+
+static void max_fwd(const ad_call *c) { maxs_fwd(c, false); }
 
 /* Ties share the gradient: each of the count elements equal to the
  * maximum of its lane gets dy / count. In a lane whose maximum is NaN no
@@ -775,6 +821,28 @@ const ad_op_def ad_def_max = {
     .backward = max_bwd,
     .sample = max_sample,
     .math = "y = max_axis x",
+    .inputs = {"x"},
+    .grads = {"expand(dy) * [x = y] / count(x = y)  (ties share)"},
+};
+
+/* ----------------------------------------------------------------- min
+ *
+ *   y = min_axis x = -max_axis(-x)       dx = expand(dy) [x = y] / count(x = y)
+ *
+ * torch.amin, max's kernels reading -x (the bits of the composite -max(-x)
+ * that min was, in one pass: max's rules, ties share the gradient, a NaN
+ * wins); the backward is max's, which reads only x and y. */
+static void min_fwd(const ad_call *c) { maxs_fwd(c, true); }
+
+const ad_op_def ad_def_min = {
+    .name = "min",
+    .arity = 1,
+    .attrs = AD_ATTRS_REDUCE,
+    .shape = shape_max,
+    .forward = min_fwd,
+    .backward = max_bwd,
+    .sample = max_sample,
+    .math = "y = min_axis x = -max_axis(-x)",
     .inputs = {"x"},
     .grads = {"expand(dy) * [x = y] / count(x = y)  (ties share)"},
 };
@@ -1696,8 +1764,9 @@ static bool float_in_ok(ad_ctx *ctx, const char *fn, const ad_tensor *x) {
   return false;
 }
 
-/* min = -max(-x): max's rules (ties share the gradient, NaN wins, nothing
- * to reduce is an error), checked here first so the errors name min. */
+/* min (the op, -max(-x) in one pass): max's rules (ties share the
+ * gradient, NaN wins, nothing to reduce is an error), checked here first
+ * so the errors name min as before. */
 ad_tensor *ad_min(ad_ctx *ctx, ad_tensor *x) {
   if (!float_in_ok(ctx, "min", x)) return NULL;
   if (x->size == 0) {
@@ -1706,7 +1775,7 @@ ad_tensor *ad_min(ad_ctx *ctx, ad_tensor *x) {
                  ad_shape_str(x, a, sizeof a));
     return NULL;
   }
-  return ad_neg(ctx, ad_max(ctx, ad_neg(ctx, x)));
+  return reduce(ctx, AD_OP_MIN, x, all_axes(x), false);
 }
 
 ad_tensor *ad_min_axis(ad_ctx *ctx, ad_tensor *x, int axis, bool keepdim) {
@@ -1723,7 +1792,7 @@ ad_tensor *ad_min_axis(ad_ctx *ctx, ad_tensor *x, int axis, bool keepdim) {
                  ad_shape_str(x, a, sizeof a));
     return NULL;
   }
-  return ad_neg(ctx, ad_max_axis(ctx, ad_neg(ctx, x), axis, keepdim));
+  return reduce(ctx, AD_OP_MIN, x, 1u << k, keepdim);
 }
 
 /* ---------------------------------------------------------- sum_sq_dev

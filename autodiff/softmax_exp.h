@@ -81,11 +81,11 @@ CELL_ROW void exp_diff(const float *x, const float *m, int ms, int64_t len, floa
  * a : b where no NaN is present (the same result; a max instruction, not
  * a branch that random values mispredict). Sets bad where a NaN is seen.
  * Also the run maximum's (op_reduce.c), with W elements a vector. */
-#define ROW_MAX_W(T, W, xr, n, full, MAX, mr, bad)                                                 \
+#define ROW_MAX_WS(T, W, xr, n, full, MAX, mr, bad, SGN)                                           \
   do {                                                                                             \
     if (n < W) {                                                                                   \
       for (int64_t i = 0; i < n; i++) {                                                            \
-        T v = xr[i];                                                                               \
+        T v = SGN xr[i];                                                                           \
         mr = MAX(v, mr);                                                                           \
         bad |= v != v;                                                                             \
       }                                                                                            \
@@ -95,12 +95,12 @@ CELL_ROW void exp_diff(const float *x, const float *m, int ms, int64_t len, floa
     for (int k = 0; k < W; k++) pm[k] = -INFINITY;                                                 \
     for (int64_t i = 0; i < full; i += W)                                                          \
       for (int k = 0; k < W; k++) {                                                                \
-        T v = xr[i + k];                                                                           \
+        T v = SGN xr[i + k];                                                                       \
         pm[k] = MAX(v, pm[k]);                                                                     \
         bad |= v != v;                                                                             \
       }                                                                                            \
     for (int64_t i = full; i < n; i++) {                                                           \
-      T v = xr[i];                                                                                 \
+      T v = SGN xr[i];                                                                             \
       pm[0] = MAX(v, pm[0]);                                                                       \
       bad |= v != v;                                                                               \
     }                                                                                              \
@@ -108,7 +108,10 @@ CELL_ROW void exp_diff(const float *x, const float *m, int ms, int64_t len, floa
         pm[k] = MAX(pm[k + w], pm[k]);                                                             \
     mr = pm[0];                                                                                    \
   } while (0)
-#define ROW_MAX_16(xr, n, full, MAX, mr, bad) ROW_MAX_W(float, 16, xr, n, full, MAX, mr, bad)
+/* ROW_MAX_WS of x itself (SGN +); of -x, each element's sign flipped as
+ * it is read (SGN -), is the min op's. */
+#define ROW_MAX_W(T, W, xr, n, full, MAX, mr, bad) ROW_MAX_WS(T, W, xr, n, full, MAX, mr, bad, +)
+#define ROW_MAX_16(xr, n, full, MAX, mr, bad)      ROW_MAX_W(float, 16, xr, n, full, MAX, mr, bad)
 
 /* One contiguous float32 lane of n elements, vectorized along it: its
  * maximum *mp from 16 partial maxima (a NaN in any is the maximum: the

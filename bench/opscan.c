@@ -41,9 +41,10 @@ static ad_dtype dtype = AD_F32; /* of the float inputs (--dtype) */
  * [256,1]; bq [16,64,256], bk [16,256,64] (a batched product); gidx
  * [256,1] (i32, a label per row of logits); img2 shaped as img, plane
  * [32,1,32,32] (one value per position, broadcast over the channels),
- * gate [32,64,1,1] (one value per sample and channel). */
+ * gate [32,64,1,1] (one value per sample and channel), sidx [256,64] (i32,
+ * columns of a) and src [256,64] (a scatter_add's). */
 static ad_tensor *a, *b, *p, *q, *sq, *bias, *gamma_, *beta, *idx, *emb, *eidx, *logits, *labels,
-    *prob, *target, *img, *w, *ch, *col, *bq, *bk, *gidx, *img2, *plane, *gate;
+    *prob, *target, *img, *w, *ch, *col, *bq, *bk, *gidx, *img2, *plane, *gate, *sidx, *src;
 
 static ad_tensor *c_div(void) { return ad_div(ctx, a, p); }
 static ad_tensor *c_pow(void) { return ad_pow(ctx, p, q); }
@@ -133,6 +134,14 @@ static ad_tensor *c_where_mask(void) {
   return ad_where(ctx, ad_gt(ctx, plane, zero), img, zero);
 }
 static ad_tensor *c_bmm_tb(void) { return ad_matmul(ctx, bq, bq, false, true); }
+/* the ops reached by no other case: min (a composite, -max(-x)), columns
+ * selected, a scatter_add along rows, a stack, a cosine similarity along
+ * rows */
+static ad_tensor *c_min1(void) { return ad_min_axis(ctx, a, 1, false); }
+static ad_tensor *c_isel1(void) { return ad_index_select_axis(ctx, a, 1, idx); }
+static ad_tensor *c_scatter1(void) { return ad_scatter_add(ctx, a, 1, sidx, src); }
+static ad_tensor *c_stack0(void) { return ad_stack(ctx, 2, (ad_tensor *[]){a, b}, 0); }
+static ad_tensor *c_cos1(void) { return ad_cosine_similarity(ctx, a, b, 1, 1e-8); }
 static ad_tensor *c_flip1(void) { return ad_flip(ctx, a, 1, (const int[]){1}); }
 
 static const struct {
@@ -205,6 +214,11 @@ static const struct {
     {"sum_ch", c_sum_ch},
     {"where_mask", c_where_mask},
     {"bmm_tb", c_bmm_tb},
+    {"min1", c_min1},
+    {"isel1", c_isel1},
+    {"scatter1", c_scatter1},
+    {"stack0", c_stack0},
+    {"cos1", c_cos1},
 };
 
 /* A float leaf (dtype) of shape [n0, n1] (n1 = 0: 1-D), uniform in [lo, hi) or
@@ -256,6 +270,8 @@ static void make_inputs(void) {
   img2 = input(&rng, 4, s_img, 0, 0, true);
   plane = input(&rng, 4, (const int64_t[]){32, 1, 32, 32}, 0, 0, true);
   gate = input(&rng, 4, (const int64_t[]){32, 64, 1, 1}, 0, 1, true);
+  sidx = indices(2, (const int64_t[]){256, 64}, 37, 1024);
+  src = input(&rng, 2, (const int64_t[]){256, 64}, 0, 0, true);
 }
 
 static void clear_grads(void) {

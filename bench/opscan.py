@@ -55,8 +55,10 @@ def torch_cases(f64=False):
     bq, bk = leaf(16, 64, 256), leaf(16, 256, 64)
     gidx = labels.view(256, 1)
     img2, plane, gate = leaf(32, 64, 32, 32), leaf(32, 1, 32, 32), leaf(32, 64, 1, 1, lo=0, hi=1)
+    sidx = torch.tensor([k * 37 % 1024 for k in range(256 * 64)]).view(256, 64)
+    src = leaf(256, 64)
     leaves = [a, b, p, q, sq, bias, gamma, beta, emb, logits, prob, img, w, ch, col, bq, bk, img2,
-              plane, gate]
+              plane, gate, src]
     cases = [
         ("div", lambda: a / p), ("pow", lambda: torch.pow(p, q)),
         ("maximum", lambda: torch.maximum(a, b)), ("where_lt", lambda: torch.where(a < b, a, b)),
@@ -98,6 +100,9 @@ def torch_cases(f64=False):
         ("sum_ch", lambda: img.sum(1)),
         ("where_mask", lambda: torch.where(plane > 0, img, torch.zeros(()))),
         ("bmm_tb", lambda: torch.matmul(bq, bq.transpose(1, 2))),
+        ("min1", lambda: a.amin(1)), ("isel1", lambda: a.index_select(1, idx)),
+        ("scatter1", lambda: a.scatter_add(1, sidx, src)), ("stack0", lambda: torch.stack([a, b])),
+        ("cos1", lambda: F.cosine_similarity(a, b, 1, 1e-8)),
     ]
     return cases, leaves
 

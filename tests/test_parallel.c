@@ -1080,6 +1080,51 @@ Test(parallel, max_of_contiguous_lanes_same_bits_as_the_chain) {
   }
 }
 
+/* min is an op (op_reduce.c: max's kernels reading -x) that must give the
+ * bits of the composite it replaced, -max(-x) (negations exact, NaN
+ * payloads kept): along the last axis (rows, one lane alone), along the
+ * first (lane blocks, their margins, one lane of a block alone) and over
+ * everything, for lanes of random values, NaNs of random payloads (float32
+ * signalling ones too), zeros of both signs, infinities, on 1 and 3
+ * threads. */
+Test(parallel, min_same_bits_as_neg_max_neg) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 29);
+  enum { KINDS = 5 };
+  static const int64_t shapes[][2] = {{15, 1}, {15, 7}, {15, 40}, {15, 300}, {1, 300},
+                                      {7, 65}, {40, 3}, {300, 2}, {130, 1},  {5, 129}};
+  for (int d = 0; d < 2; d++) {
+    ad_dtype dt = d ? AD_F64 : AD_F32;
+    size_t ds = ad_dtype_size(dt);
+    for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++) {
+      ad_tensor *x = ad_zeros(ctx, dt, 2, shapes[si]);
+      cr_assert(x, "%s", ad_last_error(ctx));
+      for (int64_t i = 0; i < x->size; i++)
+        set_special(x, i, (int)(i / shapes[si][1] % KINDS), &rng);
+      for (int threads = 1; threads <= 3; threads += 2) {
+        cr_assert_eq(ad_set_num_threads(threads), AD_OK);
+        for (int axis = -1; axis < 2; axis++) { /* -1: over everything */
+          ad_tensor *y = axis < 0 ? ad_min(ctx, x) : ad_min_axis(ctx, x, axis, false);
+          ad_tensor *nx = ad_neg(ctx, x);
+          ad_tensor *w =
+              ad_neg(ctx, axis < 0 ? ad_max(ctx, nx) : ad_max_axis(ctx, nx, axis, false));
+          cr_assert(y && w, "%s", ad_last_error(ctx));
+          cr_assert_eq(y->size, w->size);
+          for (int64_t i = 0; i < y->size; i++)
+            cr_assert(memcmp((const char *)y->data + (size_t)i * ds,
+                             (const char *)w->data + (size_t)i * ds, ds) == 0,
+                      "%s [%lld,%lld] axis %d, %d threads: min[%lld] %.17g, -max(-x) %.17g",
+                      ad_dtype_name(dt), (long long)shapes[si][0], (long long)shapes[si][1], axis,
+                      threads, (long long)i, ad_tensor_get(y, i), ad_tensor_get(w, i));
+        }
+        ad_tape_reset(ctx);
+      }
+      ad_set_num_threads(1);
+      ad_tensor_free(x);
+    }
+  }
+}
+
 /* The same along the first axis: lanes L apart, taken in blocks four rows
  * at a time in the dtype (op_reduce.c's MAX_BLOCK): the chain's bits, a
  * signalling NaN quieted as the chain's double quiets it. */
