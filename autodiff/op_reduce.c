@@ -1974,6 +1974,60 @@ const ad_op_def ad_def_sum_sq_dev = {
     .grads = {"2 (x - mean_axis x) expand(dy)"},
 };
 
+/* x with the dims marked in red as one run of adjacent dims, for a
+ * reduction op over them: x itself where they are one already, else x
+ * permuted (a copy) so that they come last, in order, after the others in
+ * theirs; *mask gets the run's dims in the result. NULL for a NULL x, or
+ * when the permute fails (its error set). */
+static ad_tensor *as_one_run(ad_ctx *ctx, ad_tensor *x, const bool *red, uint32_t *mask) {
+  int nr = 0, perm[AD_MAX_DIMS], np = 0, nd = x ? x->ndim : 0;
+  *mask = 0;
+  for (int d = 0; d < nd; d++)
+    if (red[d])
+      *mask |= 1u << d, nr++;
+    else
+      perm[np++] = d;
+  red_dims r = x ? red_of(x, *mask) : (red_dims){0, 0, 1, 1, 1};
+  if (r.hi - r.lo == nr) return x;
+  for (int d = 0; d < nd; d++)
+    if (red[d]) perm[np++] = d;
+  *mask = ((1u << nr) - 1) << (nd - nr);
+  return ad_permute(ctx, x, perm);
+}
+
+/* max or min (op) over the axes as ad_var takes them: one op over one
+ * run of the reduced dims (as_one_run), then keepdim's shape. The
+ * reduced dims must hold an element. */
+static ad_tensor *maxs_axes_of(ad_ctx *ctx, const char *fn, int op, ad_tensor *x, int n_axes,
+                               const int *axes, bool keepdim) {
+  if (!float_in_ok(ctx, fn, x)) return NULL;
+  bool red[AD_MAX_DIMS];
+  if (!axes_marked(ctx, fn, x, n_axes, axes, red)) return NULL;
+  int64_t kshape[AD_MAX_DIMS];
+  char a[64];
+  for (int d = 0; d < x->ndim; d++) {
+    kshape[d] = red[d] ? 1 : x->shape[d];
+    if (red[d] && x->shape[d] == 0) {
+      ad_set_error(ctx, AD_ERR_SHAPE, "%s: nothing to reduce: axis %d of %s holds no element", fn,
+                   d, ad_shape_str(x, a, sizeof a));
+      return NULL;
+    }
+  }
+  uint32_t mask;
+  ad_tensor *xr = as_one_run(ctx, x, red, &mask);
+  if (xr == x) return reduce(ctx, op, x, mask, keepdim);
+  ad_tensor *y = reduce(ctx, op, xr, mask, false);
+  return keepdim && y ? ad_reshape(ctx, y, x->ndim, kshape) : y;
+}
+
+ad_tensor *ad_max_axes(ad_ctx *ctx, ad_tensor *x, int n_axes, const int *axes, bool keepdim) {
+  return maxs_axes_of(ctx, "max", AD_OP_MAX, x, n_axes, axes, keepdim);
+}
+
+ad_tensor *ad_min_axes(ad_ctx *ctx, ad_tensor *x, int n_axes, const int *axes, bool keepdim) {
+  return maxs_axes_of(ctx, "min", AD_OP_MIN, x, n_axes, axes, keepdim);
+}
+
 /* var = sum((x - mean)^2) / max(0, n - correction) over the axes (every
  * dim for none), as torch.var; std its square root (with take_sqrt), taken
  * before the result is rounded back to x's dtype. fn names the errors.
@@ -1989,23 +2043,13 @@ static ad_tensor *var_of(ad_ctx *ctx, const char *fn, ad_tensor *x, int n_axes, 
   bool red[AD_MAX_DIMS];
   if (!axes_marked(ctx, fn, x, n_axes, axes, red)) return NULL;
   int64_t n = 1, kshape[AD_MAX_DIMS];
-  uint32_t mask = 0;
-  int nr = 0, perm[AD_MAX_DIMS], np = 0;
   for (int d = 0; d < x->ndim; d++) {
     kshape[d] = red[d] ? 1 : x->shape[d];
-    if (red[d])
-      n *= x->shape[d], mask |= 1u << d, nr++;
-    else
-      perm[np++] = d;
+    if (red[d]) n *= x->shape[d];
   }
   ad_dtype dtype = x->dtype;
-  ad_tensor *xr = x;
-  if (red_of(x, mask).hi - red_of(x, mask).lo != nr) { /* not one run: the reduced dims last */
-    for (int d = 0; d < x->ndim; d++)
-      if (red[d]) perm[np++] = d;
-    xr = ad_permute(ctx, x, perm);
-    mask = ((1u << nr) - 1) << (x->ndim - nr);
-  }
+  uint32_t mask;
+  ad_tensor *xr = as_one_run(ctx, x, red, &mask); /* sets mask: before reduce reads it */
   ad_tensor *q = reduce(ctx, AD_OP_SUM_SQ_DEV, xr, mask, false);
   /* in double: n - correction overflows int64 for a correction near
    * INT64_MIN (torch takes negative ones: a divisor above n). A lane of

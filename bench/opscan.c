@@ -120,6 +120,7 @@ static ad_tensor *c_softmax_ch(void) { return ad_softmax(ctx, img, 1); }
 static ad_tensor *c_cat_ch(void) { return ad_concat(ctx, 2, (ad_tensor *[]){img, img2}, 1); }
 static ad_tensor *c_add_plane(void) { return ad_add(ctx, img, plane); }
 static ad_tensor *c_max_w(void) { return ad_max_axis(ctx, img, -1, false); }
+static ad_tensor *c_max_hw(void) { return ad_max_axes(ctx, img, 2, (const int[]){2, 3}, false); }
 /* a zero border of H and W, a per-sample-and-channel gate (squeeze and
  * excitation), a sum over the channels, a mask broadcast over them
  * (masked_fill), a batched product with the second transposed (attention
@@ -209,6 +210,7 @@ static const struct {
     {"cat_ch", c_cat_ch},
     {"add_plane", c_add_plane},
     {"max_w", c_max_w},
+    {"max_hw", c_max_hw},
     {"pad_hw", c_pad_hw},
     {"mul_gate", c_mul_gate},
     {"sum_ch", c_sum_ch},

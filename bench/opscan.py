@@ -96,6 +96,7 @@ def torch_cases(f64=False):
         ("var_nhw", lambda: torch.var(img, (0, 2, 3), unbiased=False)),
         ("softmax_ch", lambda: torch.softmax(img, 1)), ("cat_ch", lambda: torch.cat([img, img2], 1)),
         ("add_plane", lambda: img + plane), ("max_w", lambda: img.amax(-1)),
+        ("max_hw", lambda: img.amax((2, 3))),
         ("pad_hw", lambda: F.pad(img, (1, 1, 1, 1))), ("mul_gate", lambda: img * gate),
         ("sum_ch", lambda: img.sum(1)),
         ("where_mask", lambda: torch.where(plane > 0, img, torch.zeros(()))),

@@ -13,7 +13,7 @@
  * axes in and out of range, matmul with transposes, the shape ops,
  * softmax and its family, the losses, norms, recurrent cells, attention,
  * pooling and convolutions, gather, scatter_add, flip, cumsum, argmax and
- * argmin, min, var, std, sum and mean over axes, with random options, good and bad; and
+ * argmin, min, var, std, sum, mean, max and min over axes, with random options, good and bad; and
  * ad_op_apply of any registered op, built-in backwards included), a
  * backward (ad_backward of the sum of a value), a second-order pass
  * (ad_grad with create_graph, then ad_grad of the result), ad_tape_reset,
@@ -697,7 +697,7 @@ static ad_tensor *run_op(int op) {
     return u8() & 1 ? NAMED(argmax)(C, in_a, axis, keep) : NAMED(argmin)(C, in_a, axis, keep);
   }
   case OP_min_var_std: {
-    int axes[4], k = (int)(u8() % 6), n = (int)(u8() % 5);
+    int axes[4], k = (int)(u8() % 8), n = (int)(u8() % 5);
     if (u8() < 16) n = -1;
     ad_tensor *x = req();
     for (int i = 0; i < 4; i++) axes[i] = draw_axis();
@@ -715,8 +715,12 @@ static ad_tensor *run_op(int op) {
       return NAMED(std)(C, x, n, ax, correction, keep);
     case 4:
       return NAMED(sum_axes)(C, x, n, ax, keep);
-    default:
+    case 5:
       return NAMED(mean_axes)(C, x, n, ax, keep);
+    case 6:
+      return NAMED(max_axes)(C, x, n, ax, keep);
+    default:
+      return NAMED(min_axes)(C, x, n, ax, keep);
     }
   }
   }

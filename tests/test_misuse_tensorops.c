@@ -441,9 +441,9 @@ Test(misuse_tensorops, std_of_a_constant_lane_has_gradient_zero) {
   ad_tensor_free(x);
 }
 
-/* ad_sum_axes and ad_mean_axes check their axes as ad_var does, and name
- * themselves (mean is built on the sum). */
-Test(misuse_tensorops, sum_and_mean_axes_refuse_bad_axes) {
+/* ad_sum_axes, ad_mean_axes, ad_max_axes and ad_min_axes check their
+ * axes as ad_var does, and name themselves (mean is built on the sum). */
+Test(misuse_tensorops, reductions_over_axes_refuse_bad_axes) {
   int64_t s[3] = {2, 3, 4};
   ad_tensor *x = param(ctx, 3, s, NULL), *t = ad_zeros(ctx, AD_I32, 3, s);
   int ax[3] = {0, -1, 2}, bad[1] = {-4};
@@ -465,6 +465,20 @@ Test(misuse_tensorops, sum_and_mean_axes_refuse_bad_axes) {
   expect_error(AD_ERR_ARG, "mean: input 0 belongs to another context", NULL);
   ad_tensor_free(fx);
   ad_ctx_free(other);
+  /* max_axes and min_axes: the same checks, and a reduced dim of length 0 */
+  cr_assert_null(ad_max_axes(ctx, x, 3, ax, false));
+  expect_error(AD_ERR_ARG, "max: axis 2 given twice for [2,3,4]", NULL);
+  cr_assert_null(ad_min_axes(ctx, t, 1, ax, false));
+  expect_error(AD_ERR_DTYPE, "min: input is i32", NULL);
+  cr_assert_null(ad_min_axes(ctx, x, 1, NULL, false));
+  expect_error(AD_ERR_NULL, "min: axes is NULL", NULL);
+  int64_t se[3] = {2, 0, 4};
+  ad_tensor *e = param(ctx, 3, se, NULL);
+  cr_assert_null(ad_max_axes(ctx, e, 2, (int[]){0, 1}, true));
+  expect_error(AD_ERR_SHAPE, "max: nothing to reduce: axis 1 of [2,0,4] holds no element", NULL);
+  ad_tensor *me = ad_min_axes(ctx, e, 1, (int[]){2}, false); /* an empty result is fine */
+  cr_assert(me && me->size == 0 && me->ndim == 2, "%s", ad_last_error(ctx));
+  ad_tensor_free(e);
   /* a 0-d x: every dim is none; its sum is a new tensor holding x */
   ad_tensor *z = ad_scalar(ctx, AD_F64, 2.5), *zs = ad_mean_axes(ctx, z, 0, NULL, false);
   cr_assert(zs && zs != z && zs->ndim == 0 && ad_tensor_item(zs) == 2.5, "%s", ad_last_error(ctx));

@@ -74,7 +74,7 @@ static const attr_key attr_keys[] = {
     {"dims", BUILDER_ONLY, 0, AD_MAX_DIMS},
     /* correction keepdim axes... of ad_var, ad_std */
     {"var", BUILDER_ONLY, 2, 2 + AD_MAX_DIMS},
-    /* keepdim axes... of ad_sum_axes, ad_mean_axes */
+    /* keepdim axes... of ad_sum_axes, ad_mean_axes, ad_max_axes, ad_min_axes */
     {"axes", BUILDER_ONLY, 1, 1 + AD_MAX_DIMS},
     /* kernel, stride, padding, dilation (h, w), ceil_mode, count_include_pad, in_size (h, w) */
     {"pool", AD_ATTRS_POOL, 12, 12},
@@ -1017,10 +1017,16 @@ static ad_tensor *run_builder(ad_ctx *cx, const fx_case *c, ad_tensor **in, bool
       for (int k = 2; k < a->n; k++) dims[k - 2] = (int)v[k];
       return (op[0] == 'v' ? ad_var : ad_std)(cx, x, a->n - 2, dims, v[0], v[1] != 0);
     }
-    if (!strcmp(op, "sum_axes") || !strcmp(op, "mean_axes")) {
+    if (!strcmp(op, "sum_axes") || !strcmp(op, "mean_axes") || !strcmp(op, "max_axes") ||
+        !strcmp(op, "min_axes")) {
       int dims[AD_MAX_DIMS];
       for (int k = 1; k < a->n; k++) dims[k - 1] = (int)v[k];
-      return (op[0] == 's' ? ad_sum_axes : ad_mean_axes)(cx, x, a->n - 1, dims, v[0] != 0);
+      ad_tensor *(*fn)(ad_ctx *, ad_tensor *, int, const int *, bool) =
+          op[1] == 'u'   ? ad_sum_axes
+          : op[1] == 'e' ? ad_mean_axes
+          : op[1] == 'a' ? ad_max_axes
+                         : ad_min_axes;
+      return fn(cx, x, a->n - 1, dims, v[0] != 0);
     }
     if (!strcmp(op, "flip_dims")) {
       int dims[AD_MAX_DIMS];

@@ -59,8 +59,9 @@ builder the arguments it takes:
     attr dims D0 D1 ...           flip_dims: the axes of ad_flip
     attr var C K D0 ...           var, std: correction, keepdim (0 or 1),
                                   the axes (none: every dim)
-    attr axes K D0 ...            sum_axes, mean_axes: keepdim (0 or 1),
-                                  the axes (none: every dim)
+    attr axes K D0 ...            sum_axes, mean_axes, max_axes, min_axes:
+                                  keepdim (0 or 1), the axes (none: every
+                                  dim)
     attr pool KH KW SH SW PH PW DH DW CEIL CIP IH IW
                                   max_pool2d, avg_pool2d and their partner
                                   ops: kernel, stride, padding, dilation
@@ -1360,6 +1361,20 @@ for name, fn in (("sum_axes", torch.sum), ("mean_axes", torch.mean)):
             lambda t, fn=fn, dims=dims, k=k: fn(t[0], dim=dims if dims else tuple(range(t[0].dim())),
                                                 keepdim=bool(k)),
             attr=("axes", k) + dims)
+
+# max_axes / min_axes (torch.amax / torch.amin over several dims): one
+# reduction (ties share across all the reduced dims); axes apart are
+# permuted together first; distinct values, and a tie across two dims
+for name, fn in (("max_axes", torch.amax), ("min_axes", torch.amin)):
+    for tag, xs, dims, k in (("hw", (2, 3, 4, 5), (2, 3), 0), ("apart_keep", (2, 3, 4), (0, 2), 1),
+                             ("all", (3, 4), (), 0), ("three_neg", (2, 3, 4, 2), (-1, -2, 0), 0)):
+        add(f"{name}_{tag}", name, lambda rng, xs=xs: [("in", distinct(rng, xs))],
+            lambda t, fn=fn, dims=dims, k=k: fn(t[0], dim=dims if dims else tuple(range(t[0].dim())),
+                                                keepdim=bool(k)),
+            attr=("axes", k) + dims)
+    add(f"{name}_tie_apart", name,
+        const([("in", f32r([[[1.0, 5.0], [2.0, -5.0]], [[5.0, 0.0], [-5.0, 3.0]]]))]),
+        lambda t, fn=fn: fn(t[0], dim=(0, 2)), attr=("axes", 0, 0, 2))
 
 # min / min_axis: -max(-x), max's rules (ties share, NaN wins)
 add("min_all", "min", lambda rng: [("in", distinct(rng, (2, 3, 4)))], lambda t: torch.amin(t[0]),

@@ -1031,6 +1031,20 @@ AD_API ad_tensor *ad_max_axis(ad_ctx *ctx, ad_tensor *x, int axis, bool keepdim)
 AD_API ad_tensor *ad_min(ad_ctx *ctx, ad_tensor *x);
 AD_API ad_tensor *ad_min_axis(ad_ctx *ctx, ad_tensor *x, int axis, bool keepdim);
 /** @} */
+/** torch.amax(x, dims, keepdim) and torch.amin: over the n_axes axes
+ * (negative counts from the end; n_axes 0: every dim), as one reduction:
+ * ties anywhere in the reduced dims share the gradient equally, a NaN
+ * wins, as ad_max's. Axes that are not adjacent are brought together
+ * first (a permuted copy). Errors (NULL), named "max" or "min":
+ * AD_ERR_NULL (x NULL, axes NULL with n_axes > 0), AD_ERR_DTYPE (not
+ * float), AD_ERR_ARG (n_axes outside 0..ndim, an axis out of range or
+ * given twice), AD_ERR_SHAPE (a reduced dim of length 0: "nothing to
+ * reduce"). @{ */
+AD_API ad_tensor *ad_max_axes(ad_ctx *ctx, ad_tensor *x, int n_axes, const int *axes,
+                              bool keepdim);
+AD_API ad_tensor *ad_min_axes(ad_ctx *ctx, ad_tensor *x, int n_axes, const int *axes,
+                              bool keepdim);
+/** @} */
 /** torch.var(x, dims, correction=c, keepdim) and torch.std: over the
  * n_axes axes (negative counts from the end; n_axes 0: every dim, as
  * dim=None), sum((x - mean)^2) / max(0, n - correction) for the n
