@@ -1950,7 +1950,12 @@ static void sum_sq_dev_fwd(const ad_call *c) {
   ad_parallel_for(units, (32768 + per - 1) / per, ssd_range, &j);
 }
 
-/* dx = 2 (x - mean_r x) expand(dy), in x's dtype */
+/* dx = 2 (x - mean_r x) expand(dy), in x's dtype. A float32 lane's mean
+ * is its sum rounded to float32, divided; where that sum passes FLT_MAX
+ * (a lane near it: the mean inf, every x - mean -inf, where the forward's
+ * double gave a finite y) the mean is taken in double instead, which
+ * always fits (it lies between the lane's extremes). Only then, so the
+ * bits are otherwise torch's (x - x.mean()) and no pass is added. */
 static ad_status sum_sq_dev_bwd(const ad_call *c) {
   ad_ctx *ctx = c->ctx;
   ad_tensor *x = c->in[0];
@@ -1958,6 +1963,10 @@ static ad_status sum_sq_dev_bwd(const ad_call *c) {
   red_dims r = red_of(x, ra->axes);
   ad_tensor *dy = ad_cast(ctx, keep(ctx, c->gout, x, ra), x->dtype);
   ad_tensor *m = div_count(ctx, reduce(ctx, AD_OP_SUM, x, ra->axes, true), r.n);
+  if (m && x->dtype == AD_F32 && ad_tensor_has_nonfinite(m))
+    m = ad_cast(
+        ctx, div_count(ctx, reduce(ctx, AD_OP_SUM, ad_cast(ctx, x, AD_F64), ra->axes, true), r.n),
+        AD_F32);
   return ad_call_set_grad(c, 0, ad_mul(ctx, ad_sub(ctx, x, m), ad_mul_scalar(ctx, dy, 2)));
 }
 

@@ -441,6 +441,46 @@ Test(misuse_tensorops, std_of_a_constant_lane_has_gradient_zero) {
   ad_tensor_free(x);
 }
 
+/* float32 lanes whose sum passes FLT_MAX while their deviations do not:
+ * std and var are finite (taken in double), and so is their gradient,
+ * whose mean is taken in double where the float32 one overflows (it was
+ * inf, so x - mean was -inf). Column 0 of x: {3e38, 3.2e38}, std 1e37;
+ * column 1: {1, 2}, std 0.5; both lanes' gradient (x - mean) / (n std). */
+Test(misuse_tensorops, var_of_float32_near_flt_max_has_a_finite_gradient) {
+  int64_t s[2] = {2, 2}, s3[1] = {3};
+  const float v[4] = {3e38f, 1, 3.2e38f, 2}, c[3] = {3e38f, 3e38f, 3e38f};
+  const double want[4] = {-0.5, -0.5, 0.5, 0.5};
+  for (int th = 0; th < 2; th++) {
+    cr_assert_eq(ad_set_num_threads(th ? 3 : 1), AD_OK);
+    ad_tensor *x = ad_from_data(ctx, AD_F32, 2, s, v), *x3 = ad_from_data(ctx, AD_F32, 1, s3, c);
+    cr_assert(x && x3, "%s", ad_last_error(ctx));
+    ad_tensor *in[2] = {x, x3}, *g[2] = {NULL, NULL};
+    cr_assert_eq(ad_tensor_set_requires_grad(x, true), AD_OK);
+    cr_assert_eq(ad_tensor_set_requires_grad(x3, true), AD_OK);
+    ad_tensor *y = ad_std(ctx, x, 1, (int[]){0}, 0, false),
+              *y3 = ad_var(ctx, x3, 0, NULL, 1, false);
+    cr_assert(y && y3, "%s", ad_last_error(ctx));
+    cr_assert(test_close(ad_tensor_get(y, 0), 1e37, 1e31), "std %g", ad_tensor_get(y, 0));
+    cr_assert_eq(ad_tensor_get(y, 1), 0.5);
+    cr_assert_eq(ad_tensor_get(y3, 0), 0.0);
+    cr_assert_eq(ad_grad(ctx, ad_add(ctx, ad_sum(ctx, y), ad_sum(ctx, y3)), NULL, 2, in, g, true),
+                 AD_OK, "%s", ad_last_error(ctx));
+    for (int i = 0; i < 4; i++)
+      cr_assert(test_close(ad_tensor_get(g[0], i), want[i], 1e-6), "dstd/dx[%d] = %g, want %g", i,
+                ad_tensor_get(g[0], i), want[i]);
+    for (int i = 0; i < 3; i++)
+      cr_assert_eq(ad_tensor_get(g[1], i), 0.0, "dvar/dx[%d] = %g, want 0", i,
+                   ad_tensor_get(g[1], i));
+    ad_tensor *h = NULL; /* the double mean is differentiable again */
+    cr_assert_eq(ad_grad(ctx, ad_sum(ctx, g[0]), NULL, 1, &x, &h, false), AD_OK, "%s",
+                 ad_last_error(ctx));
+    cr_assert(!ad_tensor_has_nonfinite(h), "second order not finite");
+    ad_tape_reset(ctx);
+    ad_tensor_free(x), ad_tensor_free(x3);
+  }
+  ad_set_num_threads(1);
+}
+
 /* ad_sum_axes, ad_mean_axes, ad_max_axes and ad_min_axes check their
  * axes as ad_var does, and name themselves (mean is built on the sum). */
 Test(misuse_tensorops, reductions_over_axes_refuse_bad_axes) {

@@ -1056,7 +1056,9 @@ AD_API ad_tensor *ad_min_axes(ad_ctx *ctx, ad_tensor *x, int n_axes, const int *
  * dy is made of ops in x's dtype, as torch's), then a division (std: and
  * ad_sqrt) on the reduced shape: differentiable to any order; float32 is
  * taken in float64 and rounded at the end (torch also accumulates in a
- * double), so no square or sum overflows before the result would. std's
+ * double), so no square or sum overflows before the result would (nor
+ * the gradient's mean: a float32 lane whose sum passes FLT_MAX takes it
+ * in double, where torch's gradient is inf or NaN). std's
  * gradient for a lane of zero variance is 0, as torch's. Where torch's
  * gradient differs: with correction >= n the gradient here is not finite
  * (NaN; torch: infinities, or a finite value from the divisor
