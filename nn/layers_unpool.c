@@ -209,42 +209,54 @@ ad_tensor *nn_max_unpool_forward(nn_layer *l, ad_tensor *x, ad_tensor *indices,
     return NULL;
   }
   for (int d = 0; d < sp; d++) lout *= out[d];
-  /* the flat targets, checked; then which inputs are overwritten by a
-   * later one of their plane (the last write stays, as PyTorch's) */
+  /* the flat targets, checked, in one pass with a search for a target
+   * written twice in a plane (last[j]: the plane that wrote output j last,
+   * -1 none); only where one is, which inputs are overwritten by a later
+   * one of their plane (the last write stays, as PyTorch's) */
   int64_t m = planes * lin;
   ad_tensor *gidx = nn_tmp_tensor(ctx, AD_I32, 1, &m);
   if (!gidx) return NULL;
   const int32_t *I = indices->data;
   int32_t *G = gidx->data;
-  for (int64_t i = 0; i < m; i++) {
-    if (I[i] < 0 || I[i] >= lout) {
-      ad_set_error(ctx, AD_ERR_ARG,
-                   "%s: index %lld at position %lld of indices %s is outside the output plane "
-                   "of %lld elements (0..%lld)",
-                   who, (long long)I[i], (long long)i, ad_shape_str(indices, a, sizeof a),
-                   (long long)lout, (long long)(lout - 1));
-      return NULL;
+  int64_t *last = ad_malloc(ctx, sizeof(int64_t) * (size_t)lout);
+  if (!last) return NULL;
+  memset(last, 0xff, sizeof(int64_t) * (size_t)lout);
+  bool twice = false;
+  for (int64_t p = 0, i = 0; p < planes; p++) /* plane by plane: no division per element */
+    for (int64_t e = i + lin; i < e; i++) {
+      if (I[i] < 0 || I[i] >= lout) {
+        ad_set_error(ctx, AD_ERR_ARG,
+                     "%s: index %lld at position %lld of indices %s is outside the output plane "
+                     "of %lld elements (0..%lld)",
+                     who, (long long)I[i], (long long)i, ad_shape_str(indices, a, sizeof a),
+                     (long long)lout, (long long)(lout - 1));
+        ad_free(ctx, last, sizeof(int64_t) * (size_t)lout);
+        return NULL;
+      }
+      G[i] = (int32_t)(p * lout + I[i]);
+      twice |= last[I[i]] == p;
+      last[I[i]] = p;
     }
-    G[i] = (int32_t)((i / lin) * lout + I[i]);
-  }
-  /* last[j]: the last input of the plane writing output j (-1: none) */
-  int64_t *last = lin > 1 ? ad_malloc(ctx, sizeof(int64_t) * (size_t)lout) : NULL;
-  if (lin > 1 && !last) return NULL;
+  /* now last[j]: the last input of the plane writing output j */
   ad_tensor *keep = NULL;
-  for (int64_t p = 0; p < planes && lin > 1; p++) {
+  bool refused = false; /* keep's allocation */
+  for (int64_t p = 0; p < planes && twice && !refused; p++) {
     for (int64_t i = 0; i < lin; i++) last[I[p * lin + i]] = p * lin + i;
     for (int64_t i = 0; i < lin; i++) {
       int64_t at = p * lin + i;
       if (last[I[at]] == at) continue;
       if (!keep) {
         keep = nn_tmp_tensor(ctx, x->dtype, nd, x->shape);
-        if (!keep || ad_tensor_fill(keep, 1) != AD_OK) break;
+        if (!keep || ad_tensor_fill(keep, 1) != AD_OK) {
+          refused = true;
+          break;
+        }
       }
       ad_tensor_set(keep, at, 0);
     }
   }
-  if (last) ad_free(ctx, last, sizeof(int64_t) * (size_t)lout);
-  if (lin > 1 && !keep && ad_last_status(ctx) == AD_ERR_OOM) return NULL;
+  ad_free(ctx, last, sizeof(int64_t) * (size_t)lout);
+  if (refused) return NULL;
   ad_tensor *v = x;
   if (keep) v = ad_where(ctx, keep, x, ad_scalar(ctx, x->dtype, 0));
   v = ad_reshape(ctx, v, 1, &m);
