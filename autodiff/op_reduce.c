@@ -1112,11 +1112,76 @@ CELL_CLONES static void lsm_bwd_rows(void *ud, int64_t r0, int64_t r1) {
   }
 }
 
+/* The same along another axis (lanes inner apart), LANE_BLOCK lanes at a
+ * time as the sum op takes them (each lane's sum of dy in order k = 0..n-1
+ * in double, rounded to the dtype), then dy - exp(y) s row by row of the
+ * block: the recorded form's bits (sum, exp, mul, sub) in one pass over
+ * dy and y instead of four ops. Units [b, e) of outer x lane blocks. */
+typedef struct lsm_lanes_job {
+  const ad_call *c;
+  int64_t n, inner, blocks;
+  void *dx;
+} lsm_lanes_job;
+
+#define LSM_LANES(T, EXPROW)                                                                       \
+  do {                                                                                             \
+    const T *G = (const T *)j->c->gout->data + off, *Y = (const T *)j->c->out->data + off;         \
+    T *D = (T *)j->dx + off, s[LANE_BLOCK];                                                        \
+    double acc[LANE_BLOCK];                                                                        \
+    for (int64_t q = 0; q < nb; q++) acc[q] = 0;                                                   \
+    for (int64_t k = 0; k < n; k++)                                                                \
+      for (int64_t q = 0; q < nb; q++) acc[q] += G[k * S + q];                                     \
+    for (int64_t q = 0; q < nb; q++) s[q] = (T)acc[q];                                             \
+    for (int64_t k = 0; k < n; k++) EXPROW(G + k * S, Y + k * S, D + k * S);                       \
+  } while (0)
+#define LSM_ROW64(g, y, d)                                                                         \
+  for (int64_t q = 0; q < nb; q++) (d)[q] = (g)[q] - exp_d((y)[q]) * s[q];
+#define LSM_ROW32(g, y, d)                                                                         \
+  {                                                                                                \
+    int out = 0;                                                                                   \
+    for (int64_t q = 0; q < nb; q++) {                                                             \
+      (d)[q] = (g)[q] - exp_v((y)[q]) * s[q];                                                      \
+      out |= EXP_V_OUT((y)[q]);                                                                    \
+    }                                                                                              \
+    if (out)                                                                                       \
+      for (int64_t q = 0; q < nb; q++)                                                             \
+        if (EXP_V_OUT((y)[q])) (d)[q] = (g)[q] - expf((y)[q]) * s[q];                              \
+  }
+
+CELL_CLONES static void lsm_bwd_lanes(void *ud, int64_t b, int64_t e) {
+  const lsm_lanes_job *j = ud;
+  int64_t n = j->n, S = j->inner;
+  for (int64_t u = b; u < e; u++) {
+    int64_t o = u / j->blocks, i0 = u % j->blocks * LANE_BLOCK;
+    int64_t nb = S - i0 < LANE_BLOCK ? S - i0 : LANE_BLOCK, off = o * n * S + i0;
+    if (j->c->out->dtype == AD_F64)
+      LSM_LANES(double, LSM_ROW64);
+    else
+      LSM_LANES(float, LSM_ROW32);
+  }
+}
+#undef LSM_LANES
+#undef LSM_ROW64
+#undef LSM_ROW32
+
 static ad_status log_softmax_bwd(const ad_call *c) {
   ad_ctx *ctx = c->ctx;
   const ad_tensor *y = c->out;
-  if (!ctx->grad_enabled && ad_norm_axis(c->attrs->axis, y->ndim) == y->ndim - 1 &&
-      y->shape[y->ndim - 1] > 0) {
+  int ax = ad_norm_axis(c->attrs->axis, y->ndim);
+  if (!ctx->grad_enabled && ax >= 0 && ax < y->ndim - 1 && y->shape[ax] > 0 && y->size > 0) {
+    ad_tensor *dx = ad_tmp_like(ctx, y);
+    if (!dx) return ad_last_status(ctx);
+    int64_t inner = ad_dims_span(y, ax + 1, y->ndim), n = y->shape[ax];
+    lsm_lanes_job j = {c, n, inner, (inner + LANE_BLOCK - 1) / LANE_BLOCK, dx->data};
+    int64_t units = ad_dims_span(y, 0, ax) * j.blocks;
+    int64_t per = n * (inner < LANE_BLOCK ? inner : LANE_BLOCK), grain = (32768 + per - 1) / per;
+    if (units <= grain)
+      lsm_bwd_lanes(&j, 0, units);
+    else
+      ad_parallel_for(units, grain, lsm_bwd_lanes, &j);
+    return ad_call_set_grad(c, 0, dx);
+  }
+  if (!ctx->grad_enabled && ax == y->ndim - 1 && y->shape[y->ndim - 1] > 0) {
     ad_tensor *dx = ad_tmp_like(ctx, y);
     if (!dx) return ad_last_status(ctx);
     lsm_job j = {c, y->shape[y->ndim - 1], dx->data};

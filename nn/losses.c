@@ -453,8 +453,23 @@ static ad_tensor *class_loss(ad_ctx *ctx, ad_tensor *z, const ad_tensor *lab, nn
         ((double *)keep->data)[p] = k;
     }
   }
+  /* An ignored position's logits are selected out before the softmax only
+   * where one of them is not finite: its lane's softmax would be NaN, and
+   * its gradient, 0 - p sum(0), NaN with it. Finite, the lane's gradient
+   * is that 0 without the select, and the kept lanes' values and
+   * gradients are the same bits either way: a pass over the logits saved,
+   * forward and backward. */
+  bool bad_ignored = false;
+  if (skipped && logits) {
+    for (int64_t p = 0; p < N * T && !bad_ignored; p++) {
+      if (!(o->ignore && l[p] == o->ignore_index)) continue;
+      int64_t n = p / T, t = p % T;
+      for (int64_t c = 0; c < C && !bad_ignored; c++)
+        bad_ignored = !isfinite(ad_tensor_get(z, (n * C + c) * T + t));
+    }
+  }
   ad_tensor *logp = z;
-  if (logits) logp = ad_log_softmax(ctx, skipped ? ad_where(ctx, keep, z, zero) : z, 1);
+  if (logits) logp = ad_log_softmax(ctx, bad_ignored ? ad_where(ctx, keep, z, zero) : z, 1);
   /* logp at each label; where (not a product with 0) keeps an ignored
    * position's value out, also an infinite or NaN one, and its gradient */
   ad_tensor *rows = ad_gather(ctx, logp, 1, pick);

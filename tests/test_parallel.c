@@ -741,49 +741,52 @@ static void softmax_specials(float *X, int64_t n, int64_t I, ad_rng *rng) {
 #undef AT
 }
 
-/* log_softmax's plain backward along the last axis is one pass per row;
- * the recorded one (create_graph) is four ops (sum, exp, mul, sub). Same
- * bits in both dtypes, on 1 and 3 threads, for rows shorter and longer
- * than the sum's chunked length (256), with log-probabilities below
- * exp_v's range (-80 .. -105), -inf and NaN, and a NaN in a seed. */
+/* log_softmax's plain backward along the last axis is one pass per row,
+ * along axis 0 one pass per block of lanes; the recorded one
+ * (create_graph) is four ops (sum, exp, mul, sub). Same bits in both
+ * dtypes, on 1 and 3 threads, for rows shorter and longer than the sum's
+ * chunked length (256), 3 or 100 lanes along axis 0 (one block, two with
+ * a margin), with log-probabilities below exp_v's range (-80 .. -105),
+ * -inf and NaN, and a NaN in a seed. */
 Test(parallel, log_softmax_plain_backward_same_bits_as_recorded) {
   static const int64_t ns[] = {1, 7, 255, 256, 300, 1030}, rows[] = {3, 100};
   ad_rng rng;
   ad_rng_seed(&rng, 29);
-  for (int d = 0; d < 2; d++)
-    for (size_t ni = 0; ni < sizeof ns / sizeof *ns; ni++)
-      for (size_t ri = 0; ri < 2; ri++) {
-        ad_dtype dt = d ? AD_F32 : AD_F64;
-        int64_t n = ns[ni], shape[2] = {rows[ri], n};
-        ad_tensor *x = ad_rand(ctx, &rng, dt, 2, shape, -30, 30),
-                  *seed = ad_rand(ctx, &rng, dt, 2, shape, -1, 1);
-        cr_assert(x && seed, "%s", ad_last_error(ctx));
-        for (int64_t k = 0; k < n; k++) /* row 1: 0, then far below it */
-          ad_tensor_set(x, n + k, k ? -80 - 25 * ad_rng_uniform(&rng) : 0);
-        ad_tensor_set(x, 2 * n - 1, -INFINITY);
-        ad_tensor_set(x, 0, NAN);
-        ad_tensor_set(seed, 2 * n, NAN);
-        ad_tensor_set_requires_grad(x, true);
-        ad_tensor *g[3];
-        for (int t = 0; t < 3; t++) {
-          cr_assert_eq(ad_set_num_threads(t == 1 ? 3 : 1), AD_OK);
-          ad_tensor *y = ad_log_softmax(ctx, x, -1);
-          cr_assert_eq(ad_grad(ctx, y, seed, 1, &x, &g[t], t == 2), AD_OK, "%s",
-                       ad_last_error(ctx));
-        }
-        ad_set_num_threads(1);
-        for (int t = 1; t < 3; t++)
-          for (int64_t i = 0; i < x->size; i++) {
-            double a = ad_tensor_get(g[0], i), b = ad_tensor_get(g[t], i);
-            QUICK_ASSERT(a == b ? signbit(a) == signbit(b) : a != a && b != b,
-                         "%s [%lld,%lld] dx[%lld]: plain %.17g, %s %.17g", ad_dtype_name(dt),
-                         (long long)rows[ri], (long long)n, (long long)i, a,
-                         t == 1 ? "on 3 threads" : "recorded", b);
+  for (int ax = -1; ax <= 0; ax++)
+    for (int d = 0; d < 2; d++)
+      for (size_t ni = 0; ni < sizeof ns / sizeof *ns; ni++)
+        for (size_t ri = 0; ri < 2; ri++) {
+          ad_dtype dt = d ? AD_F32 : AD_F64;
+          int64_t n = ns[ni], shape[2] = {ax ? rows[ri] : n, ax ? n : rows[ri]};
+          ad_tensor *x = ad_rand(ctx, &rng, dt, 2, shape, -30, 30),
+                    *seed = ad_rand(ctx, &rng, dt, 2, shape, -1, 1);
+          cr_assert(x && seed, "%s", ad_last_error(ctx));
+          for (int64_t k = 0; k < n; k++) /* row 1: 0, then far below it */
+            ad_tensor_set(x, n + k, k ? -80 - 25 * ad_rng_uniform(&rng) : 0);
+          ad_tensor_set(x, 2 * n - 1, -INFINITY);
+          ad_tensor_set(x, 0, NAN);
+          ad_tensor_set(seed, 2 * n, NAN);
+          ad_tensor_set_requires_grad(x, true);
+          ad_tensor *g[3];
+          for (int t = 0; t < 3; t++) {
+            cr_assert_eq(ad_set_num_threads(t == 1 ? 3 : 1), AD_OK);
+            ad_tensor *y = ad_log_softmax(ctx, x, ax);
+            cr_assert_eq(ad_grad(ctx, y, seed, 1, &x, &g[t], t == 2), AD_OK, "%s",
+                         ad_last_error(ctx));
           }
-        ad_tape_reset(ctx);
-        ad_tensor_free(x);
-        ad_tensor_free(seed);
-      }
+          ad_set_num_threads(1);
+          for (int t = 1; t < 3; t++)
+            for (int64_t i = 0; i < x->size; i++) {
+              double a = ad_tensor_get(g[0], i), b = ad_tensor_get(g[t], i);
+              QUICK_ASSERT(a == b ? signbit(a) == signbit(b) : a != a && b != b,
+                           "%s [%lld,%lld] axis %d dx[%lld]: plain %.17g, %s %.17g",
+                           ad_dtype_name(dt), (long long)shape[0], (long long)shape[1], ax,
+                           (long long)i, a, t == 1 ? "on 3 threads" : "recorded", b);
+            }
+          ad_tape_reset(ctx);
+          ad_tensor_free(x);
+          ad_tensor_free(seed);
+        }
 }
 
 Test(parallel, softmax_family_f32_within_2_ulp_of_f64) {
