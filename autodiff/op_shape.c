@@ -2515,20 +2515,19 @@ static ad_status flip_shape(const ad_call *c) {
 #define FLIP_ROWS(T)                                                                               \
   do {                                                                                             \
     const T *s_ = x->data;                                                                         \
-    T *d_ = c->out->data;                                                                          \
+    T *d_ = y->data;                                                                               \
     for (int64_t o = 0; o < outer; o++)                                                            \
       for (int64_t k = 0; k < n; k++) d_[o * n + k] = s_[o * n + n - 1 - k];                       \
   } while (0)
 
-static void flip_fwd(const ad_call *c) {
-  const ad_tensor *x = c->in[0];
-  int ax = ad_norm_axis(c->attrs->axis, x->ndim);
+/* y = x flipped along axis ax (y shaped as x, its own buffer). */
+static void flip_into(const ad_tensor *x, ad_tensor *y, int ax) {
   int64_t outer = ad_dims_span(x, 0, ax), n = x->shape[ax],
           inner = ad_dims_span(x, ax + 1, x->ndim);
   size_t es = ad_dsize(x->dtype), blk = (size_t)inner * es;
   const char *src = x->data;
-  char *dst = c->out->data;
-  if (c->out->size == 0) return;
+  char *dst = y->data;
+  if (y->size == 0) return;
   if (inner == 1) { /* the last axis: elements reversed in a loop of the dtype (not through
                      * another type: strict aliasing), not a copy call each */
     if (x->dtype == AD_F32)
@@ -2544,6 +2543,20 @@ static void flip_fwd(const ad_call *c) {
       memcpy(dst + (size_t)(o * n + k) * blk, src + (size_t)(o * n + n - 1 - k) * blk, blk);
 }
 #undef FLIP_ROWS
+
+static void flip_fwd(const ad_call *c) {
+  flip_into(c->in[0], c->out, ad_norm_axis(c->attrs->axis, c->in[0]->ndim));
+}
+
+/* A new gradient of x is dy flipped straight into its buffer: a copy each
+ * way (one pass, where the backward's flip and its copy into the gradient
+ * were two, and the copy split over threads fetched the flip's output
+ * across cores). */
+static bool flip_grad_into(const ad_call *c, int k, ad_tensor *grad, bool overwrite) {
+  if (k != 0 || !overwrite) return false;
+  flip_into(c->gout, grad, ad_norm_axis(c->attrs->axis, c->gout->ndim));
+  return true;
+}
 
 static ad_status flip_bwd(const ad_call *c) {
   return ad_call_set_grad(c, 0, ad_flip(c->ctx, c->gout, 1, &c->attrs->axis));
@@ -2598,6 +2611,7 @@ const ad_op_def ad_def_flip = {
     .shape = flip_shape,
     .forward = flip_fwd,
     .backward = flip_bwd,
+    .grad_into = flip_grad_into,
     .sample = flip_sample,
     .math = "y[.., k, ..] = x[.., n-1-k, ..] on axis",
     .inputs = {"x"},
