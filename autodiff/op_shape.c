@@ -1349,6 +1349,21 @@ static ad_status concat_bwd(const ad_call *c) {
   return AD_OK;
 }
 
+/* A new gradient of input k is its slice of dy copied straight into the
+ * buffer: one pass, where the narrow and its copy into the gradient were
+ * two. */
+static bool concat_grad_into(const ad_call *c, int k, ad_tensor *grad, bool overwrite) {
+  if (!overwrite) return false;
+  const ad_tensor *dy = c->gout;
+  int ax = ad_norm_axis(c->attrs->axis, dy->ndim);
+  int64_t off = 0;
+  for (int j = 0; j < k; j++) off += c->in[j]->shape[ax];
+  int64_t len = c->in[k]->shape[ax];
+  copy_axis(dy, dy->shape[ax], off, grad, len, 0, len, ad_dims_span(dy, 0, ax),
+            ad_dims_span(dy, ax + 1, dy->ndim));
+  return true;
+}
+
 ad_tensor *ad_concat(ad_ctx *ctx, int n, ad_tensor *const *xs, int axis) {
   ad_attrs at = {.axis = axis};
   return ad_op_apply(ctx, AD_OP_CONCAT, n, xs, &at);
@@ -1383,6 +1398,7 @@ const ad_op_def ad_def_concat = {
     .shape = concat_shape,
     .forward = concat_fwd,
     .backward = concat_bwd,
+    .grad_into = concat_grad_into,
     .sample = concat_sample,
     .math = "y = x1 ++ x2 ++ ... on axis",
     .inputs = {"xk"},
@@ -1998,7 +2014,8 @@ const ad_op_def ad_def_detach = {
 
 /* ------------------------------------------------------- stack, unstack
  * Composites with no op of their own: stack is the concat of its inputs
- * each viewed with a length-1 axis, unstack narrows halving x down to
+ * along the axis viewed as [.., n, len, ..] (after the last dim: of its
+ * inputs each viewed with a length-1 axis), unstack narrows halving x down to
  * each slice (unstack_split) viewed without the axis, so their gradients are those ops' and a graph
  * dump shows reshape, concat and narrow nodes. */
 
@@ -2041,6 +2058,11 @@ ad_tensor *ad_stack(ad_ctx *ctx, int n, ad_tensor *const *xs, int axis) {
     return NULL;
   }
   int64_t shape[AD_MAX_DIMS];
+  if (ax < x0->ndim) { /* the concat along ax, seen as [.., n, len, ..]: one reshape */
+    for (int d = 0, k = 0; d <= x0->ndim; d++) shape[d] = d == ax ? n : x0->shape[k++];
+    return ad_reshape(ctx, ad_concat(ctx, n, xs, ax), x0->ndim + 1, shape);
+  }
+  /* after the last dim: each input as [.., 1], concatenated */
   for (int d = 0, k = 0; d <= x0->ndim; d++) shape[d] = d == ax ? 1 : x0->shape[k++];
   ad_tensor *inl[STACK_INLINE], **v = inl;
   size_t bytes = (size_t)n * sizeof *v; /* no overflow: the tape records n pointers alike */

@@ -822,8 +822,10 @@ AD_API ad_tensor *ad_pad_nd(ad_ctx *ctx, ad_tensor *x, int n, const int64_t *pad
 AD_API ad_tensor *ad_concat(ad_ctx *ctx, int n, ad_tensor *const *xs, int axis);
 /** Joins n >= 1 tensors of one shape along a new axis, as torch.stack: the
  * result has shape[axis] = n; axis in -(ndim+1)..ndim (negative counts from
- * the end of the result). A composite, concat of the inputs each reshaped
- * with a length-1 axis, so dumps show reshape and concat nodes. Errors as
+ * the end of the result). A composite: the concat of the inputs along
+ * axis viewed as [.., n, len, ..] (one reshape), or, for the axis after
+ * the last, the concat of the inputs each viewed with a length-1 axis, so
+ * dumps show reshape and concat nodes. Errors as
  * ad_concat's, named "stack"; AD_ERR_SHAPE also when the result would
  * have more than AD_MAX_DIMS dims. */
 AD_API ad_tensor *ad_stack(ad_ctx *ctx, int n, ad_tensor *const *xs, int axis);
