@@ -212,15 +212,19 @@ ad_tensor *nn_max_unpool_forward(nn_layer *l, ad_tensor *x, ad_tensor *indices,
   /* the flat targets, checked, in one pass with a search for a target
    * written twice in a plane (last[j]: the plane that wrote output j last,
    * -1 none); only where one is, which inputs are overwritten by a later
-   * one of their plane (the last write stays, as PyTorch's) */
+   * one of their plane (the last write stays, as PyTorch's). No search
+   * where no plane holds two inputs (one input a plane, or N = 0): last,
+   * 8 bytes per element of an output plane, would be made and cleared for
+   * nothing (with N = 0, gigabytes for an empty result). */
   int64_t m = planes * lin;
   ad_tensor *gidx = nn_tmp_tensor(ctx, AD_I32, 1, &m);
   if (!gidx) return NULL;
   const int32_t *I = indices->data;
   int32_t *G = gidx->data;
-  int64_t *last = ad_malloc(ctx, sizeof(int64_t) * (size_t)lout);
-  if (!last) return NULL;
-  memset(last, 0xff, sizeof(int64_t) * (size_t)lout);
+  bool search = lin > 1 && planes > 0;
+  int64_t *last = search ? ad_malloc(ctx, sizeof(int64_t) * (size_t)lout) : NULL;
+  if (search && !last) return NULL;
+  if (last) memset(last, 0xff, sizeof(int64_t) * (size_t)lout);
   bool twice = false;
   for (int64_t p = 0, i = 0; p < planes; p++) /* plane by plane: no division per element */
     for (int64_t e = i + lin; i < e; i++) {
@@ -234,8 +238,10 @@ ad_tensor *nn_max_unpool_forward(nn_layer *l, ad_tensor *x, ad_tensor *indices,
         return NULL;
       }
       G[i] = (int32_t)(p * lout + I[i]);
-      twice |= last[I[i]] == p;
-      last[I[i]] = p;
+      if (last) {
+        twice |= last[I[i]] == p;
+        last[I[i]] = p;
+      }
     }
   /* now last[j]: the last input of the plane writing output j */
   ad_tensor *keep = NULL;

@@ -20,6 +20,7 @@
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define N_IDX    ((int)(sizeof idx_cases / sizeof idx_cases[0]))
@@ -510,6 +511,47 @@ Test(unpool, empty_batch) {
   cr_assert(r && r->size == 0 && r->shape[1] == 2 && r->shape[3] == 4, "%s", ad_last_error(ctx));
   nn_layer_free(mp), nn_layer_free(u);
   ad_tensor_free(x);
+}
+
+/* An allocator that refuses any block over 64 MB (ud counts the refusals). */
+static void *capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  (void)osize;
+  if (nsize == 0) {
+    free(ptr);
+    return NULL;
+  }
+  if (nsize > ((size_t)64 << 20)) {
+    ++*(long *)ud;
+    return NULL;
+  }
+  void *p = aligned_alloc(64, (nsize + 63) & ~(size_t)63);
+  if (p && ptr) {
+    memcpy(p, ptr, osize < nsize ? osize : nsize);
+    free(ptr);
+  }
+  return p;
+}
+
+/* With N = 0 (PyTorch: an empty result) or one input a plane, no plane
+ * holds two inputs, so no duplicate search runs and nothing of the output
+ * plane's size is allocated: an empty batch unpooled to planes of 2^28
+ * elements (whose search table would be 2 GB) is an empty result, not
+ * out of memory (nor seconds of clearing a table). */
+Test(unpool, empty_batch_allocates_nothing_of_the_plane) {
+  long refused = 0;
+  ad_ctx *c = ad_ctx_new_with_alloc(capped_alloc, &refused);
+  cr_assert_not_null(c);
+  int64_t s[4] = {0, 1, 1, 1}, k = INT64_C(1) << 14;
+  ad_tensor *x = ad_zeros(c, AD_F32, 4, s), *i = ad_zeros(c, AD_I32, 4, s);
+  nn_layer *u = nn_max_unpool2d_new(c, k, k, NULL);
+  cr_assert(x && i && u, "%s", ad_last_error(c));
+  ad_tensor *y = nn_max_unpool_forward(u, x, i, NULL);
+  cr_assert(y && y->size == 0 && y->ndim == 4 && y->shape[2] == k && y->shape[3] == k,
+            "%s (%ld blocks refused)", ad_last_error(c), refused);
+  cr_assert_eq(refused, 0);
+  nn_layer_free(u);
+  ad_tensor_free(x), ad_tensor_free(i);
+  ad_ctx_free(c);
 }
 
 /* Output lengths whose product passes 2^63 (each within a stride of the
