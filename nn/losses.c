@@ -406,8 +406,9 @@ static bool check_class_labels(ad_ctx *ctx, const char *fn, const ad_tensor *z,
  * and with NN_NONE the terms of S1 and S2 per position, shaped as lab (0
  * at the ignored ones), as PyTorch's reduction='none'.
  * W is a constant (the weights are). Ignored positions are selected out,
- * and their logits replaced by 0 before log_softmax, so that they get an
- * exact 0 gradient even where they are not finite. */
+ * so that they get an exact 0 gradient; where one of their logits is not
+ * finite, their logits are also replaced by 0 before log_softmax (below),
+ * which would otherwise make that gradient NaN. */
 static ad_tensor *class_loss(ad_ctx *ctx, ad_tensor *z, const ad_tensor *lab, nn_reduction red,
                              const nn_cross_entropy_opts *o, bool logits) {
   int nd = z->ndim;
