@@ -409,12 +409,25 @@ static int sample_softmax(const ad_sample_call *s) {
  * are summed on the library's threads. Shorter lanes keep the chain. */
 enum { SUM_LONG = 256, SUM_CHUNK = 4096, SUM_MAX_CHUNKS = 1024 };
 
+/* The sum (sq: of the squares of x - m, sum_sq_dev's) of n contiguous
+ * elements in 32 partial sums, added as a tree. */
 #define SUM_CHUNK_FN(NAME, T)                                                                      \
-  CELL_CLONES static double NAME(const T *x, int64_t n) {                                          \
+  CELL_CLONES static double NAME(const T *x, int64_t n, double m, bool sq) {                       \
     double acc[32] = {0};                                                                          \
     int64_t i = 0;                                                                                 \
-    for (; i + 32 <= n; i += 32) AD_UNROLL_FULL for (int k = 0; k < 32; k++) acc[k] += x[i + k];   \
-    for (int k = 0; i < n; i++, k++) acc[k] += x[i];                                               \
+    if (sq) {                                                                                      \
+      for (; i + 32 <= n; i += 32) AD_UNROLL_FULL for (int k = 0; k < 32; k++) {                   \
+          double d = (double)x[i + k] - m;                                                         \
+          acc[k] += d * d;                                                                         \
+        }                                                                                          \
+      for (int k = 0; i < n; i++, k++) {                                                           \
+        double d = (double)x[i] - m;                                                               \
+        acc[k] += d * d;                                                                           \
+      }                                                                                            \
+    } else {                                                                                       \
+      for (; i + 32 <= n; i += 32) AD_UNROLL_FULL for (int k = 0; k < 32; k++) acc[k] += x[i + k]; \
+      for (int k = 0; i < n; i++, k++) acc[k] += x[i];                                             \
+    }                                                                                              \
     for (int w = 16; w >= 1; w /= 2)                                                               \
       for (int k = 0; k < w; k++) acc[k] += acc[k + w];                                            \
     return acc[0];                                                                                 \
@@ -430,7 +443,8 @@ static int64_t sum_chunk_len(int64_t n) {
 
 typedef struct sum_job {
   const void *x;
-  bool f32;
+  bool f32, sq;
+  double m;
   int64_t n, len;
   double *part;
 } sum_job;
@@ -439,22 +453,28 @@ static void sum_chunks(void *ud, int64_t b, int64_t e) {
   const sum_job *j = ud;
   for (int64_t q = b; q < e; q++) {
     int64_t lo = q * j->len, cnt = j->n - lo < j->len ? j->n - lo : j->len;
-    j->part[q] = j->f32 ? sum_chunk_f32((const float *)j->x + lo, cnt)
-                        : sum_chunk_f64((const double *)j->x + lo, cnt);
+    j->part[q] = j->f32 ? sum_chunk_f32((const float *)j->x + lo, cnt, j->m, j->sq)
+                        : sum_chunk_f64((const double *)j->x + lo, cnt, j->m, j->sq);
   }
 }
 
-/* The sum of a long contiguous lane, its chunks on threads when split. */
-static double sum_long(const void *x, bool f32, int64_t n, bool split) {
+/* The sum (sq: of (x - m)^2) of a long contiguous lane, chunk by chunk (on
+ * the library's threads when split), the chunks' sums added in order. */
+static double sum_long_of(const void *x, bool f32, int64_t n, double m, bool sq, bool split) {
   double part[SUM_MAX_CHUNKS], s = 0;
-  sum_job j = {x, f32, n, sum_chunk_len(n), part};
+  sum_job j = {x, f32, sq, m, n, sum_chunk_len(n), part};
   int64_t chunks = (n + j.len - 1) / j.len;
-  if (split)
+  if (split && chunks > 1)
     ad_parallel_for(chunks, 1, sum_chunks, &j);
   else
     sum_chunks(&j, 0, chunks);
   for (int64_t q = 0; q < chunks; q++) s += part[q];
   return s;
+}
+
+/* The sum of a long contiguous lane, its chunks on threads when split. */
+static double sum_long(const void *x, bool f32, int64_t n, bool split) {
+  return sum_long_of(x, f32, n, 0, false, split);
 }
 
 #define SUM_BODY(T)                                                                                \
@@ -1876,50 +1896,6 @@ ad_tensor *ad_min_axis(ad_ctx *ctx, ad_tensor *x, int axis, bool keepdim) {
  * changes no bit. The gradient is ops in x's dtype (torch's var_backward:
  * 2 (x - mean) dy / dof), so differentiable again. */
 
-/* The sum (sq: of the squares of x - m) of n contiguous elements in 32
- * partial sums, as SUM_CHUNK_FN. */
-#define SSD_CHUNK_FN(NAME, T)                                                                      \
-  CELL_CLONES static double NAME(const T *x, int64_t n, double m, bool sq) {                       \
-    double acc[32] = {0};                                                                          \
-    int64_t i = 0;                                                                                 \
-    if (sq) {                                                                                      \
-      for (; i + 32 <= n; i += 32) AD_UNROLL_FULL for (int k = 0; k < 32; k++) {                   \
-          double d = (double)x[i + k] - m;                                                         \
-          acc[k] += d * d;                                                                         \
-        }                                                                                          \
-      for (int k = 0; i < n; i++, k++) {                                                           \
-        double d = (double)x[i] - m;                                                               \
-        acc[k] += d * d;                                                                           \
-      }                                                                                            \
-    } else {                                                                                       \
-      for (; i + 32 <= n; i += 32) AD_UNROLL_FULL for (int k = 0; k < 32; k++) acc[k] += x[i + k]; \
-      for (int k = 0; i < n; i++, k++) acc[k] += x[i];                                             \
-    }                                                                                              \
-    for (int w = 16; w >= 1; w /= 2)                                                               \
-      for (int k = 0; k < w; k++) acc[k] += acc[k + w];                                            \
-    return acc[0];                                                                                 \
-  }
-SSD_CHUNK_FN(ssd_chunk_f32, float)
-SSD_CHUNK_FN(ssd_chunk_f64, double)
-#undef SSD_CHUNK_FN
-
-typedef struct ssd_chunks_job {
-  const void *x;
-  bool f32, sq;
-  double m;
-  int64_t n, len;
-  double *part;
-} ssd_chunks_job;
-
-static void ssd_chunks(void *ud, int64_t b, int64_t e) {
-  const ssd_chunks_job *j = ud;
-  for (int64_t q = b; q < e; q++) {
-    int64_t lo = q * j->len, cnt = j->n - lo < j->len ? j->n - lo : j->len;
-    j->part[q] = j->f32 ? ssd_chunk_f32((const float *)j->x + lo, cnt, j->m, j->sq)
-                        : ssd_chunk_f64((const double *)j->x + lo, cnt, j->m, j->sq);
-  }
-}
-
 /* The sum (sq: of (x - m)^2) of a contiguous lane of n elements: in
  * order below 32 elements, else chunk by chunk (on the library's threads
  * when split), the chunks' sums added in order. */
@@ -1932,15 +1908,7 @@ static double ssd_lane(const void *x, bool f32, int64_t n, double m, bool sq, bo
     }
     return s;
   }
-  double part[SUM_MAX_CHUNKS], s = 0;
-  ssd_chunks_job j = {x, f32, sq, m, n, sum_chunk_len(n), part};
-  int64_t chunks = (n + j.len - 1) / j.len;
-  if (split && chunks > 1)
-    ad_parallel_for(chunks, 1, ssd_chunks, &j);
-  else
-    ssd_chunks(&j, 0, chunks);
-  for (int64_t q = 0; q < chunks; q++) s += part[q];
-  return s;
+  return sum_long_of(x, f32, n, m, sq, split);
 }
 
 /* Lanes of x's reduction r into y (float64): contiguous lanes (inner 1)
