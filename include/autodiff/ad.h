@@ -1024,7 +1024,8 @@ AD_API ad_tensor *ad_max(ad_ctx *ctx, ad_tensor *x);
 AD_API ad_tensor *ad_max_axis(ad_ctx *ctx, ad_tensor *x, int axis, bool keepdim);
 /** @} */
 /** The minimum, torch.amin (over everything, or along axis with keepdim):
- * a composite, -max(-x), so ad_max's rules hold: ties share the gradient
+ * the op min, -max(-x) in one pass (the bits of that composite, NaN
+ * payloads included), so ad_max's rules hold: ties share the gradient
  * equally, a lane holding a NaN gives NaN (and NaN to each of its
  * elements' gradients), differentiable to any order. Errors (NULL):
  * AD_ERR_NULL, AD_ERR_DTYPE (not float), AD_ERR_ARG (axis out of range;
