@@ -812,10 +812,75 @@ static void max_fwd(const ad_call *c) { maxs_fwd(c, false); }
  * maximum of its lane gets dy / count. In a lane whose maximum is NaN no
  * element equals it (count 0), so the whole lane gets NaN, as in
  * torch.amax. */
+/* The plain backward (no create_graph) in one pass over x per lane block
+ * (LANE_BLOCK lanes inner apart; one lane where inner is 1): each lane's
+ * count of elements equal to y, then dy / count where x equals y and
+ * (dy / count) * 0 elsewhere, each step rounded as the recorded ops (eq,
+ * the sum, div, mul) round it: their bits, a NaN lane's NaN included.
+ * Counts in int32 (vector lanes; a lane of 2^31 or more elements takes
+ * the recorded ops). Units [b, e) of outer x lane blocks. */
+typedef struct max_bwd_job {
+  const ad_call *c;
+  red_dims r;
+  int64_t blocks;
+  void *dx;
+} max_bwd_job;
+
+#define MAX_BWD_LANES(T)                                                                           \
+  do {                                                                                             \
+    const T *X = j->c->in[0]->data, *Y = j->c->out->data, *G = j->c->gout->data;                   \
+    T *D = j->dx, g[LANE_BLOCK];                                                                   \
+    int32_t cnt[LANE_BLOCK];                                                                       \
+    for (int64_t u = b; u < e; u++) {                                                              \
+      int64_t o = u / j->blocks, i0 = u % j->blocks * LANE_BLOCK;                                  \
+      int64_t nb = S - i0 < LANE_BLOCK ? S - i0 : LANE_BLOCK, base = o * n * S + i0;               \
+      const T *y = Y + o * S + i0, *x = X + base;                                                  \
+      T *d = D + base;                                                                             \
+      if (S == 1) { /* one contiguous lane: its loops vectorize along it */                        \
+        T y0 = y[0];                                                                               \
+        int32_t c1 = 0;                                                                            \
+        for (int64_t k = 0; k < n; k++) c1 += x[k] == y0;                                          \
+        T g1 = G[o] / (T)c1, z1 = g1 * (T)0;                                                       \
+        for (int64_t k = 0; k < n; k++) d[k] = x[k] == y0 ? g1 : z1;                               \
+        continue;                                                                                  \
+      }                                                                                            \
+      for (int64_t q = 0; q < nb; q++) cnt[q] = 0;                                                 \
+      for (int64_t k = 0; k < n; k++)                                                              \
+        for (int64_t q = 0; q < nb; q++) cnt[q] += x[k * S + q] == y[q];                           \
+      for (int64_t q = 0; q < nb; q++) g[q] = G[o * S + i0 + q] / (T)cnt[q];                       \
+      for (int64_t k = 0; k < n; k++)                                                              \
+        for (int64_t q = 0; q < nb; q++) d[k * S + q] = x[k * S + q] == y[q] ? g[q] : g[q] * (T)0; \
+    }                                                                                              \
+  } while (0)
+
+CELL_CLONES static void max_bwd_lanes(void *ud, int64_t b, int64_t e) {
+  const max_bwd_job *j = ud;
+  int64_t n = j->r.n, S = j->r.inner;
+  if (j->c->in[0]->dtype == AD_F32)
+    MAX_BWD_LANES(float);
+  else
+    MAX_BWD_LANES(double);
+}
+#undef MAX_BWD_LANES
+
 static ad_status max_bwd(const ad_call *c) {
   ad_ctx *ctx = c->ctx;
   ad_tensor *x = c->in[0];
   const ad_reduce_attrs *ra = &c->attrs->reduce;
+  red_dims r = red_of(x, ra->axes);
+  if (!ctx->grad_enabled && x->size > 0 && r.n < INT32_MAX) {
+    ad_tensor *dx = ad_tmp_like(ctx, x);
+    if (!dx) return ad_last_status(ctx);
+    max_bwd_job j = {c, r, (r.inner + LANE_BLOCK - 1) / LANE_BLOCK, dx->data};
+    int64_t units = r.outer * j.blocks;
+    int64_t per = 2 * r.n * (r.inner < LANE_BLOCK ? r.inner : LANE_BLOCK);
+    int64_t grain = (32768 + per - 1) / per;
+    if (units <= grain)
+      max_bwd_lanes(&j, 0, units);
+    else
+      ad_parallel_for(units, grain, max_bwd_lanes, &j);
+    return ad_call_set_grad(c, 0, dx);
+  }
   ad_tensor *is_max = ad_eq(ctx, x, keep(ctx, c->out, x, ra));
   ad_tensor *count = reduce(ctx, AD_OP_SUM, is_max, ra->axes, true);
   return ad_call_set_grad(c, 0, ad_mul(ctx, ad_div(ctx, keep(ctx, c->gout, x, ra), count), is_max));

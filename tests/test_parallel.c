@@ -789,6 +789,66 @@ Test(parallel, log_softmax_plain_backward_same_bits_as_recorded) {
         }
 }
 
+/* max's and min's plain backward is one pass per lane block (a count of
+ * the ties, then dy / count where x equals y); the recorded one
+ * (create_graph) is four ops (eq, sum, div, mul). Same bits in both
+ * dtypes, on 1 and 3 threads: contiguous lanes (the last axis, everything),
+ * lanes inner apart in blocks of 64 and their margins, several axes, with
+ * ties (zeros of both signs among them), NaN lanes, infinities and a NaN
+ * and an infinity in the seed. */
+Test(parallel, max_plain_backward_same_bits_as_recorded) {
+  static const struct {
+    int nd;
+    int64_t shape[4];
+    int na;
+    int axes[2];
+  } cs[] = {{2, {5, 40}, 1, {1}},         {2, {3, 1030}, 1, {-1}},  {2, {1, 300}, 0, {0}},
+            {2, {40, 3}, 1, {0}},         {3, {7, 65, 3}, 1, {1}},  {3, {4, 9, 130}, 1, {1}},
+            {4, {2, 3, 4, 5}, 2, {2, 3}}, {3, {4, 5, 6}, 2, {0, 2}}};
+  ad_rng rng;
+  ad_rng_seed(&rng, 31);
+  for (int mn = 0; mn < 2; mn++)
+    for (int d = 0; d < 2; d++)
+      for (size_t ci = 0; ci < sizeof cs / sizeof cs[0]; ci++) {
+        ad_dtype dt = d ? AD_F32 : AD_F64;
+        ad_tensor *x = ad_rand(ctx, &rng, dt, cs[ci].nd, cs[ci].shape, -2, 2);
+        cr_assert(x, "%s", ad_last_error(ctx));
+        for (int64_t i = 0; i < x->size; i++) { /* ties: values on a coarse grid */
+          double v = ad_tensor_get(x, i);
+          ad_tensor_set(x, i,
+                        i % 7 == 3    ? 2.0
+                        : i % 11 == 5 ? (i & 1 ? -0.0 : 0.0)
+                                      : floor(v * 2) / 2);
+        }
+        ad_tensor_set(x, 1, NAN);
+        ad_tensor_set(x, x->size - 2, INFINITY);
+        ad_tensor_set_requires_grad(x, true);
+        ad_tensor *g[3];
+        for (int t = 0; t < 3; t++) {
+          cr_assert_eq(ad_set_num_threads(t == 1 ? 3 : 1), AD_OK);
+          ad_tensor *y = (mn ? ad_min_axes : ad_max_axes)(ctx, x, cs[ci].na, cs[ci].axes, false);
+          cr_assert(y, "%s", ad_last_error(ctx));
+          ad_tensor *seed = ad_full(ctx, dt, y->ndim, y->shape, -0.75);
+          cr_assert(seed);
+          if (seed->size > 2) ad_tensor_set(seed, 2, NAN);
+          if (seed->size > 3) ad_tensor_set(seed, 3, -INFINITY);
+          cr_assert_eq(ad_grad(ctx, y, seed, 1, &x, &g[t], t == 2), AD_OK, "%s",
+                       ad_last_error(ctx));
+        }
+        ad_set_num_threads(1);
+        for (int t = 1; t < 3; t++)
+          for (int64_t i = 0; i < x->size; i++) {
+            double a = ad_tensor_get(g[0], i), b = ad_tensor_get(g[t], i);
+            QUICK_ASSERT(a == b ? signbit(a) == signbit(b) : a != a && b != b,
+                         "%s %s case %zu dx[%lld]: plain %.17g, %s %.17g", mn ? "min" : "max",
+                         ad_dtype_name(dt), ci, (long long)i, a,
+                         t == 1 ? "on 3 threads" : "recorded", b);
+          }
+        ad_tape_reset(ctx);
+        ad_tensor_free(x);
+      }
+}
+
 Test(parallel, softmax_family_f32_within_2_ulp_of_f64) {
   static const int64_t lanes[] = {1, 2, 7, 63, 64, 65, 130}, ns[] = {1, 2, 5, 40, 300};
   static const char *op_name[] = {"softmax", "log_softmax", "logsumexp"};
