@@ -152,10 +152,13 @@ def parse(out, tool="opscan"):
     return res
 
 
-def main(tool="opscan", script=__file__, doc=__doc__, cases_fn=torch_cases, dtypes=("f32", "f64")):
-    """The driver of opscan.py and layerscan.py: runs build/bench/TOOL and
-    SCRIPT --torch-side (whose cases come from cases_fn) in turn and prints
-    the table."""
+def main(tool="opscan", script=__file__, doc=__doc__, cases_fn=torch_cases, dtypes=("f32", "f64"),
+         side=torch_side, cols=("fwd", "bwd")):
+    """The driver of opscan.py, layerscan.py and optscan.py: runs
+    build/bench/TOOL and SCRIPT --torch-side (side(reps, filter, threads,
+    dtype, tool, cases_fn) prints its lines; torch_side times cases_fn's
+    forward and backward) in turn and prints the table, whose two time
+    columns cols names."""
     ap = argparse.ArgumentParser(description=doc.split("\n")[0])
     ap.add_argument("--build", default=os.path.join(ROOT, "build"))
     ap.add_argument("--rounds", type=int, default=3)
@@ -168,7 +171,7 @@ def main(tool="opscan", script=__file__, doc=__doc__, cases_fn=torch_cases, dtyp
     ap.add_argument("--torch-side", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.torch_side:
-        torch_side(args.reps, args.filter, args.threads, args.dtype, tool, cases_fn)
+        side(args.reps, args.filter, args.threads, args.dtype, tool, cases_fn)
         return 0
     sys.path.insert(0, HERE)
     import compare  # its PyTorch-at-its-best settings
@@ -193,7 +196,8 @@ def main(tool="opscan", script=__file__, doc=__doc__, cases_fn=torch_cases, dtyp
                 theirs[k] = tuple(map(min, zip(theirs.get(k, v), v)))
     width = max([14] + [len(k) for k in ours])
     print("%-*s %10s %10s %6s %10s %10s %6s" %
-          (width, "case", "ours fwd", "torch fwd", "ratio", "ours bwd", "torch bwd", "ratio"))
+          (width, "case", "ours " + cols[0], "torch " + cols[0], "ratio", "ours " + cols[1],
+           "torch " + cols[1], "ratio"))
     cliffs = []
     for name, (of, ob) in ours.items():
         tf, tb = theirs.get(name, (float("nan"), float("nan")))

@@ -3,7 +3,10 @@
 cases that more threads make slower.
 
 Runs build/bench/opscan and build/bench/layerscan (their cases: see
-bench/opscan.c and bench/layerscan.c) with --threads 1 and --threads T in
+bench/opscan.c and bench/layerscan.c; with --tools optscan also
+build/bench/optscan, whose two columns are an optimizer step on the seed
+and on the wide parameter set, headed fwd and bwd here as for the others)
+with --threads 1 and --threads T in
 turn, ROUNDS times each, every run printing the least of REPS timings per
 case; then prints, per case, the least of the rounds on each thread count
 and the speed-up t1 / tT of the forward and of the backward, and marks
@@ -15,7 +18,7 @@ falls off a cliff when a user turns threads on (docs/performance.md,
 "Threads").
 
   bench/threadscan.py [--build DIR] [--threads 2] [--rounds 3] [--reps 15]
-                      [--filter SUBSTR] [--tools opscan,layerscan] [--slower 0.9]
+                      [--filter SUBSTR] [--tools opscan,layerscan,optscan] [--slower 0.9]
 
 Before and after the runs it prints bench/cores' probe (pair efficiency
 about 1 when the first two CPUs are two cores, 0.5 when they share one):
@@ -44,12 +47,12 @@ def main():
         sys.exit("threadscan.py: --threads >= 2, --rounds >= 1 and --reps >= 1")
     sys.path.insert(0, HERE)
     import compare  # ours_env, run, cores_probe
-    from opscan import parse, ratio  # both tools' line format
+    from opscan import parse, ratio  # the tools' line format
 
     tools = [t for t in args.tools.split(",") if t]
     for tool in tools:
-        if tool not in ("opscan", "layerscan"):
-            sys.exit("threadscan.py: unknown tool %s (opscan, layerscan)" % tool)
+        if tool not in ("opscan", "layerscan", "optscan"):
+            sys.exit("threadscan.py: unknown tool %s (opscan, layerscan, optscan)" % tool)
         if not os.path.exists(os.path.join(args.build, "bench", tool)):
             sys.exit("threadscan.py: %s/bench/%s is missing: build with -Dbench=true first"
                      % (args.build, tool))

@@ -419,21 +419,6 @@ static bool seen_before(ad_tensor *const *ts, int i, bool dedupe) {
   return false;
 }
 
-/* Whether clamping g to [-clip, clip] changes an element (NaN stays). */
-static bool outside(const ad_tensor *g, double clip) {
-  if (g->dtype == AD_F32) {
-    const float *d = g->data;
-    float c = (float)clip;
-    for (int64_t k = 0; k < g->size; k++)
-      if (d[k] > c || d[k] < -c) return true;
-  } else {
-    const double *d = g->data;
-    for (int64_t k = 0; k < g->size; k++)
-      if (d[k] > clip || d[k] < -clip) return true;
-  }
-  return false;
-}
-
 double nn_clip_norm_tensors(ad_tensor *const *ts, int n, bool dedupe, double max_norm,
                             ad_status *st) {
   double sq = 0;
@@ -459,21 +444,23 @@ double nn_clip_norm_tensors(ad_tensor *const *ts, int n, bool dedupe, double max
 }
 
 ad_status nn_clip_value_tensors(ad_tensor *const *ts, int n, double clip) {
-  for (int i = 0; i < n; i++) { /* noted as nn_clip_norm_tensors' writes, when they change */
-    ad_status st =
-        ts[i]->grad && outside(ts[i]->grad, clip) ? ad_tensor_mark_modified(ts[i]->grad) : AD_OK;
+  /* the tensors with an element outside, noted first (as nn_clip_norm_tensors'
+   * writes) so that a failed note changes nothing, then clamped: the others
+   * are left unwritten (the first 256 remembered, later ones tested again) */
+  enum { KEPT = 256 };
+  uint64_t hit[KEPT / 64] = {0};
+  for (int i = 0; i < n; i++) {
+    ad_tensor *g = ts[i]->grad;
+    if (!g || !nn_clip_outside(g->dtype, g->size, g->data, clip)) continue;
+    ad_status st = ad_tensor_mark_modified(g);
     if (st != AD_OK) return st;
+    if (i < KEPT) hit[i / 64] |= (uint64_t)1 << (i % 64);
   }
   for (int i = 0; i < n; i++) { /* idempotent: a tensor listed twice is clipped alike */
     ad_tensor *g = ts[i]->grad;
-    if (!g) continue;
-    if (g->dtype == AD_F32) {
-      float *d = g->data, c = (float)clip;
-      for (int64_t k = 0; k < g->size; k++) d[k] = d[k] > c ? c : d[k] < -c ? -c : d[k];
-    } else {
-      double *d = g->data;
-      for (int64_t k = 0; k < g->size; k++) d[k] = d[k] > clip ? clip : d[k] < -clip ? -clip : d[k];
-    }
+    bool out = i < KEPT ? (hit[i / 64] >> (i % 64)) & 1
+                        : g && nn_clip_outside(g->dtype, g->size, g->data, clip);
+    if (out) nn_clip_clamp(g->dtype, g->size, g->data, clip); /* NaN kept */
   }
   return AD_OK;
 }

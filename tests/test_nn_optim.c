@@ -982,6 +982,104 @@ Test(optim, sum_squares_paths_same_bits) {
               ran[3]);
 }
 
+/* Clipping by value on every path: nn_clip_outside finds an element
+ * outside [-clip, clip] wherever it is (the first block, a later block,
+ * the tail), never for NaN or for a value at +-clip; nn_clip_clamp gives
+ * each element fmin(fmax(x, -clip), clip) with NaN kept, in both dtypes. */
+Test(optim, clip_value_paths) {
+  static const char *const names[] = {"best", "baseline", "AVX2", "AVX-512"};
+  static const int64_t lens[] = {0, 1, 15, 16, 17, 1023, 1024, 1025, 3001};
+  enum { N = 3001 };
+  static double xd[N], yd[N];
+  static float xf[N], yf[N];
+  const double clip = 0.5;
+  int ran[4] = {0};
+  ad_rng rng;
+  cr_assert_eq(ad_rng_seed(&rng, 5), AD_OK);
+  for (int d = 0; d < 2; d++) {
+    ad_dtype dt = d ? AD_F64 : AD_F32;
+    for (size_t li = 0; li < sizeof lens / sizeof *lens; li++) {
+      int64_t n = lens[li];
+      /* inside, the bounds, NaN and -0; then one element outside at a few places */
+      const int64_t ats[] = {-1, 0, 1023, 1024, n / 2, n - 1};
+      for (size_t ai = 0; ai < sizeof ats / sizeof *ats; ai++) {
+        int64_t at = ats[ai];
+        if (at >= n) continue;
+        for (int path = 0; path < 4; path++) {
+          for (int64_t k = 0; k < n; k++) {
+            double v = (2 * ad_rng_uniform(&rng) - 1) * 0.49;
+            v = k % 97 == 3   ? NAN
+                : k % 89 == 5 ? -0.0
+                : k % 83 == 7 ? -clip
+                : k % 79 == 1 ? clip
+                              : v;
+            if (k == at) v = k % 2 ? -INFINITY : 0.75;
+            xd[k] = v, xf[k] = (float)v;
+          }
+          void *x = d ? (void *)xd : (void *)xf;
+          bool out = !(at >= 0);
+          if (!nn_clip_outside_on((nn_update_path)path, dt, n, x, clip, &out)) continue;
+          ran[path]++;
+          cr_assert_eq(out, at >= 0, "%s %s, length %lld, outside at %lld: %d", names[path],
+                       ad_dtype_name(dt), (long long)n, (long long)at, out);
+          memcpy(yd, xd, sizeof xd);
+          memcpy(yf, xf, sizeof xf);
+          cr_assert(nn_clip_clamp_on((nn_update_path)path, dt, n, x, clip));
+          for (int64_t k = 0; k < n; k++) {
+            double was = d ? yd[k] : (double)yf[k], got = d ? xd[k] : (double)xf[k];
+            double want = isnan(was) ? was : fmin(fmax(was, -clip), clip);
+            cr_assert(isnan(want) ? isnan(got) : got == want && signbit(got) == signbit(want),
+                      "%s %s, length %lld, element %lld: %g clamped to %g", names[path],
+                      ad_dtype_name(dt), (long long)n, (long long)k, was, got);
+          }
+        }
+      }
+    }
+  }
+  cr_assert_gt(ran[1], 0);
+  for (int path = 2; path < 4; path++)
+    if (!ran[path])
+      cr_log_warn("clipping by value: the %s loops not run (this CPU or build lacks them)",
+                  names[path]);
+  cr_log_info("clipping by value: baseline %d cases, AVX2 %d, AVX-512 %d", ran[1], ran[2], ran[3]);
+}
+
+/* nn_clip_grad_value over more tensors than it remembers (256): those with
+ * an element outside are clamped wherever they are in the list, the rest
+ * keep their values, a tensor listed twice is clamped once alike. */
+Test(optim, clip_value_over_many_tensors) {
+  enum { T = 300 };
+  int64_t s[1] = {3};
+  ad_tensor *w[T];
+  nn_params *p = nn_params_new(ctx);
+  for (int i = 0; i < T; i++) {
+    w[i] = ad_zeros(ctx, AD_F32, 1, s);
+    ad_tensor_set_requires_grad(w[i], true);
+    char name[16];
+    snprintf(name, sizeof name, "w%d", i);
+    cr_assert_eq(nn_params_add(p, name, w[i], false), AD_OK);
+  }
+  cr_assert_eq(nn_params_add(p, "again", w[280], false), AD_OK);
+  ad_tensor *loss = NULL;
+  for (int i = 0; i < T; i++) { /* grad of w[i]: (i, -i, 0.5) / 200 */
+    ad_tensor *c = ad_zeros(ctx, AD_F32, 1, s);
+    ad_tensor_set(c, 0, i / 200.0), ad_tensor_set(c, 1, -i / 200.0), ad_tensor_set(c, 2, 0.0025);
+    ad_tensor *term = ad_sum(ctx, ad_mul(ctx, w[i], c));
+    loss = loss ? ad_add(ctx, loss, term) : term;
+  }
+  cr_assert_eq(ad_backward(ctx, loss, NULL), AD_OK, "%s", ad_last_error(ctx));
+  nn_clip_grad_value(p, 1.0);
+  for (int i = 0; i < T; i++) {
+    float g0 = ((float *)w[i]->grad->data)[0], g1 = ((float *)w[i]->grad->data)[1];
+    float want = i > 200 ? 1.0f : (float)(i / 200.0);
+    cr_assert(g0 == want && g1 == -want && ((float *)w[i]->grad->data)[2] == 0.0025f, "w%d: %g %g",
+              i, g0, g1);
+  }
+  ad_tape_reset(ctx);
+  nn_params_free(p);
+  for (int i = 0; i < T; i++) ad_tensor_free(w[i]);
+}
+
 /* One Adam run over three parameters of 300,001, 7 and 40,000 elements
  * (above the sweep's split minimum, so on two or more threads the chunks
  * cross parameter boundaries), two steps, the gradients fixed; with

@@ -186,7 +186,7 @@
                                        T *restrict p, const T *restrict gr, T *restrict ax) {      \
     T decay = (T)(1.0 - x->xc->lambd * x->eta), neta = (T)-x->eta, mu = (T)x->mu;                  \
     T l2 = (T)c->weight_decay;                                                                     \
-    if (x->mu != 1) /* a loop each: a test per element kept them from vectorizing */             \
+    if (x->mu != 1) /* a loop each: a test per element kept them from vectorizing */               \
       for (int64_t i = 0; i < n; i++) {                                                            \
         T g = NN_L2(l2, p[i], NN_G(NEG, gr[i]), FMA);                                              \
         p[i] = FMA(neta, g, p[i] * decay);                                                         \
@@ -212,7 +212,7 @@
     T lo = (T)x->xc->step_size_min, hi = (T)x->xc->step_size_max;                                  \
     if (t == 1)                                                                                    \
       for (int64_t i = 0; i < n; i++) ss[i] = (T)c->lr;                                            \
-    /* each choice one select of two values (nested choices and the sign \
+    /* each choice one select of two values (nested choices and the sign                           \
      * as (g > 0) - (g < 0) kept GCC from vectorizing the loop) */                                 \
     for (int64_t i = 0; i < n; i++) {                                                              \
       T g = NN_G(NEG, gr[i]), q = g * prev[i];                                                     \
@@ -458,6 +458,39 @@ DEFINE_SUMSQ(float, _avx512, NN_AVX512_ATTR, SUMSQ_F32, x, NULL)
 DEFINE_SUMSQ(double, _avx512, NN_AVX512_ATTR, SUMSQ_F64, NULL, x)
 #endif
 
+/* nn_clip_outside's and nn_clip_clamp's loops, plain C compiled for each
+ * path. The test has no early exit inside a block of CLIP_BLOCK elements
+ * (so it vectorizes: its flags as wide as the elements) and ends at the
+ * first block with an element outside. The clamp is two selects that keep
+ * NaN (a comparison with NaN is false), which compile to a minimum and a
+ * maximum. */
+#define CLIP_BLOCK 1024
+#define DEFINE_CLIP(T, FLAG, SFX, ATTR)                                                            \
+  ATTR static bool outside_##T##SFX(int64_t n, const T *x, T c) {                                  \
+    for (int64_t k0 = 0; k0 < n; k0 += CLIP_BLOCK) {                                               \
+      int64_t k1 = n - k0 < CLIP_BLOCK ? n : k0 + CLIP_BLOCK;                                      \
+      FLAG any = 0;                                                                                \
+      for (int64_t k = k0; k < k1; k++) any |= (FLAG)((x[k] > c) | (x[k] < -c));                   \
+      if (any) return true;                                                                        \
+    }                                                                                              \
+    return false;                                                                                  \
+  }                                                                                                \
+  ATTR static void clamp_##T##SFX(int64_t n, T *x, T c) {                                          \
+    for (int64_t k = 0; k < n; k++) {                                                              \
+      T v = x[k] > c ? c : x[k];                                                                   \
+      x[k] = v < -c ? -c : v;                                                                      \
+    }                                                                                              \
+  }
+
+DEFINE_CLIP(float, int32_t, , )
+DEFINE_CLIP(double, int64_t, , )
+#ifdef NN_OPT_AVX2
+DEFINE_CLIP(float, int32_t, _avx2, NN_AVX2_ATTR)
+DEFINE_CLIP(double, int64_t, _avx2, NN_AVX2_ATTR)
+DEFINE_CLIP(float, int32_t, _avx512, NN_AVX512_ATTR)
+DEFINE_CLIP(double, int64_t, _avx512, NN_AVX512_ATTR)
+#endif
+
 static bool path_available(nn_update_path path) {
   switch (path) {
   case NN_UPDATE_BASELINE:
@@ -542,4 +575,53 @@ double nn_sum_squares(ad_dtype dt, int64_t n, const void *x) {
   double s = 0;
   nn_sum_squares_on(NN_UPDATE_BEST, dt, n, x, &s);
   return s;
+}
+
+bool nn_clip_outside_on(nn_update_path path, ad_dtype dt, int64_t n, const void *x, double clip,
+                        bool *out) {
+  path = resolve(path);
+  if (!path_available(path)) return false;
+  bool f = dt == AD_F32;
+  float cf = (float)clip;
+#ifdef NN_OPT_AVX2
+  if (path == NN_UPDATE_AVX512) {
+    *out = f ? outside_float_avx512(n, x, cf) : outside_double_avx512(n, x, clip);
+    return true;
+  }
+  if (path == NN_UPDATE_AVX2) {
+    *out = f ? outside_float_avx2(n, x, cf) : outside_double_avx2(n, x, clip);
+    return true;
+  }
+#endif
+  *out = f ? outside_float(n, x, cf) : outside_double(n, x, clip);
+  return true;
+}
+
+bool nn_clip_outside(ad_dtype dt, int64_t n, const void *x, double clip) {
+  bool out = false;
+  nn_clip_outside_on(NN_UPDATE_BEST, dt, n, x, clip, &out);
+  return out;
+}
+
+bool nn_clip_clamp_on(nn_update_path path, ad_dtype dt, int64_t n, void *x, double clip) {
+  path = resolve(path);
+  if (!path_available(path)) return false;
+  bool f = dt == AD_F32;
+  float cf = (float)clip;
+#ifdef NN_OPT_AVX2
+  if (path == NN_UPDATE_AVX512) {
+    f ? clamp_float_avx512(n, x, cf) : clamp_double_avx512(n, x, clip);
+    return true;
+  }
+  if (path == NN_UPDATE_AVX2) {
+    f ? clamp_float_avx2(n, x, cf) : clamp_double_avx2(n, x, clip);
+    return true;
+  }
+#endif
+  f ? clamp_float(n, x, cf) : clamp_double(n, x, clip);
+  return true;
+}
+
+void nn_clip_clamp(ad_dtype dt, int64_t n, void *x, double clip) {
+  nn_clip_clamp_on(NN_UPDATE_BEST, dt, n, x, clip);
 }

@@ -54,4 +54,21 @@ double nn_sum_squares(ad_dtype dt, int64_t n, const void *x);
  * CPU lacks it. */
 bool nn_sum_squares_on(nn_update_path path, ad_dtype dt, int64_t n, const void *x, double *out);
 
+/* Clipping by value (nn_clip_grad_value, the optimizers' clip_value):
+ * nn_clip_outside tells whether an element of x[0..n) lies outside
+ * [-clip, clip] (NaN does not: it stays), so that the caller announces a
+ * write only where one happens; nn_clip_clamp clamps every element into
+ * [-clip, clip], NaN kept. clip >= 0, converted to x's dtype. Loops
+ * compiled per path (vectorized on each); a minimum and a maximum are
+ * exact, so every path gives the same values. */
+bool nn_clip_outside(ad_dtype dt, int64_t n, const void *x, double clip);
+void nn_clip_clamp(ad_dtype dt, int64_t n, void *x, double clip);
+
+/* nn_clip_outside and nn_clip_clamp on the given path (for tests, which
+ * compare the paths). Return false, doing nothing, when this build or CPU
+ * lacks it; *out takes nn_clip_outside's answer. */
+bool nn_clip_outside_on(nn_update_path path, ad_dtype dt, int64_t n, const void *x, double clip,
+                        bool *out);
+bool nn_clip_clamp_on(nn_update_path path, ad_dtype dt, int64_t n, void *x, double clip);
+
 #endif
