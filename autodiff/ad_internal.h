@@ -442,9 +442,19 @@ void ad_bc_merge(ad_bc_rows *it, const ad_tensor *out);
  * (ad_parallel_for over out->size), so that a broadcasting op's chunks are
  * the same elements as the flat elementwise ops' (what one wrote, the next
  * finds in its thread's cache) and a merged walk of one long row still
- * splits. */
-void ad_bc_span(const ad_bc_rows *it, const ad_tensor *out, int64_t e, int64_t end, int64_t *off,
-                int64_t *n);
+ * splits. The cursor keeps the last span's row (its index per dim and
+ * each input's offset), so that a loop walking its spans in order finds
+ * the next row by adding strides (an odometer) instead of a division per
+ * dim; any e is still right (a jump is computed afresh). Start each loop
+ * with AD_BC_CURSOR_NONE. */
+typedef struct ad_bc_cursor {
+  int64_t r;                /* the row base[] belongs to; -1: none yet */
+  int64_t idx[AD_MAX_DIMS]; /* its index in each of out's outer dims */
+  int64_t base[3];          /* each input's offset of the row's first element */
+} ad_bc_cursor;
+#define AD_BC_CURSOR_NONE ((ad_bc_cursor){.r = -1})
+void ad_bc_next_span(const ad_bc_rows *it, const ad_tensor *out, ad_bc_cursor *cu, int64_t e,
+                     int64_t end, int64_t *off, int64_t *n);
 /* A temporary header whose data pointer is set by the caller (views). */
 ad_tensor *ad_tmp_header(ad_ctx *ctx, ad_dtype dtype, int ndim, const int64_t *shape);
 /* A persistent sample input for gradcheck: uniform in [lo, hi), with

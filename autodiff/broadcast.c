@@ -102,10 +102,29 @@ void ad_bc_row(const ad_bc_rows *it, const ad_tensor *out, int64_t r, int64_t *o
   }
 }
 
-void ad_bc_span(const ad_bc_rows *it, const ad_tensor *out, int64_t e, int64_t end, int64_t *off,
-                int64_t *n) {
-  int64_t r = e / it->len, i0 = e - r * it->len, last = out->ndim - 1;
-  ad_bc_row(it, out, r, off);
-  for (int i = 0; i < it->nin; i++) off[i] += last >= 0 ? i0 * it->st[i][last] : 0;
+void ad_bc_next_span(const ad_bc_rows *it, const ad_tensor *out, ad_bc_cursor *cu, int64_t e,
+                     int64_t end, int64_t *off, int64_t *n) {
+  int last = out->ndim - 1;
+  int64_t i0 = 0;
+  if (cu->r >= 0 && e == (cu->r + 1) * it->len) { /* the next row: carry through the dims */
+    cu->r++;
+    for (int d = it->nd - 1; d >= 0; d--) {
+      for (int i = 0; i < it->nin; i++) cu->base[i] += it->st[i][d];
+      if (++cu->idx[d] < out->shape[d]) break;
+      for (int i = 0; i < it->nin; i++) cu->base[i] -= it->st[i][d] * out->shape[d];
+      cu->idx[d] = 0;
+    }
+  } else { /* anywhere: the row's index per dim by division (as ad_bc_row) */
+    int64_t r = e / it->len, q = r;
+    i0 = e - r * it->len;
+    cu->r = r;
+    for (int i = 0; i < it->nin; i++) cu->base[i] = 0;
+    for (int d = it->nd - 1; d >= 0; d--) {
+      cu->idx[d] = q % out->shape[d];
+      q /= out->shape[d];
+      for (int i = 0; i < it->nin; i++) cu->base[i] += cu->idx[d] * it->st[i][d];
+    }
+  }
+  for (int i = 0; i < it->nin; i++) off[i] = cu->base[i] + (last >= 0 ? i0 * it->st[i][last] : 0);
   *n = it->len - i0 < end - e ? it->len - i0 : end - e;
 }

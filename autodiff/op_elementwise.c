@@ -34,12 +34,13 @@ static void binary_flat(void *ud, int64_t b, int64_t e) {
 }
 
 /* Elements [b, e) of a broadcasting binary op, a span of a row at a time
- * (dealt by element offset like binary_flat, see ad_bc_span). */
+ * (dealt by element offset like binary_flat, see ad_bc_next_span). */
 static void binary_rows(void *ud, int64_t b, int64_t e) {
   const binary_job *j = ud;
   const ad_tensor *out = j->c->out;
   int last = out->ndim - 1;
   int64_t sa = last >= 0 ? j->it.st[0][last] : 0, sb = last >= 0 ? j->it.st[1][last] : 0, n;
+  ad_bc_cursor cu = AD_BC_CURSOR_NONE;
   for (int64_t i = b; i < e; i += n) {
     int64_t off[2];
     if (j->row_vector) {
@@ -48,15 +49,26 @@ static void binary_rows(void *ud, int64_t b, int64_t e) {
       off[1] = i0;
       n = j->it.len - i0 < e - i ? j->it.len - i0 : e - i;
     } else {
-      ad_bc_span(&j->it, out, i, e, off, &n);
+      ad_bc_next_span(&j->it, out, &cu, i, e, off, &n);
     }
     j->f(j->c, off[0], sa, off[1], sb, i, n);
   }
 }
 
-void ad_binary_run(const ad_call *c, ad_rows_fn f) {
+/* A binary op's output of at most this many bytes is computed by its rows
+ * compiled for AVX-512 and AVX2 (ad_binary_run's wide), larger ones by the
+ * baseline's. On the Zen 4 guest (docs/performance.md, "Binary ops"), on
+ * data in the caches the wide loops ran 1.3-2.7x faster (an outer product
+ * [256,1] * [1,1024] 37.7 -> 13.8 us, a / column 54 -> 30, a / b 54 -> 38:
+ * the baseline's SSE stores and divisions), while streams from memory ran
+ * 8-20% slower with them. A rule of the shape: a run's choice never
+ * depends on timing, and both give the same bits. */
+#define BINARY_WIDE_MAX (1 << 20)
+
+void ad_binary_run(const ad_call *c, ad_rows_fn f, ad_rows_fn wide) {
   const ad_tensor *a = c->in[0], *b = c->in[1], *out = c->out;
   bool same = ad_same_shape(a, b);
+  if (wide && (size_t)out->size * ad_dsize(out->dtype) <= BINARY_WIDE_MAX) f = wide;
   if (same || (b->size == 1 && a->size == out->size)) {
     if (out->size <= ELEM_GRAIN) { /* small: no job (the scalar chain's case) */
       f(c, 0, 1, 0, same, 0, out->size);
@@ -691,7 +703,7 @@ typedef struct where_job {
       WHERE_ROW(int32_t, T);                                                                       \
   } while (0)
 
-/* Elements [b, e) of out, a span of a row at a time (ad_bc_span). */
+/* Elements [b, e) of out, a span of a row at a time (ad_bc_next_span). */
 static void where_rows(void *ud, int64_t b, int64_t e) {
   const where_job *j = ud;
   const ad_tensor *out = j->c->out;
@@ -699,9 +711,10 @@ static void where_rows(void *ud, int64_t b, int64_t e) {
   int last = out->ndim - 1;
   int64_t s[3], len;
   for (int k = 0; k < 3; k++) s[k] = last >= 0 ? j->it.st[k][last] : 0;
+  ad_bc_cursor cu = AD_BC_CURSOR_NONE;
   for (int64_t p = b; p < e; p += len) {
     int64_t off[3];
-    ad_bc_span(&j->it, out, p, e, off, &len);
+    ad_bc_next_span(&j->it, out, &cu, p, e, off, &len);
     if (out->dtype == AD_F32)
       WHERE_ROWS_OF(float);
     else
@@ -802,7 +815,7 @@ static void prelu_rows(const ad_call *c, int64_t oa, int64_t sa, int64_t ob, int
   }
 }
 
-static void prelu_fwd(const ad_call *c) { ad_binary_run(c, prelu_rows); }
+static void prelu_fwd(const ad_call *c) { ad_binary_run(c, prelu_rows, NULL); }
 
 /* dx = dy where x > 0, else w dy (w at 0 and at NaN); dw = dy x where x
  * <= 0 or NaN, a zero chosen where x > 0 (an x of +inf adds 0, not 0 *
@@ -2216,7 +2229,7 @@ static void leaky_relu_backward_rows(const ad_call *c, int64_t oa, int64_t sa, i
 }
 
 static void leaky_relu_backward_fwd(const ad_call *c) {
-  ad_binary_run(c, leaky_relu_backward_rows);
+  ad_binary_run(c, leaky_relu_backward_rows, NULL);
 }
 
 static ad_status leaky_relu_backward_bwd(const ad_call *c) {
@@ -2269,7 +2282,7 @@ static void clamp_backward_rows(const ad_call *c, int64_t oa, int64_t sa, int64_
   }
 }
 
-static void clamp_backward_fwd(const ad_call *c) { ad_binary_run(c, clamp_backward_rows); }
+static void clamp_backward_fwd(const ad_call *c) { ad_binary_run(c, clamp_backward_rows, NULL); }
 
 static ad_status clamp_backward_bwd(const ad_call *c) {
   if (!c->needs[0]) return AD_OK;
@@ -2360,7 +2373,7 @@ const ad_op_def ad_def_hardswish_backward = {
       BINARY_LOOP(double, PASS(x1, l) ? x0 : 0.0);                                                 \
     }                                                                                              \
   }                                                                                                \
-  static void NAME##_fwd(const ad_call *c) { ad_binary_run(c, NAME##_rows); }
+  static void NAME##_fwd(const ad_call *c) { ad_binary_run(c, NAME##_rows, NULL); }
 #define SOFTSHRINK_PASS(x, l) ((x) < -(l) || (x) > (l))
 #define HARDSHRINK_PASS(x, l) (!((x) >= -(l) && (x) <= (l)))
 SHRINK_BACKWARD_ROWS(softshrink_backward, SOFTSHRINK_PASS)
@@ -2507,7 +2520,7 @@ static void elu_backward_rows(const ad_call *c, int64_t oa, int64_t sa, int64_t 
   }
 }
 
-static void elu_backward_fwd(const ad_call *c) { ad_binary_run(c, elu_backward_rows); }
+static void elu_backward_fwd(const ad_call *c) { ad_binary_run(c, elu_backward_rows, NULL); }
 
 /* PyTorch's elu double backward: dg = this op again; dx = this op of
  * dy g bs, masked to x < 0 (0 at 0 and at a NaN x), of ops */
@@ -2562,7 +2575,7 @@ static void threshold_backward_rows(const ad_call *c, int64_t oa, int64_t sa, in
   }
 }
 
-static void threshold_backward_fwd(const ad_call *c) { ad_binary_run(c, threshold_backward_rows); }
+static void threshold_backward_fwd(const ad_call *c) { ad_binary_run(c, threshold_backward_rows, NULL); }
 
 /* dg = this op again; x gets none (the mask is piecewise constant) */
 static ad_status threshold_backward_bwd(const ad_call *c) {

@@ -901,7 +901,7 @@ CELL_CLONES static void bcelpw_row64(const double *Z, const double *Tt, const do
 
 /* Elements [b, e) of the op's call (the forward, or with dz the plain
  * backward, whose z and t are of the output's shape): a run of a row at a
- * time (ad_bc_span), strides as the iterator gives them. */
+ * time (ad_bc_next_span), strides as the iterator gives them. */
 typedef struct bcelpw_job {
   const ad_call *c;
   ad_bc_rows it;
@@ -931,12 +931,13 @@ static void bcelpw_fwd_range(void *ud, int64_t b, int64_t e) {
   const ad_call *c = j->c;
   int last = c->out->ndim - 1;
   int64_t st[3], off[3], n;
+  ad_bc_cursor cu = AD_BC_CURSOR_NONE;
   for (int k = 0; k < 3; k++) st[k] = j->flat ? 1 : last >= 0 ? j->it.st[k][last] : 0;
   for (int64_t i = b; i < e; i += n) {
     if (j->flat)
       off[0] = off[1] = off[2] = i, n = e - i;
     else
-      ad_bc_span(&j->it, c->out, i, e, off, &n);
+      ad_bc_next_span(&j->it, c->out, &cu, i, e, off, &n);
     if (n > 1 && (st[0] != 1 || st[1] != 1 || (st[2] != 0 && st[2] != 1)))
       bcelpw_strided(c, off, st, i, n);
     else if (c->out->dtype == AD_F32)
@@ -1030,11 +1031,12 @@ static void bcelpw_bwd_range(void *ud, int64_t b, int64_t e) {
   const ad_call *c = j->c;
   int last = c->out->ndim - 1;
   int64_t sw = j->flat ? 1 : last >= 0 ? j->it.st[2][last] : 0, off[3], n;
+  ad_bc_cursor cu = AD_BC_CURSOR_NONE;
   for (int64_t i = b; i < e; i += n) {
     if (j->flat)
       off[2] = i, n = e - i;
     else
-      ad_bc_span(&j->it, c->out, i, e, off, &n);
+      ad_bc_next_span(&j->it, c->out, &cu, i, e, off, &n);
     if (n > 1 && sw != 0 && sw != 1) n = 1;
     int64_t s = n > 1 ? sw : 0;
 #define ROW(T, fn)                                                                                 \
@@ -1237,8 +1239,8 @@ static void huber_rows(const ad_call *c, int64_t oa, int64_t sa, int64_t ob, int
                        int64_t len) {
   sl1_rows(c, oa, sa, ob, sb, oy, len, true);
 }
-static void smooth_l1_fwd(const ad_call *c) { ad_binary_run(c, smooth_l1_rows); }
-static void huber_fwd(const ad_call *c) { ad_binary_run(c, huber_rows); }
+static void smooth_l1_fwd(const ad_call *c) { ad_binary_run(c, smooth_l1_rows, NULL); }
+static void huber_fwd(const ad_call *c) { ad_binary_run(c, huber_rows, NULL); }
 
 /* The plain backward (no create_graph) of p, t and dy of one shape in one
  * pass: the recorded form's bits (dy g, g as sl1_g rounds it). */

@@ -89,8 +89,8 @@ static inline const char *ad_coords_str(const ad_tensor *t, int64_t i, char *buf
 typedef void (*ad_rows_fn)(const ad_call *c, int64_t oa, int64_t sa, int64_t ob, int64_t sb,
                            int64_t oy, int64_t len);
 
-/* The three stride patterns the inner loop meets (both contiguous, one
- * broadcast scalar), for one type. */
+/* The stride patterns the inner loop meets (both contiguous, either one a
+ * broadcast scalar: strides along a row are 1 or 0), for one type. */
 #define BINARY_LOOP(T, EXPR)                                                                       \
   do {                                                                                             \
     const T *A = (const T *)c->in[0]->data + oa, *B = (const T *)c->in[1]->data + ob;              \
@@ -108,6 +108,11 @@ typedef void (*ad_rows_fn)(const ad_call *c, int64_t oa, int64_t sa, int64_t ob,
         T x0 = A[i], x1 = B[0];                                                                    \
         Y[i] = (T)(EXPR);                                                                          \
       }                                                                                            \
+    else if (sb == 1)                                                                              \
+      for (int64_t i = 0; i < len; i++) {                                                          \
+        T x0 = A[0], x1 = B[i];                                                                    \
+        Y[i] = (T)(EXPR);                                                                          \
+      }                                                                                            \
     else                                                                                           \
       for (int64_t i = 0; i < len; i++) {                                                          \
         T x0 = A[i * sa], x1 = B[i * sb];                                                          \
@@ -115,17 +120,23 @@ typedef void (*ad_rows_fn)(const ad_call *c, int64_t oa, int64_t sa, int64_t ob,
       }                                                                                            \
   } while (0)
 
-/* Defines NAME_rows and NAME_fwd computing y = EXPR(x0, x1), x0 from a and
- * x1 from b, for both float types; EXPR may read the call's attributes as
- * c->attrs. */
-#define DEFINE_BINARY(NAME, EXPR)                                                                  \
-  static void NAME##_rows(const ad_call *c, int64_t oa, int64_t sa, int64_t ob, int64_t sb,        \
-                          int64_t oy, int64_t len) {                                               \
+/* Defines NAME_rows (baseline), NAME_rows_w (CELL_CLONES) and NAME_fwd
+ * computing y = EXPR(x0, x1), x0 from a and x1 from b, for both float
+ * types; EXPR may read the call's attributes as c->attrs. EXPR is IEEE
+ * operations, rounded alike on every instruction set (no contraction:
+ * -ffp-contract=off), so the two rows give the same bits, but for which
+ * NaN payload an operation of two NaNs returns. */
+#define BINARY_ROWS_FN(ATTR, NAME, EXPR)                                                           \
+  ATTR static void NAME(const ad_call *c, int64_t oa, int64_t sa, int64_t ob, int64_t sb,          \
+                        int64_t oy, int64_t len) {                                                 \
     if (c->out->dtype == AD_F32)                                                                   \
       BINARY_LOOP(float, EXPR);                                                                    \
     else                                                                                           \
       BINARY_LOOP(double, EXPR);                                                                   \
-  }                                                                                                \
+  }
+#define DEFINE_BINARY(NAME, EXPR)                                                                  \
+  BINARY_ROWS_FN(, NAME##_rows, EXPR)                                                              \
+  BINARY_ROWS_FN(CELL_CLONES, NAME##_rows_w, EXPR)                                                 \
   static void NAME##_fwd(const ad_call *c) {                                                       \
     if (c->out->size == 1) { /* then a and b hold one element each: no row walk, no kernel call */ \
       if (c->out->dtype == AD_F32) {                                                               \
@@ -137,7 +148,7 @@ typedef void (*ad_rows_fn)(const ad_call *c, int64_t oa, int64_t sa, int64_t ob,
       }                                                                                            \
       return;                                                                                      \
     }                                                                                              \
-    ad_binary_run(c, NAME##_rows);                                                                 \
+    ad_binary_run(c, NAME##_rows, NAME##_rows_w);                                                  \
   }
 
 /* The binary form of op_elementwise.c's UNARY_KERNEL_V (needs vexp.h's
@@ -189,11 +200,14 @@ typedef void (*ad_rows_fn)(const ad_call *c, int64_t oa, int64_t sa, int64_t ob,
     else                                                                                           \
       BINARY_LOOP(float, (OUT32) ? (FIX32) : (V32));                                               \
   }                                                                                                \
-  static void NAME##_fwd(const ad_call *c) { ad_binary_run(c, NAME##_rows); }
+  static void NAME##_fwd(const ad_call *c) { ad_binary_run(c, NAME##_rows, NULL); }
 
-/* Runs a binary op's rows over the broadcast output (flat when the shapes
- * allow, split over the library's threads when large): op_elementwise.c. */
-void ad_binary_run(const ad_call *c, ad_rows_fn f);
+/* Runs a binary op's rows f over the broadcast output (flat when the
+ * shapes allow, split over the library's threads when large):
+ * op_elementwise.c. wide, when not NULL, is f compiled for AVX-512 and
+ * AVX2 (CELL_CLONES), with f's bits: it runs outputs of at most
+ * BINARY_WIDE_MAX bytes. */
+void ad_binary_run(const ad_call *c, ad_rows_fn f, ad_rows_fn wide);
 
 /* The product of x's dims [from, to) (1 for none). */
 static inline int64_t ad_dims_span(const ad_tensor *x, int from, int to) {

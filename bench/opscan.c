@@ -42,9 +42,14 @@ static ad_dtype dtype = AD_F32; /* of the float inputs (--dtype) */
  * [256,1] (i32, a label per row of logits); img2 shaped as img, plane
  * [32,1,32,32] (one value per position, broadcast over the channels),
  * gate [32,64,1,1] (one value per sample and channel), sidx [256,64] (i32,
- * columns of a) and src [256,64] (a scatter_add's). */
+ * columns of a) and src [256,64] (a scatter_add's); row [1,1024], pcol
+ * [256,1] in [0.5, 2); px [64,1,128] and py [1,64,128] (pairwise
+ * differences); sh4 [65536,4] and sh16 [16384,16] (short rows), lg2
+ * [65536,2] and labels2 (two classes); rows2k [2048,256] and idx2k [2048]
+ * (i32, of 1000 rows: an index_add's). */
 static ad_tensor *a, *b, *p, *q, *sq, *bias, *gamma_, *beta, *idx, *emb, *eidx, *logits, *labels,
-    *prob, *target, *img, *w, *ch, *col, *bq, *bk, *gidx, *img2, *plane, *gate, *sidx, *src;
+    *prob, *target, *img, *w, *ch, *col, *bq, *bk, *gidx, *img2, *plane, *gate, *sidx, *src, *row,
+    *pcol, *px, *py, *sh4, *sh16, *lg2, *labels2, *rows2k, *idx2k;
 
 static ad_tensor *c_div(void) { return ad_div(ctx, a, p); }
 static ad_tensor *c_pow(void) { return ad_pow(ctx, p, q); }
@@ -144,6 +149,31 @@ static ad_tensor *c_scatter1(void) { return ad_scatter_add(ctx, a, 1, sidx, src)
 static ad_tensor *c_stack0(void) { return ad_stack(ctx, 2, (ad_tensor *[]){a, b}, 0); }
 static ad_tensor *c_cos1(void) { return ad_cosine_similarity(ctx, a, b, 1, 1e-8); }
 static ad_tensor *c_flip1(void) { return ad_flip(ctx, a, 1, (const int[]){1}); }
+/* broadcasts of both operands (an outer product, pairwise differences), a
+ * row scaled by a column, a broadcast materialized, a mean of everything;
+ * rows of 2 to 16 elements (a softmax over 4 choices, a layer norm over 16
+ * features, a binary classifier's cross-entropy); powers other than 2;
+ * the ops no case reached: minimum, log_softmax along axis 0, index_add,
+ * the scalar ops */
+static ad_tensor *c_outer(void) { return ad_mul(ctx, col, row); }
+static ad_tensor *c_pairwise(void) { return ad_sub(ctx, px, py); }
+static ad_tensor *c_div_col(void) { return ad_div(ctx, a, pcol); }
+static ad_tensor *c_expand(void) { return ad_expand(ctx, col, 2, (const int64_t[]){256, 1024}); }
+static ad_tensor *c_mean_all(void) { return ad_mean(ctx, a); }
+static ad_tensor *c_softmax_short(void) { return ad_softmax(ctx, sh4, 1); }
+static ad_tensor *c_sum_short(void) { return ad_sum_axis(ctx, sh4, 1, false); }
+static ad_tensor *c_ln16(void) {
+  return ad_layer_norm(ctx, sh16, 1, (const int64_t[]){16}, NULL, NULL, 1e-5);
+}
+static ad_tensor *c_ce2(void) { return ad_softmax_cross_entropy(ctx, lg2, labels2); }
+static ad_tensor *c_pow3(void) { return ad_pow_scalar(ctx, a, 3.0); }
+static ad_tensor *c_rsqrt(void) { return ad_pow_scalar(ctx, p, -0.5); }
+static ad_tensor *c_minimum(void) { return ad_minimum(ctx, a, b); }
+static ad_tensor *c_log_softmax0(void) { return ad_log_softmax(ctx, a, 0); }
+static ad_tensor *c_index_add(void) { return ad_index_add(ctx, rows2k, idx2k, 1000); }
+static ad_tensor *c_affine(void) {
+  return ad_neg(ctx, ad_add_scalar(ctx, ad_mul_scalar(ctx, a, 2), 1));
+}
 
 static const struct {
   const char *name;
@@ -221,6 +251,21 @@ static const struct {
     {"scatter1", c_scatter1},
     {"stack0", c_stack0},
     {"cos1", c_cos1},
+    {"outer", c_outer},
+    {"pairwise", c_pairwise},
+    {"div_col", c_div_col},
+    {"expand", c_expand},
+    {"mean_all", c_mean_all},
+    {"softmax_short", c_softmax_short},
+    {"sum_short", c_sum_short},
+    {"ln16", c_ln16},
+    {"ce2", c_ce2},
+    {"pow3", c_pow3},
+    {"rsqrt", c_rsqrt},
+    {"minimum", c_minimum},
+    {"log_softmax0", c_log_softmax0},
+    {"index_add", c_index_add},
+    {"affine", c_affine},
 };
 
 /* A float leaf (dtype) of shape [n0, n1] (n1 = 0: 1-D), uniform in [lo, hi) or
@@ -274,11 +319,22 @@ static void make_inputs(void) {
   gate = input(&rng, 4, (const int64_t[]){32, 64, 1, 1}, 0, 1, true);
   sidx = indices(2, (const int64_t[]){256, 64}, 37, 1024);
   src = input(&rng, 2, (const int64_t[]){256, 64}, 0, 0, true);
+  row = input(&rng, 2, (const int64_t[]){1, 1024}, 0, 0, true);
+  pcol = input(&rng, 2, (const int64_t[]){256, 1}, 0.5, 2, true);
+  px = input(&rng, 3, (const int64_t[]){64, 1, 128}, 0, 0, true);
+  py = input(&rng, 3, (const int64_t[]){1, 64, 128}, 0, 0, true);
+  sh4 = input(&rng, 2, (const int64_t[]){65536, 4}, 0, 0, true);
+  sh16 = input(&rng, 2, (const int64_t[]){16384, 16}, 0, 0, true);
+  lg2 = input(&rng, 2, (const int64_t[]){65536, 2}, 0, 0, true);
+  labels2 = indices(1, (const int64_t[]){65536}, 7, 2);
+  rows2k = input(&rng, 2, (const int64_t[]){2048, 256}, 0, 0, true);
+  idx2k = indices(1, (const int64_t[]){2048}, 7919, 1000);
 }
 
 static void clear_grads(void) {
-  ad_tensor *leaves[] = {a,    b,   p, q,  sq,  bias, gamma_, beta, emb,  logits,
-                         prob, img, w, ch, col, bq,   bk,     img2, plane};
+  ad_tensor *leaves[] = {a,    b,   p,    q,  sq,  bias, gamma_, beta, emb,   logits,
+                         prob, img, w,    ch, col, bq,   bk,     img2, plane, gate,
+                         src,  row, pcol, px, py,  sh4,  sh16,   lg2,  rows2k};
   for (size_t k = 0; k < sizeof leaves / sizeof *leaves; k++) ad_tensor_zero_grad(leaves[k]);
 }
 

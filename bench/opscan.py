@@ -57,8 +57,15 @@ def torch_cases(f64=False):
     img2, plane, gate = leaf(32, 64, 32, 32), leaf(32, 1, 32, 32), leaf(32, 64, 1, 1, lo=0, hi=1)
     sidx = torch.tensor([k * 37 % 1024 for k in range(256 * 64)]).view(256, 64)
     src = leaf(256, 64)
+    row, pcol = leaf(1, 1024), leaf(256, 1, lo=0.5, hi=2)
+    px, py = leaf(64, 1, 128), leaf(1, 64, 128)
+    sh4, sh16, lg2 = leaf(65536, 4), leaf(16384, 16), leaf(65536, 2)
+    labels2 = torch.tensor([k * 7 % 2 for k in range(65536)])
+    rows2k = leaf(2048, 256)
+    idx2k = torch.tensor([k * 7919 % 1000 for k in range(2048)])
+    zeros1k = torch.zeros(1000, 256)
     leaves = [a, b, p, q, sq, bias, gamma, beta, emb, logits, prob, img, w, ch, col, bq, bk, img2,
-              plane, gate, src]
+              plane, gate, src, row, pcol, px, py, sh4, sh16, lg2, rows2k]
     cases = [
         ("div", lambda: a / p), ("pow", lambda: torch.pow(p, q)),
         ("maximum", lambda: torch.maximum(a, b)), ("where_lt", lambda: torch.where(a < b, a, b)),
@@ -104,6 +111,15 @@ def torch_cases(f64=False):
         ("min1", lambda: a.amin(1)), ("isel1", lambda: a.index_select(1, idx)),
         ("scatter1", lambda: a.scatter_add(1, sidx, src)), ("stack0", lambda: torch.stack([a, b])),
         ("cos1", lambda: F.cosine_similarity(a, b, 1, 1e-8)),
+        ("outer", lambda: col * row), ("pairwise", lambda: px - py),
+        ("div_col", lambda: a / pcol), ("expand", lambda: col.expand(256, 1024).contiguous()),
+        ("mean_all", lambda: a.mean()), ("softmax_short", lambda: torch.softmax(sh4, 1)),
+        ("sum_short", lambda: sh4.sum(1)), ("ln16", lambda: F.layer_norm(sh16, (16,), eps=1e-5)),
+        ("ce2", lambda: F.cross_entropy(lg2, labels2)), ("pow3", lambda: torch.pow(a, 3.0)),
+        ("rsqrt", lambda: torch.pow(p, -0.5)), ("minimum", lambda: torch.minimum(a, b)),
+        ("log_softmax0", lambda: torch.log_softmax(a, 0)),
+        ("index_add", lambda: zeros1k.index_add(0, idx2k, rows2k)),
+        ("affine", lambda: -(a * 2 + 1)),
     ]
     return cases, leaves
 
