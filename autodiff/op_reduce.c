@@ -579,8 +579,8 @@ typedef struct sum_into_job {
   do {                                                                                             \
     T *G = j->g->data;                                                                             \
     const T *D = j->dy->data;                                                                      \
+    int64_t o = b / per, rem = b - o * per; /* element b: lane o's element rem */                  \
     for (int64_t i = b, len; i < e; i += len) {                                                    \
-      int64_t o = i / per, rem = i - o * per;                                                      \
       if (in == 1) { /* a run of lane o's elements: one value */                                   \
         T v = D[o];                                                                                \
         len = per - rem < e - i ? per - rem : e - i;                                               \
@@ -588,8 +588,8 @@ typedef struct sum_into_job {
           for (int64_t q = 0; q < len; q++) G[i + q] += v;                                         \
         else                                                                                       \
           for (int64_t q = 0; q < len; q++) G[i + q] = v;                                          \
-      } else { /* a run of one row of dy */                                                        \
-        int64_t c0 = rem % in;                                                                     \
+      } else { /* a run of one row of dy (whole rows but the first) */                             \
+        int64_t c0 = i == b ? rem % in : 0;                                                        \
         const T *src = D + o * in + c0;                                                            \
         len = in - c0 < e - i ? in - c0 : e - i;                                                   \
         if (j->add)                                                                                \
@@ -597,12 +597,14 @@ typedef struct sum_into_job {
         else                                                                                       \
           memcpy(G + i, src, (size_t)len * sizeof(T));                                             \
       }                                                                                            \
+      if ((rem += len) == per) rem = 0, o++; /* the next lane: no division per run */              \
     }                                                                                              \
   } while (0)
 
 static void sum_into_range(void *ud, int64_t b, int64_t e) {
   const sum_into_job *j = ud;
   int64_t in = j->r.inner, per = j->r.n * in;
+  if (b >= e) return; /* an empty x: per may be 0 */
   if (j->g->dtype == AD_F32)
     SUM_INTO(float);
   else

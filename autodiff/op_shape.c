@@ -596,31 +596,82 @@ typedef struct cols_job {
 
 enum { SUM_COLS_BLK = 256 };
 
-static void sum_cols(void *ud, int64_t b, int64_t e) {
-  const cols_job *j = ud;
-  if (j->x->dtype == AD_F32) {
+/* Columns [b, e) of the rows x rows of len at X (x's dtype) summed into
+ * Y (out's first element there): sum_cols' work on one block. */
+static void sum_cols_of(const ad_tensor *x, const void *X, void *Y, int64_t rows, int64_t L,
+                        int64_t b, int64_t e) {
+  if (x->dtype == AD_F32) {
     for (int64_t c0 = b; c0 < e; c0 += SUM_COLS_BLK) {
       int64_t n = e - c0 < SUM_COLS_BLK ? e - c0 : SUM_COLS_BLK;
       double acc[SUM_COLS_BLK] = {0};
-      const float *X0 = (const float *)j->x->data + c0;
-      int64_t r = 0, L = j->len;
-      for (; r + 4 <= j->rows; r += 4) { /* four rows per pass over acc */
-        const float *X = X0 + r * L;
+      const float *X0 = (const float *)X + c0;
+      int64_t r = 0;
+      for (; r + 4 <= rows; r += 4) { /* four rows per pass over acc */
+        const float *Xr = X0 + r * L;
         for (int64_t i = 0; i < n; i++)
-          acc[i] += ((double)X[i] + X[L + i]) + ((double)X[2 * L + i] + X[3 * L + i]);
+          acc[i] += ((double)Xr[i] + Xr[L + i]) + ((double)Xr[2 * L + i] + Xr[3 * L + i]);
       }
-      for (; r < j->rows; r++)
+      for (; r < rows; r++)
         for (int64_t i = 0; i < n; i++) acc[i] += X0[r * L + i];
-      float *Y = (float *)j->out->data + c0;
-      for (int64_t i = 0; i < n; i++) Y[i] = (float)acc[i];
+      float *Yc = (float *)Y + c0;
+      for (int64_t i = 0; i < n; i++) Yc[i] = (float)acc[i];
     }
     return;
   }
-  for (int64_t r = 0; r < j->rows; r++) {
-    const double *X = (const double *)j->x->data + r * j->len;
-    double *Y = j->out->data;
-    for (int64_t i = b; i < e; i++) Y[i] += X[i];
+  double *Yd = Y;
+  for (int64_t i = b; i < e; i++) Yd[i] = 0;
+  for (int64_t r = 0; r < rows; r++) {
+    const double *Xr = (const double *)X + r * L;
+    for (int64_t i = b; i < e; i++) Yd[i] += Xr[i];
   }
+}
+
+static void sum_cols(void *ud, int64_t b, int64_t e) {
+  const cols_job *j = ud;
+  sum_cols_of(j->x, j->x->data, j->out->data, j->rows, j->len, b, e);
+}
+
+/* sum_to of x seen as [A, R, L] into [A, L] (the axes of R summed between
+ * kept ones: the gradient of pairwise differences [N, 1, D] - [1, M, D]
+ * for the first operand): each block a of R rows summed as sum_cols sums
+ * its rows. Over out's A L elements by offset; each element is one
+ * thread's, so the bits do not depend on the thread count. */
+typedef struct sum_blocks_job {
+  const ad_tensor *x;
+  ad_tensor *out;
+  int64_t r, l; /* R and L */
+} sum_blocks_job;
+
+static void sum_blocks(void *ud, int64_t b, int64_t e) {
+  const sum_blocks_job *j = ud;
+  size_t es = ad_dsize(j->x->dtype);
+  for (int64_t a = b / j->l, i = b; i < e; a++) {
+    int64_t c0 = i - a * j->l, c1 = e - a * j->l < j->l ? e - a * j->l : j->l;
+    sum_cols_of(j->x, (const char *)j->x->data + (size_t)(a * j->r * j->l) * es,
+                (char *)j->out->data + (size_t)(a * j->l) * es, j->r, j->l, c0, c1);
+    i += c1 - c0;
+  }
+}
+
+/* Whether x's axes, those of size 1 aside, are a run kept in out, a run
+ * summed, and a run kept: then *a, *r, *l are their products. */
+static bool sum_to_blocks(const ad_tensor *x, const ad_tensor *out, int64_t *a, int64_t *r,
+                          int64_t *l) {
+  int lead = x->ndim - out->ndim, part = 0; /* 0: first kept run, 1: summed, 2: last kept */
+  *a = *r = *l = 1;
+  for (int k = 0; k < x->ndim; k++) {
+    int64_t xd = x->shape[k], od = k < lead ? 1 : out->shape[k - lead];
+    if (xd == 1) continue;
+    bool kept = od == xd;
+    if (part == 0 && !kept)
+      part = 1;
+    else if (part == 1 && kept)
+      part = 2;
+    else if (part == 2 && !kept)
+      return false;
+    *(part == 0 ? a : part == 1 ? r : l) *= xd;
+  }
+  return part == 2 && *a > 1 && x->size > 0;
 }
 
 /* The sum of a row of n values in 8 interleaved partial sums in double,
@@ -697,6 +748,16 @@ static void sum_to_fwd(const ad_call *c) {
   if (sum_to_mid(x, out, &mj.a, &mj.c, &mj.b)) {
     int64_t grain = (32768 + mj.a * mj.b - 1) / (mj.a * mj.b);
     ad_parallel_for(mj.c, grain, sum_mid, &mj);
+    return;
+  }
+  sum_blocks_job bj = {x, out, 1, 1};
+  int64_t na;
+  if (sum_to_blocks(x, out, &na, &bj.r, &bj.l)) {
+    int64_t grain = (32768 + bj.r - 1) / bj.r; /* of out's elements */
+    if (na * bj.l <= grain)
+      sum_blocks(&bj, 0, na * bj.l);
+    else
+      ad_parallel_for(na * bj.l, grain, sum_blocks, &bj);
     return;
   }
   memset(out->data, 0, (size_t)out->size * ad_dsize(out->dtype));

@@ -567,6 +567,62 @@ Test(parallel, sum_to_middle_axes) {
   }
 }
 
+/* sum_to summing a run of axes between kept ones (x seen as [A, R, L] ->
+ * [A, L]: the gradient of [N, 1, D] in pairwise differences, of a plane
+ * [N, 1, H, W] added to every channel), with size-1 axes among them and a
+ * leading axis dropped: each element the sum of its R values (float32 in
+ * double, rounded once: within 1 ulp of the reference), the same bits on
+ * 1 and 3 threads; an empty run gives zeros. */
+Test(parallel, sum_to_a_run_between_kept_axes) {
+  static const struct {
+    int nx, nt;
+    int64_t x[4], t[4], a, r, l;
+  } cases[] = {
+      {3, 3, {64, 64, 128}, {64, 1, 128}, 64, 64, 128},
+      {4, 4, {32, 64, 32, 32}, {32, 1, 32, 32}, 32, 64, 1024},
+      {4, 4, {5, 1, 7, 3}, {5, 1, 1, 3}, 5, 7, 3},
+      {4, 3, {3, 7, 9, 1000}, {7, 1, 1000}, 7, 9, 1000}, /* the lead axis too: not this path */
+      {4, 4, {2, 3, 0, 5}, {2, 3, 1, 5}, 6, 0, 5},
+  };
+  ad_rng rng;
+  ad_rng_seed(&rng, 13);
+  for (int d = 0; d < 2; d++)
+    for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
+      ad_dtype dt = d ? AD_F64 : AD_F32;
+      ad_tensor *x = ad_rand(ctx, &rng, dt, cases[k].nx, cases[k].x, -1, 1);
+      ad_tensor *shape = ad_zeros(ctx, dt, cases[k].nt, cases[k].t);
+      cr_assert(x && shape, "%s", ad_last_error(ctx));
+      cr_assert_eq(compare_threads(op_sum_to, x, shape), 0, "case %zu", k);
+      ad_tensor *y = ad_sum_to(ctx, x, cases[k].nt, cases[k].t);
+      cr_assert(y, "%s", ad_last_error(ctx));
+      if (k == 3) { /* [3, 7, 9, 1000] -> [7, 1, 1000]: the reference sums axes 0 and 2 */
+        for (int64_t c = 0; c < 7; c++)
+          for (int64_t i = 0; i < 1000; i += 37) {
+            double want = 0;
+            for (int64_t a = 0; a < 3; a++)
+              for (int64_t r = 0; r < 9; r++)
+                want += ad_tensor_get(x, ((a * 7 + c) * 9 + r) * 1000 + i);
+            cr_assert(fabs(ad_tensor_get(y, c * 1000 + i) - want) <= (d ? 1e-12 : 1e-5));
+          }
+      } else {
+        int64_t A = cases[k].a, R = cases[k].r, L = cases[k].l;
+        cr_assert_eq(y->size, A * L);
+        for (int64_t a = 0; a < A; a++)
+          for (int64_t i = 0; i < L; i++) {
+            double want = 0;
+            for (int64_t r = 0; r < R; r++) want += ad_tensor_get(x, (a * R + r) * L + i);
+            double got = ad_tensor_get(y, a * L + i);
+            cr_assert(d ? fabs(got - want) <= 1e-13
+                        : got == (double)(float)want || fabs(got - want) <= ldexp(fabs(want), -23),
+                      "%s case %zu element %lld: %.9g, want %.9g", ad_dtype_name(dt), k,
+                      (long long)(a * L + i), got, want);
+          }
+      }
+      ad_tape_reset(ctx);
+      ad_tensor_free(x), ad_tensor_free(shape);
+    }
+}
+
 /* The same with an empty summed axis (a convolution's bias gradient over
  * an empty batch): zeros, through the op and through a backward. */
 Test(parallel, sum_to_middle_axes_of_empty_batch) {
