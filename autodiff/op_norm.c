@@ -575,7 +575,7 @@ static ad_status layer_norm_backward_shape(const ad_call *c) { return ln_shape(c
 #define LNB_ROWS_ACC(T, GW, ACC)                                                                   \
   {                                                                                                \
     int64_t r = r0;                                                                                \
-    if (M <= 16) LNB_ROWS4(T, GW, ACC)                                                             \
+    if (M <= 16) LNB_ROWS_BLK(T, GW, ACC)                                                          \
     for (; r < r1; r++) LNB_ROW(T, GW, ACC)                                                        \
   }
 /* One row r of LNB_ROWS_ACC. */
@@ -597,29 +597,31 @@ static ad_status layer_norm_backward_shape(const ad_call *c) { return ln_shape(c
       ACC                                                                                          \
     }                                                                                              \
   }
-/* Rows of at most 16 elements, four at a time from r on (r advanced past
+/* Rows of at most 16 elements, LN_RB at a time from r on (r advanced past
  * them): each row's sums are LN_SUM's and LN_SUM3's chains (one element
  * per partial), the same operations in the same order, so the same bits,
- * but the four rows' chains are independent and overlap (one row's were a
- * chain of additions waiting on each other: rows of 16 took 37 ns each).
- * Then the rows' dx in order, as LNB_ROW's. */
-#define LNB_ROWS4(T, GW, ACC)                                                                      \
-  for (; r + 4 <= r1; r += 4) {                                                                    \
-    double mu4[4] = {0}, dev4[4] = {0}, mg4[4] = {0}, mgx4[4] = {0};                               \
+ * but the block's chains are independent and overlap (one row's were a
+ * chain of additions waiting on each other: rows of 16 took 37 ns each;
+ * blocks of 4 rows 28, of 8 rows 24, of 16 no better). Then the rows' dx
+ * in order, as LNB_ROW's. */
+enum { LN_RB = 8 }; /* rows per block of LNB_ROWS_BLK */
+#define LNB_ROWS_BLK(T, GW, ACC)                                                                   \
+  for (; r + LN_RB <= r1; r += LN_RB) {                                                            \
+    double muB[LN_RB] = {0}, devB[LN_RB] = {0}, mgB[LN_RB] = {0}, mgxB[LN_RB] = {0};               \
     for (int64_t i = 0; i < M; i++)                                                                \
-      for (int k = 0; k < 4; k++) mu4[k] += (double)X[(r + k) * M + i];                            \
-    for (int k = 0; k < 4; k++) mu4[k] /= (double)M;                                               \
+      for (int k = 0; k < LN_RB; k++) muB[k] += (double)X[(r + k) * M + i];                        \
+    for (int k = 0; k < LN_RB; k++) muB[k] /= (double)M;                                           \
     for (int64_t i = 0; i < M; i++)                                                                \
-      for (int k = 0; k < 4; k++) {                                                                \
+      for (int k = 0; k < LN_RB; k++) {                                                            \
         const T *xr = X + (r + k) * M, *gr = G + (r + k) * M;                                      \
-        double d = (double)xr[i] - mu4[k];                                                         \
-        dev4[k] += d * d, mg4[k] += GW, mgx4[k] += (GW)*d;                                         \
+        double d = (double)xr[i] - muB[k];                                                         \
+        devB[k] += d * d, mgB[k] += GW, mgxB[k] += (GW)*d;                                         \
       }                                                                                            \
-    for (int k = 0; k < 4; k++) {                                                                  \
+    for (int k = 0; k < LN_RB; k++) {                                                              \
       const T *xr = X + (r + k) * M, *gr = G + (r + k) * M;                                        \
       T *yr = Y + (r + k) * M;                                                                     \
-      double mu = mu4[k], s = 1.0 / sqrt(dev4[k] / (double)M + at->eps);                           \
-      double mg = mg4[k] / (double)M, mgx = mgx4[k] * (s / (double)M);                             \
+      double mu = muB[k], s = 1.0 / sqrt(devB[k] / (double)M + at->eps);                           \
+      double mg = mgB[k] / (double)M, mgx = mgxB[k] * (s / (double)M);                             \
       for (int64_t i = 0; i < M; i++) {                                                            \
         double xh = ((double)xr[i] - mu) * s;                                                      \
         yr[i] = (T)(s * ((GW)-mg - xh * mgx));                                                     \

@@ -51,7 +51,7 @@ static ad_dtype dtype = AD_F32; /* of every float input and parameter (--dtype) 
  *   ctc_lp [50,16,20] log-probabilities, targets [16,10] (i32). */
 static ad_tensor *a, *b, *c, *p, *prob, *t01, *tpm, *tpm_rows, *img, *simg, *seq, *vol, *x1, *x2,
     *logits, *labels, *eidx, *bag, *rx, *att, *ctc_lp, *ctc_tg, *cnt, *pw, *cw, *probs, *kpm, *seg,
-    *seg_labels, *cw21, *pooled, *pool_idx;
+    *seg_labels, *cw21, *pooled, *pool_idx, *sh16;
 static int64_t offsets[128], ctc_in_len[16], ctc_tg_len[16];
 
 /* Every tensor whose gradient a run fills: the leaves above and every
@@ -124,6 +124,7 @@ static void make_inputs(void) {
   for (int64_t k = 0; k < cnt->size; k++) set(cnt, k, (double)(k * 7919 % 5));
   img = input(4, s_img, 0, 0, true), simg = input(4, s_simg, 0, 0, true);
   seq = input(3, s_seq, 0, 0, true), vol = input(5, s_vol, 0, 0, true);
+  sh16 = input(2, (const int64_t[]){16384, 16}, 0, 0, true); /* rows of 16 features */
   x1 = input(2, s_x, 0, 0, true), x2 = input(2, s_x, 0, 0, true);
   logits = input(2, s_lg, 0, 0, true), labels = indices(1, s_n, 13, 1000, 0);
   cw = input(1, s_lg + 1, 0.5, 2, false), probs = input(2, s_lg, 0, 0.002, false);
@@ -154,7 +155,9 @@ static nn_layer *l_dense, *l_bilinear, *l_relu6, *l_prelu, *l_rrelu, *l_softshri
     *l_refl1d, *l_refl3d, *l_cos, *l_pdist, *l_emb, *l_bagl, *l_rnn, *l_lstm, *l_gru, *l_mha,
     *l_enc, *l_conv_refl, *l_conv_s2, *l_conv_g4, *l_avgp_ex, *l_bilstm, *l_enc_pre, *l_unpool,
     *l_convt_k3, *l_lstm_bf, *l_dilconv1d, *l_dense3, *l_ln2, *l_dec, *l_amax3d, *l_bn3d, *l_in1d,
-    *l_repl3d, *l_lpp1d, *l_amax1d, *l_hardtanh, *l_leaky;
+    *l_repl3d, *l_lpp1d, *l_amax1d, *l_hardtanh, *l_leaky, *l_bag_sum, *l_bag_max, *l_gru_bi,
+    *l_rnn_relu, *l_lstm_proj, *l_in3d, *l_drop1d, *l_drop3d, *l_ln16, *l_conv1d_s2g4, *l_conv_circ,
+    *l_aavg1d, *l_zero2d, *l_const3d, *l_repl1d;
 
 static void make_layers(void) {
   l_dense = layer(nn_dense_new(ctx, 1024, 1024, &rng, &(nn_dense_opts){.dtype = dtype}), "dense");
@@ -330,6 +333,47 @@ static void make_layers(void) {
   l_amax1d = layer(nn_adaptive_max_pool1d_new(ctx, 50), "adaptive_max_pool1d");
   l_hardtanh = layer(nn_hardtanh_new(ctx, -0.5, 0.5), "hardtanh");
   l_leaky = layer(nn_leaky_relu_new(ctx, 0.01), "leaky_relu");
+  /* options and kinds no case reached: bag modes, a bidirectional GRU, a
+   * ReLU RNN, an LSTM with projections, 3-d instance norm, channel
+   * dropouts of 1-d and 3-d inputs, a layer norm over 16 features, a
+   * strided grouped conv1d, circular padding, pads of 1-d and 3-d inputs */
+  l_bag_sum =
+      layer(nn_embedding_bag_new(ctx, 1000, 256, &rng,
+                                 &(nn_embedding_bag_opts){.mode = NN_BAG_SUM, .dtype = dtype}),
+            "embedding_bag sum");
+  l_bag_max =
+      layer(nn_embedding_bag_new(ctx, 1000, 256, &rng,
+                                 &(nn_embedding_bag_opts){.mode = NN_BAG_MAX, .dtype = dtype}),
+            "embedding_bag max");
+  l_gru_bi =
+      layer(nn_gru_new(ctx, 128, 256, &rng, &(nn_rnn_opts){.bidirectional = true, .dtype = dtype}),
+            "gru bidirectional");
+  l_rnn_relu = layer(nn_rnn_new(ctx, NN_RNN_RELU, 128, 256, &rng, &(nn_rnn_opts){.dtype = dtype}),
+                     "rnn relu");
+  l_lstm_proj = layer(nn_rnn_new_ext(ctx, NN_RNN_LSTM, 128, 256, &rng,
+                                     &(nn_rnn_opts_ext){.base = {.dtype = dtype}, .proj_size = 64}),
+                      "lstm proj_size");
+  l_in3d = layer(nn_instance_norm3d_new(ctx, 16, &(nn_instance_norm_opts){.dtype = dtype}),
+                 "instance_norm3d");
+  l_drop1d = layer(nn_dropout1d_new(ctx, 0.5, 1), "dropout1d");
+  l_drop3d = layer(nn_dropout3d_new(ctx, 0.5, 1), "dropout3d");
+  l_ln16 =
+      layer(nn_layer_norm_new(ctx, 1, (const int64_t[]){16}, &(nn_layer_norm_opts){.dtype = dtype}),
+            "layer_norm 16");
+  l_conv1d_s2g4 = layer(
+      nn_conv1d_new(ctx, 64, 64, 3, &rng,
+                    &(nn_conv1d_opts){.stride = 2, .padding = 1, .groups = 4, .dtype = dtype}),
+      "conv1d stride 2 groups 4");
+  l_conv_circ =
+      layer(nn_conv2d_new_ext(ctx, 64, 64, 3, 3, &rng,
+                              &(nn_conv2d_opts_ext){.base = {.padding = {1, 1}, .dtype = dtype},
+                                                    .padding_mode = NN_PADDING_CIRCULAR}),
+            "conv2d circular");
+  l_aavg1d = layer(nn_adaptive_avg_pool1d_new(ctx, 50), "adaptive_avg_pool1d");
+  l_zero2d = layer(nn_zero_pad2d_new(ctx, (const int64_t[4]){2, 2, 2, 2}), "zero_pad2d");
+  l_const3d = layer(nn_constant_pad3d_new(ctx, (const int64_t[6]){1, 1, 1, 1, 1, 1}, 0.5),
+                    "constant_pad3d");
+  l_repl1d = layer(nn_replication_pad1d_new(ctx, (const int64_t[2]){3, 3}), "replication_pad1d");
   /* the indices of a 2x2 max pooling of img, kept (the tape's are freed) */
   nn_layer *mp = layer(nn_max_pool2d_new(ctx, 2, 2, NULL), "max_pool2d 2x2");
   ad_tensor *idx = nn_max_pool_indices(mp, img);
@@ -462,6 +506,25 @@ static ad_tensor *c_lpp1d(void) { return fwd(l_lpp1d, seq); }
 static ad_tensor *c_amax1d(void) { return fwd(l_amax1d, seq); }
 static ad_tensor *c_hardtanh(void) { return fwd(l_hardtanh, a); }
 static ad_tensor *c_leaky(void) { return fwd(l_leaky, a); }
+static ad_tensor *c_bag_sum(void) {
+  return nn_embedding_bag_forward(l_bag_sum, bag, offsets, 128, NULL);
+}
+static ad_tensor *c_bag_max(void) {
+  return nn_embedding_bag_forward(l_bag_max, bag, offsets, 128, NULL);
+}
+static ad_tensor *c_gru_bi(void) { return rnn(l_gru_bi); }
+static ad_tensor *c_rnn_relu(void) { return rnn(l_rnn_relu); }
+static ad_tensor *c_lstm_proj(void) { return rnn(l_lstm_proj); }
+static ad_tensor *c_in3d(void) { return fwd(l_in3d, vol); }
+static ad_tensor *c_drop1d(void) { return fwd(l_drop1d, seq); }
+static ad_tensor *c_drop3d(void) { return fwd(l_drop3d, vol); }
+static ad_tensor *c_ln16(void) { return fwd(l_ln16, sh16); }
+static ad_tensor *c_conv1d_s2g4(void) { return fwd(l_conv1d_s2g4, seq); }
+static ad_tensor *c_conv_circ(void) { return fwd(l_conv_circ, img); }
+static ad_tensor *c_aavg1d(void) { return fwd(l_aavg1d, seq); }
+static ad_tensor *c_zero2d(void) { return fwd(l_zero2d, img); }
+static ad_tensor *c_const3d(void) { return fwd(l_const3d, vol); }
+static ad_tensor *c_repl1d(void) { return fwd(l_repl1d, seq); }
 static ad_tensor *c_enc(void) {
   return nn_transformer_encoder_layer(l_enc, att, &(nn_transformer_args){.training = true});
 }
@@ -621,6 +684,21 @@ static const struct {
     {"adaptive_max_pool1d", c_amax1d},
     {"hardtanh", c_hardtanh},
     {"leaky_relu", c_leaky},
+    {"embedding_bag_sum", c_bag_sum},
+    {"embedding_bag_max", c_bag_max},
+    {"gru_bidirectional", c_gru_bi},
+    {"rnn_relu", c_rnn_relu},
+    {"lstm_proj_size", c_lstm_proj},
+    {"instance_norm3d", c_in3d},
+    {"dropout1d", c_drop1d},
+    {"dropout3d", c_drop3d},
+    {"layer_norm_16", c_ln16},
+    {"conv1d_stride2_groups4", c_conv1d_s2g4},
+    {"conv2d_circular", c_conv_circ},
+    {"adaptive_avg_pool1d", c_aavg1d},
+    {"zero_pad2d", c_zero2d},
+    {"constant_pad3d", c_const3d},
+    {"replication_pad1d", c_repl1d},
     {"mse_loss", c_mse},
     {"l1_loss", c_l1},
     {"smooth_l1_loss", c_smooth_l1},

@@ -104,6 +104,15 @@ def torch_cases(f64=False):
     bn3d, in1d = mod(nn.BatchNorm3d(16)), mod(nn.InstanceNorm1d(64))
     enc_pre = mod(nn.TransformerEncoderLayer(256, 8, 1024, dropout=0.0, batch_first=True,
                                              norm_first=True))
+    sh16 = leaf(16384, 16)
+    bag_sum = mod(nn.EmbeddingBag(1000, 256, mode="sum"))
+    bag_max = mod(nn.EmbeddingBag(1000, 256, mode="max"))
+    gru_bi = mod(nn.GRU(128, 256, bidirectional=True))
+    rnn_relu = mod(nn.RNN(128, 256, nonlinearity="relu"))
+    lstm_proj = mod(nn.LSTM(128, 256, proj_size=64))
+    in3d, ln16 = mod(nn.InstanceNorm3d(16)), mod(nn.LayerNorm(16))
+    conv1d_s2g4 = mod(nn.Conv1d(64, 64, 3, stride=2, padding=1, groups=4))
+    conv_circ = mod(nn.Conv2d(64, 64, 3, padding=1, padding_mode="circular"))
 
     cases = [
         ("dense", lambda: dense(a)), ("bilinear", lambda: bilinear(x1, x2)),
@@ -174,6 +183,18 @@ def torch_cases(f64=False):
         ("lp_pool1d", lambda: F.lp_pool1d(seq, 2, 2)),
         ("adaptive_max_pool1d", lambda: F.adaptive_max_pool1d(seq, 50)),
         ("hardtanh", lambda: F.hardtanh(a, -0.5, 0.5)), ("leaky_relu", lambda: F.leaky_relu(a, 0.01)),
+        ("embedding_bag_sum", lambda: bag_sum(bag, offsets)),
+        ("embedding_bag_max", lambda: bag_max(bag, offsets)),
+        ("gru_bidirectional", lambda: gru_bi(rx)[0]), ("rnn_relu", lambda: rnn_relu(rx)[0]),
+        ("lstm_proj_size", lambda: lstm_proj(rx)[0]), ("instance_norm3d", lambda: in3d(vol)),
+        ("dropout1d", lambda: F.dropout1d(seq, 0.5, True)),
+        ("dropout3d", lambda: F.dropout3d(vol, 0.5, True)), ("layer_norm_16", lambda: ln16(sh16)),
+        ("conv1d_stride2_groups4", lambda: conv1d_s2g4(seq)),
+        ("conv2d_circular", lambda: conv_circ(img)),
+        ("adaptive_avg_pool1d", lambda: F.adaptive_avg_pool1d(seq, 50)),
+        ("zero_pad2d", lambda: F.pad(img, (2, 2, 2, 2))),
+        ("constant_pad3d", lambda: F.pad(vol, (1,) * 6, value=0.5)),
+        ("replication_pad1d", lambda: F.pad(seq, (3, 3), "replicate")),
         ("mse_loss", lambda: F.mse_loss(a, b)), ("l1_loss", lambda: F.l1_loss(a, b)),
         ("smooth_l1_loss", lambda: F.smooth_l1_loss(a, b)), ("huber_loss", lambda: F.huber_loss(a, b)),
         ("kl_div_loss", lambda: F.kl_div(a, t01, reduction="mean")),

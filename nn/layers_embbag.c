@@ -334,14 +334,35 @@ static ad_tensor *bag_max(ad_ctx *ctx, ad_tensor *w, const int32_t *idx, const i
   if (!sel) return NULL;
   int32_t *s = sel->data;
   for (int64_t i = 0; i < B * dim; i++) s[i] = -1;
-  for (int64_t k = 0; k < m; k++) {
-    int64_t p = kept[k], r = idx[p];
-    int32_t *sb = s + (int64_t)bag[p] * dim;
-    for (int64_t d = 0; d < dim; d++) {
-      double v = ad_tensor_get(w, r * dim + d);
-      if (sb[d] < 0 || v > ad_tensor_get(w, sb[d])) sb[d] = (int32_t)(r * dim + d);
-    }
-  }
+  /* each entry's row against its bag's maxima so far (kept beside the
+   * picks, in the weight's dtype: a loop of selects that vectorizes; an
+   * element access per value was most of the forward, 2.6x PyTorch's
+   * time); a NaN is picked only first, as PyTorch's loop does */
+  size_t best_bytes = (size_t)(B * dim > 0 ? B * dim : 1) * ad_dtype_size(w->dtype);
+  void *best = ad_malloc(ctx, best_bytes);
+  if (!best) return NULL;
+#define BAG_PICK(T)                                                                                \
+  do {                                                                                             \
+    const T *W = w->data;                                                                          \
+    for (int64_t k = 0; k < m; k++) {                                                              \
+      int64_t p = kept[k], r = idx[p];                                                             \
+      int32_t *sb = s + (int64_t)bag[p] * dim;                                                     \
+      T *bb = (T *)best + (int64_t)bag[p] * dim;                                                   \
+      const T *wr = W + r * dim;                                                                   \
+      int32_t at = (int32_t)(r * dim);                                                             \
+      for (int64_t d = 0; d < dim; d++) {                                                          \
+        bool take = sb[d] < 0 || wr[d] > bb[d];                                                    \
+        sb[d] = take ? at + (int32_t)d : sb[d];                                                    \
+        bb[d] = take ? wr[d] : bb[d];                                                              \
+      }                                                                                            \
+    }                                                                                              \
+  } while (0)
+  if (w->dtype == AD_F32)
+    BAG_PICK(float);
+  else
+    BAG_PICK(double);
+#undef BAG_PICK
+  ad_free(ctx, best, best_bytes);
   bool empty = false;
   for (int64_t b = 0; b < B && !empty; b++) empty = dim > 0 && s[b * dim] < 0;
   ad_tensor *keep = NULL;

@@ -135,6 +135,38 @@ Test(embbag, functional_is_the_layer) {
   ad_tensor_free(w), ad_tensor_free(in), ad_tensor_free(psw);
 }
 
+/* Max mode picks per bag and dim the first of the greatest (a tie keeps
+ * the earlier entry) and a NaN only where it comes first, in both dtypes:
+ * values and the weight's gradient as PyTorch 1.13's F.embedding_bag(...,
+ * mode='max') gives them for this case. */
+Test(embbag, max_mode_ties_and_nan_as_pytorch) {
+  static const int32_t idx[7] = {0, 1, 2, 1, 0, 3, 0};
+  static const int64_t off[3] = {0, 3, 5};
+  static const double wv[8] = {1, 5, NAN, 2, 3, NAN, 1, 5};
+  static const double want[6] = {3, 5, NAN, 5, 1, 5}, dw[8] = {0, 2, 1, 0, 1, 0, 1, 1};
+  int64_t ws[2] = {4, 2}, ns = 7;
+  for (int d = 0; d < 2; d++) {
+    ad_dtype dt = d ? AD_F64 : AD_F32;
+    ad_tensor *w = ad_zeros(ctx, dt, 2, ws), *in = ad_from_data(ctx, AD_I32, 1, &ns, idx);
+    for (int i = 0; i < 8; i++) ad_tensor_set(w, i, wv[i]);
+    ad_tensor_set_requires_grad(w, true);
+    nn_embedding_bag_opts o = {.mode = NN_BAG_MAX};
+    ad_tensor *y = nn_embedding_bag(ctx, w, in, off, 3, NULL, &o);
+    cr_assert_not_null(y, "%s", ad_last_error(ctx));
+    for (int i = 0; i < 6; i++) {
+      double g = ad_tensor_get(y, i);
+      cr_assert(isnan(want[i]) ? isnan(g) : g == want[i], "%s y[%d] = %g, PyTorch %g",
+                ad_dtype_name(dt), i, g, want[i]);
+    }
+    cr_assert_eq(ad_backward(ctx, ad_sum(ctx, y), NULL), AD_OK, "%s", ad_last_error(ctx));
+    for (int i = 0; i < 8; i++)
+      cr_assert_eq(ad_tensor_get(w->grad, i), dw[i], "%s dw[%d] = %g, PyTorch %g",
+                   ad_dtype_name(dt), i, ad_tensor_get(w->grad, i), dw[i]);
+    ad_tape_reset(ctx);
+    ad_tensor_free(w), ad_tensor_free(in);
+  }
+}
+
 /* A weight of no rows [0, 3] with an empty input: every bag is empty and
  * gives zeros in every mode, as F.embedding_bag(empty, zeros(0, 3),
  * tensor([0, 0]), mode=...) does; the backward runs. */
