@@ -137,6 +137,14 @@ typedef void (*ad_rows_fn)(const ad_call *c, int64_t oa, int64_t sa, int64_t ob,
 #define DEFINE_BINARY(NAME, EXPR)                                                                  \
   BINARY_ROWS_FN(, NAME##_rows, EXPR)                                                              \
   BINARY_ROWS_FN(CELL_CLONES, NAME##_rows_w, EXPR)                                                 \
+  BINARY_FWD_FN(NAME, EXPR, NAME##_rows)
+/* DEFINE_BINARY for an op bound by its arithmetic, not by memory (a
+ * division): the wide rows at every size. */
+#define DEFINE_BINARY_WIDE(NAME, EXPR)                                                             \
+  BINARY_ROWS_FN(CELL_CLONES, NAME##_rows_w, EXPR)                                                 \
+  BINARY_FWD_FN(NAME, EXPR, NAME##_rows_w)
+/* NAME_fwd: LARGE runs outputs above BINARY_WIDE_MAX bytes. */
+#define BINARY_FWD_FN(NAME, EXPR, LARGE)                                                           \
   static void NAME##_fwd(const ad_call *c) {                                                       \
     if (c->out->size == 1) { /* then a and b hold one element each: no row walk, no kernel call */ \
       if (c->out->dtype == AD_F32) {                                                               \
@@ -148,7 +156,7 @@ typedef void (*ad_rows_fn)(const ad_call *c, int64_t oa, int64_t sa, int64_t ob,
       }                                                                                            \
       return;                                                                                      \
     }                                                                                              \
-    ad_binary_run(c, NAME##_rows, NAME##_rows_w);                                                  \
+    ad_binary_run(c, LARGE, NAME##_rows_w);                                                        \
   }
 
 /* The binary form of op_elementwise.c's UNARY_KERNEL_V (needs vexp.h's

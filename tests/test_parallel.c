@@ -1481,7 +1481,8 @@ Test(parallel, broadcast_rows_merged_same_bits_as_expanded) {
 
 /* Binary ops run their rows compiled for AVX-512 and AVX2 on outputs of
  * at most 1 MiB and the baseline's on larger ones (op_elementwise.c,
- * BINARY_WIDE_MAX): the same bits either way. Each op on operands of 512
+ * BINARY_WIDE_MAX; a division the wide ones at every size): the same bits
+ * either way. Each op on operands of 512
  * rows (2 MiB in float32: baseline rows) against the same op on their
  * first 128 rows (wide rows), same shapes and broadcast (a row, a column,
  * a scalar, both sides), values with infinities, zeros of both signs and
