@@ -331,7 +331,9 @@ static int64_t ln_rows(const ad_tensor *x, const ad_layer_norm_attrs *at, int64_
  * and AVX2 (CELL_CLONES, vexp.h) as in the baseline, with the same bits on
  * each and on every run. f reads the index i. A row of at most 16 puts
  * one element in each partial, so its sum is the chain f(0) + f(1) + ...
- * from +0 (never -0, as the partials' sum), taken as such: rows of 16 and
+ * from +0 (never -0, as the partials' sum; which NaN an addition of two
+ * NaNs returns is the compiler's choice of operand order, in these loops
+ * as in the others), taken as such: rows of 16 and
  * fewer spent their time on the partials' setup (layer_norm's backward
  * over 16 features 4.2x PyTorch's time). */
 #define LN_SUM(out, n, f)                                                                          \
