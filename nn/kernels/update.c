@@ -553,21 +553,29 @@ void nn_update(const nn_opt_config *c, const nn_update_aux *x, ad_dtype dt, int6
   nn_update_on(NN_UPDATE_BEST, c, x, dt, t, n, p, g, s0, s1, s2);
 }
 
+/* Runs S(SFX) with the suffix of a resolved path's loops: _avx512, _avx2,
+ * or none (the baseline). */
+#ifdef NN_OPT_AVX2
+#define ON_PATH(path, S)                                                                           \
+  do {                                                                                             \
+    if ((path) == NN_UPDATE_AVX512)                                                                \
+      S(_avx512);                                                                                  \
+    else if ((path) == NN_UPDATE_AVX2)                                                             \
+      S(_avx2);                                                                                    \
+    else                                                                                           \
+      S();                                                                                         \
+  } while (0)
+#else
+#define ON_PATH(path, S) S()
+#endif
+
 bool nn_sum_squares_on(nn_update_path path, ad_dtype dt, int64_t n, const void *x, double *out) {
   path = resolve(path);
   if (!path_available(path)) return false;
   bool f = dt == AD_F32;
-#ifdef NN_OPT_AVX2
-  if (path == NN_UPDATE_AVX512) {
-    *out = f ? sumsq_float_avx512(n, x) : sumsq_double_avx512(n, x);
-    return true;
-  }
-  if (path == NN_UPDATE_AVX2) {
-    *out = f ? sumsq_float_avx2(n, x) : sumsq_double_avx2(n, x);
-    return true;
-  }
-#endif
-  *out = f ? sumsq_float(n, x) : sumsq_double(n, x);
+#define SUMSQ_ON(SFX) *out = f ? sumsq_float##SFX(n, x) : sumsq_double##SFX(n, x)
+  ON_PATH(path, SUMSQ_ON);
+#undef SUMSQ_ON
   return true;
 }
 
@@ -583,17 +591,9 @@ bool nn_clip_outside_on(nn_update_path path, ad_dtype dt, int64_t n, const void 
   if (!path_available(path)) return false;
   bool f = dt == AD_F32;
   float cf = (float)clip;
-#ifdef NN_OPT_AVX2
-  if (path == NN_UPDATE_AVX512) {
-    *out = f ? outside_float_avx512(n, x, cf) : outside_double_avx512(n, x, clip);
-    return true;
-  }
-  if (path == NN_UPDATE_AVX2) {
-    *out = f ? outside_float_avx2(n, x, cf) : outside_double_avx2(n, x, clip);
-    return true;
-  }
-#endif
-  *out = f ? outside_float(n, x, cf) : outside_double(n, x, clip);
+#define OUTSIDE_ON(SFX) *out = f ? outside_float##SFX(n, x, cf) : outside_double##SFX(n, x, clip)
+  ON_PATH(path, OUTSIDE_ON);
+#undef OUTSIDE_ON
   return true;
 }
 
@@ -608,17 +608,9 @@ bool nn_clip_clamp_on(nn_update_path path, ad_dtype dt, int64_t n, void *x, doub
   if (!path_available(path)) return false;
   bool f = dt == AD_F32;
   float cf = (float)clip;
-#ifdef NN_OPT_AVX2
-  if (path == NN_UPDATE_AVX512) {
-    f ? clamp_float_avx512(n, x, cf) : clamp_double_avx512(n, x, clip);
-    return true;
-  }
-  if (path == NN_UPDATE_AVX2) {
-    f ? clamp_float_avx2(n, x, cf) : clamp_double_avx2(n, x, clip);
-    return true;
-  }
-#endif
-  f ? clamp_float(n, x, cf) : clamp_double(n, x, clip);
+#define CLAMP_ON(SFX) f ? clamp_float##SFX(n, x, cf) : clamp_double##SFX(n, x, clip)
+  ON_PATH(path, CLAMP_ON);
+#undef CLAMP_ON
   return true;
 }
 
