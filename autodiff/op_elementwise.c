@@ -57,15 +57,12 @@ static void binary_rows(void *ud, int64_t b, int64_t e) {
 
 /* A binary op's output of at most this many bytes is computed by its rows
  * compiled for AVX-512 and AVX2 (ad_binary_run's wide), larger ones by the
- * baseline's. On the Zen 4 guest (docs/performance.md, "Binary ops"), on
- * data in the caches the wide loops ran 1.3-2.7x faster (an outer product
- * [256,1] * [1,1024] 37.7 -> 13.8 us, a / column 54 -> 30, a / b 54 -> 38:
- * the baseline's SSE stores and divisions), while streams from memory ran
- * 8-20% slower with them. A division is bound by its arithmetic and takes
- * the wide rows at every size (DEFINE_BINARY_WIDE; a / b of 8 MB float32
- * 476-503 -> 430-441 us, float64 1397-1418 -> 1186-1362). A rule of the
- * shape: a run's choice never depends on timing, and both give the same
- * bits. */
+ * baseline's: on data in the caches the wide loops' stores and divisions
+ * win, while streams from memory ran slower with them than with SSE on a
+ * Zen 4 core. A division is bound by its arithmetic and takes the wide
+ * rows at every size (DEFINE_BINARY_WIDE). Measurements: docs/performance.md,
+ * "Binary ops". A rule of the shape: a run's choice never depends on
+ * timing, and both give the same bits. */
 #define BINARY_WIDE_MAX (1 << 20)
 
 void ad_binary_run(const ad_call *c, ad_rows_fn f, ad_rows_fn wide) {

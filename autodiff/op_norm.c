@@ -333,9 +333,8 @@ static int64_t ln_rows(const ad_tensor *x, const ad_layer_norm_attrs *at, int64_
  * one element in each partial, so its sum is the chain f(0) + f(1) + ...
  * from +0 (never -0, as the partials' sum; which NaN an addition of two
  * NaNs returns is the compiler's choice of operand order, in these loops
- * as in the others), taken as such: rows of 16 and
- * fewer spent their time on the partials' setup (layer_norm's backward
- * over 16 features 4.2x PyTorch's time). */
+ * as in the others), taken as such: for rows of 16 and fewer the
+ * partials' setup was most of the work. */
 #define LN_SUM(out, n, f)                                                                          \
   do {                                                                                             \
     if ((n) <= 16) {                                                                               \
@@ -602,10 +601,10 @@ static ad_status layer_norm_backward_shape(const ad_call *c) { return ln_shape(c
 /* Rows of at most 16 elements, LN_RB at a time from r on (r advanced past
  * them): each row's sums are LN_SUM's and LN_SUM3's chains (one element
  * per partial), the same operations in the same order, so the same bits,
- * but the block's chains are independent and overlap (one row's were a
- * chain of additions waiting on each other: rows of 16 took 37 ns each;
- * blocks of 4 rows 28, of 8 rows 24, of 16 no better). Then the rows' dx
- * in order, as LNB_ROW's. */
+ * but the block's chains are independent and overlap (one row's chain of
+ * additions waits on itself; docs/performance.md, "The op scan's second
+ * round", for the block sizes tried). Then the rows' dx in order, as
+ * LNB_ROW's. */
 enum { LN_RB = 8 }; /* rows per block of LNB_ROWS_BLK */
 #define LNB_ROWS_BLK(T, GW, ACC)                                                                   \
   for (; r + LN_RB <= r1; r += LN_RB) {                                                            \

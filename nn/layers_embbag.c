@@ -335,9 +335,9 @@ static ad_tensor *bag_max(ad_ctx *ctx, ad_tensor *w, const int32_t *idx, const i
   int32_t *s = sel->data;
   for (int64_t i = 0; i < B * dim; i++) s[i] = -1;
   /* each entry's row against its bag's maxima so far (kept beside the
-   * picks, in the weight's dtype: a loop of selects that vectorizes; an
-   * element access per value was most of the forward, 2.6x PyTorch's
-   * time); a NaN is picked only first, as PyTorch's loop does */
+   * picks, in the weight's dtype: a loop of selects that vectorizes, where
+   * an element access per value made the forward slow); a NaN is picked
+   * only first, as PyTorch's loop does */
   size_t best_bytes = (size_t)(B * dim > 0 ? B * dim : 1) * ad_dtype_size(w->dtype);
   void *best = ad_malloc(ctx, best_bytes);
   if (!best) return NULL;
