@@ -46,10 +46,15 @@ static ad_dtype dtype = AD_F32; /* of the float inputs (--dtype) */
  * [256,1] in [0.5, 2); px [64,1,128] and py [1,64,128] (pairwise
  * differences); sh4 [65536,4] and sh16 [16384,16] (short rows), lg2
  * [65536,2] and labels2 (two classes); rows2k [2048,256] and idx2k [2048]
- * (i32, of 1000 rows: an index_add's). */
+ * (i32, of 1000 rows: an index_add's); t3 [64,256,64] (a middle axis),
+ * tall [65536,16] and w16 [16,16] (a tall product), vec [1024], long2
+ * [4,65536] (long rows), bk2 [256,64] (broadcast over a batch), gidx0
+ * [16,1024] (i32, rows of a), pieces [256,64] x 16, e3 [64,1,64], aq, ak,
+ * av [8,8,128,64] (attention's N, heads, L, E). */
 static ad_tensor *a, *b, *p, *q, *sq, *bias, *gamma_, *beta, *idx, *emb, *eidx, *logits, *labels,
     *prob, *target, *img, *w, *ch, *col, *bq, *bk, *gidx, *img2, *plane, *gate, *sidx, *src, *row,
-    *pcol, *px, *py, *sh4, *sh16, *lg2, *labels2, *rows2k, *idx2k;
+    *pcol, *px, *py, *sh4, *sh16, *lg2, *labels2, *rows2k, *idx2k, *t3, *tall, *w16, *vec, *long2,
+    *bk2, *gidx0, *pieces[16], *e3, *aq, *ak, *av;
 
 static ad_tensor *c_div(void) { return ad_div(ctx, a, p); }
 static ad_tensor *c_pow(void) { return ad_pow(ctx, p, q); }
@@ -174,6 +179,37 @@ static ad_tensor *c_index_add(void) { return ad_index_add(ctx, rows2k, idx2k, 10
 static ad_tensor *c_affine(void) {
   return ad_neg(ctx, ad_add_scalar(ctx, ad_mul_scalar(ctx, a, 2), 1));
 }
+/* the third round: reductions and scans along a middle axis or axis 0, a
+ * standard deviation, copies of 3-D and short-row layouts, long rows,
+ * products of other shapes (tall and thin, the first operand transposed,
+ * a matrix times a vector, a batch times one matrix), a gather along axis
+ * 0, a narrow of short rows, a concat of many pieces, a broadcast along
+ * a middle axis, attention, the max of everything, a scalar division, a
+ * row broadcast on the left of a subtraction */
+static ad_tensor *c_sum_mid(void) { return ad_sum_axis(ctx, t3, 1, false); }
+static ad_tensor *c_mean02(void) { return ad_mean_axes(ctx, t3, 2, (const int[]){0, 2}, false); }
+static ad_tensor *c_max_mid(void) { return ad_max_axis(ctx, t3, 1, false); }
+static ad_tensor *c_std1(void) { return ad_std(ctx, a, 1, (const int[]){1}, 1, false); }
+static ad_tensor *c_var0(void) { return ad_var(ctx, a, 1, (const int[]){0}, 1, false); }
+static ad_tensor *c_logsumexp0(void) { return ad_logsumexp(ctx, a, 0, false); }
+static ad_tensor *c_cumsum_mid(void) { return ad_cumsum(ctx, t3, 1); }
+static ad_tensor *c_permute3(void) { return ad_permute(ctx, t3, (const int[]){2, 0, 1}); }
+static ad_tensor *c_transpose_short(void) { return ad_transpose(ctx, sh4, 0, 1); }
+static ad_tensor *c_softmax_long(void) { return ad_softmax(ctx, long2, 1); }
+static ad_tensor *c_matmul_tall(void) { return ad_matmul(ctx, tall, w16, false, false); }
+static ad_tensor *c_matmul_tn(void) { return ad_matmul(ctx, a, b, true, false); }
+static ad_tensor *c_matvec(void) { return ad_matmul(ctx, a, vec, false, false); }
+static ad_tensor *c_bmm_bcast(void) { return ad_matmul(ctx, bq, bk2, false, false); }
+static ad_tensor *c_gather0(void) { return ad_gather(ctx, a, 0, gidx0); }
+static ad_tensor *c_narrow_short(void) { return ad_narrow(ctx, sh4, 1, 1, 2); }
+static ad_tensor *c_concat16(void) { return ad_concat(ctx, 16, pieces, 1); }
+static ad_tensor *c_expand_mid(void) {
+  return ad_expand(ctx, e3, 3, (const int64_t[]){64, 256, 64});
+}
+static ad_tensor *c_sdpa(void) { return ad_scaled_dot_product_attention(ctx, aq, ak, av, NULL); }
+static ad_tensor *c_max_all(void) { return ad_max(ctx, a); }
+static ad_tensor *c_div_scalar(void) { return ad_div_scalar(ctx, a, 3.0); }
+static ad_tensor *c_sub_row(void) { return ad_sub(ctx, row, a); }
 
 static const struct {
   const char *name;
@@ -266,6 +302,28 @@ static const struct {
     {"log_softmax0", c_log_softmax0},
     {"index_add", c_index_add},
     {"affine", c_affine},
+    {"sum_mid", c_sum_mid},
+    {"mean02", c_mean02},
+    {"max_mid", c_max_mid},
+    {"std1", c_std1},
+    {"var0", c_var0},
+    {"logsumexp0", c_logsumexp0},
+    {"cumsum_mid", c_cumsum_mid},
+    {"permute3", c_permute3},
+    {"transpose_short", c_transpose_short},
+    {"softmax_long", c_softmax_long},
+    {"matmul_tall", c_matmul_tall},
+    {"matmul_tn", c_matmul_tn},
+    {"matvec", c_matvec},
+    {"bmm_bcast", c_bmm_bcast},
+    {"gather0", c_gather0},
+    {"narrow_short", c_narrow_short},
+    {"concat16", c_concat16},
+    {"expand_mid", c_expand_mid},
+    {"sdpa", c_sdpa},
+    {"max_all", c_max_all},
+    {"div_scalar", c_div_scalar},
+    {"sub_row", c_sub_row},
 };
 
 /* A float leaf (dtype) of shape [n0, n1] (n1 = 0: 1-D), uniform in [lo, hi) or
@@ -329,13 +387,27 @@ static void make_inputs(void) {
   labels2 = indices(1, (const int64_t[]){65536}, 7, 2);
   rows2k = input(&rng, 2, (const int64_t[]){2048, 256}, 0, 0, true);
   idx2k = indices(1, (const int64_t[]){2048}, 7919, 1000);
+  t3 = input(&rng, 3, (const int64_t[]){64, 256, 64}, 0, 0, true);
+  tall = input(&rng, 2, (const int64_t[]){65536, 16}, 0, 0, true);
+  w16 = input(&rng, 2, (const int64_t[]){16, 16}, 0, 0, true);
+  vec = input(&rng, 1, s1, 0, 0, true);
+  long2 = input(&rng, 2, (const int64_t[]){4, 65536}, 0, 0, true);
+  bk2 = input(&rng, 2, (const int64_t[]){256, 64}, 0, 0, true);
+  gidx0 = indices(2, (const int64_t[]){16, 1024}, 37, 256);
+  for (int k = 0; k < 16; k++) pieces[k] = input(&rng, 2, (const int64_t[]){256, 64}, 0, 0, true);
+  e3 = input(&rng, 3, (const int64_t[]){64, 1, 64}, 0, 0, true);
+  const int64_t s_att[4] = {8, 8, 128, 64};
+  aq = input(&rng, 4, s_att, 0, 0, true), ak = input(&rng, 4, s_att, 0, 0, true);
+  av = input(&rng, 4, s_att, 0, 0, true);
 }
 
 static void clear_grads(void) {
-  ad_tensor *leaves[] = {a,    b,   p,    q,  sq,  bias, gamma_, beta, emb,   logits,
-                         prob, img, w,    ch, col, bq,   bk,     img2, plane, gate,
-                         src,  row, pcol, px, py,  sh4,  sh16,   lg2,  rows2k};
+  ad_tensor *leaves[] = {a,    b,   p,    q,     sq,  bias, gamma_, beta, emb,    logits,
+                         prob, img, w,    ch,    col, bq,   bk,     img2, plane,  gate,
+                         src,  row, pcol, px,    py,  sh4,  sh16,   lg2,  rows2k, t3,
+                         tall, w16, vec,  long2, bk2, e3,   aq,     ak,   av};
   for (size_t k = 0; k < sizeof leaves / sizeof *leaves; k++) ad_tensor_zero_grad(leaves[k]);
+  for (int k = 0; k < 16; k++) ad_tensor_zero_grad(pieces[k]);
 }
 
 int main(int argc, char **argv) {

@@ -64,8 +64,18 @@ def torch_cases(f64=False):
     rows2k = leaf(2048, 256)
     idx2k = torch.tensor([k * 7919 % 1000 for k in range(2048)])
     zeros1k = torch.zeros(1000, 256)
+    t3, tall, w16, vec = leaf(64, 256, 64), leaf(65536, 16), leaf(16, 16), leaf(1024)
+    long2, bk2 = leaf(4, 65536), leaf(256, 64)
+    gidx0 = torch.tensor([k * 37 % 256 for k in range(16 * 1024)]).view(16, 1024)
+    pieces = [leaf(256, 64) for _ in range(16)]
+    e3 = leaf(64, 1, 64)
+    aq, ak, av = leaf(8, 8, 128, 64), leaf(8, 8, 128, 64), leaf(8, 8, 128, 64)
+
+    def sdpa():  # torch 1.13 has no fused attention: its math path
+        return torch.softmax(aq @ ak.transpose(-2, -1) * (64 ** -0.5), -1) @ av
     leaves = [a, b, p, q, sq, bias, gamma, beta, emb, logits, prob, img, w, ch, col, bq, bk, img2,
-              plane, gate, src, row, pcol, px, py, sh4, sh16, lg2, rows2k]
+              plane, gate, src, row, pcol, px, py, sh4, sh16, lg2, rows2k, t3, tall, w16, vec,
+              long2, bk2, e3, aq, ak, av] + pieces
     cases = [
         ("div", lambda: a / p), ("pow", lambda: torch.pow(p, q)),
         ("maximum", lambda: torch.maximum(a, b)), ("where_lt", lambda: torch.where(a < b, a, b)),
@@ -120,6 +130,19 @@ def torch_cases(f64=False):
         ("log_softmax0", lambda: torch.log_softmax(a, 0)),
         ("index_add", lambda: zeros1k.index_add(0, idx2k, rows2k)),
         ("affine", lambda: -(a * 2 + 1)),
+        ("sum_mid", lambda: t3.sum(1)), ("mean02", lambda: t3.mean((0, 2))),
+        ("max_mid", lambda: t3.amax(1)), ("std1", lambda: torch.std(a, 1)),
+        ("var0", lambda: torch.var(a, 0)), ("logsumexp0", lambda: torch.logsumexp(a, 0)),
+        ("cumsum_mid", lambda: torch.cumsum(t3, 1)),
+        ("permute3", lambda: t3.permute(2, 0, 1).contiguous()),
+        ("transpose_short", lambda: sh4.t().contiguous()),
+        ("softmax_long", lambda: torch.softmax(long2, 1)), ("matmul_tall", lambda: tall @ w16),
+        ("matmul_tn", lambda: a.t() @ b), ("matvec", lambda: a @ vec),
+        ("bmm_bcast", lambda: torch.matmul(bq, bk2)),
+        ("gather0", lambda: torch.gather(a, 0, gidx0)),
+        ("narrow_short", lambda: sh4.narrow(1, 1, 2)), ("concat16", lambda: torch.cat(pieces, 1)),
+        ("expand_mid", lambda: e3.expand(64, 256, 64).contiguous()), ("sdpa", sdpa),
+        ("max_all", lambda: a.max()), ("div_scalar", lambda: a / 3.0), ("sub_row", lambda: row - a),
     ]
     return cases, leaves
 
