@@ -51,8 +51,37 @@ typedef struct copy_job {
   int64_t sstride, dstride, blk, piece, pieces; /* in elements */
 } copy_job;
 
+/* memcpy of n bytes (a multiple of 4, as every dtype's size): rows of
+ * less than 64 bytes (a narrow or a pad of a few elements per row) are copied
+ * inline, since a library call per row costs more than such a copy. */
+static inline void copy_bytes(char *d, const char *s, size_t n) {
+  if (n >= 64) {
+    memcpy(d, s, n);
+    return;
+  }
+  if (n & 32) memcpy(d, s, 32), d += 32, s += 32;
+  if (n & 16) memcpy(d, s, 16), d += 16, s += 16;
+  if (n & 8) memcpy(d, s, 8), d += 8, s += 8;
+  if (n & 4) memcpy(d, s, 4);
+}
+
+/* memset(d, 0, n) with copy_bytes's inline rule. */
+static inline void zero_bytes(char *d, size_t n) {
+  static const char zeros[64];
+  if (n >= 64)
+    memset(d, 0, n);
+  else
+    copy_bytes(d, zeros, n);
+}
+
 static void copy_pieces(void *ud, int64_t b, int64_t e) {
   const copy_job *j = ud;
+  if (j->pieces == 1) { /* whole blocks, one per outer index: no division per block */
+    size_t n = (size_t)j->blk * j->es, ds = (size_t)j->dstride * j->es,
+           ss = (size_t)j->sstride * j->es;
+    for (int64_t o = b; o < e; o++) copy_bytes(j->dst + (size_t)o * ds, j->src + (size_t)o * ss, n);
+    return;
+  }
   for (int64_t u = b; u < e; u++) {
     int64_t o = u / j->pieces, p0 = u % j->pieces * j->piece;
     int64_t len = j->blk - p0 < j->piece ? j->blk - p0 : j->piece;
@@ -465,13 +494,28 @@ static void expand_rows(void *ud, int64_t b, int64_t e) {
   const expand_job *j = ud;
   const ad_tensor *out = j->c->out;
   size_t es = ad_dsize(out->dtype);
+  /* row b's index per outer dim and offset in x, then the next row's by
+   * adding strides (an odometer) */
+  if (b >= e) return; /* none (an empty out: one of its dims may be 0) */
+  const int64_t *st = j->it.st[0];
+  int64_t idx[AD_MAX_DIMS], off = 0, q = b, len = j->it.len;
+  for (int d = j->it.nd - 1; d >= 0; d--) {
+    idx[d] = q % out->shape[d];
+    q /= out->shape[d];
+    off += idx[d] * st[d];
+  }
   for (int64_t r = b; r < e; r++) {
-    int64_t off, len = j->it.len;
-    ad_bc_row(&j->it, out, r, &off);
+    if (r > b)
+      for (int d = j->it.nd - 1; d >= 0; d--) {
+        off += st[d];
+        if (++idx[d] < out->shape[d]) break;
+        off -= st[d] * out->shape[d];
+        idx[d] = 0;
+      }
     char *dst = (char *)out->data + (size_t)(r * len) * es;
     const char *src = (const char *)j->c->in[0]->data + (size_t)off * es;
     if (j->s == 1) {
-      memcpy(dst, src, (size_t)len * es);
+      copy_bytes(dst, src, (size_t)len * es);
     } else if (out->dtype == AD_F64) {
       double v;
       memcpy(&v, src, sizeof v);
@@ -517,6 +561,7 @@ static void expand_fwd(const ad_call *c) {
   }
   expand_job j = {.c = c};
   ad_bc_init(&j.it, 1, c->in, out);
+  ad_bc_merge(&j.it, out); /* rows as long as x's layout allows */
   j.s = out->ndim ? j.it.st[0][out->ndim - 1] : 0;
   int64_t grain = j.it.len ? (32768 + j.it.len - 1) / j.it.len : j.it.rows;
   if (j.it.rows <= grain)
@@ -940,17 +985,42 @@ typedef struct pad1_job {
   int64_t row, lo, mid; /* in elements */
 } pad1_job;
 
+/* rows whole rows of pad's out (row bytes each: lo zero bytes, mid of
+ * src's row, then zeros), the sizes held in registers (a store through
+ * char * would make the compiler reload a job's fields). */
+static void pad_rows(char *d, const char *s, int64_t rows, size_t lo, size_t mid, size_t row) {
+  if (row < 64) { /* short rows: all zeros, then the copies */
+    memset(d, 0, (size_t)rows * row);
+    for (int64_t r = 0; r < rows; r++, d += row, s += mid) copy_bytes(d + lo, s, mid);
+    return;
+  }
+  for (int64_t r = 0; r < rows; r++, d += row, s += mid) {
+    zero_bytes(d, lo);
+    copy_bytes(d + lo, s, mid);
+    zero_bytes(d + lo + mid, row - lo - mid);
+  }
+}
+
 static void pad_range(void *ud, int64_t b, int64_t e) {
   const pad1_job *j = ud;
+  if (b >= e) return;
+  int64_t o = b / j->row, p = b - o * j->row; /* then carried: one division per range */
   for (int64_t i = b, n; i < e; i += n) {
-    int64_t o = i / j->row, p = i - o * j->row;
+    if (p == 0 && e - i >= j->row) { /* whole rows: their three parts without the span tests */
+      int64_t rows = (e - i) / j->row;
+      pad_rows(j->dst + (size_t)i * j->es, j->src + (size_t)(o * j->mid) * j->es, rows,
+               (size_t)j->lo * j->es, (size_t)j->mid * j->es, (size_t)j->row * j->es);
+      n = rows * j->row, o += rows;
+      continue;
+    }
     int64_t stop = p < j->lo ? j->lo : p < j->lo + j->mid ? j->lo + j->mid : j->row;
     n = stop - p < e - i ? stop - p : e - i;
     if (p >= j->lo && p < j->lo + j->mid)
-      memcpy(j->dst + (size_t)i * j->es, j->src + (size_t)(o * j->mid + p - j->lo) * j->es,
-             (size_t)n * j->es);
+      copy_bytes(j->dst + (size_t)i * j->es, j->src + (size_t)(o * j->mid + p - j->lo) * j->es,
+                 (size_t)n * j->es);
     else
-      memset(j->dst + (size_t)i * j->es, 0, (size_t)n * j->es);
+      zero_bytes(j->dst + (size_t)i * j->es, (size_t)n * j->es);
+    if ((p += n) == j->row) p = 0, o++;
   }
 }
 

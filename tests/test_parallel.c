@@ -1479,6 +1479,86 @@ Test(parallel, broadcast_rows_merged_same_bits_as_expanded) {
     }
 }
 
+/* The copies of narrow, pad and expand (op_shape.c: short rows copied
+ * inline, a pad's whole rows zeroed then filled, an expand's rows found
+ * by an odometer) against plain loops over the elements, on one thread
+ * and three: rows of 1 to 20 elements in both dtypes (under and over 64
+ * bytes) with enough of them (70,003) that the threads' ranges start
+ * inside rows; a narrow's backward is the pad of its gradient. */
+Test(parallel, narrow_pad_expand_copies_as_plain_loops) {
+  static const int64_t widths[] = {1, 2, 3, 4, 5, 8, 15, 16, 17, 20};
+  const int64_t rows = 70003;
+  ad_rng rng;
+  ad_rng_seed(&rng, 41);
+  for (int d = 0; d < 2; d++)
+    for (size_t w = 0; w < sizeof widths / sizeof *widths; w++)
+      for (int t = 0; t < 2; t++) {
+        ad_dtype dt = d ? AD_F64 : AD_F32;
+        int64_t n = widths[w], lo = n > 2 ? 1 : 0, len = n > 2 ? n - 2 : n, before = n % 3,
+                after = 1 + n % 2, sh[2] = {rows, n};
+        cr_assert_eq(ad_set_num_threads(t ? 3 : 1), AD_OK);
+        ad_tensor *x = ad_rand(ctx, &rng, dt, 2, sh, -1, 1);
+        cr_assert(x && ad_tensor_set_requires_grad(x, true) == AD_OK, "%s", ad_last_error(ctx));
+        ad_tensor *y = ad_narrow(ctx, x, 1, lo, len), *p = ad_pad(ctx, x, 1, before, after);
+        cr_assert(y && p, "%s", ad_last_error(ctx));
+        for (int64_t r = 0; r < rows; r++) {
+          for (int64_t j = 0; j < len; j++)
+            cr_assert_eq(ad_tensor_get(y, r * len + j), ad_tensor_get(x, r * n + lo + j),
+                         "%s width %lld, %d threads: narrow at row %lld col %lld",
+                         ad_dtype_name(dt), (long long)n, t ? 3 : 1, (long long)r, (long long)j);
+          int64_t pw = n + before + after;
+          for (int64_t j = 0; j < pw; j++) {
+            double want =
+                j < before || j >= before + n ? 0.0 : ad_tensor_get(x, r * n + j - before);
+            cr_assert_eq(ad_tensor_get(p, r * pw + j), want,
+                         "%s width %lld, %d threads: pad at row %lld col %lld", ad_dtype_name(dt),
+                         (long long)n, t ? 3 : 1, (long long)r, (long long)j);
+          }
+        }
+        /* narrow's backward: the seed (k + 1 at element k) padded back to x's width */
+        ad_tensor *seed = ad_zeros_like(ctx, y);
+        cr_assert(seed, "%s", ad_last_error(ctx));
+        for (int64_t k = 0; k < seed->size; k++) ad_tensor_set(seed, k, (double)(k % 1000 + 1));
+        cr_assert_eq(ad_backward(ctx, y, seed), AD_OK, "%s", ad_last_error(ctx));
+        for (int64_t r = 0; r < rows; r++)
+          for (int64_t j = 0; j < n; j++) {
+            double want = j < lo || j >= lo + len ? 0.0 : (double)((r * len + j - lo) % 1000 + 1);
+            cr_assert_eq(ad_tensor_get(x->grad, r * n + j), want,
+                         "%s width %lld, %d threads: narrow's gradient at row %lld col %lld",
+                         ad_dtype_name(dt), (long long)n, t ? 3 : 1, (long long)r, (long long)j);
+          }
+        ad_tape_reset(ctx);
+        ad_tensor_free(x);
+      }
+  /* expand: a middle axis, a leading one, trailing ones after a kept one, one element */
+  static const int64_t ex[][2][3] = {{{7, 1, 9}, {7, 3001, 9}},  {{1, 5, 3}, {4001, 5, 3}},
+                                     {{6, 1, 1}, {6, 700, 11}},  {{1, 1, 1}, {300, 7, 9}},
+                                     {{3, 1, 70}, {3, 900, 70}}, {{2, 9, 1}, {2, 9, 3001}}};
+  for (int d = 0; d < 2; d++)
+    for (size_t k = 0; k < sizeof ex / sizeof *ex; k++)
+      for (int t = 0; t < 2; t++) {
+        ad_dtype dt = d ? AD_F64 : AD_F32;
+        cr_assert_eq(ad_set_num_threads(t ? 3 : 1), AD_OK);
+        ad_tensor *x = ad_rand(ctx, &rng, dt, 3, ex[k][0], -1, 1);
+        ad_tensor *y = x ? ad_expand(ctx, x, 3, ex[k][1]) : NULL;
+        cr_assert(y, "%s", ad_last_error(ctx));
+        const int64_t *xs = ex[k][0], *ys = ex[k][1];
+        for (int64_t i = 0; i < ys[0]; i++)
+          for (int64_t j = 0; j < ys[1]; j++)
+            for (int64_t l = 0; l < ys[2]; l++) {
+              int64_t xi = (xs[0] == 1 ? 0 : i) * xs[1] * xs[2] + (xs[1] == 1 ? 0 : j) * xs[2] +
+                           (xs[2] == 1 ? 0 : l);
+              cr_assert_eq(ad_tensor_get(y, (i * ys[1] + j) * ys[2] + l), ad_tensor_get(x, xi),
+                           "%s expand case %zu, %d threads: element (%lld, %lld, %lld)",
+                           ad_dtype_name(dt), k, t ? 3 : 1, (long long)i, (long long)j,
+                           (long long)l);
+            }
+        ad_tape_reset(ctx);
+        ad_tensor_free(x);
+      }
+  ad_set_num_threads(1);
+}
+
 /* Binary ops run their rows compiled for AVX-512 and AVX2 on outputs of
  * at most 1 MiB and the baseline's on larger ones (op_elementwise.c,
  * BINARY_WIDE_MAX; a division the wide ones at every size): the same bits
