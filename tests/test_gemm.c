@@ -534,6 +534,73 @@ Test(gemm, row_strips_same_bits, .timeout = 300) {
   if (!ran) cr_skip_test("row_strips_same_bits: no built-in kernel here");
 }
 
+/* A column C (n = 1 with C's elements adjacent: a matrix times a vector)
+ * is computed as the row C^T = op(B)^T op(A)^T, and a row C (m = 1) four
+ * panels at a time (gemm.c, S_row4): each element must keep the bits it
+ * has as an element of a wider product (n = 3, m = 3), whose tiles sum the
+ * same products in the same order. Every kernel, both dtypes, each
+ * transpose (A and B packed or read in place), beta 0 and 1, depths of one
+ * and of several k blocks, widths with and without a whole group of four
+ * panels. */
+static bool column_or_row_keeps_bits(int kern, ad_dtype dt, bool ta, bool tb, bool column,
+                                     int64_t len, int64_t k, double beta, ad_rng *rng) {
+  /* the narrow product: m x 1 (column) or 1 x n (row); the wide one has 3 of the narrow side,
+   * the first the narrow product's */
+  int64_t m = column ? len : 3, n = column ? 3 : len;
+  int64_t lda = (ta ? m : k) + 1, ldb = (tb ? k : n) + 3;
+  int64_t na = (ta ? k : m) * lda, nb = (tb ? n : k) * ldb;
+  void *a = alloc_elems(dt, na), *b = alloc_elems(dt, nb), *cw = alloc_elems(dt, m * n),
+       *cn = alloc_elems(dt, len);
+  for (int64_t e = 0; e < na; e++) set(dt, a, e, ad_rng_uniform(rng) - 0.5);
+  for (int64_t e = 0; e < nb; e++) set(dt, b, e, ad_rng_uniform(rng) - 0.5);
+  for (int64_t e = 0; e < m * n; e++) set(dt, cw, e, ad_rng_uniform(rng) - 0.5);
+  for (int64_t e = 0; e < len; e++) set(dt, cn, e, get(dt, cw, column ? e * n : e));
+  ad_gemm_builtin(kern, dt, ta, tb, m, n, k, 1, a, lda, b, ldb, beta, cw, n);
+  if (column) /* op(B)'s first column: B's first column (B) or first row (B^T) */
+    ad_gemm_builtin(kern, dt, ta, tb, m, 1, k, 1, a, lda, b, ldb, beta, cn, 1);
+  else /* op(A)'s first row: A's first row (A) or first column (A^T) */
+    ad_gemm_builtin(kern, dt, ta, tb, 1, n, k, 1, a, lda, b, ldb, beta, cn, n);
+  bool same = true;
+  for (int64_t e = 0; e < len; e++) {
+    int64_t w = column ? e * n : e;
+    size_t es = ad_dtype_size(dt);
+    same &= !memcmp((char *)cn + (size_t)e * es, (char *)cw + (size_t)w * es, es);
+  }
+  free(a), free(b), free(cw), free(cn);
+  return same;
+}
+
+Test(gemm, column_and_row_products_same_bits, .timeout = 300) {
+  static const int64_t lens[] = {2, 3, 17, 64, 127, 128, 129, 256, 300, 1000};
+  static const int64_t ks[] = {1, 10, 300, 1100};
+  ad_rng rng;
+  ad_rng_seed(&rng, 14);
+  int ran = 0;
+  for (int kern = 1; kern <= 3; kern++)
+    for (ad_dtype dt = AD_F32; dt <= AD_F64; dt++) {
+      if (!ad_gemm_builtin(kern, dt, false, false, 0, 0, 0, 1, NULL, 1, NULL, 1, 0, NULL, 1)) {
+        cr_log_info("column_and_row_products_same_bits: kernel %d skipped: not on this CPU or "
+                    "build",
+                    kern);
+        break;
+      }
+      for (size_t i = 0; i < sizeof lens / sizeof *lens; i++)
+        for (size_t j = 0; j < sizeof ks / sizeof *ks; j++)
+          for (int v = 0; v < 8; v++) {
+            bool ta = v & 1, tb = v & 2, column = v & 4;
+            double beta = (i + j) % 2;
+            cr_assert(
+                column_or_row_keeps_bits(kern, dt, ta, tb, column, lens[i], ks[j], beta, &rng),
+                "kernel %d, %s, %s of %lld x depth %lld%s%s, beta %g: not the bits of the "
+                "wider product",
+                kern, ad_dtype_name(dt), column ? "column" : "row", (long long)lens[i],
+                (long long)ks[j], ta ? " A^T" : "", tb ? " B^T" : "", beta);
+            ran++;
+          }
+    }
+  if (!ran) cr_skip_test("column_and_row_products_same_bits: no built-in kernel here");
+}
+
 /* Two threads at once, each with its own packing buffer. */
 #if !defined(__STDC_NO_THREADS__)
 typedef struct thread_job {

@@ -424,6 +424,35 @@ static void *gemm_scratch(size_t bytes) {
     }                                                                                              \
   }                                                                                                \
                                                                                                    \
+  /* 1 x 8VL: one row of C across four whole panels (ps apart in b), where a 1 x 2VL tile would    \
+   * wait on its two chains' FMA latency: the same products summed in the same order as S##_body   \
+   * sums them, and stored as it stores a whole panel: the same bits. */                           \
+  static inline __attribute__((always_inline))                                                     \
+  ATTR void S##_row4(int64_t kc, const T *a, int64_t acs, const T *b, int64_t bcs, int64_t ps,     \
+                     T *c, T alpha, T beta) {                                                      \
+    typedef S##_v V;                                                                               \
+    V z = {0}, acc[8] = {z, z, z, z, z, z, z, z};                                                  \
+    for (int64_t p = 0; p < kc; p++) {                                                             \
+      T x = a[0];                                                                                  \
+      GEMM_UNROLL for (int q = 0; q < 4; q++) {                                                    \
+        acc[2 * q] = FMA(V, acc[2 * q], x, *(const V *)(b + q * ps));                              \
+        acc[2 * q + 1] = FMA(V, acc[2 * q + 1], x, *(const V *)(b + q * ps + (VL)));               \
+      }                                                                                            \
+      a += acs;                                                                                    \
+      b += bcs;                                                                                    \
+    }                                                                                              \
+    V *r = (V *)c;                                                                                 \
+    if (beta == 0)                                                                                 \
+      GEMM_UNROLL for (int q = 0; q < 8; q++) r[q] = alpha * acc[q];                               \
+    else                                                                                           \
+      GEMM_UNROLL for (int q = 0; q < 8; q++) r[q] = alpha * acc[q] + beta * r[q];                 \
+  }                                                                                                \
+  __attribute__((unused)) static ATTR void S##_row4s(int64_t kc, const T *a, int64_t acs,          \
+                                                     const T *b, int64_t bcs, int64_t ps, T *c,    \
+                                                     T alpha, T beta) {                            \
+    S##_row4(kc, a, acs, b, bcs, ps, c, alpha, beta);                                              \
+  }                                                                                                \
+                                                                                                   \
   /* 7 and 8 rows: only where MR is 8 */                                                           \
   __attribute__((unused)) static ATTR void S##_k8(int64_t kc, const T *a, int64_t ars,             \
                                                   int64_t acs, const T *b, int64_t bcs, T *c,      \
@@ -731,7 +760,12 @@ static void *gemm_scratch(size_t bytes) {
             S##_pack_a(ta, mc, kc, ac, lda, ap);                                                   \
             ac = ap, ars = 1, acs = (MR), pstep = (MR)*kc;                                         \
           }                                                                                        \
-          for (int64_t jr = 0; jr < nc; jr += NR) {                                                \
+          int64_t jr0 = 0;                                                                         \
+          if (mc == 1) /* one row: four whole panels at a time */                                  \
+            for (; jr0 + 4 * NR <= nfull; jr0 += 4 * NR)                                           \
+              S##_row4s(kc, ac, acs, direct_b ? bsrc + jr0 : bk + jr0 * kc, direct_b ? ldb : NR,   \
+                        direct_b ? NR : NR * kc, c + ic * ldc + jc + jr0, alpha, be);              \
+          for (int64_t jr = jr0; jr < nc; jr += NR) {                                              \
             int nr = nc - jr < NR ? (int)(nc - jr) : NR;                                           \
             const T *bpanel = bk + jr * kc, *ai = ac;                                              \
             int64_t bcs = NR;                                                                      \
@@ -850,6 +884,14 @@ static bool kernel_available(int kernel) {
       gemm_scale_##SFX(m, n, beta, c, ldc);                                                        \
       return;                                                                                      \
     }                                                                                              \
+    /* a column C (n = 1, a matrix times a vector) as the row C^T = op(B)^T op(A)^T, the same      \
+     * memory: op(A) becomes the kernel's B, read in place (ta) or packed with its transposes,     \
+     * and the kernel's one-row tile puts m columns in each vector instead of one column padded    \
+     * to a whole vector per row. Each element is the same chain of multiply-adds (a_ip b_p in     \
+     * order, the same k blocks): the same bits. */                                                \
+    if (n == 1 && ldc == 1 && m > 1 && kernel >= 1 && kernels[kernel].SFX &&                       \
+        kernels[kernel].SFX(pack, !tb, !ta, 1, m, k, alpha, b, ldb, a, lda, beta, c, m, NULL))     \
+      return;                                                                                      \
     if (kernel >= 1 && kernels[kernel].SFX &&                                                      \
         kernels[kernel].SFX(pack, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, NULL))     \
       return;                                                                                      \
