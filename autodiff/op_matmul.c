@@ -213,31 +213,47 @@ static ad_status matmul_bwd(const ad_call *c) {
   return AD_OK;
 }
 
-/* dst = op(x) op(w) for 2-D x, w (GEMM with beta = 0). */
-static void gemm_store(ad_tensor *dst, const ad_tensor *x, bool tx, const ad_tensor *w, bool tw) {
-  int64_t m = x->shape[tx ? 1 : 0], k = x->shape[tx ? 0 : 1], nn = w->shape[tw ? 0 : 1];
-  ad_gemm_split(dst->dtype, tx, tw, m, nn, k, x->data, x->shape[1], w->data, w->shape[1], 0.0,
-                dst->data, nn);
+/* x as the matrix it is stored as (2-D x itself; a 1-D operand is the row
+ * [1, k] when it is A, the column [k, 1] when it is B): rows, cols. */
+typedef struct mm_mat {
+  const void *p;
+  int64_t rows, cols;
+} mm_mat;
+
+static mm_mat mm_mat_of(const ad_tensor *x, bool is_a) {
+  if (x->ndim == 2) return (mm_mat){x->data, x->shape[0], x->shape[1]};
+  return is_a ? (mm_mat){x->data, 1, x->shape[0]} : (mm_mat){x->data, x->shape[0], 1};
 }
 
-/* For 2-D A and B, the GEMM that makes input k's contribution stores a new
- * gradient straight into its buffer (beta = 0): no temporary, no clearing,
- * no copy. Adding to an existing one is declined: a GEMM with beta = 1
- * rounds differently from the product plus an add once k is blocked. */
+/* dst = op(x) op(w) (GEMM with beta = 0). */
+static void gemm_store(ad_tensor *dst, mm_mat x, bool tx, mm_mat w, bool tw) {
+  int64_t m = tx ? x.cols : x.rows, k = tx ? x.rows : x.cols, nn = tw ? w.rows : w.cols;
+  ad_gemm_split(dst->dtype, tx, tw, m, nn, k, x.p, x.cols, w.p, w.cols, 0.0, dst->data, nn);
+}
+
+/* For A and B of at most 2 dims, the GEMM that makes input k's
+ * contribution stores a new gradient straight into its buffer (beta = 0):
+ * no temporary, no clearing, no copy. dY is the [m, n] matrix with a 1-D
+ * operand's dropped dim put back, as the recorded backward reshapes it.
+ * Adding to an existing one is declined: a GEMM with beta = 1 rounds
+ * differently from the product plus an add once k is blocked. */
 static bool matmul_grad_into(const ad_call *c, int k, ad_tensor *grad, bool overwrite) {
   const ad_tensor *a = c->in[0], *b = c->in[1], *dy = c->gout;
-  if (!overwrite || a->ndim != 2 || b->ndim != 2) return false;
-  bool ta = c->attrs->matmul.trans_a, tb = c->attrs->matmul.trans_b;
+  if (!overwrite || a->ndim > 2 || b->ndim > 2) return false;
+  mm_layout l;
+  mm_layout_of(&l, a, b, c->attrs->matmul.trans_a, c->attrs->matmul.trans_b);
+  bool ta = l.ta, tb = l.tb;
+  mm_mat am = mm_mat_of(a, true), bm = mm_mat_of(b, false), g = {dy->data, l.m, l.n};
   if (k == 0) {
     if (!ta)
-      gemm_store(grad, dy, false, b, !tb);
+      gemm_store(grad, g, false, bm, !tb);
     else
-      gemm_store(grad, b, tb, dy, true);
+      gemm_store(grad, bm, tb, g, true);
   } else {
     if (!tb)
-      gemm_store(grad, a, !ta, dy, false);
+      gemm_store(grad, am, !ta, g, false);
     else
-      gemm_store(grad, dy, true, a, ta);
+      gemm_store(grad, g, true, am, ta);
   }
   return true;
 }
