@@ -57,13 +57,14 @@ static void binary_rows(void *ud, int64_t b, int64_t e) {
 
 /* A binary op's output of at most this many bytes is computed by its rows
  * compiled for AVX-512 and AVX2 (ad_binary_run's wide), larger ones by the
- * baseline's: on data in the caches the wide loops' stores and divisions
- * win, while streams from memory ran slower with them than with SSE on a
- * Zen 4 core. A division is bound by its arithmetic and takes the wide
- * rows at every size (DEFINE_BINARY_WIDE). Measurements: docs/performance.md,
+ * baseline's: on data in the caches (an output of a few MiB, and
+ * operands no larger, stay in a core's L2 and the L3) the wide loops'
+ * stores and divisions win, while streams from memory (8 MiB outputs and
+ * more) ran slower with them than with SSE on a Zen 4 core. A division is bound by its arithmetic
+ * and takes the wide rows at every size (DEFINE_BINARY_WIDE). Measurements: docs/performance.md,
  * "Binary ops". A rule of the shape: a run's choice never depends on
  * timing, and both give the same bits. */
-#define BINARY_WIDE_MAX (1 << 20)
+#define BINARY_WIDE_MAX (1 << 22)
 
 void ad_binary_run(const ad_call *c, ad_rows_fn f, ad_rows_fn wide) {
   const ad_tensor *a = c->in[0], *b = c->in[1], *out = c->out;

@@ -1560,36 +1560,36 @@ Test(parallel, narrow_pad_expand_copies_as_plain_loops) {
 }
 
 /* Binary ops run their rows compiled for AVX-512 and AVX2 on outputs of
- * at most 1 MiB and the baseline's on larger ones (op_elementwise.c,
+ * at most 4 MiB and the baseline's on larger ones (op_elementwise.c,
  * BINARY_WIDE_MAX; a division the wide ones at every size): the same bits
- * either way. Each op on operands of 512
- * rows (2 MiB in float32: baseline rows) against the same op on their
- * first 128 rows (wide rows), same shapes and broadcast (a row, a column,
- * a scalar, both sides), values with infinities, zeros of both signs and
- * a NaN on one side. */
+ * either way. Each op on operands of 1040 rows of 1024 (4.06 MiB in
+ * float32: baseline rows) against the same op on their first 260 rows
+ * (wide rows), same shapes and broadcast (a row, a column, a scalar, both
+ * sides), values with infinities, zeros of both signs and a NaN on one
+ * side. */
 static ad_tensor *op_div(ad_ctx *c, ad_tensor *a, ad_tensor *b) { return ad_div(c, a, b); }
 static ad_tensor *op_lt(ad_ctx *c, ad_tensor *a, ad_tensor *b) { return ad_lt(c, a, b); }
 Test(parallel, binary_ops_same_bits_wide_and_baseline) {
   ad_tensor *(*const ops[])(ad_ctx *, ad_tensor *, ad_tensor *) = {
       ad_add, ad_sub, ad_mul, op_div, ad_maximum, ad_minimum, op_lt};
   static const char *const names[] = {"add", "sub", "mul", "div", "maximum", "minimum", "lt"};
-  /* b's shape for a [R, 1024]: R is 512 or 128 */
+  /* b's shape for a [R, 1024]: R is 1040 or 260 */
   static const int64_t bshape[][2] = {{-1, 1024}, {1, 1024}, {-1, 1}, {1, 1}};
   ad_rng rng;
   ad_rng_seed(&rng, 41);
   for (int d = 0; d < 2; d++) {
     ad_dtype dt = d ? AD_F64 : AD_F32;
-    ad_tensor *a = rand_tensor(&rng, dt, 512, 1024);
+    ad_tensor *a = rand_tensor(&rng, dt, 1040, 1024);
     for (int64_t i = 0; i < a->size; i += 97)
       ad_tensor_set(a, i, i % 3 ? (i % 2 ? INFINITY : -0.0) : NAN);
     for (size_t k = 0; k < sizeof bshape / sizeof *bshape; k++) {
-      ad_tensor *b = rand_tensor(&rng, dt, bshape[k][0] < 0 ? 512 : 1, bshape[k][1]);
+      ad_tensor *b = rand_tensor(&rng, dt, bshape[k][0] < 0 ? 1040 : 1, bshape[k][1]);
       for (int64_t i = 5; i < b->size; i += 89) ad_tensor_set(b, i, i % 2 ? 0.0 : -INFINITY);
       for (size_t o = 0; o < sizeof ops / sizeof *ops; o++)
         for (int swap = 0; swap < 2; swap++) { /* b on the left too: the other broadcast side */
           ad_tensor *big = swap ? ops[o](ctx, b, a) : ops[o](ctx, a, b);
-          ad_tensor *a4 = ad_narrow(ctx, a, 0, 0, 128);
-          ad_tensor *b4 = bshape[k][0] < 0 ? ad_narrow(ctx, b, 0, 0, 128) : b;
+          ad_tensor *a4 = ad_narrow(ctx, a, 0, 0, 260);
+          ad_tensor *b4 = bshape[k][0] < 0 ? ad_narrow(ctx, b, 0, 0, 260) : b;
           ad_tensor *small = swap ? ops[o](ctx, b4, a4) : ops[o](ctx, a4, b4);
           cr_assert(big && small, "%s", ad_last_error(ctx));
           cr_assert_eq(small->size * 4, big->size);
