@@ -535,10 +535,12 @@ Test(gemm, row_strips_same_bits, .timeout = 300) {
 }
 
 /* A column C (n = 1 with C's elements adjacent: a matrix times a vector)
- * is computed as the row C^T = op(B)^T op(A)^T, and a row C (m = 1) four
- * panels at a time (gemm.c, S_row4): each element must keep the bits it
- * has as an element of a wider product (n = 3, m = 3), whose tiles sum the
- * same products in the same order. Every kernel, both dtypes, each
+ * of a transposed A, or of a strided vector, is computed as the row C^T =
+ * op(B)^T op(A)^T, and a row C (m = 1) four panels at a time (gemm.c,
+ * S_row4): each element must keep the bits it has as an element of a
+ * wider product (n = 3, m = 3), whose tiles sum the same products in the
+ * same order. (A column of A's rows and a contiguous vector takes S_gemv,
+ * whose order test gemv_order checks.) Every kernel, both dtypes, each
  * transpose (A and B packed or read in place), beta 0 and 1, depths of one
  * and of several k blocks, widths with and without a whole group of four
  * panels. */
@@ -588,6 +590,7 @@ Test(gemm, column_and_row_products_same_bits, .timeout = 300) {
         for (size_t j = 0; j < sizeof ks / sizeof *ks; j++)
           for (int v = 0; v < 8; v++) {
             bool ta = v & 1, tb = v & 2, column = v & 4;
+            if (column && !ta && tb) continue; /* S_gemv's (contiguous x) */
             double beta = (i + j) % 2;
             cr_assert(
                 column_or_row_keeps_bits(kern, dt, ta, tb, column, lens[i], ks[j], beta, &rng),
@@ -599,6 +602,88 @@ Test(gemm, column_and_row_products_same_bits, .timeout = 300) {
           }
     }
   if (!ran) cr_skip_test("column_and_row_products_same_bits: no built-in kernel here");
+}
+
+/* S_gemv's order (gemm.c): row i's products a_ip x_p in 32 chains, lane j
+ * taking p = j (mod 32) of each block of 4096 in order, the lanes then
+ * added pairwise (j + 16, then j + 8, ...) and the block's sum added to
+ * the row's; alpha times that plus beta y. fused: each update one FMA (the
+ * AVX2 and AVX-512 kernels), else a product then a sum (the portable one,
+ * built for a target without FMA). */
+static double gemv_ref(ad_dtype dt, bool fused, int64_t k, const void *arow, const void *x,
+                       double alpha, double beta, double y) {
+  if (dt == AD_F32) {
+    const float *a = arow, *v = x;
+    float tot = 0, l[32];
+    for (int64_t p0 = 0; p0 < k; p0 += 4096) {
+      int64_t p1 = k - p0 < 4096 ? k : p0 + 4096;
+      for (int j = 0; j < 32; j++) l[j] = 0;
+      for (int64_t p = p0; p < p1; p++)
+        l[(p - p0) % 32] =
+            fused ? fmaf(a[p], v[p], l[(p - p0) % 32]) : l[(p - p0) % 32] + a[p] * v[p];
+      for (int w = 16; w >= 1; w /= 2)
+        for (int j = 0; j < w; j++) l[j] = l[j] + l[j + w];
+      tot = p0 == 0 ? l[0] : tot + l[0];
+    }
+    return beta == 0 ? (float)alpha * tot : (float)alpha * tot + (float)beta * (float)y;
+  }
+  const double *a = arow, *v = x;
+  double tot = 0, l[32];
+  for (int64_t p0 = 0; p0 < k; p0 += 4096) {
+    int64_t p1 = k - p0 < 4096 ? k : p0 + 4096;
+    for (int j = 0; j < 32; j++) l[j] = 0;
+    for (int64_t p = p0; p < p1; p++)
+      l[(p - p0) % 32] = fused ? fma(a[p], v[p], l[(p - p0) % 32]) : l[(p - p0) % 32] + a[p] * v[p];
+    for (int w = 16; w >= 1; w /= 2)
+      for (int j = 0; j < w; j++) l[j] = l[j] + l[j + w];
+    tot = p0 == 0 ? l[0] : tot + l[0];
+  }
+  return beta == 0 ? alpha * tot : alpha * tot + beta * y;
+}
+
+/* A column product of A's rows and a contiguous vector (B [k, 1] with row
+ * step 1, or B^T [1, k]) runs S_gemv: its bits are gemv_ref's on each
+ * kernel (the two with FMA give the same bits), for depths around the 32
+ * lanes and the 4096-product blocks, row counts around each kernel's
+ * groups of rows, alpha and beta. */
+Test(gemm, gemv_order, .timeout = 300) {
+  static const int64_t ks[] = {1, 5, 31, 32, 33, 100, 4095, 4096, 4097, 9000};
+  static const int64_t ms[] = {1, 2, 3, 4, 5, 7, 9, 33};
+  ad_rng rng;
+  ad_rng_seed(&rng, 15);
+  int ran = 0;
+  for (int kern = 1; kern <= 3; kern++)
+    for (ad_dtype dt = AD_F32; dt <= AD_F64; dt++) {
+      if (!ad_gemm_builtin(kern, dt, false, false, 0, 0, 0, 1, NULL, 1, NULL, 1, 0, NULL, 1)) {
+        cr_log_info("gemv_order: kernel %d skipped: not on this CPU or build", kern);
+        break;
+      }
+      size_t es = ad_dtype_size(dt);
+      for (size_t i = 0; i < sizeof ms / sizeof *ms; i++)
+        for (size_t j = 0; j < sizeof ks / sizeof *ks; j++) {
+          int64_t m = ms[i], k = ks[j], lda = k + 3;
+          bool tb = (i + j) % 2;
+          double alpha = (i + j) % 3 ? 1.0 : 0.75, beta = j % 2 ? 0.0 : 0.5;
+          void *a = alloc_elems(dt, m * lda), *x = alloc_elems(dt, k), *y = alloc_elems(dt, m);
+          for (int64_t e = 0; e < m * lda; e++) set(dt, a, e, ad_rng_uniform(&rng) - 0.5);
+          for (int64_t e = 0; e < k; e++) set(dt, x, e, ad_rng_uniform(&rng) - 0.5);
+          for (int64_t e = 0; e < m; e++) set(dt, y, e, ad_rng_uniform(&rng) - 0.5);
+          double want[33];
+          for (int64_t r = 0; r < m; r++)
+            want[r] = gemv_ref(dt, kern >= 2, k, (char *)a + (size_t)(r * lda) * es, x, alpha, beta,
+                               get(dt, y, r));
+          ad_gemm_builtin(kern, dt, false, tb, m, 1, k, alpha, a, lda, x, tb ? k : 1, beta, y, 1);
+          for (int64_t r = 0; r < m; r++)
+            cr_assert(get(dt, y, r) == want[r],
+                      "kernel %d, %s, %lld x 1 x %lld%s, row %lld: %.17g, S_gemv's order gives "
+                      "%.17g",
+                      kern, ad_dtype_name(dt), (long long)m, (long long)k, tb ? " B^T" : "",
+                      (long long)r, get(dt, y, r), want[r]);
+          free(a), free(x), free(y);
+          ran++;
+        }
+    }
+  if (!ran) cr_skip_test("gemv_order: no built-in kernel here");
 }
 
 /* Two threads at once, each with its own packing buffer. */

@@ -82,8 +82,24 @@
  * instructions it may fuse): it has only the one tile shape, so no second
  * tile can round otherwise. */
 #define GEMM_FMA_PLAIN(V, acc, x, b) ((acc) + (x) * (b))
+/* The same update for vectors a and b (S_gemv), and for scalars: the _V
+ * and _S forms of each (named from the kernel's FMA by pasting). */
+#define GEMM_FMA_PLAIN_V(V, acc, a, b) ((acc) + (a) * (b))
+#define GEMM_FMA_PLAIN_S(acc, a, b)    ((acc) + (a) * (b))
 #ifdef GEMM_X86
 #include <immintrin.h>
+#define GEMM_FMA_256_PS_V(V, acc, a, b)                                                            \
+  ((V)_mm256_fmadd_ps((__m256)(a), (__m256)(b), (__m256)(acc)))
+#define GEMM_FMA_256_PD_V(V, acc, a, b)                                                            \
+  ((V)_mm256_fmadd_pd((__m256d)(a), (__m256d)(b), (__m256d)(acc)))
+#define GEMM_FMA_512_PS_V(V, acc, a, b)                                                            \
+  ((V)_mm512_fmadd_ps((__m512)(a), (__m512)(b), (__m512)(acc)))
+#define GEMM_FMA_512_PD_V(V, acc, a, b)                                                            \
+  ((V)_mm512_fmadd_pd((__m512d)(a), (__m512d)(b), (__m512d)(acc)))
+#define GEMM_FMA_256_PS_S(acc, a, b) __builtin_fmaf((a), (b), (acc))
+#define GEMM_FMA_512_PS_S(acc, a, b) __builtin_fmaf((a), (b), (acc))
+#define GEMM_FMA_256_PD_S(acc, a, b) __builtin_fma((a), (b), (acc))
+#define GEMM_FMA_512_PD_S(acc, a, b) __builtin_fma((a), (b), (acc))
 #define GEMM_FMA_256_PS(V, acc, x, b)                                                              \
   ((V)_mm256_fmadd_ps(_mm256_set1_ps(x), (__m256)(b), (__m256)(acc)))
 #define GEMM_FMA_256_PD(V, acc, x, b)                                                              \
@@ -302,6 +318,12 @@ static void *gemm_scratch(size_t bytes) {
   }                                                                                                \
   ROWS((int)tail, kc, ai, ars, acs, bpanel, bcs, ci, ldc, nr, alpha, be);
 
+/* S_gemv's chains per row (a multiple of every kernel's VL, so that each
+ * kernel with FMA gives the same bits) and the products per block, after
+ * which a row's chains are added up and their sum added to the row's. */
+#define GEMV_LANES 32
+#define GEMV_BLOCK 4096
+
 /* One instruction set S for element type T: VL lanes per vector, tiles of
  * MR x 2VL (MR 6, or 8 where there are 32 vector registers: the tile's 2MR
  * accumulators, two vectors of B and a broadcast must fit), blocks KC (k),
@@ -422,6 +444,50 @@ static void *gemm_scratch(size_t bytes) {
       tile[12] = c60, tile[13] = c61, tile[14] = c70, tile[15] = c71;                              \
       S##_store((const T *)tile, MR_, nr, c, ldc, alpha, beta);                                    \
     }                                                                                              \
+  }                                                                                                \
+                                                                                                   \
+  /* y = alpha A x + beta y for R rows of A (not transposed, rows lda apart) from row i and a      \
+   * contiguous x (S##_gemv) */                                                                    \
+  static inline __attribute__((always_inline)) ATTR void S##_gemv_rows(                            \
+      const int R, int64_t k, T alpha, const T *a, int64_t lda, const T *x, T beta, T *y) {        \
+    typedef S##_v V;                                                                               \
+    enum { NV = GEMV_LANES / (VL) };                                                               \
+    T tot[4] = {0}, lane[4][GEMV_LANES];                                                           \
+    for (int64_t p0 = 0; p0 < k; p0 += GEMV_BLOCK) {                                               \
+      int64_t p1 = k - p0 < GEMV_BLOCK ? k : p0 + GEMV_BLOCK;                                      \
+      int64_t pv = p0 + (p1 - p0) / GEMV_LANES * GEMV_LANES, p = p0;                               \
+      V z = {0}, acc[4][NV];                                                                       \
+      GEMM_UNROLL for (int r = 0; r < R; r++) GEMM_UNROLL for (int v = 0; v < NV; v++) acc[r][v] = \
+          z;                                                                                       \
+      for (; p < pv; p += GEMV_LANES) {                                                            \
+        V xv[NV];                                                                                  \
+        GEMM_UNROLL for (int v = 0; v < NV; v++) xv[v] = *(const V *)(x + p + v * (VL));           \
+        GEMM_UNROLL for (int r = 0; r < R; r++) GEMM_UNROLL for (int v = 0; v < NV; v++)           \
+            acc[r][v] = FMA##_V(V, acc[r][v], *(const V *)(a + r * lda + p + v * (VL)), xv[v]);    \
+      }                                                                                            \
+      for (int r = 0; r < R; r++) {                                                                \
+        T *s = lane[r];                                                                            \
+        for (int v = 0; v < NV; v++) memcpy(s + v * (VL), &acc[r][v], sizeof(V));                  \
+        for (int64_t q = p; q < p1; q++) s[q - p] = FMA##_S(s[q - p], a[r * lda + q], x[q]);       \
+        for (int w = GEMV_LANES / 2; w >= 1; w /= 2)                                               \
+          for (int j = 0; j < w; j++) s[j] = s[j] + s[j + w];                                      \
+        tot[r] = p0 == 0 ? s[0] : tot[r] + s[0];                                                   \
+      }                                                                                            \
+    }                                                                                              \
+    for (int r = 0; r < R; r++) y[r] = beta == 0 ? alpha * tot[r] : alpha * tot[r] + beta * y[r];  \
+  }                                                                                                \
+  /* y = alpha A x + beta y, A m x k not transposed, x contiguous: a column product (n = 1). Each  \
+   * row's products in GEMV_LANES chains, lane j taking the products p = j (mod GEMV_LANES) of a   \
+   * block of GEMV_BLOCK in order (whole vectors of x side by side, the block's last p mod         \
+   * GEMV_LANES one by one into their lanes); at the block's end the lanes are added pairwise (16  \
+   * + 16, 8 + 8, ..., 1 + 1) and the sum added to the row's. Rows in groups that share x's loads. \
+   * A row's sum depends on nothing else: the same bits for any split of the rows. */              \
+  __attribute__((unused)) static ATTR void S##_gemv(int64_t m, int64_t k, T alpha, const T *a,     \
+                                                    int64_t lda, const T *x, T beta, T *y) {       \
+    enum { NV = GEMV_LANES / (VL), GR = NV <= 2 ? 4 : NV <= 4 ? 2 : 1 };                           \
+    int64_t i = 0;                                                                                 \
+    for (; i + GR <= m; i += GR) S##_gemv_rows(GR, k, alpha, a + i * lda, lda, x, beta, y + i);    \
+    for (; i < m; i++) S##_gemv_rows(1, k, alpha, a + i * lda, lda, x, beta, y + i);               \
   }                                                                                                \
                                                                                                    \
   /* 1 x 8VL: one row of C across four whole panels (ps apart in b), where a 1 x 2VL tile would    \
@@ -811,6 +877,11 @@ typedef int (*gemm_f64_fn)(int pack, bool ta, bool tb, int64_t m, int64_t n, int
 
 typedef size_t (*gemm_size_fn)(int64_t k, int64_t n);
 
+typedef void (*gemv_f32_fn)(int64_t m, int64_t k, float alpha, const float *a, int64_t lda,
+                            const float *x, float beta, float *y);
+typedef void (*gemv_f64_fn)(int64_t m, int64_t k, double alpha, const double *a, int64_t lda,
+                            const double *x, double beta, double *y);
+
 typedef int64_t (*gemm_units_fn)(int64_t k, int64_t n, int64_t *unit_elems);
 typedef void (*gemm_part_f32_fn)(bool tb, int64_t k, int64_t n, const float *b, int64_t ldb,
                                  float *dst, int64_t u0, int64_t u1);
@@ -833,22 +904,25 @@ static const struct {
   gemm_units_fn units_f32, units_f64;
   gemm_part_f32_fn part_f32;
   gemm_part_f64_fn part_f64;
+  gemv_f32_fn gemv_f32;
+  gemv_f64_fn gemv_f64;
 } kernels[4] = {
     {0},
 #ifdef GEMM_VEC
     {gen_f32_gemm, gen_f64_gemm, "builtin-generic-6x8", "builtin-generic-6x4", gen_f32_packed_size,
      gen_f64_packed_size, gen_f32_xpose, gen_f64_xpose, gen_f32_pack_units, gen_f64_pack_units,
-     gen_f32_pack_part, gen_f64_pack_part},
+     gen_f32_pack_part, gen_f64_pack_part, gen_f32_gemv, gen_f64_gemv},
 #else
     {0},
 #endif
 #ifdef GEMM_X86
     {avx2_f32_gemm, avx2_f64_gemm, "builtin-avx2-6x16", "builtin-avx2-6x8", avx2_f32_packed_size,
      avx2_f64_packed_size, avx2_f32_xpose, avx2_f64_xpose, avx2_f32_pack_units, avx2_f64_pack_units,
-     avx2_f32_pack_part, avx2_f64_pack_part},
+     avx2_f32_pack_part, avx2_f64_pack_part, avx2_f32_gemv, avx2_f64_gemv},
     {avx512_f32_gemm, avx512_f64_gemm, "builtin-avx512-8x32", "builtin-avx512-8x16",
      avx512_f32_packed_size, avx512_f64_packed_size, avx512_f32_xpose, avx512_f64_xpose,
-     avx512_f32_pack_units, avx512_f64_pack_units, avx512_f32_pack_part, avx512_f64_pack_part},
+     avx512_f32_pack_units, avx512_f64_pack_units, avx512_f32_pack_part, avx512_f64_pack_part,
+     avx512_f32_gemv, avx512_f64_gemv},
 #endif
 };
 
@@ -884,11 +958,17 @@ static bool kernel_available(int kernel) {
       gemm_scale_##SFX(m, n, beta, c, ldc);                                                        \
       return;                                                                                      \
     }                                                                                              \
-    /* a column C (n = 1, a matrix times a vector) as the row C^T = op(B)^T op(A)^T, the same      \
-     * memory: op(A) becomes the kernel's B, read in place (ta) or packed with its transposes,     \
-     * and the kernel's one-row tile puts m columns in each vector instead of one column padded    \
-     * to a whole vector per row. Each element is the same chain of multiply-adds (a_ip b_p in     \
-     * order, the same k blocks): the same bits. */                                                \
+    /* a column C (n = 1, a matrix times a vector) from A's rows and a contiguous vector: the      \
+     * kernel's S_gemv (its own order of the products: S_gemv's comment). Else (A transposed, or   \
+     * a strided vector) as the row C^T = op(B)^T op(A)^T, the same memory: op(A) becomes the      \
+     * kernel's B, read in place (ta) or packed with its transposes, and the kernel's one-row      \
+     * tile puts m columns in each vector instead of one column padded to a whole vector per       \
+     * row; each element is then the same chain of multiply-adds as in a wider product (a_ip b_p   \
+     * in order, the same k blocks): the same bits. */                                             \
+    if (n == 1 && ldc == 1 && !ta && (tb || ldb == 1) && kernel >= 1 && kernels[kernel].SFX) {     \
+      kernels[kernel].gemv_##SFX(m, k, alpha, a, lda, b, beta, c);                                 \
+      return;                                                                                      \
+    }                                                                                              \
     if (n == 1 && ldc == 1 && m > 1 && kernel >= 1 && kernels[kernel].SFX &&                       \
         kernels[kernel].SFX(pack, !tb, !ta, 1, m, k, alpha, b, ldb, a, lda, beta, c, m, NULL))     \
       return;                                                                                      \
@@ -1239,7 +1319,7 @@ static void pack_units(void *ud, int64_t u0, int64_t u1) {
 
 ad_gemm_packed *ad_gemm_pack(ad_dtype dt, bool tb, int64_t m, int64_t k, int64_t n, const void *b,
                              int64_t ldb) {
-  if (m <= 0 || k <= 0 || n <= 0) return NULL;
+  if (m <= 0 || k <= 0 || n <= 1) return NULL; /* n = 1: ad_gemm's column product (S_gemv) */
 #ifdef AD_HAVE_BLAS
   if (use_blas(m, n, k, tb ? ldb : n, ldb, n)) return NULL; /* the rule gives these to BLAS */
 #endif

@@ -67,7 +67,8 @@ void ad_gemm_split(ad_dtype dt, bool ta, bool tb, int64_t m, int64_t n, int64_t 
  * kernel, for many products C = op(A) op(B) + beta C of m rows that share
  * it: a recurrence's weight, step after step, which the kernel would
  * otherwise pack again at every call. Each product gives the bits ad_gemm
- * gives. NULL when the dispatch rule gives such products to BLAS, when no
+ * gives. NULL for n = 1 (ad_gemm's column product has an order of its
+ * own), when the dispatch rule gives such products to BLAS, when no
  * vector kernel is built, or when memory is short: the caller then calls
  * ad_gemm_split. ad_gemm_packed_run splits the rows over the library's
  * threads when the product is large enough (the bits do not change); b
