@@ -48,10 +48,14 @@ static ad_dtype dtype = AD_F32; /* of every float input and parameter (--dtype) 
  *   seg [8,21,64,64] logits of 21 classes per pixel, seg_labels [8,64,64]
  *   (i32), cw21 [21] class weights; pooled [32,64,16,16], unpooled at the
  *   indices of img's 2x2 max pooling;
- *   ctc_lp [50,16,20] log-probabilities, targets [16,10] (i32). */
+ *   ctc_lp [50,16,20] log-probabilities, targets [16,10] (i32);
+ *   row1 [1,1024] (a batch of one), rx1 [32,1,128] (a sequence of a batch
+ *   of one), rgb [32,3,64,64] (an image's three channels), seq_lg
+ *   [16,64,1000] (a sequence model's logits, classes last) and seq_lab
+ *   [16,64] (i32, label 0 ignored). */
 static ad_tensor *a, *b, *c, *p, *prob, *t01, *tpm, *tpm_rows, *img, *simg, *seq, *vol, *x1, *x2,
     *logits, *labels, *eidx, *bag, *rx, *att, *ctc_lp, *ctc_tg, *cnt, *pw, *cw, *probs, *kpm, *seg,
-    *seg_labels, *cw21, *pooled, *pool_idx, *sh16;
+    *seg_labels, *cw21, *pooled, *pool_idx, *sh16, *row1, *rx1, *rgb, *seq_lg, *seq_lab;
 static int64_t offsets[128], ctc_in_len[16], ctc_tg_len[16];
 
 /* Every tensor whose gradient a run fills: the leaves above and every
@@ -143,6 +147,11 @@ static void make_inputs(void) {
   track(ctc_lp);
   ctc_tg = indices(2, s_tg, 7, 19, 1);
   for (int k = 0; k < 16; k++) ctc_in_len[k] = 50, ctc_tg_len[k] = 10;
+  row1 = input(2, (const int64_t[]){1, 1024}, 0, 0, true);
+  rx1 = input(3, (const int64_t[]){32, 1, 128}, 0, 0, true);
+  rgb = input(4, (const int64_t[]){32, 3, 64, 64}, 0, 0, true);
+  seq_lg = input(3, (const int64_t[]){16, 64, 1000}, 0, 0, true);
+  seq_lab = indices(2, (const int64_t[]){16, 64}, 7919, 1000, 0);
 }
 
 /* The layers, made once by make_layers. */
@@ -157,7 +166,8 @@ static nn_layer *l_dense, *l_bilinear, *l_relu6, *l_prelu, *l_rrelu, *l_softshri
     *l_convt_k3, *l_lstm_bf, *l_dilconv1d, *l_dense3, *l_ln2, *l_dec, *l_amax3d, *l_bn3d, *l_in1d,
     *l_repl3d, *l_lpp1d, *l_amax1d, *l_hardtanh, *l_leaky, *l_bag_sum, *l_bag_max, *l_gru_bi,
     *l_rnn_relu, *l_lstm_proj, *l_in3d, *l_drop1d, *l_drop3d, *l_ln16, *l_conv1d_s2g4, *l_conv_circ,
-    *l_aavg1d, *l_zero2d, *l_const3d, *l_repl1d;
+    *l_aavg1d, *l_zero2d, *l_const3d, *l_repl1d, *l_dense1, *l_conv1x1, *l_stem, *l_maxp_s1,
+    *l_up_tri, *l_up_lin, *l_up_bilin_ac, *l_prelu64, *l_gn32, *l_bn1d3;
 
 static void make_layers(void) {
   l_dense = layer(nn_dense_new(ctx, 1024, 1024, &rng, &(nn_dense_opts){.dtype = dtype}), "dense");
@@ -374,6 +384,34 @@ static void make_layers(void) {
   l_const3d = layer(nn_constant_pad3d_new(ctx, (const int64_t[6]){1, 1, 1, 1, 1, 1}, 0.5),
                     "constant_pad3d");
   l_repl1d = layer(nn_replication_pad1d_new(ctx, (const int64_t[2]){3, 3}), "replication_pad1d");
+  /* the third round: one output, a pointwise and a stem convolution, an
+   * overlapping pool, the other linear upsamplings, a gain per channel,
+   * a group norm of two channels a group, a batch norm of a sequence */
+  l_dense1 = layer(nn_dense_new(ctx, 1024, 1, &rng, &(nn_dense_opts){.dtype = dtype}), "dense 1");
+  l_conv1x1 =
+      layer(nn_conv2d_new(ctx, 64, 64, 1, 1, &rng, &(nn_conv2d_opts){.dtype = dtype}), "conv 1x1");
+  l_stem =
+      layer(nn_conv2d_new(ctx, 3, 64, 7, 7, &rng,
+                          &(nn_conv2d_opts){.stride = {2, 2}, .padding = {3, 3}, .dtype = dtype}),
+            "conv2d 7x7 stride 2");
+  l_maxp_s1 =
+      layer(nn_max_pool2d_new(ctx, 3, 3, &(ad_pool2d_opts){.stride = {1, 1}, .padding = {1, 1}}),
+            "max_pool2d k3 s1");
+  l_up_tri = layer(
+      nn_upsample_new(ctx, &(nn_upsample_opts){.mode = NN_UPSAMPLE_TRILINEAR, .scale_factor = {2}}),
+      "upsample trilinear");
+  l_up_lin = layer(
+      nn_upsample_new(ctx, &(nn_upsample_opts){.mode = NN_UPSAMPLE_LINEAR, .scale_factor = {2}}),
+      "upsample linear");
+  l_up_bilin_ac = layer(nn_upsample_new(ctx, &(nn_upsample_opts){.mode = NN_UPSAMPLE_BILINEAR,
+                                                                 .scale_factor = {2},
+                                                                 .align_corners = true}),
+                        "upsample bilinear align_corners");
+  l_prelu64 = layer(nn_prelu_new(ctx, 64, 0.25, dtype), "prelu 64");
+  l_gn32 =
+      layer(nn_group_norm_new(ctx, 32, 64, &(nn_group_norm_opts){.dtype = dtype}), "group_norm 32");
+  l_bn1d3 = layer(nn_batch_norm1d_new(ctx, 64, &(nn_batch_norm_opts){.dtype = dtype}),
+                  "batch_norm1d of [N, C, L]");
   /* the indices of a 2x2 max pooling of img, kept (the tape's are freed) */
   nn_layer *mp = layer(nn_max_pool2d_new(ctx, 2, 2, NULL), "max_pool2d 2x2");
   ad_tensor *idx = nn_max_pool_indices(mp, img);
@@ -465,6 +503,9 @@ static ad_tensor *c_emb(void) { return fwd(l_emb, eidx); }
 static ad_tensor *c_bag(void) { return nn_embedding_bag_forward(l_bagl, bag, offsets, 128, NULL); }
 static ad_tensor *rnn(nn_layer *l) {
   return nn_rnn_forward(l, rx, NULL, NULL, NULL, 0, true, NULL, NULL);
+}
+static ad_tensor *rnn1(nn_layer *l) {
+  return nn_rnn_forward(l, rx1, NULL, NULL, NULL, 0, true, NULL, NULL);
 }
 static ad_tensor *c_rnn(void) { return rnn(l_rnn); }
 static ad_tensor *c_lstm(void) { return rnn(l_lstm); }
@@ -586,6 +627,23 @@ static ad_tensor *c_ce_weight(void) {
   return nn_cross_entropy_loss_ext(ctx, logits, labels, NN_MEAN, &o);
 }
 static ad_tensor *c_ce_probs(void) { return nn_cross_entropy_loss(ctx, logits, probs, NN_MEAN); }
+static ad_tensor *c_dense_b1(void) { return fwd(l_dense, row1); }
+static ad_tensor *c_dense1(void) { return fwd(l_dense1, a); }
+static ad_tensor *c_lstm_b1(void) { return rnn1(l_lstm); }
+static ad_tensor *c_gru_b1(void) { return rnn1(l_gru); }
+static ad_tensor *c_conv1x1(void) { return fwd(l_conv1x1, img); }
+static ad_tensor *c_stem(void) { return fwd(l_stem, rgb); }
+static ad_tensor *c_maxp_s1(void) { return fwd(l_maxp_s1, img); }
+static ad_tensor *c_up_tri(void) { return fwd(l_up_tri, vol); }
+static ad_tensor *c_up_lin(void) { return fwd(l_up_lin, seq); }
+static ad_tensor *c_up_bilin_ac(void) { return fwd(l_up_bilin_ac, simg); }
+static ad_tensor *c_prelu64(void) { return fwd(l_prelu64, img); }
+static ad_tensor *c_gn32(void) { return fwd(l_gn32, img); }
+static ad_tensor *c_bn1d3(void) { return fwd(l_bn1d3, seq); }
+static ad_tensor *c_seq_ce(void) {
+  nn_sequence_ce_opts o = {.ignore = true, .ignore_index = 0, .class_last = true};
+  return nn_sequence_cross_entropy_loss(ctx, seq_lg, seq_lab, NN_MEAN, &o);
+}
 
 static const struct {
   const char *name;
@@ -725,6 +783,20 @@ static const struct {
     {"cross_entropy_spatial", c_ce_spatial},
     {"cross_entropy_spatial_weight_ignore", c_ce_spatial_wi},
     {"nll_loss_spatial", c_nll_spatial},
+    {"dense_batch1", c_dense_b1},
+    {"dense_1_output", c_dense1},
+    {"lstm_batch1", c_lstm_b1},
+    {"gru_batch1", c_gru_b1},
+    {"conv2d_1x1", c_conv1x1},
+    {"conv2d_7x7_stride2", c_stem},
+    {"max_pool2d_k3_s1", c_maxp_s1},
+    {"upsample_trilinear", c_up_tri},
+    {"upsample_linear", c_up_lin},
+    {"upsample_bilinear_align_corners", c_up_bilin_ac},
+    {"prelu_channels", c_prelu64},
+    {"group_norm_32", c_gn32},
+    {"batch_norm1d_3d", c_bn1d3},
+    {"sequence_cross_entropy", c_seq_ce},
 };
 
 static void clear_grads(void) {

@@ -113,6 +113,11 @@ def torch_cases(f64=False):
     in3d, ln16 = mod(nn.InstanceNorm3d(16)), mod(nn.LayerNorm(16))
     conv1d_s2g4 = mod(nn.Conv1d(64, 64, 3, stride=2, padding=1, groups=4))
     conv_circ = mod(nn.Conv2d(64, 64, 3, padding=1, padding_mode="circular"))
+    row1, rx1, rgb = leaf(1, 1024), leaf(32, 1, 128), leaf(32, 3, 64, 64)
+    seq_lg, seq_lab = leaf(16, 64, 1000), torch.arange(1024) * 7919 % 1000
+    dense1, conv1x1 = mod(nn.Linear(1024, 1)), mod(nn.Conv2d(64, 64, 1))
+    stem = mod(nn.Conv2d(3, 64, 7, stride=2, padding=3))
+    prelu64, gn32, bn1d3 = mod(nn.PReLU(64, 0.25)), mod(nn.GroupNorm(32, 64)), mod(nn.BatchNorm1d(64))
 
     cases = [
         ("dense", lambda: dense(a)), ("bilinear", lambda: bilinear(x1, x2)),
@@ -221,6 +226,18 @@ def torch_cases(f64=False):
         ("cross_entropy_spatial_weight_ignore",
          lambda: F.cross_entropy(seg, seg_labels, weight=cw21, ignore_index=0)),
         ("nll_loss_spatial", lambda: F.nll_loss(seg, seg_labels)),
+        ("dense_batch1", lambda: dense(row1)), ("dense_1_output", lambda: dense1(a)),
+        ("lstm_batch1", lambda: lstm(rx1)[0]), ("gru_batch1", lambda: gru(rx1)[0]),
+        ("conv2d_1x1", lambda: conv1x1(img)), ("conv2d_7x7_stride2", lambda: stem(rgb)),
+        ("max_pool2d_k3_s1", lambda: F.max_pool2d(img, 3, 1, 1)),
+        ("upsample_trilinear", lambda: F.interpolate(vol, scale_factor=2, mode="trilinear")),
+        ("upsample_linear", lambda: F.interpolate(seq, scale_factor=2, mode="linear")),
+        ("upsample_bilinear_align_corners",
+         lambda: F.interpolate(simg, scale_factor=2, mode="bilinear", align_corners=True)),
+        ("prelu_channels", lambda: prelu64(img)), ("group_norm_32", lambda: gn32(img)),
+        ("batch_norm1d_3d", lambda: bn1d3(seq)),
+        ("sequence_cross_entropy",
+         lambda: F.cross_entropy(seq_lg.view(-1, 1000), seq_lab, ignore_index=0)),
     ]
     return cases, leaves
 
