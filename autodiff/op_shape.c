@@ -52,20 +52,22 @@ typedef struct copy_job {
 } copy_job;
 
 /* memcpy of n bytes (a multiple of 4, as every dtype's size): rows of
- * less than 64 bytes (a narrow or a pad of a few elements per row) are copied
- * inline, since a library call per row costs more than such a copy. */
+ * less than 128 bytes (a narrow or a pad of a few elements per row) are
+ * copied inline, since a library call per row costs more than such a
+ * copy. */
 static inline void copy_bytes(char *d, const char *s, size_t n) {
-  if (n >= 64) {
+  if (n >= 128) {
     memcpy(d, s, n);
     return;
   }
+  if (n & 64) memcpy(d, s, 64), d += 64, s += 64;
   if (n & 32) memcpy(d, s, 32), d += 32, s += 32;
   if (n & 16) memcpy(d, s, 16), d += 16, s += 16;
   if (n & 8) memcpy(d, s, 8), d += 8, s += 8;
   if (n & 4) memcpy(d, s, 4);
 }
 
-/* memset(d, 0, n) with copy_bytes's inline rule. */
+/* memset(d, 0, n), rows of less than 64 bytes inline. */
 static inline void zero_bytes(char *d, size_t n) {
   static const char zeros[64];
   if (n >= 64)
@@ -1167,6 +1169,7 @@ typedef struct pad_job {
   const void *src;
   void *dst;
   double value;
+  size_t es; /* the element's size (pad_crop_rows) */
 } pad_job;
 
 /* Output rows [b, e) of pad_nd: row r is (o, j[n-1], ..., j[1]) over the
@@ -1208,6 +1211,55 @@ typedef struct pad_job {
 PAD_ROWS(float)
 PAD_ROWS(double)
 
+/* Row r's index along the padded axes 1..n-1 (len[a] long; axis 1 the
+ * fastest) and over the outer ones, then the next row's by counting. */
+static void pad_coords(const pad_geom *g, const int64_t *len, int64_t r, int64_t *j, int64_t *o) {
+  for (int a = 1; a < g->n; a++) j[a] = r % len[a], r /= len[a];
+  *o = r;
+}
+static inline void pad_next(const pad_geom *g, const int64_t *len, int64_t *j, int64_t *o) {
+  for (int a = 1; a < g->n; a++) {
+    if (++j[a] < len[a]) return;
+    j[a] = 0;
+  }
+  ++*o;
+}
+
+/* pad_nd's rows [b, e) in mode constant (PAD_ROWS's, found by counting
+ * rather than by a division per axis per row, and without the modes'
+ * border rule): a row outside x along an axis but the last is the value,
+ * any other is x's row between the value's borders. */
+#define PAD_CONST_ROWS(T)                                                                          \
+  static void pad_const_rows_##T(void *ud, int64_t b, int64_t e) {                                 \
+    const pad_job *jb = ud;                                                                        \
+    const pad_geom *g = &jb->g;                                                                    \
+    const T *x = jb->src;                                                                          \
+    T *y = jb->dst;                                                                                \
+    const T v = (T)jb->value;                                                                      \
+    int64_t d0 = g->d[0], lo0 = g->lo[0], m0 = g->m[0], j[3] = {0}, o;                             \
+    if (b >= e) return;                                                                            \
+    pad_coords(g, g->m, b, j, &o);                                                                 \
+    for (int64_t r = b; r < e; r++, pad_next(g, g->m, j, &o)) {                                    \
+      T *yr = y + r * m0;                                                                          \
+      int64_t src = o;                                                                             \
+      bool outside = false;                                                                        \
+      for (int a = g->n - 1; a >= 1; a--) {                                                        \
+        int64_t i = j[a] - g->lo[a];                                                               \
+        outside |= i < 0 || i >= g->d[a];                                                          \
+        src = src * g->d[a] + i;                                                                   \
+      }                                                                                            \
+      if (outside) {                                                                               \
+        for (int64_t i = 0; i < m0; i++) yr[i] = v;                                                \
+        continue;                                                                                  \
+      }                                                                                            \
+      for (int64_t i = 0; i < lo0; i++) yr[i] = v;                                                 \
+      copy_bytes((char *)(yr + lo0), (const char *)(x + src * d0), (size_t)d0 * sizeof(T));        \
+      for (int64_t i = lo0 + d0; i < m0; i++) yr[i] = v;                                           \
+    }                                                                                              \
+  }
+PAD_CONST_ROWS(float)
+PAD_CONST_ROWS(double)
+
 /* Runs fn over rows of len elements each, on the library's threads from
  * 32K elements. */
 static void pad_for(int64_t rows, int64_t len, void (*fn)(void *, int64_t, int64_t), void *job) {
@@ -1220,22 +1272,47 @@ static void pad_for(int64_t rows, int64_t len, void (*fn)(void *, int64_t, int64
 
 static void pad_nd_fwd(const ad_call *c) {
   pad_job j = {pad_geom_of(&c->attrs->pad_nd, c->in[0]), c->in[0]->data, c->out->data,
-               c->attrs->pad_nd.value};
+               c->attrs->pad_nd.value, ad_dsize(c->out->dtype)};
   if (c->out->size == 0) return;
   int64_t rows = c->out->size / j.g.m[0];
-  pad_for(rows, j.g.m[0], c->out->dtype == AD_F32 ? pad_rows_float : pad_rows_double, &j);
+  bool cst = j.g.mode == AD_PAD_CONSTANT, f32 = c->out->dtype == AD_F32;
+  pad_for(rows, j.g.m[0],
+          cst ? (f32 ? pad_const_rows_float : pad_const_rows_double)
+              : (f32 ? pad_rows_float : pad_rows_double),
+          &j);
 }
 
 static ad_tensor *pad_nd_backward_of(ad_ctx *ctx, ad_tensor *dy, const ad_pad_nd_attrs *at);
 static void pad_back_rows_float(void *ud, int64_t b, int64_t e);
 static void pad_back_rows_double(void *ud, int64_t b, int64_t e);
 
+/* pad_nd_backward's rows [b, e) of dx in mode constant, where each
+ * element of dx is read by one of y (PAD_BACK_ROWS's sum of one term):
+ * its row of dy without the borders, found by counting. */
+static void pad_crop_rows(void *ud, int64_t b, int64_t e) {
+  const pad_job *jb = ud;
+  const pad_geom *g = &jb->g;
+  int64_t d0 = g->d[0], j[3] = {0}, o;
+  if (b >= e) return;
+  pad_coords(g, g->d, b, j, &o);
+  for (int64_t r = b; r < e; r++, pad_next(g, g->d, j, &o)) {
+    int64_t row = o;
+    for (int a = g->n - 1; a >= 1; a--) row = row * g->m[a] + j[a] + g->lo[a];
+    copy_bytes((char *)jb->dst + (size_t)(r * d0) * jb->es,
+               (const char *)jb->src + (size_t)(row * g->m[0] + g->lo[0]) * jb->es,
+               (size_t)d0 * jb->es);
+  }
+}
+
 /* Runs pad_nd_backward's rows from dy into dx (x's shape). */
 static void pad_back(const ad_pad_nd_attrs *at, const ad_tensor *dy, ad_tensor *dx) {
-  pad_job j = {pad_geom_of(at, dx), dy->data, dx->data, 0};
+  pad_job j = {pad_geom_of(at, dx), dy->data, dx->data, 0, ad_dsize(dx->dtype)};
   if (dx->size == 0) return;
   pad_for(dx->size / j.g.d[0], j.g.m[0],
-          dx->dtype == AD_F32 ? pad_back_rows_float : pad_back_rows_double, &j);
+          at->mode == AD_PAD_CONSTANT ? pad_crop_rows
+          : dx->dtype == AD_F32       ? pad_back_rows_float
+                                      : pad_back_rows_double,
+          &j);
 }
 
 /* x's first gradient of a pass straight into its buffer (the backward's

@@ -1479,12 +1479,13 @@ Test(parallel, broadcast_rows_merged_same_bits_as_expanded) {
     }
 }
 
-/* The copies of narrow, pad and expand (op_shape.c: short rows copied
- * inline, a pad's whole rows zeroed then filled, an expand's rows found
- * by an odometer) against plain loops over the elements, on one thread
- * and three: rows of 1 to 20 elements in both dtypes (under and over 64
- * bytes) with enough of them (70,003) that the threads' ranges start
- * inside rows; a narrow's backward is the pad of its gradient. */
+/* The copies of narrow, pad, pad_nd in mode constant and expand
+ * (op_shape.c: short rows copied inline, a pad's whole rows zeroed then
+ * filled, the rows of pad_nd and expand found by counting) against plain
+ * loops over the elements, on one thread and three: rows of 1 to 20
+ * elements in both dtypes (under and over 64 bytes) with enough of them
+ * (70,003) that the threads' ranges start inside rows; a narrow's
+ * backward is the pad of its gradient, pad_nd's a crop. */
 Test(parallel, narrow_pad_expand_copies_as_plain_loops) {
   static const int64_t widths[] = {1, 2, 3, 4, 5, 8, 15, 16, 17, 20};
   const int64_t rows = 70003;
@@ -1530,6 +1531,38 @@ Test(parallel, narrow_pad_expand_copies_as_plain_loops) {
         ad_tape_reset(ctx);
         ad_tensor_free(x);
       }
+  /* pad_nd in mode constant over three axes (rows found by counting) and its backward, a crop */
+  for (int d = 0; d < 2; d++)
+    for (int t = 0; t < 2; t++) {
+      ad_dtype dt = d ? AD_F64 : AD_F32;
+      const int64_t xs[4] = {40, 7, 33, 9}, pad[6] = {1, 2, 0, 1, 2, 0}, ys[4] = {40, 9, 34, 12};
+      cr_assert_eq(ad_set_num_threads(t ? 3 : 1), AD_OK);
+      ad_tensor *x = ad_rand(ctx, &rng, dt, 4, xs, -1, 1);
+      cr_assert(x && ad_tensor_set_requires_grad(x, true) == AD_OK, "%s", ad_last_error(ctx));
+      ad_tensor *y = ad_pad_nd(ctx, x, 3, pad, AD_PAD_CONSTANT, 0.5);
+      cr_assert(y, "%s", ad_last_error(ctx));
+      for (int64_t i = 0; i < y->size; i++) {
+        int64_t w = i % 12, h = i / 12 % 34, c = i / (12 * 34) % 9, n = i / (12 * 34 * 9);
+        int64_t xw = w - 1, xh = h - 0, xc = c - 2; /* F.pad's order: the last axis first */
+        bool in = xw >= 0 && xw < 9 && xh >= 0 && xh < 33 && xc >= 0 && xc < 7;
+        double want = in ? ad_tensor_get(x, ((n * 7 + xc) * 33 + xh) * 9 + xw) : 0.5;
+        cr_assert_eq(ad_tensor_get(y, i), want, "%s, %d threads: pad_nd at %lld", ad_dtype_name(dt),
+                     t ? 3 : 1, (long long)i);
+      }
+      ad_tensor *seed = ad_zeros_like(ctx, y);
+      cr_assert(seed, "%s", ad_last_error(ctx));
+      for (int64_t k = 0; k < seed->size; k++) ad_tensor_set(seed, k, (double)(k % 1000 + 1));
+      cr_assert_eq(ad_backward(ctx, y, seed), AD_OK, "%s", ad_last_error(ctx));
+      for (int64_t i = 0; i < x->size; i++) {
+        int64_t w = i % 9, h = i / 9 % 33, c = i / (9 * 33) % 7, n = i / (9 * 33 * 7);
+        int64_t k = ((n * ys[1] + c + 2) * ys[2] + h) * ys[3] + w + 1;
+        cr_assert_eq(ad_tensor_get(x->grad, i), (double)(k % 1000 + 1),
+                     "%s, %d threads: pad_nd's gradient at %lld", ad_dtype_name(dt), t ? 3 : 1,
+                     (long long)i);
+      }
+      ad_tape_reset(ctx);
+      ad_tensor_free(x);
+    }
   /* expand: a middle axis, a leading one, trailing ones after a kept one, one element */
   static const int64_t ex[][2][3] = {{{7, 1, 9}, {7, 3001, 9}},  {{1, 5, 3}, {4001, 5, 3}},
                                      {{6, 1, 1}, {6, 700, 11}},  {{1, 1, 1}, {300, 7, 9}},
