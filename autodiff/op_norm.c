@@ -670,9 +670,10 @@ static void layer_norm_backward_fwd(const ad_call *c) {
  * xhat and dy into its own partials while the row is in cache, and the groups'
  * partials are added in order at the end, so the bits do not depend on
  * the thread count. Used where a group's partials (2 M doubles) fit in
- * the first-level cache beside the rows, M <= LN_PLAIN_MAX_M; the others
- * take the ops. */
-enum { LN_GROUP = 16, LN_MAX_GROUPS = 256, LN_PLAIN_MAX_M = 2048 };
+ * a core's second-level cache beside the rows, M <= LN_PLAIN_MAX_M (at
+ * 16384 features the one pass still beat the ops' five; at 65536 it no
+ * longer did); the others take the ops. */
+enum { LN_GROUP = 16, LN_MAX_GROUPS = 256, LN_PLAIN_MAX_M = 16384 };
 
 typedef struct ln_plain_job {
   const ad_call *c;
