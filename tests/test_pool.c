@@ -769,6 +769,69 @@ Test(pool, fast_path_gives_the_general_bits) {
       }
 }
 
+/* Overlapping and padded windows, dilated ones, ceil_mode's partial last
+ * window (the general kernel, whose windows of a row run side by side):
+ * max_pool2d's values and max_pool2d_indices' argmaxes against a plain
+ * scan of each window in row-major order (the first maximum, or the last
+ * NaN) on data full of ties, signed zeros, infinities and NaNs of
+ * different payloads; rows as wide as a block of windows and wider. */
+Test(pool, overlapping_windows_as_the_plain_scan) {
+  static const struct {
+    int64_t kh, kw, sh, sw, ph, pw, dh, dw;
+    bool ceil;
+  } gs[] = {{3, 3, 1, 1, 1, 1, 1, 1, false}, {3, 3, 2, 2, 1, 1, 1, 1, false},
+            {2, 2, 1, 1, 0, 0, 1, 1, false}, {3, 3, 2, 2, 1, 1, 2, 2, false},
+            {5, 3, 3, 2, 2, 1, 1, 1, true},  {1, 3, 1, 1, 0, 1, 1, 1, false}};
+  static const int64_t shapes[][4] = {{2, 3, 13, 37}, {1, 2, 9, 300}};
+  ad_rng rng;
+  ad_rng_seed(&rng, 19);
+  for (int dti = 0; dti < 2; dti++)
+    for (size_t gi = 0; gi < sizeof gs / sizeof *gs; gi++)
+      for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++) {
+        ad_dtype dt = dti ? AD_F64 : AD_F32;
+        const int64_t *s = shapes[si];
+        ad_pool2d_opts o = {.stride = {gs[gi].sh, gs[gi].sw},
+                            .padding = {gs[gi].ph, gs[gi].pw},
+                            .dilation = {gs[gi].dh, gs[gi].dw},
+                            .ceil_mode = gs[gi].ceil};
+        ad_tensor *x = ad_zeros(ctx, dt, 4, s);
+        cr_assert_not_null(x);
+        fill_tricky(x, &rng);
+        ad_tensor *y = ad_max_pool2d(ctx, x, gs[gi].kh, gs[gi].kw, &o);
+        ad_tensor *ix = ad_max_pool2d_indices(ctx, x, gs[gi].kh, gs[gi].kw, &o);
+        cr_assert(y && ix, "%s", ad_last_error(ctx));
+        int64_t oh = y->shape[2], ow = y->shape[3], plane = s[2] * s[3];
+        size_t es = ad_dtype_size(dt);
+        for (int64_t p = 0; p < s[0] * s[1]; p++)
+          for (int64_t oy = 0; oy < oh; oy++)
+            for (int64_t ox = 0; ox < ow; ox++) {
+              int64_t arg = -1;
+              double best = 0;
+              for (int64_t t = 0; t < gs[gi].kh; t++)
+                for (int64_t u = 0; u < gs[gi].kw; u++) {
+                  int64_t r = oy * gs[gi].sh - gs[gi].ph + t * gs[gi].dh;
+                  int64_t c = ox * gs[gi].sw - gs[gi].pw + u * gs[gi].dw;
+                  if (r < 0 || r >= s[2] || c < 0 || c >= s[3]) continue;
+                  double v = ad_tensor_get(x, p * plane + r * s[3] + c);
+                  if (arg < 0 || v > best || isnan(v)) arg = r * s[3] + c, best = v;
+                }
+              int64_t w = (p * oh + oy) * ow + ox;
+              cr_assert(arg >= 0, "geometry %zu: a window with no tap", gi);
+              cr_assert_eq(((const int32_t *)ix->data)[w], arg,
+                           "%s geometry %zu shape %zu: window (%lld, %lld, %lld) index %d, want "
+                           "%lld",
+                           ad_dtype_name(dt), gi, si, (long long)p, (long long)oy, (long long)ox,
+                           ((const int32_t *)ix->data)[w], (long long)arg);
+              cr_assert_eq(memcmp((const char *)y->data + (size_t)w * es,
+                                  (const char *)x->data + (size_t)(p * plane + arg) * es, es),
+                           0, "%s geometry %zu shape %zu: window (%lld, %lld, %lld) value",
+                           ad_dtype_name(dt), gi, si, (long long)p, (long long)oy, (long long)ox);
+            }
+        ad_tape_reset(ctx);
+        ad_tensor_free(x);
+      }
+}
+
 /* avg_pool2d_backward with stride = kernel and no padding (its tiled
  * path: each element written once) gives the general loop's bits (reached
  * with ceil_mode on sizes it does not change) and 0 + dy / (kh kw) in each
