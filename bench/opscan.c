@@ -50,11 +50,14 @@ static ad_dtype dtype = AD_F32; /* of the float inputs (--dtype) */
  * tall [65536,16] and w16 [16,16] (a tall product), vec [1024], long2
  * [4,65536] (long rows), bk2 [256,64] (broadcast over a batch), gidx0
  * [16,1024] (i32, rows of a), pieces [256,64] x 16, e3 [64,1,64], aq, ak,
- * av [8,8,128,64] (attention's N, heads, L, E). */
+ * av [8,8,128,64] (attention's N, heads, L, E); lgv [64,32000] and labv
+ * [64] (i32: a vocabulary's logits and labels), idx3 [64] (i32, of 256),
+ * gidx3 [64,256,8] (i32, of 64: a gather along t3's last axis), b4a
+ * [16,1,64,256] and b4b [1,8,256,64] (a product broadcast on both sides). */
 static ad_tensor *a, *b, *p, *q, *sq, *bias, *gamma_, *beta, *idx, *emb, *eidx, *logits, *labels,
     *prob, *target, *img, *w, *ch, *col, *bq, *bk, *gidx, *img2, *plane, *gate, *sidx, *src, *row,
     *pcol, *px, *py, *sh4, *sh16, *lg2, *labels2, *rows2k, *idx2k, *t3, *tall, *w16, *vec, *long2,
-    *bk2, *gidx0, *pieces[16], *e3, *aq, *ak, *av;
+    *bk2, *gidx0, *pieces[16], *e3, *aq, *ak, *av, *lgv, *labv, *idx3, *gidx3, *b4a, *b4b;
 
 static ad_tensor *c_div(void) { return ad_div(ctx, a, p); }
 static ad_tensor *c_pow(void) { return ad_pow(ctx, p, q); }
@@ -210,6 +213,23 @@ static ad_tensor *c_sdpa(void) { return ad_scaled_dot_product_attention(ctx, aq,
 static ad_tensor *c_max_all(void) { return ad_max(ctx, a); }
 static ad_tensor *c_div_scalar(void) { return ad_div_scalar(ctx, a, 3.0); }
 static ad_tensor *c_sub_row(void) { return ad_sub(ctx, row, a); }
+/* the fourth round: short rows' log-softmax, logsumexp and scan, a
+ * vocabulary's cross-entropy, a standard deviation of everything, an
+ * exponent per row, a maximum against a row, a selection and a gather in
+ * 3-d, a product broadcast on both sides, a variance over the channels, a
+ * softmax over a middle axis */
+static ad_tensor *c_log_softmax_short(void) { return ad_log_softmax(ctx, sh4, 1); }
+static ad_tensor *c_logsumexp_short(void) { return ad_logsumexp(ctx, sh4, 1, false); }
+static ad_tensor *c_ce_vocab(void) { return ad_softmax_cross_entropy(ctx, lgv, labv); }
+static ad_tensor *c_cumsum_short(void) { return ad_cumsum(ctx, sh4, 1); }
+static ad_tensor *c_std_all(void) { return ad_std(ctx, a, 2, (const int[]){0, 1}, 1, false); }
+static ad_tensor *c_pow_col(void) { return ad_pow(ctx, p, pcol); }
+static ad_tensor *c_maximum_row(void) { return ad_maximum(ctx, a, row); }
+static ad_tensor *c_isel_3d(void) { return ad_index_select_axis(ctx, t3, 1, idx3); }
+static ad_tensor *c_gather_3d(void) { return ad_gather(ctx, t3, 2, gidx3); }
+static ad_tensor *c_bmm_bcast2(void) { return ad_matmul(ctx, b4a, b4b, false, false); }
+static ad_tensor *c_var_ch(void) { return ad_var(ctx, img, 1, (const int[]){1}, 1, false); }
+static ad_tensor *c_softmax_mid(void) { return ad_softmax(ctx, t3, 1); }
 
 static const struct {
   const char *name;
@@ -324,6 +344,18 @@ static const struct {
     {"max_all", c_max_all},
     {"div_scalar", c_div_scalar},
     {"sub_row", c_sub_row},
+    {"log_softmax_short", c_log_softmax_short},
+    {"logsumexp_short", c_logsumexp_short},
+    {"ce_vocab", c_ce_vocab},
+    {"cumsum_short", c_cumsum_short},
+    {"std_all", c_std_all},
+    {"pow_col", c_pow_col},
+    {"maximum_row", c_maximum_row},
+    {"isel_3d", c_isel_3d},
+    {"gather_3d", c_gather_3d},
+    {"bmm_bcast2", c_bmm_bcast2},
+    {"var_ch", c_var_ch},
+    {"softmax_mid", c_softmax_mid},
 };
 
 /* A float leaf (dtype) of shape [n0, n1] (n1 = 0: 1-D), uniform in [lo, hi) or
@@ -399,13 +431,19 @@ static void make_inputs(void) {
   const int64_t s_att[4] = {8, 8, 128, 64};
   aq = input(&rng, 4, s_att, 0, 0, true), ak = input(&rng, 4, s_att, 0, 0, true);
   av = input(&rng, 4, s_att, 0, 0, true);
+  lgv = input(&rng, 2, (const int64_t[]){64, 32000}, 0, 0, true);
+  labv = indices(1, (const int64_t[]){64}, 7919, 32000);
+  idx3 = indices(1, (const int64_t[]){64}, 37, 256);
+  gidx3 = indices(3, (const int64_t[]){64, 256, 8}, 37, 64);
+  b4a = input(&rng, 4, (const int64_t[]){16, 1, 64, 256}, 0, 0, true);
+  b4b = input(&rng, 4, (const int64_t[]){1, 8, 256, 64}, 0, 0, true);
 }
 
 static void clear_grads(void) {
-  ad_tensor *leaves[] = {a,    b,   p,    q,     sq,  bias, gamma_, beta, emb,    logits,
-                         prob, img, w,    ch,    col, bq,   bk,     img2, plane,  gate,
-                         src,  row, pcol, px,    py,  sh4,  sh16,   lg2,  rows2k, t3,
-                         tall, w16, vec,  long2, bk2, e3,   aq,     ak,   av};
+  ad_tensor *leaves[] = {a,     b,   p,  q,   sq,   bias, gamma_, beta,  emb,  logits, prob,
+                         img,   w,   ch, col, bq,   bk,   img2,   plane, gate, src,    row,
+                         pcol,  px,  py, sh4, sh16, lg2,  rows2k, t3,    tall, w16,    vec,
+                         long2, bk2, e3, aq,  ak,   av,   lgv,    b4a,   b4b};
   for (size_t k = 0; k < sizeof leaves / sizeof *leaves; k++) ad_tensor_zero_grad(leaves[k]);
   for (int k = 0; k < 16; k++) ad_tensor_zero_grad(pieces[k]);
 }

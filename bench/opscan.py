@@ -71,11 +71,16 @@ def torch_cases(f64=False):
     e3 = leaf(64, 1, 64)
     aq, ak, av = leaf(8, 8, 128, 64), leaf(8, 8, 128, 64), leaf(8, 8, 128, 64)
 
+    lgv, labv = leaf(64, 32000), torch.tensor([k * 7919 % 32000 for k in range(64)])
+    idx3 = torch.tensor([k * 37 % 256 for k in range(64)])
+    gidx3 = torch.tensor([k * 37 % 64 for k in range(64 * 256 * 8)]).view(64, 256, 8)
+    b4a, b4b = leaf(16, 1, 64, 256), leaf(1, 8, 256, 64)
+
     def sdpa():  # torch 1.13 has no fused attention: its math path
         return torch.softmax(aq @ ak.transpose(-2, -1) * (64 ** -0.5), -1) @ av
     leaves = [a, b, p, q, sq, bias, gamma, beta, emb, logits, prob, img, w, ch, col, bq, bk, img2,
               plane, gate, src, row, pcol, px, py, sh4, sh16, lg2, rows2k, t3, tall, w16, vec,
-              long2, bk2, e3, aq, ak, av] + pieces
+              long2, bk2, e3, aq, ak, av, lgv, b4a, b4b] + pieces
     cases = [
         ("div", lambda: a / p), ("pow", lambda: torch.pow(p, q)),
         ("maximum", lambda: torch.maximum(a, b)), ("where_lt", lambda: torch.where(a < b, a, b)),
@@ -143,6 +148,14 @@ def torch_cases(f64=False):
         ("narrow_short", lambda: sh4.narrow(1, 1, 2)), ("concat16", lambda: torch.cat(pieces, 1)),
         ("expand_mid", lambda: e3.expand(64, 256, 64).contiguous()), ("sdpa", sdpa),
         ("max_all", lambda: a.max()), ("div_scalar", lambda: a / 3.0), ("sub_row", lambda: row - a),
+        ("log_softmax_short", lambda: torch.log_softmax(sh4, 1)),
+        ("logsumexp_short", lambda: torch.logsumexp(sh4, 1)),
+        ("ce_vocab", lambda: F.cross_entropy(lgv, labv)),
+        ("cumsum_short", lambda: torch.cumsum(sh4, 1)), ("std_all", lambda: a.std()),
+        ("pow_col", lambda: torch.pow(p, pcol)), ("maximum_row", lambda: torch.maximum(a, row)),
+        ("isel_3d", lambda: t3.index_select(1, idx3)), ("gather_3d", lambda: torch.gather(t3, 2, gidx3)),
+        ("bmm_bcast2", lambda: torch.matmul(b4a, b4b)), ("var_ch", lambda: torch.var(img, 1)),
+        ("softmax_mid", lambda: torch.softmax(t3, 1)),
     ]
     return cases, leaves
 
