@@ -163,8 +163,10 @@ typedef void (*ad_rows_fn)(const ad_call *c, int64_t oa, int64_t sa, int64_t ob,
  * CELL_CLONES): V32, OUT32, FIX32 and EXPR64 are expressions of x0 and x1
  * (the two operands). Rows where both are of unit stride take V32 in
  * chunks of 256 and FIX32 where OUT32 holds, after the chunk (NAME_row32,
- * vectorized); other strides (a broadcast operand) the same expressions
- * element by element; float64 EXPR64, in rows compiled as the float32
+ * vectorized); other strides (a broadcast operand) gathered into rows of
+ * 256 for NAME_row32 (element by element in this baseline code, V32's
+ * multiply-adds are calls of libm's fmaf: pow of a [256,1024] by a
+ * column took 16x PyTorch's time); float64 EXPR64, in rows compiled as the float32
  * ones (CELL_CLONES) for every stride, so that vexp.h's float64 functions
  * in it run in the clones, not in baseline code that calls libm's fma. */
 #define BINARY_KERNEL_V(NAME, V32, OUT32, FIX32, EXPR64)                                           \
@@ -205,8 +207,15 @@ typedef void (*ad_rows_fn)(const ad_call *c, int64_t oa, int64_t sa, int64_t ob,
     else if (c->out->dtype == AD_F32 && sa == 1 && sb == 1)                                        \
       NAME##_row32((const float *)c->in[0]->data + oa, (const float *)c->in[1]->data + ob,         \
                    (float *)c->out->data + oy, len);                                               \
-    else                                                                                           \
-      BINARY_LOOP(float, (OUT32) ? (FIX32) : (V32));                                               \
+    else if (c->out->dtype == AD_F32) { /* a broadcast operand: its values gathered into a row */  \
+      const float *A = (const float *)c->in[0]->data + oa, *B = (const float *)c->in[1]->data + ob; \
+      float *Y = (float *)c->out->data + oy, ta[256], tb[256];                                     \
+      for (int64_t c0 = 0; c0 < len; c0 += 256) {                                                  \
+        int64_t n = len - c0 < 256 ? len - c0 : 256;                                               \
+        for (int64_t i = 0; i < n; i++) ta[i] = A[(c0 + i) * sa], tb[i] = B[(c0 + i) * sb];        \
+        NAME##_row32(ta, tb, Y + c0, n);                                                           \
+      }                                                                                            \
+    }                                                                                              \
   }                                                                                                \
   static void NAME##_fwd(const ad_call *c) { ad_binary_run(c, NAME##_rows, NULL); }
 
