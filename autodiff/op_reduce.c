@@ -974,8 +974,30 @@ CELL_CLONES static void lse_lanes_f32(const void *xv, void *yv, int64_t S, int64
   *(float *)yv = (float)(isfinite(m) ? (double)m + log(s) : (double)m);
 }
 
+/* float32 rows shorter than EXP_ROWS_SHORT along the last axis (a
+ * logsumexp over a few choices): up to 64 rows at a time through
+ * exp_rows_f32 (each row exp_row_f32's maximum and sum, so lse_lanes_f32's
+ * bits), as softmax_small_rows, instead of a lane call per row. */
+CELL_CLONES static void lse_small_rows(void *ud, int64_t b, int64_t e) {
+  const small_rows_job *j = ud;
+  enum { ROWS = 64 };
+  float m[ROWS], ex[ROWS * EXP_ROWS_SHORT];
+  double s[ROWS];
+  for (int64_t r0 = b; r0 < e; r0 += ROWS) {
+    int64_t nr = e - r0 < ROWS ? e - r0 : ROWS;
+    exp_rows_f32(j->x + r0 * j->n, ex, nr, j->n, m, s);
+    for (int64_t r = 0; r < nr; r++)
+      j->y[r0 + r] = (float)(isfinite(m[r]) ? (double)m[r] + log(s[r]) : (double)m[r]);
+  }
+}
+
 static void logsumexp_fwd(const ad_call *c) {
   red_dims r = red_of(c->in[0], c->attrs->reduce.axes);
+  if (c->out->dtype == AD_F32 && r.inner == 1 && r.n > 0 && r.n < EXP_ROWS_SHORT && r.outer > 1) {
+    small_rows_job j = {c->in[0]->data, c->out->data, r.n, false};
+    ad_parallel_for(r.outer, (32768 + r.n - 1) / r.n, lse_small_rows, &j);
+    return;
+  }
   run_lanes(c->in[0], c->out, r, r.inner, c->out->dtype == AD_F32 ? lse_lanes_f32 : lse_lanes_f64);
 }
 

@@ -959,8 +959,8 @@ Test(parallel, softmax_family_f32_within_2_ulp_of_f64) {
     }
 }
 
-/* float32 softmax and log_softmax of short rows along the last axis
- * (taken many rows at a time below 64 elements, op_reduce.c) give the bits of each row
+/* float32 softmax, log_softmax and logsumexp of short rows along the last
+ * axis (taken many rows at a time below 64 elements, op_reduce.c) give the bits of each row
  * alone (a [1, n] tensor: the one-row path), with NaN, infinities, rows of
  * -inf and values below exp_v's clamp among them, on 1 and 3 threads. */
 Test(parallel, short_softmax_rows_same_bits_as_one_row) {
@@ -974,18 +974,24 @@ Test(parallel, short_softmax_rows_same_bits_as_one_row) {
     X[3 * n] = NAN, X[5 * n + n - 1] = INFINITY, X[7 * n] = -INFINITY, X[13 * n + n / 2] = NAN;
     X[15 * n + n / 3] = 0.0f, X[15 * n + n - 1] = -0.0f; /* zeros of both signs, maybe the max */
     for (int64_t k = 0; k < n; k++) X[9 * n + k] = -INFINITY, X[11 * n + k] = k ? -95.0f : 0.0f;
-    for (int op = 0; op < 2; op++)
+    static const char *const names[3] = {"softmax", "log_softmax", "logsumexp"};
+    for (int op = 0; op < 3; op++)
       for (int t = 0; t < 2; t++) {
         cr_assert_eq(ad_set_num_threads(t ? 3 : 1), AD_OK);
-        ad_tensor *y = op ? ad_log_softmax(ctx, x, 1) : ad_softmax(ctx, x, 1);
+        ad_tensor *y = op == 2 ? ad_logsumexp(ctx, x, 1, false)
+                       : op    ? ad_log_softmax(ctx, x, 1)
+                               : ad_softmax(ctx, x, 1);
         cr_assert(y, "%s", ad_last_error(ctx));
+        int64_t per = op == 2 ? 1 : n; /* a row's outputs */
         for (int64_t r = 0; r < R; r++) {
           ad_tensor *xr = ad_from_data(ctx, AD_F32, 2, one, X + r * n);
-          ad_tensor *yr = op ? ad_log_softmax(ctx, xr, 1) : ad_softmax(ctx, xr, 1);
+          ad_tensor *yr = op == 2 ? ad_logsumexp(ctx, xr, 1, false)
+                          : op    ? ad_log_softmax(ctx, xr, 1)
+                                  : ad_softmax(ctx, xr, 1);
           cr_assert(yr, "%s", ad_last_error(ctx));
-          cr_assert(memcmp(yr->data, (float *)y->data + r * n, (size_t)n * sizeof(float)) == 0,
-                    "%s n %lld row %lld: not the row's own bits", op ? "log_softmax" : "softmax",
-                    (long long)n, (long long)r);
+          cr_assert(memcmp(yr->data, (float *)y->data + r * per, (size_t)per * sizeof(float)) == 0,
+                    "%s n %lld row %lld: not the row's own bits", names[op], (long long)n,
+                    (long long)r);
           ad_tensor_free(xr);
         }
         ad_tape_reset(ctx);
