@@ -457,6 +457,18 @@ void ad_bc_next_span(const ad_bc_rows *it, const ad_tensor *out, ad_bc_cursor *c
                      int64_t end, int64_t *off, int64_t *n);
 /* A temporary header whose data pointer is set by the caller (views). */
 ad_tensor *ad_tmp_header(ad_ctx *ctx, ad_dtype dtype, int ndim, const int64_t *shape);
+/* The position of the first of the n int32 indices p[] outside
+ * 0..lim-1, or -1 when every one is inside: a pass without branches first
+ * (it vectorises; a loop that stops at the first bad index does not), the
+ * search only when one is out. */
+static inline int64_t ad_idx_first_bad(const int32_t *p, int64_t n, int64_t lim) {
+  uint32_t l = lim > INT32_MAX ? (uint32_t)INT32_MAX + 1 : lim < 0 ? 0 : (uint32_t)lim;
+  uint32_t any = 0;
+  for (int64_t i = 0; i < n; i++) any |= (uint32_t)p[i] >= l;
+  for (int64_t i = 0; any && i < n; i++)
+    if ((uint32_t)p[i] >= l) return i;
+  return -1;
+}
 /* A persistent sample input for gradcheck: uniform in [lo, hi), with
  * requires_grad when grad. */
 static inline ad_tensor *ad_sample_tensor(const ad_sample_call *s, int ndim, const int64_t *shape,

@@ -1081,16 +1081,16 @@ static ad_status pool_gather_check(const ad_call *c, const ad_tensor *x, const a
   *plane = ad_shape_size(x->ndim - *ax, x->shape + *ax);
   *win = ad_shape_size(idx->ndim - *ax, idx->shape + *ax);
   const int32_t *p = idx->data;
-  for (int64_t i = 0; i < idx->size; i++)
-    if (p[i] < 0 || p[i] >= *plane) {
-      char at[64];
-      return ad_set_error(c->ctx, AD_ERR_ARG,
-                          "%s: index %d at %s of index %s is outside 0..%lld (a plane of x %s "
-                          "from axis %d)",
-                          c->name, p[i], ad_coords_str(idx, i, at, sizeof at),
-                          ad_shape_str(idx, b, sizeof b), (long long)*plane - 1,
-                          ad_shape_str(x, a, sizeof a), *ax);
-    }
+  int64_t i = ad_idx_first_bad(p, idx->size, *plane);
+  if (i >= 0) {
+    char at[64];
+    return ad_set_error(c->ctx, AD_ERR_ARG,
+                        "%s: index %d at %s of index %s is outside 0..%lld (a plane of x %s "
+                        "from axis %d)",
+                        c->name, p[i], ad_coords_str(idx, i, at, sizeof at),
+                        ad_shape_str(idx, b, sizeof b), (long long)*plane - 1,
+                        ad_shape_str(x, a, sizeof a), *ax);
+  }
   return AD_OK;
 }
 

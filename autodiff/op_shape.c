@@ -121,10 +121,10 @@ static ad_status check_idx(const ad_call *c, const ad_tensor *idx, int64_t rows)
     return ad_set_error(c->ctx, AD_ERR_DTYPE, "%s: indices must be i32, got %s", c->name,
                         ad_dtype_name(idx->dtype));
   const int32_t *p = idx->data;
-  for (int64_t i = 0; i < idx->size; i++)
-    if (p[i] < 0 || p[i] >= rows)
-      return ad_set_error(c->ctx, AD_ERR_ARG, "%s: index %d at position %lld is outside 0..%lld",
-                          c->name, p[i], (long long)i, (long long)rows - 1);
+  int64_t i = ad_idx_first_bad(p, idx->size, rows);
+  if (i >= 0)
+    return ad_set_error(c->ctx, AD_ERR_ARG, "%s: index %d at position %lld is outside 0..%lld",
+                        c->name, p[i], (long long)i, (long long)rows - 1);
   return AD_OK;
 }
 
@@ -2522,31 +2522,37 @@ static ad_status check_gather(const ad_call *c, const ad_tensor *x, const ad_ten
                         "each at most as long)",
                         c->name, ad_shape_str(idx, b, sizeof b), ad_shape_str(x, a, sizeof a), *ax);
   const int32_t *p = idx->data;
-  int64_t n = x->shape[*ax];
-  for (int64_t i = 0; i < idx->size; i++)
-    if (p[i] < 0 || p[i] >= n) {
-      char at[64];
-      return ad_set_error(c->ctx, AD_ERR_ARG,
-                          "%s: index %d at %s of index %s is outside 0..%lld (axis %d of input "
-                          "%s)",
-                          c->name, p[i], ad_coords_str(idx, i, at, sizeof at),
-                          ad_shape_str(idx, b, sizeof b), (long long)n - 1, *ax,
-                          ad_shape_str(x, a, sizeof a));
-    }
+  int64_t n = x->shape[*ax], i = ad_idx_first_bad(p, idx->size, n);
+  if (i >= 0) {
+    char at[64];
+    return ad_set_error(c->ctx, AD_ERR_ARG,
+                        "%s: index %d at %s of index %s is outside 0..%lld (axis %d of input "
+                        "%s)",
+                        c->name, p[i], ad_coords_str(idx, i, at, sizeof at),
+                        ad_shape_str(idx, b, sizeof b), (long long)n - 1, *ax,
+                        ad_shape_str(x, a, sizeof a));
+  }
   return AD_OK;
 }
 
 /* Runs BODY for every element i of idx, in idx's order, with off the flat
- * offset into x that it names: the walk both ops share. */
+ * offset into x that it names: the walk both ops share. idx's last dim is
+ * walked as a run (the offsets of a run differ by its index and, off the
+ * axis, by x's last stride); the dims before it by counting. */
 #define GATHER_WALK(x, idx, ax, BODY)                                                              \
   do {                                                                                             \
     int64_t xs_[AD_MAX_DIMS], co_[AD_MAX_DIMS] = {0}, base_ = 0;                                   \
     for (int64_t d_ = (x)->ndim - 1, s_ = 1; d_ >= 0; s_ *= (x)->shape[d_], d_--) xs_[d_] = s_;    \
     const int32_t *p_ = (idx)->data;                                                               \
-    for (int64_t i = 0; i < (idx)->size; i++) {                                                    \
-      int64_t off = base_ + p_[i] * xs_[ax];                                                       \
-      BODY;                                                                                        \
-      for (int d_ = (idx)->ndim - 1; d_ >= 0; d_--) {                                              \
+    const int last_ = (idx)->ndim - 1;                                                             \
+    const int64_t run_ = last_ >= 0 ? (idx)->shape[last_] : 1, sa_ = xs_[ax];                      \
+    const int64_t sl_ = last_ >= 0 && last_ != (ax) ? xs_[last_] : 0;                              \
+    for (int64_t i0_ = 0; i0_ < (idx)->size; i0_ += run_) {                                        \
+      for (int64_t k_ = 0; k_ < run_; k_++) {                                                      \
+        const int64_t i = i0_ + k_, off = base_ + p_[i] * sa_ + k_ * sl_;                          \
+        BODY;                                                                                      \
+      }                                                                                            \
+      for (int d_ = last_ - 1; d_ >= 0; d_--) {                                                    \
         if (d_ != (ax)) base_ += xs_[d_];                                                          \
         if (++co_[d_] < (idx)->shape[d_]) break;                                                   \
         if (d_ != (ax)) base_ -= xs_[d_] * co_[d_];                                                \
