@@ -991,20 +991,110 @@ CELL_CLONES static void lse_small_rows(void *ud, int64_t b, int64_t e) {
   }
 }
 
+/* The same for float64 rows (LSE_BODY's bits: each row's maximum, its
+ * exponentials in a run of rows with the maxima repeated beside them,
+ * where they vectorise, each row's sum in order, as exp_sum_d adds). */
+typedef struct small_rows_job_d {
+  const double *x;
+  double *y;
+  int64_t n;
+} small_rows_job_d;
+
+CELL_CLONES static void lse_small_rows_d(void *ud, int64_t b, int64_t e) {
+  const small_rows_job_d *j = ud;
+  const int64_t n = j->n, per = 256 / n;
+  double m[256], mrep[256], ex[256];
+  for (int64_t r0 = b; r0 < e; r0 += per) {
+    const int64_t nr = e - r0 < per ? e - r0 : per, len = nr * n;
+    const double *x = j->x + r0 * n;
+    for (int64_t r = 0; r < nr; r++) {
+      m[r] = AD_LANE_MAX(x + r * n, 1, n);
+      for (int64_t k = 0; k < n; k++) mrep[r * n + k] = m[r];
+    }
+    for (int64_t t = 0; t < len; t++) ex[t] = exp_d(x[t] - mrep[t]);
+    for (int64_t r = 0; r < nr; r++) {
+      double sr = 0;
+      for (int64_t k = 0; k < n; k++) sr += ex[r * n + k];
+      j->y[r0 + r] = isfinite(m[r]) ? m[r] + log(sr) : m[r];
+    }
+  }
+}
+
 static void logsumexp_fwd(const ad_call *c) {
   red_dims r = red_of(c->in[0], c->attrs->reduce.axes);
-  if (c->out->dtype == AD_F32 && r.inner == 1 && r.n > 0 && r.n < EXP_ROWS_SHORT && r.outer > 1) {
-    small_rows_job j = {c->in[0]->data, c->out->data, r.n, false};
-    ad_parallel_for(r.outer, (32768 + r.n - 1) / r.n, lse_small_rows, &j);
+  if (r.inner == 1 && r.n > 0 && r.n < EXP_ROWS_SHORT && r.outer > 1) {
+    if (c->out->dtype == AD_F32) {
+      small_rows_job j = {c->in[0]->data, c->out->data, r.n, false};
+      ad_parallel_for(r.outer, (32768 + r.n - 1) / r.n, lse_small_rows, &j);
+    } else {
+      small_rows_job_d j = {c->in[0]->data, c->out->data, r.n};
+      ad_parallel_for(r.outer, (32768 + r.n - 1) / r.n, lse_small_rows_d, &j);
+    }
     return;
   }
   run_lanes(c->in[0], c->out, r, r.inner, c->out->dtype == AD_F32 ? lse_lanes_f32 : lse_lanes_f64);
 }
 
+/* logsumexp's plain backward (no create_graph) along the last axis:
+ * dx = dy * exp(x - y) over rows [b, e) of n elements, in one pass. Each
+ * row's y and dy are repeated beside its elements, 256 elements at a time,
+ * so that the loop vectorises across short rows; each element's
+ * expressions are the recorded ops' (sub, exp with its fix outside
+ * exp_v's range, mul): the same bits. */
+typedef struct lse_bwd_job {
+  const void *x, *y, *dy;
+  void *dx;
+  int64_t n;
+} lse_bwd_job;
+
+#define LSE_BWD_ROWS(NAME, T, EXP_BODY)                                                            \
+  CELL_CLONES static void NAME(void *ud, int64_t b, int64_t e) {                                   \
+    const lse_bwd_job *j = ud;                                                                     \
+    const T *X = j->x, *Y = j->y, *G = j->dy;                                                      \
+    T *D = j->dx, yr[256], gr[256];                                                                \
+    const int64_t n = j->n;                                                                        \
+    for (int64_t i0 = b * n, i1 = e * n; i0 < i1; i0 += 256) {                                     \
+      const int64_t len = i1 - i0 < 256 ? i1 - i0 : 256;                                           \
+      int64_t r = i0 / n, k = i0 - r * n;                                                          \
+      for (int64_t t = 0; t < len; t++) {                                                          \
+        yr[t] = Y[r], gr[t] = G[r];                                                                \
+        if (++k == n) k = 0, r++;                                                                  \
+      }                                                                                            \
+      const T *x = X + i0;                                                                         \
+      T *dx = D + i0;                                                                              \
+      EXP_BODY                                                                                     \
+    }                                                                                              \
+  }
+LSE_BWD_ROWS(lse_bwd_f32, float, {
+  int out = 0;
+  for (int64_t t = 0; t < len; t++) {
+    float d = x[t] - yr[t];
+    dx[t] = gr[t] * exp_v(d);
+    out |= EXP_V_OUT(d);
+  }
+  if (out)
+    for (int64_t t = 0; t < len; t++) {
+      float d = x[t] - yr[t];
+      if (EXP_V_OUT(d)) dx[t] = gr[t] * expf(d);
+    }
+})
+LSE_BWD_ROWS(lse_bwd_f64, double, {
+  for (int64_t t = 0; t < len; t++) dx[t] = gr[t] * exp_d(x[t] - yr[t]);
+})
+
 static ad_status logsumexp_bwd(const ad_call *c) {
   ad_ctx *ctx = c->ctx;
   ad_tensor *x = c->in[0];
   const ad_reduce_attrs *ra = &c->attrs->reduce;
+  red_dims r = red_of(x, ra->axes);
+  if (!ctx->grad_enabled && r.inner == 1 && r.n > 0 && r.n < EXP_ROWS_SHORT && c->needs[0]) {
+    ad_tensor *dx = ad_tmp_like(ctx, x);
+    if (!dx) return ad_last_status(ctx);
+    lse_bwd_job j = {x->data, c->out->data, c->gout->data, dx->data, r.n};
+    ad_parallel_for(r.outer, (32768 + r.n - 1) / r.n,
+                    x->dtype == AD_F32 ? lse_bwd_f32 : lse_bwd_f64, &j);
+    return ad_call_set_grad(c, 0, dx);
+  }
   ad_tensor *p = ad_exp(ctx, ad_sub(ctx, x, keep(ctx, c->out, x, ra)));
   return ad_call_set_grad(c, 0, ad_mul(ctx, keep(ctx, c->gout, x, ra), p));
 }

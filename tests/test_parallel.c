@@ -1001,6 +1001,59 @@ Test(parallel, short_softmax_rows_same_bits_as_one_row) {
   }
 }
 
+/* logsumexp along rows shorter than 64 (op_reduce.c: many rows at a time
+ * forward, and a plain backward of one pass, dy exp(x - y)): in both
+ * dtypes each row's value is its own as a [1, n] tensor, and the plain
+ * backward gives the recorded one's bits (sub, exp, mul), on 1 and 3
+ * threads, with NaN, infinities, rows of -inf and values far below their
+ * row's maximum, and a NaN and an infinity in the seed. */
+Test(parallel, logsumexp_short_rows_as_one_row_and_as_recorded) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 43);
+  for (int d = 0; d < 2; d++)
+    for (int64_t n = 1; n < 70; n += n < 20 ? 1 : 7) {
+      ad_dtype dt = d ? AD_F64 : AD_F32;
+      int64_t R = 300, sh[2] = {R, n}, one[2] = {1, n}, rs[1] = {R};
+      size_t es = ad_dtype_size(dt);
+      ad_tensor *x = ad_rand(ctx, &rng, dt, 2, sh, -40, 40),
+                *seed = ad_rand(ctx, &rng, dt, 1, rs, -1, 1);
+      cr_assert(x && seed, "%s", ad_last_error(ctx));
+      ad_tensor_set(x, 3 * n, NAN), ad_tensor_set(x, 5 * n + n - 1, INFINITY);
+      ad_tensor_set(x, 7 * n, -INFINITY), ad_tensor_set(x, 13 * n + n / 2, NAN);
+      for (int64_t k = 0; k < n; k++)
+        ad_tensor_set(x, 9 * n + k, -INFINITY), ad_tensor_set(x, 11 * n + k, k ? -95 : 0);
+      ad_tensor_set(seed, 17, NAN), ad_tensor_set(seed, 19, INFINITY);
+      ad_tensor_set_requires_grad(x, true);
+      ad_tensor *g[3];
+      for (int t = 0; t < 3; t++) {
+        cr_assert_eq(ad_set_num_threads(t == 1 ? 3 : 1), AD_OK);
+        ad_tensor *y = ad_logsumexp(ctx, x, 1, false);
+        cr_assert(y, "%s", ad_last_error(ctx));
+        for (int64_t r = 0; t == 1 && r < R; r++) {
+          ad_tensor *xr = ad_from_data(ctx, dt, 2, one, (char *)x->data + (size_t)(r * n) * es);
+          ad_tensor *yr = xr ? ad_logsumexp(ctx, xr, 1, false) : NULL;
+          cr_assert(yr, "%s", ad_last_error(ctx));
+          cr_assert(memcmp(yr->data, (char *)y->data + (size_t)r * es, es) == 0,
+                    "%s n %lld row %lld: %.17g, the row alone %.17g", ad_dtype_name(dt),
+                    (long long)n, (long long)r, ad_tensor_get(y, r), ad_tensor_get(yr, 0));
+          ad_tensor_free(xr);
+        }
+        cr_assert_eq(ad_grad(ctx, y, seed, 1, &x, &g[t], t == 2), AD_OK, "%s", ad_last_error(ctx));
+      }
+      ad_set_num_threads(1);
+      for (int t = 1; t < 3; t++)
+        for (int64_t i = 0; i < x->size; i++) {
+          double a = ad_tensor_get(g[0], i), b = ad_tensor_get(g[t], i);
+          QUICK_ASSERT(a == b ? signbit(a) == signbit(b) : a != a && b != b,
+                       "%s n %lld dx[%lld]: plain %.17g, %s %.17g", ad_dtype_name(dt), (long long)n,
+                       (long long)i, a, t == 1 ? "on 3 threads" : "recorded", b);
+        }
+      ad_tape_reset(ctx);
+      ad_tensor_free(x);
+      ad_tensor_free(seed);
+    }
+}
+
 /* Softmax cross-entropy on float32 [N, C] logits spread over [-30, 30]
  * (each row's e^(z - max) as the softmax op takes it): the mean loss
  * within 2 ulp of the float64 op's on the same values, and every element
