@@ -815,7 +815,8 @@ Test(gemm, dispatch_rule) {
 /* Which dense-layer products X W^T are computed as (W X^T)^T
  * (kernels/matmul.c): rows a multiple of 32 on every built-in kernel, other
  * row counts up to 160 only on the AVX-512 kernel in f32, never with W^T
- * narrower than 4m there, nor past 512 rows. The built-in kernel for the
+ * narrower than 4m there, nor past 512 rows, nor for one row (W X^T would
+ * be a column, S_gemv's order). The built-in kernel for the
  * shape decides, so the cases that need AVX-512 skip elsewhere. */
 Test(gemm, transposed_product_rule) {
   cr_assert(ad_matmul_xwt_pays(AD_F32, false, true, 32, 64, 784));      /* small: any kernel */
@@ -823,6 +824,7 @@ Test(gemm, transposed_product_rule) {
   cr_assert_not(ad_matmul_xwt_pays(AD_F32, true, true, 32, 64, 784));
   cr_assert_not(ad_matmul_xwt_pays(AD_F32, false, true, 120, 1024, 256)); /* k < 512 */
   cr_assert_not(ad_matmul_xwt_pays(AD_F32, false, true, 544, 4096, 784)); /* m > 512 */
+  cr_assert_not(ad_matmul_xwt_pays(AD_F32, false, true, 1, 64, 784)); /* one row: W X^T a column */
   if (ad_gemm_kernel_of(1024, 120, 784) != 3)
     cr_skip_test("the AVX-512 kernel does not compute these shapes here (%d)",
                  ad_gemm_kernel_of(1024, 120, 784));

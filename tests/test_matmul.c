@@ -112,13 +112,16 @@ Test(matmul, broadcast_gives_the_bits_of_expanded_copies) {
  * the bits of the product with W^T given as a matrix, on one thread and
  * split over three (the transposition back too), rows a multiple of 32 or
  * not (also where only the AVX-512 kernel takes that path in f32), under and
- * over the 4M multiply-adds of the first rule. */
+ * over the 4M multiply-adds of the first rule; and one row (a batch of one),
+ * whose W X^T would be a column, which ad_gemm sums in S_gemv's order of
+ * its own (gemm.c), not in the row's. */
 Test(matmul, x_wt_computed_transposed_gives_the_bits_of_the_plain_product) {
   cr_assert_eq(ad_rng_seed(&rng, 13), AD_OK);
   static const int64_t shapes[][3] = {
-      {32, 64, 784},    {64, 512, 512},    {96, 1024, 784}, {128, 512, 768}, {100, 512, 784},
-      {48, 1024, 300},  {256, 1024, 512},  {64, 128, 600},  {128, 256, 520}, {32, 64, 4608},
-      {120, 1024, 784}, {136, 1024, 1024}, {40, 168, 784}};
+      {32, 64, 784},   {64, 512, 512},  {96, 1024, 784},  {128, 512, 768},
+      {100, 512, 784}, {48, 1024, 300}, {256, 1024, 512}, {64, 128, 600},
+      {128, 256, 520}, {32, 64, 4608},  {120, 1024, 784}, {136, 1024, 1024},
+      {40, 168, 784},  {1, 64, 784},    {1, 1000, 300},   {1, 2, 512}};
   for (int d = 0; d < 2; d++)
     for (int i = 0; i < (int)(sizeof shapes / sizeof *shapes); i++)
       for (int threads = 1; threads <= 3; threads += 2) {
@@ -176,6 +179,38 @@ Test(matmul, x_wt_without_room_for_its_scratch_records_no_error) {
   cr_assert_gt(plain, 0, "no cap left room for the result only");
   ad_tensor_free(x);
   ad_tensor_free(w);
+}
+
+/* A one-row x (a batch of one, 2-D or a vector) times W [k, n]: x's
+ * gradient dy W^T stored by ad_backward straight into x's grad
+ * (matmul_grad_into: ad_gemm with m = 1) gives the bits of ad_grad's, which
+ * runs the recorded backward's product (ad_matmul, where X W^T may be
+ * computed transposed); n from under to over that path's 256. */
+Test(matmul, one_row_gradient_by_backward_as_by_grad) {
+  cr_assert_eq(ad_rng_seed(&rng, 17), AD_OK);
+  static const int64_t ns[] = {64, 300, 1000};
+  for (int d = 0; d < 2; d++)
+    for (int i = 0; i < 3; i++)
+      for (int vec = 0; vec < 2; vec++) {
+        ad_dtype dt = d ? AD_F64 : AD_F32;
+        int64_t k = 512, n = ns[i], sx[2] = {1, k}, sw[2] = {k, n}, sy[2] = {1, n};
+        ad_tensor *x = rand_tensor(dt, vec ? 1 : 2, vec ? sx + 1 : sx, true);
+        ad_tensor *w = rand_tensor(dt, 2, sw, false),
+                  *dy = rand_tensor(dt, vec ? 1 : 2, vec ? sy + 1 : sy, false);
+        ad_tensor *g = NULL;
+        cr_assert_eq(ad_grad(ctx, ad_matmul(ctx, x, w, false, false), dy, 1, &x, &g, false), AD_OK,
+                     "%s", ad_last_error(ctx));
+        cr_assert_eq(ad_backward(ctx, ad_matmul(ctx, x, w, false, false), dy), AD_OK, "%s",
+                     ad_last_error(ctx));
+        cr_assert(g && x->grad && g->size == k && x->grad->size == k);
+        cr_assert_eq(memcmp(g->data, x->grad->data, (size_t)k * ad_dtype_size(dt)), 0,
+                     "%s %s x [%lld, %lld]: ad_backward's and ad_grad's gradients differ",
+                     ad_dtype_name(dt), vec ? "[k]" : "[1, k]", (long long)k, (long long)n);
+        ad_tape_reset(ctx);
+        ad_tensor_free(x);
+        ad_tensor_free(w);
+        ad_tensor_free(dy);
+      }
 }
 
 /* A 1-D operand's flag changes nothing; 1-D x 1-D is the dot product, 1-D

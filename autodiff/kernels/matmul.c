@@ -139,9 +139,13 @@ void ad_gemm_packed_run(const ad_gemm_packed *p, bool ta, int64_t m, const void 
  * dtype measured (docs/performance.md, "GEMM dispatch"). Since the narrow
  * tile runs a last panel of at most 16 columns at full width, the AVX-512
  * kernel in f32 also wins for other row counts up to 160 with n >= 4m (a
- * batch of 100, or a rank's uneven shard); past 160 rows it ties. */
+ * batch of 100, or a rank's uneven shard); past 160 rows it ties. Never
+ * for one row (a batch of one): W X^T is then a column, which ad_gemm sums
+ * in an order of its own (gemm.c's S_gemv), so the row's bits would differ
+ * from the plain product's, from the same row's in a larger batch, and
+ * from matmul_grad_into's (which calls ad_gemm directly). */
 bool ad_matmul_xwt_pays(ad_dtype dt, bool ta, bool tb, int64_t m, int64_t n, int64_t k) {
-  if (ta || !tb) return false;
+  if (ta || !tb || m < 2) return false;
   if (m <= 64 && n >= 2 * m && k >= 256 && (double)m * (double)n * (double)k <= 4194304.0)
     return true;
   if (m <= 0 || k < 512 || m > 512) return false;
