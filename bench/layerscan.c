@@ -52,10 +52,12 @@ static ad_dtype dtype = AD_F32; /* of every float input and parameter (--dtype) 
  *   row1 [1,1024] (a batch of one), rx1 [32,1,128] (a sequence of a batch
  *   of one), rgb [32,3,64,64] (an image's three channels), seq_lg
  *   [16,64,1000] (a sequence model's logits, classes last) and seq_lab
- *   [16,64] (i32, label 0 ignored). */
+ *   [16,64] (i32, label 0 ignored); img1 [1,64,32,32] (one image), fmask
+ *   [64,64] in [-1, 0) (an attention mask added to the scores, no grad). */
 static ad_tensor *a, *b, *c, *p, *prob, *t01, *tpm, *tpm_rows, *img, *simg, *seq, *vol, *x1, *x2,
     *logits, *labels, *eidx, *bag, *rx, *att, *ctc_lp, *ctc_tg, *cnt, *pw, *cw, *probs, *kpm, *seg,
-    *seg_labels, *cw21, *pooled, *pool_idx, *sh16, *row1, *rx1, *rgb, *seq_lg, *seq_lab;
+    *seg_labels, *cw21, *pooled, *pool_idx, *sh16, *row1, *rx1, *rgb, *seq_lg, *seq_lab, *img1,
+    *fmask;
 static int64_t offsets[128], ctc_in_len[16], ctc_tg_len[16];
 
 /* Every tensor whose gradient a run fills: the leaves above and every
@@ -152,6 +154,8 @@ static void make_inputs(void) {
   rgb = input(4, (const int64_t[]){32, 3, 64, 64}, 0, 0, true);
   seq_lg = input(3, (const int64_t[]){16, 64, 1000}, 0, 0, true);
   seq_lab = indices(2, (const int64_t[]){16, 64}, 7919, 1000, 0);
+  img1 = input(4, (const int64_t[]){1, 64, 32, 32}, 0, 0, true);
+  fmask = input(2, (const int64_t[]){64, 64}, -1, 0, false);
 }
 
 /* The layers, made once by make_layers. */
@@ -167,7 +171,8 @@ static nn_layer *l_dense, *l_bilinear, *l_relu6, *l_prelu, *l_rrelu, *l_softshri
     *l_repl3d, *l_lpp1d, *l_amax1d, *l_hardtanh, *l_leaky, *l_bag_sum, *l_bag_max, *l_gru_bi,
     *l_rnn_relu, *l_lstm_proj, *l_in3d, *l_drop1d, *l_drop3d, *l_ln16, *l_conv1d_s2g4, *l_conv_circ,
     *l_aavg1d, *l_zero2d, *l_const3d, *l_repl1d, *l_dense1, *l_conv1x1, *l_stem, *l_maxp_s1,
-    *l_up_tri, *l_up_lin, *l_up_bilin_ac, *l_prelu64, *l_gn32, *l_bn1d3;
+    *l_up_tri, *l_up_lin, *l_up_bilin_ac, *l_prelu64, *l_gn32, *l_bn1d3, *l_dense_nb, *l_emb_pad,
+    *l_convt_g4, *l_gn1, *l_in2d_aff, *l_gru2;
 
 static void make_layers(void) {
   l_dense = layer(nn_dense_new(ctx, 1024, 1024, &rng, &(nn_dense_opts){.dtype = dtype}), "dense");
@@ -412,6 +417,29 @@ static void make_layers(void) {
       layer(nn_group_norm_new(ctx, 32, 64, &(nn_group_norm_opts){.dtype = dtype}), "group_norm 32");
   l_bn1d3 = layer(nn_batch_norm1d_new(ctx, 64, &(nn_batch_norm_opts){.dtype = dtype}),
                   "batch_norm1d of [N, C, L]");
+  /* the fourth round: no bias, a padding index, grouped transposed
+   * convolution, one group, instance norm with its affine parameters,
+   * two GRU layers */
+  l_dense_nb =
+      layer(nn_dense_new(ctx, 1024, 1024, &rng, &(nn_dense_opts){.no_bias = true, .dtype = dtype}),
+            "dense without bias");
+  l_emb_pad = layer(
+      nn_embedding_new(ctx, 1000, 256, &rng, &(nn_embedding_opts){.padding = true, .dtype = dtype}),
+      "embedding padding_idx");
+  l_convt_g4 = layer(nn_conv_transpose2d_new(ctx, 64, 64, 3, 3, &rng,
+                                             &(nn_conv2d_opts){.stride = {2, 2},
+                                                               .padding = {1, 1},
+                                                               .output_padding = {1, 1},
+                                                               .groups = 4,
+                                                               .dtype = dtype}),
+                     "conv_transpose2d groups 4");
+  l_gn1 =
+      layer(nn_group_norm_new(ctx, 1, 64, &(nn_group_norm_opts){.dtype = dtype}), "group_norm 1");
+  l_in2d_aff = layer(
+      nn_instance_norm2d_new(ctx, 64, &(nn_instance_norm_opts){.affine = true, .dtype = dtype}),
+      "instance_norm2d affine");
+  l_gru2 = layer(nn_gru_new(ctx, 128, 256, &rng, &(nn_rnn_opts){.num_layers = 2, .dtype = dtype}),
+                 "gru 2 layers");
   /* the indices of a 2x2 max pooling of img, kept (the tape's are freed) */
   nn_layer *mp = layer(nn_max_pool2d_new(ctx, 2, 2, NULL), "max_pool2d 2x2");
   ad_tensor *idx = nn_max_pool_indices(mp, img);
@@ -640,6 +668,17 @@ static ad_tensor *c_up_bilin_ac(void) { return fwd(l_up_bilin_ac, simg); }
 static ad_tensor *c_prelu64(void) { return fwd(l_prelu64, img); }
 static ad_tensor *c_gn32(void) { return fwd(l_gn32, img); }
 static ad_tensor *c_bn1d3(void) { return fwd(l_bn1d3, seq); }
+static ad_tensor *c_conv_b1(void) { return fwd(l_conv2d, img1); }
+static ad_tensor *c_dense_nb(void) { return fwd(l_dense_nb, a); }
+static ad_tensor *c_emb_pad(void) { return fwd(l_emb_pad, eidx); }
+static ad_tensor *c_mha_fmask(void) {
+  return nn_multihead_attention(l_mha, att, att, att,
+                                &(nn_mha_args){.attn_mask = fmask, .training = true}, NULL);
+}
+static ad_tensor *c_convt_g4(void) { return fwd(l_convt_g4, img); }
+static ad_tensor *c_gn1(void) { return fwd(l_gn1, img); }
+static ad_tensor *c_in2d_aff(void) { return fwd(l_in2d_aff, img); }
+static ad_tensor *c_gru2(void) { return rnn(l_gru2); }
 static ad_tensor *c_seq_ce(void) {
   nn_sequence_ce_opts o = {.ignore = true, .ignore_index = 0, .class_last = true};
   return nn_sequence_cross_entropy_loss(ctx, seq_lg, seq_lab, NN_MEAN, &o);
@@ -797,6 +836,14 @@ static const struct {
     {"group_norm_32", c_gn32},
     {"batch_norm1d_3d", c_bn1d3},
     {"sequence_cross_entropy", c_seq_ce},
+    {"conv2d_batch1", c_conv_b1},
+    {"dense_no_bias", c_dense_nb},
+    {"embedding_padding_idx", c_emb_pad},
+    {"multihead_attention_float_mask", c_mha_fmask},
+    {"conv_transpose2d_groups4", c_convt_g4},
+    {"group_norm_1", c_gn1},
+    {"instance_norm2d_affine", c_in2d_aff},
+    {"gru_2_layers", c_gru2},
 };
 
 static void clear_grads(void) {

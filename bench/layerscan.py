@@ -118,6 +118,11 @@ def torch_cases(f64=False):
     dense1, conv1x1 = mod(nn.Linear(1024, 1)), mod(nn.Conv2d(64, 64, 1))
     stem = mod(nn.Conv2d(3, 64, 7, stride=2, padding=3))
     prelu64, gn32, bn1d3 = mod(nn.PReLU(64, 0.25)), mod(nn.GroupNorm(32, 64)), mod(nn.BatchNorm1d(64))
+    img1, fmask = leaf(1, 64, 32, 32), -torch.rand(64, 64)
+    dense_nb, emb_pad = mod(nn.Linear(1024, 1024, bias=False)), mod(nn.Embedding(1000, 256, padding_idx=0))
+    convt_g4 = mod(nn.ConvTranspose2d(64, 64, 3, stride=2, padding=1, output_padding=1, groups=4))
+    gn1, in2d_aff = mod(nn.GroupNorm(1, 64)), mod(nn.InstanceNorm2d(64, affine=True))
+    gru2 = mod(nn.GRU(128, 256, num_layers=2))
 
     cases = [
         ("dense", lambda: dense(a)), ("bilinear", lambda: bilinear(x1, x2)),
@@ -238,6 +243,12 @@ def torch_cases(f64=False):
         ("batch_norm1d_3d", lambda: bn1d3(seq)),
         ("sequence_cross_entropy",
          lambda: F.cross_entropy(seq_lg.view(-1, 1000), seq_lab, ignore_index=0)),
+        ("conv2d_batch1", lambda: conv2d(img1)), ("dense_no_bias", lambda: dense_nb(a)),
+        ("embedding_padding_idx", lambda: emb_pad(eidx)),
+        ("multihead_attention_float_mask",
+         lambda: mha(att, att, att, need_weights=False, attn_mask=fmask)[0]),
+        ("conv_transpose2d_groups4", lambda: convt_g4(img)), ("group_norm_1", lambda: gn1(img)),
+        ("instance_norm2d_affine", lambda: in2d_aff(img)), ("gru_2_layers", lambda: gru2(rx)[0]),
     ]
     return cases, leaves
 
