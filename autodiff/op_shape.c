@@ -81,7 +81,13 @@ static void copy_pieces(void *ud, int64_t b, int64_t e) {
   if (j->pieces == 1) { /* whole blocks, one per outer index: no division per block */
     size_t n = (size_t)j->blk * j->es, ds = (size_t)j->dstride * j->es,
            ss = (size_t)j->sstride * j->es;
-    for (int64_t o = b; o < e; o++) copy_bytes(j->dst + (size_t)o * ds, j->src + (size_t)o * ss, n);
+    if (n == 4) /* one float (a stack's or an unbind's slice along a last axis): a plain loop */
+      for (int64_t o = b; o < e; o++) memcpy(j->dst + (size_t)o * ds, j->src + (size_t)o * ss, 4);
+    else if (n == 8)
+      for (int64_t o = b; o < e; o++) memcpy(j->dst + (size_t)o * ds, j->src + (size_t)o * ss, 8);
+    else
+      for (int64_t o = b; o < e; o++)
+        copy_bytes(j->dst + (size_t)o * ds, j->src + (size_t)o * ss, n);
     return;
   }
   for (int64_t u = b; u < e; u++) {

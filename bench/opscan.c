@@ -53,11 +53,13 @@ static ad_dtype dtype = AD_F32; /* of the float inputs (--dtype) */
  * av [8,8,128,64] (attention's N, heads, L, E); lgv [64,32000] and labv
  * [64] (i32: a vocabulary's logits and labels), idx3 [64] (i32, of 256),
  * gidx3 [64,256,8] (i32, of 64: a gather along t3's last axis), b4a
- * [16,1,64,256] and b4b [1,8,256,64] (a product broadcast on both sides). */
+ * [16,1,64,256] and b4b [1,8,256,64] (a product broadcast on both sides);
+ * sh4b [65536,4] (a second short-row operand), x64 [4096,64]. */
 static ad_tensor *a, *b, *p, *q, *sq, *bias, *gamma_, *beta, *idx, *emb, *eidx, *logits, *labels,
     *prob, *target, *img, *w, *ch, *col, *bq, *bk, *gidx, *img2, *plane, *gate, *sidx, *src, *row,
     *pcol, *px, *py, *sh4, *sh16, *lg2, *labels2, *rows2k, *idx2k, *t3, *tall, *w16, *vec, *long2,
-    *bk2, *gidx0, *pieces[16], *e3, *aq, *ak, *av, *lgv, *labv, *idx3, *gidx3, *b4a, *b4b;
+    *bk2, *gidx0, *pieces[16], *e3, *aq, *ak, *av, *lgv, *labv, *idx3, *gidx3, *b4a, *b4b, *sh4b,
+    *x64;
 
 static ad_tensor *c_div(void) { return ad_div(ctx, a, p); }
 static ad_tensor *c_pow(void) { return ad_pow(ctx, p, q); }
@@ -230,6 +232,21 @@ static ad_tensor *c_gather_3d(void) { return ad_gather(ctx, t3, 2, gidx3); }
 static ad_tensor *c_bmm_bcast2(void) { return ad_matmul(ctx, b4a, b4b, false, false); }
 static ad_tensor *c_var_ch(void) { return ad_var(ctx, img, 1, (const int[]){1}, 1, false); }
 static ad_tensor *c_softmax_mid(void) { return ad_softmax(ctx, t3, 1); }
+/* the fifth round: a stack along a new last axis, a concat of short
+ * rows, flips along H and W and along axis 0, a sum over all but the
+ * batch, a layer norm over 64 features, a softmax along the first axis
+ * of three */
+static ad_tensor *c_stack_last(void) { return ad_stack(ctx, 2, (ad_tensor *[]){a, b}, 2); }
+static ad_tensor *c_concat_short(void) { return ad_concat(ctx, 2, (ad_tensor *[]){sh4, sh4b}, 1); }
+static ad_tensor *c_flip_hw(void) { return ad_flip(ctx, img, 2, (const int[]){2, 3}); }
+static ad_tensor *c_flip0(void) { return ad_flip(ctx, a, 1, (const int[]){0}); }
+static ad_tensor *c_sum_chw(void) {
+  return ad_sum_axes(ctx, img, 3, (const int[]){1, 2, 3}, false);
+}
+static ad_tensor *c_ln64(void) {
+  return ad_layer_norm(ctx, x64, 1, (const int64_t[]){64}, NULL, NULL, 1e-5);
+}
+static ad_tensor *c_softmax0_3d(void) { return ad_softmax(ctx, t3, 0); }
 
 static const struct {
   const char *name;
@@ -356,6 +373,13 @@ static const struct {
     {"bmm_bcast2", c_bmm_bcast2},
     {"var_ch", c_var_ch},
     {"softmax_mid", c_softmax_mid},
+    {"stack_last", c_stack_last},
+    {"concat_short", c_concat_short},
+    {"flip_hw", c_flip_hw},
+    {"flip0", c_flip0},
+    {"sum_chw", c_sum_chw},
+    {"ln64", c_ln64},
+    {"softmax0_3d", c_softmax0_3d},
 };
 
 /* A float leaf (dtype) of shape [n0, n1] (n1 = 0: 1-D), uniform in [lo, hi) or
@@ -437,13 +461,15 @@ static void make_inputs(void) {
   gidx3 = indices(3, (const int64_t[]){64, 256, 8}, 37, 64);
   b4a = input(&rng, 4, (const int64_t[]){16, 1, 64, 256}, 0, 0, true);
   b4b = input(&rng, 4, (const int64_t[]){1, 8, 256, 64}, 0, 0, true);
+  sh4b = input(&rng, 2, (const int64_t[]){65536, 4}, 0, 0, true);
+  x64 = input(&rng, 2, (const int64_t[]){4096, 64}, 0, 0, true);
 }
 
 static void clear_grads(void) {
   ad_tensor *leaves[] = {a,     b,   p,  q,   sq,   bias, gamma_, beta,  emb,  logits, prob,
                          img,   w,   ch, col, bq,   bk,   img2,   plane, gate, src,    row,
                          pcol,  px,  py, sh4, sh16, lg2,  rows2k, t3,    tall, w16,    vec,
-                         long2, bk2, e3, aq,  ak,   av,   lgv,    b4a,   b4b};
+                         long2, bk2, e3, aq,  ak,   av,   lgv,    b4a,   b4b,  sh4b,   x64};
   for (size_t k = 0; k < sizeof leaves / sizeof *leaves; k++) ad_tensor_zero_grad(leaves[k]);
   for (int k = 0; k < 16; k++) ad_tensor_zero_grad(pieces[k]);
 }

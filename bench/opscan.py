@@ -75,12 +75,13 @@ def torch_cases(f64=False):
     idx3 = torch.tensor([k * 37 % 256 for k in range(64)])
     gidx3 = torch.tensor([k * 37 % 64 for k in range(64 * 256 * 8)]).view(64, 256, 8)
     b4a, b4b = leaf(16, 1, 64, 256), leaf(1, 8, 256, 64)
+    sh4b, x64 = leaf(65536, 4), leaf(4096, 64)
 
     def sdpa():  # torch 1.13 has no fused attention: its math path
         return torch.softmax(aq @ ak.transpose(-2, -1) * (64 ** -0.5), -1) @ av
     leaves = [a, b, p, q, sq, bias, gamma, beta, emb, logits, prob, img, w, ch, col, bq, bk, img2,
               plane, gate, src, row, pcol, px, py, sh4, sh16, lg2, rows2k, t3, tall, w16, vec,
-              long2, bk2, e3, aq, ak, av, lgv, b4a, b4b] + pieces
+              long2, bk2, e3, aq, ak, av, lgv, b4a, b4b, sh4b, x64] + pieces
     cases = [
         ("div", lambda: a / p), ("pow", lambda: torch.pow(p, q)),
         ("maximum", lambda: torch.maximum(a, b)), ("where_lt", lambda: torch.where(a < b, a, b)),
@@ -156,6 +157,11 @@ def torch_cases(f64=False):
         ("isel_3d", lambda: t3.index_select(1, idx3)), ("gather_3d", lambda: torch.gather(t3, 2, gidx3)),
         ("bmm_bcast2", lambda: torch.matmul(b4a, b4b)), ("var_ch", lambda: torch.var(img, 1)),
         ("softmax_mid", lambda: torch.softmax(t3, 1)),
+        ("stack_last", lambda: torch.stack([a, b], 2)),
+        ("concat_short", lambda: torch.cat([sh4, sh4b], 1)),
+        ("flip_hw", lambda: torch.flip(img, (2, 3))), ("flip0", lambda: torch.flip(a, (0,))),
+        ("sum_chw", lambda: img.sum((1, 2, 3))), ("ln64", lambda: F.layer_norm(x64, (64,), eps=1e-5)),
+        ("softmax0_3d", lambda: torch.softmax(t3, 0)),
     ]
     return cases, leaves
 
