@@ -461,8 +461,8 @@ typedef double pool_row_f64;
     pool_taps((ox0 + n - 1) * sw - g->pw, g->kw, g->dw, iw, &ulo, &skip);                          \
     pool_taps(ox0 *sw - g->pw, g->kw, g->dw, iw, &skip, &uhi);                                     \
     /* float32 with a plane whose indices fit int32 (pool_row): float64's index as a double        \
-     * would be converted from int64 per element, which the baseline has no vector form of (2.3x   \
-     * slower, measured), so float64 keeps the int64 loop */                                       \
+     * would be converted from int64 per element, which the baseline has no vector form of         \
+     * (slower than the int64 loop: docs/performance.md), so float64 keeps that loop */            \
     const bool narrow = sizeof(T) == 4 && g->ih * iw <= (int64_t)INT32_MAX;                        \
     pool_row_##SUF ai[POOL_BLOCK];                                                                 \
     for (int64_t k = 0; k < n; k++) best[k] = (T)-INFINITY, arg[k] = -1, ai[k] = -1;               \

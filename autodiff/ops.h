@@ -165,8 +165,8 @@ typedef void (*ad_rows_fn)(const ad_call *c, int64_t oa, int64_t sa, int64_t ob,
  * chunks of 256 and FIX32 where OUT32 holds, after the chunk (NAME_row32,
  * vectorized); other strides (a broadcast operand) gathered into rows of
  * 256 for NAME_row32 (element by element in this baseline code, V32's
- * multiply-adds are calls of libm's fmaf: pow of a [256,1024] by a
- * column took 16x PyTorch's time); float64 EXPR64, in rows compiled as the float32
+ * multiply-adds are calls of libm's fmaf: docs/performance.md, "A fourth
+ * round"); float64 EXPR64, in rows compiled as the float32
  * ones (CELL_CLONES) for every stride, so that vexp.h's float64 functions
  * in it run in the clones, not in baseline code that calls libm's fma. */
 #define BINARY_KERNEL_V(NAME, V32, OUT32, FIX32, EXPR64)                                           \
