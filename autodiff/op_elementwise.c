@@ -23,8 +23,7 @@
 typedef struct binary_job {
   const ad_call *c;
   ad_rows_fn f;
-  int64_t sb;      /* b's stride in the flat case: 1 or 0 */
-  bool row_vector; /* a is out's shape, b one row of it (a bias): no offset arithmetic */
+  int64_t sb; /* b's stride in the flat case: 1 or 0 */
   ad_bc_rows it;
 } binary_job;
 
@@ -34,25 +33,127 @@ static void binary_flat(void *ud, int64_t b, int64_t e) {
 }
 
 /* Elements [b, e) of a broadcasting binary op, a span of a row at a time
- * (dealt by element offset like binary_flat, see ad_bc_next_span). */
+ * (dealt by element offset like binary_flat, see ad_bc_next_span). A walk
+ * of one outer dim (nd <= 1 after ad_bc_merge; a bias row is one) finds
+ * each row's offsets by adding the outer strides. */
 static void binary_rows(void *ud, int64_t b, int64_t e) {
   const binary_job *j = ud;
   const ad_tensor *out = j->c->out;
   int last = out->ndim - 1;
   int64_t sa = last >= 0 ? j->it.st[0][last] : 0, sb = last >= 0 ? j->it.st[1][last] : 0, n;
+  if (j->it.nd <= 1 && j->it.len > 0) {
+    int64_t L = j->it.len, r = b / L, i0 = b - r * L;
+    int64_t ra = j->it.nd ? j->it.st[0][0] : 0, rb = j->it.nd ? j->it.st[1][0] : 0;
+    int64_t oa = r * ra + i0 * sa, ob = r * rb + i0 * sb;
+    for (int64_t i = b; i < e; i += n) {
+      n = L - i0 < e - i ? L - i0 : e - i;
+      j->f(j->c, oa, sa, ob, sb, i, n);
+      oa += ra - i0 * sa, ob += rb - i0 * sb, i0 = 0; /* the next row's first element */
+    }
+    return;
+  }
   ad_bc_cursor cu = AD_BC_CURSOR_NONE;
   for (int64_t i = b; i < e; i += n) {
     int64_t off[2];
-    if (j->row_vector) {
-      int64_t i0 = i % j->it.len;
-      off[0] = i;
-      off[1] = i0;
-      n = j->it.len - i0 < e - i ? j->it.len - i0 : e - i;
-    } else {
-      ad_bc_next_span(&j->it, out, &cu, i, e, off, &n);
-    }
+    ad_bc_next_span(&j->it, out, &cu, i, e, off, &n);
     j->f(j->c, off[0], sa, off[1], sb, i, n);
   }
+}
+
+/* Rows shorter than this in a walk of one outer dim (a [N,4] minus a
+ * column, times a row of 4) are not computed a row per call of the row
+ * loop, but gathered in blocks (short_rows below). */
+#define SHORT_ROW   16
+#define SHORT_BLOCK 512
+
+/* A walk of out's elements by blocks of whole rows for short rows: the
+ * broadcast operands (not laid out as out) gathered into buffers, a block
+ * of rows' worth of elements at a time (SHORT_BLOCK rounded down to a
+ * multiple of the row length L, so that every block starts at the same
+ * place in a row and one table of offsets per operand serves all blocks),
+ * each block then computed as one flat row through a copy of the call
+ * whose inputs are headers over the buffers. A row operand's buffer (its
+ * outer stride 0), the same for every block, is gathered once. Start with
+ * short_rows_init at element b, then short_rows_next per block. */
+typedef struct short_rows {
+  int n;
+  int64_t L, blk, r0, b, p, e;
+  const void *src[3];         /* the inputs' data */
+  double buf[3][SHORT_BLOCK]; /* doubles: aligned for any dtype */
+  int64_t tab[3][SHORT_BLOCK], rs[3];
+  bool gat[3];
+  ad_tensor h[3];
+  ad_tensor *in[3];
+  ad_call c2;
+} short_rows;
+
+static bool short_rows_pay(const ad_bc_rows *it) {
+  return it->nd <= 1 && it->len < SHORT_ROW && it->rows > 1;
+}
+
+/* The walk of elements [b, e) of c's output: inputs c->in[0..n), their
+ * strides in it. */
+static void short_rows_init(short_rows *w, const ad_call *c, int n, const ad_bc_rows *it, int64_t b,
+                            int64_t e) {
+  const ad_tensor *out = c->out;
+  int last = out->ndim - 1;
+  w->n = n;
+  w->L = it->len, w->blk = SHORT_BLOCK / w->L * w->L;
+  w->r0 = b / w->L, w->b = w->p = b, w->e = e;
+  int64_t i0 = b - w->r0 * w->L;
+  for (int k = 0; k < n; k++) {
+    w->gat[k] = c->in[k]->size != out->size; /* else its shape is out's: offset = index */
+    w->src[k] = c->in[k]->data;
+    w->h[k] = *c->in[k];
+    w->h[k].data = w->buf[k];
+    w->in[k] = w->gat[k] ? &w->h[k] : c->in[k];
+    w->rs[k] = it->nd ? it->st[k][0] : 0;
+    int64_t s = it->st[k][last];
+    for (int64_t q = 0, r = 0, i = i0; q < w->blk; q++) { /* element q's offset from row r0's */
+      w->tab[k][q] = r * w->rs[k] + i * s;
+      if (++i == w->L) i = 0, r++;
+    }
+  }
+  w->c2 = *c;
+  w->c2.in = w->in;
+}
+
+/* The next block: its first element into *p, its length into *m (false
+ * when the walk is done), each gathered operand's values in its buffer;
+ * off[k], input k's offset in w->c2.in[k], is 0 for those, *p for the
+ * others. Values are copied as bits (4- or 8-byte elements). */
+static bool short_rows_next(short_rows *w, int64_t *p, int64_t *m, int64_t *off) {
+  if (w->p >= w->e) return false;
+  bool first = w->p == w->b;
+  *p = w->p;
+  *m = w->e - w->p < w->blk ? w->e - w->p : w->blk;
+  for (int k = 0; k < w->n; k++) {
+    off[k] = w->gat[k] ? 0 : *p;
+    if (!w->gat[k] || (!first && w->rs[k] == 0)) continue; /* a row operand's: unchanged */
+    const int64_t *t = w->tab[k];
+    if (ad_dsize(w->h[k].dtype) == 4) {
+      const uint32_t *x = (const uint32_t *)w->src[k] + w->r0 * w->rs[k];
+      uint32_t *d = (uint32_t *)(void *)w->buf[k];
+      for (int64_t q = 0; q < *m; q++) d[q] = x[t[q]];
+    } else {
+      const uint64_t *x = (const uint64_t *)w->src[k] + w->r0 * w->rs[k];
+      uint64_t *d = (uint64_t *)(void *)w->buf[k];
+      for (int64_t q = 0; q < *m; q++) d[q] = x[t[q]];
+    }
+  }
+  w->p += w->blk, w->r0 += w->blk / w->L;
+  return true;
+}
+
+/* Elements [b, e) of a broadcasting binary op of short rows (short_rows),
+ * each block by the rows function as one flat row: the same expression on
+ * the same values as binary_rows, so the same bits. */
+static void binary_short(void *ud, int64_t b, int64_t e) {
+  const binary_job *j = ud;
+  short_rows w;
+  short_rows_init(&w, j->c, 2, &j->it, b, e);
+  int64_t p, m, off[3];
+  while (short_rows_next(&w, &p, &m, off)) j->f(&w.c2, off[0], 1, off[1], 1, p, m);
 }
 
 /* A binary op's output of at most this many bytes is computed by its rows
@@ -81,14 +182,12 @@ void ad_binary_run(const ad_call *c, ad_rows_fn f, ad_rows_fn wide) {
   }
   binary_job j = {.c = c, .f = f};
   ad_bc_init(&j.it, 2, c->in, out);
-  int last = out->ndim - 1;
-  j.row_vector = last >= 0 && a->size == out->size && b->size == j.it.len &&
-                 j.it.st[0][last] == 1 && j.it.st[1][last] == 1;
-  if (!j.row_vector) ad_bc_merge(&j.it, out);
+  ad_bc_merge(&j.it, out);
+  void (*run)(void *, int64_t, int64_t) = short_rows_pay(&j.it) ? binary_short : binary_rows;
   if (out->size <= ELEM_GRAIN)
-    binary_rows(&j, 0, out->size);
+    run(&j, 0, out->size);
   else
-    ad_parallel_for(out->size, ELEM_GRAIN, binary_rows, &j);
+    ad_parallel_for(out->size, ELEM_GRAIN, run, &j);
 }
 
 /* A unary op's work over a range of elements, for ad_parallel_for. */
@@ -723,14 +822,33 @@ static void where_rows(void *ud, int64_t b, int64_t e) {
   }
 }
 
+/* Elements [b, e) of out when its rows are short (short_rows): each block
+ * as one row of unit strides. */
+static void where_short(void *ud, int64_t b, int64_t e) {
+  const where_job *jo = ud;
+  short_rows w;
+  short_rows_init(&w, jo->c, 3, &jo->it, b, e);
+  const where_job jw = {&w.c2, {0}}, *j = &jw; /* WHERE_ROW reads j->c */
+  ad_dtype cd = jo->c->in[0]->dtype;
+  const int64_t s[3] = {1, 1, 1};
+  int64_t p, len, off[3];
+  while (short_rows_next(&w, &p, &len, off)) {
+    if (w.c2.out->dtype == AD_F32)
+      WHERE_ROWS_OF(float);
+    else
+      WHERE_ROWS_OF(double);
+  }
+}
+
 static void where_fwd(const ad_call *c) {
   where_job j = {c, {0}};
   ad_bc_init(&j.it, 3, c->in, c->out);
   ad_bc_merge(&j.it, c->out);
+  void (*run)(void *, int64_t, int64_t) = short_rows_pay(&j.it) ? where_short : where_rows;
   if (c->out->size <= ELEM_GRAIN)
-    where_rows(&j, 0, c->out->size);
+    run(&j, 0, c->out->size);
   else
-    ad_parallel_for(c->out->size, ELEM_GRAIN, where_rows, &j);
+    ad_parallel_for(c->out->size, ELEM_GRAIN, run, &j);
 }
 
 static ad_status where_bwd(const ad_call *c) {

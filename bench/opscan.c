@@ -54,12 +54,14 @@ static ad_dtype dtype = AD_F32; /* of the float inputs (--dtype) */
  * [64] (i32: a vocabulary's logits and labels), idx3 [64] (i32, of 256),
  * gidx3 [64,256,8] (i32, of 64: a gather along t3's last axis), b4a
  * [16,1,64,256] and b4b [1,8,256,64] (a product broadcast on both sides);
- * sh4b [65536,4] (a second short-row operand), x64 [4096,64]. */
+ * sh4b [65536,4] (a second short-row operand), x64 [4096,64]; c4
+ * [65536,1], r4 [4] and c16 [16384,1] (operands broadcast along short
+ * rows). */
 static ad_tensor *a, *b, *p, *q, *sq, *bias, *gamma_, *beta, *idx, *emb, *eidx, *logits, *labels,
     *prob, *target, *img, *w, *ch, *col, *bq, *bk, *gidx, *img2, *plane, *gate, *sidx, *src, *row,
     *pcol, *px, *py, *sh4, *sh16, *lg2, *labels2, *rows2k, *idx2k, *t3, *tall, *w16, *vec, *long2,
     *bk2, *gidx0, *pieces[16], *e3, *aq, *ak, *av, *lgv, *labv, *idx3, *gidx3, *b4a, *b4b, *sh4b,
-    *x64;
+    *x64, *c4, *r4, *c16;
 
 static ad_tensor *c_div(void) { return ad_div(ctx, a, p); }
 static ad_tensor *c_pow(void) { return ad_pow(ctx, p, q); }
@@ -247,6 +249,16 @@ static ad_tensor *c_ln64(void) {
   return ad_layer_norm(ctx, x64, 1, (const int64_t[]){64}, NULL, NULL, 1e-5);
 }
 static ad_tensor *c_softmax0_3d(void) { return ad_softmax(ctx, t3, 0); }
+/* Sixth round: binary ops broadcast along short rows (a column of a
+ * [65536,4], a row of 4, a column of a [16384,16]), a maximum by a column,
+ * a selection by a broadcast mask. */
+static ad_tensor *c_sub_col4(void) { return ad_sub(ctx, sh4, c4); }
+static ad_tensor *c_mul_row4(void) { return ad_mul(ctx, sh4, r4); }
+static ad_tensor *c_add_col16(void) { return ad_add(ctx, sh16, c16); }
+static ad_tensor *c_maximum_col4(void) { return ad_maximum(ctx, sh4, c4); }
+static ad_tensor *c_where_col4(void) {
+  return ad_where(ctx, ad_gt(ctx, c4, ad_scalar(ctx, dtype, 0)), sh4, sh4b);
+}
 
 static const struct {
   const char *name;
@@ -380,6 +392,11 @@ static const struct {
     {"sum_chw", c_sum_chw},
     {"ln64", c_ln64},
     {"softmax0_3d", c_softmax0_3d},
+    {"sub_col4", c_sub_col4},
+    {"mul_row4", c_mul_row4},
+    {"add_col16", c_add_col16},
+    {"maximum_col4", c_maximum_col4},
+    {"where_col4", c_where_col4},
 };
 
 /* A float leaf (dtype) of shape [n0, n1] (n1 = 0: 1-D), uniform in [lo, hi) or
@@ -463,13 +480,16 @@ static void make_inputs(void) {
   b4b = input(&rng, 4, (const int64_t[]){1, 8, 256, 64}, 0, 0, true);
   sh4b = input(&rng, 2, (const int64_t[]){65536, 4}, 0, 0, true);
   x64 = input(&rng, 2, (const int64_t[]){4096, 64}, 0, 0, true);
+  c4 = input(&rng, 2, (const int64_t[]){65536, 1}, 0, 0, true);
+  r4 = input(&rng, 1, (const int64_t[]){4}, 0, 0, true);
+  c16 = input(&rng, 2, (const int64_t[]){16384, 1}, 0, 0, true);
 }
 
 static void clear_grads(void) {
-  ad_tensor *leaves[] = {a,     b,   p,  q,   sq,   bias, gamma_, beta,  emb,  logits, prob,
-                         img,   w,   ch, col, bq,   bk,   img2,   plane, gate, src,    row,
-                         pcol,  px,  py, sh4, sh16, lg2,  rows2k, t3,    tall, w16,    vec,
-                         long2, bk2, e3, aq,  ak,   av,   lgv,    b4a,   b4b,  sh4b,   x64};
+  ad_tensor *leaves[] = {a,  b,   p,    q,   sq,     bias, gamma_, beta, emb, logits, prob, img,
+                         w,  ch,  col,  bq,  bk,     img2, plane,  gate, src, row,    pcol, px,
+                         py, sh4, sh16, lg2, rows2k, t3,   tall,   w16,  vec, long2,  bk2,  e3,
+                         aq, ak,  av,   lgv, b4a,    b4b,  sh4b,   x64,  c4,  r4,     c16};
   for (size_t k = 0; k < sizeof leaves / sizeof *leaves; k++) ad_tensor_zero_grad(leaves[k]);
   for (int k = 0; k < 16; k++) ad_tensor_zero_grad(pieces[k]);
 }

@@ -76,12 +76,13 @@ def torch_cases(f64=False):
     gidx3 = torch.tensor([k * 37 % 64 for k in range(64 * 256 * 8)]).view(64, 256, 8)
     b4a, b4b = leaf(16, 1, 64, 256), leaf(1, 8, 256, 64)
     sh4b, x64 = leaf(65536, 4), leaf(4096, 64)
+    c4, r4, c16 = leaf(65536, 1), leaf(4), leaf(16384, 1)
 
     def sdpa():  # torch 1.13 has no fused attention: its math path
         return torch.softmax(aq @ ak.transpose(-2, -1) * (64 ** -0.5), -1) @ av
     leaves = [a, b, p, q, sq, bias, gamma, beta, emb, logits, prob, img, w, ch, col, bq, bk, img2,
               plane, gate, src, row, pcol, px, py, sh4, sh16, lg2, rows2k, t3, tall, w16, vec,
-              long2, bk2, e3, aq, ak, av, lgv, b4a, b4b, sh4b, x64] + pieces
+              long2, bk2, e3, aq, ak, av, lgv, b4a, b4b, sh4b, x64, c4, r4, c16] + pieces
     cases = [
         ("div", lambda: a / p), ("pow", lambda: torch.pow(p, q)),
         ("maximum", lambda: torch.maximum(a, b)), ("where_lt", lambda: torch.where(a < b, a, b)),
@@ -162,6 +163,9 @@ def torch_cases(f64=False):
         ("flip_hw", lambda: torch.flip(img, (2, 3))), ("flip0", lambda: torch.flip(a, (0,))),
         ("sum_chw", lambda: img.sum((1, 2, 3))), ("ln64", lambda: F.layer_norm(x64, (64,), eps=1e-5)),
         ("softmax0_3d", lambda: torch.softmax(t3, 0)),
+        ("sub_col4", lambda: sh4 - c4), ("mul_row4", lambda: sh4 * r4),
+        ("add_col16", lambda: sh16 + c16), ("maximum_col4", lambda: torch.maximum(sh4, c4)),
+        ("where_col4", lambda: torch.where(c4 > 0, sh4, sh4b)),
     ]
     return cases, leaves
 

@@ -1697,6 +1697,99 @@ Test(parallel, binary_ops_same_bits_wide_and_baseline) {
   }
 }
 
+static ad_tensor *op_pow(ad_ctx *c, ad_tensor *a, ad_tensor *b) { return ad_pow(c, a, b); }
+static ad_tensor *op_prelu(ad_ctx *c, ad_tensor *a, ad_tensor *b) { return ad_prelu(c, a, b); }
+/* where(cond, a, b) with cond of shape c's and each dtype, a and b both
+ * of out's shape or a of a's and b of out's, against the same on operands
+ * expanded to out's shape, bit for bit (part of the test below). */
+static void where_short_rows(ad_tensor *a, ad_tensor *c, size_t k) {
+  static const ad_dtype cds[3] = {AD_F32, AD_F64, AD_I32};
+  for (int ci = 0; ci < 3; ci++) {
+    ad_tensor *cond = ad_zeros(ctx, cds[ci], c->ndim, c->shape);
+    cr_assert_not_null(cond, "%s", ad_last_error(ctx));
+    for (int64_t e = 0; e < cond->size; e++) /* zeros, NaN (holds) and others */
+      ad_tensor_set(cond, e, e % 3 == 0 ? 0 : cds[ci] == AD_I32 ? e % 5 : ad_tensor_get(c, e));
+    ad_tensor *ab = ad_add(ctx, a, c); /* out's shape */
+    cr_assert_not_null(ab, "%s", ad_last_error(ctx));
+    ad_tensor *y = ad_where(ctx, cond, a, ab);
+    cr_assert_not_null(y, "%s", ad_last_error(ctx));
+    ad_tensor *ec = ad_expand(ctx, cond, y->ndim, y->shape);
+    ad_tensor *ea = ad_expand(ctx, a, y->ndim, y->shape);
+    ad_tensor *r = ec && ea ? ad_where(ctx, ec, ea, ab) : NULL;
+    cr_assert_not_null(r, "%s", ad_last_error(ctx));
+    cr_assert(memcmp(y->data, r->data, (size_t)y->size * ad_dtype_size(y->dtype)) == 0,
+              "where, cond %s, shapes %zu: the gathered rows' bits differ from the expanded "
+              "operands'",
+              ad_dtype_name(cds[ci]), k);
+    ad_tape_reset(ctx);
+  }
+}
+
+/* Rows shorter than 16 after merging are gathered in blocks of 512 and
+ * computed as one flat row (op_elementwise.c's binary_short): against the
+ * same op on operands expanded to the output's shape (the flat path, no
+ * broadcast), bit for bit, with NaN, infinities and -0 among the values:
+ * rows of 1 to 15 (block edges inside rows), a column, a row, a middle
+ * axis, both operands broadcast, on 1 and 3 threads; where too; and
+ * longer rows walked a row per call (binary_rows), threads' chunks
+ * starting inside rows. */
+Test(parallel, short_broadcast_rows_same_bits_as_expanded) {
+  ad_tensor *(*const ops[])(ad_ctx *, ad_tensor *, ad_tensor *) = {
+      ad_add, ad_sub, ad_mul, op_div, ad_maximum, ad_minimum, op_lt, op_pow, op_prelu};
+  static const char *const names[] = {"add",     "sub", "mul", "div",  "maximum",
+                                      "minimum", "lt",  "pow", "prelu"};
+  /* {a's shape, b's shape} (3-d, a dim of 0 ends a shape of fewer dims) */
+  static const int64_t shapes[][2][3] = {
+      {{9001, 4, 0}, {9001, 1, 0}},  {{9001, 4, 0}, {1, 4, 0}},  {{9001, 4, 0}, {4, 0, 0}},
+      {{2500, 15, 0}, {2500, 1, 0}}, {{40000, 1, 0}, {1, 0, 0}}, {{7000, 3, 0}, {7000, 1, 0}},
+      {{3001, 5, 0}, {1, 5, 0}},     {{900, 7, 5}, {900, 1, 5}}, {{900, 1, 5}, {1, 7, 1}},
+      {{4097, 1, 0}, {1, 9, 0}},     {{300, 9, 13}, {1, 9, 1}},  {{700, 90, 0}, {700, 1, 0}},
+      {{3000, 17, 0}, {1, 17, 0}}, /* rows of 16 or more */
+  };
+  ad_rng rng;
+  ad_rng_seed(&rng, 43);
+  for (int d = 0; d < 2; d++) {
+    ad_dtype dt = d ? AD_F64 : AD_F32;
+    for (size_t k = 0; k < sizeof shapes / sizeof *shapes; k++) {
+      ad_tensor *x[2];
+      int nd[2];
+      for (int i = 0; i < 2; i++) {
+        nd[i] = shapes[k][i][1] == 0 ? 1 : shapes[k][i][2] == 0 ? 2 : 3;
+        x[i] = ad_rand(ctx, &rng, dt, nd[i], shapes[k][i], 0.25, 2);
+        cr_assert_not_null(x[i], "%s", ad_last_error(ctx));
+        for (int64_t e = 3 + i; e < x[i]->size; e += 41 + 6 * i)
+          ad_tensor_set(x[i], e,
+                        e % 4 == 0   ? NAN
+                        : e % 4 == 1 ? INFINITY
+                        : e % 4 == 2 ? -0.0
+                                     : -1.5);
+      }
+      for (size_t o = 0; o <= sizeof ops / sizeof *ops; o++)
+        for (int t = 0; t < 2; t++) {
+          cr_assert_eq(ad_set_num_threads(t ? 3 : 1), AD_OK);
+          if (o == sizeof ops / sizeof *ops) { /* where: conds of each dtype, b of out's shape */
+            where_short_rows(x[0], x[1], k);
+            continue;
+          }
+          ad_tensor *y = ops[o](ctx, x[0], x[1]);
+          cr_assert_not_null(y, "%s: %s", names[o], ad_last_error(ctx));
+          ad_tensor *ea = ad_expand(ctx, x[0], y->ndim, y->shape);
+          ad_tensor *eb = ad_expand(ctx, x[1], y->ndim, y->shape);
+          ad_tensor *r = ea && eb ? ops[o](ctx, ea, eb) : NULL;
+          cr_assert_not_null(r, "%s", ad_last_error(ctx));
+          cr_assert(memcmp(y->data, r->data, (size_t)y->size * ad_dtype_size(dt)) == 0,
+                    "%s %s, shapes %zu, %d thread(s): the gathered rows' bits differ from the "
+                    "expanded operands'",
+                    ad_dtype_name(dt), names[o], k, t ? 3 : 1);
+          ad_tape_reset(ctx);
+        }
+      ad_tensor_free(x[0]);
+      ad_tensor_free(x[1]);
+    }
+  }
+  cr_assert_eq(ad_set_num_threads(1), AD_OK);
+}
+
 /* where reads cond, a and b in loops of their dtypes, rows split over
  * threads: cond of each dtype (a NaN cond holds), broadcast patterns (a
  * column of conds, a row of a, a scalar b), float32 and float64 values,
