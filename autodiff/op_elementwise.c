@@ -63,8 +63,9 @@ static void binary_rows(void *ud, int64_t b, int64_t e) {
 /* Rows shorter than this in a walk of one outer dim (a [N,4] minus a
  * column, times a row of 4) are not computed a row per call of the row
  * loop, but gathered in blocks (short_rows below). */
-#define SHORT_ROW   16
-#define SHORT_BLOCK 512
+#define SHORT_ROW      16
+#define SHORT_ROW_RUNS 128
+#define SHORT_BLOCK    512
 
 /* A walk of out's elements by blocks of whole rows for short rows: the
  * broadcast operands (not laid out as out) gathered into buffers, a block
@@ -73,13 +74,15 @@ static void binary_rows(void *ud, int64_t b, int64_t e) {
  * place in a row and one table of offsets per operand serves all blocks),
  * each block then computed as one flat row through a copy of the call
  * whose inputs are headers over the buffers. A row operand's buffer (its
- * outer stride 0), the same for every block, is gathered once. Start with
+ * outer stride 0), the same for every block, is gathered once; a column's
+ * (inner stride 0) of rows of SHORT_ROW or more is filled in runs; the
+ * others' through a table of offsets made once. Start with
  * short_rows_init at element b, then short_rows_next per block. */
 typedef struct short_rows {
   int n;
-  int64_t L, blk, r0, b, p, e;
-  const void *src[3];         /* the inputs' data */
-  double buf[3][SHORT_BLOCK]; /* doubles: aligned for any dtype */
+  int64_t L, blk, r0, i0, p, e, st[3]; /* i0: the blocks' place in a row */
+  const void *src[3];                  /* the inputs' data */
+  double buf[3][SHORT_BLOCK];          /* doubles: aligned for any dtype */
   int64_t tab[3][SHORT_BLOCK], rs[3];
   bool gat[3];
   ad_tensor h[3];
@@ -87,8 +90,22 @@ typedef struct short_rows {
   ad_call c2;
 } short_rows;
 
-static bool short_rows_pay(const ad_bc_rows *it) {
-  return it->nd <= 1 && it->len < SHORT_ROW && it->rows > 1;
+/* Whether out's walk (it, over c's n inputs) takes short_rows: one outer
+ * dim, rows under SHORT_ROW, or under SHORT_ROW_RUNS when a broadcast
+ * operand is a column (one value a row: filled in runs) and the others
+ * columns or rows (gathered once). Rows alone of SHORT_ROW or more (a
+ * bias) keep binary_rows: a call per row costs less than their copies. */
+static bool short_rows_pay(const ad_call *c, int n, const ad_bc_rows *it) {
+  if (it->nd > 1 || it->rows < 2 || it->len >= SHORT_ROW_RUNS) return false;
+  if (it->len < SHORT_ROW) return true;
+  int last = c->out->ndim - 1;
+  bool column = false;
+  for (int k = 0; k < n; k++) {
+    if (c->in[k]->size == c->out->size || (it->nd && it->st[k][0] == 0)) continue; /* a row */
+    if (it->st[k][last] != 0) return false;
+    column = true;
+  }
+  return column;
 }
 
 /* The walk of elements [b, e) of c's output: inputs c->in[0..n), their
@@ -99,8 +116,8 @@ static void short_rows_init(short_rows *w, const ad_call *c, int n, const ad_bc_
   int last = out->ndim - 1;
   w->n = n;
   w->L = it->len, w->blk = SHORT_BLOCK / w->L * w->L;
-  w->r0 = b / w->L, w->b = w->p = b, w->e = e;
-  int64_t i0 = b - w->r0 * w->L;
+  w->r0 = b / w->L, w->p = b, w->e = e;
+  int64_t i0 = w->i0 = b - w->r0 * w->L;
   for (int k = 0; k < n; k++) {
     w->gat[k] = c->in[k]->size != out->size; /* else its shape is out's: offset = index */
     w->src[k] = c->in[k]->data;
@@ -108,8 +125,19 @@ static void short_rows_init(short_rows *w, const ad_call *c, int n, const ad_bc_
     w->h[k].data = w->buf[k];
     w->in[k] = w->gat[k] ? &w->h[k] : c->in[k];
     w->rs[k] = it->nd ? it->st[k][0] : 0;
-    int64_t s = it->st[k][last];
-    for (int64_t q = 0, r = 0, i = i0; q < w->blk; q++) { /* element q's offset from row r0's */
+    int64_t s = w->st[k] = it->st[k][last], m = e - b < w->blk ? e - b : w->blk;
+    if (!w->gat[k] || (s == 0 && w->L >= SHORT_ROW && w->rs[k] != 0)) continue; /* runs */
+    if (w->rs[k] == 0) { /* a row (or one value): its buffer gathered here, once */
+      for (int64_t q = 0, i = i0; q < m; q++) {
+        if (ad_dsize(c->in[k]->dtype) == 4)
+          ((uint32_t *)(void *)w->buf[k])[q] = ((const uint32_t *)w->src[k])[i * s];
+        else
+          ((uint64_t *)(void *)w->buf[k])[q] = ((const uint64_t *)w->src[k])[i * s];
+        if (++i == w->L) i = 0;
+      }
+      continue;
+    }
+    for (int64_t q = 0, r = 0, i = i0; q < m; q++) { /* element q's offset from row r0's */
       w->tab[k][q] = r * w->rs[k] + i * s;
       if (++i == w->L) i = 0, r++;
     }
@@ -118,27 +146,57 @@ static void short_rows_init(short_rows *w, const ad_call *c, int n, const ad_bc_
   w->c2.in = w->in;
 }
 
+/* Fills m elements of dst, of size es, with rows of L copies of one value
+ * each, the first row's L - i0 of them: the r-th row's value is at x +
+ * r * rstep bytes (a column operand's block). */
+CELL_CLONES static void fill_runs(void *dst, const char *x, int64_t rstep, int64_t L, int64_t i0,
+                                  int64_t m, size_t es) {
+  for (int64_t q = 0, r = 0, n = L - i0; q < m; q += n, n = L, r++) {
+    if (n > m - q) n = m - q;
+    if (es == 4) {
+      uint32_t v, *d = (uint32_t *)dst + q;
+      memcpy(&v, x + r * rstep, 4);
+      for (int64_t i = 0; i < n; i++) d[i] = v;
+    } else {
+      uint64_t v, *d = (uint64_t *)dst + q;
+      memcpy(&v, x + r * rstep, 8);
+      for (int64_t i = 0; i < n; i++) d[i] = v;
+    }
+  }
+}
+
+/* dst[q] = x[t[q]] for q < m, elements of size es copied as bits. */
+static inline void gather_tab(void *dst, const char *x, const int64_t *t, int64_t m, size_t es) {
+  if (es == 4) {
+    const uint32_t *s = (const uint32_t *)(const void *)x;
+    uint32_t *d = dst;
+    for (int64_t q = 0; q < m; q++) d[q] = s[t[q]];
+  } else {
+    const uint64_t *s = (const uint64_t *)(const void *)x;
+    uint64_t *d = dst;
+    for (int64_t q = 0; q < m; q++) d[q] = s[t[q]];
+  }
+}
+
 /* The next block: its first element into *p, its length into *m (false
  * when the walk is done), each gathered operand's values in its buffer;
  * off[k], input k's offset in w->c2.in[k], is 0 for those, *p for the
  * others. Values are copied as bits (4- or 8-byte elements). */
 static bool short_rows_next(short_rows *w, int64_t *p, int64_t *m, int64_t *off) {
   if (w->p >= w->e) return false;
-  bool first = w->p == w->b;
   *p = w->p;
   *m = w->e - w->p < w->blk ? w->e - w->p : w->blk;
   for (int k = 0; k < w->n; k++) {
     off[k] = w->gat[k] ? 0 : *p;
-    if (!w->gat[k] || (!first && w->rs[k] == 0)) continue; /* a row operand's: unchanged */
-    const int64_t *t = w->tab[k];
-    if (ad_dsize(w->h[k].dtype) == 4) {
-      const uint32_t *x = (const uint32_t *)w->src[k] + w->r0 * w->rs[k];
-      uint32_t *d = (uint32_t *)(void *)w->buf[k];
-      for (int64_t q = 0; q < *m; q++) d[q] = x[t[q]];
+    if (!w->gat[k] || w->rs[k] == 0) continue; /* a row operand's: gathered by init */
+    if (w->st[k] == 0 && w->L >= SHORT_ROW) {  /* a column of long enough rows: in runs */
+      size_t es = ad_dsize(w->h[k].dtype);
+      fill_runs(w->buf[k], (const char *)w->src[k] + w->r0 * w->rs[k] * (int64_t)es,
+                w->rs[k] * (int64_t)es, w->L, w->i0, *m, es);
     } else {
-      const uint64_t *x = (const uint64_t *)w->src[k] + w->r0 * w->rs[k];
-      uint64_t *d = (uint64_t *)(void *)w->buf[k];
-      for (int64_t q = 0; q < *m; q++) d[q] = x[t[q]];
+      size_t es = ad_dsize(w->h[k].dtype);
+      gather_tab(w->buf[k], (const char *)w->src[k] + w->r0 * w->rs[k] * (int64_t)es, w->tab[k], *m,
+                 es);
     }
   }
   w->p += w->blk, w->r0 += w->blk / w->L;
@@ -183,7 +241,7 @@ void ad_binary_run(const ad_call *c, ad_rows_fn f, ad_rows_fn wide) {
   binary_job j = {.c = c, .f = f};
   ad_bc_init(&j.it, 2, c->in, out);
   ad_bc_merge(&j.it, out);
-  void (*run)(void *, int64_t, int64_t) = short_rows_pay(&j.it) ? binary_short : binary_rows;
+  void (*run)(void *, int64_t, int64_t) = short_rows_pay(c, 2, &j.it) ? binary_short : binary_rows;
   if (out->size <= ELEM_GRAIN)
     run(&j, 0, out->size);
   else
@@ -844,7 +902,7 @@ static void where_fwd(const ad_call *c) {
   where_job j = {c, {0}};
   ad_bc_init(&j.it, 3, c->in, c->out);
   ad_bc_merge(&j.it, c->out);
-  void (*run)(void *, int64_t, int64_t) = short_rows_pay(&j.it) ? where_short : where_rows;
+  void (*run)(void *, int64_t, int64_t) = short_rows_pay(c, 3, &j.it) ? where_short : where_rows;
   if (c->out->size <= ELEM_GRAIN)
     run(&j, 0, c->out->size);
   else
