@@ -256,6 +256,11 @@ static ad_tensor *c_sub_col4(void) { return ad_sub(ctx, sh4, c4); }
 static ad_tensor *c_mul_row4(void) { return ad_mul(ctx, sh4, r4); }
 static ad_tensor *c_add_col16(void) { return ad_add(ctx, sh16, c16); }
 static ad_tensor *c_maximum_col4(void) { return ad_maximum(ctx, sh4, c4); }
+/* Ops without a gradient (an accuracy's): their bwd_us is 0. */
+static ad_tensor *c_argmax1(void) { return ad_argmax(ctx, a, 1, false); }
+static ad_tensor *c_argmax0(void) { return ad_argmax(ctx, a, 0, false); }
+static ad_tensor *c_argmax_short(void) { return ad_argmax(ctx, sh4, 1, false); }
+static ad_tensor *c_eq(void) { return ad_eq(ctx, a, b); }
 static ad_tensor *c_where_col4(void) {
   return ad_where(ctx, ad_gt(ctx, c4, ad_scalar(ctx, dtype, 0)), sh4, sh4b);
 }
@@ -397,6 +402,10 @@ static const struct {
     {"add_col16", c_add_col16},
     {"maximum_col4", c_maximum_col4},
     {"where_col4", c_where_col4},
+    {"argmax1", c_argmax1},
+    {"argmax0", c_argmax0},
+    {"argmax_short", c_argmax_short},
+    {"eq", c_eq},
 };
 
 /* A float leaf (dtype) of shape [n0, n1] (n1 = 0: 1-D), uniform in [lo, hi) or

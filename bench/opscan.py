@@ -166,6 +166,8 @@ def torch_cases(f64=False):
         ("sub_col4", lambda: sh4 - c4), ("mul_row4", lambda: sh4 * r4),
         ("add_col16", lambda: sh16 + c16), ("maximum_col4", lambda: torch.maximum(sh4, c4)),
         ("where_col4", lambda: torch.where(c4 > 0, sh4, sh4b)),
+        ("argmax1", lambda: a.argmax(1)), ("argmax0", lambda: a.argmax(0)),
+        ("argmax_short", lambda: sh4.argmax(1)), ("eq", lambda: a == b),
     ]
     return cases, leaves
 
@@ -192,16 +194,18 @@ def torch_side(reps, filt, threads, dtype="f32", tool="opscan", cases_fn=torch_c
             t0 = time.perf_counter()
             y = fn()
             t1 = time.perf_counter()
-            y.backward(torch.ones_like(y))
+            if y.requires_grad:  # else an op without a gradient: bwd_us 0
+                y.backward(torch.ones_like(y))
             t2 = time.perf_counter()
             fwd, bwd = min(fwd, t1 - t0), min(bwd, t2 - t1)
         print("%s/%s fwd_us %.1f bwd_us %.1f" % (tool, name, fwd * 1e6, bwd * 1e6), flush=True)
 
 
 def ratio(a, b):
-    """a / b, or NaN where b is not a positive time (a case that printed
-    0.0 or did not run on one side): a table row, never a crash."""
-    return a / b if b > 0 else float("nan")
+    """a / b, or NaN where either is not a positive time (a case that
+    printed 0.0, an op without a gradient's backward, or one that did not
+    run on one side): a table row, never a crash."""
+    return a / b if a > 0 and b > 0 else float("nan")
 
 
 def parse(out, tool="opscan"):
