@@ -88,6 +88,10 @@ typedef struct short_rows {
   ad_tensor h[3];
   ad_tensor *in[3];
   ad_call c2;
+  /* more than one outer dim: rows found by an odometer, not a table */
+  const ad_bc_rows *it;
+  const int64_t *shape;               /* out's */
+  int64_t i, idx[AD_MAX_DIMS], ob[3]; /* the place in the current row, its index, offsets */
 } short_rows;
 
 /* Whether out's walk (it, over c's n inputs) takes short_rows: one outer
@@ -96,8 +100,9 @@ typedef struct short_rows {
  * columns or rows (gathered once). Rows alone of SHORT_ROW or more (a
  * bias) keep binary_rows: a call per row costs less than their copies. */
 static bool short_rows_pay(const ad_call *c, int n, const ad_bc_rows *it) {
-  if (it->nd > 1 || it->rows < 2 || it->len >= SHORT_ROW_RUNS) return false;
+  if (it->rows < 2 || it->len >= SHORT_ROW_RUNS) return false;
   if (it->len < SHORT_ROW) return true;
+  if (it->nd > 1) return false;
   int last = c->out->ndim - 1;
   bool column = false;
   for (int k = 0; k < n; k++) {
@@ -118,6 +123,17 @@ static void short_rows_init(short_rows *w, const ad_call *c, int n, const ad_bc_
   w->L = it->len, w->blk = SHORT_BLOCK / w->L * w->L;
   w->r0 = b / w->L, w->p = b, w->e = e;
   int64_t i0 = w->i0 = b - w->r0 * w->L;
+  w->it = it->nd > 1 ? it : NULL;
+  if (w->it) { /* row r0's index per dim and each input's offset of it */
+    w->shape = out->shape, w->i = i0;
+    int64_t q = w->r0;
+    for (int k = 0; k < n; k++) w->ob[k] = 0;
+    for (int d = it->nd - 1; d >= 0; d--) {
+      w->idx[d] = q % out->shape[d];
+      q /= out->shape[d];
+      for (int k = 0; k < n; k++) w->ob[k] += w->idx[d] * it->st[k][d];
+    }
+  }
   for (int k = 0; k < n; k++) {
     w->gat[k] = c->in[k]->size != out->size; /* else its shape is out's: offset = index */
     w->src[k] = c->in[k]->data;
@@ -126,7 +142,7 @@ static void short_rows_init(short_rows *w, const ad_call *c, int n, const ad_bc_
     w->in[k] = w->gat[k] ? &w->h[k] : c->in[k];
     w->rs[k] = it->nd ? it->st[k][0] : 0;
     int64_t s = w->st[k] = it->st[k][last], m = e - b < w->blk ? e - b : w->blk;
-    if (!w->gat[k] || (s == 0 && w->L >= SHORT_ROW && w->rs[k] != 0)) continue; /* runs */
+    if (!w->gat[k] || w->it || (s == 0 && w->L >= SHORT_ROW && w->rs[k] != 0)) continue;
     if (w->rs[k] == 0) { /* a row (or one value): its buffer gathered here, once */
       for (int64_t q = 0, i = i0; q < m; q++) {
         if (ad_dsize(c->in[k]->dtype) == 4)
@@ -178,6 +194,65 @@ static inline void gather_tab(void *dst, const char *x, const int64_t *t, int64_
   }
 }
 
+/* n elements of size es from x, stride st (0: one value repeated), to
+ * the contiguous dst, copied as bits. */
+#define COPY_SPAN(T)                                                                               \
+  do {                                                                                             \
+    const T *s = (const T *)(const void *)x;                                                       \
+    T *d = dst;                                                                                    \
+    if (st == 1)                                                                                   \
+      for (int64_t i = 0; i < n; i++) d[i] = s[i];                                                 \
+    else if (st == 0)                                                                              \
+      for (int64_t i = 0; i < n; i++) d[i] = s[0];                                                 \
+    else                                                                                           \
+      for (int64_t i = 0; i < n; i++) d[i] = s[i * st];                                            \
+  } while (0)
+static inline void copy_span(void *dst, const char *x, int64_t st, int64_t n, size_t es) {
+  if (es == 4)
+    COPY_SPAN(uint32_t);
+  else
+    COPY_SPAN(uint64_t);
+}
+#undef COPY_SPAN
+
+/* The next m elements of a walk of more than one outer dim: each gathered
+ * operand's spans copied row by row, the rows' offsets carried through
+ * the dims as ad_bc_next_span's cursor does. */
+static void short_rows_odometer(short_rows *w, int64_t m) {
+  const ad_bc_rows *it = w->it;
+  const int nd = it->nd, nk = w->n;
+  const int64_t L = w->L;
+  int64_t i = w->i, ob[3], idx[AD_MAX_DIMS], st[3]; /* in locals: the copies' stores */
+  char *dst[3];                                     /* cannot move them */
+  const char *src[3];
+  int ng = 0, g[3];
+  for (int k = 0; k < nk; k++) {
+    ob[k] = w->ob[k];
+    if (w->gat[k]) g[ng++] = k;
+  }
+  for (int k = 0; k < nk; k++) st[k] = w->st[k], dst[k] = (char *)w->buf[k], src[k] = w->src[k];
+  for (int d = 0; d < nd; d++) idx[d] = w->idx[d];
+  for (int64_t q = 0, n; q < m; q += n) {
+    n = L - i < m - q ? L - i : m - q;
+    for (int t = 0; t < ng; t++) {
+      int k = g[t];
+      size_t ek = ad_dsize(w->h[k].dtype);
+      copy_span(dst[k] + q * (int64_t)ek, src[k] + (ob[k] + i * st[k]) * (int64_t)ek, st[k], n, ek);
+    }
+    if ((i += n) < L) continue;
+    i = 0; /* the next row */
+    for (int d = nd - 1; d >= 0; d--) {
+      for (int k = 0; k < nk; k++) ob[k] += it->st[k][d];
+      if (++idx[d] < w->shape[d]) break;
+      for (int k = 0; k < nk; k++) ob[k] -= it->st[k][d] * w->shape[d];
+      idx[d] = 0;
+    }
+  }
+  w->i = i;
+  for (int k = 0; k < nk; k++) w->ob[k] = ob[k];
+  for (int d = 0; d < nd; d++) w->idx[d] = idx[d];
+}
+
 /* The next block: its first element into *p, its length into *m (false
  * when the walk is done), each gathered operand's values in its buffer;
  * off[k], input k's offset in w->c2.in[k], is 0 for those, *p for the
@@ -186,6 +261,12 @@ static bool short_rows_next(short_rows *w, int64_t *p, int64_t *m, int64_t *off)
   if (w->p >= w->e) return false;
   *p = w->p;
   *m = w->e - w->p < w->blk ? w->e - w->p : w->blk;
+  if (w->it) {
+    short_rows_odometer(w, *m);
+    for (int k = 0; k < w->n; k++) off[k] = w->gat[k] ? 0 : *p;
+    w->p += w->blk;
+    return true;
+  }
   for (int k = 0; k < w->n; k++) {
     off[k] = w->gat[k] ? 0 : *p;
     if (!w->gat[k] || w->rs[k] == 0) continue; /* a row operand's: gathered by init */

@@ -56,12 +56,13 @@ static ad_dtype dtype = AD_F32; /* of the float inputs (--dtype) */
  * [16,1,64,256] and b4b [1,8,256,64] (a product broadcast on both sides);
  * sh4b [65536,4] (a second short-row operand), x64 [4096,64]; c4
  * [65536,1], r4 [4] and c16 [16384,1] (operands broadcast along short
- * rows). */
+ * rows); t8 [64,256,8] and m8 [64,1,8], t44 [16384,4,4] and k4 [1,4,1]
+ * (short rows broadcast along a middle axis). */
 static ad_tensor *a, *b, *p, *q, *sq, *bias, *gamma_, *beta, *idx, *emb, *eidx, *logits, *labels,
     *prob, *target, *img, *w, *ch, *col, *bq, *bk, *gidx, *img2, *plane, *gate, *sidx, *src, *row,
     *pcol, *px, *py, *sh4, *sh16, *lg2, *labels2, *rows2k, *idx2k, *t3, *tall, *w16, *vec, *long2,
     *bk2, *gidx0, *pieces[16], *e3, *aq, *ak, *av, *lgv, *labv, *idx3, *gidx3, *b4a, *b4b, *sh4b,
-    *x64, *c4, *r4, *c16;
+    *x64, *c4, *r4, *c16, *t8, *m8, *t44, *k4;
 
 static ad_tensor *c_div(void) { return ad_div(ctx, a, p); }
 static ad_tensor *c_pow(void) { return ad_pow(ctx, p, q); }
@@ -256,6 +257,8 @@ static ad_tensor *c_sub_col4(void) { return ad_sub(ctx, sh4, c4); }
 static ad_tensor *c_mul_row4(void) { return ad_mul(ctx, sh4, r4); }
 static ad_tensor *c_add_col16(void) { return ad_add(ctx, sh16, c16); }
 static ad_tensor *c_maximum_col4(void) { return ad_maximum(ctx, sh4, c4); }
+static ad_tensor *c_add_mid8(void) { return ad_add(ctx, t8, m8); }
+static ad_tensor *c_mul_mid4(void) { return ad_mul(ctx, t44, k4); }
 /* Ops without a gradient (an accuracy's): their bwd_us is 0. */
 static ad_tensor *c_argmax1(void) { return ad_argmax(ctx, a, 1, false); }
 static ad_tensor *c_argmax0(void) { return ad_argmax(ctx, a, 0, false); }
@@ -402,6 +405,8 @@ static const struct {
     {"add_col16", c_add_col16},
     {"maximum_col4", c_maximum_col4},
     {"where_col4", c_where_col4},
+    {"add_mid8", c_add_mid8},
+    {"mul_mid4", c_mul_mid4},
     {"argmax1", c_argmax1},
     {"argmax0", c_argmax0},
     {"argmax_short", c_argmax_short},
@@ -492,13 +497,18 @@ static void make_inputs(void) {
   c4 = input(&rng, 2, (const int64_t[]){65536, 1}, 0, 0, true);
   r4 = input(&rng, 1, (const int64_t[]){4}, 0, 0, true);
   c16 = input(&rng, 2, (const int64_t[]){16384, 1}, 0, 0, true);
+  t8 = input(&rng, 3, (const int64_t[]){64, 256, 8}, 0, 0, true);
+  m8 = input(&rng, 3, (const int64_t[]){64, 1, 8}, 0, 0, true);
+  t44 = input(&rng, 3, (const int64_t[]){16384, 4, 4}, 0, 0, true);
+  k4 = input(&rng, 3, (const int64_t[]){1, 4, 1}, 0, 0, true);
 }
 
 static void clear_grads(void) {
-  ad_tensor *leaves[] = {a,  b,   p,    q,   sq,     bias, gamma_, beta, emb, logits, prob, img,
-                         w,  ch,  col,  bq,  bk,     img2, plane,  gate, src, row,    pcol, px,
-                         py, sh4, sh16, lg2, rows2k, t3,   tall,   w16,  vec, long2,  bk2,  e3,
-                         aq, ak,  av,   lgv, b4a,    b4b,  sh4b,   x64,  c4,  r4,     c16};
+  ad_tensor *leaves[] = {a,     b,   p,   q,   sq,   bias, gamma_, beta,  emb,  logits, prob,
+                         img,   w,   ch,  col, bq,   bk,   img2,   plane, gate, src,    row,
+                         pcol,  px,  py,  sh4, sh16, lg2,  rows2k, t3,    tall, w16,    vec,
+                         long2, bk2, e3,  aq,  ak,   av,   lgv,    b4a,   b4b,  sh4b,   x64,
+                         c4,    r4,  c16, t8,  m8,   t44,  k4};
   for (size_t k = 0; k < sizeof leaves / sizeof *leaves; k++) ad_tensor_zero_grad(leaves[k]);
   for (int k = 0; k < 16; k++) ad_tensor_zero_grad(pieces[k]);
 }

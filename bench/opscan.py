@@ -77,12 +77,14 @@ def torch_cases(f64=False):
     b4a, b4b = leaf(16, 1, 64, 256), leaf(1, 8, 256, 64)
     sh4b, x64 = leaf(65536, 4), leaf(4096, 64)
     c4, r4, c16 = leaf(65536, 1), leaf(4), leaf(16384, 1)
+    t8, m8, t44, k4 = leaf(64, 256, 8), leaf(64, 1, 8), leaf(16384, 4, 4), leaf(1, 4, 1)
 
     def sdpa():  # torch 1.13 has no fused attention: its math path
         return torch.softmax(aq @ ak.transpose(-2, -1) * (64 ** -0.5), -1) @ av
     leaves = [a, b, p, q, sq, bias, gamma, beta, emb, logits, prob, img, w, ch, col, bq, bk, img2,
               plane, gate, src, row, pcol, px, py, sh4, sh16, lg2, rows2k, t3, tall, w16, vec,
-              long2, bk2, e3, aq, ak, av, lgv, b4a, b4b, sh4b, x64, c4, r4, c16] + pieces
+              long2, bk2, e3, aq, ak, av, lgv, b4a, b4b, sh4b, x64, c4, r4, c16, t8, m8, t44,
+              k4] + pieces
     cases = [
         ("div", lambda: a / p), ("pow", lambda: torch.pow(p, q)),
         ("maximum", lambda: torch.maximum(a, b)), ("where_lt", lambda: torch.where(a < b, a, b)),
@@ -166,6 +168,7 @@ def torch_cases(f64=False):
         ("sub_col4", lambda: sh4 - c4), ("mul_row4", lambda: sh4 * r4),
         ("add_col16", lambda: sh16 + c16), ("maximum_col4", lambda: torch.maximum(sh4, c4)),
         ("where_col4", lambda: torch.where(c4 > 0, sh4, sh4b)),
+        ("add_mid8", lambda: t8 + m8), ("mul_mid4", lambda: t44 * k4),
         ("argmax1", lambda: a.argmax(1)), ("argmax0", lambda: a.argmax(0)),
         ("argmax_short", lambda: sh4.argmax(1)), ("eq", lambda: a == b),
     ]
