@@ -220,36 +220,39 @@ static inline void copy_span(void *dst, const char *x, int64_t st, int64_t n, si
  * the dims as ad_bc_next_span's cursor does. */
 static void short_rows_odometer(short_rows *w, int64_t m) {
   const ad_bc_rows *it = w->it;
-  const int nd = it->nd, nk = w->n;
-  const int64_t L = w->L;
-  int64_t i = w->i, ob[3], idx[AD_MAX_DIMS], st[3]; /* in locals: the copies' stores */
-  char *dst[3];                                     /* cannot move them */
+  const int nd = it->nd;
+  const int64_t L = w->L, *shape = w->shape;
+  /* in locals, the gathered operands' alone: the copies' stores cannot move them */
+  int64_t i = w->i, idx[AD_MAX_DIMS], ob[3], st[3], rst[3][AD_MAX_DIMS];
+  char *dst[3];
   const char *src[3];
+  size_t es[3];
   int ng = 0, g[3];
-  for (int k = 0; k < nk; k++) {
-    ob[k] = w->ob[k];
+  for (int k = 0; k < w->n; k++)
     if (w->gat[k]) g[ng++] = k;
+  for (int t = 0; t < ng; t++) {
+    int k = g[t];
+    ob[t] = w->ob[k], st[t] = w->st[k], es[t] = ad_dsize(w->h[k].dtype);
+    dst[t] = (char *)w->buf[k], src[t] = w->src[k];
+    for (int d = 0; d < nd; d++) rst[t][d] = it->st[k][d];
   }
-  for (int k = 0; k < nk; k++) st[k] = w->st[k], dst[k] = (char *)w->buf[k], src[k] = w->src[k];
   for (int d = 0; d < nd; d++) idx[d] = w->idx[d];
   for (int64_t q = 0, n; q < m; q += n) {
     n = L - i < m - q ? L - i : m - q;
-    for (int t = 0; t < ng; t++) {
-      int k = g[t];
-      size_t ek = ad_dsize(w->h[k].dtype);
-      copy_span(dst[k] + q * (int64_t)ek, src[k] + (ob[k] + i * st[k]) * (int64_t)ek, st[k], n, ek);
-    }
+    for (int t = 0; t < ng; t++)
+      copy_span(dst[t] + q * (int64_t)es[t], src[t] + (ob[t] + i * st[t]) * (int64_t)es[t], st[t],
+                n, es[t]);
     if ((i += n) < L) continue;
     i = 0; /* the next row */
     for (int d = nd - 1; d >= 0; d--) {
-      for (int k = 0; k < nk; k++) ob[k] += it->st[k][d];
-      if (++idx[d] < w->shape[d]) break;
-      for (int k = 0; k < nk; k++) ob[k] -= it->st[k][d] * w->shape[d];
+      for (int t = 0; t < ng; t++) ob[t] += rst[t][d];
+      if (++idx[d] < shape[d]) break;
+      for (int t = 0; t < ng; t++) ob[t] -= rst[t][d] * shape[d];
       idx[d] = 0;
     }
   }
   w->i = i;
-  for (int k = 0; k < nk; k++) w->ob[k] = ob[k];
+  for (int t = 0; t < ng; t++) w->ob[g[t]] = ob[t];
   for (int d = 0; d < nd; d++) w->idx[d] = idx[d];
 }
 
