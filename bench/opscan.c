@@ -15,7 +15,8 @@
  * from it to every input with a seed gradient of ones (the op's backward
  * alone: a sum as the root would add its own expand); of --reps runs
  * (default 15) it prints the least forward time and the least backward
- * time, in microseconds:
+ * time (0 for an op without a gradient: argmax, a comparison), in
+ * microseconds:
  *
  *   opscan/NAME fwd_us F bwd_us B
  *
