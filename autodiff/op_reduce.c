@@ -52,11 +52,50 @@ typedef struct lanes_job {
   red_dims r;
   int64_t ystride; /* output elements between consecutive o */
   int64_t blocks;  /* lane blocks per o */
+  int64_t group;   /* o's per unit (short lanes gathered), else 1 */
   lanes_fn fn;
 } lanes_job;
 
+/* The elements of a group's buffers (LANES_GATHER) for each of x and y. */
+enum { LANES_GATHER_MAX = 4096 };
+
+/* Units [b, e) of a walk whose inner (the lanes of one o) is short: group
+ * o's at a time, their lanes gathered side by side into one block of
+ * group x inner lanes (element k of lane p inner + j at buf[k w + p inner
+ * + j], w the block's width), fn run once on it, and a y of x's layout
+ * (softmax's) scattered back; a reduction's y (ystride = inner) is
+ * already the block's layout. Each lane sees the same elements in the
+ * same order through the same operations as in a block of its o alone:
+ * the same bits, with a call for many o's instead of one each. */
+static void lanes_range_grouped(const lanes_job *j, int64_t b, int64_t e) {
+  size_t ds = ad_dsize(j->x->dtype);
+  const int64_t n = j->r.n, in = j->r.inner;
+  double xb[LANES_GATHER_MAX], yb[LANES_GATHER_MAX]; /* doubles: aligned for either dtype */
+  bool ylay = j->ystride != in;                      /* y laid out as x */
+  for (int64_t u = b; u < e; u++) {
+    int64_t o0 = u * j->group, np = j->r.outer - o0 < j->group ? j->r.outer - o0 : j->group;
+    int64_t w = np * in;
+    const char *x = (const char *)j->x->data + (size_t)(o0 * n * in) * ds;
+    char *y = (char *)j->out->data + (size_t)(o0 * j->ystride) * ds;
+    for (int64_t p = 0; p < np; p++)
+      for (int64_t k = 0; k < n; k++)
+        memcpy((char *)xb + (size_t)(k * w + p * in) * ds, x + (size_t)((p * n + k) * in) * ds,
+               (size_t)in * ds);
+    j->fn(xb, ylay ? (void *)yb : (void *)y, w, n, w);
+    if (ylay)
+      for (int64_t p = 0; p < np; p++)
+        for (int64_t k = 0; k < n; k++)
+          memcpy(y + (size_t)((p * n + k) * in) * ds, (char *)yb + (size_t)(k * w + p * in) * ds,
+                 (size_t)in * ds);
+  }
+}
+
 static void lanes_range(void *ud, int64_t b, int64_t e) {
   const lanes_job *j = ud;
+  if (j->group > 1) {
+    lanes_range_grouped(j, b, e);
+    return;
+  }
   size_t ds = ad_dsize(j->x->dtype);
   for (int64_t u = b; u < e; u++) {
     int64_t o = u / j->blocks, i0 = u % j->blocks * LANE_BLOCK;
@@ -69,11 +108,25 @@ static void lanes_range(void *ud, int64_t b, int64_t e) {
 }
 
 /* Runs fn over every lane of x's reduction r into out, whose lanes start
- * ystride elements apart for each o, on the library's threads. */
+ * ystride elements apart for each o (inner for a reduction, n x inner for
+ * a y of x's layout), on the library's threads. Lanes of 2 to
+ * LANE_BLOCK / 2 per o are gathered several o's at a time (at least two,
+ * within LANE_BLOCK lanes and LANES_GATHER_MAX elements). */
 static void run_lanes(const ad_tensor *x, ad_tensor *out, red_dims r, int64_t ystride,
                       lanes_fn fn) {
   if (out->size == 0) return;
-  lanes_job j = {x, out, r, ystride, (r.inner + LANE_BLOCK - 1) / LANE_BLOCK, fn};
+  lanes_job j = {x, out, r, ystride, (r.inner + LANE_BLOCK - 1) / LANE_BLOCK, 1, fn};
+  if (r.inner > 1 && r.inner <= LANE_BLOCK / 2 && r.outer > 1 && r.n > 0 &&
+      r.n * r.inner * 2 <= LANES_GATHER_MAX) {
+    int64_t g = LANE_BLOCK / r.inner, fit = LANES_GATHER_MAX / (r.n * r.inner);
+    j.group = g < fit ? g : fit;
+    if (j.group > r.outer) j.group = r.outer;
+  }
+  if (j.group > 1) {
+    int64_t units = (r.outer + j.group - 1) / j.group, per = r.n * r.inner * j.group;
+    ad_parallel_for(units, (32768 + per - 1) / per, lanes_range, &j);
+    return;
+  }
   int64_t per = (r.n ? r.n : 1) * (r.inner < LANE_BLOCK ? r.inner : LANE_BLOCK);
   ad_parallel_for(r.outer * j.blocks, (32768 + per - 1) / per, lanes_range, &j);
 }

@@ -260,6 +260,12 @@ static ad_tensor *c_add_col16(void) { return ad_add(ctx, sh16, c16); }
 static ad_tensor *c_maximum_col4(void) { return ad_maximum(ctx, sh4, c4); }
 static ad_tensor *c_add_mid8(void) { return ad_add(ctx, t8, m8); }
 static ad_tensor *c_mul_mid4(void) { return ad_mul(ctx, t44, k4); }
+/* Reductions and a softmax along a middle axis of short rows. */
+static ad_tensor *c_sum_mid4(void) { return ad_sum_axis(ctx, t44, 1, false); }
+static ad_tensor *c_max_mid4(void) { return ad_max_axis(ctx, t44, 1, false); }
+static ad_tensor *c_softmax_mid4(void) { return ad_softmax(ctx, t44, 1); }
+static ad_tensor *c_cumsum_mid4(void) { return ad_cumsum(ctx, t44, 1); }
+static ad_tensor *c_var_mid8(void) { return ad_var(ctx, t8, 1, (const int[]){1}, 1, false); }
 /* Ops without a gradient (an accuracy's): their bwd_us is 0. */
 static ad_tensor *c_argmax1(void) { return ad_argmax(ctx, a, 1, false); }
 static ad_tensor *c_argmax0(void) { return ad_argmax(ctx, a, 0, false); }
@@ -408,6 +414,11 @@ static const struct {
     {"where_col4", c_where_col4},
     {"add_mid8", c_add_mid8},
     {"mul_mid4", c_mul_mid4},
+    {"sum_mid4", c_sum_mid4},
+    {"max_mid4", c_max_mid4},
+    {"softmax_mid4", c_softmax_mid4},
+    {"cumsum_mid4", c_cumsum_mid4},
+    {"var_mid8", c_var_mid8},
     {"argmax1", c_argmax1},
     {"argmax0", c_argmax0},
     {"argmax_short", c_argmax_short},

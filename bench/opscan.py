@@ -169,6 +169,9 @@ def torch_cases(f64=False):
         ("add_col16", lambda: sh16 + c16), ("maximum_col4", lambda: torch.maximum(sh4, c4)),
         ("where_col4", lambda: torch.where(c4 > 0, sh4, sh4b)),
         ("add_mid8", lambda: t8 + m8), ("mul_mid4", lambda: t44 * k4),
+        ("sum_mid4", lambda: t44.sum(1)), ("max_mid4", lambda: t44.amax(1)),
+        ("softmax_mid4", lambda: torch.softmax(t44, 1)), ("cumsum_mid4", lambda: torch.cumsum(t44, 1)),
+        ("var_mid8", lambda: torch.var(t8, 1)),
         ("argmax1", lambda: a.argmax(1)), ("argmax0", lambda: a.argmax(0)),
         ("argmax_short", lambda: sh4.argmax(1)), ("eq", lambda: a == b),
     ]

@@ -673,6 +673,57 @@ static void same_bits(const ad_tensor *a, const ad_tensor *b, bool payload, cons
   }
 }
 
+static ad_tensor *ax_min(ad_ctx *c, ad_tensor *x, int a) { return ad_min_axis(c, x, a, false); }
+static ad_tensor *ax_softmax(ad_ctx *c, ad_tensor *x, int a) { return ad_softmax(c, x, a); }
+static ad_tensor *ax_log_softmax(ad_ctx *c, ad_tensor *x, int a) { return ad_log_softmax(c, x, a); }
+/* Along a middle axis whose inner dims hold few lanes (2 to 32 per outer
+ * index), several outer indices' lanes are gathered into one block
+ * (op_reduce.c's lanes_range_grouped): against each outer index's slice
+ * reduced alone (one outer index: the block of its own lanes), bit for
+ * bit, with NaN, infinities and zeros of both signs, for sum, max, min,
+ * logsumexp, softmax and log_softmax, float32 and float64, groups cut
+ * short by the outer count and by the buffer's size (n 200), on 1 and 3
+ * threads. */
+Test(parallel, short_lanes_grouped_same_bits_as_each_slice) {
+  static const axis_fn fns[] = {ax_sum, ax_max, ax_min, ax_lse, ax_softmax, ax_log_softmax};
+  static const char *names[] = {"sum", "max", "min", "logsumexp", "softmax", "log_softmax"};
+  static const int64_t shapes[][3] = {{300, 4, 4}, {7, 3, 2},   {129, 5, 3},  {40, 40, 16},
+                                      {9, 200, 4}, {65, 1, 32}, {33, 17, 33}, {5, 2, 31}};
+  ad_rng rng;
+  ad_rng_seed(&rng, 47);
+  for (int d = 0; d < 2; d++) {
+    ad_dtype dt = d ? AD_F64 : AD_F32;
+    for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++) {
+      const int64_t *sh = shapes[si];
+      ad_tensor *x = ad_rand(ctx, &rng, dt, 3, sh, -20, 20);
+      cr_assert(x, "%s", ad_last_error(ctx));
+      for (int64_t e = 5; e < x->size; e += 23)
+        ad_tensor_set(x, e, e % 4 == 0 ? NAN : e % 4 == 1 ? -INFINITY : e % 4 == 2 ? -0.0 : 0.0);
+      for (size_t f = 0; f < sizeof fns / sizeof *fns; f++)
+        for (int threads = 1; threads <= 3; threads += 2) {
+          cr_assert_eq(ad_set_num_threads(threads), AD_OK);
+          ad_tensor *y = fns[f](ctx, x, 1);
+          cr_assert(y, "%s", ad_last_error(ctx));
+          int64_t per = y->size / sh[0];
+          size_t ds = ad_dtype_size(dt);
+          for (int64_t o = 0; o < sh[0]; o++) {
+            ad_tensor *yo = fns[f](ctx, ad_narrow(ctx, x, 0, o, 1), 1);
+            cr_assert(yo && yo->size == per, "%s", ad_last_error(ctx));
+            cr_assert(memcmp((const char *)y->data + (size_t)(o * per) * ds, yo->data,
+                             (size_t)per * ds) == 0,
+                      "%s %s [%lld,%lld,%lld] along axis 1, %d thread(s): outer index %lld's "
+                      "bits differ from its slice's alone",
+                      names[f], ad_dtype_name(dt), (long long)sh[0], (long long)sh[1],
+                      (long long)sh[2], threads, (long long)o);
+          }
+          ad_tape_reset(ctx);
+        }
+      ad_tensor_free(x);
+    }
+  }
+  cr_assert_eq(ad_set_num_threads(1), AD_OK);
+}
+
 /* a and b (float32) within 2 ulp of the larger magnitude plus 2^-50 (a
  * log_softmax near 0, -log of a sum near 1, keeps the sum's double
  * rounding), NaN where the other is NaN. */
