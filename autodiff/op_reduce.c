@@ -1579,21 +1579,38 @@ ad_tensor *ad_mean_axes(ad_ctx *ctx, ad_tensor *x, int n_axes, const int *axes, 
  * flip(cumsum(flip(dy))), torch's formula, made of ops. Its shape rule is
  * softmax's (shape_softmax). */
 
-/* LANE_BLOCK lanes at a time, read row by row, each in its own double */
+/* Lane blocks [b, e) (LANE_BLOCK lanes of one outer index each), read row
+ * by row, each lane in its own double. */
+typedef struct cumsum_lanes_job {
+  const ad_tensor *x;
+  ad_tensor *y;
+  red_dims r;
+  int64_t blocks; /* per outer index */
+} cumsum_lanes_job;
 #define CUMSUM_LANES(T)                                                                            \
   do {                                                                                             \
-    const T *X = c->in[0]->data;                                                                   \
-    T *Y = c->out->data;                                                                           \
-    for (int64_t o = 0; o < r.outer; o++)                                                          \
-      for (int64_t j0 = 0; j0 < r.inner; j0 += LANE_BLOCK) {                                       \
-        int64_t nb = r.inner - j0 < LANE_BLOCK ? r.inner - j0 : LANE_BLOCK;                        \
-        double acc[LANE_BLOCK] = {0};                                                              \
-        for (int64_t k = 0; k < r.n; k++) {                                                        \
-          int64_t at = (o * r.n + k) * r.inner + j0;                                               \
-          for (int64_t j = 0; j < nb; j++) Y[at + j] = (T)(acc[j] += X[at + j]);                   \
-        }                                                                                          \
+    const T *X = j->x->data;                                                                       \
+    T *Y = j->y->data;                                                                             \
+    const red_dims r = j->r;                                                                       \
+    for (int64_t u = b; u < e; u++) {                                                              \
+      int64_t o = u / j->blocks, j0 = u % j->blocks * LANE_BLOCK;                                  \
+      int64_t nb = r.inner - j0 < LANE_BLOCK ? r.inner - j0 : LANE_BLOCK;                          \
+      double acc[LANE_BLOCK];                                                                      \
+      for (int64_t q = 0; q < nb; q++) acc[q] = 0;                                                 \
+      for (int64_t k = 0; k < r.n; k++) {                                                          \
+        int64_t at = (o * r.n + k) * r.inner + j0;                                                 \
+        for (int64_t q = 0; q < nb; q++) Y[at + q] = (T)(acc[q] += X[at + q]);                     \
       }                                                                                            \
+    }                                                                                              \
   } while (0)
+static void cumsum_lanes(void *ud, int64_t b, int64_t e) {
+  const cumsum_lanes_job *j = ud;
+  if (j->x->dtype == AD_F32)
+    CUMSUM_LANES(float);
+  else
+    CUMSUM_LANES(double);
+}
+#undef CUMSUM_LANES
 
 /* Along the last axis (contiguous rows): CUMSUM_ROWS rows at a time, their
  * sums interleaved, so that the additions of one row do not wait for each
@@ -1643,10 +1660,9 @@ static void cumsum_fwd(const ad_call *c) {
                     &j);
     return;
   }
-  if (x->dtype == AD_F32)
-    CUMSUM_LANES(float);
-  else
-    CUMSUM_LANES(double);
+  cumsum_lanes_job j = {x, c->out, r, (r.inner + LANE_BLOCK - 1) / LANE_BLOCK};
+  int64_t per = r.n * (r.inner < LANE_BLOCK ? r.inner : LANE_BLOCK); /* elements a unit */
+  ad_parallel_for(r.outer * j.blocks, (32768 + per - 1) / per, cumsum_lanes, &j);
 }
 
 static ad_status cumsum_bwd(const ad_call *c) {

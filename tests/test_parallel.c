@@ -676,6 +676,47 @@ static void same_bits(const ad_tensor *a, const ad_tensor *b, bool payload, cons
 static ad_tensor *ax_min(ad_ctx *c, ad_tensor *x, int a) { return ad_min_axis(c, x, a, false); }
 static ad_tensor *ax_softmax(ad_ctx *c, ad_tensor *x, int a) { return ad_softmax(c, x, a); }
 static ad_tensor *ax_log_softmax(ad_ctx *c, ad_tensor *x, int a) { return ad_log_softmax(c, x, a); }
+/* cumsum along axis 1 of [O, n, inner] (blocks of 64 lanes of one outer
+ * index each, split over the threads) against the definition: each lane
+ * summed in order in a double, each partial sum rounded to the dtype; bit
+ * for bit, with NaN and infinities, on 1 and 3 threads. */
+Test(parallel, cumsum_lanes_as_the_definition) {
+  static const int64_t shapes[][3] = {{3000, 4, 4}, {5, 7, 130}, {700, 3, 64}, {2, 1000, 65}};
+  ad_rng rng;
+  ad_rng_seed(&rng, 53);
+  for (int d = 0; d < 2; d++) {
+    ad_dtype dt = d ? AD_F64 : AD_F32;
+    for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++) {
+      const int64_t *sh = shapes[si], O = sh[0], n = sh[1], I = sh[2];
+      ad_tensor *x = ad_rand(ctx, &rng, dt, 3, sh, -3, 3);
+      cr_assert(x, "%s", ad_last_error(ctx));
+      for (int64_t e = 7; e < x->size; e += 501) ad_tensor_set(x, e, e % 2 ? NAN : -INFINITY);
+      for (int threads = 1; threads <= 3; threads += 2) {
+        cr_assert_eq(ad_set_num_threads(threads), AD_OK);
+        ad_tensor *y = ad_cumsum(ctx, x, 1);
+        cr_assert(y, "%s", ad_last_error(ctx));
+        for (int64_t o = 0; o < O; o++)
+          for (int64_t j = 0; j < I; j++) {
+            double acc = 0;
+            for (int64_t k = 0; k < n; k++) {
+              int64_t at = (o * n + k) * I + j;
+              acc += ad_tensor_get(x, at);
+              double want = dt == AD_F32 ? (double)(float)acc : acc, got = ad_tensor_get(y, at);
+              cr_assert(memcmp(&want, &got, sizeof want) == 0 || (want != want && got != got),
+                        "cumsum %s [%lld,%lld,%lld] axis 1, %d thread(s): element %lld is %.17g, "
+                        "the definition's %.17g",
+                        ad_dtype_name(dt), (long long)O, (long long)n, (long long)I, threads,
+                        (long long)at, got, want);
+            }
+          }
+        ad_tape_reset(ctx);
+      }
+      ad_tensor_free(x);
+    }
+  }
+  cr_assert_eq(ad_set_num_threads(1), AD_OK);
+}
+
 /* Along a middle axis whose inner dims hold few lanes (2 to 32 per outer
  * index), several outer indices' lanes are gathered into one block
  * (op_reduce.c's lanes_range_grouped): against each outer index's slice
