@@ -92,6 +92,11 @@ typedef struct short_rows {
   const ad_bc_rows *it;
   const int64_t *shape;               /* out's */
   int64_t i, idx[AD_MAX_DIMS], ob[3]; /* the place in the current row, its index, offsets */
+  /* two outer dims [D0, D1] whose groups of G = D1 L elements and blocks
+   * of tblk divide one another: blocks from tstart (a multiple of tblk) by
+   * the tables, offsets from group g and row j at g s0 + j s1 */
+  int64_t G, tblk, tstart, s0[3], s1[3];
+  int64_t tg[3]; /* the group of the block last gathered (by operand), -1: none */
 } short_rows;
 
 /* Whether out's walk (it, over c's n inputs) takes short_rows: one outer
@@ -124,6 +129,20 @@ static void short_rows_init(short_rows *w, const ad_call *c, int n, const ad_bc_
   w->r0 = b / w->L, w->p = b, w->e = e;
   int64_t i0 = w->i0 = b - w->r0 * w->L;
   w->it = it->nd > 1 ? it : NULL;
+  w->tstart = e;     /* no table blocks */
+  if (it->nd == 2) { /* blocks of whole groups, or groups of whole blocks */
+    int64_t D1 = out->shape[1], G = D1 * w->L, tblk = 0;
+    if (G <= SHORT_BLOCK)
+      tblk = SHORT_BLOCK / G * G;
+    else
+      for (int64_t rows = SHORT_BLOCK / w->L; rows * w->L >= SHORT_BLOCK / 4 && !tblk; rows--)
+        if (D1 % rows == 0) tblk = rows * w->L;
+    if (tblk) {
+      w->G = G, w->tblk = tblk;
+      w->tstart = (b + tblk - 1) / tblk * tblk;
+      if (w->tstart > e) w->tstart = e;
+    }
+  }
   if (w->it) { /* row r0's index per dim and each input's offset of it */
     w->shape = out->shape, w->i = i0;
     int64_t q = w->r0;
@@ -142,6 +161,11 @@ static void short_rows_init(short_rows *w, const ad_call *c, int n, const ad_bc_
     w->in[k] = w->gat[k] ? &w->h[k] : c->in[k];
     w->rs[k] = it->nd ? it->st[k][0] : 0;
     int64_t s = w->st[k] = it->st[k][last], m = e - b < w->blk ? e - b : w->blk;
+    if (w->gat[k] && w->tstart < e) { /* element q of a table block from its first's */
+      w->s0[k] = it->st[k][0], w->s1[k] = it->st[k][1], w->tg[k] = -1;
+      for (int64_t q = 0; q < w->tblk; q++)
+        w->tab[k][q] = q / w->G * w->s0[k] + q % w->G / w->L * w->s1[k] + q % w->L * s;
+    }
     if (!w->gat[k] || w->it || (s == 0 && w->L >= SHORT_ROW && w->rs[k] != 0)) continue;
     if (w->rs[k] == 0) { /* a row (or one value): its buffer gathered here, once */
       for (int64_t q = 0, i = i0; q < m; q++) {
@@ -264,10 +288,27 @@ static bool short_rows_next(short_rows *w, int64_t *p, int64_t *m, int64_t *off)
   if (w->p >= w->e) return false;
   *p = w->p;
   *m = w->e - w->p < w->blk ? w->e - w->p : w->blk;
-  if (w->it) {
+  if (w->it && w->p < w->tstart) { /* up to the first table block: by the odometer */
+    if (*m > w->tstart - w->p) *m = w->tstart - w->p;
     short_rows_odometer(w, *m);
     for (int k = 0; k < w->n; k++) off[k] = w->gat[k] ? 0 : *p;
-    w->p += w->blk;
+    w->p += *m;
+    return true;
+  }
+  if (w->it) { /* a table block */
+    *m = w->e - w->p < w->tblk ? w->e - w->p : w->tblk;
+    int64_t g = w->p / w->G, j = w->p % w->G / w->L;
+    for (int k = 0; k < w->n; k++) {
+      off[k] = w->gat[k] ? 0 : *p;
+      /* an operand the same along D1 has the same values in every block
+       * of a group (blocks within groups): its buffer stays */
+      if (!w->gat[k] || (w->s1[k] == 0 && w->tblk < w->G && w->tg[k] == g)) continue;
+      w->tg[k] = g;
+      size_t es = ad_dsize(w->h[k].dtype);
+      gather_tab(w->buf[k], (const char *)w->src[k] + (g * w->s0[k] + j * w->s1[k]) * (int64_t)es,
+                 w->tab[k], *m, es);
+    }
+    w->p += *m;
     return true;
   }
   for (int k = 0; k < w->n; k++) {
