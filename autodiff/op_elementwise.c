@@ -67,6 +67,21 @@ static void binary_rows(void *ud, int64_t b, int64_t e) {
 #define SHORT_ROW_RUNS 128
 #define SHORT_BLOCK    512
 
+/* BODY(T) for T an integer type of dtype dt's size that may alias any
+ * other (GCC's and clang's may_alias): the short rows' gathers copy
+ * elements as bits through it (integer moves: float moves ran slower), and
+ * the rows functions read them as floats, doubles or int32. */
+typedef uint32_t short_u32 __attribute__((may_alias));
+typedef uint64_t short_u64 __attribute__((may_alias));
+#define SHORT_TYPED(dt, BODY)                                                                      \
+  do {                                                                                             \
+    if ((dt) == AD_F64) {                                                                          \
+      BODY(short_u64)                                                                              \
+    } else {                                                                                       \
+      BODY(short_u32)                                                                              \
+    }                                                                                              \
+  } while (0)
+
 /* A walk of out's elements by blocks of whole rows for short rows: the
  * broadcast operands (not laid out as out) gathered into buffers, a block
  * of rows' worth of elements at a time (SHORT_BLOCK rounded down to a
@@ -168,13 +183,13 @@ static void short_rows_init(short_rows *w, const ad_call *c, int n, const ad_bc_
     }
     if (!w->gat[k] || w->it || (s == 0 && w->L >= SHORT_ROW && w->rs[k] != 0)) continue;
     if (w->rs[k] == 0) { /* a row (or one value): its buffer gathered here, once */
-      for (int64_t q = 0, i = i0; q < m; q++) {
-        if (ad_dsize(c->in[k]->dtype) == 4)
-          ((uint32_t *)(void *)w->buf[k])[q] = ((const uint32_t *)w->src[k])[i * s];
-        else
-          ((uint64_t *)(void *)w->buf[k])[q] = ((const uint64_t *)w->src[k])[i * s];
-        if (++i == w->L) i = 0;
-      }
+#define ROW_GATHER(T)                                                                              \
+  for (int64_t q = 0, i = i0; q < m; q++) {                                                        \
+    ((T *)(void *)w->buf[k])[q] = ((const T *)w->src[k])[i * s];                                   \
+    if (++i == w->L) i = 0;                                                                        \
+  }
+      SHORT_TYPED(c->in[k]->dtype, ROW_GATHER);
+#undef ROW_GATHER
       continue;
     }
     for (int64_t q = 0, r = 0, i = i0; q < m; q++) { /* element q's offset from row r0's */
@@ -186,42 +201,38 @@ static void short_rows_init(short_rows *w, const ad_call *c, int n, const ad_bc_
   w->c2.in = w->in;
 }
 
-/* Fills m elements of dst, of size es, with rows of L copies of one value
- * each, the first row's L - i0 of them: the r-th row's value is at x +
- * r * rstep bytes (a column operand's block). */
+/* Fills m elements of dst, of dtype dt, with rows of L copies of one
+ * value each, the first row's L - i0 of them: the r-th row's value is at
+ * x + r * rstep bytes (a column operand's block). */
+#define FILL_RUNS(T)                                                                               \
+  for (int64_t q = 0, r = 0, n = L - i0; q < m; q += n, n = L, r++) {                              \
+    if (n > m - q) n = m - q;                                                                      \
+    T v, *d = (T *)dst + q;                                                                        \
+    memcpy(&v, x + r * rstep, sizeof v);                                                           \
+    for (int64_t i = 0; i < n; i++) d[i] = v;                                                      \
+  }
 CELL_CLONES static void fill_runs(void *dst, const char *x, int64_t rstep, int64_t L, int64_t i0,
-                                  int64_t m, size_t es) {
-  for (int64_t q = 0, r = 0, n = L - i0; q < m; q += n, n = L, r++) {
-    if (n > m - q) n = m - q;
-    if (es == 4) {
-      uint32_t v, *d = (uint32_t *)dst + q;
-      memcpy(&v, x + r * rstep, 4);
-      for (int64_t i = 0; i < n; i++) d[i] = v;
-    } else {
-      uint64_t v, *d = (uint64_t *)dst + q;
-      memcpy(&v, x + r * rstep, 8);
-      for (int64_t i = 0; i < n; i++) d[i] = v;
-    }
-  }
+                                  int64_t m, ad_dtype dt) {
+  SHORT_TYPED(dt, FILL_RUNS);
 }
+#undef FILL_RUNS
 
-/* dst[q] = x[t[q]] for q < m, elements of size es copied as bits. */
-static inline void gather_tab(void *dst, const char *x, const int64_t *t, int64_t m, size_t es) {
-  if (es == 4) {
-    const uint32_t *s = (const uint32_t *)(const void *)x;
-    uint32_t *d = dst;
-    for (int64_t q = 0; q < m; q++) d[q] = s[t[q]];
-  } else {
-    const uint64_t *s = (const uint64_t *)(const void *)x;
-    uint64_t *d = dst;
-    for (int64_t q = 0; q < m; q++) d[q] = s[t[q]];
+/* dst[q] = x[t[q]] for q < m, elements of dtype dt. */
+#define GATHER_TAB(T)                                                                              \
+  {                                                                                                \
+    const T *s = (const T *)(const void *)x;                                                       \
+    T *d = dst;                                                                                    \
+    for (int64_t q = 0; q < m; q++) d[q] = s[t[q]];                                                \
   }
+static inline void gather_tab(void *dst, const char *x, const int64_t *t, int64_t m, ad_dtype dt) {
+  SHORT_TYPED(dt, GATHER_TAB);
 }
+#undef GATHER_TAB
 
-/* n elements of size es from x, stride st (0: one value repeated), to
- * the contiguous dst, copied as bits. */
+/* n elements of dtype dt from x, stride st (0: one value repeated), to
+ * the contiguous dst. */
 #define COPY_SPAN(T)                                                                               \
-  do {                                                                                             \
+  {                                                                                                \
     const T *s = (const T *)(const void *)x;                                                       \
     T *d = dst;                                                                                    \
     if (st == 1)                                                                                   \
@@ -230,12 +241,9 @@ static inline void gather_tab(void *dst, const char *x, const int64_t *t, int64_
       for (int64_t i = 0; i < n; i++) d[i] = s[0];                                                 \
     else                                                                                           \
       for (int64_t i = 0; i < n; i++) d[i] = s[i * st];                                            \
-  } while (0)
-static inline void copy_span(void *dst, const char *x, int64_t st, int64_t n, size_t es) {
-  if (es == 4)
-    COPY_SPAN(uint32_t);
-  else
-    COPY_SPAN(uint64_t);
+  }
+static inline void copy_span(void *dst, const char *x, int64_t st, int64_t n, ad_dtype dt) {
+  SHORT_TYPED(dt, COPY_SPAN);
 }
 #undef COPY_SPAN
 
@@ -251,12 +259,13 @@ static void short_rows_odometer(short_rows *w, int64_t m) {
   char *dst[3];
   const char *src[3];
   size_t es[3];
+  ad_dtype dt[3];
   int ng = 0, g[3];
   for (int k = 0; k < w->n; k++)
     if (w->gat[k]) g[ng++] = k;
   for (int t = 0; t < ng; t++) {
     int k = g[t];
-    ob[t] = w->ob[k], st[t] = w->st[k], es[t] = ad_dsize(w->h[k].dtype);
+    ob[t] = w->ob[k], st[t] = w->st[k], dt[t] = w->h[k].dtype, es[t] = ad_dsize(dt[t]);
     dst[t] = (char *)w->buf[k], src[t] = w->src[k];
     for (int d = 0; d < nd; d++) rst[t][d] = it->st[k][d];
   }
@@ -265,7 +274,7 @@ static void short_rows_odometer(short_rows *w, int64_t m) {
     n = L - i < m - q ? L - i : m - q;
     for (int t = 0; t < ng; t++)
       copy_span(dst[t] + q * (int64_t)es[t], src[t] + (ob[t] + i * st[t]) * (int64_t)es[t], st[t],
-                n, es[t]);
+                n, dt[t]);
     if ((i += n) < L) continue;
     i = 0; /* the next row */
     for (int d = nd - 1; d >= 0; d--) {
@@ -283,7 +292,7 @@ static void short_rows_odometer(short_rows *w, int64_t m) {
 /* The next block: its first element into *p, its length into *m (false
  * when the walk is done), each gathered operand's values in its buffer;
  * off[k], input k's offset in w->c2.in[k], is 0 for those, *p for the
- * others. Values are copied as bits (4- or 8-byte elements). */
+ * others. Values are copied as bits (SHORT_TYPED). */
 static bool short_rows_next(short_rows *w, int64_t *p, int64_t *m, int64_t *off) {
   if (w->p >= w->e) return false;
   *p = w->p;
@@ -306,7 +315,7 @@ static bool short_rows_next(short_rows *w, int64_t *p, int64_t *m, int64_t *off)
       w->tg[k] = g;
       size_t es = ad_dsize(w->h[k].dtype);
       gather_tab(w->buf[k], (const char *)w->src[k] + (g * w->s0[k] + j * w->s1[k]) * (int64_t)es,
-                 w->tab[k], *m, es);
+                 w->tab[k], *m, w->h[k].dtype);
     }
     w->p += *m;
     return true;
@@ -317,11 +326,11 @@ static bool short_rows_next(short_rows *w, int64_t *p, int64_t *m, int64_t *off)
     if (w->st[k] == 0 && w->L >= SHORT_ROW) {  /* a column of long enough rows: in runs */
       size_t es = ad_dsize(w->h[k].dtype);
       fill_runs(w->buf[k], (const char *)w->src[k] + w->r0 * w->rs[k] * (int64_t)es,
-                w->rs[k] * (int64_t)es, w->L, w->i0, *m, es);
+                w->rs[k] * (int64_t)es, w->L, w->i0, *m, w->h[k].dtype);
     } else {
       size_t es = ad_dsize(w->h[k].dtype);
       gather_tab(w->buf[k], (const char *)w->src[k] + w->r0 * w->rs[k] * (int64_t)es, w->tab[k], *m,
-                 es);
+                 w->h[k].dtype);
     }
   }
   w->p += w->blk, w->r0 += w->blk / w->L;
@@ -2811,9 +2820,15 @@ static void elu_backward_rows(const ad_call *c, int64_t oa, int64_t sa, int64_t 
                          (float *)c->out->data + oy, len, nc, pc, bs);
       return;
     }
+    /* a broadcast operand: its values gathered into rows of the unit
+     * stride's, so that every layout takes exp_v (the same bits) */
     const float *G = (const float *)c->in[0]->data + oa, *X = (const float *)c->in[1]->data + ob;
-    float *Y = (float *)c->out->data + oy;
-    for (int64_t i = 0; i < len; i++) Y[i] = ELU_BACKWARD_OF(float, expf, G[i * sa], X[i * sb]);
+    float *Y = (float *)c->out->data + oy, tg[256], tx[256];
+    for (int64_t c0 = 0; c0 < len; c0 += 256) {
+      int64_t n = len - c0 < 256 ? len - c0 : 256;
+      for (int64_t i = 0; i < n; i++) tg[i] = G[(c0 + i) * sa], tx[i] = X[(c0 + i) * sb];
+      elu_backward_row32(tg, tx, Y + c0, n, nc, pc, bs);
+    }
   } else {
     double nc = k.nc, pc = k.pc, bs = k.bs;
     const double *G = (const double *)c->in[0]->data + oa, *X = (const double *)c->in[1]->data + ob;

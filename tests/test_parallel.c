@@ -676,6 +676,34 @@ static void same_bits(const ad_tensor *a, const ad_tensor *b, bool payload, cons
 static ad_tensor *ax_min(ad_ctx *c, ad_tensor *x, int a) { return ad_min_axis(c, x, a, false); }
 static ad_tensor *ax_softmax(ad_ctx *c, ad_tensor *x, int a) { return ad_softmax(c, x, a); }
 static ad_tensor *ax_log_softmax(ad_ctx *c, ad_tensor *x, int a) { return ad_log_softmax(c, x, a); }
+/* elu_backward (the fused gradient op) in float32 takes exp_v on rows of
+ * unit stride; a broadcast g or x is gathered into such rows, so that
+ * every layout gives the same bits: a column of g over rows of 4 (short
+ * rows), 127 and 128 (a call per row), against g expanded. */
+Test(parallel, elu_backward_same_bits_broadcast_or_not) {
+  int id = ad_op_find(ctx, "elu_backward");
+  cr_assert_geq(id, 0);
+  ad_attrs at = {.elu = {.alpha = 1, .scale = 1, .input_scale = 1, .grad_input_scale = 1}};
+  static const int64_t lens[] = {4, 127, 128, 300};
+  for (size_t li = 0; li < sizeof lens / sizeof *lens; li++) {
+    int64_t sg[2] = {64, 1}, sx[2] = {64, lens[li]};
+    ad_tensor *g = ad_zeros(ctx, AD_F32, 2, sg), *x = ad_zeros(ctx, AD_F32, 2, sx);
+    cr_assert(g && x, "%s", ad_last_error(ctx));
+    for (int64_t i = 0; i < g->size; i++) ad_tensor_set(g, i, 0.5 + 0.01 * (double)i);
+    for (int64_t i = 0; i < x->size; i++) ad_tensor_set(x, i, -0.013 * (double)(i % 700 + 1));
+    ad_tensor *ge = ad_expand(ctx, g, 2, sx);
+    ad_tensor *y = ad_op_apply(ctx, id, 2, (ad_tensor *[]){g, x}, &at);
+    ad_tensor *r = ge ? ad_op_apply(ctx, id, 2, (ad_tensor *[]){ge, x}, &at) : NULL;
+    cr_assert(y && r, "%s", ad_last_error(ctx));
+    cr_assert(memcmp(y->data, r->data, (size_t)y->size * sizeof(float)) == 0,
+              "elu_backward, g [64,1] over rows of %lld: the bits differ from g expanded",
+              (long long)lens[li]);
+    ad_tape_reset(ctx);
+    ad_tensor_free(g);
+    ad_tensor_free(x);
+  }
+}
+
 /* cumsum along axis 1 of [O, n, inner] (blocks of 64 lanes of one outer
  * index each, split over the threads) against the definition: each lane
  * summed in order in a double, each partial sum rounded to the dtype; bit
