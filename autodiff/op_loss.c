@@ -906,8 +906,30 @@ typedef struct bcelpw_job {
   const ad_call *c;
   ad_bc_rows it;
   bool flat;          /* every input of the output's shape */
+  int64_t row;        /* > 0: z and t of the output's shape, pw one row of it repeated (a
+                         pos_weight per class) of this many elements, short: bcelpw_tile */
   void *dz, *dt, *dw; /* the plain backward's outputs (NULL: not needed) */
 } bcelpw_job;
+
+/* Rows of pw shorter than this take bcelpw_tile. */
+enum { BCELPW_TILE = 512 };
+
+/* pw's row, of j->row elements, repeated from element b of the output on
+ * (its place in a row b mod row), as many times as fit in BCELPW_TILE
+ * (into tile, whose length in whole rows is returned): blocks of that
+ * length from b on all read the same tile at unit stride, instead of a
+ * call of the row function per row. The same values: the same bits. */
+static int64_t bcelpw_tile(const bcelpw_job *j, int64_t b, double *tile) {
+  const ad_tensor *pw = j->c->in[2];
+  int64_t L = j->row, blk = BCELPW_TILE / L * L, i = b % L;
+  for (int64_t q = 0; q < blk; q++, i = i + 1 == L ? 0 : i + 1) {
+    if (pw->dtype == AD_F32)
+      ((float *)(void *)tile)[q] = ((const float *)pw->data)[i];
+    else
+      tile[q] = ((const double *)pw->data)[i];
+  }
+  return blk;
+}
 
 /* The general strides (a broadcast z or t): element by element. */
 static void bcelpw_strided(const ad_call *c, const int64_t *off, const int64_t *st, int64_t oy,
@@ -929,6 +951,19 @@ static void bcelpw_strided(const ad_call *c, const int64_t *off, const int64_t *
 static void bcelpw_fwd_range(void *ud, int64_t b, int64_t e) {
   const bcelpw_job *j = ud;
   const ad_call *c = j->c;
+  if (j->row) {
+    double tile[BCELPW_TILE];
+    for (int64_t i = b, blk = bcelpw_tile(j, b, tile), n; i < e; i += n) {
+      n = e - i < blk ? e - i : blk;
+      if (c->out->dtype == AD_F32)
+        bcelpw_row32((const float *)c->in[0]->data + i, (const float *)c->in[1]->data + i,
+                     (const float *)(const void *)tile, 1, (float *)c->out->data + i, n);
+      else
+        bcelpw_row64((const double *)c->in[0]->data + i, (const double *)c->in[1]->data + i, tile,
+                     1, (double *)c->out->data + i, n);
+    }
+    return;
+  }
   int last = c->out->ndim - 1;
   int64_t st[3], off[3], n;
   ad_bc_cursor cu = AD_BC_CURSOR_NONE;
@@ -960,6 +995,12 @@ static void bcelpw_run(bcelpw_job *j, void (*fn)(void *, int64_t, int64_t)) {
   if (!j->flat) {
     ad_bc_init(&j->it, 3, c->in, c->out);
     ad_bc_merge(&j->it, c->out);
+    int last = c->out->ndim - 1;
+    if (ad_same_shape(c->in[0], c->out) && ad_same_shape(c->in[1], c->out) && last >= 0 &&
+        j->it.nd <= 1 && j->it.len > 1 && j->it.len < BCELPW_TILE / 2 &&
+        c->in[2]->size == j->it.len && j->it.st[2][last] == 1 &&
+        (j->it.nd == 0 || j->it.st[2][0] == 0))
+      j->row = j->it.len;
   }
   int64_t n = c->out->size;
   if (n <= 16384)
@@ -1032,18 +1073,25 @@ static void bcelpw_bwd_range(void *ud, int64_t b, int64_t e) {
   int last = c->out->ndim - 1;
   int64_t sw = j->flat ? 1 : last >= 0 ? j->it.st[2][last] : 0, off[3], n;
   ad_bc_cursor cu = AD_BC_CURSOR_NONE;
+  double tile[BCELPW_TILE];
+  int64_t blk = j->row ? bcelpw_tile(j, b, tile) : 0;
   for (int64_t i = b; i < e; i += n) {
-    if (j->flat)
-      off[2] = i, n = e - i;
-    else
-      ad_bc_next_span(&j->it, c->out, &cu, i, e, off, &n);
+    const void *w;
+    if (j->row) { /* a tile of pw's rows */
+      n = e - i < blk ? e - i : blk, w = tile, sw = 1;
+    } else {
+      if (j->flat)
+        off[2] = i, n = e - i;
+      else
+        ad_bc_next_span(&j->it, c->out, &cu, i, e, off, &n);
+      w = (const char *)c->in[2]->data + off[2] * (int64_t)ad_dsize(c->out->dtype);
+    }
     if (n > 1 && sw != 0 && sw != 1) n = 1;
     int64_t s = n > 1 ? sw : 0;
 #define ROW(T, fn)                                                                                 \
-  fn((const T *)c->in[0]->data + i, (const T *)c->in[1]->data + i,                                 \
-     (const T *)c->in[2]->data + off[2], s, (const T *)c->gout->data + i,                          \
-     j->dz ? (T *)j->dz + i : NULL, j->dt ? (T *)j->dt + i : NULL, j->dw ? (T *)j->dw + i : NULL,  \
-     n)
+  fn((const T *)c->in[0]->data + i, (const T *)c->in[1]->data + i, (const T *)w, s,                \
+     (const T *)c->gout->data + i, j->dz ? (T *)j->dz + i : NULL, j->dt ? (T *)j->dt + i : NULL,   \
+     j->dw ? (T *)j->dw + i : NULL, n)
     if (c->out->dtype == AD_F32)
       ROW(float, bcelpw_bwd_row32);
     else

@@ -53,11 +53,13 @@ static ad_dtype dtype = AD_F32; /* of every float input and parameter (--dtype) 
  *   of one), rgb [32,3,64,64] (an image's three channels), seq_lg
  *   [16,64,1000] (a sequence model's logits, classes last) and seq_lab
  *   [16,64] (i32, label 0 ignored); img1 [1,64,32,32] (one image), fmask
- *   [64,64] in [-1, 0) (an attention mask added to the scores, no grad). */
+ *   [64,64] in [-1, 0) (an attention mask added to the scores, no grad);
+ *   z4 [65536,4] logits of four labels each, t4 [65536,4] targets in [0,1)
+ *   and pw4 [4] in [0.5, 2) (no grad). */
 static ad_tensor *a, *b, *c, *p, *prob, *t01, *tpm, *tpm_rows, *img, *simg, *seq, *vol, *x1, *x2,
     *logits, *labels, *eidx, *bag, *rx, *att, *ctc_lp, *ctc_tg, *cnt, *pw, *cw, *probs, *kpm, *seg,
     *seg_labels, *cw21, *pooled, *pool_idx, *sh16, *row1, *rx1, *rgb, *seq_lg, *seq_lab, *img1,
-    *fmask;
+    *fmask, *z4, *t4, *pw4;
 static int64_t offsets[128], ctc_in_len[16], ctc_tg_len[16];
 
 /* Every tensor whose gradient a run fills: the leaves above and every
@@ -156,6 +158,9 @@ static void make_inputs(void) {
   seq_lab = indices(2, (const int64_t[]){16, 64}, 7919, 1000, 0);
   img1 = input(4, (const int64_t[]){1, 64, 32, 32}, 0, 0, true);
   fmask = input(2, (const int64_t[]){64, 64}, -1, 0, false);
+  z4 = input(2, (const int64_t[]){65536, 4}, 0, 0, true);
+  t4 = input(2, (const int64_t[]){65536, 4}, 0, 1, false);
+  pw4 = input(1, (const int64_t[]){4}, 0.5, 2, false);
 }
 
 /* The layers, made once by make_layers. */
@@ -634,6 +639,10 @@ static ad_tensor *c_bce_logits(void) { return nn_bce_with_logits_loss(ctx, a, t0
 static ad_tensor *c_bce_logits_pw(void) {
   return nn_bce_with_logits_loss_ext(ctx, a, t01, NN_MEAN, &(nn_bce_opts){.pos_weight = pw});
 }
+/* four labels a sample, a pos_weight per label: rows of 4 */
+static ad_tensor *c_bce_logits_pw4(void) {
+  return nn_bce_with_logits_loss_ext(ctx, z4, t4, NN_MEAN, &(nn_bce_opts){.pos_weight = pw4});
+}
 static ad_tensor *c_ce(void) { return nn_cross_entropy_loss(ctx, logits, labels, NN_MEAN); }
 static ad_tensor *c_nll(void) { return nn_nll_loss(ctx, logits, labels, NN_MEAN); }
 static ad_tensor *c_nll_spatial(void) {
@@ -844,6 +853,7 @@ static const struct {
     {"group_norm_1", c_gn1},
     {"instance_norm2d_affine", c_in2d_aff},
     {"gru_2_layers", c_gru2},
+    {"bce_logits_pw4", c_bce_logits_pw4},
 };
 
 static void clear_grads(void) {

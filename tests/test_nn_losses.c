@@ -292,7 +292,9 @@ Test(losses, bce_pos_weight_op_is_the_composition) {
                {2, 2, 2, {300, 200}, {300, 200}, {300, 1}}, /* per row */
                {2, 2, 1, {300, 200}, {300, 200}, {1}},      /* one */
                {2, 2, 2, {90, 70}, {90, 70}, {90, 70}},     /* the output's shape */
-               {3, 2, 1, {4, 1, 7}, {5, 1}, {7}}};          /* every input broadcast */
+               {3, 2, 1, {4, 1, 7}, {5, 1}, {7}},           /* every input broadcast */
+               {2, 2, 1, {7001, 3}, {7001, 3}, {3}},        /* few classes: a tile of pw */
+               {2, 2, 1, {300, 4}, {300, 4}, {4}}};
   for (int d = 0; d < 2; d++)
     for (int k = 0; k < (int)(sizeof cases / sizeof cases[0]); k++) {
       ad_dtype dt = d ? AD_F64 : AD_F32;
