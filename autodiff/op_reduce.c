@@ -56,8 +56,9 @@ typedef struct lanes_job {
   lanes_fn fn;
 } lanes_job;
 
-/* The elements of a group's buffers (LANES_GATHER) for each of x and y. */
-enum { LANES_GATHER_MAX = 4096 };
+/* The elements of a group's buffers for each of x and y (lanes_range_grouped:
+ * 32 KiB of stack for the two). */
+enum { LANES_GATHER_MAX = 2048 };
 
 /* Units [b, e) of a walk whose inner (the lanes of one o) is short: group
  * o's at a time, their lanes gathered side by side into one block of
