@@ -60,17 +60,19 @@ static void binary_rows(void *ud, int64_t b, int64_t e) {
   }
 }
 
-/* Rows shorter than this in a walk of one outer dim (a [N,4] minus a
- * column, times a row of 4) are not computed a row per call of the row
- * loop, but gathered in blocks (short_rows below). */
+/* Rows shorter than SHORT_ROW (a [N,4] minus a column, times a row of 4),
+ * or than SHORT_ROW_RUNS where a column is broadcast along them, are not
+ * computed a row per call of the rows function but gathered in blocks of
+ * at most SHORT_BLOCK elements (short_rows below, short_rows_pay). */
 #define SHORT_ROW      16
 #define SHORT_ROW_RUNS 128
 #define SHORT_BLOCK    512
 
 /* BODY(T) for T an integer type of dtype dt's size that may alias any
  * other (GCC's and clang's may_alias): the short rows' gathers copy
- * elements as bits through it (integer moves: float moves ran slower), and
- * the rows functions read them as floats, doubles or int32. */
+ * elements as bits through it (integer moves, which measured faster than
+ * float ones: docs/performance.md, the op scan's sixth round), and the
+ * rows functions read them as floats, doubles or int32. */
 typedef uint32_t short_u32 __attribute__((may_alias));
 typedef uint64_t short_u64 __attribute__((may_alias));
 #define SHORT_TYPED(dt, BODY)                                                                      \

@@ -911,7 +911,8 @@ typedef struct bcelpw_job {
   void *dz, *dt, *dw; /* the plain backward's outputs (NULL: not needed) */
 } bcelpw_job;
 
-/* Rows of pw shorter than this take bcelpw_tile. */
+/* The elements of bcelpw_tile's tile; rows of pw shorter than half of it
+ * take the tile (bcelpw_run). */
 enum { BCELPW_TILE = 512 };
 
 /* pw's row, of j->row elements, repeated from element b of the output on
