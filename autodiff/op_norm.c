@@ -326,14 +326,13 @@ static int64_t ln_rows(const ad_tensor *x, const ad_layer_norm_attrs *at, int64_
 }
 
 /* The sum of f(i) for i in 0..n-1 in double, in 16 interleaved partial
- * sums (element i in partial i mod 16) added in order at the end: the
- * loop over the 16 vectorizes, in the row functions' clones for AVX-512
- * and AVX2 (CELL_CLONES, vexp.h) as in the baseline, with the same bits on
- * each and on every run. f reads the index i. A row of at most 16 puts
- * one element in each partial, so its sum is the chain f(0) + f(1) + ...
- * from +0 (never -0, as the partials' sum; which NaN an addition of two
- * NaNs returns is the compiler's choice of operand order, in these loops
- * as in the others), taken as such: for rows of 16 and fewer the
+ * sums (element i in partial i mod 16) added pairwise at the end
+ * (LN_FOLD): the loop over the 16 vectorizes, in the row functions' clones
+ * for AVX-512 and AVX2 (CELL_CLONES, vexp.h) as in the baseline, with the
+ * same bits on each and on every run. f reads the index i. A row of at
+ * most 16 is summed as the chain f(0) + f(1) + ... from +0 (which NaN an
+ * addition of two NaNs returns is the compiler's choice of operand order,
+ * in these loops as in the others): for rows of 16 and fewer the
  * partials' setup was most of the work. */
 #define LN_SUM(out, n, f)                                                                          \
   do {                                                                                             \
@@ -351,8 +350,20 @@ static int64_t ln_rows(const ad_tensor *x, const ad_layer_norm_attrs *at, int64_
         p_[k_] += (f);                                                                             \
       }                                                                                            \
     for (int64_t i = b_; i < (n); i++) p_[i - b_] += (f);                                          \
-    (out) = p_[0];                                                                                 \
-    for (int k_ = 1; k_ < 16; k_++) (out) += p_[k_];                                               \
+    LN_FOLD(out, p_);                                                                              \
+  } while (0)
+
+/* out = the sum of the 16 partials p_: partial k plus partial k + 8, then
+ * k + 4, k + 2 and k + 1 of those, a tree of depth 4 (a row's next pass
+ * waits on it; a chain of 15 additions was the larger part of a row of 64
+ * elements). */
+#define LN_FOLD(out, p_)                                                                           \
+  do {                                                                                             \
+    double h_[8];                                                                                  \
+    for (int k_ = 0; k_ < 8; k_++) h_[k_] = (p_)[k_] + (p_)[k_ + 8];                               \
+    for (int k_ = 0; k_ < 4; k_++) h_[k_] += h_[k_ + 4];                                           \
+    for (int k_ = 0; k_ < 2; k_++) h_[k_] += h_[k_ + 2];                                           \
+    (out) = h_[0] + h_[1];                                                                         \
   } while (0)
 
 /* LN_SUM of f, g and h in one pass. */
@@ -374,9 +385,21 @@ static int64_t ln_rows(const ad_tensor *x, const ad_layer_norm_attrs *at, int64_
         u_[k_] += (h);                                                                             \
       }                                                                                            \
     for (int64_t i = b_; i < (n); i++) p_[i - b_] += (f), q_[i - b_] += (g), u_[i - b_] += (h);    \
-    (outf) = p_[0], (outg) = q_[0], (outh) = u_[0];                                                \
-    for (int k_ = 1; k_ < 16; k_++) (outf) += p_[k_], (outg) += q_[k_], (outh) += u_[k_];          \
+    LN_FOLD(outf, p_);                                                                             \
+    LN_FOLD(outg, q_);                                                                             \
+    LN_FOLD(outh, u_);                                                                             \
   } while (0)
+
+/* The row functions of layer_norm and layer_norm_backward take rows of at
+ * most LN_MID_MAX elements LN_RB at a time (LN_ROWS_SHORT and
+ * LNB_ROWS_SHORT for rows of at most 16, LN_ROWS_BLK and LNB_ROWS_BLK
+ * above): each row's sums and coefficients are computed as one row alone
+ * computes them, so the bits are the same, but a block's rows' means
+ * first, then their other sums, then the outputs: the rows' chains (of
+ * additions, a division, a square root) are independent and overlap,
+ * where one row's steps wait on each other; the block stays in the
+ * first-level cache between the passes. */
+enum { LN_RB = 8, LN_MID_MAX = 256 };
 
 /* The mean and 1 / sqrt(var + eps) of a row of M values, in double (two
  * passes: no cancellation in the variance). */
@@ -393,11 +416,65 @@ static int64_t ln_rows(const ad_tensor *x, const ad_layer_norm_attrs *at, int64_
  * ad_layer_norm adds a bias alone after the op): the affine parts chosen
  * per call, not per element, so that the loop vectorizes. */
 #define LN_ROWS(T, EXPR)                                                                           \
-  for (int64_t r = r0; r < r1; r++) {                                                              \
-    const T *xr = X + r * M;                                                                       \
-    T *yr = Y + r * M;                                                                             \
-    double mu, s;                                                                                  \
-    LN_STATS(xr, M, at->eps, mu, s);                                                               \
+  {                                                                                                \
+    int64_t r = r0;                                                                                \
+    if (M <= 16)                                                                                   \
+      LN_ROWS_SHORT(T, EXPR)                                                                       \
+    else if (M <= LN_MID_MAX)                                                                      \
+      LN_ROWS_BLK(T, EXPR)                                                                         \
+    for (; r < r1; r++) {                                                                          \
+      const T *xr = X + r * M;                                                                     \
+      T *yr = Y + r * M;                                                                           \
+      double mu, s;                                                                                \
+      LN_STATS(xr, M, at->eps, mu, s);                                                             \
+      for (int64_t i = 0; i < M; i++) {                                                            \
+        double v = ((double)xr[i] - mu) * s;                                                       \
+        yr[i] = (T)(EXPR);                                                                         \
+      }                                                                                            \
+    }                                                                                              \
+  }
+/* LN_ROWS' rows of at most 16 elements LN_RB at a time from r on, their
+ * chains taken across the block's rows (LNB_ROWS_SHORT's reason). */
+#define LN_ROWS_SHORT(T, EXPR)                                                                     \
+  for (; r + LN_RB <= r1; r += LN_RB) {                                                            \
+    double muB[LN_RB] = {0}, sB[LN_RB] = {0};                                                      \
+    for (int64_t i = 0; i < M; i++)                                                                \
+      for (int k = 0; k < LN_RB; k++) muB[k] += (double)X[(r + k) * M + i];                        \
+    for (int k = 0; k < LN_RB; k++) muB[k] /= (double)M;                                           \
+    for (int64_t i = 0; i < M; i++)                                                                \
+      for (int k = 0; k < LN_RB; k++) {                                                            \
+        double d = (double)X[(r + k) * M + i] - muB[k];                                            \
+        sB[k] += d * d;                                                                            \
+      }                                                                                            \
+    LN_BLK_Y(T, EXPR)                                                                              \
+  }
+/* LN_ROWS' rows LN_RB at a time from r on (r advanced past them): the
+ * block's means, then its 1 / sqrt(var + eps), then its y, each row's as
+ * LN_STATS computes them (LNB_ROWS_BLK's reason). */
+#define LN_ROWS_BLK(T, EXPR)                                                                       \
+  for (; r + LN_RB <= r1; r += LN_RB) {                                                            \
+    double muB[LN_RB], sB[LN_RB];                                                                  \
+    for (int k = 0; k < LN_RB; k++) {                                                              \
+      const T *xr = X + (r + k) * M;                                                               \
+      LN_SUM(muB[k], M, (double)xr[i]);                                                            \
+    }                                                                                              \
+    for (int k = 0; k < LN_RB; k++) muB[k] /= (double)M;                                           \
+    for (int k = 0; k < LN_RB; k++) {                                                              \
+      const T *xr = X + (r + k) * M;                                                               \
+      double mu = muB[k];                                                                          \
+      LN_SUM(sB[k], M, ((double)xr[i] - mu) * ((double)xr[i] - mu));                               \
+    }                                                                                              \
+    LN_BLK_Y(T, EXPR)                                                                              \
+  }
+/* The y of a block's LN_RB rows from r, from their means muB and sums of
+ * squared deviations sB (turned into 1 / sqrt(var + eps) for all the rows
+ * first), as LN_ROWS'. */
+#define LN_BLK_Y(T, EXPR)                                                                          \
+  for (int k = 0; k < LN_RB; k++) sB[k] = 1.0 / sqrt(sB[k] / (double)M + at->eps);                 \
+  for (int k = 0; k < LN_RB; k++) {                                                                \
+    const T *xr = X + (r + k) * M;                                                                 \
+    T *yr = Y + (r + k) * M;                                                                       \
+    double mu = muB[k], s = sB[k];                                                                 \
     for (int64_t i = 0; i < M; i++) {                                                              \
       double v = ((double)xr[i] - mu) * s;                                                         \
       yr[i] = (T)(EXPR);                                                                           \
@@ -576,7 +653,10 @@ static ad_status layer_norm_backward_shape(const ad_call *c) { return ln_shape(c
 #define LNB_ROWS_ACC(T, GW, ACC)                                                                   \
   {                                                                                                \
     int64_t r = r0;                                                                                \
-    if (M <= 16) LNB_ROWS_BLK(T, GW, ACC)                                                          \
+    if (M <= 16)                                                                                   \
+      LNB_ROWS_SHORT(T, GW, ACC)                                                                   \
+    else if (M <= LN_MID_MAX)                                                                      \
+      LNB_ROWS_BLK(T, GW, ACC)                                                                     \
     for (; r < r1; r++) LNB_ROW(T, GW, ACC)                                                        \
   }
 /* One row r of LNB_ROWS_ACC. */
@@ -598,15 +678,31 @@ static ad_status layer_norm_backward_shape(const ad_call *c) { return ln_shape(c
       ACC                                                                                          \
     }                                                                                              \
   }
+/* The dx of a block's LN_RB rows from r, from their sums muB (the means),
+ * devB, mgB and mgxB (turned into LNB_ROW's s, mg and mgx for all the
+ * rows first: their divisions and square roots overlap), in order, as
+ * LNB_ROW's. */
+#define LNB_BLK_DX(T, GW, ACC)                                                                     \
+  for (int k = 0; k < LN_RB; k++) devB[k] = 1.0 / sqrt(devB[k] / (double)M + at->eps);             \
+  for (int k = 0; k < LN_RB; k++) mgB[k] /= (double)M, mgxB[k] *= devB[k] / (double)M;             \
+  for (int k = 0; k < LN_RB; k++) {                                                                \
+    const T *xr = X + (r + k) * M, *gr = G + (r + k) * M;                                          \
+    T *yr = Y + (r + k) * M;                                                                       \
+    double mu = muB[k], s = devB[k], mg = mgB[k], mgx = mgxB[k];                                   \
+    for (int64_t i = 0; i < M; i++) {                                                              \
+      double xh = ((double)xr[i] - mu) * s;                                                        \
+      yr[i] = (T)(s * ((GW)-mg - xh * mgx));                                                       \
+      ACC                                                                                          \
+    }                                                                                              \
+  }
 /* Rows of at most 16 elements, LN_RB at a time from r on (r advanced past
  * them): each row's sums are LN_SUM's and LN_SUM3's chains (one element
  * per partial), the same operations in the same order, so the same bits,
- * but the block's chains are independent and overlap (one row's chain of
- * additions waits on itself; docs/performance.md, "The op scan's second
- * round", for the block sizes tried). Then the rows' dx in order, as
- * LNB_ROW's. */
-enum { LN_RB = 8 }; /* rows per block of LNB_ROWS_BLK */
-#define LNB_ROWS_BLK(T, GW, ACC)                                                                   \
+ * but taken across the block's rows element by element, so that the
+ * rows' chains are independent and overlap (one row's chain of additions
+ * waits on itself; docs/performance.md, "The op scan's second round",
+ * for the block sizes tried). Then the rows' dx in order, as LNB_ROW's. */
+#define LNB_ROWS_SHORT(T, GW, ACC)                                                                 \
   for (; r + LN_RB <= r1; r += LN_RB) {                                                            \
     double muB[LN_RB] = {0}, devB[LN_RB] = {0}, mgB[LN_RB] = {0}, mgxB[LN_RB] = {0};               \
     for (int64_t i = 0; i < M; i++)                                                                \
@@ -618,17 +714,29 @@ enum { LN_RB = 8 }; /* rows per block of LNB_ROWS_BLK */
         double d = (double)xr[i] - muB[k];                                                         \
         devB[k] += d * d, mgB[k] += GW, mgxB[k] += (GW)*d;                                         \
       }                                                                                            \
+    LNB_BLK_DX(T, GW, ACC)                                                                         \
+  }
+/* Rows of at most LN_MID_MAX elements, LN_RB at a time from r on (r
+ * advanced past them): each row's sums LN_SUM's and LN_SUM3's, so the
+ * same bits as LNB_ROW's, but the block's means first, then its other
+ * sums, then its dx: the rows' chains of additions (a chain of 16 partials
+ * folded, or of a short row's elements) and their divisions are
+ * independent and overlap, where one row's wait on each other. */
+#define LNB_ROWS_BLK(T, GW, ACC)                                                                   \
+  for (; r + LN_RB <= r1; r += LN_RB) {                                                            \
+    double muB[LN_RB], devB[LN_RB], mgB[LN_RB], mgxB[LN_RB];                                       \
+    for (int k = 0; k < LN_RB; k++) {                                                              \
+      const T *xr = X + (r + k) * M;                                                               \
+      LN_SUM(muB[k], M, (double)xr[i]);                                                            \
+    }                                                                                              \
+    for (int k = 0; k < LN_RB; k++) muB[k] /= (double)M;                                           \
     for (int k = 0; k < LN_RB; k++) {                                                              \
       const T *xr = X + (r + k) * M, *gr = G + (r + k) * M;                                        \
-      T *yr = Y + (r + k) * M;                                                                     \
-      double mu = muB[k], s = 1.0 / sqrt(devB[k] / (double)M + at->eps);                           \
-      double mg = mgB[k] / (double)M, mgx = mgxB[k] * (s / (double)M);                             \
-      for (int64_t i = 0; i < M; i++) {                                                            \
-        double xh = ((double)xr[i] - mu) * s;                                                      \
-        yr[i] = (T)(s * ((GW)-mg - xh * mgx));                                                     \
-        ACC                                                                                        \
-      }                                                                                            \
+      double mu = muB[k];                                                                          \
+      LN_SUM3(devB[k], mgB[k], mgxB[k], M, ((double)xr[i] - mu) * ((double)xr[i] - mu), GW,        \
+              (GW) * ((double)xr[i] - mu));                                                        \
     }                                                                                              \
+    LNB_BLK_DX(T, GW, ACC)                                                                         \
   }
 #define LNB_FWD(T)                                                                                 \
   do {                                                                                             \
