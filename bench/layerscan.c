@@ -54,12 +54,13 @@ static ad_dtype dtype = AD_F32; /* of every float input and parameter (--dtype) 
  *   [16,64,1000] (a sequence model's logits, classes last) and seq_lab
  *   [16,64] (i32, label 0 ignored); img1 [1,64,32,32] (one image), fmask
  *   [64,64] in [-1, 0) (an attention mask added to the scores, no grad);
+ *   sh64 [4096,64] and sh256 [1024,256] (rows of a model's width);
  *   z4 [65536,4] logits of four labels each, t4 [65536,4] targets in [0,1)
  *   and pw4 [4] in [0.5, 2) (no grad). */
 static ad_tensor *a, *b, *c, *p, *prob, *t01, *tpm, *tpm_rows, *img, *simg, *seq, *vol, *x1, *x2,
     *logits, *labels, *eidx, *bag, *rx, *att, *ctc_lp, *ctc_tg, *cnt, *pw, *cw, *probs, *kpm, *seg,
     *seg_labels, *cw21, *pooled, *pool_idx, *sh16, *row1, *rx1, *rgb, *seq_lg, *seq_lab, *img1,
-    *fmask, *z4, *t4, *pw4;
+    *fmask, *z4, *t4, *pw4, *sh64, *sh256;
 static int64_t offsets[128], ctc_in_len[16], ctc_tg_len[16];
 
 /* Every tensor whose gradient a run fills: the leaves above and every
@@ -159,6 +160,8 @@ static void make_inputs(void) {
   img1 = input(4, (const int64_t[]){1, 64, 32, 32}, 0, 0, true);
   fmask = input(2, (const int64_t[]){64, 64}, -1, 0, false);
   z4 = input(2, (const int64_t[]){65536, 4}, 0, 0, true);
+  sh64 = input(2, (const int64_t[]){4096, 64}, 0, 0, true);
+  sh256 = input(2, (const int64_t[]){1024, 256}, 0, 0, true);
   t4 = input(2, (const int64_t[]){65536, 4}, 0, 1, false);
   pw4 = input(1, (const int64_t[]){4}, 0.5, 2, false);
 }
@@ -177,7 +180,7 @@ static nn_layer *l_dense, *l_bilinear, *l_relu6, *l_prelu, *l_rrelu, *l_softshri
     *l_rnn_relu, *l_lstm_proj, *l_in3d, *l_drop1d, *l_drop3d, *l_ln16, *l_conv1d_s2g4, *l_conv_circ,
     *l_aavg1d, *l_zero2d, *l_const3d, *l_repl1d, *l_dense1, *l_conv1x1, *l_stem, *l_maxp_s1,
     *l_up_tri, *l_up_lin, *l_up_bilin_ac, *l_prelu64, *l_gn32, *l_bn1d3, *l_dense_nb, *l_emb_pad,
-    *l_convt_g4, *l_gn1, *l_in2d_aff, *l_gru2;
+    *l_convt_g4, *l_gn1, *l_in2d_aff, *l_gru2, *l_ln64, *l_ln256;
 
 static void make_layers(void) {
   l_dense = layer(nn_dense_new(ctx, 1024, 1024, &rng, &(nn_dense_opts){.dtype = dtype}), "dense");
@@ -445,6 +448,12 @@ static void make_layers(void) {
       "instance_norm2d affine");
   l_gru2 = layer(nn_gru_new(ctx, 128, 256, &rng, &(nn_rnn_opts){.num_layers = 2, .dtype = dtype}),
                  "gru 2 layers");
+  l_ln64 =
+      layer(nn_layer_norm_new(ctx, 1, (const int64_t[]){64}, &(nn_layer_norm_opts){.dtype = dtype}),
+            "layer_norm 64");
+  l_ln256 = layer(
+      nn_layer_norm_new(ctx, 1, (const int64_t[]){256}, &(nn_layer_norm_opts){.dtype = dtype}),
+      "layer_norm 256");
   /* the indices of a 2x2 max pooling of img, kept (the tape's are freed) */
   nn_layer *mp = layer(nn_max_pool2d_new(ctx, 2, 2, NULL), "max_pool2d 2x2");
   ad_tensor *idx = nn_max_pool_indices(mp, img);
@@ -643,6 +652,8 @@ static ad_tensor *c_bce_logits_pw(void) {
 static ad_tensor *c_bce_logits_pw4(void) {
   return nn_bce_with_logits_loss_ext(ctx, z4, t4, NN_MEAN, &(nn_bce_opts){.pos_weight = pw4});
 }
+static ad_tensor *c_ln64(void) { return fwd(l_ln64, sh64); }
+static ad_tensor *c_ln256(void) { return fwd(l_ln256, sh256); }
 static ad_tensor *c_ce(void) { return nn_cross_entropy_loss(ctx, logits, labels, NN_MEAN); }
 static ad_tensor *c_nll(void) { return nn_nll_loss(ctx, logits, labels, NN_MEAN); }
 static ad_tensor *c_nll_spatial(void) {
@@ -854,6 +865,8 @@ static const struct {
     {"instance_norm2d_affine", c_in2d_aff},
     {"gru_2_layers", c_gru2},
     {"bce_logits_pw4", c_bce_logits_pw4},
+    {"layer_norm_64", c_ln64},
+    {"layer_norm_256", c_ln256},
 };
 
 static void clear_grads(void) {

@@ -120,6 +120,8 @@ def torch_cases(f64=False):
     prelu64, gn32, bn1d3 = mod(nn.PReLU(64, 0.25)), mod(nn.GroupNorm(32, 64)), mod(nn.BatchNorm1d(64))
     img1, fmask = leaf(1, 64, 32, 32), -torch.rand(64, 64)
     z4, t4, pw4 = leaf(65536, 4), torch.rand(65536, 4), torch.rand(4) * 1.5 + 0.5
+    sh64, sh256 = leaf(4096, 64), leaf(1024, 256)
+    ln64, ln256 = mod(nn.LayerNorm(64)), mod(nn.LayerNorm(256))
     dense_nb, emb_pad = mod(nn.Linear(1024, 1024, bias=False)), mod(nn.Embedding(1000, 256, padding_idx=0))
     convt_g4 = mod(nn.ConvTranspose2d(64, 64, 3, stride=2, padding=1, output_padding=1, groups=4))
     gn1, in2d_aff = mod(nn.GroupNorm(1, 64)), mod(nn.InstanceNorm2d(64, affine=True))
@@ -251,6 +253,7 @@ def torch_cases(f64=False):
         ("conv_transpose2d_groups4", lambda: convt_g4(img)), ("group_norm_1", lambda: gn1(img)),
         ("instance_norm2d_affine", lambda: in2d_aff(img)), ("gru_2_layers", lambda: gru2(rx)[0]),
         ("bce_logits_pw4", lambda: F.binary_cross_entropy_with_logits(z4, t4, pos_weight=pw4)),
+        ("layer_norm_64", lambda: ln64(sh64)), ("layer_norm_256", lambda: ln256(sh256)),
     ]
     return cases, leaves
 
