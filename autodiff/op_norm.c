@@ -394,7 +394,9 @@ static int64_t ln_rows(const ad_tensor *x, const ad_layer_norm_attrs *at, int64_
  * most LN_MID_MAX elements LN_RB at a time (LN_ROWS_SHORT and
  * LNB_ROWS_SHORT for rows of at most 16, LN_ROWS_BLK and LNB_ROWS_BLK
  * above): each row's sums and coefficients are computed as one row alone
- * computes them, so the bits are the same, but a block's rows' means
+ * computes them, so the bits are the same (but for the sign of a NaN made
+ * from NaNs of both signs, which the compiler's operand order picks, and
+ * ad.h's reproducibility rule leaves open), but a block's rows' means
  * first, then their other sums, then the outputs: the rows' chains (of
  * additions, a division, a square root) are independent and overlap,
  * where one row's steps wait on each other; the block stays in the
@@ -649,7 +651,7 @@ static ad_status layer_norm_backward_shape(const ad_call *c) { return ln_shape(c
  * not (chosen per call, so that the loops vectorize). */
 #define LNB_ROWS(T, GW) LNB_ROWS_ACC(T, GW, )
 /* LNB_ROWS with the statement ACC after each element's dx (xh: its xhat
- * in double, i its index, r its row in scope). */
+ * in double, i its index in the row, gr the row's incoming gradient). */
 #define LNB_ROWS_ACC(T, GW, ACC)                                                                   \
   {                                                                                                \
     int64_t r = r0;                                                                                \
@@ -719,9 +721,9 @@ static ad_status layer_norm_backward_shape(const ad_call *c) { return ln_shape(c
 /* Rows of at most LN_MID_MAX elements, LN_RB at a time from r on (r
  * advanced past them): each row's sums LN_SUM's and LN_SUM3's, so the
  * same bits as LNB_ROW's, but the block's means first, then its other
- * sums, then its dx: the rows' chains of additions (a chain of 16 partials
- * folded, or of a short row's elements) and their divisions are
- * independent and overlap, where one row's wait on each other. */
+ * sums, then its dx: the rows' folds of their 16 partials and their
+ * divisions are independent and overlap, where one row's wait on each
+ * other. */
 #define LNB_ROWS_BLK(T, GW, ACC)                                                                   \
   for (; r + LN_RB <= r1; r += LN_RB) {                                                            \
     double muB[LN_RB], devB[LN_RB], mgB[LN_RB], mgxB[LN_RB];                                       \

@@ -2131,63 +2131,79 @@ Test(parallel, softmax_backward_against_its_formula) {
 
 /* layer_norm and its backward take rows of up to 256 elements eight at a
  * time (each row's sums and coefficients as one row alone computes them):
- * y and dx of [37, M] (four blocks of 8 and 5 rows alone on one thread;
- * ranges that start inside a block on 3) against each row as a [1, M]
- * tensor of its own (one row: no block), bit for bit, for rows of 1 to 257
- * (the short rows' chains, the 16 partials, past the blocks' limit),
- * without and with the affine parameters (dx by layer_norm_backward, or
- * by the one-pass plain backward), both dtypes. */
+ * y and dx of [R, M] against each row as a [1, M] tensor of its own (one
+ * row: no block), bit for bit, without and with the affine parameters (dx
+ * by layer_norm_backward, or by the one-pass plain backward), both dtypes.
+ * R = 37 for rows of 1 to 257 (the short rows' chains, the 16 partials,
+ * past the blocks' limit): blocks of 8 and rows left over. Then more rows,
+ * so that the plain backward's groups of 16 rows hold whole blocks and 3
+ * threads split the rows where a block would start (the rows' grain, 32768
+ * / M, is odd for M = 15 and 255): those against 1 thread, dweight and
+ * dbias too, and every 13th row and the last 9 against the row alone. */
 Test(parallel, layer_norm_row_blocks_same_bits_as_each_row_alone) {
   ad_rng rng;
   ad_rng_seed(&rng, 36);
-  static const int64_t Ms[8] = {1, 3, 16, 17, 64, 100, 256, 257};
-  const int64_t R = 37;
-  for (int th = 0; th < 2; th++)
+  static const int64_t cases[11][2] = {{37, 1},    {37, 3},    {37, 16},  {37, 17},
+                                       {37, 64},   {37, 100},  {37, 256}, {37, 257},
+                                       {301, 255}, {2300, 15}, {1037, 64}};
+  for (int ci = 0; ci < 11; ci++)
     for (int d = 0; d < 2; d++)
-      for (int m = 0; m < 8; m++)
-        for (int aff = 0; aff < 3; aff++) {
-          ad_dtype dt = d ? AD_F32 : AD_F64;
-          size_t es = d ? sizeof(float) : sizeof(double);
-          int64_t M = Ms[m], xs[2] = {R, M}, rs[2] = {1, M};
+      for (int aff = 0; aff < 3; aff++) {
+        ad_dtype dt = d ? AD_F32 : AD_F64;
+        size_t es = d ? sizeof(float) : sizeof(double);
+        int64_t R = cases[ci][0], M = cases[ci][1], xs[2] = {R, M}, rs[2] = {1, M};
+        ad_tensor *x = ad_rand(ctx, &rng, dt, 2, xs, -3, 9),
+                  *seed = ad_rand(ctx, &rng, dt, 2, xs, -1, 1);
+        ad_tensor *w = aff ? ad_rand(ctx, &rng, dt, 1, &M, 0.5, 1.5) : NULL;
+        ad_tensor *b = aff > 1 ? ad_rand(ctx, &rng, dt, 1, &M, -1, 1) : NULL;
+        cr_assert(x && seed && (!aff || w) && (aff < 2 || b), "%s", ad_last_error(ctx));
+        ad_tensor_set_requires_grad(x, true);
+        if (w) ad_tensor_set_requires_grad(w, true);
+        if (b) ad_tensor_set_requires_grad(b, true);
+        ad_tensor *in[3] = {x, w, b}, *y[2], *g[2][3];
+        int nin = 1 + (w != NULL) + (b != NULL);
+        for (int th = 0; th < 2; th++) {
           cr_assert_eq(ad_set_num_threads(th ? 3 : 1), AD_OK);
-          ad_tensor *x = ad_rand(ctx, &rng, dt, 2, xs, -3, 9),
-                    *seed = ad_rand(ctx, &rng, dt, 2, xs, -1, 1);
-          ad_tensor *w = aff ? ad_rand(ctx, &rng, dt, 1, &M, 0.5, 1.5) : NULL;
-          ad_tensor *b = aff > 1 ? ad_rand(ctx, &rng, dt, 1, &M, -1, 1) : NULL;
-          cr_assert(x && seed && (!aff || w) && (aff < 2 || b), "%s", ad_last_error(ctx));
-          ad_tensor_set_requires_grad(x, true);
-          if (w) ad_tensor_set_requires_grad(w, true);
-          ad_tensor *in[2] = {x, w}, *g[2];
-          ad_tensor *y = ad_layer_norm(ctx, x, 1, &M, w, b, 1e-5);
-          cr_assert(y && ad_grad(ctx, y, seed, w ? 2 : 1, in, g, false) == AD_OK, "%s",
+          y[th] = ad_layer_norm(ctx, x, 1, &M, w, b, 1e-5);
+          cr_assert(y[th] && ad_grad(ctx, y[th], seed, nin, in, g[th], false) == AD_OK, "%s",
                     ad_last_error(ctx));
-          for (int64_t r = 0; r < R; r++) {
-            ad_tensor *xr = ad_zeros(ctx, dt, 2, rs), *sr = ad_zeros(ctx, dt, 2, rs);
-            cr_assert(xr && sr, "%s", ad_last_error(ctx));
-            memcpy(xr->data, (char *)x->data + (size_t)(r * M) * es, (size_t)M * es);
-            memcpy(sr->data, (char *)seed->data + (size_t)(r * M) * es, (size_t)M * es);
-            ad_tensor_set_requires_grad(xr, true);
-            ad_tensor *rin[2] = {xr, w}, *rg[2];
-            ad_tensor *yr = ad_layer_norm(ctx, xr, 1, &M, w, b, 1e-5);
-            cr_assert(yr && ad_grad(ctx, yr, sr, w ? 2 : 1, rin, rg, false) == AD_OK, "%s",
-                      ad_last_error(ctx));
-            cr_assert(memcmp(yr->data, (char *)y->data + (size_t)(r * M) * es, (size_t)M * es) == 0,
-                      "%s M %lld affine %d, %d threads: y of row %lld differs from the row alone",
-                      ad_dtype_name(dt), (long long)M, aff, th ? 3 : 1, (long long)r);
-            cr_assert(
-                memcmp(rg[0]->data, (char *)g[0]->data + (size_t)(r * M) * es, (size_t)M * es) == 0,
-                "%s M %lld affine %d, %d threads: dx of row %lld differs from the row alone",
-                ad_dtype_name(dt), (long long)M, aff, th ? 3 : 1, (long long)r);
-            ad_tensor_free(xr);
-            ad_tensor_free(sr);
-          }
-          ad_tape_reset(ctx);
-          ad_tensor_free(x);
-          ad_tensor_free(seed);
-          ad_tensor_free(w);
-          ad_tensor_free(b);
         }
-  ad_set_num_threads(1);
+        ad_set_num_threads(1);
+        cr_assert(memcmp(y[0]->data, y[1]->data, (size_t)(R * M) * es) == 0,
+                  "%s [%lld,%lld] affine %d: y differs on 3 threads", ad_dtype_name(dt),
+                  (long long)R, (long long)M, aff);
+        for (int k = 0; k < nin; k++)
+          cr_assert(memcmp(g[0][k]->data, g[1][k]->data, (size_t)(k ? M : R * M) * es) == 0,
+                    "%s [%lld,%lld] affine %d: the gradient of input %d differs on 3 threads",
+                    ad_dtype_name(dt), (long long)R, (long long)M, aff, k);
+        for (int64_t r = 0; r < R; r++) {
+          if (R > 64 && r % 13 && r < R - 9) continue;
+          ad_tensor *xr = ad_zeros(ctx, dt, 2, rs), *sr = ad_zeros(ctx, dt, 2, rs);
+          cr_assert(xr && sr, "%s", ad_last_error(ctx));
+          memcpy(xr->data, (char *)x->data + (size_t)(r * M) * es, (size_t)M * es);
+          memcpy(sr->data, (char *)seed->data + (size_t)(r * M) * es, (size_t)M * es);
+          ad_tensor_set_requires_grad(xr, true);
+          ad_tensor *rin[2] = {xr, w}, *rg[2];
+          ad_tensor *yr = ad_layer_norm(ctx, xr, 1, &M, w, b, 1e-5);
+          cr_assert(yr && ad_grad(ctx, yr, sr, w ? 2 : 1, rin, rg, false) == AD_OK, "%s",
+                    ad_last_error(ctx));
+          cr_assert(memcmp(yr->data, (char *)y[0]->data + (size_t)(r * M) * es, (size_t)M * es) ==
+                        0,
+                    "%s [%lld,%lld] affine %d: y of row %lld differs from the row alone",
+                    ad_dtype_name(dt), (long long)R, (long long)M, aff, (long long)r);
+          cr_assert(memcmp(rg[0]->data, (char *)g[0][0]->data + (size_t)(r * M) * es,
+                           (size_t)M * es) == 0,
+                    "%s [%lld,%lld] affine %d: dx of row %lld differs from the row alone",
+                    ad_dtype_name(dt), (long long)R, (long long)M, aff, (long long)r);
+          ad_tensor_free(xr);
+          ad_tensor_free(sr);
+        }
+        ad_tape_reset(ctx);
+        ad_tensor_free(x);
+        ad_tensor_free(seed);
+        ad_tensor_free(w);
+        ad_tensor_free(b);
+      }
 }
 
 /* layer_norm and its backward split their rows over threads (100 rows of
