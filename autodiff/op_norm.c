@@ -429,11 +429,14 @@ enum { LN_RB = 8, LN_MID_MAX = 256 };
       T *yr = Y + r * M;                                                                           \
       double mu, s;                                                                                \
       LN_STATS(xr, M, at->eps, mu, s);                                                             \
-      for (int64_t i = 0; i < M; i++) {                                                            \
-        double v = ((double)xr[i] - mu) * s;                                                       \
-        yr[i] = (T)(EXPR);                                                                         \
-      }                                                                                            \
+      LN_Y(T, EXPR)                                                                                \
     }                                                                                              \
+  }
+/* Row yr's y (xr and its mu and s in scope). */
+#define LN_Y(T, EXPR)                                                                              \
+  for (int64_t i = 0; i < M; i++) {                                                                \
+    double v = ((double)xr[i] - mu) * s;                                                           \
+    yr[i] = (T)(EXPR);                                                                             \
   }
 /* LN_ROWS' rows of at most 16 elements LN_RB at a time from r on, their
  * chains taken across the block's rows (LNB_ROWS_SHORT's reason). */
@@ -450,17 +453,20 @@ enum { LN_RB = 8, LN_MID_MAX = 256 };
       }                                                                                            \
     LN_BLK_Y(T, EXPR)                                                                              \
   }
+/* muB: the means of the block's LN_RB rows from r, each row's LN_SUM. */
+#define LN_BLK_MEANS(T)                                                                            \
+  for (int k = 0; k < LN_RB; k++) {                                                                \
+    const T *xr = X + (r + k) * M;                                                                 \
+    LN_SUM(muB[k], M, (double)xr[i]);                                                              \
+  }                                                                                                \
+  for (int k = 0; k < LN_RB; k++) muB[k] /= (double)M;
 /* LN_ROWS' rows LN_RB at a time from r on (r advanced past them): the
  * block's means, then its 1 / sqrt(var + eps), then its y, each row's as
  * LN_STATS computes them (LNB_ROWS_BLK's reason). */
 #define LN_ROWS_BLK(T, EXPR)                                                                       \
   for (; r + LN_RB <= r1; r += LN_RB) {                                                            \
     double muB[LN_RB], sB[LN_RB];                                                                  \
-    for (int k = 0; k < LN_RB; k++) {                                                              \
-      const T *xr = X + (r + k) * M;                                                               \
-      LN_SUM(muB[k], M, (double)xr[i]);                                                            \
-    }                                                                                              \
-    for (int k = 0; k < LN_RB; k++) muB[k] /= (double)M;                                           \
+    LN_BLK_MEANS(T)                                                                                \
     for (int k = 0; k < LN_RB; k++) {                                                              \
       const T *xr = X + (r + k) * M;                                                               \
       double mu = muB[k];                                                                          \
@@ -477,10 +483,7 @@ enum { LN_RB = 8, LN_MID_MAX = 256 };
     const T *xr = X + (r + k) * M;                                                                 \
     T *yr = Y + (r + k) * M;                                                                       \
     double mu = muB[k], s = sB[k];                                                                 \
-    for (int64_t i = 0; i < M; i++) {                                                              \
-      double v = ((double)xr[i] - mu) * s;                                                         \
-      yr[i] = (T)(EXPR);                                                                           \
-    }                                                                                              \
+    LN_Y(T, EXPR)                                                                                  \
   }
 #define LN_FWD(T)                                                                                  \
   do {                                                                                             \
@@ -661,6 +664,14 @@ static ad_status layer_norm_backward_shape(const ad_call *c) { return ln_shape(c
       LNB_ROWS_BLK(T, GW, ACC)                                                                     \
     for (; r < r1; r++) LNB_ROW(T, GW, ACC)                                                        \
   }
+/* Row yr's dx (xr, gr and its mu, s, mg, mgx in scope), ACC after each
+ * element. */
+#define LNB_DX(T, GW, ACC)                                                                         \
+  for (int64_t i = 0; i < M; i++) {                                                                \
+    double xh = ((double)xr[i] - mu) * s;                                                          \
+    yr[i] = (T)(s * ((GW)-mg - xh * mgx));                                                         \
+    ACC                                                                                            \
+  }
 /* One row r of LNB_ROWS_ACC. */
 #define LNB_ROW(T, GW, ACC)                                                                        \
   {                                                                                                \
@@ -674,11 +685,7 @@ static ad_status layer_norm_backward_shape(const ad_call *c) { return ln_shape(c
     s = 1.0 / sqrt(dev / (double)M + at->eps);                                                     \
     mg /= (double)M;                                                                               \
     mgx *= s / (double)M;                                                                          \
-    for (int64_t i = 0; i < M; i++) {                                                              \
-      double xh = ((double)xr[i] - mu) * s;                                                        \
-      yr[i] = (T)(s * ((GW)-mg - xh * mgx));                                                       \
-      ACC                                                                                          \
-    }                                                                                              \
+    LNB_DX(T, GW, ACC)                                                                             \
   }
 /* The dx of a block's LN_RB rows from r, from their sums muB (the means),
  * devB, mgB and mgxB (turned into LNB_ROW's s, mg and mgx for all the
@@ -691,11 +698,7 @@ static ad_status layer_norm_backward_shape(const ad_call *c) { return ln_shape(c
     const T *xr = X + (r + k) * M, *gr = G + (r + k) * M;                                          \
     T *yr = Y + (r + k) * M;                                                                       \
     double mu = muB[k], s = devB[k], mg = mgB[k], mgx = mgxB[k];                                   \
-    for (int64_t i = 0; i < M; i++) {                                                              \
-      double xh = ((double)xr[i] - mu) * s;                                                        \
-      yr[i] = (T)(s * ((GW)-mg - xh * mgx));                                                       \
-      ACC                                                                                          \
-    }                                                                                              \
+    LNB_DX(T, GW, ACC)                                                                             \
   }
 /* Rows of at most 16 elements, LN_RB at a time from r on (r advanced past
  * them): each row's sums are LN_SUM's and LN_SUM3's chains (one element
@@ -727,11 +730,7 @@ static ad_status layer_norm_backward_shape(const ad_call *c) { return ln_shape(c
 #define LNB_ROWS_BLK(T, GW, ACC)                                                                   \
   for (; r + LN_RB <= r1; r += LN_RB) {                                                            \
     double muB[LN_RB], devB[LN_RB], mgB[LN_RB], mgxB[LN_RB];                                       \
-    for (int k = 0; k < LN_RB; k++) {                                                              \
-      const T *xr = X + (r + k) * M;                                                               \
-      LN_SUM(muB[k], M, (double)xr[i]);                                                            \
-    }                                                                                              \
-    for (int k = 0; k < LN_RB; k++) muB[k] /= (double)M;                                           \
+    LN_BLK_MEANS(T)                                                                                \
     for (int k = 0; k < LN_RB; k++) {                                                              \
       const T *xr = X + (r + k) * M, *gr = G + (r + k) * M;                                        \
       double mu = muB[k];                                                                          \
