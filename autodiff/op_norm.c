@@ -355,8 +355,7 @@ static int64_t ln_rows(const ad_tensor *x, const ad_layer_norm_attrs *at, int64_
 
 /* out = the sum of the 16 partials p_: partial k plus partial k + 8, then
  * k + 4, k + 2 and k + 1 of those, a tree of depth 4 (a row's next pass
- * waits on it; a chain of 15 additions was the larger part of a row of 64
- * elements). */
+ * waits on it, and a chain of 15 additions takes 15 additions' latency). */
 #define LN_FOLD(out, p_)                                                                           \
   do {                                                                                             \
     double h_[8];                                                                                  \
@@ -396,11 +395,11 @@ static int64_t ln_rows(const ad_tensor *x, const ad_layer_norm_attrs *at, int64_
  * above): each row's sums and coefficients are computed as one row alone
  * computes them, so the bits are the same (but for the sign of a NaN made
  * from NaNs of both signs, which the compiler's operand order picks, and
- * ad.h's reproducibility rule leaves open), but a block's rows' means
- * first, then their other sums, then the outputs: the rows' chains (of
- * additions, a division, a square root) are independent and overlap,
- * where one row's steps wait on each other; the block stays in the
- * first-level cache between the passes. */
+ * ad.h's reproducibility rule leaves open). Only the order changes: the
+ * block's means first, then its other sums, then its outputs, so that the
+ * rows' chains (of additions, a division, a square root) are independent
+ * and overlap, where a row's steps wait on each other; the block stays in
+ * the first-level cache between the passes. */
 enum { LN_RB = 8, LN_MID_MAX = 256 };
 
 /* The mean and 1 / sqrt(var + eps) of a row of M values, in double (two
@@ -701,8 +700,8 @@ static ad_status layer_norm_backward_shape(const ad_call *c) { return ln_shape(c
     LNB_DX(T, GW, ACC)                                                                             \
   }
 /* Rows of at most 16 elements, LN_RB at a time from r on (r advanced past
- * them): each row's sums are LN_SUM's and LN_SUM3's chains (one element
- * per partial), the same operations in the same order, so the same bits,
+ * them): each row's sums are LN_SUM's and LN_SUM3's chains (rows of at
+ * most 16), the same operations in the same order, so the same bits,
  * but taken across the block's rows element by element, so that the
  * rows' chains are independent and overlap (one row's chain of additions
  * waits on itself; docs/performance.md, "The op scan's second round",
@@ -725,7 +724,7 @@ static ad_status layer_norm_backward_shape(const ad_call *c) { return ln_shape(c
  * advanced past them): each row's sums LN_SUM's and LN_SUM3's, so the
  * same bits as LNB_ROW's, but the block's means first, then its other
  * sums, then its dx: the rows' folds of their 16 partials and their
- * divisions are independent and overlap, where one row's wait on each
+ * divisions are independent and overlap, where a row's steps wait on each
  * other. */
 #define LNB_ROWS_BLK(T, GW, ACC)                                                                   \
   for (; r + LN_RB <= r1; r += LN_RB) {                                                            \
