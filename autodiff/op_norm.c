@@ -399,8 +399,9 @@ static int64_t ln_rows(const ad_tensor *x, const ad_layer_norm_attrs *at, int64_
  * block's means first, then its other sums, then its outputs, so that the
  * rows' chains (of additions, a division, a square root) are independent
  * and overlap, where a row's steps wait on each other; the block stays in
- * the first-level cache between the passes. */
-enum { LN_RB = 8, LN_MID_MAX = 256 };
+ * the first- or second-level cache between the passes. LN_RB is the plain
+ * backward's LN_GROUP: each of its groups of rows is one block. */
+enum { LN_RB = 16, LN_MID_MAX = 256 };
 
 /* The mean and 1 / sqrt(var + eps) of a row of M values, in double (two
  * passes: no cancellation in the variance). */

@@ -2129,14 +2129,14 @@ Test(parallel, softmax_backward_against_its_formula) {
     }
 }
 
-/* layer_norm and its backward take rows of up to 256 elements eight at a
- * time (each row's sums and coefficients as one row alone computes them):
+/* layer_norm and its backward take rows of up to 256 elements sixteen at
+ * a time (each row's sums and coefficients as one row alone computes them):
  * y and dx of [R, M] against each row as a [1, M] tensor of its own (one
  * row: no block), bit for bit, without and with the affine parameters (dx
  * by layer_norm_backward, or by the one-pass plain backward), both dtypes.
  * R = 37 for rows of 1 to 257 (the short rows' chains, the 16 partials,
- * past the blocks' limit): blocks of 8 and rows left over. Then more rows,
- * so that the plain backward's groups of 16 rows hold whole blocks and 3
+ * past the blocks' limit): blocks of 16 and rows left over. Then more rows,
+ * so that the plain backward's groups of 16 rows are whole blocks and 3
  * threads split the rows where a block would start (the rows' grain, 32768
  * / M, is odd for M = 15 and 255): those against 1 thread, dweight and
  * dbias too, and every 13th row and the last 9 against the row alone. */
