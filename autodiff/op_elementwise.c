@@ -1287,17 +1287,26 @@ const ad_op_def ad_def_mul_scalar = {
 /* x^p with PyTorch's special exponents: 2, 3, -1 and -2 are products and
  * a quotient, 0.5 and -0.5 are sqrt and 1 / sqrt (so sqrt's rules hold,
  * not pow's: -0 gives -0 and -inf, -inf gives NaN, as in PyTorch), 1 is
- * x; any other p is libm's pow. Float32's x^3, x^-2, sqrt and 1 / sqrt
- * are computed in double and rounded to float at the end (x * x and 1 / x
- * in float are correctly rounded already). A loop over a tensor takes its
- * exponent's case once (POW_CASES), a single element the same functions. */
+ * x; any other p is libm's pow. Float32's x^3, x^-2 and sqrt are computed
+ * in double and rounded to float at the end (x * x and 1 / x in float are
+ * correctly rounded already); its 1 / sqrt is rsqrt_v (vexp.h: within
+ * 0.5001 ulp, in float lanes), 1 / sqrt in double where RSQRT_V_OUT. And
+ * for float32, -1.5 (1 / sqrt's derivative) is 1 / (x sqrt(x)) in double,
+ * pow's value at -inf (+0) chosen apart; float64's -1.5 stays libm's pow.
+ * A loop over a tensor takes its exponent's case once (POW_CASES), a
+ * single element the same functions. */
+#define POW_RSQRT_float(x)  (RSQRT_V_OUT(x) ? (float)(1.0 / sqrt((double)(x))) : rsqrt_v(x))
+#define POW_RSQRT_double(x) (1.0 / sqrt(x))
+#define POW_M15_float(x)    ((x) == -INFINITY ? 0.0f : (float)(1.0 / ((double)(x)*sqrt((double)(x)))))
+#define POW_M15_double(x)   pow(x, -1.5)
 #define POW_CASES(T, E)                                                                            \
   E(2.0, T, x *x)                                                                                  \
   E(3.0, T, (T)((double)x * x * x))                                                                \
   E(-1.0, T, (T)1 / x)                                                                             \
   E(-2.0, T, (T)(1.0 / ((double)x * x)))                                                           \
   E(0.5, T, (T)sqrt(x))                                                                            \
-  E(-0.5, T, (T)(1.0 / sqrt(x)))                                                                   \
+  E(-0.5, T, POW_RSQRT_##T(x))                                                                     \
+  E(-1.5, T, POW_M15_##T(x))                                                                       \
   E(1.0, T, x)
 /* one element: the case's expression, else libm's */
 #define POW_ONE(P, T, EXPR)                                                                        \
@@ -1319,8 +1328,30 @@ static double pow_scalar_d(double x, double p) {
     }                                                                                              \
     return;                                                                                        \
   }
+/* float32's 1 / sqrt: rsqrt_v over chunks of 256, the few elements out
+ * of its range then taken in double (as UNARY_KERNEL_V does), so that the
+ * loop stays branch-free */
+#define POW_PRE_float()                                                                            \
+  do {                                                                                             \
+    if (p != -0.5) break;                                                                          \
+    for (int64_t c0 = b; c0 < e; c0 += 256) {                                                      \
+      int64_t c1 = e - c0 < 256 ? e : c0 + 256;                                                    \
+      int out = 0;                                                                                 \
+      for (int64_t i = c0; i < c1; i++) {                                                          \
+        float x = X[i];                                                                            \
+        Y[i] = rsqrt_v(x);                                                                         \
+        out |= RSQRT_V_OUT(x);                                                                     \
+      }                                                                                            \
+      if (out)                                                                                     \
+        for (int64_t i = c0; i < c1; i++)                                                          \
+          if (RSQRT_V_OUT(X[i])) Y[i] = POW_RSQRT_float(X[i]);                                     \
+    }                                                                                              \
+    return;                                                                                        \
+  } while (0)
+#define POW_PRE_double() ((void)0)
 #define POW_ROWS(NAME, T, POWF)                                                                    \
   CELL_CLONES static void NAME(const T *X, T *Y, int64_t b, int64_t e, double p) {                 \
+    POW_PRE_##T();                                                                                 \
     POW_CASES(T, POW_LOOP)                                                                         \
     for (int64_t i = b; i < e; i++) Y[i] = POWF(X[i], p);                                          \
   }

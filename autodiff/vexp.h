@@ -577,4 +577,28 @@ CELL_ROW float pow_v(float a, float b) {
   return (float)(q * scale);
 }
 
+/* 1 / sqrt(x) for float32 without double lanes: y = 1 / sqrtf(x) (two
+ * IEEE roundings, within 1.5 ulp), then one correction. y^2 = h + l
+ * exactly (l = fma(y, y, -h)), the residual e = 1 - x y^2 from two fused
+ * multiply-adds (each rounds once a value whose exact form fits in 50
+ * bits, so FMA_F's double form gives fmaf's bits), and y + (y / 2) e is
+ * x^-1/2 to about 2^-45 relative before its last rounding. The correction
+ * is a multiply and an add, not an FMA, so every instruction set gives the
+ * same bits. A scan of all 2^32 floats against 1 / sqrt in double (the
+ * op's form before): the correctly rounded value but at 128 near-ties (the
+ * significands 0x1.fffffc and 0x1.13e07 at each odd power of two in
+ * range), 0.5000000 ulp off there; the same bits from AVX-512, AVX2 and
+ * SSE2 code and from clang's FMA_F in double. In range (RSQRT_V_OUT
+ * false) y is in [2^-32, 2^32] and every term is a normal float, also
+ * under flush-to-zero; elsewhere (0, subnormals, huge values, infinities,
+ * negatives, NaN) the caller takes 1 / sqrt in double. */
+#define RSQRT_V_OUT(x) (!((x) >= 0x1p-64f && (x) <= 0x1p64f))
+static inline float rsqrt_v(float x) VEXP_INLINE;
+static inline float rsqrt_v(float x) {
+  float y = 1.0f / sqrtf(x);
+  float h = y * y, l = FMA_F(y, y, -h);
+  float e = FMA_F(-x, l, FMA_F(-x, h, 1.0f));
+  return y + (y * 0.5f) * e;
+}
+
 #endif

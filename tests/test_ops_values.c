@@ -1911,7 +1911,8 @@ Test(ops_values, pow_float32_is_float64_pow_rounded) {
 /* pow_scalar's special exponents, PyTorch's: 2, 3, -1 and -2 products and
  * a quotient, 0.5 and -0.5 sqrt and 1 / sqrt (so -0 gives -0 and -inf,
  * -inf gives NaN, as in torch.pow, not C's pow), 1 the identity, others
- * libm's. The special inputs against what torch 1.13 prints for them;
+ * libm's (-1.5 in float32 1 / (x sqrt(x)) in double, with pow's special
+ * values). The special inputs against what torch 1.13 prints for them;
  * a sweep of each dtype within 0.501 ulp (float32, computed in double) or
  * 1 ulp (float64) of pow in double; one element alone the same bits as in
  * a tensor; 3 threads the same bits. */
@@ -1929,6 +1930,7 @@ Test(ops_values, pow_scalar_special_exponents_as_pytorch) {
       {1.0, {-0.0, 0.0, -INFINITY, INFINITY, -4.0, NAN}},
       {0.0, {1.0, 1.0, 1.0, 1.0, 1.0, 1.0}},
       {2.5, {0.0, 0.0, INFINITY, INFINITY, NAN, NAN}},
+      {-1.5, {INFINITY, INFINITY, 0.0, 0.0, NAN, NAN}},
   };
   enum { SWEEP = 70000 }; /* over two ELEM_GRAIN: split over threads */
   int64_t n = SWEEP + 6;
@@ -1979,6 +1981,66 @@ Test(ops_values, pow_scalar_special_exponents_as_pytorch) {
     }
     ad_tensor_free(x);
   }
+}
+
+/* float32 1 / sqrt (pow_scalar -0.5) is rsqrt_v in float lanes, 1 / sqrt
+ * in double outside its range (vexp.h): over every 4099th positive float
+ * (subnormals to the largest, about half a million), the edges of the
+ * range and two of its near-ties, within 0.5001 ulp of 1 / sqrt in double; the same bits with
+ * subnormals flushed to zero but for the subnormal inputs (0 then: inf), on 1 and 3 threads, and
+ * for an element alone. */
+Test(ops_values, rsqrt_float32_within_half_ulp_everywhere) {
+  static const float edges[] = {
+      0x1p-64f, 0x1.fffffep-65f, 0x1.000002p-64f, 0x1p64f, 0x1.fffffep63f, 0x1.000002p64f,
+      FLT_MIN,  FLT_TRUE_MIN,    FLT_MAX,         1.0f,    0x1.fffffcp-1f, 0x1.13e07p-1f};
+  int64_t ne = (int64_t)(sizeof edges / sizeof *edges), n = 0;
+  int64_t cap = ne + (int64_t)(0x7f800000u / 4099u) + 1;
+  ad_tensor *x = ad_zeros(ctx, AD_F32, 1, &cap);
+  cr_assert_not_null(x, "%s", ad_last_error(ctx));
+  float *xv = x->data;
+  for (int64_t i = 0; i < ne; i++) xv[n++] = edges[i];
+  for (uint32_t u = 1; u < 0x7f800000u; u += 4099u) memcpy(&xv[n++], &u, sizeof u);
+  cr_assert_eq(n, cap);
+  ad_tensor *y = ad_pow_scalar(ctx, x, -0.5);
+  cr_assert_not_null(y, "%s", ad_last_error(ctx));
+  const float *yv = y->data;
+  double worst = 0;
+  int64_t at = 0;
+  for (int64_t i = 0; i < n; i++) {
+    double u = ulps32(yv[i], 1.0 / sqrt((double)xv[i]));
+    cr_assert(u == u, "rsqrt(%a) = %a", (double)xv[i], (double)yv[i]);
+    if (u > worst) worst = u, at = i;
+  }
+  cr_assert(worst <= 0.5001, "rsqrt: %.6f ulp at x = %a", worst, (double)xv[at]);
+  cr_assert_eq(ad_set_num_threads(3), AD_OK);
+  ad_tensor *y3 = ad_pow_scalar(ctx, x, -0.5);
+  ad_set_num_threads(1);
+  cr_assert(y3 && memcmp(y3->data, yv, (size_t)n * sizeof(float)) == 0,
+            "rsqrt: 3 threads give other bits");
+  bool had = ad_flush_denormal();
+  if (ad_set_flush_denormal(true)) {
+    ad_tensor *yf = ad_pow_scalar(ctx, x, -0.5);
+    ad_set_flush_denormal(had);
+    cr_assert_not_null(yf, "%s", ad_last_error(ctx));
+    const float *fv = yf->data;
+    for (int64_t i = 0; i < n; i++) {
+      float want = fabsf(xv[i]) < FLT_MIN ? INFINITY : yv[i];
+      cr_assert(memcmp(&fv[i], &want, sizeof want) == 0,
+                "rsqrt(%a) flushing subnormals: %a, want %a", (double)xv[i], (double)fv[i],
+                (double)want);
+    }
+  }
+  for (int64_t i = 0; i < n; i += i < ne ? 1 : 997) {
+    int64_t one = 1;
+    ad_tensor *xi = ad_full(ctx, AD_F32, 1, &one, (double)xv[i]);
+    ad_tensor *yi = ad_pow_scalar(ctx, xi, -0.5);
+    cr_assert_not_null(yi, "%s", ad_last_error(ctx));
+    cr_assert(memcmp(yi->data, &yv[i], sizeof(float)) == 0, "rsqrt(%a): alone %a, in a tensor %a",
+              (double)xv[i], (double)((const float *)yi->data)[0], (double)yv[i]);
+    ad_tensor_free(xi);
+  }
+  ad_tape_reset(ctx);
+  ad_tensor_free(x);
 }
 
 /* float32 softmax and log_softmax along the last axis (a vector path:
