@@ -467,22 +467,27 @@ typedef struct unary_job {
  * as the float32 ones (exp_d and the functions on it vectorize there; a
  * libm call stays a call per element). */
 #define NEVER_OUT32(x) 0 /* OUT32 of a V32 defined on every float */
-#define UNARY_KERNEL_V(NAME, V32, OUT32, FIX32, EXPR64)                                            \
-  CELL_CLONES static void NAME##_rows32(const float *X, float *Y, int64_t b, int64_t e) {          \
-    for (int64_t c0 = b; c0 < e; c0 += 256) {                                                      \
-      int64_t c1 = e - c0 < 256 ? e : c0 + 256;                                                    \
-      int out = 0;                                                                                 \
-      for (int64_t i = c0; i < c1; i++) {                                                          \
-        float x = X[i];                                                                            \
-        Y[i] = V32(x);                                                                             \
-        out |= OUT32(x);                                                                           \
-      }                                                                                            \
-      if (out)                                                                                     \
-        for (int64_t i = c0; i < c1; i++)                                                          \
-          if (OUT32(X[i])) Y[i] = FIX32(X[i]);                                                     \
+/* Y[i] = V32(X[i]) for i in [b, e), in chunks of 256 after each of which
+ * the elements where OUT32 holds are taken again as FIX32 (the loop over a
+ * chunk stays branch-free, so that it vectorizes) */
+#define V32_CHUNKS(V32, OUT32, FIX32)                                                              \
+  for (int64_t c0 = b; c0 < e; c0 += 256) {                                                        \
+    int64_t c1 = e - c0 < 256 ? e : c0 + 256;                                                      \
+    int out = 0;                                                                                   \
+    for (int64_t i = c0; i < c1; i++) {                                                            \
+      float x = X[i];                                                                              \
+      Y[i] = V32(x);                                                                               \
+      out |= OUT32(x);                                                                             \
     }                                                                                              \
-  }                                                                                                \
-  CELL_CLONES static void NAME##_rows64(const double *X, double *Y, int64_t b, int64_t e) {        \
+    if (out)                                                                                       \
+      for (int64_t i = c0; i < c1; i++)                                                            \
+        if (OUT32(X[i])) Y[i] = FIX32(X[i]);                                                       \
+  }
+#define UNARY_KERNEL_V(NAME, V32, OUT32, FIX32, EXPR64)                                            \
+  CELL_CLONES static void NAME##_rows32(const float *X, float *Y, int64_t b, int64_t e){           \
+      V32_CHUNKS(V32, OUT32, FIX32)} CELL_CLONES static void NAME##_rows64(const double *X,        \
+                                                                           double *Y, int64_t b,   \
+                                                                           int64_t e) {            \
     for (int64_t i = b; i < e; i++) {                                                              \
       double x = X[i];                                                                             \
       Y[i] = (EXPR64);                                                                             \
@@ -1328,24 +1333,12 @@ static double pow_scalar_d(double x, double p) {
     }                                                                                              \
     return;                                                                                        \
   }
-/* float32's 1 / sqrt: rsqrt_v over chunks of 256, the few elements out
- * of its range then taken in double (as UNARY_KERNEL_V does), so that the
- * loop stays branch-free */
+/* float32's 1 / sqrt: rsqrt_v, the few elements out of its range then
+ * taken in double (V32_CHUNKS, as UNARY_KERNEL_V does) */
 #define POW_PRE_float()                                                                            \
   do {                                                                                             \
     if (p != -0.5) break;                                                                          \
-    for (int64_t c0 = b; c0 < e; c0 += 256) {                                                      \
-      int64_t c1 = e - c0 < 256 ? e : c0 + 256;                                                    \
-      int out = 0;                                                                                 \
-      for (int64_t i = c0; i < c1; i++) {                                                          \
-        float x = X[i];                                                                            \
-        Y[i] = rsqrt_v(x);                                                                         \
-        out |= RSQRT_V_OUT(x);                                                                     \
-      }                                                                                            \
-      if (out)                                                                                     \
-        for (int64_t i = c0; i < c1; i++)                                                          \
-          if (RSQRT_V_OUT(X[i])) Y[i] = POW_RSQRT_float(X[i]);                                     \
-    }                                                                                              \
+    V32_CHUNKS(rsqrt_v, RSQRT_V_OUT, POW_RSQRT_float)                                              \
     return;                                                                                        \
   } while (0)
 #define POW_PRE_double() ((void)0)
