@@ -471,23 +471,25 @@ typedef struct unary_job {
  * the elements where OUT32 holds are taken again as FIX32 (the loop over a
  * chunk stays branch-free, so that it vectorizes) */
 #define V32_CHUNKS(V32, OUT32, FIX32)                                                              \
-  for (int64_t c0 = b; c0 < e; c0 += 256) {                                                        \
-    int64_t c1 = e - c0 < 256 ? e : c0 + 256;                                                      \
-    int out = 0;                                                                                   \
-    for (int64_t i = c0; i < c1; i++) {                                                            \
-      float x = X[i];                                                                              \
-      Y[i] = V32(x);                                                                               \
-      out |= OUT32(x);                                                                             \
+  do {                                                                                             \
+    for (int64_t c0 = b; c0 < e; c0 += 256) {                                                      \
+      int64_t c1 = e - c0 < 256 ? e : c0 + 256;                                                    \
+      int out = 0;                                                                                 \
+      for (int64_t i = c0; i < c1; i++) {                                                          \
+        float x = X[i];                                                                            \
+        Y[i] = V32(x);                                                                             \
+        out |= OUT32(x);                                                                           \
+      }                                                                                            \
+      if (out)                                                                                     \
+        for (int64_t i = c0; i < c1; i++)                                                          \
+          if (OUT32(X[i])) Y[i] = FIX32(X[i]);                                                     \
     }                                                                                              \
-    if (out)                                                                                       \
-      for (int64_t i = c0; i < c1; i++)                                                            \
-        if (OUT32(X[i])) Y[i] = FIX32(X[i]);                                                       \
-  }
+  } while (0)
 #define UNARY_KERNEL_V(NAME, V32, OUT32, FIX32, EXPR64)                                            \
-  CELL_CLONES static void NAME##_rows32(const float *X, float *Y, int64_t b, int64_t e){           \
-      V32_CHUNKS(V32, OUT32, FIX32)} CELL_CLONES static void NAME##_rows64(const double *X,        \
-                                                                           double *Y, int64_t b,   \
-                                                                           int64_t e) {            \
+  CELL_CLONES static void NAME##_rows32(const float *X, float *Y, int64_t b, int64_t e) {          \
+    V32_CHUNKS(V32, OUT32, FIX32);                                                                 \
+  }                                                                                                \
+  CELL_CLONES static void NAME##_rows64(const double *X, double *Y, int64_t b, int64_t e) {        \
     for (int64_t i = b; i < e; i++) {                                                              \
       double x = X[i];                                                                             \
       Y[i] = (EXPR64);                                                                             \
@@ -1338,7 +1340,7 @@ static double pow_scalar_d(double x, double p) {
 #define POW_PRE_float()                                                                            \
   do {                                                                                             \
     if (p != -0.5) break;                                                                          \
-    V32_CHUNKS(rsqrt_v, RSQRT_V_OUT, POW_RSQRT_float)                                              \
+    V32_CHUNKS(rsqrt_v, RSQRT_V_OUT, POW_RSQRT_float);                                             \
     return;                                                                                        \
   } while (0)
 #define POW_PRE_double() ((void)0)
