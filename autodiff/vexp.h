@@ -367,7 +367,8 @@ static inline float log_v(float x) {
  * which the last polynomial scales by 0.3/16 at most (no worst case of
  * erf_v, gelu_v or gelu_grad_v moved: every float scanned). Past a =
  * 9.34 exp_v clamps: the callers take libm there. */
-CELL_ROW void erf_parts(float a, float z, float zl, float *s, float *b) {
+/* erf_parts's *s (z: a^2 rounded) */
+CELL_ROW float erf_series_v(float a, float z) {
   /* 2/sqrt(pi) (-1)^k / ((2k + 1) k!), k = 11 down to 1, then 2/sqrt(pi) - 1;
    * written out, not looped over an array, so that a row loop vectorizes */
   const float k2 = 1.1283791671e+00f;
@@ -382,7 +383,11 @@ CELL_ROW void erf_parts(float a, float z, float zl, float *s, float *b) {
   q = FMA_F(q, z, k2 / (5 * 2.0f));
   q = FMA_F(q, z, -k2 / 3.0f);
   q = FMA_F(q, z, 1.2837916709e-01f);
-  *s = FMA_F(a, q, a);
+  return FMA_F(a, q, a);
+}
+
+/* erf_parts's *b */
+CELL_ROW float erfc_tail_v(float a, float z, float zl) {
   float inv = 1.0f / a, t = a - 1.375f, u = inv - 1.0f / 3.0f, w = inv * inv;
   float pa = FMA_F(-1.207508321e-04f, t, 3.599857737e-04f);
   pa = FMA_F(pa, t, -9.270955343e-04f);
@@ -406,7 +411,12 @@ CELL_ROW void erf_parts(float a, float z, float zl, float *s, float *b) {
   pc = FMA_F(pc, w, -2.820888460e-01f);
   pc = FMA_F(pc, w, 5.641895533e-01f);
   float g = a < 2.0f ? pa : a < 4.0f ? pb : pc * inv; /* selects, no branch: it vectorizes */
-  *b = exp_v(-z) * (1.0f - zl) * g;
+  return exp_v(-z) * (1.0f - zl) * g;
+}
+
+CELL_ROW void erf_parts(float a, float z, float zl, float *s, float *b) {
+  *s = erf_series_v(a, z);
+  *b = erfc_tail_v(a, z, zl);
 }
 
 /* float32 erf for |x| <= 9 (the caller takes libm beyond, and for NaN):
@@ -432,6 +442,21 @@ CELL_ROW float gelu_v(float x) {
   erf_parts(a, z, zl, &s, &b);
   float v = x >= 0 ? (a < 0.9f ? 1.0f + s : 2.0f - b) : (a < 0.9f ? 1.0f - s : b);
   return h * v;
+}
+
+/* gelu_v's value for an x with GELU_NEAR(x) (|x| / sqrt 2 < 0.9: the
+ * series alone) and for one without (the erfc tail alone): the same
+ * operations as gelu_v's on such an x, so the same bits, for a loop that
+ * takes each x through only its own half (op_elementwise.c, gelu). */
+#define GELU_NEAR(x) (fabsf(x) * 0.70710677f < 0.9f)
+CELL_ROW float gelu_near_v(float x) {
+  float h = 0.5f * x, z = h * x, a = fabsf(x) * 0.70710677f, s = erf_series_v(a, z);
+  return h * (x >= 0 ? 1.0f + s : 1.0f - s);
+}
+CELL_ROW float gelu_far_v(float x) {
+  float h = 0.5f * x, z = h * x, zl = FMA_F(h, x, -z), a = fabsf(x) * 0.70710677f;
+  float b = erfc_tail_v(a, z, zl);
+  return h * (x >= 0 ? 2.0f - b : b);
 }
 
 /* float32 GELU'(x) = Phi(x) + x phi(x) for |x| <= 13 (the caller takes
