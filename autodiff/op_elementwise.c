@@ -1763,62 +1763,121 @@ CELL_CLONES static void gelu_rows32_whole(const float *X, float *Y, int64_t b, i
 /* gelu_v evaluates both halves of erf for every element (selects, so that
  * the loop vectorizes), though an element needs one: the series near 0,
  * the erfc tail beyond |x| = 1.27 (a fifth of standard normal values).
- * With AVX-512, each chunk of 256 takes the series (gelu_near_v) for all
- * its elements, packs the others (vcompressps) into a buffer that the tail
- * (gelu_far_v) runs over, and puts their values back in place
- * (vexpandps): the same operations per element as gelu_v's, so the same
- * bits (parallel::gelu_split_same_bits_as_whole), in about half the time.
- * Elements beyond +-13 and NaN take gelu_f after the chunk, as in
- * V32_CHUNKS; a tail of fewer than 16 takes gelu_rows32_whole. */
-__attribute__((target("avx512f,fma"))) static void gelu_rows32_split(const float *X, float *Y,
-                                                                     int64_t b, int64_t e) {
-  float tail[256 + 16];
-  __mmask16 mask[16];
-  int64_t c0 = b;
-  for (; e - c0 >= 16; c0 += 256) {
-    int64_t n = e - c0 < 256 ? (e - c0) / 16 * 16 : 256;
-    const float *x = X + c0;
-    float *y = Y + c0;
-    int out = 0;
-    for (int64_t i = 0; i < n; i++) {
-      y[i] = gelu_near_v(x[i]);
-      out |= GELU_OUT32(x[i]);
-    }
-    int k = 0;
-    for (int v = 0; v < n / 16; v++) {
-      __m512 xv = _mm512_loadu_ps(x + 16 * v);
-      __mmask16 m = _mm512_cmp_ps_mask(
-          _mm512_mul_ps(_mm512_abs_ps(xv), _mm512_set1_ps(0.70710677f)), _mm512_set1_ps(0.9f),
-          _CMP_NLT_UQ); /* not GELU_NEAR: NaN too (fixed below) */
-      mask[v] = m;
-      _mm512_storeu_ps(tail + k, _mm512_maskz_compress_ps(m, xv));
-      k += __builtin_popcount(m);
-    }
-    int kr = (k + 15) / 16 * 16; /* whole vectors: no scalar epilogue */
-    for (int i = k; i < kr; i++) tail[i] = 2.0f;
-    for (int v = 0; v < kr; v += 16)
-      for (int j = 0; j < 16; j++) tail[v + j] = gelu_far_v(tail[v + j]);
-    for (int v = 0, o = 0; v < n / 16; v++) {
-      __m512 yv =
-          _mm512_mask_expand_ps(_mm512_loadu_ps(y + 16 * v), mask[v], _mm512_loadu_ps(tail + o));
-      _mm512_storeu_ps(y + 16 * v, yv);
-      o += __builtin_popcount(mask[v]);
-    }
-    if (out)
-      for (int64_t i = 0; i < n; i++)
-        if (GELU_OUT32(x[i])) y[i] = gelu_f(x[i]);
-    if (n < 256) {
-      c0 += n;
-      break;
-    }
-  }
+ * With AVX-512 or AVX2, each chunk of 256 takes the series (gelu_near_v)
+ * for all its elements, packs the others into a buffer that the tail
+ * (gelu_far_v) runs over, and puts their values back in place: the same
+ * operations per element as gelu_v's, so the same bits
+ * (parallel::gelu_split_same_bits_as_whole on this CPU's form, isa_clones
+ * on the others under qemu), in about half the time. Elements beyond +-13 and NaN take
+ * gelu_f after the chunk, as in V32_CHUNKS; a tail of fewer than a vector
+ * takes gelu_rows32_whole. */
+/* The loop of both forms, vectors of W lanes: PACK(v) appends vector v's
+ * elements beyond the series' range to tail (k of them so far) and keeps
+ * their lanes in mask[v]; UNPACK(v) puts their values from tail + o back
+ * into y. */
+#define GELU_SPLIT_ROWS(W, PACK, UNPACK)                                                           \
+  float tail[256 + W];                                                                             \
+  int mask[256 / W];                                                                               \
+  int64_t c0 = b;                                                                                  \
+  for (; e - c0 >= W; c0 += 256) {                                                                 \
+    int64_t n = e - c0 < 256 ? (e - c0) / W * W : 256;                                             \
+    const float *x = X + c0;                                                                       \
+    float *y = Y + c0;                                                                             \
+    int out = 0, k = 0;                                                                            \
+    for (int64_t i = 0; i < n; i++) {                                                              \
+      y[i] = gelu_near_v(x[i]);                                                                    \
+      out |= GELU_OUT32(x[i]);                                                                     \
+    }                                                                                              \
+    for (int v = 0; v < n / W; v++) PACK(v);                                                       \
+    int kr = (k + W - 1) / W * W; /* whole vectors: no scalar epilogue */                          \
+    for (int i = k; i < kr; i++) tail[i] = 2.0f;                                                   \
+    for (int v = 0; v < kr; v += W)                                                                \
+      for (int j = 0; j < W; j++) tail[v + j] = gelu_far_v(tail[v + j]);                           \
+    for (int v = 0, o = 0; v < n / W; v++) UNPACK(v);                                              \
+    if (out)                                                                                       \
+      for (int64_t i = 0; i < n; i++)                                                              \
+        if (GELU_OUT32(x[i])) y[i] = gelu_f(x[i]);                                                 \
+    if (n < 256) {                                                                                 \
+      c0 += n;                                                                                     \
+      break;                                                                                       \
+    }                                                                                              \
+  }                                                                                                \
   if (c0 < e) gelu_rows32_whole(X, Y, c0, e);
+
+/* AVX-512: vcompressps and vexpandps */
+#define GELU_PACK16(v)                                                                             \
+  do {                                                                                             \
+    __m512 xv = _mm512_loadu_ps(x + 16 * (v));                                                     \
+    __mmask16 m = _mm512_cmp_ps_mask(                                                              \
+        _mm512_mul_ps(_mm512_abs_ps(xv), _mm512_set1_ps(0.70710677f)), _mm512_set1_ps(0.9f),       \
+        _CMP_NLT_UQ); /* not GELU_NEAR: NaN too (fixed after) */                                   \
+    mask[v] = m;                                                                                   \
+    _mm512_storeu_ps(tail + k, _mm512_maskz_compress_ps(m, xv));                                   \
+    k += __builtin_popcount(m);                                                                    \
+  } while (0)
+#define GELU_UNPACK16(v)                                                                           \
+  do {                                                                                             \
+    __mmask16 m = (__mmask16)mask[v];                                                              \
+    _mm512_storeu_ps(y + 16 * (v), _mm512_mask_expand_ps(_mm512_loadu_ps(y + 16 * (v)), m,         \
+                                                         _mm512_loadu_ps(tail + o)));              \
+    o += __builtin_popcount(m);                                                                    \
+  } while (0)
+__attribute__((target("avx512f,fma"))) static void gelu_rows32_split16(const float *X, float *Y,
+                                                                       int64_t b, int64_t e) {
+  GELU_SPLIT_ROWS(16, GELU_PACK16, GELU_UNPACK16)
+}
+
+/* The same with AVX2 (no compress instruction): each vector's lanes are
+ * packed and put back through a permutation picked by the lanes' mask
+ * from tables made when the library loads. */
+static int32_t gelu_pack[256][8], gelu_unpack[256][8];
+__attribute__((constructor)) static void gelu_tables(void) {
+  for (int m = 0; m < 256; m++)
+    for (int l = 0, k = 0; l < 8; l++) {
+      gelu_pack[m][l] = 0;
+      if (m >> l & 1) gelu_pack[m][k++] = l; /* lane k of the packed vector: lane l */
+      gelu_unpack[m][l] = k - (m >> l & 1);  /* lane l: its rank among the set lanes */
+    }
+}
+#define GELU_PACK8(v)                                                                              \
+  do {                                                                                             \
+    __m256 xv = _mm256_loadu_ps(x + 8 * (v));                                                      \
+    __m256 a =                                                                                     \
+        _mm256_mul_ps(_mm256_and_ps(xv, _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff))),       \
+                      _mm256_set1_ps(0.70710677f));                                                \
+    int m = _mm256_movemask_ps(_mm256_cmp_ps(a, _mm256_set1_ps(0.9f), _CMP_NLT_UQ));               \
+    mask[v] = m;                                                                                   \
+    _mm256_storeu_ps(tail + k,                                                                     \
+                     _mm256_permutevar8x32_ps(                                                     \
+                         xv, _mm256_loadu_si256((const __m256i *)(const void *)gelu_pack[m])));    \
+    k += __builtin_popcount((unsigned)m);                                                          \
+  } while (0)
+#define GELU_UNPACK8(v)                                                                            \
+  do {                                                                                             \
+    int m = mask[v];                                                                               \
+    __m256 t = _mm256_permutevar8x32_ps(                                                           \
+        _mm256_loadu_ps(tail + o),                                                                 \
+        _mm256_loadu_si256((const __m256i *)(const void *)gelu_unpack[m]));                        \
+    __m256i set = _mm256_cmpgt_epi32(                                                              \
+        _mm256_and_si256(_mm256_set1_epi32(m), _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128)),    \
+        _mm256_setzero_si256());                                                                   \
+    _mm256_storeu_ps(y + 8 * (v),                                                                  \
+                     _mm256_blendv_ps(_mm256_loadu_ps(y + 8 * (v)), t, _mm256_castsi256_ps(set))); \
+    o += __builtin_popcount((unsigned)m);                                                          \
+  } while (0)
+__attribute__((target("avx2,fma"))) static void gelu_rows32_split8(const float *X, float *Y,
+                                                                   int64_t b, int64_t e) {
+  GELU_SPLIT_ROWS(8, GELU_PACK8, GELU_UNPACK8)
 }
 #endif
 static void gelu_rows32(const float *X, float *Y, int64_t b, int64_t e) {
 #if GELU_SPLIT
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma")) {
-    gelu_rows32_split(X, Y, b, e);
+    gelu_rows32_split16(X, Y, b, e);
+    return;
+  }
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    gelu_rows32_split8(X, Y, b, e);
     return;
   }
 #endif
