@@ -138,6 +138,8 @@ static ad_tensor *hardtanh0(ad_ctx *c, ad_tensor *x) { return ad_hardtanh(c, x, 
 static ad_tensor *pow25(ad_ctx *c, ad_tensor *x) { return ad_pow_scalar(c, x, 2.5); }
 static ad_tensor *pow3(ad_ctx *c, ad_tensor *x) { return ad_pow_scalar(c, x, 3); }
 static ad_tensor *powm1(ad_ctx *c, ad_tensor *x) { return ad_pow_scalar(c, x, -1); }
+static ad_tensor *powm05(ad_ctx *c, ad_tensor *x) { return ad_pow_scalar(c, x, -0.5); }
+static ad_tensor *powm15(ad_ctx *c, ad_tensor *x) { return ad_pow_scalar(c, x, -1.5); }
 static ad_tensor *adds(ad_ctx *c, ad_tensor *x) { return ad_add_scalar(c, x, 0.3); }
 static ad_tensor *muls(ad_ctx *c, ad_tensor *x) { return ad_mul_scalar(c, x, -1.7); }
 static ad_tensor *softshrink(ad_ctx *c, ad_tensor *x) { return ad_softshrink(c, x, 0.5); }
@@ -456,6 +458,8 @@ int main(int argc, char **argv) {
              {"pow2.5", pow25, true},
              {"pow3", pow3, false},
              {"pow-1", powm1, false},
+             {"pow-0.5", powm05, true},
+             {"pow-1.5", powm15, true},
              {"add_scalar", adds, false},
              {"mul_scalar", muls, false},
              {"hardswish", ad_hardswish, false},
