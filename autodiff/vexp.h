@@ -437,17 +437,10 @@ CELL_ROW float erf_v(float x) {
  * form in double on every float from -13 to -1.27: at most 5.7 ulp (at
  * -11.93); above, 4.44 (at -1.268, where 1 - erf cancels, as it did
  * before). */
-CELL_ROW float gelu_v(float x) {
-  float h = 0.5f * x, z = h * x, zl = FMA_F(h, x, -z), a = fabsf(x) * 0.70710677f, s, b;
-  erf_parts(a, z, zl, &s, &b);
-  float v = x >= 0 ? (a < 0.9f ? 1.0f + s : 2.0f - b) : (a < 0.9f ? 1.0f - s : b);
-  return h * v;
-}
-
-/* gelu_v's value for an x with GELU_NEAR(x) (|x| / sqrt 2 < 0.9: the
- * series alone) and for one without (the erfc tail alone): the same
- * operations as gelu_v's on such an x, so the same bits, for a loop that
- * takes each x through only its own half (op_elementwise.c, gelu). */
+/* GELU's two halves: near 0 (GELU_NEAR: |x| / sqrt 2 < 0.9) the series of
+ * erf, beyond it the erfc tail. gelu_v computes both and selects (a loop of
+ * it vectorizes without branches); op_elementwise.c's gelu also runs each
+ * half alone over the elements that need it, with the same bits. */
 #define GELU_NEAR(x) (fabsf(x) * 0.70710677f < 0.9f)
 CELL_ROW float gelu_near_v(float x) {
   float h = 0.5f * x, z = h * x, a = fabsf(x) * 0.70710677f, s = erf_series_v(a, z);
@@ -458,6 +451,7 @@ CELL_ROW float gelu_far_v(float x) {
   float b = erfc_tail_v(a, z, zl);
   return h * (x >= 0 ? 2.0f - b : b);
 }
+CELL_ROW float gelu_v(float x) { return GELU_NEAR(x) ? gelu_near_v(x) : gelu_far_v(x); }
 
 /* float32 GELU'(x) = Phi(x) + x phi(x) for |x| <= 13 (the caller takes
  * libm beyond, and for NaN): Phi as in gelu_v (its negative tail as erfc),
