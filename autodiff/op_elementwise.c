@@ -12,15 +12,6 @@
 
 #include "vexp.h"
 
-/* gelu's AVX-512 loop (below): where the row loops are cloned (vexp.h) */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__ELF__) &&         \
-    !defined(__SANITIZE_THREAD__)
-#define GELU_SPLIT 1
-#include <immintrin.h>
-#else
-#define GELU_SPLIT 0
-#endif
-
 /* -------------------------------------------------------------- helpers */
 
 /* Elements per chunk when an elementwise op is split over the library's
@@ -1756,6 +1747,15 @@ const ad_op_def ad_def_leaky_relu = {
  * at -13). float64: libm's erf (its tail cancels as before). */
 static inline float gelu_f(float x) { return (float)(0.5 * x * erfc(-x * SQRT1_2)); }
 #define GELU_OUT32(x) (!((x) >= -13.0f && (x) <= 13.0f))
+/* gelu's AVX-512 and AVX2 loops (below): where the row loops are cloned
+ * (vexp.h) */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__ELF__) &&         \
+    !defined(__SANITIZE_THREAD__)
+#define GELU_SPLIT 1
+#include <immintrin.h>
+#else
+#define GELU_SPLIT 0
+#endif
 CELL_CLONES static void gelu_rows32_whole(const float *X, float *Y, int64_t b, int64_t e) {
   V32_CHUNKS(gelu_v, GELU_OUT32, gelu_f);
 }
@@ -1768,15 +1768,16 @@ CELL_CLONES static void gelu_rows32_whole(const float *X, float *Y, int64_t b, i
  * (gelu_far_v) runs over, and puts their values back in place: the same
  * operations per element as gelu_v's, so the same bits
  * (parallel::gelu_split_same_bits_as_whole on this CPU's form, isa_clones
- * on the others under qemu), in about half the time. Elements beyond +-13 and NaN take
- * gelu_f after the chunk, as in V32_CHUNKS; a tail of fewer than a vector
- * takes gelu_rows32_whole. */
-/* The loop of both forms, vectors of W lanes: PACK(v) appends vector v's
- * elements beyond the series' range to tail (k of them so far) and keeps
- * their lanes in mask[v]; UNPACK(v) puts their values from tail + o back
- * into y. */
+ * on the others under qemu), in about half the time. Elements beyond +-13
+ * and NaN take gelu_f after the chunk, as in V32_CHUNKS; a tail of fewer
+ * than a vector takes gelu_rows32_whole.
+ *
+ * The loop of both forms, vectors of W lanes: PACK(v) appends vector v's
+ * elements beyond the series' range to tail (k of them so far: at most n,
+ * and the last vector's store ends at n) and keeps their lanes in
+ * mask[v]; UNPACK(v) puts their values from tail + o back into y. */
 #define GELU_SPLIT_ROWS(W, PACK, UNPACK)                                                           \
-  float tail[256 + W];                                                                             \
+  float tail[256] = {0}; /* (UNPACK's loads reach past kr, up to n) */                             \
   int mask[256 / W];                                                                               \
   int64_t c0 = b;                                                                                  \
   for (; e - c0 >= W; c0 += 256) {                                                                 \
