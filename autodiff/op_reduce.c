@@ -1725,41 +1725,148 @@ static ad_status shape_arg(const ad_call *c) {
   return AD_OK;
 }
 
-/* BETTER(v, b): v replaces the best so far b (b is not NaN) */
-#define ARG_LANES(T, BETTER)                                                                       \
+/* The lanes of an argmax (argmin), on the library's threads: where inner
+ * is 1, each lane a contiguous row (ARG_ROW, or short rows gathered side by
+ * side); else in units of LANE_BLOCK lanes of one o (ARG_LANES). Either
+ * way a lane's index is the first of its elements that the chain k =
+ * 0..n-1 keeps: a NaN, after which nothing replaces it, else the first
+ * that BETTER prefers to all before it (-0 and +0 equal), whatever the
+ * block, the row's length or the thread count. BETTER(v, b): v replaces
+ * the best so far b (b is not NaN). */
+typedef struct arg_job {
+  const ad_tensor *x;
+  int32_t *y;
+  red_dims r;
+  int64_t blocks; /* lane blocks per o */
+  bool min;
+} arg_job;
+
+/* Rows of at least ARG_ROW_MIN elements take ARG_ROW's two passes; shorter
+ * ones are gathered LANE_BLOCK at a time. */
+enum { ARG_ROW_W = 16, ARG_ROW_MIN = 2 * ARG_ROW_W };
+
+/* nb lanes side by side (element k of lane q at x[k S + q]) into y[q]:
+ * each lane's chain, in selects, so that the loop across the lanes
+ * vectorizes (a branch per element would mispredict on random values). */
+#define ARG_LANES(T, BETTER, x, S, N, nb, y)                                                       \
   do {                                                                                             \
-    const T *X = c->in[0]->data;                                                                   \
-    int32_t *Y = c->out->data;                                                                     \
-    for (int64_t o = 0; o < r.outer; o++)                                                          \
-      for (int64_t i = 0; i < r.inner; i++) {                                                      \
-        const T *x = X + o * r.n * r.inner + i;                                                    \
-        T b = x[0];                                                                                \
-        int64_t bk = 0;                                                                            \
-        for (int64_t k = 1; k < r.n && b == b; k++) {                                              \
-          T v = x[k * r.inner];                                                                    \
-          if (v != v || BETTER(v, b)) b = v, bk = k;                                               \
-        }                                                                                          \
-        Y[o * r.inner + i] = (int32_t)bk;                                                          \
+    T bv[LANE_BLOCK];                                                                              \
+    int32_t bk[LANE_BLOCK];                                                                        \
+    for (int64_t q = 0; q < (nb); q++) bv[q] = (x)[q], bk[q] = 0;                                  \
+    for (int64_t k = 1; k < (N); k++) {                                                            \
+      const T *row = (x) + k * (S);                                                                \
+      for (int64_t q = 0; q < (nb); q++) {                                                         \
+        T v = row[q];                                                                              \
+        bool take = bv[q] == bv[q] && (v != v || BETTER(v, bv[q]));                                \
+        bv[q] = take ? v : bv[q];                                                                  \
+        bk[q] = take ? (int32_t)k : bk[q];                                                         \
       }                                                                                            \
+    }                                                                                              \
+    for (int64_t q = 0; q < (nb); q++) (y)[q] = bk[q];                                             \
+  } while (0)
+
+/* Row x[0..N) (N >= ARG_ROW_MIN) into *y in two passes: its best value in
+ * ARG_ROW_W partial bests (a NaN never replaces a best in BETTER's
+ * selects, so NaNs are flagged apart), then the first element equal to it,
+ * or the first NaN, found a block of ARG_ROW_W at a time: the chain's
+ * index (no element before it is NaN or preferred to the best, so the
+ * chain never moved past it). */
+#define ARG_ROW(T, BETTER, x, N, y)                                                                \
+  do {                                                                                             \
+    T m[ARG_ROW_W];                                                                                \
+    int bad[ARG_ROW_W];                                                                            \
+    for (int q = 0; q < ARG_ROW_W; q++) m[q] = (x)[q], bad[q] = 0;                                 \
+    int64_t k = 0, nv = (N) / ARG_ROW_W * ARG_ROW_W;                                               \
+    for (; k < nv; k += ARG_ROW_W)                                                                 \
+      for (int q = 0; q < ARG_ROW_W; q++) {                                                        \
+        T v = (x)[k + q];                                                                          \
+        m[q] = BETTER(v, m[q]) ? v : m[q];                                                         \
+        bad[q] |= v != v;                                                                          \
+      }                                                                                            \
+    for (; k < (N); k++) {                                                                         \
+      m[0] = BETTER((x)[k], m[0]) ? (x)[k] : m[0];                                                 \
+      bad[0] |= (x)[k] != (x)[k];                                                                  \
+    }                                                                                              \
+    T best = m[0];                                                                                 \
+    int nan = bad[0];                                                                              \
+    for (int q = 1; q < ARG_ROW_W; q++) {                                                          \
+      best = BETTER(m[q], best) ? m[q] : best;                                                     \
+      nan |= bad[q];                                                                               \
+    }                                                                                              \
+    int64_t at = (N)-1; /* set below: some element is the best, or NaN */                          \
+    for (k = 0; k < (N); k += ARG_ROW_W) {                                                         \
+      int64_t kn = (N)-k < ARG_ROW_W ? (N)-k : ARG_ROW_W;                                          \
+      const T *blk = (x) + k;                                                                      \
+      int hit = 0;                                                                                 \
+      if (nan)                                                                                     \
+        for (int64_t q = 0; q < kn; q++) hit |= blk[q] != blk[q];                                  \
+      else                                                                                         \
+        for (int64_t q = 0; q < kn; q++) hit |= blk[q] == best;                                    \
+      if (!hit) continue;                                                                          \
+      int64_t q = 0;                                                                               \
+      while (nan ? blk[q] == blk[q] : blk[q] != best) q++;                                         \
+      at = k + q;                                                                                  \
+      break;                                                                                       \
+    }                                                                                              \
+    *(y) = (int32_t)at;                                                                            \
+  } while (0)
+
+#define ARG_RUN(T, BETTER)                                                                         \
+  do {                                                                                             \
+    const T *X = j->x->data;                                                                       \
+    const int64_t S = j->r.inner, N = j->r.n;                                                      \
+    if (S == 1 && N >= ARG_ROW_MIN) {                                                              \
+      for (int64_t o = b; o < e; o++) ARG_ROW(T, BETTER, X + o * N, N, j->y + o);                  \
+    } else if (S == 1) { /* rows r0.. side by side: row p's element k at buf[k g + p] */           \
+      T buf[ARG_ROW_MIN * LANE_BLOCK];                                                             \
+      for (int64_t r0 = b; r0 < e; r0 += LANE_BLOCK) {                                             \
+        int64_t g = e - r0 < LANE_BLOCK ? e - r0 : LANE_BLOCK;                                     \
+        const T *x = X + r0 * N;                                                                   \
+        for (int64_t p = 0; p < g; p++)                                                            \
+          for (int64_t k = 0; k < N; k++) buf[k * g + p] = x[p * N + k];                           \
+        ARG_LANES(T, BETTER, buf, g, N, g, j->y + r0);                                             \
+      }                                                                                            \
+    } else {                                                                                       \
+      int64_t o = b / j->blocks, i0 = b % j->blocks * LANE_BLOCK; /* unit b's */                   \
+      for (int64_t u = b; u < e; u++, i0 += LANE_BLOCK) {                                          \
+        if (i0 >= S) o++, i0 = 0;                                                                  \
+        int64_t nb = S - i0 < LANE_BLOCK ? S - i0 : LANE_BLOCK;                                    \
+        ARG_LANES(T, BETTER, X + o * N * S + i0, S, N, nb, j->y + o * S + i0);                     \
+      }                                                                                            \
+    }                                                                                              \
   } while (0)
 #define ARG_GT(v, b) ((v) > (b))
 #define ARG_LT(v, b) ((v) < (b))
 
-static void argmax_fwd(const ad_call *c) {
+CELL_CLONES static void arg_lanes(void *ud, int64_t b, int64_t e) {
+  const arg_job *j = ud;
+  if (j->x->dtype == AD_F32) {
+    if (j->min)
+      ARG_RUN(float, ARG_LT);
+    else
+      ARG_RUN(float, ARG_GT);
+  } else {
+    if (j->min)
+      ARG_RUN(double, ARG_LT);
+    else
+      ARG_RUN(double, ARG_GT);
+  }
+}
+#undef ARG_RUN
+#undef ARG_ROW
+#undef ARG_LANES
+
+static void arg_fwd(const ad_call *c, bool min) {
+  if (c->out->size == 0) return;
   red_dims r = red_of(c->in[0], c->attrs->reduce.axes);
-  if (c->in[0]->dtype == AD_F32)
-    ARG_LANES(float, ARG_GT);
-  else
-    ARG_LANES(double, ARG_GT);
+  arg_job j = {c->in[0], c->out->data, r, (r.inner + LANE_BLOCK - 1) / LANE_BLOCK, min};
+  int64_t per = r.n * (r.inner < LANE_BLOCK ? r.inner : LANE_BLOCK); /* elements a unit */
+  ad_parallel_for(r.outer * j.blocks, (32768 + per - 1) / per, arg_lanes, &j);
 }
 
-static void argmin_fwd(const ad_call *c) {
-  red_dims r = red_of(c->in[0], c->attrs->reduce.axes);
-  if (c->in[0]->dtype == AD_F32)
-    ARG_LANES(float, ARG_LT);
-  else
-    ARG_LANES(double, ARG_LT);
-}
+static void argmax_fwd(const ad_call *c) { arg_fwd(c, false); }
+
+static void argmin_fwd(const ad_call *c) { arg_fwd(c, true); }
 
 ad_tensor *ad_argmax(ad_ctx *ctx, ad_tensor *x, int axis, bool keepdim) {
   return reduce_axis(ctx, AD_OP_ARGMAX, x, axis, keepdim);

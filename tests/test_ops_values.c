@@ -2568,3 +2568,72 @@ Test(ops_values, cumsum_and_flip_along_rows_as_along_lanes) {
         ad_tensor_free(x);
       }
 }
+
+/* argmax and argmin against the chain written out here (the first NaN,
+ * else the first element that no earlier one beats; -0 and +0 equal) on
+ * each of their paths: contiguous rows of 1 to 31 elements (gathered side
+ * by side in blocks of 64 rows), of 32 and more (two vector passes), and
+ * lanes inner apart (blocks of 64 lanes, a partial last block), values
+ * drawn from a few (ties, zeros of both signs, infinities), with NaNs or
+ * all equal, in both dtypes, on 1 and 3 threads. */
+static int64_t arg_chain(const ad_tensor *x, int64_t base, int64_t n, int64_t s, bool min) {
+  double b = ad_tensor_get(x, base);
+  int64_t bk = 0;
+  for (int64_t k = 1; k < n && b == b; k++) {
+    double v = ad_tensor_get(x, base + k * s);
+    if (v != v || (min ? v < b : v > b)) b = v, bk = k;
+  }
+  return bk;
+}
+
+Test(ops_values, argmax_argmin_first_index_on_every_path) {
+  static const double few[8] = {-INFINITY, -2, -1, -0.0, 0.0, 1, 2, INFINITY};
+  static const int64_t rows[4] = {1, 5, 65, 130},
+                       lens[10] = {1, 2, 3, 4, 17, 31, 32, 33, 100, 1000};
+  static const int64_t inners[5] = {2, 3, 63, 64, 65}, ns[4] = {1, 2, 5, 33};
+  uint64_t state = 12345;
+  for (int d = 0; d < 2; d++)
+    for (int mode = 0; mode < 4; mode++)
+      for (int c = 0; c < 4 * 10 + 5 * 4; c++) {
+        ad_dtype dt = d ? AD_F64 : AD_F32;
+        bool rowwise = c < 40;
+        int64_t shape[3], S, N, outer;
+        if (rowwise)
+          outer = rows[c / 10], N = lens[c % 10], S = 1;
+        else
+          outer = 2, N = ns[(c - 40) % 4], S = inners[(c - 40) / 4];
+        shape[0] = outer, shape[1] = N, shape[2] = S;
+        ad_tensor *x = ad_zeros(ctx, dt, rowwise ? 2 : 3, shape);
+        cr_assert_not_null(x, "%s", ad_last_error(ctx));
+        for (int64_t i = 0; i < x->size; i++) {
+          state = state * 6364136223846793005ULL + 1442695040888963407ULL;
+          uint32_t u = (uint32_t)(state >> 33);
+          double v = mode == 0   ? (double)(u % 100000) / 7.0 - 5000 /* mostly distinct */
+                     : mode == 3 ? -0.0                              /* all equal */
+                                 : few[u % 8];
+          if (mode == 2 && u % 29 == 0) v = NAN;
+          ad_tensor_set(x, i, v);
+        }
+        for (int th = 0; th < 2; th++) {
+          cr_assert_eq(ad_set_num_threads(th ? 3 : 1), AD_OK);
+          for (int mn = 0; mn < 2; mn++) {
+            ad_tensor *y = mn ? ad_argmin(ctx, x, 1, false) : ad_argmax(ctx, x, 1, false);
+            cr_assert_not_null(y, "%s", ad_last_error(ctx));
+            const int32_t *yv = y->data;
+            for (int64_t o = 0; o < outer; o++)
+              for (int64_t i = 0; i < S; i++) {
+                int64_t want = arg_chain(x, o * N * S + i, N, S, mn);
+                cr_assert_eq(yv[o * S + i], want,
+                             "%s %s of [%lld,%lld,%lld] (mode %d, %d threads), lane %lld,%lld: "
+                             "%d, want %lld",
+                             ad_dtype_name(dt), mn ? "argmin" : "argmax", (long long)outer,
+                             (long long)N, (long long)S, mode, th ? 3 : 1, (long long)o,
+                             (long long)i, yv[o * S + i], (long long)want);
+              }
+          }
+        }
+        ad_set_num_threads(1);
+        ad_tape_reset(ctx);
+        ad_tensor_free(x);
+      }
+}
