@@ -8,6 +8,7 @@
 #include "softmax_exp.h"
 
 #include <math.h>
+#include <stdatomic.h>
 #include <string.h>
 
 /* ------------------------------------------------------------- helpers */
@@ -919,6 +920,108 @@ CELL_CLONES static void max_bwd_lanes(void *ud, int64_t b, int64_t e) {
 }
 #undef MAX_BWD_LANES
 
+/* Where the lanes are rows (inner 1) of at least MAXG_ROWS_SPLIT elements
+ * (ad_max(x) of a whole tensor, a long row's maximum), the same values by
+ * ranges of x's elements instead of by lanes, so that a row is split over
+ * the threads in the chunks of the elementwise ops and of the copy of a
+ * gradient into a leaf's (each thread then writes what it later reads):
+ * each row's count (each range's count added to its row's: integers,
+ * exact in any order), then each row's dy / count and its product by 0,
+ * then the stores into dst, or (add, for grad_into) the additions, as
+ * tape.c adds a contribution. The bits of MAX_BWD_LANES. */
+enum { MAXG_ROWS_SPLIT = 32768 };
+
+typedef struct maxg_rows_job {
+  const ad_call *c;
+  int64_t n;            /* a row's length */
+  _Atomic int64_t *cnt; /* per row */
+  void *gz;             /* per row o: dy / count at 2o, its product by 0 at 2o + 1 */
+  void *dst;
+  bool add;
+} maxg_rows_job;
+
+#define MAXG_ROWS_COUNT(T)                                                                         \
+  do {                                                                                             \
+    const T *X = j->c->in[0]->data, *Y = j->c->out->data;                                          \
+    for (int64_t i = b; i < e;) {                                                                  \
+      int64_t o = i / j->n, hi = (o + 1) * j->n < e ? (o + 1) * j->n : e, c1 = 0;                  \
+      T y0 = Y[o];                                                                                 \
+      for (; i < hi; i++) c1 += X[i] == y0;                                                        \
+      atomic_fetch_add_explicit(&j->cnt[o], c1, memory_order_relaxed);                             \
+    }                                                                                              \
+  } while (0)
+
+#define MAXG_ROWS_STORE(T)                                                                         \
+  do {                                                                                             \
+    const T *X = j->c->in[0]->data, *Y = j->c->out->data, *GZ = j->gz;                             \
+    T *D = j->dst;                                                                                 \
+    for (int64_t i = b; i < e;) {                                                                  \
+      int64_t o = i / j->n, hi = (o + 1) * j->n < e ? (o + 1) * j->n : e;                          \
+      T y0 = Y[o], g = GZ[2 * o], z = GZ[2 * o + 1];                                               \
+      if (j->add)                                                                                  \
+        for (; i < hi; i++) D[i] += X[i] == y0 ? g : z;                                            \
+      else                                                                                         \
+        for (; i < hi; i++) D[i] = X[i] == y0 ? g : z;                                             \
+    }                                                                                              \
+  } while (0)
+
+CELL_CLONES static void maxg_rows_count(void *ud, int64_t b, int64_t e) {
+  const maxg_rows_job *j = ud;
+  if (j->c->in[0]->dtype == AD_F32)
+    MAXG_ROWS_COUNT(float);
+  else
+    MAXG_ROWS_COUNT(double);
+}
+
+CELL_CLONES static void maxg_rows_store(void *ud, int64_t b, int64_t e) {
+  const maxg_rows_job *j = ud;
+  if (j->c->in[0]->dtype == AD_F32)
+    MAXG_ROWS_STORE(float);
+  else
+    MAXG_ROWS_STORE(double);
+}
+#undef MAXG_ROWS_COUNT
+#undef MAXG_ROWS_STORE
+
+/* Whether max_rows takes c: the reduced axes one run at the end (rows),
+ * rows of at least MAXG_ROWS_SPLIT elements. */
+static bool maxg_rows_fit(const ad_call *c) {
+  const ad_tensor *x = c->in[0];
+  uint32_t axes = c->attrs->reduce.axes;
+  red_dims r = red_of(x, axes);
+  for (int d = 0; d < x->ndim; d++) /* the axes one run, as red_of reads them */
+    if ((d >= r.lo && d < r.hi) != ((axes >> d & 1) != 0)) return false;
+  return r.inner == 1 && r.n >= MAXG_ROWS_SPLIT && x->size > 0;
+}
+
+/* c's gradient (maxg_rows_fit) stored or added into dst. false, having
+ * written nothing, when its scratch cannot be allocated. */
+static bool maxg_rows(const ad_call *c, void *dst, bool add) {
+  ad_ctx *ctx = c->ctx;
+  const ad_tensor *x = c->in[0];
+  int64_t n = red_of(x, c->attrs->reduce.axes).n, rows = x->size / n;
+  size_t es = ad_dsize(x->dtype), bytes = (size_t)rows * (sizeof(int64_t) + 2 * es);
+  char *scratch = ctx->alloc(ctx->alloc_ud, NULL, 0, bytes); /* no error recorded: declined */
+  if (!scratch) return false;
+  maxg_rows_job j = {
+      c, n, (_Atomic int64_t *)(void *)scratch, scratch + (size_t)rows * sizeof(int64_t), dst, add};
+  for (int64_t o = 0; o < rows; o++) atomic_init(&j.cnt[o], 0);
+  ad_parallel_for(x->size, MAXG_ROWS_SPLIT, maxg_rows_count, &j);
+  for (int64_t o = 0; o < rows; o++) {
+    int64_t k = atomic_load_explicit(&j.cnt[o], memory_order_relaxed);
+    if (x->dtype == AD_F32) {
+      float *gz = j.gz, g = ((const float *)c->gout->data)[o] / (float)k;
+      gz[2 * o] = g, gz[2 * o + 1] = g * 0.0f;
+    } else {
+      double *gz = j.gz, g = ((const double *)c->gout->data)[o] / (double)k;
+      gz[2 * o] = g, gz[2 * o + 1] = g * 0.0;
+    }
+  }
+  ad_parallel_for(x->size, MAXG_ROWS_SPLIT, maxg_rows_store, &j);
+  ctx->alloc(ctx->alloc_ud, scratch, bytes, 0);
+  return true;
+}
+
 static ad_status max_bwd(const ad_call *c) {
   ad_ctx *ctx = c->ctx;
   ad_tensor *x = c->in[0];
@@ -927,6 +1030,7 @@ static ad_status max_bwd(const ad_call *c) {
   if (!ctx->grad_enabled && x->size > 0 && r.n < INT32_MAX) {
     ad_tensor *dx = ad_tmp_like(ctx, x);
     if (!dx) return ad_last_status(ctx);
+    if (maxg_rows_fit(c) && maxg_rows(c, dx->data, false)) return ad_call_set_grad(c, 0, dx);
     max_bwd_job j = {c, r, (r.inner + LANE_BLOCK - 1) / LANE_BLOCK, dx->data};
     int64_t units = r.outer * j.blocks;
     int64_t per = 2 * r.n * (r.inner < LANE_BLOCK ? r.inner : LANE_BLOCK);
@@ -940,6 +1044,13 @@ static ad_status max_bwd(const ad_call *c) {
   ad_tensor *is_max = ad_eq(ctx, x, keep(ctx, c->out, x, ra));
   ad_tensor *count = reduce(ctx, AD_OP_SUM, is_max, ra->axes, true);
   return ad_call_set_grad(c, 0, ad_mul(ctx, ad_div(ctx, keep(ctx, c->gout, x, ra), count), is_max));
+}
+
+/* Rows of at least MAXG_ROWS_SPLIT elements straight into a leaf's
+ * gradient (no temporary to copy in), stored or added as tape.c adds. */
+static bool max_grad_into(const ad_call *c, int k, ad_tensor *grad, bool overwrite) {
+  (void)k;
+  return maxg_rows_fit(c) && maxg_rows(c, grad->data, !overwrite);
 }
 
 ad_tensor *ad_max(ad_ctx *ctx, ad_tensor *x) {
@@ -960,6 +1071,7 @@ const ad_op_def ad_def_max = {
     .shape = shape_max,
     .forward = max_fwd,
     .backward = max_bwd,
+    .grad_into = max_grad_into,
     .sample = max_sample,
     .math = "y = max_axis x",
     .inputs = {"x"},
@@ -982,6 +1094,7 @@ const ad_op_def ad_def_min = {
     .shape = shape_max,
     .forward = min_fwd,
     .backward = max_bwd,
+    .grad_into = max_grad_into,
     .sample = max_sample,
     .math = "y = min_axis x = -max_axis(-x)",
     .inputs = {"x"},

@@ -2637,3 +2637,78 @@ Test(ops_values, argmax_argmin_first_index_on_every_path) {
         ad_tensor_free(x);
       }
 }
+
+/* The gradient of max and min over rows of 32768 elements or more (the
+ * whole tensor's, or long rows'), split over the threads by element
+ * ranges: into a leaf's gradient directly (stored, then added by a second
+ * pass) and through ad_grad (a temporary), against dy / count written out
+ * here (ties share, dy / count * 0 elsewhere: NaN for a NaN row), with
+ * ties, signed zeros and NaNs, in both dtypes, on 1 and 3 threads. */
+Test(ops_values, max_min_backward_of_long_rows) {
+  static const double few[6] = {-2, -0.0, 0.0, 1, 3, 3};
+  uint64_t state = 99;
+  for (int d = 0; d < 2; d++)
+    for (int mode = 0; mode < 3; mode++)
+      for (int whole = 0; whole < 2; whole++)
+        for (int th = 0; th < 2; th++)
+          for (int mn = 0; mn < 2; mn++) {
+            ad_dtype dt = d ? AD_F64 : AD_F32;
+            int64_t xs[2] = {3, 40000}, rows = whole ? 1 : 3, n = whole ? 120000 : 40000;
+            ad_tensor *x = ad_zeros(ctx, dt, 2, xs);
+            cr_assert_not_null(x, "%s", ad_last_error(ctx));
+            for (int64_t i = 0; i < x->size; i++) {
+              state = state * 6364136223846793005ULL + 1442695040888963407ULL;
+              uint32_t u = (uint32_t)(state >> 33);
+              double v = mode == 0 ? (double)(u % 1000003) : few[u % 6];
+              ad_tensor_set(x, i, (mn ? -v : v));
+            }
+            if (mode == 2) ad_tensor_set(x, 40000 + 12345, NAN); /* in row 1 (of 3) */
+            cr_assert_eq(ad_tensor_set_requires_grad(x, true), AD_OK);
+            cr_assert_eq(ad_set_num_threads(th ? 3 : 1), AD_OK);
+            ad_tensor *y =
+                whole ? (mn ? ad_min(ctx, x) : ad_max(ctx, x))
+                      : (mn ? ad_min_axis(ctx, x, 1, false) : ad_max_axis(ctx, x, 1, false));
+            cr_assert_not_null(y, "%s", ad_last_error(ctx));
+            ad_tensor *dy = ad_zeros(ctx, dt, y->ndim, y->shape);
+            for (int64_t o = 0; o < rows; o++) ad_tensor_set(dy, o, 0.3 + 0.7 * (double)o);
+            ad_tensor *in[1] = {x}, *out[1] = {NULL};
+            cr_assert_eq(ad_grad(ctx, y, dy, 1, in, out, false), AD_OK, "%s", ad_last_error(ctx));
+            cr_assert_eq(ad_backward(ctx, y, dy), AD_OK, "%s", ad_last_error(ctx));
+            cr_assert_not_null(x->grad);
+            ad_tensor *g1 = ad_zeros(ctx, dt, 2, xs);
+            memcpy(g1->data, x->grad->data, (size_t)x->size * ad_dtype_size(dt));
+            cr_assert_eq(ad_backward(ctx, y, dy), AD_OK, "%s", ad_last_error(ctx)); /* adds */
+            for (int64_t o = 0; o < rows; o++) {
+              double yo = ad_tensor_get(y, o);
+              int64_t cnt = 0;
+              for (int64_t k = 0; k < n; k++) cnt += ad_tensor_get(x, o * n + k) == yo;
+              for (int64_t k = 0; k < n; k++) {
+                int64_t i = o * n + k;
+                double want, want2, a = ad_tensor_get(out[0], i), b = ad_tensor_get(g1, i),
+                                    b2 = ad_tensor_get(x->grad, i);
+                if (dt == AD_F32) {
+                  float g = (float)ad_tensor_get(dy, o) / (float)cnt, z = g * 0.0f;
+                  float w = ad_tensor_get(x, i) == yo ? g : z;
+                  want = w, want2 = (float)(w + w);
+                } else {
+                  double g = ad_tensor_get(dy, o) / (double)cnt, z = g * 0.0;
+                  want = ad_tensor_get(x, i) == yo ? g : z, want2 = want + want;
+                }
+                bool nan = want != want;
+                cr_assert((nan && a != a && b != b && b2 != b2) ||
+                              (!nan && memcmp(&a, &want, sizeof a) == 0 &&
+                               memcmp(&b, &want, sizeof b) == 0 &&
+                               memcmp(&b2, &want2, sizeof b2) == 0),
+                          "%s %s %s mode %d, %d threads, [%lld]: ad_grad %.17g, grad %.17g, "
+                          "twice %.17g, want %.17g and %.17g",
+                          ad_dtype_name(dt), mn ? "min" : "max", whole ? "whole" : "rows", mode,
+                          th ? 3 : 1, (long long)i, a, b, b2, want, want2);
+              }
+            }
+            ad_set_num_threads(1);
+            ad_tape_reset(ctx);
+            ad_tensor_free(g1);
+            ad_tensor_free(dy);
+            ad_tensor_free(x);
+          }
+}
