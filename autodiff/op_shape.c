@@ -1693,6 +1693,39 @@ static void put_rows(void *ud, int64_t b, int64_t e) {
 }
 #undef PUT_ROWS
 
+/* One slice (outer 1) by ranges [b, e) of x's elements: the range zeroed,
+ * then each row of y whose index lands in it added there, in increasing j:
+ * every element the same sums in the same order as put_rows, but each
+ * thread writes only its own range, the part of the result that the
+ * elementwise chunks of a later copy or addition (into a gradient) have it
+ * read, instead of the caller writing all of it for the other threads to
+ * pull from its cache. Each range reads all of the indices, so this is
+ * taken only where they are few beside the elements (at most 1/64 of x's
+ * elements per thread). */
+#define PUT_RANGE(T)                                                                               \
+  do {                                                                                             \
+    T *x = (T *)j->x;                                                                              \
+    const T *y = (const T *)j->y;                                                                  \
+    int64_t in = j->inner, r0 = b / in, r1 = (e + in - 1) / in;                                    \
+    for (int64_t i = b; i < e; i++) x[i] = 0;                                                      \
+    for (int64_t k = 0; k < j->m; k++) {                                                           \
+      int64_t p = j->p[k];                                                                         \
+      if (p < r0 || p >= r1) continue;                                                             \
+      int64_t lo = p * in > b ? p * in : b, hi = (p + 1) * in < e ? (p + 1) * in : e;              \
+      const T *yk = y + k * in - p * in;                                                           \
+      for (int64_t i = lo; i < hi; i++) x[i] += yk[i];                                             \
+    }                                                                                              \
+  } while (0)
+
+static void put_range(void *ud, int64_t b, int64_t e) {
+  const take_job *j = ud;
+  if (j->dtype == AD_F32)
+    PUT_RANGE(float);
+  else
+    PUT_RANGE(double);
+}
+#undef PUT_RANGE
+
 /* The job of index_select (x its input, y its output) or index_add (x its
  * output, y its source) along axis a of x. */
 static take_job take_job_of(const ad_tensor *x, const ad_tensor *y, const ad_tensor *idx, int a) {
@@ -1711,7 +1744,10 @@ static void index_put(ad_tensor *x, const ad_tensor *y, const ad_tensor *idx, in
     return;
   }
   int64_t grain = (32768 + per - 1) / per;
-  if (outer <= grain)
+  int threads = ad_num_threads();
+  if (outer == 1 && x->size > 32768 && threads > 1 && j.m * 64 * threads <= x->size)
+    ad_parallel_for(x->size, 32768, put_range, &j);
+  else if (outer <= grain)
     put_rows(&j, 0, outer);
   else
     ad_parallel_for(outer, grain, put_rows, &j);

@@ -2712,3 +2712,62 @@ Test(ops_values, max_min_backward_of_long_rows) {
             ad_tensor_free(x);
           }
 }
+
+/* index_add (index_select's gradient) of one slice (axis 0) split over the
+ * threads by ranges of the output's elements, each range summing the rows
+ * that land in it: against the sums written out here (each element's rows
+ * added in index order, repeated indices included), through ad_index_add
+ * and through a leaf's gradient (grad_into), rows that the ranges' bounds
+ * (multiples of 32768 elements) cut or rows of one element, both dtypes,
+ * on 1 and 3 threads. */
+Test(ops_values, index_add_split_by_ranges_as_in_order) {
+  static const int64_t rows_of[2] = {2000, 100000}, inner_of[2] = {41, 1}, m_of[2] = {300, 500};
+  uint64_t state = 7;
+  for (int d = 0; d < 2; d++)
+    for (int c = 0; c < 2; c++)
+      for (int th = 0; th < 2; th++) {
+        ad_dtype dt = d ? AD_F64 : AD_F32;
+        int64_t R = rows_of[c], in = inner_of[c], m = m_of[c], xs[2] = {R, in}, ys[2] = {m, in};
+        ad_tensor *idx = ad_zeros(ctx, AD_I32, 1, &m), *y = ad_zeros(ctx, dt, c ? 1 : 2, ys);
+        ad_tensor *x = ad_zeros(ctx, dt, c ? 1 : 2, xs);
+        cr_assert(idx && y && x, "%s", ad_last_error(ctx));
+        int32_t *iv = idx->data;
+        for (int64_t k = 0; k < m; k++) {
+          state = state * 6364136223846793005ULL + 1442695040888963407ULL;
+          iv[k] = (int32_t)((state >> 33) % (uint64_t)(k % 3 ? R : 7)); /* repeats among 0..6 */
+        }
+        iv[1] = (int32_t)(32768 / in), iv[4] = (int32_t)(65536 / in); /* rows across 32K bounds */
+        for (int64_t i = 0; i < y->size; i++) {
+          state = state * 6364136223846793005ULL + 1442695040888963407ULL;
+          ad_tensor_set(y, i, (double)((state >> 33) % 100003) / 977.0 - 51.3);
+        }
+        cr_assert_eq(ad_set_num_threads(th ? 3 : 1), AD_OK);
+        ad_tensor *s = ad_index_add(ctx, y, idx, R);
+        cr_assert_eq(ad_tensor_set_requires_grad(x, true), AD_OK);
+        ad_tensor *sel = ad_index_select(ctx, x, idx);
+        cr_assert(s && sel, "%s", ad_last_error(ctx));
+        cr_assert_eq(ad_backward(ctx, sel, y), AD_OK, "%s", ad_last_error(ctx));
+        ad_set_num_threads(1);
+        for (int64_t r = 0; r < R; r++)
+          for (int64_t i = 0; i < in; i++) {
+            float wf = 0;
+            double wd = 0;
+            for (int64_t k = 0; k < m; k++)
+              if (iv[k] == r) {
+                double v = ad_tensor_get(y, k * in + i);
+                wf += (float)v, wd += v;
+              }
+            double want = d ? wd : (double)wf, a = ad_tensor_get(s, r * in + i),
+                   b = ad_tensor_get(x->grad, r * in + i);
+            cr_assert(memcmp(&a, &want, sizeof a) == 0 && memcmp(&b, &want, sizeof b) == 0,
+                      "%s [%lld,%lld], %d threads, [%lld,%lld]: index_add %.17g, grad %.17g, "
+                      "want %.17g",
+                      ad_dtype_name(dt), (long long)R, (long long)in, th ? 3 : 1, (long long)r,
+                      (long long)i, a, b, want);
+          }
+        ad_tape_reset(ctx);
+        ad_tensor_free(x);
+        ad_tensor_free(y);
+        ad_tensor_free(idx);
+      }
+}
