@@ -1775,8 +1775,11 @@ CELL_CLONES static void gelu_rows32_whole(const float *X, float *Y, int64_t b, i
  * The loop of both forms, vectors of W lanes: PACK(v) appends vector v's
  * elements beyond the series' range to tail (k of them so far: at most n,
  * and the last vector's store ends at n) and keeps their lanes in
- * mask[v]; UNPACK(v) puts their values from tail + o back into y. */
-#define GELU_SPLIT_ROWS(W, PACK, UNPACK)                                                           \
+ * mask[v]; UNPACK(v) puts their values from tail + o back into y. NEAR and
+ * FAR are the halves; after them POST(i) runs on each element (gelu's
+ * backward: the product by dy, G[i]) and FIX(i) on those beyond +-13 and
+ * NaN; REST(c0) takes the elements from c0 on, fewer than a vector. */
+#define GELU_SPLIT_ROWS(W, PACK, UNPACK, NEAR, FAR, POST, FIX, REST)                               \
   float tail[256] = {0}; /* (UNPACK's loads reach past kr, up to n) */                             \
   int mask[256 / W];                                                                               \
   int64_t c0 = b;                                                                                  \
@@ -1786,24 +1789,29 @@ CELL_CLONES static void gelu_rows32_whole(const float *X, float *Y, int64_t b, i
     float *y = Y + c0;                                                                             \
     int out = 0, k = 0;                                                                            \
     for (int64_t i = 0; i < n; i++) {                                                              \
-      y[i] = gelu_near_v(x[i]);                                                                    \
+      y[i] = NEAR(x[i]);                                                                           \
       out |= GELU_OUT32(x[i]);                                                                     \
     }                                                                                              \
     for (int v = 0; v < n / W; v++) PACK(v);                                                       \
     int kr = (k + W - 1) / W * W; /* whole vectors: no scalar epilogue */                          \
     for (int i = k; i < kr; i++) tail[i] = 2.0f;                                                   \
     for (int v = 0; v < kr; v += W)                                                                \
-      for (int j = 0; j < W; j++) tail[v + j] = gelu_far_v(tail[v + j]);                           \
+      for (int j = 0; j < W; j++) tail[v + j] = FAR(tail[v + j]);                                  \
     for (int v = 0, o = 0; v < n / W; v++) UNPACK(v);                                              \
+    for (int64_t i = 0; i < n; i++) POST(c0 + i);                                                  \
     if (out)                                                                                       \
       for (int64_t i = 0; i < n; i++)                                                              \
-        if (GELU_OUT32(x[i])) y[i] = gelu_f(x[i]);                                                 \
+        if (GELU_OUT32(x[i])) FIX(c0 + i);                                                         \
     if (n < 256) {                                                                                 \
       c0 += n;                                                                                     \
       break;                                                                                       \
     }                                                                                              \
   }                                                                                                \
-  if (c0 < e) gelu_rows32_whole(X, Y, c0, e);
+  if (c0 < e) REST(c0);
+/* gelu's forward in these terms */
+#define GELU_NO_POST(i)
+#define GELU_FIX(i)  Y[i] = gelu_f(X[i])
+#define GELU_REST(c) gelu_rows32_whole(X, Y, c, e)
 
 /* AVX-512: vcompressps and vexpandps */
 #define GELU_PACK16(v)                                                                             \
@@ -1825,7 +1833,8 @@ CELL_CLONES static void gelu_rows32_whole(const float *X, float *Y, int64_t b, i
   } while (0)
 __attribute__((target("avx512f,fma"))) static void gelu_rows32_split16(const float *X, float *Y,
                                                                        int64_t b, int64_t e) {
-  GELU_SPLIT_ROWS(16, GELU_PACK16, GELU_UNPACK16)
+  GELU_SPLIT_ROWS(16, GELU_PACK16, GELU_UNPACK16, gelu_near_v, gelu_far_v, GELU_NO_POST, GELU_FIX,
+                  GELU_REST)
 }
 
 /* The same with AVX2 (no compress instruction): each vector's lanes are
@@ -1868,7 +1877,8 @@ __attribute__((constructor)) static void gelu_tables(void) {
   } while (0)
 __attribute__((target("avx2,fma"))) static void gelu_rows32_split8(const float *X, float *Y,
                                                                    int64_t b, int64_t e) {
-  GELU_SPLIT_ROWS(8, GELU_PACK8, GELU_UNPACK8)
+  GELU_SPLIT_ROWS(8, GELU_PACK8, GELU_UNPACK8, gelu_near_v, gelu_far_v, GELU_NO_POST, GELU_FIX,
+                  GELU_REST)
 }
 #endif
 static void gelu_rows32(const float *X, float *Y, int64_t b, int64_t e) {
@@ -2631,8 +2641,45 @@ static inline double gelu_grad_d(double x) {
   return 0.5 * erfc(-x * SQRT1_2) + x * exp(-0.5 * x * x) * 0.3989422804014327;
 }
 #define GELU_GRAD_OUT32(x) (!((x) >= -13.0f && (x) <= 13.0f))
-BINARY_KERNEL_V(gelu_backward, x0 *gelu_grad_v(x1), GELU_GRAD_OUT32(x1),
-                (float)((double)x0 *gelu_grad_d(x1)), x0 *gelu_grad_d(x1))
+BINARY_ROW32_V(gelu_backward_row32_whole, x0 *gelu_grad_v(x1), GELU_GRAD_OUT32(x1),
+               (float)((double)x0 *gelu_grad_d(x1)))
+#if GELU_SPLIT
+/* gelu_grad_v evaluates both halves of erf for every element, as gelu_v
+ * does: with AVX-512 or AVX2, the same split as gelu's (GELU_SPLIT_ROWS:
+ * the series' half for all, the tail's for the elements beyond it, packed
+ * and put back), then the product by dy: the same operations per element,
+ * so the same bits (parallel::gelu_split_same_bits_as_whole). X is the
+ * input x (B), G the gradient dy (A), elements [0, len). */
+#define GELU_GRAD_POST(i) Y[i] = G[i] * Y[i]
+#define GELU_GRAD_FIX(i)  Y[i] = (float)((double)G[i] * gelu_grad_d(X[i]))
+#define GELU_GRAD_REST(c) gelu_backward_row32_whole(G + (c), X + (c), Y + (c), e - (c))
+__attribute__((target("avx512f,fma"))) static void
+gelu_backward_split16(const float *G, const float *X, float *Y, int64_t len) {
+  int64_t b = 0, e = len;
+  GELU_SPLIT_ROWS(16, GELU_PACK16, GELU_UNPACK16, gelu_grad_near_v, gelu_grad_far_v, GELU_GRAD_POST,
+                  GELU_GRAD_FIX, GELU_GRAD_REST)
+}
+__attribute__((target("avx2,fma"))) static void gelu_backward_split8(const float *G, const float *X,
+                                                                     float *Y, int64_t len) {
+  int64_t b = 0, e = len;
+  GELU_SPLIT_ROWS(8, GELU_PACK8, GELU_UNPACK8, gelu_grad_near_v, gelu_grad_far_v, GELU_GRAD_POST,
+                  GELU_GRAD_FIX, GELU_GRAD_REST)
+}
+#endif
+static void gelu_backward_row32(const float *A, const float *B, float *Y, int64_t len) {
+#if GELU_SPLIT
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma")) {
+    gelu_backward_split16(A, B, Y, len);
+    return;
+  }
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    gelu_backward_split8(A, B, Y, len);
+    return;
+  }
+#endif
+  gelu_backward_row32_whole(A, B, Y, len);
+}
+BINARY_KERNEL_V_REST(gelu_backward, x0 *gelu_grad_d(x1))
 
 /* dg = dy GELU'(x), this op again; dx = dy g GELU''(x), GELU''(x) =
  * phi(x) (2 - x^2), of ops. */

@@ -170,7 +170,12 @@ typedef void (*ad_rows_fn)(const ad_call *c, int64_t oa, int64_t sa, int64_t ob,
  * ones (CELL_CLONES) for every stride, so that vexp.h's float64 functions
  * in it run in the clones, not in baseline code that calls libm's fma. */
 #define BINARY_KERNEL_V(NAME, V32, OUT32, FIX32, EXPR64)                                           \
-  CELL_CLONES static void NAME##_row32(const float *A, const float *B, float *Y, int64_t len) {    \
+  BINARY_ROW32_V(NAME##_row32, V32, OUT32, FIX32)                                                  \
+  BINARY_KERNEL_V_REST(NAME, EXPR64)
+/* The float32 rows of BINARY_KERNEL_V as FN (for an op that picks among
+ * several forms of them: gelu_backward). */
+#define BINARY_ROW32_V(FN, V32, OUT32, FIX32)                                                      \
+  CELL_CLONES static void FN(const float *A, const float *B, float *Y, int64_t len) {              \
     for (int64_t c0 = 0; c0 < len; c0 += 256) {                                                    \
       int64_t c1 = len - c0 < 256 ? len : c0 + 256;                                                \
       int out = 0;                                                                                 \
@@ -185,7 +190,9 @@ typedef void (*ad_rows_fn)(const ad_call *c, int64_t oa, int64_t sa, int64_t ob,
           if (OUT32) Y[i] = FIX32;                                                                 \
         }                                                                                          \
     }                                                                                              \
-  }                                                                                                \
+  }
+/* The rest of BINARY_KERNEL_V, over a NAME##_row32 defined before. */
+#define BINARY_KERNEL_V_REST(NAME, EXPR64)                                                         \
   CELL_CLONES static void NAME##_row64(const double *A, int64_t sa, const double *B, int64_t sb,   \
                                        double *Y, int64_t len) {                                   \
     if (sa == 1 && sb == 1)                                                                        \
@@ -208,7 +215,8 @@ typedef void (*ad_rows_fn)(const ad_call *c, int64_t oa, int64_t sa, int64_t ob,
       NAME##_row32((const float *)c->in[0]->data + oa, (const float *)c->in[1]->data + ob,         \
                    (float *)c->out->data + oy, len);                                               \
     else if (c->out->dtype == AD_F32) { /* a broadcast operand: its values gathered into a row */  \
-      const float *A = (const float *)c->in[0]->data + oa, *B = (const float *)c->in[1]->data + ob; \
+      const float *A = (const float *)c->in[0]->data + oa,                                         \
+                  *B = (const float *)c->in[1]->data + ob;                                         \
       float *Y = (float *)c->out->data + oy, ta[256], tb[256];                                     \
       for (int64_t c0 = 0; c0 < len; c0 += 256) {                                                  \
         int64_t n = len - c0 < 256 ? len - c0 : 256;                                               \

@@ -458,12 +458,24 @@ CELL_ROW float gelu_v(float x) { return GELU_NEAR(x) ? gelu_near_v(x) : gelu_far
  * phi(x) = e^(-x^2/2) / sqrt(2 pi) from the same exact square (z + zl).
  * Within 4.5 ulp of the larger of the two terms; the worst, 4.33 at x =
  * -1.144, is where 1 - erf cancels in Phi and the terms partly cancel. */
-CELL_ROW float gelu_grad_v(float x) {
-  float h = 0.5f * x, z = h * x, zl = FMA_F(h, x, -z), a = fabsf(x) * 0.70710677f, s, b;
-  erf_parts(a, z, zl, &s, &b);
-  float v = x >= 0 ? (a < 0.9f ? 1.0f + s : 2.0f - b) : (a < 0.9f ? 1.0f - s : b);
+/* Its two halves, as GELU's: near 0 (GELU_NEAR) Phi from the series of
+ * erf, beyond it from the erfc tail; gelu_grad_v computes both and
+ * selects, and op_elementwise.c's gelu_backward also runs each alone over
+ * the elements that need it, with the same bits. */
+CELL_ROW float gelu_grad_near_v(float x) {
+  float h = 0.5f * x, z = h * x, zl = FMA_F(h, x, -z), a = fabsf(x) * 0.70710677f;
+  float s = erf_series_v(a, z), v = x >= 0 ? 1.0f + s : 1.0f - s;
   float phi = exp_v(-z) * (1.0f - zl) * 0.39894228f;
   return FMA_F(x, phi, 0.5f * v);
+}
+CELL_ROW float gelu_grad_far_v(float x) {
+  float h = 0.5f * x, z = h * x, zl = FMA_F(h, x, -z), a = fabsf(x) * 0.70710677f;
+  float b = erfc_tail_v(a, z, zl), v = x >= 0 ? 2.0f - b : b;
+  float phi = exp_v(-z) * (1.0f - zl) * 0.39894228f;
+  return FMA_F(x, phi, 0.5f * v);
+}
+CELL_ROW float gelu_grad_v(float x) {
+  return GELU_NEAR(x) ? gelu_grad_near_v(x) : gelu_grad_far_v(x);
 }
 
 /* float32 sin and cos for |x| <= 2^20 (the callers take libm beyond, and

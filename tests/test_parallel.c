@@ -2129,14 +2129,15 @@ Test(parallel, softmax_backward_against_its_formula) {
     }
 }
 
-/* float32 gelu with AVX-512 takes each element through one half of erf
- * (the series or the erfc tail: values gathered and put back per chunk of
- * 256), without it through both: every element the bits of the element
- * alone (a 1-element tensor takes gelu_v itself), for standard normal
- * values scaled by 2 with the edges sprinkled among them (NaN, the
- * infinities, +-13 and beyond, -0, subnormals, the floats around |x| / sqrt
- * 2 = 0.9), over lengths that leave partial vectors and chunks, on 1 and 3
- * threads. */
+/* float32 gelu and its gradient (gelu_backward: dy GELU'(x)) with AVX-512
+ * or AVX2 take each element through one half of erf (the series or the
+ * erfc tail: values gathered and put back per chunk of 256), without them
+ * through both: every element the bits of the element alone (a 1-element
+ * tensor takes gelu_v or gelu_grad_v itself), for standard normal values
+ * scaled by 2 with the edges sprinkled among them (NaN, the infinities,
+ * +-13 and beyond, -0, subnormals, the floats around |x| / sqrt 2 = 0.9),
+ * dy standard normal with an infinity and a NaN now and then, over lengths
+ * that leave partial vectors and chunks, on 1 and 3 threads. */
 Test(parallel, gelu_split_same_bits_as_whole) {
   static const float edges[] = {NAN,        INFINITY,    -INFINITY,   13.0f,       -13.0f,
                                 13.5f,      -13.000001f, -0.0f,       0.0f,        1e-40f,
@@ -2145,38 +2146,56 @@ Test(parallel, gelu_split_same_bits_as_whole) {
   static const int64_t lens[] = {1, 7, 15, 16, 17, 31, 255, 256, 257, 271, 4099, 70001};
   ad_rng rng;
   cr_assert_eq(ad_rng_seed(&rng, 17), AD_OK);
+  int gb = ad_op_find(ctx, "gelu_backward");
+  cr_assert_geq(gb, 0);
   for (size_t L = 0; L < sizeof lens / sizeof *lens; L++) {
     int64_t n = lens[L];
     ad_tensor *x = ad_zeros(ctx, AD_F32, 1, &n);
     cr_assert_not_null(x, "%s", ad_last_error(ctx));
     float *xv = x->data;
-    for (int64_t i = 0; i < n; i++)
+    ad_tensor *dy = ad_zeros(ctx, AD_F32, 1, &n);
+    cr_assert_not_null(dy, "%s", ad_last_error(ctx));
+    float *gv = dy->data;
+    for (int64_t i = 0; i < n; i++) {
       xv[i] = ad_rng_below(&rng, 8) == 0 ? edges[ad_rng_below(&rng, sizeof edges / sizeof *edges)]
                                          : (float)(2 * ad_rng_normal(&rng));
+      uint32_t r = ad_rng_below(&rng, 64);
+      gv[i] = r == 0 ? INFINITY : r == 1 ? NAN : (float)ad_rng_normal(&rng);
+    }
     for (int threads = 1; threads <= 3; threads += 2) {
       cr_assert_eq(ad_set_num_threads(threads), AD_OK);
-      ad_tensor *y = ad_gelu(ctx, x);
+      ad_tensor *y = ad_gelu(ctx, x), *in2[2] = {dy, x};
+      ad_tensor *d = ad_op_apply(ctx, gb, 2, in2, NULL);
       ad_set_num_threads(1);
-      cr_assert_not_null(y, "%s", ad_last_error(ctx));
-      float *yv = malloc((size_t)n * sizeof *yv); /* y goes with the tape's resets below */
+      cr_assert(y && d, "%s", ad_last_error(ctx));
+      float *yv = malloc(2 * (size_t)n * sizeof *yv), *dv = yv + n; /* y, d go with the resets */
       cr_assert_not_null(yv);
       memcpy(yv, y->data, (size_t)n * sizeof *yv);
+      memcpy(dv, d->data, (size_t)n * sizeof *dv);
       for (int64_t i = 0; i < n; i++) {
         int64_t one = 1;
         ad_tensor *xi = ad_full(ctx, AD_F32, 1, &one, (double)xv[i]);
-        ad_tensor *yi = ad_gelu(ctx, xi);
-        cr_assert_not_null(yi, "%s", ad_last_error(ctx));
-        float a = ((const float *)yi->data)[0];
+        ad_tensor *gi = ad_full(ctx, AD_F32, 1, &one, (double)gv[i]), *in1[2] = {gi, xi};
+        ad_tensor *yi = ad_gelu(ctx, xi), *di = ad_op_apply(ctx, gb, 2, in1, NULL);
+        cr_assert(yi && di, "%s", ad_last_error(ctx));
+        float a = ((const float *)yi->data)[0], b = ((const float *)di->data)[0];
         QUICK_ASSERT(memcmp(&a, &yv[i], sizeof a) == 0,
                      "n %lld, %d threads: gelu(%a) alone %a, element %lld of the tensor %a",
                      (long long)n, threads, (double)xv[i], (double)a, (long long)i, (double)yv[i]);
+        QUICK_ASSERT(memcmp(&b, &dv[i], sizeof b) == 0,
+                     "n %lld, %d threads: gelu_backward(%a, %a) alone %a, element %lld of the "
+                     "tensor %a",
+                     (long long)n, threads, (double)gv[i], (double)xv[i], (double)b, (long long)i,
+                     (double)dv[i]);
         ad_tensor_free(xi);
+        ad_tensor_free(gi);
         if (i % 4096 == 4095) ad_tape_reset(ctx);
       }
       free(yv);
       ad_tape_reset(ctx);
     }
     ad_tensor_free(x);
+    ad_tensor_free(dy);
   }
 }
 
