@@ -324,9 +324,9 @@ static bool bag_args_ok(ad_ctx *ctx, const char *fn, ad_tensor *weight, ad_tenso
   return true;
 }
 
-/* max mode: the flat weight's element picked for each bag and dim, and
- * whether some bag is empty (then *keep is the 1/0 mask of the non-empty
- * bags, [B, 1]). */
+/* max mode: the row of the weight picked for each bag and dim (each
+ * column's maximum over the bag's rows), and whether some bag is empty
+ * (then *keep is the 1/0 mask of the non-empty bags, [B, 1]). */
 static ad_tensor *bag_max(ad_ctx *ctx, ad_tensor *w, const int32_t *idx, const int32_t *bag,
                           const int32_t *kept, int64_t m, int64_t B) {
   int64_t dim = w->shape[1], sh[2] = {B, dim}, one[2] = {B, 1};
@@ -349,10 +349,9 @@ static ad_tensor *bag_max(ad_ctx *ctx, ad_tensor *w, const int32_t *idx, const i
       int32_t *sb = s + (int64_t)bag[p] * dim;                                                     \
       T *bb = (T *)best + (int64_t)bag[p] * dim;                                                   \
       const T *wr = W + r * dim;                                                                   \
-      int32_t at = (int32_t)(r * dim);                                                             \
       for (int64_t d = 0; d < dim; d++) {                                                          \
         bool take = sb[d] < 0 || wr[d] > bb[d];                                                    \
-        sb[d] = take ? at + (int32_t)d : sb[d];                                                    \
+        sb[d] = take ? (int32_t)r : sb[d];                                                         \
         bb[d] = take ? wr[d] : bb[d];                                                              \
       }                                                                                            \
     }                                                                                              \
@@ -374,11 +373,17 @@ static ad_tensor *bag_max(ad_ctx *ctx, ad_tensor *w, const int32_t *idx, const i
       for (int64_t d = 0; e && d < dim; d++) s[b * dim + d] = 0; /* any row; masked below */
     }
   }
-  int64_t flat = w->size;
-  ad_tensor *src = ad_reshape(ctx, w, 1, &flat);
-  /* a weight of no rows: every bag is empty; one zero to read (masked) */
-  if (flat == 0 && B * dim > 0) src = ad_pad(ctx, src, 0, 0, 1);
-  ad_tensor *y = ad_index_select(ctx, src, sel);
+  ad_tensor *y;
+  if (w->shape[0] > 0) {
+    /* torch.gather(w, 0, rows): its gradient goes straight into w's (the
+     * flat picks through a reshape, a view, took a temporary and a copy
+     * into it) */
+    y = ad_gather(ctx, w, 0, sel);
+  } else { /* a weight of no rows: every bag is empty; one zero to read (masked) */
+    int64_t flat = w->size;
+    ad_tensor *src = ad_pad(ctx, ad_reshape(ctx, w, 1, &flat), 0, 0, 1);
+    y = ad_index_select(ctx, src, sel);
+  }
   return keep ? ad_where(ctx, keep, y, ad_scalar(ctx, w->dtype, 0.0)) : y;
 }
 
