@@ -991,7 +991,7 @@ static bool maxg_rows_fit(const ad_call *c) {
   red_dims r = red_of(x, axes);
   for (int d = 0; d < x->ndim; d++) /* the axes one run, as red_of reads them */
     if ((d >= r.lo && d < r.hi) != ((axes >> d & 1) != 0)) return false;
-  return r.inner == 1 && r.n >= MAXG_ROWS_SPLIT && x->size > 0;
+  return r.inner == 1 && r.n >= MAXG_ROWS_SPLIT && r.n < INT32_MAX && x->size > 0;
 }
 
 /* c's gradient (maxg_rows_fit) stored or added into dst. false, having
@@ -1046,11 +1046,15 @@ static ad_status max_bwd(const ad_call *c) {
   return ad_call_set_grad(c, 0, ad_mul(ctx, ad_div(ctx, keep(ctx, c->gout, x, ra), count), is_max));
 }
 
-/* Rows of at least MAXG_ROWS_SPLIT elements straight into a leaf's
- * gradient (no temporary to copy in), stored or added as tape.c adds. */
+/* Rows of at least MAXG_ROWS_SPLIT elements straight into a leaf's first
+ * gradient of a pass (no temporary to copy in). An addition into a
+ * gradient already there is declined: where both hold a NaN, which of the
+ * two the sum keeps depends on the operands' order, which the compiler
+ * picks per loop (a vector body and its scalar tail differ), so it could
+ * differ from tape.c's addition. */
 static bool max_grad_into(const ad_call *c, int k, ad_tensor *grad, bool overwrite) {
   (void)k;
-  return maxg_rows_fit(c) && maxg_rows(c, grad->data, !overwrite);
+  return overwrite && maxg_rows_fit(c) && maxg_rows(c, grad->data, false);
 }
 
 ad_tensor *ad_max(ad_ctx *ctx, ad_tensor *x) {

@@ -1712,8 +1712,8 @@ static void put_rows(void *ud, int64_t b, int64_t e) {
       int64_t p = j->p[k];                                                                         \
       if (p < r0 || p >= r1) continue;                                                             \
       int64_t lo = p * in > b ? p * in : b, hi = (p + 1) * in < e ? (p + 1) * in : e;              \
-      const T *yk = y + k * in - p * in;                                                           \
-      for (int64_t i = lo; i < hi; i++) x[i] += yk[i];                                             \
+      const T *yk = y + k * in;                                                                    \
+      for (int64_t i = lo; i < hi; i++) x[i] += yk[i - p * in];                                    \
     }                                                                                              \
   } while (0)
 

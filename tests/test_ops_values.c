@@ -2640,8 +2640,8 @@ Test(ops_values, argmax_argmin_first_index_on_every_path) {
 
 /* The gradient of max and min over rows of 32768 elements or more (the
  * whole tensor's, or long rows'), split over the threads by element
- * ranges: into a leaf's gradient directly (stored, then added by a second
- * pass) and through ad_grad (a temporary), against dy / count written out
+ * ranges: into a leaf's gradient directly (grad_into; a second pass adds
+ * through the backward's temporary) and through ad_grad, against dy / count written out
  * here (ties share, dy / count * 0 elsewhere: NaN for a NaN row), with
  * ties, signed zeros and NaNs, in both dtypes, on 1 and 3 threads. */
 Test(ops_values, max_min_backward_of_long_rows) {
