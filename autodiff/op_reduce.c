@@ -927,8 +927,7 @@ CELL_CLONES static void max_bwd_lanes(void *ud, int64_t b, int64_t e) {
  * gradient into a leaf's (each thread then writes what it later reads):
  * each row's count (each range's count added to its row's: integers,
  * exact in any order), then each row's dy / count and its product by 0,
- * then the stores into dst, or (add, for grad_into) the additions, as
- * tape.c adds a contribution. The bits of MAX_BWD_LANES. */
+ * then the stores into dst. The bits of MAX_BWD_LANES. */
 enum { MAXG_ROWS_SPLIT = 32768 };
 
 typedef struct maxg_rows_job {
@@ -937,7 +936,6 @@ typedef struct maxg_rows_job {
   _Atomic int64_t *cnt; /* per row */
   void *gz;             /* per row o: dy / count at 2o, its product by 0 at 2o + 1 */
   void *dst;
-  bool add;
 } maxg_rows_job;
 
 #define MAXG_ROWS_COUNT(T)                                                                         \
@@ -958,10 +956,7 @@ typedef struct maxg_rows_job {
     for (int64_t i = b; i < e;) {                                                                  \
       int64_t o = i / j->n, hi = (o + 1) * j->n < e ? (o + 1) * j->n : e;                          \
       T y0 = Y[o], g = GZ[2 * o], z = GZ[2 * o + 1];                                               \
-      if (j->add)                                                                                  \
-        for (; i < hi; i++) D[i] += X[i] == y0 ? g : z;                                            \
-      else                                                                                         \
-        for (; i < hi; i++) D[i] = X[i] == y0 ? g : z;                                             \
+      for (; i < hi; i++) D[i] = X[i] == y0 ? g : z;                                               \
     }                                                                                              \
   } while (0)
 
@@ -983,8 +978,9 @@ CELL_CLONES static void maxg_rows_store(void *ud, int64_t b, int64_t e) {
 #undef MAXG_ROWS_COUNT
 #undef MAXG_ROWS_STORE
 
-/* Whether max_rows takes c: the reduced axes one run at the end (rows),
- * rows of at least MAXG_ROWS_SPLIT elements. */
+/* Whether maxg_rows takes c: the reduced axes one run at the end (rows)
+ * of at least MAXG_ROWS_SPLIT elements and under 2^31 (as max_bwd's own
+ * fast path: a longer row takes the recorded ops). */
 static bool maxg_rows_fit(const ad_call *c) {
   const ad_tensor *x = c->in[0];
   uint32_t axes = c->attrs->reduce.axes;
@@ -994,17 +990,17 @@ static bool maxg_rows_fit(const ad_call *c) {
   return r.inner == 1 && r.n >= MAXG_ROWS_SPLIT && r.n < INT32_MAX && x->size > 0;
 }
 
-/* c's gradient (maxg_rows_fit) stored or added into dst. false, having
- * written nothing, when its scratch cannot be allocated. */
-static bool maxg_rows(const ad_call *c, void *dst, bool add) {
+/* c's gradient (maxg_rows_fit) into dst. false, having written nothing,
+ * when its scratch cannot be allocated. */
+static bool maxg_rows(const ad_call *c, void *dst) {
   ad_ctx *ctx = c->ctx;
   const ad_tensor *x = c->in[0];
   int64_t n = red_of(x, c->attrs->reduce.axes).n, rows = x->size / n;
   size_t es = ad_dsize(x->dtype), bytes = (size_t)rows * (sizeof(int64_t) + 2 * es);
   char *scratch = ctx->alloc(ctx->alloc_ud, NULL, 0, bytes); /* no error recorded: declined */
   if (!scratch) return false;
-  maxg_rows_job j = {
-      c, n, (_Atomic int64_t *)(void *)scratch, scratch + (size_t)rows * sizeof(int64_t), dst, add};
+  maxg_rows_job j = {c, n, (_Atomic int64_t *)(void *)scratch,
+                     scratch + (size_t)rows * sizeof(int64_t), dst};
   for (int64_t o = 0; o < rows; o++) atomic_init(&j.cnt[o], 0);
   ad_parallel_for(x->size, MAXG_ROWS_SPLIT, maxg_rows_count, &j);
   for (int64_t o = 0; o < rows; o++) {
@@ -1030,7 +1026,7 @@ static ad_status max_bwd(const ad_call *c) {
   if (!ctx->grad_enabled && x->size > 0 && r.n < INT32_MAX) {
     ad_tensor *dx = ad_tmp_like(ctx, x);
     if (!dx) return ad_last_status(ctx);
-    if (maxg_rows_fit(c) && maxg_rows(c, dx->data, false)) return ad_call_set_grad(c, 0, dx);
+    if (maxg_rows_fit(c) && maxg_rows(c, dx->data)) return ad_call_set_grad(c, 0, dx);
     max_bwd_job j = {c, r, (r.inner + LANE_BLOCK - 1) / LANE_BLOCK, dx->data};
     int64_t units = r.outer * j.blocks;
     int64_t per = 2 * r.n * (r.inner < LANE_BLOCK ? r.inner : LANE_BLOCK);
@@ -1054,7 +1050,7 @@ static ad_status max_bwd(const ad_call *c) {
  * differ from tape.c's addition. */
 static bool max_grad_into(const ad_call *c, int k, ad_tensor *grad, bool overwrite) {
   (void)k;
-  return overwrite && maxg_rows_fit(c) && maxg_rows(c, grad->data, false);
+  return overwrite && maxg_rows_fit(c) && maxg_rows(c, grad->data);
 }
 
 ad_tensor *ad_max(ad_ctx *ctx, ad_tensor *x) {
