@@ -540,3 +540,110 @@ Test(winograd, transposed_rounds_as_conv2d_on_data_of_one_sign) {
   ad_tensor *all[] = {dy, w, dyd, wd};
   for (size_t t = 0; t < sizeof all / sizeof *all; t++) ad_tensor_free(all[t]);
 }
+
+/* G, as winograd.c's (Lavin and Gray's points 0, 1, -1, 2, -2, infinity). */
+static const double tg[6][3] = {{1.0 / 4, 0, 0},
+                                {-1.0 / 6, -1.0 / 6, -1.0 / 6},
+                                {-1.0 / 6, 1.0 / 6, -1.0 / 6},
+                                {1.0 / 24, 1.0 / 12, 1.0 / 6},
+                                {1.0 / 24, -1.0 / 12, 1.0 / 6},
+                                {0, 0, 1}};
+
+/* Values for the kernel transforms' inputs: mostly in [-2, 2), some 1e30
+ * times that, and NaN, -inf, -0 and a subnormal now and then. */
+static float kt_value(uint64_t *s) {
+  *s ^= *s << 13, *s ^= *s >> 7, *s ^= *s << 17;
+  unsigned r = (unsigned)(*s % 1000);
+  if (r < 4) return (float[]){NAN, -INFINITY, -0.0f, 1e-40f}[r];
+  float v = (float)((double)(*s >> 11) / 9007199254740992.0 * 4 - 2);
+  return r < 10 ? v * 1e30f : v;
+}
+
+/* Equal bits, or both NaN (the sign of a NaN made from NaNs of both signs
+ * is left open, ad.h). */
+static bool same_bits(float a, float b) { return !memcmp(&a, &b, sizeof a) || (a != a && b != b); }
+
+/* ad_wino_weights and ad_wino_weight_grad, which compute 16 output
+ * channels at a time in vector lanes, give each (c, o) pair's own formula
+ * to the bit: U = G w G^T and dw = G^T dU G in double, rounded once, in
+ * this order; pad lanes +0. Both instances (AVX-512 and generic), channel
+ * counts below, at and above a block of 16, w flipped (conv_transpose2d's
+ * form) or not. */
+Test(winograd, kernel_transforms_give_each_pairs_formula) {
+  static const int64_t cs[] = {1, 3, 16, 17, 33}, os[] = {1, 5, 16, 31, 40};
+  uint64_t seed = 88172645463325252u;
+  for (int gen = 0; gen < 2; gen++) {
+    ad_wino_set_generic(gen);
+    for (int ci = 0; ci < 5; ci++)
+      for (int oi = 0; oi < 5; oi++)
+        for (int flip = 0; flip < 2; flip++) {
+          int64_t C = cs[ci], O = os[oi];
+          ad_wino p;
+          if (flip)
+            cr_assert(ad_wino_init_transposed(&p, 2, C, 8, 8, O, 8, 8, 1, 1));
+          else
+            ad_wino_init(&p, 2, C, 8, 8, O, 8, 8, 1, 1);
+          /* for p->flip the transposed geometry's channels: c = O, o = C */
+          int64_t pc = p.c, po = p.o, nu = p.u_floats + p.ut_floats;
+          float *w = malloc((size_t)(C * O * 9) * sizeof *w), *u = malloc((size_t)nu * sizeof *u);
+          float *du = malloc((size_t)p.u_floats * sizeof *du),
+                *dw = malloc(9 * (size_t)(C * O) * 4);
+          cr_assert(w && u && du && dw);
+          for (int64_t i = 0; i < C * O * 9; i++) w[i] = kt_value(&seed);
+          for (int64_t i = 0; i < p.u_floats; i++) du[i] = kt_value(&seed);
+          memset(u, 0x7f, (size_t)nu * sizeof *u);
+          memset(dw, 0x7f, 9 * (size_t)(C * O) * sizeof *dw);
+          ad_wino_weights(&p, w, u, 0, ad_wino_kblocks(&p));
+          ad_wino_weight_grad(&p, du, dw, 0, ad_wino_kblocks(&p));
+          for (int64_t c = 0; c < p.cp; c++)
+            for (int64_t o = 0; o < p.op; o++) {
+              float k[9];
+              for (int i = 0; i < 9; i++)
+                k[i] = c >= pc || o >= po ? 0
+                       : flip             ? w[(c * po + o) * 9 + 8 - i]
+                                          : w[(o * pc + c) * 9 + i];
+              for (int a = 0; a < 6; a++) {
+                double row[3];
+                for (int v = 0; v < 3; v++)
+                  row[v] = tg[a][0] * k[v] + tg[a][1] * k[3 + v] + tg[a][2] * k[6 + v];
+                for (int b = 0; b < 6; b++) {
+                  float want =
+                      c >= pc || o >= po
+                          ? 0.0f
+                          : (float)(tg[b][0] * row[0] + tg[b][1] * row[1] + tg[b][2] * row[2]);
+                  int64_t xi = a * 6 + b;
+                  if (c < pc)
+                    cr_assert(same_bits(u[(xi * pc + c) * p.op + o], want),
+                              "U gen %d flip %d C %ld O %ld xi %ld c %ld o %ld: %a, want %a", gen,
+                              flip, (long)C, (long)O, (long)xi, (long)c, (long)o,
+                              u[(xi * pc + c) * p.op + o], want);
+                  if (!flip && o < po)
+                    cr_assert(same_bits(u[p.u_floats + (xi * po + o) * p.cp + c], want),
+                              "UT gen %d C %ld O %ld xi %ld o %ld c %ld: %a, want %a", gen, (long)C,
+                              (long)O, (long)xi, (long)o, (long)c,
+                              u[p.u_floats + (xi * po + o) * p.cp + c], want);
+                }
+              }
+              if (c >= pc || o >= po) continue;
+              for (int a = 0; a < 3; a++) {
+                double col[6];
+                for (int v = 0; v < 6; v++) {
+                  double s = 0;
+                  for (int q = 0; q < 6; q++) s += tg[q][a] * du[((q * 6 + v) * pc + c) * p.op + o];
+                  col[v] = s;
+                }
+                for (int b = 0; b < 3; b++) {
+                  double s = 0;
+                  for (int v = 0; v < 6; v++) s += tg[v][b] * col[v];
+                  float got = dw[((o * pc + c) * 3 + a) * 3 + b];
+                  cr_assert(same_bits(got, (float)s),
+                            "dw gen %d flip %d C %ld O %ld o %ld c %ld (%d,%d): %a, want %a", gen,
+                            flip, (long)C, (long)O, (long)o, (long)c, a, b, got, (float)s);
+                }
+              }
+            }
+          free(w), free(u), free(du), free(dw);
+        }
+  }
+  ad_wino_set_generic(false);
+}

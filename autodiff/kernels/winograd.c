@@ -126,78 +126,12 @@ static void kblock(const ad_wino *p, int64_t blk, int64_t *c0, int64_t *c1, int6
   *o1 = *o0 + 16 < p->o ? *o0 + 16 : p->o;
 }
 
-/* U[xi, c, o] = (G w[o, c] G^T)[xi] for the channels of blocks [b0, b1), in
- * double, rounded once, and its transpose UT[xi, o, c] after U (for
- * p->flip: of w'[o, c] = w[c, o] flipped, w then [c, o, 3, 3], and no UT,
- * none being needed); the blocks
- * at the end of a side zero the pad lanes after it. A block writes whole
- * 64-byte lines of both (16 lanes of U's rows, op floats long, and of UT's,
- * cp floats), so threads taking different blocks never share a line. */
-void ad_wino_weights(const ad_wino *p, const float *w, float *u, int64_t b0, int64_t b1) {
-  float *ut = u + p->u_floats;
-  for (int64_t blk = b0; blk < b1; blk++) {
-    int64_t c0, c1, o0, o1;
-    kblock(p, blk, &c0, &c1, &o0, &o1);
-    for (int xi = 0; xi < 36; xi++) {
-      if (o1 == p->o)
-        for (int64_t c = c0; c < c1; c++)
-          for (int64_t o = o1; o < p->op; o++) u[(xi * p->c + c) * p->op + o] = 0;
-      if (c1 == p->c && !p->flip)
-        for (int64_t o = o0; o < o1; o++)
-          for (int64_t c = c1; c < p->cp; c++) ut[(xi * p->o + o) * p->cp + c] = 0;
-    }
-    for (int64_t c = c0; c < c1; c++)
-      for (int64_t o = o0; o < o1; o++) {
-        float k[9];
-        for (int i = 0; i < 9; i++)
-          k[i] = p->flip ? w[(c * p->o + o) * 9 + 8 - i] : w[(o * p->c + c) * 9 + i];
-        for (int a = 0; a < 6; a++) {
-          double row[3];
-          for (int v = 0; v < 3; v++)
-            row[v] = wino_g[a][0] * k[v] + wino_g[a][1] * k[3 + v] + wino_g[a][2] * k[6 + v];
-          for (int b = 0; b < 6; b++) {
-            double s = wino_g[b][0] * row[0] + wino_g[b][1] * row[1] + wino_g[b][2] * row[2];
-            u[((a * 6 + b) * p->c + c) * p->op + o] = (float)s;
-            if (!p->flip) ut[((a * 6 + b) * p->o + o) * p->cp + c] = (float)s;
-          }
-        }
-      }
-  }
-}
-
 /* du[i] += du[k u_floats + i] for k = 1 .. nparts - 1 in order, i in
  * [i0, i1): the partial sums of dU added into the first. */
 void ad_wino_du_sum(const ad_wino *p, float *du, int64_t nparts, int64_t i0, int64_t i1) {
   for (int64_t k = 1; k < nparts; k++) {
     const float *src = du + k * p->u_floats;
     for (int64_t i = i0; i < i1; i++) du[i] += src[i];
-  }
-}
-
-/* dw[o, c] = G^T dU[., c, o] G for the channels of blocks [b0, b1) (as
- * ad_wino_weights'), in double. */
-void ad_wino_weight_grad(const ad_wino *p, const float *du, float *dw, int64_t b0, int64_t b1) {
-  for (int64_t blk = b0; blk < b1; blk++) {
-    int64_t c0, c1, o0, o1;
-    kblock(p, blk, &c0, &c1, &o0, &o1);
-    for (int64_t c = c0; c < c1; c++)
-      for (int64_t o = o0; o < o1; o++) {
-        double m[36];
-        for (int xi = 0; xi < 36; xi++) m[xi] = du[(xi * p->c + c) * p->op + o];
-        for (int a = 0; a < 3; a++) {
-          double col[6];
-          for (int v = 0; v < 6; v++) {
-            double s = 0;
-            for (int r = 0; r < 6; r++) s += wino_g[r][a] * m[r * 6 + v];
-            col[v] = s;
-          }
-          for (int b = 0; b < 3; b++) {
-            double s = 0;
-            for (int v = 0; v < 6; v++) s += wino_g[v][b] * col[v];
-            dw[((o * p->c + c) * 3 + a) * 3 + b] = (float)s;
-          }
-        }
-      }
   }
 }
 
@@ -327,6 +261,154 @@ static bool have_avx512(void) {
 #else
   return false;
 #endif
+}
+
+/* ---------------------------------------- kernel transforms, by lanes */
+
+/* The kernel transforms take a block's 16 output channels o0 + l as 16
+ * lanes, each lane computing what one (c, o) pair alone computes (the
+ * same products and sums in the same order, in double, rounded once), so
+ * that the lane loops vectorize and the bits do not depend on the lanes
+ * or on the instance below (but for the sign of a NaN made from NaNs of
+ * both signs, which the compiler's operand order picks: ad.h leaves it
+ * open). */
+
+/* U[xi, c, o] = (G w[o, c] G^T)[xi] for the channels of block blk (for
+ * p->flip: of w'[o, c] = w[c, o] flipped, w then [c, o, 3, 3]), and the
+ * same values in t [36][16 c][16 o] for the transpose UT[xi, o, c] after
+ * U, which the callers write from t (none for p->flip, none being
+ * needed); the pad lanes after the last channels of a side are zeros in
+ * both. A block writes whole 64-byte lines of U and UT (16 lanes of U's
+ * rows, op floats long, and of UT's, cp floats), so threads taking
+ * different blocks never share a line. */
+static inline __attribute__((always_inline)) void
+weights_blk(const ad_wino *p, const float *w, float *u, int64_t blk, float t[36][16][16]) {
+  int64_t c0, c1, o0, o1;
+  kblock(p, blk, &c0, &c1, &o0, &o1);
+  int no = (int)(o1 - o0);
+  for (int64_t c = c0; c < c1; c++) {
+    double k[9][16] = {{0}};
+    for (int l = 0; l < no; l++)
+      for (int i = 0; i < 9; i++)
+        k[i][l] = p->flip ? w[(c * p->o + o0 + l) * 9 + 8 - i] : w[((o0 + l) * p->c + c) * 9 + i];
+    for (int a = 0; a < 6; a++) {
+      double row[3][16];
+      for (int v = 0; v < 3; v++)
+        for (int l = 0; l < 16; l++)
+          row[v][l] =
+              wino_g[a][0] * k[v][l] + wino_g[a][1] * k[3 + v][l] + wino_g[a][2] * k[6 + v][l];
+      for (int b = 0; b < 6; b++) {
+        float *ur = u + ((a * 6 + b) * p->c + c) * p->op + o0, *tr = t[a * 6 + b][c - c0];
+        for (int l = 0; l < 16; l++)
+          tr[l] = (float)(wino_g[b][0] * row[0][l] + wino_g[b][1] * row[1][l] +
+                          wino_g[b][2] * row[2][l]);
+        for (int l = no; l < 16; l++) tr[l] = 0.0f; /* not G's -0 of a zero */
+        memcpy(ur, tr, 16 * sizeof *ur);
+      }
+    }
+  }
+  for (int xi = 0; xi < 36; xi++)
+    for (int64_t cc = c1 - c0; cc < 16; cc++) memset(t[xi][cc], 0, sizeof t[xi][cc]);
+}
+
+/* UT's rows of block blk from weights_blk's t (its pad lanes zero). */
+static void ut_rows_gen(const ad_wino *p, float *u, int64_t blk, float t[36][16][16]) {
+  int64_t c0, c1, o0, o1;
+  kblock(p, blk, &c0, &c1, &o0, &o1);
+  float *ut = u + p->u_floats;
+  for (int xi = 0; xi < 36; xi++)
+    for (int64_t o = o0; o < o1; o++) {
+      float *d = ut + (xi * p->o + o) * p->cp + c0;
+      for (int l = 0; l < 16; l++) d[l] = t[xi][l][o - o0];
+    }
+}
+
+/* dw[o, c] = G^T dU[., c, o] G for the channels of block blk (as
+ * weights_blk's), in double. */
+static inline __attribute__((always_inline)) void weight_grad_blk(const ad_wino *p, const float *du,
+                                                                  float *dw, int64_t blk) {
+  int64_t c0, c1, o0, o1;
+  kblock(p, blk, &c0, &c1, &o0, &o1);
+  int no = (int)(o1 - o0);
+  for (int64_t c = c0; c < c1; c++) {
+    double m[36][16], r[3][3][16];
+    for (int xi = 0; xi < 36; xi++)
+      for (int l = 0; l < 16; l++) m[xi][l] = du[(xi * p->c + c) * p->op + o0 + l];
+    for (int a = 0; a < 3; a++) {
+      double col[6][16];
+      for (int v = 0; v < 6; v++)
+        for (int l = 0; l < 16; l++) {
+          double s = 0;
+          for (int q = 0; q < 6; q++) s += wino_g[q][a] * m[q * 6 + v][l];
+          col[v][l] = s;
+        }
+      for (int b = 0; b < 3; b++)
+        for (int l = 0; l < 16; l++) {
+          double s = 0;
+          for (int v = 0; v < 6; v++) s += wino_g[v][b] * col[v][l];
+          r[a][b][l] = s;
+        }
+    }
+    for (int l = 0; l < no; l++)
+      for (int a = 0; a < 3; a++)
+        for (int b = 0; b < 3; b++) dw[(((o0 + l) * p->c + c) * 3 + a) * 3 + b] = (float)r[a][b][l];
+  }
+}
+
+static void weights_gen(const ad_wino *p, const float *w, float *u, int64_t blk,
+                        float t[36][16][16]) {
+  weights_blk(p, w, u, blk, t);
+  if (!p->flip) ut_rows_gen(p, u, blk, t);
+}
+static void weight_grad_gen(const ad_wino *p, const float *du, float *dw, int64_t blk) {
+  weight_grad_blk(p, du, dw, blk);
+}
+#ifdef WINO_X86
+WINO_AVX512 static void weights_avx512(const ad_wino *p, const float *w, float *u, int64_t blk,
+                                       float t[36][16][16]) {
+  weights_blk(p, w, u, blk, t);
+  if (p->flip) return;
+  int64_t c0, c1, o0, o1;
+  kblock(p, blk, &c0, &c1, &o0, &o1);
+  float *ut = u + p->u_floats;
+  __m512 r[16];
+  for (int xi = 0; xi < 36; xi++) { /* ut_rows_gen's rows, by a 16x16 transpose */
+    WINO_UNROLL
+    for (int l = 0; l < 16; l++) r[l] = _mm512_loadu_ps(t[xi][l]);
+    tr16(r);
+    for (int64_t o = o0; o < o1; o++)
+      _mm512_storeu_ps(ut + (xi * p->o + o) * p->cp + c0, r[o - o0]);
+  }
+}
+WINO_AVX512 static void weight_grad_avx512(const ad_wino *p, const float *du, float *dw,
+                                           int64_t blk) {
+  weight_grad_blk(p, du, dw, blk);
+}
+#endif
+
+void ad_wino_weights(const ad_wino *p, const float *w, float *u, int64_t b0, int64_t b1) {
+  float t[36][16][16];
+  for (int64_t blk = b0; blk < b1; blk++) {
+#ifdef WINO_X86
+    if (have_avx512()) {
+      weights_avx512(p, w, u, blk, t);
+      continue;
+    }
+#endif
+    weights_gen(p, w, u, blk, t);
+  }
+}
+
+void ad_wino_weight_grad(const ad_wino *p, const float *du, float *dw, int64_t b0, int64_t b1) {
+  for (int64_t blk = b0; blk < b1; blk++) {
+#ifdef WINO_X86
+    if (have_avx512()) {
+      weight_grad_avx512(p, du, dw, blk);
+      continue;
+    }
+#endif
+    weight_grad_gen(p, du, dw, blk);
+  }
 }
 
 static void to_last(const float *src, int64_t ch, int64_t rows, int64_t cols, float *dst,
