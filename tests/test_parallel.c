@@ -704,12 +704,14 @@ Test(parallel, elu_backward_same_bits_broadcast_or_not) {
   }
 }
 
-/* cumsum along axis 1 of [O, n, inner] (blocks of 64 lanes of one outer
- * index each, split over the threads) against the definition: each lane
- * summed in order in a double, each partial sum rounded to the dtype; bit
- * for bit, with NaN and infinities, on 1 and 3 threads. */
+/* cumsum along axis 1 of [O, n, inner] (blocks of up to 512 lanes of one
+ * outer index each, split over the threads; inner of 16 and more on the
+ * clones for wider vectors) against the definition: each lane summed in
+ * order in a double, each partial sum rounded to the dtype; bit for bit,
+ * with NaN and infinities, on 1 and 3 threads. */
 Test(parallel, cumsum_lanes_as_the_definition) {
-  static const int64_t shapes[][3] = {{3000, 4, 4}, {5, 7, 130}, {700, 3, 64}, {2, 1000, 65}};
+  static const int64_t shapes[][3] = {{3000, 4, 4}, {5, 7, 130}, {700, 3, 64},  {2, 1000, 65},
+                                      {40, 9, 15},  {40, 9, 16}, {3, 50, 1100}, {1, 64, 1024}};
   ad_rng rng;
   ad_rng_seed(&rng, 53);
   for (int d = 0; d < 2; d++) {
