@@ -1693,14 +1693,14 @@ ad_tensor *ad_mean_axes(ad_ctx *ctx, ad_tensor *x, int n_axes, const int *axes, 
  * flip(cumsum(flip(dy))), torch's formula, made of ops. Its shape rule is
  * softmax's (shape_softmax). */
 
-/* Lane blocks [b, e) (CUMSUM_LANES lanes of one outer index each), read
+/* Lane blocks [b, e) (CUMSUM_BLOCK lanes of one outer index each), read
  * row by row, each lane in its own double. The blocks are wider than the
  * reductions' LANE_BLOCK: every element is read and written, rows inner
  * apart, and a block's row segment of 64 lanes (256 bytes of float32)
  * left the prefetchers little to follow; two threads on neighbouring
  * segments of the same rows ran slower than one (docs/performance.md,
  * "Scans on a Zen 5 guest"). */
-enum { CUMSUM_LANES = 512 };
+enum { CUMSUM_BLOCK = 512 };
 typedef struct cumsum_lanes_job {
   const ad_tensor *x;
   ad_tensor *y;
@@ -1713,9 +1713,9 @@ typedef struct cumsum_lanes_job {
     T *Y = j->y->data;                                                                             \
     const red_dims r = j->r;                                                                       \
     for (int64_t u = b; u < e; u++) {                                                              \
-      int64_t o = u / j->blocks, j0 = u % j->blocks * CUMSUM_LANES;                                \
-      int64_t nb = r.inner - j0 < CUMSUM_LANES ? r.inner - j0 : CUMSUM_LANES;                      \
-      double acc[CUMSUM_LANES];                                                                    \
+      int64_t o = u / j->blocks, j0 = u % j->blocks * CUMSUM_BLOCK;                                \
+      int64_t nb = r.inner - j0 < CUMSUM_BLOCK ? r.inner - j0 : CUMSUM_BLOCK;                      \
+      double acc[CUMSUM_BLOCK];                                                                    \
       for (int64_t q = 0; q < nb; q++) acc[q] = 0;                                                 \
       for (int64_t k = 0; k < r.n; k++) {                                                          \
         int64_t at = (o * r.n + k) * r.inner + j0;                                                 \
@@ -1730,9 +1730,11 @@ static void cumsum_lanes(void *ud, int64_t b, int64_t e) {
   else
     CUMSUM_LANES(double);
 }
-/* cumsum_lanes compiled for the wider vectors too (CELL_CLONES, the same
- * bits), for blocks of 16 lanes or more: for fewer their loops' setup
- * cost more than the baseline's. */
+/* cumsum_lanes compiled for the wider vectors too (CELL_CLONES: the same
+ * bits, but for the sign of a NaN made from NaNs of both signs, which the
+ * compiler's operand order picks in each loop, ad.h leaving it open), for
+ * blocks of 16 lanes or more: for fewer their loops' setup cost more than
+ * the baseline's. */
 CELL_CLONES static void cumsum_lanes_wide(void *ud, int64_t b, int64_t e) {
   const cumsum_lanes_job *j = ud;
   if (j->x->dtype == AD_F32)
@@ -1790,8 +1792,8 @@ static void cumsum_fwd(const ad_call *c) {
                     &j);
     return;
   }
-  cumsum_lanes_job j = {x, c->out, r, (r.inner + CUMSUM_LANES - 1) / CUMSUM_LANES};
-  int64_t per = r.n * (r.inner < CUMSUM_LANES ? r.inner : CUMSUM_LANES); /* elements a unit */
+  cumsum_lanes_job j = {x, c->out, r, (r.inner + CUMSUM_BLOCK - 1) / CUMSUM_BLOCK};
+  int64_t per = r.n * (r.inner < CUMSUM_BLOCK ? r.inner : CUMSUM_BLOCK); /* elements a unit */
   ad_parallel_for(r.outer * j.blocks, (32768 + per - 1) / per,
                   r.inner >= 16 ? cumsum_lanes_wide : cumsum_lanes, &j);
 }
