@@ -332,8 +332,13 @@ static inline __attribute__((always_inline)) void weight_grad_blk(const ad_wino 
   int no = (int)(o1 - o0);
   for (int64_t c = c0; c < c1; c++) {
     double m[36][16], r[3][3][16];
-    for (int xi = 0; xi < 36; xi++)
-      for (int l = 0; l < 16; l++) m[xi][l] = du[(xi * p->c + c) * p->op + o0 + l];
+    for (int xi = 0; xi < 36; xi++) { /* pad lanes as 0: dU's may never have been written */
+      const float *dr = du + (xi * p->c + c) * p->op + o0;
+      if (no == 16)
+        for (int l = 0; l < 16; l++) m[xi][l] = dr[l];
+      else
+        for (int l = 0; l < 16; l++) m[xi][l] = l < no ? dr[l] : 0.0;
+    }
     for (int a = 0; a < 3; a++) {
       double col[6][16];
       for (int v = 0; v < 6; v++)
