@@ -3067,7 +3067,9 @@ int main(int argc, char **argv) {
   return nfail ? 1 : 0;
 }
 
-/* Every check but the sums' values (main's first six). */
+/* The checks after main's first seven, those of the sums' values (one
+ * process's, with clipping, with tied weights, the deterministic mode's,
+ * the shared-memory paths' against MPI's), which --sums-only runs alone. */
 static void other_checks(ad_ctx *c) {
   if (size > 1) mismatch(c); /* (these need another rank to differ) */
   if (size > 1) ties_differ(c);
