@@ -1689,9 +1689,13 @@ ad_tensor *ad_mean_axes(ad_ctx *ctx, ad_tensor *x, int n_axes, const int *axes, 
 /* y[.., k, ..] = x[.., 0, ..] + ... + x[.., k, ..] along the axis, as
  * torch.cumsum: each lane summed in order k = 0, 1, ... in one double
  * (float32 too, as torch's CPU kernel and the engine's sum do), each
- * partial sum rounded to the dtype. The gradient is the reversed cumsum
- * flip(cumsum(flip(dy))), torch's formula, made of ops. Its shape rule is
- * softmax's (shape_softmax). */
+ * partial sum rounded to the dtype. Its gradient is the reversed scan
+ * cumsum_reverse (below): y[.., k, ..] = x[.., k, ..] + ... + x[.., n-1, ..],
+ * summed from the end, whose gradient is cumsum again. That is torch's
+ * flip(cumsum(flip(dy))) to the bit (the same additions in the same
+ * order) in one pass over the data, where the two flips were two more
+ * and ran on one thread. Both ops' shape rule is softmax's
+ * (shape_softmax). */
 
 /* Lane blocks [b, e) (CUMSUM_BLOCK lanes of one outer index each), read
  * row by row, each lane in its own double. The blocks are wider than the
@@ -1706,6 +1710,7 @@ typedef struct cumsum_lanes_job {
   ad_tensor *y;
   red_dims r;
   int64_t blocks; /* per outer index */
+  bool rev;       /* cumsum_reverse: k from n - 1 down */
 } cumsum_lanes_job;
 #define CUMSUM_LANES(T)                                                                            \
   do {                                                                                             \
@@ -1717,10 +1722,10 @@ typedef struct cumsum_lanes_job {
       int64_t nb = r.inner - j0 < CUMSUM_BLOCK ? r.inner - j0 : CUMSUM_BLOCK;                      \
       double acc[CUMSUM_BLOCK];                                                                    \
       for (int64_t q = 0; q < nb; q++) acc[q] = 0;                                                 \
-      for (int64_t k = 0; k < r.n; k++) {                                                          \
-        int64_t at = (o * r.n + k) * r.inner + j0;                                                 \
+      int64_t at = (o * r.n + (j->rev ? r.n - 1 : 0)) * r.inner + j0,                              \
+              step = j->rev ? -r.inner : r.inner;                                                  \
+      for (int64_t k = 0; k < r.n; k++, at += step)                                                \
         for (int64_t q = 0; q < nb; q++) Y[at + q] = (T)(acc[q] += X[at + q]);                     \
-      }                                                                                            \
     }                                                                                              \
   } while (0)
 static void cumsum_lanes(void *ud, int64_t b, int64_t e) {
@@ -1746,8 +1751,8 @@ CELL_CLONES static void cumsum_lanes_wide(void *ud, int64_t b, int64_t e) {
 
 /* Along the last axis (contiguous rows): CUMSUM_ROWS rows at a time, their
  * sums interleaved, so that the additions of one row do not wait for each
- * other's latency; each row still sums in order in its own double. Rows
- * [b, e) of outer rows of n. */
+ * other's latency; each row still sums in order (from the end for
+ * cumsum_reverse) in its own double. Rows [b, e) of outer rows of n. */
 enum { CUMSUM_ROWS = 8 };
 #define CUMSUM_ROWS_OF(T)                                                                          \
   do {                                                                                             \
@@ -1756,13 +1761,18 @@ enum { CUMSUM_ROWS = 8 };
     int64_t n = j->n, r0 = b;                                                                      \
     for (; r0 + CUMSUM_ROWS <= e; r0 += CUMSUM_ROWS) {                                             \
       double acc[CUMSUM_ROWS] = {0};                                                               \
-      for (int64_t k = 0; k < n; k++)                                                              \
+      for (int64_t kk = 0; kk < n; kk++) {                                                         \
+        int64_t k = j->rev ? n - 1 - kk : kk;                                                      \
         for (int q = 0; q < CUMSUM_ROWS; q++)                                                      \
           Y[(r0 + q) * n + k] = (T)(acc[q] += X[(r0 + q) * n + k]);                                \
+      }                                                                                            \
     }                                                                                              \
     for (; r0 < e; r0++) {                                                                         \
       double acc = 0;                                                                              \
-      for (int64_t k = 0; k < n; k++) Y[r0 * n + k] = (T)(acc += X[r0 * n + k]);                   \
+      for (int64_t kk = 0; kk < n; kk++) {                                                         \
+        int64_t k = j->rev ? n - 1 - kk : kk;                                                      \
+        Y[r0 * n + k] = (T)(acc += X[r0 * n + k]);                                                 \
+      }                                                                                            \
     }                                                                                              \
   } while (0)
 
@@ -1770,6 +1780,7 @@ typedef struct cumsum_job {
   const ad_tensor *x;
   ad_tensor *y;
   int64_t n;
+  bool rev; /* cumsum_reverse */
 } cumsum_job;
 
 static void cumsum_rows(void *ud, int64_t b, int64_t e) {
@@ -1781,28 +1792,28 @@ static void cumsum_rows(void *ud, int64_t b, int64_t e) {
 }
 #undef CUMSUM_ROWS_OF
 
-static void cumsum_fwd(const ad_call *c) {
+/* cumsum (rev false) or cumsum_reverse (rev true) of c's input */
+static void cumsum_run(const ad_call *c, bool rev) {
   const ad_tensor *x = c->in[0];
   red_dims r = red_of(x, 1u << ad_norm_axis(c->attrs->axis, x->ndim));
   if (c->out->size == 0) return;
   if (r.inner == 1) {
-    cumsum_job j = {x, c->out, r.n};
+    cumsum_job j = {x, c->out, r.n, rev};
     int64_t per = r.n > 0 ? r.n : 1; /* (n = 0: no element, returned above) */
     ad_parallel_for(r.outer, 32768 / per > CUMSUM_ROWS ? 32768 / per : CUMSUM_ROWS, cumsum_rows,
                     &j);
     return;
   }
-  cumsum_lanes_job j = {x, c->out, r, (r.inner + CUMSUM_BLOCK - 1) / CUMSUM_BLOCK};
+  cumsum_lanes_job j = {x, c->out, r, (r.inner + CUMSUM_BLOCK - 1) / CUMSUM_BLOCK, rev};
   int64_t per = r.n * (r.inner < CUMSUM_BLOCK ? r.inner : CUMSUM_BLOCK); /* elements a unit */
   ad_parallel_for(r.outer * j.blocks, (32768 + per - 1) / per,
                   r.inner >= 16 ? cumsum_lanes_wide : cumsum_lanes, &j);
 }
 
+static void cumsum_fwd(const ad_call *c) { cumsum_run(c, false); }
+
 static ad_status cumsum_bwd(const ad_call *c) {
-  ad_ctx *ctx = c->ctx;
-  int axis = c->attrs->axis;
-  ad_tensor *rev = ad_cumsum(ctx, ad_flip(ctx, c->gout, 1, &axis), axis);
-  return ad_call_set_grad(c, 0, ad_flip(ctx, rev, 1, &axis));
+  return ad_call_set_grad(c, 0, ad_apply1(c->ctx, AD_OP_CUMSUM_REVERSE, c->gout, c->attrs));
 }
 
 ad_tensor *ad_cumsum(ad_ctx *ctx, ad_tensor *x, int axis) {
@@ -1832,7 +1843,30 @@ const ad_op_def ad_def_cumsum = {
     .sample = cumsum_sample,
     .math = "y[.., k, ..] = sum_{j <= k} x[.., j, ..] on axis",
     .inputs = {"x"},
-    .grads = {"flip(cumsum(flip(dy, axis), axis), axis)"},
+    .grads = {"cumsum_reverse(dy, axis)"},
+};
+
+/* ------------------------------------------------------ cumsum_reverse */
+
+/* The reversed scan, cumsum's gradient (see cumsum above): no public
+ * builder, as torch has none (ad_op_apply reaches it by name). */
+static void cumsum_reverse_fwd(const ad_call *c) { cumsum_run(c, true); }
+
+static ad_status cumsum_reverse_bwd(const ad_call *c) {
+  return ad_call_set_grad(c, 0, ad_cumsum(c->ctx, c->gout, c->attrs->axis));
+}
+
+const ad_op_def ad_def_cumsum_reverse = {
+    .name = "cumsum_reverse",
+    .arity = 1,
+    .attrs = AD_ATTRS_AXIS,
+    .shape = shape_softmax,
+    .forward = cumsum_reverse_fwd,
+    .backward = cumsum_reverse_bwd,
+    .sample = cumsum_sample,
+    .math = "y[.., k, ..] = sum_{j >= k} x[.., j, ..] on axis, summed from the end",
+    .inputs = {"x"},
+    .grads = {"cumsum(dy, axis)"},
 };
 
 /* ------------------------------------------------------ argmax, argmin */

@@ -706,25 +706,48 @@ Test(parallel, elu_backward_same_bits_broadcast_or_not) {
 
 /* cumsum along axis 1 of [O, n, inner] (blocks of up to 512 lanes of one
  * outer index each, split over the threads; inner of 16 and more on the
- * clones for wider vectors) against the definition: each lane summed in
- * order in a double, each partial sum rounded to the dtype; bit for bit,
- * with NaN and infinities, on 1 and 3 threads. */
+ * clones for wider vectors; inner 1: the rows, eight interleaved) against
+ * the definition: each lane summed in order in a double, each partial sum
+ * rounded to the dtype; and its gradient for a seed g, cumsum_reverse:
+ * each lane of g summed from the end (torch's flip(cumsum(flip(g)))); bit
+ * for bit, with NaN and infinities, on 1 and 3 threads. */
 Test(parallel, cumsum_lanes_as_the_definition) {
   static const int64_t shapes[][3] = {{3000, 4, 4}, {5, 7, 130}, {700, 3, 64},  {2, 1000, 65},
-                                      {40, 9, 15},  {40, 9, 16}, {3, 50, 1100}, {1, 64, 1024}};
+                                      {40, 9, 15},  {40, 9, 16}, {3, 50, 1100}, {1, 64, 1024},
+                                      {33, 300, 1}, {9, 31, 1}};
   ad_rng rng;
   ad_rng_seed(&rng, 53);
   for (int d = 0; d < 2; d++) {
     ad_dtype dt = d ? AD_F64 : AD_F32;
     for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++) {
       const int64_t *sh = shapes[si], O = sh[0], n = sh[1], I = sh[2];
-      ad_tensor *x = ad_rand(ctx, &rng, dt, 3, sh, -3, 3);
-      cr_assert(x, "%s", ad_last_error(ctx));
+      ad_tensor *x = ad_rand(ctx, &rng, dt, 3, sh, -3, 3),
+                *g = ad_rand(ctx, &rng, dt, 3, sh, -3, 3);
+      cr_assert(x && g, "%s", ad_last_error(ctx));
       for (int64_t e = 7; e < x->size; e += 501) ad_tensor_set(x, e, e % 2 ? NAN : -INFINITY);
+      for (int64_t e = 300; e < g->size; e += 709) ad_tensor_set(g, e, e % 2 ? INFINITY : NAN);
+      cr_assert_eq(ad_tensor_set_requires_grad(x, true), AD_OK);
       for (int threads = 1; threads <= 3; threads += 2) {
         cr_assert_eq(ad_set_num_threads(threads), AD_OK);
         ad_tensor *y = ad_cumsum(ctx, x, 1);
         cr_assert(y, "%s", ad_last_error(ctx));
+        ad_tensor_zero_grad(x);
+        cr_assert_eq(ad_backward(ctx, y, g), AD_OK, "%s", ad_last_error(ctx));
+        for (int64_t o = 0; o < O; o++)
+          for (int64_t j = 0; j < I; j++) {
+            double acc = 0;
+            for (int64_t k = n - 1; k >= 0; k--) {
+              int64_t at = (o * n + k) * I + j;
+              acc += ad_tensor_get(g, at);
+              double want = dt == AD_F32 ? (double)(float)acc : acc,
+                     got = ad_tensor_get(x->grad, at);
+              cr_assert(memcmp(&want, &got, sizeof want) == 0 || (want != want && got != got),
+                        "cumsum's gradient %s [%lld,%lld,%lld] axis 1, %d thread(s): element "
+                        "%lld is %.17g, the reversed scan's %.17g",
+                        ad_dtype_name(dt), (long long)O, (long long)n, (long long)I, threads,
+                        (long long)at, got, want);
+            }
+          }
         for (int64_t o = 0; o < O; o++)
           for (int64_t j = 0; j < I; j++) {
             double acc = 0;
@@ -742,6 +765,7 @@ Test(parallel, cumsum_lanes_as_the_definition) {
         ad_tape_reset(ctx);
       }
       ad_tensor_free(x);
+      ad_tensor_free(g);
     }
   }
   cr_assert_eq(ad_set_num_threads(1), AD_OK);

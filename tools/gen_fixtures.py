@@ -1031,6 +1031,22 @@ add("cumsum_nan_inf", "cumsum",
     const([("in", f32r([[1.0, NAN, 2.0, 3.0], [INF, 1.0, -INF, 2.0]]))]),
     lambda t: torch.cumsum(t[0], -1), attr=("axis", -1))
 
+
+# cumsum_reverse (registry only: cumsum's gradient), torch's flip(cumsum(flip(x)))
+def rcumsum(t, ax):
+    return torch.flip(torch.cumsum(torch.flip(t, [ax]), ax), [ax])
+
+
+for label, xs, ax in (("cumsum_reverse_axis0", (3, 4), 0), ("cumsum_reverse_neg_axis_3d", (2, 3, 4), -1),
+                      ("cumsum_reverse_mid_3d", (2, 3, 4), 1), ("cumsum_reverse_vec", (7,), 0),
+                      ("cumsum_reverse_long", (2, 300), 1),
+                      ("cumsum_reverse_empty_axis", (2, 0, 3), 1)):
+    add(label, "cumsum_reverse", lambda rng, xs=xs: [("in", U(rng, xs))],
+        lambda t, ax=ax: rcumsum(t[0], ax), attr=("axis", ax))
+add("cumsum_reverse_nan_inf", "cumsum_reverse",
+    const([("in", f32r([[1.0, NAN, 2.0, 3.0], [INF, 1.0, -INF, 2.0]]))]),
+    lambda t: rcumsum(t[0], -1), attr=("axis", -1))
+
 # argmax / argmin (int32, no gradient): ties give the first index, a NaN
 # counts as the extreme (its first index), -0 and 0 tie
 ARG_TIES = f32r([[1.0, 3.0, 3.0, -1.0], [2.0, 0.0, 2.0, 0.0], [5.0, 5.0, 5.0, 5.0]])
