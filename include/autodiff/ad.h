@@ -1085,7 +1085,8 @@ AD_API ad_tensor *ad_logsumexp(ad_ctx *ctx, ad_tensor *x, int axis, bool keepdim
  * is summed in order, k = 0, 1, ..., in a double for float32 too (as
  * PyTorch's CPU kernel), each partial sum rounded to x's dtype; a NaN or
  * inf propagates to the rest of its lane. The gradient is the reversed
- * cumsum, ad_flip(ad_cumsum(ad_flip(dy))), differentiable to any order.
+ * cumsum, ad_flip(ad_cumsum(ad_flip(dy))) to the bit, recorded as one op
+ * (cumsum_reverse, whose gradient is cumsum), differentiable to any order.
  * Errors (NULL): AD_ERR_NULL, AD_ERR_DTYPE (x not float; torch also sums
  * integers), AD_ERR_ARG (axis out of range; a 0-d x has none, where torch
  * takes axis 0 or -1). */
