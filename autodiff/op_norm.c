@@ -6,6 +6,7 @@
  * tape, as PyTorch's buffers are. layer_norm and its gradient layer_norm_backward
  * are ops (a loop per row each), whose derivatives are made of the two and
  * of sums, so they differentiate to any order. */
+#include "kernels/kernels.h"
 #include "ops.h"
 #include "vexp.h"
 
@@ -761,10 +762,26 @@ CELL_CLONES static void layer_norm_backward_rows(void *ud, int64_t r0, int64_t r
     LNB_FWD(double);
 }
 
+/* Rows of exactly 16 float32 elements: whole blocks of 16 rows by
+ * kernels/norm16.c (AVX-512, the same bits), the rest as above. */
+static void layer_norm_backward_rows16(void *ud, int64_t r0, int64_t r1) {
+  const ln_job *j = ud;
+  const ad_call *c = j->c;
+  const float *g = c->in[0]->data, *x = c->in[1]->data, *w = c->n > 2 ? c->in[2]->data : NULL;
+  int64_t blocks = (r1 - r0) / 16;
+  if (!ad_ln16_backward(x + r0 * 16, g + r0 * 16, w, (float *)c->out->data + r0 * 16,
+                        c->attrs->layer_norm.eps, blocks))
+    blocks = 0;
+  if (r0 + blocks * 16 < r1) layer_norm_backward_rows(ud, r0 + blocks * 16, r1);
+}
+
 static void layer_norm_backward_fwd(const ad_call *c) {
   ln_job j = {c, 0};
   int64_t rows = ln_rows(c->in[1], &c->attrs->layer_norm, &j.M); /* sets j.M first */
-  ln_run(rows, j.M, layer_norm_backward_rows, &j);
+  ln_run(rows, j.M,
+         j.M == 16 && c->in[1]->dtype == AD_F32 ? layer_norm_backward_rows16
+                                                : layer_norm_backward_rows,
+         &j);
 }
 
 /* The plain backward of an affine layer_norm (the weight's or the bias's

@@ -2302,6 +2302,62 @@ Test(parallel, layer_norm_row_blocks_same_bits_as_each_row_alone) {
       }
 }
 
+/* Rows of exactly 16 float32 elements take kernels/norm16.c for dx where
+ * the CPU has AVX-512 (blocks of 16 rows transposed in registers): dx
+ * against each row alone (no block), bit for bit, without a weight, with
+ * a weight that wants no gradient, and with one that does under
+ * create_graph (both through layer_norm_backward with the weight); 37
+ * and 517 rows (blocks and rows left over), 1 and 3 threads. */
+Test(parallel, layer_norm_rows_of_16_same_bits_as_each_row_alone) {
+  ad_rng rng;
+  ad_rng_seed(&rng, 37);
+  static const int64_t rows[2] = {37, 517};
+  int64_t M = 16, rs[2] = {1, 16};
+  for (int ri = 0; ri < 2; ri++)
+    for (int aff = 0; aff < 3; aff++)
+      for (int th = 1; th <= 3; th += 2) {
+        int64_t R = rows[ri], xs[2] = {R, M};
+        cr_assert_eq(ad_set_num_threads(th), AD_OK);
+        ad_tensor *x = ad_rand(ctx, &rng, AD_F32, 2, xs, -3, 9),
+                  *seed = ad_rand(ctx, &rng, AD_F32, 2, xs, -1, 1);
+        ad_tensor *w = aff ? ad_rand(ctx, &rng, AD_F32, 1, &M, 0.5, 1.5) : NULL;
+        cr_assert(x && seed && (!aff || w), "%s", ad_last_error(ctx));
+        ad_tensor_set(x, 5 * M + 3, NAN); /* a NaN row among the block's */
+        ad_tensor_set_requires_grad(x, true);
+        if (aff == 2) ad_tensor_set_requires_grad(w, true);
+        ad_tensor *in[2] = {x, w}, *g[2];
+        ad_tensor *y = ad_layer_norm(ctx, x, 1, &M, w, NULL, 1e-5);
+        cr_assert(y && ad_grad(ctx, y, seed, aff == 2 ? 2 : 1, in, g, aff == 2) == AD_OK, "%s",
+                  ad_last_error(ctx));
+        for (int64_t r = 0; r < R; r++) {
+          if (R > 64 && r % 7 && r < R - 9) continue;
+          ad_tensor *xr = ad_zeros(ctx, AD_F32, 2, rs), *sr = ad_zeros(ctx, AD_F32, 2, rs);
+          cr_assert(xr && sr, "%s", ad_last_error(ctx));
+          memcpy(xr->data, (float *)x->data + r * M, (size_t)M * sizeof(float));
+          memcpy(sr->data, (float *)seed->data + r * M, (size_t)M * sizeof(float));
+          ad_tensor_set_requires_grad(xr, true);
+          ad_tensor *rin[2] = {xr, w}, *rg[2];
+          ad_tensor *yr = ad_layer_norm(ctx, xr, 1, &M, w, NULL, 1e-5);
+          cr_assert(yr && ad_grad(ctx, yr, sr, aff == 2 ? 2 : 1, rin, rg, aff == 2) == AD_OK, "%s",
+                    ad_last_error(ctx));
+          for (int64_t i = 0; i < M; i++) {
+            float a = ((float *)rg[0]->data)[i], b = ((float *)g[0]->data)[r * M + i];
+            cr_assert(
+                (a != a && b != b) || memcmp(&a, &b, sizeof a) == 0,
+                "[%lld,16] weight %d, %d thread(s): dx[%lld][%lld] %.9g, the row alone's %.9g",
+                (long long)R, aff, th, (long long)r, (long long)i, b, a);
+          }
+          ad_tensor_free(xr);
+          ad_tensor_free(sr);
+        }
+        ad_tape_reset(ctx);
+        ad_tensor_free(x);
+        ad_tensor_free(seed);
+        ad_tensor_free(w);
+      }
+  ad_set_num_threads(1);
+}
+
 /* layer_norm and its backward split their rows over threads (100 rows of
  * 1024: over the 33-row grain), with the same bits on 1 and 3 threads. */
 Test(parallel, layer_norm_rows_on_threads_same_bits) {

@@ -173,4 +173,12 @@ void ad_wino_weight_grad(const ad_wino *p, const float *du, float *dw, int64_t b
  * previous mode. */
 int ad_conv_winograd_mode(int mode);
 
+/* layer_norm's backward dx over `blocks` blocks of 16 rows of exactly 16
+ * float32 elements (x, g = dy and dx contiguous rows; w the weight, NULL
+ * for none; eps the op's), with the bits of op_norm.c's generic rows
+ * (norm16.c). Returns false, having done nothing, where the CPU has no
+ * AVX-512F or the build no x86 intrinsics. */
+bool ad_ln16_backward(const float *x, const float *g, const float *w, float *dx, double eps,
+                      int64_t blocks);
+
 #endif

@@ -52,6 +52,7 @@
  * input patch a tile reads: the bound is in ad_conv2d's contract (ad.h)
  * and kernels.h, checked by tests/test_winograd.c. */
 #include "kernels.h"
+#include "tr16.h"
 
 #include <stdatomic.h>
 #include <string.h>
@@ -165,47 +166,10 @@ static void from_last_gen(const float *src, int64_t srs, int64_t scs, float *dst
     }
 }
 
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-#define WINO_X86 1
-#include <immintrin.h>
-#define WINO_AVX512 __attribute__((target("avx512f,avx2,fma")))
-/* full unrolling, so that arrays of vectors become registers */
-#if defined(__clang__)
-#define WINO_UNROLL _Pragma("unroll")
-#else
-#define WINO_UNROLL _Pragma("GCC unroll 16")
-#endif
-
-/* r[i][j] = r[j][i] for the 16 vectors r (a 16x16 block). */
-WINO_AVX512 static inline __attribute__((always_inline)) void tr16(__m512 r[16]) {
-  __m512 t[16], u[16];
-  WINO_UNROLL
-  for (int k = 0; k < 8; k++) {
-    t[2 * k] = _mm512_unpacklo_ps(r[2 * k], r[2 * k + 1]);
-    t[2 * k + 1] = _mm512_unpackhi_ps(r[2 * k], r[2 * k + 1]);
-  }
-  WINO_UNROLL
-  for (int k = 0; k < 4; k++) {
-    __m512d a = _mm512_castps_pd(t[4 * k]), b = _mm512_castps_pd(t[4 * k + 1]);
-    __m512d c = _mm512_castps_pd(t[4 * k + 2]), d = _mm512_castps_pd(t[4 * k + 3]);
-    u[4 * k] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
-    u[4 * k + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
-    u[4 * k + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
-    u[4 * k + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
-  }
-  /* u[4 K + j], 128-bit lane L: rows 4 K .. 4 K + 3 of column 4 L + j */
-  WINO_UNROLL
-  for (int j = 0; j < 4; j++) {
-    __m512 v0 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0x88);
-    __m512 v1 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0xdd);
-    __m512 w0 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0x88);
-    __m512 w1 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0xdd);
-    r[j] = _mm512_shuffle_f32x4(v0, w0, 0x88);
-    r[8 + j] = _mm512_shuffle_f32x4(v0, w0, 0xdd);
-    r[4 + j] = _mm512_shuffle_f32x4(v1, w1, 0x88);
-    r[12 + j] = _mm512_shuffle_f32x4(v1, w1, 0xdd);
-  }
-}
+#ifdef AD_TR16
+#define WINO_X86    1
+#define WINO_AVX512 AD_TR16_ATTR
+#define WINO_UNROLL AD_TR16_UNROLL
 
 /* to_last in 16x16 blocks; the pad lanes past ch (up to a multiple of 16)
  * are written with zeros. */
@@ -224,7 +188,7 @@ WINO_AVX512 static void to_last_avx512(const float *src, int64_t ch, int64_t row
         for (int i = 0; i < 16; i++)
           r[i] = k0 + i < ch ? _mm512_maskz_loadu_ps(mx, src + ((k0 + i) * rows + y) * cols + x0)
                              : _mm512_setzero_ps();
-        tr16(r);
+        ad_tr16(r);
         for (int i = 0; i < nx; i++) _mm512_storeu_ps(dst + y * drs + (x0 + i) * dcs + k0, r[i]);
       }
 }
@@ -242,7 +206,7 @@ WINO_AVX512 static void from_last_avx512(const float *src, int64_t srs, int64_t 
         for (int i = 0; i < 16; i++)
           r[i] =
               i < nx ? _mm512_loadu_ps(src + y * srs + (x0 + i) * scs + k0) : _mm512_setzero_ps();
-        tr16(r);
+        ad_tr16(r);
         for (int k = 0; k < nk; k++) {
           __m512 v = bias ? _mm512_add_ps(r[k], _mm512_set1_ps(bias[k0 + k])) : r[k];
           _mm512_mask_storeu_ps(dst + ((k0 + k) * rows + y) * cols + x0, mx, v);
@@ -380,7 +344,7 @@ WINO_AVX512 static void weights_avx512(const ad_wino *p, const float *w, float *
   for (int xi = 0; xi < 36; xi++) { /* ut_rows_gen's rows, by a 16x16 transpose */
     WINO_UNROLL
     for (int l = 0; l < 16; l++) r[l] = _mm512_loadu_ps(t[xi][l]);
-    tr16(r);
+    ad_tr16(r);
     for (int64_t o = o0; o < o1; o++)
       _mm512_storeu_ps(ut + (xi * p->o + o) * p->cp + c0, r[o - o0]);
   }
