@@ -1,8 +1,9 @@
 /* kernels.h: the compute kernels behind the ops (private): the GEMM and
  * its dispatch between the built-in micro-kernels and BLAS (gemm.c), the
  * thread pool (parallel.c), products split over the pool or computed
- * transposed (matmul.c), Winograd's transforms (winograd.c) and
- * permute's transposed blocks (transpose.c). Kernels work on plain arrays: they know nothing of
+ * transposed (matmul.c), Winograd's transforms (winograd.c), permute's
+ * transposed blocks (transpose.c) and layer_norm's backward over rows of
+ * 16 (norm16.c). Kernels work on plain arrays: they know nothing of
  * contexts, tensors' nodes, the tape or ops. Why each choice is made, with
  * figures, is in docs/performance.md. */
 #ifndef AD_KERNELS_H
