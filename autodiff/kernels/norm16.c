@@ -5,8 +5,11 @@
  * (its mean, then its squared deviations, dy and dy (x - mean)), taken
  * across the vectors in order i = 0 .. 15, are the chains the generic
  * rows (op_norm.c, LNB_ROW) add one row at a time: the same operations in
- * the same order, in double, so the same bits; the sixteen rows' chains
- * run side by side instead of waiting on their own latency. */
+ * the same order, in double, so the same bits, but for the sign of a NaN
+ * (inf - inf gives x86's default NaN, whose sign bit is set, where the
+ * scalar code may keep an operand's: ad.h leaves NaN signs open); the
+ * sixteen rows' chains run side by side instead of waiting on their own
+ * latency. */
 #include "kernels.h"
 #include "tr16.h"
 
