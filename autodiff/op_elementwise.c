@@ -485,11 +485,44 @@ typedef struct unary_job {
           if (OUT32(X[i])) Y[i] = FIX32(X[i]);                                                     \
     }                                                                                              \
   } while (0)
+/* V32_CHUNKS for float64 rows: Y[i] = V64(X[i]), FIX64 where OUT64 holds */
+#define V64_CHUNKS(V64, OUT64, FIX64)                                                              \
+  do {                                                                                             \
+    for (int64_t c0 = b; c0 < e; c0 += 256) {                                                      \
+      int64_t c1 = e - c0 < 256 ? e : c0 + 256;                                                    \
+      int out = 0;                                                                                 \
+      for (int64_t i = c0; i < c1; i++) {                                                          \
+        double x = X[i];                                                                           \
+        Y[i] = V64(x);                                                                             \
+        out |= OUT64(x);                                                                           \
+      }                                                                                            \
+      if (out)                                                                                     \
+        for (int64_t i = c0; i < c1; i++)                                                          \
+          if (OUT64(X[i])) Y[i] = FIX64(X[i]);                                                     \
+    }                                                                                              \
+  } while (0)
 #define UNARY_KERNEL_V(NAME, V32, OUT32, FIX32, EXPR64)                                            \
   CELL_CLONES static void NAME##_rows32(const float *X, float *Y, int64_t b, int64_t e) {          \
     V32_CHUNKS(V32, OUT32, FIX32);                                                                 \
   }                                                                                                \
   UNARY_KERNEL_V_REST(NAME, V32, OUT32, FIX32, EXPR64)
+/* UNARY_KERNEL_V whose float64 form vectorizes too: V64, OUT64 and FIX64
+ * as V32, OUT32 and FIX32 */
+#define UNARY_KERNEL_VV(NAME, V32, OUT32, FIX32, V64, OUT64, FIX64)                                \
+  CELL_CLONES static void NAME##_rows32(const float *X, float *Y, int64_t b, int64_t e) {          \
+    V32_CHUNKS(V32, OUT32, FIX32);                                                                 \
+  }                                                                                                \
+  CELL_CLONES static void NAME##_rows64(const double *X, double *Y, int64_t b, int64_t e) {        \
+    V64_CHUNKS(V64, OUT64, FIX64);                                                                 \
+  }                                                                                                \
+  static void NAME##_range(void *ud, int64_t b, int64_t e) {                                       \
+    const unary_job *j = ud;                                                                       \
+    if (j->y->dtype == AD_F32)                                                                     \
+      NAME##_rows32(j->x->data, j->y->data, b, e);                                                 \
+    else                                                                                           \
+      NAME##_rows64(j->x->data, j->y->data, b, e);                                                 \
+  }                                                                                                \
+  UNARY_FWD(NAME, NO_S, (OUT32(x) ? FIX32(x) : V32(x)), (OUT64(x) ? FIX64(x) : V64(x)))
 /* UNARY_KERNEL_V but for NAME_rows32, which the caller defines */
 #define UNARY_KERNEL_V_REST(NAME, V32, OUT32, FIX32, EXPR64)                                       \
   CELL_CLONES static void NAME##_rows64(const double *X, double *Y, int64_t b, int64_t e) {        \
@@ -1526,9 +1559,19 @@ const ad_op_def ad_def_abs = {
 /* ------------------------------------------------------------------ sin */
 
 /* float32: trig_v (vexp.h, within 0.5001 ulp) for |x| <= 2^20, libm's
- * beyond and for infinities and NaN; float64: libm's. */
+ * beyond and for infinities and NaN; float64: trig_d (within 1 ulp) for
+ * |x| <= 2^20 where the build's FMA_D rounds once, else libm's. */
 #define TRIG_OUT32(x) (!(fabsf(x) <= TRIG_V_MAX))
-UNARY_KERNEL_V(sin, sin_v, TRIG_OUT32, sinf, sin(x))
+#ifdef VEXP_FMA_D_FUSED
+#define TRIG_OUT64(x) (!(fabs(x) <= TRIG_D_MAX))
+#define SIN64         sin_d
+#define COS64         cos_d
+#else
+#define TRIG_OUT64(x) 0
+#define SIN64         sin
+#define COS64         cos
+#endif
+UNARY_KERNEL_VV(sin, sin_v, TRIG_OUT32, sinf, SIN64, TRIG_OUT64, sin)
 
 static ad_status sin_bwd(const ad_call *c) {
   return ad_call_set_grad(c, 0, ad_mul(c->ctx, c->gout, ad_cos(c->ctx, c->in[0])));
@@ -1550,7 +1593,7 @@ const ad_op_def ad_def_sin = {
 
 /* ------------------------------------------------------------------ cos */
 
-UNARY_KERNEL_V(cos, cos_v, TRIG_OUT32, cosf, cos(x))
+UNARY_KERNEL_VV(cos, cos_v, TRIG_OUT32, cosf, COS64, TRIG_OUT64, cos)
 
 static ad_status cos_bwd(const ad_call *c) {
   ad_ctx *ctx = c->ctx;

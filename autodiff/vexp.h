@@ -51,8 +51,9 @@
  * tests/test_ops_values.c). */
 #if defined(__FMA__) || defined(__aarch64__) ||                                                    \
     (defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__ELF__))
-#define FMA_F(a, b, c) fmaf(a, b, c)
-#define FMA_D(a, b, c) fma(a, b, c)
+#define FMA_F(a, b, c)   fmaf(a, b, c)
+#define FMA_D(a, b, c)   fma(a, b, c)
+#define VEXP_FMA_D_FUSED 1 /* FMA_D rounds once: trig_d's exact products */
 #else
 #define FMA_F(a, b, c) ((float)((double)(a) * (double)(b) + (double)(c)))
 #define FMA_D(a, b, c) ((a) * (b) + (c))
@@ -516,6 +517,67 @@ CELL_ROW float trig_v(float xf, int cosine) {
 /* sin(-0) is -0 (the sum r + r^3 p gives +0) */
 CELL_ROW float sin_v(float x) { return x == 0 ? x : trig_v(x, 0); }
 CELL_ROW float cos_v(float x) { return trig_v(x, 1); }
+
+/* float64 sin and cos for |x| <= 2^20 (TRIG_D_MAX; the callers take
+ * libm beyond, and for infinities and NaN) without calls or branches,
+ * where FMA_D rounds once (VEXP_FMA_D_FUSED; elsewhere the callers take
+ * libm): x = q pi/2 + r with q = round(x 2/pi) and |r| <= pi/4 (a hair
+ * more where x 2/pi rounds across a half), r carried as r + rr to about
+ * twice double's precision, then sin r or cos r as the quadrant (q's low
+ * bits, from t's, with no conversion to an integer) says, with its sign.
+ * pi/2 is P1 + P2 + P3 (159 bits): q P1 is taken off exactly (x and q P1
+ * are multiples of 2^-53 where q is not 0 and their difference is below
+ * 1, so the fused multiply-add has nothing to round), q P2 as an exact
+ * product (ph + pl) with the subtraction's rounding error kept (two-sum:
+ * x may lie within 2^-40 of q pi/2, where r is mostly bits of pl), and
+ * q P3 is below 2^-88. sin r = r + r^3 S(r^2) + rr cos r, cos r = 1 -
+ * r^2/2 + r^4 C(r^2) - r rr, with S and C the Taylor series to r^17 and
+ * r^18 (the terms left out are below 2e-19 of the result); 1 - r^2/2 is
+ * summed with its rounding error (and r^2's) carried into the small part,
+ * so that the last addition is the one rounding of note. Against sinl and
+ * cosl (tests/test_ops_values.c): within 1 ulp. */
+#define TRIG_D_MAX 0x1p20
+static inline double trig_d(double x, int cosine) VEXP_INLINE;
+static inline double trig_d(double x, int cosine) {
+  const double P1 = 0x1.921fb54442d18p+0, P2 = 0x1.1a62633145c07p-54, P3 = -0x1.f1976b7ed8fbcp-110,
+               SHIFT = 0x1.8p52;
+  double t = FMA_D(x, 0x1.45f306dc9c883p-1, SHIFT), q = t - SHIFT;
+  double t1 = FMA_D(-q, P1, x);
+  double ph = q * P2, pl = FMA_D(q, P2, -ph);
+  double rh = t1 - ph, bv = rh - t1, e = (t1 - (rh - bv)) - (ph + bv); /* t1 - ph = rh + e */
+  double rl = (e - pl) - q * P3;
+  double r = rh + rl, rr = rl - (r - rh), z = r * r, zl = FMA_D(r, r, -z);
+  double s = 1.0 / 355687428096000; /* 1/17! */
+  s = FMA_D(s, z, -1.0 / 1307674368000);
+  s = FMA_D(s, z, 1.0 / 6227020800);
+  s = FMA_D(s, z, -1.0 / 39916800);
+  s = FMA_D(s, z, 1.0 / 362880);
+  s = FMA_D(s, z, -1.0 / 5040);
+  s = FMA_D(s, z, 1.0 / 120);
+  s = FMA_D(s, z, -1.0 / 6);
+  double c = -1.0 / 6402373705728000; /* -1/18! */
+  c = FMA_D(c, z, 1.0 / 20922789888000);
+  c = FMA_D(c, z, -1.0 / 87178291200);
+  c = FMA_D(c, z, 1.0 / 479001600);
+  c = FMA_D(c, z, -1.0 / 3628800);
+  c = FMA_D(c, z, 1.0 / 40320);
+  c = FMA_D(c, z, -1.0 / 720);
+  c = FMA_D(c, z, 1.0 / 24);
+  double vs = r + FMA_D(r * z, s, rr - 0.5 * z * rr);
+  double hz = 0.5 * z, w = 1.0 - hz;
+  double vc = w + (((1.0 - w) - hz) + (FMA_D(z * z, c, -0.5 * zl) - r * rr));
+  uint64_t tb;
+  memcpy(&tb, &t, sizeof tb);
+  /* the quadrant of sin(x) (cos(x) = sin(x + pi/2)): sin r, cos r, -sin r, -cos r */
+  uint64_t n = tb + (uint64_t)cosine;
+  double v = (n & 1) ? vc : vs;
+  return (n & 2) ? -v : v;
+}
+/* sin(-0) is -0 (the sum r + r^3 S gives +0) */
+static inline double sin_d(double x) VEXP_INLINE;
+static inline double sin_d(double x) { return x == 0 ? x : trig_d(x, 0); }
+static inline double cos_d(double x) VEXP_INLINE;
+static inline double cos_d(double x) { return trig_d(x, 1); }
 
 /* float32 atan without calls or branches, in double: a = |x| is taken to
  * u in [-tan(pi/8), tan(pi/8)] by one quotient, u = a (a <= tan(pi/8)),
