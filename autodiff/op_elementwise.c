@@ -2047,9 +2047,17 @@ const ad_op_def ad_def_square = {
 /* ----------------------------------------------------------------- atan */
 
 /* float32: atan_v (vexp.h, within 0.5001 ulp) but for NaN, which libm's
- * atanf returns as it came */
+ * atanf returns as it came; float64: atan_d (within 0.54 ulp) but for
+ * infinities and NaN where the build's FMA_D rounds once, else libm's */
 #define NAN_OUT32(x) ((x) != (x))
-UNARY_KERNEL_V(atan, atan_v, NAN_OUT32, atanf, atan(x))
+#ifdef VEXP_FMA_D_FUSED
+#define ATAN_OUT64(x) (!(fabs(x) <= DBL_MAX))
+#define ATAN64        atan_d
+#else
+#define ATAN_OUT64(x) 0
+#define ATAN64        atan
+#endif
+UNARY_KERNEL_VV(atan, atan_v, NAN_OUT32, atanf, ATAN64, ATAN_OUT64, atan)
 
 static ad_status atan_bwd(const ad_call *c) {
   ad_ctx *ctx = c->ctx;
