@@ -1559,7 +1559,7 @@ const ad_op_def ad_def_abs = {
 /* ------------------------------------------------------------------ sin */
 
 /* float32: trig_v (vexp.h, within 0.5001 ulp) for |x| <= 2^20, libm's
- * beyond and for infinities and NaN; float64: trig_d (within 1 ulp) for
+ * beyond and for infinities and NaN; float64: trig_d (within 0.77 ulp) for
  * |x| <= 2^20 where the build's FMA_D rounds once, else libm's. */
 #define TRIG_OUT32(x) (!(fabsf(x) <= TRIG_V_MAX))
 #ifdef VEXP_FMA_D_FUSED

@@ -1637,39 +1637,28 @@ Test(ops_values, float64_exp_family_within_ulps) {
 
 /* float64 sin and cos run on vexp.h's trig_d for |x| <= 2^20 (libm's
  * beyond, for infinities and NaN, and in builds whose FMA_D is not fused).
- * Against sinl and cosl: within 0.8 ulp (measured 0.74 and 0.76 on 20
- * million inputs: uniform on [-2^20, 2^20] and [-10, 10], on a log scale
- * from 2^-60 to 2^20, and one to two ulps from multiples of pi/2, where r
- * is mostly the low part of q pi/2) on each of those kinds here, the edge
- * of the range and the special values exactly libm's, sin(-0) = -0, and a
- * 1-element tensor the same bits as in a long one. */
+ * Against sinl and cosl: within 0.78 ulp (0.765 the worst found in 200
+ * million inputs aimed at it) on each kind of input here: uniform on
+ * [-2^20, 2^20] and [-10, 10], a log scale from 2^-60 to 2^20, one to two
+ * ulps from multiples of pi/2 (where r is mostly the low part of q pi/2),
+ * and near odd multiples of pi/4 (|r| near pi/4, where the worst errors
+ * are); the values past 2^20 (one where trig_d and libm differ), the
+ * infinities, NaN and zeros exactly libm's, sin(-0) = -0, and a 1-element
+ * tensor the same bits as in a long one. */
 static long double sin_ld(long double x) { return sinl(x); }
 static long double cos_ld(long double x) { return cosl(x); }
 
 Test(ops_values, float64_sin_cos_within_ulps) {
-  static const double specials[] = {0.0,
-                                    -0.0,
-                                    INFINITY,
-                                    -INFINITY,
-                                    NAN,
-                                    0x1p20,
-                                    -0x1p20,
-                                    0x1.0000000000001p20,
-                                    -0x1.0000000000001p20,
-                                    1e300,
-                                    -1e300,
-                                    4.9e-324,
-                                    -4.9e-324,
-                                    1e-300,
-                                    0x1p-1022,
-                                    1.5707963267948966,
-                                    3.141592653589793,
-                                    -4.71238898038469,
-                                    0.7853981633974483,
-                                    -0.7853981633974484,
-                                    355.0,
-                                    103993.0};
-  enum { SWEEP = 30000, KINDS = 4 };
+  static const double specials[] = {0.0, -0.0, INFINITY, -INFINITY, NAN, 0x1p20, -0x1p20,
+                                    0x1.0000000000001p20, -0x1.0000000000001p20, 1e300, -1e300,
+                                    4.9e-324, -4.9e-324, 1e-300, 0x1p-1022, 1.5707963267948966,
+                                    3.141592653589793, -4.71238898038469, 0.7853981633974483,
+                                    -0.7853981633974484, 355.0, 103993.0,
+                                    /* within 2^-60.5 of 29 pi/2; relative to x, the closest */
+                                    0x1.6c6cbc45dc8dep+5, 0x1.39c6fd67805a7p+18,
+                                    /* past 2^20, where trig_d would differ from libm */
+                                    0x1.000000001cdc1p+20};
+  enum { SWEEP = 30000, KINDS = 5 };
   int64_t n = KINDS * SWEEP + (int64_t)(sizeof specials / sizeof *specials);
   ad_tensor *x = ad_zeros(ctx, AD_F64, 1, &n);
   cr_assert_not_null(x, "%s", ad_last_error(ctx));
@@ -1686,6 +1675,8 @@ Test(ops_values, float64_sin_cos_within_ulps) {
     double k = (double)(int64_t)(st % 1300000) - 650000, y = k * 1.5707963267948966;
     y = nextafter(y, (st >> 40) & 1 ? INFINITY : -INFINITY);
     xv[3 * SWEEP + i] = (st >> 41) & 1 ? nextafter(y, INFINITY) : y;
+    /* within 2^-20 of (k + 1/2) pi/2: |r| near pi/4 */
+    xv[4 * SWEEP + i] = (k + 0.5) * 1.5707963267948966 + (u - 0.5) * 0x1p-19;
   }
   memcpy(xv + KINDS * SWEEP, specials, sizeof specials);
   static const struct {
@@ -1706,7 +1697,8 @@ Test(ops_values, float64_sin_cos_within_ulps) {
         cr_assert(!isnan(u), "%s(%a) = %a", fns[f].name, xv[i], yv[i]);
         if (u > worst) worst = u, at = i;
       }
-      cr_assert(worst <= 0.8, "%s, kind %d: %.3Lf ulp at x = %a", fns[f].name, kind, worst, xv[at]);
+      cr_assert(worst <= 0.78, "%s, kind %d: %.3Lf ulp at x = %a", fns[f].name, kind, worst,
+                xv[at]);
     }
     for (size_t k = 0; k < sizeof specials / sizeof *specials; k++) {
       double xs = specials[k], ys = yv[KINDS * SWEEP + (int64_t)k], want = fns[f].lib(xs);
@@ -1714,7 +1706,7 @@ Test(ops_values, float64_sin_cos_within_ulps) {
         cr_assert(isnan(want) ? isnan(ys) : memcmp(&ys, &want, sizeof ys) == 0,
                   "%s(%a) = %a, libm %a", fns[f].name, xs, ys, want);
       else
-        cr_assert(ulps64(ys, fns[f].ref((long double)xs)) <= 1.0, "%s(%a) = %a", fns[f].name, xs,
+        cr_assert(ulps64(ys, fns[f].ref((long double)xs)) <= 0.78, "%s(%a) = %a", fns[f].name, xs,
                   ys);
     }
     for (int64_t i = 0; i < n; i += i < KINDS * SWEEP ? 991 : 1) { /* each alone */

@@ -84,11 +84,11 @@
  *   logsigmoid, elu (selu, celu), binary cross-entropy with logits, the
  *   exponentials of the softmax family and cross-entropy, the recurrent
  *   cells, and atan, and sin and cos up to |x| = 2^20 (the last three in
- *   builds with fused multiply-adds: GCC's, or any compiled with FMA;
- *   else the C library's) are the engine's own (exp within 0.68 ulp,
- *   0.78 where the result is subnormal, glibc's 0.51; tanh within 1.23,
- *   glibc's 2.15; sin and cos within 0.76, atan 0.54), the same bits on
- *   every CPU.
+ *   builds with fused multiply-adds: GCC's on x86-64 or aarch64, or any
+ *   compiled with FMA; else the C library's) are the engine's own (exp
+ *   within 0.68 ulp, 0.78 where the result is subnormal, glibc's 0.51;
+ *   tanh within 1.23, glibc's 2.15; sin and cos within 0.77, atan 0.54),
+ *   the same bits on every CPU.
  */
 #ifndef AD_H
 #define AD_H
