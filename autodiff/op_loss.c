@@ -585,7 +585,8 @@ static inline float bce_v(float p, float t) { return (t - 1.0f) * log_v(1.0f - p
 #define BCE_OUT32(p) (!((p) >= FLT_MIN && 1.0f - (p) >= FLT_MIN))
 BINARY_KERNEL_V(bce, bce_v(x0, x1), BCE_OUT32(x0), bce_f32(x0, x1), bce_f64(x0, x1))
 
-/* The log op's float32 value (op_elementwise.c's log kernel). */
+/* The log op's float32 value (op_elementwise.c's log kernel); float64's
+ * is vexp.h's log_op_d. */
 static inline float bce_log32(float x) VEXP_INLINE;
 static inline float bce_log32(float x) { return LOG_V_OUT(x) ? logf(x) : log_v(x); }
 
@@ -618,7 +619,7 @@ CELL_CLONES static void bce_bwd_range(void *ud, int64_t b, int64_t e) {
   if (c->out->dtype == AD_F32)
     BCE_BWD_RANGE(float, bce_log32);
   else
-    BCE_BWD_RANGE(double, log);
+    BCE_BWD_RANGE(double, log_op_d);
 }
 
 static ad_status bce_bwd_plain(const ad_call *c) {

@@ -77,18 +77,18 @@
  *   emulation), NaNs aside, whose sign and payload IEEE 754 leaves open.
  *   Not the same bits from one CPU to another: matrix products (which
  *   kernel, or OpenBLAS, runs one is the CPU's) and what goes through
- *   float64 log, erf or pow (the log of a sum in log_softmax, logsumexp
- *   and cross-entropy too), and sin and cos beyond |x| = 2^20, which come
- *   from the C library, whose variants for CPUs with and without FMA may
- *   differ in the last bit. float64 exp, tanh, sigmoid, softplus,
- *   logsigmoid, elu (selu, celu), binary cross-entropy with logits, the
- *   exponentials of the softmax family and cross-entropy, the recurrent
- *   cells, and atan, and sin and cos up to |x| = 2^20 (the last three in
- *   builds with fused multiply-adds: GCC's on x86-64 or aarch64, or any
- *   compiled with FMA; else the C library's) are the engine's own (exp
- *   within 0.68 ulp, 0.78 where the result is subnormal, glibc's 0.51;
- *   tanh within 1.23, glibc's 2.15; sin and cos within 0.77, atan 0.54),
- *   the same bits on every CPU.
+ *   float64 erf and pow, the log of a sum in log_softmax, logsumexp and
+ *   cross-entropy, and sin and cos beyond |x| = 2^20, which come from the
+ *   C library, whose variants for CPUs with and without FMA may differ in
+ *   the last bit. float64 exp, tanh, sigmoid, softplus, logsigmoid, elu
+ *   (selu, celu), binary cross-entropy with logits, the exponentials of
+ *   the softmax family and cross-entropy, the recurrent cells, and log
+ *   (of positive normal numbers), atan, and sin and cos up to |x| = 2^20
+ *   (these four in builds with fused multiply-adds: GCC's on x86-64 or
+ *   aarch64, or any compiled with FMA; else the C library's) are the
+ *   engine's own (exp within 0.68 ulp, 0.78 where the result is
+ *   subnormal, glibc's 0.51; tanh within 1.23, glibc's 2.15; sin and cos
+ *   within 0.77, atan 0.54, log 0.545), the same bits on every CPU.
  */
 #ifndef AD_H
 #define AD_H
