@@ -467,40 +467,38 @@ typedef struct unary_job {
  * as the float32 ones (exp_d and the functions on it vectorize there; a
  * libm call stays a call per element). */
 #define NEVER_OUT32(x) 0 /* OUT32 of a V32 defined on every float */
-/* Y[i] = V32(X[i]) for i in [b, e), in chunks of 256 after each of which
- * the elements where OUT32 holds are taken again as FIX32 (the loop over a
- * chunk stays branch-free, so that it vectorizes) */
-#define V32_CHUNKS(V32, OUT32, FIX32)                                                              \
+/* Y[i] = V(X[i]) for i in [b, e) of element type T, in chunks of 256
+ * after each of which the elements where OUT holds are taken again as FIX
+ * (the loop over a chunk stays branch-free, so that it vectorizes) */
+#define VT_CHUNKS(T, V, OUT, FIX)                                                                  \
   do {                                                                                             \
     for (int64_t c0 = b; c0 < e; c0 += 256) {                                                      \
       int64_t c1 = e - c0 < 256 ? e : c0 + 256;                                                    \
       int out = 0;                                                                                 \
       for (int64_t i = c0; i < c1; i++) {                                                          \
-        float x = X[i];                                                                            \
-        Y[i] = V32(x);                                                                             \
-        out |= OUT32(x);                                                                           \
+        T x = X[i];                                                                                \
+        Y[i] = V(x);                                                                               \
+        out |= OUT(x);                                                                             \
       }                                                                                            \
       if (out)                                                                                     \
         for (int64_t i = c0; i < c1; i++)                                                          \
-          if (OUT32(X[i])) Y[i] = FIX32(X[i]);                                                     \
+          if (OUT(X[i])) Y[i] = FIX(X[i]);                                                         \
     }                                                                                              \
   } while (0)
-/* V32_CHUNKS for float64 rows: Y[i] = V64(X[i]), FIX64 where OUT64 holds */
-#define V64_CHUNKS(V64, OUT64, FIX64)                                                              \
-  do {                                                                                             \
-    for (int64_t c0 = b; c0 < e; c0 += 256) {                                                      \
-      int64_t c1 = e - c0 < 256 ? e : c0 + 256;                                                    \
-      int out = 0;                                                                                 \
-      for (int64_t i = c0; i < c1; i++) {                                                          \
-        double x = X[i];                                                                           \
-        Y[i] = V64(x);                                                                             \
-        out |= OUT64(x);                                                                           \
-      }                                                                                            \
-      if (out)                                                                                     \
-        for (int64_t i = c0; i < c1; i++)                                                          \
-          if (OUT64(X[i])) Y[i] = FIX64(X[i]);                                                     \
-    }                                                                                              \
-  } while (0)
+#define V32_CHUNKS(V32, OUT32, FIX32) VT_CHUNKS(float, V32, OUT32, FIX32)
+#define V64_CHUNKS(V64, OUT64, FIX64) VT_CHUNKS(double, V64, OUT64, FIX64)
+/* The range function over NAME_rows32 and NAME_rows64 and the forward
+ * (a 1-element tensor takes V32 or FIX32, and SCALAR64) of the kernels
+ * below */
+#define UNARY_V_RANGE(NAME, V32, OUT32, FIX32, SCALAR64)                                           \
+  static void NAME##_range(void *ud, int64_t b, int64_t e) {                                       \
+    const unary_job *j = ud;                                                                       \
+    if (j->y->dtype == AD_F32)                                                                     \
+      NAME##_rows32(j->x->data, j->y->data, b, e);                                                 \
+    else                                                                                           \
+      NAME##_rows64(j->x->data, j->y->data, b, e);                                                 \
+  }                                                                                                \
+  UNARY_FWD(NAME, NO_S, (OUT32(x) ? FIX32(x) : V32(x)), SCALAR64)
 #define UNARY_KERNEL_V(NAME, V32, OUT32, FIX32, EXPR64)                                            \
   CELL_CLONES static void NAME##_rows32(const float *X, float *Y, int64_t b, int64_t e) {          \
     V32_CHUNKS(V32, OUT32, FIX32);                                                                 \
@@ -515,14 +513,7 @@ typedef struct unary_job {
   CELL_CLONES static void NAME##_rows64(const double *X, double *Y, int64_t b, int64_t e) {        \
     V64_CHUNKS(V64, OUT64, FIX64);                                                                 \
   }                                                                                                \
-  static void NAME##_range(void *ud, int64_t b, int64_t e) {                                       \
-    const unary_job *j = ud;                                                                       \
-    if (j->y->dtype == AD_F32)                                                                     \
-      NAME##_rows32(j->x->data, j->y->data, b, e);                                                 \
-    else                                                                                           \
-      NAME##_rows64(j->x->data, j->y->data, b, e);                                                 \
-  }                                                                                                \
-  UNARY_FWD(NAME, NO_S, (OUT32(x) ? FIX32(x) : V32(x)), (OUT64(x) ? FIX64(x) : V64(x)))
+  UNARY_V_RANGE(NAME, V32, OUT32, FIX32, (OUT64(x) ? FIX64(x) : V64(x)))
 /* UNARY_KERNEL_V but for NAME_rows32, which the caller defines */
 #define UNARY_KERNEL_V_REST(NAME, V32, OUT32, FIX32, EXPR64)                                       \
   CELL_CLONES static void NAME##_rows64(const double *X, double *Y, int64_t b, int64_t e) {        \
@@ -531,14 +522,7 @@ typedef struct unary_job {
       Y[i] = (EXPR64);                                                                             \
     }                                                                                              \
   }                                                                                                \
-  static void NAME##_range(void *ud, int64_t b, int64_t e) {                                       \
-    const unary_job *j = ud;                                                                       \
-    if (j->y->dtype == AD_F32)                                                                     \
-      NAME##_rows32(j->x->data, j->y->data, b, e);                                                 \
-    else                                                                                           \
-      NAME##_rows64(j->x->data, j->y->data, b, e);                                                 \
-  }                                                                                                \
-  UNARY_FWD(NAME, NO_S, (OUT32(x) ? FIX32(x) : V32(x)), EXPR64)
+  UNARY_V_RANGE(NAME, V32, OUT32, FIX32, EXPR64)
 #define DEFINE_UNARY_S(NAME, EXPR32, EXPR64) UNARY_KERNEL(NAME, WITH_S, EXPR32, EXPR64)
 
 /* maximum and minimum send dy to a unless a loses (lose(a, b): ad_lt for

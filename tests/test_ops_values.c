@@ -1635,6 +1635,39 @@ Test(ops_values, float64_exp_family_within_ulps) {
   ad_tensor_free(x);
 }
 
+/* The float64 unary tests below: the worst error in ulps of y against ref
+ * over each kind's run of sweep inputs (x[kind sweep, (kind + 1) sweep))
+ * is within bound. */
+static void f64_within_per_kind(const char *name, const double *xv, const double *yv, int kinds,
+                                int64_t sweep, long double (*ref)(long double), double bound) {
+  for (int kind = 0; kind < kinds; kind++) {
+    long double worst = 0;
+    int64_t at = 0;
+    for (int64_t i = kind * sweep; i < (kind + 1) * sweep; i++) {
+      long double u = ulps64(yv[i], ref((long double)xv[i]));
+      cr_assert(!isnan(u), "%s(%a) = %a", name, xv[i], yv[i]);
+      if (u > worst) worst = u, at = i;
+    }
+    cr_assert(worst <= bound, "%s, kind %d: %.3Lf ulp at x = %a", name, kind, worst, xv[at]);
+  }
+}
+
+/* Every 991st of x's first swept elements and every one after, alone in a
+ * 1-element tensor: the same bits through op as in the long tensor. */
+static void f64_alone_same_bits(const char *name, ad_tensor *(*op)(ad_ctx *, ad_tensor *),
+                                const double *xv, const double *yv, int64_t n, int64_t swept) {
+  for (int64_t i = 0; i < n; i += i < swept ? 991 : 1) {
+    int64_t one = 1;
+    ad_tensor *xi = ad_full(ctx, AD_F64, 1, &one, xv[i]);
+    ad_tensor *yi = op(ctx, xi);
+    cr_assert_not_null(yi, "%s", ad_last_error(ctx));
+    double a = ((const double *)yi->data)[0], b = yv[i];
+    cr_assert(memcmp(&a, &b, sizeof a) == 0 || (isnan(a) && isnan(b)),
+              "%s(%a): alone %a, in a tensor %a", name, xv[i], a, b);
+    ad_tensor_free(xi);
+  }
+}
+
 /* float64 sin and cos run on vexp.h's trig_d for |x| <= 2^20 (libm's
  * beyond, for infinities and NaN, and in builds whose FMA_D is not fused).
  * Against sinl and cosl: within 0.78 ulp (0.765 the worst found in 200
@@ -1689,17 +1722,7 @@ Test(ops_values, float64_sin_cos_within_ulps) {
     ad_tensor *y = fns[f].op(ctx, x);
     cr_assert_not_null(y, "%s: %s", fns[f].name, ad_last_error(ctx));
     const double *yv = y->data;
-    for (int kind = 0; kind < KINDS; kind++) {
-      long double worst = 0;
-      int64_t at = 0;
-      for (int64_t i = kind * SWEEP; i < (kind + 1) * SWEEP; i++) {
-        long double u = ulps64(yv[i], fns[f].ref((long double)xv[i]));
-        cr_assert(!isnan(u), "%s(%a) = %a", fns[f].name, xv[i], yv[i]);
-        if (u > worst) worst = u, at = i;
-      }
-      cr_assert(worst <= 0.78, "%s, kind %d: %.3Lf ulp at x = %a", fns[f].name, kind, worst,
-                xv[at]);
-    }
+    f64_within_per_kind(fns[f].name, xv, yv, KINDS, SWEEP, fns[f].ref, 0.78);
     for (size_t k = 0; k < sizeof specials / sizeof *specials; k++) {
       double xs = specials[k], ys = yv[KINDS * SWEEP + (int64_t)k], want = fns[f].lib(xs);
       if (!(fabs(xs) <= 0x1p20) || xs == 0)
@@ -1709,16 +1732,7 @@ Test(ops_values, float64_sin_cos_within_ulps) {
         cr_assert(ulps64(ys, fns[f].ref((long double)xs)) <= 0.78, "%s(%a) = %a", fns[f].name, xs,
                   ys);
     }
-    for (int64_t i = 0; i < n; i += i < KINDS * SWEEP ? 991 : 1) { /* each alone */
-      int64_t one = 1;
-      ad_tensor *xi = ad_full(ctx, AD_F64, 1, &one, xv[i]);
-      ad_tensor *yi = fns[f].op(ctx, xi);
-      cr_assert_not_null(yi, "%s", ad_last_error(ctx));
-      double a = ((const double *)yi->data)[0], b = yv[i];
-      cr_assert(memcmp(&a, &b, sizeof a) == 0 || (isnan(a) && isnan(b)),
-                "%s(%a): alone %a, in a tensor %a", fns[f].name, xv[i], a, b);
-      ad_tensor_free(xi);
-    }
+    f64_alone_same_bits(fns[f].name, fns[f].op, xv, yv, n, KINDS * SWEEP);
     ad_tape_reset(ctx);
   }
   ad_tensor_free(x);
@@ -1767,16 +1781,7 @@ Test(ops_values, float64_log_within_ulps) {
   ad_tensor *y = ad_log(ctx, x);
   cr_assert_not_null(y, "%s", ad_last_error(ctx));
   const double *yv = y->data;
-  for (int kind = 0; kind < KINDS; kind++) {
-    long double worst = 0;
-    int64_t at = 0;
-    for (int64_t i = kind * SWEEP; i < (kind + 1) * SWEEP; i++) {
-      long double u = ulps64(yv[i], logl((long double)xv[i]));
-      cr_assert(!isnan(u), "log(%a) = %a", xv[i], yv[i]);
-      if (u > worst) worst = u, at = i;
-    }
-    cr_assert(worst <= 0.6, "log, kind %d: %.3Lf ulp at x = %a", kind, worst, xv[at]);
-  }
+  f64_within_per_kind("log", xv, yv, KINDS, SWEEP, logl, 0.6);
   for (size_t k = 0; k < sizeof specials / sizeof *specials; k++) {
     double xs = specials[k], ys = yv[KINDS * SWEEP + (int64_t)k], want = log(xs);
     if (!(xs >= DBL_MIN && xs <= DBL_MAX))
@@ -1785,16 +1790,7 @@ Test(ops_values, float64_log_within_ulps) {
     else
       cr_assert(ulps64(ys, logl((long double)xs)) <= 0.6, "log(%a) = %a", xs, ys);
   }
-  for (int64_t i = 0; i < n; i += i < KINDS * SWEEP ? 991 : 1) { /* each alone */
-    int64_t one = 1;
-    ad_tensor *xi = ad_full(ctx, AD_F64, 1, &one, xv[i]);
-    ad_tensor *yi = ad_log(ctx, xi);
-    cr_assert_not_null(yi, "%s", ad_last_error(ctx));
-    double a = ((const double *)yi->data)[0], b = yv[i];
-    cr_assert(memcmp(&a, &b, sizeof a) == 0 || (isnan(a) && isnan(b)),
-              "log(%a): alone %a, in a tensor %a", xv[i], a, b);
-    ad_tensor_free(xi);
-  }
+  f64_alone_same_bits("log", ad_log, xv, yv, n, KINDS * SWEEP);
   ad_tensor_free(x);
   ad_tape_reset(ctx);
 }
@@ -1829,16 +1825,7 @@ Test(ops_values, float64_atan_within_ulps) {
   ad_tensor *y = ad_atan(ctx, x);
   cr_assert_not_null(y, "%s", ad_last_error(ctx));
   const double *yv = y->data;
-  for (int kind = 0; kind < KINDS; kind++) {
-    long double worst = 0;
-    int64_t at = 0;
-    for (int64_t i = kind * SWEEP; i < (kind + 1) * SWEEP; i++) {
-      long double u = ulps64(yv[i], atanl((long double)xv[i]));
-      cr_assert(!isnan(u), "atan(%a) = %a", xv[i], yv[i]);
-      if (u > worst) worst = u, at = i;
-    }
-    cr_assert(worst <= 0.6, "atan, kind %d: %.3Lf ulp at x = %a", kind, worst, xv[at]);
-  }
+  f64_within_per_kind("atan", xv, yv, KINDS, SWEEP, atanl, 0.6);
   for (size_t k = 0; k < sizeof specials / sizeof *specials; k++) {
     double xs = specials[k], ys = yv[KINDS * SWEEP + (int64_t)k], want = atan(xs);
     if (isnan(xs) || isinf(xs) || xs == 0)
@@ -1847,16 +1834,7 @@ Test(ops_values, float64_atan_within_ulps) {
     else
       cr_assert(ulps64(ys, atanl((long double)xs)) <= 0.6, "atan(%a) = %a", xs, ys);
   }
-  for (int64_t i = 0; i < n; i += i < KINDS * SWEEP ? 991 : 1) { /* each alone */
-    int64_t one = 1;
-    ad_tensor *xi = ad_full(ctx, AD_F64, 1, &one, xv[i]);
-    ad_tensor *yi = ad_atan(ctx, xi);
-    cr_assert_not_null(yi, "%s", ad_last_error(ctx));
-    double a = ((const double *)yi->data)[0], b = yv[i];
-    cr_assert(memcmp(&a, &b, sizeof a) == 0 || (isnan(a) && isnan(b)),
-              "atan(%a): alone %a, in a tensor %a", xv[i], a, b);
-    ad_tensor_free(xi);
-  }
+  f64_alone_same_bits("atan", ad_atan, xv, yv, n, KINDS * SWEEP);
   ad_tensor_free(x);
   ad_tape_reset(ctx);
 }
