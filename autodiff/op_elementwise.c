@@ -1475,7 +1475,7 @@ const ad_op_def ad_def_exp = {
 
 /* float32: log_v (vexp.h, within 0.92 ulp of ln x on every positive
  * normal float); glibc's logf, a call per element, where x is 0, a
- * subnormal, negative, infinite or NaN. float64: log_d (within 0.545 ulp)
+ * subnormal, negative, infinite or NaN. float64: log_d (within 0.55 ulp)
  * likewise, where the build's FMA_D rounds once, else libm's. */
 #ifdef VEXP_FMA_D_FUSED
 #define LOG_OUT64(x) LOG_D_OUT(x)
@@ -2039,7 +2039,7 @@ const ad_op_def ad_def_square = {
 /* ----------------------------------------------------------------- atan */
 
 /* float32: atan_v (vexp.h, within 0.5001 ulp) but for NaN, which libm's
- * atanf returns as it came; float64: atan_d (within 0.54 ulp) but for
+ * atanf returns as it came; float64: atan_d (within 0.542 ulp) but for
  * infinities and NaN where the build's FMA_D rounds once, else libm's */
 #define NAN_OUT32(x) ((x) != (x))
 #ifdef VEXP_FMA_D_FUSED

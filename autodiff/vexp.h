@@ -626,9 +626,10 @@ CELL_ROW float atan_v(float xf) {
  * s^3 P(s^2) with P the series 1/3 + z/5 + ... + z^10/23 (the terms left
  * out are below 2e-20 of the result), and e ln 2 + 2s summed with its
  * rounding error carried (ln 2's high part has 42 bits, so e ln 2_hi is
- * exact). Against logl: within 0.545 ulp on 40 million inputs (the whole
- * range, [0.5, 2], near 1 and near sqrt(2) 2^k); glibc's 0.52 on the same
- * (tests/test_ops_values.c bounds it at 0.6). */
+ * exact). Against logl and logq: within 0.55 ulp (a review's search found
+ * 0.549 at x = 0x1.69262ffa1b113p+0, just below sqrt(2), where the series
+ * term is 1% of the result; 0.512 at most elsewhere); glibc's 0.52
+ * (tests/test_ops_values.c bounds it at 0.555). */
 #define LOG_D_OUT(x) (!((x) >= DBL_MIN && (x) <= DBL_MAX))
 static inline double log_d(double x) VEXP_INLINE;
 static inline double log_d(double x) {
@@ -673,8 +674,10 @@ static inline double log_op_d(double x) { return log(x); }
  * below 3e-20 of the result), atan(u + ul) = atan u + ul (1 - u^2), and
  * k pi/8 + u summed with its rounding error carried, so that the last
  * addition is the one rounding of note. Against atanl on 40 million
- * inputs (from 2^-1000 to 2^1000, [-6, 6], beside the interval edges):
- * at most 0.54 ulp (glibc's 0.52). atan(-0) is -0. */
+ * inputs (from 2^-1000 to 2^1000, [-6, 6], beside the interval edges)
+ * and atanq: within 0.542 ulp (a review's search found 0.5413 at x =
+ * 0x1.97696d69692f4p-3, just past tan(pi/16)); glibc's 0.52. The edges are
+ * tan((2k-1) pi/16) rounded (the last 2 ulps below). atan(-0) is -0. */
 static inline double atan_d(double x) VEXP_INLINE;
 static inline double atan_d(double x) {
   const double T1H = 0x1.a827999fcef32p-2, T1L = 0x1.08b2fb1366ea9p-56; /* tan(pi/8) */

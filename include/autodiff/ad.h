@@ -88,7 +88,7 @@
  *   aarch64, or any compiled with FMA; else the C library's) are the
  *   engine's own (exp within 0.68 ulp, 0.78 where the result is
  *   subnormal, glibc's 0.51; tanh within 1.23, glibc's 2.15; sin and cos
- *   within 0.77, atan 0.54, log 0.545), the same bits on every CPU.
+ *   within 0.77, atan 0.542, log 0.55), the same bits on every CPU.
  */
 #ifndef AD_H
 #define AD_H
