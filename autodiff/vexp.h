@@ -54,7 +54,7 @@
     (defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__ELF__))
 #define FMA_F(a, b, c)   fmaf(a, b, c)
 #define FMA_D(a, b, c)   fma(a, b, c)
-#define VEXP_FMA_D_FUSED 1 /* FMA_D rounds once: trig_d's exact products */
+#define VEXP_FMA_D_FUSED 1 /* FMA_D rounds once: exact products of trig_d, atan_d, log_d */
 #else
 #define FMA_F(a, b, c) ((float)((double)(a) * (double)(b) + (double)(c)))
 #define FMA_D(a, b, c) ((a) * (b) + (c))
@@ -544,10 +544,10 @@ CELL_ROW float cos_v(float x) { return trig_v(x, 1); }
  * summed with its rounding error (and r^2's) carried into the small part,
  * so that the last addition is the one rounding of note. Against sinl,
  * cosl and sinq, cosq (200 million inputs aimed at the worst: |r| near
- * pi/4, x near multiples of pi/2): within 0.765 ulp (tests/
- * test_ops_values.c bounds it at 0.78). In the baseline clone each FMA_D
- * is a call of libm's fma (exp_d's trade): on an x86-64 CPU without FMA
- * this form is far slower than libm's sin. */
+ * pi/4, x near multiples of pi/2): within 0.765 ulp
+ * (tests/test_ops_values.c bounds it at 0.78). In the baseline clone each
+ * FMA_D is a call of libm's fma (exp_d's trade): on an x86-64 CPU without
+ * FMA this form is far slower than libm's sin. */
 #define TRIG_D_MAX 0x1p20
 static inline double trig_d(double x, int cosine) VEXP_INLINE;
 static inline double trig_d(double x, int cosine) {
