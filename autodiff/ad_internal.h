@@ -137,6 +137,7 @@ struct ad_ctx {
                        (there the gradients sent are checked, and named) */
   bool in_user_fns; /* a registered op's shape rule or forward running (ad_op_apply;
                        a bool in the bools' padding: the tape's fields stay put) */
+  bool profiling;   /* the op profile counts (profile.c; ctx->prof holds it) */
   int sweeps;       /* backward sweeps running (a hook may start another) */
   /* tape */
   ad_node **tape;
@@ -176,7 +177,56 @@ struct ad_ctx {
   ad_op_entry *by_name;
   /* scopes (scope.c): NULL until the first ad_scope_push */
   struct ad_scope_state *scopes;
+  /* the op profile (profile.c): NULL until the first ad_profile_start */
+  struct ad_prof *prof;
 };
+
+/* ------------------------------------------------------ op profile
+ * profile.c. A measured region (an op's forward, a node's backward, the
+ * hook, a pass) is timed from ad_prof_enter to ad_prof_leave; the time of
+ * regions measured inside it (child_ns) is taken off its own, so each
+ * row's time is its self time and the rows add up to no more than the
+ * wall time (a pass's total is its whole time). */
+typedef struct ad_prof_op {
+  int64_t fwd_calls, bwd_calls;
+  double fwd_ns, bwd_ns;
+} ad_prof_op;
+
+typedef struct ad_prof {
+  ad_prof_op *ops; /* one per op id below cap */
+  int cap;
+  double child_ns; /* time of the regions measured inside the running one */
+  int64_t passes;
+  double pass_ns, hook_ns;
+} ad_prof;
+
+typedef enum { AD_PROF_FWD, AD_PROF_BWD, AD_PROF_HOOK, AD_PROF_PASS } ad_prof_kind;
+
+typedef struct ad_prof_mark {
+  double t0, outer; /* the start, and the encloser's child_ns to restore */
+} ad_prof_mark;
+
+/* Now, in nanoseconds of CLOCK_MONOTONIC. */
+double ad_prof_now(void);
+
+/* Starts a region (ctx->profiling and ctx->prof set). */
+static inline ad_prof_mark ad_prof_enter(ad_ctx *ctx) {
+  ad_prof_mark m = {ad_prof_now(), ctx->prof->child_ns};
+  ctx->prof->child_ns = 0;
+  return m;
+}
+
+/* Ends a region begun by ad_prof_enter: its self time goes to op id's row
+ * (FWD, BWD; id < 0: no row, a failed call) or to the hook's or the
+ * passes' total; its whole time to the encloser's child_ns. */
+void ad_prof_leave(ad_ctx *ctx, ad_prof_mark m, int id, ad_prof_kind kind);
+
+/* Keeps a row for every op id below cap (ad_op_register, as the table
+ * grows). AD_ERR_OOM, recorded, if it could not. */
+ad_status ad_prof_reserve(ad_ctx *ctx, int cap);
+
+/* Frees the profile (ad_ctx_free). */
+void ad_prof_free(ad_ctx *ctx);
 
 /* The tape_idx of a temporary made now and not recorded: -3 - the tape's
  * length (-1 when that does not fit; -2 is tape.c's GACC_OWN), so that a

@@ -31,5 +31,6 @@ void ad_ctx_free(ad_ctx *ctx) {
   ad_free(ctx, ctx->writes, ctx->writes_cap * sizeof *ctx->writes);
   ad_registry_free(ctx);
   ad_scope_free(ctx);
+  ad_prof_free(ctx);
   ctx->alloc(ctx->alloc_ud, ctx, sizeof *ctx, 0);
 }

@@ -105,6 +105,10 @@ int ad_op_register(ad_ctx *ctx, const ad_op_def *def) {
     int cap = ctx->ops_cap ? ctx->ops_cap * 2 : 64;
     ad_op_def *ops = ad_malloc(ctx, (size_t)cap * sizeof *ops);
     if (!ops) return -1;
+    if (ad_prof_reserve(ctx, cap) != AD_OK) { /* a row for each op (ad_profile_start) */
+      ad_free(ctx, ops, (size_t)cap * sizeof *ops);
+      return -1;
+    }
     if (ctx->nops) memcpy(ops, ctx->ops, (size_t)ctx->nops * sizeof *ops);
     ad_free(ctx, ctx->ops, (size_t)ctx->ops_cap * sizeof *ops);
     ctx->ops = ops;
@@ -505,8 +509,12 @@ static ad_tensor *apply_user(ad_ctx *ctx, int id, ad_call *c, bool given, unsign
   return out;
 }
 
-ad_tensor *ad_op_apply(ad_ctx *ctx, int id, int n, ad_tensor *const *in, const ad_attrs *attrs) {
-  if (!ctx) return NULL;
+/* ad_op_apply's work, inlined in its two paths (the profile's and not) */
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline ad_tensor *
+op_apply(ad_ctx *ctx, int id, int n, ad_tensor *const *in, const ad_attrs *attrs) {
   if (id < 0 || id >= ctx->nops) {
     ad_set_error(ctx, AD_ERR_ARG, "op_apply: no op with id %d", id);
     return NULL;
@@ -551,6 +559,15 @@ ad_tensor *ad_op_apply(ad_ctx *ctx, int id, int n, ad_tensor *const *in, const a
   if (!c.out) return NULL;
   def->forward(&c);
   return finish(ctx, id, &c, any_flags);
+}
+
+ad_tensor *ad_op_apply(ad_ctx *ctx, int id, int n, ad_tensor *const *in, const ad_attrs *attrs) {
+  if (!ctx) return NULL;
+  if (!ctx->profiling || ctx->sweeps) return op_apply(ctx, id, n, in, attrs);
+  ad_prof_mark m = ad_prof_enter(ctx); /* an op's forward (ad_profile_start) */
+  ad_tensor *y = op_apply(ctx, id, n, in, attrs);
+  ad_prof_leave(ctx, m, y ? id : -1, AD_PROF_FWD);
+  return y;
 }
 
 /* ------------------------------------------------------------ backward */
@@ -1157,7 +1174,13 @@ sweep_node(ad_ctx *ctx, sweep_opts *sw, ad_node *n, ad_tensor *gout, ad_tensor *
     if (!some_into)
       for (int k = 0; k < nsrc; k++) into_grad[k] = false;
     ad_backward_step step = {&n->t, gout, nsrc, seen, gin, into_grad};
-    ctx->hook(ctx->hook_ud, &step);
+    if (ctx->profiling) {
+      ad_prof_mark m = ad_prof_enter(ctx);
+      ctx->hook(ctx->hook_ud, &step);
+      ad_prof_leave(ctx, m, -1, AD_PROF_HOOK);
+    } else {
+      ctx->hook(ctx->hook_ud, &step);
+    }
     sw->nerrors = ctx->nerrors; /* what the hook recorded (and cleared) is not the next op's */
   }
   return AD_OK;
@@ -1263,17 +1286,23 @@ static ad_status sweep(ad_ctx *ctx, ad_node *root, const ad_tensor *seed, bool c
     if (i >= SWEEP_AHEAD) prefetch_node(ctx->tape[i - SWEEP_AHEAD]);
     ad_tensor *gout = n->gacc;
     if (!gout) continue;
+    /* the op profile's region for this node, ended below (ad_profile_start) */
+    bool prof = ctx->profiling;
+    ad_prof_mark pm = prof ? ad_prof_enter(ctx) : (ad_prof_mark){0, 0};
     /* this node is done with after this iteration: drop its accumulator now
      * rather than sweeping the tape again afterwards */
     if (!(n->flags & AD_NF_KEEP)) n->gacc = NULL;
     if (direct && (n->flags & AD_NF_RETAIN) && (st = retain(ctx, n, gout)) != AD_OK) {
+      if (prof) ad_prof_leave(ctx, pm, -1, AD_PROF_BWD);
       clear_below(ctx, i);
       break;
     }
-    if (n == ctx->lead_node) /* its backward reads gout's shape */
+    if (n == ctx->lead_node) { /* its backward reads gout's shape */
       ctx->lead_node = NULL;
-    else if (sw.lead && lead_pass(ctx, n, gout))
+    } else if (sw.lead && lead_pass(ctx, n, gout)) {
+      if (prof) ad_prof_leave(ctx, pm, n->op, AD_PROF_BWD);
       continue;
+    }
     int nsrc = ad_node_nsrc(n);
     if (nsrc <= AD_SWEEP_INLINE) { /* the call's arrays on the stack */
       ad_tensor *in[AD_SWEEP_INLINE], *gin[AD_SWEEP_INLINE], *seen[AD_SWEEP_INLINE];
@@ -1292,6 +1321,7 @@ static ad_status sweep(ad_ctx *ctx, ad_node *root, const ad_tensor *seed, bool c
                         (ad_tensor **)(buf + 2 * np), needs, needs + nsrc);
       }
     }
+    if (prof) ad_prof_leave(ctx, pm, st == AD_OK ? n->op : -1, AD_PROF_BWD);
     if (st != AD_OK) clear_below(ctx, i); /* nodes below may hold contributions of this pass */
   }
   ctx->lead_node = outer_lead;
@@ -1322,7 +1352,13 @@ ad_status ad_backward(ad_ctx *ctx, ad_tensor *root, const ad_tensor *seed) {
   ad_status st = check_root(ctx, root, "backward");
   if (st != AD_OK) return st;
   ad_node *r = ad_node_of(root);
-  st = sweep(ctx, r, seed, false, true, "backward");
+  if (ctx->profiling) {
+    ad_prof_mark m = ad_prof_enter(ctx);
+    st = sweep(ctx, r, seed, false, true, "backward");
+    ad_prof_leave(ctx, m, -1, AD_PROF_PASS);
+  } else {
+    st = sweep(ctx, r, seed, false, true, "backward");
+  }
   clear_touched(ctx);
   return st;
 }
@@ -1368,7 +1404,13 @@ ad_status ad_grad(ad_ctx *ctx, ad_tensor *root, const ad_tensor *seed, int n,
       return ad_set_error(ctx, AD_ERR_STATE, "grad: input %d is from a tape that was reset", i);
   }
   for (int i = 0; i < n; i++) ad_node_of(inputs[i])->flags |= AD_NF_KEEP;
-  st = sweep(ctx, ad_node_of(root), seed, create_graph, false, "grad");
+  if (ctx->profiling) {
+    ad_prof_mark m = ad_prof_enter(ctx);
+    st = sweep(ctx, ad_node_of(root), seed, create_graph, false, "grad");
+    ad_prof_leave(ctx, m, -1, AD_PROF_PASS);
+  } else {
+    st = sweep(ctx, ad_node_of(root), seed, create_graph, false, "grad");
+  }
   /* an input listed twice gets its gradient in both places (as PyTorch's
    * autograd.grad): every out[i] is read before any accumulator is cleared */
   for (int i = 0; i < n && st == AD_OK; i++) {

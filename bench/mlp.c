@@ -4,7 +4,7 @@
  *
  *   mlp [--layers 784,64,64,10] [--batch 32] [--epochs 5] [--samples 8000]
  *       [--threads 1] [--optim adam|sgd|rmsprop] [--dtype f32|f64] [--seed 1] [--phases]
- *       [--anomaly] [--keep-denormals] [--grad-norms] [--alpha 0.99]
+ *       [--anomaly] [--keep-denormals] [--grad-norms] [--alpha 0.99] [--profile]
  *
  * Model: Dense layers of the given widths with ReLU between them, softmax
  * cross-entropy on the logits of the last; Adam lr 1e-3 (or SGD lr 0.01, or
@@ -37,6 +37,9 @@
  * optimizer work is not counted (it is O(units), not O(weights)).
  *
  * --anomaly trains in anomaly mode (ad_set_anomaly_mode): its cost.
+ * --profile runs the op profile (ad_profile_start) over the timed nn_fit
+ * and prints its table after the report: which ops the time goes to (and,
+ * against train_s, what runs outside ops), at the profile's cost per op.
  * --grad-norms records the gradient norms in the history
  * (nn_fit_opts.grad_norms): its cost.
  * --keep-denormals keeps subnormal floats (nn_fit flushes them by default):
@@ -75,7 +78,7 @@ typedef struct options {
   double alpha; /* RMSprop's */
   ad_dtype dtype;
   unsigned long long seed;
-  bool phases, anomaly, keep_denormals, grad_norms;
+  bool phases, anomaly, keep_denormals, grad_norms, profile;
 } options;
 
 static int usage(void) {
@@ -83,6 +86,7 @@ static int usage(void) {
           "usage: mlp [--layers 784,64,64,10] [--batch 32] [--epochs 5] [--samples 8000]\n"
           "           [--threads 1] [--optim adam|sgd|rmsprop] [--dtype f32|f64] [--seed 1]\n"
           "           [--phases] [--anomaly] [--keep-denormals] [--grad-norms] [--alpha 0.99]\n"
+          "           [--profile]\n"
           "           [--alternate K (with --threads 2 or more)]\n");
   return 2;
 }
@@ -122,6 +126,7 @@ static bool parse(int argc, char **argv, options *o) {
                  : !strcmp(a, "--anomaly")        ? &o->anomaly
                  : !strcmp(a, "--keep-denormals") ? &o->keep_denormals
                  : !strcmp(a, "--grad-norms")     ? &o->grad_norms
+                 : !strcmp(a, "--profile")        ? &o->profile
                                                   : NULL;
     if (flag) {
       *flag = true;
@@ -313,7 +318,9 @@ int main(int argc, char **argv) {
   nn_history *h = NULL;
   double c0 = bench_cpu_s(), t0 = bench_now_s();
   bench_threads_begin();
-  ad_status st = nn_fit(m, opt, nn_cross_entropy_loss, x, y, &fo, &h);
+  ad_status st = o.profile ? ad_profile_start(ctx) : AD_OK;
+  if (st == AD_OK) st = nn_fit(m, opt, nn_cross_entropy_loss, x, y, &fo, &h);
+  if (st == AD_OK && o.profile) st = ad_profile_stop(ctx);
   double secs = bench_now_s() - t0, cpu = bench_cpu_s() - c0;
   bench_threads_end(secs, o.threads, false);
   if (st != AD_OK) {
@@ -332,6 +339,10 @@ int main(int argc, char **argv) {
   bench_report(h, o.epochs, nn_model_params(m), total,
                total * (6.0 * (double)weights - 2.0 * (double)first), "matmul", secs, cpu,
                o.threads);
+  if (o.profile && ad_profile_print(ctx, stdout) != AD_OK) {
+    fprintf(stderr, "mlp: profile: %s\n", ad_last_error(ctx));
+    return 1;
+  }
 
   nn_history_free(h);
   nn_optimizer_free(opt);

@@ -30,7 +30,7 @@ import sys
 
 LAYERS = [
     ("kernels", ("kernels/",)),
-    ("core", ("core.c", "tape.c", "broadcast.c", "scope.c")),
+    ("core", ("core.c", "tape.c", "profile.c", "broadcast.c", "scope.c")),
     ("ops", ("ops.c", "op_")),
     ("tools", ("gradcheck.c", "graph.c")),
     ("context", ("context.c",)),

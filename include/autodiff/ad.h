@@ -496,6 +496,67 @@ AD_API bool ad_set_anomaly_mode(ad_ctx *ctx, bool on);
 AD_API bool ad_anomaly_mode(const ad_ctx *ctx);
 /** @} */
 
+/** Op profile (off until ad_profile_start): the time each op of the table
+ * takes, forward and backward, summed per op over the calls made while it
+ * runs (torch.autograd.profiler's table for this engine's ops). A forward
+ * call is one successful ad_op_apply outside a backward pass (every
+ * builder applies one op or more: ad_flip over two axes applies two
+ * flips); its time runs from the call to the result's record on the tape,
+ * less the time of ops applied inside it (a registered op whose forward
+ * applies ops: those get rows of their own). A backward call is one node
+ * a backward pass (ad_backward, ad_grad) differentiates; its time includes
+ * the ops its derivative rule applies (with create_graph, the recorded
+ * ones) and the adding of its gradients into their inputs', and leaves out
+ * the backward hook's time, which is summed apart. Time is wall-clock
+ * (CLOCK_MONOTONIC): with several threads (ad_set_num_threads) an op's
+ * time is the caller's wait for all of them. What runs outside ops (an
+ * nn optimizer's step, a batch gather) is not counted. While on, each
+ * call costs two clock reads (about 50 ns on a machine whose clock is
+ * read in user space); off, a branch. @{ */
+typedef struct ad_profile_row {
+  const char *op; /**< the op's name (the context's copy: valid while the op is registered) */
+  int64_t forward_calls;  /**< ops applied outside backward passes */
+  double forward_s;       /**< their time, seconds, less the ops applied inside them */
+  int64_t backward_calls; /**< nodes differentiated by backward passes */
+  double backward_s;      /**< their time, seconds, hook aside */
+} ad_profile_row;
+
+/** Totals beside the rows: the backward passes' whole time includes, beside
+ * the nodes', the seed, the sweep over the tape and the hook. */
+typedef struct ad_profile_totals {
+  int64_t backward_passes; /**< ad_backward and ad_grad calls past their root's checks (a
+                              pass that failed included) */
+  double backward_s;       /**< their time in all, seconds */
+  double hook_s;           /**< of which in the backward hook (ad_set_backward_hook) */
+} ad_profile_totals;
+
+/** Starts the profile with every count at zero (a profile already running
+ * starts over). Returns AD_ERR_NULL, AD_ERR_STATE when called from an op's
+ * functions or during a backward pass (the running call's time would be
+ * split between two profiles), AD_ERR_OOM (no profile then). */
+AD_API ad_status ad_profile_start(ad_ctx *ctx);
+
+/** Stops counting; the counts stay for ad_profile_read until the next
+ * ad_profile_start or ad_ctx_free. AD_ERR_NULL, AD_ERR_STATE as
+ * ad_profile_start's (and when no profile was started). */
+AD_API ad_status ad_profile_stop(ad_ctx *ctx);
+
+/** Writes the rows of the ops called at least once into rows[0..cap-1],
+ * the largest forward + backward time first (ties by name), and the totals
+ * into *totals (may be NULL); a running profile may be read. Returns how
+ * many ops were called (more than cap: call again with room for them all),
+ * 0 when no profile was started, -1 for NULL ctx or NULL rows with cap > 0
+ * (AD_ERR_NULL recorded) or cap < 0 (AD_ERR_ARG). */
+AD_API int64_t ad_profile_read(ad_ctx *ctx, ad_profile_row *rows, int64_t cap,
+                               ad_profile_totals *totals);
+
+/** Prints the profile to f as a table, one op a line in ad_profile_read's
+ * order with its calls, milliseconds and share of the ops' time, then the
+ * backward passes' totals. AD_ERR_NULL, AD_ERR_STATE (no profile started),
+ * AD_ERR_OOM, AD_ERR_IO (a write failed; f is flushed). */
+AD_API ad_status ad_profile_print(ad_ctx *ctx, FILE *f);
+/** @} */
+
 /** Backward from root. seed is dL/droot with root's shape; NULL means 1 and
  * needs a root of one element. Gradients are added (+=) into the grad of
  * every leaf that requires one (a NULL grad counts as zero: the pass's
@@ -814,7 +875,7 @@ typedef enum ad_pad_mode {
  * gradient is pad_nd). Errors: AD_ERR_NULL, AD_ERR_DTYPE (x not float),
  * AD_ERR_ARG (n out of range, a negative amount, an unknown mode, a
  * value out of float32's range for a float32 x), AD_ERR_SHAPE (an amount
-  * the mode cannot take, naming the axis; an amount above 2^40). */
+ * the mode cannot take, naming the axis; an amount above 2^40). */
 AD_API ad_tensor *ad_pad_nd(ad_ctx *ctx, ad_tensor *x, int n, const int64_t *pad, ad_pad_mode mode,
                             double value);
 /** Joins n >= 1 tensors along axis (negative counts from the end), as
@@ -1016,8 +1077,7 @@ AD_API ad_tensor *ad_mean_axis(ad_ctx *ctx, ad_tensor *x, int axis, bool keepdim
  * for one axis. Errors (NULL), named "sum" or "mean": AD_ERR_NULL (x
  * NULL, axes NULL with n_axes > 0), AD_ERR_DTYPE (not float), AD_ERR_ARG
  * (n_axes outside 0..ndim, an axis out of range or given twice). @{ */
-AD_API ad_tensor *ad_sum_axes(ad_ctx *ctx, ad_tensor *x, int n_axes, const int *axes,
-                              bool keepdim);
+AD_API ad_tensor *ad_sum_axes(ad_ctx *ctx, ad_tensor *x, int n_axes, const int *axes, bool keepdim);
 AD_API ad_tensor *ad_mean_axes(ad_ctx *ctx, ad_tensor *x, int n_axes, const int *axes,
                                bool keepdim);
 /** @} */
@@ -1046,10 +1106,8 @@ AD_API ad_tensor *ad_min_axis(ad_ctx *ctx, ad_tensor *x, int axis, bool keepdim)
  * float), AD_ERR_ARG (n_axes outside 0..ndim, an axis out of range or
  * given twice), AD_ERR_SHAPE (a reduced dim of length 0: "nothing to
  * reduce"). @{ */
-AD_API ad_tensor *ad_max_axes(ad_ctx *ctx, ad_tensor *x, int n_axes, const int *axes,
-                              bool keepdim);
-AD_API ad_tensor *ad_min_axes(ad_ctx *ctx, ad_tensor *x, int n_axes, const int *axes,
-                              bool keepdim);
+AD_API ad_tensor *ad_max_axes(ad_ctx *ctx, ad_tensor *x, int n_axes, const int *axes, bool keepdim);
+AD_API ad_tensor *ad_min_axes(ad_ctx *ctx, ad_tensor *x, int n_axes, const int *axes, bool keepdim);
 /** @} */
 /** torch.var(x, dims, correction=c, keepdim) and torch.std: over the
  * n_axes axes (negative counts from the end; n_axes 0: every dim, as
@@ -1076,10 +1134,10 @@ AD_API ad_tensor *ad_min_axes(ad_ctx *ctx, ad_tensor *x, int n_axes, const int *
  * with n_axes > 0), AD_ERR_DTYPE, AD_ERR_ARG (n_axes outside 0..ndim, an
  * axis out of range or given twice; a 0-d x takes only n_axes 0, where
  * torch also takes dim 0 or -1). @{ */
-AD_API ad_tensor *ad_var(ad_ctx *ctx, ad_tensor *x, int n_axes, const int *axes,
-                         int64_t correction, bool keepdim);
-AD_API ad_tensor *ad_std(ad_ctx *ctx, ad_tensor *x, int n_axes, const int *axes,
-                         int64_t correction, bool keepdim);
+AD_API ad_tensor *ad_var(ad_ctx *ctx, ad_tensor *x, int n_axes, const int *axes, int64_t correction,
+                         bool keepdim);
+AD_API ad_tensor *ad_std(ad_ctx *ctx, ad_tensor *x, int n_axes, const int *axes, int64_t correction,
+                         bool keepdim);
 /** @} */
 /** log(sum(exp(x))) along axis, computed stably. */
 AD_API ad_tensor *ad_logsumexp(ad_ctx *ctx, ad_tensor *x, int axis, bool keepdim);
