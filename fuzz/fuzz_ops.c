@@ -46,12 +46,17 @@
  *     for the purpose is 3 (a product and ad_grad);
  *   - at the end of each input, once its leaves are freed and the tape
  *     reset, no tensor is live, and after ad_ctx_free every block the
- *     context allocated has been freed. */
+ *     context allocated has been freed;
+ *   - inputs of odd length run with the op profile on (ad_profile_start):
+ *     its rows name registered ops, once each, with counts and times that
+ *     are not negative, the nodes' time within the passes', and the
+ *     passes' and the ops' time within the input's. */
 #include "fuzz_common.h"
 #include "fuzz_ops.h"
 
 #include <limits.h>
 #include <math.h>
+#include <time.h>
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -1108,6 +1113,49 @@ static void step(void) {
 
 /* ------------------------------------------------------------- driver */
 
+static double fuzz_now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* The profile of an input that ran wall seconds (see the top comment). */
+static void check_profile(double wall) {
+  enum { ROOM = 512 };
+  static ad_profile_row rows[ROOM];
+  ad_profile_totals t;
+  ad_clear_error(C);
+  int64_t n = ad_profile_read(C, rows, ROOM, &t);
+  FUZZ_CHECK(n >= 0 || ad_last_status(C) == AD_ERR_OOM, "profile_read: %lld: %s", (long long)n,
+             ad_last_error(C));
+  if (n < 0) return;
+  FUZZ_CHECK(n <= ad_op_count(C) && n <= ROOM, "profile: %lld rows for %d ops", (long long)n,
+             ad_op_count(C));
+  double ops = 0, nodes = 0;
+  for (int64_t i = 0; i < n; i++) {
+    const ad_profile_row *r = &rows[i];
+    int id = r->op ? ad_op_find(C, r->op) : -1;
+    FUZZ_CHECK(id >= 0, "profile: row %lld names no op", (long long)i);
+    for (int64_t j = 0; j < i; j++)
+      FUZZ_CHECK(strcmp(rows[j].op, r->op) != 0, "profile: %s twice", r->op);
+    FUZZ_CHECK(
+        r->forward_calls >= 0 && r->backward_calls >= 0 &&
+            r->forward_calls + r->backward_calls > 0 && r->forward_s >= 0 && r->backward_s >= 0 &&
+            (r->forward_calls || r->forward_s == 0) && (r->backward_calls || r->backward_s == 0),
+        "profile: %s: %lld calls %g s forward, %lld calls %g s backward", r->op,
+        (long long)r->forward_calls, r->forward_s, (long long)r->backward_calls, r->backward_s);
+    if (i > 0)
+      FUZZ_CHECK(rows[i - 1].forward_s + rows[i - 1].backward_s >= r->forward_s + r->backward_s,
+                 "profile: rows out of order at %s", r->op);
+    ops += r->forward_s + r->backward_s, nodes += r->backward_s;
+  }
+  FUZZ_CHECK(t.backward_passes >= 0 && t.hook_s == 0 && nodes <= t.backward_s * (1 + 1e-9) &&
+                 ops <= wall * (1 + 1e-9) && t.backward_s <= wall * (1 + 1e-9),
+             "profile: ops %g s, nodes %g s, passes %lld %g s, wall %g s", ops, nodes,
+             (long long)t.backward_passes, t.backward_s, wall);
+  FUZZ_CHECK(ad_profile_stop(C) == AD_OK, "profile_stop: %s", ad_last_error(C));
+}
+
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
   (void)argc;
   (void)argv;
@@ -1125,7 +1173,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   FUZZ_CHECK(w_ok && ad_tensor_set_requires_grad(w_ok, true) == AD_OK, "%s", ad_last_error(C));
   memset(slots, 0, sizeof slots);
   leaves_made = 0;
+  /* the profile on for odd lengths (an allocation it cannot have: off) */
+  bool prof = (size & 1) && ad_profile_start(C) == AD_OK;
+  double t0 = fuzz_now_s();
   for (int s = 0; s < MAX_STEPS && in_i < in_n; s++) step();
+  if (prof) check_profile(fuzz_now_s() - t0);
 
   ad_set_grad_enabled(C, true);
   ad_set_anomaly_mode(C, false);
