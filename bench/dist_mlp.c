@@ -4,7 +4,7 @@
  *
  *   mpirun -np 2 build/bench/dist_mlp [--batch 256] [--epochs 1] [--samples 4096]
  *       [--threads 1] [--bucket-kb 4096] [--deterministic] [--no-overlap]
- *       [--no-shm] [--ranks-per-node N] [--shard]
+ *       [--no-shm] [--ranks-per-node N] [--shard] [--profile]
  *
  * --batch is the global batch (each of N ranks trains batch / N rows per
  * step). Data: --samples rows of uniform [0,1) features, labels from a
@@ -18,7 +18,12 @@
  * timed alone (its bus bandwidth 2 K (N - 1) / N / t, the ring model of
  * docs/distributed.md), the CPU seconds of training summed over the ranks
  * and of the busiest rank. Last line "train_s: S". Not a test: the machine's
- * other load moves its figures. */
+ * other load moves its figures. --profile runs the op profile
+ * (ad_profile_start) on every rank over nn_fit and prints rank 0's before
+ * that line: its "hook" is the time the backward spent in libnn_dist's
+ * hook (the gradients' sums of the buckets it launched), and train_s less
+ * the ops' time is what runs outside ops (the optimizer, the wait for the
+ * last buckets, the batch gather). */
 #include "ad_ext.h"
 #include "bench_util.h"
 #include "nn_dist.h"
@@ -29,7 +34,7 @@
 static int usage(void) {
   fprintf(stderr, "usage: dist_mlp [--batch 256] [--epochs 1] [--samples 4096] [--threads 1]\n"
                   "                [--bucket-kb 4096] [--deterministic] [--no-overlap]\n"
-                  "                [--no-shm] [--ranks-per-node N] [--shard]\n");
+                  "                [--no-shm] [--ranks-per-node N] [--shard] [--profile]\n");
   return 2;
 }
 
@@ -37,6 +42,7 @@ int main(int argc, char **argv) {
   if (nn_dist_init(&argc, &argv) != AD_OK) return 1;
   long long batch = 256, epochs = 1, samples = 4096, threads = 1, bucket_kb = 4096, rpn = 0;
   nn_dist_opts dopts = {0};
+  bool profile = false;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
     bool ok = true;
@@ -58,6 +64,8 @@ int main(int argc, char **argv) {
       dopts.no_shm = true;
     else if (!strcmp(a, "--shard"))
       dopts.shard_optimizer = true;
+    else if (!strcmp(a, "--profile"))
+      profile = true;
     else if (!strcmp(a, "--ranks-per-node"))
       ok = bench_parse_int(v, 1, &rpn), i++;
     else
@@ -107,7 +115,9 @@ int main(int argc, char **argv) {
   nn_history *h = NULL;
   MPI_Barrier(MPI_COMM_WORLD);
   double t0 = bench_now_s(), c0 = bench_cpu_s();
-  ad_status s = nn_fit(m, opt, nn_cross_entropy_loss, x, y, &fo, &h);
+  ad_status s = profile ? ad_profile_start(ctx) : AD_OK;
+  if (s == AD_OK) s = nn_fit(m, opt, nn_cross_entropy_loss, x, y, &fo, &h);
+  if (s == AD_OK && profile) s = ad_profile_stop(ctx);
   double secs = bench_now_s() - t0, cpu = bench_cpu_s() - c0;
   if (s != AD_OK) {
     fprintf(stderr, "rank %d: %s\n", rank, ad_last_error(ctx));
@@ -170,6 +180,10 @@ int main(int argc, char **argv) {
     printf("cpu_s: %.3f summed over ranks, %.3f the busiest rank (user + system: less "
            "disturbed by other load than wall time; MPI's waits poll and count)\n",
            cpu, cpu_max);
+    if (profile) {
+      printf("rank 0's op profile (over nn_fit):\n");
+      if (ad_profile_print(ctx, stdout) != AD_OK) fprintf(stderr, "%s\n", ad_last_error(ctx));
+    }
     printf("train_s: %.4f\n", secs);
   }
   nn_history_free(h);
