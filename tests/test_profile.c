@@ -363,6 +363,25 @@ Test(profile, out_of_memory) {
     ad_ctx_free(c);
     cr_assert_eq(ta.live, 0, "%ld blocks leaked", ta.live);
   }
+  /* a read with less room than rows sorts them in a copy */
+  {
+    test_alloc tr = {0};
+    ad_ctx *c = ad_ctx_new_with_alloc(test_alloc_fn, &tr);
+    cr_assert_not_null(c);
+    cr_assert_eq(ad_profile_start(c), AD_OK);
+    int64_t s = 3;
+    ad_tensor *x = ad_zeros(c, AD_F64, 1, &s);
+    cr_assert_not_null(ad_exp(c, ad_neg(c, x)), "%s", ad_last_error(c));
+    ad_profile_row one[1];
+    tr.refuse = TEST_ALLOC_REFUSE_ONLY;
+    tr.fail_at = tr.requests;
+    cr_assert_eq(ad_profile_read(c, one, 1, NULL), -1);
+    expect_status_msg(c, AD_ERR_OOM, "out of memory");
+    cr_assert_eq(ad_profile_read(c, one, 1, NULL), 2, "%s", ad_last_error(c)); /* granted now */
+    ad_tensor_free(x);
+    ad_ctx_free(c);
+    cr_assert_eq(tr.live, 0, "%ld blocks leaked", tr.live);
+  }
   /* registering ops until the table grows (a count of 64 times a power
    * of two: ad_op_register's doubling), the new table granted and the
    * profile's rows, the next request, refused */

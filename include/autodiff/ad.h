@@ -546,7 +546,8 @@ AD_API ad_status ad_profile_stop(ad_ctx *ctx);
  * into *totals (may be NULL); a running profile may be read. Returns how
  * many ops were called (more than cap: call again with room for them all),
  * 0 when no profile was started, -1 for NULL ctx or NULL rows with cap > 0
- * (AD_ERR_NULL recorded) or cap < 0 (AD_ERR_ARG). */
+ * (AD_ERR_NULL recorded), cap < 0 (AD_ERR_ARG) or out of memory (AD_ERR_OOM:
+ * with cap below the count, the rows are sorted in a copy first). */
 AD_API int64_t ad_profile_read(ad_ctx *ctx, ad_profile_row *rows, int64_t cap,
                                ad_profile_totals *totals);
 
