@@ -221,8 +221,9 @@ static inline ad_prof_mark ad_prof_enter(ad_ctx *ctx) {
  * passes' total; its whole time to the encloser's child_ns. */
 void ad_prof_leave(ad_ctx *ctx, ad_prof_mark m, int id, ad_prof_kind kind);
 
-/* Keeps a row for every op id below cap (ad_op_register, as the table
- * grows). AD_ERR_OOM, recorded, if it could not. */
+/* Keeps a row for every op id below cap (ad_profile_start, and
+ * ad_op_register as the table grows while the profile runs). AD_ERR_OOM,
+ * recorded, if it could not. */
 ad_status ad_prof_reserve(ad_ctx *ctx, int cap);
 
 /* Frees the profile (ad_ctx_free). */

@@ -69,15 +69,18 @@ ad_status ad_profile_start(ad_ctx *ctx) {
   if (!ctx) return AD_ERR_NULL;
   ad_status st = profile_state_ok(ctx, "profile_start");
   if (st != AD_OK) return st;
-  if (!ctx->prof) {
+  bool fresh = !ctx->prof;
+  if (fresh) {
     ad_prof *p = ad_malloc(ctx, sizeof *p);
     if (!p) return AD_ERR_OOM;
     memset(p, 0, sizeof *p);
     ctx->prof = p;
-    if (ad_prof_reserve(ctx, ctx->ops_cap > ctx->nops ? ctx->ops_cap : ctx->nops) != AD_OK) {
-      ad_prof_free(ctx);
-      return AD_ERR_OOM;
-    }
+  }
+  /* a row for every op, also those registered while it was stopped (the
+   * table grows the rows only while it runs) */
+  if (ad_prof_reserve(ctx, ctx->ops_cap > ctx->nops ? ctx->ops_cap : ctx->nops) != AD_OK) {
+    if (fresh) ad_prof_free(ctx);
+    return AD_ERR_OOM;
   }
   ad_prof *p = ctx->prof;
   memset(p->ops, 0, (size_t)p->cap * sizeof *p->ops);

@@ -105,7 +105,8 @@ int ad_op_register(ad_ctx *ctx, const ad_op_def *def) {
     int cap = ctx->ops_cap ? ctx->ops_cap * 2 : 64;
     ad_op_def *ops = ad_malloc(ctx, (size_t)cap * sizeof *ops);
     if (!ops) return -1;
-    if (ad_prof_reserve(ctx, cap) != AD_OK) { /* a row for each op (ad_profile_start) */
+    /* a row for each op while the op profile runs (ad_profile_start) */
+    if (ctx->profiling && ad_prof_reserve(ctx, cap) != AD_OK) {
       ad_free(ctx, ops, (size_t)cap * sizeof *ops);
       return -1;
     }
@@ -1404,13 +1405,12 @@ ad_status ad_grad(ad_ctx *ctx, ad_tensor *root, const ad_tensor *seed, int n,
       return ad_set_error(ctx, AD_ERR_STATE, "grad: input %d is from a tape that was reset", i);
   }
   for (int i = 0; i < n; i++) ad_node_of(inputs[i])->flags |= AD_NF_KEEP;
-  if (ctx->profiling) {
-    ad_prof_mark m = ad_prof_enter(ctx);
-    st = sweep(ctx, ad_node_of(root), seed, create_graph, false, "grad");
-    ad_prof_leave(ctx, m, -1, AD_PROF_PASS);
-  } else {
-    st = sweep(ctx, ad_node_of(root), seed, create_graph, false, "grad");
-  }
+  /* the op profile's pass: the sweep and the copies below (grad_copy
+   * applies an op, the pass's, not a forward call of the caller's) */
+  bool prof = ctx->profiling;
+  ad_prof_mark pm = prof ? ad_prof_enter(ctx) : (ad_prof_mark){0, 0};
+  st = sweep(ctx, ad_node_of(root), seed, create_graph, false, "grad");
+  ctx->profiling = false;
   /* an input listed twice gets its gradient in both places (as PyTorch's
    * autograd.grad): every out[i] is read before any accumulator is cleared */
   for (int i = 0; i < n && st == AD_OK; i++) {
@@ -1422,6 +1422,8 @@ ad_status ad_grad(ad_ctx *ctx, ad_tensor *root, const ad_tensor *seed, int n,
       g = grad_copy(ctx, g, create_graph);
     if (!(out[i] = g)) st = ctx->status ? ctx->status : AD_ERR_OOM;
   }
+  ctx->profiling = prof;
+  if (prof) ad_prof_leave(ctx, pm, -1, AD_PROF_PASS);
   for (int i = 0; i < n; i++) {
     ad_node *in = ad_node_of(inputs[i]);
     in->flags &= (uint8_t)~AD_NF_KEEP;

@@ -507,12 +507,15 @@ AD_API bool ad_anomaly_mode(const ad_ctx *ctx);
  * a backward pass (ad_backward, ad_grad) differentiates; its time includes
  * the ops its derivative rule applies (with create_graph, the recorded
  * ones) and the adding of its gradients into their inputs', and leaves out
- * the backward hook's time, which is summed apart. Time is wall-clock
+ * the backward hook's time, which is summed apart. A call that fails (an
+ * op's error, a backward that fails) is not counted: a failed node's time
+ * stays in its pass's total. Time is wall-clock
  * (CLOCK_MONOTONIC): with several threads (ad_set_num_threads) an op's
  * time is the caller's wait for all of them. What runs outside ops (an
  * nn optimizer's step, a batch gather) is not counted. While on, each
  * call costs two clock reads (about 50 ns on a machine whose clock is
- * read in user space); off, a branch. @{ */
+ * read in user space); off, a branch. A started profile keeps a row for
+ * each op the context has (32 bytes each) until ad_ctx_free. @{ */
 typedef struct ad_profile_row {
   const char *op; /**< the op's name (the context's copy: valid while the op is registered) */
   int64_t forward_calls;  /**< ops applied outside backward passes */
@@ -524,7 +527,7 @@ typedef struct ad_profile_row {
 /** Totals beside the rows: the backward passes' whole time includes, beside
  * the nodes', the seed, the sweep over the tape and the hook. */
 typedef struct ad_profile_totals {
-  int64_t backward_passes; /**< ad_backward and ad_grad calls past their root's checks (a
+  int64_t backward_passes; /**< ad_backward and ad_grad calls past their argument checks (a
                               pass that failed included) */
   double backward_s;       /**< their time in all, seconds */
   double hook_s;           /**< of which in the backward hook (ad_set_backward_hook) */
@@ -545,9 +548,10 @@ AD_API ad_status ad_profile_stop(ad_ctx *ctx);
  * the largest forward + backward time first (ties by name), and the totals
  * into *totals (may be NULL); a running profile may be read. Returns how
  * many ops were called (more than cap: call again with room for them all),
- * 0 when no profile was started, -1 for NULL ctx or NULL rows with cap > 0
- * (AD_ERR_NULL recorded), cap < 0 (AD_ERR_ARG) or out of memory (AD_ERR_OOM:
- * with cap below the count, the rows are sorted in a copy first). */
+ * 0 when no profile was started, -1 for NULL ctx, and -1 with the error
+ * recorded for NULL rows with cap > 0 (AD_ERR_NULL), cap < 0 (AD_ERR_ARG)
+ * or out of memory (AD_ERR_OOM: with cap below the count, the rows are
+ * sorted in a copy first). */
 AD_API int64_t ad_profile_read(ad_ctx *ctx, ad_profile_row *rows, int64_t cap,
                                ad_profile_totals *totals);
 
